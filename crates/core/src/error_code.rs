@@ -1,0 +1,107 @@
+//! Stable error codes. Each is documented in `docs/errors.md`; clients may match on
+//! them, so a code is never renamed or reused for another meaning.
+
+/// Every error code Portcullis answers with, and the HTTP status it maps to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// No client certificate (or other credential) was presented.
+    Unauthenticated,
+    /// A credential was presented but is not valid: foreign CA, expired, malformed.
+    InvalidCredential,
+    /// The credential belongs to an agent that is revoked or unknown.
+    AgentRevoked,
+    /// Policy did not permit the request.
+    Forbidden,
+    /// No route matches the request path.
+    RouteNotFound,
+    /// The request body exceeds the configured limit.
+    PayloadTooLarge,
+    /// The request is malformed (bad header, bad JSON, invalid parameters).
+    BadRequest,
+    /// The upstream could not be reached or answered with a broken response.
+    UpstreamUnavailable,
+    /// The upstream did not answer within the configured timeout.
+    UpstreamTimeout,
+    /// An admin-API object does not exist.
+    NotFound,
+    /// An admin-API object already exists.
+    Conflict,
+    /// The HTTP method is not supported for this resource.
+    MethodNotAllowed,
+    /// Something failed inside Portcullis; details are in the server log only.
+    Internal,
+    /// The server is shutting down or not ready.
+    Unavailable,
+}
+
+impl ErrorCode {
+    /// The stable, snake_case code string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::Unauthenticated => "unauthenticated",
+            ErrorCode::InvalidCredential => "invalid_credential",
+            ErrorCode::AgentRevoked => "agent_revoked",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::RouteNotFound => "route_not_found",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::UpstreamUnavailable => "upstream_unavailable",
+            ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::Conflict => "conflict",
+            ErrorCode::MethodNotAllowed => "method_not_allowed",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+
+    /// The HTTP status this code is answered with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::Unauthenticated | ErrorCode::InvalidCredential | ErrorCode::AgentRevoked => {
+                401
+            }
+            ErrorCode::Forbidden => 403,
+            ErrorCode::RouteNotFound | ErrorCode::NotFound => 404,
+            ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::Conflict => 409,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::BadRequest => 400,
+            ErrorCode::UpstreamUnavailable => 502,
+            ErrorCode::UpstreamTimeout => 504,
+            ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_snake_case_and_errors_are_4xx_or_5xx() {
+        let all = [
+            ErrorCode::Unauthenticated,
+            ErrorCode::InvalidCredential,
+            ErrorCode::AgentRevoked,
+            ErrorCode::Forbidden,
+            ErrorCode::RouteNotFound,
+            ErrorCode::PayloadTooLarge,
+            ErrorCode::BadRequest,
+            ErrorCode::UpstreamUnavailable,
+            ErrorCode::UpstreamTimeout,
+            ErrorCode::NotFound,
+            ErrorCode::Conflict,
+            ErrorCode::MethodNotAllowed,
+            ErrorCode::Internal,
+            ErrorCode::Unavailable,
+        ];
+        let docs = include_str!("../../../docs/errors.md");
+        for c in all {
+            assert!(c.as_str().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!((400..600).contains(&c.http_status()));
+            assert!(docs.contains(&format!("`{}`", c.as_str())), "{} undocumented", c.as_str());
+        }
+    }
+}

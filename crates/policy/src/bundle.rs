@@ -1,0 +1,320 @@
+//! Loading, naming and validating a policy directory.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use cedar_policy::{PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use miette::Diagnostic;
+
+/// The schema Portcullis ships; `serve` writes it into a fresh quickstart policy directory.
+pub const DEFAULT_SCHEMA: &str = include_str!("../defaults/schema.cedarschema");
+/// The example policies Portcullis ships with the quickstart.
+pub const DEFAULT_POLICIES: &str = include_str!("../defaults/quickstart.cedar");
+
+/// The schema file every policy directory must hold.
+pub const SCHEMA_FILE: &str = "schema.cedarschema";
+
+/// The raw text of a policy directory: one schema and any number of policy files.
+#[derive(Debug, Clone)]
+pub struct PolicySources {
+    /// Where the sources came from, for messages.
+    pub origin: PathBuf,
+    /// The schema text.
+    pub schema: String,
+    /// `(file name, text)` of each `*.cedar` file, sorted by name so ids are stable.
+    pub files: Vec<(String, String)>,
+}
+
+/// Why a policy directory could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    /// A file could not be read.
+    #[error("cannot read `{path}`: {source}")]
+    Read {
+        /// The file or directory.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The schema does not parse.
+    #[error("invalid schema `{path}`:\n{diagnostics}")]
+    Schema {
+        /// The schema file.
+        path: PathBuf,
+        /// Cedar's diagnostics, one per line.
+        diagnostics: String,
+    },
+    /// A policy file does not parse.
+    #[error("invalid policy file `{path}`:\n{diagnostics}")]
+    Parse {
+        /// The policy file.
+        path: PathBuf,
+        /// Cedar's diagnostics, with line and column.
+        diagnostics: String,
+    },
+    /// Two policies share an id.
+    #[error("duplicate policy id `{id}` (in `{path}`)")]
+    DuplicateId {
+        /// The repeated id.
+        id: String,
+        /// The file holding the second occurrence.
+        path: PathBuf,
+    },
+    /// Templates are not supported in policy files yet.
+    #[error("`{path}` holds a policy template; templates are not supported in policy files")]
+    Template {
+        /// The policy file.
+        path: PathBuf,
+    },
+    /// The policies do not validate against the schema.
+    #[error("policies in `{dir}` do not validate against the schema:\n{diagnostics}")]
+    Validation {
+        /// The policy directory.
+        dir: PathBuf,
+        /// Cedar's diagnostics, one per problem, naming the policy id.
+        diagnostics: String,
+    },
+}
+
+impl PolicySources {
+    /// Reads `schema.cedarschema` and every `*.cedar` file of `dir` (not recursive).
+    pub fn read_dir(dir: &Path) -> Result<Self, PolicyError> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let schema = read(&dir.join(SCHEMA_FILE))?;
+        let entries = std::fs::read_dir(dir).map_err(|source| PolicyError::Read {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let mut files = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|source| PolicyError::Read {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "cedar") && path.is_file() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                files.push((name, read(&path)?));
+            }
+        }
+        files.sort();
+        Ok(PolicySources {
+            origin: dir.to_path_buf(),
+            schema,
+            files,
+        })
+    }
+
+    /// The shipped default schema and quickstart policies.
+    pub fn defaults() -> Self {
+        PolicySources {
+            origin: PathBuf::from("<built-in>"),
+            schema: DEFAULT_SCHEMA.to_string(),
+            files: vec![("quickstart.cedar".to_string(), DEFAULT_POLICIES.to_string())],
+        }
+    }
+}
+
+/// A parsed, validated set of policies with its schema. Immutable once compiled.
+#[derive(Debug)]
+pub struct PolicyBundle {
+    pub(crate) schema: Schema,
+    pub(crate) policies: PolicySet,
+    ids: Vec<String>,
+}
+
+impl PolicyBundle {
+    /// Parses the schema and policies, gives every policy a stable id and validates
+    /// the set in strict mode. A policy's id is its `@id("…")` annotation when it has
+    /// one, otherwise `<file>:<n>` (its 1-based position in the file).
+    pub fn compile(sources: &PolicySources) -> Result<Self, PolicyError> {
+        let schema_path = sources.origin.join(SCHEMA_FILE);
+        let (schema, _warnings) =
+            Schema::from_cedarschema_str(&sources.schema).map_err(|e| PolicyError::Schema {
+                path: schema_path.clone(),
+                diagnostics: render(&e, &sources.schema),
+            })?;
+
+        let mut policies = PolicySet::new();
+        let mut ids = Vec::new();
+        for (name, text) in &sources.files {
+            let path = sources.origin.join(name);
+            let parsed = PolicySet::from_str(text).map_err(|e| PolicyError::Parse {
+                path: path.clone(),
+                diagnostics: render(&e, text),
+            })?;
+            if parsed.templates().next().is_some() {
+                return Err(PolicyError::Template { path });
+            }
+            // `PolicySet::from_str` numbers policies `policy0…` in source order, but
+            // `policies()` iterates in hash order; sort by that number to keep file order.
+            let mut in_file: Vec<_> = parsed.policies().collect();
+            in_file.sort_by_key(|p| {
+                p.id()
+                    .to_string()
+                    .trim_start_matches("policy")
+                    .parse::<usize>()
+                    .unwrap_or(usize::MAX)
+            });
+            for (n, policy) in in_file.into_iter().enumerate() {
+                let id = match policy.annotation("id") {
+                    Some(id) => id.to_string(),
+                    None => format!("{name}:{}", n + 1),
+                };
+                let renamed = policy.new_id(PolicyId::new(&id));
+                policies
+                    .add(renamed)
+                    .map_err(|_| PolicyError::DuplicateId {
+                        id: id.clone(),
+                        path: path.clone(),
+                    })?;
+                ids.push(id);
+            }
+        }
+
+        let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+        if !result.validation_passed() {
+            let mut diagnostics = String::new();
+            for error in result.validation_errors() {
+                let _ = writeln!(diagnostics, "  policy `{}`: {}", error.policy_id(), error);
+                if let Some(help) = error.help() {
+                    let _ = writeln!(diagnostics, "    help: {help}");
+                }
+            }
+            return Err(PolicyError::Validation {
+                dir: sources.origin.clone(),
+                diagnostics,
+            });
+        }
+        Ok(PolicyBundle {
+            schema,
+            policies,
+            ids,
+        })
+    }
+
+    /// The ids of all policies, in directory order.
+    pub fn policy_ids(&self) -> &[String] {
+        &self.ids
+    }
+}
+
+/// Renders a Cedar diagnostic with the line and column of each labelled span.
+fn render(error: &(dyn Diagnostic + 'static), source: &str) -> String {
+    let mut out = String::new();
+    let mut push = |d: &dyn Diagnostic| {
+        let _ = write!(out, "  {d}");
+        if let Some(labels) = d.labels() {
+            for label in labels {
+                let (line, col) = line_col(source, label.offset());
+                let _ = write!(out, " (line {line}, column {col})");
+            }
+        }
+        if let Some(help) = d.help() {
+            let _ = write!(out, "\n    help: {help}");
+        }
+        out.push('\n');
+    };
+    match error.related() {
+        Some(related) => {
+            let mut any = false;
+            for d in related {
+                any = true;
+                push(d);
+            }
+            if !any {
+                push(error);
+            }
+        }
+        None => push(error),
+    }
+    out
+}
+
+fn line_col(source: &str, offset: usize) -> (usize, usize) {
+    let before = &source[..offset.min(source.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sources(policies: &str) -> PolicySources {
+        PolicySources {
+            origin: PathBuf::from("/p"),
+            schema: DEFAULT_SCHEMA.to_string(),
+            files: vec![("a.cedar".to_string(), policies.to_string())],
+        }
+    }
+
+    #[test]
+    fn defaults_compile_with_annotated_ids() {
+        let bundle = PolicyBundle::compile(&PolicySources::defaults()).unwrap();
+        assert_eq!(
+            bundle.policy_ids(),
+            ["readers-read-low", "writers-write-public", "no-remote-delete"]
+        );
+    }
+
+    #[test]
+    fn unannotated_policies_are_named_by_file_and_position() {
+        let bundle = PolicyBundle::compile(&sources(
+            "permit(principal, action == Action::\"GET\", resource);\n\
+             forbid(principal, action == Action::\"PUT\", resource);",
+        ))
+        .unwrap();
+        assert_eq!(bundle.policy_ids(), ["a.cedar:1", "a.cedar:2"]);
+    }
+
+    #[test]
+    fn parse_errors_name_file_and_line() {
+        let err = PolicyBundle::compile(&sources("permit(principal,\n action, resource) when {")).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("/p/a.cedar"), "{text}");
+        assert!(text.contains("line 2"), "{text}");
+    }
+
+    #[test]
+    fn validation_errors_name_the_policy() {
+        let err = PolicyBundle::compile(&sources(
+            "@id(\"typo\") permit(principal, action, resource) when { resource.clasification == \"public\" };",
+        ))
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, PolicyError::Validation { .. }), "{text}");
+        assert!(text.contains("`typo`"), "{text}");
+    }
+
+    #[test]
+    fn duplicate_ids_are_refused() {
+        let err = PolicyBundle::compile(&sources(
+            "@id(\"x\") permit(principal, action, resource);\n@id(\"x\") forbid(principal, action, resource);",
+        ))
+        .unwrap_err();
+        assert!(matches!(err, PolicyError::DuplicateId { .. }), "{err}");
+    }
+
+    #[test]
+    fn reads_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(SCHEMA_FILE), DEFAULT_SCHEMA).unwrap();
+        std::fs::write(dir.path().join("b.cedar"), DEFAULT_POLICIES).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "ignored").unwrap();
+        let sources = PolicySources::read_dir(dir.path()).unwrap();
+        assert_eq!(sources.files.len(), 1);
+        PolicyBundle::compile(&sources).unwrap();
+        assert!(matches!(
+            PolicySources::read_dir(&dir.path().join("missing")),
+            Err(PolicyError::Read { .. })
+        ));
+    }
+}

@@ -1,0 +1,427 @@
+//! Joining policies with principals and resources, and deciding requests.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use cedar_policy::{
+    Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName, EntityUid,
+    Request, RestrictedExpression,
+};
+use portcullis_core::{Classification, Decision};
+
+use crate::PolicyBundle;
+
+/// An agent as policy sees it: `Agent::"<name>"` in each `Role::"<role>"`.
+#[derive(Debug, Clone)]
+pub struct AgentEntity {
+    /// The agent's name.
+    pub name: String,
+    /// The roles the agent belongs to.
+    pub roles: Vec<String>,
+}
+
+/// A route as policy sees it: `Route::"<name>"` with its classification.
+#[derive(Debug, Clone)]
+pub struct RouteEntity {
+    /// The route's name.
+    pub name: String,
+    /// How sensitive the data behind the route is.
+    pub classification: Classification,
+}
+
+/// The HTTP methods policy knows, each an `Action::"<METHOD>"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum HttpAction {
+    /// `GET`, in `Action::"read"`.
+    Get,
+    /// `HEAD`, in `Action::"read"`.
+    Head,
+    /// `POST`, in `Action::"write"`.
+    Post,
+    /// `PUT`, in `Action::"write"`.
+    Put,
+    /// `PATCH`, in `Action::"write"`.
+    Patch,
+    /// `DELETE`, in `Action::"write"`.
+    Delete,
+}
+
+impl HttpAction {
+    const ALL: [HttpAction; 6] = [
+        HttpAction::Get,
+        HttpAction::Head,
+        HttpAction::Post,
+        HttpAction::Put,
+        HttpAction::Patch,
+        HttpAction::Delete,
+    ];
+
+    /// The method name, which is also the Cedar action id.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpAction::Get => "GET",
+            HttpAction::Head => "HEAD",
+            HttpAction::Post => "POST",
+            HttpAction::Put => "PUT",
+            HttpAction::Patch => "PATCH",
+            HttpAction::Delete => "DELETE",
+        }
+    }
+
+    /// The action for an HTTP method, or `None` for methods policy cannot grant
+    /// (`OPTIONS`, `TRACE`, `CONNECT`, extensions), which the gateway refuses.
+    pub fn from_method(method: &str) -> Option<Self> {
+        HttpAction::ALL.into_iter().find(|a| a.as_str() == method)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The wall-clock facts policy may use, all UTC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestTime {
+    /// Hour of day, 0–23.
+    pub hour: i64,
+    /// ISO weekday, 1 = Monday … 7 = Sunday.
+    pub weekday: i64,
+    /// Seconds since the Unix epoch.
+    pub epoch: i64,
+}
+
+impl RequestTime {
+    /// Derives hour and weekday from seconds since the epoch.
+    pub fn from_epoch(epoch: i64) -> Self {
+        let days = epoch.div_euclid(86_400);
+        let hour = epoch.rem_euclid(86_400) / 3_600;
+        // 1970-01-01 was a Thursday (ISO weekday 4).
+        let weekday = (days + 3).rem_euclid(7) + 1;
+        RequestTime {
+            hour,
+            weekday,
+            epoch,
+        }
+    }
+}
+
+/// One request to decide.
+#[derive(Debug, Clone)]
+pub struct AuthzRequest<'a> {
+    /// The authenticated agent.
+    pub agent: &'a str,
+    /// The HTTP method as an action.
+    pub action: HttpAction,
+    /// The matched route.
+    pub route: &'a str,
+    /// The request path.
+    pub path: &'a str,
+    /// The client's address.
+    pub source_ip: IpAddr,
+    /// When the request arrived.
+    pub time: RequestTime,
+}
+
+/// The entities could not be assembled (an attribute or membership conflicts with the schema).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build policy entities: {0}")]
+pub struct EntityError(String);
+
+/// An immutable snapshot of policies plus the principals and resources they speak
+/// of. Rebuilt (off the request path) whenever agents, routes or policies change;
+/// requests read it without locks or IO.
+pub struct Authorizer {
+    bundle: Arc<PolicyBundle>,
+    entities: Entities,
+    actions: [EntityUid; 6],
+    agent_type: EntityTypeName,
+    route_type: EntityTypeName,
+    cedar: cedar_policy::Authorizer,
+}
+
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorizer")
+            .field("policies", &self.bundle.policy_ids())
+            .finish_non_exhaustive()
+    }
+}
+
+fn type_name(name: &str) -> Result<EntityTypeName, EntityError> {
+    name.parse().map_err(|e| EntityError(format!("{e}")))
+}
+
+impl Authorizer {
+    /// Builds the snapshot. Entities are checked against the bundle's schema.
+    pub fn new(
+        bundle: Arc<PolicyBundle>,
+        agents: &[AgentEntity],
+        routes: &[RouteEntity],
+    ) -> Result<Self, EntityError> {
+        let agent_type = type_name("Agent")?;
+        let role_type = type_name("Role")?;
+        let route_type = type_name("Route")?;
+        let action_type = type_name("Action")?;
+        let uid = |t: &EntityTypeName, id: &str| {
+            EntityUid::from_type_name_and_id(t.clone(), EntityId::new(id))
+        };
+
+        let mut entities = Vec::new();
+        let mut roles = HashSet::new();
+        for agent in agents {
+            let parents: HashSet<EntityUid> = agent
+                .roles
+                .iter()
+                .map(|r| {
+                    roles.insert(r.clone());
+                    uid(&role_type, r)
+                })
+                .collect();
+            entities.push(Entity::new_no_attrs(uid(&agent_type, &agent.name), parents));
+        }
+        for role in roles {
+            entities.push(Entity::new_no_attrs(uid(&role_type, &role), HashSet::new()));
+        }
+        for route in routes {
+            let attrs = HashMap::from([
+                (
+                    "classification".to_string(),
+                    RestrictedExpression::new_string(route.classification.as_str().to_string()),
+                ),
+                (
+                    "classification_level".to_string(),
+                    RestrictedExpression::new_long(route.classification.rank()),
+                ),
+            ]);
+            let entity = Entity::new(uid(&route_type, &route.name), attrs, HashSet::new())
+                .map_err(|e| EntityError(e.to_string()))?;
+            entities.push(entity);
+        }
+
+        let entities = bundle
+            .schema
+            .action_entities()
+            .map_err(|e| EntityError(e.to_string()))?
+            .add_entities(entities, Some(&bundle.schema))
+            .map_err(|e| EntityError(e.to_string()))?;
+        let actions = HttpAction::ALL.map(|a| uid(&action_type, a.as_str()));
+        Ok(Authorizer {
+            bundle,
+            entities,
+            actions,
+            agent_type,
+            route_type,
+            cedar: cedar_policy::Authorizer::new(),
+        })
+    }
+
+    /// The policy bundle this snapshot decides with.
+    pub fn bundle(&self) -> &Arc<PolicyBundle> {
+        &self.bundle
+    }
+
+    /// Decides one request. Any problem building the request is a denial (fail closed)
+    /// with the problem in [`Decision::errors`].
+    pub fn decide(&self, request: &AuthzRequest<'_>) -> Decision {
+        let principal = EntityUid::from_type_name_and_id(
+            self.agent_type.clone(),
+            EntityId::new(request.agent),
+        );
+        let resource = EntityUid::from_type_name_and_id(
+            self.route_type.clone(),
+            EntityId::new(request.route),
+        );
+        let action = self.actions[request.action.index()].clone();
+        let time = RestrictedExpression::new_record([
+            ("hour".to_string(), RestrictedExpression::new_long(request.time.hour)),
+            (
+                "weekday".to_string(),
+                RestrictedExpression::new_long(request.time.weekday),
+            ),
+            (
+                "epoch".to_string(),
+                RestrictedExpression::new_long(request.time.epoch),
+            ),
+        ]);
+        let context = time.and_then(|time| {
+            Ok(Context::from_pairs([
+                (
+                    "method".to_string(),
+                    RestrictedExpression::new_string(request.action.as_str().to_string()),
+                ),
+                (
+                    "path".to_string(),
+                    RestrictedExpression::new_string(request.path.to_string()),
+                ),
+                (
+                    "source_ip".to_string(),
+                    RestrictedExpression::new_ip(request.source_ip.to_string()),
+                ),
+                ("time".to_string(), time),
+            ]))
+        });
+        let context = match context {
+            Ok(Ok(context)) => context,
+            Ok(Err(e)) => return denied_with_error(e.to_string()),
+            Err(e) => return denied_with_error(e.to_string()),
+        };
+        // Validating the request against the schema catches a user schema whose
+        // context type disagrees with what the gateway sends: fail closed, loudly.
+        let cedar_request = match Request::new(
+            principal,
+            action,
+            resource,
+            context,
+            Some(&self.bundle.schema),
+        ) {
+            Ok(r) => r,
+            Err(e) => return denied_with_error(e.to_string()),
+        };
+        let response = self
+            .cedar
+            .is_authorized(&cedar_request, &self.bundle.policies, &self.entities);
+        let diagnostics = response.diagnostics();
+        let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
+        let mut policy_ids: Vec<String> = diagnostics.reason().map(|id| id.to_string()).collect();
+        policy_ids.sort();
+        let allowed = response.decision() == CedarDecision::Allow;
+        if !allowed && policy_ids.is_empty() {
+            return Decision {
+                errors,
+                ..Decision::default_deny()
+            };
+        }
+        Decision {
+            allowed,
+            policy_ids,
+            errors,
+        }
+    }
+}
+
+fn denied_with_error(error: String) -> Decision {
+    Decision {
+        errors: vec![error],
+        ..Decision::default_deny()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{PolicySources, DEFAULT_SCHEMA};
+    use std::path::PathBuf;
+
+    fn authorizer(policies: &str) -> Authorizer {
+        let sources = PolicySources {
+            origin: PathBuf::from("/t"),
+            schema: DEFAULT_SCHEMA.to_string(),
+            files: vec![("t.cedar".to_string(), policies.to_string())],
+        };
+        let bundle = Arc::new(PolicyBundle::compile(&sources).unwrap());
+        Authorizer::new(
+            bundle,
+            &[
+                AgentEntity {
+                    name: "reader-bot".into(),
+                    roles: vec!["reader".into()],
+                },
+                AgentEntity {
+                    name: "writer-bot".into(),
+                    roles: vec!["reader".into(), "writer".into()],
+                },
+            ],
+            &[
+                RouteEntity {
+                    name: "demo".into(),
+                    classification: Classification::Public,
+                },
+                RouteEntity {
+                    name: "vault".into(),
+                    classification: Classification::Restricted,
+                },
+            ],
+        )
+        .unwrap()
+    }
+
+    /// One case: who does what where, from which address, and the expected outcome.
+    fn check(authz: &Authorizer, agent: &str, method: &str, route: &str, ip: &str, expect: &str) {
+        let request = AuthzRequest {
+            agent,
+            action: HttpAction::from_method(method).unwrap(),
+            route,
+            path: "/x",
+            source_ip: ip.parse().unwrap(),
+            time: RequestTime::from_epoch(1_700_000_000),
+        };
+        let d = authz.decide(&request);
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+        let got = format!(
+            "{} {}",
+            if d.allowed { "allow" } else { "deny" },
+            d.policy_ids.join(",")
+        );
+        assert_eq!(got, expect, "{agent} {method} {route} from {ip}");
+    }
+
+    #[test]
+    fn quickstart_policies() {
+        let a = authorizer(crate::DEFAULT_POLICIES);
+        let lo = "127.0.0.1";
+        check(&a, "reader-bot", "GET", "demo", lo, "allow readers-read-low");
+        check(&a, "reader-bot", "HEAD", "demo", lo, "allow readers-read-low");
+        check(&a, "reader-bot", "POST", "demo", lo, "deny default-deny");
+        check(&a, "reader-bot", "GET", "vault", lo, "deny default-deny");
+        check(&a, "writer-bot", "POST", "demo", lo, "allow writers-write-public");
+        check(&a, "writer-bot", "DELETE", "demo", lo, "allow writers-write-public");
+        check(&a, "writer-bot", "DELETE", "demo", "10.1.2.3", "deny no-remote-delete");
+        check(&a, "stranger", "GET", "demo", lo, "deny default-deny");
+    }
+
+    #[test]
+    fn unknown_resources_fail_closed_with_the_error_reported() {
+        let a = authorizer(crate::DEFAULT_POLICIES);
+        let d = a.decide(&AuthzRequest {
+            agent: "reader-bot",
+            action: HttpAction::Get,
+            route: "no-such-route",
+            path: "/x",
+            source_ip: "127.0.0.1".parse().unwrap(),
+            time: RequestTime::from_epoch(0),
+        });
+        assert!(!d.allowed);
+        assert_eq!(d.policy_ids, ["default-deny"]);
+        assert!(d.errors[0].contains("does not exist"), "{:?}", d.errors);
+    }
+
+    #[test]
+    fn context_reaches_policies() {
+        let a = authorizer(
+            "@id(\"office\") permit(principal, action in Action::\"read\", resource)\n\
+             when { context.source_ip.isInRange(ip(\"10.0.0.0/8\")) && context.time.weekday == 2 \n\
+             && context.time.hour == 22 && context.path == \"/x\" && context.method == \"GET\" };",
+        );
+        // 1_700_000_000 is Tuesday 2023-11-14 22:13:20 UTC.
+        check(&a, "reader-bot", "GET", "demo", "10.9.9.9", "allow office");
+        check(&a, "reader-bot", "GET", "demo", "192.168.1.1", "deny default-deny");
+    }
+
+    #[test]
+    fn time_from_epoch() {
+        assert_eq!(
+            RequestTime::from_epoch(0),
+            RequestTime { hour: 0, weekday: 4, epoch: 0 }
+        );
+        let t = RequestTime::from_epoch(1_700_000_000);
+        assert_eq!((t.hour, t.weekday), (22, 2));
+    }
+
+    #[test]
+    fn methods() {
+        assert_eq!(HttpAction::from_method("PATCH"), Some(HttpAction::Patch));
+        assert_eq!(HttpAction::from_method("OPTIONS"), None);
+        assert_eq!(HttpAction::from_method("get"), None);
+    }
+}

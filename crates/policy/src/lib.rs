@@ -1,0 +1,20 @@
+//! The policy façade: the only crate that touches Cedar types.
+//!
+//! **API boundary.** Callers hand in plain data (agent names, roles, routes, request
+//! context) and get back a [`Decision`]; no `cedar_policy` type appears in this
+//! crate's public API, so the Cedar version can move without touching the gateway.
+//!
+//! - [`PolicySources`] reads a policy directory (`schema.cedarschema` + `*.cedar`).
+//! - [`PolicyBundle::compile`] parses, names and validates them against the schema.
+//! - [`Authorizer::new`] joins a bundle with the current principals and resources
+//!   into an immutable snapshot that answers [`Authorizer::decide`] without IO.
+#![forbid(unsafe_code)]
+
+mod bundle;
+mod decide;
+
+pub use bundle::{PolicyBundle, PolicyError, PolicySources, DEFAULT_POLICIES, DEFAULT_SCHEMA};
+pub use decide::{
+    AgentEntity, Authorizer, AuthzRequest, EntityError, HttpAction, RequestTime, RouteEntity,
+};
+pub use portcullis_core::Decision;

@@ -1,0 +1,433 @@
+//! Persistent state: agents and their certificates, the audit log, admin credentials.
+//!
+//! SQLite is the embedded default (one file in the state directory, WAL mode,
+//! `synchronous = FULL` so a committed audit batch survives a crash or power loss).
+//! The PostgreSQL backend for cluster mode will implement the same operations; the
+//! rest of Portcullis calls only the methods of [`Store`].
+//!
+//! The store is never on the request hot path: the gateway reads agents from an
+//! in-memory snapshot and hands audit records to a batching writer.
+#![forbid(unsafe_code)]
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use portcullis_audit::AuditRecord;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlSafeStr, SqlitePool};
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database reported an error.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The schema could not be migrated.
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A stored value does not decode.
+    #[error("corrupt stored value in `{table}`: {detail}")]
+    Corrupt {
+        /// The table holding it.
+        table: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The object already exists.
+    #[error("`{0}` already exists")]
+    Conflict(String),
+    /// The object does not exist.
+    #[error("`{0}` does not exist")]
+    NotFound(String),
+}
+
+/// An agent as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentRow {
+    /// The agent's name.
+    pub name: String,
+    /// Its roles.
+    pub roles: Vec<String>,
+    /// Creation time, seconds since the epoch.
+    pub created_at: i64,
+    /// Revocation time, if revoked.
+    pub revoked_at: Option<i64>,
+}
+
+/// A certificate issued to an agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateRow {
+    /// Serial number, lowercase hex.
+    pub serial: String,
+    /// The agent it was issued to.
+    pub agent: String,
+    /// The SPIFFE ID it carries.
+    pub spiffe_id: String,
+    /// Issue time, seconds since the epoch.
+    pub issued_at: i64,
+    /// End of validity, seconds since the epoch.
+    pub not_after: i64,
+    /// Revocation time, if revoked.
+    pub revoked_at: Option<i64>,
+}
+
+/// The store.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "init".into(),
+        MigrationType::Simple,
+        include_str!("../migrations/0001_init.sql").into_sql_str(),
+        false,
+    )])
+}
+
+impl Store {
+    /// Opens (creating if needed) the SQLite database at `path` and migrates it.
+    pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        migrator().run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Opens a database from a URL such as `sqlite:///var/lib/portcullis/db.sqlite`.
+    pub async fn open_url(url: &str) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str(url)?;
+        Self::open_sqlite(options.get_filename()).await
+    }
+
+    /// Checks the database answers (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Registers an agent with its first certificate, atomically.
+    pub async fn create_agent(
+        &self,
+        agent: &AgentRow,
+        certificate: &CertificateRow,
+    ) -> Result<(), StoreError> {
+        let roles = serde_json::to_string(&agent.roles).map_err(|e| StoreError::Corrupt {
+            table: "agents",
+            detail: e.to_string(),
+        })?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let exists = sqlx::query("SELECT 1 FROM agents WHERE name = ?")
+            .bind(&agent.name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_some() {
+            return Err(StoreError::Conflict(agent.name.clone()));
+        }
+        sqlx::query("INSERT INTO agents (name, roles, created_at, revoked_at) VALUES (?, ?, ?, ?)")
+            .bind(&agent.name)
+            .bind(roles)
+            .bind(agent.created_at)
+            .bind(agent.revoked_at)
+            .execute(&mut *tx)
+            .await?;
+        insert_certificate(&mut tx, certificate).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Records another certificate for an existing, unrevoked agent (renewal).
+    pub async fn add_certificate(&self, certificate: &CertificateRow) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let active = sqlx::query("SELECT 1 FROM agents WHERE name = ? AND revoked_at IS NULL")
+            .bind(&certificate.agent)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if active.is_none() {
+            return Err(StoreError::NotFound(certificate.agent.clone()));
+        }
+        insert_certificate(&mut tx, certificate).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Revokes an agent and every certificate it holds. Revoking twice keeps the
+    /// first revocation time.
+    pub async fn revoke_agent(&self, name: &str, now: i64) -> Result<AgentRow, StoreError> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let updated = sqlx::query(
+            "UPDATE agents SET revoked_at = COALESCE(revoked_at, ?) WHERE name = ?",
+        )
+        .bind(now)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::NotFound(name.to_string()));
+        }
+        sqlx::query(
+            "UPDATE agent_certificates SET revoked_at = ? WHERE agent = ? AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(name)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        self.agent(name)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(name.to_string()))
+    }
+
+    /// One agent by name.
+    pub async fn agent(&self, name: &str) -> Result<Option<AgentRow>, StoreError> {
+        let row = sqlx::query("SELECT name, roles, created_at, revoked_at FROM agents WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| agent_from_row(&r)).transpose()
+    }
+
+    /// All agents, by name.
+    pub async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
+        let rows = sqlx::query("SELECT name, roles, created_at, revoked_at FROM agents ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(agent_from_row).collect()
+    }
+
+    /// All certificates, or those of one agent, oldest first.
+    pub async fn certificates(&self, agent: Option<&str>) -> Result<Vec<CertificateRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT serial, agent, spiffe_id, issued_at, not_after, revoked_at
+             FROM agent_certificates WHERE (?1 IS NULL OR agent = ?1) ORDER BY issued_at, serial",
+        )
+        .bind(agent)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CertificateRow {
+                    serial: r.try_get("serial")?,
+                    agent: r.try_get("agent")?,
+                    spiffe_id: r.try_get("spiffe_id")?,
+                    issued_at: r.try_get("issued_at")?,
+                    not_after: r.try_get("not_after")?,
+                    revoked_at: r.try_get("revoked_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Appends a batch of audit records in one transaction (group commit), giving
+    /// each the next sequence number. When this returns `Ok`, every record of the
+    /// batch is durable.
+    pub async fn append_audit(&self, records: &mut [AuditRecord]) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        // IMMEDIATE takes the write lock first, so reading the last seq and
+        // inserting after it cannot race another writer.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log")
+            .fetch_one(&mut *tx)
+            .await?;
+        let mut next = last.map_or(0, |s| s + 1);
+        for record in records.iter_mut() {
+            record.seq = Some(next as u64);
+            let bytes = record.canonical_bytes();
+            let text = String::from_utf8(bytes).map_err(|e| StoreError::Corrupt {
+                table: "audit_log",
+                detail: e.to_string(),
+            })?;
+            sqlx::query("INSERT INTO audit_log (seq, request_id, time_ms, record) VALUES (?, ?, ?, ?)")
+                .bind(next)
+                .bind(&record.request_id)
+                .bind(record.time_ms)
+                .bind(text)
+                .execute(&mut *tx)
+                .await?;
+            next += 1;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The last `n` audit records, oldest first.
+    pub async fn audit_tail(&self, n: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT record FROM (SELECT seq, record FROM audit_log ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+        )
+        .bind(n)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let text: String = r.try_get("record")?;
+                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                    table: "audit_log",
+                    detail: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Stores the SHA-256 (hex) of a new admin token.
+    pub async fn add_admin_token(&self, id: &str, sha256_hex: &str, now: i64) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO admin_tokens (id, token_sha256, created_at) VALUES (?, ?, ?)")
+            .bind(id)
+            .bind(sha256_hex)
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The SHA-256 (hex) of every admin token.
+    pub async fn admin_token_hashes(&self) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar("SELECT token_sha256 FROM admin_tokens ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
+    /// Closes the pool, waiting for connections to finish.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+async fn insert_certificate(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    c: &CertificateRow,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO agent_certificates (serial, agent, spiffe_id, issued_at, not_after, revoked_at)
+         VALUES (?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&c.serial)
+    .bind(&c.agent)
+    .bind(&c.spiffe_id)
+    .bind(c.issued_at)
+    .bind(c.not_after)
+    .bind(c.revoked_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+fn agent_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<AgentRow, StoreError> {
+    let roles: String = r.try_get("roles")?;
+    Ok(AgentRow {
+        name: r.try_get("name")?,
+        roles: serde_json::from_str(&roles).map_err(|e| StoreError::Corrupt {
+            table: "agents",
+            detail: e.to_string(),
+        })?,
+        created_at: r.try_get("created_at")?,
+        revoked_at: r.try_get("revoked_at")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_audit::{Outcome, RecordKind};
+
+    fn record(id: &str) -> AuditRecord {
+        AuditRecord {
+            seq: None,
+            time_ms: 1,
+            kind: RecordKind::Request,
+            request_id: id.into(),
+            principal: None,
+            credential: None,
+            source_ip: None,
+            action: "GET".into(),
+            resource: None,
+            path: None,
+            outcome: Outcome::Deny,
+            policies: vec![],
+            error_code: Some("unauthenticated".into()),
+            status: 401,
+            duration_us: 1,
+            bytes_in: 0,
+            bytes_out: 0,
+        }
+    }
+
+    fn cert(serial: &str, agent: &str) -> CertificateRow {
+        CertificateRow {
+            serial: serial.into(),
+            agent: agent.into(),
+            spiffe_id: format!("spiffe://t/agent/{agent}"),
+            issued_at: 10,
+            not_after: 20,
+            revoked_at: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn agents_certificates_and_revocation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("db.sqlite")).await.unwrap();
+        let bot = AgentRow {
+            name: "bot".into(),
+            roles: vec!["reader".into()],
+            created_at: 10,
+            revoked_at: None,
+        };
+        store.create_agent(&bot, &cert("01", "bot")).await.unwrap();
+        assert!(matches!(
+            store.create_agent(&bot, &cert("02", "bot")).await,
+            Err(StoreError::Conflict(_))
+        ));
+        store.add_certificate(&cert("03", "bot")).await.unwrap();
+        assert!(matches!(
+            store.add_certificate(&cert("04", "ghost")).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert_eq!(store.agents().await.unwrap(), vec![bot.clone()]);
+
+        let revoked = store.revoke_agent("bot", 15).await.unwrap();
+        assert_eq!(revoked.revoked_at, Some(15));
+        assert_eq!(store.revoke_agent("bot", 99).await.unwrap().revoked_at, Some(15));
+        let certs = store.certificates(Some("bot")).await.unwrap();
+        assert_eq!(certs.len(), 2);
+        assert!(certs.iter().all(|c| c.revoked_at == Some(15)));
+        assert!(matches!(
+            store.add_certificate(&cert("05", "bot")).await,
+            Err(StoreError::NotFound(_))
+        ));
+        assert!(matches!(store.revoke_agent("ghost", 1).await, Err(StoreError::NotFound(_))));
+    }
+
+    #[tokio::test]
+    async fn audit_batches_get_consecutive_seqs_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db.sqlite");
+        let store = Store::open_sqlite(&path).await.unwrap();
+        let mut batch = vec![record("a"), record("b")];
+        store.append_audit(&mut batch).await.unwrap();
+        let mut batch2 = vec![record("c")];
+        store.append_audit(&mut batch2).await.unwrap();
+        assert_eq!(batch2[0].seq, Some(2));
+        store.close().await;
+
+        let store = Store::open_sqlite(&path).await.unwrap();
+        let tail = store.audit_tail(2).await.unwrap();
+        let ids: Vec<_> = tail.iter().map(|r| (r.seq, r.request_id.as_str())).collect();
+        assert_eq!(ids, [(Some(1), "b"), (Some(2), "c")]);
+    }
+}
