@@ -1,1 +1,21 @@
-//! gateway
+//! The Portcullis data plane: TLS listeners, the request pipeline, forwarding,
+//! and the audit writer that records every request.
+//!
+//! Entry points: [`Gateway::new`] builds the data plane from validated
+//! [`config::Config`] and its collaborators; [`Gateway::serve`] runs it on a
+//! listener. [`pipeline`] holds the stages, in order.
+#![forbid(unsafe_code)]
+
+pub mod audit_sink;
+pub mod body;
+pub mod config;
+pub mod demo_upstream;
+pub mod directory;
+pub mod listener;
+pub mod metrics;
+pub mod pipeline;
+pub mod respond;
+pub mod route;
+mod state;
+
+pub use state::{ConnectionState, Gateway, GatewayError, GatewayParts, Snapshot};

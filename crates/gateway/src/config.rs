@@ -1,0 +1,541 @@
+//! Gateway configuration in two stages: [`RawConfig`] mirrors the TOML file
+//! (unknown keys are errors: a typo in a security config must fail loudly), and
+//! [`Config`] is the validated, ready-to-use form.
+//!
+//! Value errors (a bad address, classification or URL) are raised while parsing, so
+//! the TOML parser reports them with the file's line, column and key.
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use portcullis_core::{is_valid_name, Classification};
+use serde::{Deserialize, Deserializer};
+
+/// Default data-plane address.
+pub const DEFAULT_GATEWAY_LISTEN: &str = "127.0.0.1:8443";
+/// Default admin-API address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9443";
+/// Default trust domain of agent SPIFFE IDs.
+pub const DEFAULT_TRUST_DOMAIN: &str = "portcullis.local";
+/// Default request body limit: 10 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// Default time to wait for an upstream's response head.
+pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
+/// Default cap on concurrent connections per listener.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// The upstream of the quickstart: a demo service Portcullis runs in-process.
+pub const BUILTIN_DEMO_UPSTREAM: &str = "builtin:demo";
+
+/// The TOML file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[gateway]`: the data-plane listener.
+    #[serde(default)]
+    pub gateway: RawGateway,
+    /// `[admin]`: the admin-API listener.
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// `[identity]`: trust domain.
+    #[serde(default)]
+    pub identity: RawIdentity,
+    /// `[policy]`: where policies live.
+    #[serde(default)]
+    pub policy: RawPolicy,
+    /// `[limits]`: request limits.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// `[store]`: the database.
+    #[serde(default)]
+    pub store: RawStore,
+    /// `[[routes]]`: what the gateway forwards where.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+}
+
+/// `[gateway]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    /// Address of the data-plane TLS listener (default `127.0.0.1:8443`).
+    pub listen: Option<SocketAddr>,
+    /// Maximum concurrent connections (default 10000).
+    pub max_connections: Option<usize>,
+}
+
+/// `[admin]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Address of the admin-API TLS listener (default `127.0.0.1:9443`).
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[identity]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    /// Trust domain of SPIFFE IDs (default `portcullis.local`).
+    #[serde(default, deserialize_with = "opt_trust_domain")]
+    pub trust_domain: Option<String>,
+}
+
+/// `[policy]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    /// Directory holding `schema.cedarschema` and `*.cedar`; relative paths are
+    /// relative to the config file. Default: `<state dir>/policies`, seeded with the
+    /// shipped schema and quickstart policies.
+    pub dir: Option<PathBuf>,
+}
+
+/// `[limits]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    /// Largest accepted request body in bytes (default 10 MiB).
+    pub max_body_bytes: Option<u64>,
+    /// Milliseconds to wait for an upstream's response head (default 30000).
+    pub upstream_timeout_ms: Option<u64>,
+}
+
+/// `[store]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawStore {
+    /// Database URL, e.g. `sqlite:///var/lib/portcullis/portcullis.db`. Default: the
+    /// SQLite file `portcullis.db` in the state directory.
+    #[serde(default, deserialize_with = "opt_store_url")]
+    pub url: Option<String>,
+}
+
+/// `[[routes]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Unique route name; the Cedar resource is `Route::"<name>"`.
+    #[serde(deserialize_with = "route_name")]
+    pub name: toml::Spanned<String>,
+    /// Protocol adapter: only `http` for now.
+    #[serde(default = "default_kind")]
+    pub kind: RouteKind,
+    /// Requests whose path is this prefix or below it (segment-wise) take this route.
+    #[serde(deserialize_with = "path_prefix")]
+    pub path_prefix: toml::Spanned<String>,
+    /// `http://…` or `https://…` base URL, or `builtin:demo`.
+    #[serde(deserialize_with = "from_str")]
+    pub upstream: Upstream,
+    /// Sensitivity of the data behind the route.
+    #[serde(deserialize_with = "from_str")]
+    pub classification: Classification,
+}
+
+/// The protocol adapter of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouteKind {
+    /// A plain HTTP reverse proxy.
+    Http,
+}
+
+fn default_kind() -> RouteKind {
+    RouteKind::Http
+}
+
+/// Where a route forwards to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Upstream {
+    /// A base URL: scheme, authority and an optional base path (no query).
+    Url {
+        /// `http` or `https`.
+        scheme: http::uri::Scheme,
+        /// Host and port.
+        authority: http::uri::Authority,
+        /// Base path without a trailing slash (`""` for the root).
+        base_path: String,
+    },
+    /// The in-process demo upstream.
+    BuiltinDemo,
+}
+
+impl FromStr for Upstream {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s == BUILTIN_DEMO_UPSTREAM {
+            return Ok(Upstream::BuiltinDemo);
+        }
+        let uri: http::Uri = s.parse().map_err(|e| format!("invalid upstream URL `{s}`: {e}"))?;
+        let scheme = uri
+            .scheme()
+            .filter(|s| **s == http::uri::Scheme::HTTP || **s == http::uri::Scheme::HTTPS)
+            .cloned()
+            .ok_or_else(|| format!("upstream `{s}` must be an http:// or https:// URL or `{BUILTIN_DEMO_UPSTREAM}`"))?;
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| format!("upstream `{s}` has no host"))?;
+        if authority.as_str().contains('@') {
+            return Err(format!("upstream `{s}` must not carry credentials in the URL"));
+        }
+        if uri.query().is_some() {
+            return Err(format!("upstream `{s}` must not have a query string"));
+        }
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        Ok(Upstream::Url {
+            scheme,
+            authority,
+            base_path,
+        })
+    }
+}
+
+fn from_str<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: Display,
+{
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+fn route_name<'de, D: Deserializer<'de>>(d: D) -> Result<toml::Spanned<String>, D::Error> {
+    let s = toml::Spanned::<String>::deserialize(d)?;
+    if !is_valid_name(s.get_ref()) {
+        return Err(serde::de::Error::custom(format!(
+            "invalid route name `{}`: use 1-64 characters of a-z, 0-9, `.`, `_` or `-`",
+            s.get_ref()
+        )));
+    }
+    Ok(s)
+}
+
+fn path_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<toml::Spanned<String>, D::Error> {
+    let s = toml::Spanned::<String>::deserialize(d)?;
+    let p = s.get_ref();
+    let ok = p.starts_with('/')
+        && (p == "/" || !p.ends_with('/'))
+        && !p.contains("//")
+        && !p.split('/').any(|seg| seg == "." || seg == "..")
+        && p.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#' | b'%'));
+    if !ok {
+        return Err(serde::de::Error::custom(format!(
+            "invalid path_prefix `{p}`: must start with `/`, have no trailing `/`, `//`, dot segments, `%`, `?` or `#`"
+        )));
+    }
+    Ok(s)
+}
+
+fn opt_trust_domain<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && s
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-'));
+    if !ok {
+        return Err(serde::de::Error::custom(format!(
+            "invalid trust_domain `{s}`: use lowercase letters, digits, `.` and `-`"
+        )));
+    }
+    Ok(Some(s))
+}
+
+fn opt_store_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    if !s.starts_with("sqlite:") {
+        return Err(serde::de::Error::custom(format!(
+            "unsupported store url `{s}`: this build supports `sqlite:` URLs"
+        )));
+    }
+    Ok(Some(s))
+}
+
+/// A validated route.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Unique name.
+    pub name: String,
+    /// Protocol adapter.
+    pub kind: RouteKind,
+    /// Path prefix (segment-wise match).
+    pub path_prefix: String,
+    /// Where to forward.
+    pub upstream: Upstream,
+    /// Data classification.
+    pub classification: Classification,
+}
+
+/// Where the policies come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PolicySource {
+    /// A directory named in the config file.
+    Dir(PathBuf),
+    /// `<state dir>/policies`, seeded with the shipped defaults on first start.
+    StateDir,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data-plane listener.
+    pub gateway_listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Concurrent connection cap per listener.
+    pub max_connections: usize,
+    /// SPIFFE trust domain.
+    pub trust_domain: String,
+    /// Policy directory.
+    pub policy: PolicySource,
+    /// Request body limit.
+    pub max_body_bytes: u64,
+    /// Upstream response-head timeout.
+    pub upstream_timeout: Duration,
+    /// Database URL, when not the default file in the state directory.
+    pub store_url: Option<String>,
+    /// Routes, in file order.
+    pub routes: Vec<RouteConfig>,
+}
+
+/// The configuration file is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file `{path}`: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The file is not valid (syntax, unknown key, bad value, conflict).
+    #[error("invalid config file `{path}`: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line, column and key.
+        message: String,
+    },
+}
+
+impl Config {
+    /// The built-in quickstart: default listeners and two routes to the demo
+    /// upstream, one public and one confidential, so the first requests show both
+    /// an allow and a denial.
+    pub fn quickstart() -> Self {
+        let demo = |name: &str, prefix: &str, classification| RouteConfig {
+            name: name.into(),
+            kind: RouteKind::Http,
+            path_prefix: prefix.into(),
+            upstream: Upstream::BuiltinDemo,
+            classification,
+        };
+        Config {
+            routes: vec![
+                demo("demo", "/demo", Classification::Public),
+                demo("payroll", "/payroll", Classification::Confidential),
+            ],
+            ..Self::from_raw_unchecked(RawConfig::default(), Path::new("."))
+        }
+    }
+
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates TOML text; `path` is used for messages and relative directories.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| invalid(format!("\n{e}")))?;
+        // Cross-field checks, reported with the line of the offending key.
+        let line_of = |span: std::ops::Range<usize>| text[..span.start.min(text.len())].matches('\n').count() + 1;
+        let mut names = std::collections::HashSet::new();
+        let mut prefixes = std::collections::HashSet::new();
+        for route in &raw.routes {
+            if !names.insert(route.name.get_ref().clone()) {
+                return Err(invalid(format!(
+                    "line {}, key `routes.name`: duplicate route name `{}`",
+                    line_of(route.name.span()),
+                    route.name.get_ref()
+                )));
+            }
+            if !prefixes.insert(route.path_prefix.get_ref().clone()) {
+                return Err(invalid(format!(
+                    "line {}, key `routes.path_prefix`: duplicate path_prefix `{}`",
+                    line_of(route.path_prefix.span()),
+                    route.path_prefix.get_ref()
+                )));
+            }
+        }
+        if raw.limits.max_body_bytes == Some(0) {
+            return Err(invalid("key `limits.max_body_bytes`: must be greater than 0".into()));
+        }
+        if raw.limits.upstream_timeout_ms == Some(0) {
+            return Err(invalid("key `limits.upstream_timeout_ms`: must be greater than 0".into()));
+        }
+        if raw.gateway.max_connections == Some(0) {
+            return Err(invalid("key `gateway.max_connections`: must be greater than 0".into()));
+        }
+        let base = path.parent().unwrap_or(Path::new("."));
+        let config = Self::from_raw_unchecked(raw, base);
+        if config.gateway_listen == config.admin_listen {
+            return Err(invalid(format!(
+                "keys `gateway.listen` and `admin.listen`: the data plane and the admin API must listen on different addresses (both are {})",
+                config.gateway_listen
+            )));
+        }
+        Ok(config)
+    }
+
+    fn from_raw_unchecked(raw: RawConfig, base: &Path) -> Self {
+        let parse_addr = |s: &str| s.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        Config {
+            gateway_listen: raw.gateway.listen.unwrap_or_else(|| parse_addr(DEFAULT_GATEWAY_LISTEN)),
+            admin_listen: raw.admin.listen.unwrap_or_else(|| parse_addr(DEFAULT_ADMIN_LISTEN)),
+            max_connections: raw.gateway.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            trust_domain: raw
+                .identity
+                .trust_domain
+                .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_string()),
+            policy: match raw.policy.dir {
+                Some(dir) if dir.is_absolute() => PolicySource::Dir(dir),
+                Some(dir) => PolicySource::Dir(base.join(dir)),
+                None => PolicySource::StateDir,
+            },
+            max_body_bytes: raw.limits.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            upstream_timeout: Duration::from_millis(
+                raw.limits.upstream_timeout_ms.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_MS),
+            ),
+            store_url: raw.store.url,
+            routes: raw
+                .routes
+                .into_iter()
+                .map(|r| RouteConfig {
+                    name: r.name.into_inner(),
+                    kind: r.kind,
+                    path_prefix: r.path_prefix.into_inner(),
+                    upstream: r.upstream,
+                    classification: r.classification,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses `text`; `Ok` is a one-line summary, `Err` the message.
+    fn check(text: &str, expect: &str) {
+        let got = match Config::parse(text, Path::new("/etc/p/portcullis.toml")) {
+            Ok(c) => format!(
+                "ok {} {} {:?} {} routes={}",
+                c.gateway_listen,
+                c.admin_listen,
+                c.policy,
+                c.max_body_bytes,
+                c.routes
+                    .iter()
+                    .map(|r| format!("{}:{}:{}", r.name, r.path_prefix, r.classification))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            Err(e) => e.to_string(),
+        };
+        assert!(got.contains(expect), "expected `{expect}` in:\n{got}");
+    }
+
+    #[test]
+    fn valid_files() {
+        check("", "ok 127.0.0.1:8443 127.0.0.1:9443 StateDir 10485760 routes=");
+        check(
+            r#"
+[gateway]
+listen = "127.0.0.1:7000"
+[admin]
+listen = "127.0.0.1:7001"
+[policy]
+dir = "policies"
+[limits]
+max_body_bytes = 1024
+upstream_timeout_ms = 500
+[[routes]]
+name = "api"
+kind = "http"
+path_prefix = "/api"
+upstream = "http://127.0.0.1:9000/base/"
+classification = "internal"
+"#,
+            "ok 127.0.0.1:7000 127.0.0.1:7001 Dir(\"/etc/p/policies\") 1024 routes=api:/api:internal",
+        );
+    }
+
+    #[test]
+    fn invalid_files_name_line_and_key() {
+        check("[gateway]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n", "unknown field `listn`");
+        check("[gateway]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n", "line 3");
+        check("[gateway]\nlisten = \"nope\"\n", "line 2");
+        check(
+            "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"http://x\"\nclassification = \"secret\"\n",
+            "unknown classification `secret`",
+        );
+        check(
+            "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"ftp://x\"\nclassification = \"public\"\n",
+            "line 4",
+        );
+        check(
+            "[[routes]]\nname = \"a\"\npath_prefix = \"a/\"\nupstream = \"http://x\"\nclassification = \"public\"\n",
+            "invalid path_prefix",
+        );
+        check(
+            "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"http://x\"\nclassification = \"public\"\nkind = \"grpc\"\n",
+            "unknown variant `grpc`",
+        );
+        check(
+            "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"http://x\"\nclassification = \"public\"\n\
+             [[routes]]\nname = \"a\"\npath_prefix = \"/b\"\nupstream = \"http://x\"\nclassification = \"public\"\n",
+            "line 7, key `routes.name`: duplicate route name `a`",
+        );
+        check(
+            "[gateway]\nlisten = \"127.0.0.1:1\"\n[admin]\nlisten = \"127.0.0.1:1\"\n",
+            "must listen on different addresses",
+        );
+        check("[limits]\nmax_body_bytes = 0\n", "limits.max_body_bytes");
+        check(
+            "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"http://user:pw@x\"\nclassification = \"public\"\n",
+            "must not carry credentials",
+        );
+    }
+
+    #[test]
+    fn upstream_urls() {
+        let u: Upstream = "https://api.example:8443/v1/".parse().unwrap();
+        assert_eq!(
+            u,
+            Upstream::Url {
+                scheme: http::uri::Scheme::HTTPS,
+                authority: "api.example:8443".parse().unwrap(),
+                base_path: "/v1".into()
+            }
+        );
+        assert_eq!("builtin:demo".parse::<Upstream>(), Ok(Upstream::BuiltinDemo));
+        assert!("http://x/?q=1".parse::<Upstream>().is_err());
+        assert!("/relative".parse::<Upstream>().is_err());
+    }
+}

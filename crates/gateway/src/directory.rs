@@ -1,0 +1,108 @@
+//! The in-memory agent directory the authenticate stage reads: which agents and
+//! certificate serials are live. Built from the store off the request path.
+
+use std::collections::HashMap;
+
+use portcullis_store::{AgentRow, CertificateRow};
+
+/// One agent's live state.
+#[derive(Debug, Clone)]
+pub struct DirectoryEntry {
+    /// Roles, for policy.
+    pub roles: Vec<String>,
+    /// Whether the agent is revoked.
+    pub revoked: bool,
+    /// Issued certificate serials → whether that certificate is revoked.
+    pub serials: HashMap<String, bool>,
+}
+
+/// Why a verified certificate still does not authenticate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirectoryRefusal {
+    /// No such agent is registered.
+    UnknownAgent,
+    /// The agent is revoked.
+    AgentRevoked,
+    /// The certificate serial was never issued to this agent, or was revoked.
+    CertificateRevoked,
+}
+
+/// All agents, by name.
+#[derive(Debug, Clone, Default)]
+pub struct AgentDirectory {
+    agents: HashMap<String, DirectoryEntry>,
+}
+
+impl AgentDirectory {
+    /// Builds the directory from stored rows.
+    pub fn new(agents: &[AgentRow], certificates: &[CertificateRow]) -> Self {
+        let mut map: HashMap<String, DirectoryEntry> = agents
+            .iter()
+            .map(|a| {
+                (
+                    a.name.clone(),
+                    DirectoryEntry {
+                        roles: a.roles.clone(),
+                        revoked: a.revoked_at.is_some(),
+                        serials: HashMap::new(),
+                    },
+                )
+            })
+            .collect();
+        for c in certificates {
+            if let Some(entry) = map.get_mut(&c.agent) {
+                entry.serials.insert(c.serial.clone(), c.revoked_at.is_some());
+            }
+        }
+        AgentDirectory { agents: map }
+    }
+
+    /// Checks that `agent` is live and `serial` is one of its live certificates.
+    pub fn check(&self, agent: &str, serial: &str) -> Result<&DirectoryEntry, DirectoryRefusal> {
+        let entry = self.agents.get(agent).ok_or(DirectoryRefusal::UnknownAgent)?;
+        if entry.revoked {
+            return Err(DirectoryRefusal::AgentRevoked);
+        }
+        match entry.serials.get(serial) {
+            Some(false) => Ok(entry),
+            _ => Err(DirectoryRefusal::CertificateRevoked),
+        }
+    }
+
+    /// Agents and their roles, for building policy entities.
+    pub fn agents(&self) -> impl Iterator<Item = (&String, &DirectoryEntry)> {
+        self.agents.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_agents_and_serials_only() {
+        let agent = |name: &str, revoked: Option<i64>| AgentRow {
+            name: name.into(),
+            roles: vec!["r".into()],
+            created_at: 0,
+            revoked_at: revoked,
+        };
+        let cert = |serial: &str, agent: &str, revoked: Option<i64>| CertificateRow {
+            serial: serial.into(),
+            agent: agent.into(),
+            spiffe_id: String::new(),
+            issued_at: 0,
+            not_after: 0,
+            revoked_at: revoked,
+        };
+        let d = AgentDirectory::new(
+            &[agent("a", None), agent("gone", Some(1))],
+            &[cert("1", "a", None), cert("2", "a", Some(1)), cert("3", "gone", None)],
+        );
+        assert!(d.check("a", "1").is_ok());
+        assert_eq!(d.check("a", "2").unwrap_err(), DirectoryRefusal::CertificateRevoked);
+        assert_eq!(d.check("a", "3").unwrap_err(), DirectoryRefusal::CertificateRevoked);
+        assert_eq!(d.check("gone", "3").unwrap_err(), DirectoryRefusal::AgentRevoked);
+        assert_eq!(d.check("nobody", "1").unwrap_err(), DirectoryRefusal::UnknownAgent);
+    }
+}

@@ -1,0 +1,179 @@
+//! Prometheus metrics of the data plane, served by the admin listener.
+
+use std::sync::atomic::AtomicI64;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// The pipeline stages, as metric labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stage {
+    /// Limits and request sanity.
+    Decode,
+    /// Certificate → agent.
+    Authenticate,
+    /// Route, action, time, source address.
+    Contextualize,
+    /// Cedar decision.
+    Authorize,
+    /// Upstream call until the response head.
+    Forward,
+    /// Time in the gateway for the whole request, excluding nothing.
+    Total,
+}
+
+impl Stage {
+    const ALL: [Stage; 6] = [
+        Stage::Decode,
+        Stage::Authenticate,
+        Stage::Contextualize,
+        Stage::Authorize,
+        Stage::Forward,
+        Stage::Total,
+    ];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Stage::Decode => "decode",
+            Stage::Authenticate => "authenticate",
+            Stage::Contextualize => "contextualize",
+            Stage::Authorize => "authorize",
+            Stage::Forward => "forward",
+            Stage::Total => "total",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    route: String,
+    status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    route: String,
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StageLabels {
+    stage: &'static str,
+}
+
+/// The gateway's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    decisions: Family<DecisionLabels, Counter>,
+    // One histogram per stage, fetched once, so observing takes no lock.
+    stages: Vec<Histogram>,
+    /// Audit records waiting to be written.
+    pub audit_queue: Gauge<i64, AtomicI64>,
+    /// Audit records written.
+    pub audit_written: Counter,
+    /// Audit batches that failed to write (and were retried).
+    pub audit_failures: Counter,
+    registry: Registry,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("portcullis");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Data-plane requests by route and HTTP status",
+            requests.clone(),
+        );
+        let decisions = Family::<DecisionLabels, Counter>::default();
+        registry.register(
+            "decisions",
+            "Authorization decisions by route and outcome",
+            decisions.clone(),
+        );
+        let stage_family = Family::<StageLabels, Histogram>::new_with_constructor(|| {
+            // 5 µs … ~10 s.
+            Histogram::new(exponential_buckets(0.000_005, 2.5, 17))
+        });
+        registry.register(
+            "stage_duration_seconds",
+            "Time spent in each pipeline stage",
+            stage_family.clone(),
+        );
+        let stages = Stage::ALL
+            .iter()
+            .map(|s| stage_family.get_or_create(&StageLabels { stage: s.as_str() }).clone())
+            .collect();
+        let audit_queue = Gauge::default();
+        registry.register(
+            "audit_queue_depth",
+            "Audit records accepted but not yet durable",
+            audit_queue.clone(),
+        );
+        let audit_written = Counter::default();
+        registry.register("audit_records_written", "Audit records made durable", audit_written.clone());
+        let audit_failures = Counter::default();
+        registry.register(
+            "audit_write_failures",
+            "Audit batch writes that failed and were retried",
+            audit_failures.clone(),
+        );
+        Metrics {
+            requests,
+            decisions,
+            stages,
+            audit_queue,
+            audit_written,
+            audit_failures,
+            registry,
+        }
+    }
+
+    /// Counts a finished request.
+    pub fn request(&self, route: &str, status: u16) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                route: route.to_string(),
+                status,
+            })
+            .inc();
+    }
+
+    /// Counts a decision.
+    pub fn decision(&self, route: &str, allowed: bool) {
+        self.decisions
+            .get_or_create(&DecisionLabels {
+                route: route.to_string(),
+                decision: if allowed { "allow" } else { "deny" },
+            })
+            .inc();
+    }
+
+    /// Records time spent in a stage.
+    pub fn stage(&self, stage: Stage, elapsed: Duration) {
+        if let Some(h) = self.stages.get(stage as usize) {
+            h.observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,57 @@
+//! Contextualize: what is being done to what, when and from where — the route
+//! (Cedar resource), the method (Cedar action), the time and the source address.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use portcullis_core::ErrorCode;
+use portcullis_policy::{HttpAction, RequestTime};
+
+use crate::config::RouteConfig;
+use crate::pipeline::decode::DecodedRequest;
+use crate::respond::Denial;
+use crate::route::RouteTable;
+
+/// The facts authorization decides on.
+#[derive(Debug, Clone)]
+pub struct RequestContext {
+    /// The matched route.
+    pub route: Arc<RouteConfig>,
+    /// The path below the route prefix (starts with `/`).
+    pub rest_path: String,
+    /// The full request path.
+    pub path: String,
+    /// The action.
+    pub action: HttpAction,
+    /// The client address.
+    pub source_ip: IpAddr,
+    /// When.
+    pub time: RequestTime,
+}
+
+/// Runs the stage.
+pub fn run(
+    routes: &RouteTable,
+    request: &DecodedRequest,
+    source_ip: IpAddr,
+    now_epoch: i64,
+) -> Result<RequestContext, Denial> {
+    let path = request.parts.uri.path();
+    let (route, rest) = routes
+        .lookup(path)
+        .ok_or_else(|| Denial::new(ErrorCode::RouteNotFound, format!("no route matches `{path}`")))?;
+    let action = HttpAction::from_method(request.parts.method.as_str()).ok_or_else(|| {
+        Denial::new(
+            ErrorCode::MethodNotAllowed,
+            format!("method `{}` is not supported", request.parts.method),
+        )
+    })?;
+    Ok(RequestContext {
+        route: route.clone(),
+        rest_path: rest.to_string(),
+        path: path.to_string(),
+        action,
+        source_ip,
+        time: RequestTime::from_epoch(now_epoch),
+    })
+}

@@ -1,0 +1,162 @@
+//! The request pipeline. One request flows one way through these stages; each is
+//! its own module with one job. A stage either hands its typed output to the next
+//! or ends the request with a [`Denial`]; none reaches back into an earlier one.
+//!
+//! ```text
+//! accept        (listener.rs) TLS termination, connection limits, timeouts
+//! decode        size limit, path safety, audit back-pressure
+//! authenticate  client certificate → live agent (directory check, expiry)
+//! contextualize route (resource), method (action), time, source address
+//! authorize     Cedar decision: allow, or 403 naming the deciding policies
+//! forward       upstream call with timeout, streaming both ways
+//! record        (body.rs Recorder) the audit record, on every path
+//! ```
+//!
+//! **Architecture Invariant:** authenticate runs before anything that depends on
+//! who is calling; nothing is forwarded without an `allow` from authorize; every
+//! request — allowed, denied, failed or abandoned — produces exactly one record.
+//!
+//! The order is deliberate: decode comes first because its checks are cheap and
+//! protect everything after it; authenticate precedes route lookup so an
+//! unauthenticated caller learns nothing (not even which routes exist).
+
+pub mod authenticate;
+pub mod authorize;
+pub mod contextualize;
+pub mod decode;
+pub mod forward;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use http::{HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use portcullis_audit::{AuditRecord, Outcome, RecordKind};
+use portcullis_core::RequestId;
+
+use crate::body::{BodyMeter, CLIENT_CLOSED, RecordedBody, Recorder};
+use crate::metrics::Stage;
+use crate::respond::{Denial, REQUEST_ID_HEADER, ResponseBody, error_response};
+use crate::state::{ConnectionState, Gateway};
+
+/// Handles one data-plane request end to end. Never fails: every outcome is a response.
+pub async fn handle(
+    gateway: Arc<Gateway>,
+    conn: Arc<ConnectionState>,
+    request: Request<Incoming>,
+) -> Response<RecordedBody<ResponseBody>> {
+    let started = Instant::now();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let request_id = RequestId::new();
+    let meter = Arc::new(BodyMeter::default());
+    let mut recorder = Recorder::new(
+        AuditRecord {
+            seq: None,
+            time_ms: now.as_millis() as i64,
+            kind: RecordKind::Request,
+            request_id: request_id.to_string(),
+            principal: None,
+            credential: None,
+            source_ip: Some(conn.remote.ip().to_string()),
+            action: request.method().as_str().to_string(),
+            resource: None,
+            path: Some(request.uri().path().to_string()),
+            outcome: Outcome::Deny,
+            policies: Vec::new(),
+            // What the record says if the client goes away before we answer.
+            error_code: Some("client_closed".into()),
+            status: CLIENT_CLOSED,
+            duration_us: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+        },
+        started,
+        meter.clone(),
+        gateway.sink.clone(),
+        gateway.metrics.clone(),
+    );
+
+    let mut response = match run(&gateway, &conn, request, &request_id, &meter, now.as_secs() as i64, &mut recorder).await {
+        Ok(response) => {
+            recorder.record().error_code = None;
+            response
+        }
+        Err(denial) => {
+            let record = recorder.record();
+            record.outcome = Outcome::Deny;
+            record.error_code = Some(denial.code.as_str().to_string());
+            error_response(&request_id, &denial)
+        }
+    };
+    recorder.record().status = response.status().as_u16();
+    if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
+        response.headers_mut().insert(REQUEST_ID_HEADER, v);
+    }
+    response.map(|body| RecordedBody::new(body, recorder))
+}
+
+async fn run(
+    gateway: &Gateway,
+    conn: &ConnectionState,
+    request: Request<Incoming>,
+    request_id: &RequestId,
+    meter: &Arc<BodyMeter>,
+    now_epoch: i64,
+    recorder: &mut Recorder,
+) -> Result<Response<ResponseBody>, Denial> {
+    let metrics = &gateway.metrics;
+
+    let t = Instant::now();
+    let decoded = decode::run(&gateway.limits, &gateway.sink, request, meter);
+    metrics.stage(Stage::Decode, t.elapsed());
+    let decoded = decoded?;
+
+    // One snapshot for the whole request: it is decided by exactly one version
+    // of the agent directory and the policies.
+    let snapshot = gateway.snapshot();
+
+    let t = Instant::now();
+    let identity = authenticate::run(&snapshot.directory, conn.peer.as_ref(), now_epoch);
+    metrics.stage(Stage::Authenticate, t.elapsed());
+    let identity = match identity {
+        Ok(identity) => {
+            let record = recorder.record();
+            record.principal = Some(identity.agent.clone());
+            record.credential = Some(format!("{} serial={}", identity.spiffe_id, identity.serial));
+            identity
+        }
+        Err(failure) => {
+            recorder.record().credential = failure.presented;
+            return Err(failure.denial);
+        }
+    };
+
+    let t = Instant::now();
+    let context = contextualize::run(&gateway.routes, &decoded, conn.remote.ip(), now_epoch);
+    metrics.stage(Stage::Contextualize, t.elapsed());
+    let context = context?;
+    recorder.record().resource = Some(context.route.name.clone());
+
+    let t = Instant::now();
+    let decision = authorize::run(&snapshot.authorizer, &identity, &context);
+    metrics.stage(Stage::Authorize, t.elapsed());
+    metrics.decision(&context.route.name, decision.allowed);
+    {
+        let record = recorder.record();
+        record.policies = decision.policy_ids.clone();
+        if decision.allowed {
+            record.outcome = Outcome::Allow;
+        }
+    }
+    authorize::enforce(&decision)?;
+
+    let t = Instant::now();
+    let response = gateway
+        .forwarder
+        .forward(decoded, &context, &identity, request_id, conn.remote, meter)
+        .await;
+    metrics.stage(Stage::Forward, t.elapsed());
+    response
+}

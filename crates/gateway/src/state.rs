@@ -1,0 +1,253 @@
+//! The gateway's shared state: routes, forwarder, audit sink, metrics, and the
+//! swappable [`Snapshot`] of agents and policies the hot path reads lock-free.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use portcullis_identity::{CertRejection, ClientCertChecker, PeerCertificate};
+use portcullis_policy::{AgentEntity, Authorizer, EntityError, PolicyBundle, RouteEntity};
+use portcullis_store::{Store, StoreError};
+use rustls::ServerConfig;
+use rustls::pki_types::UnixTime;
+use tokio::net::TcpListener;
+use tokio::sync::{Mutex, watch};
+
+use crate::audit_sink::AuditSink;
+use crate::body::RecordedBody;
+use crate::config::{Config, Upstream};
+use crate::directory::AgentDirectory;
+use crate::listener::{self, ConnectionInfo};
+use crate::metrics::Metrics;
+use crate::pipeline::decode::Limits;
+use crate::pipeline::forward::{Forwarder, ResolvedUpstream};
+use crate::respond::ResponseBody;
+use crate::route::RouteTable;
+
+/// What the hot path reads: one consistent version of agents and policies.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Live agents and certificate serials.
+    pub directory: AgentDirectory,
+    /// Policies joined with agents and routes.
+    pub authorizer: Authorizer,
+}
+
+/// Per-connection state: the client certificate is checked once, at connect.
+#[derive(Debug)]
+pub struct ConnectionState {
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// The certificate check, `None` when no certificate was presented.
+    pub peer: Option<Result<PeerCertificate, CertRejection>>,
+}
+
+/// Building or refreshing the gateway failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// Reading agents failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The agents or routes do not fit the policy schema.
+    #[error(transparent)]
+    Entities(#[from] EntityError),
+    /// A route names the demo upstream but none is running.
+    #[error("route `{0}` uses the built-in demo upstream, which is not running")]
+    NoDemoUpstream(String),
+}
+
+/// Everything needed to build a [`Gateway`].
+pub struct GatewayParts {
+    /// The validated configuration.
+    pub config: Config,
+    /// The compiled policies.
+    pub bundle: Arc<PolicyBundle>,
+    /// Client certificate checker for the Portcullis CA.
+    pub checker: ClientCertChecker,
+    /// TLS client settings for https upstreams.
+    pub upstream_tls: rustls::ClientConfig,
+    /// The store agents are read from.
+    pub store: Store,
+    /// Where audit records go.
+    pub sink: AuditSink,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Address of the built-in demo upstream, if running.
+    pub demo_upstream: Option<SocketAddr>,
+}
+
+/// The data plane.
+pub struct Gateway {
+    pub(crate) limits: Limits,
+    pub(crate) routes: RouteTable,
+    pub(crate) forwarder: Forwarder,
+    pub(crate) sink: AuditSink,
+    pub(crate) metrics: Arc<Metrics>,
+    checker: ClientCertChecker,
+    bundle: Arc<PolicyBundle>,
+    route_entities: Vec<RouteEntity>,
+    snapshot: ArcSwap<Snapshot>,
+    store: Store,
+    // Serialises reloads so an older read never replaces a newer snapshot.
+    reload_lock: Mutex<()>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway").finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Builds the gateway and loads the agent directory.
+    pub async fn new(parts: GatewayParts) -> Result<Arc<Self>, GatewayError> {
+        let config = parts.config;
+        let mut upstreams = HashMap::new();
+        for route in &config.routes {
+            let resolved = match &route.upstream {
+                Upstream::Url {
+                    scheme,
+                    authority,
+                    base_path,
+                } => ResolvedUpstream {
+                    scheme: scheme.clone(),
+                    authority: authority.clone(),
+                    base_path: base_path.clone(),
+                },
+                Upstream::BuiltinDemo => {
+                    let addr = parts
+                        .demo_upstream
+                        .ok_or_else(|| GatewayError::NoDemoUpstream(route.name.clone()))?;
+                    ResolvedUpstream {
+                        scheme: http::uri::Scheme::HTTP,
+                        authority: addr
+                            .to_string()
+                            .parse()
+                            .map_err(|_| GatewayError::NoDemoUpstream(route.name.clone()))?,
+                        base_path: String::new(),
+                    }
+                }
+            };
+            upstreams.insert(route.name.clone(), resolved);
+        }
+        let route_entities = config
+            .routes
+            .iter()
+            .map(|r| RouteEntity {
+                name: r.name.clone(),
+                classification: r.classification,
+            })
+            .collect::<Vec<_>>();
+        let snapshot = build_snapshot(&parts.store, &parts.bundle, &route_entities).await?;
+        Ok(Arc::new(Gateway {
+            limits: Limits {
+                max_body_bytes: config.max_body_bytes,
+            },
+            routes: RouteTable::new(&config.routes),
+            forwarder: Forwarder::new(
+                parts.upstream_tls,
+                config.upstream_timeout,
+                config.max_body_bytes,
+                upstreams,
+            ),
+            sink: parts.sink,
+            metrics: parts.metrics,
+            checker: parts.checker,
+            bundle: parts.bundle,
+            route_entities,
+            snapshot: ArcSwap::from_pointee(snapshot),
+            store: parts.store,
+            reload_lock: Mutex::new(()),
+        }))
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    /// Re-reads agents from the store and swaps in a new snapshot. Called after
+    /// every agent change; requests that start afterwards see the change.
+    pub async fn reload(&self) -> Result<(), GatewayError> {
+        let _guard = self.reload_lock.lock().await;
+        let snapshot = build_snapshot(&self.store, &self.bundle, &self.route_entities).await?;
+        self.snapshot.store(Arc::new(snapshot));
+        Ok(())
+    }
+
+    /// Checks a new connection's client certificate.
+    pub fn connection(&self, info: ConnectionInfo) -> Arc<ConnectionState> {
+        let peer = info
+            .peer_certificates
+            .as_deref()
+            .map(|chain| self.checker.check(chain, UnixTime::now()));
+        Arc::new(ConnectionState {
+            remote: info.remote,
+            peer,
+        })
+    }
+
+    /// Serves the data plane on `listener` until `shutdown` turns true.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        tls: Arc<ServerConfig>,
+        max_connections: usize,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let gateway = self;
+        listener::serve(
+            listener,
+            tls,
+            max_connections,
+            move |info| {
+                let conn = gateway.connection(info);
+                let gateway = gateway.clone();
+                move |req: Request<Incoming>| {
+                    let gateway = gateway.clone();
+                    let conn = conn.clone();
+                    async move {
+                        Ok::<Response<RecordedBody<ResponseBody>>, Infallible>(
+                            crate::pipeline::handle(gateway, conn, req).await,
+                        )
+                    }
+                }
+            },
+            shutdown,
+        )
+        .await;
+    }
+
+    /// Metrics, for the admin listener.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+}
+
+async fn build_snapshot(
+    store: &Store,
+    bundle: &Arc<PolicyBundle>,
+    routes: &[RouteEntity],
+) -> Result<Snapshot, GatewayError> {
+    let agents = store.agents().await?;
+    let certificates = store.certificates(None).await?;
+    let directory = AgentDirectory::new(&agents, &certificates);
+    // Revoked agents stay out of the policy entities as well: defence in depth.
+    let entities: Vec<AgentEntity> = directory
+        .agents()
+        .filter(|(_, e)| !e.revoked)
+        .map(|(name, e)| AgentEntity {
+            name: name.clone(),
+            roles: e.roles.clone(),
+        })
+        .collect();
+    let authorizer = Authorizer::new(bundle.clone(), &entities, routes)?;
+    Ok(Snapshot {
+        directory,
+        authorizer,
+    })
+}
