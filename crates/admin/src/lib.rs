@@ -1,1 +1,17 @@
-//! admin
+//! The admin API: the control plane's HTTP interface, on its own TLS listener
+//! (never the data-plane one: segmentation).
+//!
+//! **API boundary.** The JSON shapes here are what the CLI and users script
+//! against; fields are added, never renamed. Errors use the same JSON form and
+//! codes as the data plane (`docs/errors.md`).
+//!
+//! Unauthenticated: `GET /healthz`, `GET /readyz`, `GET /metrics`.
+//! Bearer admin token: everything under `/admin/v1/`. Every change and every
+//! refused admin call is written to the audit log.
+#![forbid(unsafe_code)]
+
+mod api;
+mod auth;
+
+pub use api::{AdminState, DEFAULT_CERT_TTL, RemoteAddr, router};
+pub use auth::{hash_token, new_token};

@@ -1,1 +1,139 @@
-fn main() {}
+//! `portcullis`: the one binary. `serve` runs the gateway and admin API; the other
+//! commands talk to a running server's admin API (or, for `policy validate`,
+//! work offline).
+#![forbid(unsafe_code)]
+
+mod client;
+mod commands;
+mod serve;
+mod state_dir;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Environment variable naming the state directory.
+pub const ENV_STATE_DIR: &str = "PORTCULLIS_STATE_DIR";
+/// Environment variable naming the admin API URL.
+pub const ENV_ADMIN_URL: &str = "PORTCULLIS_ADMIN_URL";
+/// Environment variable holding the admin token itself.
+pub const ENV_ADMIN_TOKEN: &str = "PORTCULLIS_ADMIN_TOKEN";
+/// Environment variable with the log filter (`info`, `debug`, `portcullis=debug`…).
+pub const ENV_LOG: &str = "PORTCULLIS_LOG";
+/// Environment variable selecting the log format: `text` (default) or `json`.
+pub const ENV_LOG_FORMAT: &str = "PORTCULLIS_LOG_FORMAT";
+
+/// Portcullis: a zero-trust gateway for AI agents.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the state directory is.
+#[derive(Debug, Clone, Args)]
+pub struct StateDirArg {
+    /// State directory (database, CA, admin credential).
+    #[arg(long, env = ENV_STATE_DIR, default_value = ".portcullis", global = true)]
+    pub state_dir: PathBuf,
+}
+
+/// How CLI commands reach the admin API.
+#[derive(Debug, Clone, Args)]
+pub struct AdminArgs {
+    /// The state directory (for the default URL, token and CA).
+    #[command(flatten)]
+    pub state: StateDirArg,
+    /// Admin API base URL (default: read from `<state-dir>/admin.url`).
+    #[arg(long, env = ENV_ADMIN_URL, global = true)]
+    pub admin_url: Option<String>,
+    /// File holding the admin token (default: `<state-dir>/admin.token`).
+    #[arg(long, global = true)]
+    pub admin_token_file: Option<PathBuf>,
+    /// CA certificate to trust for the admin API (default: `<state-dir>/ca.crt`).
+    #[arg(long, global = true)]
+    pub ca_cert: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the gateway (data plane) and the admin API.
+    Serve {
+        /// Configuration file (TOML). Without it, the built-in quickstart runs.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        state: StateDirArg,
+    },
+    /// Manage agents.
+    Agent {
+        #[command(subcommand)]
+        command: commands::AgentCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Read the audit log.
+    Audit {
+        #[command(subcommand)]
+        command: commands::AuditCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Work with policies.
+    Policy {
+        #[command(subcommand)]
+        command: commands::PolicyCommand,
+        #[command(flatten)]
+        state: StateDirArg,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // One crypto provider for the whole process: ring (no aws-lc, no cmake).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Serve { config, state } => {
+                init_logging();
+                serve::run(config, state.state_dir).await
+            }
+            Command::Agent { command, admin } => commands::agent(command, admin).await,
+            Command::Audit { command, admin } => commands::audit(command, admin).await,
+            Command::Policy { command, state } => commands::policy(command, state),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env(ENV_LOG).unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var(ENV_LOG_FORMAT).is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

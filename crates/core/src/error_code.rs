@@ -99,9 +99,17 @@ mod tests {
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {
-            assert!(c.as_str().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!(
+                c.as_str()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_')
+            );
             assert!((400..600).contains(&c.http_status()));
-            assert!(docs.contains(&format!("`{}`", c.as_str())), "{} undocumented", c.as_str());
+            assert!(
+                docs.contains(&format!("`{}`", c.as_str())),
+                "{} undocumented",
+                c.as_str()
+            );
         }
     }
 }

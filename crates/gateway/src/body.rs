@@ -44,7 +44,11 @@ pub struct MeteredBody<B> {
 impl<B> MeteredBody<B> {
     /// Wraps `inner`, allowing at most `limit` bytes.
     pub fn new(inner: B, limit: u64, meter: Arc<BodyMeter>) -> Self {
-        MeteredBody { inner, limit, meter }
+        MeteredBody {
+            inner,
+            limit,
+            meter,
+        }
     }
 }
 
@@ -64,7 +68,10 @@ where
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    let total = this.meter.bytes.fetch_add(data.len() as u64, Ordering::Relaxed)
+                    let total = this
+                        .meter
+                        .bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed)
                         + data.len() as u64;
                     if total > this.limit {
                         this.meter.exceeded.store(true, Ordering::Relaxed);

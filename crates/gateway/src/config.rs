@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
-use portcullis_core::{is_valid_name, Classification};
+use portcullis_core::{Classification, is_valid_name};
 use serde::{Deserialize, Deserializer};
 
 /// Default data-plane address.
@@ -170,18 +170,26 @@ impl FromStr for Upstream {
         if s == BUILTIN_DEMO_UPSTREAM {
             return Ok(Upstream::BuiltinDemo);
         }
-        let uri: http::Uri = s.parse().map_err(|e| format!("invalid upstream URL `{s}`: {e}"))?;
+        let uri: http::Uri = s
+            .parse()
+            .map_err(|e| format!("invalid upstream URL `{s}`: {e}"))?;
         let scheme = uri
             .scheme()
             .filter(|s| **s == http::uri::Scheme::HTTP || **s == http::uri::Scheme::HTTPS)
             .cloned()
-            .ok_or_else(|| format!("upstream `{s}` must be an http:// or https:// URL or `{BUILTIN_DEMO_UPSTREAM}`"))?;
+            .ok_or_else(|| {
+                format!(
+                    "upstream `{s}` must be an http:// or https:// URL or `{BUILTIN_DEMO_UPSTREAM}`"
+                )
+            })?;
         let authority = uri
             .authority()
             .cloned()
             .ok_or_else(|| format!("upstream `{s}` has no host"))?;
         if authority.as_str().contains('@') {
-            return Err(format!("upstream `{s}` must not carry credentials in the URL"));
+            return Err(format!(
+                "upstream `{s}` must not carry credentials in the URL"
+            ));
         }
         if uri.query().is_some() {
             return Err(format!("upstream `{s}` must not have a query string"));
@@ -223,7 +231,8 @@ fn path_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<toml::Spanned<String>,
         && (p == "/" || !p.ends_with('/'))
         && !p.contains("//")
         && !p.split('/').any(|seg| seg == "." || seg == "..")
-        && p.bytes().all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#' | b'%'));
+        && p.bytes()
+            .all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#' | b'%'));
     if !ok {
         return Err(serde::de::Error::custom(format!(
             "invalid path_prefix `{p}`: must start with `/`, have no trailing `/`, `//`, dot segments, `%`, `?` or `#`"
@@ -236,8 +245,7 @@ fn opt_trust_domain<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D
     let s = String::deserialize(d)?;
     let ok = !s.is_empty()
         && s.len() <= 255
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-'));
     if !ok {
         return Err(serde::de::Error::custom(format!(
@@ -363,7 +371,9 @@ impl Config {
         };
         let raw: RawConfig = toml::from_str(text).map_err(|e| invalid(format!("\n{e}")))?;
         // Cross-field checks, reported with the line of the offending key.
-        let line_of = |span: std::ops::Range<usize>| text[..span.start.min(text.len())].matches('\n').count() + 1;
+        let line_of = |span: std::ops::Range<usize>| {
+            text[..span.start.min(text.len())].matches('\n').count() + 1
+        };
         let mut names = std::collections::HashSet::new();
         let mut prefixes = std::collections::HashSet::new();
         for route in &raw.routes {
@@ -383,13 +393,19 @@ impl Config {
             }
         }
         if raw.limits.max_body_bytes == Some(0) {
-            return Err(invalid("key `limits.max_body_bytes`: must be greater than 0".into()));
+            return Err(invalid(
+                "key `limits.max_body_bytes`: must be greater than 0".into(),
+            ));
         }
         if raw.limits.upstream_timeout_ms == Some(0) {
-            return Err(invalid("key `limits.upstream_timeout_ms`: must be greater than 0".into()));
+            return Err(invalid(
+                "key `limits.upstream_timeout_ms`: must be greater than 0".into(),
+            ));
         }
         if raw.gateway.max_connections == Some(0) {
-            return Err(invalid("key `gateway.max_connections`: must be greater than 0".into()));
+            return Err(invalid(
+                "key `gateway.max_connections`: must be greater than 0".into(),
+            ));
         }
         let base = path.parent().unwrap_or(Path::new("."));
         let config = Self::from_raw_unchecked(raw, base);
@@ -405,9 +421,18 @@ impl Config {
     fn from_raw_unchecked(raw: RawConfig, base: &Path) -> Self {
         let parse_addr = |s: &str| s.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
         Config {
-            gateway_listen: raw.gateway.listen.unwrap_or_else(|| parse_addr(DEFAULT_GATEWAY_LISTEN)),
-            admin_listen: raw.admin.listen.unwrap_or_else(|| parse_addr(DEFAULT_ADMIN_LISTEN)),
-            max_connections: raw.gateway.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            gateway_listen: raw
+                .gateway
+                .listen
+                .unwrap_or_else(|| parse_addr(DEFAULT_GATEWAY_LISTEN)),
+            admin_listen: raw
+                .admin
+                .listen
+                .unwrap_or_else(|| parse_addr(DEFAULT_ADMIN_LISTEN)),
+            max_connections: raw
+                .gateway
+                .max_connections
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
             trust_domain: raw
                 .identity
                 .trust_domain
@@ -419,7 +444,9 @@ impl Config {
             },
             max_body_bytes: raw.limits.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
             upstream_timeout: Duration::from_millis(
-                raw.limits.upstream_timeout_ms.unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_MS),
+                raw.limits
+                    .upstream_timeout_ms
+                    .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_MS),
             ),
             store_url: raw.store.url,
             routes: raw
@@ -463,7 +490,10 @@ mod tests {
 
     #[test]
     fn valid_files() {
-        check("", "ok 127.0.0.1:8443 127.0.0.1:9443 StateDir 10485760 routes=");
+        check(
+            "",
+            "ok 127.0.0.1:8443 127.0.0.1:9443 StateDir 10485760 routes=",
+        );
         check(
             r#"
 [gateway]
@@ -488,7 +518,10 @@ classification = "internal"
 
     #[test]
     fn invalid_files_name_line_and_key() {
-        check("[gateway]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n", "unknown field `listn`");
+        check(
+            "[gateway]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n",
+            "unknown field `listn`",
+        );
         check("[gateway]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n", "line 3");
         check("[gateway]\nlisten = \"nope\"\n", "line 2");
         check(
@@ -534,7 +567,10 @@ classification = "internal"
                 base_path: "/v1".into()
             }
         );
-        assert_eq!("builtin:demo".parse::<Upstream>(), Ok(Upstream::BuiltinDemo));
+        assert_eq!(
+            "builtin:demo".parse::<Upstream>(),
+            Ok(Upstream::BuiltinDemo)
+        );
         assert!("http://x/?q=1".parse::<Upstream>().is_err());
         assert!("/relative".parse::<Upstream>().is_err());
     }

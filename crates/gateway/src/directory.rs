@@ -51,7 +51,9 @@ impl AgentDirectory {
             .collect();
         for c in certificates {
             if let Some(entry) = map.get_mut(&c.agent) {
-                entry.serials.insert(c.serial.clone(), c.revoked_at.is_some());
+                entry
+                    .serials
+                    .insert(c.serial.clone(), c.revoked_at.is_some());
             }
         }
         AgentDirectory { agents: map }
@@ -59,7 +61,10 @@ impl AgentDirectory {
 
     /// Checks that `agent` is live and `serial` is one of its live certificates.
     pub fn check(&self, agent: &str, serial: &str) -> Result<&DirectoryEntry, DirectoryRefusal> {
-        let entry = self.agents.get(agent).ok_or(DirectoryRefusal::UnknownAgent)?;
+        let entry = self
+            .agents
+            .get(agent)
+            .ok_or(DirectoryRefusal::UnknownAgent)?;
         if entry.revoked {
             return Err(DirectoryRefusal::AgentRevoked);
         }
@@ -97,12 +102,28 @@ mod tests {
         };
         let d = AgentDirectory::new(
             &[agent("a", None), agent("gone", Some(1))],
-            &[cert("1", "a", None), cert("2", "a", Some(1)), cert("3", "gone", None)],
+            &[
+                cert("1", "a", None),
+                cert("2", "a", Some(1)),
+                cert("3", "gone", None),
+            ],
         );
         assert!(d.check("a", "1").is_ok());
-        assert_eq!(d.check("a", "2").unwrap_err(), DirectoryRefusal::CertificateRevoked);
-        assert_eq!(d.check("a", "3").unwrap_err(), DirectoryRefusal::CertificateRevoked);
-        assert_eq!(d.check("gone", "3").unwrap_err(), DirectoryRefusal::AgentRevoked);
-        assert_eq!(d.check("nobody", "1").unwrap_err(), DirectoryRefusal::UnknownAgent);
+        assert_eq!(
+            d.check("a", "2").unwrap_err(),
+            DirectoryRefusal::CertificateRevoked
+        );
+        assert_eq!(
+            d.check("a", "3").unwrap_err(),
+            DirectoryRefusal::CertificateRevoked
+        );
+        assert_eq!(
+            d.check("gone", "3").unwrap_err(),
+            DirectoryRefusal::AgentRevoked
+        );
+        assert_eq!(
+            d.check("nobody", "1").unwrap_err(),
+            DirectoryRefusal::UnknownAgent
+        );
     }
 }

@@ -7,7 +7,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 /// The pipeline stages, as metric labels.
@@ -109,7 +109,11 @@ impl Metrics {
         );
         let stages = Stage::ALL
             .iter()
-            .map(|s| stage_family.get_or_create(&StageLabels { stage: s.as_str() }).clone())
+            .map(|s| {
+                stage_family
+                    .get_or_create(&StageLabels { stage: s.as_str() })
+                    .clone()
+            })
             .collect();
         let audit_queue = Gauge::default();
         registry.register(
@@ -118,7 +122,11 @@ impl Metrics {
             audit_queue.clone(),
         );
         let audit_written = Counter::default();
-        registry.register("audit_records_written", "Audit records made durable", audit_written.clone());
+        registry.register(
+            "audit_records_written",
+            "Audit records made durable",
+            audit_written.clone(),
+        );
         let audit_failures = Counter::default();
         registry.register(
             "audit_write_failures",

@@ -50,10 +50,13 @@ pub fn error_response(request_id: &RequestId, denial: &Denial) -> Response<Respo
     }
     let body = serde_json::json!({ "error": error }).to_string();
     let mut response = Response::new(full(body));
-    *response.status_mut() =
-        StatusCode::from_u16(denial.code.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() = StatusCode::from_u16(denial.code.http_status())
+        .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
         headers.insert(REQUEST_ID_HEADER, v);
@@ -63,7 +66,9 @@ pub fn error_response(request_id: &RequestId, denial: &Denial) -> Response<Respo
 
 /// A complete body from bytes.
 pub fn full(bytes: impl Into<Bytes>) -> ResponseBody {
-    Full::new(bytes.into()).map_err(|never| match never {}).boxed()
+    Full::new(bytes.into())
+        .map_err(|never| match never {})
+        .boxed()
 }
 
 #[cfg(test)]

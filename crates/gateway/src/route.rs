@@ -66,7 +66,9 @@ mod tests {
     }
 
     fn check(t: &RouteTable, path: &str, expect: Option<(&str, &str)>) {
-        let got = t.lookup(path).map(|(r, rest)| (r.path_prefix.as_str(), rest));
+        let got = t
+            .lookup(path)
+            .map(|(r, rest)| (r.path_prefix.as_str(), rest));
         assert_eq!(got, expect, "{path}");
     }
 

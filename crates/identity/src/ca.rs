@@ -6,8 +6,7 @@ use std::time::Duration;
 use portcullis_core::AgentName;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use time::OffsetDateTime;
 
@@ -189,7 +188,10 @@ impl CertificateAuthority {
             CertificateParams::new(names.to_vec()).map_err(|e| CaError::Sign(e.to_string()))?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::OrganizationName, "Portcullis");
-        dn.push(DnType::CommonName, names.first().map_or("portcullis", |n| n));
+        dn.push(
+            DnType::CommonName,
+            names.first().map_or("portcullis", |n| n),
+        );
         params.distinguished_name = dn;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];

@@ -9,6 +9,8 @@ mod ca;
 mod spiffe;
 mod verify;
 
-pub use ca::{new_agent_key_and_csr, CaError, CertificateAuthority, IssuedCertificate};
+pub use ca::{
+    CaError, CertificateAuthority, IssuedCertificate, MAX_AGENT_TTL, new_agent_key_and_csr,
+};
 pub use spiffe::SpiffeId;
 pub use verify::{CertRejection, ClientCertChecker, DeferredClientAuth, PeerCertificate};

@@ -57,7 +57,10 @@ mod tests {
         let name = AgentName::parse("bot-1").unwrap();
         let id = SpiffeId::for_agent("portcullis.local", &name);
         assert_eq!(id.to_string(), "spiffe://portcullis.local/agent/bot-1");
-        assert_eq!(SpiffeId::parse_agent(&id.to_string(), "portcullis.local"), Some(id));
+        assert_eq!(
+            SpiffeId::parse_agent(&id.to_string(), "portcullis.local"),
+            Some(id)
+        );
         for bad in [
             "spiffe://other.example/agent/bot-1",
             "spiffe://portcullis.local/service/bot-1",
@@ -66,7 +69,11 @@ mod tests {
             "https://portcullis.local/agent/bot-1",
             "spiffe://portcullis.local/agent/Bot",
         ] {
-            assert_eq!(SpiffeId::parse_agent(bad, "portcullis.local"), None, "{bad}");
+            assert_eq!(
+                SpiffeId::parse_agent(bad, "portcullis.local"),
+                None,
+                "{bad}"
+            );
         }
     }
 }

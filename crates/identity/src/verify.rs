@@ -18,9 +18,11 @@ use portcullis_core::AgentName;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::WebPkiClientVerifier;
-use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    CertificateError, DigitallySignedStruct, DistinguishedName, RootCertStore, SignatureScheme,
+};
 use sha2::{Digest, Sha256};
 use x509_parser::extensions::GeneralName;
 
@@ -103,7 +105,10 @@ impl ClientCertChecker {
                 presented: String::new(),
             });
         };
-        let fingerprint = format!("sha256:{}", hex::encode(Sha256::digest(end_entity.as_ref())));
+        let fingerprint = format!(
+            "sha256:{}",
+            hex::encode(Sha256::digest(end_entity.as_ref()))
+        );
         let parsed = x509_parser::parse_x509_certificate(end_entity.as_ref());
         let presented = match &parsed {
             Ok((_, cert)) => format!("{fingerprint} subject=\"{}\"", cert.subject()),
@@ -113,7 +118,10 @@ impl ClientCertChecker {
             reason,
             presented: presented.clone(),
         };
-        if let Err(e) = self.webpki.verify_client_cert(end_entity, intermediates, now) {
+        if let Err(e) = self
+            .webpki
+            .verify_client_cert(end_entity, intermediates, now)
+        {
             return Err(reject(describe_rustls_error(&e)));
         }
         let cert = match parsed {
@@ -238,8 +246,12 @@ mod tests {
 
     fn issue(ca: &CertificateAuthority, name: &str, ttl: u64) -> crate::IssuedCertificate {
         let (_key, csr) = crate::new_agent_key_and_csr().unwrap();
-        ca.issue_agent(&AgentName::parse(name).unwrap(), &csr, Duration::from_secs(ttl))
-            .unwrap()
+        ca.issue_agent(
+            &AgentName::parse(name).unwrap(),
+            &csr,
+            Duration::from_secs(ttl),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -256,9 +268,7 @@ mod tests {
         assert_eq!(peer.not_after, issued.not_after);
 
         // Expired: checked two hours later.
-        let later = UnixTime::since_unix_epoch(Duration::from_secs(
-            now.as_secs() + 7200,
-        ));
+        let later = UnixTime::since_unix_epoch(Duration::from_secs(now.as_secs() + 7200));
         let err = checker.check(&[der(&issued.pem)], later).unwrap_err();
         assert_eq!(err.reason, "certificate expired");
         assert!(err.presented.starts_with("sha256:"), "{}", err.presented);
@@ -273,7 +283,10 @@ mod tests {
         // A server certificate from our own CA is not a client credential.
         let (server_pem, _) = ca.issue_server(&["localhost".into()]).unwrap();
         let err = checker.check(&[der(&server_pem)], now).unwrap_err();
-        assert_eq!(err.reason, "certificate is not valid for client authentication");
+        assert_eq!(
+            err.reason,
+            "certificate is not valid for client authentication"
+        );
 
         // Another trust domain's checker refuses our agents.
         let other = ClientCertChecker::new(ca.cert_pem(), "other.example").unwrap();
@@ -285,7 +298,8 @@ mod tests {
     #[test]
     fn ca_round_trips_through_pem_and_bounds_ttl() {
         let ca = CertificateAuthority::generate("td.example").unwrap();
-        let reloaded = CertificateAuthority::from_pem("td.example", ca.cert_pem(), &ca.key_pem()).unwrap();
+        let reloaded =
+            CertificateAuthority::from_pem("td.example", ca.cert_pem(), &ca.key_pem()).unwrap();
         let issued = issue(&reloaded, "x", 60);
         let checker = ClientCertChecker::new(ca.cert_pem(), "td.example").unwrap();
         checker.check(&[der(&issued.pem)], UnixTime::now()).unwrap();
@@ -293,7 +307,13 @@ mod tests {
         let (_k, csr) = crate::new_agent_key_and_csr().unwrap();
         let name = AgentName::parse("x").unwrap();
         assert!(ca.issue_agent(&name, &csr, Duration::ZERO).is_err());
-        assert!(ca.issue_agent(&name, &csr, Duration::from_secs(365 * 86400)).is_err());
-        assert!(ca.issue_agent(&name, "not a csr", Duration::from_secs(60)).is_err());
+        assert!(
+            ca.issue_agent(&name, &csr, Duration::from_secs(365 * 86400))
+                .is_err()
+        );
+        assert!(
+            ca.issue_agent(&name, "not a csr", Duration::from_secs(60))
+                .is_err()
+        );
     }
 }

@@ -261,7 +261,11 @@ mod tests {
         let bundle = PolicyBundle::compile(&PolicySources::defaults()).unwrap();
         assert_eq!(
             bundle.policy_ids(),
-            ["readers-read-low", "writers-write-public", "no-remote-delete"]
+            [
+                "readers-read-low",
+                "writers-write-public",
+                "no-remote-delete"
+            ]
         );
     }
 
@@ -277,7 +281,8 @@ mod tests {
 
     #[test]
     fn parse_errors_name_file_and_line() {
-        let err = PolicyBundle::compile(&sources("permit(principal,\n action, resource) when {")).unwrap_err();
+        let err = PolicyBundle::compile(&sources("permit(principal,\n action, resource) when {"))
+            .unwrap_err();
         let text = err.to_string();
         assert!(text.contains("/p/a.cedar"), "{text}");
         assert!(text.contains("line 2"), "{text}");

@@ -224,17 +224,16 @@ impl Authorizer {
     /// Decides one request. Any problem building the request is a denial (fail closed)
     /// with the problem in [`Decision::errors`].
     pub fn decide(&self, request: &AuthzRequest<'_>) -> Decision {
-        let principal = EntityUid::from_type_name_and_id(
-            self.agent_type.clone(),
-            EntityId::new(request.agent),
-        );
-        let resource = EntityUid::from_type_name_and_id(
-            self.route_type.clone(),
-            EntityId::new(request.route),
-        );
+        let principal =
+            EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(request.agent));
+        let resource =
+            EntityUid::from_type_name_and_id(self.route_type.clone(), EntityId::new(request.route));
         let action = self.actions[request.action.index()].clone();
         let time = RestrictedExpression::new_record([
-            ("hour".to_string(), RestrictedExpression::new_long(request.time.hour)),
+            (
+                "hour".to_string(),
+                RestrictedExpression::new_long(request.time.hour),
+            ),
             (
                 "weekday".to_string(),
                 RestrictedExpression::new_long(request.time.weekday),
@@ -278,9 +277,9 @@ impl Authorizer {
             Ok(r) => r,
             Err(e) => return denied_with_error(e.to_string()),
         };
-        let response = self
-            .cedar
-            .is_authorized(&cedar_request, &self.bundle.policies, &self.entities);
+        let response =
+            self.cedar
+                .is_authorized(&cedar_request, &self.bundle.policies, &self.entities);
         let diagnostics = response.diagnostics();
         let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
         let mut policy_ids: Vec<String> = diagnostics.reason().map(|id| id.to_string()).collect();
@@ -310,7 +309,7 @@ fn denied_with_error(error: String) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{PolicySources, DEFAULT_SCHEMA};
+    use crate::{DEFAULT_SCHEMA, PolicySources};
     use std::path::PathBuf;
 
     fn authorizer(policies: &str) -> Authorizer {
@@ -370,13 +369,48 @@ mod tests {
     fn quickstart_policies() {
         let a = authorizer(crate::DEFAULT_POLICIES);
         let lo = "127.0.0.1";
-        check(&a, "reader-bot", "GET", "demo", lo, "allow readers-read-low");
-        check(&a, "reader-bot", "HEAD", "demo", lo, "allow readers-read-low");
+        check(
+            &a,
+            "reader-bot",
+            "GET",
+            "demo",
+            lo,
+            "allow readers-read-low",
+        );
+        check(
+            &a,
+            "reader-bot",
+            "HEAD",
+            "demo",
+            lo,
+            "allow readers-read-low",
+        );
         check(&a, "reader-bot", "POST", "demo", lo, "deny default-deny");
         check(&a, "reader-bot", "GET", "vault", lo, "deny default-deny");
-        check(&a, "writer-bot", "POST", "demo", lo, "allow writers-write-public");
-        check(&a, "writer-bot", "DELETE", "demo", lo, "allow writers-write-public");
-        check(&a, "writer-bot", "DELETE", "demo", "10.1.2.3", "deny no-remote-delete");
+        check(
+            &a,
+            "writer-bot",
+            "POST",
+            "demo",
+            lo,
+            "allow writers-write-public",
+        );
+        check(
+            &a,
+            "writer-bot",
+            "DELETE",
+            "demo",
+            lo,
+            "allow writers-write-public",
+        );
+        check(
+            &a,
+            "writer-bot",
+            "DELETE",
+            "demo",
+            "10.1.2.3",
+            "deny no-remote-delete",
+        );
         check(&a, "stranger", "GET", "demo", lo, "deny default-deny");
     }
 
@@ -405,14 +439,25 @@ mod tests {
         );
         // 1_700_000_000 is Tuesday 2023-11-14 22:13:20 UTC.
         check(&a, "reader-bot", "GET", "demo", "10.9.9.9", "allow office");
-        check(&a, "reader-bot", "GET", "demo", "192.168.1.1", "deny default-deny");
+        check(
+            &a,
+            "reader-bot",
+            "GET",
+            "demo",
+            "192.168.1.1",
+            "deny default-deny",
+        );
     }
 
     #[test]
     fn time_from_epoch() {
         assert_eq!(
             RequestTime::from_epoch(0),
-            RequestTime { hour: 0, weekday: 4, epoch: 0 }
+            RequestTime {
+                hour: 0,
+                weekday: 4,
+                epoch: 0
+            }
         );
         let t = RequestTime::from_epoch(1_700_000_000);
         assert_eq!((t.hour, t.weekday), (22, 2));

@@ -13,7 +13,7 @@
 mod bundle;
 mod decide;
 
-pub use bundle::{PolicyBundle, PolicyError, PolicySources, DEFAULT_POLICIES, DEFAULT_SCHEMA};
+pub use bundle::{DEFAULT_POLICIES, DEFAULT_SCHEMA, PolicyBundle, PolicyError, PolicySources};
 pub use decide::{
     AgentEntity, Authorizer, AuthzRequest, EntityError, HttpAction, RequestTime, RouteEntity,
 };

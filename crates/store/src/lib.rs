@@ -168,13 +168,12 @@ impl Store {
     /// first revocation time.
     pub async fn revoke_agent(&self, name: &str, now: i64) -> Result<AgentRow, StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let updated = sqlx::query(
-            "UPDATE agents SET revoked_at = COALESCE(revoked_at, ?) WHERE name = ?",
-        )
-        .bind(now)
-        .bind(name)
-        .execute(&mut *tx)
-        .await?;
+        let updated =
+            sqlx::query("UPDATE agents SET revoked_at = COALESCE(revoked_at, ?) WHERE name = ?")
+                .bind(now)
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
         if updated.rows_affected() == 0 {
             return Err(StoreError::NotFound(name.to_string()));
         }
@@ -193,23 +192,28 @@ impl Store {
 
     /// One agent by name.
     pub async fn agent(&self, name: &str) -> Result<Option<AgentRow>, StoreError> {
-        let row = sqlx::query("SELECT name, roles, created_at, revoked_at FROM agents WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT name, roles, created_at, revoked_at FROM agents WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(|r| agent_from_row(&r)).transpose()
     }
 
     /// All agents, by name.
     pub async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
-        let rows = sqlx::query("SELECT name, roles, created_at, revoked_at FROM agents ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT name, roles, created_at, revoked_at FROM agents ORDER BY name")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(agent_from_row).collect()
     }
 
     /// All certificates, or those of one agent, oldest first.
-    pub async fn certificates(&self, agent: Option<&str>) -> Result<Vec<CertificateRow>, StoreError> {
+    pub async fn certificates(
+        &self,
+        agent: Option<&str>,
+    ) -> Result<Vec<CertificateRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT serial, agent, spiffe_id, issued_at, not_after, revoked_at
              FROM agent_certificates WHERE (?1 IS NULL OR agent = ?1) ORDER BY issued_at, serial",
@@ -252,13 +256,15 @@ impl Store {
                 table: "audit_log",
                 detail: e.to_string(),
             })?;
-            sqlx::query("INSERT INTO audit_log (seq, request_id, time_ms, record) VALUES (?, ?, ?, ?)")
-                .bind(next)
-                .bind(&record.request_id)
-                .bind(record.time_ms)
-                .bind(text)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO audit_log (seq, request_id, time_ms, record) VALUES (?, ?, ?, ?)",
+            )
+            .bind(next)
+            .bind(&record.request_id)
+            .bind(record.time_ms)
+            .bind(text)
+            .execute(&mut *tx)
+            .await?;
             next += 1;
         }
         tx.commit().await?;
@@ -285,7 +291,12 @@ impl Store {
     }
 
     /// Stores the SHA-256 (hex) of a new admin token.
-    pub async fn add_admin_token(&self, id: &str, sha256_hex: &str, now: i64) -> Result<(), StoreError> {
+    pub async fn add_admin_token(
+        &self,
+        id: &str,
+        sha256_hex: &str,
+        now: i64,
+    ) -> Result<(), StoreError> {
         sqlx::query("INSERT INTO admin_tokens (id, token_sha256, created_at) VALUES (?, ?, ?)")
             .bind(id)
             .bind(sha256_hex)
@@ -297,9 +308,11 @@ impl Store {
 
     /// The SHA-256 (hex) of every admin token.
     pub async fn admin_token_hashes(&self) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar("SELECT token_sha256 FROM admin_tokens ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT token_sha256 FROM admin_tokens ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// Closes the pool, waiting for connections to finish.
@@ -381,7 +394,9 @@ mod tests {
     #[tokio::test]
     async fn agents_certificates_and_revocation() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("db.sqlite")).await.unwrap();
+        let store = Store::open_sqlite(&dir.path().join("db.sqlite"))
+            .await
+            .unwrap();
         let bot = AgentRow {
             name: "bot".into(),
             roles: vec!["reader".into()],
@@ -402,7 +417,10 @@ mod tests {
 
         let revoked = store.revoke_agent("bot", 15).await.unwrap();
         assert_eq!(revoked.revoked_at, Some(15));
-        assert_eq!(store.revoke_agent("bot", 99).await.unwrap().revoked_at, Some(15));
+        assert_eq!(
+            store.revoke_agent("bot", 99).await.unwrap().revoked_at,
+            Some(15)
+        );
         let certs = store.certificates(Some("bot")).await.unwrap();
         assert_eq!(certs.len(), 2);
         assert!(certs.iter().all(|c| c.revoked_at == Some(15)));
@@ -410,7 +428,10 @@ mod tests {
             store.add_certificate(&cert("05", "bot")).await,
             Err(StoreError::NotFound(_))
         ));
-        assert!(matches!(store.revoke_agent("ghost", 1).await, Err(StoreError::NotFound(_))));
+        assert!(matches!(
+            store.revoke_agent("ghost", 1).await,
+            Err(StoreError::NotFound(_))
+        ));
     }
 
     #[tokio::test]
@@ -427,7 +448,10 @@ mod tests {
 
         let store = Store::open_sqlite(&path).await.unwrap();
         let tail = store.audit_tail(2).await.unwrap();
-        let ids: Vec<_> = tail.iter().map(|r| (r.seq, r.request_id.as_str())).collect();
+        let ids: Vec<_> = tail
+            .iter()
+            .map(|r| (r.seq, r.request_id.as_str()))
+            .collect();
         assert_eq!(ids, [(Some(1), "b"), (Some(2), "c")]);
     }
 }

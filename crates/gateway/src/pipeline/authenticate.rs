@@ -54,7 +54,12 @@ pub fn run(
         }
         Some(Ok(peer)) => peer,
     };
-    let presented = || Some(format!("{} serial={} {}", peer.spiffe_id, peer.serial, peer.fingerprint));
+    let presented = || {
+        Some(format!(
+            "{} serial={} {}",
+            peer.spiffe_id, peer.serial, peer.fingerprint
+        ))
+    };
     if peer.not_after <= now_epoch {
         return Err(AuthnFailure {
             denial: Denial::new(ErrorCode::InvalidCredential, "certificate expired"),
@@ -71,7 +76,9 @@ pub fn run(
             let message = match refusal {
                 DirectoryRefusal::UnknownAgent => "the agent is not registered",
                 DirectoryRefusal::AgentRevoked => "the agent has been revoked",
-                DirectoryRefusal::CertificateRevoked => "the certificate has been revoked or is unknown",
+                DirectoryRefusal::CertificateRevoked => {
+                    "the certificate has been revoked or is unknown"
+                }
             };
             Err(AuthnFailure {
                 denial: Denial::new(ErrorCode::AgentRevoked, message),
@@ -128,12 +135,24 @@ mod tests {
         let live = directory(false);
         assert_eq!(code(run(&live, Some(&Ok(peer(100))), 50)), "ok");
         assert_eq!(code(run(&live, None, 50)), "unauthenticated");
-        assert_eq!(code(run(&live, Some(&Ok(peer(100))), 100)), "invalid_credential");
-        let rejected = Err(CertRejection { reason: "x".into(), presented: "y".into() });
+        assert_eq!(
+            code(run(&live, Some(&Ok(peer(100))), 100)),
+            "invalid_credential"
+        );
+        let rejected = Err(CertRejection {
+            reason: "x".into(),
+            presented: "y".into(),
+        });
         assert_eq!(code(run(&live, Some(&rejected), 50)), "invalid_credential");
-        assert_eq!(code(run(&directory(true), Some(&Ok(peer(100))), 50)), "agent_revoked");
+        assert_eq!(
+            code(run(&directory(true), Some(&Ok(peer(100))), 50)),
+            "agent_revoked"
+        );
         let mut other_serial = peer(100);
         other_serial.serial = "02".into();
-        assert_eq!(code(run(&live, Some(&Ok(other_serial)), 50)), "agent_revoked");
+        assert_eq!(
+            code(run(&live, Some(&Ok(other_serial)), 50)),
+            "agent_revoked"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! policies (or `default-deny`). Evaluation errors deny and are logged.
 
 use portcullis_core::{Decision, ErrorCode};
-use portcullis_policy::{AuthzRequest, Authorizer};
+use portcullis_policy::{Authorizer, AuthzRequest};
 
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contextualize::RequestContext;

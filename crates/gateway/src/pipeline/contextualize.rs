@@ -37,9 +37,12 @@ pub fn run(
     now_epoch: i64,
 ) -> Result<RequestContext, Denial> {
     let path = request.parts.uri.path();
-    let (route, rest) = routes
-        .lookup(path)
-        .ok_or_else(|| Denial::new(ErrorCode::RouteNotFound, format!("no route matches `{path}`")))?;
+    let (route, rest) = routes.lookup(path).ok_or_else(|| {
+        Denial::new(
+            ErrorCode::RouteNotFound,
+            format!("no route matches `{path}`"),
+        )
+    })?;
     let action = HttpAction::from_method(request.parts.method.as_str()).ok_or_else(|| {
         Denial::new(
             ErrorCode::MethodNotAllowed,

@@ -37,7 +37,10 @@ pub fn run(
 ) -> Result<DecodedRequest, Denial> {
     if sink.overloaded() {
         // Refusing is better than serving requests we cannot record.
-        return Err(Denial::new(ErrorCode::Unavailable, "the gateway is overloaded; retry later"));
+        return Err(Denial::new(
+            ErrorCode::Unavailable,
+            "the gateway is overloaded; retry later",
+        ));
     }
     let (parts, body) = request.into_parts();
     if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
@@ -69,12 +72,20 @@ pub fn too_large(limit: u64) -> Denial {
 /// segments (`..` could climb out of the route's base path), encoded slashes,
 /// backslashes and NUL.
 fn check_path(path: &str) -> Result<(), Denial> {
-    let bad = |why: &str| Err(Denial::new(ErrorCode::BadRequest, format!("invalid request path: {why}")));
+    let bad = |why: &str| {
+        Err(Denial::new(
+            ErrorCode::BadRequest,
+            format!("invalid request path: {why}"),
+        ))
+    };
     if !path.starts_with('/') {
         return bad("must start with `/`");
     }
     let lower = path.to_ascii_lowercase();
-    if ["%2f", "%5c", "%00", "\\"].iter().any(|p| lower.contains(p)) {
+    if ["%2f", "%5c", "%00", "\\"]
+        .iter()
+        .any(|p| lower.contains(p))
+    {
         return bad("encoded separators are not allowed");
     }
     let is_dot = |seg: &str| {
@@ -96,7 +107,15 @@ mod tests {
         for ok in ["/", "/demo", "/demo/a.b/c", "/demo/..x", "/a%20b"] {
             assert!(check_path(ok).is_ok(), "{ok}");
         }
-        for bad in ["/demo/../x", "/demo/./x", "/demo/%2e%2E/x", "/demo/%2E", "/a%2fb", "/a\\b", "/a%00"] {
+        for bad in [
+            "/demo/../x",
+            "/demo/./x",
+            "/demo/%2e%2E/x",
+            "/demo/%2E",
+            "/a%2fb",
+            "/a\\b",
+            "/a%00",
+        ] {
             assert!(check_path(bad).is_err(), "{bad}");
         }
     }

@@ -118,7 +118,12 @@ impl Forwarder {
         *upstream_request.uri_mut() = uri;
         *upstream_request.headers_mut() = headers;
 
-        let response = match tokio::time::timeout(self.timeout, self.client.request(upstream_request)).await {
+        let response = match tokio::time::timeout(
+            self.timeout,
+            self.client.request(upstream_request),
+        )
+        .await
+        {
             Ok(Ok(response)) => response,
             Ok(Err(e)) => {
                 if meter.exceeded.load(Ordering::Relaxed) {
@@ -160,7 +165,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// `base_path + rest` (+ `?query`) on the upstream's scheme and authority.
-fn upstream_uri(upstream: &ResolvedUpstream, rest: &str, query: Option<&str>) -> Result<Uri, Denial> {
+fn upstream_uri(
+    upstream: &ResolvedUpstream,
+    rest: &str,
+    query: Option<&str>,
+) -> Result<Uri, Denial> {
     let mut path_and_query = String::with_capacity(upstream.base_path.len() + rest.len() + 1);
     path_and_query.push_str(&upstream.base_path);
     path_and_query.push_str(rest);
@@ -226,15 +235,27 @@ mod tests {
             authority: "127.0.0.1:9000".parse().unwrap(),
             base_path: "/base".into(),
         };
-        assert_eq!(upstream_uri(&up, "/x/y", Some("a=1")).unwrap(), "http://127.0.0.1:9000/base/x/y?a=1");
-        let root = ResolvedUpstream { base_path: String::new(), ..up };
-        assert_eq!(upstream_uri(&root, "/", None).unwrap(), "http://127.0.0.1:9000/");
+        assert_eq!(
+            upstream_uri(&up, "/x/y", Some("a=1")).unwrap(),
+            "http://127.0.0.1:9000/base/x/y?a=1"
+        );
+        let root = ResolvedUpstream {
+            base_path: String::new(),
+            ..up
+        };
+        assert_eq!(
+            upstream_uri(&root, "/", None).unwrap(),
+            "http://127.0.0.1:9000/"
+        );
     }
 
     #[test]
     fn strips_hop_by_hop_and_connection_named_headers() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("close, x-secret-hop"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("close, x-secret-hop"),
+        );
         h.insert("x-secret-hop", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));

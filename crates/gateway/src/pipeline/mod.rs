@@ -78,7 +78,17 @@ pub async fn handle(
         gateway.metrics.clone(),
     );
 
-    let mut response = match run(&gateway, &conn, request, &request_id, &meter, now.as_secs() as i64, &mut recorder).await {
+    let mut response = match run(
+        &gateway,
+        &conn,
+        request,
+        &request_id,
+        &meter,
+        now.as_secs() as i64,
+        &mut recorder,
+    )
+    .await
+    {
         Ok(response) => {
             recorder.record().error_code = None;
             response

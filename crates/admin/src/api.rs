@@ -1,0 +1,585 @@
+//! Admin API routes and handlers.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, Request, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use bytes::Bytes;
+use portcullis_audit::{AuditRecord, Outcome, RecordKind};
+use portcullis_core::{AgentName, ErrorCode, RequestId};
+use portcullis_gateway::Gateway;
+use portcullis_gateway::audit_sink::AuditSink;
+use portcullis_identity::CertificateAuthority;
+use portcullis_store::{AgentRow, CertificateRow, Store, StoreError};
+use serde::{Deserialize, Serialize};
+
+use crate::auth::token_matches;
+
+/// Default lifetime of agent certificates: 24 hours.
+pub const DEFAULT_CERT_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The store.
+    pub store: Store,
+    /// The data plane, to refresh after agent changes.
+    pub gateway: Arc<Gateway>,
+    /// The CA that issues agent certificates.
+    pub ca: Arc<CertificateAuthority>,
+    /// SHA-256 (hex) of the accepted admin tokens.
+    pub token_hashes: Arc<Vec<String>>,
+    /// Where admin audit records go.
+    pub sink: AuditSink,
+}
+
+/// Per-request facts the middleware establishes.
+#[derive(Clone)]
+struct Call {
+    request_id: RequestId,
+    remote: Option<SocketAddr>,
+}
+
+/// An admin-API error: the same JSON shape as the data plane.
+struct ApiError {
+    code: ErrorCode,
+    message: String,
+    request_id: RequestId,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "error": {
+                "code": self.code.as_str(),
+                "message": self.message,
+                "request_id": self.request_id.as_str(),
+            }
+        });
+        let status = StatusCode::from_u16(self.code.http_status())
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response()
+    }
+}
+
+impl Call {
+    fn error(&self, code: ErrorCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            code,
+            message: message.into(),
+            request_id: self.request_id.clone(),
+        }
+    }
+
+    fn store_error(&self, e: StoreError) -> ApiError {
+        match e {
+            StoreError::Conflict(what) => {
+                self.error(ErrorCode::Conflict, format!("`{what}` already exists"))
+            }
+            StoreError::NotFound(what) => self.error(
+                ErrorCode::NotFound,
+                format!("`{what}` does not exist or is revoked"),
+            ),
+            other => {
+                tracing::error!(request_id = %self.request_id, error = %other, "store error");
+                self.error(ErrorCode::Internal, "internal error")
+            }
+        }
+    }
+
+    fn internal(&self, e: impl std::fmt::Display) -> ApiError {
+        tracing::error!(request_id = %self.request_id, error = %e, "admin internal error");
+        self.error(ErrorCode::Internal, "internal error")
+    }
+
+    fn audit(
+        &self,
+        sink: &AuditSink,
+        action: &str,
+        resource: &str,
+        outcome: Outcome,
+        status: u16,
+        error: Option<ErrorCode>,
+    ) {
+        sink.submit(AuditRecord {
+            seq: None,
+            time_ms: now_ms(),
+            kind: RecordKind::Admin,
+            request_id: self.request_id.to_string(),
+            principal: (outcome == Outcome::Allow).then(|| "admin".to_string()),
+            credential: None,
+            source_ip: self.remote.map(|r| r.ip().to_string()),
+            action: action.to_string(),
+            resource: Some(resource.to_string()),
+            path: None,
+            outcome,
+            policies: Vec::new(),
+            error_code: error.map(|c| c.as_str().to_string()),
+            status,
+            duration_us: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+        });
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
+}
+
+/// The admin router. `remote` addresses reach handlers through a
+/// `ConnectInfo`-like extension the listener adds.
+pub fn router(state: AdminState) -> Router {
+    let api = Router::new()
+        .route("/agents", post(create_agent).get(list_agents))
+        .route("/agents/{name}", get(show_agent))
+        .route("/agents/{name}/revoke", post(revoke_agent))
+        .route("/agents/{name}/certificates", post(renew_agent))
+        .route("/audit", get(audit_tail))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .nest("/admin/v1", api)
+        .fallback(not_found)
+        .layer(middleware::from_fn(with_call))
+        .with_state(state)
+}
+
+/// The client address, put into request extensions by the listener glue.
+#[derive(Clone, Copy, Debug)]
+pub struct RemoteAddr(pub SocketAddr);
+
+async fn with_call(mut req: Request<Body>, next: Next) -> Response {
+    let call = Call {
+        request_id: RequestId::new(),
+        remote: req.extensions().get::<RemoteAddr>().map(|r| r.0),
+    };
+    let id = call.request_id.clone();
+    req.extensions_mut().insert(call);
+    let mut response = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+        response.headers_mut().insert("x-request-id", v);
+    }
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+async fn require_admin(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    req: Request<Body>,
+    next: Next,
+) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let action = format!("admin.{}", req.method().as_str().to_ascii_lowercase());
+    let path = req.uri().path().to_string();
+    let refusal = match presented {
+        None => Some((
+            ErrorCode::Unauthenticated,
+            "an admin bearer token is required",
+        )),
+        Some(token) if !token_matches(token, &state.token_hashes) => {
+            Some((ErrorCode::InvalidCredential, "the admin token is not valid"))
+        }
+        Some(_) => None,
+    };
+    if let Some((code, message)) = refusal {
+        call.audit(
+            &state.sink,
+            &action,
+            &path,
+            Outcome::Deny,
+            code.http_status(),
+            Some(code),
+        );
+        return call.error(code, message).into_response();
+    }
+    next.run(req).await
+}
+
+async fn healthz() -> impl IntoResponse {
+    json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AdminState>, Extension(call): Extension<Call>) -> Response {
+    match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
+        Ok(Ok(())) => json(StatusCode::OK, &serde_json::json!({ "status": "ready" })),
+        _ => call
+            .error(ErrorCode::Unavailable, "the store is not reachable")
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let text = state.gateway.metrics().encode();
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn not_found(Extension(call): Extension<Call>) -> ApiError {
+    call.error(ErrorCode::NotFound, "no such admin endpoint")
+}
+
+fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+    let body = serde_json::to_string(value).unwrap_or_else(|_| "{}".into());
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// `POST /admin/v1/agents` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateAgent {
+    name: String,
+    roles: Vec<String>,
+    /// PEM certificate signing request; the private key stays with the caller.
+    csr_pem: String,
+    ttl_seconds: Option<u64>,
+}
+
+/// `POST /admin/v1/agents/{name}/certificates` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RenewAgent {
+    csr_pem: String,
+    ttl_seconds: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+struct AgentView {
+    name: String,
+    roles: Vec<String>,
+    spiffe_id: String,
+    created_at: i64,
+    revoked_at: Option<i64>,
+    status: &'static str,
+    certificates: Vec<CertificateView>,
+}
+
+#[derive(Debug, Serialize)]
+struct CertificateView {
+    serial: String,
+    issued_at: i64,
+    not_after: i64,
+    revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Serialize)]
+struct IssuedView {
+    agent: AgentView,
+    certificate_pem: String,
+    ca_pem: String,
+}
+
+fn parse_json<T: for<'de> Deserialize<'de>>(call: &Call, body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| call.error(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
+}
+
+fn view(state: &AdminState, agent: AgentRow, certs: Vec<CertificateRow>) -> AgentView {
+    let spiffe_id = AgentName::parse(&agent.name)
+        .map(|n| portcullis_identity::SpiffeId::for_agent(state.ca.trust_domain(), &n).to_string())
+        .unwrap_or_default();
+    AgentView {
+        status: if agent.revoked_at.is_some() {
+            "revoked"
+        } else {
+            "active"
+        },
+        name: agent.name,
+        roles: agent.roles,
+        spiffe_id,
+        created_at: agent.created_at,
+        revoked_at: agent.revoked_at,
+        certificates: certs
+            .into_iter()
+            .map(|c| CertificateView {
+                serial: c.serial,
+                issued_at: c.issued_at,
+                not_after: c.not_after,
+                revoked_at: c.revoked_at,
+            })
+            .collect(),
+    }
+}
+
+fn ttl(call: &Call, seconds: Option<u64>) -> Result<Duration, ApiError> {
+    let ttl = seconds.map_or(DEFAULT_CERT_TTL, Duration::from_secs);
+    if ttl.is_zero() || ttl > portcullis_identity::MAX_AGENT_TTL {
+        return Err(call.error(
+            ErrorCode::BadRequest,
+            format!(
+                "ttl_seconds must be between 1 and {}",
+                portcullis_identity::MAX_AGENT_TTL.as_secs()
+            ),
+        ));
+    }
+    Ok(ttl)
+}
+
+fn issue(
+    state: &AdminState,
+    call: &Call,
+    name: &AgentName,
+    csr_pem: &str,
+    ttl: Duration,
+) -> Result<(String, CertificateRow), ApiError> {
+    let issued = state
+        .ca
+        .issue_agent(name, csr_pem, ttl)
+        .map_err(|e| match e {
+            portcullis_identity::CaError::InvalidCsr(m) => {
+                call.error(ErrorCode::BadRequest, format!("invalid csr_pem: {m}"))
+            }
+            portcullis_identity::CaError::InvalidTtl(m) => call.error(ErrorCode::BadRequest, m),
+            other => call.internal(other),
+        })?;
+    let row = CertificateRow {
+        serial: issued.serial,
+        agent: name.to_string(),
+        spiffe_id: issued.spiffe_id,
+        issued_at: now_ms() / 1000,
+        not_after: issued.not_after,
+        revoked_at: None,
+    };
+    Ok((issued.pem, row))
+}
+
+async fn refresh(state: &AdminState, call: &Call) -> Result<(), ApiError> {
+    state.gateway.reload().await.map_err(|e| call.internal(e))
+}
+
+async fn create_agent(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: CreateAgent = parse_json(&call, &body)?;
+    let name = AgentName::parse(&req.name)
+        .map_err(|e| call.error(ErrorCode::BadRequest, e.to_string()))?;
+    if req.roles.is_empty() {
+        return Err(call.error(ErrorCode::BadRequest, "at least one role is required"));
+    }
+    for role in &req.roles {
+        if !portcullis_core::is_valid_name(role) {
+            return Err(call.error(
+                ErrorCode::BadRequest,
+                format!("invalid role `{role}`: use 1-64 characters of a-z, 0-9, `.`, `_` or `-`"),
+            ));
+        }
+    }
+    let ttl = ttl(&call, req.ttl_seconds)?;
+    let (pem, cert) = issue(&state, &call, &name, &req.csr_pem, ttl)?;
+    let agent = AgentRow {
+        name: name.to_string(),
+        roles: req.roles,
+        created_at: now_ms() / 1000,
+        revoked_at: None,
+    };
+    state
+        .store
+        .create_agent(&agent, &cert)
+        .await
+        .map_err(|e| call.store_error(e))?;
+    refresh(&state, &call).await?;
+    call.audit(
+        &state.sink,
+        "agent.create",
+        name.as_str(),
+        Outcome::Allow,
+        201,
+        None,
+    );
+    let view = view(&state, agent, vec![cert]);
+    Ok(json(
+        StatusCode::CREATED,
+        &IssuedView {
+            agent: view,
+            certificate_pem: pem,
+            ca_pem: state.ca.cert_pem().to_string(),
+        },
+    ))
+}
+
+async fn renew_agent(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: RenewAgent = parse_json(&call, &body)?;
+    let name =
+        AgentName::parse(&name).map_err(|e| call.error(ErrorCode::BadRequest, e.to_string()))?;
+    let ttl = ttl(&call, req.ttl_seconds)?;
+    let (pem, cert) = issue(&state, &call, &name, &req.csr_pem, ttl)?;
+    state
+        .store
+        .add_certificate(&cert)
+        .await
+        .map_err(|e| call.store_error(e))?;
+    refresh(&state, &call).await?;
+    call.audit(
+        &state.sink,
+        "agent.certificate",
+        name.as_str(),
+        Outcome::Allow,
+        201,
+        None,
+    );
+    let agent = state
+        .store
+        .agent(name.as_str())
+        .await
+        .map_err(|e| call.store_error(e))?
+        .ok_or_else(|| call.error(ErrorCode::NotFound, "no such agent"))?;
+    let certs = state
+        .store
+        .certificates(Some(name.as_str()))
+        .await
+        .map_err(|e| call.store_error(e))?;
+    Ok(json(
+        StatusCode::CREATED,
+        &IssuedView {
+            agent: view(&state, agent, certs),
+            certificate_pem: pem,
+            ca_pem: state.ca.cert_pem().to_string(),
+        },
+    ))
+}
+
+async fn list_agents(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+) -> Result<Response, ApiError> {
+    let agents = state
+        .store
+        .agents()
+        .await
+        .map_err(|e| call.store_error(e))?;
+    let certs = state
+        .store
+        .certificates(None)
+        .await
+        .map_err(|e| call.store_error(e))?;
+    let views: Vec<AgentView> = agents
+        .into_iter()
+        .map(|a| {
+            let mine = certs
+                .iter()
+                .filter(|c| c.agent == a.name)
+                .cloned()
+                .collect();
+            view(&state, a, mine)
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "agents": views }),
+    ))
+}
+
+async fn show_agent(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let agent = state
+        .store
+        .agent(&name)
+        .await
+        .map_err(|e| call.store_error(e))?
+        .ok_or_else(|| {
+            call.error(
+                ErrorCode::NotFound,
+                format!("agent `{name}` does not exist"),
+            )
+        })?;
+    let certs = state
+        .store
+        .certificates(Some(&name))
+        .await
+        .map_err(|e| call.store_error(e))?;
+    Ok(json(StatusCode::OK, &view(&state, agent, certs)))
+}
+
+async fn revoke_agent(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let started = Instant::now();
+    let agent = state
+        .store
+        .revoke_agent(&name, now_ms() / 1000)
+        .await
+        .map_err(|e| call.store_error(e))?;
+    // The revocation is in force on the data plane once the reload returns.
+    refresh(&state, &call).await?;
+    tracing::info!(agent = %name, elapsed_us = started.elapsed().as_micros() as u64, "agent revoked");
+    call.audit(
+        &state.sink,
+        "agent.revoke",
+        &name,
+        Outcome::Allow,
+        200,
+        None,
+    );
+    let certs = state
+        .store
+        .certificates(Some(&name))
+        .await
+        .map_err(|e| call.store_error(e))?;
+    Ok(json(StatusCode::OK, &view(&state, agent, certs)))
+}
+
+#[derive(Debug, Deserialize)]
+struct TailQuery {
+    limit: Option<u32>,
+}
+
+async fn audit_tail(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    query: Result<Query<TailQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| call.error(ErrorCode::BadRequest, e.body_text()))?;
+    let limit = q.limit.unwrap_or(20).clamp(1, 10_000);
+    let records = state
+        .store
+        .audit_tail(limit)
+        .await
+        .map_err(|e| call.store_error(e))?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "records": records }),
+    ))
+}

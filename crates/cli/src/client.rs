@@ -1,0 +1,109 @@
+//! The admin-API client the CLI commands use.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, anyhow, bail};
+use serde_json::Value;
+
+use crate::AdminArgs;
+use crate::state_dir::StateDir;
+
+/// A connection to the admin API.
+pub struct AdminClient {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+}
+
+impl AdminClient {
+    /// Resolves URL, token and CA from flags, environment and the state directory.
+    pub fn from_args(args: &AdminArgs) -> Result<Self> {
+        let state = StateDir::new(args.state.state_dir.clone());
+        let base = match &args.admin_url {
+            Some(url) => url.clone(),
+            None => read_trimmed(&state.admin_url()).context(
+                "cannot find the admin API URL: is `portcullis serve` running with this --state-dir? (or pass --admin-url)",
+            )?,
+        };
+        let token = match std::env::var(crate::ENV_ADMIN_TOKEN) {
+            Ok(token) if !token.trim().is_empty() => token.trim().to_string(),
+            _ => {
+                let path = args
+                    .admin_token_file
+                    .clone()
+                    .unwrap_or_else(|| state.admin_token());
+                read_trimmed(&path).with_context(|| {
+                    format!(
+                        "cannot read the admin token from `{}` (or set {})",
+                        path.display(),
+                        crate::ENV_ADMIN_TOKEN
+                    )
+                })?
+            }
+        };
+        let ca_path: PathBuf = args.ca_cert.clone().unwrap_or_else(|| state.ca_cert());
+        let ca_pem = std::fs::read(&ca_path).with_context(|| {
+            format!(
+                "cannot read the CA certificate `{}` (or pass --ca-cert)",
+                ca_path.display()
+            )
+        })?;
+        let mut roots = rustls::RootCertStore::empty();
+        use rustls::pki_types::pem::PemObject;
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&ca_pem) {
+            roots.add(cert?)?;
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let http = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .timeout(std::time::Duration::from_secs(30))
+            .build()?;
+        Ok(AdminClient {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    /// `GET path`, returning the JSON body.
+    pub async fn get(&self, path: &str) -> Result<Value> {
+        self.send(self.http.get(self.url(path))).await
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post(&self, path: &str, body: &Value) -> Result<Value> {
+        self.send(self.http.post(self.url(path)).json(body)).await
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}/admin/v1{path}", self.base)
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value> {
+        let response = request
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the admin API at {}", self.base))?;
+        let status = response.status();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        if status.is_success() {
+            return Ok(body);
+        }
+        let error = &body["error"];
+        match (error["code"].as_str(), error["message"].as_str()) {
+            (Some(code), Some(message)) => bail!("{message} ({code}, HTTP {})", status.as_u16()),
+            _ => Err(anyhow!("the admin API answered HTTP {}", status.as_u16())),
+        }
+    }
+}
+
+fn read_trimmed(path: &std::path::Path) -> Result<String> {
+    Ok(std::fs::read_to_string(path)?.trim().to_string())
+}

@@ -1,0 +1,226 @@
+//! The CLI's admin and policy commands.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Subcommand;
+use serde_json::json;
+
+use crate::client::AdminClient;
+use crate::state_dir::{StateDir, write_public, write_secret};
+use crate::{AdminArgs, StateDirArg};
+
+/// `portcullis agent …`
+#[derive(Debug, Subcommand)]
+pub enum AgentCommand {
+    /// Register an agent and write its certificate and key to `--out`.
+    Create {
+        /// The agent's name (a-z, 0-9, `.`, `_`, `-`).
+        name: String,
+        /// A role for policy (repeatable).
+        #[arg(long = "role", required = true)]
+        roles: Vec<String>,
+        /// Where to write NAME.crt, NAME.key and ca.crt.
+        #[arg(long)]
+        out: PathBuf,
+        /// Certificate lifetime: 3600, 90s, 30m, 24h or 7d.
+        #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+        ttl: Duration,
+    },
+    /// Issue a fresh certificate (new key) for an existing agent.
+    Renew {
+        /// The agent's name.
+        name: String,
+        /// Where to write NAME.crt and NAME.key.
+        #[arg(long)]
+        out: PathBuf,
+        /// Certificate lifetime.
+        #[arg(long, default_value = "24h", value_parser = parse_ttl)]
+        ttl: Duration,
+    },
+    /// List agents.
+    List,
+    /// Show one agent with its certificates.
+    Show {
+        /// The agent's name.
+        name: String,
+    },
+    /// Revoke an agent and all its certificates, effective on its next request.
+    Revoke {
+        /// The agent's name.
+        name: String,
+    },
+}
+
+/// `portcullis audit …`
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print the latest audit records as JSON lines, oldest first.
+    Tail {
+        /// How many records.
+        #[arg(short = 'n', long, default_value_t = 20)]
+        n: u32,
+    },
+}
+
+/// `portcullis policy …`
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Check a policy directory against its schema (default: `<state-dir>/policies`).
+    Validate {
+        /// Directory holding `schema.cedarschema` and `*.cedar` files.
+        dir: Option<PathBuf>,
+    },
+}
+
+/// Parses `3600`, `90s`, `30m`, `24h`, `7d`.
+fn parse_ttl(s: &str) -> Result<Duration, String> {
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid duration `{s}`"))?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        "d" => n * 86_400,
+        _ => return Err(format!("invalid duration `{s}`: use s, m, h or d")),
+    };
+    if secs == 0 {
+        return Err("duration must be positive".into());
+    }
+    Ok(Duration::from_secs(secs))
+}
+
+fn print_json(value: &serde_json::Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+fn write_credentials(
+    out: &Path,
+    name: &str,
+    key_pem: &str,
+    response: &serde_json::Value,
+) -> Result<()> {
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create `{}`", out.display()))?;
+    let cert = response["certificate_pem"]
+        .as_str()
+        .context("the server sent no certificate")?;
+    let ca = response["ca_pem"]
+        .as_str()
+        .context("the server sent no CA certificate")?;
+    write_secret(&out.join(format!("{name}.key")), key_pem.as_bytes())?;
+    write_public(&out.join(format!("{name}.crt")), cert.as_bytes())?;
+    write_public(&out.join("ca.crt"), ca.as_bytes())?;
+    Ok(())
+}
+
+/// Runs an agent command.
+pub async fn agent(command: AgentCommand, args: AdminArgs) -> Result<()> {
+    let client = AdminClient::from_args(&args)?;
+    match command {
+        AgentCommand::Create {
+            name,
+            roles,
+            out,
+            ttl,
+        } => {
+            // The key is generated here and never sent anywhere: only its CSR is.
+            let (key_pem, csr_pem) = portcullis_identity::new_agent_key_and_csr()?;
+            let response = client
+                .post(
+                    "/agents",
+                    &json!({ "name": name, "roles": roles, "csr_pem": csr_pem, "ttl_seconds": ttl.as_secs() }),
+                )
+                .await?;
+            write_credentials(&out, &name, &key_pem, &response)?;
+            print_json(&response["agent"]);
+            eprintln!(
+                "wrote {0}/{1}.crt, {0}/{1}.key (mode 0600) and {0}/ca.crt",
+                out.display(),
+                name
+            );
+        }
+        AgentCommand::Renew { name, out, ttl } => {
+            let (key_pem, csr_pem) = portcullis_identity::new_agent_key_and_csr()?;
+            let response = client
+                .post(
+                    &format!("/agents/{name}/certificates"),
+                    &json!({ "csr_pem": csr_pem, "ttl_seconds": ttl.as_secs() }),
+                )
+                .await?;
+            write_credentials(&out, &name, &key_pem, &response)?;
+            print_json(&response["agent"]);
+        }
+        AgentCommand::List => print_json(&client.get("/agents").await?),
+        AgentCommand::Show { name } => print_json(&client.get(&format!("/agents/{name}")).await?),
+        AgentCommand::Revoke { name } => print_json(
+            &client
+                .post(&format!("/agents/{name}/revoke"), &json!({}))
+                .await?,
+        ),
+    }
+    Ok(())
+}
+
+/// Runs an audit command.
+pub async fn audit(command: AuditCommand, args: AdminArgs) -> Result<()> {
+    let client = AdminClient::from_args(&args)?;
+    match command {
+        AuditCommand::Tail { n } => {
+            let response = client.get(&format!("/audit?limit={n}")).await?;
+            for record in response["records"].as_array().into_iter().flatten() {
+                println!("{record}");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs a policy command (offline: no server needed).
+pub fn policy(command: PolicyCommand, state: StateDirArg) -> Result<()> {
+    match command {
+        PolicyCommand::Validate { dir } => {
+            let dir = dir.unwrap_or_else(|| StateDir::new(state.state_dir).policies());
+            let sources = portcullis_policy::PolicySources::read_dir(&dir)?;
+            let bundle = portcullis_policy::PolicyBundle::compile(&sources)?;
+            if bundle.policy_ids().is_empty() {
+                bail!(
+                    "`{}` holds no policies: everything would be denied",
+                    dir.display()
+                );
+            }
+            println!(
+                "ok: {} policies in `{}` validate against the schema: {}",
+                bundle.policy_ids().len(),
+                dir.display(),
+                bundle.policy_ids().join(", ")
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ttls() {
+        assert_eq!(parse_ttl("3600"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_ttl("90s"), Ok(Duration::from_secs(90)));
+        assert_eq!(parse_ttl("30m"), Ok(Duration::from_secs(1800)));
+        assert_eq!(parse_ttl("24h"), Ok(Duration::from_secs(86400)));
+        assert_eq!(parse_ttl("7d"), Ok(Duration::from_secs(604800)));
+        assert!(parse_ttl("0").is_err());
+        assert!(parse_ttl("5y").is_err());
+        assert!(parse_ttl("h").is_err());
+    }
+}

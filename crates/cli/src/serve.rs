@@ -1,0 +1,263 @@
+//! `portcullis serve`: bootstraps the state directory and runs the data plane
+//! and the admin API on their two listeners until SIGTERM or Ctrl-C.
+//!
+//! Everything that can be wrong with the configuration is checked before any
+//! port is bound: an invalid config or policy set never half-starts.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{Context, Result, bail};
+use portcullis_admin::{AdminState, RemoteAddr};
+use portcullis_gateway::audit_sink::AuditWriter;
+use portcullis_gateway::config::{Config, PolicySource, Upstream};
+use portcullis_gateway::listener::{self, ConnectionInfo};
+use portcullis_gateway::metrics::Metrics;
+use portcullis_gateway::{Gateway, GatewayParts};
+use portcullis_identity::{CertificateAuthority, ClientCertChecker};
+use portcullis_policy::{DEFAULT_POLICIES, DEFAULT_SCHEMA, PolicyBundle, PolicySources};
+use portcullis_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+use crate::state_dir::{StateDir, write_public, write_secret};
+
+/// Runs the server.
+pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()> {
+    let config = match &config_path {
+        Some(path) => Config::load(path)?,
+        None => Config::quickstart(),
+    };
+    let state = StateDir::new(state_dir);
+    state.create()?;
+
+    let bundle = Arc::new(load_policies(&config, &state)?);
+    let ca = Arc::new(load_or_create_ca(&state, &config.trust_domain)?);
+
+    let store = match &config.store_url {
+        Some(url) => Store::open_url(url).await,
+        None => Store::open_sqlite(&state.database()).await,
+    }
+    .context("cannot open the store")?;
+    let token_hashes = ensure_admin_token(&state, &store).await?;
+
+    // Bind both listeners before anything else runs, so a port conflict fails fast.
+    let gateway_listener = TcpListener::bind(config.gateway_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (gateway)", config.gateway_listen))?;
+    let admin_listener = TcpListener::bind(config.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (admin)", config.admin_listen))?;
+    let gateway_addr = gateway_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+
+    let mut server_names = vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ];
+    for addr in [gateway_addr, admin_addr] {
+        if !addr.ip().is_unspecified() {
+            server_names.push(addr.ip().to_string());
+        }
+    }
+    server_names.dedup();
+    // A fresh server certificate every start: no server key on disk, no expiry to manage.
+    let (server_cert, server_key) = ca
+        .issue_server(&server_names)
+        .context("cannot issue the server certificate")?;
+    let checker = ClientCertChecker::new(ca.cert_pem(), &config.trust_domain)?;
+    let gateway_tls =
+        listener::tls_config(&server_cert, &server_key, Some(checker.tls_verifier()))?;
+    let admin_tls = listener::tls_config(&server_cert, &server_key, None)?;
+
+    let demo_upstream = if config
+        .routes
+        .iter()
+        .any(|r| r.upstream == Upstream::BuiltinDemo)
+    {
+        Some(portcullis_gateway::demo_upstream::start().await?)
+    } else {
+        None
+    };
+
+    let metrics = Arc::new(Metrics::new());
+    let (sink, writer) = AuditWriter::start(store.clone(), metrics.clone());
+    let gateway = Gateway::new(GatewayParts {
+        config: config.clone(),
+        bundle: bundle.clone(),
+        checker,
+        upstream_tls: upstream_tls(ca.cert_pem())?,
+        store: store.clone(),
+        sink: sink.clone(),
+        metrics,
+        demo_upstream,
+    })
+    .await?;
+
+    let admin = portcullis_admin::router(AdminState {
+        store: store.clone(),
+        gateway: gateway.clone(),
+        ca: ca.clone(),
+        token_hashes: Arc::new(token_hashes),
+        sink: sink.clone(),
+    });
+    drop(sink);
+
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let data_plane = tokio::spawn(gateway.clone().serve(
+        gateway_listener,
+        gateway_tls,
+        config.max_connections,
+        shutdown_rx.clone(),
+    ));
+    let control_plane = tokio::spawn(listener::serve(
+        admin_listener,
+        admin_tls,
+        config.max_connections,
+        move |info: ConnectionInfo| {
+            let admin = admin.clone();
+            let remote = RemoteAddr(info.remote);
+            move |mut req: http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(remote);
+                admin.clone().oneshot(req)
+            }
+        },
+        shutdown_rx,
+    ));
+
+    write_public(
+        &state.admin_url(),
+        format!("https://{admin_addr}\n").as_bytes(),
+    )?;
+    write_public(
+        &state.gateway_url(),
+        format!("https://{gateway_addr}\n").as_bytes(),
+    )?;
+    tracing::info!(
+        gateway = %format!("https://{gateway_addr}"),
+        admin = %format!("https://{admin_addr}"),
+        state_dir = %state.root().display(),
+        policies = bundle.policy_ids().len(),
+        "portcullis is up"
+    );
+    // A stable line on stdout that scripts and tests can wait for.
+    println!("portcullis: gateway https://{gateway_addr} admin https://{admin_addr}");
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: draining in-flight requests");
+    let _ = shutdown_tx.send(true);
+    let _ = data_plane.await;
+    let _ = control_plane.await;
+    drop(gateway);
+    writer.finish().await;
+    store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {},
+                    _ = tokio::signal::ctrl_c() => {},
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn load_policies(config: &Config, state: &StateDir) -> Result<PolicyBundle> {
+    let dir = match &config.policy {
+        PolicySource::Dir(dir) => dir.clone(),
+        PolicySource::StateDir => {
+            let dir = state.policies();
+            if !dir.exists() {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create `{}`", dir.display()))?;
+                write_public(&dir.join("schema.cedarschema"), DEFAULT_SCHEMA.as_bytes())?;
+                write_public(&dir.join("quickstart.cedar"), DEFAULT_POLICIES.as_bytes())?;
+                tracing::info!(dir = %dir.display(), "wrote the quickstart schema and policies");
+            }
+            dir
+        }
+    };
+    let sources = PolicySources::read_dir(&dir)?;
+    Ok(PolicyBundle::compile(&sources)?)
+}
+
+fn load_or_create_ca(state: &StateDir, trust_domain: &str) -> Result<CertificateAuthority> {
+    let (cert_path, key_path) = (state.ca_cert(), state.ca_key());
+    match (cert_path.exists(), key_path.exists()) {
+        (true, true) => {
+            let cert = std::fs::read_to_string(&cert_path)
+                .with_context(|| format!("cannot read `{}`", cert_path.display()))?;
+            let key = std::fs::read_to_string(&key_path)
+                .with_context(|| format!("cannot read `{}`", key_path.display()))?;
+            CertificateAuthority::from_pem(trust_domain, &cert, &key)
+                .with_context(|| format!("cannot load the CA from `{}`", state.root().display()))
+        }
+        (false, false) => {
+            let ca = CertificateAuthority::generate(trust_domain)?;
+            write_secret(&key_path, ca.key_pem().as_bytes())?;
+            write_public(&cert_path, ca.cert_pem().as_bytes())?;
+            tracing::info!(ca = %cert_path.display(), %trust_domain, "generated a new certificate authority");
+            Ok(ca)
+        }
+        _ => bail!(
+            "`{}` holds only one of ca.crt and ca.key; restore the other or remove both to generate a new CA",
+            state.root().display()
+        ),
+    }
+}
+
+async fn ensure_admin_token(state: &StateDir, store: &Store) -> Result<Vec<String>> {
+    let path = state.admin_token();
+    if !path.exists() {
+        let token = portcullis_admin::new_token();
+        let id = portcullis_core::RequestId::new();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
+        store
+            .add_admin_token(id.as_str(), &portcullis_admin::hash_token(&token), now)
+            .await?;
+        write_secret(&path, format!("{token}\n").as_bytes())?;
+        tracing::info!(file = %path.display(), "wrote a new admin credential");
+    }
+    Ok(store.admin_token_hashes().await?)
+}
+
+fn upstream_tls(ca_pem: &str) -> Result<rustls::ClientConfig> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for cert in native.certs {
+        let _ = roots.add(cert);
+    }
+    // Upstreams may also present certificates from the Portcullis CA.
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(config)
+}
