@@ -409,7 +409,8 @@ impl Config {
         }
         let base = path.parent().unwrap_or(Path::new("."));
         let config = Self::from_raw_unchecked(raw, base);
-        if config.gateway_listen == config.admin_listen {
+        // Port 0 asks the OS for a free port, so two `:0` addresses never collide.
+        if config.gateway_listen == config.admin_listen && config.gateway_listen.port() != 0 {
             return Err(invalid(format!(
                 "keys `gateway.listen` and `admin.listen`: the data plane and the admin API must listen on different addresses (both are {})",
                 config.gateway_listen

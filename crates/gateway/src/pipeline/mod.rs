@@ -94,8 +94,9 @@ pub async fn handle(
             response
         }
         Err(denial) => {
+            // `outcome` keeps the authorization result: an allowed request whose
+            // upstream then failed is still "allow", with the failure's code.
             let record = recorder.record();
-            record.outcome = Outcome::Deny;
             record.error_code = Some(denial.code.as_str().to_string());
             error_response(&request_id, &denial)
         }

@@ -1,0 +1,405 @@
+//! Test support: spawn the real `portcullis` binary on ephemeral loopback ports,
+//! a real upstream HTTP server, and TLS clients with agent certificates.
+#![allow(
+    dead_code,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    missing_docs
+)]
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A running `portcullis serve`.
+pub struct Server {
+    pub child: Option<Child>,
+    dir: Option<tempfile::TempDir>,
+    pub gateway: SocketAddr,
+    pub admin: SocketAddr,
+    pub stderr: Arc<Mutex<String>>,
+}
+
+/// Writes a config with the given routes (TOML fragments) and extra sections.
+pub fn config(dir: &Path, routes: &str, limits: &str) -> PathBuf {
+    let path = dir.join("portcullis.toml");
+    let text = format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[limits]\n{limits}\n{routes}\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A route TOML fragment.
+pub fn route(name: &str, prefix: &str, upstream: &str, classification: &str) -> String {
+    format!(
+        "[[routes]]\nname = \"{name}\"\nkind = \"http\"\npath_prefix = \"{prefix}\"\nupstream = \"{upstream}\"\nclassification = \"{classification}\"\n"
+    )
+}
+
+impl Server {
+    /// Starts the binary with `config` (or the quickstart when `None`) and waits
+    /// for its "portcullis: gateway … admin …" line.
+    pub fn start(dir: tempfile::TempDir, config: Option<&Path>) -> Server {
+        let state = dir.path().join("state");
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve").arg("--state-dir").arg(&state);
+        if let Some(c) = config {
+            cmd.arg("--config").arg(c);
+        }
+        let mut child = cmd
+            .env("PORTCULLIS_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn portcullis");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        {
+            let pipe = child.stderr.take().unwrap();
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    let mut s = sink.lock().unwrap();
+                    s.push_str(&line);
+                    s.push('\n');
+                }
+            });
+        }
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("portcullis did not start: {}", stderr.lock().unwrap()));
+        let parts: Vec<&str> = line.split_whitespace().collect();
+        // "portcullis: gateway https://A admin https://B"
+        let addr = |s: &str| {
+            s.trim_start_matches("https://")
+                .parse::<SocketAddr>()
+                .unwrap()
+        };
+        Server {
+            gateway: addr(parts[2]),
+            admin: addr(parts[4]),
+            child: Some(child),
+            dir: Some(dir),
+            stderr,
+        }
+    }
+
+    /// The test's temporary directory (state, config, credentials).
+    pub fn path(&self) -> &Path {
+        self.dir.as_ref().unwrap().path()
+    }
+
+    /// Stops the server (if running) and hands back its directory for a restart.
+    pub fn into_dir(mut self) -> tempfile::TempDir {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.dir.take().unwrap()
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.path().join("state")
+    }
+
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.state_dir().join("ca.crt")).unwrap()
+    }
+
+    /// Runs a CLI command against this server's state directory.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .args(args)
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .output()
+            .expect("run portcullis cli")
+    }
+
+    /// `agent create NAME --role … --out <dir>/creds`; returns (cert, key) paths.
+    pub fn create_agent(&self, name: &str, roles: &[&str]) -> (PathBuf, PathBuf) {
+        let out = self.path().join("creds");
+        let mut args = vec!["agent", "create", name, "--out", out.to_str().unwrap()];
+        for r in roles {
+            args.push("--role");
+            args.push(r);
+        }
+        let output = self.cli(&args);
+        assert!(
+            output.status.success(),
+            "agent create failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (
+            out.join(format!("{name}.crt")),
+            out.join(format!("{name}.key")),
+        )
+    }
+
+    /// The audit records, via `portcullis audit tail`.
+    pub fn audit(&self, n: u32) -> Vec<Value> {
+        let output = self.cli(&["audit", "tail", "-n", &n.to_string()]);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// Waits (bounded) for the audit record of `request_id`.
+    pub fn audit_record(&self, request_id: &str) -> Value {
+        for _ in 0..100 {
+            if let Some(r) = self
+                .audit(200)
+                .into_iter()
+                .find(|r| r["request_id"] == request_id)
+            {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no audit record for request {request_id}");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://{}{path}", self.gateway)
+    }
+
+    /// Sends SIGTERM and waits (bounded) for exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        for _ in 0..400 {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = child.kill();
+        panic!("portcullis did not exit after SIGTERM");
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A TLS client trusting `ca_pem`, with an optional client certificate.
+pub fn tls_config(ca_pem: &str, identity: Option<(&Path, &Path)>) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    match identity {
+        Some((cert, key)) => {
+            let certs = CertificateDer::pem_file_iter(cert)
+                .unwrap()
+                .map(|c| c.unwrap())
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(key).unwrap();
+            builder.with_client_auth_cert(certs, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    }
+}
+
+/// An HTTP client (reqwest) over that TLS config.
+pub fn client(ca_pem: &str, identity: Option<(&Path, &Path)>) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls_config(ca_pem, identity))
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+/// The JSON error of a response, with its status.
+pub async fn error_of(response: reqwest::Response) -> (u16, Value) {
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap();
+    (status, body["error"].clone())
+}
+
+/// Streaming control for the upstream's `/stream` endpoint: the test releases
+/// the second chunk only after it has received the first through the gateway.
+pub type StreamGate = Arc<Mutex<Option<oneshot::Receiver<()>>>>;
+
+/// Signalled when the upstream's `/drain` endpoint has received a request.
+pub static DRAIN_ARRIVED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// A real upstream on 127.0.0.1:<ephemeral>:
+/// - `/slow` answers after 3 s; `/drain` after 1 s;
+/// - `/stream` sends `first`, waits for the gate, then sends `second`;
+/// - anything else echoes method, path, query, headers and body length as JSON.
+pub async fn start_upstream() -> (SocketAddr, StreamGate) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let gate: StreamGate = Arc::new(Mutex::new(None));
+    let gate2 = gate.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let gate = gate2.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| upstream(req, gate.clone()));
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    (addr, gate)
+}
+
+type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn upstream(
+    req: Request<Incoming>,
+    gate: StreamGate,
+) -> Result<Response<UpBody>, Infallible> {
+    // Routes may add a base path, so match on the last segment.
+    let last = req
+        .uri()
+        .path()
+        .rsplit('/')
+        .next()
+        .unwrap_or("")
+        .to_string();
+    match last.as_str() {
+        "slow" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            Ok(Response::new(Full::new(Bytes::from("slow")).boxed()))
+        }
+        "drain" => {
+            DRAIN_ARRIVED.notify_one();
+            tokio::time::sleep(Duration::from_millis(1000)).await;
+            Ok(Response::new(Full::new(Bytes::from("drained")).boxed()))
+        }
+        "stream" => {
+            let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
+            let wait = gate.lock().unwrap().take();
+            tokio::spawn(async move {
+                let _ = tx.send(Ok(Frame::data(Bytes::from("first\n")))).await;
+                if let Some(wait) = wait {
+                    let _ = tokio::time::timeout(Duration::from_secs(10), wait).await;
+                }
+                let _ = tx.send(Ok(Frame::data(Bytes::from("second\n")))).await;
+            });
+            let stream = ReceiverStream(rx);
+            Ok(Response::new(StreamBody::new(stream).boxed()))
+        }
+        _ => {
+            let (parts, body) = req.into_parts();
+            let body = body
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let headers: serde_json::Map<String, Value> = parts
+                .headers
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        k.to_string(),
+                        Value::String(v.to_str().unwrap_or("").to_string()),
+                    )
+                })
+                .collect();
+            let reply = serde_json::json!({
+                "method": parts.method.as_str(),
+                "path": parts.uri.path(),
+                "query": parts.uri.query(),
+                "headers": headers,
+                "body_len": body.len(),
+            });
+            let mut resp = Response::new(Full::new(Bytes::from(reply.to_string())).boxed());
+            resp.headers_mut()
+                .insert("connection", "x-upstream-hop".parse().unwrap());
+            resp.headers_mut()
+                .insert("x-upstream-hop", "1".parse().unwrap());
+            Ok(resp)
+        }
+    }
+}
+
+/// An mpsc receiver as a `Stream` of body frames.
+struct ReceiverStream<T>(mpsc::Receiver<T>);
+
+impl<T> futures_core::Stream for ReceiverStream<T> {
+    type Item = T;
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<T>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+/// Sends raw bytes over TLS (with an optional client certificate) and returns
+/// whatever the server answers before closing or going quiet for 3 s.
+pub async fn raw_tls(addr: SocketAddr, config: rustls::ClientConfig, bytes: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let _ = tls.write_all(bytes).await;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
