@@ -5,8 +5,9 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use cedar_policy::{
-    Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName, EntityUid,
-    Request, RestrictedExpression,
+    ActionConstraint, Context, Decision as CedarDecision, Entities, Entity, EntityId,
+    EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint, Request, ResourceConstraint,
+    RestrictedExpression,
 };
 use portcullis_core::{Classification, Decision};
 
@@ -134,6 +135,7 @@ pub struct EntityError(String);
 pub struct Authorizer {
     bundle: Arc<PolicyBundle>,
     entities: Entities,
+    index: ScopeIndex,
     actions: [EntityUid; 6],
     agent_type: EntityTypeName,
     route_type: EntityTypeName,
@@ -206,9 +208,25 @@ impl Authorizer {
             .add_entities(entities, Some(&bundle.schema))
             .map_err(|e| EntityError(e.to_string()))?;
         let actions = HttpAction::ALL.map(|a| uid(&action_type, a.as_str()));
+        let agent_uids: Vec<(String, EntityUid)> = agents
+            .iter()
+            .map(|a| (a.name.clone(), uid(&agent_type, &a.name)))
+            .collect();
+        let route_uids: Vec<(String, EntityUid)> = routes
+            .iter()
+            .map(|r| (r.name.clone(), uid(&route_type, &r.name)))
+            .collect();
+        let index = ScopeIndex::new(
+            &bundle.policies,
+            &entities,
+            &agent_uids,
+            &actions,
+            &route_uids,
+        );
         Ok(Authorizer {
             bundle,
             entities,
+            index,
             actions,
             agent_type,
             route_type,
@@ -224,6 +242,25 @@ impl Authorizer {
     /// Decides one request. Any problem building the request is a denial (fail closed)
     /// with the problem in [`Decision::errors`].
     pub fn decide(&self, request: &AuthzRequest<'_>) -> Decision {
+        // Only policies whose scope can match this principal, action and resource
+        // are evaluated; see `ScopeIndex`. `None` means "all policies".
+        let candidates = self
+            .index
+            .candidates(request.agent, request.action, request.route);
+        if candidates.as_ref().is_some_and(|set| set.is_empty()) {
+            return Decision::default_deny();
+        }
+        self.decide_among(request, candidates.as_ref())
+    }
+
+    /// Decides with every policy, bypassing the scope index. For tests and
+    /// benchmarks that check the index changes nothing but the cost.
+    #[doc(hidden)]
+    pub fn decide_unindexed(&self, request: &AuthzRequest<'_>) -> Decision {
+        self.decide_among(request, None)
+    }
+
+    fn decide_among(&self, request: &AuthzRequest<'_>, candidates: Option<&PolicySet>) -> Decision {
         let principal =
             EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(request.agent));
         let resource =
@@ -277,9 +314,14 @@ impl Authorizer {
             Ok(r) => r,
             Err(e) => return denied_with_error(e.to_string()),
         };
-        let response =
-            self.cedar
-                .is_authorized(&cedar_request, &self.bundle.policies, &self.entities);
+        let response = match candidates {
+            Some(set) => self
+                .cedar
+                .is_authorized(&cedar_request, set, &self.entities),
+            None => self
+                .cedar
+                .is_authorized(&cedar_request, &self.bundle.policies, &self.entities),
+        };
         let diagnostics = response.diagnostics();
         let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
         let mut policy_ids: Vec<String> = diagnostics.reason().map(|id| id.to_string()).collect();
@@ -296,6 +338,113 @@ impl Authorizer {
             policy_ids,
             errors,
         }
+    }
+}
+
+/// Which policies can possibly apply to a request, by scope alone.
+///
+/// Cedar evaluates every policy of a set for every request, rebuilding each
+/// policy's condition as it goes; with a hundred policies that dominates the
+/// gateway's cost. A policy whose scope (`principal …, action …, resource …`)
+/// cannot match the request is never satisfied and never errors — scope checks are
+/// equality, `in` over the entity hierarchy, and `is` — so leaving it out yields
+/// exactly the same decision, reasons and errors. The index precomputes, per
+/// known agent, action and route, the bitset of policies whose scope matches, using
+/// Cedar's own `in` semantics ([`Entities::is_ancestor_of`]); a request intersects
+/// three bitsets and hands Cedar only the survivors. Unknown agents or routes fall
+/// back to the full set.
+struct ScopeIndex {
+    policies: Vec<Policy>,
+    agents: HashMap<String, Vec<u64>>,
+    actions: [Vec<u64>; 6],
+    routes: HashMap<String, Vec<u64>>,
+}
+
+impl ScopeIndex {
+    fn new(
+        set: &PolicySet,
+        entities: &Entities,
+        agents: &[(String, EntityUid)],
+        actions: &[EntityUid; 6],
+        routes: &[(String, EntityUid)],
+    ) -> Self {
+        let policies: Vec<Policy> = set.policies().cloned().collect();
+        let words = policies.len().div_ceil(64);
+        let bits = |matches: &dyn Fn(&Policy) -> bool| {
+            let mut v = vec![0u64; words];
+            for (i, p) in policies.iter().enumerate() {
+                if matches(p) {
+                    v[i / 64] |= 1 << (i % 64);
+                }
+            }
+            v
+        };
+        let is_in =
+            |e: &EntityUid, group: &EntityUid| e == group || entities.is_ancestor_of(group, e);
+        let principal_matches = |e: &EntityUid, c: PrincipalConstraint| match c {
+            PrincipalConstraint::Any => true,
+            PrincipalConstraint::Eq(u) => *e == u,
+            PrincipalConstraint::In(u) => is_in(e, &u),
+            PrincipalConstraint::Is(t) => *e.type_name() == t,
+            PrincipalConstraint::IsIn(t, u) => *e.type_name() == t && is_in(e, &u),
+        };
+        let resource_matches = |e: &EntityUid, c: ResourceConstraint| match c {
+            ResourceConstraint::Any => true,
+            ResourceConstraint::Eq(u) => *e == u,
+            ResourceConstraint::In(u) => is_in(e, &u),
+            ResourceConstraint::Is(t) => *e.type_name() == t,
+            ResourceConstraint::IsIn(t, u) => *e.type_name() == t && is_in(e, &u),
+        };
+        let action_matches = |e: &EntityUid, c: ActionConstraint| match c {
+            ActionConstraint::Any => true,
+            ActionConstraint::Eq(u) => *e == u,
+            ActionConstraint::In(us) => us.iter().any(|u| is_in(e, u)),
+        };
+        let agents = agents
+            .iter()
+            .map(|(name, e)| {
+                (
+                    name.clone(),
+                    bits(&|p| principal_matches(e, p.principal_constraint())),
+                )
+            })
+            .collect();
+        let routes = routes
+            .iter()
+            .map(|(name, e)| {
+                (
+                    name.clone(),
+                    bits(&|p| resource_matches(e, p.resource_constraint())),
+                )
+            })
+            .collect();
+        let actions =
+            std::array::from_fn(|i| bits(&|p| action_matches(&actions[i], p.action_constraint())));
+        ScopeIndex {
+            policies,
+            agents,
+            actions,
+            routes,
+        }
+    }
+
+    fn candidates(&self, agent: &str, action: HttpAction, route: &str) -> Option<PolicySet> {
+        let a = self.agents.get(agent)?;
+        let r = self.routes.get(route)?;
+        let m = &self.actions[action.index()];
+        let mut set = PolicySet::new();
+        for (w, ((a, m), r)) in a.iter().zip(m).zip(r).enumerate() {
+            let mut word = a & m & r;
+            while word != 0 {
+                let bit = word.trailing_zeros() as usize;
+                word &= word - 1;
+                if let Some(policy) = self.policies.get(w * 64 + bit) {
+                    // Ids are unique in the source set, so adding cannot fail.
+                    let _ = set.add(policy.clone());
+                }
+            }
+        }
+        Some(set)
     }
 }
 
@@ -447,6 +596,50 @@ mod tests {
             "192.168.1.1",
             "deny default-deny",
         );
+    }
+
+    #[test]
+    fn scope_index_never_changes_a_decision() {
+        let a = authorizer(
+            r#"
+@id("p-any") permit(principal, action == Action::"GET", resource == Route::"demo") when { context.time.hour < 100 };
+@id("p-eq") permit(principal == Agent::"writer-bot", action, resource);
+@id("p-is") permit(principal is Agent, action in [Action::"read", Action::"POST"], resource is Route) when { resource.classification_level == 3 };
+@id("p-isin") permit(principal is Agent in Role::"reader", action in Action::"read", resource);
+@id("f-overflow") forbid(principal in Role::"writer", action == Action::"DELETE", resource) when { context.time.epoch * 9223372036854775807 > 0 };
+@id("f-vault") forbid(principal, action in Action::"write", resource == Route::"vault");
+@id("f-remote") forbid(principal, action, resource in Route::"demo") unless { context.source_ip.isLoopback() };
+"#,
+        );
+        let mut compared = 0;
+        let mut allowed = 0;
+        let mut errored = 0;
+        for agent in ["reader-bot", "writer-bot", "stranger"] {
+            for action in HttpAction::ALL {
+                for route in ["demo", "vault", "unknown"] {
+                    for ip in ["127.0.0.1", "10.0.0.1"] {
+                        let request = AuthzRequest {
+                            agent,
+                            action,
+                            route,
+                            path: "/x",
+                            source_ip: ip.parse().unwrap(),
+                            time: RequestTime::from_epoch(1_700_000_000),
+                        };
+                        let indexed = a.decide(&request);
+                        let full = a.decide_unindexed(&request);
+                        assert_eq!(indexed, full, "{agent} {action:?} {route} {ip}");
+                        compared += 1;
+                        allowed += usize::from(full.allowed);
+                        errored += usize::from(!full.errors.is_empty());
+                    }
+                }
+            }
+        }
+        // The cases must exercise allows, denies and evaluation errors alike.
+        assert_eq!(compared, 108);
+        assert!(allowed > 10 && allowed < 100, "{allowed}");
+        assert!(errored > 0, "no case exercised an erroring policy");
     }
 
     #[test]
