@@ -151,6 +151,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/agents/{name}/revoke", post(revoke_agent))
         .route("/agents/{name}/certificates", post(renew_agent))
         .route("/audit", get(audit_tail))
+        .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
         .route("/healthz", get(healthz))
@@ -158,6 +159,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/metrics", get(metrics))
         .nest("/admin/v1", api)
         .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(with_call))
         .with_state(state)
 }
@@ -217,7 +219,21 @@ async fn require_admin(
         );
         return call.error(code, message).into_response();
     }
-    next.run(req).await
+    let response = next.run(req).await;
+    // Successful changes are recorded by their handlers with a specific action;
+    // refused or failed admin calls are recorded here, so none goes unrecorded.
+    let status = response.status();
+    if status.is_client_error() || status.is_server_error() {
+        call.audit(
+            &state.sink,
+            &action,
+            &path,
+            Outcome::Deny,
+            status.as_u16(),
+            None,
+        );
+    }
+    response
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -244,6 +260,13 @@ async fn metrics(State(state): State<AdminState>) -> Response {
         text,
     )
         .into_response()
+}
+
+async fn method_not_allowed(Extension(call): Extension<Call>) -> ApiError {
+    call.error(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed for this admin endpoint",
+    )
 }
 
 async fn not_found(Extension(call): Extension<Call>) -> ApiError {

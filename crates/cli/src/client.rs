@@ -26,13 +26,15 @@ impl AdminClient {
                 "cannot find the admin API URL: is `portcullis serve` running with this --state-dir? (or pass --admin-url)",
             )?,
         };
-        let token = match std::env::var(crate::ENV_ADMIN_TOKEN) {
-            Ok(token) if !token.trim().is_empty() => token.trim().to_string(),
-            _ => {
-                let path = args
-                    .admin_token_file
-                    .clone()
-                    .unwrap_or_else(|| state.admin_token());
+        // An explicit file wins over the environment, which wins over the state dir.
+        let from_env = std::env::var(crate::ENV_ADMIN_TOKEN)
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty());
+        let token = match (&args.admin_token_file, from_env) {
+            (None, Some(token)) => token,
+            (file, _) => {
+                let path = file.clone().unwrap_or_else(|| state.admin_token());
                 read_trimmed(&path).with_context(|| {
                     format!(
                         "cannot read the admin token from `{}` (or set {})",

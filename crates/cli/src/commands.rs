@@ -83,13 +83,16 @@ fn parse_ttl(s: &str) -> Result<Duration, String> {
     let n: u64 = digits
         .parse()
         .map_err(|_| format!("invalid duration `{s}`"))?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86_400,
+    let scale = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
         _ => return Err(format!("invalid duration `{s}`: use s, m, h or d")),
     };
+    let secs = n
+        .checked_mul(scale)
+        .ok_or_else(|| format!("duration `{s}` is too long"))?;
     if secs == 0 {
         return Err("duration must be positive".into());
     }
@@ -222,5 +225,6 @@ mod tests {
         assert!(parse_ttl("0").is_err());
         assert!(parse_ttl("5y").is_err());
         assert!(parse_ttl("h").is_err());
+        assert!(parse_ttl("99999999999999999d").is_err());
     }
 }

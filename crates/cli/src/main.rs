@@ -26,7 +26,12 @@ pub const ENV_LOG_FORMAT: &str = "PORTCULLIS_LOG_FORMAT";
 
 /// Portcullis: a zero-trust gateway for AI agents.
 #[derive(Debug, Parser)]
-#[command(name = "portcullis", version, about)]
+#[command(
+    name = "portcullis",
+    version,
+    about = "Portcullis: a zero-trust gateway for AI agents",
+    long_about = None
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -128,7 +133,9 @@ fn init_logging() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env(ENV_LOG).unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var(ENV_LOG_FORMAT).is_ok_and(|v| v == "json");
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
+        .with_ansi(ansi)
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     if json {

@@ -58,11 +58,11 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         "::1".to_string(),
     ];
     for addr in [gateway_addr, admin_addr] {
-        if !addr.ip().is_unspecified() {
-            server_names.push(addr.ip().to_string());
+        let ip = addr.ip().to_string();
+        if !addr.ip().is_unspecified() && !server_names.contains(&ip) {
+            server_names.push(ip);
         }
     }
-    server_names.dedup();
     // A fresh server certificate every start: no server key on disk, no expiry to manage.
     let (server_cert, server_key) = ca
         .issue_server(&server_names)

@@ -352,6 +352,19 @@ async fn responses_stream_without_buffering() {
     let second = response.chunk().await.unwrap().unwrap();
     assert_eq!(&second[..], b"second\n");
     assert!(response.chunk().await.unwrap().is_none());
+
+    // A client that walks away mid-stream is recorded as such, not as a clean 200.
+    let (_never_released, wait) = tokio::sync::oneshot::channel::<()>();
+    *gate.lock().unwrap() = Some(wait);
+    let mut response = client.get(server.url("/api/stream")).send().await.unwrap();
+    let id = request_id(&response);
+    let first = response.chunk().await.unwrap().unwrap();
+    assert_eq!(&first[..], b"first\n");
+    drop(response);
+    drop(client);
+    let record = server.audit_record(&id);
+    assert_eq!(record["error_code"], "client_closed", "{record}");
+    assert_eq!(record["status"], 200);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -478,6 +491,18 @@ async fn admin_api_requires_the_admin_token_and_serves_health_and_metrics() {
     assert_eq!(
         (status, error["code"].as_str().unwrap()),
         (400, "bad_request")
+    );
+
+    let response = client
+        .delete(admin("/admin/v1/agents"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap();
+    let (status, error) = error_of(response).await;
+    assert_eq!(
+        (status, error["code"].as_str().unwrap()),
+        (405, "method_not_allowed")
     );
 
     // The data plane is not the admin API (segmentation).

@@ -37,7 +37,8 @@ impl Classification {
     }
 
     /// A number that orders the levels (0 = public … 3 = restricted), exposed to
-    /// policy so that `resource.classification_rank >= 2` reads naturally.
+    /// policy as the route attribute `classification_level`, so that
+    /// `resource.classification_level >= 2` reads naturally.
     pub fn rank(self) -> i64 {
         match self {
             Classification::Public => 0,

@@ -170,6 +170,19 @@ impl<B> RecordedBody<B> {
     }
 }
 
+impl<B> Drop for RecordedBody<B> {
+    fn drop(&mut self) {
+        // Still holding the recorder means the body never reached its end: the
+        // client went away mid-response (or the server is being torn down).
+        if let Some(rec) = self.recorder.as_mut() {
+            let record = rec.record();
+            if record.error_code.is_none() {
+                record.error_code = Some("client_closed".into());
+            }
+        }
+    }
+}
+
 impl<B> Body for RecordedBody<B>
 where
     B: Body<Data = Bytes, Error = BoxError> + Unpin,

@@ -2,9 +2,11 @@
 //!
 //! Verification is split in two on purpose. At the TLS handshake,
 //! [`DeferredClientAuth`] asks for a client certificate and checks the handshake
-//! signature (proof that the peer holds the key) but accepts any chain. The
-//! authenticate stage then calls [`ClientCertChecker::check`] on every request,
-//! which does the full chain, validity and SPIFFE-ID check. Deferring lets a bad
+//! signature (proof that the peer holds the key) but accepts any chain. Right
+//! after the handshake the gateway calls [`ClientCertChecker::check`] once per
+//! connection — the full chain, validity and SPIFFE-ID check — and the
+//! authenticate stage consults that result on every request, re-checking expiry
+//! and whether the agent and serial are still live. Deferring lets a bad
 //! certificate be answered with a JSON 401 and an audit record naming what was
 //! presented, instead of a bare TLS alert nobody can audit.
 //!
@@ -174,9 +176,10 @@ fn describe_rustls_error(e: &rustls::Error) -> String {
                 "certificate is not valid for client authentication".into()
             }
             CertificateError::BadEncoding => "malformed certificate".into(),
-            other => format!("invalid certificate: {other:?}"),
+            // Other rejections carry rustls-internal detail; clients get a stable text.
+            _ => "certificate rejected".into(),
         },
-        other => format!("invalid certificate: {other}"),
+        _ => "certificate rejected".into(),
     }
 }
 

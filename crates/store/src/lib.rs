@@ -18,6 +18,9 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlSafeStr, SqlitePool};
 
+/// Rows per multi-row audit INSERT statement.
+const AUDIT_ROWS_PER_INSERT: usize = 256;
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -249,23 +252,30 @@ impl Store {
             .fetch_one(&mut *tx)
             .await?;
         let mut next = last.map_or(0, |s| s + 1);
+        let mut rows = Vec::with_capacity(records.len());
         for record in records.iter_mut() {
             record.seq = Some(next as u64);
-            let bytes = record.canonical_bytes();
-            let text = String::from_utf8(bytes).map_err(|e| StoreError::Corrupt {
-                table: "audit_log",
-                detail: e.to_string(),
-            })?;
-            sqlx::query(
-                "INSERT INTO audit_log (seq, request_id, time_ms, record) VALUES (?, ?, ?, ?)",
-            )
-            .bind(next)
-            .bind(&record.request_id)
-            .bind(record.time_ms)
-            .bind(text)
-            .execute(&mut *tx)
-            .await?;
+            let text =
+                String::from_utf8(record.canonical_bytes()).map_err(|e| StoreError::Corrupt {
+                    table: "audit_log",
+                    detail: e.to_string(),
+                })?;
+            rows.push((next, record.request_id.clone(), record.time_ms, text));
             next += 1;
+        }
+        // Multi-row INSERTs: one statement per chunk instead of one round trip to
+        // the SQLite thread per record. 4 binds per row stays under SQLite's limit.
+        for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO audit_log (seq, request_id, time_ms, record) ",
+            );
+            insert.push_values(chunk, |mut row, (seq, request_id, time_ms, text)| {
+                row.push_bind(*seq)
+                    .push_bind(request_id.as_str())
+                    .push_bind(*time_ms)
+                    .push_bind(text.as_str());
+            });
+            insert.build().execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -453,5 +463,17 @@ mod tests {
             .map(|r| (r.seq, r.request_id.as_str()))
             .collect();
         assert_eq!(ids, [(Some(1), "b"), (Some(2), "c")]);
+
+        // A batch larger than one INSERT statement keeps order and numbering.
+        let mut big: Vec<_> = (0..600).map(|i| record(&format!("r{i}"))).collect();
+        store.append_audit(&mut big).await.unwrap();
+        let tail = store.audit_tail(601).await.unwrap();
+        assert_eq!(tail.len(), 601);
+        for (i, r) in tail.iter().enumerate() {
+            assert_eq!(r.seq, Some(i as u64 + 2));
+            if i > 0 {
+                assert_eq!(r.request_id, format!("r{}", i - 1));
+            }
+        }
     }
 }
