@@ -10,7 +10,9 @@ use arc_swap::ArcSwap;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use portcullis_identity::{CertRejection, ClientCertChecker, PeerCertificate};
-use portcullis_policy::{AgentEntity, Authorizer, EntityError, PolicyBundle, RouteEntity};
+use portcullis_policy::{
+    AgentEntity, Authorizer, EntityError, PolicyBundle, RouteEntity, SourceIp,
+};
 use portcullis_store::{Store, StoreError};
 use rustls::ServerConfig;
 use rustls::pki_types::UnixTime;
@@ -44,6 +46,8 @@ pub struct ConnectionState {
     pub remote: SocketAddr,
     /// The certificate check, `None` when no certificate was presented.
     pub peer: Option<Result<PeerCertificate, CertRejection>>,
+    /// The client address, prepared for policy evaluation.
+    pub source_ip: SourceIp,
 }
 
 /// Building or refreshing the gateway failed.
@@ -188,6 +192,7 @@ impl Gateway {
         Arc::new(ConnectionState {
             remote: info.remote,
             peer,
+            source_ip: SourceIp::new(info.remote.ip()),
         })
     }
 

@@ -12,7 +12,7 @@ use std::time::Instant;
 use portcullis_core::Classification;
 use portcullis_policy::{
     AgentEntity, Authorizer, AuthzRequest, DEFAULT_POLICIES, DEFAULT_SCHEMA, HttpAction,
-    PolicyBundle, PolicySources, RequestTime, RouteEntity,
+    PolicyBundle, PolicySources, RequestTime, RouteEntity, SourceIp,
 };
 
 fn main() {
@@ -56,7 +56,7 @@ fn main() {
         action: HttpAction::Post,
         route: "bench",
         path: "/bench/echo",
-        source_ip: "127.0.0.1".parse().unwrap(),
+        source_ip: &SourceIp::new("127.0.0.1".parse().unwrap()),
         time: RequestTime::from_epoch(1_700_000_000),
     };
     assert_eq!(authz.decide(&request), authz.decide_unindexed(&request));

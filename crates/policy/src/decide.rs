@@ -118,10 +118,33 @@ pub struct AuthzRequest<'a> {
     pub route: &'a str,
     /// The request path.
     pub path: &'a str,
-    /// The client's address.
-    pub source_ip: IpAddr,
+    /// The client's address, prepared once per connection.
+    pub source_ip: &'a SourceIp,
     /// When the request arrived.
     pub time: RequestTime,
+}
+
+/// A client address in the form policy evaluation needs. Building it costs a
+/// Cedar parse, so the gateway makes one per connection, not per request.
+#[derive(Debug, Clone)]
+pub struct SourceIp {
+    ip: IpAddr,
+    expr: RestrictedExpression,
+}
+
+impl SourceIp {
+    /// Prepares `ip`.
+    pub fn new(ip: IpAddr) -> Self {
+        SourceIp {
+            ip,
+            expr: RestrictedExpression::new_ip(ip.to_string()),
+        }
+    }
+
+    /// The address.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
 }
 
 /// The entities could not be assembled (an attribute or membership conflicts with the schema).
@@ -223,7 +246,7 @@ impl Authorizer {
             &actions,
             &route_uids,
         );
-        Ok(Authorizer {
+        let authorizer = Authorizer {
             bundle,
             entities,
             index,
@@ -231,7 +254,9 @@ impl Authorizer {
             agent_type,
             route_type,
             cedar: cedar_policy::Authorizer::new(),
-        })
+        };
+        authorizer.check_request_shape()?;
+        Ok(authorizer)
     }
 
     /// The policy bundle this snapshot decides with.
@@ -260,7 +285,12 @@ impl Authorizer {
         self.decide_among(request, None)
     }
 
-    fn decide_among(&self, request: &AuthzRequest<'_>, candidates: Option<&PolicySet>) -> Decision {
+    /// Builds the Cedar request. With `schema`, it is validated against it.
+    fn cedar_request(
+        &self,
+        request: &AuthzRequest<'_>,
+        schema: Option<&cedar_policy::Schema>,
+    ) -> Result<Request, String> {
         let principal =
             EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(request.agent));
         let resource =
@@ -279,40 +309,54 @@ impl Authorizer {
                 "epoch".to_string(),
                 RestrictedExpression::new_long(request.time.epoch),
             ),
-        ]);
-        let context = time.and_then(|time| {
-            Ok(Context::from_pairs([
-                (
-                    "method".to_string(),
-                    RestrictedExpression::new_string(request.action.as_str().to_string()),
-                ),
-                (
-                    "path".to_string(),
-                    RestrictedExpression::new_string(request.path.to_string()),
-                ),
-                (
-                    "source_ip".to_string(),
-                    RestrictedExpression::new_ip(request.source_ip.to_string()),
-                ),
-                ("time".to_string(), time),
-            ]))
-        });
-        let context = match context {
-            Ok(Ok(context)) => context,
-            Ok(Err(e)) => return denied_with_error(e.to_string()),
-            Err(e) => return denied_with_error(e.to_string()),
-        };
-        // Validating the request against the schema catches a user schema whose
-        // context type disagrees with what the gateway sends: fail closed, loudly.
-        let cedar_request = match Request::new(
-            principal,
-            action,
-            resource,
-            context,
-            Some(&self.bundle.schema),
-        ) {
+        ])
+        .map_err(|e| e.to_string())?;
+        let context = Context::from_pairs([
+            (
+                "method".to_string(),
+                RestrictedExpression::new_string(request.action.as_str().to_string()),
+            ),
+            (
+                "path".to_string(),
+                RestrictedExpression::new_string(request.path.to_string()),
+            ),
+            ("source_ip".to_string(), request.source_ip.expr.clone()),
+            ("time".to_string(), time),
+        ])
+        .map_err(|e| e.to_string())?;
+        Request::new(principal, action, resource, context, schema).map_err(|e| e.to_string())
+    }
+
+    /// Checks, once per snapshot, that the requests the gateway builds conform to
+    /// the schema for every action. The context's shape and types never vary
+    /// between requests, so this proves it for all of them and requests skip
+    /// per-request validation. A user schema that disagrees fails here, closed.
+    fn check_request_shape(&self) -> Result<(), EntityError> {
+        let ip = SourceIp::new(IpAddr::from([127, 0, 0, 1]));
+        for action in HttpAction::ALL {
+            let sample = AuthzRequest {
+                agent: "shape-check",
+                action,
+                route: "shape-check",
+                path: "/",
+                source_ip: &ip,
+                time: RequestTime::from_epoch(0),
+            };
+            self.cedar_request(&sample, Some(&self.bundle.schema))
+                .map_err(|e| {
+                    EntityError(format!(
+                        "the schema does not accept the requests the gateway makes for action `{}`: {e}",
+                        action.as_str()
+                    ))
+                })?;
+        }
+        Ok(())
+    }
+
+    fn decide_among(&self, request: &AuthzRequest<'_>, candidates: Option<&PolicySet>) -> Decision {
+        let cedar_request = match self.cedar_request(request, None) {
             Ok(r) => r,
-            Err(e) => return denied_with_error(e.to_string()),
+            Err(e) => return denied_with_error(e),
         };
         let response = match candidates {
             Some(set) => self
@@ -501,7 +545,7 @@ mod tests {
             action: HttpAction::from_method(method).unwrap(),
             route,
             path: "/x",
-            source_ip: ip.parse().unwrap(),
+            source_ip: &SourceIp::new(ip.parse().unwrap()),
             time: RequestTime::from_epoch(1_700_000_000),
         };
         let d = authz.decide(&request);
@@ -571,7 +615,7 @@ mod tests {
             action: HttpAction::Get,
             route: "no-such-route",
             path: "/x",
-            source_ip: "127.0.0.1".parse().unwrap(),
+            source_ip: &SourceIp::new("127.0.0.1".parse().unwrap()),
             time: RequestTime::from_epoch(0),
         });
         assert!(!d.allowed);
@@ -623,7 +667,7 @@ mod tests {
                             action,
                             route,
                             path: "/x",
-                            source_ip: ip.parse().unwrap(),
+                            source_ip: &SourceIp::new(ip.parse().unwrap()),
                             time: RequestTime::from_epoch(1_700_000_000),
                         };
                         let indexed = a.decide(&request);
@@ -640,6 +684,22 @@ mod tests {
         assert_eq!(compared, 108);
         assert!(allowed > 10 && allowed < 100, "{allowed}");
         assert!(errored > 0, "no case exercised an erroring policy");
+    }
+
+    #[test]
+    fn a_schema_whose_context_disagrees_is_refused_at_load() {
+        let schema = DEFAULT_SCHEMA.replace("source_ip: ipaddr,", "source_ip: String,");
+        let sources = PolicySources {
+            origin: PathBuf::from("/t"),
+            schema,
+            files: vec![(
+                "t.cedar".to_string(),
+                "permit(principal, action, resource);".to_string(),
+            )],
+        };
+        let bundle = Arc::new(PolicyBundle::compile(&sources).unwrap());
+        let err = Authorizer::new(bundle, &[], &[]).unwrap_err();
+        assert!(err.to_string().contains("source_ip"), "{err}");
     }
 
     #[test]

@@ -2,20 +2,25 @@
 //! policies (or `default-deny`). Evaluation errors deny and are logged.
 
 use portcullis_core::{Decision, ErrorCode};
-use portcullis_policy::{Authorizer, AuthzRequest};
+use portcullis_policy::{Authorizer, AuthzRequest, SourceIp};
 
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contextualize::RequestContext;
 use crate::respond::Denial;
 
 /// Decides the request.
-pub fn run(authorizer: &Authorizer, identity: &Identity, context: &RequestContext) -> Decision {
+pub fn run(
+    authorizer: &Authorizer,
+    identity: &Identity,
+    context: &RequestContext,
+    source_ip: &SourceIp,
+) -> Decision {
     let decision = authorizer.decide(&AuthzRequest {
         agent: &identity.agent,
         action: context.action,
         route: &context.route.name,
         path: &context.path,
-        source_ip: context.source_ip,
+        source_ip,
         time: context.time,
     });
     if !decision.errors.is_empty() {

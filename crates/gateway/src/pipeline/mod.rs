@@ -151,7 +151,7 @@ async fn run(
     recorder.record().resource = Some(context.route.name.clone());
 
     let t = Instant::now();
-    let decision = authorize::run(&snapshot.authorizer, &identity, &context);
+    let decision = authorize::run(&snapshot.authorizer, &identity, &context, &conn.source_ip);
     metrics.stage(Stage::Authorize, t.elapsed());
     metrics.decision(&context.route.name, decision.allowed);
     {
