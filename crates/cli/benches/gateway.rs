@@ -93,6 +93,24 @@ fn main() {
         );
         println!("throughput ratio gateway/direct: {:.0}% (target >= 50%)", gt / dt * 100.0);
         println!("({latency_n} sequential requests per latency row; {concurrency} connections for {secs} s per throughput row)");
+        println!();
+        println!("time inside the gateway per request, by pipeline stage (mean over all requests above, from /metrics):");
+        let metrics = fetch_metrics(gateway.admin, &gateway.admin_tls).await;
+        for stage in ["decode", "authenticate", "contextualize", "authorize", "forward", "total"] {
+            let value = |kind: &str| {
+                metrics
+                    .lines()
+                    .find(|l| l.starts_with(&format!("portcullis_stage_duration_seconds_{kind}{{stage=\"{stage}\"}}")))
+                    .and_then(|l| l.rsplit(' ').next())
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            let (sum, count) = (value("sum"), value("count"));
+            if count > 0.0 {
+                println!("  {stage:<14}{:>9.1} µs", sum / count * 1e6);
+            }
+        }
+        println!("  (forward includes the upstream's own time; total runs until the response body ends)");
     });
     drop(gateway);
 }
@@ -207,6 +225,24 @@ async fn throughput(target: &Target, concurrency: usize, duration: Duration) -> 
     done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// `GET /metrics` from the admin listener.
+async fn fetch_metrics(admin: SocketAddr, tls: &rustls::ClientConfig) -> String {
+    let tcp = TcpStream::connect(admin).await.unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(tls.clone()))
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    tokio::spawn(conn);
+    let request = Request::get("/metrics")
+        .header("host", "localhost")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 /// A 1 KiB-response upstream on its own thread and single-threaded runtime.
 fn start_upstream() -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
@@ -245,7 +281,9 @@ fn start_upstream() -> SocketAddr {
 struct Gateway {
     child: Child,
     addr: SocketAddr,
+    admin: SocketAddr,
     tls: rustls::ClientConfig,
+    admin_tls: rustls::ClientConfig,
 }
 
 impl Gateway {
@@ -298,13 +336,15 @@ impl Gateway {
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let addr: SocketAddr = line
-            .split_whitespace()
-            .nth(2)
-            .expect("portcullis did not start")
-            .trim_start_matches("https://")
-            .parse()
-            .unwrap();
+        let field = |n: usize| -> SocketAddr {
+            line.split_whitespace()
+                .nth(n)
+                .expect("portcullis did not start")
+                .trim_start_matches("https://")
+                .parse()
+                .unwrap()
+        };
+        let (addr, admin) = (field(2), field(4));
         let creds = dir.join("creds");
         let out = Command::new(BIN)
             .args(["agent", "create", "bench-bot", "--role", "writer", "--out"])
@@ -328,11 +368,14 @@ impl Gateway {
             .map(|c| c.unwrap())
             .collect();
         let key = PrivateKeyDer::from_pem_file(creds.join("bench-bot.key")).unwrap();
+        let admin_tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
         let tls = rustls::ClientConfig::builder()
             .with_root_certificates(roots)
             .with_client_auth_cert(certs, key)
             .unwrap();
-        Gateway { child, addr, tls }
+        Gateway { child, addr, admin, tls, admin_tls }
     }
 }
 
