@@ -130,7 +130,7 @@ impl Recorder {
     /// The record being built.
     pub fn record(&mut self) -> &mut AuditRecord {
         // Invariant: `record` is `Some` until `drop`.
-        self.record.get_or_insert_with(|| unreachable_record())
+        self.record.get_or_insert_with(unreachable_record)
     }
 }
 

@@ -16,7 +16,7 @@ impl RouteTable {
     /// Builds the table.
     pub fn new(routes: &[RouteConfig]) -> Self {
         let mut routes: Vec<_> = routes.iter().cloned().map(Arc::new).collect();
-        routes.sort_by(|a, b| b.path_prefix.len().cmp(&a.path_prefix.len()));
+        routes.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
         RouteTable { routes }
     }
 

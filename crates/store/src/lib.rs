@@ -251,17 +251,16 @@ impl Store {
         let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log")
             .fetch_one(&mut *tx)
             .await?;
-        let mut next = last.map_or(0, |s| s + 1);
+        let first = last.map_or(0, |s| s + 1);
         let mut rows = Vec::with_capacity(records.len());
-        for record in records.iter_mut() {
-            record.seq = Some(next as u64);
+        for (seq, record) in (first..).zip(records.iter_mut()) {
+            record.seq = Some(seq as u64);
             let text =
                 String::from_utf8(record.canonical_bytes()).map_err(|e| StoreError::Corrupt {
                     table: "audit_log",
                     detail: e.to_string(),
                 })?;
-            rows.push((next, record.request_id.clone(), record.time_ms, text));
-            next += 1;
+            rows.push((seq, record.request_id.clone(), record.time_ms, text));
         }
         // Multi-row INSERTs: one statement per chunk instead of one round trip to
         // the SQLite thread per record. 4 binds per row stays under SQLite's limit.
