@@ -232,7 +232,9 @@ async fn fetch_metrics(admin: SocketAddr, tls: &rustls::ClientConfig) -> String 
         .connect("localhost".try_into().unwrap(), tcp)
         .await
         .unwrap();
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     let request = Request::get("/metrics")
         .header("host", "localhost")
@@ -375,7 +377,13 @@ impl Gateway {
             .with_root_certificates(roots)
             .with_client_auth_cert(certs, key)
             .unwrap();
-        Gateway { child, addr, admin, tls, admin_tls }
+        Gateway {
+            child,
+            addr,
+            admin,
+            tls,
+            admin_tls,
+        }
     }
 }
 
