@@ -52,36 +52,58 @@ fn main() {
     let concurrency = env_num("BENCH_CONCURRENCY", 32) as usize;
 
     // The upstream runs on its own thread and runtime, like a separate service.
-    let upstream = start_upstream();
+    let upstream = start_upstream(None);
     let dir = tempfile::tempdir().unwrap();
     let gateway = Gateway::start(dir.path(), upstream);
+    // The same upstream code terminating TLS itself and asking for the same client
+    // certificate: what the client-side TLS costs without the gateway.
+    let tls_upstream = start_upstream(Some(upstream_tls(&dir.path().join("state"))));
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let direct = Target::Direct(upstream);
-    let through = Target::Gateway {
+    let client_tls = Some(Arc::new(gateway.tls.clone()));
+    let direct = Target {
+        addr: upstream,
+        tls: None,
+        path: "/echo",
+    };
+    let direct_tls = Target {
+        addr: tls_upstream,
+        tls: client_tls.clone(),
+        path: "/echo",
+    };
+    let through = Target {
         addr: gateway.addr,
-        tls: Arc::new(gateway.tls.clone()),
+        tls: client_tls,
+        path: "/bench/echo",
     };
     rt.block_on(async {
-        // Warm up both paths (connection pools, caches, branch predictors).
-        let _ = latency(&direct, 500).await;
-        let _ = latency(&through, 500).await;
+        // Warm up every path (connection pools, caches, branch predictors).
+        for target in [&direct, &direct_tls, &through] {
+            let _ = latency(target, 500).await;
+        }
 
         let d = latency(&direct, latency_n).await;
+        let dtls = latency(&direct_tls, latency_n).await;
         let g = latency(&through, latency_n).await;
-        let dt = throughput(&direct, concurrency, Duration::from_secs(secs)).await;
-        let gt = throughput(&through, concurrency, Duration::from_secs(secs)).await;
+        let window = Duration::from_secs(secs);
+        let dt = throughput(&direct, concurrency, window).await;
+        let dtlst = throughput(&direct_tls, concurrency, window).await;
+        let gt = throughput(&through, concurrency, window).await;
 
         let p = |v: &[Duration], q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
         let us = |d: Duration| d.as_secs_f64() * 1e6;
+        let row = |name: &str, v: &[Duration], rps: f64| {
+            println!("{name:<34}{:>10.0}{:>10.0}{:>12.0}", us(p(v, 0.5)), us(p(v, 0.99)), rps);
+        };
         println!();
         println!("portcullis gateway benchmark: {BODY_SIZE} B request and response bodies, ~100 policies");
-        println!("{:<28}{:>12}{:>12}{:>14}", "path", "p50 (µs)", "p99 (µs)", "req/s");
-        println!("{:<28}{:>12.0}{:>12.0}{:>14.0}", "direct (http)", us(p(&d, 0.5)), us(p(&d, 0.99)), dt);
-        println!("{:<28}{:>12.0}{:>12.0}{:>14.0}", "through gateway (mTLS)", us(p(&g, 0.5)), us(p(&g, 0.99)), gt);
+        println!("{:<34}{:>10}{:>10}{:>12}", "path", "p50 µs", "p99 µs", "req/s");
+        row("direct (http)", &d, dt);
+        row("direct (https, client cert)", &dtls, dtlst);
+        row("through gateway (https, client cert)", &g, gt);
         println!();
         let added50 = us(p(&g, 0.5)) - us(p(&d, 0.5));
         let added99 = us(p(&g, 0.99)) - us(p(&d, 0.99));
@@ -92,6 +114,12 @@ fn main() {
             us(p(&g, 0.99)) / us(p(&d, 0.99))
         );
         println!("throughput ratio gateway/direct: {:.0}% (target >= 50%)", gt / dt * 100.0);
+        println!(
+            "against direct https with the same client certificate: added p50 {:.0} µs, p99 {:.0} µs, throughput {:.0}%",
+            us(p(&g, 0.5)) - us(p(&dtls, 0.5)),
+            us(p(&g, 0.99)) - us(p(&dtls, 0.99)),
+            gt / dtlst * 100.0
+        );
         println!("({latency_n} sequential requests per latency row; {concurrency} connections for {secs} s per throughput row)");
         println!();
         println!("time inside the gateway per request, by pipeline stage (mean over all requests above, from /metrics):");
@@ -115,28 +143,23 @@ fn main() {
     drop(gateway);
 }
 
-/// Where requests go.
-enum Target {
-    Direct(SocketAddr),
-    Gateway {
-        addr: SocketAddr,
-        tls: Arc<rustls::ClientConfig>,
-    },
+/// Where requests go: an address, TLS settings when the path is TLS, and the path.
+#[derive(Clone)]
+struct Target {
+    addr: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    path: &'static str,
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 impl Target {
     async fn connect(&self) -> Sender {
-        match self {
-            Target::Direct(addr) => {
-                let tcp = TcpStream::connect(addr).await.unwrap();
-                tcp.set_nodelay(true).unwrap();
-                handshake(TokioIo::new(tcp)).await
-            }
-            Target::Gateway { addr, tls } => {
-                let tcp = TcpStream::connect(addr).await.unwrap();
-                tcp.set_nodelay(true).unwrap();
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        match &self.tls {
+            None => handshake(TokioIo::new(tcp)).await,
+            Some(tls) => {
                 let tls = tokio_rustls::TlsConnector::from(tls.clone())
                     .connect("localhost".try_into().unwrap(), tcp)
                     .await
@@ -147,11 +170,7 @@ impl Target {
     }
 
     fn request(&self, body: &Bytes) -> Request<Full<Bytes>> {
-        let path = match self {
-            Target::Direct(_) => "/echo",
-            Target::Gateway { .. } => "/bench/echo",
-        };
-        Request::post(path)
+        Request::post(self.path)
             .header("host", "localhost")
             .header("content-type", "application/octet-stream")
             .body(Full::new(body.clone()))
@@ -192,13 +211,7 @@ async fn throughput(target: &Target, concurrency: usize, duration: Duration) -> 
     let body = Bytes::from(vec![b'a'; BODY_SIZE]);
     let done = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let target = Arc::new(match target {
-        Target::Direct(a) => Target::Direct(*a),
-        Target::Gateway { addr, tls } => Target::Gateway {
-            addr: *addr,
-            tls: tls.clone(),
-        },
-    });
+    let target = Arc::new(target.clone());
     let mut senders = Vec::new();
     for _ in 0..concurrency {
         senders.push(target.connect().await);
@@ -225,6 +238,24 @@ async fn throughput(target: &Target, concurrency: usize, duration: Duration) -> 
     done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
 }
 
+/// A TLS server configuration for the upstream: a certificate from the gateway's
+/// CA, and the gateway's own client-certificate request, so the handshake and
+/// record costs match the gateway's.
+fn upstream_tls(state: &Path) -> Arc<rustls::ServerConfig> {
+    let cert = std::fs::read_to_string(state.join("ca.crt")).unwrap();
+    let key = std::fs::read_to_string(state.join("ca.key")).unwrap();
+    let ca = portcullis_identity::CertificateAuthority::from_pem("portcullis.local", &cert, &key)
+        .unwrap();
+    let (server_cert, server_key) = ca.issue_server(&["localhost".into()]).unwrap();
+    let checker = portcullis_identity::ClientCertChecker::new(&cert, "portcullis.local").unwrap();
+    portcullis_gateway::listener::tls_config(
+        &server_cert,
+        &server_key,
+        Some(checker.tls_verifier()),
+    )
+    .unwrap()
+}
+
 /// `GET /metrics` from the admin listener.
 async fn fetch_metrics(admin: SocketAddr, tls: &rustls::ClientConfig) -> String {
     let tcp = TcpStream::connect(admin).await.unwrap();
@@ -245,8 +276,9 @@ async fn fetch_metrics(admin: SocketAddr, tls: &rustls::ClientConfig) -> String 
     String::from_utf8_lossy(&body).into_owned()
 }
 
-/// A 1 KiB-response upstream on its own thread and single-threaded runtime.
-fn start_upstream() -> SocketAddr {
+/// A 1 KiB-response upstream on its own thread and single-threaded runtime,
+/// speaking plain HTTP, or TLS when `tls` is given.
+fn start_upstream(tls: Option<Arc<rustls::ServerConfig>>) -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -261,6 +293,7 @@ fn start_upstream() -> SocketAddr {
                 let (tcp, _) = listener.accept().await.unwrap();
                 tcp.set_nodelay(true).unwrap();
                 let reply = reply.clone();
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let reply = reply.clone();
@@ -269,9 +302,20 @@ fn start_upstream() -> SocketAddr {
                             Ok::<_, Infallible>(Response::new(Full::new(reply)))
                         }
                     });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+                        }
+                        Some(tls) => {
+                            let Ok(tls) = tokio_rustls::TlsAcceptor::from(tls).accept(tcp).await
+                            else {
+                                return;
+                            };
+                            let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+                        }
+                    }
                 });
             }
         });
