@@ -385,6 +385,40 @@ impl Authorizer {
     }
 }
 
+/// A principal or resource scope constraint (Cedar has one enum for each, of the
+/// same shape).
+enum Scope {
+    Any,
+    Eq(EntityUid),
+    In(EntityUid),
+    Is(EntityTypeName),
+    IsIn(EntityTypeName, EntityUid),
+}
+
+impl From<PrincipalConstraint> for Scope {
+    fn from(c: PrincipalConstraint) -> Self {
+        match c {
+            PrincipalConstraint::Any => Scope::Any,
+            PrincipalConstraint::Eq(u) => Scope::Eq(u),
+            PrincipalConstraint::In(u) => Scope::In(u),
+            PrincipalConstraint::Is(t) => Scope::Is(t),
+            PrincipalConstraint::IsIn(t, u) => Scope::IsIn(t, u),
+        }
+    }
+}
+
+impl From<ResourceConstraint> for Scope {
+    fn from(c: ResourceConstraint) -> Self {
+        match c {
+            ResourceConstraint::Any => Scope::Any,
+            ResourceConstraint::Eq(u) => Scope::Eq(u),
+            ResourceConstraint::In(u) => Scope::In(u),
+            ResourceConstraint::Is(t) => Scope::Is(t),
+            ResourceConstraint::IsIn(t, u) => Scope::IsIn(t, u),
+        }
+    }
+}
+
 /// Which policies can possibly apply to a request, by scope alone.
 ///
 /// Cedar evaluates every policy of a set for every request, rebuilding each
@@ -425,19 +459,13 @@ impl ScopeIndex {
         };
         let is_in =
             |e: &EntityUid, group: &EntityUid| e == group || entities.is_ancestor_of(group, e);
-        let principal_matches = |e: &EntityUid, c: PrincipalConstraint| match c {
-            PrincipalConstraint::Any => true,
-            PrincipalConstraint::Eq(u) => *e == u,
-            PrincipalConstraint::In(u) => is_in(e, &u),
-            PrincipalConstraint::Is(t) => *e.type_name() == t,
-            PrincipalConstraint::IsIn(t, u) => *e.type_name() == t && is_in(e, &u),
-        };
-        let resource_matches = |e: &EntityUid, c: ResourceConstraint| match c {
-            ResourceConstraint::Any => true,
-            ResourceConstraint::Eq(u) => *e == u,
-            ResourceConstraint::In(u) => is_in(e, &u),
-            ResourceConstraint::Is(t) => *e.type_name() == t,
-            ResourceConstraint::IsIn(t, u) => *e.type_name() == t && is_in(e, &u),
+        // Principal and resource constraints have the same forms; one matcher serves both.
+        let scope_matches = |e: &EntityUid, c: Scope| match c {
+            Scope::Any => true,
+            Scope::Eq(u) => *e == u,
+            Scope::In(u) => is_in(e, &u),
+            Scope::Is(t) => *e.type_name() == t,
+            Scope::IsIn(t, u) => *e.type_name() == t && is_in(e, &u),
         };
         let action_matches = |e: &EntityUid, c: ActionConstraint| match c {
             ActionConstraint::Any => true,
@@ -449,7 +477,7 @@ impl ScopeIndex {
             .map(|(name, e)| {
                 (
                     name.clone(),
-                    bits(&|p| principal_matches(e, p.principal_constraint())),
+                    bits(&|p| scope_matches(e, p.principal_constraint().into())),
                 )
             })
             .collect();
@@ -458,7 +486,7 @@ impl ScopeIndex {
             .map(|(name, e)| {
                 (
                     name.clone(),
-                    bits(&|p| resource_matches(e, p.resource_constraint())),
+                    bits(&|p| scope_matches(e, p.resource_constraint().into())),
                 )
             })
             .collect();
