@@ -269,13 +269,24 @@ impl Authorizer {
     pub fn decide(&self, request: &AuthzRequest<'_>) -> Decision {
         // Only policies whose scope can match this principal, action and resource
         // are evaluated; see `ScopeIndex`. `None` means "all policies".
-        let candidates = self
+        let Some(matching) = self
             .index
-            .candidates(request.agent, request.action, request.route);
-        if candidates.as_ref().is_some_and(|set| set.is_empty()) {
+            .matching(request.agent, request.action, request.route)
+        else {
+            return self.decide_among(request, None);
+        };
+        if matching.bits.iter().all(|w| *w == 0) {
             return Decision::default_deny();
         }
-        self.decide_among(request, candidates.as_ref())
+        if let Some(key) = matching.memo_key {
+            if let Some(decision) = self.index.memo_get(key) {
+                return decision;
+            }
+            let decision = self.decide_among(request, Some(&self.index.policy_set(&matching.bits)));
+            self.index.memo_put(key, &decision);
+            return decision;
+        }
+        self.decide_among(request, Some(&self.index.policy_set(&matching.bits)))
     }
 
     /// Decides with every policy, bypassing the scope index. For tests and
@@ -431,11 +442,46 @@ impl From<ResourceConstraint> for Scope {
 /// Cedar's own `in` semantics ([`Entities::is_ancestor_of`]); a request intersects
 /// three bitsets and hands Cedar only the survivors. Unknown agents or routes fall
 /// back to the full set.
+///
+/// On top of that, when none of a request's candidate policies mentions
+/// `context`, the outcome depends only on (agent, action, route) and the
+/// snapshot's immutable entities, so it is memoized for the snapshot's lifetime.
+/// Whether a policy mentions `context` is read from Cedar's own AST (its JSON
+/// form), never guessed from text.
 struct ScopeIndex {
     policies: Vec<Policy>,
-    agents: HashMap<String, Vec<u64>>,
+    agents: HashMap<String, (u64, Vec<u64>)>,
     actions: [Vec<u64>; 6],
-    routes: HashMap<String, Vec<u64>>,
+    routes: HashMap<String, (u64, Vec<u64>)>,
+    /// Policies whose conditions never read `context`.
+    context_free: Vec<u64>,
+    /// Decisions of context-free candidate sets, by (agent, action, route).
+    memo: std::sync::RwLock<HashMap<u64, Decision>>,
+}
+
+/// Most memoized decisions a snapshot keeps; past it, decisions are computed.
+const MEMO_CAPACITY: usize = 65_536;
+
+/// The candidate policies of one request, as a bitset over `ScopeIndex::policies`.
+struct Matching {
+    bits: Vec<u64>,
+    /// Set when every candidate is context-free, so the decision can be memoized.
+    memo_key: Option<u64>,
+}
+
+/// Whether a policy's JSON AST reads the `context` variable anywhere.
+fn mentions_context(policy: &Policy) -> bool {
+    fn walk(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Object(map) => {
+                map.get("Var").is_some_and(|var| var == "context") || map.values().any(walk)
+            }
+            serde_json::Value::Array(items) => items.iter().any(walk),
+            _ => false,
+        }
+    }
+    // A policy that cannot be rendered is treated as context-dependent: safe.
+    policy.to_json().map_or(true, |json| walk(&json))
 }
 
 impl ScopeIndex {
@@ -472,22 +518,21 @@ impl ScopeIndex {
             ActionConstraint::Eq(u) => *e == u,
             ActionConstraint::In(us) => us.iter().any(|u| is_in(e, u)),
         };
+        let context_free = bits(&|p| !mentions_context(p));
         let agents = agents
             .iter()
-            .map(|(name, e)| {
-                (
-                    name.clone(),
-                    bits(&|p| scope_matches(e, p.principal_constraint().into())),
-                )
+            .zip(0u64..)
+            .map(|((name, e), i)| {
+                let matches = bits(&|p| scope_matches(e, p.principal_constraint().into()));
+                (name.clone(), (i, matches))
             })
             .collect();
         let routes = routes
             .iter()
-            .map(|(name, e)| {
-                (
-                    name.clone(),
-                    bits(&|p| scope_matches(e, p.resource_constraint().into())),
-                )
+            .zip(0u64..)
+            .map(|((name, e), i)| {
+                let matches = bits(&|p| scope_matches(e, p.resource_constraint().into()));
+                (name.clone(), (i, matches))
             })
             .collect();
         let actions =
@@ -497,16 +542,36 @@ impl ScopeIndex {
             agents,
             actions,
             routes,
+            context_free,
+            memo: std::sync::RwLock::new(HashMap::new()),
         }
     }
 
-    fn candidates(&self, agent: &str, action: HttpAction, route: &str) -> Option<PolicySet> {
-        let a = self.agents.get(agent)?;
-        let r = self.routes.get(route)?;
+    /// The policies whose scope matches, or `None` for an unknown agent or route.
+    fn matching(&self, agent: &str, action: HttpAction, route: &str) -> Option<Matching> {
+        let (agent_index, a) = self.agents.get(agent)?;
+        let (route_index, r) = self.routes.get(route)?;
         let m = &self.actions[action.index()];
+        let bits: Vec<u64> = a
+            .iter()
+            .zip(m)
+            .zip(r)
+            .map(|((a, m), r)| a & m & r)
+            .collect();
+        let context_free = bits
+            .iter()
+            .zip(&self.context_free)
+            .all(|(b, f)| b & !f == 0);
+        let memo_key =
+            context_free.then(|| (agent_index << 32) | (route_index << 8) | action.index() as u64);
+        Some(Matching { bits, memo_key })
+    }
+
+    /// The policies of a bitset, as a set Cedar can evaluate.
+    fn policy_set(&self, bits: &[u64]) -> PolicySet {
         let mut set = PolicySet::new();
-        for (w, ((a, m), r)) in a.iter().zip(m).zip(r).enumerate() {
-            let mut word = a & m & r;
+        for (w, word) in bits.iter().enumerate() {
+            let mut word = *word;
             while word != 0 {
                 let bit = word.trailing_zeros() as usize;
                 word &= word - 1;
@@ -516,7 +581,20 @@ impl ScopeIndex {
                 }
             }
         }
-        Some(set)
+        set
+    }
+
+    fn memo_get(&self, key: u64) -> Option<Decision> {
+        // A poisoned lock only loses the shortcut; the decision is then computed.
+        self.memo.read().ok()?.get(&key).cloned()
+    }
+
+    fn memo_put(&self, key: u64, decision: &Decision) {
+        if let Ok(mut memo) = self.memo.write() {
+            if memo.len() < MEMO_CAPACITY {
+                memo.insert(key, decision.clone());
+            }
+        }
     }
 }
 
@@ -686,7 +764,15 @@ mod tests {
         let mut compared = 0;
         let mut allowed = 0;
         let mut errored = 0;
-        for agent in ["reader-bot", "writer-bot", "stranger"] {
+        // Two passes: the second is answered from the memo where it applies.
+        for agent in [
+            "reader-bot",
+            "writer-bot",
+            "stranger",
+            "reader-bot",
+            "writer-bot",
+            "stranger",
+        ] {
             for action in HttpAction::ALL {
                 for route in ["demo", "vault", "unknown"] {
                     for ip in ["127.0.0.1", "10.0.0.1"] {
@@ -709,8 +795,10 @@ mod tests {
             }
         }
         // The cases must exercise allows, denies and evaluation errors alike.
-        assert_eq!(compared, 108);
-        assert!(allowed > 10 && allowed < 100, "{allowed}");
+        assert_eq!(compared, 216);
+        assert!(allowed > 20 && allowed < 200, "{allowed}");
+        let memoized = a.index.memo.read().unwrap().len();
+        assert!(memoized > 0, "no decision was memoized");
         assert!(errored > 0, "no case exercised an erroring policy");
     }
 
@@ -728,6 +816,40 @@ mod tests {
         let bundle = Arc::new(PolicyBundle::compile(&sources).unwrap());
         let err = Authorizer::new(bundle, &[], &[]).unwrap_err();
         assert!(err.to_string().contains("source_ip"), "{err}");
+    }
+
+    #[test]
+    fn only_policies_that_never_read_context_are_memoized() {
+        let a = authorizer(
+            r#"
+@id("static") permit(principal in Role::"reader", action == Action::"GET", resource) when { resource.classification_level <= 1 };
+@id("dynamic") permit(principal in Role::"writer", action == Action::"GET", resource) when { context.time.hour < 12 };
+"#,
+        );
+        let ip = SourceIp::new("127.0.0.1".parse().unwrap());
+        let at = |agent, hour: i64| AuthzRequest {
+            agent,
+            action: HttpAction::Get,
+            route: "demo",
+            path: "/x",
+            source_ip: &ip,
+            time: RequestTime::from_epoch(hour * 3600),
+        };
+        // writer-bot is also a reader: its candidates include `dynamic`, whose
+        // outcome changes with the hour, so its reasons must keep changing.
+        assert_eq!(
+            a.decide(&at("writer-bot", 9)).policy_ids,
+            ["dynamic", "static"]
+        );
+        assert_eq!(a.decide(&at("writer-bot", 15)).policy_ids, ["static"]);
+        assert_eq!(
+            a.decide(&at("writer-bot", 9)).policy_ids,
+            ["dynamic", "static"]
+        );
+        // reader-bot's only candidate never reads context: memoized, still right.
+        assert_eq!(a.decide(&at("reader-bot", 9)).policy_ids, ["static"]);
+        assert_eq!(a.decide(&at("reader-bot", 15)).policy_ids, ["static"]);
+        assert_eq!(a.index.memo.read().unwrap().len(), 1);
     }
 
     #[test]
