@@ -590,10 +590,10 @@ impl ScopeIndex {
     }
 
     fn memo_put(&self, key: u64, decision: &Decision) {
-        if let Ok(mut memo) = self.memo.write() {
-            if memo.len() < MEMO_CAPACITY {
-                memo.insert(key, decision.clone());
-            }
+        if let Ok(mut memo) = self.memo.write()
+            && memo.len() < MEMO_CAPACITY
+        {
+            memo.insert(key, decision.clone());
         }
     }
 }
