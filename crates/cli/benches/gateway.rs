@@ -58,6 +58,9 @@ fn main() {
     // The same upstream code terminating TLS itself and asking for the same client
     // certificate: what the client-side TLS costs without the gateway.
     let tls_upstream = start_upstream(Some(upstream_tls(&dir.path().join("state"))));
+    // A bare plain-HTTP reverse proxy (hyper server + the same pooled hyper
+    // client, no TLS, no policy, no audit): the ceiling of any proxy here.
+    let bare = start_bare_proxy(upstream);
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -74,6 +77,11 @@ fn main() {
         tls: client_tls.clone(),
         path: "/echo",
     };
+    let bare_proxy = Target {
+        addr: bare,
+        tls: None,
+        path: "/echo",
+    };
     let through = Target {
         addr: gateway.addr,
         tls: client_tls,
@@ -81,16 +89,18 @@ fn main() {
     };
     rt.block_on(async {
         // Warm up every path (connection pools, caches, branch predictors).
-        for target in [&direct, &direct_tls, &through] {
+        for target in [&direct, &direct_tls, &bare_proxy, &through] {
             let _ = latency(target, 500).await;
         }
 
         let d = latency(&direct, latency_n).await;
         let dtls = latency(&direct_tls, latency_n).await;
+        let b = latency(&bare_proxy, latency_n).await;
         let g = latency(&through, latency_n).await;
         let window = Duration::from_secs(secs);
         let dt = throughput(&direct, concurrency, window).await;
         let dtlst = throughput(&direct_tls, concurrency, window).await;
+        let bt = throughput(&bare_proxy, concurrency, window).await;
         let gt = throughput(&through, concurrency, window).await;
 
         let p = |v: &[Duration], q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
@@ -103,6 +113,7 @@ fn main() {
         println!("{:<34}{:>10}{:>10}{:>12}", "path", "p50 µs", "p99 µs", "req/s");
         row("direct (http)", &d, dt);
         row("direct (https, client cert)", &dtls, dtlst);
+        row("bare proxy (http, no checks)", &b, bt);
         row("through gateway (https, client cert)", &g, gt);
         println!();
         let added50 = us(p(&g, 0.5)) - us(p(&d, 0.5));
@@ -119,6 +130,11 @@ fn main() {
             us(p(&g, 0.5)) - us(p(&dtls, 0.5)),
             us(p(&g, 0.99)) - us(p(&dtls, 0.99)),
             gt / dtlst * 100.0
+        );
+        println!(
+            "bare proxy ceiling: {:.0}% of direct throughput; the gateway reaches {:.0}% of the bare proxy",
+            bt / dt * 100.0,
+            gt / bt * 100.0
         );
         println!("({latency_n} sequential requests per latency row; {concurrency} connections for {secs} s per throughput row)");
         println!();
@@ -236,6 +252,54 @@ async fn throughput(target: &Target, concurrency: usize, duration: Duration) -> 
         t.await.unwrap();
     }
     done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// A minimal reverse proxy on its own thread and two-worker runtime (like the
+/// gateway's): hyper server in, the pooled hyper-util client out, nothing else.
+fn start_bare_proxy(upstream: SocketAddr) -> SocketAddr {
+    use hyper_util::client::legacy::Client;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let mut connector = HttpConnector::new();
+            connector.set_nodelay(true);
+            let client: Client<HttpConnector, Incoming> =
+                Client::builder(TokioExecutor::new()).build(connector);
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                tcp.set_nodelay(true).unwrap();
+                let client = client.clone();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                        let client = client.clone();
+                        async move {
+                            let (mut parts, body) = req.into_parts();
+                            parts.uri = format!("http://{upstream}{}", parts.uri.path())
+                                .parse()
+                                .unwrap();
+                            let response = client
+                                .request(Request::from_parts(parts, body))
+                                .await
+                                .unwrap();
+                            Ok::<_, Infallible>(response)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+    });
+    rx.recv().unwrap()
 }
 
 /// A TLS server configuration for the upstream: a certificate from the gateway's
