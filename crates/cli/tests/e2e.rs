@@ -685,3 +685,57 @@ fn invalid_policies_are_refused_by_validate_and_serve() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("typo"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_certificate_is_refused_on_a_live_connection() {
+    let (server, _) = server_with_upstream().await;
+    let out = server.path().join("short");
+    let output = server.cli(&[
+        "agent",
+        "create",
+        "brief",
+        "--role",
+        "reader",
+        "--ttl",
+        "2s",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let client = client(
+        &server.ca_pem(),
+        Some((&out.join("brief.crt"), &out.join("brief.key"))),
+    );
+    assert_eq!(
+        client
+            .get(server.url("/api/a"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // Same client, same connection: expiry is checked on every request.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let response = client.get(server.url("/api/b")).send().await.unwrap();
+    let id = request_id(&response);
+    let (status, error) = error_of(response).await;
+    assert_eq!(
+        (status, error["code"].as_str().unwrap()),
+        (401, "invalid_credential")
+    );
+    assert_eq!(error["message"], "certificate expired");
+    let record = server.audit_record(&id);
+    assert_eq!(record["error_code"], "invalid_credential");
+    assert!(
+        record["credential"]
+            .as_str()
+            .unwrap()
+            .contains("agent/brief")
+    );
+}
