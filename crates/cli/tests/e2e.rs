@@ -57,6 +57,8 @@ async fn allowed_request_reaches_upstream_with_identity_and_is_recorded() {
             "x-portcullis-agent",
             "spiffe://portcullis.local/agent/forged",
         )
+        .header("x-forwarded-for", "10.9.9.9")
+        .header("forwarded", "for=10.9.9.9")
         .send()
         .await
         .unwrap();
@@ -78,7 +80,11 @@ async fn allowed_request_reaches_upstream_with_identity_and_is_recorded() {
         "the gateway asserts the authenticated identity, never the client's"
     );
     assert_eq!(body["headers"]["x-request-id"], id.as_str());
-    assert_eq!(body["headers"]["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(
+        body["headers"]["x-forwarded-for"], "127.0.0.1",
+        "a client-claimed address is replaced, not passed on"
+    );
+    assert!(body["headers"]["forwarded"].is_null());
 
     let record = server.audit_record(&id);
     assert_eq!(record["kind"], "request");

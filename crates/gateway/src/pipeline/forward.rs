@@ -101,7 +101,7 @@ impl Forwarder {
         strip_hop_by_hop(&mut headers);
         headers.remove(header::HOST);
         headers.remove(AGENT_HEADER);
-        append_forwarded_for(&mut headers, remote);
+        set_forwarded_for(&mut headers, remote);
         headers.insert(
             HeaderName::from_static("x-forwarded-proto"),
             HeaderValue::from_static("https"),
@@ -213,13 +213,14 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn append_forwarded_for(headers: &mut HeaderMap, remote: SocketAddr) {
-    let ip = remote.ip().to_string();
-    let value = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(existing) => format!("{existing}, {ip}"),
-        None => ip,
-    };
-    if let Ok(v) = HeaderValue::from_str(&value) {
+/// Sets `X-Forwarded-For` to the connected client's address. Agents connect to
+/// the gateway directly and no upstream proxy is trusted, so whatever a client
+/// claimed in `X-Forwarded-For`, `Forwarded` or `X-Real-IP` is dropped, never
+/// passed on for an upstream to believe.
+fn set_forwarded_for(headers: &mut HeaderMap, remote: SocketAddr) {
+    headers.remove("forwarded");
+    headers.remove("x-real-ip");
+    if let Ok(v) = HeaderValue::from_str(&remote.ip().to_string()) {
         headers.insert(HeaderName::from_static("x-forwarded-for"), v);
     }
 }
