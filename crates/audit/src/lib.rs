@@ -9,6 +9,8 @@
 //! one encoding.
 #![forbid(unsafe_code)]
 
+pub mod merkle;
+
 use serde::{Deserialize, Serialize};
 
 /// What kind of event a record describes.
