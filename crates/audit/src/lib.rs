@@ -9,7 +9,9 @@
 //! one encoding.
 #![forbid(unsafe_code)]
 
+pub mod checkpoint;
 pub mod merkle;
+pub mod note;
 
 use serde::{Deserialize, Serialize};
 
