@@ -7,7 +7,17 @@
 //! record's leaf in the RFC 6962 Merkle log: compact JSON with fields in declaration
 //! order, no floats, and optional fields present as `null`, so a record has exactly
 //! one encoding.
+//!
+//! The tamper-evident log is built from pure functions, with no IO:
+//! [`merkle`] hashes leaves into an RFC 9162 tree and makes and checks
+//! inclusion and consistency proofs, [`note`] signs and opens C2SP signed notes
+//! with Ed25519, and [`checkpoint`] signs and verifies the log's tree heads as
+//! C2SP checkpoints. `docs/audit-format.md` describes the formats.
 #![forbid(unsafe_code)]
+
+pub mod checkpoint;
+pub mod merkle;
+pub mod note;
 
 use serde::{Deserialize, Serialize};
 
@@ -117,5 +127,15 @@ mod tests {
         );
         let back: AuditRecord = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(back, sample());
+    }
+
+    #[test]
+    fn leaf_hash_matches_docs() {
+        // The worked example in docs/audit-format.md.
+        let hash = merkle::leaf_hash(&sample().canonical_bytes());
+        assert_eq!(
+            hex::encode(hash),
+            "0280d1454fae9c6c93571e02c44eea20a0fc40890f581a399ae30845f7614360"
+        );
     }
 }
