@@ -57,6 +57,11 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         "127.0.0.1".to_string(),
         "::1".to_string(),
     ];
+    for name in &config.server_names {
+        if !server_names.contains(name) {
+            server_names.push(name.clone());
+        }
+    }
     for addr in [gateway_addr, admin_addr] {
         let ip = addr.ip().to_string();
         if !addr.ip().is_unspecified() && !server_names.contains(&ip) {

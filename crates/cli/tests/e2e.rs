@@ -745,3 +745,42 @@ async fn an_expired_certificate_is_refused_on_a_live_connection() {
             .contains("agent/brief")
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn configured_server_names_are_in_the_certificate() {
+    install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("names.toml");
+    std::fs::write(
+        &cfg,
+        "[gateway]\nlisten = \"127.0.0.1:0\"\nserver_names = [\"gw.test\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
+        .await
+        .unwrap();
+    let by_name = |name: &str| {
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(tls_config(&server.ca_pem(), None))
+            .resolve(name, server.admin)
+            .build()
+            .unwrap()
+    };
+    let ok = by_name("gw.test")
+        .get(format!("https://gw.test:{}/healthz", server.admin.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let refused = by_name("other.test")
+        .get(format!(
+            "https://other.test:{}/healthz",
+            server.admin.port()
+        ))
+        .send()
+        .await;
+    assert!(
+        refused.is_err(),
+        "a name outside the certificate must not verify"
+    );
+}

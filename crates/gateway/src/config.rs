@@ -65,6 +65,11 @@ pub struct RawGateway {
     pub listen: Option<SocketAddr>,
     /// Maximum concurrent connections (default 10000).
     pub max_connections: Option<usize>,
+    /// Extra DNS names or IP addresses for the TLS server certificate of both
+    /// listeners (loopback names and the listen addresses are always included),
+    /// so agents that reach the gateway by name can verify it.
+    #[serde(default, deserialize_with = "server_names")]
+    pub server_names: Vec<String>,
 }
 
 /// `[admin]`
@@ -241,6 +246,26 @@ fn path_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<toml::Spanned<String>,
     Ok(s)
 }
 
+fn server_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let names = Vec::<String>::deserialize(d)?;
+    for name in &names {
+        let is_ip = name.parse::<std::net::IpAddr>().is_ok();
+        let is_dns = !name.is_empty()
+            && name.len() <= 253
+            && !name.starts_with(['.', '-'])
+            && !name.ends_with(['.', '-'])
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-'));
+        if !is_ip && !is_dns {
+            return Err(serde::de::Error::custom(format!(
+                "invalid server name `{name}`: use a lowercase DNS name or an IP address"
+            )));
+        }
+    }
+    Ok(names)
+}
+
 fn opt_trust_domain<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let s = String::deserialize(d)?;
     let ok = !s.is_empty()
@@ -298,6 +323,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Concurrent connection cap per listener.
     pub max_connections: usize,
+    /// Extra names for the TLS server certificate.
+    pub server_names: Vec<String>,
     /// SPIFFE trust domain.
     pub trust_domain: String,
     /// Policy directory.
@@ -434,6 +461,7 @@ impl Config {
                 .gateway
                 .max_connections
                 .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            server_names: raw.gateway.server_names,
             trust_domain: raw
                 .identity
                 .trust_domain
@@ -551,6 +579,14 @@ classification = "internal"
             "must listen on different addresses",
         );
         check("[limits]\nmax_body_bytes = 0\n", "limits.max_body_bytes");
+        check(
+            "[gateway]\nserver_names = [\"gw.example.com\", \"Bad Name\"]\n",
+            "invalid server name `Bad Name`",
+        );
+        check(
+            "[gateway]\nserver_names = [\"gw.example.com\", \"10.0.0.5\"]\n",
+            "ok ",
+        );
         check(
             "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"http://user:pw@x\"\nclassification = \"public\"\n",
             "must not carry credentials",
