@@ -136,6 +136,9 @@ const RULES: &[RuleSpec] = &[
         keywords: &[
             "pass",
             "pwd",
+            "pw",
+            "psw",
+            "pssw",
             "secret",
             "api_key",
             "api-key",
@@ -145,7 +148,7 @@ const RULES: &[RuleSpec] = &[
             "token",
             "credential",
         ],
-        pattern: r#"(?i)(?:password|passwd|pwd|pass|secret|api[_\-]?key|access[_\-]?key|token|credentials?)[A-Za-z0-9_\-]*["']?\s*(?::=|=>|=|:)\s*["'`]?([^\s"'`,;]{1,256})"#,
+        pattern: r#"(?i)(?:password|passwd|secret|api[_\-]?key|access[_\-]?key|token|credentials?|(?:^|[^a-z])(?:pass|pa?s{1,2}w(?:o?r)?d|pwd|pw))[A-Za-z0-9_\-]*["']?\s*(?:!==|===|!=|==|:=|=>|=|:|>)\s*["'`]?([^\s"'`,;<]{1,256})"#,
         check: Check::Generic,
     },
     RuleSpec {
@@ -157,7 +160,7 @@ const RULES: &[RuleSpec] = &[
 ];
 
 /// The minimum length of a generic assignment's value.
-const GENERIC_MIN_LEN: usize = 8;
+const GENERIC_MIN_LEN: usize = 7;
 /// The minimum Shannon entropy, in bits per byte, of a generic value.
 const GENERIC_MIN_ENTROPY: f64 = 2.5;
 /// How far after a `BEGIN … PRIVATE KEY` line the scanner looks for its `END`.
@@ -244,11 +247,14 @@ impl SecretDetector {
                 };
                 match rule.check {
                     Check::Pem => {
+                        if is_placeholder(m.as_str()) {
+                            continue;
+                        }
                         let end = self.pem_block_end(text, m.end());
                         out.push(Finding::new(rule.kind, m.start(), end));
                     }
                     Check::Jwt => {
-                        if self.is_jwt(m.as_str()) {
+                        if self.is_jwt(m.as_str()) && !is_placeholder(m.as_str()) {
                             out.push(Finding::new(rule.kind, m.start(), m.end()));
                         }
                     }
@@ -380,6 +386,7 @@ pub(crate) fn is_placeholder(v: &str) -> bool {
         "replace_me",
         "replaceme",
         "insert_",
+        "fake",
     ];
     WORDS.iter().any(|w| lower.contains(w))
 }
@@ -400,8 +407,15 @@ fn is_generic_secret(v: &str) -> bool {
     let all_lower_word = v
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'-');
-    let dotted = v.contains('.') && v.split('.').all(identifier);
-    if all_lower_word || dotted || v.contains('(') || v.contains("://") {
+    // Member access has no digits in its parts (`n83.bat47Fy4` is a password).
+    let dotted = v.contains('.')
+        && v.split('.')
+            .all(|p| identifier(p) && !p.bytes().any(|b| b.is_ascii_digit()));
+    // A hexadecimal literal is a constant in code, not a credential.
+    let hex_literal = v.len() > 2
+        && (v.starts_with("0x") || v.starts_with("0X"))
+        && v.bytes().skip(2).all(|b| b.is_ascii_hexdigit());
+    if all_lower_word || dotted || hex_literal || v.contains('(') || v.contains("://") {
         return false;
     }
     entropy(v) >= GENERIC_MIN_ENTROPY
@@ -526,6 +540,26 @@ mod tests {
             &[("generic_secret", "Zq8#vL2!mP9x")],
         );
         check(
+            "ID:master PW:dipPr11Gg!",
+            &[("generic_secret", "dipPr11Gg!")],
+        );
+        check(
+            "X3_PSWD=d37Yt1Jnv0-z",
+            &[("generic_secret", "d37Yt1Jnv0-z")],
+        );
+        check(
+            r#"if password != "PaS5w0rD2#" {"#,
+            &[("generic_secret", "PaS5w0rD2#")],
+        );
+        check(
+            r#"<password name="password">cackle!</password>"#,
+            &[("generic_secret", "cackle!")],
+        );
+        check(
+            r#"SET password "n83.bat47Fy4""#,
+            &[("generic_secret", "n83.bat47Fy4")],
+        );
+        check(
             "CREATE USER bob IDENTIFIED BY 'SqLpa5sW0rD';",
             &[("generic_secret", "SqLpa5sW0rD")],
         );
@@ -567,6 +601,12 @@ mod tests {
             "The password must be at least twelve characters long.",
             "password = os.environ.get",
             "secret_key = settings.SECRET_KEY",
+            "#define PASSWORD 0x0dead1beef7cafe2",
+            "-----BEGIN OPENSSH FAKE PRIVATE KEY-----",
+            "eyJhbGciOiAiSFMyNTYiLCAidHlwIjogIkpXVCJ9.eyJzdWIiOiAidGVzdCJ9.99l-EXAMPLEFAKESIG",
+            "the compass: north",
+            "upward: Reconsider2",
+            "the compass: N0rthWest",
         ] {
             check(text, &[]);
         }
