@@ -148,7 +148,7 @@ const RULES: &[RuleSpec] = &[
             "token",
             "credential",
         ],
-        pattern: r#"(?i)(?:password|passwd|secret|api[_\-]?key|access[_\-]?key|token|credentials?|(?:^|[^a-z])(?:pass|pa?s{1,2}w(?:o?r)?d|pwd|pw))[A-Za-z0-9_\-]*["']?\s*(?:!==|===|!=|==|:=|=>|=|:|>)\s*["'`]?([^\s"'`,;<]{1,256})"#,
+        pattern: r#"(?i)(?:(?:password|passwd|secret|api[_\-]?key|access[_\-]?key|token|credentials?)[A-Za-z0-9_\-]*|(?:^|[^a-z])(?:pass(?:w[a-z]*)?|pa?s{1,2}w(?:o?r)?d|pwd|pw)(?:[_\-][A-Za-z0-9_\-]*)?)["']?\s*(?:!==|===|!=|==|:=|=>|=|:|>)\s*["'`]?([^\s"'`,;<]{1,256})"#,
         check: Check::Generic,
     },
     RuleSpec {
@@ -345,7 +345,7 @@ fn floor_char_boundary(text: &str, i: usize) -> usize {
 
 /// Strips punctuation that ends a sentence or a call rather than a value.
 fn trim_value(v: &str) -> &str {
-    v.trim_end_matches(['.', ')', ']', '}', '>', '\\'])
+    v.trim_end_matches(['.', ')', ']', '}', '>', '\\', ':'])
 }
 
 /// True when `v` is a stand-in for a secret rather than a secret: a template
@@ -407,6 +407,13 @@ fn is_generic_secret(v: &str) -> bool {
     let all_lower_word = v
         .bytes()
         .all(|b| b.is_ascii_lowercase() || b == b'_' || b == b'-');
+    // A word (`Password`, `HISTORY`) or a constant's name is a label, and a
+    // bare number is an id or a count.
+    let word = v.bytes().all(|b| b.is_ascii_alphabetic())
+        && (v.bytes().skip(1).all(|b| b.is_ascii_lowercase())
+            || v.bytes().all(|b| b.is_ascii_uppercase()));
+    let constant = v.bytes().all(|b| b.is_ascii_uppercase() || b == b'_');
+    let number = v.bytes().all(|b| b.is_ascii_digit());
     // Member access has no digits in its parts (`n83.bat47Fy4` is a password).
     let dotted = v.contains('.')
         && v.split('.')
@@ -415,7 +422,15 @@ fn is_generic_secret(v: &str) -> bool {
     let hex_literal = v.len() > 2
         && (v.starts_with("0x") || v.starts_with("0X"))
         && v.bytes().skip(2).all(|b| b.is_ascii_hexdigit());
-    if all_lower_word || dotted || hex_literal || v.contains('(') || v.contains("://") {
+    if all_lower_word
+        || word
+        || constant
+        || number
+        || dotted
+        || hex_literal
+        || v.contains('(')
+        || v.contains("://")
+    {
         return false;
     }
     entropy(v) >= GENERIC_MIN_ENTROPY
@@ -607,6 +622,11 @@ mod tests {
             "the compass: north",
             "upward: Reconsider2",
             "the compass: N0rthWest",
+            r#"passed = "cackle!""#,
+            "pwdump=n0NeKreD",
+            "password_id = 2938479",
+            "ALTER USER 'u'@'%' PASSWORD HISTORY 1;",
+            r#"<label for="password">Password:</label>"#,
         ] {
             check(text, &[]);
         }
