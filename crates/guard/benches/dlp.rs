@@ -51,6 +51,23 @@ fn main() {
         }
     };
     let text = corpus(4 * 1024 * 1024);
+    for (name, part) in [
+        ("prose", PROSE),
+        ("code", CODE),
+        (
+            "digits",
+            "order 12345 at 10:30, 8443 ports, 2026-11-23 total 99.5\n",
+        ),
+        ("mail", "mail bob@example.com now\n"),
+    ] {
+        let t0 = part.repeat(4 * 1024 * 1024 / part.len());
+        let t = Instant::now();
+        let n = black_box(scanner.scan(black_box(&t0))).len();
+        println!(
+            "DEBUG {name}: {:.0} MB/s ({n})",
+            t0.len() as f64 / t.elapsed().as_secs_f64() / 1e6
+        );
+    }
     let mut best = f64::MAX;
     let mut findings = 0;
     for _ in 0..7 {

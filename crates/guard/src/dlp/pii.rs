@@ -9,9 +9,9 @@ use super::{BuildError, Finding, Kind};
 /// Cards (13–19 digits, single spaces or dashes between), SSNs (`AAA-GG-SSSS`)
 /// and IBANs (country, check digits, then alphanumerics in optional groups),
 /// in one pass.
-const NUMBERS: &str = r"\b(?:(?P<card>\d(?:[ \-]?\d){12,18})|(?P<ssn>\d{3}-\d{2}-\d{4})|(?P<iban>[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}))\b";
+const NUMBERS: &str = r"(?-u:\b)(?:(?P<card>[0-9](?:[ \-]?[0-9]){12,18})|(?P<ssn>[0-9]{3}-[0-9]{2}-[0-9]{4})|(?P<iban>[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}))(?-u:\b)";
 /// Email candidates; the dot-atom rules are checked by the validator.
-const EMAIL: &str = r"\b[A-Za-z0-9._%+\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63})+\b";
+const EMAIL: &str = r"(?-u:\b)[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+(?-u:\b)";
 
 /// The compiled PII patterns.
 pub(crate) struct PiiDetector {

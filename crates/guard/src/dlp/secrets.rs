@@ -53,7 +53,7 @@ const RULES: &[RuleSpec] = &[
         keywords: &[
             "akia", "asia", "a3t", "agpa", "aida", "aroa", "aipa", "anpa", "anva",
         ],
-        pattern: r"\b((?:A3T[A-Z0-9]|AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA)[A-Z0-9]{16})\b",
+        pattern: r"(?-u:\b)((?:A3T[A-Z0-9]|AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA)[A-Z0-9]{16})(?-u:\b)",
         check: Check::NotPlaceholder,
     },
     RuleSpec {
@@ -65,7 +65,7 @@ const RULES: &[RuleSpec] = &[
     RuleSpec {
         kind: Kind::GithubToken,
         keywords: &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
-        pattern: r"\b(gh[pousr]_[A-Za-z0-9_]{36,255}|github_pat_[A-Za-z0-9_]{22,255})",
+        pattern: r"(?-u:\b)(gh[pousr]_[A-Za-z0-9_]{36,}|github_pat_[A-Za-z0-9_]{22,})",
         check: Check::NotPlaceholder,
     },
     RuleSpec {
@@ -74,49 +74,49 @@ const RULES: &[RuleSpec] = &[
             "glpat-", "gloas-", "gldt-", "glrt-", "glrtr-", "glcbt-", "glptt-", "glft-", "glimt-",
             "glagent-", "glsoat-", "glffct-", "glwt-",
         ],
-        pattern: r"\b((?:glpat|gloas|gldt|glrtr|glrt|glcbt|glptt|glft|glimt|glagent|glsoat|glffct|glwt)-[A-Za-z0-9_.\-]{20,255})",
+        pattern: r"(?-u:\b)((?:glpat|gloas|gldt|glrtr|glrt|glcbt|glptt|glft|glimt|glagent|glsoat|glffct|glwt)-[A-Za-z0-9_.\-]{20,})",
         check: Check::NotPlaceholder,
     },
     RuleSpec {
         kind: Kind::GitlabToken,
         keywords: &["gr1348941"],
-        pattern: r"\b(GR1348941[A-Za-z0-9_\-]{20,})",
+        pattern: r"(?-u:\b)(GR1348941[A-Za-z0-9_\-]{20,})",
         check: Check::NotPlaceholder,
     },
     RuleSpec {
         kind: Kind::SlackToken,
         keywords: &["xox", "xapp-"],
-        pattern: r"\b(xox[abposre]-[A-Za-z0-9\-]{10,}|xapp-\d-[A-Za-z0-9\-]{10,})",
+        pattern: r"(?-u:\b)(xox[abposre]-[A-Za-z0-9\-]{10,}|xapp-[0-9]-[A-Za-z0-9\-]{10,})",
         check: Check::NotPlaceholder,
     },
     RuleSpec {
         kind: Kind::StripeKey,
         keywords: &["sk_live_", "rk_live_", "sk_test_", "rk_test_", "whsec_"],
-        pattern: r"\b((?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,247}|whsec_[A-Za-z0-9+/=]{32,})",
+        pattern: r"(?-u:\b)((?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|whsec_[A-Za-z0-9+/=]{32,})",
         check: Check::NotPlaceholder,
     },
     RuleSpec {
         kind: Kind::AnthropicKey,
         keywords: &["sk-ant-"],
-        pattern: r"\b(sk-ant-[A-Za-z0-9_\-]{32,})",
+        pattern: r"(?-u:\b)(sk-ant-[A-Za-z0-9_\-]{32,})",
         check: Check::NotPlaceholder,
     },
     RuleSpec {
         kind: Kind::OpenaiKey,
-        keywords: &["t3blbkfj", "sk-proj-", "sk-svcacct-", "sk-admin-"],
-        pattern: r"\b(sk-(?:(?:proj|svcacct|admin)-)?[A-Za-z0-9_\-]{16,}T3BlbkFJ[A-Za-z0-9_\-]{16,}|sk-(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{40,})",
+        keywords: &["sk-"],
+        pattern: r"(?-u:\b)(sk-(?:(?:proj|svcacct|admin)-)?[A-Za-z0-9_\-]{16,}T3BlbkFJ[A-Za-z0-9_\-]{16,}|sk-(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{40,})",
         check: Check::NotPlaceholder,
     },
     RuleSpec {
         kind: Kind::GoogleApiKey,
         keywords: &["aiza"],
-        pattern: r"\b(AIza[0-9A-Za-z_\-]{35})",
+        pattern: r"(?-u:\b)(AIza[0-9A-Za-z_\-]{35})",
         check: Check::NotPlaceholder,
     },
     RuleSpec {
         kind: Kind::Jwt,
         keywords: &["eyj"],
-        pattern: r"\b(eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*)",
+        pattern: r"(?-u:\b)(eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*)",
         check: Check::Jwt,
     },
     RuleSpec {
@@ -128,7 +128,7 @@ const RULES: &[RuleSpec] = &[
     RuleSpec {
         kind: Kind::ConnectionString,
         keywords: &["://"],
-        pattern: r#"\b[A-Za-z][A-Za-z0-9+.\-]{1,30}://[^\s:/'"`]{1,128}:([^\s/@'"`]{1,256})@[A-Za-z0-9.\-\[]"#,
+        pattern: r#"(?-u:\b)[A-Za-z][A-Za-z0-9+.\-]+://[^\s:/'"`]+:([^\s/@'"`]+)@[A-Za-z0-9.\-\[]"#,
         check: Check::NotPlaceholder,
     },
     RuleSpec {
@@ -148,13 +148,13 @@ const RULES: &[RuleSpec] = &[
             "token",
             "credential",
         ],
-        pattern: r#"(?i)(?:(?:password|passwd|secret|api[_\-]?key|access[_\-]?key|token|credentials?)[A-Za-z0-9_\-]*|(?:^|[^a-z])(?:pass(?:w[a-z]*)?|pa?s{1,2}w(?:o?r)?d|pwd|pw)(?:[_\-][A-Za-z0-9_\-]*)?)["']?\s*(?:!==|===|!=|==|:=|=>|=|:|>)\s*["'`]?([^\s"'`,;<]{1,256})"#,
+        pattern: r#"(?i)(?:(?:password|passwd|secret|api[_\-]?key|access[_\-]?key|token|credentials?)[A-Za-z0-9_\-]*|(?:^|[^a-z])(?:pass(?:w[a-z]*)?|pa?s{1,2}w(?:o?r)?d|pwd|pw)(?:[_\-][A-Za-z0-9_\-]*)?)["']?\s*(?:!==|===|!=|==|:=|=>|=|:|>)\s*["'`]?([^\s"'`,;<]+)"#,
         check: Check::Generic,
     },
     RuleSpec {
         kind: Kind::GenericSecret,
         keywords: &["identified", "password"],
-        pattern: r#"(?i)\b(?:identified(?:\s+with\s+\S+)?\s+by|password)\s+["']?([^\s"';]{1,256})"#,
+        pattern: r#"(?i)(?-u:\b)(?:identified(?:\s+with\s+\S+)?\s+by|password)\s+["']?([^\s"';]+)"#,
         check: Check::Generic,
     },
 ];
@@ -165,6 +165,12 @@ const GENERIC_MIN_LEN: usize = 7;
 const GENERIC_MIN_ENTROPY: f64 = 2.5;
 /// How far after a `BEGIN … PRIVATE KEY` line the scanner looks for its `END`.
 const PEM_MAX_BYTES: usize = 64 * 1024;
+/// How far before a generic rule's keyword its window starts (a generic
+/// match begins at its keyword, so this only keeps `^` from matching mid-word).
+const WINDOW_BEFORE: usize = 256;
+/// How far after a generic rule's keyword its window ends: room for a long
+/// name, the separator and a value of at most 256 bytes.
+const WINDOW_AFTER: usize = 1024;
 /// How far after an AWS access key id the scanner looks for its secret key.
 const AWS_PAIR_WINDOW: usize = 256;
 
@@ -178,8 +184,10 @@ struct Rule {
 /// The compiled secret detectors: the keyword automaton and one regex per rule.
 pub(crate) struct SecretDetector {
     prefilter: AhoCorasick,
-    /// For each keyword pattern of `prefilter`, the index of its rule.
-    keyword_rule: Vec<usize>,
+    /// For each keyword pattern of `prefilter`, the rules it triggers: those
+    /// naming it or any keyword inside it (the search is leftmost-longest and
+    /// does not report `pass` inside `password`).
+    keyword_rules: Vec<Vec<usize>>,
     rules: Vec<Rule>,
     pem_end: Regex,
     aws_pair: Regex,
@@ -189,14 +197,28 @@ pub(crate) struct SecretDetector {
 impl SecretDetector {
     /// Compiles every rule and the keyword prefilter.
     pub(crate) fn new() -> Result<Self, BuildError> {
-        let mut keywords = Vec::new();
-        let mut keyword_rule = Vec::new();
+        let mut keywords: Vec<String> = RULES
+            .iter()
+            .flat_map(|spec| spec.keywords.iter().map(|k| k.to_ascii_lowercase()))
+            .collect();
+        keywords.sort_unstable();
+        keywords.dedup();
+        let keyword_rules = keywords
+            .iter()
+            .map(|kw| {
+                (0..RULES.len())
+                    .filter(|&i| {
+                        RULES.get(i).is_some_and(|spec| {
+                            spec.keywords
+                                .iter()
+                                .any(|k| kw.contains(&k.to_ascii_lowercase()))
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
         let mut rules = Vec::with_capacity(RULES.len());
-        for (i, spec) in RULES.iter().enumerate() {
-            for kw in spec.keywords {
-                keywords.push(*kw);
-                keyword_rule.push(i);
-            }
+        for spec in RULES {
             rules.push(Rule {
                 kind: spec.kind,
                 re: compile(spec.pattern)?,
@@ -205,12 +227,12 @@ impl SecretDetector {
         }
         let prefilter = AhoCorasickBuilder::new()
             .ascii_case_insensitive(true)
-            .match_kind(MatchKind::Standard)
+            .match_kind(MatchKind::LeftmostLongest)
             .build(&keywords)
             .map_err(|e| BuildError::Prefilter(e.to_string()))?;
         Ok(Self {
             prefilter,
-            keyword_rule,
+            keyword_rules,
             rules,
             pem_end: compile(r"-----END[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----")?,
             aws_pair: compile(r"(?:^|[^A-Za-z0-9/+=])([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=]|$)")?,
@@ -226,50 +248,91 @@ impl SecretDetector {
     /// Appends every secret found in `text` to `out`, unsorted and possibly
     /// overlapping.
     pub(crate) fn detect(&self, text: &str, out: &mut Vec<Finding>) {
+        // Which rules can match at all and, for the generic rules (whose
+        // keywords are ordinary words), the windows around their keywords.
         let mut triggered = vec![false; self.rules.len()];
-        let mut remaining = self.rules.len();
-        for m in self.prefilter.find_overlapping_iter(text) {
-            if let Some(&r) = self.keyword_rule.get(m.pattern().as_usize())
-                && let Some(t) = triggered.get_mut(r)
-                && !*t
-            {
-                *t = true;
-                remaining -= 1;
-                if remaining == 0 {
-                    break;
+        let mut windows: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.rules.len()];
+        for m in self.prefilter.find_iter(text) {
+            let Some(rs) = self.keyword_rules.get(m.pattern().as_usize()) else {
+                continue;
+            };
+            for &r in rs {
+                if let Some(t) = triggered.get_mut(r) {
+                    *t = true;
+                }
+                if let (Some(rule), Some(w)) = (self.rules.get(r), windows.get_mut(r))
+                    && rule.check == Check::Generic
+                {
+                    let start = floor_char_boundary(text, m.start().saturating_sub(WINDOW_BEFORE));
+                    let end = floor_char_boundary(text, m.end().saturating_add(WINDOW_AFTER));
+                    match w.last_mut() {
+                        Some(last) if start <= last.1 => {
+                            last.0 = last.0.min(start);
+                            last.1 = last.1.max(end);
+                        }
+                        _ => w.push((start, end)),
+                    }
                 }
             }
         }
-        for (rule, _) in self.rules.iter().zip(&triggered).filter(|(_, t)| **t) {
-            for caps in rule.re.captures_iter(text) {
-                let Some(m) = caps.get(1).or_else(|| caps.get(0)) else {
+        for (i, rule) in self.rules.iter().enumerate() {
+            if !triggered.get(i).copied().unwrap_or(false) {
+                continue;
+            }
+            let whole = [(0, text.len())];
+            let spans = match windows.get(i) {
+                Some(w) if rule.check == Check::Generic => w.as_slice(),
+                _ => &whole,
+            };
+            for &(ws, we) in spans {
+                let Some(window) = text.get(ws..we) else {
                     continue;
                 };
+                self.run_rule(rule, text, window, ws, out);
+            }
+        }
+    }
+
+    /// Runs one rule over `window`, which starts at byte `offset` of `text`.
+    fn run_rule(
+        &self,
+        rule: &Rule,
+        text: &str,
+        window: &str,
+        offset: usize,
+        out: &mut Vec<Finding>,
+    ) {
+        for caps in rule.re.captures_iter(window) {
+            let Some(m) = caps.get(1).or_else(|| caps.get(0)) else {
+                continue;
+            };
+            let (start, end) = (offset + m.start(), offset + m.end());
+            {
                 match rule.check {
                     Check::Pem => {
                         if is_placeholder(m.as_str()) {
                             continue;
                         }
-                        let end = self.pem_block_end(text, m.end());
-                        out.push(Finding::new(rule.kind, m.start(), end));
+                        let block_end = self.pem_block_end(text, end);
+                        out.push(Finding::new(rule.kind, start, block_end));
                     }
                     Check::Jwt => {
                         if self.is_jwt(m.as_str()) && !is_placeholder(m.as_str()) {
-                            out.push(Finding::new(rule.kind, m.start(), m.end()));
+                            out.push(Finding::new(rule.kind, start, end));
                         }
                     }
                     Check::NotPlaceholder => {
                         if !is_placeholder(m.as_str()) {
-                            out.push(Finding::new(rule.kind, m.start(), m.end()));
+                            out.push(Finding::new(rule.kind, start, end));
                             if rule.kind == Kind::AwsAccessKey {
-                                self.aws_secret_near(text, m.end(), out);
+                                self.aws_secret_near(text, end, out);
                             }
                         }
                     }
                     Check::Generic => {
                         let value = trim_value(m.as_str());
                         if is_generic_secret(value) {
-                            out.push(Finding::new(rule.kind, m.start(), m.start() + value.len()));
+                            out.push(Finding::new(rule.kind, start, start + value.len()));
                         }
                     }
                 }
