@@ -139,6 +139,8 @@ const RULES: &[RuleSpec] = &[
             "pw",
             "psw",
             "pssw",
+            "pasw",
+            "passwd",
             "secret",
             "api_key",
             "api-key",
@@ -148,13 +150,13 @@ const RULES: &[RuleSpec] = &[
             "token",
             "credential",
         ],
-        pattern: r#"(?i)(?:(?:password|passwd|secret|api[_\-]?key|access[_\-]?key|token|credentials?)[A-Za-z0-9_\-]*|(?:^|[^a-z])(?:pass(?:w[a-z]*)?|pa?s{1,2}w(?:o?r)?d|pwd|pw)(?:[_\-][A-Za-z0-9_\-]*)?)["']?\s*(?:!==|===|!=|==|:=|=>|=|:|>)\s*["'`]?([^\s"'`,;<]+)"#,
+        pattern: r#"(?i)^(?:(?:password|passwd|secret|api[_\-]?key|access[_\-]?key|token|credentials?)[A-Za-z0-9_\-]*|(?:pass(?:w[a-z]*)?|pa?s{1,2}w(?:o?r)?d|pwd|pw)(?:[_\-][A-Za-z0-9_\-]*)?)["']?\s*(?:!==|===|!=|==|:=|=>|=|:|>)\s*["'`]?([^\s"'`,;<]+)"#,
         check: Check::Generic,
     },
     RuleSpec {
         kind: Kind::GenericSecret,
         keywords: &["identified", "password"],
-        pattern: r#"(?i)(?-u:\b)(?:identified(?:\s+with\s+\S+)?\s+by|password)\s+["']?([^\s"';]+)"#,
+        pattern: r#"(?i)^(?:identified(?:\s+with\s+\S+)?\s+by|password)\s+["']?([^\s"';]+)"#,
         check: Check::Generic,
     },
 ];
@@ -165,12 +167,12 @@ const GENERIC_MIN_LEN: usize = 7;
 const GENERIC_MIN_ENTROPY: f64 = 2.5;
 /// How far after a `BEGIN … PRIVATE KEY` line the scanner looks for its `END`.
 const PEM_MAX_BYTES: usize = 64 * 1024;
-/// How far before a generic rule's keyword its window starts (a generic
-/// match begins at its keyword, so this only keeps `^` from matching mid-word).
-const WINDOW_BEFORE: usize = 256;
-/// How far after a generic rule's keyword its window ends: room for a long
-/// name, the separator and a value of at most 256 bytes.
+/// How much text after a generic rule's keyword its anchored pattern sees:
+/// room for a long name, the separator and a value of at most 256 bytes.
 const WINDOW_AFTER: usize = 1024;
+/// Keywords that are too short to stand inside a word: a hit right after an
+/// ASCII letter (`compass`, `upward`) is not a name.
+const SHORT_KEYWORDS: &[&str] = &["pass", "pwd", "pw", "psw", "pssw", "pasw"];
 /// How far after an AWS access key id the scanner looks for its secret key.
 const AWS_PAIR_WINDOW: usize = 256;
 
@@ -188,6 +190,8 @@ pub(crate) struct SecretDetector {
     /// naming it or any keyword inside it (the search is leftmost-longest and
     /// does not report `pass` inside `password`).
     keyword_rules: Vec<Vec<usize>>,
+    /// For each keyword pattern, whether it is one of [`SHORT_KEYWORDS`].
+    keyword_short: Vec<bool>,
     rules: Vec<Rule>,
     pem_end: Regex,
     aws_pair: Regex,
@@ -226,13 +230,18 @@ impl SecretDetector {
             });
         }
         let prefilter = AhoCorasickBuilder::new()
-            .ascii_case_insensitive(true)
+            .ascii_case_insensitive(false)
             .match_kind(MatchKind::LeftmostLongest)
             .build(&keywords)
             .map_err(|e| BuildError::Prefilter(e.to_string()))?;
+        let keyword_short = keywords
+            .iter()
+            .map(|k| SHORT_KEYWORDS.contains(&k.as_str()))
+            .collect();
         Ok(Self {
             prefilter,
             keyword_rules,
+            keyword_short,
             rules,
             pem_end: compile(r"-----END[ A-Z0-9]*PRIVATE KEY(?: BLOCK)?-----")?,
             aws_pair: compile(r"(?:^|[^A-Za-z0-9/+=])([A-Za-z0-9/+]{40})(?:[^A-Za-z0-9/+=]|$)")?,
@@ -249,29 +258,33 @@ impl SecretDetector {
     /// overlapping.
     pub(crate) fn detect(&self, text: &str, out: &mut Vec<Finding>) {
         // Which rules can match at all and, for the generic rules (whose
-        // keywords are ordinary words), the windows around their keywords.
+        // keywords are ordinary words), where their keywords start: a generic
+        // pattern is anchored and runs once at each of its keywords.
         let mut triggered = vec![false; self.rules.len()];
-        let mut windows: Vec<Vec<(usize, usize)>> = vec![Vec::new(); self.rules.len()];
-        for m in self.prefilter.find_iter(text) {
-            let Some(rs) = self.keyword_rules.get(m.pattern().as_usize()) else {
+        let mut hits: Vec<Vec<usize>> = vec![Vec::new(); self.rules.len()];
+        // The keywords are lower case; matching them against a lower-cased
+        // copy lets the automaton use its SIMD prefilter, which ASCII case
+        // folding inside the automaton would disable.
+        let lower = text.to_ascii_lowercase();
+        for m in self.prefilter.find_iter(&lower) {
+            let idx = m.pattern().as_usize();
+            let Some(rs) = self.keyword_rules.get(idx) else {
                 continue;
             };
+            let inside_word = self.keyword_short.get(idx).copied().unwrap_or(false)
+                && m.start()
+                    .checked_sub(1)
+                    .and_then(|i| text.as_bytes().get(i))
+                    .is_some_and(u8::is_ascii_alphabetic);
             for &r in rs {
                 if let Some(t) = triggered.get_mut(r) {
                     *t = true;
                 }
-                if let (Some(rule), Some(w)) = (self.rules.get(r), windows.get_mut(r))
+                if let (Some(rule), Some(h)) = (self.rules.get(r), hits.get_mut(r))
                     && rule.check == Check::Generic
+                    && !inside_word
                 {
-                    let start = floor_char_boundary(text, m.start().saturating_sub(WINDOW_BEFORE));
-                    let end = floor_char_boundary(text, m.end().saturating_add(WINDOW_AFTER));
-                    match w.last_mut() {
-                        Some(last) if start <= last.1 => {
-                            last.0 = last.0.min(start);
-                            last.1 = last.1.max(end);
-                        }
-                        _ => w.push((start, end)),
-                    }
+                    h.push(m.start());
                 }
             }
         }
@@ -279,16 +292,15 @@ impl SecretDetector {
             if !triggered.get(i).copied().unwrap_or(false) {
                 continue;
             }
-            let whole = [(0, text.len())];
-            let spans = match windows.get(i) {
-                Some(w) if rule.check == Check::Generic => w.as_slice(),
-                _ => &whole,
-            };
-            for &(ws, we) in spans {
-                let Some(window) = text.get(ws..we) else {
-                    continue;
-                };
-                self.run_rule(rule, text, window, ws, out);
+            if rule.check != Check::Generic {
+                self.run_rule(rule, text, text, 0, out);
+                continue;
+            }
+            for &start in hits.get(i).map_or(&[][..], Vec::as_slice) {
+                let end = floor_char_boundary(text, start.saturating_add(WINDOW_AFTER));
+                if let Some(window) = text.get(start..end) {
+                    self.run_rule(rule, text, window, start, out);
+                }
             }
         }
     }
