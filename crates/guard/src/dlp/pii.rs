@@ -9,7 +9,7 @@ use super::{BuildError, Finding, Kind};
 /// Cards (13–19 digits, single spaces or dashes between), SSNs (`AAA-GG-SSSS`)
 /// and IBANs (country, check digits, then alphanumerics in optional groups),
 /// in one pass.
-const NUMBERS: &str = r"(?-u:\b)(?:(?P<card>[0-9](?:[ \-]?[0-9]){12,18})|(?P<ssn>[0-9]{3}-[0-9]{2}-[0-9]{4})|(?P<iban>[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30}))(?-u:\b)";
+const NUMBERS: &str = r"(?-u:\b)(?:[0-9](?:[ \-]?[0-9]){12,18}|[0-9]{3}-[0-9]{2}-[0-9]{4}|[A-Z]{2}[0-9]{2}(?: ?[A-Z0-9]){11,30})(?-u:\b)";
 /// Email candidates; the dot-atom rules are checked by the validator.
 const EMAIL: &str = r"(?-u:\b)[A-Za-z0-9._%+\-]+@[A-Za-z0-9\-]+(?:\.[A-Za-z0-9\-]+)+(?-u:\b)";
 
@@ -36,19 +36,21 @@ impl PiiDetector {
 
     /// Appends every validated PII value in `text` to `out`.
     pub(crate) fn detect(&self, text: &str, out: &mut Vec<Finding>) {
-        for caps in self.numbers.captures_iter(text) {
-            if let Some(m) = caps.name("card") {
-                if is_valid_card(m.as_str()) {
-                    out.push(Finding::new(Kind::CreditCard, m.start(), m.end()));
+        // One pass without capture groups; the shape of a match says which
+        // branch it came from (an IBAN starts with letters, an SSN has its
+        // dashes at 3 and 6, anything else is a card candidate).
+        for m in self.numbers.find_iter(text) {
+            let v = m.as_str().as_bytes();
+            if v.first().is_some_and(u8::is_ascii_uppercase) {
+                if let Some(len) = iban_prefix_len(m.as_str()) {
+                    out.push(Finding::new(Kind::Iban, m.start(), m.start() + len));
                 }
-            } else if let Some(m) = caps.name("ssn") {
+            } else if v.len() == 11 && v.get(3) == Some(&b'-') && v.get(6) == Some(&b'-') {
                 if is_valid_ssn(m.as_str()) {
                     out.push(Finding::new(Kind::UsSsn, m.start(), m.end()));
                 }
-            } else if let Some(m) = caps.name("iban")
-                && let Some(len) = iban_prefix_len(m.as_str())
-            {
-                out.push(Finding::new(Kind::Iban, m.start(), m.start() + len));
+            } else if is_valid_card(m.as_str()) {
+                out.push(Finding::new(Kind::CreditCard, m.start(), m.end()));
             }
         }
         if text.contains('@') {

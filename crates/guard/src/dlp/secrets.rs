@@ -53,7 +53,7 @@ const RULES: &[RuleSpec] = &[
         keywords: &[
             "akia", "asia", "a3t", "agpa", "aida", "aroa", "aipa", "anpa", "anva",
         ],
-        pattern: r"(?-u:\b)((?:A3T[A-Z0-9]|AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA)[A-Z0-9]{16})(?-u:\b)",
+        pattern: r"(?-u:\b)(?:(?:A3T[A-Z0-9]|AKIA|ASIA|AGPA|AIDA|AROA|AIPA|ANPA|ANVA)[A-Z0-9]{16})(?-u:\b)",
         check: Check::NotPlaceholder,
     },
     RuleSpec {
@@ -65,7 +65,7 @@ const RULES: &[RuleSpec] = &[
     RuleSpec {
         kind: Kind::GithubToken,
         keywords: &["ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_"],
-        pattern: r"(?-u:\b)(gh[pousr]_[A-Za-z0-9_]{36,}|github_pat_[A-Za-z0-9_]{22,})",
+        pattern: r"(?-u:\b)(?:gh[pousr]_[A-Za-z0-9_]{36,}|github_pat_[A-Za-z0-9_]{22,})",
         check: Check::NotPlaceholder,
     },
     RuleSpec {
@@ -74,49 +74,49 @@ const RULES: &[RuleSpec] = &[
             "glpat-", "gloas-", "gldt-", "glrt-", "glrtr-", "glcbt-", "glptt-", "glft-", "glimt-",
             "glagent-", "glsoat-", "glffct-", "glwt-",
         ],
-        pattern: r"(?-u:\b)((?:glpat|gloas|gldt|glrtr|glrt|glcbt|glptt|glft|glimt|glagent|glsoat|glffct|glwt)-[A-Za-z0-9_.\-]{20,})",
+        pattern: r"(?-u:\b)(?:(?:glpat|gloas|gldt|glrtr|glrt|glcbt|glptt|glft|glimt|glagent|glsoat|glffct|glwt)-[A-Za-z0-9_.\-]{20,})",
         check: Check::NotPlaceholder,
     },
     RuleSpec {
         kind: Kind::GitlabToken,
         keywords: &["gr1348941"],
-        pattern: r"(?-u:\b)(GR1348941[A-Za-z0-9_\-]{20,})",
+        pattern: r"(?-u:\b)(?:GR1348941[A-Za-z0-9_\-]{20,})",
         check: Check::NotPlaceholder,
     },
     RuleSpec {
         kind: Kind::SlackToken,
         keywords: &["xox", "xapp-"],
-        pattern: r"(?-u:\b)(xox[abposre]-[A-Za-z0-9\-]{10,}|xapp-[0-9]-[A-Za-z0-9\-]{10,})",
+        pattern: r"(?-u:\b)(?:xox[abposre]-[A-Za-z0-9\-]{10,}|xapp-[0-9]-[A-Za-z0-9\-]{10,})",
         check: Check::NotPlaceholder,
     },
     RuleSpec {
         kind: Kind::StripeKey,
         keywords: &["sk_live_", "rk_live_", "sk_test_", "rk_test_", "whsec_"],
-        pattern: r"(?-u:\b)((?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|whsec_[A-Za-z0-9+/=]{32,})",
+        pattern: r"(?-u:\b)(?:(?:sk|rk)_(?:live|test)_[A-Za-z0-9]{16,}|whsec_[A-Za-z0-9+/=]{32,})",
         check: Check::NotPlaceholder,
     },
     RuleSpec {
         kind: Kind::AnthropicKey,
         keywords: &["sk-ant-"],
-        pattern: r"(?-u:\b)(sk-ant-[A-Za-z0-9_\-]{32,})",
+        pattern: r"(?-u:\b)(?:sk-ant-[A-Za-z0-9_\-]{32,})",
         check: Check::NotPlaceholder,
     },
     RuleSpec {
         kind: Kind::OpenaiKey,
         keywords: &["sk-"],
-        pattern: r"(?-u:\b)(sk-(?:(?:proj|svcacct|admin)-)?[A-Za-z0-9_\-]{16,}T3BlbkFJ[A-Za-z0-9_\-]{16,}|sk-(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{40,})",
+        pattern: r"(?-u:\b)(?:sk-(?:(?:proj|svcacct|admin)-)?[A-Za-z0-9_\-]{16,}T3BlbkFJ[A-Za-z0-9_\-]{16,}|sk-(?:proj|svcacct|admin)-[A-Za-z0-9_\-]{40,})",
         check: Check::NotPlaceholder,
     },
     RuleSpec {
         kind: Kind::GoogleApiKey,
         keywords: &["aiza"],
-        pattern: r"(?-u:\b)(AIza[0-9A-Za-z_\-]{35})",
+        pattern: r"(?-u:\b)(?:AIza[0-9A-Za-z_\-]{35})",
         check: Check::NotPlaceholder,
     },
     RuleSpec {
         kind: Kind::Jwt,
         keywords: &["eyj"],
-        pattern: r"(?-u:\b)(eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*)",
+        pattern: r"(?-u:\b)(?:eyJ[A-Za-z0-9_\-]{8,}\.eyJ[A-Za-z0-9_\-]{2,}\.[A-Za-z0-9_\-]*)",
         check: Check::Jwt,
     },
     RuleSpec {
@@ -314,39 +314,57 @@ impl SecretDetector {
         offset: usize,
         out: &mut Vec<Finding>,
     ) {
-        for caps in rule.re.captures_iter(window) {
-            let Some(m) = caps.get(1).or_else(|| caps.get(0)) else {
-                continue;
-            };
-            let (start, end) = (offset + m.start(), offset + m.end());
-            {
-                match rule.check {
-                    Check::Pem => {
-                        if is_placeholder(m.as_str()) {
-                            continue;
-                        }
-                        let block_end = self.pem_block_end(text, end);
-                        out.push(Finding::new(rule.kind, start, block_end));
+        // Capture groups cost a second, slower pass; only the rules whose
+        // value is part of the match (assignments, URLs) have one.
+        if rule.re.captures_len() > 1 {
+            for caps in rule.re.captures_iter(window) {
+                if let Some(m) = caps.get(1) {
+                    self.accept(rule, text, m, offset, out);
+                }
+            }
+        } else {
+            for m in rule.re.find_iter(window) {
+                self.accept(rule, text, m, offset, out);
+            }
+        }
+    }
+
+    /// Applies `rule`'s check to the value `m` (found in a window starting at
+    /// byte `offset` of `text`) and records a finding when it passes.
+    fn accept(
+        &self,
+        rule: &Rule,
+        text: &str,
+        m: regex::Match<'_>,
+        offset: usize,
+        out: &mut Vec<Finding>,
+    ) {
+        let (start, end) = (offset + m.start(), offset + m.end());
+        let value = m.as_str();
+        match rule.check {
+            Check::Pem => {
+                if !is_placeholder(value) {
+                    let block_end = self.pem_block_end(text, end);
+                    out.push(Finding::new(rule.kind, start, block_end));
+                }
+            }
+            Check::Jwt => {
+                if self.is_jwt(value) && !is_placeholder(value) {
+                    out.push(Finding::new(rule.kind, start, end));
+                }
+            }
+            Check::NotPlaceholder => {
+                if !is_placeholder(value) {
+                    out.push(Finding::new(rule.kind, start, end));
+                    if rule.kind == Kind::AwsAccessKey {
+                        self.aws_secret_near(text, end, out);
                     }
-                    Check::Jwt => {
-                        if self.is_jwt(m.as_str()) && !is_placeholder(m.as_str()) {
-                            out.push(Finding::new(rule.kind, start, end));
-                        }
-                    }
-                    Check::NotPlaceholder => {
-                        if !is_placeholder(m.as_str()) {
-                            out.push(Finding::new(rule.kind, start, end));
-                            if rule.kind == Kind::AwsAccessKey {
-                                self.aws_secret_near(text, end, out);
-                            }
-                        }
-                    }
-                    Check::Generic => {
-                        let value = trim_value(m.as_str());
-                        if is_generic_secret(value) {
-                            out.push(Finding::new(rule.kind, start, start + value.len()));
-                        }
-                    }
+                }
+            }
+            Check::Generic => {
+                let value = trim_value(value);
+                if is_generic_secret(value) {
+                    out.push(Finding::new(rule.kind, start, start + value.len()));
                 }
             }
         }
