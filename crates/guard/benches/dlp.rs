@@ -10,11 +10,11 @@
 //!
 //! | content (4 MiB)                                        | MB/s |
 //! | ------------------------------------------------------ | ---- |
-//! | mixed (prose + code + a few secrets)                   | 141  |
-//! | prose with one `password` per 400 B                    | 204  |
-//! | code (`token`, `password`, `api_key` in every block)   | 104  |
-//! | digits only                                            | 407  |
-//! | one email address per line                             | 62   |
+//! | mixed (prose + code + a few secrets)                   | 142  |
+//! | prose with one `password` per 400 B                    | 227  |
+//! | code (`token`, `password`, `api_key` in every block)   | 105  |
+//! | digits only                                            | 420  |
+//! | one email address per line                             | 63   |
 //!
 //! The target is 200 MB/s per core on mixed text; this is not there
 //! yet. A profile of the run: the regex lazy DFA ~23 % (the always-on PII

@@ -84,6 +84,12 @@ const RULES: &[RuleSpec] = &[
         check: Check::NotPlaceholder,
     },
     RuleSpec {
+        kind: Kind::GitlabToken,
+        keywords: &["_gitlab_session="],
+        pattern: r"_gitlab_session=([0-9a-f]{32})(?-u:\b)",
+        check: Check::NotPlaceholder,
+    },
+    RuleSpec {
         kind: Kind::SlackToken,
         keywords: &["xox", "xapp-"],
         pattern: r"(?-u:\b)(?:xox[abposre]-[A-Za-z0-9\-]{10,}|xapp-[0-9]-[A-Za-z0-9\-]{10,})",
@@ -591,6 +597,10 @@ mod tests {
         check(
             "glpat-8d5ri2n9g85LAnC9YW85 # pat",
             &[("gitlab_token", "glpat-8d5ri2n9g85LAnC9YW85")],
+        );
+        check(
+            "Cookie: _gitlab_session=8d2a78c080a3af1e6a4677be474432f2",
+            &[("gitlab_token", "8d2a78c080a3af1e6a4677be474432f2")],
         );
         check(
             "xoxb-391809548274-4236212766789-i8EoyACELx2FYnSOkRPEpePN",
