@@ -433,21 +433,26 @@ async fn create_agent(
         .create_agent(&agent, &cert)
         .await
         .map_err(|e| call.store_error(e))?;
-    refresh(&state, &call).await?;
-    call.audit(
-        &state.sink,
-        "agent.create",
-        name.as_str(),
-        Outcome::Allow,
-        201,
-        None,
-    );
     let view = view(&state, agent, vec![cert]);
+    issued(&state, &call, "agent.create", view, pem).await
+}
+
+/// The end of every call that issued a certificate: the data plane picks up the
+/// change, the change is audited, and the caller gets the certificate.
+async fn issued(
+    state: &AdminState,
+    call: &Call,
+    action: &str,
+    agent: AgentView,
+    certificate_pem: String,
+) -> Result<Response, ApiError> {
+    refresh(state, call).await?;
+    call.audit(&state.sink, action, &agent.name, Outcome::Allow, 201, None);
     Ok(json(
         StatusCode::CREATED,
         &IssuedView {
-            agent: view,
-            certificate_pem: pem,
+            agent,
+            certificate_pem,
             ca_pem: state.ca.cert_pem().to_string(),
         },
     ))
@@ -469,15 +474,6 @@ async fn renew_agent(
         .add_certificate(&cert)
         .await
         .map_err(|e| call.store_error(e))?;
-    refresh(&state, &call).await?;
-    call.audit(
-        &state.sink,
-        "agent.certificate",
-        name.as_str(),
-        Outcome::Allow,
-        201,
-        None,
-    );
     let agent = state
         .store
         .agent(name.as_str())
@@ -489,14 +485,8 @@ async fn renew_agent(
         .certificates(Some(name.as_str()))
         .await
         .map_err(|e| call.store_error(e))?;
-    Ok(json(
-        StatusCode::CREATED,
-        &IssuedView {
-            agent: view(&state, agent, certs),
-            certificate_pem: pem,
-            ca_pem: state.ca.cert_pem().to_string(),
-        },
-    ))
+    let view = view(&state, agent, certs);
+    issued(&state, &call, "agent.certificate", view, pem).await
 }
 
 async fn list_agents(
