@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod audit_api;
 mod auth;
 
 pub use api::{AdminState, DEFAULT_CERT_TTL, RemoteAddr, router};

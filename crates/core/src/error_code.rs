@@ -32,6 +32,9 @@ pub enum ErrorCode {
     Internal,
     /// The server is shutting down or not ready.
     Unavailable,
+    /// The audit log cannot be written, so the request is refused rather than
+    /// served unrecorded (fail closed).
+    AuditUnavailable,
 }
 
 impl ErrorCode {
@@ -52,6 +55,7 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -71,6 +75,7 @@ impl ErrorCode {
             ErrorCode::UpstreamTimeout => 504,
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable => 503,
+            ErrorCode::AuditUnavailable => 503,
         }
     }
 }
@@ -96,6 +101,7 @@ mod tests {
             ErrorCode::MethodNotAllowed,
             ErrorCode::Internal,
             ErrorCode::Unavailable,
+            ErrorCode::AuditUnavailable,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {
