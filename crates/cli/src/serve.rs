@@ -9,11 +9,13 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use portcullis_admin::{AdminState, RemoteAddr};
+use portcullis_gateway::audit_export::Exporters;
 use portcullis_gateway::audit_sink::AuditWriter;
 use portcullis_gateway::checkpointer::{Checkpointer, LogSigner};
 use portcullis_gateway::config::{Config, PolicySource, Upstream};
 use portcullis_gateway::listener::{self, ConnectionInfo};
 use portcullis_gateway::metrics::Metrics;
+use portcullis_gateway::trace::Tracer;
 use portcullis_gateway::{Gateway, GatewayParts};
 use portcullis_identity::{CertificateAuthority, ClientCertChecker};
 use portcullis_policy::{DEFAULT_POLICIES, DEFAULT_SCHEMA, PolicyBundle, PolicySources};
@@ -23,6 +25,9 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::state_dir::{StateDir, write_public, write_secret};
+
+/// How long shutdown waits for export sinks and the trace collector.
+const EXPORT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the server.
 pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()> {
@@ -117,6 +122,22 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     let checkpoint_task = checkpointer
         .clone()
         .spawn(config.audit.checkpoint_interval, checkpoint_stopped);
+    let (tracer, trace_exporter) = match &config.telemetry {
+        Some(telemetry) => {
+            let (tracer, exporter) =
+                Tracer::start(telemetry, metrics.clone(), upstream_tls(ca.cert_pem())?);
+            (Some(tracer), Some(exporter))
+        }
+        None => (None, None),
+    };
+    // SIEM export reads only durable records, woken by the writer's tree head.
+    let exporters = Exporters::start(
+        &config.audit.export,
+        store.clone(),
+        sink.watch_head(),
+        &metrics,
+        upstream_tls(ca.cert_pem())?,
+    );
     let gateway = Gateway::new(GatewayParts {
         config: config.clone(),
         bundle: bundle.clone(),
@@ -126,6 +147,7 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         sink: sink.clone(),
         metrics,
         demo_upstream,
+        tracer,
     })
     .await?;
 
@@ -189,6 +211,12 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     // After the writer: the last checkpoint covers every record written.
     let _ = checkpoint_stop.send(true);
     let _ = checkpoint_task.await;
+    // Exports and spans get a bounded time to go out; what does not is
+    // behind the persisted cursor (exports) or dropped and counted (spans).
+    exporters.finish(EXPORT_GRACE).await;
+    if let Some(exporter) = trace_exporter {
+        exporter.finish(EXPORT_GRACE).await;
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -16,6 +16,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::audit_sink::AuditSink;
 use crate::metrics::{Metrics, Stage};
+use crate::trace::RequestTrace;
 
 /// Errors crossing body boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -149,6 +150,8 @@ pub struct Recorder {
     meter: Arc<BodyMeter>,
     sink: AuditSink,
     metrics: Arc<Metrics>,
+    /// The request's trace, when tracing is on; ended with the record.
+    trace: Option<RequestTrace>,
 }
 
 /// Status recorded when the client disconnected before the response was complete.
@@ -169,7 +172,25 @@ impl Recorder {
             meter,
             sink,
             metrics,
+            trace: None,
         }
+    }
+
+    /// Attaches the request's trace.
+    pub fn set_trace(&mut self, trace: RequestTrace) {
+        self.trace = Some(trace);
+    }
+
+    /// Notes a stage's timing in the trace, if any.
+    pub fn trace_stage(&mut self, stage: Stage, start: Instant, elapsed: Duration) {
+        if let Some(trace) = &mut self.trace {
+            trace.stage(stage, start, elapsed);
+        }
+    }
+
+    /// The `traceparent` to send upstream, when tracing is on.
+    pub fn traceparent(&self) -> Option<http::HeaderValue> {
+        self.trace.as_ref().and_then(RequestTrace::traceparent)
     }
 
     /// The record being built.
@@ -194,6 +215,9 @@ impl Drop for Recorder {
             self.metrics.stage(Stage::Total, elapsed);
             self.metrics
                 .request(record.resource.as_deref().unwrap_or("-"), record.status);
+            if let Some(trace) = self.trace.take() {
+                trace.finish(&record, elapsed);
+            }
             self.sink.submit(record);
         }
     }
@@ -266,7 +290,7 @@ where
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                                if let (Some(data), Some(rec)) = (frame.data_ref(), this.recorder.as_mut()) {
+                if let (Some(data), Some(rec)) = (frame.data_ref(), this.recorder.as_mut()) {
                     rec.record().bytes_out += data.len() as u64;
                     this.digest.update(data);
                 }
@@ -280,7 +304,7 @@ where
                 }
                 this.recorder = None;
             }
-                        Poll::Ready(None) => this.complete(),
+            Poll::Ready(None) => this.complete(),
             Poll::Pending => {}
         }
         polled

@@ -6,6 +6,7 @@
 //! listener. [`pipeline`] holds the stages, in order.
 #![forbid(unsafe_code)]
 
+pub mod audit_export;
 pub mod audit_sink;
 pub mod body;
 pub mod checkpointer;
@@ -14,9 +15,11 @@ pub mod demo_upstream;
 pub mod directory;
 pub mod listener;
 pub mod metrics;
+pub mod otlp;
 pub mod pipeline;
 pub mod respond;
 pub mod route;
 mod state;
+pub mod trace;
 
 pub use state::{ConnectionState, Gateway, GatewayError, GatewayParts, Snapshot};

@@ -59,6 +59,7 @@ mod tests {
                 kind: RouteKind::Http,
                 path_prefix: p.to_string(),
                 upstream: Upstream::BuiltinDemo,
+                audit_fail_open: false,
                 classification: Classification::Public,
             })
             .collect();

@@ -29,6 +29,7 @@ use crate::pipeline::decode::Limits;
 use crate::pipeline::forward::{Forwarder, ResolvedUpstream};
 use crate::respond::ResponseBody;
 use crate::route::RouteTable;
+use crate::trace::Tracer;
 
 /// What the hot path reads: one consistent version of agents and policies.
 #[derive(Debug)]
@@ -82,6 +83,8 @@ pub struct GatewayParts {
     pub metrics: Arc<Metrics>,
     /// Address of the built-in demo upstream, if running.
     pub demo_upstream: Option<SocketAddr>,
+    /// Starts request traces, when `[telemetry]` is configured.
+    pub tracer: Option<Tracer>,
 }
 
 /// The data plane.
@@ -91,6 +94,7 @@ pub struct Gateway {
     pub(crate) forwarder: Forwarder,
     pub(crate) sink: AuditSink,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) tracer: Option<Tracer>,
     checker: ClientCertChecker,
     bundle: Arc<PolicyBundle>,
     route_entities: Vec<RouteEntity>,
@@ -160,6 +164,7 @@ impl Gateway {
             ),
             sink: parts.sink,
             metrics: parts.metrics,
+            tracer: parts.tracer,
             checker: parts.checker,
             bundle: parts.bundle,
             route_entities,

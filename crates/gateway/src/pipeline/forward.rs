@@ -81,6 +81,7 @@ impl Forwarder {
     }
 
     /// Sends the request upstream and returns the streaming response.
+    #[allow(clippy::too_many_arguments)]
     pub async fn forward(
         &self,
         request: DecodedRequest,
@@ -89,6 +90,7 @@ impl Forwarder {
         request_id: &RequestId,
         remote: SocketAddr,
         meter: &Arc<BodyMeter>,
+        traceparent: Option<HeaderValue>,
     ) -> Result<Response<ResponseBody>, Denial> {
         let upstream = self.upstreams.get(&context.route.name).ok_or_else(|| {
             tracing::error!(route = %context.route.name, "route has no resolved upstream");
@@ -111,6 +113,13 @@ impl Forwarder {
         }
         if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
             headers.insert(crate::respond::REQUEST_ID_HEADER, v);
+        }
+        // With tracing on, the upstream joins the gateway's trace; the
+        // caller's own trace context stays behind the trust boundary (it is a
+        // span link on the request's span).
+        if let Some(traceparent) = traceparent {
+            headers.remove(crate::trace::TRACESTATE);
+            headers.insert(crate::trace::TRACEPARENT, traceparent);
         }
 
         let mut upstream_request = Request::new(body);

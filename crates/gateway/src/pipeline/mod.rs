@@ -71,6 +71,14 @@ pub async fn handle(
         gateway.sink.clone(),
         gateway.metrics.clone(),
     );
+    if let Some(tracer) = &gateway.tracer {
+        recorder.set_trace(tracer.begin(
+            &request_id,
+            started,
+            now,
+            request.headers().get(crate::trace::TRACEPARENT),
+        ));
+    }
 
     let mut response = match run(
         &gateway,
@@ -115,7 +123,9 @@ async fn run(
 
     let t = Instant::now();
     let decoded = decode::run(&gateway.limits, &gateway.sink, request, meter);
-    metrics.stage(Stage::Decode, t.elapsed());
+    let elapsed = t.elapsed();
+    metrics.stage(Stage::Decode, elapsed);
+    recorder.trace_stage(Stage::Decode, t, elapsed);
     let decoded = decoded?;
 
     // One snapshot for the whole request: it is decided by exactly one version
@@ -124,7 +134,9 @@ async fn run(
 
     let t = Instant::now();
     let identity = authenticate::run(&snapshot.directory, conn.peer.as_ref(), now_epoch);
-    metrics.stage(Stage::Authenticate, t.elapsed());
+    let elapsed = t.elapsed();
+    metrics.stage(Stage::Authenticate, elapsed);
+    recorder.trace_stage(Stage::Authenticate, t, elapsed);
     let identity = match identity {
         Ok(identity) => {
             let record = recorder.record();
@@ -140,7 +152,9 @@ async fn run(
 
     let t = Instant::now();
     let context = contextualize::run(&gateway.routes, &decoded, conn.remote.ip(), now_epoch);
-    metrics.stage(Stage::Contextualize, t.elapsed());
+    let elapsed = t.elapsed();
+    metrics.stage(Stage::Contextualize, elapsed);
+    recorder.trace_stage(Stage::Contextualize, t, elapsed);
     let context = context?;
     {
         let record = recorder.record();
@@ -162,7 +176,9 @@ async fn run(
 
     let t = Instant::now();
     let decision = authorize::run(&snapshot.authorizer, &identity, &context, &conn.source_ip);
-    metrics.stage(Stage::Authorize, t.elapsed());
+    let elapsed = t.elapsed();
+    metrics.stage(Stage::Authorize, elapsed);
+    recorder.trace_stage(Stage::Authorize, t, elapsed);
     metrics.decision(&context.route.name, decision.allowed);
     {
         let record = recorder.record();
@@ -173,11 +189,22 @@ async fn run(
     }
     authorize::enforce(&decision)?;
 
+    let traceparent = recorder.traceparent();
     let t = Instant::now();
     let response = gateway
         .forwarder
-        .forward(decoded, &context, &identity, request_id, conn.remote, meter)
+        .forward(
+            decoded,
+            &context,
+            &identity,
+            request_id,
+            conn.remote,
+            meter,
+            traceparent,
+        )
         .await;
-    metrics.stage(Stage::Forward, t.elapsed());
+    let elapsed = t.elapsed();
+    metrics.stage(Stage::Forward, elapsed);
+    recorder.trace_stage(Stage::Forward, t, elapsed);
     response
 }
