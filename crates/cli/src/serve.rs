@@ -131,13 +131,9 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         None => (None, None),
     };
     // SIEM export reads only durable records, woken by the writer's tree head.
-    let exporters = Exporters::start(
-        &config.audit.export,
-        store.clone(),
-        sink.watch_head(),
-        &metrics,
-        upstream_tls(ca.cert_pem())?,
-    );
+    let durable_head = sink.watch_head();
+    let export_tls = upstream_tls(ca.cert_pem())?;
+    let export_metrics = metrics.clone();
     let gateway = Gateway::new(GatewayParts {
         config: config.clone(),
         bundle: bundle.clone(),
@@ -200,6 +196,14 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     );
     // A stable line on stdout that scripts and tests can wait for.
     println!("portcullis: gateway https://{gateway_addr} admin https://{admin_addr}");
+    // After that line, so a `jsonl` sink on stdout never comes before it.
+    let exporters = Exporters::start(
+        &config.audit.export,
+        store.clone(),
+        durable_head,
+        &export_metrics,
+        export_tls,
+    );
 
     wait_for_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
