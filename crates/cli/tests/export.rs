@@ -260,6 +260,50 @@ impl TcpCollector {
     }
 }
 
+/// Checks OTLP request bodies against the official protobuf definitions (the
+/// Python `opentelemetry-proto` package, from `requirements-test.txt`);
+/// returns how many log records or spans they hold, or `None` (and says so)
+/// when python3 or the package is missing.
+fn check_with_opentelemetry_proto(kind: &str, bodies: &[Bytes]) -> Option<usize> {
+    let dir = tempfile::tempdir().unwrap();
+    let files: Vec<std::path::PathBuf> = bodies
+        .iter()
+        .enumerate()
+        .map(|(i, body)| {
+            let path = dir.path().join(format!("{kind}-{i}.json"));
+            std::fs::write(&path, body).unwrap();
+            path
+        })
+        .collect();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/otlp_json_check.py");
+    let output = match std::process::Command::new("python3")
+        .arg(script)
+        .arg(kind)
+        .args(&files)
+        .output()
+    {
+        Ok(output) => output,
+        Err(e) => {
+            eprintln!("SKIPPED: OTLP {kind} protobuf check: python3 is not available ({e})");
+            return None;
+        }
+    };
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    match output.status.code() {
+        Some(0) => Some(
+            String::from_utf8_lossy(&output.stdout)
+                .trim()
+                .parse()
+                .unwrap(),
+        ),
+        Some(2) => {
+            eprintln!("SKIPPED: OTLP {kind} protobuf check: {stderr}");
+            None
+        }
+        _ => panic!("OTLP {kind} bodies do not match opentelemetry-proto: {stderr}"),
+    }
+}
+
 /// Waits (bounded) until `seqs()` holds every seq in `want`.
 async fn wait_for(what: &str, want: &BTreeSet<u64>, seqs: impl Fn() -> BTreeSet<u64>) {
     for _ in 0..200 {
@@ -677,6 +721,20 @@ endpoint = "http://{http}/otlp"
         echoed["headers"].get("tracestate").is_none(),
         "the caller's tracestate stays behind the trust boundary"
     );
+
+    // Both signals parse strictly as the official protobuf messages.
+    let log_bodies: Vec<Bytes> = logs.iter().map(|r| r.body.clone()).collect();
+    if let Some(n) = check_with_opentelemetry_proto("logs", &log_bodies) {
+        assert_eq!(n, otlp_log_records(&http).len());
+    }
+    let trace_bodies: Vec<Bytes> = http
+        .requests("/otlp/v1/traces")
+        .iter()
+        .map(|r| r.body.clone())
+        .collect();
+    if let Some(n) = check_with_opentelemetry_proto("traces", &trace_bodies) {
+        assert!(n >= 6, "{n} spans");
+    }
 
     // Health in /metrics: everything delivered, nothing behind.
     let text = metrics(&server).await;
