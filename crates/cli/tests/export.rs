@@ -757,6 +757,16 @@ endpoint = "http://{http}/otlp"
         !server.stderr.lock().unwrap().contains("0c1d2e3f"),
         "a secret header value was logged"
     );
+
+    // Shutdown flushes the exporters without waiting out their grace period.
+    let mut server = server;
+    let t = std::time::Instant::now();
+    assert!(server.terminate().success());
+    assert!(
+        t.elapsed() < Duration::from_secs(4),
+        "shutdown took {:?}",
+        t.elapsed()
+    );
 }
 
 /// Waits until the TCP syslog, webhook and OTLP receivers hold every record in `want`.
@@ -814,10 +824,14 @@ timeout_ms = 2000
     };
     send(&server, 3).await;
     let mut want = all_seqs(&server);
-    while want.len() < 4 {
+    for _ in 0..100 {
+        if want.len() >= 4 {
+            break;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
         want = all_seqs(&server);
     }
+    assert!(want.len() >= 4, "{want:?}");
     wait_all(&want, &tcp, &http).await;
 
     // The receivers go away; requests go on and are recorded.
@@ -859,6 +873,7 @@ timeout_ms = 2000
     tcp.got.lock().unwrap().clear();
     http.got.lock().unwrap().clear();
     let dir = server.into_dir();
+    let cfg_again = cfg.clone();
     let server = start(dir, cfg).await;
     send(&server, 4).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -880,4 +895,29 @@ timeout_ms = 2000
         resent.is_empty(),
         "records delivered before the restart were sent again: {resent:?}"
     );
+
+    // A crash (kill -9) while the receivers are down loses nothing either:
+    // the records are durable, and the cursors are where they were.
+    tcp.stop();
+    http.stop();
+    let delivered = all_seqs(&server).into_iter().max().unwrap();
+    send(&server, 3).await;
+    let mut want = BTreeSet::new();
+    for _ in 0..250 {
+        want = all_seqs(&server)
+            .into_iter()
+            .filter(|s| *s > delivered)
+            .collect();
+        if want.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(want.len(), 3, "the records are durable before the crash");
+    let dir = server.into_dir();
+    let server = start(dir, cfg_again).await;
+    tcp.restart().await;
+    http.restart().await;
+    wait_all(&want, &tcp, &http).await;
+    drop(server);
 }
