@@ -921,3 +921,52 @@ timeout_ms = 2000
     wait_all(&want, &tcp, &http).await;
     drop(server);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn jsonl_to_stdout_follows_the_ready_line() {
+    use std::io::BufRead;
+    install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "[[audit.export]]\nname = \"stdout\"\nkind = \"jsonl\"\npath = \"-\"\n",
+        "",
+    );
+    let state = dir.path().join("state");
+    let mut child = std::process::Command::new(BIN)
+        .arg("serve")
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--config")
+        .arg(&cfg)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    let first = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+    assert!(first.starts_with("portcullis: gateway https://"), "{first}");
+    let created = std::process::Command::new(BIN)
+        .args(["agent", "create", "stdout-bot", "--role", "reader", "--out"])
+        .arg(dir.path().join("creds"))
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(created.status.success());
+    let line = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let record: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(record["kind"], "admin", "{record}");
+    assert_eq!(record["seq"], 0);
+    let _ = child.kill();
+    let _ = child.wait();
+}
