@@ -211,8 +211,9 @@ impl SyslogSink {
         }
         if let Some(socket) = &self.udp {
             for (seq, json) in leaves {
+                let message = format(&self.header, *seq, json);
                 socket
-                    .send(format(&self.header, *seq, json).as_bytes())
+                    .send(truncate_datagram(&message, *seq).as_bytes())
                     .await?;
             }
         }
@@ -245,6 +246,28 @@ impl SyslogSink {
     }
 }
 
+/// Largest UDP payload sent. A bigger datagram cannot be sent at all, and
+/// retrying it would stall the sink forever, so the message is cut (RFC 5426
+/// section 3.2 lets a message be truncated); the full record still reaches
+/// every other sink.
+const MAX_DATAGRAM: usize = 65_000;
+
+fn truncate_datagram(message: &str, seq: u64) -> &str {
+    if message.len() <= MAX_DATAGRAM {
+        return message;
+    }
+    tracing::warn!(
+        seq,
+        bytes = message.len(),
+        "audit record too large for one syslog datagram; truncated"
+    );
+    let mut end = MAX_DATAGRAM;
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
+}
+
 /// A syslog collector never writes to us, so a readable socket means it closed
 /// the connection (or reset it).
 fn peer_closed(stream: &TcpStream) -> bool {
@@ -268,6 +291,14 @@ mod tests {
             procid: "42".into(),
         };
         assert_eq!(format(&header, 7, json), expect);
+    }
+
+    #[test]
+    fn oversized_datagrams_are_cut_at_a_character_boundary() {
+        let long = format!("a{}", "é".repeat(40_000));
+        let cut = truncate_datagram(&long, 1);
+        assert!(cut.len() <= MAX_DATAGRAM && cut.len() >= MAX_DATAGRAM - 1);
+        assert_eq!(truncate_datagram("short", 1), "short");
     }
 
     #[test]
