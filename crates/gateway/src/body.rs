@@ -266,7 +266,7 @@ where
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
-                                if let (Some(data), Some(rec)) = (frame.data_ref(), this.recorder.as_mut()) {
+                if let (Some(data), Some(rec)) = (frame.data_ref(), this.recorder.as_mut()) {
                     rec.record().bytes_out += data.len() as u64;
                     this.digest.update(data);
                 }
@@ -280,7 +280,7 @@ where
                 }
                 this.recorder = None;
             }
-                        Poll::Ready(None) => this.complete(),
+            Poll::Ready(None) => this.complete(),
             Poll::Pending => {}
         }
         polled
