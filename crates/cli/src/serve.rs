@@ -118,6 +118,34 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     // Refuse to extend a log that no longer matches what was signed: the
     // next checkpoint would otherwise sign over the tampering.
     checkpointer.check_latest().await?;
+    // The cheap check above covers the stored hashes; a full recomputation of
+    // every record runs in the background so a large log does not delay start.
+    {
+        let store = store.clone();
+        let signer = checkpointer.signer().clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            match store
+                .verify_audit_log(signer.verifier(), signer.origin(), &[])
+                .await
+            {
+                Ok(summary) => tracing::info!(
+                    records = summary.size,
+                    checkpoints = summary.checkpoints,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "audit log verified"
+                ),
+                Err(portcullis_store::AuditVerifyFailure::Unsigned(records)) => tracing::warn!(
+                    records,
+                    "no checkpoint covers the audit log yet; the next one will"
+                ),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "AUDIT LOG VERIFICATION FAILED: a stored record does not match what was signed"
+                ),
+            }
+        });
+    }
     let (checkpoint_stop, checkpoint_stopped) = watch::channel(false);
     let checkpoint_task = checkpointer
         .clone()

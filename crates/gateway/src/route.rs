@@ -61,6 +61,7 @@ mod tests {
                 upstream: Upstream::BuiltinDemo,
                 audit_fail_open: false,
                 classification: Classification::Public,
+                audit_fail_open: false,
             })
             .collect();
         RouteTable::new(&routes)

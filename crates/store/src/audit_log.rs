@@ -93,7 +93,7 @@ impl Store {
         }
         let size = self.audit_size().await?;
         let frontier = self.subtree_hashes(&range_subtrees(0..size)).await?;
-        let acc = MerkleAccumulator::from_frontier(size, frontier).map_err(|e| corrupt(e))?;
+        let acc = MerkleAccumulator::from_frontier(size, frontier).map_err(corrupt)?;
         Ok(AuditAppender {
             store: self.clone(),
             acc,
@@ -459,7 +459,7 @@ impl AuditAppender {
         let mut nodes = Vec::new();
         for (seq, record) in (first..).zip(records.iter_mut()) {
             record.seq = Some(seq);
-            let text = String::from_utf8(record.canonical_bytes()).map_err(|e| corrupt(e))?;
+            let text = String::from_utf8(record.canonical_bytes()).map_err(corrupt)?;
             let mut leaf = [0u8; 32];
             acc.push_reporting(merkle::leaf_hash(text.as_bytes()), |s| {
                 if s.level == 0 {
