@@ -59,7 +59,6 @@ mod tests {
                 kind: RouteKind::Http,
                 path_prefix: p.to_string(),
                 upstream: Upstream::BuiltinDemo,
-                audit_fail_open: false,
                 classification: Classification::Public,
                 audit_fail_open: false,
             })
