@@ -17,6 +17,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::Value;
 use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -197,21 +199,36 @@ async fn udp_collector() -> (SocketAddr, Arc<Mutex<Vec<SyslogMessage>>>) {
     (addr, got)
 }
 
-/// A TCP syslog collector reading RFC 6587 octet-counted frames; it can be
-/// stopped and started again on the same port.
+/// A TCP syslog collector reading RFC 6587 octet-counted frames, in TLS
+/// (RFC 5425) when given a server config; it can be stopped and started
+/// again on the same port.
 struct TcpCollector {
     addr: SocketAddr,
     got: Arc<Mutex<Vec<SyslogMessage>>>,
     task: Option<JoinHandle<()>>,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 impl TcpCollector {
     async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    async fn start_with(tls: Option<tokio_rustls::TlsAcceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let got = Arc::new(Mutex::new(Vec::new()));
-        let task = Some(tokio::spawn(Self::serve(listener, got.clone())));
-        TcpCollector { addr, got, task }
+        let task = Some(tokio::spawn(Self::serve(
+            listener,
+            got.clone(),
+            tls.clone(),
+        )));
+        TcpCollector {
+            addr,
+            got,
+            task,
+            tls,
+        }
     }
 
     fn stop(&mut self) {
@@ -224,7 +241,11 @@ impl TcpCollector {
         self.stop();
         for _ in 0..100 {
             if let Ok(listener) = TcpListener::bind(self.addr).await {
-                self.task = Some(tokio::spawn(Self::serve(listener, self.got.clone())));
+                self.task = Some(tokio::spawn(Self::serve(
+                    listener,
+                    self.got.clone(),
+                    self.tls.clone(),
+                )));
                 return;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -232,15 +253,24 @@ impl TcpCollector {
         panic!("cannot bind {} again", self.addr);
     }
 
-    async fn serve(listener: TcpListener, got: Arc<Mutex<Vec<SyslogMessage>>>) {
+    async fn serve(
+        listener: TcpListener,
+        got: Arc<Mutex<Vec<SyslogMessage>>>,
+        tls: Option<tokio_rustls::TlsAcceptor>,
+    ) {
         let mut connections = tokio::task::JoinSet::new();
         loop {
             let Ok((tcp, _)) = listener.accept().await else {
                 return;
             };
             let got = got.clone();
+            let tls = tls.clone();
             connections.spawn(async move {
-                let mut reader = BufReader::new(tcp);
+                let stream: Box<dyn tokio::io::AsyncRead + Send + Unpin> = match tls {
+                    Some(acceptor) => Box::new(acceptor.accept(tcp).await.unwrap()),
+                    None => Box::new(tcp),
+                };
+                let mut reader = BufReader::new(stream);
                 loop {
                     // MSG-LEN SP SYSLOG-MSG
                     let mut len = Vec::new();
@@ -416,6 +446,27 @@ async fn every_sink_kind_receives_every_record_and_spans_follow_the_pipeline() {
     let http = HttpReceiver::start().await;
     let dir = tempfile::tempdir().unwrap();
     let jsonl = dir.path().join("audit.jsonl");
+    // The gateway trusts its own CA for TLS receivers: make the CA first and
+    // give the TLS collector a certificate from it.
+    let ca = portcullis_identity::CertificateAuthority::generate("portcullis.local").unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("ca.crt"), ca.cert_pem()).unwrap();
+    std::fs::write(state.join("ca.key"), ca.key_pem()).unwrap();
+    let (cert, key) = ca.issue_server(&["127.0.0.1".to_string()]).unwrap();
+    let tls_config = tokio_rustls::rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
+        PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+    )
+    .unwrap();
+    let tls =
+        TcpCollector::start_with(Some(tokio_rustls::TlsAcceptor::from(Arc::new(tls_config)))).await;
     let sections = format!(
         r#"{routes}
 {secret}
@@ -443,6 +494,12 @@ address = "{tcp}"
 transport = "tcp"
 
 [[audit.export]]
+name = "syslog-tls"
+kind = "syslog"
+address = "{tls}"
+transport = "tls"
+
+[[audit.export]]
 name = "hook"
 kind = "webhook"
 url = "http://{http}/hook"
@@ -462,6 +519,7 @@ endpoint = "http://{http}/otlp"
             "confidential"
         ),
         tcp = tcp.addr,
+        tls = tls.addr,
         http = http.addr,
     );
     let cfg = config(dir.path(), &sections, "");
@@ -530,6 +588,7 @@ endpoint = "http://{http}/otlp"
     wait_for("jsonl", &want, jsonl_seqs).await;
     wait_for("syslog udp", &want, || syslog_seqs(&udp_got)).await;
     wait_for("syslog tcp", &want, || syslog_seqs(&tcp.got)).await;
+    wait_for("syslog tls", &want, || syslog_seqs(&tls.got)).await;
     wait_for("webhook", &want, || webhook_seqs(&http)).await;
     wait_for("otlp", &want, || otlp_seqs(&http)).await;
 
@@ -549,7 +608,11 @@ endpoint = "http://{http}/otlp"
     }
 
     // syslog: facility, severity from the outcome, header fields, structured data.
-    for (got, facility, hostname) in [(&udp_got, 20u8, Some("gw1")), (&tcp.got, 4, None)] {
+    for (got, facility, hostname) in [
+        (&udp_got, 20u8, Some("gw1")),
+        (&tcp.got, 4, None),
+        (&tls.got, 4, None),
+    ] {
         let messages = got.lock().unwrap().clone();
         for id in [&allowed_id, &denied_id] {
             let m = messages
@@ -738,7 +801,14 @@ endpoint = "http://{http}/otlp"
 
     // Health in /metrics: everything delivered, nothing behind.
     let text = metrics(&server).await;
-    for sink in ["file", "syslog-udp", "syslog-tcp", "hook", "otel"] {
+    for sink in [
+        "file",
+        "syslog-udp",
+        "syslog-tcp",
+        "syslog-tls",
+        "hook",
+        "otel",
+    ] {
         let delivered = sink_metric(
             &text,
             "portcullis_audit_export_delivered_records_total",

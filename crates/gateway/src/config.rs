@@ -164,7 +164,8 @@ pub struct RawExport {
     pub path: Option<PathBuf>,
     /// syslog: `host:port` of the collector.
     pub address: Option<String>,
-    /// syslog: `udp` (default) or `tcp` (RFC 6587 octet counting).
+    /// syslog: `udp` (default), `tcp` (RFC 6587 octet counting) or `tls`
+    /// (RFC 5425).
     pub transport: Option<SyslogTransport>,
     /// syslog: facility name (default `auth`).
     pub facility: Option<Facility>,
@@ -229,6 +230,9 @@ pub enum SyslogTransport {
     Udp,
     /// A stream with octet-counting framing (RFC 6587 section 3.4.1).
     Tcp,
+    /// The same stream inside TLS (RFC 5425), verified against the OS trust
+    /// store and the Portcullis CA.
+    Tls,
 }
 
 /// A syslog facility (RFC 5424 section 6.2.1).
@@ -1181,6 +1185,10 @@ classification = "internal"
         check_export(
             "[[audit.export]]\nname = \"s\"\nkind = \"syslog\"\naddress = \"siem.example:6514\"\ntransport = \"tcp\"\nfacility = \"local4\"\n",
             "transport: Tcp, facility: Local4, hostname: None, app_name: \"portcullis\"",
+        );
+        check_export(
+            "[[audit.export]]\nname = \"s\"\nkind = \"syslog\"\naddress = \"[::1]:6514\"\ntransport = \"tls\"\n",
+            "transport: Tls, facility: Auth",
         );
         check_export(
             "[[audit.export]]\nname = \"w\"\nkind = \"webhook\"\nurl = \"https://hec.example:8088/services/collector/raw\"\nformat = \"ndjson\"\nheaders = { Authorization = \"Splunk 5ecret\" }\n",

@@ -68,7 +68,7 @@ enum Sink {
 }
 
 impl Sink {
-    fn new(target: &ExportTarget, poster: &Poster) -> Self {
+    fn new(target: &ExportTarget, poster: &Poster, tls: &Arc<rustls::ClientConfig>) -> Self {
         match target {
             ExportTarget::Jsonl { path } => Sink::Jsonl(jsonl::JsonlSink::new(path.clone())),
             ExportTarget::Syslog {
@@ -86,6 +86,7 @@ impl Sink {
                     app_name: app_name.clone(),
                     procid: std::process::id().to_string(),
                 },
+                tls.clone(),
             )),
             ExportTarget::Webhook {
                 url,
@@ -151,13 +152,14 @@ impl Exporters {
         tls: rustls::ClientConfig,
     ) -> Self {
         let (stop, stopped) = watch::channel(None);
-        let poster = Poster::new(tls);
+        let tls = Arc::new(tls);
+        let poster = Poster::new((*tls).clone());
         let tasks = sinks
             .iter()
             .map(|config| {
                 let task = Task {
                     name: config.name.clone(),
-                    sink: Sink::new(&config.target, &poster),
+                    sink: Sink::new(&config.target, &poster, &tls),
                     batch_size: config.batch_size,
                     timeout: config.timeout,
                     store: store.clone(),

@@ -1,5 +1,6 @@
 //! The `syslog` sink: RFC 5424 messages over UDP (RFC 5426, one message per
-//! datagram) or TCP (RFC 6587 octet counting: `MSG-LEN SP SYSLOG-MSG`).
+//! datagram), TCP (RFC 6587 octet counting: `MSG-LEN SP SYSLOG-MSG`), or the
+//! same framing inside TLS (RFC 5425).
 //!
 //! ```text
 //! <PRI>1 TIMESTAMP HOSTNAME APP-NAME PROCID MSGID [portcullis@32473 seq="…" …] BOM{record}
@@ -13,7 +14,7 @@
 //! reserves for documentation and examples.
 //!
 //! **Delivery guarantees.** Over UDP a datagram that is lost is not noticed:
-//! use TCP when records must arrive. Over TCP a batch counts as delivered
+//! use TCP or TLS when records must arrive. Over a stream a batch counts as delivered
 //! once written to the socket; before each batch the sink checks whether the
 //! collector closed the connection, and reconnects, so a collector restart
 //! loses nothing. A collector host that vanishes without closing can still
@@ -21,10 +22,12 @@
 //! `webhook` or `otlp` sink where that matters).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
 use portcullis_audit::{AuditRecord, Outcome, RecordKind};
 use time::OffsetDateTime;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
 use super::{DeliveryError, Leaf};
@@ -147,21 +150,32 @@ fn rfc3339_millis(ms: i64) -> String {
     t.format(&format).unwrap_or_else(|_| "-".into())
 }
 
+/// A TCP or TLS connection to the collector.
+trait Stream: AsyncRead + AsyncWrite + Send + Sync + Unpin + std::fmt::Debug {}
+impl<T: AsyncRead + AsyncWrite + Send + Sync + Unpin + std::fmt::Debug> Stream for T {}
+
 #[derive(Debug)]
 pub(super) struct SyslogSink {
     address: String,
     transport: SyslogTransport,
     header: Header,
-    tcp: Option<TcpStream>,
+    tls: Arc<rustls::ClientConfig>,
+    tcp: Option<Box<dyn Stream>>,
     udp: Option<UdpSocket>,
 }
 
 impl SyslogSink {
-    pub(super) fn new(address: String, transport: SyslogTransport, header: Header) -> Self {
+    pub(super) fn new(
+        address: String,
+        transport: SyslogTransport,
+        header: Header,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Self {
         SyslogSink {
             address,
             transport,
             header,
+            tls,
             tcp: None,
             udp: None,
         }
@@ -176,7 +190,7 @@ impl SyslogSink {
     pub(super) async fn deliver(&mut self, leaves: &[Leaf]) -> Result<(), DeliveryError> {
         let result = match self.transport {
             SyslogTransport::Udp => self.send_udp(leaves).await,
-            SyslogTransport::Tcp => self.send_tcp(leaves).await,
+            SyslogTransport::Tcp | SyslogTransport::Tls => self.send_stream(leaves).await,
         };
         if result.is_err() {
             self.reset();
@@ -220,17 +234,14 @@ impl SyslogSink {
         Ok(())
     }
 
-    async fn send_tcp(&mut self, leaves: &[Leaf]) -> Result<(), DeliveryError> {
-        if let Some(stream) = &self.tcp
-            && peer_closed(stream)
+    async fn send_stream(&mut self, leaves: &[Leaf]) -> Result<(), DeliveryError> {
+        if let Some(stream) = &mut self.tcp
+            && peer_closed(stream).await
         {
             self.tcp = None;
         }
         if self.tcp.is_none() {
-            let peer = self.resolve().await?;
-            let stream = TcpStream::connect(peer).await?;
-            stream.set_nodelay(true)?;
-            self.tcp = Some(stream);
+            self.tcp = Some(self.connect().await?);
         }
         let mut frames = Vec::new();
         for (seq, json) in leaves {
@@ -243,6 +254,42 @@ impl SyslogSink {
             stream.flush().await?;
         }
         Ok(())
+    }
+
+    async fn connect(&self) -> std::io::Result<Box<dyn Stream>> {
+        // Every address the name resolves to, in order (`TcpStream::connect`
+        // does that for a `host:port` string).
+        let tcp = TcpStream::connect(self.address.as_str()).await?;
+        tcp.set_nodelay(true)?;
+        if self.transport != SyslogTransport::Tls {
+            return Ok(Box::new(tcp));
+        }
+        // The name the certificate must carry: the host part of `address`.
+        let host = self
+            .address
+            .rsplit_once(':')
+            .map_or(self.address.as_str(), |(host, _)| host)
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let name = rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+        let tls = tokio_rustls::TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await?;
+        Ok(Box::new(tls))
+    }
+}
+
+/// A syslog collector never sends application data, so a read that ends
+/// at once means it closed the connection (or reset it). Over TLS the read
+/// also consumes handshake messages such as session tickets, and a
+/// `close_notify` reads as the end.
+async fn peer_closed(stream: &mut Box<dyn Stream>) -> bool {
+    let mut buf = [0u8; 512];
+    // `timeout` polls the read once before looking at the (zero) deadline.
+    match tokio::time::timeout(Duration::ZERO, stream.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(_)) | Err(_) => false,
     }
 }
 
@@ -266,17 +313,6 @@ fn truncate_datagram(message: &str, seq: u64) -> &str {
         end -= 1;
     }
     &message[..end]
-}
-
-/// A syslog collector never writes to us, so a readable socket means it closed
-/// the connection (or reset it).
-fn peer_closed(stream: &TcpStream) -> bool {
-    let mut buf = [0u8; 64];
-    match stream.try_read(&mut buf) {
-        Ok(0) => true,
-        Ok(_) => false,
-        Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
-    }
 }
 
 #[cfg(test)]
