@@ -154,6 +154,11 @@ impl Exporters {
         let (stop, stopped) = watch::channel(None);
         let tls = Arc::new(tls);
         let poster = Poster::new((*tls).clone());
+        for config in sinks {
+            if let Some(host) = plaintext_remote_host(&config.target) {
+                tracing::warn!(sink = %config.name, %host, "audit records are exported unencrypted to a host that is not loopback; use https or syslog over TLS");
+            }
+        }
         let tasks = sinks
             .iter()
             .map(|config| {
@@ -182,6 +187,40 @@ impl Exporters {
             let _ = task.await;
         }
     }
+}
+
+/// The host of a sink that sends records in clear text off this machine.
+fn plaintext_remote_host(target: &ExportTarget) -> Option<String> {
+    let host = match target {
+        ExportTarget::Jsonl { .. } => return None,
+        ExportTarget::Syslog {
+            address, transport, ..
+        } => {
+            if *transport == crate::config::SyslogTransport::Tls {
+                return None;
+            }
+            address
+                .rsplit_once(':')
+                .map_or(address.as_str(), |(host, _)| host)
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        }
+        ExportTarget::Webhook { url, .. } | ExportTarget::Otlp { url, .. } => {
+            if url.scheme_str() == Some("https") {
+                return None;
+            }
+            url.host()?
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string()
+        }
+    };
+    let loopback = host == "localhost"
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    (!loopback).then_some(host)
 }
 
 struct Task {
@@ -331,5 +370,45 @@ impl Task {
             // Shutdown began: re-check against the deadline.
             changed = self.stop.changed() => changed.is_ok(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{Facility, SecretHeaders, SyslogTransport, WebhookFormat};
+
+    #[test]
+    fn clear_text_off_the_host_is_flagged() {
+        let syslog = |address: &str, transport| ExportTarget::Syslog {
+            address: address.into(),
+            transport,
+            facility: Facility::Auth,
+            hostname: None,
+            app_name: "p".into(),
+        };
+        let hook = |url: &str| ExportTarget::Webhook {
+            url: url.parse().unwrap(),
+            format: WebhookFormat::Json,
+            headers: SecretHeaders::default(),
+        };
+        let check = |target: ExportTarget, expect: Option<&str>| {
+            assert_eq!(
+                plaintext_remote_host(&target).as_deref(),
+                expect,
+                "{target:?}"
+            );
+        };
+        check(
+            syslog("siem.example:514", SyslogTransport::Udp),
+            Some("siem.example"),
+        );
+        check(syslog("siem.example:6514", SyslogTransport::Tls), None);
+        check(syslog("127.0.0.1:514", SyslogTransport::Tcp), None);
+        check(syslog("[::1]:514", SyslogTransport::Tcp), None);
+        check(hook("http://10.0.0.9:8088/x"), Some("10.0.0.9"));
+        check(hook("https://hec.example/x"), None);
+        check(hook("http://localhost:4318/v1/logs"), None);
+        check(ExportTarget::Jsonl { path: None }, None);
     }
 }
