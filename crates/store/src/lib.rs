@@ -18,6 +18,11 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlSafeStr, SqlitePool};
 
+mod vault;
+pub use vault::{
+    CaptureRow, KekMeta, RewrapTarget, SealedRow, SecretMeta, SecretVersionRow, TransitVersionRow,
+};
+
 /// Rows per multi-row audit INSERT statement.
 const AUDIT_ROWS_PER_INSERT: usize = 256;
 
@@ -83,13 +88,22 @@ pub struct Store {
 }
 
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "init".into(),
-        MigrationType::Simple,
-        include_str!("../migrations/0001_init.sql").into_sql_str(),
-        false,
-    )])
+    Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            "init".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/0001_init.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            3,
+            "vault".into(),
+            MigrationType::Simple,
+            include_str!("../migrations/0003_vault.sql").into_sql_str(),
+            false,
+        ),
+    ])
 }
 
 impl Store {
@@ -101,6 +115,9 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Deleted rows are overwritten, not left in free pages: destroyed
+            // secret versions and shredded captures must not be recoverable.
+            .pragma("secure_delete", "ON")
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
