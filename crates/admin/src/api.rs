@@ -38,17 +38,19 @@ pub struct AdminState {
     pub token_hashes: Arc<Vec<String>>,
     /// Where admin audit records go.
     pub sink: AuditSink,
+    /// The vault; `None` when no key-encryption key is configured.
+    pub vault: Option<Arc<portcullis_vault::Vault>>,
 }
 
 /// Per-request facts the middleware establishes.
 #[derive(Clone)]
-struct Call {
-    request_id: RequestId,
+pub(crate) struct Call {
+    pub(crate) request_id: RequestId,
     remote: Option<SocketAddr>,
 }
 
 /// An admin-API error: the same JSON shape as the data plane.
-struct ApiError {
+pub(crate) struct ApiError {
     code: ErrorCode,
     message: String,
     request_id: RequestId,
@@ -75,7 +77,7 @@ impl IntoResponse for ApiError {
 }
 
 impl Call {
-    fn error(&self, code: ErrorCode, message: impl Into<String>) -> ApiError {
+    pub(crate) fn error(&self, code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             code,
             message: message.into(),
@@ -99,12 +101,12 @@ impl Call {
         }
     }
 
-    fn internal(&self, e: impl std::fmt::Display) -> ApiError {
+    pub(crate) fn internal(&self, e: impl std::fmt::Display) -> ApiError {
         tracing::error!(request_id = %self.request_id, error = %e, "admin internal error");
         self.error(ErrorCode::Internal, "internal error")
     }
 
-    fn audit(
+    pub(crate) fn audit(
         &self,
         sink: &AuditSink,
         action: &str,
@@ -151,6 +153,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/agents/{name}/revoke", post(revoke_agent))
         .route("/agents/{name}/certificates", post(renew_agent))
         .route("/audit", get(audit_tail))
+        .merge(crate::vault_api::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
@@ -273,7 +276,7 @@ async fn not_found(Extension(call): Extension<Call>) -> ApiError {
     call.error(ErrorCode::NotFound, "no such admin endpoint")
 }
 
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     let body = serde_json::to_string(value).unwrap_or_else(|_| "{}".into());
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
@@ -323,7 +326,10 @@ struct IssuedView {
     ca_pem: String,
 }
 
-fn parse_json<T: for<'de> Deserialize<'de>>(call: &Call, body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(
+    call: &Call,
+    body: &Bytes,
+) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| call.error(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
 }

@@ -21,6 +21,8 @@ pub enum Stage {
     Contextualize,
     /// Cedar decision.
     Authorize,
+    /// `use_secret` decision and the credential from the vault.
+    Inject,
     /// Upstream call until the response head.
     Forward,
     /// Time in the gateway for the whole request, excluding nothing.
@@ -28,11 +30,12 @@ pub enum Stage {
 }
 
 impl Stage {
-    const ALL: [Stage; 6] = [
+    const ALL: [Stage; 7] = [
         Stage::Decode,
         Stage::Authenticate,
         Stage::Contextualize,
         Stage::Authorize,
+        Stage::Inject,
         Stage::Forward,
         Stage::Total,
     ];
@@ -43,6 +46,7 @@ impl Stage {
             Stage::Authenticate => "authenticate",
             Stage::Contextualize => "contextualize",
             Stage::Authorize => "authorize",
+            Stage::Inject => "inject",
             Stage::Forward => "forward",
             Stage::Total => "total",
         }
