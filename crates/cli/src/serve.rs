@@ -66,6 +66,9 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
             None
         }
     };
+    // Routes whose credential or capture cannot be served stop start-up here,
+    // before any port is bound.
+    Gateway::check_vault_routes(&config, &bundle, vault.as_deref(), vault.is_some())?;
     let capture_writer = vault.as_ref().map(|v| v.start_capture_writer());
 
     // Bind both listeners before anything else runs, so a port conflict fails fast.

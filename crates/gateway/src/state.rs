@@ -162,9 +162,9 @@ impl Gateway {
             })
             .collect::<Vec<_>>();
         let snapshot = build_snapshot(&parts.store, &parts.bundle, &route_entities).await?;
-        check_vault_routes(
+        Gateway::check_vault_routes(
             &config,
-            &snapshot,
+            &parts.bundle,
             parts.vault.as_deref(),
             parts.captures.is_some(),
         )?;
@@ -256,60 +256,64 @@ impl Gateway {
     }
 }
 
-/// Refuses to start when a route's credential cannot be served: no vault, an
-/// unknown secret, or a policy schema without `use_secret`. Also tells the
-/// vault which secrets are in use, so they cannot be deleted under the routes.
-fn check_vault_routes(
-    config: &Config,
-    snapshot: &Snapshot,
-    vault: Option<&Vault>,
-    capturing: bool,
-) -> Result<(), GatewayError> {
-    let problem = |route: &str, problem: String| GatewayError::Vault {
-        route: route.to_string(),
-        problem,
-    };
-    let mut in_use = std::collections::HashSet::new();
-    for route in &config.routes {
-        if route.capture.is_some() && !capturing {
-            return Err(problem(
-                &route.name,
-                "payload capture needs the vault: set PORTCULLIS_KEK_FILE or PORTCULLIS_KEK".into(),
-            ));
-        }
-        let Some(credential) = &route.credential else {
-            continue;
+impl Gateway {
+    /// Refuses to start when a route's credential cannot be served: no vault, an
+    /// unknown secret, or a policy schema without `use_secret`. Also tells the
+    /// vault which secrets are in use, so they cannot be deleted under the routes.
+    /// `serve` calls it before binding any port; [`Gateway::new`] again.
+    pub fn check_vault_routes(
+        config: &Config,
+        bundle: &PolicyBundle,
+        vault: Option<&Vault>,
+        capturing: bool,
+    ) -> Result<(), GatewayError> {
+        let problem = |route: &str, problem: String| GatewayError::Vault {
+            route: route.to_string(),
+            problem,
         };
-        let Some(vault) = vault else {
-            return Err(problem(
-                &route.name,
-                format!(
-                    "credential `{}` needs the vault: set PORTCULLIS_KEK_FILE or PORTCULLIS_KEK",
-                    credential.secret
-                ),
-            ));
-        };
-        if !vault.has_secret(&credential.secret) {
-            return Err(problem(
-                &route.name,
-                format!(
-                    "unknown secret `{}`: store it first with `portcullis secret put {}`",
-                    credential.secret, credential.secret
-                ),
-            ));
-        }
-        if !snapshot.authorizer.supports_secrets() {
-            return Err(problem(
+        let mut in_use = std::collections::HashSet::new();
+        for route in &config.routes {
+            if route.capture.is_some() && !capturing {
+                return Err(problem(
+                    &route.name,
+                    "payload capture needs the vault: set PORTCULLIS_KEK_FILE or PORTCULLIS_KEK"
+                        .into(),
+                ));
+            }
+            let Some(credential) = &route.credential else {
+                continue;
+            };
+            let Some(vault) = vault else {
+                return Err(problem(
+                    &route.name,
+                    format!(
+                        "credential `{}` needs the vault: set PORTCULLIS_KEK_FILE or PORTCULLIS_KEK",
+                        credential.secret
+                    ),
+                ));
+            };
+            if !vault.has_secret(&credential.secret) {
+                return Err(problem(
+                    &route.name,
+                    format!(
+                        "unknown secret `{}`: store it first with `portcullis secret put {}`",
+                        credential.secret, credential.secret
+                    ),
+                ));
+            }
+            if !bundle.supports_secrets() {
+                return Err(problem(
                 &route.name,
                 "the policy schema has no `Action::\"use_secret\"` (copy it from the shipped schema.cedarschema)".into(),
             ));
+            }
+            in_use.insert(credential.secret.clone());
         }
-        in_use.insert(credential.secret.clone());
+        if let Some(vault) = vault {
+            vault.set_in_use(in_use);
+        }
+        Ok(())
     }
-    if let Some(vault) = vault {
-        vault.set_in_use(in_use);
-    }
-    Ok(())
 }
 
 async fn build_snapshot(
