@@ -290,6 +290,10 @@ async fn vault_status(
 ) -> Result<Response, ApiError> {
     let vault = vault(&state, &call)?;
     let list = vault.list().await.map_err(|e| vault_error(&call, e))?;
+    let kek_version = vault
+        .kek_version()
+        .await
+        .map_err(|e| vault_error(&call, e))?;
     let overdue: Vec<&str> = list
         .iter()
         .filter(|s| s.overdue)
@@ -299,6 +303,7 @@ async fn vault_status(
         StatusCode::OK,
         &serde_json::json!({
             "kek_fingerprint": vault.kek_fingerprint(),
+            "kek_version": kek_version,
             "secrets": list.len(),
             "overdue": overdue,
             "transit_keys": vault.transit_list().len(),

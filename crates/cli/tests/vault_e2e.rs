@@ -18,13 +18,15 @@ const POLICIES: &str = r#"
 @id("write") permit(principal in Role::"writer", action in Action::"write", resource);
 @id("team-a-secrets") permit(principal in Role::"team-a", action == Action::"use_secret", resource)
   when { resource == Secret::"upstream-key" || resource == Secret::"jira-pass" };
-@id("team-b-maps") permit(principal in Role::"team-b", action == Action::"use_secret", resource == Secret::"maps-key");
+@id("team-b-keys") permit(principal in Role::"team-b", action == Action::"use_secret", resource)
+  when { resource == Secret::"maps-key" || resource == Secret::"bob-key" };
 "#;
 
 const HEADER_SECRET: &str = "sk-live-HEADERSECRET-8f3a9c";
 const HEADER_SECRET_2: &str = "sk-live-ROTATEDSECRET-77d1e0";
 const QUERY_SECRET: &str = "mapsQUERYSECRET4411";
 const BASIC_SECRET: &str = "jiraBASICSECRET-0c9e";
+const BOB_SECRET: &str = "sk-team-b-BOBSECRET-5521";
 
 fn write_kek(path: &Path, byte: u8) {
     use std::os::unix::fs::PermissionsExt;
@@ -164,6 +166,14 @@ async fn credentials_are_injected_by_policy_and_never_written_in_plaintext() {
         "--from-file",
         value_file.to_str().unwrap(),
     ]));
+    std::fs::write(&value_file, BOB_SECRET).unwrap();
+    ok(server.cli(&[
+        "secret",
+        "put",
+        "bob-key",
+        "--from-file",
+        value_file.to_str().unwrap(),
+    ]));
     std::fs::remove_file(&value_file).unwrap();
 
     // 2. A route naming an unknown secret is refused at start, before binding.
@@ -181,7 +191,7 @@ async fn credentials_are_injected_by_policy_and_never_written_in_plaintext() {
     // 3. Restart with the credential routes.
     let routes = [
         format!(
-            "{}credential = {{ secret = \"upstream-key\", header = \"Authorization\", format = \"Bearer {{}}\" }}\ncapture = {{ retention = \"1d\" }}\n",
+            "{}credential = {{ secrets = [\"upstream-key\", \"bob-key\"], header = \"Authorization\", format = \"Bearer {{}}\" }}\ncapture = {{ retention = \"1d\" }}\n",
             route("hdr", "/hdr", &format!("http://{upstream}"), "public")
         ),
         format!(
@@ -206,6 +216,8 @@ async fn credentials_are_injected_by_policy_and_never_written_in_plaintext() {
     let (b_cert, b_key) = server.create_agent("bob", &["reader", "team-b"]);
     let alice = client(&server.ca_pem(), Some((&a_cert, &a_key)));
     let bob = client(&server.ca_pem(), Some((&b_cert, &b_key)));
+    let (c_cert, c_key) = server.create_agent("carol", &["reader"]);
+    let carol = client(&server.ca_pem(), Some((&c_cert, &c_key)));
 
     // Header form; the agent's own Authorization never reaches the upstream.
     let r = alice
@@ -220,8 +232,15 @@ async fn credentials_are_injected_by_policy_and_never_written_in_plaintext() {
         body["headers"]["authorization"],
         format!("Bearer {HEADER_SECRET}")
     );
-    // Same route, another agent: policy grants bob no use of this secret.
+    // Same route, another agent: policy gives bob his team's key instead.
     let r = bob.get(server.url("/hdr/x")).send().await.unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body["headers"]["authorization"],
+        format!("Bearer {BOB_SECRET}")
+    );
+    // And carol, allowed the route but no secret, is refused before forwarding.
+    let r = carol.get(server.url("/hdr/x")).send().await.unwrap();
     let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
     let (status, err) = error_of(r).await;
     assert_eq!(status, 403);
@@ -372,14 +391,20 @@ async fn credentials_are_injected_by_policy_and_never_written_in_plaintext() {
         );
     }
     assert!(logs.contains("portcullis is up"), "the log was captured");
-    let needles: Vec<Vec<u8>> = [HEADER_SECRET, HEADER_SECRET_2, QUERY_SECRET, BASIC_SECRET]
-        .iter()
-        .map(|s| s.as_bytes().to_vec())
-        .chain([
-            expect.as_bytes().to_vec(),
-            b"conversation-body-XYZ".to_vec(),
-        ])
-        .collect();
+    let needles: Vec<Vec<u8>> = [
+        HEADER_SECRET,
+        HEADER_SECRET_2,
+        QUERY_SECRET,
+        BASIC_SECRET,
+        BOB_SECRET,
+    ]
+    .iter()
+    .map(|s| s.as_bytes().to_vec())
+    .chain([
+        expect.as_bytes().to_vec(),
+        b"conversation-body-XYZ".to_vec(),
+    ])
+    .collect();
     for needle in &needles {
         let shown = String::from_utf8_lossy(needle);
         assert!(

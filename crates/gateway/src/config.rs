@@ -151,7 +151,8 @@ pub struct RawRoute {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawCredential {
-    secret: String,
+    secret: Option<String>,
+    secrets: Option<Vec<String>>,
     header: Option<String>,
     format: Option<String>,
     query: Option<String>,
@@ -176,12 +177,17 @@ pub enum Injection {
     Basic(String),
 }
 
+/// Most secrets one route may choose between.
+pub const MAX_ROUTE_SECRETS: usize = 16;
+
 /// A validated route credential.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "RawCredential")]
 pub struct Credential {
-    /// The vault secret's name (the Cedar resource `Secret::"<name>"`).
-    pub secret: String,
+    /// The vault secrets' names (each the Cedar resource `Secret::"<name>"`),
+    /// in order: a request gets the first one policy lets its agent use, so
+    /// agents sharing a route can have different upstream credentials.
+    pub secrets: Vec<String>,
     /// Where it goes.
     pub injection: Injection,
 }
@@ -211,11 +217,23 @@ impl TryFrom<RawCredential> for Credential {
     type Error = String;
 
     fn try_from(raw: RawCredential) -> Result<Self, String> {
-        if !is_valid_name(&raw.secret) {
-            return Err(format!(
-                "invalid secret name `{}`: use 1-64 characters of a-z, 0-9, `.`, `_` or `-`",
-                raw.secret
-            ));
+        let secrets = match (raw.secret, raw.secrets) {
+            (Some(one), None) => vec![one],
+            (None, Some(many)) if !many.is_empty() && many.len() <= MAX_ROUTE_SECRETS => many,
+            (None, Some(_)) => {
+                return Err(format!("`secrets` needs 1 to {MAX_ROUTE_SECRETS} names"));
+            }
+            _ => return Err("a credential needs exactly one of `secret` or `secrets`".into()),
+        };
+        for (i, name) in secrets.iter().enumerate() {
+            if !is_valid_name(name) {
+                return Err(format!(
+                    "invalid secret name `{name}`: use 1-64 characters of a-z, 0-9, `.`, `_` or `-`"
+                ));
+            }
+            if secrets[..i].contains(name) {
+                return Err(format!("secret `{name}` is listed twice"));
+            }
         }
         let forms = [
             raw.header.is_some(),
@@ -279,10 +297,7 @@ impl TryFrom<RawCredential> for Credential {
             }
             Injection::Basic(user)
         };
-        Ok(Credential {
-            secret: raw.secret,
-            injection,
-        })
+        Ok(Credential { secrets, injection })
     }
 }
 
@@ -838,6 +853,8 @@ classification = "internal"
                 suffix: String::new()
             }
         );
+        let r = ok(r#"credential = { secrets = ["team-a", "team-b"], query = "key" }"#);
+        assert_eq!(r.credential.as_ref().unwrap().secrets, ["team-a", "team-b"]);
         let r = ok(r#"credential = { secret = "maps", query = "key" }"#);
         assert_eq!(
             r.credential.unwrap().injection,
@@ -858,6 +875,19 @@ classification = "internal"
         );
         for (extra, expect) in [
             (r#"credential = { secret = "k" }"#, "exactly one of"),
+            (r#"credential = { header = "x" }"#, "`secret` or `secrets`"),
+            (
+                r#"credential = { secret = "k", secrets = ["j"], header = "x" }"#,
+                "`secret` or `secrets`",
+            ),
+            (
+                r#"credential = { secrets = [], header = "x" }"#,
+                "needs 1 to 16",
+            ),
+            (
+                r#"credential = { secrets = ["a", "a"], header = "x" }"#,
+                "listed twice",
+            ),
             (
                 r#"credential = { secret = "k", header = "x", query = "y" }"#,
                 "exactly one of",

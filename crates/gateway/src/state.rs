@@ -288,18 +288,20 @@ impl Gateway {
                     &route.name,
                     format!(
                         "credential `{}` needs the vault: set PORTCULLIS_KEK_FILE or PORTCULLIS_KEK",
-                        credential.secret
+                        credential.secrets.join("`, `")
                     ),
                 ));
             };
-            if !vault.has_secret(&credential.secret) {
-                return Err(problem(
-                    &route.name,
-                    format!(
-                        "unknown secret `{}`: store it first with `portcullis secret put {}`",
-                        credential.secret, credential.secret
-                    ),
-                ));
+            for secret in &credential.secrets {
+                if !vault.has_secret(secret) {
+                    return Err(problem(
+                        &route.name,
+                        format!(
+                            "unknown secret `{secret}`: store it first with `portcullis secret put {secret}`"
+                        ),
+                    ));
+                }
+                in_use.insert(secret.clone());
             }
             if !bundle.supports_secrets() {
                 return Err(problem(
@@ -307,7 +309,6 @@ impl Gateway {
                 "the policy schema has no `Action::\"use_secret\"` (copy it from the shipped schema.cedarschema)".into(),
             ));
             }
-            in_use.insert(credential.secret.clone());
         }
         if let Some(vault) = vault {
             vault.set_in_use(in_use);

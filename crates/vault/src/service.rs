@@ -329,6 +329,11 @@ impl Vault {
         self.kek.load().fingerprint().to_string()
     }
 
+    /// The KEK's version: 1 for the first KEK, incremented by every rekey.
+    pub async fn kek_version(&self) -> Result<i64, VaultError> {
+        Ok(self.store.kek_meta().await?.map_or(0, |m| m.kek_version))
+    }
+
     /// Names that routes reference: they cannot be deleted while configured.
     pub fn set_in_use(&self, names: HashSet<String>) {
         self.in_use.store(Arc::new(names));

@@ -363,3 +363,49 @@ async fn fernet_tokens_open_in_python_cryptography() {
         Err(VaultError::Transit(_))
     ));
 }
+
+/// A webhook hook: a one-shot HTTP server on loopback answers the new value.
+#[tokio::test]
+async fn webhook_hook_rotates() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        // Read until the JSON body has arrived (bounded).
+        for _ in 0..50 {
+            let n = tcp.read(&mut buf).await.unwrap();
+            request.extend_from_slice(&buf[..n]);
+            if n == 0 || request.ends_with(b"}") {
+                break;
+            }
+        }
+        let body = r#"{"value": "from-the-webhook"}"#;
+        let reply = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        tcp.write_all(reply.as_bytes()).await.unwrap();
+        String::from_utf8_lossy(&request).into_owned()
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let vault = open(&dir.path().join("db"), [1; 32]).await.unwrap();
+    let settings = SecretSettings {
+        hook: Some(portcullis_vault::RotationHook::Webhook(format!(
+            "http://{addr}/rotate"
+        ))),
+        ..Default::default()
+    };
+    vault.put("api", b"first", &settings).await.unwrap();
+    let info = vault.rotate("api", None, None).await.unwrap();
+    assert_eq!(info.version, 2);
+    assert_eq!(
+        vault.credential("api").unwrap().value.as_slice(),
+        b"from-the-webhook"
+    );
+    let request = server.await.unwrap();
+    assert!(request.contains(r#""secret":"api""#), "{request}");
+    assert!(request.contains(r#""version":2"#), "{request}");
+}

@@ -106,7 +106,7 @@ impl Forwarder {
             Denial::new(ErrorCode::Internal, "internal error")
         })?;
         let DecodedRequest { parts, body } = request;
-        let query = match injected.map(|i| (&i.credential.injection, &i.value.value)) {
+        let query = match injected.map(|i| (&i.injection, &i.value.value)) {
             Some((Injection::Query(name), value)) => {
                 Some(query_with(parts.uri.query(), name, value))
             }
@@ -181,7 +181,7 @@ impl Forwarder {
 fn inject_header(headers: &mut HeaderMap, injected: &Injected, route: &str) -> Result<(), Denial> {
     use base64::Engine;
     let value = &injected.value.value;
-    let (name, bytes) = match &injected.credential.injection {
+    let (name, bytes) = match &injected.injection {
         Injection::Header {
             name,
             prefix,
@@ -212,7 +212,7 @@ fn inject_header(headers: &mut HeaderMap, injected: &Injected, route: &str) -> R
         Injection::Query(_) => return Ok(()),
     };
     let mut header_value = HeaderValue::from_bytes(&bytes).map_err(|_| {
-        tracing::error!(route = %route, secret = %injected.credential.secret, "secret value is not valid in an HTTP header");
+        tracing::error!(route = %route, secret = %injected.secret, "secret value is not valid in an HTTP header");
         Denial::new(
             ErrorCode::SecretUnavailable,
             format!("the upstream credential of route `{route}` cannot be used; see the server log"),
@@ -379,13 +379,10 @@ mod tests {
 
     #[test]
     fn header_credentials_and_the_agents_authorization() {
-        use crate::config::Credential;
         use portcullis_vault::Plain;
         let injected = |injection| Injected {
-            credential: Credential {
-                secret: "k".into(),
-                injection,
-            },
+            secret: "k".into(),
+            injection,
             value: Arc::new(Plain {
                 version: 1,
                 value: zeroize::Zeroizing::new(b"sk-123".to_vec()),

@@ -171,7 +171,7 @@ async fn run(
         None => None,
         Some(credential) => {
             let t = Instant::now();
-            let decision = inject::authorize(
+            let choice = inject::authorize(
                 &snapshot.authorizer,
                 &identity,
                 &context,
@@ -180,13 +180,19 @@ async fn run(
             );
             {
                 let record = recorder.record();
-                record.policies.extend(decision.policy_ids.iter().cloned());
-                if !decision.allowed {
+                record.policies.extend(choice.policy_ids.iter().cloned());
+                if choice.secret.is_none() {
                     record.outcome = Outcome::Deny;
                 }
             }
-            let injected = inject::enforce(&decision, credential)
-                .and_then(|()| inject::fetch(gateway.vault.as_deref(), &context, credential));
+            let injected = inject::enforce(&choice, credential).and_then(|secret| {
+                inject::fetch(
+                    gateway.vault.as_deref(),
+                    &context,
+                    secret,
+                    &credential.injection,
+                )
+            });
             metrics.stage(Stage::Inject, t.elapsed());
             Some(injected?)
         }
