@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod audit_api;
 mod auth;
 mod vault_api;
 

@@ -3,6 +3,7 @@
 //! work offline).
 #![forbid(unsafe_code)]
 
+mod audit_cmd;
 mod client;
 mod commands;
 mod serve;

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use portcullis_admin::{AdminState, RemoteAddr};
 use portcullis_gateway::audit_sink::AuditWriter;
+use portcullis_gateway::checkpointer::{Checkpointer, LogSigner};
 use portcullis_gateway::config::{Config, PolicySource, Upstream};
 use portcullis_gateway::listener::{self, ConnectionInfo};
 use portcullis_gateway::metrics::Metrics;
@@ -117,7 +118,34 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     };
 
     let metrics = Arc::new(Metrics::new());
-    let (sink, writer) = AuditWriter::start(store.clone(), metrics.clone());
+    let signer = LogSigner::new(load_or_create_log_key(&state)?, &config.audit.origin)?;
+    write_public(
+        &state.audit_verifier_key(),
+        format!("{}\n", signer.verifier()).as_bytes(),
+    )?;
+    let appender = store
+        .audit_appender()
+        .await
+        .context("cannot open the audit log")?;
+    let (sink, writer) =
+        AuditWriter::start(appender, config.audit.fail_closed_after, metrics.clone());
+    let checkpointer = Arc::new(
+        Checkpointer::new(
+            store.clone(),
+            sink.clone(),
+            signer,
+            &config.audit,
+            upstream_tls.clone(),
+        )
+        .await?,
+    );
+    // Refuse to extend a log that no longer matches what was signed: the
+    // next checkpoint would otherwise sign over the tampering.
+    checkpointer.check_latest().await?;
+    let (checkpoint_stop, checkpoint_stopped) = watch::channel(false);
+    let checkpoint_task = checkpointer
+        .clone()
+        .spawn(config.audit.checkpoint_interval, checkpoint_stopped);
     let gateway = Gateway::new(GatewayParts {
         config: config.clone(),
         bundle: bundle.clone(),
@@ -140,6 +168,7 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         token_hashes: Arc::new(token_hashes),
         sink: sink.clone(),
         vault: vault.clone(),
+        checkpointer: checkpointer.clone(),
     });
     drop(sink);
 
@@ -196,9 +225,13 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     if let Some((capture_sink, task)) = capture_writer {
         drop(capture_sink);
         drop(vault);
-        let _ = task.await;
+        // Bounded: a capture still held by a stuck connection must not stop the exit.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
     }
     writer.finish().await;
+    // After the writer: the last checkpoint covers every record written.
+    let _ = checkpoint_stop.send(true);
+    let _ = checkpoint_task.await;
     store.close().await;
     tracing::info!("stopped");
     Ok(())
@@ -386,6 +419,27 @@ async fn ensure_admin_token(state: &StateDir, store: &Store) -> Result<Vec<Strin
         tracing::info!(file = %path.display(), "wrote a new admin credential");
     }
     Ok(store.admin_token_hashes().await?)
+}
+
+/// The Ed25519 key that signs the audit log's checkpoints: 32 random bytes,
+/// hex, in a file only the owner can read. Losing it does not break the log
+/// (old checkpoints still verify with the published key), but a new key
+/// needs auditors to trust it anew.
+fn load_or_create_log_key(state: &StateDir) -> Result<ed25519_dalek::SigningKey> {
+    let path = state.audit_key();
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read `{}`", path.display()))?;
+        let seed: [u8; 32] = hex::decode(text.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .with_context(|| format!("`{}` is not 32 bytes of hex", path.display()))?;
+        return Ok(ed25519_dalek::SigningKey::from_bytes(&seed));
+    }
+    let seed: [u8; 32] = rand::random();
+    write_secret(&path, format!("{}\n", hex::encode(seed)).as_bytes())?;
+    tracing::info!(file = %path.display(), "generated the audit log signing key");
+    Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
 }
 
 fn upstream_tls(ca_pem: &str) -> Result<rustls::ClientConfig> {

@@ -59,6 +59,14 @@ impl StateDir {
     pub fn gateway_url(&self) -> PathBuf {
         self.root.join("gateway.url")
     }
+    /// The audit log's checkpoint signing key (secret, 0600).
+    pub fn audit_key(&self) -> PathBuf {
+        self.root.join("audit.key")
+    }
+    /// The audit log's verifier key (public): what auditors pin.
+    pub fn audit_verifier_key(&self) -> PathBuf {
+        self.root.join("audit.pub")
+    }
     /// The default policy directory.
     pub fn policies(&self) -> PathBuf {
         self.root.join("policies")

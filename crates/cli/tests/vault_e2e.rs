@@ -293,6 +293,11 @@ async fn credentials_are_injected_by_policy_and_never_written_in_plaintext() {
         shown["request_sha256"],
         hex::encode(sha2::Sha256::digest(b"conversation-body-XYZ"))
     );
+    // The audit log keeps the same digests (and no body): the sealed capture
+    // can be checked against the tamper-evident record.
+    let record = server.audit_record(&id);
+    assert_eq!(record["request_sha256"], shown["request_sha256"]);
+    assert_eq!(record["response_sha256"], shown["response_sha256"]);
 
     // Rotation: the next request uses the new version.
     std::fs::write(&value_file, HEADER_SECRET_2).unwrap();

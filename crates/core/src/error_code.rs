@@ -38,6 +38,9 @@ pub enum ErrorCode {
     SecretUnavailable,
     /// A transit token is not valid for any version of the named key.
     InvalidCiphertext,
+    /// The audit log cannot be written, so the request is refused rather than
+    /// served unrecorded (fail closed).
+    AuditUnavailable,
 }
 
 impl ErrorCode {
@@ -61,6 +64,7 @@ impl ErrorCode {
             ErrorCode::VaultUnavailable => "vault_unavailable",
             ErrorCode::SecretUnavailable => "secret_unavailable",
             ErrorCode::InvalidCiphertext => "invalid_ciphertext",
+            ErrorCode::AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -79,9 +83,10 @@ impl ErrorCode {
             ErrorCode::UpstreamUnavailable => 502,
             ErrorCode::UpstreamTimeout => 504,
             ErrorCode::Internal => 500,
-            ErrorCode::Unavailable | ErrorCode::VaultUnavailable | ErrorCode::SecretUnavailable => {
-                503
-            }
+            ErrorCode::Unavailable
+            | ErrorCode::AuditUnavailable
+            | ErrorCode::VaultUnavailable
+            | ErrorCode::SecretUnavailable => 503,
         }
     }
 }
@@ -110,6 +115,7 @@ mod tests {
             ErrorCode::VaultUnavailable,
             ErrorCode::SecretUnavailable,
             ErrorCode::InvalidCiphertext,
+            ErrorCode::AuditUnavailable,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {

@@ -52,6 +52,9 @@ pub struct RawConfig {
     /// `[store]`: the database.
     #[serde(default)]
     pub store: RawStore,
+    /// `[audit]`: the tamper-evident log.
+    #[serde(default)]
+    pub audit: RawAudit,
     /// `[[routes]]`: what the gateway forwards where.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
@@ -119,6 +122,27 @@ pub struct RawStore {
     pub url: Option<String>,
 }
 
+/// `[audit]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// The log's name in its checkpoints and the key name of its signature
+    /// (default `<trust domain>/audit`). No whitespace and no `+`.
+    #[serde(default, deserialize_with = "opt_origin")]
+    pub origin: Option<String>,
+    /// How often a checkpoint is signed when there are new records (default 1000).
+    pub checkpoint_interval_ms: Option<u64>,
+    /// How long the log may fail or stall before data-plane requests are refused
+    /// with `audit_unavailable` (default 1000).
+    pub fail_closed_after_ms: Option<u64>,
+    /// A file each new checkpoint is appended to (relative to the config file),
+    /// ideally on storage the admin of this host does not control.
+    pub checkpoint_file: Option<PathBuf>,
+    /// An http(s) URL each new checkpoint is POSTed to (`text/plain` signed note).
+    #[serde(default, deserialize_with = "opt_webhook")]
+    pub checkpoint_webhook: Option<String>,
+}
+
 /// `[[routes]]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -145,6 +169,11 @@ pub struct RawRoute {
     /// Encrypted capture of request and response bodies.
     #[serde(default)]
     pub capture: Option<CaptureConfig>,
+    /// Serve this route even while the audit log cannot be written (records are
+    /// kept in memory, written later and marked `fail_open`). Default false:
+    /// fail closed.
+    #[serde(default)]
+    pub audit_fail_open: bool,
 }
 
 /// `credential = { secret = "…", … }` as written.
@@ -508,6 +537,29 @@ fn opt_trust_domain<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D
     Ok(Some(s))
 }
 
+fn opt_origin<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    if !portcullis_audit::note::is_valid_key_name(&s) {
+        return Err(serde::de::Error::custom(format!(
+            "invalid audit origin `{s}`: it must be non-empty, without whitespace or `+`"
+        )));
+    }
+    Ok(Some(s))
+}
+
+fn opt_webhook<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|_| serde::de::Error::custom(format!("invalid webhook URL `{s}`")))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(serde::de::Error::custom(format!(
+            "invalid webhook URL `{s}`: use http:// or https://"
+        )));
+    }
+    Ok(Some(s))
+}
+
 fn opt_store_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let s = String::deserialize(d)?;
     if !s.starts_with("sqlite:") {
@@ -535,6 +587,23 @@ pub struct RouteConfig {
     pub credential: Option<Credential>,
     /// Encrypted payload capture.
     pub capture: Option<CaptureConfig>,
+    /// Serve while the audit log cannot be written.
+    pub audit_fail_open: bool,
+}
+
+/// The audit log's settings.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Checkpoint origin and signing key name.
+    pub origin: String,
+    /// Checkpoint signing interval.
+    pub checkpoint_interval: Duration,
+    /// How long the log may fail before requests are refused.
+    pub fail_closed_after: Duration,
+    /// File every checkpoint is appended to.
+    pub checkpoint_file: Option<PathBuf>,
+    /// URL every checkpoint is POSTed to.
+    pub checkpoint_webhook: Option<String>,
 }
 
 /// Where the policies come from.
@@ -567,6 +636,8 @@ pub struct Config {
     pub upstream_timeout: Duration,
     /// Database URL, when not the default file in the state directory.
     pub store_url: Option<String>,
+    /// The audit log.
+    pub audit: AuditConfig,
     /// Routes, in file order.
     pub routes: Vec<RouteConfig>,
 }
@@ -605,6 +676,7 @@ impl Config {
             classification,
             credential: None,
             capture: None,
+            audit_fail_open: false,
         };
         Config {
             routes: vec![
@@ -663,6 +735,11 @@ impl Config {
                 "key `limits.upstream_timeout_ms`: must be greater than 0".into(),
             ));
         }
+        if raw.audit.checkpoint_interval_ms == Some(0) {
+            return Err(invalid(
+                "key `audit.checkpoint_interval_ms`: must be greater than 0".into(),
+            ));
+        }
         if raw.gateway.max_connections == Some(0) {
             return Err(invalid(
                 "key `gateway.max_connections`: must be greater than 0".into(),
@@ -682,7 +759,27 @@ impl Config {
 
     fn from_raw_unchecked(raw: RawConfig, base: &Path) -> Self {
         let parse_addr = |s: &str| s.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let trust_domain = raw
+            .identity
+            .trust_domain
+            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_string());
+        let relative = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let audit = AuditConfig {
+            origin: raw
+                .audit
+                .origin
+                .unwrap_or_else(|| format!("{trust_domain}/audit")),
+            checkpoint_interval: Duration::from_millis(
+                raw.audit.checkpoint_interval_ms.unwrap_or(1000),
+            ),
+            fail_closed_after: Duration::from_millis(
+                raw.audit.fail_closed_after_ms.unwrap_or(1000),
+            ),
+            checkpoint_file: raw.audit.checkpoint_file.map(relative),
+            checkpoint_webhook: raw.audit.checkpoint_webhook,
+        };
         Config {
+            audit,
             gateway_listen: raw
                 .gateway
                 .listen
@@ -696,10 +793,7 @@ impl Config {
                 .max_connections
                 .unwrap_or(DEFAULT_MAX_CONNECTIONS),
             server_names: raw.gateway.server_names,
-            trust_domain: raw
-                .identity
-                .trust_domain
-                .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_string()),
+            trust_domain,
             policy: match raw.policy.dir {
                 Some(dir) if dir.is_absolute() => PolicySource::Dir(dir),
                 Some(dir) => PolicySource::Dir(base.join(dir)),
@@ -723,6 +817,7 @@ impl Config {
                     classification: r.classification,
                     credential: r.credential,
                     capture: r.capture,
+                    audit_fail_open: r.audit_fail_open,
                 })
                 .collect(),
         }

@@ -62,6 +62,7 @@ mod tests {
                 classification: Classification::Public,
                 credential: None,
                 capture: None,
+                audit_fail_open: false,
             })
             .collect();
         RouteTable::new(&routes)

@@ -6,7 +6,8 @@
 //! accept        (listener.rs) TLS termination, connection limits, timeouts
 //! decode        size limit, path safety, audit back-pressure
 //! authenticate  client certificate → live agent (directory check, expiry)
-//! contextualize route (resource), method (action), time, source address
+//! contextualize route (resource), method (action), time, source address;
+//!               then the fail-closed check: is the audit log writable?
 //! authorize     Cedar decision: allow, or 403 naming the deciding policies
 //! inject        routes with a credential: `use_secret` decision, value from the vault
 //! forward       upstream call with timeout, streaming both ways (and payload capture)
@@ -36,7 +37,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use portcullis_audit::{AuditRecord, Outcome, RecordKind};
-use portcullis_core::RequestId;
+use portcullis_core::{ErrorCode, RequestId};
 
 use crate::body::{BodyMeter, CLIENT_CLOSED, RecordedBody, Recorder};
 use crate::metrics::Stage;
@@ -57,24 +58,17 @@ pub async fn handle(
     let meter = Arc::new(BodyMeter::default());
     let mut recorder = Recorder::new(
         AuditRecord {
-            seq: None,
             time_ms: now.as_millis() as i64,
             kind: RecordKind::Request,
             request_id: request_id.to_string(),
-            principal: None,
-            credential: None,
             source_ip: Some(conn.remote.ip().to_string()),
             action: request.method().as_str().to_string(),
-            resource: None,
             path: Some(request.uri().path().to_string()),
             outcome: Outcome::Deny,
-            policies: Vec::new(),
             // What the record says if the client goes away before we answer.
             error_code: Some("client_closed".into()),
             status: CLIENT_CLOSED,
-            duration_us: 0,
-            bytes_in: 0,
-            bytes_out: 0,
+            ..AuditRecord::default()
         },
         started,
         meter.clone(),
@@ -152,7 +146,23 @@ async fn run(
     let context = contextualize::run(&gateway.routes, &decoded, conn.remote.ip(), now_epoch);
     metrics.stage(Stage::Contextualize, t.elapsed());
     let context = context?;
-    recorder.record().resource = Some(context.route.name.clone());
+    {
+        let record = recorder.record();
+        record.resource = Some(context.route.name.clone());
+        record.classification = Some(context.route.classification.as_str().to_string());
+    }
+
+    // Fail closed: a request that cannot be recorded is not served, unless its
+    // route says otherwise (and then its record says so).
+    if !gateway.sink.writable() {
+        if !context.route.audit_fail_open {
+            return Err(Denial::new(
+                ErrorCode::AuditUnavailable,
+                "the audit log cannot be written; the request was refused rather than served unrecorded",
+            ));
+        }
+        recorder.record().fail_open = true;
+    }
 
     let t = Instant::now();
     let decision = authorize::run(&snapshot.authorizer, &identity, &context, &conn.source_ip);
