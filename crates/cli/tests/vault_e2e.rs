@@ -475,3 +475,80 @@ async fn without_a_kek_a_config_file_server_has_the_vault_off() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("vault_unavailable"));
     assert!(!server.state_dir().join("vault.kek").exists());
 }
+
+/// A corrupted ciphertext fails only the route that injects it, with
+/// `secret_unavailable`; the rest of the vault keeps working.
+#[tokio::test(flavor = "multi_thread")]
+async fn corrupted_ciphertext_fails_one_route_only() {
+    install_crypto();
+    let (upstream, _) = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let kek = outside.path().join("kek");
+    write_kek(&kek, 0x17);
+    let kek_str = kek.to_str().unwrap().to_string();
+    let cfg = write_config(
+        dir.path(),
+        &route("plain", "/plain", &format!("http://{upstream}"), "public"),
+    );
+    let k = kek_str.clone();
+    let server = tokio::task::spawn_blocking(move || {
+        Server::start_with_env(dir, Some(&cfg), &[("PORTCULLIS_KEK_FILE", &k)])
+    })
+    .await
+    .unwrap();
+    for (name, value) in [("upstream-key", HEADER_SECRET), ("jira-pass", BASIC_SECRET)] {
+        let out = Command::new(BIN)
+            .args(["secret", "put", name, "--from-env", "V", "--state-dir"])
+            .arg(server.state_dir())
+            .env("V", value)
+            .output()
+            .unwrap();
+        ok(out);
+    }
+    let dir = server.into_dir();
+    // Damage one stored ciphertext behind the server's back.
+    let db = dir.path().join("state").join("portcullis.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "UPDATE secret_versions SET ciphertext = CAST(zeroblob(48) AS BLOB) WHERE name = 'upstream-key'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let routes = [
+        format!(
+            "{}credential = {{ secret = \"upstream-key\", header = \"Authorization\", format = \"Bearer {{}}\" }}\n",
+            route("hdr", "/hdr", &format!("http://{upstream}"), "public")
+        ),
+        format!(
+            "{}credential = {{ secret = \"jira-pass\", username = \"bot\" }}\n",
+            route("basic", "/basic", &format!("http://{upstream}"), "public")
+        ),
+    ]
+    .join("\n");
+    let cfg = write_config(dir.path(), &routes);
+    let k = kek_str.clone();
+    let server = tokio::task::spawn_blocking(move || {
+        Server::start_with_env(dir, Some(&cfg), &[("PORTCULLIS_KEK_FILE", &k)])
+    })
+    .await
+    .unwrap();
+    let (cert, key) = server.create_agent("alice", &["reader", "team-a"]);
+    let alice = client(&server.ca_pem(), Some((&cert, &key)));
+    let r = alice.get(server.url("/hdr/x")).send().await.unwrap();
+    let (status, err) = error_of(r).await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (503, Some("secret_unavailable"))
+    );
+    let r = alice.get(server.url("/basic/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let logs = server.stderr.lock().unwrap().clone();
+    assert!(logs.contains("failed authentication"), "{logs}");
+    assert!(!logs.contains(HEADER_SECRET) && !logs.contains(BASIC_SECRET));
+}
