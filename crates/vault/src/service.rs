@@ -17,7 +17,7 @@ use portcullis_store::{
     TransitVersionRow,
 };
 use serde::Serialize;
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, RwLock, mpsc};
 use zeroize::Zeroizing;
 
 use crate::cache::{Plain, ValueCache};
@@ -194,6 +194,9 @@ pub struct Vault {
     cache: ValueCache,
     // Serialises snapshot rebuilds so an older read never replaces a newer one.
     reload_lock: Mutex<()>,
+    // Writers that seal under the current KEK hold it shared; rekey holds it
+    // exclusively, so no row is sealed under a KEK that is being replaced.
+    sealing: RwLock<()>,
     http: reqwest::Client,
     in_use: ArcSwap<HashSet<String>>,
 }
@@ -317,6 +320,7 @@ impl Vault {
             state: ArcSwap::from_pointee(State::default()),
             cache: ValueCache::new(cache_ttl),
             reload_lock: Mutex::new(()),
+            sealing: RwLock::new(()),
             http,
             in_use: ArcSwap::from_pointee(HashSet::new()),
         };
@@ -453,6 +457,9 @@ impl Vault {
                 .as_ref()
                 .map(|h| serde_json::to_string(h).unwrap_or_default()),
         };
+        // Held until the sealed value is stored: a rekey cannot commit in
+        // between and leave this row wrapped under the retired KEK.
+        let _sealing = self.sealing.read().await;
         let kek = self.kek.load_full();
         let sealed = to_row(&kek, envelope::seal(&kek, &secret_aad(name, 1), value));
         self.store
@@ -535,6 +542,9 @@ impl Vault {
             }
         };
         check_value(value)?;
+        // Held until the sealed value is stored: a rekey cannot commit in
+        // between and leave this row wrapped under the retired KEK.
+        let _sealing = self.sealing.read().await;
         let kek = self.kek.load_full();
         let sealed = to_row(&kek, envelope::seal(&kek, &secret_aad(name, next), value));
         let now = now_s();
@@ -598,6 +608,7 @@ impl Vault {
     /// snapshot, which stays valid because ciphertexts do not change. If any
     /// key fails to unwrap under the current KEK, nothing is written.
     pub async fn rekey(&self, new: Kek) -> Result<u64, VaultError> {
+        let _sealing = self.sealing.write().await;
         let old = self.kek.load_full();
         if old.fingerprint() == new.fingerprint() {
             return Err(VaultError::Invalid(
@@ -729,6 +740,9 @@ impl Vault {
             (None, true) => return Err(VaultError::NotFound(format!("transit key {name}"))),
             (Some(n), true) => n + 1,
         };
+        // Held until the sealed value is stored: a rekey cannot commit in
+        // between and leave this row wrapped under the retired KEK.
+        let _sealing = self.sealing.read().await;
         let kek = self.kek.load_full();
         let row = TransitVersionRow {
             name: name.to_string(),
@@ -807,6 +821,9 @@ impl Vault {
 
     /// Seals and stores captures (one data key each).
     pub async fn store_captures(&self, captures: &[Capture]) -> Result<(), VaultError> {
+        // Held until the sealed value is stored: a rekey cannot commit in
+        // between and leave this row wrapped under the retired KEK.
+        let _sealing = self.sealing.read().await;
         let kek = self.kek.load_full();
         let now = now_s();
         let rows: Vec<CaptureRow> = captures

@@ -409,3 +409,49 @@ async fn webhook_hook_rotates() {
     assert!(request.contains(r#""secret":"api""#), "{request}");
     assert!(request.contains(r#""version":2"#), "{request}");
 }
+
+/// Writes racing a rekey end up under the new KEK: nothing is left wrapped
+/// under the retired one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn writes_racing_a_rekey_stay_readable() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db");
+    let vault = open(&db, [1; 32]).await.unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let vault = vault.clone();
+        tasks.push(tokio::spawn(async move {
+            vault
+                .put(
+                    &format!("s{i}"),
+                    format!("value-{i}").as_bytes(),
+                    &SecretSettings::default(),
+                )
+                .await
+                .unwrap();
+            vault
+                .store_captures(&[portcullis_vault::Capture {
+                    request_id: format!("r{i}"),
+                    route: "x".into(),
+                    request: b"q".to_vec(),
+                    expires_at: i64::MAX,
+                    ..Default::default()
+                }])
+                .await
+                .unwrap();
+        }));
+    }
+    vault.rekey(Kek::from_bytes([5; 32])).await.unwrap();
+    for t in tasks {
+        t.await.unwrap();
+    }
+    drop(vault);
+    let vault = open(&db, [5; 32]).await.unwrap();
+    for i in 0..20 {
+        assert_eq!(
+            vault.credential(&format!("s{i}")).unwrap().value.as_slice(),
+            format!("value-{i}").as_bytes()
+        );
+        vault.capture(&format!("r{i}")).await.unwrap();
+    }
+}
