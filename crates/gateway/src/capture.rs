@@ -131,12 +131,16 @@ where
             // only loses the capture, never the request.
             && let Ok(mut pending) = handle.0.lock()
         {
+            let pending = &mut *pending;
             let tap = match side {
                 Side::Request => pending.request.as_mut(),
                 Side::Response => pending.response.as_mut(),
             };
             if let Some(tap) = tap {
-                tap.push(data);
+                // Kept bytes come out of the process-wide capture budget;
+                // past it, the body is digested but not kept.
+                let allowance = pending.sink.reserve(tap.room().min(data.len()));
+                tap.push_up_to(data, allowance);
             }
         }
         polled

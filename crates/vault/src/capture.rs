@@ -37,6 +37,13 @@ pub struct Capture {
     pub expires_at: i64,
 }
 
+impl Capture {
+    /// Bytes of body content held (what counts against the memory budget).
+    pub fn kept_bytes(&self) -> usize {
+        self.request.len() + self.response.len()
+    }
+}
+
 /// Streaming digest and bounded copy of one body.
 #[derive(Debug, Clone, Default)]
 pub struct BodyTap {
@@ -55,12 +62,23 @@ impl BodyTap {
         }
     }
 
-    /// Feeds one chunk.
+    /// Feeds one chunk, keeping as much as the limit allows.
     pub fn push(&mut self, chunk: &[u8]) {
+        self.push_up_to(chunk, usize::MAX);
+    }
+
+    /// How many bytes of the next chunk could be kept.
+    pub fn room(&self) -> usize {
+        self.limit.saturating_sub(self.kept.len())
+    }
+
+    /// Feeds one chunk, keeping at most `allowance` bytes of it (the rest is
+    /// only digested, and the capture will be marked truncated).
+    pub fn push_up_to(&mut self, chunk: &[u8], allowance: usize) {
         self.hasher.update(chunk);
         self.total += chunk.len() as u64;
-        let room = self.limit.saturating_sub(self.kept.len());
-        self.kept.extend_from_slice(&chunk[..room.min(chunk.len())]);
+        let keep = self.room().min(allowance).min(chunk.len());
+        self.kept.extend_from_slice(&chunk[..keep]);
     }
 
     /// (kept bytes, digest, total length, truncated).
@@ -123,6 +141,13 @@ mod tests {
         let (kept, digest, total, truncated) = tap.finish();
         assert_eq!((kept.as_slice(), total, truncated), (&b"abcd"[..], 7, true));
         assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(b"abcdefg")));
+        // An allowance below the room (the memory budget) keeps less.
+        let mut tap = BodyTap::new(100);
+        tap.push_up_to(b"abcdef", 2);
+        assert_eq!(tap.room(), 98);
+        let (kept, digest, total, truncated) = tap.finish();
+        assert_eq!((kept.as_slice(), total, truncated), (&b"ab"[..], 6, true));
+        assert_eq!(digest, <[u8; 32]>::from(Sha256::digest(b"abcdef")));
     }
 
     #[test]

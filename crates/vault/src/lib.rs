@@ -30,6 +30,7 @@ pub use capture::{BodyTap, Capture};
 pub use hook::RotationHook;
 pub use kek::{Kek, KekError};
 pub use service::{
-    CaptureSink, CaptureView, DEFAULT_CACHE_TTL, DEFAULT_GRACE_PERIOD_S, MAX_SECRET_BYTES,
-    Maintenance, SecretInfo, SecretSettings, TransitInfo, Vault, VaultError, VersionInfo,
+    CAPTURE_MEMORY_BUDGET, CaptureSink, CaptureView, DEFAULT_CACHE_TTL, DEFAULT_GRACE_PERIOD_S,
+    MAX_SECRET_BYTES, Maintenance, SecretInfo, SecretSettings, TransitInfo, Vault, VaultError,
+    VersionInfo,
 };

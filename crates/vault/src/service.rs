@@ -9,6 +9,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
@@ -35,6 +36,10 @@ pub const DEFAULT_GRACE_PERIOD_S: i64 = 24 * 3600;
 pub const MAX_SECRET_BYTES: usize = 64 * 1024;
 /// Captures waiting to be written beyond which new ones are dropped (logged).
 pub const CAPTURE_BACKLOG: usize = 10_000;
+/// Most captured body bytes held in memory at once (in flight and queued).
+/// Past it, bodies are still digested but not kept (the capture is marked
+/// truncated), so capture cannot exhaust memory under load.
+pub const CAPTURE_MEMORY_BUDGET: usize = 64 * 1024 * 1024;
 
 /// A vault operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -869,8 +874,24 @@ impl Vault {
     /// Starts the capture writer: captures are queued without waiting and
     /// sealed and written in batches off the request path.
     pub fn start_capture_writer(self: &Arc<Self>) -> (CaptureSink, tokio::task::JoinHandle<()>) {
+        self.start_capture_writer_with_budget(CAPTURE_MEMORY_BUDGET)
+    }
+
+    /// [`Self::start_capture_writer`] with another memory budget (bytes).
+    pub fn start_capture_writer_with_budget(
+        self: &Arc<Self>,
+        budget_bytes: usize,
+    ) -> (CaptureSink, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<Capture>(CAPTURE_BACKLOG);
         let vault = self.clone();
+        let budget = Arc::new(Budget {
+            used: AtomicUsize::new(0),
+            limit: budget_bytes,
+        });
+        let sink = CaptureSink {
+            tx,
+            budget: budget.clone(),
+        };
         let task = tokio::spawn(async move {
             let mut batch = Vec::new();
             while rx.recv_many(&mut batch, 256).await > 0 {
@@ -885,10 +906,23 @@ impl Vault {
                         }
                     }
                 }
+                budget.release(batch.iter().map(Capture::kept_bytes).sum());
                 batch.clear();
             }
         });
-        (CaptureSink { tx }, task)
+        (sink, task)
+    }
+}
+
+#[derive(Debug)]
+struct Budget {
+    used: AtomicUsize,
+    limit: usize,
+}
+
+impl Budget {
+    fn release(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::Relaxed);
     }
 }
 
@@ -898,18 +932,40 @@ impl Vault {
 #[derive(Debug, Clone)]
 pub struct CaptureSink {
     tx: mpsc::Sender<Capture>,
+    budget: Arc<Budget>,
 }
 
 impl CaptureSink {
-    /// Queues a capture.
+    /// Reserves up to `n` bytes of the capture memory budget; returns how many
+    /// may be kept. What is reserved is released once the capture is written
+    /// (or dropped).
+    pub fn reserve(&self, n: usize) -> usize {
+        let mut used = self.budget.used.load(Ordering::Relaxed);
+        loop {
+            let grant = n.min(self.budget.limit.saturating_sub(used));
+            if grant == 0 {
+                return 0;
+            }
+            match self.budget.used.compare_exchange_weak(
+                used,
+                used + grant,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return grant,
+                Err(now) => used = now,
+            }
+        }
+    }
+
+    /// Queues a capture whose kept bytes were reserved with [`Self::reserve`].
     pub fn submit(&self, capture: Capture) {
         if let Err(e) = self.tx.try_send(capture) {
-            let id = match &e {
-                mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => {
-                    c.request_id.clone()
-                }
+            let c = match e {
+                mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
             };
-            tracing::warn!(request_id = %id, "payload capture dropped: the capture writer is behind");
+            self.budget.release(c.kept_bytes());
+            tracing::warn!(request_id = %c.request_id, "payload capture dropped: the capture writer is behind");
         }
     }
 }

@@ -455,3 +455,32 @@ async fn writes_racing_a_rekey_stay_readable() {
         vault.capture(&format!("r{i}")).await.unwrap();
     }
 }
+
+/// Kept capture bytes come out of a shared budget that the writer gives back
+/// once the capture is stored.
+#[tokio::test]
+async fn capture_memory_budget_is_reserved_and_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let vault = open(&dir.path().join("db"), [1; 32]).await.unwrap();
+    let (sink, _task) = vault.start_capture_writer_with_budget(10);
+    assert_eq!(sink.reserve(6), 6);
+    assert_eq!(sink.reserve(6), 4);
+    assert_eq!(sink.reserve(1), 0);
+    sink.submit(portcullis_vault::Capture {
+        request_id: "budget".into(),
+        route: "r".into(),
+        request: b"123456".to_vec(),
+        response: b"abcd".to_vec(),
+        expires_at: i64::MAX,
+        ..Default::default()
+    });
+    let mut released = false;
+    for _ in 0..100 {
+        if vault.capture("budget").await.is_ok() && sink.reserve(3) == 3 {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(released, "the writer did not give the budget back");
+}
