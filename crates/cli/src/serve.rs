@@ -159,7 +159,9 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         captures: capture_writer.as_ref().map(|(sink, _)| sink.clone()),
     })
     .await?;
-    let maintenance = vault.clone().map(|v| tokio::spawn(maintain(v)));
+    let maintenance = vault
+        .clone()
+        .map(|v| tokio::spawn(maintain(v, gateway.metrics().clone())));
 
     let admin = portcullis_admin::router(AdminState {
         store: store.clone(),
@@ -241,7 +243,7 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
 /// overdue secrets that have a hook, and shreds expired captures.
 const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
-async fn maintain(vault: Arc<Vault>) {
+async fn maintain(vault: Arc<Vault>, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
     loop {
         tick.tick().await;
@@ -253,6 +255,7 @@ async fn maintain(vault: Arc<Vault>) {
                 for name in &report.rotated {
                     tracing::info!(secret = %name, "overdue secret rotated by its hook");
                 }
+                metrics.secrets_overdue.set(report.overdue as i64);
                 if report.shredded > 0 {
                     tracing::info!(
                         captures = report.shredded,

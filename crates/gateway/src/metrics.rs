@@ -83,6 +83,8 @@ pub struct Metrics {
     pub audit_written: Counter,
     /// Audit batches that failed to write (and were retried).
     pub audit_failures: Counter,
+    /// Vault secrets whose rotation is overdue (set by vault maintenance).
+    pub secrets_overdue: Gauge<i64, AtomicI64>,
     registry: Registry,
 }
 
@@ -137,7 +139,14 @@ impl Metrics {
             "Audit batch writes that failed and were retried",
             audit_failures.clone(),
         );
+        let secrets_overdue = Gauge::default();
+        registry.register(
+            "vault_secrets_overdue",
+            "Vault secrets past their rotation period",
+            secrets_overdue.clone(),
+        );
         Metrics {
+            secrets_overdue,
             requests,
             decisions,
             stages,

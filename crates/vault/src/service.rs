@@ -165,6 +165,8 @@ pub struct Maintenance {
     pub rotated: Vec<String>,
     /// Captures past retention that were shredded.
     pub shredded: u64,
+    /// Secrets still overdue after the pass (no hook, or the hook failed).
+    pub overdue: usize,
 }
 
 /// A decrypted capture.
@@ -662,12 +664,18 @@ impl Vault {
             ..Default::default()
         };
         for info in self.list().await? {
-            if info.overdue && info.hook.is_some() {
-                match self.rotate(&info.name, None, Some(info.version)).await {
-                    Ok(_) => report.rotated.push(info.name),
-                    Err(e) => {
-                        tracing::warn!(secret = %info.name, error = %e, "automatic rotation failed")
-                    }
+            if !info.overdue {
+                continue;
+            }
+            if info.hook.is_none() {
+                report.overdue += 1;
+                continue;
+            }
+            match self.rotate(&info.name, None, Some(info.version)).await {
+                Ok(_) => report.rotated.push(info.name),
+                Err(e) => {
+                    report.overdue += 1;
+                    tracing::warn!(secret = %info.name, error = %e, "automatic rotation failed");
                 }
             }
         }

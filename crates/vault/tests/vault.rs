@@ -207,12 +207,18 @@ async fn grace_period_then_destruction_and_overdue_listing() {
         ])),
     };
     vault.put("api", b"first", &settings).await.unwrap();
+    let no_hook = SecretSettings {
+        rotation_period_s: Some(1),
+        ..Default::default()
+    };
+    vault.put("manual", b"by-hand", &no_hook).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let list = vault.list().await.unwrap();
-    assert!(list[0].overdue);
+    assert!(list[0].overdue && list[1].overdue);
     assert_eq!(list[0].hook, Some("command"));
     let report = vault.maintain().await.unwrap();
     assert_eq!(report.rotated, vec!["api".to_string()]);
+    assert_eq!(report.overdue, 1, "`manual` has no hook and stays overdue");
     assert_eq!(
         vault.credential("api").unwrap().value.as_slice(),
         b"rotated-by-hook"
