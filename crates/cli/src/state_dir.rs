@@ -46,6 +46,11 @@ impl StateDir {
     pub fn admin_token(&self) -> PathBuf {
         self.root.join("admin.token")
     }
+    /// The quickstart's key-encryption key (secret, 0600), only when neither
+    /// `PORTCULLIS_KEK_FILE` nor `PORTCULLIS_KEK` is set.
+    pub fn kek(&self) -> PathBuf {
+        self.root.join("vault.kek")
+    }
     /// The admin API URL of the running server.
     pub fn admin_url(&self) -> PathBuf {
         self.root.join("admin.url")

@@ -21,6 +21,8 @@ pub enum Stage {
     Contextualize,
     /// Cedar decision.
     Authorize,
+    /// `use_secret` decision and the credential from the vault.
+    Inject,
     /// Upstream call until the response head.
     Forward,
     /// Time in the gateway for the whole request, excluding nothing.
@@ -28,11 +30,12 @@ pub enum Stage {
 }
 
 impl Stage {
-    const ALL: [Stage; 6] = [
+    const ALL: [Stage; 7] = [
         Stage::Decode,
         Stage::Authenticate,
         Stage::Contextualize,
         Stage::Authorize,
+        Stage::Inject,
         Stage::Forward,
         Stage::Total,
     ];
@@ -43,6 +46,7 @@ impl Stage {
             Stage::Authenticate => "authenticate",
             Stage::Contextualize => "contextualize",
             Stage::Authorize => "authorize",
+            Stage::Inject => "inject",
             Stage::Forward => "forward",
             Stage::Total => "total",
         }
@@ -79,6 +83,8 @@ pub struct Metrics {
     pub audit_written: Counter,
     /// Audit batches that failed to write (and were retried).
     pub audit_failures: Counter,
+    /// Vault secrets whose rotation is overdue (set by vault maintenance).
+    pub secrets_overdue: Gauge<i64, AtomicI64>,
     registry: Registry,
 }
 
@@ -133,7 +139,14 @@ impl Metrics {
             "Audit batch writes that failed and were retried",
             audit_failures.clone(),
         );
+        let secrets_overdue = Gauge::default();
+        registry.register(
+            "vault_secrets_overdue",
+            "Vault secrets past their rotation period",
+            secrets_overdue.clone(),
+        );
         Metrics {
+            secrets_overdue,
             requests,
             decisions,
             stages,

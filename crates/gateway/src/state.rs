@@ -14,6 +14,7 @@ use portcullis_policy::{
     AgentEntity, Authorizer, EntityError, PolicyBundle, RouteEntity, SourceIp,
 };
 use portcullis_store::{Store, StoreError};
+use portcullis_vault::{CaptureSink, Vault};
 use rustls::ServerConfig;
 use rustls::pki_types::UnixTime;
 use tokio::net::TcpListener;
@@ -62,6 +63,14 @@ pub enum GatewayError {
     /// A route names the demo upstream but none is running.
     #[error("route `{0}` uses the built-in demo upstream, which is not running")]
     NoDemoUpstream(String),
+    /// A route's credential or capture cannot be served.
+    #[error("route `{route}`: {problem}")]
+    Vault {
+        /// The route.
+        route: String,
+        /// What is missing.
+        problem: String,
+    },
 }
 
 /// Everything needed to build a [`Gateway`].
@@ -82,6 +91,10 @@ pub struct GatewayParts {
     pub metrics: Arc<Metrics>,
     /// Address of the built-in demo upstream, if running.
     pub demo_upstream: Option<SocketAddr>,
+    /// The vault, when a key-encryption key is configured.
+    pub vault: Option<Arc<Vault>>,
+    /// Where captured payloads go (the vault's capture writer).
+    pub captures: Option<CaptureSink>,
 }
 
 /// The data plane.
@@ -91,6 +104,8 @@ pub struct Gateway {
     pub(crate) forwarder: Forwarder,
     pub(crate) sink: AuditSink,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) vault: Option<Arc<Vault>>,
+    pub(crate) captures: Option<CaptureSink>,
     checker: ClientCertChecker,
     bundle: Arc<PolicyBundle>,
     route_entities: Vec<RouteEntity>,
@@ -147,7 +162,15 @@ impl Gateway {
             })
             .collect::<Vec<_>>();
         let snapshot = build_snapshot(&parts.store, &parts.bundle, &route_entities).await?;
+        Gateway::check_vault_routes(
+            &config,
+            &parts.bundle,
+            parts.vault.as_deref(),
+            parts.captures.is_some(),
+        )?;
         Ok(Arc::new(Gateway {
+            vault: parts.vault,
+            captures: parts.captures,
             limits: Limits {
                 max_body_bytes: config.max_body_bytes,
             },
@@ -230,6 +253,67 @@ impl Gateway {
     /// Metrics, for the admin listener.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+}
+
+impl Gateway {
+    /// Refuses to start when a route's credential cannot be served: no vault, an
+    /// unknown secret, or a policy schema without `use_secret`. Also tells the
+    /// vault which secrets are in use, so they cannot be deleted under the routes.
+    /// `serve` calls it before binding any port; [`Gateway::new`] again.
+    pub fn check_vault_routes(
+        config: &Config,
+        bundle: &PolicyBundle,
+        vault: Option<&Vault>,
+        capturing: bool,
+    ) -> Result<(), GatewayError> {
+        let problem = |route: &str, problem: String| GatewayError::Vault {
+            route: route.to_string(),
+            problem,
+        };
+        let mut in_use = std::collections::HashSet::new();
+        for route in &config.routes {
+            if route.capture.is_some() && !capturing {
+                return Err(problem(
+                    &route.name,
+                    "payload capture needs the vault: set PORTCULLIS_KEK_FILE or PORTCULLIS_KEK"
+                        .into(),
+                ));
+            }
+            let Some(credential) = &route.credential else {
+                continue;
+            };
+            let Some(vault) = vault else {
+                return Err(problem(
+                    &route.name,
+                    format!(
+                        "credential `{}` needs the vault: set PORTCULLIS_KEK_FILE or PORTCULLIS_KEK",
+                        credential.secrets.join("`, `")
+                    ),
+                ));
+            };
+            for secret in &credential.secrets {
+                if !vault.has_secret(secret) {
+                    return Err(problem(
+                        &route.name,
+                        format!(
+                            "unknown secret `{secret}`: store it first with `portcullis secret put {secret}`"
+                        ),
+                    ));
+                }
+                in_use.insert(secret.clone());
+            }
+            if !bundle.supports_secrets() {
+                return Err(problem(
+                &route.name,
+                "the policy schema has no `Action::\"use_secret\"` (copy it from the shipped schema.cedarschema)".into(),
+            ));
+            }
+        }
+        if let Some(vault) = vault {
+            vault.set_in_use(in_use);
+        }
+        Ok(())
     }
 }
 

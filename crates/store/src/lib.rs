@@ -23,6 +23,11 @@ use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlSafeStr, SqlitePool};
 
+mod vault;
+pub use vault::{
+    CaptureRow, KekMeta, RewrapTarget, SealedRow, SecretMeta, SecretVersionRow, TransitVersionRow,
+};
+
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -104,6 +109,7 @@ fn migrator() -> Migrator {
             "audit_merkle",
             include_str!("../migrations/0002_audit_merkle.sql"),
         ),
+        migration(3, "vault", include_str!("../migrations/0003_vault.sql")),
     ])
 }
 
@@ -116,6 +122,9 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Deleted rows are overwritten, not left in free pages: destroyed
+            // secret versions and shredded captures must not be recoverable.
+            .pragma("secure_delete", "ON")
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
