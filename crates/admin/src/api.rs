@@ -167,6 +167,7 @@ pub fn router(state: AdminState) -> Router {
             get(crate::audit_api::consistency),
         )
         .route("/audit/export", get(crate::audit_api::export))
+        .route("/inventory", get(crate::audit_api::inventory))
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()

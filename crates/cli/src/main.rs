@@ -6,6 +6,7 @@
 mod audit_cmd;
 mod client;
 mod commands;
+mod inventory;
 mod serve;
 mod state_dir;
 mod vault_cmd;
@@ -121,6 +122,17 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Every identity and resource, and who touched what (from the audit log).
+    Inventory {
+        /// Only activity in this window, e.g. `7d`, `24h` (default: all).
+        #[arg(long, value_parser = commands::parse_ttl)]
+        since: Option<std::time::Duration>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: inventory::Format,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Work with policies.
     Policy {
         #[command(subcommand)]
@@ -152,6 +164,11 @@ fn main() -> ExitCode {
             }
             Command::Agent { command, admin } => commands::agent(command, admin).await,
             Command::Audit { command, admin } => commands::audit(command, admin).await,
+            Command::Inventory {
+                since,
+                format,
+                admin,
+            } => inventory::run(admin, since, format).await,
             Command::Policy { command, state } => commands::policy(command, state),
             Command::Secret { command, admin } => vault_cmd::secret(command, admin).await,
             Command::Vault { command, admin } => vault_cmd::vault(command, admin).await,

@@ -219,6 +219,36 @@ async fn proofs_exports_and_tampering_found_at_its_index() {
         .expect("webhook got a checkpoint");
     portcullis_audit::checkpoint::parse_and_verify(&first, key_text.trim()).unwrap();
 
+    // The inventory reports who touched what, from the log.
+    let out = run_ok(server.cli(&["inventory", "--since", "1h", "--format", "json"]));
+    let inventory: Value = serde_json::from_str(&out).unwrap();
+    let edge = inventory["edges"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["principal"] == "bot" && e["resource"] == "api")
+        .expect("bot -> api edge");
+    assert_eq!(edge["requests"], 5);
+    assert_eq!(edge["allowed"], 5);
+    assert_eq!(edge["classification"], "internal");
+    assert!(
+        inventory["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "open")
+    );
+    let graph = run_ok(server.cli(&["inventory", "--format", "mermaid"]));
+    assert!(
+        graph.contains("agent_bot -->|\"5 req, 0 denied\"| res_api"),
+        "{graph}"
+    );
+    let table = run_ok(server.cli(&["inventory"]));
+    assert!(
+        table.contains("resources with no activity: open"),
+        "{table}"
+    );
+
     // The whole stored log verifies; then an administrator edits one record in
     // the database, and verification names it.
     run_ok(server.cli(&["audit", "verify"]));

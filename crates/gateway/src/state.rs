@@ -197,6 +197,11 @@ impl Gateway {
         self.snapshot.load_full()
     }
 
+    /// The configured routes (for the admin API's inventory).
+    pub fn routes(&self) -> Vec<Arc<crate::config::RouteConfig>> {
+        self.routes.routes().cloned().collect()
+    }
+
     /// Re-reads agents from the store and swaps in a new snapshot. Called after
     /// every agent change; requests that start afterwards see the change.
     pub async fn reload(&self) -> Result<(), GatewayError> {

@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 
 mod audit_log;
+mod inventory;
+pub use inventory::InventoryEdge;
 
 pub use audit_log::{
     AuditAppender, AuditVerifyFailure, NODE_MIN_LEVEL, StoredCheckpoint, TreeHead, open_checkpoint,
