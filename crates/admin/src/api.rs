@@ -39,6 +39,8 @@ pub struct AdminState {
     pub token_hashes: Arc<Vec<String>>,
     /// Where admin audit records go.
     pub sink: AuditSink,
+    /// The vault; `None` when no key-encryption key is configured.
+    pub vault: Option<Arc<portcullis_vault::Vault>>,
     /// Signs the audit log's checkpoints.
     pub checkpointer: Arc<Checkpointer>,
 }
@@ -46,7 +48,7 @@ pub struct AdminState {
 /// Per-request facts the middleware establishes.
 #[derive(Clone)]
 pub(crate) struct Call {
-    request_id: RequestId,
+    pub(crate) request_id: RequestId,
     remote: Option<SocketAddr>,
 }
 
@@ -108,7 +110,7 @@ impl Call {
         self.error(ErrorCode::Internal, "internal error")
     }
 
-    fn audit(
+    pub(crate) fn audit(
         &self,
         sink: &AuditSink,
         action: &str,
@@ -149,6 +151,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/agents/{name}/revoke", post(revoke_agent))
         .route("/agents/{name}/certificates", post(renew_agent))
         .route("/audit", get(audit_tail))
+        .merge(crate::vault_api::routes())
         .route(
             "/audit/checkpoint",
             get(crate::audit_api::latest_checkpoint).post(crate::audit_api::sign_checkpoint),
@@ -164,6 +167,7 @@ pub fn router(state: AdminState) -> Router {
             get(crate::audit_api::consistency),
         )
         .route("/audit/export", get(crate::audit_api::export))
+        .route("/inventory", get(crate::audit_api::inventory))
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
@@ -343,7 +347,10 @@ struct IssuedView {
     ca_pem: String,
 }
 
-fn parse_json<T: for<'de> Deserialize<'de>>(call: &Call, body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(
+    call: &Call,
+    body: &Bytes,
+) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| call.error(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
 }

@@ -139,6 +139,15 @@ pub(crate) async fn record(
     let seq = resolve(&state, &call, &id).await?;
     let leaf = leaf(&state, &call, seq).await?;
     let record: serde_json::Value = serde_json::from_str(&leaf).map_err(|e| call.internal(e))?;
+    // Clear values of pseudonymized fields, while their retention lasts.
+    let personal: serde_json::Map<String, serde_json::Value> = state
+        .store
+        .audit_personal(seq)
+        .await
+        .map_err(|e| call.store_error(e))?
+        .into_iter()
+        .map(|(field, value)| (field, serde_json::Value::String(value)))
+        .collect();
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({
@@ -146,6 +155,7 @@ pub(crate) async fn record(
             "leaf": leaf,
             "leaf_hash": hex::encode(merkle::leaf_hash(leaf.as_bytes())),
             "record": record,
+            "personal": personal,
         }),
     ))
 }
@@ -344,4 +354,65 @@ pub(crate) async fn export(
     );
     headers.insert("x-portcullis-tree-size", header::HeaderValue::from(end));
     Ok(response)
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct InventoryQuery {
+    /// Window start, ms since the epoch (default: everything).
+    since_ms: Option<i64>,
+}
+
+/// `GET /admin/v1/inventory?since_ms=T`: every identity, every route, and the
+/// identity → resource edges the audit log recorded since `T`.
+pub(crate) async fn inventory(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    query: Result<Query<InventoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| call.error(ErrorCode::BadRequest, e.body_text()))?;
+    let since_ms = q.since_ms.unwrap_or(0);
+    let edges = state
+        .store
+        .inventory(since_ms)
+        .await
+        .map_err(|e| call.store_error(e))?;
+    let agents = state
+        .store
+        .agents()
+        .await
+        .map_err(|e| call.store_error(e))?;
+    let identities: Vec<_> = agents
+        .iter()
+        .map(|a| {
+            serde_json::json!({
+                "name": a.name,
+                "kind": "agent",
+                "roles": a.roles,
+                "created_at": a.created_at,
+                "revoked_at": a.revoked_at,
+            })
+        })
+        .collect();
+    let routes: Vec<_> = state
+        .gateway
+        .routes()
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "name": r.name,
+                "kind": format!("{:?}", r.kind).to_ascii_lowercase(),
+                "path_prefix": r.path_prefix,
+                "classification": r.classification.as_str(),
+            })
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "since_ms": since_ms,
+            "identities": identities,
+            "resources": routes,
+            "edges": edges,
+        }),
+    ))
 }

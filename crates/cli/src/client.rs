@@ -83,6 +83,11 @@ impl AdminClient {
         self.send(self.http.post(self.url(path)).json(body)).await
     }
 
+    /// `DELETE path`, returning the JSON body.
+    pub async fn delete(&self, path: &str) -> Result<Value> {
+        self.send(self.http.delete(self.url(path))).await
+    }
+
     /// `GET path`, streaming the body into `out`; returns the response headers.
     pub async fn download(
         &self,

@@ -129,7 +129,7 @@ pub enum PolicyCommand {
 }
 
 /// Parses `3600`, `90s`, `30m`, `24h`, `7d`.
-fn parse_ttl(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_ttl(s: &str) -> Result<Duration, String> {
     let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => s.split_at(i),
         None => (s, "s"),

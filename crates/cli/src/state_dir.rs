@@ -46,6 +46,11 @@ impl StateDir {
     pub fn admin_token(&self) -> PathBuf {
         self.root.join("admin.token")
     }
+    /// The quickstart's key-encryption key (secret, 0600), only when neither
+    /// `PORTCULLIS_KEK_FILE` nor `PORTCULLIS_KEK` is set.
+    pub fn kek(&self) -> PathBuf {
+        self.root.join("vault.kek")
+    }
     /// The admin API URL of the running server.
     pub fn admin_url(&self) -> PathBuf {
         self.root.join("admin.url")
@@ -57,6 +62,10 @@ impl StateDir {
     /// The audit log's checkpoint signing key (secret, 0600).
     pub fn audit_key(&self) -> PathBuf {
         self.root.join("audit.key")
+    }
+    /// The key of the audit log's pseudonyms (secret, 0600).
+    pub fn audit_pseudonym_key(&self) -> PathBuf {
+        self.root.join("audit-pseudonym.key")
     }
     /// The audit log's verifier key (public): what auditors pin.
     pub fn audit_verifier_key(&self) -> PathBuf {

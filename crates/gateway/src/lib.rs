@@ -9,6 +9,7 @@
 pub mod audit_export;
 pub mod audit_sink;
 pub mod body;
+pub mod capture;
 pub mod checkpointer;
 pub mod config;
 pub mod demo_upstream;
@@ -17,6 +18,7 @@ pub mod listener;
 pub mod metrics;
 pub mod otlp;
 pub mod pipeline;
+pub mod pseudonym;
 pub mod respond;
 pub mod route;
 mod state;

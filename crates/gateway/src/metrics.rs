@@ -21,6 +21,8 @@ pub enum Stage {
     Contextualize,
     /// Cedar decision.
     Authorize,
+    /// `use_secret` decision and the credential from the vault.
+    Inject,
     /// Upstream call until the response head.
     Forward,
     /// Time in the gateway for the whole request, excluding nothing.
@@ -28,11 +30,12 @@ pub enum Stage {
 }
 
 impl Stage {
-    const ALL: [Stage; 6] = [
+    const ALL: [Stage; 7] = [
         Stage::Decode,
         Stage::Authenticate,
         Stage::Contextualize,
         Stage::Authorize,
+        Stage::Inject,
         Stage::Forward,
         Stage::Total,
     ];
@@ -44,6 +47,7 @@ impl Stage {
             Stage::Authenticate => "authenticate",
             Stage::Contextualize => "contextualize",
             Stage::Authorize => "authorize",
+            Stage::Inject => "inject",
             Stage::Forward => "forward",
             Stage::Total => "total",
         }
@@ -104,6 +108,8 @@ pub struct Metrics {
     pub trace_spans_exported: Counter,
     /// Spans dropped: the queue was full or the collector failed.
     pub trace_spans_dropped: Counter,
+    /// Vault secrets whose rotation is overdue (set by vault maintenance).
+    pub secrets_overdue: Gauge<i64, AtomicI64>,
     registry: Registry,
 }
 
@@ -188,7 +194,14 @@ impl Metrics {
             "Spans dropped because the trace queue was full or the collector failed",
             trace_spans_dropped.clone(),
         );
+        let secrets_overdue = Gauge::default();
+        registry.register(
+            "vault_secrets_overdue",
+            "Vault secrets past their rotation period",
+            secrets_overdue.clone(),
+        );
         Metrics {
+            secrets_overdue,
             requests,
             decisions,
             stages,

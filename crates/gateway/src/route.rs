@@ -60,6 +60,8 @@ mod tests {
                 path_prefix: p.to_string(),
                 upstream: Upstream::BuiltinDemo,
                 classification: Classification::Public,
+                credential: None,
+                capture: None,
                 audit_fail_open: false,
             })
             .collect();

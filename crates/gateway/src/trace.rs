@@ -49,7 +49,7 @@ const TICK: Duration = Duration::from_millis(200);
 const POST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The stages a request can pass through, and so the most child spans.
-const STAGES_PER_REQUEST: usize = 5;
+const STAGES_PER_REQUEST: usize = 6;
 
 /// The W3C trace-context header.
 pub const TRACEPARENT: &str = "traceparent";

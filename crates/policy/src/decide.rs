@@ -133,6 +133,10 @@ pub struct SourceIp {
 }
 
 impl SourceIp {
+    pub(crate) fn expr(&self) -> &RestrictedExpression {
+        &self.expr
+    }
+
     /// Prepares `ip`.
     pub fn new(ip: IpAddr) -> Self {
         SourceIp {
@@ -152,6 +156,12 @@ impl SourceIp {
 #[error("cannot build policy entities: {0}")]
 pub struct EntityError(String);
 
+impl EntityError {
+    pub(crate) fn new(message: String) -> Self {
+        EntityError(message)
+    }
+}
+
 /// An immutable snapshot of policies plus the principals and resources they speak
 /// of. Rebuilt (off the request path) whenever agents, routes or policies change;
 /// requests read it without locks or IO.
@@ -163,6 +173,8 @@ pub struct Authorizer {
     agent_type: EntityTypeName,
     route_type: EntityTypeName,
     cedar: cedar_policy::Authorizer,
+    /// `use_secret` decisions; `None` when the schema has no such action.
+    secret: Option<crate::secret::SecretAuthz>,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -246,7 +258,9 @@ impl Authorizer {
             &actions,
             &route_uids,
         );
+        let secret = crate::secret::SecretAuthz::new(&bundle, &entities)?;
         let authorizer = Authorizer {
+            secret,
             bundle,
             entities,
             index,
@@ -287,6 +301,25 @@ impl Authorizer {
             return decision;
         }
         self.decide_among(request, Some(&self.index.policy_set(&matching.bits)))
+    }
+
+    /// Whether the schema declares `Action::"use_secret"`, which routes with a
+    /// credential need.
+    pub fn supports_secrets(&self) -> bool {
+        self.secret.is_some()
+    }
+
+    /// Decides whether the agent may have the secret injected (see
+    /// [`crate::SecretRequest`]). Without `use_secret` in the schema: denied,
+    /// with the reason in [`Decision::errors`].
+    pub fn decide_secret(&self, request: &crate::SecretRequest<'_>) -> Decision {
+        match &self.secret {
+            Some(s) => s.decide(&self.cedar, &self.entities, request),
+            None => denied_with_error(format!(
+                "the policy schema has no `Action::\"{}\"`",
+                crate::secret::USE_SECRET
+            )),
+        }
     }
 
     /// Decides with every policy, bypassing the scope index. For tests and
@@ -470,7 +503,7 @@ struct Matching {
 }
 
 /// Whether a policy's JSON AST reads the `context` variable anywhere.
-fn mentions_context(policy: &Policy) -> bool {
+pub(crate) fn mentions_context(policy: &Policy) -> bool {
     fn walk(v: &serde_json::Value) -> bool {
         match v {
             serde_json::Value::Object(map) => {

@@ -10,9 +10,12 @@
 #![forbid(unsafe_code)]
 
 mod audit_log;
+mod inventory;
+pub use inventory::InventoryEdge;
 
 pub use audit_log::{
-    AuditAppender, AuditVerifyFailure, NODE_MIN_LEVEL, StoredCheckpoint, TreeHead, open_checkpoint,
+    AuditAppender, AuditVerifyFailure, NODE_MIN_LEVEL, PersonalValue, StoredCheckpoint, TreeHead,
+    open_checkpoint,
 };
 
 use std::path::Path;
@@ -22,6 +25,11 @@ use std::time::Duration;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlSafeStr, SqlitePool};
+
+mod vault;
+pub use vault::{
+    CaptureRow, KekMeta, RewrapTarget, SealedRow, SecretMeta, SecretVersionRow, TransitVersionRow,
+};
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +112,12 @@ fn migrator() -> Migrator {
             "audit_merkle",
             include_str!("../migrations/0002_audit_merkle.sql"),
         ),
+        migration(3, "vault", include_str!("../migrations/0003_vault.sql")),
+        migration(
+            4,
+            "audit_personal",
+            include_str!("../migrations/0004_audit_personal.sql"),
+        ),
     ])
 }
 
@@ -116,6 +130,9 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Deleted rows are overwritten, not left in free pages: destroyed
+            // secret versions and shredded captures must not be recoverable.
+            .pragma("secure_delete", "ON")
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)

@@ -9,7 +9,8 @@
 //! contextualize route (resource), method (action), time, source address;
 //!               then the fail-closed check: is the audit log writable?
 //! authorize     Cedar decision: allow, or 403 naming the deciding policies
-//! forward       upstream call with timeout, streaming both ways
+//! inject        routes with a credential: `use_secret` decision, value from the vault
+//! forward       upstream call with timeout, streaming both ways (and payload capture)
 //! record        (body.rs Recorder) the audit record, on every path
 //! ```
 //!
@@ -19,13 +20,16 @@
 //!
 //! The order is deliberate: decode comes first because its checks are cheap and
 //! protect everything after it; authenticate precedes route lookup so an
-//! unauthenticated caller learns nothing (not even which routes exist).
+//! unauthenticated caller learns nothing (not even which routes exist); inject
+//! follows authorize so a caller denied the route learns nothing about its
+//! secret, and no secret is decrypted for a request that will not be sent.
 
 pub mod authenticate;
 pub mod authorize;
 pub mod contextualize;
 pub mod decode;
 pub mod forward;
+pub mod inject;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -189,6 +193,48 @@ async fn run(
     }
     authorize::enforce(&decision)?;
 
+    let injected = match &context.route.credential {
+        None => None,
+        Some(credential) => {
+            let t = Instant::now();
+            let choice = inject::authorize(
+                &snapshot.authorizer,
+                &identity,
+                &context,
+                &conn.source_ip,
+                credential,
+            );
+            {
+                let record = recorder.record();
+                record.policies.extend(choice.policy_ids.iter().cloned());
+                if choice.secret.is_none() {
+                    record.outcome = Outcome::Deny;
+                }
+            }
+            let injected = inject::enforce(&choice, credential).and_then(|secret| {
+                inject::fetch(
+                    gateway.vault.as_deref(),
+                    &context,
+                    secret,
+                    &credential.injection,
+                )
+            });
+            let elapsed = t.elapsed();
+            metrics.stage(Stage::Inject, elapsed);
+            recorder.trace_stage(Stage::Inject, t, elapsed);
+            Some(injected?)
+        }
+    };
+    let capture = match (&context.route.capture, &gateway.captures) {
+        (Some(config), Some(sink)) => Some(crate::capture::CaptureHandle::new(
+            request_id.as_str(),
+            &context.route.name,
+            *config,
+            sink.clone(),
+        )),
+        _ => None,
+    };
+
     let traceparent = recorder.traceparent();
     let t = Instant::now();
     let response = gateway
@@ -200,9 +246,13 @@ async fn run(
             request_id,
             conn.remote,
             meter,
+            injected.as_ref(),
+            capture,
             traceparent,
         )
         .await;
+    // The decrypted value is not needed past the request head.
+    drop(injected);
     let elapsed = t.elapsed();
     metrics.stage(Stage::Forward, elapsed);
     recorder.trace_stage(Stage::Forward, t, elapsed);
