@@ -334,9 +334,10 @@ fn check_with_opentelemetry_proto(kind: &str, bodies: &[Bytes]) -> Option<usize>
     }
 }
 
-/// Waits (bounded) until `seqs()` holds every seq in `want`.
+/// Waits (bounded: 20 s, longer than the sinks' backoff can grow to in
+/// these tests) until `seqs()` holds every seq in `want`.
 async fn wait_for(what: &str, want: &BTreeSet<u64>, seqs: impl Fn() -> BTreeSet<u64>) {
-    for _ in 0..200 {
+    for _ in 0..400 {
         if want.is_subset(&seqs()) {
             return;
         }
