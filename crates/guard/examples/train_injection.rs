@@ -251,7 +251,8 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
             .map(|d| d.weight * d.labels.iter().filter(|l| l.is_some()).count() as f32)
             .sum()
     };
-    let groups: [(&dyn Fn(&Doc) -> bool, f32); 6] = [
+    type Select<'a> = &'a dyn Fn(&Doc) -> bool;
+    let groups: [(Select, f32); 6] = [
         (&|d: &Doc| d.label == 1 && d.group != Group::Tool, 1.0),
         (&|d: &Doc| d.label == 1 && d.group == Group::Tool, 3.0),
         (&|d: &Doc| d.label == 0 && d.group != Group::Tool, 1.0),
