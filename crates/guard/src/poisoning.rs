@@ -61,7 +61,8 @@ impl PoisonKind {
     /// How much one finding of this kind alone says (0–1).
     fn weight(self) -> f32 {
         match self {
-            PoisonKind::HiddenUnicode => 0.95,
+            // No honest description hides characters from its reviewer: decisive.
+            PoisonKind::HiddenUnicode => 0.999,
             PoisonKind::InstructionTag => 0.9,
             PoisonKind::ModelDirective => 0.85,
             PoisonKind::SensitivePath => 0.7,
