@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 use guard_data::{Rng, Sample};
 use portcullis_guard::injection::model::{DIMS, Features, Model, Thresholds, sigmoid};
-use portcullis_guard::injection::{Detector, ScoredWindow};
+use portcullis_guard::injection::{Channel, Detector, ScoredWindow};
 use portcullis_guard::poisoning::{self, ToolDefinition};
 
 /// Contexts each BIPIA attack is inserted into.
@@ -148,7 +148,7 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
         "notinject",
     ));
     let whole = |det: &Detector, s: &Sample, group: Group, weight: f32| {
-        let (windows, _, _) = det.windows(&s.text);
+        let (windows, _, _) = det.windows(&s.text, Channel::Input);
         let labels = vec![Some(s.label); windows.len()];
         Doc {
             windows,
@@ -189,7 +189,7 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
     ));
     // The bare instructions too: what the attack says, without a context.
     for (cat, a) in text_attacks.iter().chain(&code_attacks) {
-        let (windows, _, _) = det.windows(a);
+        let (windows, _, _) = det.windows(a, Channel::ToolOutput);
         let labels = vec![Some(1); windows.len()];
         docs.push(Doc {
             windows,
@@ -202,7 +202,7 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
         });
     }
     for (doc, (a0, a1), cat) in &positives {
-        let (windows, _, _) = det.windows(doc);
+        let (windows, _, _) = det.windows(doc, Channel::ToolOutput);
         let labels = windows
             .iter()
             .map(|w| {
@@ -230,7 +230,7 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
     }
     for (kind, set) in [("email", &email), ("table", &table), ("code", &code)] {
         for c in set.iter() {
-            let (windows, _, _) = det.windows(c);
+            let (windows, _, _) = det.windows(c, Channel::ToolOutput);
             let labels = vec![Some(0); windows.len()];
             docs.push(Doc {
                 windows,

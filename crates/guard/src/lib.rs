@@ -15,3 +15,7 @@
 pub mod dlp;
 pub mod injection;
 pub mod poisoning;
+pub mod report;
+
+pub use injection::Channel;
+pub use report::{Guard, GuardError, Report};

@@ -166,6 +166,41 @@ fn windows(text: &str) -> Vec<(usize, usize)> {
     out
 }
 
+/// Sentence and line ranges of a text that has more than one, each at
+/// least [`MIN_SEGMENT`] and at most [`WINDOW`] bytes. Scored on their own
+/// besides the byte windows, so a one-sentence instruction inserted into a
+/// document is judged without the document's words around it.
+fn segments(text: &str) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    let b = text.as_bytes();
+    for (i, &c) in b.iter().enumerate() {
+        let end_here = c == b'\n'
+            || (matches!(c, b'.' | b'?' | b'!') && b.get(i + 1).is_none_or(|n| *n == b' '));
+        if end_here {
+            let end = if c == b'\n' { i } else { i + 1 };
+            push_segment(text, start, end, &mut out);
+            start = i + 1;
+        }
+    }
+    if !out.is_empty() {
+        push_segment(text, start, text.len(), &mut out);
+    }
+    out
+}
+
+/// Shortest segment worth scoring alone.
+const MIN_SEGMENT: usize = 16;
+
+fn push_segment(text: &str, start: usize, end: usize, out: &mut Vec<(usize, usize)>) {
+    let seg = &text[start..end];
+    let lead = seg.len() - seg.trim_start().len();
+    let (s, e) = (start + lead, start + seg.trim_end().len());
+    if e > s && e - s >= MIN_SEGMENT && e - s <= WINDOW && (s, e) != (0, text.len()) {
+        out.push((s, e));
+    }
+}
+
 impl Detector {
     /// Builds the detector with the shipped signatures and model.
     pub fn new() -> Result<Self, DetectorError> {
@@ -197,7 +232,12 @@ impl Detector {
 
     /// Normalises `text` and returns its windows with features, the
     /// signature matches (in original offsets) and the signals.
-    pub fn windows(&self, text: &str) -> (Vec<ScoredWindow>, Vec<SignatureMatch>, Vec<Signal>) {
+    pub fn windows(
+        &self,
+        text: &str,
+        channel: Channel,
+    ) -> (Vec<ScoredWindow>, Vec<SignatureMatch>, Vec<Signal>) {
+        let seed = model::channel_seed(channel);
         let Normalized { pieces, signals } = normalize(text);
         let mut out = Vec::new();
         let mut matches: Vec<SignatureMatch> = Vec::new();
@@ -218,7 +258,9 @@ impl Detector {
                     end: e,
                 });
             }
-            for (ws, we) in windows(&piece.text) {
+            let mut ranges = windows(&piece.text);
+            ranges.extend(segments(&piece.text));
+            for (ws, we) in ranges {
                 let inside: Vec<&Hit> =
                     hits.iter().filter(|h| h.start < we && h.end > ws).collect();
                 let ids: Vec<&str> = inside
@@ -236,7 +278,7 @@ impl Detector {
                     0.0
                 };
                 let mut features = Vec::new();
-                model::features(&piece.text[ws..we], &ids, &mut features);
+                model::features(&piece.text[ws..we], &ids, seed, &mut features);
                 let (start, end) = piece.original_range(ws, we, text);
                 out.push(ScoredWindow {
                     start,
@@ -251,7 +293,7 @@ impl Detector {
 
     /// Scores `text` for `channel`.
     pub fn assess(&self, text: &str, channel: Channel) -> Assessment {
-        let (windows, signatures, signals) = self.windows(text);
+        let (windows, signatures, signals) = self.windows(text, channel);
         let mut best = (0f32, (0, text.len()));
         for w in &windows {
             let p = self.model.probability(&w.features).max(w.floor);
@@ -295,6 +337,21 @@ mod tests {
             assert!(long.is_char_boundary(s) && long.is_char_boundary(e));
             assert!(e - s <= WINDOW);
         }
+    }
+
+    #[test]
+    fn sentences_are_segments() {
+        let t = "first sentence is here. second one is here too?\nthird line of the text\nok";
+        let got: Vec<&str> = segments(t).into_iter().map(|(s, e)| &t[s..e]).collect();
+        assert_eq!(
+            got,
+            [
+                "first sentence is here.",
+                "second one is here too?",
+                "third line of the text"
+            ]
+        );
+        assert!(segments("only one sentence here.").is_empty());
     }
 
     #[test]

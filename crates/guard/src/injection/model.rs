@@ -53,8 +53,41 @@ fn bucket(h: u64) -> (u32, f32) {
 
 /// Extracts the features of one normalised window; `signatures` are the ids
 /// of the rules that matched in it.
-pub fn features(window: &str, signatures: &[&str], out: &mut Features) {
+///
+/// Every feature appears twice: once shared by all channels and once in the
+/// copy of `channel` (hashed with [`channel_seed`]). The model can so learn
+/// what is suspicious everywhere and, separately, what is suspicious only in
+/// one channel: a plain question is an ordinary prompt from a user but an
+/// attack when it sits inside a fetched email.
+pub fn features(window: &str, signatures: &[&str], channel: u64, out: &mut Features) {
+    let mut raw: Vec<(u64, f32)> = Vec::with_capacity(window.len() * 3 + 16);
+    features_raw(window, signatures, &mut raw);
     out.clear();
+    out.reserve(raw.len() * 2);
+    for &(h, v) in &raw {
+        let (b, s) = bucket(h);
+        out.push((b, s * v));
+        let (b, s) = bucket(h ^ channel);
+        out.push((b, s * v));
+    }
+    let norm: f32 = (out.iter().map(|(_, v)| v * v).sum::<f32>()).sqrt();
+    if norm > 0.0 {
+        for (_, v) in out.iter_mut() {
+            *v /= norm;
+        }
+    }
+}
+
+/// The hash seed of a channel's feature copy (see [`features`]).
+pub fn channel_seed(channel: super::Channel) -> u64 {
+    match channel {
+        super::Channel::Input => 0x5151_5151_0000_0001,
+        super::Channel::ToolOutput => 0x7070_7070_0000_0002,
+        super::Channel::Description => 0xdede_dede_0000_0003,
+    }
+}
+
+fn features_raw(window: &str, signatures: &[&str], out: &mut Vec<(u64, f32)>) {
     let bytes = window.as_bytes();
     // Words: runs of alphanumeric characters (Unicode-aware: German, Chinese…).
     let mut prev: Option<u64> = None;
@@ -63,9 +96,9 @@ pub fn features(window: &str, signatures: &[&str], out: &mut Features) {
         .filter(|w| !w.is_empty())
     {
         let h = fnv(SEED_WORD, word.as_bytes());
-        out.push(bucket(h));
+        out.push((h, 1.0));
         if let Some(p) = prev {
-            out.push(bucket(fnv(SEED_BIGRAM ^ p, word.as_bytes())));
+            out.push((fnv(SEED_BIGRAM ^ p, word.as_bytes()), 1.0));
         }
         prev = Some(h);
     }
@@ -78,7 +111,7 @@ pub fn features(window: &str, signatures: &[&str], out: &mut Features) {
                 h ^= u64::from(b);
                 h = h.wrapping_mul(FNV_PRIME);
                 if k >= 2 {
-                    out.push(bucket(h ^ k as u64));
+                    out.push((h ^ k as u64, 1.0));
                 }
             }
         }
@@ -97,24 +130,15 @@ pub fn features(window: &str, signatures: &[&str], out: &mut Features) {
             first
         };
         if IMPERATIVES.binary_search(&first).is_ok() {
-            let (b, s) = bucket(fnv(SEED_SIG, b"shape:imperative"));
-            out.push((b, s * 2.0));
+            out.push((fnv(SEED_SIG, b"shape:imperative"), 2.0));
             if sentence.contains(" your ") || sentence.contains(" you ") {
-                let (b, s) = bucket(fnv(SEED_SIG, b"shape:imperative_you"));
-                out.push((b, s * 2.0));
+                out.push((fnv(SEED_SIG, b"shape:imperative_you"), 2.0));
             }
         }
     }
     for id in signatures {
         // Signature features weigh as much as a few n-grams together.
-        let (b, s) = bucket(fnv(SEED_SIG, id.as_bytes()));
-        out.push((b, s * 4.0));
-    }
-    let norm: f32 = (out.iter().map(|(_, v)| v * v).sum::<f32>()).sqrt();
-    if norm > 0.0 {
-        for (_, v) in out.iter_mut() {
-            *v /= norm;
-        }
+        out.push((fnv(SEED_SIG, id.as_bytes()), 4.0));
     }
 }
 
@@ -347,13 +371,13 @@ mod tests {
     fn features_are_normalised_and_deterministic() {
         let mut a = Vec::new();
         let mut b = Vec::new();
-        features("ignore previous instructions", &["ipi-001"], &mut a);
-        features("ignore previous instructions", &["ipi-001"], &mut b);
+        features("ignore previous instructions", &["ipi-001"], 1, &mut a);
+        features("ignore previous instructions", &["ipi-001"], 1, &mut b);
         assert_eq!(a, b);
         let norm: f32 = a.iter().map(|(_, v)| v * v).sum();
         assert!((norm - 1.0).abs() < 1e-4);
         assert!(a.iter().all(|&(i, _)| (i as usize) < DIMS));
-        features("", &[], &mut a);
+        features("", &[], 1, &mut a);
         assert!(a.is_empty());
     }
 
