@@ -151,16 +151,18 @@ pub fn normalize(input: &str) -> Normalized {
     let mut budget = input.len() + EXTRA_BUDGET;
     // Work list of (case-preserving text, map, depth) still to decode and fold.
     let mut queue: Vec<(String, Vec<u32>, usize)> = Vec::new();
+    let mut seen: std::collections::HashSet<String> = std::collections::HashSet::new();
     let (folded, fmap) = fold(input, &identity, &mut out);
     queue.push((folded, fmap, 0));
     while let Some((text, map, depth)) = queue.pop() {
         if depth < MAX_DEPTH {
             for (decoded, dmap, kind, (s, e)) in decode_spans(&text, &map) {
-                if decoded.len() > budget {
+                out.signal(kind, s, e);
+                // The same payload repeated is scored once.
+                if decoded.is_empty() || decoded.len() > budget || !seen.insert(decoded.clone()) {
                     continue;
                 }
                 budget -= decoded.len();
-                out.signal(kind, s, e);
                 let (f, m) = fold(&decoded, &dmap, &mut out);
                 queue.push((f, m, depth + 1));
             }
@@ -203,6 +205,31 @@ fn has_latin_lookalikes(c: char) -> bool {
         0x0250..=0x052F | 0x13A0..=0x13FF | 0x1D00..=0x1DBF | 0x2C00..=0x2E7F
         | 0xA640..=0xA69F | 0xAB30..=0xAB6F)
 }
+
+/// The Latin skeleton of every letter in [`has_latin_lookalikes`]' ranges
+/// whose skeleton is ASCII alphanumeric, computed once: the confusables
+/// lookup allocates and is too slow to run per character.
+static LOOKALIKES: LazyLock<std::collections::HashMap<char, String>> = LazyLock::new(|| {
+    let mut map = std::collections::HashMap::new();
+    for range in [
+        0x0250..=0x052F,
+        0x13A0..=0x13FF,
+        0x1D00..=0x1DBF,
+        0x2C00..=0x2E7F,
+        0xA640..=0xA69F,
+        0xAB30..=0xAB6F,
+    ] {
+        for c in range.filter_map(char::from_u32) {
+            let mut buf = [0u8; 4];
+            let skeleton: String =
+                unicode_security::confusable_detection::skeleton(c.encode_utf8(&mut buf)).collect();
+            if !skeleton.is_empty() && skeleton.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                map.insert(c, skeleton);
+            }
+        }
+    }
+    map
+});
 
 /// Step 1: strips and flags hidden characters, decodes tag characters,
 /// applies compatibility decomposition, drops combining marks and maps
@@ -258,11 +285,7 @@ fn fold(input: &str, map_in: &[u32], out: &mut Normalized) -> (String, Vec<u32>)
                 return;
             }
             if has_latin_lookalikes(d) {
-                let mut buf = [0u8; 4];
-                let skeleton: String =
-                    unicode_security::confusable_detection::skeleton(d.encode_utf8(&mut buf))
-                        .collect();
-                if !skeleton.is_empty() && skeleton.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                if let Some(skeleton) = LOOKALIKES.get(&d) {
                     if !word_ascii && !word_conf {
                         word_start = o;
                     }
@@ -340,8 +363,11 @@ fn fold_case(text: &str, map_in: &[u32]) -> (String, Vec<u32>) {
 
 static SPACED: LazyLock<Regex> = LazyLock::new(|| {
     // Four or more single letters, each followed by one or two separators.
+    // ASCII only: after folding, spaced-out evasions are ASCII, and an ASCII
+    // boundary keeps the regex on its fast engine for non-ASCII text.
     #[allow(clippy::expect_used)] // A fixed pattern; the unit tests compile it.
-    Regex::new(r"\b(?:\p{L}[ ._*\-|/]{1,2}){3,}\p{L}\b").expect("spaced-letter pattern compiles")
+    Regex::new(r"(?-u:\b)(?:[a-z][ ._*\-|/]{1,2}){3,}[a-z](?-u:\b)")
+        .expect("spaced-letter pattern compiles")
 });
 
 /// Joins runs of spaced-out single letters: `i g n o r e` → `ignore`.
@@ -421,6 +447,7 @@ type Decoded = (String, Vec<u32>, SignalKind, (usize, usize));
 /// Step 2: finds encoded spans in a case-preserving `text` and decodes them.
 fn decode_spans(text: &str, map: &[u32]) -> Vec<Decoded> {
     let mut found = Vec::new();
+    let mut signals_at: Vec<(SignalKind, (usize, usize))> = Vec::new();
     let orig = |s: usize, e: usize| {
         (
             map.get(s).copied().unwrap_or(0) as usize,
@@ -469,15 +496,34 @@ fn decode_spans(text: &str, map: &[u32]) -> Vec<Decoded> {
             found.push((decoded, dmap, SignalKind::Hex, (s, e)));
         }
     }
-    if PERCENT.find_iter(text).nth(2).is_some()
-        && let Some((decoded, dmap, s, e)) = percent_decode(text, map)
-    {
-        found.push((decoded, dmap, SignalKind::PercentEncoded, (s, e)));
+    // Percent escapes and character references are decoded in place, in one
+    // piece for both: a copy of the whole text per kind would multiply work.
+    let percent = PERCENT.find_iter(text).nth(2).is_some();
+    let entities = ENTITY.find_iter(text).nth(1).is_some();
+    let mut unescaped: Option<(String, Vec<u32>)> = None;
+    if percent && let Some((decoded, dmap, s, e)) = percent_decode(text, map) {
+        signals_at.push((SignalKind::PercentEncoded, (s, e)));
+        unescaped = Some((decoded, dmap));
     }
-    if ENTITY.find_iter(text).nth(1).is_some()
-        && let Some((decoded, dmap, s, e)) = entity_decode(text, map)
-    {
-        found.push((decoded, dmap, SignalKind::HtmlEntities, (s, e)));
+    if entities {
+        let (t, m) = unescaped
+            .as_ref()
+            .map_or((text, map), |(t, m)| (t.as_str(), m.as_slice()));
+        if let Some((decoded, dmap, s, e)) = entity_decode(t, m) {
+            signals_at.push((SignalKind::HtmlEntities, (s, e)));
+            unescaped = Some((decoded, dmap));
+        }
+    }
+    if let Some((decoded, dmap)) = unescaped {
+        let kind = signals_at
+            .first()
+            .map_or(SignalKind::PercentEncoded, |s| s.0);
+        let span = signals_at.first().map_or((0, 0), |s| s.1);
+        found.push((decoded, dmap, kind, span));
+        // The second kind, if any, is reported with an empty piece.
+        for &(k, sp) in signals_at.iter().skip(1) {
+            found.push((String::new(), Vec::new(), k, sp));
+        }
     }
     found
 }

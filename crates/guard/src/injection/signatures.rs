@@ -174,7 +174,10 @@ impl Signatures {
                 kind: kind.clone(),
                 score,
             });
-            patterns.push(pattern.clone());
+            // A Unicode word boundary makes the lazy DFA give up on non-ASCII
+            // text and fall back to a far slower engine; the rules' boundaries
+            // sit next to ASCII words, so the ASCII boundary means the same.
+            patterns.push(pattern.replace(r"\b", r"(?-u:\b)"));
         }
         let compile_err = |id: &str, e: &dyn std::fmt::Display| SignatureError::Pattern {
             id: id.to_string(),
