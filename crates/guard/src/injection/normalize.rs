@@ -284,18 +284,18 @@ fn fold(input: &str, map_in: &[u32], out: &mut Normalized) -> (String, Vec<u32>)
             if is_combining_mark(d) {
                 return;
             }
-            if has_latin_lookalikes(d) {
-                if let Some(skeleton) = LOOKALIKES.get(&d) {
-                    if !word_ascii && !word_conf {
-                        word_start = o;
-                    }
-                    word_conf = true;
-                    any_alnum = true;
-                    for s in skeleton.chars() {
-                        push_char(&mut text, &mut map, s, orig);
-                    }
-                    return;
+            if has_latin_lookalikes(d)
+                && let Some(skeleton) = LOOKALIKES.get(&d)
+            {
+                if !word_ascii && !word_conf {
+                    word_start = o;
                 }
+                word_conf = true;
+                any_alnum = true;
+                for s in skeleton.chars() {
+                    push_char(&mut text, &mut map, s, orig);
+                }
+                return;
             }
             any_alnum |= d.is_alphanumeric();
             if d.is_ascii_alphanumeric() {
