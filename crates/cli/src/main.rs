@@ -1,10 +1,11 @@
 //! `portcullis`: the one binary. `serve` runs the gateway and admin API; the other
-//! commands talk to a running server's admin API (or, for `policy validate`,
-//! work offline).
+//! commands talk to a running server's admin API (or, for `policy validate`
+//! and `guard scan`, work offline).
 #![forbid(unsafe_code)]
 
 mod client;
 mod commands;
+mod guard_cmd;
 mod serve;
 mod state_dir;
 
@@ -93,10 +94,25 @@ enum Command {
         #[command(flatten)]
         state: StateDirArg,
     },
+    /// Run the content guard offline (prompt injection, DLP, tool poisoning).
+    Guard {
+        #[command(subcommand)]
+        command: guard_cmd::GuardCommand,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The guard works offline and needs no runtime.
+    let cli = match cli.command {
+        Command::Guard { command } => {
+            return guard_cmd::guard(command).unwrap_or_else(|e| {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            });
+        }
+        command => Cli { command },
+    };
     // One crypto provider for the whole process: ring (no aws-lc, no cmake).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -118,6 +134,7 @@ fn main() -> ExitCode {
             Command::Agent { command, admin } => commands::agent(command, admin).await,
             Command::Audit { command, admin } => commands::audit(command, admin).await,
             Command::Policy { command, state } => commands::policy(command, state),
+            Command::Guard { .. } => Ok(()),
         }
     });
     match result {

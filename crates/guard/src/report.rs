@@ -100,8 +100,31 @@ impl Guard {
         self.scan_with(text, channel, true, true)
     }
 
+    /// Scans an MCP tool definition on the description channel: the
+    /// description text (offsets are into it) and the parameter names.
+    pub fn scan_tool(&self, tool: &ToolDefinition<'_>) -> Report {
+        self.scan_inner(
+            tool.description,
+            Channel::Description,
+            true,
+            true,
+            tool.params,
+        )
+    }
+
     /// Scans `text`, running only the requested detectors.
     pub fn scan_with(&self, text: &str, channel: Channel, injection: bool, dlp: bool) -> Report {
+        self.scan_inner(text, channel, injection, dlp, &[])
+    }
+
+    fn scan_inner(
+        &self,
+        text: &str,
+        channel: Channel,
+        injection: bool,
+        dlp: bool,
+        params: &[&str],
+    ) -> Report {
         let mut findings = Vec::new();
         let (mut score, mut threshold, mut flagged) =
             (0.0, self.detector.threshold(channel), false);
@@ -112,7 +135,7 @@ impl Guard {
                 let tool = ToolDefinition {
                     name: "",
                     description: text,
-                    params: &[],
+                    params,
                 };
                 let r = poisoning::scan_tool(&self.detector, &tool);
                 (score, flagged) = (r.score, r.flagged);
@@ -121,7 +144,10 @@ impl Guard {
                         kind: f.kind.as_str(),
                         start: f.start,
                         end: f.end,
-                        detail: None,
+                        detail: f
+                            .param
+                            .and_then(|i| params.get(i))
+                            .map(|p| format!("parameter `{p}`")),
                     });
                 }
             }
