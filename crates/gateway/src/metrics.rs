@@ -19,6 +19,8 @@ pub enum Stage {
     Authenticate,
     /// Route, action, time, source address.
     Contextualize,
+    /// Content guard on the request body.
+    Inspect,
     /// Cedar decision.
     Authorize,
     /// Upstream call until the response head.
@@ -28,10 +30,11 @@ pub enum Stage {
 }
 
 impl Stage {
-    const ALL: [Stage; 6] = [
+    const ALL: [Stage; 7] = [
         Stage::Decode,
         Stage::Authenticate,
         Stage::Contextualize,
+        Stage::Inspect,
         Stage::Authorize,
         Stage::Forward,
         Stage::Total,
@@ -42,6 +45,7 @@ impl Stage {
             Stage::Decode => "decode",
             Stage::Authenticate => "authenticate",
             Stage::Contextualize => "contextualize",
+            Stage::Inspect => "inspect",
             Stage::Authorize => "authorize",
             Stage::Forward => "forward",
             Stage::Total => "total",

@@ -27,6 +27,7 @@ use crate::listener::{self, ConnectionInfo};
 use crate::metrics::Metrics;
 use crate::pipeline::decode::Limits;
 use crate::pipeline::forward::{Forwarder, ResolvedUpstream};
+use crate::pipeline::inspect::GuardState;
 use crate::respond::ResponseBody;
 use crate::route::RouteTable;
 
@@ -62,6 +63,9 @@ pub enum GatewayError {
     /// A route names the demo upstream but none is running.
     #[error("route `{0}` uses the built-in demo upstream, which is not running")]
     NoDemoUpstream(String),
+    /// The content guard's detectors did not build.
+    #[error(transparent)]
+    Guard(#[from] portcullis_guard::GuardError),
 }
 
 /// Everything needed to build a [`Gateway`].
@@ -91,6 +95,8 @@ pub struct Gateway {
     pub(crate) forwarder: Forwarder,
     pub(crate) sink: AuditSink,
     pub(crate) metrics: Arc<Metrics>,
+    /// The content guard, built only when a route turns it on.
+    pub(crate) guard: Option<Arc<GuardState>>,
     checker: ClientCertChecker,
     bundle: Arc<PolicyBundle>,
     route_entities: Vec<RouteEntity>,
@@ -147,7 +153,18 @@ impl Gateway {
             })
             .collect::<Vec<_>>();
         let snapshot = build_snapshot(&parts.store, &parts.bundle, &route_entities).await?;
+        let guard = if config.routes.iter().any(|r| r.guard.scans_requests()) {
+            Some(Arc::new(GuardState {
+                guard: portcullis_guard::Guard::new()?,
+                // Fingerprints and placeholder numbers are keyed per process:
+                // they correlate within a run and reveal nothing across runs.
+                key: rand::random(),
+            }))
+        } else {
+            None
+        };
         Ok(Arc::new(Gateway {
+            guard,
             limits: Limits {
                 max_body_bytes: config.max_body_bytes,
             },

@@ -6,6 +6,8 @@
 //! The [`Report`] lists findings by type and byte range only: it never holds
 //! a found value, so it can be printed, logged and audited as it is.
 
+use std::sync::Arc;
+
 use crate::dlp::{self, Scanner};
 use crate::injection::{Channel, Detector, DetectorError};
 use crate::poisoning::{self, ToolDefinition};
@@ -67,7 +69,7 @@ impl Report {
 /// Every detector, compiled once. Build at start-up and share.
 pub struct Guard {
     detector: Detector,
-    scanner: Scanner,
+    scanner: Arc<Scanner>,
 }
 
 impl std::fmt::Debug for Guard {
@@ -81,12 +83,12 @@ impl Guard {
     pub fn new() -> Result<Self, GuardError> {
         Ok(Self {
             detector: Detector::new()?,
-            scanner: Scanner::new()?,
+            scanner: Arc::new(Scanner::new()?),
         })
     }
 
-    /// The DLP scanner.
-    pub fn scanner(&self) -> &Scanner {
+    /// The DLP scanner, shareable with response bodies that outlive a request.
+    pub fn scanner(&self) -> &Arc<Scanner> {
         &self.scanner
     }
 

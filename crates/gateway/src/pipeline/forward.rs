@@ -11,17 +11,16 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portcullis_core::{ErrorCode, RequestId};
 
-use crate::body::{BodyMeter, BoxError, MeteredBody};
+use crate::body::{BodyMeter, BoxError};
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contextualize::RequestContext;
-use crate::pipeline::decode::{DecodedRequest, too_large};
+use crate::pipeline::decode::{DecodedRequest, RequestBody, too_large};
 use crate::respond::{Denial, ResponseBody};
 
 /// The header that tells upstreams which agent the gateway authenticated.
@@ -39,7 +38,7 @@ pub struct ResolvedUpstream {
     pub base_path: String,
 }
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, MeteredBody<Incoming>>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
 
 /// The upstream client and the resolved upstream of every route.
 #[derive(Debug, Clone)]

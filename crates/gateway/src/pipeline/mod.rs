@@ -7,8 +7,11 @@
 //! decode        size limit, path safety, audit back-pressure
 //! authenticate  client certificate → live agent (directory check, expiry)
 //! contextualize route (resource), method (action), time, source address
+//! inspect       content guard on the request body: injection and DLP findings
+//!               for policy (`context.content`), block or redact by route
 //! authorize     Cedar decision: allow, or 403 naming the deciding policies
 //! forward       upstream call with timeout, streaming both ways
+//! inspect_out   DLP on the response body while it streams (redact or alert)
 //! record        (body.rs Recorder) the audit record, on every path
 //! ```
 //!
@@ -19,12 +22,17 @@
 //! The order is deliberate: decode comes first because its checks are cheap and
 //! protect everything after it; authenticate precedes route lookup so an
 //! unauthenticated caller learns nothing (not even which routes exist).
+//! Inspect runs after contextualize (the route says what to scan) and before
+//! authorize (policy decides with what it found); reading the body there is
+//! the one place a body is buffered, and only on routes whose guard is on.
 
 pub mod authenticate;
 pub mod authorize;
 pub mod contextualize;
 pub mod decode;
 pub mod forward;
+pub mod inspect;
+pub mod inspect_out;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -151,7 +159,26 @@ async fn run(
     recorder.record().resource = Some(context.route.name.clone());
 
     let t = Instant::now();
-    let decision = authorize::run(&snapshot.authorizer, &identity, &context, &conn.source_ip);
+    let inspected = inspect::run(
+        gateway.guard.as_deref(),
+        &context.route,
+        decoded,
+        gateway.limits.max_body_bytes,
+        meter,
+        request_id,
+    )
+    .await;
+    metrics.stage(Stage::Inspect, t.elapsed());
+    let (decoded, content) = inspected?;
+
+    let t = Instant::now();
+    let decision = authorize::run(
+        &snapshot.authorizer,
+        &identity,
+        &context,
+        &conn.source_ip,
+        &content,
+    );
     metrics.stage(Stage::Authorize, t.elapsed());
     metrics.decision(&context.route.name, decision.allowed);
     {
@@ -169,5 +196,10 @@ async fn run(
         .forward(decoded, &context, &identity, request_id, conn.remote, meter)
         .await;
     metrics.stage(Stage::Forward, t.elapsed());
-    response
+    Ok(inspect_out::run(
+        gateway.guard.as_deref(),
+        &context.route,
+        request_id,
+        response?,
+    ))
 }

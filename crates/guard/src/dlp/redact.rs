@@ -19,6 +19,7 @@
 //! handled without buffering: once its `BEGIN` line is seen, everything up to
 //! its `END` line is swallowed and replaced by one placeholder.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
@@ -108,9 +109,27 @@ impl Redactor {
 
 const PEM_END: &str = "-----END";
 
+/// A finding of a stream: kind, range in the input stream, and the keyed
+/// fingerprint of the value (see [`fingerprint`]), never the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamFinding {
+    /// What was found.
+    pub kind: Kind,
+    /// Byte offset in the stream as received.
+    pub start: usize,
+    /// One past the end.
+    pub end: usize,
+    /// Keyed hash of the value.
+    pub fingerprint: String,
+}
+
 /// Redacts a stream of chunks; see the module docs.
-pub struct StreamRedactor<'s> {
-    scanner: &'s Scanner,
+///
+/// `S` is how the redactor holds the scanner: `&Scanner`, or an
+/// `Arc<Scanner>` when the stream outlives the caller's borrow (a response
+/// body).
+pub struct StreamRedactor<S: Borrow<Scanner>> {
+    scanner: S,
     redactor: Redactor,
     /// Bytes received and not yet emitted (may end inside a UTF-8 character).
     pending: Vec<u8>,
@@ -119,14 +138,14 @@ pub struct StreamRedactor<'s> {
     /// Inside a PEM private-key block whose `END` line has not arrived.
     in_pem: bool,
     /// What this stream found, with offsets in the stream as received.
-    findings: Vec<Finding>,
+    findings: Vec<StreamFinding>,
     /// Bytes of input consumed (emitted or swallowed) so far.
     consumed: usize,
 }
 
-impl<'s> StreamRedactor<'s> {
+impl<S: Borrow<Scanner>> StreamRedactor<S> {
     /// Starts a stream.
-    pub fn new(scanner: &'s Scanner, redactor: Redactor) -> Self {
+    pub fn new(scanner: S, redactor: Redactor) -> Self {
         Self {
             scanner,
             redactor,
@@ -138,8 +157,9 @@ impl<'s> StreamRedactor<'s> {
         }
     }
 
-    /// What was found so far: kind and byte range in the input stream.
-    pub fn findings(&self) -> &[Finding] {
+    /// What was found so far: kind, byte range in the input stream, and
+    /// fingerprint.
+    pub fn findings(&self) -> &[StreamFinding] {
         &self.findings
     }
 
@@ -196,6 +216,7 @@ impl<'s> StreamRedactor<'s> {
             let base = self.behind.len();
             let found: Vec<Finding> = self
                 .scanner
+                .borrow()
                 .scan(&ctx)
                 .into_iter()
                 .filter(|f| f.start >= base)
@@ -227,24 +248,28 @@ impl<'s> StreamRedactor<'s> {
                 found.iter().filter(|f| f.end <= emit_to).copied().collect();
             self.redactor.apply(&text[..emit_to], &emitted, &mut out);
             for f in &emitted {
-                self.findings.push(Finding::new(
-                    f.kind,
-                    self.consumed + f.start,
-                    self.consumed + f.end,
-                ));
+                let value = text.get(f.start..f.end).unwrap_or_default();
+                self.findings.push(StreamFinding {
+                    kind: f.kind,
+                    start: self.consumed + f.start,
+                    end: self.consumed + f.end,
+                    fingerprint: fingerprint(&self.redactor.key, f.kind, value),
+                });
             }
             self.remember(&text[..emit_to]);
             self.pending.drain(..emit_to);
             self.consumed += emit_to;
             match enter_pem {
                 Some(f) => {
-                    let p = self.redactor.placeholder(f.kind, &text[f.start..f.end]);
+                    let value = &text[f.start..f.end];
+                    let p = self.redactor.placeholder(f.kind, value);
                     out.push_str(&p);
-                    self.findings.push(Finding::new(
-                        f.kind,
-                        self.consumed,
-                        self.consumed + (f.end - f.start),
-                    ));
+                    self.findings.push(StreamFinding {
+                        kind: f.kind,
+                        start: self.consumed,
+                        end: self.consumed + (f.end - f.start),
+                        fingerprint: fingerprint(&self.redactor.key, f.kind, value),
+                    });
                     self.in_pem = true;
                 }
                 None => break,
@@ -316,6 +341,29 @@ card 4242 4242 4242 4242 mail a.b@example.org; password = \"Zq8vL2mP9xTt4\" end 
         // One byte at a time.
         let singles: Vec<&[u8]> = bytes.chunks(1).collect();
         assert_eq!(streamed(&scanner, &singles), expect);
+        // Findings carry stream offsets and fingerprints, not values.
+        let mut s = StreamRedactor::new(&scanner, Redactor::new(b"k"));
+        let _ = s.push(&bytes[..30]);
+        let _ = s.push(&bytes[30..]);
+        let _ = s.finish();
+        let whole = scanner.scan(SAMPLE);
+        let got: Vec<(Kind, usize, usize)> = s
+            .findings()
+            .iter()
+            .map(|f| (f.kind, f.start, f.end))
+            .collect();
+        let want: Vec<(Kind, usize, usize)> =
+            whole.iter().map(|f| (f.kind, f.start, f.end)).collect();
+        assert_eq!(got, want);
+        let token = s
+            .findings()
+            .iter()
+            .find(|f| f.kind == Kind::GithubToken)
+            .unwrap();
+        assert_eq!(
+            token.fingerprint,
+            fingerprint(b"k", Kind::GithubToken, &SAMPLE[token.start..token.end])
+        );
     }
 
     #[test]
