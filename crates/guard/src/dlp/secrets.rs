@@ -517,6 +517,14 @@ fn is_generic_secret(v: &str) -> bool {
     let dotted = v.contains('.')
         && v.split('.')
             .all(|p| identifier(p) && !p.bytes().any(|b| b.is_ascii_digit()));
+    // An index into a map or array (`os.environ["API_KEY"]`, `cfg[key]`)
+    // reads a secret from somewhere else.
+    let indexing = v.find('[').is_some_and(|i| {
+        i > 0
+            && v[..i]
+                .split('.')
+                .all(|p| identifier(p) && !p.bytes().any(|b| b.is_ascii_digit()))
+    });
     // A hexadecimal literal is a constant in code, not a credential.
     let hex_literal = v.len() > 2
         && (v.starts_with("0x") || v.starts_with("0X"))
@@ -526,6 +534,7 @@ fn is_generic_secret(v: &str) -> bool {
         || constant
         || number
         || dotted
+        || indexing
         || hex_literal
         || v.contains('(')
         || v.contains("://")
