@@ -84,7 +84,7 @@ impl PiiDetector {
 /// A byte loop finds them several times faster than the regex scans prose.
 fn number_spans(text: &[u8]) -> Vec<(usize, usize)> {
     let mut spans: Vec<(usize, usize)> = Vec::new();
-    let mut push = |s: usize, e: usize, spans: &mut Vec<(usize, usize)>| {
+    let push = |s: usize, e: usize, spans: &mut Vec<(usize, usize)>| {
         let mut s = s;
         while s > 0 && text[s - 1].is_ascii_alphanumeric() {
             s -= 1;
