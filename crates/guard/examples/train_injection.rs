@@ -42,6 +42,15 @@ const EPOCHS: usize = 12;
 const LEARNING_RATE: f32 = 0.4;
 const L2: f32 = 1e-6;
 
+/// A hyperparameter, overridable for cross-validation experiments
+/// (`GUARD_TRAIN_EPOCHS=20 …`); the shipped model uses the defaults above.
+fn param<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(format!("GUARD_TRAIN_{name}"))
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// Which threshold a document informs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Group {
@@ -78,6 +87,7 @@ fn main() {
         args.get(1)
             .map_or("/work/shared/data/guard/train", String::as_str),
     );
+    // Where the model goes: the second argument, else the shipped file.
     let out = PathBuf::from(args.get(2).map_or(
         concat!(env!("CARGO_MANIFEST_DIR"), "/data/injection_model.bin"),
         String::as_str,
@@ -180,11 +190,11 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
     // Tables are 18× as many as emails; sample as many as emails so both
     // kinds of document carry attacks.
     text_ctx.extend(table.iter().take(email.len()).cloned());
-    let mut positives = guard_data::bipia_positives(&text_ctx, &text_attacks, PER_ATTACK, &mut rng);
+    let mut positives = guard_data::bipia_positives(&text_ctx, &text_attacks, param("PER_ATTACK", PER_ATTACK), &mut rng);
     positives.extend(guard_data::bipia_positives(
         &code,
         &code_attacks,
-        PER_ATTACK,
+        param("PER_ATTACK", PER_ATTACK),
         &mut rng,
     ));
     // The bare instructions too: what the attack says, without a context.
@@ -292,7 +302,12 @@ fn train(docs: &[Doc], keep: impl Fn(&Doc) -> bool) -> Model {
     let (mut bias, mut b2) = (0f32, 1e-6f32);
     let mut order: Vec<usize> = (0..samples.len()).collect();
     let mut rng = Rng(0x00c0_ffee_d00d_f00d);
-    for _ in 0..EPOCHS {
+    let (epochs, lr, l2) = (
+        param("EPOCHS", EPOCHS),
+        param("LR", LEARNING_RATE),
+        param("L2", L2),
+    );
+    for _ in 0..epochs {
         for i in (1..order.len()).rev() {
             order.swap(i, rng.below(i + 1));
         }
@@ -302,12 +317,12 @@ fn train(docs: &[Doc], keep: impl Fn(&Doc) -> bool) -> Model {
             let err = (sigmoid(z) - y) * weight;
             for &(j, v) in x.iter() {
                 let j = j as usize;
-                let g = err * v + L2 * w[j];
+                let g = err * v + l2 * w[j];
                 g2[j] += g * g;
-                w[j] -= LEARNING_RATE * g / g2[j].sqrt();
+                w[j] -= lr * g / g2[j].sqrt();
             }
             b2 += err * err;
-            bias -= LEARNING_RATE * err / b2.sqrt();
+            bias -= lr * err / b2.sqrt();
         }
     }
     Model {
