@@ -15,7 +15,8 @@
 //! - `valid.json`, the PINT-like mix (input): its 48 attacks (PINT public
 //!   and internal injections and jailbreaks, BIPIA text and code) and 96
 //!   benign rows (PINT chat, documents and hard negatives, WildGuard,
-//!   NotInject), and its 48 PINT rows alone;
+//!   NotInject), and its 48 PINT rows alone; once with every row on the
+//!   input channel, once with the BIPIA rows on the tool-output channel;
 //! - BIPIA indirect (tool-output channel): every test attack instruction
 //!   inserted into 4 test contexts (text attacks into emails and tables, code
 //!   attacks into code answers) at start, middle or end, against all clean
@@ -122,6 +123,20 @@ fn main() {
     let t = tally(&det, &valid, Channel::Input);
     t.print("PINT-like mix, valid.json (input)");
     all.merge(t);
+    // The same rows, each on the channel it belongs to: BIPIA rows are
+    // instructions meant to arrive inside a tool output (indirect
+    // injection), where a plain request is out of place; on the input
+    // channel a user may ask exactly that.
+    let mut natural = Tally::default();
+    for s in &valid {
+        let channel = if s.source.starts_with("BIPIA") {
+            Channel::ToolOutput
+        } else {
+            Channel::Input
+        };
+        natural.add(s.label, det.assess(&s.text, channel).flagged);
+    }
+    natural.print("  same, BIPIA rows on tool_output");
     let pint: Vec<Sample> = valid
         .iter()
         .filter(|s| s.source.starts_with("PINT"))

@@ -35,12 +35,16 @@ use portcullis_guard::injection::model::{DIMS, Features, Model, Thresholds, sigm
 use portcullis_guard::injection::{Channel, Detector, ScoredWindow};
 use portcullis_guard::poisoning::{self, ToolDefinition};
 
-/// Contexts each BIPIA attack is inserted into.
-const PER_ATTACK: usize = 12;
+/// Contexts each BIPIA attack is inserted into. The hyperparameters below
+/// were chosen by the cross-validated figures this command prints (train
+/// data only): against 12 contexts and L2 1e-6, these raised the
+/// tool-output recall at the chosen threshold from 0.75 to 0.83 with the
+/// input channel's balanced accuracy unchanged (0.92).
+const PER_ATTACK: usize = 24;
 const FOLDS: usize = 5;
 const EPOCHS: usize = 12;
 const LEARNING_RATE: f32 = 0.4;
-const L2: f32 = 1e-6;
+const L2: f32 = 1e-5;
 
 /// A hyperparameter, overridable for cross-validation experiments
 /// (`GUARD_TRAIN_EPOCHS=20 …`); the shipped model uses the defaults above.
@@ -190,7 +194,12 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
     // Tables are 18× as many as emails; sample as many as emails so both
     // kinds of document carry attacks.
     text_ctx.extend(table.iter().take(email.len()).cloned());
-    let mut positives = guard_data::bipia_positives(&text_ctx, &text_attacks, param("PER_ATTACK", PER_ATTACK), &mut rng);
+    let mut positives = guard_data::bipia_positives(
+        &text_ctx,
+        &text_attacks,
+        param("PER_ATTACK", PER_ATTACK),
+        &mut rng,
+    );
     positives.extend(guard_data::bipia_positives(
         &code,
         &code_attacks,
