@@ -238,10 +238,32 @@ impl Detector {
         channel: Channel,
     ) -> (Vec<ScoredWindow>, Vec<SignatureMatch>, Vec<Signal>) {
         let seed = model::channel_seed(channel);
-        let Normalized { pieces, signals } = normalize(text);
         let mut out = Vec::new();
+        let (matches, signals) = self.visit(text, |window, ids, floor, (start, end)| {
+            let mut features = Vec::new();
+            model::features(window, ids, seed, &mut features);
+            out.push(ScoredWindow {
+                start,
+                end,
+                features,
+                floor,
+            });
+        });
+        (out, matches, signals)
+    }
+
+    /// Normalises `text`, runs the signatures, and calls `f` for every
+    /// window with its normalised text, the ids of the signatures in it, its
+    /// score floor and its original byte range.
+    fn visit(
+        &self,
+        text: &str,
+        mut f: impl FnMut(&str, &[&str], f32, (usize, usize)),
+    ) -> (Vec<SignatureMatch>, Vec<Signal>) {
+        let Normalized { pieces, signals } = normalize(text);
         let mut matches: Vec<SignatureMatch> = Vec::new();
         let mut hits: Vec<Hit> = Vec::new();
+        let mut ids: Vec<&str> = Vec::new();
         for piece in &pieces {
             hits.clear();
             self.signatures.scan(&piece.text, &mut hits);
@@ -261,46 +283,42 @@ impl Detector {
             let mut ranges = windows(&piece.text);
             ranges.extend(segments(&piece.text));
             for (ws, we) in ranges {
-                let inside: Vec<&Hit> =
-                    hits.iter().filter(|h| h.start < we && h.end > ws).collect();
-                let ids: Vec<&str> = inside
-                    .iter()
-                    .map(|h| self.signatures.rules()[h.rule].id.as_str())
-                    .collect();
+                ids.clear();
+                let mut strong = false;
+                for h in hits.iter().filter(|h| h.start < we && h.end > ws) {
+                    let rule = &self.signatures.rules()[h.rule];
+                    ids.push(rule.id.as_str());
+                    strong |= rule.score >= signatures::STRONG;
+                }
                 // A strong signature is a known attack phrasing: decisive on
                 // every channel, whatever the model says.
-                let floor = if inside
-                    .iter()
-                    .any(|h| self.signatures.rules()[h.rule].score >= signatures::STRONG)
-                {
-                    STRONG_FLOOR
-                } else {
-                    0.0
-                };
-                let mut features = Vec::new();
-                model::features(&piece.text[ws..we], &ids, seed, &mut features);
-                let (start, end) = piece.original_range(ws, we, text);
-                out.push(ScoredWindow {
-                    start,
-                    end,
-                    features,
+                let floor = if strong { STRONG_FLOOR } else { 0.0 };
+                f(
+                    &piece.text[ws..we],
+                    &ids,
                     floor,
-                });
+                    piece.original_range(ws, we, text),
+                );
             }
         }
-        (out, matches, signals)
+        (matches, signals)
     }
 
     /// Scores `text` for `channel`.
     pub fn assess(&self, text: &str, channel: Channel) -> Assessment {
-        let (windows, signatures, signals) = self.windows(text, channel);
+        let seed = model::channel_seed(channel);
         let mut best = (0f32, (0, text.len()));
-        for w in &windows {
-            let p = self.model.probability(&w.features).max(w.floor);
+        let (signatures, signals) = self.visit(text, |window, ids, floor, range| {
+            // A window the floor already decides needs no model.
+            let p = if floor >= STRONG_FLOOR {
+                floor
+            } else {
+                self.model.window_probability(window, ids, seed).max(floor)
+            };
             if p > best.0 {
-                best = (p, (w.start, w.end));
+                best = (p, range);
             }
-        }
+        });
         let mut score = best.0;
         // Text smuggled in tag characters is invisible to a human reviewer
         // and has no benign use in prose.
