@@ -16,6 +16,7 @@ use portcullis_audit::{AuditRecord, Outcome, RecordKind};
 use portcullis_core::{AgentName, ErrorCode, RequestId};
 use portcullis_gateway::Gateway;
 use portcullis_gateway::audit_sink::AuditSink;
+use portcullis_gateway::checkpointer::Checkpointer;
 use portcullis_identity::CertificateAuthority;
 use portcullis_store::{AgentRow, CertificateRow, Store, StoreError};
 use serde::{Deserialize, Serialize};
@@ -38,17 +39,21 @@ pub struct AdminState {
     pub token_hashes: Arc<Vec<String>>,
     /// Where admin audit records go.
     pub sink: AuditSink,
+    /// The vault; `None` when no key-encryption key is configured.
+    pub vault: Option<Arc<portcullis_vault::Vault>>,
+    /// Signs the audit log's checkpoints.
+    pub checkpointer: Arc<Checkpointer>,
 }
 
 /// Per-request facts the middleware establishes.
 #[derive(Clone)]
-struct Call {
-    request_id: RequestId,
+pub(crate) struct Call {
+    pub(crate) request_id: RequestId,
     remote: Option<SocketAddr>,
 }
 
 /// An admin-API error: the same JSON shape as the data plane.
-struct ApiError {
+pub(crate) struct ApiError {
     code: ErrorCode,
     message: String,
     request_id: RequestId,
@@ -75,7 +80,7 @@ impl IntoResponse for ApiError {
 }
 
 impl Call {
-    fn error(&self, code: ErrorCode, message: impl Into<String>) -> ApiError {
+    pub(crate) fn error(&self, code: ErrorCode, message: impl Into<String>) -> ApiError {
         ApiError {
             code,
             message: message.into(),
@@ -83,7 +88,7 @@ impl Call {
         }
     }
 
-    fn store_error(&self, e: StoreError) -> ApiError {
+    pub(crate) fn store_error(&self, e: StoreError) -> ApiError {
         match e {
             StoreError::Conflict(what) => {
                 self.error(ErrorCode::Conflict, format!("`{what}` already exists"))
@@ -92,6 +97,7 @@ impl Call {
                 ErrorCode::NotFound,
                 format!("`{what}` does not exist or is revoked"),
             ),
+            StoreError::Invalid(message) => self.error(ErrorCode::BadRequest, message),
             other => {
                 tracing::error!(request_id = %self.request_id, error = %other, "store error");
                 self.error(ErrorCode::Internal, "internal error")
@@ -99,12 +105,12 @@ impl Call {
         }
     }
 
-    fn internal(&self, e: impl std::fmt::Display) -> ApiError {
+    pub(crate) fn internal(&self, e: impl std::fmt::Display) -> ApiError {
         tracing::error!(request_id = %self.request_id, error = %e, "admin internal error");
         self.error(ErrorCode::Internal, "internal error")
     }
 
-    fn audit(
+    pub(crate) fn audit(
         &self,
         sink: &AuditSink,
         action: &str,
@@ -114,23 +120,17 @@ impl Call {
         error: Option<ErrorCode>,
     ) {
         sink.submit(AuditRecord {
-            seq: None,
             time_ms: now_ms(),
             kind: RecordKind::Admin,
             request_id: self.request_id.to_string(),
             principal: (outcome == Outcome::Allow).then(|| "admin".to_string()),
-            credential: None,
             source_ip: self.remote.map(|r| r.ip().to_string()),
             action: action.to_string(),
             resource: Some(resource.to_string()),
-            path: None,
             outcome,
-            policies: Vec::new(),
             error_code: error.map(|c| c.as_str().to_string()),
             status,
-            duration_us: 0,
-            bytes_in: 0,
-            bytes_out: 0,
+            ..AuditRecord::default()
         });
     }
 }
@@ -151,6 +151,23 @@ pub fn router(state: AdminState) -> Router {
         .route("/agents/{name}/revoke", post(revoke_agent))
         .route("/agents/{name}/certificates", post(renew_agent))
         .route("/audit", get(audit_tail))
+        .merge(crate::vault_api::routes())
+        .route(
+            "/audit/checkpoint",
+            get(crate::audit_api::latest_checkpoint).post(crate::audit_api::sign_checkpoint),
+        )
+        .route(
+            "/audit/checkpoints",
+            get(crate::audit_api::list_checkpoints),
+        )
+        .route("/audit/records/{id}", get(crate::audit_api::record))
+        .route("/audit/proof/inclusion", get(crate::audit_api::inclusion))
+        .route(
+            "/audit/proof/consistency",
+            get(crate::audit_api::consistency),
+        )
+        .route("/audit/export", get(crate::audit_api::export))
+        .route("/inventory", get(crate::audit_api::inventory))
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()
@@ -208,6 +225,13 @@ async fn require_admin(
         }
         Some(_) => None,
     };
+    // Fail closed: a change that cannot be recorded is not made.
+    let refusal = refusal.or_else(|| {
+        (req.method() != http::Method::GET && !state.sink.writable()).then_some((
+            ErrorCode::AuditUnavailable,
+            "the audit log cannot be written; admin changes are refused until it recovers",
+        ))
+    });
     if let Some((code, message)) = refusal {
         call.audit(
             &state.sink,
@@ -273,7 +297,7 @@ async fn not_found(Extension(call): Extension<Call>) -> ApiError {
     call.error(ErrorCode::NotFound, "no such admin endpoint")
 }
 
-fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
+pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     let body = serde_json::to_string(value).unwrap_or_else(|_| "{}".into());
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
@@ -323,7 +347,10 @@ struct IssuedView {
     ca_pem: String,
 }
 
-fn parse_json<T: for<'de> Deserialize<'de>>(call: &Call, body: &Bytes) -> Result<T, ApiError> {
+pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(
+    call: &Call,
+    body: &Bytes,
+) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| call.error(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
 }

@@ -6,12 +6,15 @@
 //! codes as the data plane (`docs/errors.md`).
 //!
 //! Unauthenticated: `GET /healthz`, `GET /readyz`, `GET /metrics`.
-//! Bearer admin token: everything under `/admin/v1/`. Every change and every
+//! Bearer admin token: everything under `/admin/v1/`, including the vault's
+//! `/secrets`, `/vault` and `/transit` endpoints (`vault_api.rs`). Every change and every
 //! refused admin call is written to the audit log.
 #![forbid(unsafe_code)]
 
 mod api;
+mod audit_api;
 mod auth;
+mod vault_api;
 
 pub use api::{AdminState, DEFAULT_CERT_TTL, RemoteAddr, router};
 pub use auth::{hash_token, new_token};

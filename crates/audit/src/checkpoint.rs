@@ -120,6 +120,32 @@ pub fn parse_and_verify(note: &str, verifier_key: &str) -> Result<Checkpoint, Ch
     Checkpoint::parse_body(body)
 }
 
+/// Splits a file of signed notes written one after another (the checkpoint
+/// export file) into single notes. A note ends after its last signature line;
+/// blank lines between notes are skipped. Each note is returned whole, to be
+/// verified with [`parse_and_verify`].
+pub fn split_notes(text: &str) -> Vec<String> {
+    let mut notes = Vec::new();
+    let mut current = String::new();
+    let mut signed = false;
+    for line in text.split_inclusive('\n') {
+        let is_signature = line.starts_with(note::SIGNATURE_PREFIX);
+        if signed && !is_signature {
+            notes.push(std::mem::take(&mut current));
+            signed = false;
+        }
+        if current.is_empty() && line.trim().is_empty() {
+            continue;
+        }
+        current.push_str(line);
+        signed |= is_signature;
+    }
+    if !current.trim().is_empty() {
+        notes.push(current);
+    }
+    notes
+}
+
 /// Whether `origin` can be a checkpoint's first line.
 fn is_valid_origin(origin: &str) -> bool {
     !origin.is_empty() && !origin.chars().any(char::is_control)
@@ -369,5 +395,21 @@ mod tests {
                 Err(CheckpointError::InvalidOrigin(origin.into()))
             );
         }
+    }
+
+    #[test]
+    fn notes_written_one_after_another_split_back() {
+        let one = sign(&checkpoint(), &key(), NAME).unwrap();
+        let mut two_cp = checkpoint();
+        two_cp.size = 9;
+        let two = sign(&two_cp, &key(), NAME).unwrap();
+        let file = format!("{one}\n{SUMDB_COSIGNED_NOTE}{two}");
+        let notes = split_notes(&file);
+        assert_eq!(notes, [one, SUMDB_COSIGNED_NOTE.to_owned(), two]);
+        assert_eq!(
+            parse_and_verify(&notes[2], &verifier_key()).unwrap().size,
+            9
+        );
+        assert!(split_notes("\n\n").is_empty());
     }
 }

@@ -18,31 +18,35 @@
 pub mod checkpoint;
 pub mod merkle;
 pub mod note;
+pub mod verify;
 
 use serde::{Deserialize, Serialize};
 
 /// What kind of event a record describes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RecordKind {
     /// A data-plane request.
+    #[default]
     Request,
     /// An administrative change (agent created, revoked, certificate issued).
     Admin,
 }
 
 /// Whether the thing described was allowed to happen.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Outcome {
     /// Allowed (by policy for requests; by admin authentication for admin events).
     Allow,
     /// Refused: by policy, by authentication, or by a limit; `error_code` says which.
+    #[default]
     Deny,
 }
 
-/// One audit record.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One audit record. `Default` is a refused request with every optional field
+/// empty, for building records field by field.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditRecord {
     /// Position in the log, assigned by the store when the record is appended
     /// (`null` until then). It becomes the Merkle leaf index.
@@ -82,6 +86,22 @@ pub struct AuditRecord {
     pub bytes_in: u64,
     /// Response body bytes sent to the client.
     pub bytes_out: u64,
+    /// The data classification of the route (`public`, `internal`,
+    /// `confidential`, `restricted`); `null` when no route matched.
+    pub classification: Option<String>,
+    /// SHA-256 (lowercase hex) of the request body as received from the client
+    /// and forwarded; `null` when the body was not read to its end (refused
+    /// before forwarding, or abandoned).
+    pub request_sha256: Option<String>,
+    /// SHA-256 (lowercase hex) of the response body as sent to the client,
+    /// after any redaction; `null` when it was not sent to its end.
+    pub response_sha256: Option<String>,
+    /// SHA-256 of the response body as the upstream sent it, when redaction
+    /// changed it; `null` otherwise.
+    pub response_sha256_unredacted: Option<String>,
+    /// The request was let through while the audit log could not be written,
+    /// because its route is configured to fail open.
+    pub fail_open: bool,
 }
 
 impl AuditRecord {
@@ -115,6 +135,15 @@ mod tests {
             duration_us: 42,
             bytes_in: 0,
             bytes_out: 12,
+            classification: Some("public".into()),
+            request_sha256: Some(
+                "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855".into(),
+            ),
+            response_sha256: Some(
+                "a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447".into(),
+            ),
+            response_sha256_unredacted: None,
+            fail_open: false,
         }
     }
 
@@ -123,7 +152,7 @@ mod tests {
         let bytes = sample().canonical_bytes();
         assert_eq!(
             String::from_utf8(bytes.clone()).unwrap(),
-            r#"{"seq":7,"time_ms":1700000000123,"kind":"request","request_id":"abc","principal":"bot","credential":"spiffe://portcullis.local/agent/bot serial=01","source_ip":"127.0.0.1","action":"GET","resource":"demo","path":"/demo/hello","outcome":"allow","policies":["readers-read-low"],"error_code":null,"status":200,"duration_us":42,"bytes_in":0,"bytes_out":12}"#
+            r#"{"seq":7,"time_ms":1700000000123,"kind":"request","request_id":"abc","principal":"bot","credential":"spiffe://portcullis.local/agent/bot serial=01","source_ip":"127.0.0.1","action":"GET","resource":"demo","path":"/demo/hello","outcome":"allow","policies":["readers-read-low"],"error_code":null,"status":200,"duration_us":42,"bytes_in":0,"bytes_out":12,"classification":"public","request_sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","response_sha256":"a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447","response_sha256_unredacted":null,"fail_open":false}"#
         );
         let back: AuditRecord = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(back, sample());
@@ -135,7 +164,7 @@ mod tests {
         let hash = merkle::leaf_hash(&sample().canonical_bytes());
         assert_eq!(
             hex::encode(hash),
-            "0280d1454fae9c6c93571e02c44eea20a0fc40890f581a399ae30845f7614360"
+            "499e32cb27bccc1c1b3d9e97e206a2c0e52b9ede2d59a2995d4719e014e8745a"
         );
     }
 }

@@ -286,6 +286,129 @@ pub fn verify_consistency(
     Ok(())
 }
 
+/// A complete subtree of the log: the `2^level` leaves starting at leaf
+/// `index << level`, and its hash (a leaf hash at level 0).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subtree {
+    /// Height of the subtree; 0 is a single leaf.
+    pub level: u32,
+    /// Position among the subtrees of the same level.
+    pub index: u64,
+    /// Its hash.
+    pub hash: Hash,
+}
+
+/// A run of leaves whose tree head a proof needs.
+pub type LeafRange = std::ops::Range<u64>;
+
+/// The leaf ranges whose tree heads form the inclusion proof of leaf `index`
+/// in a tree of `size` leaves, in proof order.
+///
+/// This is [`inclusion_proof`] for a log too large to hold in memory: a store
+/// computes each range's head from the complete subtrees it keeps
+/// ([`range_subtrees`], [`fold_subtrees`]) and so serves proofs from O(log n)
+/// stored hashes.
+pub fn inclusion_proof_ranges(index: u64, size: u64) -> Result<Vec<LeafRange>, ProofError> {
+    if index >= size {
+        return Err(ProofError::IndexOutOfRange { index, size });
+    }
+    let mut out = Vec::new();
+    path_ranges(index, 0..size, &mut out);
+    Ok(out)
+}
+
+/// [`path`] over leaf positions.
+fn path_ranges(m: u64, d: LeafRange, out: &mut Vec<LeafRange>) {
+    let n = d.end - d.start;
+    if n <= 1 {
+        return;
+    }
+    let k = split_u64(n);
+    let mid = d.start + k;
+    if m < k {
+        path_ranges(m, d.start..mid, out);
+        out.push(mid..d.end);
+    } else {
+        path_ranges(m - k, mid..d.end, out);
+        out.push(d.start..mid);
+    }
+}
+
+/// The leaf ranges whose tree heads form the consistency proof between trees of
+/// `old_size` and `new_size` leaves, in proof order (see
+/// [`inclusion_proof_ranges`]).
+pub fn consistency_proof_ranges(
+    old_size: u64,
+    new_size: u64,
+) -> Result<Vec<LeafRange>, ProofError> {
+    if old_size > new_size {
+        return Err(ProofError::OldSizeTooLarge { old_size, new_size });
+    }
+    let mut out = Vec::new();
+    if old_size > 0 {
+        subproof_ranges(old_size, 0..new_size, true, &mut out);
+    }
+    Ok(out)
+}
+
+/// [`subproof`] over leaf positions.
+fn subproof_ranges(m: u64, d: LeafRange, b: bool, out: &mut Vec<LeafRange>) {
+    let n = d.end - d.start;
+    if m == n {
+        if !b {
+            out.push(d);
+        }
+        return;
+    }
+    let k = split_u64(n);
+    let mid = d.start + k;
+    if m <= k {
+        subproof_ranges(m, d.start..mid, b, out);
+        out.push(mid..d.end);
+    } else {
+        subproof_ranges(m - k, mid..d.end, false, out);
+        out.push(d.start..mid);
+    }
+}
+
+/// The complete subtrees, as `(level, index)`, that make up `range`, largest
+/// (leftmost) first. [`fold_subtrees`] over their hashes gives the range's
+/// tree head.
+///
+/// The ranges a proof needs, and every prefix `0..n` of the log, start at a
+/// multiple of a power of two at least as large as the range; for those the
+/// subtrees are the set bits of the range's length, which is what makes the
+/// fold equal to the tree head.
+pub fn range_subtrees(range: LeafRange) -> Vec<(u32, u64)> {
+    let mut out = Vec::new();
+    let mut p = range.start;
+    while p < range.end {
+        let mut level = if p == 0 { 63 } else { p.trailing_zeros() };
+        while level > 0 && (1u64 << level) > range.end - p {
+            level -= 1;
+        }
+        out.push((level, p >> level));
+        p += 1u64 << level;
+    }
+    out
+}
+
+/// The tree head over consecutive complete subtrees of decreasing size given
+/// left to right (see [`range_subtrees`]): each is the left child of the head of
+/// the ones after it.
+pub fn fold_subtrees(hashes: &[Hash]) -> Hash {
+    let mut rest = hashes.iter().rev();
+    let Some(last) = rest.next() else {
+        return empty_root();
+    };
+    rest.fold(*last, |right, left| node_hash(left, &right))
+}
+
+/// The largest power of two smaller than `n`; `n` must be at least 2.
+fn split_u64(n: u64) -> u64 {
+    1 << (u64::BITS - 1 - (n - 1).leading_zeros())
+}
+
 /// The largest power of two smaller than `n`; `n` must be at least 2.
 fn split(n: usize) -> usize {
     1 << (usize::BITS - 1 - (n - 1).leading_zeros())
@@ -324,10 +447,24 @@ impl MerkleAccumulator {
 
     /// Appends the leaf with hash `leaf_hash`.
     pub fn push(&mut self, leaf_hash: Hash) {
+        self.push_reporting(leaf_hash, |_| {});
+    }
+
+    /// Appends the leaf with hash `leaf_hash` and reports every complete
+    /// subtree the leaf completes, the leaf itself first (level 0), so a store
+    /// can keep the interior nodes that proofs are made from.
+    pub fn push_reporting(&mut self, leaf_hash: Hash, mut completed: impl FnMut(Subtree)) {
+        let index = self.size;
+        completed(Subtree {
+            level: 0,
+            index,
+            hash: leaf_hash,
+        });
         // Each trailing one bit of the old size is a complete subtree of the
         // same height as the one being carried: merge them, like binary addition.
         let mut carry = leaf_hash;
         let mut size = self.size;
+        let mut level = 0;
         while size & 1 == 1 {
             let Some(left) = self.frontier.pop() else {
                 // Unreachable: the frontier has one hash per set bit of `size`.
@@ -335,6 +472,12 @@ impl MerkleAccumulator {
             };
             carry = node_hash(&left, &carry);
             size >>= 1;
+            level += 1;
+            completed(Subtree {
+                level,
+                index: index >> level,
+                hash: carry,
+            });
         }
         self.frontier.push(carry);
         self.size += 1;
@@ -842,5 +985,75 @@ mod tests {
             MerkleAccumulator::from_frontier(3, vec![empty_root()]),
             Err(ProofError::BadFrontier { len: 1, size: 3 })
         );
+    }
+
+    /// The complete subtrees of `leaves`, as an accumulator reports them.
+    fn subtree_table(leaves: &[Hash]) -> std::collections::HashMap<(u32, u64), Hash> {
+        let mut table = std::collections::HashMap::new();
+        let mut acc = MerkleAccumulator::new();
+        for leaf in leaves {
+            acc.push_reporting(*leaf, |s| {
+                assert!(table.insert((s.level, s.index), s.hash).is_none());
+            });
+        }
+        table
+    }
+
+    fn head_from_table(
+        table: &std::collections::HashMap<(u32, u64), Hash>,
+        range: LeafRange,
+    ) -> Hash {
+        let hashes: Vec<Hash> = range_subtrees(range)
+            .into_iter()
+            .map(|key| table[&key])
+            .collect();
+        fold_subtrees(&hashes)
+    }
+
+    #[test]
+    fn reported_subtrees_are_the_complete_subtrees() {
+        let leaves = generated_leaves(77);
+        let table = subtree_table(&leaves);
+        for (&(level, index), hash) in &table {
+            let start = (index << level) as usize;
+            let end = start + (1 << level);
+            assert_eq!(
+                root(&leaves[start..end]),
+                *hash,
+                "level {level} index {index}"
+            );
+        }
+        // 77 leaves make 77 + 38 + 19 + 9 + 4 + 2 + 1 complete subtrees.
+        assert_eq!(table.len(), 150);
+        for n in 0..=77 {
+            assert_eq!(head_from_table(&table, 0..n), root(&leaves[..n as usize]));
+        }
+    }
+
+    #[test]
+    fn proofs_from_stored_subtrees_equal_proofs_from_leaves() {
+        let leaves = generated_leaves(70);
+        let table = subtree_table(&leaves);
+        for size in 1..=70u64 {
+            let d = &leaves[..size as usize];
+            for index in 0..size {
+                let planned: Vec<Hash> = inclusion_proof_ranges(index, size)
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| head_from_table(&table, r))
+                    .collect();
+                assert_eq!(planned, inclusion_proof(d, index).unwrap());
+            }
+            for old in 0..=size {
+                let planned: Vec<Hash> = consistency_proof_ranges(old, size)
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| head_from_table(&table, r))
+                    .collect();
+                assert_eq!(planned, consistency_proof(d, old).unwrap());
+            }
+        }
+        assert!(inclusion_proof_ranges(3, 3).is_err());
+        assert!(consistency_proof_ranges(4, 3).is_err());
     }
 }

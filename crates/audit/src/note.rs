@@ -25,7 +25,7 @@ use thiserror::Error;
 pub const ED25519_SIGNATURE_TYPE: u8 = 0x01;
 
 /// What starts every signature line: an em dash and a space.
-const SIGNATURE_PREFIX: &str = "\u{2014} ";
+pub const SIGNATURE_PREFIX: &str = "\u{2014} ";
 
 /// The most signature lines [`open`] reads (the specification asks for at least
 /// 16; Go's implementation also stops at 100).

@@ -83,6 +83,35 @@ impl AdminClient {
         self.send(self.http.post(self.url(path)).json(body)).await
     }
 
+    /// `DELETE path`, returning the JSON body.
+    pub async fn delete(&self, path: &str) -> Result<Value> {
+        self.send(self.http.delete(self.url(path))).await
+    }
+
+    /// `GET path`, streaming the body into `out`; returns the response headers.
+    pub async fn download(
+        &self,
+        path: &str,
+        out: &mut (impl std::io::Write + ?Sized),
+    ) -> Result<reqwest::header::HeaderMap> {
+        let mut response = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(&self.token)
+            .timeout(std::time::Duration::from_secs(3600))
+            .send()
+            .await
+            .with_context(|| format!("cannot reach the admin API at {}", self.base))?;
+        if !response.status().is_success() {
+            bail!("the admin API answered HTTP {}", response.status().as_u16());
+        }
+        let headers = response.headers().clone();
+        while let Some(chunk) = response.chunk().await? {
+            out.write_all(&chunk)?;
+        }
+        Ok(headers)
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}/admin/v1{path}", self.base)
     }

@@ -62,6 +62,60 @@ pub enum AuditCommand {
         #[arg(short = 'n', long, default_value_t = 20)]
         n: u32,
     },
+    /// Print the latest signed checkpoint (with --sign, sign one now first).
+    Checkpoint {
+        /// Sign a checkpoint over everything written so far.
+        #[arg(long)]
+        sign: bool,
+    },
+    /// Prove that a record is in the signed log, and check the proof here.
+    Prove {
+        /// The record: its seq, or its request id.
+        id: String,
+        /// Prove against the checkpoint of this tree size (default: the latest).
+        #[arg(long)]
+        tree_size: Option<u64>,
+        /// The log's verifier key, or a file holding it (default:
+        /// `<state-dir>/audit.pub`).
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Prove that the log of one size is a prefix of a later one.
+    Consistency {
+        /// The older tree size.
+        from: u64,
+        /// The newer tree size (default: the latest checkpoint).
+        to: Option<u64>,
+        /// The log's verifier key, or a file holding it.
+        #[arg(long)]
+        key: Option<String>,
+    },
+    /// Write the log's exact leaves (one JSON record per line) to a file, for
+    /// offline verification, and its checkpoints beside them.
+    Export {
+        /// Where the records go.
+        #[arg(long)]
+        out: PathBuf,
+        /// Where the signed checkpoints go (default: `<out>.checkpoints`).
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+    },
+    /// Recompute the whole log and check it against every signed checkpoint;
+    /// exits non-zero naming the first bad record. Reads the state directory's
+    /// database, or with --export an exported log, offline.
+    Verify {
+        /// The log's verifier key, or a file holding it (default:
+        /// `<state-dir>/audit.pub`; pin it somewhere the admin cannot change).
+        #[arg(long)]
+        key: Option<String>,
+        /// An exported log (`audit export`) to verify with no server or database.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// Files of signed checkpoints to hold the log to, besides the stored
+        /// ones (e.g. the `[audit] checkpoint_file` copy).
+        #[arg(long)]
+        checkpoint: Vec<PathBuf>,
+    },
 }
 
 /// `portcullis policy …`
@@ -75,7 +129,7 @@ pub enum PolicyCommand {
 }
 
 /// Parses `3600`, `90s`, `30m`, `24h`, `7d`.
-fn parse_ttl(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_ttl(s: &str) -> Result<Duration, String> {
     let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => s.split_at(i),
         None => (s, "s"),
@@ -175,6 +229,14 @@ pub async fn agent(command: AgentCommand, args: AdminArgs) -> Result<()> {
 
 /// Runs an audit command.
 pub async fn audit(command: AuditCommand, args: AdminArgs) -> Result<()> {
+    if let AuditCommand::Verify {
+        key,
+        export,
+        checkpoint,
+    } = command
+    {
+        return crate::audit_cmd::verify(&args.state, key, export, &checkpoint).await;
+    }
     let client = AdminClient::from_args(&args)?;
     match command {
         AuditCommand::Tail { n } => {
@@ -183,6 +245,17 @@ pub async fn audit(command: AuditCommand, args: AdminArgs) -> Result<()> {
                 println!("{record}");
             }
         }
+        AuditCommand::Checkpoint { sign } => crate::audit_cmd::checkpoint(&client, sign).await?,
+        AuditCommand::Prove { id, tree_size, key } => {
+            crate::audit_cmd::prove(&client, &args.state, &id, tree_size, key).await?
+        }
+        AuditCommand::Consistency { from, to, key } => {
+            crate::audit_cmd::consistency(&client, &args.state, from, to, key).await?
+        }
+        AuditCommand::Export { out, checkpoints } => {
+            crate::audit_cmd::export(&client, &out, checkpoints).await?
+        }
+        AuditCommand::Verify { .. } => {}
     }
     Ok(())
 }

@@ -3,11 +3,14 @@
 //! and `guard scan`, work offline).
 #![forbid(unsafe_code)]
 
+mod audit_cmd;
 mod client;
 mod commands;
 mod guard_cmd;
+mod inventory;
 mod serve;
 mod state_dir;
+mod vault_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -24,6 +27,11 @@ pub const ENV_ADMIN_TOKEN: &str = "PORTCULLIS_ADMIN_TOKEN";
 pub const ENV_LOG: &str = "PORTCULLIS_LOG";
 /// Environment variable selecting the log format: `text` (default) or `json`.
 pub const ENV_LOG_FORMAT: &str = "PORTCULLIS_LOG_FORMAT";
+/// Environment variable naming the vault's key-encryption key file (32 bytes,
+/// raw or base64).
+pub const ENV_KEK_FILE: &str = "PORTCULLIS_KEK_FILE";
+/// Environment variable holding the vault's key-encryption key (base64).
+pub const ENV_KEK: &str = "PORTCULLIS_KEK";
 
 /// Portcullis: a zero-trust gateway for AI agents.
 #[derive(Debug, Parser)]
@@ -87,6 +95,45 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Manage vault secrets (upstream credentials agents never see).
+    Secret {
+        #[command(subcommand)]
+        command: vault_cmd::SecretCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// The vault itself: status and rekey.
+    Vault {
+        #[command(subcommand)]
+        command: vault_cmd::VaultCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Transit encryption (Fernet tokens) with named keys.
+    Transit {
+        #[command(subcommand)]
+        command: vault_cmd::TransitCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Read captured payloads.
+    Capture {
+        #[command(subcommand)]
+        command: vault_cmd::CaptureCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Every identity and resource, and who touched what (from the audit log).
+    Inventory {
+        /// Only activity in this window, e.g. `7d`, `24h` (default: all).
+        #[arg(long, value_parser = commands::parse_ttl)]
+        since: Option<std::time::Duration>,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "table")]
+        format: inventory::Format,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Work with policies.
     Policy {
         #[command(subcommand)]
@@ -133,8 +180,17 @@ fn main() -> ExitCode {
             }
             Command::Agent { command, admin } => commands::agent(command, admin).await,
             Command::Audit { command, admin } => commands::audit(command, admin).await,
+            Command::Inventory {
+                since,
+                format,
+                admin,
+            } => inventory::run(admin, since, format).await,
             Command::Policy { command, state } => commands::policy(command, state),
             Command::Guard { .. } => Ok(()),
+            Command::Secret { command, admin } => vault_cmd::secret(command, admin).await,
+            Command::Vault { command, admin } => vault_cmd::vault(command, admin).await,
+            Command::Transit { command, admin } => vault_cmd::transit(command, admin).await,
+            Command::Capture { command, admin } => vault_cmd::capture(command, admin).await,
         }
     });
     match result {

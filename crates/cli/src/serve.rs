@@ -10,6 +10,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use portcullis_admin::{AdminState, RemoteAddr};
 use portcullis_gateway::audit_sink::AuditWriter;
+use portcullis_gateway::checkpointer::{Checkpointer, LogSigner};
 use portcullis_gateway::config::{Config, PolicySource, Upstream};
 use portcullis_gateway::listener::{self, ConnectionInfo};
 use portcullis_gateway::metrics::Metrics;
@@ -17,6 +18,7 @@ use portcullis_gateway::{Gateway, GatewayParts};
 use portcullis_identity::{CertificateAuthority, ClientCertChecker};
 use portcullis_policy::{DEFAULT_POLICIES, DEFAULT_SCHEMA, PolicyBundle, PolicySources};
 use portcullis_store::Store;
+use portcullis_vault::{Kek, Vault};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::ServiceExt;
@@ -31,6 +33,7 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     };
     let state = StateDir::new(state_dir);
     state.create()?;
+    harden_process();
 
     let bundle = Arc::new(load_policies(&config, &state)?);
     let ca = Arc::new(load_or_create_ca(&state, &config.trust_domain)?);
@@ -41,6 +44,33 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     }
     .context("cannot open the store")?;
     let token_hashes = ensure_admin_token(&state, &store).await?;
+    let upstream_tls = upstream_tls(ca.cert_pem())?;
+    let vault = match load_kek(config_path.is_none(), &state)? {
+        Some(kek) => Some(
+            Vault::open(
+                store.clone(),
+                kek,
+                upstream_tls.clone(),
+                portcullis_vault::DEFAULT_CACHE_TTL,
+            )
+            .await
+            .context("cannot open the vault")?,
+        ),
+        None => {
+            if store.kek_meta().await?.is_some() {
+                tracing::warn!(
+                    "the database holds a vault but neither {} nor {} is set: secrets, transit and capture are off",
+                    crate::ENV_KEK_FILE,
+                    crate::ENV_KEK
+                );
+            }
+            None
+        }
+    };
+    // Routes whose credential or capture cannot be served stop start-up here,
+    // before any port is bound.
+    Gateway::check_vault_routes(&config, &bundle, vault.as_deref(), vault.is_some())?;
+    let capture_writer = vault.as_ref().map(|v| v.start_capture_writer());
 
     // Bind both listeners before anything else runs, so a port conflict fails fast.
     let gateway_listener = TcpListener::bind(config.gateway_listen)
@@ -88,18 +118,78 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     };
 
     let metrics = Arc::new(Metrics::new());
-    let (sink, writer) = AuditWriter::start(store.clone(), metrics.clone());
+    let signer = LogSigner::new(load_or_create_log_key(&state)?, &config.audit.origin)?;
+    write_public(
+        &state.audit_verifier_key(),
+        format!("{}\n", signer.verifier()).as_bytes(),
+    )?;
+    let appender = store
+        .audit_appender()
+        .await
+        .context("cannot open the audit log")?;
+    let (sink, writer) =
+        AuditWriter::start(appender, config.audit.fail_closed_after, metrics.clone());
+    let checkpointer = Arc::new(
+        Checkpointer::new(
+            store.clone(),
+            sink.clone(),
+            signer,
+            &config.audit,
+            upstream_tls.clone(),
+        )
+        .await?,
+    );
+    // Refuse to extend a log that no longer matches what was signed: the
+    // next checkpoint would otherwise sign over the tampering.
+    checkpointer.check_latest().await?;
+    // The cheap check above covers the stored hashes; a full recomputation of
+    // every record runs in the background so a large log does not delay start.
+    {
+        let store = store.clone();
+        let signer = checkpointer.signer().clone();
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            match store
+                .verify_audit_log(signer.verifier(), signer.origin(), &[])
+                .await
+            {
+                Ok(summary) => tracing::info!(
+                    records = summary.size,
+                    checkpoints = summary.checkpoints,
+                    elapsed_ms = started.elapsed().as_millis() as u64,
+                    "audit log verified"
+                ),
+                Err(portcullis_store::AuditVerifyFailure::Unsigned(records)) => tracing::warn!(
+                    records,
+                    "no checkpoint covers the audit log yet; the next one will"
+                ),
+                Err(e) => tracing::error!(
+                    error = %e,
+                    "AUDIT LOG VERIFICATION FAILED: a stored record does not match what was signed"
+                ),
+            }
+        });
+    }
+    let (checkpoint_stop, checkpoint_stopped) = watch::channel(false);
+    let checkpoint_task = checkpointer
+        .clone()
+        .spawn(config.audit.checkpoint_interval, checkpoint_stopped);
     let gateway = Gateway::new(GatewayParts {
         config: config.clone(),
         bundle: bundle.clone(),
         checker,
-        upstream_tls: upstream_tls(ca.cert_pem())?,
+        upstream_tls,
         store: store.clone(),
         sink: sink.clone(),
         metrics,
         demo_upstream,
+        vault: vault.clone(),
+        captures: capture_writer.as_ref().map(|(sink, _)| sink.clone()),
     })
     .await?;
+    let maintenance = vault
+        .clone()
+        .map(|v| tokio::spawn(maintain(v, gateway.metrics().clone())));
 
     let admin = portcullis_admin::router(AdminState {
         store: store.clone(),
@@ -107,6 +197,8 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         ca: ca.clone(),
         token_hashes: Arc::new(token_hashes),
         sink: sink.clone(),
+        vault: vault.clone(),
+        checkpointer: checkpointer.clone(),
     });
     drop(sink);
 
@@ -156,10 +248,124 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     let _ = data_plane.await;
     let _ = control_plane.await;
     drop(gateway);
+    if let Some(task) = maintenance {
+        task.abort();
+    }
+    // Captures of drained requests are written before the store closes.
+    if let Some((capture_sink, task)) = capture_writer {
+        drop(capture_sink);
+        drop(vault);
+        // Bounded: a capture still held by a stuck connection must not stop the exit.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+    }
     writer.finish().await;
+    // After the writer: the last checkpoint covers every record written.
+    let _ = checkpoint_stop.send(true);
+    let _ = checkpoint_task.await;
     store.close().await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often the vault destroys versions past their grace period, rotates
+/// overdue secrets that have a hook, and shreds expired captures.
+const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+async fn maintain(vault: Arc<Vault>, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+    loop {
+        tick.tick().await;
+        match vault.maintain().await {
+            Ok(report) => {
+                for (name, version) in &report.destroyed {
+                    tracing::info!(secret = %name, version, "grace period over: secret version destroyed");
+                }
+                for name in &report.rotated {
+                    tracing::info!(secret = %name, "overdue secret rotated by its hook");
+                }
+                metrics.secrets_overdue.set(report.overdue as i64);
+                if report.shredded > 0 {
+                    tracing::info!(
+                        captures = report.shredded,
+                        "expired payload captures shredded"
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "vault maintenance failed"),
+        }
+    }
+}
+
+/// The key-encryption key: `PORTCULLIS_KEK_FILE`, else `PORTCULLIS_KEK`, else
+/// (quickstart only) `<state-dir>/vault.kek`, generated on first start.
+///
+/// The quickstart file is acceptable only there: it keeps the KEK out of the
+/// database (a copied or backed-up `portcullis.db` does not decrypt), but
+/// anyone who can read the state directory can read both. Production
+/// deployments put the KEK elsewhere (a secrets mount, a separate volume, an
+/// environment injected by the supervisor).
+fn load_kek(quickstart: bool, state: &StateDir) -> Result<Option<Kek>> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+    match (var(crate::ENV_KEK_FILE), var(crate::ENV_KEK)) {
+        (Some(_), Some(_)) => bail!(
+            "set only one of {} and {}",
+            crate::ENV_KEK_FILE,
+            crate::ENV_KEK
+        ),
+        (Some(path), None) => Ok(Some(Kek::read_file(std::path::Path::new(&path))?)),
+        (None, Some(b64)) => Ok(Some(Kek::parse(
+            b64.as_bytes(),
+            &format!("`{}`", crate::ENV_KEK),
+        )?)),
+        (None, None) if quickstart => {
+            let path = state.kek();
+            if path.exists() {
+                return Ok(Some(Kek::read_file(&path)?));
+            }
+            let kek = Kek::generate();
+            write_secret(&path, format!("{}\n", kek.to_base64().as_str()).as_bytes())?;
+            tracing::warn!(
+                file = %path.display(),
+                "QUICKSTART ONLY: generated the vault's key-encryption key next to the database. \
+                 Anyone who can read the state directory can decrypt every secret. \
+                 In production set {} (or {}) to a key kept elsewhere.",
+                crate::ENV_KEK_FILE,
+                crate::ENV_KEK
+            );
+            Ok(Some(kek))
+        }
+        (None, None) => {
+            tracing::info!(
+                "vault off: neither {} nor {} is set",
+                crate::ENV_KEK_FILE,
+                crate::ENV_KEK
+            );
+            Ok(None)
+        }
+    }
+}
+
+/// Keeps secrets out of core dumps (and out of same-user ptrace) where the
+/// platform allows it without unsafe code.
+fn harden_process() {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{Resource, Rlimit, setrlimit};
+        if let Err(e) = setrlimit(
+            Resource::Core,
+            Rlimit {
+                current: Some(0),
+                maximum: Some(0),
+            },
+        ) {
+            tracing::warn!(error = %e, "cannot disable core dumps");
+        }
+        if let Err(e) =
+            rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+        {
+            tracing::warn!(error = %e, "cannot mark the process non-dumpable");
+        }
+    }
 }
 
 async fn wait_for_signal() {
@@ -244,6 +450,27 @@ async fn ensure_admin_token(state: &StateDir, store: &Store) -> Result<Vec<Strin
         tracing::info!(file = %path.display(), "wrote a new admin credential");
     }
     Ok(store.admin_token_hashes().await?)
+}
+
+/// The Ed25519 key that signs the audit log's checkpoints: 32 random bytes,
+/// hex, in a file only the owner can read. Losing it does not break the log
+/// (old checkpoints still verify with the published key), but a new key
+/// needs auditors to trust it anew.
+fn load_or_create_log_key(state: &StateDir) -> Result<ed25519_dalek::SigningKey> {
+    let path = state.audit_key();
+    if path.exists() {
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read `{}`", path.display()))?;
+        let seed: [u8; 32] = hex::decode(text.trim())
+            .ok()
+            .and_then(|b| b.try_into().ok())
+            .with_context(|| format!("`{}` is not 32 bytes of hex", path.display()))?;
+        return Ok(ed25519_dalek::SigningKey::from_bytes(&seed));
+    }
+    let seed: [u8; 32] = rand::random();
+    write_secret(&path, format!("{}\n", hex::encode(seed)).as_bytes())?;
+    tracing::info!(file = %path.display(), "generated the audit log signing key");
+    Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
 }
 
 fn upstream_tls(ca_pem: &str) -> Result<rustls::ClientConfig> {

@@ -46,6 +46,11 @@ impl StateDir {
     pub fn admin_token(&self) -> PathBuf {
         self.root.join("admin.token")
     }
+    /// The quickstart's key-encryption key (secret, 0600), only when neither
+    /// `PORTCULLIS_KEK_FILE` nor `PORTCULLIS_KEK` is set.
+    pub fn kek(&self) -> PathBuf {
+        self.root.join("vault.kek")
+    }
     /// The admin API URL of the running server.
     pub fn admin_url(&self) -> PathBuf {
         self.root.join("admin.url")
@@ -53,6 +58,14 @@ impl StateDir {
     /// The data-plane URL of the running server.
     pub fn gateway_url(&self) -> PathBuf {
         self.root.join("gateway.url")
+    }
+    /// The audit log's checkpoint signing key (secret, 0600).
+    pub fn audit_key(&self) -> PathBuf {
+        self.root.join("audit.key")
+    }
+    /// The audit log's verifier key (public): what auditors pin.
+    pub fn audit_verifier_key(&self) -> PathBuf {
+        self.root.join("audit.pub")
     }
     /// The default policy directory.
     pub fn policies(&self) -> PathBuf {

@@ -35,6 +35,15 @@ pub enum ErrorCode {
     Internal,
     /// The server is shutting down or not ready.
     Unavailable,
+    /// The vault has no key-encryption key, so secrets, transit and capture are off.
+    VaultUnavailable,
+    /// A route's upstream credential could not be decrypted or used.
+    SecretUnavailable,
+    /// A transit token is not valid for any version of the named key.
+    InvalidCiphertext,
+    /// The audit log cannot be written, so the request is refused rather than
+    /// served unrecorded (fail closed).
+    AuditUnavailable,
 }
 
 impl ErrorCode {
@@ -56,6 +65,10 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => "method_not_allowed",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::VaultUnavailable => "vault_unavailable",
+            ErrorCode::SecretUnavailable => "secret_unavailable",
+            ErrorCode::InvalidCiphertext => "invalid_ciphertext",
+            ErrorCode::AuditUnavailable => "audit_unavailable",
         }
     }
 
@@ -70,11 +83,14 @@ impl ErrorCode {
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::BadRequest => 400,
+            ErrorCode::BadRequest | ErrorCode::InvalidCiphertext => 400,
             ErrorCode::UpstreamUnavailable => 502,
             ErrorCode::UpstreamTimeout => 504,
             ErrorCode::Internal => 500,
-            ErrorCode::Unavailable => 503,
+            ErrorCode::Unavailable
+            | ErrorCode::AuditUnavailable
+            | ErrorCode::VaultUnavailable
+            | ErrorCode::SecretUnavailable => 503,
         }
     }
 }
@@ -101,6 +117,10 @@ mod tests {
             ErrorCode::MethodNotAllowed,
             ErrorCode::Internal,
             ErrorCode::Unavailable,
+            ErrorCode::VaultUnavailable,
+            ErrorCode::SecretUnavailable,
+            ErrorCode::InvalidCiphertext,
+            ErrorCode::AuditUnavailable,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {

@@ -1,19 +1,31 @@
-//! The audit writer: records are handed over without waiting, and one task writes
-//! them in batches (group commit), one transaction per batch.
+//! The audit writer: records are handed over without waiting, and one task
+//! appends them to the Merkle log in batches (group commit), one transaction
+//! per batch.
 //!
 //! Handing over never blocks the request: the channel is unbounded because the
 //! record of a finished response must never be dropped, and a response body's
 //! drop (where records are submitted) cannot wait. Overload is bounded instead by
 //! admission: the decode stage refuses new requests with 503 while the backlog is
 //! above [`MAX_BACKLOG`], so memory stays bounded and nothing is lost.
+//!
+//! **Durability.** A record is acknowledged (counted in the published
+//! [`TreeHead`], shown by the admin API, covered by the next checkpoint) only
+//! after the transaction holding it has committed with `synchronous = FULL`,
+//! so a crash loses no acknowledged record.
+//!
+//! **Fail closed.** When a batch has been failing or stalled for longer than
+//! the configured limit, [`AuditSink::writable`] turns false and the pipeline
+//! refuses data-plane requests with `audit_unavailable` (routes configured to
+//! fail open are served, and their records say so). The records of refused
+//! requests stay queued and are written once the store recovers.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portcullis_audit::AuditRecord;
-use portcullis_store::Store;
-use tokio::sync::mpsc;
+use portcullis_store::{AuditAppender, TreeHead};
+use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
 
@@ -27,18 +39,31 @@ const MAX_BATCH: usize = 2_048;
 /// milliseconds, which is most of the writer's cost.
 const LINGER: Duration = Duration::from_millis(5);
 
+/// Shared between the sink handles and the writer task.
+#[derive(Debug)]
+struct Health {
+    backlog: AtomicUsize,
+    /// When the batch being written was first tried (ms since the epoch), 0
+    /// when the writer is idle.
+    writing_since_ms: AtomicI64,
+    /// The last attempt failed and no attempt has succeeded since.
+    failing: AtomicBool,
+    fail_closed_after_ms: i64,
+}
+
 /// The sending side, cloned into every request.
 #[derive(Debug, Clone)]
 pub struct AuditSink {
     tx: mpsc::UnboundedSender<AuditRecord>,
-    backlog: Arc<AtomicUsize>,
+    health: Arc<Health>,
+    head: watch::Receiver<TreeHead>,
     metrics: Arc<Metrics>,
 }
 
 impl AuditSink {
     /// Hands a record to the writer.
     pub fn submit(&self, record: AuditRecord) {
-        self.backlog.fetch_add(1, Ordering::Relaxed);
+        self.health.backlog.fetch_add(1, Ordering::Relaxed);
         self.metrics.audit_queue.inc();
         if self.tx.send(record).is_err() {
             // Only after the writer has stopped, i.e. during process exit.
@@ -48,7 +73,31 @@ impl AuditSink {
 
     /// Whether the backlog is over the admission limit.
     pub fn overloaded(&self) -> bool {
-        self.backlog.load(Ordering::Relaxed) > MAX_BACKLOG
+        self.health.backlog.load(Ordering::Relaxed) > MAX_BACKLOG
+    }
+
+    /// Whether the log is being written: false while a batch is failing, or
+    /// once one has been stalled for longer than the configured limit. Two relaxed loads; no
+    /// clock read unless a write is in progress.
+    pub fn writable(&self) -> bool {
+        let since = self.health.writing_since_ms.load(Ordering::Relaxed);
+        if since == 0 {
+            return true;
+        }
+        // A write that failed closes at once; one that hangs (a lock held
+        // elsewhere, a stuck disk) closes after the limit.
+        !self.health.failing.load(Ordering::Relaxed)
+            && now_ms() - since <= self.health.fail_closed_after_ms
+    }
+
+    /// The durable tree: every record in it has committed.
+    pub fn head(&self) -> TreeHead {
+        *self.head.borrow()
+    }
+
+    /// A receiver that changes whenever a batch commits.
+    pub fn watch_head(&self) -> watch::Receiver<TreeHead> {
+        self.head.clone()
     }
 }
 
@@ -56,20 +105,38 @@ impl AuditSink {
 #[derive(Debug)]
 pub struct AuditWriter {
     task: tokio::task::JoinHandle<()>,
-    stop: tokio::sync::watch::Sender<bool>,
+    stop: watch::Sender<bool>,
 }
 
 impl AuditWriter {
-    /// Starts the writer.
-    pub fn start(store: Store, metrics: Arc<Metrics>) -> (AuditSink, AuditWriter) {
+    /// Starts the writer over `appender`, the only one appending to the log.
+    pub fn start(
+        appender: AuditAppender,
+        fail_closed_after: Duration,
+        metrics: Arc<Metrics>,
+    ) -> (AuditSink, AuditWriter) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let backlog = Arc::new(AtomicUsize::new(0));
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let task = tokio::spawn(run(store, rx, stopped, backlog.clone(), metrics.clone()));
+        let health = Arc::new(Health {
+            backlog: AtomicUsize::new(0),
+            writing_since_ms: AtomicI64::new(0),
+            failing: AtomicBool::new(false),
+            fail_closed_after_ms: fail_closed_after.as_millis() as i64,
+        });
+        let (head_tx, head_rx) = watch::channel(appender.head());
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(run(
+            appender,
+            rx,
+            stopped,
+            health.clone(),
+            head_tx,
+            metrics.clone(),
+        ));
         (
             AuditSink {
                 tx,
-                backlog,
+                health,
+                head: head_rx,
                 metrics,
             },
             AuditWriter { task, stop },
@@ -85,10 +152,11 @@ impl AuditWriter {
 }
 
 async fn run(
-    store: Store,
+    mut appender: AuditAppender,
     mut rx: mpsc::UnboundedReceiver<AuditRecord>,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-    backlog: Arc<AtomicUsize>,
+    mut stop: watch::Receiver<bool>,
+    health: Arc<Health>,
+    head: watch::Sender<TreeHead>,
     metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -115,7 +183,7 @@ async fn run(
                 batch.push(record);
             }
         }
-        write(&store, &mut batch, &backlog, &metrics).await;
+        write(&mut appender, &mut batch, &health, &head, &metrics).await;
         if stopping {
             return;
         }
@@ -123,28 +191,45 @@ async fn run(
 }
 
 async fn write(
-    store: &Store,
+    appender: &mut AuditAppender,
     batch: &mut Vec<AuditRecord>,
-    backlog: &AtomicUsize,
+    health: &Health,
+    head: &watch::Sender<TreeHead>,
     metrics: &Metrics,
 ) {
     let n = batch.len();
     if n == 0 {
         return;
     }
-    {
-        let mut delay = Duration::from_millis(10);
-        // A failed write is retried until it succeeds: dropping records is not an
-        // option, and requests are refused meanwhile once the backlog is full.
-        while let Err(e) = store.append_audit(batch).await {
-            metrics.audit_failures.inc();
-            tracing::error!(error = %e, records = n, "audit batch write failed; retrying");
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
+    health.writing_since_ms.store(now_ms(), Ordering::Relaxed);
+    let mut delay = Duration::from_millis(10);
+    // A failed write is retried until it succeeds: dropping records is not an
+    // option. Meanwhile requests are refused (fail closed) once the failure has
+    // lasted longer than the limit, and on every route once the backlog is full.
+    let new_head = loop {
+        match appender.append(batch).await {
+            Ok(new_head) => break new_head,
+            Err(e) => {
+                health.failing.store(true, Ordering::Relaxed);
+                metrics.audit_failures.inc();
+                tracing::error!(error = %e, records = n, "audit batch write failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
         }
-        backlog.fetch_sub(n, Ordering::Relaxed);
-        metrics.audit_queue.dec_by(n as i64);
-        metrics.audit_written.inc_by(n as u64);
-        batch.clear();
-    }
+    };
+    health.failing.store(false, Ordering::Relaxed);
+    health.writing_since_ms.store(0, Ordering::Relaxed);
+    health.backlog.fetch_sub(n, Ordering::Relaxed);
+    head.send_replace(new_head);
+    metrics.audit_queue.dec_by(n as i64);
+    metrics.audit_written.inc_by(n as u64);
+    batch.clear();
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
 }

@@ -4,14 +4,15 @@
 //! response ends — or when it is dropped because the client went away.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use portcullis_audit::AuditRecord;
+use sha2::{Digest as _, Sha256};
 
 use crate::audit_sink::AuditSink;
 use crate::metrics::{Metrics, Stage};
@@ -31,6 +32,29 @@ pub struct BodyMeter {
     pub bytes: AtomicU64,
     /// Set when the limit was crossed (the upstream call then failed because of it).
     pub exceeded: AtomicBool,
+    /// SHA-256 (hex) of the whole body, set when it has been read to its end.
+    pub sha256: OnceLock<String>,
+    /// SHA-256 (hex) of the response body as the upstream sent it, set by
+    /// inspect_out when its redaction changed the body.
+    pub response_sha256_unredacted: OnceLock<String>,
+}
+
+/// A SHA-256 over a body as it streams; finished once, at the body's end.
+#[derive(Debug, Default)]
+struct Digest(Option<Sha256>);
+
+impl Digest {
+    fn update(&mut self, data: &[u8]) {
+        self.0.get_or_insert_with(Sha256::new).update(data);
+    }
+
+    /// The hex digest, the first time the body is found to have ended.
+    fn finish(&mut self, done: &mut bool) -> Option<String> {
+        if std::mem::replace(done, true) {
+            return None;
+        }
+        Some(hex::encode(self.0.take().unwrap_or_default().finalize()))
+    }
 }
 
 /// A request body with a size limit and a byte count.
@@ -39,15 +63,30 @@ pub struct MeteredBody<B> {
     inner: B,
     limit: u64,
     meter: Arc<BodyMeter>,
+    digest: Digest,
+    done: bool,
 }
 
-impl<B> MeteredBody<B> {
+impl<B: Body> MeteredBody<B> {
     /// Wraps `inner`, allowing at most `limit` bytes.
     pub fn new(inner: B, limit: u64, meter: Arc<BodyMeter>) -> Self {
-        MeteredBody {
+        let mut body = MeteredBody {
             inner,
             limit,
             meter,
+            digest: Digest::default(),
+            done: false,
+        };
+        // An empty body is never polled: it is complete already.
+        if body.inner.is_end_stream() {
+            body.finish();
+        }
+        body
+    }
+
+    fn finish(&mut self) {
+        if let Some(hex) = self.digest.finish(&mut self.done) {
+            let _ = self.meter.sha256.set(hex);
         }
     }
 }
@@ -77,11 +116,20 @@ where
                         this.meter.exceeded.store(true, Ordering::Relaxed);
                         return Poll::Ready(Some(Err(Box::new(BodyTooLarge(this.limit)))));
                     }
+                    this.digest.update(data);
+                }
+                // A body of known length is not polled again after its last frame.
+                if this.inner.is_end_stream() {
+                    this.finish();
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            other => other.map(|_| None),
+            Poll::Ready(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -145,6 +193,9 @@ impl Drop for Recorder {
             let elapsed = self.started.elapsed();
             record.duration_us = elapsed.as_micros() as u64;
             record.bytes_in = self.meter.bytes.load(Ordering::Relaxed);
+            record.request_sha256 = self.meter.sha256.get().cloned();
+            record.response_sha256_unredacted =
+                self.meter.response_sha256_unredacted.get().cloned();
             self.metrics.stage(Stage::Total, elapsed);
             self.metrics
                 .request(record.resource.as_deref().unwrap_or("-"), record.status);
@@ -155,23 +206,45 @@ impl Drop for Recorder {
 
 /// A response body that counts bytes out and submits the record at its end.
 #[derive(Debug)]
-pub struct RecordedBody<B> {
+pub struct RecordedBody<B: Body> {
     inner: B,
     recorder: Option<Recorder>,
+    digest: Digest,
+    done: bool,
 }
 
-impl<B> RecordedBody<B> {
+impl<B: Body> RecordedBody<B> {
     /// Wraps a response body.
     pub fn new(inner: B, recorder: Recorder) -> Self {
         RecordedBody {
             inner,
             recorder: Some(recorder),
+            digest: Digest::default(),
+            done: false,
         }
     }
 }
 
-impl<B> Drop for RecordedBody<B> {
+impl<B: Body> RecordedBody<B> {
+    /// The response has been handed over whole: the record gets the digest and
+    /// is submitted.
+    fn complete(&mut self) {
+        if let Some(mut rec) = self.recorder.take()
+            && let Some(hex) = self.digest.finish(&mut self.done)
+        {
+            rec.record().response_sha256 = Some(hex);
+        }
+    }
+}
+
+impl<B: Body> Drop for RecordedBody<B> {
     fn drop(&mut self) {
+        // hyper stops polling a body that reports its end (a known length, or
+        // an empty body it never polls), so reaching the end is checked here too.
+        if self.inner.is_end_stream() {
+            self.complete();
+            return;
+        }
         // Still holding the recorder means the body never reached its end: the
         // client went away mid-response (or the server is being torn down).
         if let Some(rec) = self.recorder.as_mut() {
@@ -200,6 +273,10 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(rec)) = (frame.data_ref(), this.recorder.as_mut()) {
                     rec.record().bytes_out += data.len() as u64;
+                    this.digest.update(data);
+                }
+                if this.inner.is_end_stream() {
+                    this.complete();
                 }
             }
             Poll::Ready(Some(Err(_))) => {
@@ -208,7 +285,7 @@ where
                 }
                 this.recorder = None;
             }
-            Poll::Ready(None) => this.recorder = None,
+            Poll::Ready(None) => this.complete(),
             Poll::Pending => {}
         }
         polled

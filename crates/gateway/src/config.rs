@@ -52,6 +52,9 @@ pub struct RawConfig {
     /// `[store]`: the database.
     #[serde(default)]
     pub store: RawStore,
+    /// `[audit]`: the tamper-evident log.
+    #[serde(default)]
+    pub audit: RawAudit,
     /// `[[routes]]`: what the gateway forwards where.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
@@ -119,6 +122,27 @@ pub struct RawStore {
     pub url: Option<String>,
 }
 
+/// `[audit]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    /// The log's name in its checkpoints and the key name of its signature
+    /// (default `<trust domain>/audit`). No whitespace and no `+`.
+    #[serde(default, deserialize_with = "opt_origin")]
+    pub origin: Option<String>,
+    /// How often a checkpoint is signed when there are new records (default 1000).
+    pub checkpoint_interval_ms: Option<u64>,
+    /// How long the log may fail or stall before data-plane requests are refused
+    /// with `audit_unavailable` (default 1000).
+    pub fail_closed_after_ms: Option<u64>,
+    /// A file each new checkpoint is appended to (relative to the config file),
+    /// ideally on storage the admin of this host does not control.
+    pub checkpoint_file: Option<PathBuf>,
+    /// An http(s) URL each new checkpoint is POSTed to (`text/plain` signed note).
+    #[serde(default, deserialize_with = "opt_webhook")]
+    pub checkpoint_webhook: Option<String>,
+}
+
 /// `[[routes]]`
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -141,6 +165,18 @@ pub struct RawRoute {
     /// `[routes.guard]`: what the content guard does on this route.
     #[serde(default)]
     pub guard: RouteGuard,
+    /// An upstream credential from the vault, injected after policy allows
+    /// both the route and `use_secret` on the secret.
+    #[serde(default)]
+    pub credential: Option<Credential>,
+    /// Encrypted capture of request and response bodies.
+    #[serde(default)]
+    pub capture: Option<CaptureConfig>,
+    /// Serve this route even while the audit log cannot be written (records are
+    /// kept in memory, written later and marked `fail_open`). Default false:
+    /// fail closed.
+    #[serde(default)]
+    pub audit_fail_open: bool,
 }
 
 /// `[routes.guard]`: the content guard's actions on one route. Both default
@@ -193,6 +229,227 @@ pub enum DlpAction {
     /// Do not scan.
     #[default]
     Off,
+}
+
+/// `credential = { secret = "…", … }` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCredential {
+    secret: Option<String>,
+    secrets: Option<Vec<String>>,
+    header: Option<String>,
+    format: Option<String>,
+    query: Option<String>,
+    username: Option<String>,
+}
+
+/// Where a route's credential goes in the upstream request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Injection {
+    /// A header: `prefix + value + suffix` (from `format`, e.g. `Bearer {}`).
+    Header {
+        /// The header name.
+        name: http::HeaderName,
+        /// Text before the value.
+        prefix: String,
+        /// Text after the value.
+        suffix: String,
+    },
+    /// A query parameter (any client-sent parameter of that name is removed).
+    Query(String),
+    /// HTTP basic authentication with this user name; the secret is the password.
+    Basic(String),
+}
+
+/// Most secrets one route may choose between.
+pub const MAX_ROUTE_SECRETS: usize = 16;
+
+/// A validated route credential.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawCredential")]
+pub struct Credential {
+    /// The vault secrets' names (each the Cedar resource `Secret::"<name>"`),
+    /// in order: a request gets the first one policy lets its agent use, so
+    /// agents sharing a route can have different upstream credentials.
+    pub secrets: Vec<String>,
+    /// Where it goes.
+    pub injection: Injection,
+}
+
+/// Headers the gateway sets itself or that describe the connection: a
+/// credential may not be injected into them.
+const RESERVED_HEADERS: &[&str] = &[
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "content-type",
+    "x-portcullis-agent",
+    "x-request-id",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "forwarded",
+    "x-real-ip",
+];
+
+impl TryFrom<RawCredential> for Credential {
+    type Error = String;
+
+    fn try_from(raw: RawCredential) -> Result<Self, String> {
+        let secrets = match (raw.secret, raw.secrets) {
+            (Some(one), None) => vec![one],
+            (None, Some(many)) if !many.is_empty() && many.len() <= MAX_ROUTE_SECRETS => many,
+            (None, Some(_)) => {
+                return Err(format!("`secrets` needs 1 to {MAX_ROUTE_SECRETS} names"));
+            }
+            _ => return Err("a credential needs exactly one of `secret` or `secrets`".into()),
+        };
+        for (i, name) in secrets.iter().enumerate() {
+            if !is_valid_name(name) {
+                return Err(format!(
+                    "invalid secret name `{name}`: use 1-64 characters of a-z, 0-9, `.`, `_` or `-`"
+                ));
+            }
+            if secrets[..i].contains(name) {
+                return Err(format!("secret `{name}` is listed twice"));
+            }
+        }
+        let forms = [
+            raw.header.is_some(),
+            raw.query.is_some(),
+            raw.username.is_some(),
+        ];
+        if forms.iter().filter(|f| **f).count() != 1 {
+            return Err(
+                "a credential needs exactly one of `header`, `query` or `username` (basic auth)"
+                    .into(),
+            );
+        }
+        if raw.format.is_some() && raw.header.is_none() {
+            return Err("`format` applies only to the `header` form".into());
+        }
+        let injection = if let Some(header) = raw.header {
+            let name = http::HeaderName::from_bytes(header.as_bytes())
+                .map_err(|_| format!("invalid header name `{header}`"))?;
+            if RESERVED_HEADERS.contains(&name.as_str()) {
+                return Err(format!(
+                    "header `{header}` is set by the gateway or the connection and cannot carry a credential"
+                ));
+            }
+            let format = raw.format.unwrap_or_else(|| "{}".into());
+            let mut parts = format.split("{}");
+            let (prefix, suffix) = match (parts.next(), parts.next(), parts.next()) {
+                (Some(p), Some(s), None) => (p.to_string(), s.to_string()),
+                _ => {
+                    return Err(format!(
+                        "format `{format}` must contain `{{}}` exactly once, where the secret goes"
+                    ));
+                }
+            };
+            if !format.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+                return Err(format!("format `{format}` must be printable ASCII"));
+            }
+            Injection::Header {
+                name,
+                prefix,
+                suffix,
+            }
+        } else if let Some(query) = raw.query {
+            let ok = !query.is_empty()
+                && query.len() <= 64
+                && query
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            if !ok {
+                return Err(format!(
+                    "invalid query parameter `{query}`: use 1-64 characters of A-Z, a-z, 0-9, `_`, `-`, `.`"
+                ));
+            }
+            Injection::Query(query)
+        } else {
+            let user = raw.username.unwrap_or_default();
+            if user.is_empty() || user.contains(':') || !user.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(format!(
+                    "invalid basic-auth username `{user}`: printable ASCII without `:` or spaces"
+                ));
+            }
+            Injection::Basic(user)
+        };
+        Ok(Credential { secrets, injection })
+    }
+}
+
+/// `capture = { retention = "30d", max_bytes = 1048576 }` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCapture {
+    retention: String,
+    max_bytes: Option<u64>,
+}
+
+/// Default most bytes kept of each captured body.
+pub const DEFAULT_CAPTURE_MAX_BYTES: u64 = 1024 * 1024;
+/// Largest `capture.max_bytes`.
+pub const MAX_CAPTURE_MAX_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Validated payload capture settings of a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "RawCapture")]
+pub struct CaptureConfig {
+    /// How long captures are kept before they are shredded.
+    pub retention: Duration,
+    /// Most bytes kept of each body (digests cover the whole body).
+    pub max_bytes: u64,
+}
+
+/// Parses `3600`, `90s`, `30m`, `24h`, `7d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid duration `{s}`: use e.g. 3600, 90s, 30m, 24h or 7d"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "invalid duration `{s}`: use e.g. 3600, 90s, 30m, 24h or 7d"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(n.saturating_mul(unit)))
+}
+
+impl TryFrom<RawCapture> for CaptureConfig {
+    type Error = String;
+
+    fn try_from(raw: RawCapture) -> Result<Self, String> {
+        let retention = parse_duration(&raw.retention)?;
+        if retention.is_zero() {
+            return Err("capture retention must be greater than 0".into());
+        }
+        let max_bytes = raw.max_bytes.unwrap_or(DEFAULT_CAPTURE_MAX_BYTES);
+        if max_bytes == 0 || max_bytes > MAX_CAPTURE_MAX_BYTES {
+            return Err(format!(
+                "capture max_bytes must be between 1 and {MAX_CAPTURE_MAX_BYTES}"
+            ));
+        }
+        Ok(CaptureConfig {
+            retention,
+            max_bytes,
+        })
+    }
 }
 
 /// The protocol adapter of a route.
@@ -335,6 +592,29 @@ fn opt_trust_domain<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D
     Ok(Some(s))
 }
 
+fn opt_origin<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    if !portcullis_audit::note::is_valid_key_name(&s) {
+        return Err(serde::de::Error::custom(format!(
+            "invalid audit origin `{s}`: it must be non-empty, without whitespace or `+`"
+        )));
+    }
+    Ok(Some(s))
+}
+
+fn opt_webhook<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|_| serde::de::Error::custom(format!("invalid webhook URL `{s}`")))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(serde::de::Error::custom(format!(
+            "invalid webhook URL `{s}`: use http:// or https://"
+        )));
+    }
+    Ok(Some(s))
+}
+
 fn opt_store_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let s = String::deserialize(d)?;
     if !s.starts_with("sqlite:") {
@@ -360,6 +640,27 @@ pub struct RouteConfig {
     pub classification: Classification,
     /// Content guard actions.
     pub guard: RouteGuard,
+    /// Upstream credential injected from the vault.
+    pub credential: Option<Credential>,
+    /// Encrypted payload capture.
+    pub capture: Option<CaptureConfig>,
+    /// Serve while the audit log cannot be written.
+    pub audit_fail_open: bool,
+}
+
+/// The audit log's settings.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Checkpoint origin and signing key name.
+    pub origin: String,
+    /// Checkpoint signing interval.
+    pub checkpoint_interval: Duration,
+    /// How long the log may fail before requests are refused.
+    pub fail_closed_after: Duration,
+    /// File every checkpoint is appended to.
+    pub checkpoint_file: Option<PathBuf>,
+    /// URL every checkpoint is POSTed to.
+    pub checkpoint_webhook: Option<String>,
 }
 
 /// Where the policies come from.
@@ -392,6 +693,8 @@ pub struct Config {
     pub upstream_timeout: Duration,
     /// Database URL, when not the default file in the state directory.
     pub store_url: Option<String>,
+    /// The audit log.
+    pub audit: AuditConfig,
     /// Routes, in file order.
     pub routes: Vec<RouteConfig>,
 }
@@ -429,6 +732,9 @@ impl Config {
             upstream: Upstream::BuiltinDemo,
             classification,
             guard: RouteGuard::default(),
+            credential: None,
+            capture: None,
+            audit_fail_open: false,
         };
         Config {
             routes: vec![
@@ -487,6 +793,11 @@ impl Config {
                 "key `limits.upstream_timeout_ms`: must be greater than 0".into(),
             ));
         }
+        if raw.audit.checkpoint_interval_ms == Some(0) {
+            return Err(invalid(
+                "key `audit.checkpoint_interval_ms`: must be greater than 0".into(),
+            ));
+        }
         if raw.gateway.max_connections == Some(0) {
             return Err(invalid(
                 "key `gateway.max_connections`: must be greater than 0".into(),
@@ -506,7 +817,27 @@ impl Config {
 
     fn from_raw_unchecked(raw: RawConfig, base: &Path) -> Self {
         let parse_addr = |s: &str| s.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let trust_domain = raw
+            .identity
+            .trust_domain
+            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_string());
+        let relative = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let audit = AuditConfig {
+            origin: raw
+                .audit
+                .origin
+                .unwrap_or_else(|| format!("{trust_domain}/audit")),
+            checkpoint_interval: Duration::from_millis(
+                raw.audit.checkpoint_interval_ms.unwrap_or(1000),
+            ),
+            fail_closed_after: Duration::from_millis(
+                raw.audit.fail_closed_after_ms.unwrap_or(1000),
+            ),
+            checkpoint_file: raw.audit.checkpoint_file.map(relative),
+            checkpoint_webhook: raw.audit.checkpoint_webhook,
+        };
         Config {
+            audit,
             gateway_listen: raw
                 .gateway
                 .listen
@@ -520,10 +851,7 @@ impl Config {
                 .max_connections
                 .unwrap_or(DEFAULT_MAX_CONNECTIONS),
             server_names: raw.gateway.server_names,
-            trust_domain: raw
-                .identity
-                .trust_domain
-                .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_string()),
+            trust_domain,
             policy: match raw.policy.dir {
                 Some(dir) if dir.is_absolute() => PolicySource::Dir(dir),
                 Some(dir) => PolicySource::Dir(base.join(dir)),
@@ -546,6 +874,9 @@ impl Config {
                     upstream: r.upstream,
                     classification: r.classification,
                     guard: r.guard,
+                    credential: r.credential,
+                    capture: r.capture,
+                    audit_fail_open: r.audit_fail_open,
                 })
                 .collect(),
         }
@@ -682,6 +1013,113 @@ classification = "internal"
             &format!("{route}[routes.guard]\ninjecton = \"block\"\n"),
             "unknown field `injecton`",
         );
+    }
+
+    #[test]
+    fn credentials_and_capture() {
+        let route = |extra: &str| {
+            format!(
+                "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"http://x\"\nclassification = \"public\"\n{extra}\n"
+            )
+        };
+        let ok = |extra: &str| {
+            Config::parse(&route(extra), Path::new("/c.toml"))
+                .unwrap()
+                .routes
+                .remove(0)
+        };
+        let r = ok(
+            r#"credential = { secret = "openai-key", header = "Authorization", format = "Bearer {}" }"#,
+        );
+        assert_eq!(
+            r.credential.unwrap().injection,
+            Injection::Header {
+                name: http::header::AUTHORIZATION,
+                prefix: "Bearer ".into(),
+                suffix: String::new()
+            }
+        );
+        let r = ok(r#"credential = { secrets = ["team-a", "team-b"], query = "key" }"#);
+        assert_eq!(r.credential.as_ref().unwrap().secrets, ["team-a", "team-b"]);
+        let r = ok(r#"credential = { secret = "maps", query = "key" }"#);
+        assert_eq!(
+            r.credential.unwrap().injection,
+            Injection::Query("key".into())
+        );
+        let r = ok(r#"credential = { secret = "jira", username = "bot@example.com" }"#);
+        assert_eq!(
+            r.credential.unwrap().injection,
+            Injection::Basic("bot@example.com".into())
+        );
+        let r = ok(r#"capture = { retention = "7d" }"#);
+        assert_eq!(
+            r.capture.unwrap(),
+            CaptureConfig {
+                retention: Duration::from_secs(7 * 86_400),
+                max_bytes: DEFAULT_CAPTURE_MAX_BYTES
+            }
+        );
+        for (extra, expect) in [
+            (r#"credential = { secret = "k" }"#, "exactly one of"),
+            (r#"credential = { header = "x" }"#, "`secret` or `secrets`"),
+            (
+                r#"credential = { secret = "k", secrets = ["j"], header = "x" }"#,
+                "`secret` or `secrets`",
+            ),
+            (
+                r#"credential = { secrets = [], header = "x" }"#,
+                "needs 1 to 16",
+            ),
+            (
+                r#"credential = { secrets = ["a", "a"], header = "x" }"#,
+                "listed twice",
+            ),
+            (
+                r#"credential = { secret = "k", header = "x", query = "y" }"#,
+                "exactly one of",
+            ),
+            (
+                r#"credential = { secret = "K!", header = "x" }"#,
+                "invalid secret name",
+            ),
+            (
+                r#"credential = { secret = "k", header = "Host" }"#,
+                "cannot carry a credential",
+            ),
+            (
+                r#"credential = { secret = "k", header = "x", format = "Bearer" }"#,
+                "exactly once",
+            ),
+            (
+                r#"credential = { secret = "k", header = "x", format = "{}{}" }"#,
+                "exactly once",
+            ),
+            (
+                r#"credential = { secret = "k", query = "a b" }"#,
+                "invalid query parameter",
+            ),
+            (
+                r#"credential = { secret = "k", query = "a", format = "x{}" }"#,
+                "only to the `header`",
+            ),
+            (
+                r#"credential = { secret = "k", username = "a:b" }"#,
+                "invalid basic-auth",
+            ),
+            (
+                r#"credential = { secret = "k", header = "x", value = "leak" }"#,
+                "unknown field `value`",
+            ),
+            (r#"capture = { retention = "0d" }"#, "greater than 0"),
+            (r#"capture = { retention = "7w" }"#, "invalid duration"),
+            (
+                r#"capture = { retention = "1d", max_bytes = 0 }"#,
+                "max_bytes",
+            ),
+        ] {
+            check(&route(extra), expect);
+            check(&route(extra), "line 6");
+        }
     }
 
     #[test]

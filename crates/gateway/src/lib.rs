@@ -8,6 +8,8 @@
 
 pub mod audit_sink;
 pub mod body;
+pub mod capture;
+pub mod checkpointer;
 pub mod config;
 pub mod demo_upstream;
 pub mod directory;

@@ -23,6 +23,8 @@ pub enum Stage {
     Inspect,
     /// Cedar decision.
     Authorize,
+    /// `use_secret` decision and the credential from the vault.
+    Inject,
     /// Upstream call until the response head.
     Forward,
     /// Time in the gateway for the whole request, excluding nothing.
@@ -30,12 +32,13 @@ pub enum Stage {
 }
 
 impl Stage {
-    const ALL: [Stage; 7] = [
+    const ALL: [Stage; 8] = [
         Stage::Decode,
         Stage::Authenticate,
         Stage::Contextualize,
         Stage::Inspect,
         Stage::Authorize,
+        Stage::Inject,
         Stage::Forward,
         Stage::Total,
     ];
@@ -47,6 +50,7 @@ impl Stage {
             Stage::Contextualize => "contextualize",
             Stage::Inspect => "inspect",
             Stage::Authorize => "authorize",
+            Stage::Inject => "inject",
             Stage::Forward => "forward",
             Stage::Total => "total",
         }
@@ -83,6 +87,8 @@ pub struct Metrics {
     pub audit_written: Counter,
     /// Audit batches that failed to write (and were retried).
     pub audit_failures: Counter,
+    /// Vault secrets whose rotation is overdue (set by vault maintenance).
+    pub secrets_overdue: Gauge<i64, AtomicI64>,
     registry: Registry,
 }
 
@@ -137,7 +143,14 @@ impl Metrics {
             "Audit batch writes that failed and were retried",
             audit_failures.clone(),
         );
+        let secrets_overdue = Gauge::default();
+        registry.register(
+            "vault_secrets_overdue",
+            "Vault secrets past their rotation period",
+            secrets_overdue.clone(),
+        );
         Metrics {
+            secrets_overdue,
             requests,
             decisions,
             stages,

@@ -61,6 +61,9 @@ mod tests {
                 upstream: Upstream::BuiltinDemo,
                 classification: Classification::Public,
                 guard: Default::default(),
+                credential: None,
+                capture: None,
+                audit_fail_open: false,
             })
             .collect();
         RouteTable::new(&routes)

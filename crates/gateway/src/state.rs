@@ -14,6 +14,7 @@ use portcullis_policy::{
     AgentEntity, Authorizer, EntityError, PolicyBundle, RouteEntity, SourceIp,
 };
 use portcullis_store::{Store, StoreError};
+use portcullis_vault::{CaptureSink, Vault};
 use rustls::ServerConfig;
 use rustls::pki_types::UnixTime;
 use tokio::net::TcpListener;
@@ -66,6 +67,14 @@ pub enum GatewayError {
     /// The content guard's detectors did not build.
     #[error(transparent)]
     Guard(#[from] portcullis_guard::GuardError),
+    /// A route's credential or capture cannot be served.
+    #[error("route `{route}`: {problem}")]
+    Vault {
+        /// The route.
+        route: String,
+        /// What is missing.
+        problem: String,
+    },
 }
 
 /// Everything needed to build a [`Gateway`].
@@ -86,6 +95,10 @@ pub struct GatewayParts {
     pub metrics: Arc<Metrics>,
     /// Address of the built-in demo upstream, if running.
     pub demo_upstream: Option<SocketAddr>,
+    /// The vault, when a key-encryption key is configured.
+    pub vault: Option<Arc<Vault>>,
+    /// Where captured payloads go (the vault's capture writer).
+    pub captures: Option<CaptureSink>,
 }
 
 /// The data plane.
@@ -97,6 +110,8 @@ pub struct Gateway {
     pub(crate) metrics: Arc<Metrics>,
     /// The content guard, built only when a route turns it on.
     pub(crate) guard: Option<Arc<GuardState>>,
+    pub(crate) vault: Option<Arc<Vault>>,
+    pub(crate) captures: Option<CaptureSink>,
     checker: ClientCertChecker,
     bundle: Arc<PolicyBundle>,
     route_entities: Vec<RouteEntity>,
@@ -153,6 +168,12 @@ impl Gateway {
             })
             .collect::<Vec<_>>();
         let snapshot = build_snapshot(&parts.store, &parts.bundle, &route_entities).await?;
+        Gateway::check_vault_routes(
+            &config,
+            &parts.bundle,
+            parts.vault.as_deref(),
+            parts.captures.is_some(),
+        )?;
         let guard = if config.routes.iter().any(|r| r.guard.scans_requests()) {
             Some(Arc::new(GuardState {
                 guard: portcullis_guard::Guard::new()?,
@@ -165,6 +186,8 @@ impl Gateway {
         };
         Ok(Arc::new(Gateway {
             guard,
+            vault: parts.vault,
+            captures: parts.captures,
             limits: Limits {
                 max_body_bytes: config.max_body_bytes,
             },
@@ -189,6 +212,11 @@ impl Gateway {
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// The configured routes (for the admin API's inventory).
+    pub fn routes(&self) -> Vec<Arc<crate::config::RouteConfig>> {
+        self.routes.routes().cloned().collect()
     }
 
     /// Re-reads agents from the store and swaps in a new snapshot. Called after
@@ -247,6 +275,67 @@ impl Gateway {
     /// Metrics, for the admin listener.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+}
+
+impl Gateway {
+    /// Refuses to start when a route's credential cannot be served: no vault, an
+    /// unknown secret, or a policy schema without `use_secret`. Also tells the
+    /// vault which secrets are in use, so they cannot be deleted under the routes.
+    /// `serve` calls it before binding any port; [`Gateway::new`] again.
+    pub fn check_vault_routes(
+        config: &Config,
+        bundle: &PolicyBundle,
+        vault: Option<&Vault>,
+        capturing: bool,
+    ) -> Result<(), GatewayError> {
+        let problem = |route: &str, problem: String| GatewayError::Vault {
+            route: route.to_string(),
+            problem,
+        };
+        let mut in_use = std::collections::HashSet::new();
+        for route in &config.routes {
+            if route.capture.is_some() && !capturing {
+                return Err(problem(
+                    &route.name,
+                    "payload capture needs the vault: set PORTCULLIS_KEK_FILE or PORTCULLIS_KEK"
+                        .into(),
+                ));
+            }
+            let Some(credential) = &route.credential else {
+                continue;
+            };
+            let Some(vault) = vault else {
+                return Err(problem(
+                    &route.name,
+                    format!(
+                        "credential `{}` needs the vault: set PORTCULLIS_KEK_FILE or PORTCULLIS_KEK",
+                        credential.secrets.join("`, `")
+                    ),
+                ));
+            };
+            for secret in &credential.secrets {
+                if !vault.has_secret(secret) {
+                    return Err(problem(
+                        &route.name,
+                        format!(
+                            "unknown secret `{secret}`: store it first with `portcullis secret put {secret}`"
+                        ),
+                    ));
+                }
+                in_use.insert(secret.clone());
+            }
+            if !bundle.supports_secrets() {
+                return Err(problem(
+                &route.name,
+                "the policy schema has no `Action::\"use_secret\"` (copy it from the shipped schema.cedarschema)".into(),
+            ));
+            }
+        }
+        if let Some(vault) = vault {
+            vault.set_in_use(in_use);
+        }
+        Ok(())
     }
 }
 

@@ -203,6 +203,14 @@ impl PolicyBundle {
     pub fn policy_ids(&self) -> &[String] {
         &self.ids
     }
+
+    /// Whether the schema declares `Action::"use_secret"`, which routes with a
+    /// vault credential need.
+    pub fn supports_secrets(&self) -> bool {
+        self.schema
+            .actions()
+            .any(|a| a.id().unescaped() == crate::USE_SECRET)
+    }
 }
 
 /// Renders a Cedar diagnostic with the line and column of each labelled span.

@@ -131,6 +131,33 @@ impl Content<'_> {
         findings: &[],
     };
 
+    /// The record `context.content` as Cedar sees it.
+    pub(crate) fn expr(&self) -> Result<RestrictedExpression, String> {
+        RestrictedExpression::new_record([
+            (
+                "scanned".to_string(),
+                RestrictedExpression::new_bool(self.scanned),
+            ),
+            (
+                "injection_score".to_string(),
+                RestrictedExpression::new_decimal(self.score_decimal()),
+            ),
+            (
+                "injection_flagged".to_string(),
+                RestrictedExpression::new_bool(self.injection_flagged),
+            ),
+            (
+                "findings".to_string(),
+                RestrictedExpression::new_set(
+                    self.findings
+                        .iter()
+                        .map(|f| RestrictedExpression::new_string((*f).to_string())),
+                ),
+            ),
+        ])
+        .map_err(|e| e.to_string())
+    }
+
     /// The score as a Cedar decimal literal (`0.0000` to `1.0000`).
     fn score_decimal(&self) -> String {
         let s = if self.injection_score.is_finite() {
@@ -170,6 +197,10 @@ pub struct SourceIp {
 }
 
 impl SourceIp {
+    pub(crate) fn expr(&self) -> &RestrictedExpression {
+        &self.expr
+    }
+
     /// Prepares `ip`.
     pub fn new(ip: IpAddr) -> Self {
         SourceIp {
@@ -189,6 +220,12 @@ impl SourceIp {
 #[error("cannot build policy entities: {0}")]
 pub struct EntityError(String);
 
+impl EntityError {
+    pub(crate) fn new(message: String) -> Self {
+        EntityError(message)
+    }
+}
+
 /// An immutable snapshot of policies plus the principals and resources they speak
 /// of. Rebuilt (off the request path) whenever agents, routes or policies change;
 /// requests read it without locks or IO.
@@ -200,6 +237,8 @@ pub struct Authorizer {
     agent_type: EntityTypeName,
     route_type: EntityTypeName,
     cedar: cedar_policy::Authorizer,
+    /// `use_secret` decisions; `None` when the schema has no such action.
+    secret: Option<crate::secret::SecretAuthz>,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -283,7 +322,9 @@ impl Authorizer {
             &actions,
             &route_uids,
         );
+        let secret = crate::secret::SecretAuthz::new(&bundle, &entities)?;
         let authorizer = Authorizer {
+            secret,
             bundle,
             entities,
             index,
@@ -326,6 +367,25 @@ impl Authorizer {
         self.decide_among(request, Some(&self.index.policy_set(&matching.bits)))
     }
 
+    /// Whether the schema declares `Action::"use_secret"`, which routes with a
+    /// credential need.
+    pub fn supports_secrets(&self) -> bool {
+        self.secret.is_some()
+    }
+
+    /// Decides whether the agent may have the secret injected (see
+    /// [`crate::SecretRequest`]). Without `use_secret` in the schema: denied,
+    /// with the reason in [`Decision::errors`].
+    pub fn decide_secret(&self, request: &crate::SecretRequest<'_>) -> Decision {
+        match &self.secret {
+            Some(s) => s.decide(&self.cedar, &self.entities, request),
+            None => denied_with_error(format!(
+                "the policy schema has no `Action::\"{}\"`",
+                crate::secret::USE_SECRET
+            )),
+        }
+    }
+
     /// Decides with every policy, bypassing the scope index. For tests and
     /// benchmarks that check the index changes nothing but the cost.
     #[doc(hidden)]
@@ -359,30 +419,7 @@ impl Authorizer {
             ),
         ])
         .map_err(|e| e.to_string())?;
-        let c = &request.content;
-        let content = RestrictedExpression::new_record([
-            (
-                "scanned".to_string(),
-                RestrictedExpression::new_bool(c.scanned),
-            ),
-            (
-                "injection_score".to_string(),
-                RestrictedExpression::new_decimal(c.score_decimal()),
-            ),
-            (
-                "injection_flagged".to_string(),
-                RestrictedExpression::new_bool(c.injection_flagged),
-            ),
-            (
-                "findings".to_string(),
-                RestrictedExpression::new_set(
-                    c.findings
-                        .iter()
-                        .map(|f| RestrictedExpression::new_string((*f).to_string())),
-                ),
-            ),
-        ])
-        .map_err(|e| e.to_string())?;
+        let content = request.content.expr()?;
         let context = Context::from_pairs([
             (
                 "method".to_string(),
@@ -533,7 +570,7 @@ struct Matching {
 }
 
 /// Whether a policy's JSON AST reads the `context` variable anywhere.
-fn mentions_context(policy: &Policy) -> bool {
+pub(crate) fn mentions_context(policy: &Policy) -> bool {
     fn walk(v: &serde_json::Value) -> bool {
         match v {
             serde_json::Value::Object(map) => {

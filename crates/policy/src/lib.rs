@@ -12,6 +12,7 @@
 
 mod bundle;
 mod decide;
+mod secret;
 
 pub use bundle::{DEFAULT_POLICIES, DEFAULT_SCHEMA, PolicyBundle, PolicyError, PolicySources};
 pub use decide::{
@@ -19,3 +20,4 @@ pub use decide::{
     RouteEntity, SourceIp,
 };
 pub use portcullis_core::Decision;
+pub use secret::{SecretRequest, USE_SECRET};

@@ -9,17 +9,26 @@
 //! in-memory snapshot and hands audit records to a batching writer.
 #![forbid(unsafe_code)]
 
+mod audit_log;
+mod inventory;
+pub use inventory::InventoryEdge;
+
+pub use audit_log::{
+    AuditAppender, AuditVerifyFailure, NODE_MIN_LEVEL, StoredCheckpoint, TreeHead, open_checkpoint,
+};
+
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use portcullis_audit::AuditRecord;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlSafeStr, SqlitePool};
 
-/// Rows per multi-row audit INSERT statement.
-const AUDIT_ROWS_PER_INSERT: usize = 256;
+mod vault;
+pub use vault::{
+    CaptureRow, KekMeta, RewrapTarget, SealedRow, SecretMeta, SecretVersionRow, TransitVersionRow,
+};
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +53,9 @@ pub enum StoreError {
     /// The object does not exist.
     #[error("`{0}` does not exist")]
     NotFound(String),
+    /// The request cannot be answered as asked (e.g. a tree size beyond the log).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 /// An agent as stored.
@@ -83,13 +95,24 @@ pub struct Store {
 }
 
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "init".into(),
-        MigrationType::Simple,
-        include_str!("../migrations/0001_init.sql").into_sql_str(),
-        false,
-    )])
+    let migration = |version, name: &str, sql: &'static str| {
+        Migration::new(
+            version,
+            name.to_owned().into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        migration(1, "init", include_str!("../migrations/0001_init.sql")),
+        migration(
+            2,
+            "audit_merkle",
+            include_str!("../migrations/0002_audit_merkle.sql"),
+        ),
+        migration(3, "vault", include_str!("../migrations/0003_vault.sql")),
+    ])
 }
 
 impl Store {
@@ -101,6 +124,9 @@ impl Store {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
+            // Deleted rows are overwritten, not left in free pages: destroyed
+            // secret versions and shredded captures must not be recoverable.
+            .pragma("secure_delete", "ON")
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
@@ -238,67 +264,6 @@ impl Store {
             .collect()
     }
 
-    /// Appends a batch of audit records in one transaction (group commit), giving
-    /// each the next sequence number. When this returns `Ok`, every record of the
-    /// batch is durable.
-    pub async fn append_audit(&self, records: &mut [AuditRecord]) -> Result<(), StoreError> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        // IMMEDIATE takes the write lock first, so reading the last seq and
-        // inserting after it cannot race another writer.
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log")
-            .fetch_one(&mut *tx)
-            .await?;
-        let first = last.map_or(0, |s| s + 1);
-        let mut rows = Vec::with_capacity(records.len());
-        for (seq, record) in (first..).zip(records.iter_mut()) {
-            record.seq = Some(seq as u64);
-            let text =
-                String::from_utf8(record.canonical_bytes()).map_err(|e| StoreError::Corrupt {
-                    table: "audit_log",
-                    detail: e.to_string(),
-                })?;
-            rows.push((seq, record.request_id.clone(), record.time_ms, text));
-        }
-        // Multi-row INSERTs: one statement per chunk instead of one round trip to
-        // the SQLite thread per record. 4 binds per row stays under SQLite's limit.
-        for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
-            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO audit_log (seq, request_id, time_ms, record) ",
-            );
-            insert.push_values(chunk, |mut row, (seq, request_id, time_ms, text)| {
-                row.push_bind(*seq)
-                    .push_bind(request_id.as_str())
-                    .push_bind(*time_ms)
-                    .push_bind(text.as_str());
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
-    }
-
-    /// The last `n` audit records, oldest first.
-    pub async fn audit_tail(&self, n: u32) -> Result<Vec<AuditRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT record FROM (SELECT seq, record FROM audit_log ORDER BY seq DESC LIMIT ?) ORDER BY seq",
-        )
-        .bind(n)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let text: String = r.try_get("record")?;
-                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
-                    table: "audit_log",
-                    detail: e.to_string(),
-                })
-            })
-            .collect()
-    }
-
     /// Stores the SHA-256 (hex) of a new admin token.
     pub async fn add_admin_token(
         &self,
@@ -365,27 +330,17 @@ fn agent_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<AgentRow, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portcullis_audit::{Outcome, RecordKind};
+    use portcullis_audit::AuditRecord;
 
     fn record(id: &str) -> AuditRecord {
         AuditRecord {
-            seq: None,
             time_ms: 1,
-            kind: RecordKind::Request,
             request_id: id.into(),
-            principal: None,
-            credential: None,
-            source_ip: None,
             action: "GET".into(),
-            resource: None,
-            path: None,
-            outcome: Outcome::Deny,
-            policies: vec![],
             error_code: Some("unauthenticated".into()),
             status: 401,
             duration_us: 1,
-            bytes_in: 0,
-            bytes_out: 0,
+            ..Default::default()
         }
     }
 
@@ -448,10 +403,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
         let store = Store::open_sqlite(&path).await.unwrap();
+        let mut log = store.audit_appender().await.unwrap();
         let mut batch = vec![record("a"), record("b")];
-        store.append_audit(&mut batch).await.unwrap();
+        log.append(&mut batch).await.unwrap();
         let mut batch2 = vec![record("c")];
-        store.append_audit(&mut batch2).await.unwrap();
+        log.append(&mut batch2).await.unwrap();
         assert_eq!(batch2[0].seq, Some(2));
         store.close().await;
 
@@ -464,8 +420,9 @@ mod tests {
         assert_eq!(ids, [(Some(1), "b"), (Some(2), "c")]);
 
         // A batch larger than one INSERT statement keeps order and numbering.
+        let mut log = store.audit_appender().await.unwrap();
         let mut big: Vec<_> = (0..600).map(|i| record(&format!("r{i}"))).collect();
-        store.append_audit(&mut big).await.unwrap();
+        log.append(&mut big).await.unwrap();
         let tail = store.audit_tail(601).await.unwrap();
         assert_eq!(tail.len(), 601);
         for (i, r) in tail.iter().enumerate() {

@@ -63,11 +63,25 @@ impl Server {
     /// Starts the binary with `config` (or the quickstart when `None`) and waits
     /// for its "portcullis: gateway … admin …" line.
     pub fn start(dir: tempfile::TempDir, config: Option<&Path>) -> Server {
+        Self::start_with_env(dir, config, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables (e.g. the vault KEK).
+    pub fn start_with_env(
+        dir: tempfile::TempDir,
+        config: Option<&Path>,
+        env: &[(&str, &str)],
+    ) -> Server {
         let state = dir.path().join("state");
         let mut cmd = Command::new(BIN);
         cmd.arg("serve").arg("--state-dir").arg(&state);
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
+        }
+        cmd.env_remove("PORTCULLIS_KEK_FILE")
+            .env_remove("PORTCULLIS_KEK");
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         let mut child = cmd
             .env("PORTCULLIS_LOG", "info")

@@ -1,6 +1,11 @@
 //! Forward: the upstream call. Streams the request body up and the response body
 //! back, strips hop-by-hop headers, asserts the caller's identity to the upstream,
-//! and maps failures to 502/504 (or 413 when the body outgrew the limit mid-stream).
+//! places the route's credential (from inject), and maps failures to 502/504 (or
+//! 413 when the body outgrew the limit mid-stream).
+//!
+//! The agent's own `Authorization` header is never forwarded: upstream
+//! credentials come from the vault, and a token the agent holds is not one the
+//! upstream should see.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -18,9 +23,12 @@ use hyper_util::rt::TokioExecutor;
 use portcullis_core::{ErrorCode, RequestId};
 
 use crate::body::{BodyMeter, BoxError};
+use crate::capture::{CaptureHandle, TapBody};
+use crate::config::Injection;
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contextualize::RequestContext;
 use crate::pipeline::decode::{DecodedRequest, RequestBody, too_large};
+use crate::pipeline::inject::Injected;
 use crate::respond::{Denial, ResponseBody};
 
 /// The header that tells upstreams which agent the gateway authenticated.
@@ -38,7 +46,7 @@ pub struct ResolvedUpstream {
     pub base_path: String,
 }
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, RequestBody>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, TapBody<RequestBody>>;
 
 /// The upstream client and the resolved upstream of every route.
 #[derive(Debug, Clone)]
@@ -80,6 +88,7 @@ impl Forwarder {
     }
 
     /// Sends the request upstream and returns the streaming response.
+    #[allow(clippy::too_many_arguments)]
     pub async fn forward(
         &self,
         request: DecodedRequest,
@@ -88,18 +97,30 @@ impl Forwarder {
         request_id: &RequestId,
         remote: SocketAddr,
         meter: &Arc<BodyMeter>,
+        injected: Option<&Injected>,
+        capture: Option<CaptureHandle>,
     ) -> Result<Response<ResponseBody>, Denial> {
         let upstream = self.upstreams.get(&context.route.name).ok_or_else(|| {
             tracing::error!(route = %context.route.name, "route has no resolved upstream");
             Denial::new(ErrorCode::Internal, "internal error")
         })?;
         let DecodedRequest { parts, body } = request;
-        let uri = upstream_uri(upstream, &context.rest_path, parts.uri.query())?;
+        let query = match injected.map(|i| (&i.injection, &i.value.value)) {
+            Some((Injection::Query(name), value)) => {
+                Some(query_with(parts.uri.query(), name, value))
+            }
+            _ => parts.uri.query().map(str::to_string),
+        };
+        let uri = upstream_uri(upstream, &context.rest_path, query.as_deref())?;
 
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
         headers.remove(header::HOST);
         headers.remove(AGENT_HEADER);
+        headers.remove(header::AUTHORIZATION);
+        if let Some(injected) = injected {
+            inject_header(&mut headers, injected, &context.route.name)?;
+        }
         set_forwarded_for(&mut headers, remote);
         headers.insert(
             HeaderName::from_static("x-forwarded-proto"),
@@ -112,7 +133,7 @@ impl Forwarder {
             headers.insert(crate::respond::REQUEST_ID_HEADER, v);
         }
 
-        let mut upstream_request = Request::new(body);
+        let mut upstream_request = Request::new(TapBody::request(body, capture.as_ref()));
         *upstream_request.method_mut() = parts.method;
         *upstream_request.uri_mut() = uri;
         *upstream_request.headers_mut() = headers;
@@ -147,9 +168,102 @@ impl Forwarder {
         };
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let body = body.map_err(|e| -> BoxError { Box::new(e) }).boxed();
+        let body = TapBody::response(body, capture)
+            .map_err(|e| -> BoxError { Box::new(e) })
+            .boxed();
         Ok(Response::from_parts(parts, body))
     }
+}
+
+/// Places a header-form or basic-auth credential; the query form is placed in
+/// the URI. The header is marked sensitive, so HTTP/2 never indexes it.
+fn inject_header(headers: &mut HeaderMap, injected: &Injected, route: &str) -> Result<(), Denial> {
+    use base64::Engine;
+    let value = &injected.value.value;
+    let (name, bytes) = match &injected.injection {
+        Injection::Header {
+            name,
+            prefix,
+            suffix,
+        } => {
+            let mut v = zeroize::Zeroizing::new(Vec::with_capacity(
+                prefix.len() + value.len() + suffix.len(),
+            ));
+            v.extend_from_slice(prefix.as_bytes());
+            v.extend_from_slice(value);
+            v.extend_from_slice(suffix.as_bytes());
+            (name.clone(), v)
+        }
+        Injection::Basic(user) => {
+            let mut pair =
+                zeroize::Zeroizing::new(Vec::with_capacity(user.len() + 1 + value.len()));
+            pair.extend_from_slice(user.as_bytes());
+            pair.push(b':');
+            pair.extend_from_slice(value);
+            let mut v = zeroize::Zeroizing::new(b"Basic ".to_vec());
+            v.extend_from_slice(
+                base64::engine::general_purpose::STANDARD
+                    .encode(pair.as_slice())
+                    .as_bytes(),
+            );
+            (header::AUTHORIZATION, v)
+        }
+        Injection::Query(_) => return Ok(()),
+    };
+    let mut header_value = HeaderValue::from_bytes(&bytes).map_err(|_| {
+        tracing::error!(route = %route, secret = %injected.secret, "secret value is not valid in an HTTP header");
+        Denial::new(
+            ErrorCode::SecretUnavailable,
+            format!("the upstream credential of route `{route}` cannot be used; see the server log"),
+        )
+    })?;
+    header_value.set_sensitive(true);
+    headers.insert(name, header_value);
+    Ok(())
+}
+
+/// The query string without any parameter named `name` (also percent-encoded
+/// spellings of it), plus `name=<value>` percent-encoded.
+fn query_with(query: Option<&str>, name: &str, value: &[u8]) -> String {
+    let mut out = String::new();
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let key = pair.split('=').next().unwrap_or("");
+        if percent_decode(key).eq_ignore_ascii_case(name.as_bytes()) {
+            continue;
+        }
+        out.push_str(pair);
+        out.push('&');
+    }
+    out.push_str(name);
+    out.push('=');
+    for &b in value {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> Vec<u8> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && let Some(v) = s
+                .get(i + 1..i + 3)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(if b[i] == b'+' { b' ' } else { b[i] });
+        i += 1;
+    }
+    out
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -247,6 +361,47 @@ mod tests {
             upstream_uri(&root, "/", None).unwrap(),
             "http://127.0.0.1:9000/"
         );
+    }
+
+    #[test]
+    fn query_credentials_replace_client_parameters() {
+        let check = |q: Option<&str>, expect: &str| {
+            assert_eq!(query_with(q, "key", b"s3cr/t +"), expect);
+        };
+        check(None, "key=s3cr%2Ft%20%2B");
+        check(Some("a=1&key=agent&b=2"), "a=1&b=2&key=s3cr%2Ft%20%2B");
+        check(
+            Some("%6Bey=agent&KEY=x&keyx=3"),
+            "keyx=3&key=s3cr%2Ft%20%2B",
+        );
+    }
+
+    #[test]
+    fn header_credentials_and_the_agents_authorization() {
+        use portcullis_vault::Plain;
+        let injected = |injection| Injected {
+            secret: "k".into(),
+            injection,
+            value: Arc::new(Plain {
+                version: 1,
+                value: zeroize::Zeroizing::new(b"sk-123".to_vec()),
+            }),
+        };
+        let mut h = HeaderMap::new();
+        inject_header(
+            &mut h,
+            &injected(Injection::Header {
+                name: HeaderName::from_static("x-api-key"),
+                prefix: "Token ".into(),
+                suffix: "!".into(),
+            }),
+            "r",
+        )
+        .unwrap();
+        assert_eq!(h["x-api-key"], "Token sk-123!");
+        assert!(h["x-api-key"].is_sensitive());
+        inject_header(&mut h, &injected(Injection::Basic("bot".into())), "r").unwrap();
+        assert_eq!(h[header::AUTHORIZATION], "Basic Ym90OnNrLTEyMw==");
     }
 
     #[test]

@@ -26,7 +26,9 @@ use portcullis_core::RequestId;
 use portcullis_guard::dlp::Scanner;
 use portcullis_guard::dlp::redact::{Redactor, StreamRedactor};
 
-use crate::body::BoxError;
+use sha2::{Digest as _, Sha256};
+
+use crate::body::{BodyMeter, BoxError};
 use crate::config::{DlpAction, RouteConfig};
 use crate::pipeline::inspect::{GuardState, is_text};
 use crate::respond::ResponseBody;
@@ -36,6 +38,7 @@ pub fn run(
     state: Option<&GuardState>,
     route: &RouteConfig,
     request_id: &RequestId,
+    meter: &Arc<BodyMeter>,
     response: Response<ResponseBody>,
 ) -> Response<ResponseBody> {
     let Some(state) = state else {
@@ -63,6 +66,8 @@ pub fn run(
         redact,
         done: false,
         logged: 0,
+        upstream_digest: Sha256::new(),
+        meter: meter.clone(),
         request_id: request_id.to_string(),
         route: route.name.clone(),
     };
@@ -78,11 +83,27 @@ pub struct GuardedBody {
     done: bool,
     /// Findings already logged.
     logged: usize,
+    /// SHA-256 of the body as the upstream sent it, for the audit record
+    /// when redaction changed it.
+    upstream_digest: Sha256,
+    meter: Arc<BodyMeter>,
     request_id: String,
     route: String,
 }
 
 impl GuardedBody {
+    /// The stream ended: the record learns the upstream body's digest when
+    /// redaction changed what the client received.
+    fn finish_digest(&mut self) {
+        let digest = std::mem::take(&mut self.upstream_digest);
+        if self.redact && !self.redactor.findings().is_empty() {
+            let _ = self
+                .meter
+                .response_sha256_unredacted
+                .set(hex::encode(digest.finalize()));
+        }
+    }
+
     fn log_new_findings(&mut self) {
         for f in &self.redactor.findings()[self.logged..] {
             tracing::warn!(
@@ -127,6 +148,7 @@ impl Body for GuardedBody {
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
+                        this.upstream_digest.update(&data);
                         let redacted = this.redactor.push(&data);
                         if let Some(out) = this.emit(Some(data), redacted) {
                             return Poll::Ready(Some(Ok(Frame::data(out))));
@@ -139,6 +161,7 @@ impl Body for GuardedBody {
                         // dropped: a rewritten body cannot vouch for them.
                         let tail = this.redactor.finish();
                         this.done = true;
+                        this.finish_digest();
                         return Poll::Ready(Some(Ok(match this.emit(None, tail) {
                             Some(out) => Frame::data(out),
                             None => frame,
@@ -149,6 +172,7 @@ impl Body for GuardedBody {
                 Poll::Ready(None) => {
                     this.done = true;
                     let tail = this.redactor.finish();
+                    this.finish_digest();
                     return Poll::Ready(this.emit(None, tail).map(|b| Ok(Frame::data(b))));
                 }
                 Poll::Pending => return Poll::Pending,

@@ -6,11 +6,13 @@
 //! accept        (listener.rs) TLS termination, connection limits, timeouts
 //! decode        size limit, path safety, audit back-pressure
 //! authenticate  client certificate → live agent (directory check, expiry)
-//! contextualize route (resource), method (action), time, source address
+//! contextualize route (resource), method (action), time, source address;
+//!               then the fail-closed check: is the audit log writable?
 //! inspect       content guard on the request body: injection and DLP findings
 //!               for policy (`context.content`), block or redact by route
 //! authorize     Cedar decision: allow, or 403 naming the deciding policies
-//! forward       upstream call with timeout, streaming both ways
+//! inject        routes with a credential: `use_secret` decision, value from the vault
+//! forward       upstream call with timeout, streaming both ways (and payload capture)
 //! inspect_out   DLP on the response body while it streams (redact or alert)
 //! record        (body.rs Recorder) the audit record, on every path
 //! ```
@@ -21,7 +23,9 @@
 //!
 //! The order is deliberate: decode comes first because its checks are cheap and
 //! protect everything after it; authenticate precedes route lookup so an
-//! unauthenticated caller learns nothing (not even which routes exist).
+//! unauthenticated caller learns nothing (not even which routes exist); inject
+//! follows authorize so a caller denied the route learns nothing about its
+//! secret, and no secret is decrypted for a request that will not be sent.
 //! Inspect runs after contextualize (the route says what to scan) and before
 //! authorize (policy decides with what it found); reading the body there is
 //! the one place a body is buffered, and only on routes whose guard is on.
@@ -31,6 +35,7 @@ pub mod authorize;
 pub mod contextualize;
 pub mod decode;
 pub mod forward;
+pub mod inject;
 pub mod inspect;
 pub mod inspect_out;
 
@@ -40,7 +45,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use http::{HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use portcullis_audit::{AuditRecord, Outcome, RecordKind};
-use portcullis_core::RequestId;
+use portcullis_core::{ErrorCode, RequestId};
 
 use crate::body::{BodyMeter, CLIENT_CLOSED, RecordedBody, Recorder};
 use crate::metrics::Stage;
@@ -61,24 +66,17 @@ pub async fn handle(
     let meter = Arc::new(BodyMeter::default());
     let mut recorder = Recorder::new(
         AuditRecord {
-            seq: None,
             time_ms: now.as_millis() as i64,
             kind: RecordKind::Request,
             request_id: request_id.to_string(),
-            principal: None,
-            credential: None,
             source_ip: Some(conn.remote.ip().to_string()),
             action: request.method().as_str().to_string(),
-            resource: None,
             path: Some(request.uri().path().to_string()),
             outcome: Outcome::Deny,
-            policies: Vec::new(),
             // What the record says if the client goes away before we answer.
             error_code: Some("client_closed".into()),
             status: CLIENT_CLOSED,
-            duration_us: 0,
-            bytes_in: 0,
-            bytes_out: 0,
+            ..AuditRecord::default()
         },
         started,
         meter.clone(),
@@ -156,7 +154,23 @@ async fn run(
     let context = contextualize::run(&gateway.routes, &decoded, conn.remote.ip(), now_epoch);
     metrics.stage(Stage::Contextualize, t.elapsed());
     let context = context?;
-    recorder.record().resource = Some(context.route.name.clone());
+    {
+        let record = recorder.record();
+        record.resource = Some(context.route.name.clone());
+        record.classification = Some(context.route.classification.as_str().to_string());
+    }
+
+    // Fail closed: a request that cannot be recorded is not served, unless its
+    // route says otherwise (and then its record says so).
+    if !gateway.sink.writable() {
+        if !context.route.audit_fail_open {
+            return Err(Denial::new(
+                ErrorCode::AuditUnavailable,
+                "the audit log cannot be written; the request was refused rather than served unrecorded",
+            ));
+        }
+        recorder.record().fail_open = true;
+    }
 
     let t = Instant::now();
     let inspected = inspect::run(
@@ -190,16 +204,69 @@ async fn run(
     }
     authorize::enforce(&decision)?;
 
+    let injected = match &context.route.credential {
+        None => None,
+        Some(credential) => {
+            let t = Instant::now();
+            let choice = inject::authorize(
+                &snapshot.authorizer,
+                &identity,
+                &context,
+                &conn.source_ip,
+                &content,
+                credential,
+            );
+            {
+                let record = recorder.record();
+                record.policies.extend(choice.policy_ids.iter().cloned());
+                if choice.secret.is_none() {
+                    record.outcome = Outcome::Deny;
+                }
+            }
+            let injected = inject::enforce(&choice, credential).and_then(|secret| {
+                inject::fetch(
+                    gateway.vault.as_deref(),
+                    &context,
+                    secret,
+                    &credential.injection,
+                )
+            });
+            metrics.stage(Stage::Inject, t.elapsed());
+            Some(injected?)
+        }
+    };
+    let capture = match (&context.route.capture, &gateway.captures) {
+        (Some(config), Some(sink)) => Some(crate::capture::CaptureHandle::new(
+            request_id.as_str(),
+            &context.route.name,
+            *config,
+            sink.clone(),
+        )),
+        _ => None,
+    };
+
     let t = Instant::now();
     let response = gateway
         .forwarder
-        .forward(decoded, &context, &identity, request_id, conn.remote, meter)
+        .forward(
+            decoded,
+            &context,
+            &identity,
+            request_id,
+            conn.remote,
+            meter,
+            injected.as_ref(),
+            capture,
+        )
         .await;
+    // The decrypted value is not needed past the request head.
+    drop(injected);
     metrics.stage(Stage::Forward, t.elapsed());
     Ok(inspect_out::run(
         gateway.guard.as_deref(),
         &context.route,
         request_id,
+        meter,
         response?,
     ))
 }

@@ -1,0 +1,414 @@
+//! The vault's CLI: `secret`, `vault`, `transit` and `capture` commands, all
+//! through the admin API like `agent`.
+//!
+//! Secret values are never command-line arguments (they would land in shell
+//! history and `ps`): they come from a file, standard input or an environment
+//! variable, and only travel to the server over the admin API's TLS.
+
+use std::io::Read;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use clap::{Args, Subcommand};
+use serde_json::{Value, json};
+use zeroize::Zeroizing;
+
+use crate::AdminArgs;
+use crate::client::AdminClient;
+use crate::state_dir::write_secret;
+
+/// Where a secret value comes from.
+#[derive(Debug, Clone, Args)]
+pub struct ValueSource {
+    /// Read the value from a file (`-` for standard input). One trailing newline is removed.
+    #[arg(long, value_name = "FILE", conflicts_with = "from_env")]
+    from_file: Option<PathBuf>,
+    /// Read the value from an environment variable.
+    #[arg(long, value_name = "VAR")]
+    from_env: Option<String>,
+}
+
+impl ValueSource {
+    fn read(&self) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        let mut value = Zeroizing::new(Vec::new());
+        match (&self.from_file, &self.from_env) {
+            (Some(path), _) if path.as_os_str() == "-" => {
+                std::io::stdin()
+                    .read_to_end(&mut value)
+                    .context("cannot read the value from standard input")?;
+            }
+            (Some(path), _) => {
+                value = Zeroizing::new(
+                    std::fs::read(path)
+                        .with_context(|| format!("cannot read `{}`", path.display()))?,
+                );
+            }
+            (None, Some(var)) => {
+                let v = std::env::var(var)
+                    .with_context(|| format!("environment variable `{var}` is not set"))?;
+                value = Zeroizing::new(v.into_bytes());
+            }
+            (None, None) => return Ok(None),
+        }
+        if value.last() == Some(&b'\n') {
+            value.pop();
+            if value.last() == Some(&b'\r') {
+                value.pop();
+            }
+        }
+        Ok(Some(value))
+    }
+}
+
+/// Rotation settings shared by `put` and `settings`.
+#[derive(Debug, Clone, Args)]
+pub struct RotationArgs {
+    /// Rotate at least this often: 3600, 90s, 30m, 24h or 30d.
+    #[arg(long, value_parser = parse_seconds)]
+    rotation_period: Option<u64>,
+    /// Keep a superseded version decryptable this long before destroying it (default 24h).
+    #[arg(long, value_parser = parse_seconds_or_zero)]
+    grace_period: Option<u64>,
+    /// Rotation hook: a program whose standard output is the new value (no shell).
+    #[arg(long, value_name = "PROGRAM", conflicts_with = "hook_webhook")]
+    hook_command: Option<String>,
+    /// An argument for `--hook-command` (repeatable).
+    #[arg(long = "hook-arg", value_name = "ARG", requires = "hook_command")]
+    hook_args: Vec<String>,
+    /// Rotation hook: an https URL that answers `{"value": "..."}`.
+    #[arg(long, value_name = "URL")]
+    hook_webhook: Option<String>,
+}
+
+impl RotationArgs {
+    fn to_json(&self, body: &mut serde_json::Map<String, Value>) {
+        if let Some(p) = self.rotation_period {
+            body.insert("rotation_period_s".into(), json!(p));
+        }
+        if let Some(g) = self.grace_period {
+            body.insert("grace_period_s".into(), json!(g));
+        }
+        if let Some(program) = &self.hook_command {
+            let mut argv = vec![program.clone()];
+            argv.extend(self.hook_args.iter().cloned());
+            body.insert("hook".into(), json!({ "command": argv }));
+        }
+        if let Some(url) = &self.hook_webhook {
+            body.insert("hook".into(), json!({ "webhook": url }));
+        }
+    }
+}
+
+fn parse_seconds(s: &str) -> Result<u64, String> {
+    portcullis_gateway::config::parse_duration(s).and_then(|d| match d.as_secs() {
+        0 => Err("must be positive".into()),
+        n => Ok(n),
+    })
+}
+
+fn parse_seconds_or_zero(s: &str) -> Result<u64, String> {
+    portcullis_gateway::config::parse_duration(s).map(|d| d.as_secs())
+}
+
+/// `portcullis secret …`
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Store a new secret (version 1).
+    Put {
+        /// The secret's name (a-z, 0-9, `.`, `_`, `-`); routes and policies use it.
+        name: String,
+        #[command(flatten)]
+        source: ValueSource,
+        #[command(flatten)]
+        rotation: RotationArgs,
+    },
+    /// List secrets: names, versions, rotation dates and what is overdue. Never values.
+    List,
+    /// Show one secret (no value).
+    Show {
+        /// The secret's name.
+        name: String,
+    },
+    /// Store the next version: from --from-file/--from-env, or from the secret's hook.
+    Rotate {
+        /// The secret's name.
+        name: String,
+        #[command(flatten)]
+        source: ValueSource,
+        /// Rotate only if this is still the current version (concurrent rotations: one wins).
+        #[arg(long)]
+        expected_version: Option<i64>,
+    },
+    /// Change rotation period, grace period or hook.
+    Settings {
+        /// The secret's name.
+        name: String,
+        #[command(flatten)]
+        rotation: RotationArgs,
+    },
+    /// Delete a secret and all its versions (refused while a route uses it).
+    Delete {
+        /// The secret's name.
+        name: String,
+    },
+}
+
+/// `portcullis vault …`
+#[derive(Debug, Subcommand)]
+pub enum VaultCommand {
+    /// The KEK fingerprint and overdue secrets.
+    Status,
+    /// Rewrap every data key under a new key-encryption key, without downtime.
+    /// Afterwards, point PORTCULLIS_KEK_FILE (or PORTCULLIS_KEK) at the new key
+    /// before the next restart: the old one no longer opens the vault.
+    Rekey {
+        /// The new KEK (32 random bytes, raw or base64).
+        #[arg(long, value_name = "FILE", conflicts_with = "generate")]
+        new_kek_file: Option<PathBuf>,
+        /// Generate a new KEK and write it to this file (mode 0600) first.
+        #[arg(long, value_name = "FILE")]
+        generate: Option<PathBuf>,
+    },
+}
+
+/// `portcullis transit …`
+#[derive(Debug, Subcommand)]
+pub enum TransitCommand {
+    /// List transit keys and their versions.
+    Keys,
+    /// Create a key: random, or imported from a file holding a Fernet key.
+    Create {
+        /// The key's name.
+        name: String,
+        /// Import this Fernet key (url-safe base64 of 32 bytes).
+        #[arg(long, value_name = "FILE")]
+        import_key_file: Option<PathBuf>,
+    },
+    /// Add a new version; older versions still decrypt.
+    Rotate {
+        /// The key's name.
+        name: String,
+    },
+    /// Encrypt a file (`-` for standard input); prints the Fernet token.
+    Encrypt {
+        /// The key's name.
+        key: String,
+        /// What to encrypt.
+        #[arg(long, value_name = "FILE", default_value = "-")]
+        from_file: PathBuf,
+    },
+    /// Decrypt a token; writes the plaintext to standard output.
+    Decrypt {
+        /// The key's name.
+        key: String,
+        /// The Fernet token.
+        token: String,
+    },
+    /// Re-encrypt a token under the key's newest version.
+    Rewrap {
+        /// The key's name.
+        key: String,
+        /// The Fernet token.
+        token: String,
+    },
+}
+
+/// `portcullis capture …`
+#[derive(Debug, Subcommand)]
+pub enum CaptureCommand {
+    /// Show a captured request/response by the audit record's request id.
+    Show {
+        /// The request id (`X-Request-Id`, the audit record's `request_id`).
+        request_id: String,
+    },
+}
+
+fn print(value: &Value) {
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
+}
+
+fn value_json(value: &[u8]) -> Value {
+    match std::str::from_utf8(value) {
+        Ok(text) => json!({ "value": text }),
+        Err(_) => json!({ "value_base64": STANDARD.encode(value) }),
+    }
+}
+
+/// Runs a secret command.
+pub async fn secret(command: SecretCommand, args: AdminArgs) -> Result<()> {
+    let client = AdminClient::from_args(&args)?;
+    match command {
+        SecretCommand::Put {
+            name,
+            source,
+            rotation,
+        } => {
+            let value = source
+                .read()?
+                .context("give the value with --from-file FILE, --from-file - or --from-env VAR")?;
+            let mut body = value_json(&value);
+            if let Value::Object(map) = &mut body {
+                map.insert("name".into(), json!(name));
+                rotation.to_json(map);
+            }
+            let response = client.post("/secrets", &body).await;
+            drop(body);
+            print(&response?);
+        }
+        SecretCommand::List => print(&client.get("/secrets").await?),
+        SecretCommand::Show { name } => print(&client.get(&format!("/secrets/{name}")).await?),
+        SecretCommand::Rotate {
+            name,
+            source,
+            expected_version,
+        } => {
+            let mut body = match source.read()? {
+                Some(v) => value_json(&v),
+                None => json!({}),
+            };
+            if let (Some(v), Value::Object(map)) = (expected_version, &mut body) {
+                map.insert("expected_version".into(), json!(v));
+            }
+            print(
+                &client
+                    .post(&format!("/secrets/{name}/rotate"), &body)
+                    .await?,
+            );
+        }
+        SecretCommand::Settings { name, rotation } => {
+            let mut map = serde_json::Map::new();
+            rotation.to_json(&mut map);
+            if map.is_empty() {
+                bail!("nothing to change: give --rotation-period, --grace-period or a hook");
+            }
+            print(
+                &client
+                    .post(&format!("/secrets/{name}/settings"), &Value::Object(map))
+                    .await?,
+            );
+        }
+        SecretCommand::Delete { name } => print(&client.delete(&format!("/secrets/{name}")).await?),
+    }
+    Ok(())
+}
+
+/// Runs a vault command.
+pub async fn vault(command: VaultCommand, args: AdminArgs) -> Result<()> {
+    let client = AdminClient::from_args(&args)?;
+    match command {
+        VaultCommand::Status => print(&client.get("/vault").await?),
+        VaultCommand::Rekey {
+            new_kek_file,
+            generate,
+        } => {
+            let kek = match (new_kek_file, generate) {
+                (Some(path), None) => portcullis_vault::Kek::read_file(&path)?,
+                (None, Some(path)) => {
+                    if path.exists() {
+                        bail!("`{}` exists; refusing to overwrite a key", path.display());
+                    }
+                    let kek = portcullis_vault::Kek::generate();
+                    write_secret(&path, format!("{}\n", kek.to_base64().as_str()).as_bytes())?;
+                    eprintln!(
+                        "wrote a new key-encryption key to `{}` (mode 0600)",
+                        path.display()
+                    );
+                    kek
+                }
+                _ => bail!("give --new-kek-file FILE or --generate FILE"),
+            };
+            let response = client
+                .post(
+                    "/vault/rekey",
+                    &json!({ "new_kek": kek.to_base64().as_str() }),
+                )
+                .await?;
+            print(&response);
+            eprintln!(
+                "the vault is now sealed with KEK {}; set {} to the new key before the next restart",
+                kek.fingerprint(),
+                crate::ENV_KEK_FILE
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Runs a transit command.
+pub async fn transit(command: TransitCommand, args: AdminArgs) -> Result<()> {
+    let client = AdminClient::from_args(&args)?;
+    match command {
+        TransitCommand::Keys => print(&client.get("/transit/keys").await?),
+        TransitCommand::Create {
+            name,
+            import_key_file,
+        } => {
+            let mut body = json!({ "name": name });
+            if let Some(path) = import_key_file {
+                let key = Zeroizing::new(
+                    std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read `{}`", path.display()))?,
+                );
+                body["key"] = json!(key.trim());
+            }
+            print(&client.post("/transit/keys", &body).await?);
+        }
+        TransitCommand::Rotate { name } => print(
+            &client
+                .post(&format!("/transit/keys/{name}/rotate"), &json!({}))
+                .await?,
+        ),
+        TransitCommand::Encrypt { key, from_file } => {
+            let data = Zeroizing::new(if from_file.as_os_str() == "-" {
+                let mut buf = Vec::new();
+                std::io::stdin().read_to_end(&mut buf)?;
+                buf
+            } else {
+                std::fs::read(&from_file)
+                    .with_context(|| format!("cannot read `{}`", from_file.display()))?
+            });
+            let response = client
+                .post(
+                    "/transit/encrypt",
+                    &json!({ "key": key, "plaintext": STANDARD.encode(data.as_slice()) }),
+                )
+                .await?;
+            println!("{}", response["token"].as_str().unwrap_or_default());
+        }
+        TransitCommand::Decrypt { key, token } => {
+            let response = client
+                .post("/transit/decrypt", &json!({ "key": key, "token": token }))
+                .await?;
+            let plain = Zeroizing::new(
+                STANDARD
+                    .decode(response["plaintext"].as_str().unwrap_or_default())
+                    .context("the server sent no plaintext")?,
+            );
+            use std::io::Write;
+            std::io::stdout().write_all(&plain)?;
+        }
+        TransitCommand::Rewrap { key, token } => {
+            let response = client
+                .post("/transit/rewrap", &json!({ "key": key, "token": token }))
+                .await?;
+            println!("{}", response["token"].as_str().unwrap_or_default());
+        }
+    }
+    Ok(())
+}
+
+/// Runs a capture command.
+pub async fn capture(command: CaptureCommand, args: AdminArgs) -> Result<()> {
+    let client = AdminClient::from_args(&args)?;
+    match command {
+        CaptureCommand::Show { request_id } => {
+            print(&client.get(&format!("/captures/{request_id}")).await?)
+        }
+    }
+    Ok(())
+}

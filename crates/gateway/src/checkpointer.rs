@@ -1,0 +1,294 @@
+//! Signed checkpoints: every interval, when the log has grown, the tree head is
+//! signed with the log's Ed25519 key as a C2SP checkpoint, stored, and exported
+//! to places the admin of this host need not control (a file, a webhook).
+//!
+//! A checkpoint only ever signs a tree the writer has committed
+//! ([`AuditSink::head`]), so every record under a signature is durable.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use portcullis_audit::checkpoint::{self, Checkpoint};
+use portcullis_audit::note::VerifierKey;
+use portcullis_store::{Store, StoreError, StoredCheckpoint, open_checkpoint};
+use tokio::io::AsyncWriteExt;
+use tokio::sync::{Mutex, watch};
+
+use crate::audit_sink::AuditSink;
+use crate::config::AuditConfig;
+
+/// Most checkpoints kept for a webhook that is down; older ones are dropped
+/// (the newest checkpoint covers everything before it).
+const WEBHOOK_BACKLOG: usize = 100;
+
+/// Why a checkpoint could not be made, or the log does not match its last one.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointerError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Signing failed (an invalid origin).
+    #[error("cannot sign checkpoint: {0}")]
+    Sign(String),
+    /// The stored log is not the one the last checkpoint signed.
+    #[error(
+        "the audit log does not match its last signed checkpoint (tree size {size}): {detail}; run `portcullis audit verify` to find the first changed record"
+    )]
+    Mismatch {
+        /// The checkpoint's tree size.
+        size: u64,
+        /// What did not match.
+        detail: String,
+    },
+}
+
+/// The log's signing identity.
+#[derive(Debug, Clone)]
+pub struct LogSigner {
+    key: SigningKey,
+    origin: String,
+    verifier: VerifierKey,
+}
+
+impl LogSigner {
+    /// A signer for the log `origin` (also the key name).
+    pub fn new(key: SigningKey, origin: &str) -> Result<Self, CheckpointerError> {
+        let verifier = VerifierKey::new(origin, key.verifying_key())
+            .map_err(|e| CheckpointerError::Sign(e.to_string()))?;
+        Ok(LogSigner {
+            key,
+            origin: origin.to_owned(),
+            verifier,
+        })
+    }
+
+    /// The verifier key auditors configure: `<origin>+<hash>+<key>`.
+    pub fn verifier(&self) -> &VerifierKey {
+        &self.verifier
+    }
+
+    /// The log's origin.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+}
+
+type WebhookClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+/// Signs, stores and exports checkpoints.
+#[derive(Debug)]
+pub struct Checkpointer {
+    store: Store,
+    sink: AuditSink,
+    signer: LogSigner,
+    file: Option<PathBuf>,
+    webhook: Option<(WebhookClient, http::Uri)>,
+    /// Serialises signing; holds the size last signed and the webhook backlog.
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    signed: u64,
+    webhook_backlog: Vec<String>,
+}
+
+impl Checkpointer {
+    /// A checkpointer for the log behind `sink`. `tls` is trusted for an https
+    /// webhook.
+    pub async fn new(
+        store: Store,
+        sink: AuditSink,
+        signer: LogSigner,
+        config: &AuditConfig,
+        tls: rustls::ClientConfig,
+    ) -> Result<Self, CheckpointerError> {
+        let webhook = match &config.checkpoint_webhook {
+            Some(url) => {
+                let uri: http::Uri = url
+                    .parse()
+                    .map_err(|_| CheckpointerError::Sign(format!("bad webhook URL `{url}`")))?;
+                let mut http = HttpConnector::new();
+                http.enforce_http(false);
+                http.set_connect_timeout(Some(Duration::from_secs(5)));
+                let https = hyper_rustls::HttpsConnectorBuilder::new()
+                    .with_tls_config(tls)
+                    .https_or_http()
+                    .enable_http1()
+                    .wrap_connector(http);
+                Some((Client::builder(TokioExecutor::new()).build(https), uri))
+            }
+            None => None,
+        };
+        let signed = store.latest_checkpoint().await?.map_or(0, |c| c.size);
+        Ok(Checkpointer {
+            store,
+            sink,
+            signer,
+            file: config.checkpoint_file.clone(),
+            webhook,
+            state: Mutex::new(State {
+                signed,
+                webhook_backlog: Vec::new(),
+            }),
+        })
+    }
+
+    /// The log's signing identity.
+    pub fn signer(&self) -> &LogSigner {
+        &self.signer
+    }
+
+    /// Checks that the stored log still has the tree head its last checkpoint
+    /// signed (a cheap check at start-up: O(log n) stored hashes, not a full
+    /// verification).
+    pub async fn check_latest(&self) -> Result<(), CheckpointerError> {
+        let Some(latest) = self.store.latest_checkpoint().await? else {
+            return Ok(());
+        };
+        let mismatch = |detail: String| CheckpointerError::Mismatch {
+            size: latest.size,
+            detail,
+        };
+        let checkpoint = open_checkpoint(&latest.note, &self.signer.verifier, &self.signer.origin)
+            .map_err(|e| mismatch(format!("the checkpoint does not verify: {e}")))?;
+        if checkpoint.size != latest.size {
+            return Err(mismatch("the checkpoint row names another size".into()));
+        }
+        let root = match self.store.audit_head(latest.size).await {
+            Ok(root) => root,
+            Err(StoreError::Invalid(e)) => return Err(mismatch(e)),
+            Err(e) => return Err(mismatch(e.to_string())),
+        };
+        if root != checkpoint.root {
+            return Err(mismatch(
+                "the stored records hash to another tree head".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Signs the current tree if it grew since the last checkpoint, and
+    /// returns the latest checkpoint.
+    pub async fn sign_now(&self) -> Result<Option<StoredCheckpoint>, CheckpointerError> {
+        let mut state = self.state.lock().await;
+        let head = self.sink.head();
+        if head.size > state.signed {
+            let checkpoint = Checkpoint {
+                origin: self.signer.origin.clone(),
+                size: head.size,
+                root: head.root,
+            };
+            let note = checkpoint::sign(&checkpoint, &self.signer.key, &self.signer.origin)
+                .map_err(|e| CheckpointerError::Sign(e.to_string()))?;
+            let stored = StoredCheckpoint {
+                size: head.size,
+                time_ms: SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis() as i64,
+                note,
+            };
+            self.store.add_checkpoint(&stored).await?;
+            state.signed = head.size;
+            self.export(&mut state, &stored.note).await;
+        }
+        Ok(self.store.latest_checkpoint().await?)
+    }
+
+    /// Signs every `interval` while the log grows, until `stop` turns true.
+    pub fn spawn(
+        self: Arc<Self>,
+        interval: Duration,
+        mut stop: watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(interval);
+            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = ticker.tick() => {}
+                    _ = stop.changed() => {
+                        // A last checkpoint over everything written before exit.
+                        if let Err(e) = self.sign_now().await {
+                            tracing::error!(error = %e, "final checkpoint failed");
+                        }
+                        return;
+                    }
+                }
+                if let Err(e) = self.sign_now().await {
+                    tracing::error!(error = %e, "checkpoint failed");
+                }
+                let mut state = self.state.lock().await;
+                self.flush_webhook(&mut state).await;
+            }
+        })
+    }
+
+    async fn export(&self, state: &mut State, note: &str) {
+        if let Some(path) = &self.file
+            && let Err(e) = append_synced(path, note).await
+        {
+            tracing::error!(error = %e, path = %path.display(), "cannot export checkpoint to file");
+        }
+        if self.webhook.is_some() {
+            state.webhook_backlog.push(note.to_owned());
+            let excess = state.webhook_backlog.len().saturating_sub(WEBHOOK_BACKLOG);
+            state.webhook_backlog.drain(..excess);
+            self.flush_webhook(state).await;
+        }
+    }
+
+    /// Sends pending checkpoints to the webhook in order, stopping at the
+    /// first failure (retried at the next tick).
+    async fn flush_webhook(&self, state: &mut State) {
+        let Some((client, uri)) = &self.webhook else {
+            return;
+        };
+        while let Some(note) = state.webhook_backlog.first() {
+            let request = http::Request::post(uri.clone())
+                .header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(Full::new(Bytes::from(note.clone())));
+            let Ok(request) = request else {
+                state.webhook_backlog.remove(0);
+                continue;
+            };
+            let sent = tokio::time::timeout(Duration::from_secs(5), client.request(request)).await;
+            match sent {
+                Ok(Ok(response)) if response.status().is_success() => {
+                    state.webhook_backlog.remove(0);
+                }
+                Ok(Ok(response)) => {
+                    tracing::warn!(status = %response.status(), "checkpoint webhook refused the checkpoint; will retry");
+                    return;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "checkpoint webhook unreachable; will retry");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!("checkpoint webhook timed out; will retry");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn append_synced(path: &PathBuf, note: &str) -> std::io::Result<()> {
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .await?;
+    file.write_all(note.as_bytes()).await?;
+    file.sync_data().await
+}

@@ -1,0 +1,328 @@
+//! `Action::"use_secret"` on `Secret::"<name>"`: whether an agent may have a
+//! vault secret injected into its upstream request. The gateway asks after the
+//! route's own decision allowed the call, only for routes with a credential, so
+//! two agents can share a route with different upstream credentials (or one of
+//! them with none).
+//!
+//! Only policies whose action scope can match `use_secret` are evaluated
+//! (usually a handful); when none of them reads `context`, a decision depends
+//! only on (agent, secret) and is memoized for the snapshot, as for routes.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+
+use cedar_policy::{
+    ActionConstraint, Context, Decision as CedarDecision, Entities, EntityId, EntityTypeName,
+    EntityUid, PolicySet, Request, RestrictedExpression,
+};
+use portcullis_core::Decision;
+
+use crate::PolicyBundle;
+use crate::decide::{Content, EntityError, HttpAction, RequestTime, SourceIp, mentions_context};
+
+/// The action id.
+pub const USE_SECRET: &str = "use_secret";
+
+/// One `use_secret` request.
+#[derive(Debug, Clone)]
+pub struct SecretRequest<'a> {
+    /// The authenticated agent.
+    pub agent: &'a str,
+    /// The vault secret the route injects.
+    pub secret: &'a str,
+    /// The route the request took.
+    pub route: &'a str,
+    /// The request's HTTP method.
+    pub method: HttpAction,
+    /// The request path.
+    pub path: &'a str,
+    /// The client address.
+    pub source_ip: &'a SourceIp,
+    /// When the request arrived.
+    pub time: RequestTime,
+    /// What the content guard found in the request body.
+    pub content: Content<'a>,
+}
+
+const MEMO_CAPACITY: usize = 65_536;
+
+pub(crate) struct SecretAuthz {
+    action: EntityUid,
+    agent_type: EntityTypeName,
+    secret_type: EntityTypeName,
+    candidates: PolicySet,
+    context_free: bool,
+    memo: RwLock<HashMap<(String, String), Decision>>,
+}
+
+impl SecretAuthz {
+    /// `None` when the schema has no `use_secret` action (a schema written
+    /// before the vault): routes with credentials then fail at start.
+    pub(crate) fn new(
+        bundle: &PolicyBundle,
+        entities: &Entities,
+    ) -> Result<Option<Self>, EntityError> {
+        let Some(action) = bundle
+            .schema
+            .actions()
+            .find(|a| a.type_name().to_string() == "Action" && a.id().unescaped() == USE_SECRET)
+            .cloned()
+        else {
+            return Ok(None);
+        };
+        let parse = |t: &str| {
+            t.parse::<EntityTypeName>()
+                .map_err(|e| EntityError::new(e.to_string()))
+        };
+        let is_in = |e: &EntityUid, g: &EntityUid| e == g || entities.is_ancestor_of(g, e);
+        let mut candidates = PolicySet::new();
+        let mut context_free = true;
+        for policy in bundle.policies.policies() {
+            let matches = match policy.action_constraint() {
+                ActionConstraint::Any => true,
+                ActionConstraint::Eq(u) => u == action,
+                ActionConstraint::In(us) => us.iter().any(|u| is_in(&action, u)),
+            };
+            if matches {
+                context_free &= !mentions_context(policy);
+                // Ids are unique in the bundle, so adding cannot fail.
+                let _ = candidates.add(policy.clone());
+            }
+        }
+        let authz = SecretAuthz {
+            action,
+            agent_type: parse("Agent")?,
+            secret_type: parse("Secret")?,
+            candidates,
+            context_free,
+            memo: RwLock::new(HashMap::new()),
+        };
+        // The request shape is fixed: prove once that the schema accepts it.
+        let ip = SourceIp::new(std::net::IpAddr::from([127, 0, 0, 1]));
+        let sample = SecretRequest {
+            agent: "shape-check",
+            secret: "shape-check",
+            route: "shape-check",
+            method: HttpAction::Get,
+            path: "/",
+            source_ip: &ip,
+            time: RequestTime::from_epoch(0),
+            content: Content::NOT_SCANNED,
+        };
+        authz
+            .request(&sample, Some(&bundle.schema))
+            .map_err(|e| {
+                EntityError::new(format!(
+                    "the schema does not accept the requests the gateway makes for action `{USE_SECRET}`: {e}"
+                ))
+            })?;
+        Ok(Some(authz))
+    }
+
+    fn request(
+        &self,
+        r: &SecretRequest<'_>,
+        schema: Option<&cedar_policy::Schema>,
+    ) -> Result<Request, String> {
+        let principal =
+            EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(r.agent));
+        let resource =
+            EntityUid::from_type_name_and_id(self.secret_type.clone(), EntityId::new(r.secret));
+        let time = RestrictedExpression::new_record([
+            (
+                "hour".to_string(),
+                RestrictedExpression::new_long(r.time.hour),
+            ),
+            (
+                "weekday".to_string(),
+                RestrictedExpression::new_long(r.time.weekday),
+            ),
+            (
+                "epoch".to_string(),
+                RestrictedExpression::new_long(r.time.epoch),
+            ),
+        ])
+        .map_err(|e| e.to_string())?;
+        let context = Context::from_pairs([
+            (
+                "route".to_string(),
+                RestrictedExpression::new_string(r.route.to_string()),
+            ),
+            (
+                "method".to_string(),
+                RestrictedExpression::new_string(r.method.as_str().to_string()),
+            ),
+            (
+                "path".to_string(),
+                RestrictedExpression::new_string(r.path.to_string()),
+            ),
+            ("source_ip".to_string(), r.source_ip.expr().clone()),
+            ("time".to_string(), time),
+            ("content".to_string(), r.content.expr()?),
+        ])
+        .map_err(|e| e.to_string())?;
+        Request::new(principal, self.action.clone(), resource, context, schema)
+            .map_err(|e| e.to_string())
+    }
+
+    pub(crate) fn decide(
+        &self,
+        cedar: &cedar_policy::Authorizer,
+        entities: &Entities,
+        r: &SecretRequest<'_>,
+    ) -> Decision {
+        let key = self
+            .context_free
+            .then(|| (r.agent.to_string(), r.secret.to_string()));
+        if let Some(key) = &key
+            && let Some(d) = self.memo.read().ok().and_then(|m| m.get(key).cloned())
+        {
+            return d;
+        }
+        let decision = match self.request(r, None) {
+            Err(e) => Decision {
+                errors: vec![e],
+                ..Decision::default_deny()
+            },
+            Ok(request) => {
+                let response = cedar.is_authorized(&request, &self.candidates, entities);
+                let diagnostics = response.diagnostics();
+                let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
+                let mut policy_ids: Vec<String> =
+                    diagnostics.reason().map(|id| id.to_string()).collect();
+                policy_ids.sort();
+                let allowed = response.decision() == CedarDecision::Allow;
+                if !allowed && policy_ids.is_empty() {
+                    Decision {
+                        errors,
+                        ..Decision::default_deny()
+                    }
+                } else {
+                    Decision {
+                        allowed,
+                        policy_ids,
+                        errors,
+                    }
+                }
+            }
+        };
+        if let Some(key) = key
+            && let Ok(mut memo) = self.memo.write()
+            && memo.len() < MEMO_CAPACITY
+        {
+            memo.insert(key, decision.clone());
+        }
+        decision
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Content;
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use portcullis_core::Classification;
+
+    use crate::{
+        AgentEntity, Authorizer, DEFAULT_SCHEMA, HttpAction, PolicyBundle, PolicySources,
+        RequestTime, RouteEntity, SecretRequest, SourceIp,
+    };
+
+    fn authorizer(schema: &str, policies: &str) -> Authorizer {
+        let sources = PolicySources {
+            origin: PathBuf::from("/t"),
+            schema: schema.to_string(),
+            files: vec![("t.cedar".to_string(), policies.to_string())],
+        };
+        let bundle = Arc::new(PolicyBundle::compile(&sources).unwrap());
+        let agent = |name: &str, role: &str| AgentEntity {
+            name: name.into(),
+            roles: vec![role.into()],
+        };
+        Authorizer::new(
+            bundle,
+            &[agent("alice", "team-a"), agent("bob", "team-b")],
+            &[RouteEntity {
+                name: "llm".into(),
+                classification: Classification::Internal,
+            }],
+        )
+        .unwrap()
+    }
+
+    /// `agent secret hour` → "allow [ids]" or "deny [ids]".
+    fn check(authz: &Authorizer, agent: &str, secret: &str, hour: i64, expect: &str) {
+        let ip = SourceIp::new([127, 0, 0, 1].into());
+        let d = authz.decide_secret(&SecretRequest {
+            agent,
+            secret,
+            route: "llm",
+            method: HttpAction::Post,
+            path: "/llm/v1/chat",
+            source_ip: &ip,
+            time: RequestTime::from_epoch(hour * 3600),
+            content: Content::NOT_SCANNED,
+        });
+        let got = format!(
+            "{} {:?}",
+            if d.allowed { "allow" } else { "deny" },
+            d.policy_ids
+        );
+        assert_eq!(got, expect);
+    }
+
+    #[test]
+    fn two_agents_one_route_different_secrets() {
+        let authz = authorizer(
+            DEFAULT_SCHEMA,
+            r#"
+@id("a-key") permit(principal in Role::"team-a", action == Action::"use_secret", resource == Secret::"key-a");
+@id("b-key") permit(principal in Role::"team-b", action == Action::"use_secret", resource == Secret::"key-b")
+  when { context.route == "llm" && context.time.hour < 18 };
+@id("read") permit(principal, action in Action::"read", resource);
+"#,
+        );
+        assert!(authz.supports_secrets());
+        check(&authz, "alice", "key-a", 9, r#"allow ["a-key"]"#);
+        check(&authz, "alice", "key-b", 9, r#"deny ["default-deny"]"#);
+        check(&authz, "bob", "key-b", 9, r#"allow ["b-key"]"#);
+        check(&authz, "bob", "key-b", 20, r#"deny ["default-deny"]"#);
+        check(&authz, "bob", "key-a", 9, r#"deny ["default-deny"]"#);
+        // Memoized path (no candidate reads context) gives the same answers twice.
+        let memo = authorizer(
+            DEFAULT_SCHEMA,
+            r#"@id("a") permit(principal == Agent::"alice", action == Action::"use_secret", resource);"#,
+        );
+        for _ in 0..2 {
+            check(&memo, "alice", "anything", 1, r#"allow ["a"]"#);
+            check(&memo, "bob", "anything", 1, r#"deny ["default-deny"]"#);
+        }
+    }
+
+    #[test]
+    fn schema_without_use_secret_denies_with_a_reason() {
+        let old_schema = DEFAULT_SCHEMA
+            .split("// A secret in the vault")
+            .next()
+            .unwrap();
+        let authz = authorizer(
+            old_schema,
+            r#"permit(principal, action in Action::"read", resource);"#,
+        );
+        assert!(!authz.supports_secrets());
+        let ip = SourceIp::new([127, 0, 0, 1].into());
+        let d = authz.decide_secret(&SecretRequest {
+            agent: "alice",
+            secret: "k",
+            route: "llm",
+            method: HttpAction::Get,
+            path: "/",
+            source_ip: &ip,
+            time: RequestTime::from_epoch(0),
+            content: Content::NOT_SCANNED,
+        });
+        assert!(!d.allowed);
+        assert!(d.errors[0].contains("use_secret"));
+    }
+}

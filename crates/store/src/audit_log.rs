@@ -1,0 +1,772 @@
+//! The audit log as an RFC 9162 Merkle tree: appending records with their leaf
+//! hashes and interior nodes in one transaction, serving inclusion and
+//! consistency proofs, keeping signed checkpoints, and verifying the whole log.
+//!
+//! One [`AuditAppender`] appends at a time (the gateway's audit writer). It
+//! keeps the tree's frontier in memory, so an append hashes only the new
+//! records; the frontier is rebuilt from stored subtrees when it is opened.
+//!
+//! Stored per record: the canonical bytes (the leaf) and the leaf hash. Stored
+//! per complete subtree of level [`NODE_MIN_LEVEL`] or more: its hash. A proof
+//! needs O(log n) of those plus at most 64 leaf hashes per lower subtree.
+
+use std::collections::HashMap;
+
+use futures_util::TryStreamExt;
+use portcullis_audit::AuditRecord;
+use portcullis_audit::checkpoint::{self, Checkpoint};
+use portcullis_audit::merkle::{
+    self, Hash, MerkleAccumulator, Subtree, consistency_proof_ranges, fold_subtrees,
+    inclusion_proof_ranges, range_subtrees,
+};
+use portcullis_audit::note::VerifierKey;
+use portcullis_audit::verify::{LogVerifier, VerifyError, VerifySummary};
+use sqlx::Row;
+
+use crate::{Store, StoreError};
+
+/// Interior nodes below this level are not stored (recomputed on demand).
+pub const NODE_MIN_LEVEL: u32 = 6;
+/// Rows per multi-row audit INSERT statement (5 binds each).
+const AUDIT_ROWS_PER_INSERT: usize = 256;
+
+/// The size and head of the tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TreeHead {
+    /// Number of records.
+    pub size: u64,
+    /// RFC 9162 tree head.
+    pub root: Hash,
+}
+
+/// A stored checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredCheckpoint {
+    /// Tree size it signs.
+    pub size: u64,
+    /// When it was signed, ms since the epoch.
+    pub time_ms: i64,
+    /// The signed note.
+    pub note: String,
+}
+
+/// Why the stored log failed verification.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditVerifyFailure {
+    /// Reading the log failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A stored checkpoint is not validly signed by the trusted key, or names
+    /// another log.
+    #[error("checkpoint at tree size {size} does not verify: {detail}")]
+    BadCheckpoint {
+        /// The size the row claims.
+        size: u64,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The records are not what was signed.
+    #[error(transparent)]
+    Tampered(#[from] VerifyError),
+    /// The log holds records but no checkpoint covers any of them.
+    #[error("no signed checkpoint covers the log's {0} records: nothing to verify them against")]
+    Unsigned(u64),
+}
+
+/// Appends records to the log; see the module docs.
+#[derive(Debug)]
+pub struct AuditAppender {
+    store: Store,
+    acc: MerkleAccumulator,
+}
+
+impl Store {
+    /// Opens the appender, rebuilding the tree's frontier from stored subtrees.
+    /// A log written before leaf hashes were kept is hashed once here.
+    pub async fn audit_appender(&self) -> Result<AuditAppender, StoreError> {
+        let missing: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE leaf_hash IS NULL")
+                .fetch_one(&self.pool)
+                .await?;
+        if missing > 0 {
+            self.rebuild_tree().await?;
+        }
+        let size = self.audit_size().await?;
+        let frontier = self.subtree_hashes(&range_subtrees(0..size)).await?;
+        let acc = MerkleAccumulator::from_frontier(size, frontier).map_err(corrupt)?;
+        Ok(AuditAppender {
+            store: self.clone(),
+            acc,
+        })
+    }
+
+    /// The number of records in the log.
+    pub async fn audit_size(&self) -> Result<u64, StoreError> {
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(last.map_or(0, |s| s as u64 + 1))
+    }
+
+    /// The tree head over the first `size` records.
+    pub async fn audit_head(&self, size: u64) -> Result<Hash, StoreError> {
+        self.check_size(size).await?;
+        let hashes = self.subtree_hashes(&range_subtrees(0..size)).await?;
+        Ok(fold_subtrees(&hashes))
+    }
+
+    /// The inclusion proof of record `index` in the tree of `size` records.
+    pub async fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
+        self.check_size(size).await?;
+        let ranges = inclusion_proof_ranges(index, size).map_err(|e| invalid(e.to_string()))?;
+        self.range_heads(ranges).await
+    }
+
+    /// The consistency proof between the trees of `old_size` and `new_size` records.
+    pub async fn consistency_proof(
+        &self,
+        old_size: u64,
+        new_size: u64,
+    ) -> Result<Vec<Hash>, StoreError> {
+        self.check_size(new_size).await?;
+        let ranges =
+            consistency_proof_ranges(old_size, new_size).map_err(|e| invalid(e.to_string()))?;
+        self.range_heads(ranges).await
+    }
+
+    /// The leaf bytes (canonical record JSON) and leaf hash of records
+    /// `from..from + limit`, in order.
+    pub async fn audit_leaves(
+        &self,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, String)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT seq, record FROM audit_log WHERE seq >= ? ORDER BY seq LIMIT ?")
+                .bind(from as i64)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<i64, _>("seq")? as u64, r.try_get("record")?)))
+            .collect()
+    }
+
+    /// The seq of the record with this request id. Scans the log: request ids
+    /// are not indexed, because keeping a b-tree of random keys slowed appends.
+    pub async fn audit_seq_of(&self, request_id: &str) -> Result<Option<u64>, StoreError> {
+        let seq: Option<i64> = sqlx::query_scalar(
+            "SELECT seq FROM audit_log WHERE request_id = ? ORDER BY seq LIMIT 1",
+        )
+        .bind(request_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(seq.map(|s| s as u64))
+    }
+
+    /// The last `n` audit records, oldest first.
+    pub async fn audit_tail(&self, n: u32) -> Result<Vec<AuditRecord>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT record FROM (SELECT seq, record FROM audit_log ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+        )
+        .bind(n)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let text: String = r.try_get("record")?;
+                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                    table: "audit_log",
+                    detail: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Stores a signed checkpoint. Signing the same size again keeps the first.
+    pub async fn add_checkpoint(&self, checkpoint: &StoredCheckpoint) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (tree_size, time_ms, note) VALUES (?, ?, ?)
+             ON CONFLICT (tree_size) DO NOTHING",
+        )
+        .bind(checkpoint.size as i64)
+        .bind(checkpoint.time_ms)
+        .bind(&checkpoint.note)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Every stored checkpoint, smallest first.
+    pub async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT tree_size, time_ms, note FROM audit_checkpoints ORDER BY tree_size",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(checkpoint_from_row).collect()
+    }
+
+    /// The largest stored checkpoint.
+    pub async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
+        let row = sqlx::query(
+            "SELECT tree_size, time_ms, note FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(checkpoint_from_row).transpose()
+    }
+
+    /// The next seq an export sink has to deliver (0 when it never ran).
+    pub async fn export_cursor(&self, sink: &str) -> Result<u64, StoreError> {
+        let next: Option<i64> =
+            sqlx::query_scalar("SELECT next_seq FROM audit_export_cursors WHERE sink = ?")
+                .bind(sink)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(next.map_or(0, |n| n as u64))
+    }
+
+    /// Records that an export sink has delivered everything before `next_seq`.
+    pub async fn set_export_cursor(
+        &self,
+        sink: &str,
+        next_seq: u64,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit_export_cursors (sink, next_seq, updated_ms) VALUES (?, ?, ?)
+             ON CONFLICT (sink) DO UPDATE SET next_seq = excluded.next_seq, updated_ms = excluded.updated_ms",
+        )
+        .bind(sink)
+        .bind(next_seq as i64)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Recomputes the whole tree from the stored records and holds it against
+    /// every stored checkpoint (and any `extra` ones, e.g. from an export file
+    /// the admin does not control), each checked against `verifier` and `origin`.
+    /// Also checks every stored leaf hash and interior node.
+    pub async fn verify_audit_log(
+        &self,
+        verifier: &VerifierKey,
+        origin: &str,
+        extra: &[String],
+    ) -> Result<VerifySummary, AuditVerifyFailure> {
+        let mut checkpoints = Vec::new();
+        let stored = self.checkpoints().await?;
+        let notes = stored
+            .iter()
+            .map(|c| (Some(c.size), c.note.as_str()))
+            .chain(extra.iter().map(|n| (None, n.as_str())));
+        for (claimed, note) in notes {
+            let checkpoint = open_checkpoint(note, verifier, origin).map_err(|detail| {
+                AuditVerifyFailure::BadCheckpoint {
+                    size: claimed.unwrap_or_default(),
+                    detail,
+                }
+            })?;
+            if let Some(size) = claimed
+                && size != checkpoint.size
+            {
+                return Err(AuditVerifyFailure::BadCheckpoint {
+                    size,
+                    detail: format!("the row says size {size}, the note {}", checkpoint.size),
+                });
+            }
+            checkpoints.push(checkpoint);
+        }
+
+        let mut nodes: HashMap<(u32, u64), Hash> = HashMap::new();
+        {
+            let mut rows =
+                sqlx::query("SELECT level, idx, hash FROM audit_nodes").fetch(&self.pool);
+            while let Some(row) = rows.try_next().await.map_err(StoreError::from)? {
+                let level: i64 = row.try_get("level").map_err(StoreError::from)?;
+                let idx: i64 = row.try_get("idx").map_err(StoreError::from)?;
+                let hash: Vec<u8> = row.try_get("hash").map_err(StoreError::from)?;
+                nodes.insert((level as u32, idx as u64), to_hash(&hash)?);
+            }
+        }
+
+        let mut verifier = LogVerifier::new(checkpoints.clone());
+        let mut node_failure = None;
+        let mut expected = 0u64;
+        let mut rows = sqlx::query("SELECT seq, record, leaf_hash FROM audit_log ORDER BY seq")
+            .fetch(&self.pool);
+        while let Some(row) = rows.try_next().await.map_err(StoreError::from)? {
+            let seq: i64 = row.try_get("seq").map_err(StoreError::from)?;
+            let record: &str = row.try_get("record").map_err(StoreError::from)?;
+            let leaf_hash: Option<Vec<u8>> = row.try_get("leaf_hash").map_err(StoreError::from)?;
+            if seq as u64 != expected {
+                // A row whose key skips or repeats: a record was removed or inserted.
+                return Err(VerifyError::SeqMismatch {
+                    index: expected,
+                    found: Some(seq as u64),
+                }
+                .into());
+            }
+            let stored = leaf_hash.as_deref().map(to_hash).transpose()?;
+            verifier.push(record.as_bytes(), stored.as_ref(), |s: Subtree| {
+                if s.level >= NODE_MIN_LEVEL
+                    && node_failure.is_none()
+                    && nodes.get(&(s.level, s.index)).is_some_and(|h| *h != s.hash)
+                {
+                    node_failure = Some(VerifyError::NodeMismatch {
+                        level: s.level,
+                        index: s.index,
+                    });
+                }
+            })?;
+            if let Some(failure) = node_failure.take() {
+                return Err(failure.into());
+            }
+            expected += 1;
+        }
+        let summary = verifier.finish()?;
+        if summary.size > 0 && summary.checkpoints == 0 {
+            return Err(AuditVerifyFailure::Unsigned(summary.size));
+        }
+        Ok(summary)
+    }
+
+    async fn check_size(&self, size: u64) -> Result<(), StoreError> {
+        let have = self.audit_size().await?;
+        if size > have {
+            return Err(invalid(format!(
+                "tree size {size} is larger than the log ({have} records)"
+            )));
+        }
+        Ok(())
+    }
+
+    async fn range_heads(&self, ranges: Vec<merkle::LeafRange>) -> Result<Vec<Hash>, StoreError> {
+        let mut heads = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            let hashes = self.subtree_hashes(&range_subtrees(range)).await?;
+            heads.push(fold_subtrees(&hashes));
+        }
+        Ok(heads)
+    }
+
+    /// The hashes of complete subtrees: stored ones from `audit_nodes`, lower
+    /// ones folded from their records' leaf hashes.
+    async fn subtree_hashes(&self, subtrees: &[(u32, u64)]) -> Result<Vec<Hash>, StoreError> {
+        let mut out = Vec::with_capacity(subtrees.len());
+        for &(level, index) in subtrees {
+            if level >= NODE_MIN_LEVEL {
+                let hash: Option<Vec<u8>> =
+                    sqlx::query_scalar("SELECT hash FROM audit_nodes WHERE level = ? AND idx = ?")
+                        .bind(level as i64)
+                        .bind(index as i64)
+                        .fetch_optional(&self.pool)
+                        .await?;
+                let hash = hash.ok_or_else(|| StoreError::Corrupt {
+                    table: "audit_nodes",
+                    detail: format!("missing subtree level {level} index {index}"),
+                })?;
+                out.push(to_hash(&hash)?);
+            } else {
+                let start = index << level;
+                let end = start + (1u64 << level);
+                let rows: Vec<Option<Vec<u8>>> = sqlx::query_scalar(
+                    "SELECT leaf_hash FROM audit_log WHERE seq >= ? AND seq < ? ORDER BY seq",
+                )
+                .bind(start as i64)
+                .bind(end as i64)
+                .fetch_all(&self.pool)
+                .await?;
+                if rows.len() as u64 != end - start {
+                    return Err(StoreError::Corrupt {
+                        table: "audit_log",
+                        detail: format!("records {start}..{end} are not all present"),
+                    });
+                }
+                let leaves = rows
+                    .iter()
+                    .map(|h| {
+                        h.as_deref()
+                            .map(to_hash)
+                            .transpose()?
+                            .ok_or_else(|| corrupt("a record has no leaf hash"))
+                    })
+                    .collect::<Result<Vec<Hash>, StoreError>>()?;
+                out.push(merkle::root(&leaves));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Hashes every record and rewrites leaf hashes and interior nodes: the
+    /// one-time upgrade of a log written before they were kept.
+    async fn rebuild_tree(&self) -> Result<(), StoreError> {
+        tracing::info!("hashing the audit log into a Merkle tree (one-time upgrade)");
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let rows = sqlx::query("SELECT seq, record FROM audit_log ORDER BY seq")
+            .fetch_all(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM audit_nodes")
+            .execute(&mut *tx)
+            .await?;
+        let mut acc = MerkleAccumulator::new();
+        for row in rows {
+            let seq: i64 = row.try_get("seq")?;
+            let record: String = row.try_get("record")?;
+            if seq as u64 != acc.size() {
+                return Err(corrupt(format!("audit_log has a gap before seq {seq}")));
+            }
+            let mut nodes = Vec::new();
+            acc.push_reporting(merkle::leaf_hash(record.as_bytes()), |s| nodes.push(s));
+            for s in nodes {
+                if s.level == 0 {
+                    sqlx::query("UPDATE audit_log SET leaf_hash = ? WHERE seq = ?")
+                        .bind(&s.hash[..])
+                        .bind(seq)
+                        .execute(&mut *tx)
+                        .await?;
+                } else if s.level >= NODE_MIN_LEVEL {
+                    insert_node(&mut tx, &s).await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+impl AuditAppender {
+    /// The current tree.
+    pub fn head(&self) -> TreeHead {
+        TreeHead {
+            size: self.acc.size(),
+            root: self.acc.root(),
+        }
+    }
+
+    /// Appends a batch in one transaction (group commit), giving each record
+    /// the next seq. When this returns `Ok`, every record of the batch is
+    /// durable and in the returned tree.
+    pub async fn append(&mut self, records: &mut [AuditRecord]) -> Result<TreeHead, StoreError> {
+        if records.is_empty() {
+            return Ok(self.head());
+        }
+        let mut acc = self.acc.clone();
+        let first = acc.size();
+        let mut rows = Vec::with_capacity(records.len());
+        let mut nodes = Vec::new();
+        for (seq, record) in (first..).zip(records.iter_mut()) {
+            record.seq = Some(seq);
+            let text = String::from_utf8(record.canonical_bytes()).map_err(corrupt)?;
+            let mut leaf = [0u8; 32];
+            acc.push_reporting(merkle::leaf_hash(text.as_bytes()), |s| {
+                if s.level == 0 {
+                    leaf = s.hash;
+                } else if s.level >= NODE_MIN_LEVEL {
+                    nodes.push(s);
+                }
+            });
+            rows.push((
+                seq as i64,
+                record.request_id.as_str(),
+                record.time_ms,
+                text,
+                leaf,
+            ));
+        }
+
+        let pool = &self.store.pool;
+        // IMMEDIATE takes the write lock first; the seq check then proves no
+        // other writer appended behind this appender's back.
+        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log")
+            .fetch_one(&mut *tx)
+            .await?;
+        if last.map_or(0, |s| s as u64 + 1) != first {
+            return Err(corrupt(format!(
+                "the log has {} records but this appender expected {first}: another process appended",
+                last.map_or(0, |s| s + 1)
+            )));
+        }
+        // Multi-row INSERTs: one statement per chunk instead of one round trip to
+        // the SQLite thread per record.
+        for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO audit_log (seq, request_id, time_ms, record, leaf_hash) ",
+            );
+            insert.push_values(chunk, |mut row, (seq, request_id, time_ms, text, leaf)| {
+                row.push_bind(*seq)
+                    .push_bind(*request_id)
+                    .push_bind(*time_ms)
+                    .push_bind(text.as_str())
+                    .push_bind(&leaf[..]);
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
+        for node in &nodes {
+            insert_node(&mut tx, node).await?;
+        }
+        tx.commit().await?;
+        self.acc = acc;
+        Ok(self.head())
+    }
+}
+
+async fn insert_node(
+    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+    node: &Subtree,
+) -> Result<(), StoreError> {
+    sqlx::query("INSERT OR REPLACE INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)")
+        .bind(node.level as i64)
+        .bind(node.index as i64)
+        .bind(&node.hash[..])
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Opens a checkpoint note with the trusted key and checks its origin.
+pub fn open_checkpoint(
+    note: &str,
+    verifier: &VerifierKey,
+    origin: &str,
+) -> Result<Checkpoint, String> {
+    let checkpoint =
+        checkpoint::parse_and_verify(note, &verifier.to_string()).map_err(|e| e.to_string())?;
+    if checkpoint.origin != origin {
+        return Err(format!(
+            "it is for the log `{}`, not `{origin}`",
+            checkpoint.origin
+        ));
+    }
+    Ok(checkpoint)
+}
+
+fn checkpoint_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<StoredCheckpoint, StoreError> {
+    Ok(StoredCheckpoint {
+        size: r.try_get::<i64, _>("tree_size")? as u64,
+        time_ms: r.try_get("time_ms")?,
+        note: r.try_get("note")?,
+    })
+}
+
+fn to_hash(bytes: &[u8]) -> Result<Hash, StoreError> {
+    Hash::try_from(bytes).map_err(|_| corrupt("a stored hash is not 32 bytes"))
+}
+
+fn corrupt(detail: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        table: "audit_log",
+        detail: detail.to_string(),
+    }
+}
+
+fn invalid(detail: String) -> StoreError {
+    StoreError::Invalid(detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::SigningKey;
+    use portcullis_audit::merkle::{verify_consistency, verify_inclusion};
+
+    const ORIGIN: &str = "test.local/audit";
+
+    fn record(i: usize) -> AuditRecord {
+        AuditRecord {
+            time_ms: i as i64,
+            request_id: format!("req-{i}"),
+            action: "GET".into(),
+            status: 200,
+            ..Default::default()
+        }
+    }
+
+    async fn sign_now(store: &Store, log: &AuditAppender, key: &SigningKey) {
+        let head = log.head();
+        let note = checkpoint::sign(
+            &Checkpoint {
+                origin: ORIGIN.into(),
+                size: head.size,
+                root: head.root,
+            },
+            key,
+            ORIGIN,
+        )
+        .unwrap();
+        store
+            .add_checkpoint(&StoredCheckpoint {
+                size: head.size,
+                time_ms: 0,
+                note,
+            })
+            .await
+            .unwrap();
+    }
+
+    /// A log of 300 records in uneven batches, with a checkpoint after each.
+    async fn build() -> (tempfile::TempDir, Store, SigningKey, Vec<Hash>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("db.sqlite"))
+            .await
+            .unwrap();
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let mut log = store.audit_appender().await.unwrap();
+        let mut n = 0;
+        for batch_len in [1, 2, 61, 64, 100, 72] {
+            let mut batch: Vec<_> = (n..n + batch_len).map(record).collect();
+            n += batch_len;
+            log.append(&mut batch).await.unwrap();
+            sign_now(&store, &log, &key).await;
+        }
+        let leaves: Vec<Hash> = store
+            .audit_leaves(0, 1000)
+            .await
+            .unwrap()
+            .iter()
+            .map(|(_, text)| merkle::leaf_hash(text.as_bytes()))
+            .collect();
+        assert_eq!(leaves.len(), 300);
+        assert_eq!(log.head().root, merkle::root(&leaves));
+        (dir, store, key, leaves)
+    }
+
+    fn verifier(key: &SigningKey) -> VerifierKey {
+        VerifierKey::new(ORIGIN, key.verifying_key()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn proofs_from_the_store_verify_and_the_frontier_survives_reopening() {
+        let (_dir, store, key, leaves) = build().await;
+        for size in [1u64, 2, 63, 64, 65, 128, 200, 300] {
+            let root = store.audit_head(size).await.unwrap();
+            assert_eq!(root, merkle::root(&leaves[..size as usize]));
+            for index in [0, size / 2, size - 1] {
+                let proof = store.inclusion_proof(index, size).await.unwrap();
+                verify_inclusion(&leaves[index as usize], index, size, &proof, &root).unwrap();
+            }
+            for old in [0u64, 1, 31, 64, size] {
+                if old > size {
+                    continue;
+                }
+                let proof = store.consistency_proof(old, size).await.unwrap();
+                let old_root = store.audit_head(old).await.unwrap();
+                verify_consistency(old, size, &old_root, &root, &proof).unwrap();
+            }
+        }
+        assert!(matches!(
+            store.inclusion_proof(300, 300).await,
+            Err(StoreError::Invalid(_))
+        ));
+        assert!(matches!(
+            store.audit_head(301).await,
+            Err(StoreError::Invalid(_))
+        ));
+
+        // A second appender resumes the same tree.
+        let mut log = store.audit_appender().await.unwrap();
+        assert_eq!(log.head().root, merkle::root(&leaves));
+        log.append(&mut [record(300)]).await.unwrap();
+        assert_eq!(log.head().size, 301);
+
+        let summary = store
+            .verify_audit_log(&verifier(&key), ORIGIN, &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            (summary.size, summary.signed_size, summary.checkpoints),
+            (301, 300, 6)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_stale_appender_cannot_fork_the_log() {
+        let (_dir, store, _key, _) = build().await;
+        let mut first = store.audit_appender().await.unwrap();
+        let mut second = store.audit_appender().await.unwrap();
+        first.append(&mut [record(1)]).await.unwrap();
+        assert!(matches!(
+            second.append(&mut [record(2)]).await,
+            Err(StoreError::Corrupt { .. })
+        ));
+    }
+
+    async fn tamper(store: &Store, sql: &'static str) {
+        sqlx::query(sql).execute(&store.pool).await.unwrap();
+    }
+
+    async fn failure(store: &Store, key: &SigningKey) -> AuditVerifyFailure {
+        store
+            .verify_audit_log(&verifier(key), ORIGIN, &[])
+            .await
+            .unwrap_err()
+    }
+
+    fn first_bad(f: &AuditVerifyFailure) -> u64 {
+        match f {
+            AuditVerifyFailure::Tampered(e) => e.first_bad_index(),
+            other => panic!("not a tampering report: {other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn tampering_is_found_at_its_index() {
+        // Changed record, leaf hash left alone: exact index.
+        let (_d, store, key, _) = build().await;
+        tamper(&store, "UPDATE audit_log SET record = replace(record, '\"status\":200', '\"status\":403') WHERE seq = 150").await;
+        assert_eq!(first_bad(&failure(&store, &key).await), 150);
+
+        // Changed record with a recomputed leaf hash: the stored node above it
+        // disagrees.
+        let (_d, store, key, _) = build().await;
+        let text: String = sqlx::query_scalar("SELECT record FROM audit_log WHERE seq = 150")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        let forged = text.replace("\"status\":200", "\"status\":403");
+        sqlx::query("UPDATE audit_log SET record = ?, leaf_hash = ? WHERE seq = 150")
+            .bind(&forged)
+            .bind(&merkle::leaf_hash(forged.as_bytes())[..])
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(first_bad(&failure(&store, &key).await), 128);
+        // ... and with the nodes deleted too, the checkpoints still catch it.
+        tamper(&store, "DELETE FROM audit_nodes").await;
+        assert_eq!(
+            match failure(&store, &key).await {
+                AuditVerifyFailure::Tampered(e) => e,
+                other => panic!("{other}"),
+            },
+            VerifyError::CheckpointMismatch { from: 128, to: 228 }
+        );
+
+        // Removed in the middle, removed at the end, inserted, reordered.
+        let (_d, store, key, _) = build().await;
+        tamper(&store, "DELETE FROM audit_log WHERE seq = 42").await;
+        assert_eq!(first_bad(&failure(&store, &key).await), 42);
+        let (_d, store, key, _) = build().await;
+        tamper(&store, "DELETE FROM audit_log WHERE seq >= 290").await;
+        assert_eq!(first_bad(&failure(&store, &key).await), 290);
+        let (_d, store, key, _) = build().await;
+        tamper(
+            &store,
+            "UPDATE audit_log SET seq = seq + 1000000 WHERE seq = 7",
+        )
+        .await;
+        tamper(&store, "UPDATE audit_log SET seq = 7 WHERE seq = 8").await;
+        tamper(&store, "UPDATE audit_log SET seq = 8 WHERE seq = 1000007").await;
+        assert_eq!(first_bad(&failure(&store, &key).await), 7);
+
+        // A checkpoint signed by another key, or for another log.
+        let (_d, store, _key, _) = build().await;
+        let other = SigningKey::from_bytes(&[1; 32]);
+        assert!(matches!(
+            failure(&store, &other).await,
+            AuditVerifyFailure::BadCheckpoint { size: 1, .. }
+        ));
+    }
+}
