@@ -23,6 +23,13 @@
 //! folds are split by attack category, so a held-out fold's attacks are
 //! unlike anything its model saw, as on the test set. The run is
 //! deterministic: the same data gives the same file.
+//!
+//! The shipped model's run (about 2 minutes on one core of the development
+//! VM): cross-validated input balanced accuracy 0.924 at threshold 0.620
+//! (NotInject false positives ≤ 3 %), tool-output recall 0.825 at threshold
+//! 0.815 (clean contexts' false positives ≤ 3 % on average over emails,
+//! tables and code), description threshold 0.620 (balanced accuracy 0.636
+//! on the 70 % MCP split, where most malicious tools look benign).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/guard_data.rs"]
