@@ -139,6 +139,15 @@ pub(crate) async fn record(
     let seq = resolve(&state, &call, &id).await?;
     let leaf = leaf(&state, &call, seq).await?;
     let record: serde_json::Value = serde_json::from_str(&leaf).map_err(|e| call.internal(e))?;
+    // Clear values of pseudonymized fields, while their retention lasts.
+    let personal: serde_json::Map<String, serde_json::Value> = state
+        .store
+        .audit_personal(seq)
+        .await
+        .map_err(|e| call.store_error(e))?
+        .into_iter()
+        .map(|(field, value)| (field, serde_json::Value::String(value)))
+        .collect();
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({
@@ -146,6 +155,7 @@ pub(crate) async fn record(
             "leaf": leaf,
             "leaf_hash": hex::encode(merkle::leaf_hash(leaf.as_bytes())),
             "record": record,
+            "personal": personal,
         }),
     ))
 }

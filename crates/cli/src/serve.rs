@@ -14,6 +14,7 @@ use portcullis_gateway::checkpointer::{Checkpointer, LogSigner};
 use portcullis_gateway::config::{Config, PolicySource, Upstream};
 use portcullis_gateway::listener::{self, ConnectionInfo};
 use portcullis_gateway::metrics::Metrics;
+use portcullis_gateway::pseudonym::Pseudonymizer;
 use portcullis_gateway::{Gateway, GatewayParts};
 use portcullis_identity::{CertificateAuthority, ClientCertChecker};
 use portcullis_policy::{DEFAULT_POLICIES, DEFAULT_SCHEMA, PolicyBundle, PolicySources};
@@ -127,8 +128,40 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         .audit_appender()
         .await
         .context("cannot open the audit log")?;
-    let (sink, writer) =
-        AuditWriter::start(appender, config.audit.fail_closed_after, metrics.clone());
+    let pseudonymizer = if config.audit.pseudonymize.is_empty() {
+        None
+    } else {
+        Some(Pseudonymizer::new(
+            &load_or_create_seed(&state.audit_pseudonym_key(), "the audit pseudonym key")?,
+            config.audit.pseudonymize.clone(),
+            config.audit.personal_data_retention,
+        ))
+    };
+    let (sink, writer) = AuditWriter::start(
+        appender,
+        config.audit.fail_closed_after,
+        pseudonymizer,
+        metrics.clone(),
+    );
+    // Personal data past its retention is deleted every minute.
+    {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tick.tick().await;
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap_or_default()
+                    .as_millis() as i64;
+                match store.purge_personal(now).await {
+                    Ok(0) => {}
+                    Ok(n) => tracing::info!(values = n, "deleted personal data past its retention"),
+                    Err(e) => tracing::error!(error = %e, "cannot delete expired personal data"),
+                }
+            }
+        });
+    }
     let checkpointer = Arc::new(
         Checkpointer::new(
             store.clone(),
@@ -457,20 +490,24 @@ async fn ensure_admin_token(state: &StateDir, store: &Store) -> Result<Vec<Strin
 /// (old checkpoints still verify with the published key), but a new key
 /// needs auditors to trust it anew.
 fn load_or_create_log_key(state: &StateDir) -> Result<ed25519_dalek::SigningKey> {
-    let path = state.audit_key();
+    let seed = load_or_create_seed(&state.audit_key(), "the audit log signing key")?;
+    Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+}
+
+/// 32 random bytes, hex, in a file only the owner can read; created on first use.
+fn load_or_create_seed(path: &std::path::Path, what: &str) -> Result<[u8; 32]> {
     if path.exists() {
-        let text = std::fs::read_to_string(&path)
+        let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read `{}`", path.display()))?;
-        let seed: [u8; 32] = hex::decode(text.trim())
+        return hex::decode(text.trim())
             .ok()
             .and_then(|b| b.try_into().ok())
-            .with_context(|| format!("`{}` is not 32 bytes of hex", path.display()))?;
-        return Ok(ed25519_dalek::SigningKey::from_bytes(&seed));
+            .with_context(|| format!("`{}` is not 32 bytes of hex", path.display()));
     }
     let seed: [u8; 32] = rand::random();
-    write_secret(&path, format!("{}\n", hex::encode(seed)).as_bytes())?;
-    tracing::info!(file = %path.display(), "generated the audit log signing key");
-    Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
+    write_secret(path, format!("{}\n", hex::encode(seed)).as_bytes())?;
+    tracing::info!(file = %path.display(), "generated {what}");
+    Ok(seed)
 }
 
 fn upstream_tls(ca_pem: &str) -> Result<rustls::ClientConfig> {

@@ -63,6 +63,10 @@ impl StateDir {
     pub fn audit_key(&self) -> PathBuf {
         self.root.join("audit.key")
     }
+    /// The key of the audit log's pseudonyms (secret, 0600).
+    pub fn audit_pseudonym_key(&self) -> PathBuf {
+        self.root.join("audit-pseudonym.key")
+    }
     /// The audit log's verifier key (public): what auditors pin.
     pub fn audit_verifier_key(&self) -> PathBuf {
         self.root.join("audit.pub")

@@ -488,3 +488,66 @@ async fn the_gateway_fails_closed_when_the_log_cannot_be_written() {
     assert_eq!(open["fail_open"], true);
     assert_eq!(open["status"], 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn personal_fields_are_pseudonymized_and_clear_values_kept_for_retention() {
+    install_crypto();
+    let (upstream, _) = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = route("api", "/api", &format!("http://{upstream}"), "internal");
+    let cfg = config(
+        dir.path(),
+        &format!(
+            "[audit]\npseudonymize = [\"source_ip\"]\npersonal_data_retention_days = 1\n\n{routes}"
+        ),
+        "",
+    );
+    let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
+        .await
+        .unwrap();
+    let (cert, key) = server.create_agent("bot", &["reader"]);
+    let client = client(&server.ca_pem(), Some((&cert, &key)));
+    let mut ids = Vec::new();
+    for _ in 0..2 {
+        let response = client.get(server.url("/api/x")).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        ids.push(
+            response.headers()["x-request-id"]
+                .to_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let first = server.audit_record(&ids[0]);
+    let second = server.audit_record(&ids[1]);
+    let pseudonym = first["source_ip"].as_str().unwrap();
+    assert!(pseudonym.starts_with("p:"), "{first}");
+    assert_eq!(second["source_ip"], pseudonym, "the same address links");
+    // The export (what leaves the host) holds no clear address.
+    let export = server.path().join("log.jsonl");
+    run_ok(server.cli(&["audit", "export", "--out", export.to_str().unwrap()]));
+    assert!(
+        !std::fs::read_to_string(&export)
+            .unwrap()
+            .contains("127.0.0.1")
+    );
+    // The clear value is kept beside the log, for the admin, until it expires.
+    let token = std::fs::read_to_string(server.state_dir().join("admin.token")).unwrap();
+    let admin = support::client(&server.ca_pem(), None);
+    let record: Value = admin
+        .get(format!(
+            "https://{}/admin/v1/audit/records/{}",
+            server.admin, ids[0]
+        ))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(record["personal"]["source_ip"], "127.0.0.1", "{record}");
+    assert_eq!(record["record"]["source_ip"], pseudonym);
+    run_ok(server.cli(&["audit", "checkpoint", "--sign"]));
+    run_ok(server.cli(&["audit", "verify"]));
+}

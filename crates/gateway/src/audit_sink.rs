@@ -28,6 +28,7 @@ use portcullis_store::{AuditAppender, TreeHead};
 use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
+use crate::pseudonym::Pseudonymizer;
 
 /// Backlog above which new requests are refused until the writer catches up.
 pub const MAX_BACKLOG: usize = 100_000;
@@ -113,6 +114,7 @@ impl AuditWriter {
     pub fn start(
         appender: AuditAppender,
         fail_closed_after: Duration,
+        pseudonymizer: Option<Pseudonymizer>,
         metrics: Arc<Metrics>,
     ) -> (AuditSink, AuditWriter) {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -126,6 +128,7 @@ impl AuditWriter {
         let (stop, stopped) = watch::channel(false);
         let task = tokio::spawn(run(
             appender,
+            pseudonymizer,
             rx,
             stopped,
             health.clone(),
@@ -153,6 +156,7 @@ impl AuditWriter {
 
 async fn run(
     mut appender: AuditAppender,
+    pseudonymizer: Option<Pseudonymizer>,
     mut rx: mpsc::UnboundedReceiver<AuditRecord>,
     mut stop: watch::Receiver<bool>,
     health: Arc<Health>,
@@ -183,7 +187,15 @@ async fn run(
                 batch.push(record);
             }
         }
-        write(&mut appender, &mut batch, &health, &head, &metrics).await;
+        write(
+            &mut appender,
+            pseudonymizer.as_ref(),
+            &mut batch,
+            &health,
+            &head,
+            &metrics,
+        )
+        .await;
         if stopping {
             return;
         }
@@ -192,6 +204,7 @@ async fn run(
 
 async fn write(
     appender: &mut AuditAppender,
+    pseudonymizer: Option<&Pseudonymizer>,
     batch: &mut Vec<AuditRecord>,
     health: &Health,
     head: &watch::Sender<TreeHead>,
@@ -202,12 +215,14 @@ async fn write(
         return;
     }
     health.writing_since_ms.store(now_ms(), Ordering::Relaxed);
+    // Once per batch, before the first attempt: a retry appends the same leaves.
+    let personal = pseudonymizer.map_or_else(Vec::new, |p| p.apply(batch, now_ms()));
     let mut delay = Duration::from_millis(10);
     // A failed write is retried until it succeeds: dropping records is not an
     // option. Meanwhile requests are refused (fail closed) once the failure has
     // lasted longer than the limit, and on every route once the backlog is full.
     let new_head = loop {
-        match appender.append(batch).await {
+        match appender.append_with_personal(batch, &personal).await {
             Ok(new_head) => break new_head,
             Err(e) => {
                 health.failing.store(true, Ordering::Relaxed);

@@ -141,6 +141,13 @@ pub struct RawAudit {
     /// An http(s) URL each new checkpoint is POSTed to (`text/plain` signed note).
     #[serde(default, deserialize_with = "opt_webhook")]
     pub checkpoint_webhook: Option<String>,
+    /// Record fields replaced by a keyed hash before they enter the log:
+    /// any of `principal`, `source_ip`, `credential`.
+    #[serde(default)]
+    pub pseudonymize: Vec<crate::pseudonym::PersonalField>,
+    /// Days the clear values of pseudonymized fields are kept beside the log
+    /// (then deleted). Default 0: not kept at all.
+    pub personal_data_retention_days: Option<u64>,
 }
 
 /// `[[routes]]`
@@ -661,6 +668,10 @@ pub struct AuditConfig {
     pub checkpoint_file: Option<PathBuf>,
     /// URL every checkpoint is POSTed to.
     pub checkpoint_webhook: Option<String>,
+    /// Fields pseudonymized in records.
+    pub pseudonymize: Vec<crate::pseudonym::PersonalField>,
+    /// How long clear values of pseudonymized fields are kept (none: not kept).
+    pub personal_data_retention: Option<Duration>,
 }
 
 /// Where the policies come from.
@@ -835,6 +846,12 @@ impl Config {
             ),
             checkpoint_file: raw.audit.checkpoint_file.map(relative),
             checkpoint_webhook: raw.audit.checkpoint_webhook,
+            pseudonymize: raw.audit.pseudonymize,
+            personal_data_retention: raw
+                .audit
+                .personal_data_retention_days
+                .filter(|&d| d > 0)
+                .map(|d| Duration::from_secs(d * 86_400)),
         };
         Config {
             audit,

@@ -16,6 +16,7 @@ pub mod directory;
 pub mod listener;
 pub mod metrics;
 pub mod pipeline;
+pub mod pseudonym;
 pub mod respond;
 pub mod route;
 mod state;

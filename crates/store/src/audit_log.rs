@@ -39,6 +39,19 @@ pub struct TreeHead {
     pub root: Hash,
 }
 
+/// The clear value of a pseudonymized field of a record being appended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PersonalValue {
+    /// Position of the record in the batch given to [`AuditAppender::append_with_personal`].
+    pub record: usize,
+    /// The field (`principal`, `source_ip`, `credential`).
+    pub field: &'static str,
+    /// The clear value.
+    pub value: String,
+    /// When it must be deleted, ms since the epoch.
+    pub expires_ms: i64,
+}
+
 /// A stored checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoredCheckpoint {
@@ -215,6 +228,29 @@ impl Store {
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(checkpoint_from_row).transpose()
+    }
+
+    /// The clear values kept for a record's pseudonymized fields (until they
+    /// expire), by field.
+    pub async fn audit_personal(&self, seq: u64) -> Result<Vec<(String, String)>, StoreError> {
+        let rows =
+            sqlx::query("SELECT field, value FROM audit_personal WHERE seq = ? ORDER BY field")
+                .bind(seq as i64)
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("field")?, r.try_get("value")?)))
+            .collect()
+    }
+
+    /// Deletes personal data past its retention; returns how many values went.
+    /// The leaves hold only keyed hashes, so verification is unaffected.
+    pub async fn purge_personal(&self, now_ms: i64) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM audit_personal WHERE expires_ms <= ?")
+            .bind(now_ms)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 
     /// The next seq an export sink has to deliver (0 when it never ran).
@@ -450,6 +486,17 @@ impl AuditAppender {
     /// the next seq. When this returns `Ok`, every record of the batch is
     /// durable and in the returned tree.
     pub async fn append(&mut self, records: &mut [AuditRecord]) -> Result<TreeHead, StoreError> {
+        self.append_with_personal(records, &[]).await
+    }
+
+    /// [`append`](Self::append), also keeping the clear values of
+    /// pseudonymized fields beside the records (not in the leaves) until they
+    /// expire.
+    pub async fn append_with_personal(
+        &mut self,
+        records: &mut [AuditRecord],
+        personal: &[PersonalValue],
+    ) -> Result<TreeHead, StoreError> {
         if records.is_empty() {
             return Ok(self.head());
         }
@@ -507,6 +554,17 @@ impl AuditAppender {
         }
         for node in &nodes {
             insert_node(&mut tx, node).await?;
+        }
+        for p in personal {
+            sqlx::query(
+                "INSERT OR REPLACE INTO audit_personal (seq, field, value, expires_ms) VALUES (?, ?, ?, ?)",
+            )
+            .bind((first + p.record as u64) as i64)
+            .bind(p.field)
+            .bind(&p.value)
+            .bind(p.expires_ms)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         self.acc = acc;
@@ -768,5 +826,35 @@ mod tests {
             failure(&store, &other).await,
             AuditVerifyFailure::BadCheckpoint { size: 1, .. }
         ));
+    }
+
+    #[tokio::test]
+    async fn personal_values_live_beside_the_leaves_until_they_expire() {
+        let (_dir, store, key, _) = build().await;
+        let mut log = store.audit_appender().await.unwrap();
+        let mut batch = vec![record(300), record(301)];
+        let personal = [PersonalValue {
+            record: 1,
+            field: "source_ip",
+            value: "10.0.0.7".into(),
+            expires_ms: 5_000,
+        }];
+        log.append_with_personal(&mut batch, &personal)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.audit_personal(301).await.unwrap(),
+            [("source_ip".to_string(), "10.0.0.7".to_string())]
+        );
+        assert!(store.audit_personal(300).await.unwrap().is_empty());
+        assert_eq!(store.purge_personal(4_999).await.unwrap(), 0);
+        assert_eq!(store.purge_personal(5_000).await.unwrap(), 1);
+        assert!(store.audit_personal(301).await.unwrap().is_empty());
+        // Deleting personal data never touches a leaf.
+        sign_now(&store, &log, &key).await;
+        store
+            .verify_audit_log(&verifier(&key), ORIGIN, &[])
+            .await
+            .unwrap();
     }
 }

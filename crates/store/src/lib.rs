@@ -14,7 +14,8 @@ mod inventory;
 pub use inventory::InventoryEdge;
 
 pub use audit_log::{
-    AuditAppender, AuditVerifyFailure, NODE_MIN_LEVEL, StoredCheckpoint, TreeHead, open_checkpoint,
+    AuditAppender, AuditVerifyFailure, NODE_MIN_LEVEL, PersonalValue, StoredCheckpoint, TreeHead,
+    open_checkpoint,
 };
 
 use std::path::Path;
@@ -112,6 +113,11 @@ fn migrator() -> Migrator {
             include_str!("../migrations/0002_audit_merkle.sql"),
         ),
         migration(3, "vault", include_str!("../migrations/0003_vault.sql")),
+        migration(
+            4,
+            "audit_personal",
+            include_str!("../migrations/0004_audit_personal.sql"),
+        ),
     ])
 }
 
