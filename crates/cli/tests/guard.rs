@@ -287,6 +287,14 @@ async fn the_gateway_blocks_redacts_and_lets_policy_decide_on_content() {
     assert_eq!(error_of(&v), "content_blocked", "{v}");
     let record = server.audit_record(&id);
     assert_eq!(record["error_code"], "content_blocked");
+    // The record says what refused it: type and position, in the JSON string.
+    let found = record["content"].as_array().unwrap();
+    assert!(
+        found.iter().any(|f| f["kind"] == "prompt_injection"
+            && f["direction"] == "request"
+            && f["pointer"] == "/messages/0/content"),
+        "{record}"
+    );
 
     // 2. A secret in a request body on a redacting route: the upstream gets
     // the placeholder, the JSON stays valid, and the upstream is asked for an
@@ -299,12 +307,31 @@ async fn the_gateway_blocks_redacts_and_lets_policy_decide_on_content() {
     .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-saw-accept-encoding"], "no");
+    let key_id = r.headers()["x-request-id"].to_str().unwrap().to_string();
     let echoed: Value = r.json().await.unwrap();
     assert_eq!(
         echoed["note"],
         "my key is [REDACTED_AWS_ACCESS_KEY_1], again [REDACTED_AWS_ACCESS_KEY_1]"
     );
     assert_eq!(echoed["n"], 1);
+    // Audited by type, position and fingerprint: the same key twice has one
+    // fingerprint, and the record never holds the key.
+    let record = server.audit_record(&key_id);
+    let keys: Vec<&Value> = record["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "aws_access_key")
+        .collect();
+    assert_eq!(keys.len(), 2, "{record}");
+    assert_eq!(keys[0]["pointer"], "/note");
+    assert_eq!(
+        (keys[0]["start"].as_u64(), keys[0]["end"].as_u64()),
+        (Some(10), Some(30))
+    );
+    assert_eq!(keys[0]["fingerprint"], keys[1]["fingerprint"]);
+    assert_eq!(keys[0]["fingerprint"].as_str().unwrap().len(), 16);
+    assert!(!record.to_string().contains(AWS_KEY));
 
     // 3. A token streamed in chunks cut mid-value is redacted in the response.
     let r = client

@@ -13,8 +13,8 @@
 //! (binary, compressed, not UTF-8) are forwarded unscanned, with
 //! `context.content.scanned == false` for policy to act on.
 //!
-//! Findings are logged by type, position (JSON pointer and byte range) and
-//! keyed fingerprint, never by value.
+//! Findings are logged and put in the audit record by type, position (JSON
+//! pointer and byte range) and keyed fingerprint, never by value.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +22,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderValue, header};
 use http_body_util::{BodyExt, Full};
+use portcullis_audit::{ContentFinding, MAX_CONTENT_FINDINGS};
 use portcullis_core::{ErrorCode, RequestId};
 use portcullis_guard::dlp::redact::{Redactor, fingerprint};
 use portcullis_guard::{Channel, Guard, Report};
@@ -104,6 +105,9 @@ fn is_json(content_type: Option<&HeaderValue>) -> bool {
 }
 
 /// Runs the stage.
+///
+/// Findings go to `audited` (for the record) whatever the outcome, so a
+/// refused request's record says what refused it.
 pub async fn run(
     state: Option<&GuardState>,
     route: &RouteConfig,
@@ -111,6 +115,7 @@ pub async fn run(
     max_body_bytes: u64,
     meter: &Arc<BodyMeter>,
     request_id: &RequestId,
+    audited: &mut Vec<ContentFinding>,
 ) -> Result<(DecodedRequest, ContentFacts), Denial> {
     let settings = route.guard;
     let Some(state) = state.filter(|_| settings.scans_requests()) else {
@@ -175,7 +180,7 @@ pub async fn run(
         facts.injection_flagged |= report.flagged;
         kinds.extend(report.kinds());
         dlp_found |= !report.dlp.is_empty();
-        log_findings(state, request_id, &route.name, pointer, s, &report);
+        log_findings(state, request_id, &route.name, pointer, s, &report, audited);
         report
     };
     let new_body = match json {
@@ -286,8 +291,9 @@ fn walk_strings(
     }
 }
 
-/// Logs each finding by type and position; DLP findings carry the keyed
-/// fingerprint of the value so equal values can be correlated.
+/// Logs each finding by type and position, and adds it to `audited` (up to
+/// the record's cap); DLP findings carry the keyed fingerprint of the value
+/// so equal values can be correlated.
 fn log_findings(
     state: &GuardState,
     request_id: &RequestId,
@@ -295,6 +301,7 @@ fn log_findings(
     pointer: &str,
     text: &str,
     report: &Report,
+    audited: &mut Vec<ContentFinding>,
 ) {
     for f in &report.findings {
         let fp = report
@@ -305,6 +312,16 @@ fn log_findings(
                 text.get(d.start..d.end)
                     .map(|v| fingerprint(&state.key, d.kind, v))
             });
+        if audited.len() < MAX_CONTENT_FINDINGS {
+            audited.push(ContentFinding {
+                direction: "request".into(),
+                kind: f.kind.into(),
+                pointer: (!pointer.is_empty()).then(|| pointer.to_string()),
+                start: f.start as u64,
+                end: f.end as u64,
+                fingerprint: fp.clone(),
+            });
+        }
         tracing::warn!(
             request_id = %request_id,
             route,

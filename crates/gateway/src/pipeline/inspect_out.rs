@@ -105,6 +105,24 @@ impl GuardedBody {
     }
 
     fn log_new_findings(&mut self) {
+        let new = &self.redactor.findings()[self.logged..];
+        if !new.is_empty()
+            && let Ok(mut audited) = self.meter.response_findings.lock()
+        {
+            for f in new {
+                if audited.len() >= portcullis_audit::MAX_CONTENT_FINDINGS {
+                    break;
+                }
+                audited.push(portcullis_audit::ContentFinding {
+                    direction: "response".into(),
+                    kind: f.kind.as_str().into(),
+                    pointer: None,
+                    start: f.start as u64,
+                    end: f.end as u64,
+                    fingerprint: Some(f.fingerprint.clone()),
+                });
+            }
+        }
         for f in &self.redactor.findings()[self.logged..] {
             tracing::warn!(
                 request_id = %self.request_id,

@@ -173,6 +173,7 @@ async fn run(
     }
 
     let t = Instant::now();
+    let mut audited = Vec::new();
     let inspected = inspect::run(
         gateway.guard.as_deref(),
         &context.route,
@@ -180,9 +181,11 @@ async fn run(
         gateway.limits.max_body_bytes,
         meter,
         request_id,
+        &mut audited,
     )
     .await;
     metrics.stage(Stage::Inspect, t.elapsed());
+    recorder.record().content = audited;
     let (decoded, content) = inspected?;
 
     let t = Instant::now();
