@@ -12,6 +12,9 @@ pub enum ErrorCode {
     AgentRevoked,
     /// Policy did not permit the request.
     Forbidden,
+    /// The content guard refused the request body (prompt injection or
+    /// sensitive data, by the route's guard settings).
+    ContentBlocked,
     /// No route matches the request path.
     RouteNotFound,
     /// The request body exceeds the configured limit.
@@ -51,6 +54,7 @@ impl ErrorCode {
             ErrorCode::InvalidCredential => "invalid_credential",
             ErrorCode::AgentRevoked => "agent_revoked",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::ContentBlocked => "content_blocked",
             ErrorCode::RouteNotFound => "route_not_found",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::BadRequest => "bad_request",
@@ -74,7 +78,7 @@ impl ErrorCode {
             ErrorCode::Unauthenticated | ErrorCode::InvalidCredential | ErrorCode::AgentRevoked => {
                 401
             }
-            ErrorCode::Forbidden => 403,
+            ErrorCode::Forbidden | ErrorCode::ContentBlocked => 403,
             ErrorCode::RouteNotFound | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
@@ -102,6 +106,7 @@ mod tests {
             ErrorCode::InvalidCredential,
             ErrorCode::AgentRevoked,
             ErrorCode::Forbidden,
+            ErrorCode::ContentBlocked,
             ErrorCode::RouteNotFound,
             ErrorCode::PayloadTooLarge,
             ErrorCode::BadRequest,

@@ -133,6 +133,7 @@ fn record(seq: u64) -> AuditRecord {
         ),
         response_sha256_unredacted: None,
         fail_open: false,
+        content: Vec::new(),
     }
 }
 

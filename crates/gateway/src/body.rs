@@ -35,6 +35,13 @@ pub struct BodyMeter {
     pub exceeded: AtomicBool,
     /// SHA-256 (hex) of the whole body, set when it has been read to its end.
     pub sha256: OnceLock<String>,
+    /// SHA-256 (hex) of the response body as the upstream sent it, set by
+    /// inspect_out when its redaction changed the body.
+    pub response_sha256_unredacted: OnceLock<String>,
+    /// What inspect_out found in the response body, for the record. Written
+    /// by the response body as it streams and read once when the record is
+    /// completed; never held across IO.
+    pub response_findings: std::sync::Mutex<Vec<portcullis_audit::ContentFinding>>,
 }
 
 /// A SHA-256 over a body as it streams; finished once, at the body's end.
@@ -212,6 +219,13 @@ impl Drop for Recorder {
             record.duration_us = elapsed.as_micros() as u64;
             record.bytes_in = self.meter.bytes.load(Ordering::Relaxed);
             record.request_sha256 = self.meter.sha256.get().cloned();
+            record.response_sha256_unredacted =
+                self.meter.response_sha256_unredacted.get().cloned();
+            if let Ok(mut found) = self.meter.response_findings.lock() {
+                let room =
+                    portcullis_audit::MAX_CONTENT_FINDINGS.saturating_sub(record.content.len());
+                record.content.extend(found.drain(..).take(room));
+            }
             self.metrics.stage(Stage::Total, elapsed);
             self.metrics
                 .request(record.resource.as_deref().unwrap_or("-"), record.status);

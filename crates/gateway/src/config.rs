@@ -319,6 +319,9 @@ pub struct RawRoute {
     /// Sensitivity of the data behind the route.
     #[serde(deserialize_with = "from_str")]
     pub classification: Classification,
+    /// `[routes.guard]`: what the content guard does on this route.
+    #[serde(default)]
+    pub guard: RouteGuard,
     /// An upstream credential from the vault, injected after policy allows
     /// both the route and `use_secret` on the secret.
     #[serde(default)]
@@ -331,6 +334,58 @@ pub struct RawRoute {
     /// fail closed.
     #[serde(default)]
     pub audit_fail_open: bool,
+}
+
+/// `[routes.guard]`: the content guard's actions on one route. Both default
+/// to `off`: scanning buffers request bodies and adds latency, so a route
+/// opts in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteGuard {
+    /// Prompt-injection scan of request bodies (input channel).
+    #[serde(default)]
+    pub injection: InjectionAction,
+    /// Secrets and PII in request and response bodies.
+    #[serde(default)]
+    pub dlp: DlpAction,
+}
+
+impl RouteGuard {
+    /// Whether request bodies must be read and scanned before authorization.
+    pub fn scans_requests(&self) -> bool {
+        self.injection != InjectionAction::Off || self.dlp != DlpAction::Off
+    }
+}
+
+/// What a flagged prompt injection does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InjectionAction {
+    /// Refuse the request with `content_blocked`.
+    Block,
+    /// Forward it, log the finding, and let policy decide (`context.content`).
+    Alert,
+    /// Do not scan.
+    #[default]
+    Off,
+}
+
+/// What a DLP finding does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DlpAction {
+    /// Replace found values in request and response bodies with typed
+    /// placeholders (`[REDACTED_AWS_ACCESS_KEY_1]`); responses are redacted
+    /// while they stream.
+    Redact,
+    /// Refuse a request body with findings (`content_blocked`); redact
+    /// responses (a streaming response cannot be refused once it started).
+    Block,
+    /// Forward unchanged and log the findings (type, position, keyed hash).
+    Alert,
+    /// Do not scan.
+    #[default]
+    Off,
 }
 
 /// `credential = { secret = "…", … }` as written.
@@ -771,6 +826,8 @@ pub struct RouteConfig {
     pub upstream: Upstream,
     /// Data classification.
     pub classification: Classification,
+    /// Content guard actions.
+    pub guard: RouteGuard,
     /// Upstream credential injected from the vault.
     pub credential: Option<Credential>,
     /// Encrypted payload capture.
@@ -953,6 +1010,7 @@ impl Config {
             path_prefix: prefix.into(),
             upstream: Upstream::BuiltinDemo,
             classification,
+            guard: RouteGuard::default(),
             credential: None,
             capture: None,
             audit_fail_open: false,
@@ -1118,6 +1176,7 @@ impl Config {
                     path_prefix: r.path_prefix.into_inner(),
                     upstream: r.upstream,
                     classification: r.classification,
+                    guard: r.guard,
                     credential: r.credential,
                     capture: r.capture,
                     audit_fail_open: r.audit_fail_open,
@@ -1331,7 +1390,17 @@ mod tests {
                 c.max_body_bytes,
                 c.routes
                     .iter()
-                    .map(|r| format!("{}:{}:{}", r.name, r.path_prefix, r.classification))
+                    .map(|r| format!(
+                        "{}:{}:{}{}",
+                        r.name,
+                        r.path_prefix,
+                        r.classification,
+                        if r.guard == RouteGuard::default() {
+                            String::new()
+                        } else {
+                            format!(":{:?}/{:?}", r.guard.injection, r.guard.dlp)
+                        }
+                    ))
                     .collect::<Vec<_>>()
                     .join(",")
             ),
@@ -1495,6 +1564,28 @@ classification = "internal"
         check_export(
             "[telemetry]\nsampling_ratio = 0.5\n",
             "telemetry.otlp_endpoint`: required",
+        );
+    }
+
+    #[test]
+    fn route_guard() {
+        let route = "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"http://x\"\nclassification = \"public\"\n";
+        check(
+            &format!("{route}[routes.guard]\ninjection = \"block\"\ndlp = \"redact\"\n"),
+            "routes=a:/a:public:Block/Redact",
+        );
+        check(
+            &format!("{route}[routes.guard]\ndlp = \"alert\"\n"),
+            "routes=a:/a:public:Off/Alert",
+        );
+        check(route, "routes=a:/a:public");
+        check(
+            &format!("{route}[routes.guard]\ninjection = \"deny\"\n"),
+            "unknown variant `deny`",
+        );
+        check(
+            &format!("{route}[routes.guard]\ninjecton = \"block\"\n"),
+            "unknown field `injecton`",
         );
     }
 

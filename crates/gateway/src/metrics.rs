@@ -19,6 +19,8 @@ pub enum Stage {
     Authenticate,
     /// Route, action, time, source address.
     Contextualize,
+    /// Content guard on the request body.
+    Inspect,
     /// Cedar decision.
     Authorize,
     /// `use_secret` decision and the credential from the vault.
@@ -30,10 +32,11 @@ pub enum Stage {
 }
 
 impl Stage {
-    const ALL: [Stage; 7] = [
+    const ALL: [Stage; 8] = [
         Stage::Decode,
         Stage::Authenticate,
         Stage::Contextualize,
+        Stage::Inspect,
         Stage::Authorize,
         Stage::Inject,
         Stage::Forward,
@@ -46,6 +49,7 @@ impl Stage {
             Stage::Decode => "decode",
             Stage::Authenticate => "authenticate",
             Stage::Contextualize => "contextualize",
+            Stage::Inspect => "inspect",
             Stage::Authorize => "authorize",
             Stage::Inject => "inject",
             Stage::Forward => "forward",

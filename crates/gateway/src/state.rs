@@ -28,6 +28,7 @@ use crate::listener::{self, ConnectionInfo};
 use crate::metrics::Metrics;
 use crate::pipeline::decode::Limits;
 use crate::pipeline::forward::{Forwarder, ResolvedUpstream};
+use crate::pipeline::inspect::GuardState;
 use crate::respond::ResponseBody;
 use crate::route::RouteTable;
 use crate::trace::Tracer;
@@ -64,6 +65,9 @@ pub enum GatewayError {
     /// A route names the demo upstream but none is running.
     #[error("route `{0}` uses the built-in demo upstream, which is not running")]
     NoDemoUpstream(String),
+    /// The content guard's detectors did not build.
+    #[error(transparent)]
+    Guard(#[from] portcullis_guard::GuardError),
     /// A route's credential or capture cannot be served.
     #[error("route `{route}`: {problem}")]
     Vault {
@@ -108,6 +112,8 @@ pub struct Gateway {
     pub(crate) sink: AuditSink,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) tracer: Option<Tracer>,
+    /// The content guard, built only when a route turns it on.
+    pub(crate) guard: Option<Arc<GuardState>>,
     pub(crate) vault: Option<Arc<Vault>>,
     pub(crate) captures: Option<CaptureSink>,
     checker: ClientCertChecker,
@@ -172,7 +178,18 @@ impl Gateway {
             parts.vault.as_deref(),
             parts.captures.is_some(),
         )?;
+        let guard = if config.routes.iter().any(|r| r.guard.scans_requests()) {
+            Some(Arc::new(GuardState {
+                guard: portcullis_guard::Guard::new()?,
+                // Fingerprints and placeholder numbers are keyed per process:
+                // they correlate within a run and reveal nothing across runs.
+                key: rand::random(),
+            }))
+        } else {
+            None
+        };
         Ok(Arc::new(Gateway {
+            guard,
             vault: parts.vault,
             captures: parts.captures,
             limits: Limits {

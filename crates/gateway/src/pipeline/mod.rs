@@ -8,9 +8,12 @@
 //! authenticate  client certificate → live agent (directory check, expiry)
 //! contextualize route (resource), method (action), time, source address;
 //!               then the fail-closed check: is the audit log writable?
+//! inspect       content guard on the request body: injection and DLP findings
+//!               for policy (`context.content`), block or redact by route
 //! authorize     Cedar decision: allow, or 403 naming the deciding policies
 //! inject        routes with a credential: `use_secret` decision, value from the vault
 //! forward       upstream call with timeout, streaming both ways (and payload capture)
+//! inspect_out   DLP on the response body while it streams (redact or alert)
 //! record        (body.rs Recorder) the audit record, on every path
 //! ```
 //!
@@ -23,6 +26,9 @@
 //! unauthenticated caller learns nothing (not even which routes exist); inject
 //! follows authorize so a caller denied the route learns nothing about its
 //! secret, and no secret is decrypted for a request that will not be sent.
+//! Inspect runs after contextualize (the route says what to scan) and before
+//! authorize (policy decides with what it found); reading the body there is
+//! the one place a body is buffered, and only on routes whose guard is on.
 
 pub mod authenticate;
 pub mod authorize;
@@ -30,6 +36,8 @@ pub mod contextualize;
 pub mod decode;
 pub mod forward;
 pub mod inject;
+pub mod inspect;
+pub mod inspect_out;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -179,7 +187,31 @@ async fn run(
     }
 
     let t = Instant::now();
-    let decision = authorize::run(&snapshot.authorizer, &identity, &context, &conn.source_ip);
+    let mut audited = Vec::new();
+    let inspected = inspect::run(
+        gateway.guard.as_deref(),
+        &context.route,
+        decoded,
+        gateway.limits.max_body_bytes,
+        meter,
+        request_id,
+        &mut audited,
+    )
+    .await;
+    let elapsed = t.elapsed();
+    metrics.stage(Stage::Inspect, elapsed);
+    recorder.trace_stage(Stage::Inspect, t, elapsed);
+    recorder.record().content = audited;
+    let (decoded, content) = inspected?;
+
+    let t = Instant::now();
+    let decision = authorize::run(
+        &snapshot.authorizer,
+        &identity,
+        &context,
+        &conn.source_ip,
+        &content,
+    );
     let elapsed = t.elapsed();
     metrics.stage(Stage::Authorize, elapsed);
     recorder.trace_stage(Stage::Authorize, t, elapsed);
@@ -202,6 +234,7 @@ async fn run(
                 &identity,
                 &context,
                 &conn.source_ip,
+                &content,
                 credential,
             );
             {
@@ -256,5 +289,11 @@ async fn run(
     let elapsed = t.elapsed();
     metrics.stage(Stage::Forward, elapsed);
     recorder.trace_stage(Stage::Forward, t, elapsed);
-    response
+    Ok(inspect_out::run(
+        gateway.guard.as_deref(),
+        &context.route,
+        request_id,
+        meter,
+        response?,
+    ))
 }
