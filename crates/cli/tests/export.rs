@@ -734,12 +734,12 @@ endpoint = "http://{http}/otlp"
             })
             .filter(|s| s["traceId"] == allowed_id.as_str())
             .collect();
-        if spans.len() == 6 {
+        if spans.len() == 7 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(spans.len(), 6, "{spans:#?}");
+    assert_eq!(spans.len(), 7, "{spans:#?}");
     let root = spans
         .iter()
         .find(|s| s.get("parentSpanId").is_none())
@@ -771,6 +771,7 @@ endpoint = "http://{http}/otlp"
             "decode",
             "authenticate",
             "contextualize",
+            "inspect",
             "authorize",
             "forward"
         ]
