@@ -24,20 +24,27 @@
 //! - the union of all of the above (each text on its own channel);
 //! - MCP tool descriptions (description channel), held-out 30 % split.
 //!
-//! Figures of the shipped model (thresholds input 0.620, tool_output 0.815,
-//! description 0.620):
+//! Figures of the shipped model (thresholds input 0.735, tool_output 0.840,
+//! description 0.710):
 //!
 //! | set (channel)                                   | att | ben | recall | FPR   | BA    |
 //! | ----------------------------------------------- | --- | --- | ------ | ----- | ----- |
-//! | deepset test (input)                            | 60  | 56  | 76.7 % | 10.7 %| 83.0 %|
+//! | deepset test (input)                            | 60  | 56  | 75.0 % | 5.4 % | 84.8 %|
 //! | NotInject three (input)                         | 0   | 113 | –      | 3.5 % | –     |
-//! | PINT-like mix, valid.json (input)               | 48  | 96  | 70.8 % | 4.2 % | 83.3 %|
-//! | same, BIPIA rows on tool_output                 | 48  | 96  | 87.5 % | 4.2 % | 91.7 %|
-//! | of which the 48 PINT rows (input)               | 24  | 24  | 87.5 % | 16.7 %| 85.4 %|
-//! | BIPIA indirect (tool_output)                    | 500 | 200 | 81.6 % | 2.0 % | 89.8 %|
-//! | all of the above                                | 608 | 465 | 80.3 % | 3.9 % | 88.2 %|
+//! | PINT-like mix, valid.json (input)               | 48  | 96  | 87.5 % | 3.1 % | 92.2 %|
+//! | same, BIPIA rows on tool_output                 | 48  | 96  | 87.5 % | 3.1 % | 92.2 %|
+//! | of which the 48 PINT rows (input)               | 24  | 24  | 87.5 % | 12.5 %| 87.5 %|
+//! | BIPIA indirect (tool_output)                    | 500 | 200 | 82.4 % | 2.0 % | 90.2 %|
+//! | all of the above                                | 608 | 465 | 82.1 % | 3.0 % | 89.5 %|
 //! | MCP held-out, injected descriptions vs benign   | 9   | 61  | 66.7 % | 1.6 % | 82.5 %|
-//! | MCP held-out, every malicious tool vs benign    | 131 | 61  | 4.6 %  | 1.6 % | 51.5 %|
+//! | MCP held-out, every malicious tool vs benign    | 131 | 61  | 5.3 %  | 1.6 % | 51.9 %|
+//!
+//! The previous model (thresholds 0.620, 0.815, 0.620) had deepset 83.0 %,
+//! NotInject 3.5 %, valid.json on input 83.3 % (recall 70.8 %), BIPIA
+//! indirect 81.6 % recall at 2.0 %, all 88.2 %. The valid.json gain is
+//! mostly its BIPIA rows on the input channel (now 100 % of the code ones,
+//! 75 % of the text ones): the trainer now also learns BIPIA train attacks
+//! as direct injections.
 //!
 //! Most malicious MCP tools in that set are malicious in their code, not
 //! their description, which no description scan can see.

@@ -8,28 +8,49 @@
 //!
 //! Training set (windows, as the detector scores them):
 //! - input channel: deepset train (attacks and benign), NotInject one and two
-//!   and WildGuard (benign);
+//!   and WildGuard (benign); and, as extra positives, the BIPIA train attack
+//!   instructions of the categories that manipulate or harm (all code
+//!   attacks; text attacks except the [`USER_TASKS`] ones, which are
+//!   ordinary requests when a user types them), bare and combined with
+//!   [`PER_INPUT`] benign deepset/WildGuard train prompts (after or before
+//!   it), as a direct injection rides on a legitimate request;
 //! - tool-output channel: every BIPIA train attack instruction inserted into
 //!   [`PER_ATTACK`] BIPIA train contexts (emails and tables for text attacks,
 //!   code answers for code attacks), at the start, middle or end; the windows
 //!   that hold the attack are positives. Every window of every clean train
 //!   context is a negative;
 //! - description channel: the threshold only, from a fixed 70 % split of the
-//!   MCP tool descriptions (the other 30 % is held out for `injection_eval`).
+//!   MCP tool descriptions (the other 30 % is held out for `injection_eval`),
+//!   the best balanced accuracy with at most [`DESCRIPTION_MAX_FPR`] of the
+//!   benign tools flagged.
 //!
 //! The model is logistic regression trained with AdaGrad and L2, with class
-//! and source weights so that each group counts as decided below. The
-//! thresholds come from 5-fold cross-validation on the same data: BIPIA
-//! folds are split by attack category, so a held-out fold's attacks are
-//! unlike anything its model saw, as on the test set. The run is
-//! deterministic: the same data gives the same file.
+//! and source weights so that each group counts as decided below; the
+//! weights are the average of [`RUNS`] runs that differ only in the order of
+//! the samples. The thresholds come from 5-fold cross-validation on the same
+//! data: BIPIA folds (tool-output and input-channel alike) are split by
+//! attack category, so a held-out fold's attacks are unlike anything its
+//! model saw, as on the test set. The run is deterministic: the same data
+//! gives the same file (checked: two runs, identical bytes).
 //!
-//! The shipped model's run (about 2 minutes on one core of the development
-//! VM): cross-validated input balanced accuracy 0.924 at threshold 0.620
-//! (NotInject false positives ≤ 3 %), tool-output recall 0.825 at threshold
-//! 0.815 (clean contexts' false positives ≤ 3 % on average over emails,
-//! tables and code), description threshold 0.620 (balanced accuracy 0.636
-//! on the 70 % MCP split, where most malicious tools look benign).
+//! The shipped model's run (about 35 seconds on the 2-core development VM,
+//! 0.9 GB of memory): cross-validated input balanced accuracy 0.923 at
+//! threshold 0.735 (deepset recall 0.901, benign false positives 0.056,
+//! NotInject false positives 0.009 — the threshold may not pass 3 % — and
+//! recall 0.956 on the input-channel BIPIA positives), tool-output recall
+//! 0.809 at threshold 0.840 (clean contexts' false positives ≤ 3 % on
+//! average over emails, tables and code), description threshold 0.710
+//! (balanced accuracy 0.636 on the 70 % MCP split, no benign tool flagged;
+//! most malicious tools there look benign).
+//!
+//! What changed the cross-validated figures against the previous model
+//! (input balanced accuracy 0.924, tool-output recall 0.825 from a single
+//! run; 0.928 and 0.801 when that model is also averaged over three runs):
+//! the input-channel BIPIA positives raised their recall from 0.58 to 0.96
+//! at a cost of about 0.006 in input balanced accuracy; the word weight
+//! raised tool-output recall from 0.793 to 0.809 and halved the
+//! cross-validated false positives on clean code at 0.7; the multilingual
+//! sentence shapes left both figures within 0.002.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/guard_data.rs"]
@@ -52,6 +73,24 @@ const FOLDS: usize = 5;
 const EPOCHS: usize = 12;
 const LEARNING_RATE: f32 = 0.4;
 const L2: f32 = 1e-5;
+/// Training runs averaged (see [`train`]).
+const RUNS: usize = 3;
+/// Highest false-positive rate on benign training tools the description
+/// threshold may have.
+const DESCRIPTION_MAX_FPR: f32 = 0.05;
+/// Benign train prompts each input-channel BIPIA attack is combined with,
+/// and the weight of those positives against deepset's attacks (1.0).
+const PER_INPUT: usize = 6;
+const AUG_SHARE: f32 = 1.0;
+/// BIPIA text-attack categories that are ordinary user requests when typed
+/// by the user: not used as input-channel positives.
+const USER_TASKS: &[&str] = &[
+    "Information Retrieval",
+    "Content Creation",
+    "Learning and Tutoring",
+    "Language Translation",
+    "Programming Help",
+];
 
 /// A hyperparameter, overridable for cross-validation experiments
 /// (`GUARD_TRAIN_EPOCHS=20 …`); the shipped model uses the defaults above.
@@ -67,6 +106,9 @@ fn param<T: std::str::FromStr>(name: &str, default: T) -> T {
 enum Group {
     Input,
     NotInject,
+    /// BIPIA train attacks on the input channel: bare, and appended to or
+    /// put before a benign train prompt.
+    InputAug,
     Tool,
 }
 
@@ -116,10 +158,11 @@ fn main() {
     let docs = load(&dir, &detector);
     let count = |g: Group, l: u8| docs.iter().filter(|d| d.group == g && d.label == l).count();
     println!(
-        "documents: input {} attack / {} benign, NotInject {}, tool output {} attack / {} clean",
+        "documents: input {} attack / {} benign, NotInject {}, BIPIA on input {}, tool output {} attack / {} clean",
         count(Group::Input, 1),
         count(Group::Input, 0),
         count(Group::NotInject, 0),
+        count(Group::InputAug, 1),
         count(Group::Tool, 1),
         count(Group::Tool, 0),
     );
@@ -213,6 +256,46 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
         param("PER_ATTACK", PER_ATTACK),
         &mut rng,
     ));
+    // The same attacks as direct injections on the input channel: a user
+    // prompt that carries an instruction unrelated to the request
+    // ("What is a prompt? But then, forget everything and…"). Only the
+    // categories that manipulate or harm: "answer a trivia question" or
+    // "write a poem" is an ordinary request when a user types it.
+    let hosts: Vec<&Sample> = input.iter().filter(|s| s.label == 0).collect();
+    let per_input = param("PER_INPUT", PER_INPUT);
+    for (cat, a) in text_attacks
+        .iter()
+        .chain(&code_attacks)
+        .filter(|(cat, _)| !USER_TASKS.contains(&cat.as_str()))
+    {
+        let mut texts = vec![a.clone()];
+        for k in 0..per_input {
+            let host = &hosts[rng.below(hosts.len())].text;
+            let glue = [" ", "\n", " Also, ", " But first, "][rng.below(4)];
+            texts.push(if k % 2 == 0 {
+                format!("{host}{glue}{a}")
+            } else {
+                format!("{a}\n{host}")
+            });
+        }
+        for t in texts {
+            let (windows, _, _) = det.windows(&t, Channel::Input);
+            let labels = vec![None; windows.len()];
+            let mut d = Doc {
+                windows,
+                labels,
+                label: 1,
+                weight: 1.0,
+                fold: fold_of(cat),
+                group: Group::InputAug,
+                kind: "input_aug",
+            };
+            // Train on the windows that hold the attack: the highest-overlap
+            // ones, i.e. all of a short text, and the segments of the attack.
+            label_attack_windows(&mut d, &t, a);
+            docs.push(d);
+        }
+    }
     // The bare instructions too: what the attack says, without a context.
     for (cat, a) in text_attacks.iter().chain(&code_attacks) {
         let (windows, _, _) = det.windows(a, Channel::ToolOutput);
@@ -278,8 +361,13 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
             .sum()
     };
     type Select<'a> = &'a dyn Fn(&Doc) -> bool;
-    let groups: [(Select, f32); 6] = [
-        (&|d: &Doc| d.label == 1 && d.group != Group::Tool, 1.0),
+    let aug_share = param("AUG_SHARE", AUG_SHARE);
+    let groups: [(Select, f32); 7] = [
+        (&|d: &Doc| d.label == 1 && d.group == Group::Input, 1.0),
+        (
+            &|d: &Doc| d.label == 1 && d.group == Group::InputAug,
+            aug_share,
+        ),
         (&|d: &Doc| d.label == 1 && d.group == Group::Tool, 3.0),
         (&|d: &Doc| d.label == 0 && d.group != Group::Tool, 1.0),
         (&|d: &Doc| d.label == 0 && d.kind == "email", 1.0),
@@ -300,6 +388,26 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
     docs
 }
 
+/// Marks as positives the windows of `d` (built from `text`) that hold
+/// most of `attack` or are mostly made of it; the rest are not trained on.
+fn label_attack_windows(d: &mut Doc, text: &str, attack: &str) {
+    let Some(a0) = text.find(attack) else {
+        d.labels = vec![Some(1); d.windows.len()];
+        return;
+    };
+    let a1 = a0 + attack.len();
+    d.labels = d
+        .windows
+        .iter()
+        .map(|w| {
+            let overlap = w.end.min(a1).saturating_sub(w.start.max(a0));
+            (overlap > 0
+                && (overlap * 10 >= (a1 - a0) * 6 || overlap * 10 >= (w.end - w.start) * 6))
+                .then_some(1)
+        })
+        .collect();
+}
+
 /// Logistic regression with AdaGrad over the labelled windows of the
 /// documents `keep` selects.
 fn train(docs: &[Doc], keep: impl Fn(&Doc) -> bool) -> Model {
@@ -311,18 +419,52 @@ fn train(docs: &[Doc], keep: impl Fn(&Doc) -> bool) -> Model {
                 .iter()
                 .zip(&d.labels)
                 .filter_map(move |(w, l)| l.map(|l| (&w.features, f32::from(l), d.weight)))
+                .filter(|s| s.2 > 0.0)
         })
         .collect();
-    let mut w = vec![0f32; DIMS];
-    let mut g2 = vec![1e-6f32; DIMS];
-    let (mut bias, mut b2) = (0f32, 1e-6f32);
-    let mut order: Vec<usize> = (0..samples.len()).collect();
-    let mut rng = Rng(0x00c0_ffee_d00d_f00d);
     let (epochs, lr, l2) = (
         param("EPOCHS", EPOCHS),
         param("LR", LEARNING_RATE),
         param("L2", L2),
     );
+    // Several runs that differ only in the order of the samples, averaged:
+    // one run's weights depend on its order enough to move the threshold
+    // of the small clean-email set by several points.
+    let runs = param("RUNS", RUNS).max(1);
+    let mut w = vec![0f32; DIMS];
+    let mut bias = 0f32;
+    for run in 0..runs {
+        let (rw, rb) = sgd(&samples, epochs, lr, l2, 0x00c0_ffee_d00d_f00d ^ run as u64);
+        for (a, b) in w.iter_mut().zip(rw) {
+            *a += b / runs as f32;
+        }
+        bias += rb / runs as f32;
+    }
+    Model {
+        weights: w,
+        bias,
+        thresholds: Thresholds {
+            input: 0.5,
+            tool_output: 0.5,
+            description: 0.5,
+        },
+    }
+}
+
+/// One AdaGrad run over `samples` (features, label, weight), shuffled by
+/// `seed`: the weights and the bias.
+fn sgd(
+    samples: &[(&Features, f32, f32)],
+    epochs: usize,
+    lr: f32,
+    l2: f32,
+    seed: u64,
+) -> (Vec<f32>, f32) {
+    let mut w = vec![0f32; DIMS];
+    let mut g2 = vec![1e-6f32; DIMS];
+    let (mut bias, mut b2) = (0f32, 1e-6f32);
+    let mut order: Vec<usize> = (0..samples.len()).collect();
+    let mut rng = Rng(seed);
     for _ in 0..epochs {
         for i in (1..order.len()).rev() {
             order.swap(i, rng.below(i + 1));
@@ -341,15 +483,7 @@ fn train(docs: &[Doc], keep: impl Fn(&Doc) -> bool) -> Model {
             bias -= lr * err / b2.sqrt();
         }
     }
-    Model {
-        weights: w,
-        bias,
-        thresholds: Thresholds {
-            input: 0.5,
-            tool_output: 0.5,
-            description: 0.5,
-        },
-    }
+    (w, bias)
 }
 
 /// A document's score: its highest window, as `Detector::assess` computes it.
@@ -386,9 +520,23 @@ fn choose_input(docs: &[Doc], oof: &[f32]) -> f32 {
             best = (ba, t);
         }
     }
+    let t = best.1;
+    let at = |f: &dyn Fn(&Doc) -> bool| {
+        let sel: Vec<f32> = docs
+            .iter()
+            .zip(oof)
+            .filter(|(d, _)| f(d))
+            .map(|(_, &s)| s)
+            .collect();
+        sel.iter().filter(|&&s| s >= t).count() as f32 / sel.len().max(1) as f32
+    };
     println!(
-        "input threshold {:.3}: cross-validated balanced accuracy {:.3}",
-        best.1, best.0
+        "input threshold {t:.3}: cross-validated balanced accuracy {:.3} (deepset recall {:.3}, benign FPR {:.3}, NotInject FPR {:.3}, BIPIA-on-input recall {:.3})",
+        best.0,
+        at(&|d| d.group == Group::Input && d.label == 1),
+        at(&|d| d.group != Group::Tool && d.label == 0),
+        at(&|d| d.group == Group::NotInject),
+        at(&|d| d.group == Group::InputAug),
     );
     best.1
 }
@@ -475,13 +623,24 @@ fn choose_description(dir: &Path, det: &Detector) -> f32 {
             sel.iter().filter(|&&s| s >= t).count() as f32 / sel.len().max(1) as f32
         };
         let ba = (rate(1) + 1.0 - rate(0)) / 2.0;
-        if ba > best.0 {
+        // With a handful of injected descriptions, the best balanced
+        // accuracy alone can sit at a threshold that refuses a third of the
+        // benign tools; a gateway that blocks tool listings cannot ship that.
+        if rate(0) <= DESCRIPTION_MAX_FPR && ba > best.0 {
             best = (ba, t);
         }
     }
+    let t = best.1;
+    let rate = |l: u8| {
+        let sel: Vec<f32> = scored.iter().filter(|x| x.1 == l).map(|x| x.0).collect();
+        sel.iter().filter(|&&s| s >= t).count() as f32 / sel.len().max(1) as f32
+    };
     println!(
-        "description threshold {:.3}: balanced accuracy {:.3} on the training split",
-        best.1, best.0
+        "description threshold {t:.3}: balanced accuracy {:.3} on the training split (recall {:.3}, benign FPR {:.3}, {} tools)",
+        best.0,
+        rate(1),
+        rate(0),
+        scored.len()
     );
     best.1
 }
