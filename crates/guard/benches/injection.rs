@@ -10,18 +10,21 @@
 //! pattern, which no scanner of the text can beat.
 //!
 //! The target is p99 ≤ 1 ms per 4 KiB on one core. Measured on the
-//! 2-core development VM while other builds ran (load average 3.5):
+//! 2-core development VM (load average about 1.5):
 //!
 //! | text (4 KiB)             | CPU p50 | CPU p99 | wall p50 | wall p99 |
 //! | ------------------------ | ------- | ------- | -------- | -------- |
-//! | prose                    | 218 µs  | 281 µs  | 217 µs   | 4.3 ms   |
-//! | email with an attack     | 227 µs  | 354 µs  | 226 µs   | 4.3 ms   |
-//! | code                     | 351 µs  | 422 µs  | 351 µs   | 4.4 ms   |
-//! | non-ASCII and encodings  | 404 µs  | 511 µs  | 403 µs   | 4.6 ms   |
+//! | prose                    | 288 µs  | 394 µs  | 287 µs   | 396 µs   |
+//! | email with an attack     | 299 µs  | 331 µs  | 299 µs   | 337 µs   |
+//! | code                     | 548 µs  | 585 µs  | 548 µs   | 740 µs   |
+//! | non-ASCII and encodings  | 489 µs  | 524 µs  | 488 µs   | 525 µs   |
 //!
-//! The wall-time p99 is the scheduler: with more runnable threads than cores,
-//! about 1 call in 50 waits out another process's time slice. On the same
-//! machine with less load the wall p99 was 0.4–1.0 ms.
+//! The multilingual sentence shapes (a second pass over each sentence's
+//! words) cost about a quarter to a half: the previous features, measured in
+//! the same session, took 222, 227, 362 and 405 µs at p50 (p99 255, 260,
+//! 388, 432 µs). Under heavier load the wall-time p99 is the scheduler: with
+//! more runnable threads than cores, about 1 call in 50 waits out another
+//! process's time slice (4–5 ms).
 #![allow(missing_docs, clippy::expect_used)]
 
 use std::hint::black_box;

@@ -131,30 +131,39 @@ fn features_raw(window: &str, signatures: &[&str], emit: &mut impl FnMut(u64, f3
     // attacks; these do. Words are compared after normalisation (lower
     // case, marks stripped: "hör" is "hor").
     for sentence in window.split(['.', '!', '?', '\n', ';']) {
-        let mut words = sentence
+        // One pass over the words: the first three (for the imperative
+        // after up to two lead-ins) and the override's verb and scope. An
+        // override word may sit inside an apostrophe token ("ignore's").
+        let mut lead = [""; 3];
+        let (mut override_verb, mut scope) = (false, false);
+        for (n, word) in sentence
             .split(|c: char| !c.is_alphanumeric() && c != '\'')
-            .filter(|w| !w.is_empty());
-        let mut first = words.next().unwrap_or_default();
-        for _ in 0..2 {
-            if LEAD_INS.binary_search(&first).is_ok() {
-                first = words.next().unwrap_or_default();
+            .filter(|w| !w.is_empty())
+            .enumerate()
+        {
+            if let Some(slot) = lead.get_mut(n) {
+                *slot = word;
+            }
+            for part in word.split('\'').filter(|p| maybe_override(p)) {
+                if let Ok(i) = OVERRIDE_WORDS.binary_search_by(|(w, _)| (*w).cmp(part)) {
+                    match OVERRIDE_WORDS[i].1 {
+                        Override::Verb => override_verb = true,
+                        Override::Scope => scope = true,
+                    }
+                }
             }
         }
-        let addressed = SECOND_PERSON.iter().any(|w| sentence.contains(w));
+        let is_lead = |w: &str| LEAD_INS.binary_search(&w).is_ok();
+        let first = match lead {
+            [a, b, c] if is_lead(a) && is_lead(b) => c,
+            [a, b, _] if is_lead(a) => b,
+            [a, _, _] => a,
+        };
         if IMPERATIVES.binary_search(&first).is_ok() {
             emit(fnv(SEED_SIG, b"shape:imperative"), 2.0);
-            if addressed {
+            if SECOND_PERSON.iter().any(|w| sentence.contains(w)) {
                 emit(fnv(SEED_SIG, b"shape:imperative_you"), 2.0);
             }
-        }
-        let mut override_verb = false;
-        let mut scope = false;
-        for w in sentence
-            .split(|c: char| !c.is_alphanumeric())
-            .filter(|w| !w.is_empty())
-        {
-            override_verb |= OVERRIDE_VERBS.binary_search(&w).is_ok();
-            scope |= OVERRIDE_SCOPE.binary_search(&w).is_ok();
         }
         if override_verb && scope {
             emit(fnv(SEED_SIG, b"shape:override"), 2.0);
@@ -378,73 +387,96 @@ const SECOND_PERSON: &[&str] = &[
     " votre ",
 ];
 
-/// Verbs that throw away earlier instructions (sorted).
-const OVERRIDE_VERBS: &[&str] = &[
-    "abandon",
-    "bypass",
-    "dimentica",
-    "disregard",
-    "drop",
-    "forget",
-    "ignora",
-    "ignorare",
-    "ignore",
-    "ignorez",
-    "ignoriere",
-    "ignorieren",
-    "ignoriert",
-    "missachte",
-    "olvida",
-    "olvide",
-    "oublie",
-    "oubliez",
-    "override",
-    "skip",
-    "vergessen",
-    "vergesst",
-    "vergiss",
-];
+/// The two halves of an override: a verb that throws away earlier
+/// instructions, and what it throws away.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Override {
+    Verb,
+    Scope,
+}
 
-/// What an override throws away (sorted).
-const OVERRIDE_SCOPE: &[&str] = &[
-    "above",
-    "all",
-    "alle",
-    "allen",
-    "alles",
-    "anteriores",
-    "anweisung",
-    "anweisungen",
-    "aufgaben",
-    "before",
-    "bisher",
-    "bisherigen",
-    "davor",
-    "earlier",
-    "everything",
-    "guidelines",
-    "instrucciones",
-    "instruction",
-    "instructions",
-    "istruzioni",
-    "obigen",
-    "precedentes",
-    "precedenti",
-    "previous",
-    "previously",
-    "prior",
-    "prompt",
-    "regeln",
-    "rules",
-    "tasks",
-    "todas",
-    "todo",
-    "tous",
-    "tout",
-    "toutes",
-    "tutto",
-    "vorher",
-    "vorherigen",
+/// Per first byte, a bit per length (0–15) of the override words starting
+/// with it: most words of a text fail this test, which is cheaper than the
+/// binary search.
+static OVERRIDE_FILTER: std::sync::LazyLock<[u16; 256]> = std::sync::LazyLock::new(|| {
+    let mut t = [0u16; 256];
+    for (w, _) in OVERRIDE_WORDS {
+        t[usize::from(w.as_bytes()[0])] |= 1 << w.len().min(15);
+    }
+    t
+});
+
+#[inline]
+fn maybe_override(word: &str) -> bool {
+    word.as_bytes()
+        .first()
+        .is_some_and(|&b| OVERRIDE_FILTER[usize::from(b)] & (1 << word.len().min(15)) != 0)
+}
+
+/// Override words in five languages, one sorted list so that each word of
+/// a sentence costs one binary search.
+const OVERRIDE_WORDS: &[(&str, Override)] = &[
+    ("abandon", Override::Verb),
+    ("above", Override::Scope),
+    ("all", Override::Scope),
+    ("alle", Override::Scope),
+    ("allen", Override::Scope),
+    ("alles", Override::Scope),
+    ("anteriores", Override::Scope),
+    ("anweisung", Override::Scope),
+    ("anweisungen", Override::Scope),
+    ("aufgaben", Override::Scope),
+    ("before", Override::Scope),
+    ("bisher", Override::Scope),
+    ("bisherigen", Override::Scope),
+    ("bypass", Override::Verb),
+    ("davor", Override::Scope),
+    ("dimentica", Override::Verb),
+    ("disregard", Override::Verb),
+    ("drop", Override::Verb),
+    ("earlier", Override::Scope),
+    ("everything", Override::Scope),
+    ("forget", Override::Verb),
+    ("guidelines", Override::Scope),
+    ("ignora", Override::Verb),
+    ("ignorare", Override::Verb),
+    ("ignore", Override::Verb),
+    ("ignorez", Override::Verb),
+    ("ignoriere", Override::Verb),
+    ("ignorieren", Override::Verb),
+    ("ignoriert", Override::Verb),
+    ("instrucciones", Override::Scope),
+    ("instruction", Override::Scope),
+    ("instructions", Override::Scope),
+    ("istruzioni", Override::Scope),
+    ("missachte", Override::Verb),
+    ("obigen", Override::Scope),
+    ("olvida", Override::Verb),
+    ("olvide", Override::Verb),
+    ("oublie", Override::Verb),
+    ("oubliez", Override::Verb),
+    ("override", Override::Verb),
+    ("precedentes", Override::Scope),
+    ("precedenti", Override::Scope),
+    ("previous", Override::Scope),
+    ("previously", Override::Scope),
+    ("prior", Override::Scope),
+    ("prompt", Override::Scope),
+    ("regeln", Override::Scope),
+    ("rules", Override::Scope),
+    ("skip", Override::Verb),
+    ("tasks", Override::Scope),
+    ("todas", Override::Scope),
+    ("todo", Override::Scope),
+    ("tous", Override::Scope),
+    ("tout", Override::Scope),
+    ("toutes", Override::Scope),
+    ("tutto", Override::Scope),
+    ("vergessen", Override::Verb),
+    ("vergesst", Override::Verb),
+    ("vergiss", Override::Verb),
+    ("vorher", Override::Scope),
+    ("vorherigen", Override::Scope),
 ];
 
 /// The per-channel decision thresholds stored with the weights.
@@ -660,9 +692,10 @@ mod tests {
 
     #[test]
     fn word_lists_are_sorted() {
-        for list in [IMPERATIVES, LEAD_INS, OVERRIDE_VERBS, OVERRIDE_SCOPE] {
+        for list in [IMPERATIVES, LEAD_INS] {
             assert!(list.windows(2).all(|w| w[0] < w[1]), "{:?}", list.first());
         }
+        assert!(OVERRIDE_WORDS.windows(2).all(|w| w[0].0 < w[1].0));
     }
 
     #[test]
