@@ -118,7 +118,10 @@ async fn main() {
     println!("audit path at {rate} req/s for {secs} s ({n} requests, 1 KiB each way)");
     println!("| path | p50 | p99 | p99.9 | max |");
     println!("| --- | --- | --- | --- | --- |");
-    for (name, v) in [("baseline (bodies only)", &baseline), ("with audit", &audited)] {
+    for (name, v) in [
+        ("baseline (bodies only)", &baseline),
+        ("with audit", &audited),
+    ] {
         println!(
             "| {name} | {:.1} µs | {:.1} µs | {:.1} µs | {:.1} µs |",
             us(percentile(v, 0.5)),
