@@ -150,6 +150,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/agents/{name}", get(show_agent))
         .route("/agents/{name}/revoke", post(revoke_agent))
         .route("/agents/{name}/certificates", post(renew_agent))
+        .route("/agents/{name}/keys", post(add_key))
         .route("/audit", get(audit_tail))
         .merge(crate::vault_api::routes())
         .route(
@@ -311,6 +312,15 @@ struct CreateAgent {
     /// PEM certificate signing request; the private key stays with the caller.
     csr_pem: String,
     ttl_seconds: Option<u64>,
+    /// The agent's public Ed25519 JWK, for the token endpoint (`private_key_jwt`).
+    jwk: Option<serde_json::Value>,
+}
+
+/// `POST /admin/v1/agents/{name}/keys` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddKey {
+    jwk: serde_json::Value,
 }
 
 /// `POST /admin/v1/agents/{name}/certificates` body.
@@ -448,6 +458,12 @@ async fn create_agent(
         }
     }
     let ttl = ttl(&call, req.ttl_seconds)?;
+    // Checked before anything is stored, so a bad key creates nothing.
+    let key = req
+        .jwk
+        .as_ref()
+        .map(|jwk| key_row(&call, name.as_str(), jwk))
+        .transpose()?;
     let (pem, cert) = issue(&state, &call, &name, &req.csr_pem, ttl)?;
     let agent = AgentRow {
         name: name.to_string(),
@@ -460,8 +476,67 @@ async fn create_agent(
         .create_agent(&agent, &cert)
         .await
         .map_err(|e| call.store_error(e))?;
+    if let Some(key) = &key {
+        state
+            .store
+            .add_agent_key(key)
+            .await
+            .map_err(|e| call.store_error(e))?;
+    }
     let view = view(&state, agent, vec![cert]);
     issued(&state, &call, "agent.create", view, pem).await
+}
+
+/// Checks a public JWK and makes its row: only Ed25519 public keys are accepted.
+fn key_row(
+    call: &Call,
+    agent: &str,
+    jwk: &serde_json::Value,
+) -> Result<portcullis_store::AgentKeyRow, ApiError> {
+    let key = portcullis_identity::PublicJwk::from_json(jwk)
+        .map_err(|e| call.error(ErrorCode::BadRequest, format!("`jwk`: {e}")))?;
+    Ok(portcullis_store::AgentKeyRow {
+        kid: key.thumbprint(),
+        agent: agent.to_string(),
+        jwk: key.to_json().to_string(),
+        created_at: now_ms() / 1000,
+    })
+}
+
+/// `POST /admin/v1/agents/{name}/keys`: registers another public signing key.
+async fn add_key(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: AddKey = parse_json(&call, &body)?;
+    let name =
+        AgentName::parse(&name).map_err(|e| call.error(ErrorCode::BadRequest, e.to_string()))?;
+    let row = key_row(&call, name.as_str(), &req.jwk)?;
+    match state.store.agent(name.as_str()).await {
+        Ok(Some(agent)) if agent.revoked_at.is_none() => {}
+        Ok(_) => return Err(call.error(ErrorCode::NotFound, "no such agent, or it is revoked")),
+        Err(e) => return Err(call.store_error(e)),
+    }
+    state
+        .store
+        .add_agent_key(&row)
+        .await
+        .map_err(|e| call.store_error(e))?;
+    refresh(&state, &call).await?;
+    call.audit(
+        &state.sink,
+        "agent.key",
+        name.as_str(),
+        Outcome::Allow,
+        201,
+        None,
+    );
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({ "agent": name.as_str(), "kid": row.kid }),
+    ))
 }
 
 /// The end of every call that issued a certificate: the data plane picks up the

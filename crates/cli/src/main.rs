@@ -9,6 +9,7 @@ mod commands;
 mod inventory;
 mod serve;
 mod state_dir;
+mod token_cmd;
 mod vault_cmd;
 
 use std::path::PathBuf;
