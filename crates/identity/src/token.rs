@@ -306,6 +306,19 @@ impl Ed25519Key {
         jsonwebtoken::encode(header, claims, &self.encoding).map_err(|_| TokenError::Key("sign"))
     }
 
+    /// Signs any header and claims as a compact JWS with this key (whatever
+    /// `alg` the header names: tests use it to forge refused tokens).
+    pub fn sign_compact(&self, header: &serde_json::Value, claims: &serde_json::Value) -> String {
+        use ed25519_dalek::Signer;
+        let input = format!(
+            "{}.{}",
+            B64.encode(header.to_string()),
+            B64.encode(claims.to_string())
+        );
+        let signature = self.key.sign(input.as_bytes());
+        format!("{input}.{}", B64.encode(signature.to_bytes()))
+    }
+
     /// Signs a `private_key_jwt` client assertion (RFC 7523) for `client_id`
     /// (the agent name or SPIFFE ID) addressed to the token endpoint `audience`,
     /// valid for `lifetime` seconds from `now`.
