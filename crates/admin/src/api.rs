@@ -110,6 +110,11 @@ impl Call {
         self.error(ErrorCode::Internal, "internal error")
     }
 
+    /// Records a change the handler has made (an allowed admin action).
+    pub(crate) fn done(&self, sink: &AuditSink, action: &str, resource: &str, status: u16) {
+        self.audit(sink, action, resource, Outcome::Allow, status, None);
+    }
+
     pub(crate) fn audit(
         &self,
         sink: &AuditSink,
@@ -549,7 +554,7 @@ async fn issued(
     certificate_pem: String,
 ) -> Result<Response, ApiError> {
     refresh(state, call).await?;
-    call.audit(&state.sink, action, &agent.name, Outcome::Allow, 201, None);
+    call.done(&state.sink, action, &agent.name, 201);
     Ok(json(
         StatusCode::CREATED,
         &IssuedView {
@@ -660,14 +665,7 @@ async fn revoke_agent(
     // The revocation is in force on the data plane once the reload returns.
     refresh(&state, &call).await?;
     tracing::info!(agent = %name, elapsed_us = started.elapsed().as_micros() as u64, "agent revoked");
-    call.audit(
-        &state.sink,
-        "agent.revoke",
-        &name,
-        Outcome::Allow,
-        200,
-        None,
-    );
+    call.done(&state.sink, "agent.revoke", &name, 200);
     let certs = state
         .store
         .certificates(Some(&name))

@@ -30,7 +30,6 @@ use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
-use portcullis_audit::Outcome;
 use portcullis_core::ErrorCode;
 use portcullis_vault::{Kek, RotationHook, SecretSettings, Vault, VaultError};
 use serde::Deserialize;
@@ -139,14 +138,7 @@ async fn put_secret(
         .put(&req.name, &value, &settings)
         .await
         .map_err(|e| vault_error(&call, e))?;
-    call.audit(
-        &state.sink,
-        "secret.put",
-        &req.name,
-        Outcome::Allow,
-        201,
-        None,
-    );
+    call.done(&state.sink, "secret.put", &req.name, 201);
     Ok(json(StatusCode::CREATED, &info))
 }
 
@@ -188,14 +180,7 @@ async fn delete_secret(
         .delete(&name)
         .await
         .map_err(|e| vault_error(&call, e))?;
-    call.audit(
-        &state.sink,
-        "secret.delete",
-        &name,
-        Outcome::Allow,
-        200,
-        None,
-    );
+    call.done(&state.sink, "secret.delete", &name, 200);
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({ "deleted": name }),
@@ -235,14 +220,7 @@ async fn rotate_secret(
         )
         .await
         .map_err(|e| vault_error(&call, e))?;
-    call.audit(
-        &state.sink,
-        "secret.rotate",
-        &name,
-        Outcome::Allow,
-        200,
-        None,
-    );
+    call.done(&state.sink, "secret.rotate", &name, 200);
     Ok(json(StatusCode::OK, &info))
 }
 
@@ -273,14 +251,7 @@ async fn secret_settings(
         )
         .await
         .map_err(|e| vault_error(&call, e))?;
-    call.audit(
-        &state.sink,
-        "secret.settings",
-        &name,
-        Outcome::Allow,
-        200,
-        None,
-    );
+    call.done(&state.sink, "secret.settings", &name, 200);
     Ok(json(StatusCode::OK, &info))
 }
 
@@ -331,7 +302,7 @@ async fn rekey(
     let kek = kek?;
     let old = vault.kek_fingerprint();
     let count = vault.rekey(kek).await.map_err(|e| vault_error(&call, e))?;
-    call.audit(&state.sink, "vault.rekey", &old, Outcome::Allow, 200, None);
+    call.done(&state.sink, "vault.rekey", &old, 200);
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({
@@ -382,14 +353,7 @@ async fn create_transit(
         k.zeroize();
     }
     let info = info?;
-    call.audit(
-        &state.sink,
-        "transit.create",
-        &req.name,
-        Outcome::Allow,
-        201,
-        None,
-    );
+    call.done(&state.sink, "transit.create", &req.name, 201);
     Ok(json(StatusCode::CREATED, &info))
 }
 
@@ -413,14 +377,7 @@ async fn rotate_transit(
         k.zeroize();
     }
     let info = info?;
-    call.audit(
-        &state.sink,
-        "transit.rotate",
-        &name,
-        Outcome::Allow,
-        200,
-        None,
-    );
+    call.done(&state.sink, "transit.rotate", &name, 200);
     Ok(json(StatusCode::OK, &info))
 }
 
@@ -453,14 +410,7 @@ async fn transit_encrypt(
     let (token, version) = vault
         .transit_encrypt(&req.key, &plain)
         .map_err(|e| vault_error(&call, e))?;
-    call.audit(
-        &state.sink,
-        "transit.encrypt",
-        &req.key,
-        Outcome::Allow,
-        200,
-        None,
-    );
+    call.done(&state.sink, "transit.encrypt", &req.key, 200);
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({ "token": token, "key_version": version }),
@@ -477,14 +427,7 @@ async fn transit_decrypt(
     let (plain, version) = vault
         .transit_decrypt(&req.key, &req.token)
         .map_err(|e| vault_error(&call, e))?;
-    call.audit(
-        &state.sink,
-        "transit.decrypt",
-        &req.key,
-        Outcome::Allow,
-        200,
-        None,
-    );
+    call.done(&state.sink, "transit.decrypt", &req.key, 200);
     let encoded = Zeroizing::new(STANDARD.encode(plain.as_slice()));
     Ok(json(
         StatusCode::OK,
@@ -502,14 +445,7 @@ async fn transit_rewrap(
     let (token, version) = vault
         .transit_rewrap(&req.key, &req.token)
         .map_err(|e| vault_error(&call, e))?;
-    call.audit(
-        &state.sink,
-        "transit.rewrap",
-        &req.key,
-        Outcome::Allow,
-        200,
-        None,
-    );
+    call.done(&state.sink, "transit.rewrap", &req.key, 200);
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({ "token": token, "key_version": version }),
@@ -526,14 +462,7 @@ async fn show_capture(
         .capture(&request_id)
         .await
         .map_err(|e| vault_error(&call, e))?;
-    call.audit(
-        &state.sink,
-        "capture.read",
-        &request_id,
-        Outcome::Allow,
-        200,
-        None,
-    );
+    call.done(&state.sink, "capture.read", &request_id, 200);
     let row = &view.row;
     Ok(json(
         StatusCode::OK,

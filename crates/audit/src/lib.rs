@@ -102,6 +102,32 @@ pub struct AuditRecord {
     /// The request was let through while the audit log could not be written,
     /// because its route is configured to fail open.
     pub fail_open: bool,
+    /// What the content guard found in the request and response bodies, by
+    /// type and position, never the value (at most [`MAX_CONTENT_FINDINGS`]).
+    #[serde(default)]
+    pub content: Vec<ContentFinding>,
+}
+
+/// Most content findings kept in one record; the rest are counted in the
+/// server log only, so a body full of email addresses cannot bloat the log.
+pub const MAX_CONTENT_FINDINGS: usize = 64;
+
+/// One content-guard finding in a body: where and what, and for secrets and
+/// PII a keyed fingerprint so equal values can be correlated, never the value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ContentFinding {
+    /// `request` or `response`.
+    pub direction: String,
+    /// The finding type: `prompt_injection`, `aws_access_key`, `email`, …
+    pub kind: String,
+    /// For JSON request bodies, the JSON pointer of the string holding it.
+    pub pointer: Option<String>,
+    /// Byte offset of the first byte (in the string at `pointer`, or in the body).
+    pub start: u64,
+    /// One past the last byte.
+    pub end: u64,
+    /// Keyed hash of the value (16 hex digits) for DLP findings, else `null`.
+    pub fingerprint: Option<String>,
 }
 
 impl AuditRecord {
@@ -144,6 +170,14 @@ mod tests {
             ),
             response_sha256_unredacted: None,
             fail_open: false,
+            content: vec![ContentFinding {
+                direction: "request".into(),
+                kind: "aws_access_key".into(),
+                pointer: Some("/note".into()),
+                start: 10,
+                end: 30,
+                fingerprint: Some("3f2a9c1d4b5e6f70".into()),
+            }],
         }
     }
 
@@ -152,7 +186,7 @@ mod tests {
         let bytes = sample().canonical_bytes();
         assert_eq!(
             String::from_utf8(bytes.clone()).unwrap(),
-            r#"{"seq":7,"time_ms":1700000000123,"kind":"request","request_id":"abc","principal":"bot","credential":"spiffe://portcullis.local/agent/bot serial=01","source_ip":"127.0.0.1","action":"GET","resource":"demo","path":"/demo/hello","outcome":"allow","policies":["readers-read-low"],"error_code":null,"status":200,"duration_us":42,"bytes_in":0,"bytes_out":12,"classification":"public","request_sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","response_sha256":"a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447","response_sha256_unredacted":null,"fail_open":false}"#
+            r#"{"seq":7,"time_ms":1700000000123,"kind":"request","request_id":"abc","principal":"bot","credential":"spiffe://portcullis.local/agent/bot serial=01","source_ip":"127.0.0.1","action":"GET","resource":"demo","path":"/demo/hello","outcome":"allow","policies":["readers-read-low"],"error_code":null,"status":200,"duration_us":42,"bytes_in":0,"bytes_out":12,"classification":"public","request_sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","response_sha256":"a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447","response_sha256_unredacted":null,"fail_open":false,"content":[{"direction":"request","kind":"aws_access_key","pointer":"/note","start":10,"end":30,"fingerprint":"3f2a9c1d4b5e6f70"}]}"#
         );
         let back: AuditRecord = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(back, sample());
@@ -164,7 +198,7 @@ mod tests {
         let hash = merkle::leaf_hash(&sample().canonical_bytes());
         assert_eq!(
             hex::encode(hash),
-            "499e32cb27bccc1c1b3d9e97e206a2c0e52b9ede2d59a2995d4719e014e8745a"
+            "45300a606f193f31be426d7c19296744a254c5d318e31aaee35fbe1eb174cfa1"
         );
     }
 }

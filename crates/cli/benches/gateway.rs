@@ -4,7 +4,8 @@
 //!
 //! Run: `cargo bench -p portcullis-cli --bench gateway`
 //! Knobs (environment): `BENCH_LATENCY_REQUESTS` (default 5000),
-//! `BENCH_THROUGHPUT_SECS` (default 5), `BENCH_CONCURRENCY` (default 32).
+//! `BENCH_THROUGHPUT_SECS` (default 5), `BENCH_CONCURRENCY` (default 32),
+//! `BENCH_EXTRA_CONFIG` (TOML appended to the gateway config).
 //!
 //! - Latency: one keep-alive connection, sequential requests; p50/p99 per request.
 //!   "Added" latency is gateway minus direct at the same percentile.
@@ -425,8 +426,11 @@ impl Gateway {
             &config,
             format!(
                 "[gateway]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[policy]\ndir = \"{}\"\n\
-                 [[routes]]\nname = \"bench\"\npath_prefix = \"/bench\"\nupstream = \"http://{upstream}\"\nclassification = \"public\"\n",
-                policies.display()
+                 [[routes]]\nname = \"bench\"\npath_prefix = \"/bench\"\nupstream = \"http://{upstream}\"\nclassification = \"public\"\n{}\n",
+                policies.display(),
+                // More TOML (e.g. `[telemetry]`, `[[audit.export]]`) to measure
+                // what a feature costs the request path.
+                std::env::var("BENCH_EXTRA_CONFIG").unwrap_or_default()
             ),
         )
         .unwrap();

@@ -1,11 +1,12 @@
 //! `portcullis`: the one binary. `serve` runs the gateway and admin API; the other
-//! commands talk to a running server's admin API (or, for `policy validate`,
-//! work offline).
+//! commands talk to a running server's admin API (or, for `policy validate`
+//! and `guard scan`, work offline).
 #![forbid(unsafe_code)]
 
 mod audit_cmd;
 mod client;
 mod commands;
+mod guard_cmd;
 mod inventory;
 mod serve;
 mod state_dir;
@@ -141,10 +142,25 @@ enum Command {
         #[command(flatten)]
         state: StateDirArg,
     },
+    /// Run the content guard offline (prompt injection, DLP, tool poisoning).
+    Guard {
+        #[command(subcommand)]
+        command: guard_cmd::GuardCommand,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The guard works offline and needs no runtime.
+    let cli = match cli.command {
+        Command::Guard { command } => {
+            return guard_cmd::guard(command).unwrap_or_else(|e| {
+                eprintln!("error: {e:#}");
+                ExitCode::FAILURE
+            });
+        }
+        command => Cli { command },
+    };
     // One crypto provider for the whole process: ring (no aws-lc, no cmake).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -171,6 +187,7 @@ fn main() -> ExitCode {
                 admin,
             } => inventory::run(admin, since, format).await,
             Command::Policy { command, state } => commands::policy(command, state),
+            Command::Guard { .. } => Ok(()),
             Command::Secret { command, admin } => vault_cmd::secret(command, admin).await,
             Command::Vault { command, admin } => vault_cmd::vault(command, admin).await,
             Command::Transit { command, admin } => vault_cmd::transit(command, admin).await,

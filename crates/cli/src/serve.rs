@@ -9,12 +9,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use portcullis_admin::{AdminState, RemoteAddr};
+use portcullis_gateway::audit_export::Exporters;
 use portcullis_gateway::audit_sink::AuditWriter;
 use portcullis_gateway::checkpointer::{Checkpointer, LogSigner};
 use portcullis_gateway::config::{Config, PolicySource, Upstream};
 use portcullis_gateway::listener::{self, ConnectionInfo};
 use portcullis_gateway::metrics::Metrics;
 use portcullis_gateway::pseudonym::Pseudonymizer;
+use portcullis_gateway::trace::Tracer;
 use portcullis_gateway::{Gateway, GatewayParts};
 use portcullis_identity::{CertificateAuthority, ClientCertChecker};
 use portcullis_policy::{DEFAULT_POLICIES, DEFAULT_SCHEMA, PolicyBundle, PolicySources};
@@ -25,6 +27,9 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::state_dir::{StateDir, write_public, write_secret};
+
+/// How long shutdown waits for export sinks and the trace collector.
+const EXPORT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the server.
 pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()> {
@@ -223,6 +228,18 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         config.token_ttl,
         &config.trust_domain,
     );
+    let (tracer, trace_exporter) = match &config.telemetry {
+        Some(telemetry) => {
+            let (tracer, exporter) =
+                Tracer::start(telemetry, metrics.clone(), upstream_tls.clone());
+            (Some(tracer), Some(exporter))
+        }
+        None => (None, None),
+    };
+    // SIEM export reads only durable records, woken by the writer's tree head.
+    let durable_head = sink.watch_head();
+    let export_tls = upstream_tls.clone();
+    let export_metrics = metrics.clone();
     let gateway = Gateway::new(GatewayParts {
         tokens,
         config: config.clone(),
@@ -235,6 +252,7 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         demo_upstream,
         vault: vault.clone(),
         captures: capture_writer.as_ref().map(|(sink, _)| sink.clone()),
+        tracer,
     })
     .await?;
     let maintenance = vault
@@ -291,6 +309,14 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     );
     // A stable line on stdout that scripts and tests can wait for.
     println!("portcullis: gateway https://{gateway_addr} admin https://{admin_addr}");
+    // After that line, so a `jsonl` sink on stdout never comes before it.
+    let exporters = Exporters::start(
+        &config.audit.export,
+        store.clone(),
+        durable_head,
+        &export_metrics,
+        export_tls,
+    );
 
     wait_for_signal().await;
     tracing::info!("shutting down: draining in-flight requests");
@@ -312,6 +338,12 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     // After the writer: the last checkpoint covers every record written.
     let _ = checkpoint_stop.send(true);
     let _ = checkpoint_task.await;
+    // Exports and spans get a bounded time to go out; what does not is
+    // behind the persisted cursor (exports) or dropped and counted (spans).
+    exporters.finish(EXPORT_GRACE).await;
+    if let Some(exporter) = trace_exporter {
+        exporter.finish(EXPORT_GRACE).await;
+    }
     store.close().await;
     tracing::info!("stopped");
     Ok(())

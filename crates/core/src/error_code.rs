@@ -12,6 +12,9 @@ pub enum ErrorCode {
     AgentRevoked,
     /// Policy did not permit the request.
     Forbidden,
+    /// The content guard refused the request body (prompt injection or
+    /// sensitive data, by the route's guard settings).
+    ContentBlocked,
     /// No route matches the request path.
     RouteNotFound,
     /// The request body exceeds the configured limit.
@@ -64,6 +67,7 @@ impl ErrorCode {
             ErrorCode::InvalidCredential => "invalid_credential",
             ErrorCode::AgentRevoked => "agent_revoked",
             ErrorCode::Forbidden => "forbidden",
+            ErrorCode::ContentBlocked => "content_blocked",
             ErrorCode::RouteNotFound => "route_not_found",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::BadRequest => "bad_request",
@@ -94,7 +98,7 @@ impl ErrorCode {
             | ErrorCode::InvalidToken
             | ErrorCode::InvalidDpopProof
             | ErrorCode::InvalidClient => 401,
-            ErrorCode::Forbidden => 403,
+            ErrorCode::Forbidden | ErrorCode::ContentBlocked => 403,
             ErrorCode::RouteNotFound | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
@@ -124,6 +128,7 @@ mod tests {
             ErrorCode::InvalidCredential,
             ErrorCode::AgentRevoked,
             ErrorCode::Forbidden,
+            ErrorCode::ContentBlocked,
             ErrorCode::RouteNotFound,
             ErrorCode::PayloadTooLarge,
             ErrorCode::BadRequest,

@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -16,6 +16,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::audit_sink::AuditSink;
 use crate::metrics::{Metrics, Stage};
+use crate::trace::RequestTrace;
 
 /// Errors crossing body boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -34,6 +35,13 @@ pub struct BodyMeter {
     pub exceeded: AtomicBool,
     /// SHA-256 (hex) of the whole body, set when it has been read to its end.
     pub sha256: OnceLock<String>,
+    /// SHA-256 (hex) of the response body as the upstream sent it, set by
+    /// inspect_out when its redaction changed the body.
+    pub response_sha256_unredacted: OnceLock<String>,
+    /// What inspect_out found in the response body, for the record. Written
+    /// by the response body as it streams and read once when the record is
+    /// completed; never held across IO.
+    pub response_findings: std::sync::Mutex<Vec<portcullis_audit::ContentFinding>>,
 }
 
 /// A SHA-256 over a body as it streams; finished once, at the body's end.
@@ -149,6 +157,8 @@ pub struct Recorder {
     meter: Arc<BodyMeter>,
     sink: AuditSink,
     metrics: Arc<Metrics>,
+    /// The request's trace, when tracing is on; ended with the record.
+    trace: Option<RequestTrace>,
 }
 
 /// Status recorded when the client disconnected before the response was complete.
@@ -169,7 +179,25 @@ impl Recorder {
             meter,
             sink,
             metrics,
+            trace: None,
         }
+    }
+
+    /// Attaches the request's trace.
+    pub fn set_trace(&mut self, trace: RequestTrace) {
+        self.trace = Some(trace);
+    }
+
+    /// Notes a stage's timing in the trace, if any.
+    pub fn trace_stage(&mut self, stage: Stage, start: Instant, elapsed: Duration) {
+        if let Some(trace) = &mut self.trace {
+            trace.stage(stage, start, elapsed);
+        }
+    }
+
+    /// The `traceparent` to send upstream, when tracing is on.
+    pub fn traceparent(&self) -> Option<http::HeaderValue> {
+        self.trace.as_ref().and_then(RequestTrace::traceparent)
     }
 
     /// The record being built.
@@ -191,9 +219,19 @@ impl Drop for Recorder {
             record.duration_us = elapsed.as_micros() as u64;
             record.bytes_in = self.meter.bytes.load(Ordering::Relaxed);
             record.request_sha256 = self.meter.sha256.get().cloned();
+            record.response_sha256_unredacted =
+                self.meter.response_sha256_unredacted.get().cloned();
+            if let Ok(mut found) = self.meter.response_findings.lock() {
+                let room =
+                    portcullis_audit::MAX_CONTENT_FINDINGS.saturating_sub(record.content.len());
+                record.content.extend(found.drain(..).take(room));
+            }
             self.metrics.stage(Stage::Total, elapsed);
             self.metrics
                 .request(record.resource.as_deref().unwrap_or("-"), record.status);
+            if let Some(trace) = self.trace.take() {
+                trace.finish(&record, elapsed);
+            }
             self.sink.submit(record);
         }
     }

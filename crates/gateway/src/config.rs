@@ -55,6 +55,9 @@ pub struct RawConfig {
     /// `[audit]`: the tamper-evident log.
     #[serde(default)]
     pub audit: RawAudit,
+    /// `[telemetry]`: OpenTelemetry traces.
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
     /// `[[routes]]`: what the gateway forwards where.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
@@ -147,6 +150,9 @@ pub struct RawAudit {
     /// An http(s) URL each new checkpoint is POSTed to (`text/plain` signed note).
     #[serde(default, deserialize_with = "opt_webhook")]
     pub checkpoint_webhook: Option<String>,
+    /// `[[audit.export]]`: where records are streamed (SIEM export).
+    #[serde(default)]
+    pub export: Vec<RawExport>,
     /// Record fields replaced by a keyed hash before they enter the log:
     /// any of `principal`, `source_ip`, `credential`.
     #[serde(default)]
@@ -154,6 +160,150 @@ pub struct RawAudit {
     /// Days the clear values of pseudonymized fields are kept beside the log
     /// (then deleted). Default 0: not kept at all.
     pub personal_data_retention_days: Option<u64>,
+}
+
+/// `[[audit.export]]`: one export sink. The keys a sink takes depend on its
+/// `kind`; keys of another kind are errors (checked after parsing, with the
+/// line of the sink's `kind`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawExport {
+    /// Unique sink name; also the key of its persisted cursor and its metric label.
+    #[serde(deserialize_with = "export_name")]
+    pub name: toml::Spanned<String>,
+    /// `jsonl`, `syslog`, `webhook` or `otlp`.
+    pub kind: toml::Spanned<ExportKind>,
+    /// jsonl: the file records are appended to, or `-` for stdout.
+    pub path: Option<PathBuf>,
+    /// syslog: `host:port` of the collector.
+    pub address: Option<String>,
+    /// syslog: `udp` (default), `tcp` (RFC 6587 octet counting) or `tls`
+    /// (RFC 5425).
+    pub transport: Option<SyslogTransport>,
+    /// syslog: facility name (default `auth`).
+    pub facility: Option<Facility>,
+    /// syslog: HOSTNAME field (default: this host's name).
+    #[serde(default, deserialize_with = "opt_syslog_hostname")]
+    pub hostname: Option<String>,
+    /// syslog: APP-NAME field (default `portcullis`).
+    #[serde(default, deserialize_with = "opt_syslog_token")]
+    pub app_name: Option<String>,
+    /// webhook: the http(s) URL batches are POSTed to.
+    #[serde(default, deserialize_with = "opt_webhook")]
+    pub url: Option<String>,
+    /// webhook: `json` (an array per batch, default) or `ndjson`.
+    pub format: Option<WebhookFormat>,
+    /// otlp: the OTLP/HTTP base URL; logs go to `{endpoint}/v1/logs`.
+    #[serde(default, deserialize_with = "opt_webhook")]
+    pub endpoint: Option<String>,
+    /// webhook, otlp: static request headers (e.g. `Authorization`). Values are
+    /// secrets: they are never logged.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// otlp: `service.name` of the resource (default `[telemetry] service_name`
+    /// or `portcullis`).
+    pub service_name: Option<String>,
+    /// Most records per delivery (default 500).
+    pub batch_size: Option<u32>,
+    /// Milliseconds one delivery may take before it counts as failed (default 10000).
+    pub timeout_ms: Option<u64>,
+}
+
+/// The kind of an export sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportKind {
+    /// JSON lines to a file or stdout.
+    Jsonl,
+    /// RFC 5424 syslog over UDP or TCP.
+    Syslog,
+    /// HTTP POST of JSON batches.
+    Webhook,
+    /// OpenTelemetry logs over OTLP/HTTP (JSON).
+    Otlp,
+}
+
+impl ExportKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ExportKind::Jsonl => "jsonl",
+            ExportKind::Syslog => "syslog",
+            ExportKind::Webhook => "webhook",
+            ExportKind::Otlp => "otlp",
+        }
+    }
+}
+
+/// How syslog messages travel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SyslogTransport {
+    /// One datagram per message (RFC 5426). Fire and forget: a lost datagram
+    /// is not noticed.
+    Udp,
+    /// A stream with octet-counting framing (RFC 6587 section 3.4.1).
+    Tcp,
+    /// The same stream inside TLS (RFC 5425), verified against the OS trust
+    /// store and the Portcullis CA.
+    Tls,
+}
+
+/// A syslog facility (RFC 5424 section 6.2.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[allow(missing_docs)]
+pub enum Facility {
+    Kern = 0,
+    User = 1,
+    Mail = 2,
+    Daemon = 3,
+    Auth = 4,
+    Syslog = 5,
+    Lpr = 6,
+    News = 7,
+    Uucp = 8,
+    Cron = 9,
+    Authpriv = 10,
+    Ftp = 11,
+    Ntp = 12,
+    Audit = 13,
+    Alert = 14,
+    Clock = 15,
+    Local0 = 16,
+    Local1 = 17,
+    Local2 = 18,
+    Local3 = 19,
+    Local4 = 20,
+    Local5 = 21,
+    Local6 = 22,
+    Local7 = 23,
+}
+
+/// The body of a webhook batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WebhookFormat {
+    /// One JSON array of records (`application/json`).
+    Json,
+    /// One record per line (`application/x-ndjson`).
+    Ndjson,
+}
+
+/// `[telemetry]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    /// OTLP/HTTP base URL; spans go to `{otlp_endpoint}/v1/traces`. Tracing is
+    /// off when absent.
+    #[serde(default, deserialize_with = "opt_webhook")]
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the resource (default `portcullis`).
+    pub service_name: Option<String>,
+    /// Share of requests traced, 0.0 to 1.0 (default 1.0).
+    pub sampling_ratio: Option<f64>,
+    /// Static request headers for the collector; values are never logged.
+    #[serde(default)]
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 /// `[[routes]]`
@@ -175,6 +325,9 @@ pub struct RawRoute {
     /// Sensitivity of the data behind the route.
     #[serde(deserialize_with = "from_str")]
     pub classification: Classification,
+    /// `[routes.guard]`: what the content guard does on this route.
+    #[serde(default)]
+    pub guard: RouteGuard,
     /// An upstream credential from the vault, injected after policy allows
     /// both the route and `use_secret` on the secret.
     #[serde(default)]
@@ -187,6 +340,58 @@ pub struct RawRoute {
     /// fail closed.
     #[serde(default)]
     pub audit_fail_open: bool,
+}
+
+/// `[routes.guard]`: the content guard's actions on one route. Both default
+/// to `off`: scanning buffers request bodies and adds latency, so a route
+/// opts in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteGuard {
+    /// Prompt-injection scan of request bodies (input channel).
+    #[serde(default)]
+    pub injection: InjectionAction,
+    /// Secrets and PII in request and response bodies.
+    #[serde(default)]
+    pub dlp: DlpAction,
+}
+
+impl RouteGuard {
+    /// Whether request bodies must be read and scanned before authorization.
+    pub fn scans_requests(&self) -> bool {
+        self.injection != InjectionAction::Off || self.dlp != DlpAction::Off
+    }
+}
+
+/// What a flagged prompt injection does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum InjectionAction {
+    /// Refuse the request with `content_blocked`.
+    Block,
+    /// Forward it, log the finding, and let policy decide (`context.content`).
+    Alert,
+    /// Do not scan.
+    #[default]
+    Off,
+}
+
+/// What a DLP finding does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DlpAction {
+    /// Replace found values in request and response bodies with typed
+    /// placeholders (`[REDACTED_AWS_ACCESS_KEY_1]`); responses are redacted
+    /// while they stream.
+    Redact,
+    /// Refuse a request body with findings (`content_blocked`); redact
+    /// responses (a streaming response cannot be refused once it started).
+    Block,
+    /// Forward unchanged and log the findings (type, position, keyed hash).
+    Alert,
+    /// Do not scan.
+    #[default]
+    Off,
 }
 
 /// `credential = { secret = "…", … }` as written.
@@ -573,6 +778,37 @@ fn opt_webhook<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Err
     Ok(Some(s))
 }
 
+fn export_name<'de, D: Deserializer<'de>>(d: D) -> Result<toml::Spanned<String>, D::Error> {
+    let s = toml::Spanned::<String>::deserialize(d)?;
+    if !is_valid_name(s.get_ref()) {
+        return Err(serde::de::Error::custom(format!(
+            "invalid export name `{}`: use 1-64 characters of a-z, 0-9, `.`, `_` or `-`",
+            s.get_ref()
+        )));
+    }
+    Ok(s)
+}
+
+/// APP-NAME of RFC 5424: 1-48 printable US-ASCII characters, no spaces.
+fn opt_syslog_token<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    syslog_token(d, 48)
+}
+
+/// HOSTNAME of RFC 5424: 1-255 printable US-ASCII characters, no spaces.
+fn opt_syslog_hostname<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    syslog_token(d, 255)
+}
+
+fn syslog_token<'de, D: Deserializer<'de>>(d: D, max: usize) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    if s.is_empty() || s.len() > max || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(serde::de::Error::custom(format!(
+            "invalid syslog field `{s}`: use 1-{max} printable ASCII characters without spaces"
+        )));
+    }
+    Ok(Some(s))
+}
+
 fn opt_store_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let s = String::deserialize(d)?;
     if !s.starts_with("sqlite:") {
@@ -596,6 +832,8 @@ pub struct RouteConfig {
     pub upstream: Upstream,
     /// Data classification.
     pub classification: Classification,
+    /// Content guard actions.
+    pub guard: RouteGuard,
     /// Upstream credential injected from the vault.
     pub credential: Option<Credential>,
     /// Encrypted payload capture.
@@ -617,11 +855,96 @@ pub struct AuditConfig {
     pub checkpoint_file: Option<PathBuf>,
     /// URL every checkpoint is POSTed to.
     pub checkpoint_webhook: Option<String>,
+    /// Export sinks, in file order.
+    pub export: Vec<ExportConfig>,
     /// Fields pseudonymized in records.
     pub pseudonymize: Vec<crate::pseudonym::PersonalField>,
     /// How long clear values of pseudonymized fields are kept (none: not kept).
     pub personal_data_retention: Option<Duration>,
 }
+
+/// Static HTTP headers whose values are secrets (API keys, tokens): `Debug`
+/// shows only the names, and the values are marked sensitive for HTTP/2 HPACK.
+#[derive(Clone, Default)]
+pub struct SecretHeaders(pub Vec<(http::HeaderName, http::HeaderValue)>);
+
+impl std::fmt::Debug for SecretHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| format!("{name}: <redacted>")))
+            .finish()
+    }
+}
+
+/// Where an export sink sends records.
+#[derive(Debug, Clone)]
+pub enum ExportTarget {
+    /// JSON lines appended to a file (fsync per batch), or stdout when `None`.
+    Jsonl {
+        /// The file, or `None` for stdout.
+        path: Option<PathBuf>,
+    },
+    /// RFC 5424 syslog.
+    Syslog {
+        /// `host:port`, resolved at every connection.
+        address: String,
+        /// UDP or TCP.
+        transport: SyslogTransport,
+        /// The facility of every message.
+        facility: Facility,
+        /// HOSTNAME, or `None` for this host's name.
+        hostname: Option<String>,
+        /// APP-NAME.
+        app_name: String,
+    },
+    /// HTTP POST of each batch.
+    Webhook {
+        /// The URL.
+        url: http::Uri,
+        /// Array or lines.
+        format: WebhookFormat,
+        /// Static headers.
+        headers: SecretHeaders,
+    },
+    /// OTLP/HTTP logs (JSON encoding).
+    Otlp {
+        /// `{endpoint}/v1/logs`.
+        url: http::Uri,
+        /// Static headers.
+        headers: SecretHeaders,
+        /// The resource's `service.name`.
+        service_name: String,
+    },
+}
+
+/// One validated export sink.
+#[derive(Debug, Clone)]
+pub struct ExportConfig {
+    /// Unique name; the key of the persisted cursor.
+    pub name: String,
+    /// Where records go.
+    pub target: ExportTarget,
+    /// Most records per delivery.
+    pub batch_size: u32,
+    /// Time allowed for one delivery.
+    pub timeout: Duration,
+}
+
+/// OpenTelemetry trace export.
+#[derive(Debug, Clone)]
+pub struct TelemetryConfig {
+    /// `{otlp_endpoint}/v1/traces`.
+    pub traces_url: http::Uri,
+    /// Static headers.
+    pub headers: SecretHeaders,
+    /// The resource's `service.name`.
+    pub service_name: String,
+    /// Share of requests traced, 0.0 to 1.0.
+    pub sampling_ratio: f64,
+}
+
+/// Default `service.name` of OTLP resources.
+pub const DEFAULT_SERVICE_NAME: &str = "portcullis";
 
 /// Where the policies come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -659,6 +982,8 @@ pub struct Config {
     pub store_url: Option<String>,
     /// The audit log.
     pub audit: AuditConfig,
+    /// OpenTelemetry traces; `None` when tracing is off.
+    pub telemetry: Option<TelemetryConfig>,
     /// Routes, in file order.
     pub routes: Vec<RouteConfig>,
 }
@@ -695,6 +1020,7 @@ impl Config {
             path_prefix: prefix.into(),
             upstream: Upstream::BuiltinDemo,
             classification,
+            guard: RouteGuard::default(),
             credential: None,
             capture: None,
             audit_fail_open: false,
@@ -785,7 +1111,23 @@ impl Config {
             ));
         }
         let base = path.parent().unwrap_or(Path::new("."));
-        let config = Self::from_raw_unchecked(raw, base);
+        let mut raw = raw;
+        let telemetry = validate_telemetry(&raw.telemetry).map_err(invalid)?;
+        let default_service = raw
+            .telemetry
+            .service_name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string());
+        let export = validate_exports(
+            std::mem::take(&mut raw.audit.export),
+            text,
+            base,
+            &default_service,
+        )
+        .map_err(invalid)?;
+        let mut config = Self::from_raw_unchecked(raw, base);
+        config.audit.export = export;
+        config.telemetry = telemetry;
         // Port 0 asks the OS for a free port, so two `:0` addresses never collide.
         if config.gateway_listen == config.admin_listen && config.gateway_listen.port() != 0 {
             return Err(invalid(format!(
@@ -816,6 +1158,7 @@ impl Config {
             ),
             checkpoint_file: raw.audit.checkpoint_file.map(relative),
             checkpoint_webhook: raw.audit.checkpoint_webhook,
+            export: Vec::new(),
             pseudonymize: raw.audit.pseudonymize,
             personal_data_retention: raw
                 .audit
@@ -825,6 +1168,7 @@ impl Config {
         };
         Config {
             audit,
+            telemetry: None,
             gateway_listen: raw
                 .gateway
                 .listen
@@ -865,6 +1209,7 @@ impl Config {
                     path_prefix: r.path_prefix.into_inner(),
                     upstream: r.upstream,
                     classification: r.classification,
+                    guard: r.guard,
                     credential: r.credential,
                     capture: r.capture,
                     audit_fail_open: r.audit_fail_open,
@@ -872,6 +1217,195 @@ impl Config {
                 .collect(),
         }
     }
+}
+
+/// Checks each `[[audit.export]]` table against its kind and builds the sinks.
+fn validate_exports(
+    raw: Vec<RawExport>,
+    text: &str,
+    base: &Path,
+    default_service: &str,
+) -> Result<Vec<ExportConfig>, String> {
+    let line_of =
+        |span: std::ops::Range<usize>| text[..span.start.min(text.len())].matches('\n').count() + 1;
+    let mut names = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for sink in raw {
+        let name = sink.name.get_ref().clone();
+        if !names.insert(name.clone()) {
+            return Err(format!(
+                "line {}, key `audit.export.name`: duplicate export name `{name}`",
+                line_of(sink.name.span())
+            ));
+        }
+        let kind = *sink.kind.get_ref();
+        let line = line_of(sink.kind.span());
+        let at = |key: &str, what: &str| {
+            format!("line {line}, key `audit.export.{key}`: {what} (export `{name}`)")
+        };
+        // Keys that belong to other kinds are errors, as unknown keys are.
+        let given: [(&str, bool, &[ExportKind]); 11] = [
+            ("path", sink.path.is_some(), &[ExportKind::Jsonl]),
+            ("address", sink.address.is_some(), &[ExportKind::Syslog]),
+            ("transport", sink.transport.is_some(), &[ExportKind::Syslog]),
+            ("facility", sink.facility.is_some(), &[ExportKind::Syslog]),
+            ("hostname", sink.hostname.is_some(), &[ExportKind::Syslog]),
+            ("app_name", sink.app_name.is_some(), &[ExportKind::Syslog]),
+            ("url", sink.url.is_some(), &[ExportKind::Webhook]),
+            ("format", sink.format.is_some(), &[ExportKind::Webhook]),
+            ("endpoint", sink.endpoint.is_some(), &[ExportKind::Otlp]),
+            (
+                "headers",
+                !sink.headers.is_empty(),
+                &[ExportKind::Webhook, ExportKind::Otlp],
+            ),
+            (
+                "service_name",
+                sink.service_name.is_some(),
+                &[ExportKind::Otlp],
+            ),
+        ];
+        for (key, present, kinds) in given {
+            if present && !kinds.contains(&kind) {
+                return Err(at(
+                    key,
+                    &format!("not a key of `kind = \"{}\"` sinks", kind.as_str()),
+                ));
+            }
+        }
+        let target = match kind {
+            ExportKind::Jsonl => {
+                let path = sink
+                    .path
+                    .ok_or_else(|| at("path", "required: a file, or \"-\" for stdout"))?;
+                ExportTarget::Jsonl {
+                    path: if path.as_os_str() == "-" {
+                        None
+                    } else if path.is_absolute() {
+                        Some(path)
+                    } else {
+                        Some(base.join(path))
+                    },
+                }
+            }
+            ExportKind::Syslog => {
+                let address = sink
+                    .address
+                    .ok_or_else(|| at("address", "required: `host:port`"))?;
+                let port_ok = address.rsplit_once(':').is_some_and(|(host, port)| {
+                    !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
+                });
+                if !port_ok {
+                    return Err(at(
+                        "address",
+                        &format!("invalid syslog address `{address}`: use `host:port`"),
+                    ));
+                }
+                ExportTarget::Syslog {
+                    address,
+                    transport: sink.transport.unwrap_or(SyslogTransport::Udp),
+                    facility: sink.facility.unwrap_or(Facility::Auth),
+                    hostname: sink.hostname,
+                    app_name: sink.app_name.unwrap_or_else(|| "portcullis".into()),
+                }
+            }
+            ExportKind::Webhook => {
+                let url = sink
+                    .url
+                    .ok_or_else(|| at("url", "required: an http(s) URL"))?;
+                ExportTarget::Webhook {
+                    url: url.parse().map_err(|_| at("url", "invalid URL"))?,
+                    format: sink.format.unwrap_or(WebhookFormat::Json),
+                    headers: secret_headers(&sink.headers).map_err(|e| at("headers", &e))?,
+                }
+            }
+            ExportKind::Otlp => {
+                let endpoint = sink
+                    .endpoint
+                    .ok_or_else(|| at("endpoint", "required: the OTLP/HTTP base URL"))?;
+                ExportTarget::Otlp {
+                    url: otlp_url(&endpoint, "logs").map_err(|e| at("endpoint", &e))?,
+                    headers: secret_headers(&sink.headers).map_err(|e| at("headers", &e))?,
+                    service_name: sink
+                        .service_name
+                        .unwrap_or_else(|| default_service.to_string()),
+                }
+            }
+        };
+        let batch_size = sink.batch_size.unwrap_or(500);
+        if batch_size == 0 || batch_size > 10_000 {
+            return Err(at("batch_size", "must be between 1 and 10000"));
+        }
+        let timeout_ms = sink.timeout_ms.unwrap_or(10_000);
+        if timeout_ms == 0 {
+            return Err(at("timeout_ms", "must be greater than 0"));
+        }
+        out.push(ExportConfig {
+            name,
+            target,
+            batch_size,
+            timeout: Duration::from_millis(timeout_ms),
+        });
+    }
+    Ok(out)
+}
+
+fn validate_telemetry(raw: &RawTelemetry) -> Result<Option<TelemetryConfig>, String> {
+    let ratio = raw.sampling_ratio.unwrap_or(1.0);
+    if !(0.0..=1.0).contains(&ratio) {
+        return Err("key `telemetry.sampling_ratio`: must be between 0.0 and 1.0".into());
+    }
+    // `service_name` alone is fine: it also names the resource of `otlp`
+    // export sinks.
+    let Some(endpoint) = &raw.otlp_endpoint else {
+        if !raw.headers.is_empty() || raw.sampling_ratio.is_some() {
+            return Err(
+                "key `telemetry.otlp_endpoint`: required when tracing is configured".into(),
+            );
+        }
+        return Ok(None);
+    };
+    Ok(Some(TelemetryConfig {
+        traces_url: otlp_url(endpoint, "traces")
+            .map_err(|e| format!("key `telemetry.otlp_endpoint`: {e}"))?,
+        headers: secret_headers(&raw.headers)
+            .map_err(|e| format!("key `telemetry.headers`: {e}"))?,
+        service_name: raw
+            .service_name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string()),
+        sampling_ratio: ratio,
+    }))
+}
+
+/// `{endpoint}/v1/{signal}`, the OTLP/HTTP path of a signal.
+fn otlp_url(endpoint: &str, signal: &str) -> Result<http::Uri, String> {
+    let base = endpoint.trim_end_matches('/');
+    if base.contains('?') {
+        return Err(format!(
+            "OTLP endpoint `{endpoint}` must not have a query string"
+        ));
+    }
+    format!("{base}/v1/{signal}")
+        .parse()
+        .map_err(|_| format!("invalid OTLP endpoint `{endpoint}`"))
+}
+
+/// Header names are checked and shown in errors; values are checked but never
+/// shown, since they are usually credentials.
+fn secret_headers(
+    raw: &std::collections::BTreeMap<String, String>,
+) -> Result<SecretHeaders, String> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (name, value) in raw {
+        let name = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("invalid header name `{name}`"))?;
+        let mut value = http::HeaderValue::from_str(value)
+            .map_err(|_| format!("the value of header `{name}` is not a valid header value"))?;
+        value.set_sensitive(true);
+        out.push((name, value));
+    }
+    Ok(SecretHeaders(out))
 }
 
 #[cfg(test)]
@@ -889,7 +1423,17 @@ mod tests {
                 c.max_body_bytes,
                 c.routes
                     .iter()
-                    .map(|r| format!("{}:{}:{}", r.name, r.path_prefix, r.classification))
+                    .map(|r| format!(
+                        "{}:{}:{}{}",
+                        r.name,
+                        r.path_prefix,
+                        r.classification,
+                        if r.guard == RouteGuard::default() {
+                            String::new()
+                        } else {
+                            format!(":{:?}/{:?}", r.guard.injection, r.guard.dlp)
+                        }
+                    ))
                     .collect::<Vec<_>>()
                     .join(",")
             ),
@@ -971,6 +1515,110 @@ classification = "internal"
         check(
             "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"http://user:pw@x\"\nclassification = \"public\"\n",
             "must not carry credentials",
+        );
+    }
+
+    /// Parses `text` and summarises its export sinks and telemetry.
+    fn check_export(text: &str, expect: &str) {
+        let got = match Config::parse(text, Path::new("/etc/p/portcullis.toml")) {
+            Ok(c) => format!("ok {:?} {:?}", c.audit.export, c.telemetry),
+            Err(e) => e.to_string(),
+        };
+        assert!(got.contains(expect), "expected `{expect}` in:\n{got}");
+    }
+
+    #[test]
+    fn export_sinks() {
+        check_export(
+            "[[audit.export]]\nname = \"f\"\nkind = \"jsonl\"\npath = \"audit.jsonl\"\n",
+            r#"Jsonl { path: Some("/etc/p/audit.jsonl") }"#,
+        );
+        check_export(
+            "[[audit.export]]\nname = \"o\"\nkind = \"jsonl\"\npath = \"-\"\n",
+            "Jsonl { path: None }",
+        );
+        check_export(
+            "[[audit.export]]\nname = \"s\"\nkind = \"syslog\"\naddress = \"siem.example:6514\"\ntransport = \"tcp\"\nfacility = \"local4\"\n",
+            "transport: Tcp, facility: Local4, hostname: None, app_name: \"portcullis\"",
+        );
+        check_export(
+            "[[audit.export]]\nname = \"s\"\nkind = \"syslog\"\naddress = \"[::1]:6514\"\ntransport = \"tls\"\n",
+            "transport: Tls, facility: Auth",
+        );
+        check_export(
+            "[[audit.export]]\nname = \"w\"\nkind = \"webhook\"\nurl = \"https://hec.example:8088/services/collector/raw\"\nformat = \"ndjson\"\nheaders = { Authorization = \"Splunk 5ecret\" }\n",
+            r#"headers: ["authorization: <redacted>"]"#,
+        );
+        check_export(
+            "[telemetry]\nservice_name = \"gw\"\n[[audit.export]]\nname = \"l\"\nkind = \"otlp\"\nendpoint = \"http://127.0.0.1:4318/\"\n",
+            r#"url: http://127.0.0.1:4318/v1/logs, headers: [], service_name: "gw""#,
+        );
+        check_export(
+            "[telemetry]\notlp_endpoint = \"http://c:4318\"\nsampling_ratio = 0.25\n",
+            "traces_url: http://c:4318/v1/traces, headers: [], service_name: \"portcullis\", sampling_ratio: 0.25",
+        );
+        // Errors name the line and key, and never show a header value.
+        check_export(
+            "[[audit.export]]\nname = \"w\"\nkind = \"webhook\"\n",
+            "line 3, key `audit.export.url`: required",
+        );
+        check_export(
+            "[[audit.export]]\nname = \"w\"\nkind = \"webhook\"\nurl = \"http://x\"\npath = \"a\"\n",
+            "key `audit.export.path`: not a key of `kind = \"webhook\"` sinks",
+        );
+        check_export(
+            "[[audit.export]]\nname = \"a\"\nkind = \"jsonl\"\npath = \"-\"\n[[audit.export]]\nname = \"a\"\nkind = \"jsonl\"\npath = \"x\"\n",
+            "line 6, key `audit.export.name`: duplicate export name `a`",
+        );
+        check_export(
+            "[[audit.export]]\nname = \"s\"\nkind = \"syslog\"\naddress = \"siem\"\n",
+            "invalid syslog address `siem`",
+        );
+        check_export(
+            "[[audit.export]]\nname = \"s\"\nkind = \"kafka\"\n",
+            "unknown variant `kafka`",
+        );
+        check_export(
+            "[[audit.export]]\nname = \"s\"\nkind = \"jsonl\"\npath = \"-\"\nbatch = 3\n",
+            "unknown field `batch`",
+        );
+        let bad_header = Config::parse(
+            "[[audit.export]]\nname = \"w\"\nkind = \"webhook\"\nurl = \"http://x\"\nheaders = { X-Key = \"top\\nsecret\" }\n",
+            Path::new("p.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(bad_header.contains("header `x-key`"), "{bad_header}");
+        assert!(!bad_header.contains("secret"), "{bad_header}");
+        check_export(
+            "[telemetry]\nsampling_ratio = 2.0\notlp_endpoint = \"http://c\"\n",
+            "must be between 0.0 and 1.0",
+        );
+        check_export(
+            "[telemetry]\nsampling_ratio = 0.5\n",
+            "telemetry.otlp_endpoint`: required",
+        );
+    }
+
+    #[test]
+    fn route_guard() {
+        let route = "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"http://x\"\nclassification = \"public\"\n";
+        check(
+            &format!("{route}[routes.guard]\ninjection = \"block\"\ndlp = \"redact\"\n"),
+            "routes=a:/a:public:Block/Redact",
+        );
+        check(
+            &format!("{route}[routes.guard]\ndlp = \"alert\"\n"),
+            "routes=a:/a:public:Off/Alert",
+        );
+        check(route, "routes=a:/a:public");
+        check(
+            &format!("{route}[routes.guard]\ninjection = \"deny\"\n"),
+            "unknown variant `deny`",
+        );
+        check(
+            &format!("{route}[routes.guard]\ninjecton = \"block\"\n"),
+            "unknown field `injecton`",
         );
     }
 

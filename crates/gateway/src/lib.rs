@@ -6,6 +6,7 @@
 //! listener. [`pipeline`] holds the stages, in order.
 #![forbid(unsafe_code)]
 
+pub mod audit_export;
 pub mod audit_sink;
 pub mod body;
 pub mod capture;
@@ -16,11 +17,13 @@ pub mod directory;
 pub mod listener;
 pub mod metrics;
 pub mod oauth;
+pub mod otlp;
 pub mod pipeline;
 pub mod pseudonym;
 pub mod respond;
 pub mod route;
 mod state;
 pub mod tokens;
+pub mod trace;
 
 pub use state::{ConnectionState, Gateway, GatewayError, GatewayParts, Snapshot};

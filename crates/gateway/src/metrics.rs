@@ -19,6 +19,8 @@ pub enum Stage {
     Authenticate,
     /// Route, action, time, source address.
     Contextualize,
+    /// Content guard on the request body.
+    Inspect,
     /// Cedar decision.
     Authorize,
     /// `use_secret` decision and the credential from the vault.
@@ -30,21 +32,24 @@ pub enum Stage {
 }
 
 impl Stage {
-    const ALL: [Stage; 7] = [
+    const ALL: [Stage; 8] = [
         Stage::Decode,
         Stage::Authenticate,
         Stage::Contextualize,
+        Stage::Inspect,
         Stage::Authorize,
         Stage::Inject,
         Stage::Forward,
         Stage::Total,
     ];
 
-    fn as_str(self) -> &'static str {
+    /// The stage's name, as in metric labels and span names.
+    pub fn as_str(self) -> &'static str {
         match self {
             Stage::Decode => "decode",
             Stage::Authenticate => "authenticate",
             Stage::Contextualize => "contextualize",
+            Stage::Inspect => "inspect",
             Stage::Authorize => "authorize",
             Stage::Inject => "inject",
             Stage::Forward => "forward",
@@ -66,6 +71,23 @@ struct DecisionLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SinkLabels {
+    sink: String,
+}
+
+/// The health of one audit export sink, as metric handles.
+#[derive(Debug, Clone)]
+pub struct ExportMetrics {
+    /// Records delivered (counted once per delivery: re-deliveries after a
+    /// restart count again).
+    pub delivered: Counter,
+    /// Failed delivery attempts.
+    pub failures: Counter,
+    /// Durable records not yet delivered.
+    pub lag: Gauge<i64, AtomicI64>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StageLabels {
     stage: &'static str,
 }
@@ -83,6 +105,13 @@ pub struct Metrics {
     pub audit_written: Counter,
     /// Audit batches that failed to write (and were retried).
     pub audit_failures: Counter,
+    export_delivered: Family<SinkLabels, Counter>,
+    export_failures: Family<SinkLabels, Counter>,
+    export_lag: Family<SinkLabels, Gauge<i64, AtomicI64>>,
+    /// Spans sent to the OTLP collector.
+    pub trace_spans_exported: Counter,
+    /// Spans dropped: the queue was full or the collector failed.
+    pub trace_spans_dropped: Counter,
     /// Vault secrets whose rotation is overdue (set by vault maintenance).
     pub secrets_overdue: Gauge<i64, AtomicI64>,
     registry: Registry,
@@ -139,6 +168,36 @@ impl Metrics {
             "Audit batch writes that failed and were retried",
             audit_failures.clone(),
         );
+        let export_delivered = Family::<SinkLabels, Counter>::default();
+        registry.register(
+            "audit_export_delivered_records",
+            "Audit records delivered by each export sink",
+            export_delivered.clone(),
+        );
+        let export_failures = Family::<SinkLabels, Counter>::default();
+        registry.register(
+            "audit_export_failures",
+            "Failed delivery attempts of each export sink (retried)",
+            export_failures.clone(),
+        );
+        let export_lag = Family::<SinkLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "audit_export_lag_records",
+            "Durable audit records each export sink has not delivered yet",
+            export_lag.clone(),
+        );
+        let trace_spans_exported = Counter::default();
+        registry.register(
+            "trace_spans_exported",
+            "Spans accepted by the OTLP trace collector",
+            trace_spans_exported.clone(),
+        );
+        let trace_spans_dropped = Counter::default();
+        registry.register(
+            "trace_spans_dropped",
+            "Spans dropped because the trace queue was full or the collector failed",
+            trace_spans_dropped.clone(),
+        );
         let secrets_overdue = Gauge::default();
         registry.register(
             "vault_secrets_overdue",
@@ -153,6 +212,11 @@ impl Metrics {
             audit_queue,
             audit_written,
             audit_failures,
+            export_delivered,
+            export_failures,
+            export_lag,
+            trace_spans_exported,
+            trace_spans_dropped,
             registry,
         }
     }
@@ -181,6 +245,19 @@ impl Metrics {
     pub fn stage(&self, stage: Stage, elapsed: Duration) {
         if let Some(h) = self.stages.get(stage as usize) {
             h.observe(elapsed.as_secs_f64());
+        }
+    }
+
+    /// The metric handles of export sink `sink` (created on first use, so a
+    /// configured sink shows up at zero).
+    pub fn export_sink(&self, sink: &str) -> ExportMetrics {
+        let labels = SinkLabels {
+            sink: sink.to_string(),
+        };
+        ExportMetrics {
+            delivered: self.export_delivered.get_or_create(&labels).clone(),
+            failures: self.export_failures.get_or_create(&labels).clone(),
+            lag: self.export_lag.get_or_create(&labels).clone(),
         }
     }
 

@@ -14,7 +14,7 @@
 //! (resource `oauth2_token`), including refusals.
 
 use http::{HeaderValue, Method, Response, StatusCode, header};
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 use portcullis_audit::Outcome;
 use portcullis_core::{AgentName, ErrorCode};
 use portcullis_identity::{
@@ -174,16 +174,23 @@ async fn token(
             }
         }
     };
-    let body = Limited::new(decoded.body, MAX_FORM_BYTES)
-        .collect()
-        .await
-        .map_err(|_| {
-            client(
-                ErrorCode::BadRequest,
-                format!("the token request body must be at most {MAX_FORM_BYTES} bytes"),
-            )
-        })?
-        .to_bytes();
+    let too_large = || {
+        client(
+            ErrorCode::BadRequest,
+            format!("the token request body must be at most {MAX_FORM_BYTES} bytes"),
+        )
+    };
+    let mut body_stream = decoded.body;
+    let mut body = Vec::new();
+    while let Some(frame) = body_stream.frame().await {
+        let frame = frame.map_err(|_| too_large())?;
+        if let Some(data) = frame.data_ref() {
+            if body.len() + data.len() > MAX_FORM_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(data);
+        }
+    }
     let form: TokenRequest = serde_urlencoded::from_bytes(&body).map_err(|_| {
         client(
             ErrorCode::BadRequest,

@@ -60,6 +60,7 @@ mod tests {
                 path_prefix: p.to_string(),
                 upstream: Upstream::BuiltinDemo,
                 classification: Classification::Public,
+                guard: Default::default(),
                 credential: None,
                 capture: None,
                 audit_fail_open: false,

@@ -28,8 +28,10 @@ use crate::listener::{self, ConnectionInfo};
 use crate::metrics::Metrics;
 use crate::pipeline::decode::Limits;
 use crate::pipeline::forward::{Forwarder, ResolvedUpstream};
+use crate::pipeline::inspect::GuardState;
 use crate::respond::ResponseBody;
 use crate::route::RouteTable;
+use crate::trace::Tracer;
 
 /// What the hot path reads: one consistent version of agents and policies.
 #[derive(Debug)]
@@ -63,6 +65,9 @@ pub enum GatewayError {
     /// A route names the demo upstream but none is running.
     #[error("route `{0}` uses the built-in demo upstream, which is not running")]
     NoDemoUpstream(String),
+    /// The content guard's detectors did not build.
+    #[error(transparent)]
+    Guard(#[from] portcullis_guard::GuardError),
     /// A route's credential or capture cannot be served.
     #[error("route `{route}`: {problem}")]
     Vault {
@@ -91,6 +96,8 @@ pub struct GatewayParts {
     pub metrics: Arc<Metrics>,
     /// Address of the built-in demo upstream, if running.
     pub demo_upstream: Option<SocketAddr>,
+    /// Starts request traces, when `[telemetry]` is configured.
+    pub tracer: Option<Tracer>,
     /// The vault, when a key-encryption key is configured.
     pub vault: Option<Arc<Vault>>,
     /// Where captured payloads go (the vault's capture writer).
@@ -106,6 +113,9 @@ pub struct Gateway {
     pub(crate) forwarder: Forwarder,
     pub(crate) sink: AuditSink,
     pub(crate) metrics: Arc<Metrics>,
+    pub(crate) tracer: Option<Tracer>,
+    /// The content guard, built only when a route turns it on.
+    pub(crate) guard: Option<Arc<GuardState>>,
     pub(crate) vault: Option<Arc<Vault>>,
     pub(crate) captures: Option<CaptureSink>,
     pub(crate) tokens: crate::tokens::TokenService,
@@ -171,8 +181,19 @@ impl Gateway {
             parts.vault.as_deref(),
             parts.captures.is_some(),
         )?;
+        let guard = if config.routes.iter().any(|r| r.guard.scans_requests()) {
+            Some(Arc::new(GuardState {
+                guard: portcullis_guard::Guard::new()?,
+                // Fingerprints and placeholder numbers are keyed per process:
+                // they correlate within a run and reveal nothing across runs.
+                key: rand::random(),
+            }))
+        } else {
+            None
+        };
         Ok(Arc::new(Gateway {
             tokens: parts.tokens,
+            guard,
             vault: parts.vault,
             captures: parts.captures,
             limits: Limits {
@@ -187,6 +208,7 @@ impl Gateway {
             ),
             sink: parts.sink,
             metrics: parts.metrics,
+            tracer: parts.tracer,
             checker: parts.checker,
             bundle: parts.bundle,
             route_entities,

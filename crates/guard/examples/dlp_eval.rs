@@ -318,6 +318,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for e in &examples {
         println!("    {e}");
     }
+
+    // The hand-written cases of `tests/data/`: placeholders and near misses
+    // (no finding expected) and one positive control per kind.
+    let cases = |t: &'static str| {
+        t.lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+            .collect::<Vec<_>>()
+    };
+    let negatives = cases(include_str!("../tests/data/dlp_negatives.txt"));
+    let neg_found: usize = negatives.iter().map(|l| scanner.scan(l).len()).sum();
+    println!(
+        "
+placeholder/negative cases: {} lines, {neg_found} findings (expected 0)",
+        negatives.len()
+    );
+    let positives = cases(include_str!("../tests/data/dlp_positives.txt"));
+    let pos_hit = positives
+        .iter()
+        .filter(|l| {
+            let (kind, text) = l.split_once('\t').unwrap_or_default();
+            scanner.scan(text).iter().any(|f| f.kind.as_str() == kind)
+        })
+        .count();
+    println!(
+        "positive controls: {pos_hit} / {} found with the expected kind",
+        positives.len()
+    );
     Ok(())
 }
 

@@ -1,9 +1,21 @@
 //! The content guard: pure functions that inspect text the gateway sees.
 //!
-//! Today this crate holds only the DLP groundwork ([`dlp`]): validators for
-//! payment cards, IBANs, US SSNs and email addresses, a compiled detector set
-//! for secrets, and a [`dlp::Scanner`] that finds and redacts both. It does no
-//! IO and is not yet on the gateway's request path.
+//! - [`injection`]: prompt-injection detection (normalisation, signatures, a
+//!   learned model scored over sliding windows, per-channel thresholds);
+//! - [`dlp`]: secrets and PII with validators, typed redaction, and a
+//!   streaming redactor that catches values split across chunks;
+//! - [`poisoning`]: hidden instructions in MCP tool definitions;
+//! - [`report`]: one scan of a text by all of them, as the CLI and the
+//!   gateway use it.
+//!
+//! It does no IO: the model weights are compiled in, and nothing is loaded at
+//! run time.
 #![forbid(unsafe_code)]
 
 pub mod dlp;
+pub mod injection;
+pub mod poisoning;
+pub mod report;
+
+pub use injection::Channel;
+pub use report::{Guard, GuardError, Report};

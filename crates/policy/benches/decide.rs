@@ -68,6 +68,7 @@ fn main() {
         path: "/bench/echo",
         source_ip: &ip,
         time: RequestTime::from_epoch(1_700_000_000),
+        content: portcullis_policy::Content::NOT_SCANNED,
     };
     // A team agent: its candidate policy reads time and address on every request.
     let dynamic_request = AuthzRequest {
@@ -77,6 +78,7 @@ fn main() {
         path: "/svc/x",
         source_ip: &ip,
         time: RequestTime::from_epoch(1_700_000_000),
+        content: portcullis_policy::Content::NOT_SCANNED,
     };
     for request in [&static_request, &dynamic_request] {
         assert_eq!(authz.decide(request), authz.decide_unindexed(request));

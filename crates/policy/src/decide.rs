@@ -107,6 +107,68 @@ impl RequestTime {
     }
 }
 
+/// What the content guard found in the request body, as policy sees it
+/// (`context.content`). Plain data: the gateway fills it from the guard's
+/// report, never with a found value.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Content<'a> {
+    /// Whether the body was scanned (the route's guard is on and the body is text).
+    pub scanned: bool,
+    /// The prompt-injection score, 0–1 (Cedar `decimal`, four decimals).
+    pub injection_score: f32,
+    /// Whether the score reached the channel's threshold.
+    pub injection_flagged: bool,
+    /// The distinct finding types (`aws_access_key`, `prompt_injection`, …).
+    pub findings: &'a [&'a str],
+}
+
+impl Content<'_> {
+    /// A request whose body was not scanned.
+    pub const NOT_SCANNED: Content<'static> = Content {
+        scanned: false,
+        injection_score: 0.0,
+        injection_flagged: false,
+        findings: &[],
+    };
+
+    /// The record `context.content` as Cedar sees it.
+    pub(crate) fn expr(&self) -> Result<RestrictedExpression, String> {
+        RestrictedExpression::new_record([
+            (
+                "scanned".to_string(),
+                RestrictedExpression::new_bool(self.scanned),
+            ),
+            (
+                "injection_score".to_string(),
+                RestrictedExpression::new_decimal(self.score_decimal()),
+            ),
+            (
+                "injection_flagged".to_string(),
+                RestrictedExpression::new_bool(self.injection_flagged),
+            ),
+            (
+                "findings".to_string(),
+                RestrictedExpression::new_set(
+                    self.findings
+                        .iter()
+                        .map(|f| RestrictedExpression::new_string((*f).to_string())),
+                ),
+            ),
+        ])
+        .map_err(|e| e.to_string())
+    }
+
+    /// The score as a Cedar decimal literal (`0.0000` to `1.0000`).
+    fn score_decimal(&self) -> String {
+        let s = if self.injection_score.is_finite() {
+            self.injection_score.clamp(0.0, 1.0)
+        } else {
+            1.0
+        };
+        format!("{s:.4}")
+    }
+}
+
 /// One request to decide.
 #[derive(Debug, Clone)]
 pub struct AuthzRequest<'a> {
@@ -122,6 +184,8 @@ pub struct AuthzRequest<'a> {
     pub source_ip: &'a SourceIp,
     /// When the request arrived.
     pub time: RequestTime,
+    /// What the content guard found in the body.
+    pub content: Content<'a>,
 }
 
 /// A client address in the form policy evaluation needs. Building it costs a
@@ -355,6 +419,7 @@ impl Authorizer {
             ),
         ])
         .map_err(|e| e.to_string())?;
+        let content = request.content.expr()?;
         let context = Context::from_pairs([
             (
                 "method".to_string(),
@@ -366,6 +431,7 @@ impl Authorizer {
             ),
             ("source_ip".to_string(), request.source_ip.expr.clone()),
             ("time".to_string(), time),
+            ("content".to_string(), content),
         ])
         .map_err(|e| e.to_string())?;
         Request::new(principal, action, resource, context, schema).map_err(|e| e.to_string())
@@ -385,6 +451,7 @@ impl Authorizer {
                 path: "/",
                 source_ip: &ip,
                 time: RequestTime::from_epoch(0),
+                content: Content::NOT_SCANNED,
             };
             self.cedar_request(&sample, Some(&self.bundle.schema))
                 .map_err(|e| {
@@ -686,6 +753,7 @@ mod tests {
             path: "/x",
             source_ip: &SourceIp::new(ip.parse().unwrap()),
             time: RequestTime::from_epoch(1_700_000_000),
+            content: Content::NOT_SCANNED,
         };
         let d = authz.decide(&request);
         assert!(d.errors.is_empty(), "{:?}", d.errors);
@@ -756,6 +824,7 @@ mod tests {
             path: "/x",
             source_ip: &SourceIp::new("127.0.0.1".parse().unwrap()),
             time: RequestTime::from_epoch(0),
+            content: Content::NOT_SCANNED,
         });
         assert!(!d.allowed);
         assert_eq!(d.policy_ids, ["default-deny"]);
@@ -816,6 +885,7 @@ mod tests {
                             path: "/x",
                             source_ip: &SourceIp::new(ip.parse().unwrap()),
                             time: RequestTime::from_epoch(1_700_000_000),
+                            content: Content::NOT_SCANNED,
                         };
                         let indexed = a.decide(&request);
                         let full = a.decide_unindexed(&request);
@@ -867,6 +937,7 @@ mod tests {
             path: "/x",
             source_ip: &ip,
             time: RequestTime::from_epoch(hour * 3600),
+            content: Content::NOT_SCANNED,
         };
         // writer-bot is also a reader: its candidates include `dynamic`, whose
         // outcome changes with the hour, so its reasons must keep changing.
@@ -883,6 +954,53 @@ mod tests {
         assert_eq!(a.decide(&at("reader-bot", 9)).policy_ids, ["static"]);
         assert_eq!(a.decide(&at("reader-bot", 15)).policy_ids, ["static"]);
         assert_eq!(a.index.memo.read().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn content_findings_reach_policies_and_are_never_memoized() {
+        let a = authorizer(
+            r#"
+@id("read") permit(principal in Role::"reader", action == Action::"GET", resource);
+@id("no-injection") forbid(principal, action, resource) when { context.content.injection_score.greaterThan(decimal("0.8")) };
+@id("no-keys") forbid(principal, action, resource) when { context.content.findings.contains("aws_access_key") };
+@id("unscanned") forbid(principal in Role::"writer", action, resource) unless { context.content.scanned };
+"#,
+        );
+        let ip = SourceIp::new("127.0.0.1".parse().unwrap());
+        let with = |agent, content| AuthzRequest {
+            agent,
+            action: HttpAction::Get,
+            route: "demo",
+            path: "/x",
+            source_ip: &ip,
+            time: RequestTime::from_epoch(0),
+            content,
+        };
+        let scanned = |score, findings| Content {
+            scanned: true,
+            injection_score: score,
+            injection_flagged: score > 0.5,
+            findings,
+        };
+        // The same (agent, action, route) decided differently by content, in
+        // both orders: a memoized first answer would repeat itself.
+        for _ in 0..2 {
+            assert!(a.decide(&with("reader-bot", scanned(0.1, &[]))).allowed);
+            let d = a.decide(&with("reader-bot", scanned(0.93, &["prompt_injection"])));
+            assert_eq!(d.policy_ids, ["no-injection"]);
+            let d = a.decide(&with(
+                "reader-bot",
+                scanned(0.0, &["aws_access_key", "email"]),
+            ));
+            assert_eq!(d.policy_ids, ["no-keys"]);
+            assert!(a.decide(&with("reader-bot", Content::NOT_SCANNED)).allowed);
+            let d = a.decide(&with("writer-bot", Content::NOT_SCANNED));
+            assert_eq!(d.policy_ids, ["unscanned"]);
+        }
+        assert!(a.index.memo.read().unwrap().is_empty());
+        // Odd scores are clamped into the decimal's range, never an error.
+        let d = a.decide(&with("reader-bot", scanned(f32::NAN, &[])));
+        assert!(d.errors.is_empty() && !d.allowed);
     }
 
     #[test]

@@ -16,8 +16,8 @@ mod secret;
 
 pub use bundle::{DEFAULT_POLICIES, DEFAULT_SCHEMA, PolicyBundle, PolicyError, PolicySources};
 pub use decide::{
-    AgentEntity, Authorizer, AuthzRequest, EntityError, HttpAction, RequestTime, RouteEntity,
-    SourceIp,
+    AgentEntity, Authorizer, AuthzRequest, Content, EntityError, HttpAction, RequestTime,
+    RouteEntity, SourceIp,
 };
 pub use portcullis_core::Decision;
 pub use secret::{SecretRequest, USE_SECRET};

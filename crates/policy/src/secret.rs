@@ -18,7 +18,7 @@ use cedar_policy::{
 use portcullis_core::Decision;
 
 use crate::PolicyBundle;
-use crate::decide::{EntityError, HttpAction, RequestTime, SourceIp, mentions_context};
+use crate::decide::{Content, EntityError, HttpAction, RequestTime, SourceIp, mentions_context};
 
 /// The action id.
 pub const USE_SECRET: &str = "use_secret";
@@ -40,6 +40,8 @@ pub struct SecretRequest<'a> {
     pub source_ip: &'a SourceIp,
     /// When the request arrived.
     pub time: RequestTime,
+    /// What the content guard found in the request body.
+    pub content: Content<'a>,
 }
 
 const MEMO_CAPACITY: usize = 65_536;
@@ -105,6 +107,7 @@ impl SecretAuthz {
             path: "/",
             source_ip: &ip,
             time: RequestTime::from_epoch(0),
+            content: Content::NOT_SCANNED,
         };
         authz
             .request(&sample, Some(&bundle.schema))
@@ -155,6 +158,7 @@ impl SecretAuthz {
             ),
             ("source_ip".to_string(), r.source_ip.expr().clone()),
             ("time".to_string(), time),
+            ("content".to_string(), r.content.expr()?),
         ])
         .map_err(|e| e.to_string())?;
         Request::new(principal, self.action.clone(), resource, context, schema)
@@ -214,6 +218,7 @@ impl SecretAuthz {
 
 #[cfg(test)]
 mod tests {
+    use crate::Content;
     use std::path::PathBuf;
     use std::sync::Arc;
 
@@ -257,6 +262,7 @@ mod tests {
             path: "/llm/v1/chat",
             source_ip: &ip,
             time: RequestTime::from_epoch(hour * 3600),
+            content: Content::NOT_SCANNED,
         });
         let got = format!(
             "{} {:?}",
@@ -314,6 +320,7 @@ mod tests {
             path: "/",
             source_ip: &ip,
             time: RequestTime::from_epoch(0),
+            content: Content::NOT_SCANNED,
         });
         assert!(!d.allowed);
         assert!(d.errors[0].contains("use_secret"));

@@ -16,7 +16,7 @@ use futures_util::TryStreamExt;
 use portcullis_audit::AuditRecord;
 use portcullis_audit::checkpoint::{self, Checkpoint};
 use portcullis_audit::merkle::{
-    self, Hash, MerkleAccumulator, Subtree, consistency_proof_ranges, fold_subtrees,
+    self, Hash, LeafRange, MerkleAccumulator, Subtree, consistency_proof_ranges, fold_subtrees,
     inclusion_proof_ranges, range_subtrees,
 };
 use portcullis_audit::note::VerifierKey;
@@ -380,10 +380,15 @@ impl Store {
     }
 
     async fn range_heads(&self, ranges: Vec<merkle::LeafRange>) -> Result<Vec<Hash>, StoreError> {
-        let mut heads = Vec::with_capacity(ranges.len());
-        for range in ranges {
-            let hashes = self.subtree_hashes(&range_subtrees(range)).await?;
-            heads.push(fold_subtrees(&hashes));
+        let per_range: Vec<Vec<(u32, u64)>> = ranges.into_iter().map(range_subtrees).collect();
+        let all: Vec<(u32, u64)> = per_range.iter().flatten().copied().collect();
+        let hashes = self.subtree_hashes(&all).await?;
+        let mut rest = hashes.as_slice();
+        let mut heads = Vec::with_capacity(per_range.len());
+        for subtrees in &per_range {
+            let (mine, after) = rest.split_at(subtrees.len());
+            heads.push(fold_subtrees(mine));
+            rest = after;
         }
         Ok(heads)
     }
@@ -391,49 +396,88 @@ impl Store {
     /// The hashes of complete subtrees: stored ones from `audit_nodes`, lower
     /// ones folded from their records' leaf hashes.
     async fn subtree_hashes(&self, subtrees: &[(u32, u64)]) -> Result<Vec<Hash>, StoreError> {
-        let mut out = Vec::with_capacity(subtrees.len());
-        for &(level, index) in subtrees {
-            if level >= NODE_MIN_LEVEL {
-                let hash: Option<Vec<u8>> =
-                    sqlx::query_scalar("SELECT hash FROM audit_nodes WHERE level = ? AND idx = ?")
-                        .bind(level as i64)
-                        .bind(index as i64)
-                        .fetch_optional(&self.pool)
-                        .await?;
-                let hash = hash.ok_or_else(|| StoreError::Corrupt {
-                    table: "audit_nodes",
-                    detail: format!("missing subtree level {level} index {index}"),
-                })?;
-                out.push(to_hash(&hash)?);
-            } else {
-                let start = index << level;
-                let end = start + (1u64 << level);
-                let rows: Vec<Option<Vec<u8>>> = sqlx::query_scalar(
-                    "SELECT leaf_hash FROM audit_log WHERE seq >= ? AND seq < ? ORDER BY seq",
-                )
-                .bind(start as i64)
-                .bind(end as i64)
-                .fetch_all(&self.pool)
-                .await?;
-                if rows.len() as u64 != end - start {
-                    return Err(StoreError::Corrupt {
-                        table: "audit_log",
-                        detail: format!("records {start}..{end} are not all present"),
-                    });
-                }
-                let leaves = rows
-                    .iter()
-                    .map(|h| {
-                        h.as_deref()
-                            .map(to_hash)
-                            .transpose()?
-                            .ok_or_else(|| corrupt("a record has no leaf hash"))
-                    })
-                    .collect::<Result<Vec<Hash>, StoreError>>()?;
-                out.push(merkle::root(&leaves));
+        // Two queries whatever the number of subtrees: one for the stored
+        // nodes, one for the leaf hashes under the low ones. A proof over a
+        // million records needs about 20 subtrees; one query each was most of
+        // its cost.
+        let stored: Vec<(u32, u64)> = subtrees
+            .iter()
+            .copied()
+            .filter(|&(level, _)| level >= NODE_MIN_LEVEL)
+            .collect();
+        let mut nodes: HashMap<(u32, u64), Hash> = HashMap::new();
+        for chunk in stored.chunks(400) {
+            let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "SELECT level, idx, hash FROM audit_nodes WHERE (level, idx) IN (VALUES ",
+            );
+            let mut values = query.separated(", ");
+            for &(level, index) in chunk {
+                values.push("(");
+                values.push_bind_unseparated(level as i64);
+                values.push_unseparated(", ");
+                values.push_bind_unseparated(index as i64);
+                values.push_unseparated(")");
+            }
+            query.push(")");
+            for row in query.build().fetch_all(&self.pool).await? {
+                let level: i64 = row.try_get("level")?;
+                let idx: i64 = row.try_get("idx")?;
+                let hash: Vec<u8> = row.try_get("hash")?;
+                nodes.insert((level as u32, idx as u64), to_hash(&hash)?);
             }
         }
-        Ok(out)
+        let low: Vec<LeafRange> = subtrees
+            .iter()
+            .filter(|&&(level, _)| level < NODE_MIN_LEVEL)
+            .map(|&(level, index)| (index << level)..((index << level) + (1u64 << level)))
+            .collect();
+        let mut leaves: HashMap<u64, Hash> = HashMap::new();
+        for chunk in low.chunks(200) {
+            let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "SELECT seq, leaf_hash FROM audit_log WHERE ",
+            );
+            let mut ranges = query.separated(" OR ");
+            for range in chunk {
+                ranges.push("(seq >= ");
+                ranges.push_bind_unseparated(range.start as i64);
+                ranges.push_unseparated(" AND seq < ");
+                ranges.push_bind_unseparated(range.end as i64);
+                ranges.push_unseparated(")");
+            }
+            for row in query.build().fetch_all(&self.pool).await? {
+                let seq: i64 = row.try_get("seq")?;
+                let hash: Option<Vec<u8>> = row.try_get("leaf_hash")?;
+                let hash = hash.ok_or_else(|| corrupt("a record has no leaf hash"))?;
+                leaves.insert(seq as u64, to_hash(&hash)?);
+            }
+        }
+        subtrees
+            .iter()
+            .map(|&(level, index)| {
+                if level >= NODE_MIN_LEVEL {
+                    return nodes.get(&(level, index)).copied().ok_or_else(|| {
+                        StoreError::Corrupt {
+                            table: "audit_nodes",
+                            detail: format!("missing subtree level {level} index {index}"),
+                        }
+                    });
+                }
+                let start = index << level;
+                let end = start + (1u64 << level);
+                let hashes = (start..end)
+                    .map(|seq| {
+                        leaves
+                            .get(&seq)
+                            .copied()
+                            .ok_or_else(|| StoreError::Corrupt {
+                                table: "audit_log",
+                                detail: format!("records {start}..{end} are not all present"),
+                            })
+                    })
+                    .collect::<Result<Vec<Hash>, StoreError>>()?;
+                Ok(merkle::root(&hashes))
+            })
+            .collect()
     }
 
     /// Hashes every record and rewrites leaf hashes and interior nodes: the

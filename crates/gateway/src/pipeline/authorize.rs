@@ -6,6 +6,7 @@ use portcullis_policy::{Authorizer, AuthzRequest, SourceIp};
 
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contextualize::RequestContext;
+use crate::pipeline::inspect::ContentFacts;
 use crate::respond::Denial;
 
 /// Decides the request.
@@ -14,6 +15,7 @@ pub fn run(
     identity: &Identity,
     context: &RequestContext,
     source_ip: &SourceIp,
+    content: &ContentFacts,
 ) -> Decision {
     let decision = authorizer.decide(&AuthzRequest {
         agent: &identity.agent,
@@ -22,6 +24,7 @@ pub fn run(
         path: &context.path,
         source_ip,
         time: context.time,
+        content: content.as_policy(),
     });
     if !decision.errors.is_empty() {
         tracing::warn!(errors = ?decision.errors, agent = %identity.agent, route = %context.route.name, "policy evaluation errors");

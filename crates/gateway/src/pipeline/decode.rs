@@ -9,7 +9,9 @@ use hyper::body::Incoming;
 use portcullis_core::ErrorCode;
 
 use crate::audit_sink::AuditSink;
-use crate::body::{BodyMeter, MeteredBody};
+use http_body_util::BodyExt;
+
+use crate::body::{BodyMeter, BoxError, MeteredBody};
 use crate::respond::Denial;
 
 /// Limits applied by this stage.
@@ -19,13 +21,24 @@ pub struct Limits {
     pub max_body_bytes: u64,
 }
 
+/// A request body on its way upstream: the client's, metered as it streams,
+/// or the one inspect rebuilt after reading it whole.
+pub type RequestBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, BoxError>;
+
 /// A request that passed decode: head plus a metered body.
-#[derive(Debug)]
 pub struct DecodedRequest {
     /// Method, URI, headers.
     pub parts: http::request::Parts,
     /// The body, limited and counted as it streams.
-    pub body: MeteredBody<Incoming>,
+    pub body: RequestBody,
+}
+
+impl std::fmt::Debug for DecodedRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DecodedRequest")
+            .field("parts", &self.parts)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Runs the stage.
@@ -56,7 +69,7 @@ pub fn run(
     check_path(parts.uri.path())?;
     Ok(DecodedRequest {
         parts,
-        body: MeteredBody::new(body, limits.max_body_bytes, meter.clone()),
+        body: MeteredBody::new(body, limits.max_body_bytes, meter.clone()).boxed_unsync(),
     })
 }
 

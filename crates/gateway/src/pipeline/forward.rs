@@ -16,19 +16,18 @@ use std::time::Duration;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, Uri};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portcullis_core::{ErrorCode, RequestId};
 
-use crate::body::{BodyMeter, BoxError, MeteredBody};
+use crate::body::{BodyMeter, BoxError};
 use crate::capture::{CaptureHandle, TapBody};
 use crate::config::Injection;
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contextualize::RequestContext;
-use crate::pipeline::decode::{DecodedRequest, too_large};
+use crate::pipeline::decode::{DecodedRequest, RequestBody, too_large};
 use crate::pipeline::inject::Injected;
 use crate::respond::{Denial, ResponseBody};
 
@@ -47,7 +46,7 @@ pub struct ResolvedUpstream {
     pub base_path: String,
 }
 
-type HttpClient = Client<HttpsConnector<HttpConnector>, TapBody<MeteredBody<Incoming>>>;
+type HttpClient = Client<HttpsConnector<HttpConnector>, TapBody<RequestBody>>;
 
 /// The upstream client and the resolved upstream of every route.
 #[derive(Debug, Clone)]
@@ -100,6 +99,7 @@ impl Forwarder {
         meter: &Arc<BodyMeter>,
         injected: Option<&Injected>,
         capture: Option<CaptureHandle>,
+        traceparent: Option<HeaderValue>,
     ) -> Result<Response<ResponseBody>, Denial> {
         let upstream = self.upstreams.get(&context.route.name).ok_or_else(|| {
             tracing::error!(route = %context.route.name, "route has no resolved upstream");
@@ -134,6 +134,13 @@ impl Forwarder {
         }
         if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
             headers.insert(crate::respond::REQUEST_ID_HEADER, v);
+        }
+        // With tracing on, the upstream joins the gateway's trace; the
+        // caller's own trace context stays behind the trust boundary (it is a
+        // span link on the request's span).
+        if let Some(traceparent) = traceparent {
+            headers.remove(crate::trace::TRACESTATE);
+            headers.insert(crate::trace::TRACEPARENT, traceparent);
         }
 
         let mut upstream_request = Request::new(TapBody::request(body, capture.as_ref()));

@@ -18,6 +18,7 @@ use portcullis_vault::{Plain, Vault};
 use crate::config::{Credential, Injection};
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contextualize::RequestContext;
+use crate::pipeline::inspect::ContentFacts;
 use crate::respond::Denial;
 
 /// A credential ready for the upstream request.
@@ -51,6 +52,7 @@ pub fn authorize<'a>(
     identity: &Identity,
     context: &RequestContext,
     source_ip: &SourceIp,
+    content: &ContentFacts,
     credential: &'a Credential,
 ) -> Choice<'a> {
     let mut denied = Vec::new();
@@ -63,6 +65,7 @@ pub fn authorize<'a>(
             path: &context.path,
             source_ip,
             time: context.time,
+            content: content.as_policy(),
         });
         if !decision.errors.is_empty() {
             tracing::warn!(errors = ?decision.errors, agent = %identity.agent, secret = %secret, "policy evaluation errors (use_secret)");

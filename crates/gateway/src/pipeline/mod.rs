@@ -9,9 +9,12 @@
 //!               (oauth.rs answers /oauth2/token and /.well-known/* here instead)
 //! contextualize route (resource), method (action), time, source address;
 //!               then the fail-closed check: is the audit log writable?
+//! inspect       content guard on the request body: injection and DLP findings
+//!               for policy (`context.content`), block or redact by route
 //! authorize     Cedar decision: allow, or 403 naming the deciding policies
 //! inject        routes with a credential: `use_secret` decision, value from the vault
 //! forward       upstream call with timeout, streaming both ways (and payload capture)
+//! inspect_out   DLP on the response body while it streams (redact or alert)
 //! record        (body.rs Recorder) the audit record, on every path
 //! ```
 //!
@@ -24,6 +27,9 @@
 //! unauthenticated caller learns nothing (not even which routes exist); inject
 //! follows authorize so a caller denied the route learns nothing about its
 //! secret, and no secret is decrypted for a request that will not be sent.
+//! Inspect runs after contextualize (the route says what to scan) and before
+//! authorize (policy decides with what it found); reading the body there is
+//! the one place a body is buffered, and only on routes whose guard is on.
 
 pub mod authenticate;
 pub mod authorize;
@@ -31,6 +37,8 @@ pub mod contextualize;
 pub mod decode;
 pub mod forward;
 pub mod inject;
+pub mod inspect;
+pub mod inspect_out;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -76,6 +84,14 @@ pub async fn handle(
         gateway.sink.clone(),
         gateway.metrics.clone(),
     );
+    if let Some(tracer) = &gateway.tracer {
+        recorder.set_trace(tracer.begin(
+            &request_id,
+            started,
+            now,
+            request.headers().get(crate::trace::TRACEPARENT),
+        ));
+    }
 
     let mut response = match run(
         &gateway,
@@ -120,7 +136,9 @@ async fn run(
 
     let t = Instant::now();
     let decoded = decode::run(&gateway.limits, &gateway.sink, request, meter);
-    metrics.stage(Stage::Decode, t.elapsed());
+    let elapsed = t.elapsed();
+    metrics.stage(Stage::Decode, elapsed);
+    recorder.trace_stage(Stage::Decode, t, elapsed);
     let decoded = decoded?;
 
     // One snapshot for the whole request: it is decided by exactly one version
@@ -147,7 +165,9 @@ async fn run(
         &decoded.parts,
         now_epoch,
     );
-    metrics.stage(Stage::Authenticate, t.elapsed());
+    let elapsed = t.elapsed();
+    metrics.stage(Stage::Authenticate, elapsed);
+    recorder.trace_stage(Stage::Authenticate, t, elapsed);
     let identity = match identity {
         Ok(identity) => {
             let record = recorder.record();
@@ -163,7 +183,9 @@ async fn run(
 
     let t = Instant::now();
     let context = contextualize::run(&gateway.routes, &decoded, conn.remote.ip(), now_epoch);
-    metrics.stage(Stage::Contextualize, t.elapsed());
+    let elapsed = t.elapsed();
+    metrics.stage(Stage::Contextualize, elapsed);
+    recorder.trace_stage(Stage::Contextualize, t, elapsed);
     let context = context?;
     {
         let record = recorder.record();
@@ -184,8 +206,34 @@ async fn run(
     }
 
     let t = Instant::now();
-    let decision = authorize::run(&snapshot.authorizer, &identity, &context, &conn.source_ip);
-    metrics.stage(Stage::Authorize, t.elapsed());
+    let mut audited = Vec::new();
+    let inspected = inspect::run(
+        gateway.guard.as_deref(),
+        &context.route,
+        decoded,
+        gateway.limits.max_body_bytes,
+        meter,
+        request_id,
+        &mut audited,
+    )
+    .await;
+    let elapsed = t.elapsed();
+    metrics.stage(Stage::Inspect, elapsed);
+    recorder.trace_stage(Stage::Inspect, t, elapsed);
+    recorder.record().content = audited;
+    let (decoded, content) = inspected?;
+
+    let t = Instant::now();
+    let decision = authorize::run(
+        &snapshot.authorizer,
+        &identity,
+        &context,
+        &conn.source_ip,
+        &content,
+    );
+    let elapsed = t.elapsed();
+    metrics.stage(Stage::Authorize, elapsed);
+    recorder.trace_stage(Stage::Authorize, t, elapsed);
     metrics.decision(&context.route.name, decision.allowed);
     {
         let record = recorder.record();
@@ -205,6 +253,7 @@ async fn run(
                 &identity,
                 &context,
                 &conn.source_ip,
+                &content,
                 credential,
             );
             {
@@ -222,7 +271,9 @@ async fn run(
                     &credential.injection,
                 )
             });
-            metrics.stage(Stage::Inject, t.elapsed());
+            let elapsed = t.elapsed();
+            metrics.stage(Stage::Inject, elapsed);
+            recorder.trace_stage(Stage::Inject, t, elapsed);
             Some(injected?)
         }
     };
@@ -236,6 +287,7 @@ async fn run(
         _ => None,
     };
 
+    let traceparent = recorder.traceparent();
     let t = Instant::now();
     let response = gateway
         .forwarder
@@ -248,10 +300,19 @@ async fn run(
             meter,
             injected.as_ref(),
             capture,
+            traceparent,
         )
         .await;
     // The decrypted value is not needed past the request head.
     drop(injected);
-    metrics.stage(Stage::Forward, t.elapsed());
-    response
+    let elapsed = t.elapsed();
+    metrics.stage(Stage::Forward, elapsed);
+    recorder.trace_stage(Stage::Forward, t, elapsed);
+    Ok(inspect_out::run(
+        gateway.guard.as_deref(),
+        &context.route,
+        request_id,
+        meter,
+        response?,
+    ))
 }

@@ -9,10 +9,10 @@
 //! Secrets come from [`secrets`] (keyword-prefiltered regexes with placeholder
 //! suppression); PII comes from loose patterns confirmed by [`validators`].
 
-use std::collections::{BTreeMap, HashMap};
-use std::fmt::Write as _;
+use std::collections::BTreeMap;
 
 mod pii;
+pub mod redact;
 pub mod secrets;
 pub mod validators;
 
@@ -167,31 +167,8 @@ impl Scanner {
     /// `n` counts distinct values per kind from 1 within this call, so the
     /// same value gets the same placeholder wherever it appears.
     pub fn redact(&self, text: &str) -> String {
-        let findings = self.scan(text);
         let mut out = String::with_capacity(text.len());
-        let mut numbers: HashMap<(Kind, &str), usize> = HashMap::new();
-        let mut per_kind: HashMap<Kind, usize> = HashMap::new();
-        let mut pos = 0;
-        for f in findings {
-            let (Some(before), Some(value)) = (text.get(pos..f.start), text.get(f.start..f.end))
-            else {
-                continue;
-            };
-            out.push_str(before);
-            let n = *numbers.entry((f.kind, value)).or_insert_with(|| {
-                let c = per_kind.entry(f.kind).or_insert(0);
-                *c += 1;
-                *c
-            });
-            // Writing to a String cannot fail.
-            let _ = write!(
-                out,
-                "[REDACTED_{}_{n}]",
-                f.kind.as_str().to_ascii_uppercase()
-            );
-            pos = f.end;
-        }
-        out.push_str(text.get(pos..).unwrap_or_default());
+        redact::Redactor::new(&[]).apply(text, &self.scan(text), &mut out);
         out
     }
 }

@@ -287,8 +287,7 @@ impl SecretDetector {
                     *t = true;
                 }
                 if let (Some(rule), Some(h)) = (self.rules.get(r), hits.get_mut(r))
-                    && rule.check == Check::Generic
-                    && !inside_word
+                    && (rule.check != Check::Generic || !inside_word)
                 {
                     h.push(m.start());
                 }
@@ -299,7 +298,24 @@ impl SecretDetector {
                 continue;
             }
             if rule.check != Check::Generic {
-                self.run_rule(rule, text, text, 0, out);
+                // A specific rule runs only on the lines around its keywords
+                // (merged where they overlap), not over the whole text: its
+                // keyword is part of every match, and a match does not span
+                // lines except for a PEM block, whose end `run_rule` finds in
+                // the whole text.
+                let mut windows: Vec<(usize, usize)> = Vec::new();
+                for &at in hits.get(i).map_or(&[][..], Vec::as_slice) {
+                    let (start, end) = line_window(text, at);
+                    match windows.last_mut() {
+                        Some(last) if start <= last.1 => last.1 = last.1.max(end),
+                        _ => windows.push((start, end)),
+                    }
+                }
+                for (start, end) in windows {
+                    if let Some(window) = text.get(start..end) {
+                        self.run_rule(rule, text, window, start, out);
+                    }
+                }
                 continue;
             }
             for &start in hits.get(i).map_or(&[][..], Vec::as_slice) {
@@ -312,6 +328,8 @@ impl SecretDetector {
     }
 
     /// Runs one rule over `window`, which starts at byte `offset` of `text`.
+    /// Callers pass windows that start and end at line boundaries (or at
+    /// the text's ends), so word boundaries mean the same as in `text`.
     fn run_rule(
         &self,
         rule: &Rule,
@@ -517,6 +535,14 @@ fn is_generic_secret(v: &str) -> bool {
     let dotted = v.contains('.')
         && v.split('.')
             .all(|p| identifier(p) && !p.bytes().any(|b| b.is_ascii_digit()));
+    // An index into a map or array (`os.environ["API_KEY"]`, `cfg[key]`)
+    // reads a secret from somewhere else.
+    let indexing = v.find('[').is_some_and(|i| {
+        i > 0
+            && v[..i]
+                .split('.')
+                .all(|p| identifier(p) && !p.bytes().any(|b| b.is_ascii_digit()))
+    });
     // A hexadecimal literal is a constant in code, not a credential.
     let hex_literal = v.len() > 2
         && (v.starts_with("0x") || v.starts_with("0X"))
@@ -526,6 +552,7 @@ fn is_generic_secret(v: &str) -> bool {
         || constant
         || number
         || dotted
+        || indexing
         || hex_literal
         || v.contains('(')
         || v.contains("://")
@@ -550,6 +577,31 @@ fn entropy(v: &str) -> f64 {
             -p * p.log2()
         })
         .sum()
+}
+
+/// Longest line a specific rule is run on around a keyword, each way:
+/// longer than any token or JWT seen in practice.
+const LINE_LIMIT: usize = 16 * 1024;
+
+/// The line holding byte `at` (without its newline), capped at
+/// [`LINE_LIMIT`] bytes each way and snapped to char boundaries.
+fn line_window(text: &str, at: usize) -> (usize, usize) {
+    let b = text.as_bytes();
+    let lo = at.saturating_sub(LINE_LIMIT);
+    let start = b[lo..at.min(b.len())]
+        .iter()
+        .rposition(|&c| c == b'\n')
+        .map_or(lo, |p| lo + p + 1);
+    let hi = at.saturating_add(LINE_LIMIT).min(b.len());
+    let end = b[at.min(b.len())..hi]
+        .iter()
+        .position(|&c| c == b'\n')
+        .map_or(hi, |p| at + p);
+    let mut start = start;
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    (start, floor_char_boundary(text, end))
 }
 
 #[cfg(test)]

@@ -1,0 +1,233 @@
+//! Reports the prompt-injection detector's quality on the test sets, and the
+//! tool-poisoning scan's on the held-out MCP split.
+//!
+//! ```text
+//! cargo run --release -p portcullis-guard --example injection_eval -- [/work/shared/data/guard]
+//! ```
+//!
+//! Nothing here is tuned on: the model and thresholds come from
+//! `train_injection`, which reads only `train/`. For each set it prints the
+//! rows, recall (attacks flagged), false-positive rate (benign flagged) and
+//! balanced accuracy where the set has both classes:
+//!
+//! - deepset test (input channel);
+//! - NotInject three (input; all benign: the over-defense test);
+//! - `valid.json`, the PINT-like mix (input): its 48 attacks (PINT public
+//!   and internal injections and jailbreaks, BIPIA text and code) and 96
+//!   benign rows (PINT chat, documents and hard negatives, WildGuard,
+//!   NotInject), and its 48 PINT rows alone; once with every row on the
+//!   input channel, once with the BIPIA rows on the tool-output channel;
+//! - BIPIA indirect (tool-output channel): every test attack instruction
+//!   inserted into 4 test contexts (text attacks into emails and tables, code
+//!   attacks into code answers) at start, middle or end, against all clean
+//!   test contexts;
+//! - the union of all of the above (each text on its own channel);
+//! - MCP tool descriptions (description channel), held-out 30 % split.
+//!
+//! Figures of the shipped model (thresholds input 0.620, tool_output 0.815,
+//! description 0.620):
+//!
+//! | set (channel)                                   | att | ben | recall | FPR   | BA    |
+//! | ----------------------------------------------- | --- | --- | ------ | ----- | ----- |
+//! | deepset test (input)                            | 60  | 56  | 76.7 % | 10.7 %| 83.0 %|
+//! | NotInject three (input)                         | 0   | 113 | –      | 3.5 % | –     |
+//! | PINT-like mix, valid.json (input)               | 48  | 96  | 70.8 % | 4.2 % | 83.3 %|
+//! | same, BIPIA rows on tool_output                 | 48  | 96  | 87.5 % | 4.2 % | 91.7 %|
+//! | of which the 48 PINT rows (input)               | 24  | 24  | 87.5 % | 16.7 %| 85.4 %|
+//! | BIPIA indirect (tool_output)                    | 500 | 200 | 81.6 % | 2.0 % | 89.8 %|
+//! | all of the above                                | 608 | 465 | 80.3 % | 3.9 % | 88.2 %|
+//! | MCP held-out, injected descriptions vs benign   | 9   | 61  | 66.7 % | 1.6 % | 82.5 %|
+//! | MCP held-out, every malicious tool vs benign    | 131 | 61  | 4.6 %  | 1.6 % | 51.5 %|
+//!
+//! Most malicious MCP tools in that set are malicious in their code, not
+//! their description, which no description scan can see.
+#![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[path = "support/guard_data.rs"]
+mod guard_data;
+
+use std::path::PathBuf;
+
+use guard_data::{Rng, Sample};
+use portcullis_guard::injection::{Channel, Detector};
+use portcullis_guard::poisoning::{self, ToolDefinition};
+
+#[derive(Default, Clone, Copy)]
+struct Tally {
+    tp: usize,
+    fnn: usize,
+    fp: usize,
+    tn: usize,
+}
+
+impl Tally {
+    fn add(&mut self, label: u8, flagged: bool) {
+        match (label, flagged) {
+            (1, true) => self.tp += 1,
+            (1, false) => self.fnn += 1,
+            (_, true) => self.fp += 1,
+            (_, false) => self.tn += 1,
+        }
+    }
+    fn merge(&mut self, o: Tally) {
+        self.tp += o.tp;
+        self.fnn += o.fnn;
+        self.fp += o.fp;
+        self.tn += o.tn;
+    }
+    fn print(&self, name: &str) {
+        let pos = self.tp + self.fnn;
+        let neg = self.fp + self.tn;
+        let recall = self.tp as f64 / pos.max(1) as f64;
+        let fpr = self.fp as f64 / neg.max(1) as f64;
+        let f = |x: f64, n: usize| {
+            if n == 0 {
+                "     -".to_string()
+            } else {
+                format!("{:5.1}%", x * 100.0)
+            }
+        };
+        let ba = if pos > 0 && neg > 0 {
+            format!("{:5.1}%", (recall + 1.0 - fpr) * 50.0)
+        } else {
+            "     -".to_string()
+        };
+        println!(
+            "{name:<44} {pos:>5} {neg:>5}   {}  {}  {ba}",
+            f(recall, pos),
+            f(fpr, neg)
+        );
+    }
+}
+
+fn tally(det: &Detector, samples: &[Sample], channel: Channel) -> Tally {
+    let mut t = Tally::default();
+    for s in samples {
+        t.add(s.label, det.assess(&s.text, channel).flagged);
+    }
+    t
+}
+
+fn main() {
+    let root = PathBuf::from(
+        std::env::args()
+            .nth(1)
+            .unwrap_or_else(|| "/work/shared/data/guard".into()),
+    );
+    let test = root.join("test");
+    let det = Detector::new().expect("detector builds");
+    let th = det.model().thresholds;
+    println!(
+        "thresholds (chosen on train/): input {:.3}, tool_output {:.3}, description {:.3}\n",
+        th.input, th.tool_output, th.description
+    );
+    println!(
+        "{:<44} {:>5} {:>5}   {:>6}  {:>6}  {:>6}",
+        "set (channel)", "att", "ben", "recall", "FPR", "BA"
+    );
+
+    let mut all = Tally::default();
+    let deepset = guard_data::jsonl(&test.join("deepset_test.jsonl"), "deepset");
+    let t = tally(&det, &deepset, Channel::Input);
+    t.print("deepset test (input)");
+    all.merge(t);
+
+    let notinject = guard_data::prompts(&test.join("NotInject_three.json"), "notinject");
+    let t = tally(&det, &notinject, Channel::Input);
+    t.print("NotInject three (input)");
+    all.merge(t);
+
+    let valid = guard_data::prompts(&test.join("valid.json"), "valid");
+    let t = tally(&det, &valid, Channel::Input);
+    t.print("PINT-like mix, valid.json (input)");
+    all.merge(t);
+    // The same rows, each on the channel it belongs to: BIPIA rows are
+    // instructions meant to arrive inside a tool output (indirect
+    // injection), where a plain request is out of place; on the input
+    // channel a user may ask exactly that.
+    let mut natural = Tally::default();
+    for s in &valid {
+        let channel = if s.source.starts_with("BIPIA") {
+            Channel::ToolOutput
+        } else {
+            Channel::Input
+        };
+        natural.add(s.label, det.assess(&s.text, channel).flagged);
+    }
+    natural.print("  same, BIPIA rows on tool_output");
+    let pint: Vec<Sample> = valid
+        .iter()
+        .filter(|s| s.source.starts_with("PINT"))
+        .cloned()
+        .collect();
+    tally(&det, &pint, Channel::Input).print("  of which PINT rows (input)");
+    let mut sources: Vec<&str> = valid.iter().map(|s| s.source.as_str()).collect();
+    sources.sort();
+    sources.dedup();
+    for src in sources {
+        let sub: Vec<Sample> = valid.iter().filter(|s| s.source == src).cloned().collect();
+        tally(&det, &sub, Channel::Input).print(&format!("    {src}"));
+    }
+
+    let b = test.join("bipia");
+    let email = guard_data::bipia_contexts(&b.join("email_clean.jsonl"));
+    let table = guard_data::bipia_contexts(&b.join("table_clean.jsonl"));
+    let code = guard_data::bipia_contexts(&b.join("code_clean.jsonl"));
+    let text_attacks = guard_data::bipia_attacks(&b.join("text_attack_test.json"));
+    let code_attacks = guard_data::bipia_attacks(&b.join("code_attack_test.json"));
+    let mut rng = Rng(0x7e57_0000_0000_0001);
+    let mut text_ctx = email.clone();
+    text_ctx.extend(table.iter().cloned());
+    let mut bipia = Tally::default();
+    for (name, ctx, attacks) in [
+        ("text attacks in emails+tables", &text_ctx, &text_attacks),
+        ("code attacks in code", &code, &code_attacks),
+    ] {
+        let mut t = Tally::default();
+        for (doc, _, _) in guard_data::bipia_positives(ctx, attacks, 4, &mut rng) {
+            t.add(1, det.assess(&doc, Channel::ToolOutput).flagged);
+        }
+        t.print(&format!("  BIPIA {name} (tool_output)"));
+        bipia.merge(t);
+    }
+    for (name, set) in [("email", &email), ("table", &table), ("code", &code)] {
+        let mut t = Tally::default();
+        for c in set.iter() {
+            t.add(0, det.assess(c, Channel::ToolOutput).flagged);
+        }
+        t.print(&format!("  BIPIA clean {name} (tool_output)"));
+        bipia.merge(t);
+    }
+    bipia.print("BIPIA indirect (tool_output)");
+    all.merge(bipia);
+    all.print("all of the above");
+
+    // Tool poisoning on the held-out split.
+    let tools = guard_data::mcp_tools(&root.join("train/mcp_tool_descriptions.jsonl"));
+    println!();
+    let mut by_cat: std::collections::BTreeMap<String, Tally> = Default::default();
+    let mut borne = Tally::default();
+    let mut every = Tally::default();
+    for t in tools.iter().filter(|t| t.held_out) {
+        let params: Vec<&str> = t.params.iter().map(String::as_str).collect();
+        let def = ToolDefinition {
+            name: &t.name,
+            description: &t.description,
+            params: &params,
+        };
+        let flagged = poisoning::scan_tool(&det, &def).flagged;
+        by_cat
+            .entry(t.category.clone())
+            .or_default()
+            .add(t.label, flagged);
+        every.add(t.label, flagged);
+        if t.description_borne() {
+            borne.add(t.label, flagged);
+        }
+    }
+    borne.print("MCP held-out: injected descriptions vs benign");
+    every.print("MCP held-out: every malicious tool vs benign");
+    for (cat, t) in by_cat {
+        t.print(&format!("  {cat}"));
+    }
+}

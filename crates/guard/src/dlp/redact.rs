@@ -1,0 +1,433 @@
+//! Redaction: typed placeholders, keyed fingerprints, and a streaming
+//! redactor for responses that arrive in chunks.
+//!
+//! [`Redactor`] replaces each finding with `[REDACTED_<KIND>_<n>]`. The
+//! number counts distinct values per kind for the redactor's lifetime (one
+//! response, or a session when the caller keeps the redactor), so the same
+//! value gets the same placeholder everywhere. Values are remembered only as
+//! keyed hashes (HMAC-SHA-256), never as text. [`fingerprint`] gives the
+//! same keyed hash for logs and audit records: equal values can be
+//! correlated without the value ever being written down.
+//!
+//! [`StreamRedactor`] redacts a byte stream chunk by chunk. It emits all but
+//! a hold-back tail of [`HOLD_BACK`] bytes (longer than any bounded pattern),
+//! and never emits a prefix that ends inside a finding, so a secret split
+//! across chunks is caught as if the text had arrived whole. It keeps
+//! [`LOOK_BEHIND`] bytes of already-emitted text as context, so a value
+//! whose keyword (`password=`) went out in an earlier chunk is still
+//! recognised. A PEM private-key block, which has no length bound, is
+//! handled without buffering: once its `BEGIN` line is seen, everything up to
+//! its `END` line is swallowed and replaced by one placeholder.
+
+use std::borrow::Borrow;
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2_011::Sha256;
+
+use super::{Finding, Kind, Scanner};
+
+/// Bytes held back at the end of the stream's buffer: at least the longest
+/// bounded value the detectors find (JWTs and connection strings are the
+/// longest in practice, well under this).
+pub const HOLD_BACK: usize = 4096;
+
+/// Already-emitted bytes kept as context for the next scan.
+pub const LOOK_BEHIND: usize = 256;
+
+/// The keyed hash of a found value, as 16 hex digits: equal values under the
+/// same key give equal fingerprints; the value cannot be recovered.
+pub fn fingerprint(key: &[u8], kind: Kind, value: &str) -> String {
+    let digest = mac(key, kind, value);
+    digest[..8]
+        .iter()
+        .fold(String::with_capacity(16), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+fn mac(key: &[u8], kind: Kind, value: &str) -> [u8; 32] {
+    // HMAC accepts keys of any length, so this cannot fail.
+    let Ok(mut m) = <Hmac<Sha256> as KeyInit>::new_from_slice(key) else {
+        return [0; 32];
+    };
+    m.update(kind.as_str().as_bytes());
+    m.update(&[0]);
+    m.update(value.as_bytes());
+    m.finalize().into_bytes().into()
+}
+
+/// Assigns placeholders; see the module docs.
+#[derive(Debug)]
+pub struct Redactor {
+    key: Vec<u8>,
+    numbers: HashMap<[u8; 32], usize>,
+    per_kind: HashMap<Kind, usize>,
+}
+
+impl Redactor {
+    /// A redactor whose value memory is keyed by `key` (any length; the
+    /// gateway uses a random per-process key).
+    pub fn new(key: &[u8]) -> Self {
+        Self {
+            key: key.to_vec(),
+            numbers: HashMap::new(),
+            per_kind: HashMap::new(),
+        }
+    }
+
+    /// The placeholder for `value` of `kind`, numbering new values.
+    pub fn placeholder(&mut self, kind: Kind, value: &str) -> String {
+        let h = mac(&self.key, kind, value);
+        let n = *self.numbers.entry(h).or_insert_with(|| {
+            let c = self.per_kind.entry(kind).or_insert(0);
+            *c += 1;
+            *c
+        });
+        format!("[REDACTED_{}_{n}]", kind.as_str().to_ascii_uppercase())
+    }
+
+    /// Writes `text` with the `findings` (sorted, disjoint, on char
+    /// boundaries, as [`Scanner::scan`] returns them) replaced.
+    pub fn apply(&mut self, text: &str, findings: &[Finding], out: &mut String) {
+        let mut pos = 0;
+        for f in findings {
+            let (Some(before), Some(value)) = (text.get(pos..f.start), text.get(f.start..f.end))
+            else {
+                continue;
+            };
+            out.push_str(before);
+            let p = self.placeholder(f.kind, value);
+            out.push_str(&p);
+            pos = f.end;
+        }
+        out.push_str(text.get(pos..).unwrap_or_default());
+    }
+}
+
+const PEM_END: &str = "-----END";
+
+/// A finding of a stream: kind, range in the input stream, and the keyed
+/// fingerprint of the value (see [`fingerprint`]), never the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamFinding {
+    /// What was found.
+    pub kind: Kind,
+    /// Byte offset in the stream as received.
+    pub start: usize,
+    /// One past the end.
+    pub end: usize,
+    /// Keyed hash of the value.
+    pub fingerprint: String,
+}
+
+/// Redacts a stream of chunks; see the module docs.
+///
+/// `S` is how the redactor holds the scanner: `&Scanner`, or an
+/// `Arc<Scanner>` when the stream outlives the caller's borrow (a response
+/// body).
+pub struct StreamRedactor<S: Borrow<Scanner>> {
+    scanner: S,
+    redactor: Redactor,
+    /// Bytes received and not yet emitted (may end inside a UTF-8 character).
+    pending: Vec<u8>,
+    /// The tail of what was emitted, as scan context.
+    behind: String,
+    /// Inside a PEM private-key block whose `END` line has not arrived.
+    in_pem: bool,
+    /// What this stream found, with offsets in the stream as received.
+    findings: Vec<StreamFinding>,
+    /// Bytes of input consumed (emitted or swallowed) so far.
+    consumed: usize,
+}
+
+impl<S: Borrow<Scanner>> StreamRedactor<S> {
+    /// Starts a stream.
+    pub fn new(scanner: S, redactor: Redactor) -> Self {
+        Self {
+            scanner,
+            redactor,
+            pending: Vec::new(),
+            behind: String::new(),
+            in_pem: false,
+            findings: Vec::new(),
+            consumed: 0,
+        }
+    }
+
+    /// What was found so far: kind, byte range in the input stream, and
+    /// fingerprint.
+    pub fn findings(&self) -> &[StreamFinding] {
+        &self.findings
+    }
+
+    /// Takes the next chunk and returns what can be emitted now.
+    pub fn push(&mut self, chunk: &[u8]) -> Vec<u8> {
+        self.pending.extend_from_slice(chunk);
+        self.drain(false)
+    }
+
+    /// Ends the stream and returns everything still held.
+    pub fn finish(&mut self) -> Vec<u8> {
+        self.drain(true)
+    }
+
+    fn drain(&mut self, last: bool) -> Vec<u8> {
+        let mut out = String::new();
+        loop {
+            if self.in_pem {
+                let text = String::from_utf8_lossy(&self.pending);
+                match text.find(PEM_END) {
+                    Some(i) => {
+                        // Swallow through the end of the END line's dashes.
+                        let rest = &text[i + PEM_END.len()..];
+                        let close = rest
+                            .find("-----")
+                            .map(|j| i + PEM_END.len() + j + 5)
+                            .or_else(|| last.then_some(text.len()));
+                        let Some(close) = close else { break };
+                        let close = text[..close].len().min(self.pending.len());
+                        self.pending.drain(..close);
+                        self.consumed += close;
+                        self.in_pem = false;
+                    }
+                    None => {
+                        // Keep only enough to see an END marker split across chunks.
+                        let keep = PEM_END.len().min(self.pending.len());
+                        let drop = self.pending.len() - keep;
+                        let drop = if last { self.pending.len() } else { drop };
+                        self.pending.drain(..drop);
+                        self.consumed += drop;
+                        break;
+                    }
+                }
+                continue;
+            }
+            // The longest valid UTF-8 prefix; a split character waits.
+            let valid = match std::str::from_utf8(&self.pending) {
+                Ok(s) => s.len(),
+                Err(e) if last || e.error_len().is_some() => self.pending.len(),
+                Err(e) => e.valid_up_to(),
+            };
+            let text = String::from_utf8_lossy(&self.pending[..valid]).into_owned();
+            let ctx = format!("{}{}", self.behind, text);
+            let base = self.behind.len();
+            let found: Vec<Finding> = self
+                .scanner
+                .borrow()
+                .scan(&ctx)
+                .into_iter()
+                .filter(|f| f.start >= base)
+                .map(|f| Finding::new(f.kind, f.start - base, f.end - base))
+                .collect();
+            let mut safe = if last {
+                text.len()
+            } else {
+                text.len().saturating_sub(HOLD_BACK)
+            };
+            // Never cut inside a finding.
+            for f in &found {
+                if f.start < safe && f.end > safe {
+                    safe = f.start;
+                }
+            }
+            while !text.is_char_boundary(safe) {
+                safe -= 1;
+            }
+            // An open private-key block: emit up to it, then swallow it.
+            let open_pem = found
+                .iter()
+                .find(|f| f.kind == Kind::PrivateKey && !text[f.start..f.end].contains(PEM_END));
+            let (emit_to, enter_pem) = match open_pem {
+                Some(f) => (f.start, Some(*f)),
+                None => (safe, None),
+            };
+            let emitted: Vec<Finding> =
+                found.iter().filter(|f| f.end <= emit_to).copied().collect();
+            self.redactor.apply(&text[..emit_to], &emitted, &mut out);
+            for f in &emitted {
+                let value = text.get(f.start..f.end).unwrap_or_default();
+                self.findings.push(StreamFinding {
+                    kind: f.kind,
+                    start: self.consumed + f.start,
+                    end: self.consumed + f.end,
+                    fingerprint: fingerprint(&self.redactor.key, f.kind, value),
+                });
+            }
+            self.remember(&text[..emit_to]);
+            self.pending.drain(..emit_to);
+            self.consumed += emit_to;
+            match enter_pem {
+                Some(f) => {
+                    let value = &text[f.start..f.end];
+                    let p = self.redactor.placeholder(f.kind, value);
+                    out.push_str(&p);
+                    self.findings.push(StreamFinding {
+                        kind: f.kind,
+                        start: self.consumed,
+                        end: self.consumed + (f.end - f.start),
+                        fingerprint: fingerprint(&self.redactor.key, f.kind, value),
+                    });
+                    self.in_pem = true;
+                }
+                None => break,
+            }
+        }
+        out.into_bytes()
+    }
+
+    fn remember(&mut self, emitted: &str) {
+        self.behind.push_str(emitted);
+        if self.behind.len() > LOOK_BEHIND {
+            let mut cut = self.behind.len() - LOOK_BEHIND;
+            while !self.behind.is_char_boundary(cut) {
+                cut += 1;
+            }
+            self.behind.drain(..cut);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whole(scanner: &Scanner, text: &str) -> String {
+        let mut out = String::new();
+        Redactor::new(b"k").apply(text, &scanner.scan(text), &mut out);
+        out
+    }
+
+    fn streamed(scanner: &Scanner, chunks: &[&[u8]]) -> String {
+        let mut s = StreamRedactor::new(scanner, Redactor::new(b"k"));
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend(s.push(c));
+        }
+        out.extend(s.finish());
+        String::from_utf8(out).unwrap()
+    }
+
+    const SAMPLE: &str = "héllo token=ghp_aB3dE5gH7jK9mN1pQ3rS5tU7vW9xY1zA2bC4 and AKIAQWADE5R42RDZ4JEM, \
+card 4242 4242 4242 4242 mail a.b@example.org; password = \"Zq8vL2mP9xTt4\" end ✓";
+
+    #[test]
+    fn every_split_point_gives_the_whole_text_result() {
+        let scanner = Scanner::new().unwrap();
+        let expect = whole(&scanner, SAMPLE);
+        assert!(expect.contains("[REDACTED_GITHUB_TOKEN_1]"), "{expect}");
+        assert!(expect.contains("[REDACTED_CREDIT_CARD_1]"), "{expect}");
+        let bytes = SAMPLE.as_bytes();
+        for i in 0..=bytes.len() {
+            assert_eq!(
+                streamed(&scanner, &[&bytes[..i], &bytes[i..]]),
+                expect,
+                "split at {i}"
+            );
+        }
+        // Three-way splits around the token.
+        let t = SAMPLE.find("ghp_").unwrap();
+        for i in t..t + 40 {
+            for j in i..i + 5 {
+                assert_eq!(
+                    streamed(&scanner, &[&bytes[..i], &bytes[i..j], &bytes[j..]]),
+                    expect,
+                    "split at {i},{j}"
+                );
+            }
+        }
+        // One byte at a time.
+        let singles: Vec<&[u8]> = bytes.chunks(1).collect();
+        assert_eq!(streamed(&scanner, &singles), expect);
+        // Findings carry stream offsets and fingerprints, not values.
+        let mut s = StreamRedactor::new(&scanner, Redactor::new(b"k"));
+        let _ = s.push(&bytes[..30]);
+        let _ = s.push(&bytes[30..]);
+        let _ = s.finish();
+        let whole = scanner.scan(SAMPLE);
+        let got: Vec<(Kind, usize, usize)> = s
+            .findings()
+            .iter()
+            .map(|f| (f.kind, f.start, f.end))
+            .collect();
+        let want: Vec<(Kind, usize, usize)> =
+            whole.iter().map(|f| (f.kind, f.start, f.end)).collect();
+        assert_eq!(got, want);
+        let token = s
+            .findings()
+            .iter()
+            .find(|f| f.kind == Kind::GithubToken)
+            .unwrap();
+        assert_eq!(
+            token.fingerprint,
+            fingerprint(b"k", Kind::GithubToken, &SAMPLE[token.start..token.end])
+        );
+    }
+
+    #[test]
+    fn long_streams_are_not_buffered_whole() {
+        let scanner = Scanner::new().unwrap();
+        let mut s = StreamRedactor::new(&scanner, Redactor::new(b"k"));
+        let line = "ordinary log line without secrets in it at all\n";
+        let mut emitted = 0;
+        for _ in 0..1000 {
+            emitted += s.push(line.as_bytes()).len();
+        }
+        // Everything but the hold-back has gone out.
+        assert!(emitted >= 1000 * line.len() - HOLD_BACK, "{emitted}");
+        emitted += s.finish().len();
+        assert_eq!(emitted, 1000 * line.len());
+    }
+
+    #[test]
+    fn a_secret_far_from_its_keyword_chunk() {
+        let scanner = Scanner::new().unwrap();
+        let filler = "x ".repeat(3000);
+        let text = format!("{filler}password = \"Zq8vL2mP9xTt4\" {filler}");
+        let expect = whole(&scanner, &text);
+        assert!(expect.contains("[REDACTED_GENERIC_SECRET_1]"));
+        let b = text.as_bytes();
+        let k = text.find("Zq8").unwrap();
+        for i in [k - 3, k, k + 1, k + 5] {
+            assert_eq!(
+                streamed(&scanner, &[&b[..i], &b[i..]]),
+                expect,
+                "split at {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn pem_blocks_are_swallowed_across_chunks() {
+        let scanner = Scanner::new().unwrap();
+        let body = "MIIEowIBAAKCAQEA7bq\n".repeat(400); // 8 KB, longer than the hold-back
+        let text = format!(
+            "before\n-----BEGIN RSA PRIVATE KEY-----\n{body}-----END RSA PRIVATE KEY-----\nafter"
+        );
+        let b = text.as_bytes();
+        for size in [1usize, 7, 100, 4096, 5000] {
+            let chunks: Vec<&[u8]> = b.chunks(size).collect();
+            let out = streamed(&scanner, &chunks);
+            assert_eq!(
+                out, "before\n[REDACTED_PRIVATE_KEY_1]\nafter",
+                "chunk size {size}"
+            );
+        }
+    }
+
+    #[test]
+    fn same_value_same_placeholder_and_fingerprint() {
+        let mut r = Redactor::new(b"key");
+        assert_eq!(r.placeholder(Kind::Email, "a@b.c"), "[REDACTED_EMAIL_1]");
+        assert_eq!(r.placeholder(Kind::Email, "x@b.c"), "[REDACTED_EMAIL_2]");
+        assert_eq!(r.placeholder(Kind::Email, "a@b.c"), "[REDACTED_EMAIL_1]");
+        assert_eq!(r.placeholder(Kind::Jwt, "a@b.c"), "[REDACTED_JWT_1]");
+        let f = fingerprint(b"key", Kind::Email, "a@b.c");
+        assert_eq!(f.len(), 16);
+        assert_eq!(f, fingerprint(b"key", Kind::Email, "a@b.c"));
+        assert_ne!(f, fingerprint(b"other", Kind::Email, "a@b.c"));
+        assert_ne!(f, fingerprint(b"key", Kind::Email, "x@b.c"));
+    }
+}
