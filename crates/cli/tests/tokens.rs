@@ -473,4 +473,61 @@ async fn mtls_bound_tokens_need_their_certificate() {
     )
     .await;
     let _: &Path = &cert;
+
+    // A key registered later through the admin API works at the token endpoint;
+    // a JWK with its private half is refused and never stored.
+    let admin_token = std::fs::read_to_string(server.state_dir().join("admin.token")).unwrap();
+    let admin = client(&server.ca_pem(), None);
+    let keys_url = format!("https://{}/admin/v1/agents/dave/keys", server.admin);
+    let new_key = Ed25519Key::generate();
+    let private: Value = serde_json::from_str(&new_key.to_private_jwk()).unwrap();
+    let response = admin
+        .post(&keys_url)
+        .bearer_auth(admin_token.trim())
+        .json(&json!({ "jwk": private }))
+        .send()
+        .await
+        .unwrap();
+    let (status, error) = error_of(response).await;
+    assert_eq!((status, error["code"].as_str()), (400, Some("bad_request")));
+    let response = admin
+        .post(&keys_url)
+        .bearer_auth(admin_token.trim())
+        .json(&json!({ "jwk": new_key.public().to_json() }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let endpoint = server.url("/oauth2/token");
+    let assertion = new_key
+        .sign_assertion("spiffe://portcullis.local/agent/dave", &endpoint, now(), 60)
+        .unwrap();
+    let response = client(&server.ca_pem(), None)
+        .post(&endpoint)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header(
+            "dpop",
+            new_key
+                .sign_dpop_proof("POST", &endpoint, None, now())
+                .unwrap(),
+        )
+        .body(token_form(&assertion))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let dave_token = body["access_token"].as_str().unwrap();
+    let p = new_key
+        .sign_dpop_proof("GET", &url, Some(dave_token), now())
+        .unwrap();
+    let response = get(
+        &client(&server.ca_pem(), None),
+        &url,
+        "DPoP",
+        dave_token,
+        Some(p),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
 }

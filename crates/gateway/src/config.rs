@@ -1471,6 +1471,32 @@ classification = "internal"
     }
 
     #[test]
+    fn token_settings() {
+        let parse = |t: &str| Config::parse(t, Path::new("/p.toml"));
+        let c = parse("").unwrap();
+        assert_eq!((c.token_issuer.as_deref(), c.token_ttl), (None, 300));
+        let c = parse(
+            "[identity]\ntoken_issuer = \"https://gw.example.com\"\ntoken_ttl_seconds = 900\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.token_issuer.as_deref(), c.token_ttl),
+            (Some("https://gw.example.com"), 900)
+        );
+        check(
+            "[identity]\ntoken_ttl_seconds = 901\n",
+            "key `identity.token_ttl_seconds`: must be between 1 and 900",
+        );
+        check("[identity]\ntoken_ttl_seconds = 0\n", "token_ttl_seconds");
+        for bad in ["http://gw", "https://gw/", "https://", "https://gw?x=1"] {
+            check(
+                &format!("[identity]\ntoken_issuer = \"{bad}\"\n"),
+                "key `identity.token_issuer`",
+            );
+        }
+    }
+
+    #[test]
     fn invalid_files_name_line_and_key() {
         check(
             "[gateway]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n",

@@ -403,3 +403,27 @@ fn bound_certificate(
     }
     peer_x5t(peer).ok_or_else(|| Denial::new(ErrorCode::Internal, "internal error"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_and_paths() {
+        let name = |c: &str| agent_of(c, "t.example").map(|a| a.to_string());
+        assert_eq!(name("bot").as_deref(), Some("bot"));
+        assert_eq!(name("spiffe://t.example/agent/bot").as_deref(), Some("bot"));
+        // Another trust domain, or not an agent ID, names nobody.
+        assert_eq!(name("spiffe://other/agent/bot"), None);
+        assert_eq!(name("spiffe://t.example/user/bot"), None);
+        assert_eq!(name("Not A Name"), None);
+        assert!(is_oauth_path("/oauth2/token"));
+        assert!(is_oauth_path("/.well-known/jwks.json"));
+        assert!(!is_oauth_path("/oauth2/token/x"));
+        assert_eq!(
+            jsonwebtoken_kid("eyJraWQiOiJrMSIsImFsZyI6IkVkRFNBIn0.e30.x").as_deref(),
+            Some("k1")
+        );
+        assert_eq!(jsonwebtoken_kid("garbage"), None);
+    }
+}

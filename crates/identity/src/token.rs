@@ -548,6 +548,14 @@ impl TokenIssuer {
         Ok((self.key.sign(&header, &claims)?, claims))
     }
 
+    /// Whether `token` claims to be one of ours (a JWS header naming this
+    /// issuer's `kid`). Nothing is verified: it only decides which check applies.
+    pub fn names_own_key(&self, token: &str) -> bool {
+        token.split('.').count() == 3
+            && jsonwebtoken::decode_header(token)
+                .is_ok_and(|h| h.kid.as_deref() == Some(self.kid().as_str()))
+    }
+
     /// Verifies an access token: EdDSA with this issuer's `kid`, signature,
     /// `iss`, `aud`, `exp`, `nbf`, lifetime, and a sender constraint. The caller
     /// checks the constraint against the request and the agent against the

@@ -8,7 +8,10 @@
 //! the token is bound to (`cnf.jkt`), or `Authorization: Bearer <token>` on a
 //! connection presenting the client certificate it is bound to (`cnf.x5t#S256`).
 //! Every token is bound, so a stolen token alone authenticates nobody. The agent
-//! is checked against the live directory exactly as for certificates.
+//! is checked against the live directory exactly as for certificates. On a
+//! connection with a verified client certificate, a `Bearer` value that does not
+//! name the gateway's token key is the agent's own (it never reaches the
+//! upstream) and the certificate authenticates, as before tokens existed.
 
 use http::header;
 use portcullis_core::ErrorCode;
@@ -124,15 +127,23 @@ pub fn run_request(
             true,
             now_epoch,
         ),
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token_identity(
-            directory,
-            tokens,
-            peer,
-            parts,
-            token.trim(),
-            false,
-            now_epoch,
-        ),
+        // A certificate-authenticated agent may still send its own bearer
+        // value (stripped before forwarding, as always): only a token naming
+        // the gateway's key is checked as one, so it cannot be ignored.
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer")
+                && (!matches!(peer, Some(Ok(_))) || tokens.issuer.names_own_key(token.trim())) =>
+        {
+            token_identity(
+                directory,
+                tokens,
+                peer,
+                parts,
+                token.trim(),
+                false,
+                now_epoch,
+            )
+        }
         _ => run(directory, peer, now_epoch),
     }
 }
