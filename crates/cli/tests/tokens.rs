@@ -390,13 +390,33 @@ async fn dpop_bound_tokens_work_and_attacks_are_refused() {
             .status(),
         200
     );
-    let out = server.cli(&["agent", "revoke", "bob"]);
-    assert!(out.status.success());
+    // Revoked through the admin API; the snapshot is swapped before the call
+    // returns, so the very next request is refused.
+    let admin_token = std::fs::read_to_string(server.state_dir().join("admin.token")).unwrap();
     let p = bob
         .sign_dpop_proof("GET", &url, Some(&bob_token), now())
         .unwrap();
+    let started = std::time::Instant::now();
+    let revoked = client
+        .post(format!(
+            "https://{}/admin/v1/agents/bob/revoke",
+            server.admin
+        ))
+        .bearer_auth(admin_token.trim())
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let revoke_call = started.elapsed();
     let response = get(&client, &url, "DPoP", &bob_token, Some(p)).await;
+    let refused_after = started.elapsed();
     refused(&server, response, "agent_revoked", "revoked agent's token").await;
+    eprintln!(
+        "revocation: admin call returned after {:.1} ms; the next token request was refused {:.1} ms after the call started",
+        revoke_call.as_secs_f64() * 1e3,
+        refused_after.as_secs_f64() * 1e3
+    );
     // And Bob gets no new token.
     let a = bob
         .sign_assertion("bob", &token_endpoint, now(), 60)
