@@ -173,6 +173,30 @@ async fn dpop_bound_tokens_work_and_attacks_are_refused() {
     );
     assert!(!credential.contains(&token));
 
+    // A proof from `portcullis agent dpop` (what curl users do).
+    let creds_dir = creds(&server);
+    let out = server.cli(&[
+        "agent",
+        "dpop",
+        "alice",
+        "--creds",
+        creds_dir.to_str().unwrap(),
+        "--method",
+        "get",
+        "--url",
+        &url,
+        "--token",
+        &token,
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cli_proof = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let response = get(&client, &url, "DPoP", &token, Some(cli_proof)).await;
+    assert_eq!(response.status(), 200);
+
     // Replayed proof.
     let response = get(&client, &url, "DPoP", &token, Some(proof)).await;
     refused(&server, response, "invalid_dpop_proof", "replayed proof").await;
