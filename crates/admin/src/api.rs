@@ -345,6 +345,8 @@ struct AgentView {
     revoked_at: Option<i64>,
     status: &'static str,
     certificates: Vec<CertificateView>,
+    /// `kid`s of the agent's registered signing keys (token endpoint).
+    signing_keys: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -370,7 +372,24 @@ pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(
         .map_err(|e| call.error(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
 }
 
-fn view(state: &AdminState, agent: AgentRow, certs: Vec<CertificateRow>) -> AgentView {
+/// The `kid`s of an agent's registered signing keys.
+async fn key_ids(state: &AdminState, call: &Call, agent: &str) -> Result<Vec<String>, ApiError> {
+    Ok(state
+        .store
+        .agent_keys(Some(agent))
+        .await
+        .map_err(|e| call.store_error(e))?
+        .into_iter()
+        .map(|k| k.kid)
+        .collect())
+}
+
+fn view(
+    state: &AdminState,
+    agent: AgentRow,
+    certs: Vec<CertificateRow>,
+    signing_keys: Vec<String>,
+) -> AgentView {
     let spiffe_id = AgentName::parse(&agent.name)
         .map(|n| portcullis_identity::SpiffeId::for_agent(state.ca.trust_domain(), &n).to_string())
         .unwrap_or_default();
@@ -394,6 +413,7 @@ fn view(state: &AdminState, agent: AgentRow, certs: Vec<CertificateRow>) -> Agen
                 revoked_at: c.revoked_at,
             })
             .collect(),
+        signing_keys,
     }
 }
 
@@ -488,7 +508,12 @@ async fn create_agent(
             .await
             .map_err(|e| call.store_error(e))?;
     }
-    let view = view(&state, agent, vec![cert]);
+    let view = view(
+        &state,
+        agent,
+        vec![cert],
+        key.map(|k| vec![k.kid]).unwrap_or_default(),
+    );
     issued(&state, &call, "agent.create", view, pem).await
 }
 
@@ -592,7 +617,8 @@ async fn renew_agent(
         .certificates(Some(name.as_str()))
         .await
         .map_err(|e| call.store_error(e))?;
-    let view = view(&state, agent, certs);
+    let keys = key_ids(&state, &call, name.as_str()).await?;
+    let view = view(&state, agent, certs, keys);
     issued(&state, &call, "agent.certificate", view, pem).await
 }
 
@@ -610,6 +636,11 @@ async fn list_agents(
         .certificates(None)
         .await
         .map_err(|e| call.store_error(e))?;
+    let keys = state
+        .store
+        .agent_keys(None)
+        .await
+        .map_err(|e| call.store_error(e))?;
     let views: Vec<AgentView> = agents
         .into_iter()
         .map(|a| {
@@ -618,7 +649,12 @@ async fn list_agents(
                 .filter(|c| c.agent == a.name)
                 .cloned()
                 .collect();
-            view(&state, a, mine)
+            let kids = keys
+                .iter()
+                .filter(|k| k.agent == a.name)
+                .map(|k| k.kid.clone())
+                .collect();
+            view(&state, a, mine, kids)
         })
         .collect();
     Ok(json(
@@ -648,7 +684,8 @@ async fn show_agent(
         .certificates(Some(&name))
         .await
         .map_err(|e| call.store_error(e))?;
-    Ok(json(StatusCode::OK, &view(&state, agent, certs)))
+    let keys = key_ids(&state, &call, &name).await?;
+    Ok(json(StatusCode::OK, &view(&state, agent, certs, keys)))
 }
 
 async fn revoke_agent(
@@ -671,7 +708,8 @@ async fn revoke_agent(
         .certificates(Some(&name))
         .await
         .map_err(|e| call.store_error(e))?;
-    Ok(json(StatusCode::OK, &view(&state, agent, certs)))
+    let keys = key_ids(&state, &call, &name).await?;
+    Ok(json(StatusCode::OK, &view(&state, agent, certs, keys)))
 }
 
 #[derive(Debug, Deserialize)]

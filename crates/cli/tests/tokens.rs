@@ -542,6 +542,11 @@ async fn mtls_bound_tokens_need_their_certificate() {
         .await
         .unwrap();
     assert_eq!(response.status(), 201);
+    let shown = server.cli(&["agent", "show", "dave"]);
+    let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
+    let kids = shown["signing_keys"].as_array().unwrap();
+    assert_eq!(kids.len(), 2, "{shown}");
+    assert!(kids.contains(&Value::from(new_key.kid())));
     let endpoint = server.url("/oauth2/token");
     let assertion = new_key
         .sign_assertion("spiffe://portcullis.local/agent/dave", &endpoint, now(), 60)
