@@ -140,7 +140,19 @@ impl LogVerifier {
         stored_hash: Option<&Hash>,
         completed: impl FnMut(Subtree),
     ) -> Result<(), VerifyError> {
-        let index = self.acc.size();
+        let hash = Self::check_leaf(self.acc.size(), leaf, stored_hash)?;
+        self.push_checked(hash, completed)
+    }
+
+    /// The checks of one leaf that need nothing but the leaf: its `seq` is its
+    /// position `index`, and it hashes to the stored leaf hash. Returns the leaf
+    /// hash. Independent per leaf, so callers may run it in parallel and feed
+    /// the hashes to [`push_checked`](Self::push_checked) in order.
+    pub fn check_leaf(
+        index: u64,
+        leaf: &[u8],
+        stored_hash: Option<&Hash>,
+    ) -> Result<Hash, VerifyError> {
         let found = leaf_seq(leaf);
         if found != Some(index) {
             return Err(VerifyError::SeqMismatch { index, found });
@@ -149,6 +161,17 @@ impl LogVerifier {
         if stored_hash.is_some_and(|stored| *stored != hash) {
             return Err(VerifyError::LeafHashMismatch { index });
         }
+        Ok(hash)
+    }
+
+    /// Appends the next leaf hash, already checked by
+    /// [`check_leaf`](Self::check_leaf), and holds the tree to any checkpoint
+    /// at the new size.
+    pub fn push_checked(
+        &mut self,
+        hash: Hash,
+        completed: impl FnMut(Subtree),
+    ) -> Result<(), VerifyError> {
         self.acc.push_reporting(hash, completed);
         let size = self.acc.size();
         while let Some(checkpoint) = self.checkpoints.get(self.next) {

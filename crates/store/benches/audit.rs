@@ -60,7 +60,7 @@ fn record(i: u64) -> AuditRecord {
     }
 }
 
-#[tokio::main(flavor = "current_thread")]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
     let n = env_num("BENCH_RECORDS", 1_000_000);
     let batch = env_num("BENCH_BATCH", 2048) as usize;

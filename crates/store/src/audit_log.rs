@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use futures_util::TryStreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use portcullis_audit::AuditRecord;
 use portcullis_audit::checkpoint::{self, Checkpoint};
 use portcullis_audit::merkle::{
@@ -27,6 +27,8 @@ use crate::{Store, StoreError};
 
 /// Interior nodes below this level are not stored (recomputed on demand).
 pub const NODE_MIN_LEVEL: u32 = 6;
+/// Records read per page when verifying the whole log.
+const VERIFY_PAGE: u64 = 16_384;
 /// Rows per multi-row audit INSERT statement (5 binds each).
 const AUDIT_ROWS_PER_INSERT: usize = 256;
 
@@ -328,45 +330,88 @@ impl Store {
             }
         }
 
+        // Pages are read and their leaves checked and hashed on two tasks at a
+        // time (row decoding, not hashing, is most of the cost); the tree is
+        // then grown from the hashes strictly in order, so the first failure
+        // reported is the first bad index.
+        let size = self.audit_size().await?;
+        let pages = (0..size)
+            .step_by(VERIFY_PAGE as usize)
+            .map(|start| (start, (start + VERIFY_PAGE).min(size)));
+        let store = self.clone();
+        let mut hashed = futures_util::stream::iter(pages)
+            .map(move |(start, end)| {
+                let store = store.clone();
+                tokio::spawn(async move { store.check_page(start, end).await })
+            })
+            .buffered(2);
         let mut verifier = LogVerifier::new(checkpoints.clone());
         let mut node_failure = None;
-        let mut expected = 0u64;
-        let mut rows = sqlx::query("SELECT seq, record, leaf_hash FROM audit_log ORDER BY seq")
-            .fetch(&self.pool);
-        while let Some(row) = rows.try_next().await.map_err(StoreError::from)? {
-            let seq: i64 = row.try_get("seq").map_err(StoreError::from)?;
-            let record: &str = row.try_get("record").map_err(StoreError::from)?;
-            let leaf_hash: Option<Vec<u8>> = row.try_get("leaf_hash").map_err(StoreError::from)?;
-            if seq as u64 != expected {
-                // A row whose key skips or repeats: a record was removed or inserted.
-                return Err(VerifyError::SeqMismatch {
-                    index: expected,
-                    found: Some(seq as u64),
+        while let Some(page) = hashed.next().await {
+            let page = page.map_err(|e| corrupt(format!("verification task failed: {e}")))??;
+            for hash in page {
+                verifier.push_checked(hash, |s: Subtree| {
+                    if s.level >= NODE_MIN_LEVEL
+                        && node_failure.is_none()
+                        && nodes.get(&(s.level, s.index)).is_some_and(|h| *h != s.hash)
+                    {
+                        node_failure = Some(VerifyError::NodeMismatch {
+                            level: s.level,
+                            index: s.index,
+                        });
+                    }
+                })?;
+                if let Some(failure) = node_failure.take() {
+                    return Err(failure.into());
                 }
-                .into());
             }
-            let stored = leaf_hash.as_deref().map(to_hash).transpose()?;
-            verifier.push(record.as_bytes(), stored.as_ref(), |s: Subtree| {
-                if s.level >= NODE_MIN_LEVEL
-                    && node_failure.is_none()
-                    && nodes.get(&(s.level, s.index)).is_some_and(|h| *h != s.hash)
-                {
-                    node_failure = Some(VerifyError::NodeMismatch {
-                        level: s.level,
-                        index: s.index,
-                    });
-                }
-            })?;
-            if let Some(failure) = node_failure.take() {
-                return Err(failure.into());
-            }
-            expected += 1;
         }
         let summary = verifier.finish()?;
         if summary.size > 0 && summary.checkpoints == 0 {
             return Err(AuditVerifyFailure::Unsigned(summary.size));
         }
         Ok(summary)
+    }
+
+    /// Reads records `start..end`, checks that each sits at its position and
+    /// hashes to its stored leaf hash, and returns the leaf hashes in order.
+    async fn check_page(&self, start: u64, end: u64) -> Result<Vec<Hash>, AuditVerifyFailure> {
+        let rows = sqlx::query(
+            "SELECT seq, record, leaf_hash FROM audit_log WHERE seq >= ? AND seq < ? ORDER BY seq",
+        )
+        .bind(start as i64)
+        .bind(end as i64)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from)?;
+        let mut hashes = Vec::with_capacity(rows.len());
+        for (index, row) in (start..).zip(&rows) {
+            let seq: i64 = row.try_get(0).map_err(StoreError::from)?;
+            if seq as u64 != index {
+                // A row whose key skips: a record was removed (or renumbered).
+                return Err(VerifyError::SeqMismatch {
+                    index,
+                    found: Some(seq as u64),
+                }
+                .into());
+            }
+            let record: &str = row.try_get(1).map_err(StoreError::from)?;
+            let stored: Option<&[u8]> = row.try_get(2).map_err(StoreError::from)?;
+            let stored = stored.map(to_hash).transpose()?;
+            hashes.push(LogVerifier::check_leaf(
+                index,
+                record.as_bytes(),
+                stored.as_ref(),
+            )?);
+        }
+        if (hashes.len() as u64) < end - start {
+            return Err(VerifyError::SeqMismatch {
+                index: start + hashes.len() as u64,
+                found: None,
+            }
+            .into());
+        }
+        Ok(hashes)
     }
 
     async fn check_size(&self, size: u64) -> Result<(), StoreError> {
