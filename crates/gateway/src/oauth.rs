@@ -99,6 +99,13 @@ pub async fn serve(
             if decoded.parts.method != Method::POST {
                 return Err(Denial::new(ErrorCode::MethodNotAllowed, "use POST"));
             }
+            // Fail closed, as routes do: no credential is issued unrecorded.
+            if !gateway.sink.writable() {
+                return Err(Denial::new(
+                    ErrorCode::AuditUnavailable,
+                    "the audit log cannot be written; no token is issued unrecorded",
+                ));
+            }
             token(tokens, conn, directory, decoded, now, recorder).await
         }
     }
