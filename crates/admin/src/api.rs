@@ -155,6 +155,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/agents/{name}", get(show_agent))
         .route("/agents/{name}/revoke", post(revoke_agent))
         .route("/agents/{name}/certificates", post(renew_agent))
+        .route("/agents/{name}/keys", post(add_key))
         .route("/audit", get(audit_tail))
         .merge(crate::vault_api::routes())
         .route(
@@ -316,6 +317,15 @@ struct CreateAgent {
     /// PEM certificate signing request; the private key stays with the caller.
     csr_pem: String,
     ttl_seconds: Option<u64>,
+    /// The agent's public Ed25519 JWK, for the token endpoint (`private_key_jwt`).
+    jwk: Option<serde_json::Value>,
+}
+
+/// `POST /admin/v1/agents/{name}/keys` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AddKey {
+    jwk: serde_json::Value,
 }
 
 /// `POST /admin/v1/agents/{name}/certificates` body.
@@ -335,6 +345,8 @@ struct AgentView {
     revoked_at: Option<i64>,
     status: &'static str,
     certificates: Vec<CertificateView>,
+    /// `kid`s of the agent's registered signing keys (token endpoint).
+    signing_keys: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -360,7 +372,24 @@ pub(crate) fn parse_json<T: for<'de> Deserialize<'de>>(
         .map_err(|e| call.error(ErrorCode::BadRequest, format!("invalid JSON body: {e}")))
 }
 
-fn view(state: &AdminState, agent: AgentRow, certs: Vec<CertificateRow>) -> AgentView {
+/// The `kid`s of an agent's registered signing keys.
+async fn key_ids(state: &AdminState, call: &Call, agent: &str) -> Result<Vec<String>, ApiError> {
+    Ok(state
+        .store
+        .agent_keys(Some(agent))
+        .await
+        .map_err(|e| call.store_error(e))?
+        .into_iter()
+        .map(|k| k.kid)
+        .collect())
+}
+
+fn view(
+    state: &AdminState,
+    agent: AgentRow,
+    certs: Vec<CertificateRow>,
+    signing_keys: Vec<String>,
+) -> AgentView {
     let spiffe_id = AgentName::parse(&agent.name)
         .map(|n| portcullis_identity::SpiffeId::for_agent(state.ca.trust_domain(), &n).to_string())
         .unwrap_or_default();
@@ -384,6 +413,7 @@ fn view(state: &AdminState, agent: AgentRow, certs: Vec<CertificateRow>) -> Agen
                 revoked_at: c.revoked_at,
             })
             .collect(),
+        signing_keys,
     }
 }
 
@@ -453,6 +483,12 @@ async fn create_agent(
         }
     }
     let ttl = ttl(&call, req.ttl_seconds)?;
+    // Checked before anything is stored, so a bad key creates nothing.
+    let key = req
+        .jwk
+        .as_ref()
+        .map(|jwk| key_row(&call, name.as_str(), jwk))
+        .transpose()?;
     let (pem, cert) = issue(&state, &call, &name, &req.csr_pem, ttl)?;
     let agent = AgentRow {
         name: name.to_string(),
@@ -465,8 +501,72 @@ async fn create_agent(
         .create_agent(&agent, &cert)
         .await
         .map_err(|e| call.store_error(e))?;
-    let view = view(&state, agent, vec![cert]);
+    if let Some(key) = &key {
+        state
+            .store
+            .add_agent_key(key)
+            .await
+            .map_err(|e| call.store_error(e))?;
+    }
+    let view = view(
+        &state,
+        agent,
+        vec![cert],
+        key.map(|k| vec![k.kid]).unwrap_or_default(),
+    );
     issued(&state, &call, "agent.create", view, pem).await
+}
+
+/// Checks a public JWK and makes its row: only Ed25519 public keys are accepted.
+fn key_row(
+    call: &Call,
+    agent: &str,
+    jwk: &serde_json::Value,
+) -> Result<portcullis_store::AgentKeyRow, ApiError> {
+    let key = portcullis_identity::PublicJwk::from_json(jwk)
+        .map_err(|e| call.error(ErrorCode::BadRequest, format!("`jwk`: {e}")))?;
+    Ok(portcullis_store::AgentKeyRow {
+        kid: key.thumbprint(),
+        agent: agent.to_string(),
+        jwk: key.to_json().to_string(),
+        created_at: now_ms() / 1000,
+    })
+}
+
+/// `POST /admin/v1/agents/{name}/keys`: registers another public signing key.
+async fn add_key(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: AddKey = parse_json(&call, &body)?;
+    let name =
+        AgentName::parse(&name).map_err(|e| call.error(ErrorCode::BadRequest, e.to_string()))?;
+    let row = key_row(&call, name.as_str(), &req.jwk)?;
+    match state.store.agent(name.as_str()).await {
+        Ok(Some(agent)) if agent.revoked_at.is_none() => {}
+        Ok(_) => return Err(call.error(ErrorCode::NotFound, "no such agent, or it is revoked")),
+        Err(e) => return Err(call.store_error(e)),
+    }
+    state
+        .store
+        .add_agent_key(&row)
+        .await
+        .map_err(|e| call.store_error(e))?;
+    refresh(&state, &call).await?;
+    call.audit(
+        &state.sink,
+        "agent.key",
+        name.as_str(),
+        Outcome::Allow,
+        201,
+        None,
+    );
+    Ok(json(
+        StatusCode::CREATED,
+        &serde_json::json!({ "agent": name.as_str(), "kid": row.kid }),
+    ))
 }
 
 /// The end of every call that issued a certificate: the data plane picks up the
@@ -517,7 +617,8 @@ async fn renew_agent(
         .certificates(Some(name.as_str()))
         .await
         .map_err(|e| call.store_error(e))?;
-    let view = view(&state, agent, certs);
+    let keys = key_ids(&state, &call, name.as_str()).await?;
+    let view = view(&state, agent, certs, keys);
     issued(&state, &call, "agent.certificate", view, pem).await
 }
 
@@ -535,6 +636,11 @@ async fn list_agents(
         .certificates(None)
         .await
         .map_err(|e| call.store_error(e))?;
+    let keys = state
+        .store
+        .agent_keys(None)
+        .await
+        .map_err(|e| call.store_error(e))?;
     let views: Vec<AgentView> = agents
         .into_iter()
         .map(|a| {
@@ -543,7 +649,12 @@ async fn list_agents(
                 .filter(|c| c.agent == a.name)
                 .cloned()
                 .collect();
-            view(&state, a, mine)
+            let kids = keys
+                .iter()
+                .filter(|k| k.agent == a.name)
+                .map(|k| k.kid.clone())
+                .collect();
+            view(&state, a, mine, kids)
         })
         .collect();
     Ok(json(
@@ -573,7 +684,8 @@ async fn show_agent(
         .certificates(Some(&name))
         .await
         .map_err(|e| call.store_error(e))?;
-    Ok(json(StatusCode::OK, &view(&state, agent, certs)))
+    let keys = key_ids(&state, &call, &name).await?;
+    Ok(json(StatusCode::OK, &view(&state, agent, certs, keys)))
 }
 
 async fn revoke_agent(
@@ -596,7 +708,8 @@ async fn revoke_agent(
         .certificates(Some(&name))
         .await
         .map_err(|e| call.store_error(e))?;
-    Ok(json(StatusCode::OK, &view(&state, agent, certs)))
+    let keys = key_ids(&state, &call, &name).await?;
+    Ok(json(StatusCode::OK, &view(&state, agent, certs, keys)))
 }
 
 #[derive(Debug, Deserialize)]

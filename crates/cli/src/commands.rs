@@ -51,6 +51,38 @@ pub enum AgentCommand {
         /// The agent's name.
         name: String,
     },
+    /// Print a fresh access token (client credentials, `private_key_jwt`),
+    /// bound to the agent's key (DPoP) or, with --mtls, to its certificate.
+    Token {
+        /// The agent's name.
+        name: String,
+        /// The directory `agent create --out` wrote (NAME.jwk, ca.crt; NAME.crt/.key for --mtls).
+        #[arg(long)]
+        creds: PathBuf,
+        /// Data-plane URL (default: read from `<state-dir>/gateway.url`).
+        #[arg(long)]
+        gateway: Option<String>,
+        /// Bind the token to the agent's client certificate instead of DPoP.
+        #[arg(long)]
+        mtls: bool,
+    },
+    /// Print a DPoP proof for one request with a DPoP-bound token.
+    Dpop {
+        /// The agent's name.
+        name: String,
+        /// The directory holding NAME.jwk.
+        #[arg(long)]
+        creds: PathBuf,
+        /// The request's method.
+        #[arg(long, default_value = "GET")]
+        method: String,
+        /// The request's URL (as the gateway publishes it; query ignored).
+        #[arg(long)]
+        url: String,
+        /// The access token the proof accompanies (sets `ath`).
+        #[arg(long)]
+        token: Option<String>,
+    },
 }
 
 /// `portcullis audit …`
@@ -181,8 +213,29 @@ fn write_credentials(
 
 /// Runs an agent command.
 pub async fn agent(command: AgentCommand, args: AdminArgs) -> Result<()> {
+    // The token commands talk to the data plane, not the admin API.
+    match &command {
+        AgentCommand::Token {
+            name,
+            creds,
+            gateway,
+            mtls,
+        } => {
+            let state = StateDir::new(args.state.state_dir.clone());
+            return crate::token_cmd::token(&state, name, creds, gateway.clone(), *mtls).await;
+        }
+        AgentCommand::Dpop {
+            name,
+            creds,
+            method,
+            url,
+            token,
+        } => return crate::token_cmd::dpop(name, creds, method, url, token.as_deref()),
+        _ => {}
+    }
     let client = AdminClient::from_args(&args)?;
     match command {
+        AgentCommand::Token { .. } | AgentCommand::Dpop { .. } => {}
         AgentCommand::Create {
             name,
             roles,
@@ -191,16 +244,28 @@ pub async fn agent(command: AgentCommand, args: AdminArgs) -> Result<()> {
         } => {
             // The key is generated here and never sent anywhere: only its CSR is.
             let (key_pem, csr_pem) = portcullis_identity::new_agent_key_and_csr()?;
+            // The token endpoint's signing key: only its public half is sent.
+            let signing_key = portcullis_identity::Ed25519Key::generate();
             let response = client
                 .post(
                     "/agents",
-                    &json!({ "name": name, "roles": roles, "csr_pem": csr_pem, "ttl_seconds": ttl.as_secs() }),
+                    &json!({
+                        "name": name,
+                        "roles": roles,
+                        "csr_pem": csr_pem,
+                        "ttl_seconds": ttl.as_secs(),
+                        "jwk": signing_key.public().to_json(),
+                    }),
                 )
                 .await?;
             write_credentials(&out, &name, &key_pem, &response)?;
+            write_secret(
+                &out.join(format!("{name}.jwk")),
+                signing_key.to_private_jwk().as_bytes(),
+            )?;
             print_json(&response["agent"]);
             eprintln!(
-                "wrote {0}/{1}.crt, {0}/{1}.key (mode 0600) and {0}/ca.crt",
+                "wrote {0}/{1}.crt, {0}/{1}.key, {0}/{1}.jwk (mode 0600) and {0}/ca.crt",
                 out.display(),
                 name
             );

@@ -10,6 +10,7 @@ mod guard_cmd;
 mod inventory;
 mod serve;
 mod state_dir;
+mod token_cmd;
 mod vault_cmd;
 
 use std::path::PathBuf;

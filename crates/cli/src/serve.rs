@@ -212,6 +212,22 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     let checkpoint_task = checkpointer
         .clone()
         .spawn(config.audit.checkpoint_interval, checkpoint_stopped);
+    // Access tokens: signed with a key kept in the state directory (so tokens
+    // survive a restart), issued under the data plane's public URL.
+    let token_key = portcullis_identity::Ed25519Key::from_seed(&load_or_create_seed(
+        &state.token_key(),
+        "the access-token signing key",
+    )?);
+    let token_issuer = config
+        .token_issuer
+        .clone()
+        .unwrap_or_else(|| format!("https://{gateway_addr}"));
+    let tokens = portcullis_gateway::tokens::TokenService::new(
+        portcullis_identity::TokenIssuer::new(token_key, &token_issuer)
+            .context("cannot load the access-token signing key")?,
+        config.token_ttl,
+        &config.trust_domain,
+    );
     let (tracer, trace_exporter) = match &config.telemetry {
         Some(telemetry) => {
             let (tracer, exporter) =
@@ -225,6 +241,7 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     let export_tls = upstream_tls.clone();
     let export_metrics = metrics.clone();
     let gateway = Gateway::new(GatewayParts {
+        tokens,
         config: config.clone(),
         bundle: bundle.clone(),
         checker,

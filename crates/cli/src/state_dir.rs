@@ -63,6 +63,10 @@ impl StateDir {
     pub fn audit_key(&self) -> PathBuf {
         self.root.join("audit.key")
     }
+    /// The access-token signing key (secret, 0600): an Ed25519 seed, hex.
+    pub fn token_key(&self) -> PathBuf {
+        self.root.join("token.key")
+    }
     /// The key of the audit log's pseudonyms (secret, 0600).
     pub fn audit_pseudonym_key(&self) -> PathBuf {
         self.root.join("audit-pseudonym.key")

@@ -44,6 +44,19 @@ pub enum ErrorCode {
     /// The audit log cannot be written, so the request is refused rather than
     /// served unrecorded (fail closed).
     AuditUnavailable,
+    /// An access token was refused: malformed, wrong algorithm or key, bad
+    /// signature, expired, not yet valid, wrong issuer or audience, or not bound
+    /// to what the request presents.
+    InvalidToken,
+    /// A DPoP proof was missing or refused: wrong type or key, bad signature,
+    /// another method or URL, stale, replayed, or signed by a key the token is
+    /// not bound to.
+    InvalidDpopProof,
+    /// The token endpoint could not authenticate the client: unknown agent, no
+    /// registered key, or a refused or replayed client assertion.
+    InvalidClient,
+    /// The token endpoint was asked for a grant it does not support.
+    UnsupportedGrantType,
 }
 
 impl ErrorCode {
@@ -69,21 +82,30 @@ impl ErrorCode {
             ErrorCode::SecretUnavailable => "secret_unavailable",
             ErrorCode::InvalidCiphertext => "invalid_ciphertext",
             ErrorCode::AuditUnavailable => "audit_unavailable",
+            ErrorCode::InvalidToken => "invalid_token",
+            ErrorCode::InvalidDpopProof => "invalid_dpop_proof",
+            ErrorCode::InvalidClient => "invalid_client",
+            ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
         }
     }
 
     /// The HTTP status this code is answered with.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::Unauthenticated | ErrorCode::InvalidCredential | ErrorCode::AgentRevoked => {
-                401
-            }
+            ErrorCode::Unauthenticated
+            | ErrorCode::InvalidCredential
+            | ErrorCode::AgentRevoked
+            | ErrorCode::InvalidToken
+            | ErrorCode::InvalidDpopProof
+            | ErrorCode::InvalidClient => 401,
             ErrorCode::Forbidden | ErrorCode::ContentBlocked => 403,
             ErrorCode::RouteNotFound | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::BadRequest | ErrorCode::InvalidCiphertext => 400,
+            ErrorCode::BadRequest
+            | ErrorCode::InvalidCiphertext
+            | ErrorCode::UnsupportedGrantType => 400,
             ErrorCode::UpstreamUnavailable => 502,
             ErrorCode::UpstreamTimeout => 504,
             ErrorCode::Internal => 500,
@@ -121,6 +143,10 @@ mod tests {
             ErrorCode::SecretUnavailable,
             ErrorCode::InvalidCiphertext,
             ErrorCode::AuditUnavailable,
+            ErrorCode::InvalidToken,
+            ErrorCode::InvalidDpopProof,
+            ErrorCode::InvalidClient,
+            ErrorCode::UnsupportedGrantType,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {

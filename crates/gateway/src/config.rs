@@ -93,6 +93,12 @@ pub struct RawIdentity {
     /// Trust domain of SPIFFE IDs (default `portcullis.local`).
     #[serde(default, deserialize_with = "opt_trust_domain")]
     pub trust_domain: Option<String>,
+    /// Public URL of the data plane: the access tokens' `iss` and `aud`, and the
+    /// base of the token endpoint and of every DPoP `htu` (default
+    /// `https://<bound data-plane address>`).
+    pub token_issuer: Option<String>,
+    /// Lifetime of issued access tokens in seconds (default 300, at most 900).
+    pub token_ttl_seconds: Option<u64>,
 }
 
 /// `[policy]`
@@ -962,6 +968,10 @@ pub struct Config {
     pub server_names: Vec<String>,
     /// SPIFFE trust domain.
     pub trust_domain: String,
+    /// The access tokens' issuer URL, when configured (else the bound address).
+    pub token_issuer: Option<String>,
+    /// Access-token lifetime (seconds).
+    pub token_ttl: u64,
     /// Policy directory.
     pub policy: PolicySource,
     /// Request body limit.
@@ -1077,6 +1087,24 @@ impl Config {
                 "key `audit.checkpoint_interval_ms`: must be greater than 0".into(),
             ));
         }
+        if let Some(ttl) = raw.identity.token_ttl_seconds
+            && !(1..=portcullis_identity::MAX_TOKEN_TTL).contains(&ttl)
+        {
+            return Err(invalid(format!(
+                "key `identity.token_ttl_seconds`: must be between 1 and {} (15 minutes)",
+                portcullis_identity::MAX_TOKEN_TTL
+            )));
+        }
+        if let Some(issuer) = &raw.identity.token_issuer
+            && (!issuer.starts_with("https://")
+                || issuer.len() <= "https://".len()
+                || issuer.ends_with('/')
+                || issuer.contains(['?', '#', ' ']))
+        {
+            return Err(invalid(format!(
+                "key `identity.token_issuer`: `{issuer}` must be an https URL without a trailing slash, query or fragment, e.g. `https://gateway.example.com`"
+            )));
+        }
         if raw.gateway.max_connections == Some(0) {
             return Err(invalid(
                 "key `gateway.max_connections`: must be greater than 0".into(),
@@ -1154,6 +1182,11 @@ impl Config {
                 .max_connections
                 .unwrap_or(DEFAULT_MAX_CONNECTIONS),
             server_names: raw.gateway.server_names,
+            token_issuer: raw.identity.token_issuer,
+            token_ttl: raw
+                .identity
+                .token_ttl_seconds
+                .unwrap_or(portcullis_identity::DEFAULT_TOKEN_TTL),
             trust_domain,
             policy: match raw.policy.dir {
                 Some(dir) if dir.is_absolute() => PolicySource::Dir(dir),
@@ -1435,6 +1468,32 @@ classification = "internal"
 "#,
             "ok 127.0.0.1:7000 127.0.0.1:7001 Dir(\"/etc/p/policies\") 1024 routes=api:/api:internal",
         );
+    }
+
+    #[test]
+    fn token_settings() {
+        let parse = |t: &str| Config::parse(t, Path::new("/p.toml"));
+        let c = parse("").unwrap();
+        assert_eq!((c.token_issuer.as_deref(), c.token_ttl), (None, 300));
+        let c = parse(
+            "[identity]\ntoken_issuer = \"https://gw.example.com\"\ntoken_ttl_seconds = 900\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.token_issuer.as_deref(), c.token_ttl),
+            (Some("https://gw.example.com"), 900)
+        );
+        check(
+            "[identity]\ntoken_ttl_seconds = 901\n",
+            "key `identity.token_ttl_seconds`: must be between 1 and 900",
+        );
+        check("[identity]\ntoken_ttl_seconds = 0\n", "token_ttl_seconds");
+        for bad in ["http://gw", "https://gw/", "https://", "https://gw?x=1"] {
+            check(
+                &format!("[identity]\ntoken_issuer = \"{bad}\"\n"),
+                "key `identity.token_issuer`",
+            );
+        }
     }
 
     #[test]

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 
-use portcullis_store::{AgentRow, CertificateRow};
+use portcullis_identity::PublicJwk;
+use portcullis_store::{AgentKeyRow, AgentRow, CertificateRow};
 
 /// One agent's live state.
 #[derive(Debug, Clone)]
@@ -14,6 +15,8 @@ pub struct DirectoryEntry {
     pub revoked: bool,
     /// Issued certificate serials → whether that certificate is revoked.
     pub serials: HashMap<String, bool>,
+    /// Registered public signing keys (token endpoint), by `kid`.
+    pub keys: HashMap<String, PublicJwk>,
 }
 
 /// Why a verified certificate still does not authenticate.
@@ -45,6 +48,7 @@ impl AgentDirectory {
                         roles: a.roles.clone(),
                         revoked: a.revoked_at.is_some(),
                         serials: HashMap::new(),
+                        keys: HashMap::new(),
                     },
                 )
             })
@@ -57,6 +61,38 @@ impl AgentDirectory {
             }
         }
         AgentDirectory { agents: map }
+    }
+
+    /// Adds the agents' registered public keys. A stored key that does not
+    /// parse is left out (and logged): it can never authenticate anyone.
+    pub fn with_keys(mut self, keys: &[AgentKeyRow]) -> Self {
+        for k in keys {
+            let Some(entry) = self.agents.get_mut(&k.agent) else {
+                continue;
+            };
+            match PublicJwk::from_json_str(&k.jwk) {
+                Ok(jwk) => {
+                    entry.keys.insert(jwk.thumbprint(), jwk);
+                }
+                Err(e) => {
+                    tracing::error!(agent = %k.agent, kid = %k.kid, error = %e, "unusable stored agent key")
+                }
+            }
+        }
+        self
+    }
+
+    /// Checks that `agent` is registered and not revoked (token authentication,
+    /// where no certificate serial is involved).
+    pub fn check_agent(&self, agent: &str) -> Result<&DirectoryEntry, DirectoryRefusal> {
+        let entry = self
+            .agents
+            .get(agent)
+            .ok_or(DirectoryRefusal::UnknownAgent)?;
+        if entry.revoked {
+            return Err(DirectoryRefusal::AgentRevoked);
+        }
+        Ok(entry)
     }
 
     /// Checks that `agent` is live and `serial` is one of its live certificates.

@@ -16,12 +16,14 @@ pub mod demo_upstream;
 pub mod directory;
 pub mod listener;
 pub mod metrics;
+pub mod oauth;
 pub mod otlp;
 pub mod pipeline;
 pub mod pseudonym;
 pub mod respond;
 pub mod route;
 mod state;
+pub mod tokens;
 pub mod trace;
 
 pub use state::{ConnectionState, Gateway, GatewayError, GatewayParts, Snapshot};

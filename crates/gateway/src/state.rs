@@ -102,6 +102,8 @@ pub struct GatewayParts {
     pub vault: Option<Arc<Vault>>,
     /// Where captured payloads go (the vault's capture writer).
     pub captures: Option<CaptureSink>,
+    /// The access-token issuer and replay caches (token endpoint, token authentication).
+    pub tokens: crate::tokens::TokenService,
 }
 
 /// The data plane.
@@ -116,6 +118,7 @@ pub struct Gateway {
     pub(crate) guard: Option<Arc<GuardState>>,
     pub(crate) vault: Option<Arc<Vault>>,
     pub(crate) captures: Option<CaptureSink>,
+    pub(crate) tokens: crate::tokens::TokenService,
     checker: ClientCertChecker,
     bundle: Arc<PolicyBundle>,
     route_entities: Vec<RouteEntity>,
@@ -189,6 +192,7 @@ impl Gateway {
             None
         };
         Ok(Arc::new(Gateway {
+            tokens: parts.tokens,
             guard,
             vault: parts.vault,
             captures: parts.captures,
@@ -351,7 +355,8 @@ async fn build_snapshot(
 ) -> Result<Snapshot, GatewayError> {
     let agents = store.agents().await?;
     let certificates = store.certificates(None).await?;
-    let directory = AgentDirectory::new(&agents, &certificates);
+    let keys = store.agent_keys(None).await?;
+    let directory = AgentDirectory::new(&agents, &certificates).with_keys(&keys);
     // Revoked agents stay out of the policy entities as well: defence in depth.
     let entities: Vec<AgentEntity> = directory
         .agents()

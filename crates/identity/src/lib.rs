@@ -6,11 +6,20 @@
 #![forbid(unsafe_code)]
 
 mod ca;
+mod replay;
 mod spiffe;
+mod token;
 mod verify;
 
 pub use ca::{
     CaError, CertificateAuthority, IssuedCertificate, MAX_AGENT_TTL, new_agent_key_and_csr,
 };
+pub use replay::{ReplayCache, ReplayRefusal};
 pub use spiffe::SpiffeId;
+pub use token::{
+    ASSERTION_TYPE, AccessClaims, AssertionClaims, Confirmation, DEFAULT_TOKEN_TTL, DPOP_WINDOW,
+    DpopClaims, DpopProof, Ed25519Key, MAX_ASSERTION_LIFETIME, MAX_TOKEN_TTL, PublicJwk,
+    TokenError, TokenIssuer, access_token_hash, assertion_client, cert_thumbprint,
+    ed25519_thumbprint, random_id, verify_assertion, verify_dpop_proof,
+};
 pub use verify::{CertRejection, ClientCertChecker, DeferredClientAuth, PeerCertificate};

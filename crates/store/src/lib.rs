@@ -9,7 +9,9 @@
 //! in-memory snapshot and hands audit records to a batching writer.
 #![forbid(unsafe_code)]
 
+mod agent_keys;
 mod audit_log;
+pub use agent_keys::AgentKeyRow;
 mod inventory;
 pub use inventory::InventoryEdge;
 
@@ -118,6 +120,7 @@ fn migrator() -> Migrator {
             "audit_personal",
             include_str!("../migrations/0004_audit_personal.sql"),
         ),
+        migration(5, "tokens", include_str!("../migrations/0005_tokens.sql")),
     ])
 }
 

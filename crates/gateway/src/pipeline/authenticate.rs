@@ -2,12 +2,24 @@
 //! once per connection against the Portcullis CA) must still be within its
 //! validity, and its agent and serial must be live in the current directory, so a
 //! revocation takes effect on the very next request, even on a kept-alive connection.
+//!
+//! Agents that cannot do mTLS present an access token from `POST /oauth2/token`
+//! instead: `Authorization: DPoP <token>` with a `DPoP` proof signed by the key
+//! the token is bound to (`cnf.jkt`), or `Authorization: Bearer <token>` on a
+//! connection presenting the client certificate it is bound to (`cnf.x5t#S256`).
+//! Every token is bound, so a stolen token alone authenticates nobody. The agent
+//! is checked against the live directory exactly as for certificates. On a
+//! connection with a verified client certificate, a `Bearer` value that does not
+//! name the gateway's token key is the agent's own (it never reaches the
+//! upstream) and the certificate authenticates, as before tokens existed.
 
+use http::header;
 use portcullis_core::ErrorCode;
-use portcullis_identity::{CertRejection, PeerCertificate};
+use portcullis_identity::{CertRejection, DPOP_WINDOW, PeerCertificate, ReplayRefusal};
 
 use crate::directory::{AgentDirectory, DirectoryRefusal};
 use crate::respond::Denial;
+use crate::tokens::{TokenService, peer_x5t};
 
 /// The authenticated caller.
 #[derive(Debug, Clone)]
@@ -16,8 +28,10 @@ pub struct Identity {
     pub agent: String,
     /// The SPIFFE ID of the certificate.
     pub spiffe_id: String,
-    /// The certificate serial.
+    /// The certificate serial (empty when authenticated by token).
     pub serial: String,
+    /// How the caller authenticated, for the audit record (`credential`).
+    pub credential: String,
 }
 
 /// A refusal, with what the client presented for the audit record.
@@ -71,21 +85,206 @@ pub fn run(
             agent: peer.agent.to_string(),
             spiffe_id: peer.spiffe_id.clone(),
             serial: peer.serial.clone(),
+            credential: format!("{} serial={}", peer.spiffe_id, peer.serial),
         }),
-        Err(refusal) => {
-            let message = match refusal {
-                DirectoryRefusal::UnknownAgent => "the agent is not registered",
-                DirectoryRefusal::AgentRevoked => "the agent has been revoked",
-                DirectoryRefusal::CertificateRevoked => {
-                    "the certificate has been revoked or is unknown"
-                }
-            };
-            Err(AuthnFailure {
-                denial: Denial::new(ErrorCode::AgentRevoked, message),
-                presented: presented(),
-            })
-        }
+        Err(refusal) => Err(AuthnFailure {
+            denial: Denial::new(ErrorCode::AgentRevoked, refusal_message(refusal)),
+            presented: presented(),
+        }),
     }
+}
+
+fn refusal_message(refusal: DirectoryRefusal) -> &'static str {
+    match refusal {
+        DirectoryRefusal::UnknownAgent => "the agent is not registered",
+        DirectoryRefusal::AgentRevoked => "the agent has been revoked",
+        DirectoryRefusal::CertificateRevoked => "the certificate has been revoked or is unknown",
+    }
+}
+
+/// Runs the stage for a request: an access token when the request carries
+/// `Authorization: DPoP …` or `Authorization: Bearer …`, else the client
+/// certificate.
+pub fn run_request(
+    directory: &AgentDirectory,
+    tokens: &TokenService,
+    peer: Option<&Result<PeerCertificate, CertRejection>>,
+    parts: &http::request::Parts,
+    now_epoch: i64,
+) -> Result<Identity, AuthnFailure> {
+    let authorization = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '));
+    match authorization {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("dpop") => token_identity(
+            directory,
+            tokens,
+            peer,
+            parts,
+            token.trim(),
+            true,
+            now_epoch,
+        ),
+        // A certificate-authenticated agent may still send its own bearer
+        // value (stripped before forwarding, as always): only a token naming
+        // the gateway's key is checked as one, so it cannot be ignored.
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer")
+                && (!matches!(peer, Some(Ok(_))) || tokens.issuer.names_own_key(token.trim())) =>
+        {
+            token_identity(
+                directory,
+                tokens,
+                peer,
+                parts,
+                token.trim(),
+                false,
+                now_epoch,
+            )
+        }
+        _ => run(directory, peer, now_epoch),
+    }
+}
+
+fn token_identity(
+    directory: &AgentDirectory,
+    tokens: &TokenService,
+    peer: Option<&Result<PeerCertificate, CertRejection>>,
+    parts: &http::request::Parts,
+    token: &str,
+    dpop: bool,
+    now: i64,
+) -> Result<Identity, AuthnFailure> {
+    let scheme = if dpop { "dpop" } else { "bearer" };
+    let fail = |code: ErrorCode, message: String, presented: String| AuthnFailure {
+        denial: Denial::new(code, message),
+        presented: Some(presented),
+    };
+    let claims = tokens.issuer.verify(token, now).map_err(|e| {
+        fail(
+            ErrorCode::InvalidToken,
+            format!("access token refused: {e}"),
+            format!("token ({scheme}, refused)"),
+        )
+    })?;
+    let presented = |cnf: &str| format!("{} token jti={} cnf={cnf}", claims.sub, claims.jti);
+    let cnf = if dpop {
+        let Some(jkt) = claims.cnf.jkt.as_deref() else {
+            return Err(fail(
+                ErrorCode::InvalidToken,
+                "the token is bound to a client certificate: send it as `Authorization: Bearer` on that certificate's connection".into(),
+                presented("x5t#S256"),
+            ));
+        };
+        let mut proofs = parts.headers.get_all("dpop").iter();
+        let proof = match (proofs.next(), proofs.next()) {
+            (Some(p), None) => p.to_str().unwrap_or_default(),
+            _ => {
+                return Err(fail(
+                    ErrorCode::InvalidDpopProof,
+                    "exactly one `DPoP` proof header is required with a DPoP token".into(),
+                    presented("dpop"),
+                ));
+            }
+        };
+        let htu = format!("{}{}", tokens.issuer_url(), parts.uri.path());
+        let proof = portcullis_identity::verify_dpop_proof(
+            proof,
+            parts.method.as_str(),
+            &htu,
+            Some(token),
+            now,
+        )
+        .map_err(|e| {
+            fail(
+                ErrorCode::InvalidDpopProof,
+                format!("DPoP proof refused: {e}"),
+                presented("dpop"),
+            )
+        })?;
+        if proof.jkt != jkt {
+            return Err(fail(
+                ErrorCode::InvalidDpopProof,
+                "the DPoP proof is signed by a key the token is not bound to".into(),
+                presented("dpop"),
+            ));
+        }
+        // Checked last, so a refused proof does not use up its `jti`.
+        let key = format!("{}:{}", proof.jkt, proof.claims.jti);
+        match tokens
+            .proofs
+            .check_and_insert(&key, proof.claims.iat + DPOP_WINDOW, now)
+        {
+            Ok(()) => {}
+            Err(ReplayRefusal::Replayed) => {
+                return Err(fail(
+                    ErrorCode::InvalidDpopProof,
+                    "DPoP proof replayed: its `jti` was already used".into(),
+                    presented("dpop"),
+                ));
+            }
+            Err(ReplayRefusal::Full) => {
+                return Err(fail(
+                    ErrorCode::Unavailable,
+                    "too many DPoP proofs in flight; retry shortly".into(),
+                    presented("dpop"),
+                ));
+            }
+        }
+        "dpop"
+    } else {
+        let Some(x5t) = claims.cnf.x5t_s256.as_deref() else {
+            return Err(fail(
+                ErrorCode::InvalidToken,
+                "the token is DPoP-bound: send it as `Authorization: DPoP` with a `DPoP` proof"
+                    .into(),
+                presented("dpop"),
+            ));
+        };
+        let peer = match peer {
+            Some(Ok(peer)) if peer_x5t(peer).as_deref() == Some(x5t) => peer,
+            _ => {
+                return Err(fail(
+                    ErrorCode::InvalidToken,
+                    "the token is bound to a client certificate this connection did not present"
+                        .into(),
+                    presented("x5t#S256"),
+                ));
+            }
+        };
+        if peer.not_after <= now {
+            return Err(fail(
+                ErrorCode::InvalidCredential,
+                "certificate expired".into(),
+                presented("x5t#S256"),
+            ));
+        }
+        if let Err(refusal) = directory.check(peer.agent.as_str(), &peer.serial) {
+            return Err(fail(
+                ErrorCode::AgentRevoked,
+                refusal_message(refusal).into(),
+                presented("x5t#S256"),
+            ));
+        }
+        "x5t#S256"
+    };
+    // As for certificates: the live directory decides, so a revoked agent's
+    // unexpired token stops working on its next request.
+    directory.check_agent(&claims.client_id).map_err(|r| {
+        fail(
+            ErrorCode::AgentRevoked,
+            refusal_message(r).into(),
+            presented(cnf),
+        )
+    })?;
+    Ok(Identity {
+        agent: claims.client_id.clone(),
+        credential: presented(cnf),
+        spiffe_id: claims.sub,
+        serial: String::new(),
+    })
 }
 
 #[cfg(test)]

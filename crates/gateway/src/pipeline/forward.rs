@@ -119,6 +119,8 @@ impl Forwarder {
         headers.remove(header::HOST);
         headers.remove(AGENT_HEADER);
         headers.remove(header::AUTHORIZATION);
+        // The DPoP proof is for the gateway alone, like the token it accompanies.
+        headers.remove("dpop");
         if let Some(injected) = injected {
             inject_header(&mut headers, injected, &context.route.name)?;
         }

@@ -5,7 +5,8 @@
 //! ```text
 //! accept        (listener.rs) TLS termination, connection limits, timeouts
 //! decode        size limit, path safety, audit back-pressure
-//! authenticate  client certificate → live agent (directory check, expiry)
+//! authenticate  client certificate or bound access token → live agent
+//!               (oauth.rs answers /oauth2/token and /.well-known/* here instead)
 //! contextualize route (resource), method (action), time, source address;
 //!               then the fail-closed check: is the audit log writable?
 //! inspect       content guard on the request body: injection and DLP findings
@@ -144,8 +145,26 @@ async fn run(
     // of the agent directory and the policies.
     let snapshot = gateway.snapshot();
 
+    if crate::oauth::is_oauth_path(decoded.parts.uri.path()) {
+        return crate::oauth::serve(
+            gateway,
+            conn,
+            &snapshot.directory,
+            decoded,
+            now_epoch,
+            recorder,
+        )
+        .await;
+    }
+
     let t = Instant::now();
-    let identity = authenticate::run(&snapshot.directory, conn.peer.as_ref(), now_epoch);
+    let identity = authenticate::run_request(
+        &snapshot.directory,
+        &gateway.tokens,
+        conn.peer.as_ref(),
+        &decoded.parts,
+        now_epoch,
+    );
     let elapsed = t.elapsed();
     metrics.stage(Stage::Authenticate, elapsed);
     recorder.trace_stage(Stage::Authenticate, t, elapsed);
@@ -153,7 +172,7 @@ async fn run(
         Ok(identity) => {
             let record = recorder.record();
             record.principal = Some(identity.agent.clone());
-            record.credential = Some(format!("{} serial={}", identity.spiffe_id, identity.serial));
+            record.credential = Some(identity.credential.clone());
             identity
         }
         Err(failure) => {

@@ -1,0 +1,436 @@
+//! The OAuth 2.0 authorization server on the data plane, for agents that cannot
+//! do mTLS:
+//!
+//! - `POST /oauth2/token`: the client-credentials grant with `private_key_jwt`
+//!   client authentication (RFC 7523). The agent signs a short assertion with
+//!   its registered Ed25519 key; no shared secret exists. The token is bound to
+//!   the DPoP key of the request's `DPoP` proof (RFC 9449), or, without one, to
+//!   the agent's client certificate on this connection (RFC 8705). A request
+//!   that offers neither gets no token: every token is sender-constrained.
+//! - `GET /.well-known/jwks.json`: the gateway's token verification key.
+//! - `GET /.well-known/oauth-authorization-server`: metadata (RFC 8414).
+//!
+//! These paths need no client certificate. Every call leaves one audit record
+//! (resource `oauth2_token`), including refusals.
+
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use portcullis_audit::Outcome;
+use portcullis_core::{AgentName, ErrorCode};
+use portcullis_identity::{
+    ASSERTION_TYPE, Confirmation, DPOP_WINDOW, PeerCertificate, ReplayRefusal, SpiffeId,
+    assertion_client, verify_assertion, verify_dpop_proof,
+};
+use serde::Deserialize;
+
+use crate::body::Recorder;
+use crate::directory::{AgentDirectory, DirectoryRefusal};
+use crate::pipeline::decode::DecodedRequest;
+use crate::respond::{Denial, ResponseBody, full};
+use crate::state::{ConnectionState, Gateway};
+use crate::tokens::{TokenService, peer_x5t};
+
+const TOKEN_PATH: &str = "/oauth2/token";
+const JWKS_PATH: &str = "/.well-known/jwks.json";
+const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
+/// A token request is a few assertions long; anything bigger is not one.
+const MAX_FORM_BYTES: usize = 16 * 1024;
+
+/// Whether `path` is served here rather than routed.
+pub fn is_oauth_path(path: &str) -> bool {
+    matches!(path, TOKEN_PATH | JWKS_PATH | METADATA_PATH)
+}
+
+fn json_response(
+    status: StatusCode,
+    value: &serde_json::Value,
+    cache: &'static str,
+) -> Response<ResponseBody> {
+    let mut response = Response::new(full(value.to_string()));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
+    response
+}
+
+/// Serves one of the OAuth paths.
+pub async fn serve(
+    gateway: &Gateway,
+    conn: &ConnectionState,
+    directory: &AgentDirectory,
+    decoded: DecodedRequest,
+    now: i64,
+    recorder: &mut Recorder,
+) -> Result<Response<ResponseBody>, Denial> {
+    let tokens = &gateway.tokens;
+    let path = decoded.parts.uri.path().to_string();
+    recorder.record().resource = Some("oauth2_token".into());
+    let get_only = |method: &Method| {
+        if method == Method::GET || method == Method::HEAD {
+            Ok(())
+        } else {
+            Err(Denial::new(ErrorCode::MethodNotAllowed, "use GET"))
+        }
+    };
+    match path.as_str() {
+        JWKS_PATH => {
+            get_only(&decoded.parts.method)?;
+            recorder.record().outcome = Outcome::Allow;
+            Ok(json_response(
+                StatusCode::OK,
+                &tokens.issuer.jwks(),
+                "public, max-age=300",
+            ))
+        }
+        METADATA_PATH => {
+            get_only(&decoded.parts.method)?;
+            recorder.record().outcome = Outcome::Allow;
+            Ok(json_response(
+                StatusCode::OK,
+                &metadata(tokens),
+                "public, max-age=300",
+            ))
+        }
+        _ => {
+            if decoded.parts.method != Method::POST {
+                return Err(Denial::new(ErrorCode::MethodNotAllowed, "use POST"));
+            }
+            // Fail closed, as routes do: no credential is issued unrecorded.
+            if !gateway.sink.writable() {
+                return Err(Denial::new(
+                    ErrorCode::AuditUnavailable,
+                    "the audit log cannot be written; no token is issued unrecorded",
+                ));
+            }
+            token(tokens, conn, directory, decoded, now, recorder).await
+        }
+    }
+}
+
+fn metadata(tokens: &TokenService) -> serde_json::Value {
+    serde_json::json!({
+        "issuer": tokens.issuer_url(),
+        "token_endpoint": tokens.token_url(),
+        "jwks_uri": format!("{}{JWKS_PATH}", tokens.issuer_url()),
+        "grant_types_supported": ["client_credentials"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
+        "dpop_signing_alg_values_supported": ["EdDSA"],
+        "tls_client_certificate_bound_access_tokens": true,
+    })
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenRequest {
+    grant_type: Option<String>,
+    client_id: Option<String>,
+    client_assertion_type: Option<String>,
+    client_assertion: Option<String>,
+}
+
+fn client(code: ErrorCode, message: impl Into<String>) -> Denial {
+    Denial::new(code, message)
+}
+
+/// `client_id` (agent name or SPIFFE ID) → agent name.
+fn agent_of(client_id: &str, trust_domain: &str) -> Option<AgentName> {
+    if client_id.starts_with("spiffe://") {
+        SpiffeId::parse_agent(client_id, trust_domain).map(|id| id.agent().clone())
+    } else {
+        AgentName::parse(client_id).ok()
+    }
+}
+
+async fn token(
+    tokens: &TokenService,
+    conn: &ConnectionState,
+    directory: &AgentDirectory,
+    decoded: DecodedRequest,
+    now: i64,
+    recorder: &mut Recorder,
+) -> Result<Response<ResponseBody>, Denial> {
+    let is_form = decoded
+        .parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    if !is_form {
+        return Err(client(
+            ErrorCode::BadRequest,
+            "the token request must be `application/x-www-form-urlencoded`",
+        ));
+    }
+    let proof_header = {
+        let mut all = decoded.parts.headers.get_all("dpop").iter();
+        match (all.next(), all.next()) {
+            (None, _) => None,
+            (Some(v), None) => Some(v.to_str().unwrap_or_default().to_string()),
+            _ => {
+                return Err(client(
+                    ErrorCode::InvalidDpopProof,
+                    "at most one `DPoP` proof header",
+                ));
+            }
+        }
+    };
+    let too_large = || {
+        client(
+            ErrorCode::BadRequest,
+            format!("the token request body must be at most {MAX_FORM_BYTES} bytes"),
+        )
+    };
+    let mut body_stream = decoded.body;
+    let mut body = Vec::new();
+    while let Some(frame) = body_stream.frame().await {
+        let frame = frame.map_err(|_| too_large())?;
+        if let Some(data) = frame.data_ref() {
+            if body.len() + data.len() > MAX_FORM_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(data);
+        }
+    }
+    let form: TokenRequest = serde_urlencoded::from_bytes(&body).map_err(|_| {
+        client(
+            ErrorCode::BadRequest,
+            "the token request is not a valid form",
+        )
+    })?;
+    if form.grant_type.as_deref() != Some("client_credentials") {
+        return Err(client(
+            ErrorCode::UnsupportedGrantType,
+            "only `grant_type=client_credentials` is supported",
+        ));
+    }
+    if form.client_assertion_type.as_deref() != Some(ASSERTION_TYPE) {
+        return Err(client(
+            ErrorCode::InvalidClient,
+            format!(
+                "client authentication must be `private_key_jwt`: `client_assertion_type={ASSERTION_TYPE}` and a `client_assertion`"
+            ),
+        ));
+    }
+    let assertion = form.client_assertion.as_deref().unwrap_or_default();
+    let claimed = assertion_client(assertion).map_err(|e| {
+        client(
+            ErrorCode::InvalidClient,
+            format!("client assertion refused: {e}"),
+        )
+    })?;
+    if form.client_id.as_deref().is_some_and(|c| c != claimed) {
+        return Err(client(
+            ErrorCode::InvalidClient,
+            "`client_id` does not match the assertion's `iss`",
+        ));
+    }
+    let agent = agent_of(&claimed, &tokens.trust_domain)
+        .ok_or_else(|| client(ErrorCode::InvalidClient, "unknown client"))?;
+    let entry = directory.check_agent(agent.as_str()).map_err(|r| match r {
+        DirectoryRefusal::AgentRevoked => {
+            client(ErrorCode::AgentRevoked, "the agent has been revoked")
+        }
+        _ => client(ErrorCode::InvalidClient, "unknown client"),
+    })?;
+    let spiffe_id = SpiffeId::for_agent(&tokens.trust_domain, &agent).to_string();
+    recorder.record().principal = Some(agent.to_string());
+    let kid = jsonwebtoken_kid(assertion);
+    let key = match kid.as_deref() {
+        Some(kid) => entry.keys.get(kid),
+        None if entry.keys.len() == 1 => entry.keys.values().next(),
+        None => None,
+    }
+    .ok_or_else(|| {
+        client(
+            ErrorCode::InvalidClient,
+            "no registered signing key matches the assertion (register one with `portcullis agent create` or POST /admin/v1/agents/{name}/keys)",
+        )
+    })?;
+    let audiences = [tokens.token_url(), tokens.issuer_url()];
+    let claims = verify_assertion(assertion, key, &claimed, &audiences, now).map_err(|e| {
+        client(
+            ErrorCode::InvalidClient,
+            format!("client assertion refused: {e}"),
+        )
+    })?;
+    recorder.record().credential = Some(format!(
+        "{spiffe_id} assertion kid={} jti={}",
+        key.thumbprint(),
+        claims.jti
+    ));
+
+    // The binding is checked before the assertion's `jti` is spent, so a
+    // request refused for its proof can be retried with the same assertion.
+    let (cnf, token_type, proof_key) = match proof_header {
+        Some(proof) => {
+            let proof =
+                verify_dpop_proof(&proof, "POST", tokens.token_url(), None, now).map_err(|e| {
+                    client(
+                        ErrorCode::InvalidDpopProof,
+                        format!("DPoP proof refused: {e}"),
+                    )
+                })?;
+            let key = format!("{}:{}", proof.jkt, proof.claims.jti);
+            let until = proof.claims.iat + DPOP_WINDOW;
+            (
+                Confirmation {
+                    jkt: Some(proof.jkt),
+                    x5t_s256: None,
+                },
+                "DPoP",
+                Some((key, until)),
+            )
+        }
+        None => {
+            let x5t = bound_certificate(conn.peer.as_ref(), directory, &agent, now)?;
+            (
+                Confirmation {
+                    jkt: None,
+                    x5t_s256: Some(x5t),
+                },
+                "Bearer",
+                None,
+            )
+        }
+    };
+    replay(
+        &tokens.assertions,
+        &format!("{agent}:{}", claims.jti),
+        claims.exp,
+        now,
+        ErrorCode::InvalidClient,
+        "client assertion",
+    )?;
+    if let Some((key, until)) = proof_key {
+        replay(
+            &tokens.proofs,
+            &key,
+            until,
+            now,
+            ErrorCode::InvalidDpopProof,
+            "DPoP proof",
+        )?;
+    }
+    let (token, issued) = tokens
+        .issuer
+        .issue(agent.as_str(), &spiffe_id, cnf, now, tokens.ttl)
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot sign an access token");
+            Denial::new(ErrorCode::Internal, "internal error")
+        })?;
+    {
+        let record = recorder.record();
+        record.outcome = Outcome::Allow;
+        record.credential = Some(format!(
+            "{spiffe_id} assertion jti={} issued token jti={} cnf={}",
+            claims.jti,
+            issued.jti,
+            if token_type == "DPoP" {
+                "dpop"
+            } else {
+                "x5t#S256"
+            }
+        ));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &serde_json::json!({
+            "access_token": token,
+            "token_type": token_type,
+            "expires_in": issued.exp - issued.iat,
+        }),
+        "no-store",
+    ))
+}
+
+fn replay(
+    cache: &portcullis_identity::ReplayCache,
+    key: &str,
+    until: i64,
+    now: i64,
+    code: ErrorCode,
+    what: &str,
+) -> Result<(), Denial> {
+    cache
+        .check_and_insert(key, until, now)
+        .map_err(|r| match r {
+            ReplayRefusal::Replayed => {
+                Denial::new(code, format!("{what} replayed: its `jti` was already used"))
+            }
+            ReplayRefusal::Full => Denial::new(
+                ErrorCode::Unavailable,
+                "too many credentials in flight; retry shortly",
+            ),
+        })
+}
+
+/// The `kid` of a JWS header, if any (the signature is checked afterwards).
+fn jsonwebtoken_kid(jws: &str) -> Option<String> {
+    use base64::Engine;
+    let header = jws.split('.').next()?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header)
+        .ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    value.get("kid")?.as_str().map(str::to_string)
+}
+
+/// Without a DPoP proof, the token is bound to the connection's client
+/// certificate, which must be a live certificate of the same agent.
+fn bound_certificate(
+    peer: Option<&Result<PeerCertificate, portcullis_identity::CertRejection>>,
+    directory: &AgentDirectory,
+    agent: &AgentName,
+    now: i64,
+) -> Result<String, Denial> {
+    let Some(Ok(peer)) = peer else {
+        return Err(Denial::new(
+            ErrorCode::BadRequest,
+            "tokens are always sender-constrained: send a `DPoP` proof header, or connect with the agent's client certificate",
+        ));
+    };
+    if peer.agent != *agent {
+        return Err(Denial::new(
+            ErrorCode::InvalidClient,
+            "the client certificate belongs to another agent than the assertion",
+        ));
+    }
+    if peer.not_after <= now || directory.check(agent.as_str(), &peer.serial).is_err() {
+        return Err(Denial::new(
+            ErrorCode::InvalidCredential,
+            "the client certificate is expired or revoked",
+        ));
+    }
+    peer_x5t(peer).ok_or_else(|| Denial::new(ErrorCode::Internal, "internal error"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_ids_and_paths() {
+        let name = |c: &str| agent_of(c, "t.example").map(|a| a.to_string());
+        assert_eq!(name("bot").as_deref(), Some("bot"));
+        assert_eq!(name("spiffe://t.example/agent/bot").as_deref(), Some("bot"));
+        // Another trust domain, or not an agent ID, names nobody.
+        assert_eq!(name("spiffe://other/agent/bot"), None);
+        assert_eq!(name("spiffe://t.example/user/bot"), None);
+        assert_eq!(name("Not A Name"), None);
+        assert!(is_oauth_path("/oauth2/token"));
+        assert!(is_oauth_path("/.well-known/jwks.json"));
+        assert!(!is_oauth_path("/oauth2/token/x"));
+        assert_eq!(
+            jsonwebtoken_kid("eyJraWQiOiJrMSIsImFsZyI6IkVkRFNBIn0.e30.x").as_deref(),
+            Some("k1")
+        );
+        assert_eq!(jsonwebtoken_kid("garbage"), None);
+    }
+}

@@ -1,0 +1,56 @@
+//! The gateway's token state: the access-token issuer (its key and public URL),
+//! the lifetime of issued tokens, and the two `jti` replay caches (client
+//! assertions at the token endpoint, DPoP proofs on every token request).
+//! All in memory; the request path never waits on disk.
+
+use portcullis_identity::{PeerCertificate, ReplayCache, TokenIssuer};
+
+/// Live entries each replay cache holds before refusing new ones. Entries
+/// expire with their credential (5 min assertions, 60 s proofs), so this is
+/// ~3,000 new proofs a second sustained before refusals, per node.
+const REPLAY_CAPACITY: usize = 200_000;
+
+/// Issues and checks access tokens.
+#[derive(Debug)]
+pub struct TokenService {
+    pub(crate) issuer: TokenIssuer,
+    pub(crate) token_url: String,
+    pub(crate) ttl: u64,
+    pub(crate) assertions: ReplayCache,
+    pub(crate) proofs: ReplayCache,
+    pub(crate) trust_domain: String,
+}
+
+impl TokenService {
+    /// A service issuing tokens with `issuer` valid for `ttl` seconds, to
+    /// agents of `trust_domain`.
+    pub fn new(issuer: TokenIssuer, ttl: u64, trust_domain: &str) -> Self {
+        TokenService {
+            token_url: format!("{}/oauth2/token", issuer.issuer()),
+            issuer,
+            ttl,
+            assertions: ReplayCache::new(REPLAY_CAPACITY),
+            proofs: ReplayCache::new(REPLAY_CAPACITY),
+            trust_domain: trust_domain.to_string(),
+        }
+    }
+
+    /// The issuer URL (also the base of every `htu`).
+    pub fn issuer_url(&self) -> &str {
+        self.issuer.issuer()
+    }
+
+    /// The token endpoint URL (the audience of client assertions).
+    pub fn token_url(&self) -> &str {
+        &self.token_url
+    }
+}
+
+/// RFC 8705 `x5t#S256` of a verified client certificate (base64url SHA-256 of
+/// its DER), from the `sha256:<hex>` fingerprint the certificate check keeps.
+pub fn peer_x5t(peer: &PeerCertificate) -> Option<String> {
+    use base64::Engine;
+    let hex_digest = peer.fingerprint.strip_prefix("sha256:")?;
+    let bytes = hex::decode(hex_digest).ok()?;
+    Some(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
