@@ -153,6 +153,10 @@ pub enum AuditCommand {
 /// `portcullis policy …`
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
+    /// Print the schema this version of Portcullis ships (the entity and
+    /// context types the gateway's requests use), e.g. to update a policy
+    /// directory seeded by an older version.
+    Schema,
     /// Check a policy directory against its schema (default: `<state-dir>/policies`).
     Validate {
         /// Directory holding `schema.cedarschema` and `*.cedar` files.
@@ -328,6 +332,9 @@ pub async fn audit(command: AuditCommand, args: AdminArgs) -> Result<()> {
 /// Runs a policy command (offline: no server needed).
 pub fn policy(command: PolicyCommand, state: StateDirArg) -> Result<()> {
     match command {
+        PolicyCommand::Schema => {
+            print!("{}", portcullis_policy::DEFAULT_SCHEMA);
+        }
         PolicyCommand::Validate { dir } => {
             let dir = dir.unwrap_or_else(|| StateDir::new(state.state_dir).policies());
             let sources = portcullis_policy::PolicySources::read_dir(&dir)?;

@@ -784,3 +784,33 @@ async fn configured_server_names_are_in_the_certificate() {
         "a name outside the certificate must not verify"
     );
 }
+
+#[test]
+fn policy_schema_prints_the_shipped_schema_that_validates() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["policy", "schema"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout.clone()).unwrap(),
+        portcullis_policy::DEFAULT_SCHEMA
+    );
+    std::fs::write(dir.path().join("schema.cedarschema"), &out.stdout).unwrap();
+    std::fs::write(
+        dir.path().join("quickstart.cedar"),
+        portcullis_policy::DEFAULT_POLICIES,
+    )
+    .unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["policy", "validate"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -456,7 +456,7 @@ impl Authorizer {
             self.cedar_request(&sample, Some(&self.bundle.schema))
                 .map_err(|e| {
                     EntityError(format!(
-                        "the schema does not accept the requests the gateway makes for action `{}`: {e}",
+                        "the schema does not accept the requests the gateway makes for action `{}`: {e}. {SCHEMA_HINT}",
                         action.as_str()
                     ))
                 })?;
@@ -561,6 +561,10 @@ struct ScopeIndex {
 
 /// Most memoized decisions a snapshot keeps; past it, decisions are computed.
 const MEMO_CAPACITY: usize = 65_536;
+
+/// What to do when a schema no longer fits the requests: usually a policy
+/// directory seeded by an older version, whose context types lack a newer field.
+pub(crate) const SCHEMA_HINT: &str = "If this schema was written by an older version of Portcullis (for example the one seeded into `<state-dir>/policies`), update it from the shipped schema, `crates/policy/defaults/schema.cedarschema`, which `portcullis policy schema` prints";
 
 /// The candidate policies of one request, as a bitset over `ScopeIndex::policies`.
 struct Matching {

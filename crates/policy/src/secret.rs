@@ -113,7 +113,8 @@ impl SecretAuthz {
             .request(&sample, Some(&bundle.schema))
             .map_err(|e| {
                 EntityError::new(format!(
-                    "the schema does not accept the requests the gateway makes for action `{USE_SECRET}`: {e}"
+                    "the schema does not accept the requests the gateway makes for action `{USE_SECRET}`: {e}. {}",
+                    crate::decide::SCHEMA_HINT
                 ))
             })?;
         Ok(Some(authz))
