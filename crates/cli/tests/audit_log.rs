@@ -126,12 +126,7 @@ async fn proofs_exports_and_tampering_found_at_its_index() {
             .await
             .unwrap();
         assert_eq!(response.status(), 200);
-        ids.push(
-            response.headers()["x-request-id"]
-                .to_str()
-                .unwrap()
-                .to_string(),
-        );
+        ids.push(request_id(&response));
         let body = response.bytes().await.unwrap();
         if i == 4 {
             // Chain of custody: the response the client holds matches the record.
@@ -321,7 +316,7 @@ async fn kill_9_under_load_loses_no_acknowledged_record() {
     let (cert, key) = server.create_agent("bot", &["reader"]);
     let client = client(&server.ca_pem(), Some((&cert, &key)));
     let admin = support::client(&server.ca_pem(), None);
-    let token = std::fs::read_to_string(server.state_dir().join("admin.token")).unwrap();
+    let token = server.admin_token();
     let token = token.trim().to_string();
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -400,10 +395,7 @@ async fn kill_9_under_load_loses_no_acknowledged_record() {
     let client = support::client(&server.ca_pem(), Some((&cert, &key)));
     let response = client.get(server.url("/api/after")).send().await.unwrap();
     assert_eq!(response.status(), 200);
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let id = request_id(&response);
     let record = server.audit_record(&id);
     assert!(record["seq"].as_u64().unwrap() >= verified);
     run_ok(server.cli(&["audit", "checkpoint", "--sign"]));
@@ -437,10 +429,7 @@ async fn the_gateway_fails_closed_when_the_log_cannot_be_written() {
     tokio::time::sleep(Duration::from_millis(800)).await;
 
     let refused = client.get(server.url("/api/refused")).send().await.unwrap();
-    let refused_id = refused.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let refused_id = request_id(&refused);
     let (status, error) = error_of(refused).await;
     assert_eq!(
         (status, error["code"].as_str()),
@@ -449,7 +438,7 @@ async fn the_gateway_fails_closed_when_the_log_cannot_be_written() {
     // The fail-open route is still served.
     let open = client.get(server.url("/open/served")).send().await.unwrap();
     assert_eq!(open.status(), 200);
-    let open_id = open.headers()["x-request-id"].to_str().unwrap().to_string();
+    let open_id = request_id(&open);
     // Admin changes are refused too.
     let err = run_failing(server.cli(&[
         "agent",
@@ -511,12 +500,7 @@ async fn personal_fields_are_pseudonymized_and_clear_values_kept_for_retention()
     for _ in 0..2 {
         let response = client.get(server.url("/api/x")).send().await.unwrap();
         assert_eq!(response.status(), 200);
-        ids.push(
-            response.headers()["x-request-id"]
-                .to_str()
-                .unwrap()
-                .to_string(),
-        );
+        ids.push(request_id(&response));
     }
     let first = server.audit_record(&ids[0]);
     let second = server.audit_record(&ids[1]);
@@ -532,7 +516,7 @@ async fn personal_fields_are_pseudonymized_and_clear_values_kept_for_retention()
             .contains("127.0.0.1")
     );
     // The clear value is kept beside the log, for the admin, until it expires.
-    let token = std::fs::read_to_string(server.state_dir().join("admin.token")).unwrap();
+    let token = server.admin_token();
     let admin = support::client(&server.ca_pem(), None);
     let record: Value = admin
         .get(format!(

@@ -41,10 +41,6 @@ async fn server_with_upstream() -> (Server, StreamGate) {
     (server, gate)
 }
 
-fn request_id(r: &reqwest::Response) -> String {
-    r.headers()["x-request-id"].to_str().unwrap().to_string()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn allowed_request_reaches_upstream_with_identity_and_is_recorded() {
     let (server, _) = server_with_upstream().await;
@@ -485,7 +481,7 @@ async fn admin_api_requires_the_admin_token_and_serves_health_and_metrics() {
         (status, error["code"].as_str().unwrap()),
         (401, "invalid_credential")
     );
-    let token = std::fs::read_to_string(server.state_dir().join("admin.token")).unwrap();
+    let token = server.admin_token();
     let response = client
         .post(admin("/admin/v1/agents"))
         .bearer_auth(token.trim())

@@ -537,17 +537,11 @@ endpoint = "http://{http}/otlp"
         .await
         .unwrap();
     assert_eq!(allowed.status(), 200);
-    let allowed_id = allowed.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let allowed_id = request_id(&allowed);
     let echoed: Value = allowed.json().await.unwrap();
     let denied = agent.get(server.url("/secret/x")).send().await.unwrap();
     assert_eq!(denied.status(), 403);
-    let denied_id = denied.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let denied_id = request_id(&denied);
     let anonymous = client(&server.ca_pem(), None)
         .get(server.url("/api/x"))
         .send()

@@ -286,7 +286,7 @@ async fn the_gateway_blocks_redacts_and_lets_policy_decide_on_content() {
     .await
     .unwrap();
     assert_eq!(r.status(), 403);
-    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let id = request_id(&r);
     let v: Value = r.json().await.unwrap();
     assert_eq!(error_of(&v), "content_blocked", "{v}");
     let record = server.audit_record(&id);
@@ -311,7 +311,7 @@ async fn the_gateway_blocks_redacts_and_lets_policy_decide_on_content() {
     .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["x-saw-accept-encoding"], "no");
-    let key_id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let key_id = request_id(&r);
     let echoed: Value = r.json().await.unwrap();
     assert_eq!(
         echoed["note"],

@@ -91,10 +91,7 @@ async fn get(
 
 /// Expects a 401 with `code`, recorded in the audit log with that code.
 async fn refused(server: &Server, response: reqwest::Response, code: &str, what: &str) {
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let id = request_id(&response);
     let (status, error) = error_of(response).await;
     assert_eq!(
         (status, error["code"].as_str()),
@@ -156,10 +153,7 @@ async fn dpop_bound_tokens_work_and_attacks_are_refused() {
         .unwrap();
     let response = get(&client, &url, "DPoP", &token, Some(proof.clone())).await;
     assert_eq!(response.status(), 200);
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let id = request_id(&response);
     let echoed: Value = response.json().await.unwrap();
     // Neither the token nor the proof reaches the upstream.
     assert!(echoed["headers"].get("authorization").is_none(), "{echoed}");
@@ -416,7 +410,7 @@ async fn dpop_bound_tokens_work_and_attacks_are_refused() {
     );
     // Revoked through the admin API; the snapshot is swapped before the call
     // returns, so the very next request is refused.
-    let admin_token = std::fs::read_to_string(server.state_dir().join("admin.token")).unwrap();
+    let admin_token = server.admin_token();
     let p = bob
         .sign_dpop_proof("GET", &url, Some(&bob_token), now())
         .unwrap();
@@ -469,10 +463,7 @@ async fn mtls_bound_tokens_need_their_certificate() {
     let with_cert = client(&server.ca_pem(), Some((&cert, &key)));
     let response = get(&with_cert, &url, "Bearer", &token, None).await;
     assert_eq!(response.status(), 200);
-    let id = response.headers()["x-request-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
+    let id = request_id(&response);
     let credential = server.audit_record(&id)["credential"]
         .as_str()
         .unwrap()
@@ -520,7 +511,7 @@ async fn mtls_bound_tokens_need_their_certificate() {
 
     // A key registered later through the admin API works at the token endpoint;
     // a JWK with its private half is refused and never stored.
-    let admin_token = std::fs::read_to_string(server.state_dir().join("admin.token")).unwrap();
+    let admin_token = server.admin_token();
     let admin = client(&server.ca_pem(), None);
     let keys_url = format!("https://{}/admin/v1/agents/dave/keys", server.admin);
     let new_key = Ed25519Key::generate();

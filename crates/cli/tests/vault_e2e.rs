@@ -241,7 +241,7 @@ async fn credentials_are_injected_by_policy_and_never_written_in_plaintext() {
     );
     // And carol, allowed the route but no secret, is refused before forwarding.
     let r = carol.get(server.url("/hdr/x")).send().await.unwrap();
-    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let id = request_id(&r);
     let (status, err) = error_of(r).await;
     assert_eq!(status, 403);
     assert_eq!(err["code"], "forbidden");
@@ -272,7 +272,7 @@ async fn credentials_are_injected_by_policy_and_never_written_in_plaintext() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let id = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let id = request_id(&r);
     let _ = r.bytes().await.unwrap();
     let mut shown = None;
     for _ in 0..100 {

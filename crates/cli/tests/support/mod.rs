@@ -145,6 +145,14 @@ impl Server {
         self.path().join("state")
     }
 
+    /// The admin bearer token `serve` wrote into the state directory.
+    pub fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.state_dir().join("admin.token"))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
     pub fn ca_pem(&self) -> String {
         std::fs::read_to_string(self.state_dir().join("ca.crt")).unwrap()
     }
@@ -272,6 +280,11 @@ pub fn client(ca_pem: &str, identity: Option<(&Path, &Path)>) -> reqwest::Client
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap()
+}
+
+/// The request id the gateway returned (`X-Request-Id`).
+pub fn request_id(r: &reqwest::Response) -> String {
+    r.headers()["x-request-id"].to_str().unwrap().to_string()
 }
 
 /// The JSON error of a response, with its status.
