@@ -12,6 +12,7 @@
 
 mod bundle;
 mod decide;
+mod model;
 mod secret;
 
 pub use bundle::{DEFAULT_POLICIES, DEFAULT_SCHEMA, PolicyBundle, PolicyError, PolicySources};
@@ -20,4 +21,5 @@ pub use decide::{
     RouteEntity, SourceIp,
 };
 pub use portcullis_core::Decision;
+pub use model::{ModelAction, ModelEntity, ModelRequest};
 pub use secret::{SecretRequest, USE_SECRET};
