@@ -57,6 +57,11 @@ pub enum ErrorCode {
     InvalidClient,
     /// The token endpoint was asked for a grant it does not support.
     UnsupportedGrantType,
+    /// An LLM request names a model its route does not configure.
+    ModelNotFound,
+    /// The agent's request or token budget on an LLM route is spent for
+    /// the current minute or day.
+    BudgetExceeded,
 }
 
 impl ErrorCode {
@@ -86,6 +91,8 @@ impl ErrorCode {
             ErrorCode::InvalidDpopProof => "invalid_dpop_proof",
             ErrorCode::InvalidClient => "invalid_client",
             ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
+            ErrorCode::ModelNotFound => "model_not_found",
+            ErrorCode::BudgetExceeded => "budget_exceeded",
         }
     }
 
@@ -99,7 +106,8 @@ impl ErrorCode {
             | ErrorCode::InvalidDpopProof
             | ErrorCode::InvalidClient => 401,
             ErrorCode::Forbidden | ErrorCode::ContentBlocked => 403,
-            ErrorCode::RouteNotFound | ErrorCode::NotFound => 404,
+            ErrorCode::RouteNotFound | ErrorCode::NotFound | ErrorCode::ModelNotFound => 404,
+            ErrorCode::BudgetExceeded => 429,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
@@ -147,6 +155,8 @@ mod tests {
             ErrorCode::InvalidDpopProof,
             ErrorCode::InvalidClient,
             ErrorCode::UnsupportedGrantType,
+            ErrorCode::ModelNotFound,
+            ErrorCode::BudgetExceeded,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {

@@ -14,6 +14,8 @@ mod audit_log;
 pub use agent_keys::AgentKeyRow;
 mod inventory;
 pub use inventory::InventoryEdge;
+mod llm_budget;
+pub use llm_budget::BudgetDayRow;
 
 pub use audit_log::{
     AuditAppender, AuditVerifyFailure, NODE_MIN_LEVEL, PersonalValue, StoredCheckpoint, TreeHead,
@@ -121,6 +123,11 @@ fn migrator() -> Migrator {
             include_str!("../migrations/0004_audit_personal.sql"),
         ),
         migration(5, "tokens", include_str!("../migrations/0005_tokens.sql")),
+        migration(
+            10,
+            "llm_budget",
+            include_str!("../migrations/0010_llm_budget.sql"),
+        ),
     ])
 }
 
