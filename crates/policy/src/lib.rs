@@ -20,6 +20,6 @@ pub use decide::{
     AgentEntity, Authorizer, AuthzRequest, Content, EntityError, HttpAction, RequestTime,
     RouteEntity, SourceIp,
 };
-pub use portcullis_core::Decision;
 pub use model::{ModelAction, ModelEntity, ModelRequest};
+pub use portcullis_core::Decision;
 pub use secret::{SecretRequest, USE_SECRET};

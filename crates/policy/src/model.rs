@@ -295,9 +295,13 @@ impl ModelAuthz {
         r: &ModelRequest<'_>,
     ) -> Decision {
         let action = &self.actions[r.action.index()];
-        let key = action
-            .context_free
-            .then(|| (r.agent.to_string(), r.action, ModelEntity::id(r.route, r.model)));
+        let key = action.context_free.then(|| {
+            (
+                r.agent.to_string(),
+                r.action,
+                ModelEntity::id(r.route, r.model),
+            )
+        });
         if let Some(key) = &key
             && let Some(d) = self.memo.read().ok().and_then(|m| m.get(key).cloned())
         {
@@ -421,15 +425,45 @@ mod tests {
         use ModelAction::*;
         // Twice: the second answers come from the memo where it applies.
         for _ in 0..2 {
-            check(&authz, "alice", Complete, "gpt-4o-mini", r#"allow ["analysts"]"#);
+            check(
+                &authz,
+                "alice",
+                Complete,
+                "gpt-4o-mini",
+                r#"allow ["analysts"]"#,
+            );
             check(&authz, "alice", Complete, "big", r#"deny ["default-deny"]"#);
             check(&authz, "alice", Complete, "exp", r#"deny ["default-deny"]"#);
-            check(&authz, "alice", Embed, "gpt-4o-mini", r#"deny ["default-deny"]"#);
+            check(
+                &authz,
+                "alice",
+                Embed,
+                "gpt-4o-mini",
+                r#"deny ["default-deny"]"#,
+            );
             check(&authz, "bob", Complete, "exp", r#"allow ["interns"]"#);
-            check(&authz, "bob", Embed, "exp", r#"deny ["no-preview-embeddings"]"#);
-            check(&authz, "bob", Complete, "gpt-4o-mini", r#"deny ["default-deny"]"#);
+            check(
+                &authz,
+                "bob",
+                Embed,
+                "exp",
+                r#"deny ["no-preview-embeddings"]"#,
+            );
+            check(
+                &authz,
+                "bob",
+                Complete,
+                "gpt-4o-mini",
+                r#"deny ["default-deny"]"#,
+            );
             // A model that is not configured is no entity: nothing matches it.
-            check(&authz, "alice", Complete, "unknown", r#"deny ["default-deny"]"#);
+            check(
+                &authz,
+                "alice",
+                Complete,
+                "unknown",
+                r#"deny ["default-deny"]"#,
+            );
         }
     }
 

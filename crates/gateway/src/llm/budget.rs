@@ -277,7 +277,12 @@ mod tests {
 
     const T0: i64 = 1_800_000_000 - 1_800_000_000 % 86_400; // midnight UTC
 
-    fn limits(rpm: Option<u64>, rpd: Option<u64>, tpm: Option<u64>, tpd: Option<u64>) -> BudgetConfig {
+    fn limits(
+        rpm: Option<u64>,
+        rpd: Option<u64>,
+        tpm: Option<u64>,
+        tpd: Option<u64>,
+    ) -> BudgetConfig {
         BudgetConfig {
             requests_per_minute: rpm,
             requests_per_day: rpd,
@@ -346,7 +351,10 @@ mod tests {
         for _ in 0..4 {
             restarted.admit(&l, &c2, T0 + 200).unwrap();
         }
-        assert_eq!(restarted.admit(&l, &c2, T0 + 200).unwrap_err().limit, "requests_per_day");
+        assert_eq!(
+            restarted.admit(&l, &c2, T0 + 200).unwrap_err().limit,
+            "requests_per_day"
+        );
         // Yesterday's rows do not count today.
         let tomorrow = Budgets::default();
         tomorrow.restore_day(&rows, T0 + 86_400);
