@@ -66,8 +66,9 @@ pub struct Call {
     pub strip_usage: bool,
 }
 
-/// Parses a request body and, for a stream, asks for its usage.
-pub fn parse(bytes: &[u8]) -> Result<Call, Denial> {
+/// Parses a request body and, for a stream on a route that counts tokens
+/// (`ask_usage`), asks for its usage.
+pub fn parse(bytes: &[u8], ask_usage: bool) -> Result<Call, Denial> {
     let bad = |m: &str| Denial::new(ErrorCode::BadRequest, m);
     let mut body: Value =
         serde_json::from_slice(bytes).map_err(|_| bad("the request body is not valid JSON"))?;
@@ -85,7 +86,7 @@ pub fn parse(bytes: &[u8]) -> Result<Call, Denial> {
         Some(_) => return Err(bad("`stream` must be a boolean")),
     };
     let mut strip_usage = false;
-    if stream {
+    if stream && ask_usage {
         // Budgets count tokens from the upstream's `usage`, which a stream
         // carries only when asked for.
         let options = obj
@@ -233,13 +234,18 @@ mod tests {
 
     #[test]
     fn parse_asks_streams_for_usage_once() {
-        let c = parse(br#"{"model":"m","stream":true,"messages":[]}"#).unwrap();
+        let c = parse(br#"{"model":"m","stream":true,"messages":[]}"#, false).unwrap();
+        assert!(c.stream && !c.strip_usage && c.body.get("stream_options").is_none());
+        let c = parse(br#"{"model":"m","stream":true,"messages":[]}"#, true).unwrap();
         assert!(c.stream && c.strip_usage);
         assert_eq!(c.body["stream_options"]["include_usage"], true);
-        let c = parse(br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#)
-            .unwrap();
+        let c = parse(
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":true}}"#,
+            true,
+        )
+        .unwrap();
         assert!(!c.strip_usage);
-        let c = parse(br#"{"model":"m"}"#).unwrap();
+        let c = parse(br#"{"model":"m"}"#, true).unwrap();
         assert!(!c.stream && !c.strip_usage && c.body.get("stream_options").is_none());
         for bad in [
             &b"nope"[..],
@@ -249,7 +255,7 @@ mod tests {
             br#"{"model":"m","stream":"yes"}"#,
             br#"{"model":"m","stream":true,"stream_options":3}"#,
         ] {
-            assert_eq!(parse(bad).unwrap_err().code, ErrorCode::BadRequest);
+            assert_eq!(parse(bad, true).unwrap_err().code, ErrorCode::BadRequest);
         }
     }
 

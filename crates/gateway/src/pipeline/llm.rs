@@ -88,7 +88,7 @@ pub async fn run(
     let DecodedRequest { mut parts, body } = decoded;
     let bytes = read_body(body, gateway.limits.max_body_bytes, meter).await?;
     let request_bytes = bytes.len() as u64;
-    let mut call = api::parse(&bytes)?;
+    let mut call = api::parse(&bytes, llm.budget.is_limited())?;
     drop(bytes);
     recorder.record().resource = Some(portcullis_policy::ModelEntity::id(&route.name, &call.model));
     let model = llm.model(&call.model).ok_or_else(|| {
@@ -498,7 +498,8 @@ async fn answer(
         .headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| v.as_bytes() != b"identity");
-    if !parts.status.is_success() || encoded || (charge.is_none() && dlp.is_none()) {
+    let untouched = charge.is_none() && dlp.is_none() && !strip_usage;
+    if !parts.status.is_success() || encoded || untouched {
         return Ok(Response::from_parts(parts, body));
     }
     if stream && media == "text/event-stream" {
