@@ -19,6 +19,7 @@ use cedar_policy::{
 use portcullis_core::{Classification, Decision};
 
 use crate::PolicyBundle;
+use crate::caller::CallerFacts;
 use crate::decide::{Content, EntityError, RequestTime, SourceIp, mentions_context};
 
 /// A model as policy sees it: `Model::"<route>/<name>"`, in `Route::"<route>"`.
@@ -87,6 +88,8 @@ pub struct ModelRequest<'a> {
     pub time: RequestTime,
     /// What the content guard found in the messages.
     pub content: Content<'a>,
+    /// How the caller authenticated, for whom, its posture and risk.
+    pub caller: &'a CallerFacts,
 }
 
 const MEMO_CAPACITY: usize = 65_536;
@@ -214,7 +217,11 @@ impl ModelAuthz {
         };
         // The request shape is fixed: prove once that the schema accepts it.
         let ip = SourceIp::new(std::net::IpAddr::from([127, 0, 0, 1]));
-        for action in ModelAction::ALL {
+        for (action, caller) in ModelAction::ALL.into_iter().flat_map(|a| {
+            CallerFacts::shape_samples()
+                .into_iter()
+                .map(move |c| (a, c))
+        }) {
             let sample = ModelRequest {
                 agent: "shape-check",
                 action,
@@ -224,6 +231,7 @@ impl ModelAuthz {
                 source_ip: &ip,
                 time: RequestTime::from_epoch(0),
                 content: Content::NOT_SCANNED,
+                caller: &caller,
             };
             authz
                 .request(&sample, Some(&bundle.schema))
@@ -264,7 +272,7 @@ impl ModelAuthz {
             ),
         ])
         .map_err(|e| e.to_string())?;
-        let context = Context::from_pairs([
+        let mut pairs = vec![
             (
                 "route".to_string(),
                 RestrictedExpression::new_string(r.route.to_string()),
@@ -276,8 +284,9 @@ impl ModelAuthz {
             ("source_ip".to_string(), r.source_ip.expr().clone()),
             ("time".to_string(), time),
             ("content".to_string(), r.content.expr()?),
-        ])
-        .map_err(|e| e.to_string())?;
+        ];
+        pairs.extend(r.caller.context_pairs()?);
+        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
         Request::new(
             principal,
             self.actions[r.action.index()].uid.clone(),
@@ -403,6 +412,7 @@ mod tests {
             source_ip: &ip,
             time: RequestTime::from_epoch(9 * 3600),
             content: Content::NOT_SCANNED,
+            caller: &crate::CallerFacts::mtls(),
         });
         let got = format!(
             "{} {:?}",
@@ -483,6 +493,7 @@ mod tests {
             source_ip: &ip,
             time: RequestTime::from_epoch(0),
             content: Content::NOT_SCANNED,
+            caller: &crate::CallerFacts::mtls(),
         });
         assert!(!d.allowed);
         assert_eq!(d.policy_ids, ["default-deny"]);

@@ -128,6 +128,7 @@ pub async fn run(
         source_ip: &conn.source_ip,
         time: context.time,
         content: content.as_policy(),
+        caller: &identity.caller,
     });
     if !decision.errors.is_empty() {
         tracing::warn!(errors = ?decision.errors, agent = %identity.agent, route = %route.name, model = %model.name, "policy evaluation errors");
@@ -307,6 +308,7 @@ fn models(
                 source_ip,
                 time: context.time,
                 content: Content::NOT_SCANNED,
+                caller: &identity.caller,
             })
             .allowed
     };
