@@ -20,7 +20,7 @@ use portcullis_core::{Classification, Decision};
 
 use crate::PolicyBundle;
 use crate::caller::CallerFacts;
-use crate::decide::{Content, EntityError, RequestTime, SourceIp, mentions_context};
+use crate::decide::{Content, EntityError, HttpAction, RequestTime, SourceIp, mentions_context};
 
 /// A model as policy sees it: `Model::"<route>/<name>"`, in `Route::"<route>"`.
 #[derive(Debug, Clone)]
@@ -80,6 +80,9 @@ pub struct ModelRequest<'a> {
     pub route: &'a str,
     /// The model's name as the client sent it.
     pub model: &'a str,
+    /// The request's HTTP method (`POST`, or `GET` when `/v1/models` asks
+    /// which models the agent may use).
+    pub method: HttpAction,
     /// The request path.
     pub path: &'a str,
     /// The client address.
@@ -227,6 +230,7 @@ impl ModelAuthz {
                 action,
                 route: "shape-check",
                 model: "shape-check",
+                method: HttpAction::Post,
                 path: "/",
                 source_ip: &ip,
                 time: RequestTime::from_epoch(0),
@@ -276,6 +280,10 @@ impl ModelAuthz {
             (
                 "route".to_string(),
                 RestrictedExpression::new_string(r.route.to_string()),
+            ),
+            (
+                "method".to_string(),
+                RestrictedExpression::new_string(r.method.as_str().to_string()),
             ),
             (
                 "path".to_string(),
@@ -408,6 +416,7 @@ mod tests {
             action,
             route: "llm",
             model,
+            method: crate::HttpAction::Post,
             path: "/llm/v1/chat/completions",
             source_ip: &ip,
             time: RequestTime::from_epoch(9 * 3600),
@@ -475,6 +484,30 @@ mod tests {
                 r#"deny ["default-deny"]"#,
             );
         }
+    }
+
+    #[test]
+    fn policies_with_any_action_still_validate_and_cover_models() {
+        // Written for routes, reading `context.method`, which the model
+        // context has too, so strict validation still passes, and the
+        // policy covers the models.
+        let authz = authorizer(
+            r#"@id("any") permit(principal in Role::"analyst", action, resource) when { context.method == "POST" };"#,
+        );
+        check(
+            &authz,
+            "alice",
+            ModelAction::Complete,
+            "big",
+            r#"allow ["any"]"#,
+        );
+        check(
+            &authz,
+            "bob",
+            ModelAction::Complete,
+            "big",
+            r#"deny ["default-deny"]"#,
+        );
     }
 
     #[test]
