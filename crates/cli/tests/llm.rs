@@ -376,3 +376,58 @@ fn messages_and_streamed_answers_reach_the_content_guard() {
     );
     assert!(!record.to_string().contains("AKIA"));
 }
+
+#[test]
+fn a_missing_api_key_or_model_schema_stops_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = setup(dir.path(), &llm_route("llm", "/llm", 9, ""));
+    let run = |cfg: &Path| {
+        let mut child = Command::new(support::BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(cfg)
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .env_remove("LLM_TEST_UPSTREAM_KEY")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Bounded: it must exit on its own, before binding anything.
+        for _ in 0..300 {
+            if let Some(status) = child.try_wait().unwrap() {
+                let mut err = String::new();
+                child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                return (status.success(), err);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        panic!("serve did not exit");
+    };
+    let (ok, err) = run(&cfg);
+    assert!(!ok);
+    assert!(
+        err.contains("environment variable `LLM_TEST_UPSTREAM_KEY` (api_key_env) is not set"),
+        "{err}"
+    );
+    // A schema from before the LLM adapter: refused with a hint.
+    let old = SCHEMA.split("// A model behind a route").next().unwrap();
+    std::fs::write(dir.path().join("policies/schema.cedarschema"), old).unwrap();
+    std::fs::write(dir.path().join("policies/llm.cedar"), "").unwrap();
+    let key = dir.path().join("llm.key");
+    std::fs::write(&key, "sk-from-file\n").unwrap();
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "api_key_env = \"LLM_TEST_UPSTREAM_KEY\"",
+        "api_key_file = \"llm.key\"",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let (ok, err) = run(&cfg);
+    assert!(!ok);
+    assert!(err.contains("`Model` entity type"), "{err}");
+}

@@ -168,3 +168,83 @@ pub fn validate(
         budget,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, RouteKind};
+
+    const ROUTE: &str = "[[routes]]\nname = \"llm\"\nkind = \"llm\"\npath_prefix = \"/llm\"\nupstream = \"http://127.0.0.1:9\"\nclassification = \"internal\"\n";
+
+    /// Parses `text`; "ok" or the error message's tail after the file name.
+    fn check(text: &str, expect: &str) {
+        let got = match Config::parse(text, std::path::Path::new("/etc/p/portcullis.toml")) {
+            Ok(_) => "ok".to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(got.contains(expect), "{text}\n=> {got}");
+    }
+
+    #[test]
+    fn llm_routes_validate() {
+        let model = "[[routes.models]]\nname = \"gpt-4o-mini\"\n";
+        check(&format!("{ROUTE}{model}"), "ok");
+        check(
+            ROUTE,
+            "route `llm`: a route of kind `llm` needs at least one",
+        );
+        check(
+            &format!("{ROUTE}api_key_env = \"K\"\napi_key_file = \"k\"\n{model}"),
+            "at most one of `api_key_env` and `api_key_file`",
+        );
+        check(
+            &format!("{ROUTE}{model}[[routes.models]]\nname = \"gpt-4o-mini\"\n"),
+            "model `gpt-4o-mini` is listed twice",
+        );
+        check(
+            &format!("{ROUTE}[[routes.models]]\nname = \"a b\"\n"),
+            "invalid model name `a b`",
+        );
+        check(
+            &format!("{ROUTE}{model}[routes.budget]\nrequests_per_minute = 0\n"),
+            "`budget.requests_per_minute` must be greater than 0",
+        );
+        check(
+            &format!("{ROUTE}{model}[routes.budget]\nrequest_per_minute = 5\n"),
+            "unknown field `request_per_minute`",
+        );
+        check(
+            &ROUTE.replace("http://127.0.0.1:9", "builtin:demo"),
+            "needs an OpenAI-compatible upstream URL",
+        );
+        check(
+            &format!(
+                "{}{model}",
+                ROUTE.replace("kind = \"llm\"", "kind = \"http\"")
+            ),
+            "belong to routes of kind `llm`",
+        );
+        check(
+            &ROUTE.replace("kind = \"llm\"", "kind = \"mcp\""),
+            "kind `mcp` is not served by this build",
+        );
+    }
+
+    #[test]
+    fn models_inherit_the_route_classification_and_key_files_resolve() {
+        let text = format!(
+            "{ROUTE}api_key_file = \"keys/llm.key\"\n[[routes.models]]\nname = \"a\"\nstatus = \"approved\"\n[[routes.models]]\nname = \"b\"\nclassification = \"restricted\"\n"
+        );
+        let config = Config::parse(&text, std::path::Path::new("/etc/p/portcullis.toml")).unwrap();
+        let route = &config.routes[0];
+        assert_eq!(route.kind, RouteKind::Llm);
+        let llm = route.llm.as_ref().unwrap();
+        assert_eq!(llm.models[0].classification.as_str(), "internal");
+        assert_eq!(llm.models[0].status, "approved");
+        assert_eq!(llm.models[1].classification.as_str(), "restricted");
+        assert_eq!(
+            llm.api_key,
+            Some(super::ApiKeySource::File("/etc/p/keys/llm.key".into()))
+        );
+        assert!(!llm.budget.is_limited());
+    }
+}
