@@ -234,7 +234,7 @@ impl SseBody {
             self.last_meta = Some(meta);
         }
         if changed {
-            write_event(out, &Value::Object(chunk));
+            rewrite_event(out, event, &Value::Object(chunk));
         } else {
             out.extend_from_slice(event);
         }
@@ -458,6 +458,26 @@ fn has_usage_object(event: &[u8]) -> bool {
     false
 }
 
+/// `event` with its data replaced by `chunk`: other fields (`event:`, `id:`,
+/// comments) stay where they were, the data goes where its first line was.
+fn rewrite_event(out: &mut Vec<u8>, event: &[u8], chunk: &Value) {
+    let text = String::from_utf8_lossy(event);
+    let mut written = false;
+    for line in text.lines() {
+        if line.starts_with("data:") {
+            if !std::mem::replace(&mut written, true) {
+                out.extend_from_slice(b"data: ");
+                out.extend_from_slice(chunk.to_string().as_bytes());
+                out.push(b'\n');
+            }
+        } else if !line.is_empty() {
+            out.extend_from_slice(line.as_bytes());
+            out.push(b'\n');
+        }
+    }
+    out.push(b'\n');
+}
+
 fn write_event(out: &mut Vec<u8>, chunk: &Value) {
     out.extend_from_slice(b"data: ");
     out.extend_from_slice(chunk.to_string().as_bytes());
@@ -634,6 +654,13 @@ mod tests {
         assert!(has_usage_object(br#"data: {"usage": {"total_tokens":1}}"#));
         assert!(!has_usage_object(br#"data: {"usage":null}"#));
         assert_eq!(event_data(b"data: a\ndata:b\n\n").as_deref(), Some("a\nb"));
+        let mut out = Vec::new();
+        rewrite_event(
+            &mut out,
+            b"event: x\r\ndata: {\"a\":\r\ndata: 1}\r\nid: 7\r\n\r\n",
+            &serde_json::json!({"a": 2}),
+        );
+        assert_eq!(out, b"event: x\ndata: {\"a\":2}\nid: 7\n\n");
     }
 
     #[test]
