@@ -57,6 +57,10 @@ pub enum ErrorCode {
     InvalidClient,
     /// The token endpoint was asked for a grant it does not support.
     UnsupportedGrantType,
+    /// A sensitive admin action needs a human admin's fresh TOTP code.
+    MfaRequired,
+    /// The TOTP code (or the admin it names) was refused: wrong, stale, or already used.
+    InvalidTotp,
 }
 
 impl ErrorCode {
@@ -86,6 +90,8 @@ impl ErrorCode {
             ErrorCode::InvalidDpopProof => "invalid_dpop_proof",
             ErrorCode::InvalidClient => "invalid_client",
             ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
+            ErrorCode::MfaRequired => "mfa_required",
+            ErrorCode::InvalidTotp => "invalid_totp",
         }
     }
 
@@ -97,7 +103,9 @@ impl ErrorCode {
             | ErrorCode::AgentRevoked
             | ErrorCode::InvalidToken
             | ErrorCode::InvalidDpopProof
-            | ErrorCode::InvalidClient => 401,
+            | ErrorCode::InvalidClient
+            | ErrorCode::MfaRequired
+            | ErrorCode::InvalidTotp => 401,
             ErrorCode::Forbidden | ErrorCode::ContentBlocked => 403,
             ErrorCode::RouteNotFound | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
@@ -147,6 +155,8 @@ mod tests {
             ErrorCode::InvalidDpopProof,
             ErrorCode::InvalidClient,
             ErrorCode::UnsupportedGrantType,
+            ErrorCode::MfaRequired,
+            ErrorCode::InvalidTotp,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {
