@@ -192,6 +192,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admins/{name}", axum::routing::delete(crate::mfa::remove))
         .route("/audit", get(audit_tail))
         .merge(crate::vault_api::routes())
+        .merge(crate::identity_api::routes())
         .route(
             "/audit/checkpoint",
             get(crate::audit_api::latest_checkpoint).post(crate::audit_api::sign_checkpoint),

@@ -65,6 +65,11 @@ pub enum AgentCommand {
         /// Bind the token to the agent's client certificate instead of DPoP.
         #[arg(long)]
         mtls: bool,
+        /// Token exchange (RFC 8693): a file holding the token of the user
+        /// the agent acts for (from a configured OIDC issuer, or a delegated
+        /// token another agent passed on). The new token's `act` records the chain.
+        #[arg(long, value_name = "TOKEN_FILE")]
+        on_behalf_of: Option<PathBuf>,
     },
     /// Print a DPoP proof for one request with a DPoP-bound token.
     Dpop {
@@ -224,9 +229,18 @@ pub async fn agent(command: AgentCommand, args: AdminArgs) -> Result<()> {
             creds,
             gateway,
             mtls,
+            on_behalf_of,
         } => {
             let state = StateDir::new(args.state.state_dir.clone());
-            return crate::token_cmd::token(&state, name, creds, gateway.clone(), *mtls).await;
+            return crate::token_cmd::token(
+                &state,
+                name,
+                creds,
+                gateway.clone(),
+                *mtls,
+                on_behalf_of.as_deref(),
+            )
+            .await;
         }
         AgentCommand::Dpop {
             name,
@@ -292,6 +306,81 @@ pub async fn agent(command: AgentCommand, args: AdminArgs) -> Result<()> {
                 .post(&format!("/agents/{name}/revoke"), &json!({}))
                 .await?,
         ),
+    }
+    Ok(())
+}
+
+/// `portcullis token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Revoke one access token by its `jti`, effective on its next request.
+    Revoke {
+        /// The token's `jti` (in its audit record's `credential`).
+        jti: String,
+        /// Why (recorded).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// List revoked tokens that have not expired yet.
+    Revoked,
+}
+
+/// `portcullis user …` (federated users agents act for)
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Disable a user: every delegated token for them stops working at once
+    /// and no new one is exchanged.
+    Disable {
+        /// The user's `sub` at their identity provider.
+        subject: String,
+        /// Why (recorded).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Enable a disabled user again.
+    Enable {
+        /// The user's `sub`.
+        subject: String,
+    },
+    /// List disabled users.
+    Disabled,
+}
+
+/// Runs `portcullis token …`.
+pub async fn token(command: TokenCommand, args: AdminArgs) -> Result<()> {
+    let client = AdminClient::from_args(&args)?;
+    match command {
+        TokenCommand::Revoke { jti, reason } => {
+            client
+                .post("/tokens/revoke", &json!({ "jti": jti, "reason": reason }))
+                .await?;
+            println!("revoked token {jti}");
+        }
+        TokenCommand::Revoked => print_json(&client.get("/tokens/revoked").await?),
+    }
+    Ok(())
+}
+
+/// Runs `portcullis user …`.
+pub async fn user(command: UserCommand, args: AdminArgs) -> Result<()> {
+    let client = AdminClient::from_args(&args)?;
+    match command {
+        UserCommand::Disable { subject, reason } => {
+            client
+                .post(
+                    "/users/disable",
+                    &json!({ "subject": subject, "reason": reason }),
+                )
+                .await?;
+            println!("disabled user `{subject}`");
+        }
+        UserCommand::Enable { subject } => {
+            client
+                .post("/users/enable", &json!({ "subject": subject }))
+                .await?;
+            println!("enabled user `{subject}`");
+        }
+        UserCommand::Disabled => print_json(&client.get("/users/disabled").await?),
     }
     Ok(())
 }

@@ -98,6 +98,20 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Revoke single access tokens.
+    Token {
+        #[command(subcommand)]
+        command: commands::TokenCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Federated users agents act for: disable and enable.
+    User {
+        #[command(subcommand)]
+        command: commands::UserCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Human admins and their TOTP second factor.
     Admin {
         #[command(subcommand)]
@@ -198,6 +212,8 @@ fn main() -> ExitCode {
             Command::Agent { command, admin } => commands::agent(command, admin).await,
             Command::Audit { command, admin } => commands::audit(command, admin).await,
             Command::Admin { command, admin } => commands::admin(command, admin).await,
+            Command::Token { command, admin } => commands::token(command, admin).await,
+            Command::User { command, admin } => commands::user(command, admin).await,
             Command::Inventory {
                 since,
                 format,

@@ -191,6 +191,11 @@ impl Gateway {
         } else {
             None
         };
+        parts
+            .tokens
+            .revocations
+            .reload(&parts.store, unix_now())
+            .await?;
         Ok(Arc::new(Gateway {
             tokens: parts.tokens,
             guard,
@@ -235,6 +240,21 @@ impl Gateway {
         let snapshot = build_snapshot(&self.store, &self.bundle, &self.route_entities).await?;
         self.snapshot.store(Arc::new(snapshot));
         Ok(())
+    }
+
+    /// Re-reads revoked tokens and disabled users. Called by the admin API
+    /// after each such change, before it answers.
+    pub async fn reload_revocations(&self) -> Result<(), GatewayError> {
+        self.tokens
+            .revocations
+            .reload(&self.store, unix_now())
+            .await?;
+        Ok(())
+    }
+
+    /// The access-token service (for the admin API's `whoami`).
+    pub fn tokens(&self) -> &crate::tokens::TokenService {
+        &self.tokens
     }
 
     /// Checks a new connection's client certificate.
@@ -371,4 +391,11 @@ async fn build_snapshot(
         directory,
         authorizer,
     })
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
 }

@@ -15,8 +15,10 @@
 
 use http::header;
 use portcullis_core::ErrorCode;
-use portcullis_identity::{CertRejection, DPOP_WINDOW, PeerCertificate, ReplayRefusal};
-use portcullis_policy::{AuthFacts, AuthMethod, CallerFacts};
+use portcullis_identity::{
+    CertRejection, DPOP_WINDOW, DelegatedUser, PeerCertificate, ReplayRefusal,
+};
+use portcullis_policy::{AuthFacts, AuthMethod, CallerFacts, Delegation};
 
 use crate::directory::{AgentDirectory, DirectoryRefusal};
 use crate::respond::Denial;
@@ -36,6 +38,8 @@ pub struct Identity {
     /// What policy sees of the caller besides its name (`context.auth`,
     /// `delegation`, `posture`, `risk`).
     pub caller: CallerFacts,
+    /// The user a delegated token acts for: policy must allow them too.
+    pub delegated: Option<DelegatedUser>,
 }
 
 /// A refusal, with what the client presented for the audit record.
@@ -91,6 +95,7 @@ pub fn run(
             serial: peer.serial.clone(),
             credential: format!("{} serial={}", peer.spiffe_id, peer.serial),
             caller: CallerFacts::mtls(),
+            delegated: None,
         }),
         Err(refusal) => Err(AuthnFailure {
             denial: Denial::new(ErrorCode::AgentRevoked, refusal_message(refusal)),
@@ -174,7 +179,31 @@ fn token_identity(
             format!("token ({scheme}, refused)"),
         )
     })?;
-    let presented = |cnf: &str| format!("{} token jti={} cnf={cnf}", claims.sub, claims.jti);
+    // Revocation is checked on every request, so it applies at once.
+    if tokens.revocations.token_revoked(&claims.jti) {
+        return Err(fail(
+            ErrorCode::InvalidToken,
+            "access token refused: it was revoked".into(),
+            format!("token ({scheme}, revoked) jti={}", claims.jti),
+        ));
+    }
+    let delegated = claims.delegated_user();
+    if let Some(user) = &delegated
+        && tokens.revocations.user_disabled(&user.sub)
+    {
+        return Err(fail(
+            ErrorCode::InvalidToken,
+            format!("access token refused: user `{}` is disabled", user.sub),
+            format!("token ({scheme}, disabled user) jti={}", claims.jti),
+        ));
+    }
+    let presented = |cnf: &str| match &claims.act {
+        Some(act) => format!(
+            "{} token jti={} cnf={cnf} on behalf of {}",
+            act.sub, claims.jti, claims.sub
+        ),
+        None => format!("{} token jti={} cnf={cnf}", claims.sub, claims.jti),
+    };
     let cnf = if dpop {
         let Some(jkt) = claims.cnf.jkt.as_deref() else {
             return Err(fail(
@@ -290,12 +319,29 @@ fn token_identity(
         caller: CallerFacts {
             auth: AuthFacts {
                 method: AuthMethod::Token,
-                mfa: false,
+                mfa: delegated.as_ref().is_some_and(|u| u.mfa),
                 token_age_secs: (now - claims.iat).max(0),
             },
+            delegation: claims
+                .act
+                .as_ref()
+                .zip(delegated.as_ref())
+                .map(|(act, user)| {
+                    let chain: Vec<String> = act
+                        .chain()
+                        .iter()
+                        .map(|id| id.rsplit('/').next().unwrap_or(id).to_string())
+                        .collect();
+                    Delegation {
+                        user: user.sub.clone(),
+                        depth: chain.len() as i64,
+                        chain,
+                    }
+                }),
             ..CallerFacts::mtls()
         },
-        spiffe_id: claims.sub,
+        spiffe_id: claims.agent_spiffe_id().to_string(),
+        delegated,
         serial: String::new(),
     })
 }
