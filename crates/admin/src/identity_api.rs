@@ -23,6 +23,7 @@ pub(crate) fn routes() -> Router<AdminState> {
         .route("/users/disable", post(disable_user))
         .route("/users/enable", post(enable_user))
         .route("/users/disabled", get(list_disabled))
+        .route("/agents/{name}/posture", post(pin_posture))
 }
 
 fn now_secs() -> i64 {
@@ -167,4 +168,60 @@ async fn list_disabled(
         .await
         .map_err(|e| call.store_error(e))?;
     Ok(json(StatusCode::OK, &users))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PinPosture {
+    digest: String,
+    #[serde(default)]
+    networks: Vec<String>,
+}
+
+/// Pins an agent to a workload digest and source networks: its token
+/// requests must come from those networks, and `context.posture.matches_pin`
+/// is true only for tokens whose attested digest equals the pin.
+pub(crate) async fn pin_posture(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    headers: HeaderMap,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    body: Result<Json<PinPosture>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(|e| call.error(ErrorCode::BadRequest, e.body_text()))?;
+    let digest = body.digest.to_ascii_lowercase();
+    let valid = digest
+        .strip_prefix("sha256:")
+        .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()));
+    if !valid {
+        return Err(call.error(
+            ErrorCode::BadRequest,
+            "`digest` must be `sha256:` and 64 hex digits",
+        ));
+    }
+    for n in &body.networks {
+        if n.parse::<ipnet::IpNet>().is_err() {
+            return Err(call.error(
+                ErrorCode::BadRequest,
+                format!("`{n}` is not a network in CIDR form (10.0.0.0/8, fd00::/8)"),
+            ));
+        }
+    }
+    let approver = require_fresh_totp(&state, &call, &headers).await?;
+    state
+        .store
+        .set_posture_pin(&portcullis_store::PostureRow {
+            agent: name.clone(),
+            digest: digest.clone(),
+            networks: body.networks.clone(),
+            pinned_at: now_secs(),
+        })
+        .await
+        .map_err(|e| call.store_error(e))?;
+    state.gateway.reload().await.map_err(|e| call.internal(e))?;
+    call.done_by(&state.sink, &approver, "agent.pin", &name, 200);
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "agent": name, "digest": digest, "networks": body.networks }),
+    ))
 }

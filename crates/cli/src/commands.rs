@@ -46,6 +46,19 @@ pub enum AgentCommand {
         /// The agent's name.
         name: String,
     },
+    /// Pin an agent to a workload digest (and source networks): its token
+    /// requests must come from those networks, and policy sees
+    /// `context.posture.matches_pin` only for tokens attesting that digest.
+    Pin {
+        /// The agent's name.
+        name: String,
+        /// The workload digest, `sha256:<64 hex>` (container image or binary).
+        #[arg(long)]
+        digest: String,
+        /// An allowed source network in CIDR form (repeatable; none = any).
+        #[arg(long = "network")]
+        networks: Vec<String>,
+    },
     /// Revoke an agent and all its certificates, effective on its next request.
     Revoke {
         /// The agent's name.
@@ -65,6 +78,10 @@ pub enum AgentCommand {
         /// Bind the token to the agent's client certificate instead of DPoP.
         #[arg(long)]
         mtls: bool,
+        /// A file holding a workload posture statement (a JWT signed by the
+        /// configured posture attestor) to send with the token request.
+        #[arg(long, value_name = "STATEMENT_FILE")]
+        posture: Option<PathBuf>,
         /// Token exchange (RFC 8693): a file holding the token of the user
         /// the agent acts for (from a configured OIDC issuer, or a delegated
         /// token another agent passed on). The new token's `act` records the chain.
@@ -230,6 +247,7 @@ pub async fn agent(command: AgentCommand, args: AdminArgs) -> Result<()> {
             gateway,
             mtls,
             on_behalf_of,
+            posture,
         } => {
             let state = StateDir::new(args.state.state_dir.clone());
             return crate::token_cmd::token(
@@ -239,6 +257,7 @@ pub async fn agent(command: AgentCommand, args: AdminArgs) -> Result<()> {
                 gateway.clone(),
                 *mtls,
                 on_behalf_of.as_deref(),
+                posture.as_deref(),
             )
             .await;
         }
@@ -301,6 +320,18 @@ pub async fn agent(command: AgentCommand, args: AdminArgs) -> Result<()> {
         }
         AgentCommand::List => print_json(&client.get("/agents").await?),
         AgentCommand::Show { name } => print_json(&client.get(&format!("/agents/{name}")).await?),
+        AgentCommand::Pin {
+            name,
+            digest,
+            networks,
+        } => print_json(
+            &client
+                .post(
+                    &format!("/agents/{name}/posture"),
+                    &json!({ "digest": digest, "networks": networks }),
+                )
+                .await?,
+        ),
         AgentCommand::Revoke { name } => print_json(
             &client
                 .post(&format!("/agents/{name}/revoke"), &json!({}))

@@ -82,7 +82,15 @@ pub async fn token(
     gateway: Option<String>,
     mtls: bool,
     on_behalf_of: Option<&Path>,
+    posture: Option<&Path>,
 ) -> Result<()> {
+    let posture = posture
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .map(|s| s.trim().to_string())
+                .with_context(|| format!("cannot read the posture statement `{}`", path.display()))
+        })
+        .transpose()?;
     let key = load_agent_key(creds, name)?;
     let subject = on_behalf_of
         .map(|path| {
@@ -119,6 +127,9 @@ pub async fn token(
         fields[0].1 = "urn:ietf:params:oauth:grant-type:token-exchange";
         fields.push(("subject_token", subject));
         fields.push(("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"));
+    }
+    if let Some(posture) = &posture {
+        fields.push(("posture", posture));
     }
     let form = serde_urlencoded::to_string(&fields)?;
     let mut request = http

@@ -451,3 +451,196 @@ mod delegation {
         drop(gate);
     }
 }
+
+mod posture {
+    use super::*;
+    use portcullis_identity::Ed25519Key;
+    use serde_json::{Value, json};
+
+    const ATTESTOR: &str = "https://attestor.test";
+
+    fn statement(key: &Ed25519Key, sub: &str, digest: &str) -> String {
+        let now = now() as i64;
+        key.sign_compact(
+            &json!({"alg": "EdDSA", "typ": "JWT", "kid": key.kid()}),
+            &json!({"iss": ATTESTOR, "aud": "portcullis-posture", "sub": sub,
+                    "digest": digest, "iat": now, "exp": now + 300}),
+        )
+    }
+
+    fn token(server: &Server, agent: &str, statement: Option<&str>) -> Result<String, String> {
+        let creds = server.path().join("creds");
+        let mut args = vec![
+            "agent".to_string(),
+            "token".into(),
+            agent.into(),
+            "--creds".into(),
+            creds.to_str().unwrap().into(),
+        ];
+        if let Some(s) = statement {
+            let file = server.path().join("posture.jwt");
+            std::fs::write(&file, s).unwrap();
+            args.push("--posture".into());
+            args.push(file.to_str().unwrap().into());
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = server.cli(&args);
+        if out.status.success() {
+            Ok(String::from_utf8(out.stdout).unwrap().trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+
+    async fn get(server: &Server, agent: &str, token: &str, path: &str) -> u16 {
+        let key = Ed25519Key::from_private_jwk(
+            &std::fs::read_to_string(server.path().join("creds").join(format!("{agent}.jwk")))
+                .unwrap(),
+        )
+        .unwrap();
+        let url = server.url(path);
+        let proof = key
+            .sign_dpop_proof("GET", &url, Some(token), now() as i64)
+            .unwrap();
+        client(&server.ca_pem(), None)
+            .get(&url)
+            .header("authorization", format!("DPoP {token}"))
+            .header("dpop", proof)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn confidential_routes_can_require_an_attested_pinned_workload() {
+        install_crypto();
+        let (upstream, gate) = start_upstream().await;
+        let dir = tempfile::tempdir().unwrap();
+        let attestor = Ed25519Key::generate();
+        let mut jwk = attestor.public().to_json();
+        jwk["kid"] = json!(attestor.kid());
+        std::fs::write(
+            dir.path().join("attestor.jwks"),
+            json!({ "keys": [jwk] }).to_string(),
+        )
+        .unwrap();
+        let policies = dir.path().join("policies");
+        std::fs::create_dir(&policies).unwrap();
+        std::fs::write(
+            policies.join("schema.cedarschema"),
+            portcullis_policy::DEFAULT_SCHEMA,
+        )
+        .unwrap();
+        std::fs::write(
+            policies.join("p.cedar"),
+            r#"
+@id("workers-read") permit(principal in Role::"worker", action in Action::"read", resource);
+@id("confidential-needs-attested-workload") forbid(principal, action in [Action::"read", Action::"write"], resource is Route)
+  when { resource.classification_level >= 2 }
+  unless { context.posture.attested && context.posture.matches_pin };
+"#,
+        )
+        .unwrap();
+        let up = format!("http://{upstream}");
+        let sections = format!(
+            "{}{}[policy]\ndir = \"policies\"\n[identity.posture_attestor]\nissuer = \"{ATTESTOR}\"\naudience = \"portcullis-posture\"\njwks_file = \"attestor.jwks\"\n",
+            route("api", "/api", &up, "public"),
+            route("payroll", "/payroll", &up, "confidential"),
+        );
+        let cfg = config(dir.path(), &sections, "");
+        let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
+            .await
+            .unwrap();
+        server.create_agent("worker", &["worker"]);
+        server.create_agent("other", &["worker"]);
+        let spiffe = "spiffe://portcullis.local/agent/worker";
+        let good = format!("sha256:{}", "ab".repeat(32));
+        let bad = format!("sha256:{}", "cd".repeat(32));
+
+        // No attestation: public data only.
+        let plain = token(&server, "worker", None).unwrap();
+        assert_eq!(get(&server, "worker", &plain, "/api/x").await, 200);
+        assert_eq!(get(&server, "worker", &plain, "/payroll/x").await, 403);
+
+        // Attested but not pinned yet: still no.
+        let attested = token(
+            &server,
+            "worker",
+            Some(&statement(&attestor, spiffe, &good)),
+        )
+        .unwrap();
+        assert_eq!(get(&server, "worker", &attested, "/payroll/x").await, 403);
+
+        // Pinned to the digest, on loopback: the attested token is let in (the
+        // pin is read at request time), a token attesting another digest is not.
+        let (ok, _, err) = run(
+            &server,
+            &[
+                "agent",
+                "pin",
+                "worker",
+                "--digest",
+                &good,
+                "--network",
+                "127.0.0.0/8",
+            ],
+        );
+        assert!(ok, "{err}");
+        assert_eq!(get(&server, "worker", &attested, "/payroll/x").await, 200);
+        let wrong = token(&server, "worker", Some(&statement(&attestor, spiffe, &bad))).unwrap();
+        assert_eq!(get(&server, "worker", &wrong, "/payroll/x").await, 403);
+
+        // Statements that must be refused at the token endpoint.
+        let err = token(&server, "other", Some(&statement(&attestor, spiffe, &good))).unwrap_err();
+        assert!(err.contains("attests another workload"), "{err}");
+        let forged = statement(&Ed25519Key::generate(), spiffe, &good);
+        let err = token(&server, "worker", Some(&forged)).unwrap_err();
+        assert!(err.contains("posture statement refused"), "{err}");
+        let err = token(
+            &server,
+            "worker",
+            Some(&statement(&attestor, spiffe, "sha256:zz")),
+        )
+        .unwrap_err();
+        assert!(err.contains("digest"), "{err}");
+
+        // Moved to a network the pin does not allow: no new tokens, and the
+        // token in hand no longer matches the pin.
+        let (ok, _, err) = run(
+            &server,
+            &[
+                "agent",
+                "pin",
+                "worker",
+                "--digest",
+                &good,
+                "--network",
+                "10.0.0.0/8",
+            ],
+        );
+        assert!(ok, "{err}");
+        let err = token(
+            &server,
+            "worker",
+            Some(&statement(&attestor, spiffe, &good)),
+        )
+        .unwrap_err();
+        assert!(err.contains("pinned networks"), "{err}");
+        assert_eq!(get(&server, "worker", &attested, "/payroll/x").await, 403);
+        assert_eq!(get(&server, "worker", &attested, "/api/x").await, 200);
+        let (ok, _, err) = run(
+            &server,
+            &["agent", "pin", "worker", "--digest", "sha256:12"],
+        );
+        assert!(!ok && err.contains("64 hex"), "{err}");
+        let pinned: Vec<Value> = server
+            .audit(200)
+            .into_iter()
+            .filter(|r| r["action"] == "agent.pin")
+            .collect();
+        assert_eq!(pinned.len(), 2);
+        drop(gate);
+    }
+}

@@ -108,6 +108,8 @@ pub struct RawIdentity {
     /// `[[identity.oidc]]`: external issuers of users' tokens.
     #[serde(default)]
     pub oidc: Vec<RawOidc>,
+    /// `[identity.posture_attestor]`: who signs workload posture statements.
+    pub posture_attestor: Option<RawOidc>,
 }
 
 /// `[[identity.oidc]]`
@@ -1029,6 +1031,8 @@ pub struct Config {
     pub max_delegation_depth: u32,
     /// External issuers of users' tokens.
     pub oidc: Vec<OidcConfig>,
+    /// The signer of workload posture statements, when configured.
+    pub posture_attestor: Option<OidcConfig>,
     /// Policy directory.
     pub policy: PolicySource,
     /// Request body limit.
@@ -1141,7 +1145,13 @@ impl Config {
                 "key `identity.max_delegation_depth`: must be between 1 and 5".into(),
             ));
         }
-        for (i, oidc) in raw.identity.oidc.iter().enumerate() {
+        for (i, oidc) in raw
+            .identity
+            .oidc
+            .iter()
+            .chain(raw.identity.posture_attestor.iter())
+            .enumerate()
+        {
             let at = |m: &str| {
                 invalid(format!(
                     "`[[identity.oidc]]` #{} ({}): {m}",
@@ -1178,7 +1188,7 @@ impl Config {
             {
                 return Err(at("`clock_skew_seconds` must be between 0 and 300"));
             }
-            if raw.identity.oidc[..i]
+            if raw.identity.oidc[..i.min(raw.identity.oidc.len())]
                 .iter()
                 .any(|o| o.issuer == oidc.issuer)
             {
@@ -1293,6 +1303,17 @@ impl Config {
             server_names: raw.gateway.server_names,
             token_issuer: raw.identity.token_issuer,
             max_delegation_depth: raw.identity.max_delegation_depth.unwrap_or(2),
+            posture_attestor: raw.identity.posture_attestor.map(|o| OidcConfig {
+                jwks: match (o.jwks_url, o.jwks_file) {
+                    (Some(url), _) => JwksSource::Url(url),
+                    (None, Some(file)) => JwksSource::File(relative(file)),
+                    (None, None) => JwksSource::File(PathBuf::new()),
+                },
+                issuer: o.issuer,
+                audience: o.audience,
+                mfa_amr: Vec::new(),
+                clock_skew: o.clock_skew_seconds.unwrap_or(60),
+            }),
             oidc: raw
                 .identity
                 .oidc

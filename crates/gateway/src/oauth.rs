@@ -139,6 +139,8 @@ struct TokenRequest {
     client_assertion: Option<String>,
     subject_token: Option<String>,
     subject_token_type: Option<String>,
+    /// A workload posture statement (JWT from `[identity.posture_attestor]`).
+    posture: Option<String>,
 }
 
 /// RFC 8693's grant type.
@@ -354,6 +356,17 @@ async fn token(
         _ => client(ErrorCode::InvalidClient, "unknown client"),
     })?;
     let spiffe_id = SpiffeId::for_agent(&tokens.trust_domain, &agent).to_string();
+    if let Some(pin) = &entry.pin
+        && !pin.allows(conn.remote.ip())
+    {
+        return Err(client(
+            ErrorCode::InvalidClient,
+            format!(
+                "token requests for this agent must come from its pinned networks, not {}",
+                conn.remote.ip()
+            ),
+        ));
+    }
     recorder.record().principal = Some(agent.to_string());
     let kid = jsonwebtoken_kid(assertion);
     let key = match kid.as_deref() {
@@ -414,6 +427,31 @@ async fn token(
             )
         }
     };
+    // The posture statement, when sent, must verify and name this agent.
+    let posture_digest = match form.posture.as_deref() {
+        None => None,
+        Some(statement) => {
+            let attestor = tokens.posture_attestor.as_ref().ok_or_else(|| {
+                client(
+                    ErrorCode::BadRequest,
+                    "a posture statement was sent but no `[identity.posture_attestor]` is configured",
+                )
+            })?;
+            let posture = attestor.verify_posture(statement, now).await.map_err(|e| {
+                client(
+                    ErrorCode::InvalidClient,
+                    format!("posture statement refused: {e}"),
+                )
+            })?;
+            if posture.sub != spiffe_id {
+                return Err(client(
+                    ErrorCode::InvalidClient,
+                    "posture statement refused: it attests another workload",
+                ));
+            }
+            Some(posture.digest)
+        }
+    };
     // The subject is checked before anything single-use is spent, too.
     let subject = if exchange {
         Some(subject_of(tokens, &form, &spiffe_id, now).await?)
@@ -455,10 +493,15 @@ async fn token(
             subject.not_after,
         ),
     };
-    let (token, issued) = issued.map_err(|e| {
+    let signing_failed = |e: portcullis_identity::TokenError| {
         tracing::error!(error = %e, "cannot sign an access token");
         Denial::new(ErrorCode::Internal, "internal error")
-    })?;
+    };
+    let (mut token, mut issued) = issued.map_err(signing_failed)?;
+    if posture_digest.is_some() {
+        issued.posture_digest = posture_digest;
+        token = tokens.issuer.sign_access(&issued).map_err(signing_failed)?;
+    }
     {
         let record = recorder.record();
         record.outcome = Outcome::Allow;

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use portcullis_identity::{FederatedIssuer, JwkSet, TokenError, UserToken, claimed_issuer};
+use portcullis_identity::{
+    FederatedIssuer, JwkSet, PostureStatement, TokenError, UserToken, claimed_issuer,
+};
 
 use crate::config::{JwksSource, OidcConfig};
 use crate::otlp::Poster;
@@ -100,6 +102,29 @@ impl OidcProviders {
                     Err(TokenError::UnknownKey.into())
                 }
             }
+            other => Ok(other?),
+        }
+    }
+
+    /// Verifies a workload posture statement from the (single) attestor.
+    pub async fn verify_posture(
+        &self,
+        token: &str,
+        now: i64,
+    ) -> Result<PostureStatement, UserTokenRefusal> {
+        let iss = claimed_issuer(token)?;
+        let provider = self
+            .providers
+            .iter()
+            .find(|p| p.issuer.issuer == iss)
+            .ok_or(UserTokenRefusal::UnknownIssuer)?;
+        match provider
+            .issuer
+            .verify_posture(token, &provider.keys.load(), now)
+        {
+            Err(TokenError::UnknownKey) if self.refresh(provider).await => Ok(provider
+                .issuer
+                .verify_posture(token, &provider.keys.load(), now)?),
             other => Ok(other?),
         }
     }

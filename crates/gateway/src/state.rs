@@ -376,7 +376,10 @@ async fn build_snapshot(
     let agents = store.agents().await?;
     let certificates = store.certificates(None).await?;
     let keys = store.agent_keys(None).await?;
-    let directory = AgentDirectory::new(&agents, &certificates).with_keys(&keys);
+    let pins = store.posture_pins().await?;
+    let directory = AgentDirectory::new(&agents, &certificates)
+        .with_keys(&keys)
+        .with_pins(&pins);
     // Revoked agents stay out of the policy entities as well: defence in depth.
     let entities: Vec<AgentEntity> = directory
         .agents()

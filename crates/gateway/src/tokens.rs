@@ -28,6 +28,8 @@ pub struct TokenService {
     pub(crate) oidc: OidcProviders,
     /// Longest delegation chain a token exchange may build.
     pub(crate) max_delegation_depth: u32,
+    /// The signer of workload posture statements, when configured.
+    pub(crate) posture_attestor: Option<OidcProviders>,
 }
 
 impl TokenService {
@@ -39,8 +41,10 @@ impl TokenService {
         trust_domain: &str,
         oidc: OidcProviders,
         max_delegation_depth: u32,
+        posture_attestor: Option<OidcProviders>,
     ) -> Self {
         TokenService {
+            posture_attestor,
             revocations: Revocations::default(),
             oidc,
             max_delegation_depth,

@@ -50,13 +50,30 @@ struct Claims {
     iss: String,
     exp: i64,
     #[serde(default)]
-    nbf: Option<i64>,
-    #[serde(default)]
-    iat: Option<i64>,
-    #[serde(default)]
     groups: Vec<serde_json::Value>,
     #[serde(default)]
     amr: Vec<String>,
+}
+
+/// The time claims, and every claim as JSON.
+#[derive(Debug, Deserialize)]
+struct Times {
+    exp: i64,
+    #[serde(default)]
+    nbf: Option<i64>,
+    #[serde(default)]
+    iat: Option<i64>,
+}
+
+/// A verified workload posture statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostureStatement {
+    /// The agent's SPIFFE ID it attests.
+    pub sub: String,
+    /// The attested workload digest, `sha256:<hex>` lower case.
+    pub digest: String,
+    /// Its expiry.
+    pub exp: i64,
 }
 
 /// The `iss` a token claims, read before anything is verified, to pick the
@@ -87,6 +104,59 @@ impl FederatedIssuer {
 
     /// Verifies a user token against `keys` at `now`.
     pub fn verify(&self, token: &str, keys: &JwkSet, now: i64) -> Result<UserToken, TokenError> {
+        let claims: Claims = serde_json::from_value(self.verify_claims(token, keys, now)?)
+            .map_err(|_| TokenError::Malformed("user token"))?;
+        if claims.sub.is_empty() || claims.sub.len() > 256 {
+            return Err(TokenError::Claim("sub"));
+        }
+        let groups = claims
+            .groups
+            .iter()
+            .filter_map(|g| g.as_str())
+            .filter(|g| portcullis_core::AgentName::parse(g).is_ok())
+            .map(str::to_string)
+            .collect();
+        Ok(UserToken {
+            mfa: claims.amr.iter().any(|m| self.mfa_amr.contains(m)),
+            sub: claims.sub,
+            iss: claims.iss,
+            exp: claims.exp,
+            groups,
+        })
+    }
+
+    /// Verifies a workload posture statement: a JWT from this (attestor)
+    /// issuer whose `sub` is the agent's SPIFFE ID and whose `digest` is the
+    /// attested workload digest (`sha256:<64 hex>`).
+    pub fn verify_posture(
+        &self,
+        token: &str,
+        keys: &JwkSet,
+        now: i64,
+    ) -> Result<PostureStatement, TokenError> {
+        let claims = self.verify_claims(token, keys, now)?;
+        let sub = claims["sub"].as_str().ok_or(TokenError::Claim("sub"))?;
+        let digest = claims["digest"]
+            .as_str()
+            .filter(|d| {
+                d.strip_prefix("sha256:")
+                    .is_some_and(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            })
+            .ok_or(TokenError::Claim("digest"))?;
+        Ok(PostureStatement {
+            sub: sub.to_string(),
+            digest: digest.to_ascii_lowercase(),
+            exp: claims["exp"].as_i64().unwrap_or_default(),
+        })
+    }
+
+    /// Signature, algorithm, issuer, audience and time checks; the claims as JSON.
+    fn verify_claims(
+        &self,
+        token: &str,
+        keys: &JwkSet,
+        now: i64,
+    ) -> Result<serde_json::Value, TokenError> {
         if token.len() > 16_384 || token.split('.').count() != 3 {
             return Err(TokenError::Malformed("user token"));
         }
@@ -119,48 +189,35 @@ impl FederatedIssuer {
         validation.set_audience(&[&self.audience]);
         validation.set_issuer(&[&self.issuer]);
         validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
-        let data = jsonwebtoken::decode::<Claims>(token, &key, &validation).map_err(|e| {
-            use jsonwebtoken::errors::ErrorKind;
-            match e.kind() {
-                ErrorKind::InvalidSignature => TokenError::Signature,
-                ErrorKind::InvalidAudience => TokenError::Audience,
-                ErrorKind::InvalidIssuer => TokenError::Issuer,
-                ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
-                    TokenError::Algorithm
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(token, &key, &validation).map_err(|e| {
+                use jsonwebtoken::errors::ErrorKind;
+                match e.kind() {
+                    ErrorKind::InvalidSignature => TokenError::Signature,
+                    ErrorKind::InvalidAudience => TokenError::Audience,
+                    ErrorKind::InvalidIssuer => TokenError::Issuer,
+                    ErrorKind::InvalidAlgorithm | ErrorKind::InvalidAlgorithmName => {
+                        TokenError::Algorithm
+                    }
+                    ErrorKind::MissingRequiredClaim(c) if c == "aud" => TokenError::Claim("aud"),
+                    ErrorKind::MissingRequiredClaim(c) if c == "sub" => TokenError::Claim("sub"),
+                    ErrorKind::MissingRequiredClaim(_) => TokenError::Claim("exp"),
+                    _ => TokenError::Malformed("user token"),
                 }
-                ErrorKind::MissingRequiredClaim(c) if c == "aud" => TokenError::Claim("aud"),
-                ErrorKind::MissingRequiredClaim(c) if c == "sub" => TokenError::Claim("sub"),
-                ErrorKind::MissingRequiredClaim(_) => TokenError::Claim("exp"),
-                _ => TokenError::Malformed("user token"),
-            }
-        })?;
-        let claims = data.claims;
+            })?;
+        let all = data.claims;
+        let times: Times =
+            serde_json::from_value(all.clone()).map_err(|_| TokenError::Claim("exp"))?;
         let skew = self.clock_skew.clamp(0, MAX_CLOCK_SKEW);
-        if claims.exp + skew <= now {
+        if times.exp + skew <= now {
             return Err(TokenError::Expired);
         }
-        if claims.nbf.is_some_and(|nbf| nbf - skew > now)
-            || claims.iat.is_some_and(|iat| iat - skew > now)
+        if times.nbf.is_some_and(|nbf| nbf - skew > now)
+            || times.iat.is_some_and(|iat| iat - skew > now)
         {
             return Err(TokenError::NotYetValid);
         }
-        if claims.sub.is_empty() || claims.sub.len() > 256 {
-            return Err(TokenError::Claim("sub"));
-        }
-        let groups = claims
-            .groups
-            .iter()
-            .filter_map(|g| g.as_str())
-            .filter(|g| portcullis_core::AgentName::parse(g).is_ok())
-            .map(str::to_string)
-            .collect();
-        Ok(UserToken {
-            mfa: claims.amr.iter().any(|m| self.mfa_amr.contains(m)),
-            sub: claims.sub,
-            iss: claims.iss,
-            exp: claims.exp,
-            groups,
-        })
+        Ok(all)
     }
 }
 

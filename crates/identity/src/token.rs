@@ -487,6 +487,10 @@ pub struct AccessClaims {
     /// RFC 8176 methods: `["mfa"]` when the user passed a second factor.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub amr: Vec<String>,
+    /// The workload digest a posture statement attested when the token was
+    /// issued (`sha256:<hex>`); absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub posture_digest: Option<String>,
 }
 
 /// One actor of a delegation chain (RFC 8693 `act`).
@@ -617,6 +621,7 @@ impl TokenIssuer {
             user_iss: None,
             groups: Vec::new(),
             amr: Vec::new(),
+            posture_digest: None,
         };
         Ok((self.key.sign(&header, &claims)?, claims))
     }
@@ -663,8 +668,21 @@ impl TokenIssuer {
             } else {
                 Vec::new()
             },
+            posture_digest: None,
         };
         Ok((self.key.sign(&header, &claims)?, claims))
+    }
+
+    /// Signs claims made by [`Self::issue`] or [`Self::issue_delegated`]
+    /// after the caller added to them (the attested posture).
+    pub fn sign_access(&self, claims: &AccessClaims) -> Result<String, TokenError> {
+        if claims.cnf.jkt.is_none() && claims.cnf.x5t_s256.is_none() {
+            return Err(TokenError::Claim("cnf"));
+        }
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid());
+        header.typ = Some("at+jwt".into());
+        self.key.sign(&header, claims)
     }
 
     /// Whether `token` claims to be one of ours (a JWS header naming this

@@ -18,7 +18,7 @@ use portcullis_core::ErrorCode;
 use portcullis_identity::{
     CertRejection, DPOP_WINDOW, DelegatedUser, PeerCertificate, ReplayRefusal,
 };
-use portcullis_policy::{AuthFacts, AuthMethod, CallerFacts, Delegation};
+use portcullis_policy::{AuthFacts, AuthMethod, CallerFacts, Delegation, Posture};
 
 use crate::directory::{AgentDirectory, DirectoryRefusal};
 use crate::respond::Denial;
@@ -120,6 +120,7 @@ pub fn run_request(
     tokens: &TokenService,
     peer: Option<&Result<PeerCertificate, CertRejection>>,
     parts: &http::request::Parts,
+    source_ip: std::net::IpAddr,
     now_epoch: i64,
 ) -> Result<Identity, AuthnFailure> {
     let authorization = parts
@@ -133,6 +134,7 @@ pub fn run_request(
             tokens,
             peer,
             parts,
+            source_ip,
             token.trim(),
             true,
             now_epoch,
@@ -149,6 +151,7 @@ pub fn run_request(
                 tokens,
                 peer,
                 parts,
+                source_ip,
                 token.trim(),
                 false,
                 now_epoch,
@@ -163,6 +166,7 @@ fn token_identity(
     tokens: &TokenService,
     peer: Option<&Result<PeerCertificate, CertRejection>>,
     parts: &http::request::Parts,
+    source_ip: std::net::IpAddr,
     token: &str,
     dpop: bool,
     now: i64,
@@ -306,13 +310,26 @@ fn token_identity(
     };
     // As for certificates: the live directory decides, so a revoked agent's
     // unexpired token stops working on its next request.
-    directory.check_agent(&claims.client_id).map_err(|r| {
+    let entry = directory.check_agent(&claims.client_id).map_err(|r| {
         fail(
             ErrorCode::AgentRevoked,
             refusal_message(r).into(),
             presented(cnf),
         )
     })?;
+    // The pin is read now, not when the token was issued: re-pinning or a
+    // move to another network shows on the next request.
+    let posture = match &claims.posture_digest {
+        Some(digest) => Posture {
+            attested: true,
+            digest: digest.clone(),
+            matches_pin: entry
+                .pin
+                .as_ref()
+                .is_some_and(|pin| pin.digest == *digest && pin.allows(source_ip)),
+        },
+        None => Posture::default(),
+    };
     Ok(Identity {
         agent: claims.client_id.clone(),
         credential: presented(cnf),
@@ -338,6 +355,7 @@ fn token_identity(
                         chain,
                     }
                 }),
+            posture,
             ..CallerFacts::mtls()
         },
         spiffe_id: claims.agent_spiffe_id().to_string(),

@@ -163,6 +163,7 @@ async fn run(
         &gateway.tokens,
         conn.peer.as_ref(),
         &decoded.parts,
+        conn.remote.ip(),
         now_epoch,
     );
     let elapsed = t.elapsed();
