@@ -46,6 +46,19 @@ pub enum AgentCommand {
         /// The agent's name.
         name: String,
     },
+    /// Pin an agent to a workload digest (and source networks): its token
+    /// requests must come from those networks, and policy sees
+    /// `context.posture.matches_pin` only for tokens attesting that digest.
+    Pin {
+        /// The agent's name.
+        name: String,
+        /// The workload digest, `sha256:<64 hex>` (container image or binary).
+        #[arg(long)]
+        digest: String,
+        /// An allowed source network in CIDR form (repeatable; none = any).
+        #[arg(long = "network")]
+        networks: Vec<String>,
+    },
     /// Revoke an agent and all its certificates, effective on its next request.
     Revoke {
         /// The agent's name.
@@ -65,6 +78,15 @@ pub enum AgentCommand {
         /// Bind the token to the agent's client certificate instead of DPoP.
         #[arg(long)]
         mtls: bool,
+        /// A file holding a workload posture statement (a JWT signed by the
+        /// configured posture attestor) to send with the token request.
+        #[arg(long, value_name = "STATEMENT_FILE")]
+        posture: Option<PathBuf>,
+        /// Token exchange (RFC 8693): a file holding the token of the user
+        /// the agent acts for (from a configured OIDC issuer, or a delegated
+        /// token another agent passed on). The new token's `act` records the chain.
+        #[arg(long, value_name = "TOKEN_FILE")]
+        on_behalf_of: Option<PathBuf>,
     },
     /// Print a DPoP proof for one request with a DPoP-bound token.
     Dpop {
@@ -224,9 +246,20 @@ pub async fn agent(command: AgentCommand, args: AdminArgs) -> Result<()> {
             creds,
             gateway,
             mtls,
+            on_behalf_of,
+            posture,
         } => {
             let state = StateDir::new(args.state.state_dir.clone());
-            return crate::token_cmd::token(&state, name, creds, gateway.clone(), *mtls).await;
+            return crate::token_cmd::token(
+                &state,
+                name,
+                creds,
+                gateway.clone(),
+                *mtls,
+                on_behalf_of.as_deref(),
+                posture.as_deref(),
+            )
+            .await;
         }
         AgentCommand::Dpop {
             name,
@@ -287,11 +320,181 @@ pub async fn agent(command: AgentCommand, args: AdminArgs) -> Result<()> {
         }
         AgentCommand::List => print_json(&client.get("/agents").await?),
         AgentCommand::Show { name } => print_json(&client.get(&format!("/agents/{name}")).await?),
+        AgentCommand::Pin {
+            name,
+            digest,
+            networks,
+        } => print_json(
+            &client
+                .post(
+                    &format!("/agents/{name}/posture"),
+                    &json!({ "digest": digest, "networks": networks }),
+                )
+                .await?,
+        ),
         AgentCommand::Revoke { name } => print_json(
             &client
                 .post(&format!("/agents/{name}/revoke"), &json!({}))
                 .await?,
         ),
+    }
+    Ok(())
+}
+
+/// `portcullis token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Revoke one access token by its `jti`, effective on its next request.
+    Revoke {
+        /// The token's `jti` (in its audit record's `credential`).
+        jti: String,
+        /// Why (recorded).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// List revoked tokens that have not expired yet.
+    Revoked,
+}
+
+/// `portcullis user …` (federated users agents act for)
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Disable a user: every delegated token for them stops working at once
+    /// and no new one is exchanged.
+    Disable {
+        /// The user's `sub` at their identity provider.
+        subject: String,
+        /// Why (recorded).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Enable a disabled user again.
+    Enable {
+        /// The user's `sub`.
+        subject: String,
+    },
+    /// List disabled users.
+    Disabled,
+}
+
+/// Runs `portcullis token …`.
+pub async fn token(command: TokenCommand, args: AdminArgs) -> Result<()> {
+    let client = AdminClient::from_args(&args)?;
+    match command {
+        TokenCommand::Revoke { jti, reason } => {
+            client
+                .post("/tokens/revoke", &json!({ "jti": jti, "reason": reason }))
+                .await?;
+            println!("revoked token {jti}");
+        }
+        TokenCommand::Revoked => print_json(&client.get("/tokens/revoked").await?),
+    }
+    Ok(())
+}
+
+/// Runs `portcullis user …`.
+pub async fn user(command: UserCommand, args: AdminArgs) -> Result<()> {
+    let client = AdminClient::from_args(&args)?;
+    match command {
+        UserCommand::Disable { subject, reason } => {
+            client
+                .post(
+                    "/users/disable",
+                    &json!({ "subject": subject, "reason": reason }),
+                )
+                .await?;
+            println!("disabled user `{subject}`");
+        }
+        UserCommand::Enable { subject } => {
+            client
+                .post("/users/enable", &json!({ "subject": subject }))
+                .await?;
+            println!("enabled user `{subject}`");
+        }
+        UserCommand::Disabled => print_json(&client.get("/users/disabled").await?),
+    }
+    Ok(())
+}
+
+/// `portcullis admin …`
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Human admins who confirm sensitive actions with TOTP.
+    User {
+        #[command(subcommand)]
+        command: AdminUserCommand,
+    },
+}
+
+/// `portcullis admin user …`
+#[derive(Debug, Subcommand)]
+pub enum AdminUserCommand {
+    /// Enrol a human admin and print their TOTP secret once (add it to an
+    /// authenticator app). After the first, enrolment needs --user/--totp.
+    Add {
+        /// The admin's name (a-z, 0-9, `.`, `_`, `-`).
+        name: String,
+    },
+    /// List enrolled admins.
+    List,
+    /// Remove an admin (needs --user/--totp).
+    Remove {
+        /// The admin's name.
+        name: String,
+    },
+}
+
+/// Epoch seconds as RFC 3339 UTC, `-` for 0 or out of range.
+pub(crate) fn format_time(secs: i64) -> String {
+    if secs == 0 {
+        return "-".into();
+    }
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Runs `portcullis admin …`.
+pub async fn admin(command: AdminCommand, args: AdminArgs) -> Result<()> {
+    let client = AdminClient::from_args(&args)?;
+    match command {
+        AdminCommand::User {
+            command: AdminUserCommand::Add { name },
+        } => {
+            let v = client.post("/admins", &json!({ "name": name })).await?;
+            println!(
+                "enrolled admin `{}`",
+                v["name"].as_str().unwrap_or_default()
+            );
+            println!(
+                "TOTP secret (shown once; add it to an authenticator app): {}",
+                v["totp_secret"].as_str().unwrap_or_default()
+            );
+            println!("{}", v["otpauth_uri"].as_str().unwrap_or_default());
+        }
+        AdminCommand::User {
+            command: AdminUserCommand::List,
+        } => {
+            let v = client.get("/admins").await?;
+            println!("{:<24} ENROLLED", "NAME");
+            for a in v.as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {}",
+                    a["name"].as_str().unwrap_or_default(),
+                    format_time(a["created_at"].as_i64().unwrap_or_default())
+                );
+            }
+        }
+        AdminCommand::User {
+            command: AdminUserCommand::Remove { name },
+        } => {
+            client.delete(&format!("/admins/{name}")).await?;
+            println!("removed admin `{name}`");
+        }
     }
     Ok(())
 }

@@ -31,6 +31,8 @@ pub const ENV_LOG_FORMAT: &str = "PORTCULLIS_LOG_FORMAT";
 /// Environment variable naming the vault's key-encryption key file (32 bytes,
 /// raw or base64).
 pub const ENV_KEK_FILE: &str = "PORTCULLIS_KEK_FILE";
+/// Environment variable naming the human admin behind sensitive CLI actions.
+pub const ENV_USER: &str = "PORTCULLIS_USER";
 /// Environment variable holding the vault's key-encryption key (base64).
 pub const ENV_KEK: &str = "PORTCULLIS_KEK";
 
@@ -70,6 +72,13 @@ pub struct AdminArgs {
     /// CA certificate to trust for the admin API (default: `<state-dir>/ca.crt`).
     #[arg(long, global = true)]
     pub ca_cert: Option<PathBuf>,
+    /// The human admin confirming a sensitive action with --totp.
+    #[arg(long, env = ENV_USER, global = true)]
+    pub user: Option<String>,
+    /// A current TOTP code of that admin, for sensitive actions (revoke,
+    /// enrolment, …) once an admin has enrolled.
+    #[arg(long, global = true)]
+    pub totp: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -86,6 +95,27 @@ enum Command {
     Agent {
         #[command(subcommand)]
         command: commands::AgentCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Revoke single access tokens.
+    Token {
+        #[command(subcommand)]
+        command: commands::TokenCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Federated users agents act for: disable and enable.
+    User {
+        #[command(subcommand)]
+        command: commands::UserCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Human admins and their TOTP second factor.
+    Admin {
+        #[command(subcommand)]
+        command: commands::AdminCommand,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -181,6 +211,9 @@ fn main() -> ExitCode {
             }
             Command::Agent { command, admin } => commands::agent(command, admin).await,
             Command::Audit { command, admin } => commands::audit(command, admin).await,
+            Command::Admin { command, admin } => commands::admin(command, admin).await,
+            Command::Token { command, admin } => commands::token(command, admin).await,
+            Command::User { command, admin } => commands::user(command, admin).await,
             Command::Inventory {
                 since,
                 format,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use portcullis_admin::{AdminState, RemoteAddr};
+use portcullis_admin::{AdminState, MfaKeys, RemoteAddr};
 use portcullis_gateway::audit_export::Exporters;
 use portcullis_gateway::audit_sink::AuditWriter;
 use portcullis_gateway::checkpointer::{Checkpointer, LogSigner};
@@ -241,6 +241,18 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
             .context("cannot load the access-token signing key")?,
         config.token_ttl,
         &config.trust_domain,
+        portcullis_gateway::oidc::OidcProviders::new(&config.oidc, upstream_tls.clone()).await,
+        config.max_delegation_depth,
+        match &config.posture_attestor {
+            Some(attestor) => Some(
+                portcullis_gateway::oidc::OidcProviders::new(
+                    std::slice::from_ref(attestor),
+                    upstream_tls.clone(),
+                )
+                .await,
+            ),
+            None => None,
+        },
     );
     let (tracer, trace_exporter) = match &config.telemetry {
         Some(telemetry) => {
@@ -281,6 +293,10 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         sink: sink.clone(),
         vault: vault.clone(),
         checkpointer: checkpointer.clone(),
+        mfa: Arc::new(MfaKeys::new(
+            &load_or_create_seed(&state.mfa_key(), "the admin MFA sealing key")?,
+            config.admin_require_mfa,
+        )),
     });
     drop(sink);
 

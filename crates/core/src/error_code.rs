@@ -57,6 +57,13 @@ pub enum ErrorCode {
     InvalidClient,
     /// The token endpoint was asked for a grant it does not support.
     UnsupportedGrantType,
+    /// A sensitive admin action needs a human admin's fresh TOTP code.
+    MfaRequired,
+    /// A token exchange was refused: the subject token is not valid, or the
+    /// delegation is not allowed (disabled user, chain too long or cyclic).
+    InvalidGrant,
+    /// The TOTP code (or the admin it names) was refused: wrong, stale, or already used.
+    InvalidTotp,
     /// An LLM request names a model its route does not configure.
     ModelNotFound,
     /// The agent's request or token budget on an LLM route is spent for
@@ -91,6 +98,9 @@ impl ErrorCode {
             ErrorCode::InvalidDpopProof => "invalid_dpop_proof",
             ErrorCode::InvalidClient => "invalid_client",
             ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
+            ErrorCode::MfaRequired => "mfa_required",
+            ErrorCode::InvalidGrant => "invalid_grant",
+            ErrorCode::InvalidTotp => "invalid_totp",
             ErrorCode::ModelNotFound => "model_not_found",
             ErrorCode::BudgetExceeded => "budget_exceeded",
         }
@@ -104,7 +114,9 @@ impl ErrorCode {
             | ErrorCode::AgentRevoked
             | ErrorCode::InvalidToken
             | ErrorCode::InvalidDpopProof
-            | ErrorCode::InvalidClient => 401,
+            | ErrorCode::InvalidClient
+            | ErrorCode::MfaRequired
+            | ErrorCode::InvalidTotp => 401,
             ErrorCode::Forbidden | ErrorCode::ContentBlocked => 403,
             ErrorCode::RouteNotFound | ErrorCode::NotFound | ErrorCode::ModelNotFound => 404,
             ErrorCode::BudgetExceeded => 429,
@@ -113,7 +125,8 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::BadRequest
             | ErrorCode::InvalidCiphertext
-            | ErrorCode::UnsupportedGrantType => 400,
+            | ErrorCode::UnsupportedGrantType
+            | ErrorCode::InvalidGrant => 400,
             ErrorCode::UpstreamUnavailable => 502,
             ErrorCode::UpstreamTimeout => 504,
             ErrorCode::Internal => 500,
@@ -155,6 +168,9 @@ mod tests {
             ErrorCode::InvalidDpopProof,
             ErrorCode::InvalidClient,
             ErrorCode::UnsupportedGrantType,
+            ErrorCode::MfaRequired,
+            ErrorCode::InvalidTotp,
+            ErrorCode::InvalidGrant,
             ErrorCode::ModelNotFound,
             ErrorCode::BudgetExceeded,
         ];

@@ -224,6 +224,11 @@ impl Gateway {
         } else {
             None
         };
+        parts
+            .tokens
+            .revocations
+            .reload(&parts.store, unix_now())
+            .await?;
         Ok(Arc::new(Gateway {
             llm,
             model_entities,
@@ -276,6 +281,21 @@ impl Gateway {
         .await?;
         self.snapshot.store(Arc::new(snapshot));
         Ok(())
+    }
+
+    /// Re-reads revoked tokens and disabled users. Called by the admin API
+    /// after each such change, before it answers.
+    pub async fn reload_revocations(&self) -> Result<(), GatewayError> {
+        self.tokens
+            .revocations
+            .reload(&self.store, unix_now())
+            .await?;
+        Ok(())
+    }
+
+    /// The access-token service (for the admin API's `whoami`).
+    pub fn tokens(&self) -> &crate::tokens::TokenService {
+        &self.tokens
     }
 
     /// Checks a new connection's client certificate.
@@ -428,7 +448,10 @@ async fn build_snapshot(
     let agents = store.agents().await?;
     let certificates = store.certificates(None).await?;
     let keys = store.agent_keys(None).await?;
-    let directory = AgentDirectory::new(&agents, &certificates).with_keys(&keys);
+    let pins = store.posture_pins().await?;
+    let directory = AgentDirectory::new(&agents, &certificates)
+        .with_keys(&keys)
+        .with_pins(&pins);
     // Revoked agents stay out of the policy entities as well: defence in depth.
     let entities: Vec<AgentEntity> = directory
         .agents()
@@ -443,4 +466,11 @@ async fn build_snapshot(
         directory,
         authorizer,
     })
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
 }

@@ -167,6 +167,7 @@ async fn run(
         &gateway.tokens,
         conn.peer.as_ref(),
         &decoded.parts,
+        conn.remote.ip(),
         now_epoch,
     );
     let elapsed = t.elapsed();
