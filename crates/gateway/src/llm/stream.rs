@@ -7,7 +7,8 @@
 //! only when something must be done to it: it carries a `usage` object
 //! (charged to the budget, and taken out again when the gateway asked for it
 //! on the client's behalf), or DLP is on. With DLP, each choice's
-//! `delta.content` runs through its own [`StreamRedactor`] (with a short
+//! `delta.content` and each of its tool calls' `function.arguments` runs
+//! through its own [`StreamRedactor`] (with a short
 //! hold-back, see [`STREAM_HOLD_BACK`]), so a value split over many deltas
 //! is still caught; the event is re-serialized with the redacted text, and
 //! what a redactor still holds goes out with the choice's last event (the
@@ -126,6 +127,80 @@ pub fn log_findings(
     }
 }
 
+/// Which text of a choice a redactor follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Field {
+    /// `delta.content`.
+    Content,
+    /// `delta.tool_calls[index == k].function.arguments`.
+    ToolArguments(u64),
+}
+
+impl Field {
+    fn pointer(self, choice: u64) -> String {
+        match self {
+            Field::Content => format!("/choices/{choice}/delta/content"),
+            Field::ToolArguments(k) => {
+                format!("/choices/{choice}/delta/tool_calls/{k}/function/arguments")
+            }
+        }
+    }
+}
+
+/// Sets (or, with `append`, extends) a choice's text for `field`, creating
+/// the `delta` or the tool call when the event has none.
+fn set_text(choice: &mut Value, field: Field, text: String, append: bool) {
+    let Some(obj) = choice.as_object_mut() else {
+        return;
+    };
+    let delta = obj
+        .entry("delta")
+        .or_insert_with(|| Value::Object(Default::default()));
+    if !delta.is_object() {
+        *delta = Value::Object(Default::default());
+    }
+    let Some(delta) = delta.as_object_mut() else {
+        return;
+    };
+    let slot = match field {
+        Field::Content => delta.entry("content").or_insert(Value::Null),
+        Field::ToolArguments(k) => {
+            let calls = delta
+                .entry("tool_calls")
+                .or_insert_with(|| Value::Array(Vec::new()));
+            if !calls.is_array() {
+                *calls = Value::Array(Vec::new());
+            }
+            let Some(calls) = calls.as_array_mut() else {
+                return;
+            };
+            let at = match calls
+                .iter()
+                .position(|c| c.get("index").and_then(Value::as_u64) == Some(k))
+            {
+                Some(at) => at,
+                None => {
+                    calls.push(serde_json::json!({"index": k, "function": {}}));
+                    calls.len() - 1
+                }
+            };
+            let call = &mut calls[at];
+            if call.get("function").is_none_or(|f| !f.is_object()) {
+                call["function"] = serde_json::json!({});
+            }
+            let function = &mut call["function"];
+            if function.get("arguments").is_none() {
+                function["arguments"] = Value::Null;
+            }
+            &mut function["arguments"]
+        }
+    };
+    match (append, slot.as_str()) {
+        (true, Some(existing)) => *slot = Value::String(format!("{existing}{text}")),
+        _ => *slot = Value::String(text),
+    }
+}
+
 /// One choice's redactor and how many of its findings were logged.
 struct ChoiceRedactor {
     redactor: StreamRedactor<Arc<Scanner>>,
@@ -143,7 +218,7 @@ pub struct SseBody {
     strip_usage: bool,
     charge: Charge,
     dlp: Option<Dlp>,
-    redactors: BTreeMap<u64, ChoiceRedactor>,
+    redactors: BTreeMap<(u64, Field), ChoiceRedactor>,
     /// `id`, `object`, `created`, `model` of the last chunk, for the extra
     /// chunk that carries what the redactors still held.
     last_meta: Option<serde_json::Map<String, Value>>,
@@ -240,10 +315,15 @@ impl SseBody {
         }
     }
 
-    /// Runs each choice's `delta.content` through its redactor; true when
-    /// the chunk changed.
+    /// Runs each choice's `delta.content` and each tool call's
+    /// `function.arguments` through its own redactor; true when the chunk
+    /// changed. A choice's last event (with `finish_reason`) also carries
+    /// what its redactors still held.
     fn redact_choices(&mut self, chunk: &mut serde_json::Map<String, Value>) -> bool {
-        let Some(dlp) = &self.dlp else { return false };
+        let (scanner, key, redact) = match &self.dlp {
+            Some(d) => (d.scanner.clone(), d.key, d.redact),
+            None => return false,
+        };
         let Some(choices) = chunk.get_mut("choices").and_then(Value::as_array_mut) else {
             return false;
         };
@@ -251,84 +331,119 @@ impl SseBody {
         for choice in choices.iter_mut() {
             let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
             let finished = choice.get("finish_reason").is_some_and(|r| !r.is_null());
-            let content = choice
-                .get("delta")
-                .and_then(|d| d.get("content"))
-                .and_then(Value::as_str)
-                .map(str::to_string);
-            if content.is_none() && !finished {
-                continue;
-            }
-            let entry = self
-                .redactors
-                .entry(index)
-                .or_insert_with(|| ChoiceRedactor {
-                    redactor: StreamRedactor::new(dlp.scanner.clone(), Redactor::new(&dlp.key))
-                        .with_hold_back(STREAM_HOLD_BACK),
-                    logged: 0,
-                });
-            let mut emitted = content
-                .as_deref()
-                .map(|c| entry.redactor.push(c.as_bytes()))
-                .unwrap_or_default();
-            if finished {
-                emitted.extend(entry.redactor.finish());
-            }
-            let pointer = format!("/choices/{index}/delta/content");
-            log_findings(
-                &self.meter,
-                &entry.redactor.findings()[entry.logged..],
-                &pointer,
-                &self.request_id,
-                &self.route,
-                dlp.redact,
-            );
-            entry.logged = entry.redactor.findings().len();
-            if finished {
-                self.redactors.remove(&index);
-            }
-            if !dlp.redact {
-                continue;
-            }
-            let text = String::from_utf8_lossy(&emitted).into_owned();
-            if content.as_deref() != Some(text.as_str()) {
-                if let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut) {
-                    delta.insert("content".into(), Value::String(text));
-                } else if let Some(obj) = choice.as_object_mut() {
-                    obj.insert("delta".into(), serde_json::json!({ "content": text }));
+            let mut texts: Vec<(Field, String)> = Vec::new();
+            if let Some(delta) = choice.get("delta") {
+                if let Some(c) = delta.get("content").and_then(Value::as_str) {
+                    texts.push((Field::Content, c.to_string()));
                 }
-                changed = true;
+                for call in delta
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let k = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                    if let Some(a) = call
+                        .get("function")
+                        .and_then(|f| f.get("arguments"))
+                        .and_then(Value::as_str)
+                    {
+                        texts.push((Field::ToolArguments(k), a.to_string()));
+                    }
+                }
+            }
+            for (field, text) in texts {
+                let emitted = self
+                    .redactors
+                    .entry((index, field))
+                    .or_insert_with(|| ChoiceRedactor {
+                        redactor: StreamRedactor::new(scanner.clone(), Redactor::new(&key))
+                            .with_hold_back(STREAM_HOLD_BACK),
+                        logged: 0,
+                    })
+                    .redactor
+                    .push(text.as_bytes());
+                self.log_new(index, field, redact);
+                let emitted = String::from_utf8_lossy(&emitted).into_owned();
+                if redact && emitted != text {
+                    set_text(choice, field, emitted, false);
+                    changed = true;
+                }
+            }
+            if finished {
+                let held: Vec<Field> = self
+                    .redactors
+                    .range((index, Field::Content)..=(index, Field::ToolArguments(u64::MAX)))
+                    .map(|((_, f), _)| *f)
+                    .collect();
+                for field in held {
+                    let tail = self
+                        .redactors
+                        .get_mut(&(index, field))
+                        .map(|e| e.redactor.finish())
+                        .unwrap_or_default();
+                    self.log_new(index, field, redact);
+                    self.redactors.remove(&(index, field));
+                    if redact && !tail.is_empty() {
+                        set_text(
+                            choice,
+                            field,
+                            String::from_utf8_lossy(&tail).into_owned(),
+                            true,
+                        );
+                        changed = true;
+                    }
+                }
             }
         }
         changed
     }
 
-    /// Sends what the redactors still hold, one extra chunk per choice.
+    /// Logs and records the findings of one redactor not yet logged.
+    fn log_new(&mut self, index: u64, field: Field, redacted: bool) {
+        let Some(entry) = self.redactors.get_mut(&(index, field)) else {
+            return;
+        };
+        log_findings(
+            &self.meter,
+            &entry.redactor.findings()[entry.logged..],
+            &field.pointer(index),
+            &self.request_id,
+            &self.route,
+            redacted,
+        );
+        entry.logged = entry.redactor.findings().len();
+    }
+
+    /// Sends what the redactors still hold, one extra chunk per text.
     fn flush_redactors(&mut self, out: &mut Vec<u8>) {
         let Some(dlp) = &self.dlp else { return };
         let redact = dlp.redact;
-        for (index, mut entry) in std::mem::take(&mut self.redactors) {
-            let tail = entry.redactor.finish();
-            log_findings(
-                &self.meter,
-                &entry.redactor.findings()[entry.logged..],
-                &format!("/choices/{index}/delta/content"),
-                &self.request_id,
-                &self.route,
-                redact,
-            );
+        let held: Vec<(u64, Field)> = self.redactors.keys().copied().collect();
+        for (index, field) in held {
+            let tail = self
+                .redactors
+                .get_mut(&(index, field))
+                .map(|e| e.redactor.finish())
+                .unwrap_or_default();
+            self.log_new(index, field, redact);
+            self.redactors.remove(&(index, field));
             if !redact || tail.is_empty() {
                 continue;
             }
-            let mut chunk = self.last_meta.clone().unwrap_or_default();
-            chunk.insert(
-                "choices".into(),
-                serde_json::json!([{
-                    "index": index,
-                    "delta": { "content": String::from_utf8_lossy(&tail) },
-                    "finish_reason": null,
-                }]),
+            let mut choice = serde_json::json!({
+                "index": index,
+                "delta": {},
+                "finish_reason": null,
+            });
+            set_text(
+                &mut choice,
+                field,
+                String::from_utf8_lossy(&tail).into_owned(),
+                true,
             );
+            let mut chunk = self.last_meta.clone().unwrap_or_default();
+            chunk.insert("choices".into(), Value::Array(vec![choice]));
             write_event(out, &Value::Object(chunk));
         }
     }
@@ -644,6 +759,31 @@ mod tests {
             .collect();
         assert_eq!(text, "key [REDACTED_AWS_ACCESS_KEY_1] ok");
         assert!(out.ends_with(DONE));
+    }
+
+    const T1: &str = "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"type\":\"function\",\"function\":{\"name\":\"send\",\"arguments\":\"{\\\"to\\\":\\\"bob.smith@acme\"}}]},\"finish_reason\":null}]}\n\n";
+    const T2: &str = "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0,\"function\":{\"arguments\":\"-corp.io\\\"}\"}}]},\"finish_reason\":null}]}\n\n";
+    const T3: &str = "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}]}\n\n";
+
+    #[tokio::test]
+    async fn redacts_streamed_tool_call_arguments() {
+        let (out, _) = run(vec![T1, T2, T3, DONE], false, true).await;
+        assert!(!out.contains("bob.smith"), "{out}");
+        let mut args = String::new();
+        for e in out.split("\n\n").filter_map(|e| e.strip_prefix("data: ")) {
+            if e == "[DONE]" {
+                continue;
+            }
+            let v: Value = serde_json::from_str(e).unwrap();
+            for c in v["choices"][0]["delta"]["tool_calls"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                args.push_str(c["function"]["arguments"].as_str().unwrap_or(""));
+            }
+        }
+        assert_eq!(args, "{\"to\":\"[REDACTED_EMAIL_1]\"}");
     }
 
     #[test]
