@@ -644,3 +644,86 @@ mod posture {
         drop(gate);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn whoami_and_agent_list_show_how_the_gateway_sees_agents() {
+    install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let server = tokio::task::spawn_blocking(move || Server::start(dir, None))
+        .await
+        .unwrap();
+    server.create_agent("seen-bot", &["reader", "ops"]);
+    server.create_agent("idle-bot", &["reader"]);
+    let creds = server.path().join("creds");
+    let creds = creds.to_str().unwrap();
+
+    // The certificate, as the gateway sees it (this also makes it "seen").
+    let (ok, out, err) = run(&server, &["whoami", "--name", "seen-bot", "--creds", creds]);
+    assert!(ok, "{err}");
+    let me: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(me["agent"], "seen-bot");
+    assert_eq!(me["auth"]["method"], "mtls");
+    assert_eq!(me["roles"], serde_json::json!(["reader", "ops"]));
+    assert_eq!(me["posture"]["attested"], false);
+    assert!(me["expires_at"].as_i64().unwrap() > now() as i64);
+
+    // A token: method, age, expiry.
+    let out = server.cli(&["agent", "token", "seen-bot", "--creds", creds]);
+    assert!(out.status.success());
+    let token_file = server.path().join("seen.token");
+    std::fs::write(&token_file, &out.stdout).unwrap();
+    let (ok, out, err) = run(
+        &server,
+        &[
+            "whoami",
+            "--name",
+            "seen-bot",
+            "--creds",
+            creds,
+            "--token",
+            token_file.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    let me: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(me["auth"]["method"], "token");
+    assert!(me["credential"].as_str().unwrap().contains("cnf=dpop"));
+
+    // The list: credential kinds, expiry, last seen only for the one seen.
+    let (ok, out, err) = run(&server, &["agent", "list"]);
+    assert!(ok, "{err}");
+    let line = |name: &str| {
+        out.lines()
+            .find(|l| l.starts_with(name))
+            .unwrap_or_else(|| panic!("{name} not in {out}"))
+            .to_string()
+    };
+    let seen = line("seen-bot");
+    assert!(
+        seen.contains("mtls,token") && seen.contains("reader,ops") && seen.ends_with("active"),
+        "{out}"
+    );
+    let idle = line("idle-bot");
+    let cols: Vec<&str> = idle.split_whitespace().collect();
+    assert_eq!(cols[4], "-", "never seen: {idle}");
+    assert_ne!(seen.split_whitespace().nth(4).unwrap(), "-", "{seen}");
+
+    // A revoked agent: whoami says why every request of it is refused.
+    let (ok, _, err) = run(&server, &["agent", "revoke", "idle-bot"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&server, &["whoami", "--name", "idle-bot", "--creds", creds]);
+    assert!(!ok);
+    assert!(err.contains("agent_revoked"), "{err}");
+    let (ok, out, _) = run(&server, &["agent", "list"]);
+    assert!(
+        ok && line_of(&out, "idle-bot").ends_with("revoked"),
+        "{out}"
+    );
+}
+
+fn line_of(out: &str, name: &str) -> String {
+    out.lines()
+        .find(|l| l.starts_with(name))
+        .unwrap()
+        .to_string()
+}

@@ -119,6 +119,8 @@ pub struct Gateway {
     pub(crate) vault: Option<Arc<Vault>>,
     pub(crate) captures: Option<CaptureSink>,
     pub(crate) tokens: crate::tokens::TokenService,
+    /// When each agent last authenticated.
+    pub(crate) last_seen: crate::last_seen::LastSeen,
     checker: ClientCertChecker,
     bundle: Arc<PolicyBundle>,
     route_entities: Vec<RouteEntity>,
@@ -196,7 +198,11 @@ impl Gateway {
             .revocations
             .reload(&parts.store, unix_now())
             .await?;
+        let last_seen = crate::last_seen::LastSeen::default();
+        last_seen.sync(snapshot.directory.agents().map(|(name, _)| name));
+        last_seen.seed(&parts.store).await?;
         Ok(Arc::new(Gateway {
+            last_seen,
             tokens: parts.tokens,
             guard,
             vault: parts.vault,
@@ -238,6 +244,8 @@ impl Gateway {
     pub async fn reload(&self) -> Result<(), GatewayError> {
         let _guard = self.reload_lock.lock().await;
         let snapshot = build_snapshot(&self.store, &self.bundle, &self.route_entities).await?;
+        self.last_seen
+            .sync(snapshot.directory.agents().map(|(name, _)| name));
         self.snapshot.store(Arc::new(snapshot));
         Ok(())
     }
@@ -250,6 +258,11 @@ impl Gateway {
             .reload(&self.store, unix_now())
             .await?;
         Ok(())
+    }
+
+    /// When `agent` last authenticated (epoch seconds, 0 = never).
+    pub fn last_seen(&self, agent: &str) -> i64 {
+        self.last_seen.get(agent)
     }
 
     /// The access-token service (for the admin API's `whoami`).
