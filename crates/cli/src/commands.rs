@@ -39,8 +39,12 @@ pub enum AgentCommand {
         #[arg(long, default_value = "24h", value_parser = parse_ttl)]
         ttl: Duration,
     },
-    /// List agents.
-    List,
+    /// List agents: identity, roles, credential kinds, expiry, last seen, status.
+    List {
+        /// Print the admin API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show one agent with its certificates.
     Show {
         /// The agent's name.
@@ -318,7 +322,14 @@ pub async fn agent(command: AgentCommand, args: AdminArgs) -> Result<()> {
             write_credentials(&out, &name, &key_pem, &response)?;
             print_json(&response["agent"]);
         }
-        AgentCommand::List => print_json(&client.get("/agents").await?),
+        AgentCommand::List { json } => {
+            let agents = client.get("/agents").await?;
+            if json {
+                print_json(&agents);
+            } else {
+                print!("{}", agent_table(&agents));
+            }
+        }
         AgentCommand::Show { name } => print_json(&client.get(&format!("/agents/{name}")).await?),
         AgentCommand::Pin {
             name,
@@ -442,6 +453,39 @@ pub enum AdminUserCommand {
         /// The admin's name.
         name: String,
     },
+}
+
+/// `agent list` as a table.
+fn agent_table(agents: &serde_json::Value) -> String {
+    let mut out = format!(
+        "{:<20} {:<20} {:<12} {:<21} {:<21} {}\n",
+        "NAME", "ROLES", "CREDENTIALS", "CERT EXPIRES", "LAST SEEN", "STATUS"
+    );
+    for a in agents["agents"].as_array().into_iter().flatten() {
+        let list = |key: &str| {
+            let items: Vec<&str> = a[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+                .collect();
+            if items.is_empty() {
+                "-".to_string()
+            } else {
+                items.join(",")
+            }
+        };
+        out.push_str(&format!(
+            "{:<20} {:<20} {:<12} {:<21} {:<21} {}\n",
+            a["name"].as_str().unwrap_or_default(),
+            list("roles"),
+            list("credential_kinds"),
+            format_time(a["expires_at"].as_i64().unwrap_or_default()),
+            format_time(a["last_seen"].as_i64().unwrap_or_default()),
+            a["status"].as_str().unwrap_or_default(),
+        ));
+    }
+    out
 }
 
 /// Epoch seconds as RFC 3339 UTC, `-` for 0 or out of range.

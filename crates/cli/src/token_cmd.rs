@@ -181,3 +181,55 @@ pub fn dpop(
     );
     Ok(())
 }
+
+/// `whoami`: asks the gateway how it sees a credential — the agent's client
+/// certificate, or an access token (`--token FILE`, sent with a DPoP proof
+/// from the agent's key, or as `Bearer` with the certificate for `--mtls`
+/// tokens). Prints the identity and the facts policy receives, or the
+/// refusal the gateway gives every request with that credential.
+pub async fn whoami(
+    state: &StateDir,
+    name: &str,
+    creds: &Path,
+    gateway: Option<String>,
+    token_file: Option<&Path>,
+    mtls_token: bool,
+) -> Result<()> {
+    let base = gateway_url(state, gateway)?;
+    let url = format!("{base}/.well-known/portcullis/whoami");
+    let token = token_file
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .map(|s| s.trim().to_string())
+                .with_context(|| format!("cannot read the token `{}`", p.display()))
+        })
+        .transpose()?;
+    let with_cert = token.is_none() || mtls_token;
+    let http = http_client(creds, name, with_cert)?;
+    let mut request = http.get(&url);
+    if let Some(token) = &token {
+        if mtls_token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        } else {
+            let key = load_agent_key(creds, name)?;
+            request = request
+                .header("authorization", format!("DPoP {token}"))
+                .header(
+                    "dpop",
+                    key.sign_dpop_proof("GET", &url, Some(token), now())?,
+                );
+        }
+    }
+    let response = request.send().await.context("cannot reach the gateway")?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!(
+            "the gateway refuses this credential ({status}): {} — {}",
+            body["error"]["code"].as_str().unwrap_or("?"),
+            body["error"]["message"].as_str().unwrap_or("")
+        );
+    }
+    println!("{}", serde_json::to_string_pretty(&body)?);
+    Ok(())
+}

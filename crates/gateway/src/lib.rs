@@ -14,6 +14,7 @@ pub mod checkpointer;
 pub mod config;
 pub mod demo_upstream;
 pub mod directory;
+pub mod last_seen;
 pub mod listener;
 pub mod llm;
 pub mod metrics;
@@ -28,5 +29,6 @@ pub mod route;
 mod state;
 pub mod tokens;
 pub mod trace;
+pub mod whoami;
 
 pub use state::{ConnectionState, Gateway, GatewayError, GatewayParts, Snapshot};

@@ -124,6 +124,8 @@ pub struct Gateway {
     pub(crate) tokens: crate::tokens::TokenService,
     /// API keys and budgets of `kind = "llm"` routes.
     pub(crate) llm: crate::llm::LlmRoutes,
+    /// When each agent last authenticated.
+    pub(crate) last_seen: crate::last_seen::LastSeen,
     checker: ClientCertChecker,
     bundle: Arc<PolicyBundle>,
     route_entities: Vec<RouteEntity>,
@@ -229,9 +231,13 @@ impl Gateway {
             .revocations
             .reload(&parts.store, unix_now())
             .await?;
+        let last_seen = crate::last_seen::LastSeen::default();
+        last_seen.sync(snapshot.directory.agents().map(|(name, _)| name));
+        last_seen.seed(&parts.store).await?;
         Ok(Arc::new(Gateway {
             llm,
             model_entities,
+            last_seen,
             tokens: parts.tokens,
             guard,
             vault: parts.vault,
@@ -279,6 +285,8 @@ impl Gateway {
             &self.model_entities,
         )
         .await?;
+        self.last_seen
+            .sync(snapshot.directory.agents().map(|(name, _)| name));
         self.snapshot.store(Arc::new(snapshot));
         Ok(())
     }
@@ -291,6 +299,11 @@ impl Gateway {
             .reload(&self.store, unix_now())
             .await?;
         Ok(())
+    }
+
+    /// When `agent` last authenticated (epoch seconds, 0 = never).
+    pub fn last_seen(&self, agent: &str) -> i64 {
+        self.last_seen.get(agent)
     }
 
     /// The access-token service (for the admin API's `whoami`).

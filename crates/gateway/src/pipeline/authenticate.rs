@@ -40,6 +40,8 @@ pub struct Identity {
     pub caller: CallerFacts,
     /// The user a delegated token acts for: policy must allow them too.
     pub delegated: Option<DelegatedUser>,
+    /// When the credential expires (certificate `notAfter` or token `exp`).
+    pub expires_at: i64,
 }
 
 /// A refusal, with what the client presented for the audit record.
@@ -96,6 +98,7 @@ pub fn run(
             credential: format!("{} serial={}", peer.spiffe_id, peer.serial),
             caller: CallerFacts::mtls(),
             delegated: None,
+            expires_at: peer.not_after,
         }),
         Err(refusal) => Err(AuthnFailure {
             denial: Denial::new(ErrorCode::AgentRevoked, refusal_message(refusal)),
@@ -362,6 +365,7 @@ fn token_identity(
         },
         spiffe_id: claims.agent_spiffe_id().to_string(),
         delegated,
+        expires_at: claims.exp,
         serial: String::new(),
     })
 }
