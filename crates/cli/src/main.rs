@@ -8,6 +8,7 @@ mod client;
 mod commands;
 mod guard_cmd;
 mod inventory;
+mod policy_cmd;
 mod serve;
 mod state_dir;
 mod token_cmd;
@@ -135,12 +136,12 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Work with policies.
+    /// Work with policies: validate, push, list, roll back, diff.
     Policy {
         #[command(subcommand)]
-        command: commands::PolicyCommand,
+        command: policy_cmd::PolicyCommand,
         #[command(flatten)]
-        state: StateDirArg,
+        admin: AdminArgs,
     },
     /// Run the content guard offline (prompt injection, DLP, tool poisoning).
     Guard {
@@ -186,7 +187,7 @@ fn main() -> ExitCode {
                 format,
                 admin,
             } => inventory::run(admin, since, format).await,
-            Command::Policy { command, state } => commands::policy(command, state),
+            Command::Policy { command, admin } => policy_cmd::run(command, admin).await,
             Command::Guard { .. } => Ok(()),
             Command::Secret { command, admin } => vault_cmd::secret(command, admin).await,
             Command::Vault { command, admin } => vault_cmd::vault(command, admin).await,

@@ -57,6 +57,16 @@ pub enum ErrorCode {
     InvalidClient,
     /// The token endpoint was asked for a grant it does not support.
     UnsupportedGrantType,
+    /// A pushed policy set does not compile, validate or fit the gateway's
+    /// agents and routes; the running version stays.
+    InvalidPolicy,
+    /// The deciding policy needs a human's approval for this exact call; the
+    /// response names the approval ticket.
+    ApprovalRequired,
+    /// A human denied the approval ticket for this call.
+    ApprovalDenied,
+    /// The agent exceeded a policy's `@rate` limit.
+    RateLimited,
 }
 
 impl ErrorCode {
@@ -86,6 +96,10 @@ impl ErrorCode {
             ErrorCode::InvalidDpopProof => "invalid_dpop_proof",
             ErrorCode::InvalidClient => "invalid_client",
             ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
+            ErrorCode::InvalidPolicy => "invalid_policy",
+            ErrorCode::ApprovalRequired => "approval_required",
+            ErrorCode::ApprovalDenied => "approval_denied",
+            ErrorCode::RateLimited => "rate_limited",
         }
     }
 
@@ -98,14 +112,19 @@ impl ErrorCode {
             | ErrorCode::InvalidToken
             | ErrorCode::InvalidDpopProof
             | ErrorCode::InvalidClient => 401,
-            ErrorCode::Forbidden | ErrorCode::ContentBlocked => 403,
+            ErrorCode::Forbidden
+            | ErrorCode::ContentBlocked
+            | ErrorCode::ApprovalRequired
+            | ErrorCode::ApprovalDenied => 403,
+            ErrorCode::RateLimited => 429,
             ErrorCode::RouteNotFound | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::BadRequest
             | ErrorCode::InvalidCiphertext
-            | ErrorCode::UnsupportedGrantType => 400,
+            | ErrorCode::UnsupportedGrantType
+            | ErrorCode::InvalidPolicy => 400,
             ErrorCode::UpstreamUnavailable => 502,
             ErrorCode::UpstreamTimeout => 504,
             ErrorCode::Internal => 500,
@@ -147,6 +166,10 @@ mod tests {
             ErrorCode::InvalidDpopProof,
             ErrorCode::InvalidClient,
             ErrorCode::UnsupportedGrantType,
+            ErrorCode::InvalidPolicy,
+            ErrorCode::ApprovalRequired,
+            ErrorCode::ApprovalDenied,
+            ErrorCode::RateLimited,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {

@@ -109,6 +109,14 @@ pub struct RawPolicy {
     /// relative to the config file. Default: `<state dir>/policies`, seeded with the
     /// shipped schema and quickstart policies.
     pub dir: Option<PathBuf>,
+    /// Watch the directory and install each valid change as a new policy
+    /// version (about once a second). Default false: the store's active
+    /// version decides, and changes arrive by `portcullis policy push`.
+    #[serde(default)]
+    pub watch: bool,
+    /// IANA time zone of `context.time.hour` and `context.time.weekday`, e.g.
+    /// `Europe/Berlin` (default `UTC`). `context.time.epoch` is zone-free.
+    pub timezone: Option<String>,
 }
 
 /// `[limits]`
@@ -340,6 +348,12 @@ pub struct RawRoute {
     /// fail closed.
     #[serde(default)]
     pub audit_fail_open: bool,
+    /// Who owns the data behind the route (`resource.owner`, default "").
+    #[serde(default)]
+    pub owner: String,
+    /// Free-form labels for policy (`resource.tags.contains("pii")`).
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// `[routes.guard]`: the content guard's actions on one route. Both default
@@ -840,6 +854,10 @@ pub struct RouteConfig {
     pub capture: Option<CaptureConfig>,
     /// Serve while the audit log cannot be written.
     pub audit_fail_open: bool,
+    /// `resource.owner`.
+    pub owner: String,
+    /// `resource.tags`.
+    pub tags: Vec<String>,
 }
 
 /// The audit log's settings.
@@ -946,6 +964,54 @@ pub struct TelemetryConfig {
 /// Default `service.name` of OTLP resources.
 pub const DEFAULT_SERVICE_NAME: &str = "portcullis";
 
+/// The time zone policy sees wall-clock time in (`[policy] timezone`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyTimeZone {
+    zone: jiff::tz::TimeZone,
+    name: String,
+}
+
+impl Default for PolicyTimeZone {
+    fn default() -> Self {
+        PolicyTimeZone {
+            zone: jiff::tz::TimeZone::UTC,
+            name: "UTC".into(),
+        }
+    }
+}
+
+impl PolicyTimeZone {
+    /// Looks up an IANA zone name in the system's time zone database.
+    pub fn new(name: &str) -> Result<Self, String> {
+        let zone = jiff::tz::TimeZone::get(name).map_err(|e| {
+            format!("unknown time zone `{name}` ({e}); use an IANA name such as `Europe/Berlin`")
+        })?;
+        Ok(PolicyTimeZone {
+            zone,
+            name: name.to_string(),
+        })
+    }
+
+    /// The zone's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Hour and ISO weekday at `epoch` in this zone (daylight saving included).
+    pub fn request_time(&self, epoch: i64) -> portcullis_policy::RequestTime {
+        let utc = portcullis_policy::RequestTime::from_epoch(epoch);
+        let Ok(ts) = jiff::Timestamp::from_second(epoch) else {
+            return utc;
+        };
+        let local = self.zone.to_datetime(ts);
+        portcullis_policy::RequestTime {
+            hour: i64::from(local.hour()),
+            weekday: i64::from(local.weekday().to_monday_one_offset()),
+            epoch,
+        }
+    }
+}
+
 /// Where the policies come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicySource {
@@ -974,6 +1040,10 @@ pub struct Config {
     pub token_ttl: u64,
     /// Policy directory.
     pub policy: PolicySource,
+    /// Whether `serve` watches the policy directory and hot-reloads changes.
+    pub policy_watch: bool,
+    /// The zone of `context.time.hour` / `weekday`.
+    pub policy_timezone: PolicyTimeZone,
     /// Request body limit.
     pub max_body_bytes: u64,
     /// Upstream response-head timeout.
@@ -1024,6 +1094,8 @@ impl Config {
             credential: None,
             capture: None,
             audit_fail_open: false,
+            owner: String::new(),
+            tags: Vec::new(),
         };
         Config {
             routes: vec![
@@ -1104,6 +1176,10 @@ impl Config {
             return Err(invalid(format!(
                 "key `identity.token_issuer`: `{issuer}` must be an https URL without a trailing slash, query or fragment, e.g. `https://gateway.example.com`"
             )));
+        }
+        if let Some(zone) = &raw.policy.timezone {
+            PolicyTimeZone::new(zone)
+                .map_err(|e| invalid(format!("key `policy.timezone`: {e}")))?;
         }
         if raw.gateway.max_connections == Some(0) {
             return Err(invalid(
@@ -1193,6 +1269,14 @@ impl Config {
                 Some(dir) => PolicySource::Dir(base.join(dir)),
                 None => PolicySource::StateDir,
             },
+            policy_watch: raw.policy.watch,
+            // Checked in `parse`; the quickstart has none.
+            policy_timezone: raw
+                .policy
+                .timezone
+                .as_deref()
+                .and_then(|z| PolicyTimeZone::new(z).ok())
+                .unwrap_or_default(),
             max_body_bytes: raw.limits.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
             upstream_timeout: Duration::from_millis(
                 raw.limits
@@ -1213,6 +1297,8 @@ impl Config {
                     credential: r.credential,
                     capture: r.capture,
                     audit_fail_open: r.audit_fail_open,
+                    owner: r.owner,
+                    tags: r.tags,
                 })
                 .collect(),
         }

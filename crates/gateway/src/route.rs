@@ -64,6 +64,8 @@ mod tests {
                 credential: None,
                 capture: None,
                 audit_fail_open: false,
+                owner: String::new(),
+                tags: Vec::new(),
             })
             .collect();
         RouteTable::new(&routes)

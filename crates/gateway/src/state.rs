@@ -40,6 +40,8 @@ pub struct Snapshot {
     pub directory: AgentDirectory,
     /// Policies joined with agents and routes.
     pub authorizer: Authorizer,
+    /// The stored policy version `authorizer` decides with.
+    pub policy_version: u64,
 }
 
 /// Per-connection state: the client certificate is checked once, at connect.
@@ -84,6 +86,8 @@ pub struct GatewayParts {
     pub config: Config,
     /// The compiled policies.
     pub bundle: Arc<PolicyBundle>,
+    /// The stored version of `bundle` (see [`crate::policy_versions`]).
+    pub policy_version: u64,
     /// Client certificate checker for the Portcullis CA.
     pub checker: ClientCertChecker,
     /// TLS client settings for https upstreams.
@@ -119,13 +123,23 @@ pub struct Gateway {
     pub(crate) vault: Option<Arc<Vault>>,
     pub(crate) captures: Option<CaptureSink>,
     pub(crate) tokens: crate::tokens::TokenService,
+    /// The zone of `context.time.hour` and `weekday`.
+    pub(crate) timezone: crate::config::PolicyTimeZone,
     checker: ClientCertChecker,
-    bundle: Arc<PolicyBundle>,
-    route_entities: Vec<RouteEntity>,
+    pub(crate) route_entities: Vec<RouteEntity>,
     snapshot: ArcSwap<Snapshot>,
-    store: Store,
-    // Serialises reloads so an older read never replaces a newer snapshot.
-    reload_lock: Mutex<()>,
+    pub(crate) store: Store,
+    /// The installed policy version. The lock serialises reloads and policy
+    /// changes so an older read never replaces a newer snapshot; requests
+    /// never take it.
+    pub(crate) policy: Mutex<InstalledPolicy>,
+}
+
+/// The policy version snapshots are built from.
+#[derive(Debug, Clone)]
+pub(crate) struct InstalledPolicy {
+    pub(crate) bundle: Arc<PolicyBundle>,
+    pub(crate) version: u64,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -172,9 +186,15 @@ impl Gateway {
             .map(|r| RouteEntity {
                 name: r.name.clone(),
                 classification: r.classification,
+                owner: r.owner.clone(),
+                tags: r.tags.clone(),
             })
             .collect::<Vec<_>>();
-        let snapshot = build_snapshot(&parts.store, &parts.bundle, &route_entities).await?;
+        let installed = InstalledPolicy {
+            bundle: parts.bundle.clone(),
+            version: parts.policy_version,
+        };
+        let snapshot = build_snapshot(&parts.store, &installed, &route_entities).await?;
         Gateway::check_vault_routes(
             &config,
             &parts.bundle,
@@ -192,6 +212,7 @@ impl Gateway {
             None
         };
         Ok(Arc::new(Gateway {
+            timezone: config.policy_timezone.clone(),
             tokens: parts.tokens,
             guard,
             vault: parts.vault,
@@ -210,11 +231,10 @@ impl Gateway {
             metrics: parts.metrics,
             tracer: parts.tracer,
             checker: parts.checker,
-            bundle: parts.bundle,
             route_entities,
             snapshot: ArcSwap::from_pointee(snapshot),
             store: parts.store,
-            reload_lock: Mutex::new(()),
+            policy: Mutex::new(installed),
         }))
     }
 
@@ -231,9 +251,45 @@ impl Gateway {
     /// Re-reads agents from the store and swaps in a new snapshot. Called after
     /// every agent change; requests that start afterwards see the change.
     pub async fn reload(&self) -> Result<(), GatewayError> {
-        let _guard = self.reload_lock.lock().await;
-        let snapshot = build_snapshot(&self.store, &self.bundle, &self.route_entities).await?;
+        let installed = self.policy.lock().await;
+        let snapshot = build_snapshot(&self.store, &installed, &self.route_entities).await?;
         self.snapshot.store(Arc::new(snapshot));
+        Ok(())
+    }
+
+    /// Builds a snapshot for `policy` with the current agents and swaps it in.
+    /// The caller holds the policy lock (passed in as `installed`) and updates
+    /// it after this succeeds; on failure nothing changes.
+    pub(crate) async fn swap_policy(
+        &self,
+        installed: &mut InstalledPolicy,
+        policy: InstalledPolicy,
+    ) -> Result<(), GatewayError> {
+        let snapshot = build_snapshot(&self.store, &policy, &self.route_entities).await?;
+        self.snapshot.store(Arc::new(snapshot));
+        *installed = policy;
+        Ok(())
+    }
+
+    /// Builds (and throws away) a snapshot for `bundle`: proves it fits the
+    /// current agents, routes and request shape before anything is stored.
+    pub(crate) async fn check_policy(
+        &self,
+        bundle: &Arc<PolicyBundle>,
+    ) -> Result<(), GatewayError> {
+        let probe = InstalledPolicy {
+            bundle: bundle.clone(),
+            version: 0,
+        };
+        build_snapshot(&self.store, &probe, &self.route_entities).await?;
+        if !bundle.supports_secrets()
+            && let Some(route) = self.routes.routes().find(|r| r.credential.is_some())
+        {
+            return Err(GatewayError::Vault {
+                route: route.name.clone(),
+                problem: "the policy schema has no `Action::\"use_secret\"`, which this route's credential needs".into(),
+            });
+        }
         Ok(())
     }
 
@@ -350,7 +406,7 @@ impl Gateway {
 
 async fn build_snapshot(
     store: &Store,
-    bundle: &Arc<PolicyBundle>,
+    policy: &InstalledPolicy,
     routes: &[RouteEntity],
 ) -> Result<Snapshot, GatewayError> {
     let agents = store.agents().await?;
@@ -366,9 +422,10 @@ async fn build_snapshot(
             roles: e.roles.clone(),
         })
         .collect();
-    let authorizer = Authorizer::new(bundle.clone(), &entities, routes)?;
+    let authorizer = Authorizer::new(policy.bundle.clone(), &entities, routes)?;
     Ok(Snapshot {
         directory,
         authorizer,
+        policy_version: policy.version,
     })
 }

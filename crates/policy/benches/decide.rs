@@ -47,6 +47,8 @@ fn main() {
     let mut routes = vec![RouteEntity {
         name: "bench".into(),
         classification: Classification::Public,
+        owner: String::new(),
+        tags: Vec::new(),
     }];
     for i in 0..97 {
         agents.push(AgentEntity {
@@ -56,6 +58,8 @@ fn main() {
         routes.push(RouteEntity {
             name: format!("svc-{i}"),
             classification: Classification::Internal,
+            owner: String::new(),
+            tags: Vec::new(),
         });
     }
     let authz = Authorizer::new(bundle.clone(), &agents, &routes).unwrap();

@@ -22,13 +22,18 @@ pub struct AgentEntity {
     pub roles: Vec<String>,
 }
 
-/// A route as policy sees it: `Route::"<name>"` with its classification.
+/// A route as policy sees it: `Route::"<name>"` with its classification,
+/// owner and tags.
 #[derive(Debug, Clone)]
 pub struct RouteEntity {
     /// The route's name.
     pub name: String,
     /// How sensitive the data behind the route is.
     pub classification: Classification,
+    /// Who owns the data behind it (`""` when not configured).
+    pub owner: String,
+    /// Free-form labels.
+    pub tags: Vec<String>,
 }
 
 /// The HTTP methods policy knows, each an `Action::"<METHOD>"`.
@@ -294,6 +299,19 @@ impl Authorizer {
                     "classification_level".to_string(),
                     RestrictedExpression::new_long(route.classification.rank()),
                 ),
+                (
+                    "owner".to_string(),
+                    RestrictedExpression::new_string(route.owner.clone()),
+                ),
+                (
+                    "tags".to_string(),
+                    RestrictedExpression::new_set(
+                        route
+                            .tags
+                            .iter()
+                            .map(|t| RestrictedExpression::new_string(t.clone())),
+                    ),
+                ),
             ]);
             let entity = Entity::new(uid(&route_type, &route.name), attrs, HashSet::new())
                 .map_err(|e| EntityError(e.to_string()))?;
@@ -365,6 +383,29 @@ impl Authorizer {
             return decision;
         }
         self.decide_among(request, Some(&self.index.policy_set(&matching.bits)))
+    }
+
+    /// What an allowed decision obliges the gateway to do. A request is
+    /// allowed when *any* satisfied `permit` allows it, so approval and MFA are
+    /// needed only when every deciding permit asks for them (a grant, which
+    /// asks for nothing, is enough on its own). Redaction and rate limits are
+    /// restrictions: each one any deciding permit names applies.
+    pub fn obligations(&self, decision: &Decision) -> crate::Obligations {
+        let mut out = crate::Obligations::default();
+        if !decision.allowed || decision.policy_ids.is_empty() {
+            return out;
+        }
+        let none = crate::Obligations::default();
+        let found: Vec<&crate::Obligations> = decision
+            .policy_ids
+            .iter()
+            .map(|id| self.bundle.obligations.get(id).unwrap_or(&none))
+            .collect();
+        out.approval = found.iter().all(|o| o.approval);
+        out.mfa = found.iter().all(|o| o.mfa);
+        out.redact = found.iter().any(|o| o.redact);
+        out.rates = found.iter().flat_map(|o| o.rates.iter().cloned()).collect();
+        out
     }
 
     /// Whether the schema declares `Action::"use_secret"`, which routes with a
@@ -738,10 +779,14 @@ mod tests {
                 RouteEntity {
                     name: "demo".into(),
                     classification: Classification::Public,
+                    owner: "web-team".into(),
+                    tags: vec!["docs".into()],
                 },
                 RouteEntity {
                     name: "vault".into(),
                     classification: Classification::Restricted,
+                    owner: String::new(),
+                    tags: Vec::new(),
                 },
             ],
         )

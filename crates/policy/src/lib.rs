@@ -12,12 +12,16 @@
 
 mod bundle;
 mod decide;
+mod obligations;
 mod secret;
 
-pub use bundle::{DEFAULT_POLICIES, DEFAULT_SCHEMA, PolicyBundle, PolicyError, PolicySources};
+pub use bundle::{
+    DEFAULT_POLICIES, DEFAULT_SCHEMA, PolicyBundle, PolicyError, PolicySources, SCHEMA_FILE,
+};
 pub use decide::{
     AgentEntity, Authorizer, AuthzRequest, Content, EntityError, HttpAction, RequestTime,
     RouteEntity, SourceIp,
 };
+pub use obligations::{KNOWN_ANNOTATIONS, Obligations, Rate};
 pub use portcullis_core::Decision;
 pub use secret::{SecretRequest, USE_SECRET};

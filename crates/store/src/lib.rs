@@ -14,6 +14,8 @@ mod audit_log;
 pub use agent_keys::AgentKeyRow;
 mod inventory;
 pub use inventory::InventoryEdge;
+mod policy;
+pub use policy::{NewPolicyVersion, PolicySlot, PolicyState, PolicyVersionRow};
 
 pub use audit_log::{
     AuditAppender, AuditVerifyFailure, NODE_MIN_LEVEL, PersonalValue, StoredCheckpoint, TreeHead,
@@ -121,6 +123,7 @@ fn migrator() -> Migrator {
             include_str!("../migrations/0004_audit_personal.sql"),
         ),
         migration(5, "tokens", include_str!("../migrations/0005_tokens.sql")),
+        migration(7, "policy", include_str!("../migrations/0007_policy.sql")),
     ])
 }
 

@@ -182,7 +182,13 @@ async fn run(
     };
 
     let t = Instant::now();
-    let context = contextualize::run(&gateway.routes, &decoded, conn.remote.ip(), now_epoch);
+    let context = contextualize::run(
+        &gateway.routes,
+        &decoded,
+        conn.remote.ip(),
+        now_epoch,
+        &gateway.timezone,
+    );
     let elapsed = t.elapsed();
     metrics.stage(Stage::Contextualize, elapsed);
     recorder.trace_stage(Stage::Contextualize, t, elapsed);
@@ -238,6 +244,7 @@ async fn run(
     {
         let record = recorder.record();
         record.policies = decision.policy_ids.clone();
+        record.policy_version = Some(snapshot.policy_version);
         if decision.allowed {
             record.outcome = Outcome::Allow;
         }
