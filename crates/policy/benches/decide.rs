@@ -73,6 +73,7 @@ fn main() {
         source_ip: &ip,
         time: RequestTime::from_epoch(1_700_000_000),
         content: portcullis_policy::Content::NOT_SCANNED,
+        caller: &portcullis_policy::CallerFacts::mtls(),
     };
     // A team agent: its candidate policy reads time and address on every request.
     let dynamic_request = AuthzRequest {
@@ -83,6 +84,7 @@ fn main() {
         source_ip: &ip,
         time: RequestTime::from_epoch(1_700_000_000),
         content: portcullis_policy::Content::NOT_SCANNED,
+        caller: &portcullis_policy::CallerFacts::mtls(),
     };
     for request in [&static_request, &dynamic_request] {
         assert_eq!(authz.decide(request), authz.decide_unindexed(request));

@@ -11,6 +11,7 @@
 #![forbid(unsafe_code)]
 
 mod bundle;
+mod caller;
 mod decide;
 mod obligations;
 mod secret;
@@ -18,6 +19,7 @@ mod secret;
 pub use bundle::{
     DEFAULT_POLICIES, DEFAULT_SCHEMA, PolicyBundle, PolicyError, PolicySources, SCHEMA_FILE,
 };
+pub use caller::{AuthFacts, AuthMethod, CallerFacts, Delegation, Posture};
 pub use decide::{
     AgentEntity, Authorizer, AuthzRequest, Content, EntityError, HttpAction, RequestTime,
     RouteEntity, SourceIp,
