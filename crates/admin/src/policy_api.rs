@@ -6,6 +6,7 @@
 //! | `POST /admin/v1/policies` | push a policy set: validated, stored, activated (or shadow) |
 //! | `GET /admin/v1/policies/{version}` | one version with its files |
 //! | `POST /admin/v1/policies/rollback` | make an earlier version active again |
+//! | `POST /admin/v1/policies/explain` | decide a described request with the active version and say why |
 //!
 //! Push and rollback are recorded (`policy.push`, `policy.rollback`) with the
 //! version they installed in the record's `policy_version`.
@@ -21,7 +22,9 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use portcullis_audit::Outcome;
 use portcullis_core::ErrorCode;
+use portcullis_gateway::policy_facts::RequestFacts;
 use portcullis_gateway::policy_versions::{PolicyChange, PolicyChangeError, PolicyPush};
+use portcullis_policy::{HttpAction, TraceOutcome};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{AdminState, ApiError, Call, json, parse_json};
@@ -30,6 +33,7 @@ pub(crate) fn routes() -> Router<AdminState> {
     Router::new()
         .route("/policies", get(list_versions).post(push))
         .route("/policies/rollback", post(rollback))
+        .route("/policies/explain", post(explain))
         .route("/policies/{version}", get(show_version))
 }
 
@@ -226,5 +230,88 @@ async fn show_version(
             message: row.message,
             files: Some(row.files),
         },
+    ))
+}
+
+/// `POST /admin/v1/policies/explain` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExplainBody {
+    agent: String,
+    action: String,
+    resource: String,
+    #[serde(default)]
+    context: RequestFacts,
+}
+
+#[derive(Debug, Serialize)]
+struct TraceView {
+    id: String,
+    effect: &'static str,
+    /// `satisfied`, `not_satisfied`, `out_of_scope` or `error`.
+    outcome: &'static str,
+    /// For `not_satisfied`: the conditions that did not hold.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    failed: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+}
+
+async fn explain(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: ExplainBody = parse_json(&call, &body)?;
+    let action = HttpAction::from_method(&body.action).ok_or_else(|| {
+        call.error(
+            ErrorCode::BadRequest,
+            format!(
+                "action `{}`: use GET, HEAD, POST, PUT, PATCH or DELETE",
+                body.action
+            ),
+        )
+    })?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    let facts = body
+        .context
+        .prepare(state.gateway.timezone(), now)
+        .map_err(|e| call.error(ErrorCode::BadRequest, format!("context: {e}")))?;
+    let snapshot = state.gateway.snapshot();
+    let explanation = facts.with_request(&body.agent, action, &body.resource, |request| {
+        snapshot.authorizer.explain(request)
+    });
+    let policies: Vec<TraceView> = explanation
+        .policies
+        .into_iter()
+        .map(|p| {
+            let (outcome, failed, error) = match p.outcome {
+                TraceOutcome::Satisfied => ("satisfied", Vec::new(), None),
+                TraceOutcome::OutOfScope => ("out_of_scope", Vec::new(), None),
+                TraceOutcome::NotSatisfied(failed) => ("not_satisfied", failed, None),
+                TraceOutcome::Error(e) => ("error", Vec::new(), Some(e)),
+            };
+            TraceView {
+                id: p.id,
+                effect: p.effect,
+                outcome,
+                failed,
+                error,
+            }
+        })
+        .collect();
+    let decision = explanation.decision;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "policy_version": snapshot.policy_version,
+            "allowed": decision.allowed,
+            "deciding": decision.policy_ids,
+            "errors": decision.errors,
+            "policies": policies,
+        }),
     ))
 }

@@ -9,6 +9,7 @@ mod commands;
 mod guard_cmd;
 mod inventory;
 mod policy_cmd;
+mod policy_test;
 mod serve;
 mod state_dir;
 mod token_cmd;

@@ -1,7 +1,7 @@
 //! `portcullis policy …`: the policy lifecycle from the command line.
 //!
-//! Offline (no server): `schema`, `validate`. Against the admin API: `push`,
-//! `list`, `show`, `rollback`, `diff`. A push is validated locally first, so
+//! Offline (no server): `schema`, `validate`, `test`. Against the admin API:
+//! `push`, `list`, `show`, `rollback`, `diff`, `explain`. A push is validated locally first, so
 //! a mistake is reported with file and line before anything is sent; the
 //! server validates again against its live agents and routes.
 
@@ -55,6 +55,32 @@ pub enum PolicyCommand {
     Rollback {
         /// The version to activate.
         version: Option<u64>,
+    },
+    /// Run the YAML test cases of FILE against a policy directory (offline);
+    /// exits non-zero when a case fails.
+    Test {
+        /// The case file.
+        file: PathBuf,
+        /// The policy directory (default: the file's `policies:` key, else its directory).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Decide a described request with the running server's active version,
+    /// and say for each policy why it did or did not apply.
+    Explain {
+        /// The agent.
+        #[arg(long)]
+        agent: String,
+        /// The HTTP method.
+        #[arg(long)]
+        action: String,
+        /// The route.
+        #[arg(long)]
+        resource: String,
+        /// The context as JSON, e.g. `{"source_ip":"10.0.0.1","time":"2026-11-24T10:00:00Z","risk":0.8}`
+        /// (default: loopback, now).
+        #[arg(long)]
+        context: Option<String>,
     },
     /// Show what changed between two versions, as a unified diff per file.
     Diff {
@@ -167,6 +193,29 @@ pub async fn run(command: PolicyCommand, admin: AdminArgs) -> Result<()> {
                 change["previous"]
             );
         }
+        PolicyCommand::Test { file, dir } => {
+            let passed = crate::policy_test::run(&file, dir)?;
+            crate::policy_test::exit_on_failure(passed)?;
+        }
+        PolicyCommand::Explain {
+            agent,
+            action,
+            resource,
+            context,
+        } => {
+            let context: Value = match context {
+                Some(text) => serde_json::from_str(&text).context("--context is not JSON")?,
+                None => json!({}),
+            };
+            let client = AdminClient::from_args(&admin)?;
+            let e = client
+                .post(
+                    "/policies/explain",
+                    &json!({ "agent": agent, "action": action, "resource": resource, "context": context }),
+                )
+                .await?;
+            print!("{}", render_explanation(&e));
+        }
         PolicyCommand::Diff { a, b } => {
             let client = AdminClient::from_args(&admin)?;
             let old = client.get(&format!("/policies/{a}")).await?;
@@ -236,6 +285,61 @@ fn diff(
         out.push_str(&text);
         if !out.ends_with('\n') {
             out.push('\n');
+        }
+    }
+    out
+}
+
+/// The explain answer as text: decision, deciding policies, then each policy.
+fn render_explanation(e: &Value) -> String {
+    let strings = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|s| s.as_str().map(String::from))
+            .collect()
+    };
+    let mut out = format!(
+        "decision: {} (policy version {})
+deciding: {}
+",
+        if e["allowed"] == true {
+            "allow"
+        } else {
+            "deny"
+        },
+        e["policy_version"],
+        strings(&e["deciding"]).join(", ")
+    );
+    for error in strings(&e["errors"]) {
+        out.push_str(&format!(
+            "error: {error}
+"
+        ));
+    }
+    out.push_str(
+        "policies:
+",
+    );
+    for p in e["policies"].as_array().into_iter().flatten() {
+        let outcome = p["outcome"].as_str().unwrap_or_default().replace('_', " ");
+        out.push_str(&format!(
+            "  {:<6} {:<28} {outcome}
+",
+            p["effect"].as_str().unwrap_or_default(),
+            p["id"].as_str().unwrap_or_default()
+        ));
+        for failed in strings(&p["failed"]) {
+            out.push_str(&format!(
+                "           failed: {failed}
+"
+            ));
+        }
+        if let Some(error) = p["error"].as_str() {
+            out.push_str(&format!(
+                "           error: {error}
+"
+            ));
         }
     }
     out

@@ -302,3 +302,157 @@ async fn a_watched_directory_is_hot_reloaded_and_bad_changes_are_refused() {
         .collect();
     assert_eq!(watched.len(), 3, "{watched:?}");
 }
+
+#[test]
+fn example_policies_pass_their_tests_and_failures_exit_non_zero() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policies");
+    // The examples use the shipped schema, kept identical.
+    assert_eq!(
+        std::fs::read_to_string(examples.join("schema.cedarschema")).unwrap(),
+        portcullis_policy::DEFAULT_SCHEMA
+    );
+    let mut files = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.to_string_lossy().ends_with(".test.yaml") {
+            continue;
+        }
+        files += 1;
+        let out = std::process::Command::new(support::BIN)
+            .args(["policy", "test"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = ok(&out);
+        assert!(
+            text.contains("test result: ok.") && !text.contains("FAILED"),
+            "{text}"
+        );
+    }
+    assert_eq!(files, 4, "one case file per example policy");
+
+    // A wrong expectation fails like a test runner: the case, why, non-zero exit.
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("wrong.test.yaml");
+    std::fs::write(
+        &cases,
+        format!(
+            "policies: {}\nagents: [{{ name: bot, roles: [support] }}]\nroutes: [{{ name: kb, classification: public }}]\n\
+             cases:\n  - name: saturday\n    principal: bot\n    action: GET\n    resource: kb\n    \
+             context: {{ time: \"2026-11-28T11:00:00Z\" }}\n    expect: allow\n  \
+             - name: typo in context\n    principal: bot\n    action: GET\n    resource: kb\n    \
+             context: {{ sorce_ip: 10.0.0.1 }}\n    expect: deny\n",
+            examples.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::BIN)
+        .args(["policy", "test"])
+        .arg(&cases)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    // An unknown context key is refused when the file is read, not ignored.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sorce_ip"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(
+        &cases,
+        std::fs::read_to_string(&cases)
+            .unwrap()
+            .replace("sorce_ip", "source_ip"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::BIN)
+        .args(["policy", "test"])
+        .arg(&cases)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("case 1 saturday ... FAILED"), "{stdout}");
+    assert!(
+        stdout.contains("expected allow, got deny [default-deny]"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("case 2 typo in context ... ok"), "{stdout}");
+    assert!(
+        stdout.contains("test result: FAILED. 1 passed; 1 failed"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn explain_names_deciding_policies_and_failed_conditions() {
+    support::install_crypto();
+    let server = Server::start(tempfile::tempdir().unwrap(), None);
+    server.create_agent("reader-bot", &["reader"]);
+    let out = ok(&server.cli(&[
+        "policy",
+        "explain",
+        "--agent",
+        "reader-bot",
+        "--action",
+        "GET",
+        "--resource",
+        "payroll",
+    ]));
+    assert!(out.contains("decision: deny (policy version 1)"), "{out}");
+    assert!(out.contains("deciding: default-deny"), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("readers-read-low"))
+        .unwrap();
+    assert!(line.contains("not satisfied"), "{out}");
+    assert!(
+        out.contains("failed: when { resource.classification_level <= 1 }"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("writers-write-public") && l.contains("out of scope")),
+        "{out}"
+    );
+
+    let out = ok(&server.cli(&[
+        "policy",
+        "explain",
+        "--agent",
+        "reader-bot",
+        "--action",
+        "DELETE",
+        "--resource",
+        "demo",
+        "--context",
+        r#"{"source_ip":"10.1.2.3"}"#,
+    ]));
+    assert!(out.contains("deciding: no-remote-delete"), "{out}");
+    assert!(
+        out.lines().any(|l| l.contains("no-remote-delete")
+            && l.trim_end().ends_with(" satisfied")
+            && !l.contains("not")),
+        "{out}"
+    );
+    // A bad context is a clean client error.
+    let out = server.cli(&[
+        "policy",
+        "explain",
+        "--agent",
+        "reader-bot",
+        "--action",
+        "GET",
+        "--resource",
+        "demo",
+        "--context",
+        r#"{"risk":7}"#,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bad_request"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod oauth;
 pub mod otlp;
 pub mod pipeline;
+pub mod policy_facts;
 pub mod policy_versions;
 pub mod pseudonym;
 pub mod respond;

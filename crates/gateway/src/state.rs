@@ -238,6 +238,11 @@ impl Gateway {
         }))
     }
 
+    /// The zone policy sees wall-clock time in.
+    pub fn timezone(&self) -> &crate::config::PolicyTimeZone {
+        &self.timezone
+    }
+
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()

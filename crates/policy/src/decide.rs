@@ -233,13 +233,13 @@ impl EntityError {
 /// of. Rebuilt (off the request path) whenever agents, routes or policies change;
 /// requests read it without locks or IO.
 pub struct Authorizer {
-    bundle: Arc<PolicyBundle>,
-    entities: Entities,
+    pub(crate) bundle: Arc<PolicyBundle>,
+    pub(crate) entities: Entities,
     index: ScopeIndex,
     actions: [EntityUid; 6],
     agent_type: EntityTypeName,
     route_type: EntityTypeName,
-    cedar: cedar_policy::Authorizer,
+    pub(crate) cedar: cedar_policy::Authorizer,
     /// `use_secret` decisions; `None` when the schema has no such action.
     secret: Option<crate::secret::SecretAuthz>,
 }
@@ -433,7 +433,7 @@ impl Authorizer {
     }
 
     /// Builds the Cedar request. With `schema`, it is validated against it.
-    fn cedar_request(
+    pub(crate) fn cedar_request(
         &self,
         request: &AuthzRequest<'_>,
         schema: Option<&cedar_policy::Schema>,

@@ -13,6 +13,7 @@
 mod bundle;
 mod caller;
 mod decide;
+mod explain;
 mod obligations;
 mod secret;
 
@@ -24,6 +25,7 @@ pub use decide::{
     AgentEntity, Authorizer, AuthzRequest, Content, EntityError, HttpAction, RequestTime,
     RouteEntity, SourceIp,
 };
+pub use explain::{Explanation, PolicyTrace, TraceOutcome};
 pub use obligations::{KNOWN_ANNOTATIONS, Obligations, Rate};
 pub use portcullis_core::Decision;
 pub use secret::{SecretRequest, USE_SECRET};
