@@ -22,6 +22,7 @@ pub mod pipeline;
 pub mod policy_facts;
 pub mod policy_versions;
 pub mod pseudonym;
+pub mod rate_limit;
 pub mod respond;
 pub mod route;
 mod state;

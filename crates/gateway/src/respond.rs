@@ -22,6 +22,22 @@ pub struct Denial {
     pub message: String,
     /// Deciding policy ids, for policy denials.
     pub policies: Vec<String>,
+    /// What else the client needs to act on the refusal.
+    pub detail: Option<DenialDetail>,
+}
+
+/// Extra facts some refusals carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DenialDetail {
+    /// `rate_limited`: seconds until a retry can succeed (`Retry-After`).
+    RetryAfter(u64),
+    /// `approval_required`: the approval ticket and when it lapses.
+    Ticket {
+        /// The ticket id.
+        id: String,
+        /// Milliseconds since the epoch.
+        expires_ms: i64,
+    },
 }
 
 impl Denial {
@@ -31,6 +47,7 @@ impl Denial {
             code,
             message: message.into(),
             policies: Vec::new(),
+            detail: None,
         }
     }
 }
@@ -48,6 +65,10 @@ pub fn error_response(request_id: &RequestId, denial: &Denial) -> Response<Respo
     if !denial.policies.is_empty() {
         error["policies"] = serde_json::json!(denial.policies);
     }
+    if let Some(DenialDetail::Ticket { id, expires_ms }) = &denial.detail {
+        error["ticket"] = serde_json::json!(id);
+        error["ticket_expires_ms"] = serde_json::json!(expires_ms);
+    }
     let body = serde_json::json!({ "error": error }).to_string();
     let mut response = Response::new(full(body));
     *response.status_mut() = StatusCode::from_u16(denial.code.http_status())
@@ -60,6 +81,9 @@ pub fn error_response(request_id: &RequestId, denial: &Denial) -> Response<Respo
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
         headers.insert(REQUEST_ID_HEADER, v);
+    }
+    if let Some(DenialDetail::RetryAfter(seconds)) = &denial.detail {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
     }
     response
 }

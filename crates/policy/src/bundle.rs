@@ -243,6 +243,16 @@ impl PolicyBundle {
                     Some(id) => id.to_string(),
                     None => format!("{name}:{}", n + 1),
                 };
+                if id.starts_with(crate::GRANT_PREFIX) {
+                    return Err(PolicyError::Annotation {
+                        path: path.clone(),
+                        id: id.clone(),
+                        message: format!(
+                            "ids starting with `{}` are reserved for grants",
+                            crate::GRANT_PREFIX
+                        ),
+                    });
+                }
                 let found = Obligations::from_annotations(
                     policy.annotations(),
                     &id,

@@ -13,6 +13,7 @@ use portcullis_core::{Classification, Decision};
 
 use crate::PolicyBundle;
 use crate::caller::{CallerFacts, decimal4};
+pub use crate::grants::GrantEntity;
 
 /// An agent as policy sees it: `Agent::"<name>"` in each `Role::"<role>"`.
 #[derive(Debug, Clone)]
@@ -55,7 +56,7 @@ pub enum HttpAction {
 }
 
 impl HttpAction {
-    const ALL: [HttpAction; 6] = [
+    pub(crate) const ALL: [HttpAction; 6] = [
         HttpAction::Get,
         HttpAction::Head,
         HttpAction::Post,
@@ -82,7 +83,7 @@ impl HttpAction {
         HttpAction::ALL.into_iter().find(|a| a.as_str() == method)
     }
 
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 }
@@ -234,6 +235,11 @@ impl EntityError {
 /// requests read it without locks or IO.
 pub struct Authorizer {
     pub(crate) bundle: Arc<PolicyBundle>,
+    /// The bundle's policies plus one template-linked policy per live grant:
+    /// the full set, as Cedar would evaluate it without the index.
+    policies: PolicySet,
+    /// When each grant (by policy id) lapses, epoch seconds.
+    grant_expiry: HashMap<String, i64>,
     pub(crate) entities: Entities,
     index: ScopeIndex,
     actions: [EntityUid; 6],
@@ -262,6 +268,17 @@ impl Authorizer {
         bundle: Arc<PolicyBundle>,
         agents: &[AgentEntity],
         routes: &[RouteEntity],
+    ) -> Result<Self, EntityError> {
+        Self::with_grants(bundle, agents, routes, &[])
+    }
+
+    /// [`Authorizer::new`] plus time-boxed grants, each a template-linked
+    /// policy `grant:<id>` permitting one agent one action on one route.
+    pub fn with_grants(
+        bundle: Arc<PolicyBundle>,
+        agents: &[AgentEntity],
+        routes: &[RouteEntity],
+        grants: &[GrantEntity],
     ) -> Result<Self, EntityError> {
         let agent_type = type_name("Agent")?;
         let role_type = type_name("Role")?;
@@ -331,16 +348,14 @@ impl Authorizer {
             .iter()
             .map(|r| (r.name.clone(), uid(&route_type, &r.name)))
             .collect();
-        let index = ScopeIndex::new(
-            &bundle.policies,
-            &entities,
-            &agent_uids,
-            &actions,
-            &route_uids,
-        );
+        let (policies, indexed, grant_expiry) =
+            crate::grants::link(&bundle.policies, grants, &actions, &agent_type, &route_type)?;
+        let index = ScopeIndex::new(&indexed, &entities, &agent_uids, &actions, &route_uids);
         let secret = crate::secret::SecretAuthz::new(&bundle, &entities)?;
         let authorizer = Authorizer {
             secret,
+            policies,
+            grant_expiry,
             bundle,
             entities,
             index,
@@ -361,6 +376,34 @@ impl Authorizer {
     /// Decides one request. Any problem building the request is a denial (fail closed)
     /// with the problem in [`Decision::errors`].
     pub fn decide(&self, request: &AuthzRequest<'_>) -> Decision {
+        let decision = self.decide_indexed(request);
+        self.without_lapsed_grants(decision, request.time.epoch)
+    }
+
+    /// A grant lapses at its expiry even if the snapshot that holds it is
+    /// still in use: its permit is dropped from an allow, and an allow that
+    /// rested on it alone becomes the default deny. (Only permits are listed
+    /// in an allow, so no forbid is hidden by this.)
+    fn without_lapsed_grants(&self, mut decision: Decision, epoch: i64) -> Decision {
+        if !decision.allowed || self.grant_expiry.is_empty() {
+            return decision;
+        }
+        let before = decision.policy_ids.len();
+        decision.policy_ids.retain(|id| {
+            self.grant_expiry
+                .get(id)
+                .is_none_or(|lapses| epoch < *lapses)
+        });
+        if decision.policy_ids.is_empty() && before > 0 {
+            return Decision {
+                errors: decision.errors,
+                ..Decision::default_deny()
+            };
+        }
+        decision
+    }
+
+    fn decide_indexed(&self, request: &AuthzRequest<'_>) -> Decision {
         // Only policies whose scope can match this principal, action and resource
         // are evaluated; see `ScopeIndex`. `None` means "all policies".
         let Some(matching) = self
@@ -429,7 +472,8 @@ impl Authorizer {
     /// benchmarks that check the index changes nothing but the cost.
     #[doc(hidden)]
     pub fn decide_unindexed(&self, request: &AuthzRequest<'_>) -> Decision {
-        self.decide_among(request, None)
+        let decision = self.decide_among(request, None);
+        self.without_lapsed_grants(decision, request.time.epoch)
     }
 
     /// Builds the Cedar request. With `schema`, it is validated against it.
@@ -519,7 +563,7 @@ impl Authorizer {
                 .is_authorized(&cedar_request, set, &self.entities),
             None => self
                 .cedar
-                .is_authorized(&cedar_request, &self.bundle.policies, &self.entities),
+                .is_authorized(&cedar_request, &self.policies, &self.entities),
         };
         let diagnostics = response.diagnostics();
         let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();

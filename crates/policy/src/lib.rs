@@ -14,6 +14,7 @@ mod bundle;
 mod caller;
 mod decide;
 mod explain;
+mod grants;
 mod obligations;
 mod secret;
 
@@ -26,6 +27,7 @@ pub use decide::{
     RouteEntity, SourceIp,
 };
 pub use explain::{Explanation, PolicyTrace, TraceOutcome};
+pub use grants::{GRANT_PREFIX, GrantEntity};
 pub use obligations::{KNOWN_ANNOTATIONS, Obligations, Rate};
 pub use portcullis_core::Decision;
 pub use secret::{SecretRequest, USE_SECRET};

@@ -14,6 +14,8 @@ mod audit_log;
 pub use agent_keys::AgentKeyRow;
 mod inventory;
 pub use inventory::InventoryEdge;
+mod approvals;
+pub use approvals::{ApprovalRow, GrantRow};
 mod policy;
 pub use policy::{NewPolicyVersion, PolicySlot, PolicyState, PolicyVersionRow};
 

@@ -42,5 +42,6 @@ pub fn enforce(decision: &Decision) -> Result<(), Denial> {
         code: ErrorCode::Forbidden,
         message: "denied by policy".into(),
         policies: decision.policy_ids.clone(),
+        detail: None,
     })
 }
