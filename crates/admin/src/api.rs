@@ -187,6 +187,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/audit/export", get(crate::audit_api::export))
         .route("/inventory", get(crate::audit_api::inventory))
         .merge(crate::policy_api::routes())
+        .merge(crate::approvals_api::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()

@@ -12,6 +12,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod approvals_api;
 mod audit_api;
 mod auth;
 mod policy_api;

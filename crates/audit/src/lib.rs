@@ -111,6 +111,11 @@ pub struct AuditRecord {
     /// `null` when no policy version was involved.
     #[serde(default)]
     pub policy_version: Option<u64>,
+    /// The approval ticket a request needed (`approval_required`) or used
+    /// (an approved, single-use ticket), or that an `approval.*` admin change
+    /// decided; `null` otherwise.
+    #[serde(default)]
+    pub approval_ticket: Option<String>,
 }
 
 /// Most content findings kept in one record; the rest are counted in the
@@ -184,6 +189,7 @@ mod tests {
                 fingerprint: Some("3f2a9c1d4b5e6f70".into()),
             }],
             policy_version: Some(3),
+            approval_ticket: None,
         }
     }
 
@@ -192,7 +198,7 @@ mod tests {
         let bytes = sample().canonical_bytes();
         assert_eq!(
             String::from_utf8(bytes.clone()).unwrap(),
-            r#"{"seq":7,"time_ms":1700000000123,"kind":"request","request_id":"abc","principal":"bot","credential":"spiffe://portcullis.local/agent/bot serial=01","source_ip":"127.0.0.1","action":"GET","resource":"demo","path":"/demo/hello","outcome":"allow","policies":["readers-read-low"],"error_code":null,"status":200,"duration_us":42,"bytes_in":0,"bytes_out":12,"classification":"public","request_sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","response_sha256":"a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447","response_sha256_unredacted":null,"fail_open":false,"content":[{"direction":"request","kind":"aws_access_key","pointer":"/note","start":10,"end":30,"fingerprint":"3f2a9c1d4b5e6f70"}],"policy_version":3}"#
+            r#"{"seq":7,"time_ms":1700000000123,"kind":"request","request_id":"abc","principal":"bot","credential":"spiffe://portcullis.local/agent/bot serial=01","source_ip":"127.0.0.1","action":"GET","resource":"demo","path":"/demo/hello","outcome":"allow","policies":["readers-read-low"],"error_code":null,"status":200,"duration_us":42,"bytes_in":0,"bytes_out":12,"classification":"public","request_sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","response_sha256":"a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447","response_sha256_unredacted":null,"fail_open":false,"content":[{"direction":"request","kind":"aws_access_key","pointer":"/note","start":10,"end":30,"fingerprint":"3f2a9c1d4b5e6f70"}],"policy_version":3,"approval_ticket":null}"#
         );
         let back: AuditRecord = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(back, sample());
@@ -204,7 +210,7 @@ mod tests {
         let hash = merkle::leaf_hash(&sample().canonical_bytes());
         assert_eq!(
             hex::encode(hash),
-            "bb1d855cf1ff64f578bf98469e03da30ad401369f4659aa4d859c13e19d0e87d"
+            "c6251ac7233cd1ecb3f719ed9b06b373b33254ec83f1e9aeb51120ad653c99b3"
         );
     }
 }

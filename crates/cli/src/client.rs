@@ -14,6 +14,8 @@ pub struct AdminClient {
     http: reqwest::Client,
     base: String,
     token: String,
+    /// Sent with every request (e.g. `X-Portcullis-User`).
+    extra: Vec<(&'static str, String)>,
 }
 
 impl AdminClient {
@@ -70,6 +72,7 @@ impl AdminClient {
             http,
             base: base.trim_end_matches('/').to_string(),
             token,
+            extra: Vec::new(),
         })
     }
 
@@ -112,11 +115,21 @@ impl AdminClient {
         Ok(headers)
     }
 
+    /// Sends `name: value` with every request from now on.
+    pub fn with_header(mut self, name: &'static str, value: String) -> Self {
+        self.extra.push((name, value));
+        self
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}/admin/v1{path}", self.base)
     }
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value> {
+        let mut request = request;
+        for (name, value) in &self.extra {
+            request = request.header(*name, value);
+        }
         let response = request
             .bearer_auth(&self.token)
             .send()

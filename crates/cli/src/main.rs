@@ -3,6 +3,7 @@
 //! and `guard scan`, work offline).
 #![forbid(unsafe_code)]
 
+mod approvals_cmd;
 mod audit_cmd;
 mod client;
 mod commands;
@@ -144,6 +145,20 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Just-in-time approvals: list, approve (once or with --ttl), deny.
+    Approvals {
+        #[command(subcommand)]
+        command: approvals_cmd::ApprovalsCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Time-boxed grants made by approvals with --ttl: list, revoke.
+    Grants {
+        #[command(subcommand)]
+        command: approvals_cmd::GrantsCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Run the content guard offline (prompt injection, DLP, tool poisoning).
     Guard {
         #[command(subcommand)]
@@ -190,6 +205,8 @@ fn main() -> ExitCode {
             } => inventory::run(admin, since, format).await,
             Command::Policy { command, admin } => policy_cmd::run(command, admin).await,
             Command::Guard { .. } => Ok(()),
+            Command::Approvals { command, admin } => approvals_cmd::approvals(command, admin).await,
+            Command::Grants { command, admin } => approvals_cmd::grants(command, admin).await,
             Command::Secret { command, admin } => vault_cmd::secret(command, admin).await,
             Command::Vault { command, admin } => vault_cmd::vault(command, admin).await,
             Command::Transit { command, admin } => vault_cmd::transit(command, admin).await,

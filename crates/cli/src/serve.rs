@@ -250,7 +250,25 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     let durable_head = sink.watch_head();
     let export_tls = upstream_tls.clone();
     let export_metrics = metrics.clone();
+    // Approval tickets, and the chat-ops webhook that hears of each new one.
+    let (ticket_tx, approvals_webhook) = match &config.approvals_webhook {
+        Some(url) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(portcullis_gateway::approvals::WEBHOOK_QUEUE);
+            let poster = portcullis_gateway::otlp::Poster::new(upstream_tls.clone());
+            let task = tokio::spawn(portcullis_gateway::approvals::webhook(
+                rx,
+                url.clone(),
+                poster,
+            ));
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
+    let approvals = portcullis_gateway::approvals::Approvals::load(store.clone(), ticket_tx)
+        .await
+        .context("cannot load approval tickets")?;
     let gateway = Gateway::new(GatewayParts {
+        approvals,
         tokens,
         config: config.clone(),
         bundle: bundle.clone(),
@@ -346,6 +364,9 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     let _ = control_plane.await;
     if let Some(task) = policy_watch {
         let _ = task.await;
+    }
+    if let Some(task) = approvals_webhook {
+        task.abort();
     }
     drop(gateway);
     if let Some(task) = maintenance {

@@ -456,3 +456,264 @@ fn explain_names_deciding_policies_and_failed_conditions() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+const OBLIGATIONS: &str = r#"
+@id("read-demo") @rate("3/m")
+permit (principal in Role::"reader", action == Action::"GET", resource == Route::"demo");
+
+@id("transfers") @obligation("approval")
+permit (principal in Role::"payer", action == Action::"POST", resource == Route::"bank");
+
+@id("docs-redacted") @obligation("redact")
+permit (principal in Role::"reader", action == Action::"GET", resource == Route::"docs");
+
+@id("bank-reads") @obligation("mfa")
+permit (principal in Role::"payer", action == Action::"GET", resource == Route::"bank");
+"#;
+
+fn obligations_server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    policy_dir(&policies, &[("main.cedar", OBLIGATIONS)]);
+    let route = |name: &str, class: &str| {
+        format!(
+            "[[routes]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\nupstream = \"builtin:demo\"\nclassification = \"{class}\"\n"
+        )
+    };
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[policy]\ndir = \"{}\"\n{}{}{}",
+            policies.display(),
+            route("demo", "public"),
+            route("docs", "public"),
+            route("bank", "confidential"),
+        ),
+    )
+    .unwrap();
+    Server::start(dir, Some(&config))
+}
+
+/// POSTs a transfer; returns (status, error JSON or body, request id).
+async fn transfer(
+    server: &Server,
+    http: &reqwest::Client,
+    body: &str,
+    wait: Option<u64>,
+) -> (u16, Value, String) {
+    let mut request = http
+        .post(server.url("/bank/transfer"))
+        .body(body.to_string());
+    if let Some(wait) = wait {
+        request = request.header("prefer", format!("wait={wait}"));
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let id = request_id(&response);
+    let json: Value = response.json().await.unwrap_or(Value::Null);
+    (status, json, id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn obligations_rate_mfa_redact_and_approvals_bound_to_the_call() {
+    support::install_crypto();
+    let server = obligations_server();
+    let (cert, key) = server.create_agent("reader-bot", &["reader"]);
+    let reader = client(&server.ca_pem(), Some((&cert, &key)));
+    let (cert, key) = server.create_agent("pay-bot", &["payer"]);
+    let payer = client(&server.ca_pem(), Some((&cert, &key)));
+
+    // @rate("3/m"): three, then 429 with Retry-After, naming the policy.
+    for _ in 0..3 {
+        let r = reader.get(server.url("/demo/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = reader.get(server.url("/demo/x")).send().await.unwrap();
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let (status, error) = support::error_of(r).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (429, Some("rate_limited"))
+    );
+    assert_eq!(error["policies"][0], "read-demo");
+
+    // @obligation("redact"): the route has no DLP of its own, the policy turns it on.
+    let r = reader
+        .get(server.url("/docs/page?contact=alice.smith@example.com"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(
+        !text.contains("alice.smith@example.com") && text.contains("[REDACTED_EMAIL"),
+        "{text}"
+    );
+
+    // @obligation("mfa"): a certificate alone acts for no user with MFA.
+    let r = payer.get(server.url("/bank/balance")).send().await.unwrap();
+    let (status, error) = support::error_of(r).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (403, Some("user_mfa_required"))
+    );
+
+    // @obligation("approval"): a ticket bound to this exact call.
+    let (status, error, id) = transfer(&server, &payer, r#"{"amount":100}"#, None).await;
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (403, Some("approval_required"))
+    );
+    let t1 = error["error"]["ticket"].as_str().unwrap().to_string();
+    let record = server.audit_record(&id);
+    assert_eq!(
+        (
+            record["outcome"].as_str(),
+            record["approval_ticket"].as_str()
+        ),
+        (Some("deny"), Some(t1.as_str()))
+    );
+    let list = ok(&server.cli(&["approvals", "list"]));
+    let line = list
+        .lines()
+        .find(|l| l.starts_with(&t1))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(
+        line.contains("pending") && line.contains("pay-bot") && line.contains("/bank/transfer"),
+        "{list}"
+    );
+    assert!(list.contains("policy `transfers` (version 1)"), "{list}");
+    // Deciding names the approver.
+    let out = server.cli(&["approvals", "approve", &t1]);
+    assert!(
+        !out.status.success(),
+        "an approval without an approver's name"
+    );
+    let out = ok(&server.cli(&["approvals", "approve", &t1, "--user", "bob"]));
+    assert!(out.contains("once"), "{out}");
+
+    // The approved call goes through, once.
+    let (status, body, id) = transfer(&server, &payer, r#"{"amount":100}"#, None).await;
+    assert_eq!(status, 200, "{body}");
+    let record = server.audit_record(&id);
+    assert_eq!(
+        (
+            record["outcome"].as_str(),
+            record["approval_ticket"].as_str()
+        ),
+        (Some("allow"), Some(t1.as_str()))
+    );
+    let (status, error, _) = transfer(&server, &payer, r#"{"amount":100}"#, None).await;
+    assert_eq!(status, 403);
+    let t2 = error["error"]["ticket"].as_str().unwrap().to_string();
+    assert_ne!(t2, t1, "an approval is single use");
+    // A different amount is a different call: its own ticket, which can be denied.
+    let (_, error, _) = transfer(&server, &payer, r#"{"amount":100000}"#, None).await;
+    let t3 = error["error"]["ticket"].as_str().unwrap().to_string();
+    assert!(t3 != t2 && t3 != t1);
+    ok(&server.cli(&["approvals", "deny", &t3, "--user", "bob"]));
+    let (status, error, _) = transfer(&server, &payer, r#"{"amount":100000}"#, None).await;
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (403, Some("approval_denied"))
+    );
+
+    // Prefer: wait=N holds the call until a human decides.
+    let held = {
+        let payer = payer.clone();
+        let url = server.url("/bank/transfer");
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = payer
+                .post(url)
+                .header("prefer", "wait=30")
+                .body(r#"{"amount":5}"#)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), started.elapsed())
+        })
+    };
+    let mut t5 = None;
+    for _ in 0..100 {
+        let list = ok(&server.cli(&["approvals", "list"]));
+        let pending: Vec<&str> = list
+            .lines()
+            .filter(|l| l.contains("pending"))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|id| *id != t2)
+            .collect();
+        if let [id] = pending[..] {
+            t5 = Some(id.to_string());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t5 = t5.expect("the held call's ticket never appeared");
+    ok(&server.cli(&["approvals", "approve", &t5, "--user", "carol"]));
+    let (status, elapsed) = held.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(elapsed < Duration::from_secs(25), "{elapsed:?}");
+
+    // --ttl grants the agent the action on the route for a while: any body.
+    let (_, error, _) = transfer(&server, &payer, r#"{"amount":7}"#, None).await;
+    let t6 = error["error"]["ticket"].as_str().unwrap().to_string();
+    let out = ok(&server.cli(&["approvals", "approve", &t6, "--ttl", "10m", "--user", "bob"]));
+    assert!(out.contains("grant"), "{out}");
+    let (status, _, id) = transfer(&server, &payer, r#"{"amount":8}"#, None).await;
+    assert_eq!(status, 200);
+    let record = server.audit_record(&id);
+    let policies: Vec<&str> = record["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(
+        policies.iter().any(|p| p.starts_with("grant:")),
+        "{policies:?}"
+    );
+    let grants = ok(&server.cli(&["grants", "list"]));
+    let grant = grants
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    assert!(
+        grants.contains("pay-bot") && grants.contains(&t6),
+        "{grants}"
+    );
+    ok(&server.cli(&["grants", "revoke", &grant, "--user", "bob"]));
+    let (status, error, _) = transfer(&server, &payer, r#"{"amount":9}"#, None).await;
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (403, Some("approval_required"))
+    );
+
+    // Every decision is in the audit log, with the approver.
+    let records = server.audit(500);
+    for action in [
+        "approval.approve",
+        "approval.deny",
+        "grant.create",
+        "grant.revoke",
+    ] {
+        let found: Vec<&Value> = records.iter().filter(|r| r["action"] == action).collect();
+        assert!(!found.is_empty(), "no {action} record");
+        assert!(
+            found[0]["principal"]
+                .as_str()
+                .unwrap()
+                .starts_with("admin:"),
+            "{:?}",
+            found[0]
+        );
+    }
+}

@@ -67,6 +67,9 @@ pub enum ErrorCode {
     ApprovalDenied,
     /// The agent exceeded a policy's `@rate` limit.
     RateLimited,
+    /// The deciding policy carries `@obligation("mfa")` and the request does
+    /// not come from a delegating user with fresh MFA.
+    UserMfaRequired,
 }
 
 impl ErrorCode {
@@ -100,6 +103,7 @@ impl ErrorCode {
             ErrorCode::ApprovalRequired => "approval_required",
             ErrorCode::ApprovalDenied => "approval_denied",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::UserMfaRequired => "user_mfa_required",
         }
     }
 
@@ -115,7 +119,8 @@ impl ErrorCode {
             ErrorCode::Forbidden
             | ErrorCode::ContentBlocked
             | ErrorCode::ApprovalRequired
-            | ErrorCode::ApprovalDenied => 403,
+            | ErrorCode::ApprovalDenied
+            | ErrorCode::UserMfaRequired => 403,
             ErrorCode::RateLimited => 429,
             ErrorCode::RouteNotFound | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
@@ -170,6 +175,7 @@ mod tests {
             ErrorCode::ApprovalRequired,
             ErrorCode::ApprovalDenied,
             ErrorCode::RateLimited,
+            ErrorCode::UserMfaRequired,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {

@@ -61,6 +61,18 @@ pub struct RawConfig {
     /// `[[routes]]`: what the gateway forwards where.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// `[approvals]`: just-in-time approval tickets.
+    #[serde(default)]
+    pub approvals: RawApprovals,
+}
+
+/// `[approvals]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApprovals {
+    /// URL every new approval ticket is POSTed to as JSON (chat-ops), e.g.
+    /// `https://chat.example.com/hooks/portcullis`. Default: none.
+    pub webhook: Option<String>,
 }
 
 /// `[gateway]`
@@ -1044,6 +1056,8 @@ pub struct Config {
     pub policy_watch: bool,
     /// The zone of `context.time.hour` / `weekday`.
     pub policy_timezone: PolicyTimeZone,
+    /// Where new approval tickets are POSTed.
+    pub approvals_webhook: Option<http::Uri>,
     /// Request body limit.
     pub max_body_bytes: u64,
     /// Upstream response-head timeout.
@@ -1177,6 +1191,16 @@ impl Config {
                 "key `identity.token_issuer`: `{issuer}` must be an https URL without a trailing slash, query or fragment, e.g. `https://gateway.example.com`"
             )));
         }
+        if let Some(url) = &raw.approvals.webhook {
+            let ok = url.parse::<http::Uri>().ok().is_some_and(|u| {
+                matches!(u.scheme_str(), Some("https" | "http")) && u.host().is_some()
+            });
+            if !ok {
+                return Err(invalid(format!(
+                    "key `approvals.webhook`: `{url}` is not an http(s) URL"
+                )));
+            }
+        }
         if let Some(zone) = &raw.policy.timezone {
             PolicyTimeZone::new(zone)
                 .map_err(|e| invalid(format!("key `policy.timezone`: {e}")))?;
@@ -1270,6 +1294,12 @@ impl Config {
                 None => PolicySource::StateDir,
             },
             policy_watch: raw.policy.watch,
+            // Checked in `parse`.
+            approvals_webhook: raw
+                .approvals
+                .webhook
+                .as_deref()
+                .and_then(|u| u.parse().ok()),
             // Checked in `parse`; the quickstart has none.
             policy_timezone: raw
                 .policy

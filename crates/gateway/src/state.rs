@@ -11,7 +11,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use portcullis_identity::{CertRejection, ClientCertChecker, PeerCertificate};
 use portcullis_policy::{
-    AgentEntity, Authorizer, EntityError, PolicyBundle, RouteEntity, SourceIp,
+    AgentEntity, Authorizer, EntityError, GrantEntity, HttpAction, PolicyBundle, RouteEntity,
+    SourceIp,
 };
 use portcullis_store::{Store, StoreError};
 use portcullis_vault::{CaptureSink, Vault};
@@ -70,6 +71,9 @@ pub enum GatewayError {
     /// The content guard's detectors did not build.
     #[error(transparent)]
     Guard(#[from] portcullis_guard::GuardError),
+    /// A policy set needs something this gateway does not run.
+    #[error("{0}")]
+    Unfit(String),
     /// A route's credential or capture cannot be served.
     #[error("route `{route}`: {problem}")]
     Vault {
@@ -108,6 +112,8 @@ pub struct GatewayParts {
     pub captures: Option<CaptureSink>,
     /// The access-token issuer and replay caches (token endpoint, token authentication).
     pub tokens: crate::tokens::TokenService,
+    /// Approval tickets (`@obligation("approval")`).
+    pub approvals: Arc<crate::approvals::Approvals>,
 }
 
 /// The data plane.
@@ -125,6 +131,10 @@ pub struct Gateway {
     pub(crate) tokens: crate::tokens::TokenService,
     /// The zone of `context.time.hour` and `weekday`.
     pub(crate) timezone: crate::config::PolicyTimeZone,
+    /// `@rate` limits.
+    pub(crate) rate_limiter: crate::rate_limit::RateLimiter,
+    /// Approval tickets.
+    pub(crate) approvals: Arc<crate::approvals::Approvals>,
     checker: ClientCertChecker,
     pub(crate) route_entities: Vec<RouteEntity>,
     snapshot: ArcSwap<Snapshot>,
@@ -201,18 +211,21 @@ impl Gateway {
             parts.vault.as_deref(),
             parts.captures.is_some(),
         )?;
-        let guard = if config.routes.iter().any(|r| r.guard.scans_requests()) {
-            Some(Arc::new(GuardState {
-                guard: portcullis_guard::Guard::new()?,
-                // Fingerprints and placeholder numbers are keyed per process:
-                // they correlate within a run and reveal nothing across runs.
-                key: rand::random(),
-            }))
-        } else {
-            None
-        };
+        let guard =
+            if config.routes.iter().any(|r| r.guard.scans_requests()) || parts.bundle.redacts() {
+                Some(Arc::new(GuardState {
+                    guard: portcullis_guard::Guard::new()?,
+                    // Fingerprints and placeholder numbers are keyed per process:
+                    // they correlate within a run and reveal nothing across runs.
+                    key: rand::random(),
+                }))
+            } else {
+                None
+            };
         Ok(Arc::new(Gateway {
             timezone: config.policy_timezone.clone(),
+            rate_limiter: Default::default(),
+            approvals: parts.approvals,
             tokens: parts.tokens,
             guard,
             vault: parts.vault,
@@ -236,6 +249,11 @@ impl Gateway {
             store: parts.store,
             policy: Mutex::new(installed),
         }))
+    }
+
+    /// The approval desk.
+    pub fn approvals(&self) -> &Arc<crate::approvals::Approvals> {
+        &self.approvals
     }
 
     /// The zone policy sees wall-clock time in.
@@ -287,6 +305,11 @@ impl Gateway {
             version: 0,
         };
         build_snapshot(&self.store, &probe, &self.route_entities).await?;
+        if bundle.redacts() && self.guard.is_none() {
+            return Err(GatewayError::Unfit(
+                "a policy carries `@obligation(\"redact\")`, but the content guard is off: turn on `[routes.guard] dlp` on a route, or restart with this policy set".into(),
+            ));
+        }
         if !bundle.supports_secrets()
             && let Some(route) = self.routes.routes().find(|r| r.credential.is_some())
         {
@@ -427,7 +450,24 @@ async fn build_snapshot(
             roles: e.roles.clone(),
         })
         .collect();
-    let authorizer = Authorizer::new(policy.bundle.clone(), &entities, routes)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let grants: Vec<GrantEntity> = store
+        .live_grants(now.as_millis() as i64)
+        .await?
+        .into_iter()
+        .filter_map(|g| {
+            Some(GrantEntity {
+                action: HttpAction::from_method(&g.action)?,
+                id: g.id,
+                agent: g.agent,
+                route: g.resource,
+                expires_epoch: g.expires_ms.div_euclid(1000),
+            })
+        })
+        .collect();
+    let authorizer = Authorizer::with_grants(policy.bundle.clone(), &entities, routes, &grants)?;
     Ok(Snapshot {
         directory,
         authorizer,

@@ -311,6 +311,12 @@ impl PolicyBundle {
         &self.hash
     }
 
+    /// Whether any policy carries `@obligation("redact")` (the gateway then
+    /// needs its content guard).
+    pub fn redacts(&self) -> bool {
+        self.obligations.values().any(|o| o.redact)
+    }
+
     /// What policy `id` asks the gateway to enforce when it permits.
     pub fn obligations_of(&self, id: &str) -> Option<&Obligations> {
         self.obligations.get(id)

@@ -12,6 +12,8 @@
 //! inspect       content guard on the request body: injection and DLP findings
 //!               for policy (`context.content`), block or redact by route
 //! authorize     Cedar decision: allow, or 403 naming the deciding policies
+//! approve       the allowing policies' obligations: @rate, mfa, a human's
+//!               approval bound to this exact call; redaction handed on
 //! inject        routes with a credential: `use_secret` decision, value from the vault
 //! forward       upstream call with timeout, streaming both ways (and payload capture)
 //! inspect_out   DLP on the response body while it streams (redact or alert)
@@ -31,6 +33,7 @@
 //! authorize (policy decides with what it found); reading the body there is
 //! the one place a body is buffered, and only on routes whose guard is on.
 
+pub mod approve;
 pub mod authenticate;
 pub mod authorize;
 pub mod contextualize;
@@ -251,6 +254,35 @@ async fn run(
     }
     authorize::enforce(&decision)?;
 
+    let obligations = snapshot.authorizer.obligations(&decision);
+    let (decoded, obliged) = if obligations.is_empty() {
+        (decoded, approve::Obliged::default())
+    } else {
+        let mut ticket = None;
+        let approved = approve::run(
+            &approve::Desk {
+                rates: &gateway.rate_limiter,
+                approvals: &gateway.approvals,
+                max_body_bytes: gateway.limits.max_body_bytes,
+            },
+            &obligations,
+            &decision,
+            snapshot.policy_version,
+            &identity,
+            &context,
+            decoded,
+            meter,
+            &mut ticket,
+        )
+        .await;
+        let record = recorder.record();
+        record.approval_ticket = ticket;
+        if approved.is_err() {
+            record.outcome = Outcome::Deny;
+        }
+        approved?
+    };
+
     let injected = match &context.route.credential {
         None => None,
         Some(credential) => {
@@ -318,6 +350,7 @@ async fn run(
     Ok(inspect_out::run(
         gateway.guard.as_deref(),
         &context.route,
+        obliged.redact,
         request_id,
         meter,
         response?,

@@ -1,0 +1,252 @@
+//! Admin endpoints of just-in-time access: approval tickets and grants, so
+//! the CLI and a chat-ops bot can decide them.
+//!
+//! | method and path | what |
+//! | --- | --- |
+//! | `GET /admin/v1/approvals` | live tickets (pending, approved-unused, denied) |
+//! | `GET /admin/v1/approvals/{id}` | one ticket |
+//! | `POST /admin/v1/approvals/{id}/approve` | approve this exact call once; with `ttl_seconds`, also grant the agent the action on the route for that long |
+//! | `POST /admin/v1/approvals/{id}/deny` | deny it |
+//! | `GET /admin/v1/grants` | live grants |
+//! | `POST /admin/v1/grants/{id}/revoke` | end a grant now |
+//!
+//! Every decision is recorded (`approval.approve`, `approval.deny`,
+//! `grant.create`, `grant.revoke`) with the deciding person, taken from the
+//! `X-Portcullis-User` header.
+
+use axum::Extension;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use bytes::Bytes;
+use portcullis_audit::Outcome;
+use portcullis_core::ErrorCode;
+use portcullis_gateway::approvals::DecideError;
+use portcullis_store::GrantRow;
+use serde::Deserialize;
+
+use crate::api::{AdminState, ApiError, Call, json, parse_json};
+
+/// The longest grant an approver may give.
+const MAX_GRANT: u64 = 24 * 3600;
+
+pub(crate) fn routes() -> Router<AdminState> {
+    Router::new()
+        .route("/approvals", get(list))
+        .route("/approvals/{id}", get(show))
+        .route("/approvals/{id}/approve", post(approve))
+        .route("/approvals/{id}/deny", post(deny))
+        .route("/grants", get(list_grants))
+        .route("/grants/{id}/revoke", post(revoke_grant))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    /// Also grant the agent this action on this route for this long.
+    ttl_seconds: Option<u64>,
+}
+
+/// The person deciding, as the caller names them.
+fn approver(call: &Call, headers: &HeaderMap) -> Result<String, ApiError> {
+    let user = headers
+        .get("x-portcullis-user")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+        .filter(|u| !u.is_empty() && u.len() <= 64 && u.chars().all(|c| c.is_ascii_graphic()))
+        .ok_or_else(|| {
+            call.error(
+                ErrorCode::BadRequest,
+                "name the approver in `X-Portcullis-User` (CLI: --user or PORTCULLIS_USER)",
+            )
+        })?;
+    Ok(user.to_string())
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
+}
+
+async fn list(State(state): State<AdminState>) -> Response {
+    let tickets: Vec<serde_json::Value> = state
+        .gateway
+        .approvals()
+        .list()
+        .iter()
+        .map(|t| t.to_json())
+        .collect();
+    json(StatusCode::OK, &serde_json::json!({ "approvals": tickets }))
+}
+
+async fn show(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let ticket = state.gateway.approvals().get(&id).ok_or_else(|| {
+        call.error(
+            ErrorCode::NotFound,
+            format!("no live approval ticket `{id}`"),
+        )
+    })?;
+    Ok(json(StatusCode::OK, &ticket.to_json()))
+}
+
+fn decide_error(call: &Call, e: DecideError) -> ApiError {
+    match e {
+        DecideError::NotFound(_) => call.error(ErrorCode::NotFound, e.to_string()),
+        DecideError::Decided(..) => call.error(ErrorCode::Conflict, e.to_string()),
+    }
+}
+
+async fn approve(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let who = approver(&call, &headers)?;
+    let body: ApproveBody = if body.is_empty() {
+        ApproveBody::default()
+    } else {
+        parse_json(&call, &body)?
+    };
+    let desk = state.gateway.approvals();
+    let ticket = desk.get(&id).ok_or_else(|| {
+        call.error(
+            ErrorCode::NotFound,
+            format!("no live approval ticket `{id}`"),
+        )
+    })?;
+    let grant = match body.ttl_seconds {
+        None => None,
+        Some(ttl) if ttl == 0 || ttl > MAX_GRANT => {
+            return Err(call.error(
+                ErrorCode::BadRequest,
+                format!("ttl_seconds must be between 1 and {MAX_GRANT}"),
+            ));
+        }
+        Some(ttl) => {
+            let now = now_ms();
+            Some(GrantRow {
+                id: hex::encode(rand::random::<[u8; 8]>()),
+                agent: ticket.binding.agent.clone(),
+                action: ticket.binding.action.clone(),
+                resource: ticket.binding.resource.clone(),
+                created_ms: now,
+                expires_ms: now + ttl as i64 * 1000,
+                created_by: who.clone(),
+                ticket: Some(ticket.id.clone()),
+                revoked_ms: None,
+            })
+        }
+    };
+    let decided = desk
+        .decide(&id, true, &who, grant.as_ref().map(|g| g.id.clone()))
+        .map_err(|e| decide_error(&call, e))?;
+    record(&state, &call, "approval.approve", &who, &decided.id);
+    if let Some(grant) = &grant {
+        state
+            .store
+            .add_grant(grant)
+            .await
+            .map_err(|e| call.store_error(e))?;
+        state.gateway.reload().await.map_err(|e| call.internal(e))?;
+        record(&state, &call, "grant.create", &who, &decided.id);
+        tracing::info!(grant = %grant.id, agent = %grant.agent, action = %grant.action, route = %grant.resource, by = %who, "grant created");
+    }
+    tracing::info!(ticket = %decided.id, by = %who, "approval granted");
+    Ok(json(StatusCode::OK, &decided.to_json()))
+}
+
+async fn deny(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = approver(&call, &headers)?;
+    let decided = state
+        .gateway
+        .approvals()
+        .decide(&id, false, &who, None)
+        .map_err(|e| decide_error(&call, e))?;
+    record(&state, &call, "approval.deny", &who, &decided.id);
+    tracing::info!(ticket = %decided.id, by = %who, "approval denied");
+    Ok(json(StatusCode::OK, &decided.to_json()))
+}
+
+fn record(state: &AdminState, call: &Call, action: &str, who: &str, ticket: &str) {
+    let mut record = call.record(
+        action,
+        &format!("approval:{ticket}"),
+        Outcome::Allow,
+        200,
+        None,
+    );
+    record.principal = Some(format!("admin:{who}"));
+    record.approval_ticket = Some(ticket.to_string());
+    state.sink.submit(record);
+}
+
+fn grant_json(g: &GrantRow) -> serde_json::Value {
+    serde_json::json!({
+        "id": g.id,
+        "policy_id": format!("{}{}", portcullis_policy::GRANT_PREFIX, g.id),
+        "agent": g.agent,
+        "action": g.action,
+        "resource": g.resource,
+        "created_ms": g.created_ms,
+        "expires_ms": g.expires_ms,
+        "created_by": g.created_by,
+        "ticket": g.ticket,
+    })
+}
+
+async fn list_grants(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+) -> Result<Response, ApiError> {
+    let grants = state
+        .store
+        .live_grants(now_ms())
+        .await
+        .map_err(|e| call.store_error(e))?;
+    let grants: Vec<serde_json::Value> = grants.iter().map(grant_json).collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "grants": grants }),
+    ))
+}
+
+async fn revoke_grant(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = approver(&call, &headers)?;
+    state
+        .store
+        .revoke_grant(&id, now_ms())
+        .await
+        .map_err(|e| call.store_error(e))?;
+    // In force once the reload returns: the grant's policy is gone.
+    state.gateway.reload().await.map_err(|e| call.internal(e))?;
+    let mut record = call.record(
+        "grant.revoke",
+        &format!("grant:{id}"),
+        Outcome::Allow,
+        200,
+        None,
+    );
+    record.principal = Some(format!("admin:{who}"));
+    state.sink.submit(record);
+    Ok(json(StatusCode::OK, &serde_json::json!({ "revoked": id })))
+}
