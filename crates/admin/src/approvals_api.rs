@@ -10,9 +10,10 @@
 //! | `GET /admin/v1/grants` | live grants |
 //! | `POST /admin/v1/grants/{id}/revoke` | end a grant now |
 //!
-//! Every decision is recorded (`approval.approve`, `approval.deny`,
-//! `grant.create`, `grant.revoke`) with the deciding person, taken from the
-//! `X-Portcullis-User` header.
+//! Deciding needs a human admin's fresh TOTP (`X-Portcullis-User`,
+//! `X-Portcullis-TOTP`) once any admin has enrolled. Every decision is
+//! recorded (`approval.approve`, `approval.deny`, `grant.create`,
+//! `grant.revoke`) with the deciding admin as principal (`admin:<name>`).
 
 use axum::Extension;
 use axum::Router;
@@ -49,20 +50,19 @@ struct ApproveBody {
     ttl_seconds: Option<u64>,
 }
 
-/// The person deciding, as the caller names them.
-fn approver(call: &Call, headers: &HeaderMap) -> Result<String, ApiError> {
-    let user = headers
-        .get("x-portcullis-user")
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
-        .filter(|u| !u.is_empty() && u.len() <= 64 && u.chars().all(|c| c.is_ascii_graphic()))
-        .ok_or_else(|| {
-            call.error(
-                ErrorCode::BadRequest,
-                "name the approver in `X-Portcullis-User` (CLI: --user or PORTCULLIS_USER)",
-            )
-        })?;
-    Ok(user.to_string())
+/// The admin deciding: a fresh TOTP code once any admin has enrolled
+/// (`admin:<name>`); before that the admin token alone (`admin`).
+pub(crate) async fn approver(
+    state: &AdminState,
+    call: &Call,
+    headers: &HeaderMap,
+) -> Result<String, ApiError> {
+    let approver = crate::mfa::require_fresh_totp(state, call, headers).await?;
+    Ok(if approver.mfa {
+        format!("admin:{}", approver.user)
+    } else {
+        "admin".to_string()
+    })
 }
 
 fn now_ms() -> i64 {
@@ -111,7 +111,7 @@ async fn approve(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let who = approver(&call, &headers)?;
+    let who = approver(&state, &call, &headers).await?;
     let body: ApproveBody = if body.is_empty() {
         ApproveBody::default()
     } else {
@@ -171,7 +171,7 @@ async fn deny(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let who = approver(&call, &headers)?;
+    let who = approver(&state, &call, &headers).await?;
     let decided = state
         .gateway
         .approvals()
@@ -190,7 +190,7 @@ fn record(state: &AdminState, call: &Call, action: &str, who: &str, ticket: &str
         200,
         None,
     );
-    record.principal = Some(format!("admin:{who}"));
+    record.principal = Some(who.to_string());
     record.approval_ticket = Some(ticket.to_string());
     state.sink.submit(record);
 }
@@ -231,7 +231,7 @@ async fn revoke_grant(
     Path(id): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let who = approver(&call, &headers)?;
+    let who = approver(&state, &call, &headers).await?;
     state
         .store
         .revoke_grant(&id, now_ms())
@@ -246,7 +246,7 @@ async fn revoke_grant(
         200,
         None,
     );
-    record.principal = Some(format!("admin:{who}"));
+    record.principal = Some(who);
     state.sink.submit(record);
     Ok(json(StatusCode::OK, &serde_json::json!({ "revoked": id })))
 }

@@ -8,7 +8,8 @@
 //! | `POST /admin/v1/policies/rollback` | make an earlier version active again |
 //! | `POST /admin/v1/policies/explain` | decide a described request with the active version and say why |
 //!
-//! Push and rollback are recorded (`policy.push`, `policy.rollback`) with the
+//! Push and rollback need a human admin's fresh TOTP once any admin has
+//! enrolled; the verified admin is then the version's author. They are recorded (`policy.push`, `policy.rollback`) with the
 //! version they installed in the record's `policy_version`.
 
 use std::collections::BTreeMap;
@@ -16,7 +17,7 @@ use std::collections::BTreeMap;
 use axum::Extension;
 use axum::Router;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -102,21 +103,28 @@ fn one_line(text: &str) -> String {
 async fn push(
     State(state): State<AdminState>,
     Extension(call): Extension<Call>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let body: PushBody = parse_json(&call, &body)?;
+    let who = crate::approvals_api::approver(&state, &call, &headers).await?;
+    // A verified admin is the author; with the token alone, the caller's word.
+    let author = match who.strip_prefix("admin:") {
+        Some(user) => user.to_string(),
+        None => one_line(body.author.as_deref().unwrap_or("admin")),
+    };
     let shadow = body.shadow;
     let change = state
         .gateway
         .push_policy(PolicyPush {
             files: body.files,
-            author: one_line(body.author.as_deref().unwrap_or("admin")),
+            author,
             message: one_line(&body.message),
             shadow,
         })
         .await
         .map_err(|e| change_error(&call, e))?;
-    record(&state, &call, "policy.push", &change);
+    record(&state, &call, "policy.push", &who, &change);
     tracing::info!(
         version = change.version,
         previous = change.previous,
@@ -130,15 +138,17 @@ async fn push(
 async fn rollback(
     State(state): State<AdminState>,
     Extension(call): Extension<Call>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let body: RollbackBody = parse_json(&call, &body)?;
+    let who = crate::approvals_api::approver(&state, &call, &headers).await?;
     let change = state
         .gateway
         .rollback_policy(body.version)
         .await
         .map_err(|e| change_error(&call, e))?;
-    record(&state, &call, "policy.rollback", &change);
+    record(&state, &call, "policy.rollback", &who, &change);
     tracing::info!(
         version = change.version,
         previous = change.previous,
@@ -147,8 +157,9 @@ async fn rollback(
     Ok(json(StatusCode::OK, &view(change, false)))
 }
 
-fn record(state: &AdminState, call: &Call, action: &str, change: &PolicyChange) {
+fn record(state: &AdminState, call: &Call, action: &str, who: &str, change: &PolicyChange) {
     let mut record = call.record(action, "policy", Outcome::Allow, 200, None);
+    record.principal = Some(who.to_string());
     record.policy_version = Some(change.version);
     state.sink.submit(record);
 }

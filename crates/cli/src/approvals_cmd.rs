@@ -1,5 +1,6 @@
 //! `portcullis approvals …` and `portcullis grants …`: the human side of
-//! just-in-time access.
+//! just-in-time access. Deciding is a sensitive admin action: once an admin
+//! has enrolled, it needs the global `--user NAME --totp CODE`.
 
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use crate::client::AdminClient;
 pub enum ApprovalsCommand {
     /// Live tickets: who wants to do what, where, bound to which body.
     List,
-    /// Approve a ticket: the exact call may proceed once.
+    /// Approve a ticket: the exact call may proceed once (needs `--totp`).
     Approve {
         /// The ticket id.
         id: String,
@@ -23,17 +24,11 @@ pub enum ApprovalsCommand {
         /// this long (`15m`, `2h`; at most 24h).
         #[arg(long, value_parser = crate::commands::parse_ttl)]
         ttl: Option<Duration>,
-        /// Who approves (default: `$PORTCULLIS_USER`).
-        #[arg(long, env = "PORTCULLIS_USER")]
-        user: String,
     },
-    /// Deny a ticket.
+    /// Deny a ticket (needs `--totp`).
     Deny {
         /// The ticket id.
         id: String,
-        /// Who denies (default: `$PORTCULLIS_USER`).
-        #[arg(long, env = "PORTCULLIS_USER")]
-        user: String,
     },
 }
 
@@ -42,13 +37,10 @@ pub enum ApprovalsCommand {
 pub enum GrantsCommand {
     /// Live time-boxed grants.
     List,
-    /// End a grant now.
+    /// End a grant now (needs `--totp`).
     Revoke {
         /// The grant id.
         id: String,
-        /// Who revokes (default: `$PORTCULLIS_USER`).
-        #[arg(long, env = "PORTCULLIS_USER")]
-        user: String,
     },
 }
 
@@ -95,8 +87,7 @@ pub async fn approvals(command: ApprovalsCommand, admin: AdminArgs) -> Result<()
                 );
             }
         }
-        ApprovalsCommand::Approve { id, ttl, user } => {
-            let client = client.with_header("x-portcullis-user", user);
+        ApprovalsCommand::Approve { id, ttl } => {
             let body = match ttl {
                 Some(ttl) => json!({ "ttl_seconds": ttl.as_secs() }),
                 None => json!({}),
@@ -128,8 +119,7 @@ pub async fn approvals(command: ApprovalsCommand, admin: AdminArgs) -> Result<()
                 ),
             }
         }
-        ApprovalsCommand::Deny { id, user } => {
-            let client = client.with_header("x-portcullis-user", user);
+        ApprovalsCommand::Deny { id } => {
             client
                 .post(&format!("/approvals/{id}/deny"), &json!({}))
                 .await?;
@@ -162,8 +152,7 @@ pub async fn grants(command: GrantsCommand, admin: AdminArgs) -> Result<()> {
                 );
             }
         }
-        GrantsCommand::Revoke { id, user } => {
-            let client = client.with_header("x-portcullis-user", user);
+        GrantsCommand::Revoke { id } => {
             client
                 .post(&format!("/grants/{id}/revoke"), &json!({}))
                 .await?;

@@ -14,8 +14,8 @@ pub struct AdminClient {
     http: reqwest::Client,
     base: String,
     token: String,
-    /// Sent with every request (e.g. `X-Portcullis-User`).
-    extra: Vec<(&'static str, String)>,
+    /// `X-Portcullis-User` / `X-Portcullis-TOTP` for sensitive actions.
+    mfa: Option<(Option<String>, String)>,
 }
 
 impl AdminClient {
@@ -72,7 +72,10 @@ impl AdminClient {
             http,
             base: base.trim_end_matches('/').to_string(),
             token,
-            extra: Vec::new(),
+            mfa: args
+                .totp
+                .as_ref()
+                .map(|code| (args.user.clone(), code.trim().to_string())),
         })
     }
 
@@ -115,20 +118,16 @@ impl AdminClient {
         Ok(headers)
     }
 
-    /// Sends `name: value` with every request from now on.
-    pub fn with_header(mut self, name: &'static str, value: String) -> Self {
-        self.extra.push((name, value));
-        self
-    }
-
     fn url(&self, path: &str) -> String {
         format!("{}/admin/v1{path}", self.base)
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value> {
-        let mut request = request;
-        for (name, value) in &self.extra {
-            request = request.header(*name, value);
+    async fn send(&self, mut request: reqwest::RequestBuilder) -> Result<Value> {
+        if let Some((user, code)) = &self.mfa {
+            if let Some(user) = user {
+                request = request.header("x-portcullis-user", user);
+            }
+            request = request.header("x-portcullis-totp", code);
         }
         let response = request
             .bearer_auth(&self.token)

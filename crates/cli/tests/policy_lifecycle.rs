@@ -589,13 +589,8 @@ async fn obligations_rate_mfa_redact_and_approvals_bound_to_the_call() {
         "{list}"
     );
     assert!(list.contains("policy `transfers` (version 1)"), "{list}");
-    // Deciding names the approver.
-    let out = server.cli(&["approvals", "approve", &t1]);
-    assert!(
-        !out.status.success(),
-        "an approval without an approver's name"
-    );
-    let out = ok(&server.cli(&["approvals", "approve", &t1, "--user", "bob"]));
+    // No admin has enrolled yet: the admin token alone decides.
+    let out = ok(&server.cli(&["approvals", "approve", &t1]));
     assert!(out.contains("once"), "{out}");
 
     // The approved call goes through, once.
@@ -617,7 +612,7 @@ async fn obligations_rate_mfa_redact_and_approvals_bound_to_the_call() {
     let (_, error, _) = transfer(&server, &payer, r#"{"amount":100000}"#, None).await;
     let t3 = error["error"]["ticket"].as_str().unwrap().to_string();
     assert!(t3 != t2 && t3 != t1);
-    ok(&server.cli(&["approvals", "deny", &t3, "--user", "bob"]));
+    ok(&server.cli(&["approvals", "deny", &t3]));
     let (status, error, _) = transfer(&server, &payer, r#"{"amount":100000}"#, None).await;
     assert_eq!(
         (status, error["error"]["code"].as_str()),
@@ -656,7 +651,7 @@ async fn obligations_rate_mfa_redact_and_approvals_bound_to_the_call() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let t5 = t5.expect("the held call's ticket never appeared");
-    ok(&server.cli(&["approvals", "approve", &t5, "--user", "carol"]));
+    ok(&server.cli(&["approvals", "approve", &t5]));
     let (status, elapsed) = held.await.unwrap();
     assert_eq!(status, 200);
     assert!(elapsed < Duration::from_secs(25), "{elapsed:?}");
@@ -664,7 +659,7 @@ async fn obligations_rate_mfa_redact_and_approvals_bound_to_the_call() {
     // --ttl grants the agent the action on the route for a while: any body.
     let (_, error, _) = transfer(&server, &payer, r#"{"amount":7}"#, None).await;
     let t6 = error["error"]["ticket"].as_str().unwrap().to_string();
-    let out = ok(&server.cli(&["approvals", "approve", &t6, "--ttl", "10m", "--user", "bob"]));
+    let out = ok(&server.cli(&["approvals", "approve", &t6, "--ttl", "10m"]));
     assert!(out.contains("grant"), "{out}");
     let (status, _, id) = transfer(&server, &payer, r#"{"amount":8}"#, None).await;
     assert_eq!(status, 200);
@@ -690,30 +685,76 @@ async fn obligations_rate_mfa_redact_and_approvals_bound_to_the_call() {
         grants.contains("pay-bot") && grants.contains(&t6),
         "{grants}"
     );
-    ok(&server.cli(&["grants", "revoke", &grant, "--user", "bob"]));
+    ok(&server.cli(&["grants", "revoke", &grant]));
     let (status, error, _) = transfer(&server, &payer, r#"{"amount":9}"#, None).await;
     assert_eq!(
         (status, error["error"]["code"].as_str()),
         (403, Some("approval_required"))
     );
 
-    // Every decision is in the audit log, with the approver.
-    let records = server.audit(500);
+    // Every decision is in the audit log, with the approver (the writer
+    // commits in batches: wait, bounded, for each).
     for action in [
+        "grant.revoke",
         "approval.approve",
         "approval.deny",
         "grant.create",
-        "grant.revoke",
     ] {
-        let found: Vec<&Value> = records.iter().filter(|r| r["action"] == action).collect();
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            found = admin_records(&server, action);
+            if !found.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         assert!(!found.is_empty(), "no {action} record");
-        assert!(
-            found[0]["principal"]
-                .as_str()
-                .unwrap()
-                .starts_with("admin:"),
-            "{:?}",
-            found[0]
-        );
+        assert_eq!(found[0]["principal"], "admin", "{:?}", found[0]);
     }
+
+    // Once an admin has enrolled, deciding needs that admin's fresh TOTP code,
+    // and the record names the admin.
+    let out = ok(&server.cli(&["admin", "user", "add", "alice"]));
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("TOTP secret (shown once; add it to an authenticator app): "))
+        .unwrap();
+    let secret = portcullis_identity::TotpSecret::from_base32(secret).unwrap();
+    let (_, error, _) = transfer(&server, &payer, r#"{"amount":11}"#, None).await;
+    let t7 = error["error"]["ticket"].as_str().unwrap().to_string();
+    let out = server.cli(&["approvals", "approve", &t7]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mfa_required"));
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    while now() % 30 > 22 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let code = secret.code_at(now());
+    ok(&server.cli(&[
+        "approvals",
+        "approve",
+        &t7,
+        "--user",
+        "alice",
+        "--totp",
+        &code,
+    ]));
+    let (status, _, _) = transfer(&server, &payer, r#"{"amount":11}"#, None).await;
+    assert_eq!(status, 200);
+    let mut by_alice = None;
+    for _ in 0..100 {
+        by_alice = admin_records(&server, "approval.approve")
+            .into_iter()
+            .find(|r| r["approval_ticket"] == t7.as_str());
+        if by_alice.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(by_alice.unwrap()["principal"], "admin:alice");
 }

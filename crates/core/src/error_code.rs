@@ -57,6 +57,10 @@ pub enum ErrorCode {
     InvalidClient,
     /// The token endpoint was asked for a grant it does not support.
     UnsupportedGrantType,
+    /// A sensitive admin action needs a human admin's fresh TOTP code.
+    MfaRequired,
+    /// The TOTP code (or the admin it names) was refused: wrong, stale, or already used.
+    InvalidTotp,
     /// A pushed policy set does not compile, validate or fit the gateway's
     /// agents and routes; the running version stays.
     InvalidPolicy,
@@ -99,6 +103,8 @@ impl ErrorCode {
             ErrorCode::InvalidDpopProof => "invalid_dpop_proof",
             ErrorCode::InvalidClient => "invalid_client",
             ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
+            ErrorCode::MfaRequired => "mfa_required",
+            ErrorCode::InvalidTotp => "invalid_totp",
             ErrorCode::InvalidPolicy => "invalid_policy",
             ErrorCode::ApprovalRequired => "approval_required",
             ErrorCode::ApprovalDenied => "approval_denied",
@@ -115,7 +121,9 @@ impl ErrorCode {
             | ErrorCode::AgentRevoked
             | ErrorCode::InvalidToken
             | ErrorCode::InvalidDpopProof
-            | ErrorCode::InvalidClient => 401,
+            | ErrorCode::InvalidClient
+            | ErrorCode::MfaRequired
+            | ErrorCode::InvalidTotp => 401,
             ErrorCode::Forbidden
             | ErrorCode::ContentBlocked
             | ErrorCode::ApprovalRequired
@@ -171,6 +179,8 @@ mod tests {
             ErrorCode::InvalidDpopProof,
             ErrorCode::InvalidClient,
             ErrorCode::UnsupportedGrantType,
+            ErrorCode::MfaRequired,
+            ErrorCode::InvalidTotp,
             ErrorCode::InvalidPolicy,
             ErrorCode::ApprovalRequired,
             ErrorCode::ApprovalDenied,

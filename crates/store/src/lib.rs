@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 
 mod agent_keys;
+mod identity;
+pub use identity::{AdminUserRow, PostureRow, RevokedTokenRow};
 mod audit_log;
 pub use agent_keys::AgentKeyRow;
 mod inventory;
@@ -125,6 +127,11 @@ fn migrator() -> Migrator {
             include_str!("../migrations/0004_audit_personal.sql"),
         ),
         migration(5, "tokens", include_str!("../migrations/0005_tokens.sql")),
+        migration(
+            6,
+            "identity",
+            include_str!("../migrations/0006_identity.sql"),
+        ),
         migration(7, "policy", include_str!("../migrations/0007_policy.sql")),
     ])
 }
