@@ -6,6 +6,8 @@
 //! | `POST /admin/v1/policies` | push a policy set: validated, stored, activated (or shadow) |
 //! | `GET /admin/v1/policies/{version}` | one version with its files |
 //! | `POST /admin/v1/policies/rollback` | make an earlier version active again |
+//! | `GET /admin/v1/policies/shadow` | the shadow candidate's disagreements with the active version |
+//! | `DELETE /admin/v1/policies/shadow` | stop shadow evaluation |
 //! | `POST /admin/v1/policies/explain` | decide a described request with the active version and say why |
 //!
 //! Push and rollback need a human admin's fresh TOTP once any admin has
@@ -35,6 +37,7 @@ pub(crate) fn routes() -> Router<AdminState> {
         .route("/policies", get(list_versions).post(push))
         .route("/policies/rollback", post(rollback))
         .route("/policies/explain", post(explain))
+        .route("/policies/shadow", get(shadow).delete(stop_shadow))
         .route("/policies/{version}", get(show_version))
 }
 
@@ -324,5 +327,42 @@ async fn explain(
             "errors": decision.errors,
             "policies": policies,
         }),
+    ))
+}
+
+async fn shadow(State(state): State<AdminState>) -> Response {
+    let active = state.gateway.policy_version();
+    let body = match state.gateway.shadow_report() {
+        None => serde_json::json!({ "active": active, "shadow": null }),
+        Some((version, report)) => serde_json::json!({
+            "active": active,
+            "shadow": version,
+            "decided": report.decided,
+            "allow_to_deny": report.allow_to_deny,
+            "deny_to_allow": report.deny_to_allow,
+            "recent": report.recent,
+        }),
+    };
+    json(StatusCode::OK, &body)
+}
+
+async fn stop_shadow(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = crate::approvals_api::approver(&state, &call, &headers).await?;
+    let stopped = state
+        .gateway
+        .stop_shadow()
+        .await
+        .map_err(|e| change_error(&call, e))?;
+    let mut record = call.record("policy.shadow_stop", "policy", Outcome::Allow, 200, None);
+    record.principal = Some(who);
+    record.policy_version = stopped;
+    state.sink.submit(record);
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "stopped": stopped }),
     ))
 }

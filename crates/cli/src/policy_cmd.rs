@@ -82,6 +82,13 @@ pub enum PolicyCommand {
         #[arg(long)]
         context: Option<String>,
     },
+    /// The shadow candidate: how often it disagreed with the active version,
+    /// and the latest disagreements. Promote it with `policy rollback N`.
+    Shadow {
+        /// Stop shadow evaluation instead.
+        #[arg(long)]
+        stop: bool,
+    },
     /// Show what changed between two versions, as a unified diff per file.
     Diff {
         /// The older version.
@@ -215,6 +222,55 @@ pub async fn run(command: PolicyCommand, admin: AdminArgs) -> Result<()> {
                 )
                 .await?;
             print!("{}", render_explanation(&e));
+        }
+        PolicyCommand::Shadow { stop } => {
+            let client = AdminClient::from_args(&admin)?;
+            if stop {
+                let r = client.delete("/policies/shadow").await?;
+                match r["stopped"].as_u64() {
+                    Some(v) => println!("shadow evaluation of version {v} stopped"),
+                    None => println!("no shadow candidate was set"),
+                }
+                return Ok(());
+            }
+            let r = client.get("/policies/shadow").await?;
+            if r["shadow"].is_null() {
+                println!("no shadow candidate (active: version {})", r["active"]);
+                return Ok(());
+            }
+            println!(
+                "shadow: version {} beside active version {}\ndecided: {}  disagreements: {} (allow -> deny {}, deny -> allow {})",
+                r["shadow"],
+                r["active"],
+                r["decided"],
+                r["allow_to_deny"].as_u64().unwrap_or_default()
+                    + r["deny_to_allow"].as_u64().unwrap_or_default(),
+                r["allow_to_deny"],
+                r["deny_to_allow"]
+            );
+            for d in r["recent"].as_array().into_iter().flatten() {
+                let verdict = |allowed: &Value| if *allowed == true { "allow" } else { "deny" };
+                let ids = |v: &Value| {
+                    v.as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(",")
+                };
+                println!(
+                    "  {} {} {} {} {}: active {} [{}] -> shadow {} [{}]",
+                    utc(d["time_ms"].as_i64().unwrap_or_default()),
+                    d["request_id"].as_str().unwrap_or_default(),
+                    d["agent"].as_str().unwrap_or_default(),
+                    d["action"].as_str().unwrap_or_default(),
+                    d["path"].as_str().unwrap_or_default(),
+                    verdict(&d["active_allowed"]),
+                    ids(&d["active_policies"]),
+                    verdict(&d["shadow_allowed"]),
+                    ids(&d["shadow_policies"]),
+                );
+            }
         }
         PolicyCommand::Diff { a, b } => {
             let client = AdminClient::from_args(&admin)?;

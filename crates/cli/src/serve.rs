@@ -273,6 +273,7 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         config: config.clone(),
         bundle: bundle.clone(),
         policy_version: start_policy.version,
+        shadow: start_policy.shadow.clone(),
         checker,
         upstream_tls,
         store: store.clone(),

@@ -758,3 +758,55 @@ async fn obligations_rate_mfa_redact_and_approvals_bound_to_the_call() {
     }
     assert_eq!(by_alice.unwrap()["principal"], "admin:alice");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shadow_candidate_is_decided_alongside_and_its_disagreements_listed() {
+    support::install_crypto();
+    let server = Server::start(tempfile::tempdir().unwrap(), None);
+    let (cert, key) = server.create_agent("reader-bot", &["reader"]);
+    let http = client(&server.ca_pem(), Some((&cert, &key)));
+    let next = server.path().join("next");
+    policy_dir(&next, &[("main.cedar", WRITERS_ONLY)]);
+    let out = ok(&server.cli(&["policy", "push", next.to_str().unwrap(), "--shadow"]));
+    assert!(
+        out.contains("version 2") && out.contains("shadow candidate"),
+        "{out}"
+    );
+    let list = ok(&server.cli(&["policy", "list"]));
+    assert!(list.lines().any(|l| l.starts_with("s 2 ")), "{list}");
+
+    // Live traffic is still decided by version 1; the candidate would deny.
+    let (status, record) = get_demo(&server, &http).await;
+    assert_eq!((status, record["policy_version"].as_u64()), (200, Some(1)));
+    let denied_id = record["request_id"].as_str().unwrap().to_string();
+    // A request both deny is no disagreement.
+    let r = http.post(server.url("/payroll/x")).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let out = ok(&server.cli(&["policy", "shadow"]));
+    assert!(
+        out.contains("shadow: version 2 beside active version 1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("decided: 2  disagreements: 1 (allow -> deny 1, deny -> allow 0)"),
+        "{out}"
+    );
+    let line = out
+        .lines()
+        .find(|l| l.contains(&denied_id))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("active allow [readers-read-low] -> shadow deny [default-deny]"),
+        "{out}"
+    );
+
+    // Promoting it is a rollback to its version; shadowing ends.
+    ok(&server.cli(&["policy", "rollback", "2"]));
+    let (status, record) = get_demo(&server, &http).await;
+    assert_eq!((status, record["policy_version"].as_u64()), (403, Some(2)));
+    let out = ok(&server.cli(&["policy", "shadow"]));
+    assert!(
+        out.contains("no shadow candidate (active: version 2)"),
+        "{out}"
+    );
+}

@@ -26,8 +26,9 @@ pub mod pseudonym;
 pub mod rate_limit;
 pub mod respond;
 pub mod route;
+pub mod shadow;
 mod state;
 pub mod tokens;
 pub mod trace;
 
-pub use state::{ConnectionState, Gateway, GatewayError, GatewayParts, Snapshot};
+pub use state::{ConnectionState, Gateway, GatewayError, GatewayParts, ShadowSnapshot, Snapshot};

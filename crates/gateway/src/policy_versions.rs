@@ -20,7 +20,7 @@ use portcullis_store::{NewPolicyVersion, PolicySlot, Store, StoreError};
 use tokio::sync::watch;
 
 use crate::audit_sink::AuditSink;
-use crate::state::{Gateway, GatewayError, InstalledPolicy};
+use crate::state::{Gateway, GatewayError, InstalledPolicy, InstalledShadow};
 
 /// Who installs versions the directory watcher finds.
 pub const WATCH_AUTHOR: &str = "policy-watch";
@@ -128,12 +128,26 @@ impl Gateway {
             )
             .await?;
         let hash = bundle.content_hash().to_string();
-        if !push.shadow {
-            // Stored first: a crash between the two leaves the store ahead, and
-            // the next start decides with what the store says is active.
-            self.swap_policy(&mut installed, InstalledPolicy { bundle, version })
-                .await?;
-        }
+        // Stored first: a crash between the two leaves the store ahead, and
+        // the next start decides with what the store says.
+        let next = if push.shadow {
+            InstalledPolicy {
+                shadow: Some(InstalledShadow {
+                    bundle,
+                    version,
+                    stats: Default::default(),
+                }),
+                ..installed.clone()
+            }
+        } else {
+            // A new active version ends any shadow evaluation (as in the store).
+            InstalledPolicy {
+                bundle,
+                version,
+                shadow: None,
+            }
+        };
+        self.swap_policy(&mut installed, next).await?;
         Ok(PolicyChange {
             version,
             hash,
@@ -164,14 +178,47 @@ impl Gateway {
         self.check_policy(&bundle).await?;
         self.store.set_active_policy(version).await?;
         let hash = bundle.content_hash().to_string();
-        self.swap_policy(&mut installed, InstalledPolicy { bundle, version })
-            .await?;
+        // A candidate that becomes active stops shadowing itself (as in the store).
+        let shadow = installed.shadow.clone().filter(|s| s.version != version);
+        self.swap_policy(
+            &mut installed,
+            InstalledPolicy {
+                bundle,
+                version,
+                shadow,
+            },
+        )
+        .await?;
         Ok(PolicyChange {
             version,
             hash,
             previous,
             unchanged: false,
         })
+    }
+}
+
+impl Gateway {
+    /// The shadow candidate's version and report, if one is set.
+    pub fn shadow_report(&self) -> Option<(u64, crate::shadow::ShadowReport)> {
+        let snapshot = self.snapshot();
+        let shadow = snapshot.shadow.as_ref()?;
+        Some((shadow.version, shadow.stats.report()))
+    }
+
+    /// Ends shadow evaluation; returns the version that was the candidate.
+    pub async fn stop_shadow(&self) -> Result<Option<u64>, PolicyChangeError> {
+        let mut installed = self.policy.lock().await;
+        let Some(shadow) = installed.shadow.clone() else {
+            return Ok(None);
+        };
+        self.store.clear_shadow_policy().await?;
+        let next = InstalledPolicy {
+            shadow: None,
+            ..installed.clone()
+        };
+        self.swap_policy(&mut installed, next).await?;
+        Ok(Some(shadow.version))
     }
 }
 
@@ -185,6 +232,8 @@ pub struct StartPolicy {
     /// The version stored at start (first start, or a watched directory that
     /// changed while the server was down), for the audit log.
     pub stored: Option<AuditRecord>,
+    /// The shadow candidate, if one is set.
+    pub shadow: Option<(Arc<PolicyBundle>, u64)>,
 }
 
 /// Chooses the version to start with. The store's active version decides:
@@ -218,6 +267,7 @@ pub async fn start_policy(
                 bundle: Arc::new(bundle),
                 version,
                 stored: None,
+                shadow: load_shadow(store, state.shadow).await,
             });
         }
         Some((version, _)) => format!(
@@ -244,7 +294,30 @@ pub async fn start_policy(
         bundle: Arc::new(bundle),
         version,
         stored: Some(record),
+        // Storing an active version dropped any candidate.
+        shadow: None,
     })
+}
+
+/// The stored shadow candidate; one that no longer compiles is dropped with
+/// a warning (it never decides anything, so starting without it is safe).
+async fn load_shadow(store: &Store, shadow: Option<u64>) -> Option<(Arc<PolicyBundle>, u64)> {
+    let version = shadow?;
+    let compiled = match store.policy_version(version).await {
+        Ok(row) => {
+            PolicySources::from_files(PathBuf::from(format!("<version {version}>")), &row.files)
+                .and_then(|s| PolicyBundle::compile(&s))
+                .map_err(|e| e.to_string())
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    match compiled {
+        Ok(bundle) => Some((Arc::new(bundle), version)),
+        Err(e) => {
+            tracing::warn!(version, error = %e, "the shadow candidate cannot be loaded; shadow evaluation is off");
+            None
+        }
+    }
 }
 
 /// The audit record of a policy change made outside the admin API.

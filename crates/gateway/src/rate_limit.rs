@@ -8,7 +8,7 @@
 //! Nothing touches the disk; limits restart empty with the process.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -81,9 +81,7 @@ impl RateLimiter {
     }
 
     fn cell(&self, policy: &str, agent: &str, rate: Rate) -> Arc<Cell> {
-        let mut h = self.hasher.build_hasher();
-        agent.hash(&mut h);
-        let shard = &self.shards[h.finish() as usize % SHARDS];
+        let shard = &self.shards[self.hasher.hash_one(agent) as usize % SHARDS];
         if let Ok(map) = shard.read()
             && let Some(cell) = map.get(policy).and_then(|m| m.get(agent))
             && cell.rate == rate

@@ -43,6 +43,19 @@ pub struct Snapshot {
     pub authorizer: Authorizer,
     /// The stored policy version `authorizer` decides with.
     pub policy_version: u64,
+    /// The shadow candidate, decided alongside without effect.
+    pub shadow: Option<ShadowSnapshot>,
+}
+
+/// A shadow candidate joined with the same agents and routes.
+#[derive(Debug)]
+pub struct ShadowSnapshot {
+    /// Its stored version.
+    pub version: u64,
+    /// Its decisions.
+    pub authorizer: Authorizer,
+    /// Its disagreements with the active version (kept across reloads).
+    pub stats: Arc<crate::shadow::ShadowStats>,
 }
 
 /// Per-connection state: the client certificate is checked once, at connect.
@@ -92,6 +105,8 @@ pub struct GatewayParts {
     pub bundle: Arc<PolicyBundle>,
     /// The stored version of `bundle` (see [`crate::policy_versions`]).
     pub policy_version: u64,
+    /// The shadow candidate and its version, if one is set.
+    pub shadow: Option<(Arc<PolicyBundle>, u64)>,
     /// Client certificate checker for the Portcullis CA.
     pub checker: ClientCertChecker,
     /// TLS client settings for https upstreams.
@@ -150,6 +165,15 @@ pub struct Gateway {
 pub(crate) struct InstalledPolicy {
     pub(crate) bundle: Arc<PolicyBundle>,
     pub(crate) version: u64,
+    pub(crate) shadow: Option<InstalledShadow>,
+}
+
+/// The shadow candidate snapshots are built with.
+#[derive(Debug, Clone)]
+pub(crate) struct InstalledShadow {
+    pub(crate) bundle: Arc<PolicyBundle>,
+    pub(crate) version: u64,
+    pub(crate) stats: Arc<crate::shadow::ShadowStats>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -203,6 +227,11 @@ impl Gateway {
         let installed = InstalledPolicy {
             bundle: parts.bundle.clone(),
             version: parts.policy_version,
+            shadow: parts.shadow.map(|(bundle, version)| InstalledShadow {
+                bundle,
+                version,
+                stats: Default::default(),
+            }),
         };
         let snapshot = build_snapshot(&parts.store, &installed, &route_entities).await?;
         Gateway::check_vault_routes(
@@ -303,6 +332,7 @@ impl Gateway {
         let probe = InstalledPolicy {
             bundle: bundle.clone(),
             version: 0,
+            shadow: None,
         };
         build_snapshot(&self.store, &probe, &self.route_entities).await?;
         if bundle.redacts() && self.guard.is_none() {
@@ -468,9 +498,18 @@ async fn build_snapshot(
         })
         .collect();
     let authorizer = Authorizer::with_grants(policy.bundle.clone(), &entities, routes, &grants)?;
+    let shadow = match &policy.shadow {
+        None => None,
+        Some(s) => Some(ShadowSnapshot {
+            version: s.version,
+            authorizer: Authorizer::with_grants(s.bundle.clone(), &entities, routes, &grants)?,
+            stats: s.stats.clone(),
+        }),
+    };
     Ok(Snapshot {
         directory,
         authorizer,
         policy_version: policy.version,
+        shadow,
     })
 }

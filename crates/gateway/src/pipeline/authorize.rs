@@ -33,6 +33,43 @@ pub fn run(
     decision
 }
 
+/// Decides the request again with the shadow candidate, without effect, and
+/// counts a disagreement with the active version's `decision`.
+pub fn shadow(
+    shadow: &crate::state::ShadowSnapshot,
+    decision: &Decision,
+    identity: &Identity,
+    context: &RequestContext,
+    source_ip: &SourceIp,
+    content: &ContentFacts,
+    request_id: &str,
+) {
+    let candidate = shadow.authorizer.decide(&AuthzRequest {
+        agent: &identity.agent,
+        action: context.action,
+        route: &context.route.name,
+        path: &context.path,
+        source_ip,
+        time: context.time,
+        content: content.as_policy(),
+        caller: &identity.caller,
+    });
+    shadow
+        .stats
+        .observe(decision, &candidate, || crate::shadow::Disagreement {
+            time_ms: context.time.epoch * 1000,
+            request_id: request_id.to_string(),
+            agent: identity.agent.clone(),
+            action: context.action.as_str().to_string(),
+            resource: context.route.name.clone(),
+            path: context.path.clone(),
+            active_allowed: decision.allowed,
+            active_policies: decision.policy_ids.clone(),
+            shadow_allowed: candidate.allowed,
+            shadow_policies: candidate.policy_ids.clone(),
+        });
+}
+
 /// Ends the request unless the decision allows it.
 pub fn enforce(decision: &Decision) -> Result<(), Denial> {
     if decision.allowed {

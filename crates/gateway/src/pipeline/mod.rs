@@ -243,6 +243,18 @@ async fn run(
     let elapsed = t.elapsed();
     metrics.stage(Stage::Authorize, elapsed);
     recorder.trace_stage(Stage::Authorize, t, elapsed);
+    // After the timing: the candidate's cost is not the request's.
+    if let Some(shadow) = &snapshot.shadow {
+        authorize::shadow(
+            shadow,
+            &decision,
+            &identity,
+            &context,
+            &conn.source_ip,
+            &content,
+            request_id.as_str(),
+        );
+    }
     metrics.decision(&context.route.name, decision.allowed);
     {
         let record = recorder.record();
