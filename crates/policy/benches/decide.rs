@@ -102,15 +102,15 @@ fn scale(policies: usize) {
     let ip = SourceIp::new("10.4.0.9".parse().unwrap());
     let caller = portcullis_policy::CallerFacts::mtls();
     // Requests an agent plausibly makes: its team's route, or a granted call.
-    let requests: Vec<(String, HttpAction, String)> = (0..2_000)
+    let requests: Vec<(String, HttpAction, String)> = (0..2_000usize)
         .map(|n| {
-            if n % 4 == 0 {
+            if n.is_multiple_of(4) {
                 let g = &grants[rng.next(GRANTS)];
                 (g.agent.clone(), g.action, g.route.clone())
             } else {
                 let a = rng.next(AGENTS);
                 let team = a % policies;
-                let action = if team % 2 == 0 {
+                let action = if team.is_multiple_of(2) {
                     HttpAction::Get
                 } else {
                     HttpAction::Post
@@ -123,16 +123,23 @@ fn scale(policies: usize) {
             }
         })
         .collect();
-    let request = |(agent, action, route): &(String, HttpAction, String)| AuthzRequest {
-        agent,
-        action: *action,
-        route,
-        path: "/svc/x",
-        source_ip: &ip,
-        time: RequestTime::from_epoch(1_700_000_000),
-        content: portcullis_policy::Content::NOT_SCANNED,
-        caller: &caller,
-    };
+    fn request<'a>(
+        (agent, action, route): &'a (String, HttpAction, String),
+        ip: &'a SourceIp,
+        caller: &'a portcullis_policy::CallerFacts,
+    ) -> AuthzRequest<'a> {
+        AuthzRequest {
+            agent,
+            action: *action,
+            route,
+            path: "/svc/x",
+            source_ip: ip,
+            time: RequestTime::from_epoch(1_700_000_000),
+            content: portcullis_policy::Content::NOT_SCANNED,
+            caller,
+        }
+    }
+    let request = |r| request(r, &ip, &caller);
     let mut allowed = 0;
     for r in &requests {
         let d = authz.decide(&request(r));
