@@ -8,7 +8,8 @@
 //! | `POST /admin/v1/approvals/{id}/approve` | approve this exact call once; with `ttl_seconds`, also grant the agent the action on the route for that long |
 //! | `POST /admin/v1/approvals/{id}/deny` | deny it |
 //! | `GET /admin/v1/grants` | live grants |
-//! | `POST /admin/v1/grants/{id}/revoke` | end a grant now |
+//! | `POST /admin/v1/grants/{id}/revoke` | end a grant (or a break-glass) now |
+//! | `POST /admin/v1/breakglass` | emergency: every action on every route for one agent, for a while; two distinct admins' TOTP codes |
 //!
 //! Deciding needs a human admin's fresh TOTP (`X-Portcullis-User`,
 //! `X-Portcullis-TOTP`) once any admin has enrolled. Every decision is
@@ -41,6 +42,7 @@ pub(crate) fn routes() -> Router<AdminState> {
         .route("/approvals/{id}/deny", post(deny))
         .route("/grants", get(list_grants))
         .route("/grants/{id}/revoke", post(revoke_grant))
+        .route("/breakglass", post(open_breakglass))
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +138,8 @@ async fn approve(
             let now = now_ms();
             Some(GrantRow {
                 id: hex::encode(rand::random::<[u8; 8]>()),
+                kind: "grant".into(),
+                reason: String::new(),
                 agent: ticket.binding.agent.clone(),
                 action: ticket.binding.action.clone(),
                 resource: ticket.binding.resource.clone(),
@@ -196,9 +200,16 @@ fn record(state: &AdminState, call: &Call, action: &str, who: &str, ticket: &str
 }
 
 fn grant_json(g: &GrantRow) -> serde_json::Value {
+    let prefix = if g.kind == "breakglass" {
+        portcullis_policy::BREAKGLASS_PREFIX
+    } else {
+        portcullis_policy::GRANT_PREFIX
+    };
     serde_json::json!({
         "id": g.id,
-        "policy_id": format!("{}{}", portcullis_policy::GRANT_PREFIX, g.id),
+        "kind": g.kind,
+        "reason": g.reason,
+        "policy_id": format!("{prefix}{}", g.id),
         "agent": g.agent,
         "action": g.action,
         "resource": g.resource,
@@ -249,4 +260,121 @@ async fn revoke_grant(
     record.principal = Some(who);
     state.sink.submit(record);
     Ok(json(StatusCode::OK, &serde_json::json!({ "revoked": id })))
+}
+
+/// `POST /admin/v1/breakglass` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakGlassBody {
+    agent: String,
+    reason: String,
+    ttl_seconds: u64,
+    /// Exactly two distinct enrolled admins with a current code each.
+    approvers: Vec<ApproverCode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproverCode {
+    user: String,
+    totp: String,
+}
+
+/// The longest break-glass.
+const MAX_BREAKGLASS: u64 = 4 * 3600;
+
+async fn open_breakglass(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: BreakGlassBody = parse_json(&call, &body)?;
+    let reason = body.reason.trim();
+    if reason.is_empty() || reason.len() > 500 {
+        return Err(call.error(
+            ErrorCode::BadRequest,
+            "a reason of 1 to 500 characters is required",
+        ));
+    }
+    if body.ttl_seconds == 0 || body.ttl_seconds > MAX_BREAKGLASS {
+        return Err(call.error(
+            ErrorCode::BadRequest,
+            format!("ttl_seconds must be between 1 and {MAX_BREAKGLASS}"),
+        ));
+    }
+    let [first, second] = &body.approvers[..] else {
+        return Err(call.error(
+            ErrorCode::MfaRequired,
+            "break-glass needs exactly two approvers, each with a TOTP code",
+        ));
+    };
+    if first.user == second.user {
+        return Err(call.error(
+            ErrorCode::MfaRequired,
+            "break-glass needs two distinct approvers",
+        ));
+    }
+    let mut names = Vec::new();
+    for a in [first, second] {
+        names.push(
+            crate::mfa::verify_totp(&state, &call, &a.user, a.totp.trim())
+                .await?
+                .user,
+        );
+    }
+    let live = state
+        .store
+        .agents()
+        .await
+        .map_err(|e| call.store_error(e))?
+        .into_iter()
+        .any(|a| a.name == body.agent && a.revoked_at.is_none());
+    if !live {
+        return Err(call.error(
+            ErrorCode::NotFound,
+            format!("`{}` does not exist or is revoked", body.agent),
+        ));
+    }
+    let now = now_ms();
+    let grant = GrantRow {
+        id: hex::encode(rand::random::<[u8; 8]>()),
+        kind: "breakglass".into(),
+        reason: reason
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect(),
+        agent: body.agent.clone(),
+        action: "*".into(),
+        resource: "*".into(),
+        created_ms: now,
+        expires_ms: now + body.ttl_seconds as i64 * 1000,
+        created_by: names.join("+"),
+        ticket: None,
+        revoked_ms: None,
+    };
+    state
+        .store
+        .add_grant(&grant)
+        .await
+        .map_err(|e| call.store_error(e))?;
+    state.gateway.reload().await.map_err(|e| call.internal(e))?;
+    let policy_id = format!("{}{}", portcullis_policy::BREAKGLASS_PREFIX, grant.id);
+    let mut record = call.record(
+        "breakglass.open",
+        &format!("agent:{}", grant.agent),
+        Outcome::Allow,
+        200,
+        None,
+    );
+    record.principal = Some(format!("admin:{}", grant.created_by));
+    record.breakglass = Some(policy_id.clone());
+    state.sink.submit(record);
+    // The alert: loud in the server log, and to the humans' webhook.
+    tracing::error!(agent = %grant.agent, grant = %policy_id, approvers = %grant.created_by, reason = %grant.reason, ttl_seconds = body.ttl_seconds, "BREAK-GLASS OPENED");
+    let view = grant_json(&grant);
+    state.gateway.approvals().announce(serde_json::json!({
+        "event": "breakglass.opened",
+        "grant": view,
+    }));
+    Ok(json(StatusCode::OK, &view))
 }

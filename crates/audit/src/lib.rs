@@ -116,6 +116,10 @@ pub struct AuditRecord {
     /// decided; `null` otherwise.
     #[serde(default)]
     pub approval_ticket: Option<String>,
+    /// The break-glass grant (`breakglass:<id>`) a request was allowed under,
+    /// or that a `breakglass.open` admin change opened; `null` otherwise.
+    #[serde(default)]
+    pub breakglass: Option<String>,
 }
 
 /// Most content findings kept in one record; the rest are counted in the
@@ -190,6 +194,7 @@ mod tests {
             }],
             policy_version: Some(3),
             approval_ticket: None,
+            breakglass: None,
         }
     }
 
@@ -198,7 +203,7 @@ mod tests {
         let bytes = sample().canonical_bytes();
         assert_eq!(
             String::from_utf8(bytes.clone()).unwrap(),
-            r#"{"seq":7,"time_ms":1700000000123,"kind":"request","request_id":"abc","principal":"bot","credential":"spiffe://portcullis.local/agent/bot serial=01","source_ip":"127.0.0.1","action":"GET","resource":"demo","path":"/demo/hello","outcome":"allow","policies":["readers-read-low"],"error_code":null,"status":200,"duration_us":42,"bytes_in":0,"bytes_out":12,"classification":"public","request_sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","response_sha256":"a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447","response_sha256_unredacted":null,"fail_open":false,"content":[{"direction":"request","kind":"aws_access_key","pointer":"/note","start":10,"end":30,"fingerprint":"3f2a9c1d4b5e6f70"}],"policy_version":3,"approval_ticket":null}"#
+            r#"{"seq":7,"time_ms":1700000000123,"kind":"request","request_id":"abc","principal":"bot","credential":"spiffe://portcullis.local/agent/bot serial=01","source_ip":"127.0.0.1","action":"GET","resource":"demo","path":"/demo/hello","outcome":"allow","policies":["readers-read-low"],"error_code":null,"status":200,"duration_us":42,"bytes_in":0,"bytes_out":12,"classification":"public","request_sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","response_sha256":"a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447","response_sha256_unredacted":null,"fail_open":false,"content":[{"direction":"request","kind":"aws_access_key","pointer":"/note","start":10,"end":30,"fingerprint":"3f2a9c1d4b5e6f70"}],"policy_version":3,"approval_ticket":null,"breakglass":null}"#
         );
         let back: AuditRecord = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(back, sample());
@@ -210,7 +215,7 @@ mod tests {
         let hash = merkle::leaf_hash(&sample().canonical_bytes());
         assert_eq!(
             hex::encode(hash),
-            "c6251ac7233cd1ecb3f719ed9b06b373b33254ec83f1e9aeb51120ad653c99b3"
+            "a411027c3c410103712a12505a44d7882ce9aa7639327710bcacfea5395e8bea"
         );
     }
 }

@@ -136,19 +136,24 @@ pub async fn grants(command: GrantsCommand, admin: AdminArgs) -> Result<()> {
         GrantsCommand::List => {
             let list = client.get("/grants").await?;
             println!(
-                "{:<18} {:<16} {:<6} {:<16} {:<20} {:<12} TICKET",
-                "GRANT", "AGENT", "ACTION", "ROUTE", "EXPIRES (UTC)", "BY"
+                "{:<18} {:<10} {:<16} {:<6} {:<16} {:<20} {:<12} TICKET / REASON",
+                "GRANT", "KIND", "AGENT", "ACTION", "ROUTE", "EXPIRES (UTC)", "BY"
             );
             for g in list["grants"].as_array().into_iter().flatten() {
+                let why = match g["ticket"].as_str() {
+                    Some(ticket) => ticket.to_string(),
+                    None => text(&g["reason"]).to_string(),
+                };
                 println!(
-                    "{:<18} {:<16} {:<6} {:<16} {:<20} {:<12} {}",
+                    "{:<18} {:<10} {:<16} {:<6} {:<16} {:<20} {:<12} {}",
                     text(&g["id"]),
+                    text(&g["kind"]),
                     text(&g["agent"]),
                     text(&g["action"]),
                     text(&g["resource"]),
                     when(&g["expires_ms"]),
                     text(&g["created_by"]),
-                    text(&g["ticket"])
+                    why
                 );
             }
         }
@@ -157,6 +162,83 @@ pub async fn grants(command: GrantsCommand, admin: AdminArgs) -> Result<()> {
                 .post(&format!("/grants/{id}/revoke"), &json!({}))
                 .await?;
             println!("revoked grant {id}");
+        }
+    }
+    Ok(())
+}
+
+/// `portcullis breakglass …`
+#[derive(Debug, Subcommand)]
+pub enum BreakGlassCommand {
+    /// Let one agent do everything on every route for a while (forbid
+    /// policies still apply). Needs two distinct admins' current TOTP codes;
+    /// alerts, and marks every request made under it in the audit log.
+    Open {
+        /// The agent.
+        #[arg(long)]
+        agent: String,
+        /// Why (kept with the grant).
+        #[arg(long)]
+        reason: String,
+        /// How long (`30m`; at most 4h).
+        #[arg(long, value_parser = crate::commands::parse_ttl)]
+        ttl: Duration,
+        /// An approver and their current code, `NAME:CODE`; given twice.
+        #[arg(long = "approver", value_name = "NAME:CODE")]
+        approvers: Vec<String>,
+    },
+    /// End a break-glass now (as `grants revoke ID`; needs `--totp`).
+    Close {
+        /// The grant id.
+        id: String,
+    },
+}
+
+/// Runs a break-glass command.
+pub async fn breakglass(command: BreakGlassCommand, admin: AdminArgs) -> Result<()> {
+    let client = AdminClient::from_args(&admin)?;
+    match command {
+        BreakGlassCommand::Open {
+            agent,
+            reason,
+            ttl,
+            approvers,
+        } => {
+            let approvers: Vec<Value> = approvers
+                .iter()
+                .map(|a| {
+                    let (user, code) = a.split_once(':').context("--approver takes NAME:CODE")?;
+                    Ok(json!({ "user": user, "totp": code }))
+                })
+                .collect::<Result<_>>()?;
+            let g = client
+                .post(
+                    "/breakglass",
+                    &json!({
+                        "agent": agent,
+                        "reason": reason,
+                        "ttl_seconds": ttl.as_secs(),
+                        "approvers": approvers,
+                    }),
+                )
+                .await?;
+            println!(
+                "BREAK-GLASS {} open: {} may do anything on every route until {} UTC (approved by {})",
+                text(&g["policy_id"]),
+                text(&g["agent"]),
+                when(&g["expires_ms"]),
+                text(&g["created_by"])
+            );
+            println!(
+                "close it early with `portcullis breakglass close {}`",
+                text(&g["id"])
+            );
+        }
+        BreakGlassCommand::Close { id } => {
+            client
+                .post(&format!("/grants/{id}/revoke"), &json!({}))
+                .await?;
+            println!("break-glass {id} closed");
         }
     }
     Ok(())

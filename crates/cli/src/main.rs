@@ -175,6 +175,13 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Emergency access for one agent, opened by two admins.
+    Breakglass {
+        #[command(subcommand)]
+        command: approvals_cmd::BreakGlassCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Run the content guard offline (prompt injection, DLP, tool poisoning).
     Guard {
         #[command(subcommand)]
@@ -224,6 +231,9 @@ fn main() -> ExitCode {
             Command::Guard { .. } => Ok(()),
             Command::Approvals { command, admin } => approvals_cmd::approvals(command, admin).await,
             Command::Grants { command, admin } => approvals_cmd::grants(command, admin).await,
+            Command::Breakglass { command, admin } => {
+                approvals_cmd::breakglass(command, admin).await
+            }
             Command::Secret { command, admin } => vault_cmd::secret(command, admin).await,
             Command::Vault { command, admin } => vault_cmd::vault(command, admin).await,
             Command::Transit { command, admin } => vault_cmd::transit(command, admin).await,

@@ -810,3 +810,103 @@ async fn a_shadow_candidate_is_decided_alongside_and_its_disagreements_listed() 
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn break_glass_needs_two_admins_and_marks_every_request() {
+    support::install_crypto();
+    let server = Server::start(tempfile::tempdir().unwrap(), None);
+    let (cert, key) = server.create_agent("oncall-bot", &["oncall"]);
+    let http = client(&server.ca_pem(), Some((&cert, &key)));
+    let r = http.get(server.url("/payroll/x")).send().await.unwrap();
+    assert_eq!(r.status(), 403, "no policy lets the oncall role in");
+
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    // Alice's codes are used in step order (each step once): t-1 enrols Bob,
+    // t opens, t+1 closes; all inside the ±1 step window.
+    let secret_of = |out: &str| {
+        let secret = out
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("TOTP secret (shown once; add it to an authenticator app): ")
+            })
+            .unwrap();
+        portcullis_identity::TotpSecret::from_base32(secret).unwrap()
+    };
+    let alice = secret_of(&ok(&server.cli(&["admin", "user", "add", "alice"])));
+    while now() % 30 > 18 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let earlier = alice.code_at(now() - 30);
+    let bob = secret_of(&ok(&server.cli(&[
+        "admin", "user", "add", "bob", "--user", "alice", "--totp", &earlier,
+    ])));
+    let secrets = [alice, bob];
+    let (a, b) = (secrets[0].code_at(now()), secrets[1].code_at(now()));
+    let open = |approvers: &[String]| {
+        let mut args = vec![
+            "breakglass",
+            "open",
+            "--agent",
+            "oncall-bot",
+            "--reason",
+            "payroll outage INC-7",
+            "--ttl",
+            "30m",
+        ];
+        for approver in approvers {
+            args.push("--approver");
+            args.push(approver);
+        }
+        server.cli(&args)
+    };
+    // One approver, even twice, is not enough.
+    let out = open(&[format!("alice:{a}"), format!("alice:{a}")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("two distinct approvers"));
+    let out = open(&[format!("alice:{a}")]);
+    assert!(!out.status.success());
+    let out = ok(&open(&[format!("alice:{a}"), format!("bob:{b}")]));
+    assert!(out.contains("BREAK-GLASS breakglass:"), "{out}");
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("close it early with `portcullis breakglass close "))
+        .unwrap()
+        .trim_end_matches('`')
+        .to_string();
+    assert!(server.stderr.lock().unwrap().contains("BREAK-GLASS OPENED"));
+
+    // Every request under it is allowed by it and marked.
+    let response = http.get(server.url("/payroll/x")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let record = server.audit_record(&request_id(&response));
+    let mark = format!("breakglass:{id}");
+    assert_eq!(record["breakglass"], mark.as_str());
+    assert_eq!(record["policies"][0], mark.as_str());
+    let opened = admin_records(&server, "breakglass.open");
+    assert_eq!(opened[0]["principal"], "admin:alice+bob");
+    assert_eq!(opened[0]["breakglass"], mark.as_str());
+    let grants = ok(&server.cli(&["grants", "list"]));
+    assert!(
+        grants.contains("breakglass") && grants.contains("payroll outage INC-7"),
+        "{grants}"
+    );
+
+    // Closing it (a sensitive action: a fresh code) ends it at once.
+    let next = secrets[0].code_at(now() + 30);
+    ok(&server.cli(&[
+        "breakglass",
+        "close",
+        &id,
+        "--user",
+        "alice",
+        "--totp",
+        &next,
+    ]));
+    let r = http.get(server.url("/payroll/x")).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+}

@@ -136,6 +136,7 @@ fn record(seq: u64) -> AuditRecord {
         content: Vec::new(),
         policy_version: Some(1),
         approval_ticket: None,
+        breakglass: None,
     }
 }
 

@@ -210,8 +210,9 @@ pub struct Approvals {
     tickets: Mutex<Tickets>,
     /// Bumped on every decision, so waiting requests wake up.
     decided: watch::Sender<u64>,
-    /// New tickets go here (the webhook task), when configured.
-    notify: Option<tokio::sync::mpsc::Sender<Ticket>>,
+    /// Events for humans (new tickets, break-glass) go here: the webhook
+    /// task, when configured.
+    notify: Option<tokio::sync::mpsc::Sender<serde_json::Value>>,
 }
 
 fn now_ms() -> i64 {
@@ -225,7 +226,7 @@ impl Approvals {
     /// Loads the live tickets from the store.
     pub async fn load(
         store: Store,
-        notify: Option<tokio::sync::mpsc::Sender<Ticket>>,
+        notify: Option<tokio::sync::mpsc::Sender<serde_json::Value>>,
     ) -> Result<Arc<Self>, portcullis_store::StoreError> {
         let mut tickets = Tickets::default();
         for row in store.live_approvals(now_ms()).await? {
@@ -290,9 +291,11 @@ impl Approvals {
         if let Some(ticket) = &changed {
             self.persist(ticket);
         }
-        if let (Gate::Pending(ticket, true), Some(notify)) = (&gate, &self.notify) {
-            // A full queue drops the notification, never the request.
-            let _ = notify.try_send(ticket.clone());
+        if let Gate::Pending(ticket, true) = &gate {
+            self.announce(serde_json::json!({
+                "event": "approval.requested",
+                "ticket": ticket.to_json(),
+            }));
         }
         gate
     }
@@ -360,6 +363,15 @@ impl Approvals {
         Ok(ticket)
     }
 
+    /// Sends an event to the webhook, if one is configured. A full queue
+    /// drops the event (it is in the audit log and the server log anyway),
+    /// never blocks the caller.
+    pub fn announce(&self, event: serde_json::Value) {
+        if let Some(notify) = &self.notify {
+            let _ = notify.try_send(event);
+        }
+    }
+
     /// A live ticket.
     pub fn get(&self, id: &str) -> Option<Ticket> {
         let now = now_ms();
@@ -415,17 +427,17 @@ impl Ticket {
 /// How many new tickets may wait for the webhook.
 pub const WEBHOOK_QUEUE: usize = 256;
 
-/// POSTs each new ticket (as [`Ticket::to_json`]) to `url` until the
-/// sender side closes. A failed delivery is logged and not retried: the
-/// ticket itself is safe in the store and listed by `approvals list`.
+/// POSTs each event (`approval.requested` with the ticket,
+/// `breakglass.opened`) to `url` until the sender side closes. A failed
+/// delivery is logged and not retried: the ticket or grant itself is safe in
+/// the store and listed by the CLI.
 pub async fn webhook(
-    mut tickets: tokio::sync::mpsc::Receiver<Ticket>,
+    mut events: tokio::sync::mpsc::Receiver<serde_json::Value>,
     url: http::Uri,
     poster: crate::otlp::Poster,
 ) {
     let headers = crate::config::SecretHeaders(Vec::new());
-    while let Some(ticket) = tickets.recv().await {
-        let body = serde_json::json!({ "event": "approval.requested", "ticket": ticket.to_json() });
+    while let Some(body) = events.recv().await {
         if let Err(e) = poster
             .post(
                 &url,
@@ -436,7 +448,7 @@ pub async fn webhook(
             )
             .await
         {
-            tracing::warn!(ticket = %ticket.id, error = %e, "approval webhook delivery failed");
+            tracing::warn!(event = %body["event"], error = %e, "approvals webhook delivery failed");
         }
     }
 }

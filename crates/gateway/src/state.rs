@@ -11,8 +11,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use portcullis_identity::{CertRejection, ClientCertChecker, PeerCertificate};
 use portcullis_policy::{
-    AgentEntity, Authorizer, EntityError, GrantEntity, HttpAction, PolicyBundle, RouteEntity,
-    SourceIp,
+    AgentEntity, Authorizer, EntityError, GrantEntity, GrantScope, HttpAction, PolicyBundle,
+    RouteEntity, SourceIp,
 };
 use portcullis_store::{Store, StoreError};
 use portcullis_vault::{CaptureSink, Vault};
@@ -488,11 +488,17 @@ async fn build_snapshot(
         .await?
         .into_iter()
         .filter_map(|g| {
+            let scope = match g.kind.as_str() {
+                "breakglass" => GrantScope::BreakGlass,
+                _ => GrantScope::Call {
+                    action: HttpAction::from_method(&g.action)?,
+                    route: g.resource,
+                },
+            };
             Some(GrantEntity {
-                action: HttpAction::from_method(&g.action)?,
                 id: g.id,
                 agent: g.agent,
-                route: g.resource,
+                scope,
                 expires_epoch: g.expires_ms.div_euclid(1000),
             })
         })

@@ -23,7 +23,7 @@ use std::time::Instant;
 use portcullis_core::Classification;
 use portcullis_policy::{
     AgentEntity, Authorizer, AuthzRequest, DEFAULT_POLICIES, DEFAULT_SCHEMA, GrantEntity,
-    HttpAction, PolicyBundle, PolicySources, RequestTime, RouteEntity, SourceIp,
+    GrantScope, HttpAction, PolicyBundle, PolicySources, RequestTime, RouteEntity, SourceIp,
 };
 
 fn main() {
@@ -91,8 +91,10 @@ fn scale(policies: usize) {
         .map(|g| GrantEntity {
             id: format!("g{g}"),
             agent: format!("agent-{}", rng.next(AGENTS)),
-            action: methods[rng.next(3)],
-            route: format!("svc-{}", rng.next(ROUTES)),
+            scope: GrantScope::Call {
+                action: methods[rng.next(3)],
+                route: format!("svc-{}", rng.next(ROUTES)),
+            },
             expires_epoch: 1_800_000_000,
         })
         .collect();
@@ -106,7 +108,10 @@ fn scale(policies: usize) {
         .map(|n| {
             if n.is_multiple_of(4) {
                 let g = &grants[rng.next(GRANTS)];
-                (g.agent.clone(), g.action, g.route.clone())
+                let GrantScope::Call { action, route } = &g.scope else {
+                    unreachable!("the bench makes call grants only")
+                };
+                (g.agent.clone(), *action, route.clone())
             } else {
                 let a = rng.next(AGENTS);
                 let team = a % policies;

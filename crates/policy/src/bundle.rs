@@ -243,13 +243,14 @@ impl PolicyBundle {
                     Some(id) => id.to_string(),
                     None => format!("{name}:{}", n + 1),
                 };
-                if id.starts_with(crate::GRANT_PREFIX) {
+                if id.starts_with(crate::GRANT_PREFIX) || id.starts_with(crate::BREAKGLASS_PREFIX) {
                     return Err(PolicyError::Annotation {
                         path: path.clone(),
                         id: id.clone(),
                         message: format!(
-                            "ids starting with `{}` are reserved for grants",
-                            crate::GRANT_PREFIX
+                            "ids starting with `{}` or `{}` are reserved for grants",
+                            crate::GRANT_PREFIX,
+                            crate::BREAKGLASS_PREFIX
                         ),
                     });
                 }

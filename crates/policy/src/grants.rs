@@ -18,24 +18,51 @@ use crate::decide::{EntityError, HttpAction};
 
 /// Policy ids of grants start with this; user policies may not.
 pub const GRANT_PREFIX: &str = "grant:";
+/// Policy ids of break-glass grants start with this; user policies may not.
+pub const BREAKGLASS_PREFIX: &str = "breakglass:";
 
-/// A live grant: `agent` may do `action` on `route` until `expires_epoch`.
+/// A live grant: `agent` may do what `scope` says until `expires_epoch`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantEntity {
-    /// The grant id (the policy is `grant:<id>`).
+    /// The grant id.
     pub id: String,
     /// The agent.
     pub agent: String,
-    /// The action.
-    pub action: HttpAction,
-    /// The route.
-    pub route: String,
+    /// What it permits.
+    pub scope: GrantScope,
     /// When it lapses, seconds since the epoch.
     pub expires_epoch: i64,
 }
 
-fn template_id(action: HttpAction) -> PolicyId {
-    PolicyId::new(format!("portcullis-grant-template-{}", action.as_str()))
+/// What a grant permits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GrantScope {
+    /// One action on one route (`grant:<id>`), from an approval with a TTL.
+    Call {
+        /// The action.
+        action: HttpAction,
+        /// The route.
+        route: String,
+    },
+    /// Every action on every route (`breakglass:<id>`). Forbids still apply.
+    BreakGlass,
+}
+
+impl GrantEntity {
+    /// The policy id of the grant.
+    pub fn policy_id(&self) -> String {
+        match self.scope {
+            GrantScope::Call { .. } => format!("{GRANT_PREFIX}{}", self.id),
+            GrantScope::BreakGlass => format!("{BREAKGLASS_PREFIX}{}", self.id),
+        }
+    }
+}
+
+fn template_id(action: Option<HttpAction>) -> PolicyId {
+    match action {
+        Some(action) => PolicyId::new(format!("portcullis-grant-template-{}", action.as_str())),
+        None => PolicyId::new("portcullis-breakglass-template"),
+    }
 }
 
 /// Returns (full set, set for the index, expiry by grant policy id).
@@ -58,25 +85,38 @@ pub(crate) fn link(
             "permit(principal == ?principal, action == {}, resource == ?resource);",
             actions[action.index()]
         );
-        let template = Template::parse(Some(template_id(action)), &text).map_err(|e| err(&e))?;
+        let template =
+            Template::parse(Some(template_id(Some(action))), &text).map_err(|e| err(&e))?;
         full.add_template(template).map_err(|e| err(&e))?;
     }
+    let breakglass = format!("permit(principal == ?principal, action, resource is {route_type});");
+    let template = Template::parse(Some(template_id(None)), &breakglass).map_err(|e| err(&e))?;
+    full.add_template(template).map_err(|e| err(&e))?;
     for grant in grants {
-        let id = format!("{GRANT_PREFIX}{}", grant.id);
+        let id = grant.policy_id();
         let agent =
             EntityUid::from_type_name_and_id(agent_type.clone(), EntityId::new(&grant.agent));
-        let route =
-            EntityUid::from_type_name_and_id(route_type.clone(), EntityId::new(&grant.route));
-        let twin = format!(
-            "permit(principal == {agent}, action == {}, resource == {route});",
-            actions[grant.action.index()]
-        );
-        full.link(
-            template_id(grant.action),
-            PolicyId::new(&id),
-            HashMap::from([(SlotId::principal(), agent), (SlotId::resource(), route)]),
-        )
-        .map_err(|e| err(&e))?;
+        let (template, twin, slots) = match &grant.scope {
+            GrantScope::Call { action, route } => {
+                let route =
+                    EntityUid::from_type_name_and_id(route_type.clone(), EntityId::new(route));
+                (
+                    template_id(Some(*action)),
+                    format!(
+                        "permit(principal == {agent}, action == {}, resource == {route});",
+                        actions[action.index()]
+                    ),
+                    HashMap::from([(SlotId::principal(), agent), (SlotId::resource(), route)]),
+                )
+            }
+            GrantScope::BreakGlass => (
+                template_id(None),
+                format!("permit(principal == {agent}, action, resource is {route_type});"),
+                HashMap::from([(SlotId::principal(), agent)]),
+            ),
+        };
+        full.link(template, PolicyId::new(&id), slots)
+            .map_err(|e| err(&e))?;
         let twin = Policy::parse(Some(PolicyId::new(&id)), &twin).map_err(|e| err(&e))?;
         indexed.add(twin).map_err(|e| err(&e))?;
         expiry.insert(id, grant.expires_epoch);
@@ -129,8 +169,10 @@ permit(principal in Role::"payer", action == Action::"POST", resource == Route::
         let grant = |id: &str, action| GrantEntity {
             id: id.into(),
             agent: "pay-bot".into(),
-            action,
-            route: "bank".into(),
+            scope: GrantScope::Call {
+                action,
+                route: "bank".into(),
+            },
             expires_epoch: 1_000,
         };
         let authz = Authorizer::with_grants(

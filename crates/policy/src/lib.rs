@@ -27,7 +27,7 @@ pub use decide::{
     RouteEntity, SourceIp,
 };
 pub use explain::{Explanation, PolicyTrace, TraceOutcome};
-pub use grants::{GRANT_PREFIX, GrantEntity};
+pub use grants::{BREAKGLASS_PREFIX, GRANT_PREFIX, GrantEntity, GrantScope};
 pub use obligations::{KNOWN_ANNOTATIONS, Obligations, Rate};
 pub use portcullis_core::Decision;
 pub use secret::{SecretRequest, USE_SECRET};

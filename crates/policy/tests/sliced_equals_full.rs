@@ -9,7 +9,7 @@ use std::sync::Arc;
 use portcullis_core::Classification;
 use portcullis_policy::{
     AgentEntity, Authorizer, AuthzRequest, CallerFacts, Content, DEFAULT_SCHEMA, GrantEntity,
-    HttpAction, PolicyBundle, PolicySources, RequestTime, RouteEntity, SourceIp,
+    GrantScope, HttpAction, PolicyBundle, PolicySources, RequestTime, RouteEntity, SourceIp,
 };
 use proptest::prelude::*;
 
@@ -140,8 +140,15 @@ proptest! {
             .map(|(i, (a, m, r, expires))| GrantEntity {
                 id: format!("g{i}"),
                 agent: format!("a{a}"),
-                action: METHODS[*m],
-                route: format!("s{r}"),
+                // One in seven is a break-glass grant (every action, every route).
+                scope: if i % 7 == 6 {
+                    GrantScope::BreakGlass
+                } else {
+                    GrantScope::Call {
+                        action: METHODS[*m],
+                        route: format!("s{r}"),
+                    }
+                },
                 expires_epoch: 1_700_000_000 + expires,
             })
             .collect();

@@ -54,9 +54,13 @@ CREATE TABLE approvals (
 CREATE INDEX approvals_status ON approvals(status);
 
 -- Time-boxed permissions: each live row becomes a Cedar template-linked
--- policy (agent, action, route) until it expires or is revoked.
+-- policy until it expires or is revoked. `kind` is `grant` (one action on one
+-- route, from an approval) or `breakglass` (every action on every route, opened
+-- by two approvers; `action` and `resource` are `*`).
 CREATE TABLE policy_grants (
     id          TEXT PRIMARY KEY NOT NULL,
+    kind        TEXT NOT NULL,
+    reason      TEXT NOT NULL,
     agent       TEXT NOT NULL,
     action      TEXT NOT NULL,
     resource    TEXT NOT NULL,

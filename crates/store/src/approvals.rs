@@ -44,8 +44,12 @@ pub struct ApprovalRow {
 /// One time-boxed grant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GrantRow {
-    /// The grant id (also its policy id, `grant:<id>`).
+    /// The grant id (its policy id is `grant:<id>` or `breakglass:<id>`).
     pub id: String,
+    /// `grant` or `breakglass`.
+    pub kind: String,
+    /// Why (break-glass), or empty.
+    pub reason: String,
     /// The agent it permits.
     pub agent: String,
     /// The HTTP method it permits.
@@ -130,10 +134,12 @@ impl Store {
     /// Stores a new grant.
     pub async fn add_grant(&self, g: &GrantRow) -> Result<(), StoreError> {
         sqlx::query(
-            "INSERT INTO policy_grants (id, agent, action, resource, created_ms, expires_ms,
-                 created_by, ticket, revoked_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+            "INSERT INTO policy_grants (id, kind, reason, agent, action, resource, created_ms,
+                 expires_ms, created_by, ticket, revoked_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
         )
         .bind(&g.id)
+        .bind(&g.kind)
+        .bind(&g.reason)
         .bind(&g.agent)
         .bind(&g.action)
         .bind(&g.resource)
@@ -159,6 +165,8 @@ impl Store {
             .map(|r| {
                 Ok(GrantRow {
                     id: r.try_get("id")?,
+                    kind: r.try_get("kind")?,
+                    reason: r.try_get("reason")?,
                     agent: r.try_get("agent")?,
                     action: r.try_get("action")?,
                     resource: r.try_get("resource")?,
@@ -223,6 +231,8 @@ mod tests {
 
         let g = GrantRow {
             id: "g1".into(),
+            kind: "grant".into(),
+            reason: String::new(),
             agent: "bot".into(),
             action: "POST".into(),
             resource: "bank".into(),

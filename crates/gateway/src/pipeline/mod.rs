@@ -260,6 +260,17 @@ async fn run(
         let record = recorder.record();
         record.policies = decision.policy_ids.clone();
         record.policy_version = Some(snapshot.policy_version);
+        // Every request a break-glass grant let through is marked.
+        record.breakglass = decision
+            .policy_ids
+            .iter()
+            .find(|id| id.starts_with(portcullis_policy::BREAKGLASS_PREFIX))
+            .cloned();
+        if decision.allowed
+            && let Some(grant) = &record.breakglass
+        {
+            tracing::warn!(agent = %identity.agent, route = %context.route.name, %grant, "request allowed under break-glass");
+        }
         if decision.allowed {
             record.outcome = Outcome::Allow;
         }
