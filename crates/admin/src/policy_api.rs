@@ -8,6 +8,7 @@
 //! | `POST /admin/v1/policies/rollback` | make an earlier version active again |
 //! | `GET /admin/v1/policies/shadow` | the shadow candidate's disagreements with the active version |
 //! | `DELETE /admin/v1/policies/shadow` | stop shadow evaluation |
+//! | `POST /admin/v1/policies/whatif` | re-decide recorded requests under a candidate set and list the changed ones |
 //! | `POST /admin/v1/policies/explain` | decide a described request with the active version and say why |
 //!
 //! Push and rollback need a human admin's fresh TOTP once any admin has
@@ -38,6 +39,7 @@ pub(crate) fn routes() -> Router<AdminState> {
         .route("/policies/rollback", post(rollback))
         .route("/policies/explain", post(explain))
         .route("/policies/shadow", get(shadow).delete(stop_shadow))
+        .route("/policies/whatif", post(whatif))
         .route("/policies/{version}", get(show_version))
 }
 
@@ -365,4 +367,28 @@ async fn stop_shadow(
         StatusCode::OK,
         &serde_json::json!({ "stopped": stopped }),
     ))
+}
+
+/// `POST /admin/v1/policies/whatif` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WhatIfBody {
+    /// The candidate's files, `schema.cedarschema` included.
+    files: BTreeMap<String, String>,
+    /// Replay requests recorded from this time on (ms since the epoch).
+    since_ms: i64,
+}
+
+async fn whatif(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: WhatIfBody = parse_json(&call, &body)?;
+    let report = state
+        .gateway
+        .whatif(&body.files, body.since_ms)
+        .await
+        .map_err(|e| change_error(&call, e))?;
+    Ok(json(StatusCode::OK, &report))
 }

@@ -89,6 +89,15 @@ pub enum PolicyCommand {
         #[arg(long)]
         stop: bool,
     },
+    /// Replay the requests recorded in the audit log under a candidate
+    /// directory, and list every request whose decision would change.
+    Whatif {
+        /// The candidate policy directory.
+        dir: PathBuf,
+        /// How far back (`24h`, `7d`).
+        #[arg(long, value_parser = crate::commands::parse_ttl, default_value = "24h")]
+        since: std::time::Duration,
+    },
     /// Show what changed between two versions, as a unified diff per file.
     Diff {
         /// The older version.
@@ -271,6 +280,60 @@ pub async fn run(command: PolicyCommand, admin: AdminArgs) -> Result<()> {
                     ids(&d["shadow_policies"]),
                 );
             }
+        }
+        PolicyCommand::Whatif { dir, since } => {
+            let bundle = compile(&dir)?;
+            let since_ms = std::time::SystemTime::now()
+                .checked_sub(since)
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_millis() as i64);
+            let client = AdminClient::from_args(&admin)?;
+            let r = client
+                .post(
+                    "/policies/whatif",
+                    &json!({ "files": bundle.sources().to_files(), "since_ms": since_ms }),
+                )
+                .await?;
+            let verdict = |allowed: &Value| if *allowed == true { "allow" } else { "deny" };
+            let ids = |v: &Value| {
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(",")
+            };
+            for c in r["changes"].as_array().into_iter().flatten() {
+                println!(
+                    "{} {} {} {} {}: {} [{}] -> {} [{}] (recorded: {})",
+                    utc(c["time_ms"].as_i64().unwrap_or_default()),
+                    c["request_id"].as_str().unwrap_or_default(),
+                    c["agent"].as_str().unwrap_or_default(),
+                    c["action"].as_str().unwrap_or_default(),
+                    c["path"].as_str().unwrap_or_default(),
+                    verdict(&c["active_allowed"]),
+                    ids(&c["active_policies"]),
+                    verdict(&c["candidate_allowed"]),
+                    ids(&c["candidate_policies"]),
+                    c["recorded"].as_str().unwrap_or_default(),
+                );
+            }
+            let changed = r["allow_to_deny"].as_u64().unwrap_or_default()
+                + r["deny_to_allow"].as_u64().unwrap_or_default();
+            println!(
+                "\nreplayed {} requests against version {} and `{}`: {changed} would change (allow -> deny {}, deny -> allow {}); {} refused before authorization were skipped{}",
+                r["replayed"],
+                r["active"],
+                dir.display(),
+                r["allow_to_deny"],
+                r["deny_to_allow"],
+                r["skipped"],
+                if r["truncated"] == true {
+                    "; only the oldest 200000 were replayed"
+                } else {
+                    ""
+                }
+            );
         }
         PolicyCommand::Diff { a, b } => {
             let client = AdminClient::from_args(&admin)?;

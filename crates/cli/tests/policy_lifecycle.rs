@@ -910,3 +910,51 @@ async fn break_glass_needs_two_admins_and_marks_every_request() {
     let r = http.get(server.url("/payroll/x")).send().await.unwrap();
     assert_eq!(r.status(), 403);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn whatif_replays_recorded_traffic_under_a_candidate() {
+    support::install_crypto();
+    let server = Server::start(tempfile::tempdir().unwrap(), None);
+    let (cert, key) = server.create_agent("reader-bot", &["reader"]);
+    let http = client(&server.ca_pem(), Some((&cert, &key)));
+    let (_, first) = get_demo(&server, &http).await;
+    let (_, second) = get_demo(&server, &http).await;
+    // Denied now and under the candidate: not a change.
+    let r = http.post(server.url("/demo/x")).send().await.unwrap();
+    let unchanged = request_id(&r);
+    assert_eq!(r.status(), 403);
+    server.audit_record(&unchanged);
+
+    let candidate = server.path().join("candidate");
+    policy_dir(&candidate, &[("main.cedar", WRITERS_ONLY)]);
+    let out = ok(&server.cli(&[
+        "policy",
+        "whatif",
+        candidate.to_str().unwrap(),
+        "--since",
+        "1h",
+    ]));
+    for record in [&first, &second] {
+        let id = record["request_id"].as_str().unwrap();
+        let line = out
+            .lines()
+            .find(|l| l.contains(id))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(
+            line.contains("reader-bot GET /demo/x: allow [readers-read-low] -> deny [default-deny] (recorded: allow)"),
+            "{out}"
+        );
+    }
+    assert!(!out.contains(&unchanged), "{out}");
+    assert!(
+        out.contains("replayed 3 requests against version 1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("2 would change (allow -> deny 2, deny -> allow 0)"),
+        "{out}"
+    );
+    // Nothing was installed.
+    let (status, record) = get_demo(&server, &http).await;
+    assert_eq!((status, record["policy_version"].as_u64()), (200, Some(1)));
+}

@@ -422,3 +422,180 @@ pub async fn watch_dir(
         }
     }
 }
+
+/// Most records one what-if replays.
+pub const WHATIF_MAX: u32 = 200_000;
+/// Most changed requests one what-if lists (all are counted).
+pub const WHATIF_LISTED: usize = 1_000;
+
+/// A recorded request whose decision the candidate would change.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct WhatIfChange {
+    /// When it was made, ms since the epoch.
+    pub time_ms: i64,
+    /// Its request id.
+    pub request_id: String,
+    /// The agent.
+    pub agent: String,
+    /// The method.
+    pub action: String,
+    /// The route.
+    pub resource: String,
+    /// The path.
+    pub path: String,
+    /// What the audit record says happened (`allow` / `deny`).
+    pub recorded: String,
+    /// The active version's decision on the recorded facts.
+    pub active_allowed: bool,
+    /// Its deciding policies.
+    pub active_policies: Vec<String>,
+    /// The candidate's decision.
+    pub candidate_allowed: bool,
+    /// Its deciding policies.
+    pub candidate_policies: Vec<String>,
+}
+
+/// What a replay found.
+#[derive(Debug, Clone, serde::Serialize, PartialEq, Eq)]
+pub struct WhatIfReport {
+    /// The active version it was compared with.
+    pub active: u64,
+    /// Requests re-decided.
+    pub replayed: u64,
+    /// Requests left out: refused before authorization (no agent or route).
+    pub skipped: u64,
+    /// Allowed by the active version, denied by the candidate.
+    pub allow_to_deny: u64,
+    /// Denied by the active version, allowed by the candidate.
+    pub deny_to_allow: u64,
+    /// More records than [`WHATIF_MAX`] matched; the oldest were replayed.
+    pub truncated: bool,
+    /// The changed requests (at most [`WHATIF_LISTED`]).
+    pub changes: Vec<WhatIfChange>,
+}
+
+impl Gateway {
+    /// Re-decides the recorded requests since `since_ms` with the active
+    /// version and with the candidate `files`, on the same recorded facts and
+    /// today's agents, routes and grants, and lists every request whose
+    /// decision would change. Facts the record does not keep are replayed as
+    /// their defaults: the content guard's score (only its finding types are
+    /// kept), delegation, posture and risk.
+    pub async fn whatif(
+        &self,
+        files: &BTreeMap<String, String>,
+        since_ms: i64,
+    ) -> Result<WhatIfReport, PolicyChangeError> {
+        let sources = PolicySources::from_files(PathBuf::from("<what-if>"), files)?;
+        let bundle = Arc::new(PolicyBundle::compile(&sources)?);
+        let candidate = self.candidate_snapshot(&bundle).await?;
+        let active = self.snapshot();
+        let (records, truncated) = self
+            .store
+            .audit_requests_since(since_ms, WHATIF_MAX)
+            .await?;
+        let mut report = WhatIfReport {
+            active: active.policy_version,
+            replayed: 0,
+            skipped: 0,
+            allow_to_deny: 0,
+            deny_to_allow: 0,
+            truncated,
+            changes: Vec::new(),
+        };
+        for record in &records {
+            let replayed = replay(record, &self.timezone, |request| {
+                (
+                    active.authorizer.decide(request),
+                    candidate.authorizer.decide(request),
+                )
+            });
+            let Some((was, would)) = replayed else {
+                report.skipped += 1;
+                continue;
+            };
+            report.replayed += 1;
+            if was.allowed == would.allowed {
+                continue;
+            }
+            if was.allowed {
+                report.allow_to_deny += 1;
+            } else {
+                report.deny_to_allow += 1;
+            }
+            if report.changes.len() < WHATIF_LISTED {
+                report.changes.push(WhatIfChange {
+                    time_ms: record.time_ms,
+                    request_id: record.request_id.clone(),
+                    agent: record.principal.clone().unwrap_or_default(),
+                    action: record.action.clone(),
+                    resource: record.resource.clone().unwrap_or_default(),
+                    path: record.path.clone().unwrap_or_default(),
+                    recorded: match record.outcome {
+                        portcullis_audit::Outcome::Allow => "allow".into(),
+                        portcullis_audit::Outcome::Deny => "deny".into(),
+                    },
+                    active_allowed: was.allowed,
+                    active_policies: was.policy_ids,
+                    candidate_allowed: would.allowed,
+                    candidate_policies: would.policy_ids,
+                });
+            }
+        }
+        Ok(report)
+    }
+}
+
+/// Rebuilds the request a record describes and decides it with `decide`;
+/// `None` for records of requests refused before authorization.
+fn replay<R>(
+    record: &AuditRecord,
+    zone: &crate::config::PolicyTimeZone,
+    decide: impl FnOnce(&portcullis_policy::AuthzRequest<'_>) -> R,
+) -> Option<R> {
+    use portcullis_policy::{AuthMethod, CallerFacts, Content, HttpAction, SourceIp};
+    if record.policies.is_empty() {
+        return None;
+    }
+    let agent = record.principal.as_deref()?;
+    let route = record.resource.as_deref()?;
+    let action = HttpAction::from_method(&record.action)?;
+    let ip: std::net::IpAddr = record.source_ip.as_deref()?.parse().ok()?;
+    let source_ip = SourceIp::new(ip);
+    let findings: Vec<&str> = record
+        .content
+        .iter()
+        .filter(|f| f.direction == "request")
+        .map(|f| f.kind.as_str())
+        .collect();
+    let flagged = findings.contains(&"prompt_injection");
+    let content = if findings.is_empty() {
+        Content::NOT_SCANNED
+    } else {
+        Content {
+            scanned: true,
+            injection_score: if flagged { 1.0 } else { 0.0 },
+            injection_flagged: flagged,
+            findings: &findings,
+        }
+    };
+    let mut caller = CallerFacts::mtls();
+    // Token-authenticated requests record `<agent> token jti=… cnf=…`.
+    if record
+        .credential
+        .as_deref()
+        .is_some_and(|c| c.contains(" token jti="))
+    {
+        caller.auth.method = AuthMethod::Token;
+    }
+    Some(decide(&portcullis_policy::AuthzRequest {
+        agent,
+        action,
+        route,
+        path: record.path.as_deref().unwrap_or("/"),
+        source_ip: &source_ip,
+        time: zone.request_time(record.time_ms.div_euclid(1000)),
+        content,
+        caller: &caller,
+    }))
+}

@@ -323,6 +323,20 @@ impl Gateway {
         Ok(())
     }
 
+    /// A snapshot for a candidate `bundle` with the current agents, routes
+    /// and grants, which never decides live traffic (`policy whatif`).
+    pub(crate) async fn candidate_snapshot(
+        &self,
+        bundle: &Arc<PolicyBundle>,
+    ) -> Result<Snapshot, GatewayError> {
+        let probe = InstalledPolicy {
+            bundle: bundle.clone(),
+            version: 0,
+            shadow: None,
+        };
+        build_snapshot(&self.store, &probe, &self.route_entities).await
+    }
+
     /// Builds (and throws away) a snapshot for `bundle`: proves it fits the
     /// current agents, routes and request shape before anything is stored.
     pub(crate) async fn check_policy(

@@ -177,6 +177,39 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Up to `limit` data-plane request records from `since_ms` on, oldest
+    /// first, for `policy whatif`. The second value says whether more were
+    /// left out.
+    pub async fn audit_requests_since(
+        &self,
+        since_ms: i64,
+        limit: u32,
+    ) -> Result<(Vec<portcullis_audit::AuditRecord>, bool), StoreError> {
+        let rows = sqlx::query(
+            "SELECT record FROM audit_log WHERE time_ms >= ?
+               AND json_extract(record, '$.kind') = 'request' ORDER BY seq LIMIT ?",
+        )
+        .bind(since_ms)
+        .bind(i64::from(limit) + 1)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut records = rows
+            .iter()
+            .map(|r| {
+                let text: String = r.try_get("record")?;
+                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
+                    table: "audit_log",
+                    detail: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let more = records.len() > limit as usize;
+        records.truncate(limit as usize);
+        Ok((records, more))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
