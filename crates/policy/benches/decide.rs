@@ -13,6 +13,15 @@
 //! | candidates never read `context` (memoized per snapshot) | 116 |
 //! | a candidate reads `context` (scope-indexed, evaluated) | 7,020 |
 //! | all 100 policies (plain Cedar) | 69,403 |
+//!
+//! At scale (2026-11-23, measured once while three other builds shared the
+//! machine; the 100-policy indexed case ran at 36,078 ns in the same run):
+//!
+//! | policies + 1,000 grants, ~10k entities | sliced p50 / p99 | full set p50 / p99 | replay |
+//! | --- | --- | --- | --- |
+//! | 10 | 17.2 / 35.2 µs | 653 / 10,134 µs | 29,278 /s |
+//! | 100 | 17.2 / 28.5 µs | 707 / 8,889 µs | 32,777 /s |
+//! | 1,000 | 20.6 / 40.9 µs | 1,934 / 15,329 µs | 26,948 /s |
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::hint::black_box;
