@@ -17,6 +17,7 @@ mod api;
 mod approvals_api;
 mod audit_api;
 mod auth;
+mod identity_api;
 mod mfa;
 mod policy_api;
 mod vault_api;

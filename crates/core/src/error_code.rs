@@ -59,6 +59,9 @@ pub enum ErrorCode {
     UnsupportedGrantType,
     /// A sensitive admin action needs a human admin's fresh TOTP code.
     MfaRequired,
+    /// A token exchange was refused: the subject token is not valid, or the
+    /// delegation is not allowed (disabled user, chain too long or cyclic).
+    InvalidGrant,
     /// The TOTP code (or the admin it names) was refused: wrong, stale, or already used.
     InvalidTotp,
     /// A pushed policy set does not compile, validate or fit the gateway's
@@ -104,6 +107,7 @@ impl ErrorCode {
             ErrorCode::InvalidClient => "invalid_client",
             ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
             ErrorCode::MfaRequired => "mfa_required",
+            ErrorCode::InvalidGrant => "invalid_grant",
             ErrorCode::InvalidTotp => "invalid_totp",
             ErrorCode::InvalidPolicy => "invalid_policy",
             ErrorCode::ApprovalRequired => "approval_required",
@@ -137,7 +141,8 @@ impl ErrorCode {
             ErrorCode::BadRequest
             | ErrorCode::InvalidCiphertext
             | ErrorCode::UnsupportedGrantType
-            | ErrorCode::InvalidPolicy => 400,
+            | ErrorCode::InvalidPolicy
+            | ErrorCode::InvalidGrant => 400,
             ErrorCode::UpstreamUnavailable => 502,
             ErrorCode::UpstreamTimeout => 504,
             ErrorCode::Internal => 500,
@@ -181,6 +186,7 @@ mod tests {
             ErrorCode::UnsupportedGrantType,
             ErrorCode::MfaRequired,
             ErrorCode::InvalidTotp,
+            ErrorCode::InvalidGrant,
             ErrorCode::InvalidPolicy,
             ErrorCode::ApprovalRequired,
             ErrorCode::ApprovalDenied,

@@ -150,6 +150,8 @@ pub struct Gateway {
     pub(crate) rate_limiter: crate::rate_limit::RateLimiter,
     /// Approval tickets.
     pub(crate) approvals: Arc<crate::approvals::Approvals>,
+    /// When each agent last authenticated.
+    pub(crate) last_seen: crate::last_seen::LastSeen,
     checker: ClientCertChecker,
     pub(crate) route_entities: Vec<RouteEntity>,
     snapshot: ArcSwap<Snapshot>,
@@ -251,7 +253,16 @@ impl Gateway {
             } else {
                 None
             };
+        parts
+            .tokens
+            .revocations
+            .reload(&parts.store, unix_now())
+            .await?;
+        let last_seen = crate::last_seen::LastSeen::default();
+        last_seen.sync(snapshot.directory.agents().map(|(name, _)| name));
+        last_seen.seed(&parts.store).await?;
         Ok(Arc::new(Gateway {
+            last_seen,
             timezone: config.policy_timezone.clone(),
             rate_limiter: Default::default(),
             approvals: parts.approvals,
@@ -305,6 +316,8 @@ impl Gateway {
     pub async fn reload(&self) -> Result<(), GatewayError> {
         let installed = self.policy.lock().await;
         let snapshot = build_snapshot(&self.store, &installed, &self.route_entities).await?;
+        self.last_seen
+            .sync(snapshot.directory.agents().map(|(name, _)| name));
         self.snapshot.store(Arc::new(snapshot));
         Ok(())
     }
@@ -363,6 +376,26 @@ impl Gateway {
             });
         }
         Ok(())
+    }
+
+    /// Re-reads revoked tokens and disabled users. Called by the admin API
+    /// after each such change, before it answers.
+    pub async fn reload_revocations(&self) -> Result<(), GatewayError> {
+        self.tokens
+            .revocations
+            .reload(&self.store, unix_now())
+            .await?;
+        Ok(())
+    }
+
+    /// When `agent` last authenticated (epoch seconds, 0 = never).
+    pub fn last_seen(&self, agent: &str) -> i64 {
+        self.last_seen.get(agent)
+    }
+
+    /// The access-token service (for the admin API's `whoami`).
+    pub fn tokens(&self) -> &crate::tokens::TokenService {
+        &self.tokens
     }
 
     /// Checks a new connection's client certificate.
@@ -484,7 +517,10 @@ async fn build_snapshot(
     let agents = store.agents().await?;
     let certificates = store.certificates(None).await?;
     let keys = store.agent_keys(None).await?;
-    let directory = AgentDirectory::new(&agents, &certificates).with_keys(&keys);
+    let pins = store.posture_pins().await?;
+    let directory = AgentDirectory::new(&agents, &certificates)
+        .with_keys(&keys)
+        .with_pins(&pins);
     // Revoked agents stay out of the policy entities as well: defence in depth.
     let entities: Vec<AgentEntity> = directory
         .agents()
@@ -532,4 +568,11 @@ async fn build_snapshot(
         policy_version: policy.version,
         shadow,
     })
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
 }
