@@ -12,6 +12,28 @@ use std::time::Duration;
 use serde_json::Value;
 use support::{Server, client, request_id};
 
+/// The quickstart's routes and seeded policies, on ephemeral ports (the
+/// built-in quickstart listens on fixed ports, which parallel tests share).
+fn quickstart() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let route = |name: &str, class: &str| {
+        format!(
+            "[[routes]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\nupstream = \"builtin:demo\"\nclassification = \"{class}\"\n"
+        )
+    };
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}{}",
+            route("demo", "public"),
+            route("payroll", "confidential"),
+        ),
+    )
+    .unwrap();
+    Server::start(dir, Some(&config))
+}
+
 /// Writes a policy directory: the shipped schema plus `files`.
 fn policy_dir(dir: &Path, files: &[(&str, &str)]) {
     std::fs::create_dir_all(dir).unwrap();
@@ -63,7 +85,7 @@ fn admin_records(server: &Server, action: &str) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread")]
 async fn push_list_diff_rollback_and_restart() {
     support::install_crypto();
-    let server = Server::start(tempfile::tempdir().unwrap(), None);
+    let server = quickstart();
     let (cert, key) = server.create_agent("reader-bot", &["reader"]);
     let http = client(&server.ca_pem(), Some((&cert, &key)));
 
@@ -196,7 +218,8 @@ async fn push_list_diff_rollback_and_restart() {
     // version 1: push version 3 (= 2's content), restart, still denied.
     ok(&server.cli(&["policy", "push", next.to_str().unwrap(), "-m", "again"]));
     let dir = server.into_dir();
-    let server = Server::start(dir, None);
+    let config = dir.path().join("portcullis.toml");
+    let server = Server::start(dir, Some(&config));
     let (cert, key) = (
         server.path().join("creds/reader-bot.crt"),
         server.path().join("creds/reader-bot.key"),
@@ -388,7 +411,7 @@ fn example_policies_pass_their_tests_and_failures_exit_non_zero() {
 #[test]
 fn explain_names_deciding_policies_and_failed_conditions() {
     support::install_crypto();
-    let server = Server::start(tempfile::tempdir().unwrap(), None);
+    let server = quickstart();
     server.create_agent("reader-bot", &["reader"]);
     let out = ok(&server.cli(&[
         "policy",
@@ -762,7 +785,7 @@ async fn obligations_rate_mfa_redact_and_approvals_bound_to_the_call() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_shadow_candidate_is_decided_alongside_and_its_disagreements_listed() {
     support::install_crypto();
-    let server = Server::start(tempfile::tempdir().unwrap(), None);
+    let server = quickstart();
     let (cert, key) = server.create_agent("reader-bot", &["reader"]);
     let http = client(&server.ca_pem(), Some((&cert, &key)));
     let next = server.path().join("next");
@@ -814,7 +837,7 @@ async fn a_shadow_candidate_is_decided_alongside_and_its_disagreements_listed() 
 #[tokio::test(flavor = "multi_thread")]
 async fn break_glass_needs_two_admins_and_marks_every_request() {
     support::install_crypto();
-    let server = Server::start(tempfile::tempdir().unwrap(), None);
+    let server = quickstart();
     let (cert, key) = server.create_agent("oncall-bot", &["oncall"]);
     let http = client(&server.ca_pem(), Some((&cert, &key)));
     let r = http.get(server.url("/payroll/x")).send().await.unwrap();
@@ -914,7 +937,7 @@ async fn break_glass_needs_two_admins_and_marks_every_request() {
 #[tokio::test(flavor = "multi_thread")]
 async fn whatif_replays_recorded_traffic_under_a_candidate() {
     support::install_crypto();
-    let server = Server::start(tempfile::tempdir().unwrap(), None);
+    let server = quickstart();
     let (cert, key) = server.create_agent("reader-bot", &["reader"]);
     let http = client(&server.ca_pem(), Some((&cert, &key)));
     let (_, first) = get_demo(&server, &http).await;
