@@ -206,7 +206,10 @@ struct Tickets {
 /// The approval desk.
 #[derive(Debug)]
 pub struct Approvals {
-    store: Store,
+    /// Every change, in order, to the one task that writes tickets: writes
+    /// must land in the order they happened, or a used approval could be
+    /// stored as approved and count again after a restart.
+    writes: tokio::sync::mpsc::UnboundedSender<ApprovalRow>,
     tickets: Mutex<Tickets>,
     /// Bumped on every decision, so waiting requests wake up.
     decided: watch::Sender<u64>,
@@ -236,22 +239,26 @@ impl Approvals {
                 .insert(ticket.binding.key(), ticket.id.clone());
             tickets.by_id.insert(ticket.id.clone(), ticket);
         }
+        let (writes, mut queue) = tokio::sync::mpsc::unbounded_channel::<ApprovalRow>();
+        tokio::spawn(async move {
+            while let Some(row) = queue.recv().await {
+                if let Err(e) = store.put_approval(&row).await {
+                    tracing::error!(ticket = %row.id, error = %e, "cannot store an approval ticket");
+                }
+            }
+        });
         Ok(Arc::new(Approvals {
-            store,
+            writes,
             tickets: Mutex::new(tickets),
             decided: watch::channel(0).0,
             notify,
         }))
     }
 
+    /// Queues the ticket's new state for the writer. Callers hold the tickets
+    /// mutex, so changes are queued, and written, in the order they happened.
     fn persist(&self, ticket: &Ticket) {
-        let store = self.store.clone();
-        let row = ticket.row();
-        tokio::spawn(async move {
-            if let Err(e) = store.put_approval(&row).await {
-                tracing::error!(ticket = %row.id, error = %e, "cannot store an approval ticket");
-            }
-        });
+        let _ = self.writes.send(ticket.row());
     }
 
     /// The request-path check: consumes a matching approval, or returns the
@@ -259,13 +266,13 @@ impl Approvals {
     pub fn gate(&self, binding: CallBinding) -> Gate {
         let now = now_ms();
         let key = binding.key();
-        let (gate, changed) = {
+        let gate = {
             let Ok(mut t) = self.tickets.lock() else {
                 // A poisoned desk approves nothing.
                 return Gate::Denied(new_ticket(binding, now));
             };
             let existing = t.by_key.get(&key).cloned();
-            match existing.and_then(|id| t.by_id.get(&id).cloned()) {
+            let (gate, changed) = match existing.and_then(|id| t.by_id.get(&id).cloned()) {
                 Some(mut ticket) if ticket.expires_ms > now => match ticket.status {
                     Status::Approved => {
                         ticket.status = Status::Used;
@@ -286,11 +293,14 @@ impl Approvals {
                     insert(&mut t, key, fresh.clone());
                     (Gate::Pending(fresh.clone(), true), Some(fresh))
                 }
+            };
+            // Queued under the lock, so the writer sees changes in the order
+            // they happened (a send is never IO and never waits).
+            if let Some(ticket) = &changed {
+                self.persist(ticket);
             }
+            gate
         };
-        if let Some(ticket) = &changed {
-            self.persist(ticket);
-        }
         if let Gate::Pending(ticket, true) = &gate {
             self.announce(serde_json::json!({
                 "event": "approval.requested",
@@ -356,9 +366,10 @@ impl Approvals {
             if approve {
                 ticket.expires_ms = now + APPROVED_TTL.as_millis() as i64;
             }
-            ticket.clone()
+            let ticket = ticket.clone();
+            self.persist(&ticket);
+            ticket
         };
-        self.persist(&ticket);
         self.decided.send_modify(|n| *n += 1);
         Ok(ticket)
     }
@@ -552,15 +563,31 @@ mod tests {
         newer.policy_version = 2;
         assert!(matches!(desk.gate(newer), Gate::Pending(_, true)));
 
-        // The store caught up in the background, and a restart reloads what is live.
+        // The store caught up in the background, in order: the used and the
+        // denied tickets are not live, and a restart reloads only the two
+        // pending ones (never the used approval).
+        let mut live = Vec::new();
         for _ in 0..100 {
-            if store.live_approvals(now_ms()).await.unwrap().len() == 3 {
+            live = store.live_approvals(now_ms()).await.unwrap();
+            let settled = live.len() == 2
+                && live
+                    .iter()
+                    .all(|t| t.status == "pending" && t.id != ticket.id);
+            if settled {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+        assert!(
+            live.iter()
+                .all(|t| t.status == "pending" && t.id != ticket.id),
+            "{live:?}"
+        );
         let reloaded = Approvals::load(store, None).await.unwrap();
-        assert_eq!(reloaded.list().len(), 3, "{:?}", reloaded.list());
+        assert_eq!(reloaded.list().len(), 2, "{:?}", reloaded.list());
+        assert!(
+            matches!(reloaded.gate(call("amount=100")), Gate::Pending(t, false) if t.id != ticket.id)
+        );
     }
 
     #[tokio::test]

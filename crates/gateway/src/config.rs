@@ -1708,6 +1708,38 @@ mod tests {
     }
 
     #[test]
+    fn policy_time_zone_and_approvals_webhook() {
+        let berlin = PolicyTimeZone::new("Europe/Berlin").unwrap();
+        // Tue 2023-11-14 22:13:20 UTC is 23:13 in Berlin (CET, UTC+1).
+        let t = berlin.request_time(1_700_000_000);
+        assert_eq!((t.hour, t.weekday, t.epoch), (23, 2, 1_700_000_000));
+        // Sat 2023-07-22 04:26:40 UTC is 06:26 (CEST, UTC+2): daylight saving.
+        assert_eq!(berlin.request_time(1_690_000_000).hour, 6);
+        // Mon 2023-11-13 23:30 UTC is already Tuesday in Berlin.
+        assert_eq!(berlin.request_time(1_699_918_200).weekday, 2);
+        assert_eq!(
+            PolicyTimeZone::default().request_time(1_700_000_000).hour,
+            22
+        );
+        check(
+            "[policy]\ntimezone = \"Mars/Olympus\"",
+            "key `policy.timezone`: unknown time zone `Mars/Olympus`",
+        );
+        check(
+            "[policy]\ntimezone = \"Europe/Berlin\"\nwatch = true",
+            "ok ",
+        );
+        check(
+            "[approvals]\nwebhook = \"ftp://x\"",
+            "key `approvals.webhook`: `ftp://x` is not an http(s) URL",
+        );
+        check(
+            "[approvals]\nwebhook = \"https://chat.example.com/hook\"",
+            "ok ",
+        );
+    }
+
+    #[test]
     fn valid_files() {
         check(
             "",
