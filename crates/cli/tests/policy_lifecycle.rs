@@ -901,7 +901,16 @@ async fn break_glass_needs_two_admins_and_marks_every_request() {
         .unwrap()
         .trim_end_matches('`')
         .to_string();
-    assert!(server.stderr.lock().unwrap().contains("BREAK-GLASS OPENED"));
+    // The alert reaches the server log (read by a thread: wait, bounded).
+    let mut alerted = false;
+    for _ in 0..100 {
+        alerted = server.stderr.lock().unwrap().contains("BREAK-GLASS OPENED");
+        if alerted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(alerted);
 
     // Every request under it is allowed by it and marked.
     let response = http.get(server.url("/payroll/x")).send().await.unwrap();
