@@ -156,7 +156,19 @@ impl Call {
         status: u16,
         error: Option<ErrorCode>,
     ) {
-        sink.submit(AuditRecord {
+        sink.submit(self.record(action, resource, outcome, status, error));
+    }
+
+    /// The audit record of this call, for handlers that add fields to it.
+    pub(crate) fn record(
+        &self,
+        action: &str,
+        resource: &str,
+        outcome: Outcome,
+        status: u16,
+        error: Option<ErrorCode>,
+    ) -> AuditRecord {
+        AuditRecord {
             time_ms: now_ms(),
             kind: RecordKind::Admin,
             request_id: self.request_id.to_string(),
@@ -168,7 +180,7 @@ impl Call {
             error_code: error.map(|c| c.as_str().to_string()),
             status,
             ..AuditRecord::default()
-        });
+        }
     }
 }
 
@@ -209,6 +221,8 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/audit/export", get(crate::audit_api::export))
         .route("/inventory", get(crate::audit_api::inventory))
+        .merge(crate::policy_api::routes())
+        .merge(crate::approvals_api::routes())
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
     Router::new()

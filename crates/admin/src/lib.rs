@@ -14,10 +14,12 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod approvals_api;
 mod audit_api;
 mod auth;
 mod identity_api;
 mod mfa;
+mod policy_api;
 mod vault_api;
 
 pub use api::{AdminState, DEFAULT_CERT_TTL, RemoteAddr, router};

@@ -106,6 +106,20 @@ pub struct AuditRecord {
     /// type and position, never the value (at most [`MAX_CONTENT_FINDINGS`]).
     #[serde(default)]
     pub content: Vec<ContentFinding>,
+    /// The policy version that decided the request (data plane), or that an
+    /// admin change installed or activated (`policy.push`, `policy.rollback`);
+    /// `null` when no policy version was involved.
+    #[serde(default)]
+    pub policy_version: Option<u64>,
+    /// The approval ticket a request needed (`approval_required`) or used
+    /// (an approved, single-use ticket), or that an `approval.*` admin change
+    /// decided; `null` otherwise.
+    #[serde(default)]
+    pub approval_ticket: Option<String>,
+    /// The break-glass grant (`breakglass:<id>`) a request was allowed under,
+    /// or that a `breakglass.open` admin change opened; `null` otherwise.
+    #[serde(default)]
+    pub breakglass: Option<String>,
 }
 
 /// Most content findings kept in one record; the rest are counted in the
@@ -178,6 +192,9 @@ mod tests {
                 end: 30,
                 fingerprint: Some("3f2a9c1d4b5e6f70".into()),
             }],
+            policy_version: Some(3),
+            approval_ticket: None,
+            breakglass: None,
         }
     }
 
@@ -186,7 +203,7 @@ mod tests {
         let bytes = sample().canonical_bytes();
         assert_eq!(
             String::from_utf8(bytes.clone()).unwrap(),
-            r#"{"seq":7,"time_ms":1700000000123,"kind":"request","request_id":"abc","principal":"bot","credential":"spiffe://portcullis.local/agent/bot serial=01","source_ip":"127.0.0.1","action":"GET","resource":"demo","path":"/demo/hello","outcome":"allow","policies":["readers-read-low"],"error_code":null,"status":200,"duration_us":42,"bytes_in":0,"bytes_out":12,"classification":"public","request_sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","response_sha256":"a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447","response_sha256_unredacted":null,"fail_open":false,"content":[{"direction":"request","kind":"aws_access_key","pointer":"/note","start":10,"end":30,"fingerprint":"3f2a9c1d4b5e6f70"}]}"#
+            r#"{"seq":7,"time_ms":1700000000123,"kind":"request","request_id":"abc","principal":"bot","credential":"spiffe://portcullis.local/agent/bot serial=01","source_ip":"127.0.0.1","action":"GET","resource":"demo","path":"/demo/hello","outcome":"allow","policies":["readers-read-low"],"error_code":null,"status":200,"duration_us":42,"bytes_in":0,"bytes_out":12,"classification":"public","request_sha256":"e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855","response_sha256":"a948904f2f0f479b8f8197694b30184b0d2ed1c1cd2a1ec0fb85d299a192a447","response_sha256_unredacted":null,"fail_open":false,"content":[{"direction":"request","kind":"aws_access_key","pointer":"/note","start":10,"end":30,"fingerprint":"3f2a9c1d4b5e6f70"}],"policy_version":3,"approval_ticket":null,"breakglass":null}"#
         );
         let back: AuditRecord = serde_json::from_slice(&bytes).unwrap();
         assert_eq!(back, sample());
@@ -198,7 +215,7 @@ mod tests {
         let hash = merkle::leaf_hash(&sample().canonical_bytes());
         assert_eq!(
             hex::encode(hash),
-            "45300a606f193f31be426d7c19296744a254c5d318e31aaee35fbe1eb174cfa1"
+            "a411027c3c410103712a12505a44d7882ce9aa7639327710bcacfea5395e8bea"
         );
     }
 }

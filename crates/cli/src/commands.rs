@@ -3,13 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Subcommand;
 use serde_json::json;
 
+use crate::AdminArgs;
 use crate::client::AdminClient;
 use crate::state_dir::{StateDir, write_public, write_secret};
-use crate::{AdminArgs, StateDirArg};
 
 /// `portcullis agent …`
 #[derive(Debug, Subcommand)]
@@ -173,20 +173,6 @@ pub enum AuditCommand {
         /// ones (e.g. the `[audit] checkpoint_file` copy).
         #[arg(long)]
         checkpoint: Vec<PathBuf>,
-    },
-}
-
-/// `portcullis policy …`
-#[derive(Debug, Subcommand)]
-pub enum PolicyCommand {
-    /// Print the schema this version of Portcullis ships (the entity and
-    /// context types the gateway's requests use), e.g. to update a policy
-    /// directory seeded by an older version.
-    Schema,
-    /// Check a policy directory against its schema (default: `<state-dir>/policies`).
-    Validate {
-        /// Directory holding `schema.cedarschema` and `*.cedar` files.
-        dir: Option<PathBuf>,
     },
 }
 
@@ -572,33 +558,6 @@ pub async fn audit(command: AuditCommand, args: AdminArgs) -> Result<()> {
             crate::audit_cmd::export(&client, &out, checkpoints).await?
         }
         AuditCommand::Verify { .. } => {}
-    }
-    Ok(())
-}
-
-/// Runs a policy command (offline: no server needed).
-pub fn policy(command: PolicyCommand, state: StateDirArg) -> Result<()> {
-    match command {
-        PolicyCommand::Schema => {
-            print!("{}", portcullis_policy::DEFAULT_SCHEMA);
-        }
-        PolicyCommand::Validate { dir } => {
-            let dir = dir.unwrap_or_else(|| StateDir::new(state.state_dir).policies());
-            let sources = portcullis_policy::PolicySources::read_dir(&dir)?;
-            let bundle = portcullis_policy::PolicyBundle::compile(&sources)?;
-            if bundle.policy_ids().is_empty() {
-                bail!(
-                    "`{}` holds no policies: everything would be denied",
-                    dir.display()
-                );
-            }
-            println!(
-                "ok: {} policies in `{}` validate against the schema: {}",
-                bundle.policy_ids().len(),
-                dir.display(),
-                bundle.policy_ids().join(", ")
-            );
-        }
     }
     Ok(())
 }

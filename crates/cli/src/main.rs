@@ -3,11 +3,14 @@
 //! and `guard scan`, work offline).
 #![forbid(unsafe_code)]
 
+mod approvals_cmd;
 mod audit_cmd;
 mod client;
 mod commands;
 mod guard_cmd;
 mod inventory;
+mod policy_cmd;
+mod policy_test;
 mod serve;
 mod state_dir;
 mod token_cmd;
@@ -186,12 +189,33 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Work with policies.
+    /// Work with policies: validate, push, list, roll back, diff.
     Policy {
         #[command(subcommand)]
-        command: commands::PolicyCommand,
+        command: policy_cmd::PolicyCommand,
         #[command(flatten)]
-        state: StateDirArg,
+        admin: AdminArgs,
+    },
+    /// Just-in-time approvals: list, approve (once or with --ttl), deny.
+    Approvals {
+        #[command(subcommand)]
+        command: approvals_cmd::ApprovalsCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Time-boxed grants made by approvals with --ttl: list, revoke.
+    Grants {
+        #[command(subcommand)]
+        command: approvals_cmd::GrantsCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Emergency access for one agent, opened by two admins.
+    Breakglass {
+        #[command(subcommand)]
+        command: approvals_cmd::BreakGlassCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
     },
     /// Run the content guard offline (prompt injection, DLP, tool poisoning).
     Guard {
@@ -258,8 +282,13 @@ fn main() -> ExitCode {
                 format,
                 admin,
             } => inventory::run(admin, since, format).await,
-            Command::Policy { command, state } => commands::policy(command, state),
+            Command::Policy { command, admin } => policy_cmd::run(command, admin).await,
             Command::Guard { .. } => Ok(()),
+            Command::Approvals { command, admin } => approvals_cmd::approvals(command, admin).await,
+            Command::Grants { command, admin } => approvals_cmd::grants(command, admin).await,
+            Command::Breakglass { command, admin } => {
+                approvals_cmd::breakglass(command, admin).await
+            }
             Command::Secret { command, admin } => vault_cmd::secret(command, admin).await,
             Command::Vault { command, admin } => vault_cmd::vault(command, admin).await,
             Command::Transit { command, admin } => vault_cmd::transit(command, admin).await,

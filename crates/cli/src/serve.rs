@@ -15,6 +15,7 @@ use portcullis_gateway::checkpointer::{Checkpointer, LogSigner};
 use portcullis_gateway::config::{Config, PolicySource, Upstream};
 use portcullis_gateway::listener::{self, ConnectionInfo};
 use portcullis_gateway::metrics::Metrics;
+use portcullis_gateway::policy_versions;
 use portcullis_gateway::pseudonym::Pseudonymizer;
 use portcullis_gateway::trace::Tracer;
 use portcullis_gateway::{Gateway, GatewayParts};
@@ -44,7 +45,7 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     state.create()?;
     harden_process();
 
-    let bundle = Arc::new(load_policies(&config, &state)?);
+    let (policy_dir, dir_sources) = read_policy_dir(&config, &state)?;
     let ca = Arc::new(load_or_create_ca(&state, &config.trust_domain)?);
 
     let store = match &config.store_url {
@@ -52,6 +53,12 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         None => Store::open_sqlite(&state.database()).await,
     }
     .context("cannot open the store")?;
+    // The store's active policy version decides (pushes and rollbacks outlive
+    // restarts); the directory seeds version 1, or wins when it is watched.
+    let start_policy = policy_versions::start_policy(&store, &dir_sources, config.policy_watch)
+        .await
+        .context("cannot load the policy version to start with")?;
+    let bundle = start_policy.bundle.clone();
     let token_hashes = ensure_admin_token(&state, &store).await?;
     let upstream_tls = upstream_tls(ca.cert_pem())?;
     let vault = match load_kek(config_path.is_none(), &state)? {
@@ -162,6 +169,9 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         pseudonymizer,
         metrics.clone(),
     );
+    if let Some(record) = start_policy.stored {
+        sink.submit(record);
+    }
     // Personal data past its retention is deleted every minute.
     {
         let store = store.clone();
@@ -266,10 +276,30 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     let durable_head = sink.watch_head();
     let export_tls = upstream_tls.clone();
     let export_metrics = metrics.clone();
+    // Approval tickets, and the chat-ops webhook that hears of each new one.
+    let (ticket_tx, approvals_webhook) = match &config.approvals_webhook {
+        Some(url) => {
+            let (tx, rx) = tokio::sync::mpsc::channel(portcullis_gateway::approvals::WEBHOOK_QUEUE);
+            let poster = portcullis_gateway::otlp::Poster::new(upstream_tls.clone());
+            let task = tokio::spawn(portcullis_gateway::approvals::webhook(
+                rx,
+                url.clone(),
+                poster,
+            ));
+            (Some(tx), Some(task))
+        }
+        None => (None, None),
+    };
+    let approvals = portcullis_gateway::approvals::Approvals::load(store.clone(), ticket_tx)
+        .await
+        .context("cannot load approval tickets")?;
     let gateway = Gateway::new(GatewayParts {
+        approvals,
         tokens,
         config: config.clone(),
         bundle: bundle.clone(),
+        policy_version: start_policy.version,
+        shadow: start_policy.shadow.clone(),
         checker,
         upstream_tls,
         store: store.clone(),
@@ -298,7 +328,6 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
             config.admin_require_mfa,
         )),
     });
-    drop(sink);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     // Day budgets are written in the background, never on the request path.
@@ -317,6 +346,16 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
             }
         })
     });
+    let policy_watch = config.policy_watch.then(|| {
+        tokio::spawn(policy_versions::watch_dir(
+            gateway.clone(),
+            sink.clone(),
+            policy_dir.clone(),
+            policy_versions::WATCH_INTERVAL,
+            shutdown_rx.clone(),
+        ))
+    });
+    drop(sink);
     let data_plane = tokio::spawn(gateway.clone().serve(
         gateway_listener,
         gateway_tls,
@@ -351,6 +390,7 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         admin = %format!("https://{admin_addr}"),
         state_dir = %state.root().display(),
         policies = bundle.policy_ids().len(),
+        policy_version = start_policy.version,
         "portcullis is up"
     );
     // A stable line on stdout that scripts and tests can wait for.
@@ -374,6 +414,12 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         if let Err(e) = gateway.save_budgets().await {
             tracing::warn!(error = %e, "cannot save LLM budget counters at shutdown");
         }
+    }
+    if let Some(task) = policy_watch {
+        let _ = task.await;
+    }
+    if let Some(task) = approvals_webhook {
+        task.abort();
     }
     drop(gateway);
     if let Some(task) = maintenance {
@@ -524,7 +570,9 @@ async fn wait_for_signal() {
     }
 }
 
-fn load_policies(config: &Config, state: &StateDir) -> Result<PolicyBundle> {
+/// Reads the policy directory (seeding `<state-dir>/policies` with the
+/// shipped defaults on first use) and checks that it compiles.
+fn read_policy_dir(config: &Config, state: &StateDir) -> Result<(PathBuf, PolicySources)> {
     let dir = match &config.policy {
         PolicySource::Dir(dir) => dir.clone(),
         PolicySource::StateDir => {
@@ -540,7 +588,8 @@ fn load_policies(config: &Config, state: &StateDir) -> Result<PolicyBundle> {
         }
     };
     let sources = PolicySources::read_dir(&dir)?;
-    Ok(PolicyBundle::compile(&sources)?)
+    PolicyBundle::compile(&sources)?;
+    Ok((dir, sources))
 }
 
 fn load_or_create_ca(state: &StateDir, trust_domain: &str) -> Result<CertificateAuthority> {

@@ -31,11 +31,21 @@ fn settle_in_step() {
     }
 }
 
+/// The quickstart's two routes in a config on ephemeral ports.
+fn quickstart_config(dir: &std::path::Path) -> std::path::PathBuf {
+    let routes = route("demo", "/demo", "builtin:demo", "public")
+        + &route("payroll", "/payroll", "builtin:demo", "confidential");
+    config(dir, &routes, "")
+}
+
 #[test]
 fn sensitive_admin_actions_need_a_fresh_totp_once_an_admin_enrolled() {
     install_crypto();
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(dir, None);
+    // The quickstart's routes on ephemeral ports: the built-in quickstart's
+    // fixed ports collide with other tests running in parallel.
+    let cfg = quickstart_config(dir.path());
+    let server = Server::start(dir, Some(&cfg));
     for agent in ["a1", "a2", "a3"] {
         server.create_agent(agent, &["reader"]);
     }
@@ -649,7 +659,8 @@ mod posture {
 async fn whoami_and_agent_list_show_how_the_gateway_sees_agents() {
     install_crypto();
     let dir = tempfile::tempdir().unwrap();
-    let server = tokio::task::spawn_blocking(move || Server::start(dir, None))
+    let cfg = quickstart_config(dir.path());
+    let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
         .await
         .unwrap();
     server.create_agent("seen-bot", &["reader", "ops"]);

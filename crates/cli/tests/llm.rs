@@ -381,13 +381,15 @@ fn messages_and_streamed_answers_reach_the_content_guard() {
 fn a_missing_api_key_or_model_schema_stops_serve() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = setup(dir.path(), &llm_route("llm", "/llm", 9, ""));
-    let run = |cfg: &Path| {
+    // Each run gets its own state directory: once a state directory has a
+    // stored policy version, that version (not the directory) is what starts.
+    let run = |cfg: &Path, state: &str| {
         let mut child = Command::new(support::BIN)
             .arg("serve")
             .arg("--config")
             .arg(cfg)
             .arg("--state-dir")
-            .arg(dir.path().join("state"))
+            .arg(dir.path().join(state))
             .env_remove("LLM_TEST_UPSTREAM_KEY")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -410,7 +412,7 @@ fn a_missing_api_key_or_model_schema_stops_serve() {
         let _ = child.kill();
         panic!("serve did not exit");
     };
-    let (ok, err) = run(&cfg);
+    let (ok, err) = run(&cfg, "state");
     assert!(!ok);
     assert!(
         err.contains("environment variable `LLM_TEST_UPSTREAM_KEY` (api_key_env) is not set"),
@@ -427,7 +429,7 @@ fn a_missing_api_key_or_model_schema_stops_serve() {
         "api_key_file = \"llm.key\"",
     );
     std::fs::write(&cfg, text).unwrap();
-    let (ok, err) = run(&cfg);
+    let (ok, err) = run(&cfg, "state-old-schema");
     assert!(!ok);
     assert!(err.contains("`Model` entity type"), "{err}");
 }

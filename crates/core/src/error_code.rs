@@ -69,6 +69,19 @@ pub enum ErrorCode {
     /// The agent's request or token budget on an LLM route is spent for
     /// the current minute or day.
     BudgetExceeded,
+    /// A pushed policy set does not compile, validate or fit the gateway's
+    /// agents and routes; the running version stays.
+    InvalidPolicy,
+    /// The deciding policy needs a human's approval for this exact call; the
+    /// response names the approval ticket.
+    ApprovalRequired,
+    /// A human denied the approval ticket for this call.
+    ApprovalDenied,
+    /// The agent exceeded a policy's `@rate` limit.
+    RateLimited,
+    /// The deciding policy carries `@obligation("mfa")` and the request does
+    /// not come from a delegating user with fresh MFA.
+    UserMfaRequired,
 }
 
 impl ErrorCode {
@@ -103,6 +116,11 @@ impl ErrorCode {
             ErrorCode::InvalidTotp => "invalid_totp",
             ErrorCode::ModelNotFound => "model_not_found",
             ErrorCode::BudgetExceeded => "budget_exceeded",
+            ErrorCode::InvalidPolicy => "invalid_policy",
+            ErrorCode::ApprovalRequired => "approval_required",
+            ErrorCode::ApprovalDenied => "approval_denied",
+            ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::UserMfaRequired => "user_mfa_required",
         }
     }
 
@@ -117,15 +135,20 @@ impl ErrorCode {
             | ErrorCode::InvalidClient
             | ErrorCode::MfaRequired
             | ErrorCode::InvalidTotp => 401,
-            ErrorCode::Forbidden | ErrorCode::ContentBlocked => 403,
+            ErrorCode::Forbidden
+            | ErrorCode::ContentBlocked
+            | ErrorCode::ApprovalRequired
+            | ErrorCode::ApprovalDenied
+            | ErrorCode::UserMfaRequired => 403,
+            ErrorCode::RateLimited | ErrorCode::BudgetExceeded => 429,
             ErrorCode::RouteNotFound | ErrorCode::NotFound | ErrorCode::ModelNotFound => 404,
-            ErrorCode::BudgetExceeded => 429,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::BadRequest
             | ErrorCode::InvalidCiphertext
             | ErrorCode::UnsupportedGrantType
+            | ErrorCode::InvalidPolicy
             | ErrorCode::InvalidGrant => 400,
             ErrorCode::UpstreamUnavailable => 502,
             ErrorCode::UpstreamTimeout => 504,
@@ -173,6 +196,11 @@ mod tests {
             ErrorCode::InvalidGrant,
             ErrorCode::ModelNotFound,
             ErrorCode::BudgetExceeded,
+            ErrorCode::InvalidPolicy,
+            ErrorCode::ApprovalRequired,
+            ErrorCode::ApprovalDenied,
+            ErrorCode::RateLimited,
+            ErrorCode::UserMfaRequired,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {

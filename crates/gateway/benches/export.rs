@@ -134,6 +134,9 @@ fn record(seq: u64) -> AuditRecord {
         response_sha256_unredacted: None,
         fail_open: false,
         content: Vec::new(),
+        policy_version: Some(1),
+        approval_ticket: None,
+        breakglass: None,
     }
 }
 

@@ -62,6 +62,18 @@ pub struct RawConfig {
     /// `[[routes]]`: what the gateway forwards where.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// `[approvals]`: just-in-time approval tickets.
+    #[serde(default)]
+    pub approvals: RawApprovals,
+}
+
+/// `[approvals]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawApprovals {
+    /// URL every new approval ticket is POSTed to as JSON (chat-ops), e.g.
+    /// `https://chat.example.com/hooks/portcullis`. Default: none.
+    pub webhook: Option<String>,
 }
 
 /// `[gateway]`
@@ -163,6 +175,14 @@ pub struct RawPolicy {
     /// relative to the config file. Default: `<state dir>/policies`, seeded with the
     /// shipped schema and quickstart policies.
     pub dir: Option<PathBuf>,
+    /// Watch the directory and install each valid change as a new policy
+    /// version (about once a second). Default false: the store's active
+    /// version decides, and changes arrive by `portcullis policy push`.
+    #[serde(default)]
+    pub watch: bool,
+    /// IANA time zone of `context.time.hour` and `context.time.weekday`, e.g.
+    /// `Europe/Berlin` (default `UTC`). `context.time.epoch` is zone-free.
+    pub timezone: Option<String>,
 }
 
 /// `[limits]`
@@ -406,6 +426,12 @@ pub struct RawRoute {
     /// `[routes.budget]`: per-agent limits of a `kind = "llm"` route.
     #[serde(default)]
     pub budget: Option<crate::llm::config::BudgetConfig>,
+    /// Who owns the data behind the route (`resource.owner`, default "").
+    #[serde(default)]
+    pub owner: String,
+    /// Free-form labels for policy (`resource.tags.contains("pii")`).
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 /// `[routes.guard]`: the content guard's actions on one route. Both default
@@ -912,6 +938,10 @@ pub struct RouteConfig {
     pub audit_fail_open: bool,
     /// Models, API key and budget of a `kind = "llm"` route.
     pub llm: Option<Arc<crate::llm::config::LlmConfig>>,
+    /// `resource.owner`.
+    pub owner: String,
+    /// `resource.tags`.
+    pub tags: Vec<String>,
 }
 
 /// The audit log's settings.
@@ -1018,6 +1048,54 @@ pub struct TelemetryConfig {
 /// Default `service.name` of OTLP resources.
 pub const DEFAULT_SERVICE_NAME: &str = "portcullis";
 
+/// The time zone policy sees wall-clock time in (`[policy] timezone`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyTimeZone {
+    zone: jiff::tz::TimeZone,
+    name: String,
+}
+
+impl Default for PolicyTimeZone {
+    fn default() -> Self {
+        PolicyTimeZone {
+            zone: jiff::tz::TimeZone::UTC,
+            name: "UTC".into(),
+        }
+    }
+}
+
+impl PolicyTimeZone {
+    /// Looks up an IANA zone name in the system's time zone database.
+    pub fn new(name: &str) -> Result<Self, String> {
+        let zone = jiff::tz::TimeZone::get(name).map_err(|e| {
+            format!("unknown time zone `{name}` ({e}); use an IANA name such as `Europe/Berlin`")
+        })?;
+        Ok(PolicyTimeZone {
+            zone,
+            name: name.to_string(),
+        })
+    }
+
+    /// The zone's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Hour and ISO weekday at `epoch` in this zone (daylight saving included).
+    pub fn request_time(&self, epoch: i64) -> portcullis_policy::RequestTime {
+        let utc = portcullis_policy::RequestTime::from_epoch(epoch);
+        let Ok(ts) = jiff::Timestamp::from_second(epoch) else {
+            return utc;
+        };
+        let local = self.zone.to_datetime(ts);
+        portcullis_policy::RequestTime {
+            hour: i64::from(local.hour()),
+            weekday: i64::from(local.weekday().to_monday_one_offset()),
+            epoch,
+        }
+    }
+}
+
 /// Where the policies come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicySource {
@@ -1054,6 +1132,12 @@ pub struct Config {
     pub posture_attestor: Option<OidcConfig>,
     /// Policy directory.
     pub policy: PolicySource,
+    /// Whether `serve` watches the policy directory and hot-reloads changes.
+    pub policy_watch: bool,
+    /// The zone of `context.time.hour` / `weekday`.
+    pub policy_timezone: PolicyTimeZone,
+    /// Where new approval tickets are POSTed.
+    pub approvals_webhook: Option<http::Uri>,
     /// Request body limit.
     pub max_body_bytes: u64,
     /// Upstream response-head timeout.
@@ -1105,6 +1189,8 @@ impl Config {
             capture: None,
             audit_fail_open: false,
             llm: None,
+            owner: String::new(),
+            tags: Vec::new(),
         };
         Config {
             routes: vec![
@@ -1285,6 +1371,20 @@ impl Config {
                 "key `identity.token_issuer`: `{issuer}` must be an https URL without a trailing slash, query or fragment, e.g. `https://gateway.example.com`"
             )));
         }
+        if let Some(url) = &raw.approvals.webhook {
+            let ok = url.parse::<http::Uri>().ok().is_some_and(|u| {
+                matches!(u.scheme_str(), Some("https" | "http")) && u.host().is_some()
+            });
+            if !ok {
+                return Err(invalid(format!(
+                    "key `approvals.webhook`: `{url}` is not an http(s) URL"
+                )));
+            }
+        }
+        if let Some(zone) = &raw.policy.timezone {
+            PolicyTimeZone::new(zone)
+                .map_err(|e| invalid(format!("key `policy.timezone`: {e}")))?;
+        }
         if raw.gateway.max_connections == Some(0) {
             return Err(invalid(
                 "key `gateway.max_connections`: must be greater than 0".into(),
@@ -1406,6 +1506,20 @@ impl Config {
                 Some(dir) => PolicySource::Dir(base.join(dir)),
                 None => PolicySource::StateDir,
             },
+            policy_watch: raw.policy.watch,
+            // Checked in `parse`.
+            approvals_webhook: raw
+                .approvals
+                .webhook
+                .as_deref()
+                .and_then(|u| u.parse().ok()),
+            // Checked in `parse`; the quickstart has none.
+            policy_timezone: raw
+                .policy
+                .timezone
+                .as_deref()
+                .and_then(|z| PolicyTimeZone::new(z).ok())
+                .unwrap_or_default(),
             max_body_bytes: raw.limits.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
             upstream_timeout: Duration::from_millis(
                 raw.limits
@@ -1428,6 +1542,8 @@ impl Config {
                     credential: r.credential,
                     capture: r.capture,
                     audit_fail_open: r.audit_fail_open,
+                    owner: r.owner,
+                    tags: r.tags,
                 })
                 .collect(),
         }
@@ -1655,6 +1771,38 @@ mod tests {
             Err(e) => e.to_string(),
         };
         assert!(got.contains(expect), "expected `{expect}` in:\n{got}");
+    }
+
+    #[test]
+    fn policy_time_zone_and_approvals_webhook() {
+        let berlin = PolicyTimeZone::new("Europe/Berlin").unwrap();
+        // Tue 2023-11-14 22:13:20 UTC is 23:13 in Berlin (CET, UTC+1).
+        let t = berlin.request_time(1_700_000_000);
+        assert_eq!((t.hour, t.weekday, t.epoch), (23, 2, 1_700_000_000));
+        // Sat 2023-07-22 04:26:40 UTC is 06:26 (CEST, UTC+2): daylight saving.
+        assert_eq!(berlin.request_time(1_690_000_000).hour, 6);
+        // Mon 2023-11-13 23:30 UTC is already Tuesday in Berlin.
+        assert_eq!(berlin.request_time(1_699_918_200).weekday, 2);
+        assert_eq!(
+            PolicyTimeZone::default().request_time(1_700_000_000).hour,
+            22
+        );
+        check(
+            "[policy]\ntimezone = \"Mars/Olympus\"",
+            "key `policy.timezone`: unknown time zone `Mars/Olympus`",
+        );
+        check(
+            "[policy]\ntimezone = \"Europe/Berlin\"\nwatch = true",
+            "ok ",
+        );
+        check(
+            "[approvals]\nwebhook = \"ftp://x\"",
+            "key `approvals.webhook`: `ftp://x` is not an http(s) URL",
+        );
+        check(
+            "[approvals]\nwebhook = \"https://chat.example.com/hook\"",
+            "ok ",
+        );
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! listener. [`pipeline`] holds the stages, in order.
 #![forbid(unsafe_code)]
 
+pub mod approvals;
 pub mod audit_export;
 pub mod audit_sink;
 pub mod body;
@@ -22,13 +23,17 @@ pub mod oauth;
 pub mod oidc;
 pub mod otlp;
 pub mod pipeline;
+pub mod policy_facts;
+pub mod policy_versions;
 pub mod pseudonym;
+pub mod rate_limit;
 pub mod respond;
 pub mod revocation;
 pub mod route;
+pub mod shadow;
 mod state;
 pub mod tokens;
 pub mod trace;
 pub mod whoami;
 
-pub use state::{ConnectionState, Gateway, GatewayError, GatewayParts, Snapshot};
+pub use state::{ConnectionState, Gateway, GatewayError, GatewayParts, ShadowSnapshot, Snapshot};

@@ -22,9 +22,22 @@ pub struct Denial {
     pub message: String,
     /// Deciding policy ids, for policy denials.
     pub policies: Vec<String>,
-    /// Seconds until a retry can succeed (`budget_exceeded`): the error's
-    /// `retry_after` and the `Retry-After` header.
-    pub retry_after: Option<u64>,
+    /// What else the client needs to act on the refusal.
+    pub detail: Option<DenialDetail>,
+}
+
+/// Extra facts some refusals carry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DenialDetail {
+    /// `rate_limited`: seconds until a retry can succeed (`Retry-After`).
+    RetryAfter(u64),
+    /// `approval_required`: the approval ticket and when it lapses.
+    Ticket {
+        /// The ticket id.
+        id: String,
+        /// Milliseconds since the epoch.
+        expires_ms: i64,
+    },
 }
 
 impl Denial {
@@ -34,7 +47,7 @@ impl Denial {
             code,
             message: message.into(),
             policies: Vec::new(),
-            retry_after: None,
+            detail: None,
         }
     }
 }
@@ -52,8 +65,12 @@ pub fn error_response(request_id: &RequestId, denial: &Denial) -> Response<Respo
     if !denial.policies.is_empty() {
         error["policies"] = serde_json::json!(denial.policies);
     }
-    if let Some(seconds) = denial.retry_after {
+    if let Some(DenialDetail::RetryAfter(seconds)) = &denial.detail {
         error["retry_after"] = serde_json::json!(seconds);
+    }
+    if let Some(DenialDetail::Ticket { id, expires_ms }) = &denial.detail {
+        error["ticket"] = serde_json::json!(id);
+        error["ticket_expires_ms"] = serde_json::json!(expires_ms);
     }
     let body = serde_json::json!({ "error": error }).to_string();
     let mut response = Response::new(full(body));
@@ -68,8 +85,8 @@ pub fn error_response(request_id: &RequestId, denial: &Denial) -> Response<Respo
     if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
         headers.insert(REQUEST_ID_HEADER, v);
     }
-    if let Some(seconds) = denial.retry_after {
-        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    if let Some(DenialDetail::RetryAfter(seconds)) = &denial.detail {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(*seconds));
     }
     response
 }

@@ -65,6 +65,8 @@ mod tests {
                 capture: None,
                 audit_fail_open: false,
                 llm: None,
+                owner: String::new(),
+                tags: Vec::new(),
             })
             .collect();
         RouteTable::new(&routes)

@@ -11,7 +11,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use portcullis_identity::{CertRejection, ClientCertChecker, PeerCertificate};
 use portcullis_policy::{
-    AgentEntity, Authorizer, EntityError, ModelEntity, PolicyBundle, RouteEntity, SourceIp,
+    AgentEntity, Authorizer, EntityError, GrantEntity, GrantScope, HttpAction, ModelEntity,
+    PolicyBundle, RouteEntity, SourceIp,
 };
 use portcullis_store::{Store, StoreError};
 use portcullis_vault::{CaptureSink, Vault};
@@ -40,6 +41,21 @@ pub struct Snapshot {
     pub directory: AgentDirectory,
     /// Policies joined with agents and routes.
     pub authorizer: Authorizer,
+    /// The stored policy version `authorizer` decides with.
+    pub policy_version: u64,
+    /// The shadow candidate, decided alongside without effect.
+    pub shadow: Option<ShadowSnapshot>,
+}
+
+/// A shadow candidate joined with the same agents and routes.
+#[derive(Debug)]
+pub struct ShadowSnapshot {
+    /// Its stored version.
+    pub version: u64,
+    /// Its decisions.
+    pub authorizer: Authorizer,
+    /// Its disagreements with the active version (kept across reloads).
+    pub stats: Arc<crate::shadow::ShadowStats>,
 }
 
 /// Per-connection state: the client certificate is checked once, at connect.
@@ -71,6 +87,9 @@ pub enum GatewayError {
     /// A route's upstream API key cannot be read.
     #[error(transparent)]
     ApiKey(#[from] crate::llm::ApiKeyError),
+    /// A policy set needs something this gateway does not run.
+    #[error("{0}")]
+    Unfit(String),
     /// A route's credential or capture cannot be served.
     #[error("route `{route}`: {problem}")]
     Vault {
@@ -87,6 +106,10 @@ pub struct GatewayParts {
     pub config: Config,
     /// The compiled policies.
     pub bundle: Arc<PolicyBundle>,
+    /// The stored version of `bundle` (see [`crate::policy_versions`]).
+    pub policy_version: u64,
+    /// The shadow candidate and its version, if one is set.
+    pub shadow: Option<(Arc<PolicyBundle>, u64)>,
     /// Client certificate checker for the Portcullis CA.
     pub checker: ClientCertChecker,
     /// TLS client settings for https upstreams.
@@ -107,6 +130,8 @@ pub struct GatewayParts {
     pub captures: Option<CaptureSink>,
     /// The access-token issuer and replay caches (token endpoint, token authentication).
     pub tokens: crate::tokens::TokenService,
+    /// Approval tickets (`@obligation("approval")`).
+    pub approvals: Arc<crate::approvals::Approvals>,
 }
 
 /// The data plane.
@@ -124,16 +149,39 @@ pub struct Gateway {
     pub(crate) tokens: crate::tokens::TokenService,
     /// API keys and budgets of `kind = "llm"` routes.
     pub(crate) llm: crate::llm::LlmRoutes,
+    model_entities: Vec<ModelEntity>,
+    /// The zone of `context.time.hour` and `weekday`.
+    pub(crate) timezone: crate::config::PolicyTimeZone,
+    /// `@rate` limits.
+    pub(crate) rate_limiter: crate::rate_limit::RateLimiter,
+    /// Approval tickets.
+    pub(crate) approvals: Arc<crate::approvals::Approvals>,
     /// When each agent last authenticated.
     pub(crate) last_seen: crate::last_seen::LastSeen,
     checker: ClientCertChecker,
-    bundle: Arc<PolicyBundle>,
-    route_entities: Vec<RouteEntity>,
-    model_entities: Vec<ModelEntity>,
+    pub(crate) route_entities: Vec<RouteEntity>,
     snapshot: ArcSwap<Snapshot>,
-    store: Store,
-    // Serialises reloads so an older read never replaces a newer snapshot.
-    reload_lock: Mutex<()>,
+    pub(crate) store: Store,
+    /// The installed policy version. The lock serialises reloads and policy
+    /// changes so an older read never replaces a newer snapshot; requests
+    /// never take it.
+    pub(crate) policy: Mutex<InstalledPolicy>,
+}
+
+/// The policy version snapshots are built from.
+#[derive(Debug, Clone)]
+pub(crate) struct InstalledPolicy {
+    pub(crate) bundle: Arc<PolicyBundle>,
+    pub(crate) version: u64,
+    pub(crate) shadow: Option<InstalledShadow>,
+}
+
+/// The shadow candidate snapshots are built with.
+#[derive(Debug, Clone)]
+pub(crate) struct InstalledShadow {
+    pub(crate) bundle: Arc<PolicyBundle>,
+    pub(crate) version: u64,
+    pub(crate) stats: Arc<crate::shadow::ShadowStats>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -180,16 +228,22 @@ impl Gateway {
             .map(|r| RouteEntity {
                 name: r.name.clone(),
                 classification: r.classification,
+                owner: r.owner.clone(),
+                tags: r.tags.clone(),
             })
             .collect::<Vec<_>>();
         let model_entities = crate::llm::model_entities(&config);
-        let snapshot = build_snapshot(
-            &parts.store,
-            &parts.bundle,
-            &route_entities,
-            &model_entities,
-        )
-        .await?;
+        let installed = InstalledPolicy {
+            bundle: parts.bundle.clone(),
+            version: parts.policy_version,
+            shadow: parts.shadow.map(|(bundle, version)| InstalledShadow {
+                bundle,
+                version,
+                stats: Default::default(),
+            }),
+        };
+        let snapshot =
+            build_snapshot(&parts.store, &installed, &route_entities, &model_entities).await?;
         let llm = crate::llm::LlmRoutes::load(&config)?;
         if config.routes.iter().any(|r| r.llm.is_some()) {
             // Today's day budgets, as the last run left them.
@@ -216,16 +270,17 @@ impl Gateway {
             parts.vault.as_deref(),
             parts.captures.is_some(),
         )?;
-        let guard = if config.routes.iter().any(|r| r.guard.scans_requests()) {
-            Some(Arc::new(GuardState {
-                guard: portcullis_guard::Guard::new()?,
-                // Fingerprints and placeholder numbers are keyed per process:
-                // they correlate within a run and reveal nothing across runs.
-                key: rand::random(),
-            }))
-        } else {
-            None
-        };
+        let guard =
+            if config.routes.iter().any(|r| r.guard.scans_requests()) || parts.bundle.redacts() {
+                Some(Arc::new(GuardState {
+                    guard: portcullis_guard::Guard::new()?,
+                    // Fingerprints and placeholder numbers are keyed per process:
+                    // they correlate within a run and reveal nothing across runs.
+                    key: rand::random(),
+                }))
+            } else {
+                None
+            };
         parts
             .tokens
             .revocations
@@ -238,6 +293,9 @@ impl Gateway {
             llm,
             model_entities,
             last_seen,
+            timezone: config.policy_timezone.clone(),
+            rate_limiter: Default::default(),
+            approvals: parts.approvals,
             tokens: parts.tokens,
             guard,
             vault: parts.vault,
@@ -256,12 +314,21 @@ impl Gateway {
             metrics: parts.metrics,
             tracer: parts.tracer,
             checker: parts.checker,
-            bundle: parts.bundle,
             route_entities,
             snapshot: ArcSwap::from_pointee(snapshot),
             store: parts.store,
-            reload_lock: Mutex::new(()),
+            policy: Mutex::new(installed),
         }))
+    }
+
+    /// The approval desk.
+    pub fn approvals(&self) -> &Arc<crate::approvals::Approvals> {
+        &self.approvals
+    }
+
+    /// The zone policy sees wall-clock time in.
+    pub fn timezone(&self) -> &crate::config::PolicyTimeZone {
+        &self.timezone
     }
 
     /// The current snapshot.
@@ -277,10 +344,10 @@ impl Gateway {
     /// Re-reads agents from the store and swaps in a new snapshot. Called after
     /// every agent change; requests that start afterwards see the change.
     pub async fn reload(&self) -> Result<(), GatewayError> {
-        let _guard = self.reload_lock.lock().await;
+        let installed = self.policy.lock().await;
         let snapshot = build_snapshot(
             &self.store,
-            &self.bundle,
+            &installed,
             &self.route_entities,
             &self.model_entities,
         )
@@ -288,6 +355,80 @@ impl Gateway {
         self.last_seen
             .sync(snapshot.directory.agents().map(|(name, _)| name));
         self.snapshot.store(Arc::new(snapshot));
+        Ok(())
+    }
+
+    /// Builds a snapshot for `policy` with the current agents and swaps it in.
+    /// The caller holds the policy lock (passed in as `installed`) and updates
+    /// it after this succeeds; on failure nothing changes.
+    pub(crate) async fn swap_policy(
+        &self,
+        installed: &mut InstalledPolicy,
+        policy: InstalledPolicy,
+    ) -> Result<(), GatewayError> {
+        let snapshot = build_snapshot(
+            &self.store,
+            &policy,
+            &self.route_entities,
+            &self.model_entities,
+        )
+        .await?;
+        self.snapshot.store(Arc::new(snapshot));
+        *installed = policy;
+        Ok(())
+    }
+
+    /// A snapshot for a candidate `bundle` with the current agents, routes
+    /// and grants, which never decides live traffic (`policy whatif`).
+    pub(crate) async fn candidate_snapshot(
+        &self,
+        bundle: &Arc<PolicyBundle>,
+    ) -> Result<Snapshot, GatewayError> {
+        let probe = InstalledPolicy {
+            bundle: bundle.clone(),
+            version: 0,
+            shadow: None,
+        };
+        build_snapshot(
+            &self.store,
+            &probe,
+            &self.route_entities,
+            &self.model_entities,
+        )
+        .await
+    }
+
+    /// Builds (and throws away) a snapshot for `bundle`: proves it fits the
+    /// current agents, routes and request shape before anything is stored.
+    pub(crate) async fn check_policy(
+        &self,
+        bundle: &Arc<PolicyBundle>,
+    ) -> Result<(), GatewayError> {
+        let probe = InstalledPolicy {
+            bundle: bundle.clone(),
+            version: 0,
+            shadow: None,
+        };
+        build_snapshot(
+            &self.store,
+            &probe,
+            &self.route_entities,
+            &self.model_entities,
+        )
+        .await?;
+        if bundle.redacts() && self.guard.is_none() {
+            return Err(GatewayError::Unfit(
+                "a policy carries `@obligation(\"redact\")`, but the content guard is off: turn on `[routes.guard] dlp` on a route, or restart with this policy set".into(),
+            ));
+        }
+        if !bundle.supports_secrets()
+            && let Some(route) = self.routes.routes().find(|r| r.credential.is_some())
+        {
+            return Err(GatewayError::Vault {
+                route: route.name.clone(),
+                problem: "the policy schema has no `Action::\"use_secret\"`, which this route's credential needs".into(),
+            });
+        }
         Ok(())
     }
 
@@ -454,7 +595,7 @@ impl Gateway {
 
 async fn build_snapshot(
     store: &Store,
-    bundle: &Arc<PolicyBundle>,
+    policy: &InstalledPolicy,
     routes: &[RouteEntity],
     models: &[ModelEntity],
 ) -> Result<Snapshot, GatewayError> {
@@ -474,10 +615,45 @@ async fn build_snapshot(
             roles: e.roles.clone(),
         })
         .collect();
-    let authorizer = Authorizer::new(bundle.clone(), &entities, routes)?.with_models(models)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let grants: Vec<GrantEntity> = store
+        .live_grants(now.as_millis() as i64)
+        .await?
+        .into_iter()
+        .filter_map(|g| {
+            let scope = match g.kind.as_str() {
+                "breakglass" => GrantScope::BreakGlass,
+                _ => GrantScope::Call {
+                    action: HttpAction::from_method(&g.action)?,
+                    route: g.resource,
+                },
+            };
+            Some(GrantEntity {
+                id: g.id,
+                agent: g.agent,
+                scope,
+                expires_epoch: g.expires_ms.div_euclid(1000),
+            })
+        })
+        .collect();
+    let authorizer = Authorizer::with_grants(policy.bundle.clone(), &entities, routes, &grants)?
+        .with_models(models)?;
+    let shadow = match &policy.shadow {
+        None => None,
+        Some(s) => Some(ShadowSnapshot {
+            version: s.version,
+            authorizer: Authorizer::with_grants(s.bundle.clone(), &entities, routes, &grants)?
+                .with_models(models)?,
+            stats: s.stats.clone(),
+        }),
+    };
     Ok(Snapshot {
         directory,
         authorizer,
+        policy_version: policy.version,
+        shadow,
     })
 }
 

@@ -1,8 +1,13 @@
 //! Loading, naming and validating a policy directory.
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::obligations::Obligations;
 
 use cedar_policy::{PolicyId, PolicySet, Schema, ValidationMode, Validator};
 use miette::Diagnostic;
@@ -67,6 +72,19 @@ pub enum PolicyError {
         /// The policy file.
         path: PathBuf,
     },
+    /// A policy carries an annotation the gateway does not know, or a bad value.
+    #[error("policy `{id}` in `{path}`: {message}")]
+    Annotation {
+        /// The policy file.
+        path: PathBuf,
+        /// The policy id.
+        id: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A pushed file set is not a policy directory.
+    #[error("{0}")]
+    Files(String),
     /// The policies do not validate against the schema.
     #[error("policies in `{dir}` do not validate against the schema:\n{diagnostics}")]
     Validation {
@@ -111,6 +129,59 @@ impl PolicySources {
         })
     }
 
+    /// The sources as one map of file name to text, the schema under
+    /// `schema.cedarschema`: the form versions are stored and pushed in.
+    pub fn to_files(&self) -> BTreeMap<String, String> {
+        let mut files: BTreeMap<String, String> = self.files.iter().cloned().collect();
+        files.insert(SCHEMA_FILE.to_string(), self.schema.clone());
+        files
+    }
+
+    /// The inverse of [`PolicySources::to_files`]. Every name must be a plain
+    /// file name ending in `.cedar`, besides the schema.
+    pub fn from_files(
+        origin: PathBuf,
+        files: &BTreeMap<String, String>,
+    ) -> Result<Self, PolicyError> {
+        let schema = files
+            .get(SCHEMA_FILE)
+            .cloned()
+            .ok_or_else(|| PolicyError::Files(format!("no `{SCHEMA_FILE}` among the files")))?;
+        let mut out = Vec::new();
+        for (name, text) in files {
+            if name == SCHEMA_FILE {
+                continue;
+            }
+            let plain =
+                !name.is_empty() && !name.starts_with('.') && !name.contains(['/', '\\', '\0']);
+            if !plain || !name.ends_with(".cedar") {
+                return Err(PolicyError::Files(format!(
+                    "`{name}` is not a policy file name (`<name>.cedar`, no directories)"
+                )));
+            }
+            out.push((name.clone(), text.clone()));
+        }
+        Ok(PolicySources {
+            origin,
+            schema,
+            files: out,
+        })
+    }
+
+    /// SHA-256 (hex) of the files' canonical encoding: for each file in name
+    /// order, the length-prefixed name and text. Equal directories hash equal
+    /// wherever they are.
+    pub fn content_hash(&self) -> String {
+        let mut hash = Sha256::new();
+        for (name, text) in self.to_files() {
+            for part in [name.as_bytes(), text.as_bytes()] {
+                hash.update((part.len() as u64).to_be_bytes());
+                hash.update(part);
+            }
+        }
+        hex_lower(&hash.finalize())
+    }
+
     /// The shipped default schema and quickstart policies.
     pub fn defaults() -> Self {
         PolicySources {
@@ -127,6 +198,10 @@ pub struct PolicyBundle {
     pub(crate) schema: Schema,
     pub(crate) policies: PolicySet,
     ids: Vec<String>,
+    /// What each `permit` with annotations asks the gateway to enforce.
+    pub(crate) obligations: HashMap<String, Obligations>,
+    sources: PolicySources,
+    hash: String,
 }
 
 impl PolicyBundle {
@@ -143,6 +218,7 @@ impl PolicyBundle {
 
         let mut policies = PolicySet::new();
         let mut ids = Vec::new();
+        let mut obligations = HashMap::new();
         for (name, text) in &sources.files {
             let path = sources.origin.join(name);
             let parsed = PolicySet::from_str(text).map_err(|e| PolicyError::Parse {
@@ -167,6 +243,30 @@ impl PolicyBundle {
                     Some(id) => id.to_string(),
                     None => format!("{name}:{}", n + 1),
                 };
+                if id.starts_with(crate::GRANT_PREFIX) || id.starts_with(crate::BREAKGLASS_PREFIX) {
+                    return Err(PolicyError::Annotation {
+                        path: path.clone(),
+                        id: id.clone(),
+                        message: format!(
+                            "ids starting with `{}` or `{}` are reserved for grants",
+                            crate::GRANT_PREFIX,
+                            crate::BREAKGLASS_PREFIX
+                        ),
+                    });
+                }
+                let found = Obligations::from_annotations(
+                    policy.annotations(),
+                    &id,
+                    policy.effect() == cedar_policy::Effect::Permit,
+                )
+                .map_err(|message| PolicyError::Annotation {
+                    path: path.clone(),
+                    id: id.clone(),
+                    message,
+                })?;
+                if !found.is_empty() {
+                    obligations.insert(id.clone(), found);
+                }
                 let renamed = policy.new_id(PolicyId::new(&id));
                 policies
                     .add(renamed)
@@ -196,7 +296,31 @@ impl PolicyBundle {
             schema,
             policies,
             ids,
+            obligations,
+            hash: sources.content_hash(),
+            sources: sources.clone(),
         })
+    }
+
+    /// The sources this bundle was compiled from.
+    pub fn sources(&self) -> &PolicySources {
+        &self.sources
+    }
+
+    /// [`PolicySources::content_hash`] of the sources.
+    pub fn content_hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// Whether any policy carries `@obligation("redact")` (the gateway then
+    /// needs its content guard).
+    pub fn redacts(&self) -> bool {
+        self.obligations.values().any(|o| o.redact)
+    }
+
+    /// What policy `id` asks the gateway to enforce when it permits.
+    pub fn obligations_of(&self, id: &str) -> Option<&Obligations> {
+        self.obligations.get(id)
     }
 
     /// The ids of all policies, in directory order.
@@ -217,6 +341,15 @@ impl PolicyBundle {
     pub fn supports_models(&self) -> bool {
         crate::model::schema_supports_models(&self.schema)
     }
+}
+
+fn hex_lower(bytes: &[u8]) -> String {
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
 }
 
 /// Renders a Cedar diagnostic with the line and column of each labelled span.
@@ -320,6 +453,50 @@ mod tests {
         ))
         .unwrap_err();
         assert!(matches!(err, PolicyError::DuplicateId { .. }), "{err}");
+    }
+
+    #[test]
+    fn unknown_annotations_are_refused() {
+        let err = PolicyBundle::compile(&sources(
+            "@id(\"x\") @obligaton(\"approval\") permit(principal, action, resource);",
+        ))
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(err, PolicyError::Annotation { .. }), "{text}");
+        assert!(
+            text.contains("`@obligaton`") && text.contains("policy `x`"),
+            "{text}"
+        );
+        let bundle = PolicyBundle::compile(&sources(
+            "@id(\"x\") @obligation(\"approval\") @rate(\"10/s\") permit(principal, action, resource);",
+        ))
+        .unwrap();
+        let o = bundle.obligations_of("x").unwrap();
+        assert!(o.approval && o.rates.len() == 1);
+    }
+
+    #[test]
+    fn files_round_trip_and_hash_by_content() {
+        let a = PolicySources::defaults();
+        let files = a.to_files();
+        let b = PolicySources::from_files(PathBuf::from("/elsewhere"), &files).unwrap();
+        assert_eq!(a.content_hash(), b.content_hash());
+        assert_eq!(a.content_hash().len(), 64);
+        let mut changed = files.clone();
+        changed.insert("z.cedar".into(), String::new());
+        let c = PolicySources::from_files(PathBuf::new(), &changed).unwrap();
+        assert_ne!(a.content_hash(), c.content_hash());
+        for bad in ["../x.cedar", "x.txt", ".hidden.cedar"] {
+            let mut files = files.clone();
+            files.insert(bad.into(), String::new());
+            assert!(
+                PolicySources::from_files(PathBuf::new(), &files).is_err(),
+                "{bad}"
+            );
+        }
+        let mut no_schema = files;
+        no_schema.remove(SCHEMA_FILE);
+        assert!(PolicySources::from_files(PathBuf::new(), &no_schema).is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use portcullis_core::{Classification, Decision};
 
 use crate::PolicyBundle;
 use crate::caller::{CallerFacts, decimal4};
+pub use crate::grants::GrantEntity;
 
 /// An agent as policy sees it: `Agent::"<name>"` in each `Role::"<role>"`.
 #[derive(Debug, Clone)]
@@ -23,13 +24,18 @@ pub struct AgentEntity {
     pub roles: Vec<String>,
 }
 
-/// A route as policy sees it: `Route::"<name>"` with its classification.
+/// A route as policy sees it: `Route::"<name>"` with its classification,
+/// owner and tags.
 #[derive(Debug, Clone)]
 pub struct RouteEntity {
     /// The route's name.
     pub name: String,
     /// How sensitive the data behind the route is.
     pub classification: Classification,
+    /// Who owns the data behind it (`""` when not configured).
+    pub owner: String,
+    /// Free-form labels.
+    pub tags: Vec<String>,
 }
 
 /// The HTTP methods policy knows, each an `Action::"<METHOD>"`.
@@ -50,7 +56,7 @@ pub enum HttpAction {
 }
 
 impl HttpAction {
-    const ALL: [HttpAction; 6] = [
+    pub(crate) const ALL: [HttpAction; 6] = [
         HttpAction::Get,
         HttpAction::Head,
         HttpAction::Post,
@@ -77,7 +83,7 @@ impl HttpAction {
         HttpAction::ALL.into_iter().find(|a| a.as_str() == method)
     }
 
-    fn index(self) -> usize {
+    pub(crate) fn index(self) -> usize {
         self as usize
     }
 }
@@ -228,8 +234,13 @@ impl EntityError {
 /// of. Rebuilt (off the request path) whenever agents, routes or policies change;
 /// requests read it without locks or IO.
 pub struct Authorizer {
-    bundle: Arc<PolicyBundle>,
-    entities: Entities,
+    pub(crate) bundle: Arc<PolicyBundle>,
+    /// The bundle's policies plus one template-linked policy per live grant:
+    /// the full set, as Cedar would evaluate it without the index.
+    policies: PolicySet,
+    /// When each grant (by policy id) lapses, epoch seconds.
+    grant_expiry: HashMap<String, i64>,
+    pub(crate) entities: Entities,
     index: ScopeIndex,
     actions: [EntityUid; 6],
     agent_type: EntityTypeName,
@@ -237,7 +248,7 @@ pub struct Authorizer {
     route_type: EntityTypeName,
     /// `User` (people agents act for), when the schema declares it.
     user_type: Option<EntityTypeName>,
-    cedar: cedar_policy::Authorizer,
+    pub(crate) cedar: cedar_policy::Authorizer,
     /// `use_secret` decisions; `None` when the schema has no such action.
     secret: Option<crate::secret::SecretAuthz>,
     /// `complete`/`embed` decisions on models; set by
@@ -263,6 +274,17 @@ impl Authorizer {
         bundle: Arc<PolicyBundle>,
         agents: &[AgentEntity],
         routes: &[RouteEntity],
+    ) -> Result<Self, EntityError> {
+        Self::with_grants(bundle, agents, routes, &[])
+    }
+
+    /// [`Authorizer::new`] plus time-boxed grants, each a template-linked
+    /// policy `grant:<id>` permitting one agent one action on one route.
+    pub fn with_grants(
+        bundle: Arc<PolicyBundle>,
+        agents: &[AgentEntity],
+        routes: &[RouteEntity],
+        grants: &[GrantEntity],
     ) -> Result<Self, EntityError> {
         let agent_type = type_name("Agent")?;
         let role_type = type_name("Role")?;
@@ -298,6 +320,19 @@ impl Authorizer {
                     "classification_level".to_string(),
                     RestrictedExpression::new_long(route.classification.rank()),
                 ),
+                (
+                    "owner".to_string(),
+                    RestrictedExpression::new_string(route.owner.clone()),
+                ),
+                (
+                    "tags".to_string(),
+                    RestrictedExpression::new_set(
+                        route
+                            .tags
+                            .iter()
+                            .map(|t| RestrictedExpression::new_string(t.clone())),
+                    ),
+                ),
             ]);
             let entity = Entity::new(uid(&route_type, &route.name), attrs, HashSet::new())
                 .map_err(|e| EntityError(e.to_string()))?;
@@ -319,13 +354,9 @@ impl Authorizer {
             .iter()
             .map(|r| (r.name.clone(), uid(&route_type, &r.name)))
             .collect();
-        let index = ScopeIndex::new(
-            &bundle.policies,
-            &entities,
-            &agent_uids,
-            &actions,
-            &route_uids,
-        );
+        let (policies, indexed, grant_expiry) =
+            crate::grants::link(&bundle.policies, grants, &actions, &agent_type, &route_type)?;
+        let index = ScopeIndex::new(&indexed, &entities, &agent_uids, &actions, &route_uids);
         let secret = crate::secret::SecretAuthz::new(&bundle, &entities)?;
         let user_type = bundle
             .schema
@@ -336,6 +367,8 @@ impl Authorizer {
             user_type,
             secret,
             model: None,
+            policies,
+            grant_expiry,
             bundle,
             entities,
             index,
@@ -357,6 +390,34 @@ impl Authorizer {
     /// Decides one request. Any problem building the request is a denial (fail closed)
     /// with the problem in [`Decision::errors`].
     pub fn decide(&self, request: &AuthzRequest<'_>) -> Decision {
+        let decision = self.decide_indexed(request);
+        self.without_lapsed_grants(decision, request.time.epoch)
+    }
+
+    /// A grant lapses at its expiry even if the snapshot that holds it is
+    /// still in use: its permit is dropped from an allow, and an allow that
+    /// rested on it alone becomes the default deny. (Only permits are listed
+    /// in an allow, so no forbid is hidden by this.)
+    fn without_lapsed_grants(&self, mut decision: Decision, epoch: i64) -> Decision {
+        if !decision.allowed || self.grant_expiry.is_empty() {
+            return decision;
+        }
+        let before = decision.policy_ids.len();
+        decision.policy_ids.retain(|id| {
+            self.grant_expiry
+                .get(id)
+                .is_none_or(|lapses| epoch < *lapses)
+        });
+        if decision.policy_ids.is_empty() && before > 0 {
+            return Decision {
+                errors: decision.errors,
+                ..Decision::default_deny()
+            };
+        }
+        decision
+    }
+
+    fn decide_indexed(&self, request: &AuthzRequest<'_>) -> Decision {
         // Only policies whose scope can match this principal, action and resource
         // are evaluated; see `ScopeIndex`. `None` means "all policies".
         let Some(matching) = self
@@ -377,6 +438,29 @@ impl Authorizer {
             return decision;
         }
         self.decide_among(request, Some(&self.index.policy_set(&matching.bits)))
+    }
+
+    /// What an allowed decision obliges the gateway to do. A request is
+    /// allowed when *any* satisfied `permit` allows it, so approval and MFA are
+    /// needed only when every deciding permit asks for them (a grant, which
+    /// asks for nothing, is enough on its own). Redaction and rate limits are
+    /// restrictions: each one any deciding permit names applies.
+    pub fn obligations(&self, decision: &Decision) -> crate::Obligations {
+        let mut out = crate::Obligations::default();
+        if !decision.allowed || decision.policy_ids.is_empty() {
+            return out;
+        }
+        let none = crate::Obligations::default();
+        let found: Vec<&crate::Obligations> = decision
+            .policy_ids
+            .iter()
+            .map(|id| self.bundle.obligations.get(id).unwrap_or(&none))
+            .collect();
+        out.approval = found.iter().all(|o| o.approval);
+        out.mfa = found.iter().all(|o| o.mfa);
+        out.redact = found.iter().any(|o| o.redact);
+        out.rates = found.iter().flat_map(|o| o.rates.iter().cloned()).collect();
+        out
     }
 
     /// Whether the schema declares `Action::"use_secret"`, which routes with a
@@ -442,11 +526,12 @@ impl Authorizer {
     /// benchmarks that check the index changes nothing but the cost.
     #[doc(hidden)]
     pub fn decide_unindexed(&self, request: &AuthzRequest<'_>) -> Decision {
-        self.decide_among(request, None)
+        let decision = self.decide_among(request, None);
+        self.without_lapsed_grants(decision, request.time.epoch)
     }
 
     /// Builds the Cedar request. With `schema`, it is validated against it.
-    fn cedar_request(
+    pub(crate) fn cedar_request(
         &self,
         request: &AuthzRequest<'_>,
         schema: Option<&cedar_policy::Schema>,
@@ -541,7 +626,7 @@ impl Authorizer {
                 .is_authorized(&cedar_request, set, &self.entities),
             None => self
                 .cedar
-                .is_authorized(&cedar_request, &self.bundle.policies, &self.entities),
+                .is_authorized(&cedar_request, &self.policies, &self.entities),
         };
         to_decision(&response)
     }
@@ -854,10 +939,14 @@ mod tests {
                 RouteEntity {
                     name: "demo".into(),
                     classification: Classification::Public,
+                    owner: "web-team".into(),
+                    tags: vec!["docs".into()],
                 },
                 RouteEntity {
                     name: "vault".into(),
                     classification: Classification::Restricted,
+                    owner: String::new(),
+                    tags: Vec::new(),
                 },
             ],
         )

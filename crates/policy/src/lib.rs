@@ -13,15 +13,23 @@
 mod bundle;
 mod caller;
 mod decide;
+mod explain;
+mod grants;
 mod model;
+mod obligations;
 mod secret;
 
-pub use bundle::{DEFAULT_POLICIES, DEFAULT_SCHEMA, PolicyBundle, PolicyError, PolicySources};
+pub use bundle::{
+    DEFAULT_POLICIES, DEFAULT_SCHEMA, PolicyBundle, PolicyError, PolicySources, SCHEMA_FILE,
+};
 pub use caller::{AuthFacts, AuthMethod, CallerFacts, Delegation, Posture};
 pub use decide::{
     AgentEntity, Authorizer, AuthzRequest, Content, EntityError, HttpAction, RequestTime,
     RouteEntity, SourceIp,
 };
+pub use explain::{Explanation, PolicyTrace, TraceOutcome};
+pub use grants::{BREAKGLASS_PREFIX, GRANT_PREFIX, GrantEntity, GrantScope};
 pub use model::{ModelAction, ModelEntity, ModelRequest};
+pub use obligations::{KNOWN_ANNOTATIONS, Obligations, Rate};
 pub use portcullis_core::Decision;
 pub use secret::{SecretRequest, USE_SECRET};

@@ -397,6 +397,8 @@ mod tests {
             &[RouteEntity {
                 name: "llm".into(),
                 classification: Classification::Internal,
+                owner: String::new(),
+                tags: Vec::new(),
             }],
         )
         .unwrap()

@@ -18,6 +18,10 @@ mod inventory;
 pub use inventory::InventoryEdge;
 mod llm_budget;
 pub use llm_budget::BudgetDayRow;
+mod approvals;
+pub use approvals::{ApprovalRow, GrantRow};
+mod policy;
+pub use policy::{NewPolicyVersion, PolicySlot, PolicyState, PolicyVersionRow};
 
 pub use audit_log::{
     AuditAppender, AuditVerifyFailure, NODE_MIN_LEVEL, PersonalValue, StoredCheckpoint, TreeHead,
@@ -130,6 +134,7 @@ fn migrator() -> Migrator {
             "identity",
             include_str!("../migrations/0006_identity.sql"),
         ),
+        migration(7, "policy", include_str!("../migrations/0007_policy.sql")),
         migration(
             10,
             "llm_budget",

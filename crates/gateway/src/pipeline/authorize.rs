@@ -52,6 +52,35 @@ pub fn run(
     decision
 }
 
+/// Decides the request again with the shadow candidate, without effect, and
+/// counts a disagreement with the active version's `decision`.
+pub fn shadow(
+    shadow: &crate::state::ShadowSnapshot,
+    decision: &Decision,
+    identity: &Identity,
+    context: &RequestContext,
+    source_ip: &SourceIp,
+    content: &ContentFacts,
+    request_id: &str,
+) {
+    // Decided exactly as the active version is, user decision included.
+    let candidate = run(&shadow.authorizer, identity, context, source_ip, content);
+    shadow
+        .stats
+        .observe(decision, &candidate, || crate::shadow::Disagreement {
+            time_ms: context.time.epoch * 1000,
+            request_id: request_id.to_string(),
+            agent: identity.agent.clone(),
+            action: context.action.as_str().to_string(),
+            resource: context.route.name.clone(),
+            path: context.path.clone(),
+            active_allowed: decision.allowed,
+            active_policies: decision.policy_ids.clone(),
+            shadow_allowed: candidate.allowed,
+            shadow_policies: candidate.policy_ids.clone(),
+        });
+}
+
 /// Ends the request unless the decision allows it.
 pub fn enforce(decision: &Decision) -> Result<(), Denial> {
     if decision.allowed {
@@ -61,6 +90,6 @@ pub fn enforce(decision: &Decision) -> Result<(), Denial> {
         code: ErrorCode::Forbidden,
         message: "denied by policy".into(),
         policies: decision.policy_ids.clone(),
-        retry_after: None,
+        detail: None,
     })
 }

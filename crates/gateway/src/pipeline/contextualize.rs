@@ -1,5 +1,6 @@
 //! Contextualize: what is being done to what, when and from where — the route
-//! (Cedar resource), the method (Cedar action), the time and the source address.
+//! (Cedar resource), the method (Cedar action), the time (in the configured
+//! `[policy] timezone`) and the source address.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -7,7 +8,7 @@ use std::sync::Arc;
 use portcullis_core::ErrorCode;
 use portcullis_policy::{HttpAction, RequestTime};
 
-use crate::config::RouteConfig;
+use crate::config::{PolicyTimeZone, RouteConfig};
 use crate::pipeline::decode::DecodedRequest;
 use crate::respond::Denial;
 use crate::route::RouteTable;
@@ -35,6 +36,7 @@ pub fn run(
     request: &DecodedRequest,
     source_ip: IpAddr,
     now_epoch: i64,
+    timezone: &PolicyTimeZone,
 ) -> Result<RequestContext, Denial> {
     let path = request.parts.uri.path();
     let (route, rest) = routes.lookup(path).ok_or_else(|| {
@@ -55,6 +57,6 @@ pub fn run(
         path: path.to_string(),
         action,
         source_ip,
-        time: RequestTime::from_epoch(now_epoch),
+        time: timezone.request_time(now_epoch),
     })
 }

@@ -34,9 +34,13 @@ use crate::pipeline::inspect::{GuardState, is_text};
 use crate::respond::ResponseBody;
 
 /// Wraps the response body when the route's DLP setting asks for it.
+///
+/// `obliged` is set when the allowing policy carries `@obligation("redact")`:
+/// the response is redacted whatever the route's own setting.
 pub fn run(
     state: Option<&GuardState>,
     route: &RouteConfig,
+    obliged: bool,
     request_id: &RequestId,
     meter: &Arc<BodyMeter>,
     response: Response<ResponseBody>,
@@ -45,6 +49,7 @@ pub fn run(
         return response;
     };
     let redact = match route.guard.dlp {
+        _ if obliged => true,
         DlpAction::Off => return response,
         DlpAction::Alert => false,
         DlpAction::Redact | DlpAction::Block => true,

@@ -161,7 +161,7 @@ pub async fn run(
                     spent.limit, spent.value, route.name
                 ),
                 policies: Vec::new(),
-                retry_after: Some(spent.retry_after),
+                detail: Some(crate::respond::DenialDetail::RetryAfter(spent.retry_after)),
             });
         }
         Some(counters)

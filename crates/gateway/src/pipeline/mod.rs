@@ -12,6 +12,8 @@
 //! inspect       content guard on the request body: injection and DLP findings
 //!               for policy (`context.content`), block or redact by route
 //! authorize     Cedar decision: allow, or 403 naming the deciding policies
+//! approve       the allowing policies' obligations: @rate, mfa, a human's
+//!               approval bound to this exact call; redaction handed on
 //! inject        routes with a credential: `use_secret` decision, value from the vault
 //! forward       upstream call with timeout, streaming both ways (and payload capture)
 //! inspect_out   DLP on the response body while it streams (redact or alert)
@@ -34,6 +36,7 @@
 //! authorize (policy decides with what it found); reading the body there is
 //! the one place a body is buffered, and only on routes whose guard is on.
 
+pub mod approve;
 pub mod authenticate;
 pub mod authorize;
 pub mod contextualize;
@@ -194,7 +197,13 @@ async fn run(
     }
 
     let t = Instant::now();
-    let context = contextualize::run(&gateway.routes, &decoded, conn.remote.ip(), now_epoch);
+    let context = contextualize::run(
+        &gateway.routes,
+        &decoded,
+        conn.remote.ip(),
+        now_epoch,
+        &gateway.timezone,
+    );
     let elapsed = t.elapsed();
     metrics.stage(Stage::Contextualize, elapsed);
     recorder.trace_stage(Stage::Contextualize, t, elapsed);
@@ -254,15 +263,68 @@ async fn run(
     let elapsed = t.elapsed();
     metrics.stage(Stage::Authorize, elapsed);
     recorder.trace_stage(Stage::Authorize, t, elapsed);
+    // After the timing: the candidate's cost is not the request's.
+    if let Some(shadow) = &snapshot.shadow {
+        authorize::shadow(
+            shadow,
+            &decision,
+            &identity,
+            &context,
+            &conn.source_ip,
+            &content,
+            request_id.as_str(),
+        );
+    }
     metrics.decision(&context.route.name, decision.allowed);
     {
         let record = recorder.record();
         record.policies = decision.policy_ids.clone();
+        record.policy_version = Some(snapshot.policy_version);
+        // Every request a break-glass grant let through is marked.
+        record.breakglass = decision
+            .policy_ids
+            .iter()
+            .find(|id| id.starts_with(portcullis_policy::BREAKGLASS_PREFIX))
+            .cloned();
+        if decision.allowed
+            && let Some(grant) = &record.breakglass
+        {
+            tracing::warn!(agent = %identity.agent, route = %context.route.name, %grant, "request allowed under break-glass");
+        }
         if decision.allowed {
             record.outcome = Outcome::Allow;
         }
     }
     authorize::enforce(&decision)?;
+
+    let obligations = snapshot.authorizer.obligations(&decision);
+    let (decoded, obliged) = if obligations.is_empty() {
+        (decoded, approve::Obliged::default())
+    } else {
+        let mut ticket = None;
+        let approved = approve::run(
+            &approve::Desk {
+                rates: &gateway.rate_limiter,
+                approvals: &gateway.approvals,
+                max_body_bytes: gateway.limits.max_body_bytes,
+            },
+            &obligations,
+            &decision,
+            snapshot.policy_version,
+            &identity,
+            &context,
+            decoded,
+            meter,
+            &mut ticket,
+        )
+        .await;
+        let record = recorder.record();
+        record.approval_ticket = ticket;
+        if approved.is_err() {
+            record.outcome = Outcome::Deny;
+        }
+        approved?
+    };
 
     let injected = match &context.route.credential {
         None => None,
@@ -331,6 +393,7 @@ async fn run(
     Ok(inspect_out::run(
         gateway.guard.as_deref(),
         &context.route,
+        obliged.redact,
         request_id,
         meter,
         response?,

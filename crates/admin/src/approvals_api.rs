@@ -1,0 +1,380 @@
+//! Admin endpoints of just-in-time access: approval tickets and grants, so
+//! the CLI and a chat-ops bot can decide them.
+//!
+//! | method and path | what |
+//! | --- | --- |
+//! | `GET /admin/v1/approvals` | live tickets (pending, approved-unused, denied) |
+//! | `GET /admin/v1/approvals/{id}` | one ticket |
+//! | `POST /admin/v1/approvals/{id}/approve` | approve this exact call once; with `ttl_seconds`, also grant the agent the action on the route for that long |
+//! | `POST /admin/v1/approvals/{id}/deny` | deny it |
+//! | `GET /admin/v1/grants` | live grants |
+//! | `POST /admin/v1/grants/{id}/revoke` | end a grant (or a break-glass) now |
+//! | `POST /admin/v1/breakglass` | emergency: every action on every route for one agent, for a while; two distinct admins' TOTP codes |
+//!
+//! Deciding needs a human admin's fresh TOTP (`X-Portcullis-User`,
+//! `X-Portcullis-TOTP`) once any admin has enrolled. Every decision is
+//! recorded (`approval.approve`, `approval.deny`, `grant.create`,
+//! `grant.revoke`) with the deciding admin as principal (`admin:<name>`).
+
+use axum::Extension;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{get, post};
+use bytes::Bytes;
+use portcullis_audit::Outcome;
+use portcullis_core::ErrorCode;
+use portcullis_gateway::approvals::DecideError;
+use portcullis_store::GrantRow;
+use serde::Deserialize;
+
+use crate::api::{AdminState, ApiError, Call, json, parse_json};
+
+/// The longest grant an approver may give.
+const MAX_GRANT: u64 = 24 * 3600;
+
+pub(crate) fn routes() -> Router<AdminState> {
+    Router::new()
+        .route("/approvals", get(list))
+        .route("/approvals/{id}", get(show))
+        .route("/approvals/{id}/approve", post(approve))
+        .route("/approvals/{id}/deny", post(deny))
+        .route("/grants", get(list_grants))
+        .route("/grants/{id}/revoke", post(revoke_grant))
+        .route("/breakglass", post(open_breakglass))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproveBody {
+    /// Also grant the agent this action on this route for this long.
+    ttl_seconds: Option<u64>,
+}
+
+/// The admin deciding: a fresh TOTP code once any admin has enrolled
+/// (`admin:<name>`); before that the admin token alone (`admin`).
+pub(crate) async fn approver(
+    state: &AdminState,
+    call: &Call,
+    headers: &HeaderMap,
+) -> Result<String, ApiError> {
+    let approver = crate::mfa::require_fresh_totp(state, call, headers).await?;
+    Ok(if approver.mfa {
+        format!("admin:{}", approver.user)
+    } else {
+        "admin".to_string()
+    })
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
+}
+
+async fn list(State(state): State<AdminState>) -> Response {
+    let tickets: Vec<serde_json::Value> = state
+        .gateway
+        .approvals()
+        .list()
+        .iter()
+        .map(|t| t.to_json())
+        .collect();
+    json(StatusCode::OK, &serde_json::json!({ "approvals": tickets }))
+}
+
+async fn show(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let ticket = state.gateway.approvals().get(&id).ok_or_else(|| {
+        call.error(
+            ErrorCode::NotFound,
+            format!("no live approval ticket `{id}`"),
+        )
+    })?;
+    Ok(json(StatusCode::OK, &ticket.to_json()))
+}
+
+fn decide_error(call: &Call, e: DecideError) -> ApiError {
+    match e {
+        DecideError::NotFound(_) => call.error(ErrorCode::NotFound, e.to_string()),
+        DecideError::Decided(..) => call.error(ErrorCode::Conflict, e.to_string()),
+    }
+}
+
+async fn approve(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let who = approver(&state, &call, &headers).await?;
+    let body: ApproveBody = if body.is_empty() {
+        ApproveBody::default()
+    } else {
+        parse_json(&call, &body)?
+    };
+    let desk = state.gateway.approvals();
+    let ticket = desk.get(&id).ok_or_else(|| {
+        call.error(
+            ErrorCode::NotFound,
+            format!("no live approval ticket `{id}`"),
+        )
+    })?;
+    let grant = match body.ttl_seconds {
+        None => None,
+        Some(ttl) if ttl == 0 || ttl > MAX_GRANT => {
+            return Err(call.error(
+                ErrorCode::BadRequest,
+                format!("ttl_seconds must be between 1 and {MAX_GRANT}"),
+            ));
+        }
+        Some(ttl) => {
+            let now = now_ms();
+            Some(GrantRow {
+                id: hex::encode(rand::random::<[u8; 8]>()),
+                kind: "grant".into(),
+                reason: String::new(),
+                agent: ticket.binding.agent.clone(),
+                action: ticket.binding.action.clone(),
+                resource: ticket.binding.resource.clone(),
+                created_ms: now,
+                expires_ms: now + ttl as i64 * 1000,
+                created_by: who.clone(),
+                ticket: Some(ticket.id.clone()),
+                revoked_ms: None,
+            })
+        }
+    };
+    let decided = desk
+        .decide(&id, true, &who, grant.as_ref().map(|g| g.id.clone()))
+        .map_err(|e| decide_error(&call, e))?;
+    record(&state, &call, "approval.approve", &who, &decided.id);
+    if let Some(grant) = &grant {
+        state
+            .store
+            .add_grant(grant)
+            .await
+            .map_err(|e| call.store_error(e))?;
+        state.gateway.reload().await.map_err(|e| call.internal(e))?;
+        record(&state, &call, "grant.create", &who, &decided.id);
+        tracing::info!(grant = %grant.id, agent = %grant.agent, action = %grant.action, route = %grant.resource, by = %who, "grant created");
+    }
+    tracing::info!(ticket = %decided.id, by = %who, "approval granted");
+    Ok(json(StatusCode::OK, &decided.to_json()))
+}
+
+async fn deny(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = approver(&state, &call, &headers).await?;
+    let decided = state
+        .gateway
+        .approvals()
+        .decide(&id, false, &who, None)
+        .map_err(|e| decide_error(&call, e))?;
+    record(&state, &call, "approval.deny", &who, &decided.id);
+    tracing::info!(ticket = %decided.id, by = %who, "approval denied");
+    Ok(json(StatusCode::OK, &decided.to_json()))
+}
+
+fn record(state: &AdminState, call: &Call, action: &str, who: &str, ticket: &str) {
+    let mut record = call.record(
+        action,
+        &format!("approval:{ticket}"),
+        Outcome::Allow,
+        200,
+        None,
+    );
+    record.principal = Some(who.to_string());
+    record.approval_ticket = Some(ticket.to_string());
+    state.sink.submit(record);
+}
+
+fn grant_json(g: &GrantRow) -> serde_json::Value {
+    let prefix = if g.kind == "breakglass" {
+        portcullis_policy::BREAKGLASS_PREFIX
+    } else {
+        portcullis_policy::GRANT_PREFIX
+    };
+    serde_json::json!({
+        "id": g.id,
+        "kind": g.kind,
+        "reason": g.reason,
+        "policy_id": format!("{prefix}{}", g.id),
+        "agent": g.agent,
+        "action": g.action,
+        "resource": g.resource,
+        "created_ms": g.created_ms,
+        "expires_ms": g.expires_ms,
+        "created_by": g.created_by,
+        "ticket": g.ticket,
+    })
+}
+
+async fn list_grants(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+) -> Result<Response, ApiError> {
+    let grants = state
+        .store
+        .live_grants(now_ms())
+        .await
+        .map_err(|e| call.store_error(e))?;
+    let grants: Vec<serde_json::Value> = grants.iter().map(grant_json).collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "grants": grants }),
+    ))
+}
+
+async fn revoke_grant(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let who = approver(&state, &call, &headers).await?;
+    state
+        .store
+        .revoke_grant(&id, now_ms())
+        .await
+        .map_err(|e| call.store_error(e))?;
+    // In force once the reload returns: the grant's policy is gone.
+    state.gateway.reload().await.map_err(|e| call.internal(e))?;
+    let mut record = call.record(
+        "grant.revoke",
+        &format!("grant:{id}"),
+        Outcome::Allow,
+        200,
+        None,
+    );
+    record.principal = Some(who);
+    state.sink.submit(record);
+    Ok(json(StatusCode::OK, &serde_json::json!({ "revoked": id })))
+}
+
+/// `POST /admin/v1/breakglass` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BreakGlassBody {
+    agent: String,
+    reason: String,
+    ttl_seconds: u64,
+    /// Exactly two distinct enrolled admins with a current code each.
+    approvers: Vec<ApproverCode>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ApproverCode {
+    user: String,
+    totp: String,
+}
+
+/// The longest break-glass.
+const MAX_BREAKGLASS: u64 = 4 * 3600;
+
+async fn open_breakglass(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let body: BreakGlassBody = parse_json(&call, &body)?;
+    let reason = body.reason.trim();
+    if reason.is_empty() || reason.len() > 500 {
+        return Err(call.error(
+            ErrorCode::BadRequest,
+            "a reason of 1 to 500 characters is required",
+        ));
+    }
+    if body.ttl_seconds == 0 || body.ttl_seconds > MAX_BREAKGLASS {
+        return Err(call.error(
+            ErrorCode::BadRequest,
+            format!("ttl_seconds must be between 1 and {MAX_BREAKGLASS}"),
+        ));
+    }
+    let [first, second] = &body.approvers[..] else {
+        return Err(call.error(
+            ErrorCode::MfaRequired,
+            "break-glass needs exactly two approvers, each with a TOTP code",
+        ));
+    };
+    if first.user == second.user {
+        return Err(call.error(
+            ErrorCode::MfaRequired,
+            "break-glass needs two distinct approvers",
+        ));
+    }
+    let mut names = Vec::new();
+    for a in [first, second] {
+        names.push(
+            crate::mfa::verify_totp(&state, &call, &a.user, a.totp.trim())
+                .await?
+                .user,
+        );
+    }
+    let live = state
+        .store
+        .agents()
+        .await
+        .map_err(|e| call.store_error(e))?
+        .into_iter()
+        .any(|a| a.name == body.agent && a.revoked_at.is_none());
+    if !live {
+        return Err(call.error(
+            ErrorCode::NotFound,
+            format!("`{}` does not exist or is revoked", body.agent),
+        ));
+    }
+    let now = now_ms();
+    let grant = GrantRow {
+        id: hex::encode(rand::random::<[u8; 8]>()),
+        kind: "breakglass".into(),
+        reason: reason
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect(),
+        agent: body.agent.clone(),
+        action: "*".into(),
+        resource: "*".into(),
+        created_ms: now,
+        expires_ms: now + body.ttl_seconds as i64 * 1000,
+        created_by: names.join("+"),
+        ticket: None,
+        revoked_ms: None,
+    };
+    state
+        .store
+        .add_grant(&grant)
+        .await
+        .map_err(|e| call.store_error(e))?;
+    state.gateway.reload().await.map_err(|e| call.internal(e))?;
+    let policy_id = format!("{}{}", portcullis_policy::BREAKGLASS_PREFIX, grant.id);
+    let mut record = call.record(
+        "breakglass.open",
+        &format!("agent:{}", grant.agent),
+        Outcome::Allow,
+        200,
+        None,
+    );
+    record.principal = Some(format!("admin:{}", grant.created_by));
+    record.breakglass = Some(policy_id.clone());
+    state.sink.submit(record);
+    // The alert: loud in the server log, and to the humans' webhook.
+    tracing::error!(agent = %grant.agent, grant = %policy_id, approvers = %grant.created_by, reason = %grant.reason, ttl_seconds = body.ttl_seconds, "BREAK-GLASS OPENED");
+    let view = grant_json(&grant);
+    state.gateway.approvals().announce(serde_json::json!({
+        "event": "breakglass.opened",
+        "grant": view,
+    }));
+    Ok(json(StatusCode::OK, &view))
+}

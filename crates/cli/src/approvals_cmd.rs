@@ -1,0 +1,245 @@
+//! `portcullis approvals …` and `portcullis grants …`: the human side of
+//! just-in-time access. Deciding is a sensitive admin action: once an admin
+//! has enrolled, it needs the global `--user NAME --totp CODE`.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Subcommand;
+use serde_json::{Value, json};
+
+use crate::AdminArgs;
+use crate::client::AdminClient;
+
+/// `portcullis approvals …`
+#[derive(Debug, Subcommand)]
+pub enum ApprovalsCommand {
+    /// Live tickets: who wants to do what, where, bound to which body.
+    List,
+    /// Approve a ticket: the exact call may proceed once (needs `--totp`).
+    Approve {
+        /// The ticket id.
+        id: String,
+        /// Instead of one call, grant the agent this action on this route for
+        /// this long (`15m`, `2h`; at most 24h).
+        #[arg(long, value_parser = crate::commands::parse_ttl)]
+        ttl: Option<Duration>,
+    },
+    /// Deny a ticket (needs `--totp`).
+    Deny {
+        /// The ticket id.
+        id: String,
+    },
+}
+
+/// `portcullis grants …`
+#[derive(Debug, Subcommand)]
+pub enum GrantsCommand {
+    /// Live time-boxed grants.
+    List,
+    /// End a grant now (needs `--totp`).
+    Revoke {
+        /// The grant id.
+        id: String,
+    },
+}
+
+fn when(ms: &Value) -> String {
+    let ms = ms.as_i64().unwrap_or_default();
+    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
+    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_default()
+}
+
+fn text(v: &Value) -> &str {
+    v.as_str().unwrap_or("-")
+}
+
+/// Runs an approvals command.
+pub async fn approvals(command: ApprovalsCommand, admin: AdminArgs) -> Result<()> {
+    let client = AdminClient::from_args(&admin)?;
+    match command {
+        ApprovalsCommand::List => {
+            let list = client.get("/approvals").await?;
+            println!(
+                "{:<32}  {:<8}  {:<16} {:<12} {:<6} {:<30} {:<14} EXPIRES (UTC)",
+                "TICKET", "STATUS", "AGENT", "FOR USER", "ACTION", "ROUTE PATH", "BODY SHA-256"
+            );
+            for t in list["approvals"].as_array().into_iter().flatten() {
+                println!(
+                    "{:<32}  {:<8}  {:<16} {:<12} {:<6} {:<30} {:<14} {}",
+                    text(&t["id"]),
+                    text(&t["status"]),
+                    text(&t["agent"]),
+                    text(&t["delegated_user"]),
+                    text(&t["action"]),
+                    format!("{} {}", text(&t["resource"]), text(&t["path"])),
+                    text(&t["body_sha256"]).chars().take(12).collect::<String>(),
+                    when(&t["expires_ms"]),
+                );
+                println!(
+                    "{:<34}why: policy `{}` (version {}) asks for approval",
+                    "",
+                    text(&t["policy_id"]),
+                    t["policy_version"]
+                );
+            }
+        }
+        ApprovalsCommand::Approve { id, ttl } => {
+            let body = match ttl {
+                Some(ttl) => json!({ "ttl_seconds": ttl.as_secs() }),
+                None => json!({}),
+            };
+            let t = client
+                .post(&format!("/approvals/{id}/approve"), &body)
+                .await
+                .context("approve")?;
+            match t["grant_id"].as_str() {
+                Some(grant) => println!(
+                    "approved {id}; grant {grant}: {} may {} on {} until {} UTC",
+                    text(&t["agent"]),
+                    text(&t["action"]),
+                    text(&t["resource"]),
+                    ttl.map(|d| {
+                        let until = std::time::SystemTime::now() + d;
+                        let ms = until
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap_or_default()
+                            .as_millis() as i64;
+                        when(&json!(ms))
+                    })
+                    .unwrap_or_default()
+                ),
+                None => println!(
+                    "approved {id}: {} may make this call once, until {} UTC",
+                    text(&t["agent"]),
+                    when(&t["expires_ms"])
+                ),
+            }
+        }
+        ApprovalsCommand::Deny { id } => {
+            client
+                .post(&format!("/approvals/{id}/deny"), &json!({}))
+                .await?;
+            println!("denied {id}");
+        }
+    }
+    Ok(())
+}
+
+/// Runs a grants command.
+pub async fn grants(command: GrantsCommand, admin: AdminArgs) -> Result<()> {
+    let client = AdminClient::from_args(&admin)?;
+    match command {
+        GrantsCommand::List => {
+            let list = client.get("/grants").await?;
+            println!(
+                "{:<18} {:<10} {:<16} {:<6} {:<16} {:<20} {:<12} TICKET / REASON",
+                "GRANT", "KIND", "AGENT", "ACTION", "ROUTE", "EXPIRES (UTC)", "BY"
+            );
+            for g in list["grants"].as_array().into_iter().flatten() {
+                let why = match g["ticket"].as_str() {
+                    Some(ticket) => ticket.to_string(),
+                    None => text(&g["reason"]).to_string(),
+                };
+                println!(
+                    "{:<18} {:<10} {:<16} {:<6} {:<16} {:<20} {:<12} {}",
+                    text(&g["id"]),
+                    text(&g["kind"]),
+                    text(&g["agent"]),
+                    text(&g["action"]),
+                    text(&g["resource"]),
+                    when(&g["expires_ms"]),
+                    text(&g["created_by"]),
+                    why
+                );
+            }
+        }
+        GrantsCommand::Revoke { id } => {
+            client
+                .post(&format!("/grants/{id}/revoke"), &json!({}))
+                .await?;
+            println!("revoked grant {id}");
+        }
+    }
+    Ok(())
+}
+
+/// `portcullis breakglass …`
+#[derive(Debug, Subcommand)]
+pub enum BreakGlassCommand {
+    /// Let one agent do everything on every route for a while (forbid
+    /// policies still apply). Needs two distinct admins' current TOTP codes;
+    /// alerts, and marks every request made under it in the audit log.
+    Open {
+        /// The agent.
+        #[arg(long)]
+        agent: String,
+        /// Why (kept with the grant).
+        #[arg(long)]
+        reason: String,
+        /// How long (`30m`; at most 4h).
+        #[arg(long, value_parser = crate::commands::parse_ttl)]
+        ttl: Duration,
+        /// An approver and their current code, `NAME:CODE`; given twice.
+        #[arg(long = "approver", value_name = "NAME:CODE")]
+        approvers: Vec<String>,
+    },
+    /// End a break-glass now (as `grants revoke ID`; needs `--totp`).
+    Close {
+        /// The grant id.
+        id: String,
+    },
+}
+
+/// Runs a break-glass command.
+pub async fn breakglass(command: BreakGlassCommand, admin: AdminArgs) -> Result<()> {
+    let client = AdminClient::from_args(&admin)?;
+    match command {
+        BreakGlassCommand::Open {
+            agent,
+            reason,
+            ttl,
+            approvers,
+        } => {
+            let approvers: Vec<Value> = approvers
+                .iter()
+                .map(|a| {
+                    let (user, code) = a.split_once(':').context("--approver takes NAME:CODE")?;
+                    Ok(json!({ "user": user, "totp": code }))
+                })
+                .collect::<Result<_>>()?;
+            let g = client
+                .post(
+                    "/breakglass",
+                    &json!({
+                        "agent": agent,
+                        "reason": reason,
+                        "ttl_seconds": ttl.as_secs(),
+                        "approvers": approvers,
+                    }),
+                )
+                .await?;
+            println!(
+                "BREAK-GLASS {} open: {} may do anything on every route until {} UTC (approved by {})",
+                text(&g["policy_id"]),
+                text(&g["agent"]),
+                when(&g["expires_ms"]),
+                text(&g["created_by"])
+            );
+            println!(
+                "close it early with `portcullis breakglass close {}`",
+                text(&g["id"])
+            );
+        }
+        BreakGlassCommand::Close { id } => {
+            client
+                .post(&format!("/grants/{id}/revoke"), &json!({}))
+                .await?;
+            println!("break-glass {id} closed");
+        }
+    }
+    Ok(())
+}

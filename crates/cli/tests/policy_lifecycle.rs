@@ -1,0 +1,992 @@
+//! End-to-end tests of the policy lifecycle against the real binary: versions
+//! pushed, listed, diffed and rolled back through the CLI; decisions switching
+//! with the active version and naming it in the audit record; a watched
+//! directory hot-reloaded, with invalid changes refused.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Server, client, request_id};
+
+/// The quickstart's routes and seeded policies, on ephemeral ports (the
+/// built-in quickstart listens on fixed ports, which parallel tests share).
+fn quickstart() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let route = |name: &str, class: &str| {
+        format!(
+            "[[routes]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\nupstream = \"builtin:demo\"\nclassification = \"{class}\"\n"
+        )
+    };
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{}{}",
+            route("demo", "public"),
+            route("payroll", "confidential"),
+        ),
+    )
+    .unwrap();
+    Server::start(dir, Some(&config))
+}
+
+/// Writes a policy directory: the shipped schema plus `files`.
+fn policy_dir(dir: &Path, files: &[(&str, &str)]) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("schema.cedarschema"),
+        portcullis_policy::DEFAULT_SCHEMA,
+    )
+    .unwrap();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "cedar") {
+            std::fs::remove_file(path).unwrap();
+        }
+    }
+    for (name, text) in files {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}
+
+const WRITERS_ONLY: &str = "@id(\"writers-write-public\")\npermit (principal in Role::\"writer\", action in Action::\"write\", resource)\nwhen { resource.classification == \"public\" };\n";
+
+fn ok(output: &std::process::Output) -> String {
+    assert!(
+        output.status.success(),
+        "stdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout.clone()).unwrap()
+}
+
+/// GETs `/demo/x` as the client; returns (status, the audit record).
+async fn get_demo(server: &Server, http: &reqwest::Client) -> (u16, Value) {
+    let response = http.get(server.url("/demo/x")).send().await.unwrap();
+    let status = response.status().as_u16();
+    let id = request_id(&response);
+    drop(response.bytes().await);
+    (status, server.audit_record(&id))
+}
+
+fn admin_records(server: &Server, action: &str) -> Vec<Value> {
+    server
+        .audit(500)
+        .into_iter()
+        .filter(|r| r["action"] == action)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_list_diff_rollback_and_restart() {
+    support::install_crypto();
+    let server = quickstart();
+    let (cert, key) = server.create_agent("reader-bot", &["reader"]);
+    let http = client(&server.ca_pem(), Some((&cert, &key)));
+
+    // First start: the quickstart directory is version 1, and decides.
+    let (status, record) = get_demo(&server, &http).await;
+    assert_eq!((status, record["policy_version"].as_u64()), (200, Some(1)));
+    assert_eq!(record["policies"][0], "readers-read-low");
+
+    // Push a set without the readers' permit: version 2, active at once.
+    let next = server.path().join("next");
+    policy_dir(&next, &[("main.cedar", WRITERS_ONLY)]);
+    let out = ok(&server.cli(&[
+        "policy",
+        "push",
+        next.to_str().unwrap(),
+        "-m",
+        "drop reader access",
+        "--author",
+        "alice",
+    ]));
+    assert!(out.contains("pushed version 2"), "{out}");
+    let (status, record) = get_demo(&server, &http).await;
+    assert_eq!((status, record["policy_version"].as_u64()), (403, Some(2)));
+    assert_eq!(record["policies"][0], "default-deny");
+
+    // The same content again changes nothing.
+    let out = ok(&server.cli(&["policy", "push", next.to_str().unwrap()]));
+    assert!(out.contains("unchanged"), "{out}");
+
+    let list = ok(&server.cli(&["policy", "list"]));
+    let active: Vec<&str> = list.lines().filter(|l| l.starts_with('*')).collect();
+    assert_eq!(active.len(), 1, "{list}");
+    assert!(
+        active[0].contains("alice") && active[0].contains("drop reader access"),
+        "{list}"
+    );
+    assert!(list.lines().any(|l| l.starts_with("  1 ")), "{list}");
+
+    let diff = ok(&server.cli(&["policy", "diff", "1", "2"]));
+    assert!(diff.contains("--- v1/quickstart.cedar"), "{diff}");
+    assert!(diff.contains("+++ v2/quickstart.cedar (absent)"), "{diff}");
+    assert!(diff.contains("-@id(\"readers-read-low\")"), "{diff}");
+    assert!(diff.contains("+++ v2/main.cedar"), "{diff}");
+
+    // An unknown annotation is refused by the CLI before anything is sent…
+    let bad = server.path().join("bad");
+    policy_dir(
+        &bad,
+        &[(
+            "a.cedar",
+            "@id(\"x\") @obligaton(\"approval\") permit(principal, action, resource);",
+        )],
+    );
+    let out = server.cli(&["policy", "push", bad.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown annotation `@obligaton`"));
+    // …and by the server when pushed directly; the running version stays.
+    let admin = client(&server.ca_pem(), None);
+    let mut files = std::collections::BTreeMap::new();
+    files.insert(
+        "schema.cedarschema",
+        portcullis_policy::DEFAULT_SCHEMA.to_string(),
+    );
+    files.insert(
+        "a.cedar",
+        "@id(\"x\") @obligaton(\"approval\") permit(principal, action, resource);".into(),
+    );
+    let response = admin
+        .post(format!("https://{}/admin/v1/policies", server.admin))
+        .bearer_auth(server.admin_token())
+        .json(&serde_json::json!({ "files": files, "message": "typo" }))
+        .send()
+        .await
+        .unwrap();
+    let (status, error) = support::error_of(response).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (400, Some("invalid_policy"))
+    );
+    assert!(
+        error["message"].as_str().unwrap().contains("@obligaton"),
+        "{error}"
+    );
+    // A set that compiles but names a context field the gateway does not send
+    // is refused too (validated against the schema first).
+    files.insert(
+        "a.cedar",
+        "permit(principal, action, resource) when { context.nope };".into(),
+    );
+    let response = admin
+        .post(format!("https://{}/admin/v1/policies", server.admin))
+        .bearer_auth(server.admin_token())
+        .json(&serde_json::json!({ "files": files }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    let (status, record) = get_demo(&server, &http).await;
+    assert_eq!((status, record["policy_version"].as_u64()), (403, Some(2)));
+
+    // Roll back to the version before: readers read again.
+    let out = ok(&server.cli(&["policy", "rollback"]));
+    assert!(
+        out.contains("version 1 ") && out.contains("(was 2)"),
+        "{out}"
+    );
+    let (status, record) = get_demo(&server, &http).await;
+    assert_eq!((status, record["policy_version"].as_u64()), (200, Some(1)));
+
+    // Push and rollback are in the audit log with the version they installed.
+    let pushes = admin_records(&server, "policy.push");
+    assert!(
+        pushes
+            .iter()
+            .any(|r| r["policy_version"] == 2 && r["outcome"] == "allow"),
+        "{pushes:?}"
+    );
+    let rollbacks = admin_records(&server, "policy.rollback");
+    assert_eq!(rollbacks.len(), 1);
+    assert_eq!(rollbacks[0]["policy_version"], 1);
+    // The first start's own install is recorded as well.
+    assert!(
+        pushes
+            .iter()
+            .any(|r| r["principal"] == "serve" && r["policy_version"] == 1),
+        "{pushes:?}"
+    );
+
+    // The active version outlives a restart, though the directory still holds
+    // version 1: push version 3 (= 2's content), restart, still denied.
+    ok(&server.cli(&["policy", "push", next.to_str().unwrap(), "-m", "again"]));
+    let dir = server.into_dir();
+    let config = dir.path().join("portcullis.toml");
+    let server = Server::start(dir, Some(&config));
+    let (cert, key) = (
+        server.path().join("creds/reader-bot.crt"),
+        server.path().join("creds/reader-bot.key"),
+    );
+    let http = client(&server.ca_pem(), Some((&cert, &key)));
+    let (status, record) = get_demo(&server, &http).await;
+    assert_eq!((status, record["policy_version"].as_u64()), (403, Some(3)));
+
+    // Versions are immutable and stay listed; a missing one is a clean error.
+    let list = ok(&server.cli(&["policy", "list"]));
+    assert_eq!(list.lines().count(), 4, "{list}");
+    let out = server.cli(&["policy", "rollback", "9"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not_found"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_watched_directory_is_hot_reloaded_and_bad_changes_are_refused() {
+    support::install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    policy_dir(
+        &policies,
+        &[("main.cedar", portcullis_policy::DEFAULT_POLICIES)],
+    );
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+             [policy]\ndir = \"{}\"\nwatch = true\n\
+             [[routes]]\nname = \"demo\"\npath_prefix = \"/demo\"\nupstream = \"builtin:demo\"\nclassification = \"public\"\n",
+            policies.display()
+        ),
+    )
+    .unwrap();
+    let server = Server::start(dir, Some(&config));
+    let (cert, key) = server.create_agent("reader-bot", &["reader"]);
+    let http = client(&server.ca_pem(), Some((&cert, &key)));
+    let (status, record) = get_demo(&server, &http).await;
+    assert_eq!((status, record["policy_version"].as_u64()), (200, Some(1)));
+
+    // Waits (bounded) until GET /demo is decided by `version`.
+    async fn until_version(server: &Server, http: &reqwest::Client, version: u64) -> (u16, Value) {
+        for _ in 0..100 {
+            let (status, record) = get_demo(server, http).await;
+            if record["policy_version"] == version {
+                return (status, record);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!("version {version} was never installed");
+    }
+
+    policy_dir(&policies, &[("main.cedar", WRITERS_ONLY)]);
+    let (status, _) = until_version(&server, &http, 2).await;
+    assert_eq!(status, 403);
+
+    // A broken edit is refused: logged, audited, and version 2 keeps deciding.
+    std::fs::write(
+        policies.join("broken.cedar"),
+        "permit(principal, action, resource) when {",
+    )
+    .unwrap();
+    let mut refused = false;
+    for _ in 0..100 {
+        if server
+            .stderr
+            .lock()
+            .unwrap()
+            .contains("policy directory change refused")
+        {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "{}", server.stderr.lock().unwrap());
+    let (status, record) = get_demo(&server, &http).await;
+    assert_eq!((status, record["policy_version"].as_u64()), (403, Some(2)));
+    let refusals: Vec<Value> = admin_records(&server, "policy.push")
+        .into_iter()
+        .filter(|r| r["outcome"] == "deny")
+        .collect();
+    assert_eq!(refusals.len(), 1, "{refusals:?}");
+    assert_eq!(refusals[0]["error_code"], "invalid_policy");
+
+    // Fixing it installs the next version.
+    std::fs::remove_file(policies.join("broken.cedar")).unwrap();
+    policy_dir(
+        &policies,
+        &[("main.cedar", portcullis_policy::DEFAULT_POLICIES)],
+    );
+    let (status, _) = until_version(&server, &http, 3).await;
+    assert_eq!(status, 200);
+    let watched: Vec<Value> = admin_records(&server, "policy.push")
+        .into_iter()
+        .filter(|r| r["principal"] == "policy-watch" && r["outcome"] == "allow")
+        .collect();
+    assert_eq!(watched.len(), 3, "{watched:?}");
+}
+
+#[test]
+fn example_policies_pass_their_tests_and_failures_exit_non_zero() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/policies");
+    // The examples use the shipped schema, kept identical.
+    assert_eq!(
+        std::fs::read_to_string(examples.join("schema.cedarschema")).unwrap(),
+        portcullis_policy::DEFAULT_SCHEMA
+    );
+    let mut files = 0;
+    for entry in std::fs::read_dir(&examples).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.to_string_lossy().ends_with(".test.yaml") {
+            continue;
+        }
+        files += 1;
+        let out = std::process::Command::new(support::BIN)
+            .args(["policy", "test"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        let text = ok(&out);
+        assert!(
+            text.contains("test result: ok.") && !text.contains("FAILED"),
+            "{text}"
+        );
+    }
+    assert_eq!(files, 4, "one case file per example policy");
+
+    // A wrong expectation fails like a test runner: the case, why, non-zero exit.
+    let dir = tempfile::tempdir().unwrap();
+    let cases = dir.path().join("wrong.test.yaml");
+    std::fs::write(
+        &cases,
+        format!(
+            "policies: {}\nagents: [{{ name: bot, roles: [support] }}]\nroutes: [{{ name: kb, classification: public }}]\n\
+             cases:\n  - name: saturday\n    principal: bot\n    action: GET\n    resource: kb\n    \
+             context: {{ time: \"2026-11-28T11:00:00Z\" }}\n    expect: allow\n  \
+             - name: typo in context\n    principal: bot\n    action: GET\n    resource: kb\n    \
+             context: {{ sorce_ip: 10.0.0.1 }}\n    expect: deny\n",
+            examples.display()
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::BIN)
+        .args(["policy", "test"])
+        .arg(&cases)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    // An unknown context key is refused when the file is read, not ignored.
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("sorce_ip"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::write(
+        &cases,
+        std::fs::read_to_string(&cases)
+            .unwrap()
+            .replace("sorce_ip", "source_ip"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(support::BIN)
+        .args(["policy", "test"])
+        .arg(&cases)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("case 1 saturday ... FAILED"), "{stdout}");
+    assert!(
+        stdout.contains("expected allow, got deny [default-deny]"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("case 2 typo in context ... ok"), "{stdout}");
+    assert!(
+        stdout.contains("test result: FAILED. 1 passed; 1 failed"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn explain_names_deciding_policies_and_failed_conditions() {
+    support::install_crypto();
+    let server = quickstart();
+    server.create_agent("reader-bot", &["reader"]);
+    let out = ok(&server.cli(&[
+        "policy",
+        "explain",
+        "--agent",
+        "reader-bot",
+        "--action",
+        "GET",
+        "--resource",
+        "payroll",
+    ]));
+    assert!(out.contains("decision: deny (policy version 1)"), "{out}");
+    assert!(out.contains("deciding: default-deny"), "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("readers-read-low"))
+        .unwrap();
+    assert!(line.contains("not satisfied"), "{out}");
+    assert!(
+        out.contains("failed: when { resource.classification_level <= 1 }"),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("writers-write-public") && l.contains("out of scope")),
+        "{out}"
+    );
+
+    let out = ok(&server.cli(&[
+        "policy",
+        "explain",
+        "--agent",
+        "reader-bot",
+        "--action",
+        "DELETE",
+        "--resource",
+        "demo",
+        "--context",
+        r#"{"source_ip":"10.1.2.3"}"#,
+    ]));
+    assert!(out.contains("deciding: no-remote-delete"), "{out}");
+    assert!(
+        out.lines().any(|l| l.contains("no-remote-delete")
+            && l.trim_end().ends_with(" satisfied")
+            && !l.contains("not")),
+        "{out}"
+    );
+    // A bad context is a clean client error.
+    let out = server.cli(&[
+        "policy",
+        "explain",
+        "--agent",
+        "reader-bot",
+        "--action",
+        "GET",
+        "--resource",
+        "demo",
+        "--context",
+        r#"{"risk":7}"#,
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("bad_request"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const OBLIGATIONS: &str = r#"
+@id("read-demo") @rate("3/m")
+permit (principal in Role::"reader", action == Action::"GET", resource == Route::"demo");
+
+@id("transfers") @obligation("approval")
+permit (principal in Role::"payer", action == Action::"POST", resource == Route::"bank");
+
+@id("docs-redacted") @obligation("redact")
+permit (principal in Role::"reader", action == Action::"GET", resource == Route::"docs");
+
+@id("bank-reads") @obligation("mfa")
+permit (principal in Role::"payer", action == Action::"GET", resource == Route::"bank");
+"#;
+
+fn obligations_server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    policy_dir(&policies, &[("main.cedar", OBLIGATIONS)]);
+    let route = |name: &str, class: &str| {
+        format!(
+            "[[routes]]\nname = \"{name}\"\npath_prefix = \"/{name}\"\nupstream = \"builtin:demo\"\nclassification = \"{class}\"\n"
+        )
+    };
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[policy]\ndir = \"{}\"\n{}{}{}",
+            policies.display(),
+            route("demo", "public"),
+            route("docs", "public"),
+            route("bank", "confidential"),
+        ),
+    )
+    .unwrap();
+    Server::start(dir, Some(&config))
+}
+
+/// POSTs a transfer; returns (status, error JSON or body, request id).
+async fn transfer(
+    server: &Server,
+    http: &reqwest::Client,
+    body: &str,
+    wait: Option<u64>,
+) -> (u16, Value, String) {
+    let mut request = http
+        .post(server.url("/bank/transfer"))
+        .body(body.to_string());
+    if let Some(wait) = wait {
+        request = request.header("prefer", format!("wait={wait}"));
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let id = request_id(&response);
+    let json: Value = response.json().await.unwrap_or(Value::Null);
+    (status, json, id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn obligations_rate_mfa_redact_and_approvals_bound_to_the_call() {
+    support::install_crypto();
+    let server = obligations_server();
+    let (cert, key) = server.create_agent("reader-bot", &["reader"]);
+    let reader = client(&server.ca_pem(), Some((&cert, &key)));
+    let (cert, key) = server.create_agent("pay-bot", &["payer"]);
+    let payer = client(&server.ca_pem(), Some((&cert, &key)));
+
+    // @rate("3/m"): three, then 429 with Retry-After, naming the policy.
+    for _ in 0..3 {
+        let r = reader.get(server.url("/demo/x")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = reader.get(server.url("/demo/x")).send().await.unwrap();
+    let retry: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    let (status, error) = support::error_of(r).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (429, Some("rate_limited"))
+    );
+    assert_eq!(error["policies"][0], "read-demo");
+
+    // @obligation("redact"): the route has no DLP of its own, the policy turns it on.
+    let r = reader
+        .get(server.url("/docs/page?contact=alice.smith@example.com"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    assert!(
+        !text.contains("alice.smith@example.com") && text.contains("[REDACTED_EMAIL"),
+        "{text}"
+    );
+
+    // @obligation("mfa"): a certificate alone acts for no user with MFA.
+    let r = payer.get(server.url("/bank/balance")).send().await.unwrap();
+    let (status, error) = support::error_of(r).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (403, Some("user_mfa_required"))
+    );
+
+    // @obligation("approval"): a ticket bound to this exact call.
+    let (status, error, id) = transfer(&server, &payer, r#"{"amount":100}"#, None).await;
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (403, Some("approval_required"))
+    );
+    let t1 = error["error"]["ticket"].as_str().unwrap().to_string();
+    let record = server.audit_record(&id);
+    assert_eq!(
+        (
+            record["outcome"].as_str(),
+            record["approval_ticket"].as_str()
+        ),
+        (Some("deny"), Some(t1.as_str()))
+    );
+    let list = ok(&server.cli(&["approvals", "list"]));
+    let line = list
+        .lines()
+        .find(|l| l.starts_with(&t1))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(
+        line.contains("pending") && line.contains("pay-bot") && line.contains("/bank/transfer"),
+        "{list}"
+    );
+    assert!(list.contains("policy `transfers` (version 1)"), "{list}");
+    // No admin has enrolled yet: the admin token alone decides.
+    let out = ok(&server.cli(&["approvals", "approve", &t1]));
+    assert!(out.contains("once"), "{out}");
+
+    // The approved call goes through, once.
+    let (status, body, id) = transfer(&server, &payer, r#"{"amount":100}"#, None).await;
+    assert_eq!(status, 200, "{body}");
+    let record = server.audit_record(&id);
+    assert_eq!(
+        (
+            record["outcome"].as_str(),
+            record["approval_ticket"].as_str()
+        ),
+        (Some("allow"), Some(t1.as_str()))
+    );
+    let (status, error, _) = transfer(&server, &payer, r#"{"amount":100}"#, None).await;
+    assert_eq!(status, 403);
+    let t2 = error["error"]["ticket"].as_str().unwrap().to_string();
+    assert_ne!(t2, t1, "an approval is single use");
+    // A different amount is a different call: its own ticket, which can be denied.
+    let (_, error, _) = transfer(&server, &payer, r#"{"amount":100000}"#, None).await;
+    let t3 = error["error"]["ticket"].as_str().unwrap().to_string();
+    assert!(t3 != t2 && t3 != t1);
+    ok(&server.cli(&["approvals", "deny", &t3]));
+    let (status, error, _) = transfer(&server, &payer, r#"{"amount":100000}"#, None).await;
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (403, Some("approval_denied"))
+    );
+
+    // Prefer: wait=N holds the call until a human decides.
+    let held = {
+        let payer = payer.clone();
+        let url = server.url("/bank/transfer");
+        tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            let r = payer
+                .post(url)
+                .header("prefer", "wait=30")
+                .body(r#"{"amount":5}"#)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), started.elapsed())
+        })
+    };
+    let mut t5 = None;
+    for _ in 0..100 {
+        let list = ok(&server.cli(&["approvals", "list"]));
+        let pending: Vec<&str> = list
+            .lines()
+            .filter(|l| l.contains("pending"))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|id| *id != t2)
+            .collect();
+        if let [id] = pending[..] {
+            t5 = Some(id.to_string());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let t5 = t5.expect("the held call's ticket never appeared");
+    ok(&server.cli(&["approvals", "approve", &t5]));
+    let (status, elapsed) = held.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(elapsed < Duration::from_secs(25), "{elapsed:?}");
+
+    // --ttl grants the agent the action on the route for a while: any body.
+    let (_, error, _) = transfer(&server, &payer, r#"{"amount":7}"#, None).await;
+    let t6 = error["error"]["ticket"].as_str().unwrap().to_string();
+    let out = ok(&server.cli(&["approvals", "approve", &t6, "--ttl", "10m"]));
+    assert!(out.contains("grant"), "{out}");
+    let (status, _, id) = transfer(&server, &payer, r#"{"amount":8}"#, None).await;
+    assert_eq!(status, 200);
+    let record = server.audit_record(&id);
+    let policies: Vec<&str> = record["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(
+        policies.iter().any(|p| p.starts_with("grant:")),
+        "{policies:?}"
+    );
+    let grants = ok(&server.cli(&["grants", "list"]));
+    let grant = grants
+        .lines()
+        .nth(1)
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_string();
+    assert!(
+        grants.contains("pay-bot") && grants.contains(&t6),
+        "{grants}"
+    );
+    ok(&server.cli(&["grants", "revoke", &grant]));
+    let (status, error, _) = transfer(&server, &payer, r#"{"amount":9}"#, None).await;
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (403, Some("approval_required"))
+    );
+
+    // Every decision is in the audit log, with the approver (the writer
+    // commits in batches: wait, bounded, for each).
+    for action in [
+        "grant.revoke",
+        "approval.approve",
+        "approval.deny",
+        "grant.create",
+    ] {
+        let mut found = Vec::new();
+        for _ in 0..100 {
+            found = admin_records(&server, action);
+            if !found.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(!found.is_empty(), "no {action} record");
+        assert_eq!(found[0]["principal"], "admin", "{:?}", found[0]);
+    }
+
+    // Once an admin has enrolled, deciding needs that admin's fresh TOTP code,
+    // and the record names the admin.
+    let out = ok(&server.cli(&["admin", "user", "add", "alice"]));
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("TOTP secret (shown once; add it to an authenticator app): "))
+        .unwrap();
+    let secret = portcullis_identity::TotpSecret::from_base32(secret).unwrap();
+    let (_, error, _) = transfer(&server, &payer, r#"{"amount":11}"#, None).await;
+    let t7 = error["error"]["ticket"].as_str().unwrap().to_string();
+    let out = server.cli(&["approvals", "approve", &t7]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("mfa_required"));
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    while now() % 30 > 22 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let code = secret.code_at(now());
+    ok(&server.cli(&[
+        "approvals",
+        "approve",
+        &t7,
+        "--user",
+        "alice",
+        "--totp",
+        &code,
+    ]));
+    let (status, _, _) = transfer(&server, &payer, r#"{"amount":11}"#, None).await;
+    assert_eq!(status, 200);
+    let mut by_alice = None;
+    for _ in 0..100 {
+        by_alice = admin_records(&server, "approval.approve")
+            .into_iter()
+            .find(|r| r["approval_ticket"] == t7.as_str());
+        if by_alice.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(by_alice.unwrap()["principal"], "admin:alice");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shadow_candidate_is_decided_alongside_and_its_disagreements_listed() {
+    support::install_crypto();
+    let server = quickstart();
+    let (cert, key) = server.create_agent("reader-bot", &["reader"]);
+    let http = client(&server.ca_pem(), Some((&cert, &key)));
+    let next = server.path().join("next");
+    policy_dir(&next, &[("main.cedar", WRITERS_ONLY)]);
+    let out = ok(&server.cli(&["policy", "push", next.to_str().unwrap(), "--shadow"]));
+    assert!(
+        out.contains("version 2") && out.contains("shadow candidate"),
+        "{out}"
+    );
+    let list = ok(&server.cli(&["policy", "list"]));
+    assert!(list.lines().any(|l| l.starts_with("s 2 ")), "{list}");
+
+    // Live traffic is still decided by version 1; the candidate would deny.
+    let (status, record) = get_demo(&server, &http).await;
+    assert_eq!((status, record["policy_version"].as_u64()), (200, Some(1)));
+    let denied_id = record["request_id"].as_str().unwrap().to_string();
+    // A request both deny is no disagreement.
+    let r = http.post(server.url("/payroll/x")).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let out = ok(&server.cli(&["policy", "shadow"]));
+    assert!(
+        out.contains("shadow: version 2 beside active version 1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("decided: 2  disagreements: 1 (allow -> deny 1, deny -> allow 0)"),
+        "{out}"
+    );
+    let line = out
+        .lines()
+        .find(|l| l.contains(&denied_id))
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(
+        line.contains("active allow [readers-read-low] -> shadow deny [default-deny]"),
+        "{out}"
+    );
+
+    // Promoting it is a rollback to its version; shadowing ends.
+    ok(&server.cli(&["policy", "rollback", "2"]));
+    let (status, record) = get_demo(&server, &http).await;
+    assert_eq!((status, record["policy_version"].as_u64()), (403, Some(2)));
+    let out = ok(&server.cli(&["policy", "shadow"]));
+    assert!(
+        out.contains("no shadow candidate (active: version 2)"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn break_glass_needs_two_admins_and_marks_every_request() {
+    support::install_crypto();
+    let server = quickstart();
+    let (cert, key) = server.create_agent("oncall-bot", &["oncall"]);
+    let http = client(&server.ca_pem(), Some((&cert, &key)));
+    let r = http.get(server.url("/payroll/x")).send().await.unwrap();
+    assert_eq!(r.status(), 403, "no policy lets the oncall role in");
+
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    // Alice's codes are used in step order (each step once): t-1 enrols Bob,
+    // t opens, t+1 closes; all inside the ±1 step window.
+    let secret_of = |out: &str| {
+        let secret = out
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("TOTP secret (shown once; add it to an authenticator app): ")
+            })
+            .unwrap();
+        portcullis_identity::TotpSecret::from_base32(secret).unwrap()
+    };
+    let alice = secret_of(&ok(&server.cli(&["admin", "user", "add", "alice"])));
+    while now() % 30 > 18 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let earlier = alice.code_at(now() - 30);
+    let bob = secret_of(&ok(&server.cli(&[
+        "admin", "user", "add", "bob", "--user", "alice", "--totp", &earlier,
+    ])));
+    let secrets = [alice, bob];
+    let (a, b) = (secrets[0].code_at(now()), secrets[1].code_at(now()));
+    let open = |approvers: &[String]| {
+        let mut args = vec![
+            "breakglass",
+            "open",
+            "--agent",
+            "oncall-bot",
+            "--reason",
+            "payroll outage INC-7",
+            "--ttl",
+            "30m",
+        ];
+        for approver in approvers {
+            args.push("--approver");
+            args.push(approver);
+        }
+        server.cli(&args)
+    };
+    // One approver, even twice, is not enough.
+    let out = open(&[format!("alice:{a}"), format!("alice:{a}")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("two distinct approvers"));
+    let out = open(&[format!("alice:{a}")]);
+    assert!(!out.status.success());
+    let out = ok(&open(&[format!("alice:{a}"), format!("bob:{b}")]));
+    assert!(out.contains("BREAK-GLASS breakglass:"), "{out}");
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("close it early with `portcullis breakglass close "))
+        .unwrap()
+        .trim_end_matches('`')
+        .to_string();
+    // The alert reaches the server log (read by a thread: wait, bounded).
+    let mut alerted = false;
+    for _ in 0..100 {
+        alerted = server.stderr.lock().unwrap().contains("BREAK-GLASS OPENED");
+        if alerted {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(alerted);
+
+    // Every request under it is allowed by it and marked.
+    let response = http.get(server.url("/payroll/x")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let record = server.audit_record(&request_id(&response));
+    let mark = format!("breakglass:{id}");
+    assert_eq!(record["breakglass"], mark.as_str());
+    assert_eq!(record["policies"][0], mark.as_str());
+    let opened = admin_records(&server, "breakglass.open");
+    assert_eq!(opened[0]["principal"], "admin:alice+bob");
+    assert_eq!(opened[0]["breakglass"], mark.as_str());
+    let grants = ok(&server.cli(&["grants", "list"]));
+    assert!(
+        grants.contains("breakglass") && grants.contains("payroll outage INC-7"),
+        "{grants}"
+    );
+
+    // Closing it (a sensitive action: a fresh code) ends it at once.
+    let next = secrets[0].code_at(now() + 30);
+    ok(&server.cli(&[
+        "breakglass",
+        "close",
+        &id,
+        "--user",
+        "alice",
+        "--totp",
+        &next,
+    ]));
+    let r = http.get(server.url("/payroll/x")).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn whatif_replays_recorded_traffic_under_a_candidate() {
+    support::install_crypto();
+    let server = quickstart();
+    let (cert, key) = server.create_agent("reader-bot", &["reader"]);
+    let http = client(&server.ca_pem(), Some((&cert, &key)));
+    let (_, first) = get_demo(&server, &http).await;
+    let (_, second) = get_demo(&server, &http).await;
+    // Denied now and under the candidate: not a change.
+    let r = http.post(server.url("/demo/x")).send().await.unwrap();
+    let unchanged = request_id(&r);
+    assert_eq!(r.status(), 403);
+    server.audit_record(&unchanged);
+
+    let candidate = server.path().join("candidate");
+    policy_dir(&candidate, &[("main.cedar", WRITERS_ONLY)]);
+    let out = ok(&server.cli(&[
+        "policy",
+        "whatif",
+        candidate.to_str().unwrap(),
+        "--since",
+        "1h",
+    ]));
+    for record in [&first, &second] {
+        let id = record["request_id"].as_str().unwrap();
+        let line = out
+            .lines()
+            .find(|l| l.contains(id))
+            .unwrap_or_else(|| panic!("{out}"));
+        assert!(
+            line.contains("reader-bot GET /demo/x: allow [readers-read-low] -> deny [default-deny] (recorded: allow)"),
+            "{out}"
+        );
+    }
+    assert!(!out.contains(&unchanged), "{out}");
+    assert!(
+        out.contains("replayed 3 requests against version 1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("2 would change (allow -> deny 2, deny -> allow 0)"),
+        "{out}"
+    );
+    // Nothing was installed.
+    let (status, record) = get_demo(&server, &http).await;
+    assert_eq!((status, record["policy_version"].as_u64()), (200, Some(1)));
+}

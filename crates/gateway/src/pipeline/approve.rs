@@ -1,0 +1,205 @@
+//! Approve: the obligations of the policies that allowed the request.
+//!
+//! Runs right after authorize allowed, and before inject, so nothing secret
+//! is touched for a call that still needs a human. In order, cheapest first:
+//!
+//! 1. `@rate("N/s|m|h")`: the agent's rate under each naming policy
+//!    (`rate_limited`, 429, with `Retry-After`).
+//! 2. `@obligation("mfa")`: the agent must act for a delegating user whose
+//!    token shows fresh MFA (`user_mfa_required`).
+//! 3. `@obligation("approval")`: the body is read (within the body limit)
+//!    and hashed, and the call must match an approved, unused ticket;
+//!    otherwise it gets one (`approval_required` with the ticket id), or with
+//!    `Prefer: wait=N` it is held until a human decides or N seconds pass.
+//! 4. `@obligation("redact")` is handed on: inspect_out redacts the response.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use portcullis_core::{Decision, ErrorCode};
+use portcullis_policy::Obligations;
+use sha2::{Digest as _, Sha256};
+
+use crate::approvals::{Approvals, CallBinding, Gate, Ticket};
+use crate::body::BodyMeter;
+use crate::pipeline::authenticate::Identity;
+use crate::pipeline::contextualize::RequestContext;
+use crate::pipeline::decode::{DecodedRequest, too_large};
+use crate::rate_limit::RateLimiter;
+use crate::respond::{Denial, DenialDetail};
+
+/// How long a client may take to send a body that must be hashed for approval.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the later stages must do.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Obliged {
+    /// Redact the response (`@obligation("redact")`).
+    pub redact: bool,
+}
+
+/// What the stage needs from the gateway.
+pub struct Desk<'a> {
+    /// Per-agent rates.
+    pub rates: &'a RateLimiter,
+    /// Approval tickets.
+    pub approvals: &'a Approvals,
+    /// The request body limit.
+    pub max_body_bytes: u64,
+}
+
+/// Runs the stage. `ticket` receives the approval ticket involved, even
+/// when the request is refused, for the audit record.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    desk: &Desk<'_>,
+    obligations: &Obligations,
+    decision: &Decision,
+    policy_version: u64,
+    identity: &Identity,
+    context: &RequestContext,
+    request: DecodedRequest,
+    meter: &Arc<BodyMeter>,
+    ticket: &mut Option<String>,
+) -> Result<(DecodedRequest, Obliged), Denial> {
+    let obliged = Obliged {
+        redact: obligations.redact,
+    };
+    for (policy, rate) in &obligations.rates {
+        if let Err(wait) = desk.rates.check(policy, &identity.agent, *rate) {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            return Err(Denial {
+                code: ErrorCode::RateLimited,
+                message: format!(
+                    "rate limit {rate} of policy `{policy}` exceeded; retry in {seconds} s"
+                ),
+                policies: vec![policy.clone()],
+                detail: Some(DenialDetail::RetryAfter(seconds.max(1))),
+            });
+        }
+    }
+    if obligations.mfa {
+        let fresh = identity.caller.delegation.is_some() && identity.caller.auth.mfa;
+        if !fresh {
+            return Err(Denial {
+                code: ErrorCode::UserMfaRequired,
+                message: "the deciding policy requires a delegating user with fresh MFA".into(),
+                policies: decision.policy_ids.clone(),
+                detail: None,
+            });
+        }
+    }
+    let mut request = request;
+    if obligations.redact {
+        // The redactor reads responses only as the upstream sends them plain.
+        request.parts.headers.remove(http::header::ACCEPT_ENCODING);
+    }
+    if !obligations.approval {
+        return Ok((request, obliged));
+    }
+
+    let wait = prefer_wait(&request.parts.headers);
+    let DecodedRequest { parts, body } = request;
+    let bytes = read_whole(body, desk.max_body_bytes, meter).await?;
+    let binding = CallBinding {
+        agent: identity.agent.clone(),
+        user: identity.caller.delegation.as_ref().map(|d| d.user.clone()),
+        action: context.action.as_str().to_string(),
+        resource: context.route.name.clone(),
+        path: context.path.clone(),
+        body_sha256: hex::encode(Sha256::digest(&bytes)),
+        policy_version,
+        policy_id: decision.policy_ids.first().cloned().unwrap_or_default(),
+    };
+    let mut gate = desk.approvals.gate(binding.clone());
+    if let (Gate::Pending(open, _), Some(wait)) = (&gate, wait) {
+        let id = open.id.clone();
+        gate = desk.approvals.wait(binding, &id, wait).await;
+    }
+    let refusal = |t: &Ticket, code, message: &str| Denial {
+        code,
+        message: message.to_string(),
+        policies: decision.policy_ids.clone(),
+        detail: Some(DenialDetail::Ticket {
+            id: t.id.clone(),
+            expires_ms: t.expires_ms,
+        }),
+    };
+    match gate {
+        Gate::Approved(t) => {
+            *ticket = Some(t.id);
+            let body = Full::new(bytes)
+                .map_err(|never| match never {})
+                .boxed_unsync();
+            Ok((DecodedRequest { parts, body }, obliged))
+        }
+        Gate::Pending(t, _) => {
+            *ticket = Some(t.id.clone());
+            Err(refusal(
+                &t,
+                ErrorCode::ApprovalRequired,
+                "this call needs a human's approval: `portcullis approvals approve <ticket>`, then send the same call again",
+            ))
+        }
+        Gate::Denied(t) => {
+            *ticket = Some(t.id.clone());
+            Err(refusal(
+                &t,
+                ErrorCode::ApprovalDenied,
+                "a human denied this call",
+            ))
+        }
+    }
+}
+
+/// `Prefer: wait=N` (RFC 7240), in seconds.
+fn prefer_wait(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
+        .get_all("prefer")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|p| p.trim().strip_prefix("wait="))
+        .find_map(|n| n.trim().parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+async fn read_whole(
+    body: crate::pipeline::decode::RequestBody,
+    limit: u64,
+    meter: &Arc<BodyMeter>,
+) -> Result<Bytes, Denial> {
+    match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(_)) if meter.exceeded.load(std::sync::atomic::Ordering::Relaxed) => {
+            Err(too_large(limit))
+        }
+        Ok(Err(_)) => Err(Denial::new(
+            ErrorCode::BadRequest,
+            "the request body could not be read",
+        )),
+        Err(_) => Err(Denial::new(
+            ErrorCode::BadRequest,
+            "the request body did not arrive in time",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefer_wait_is_read_from_any_prefer_header() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(prefer_wait(&h), None);
+        h.append("prefer", "respond-async, wait=10".parse().unwrap());
+        assert_eq!(prefer_wait(&h), Some(Duration::from_secs(10)));
+        let mut h = http::HeaderMap::new();
+        h.append("prefer", "return=minimal".parse().unwrap());
+        h.append("prefer", "wait=x".parse().unwrap());
+        assert_eq!(prefer_wait(&h), None);
+    }
+}

@@ -1,0 +1,254 @@
+//! Approval tickets and time-boxed grants (migration `0007_policy.sql`).
+//! The gateway keeps live tickets in memory and writes them here off the
+//! request path, so they survive a restart and can be listed and audited.
+
+use sqlx::Row;
+
+use crate::{Store, StoreError};
+
+/// One approval ticket as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApprovalRow {
+    /// The ticket id: 128 random bits, hex; also the approval's nonce.
+    pub id: String,
+    /// The agent that made the call.
+    pub agent: String,
+    /// The user the agent acted for, if delegated.
+    pub delegated_user: Option<String>,
+    /// The HTTP method.
+    pub action: String,
+    /// The route.
+    pub resource: String,
+    /// The request path.
+    pub path: String,
+    /// SHA-256 (hex) of the request body.
+    pub body_sha256: String,
+    /// The policy version that asked for approval.
+    pub policy_version: u64,
+    /// The policy that asked for approval.
+    pub policy_id: String,
+    /// Created, ms since the epoch.
+    pub created_ms: i64,
+    /// Lapses, ms since the epoch.
+    pub expires_ms: i64,
+    /// `pending`, `approved`, `denied`, `used` or `expired`.
+    pub status: String,
+    /// Who decided.
+    pub decided_by: Option<String>,
+    /// When, ms since the epoch.
+    pub decided_ms: Option<i64>,
+    /// The grant an approval with a TTL created.
+    pub grant_id: Option<String>,
+}
+
+/// One time-boxed grant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantRow {
+    /// The grant id (its policy id is `grant:<id>` or `breakglass:<id>`).
+    pub id: String,
+    /// `grant` or `breakglass`.
+    pub kind: String,
+    /// Why (break-glass), or empty.
+    pub reason: String,
+    /// The agent it permits.
+    pub agent: String,
+    /// The HTTP method it permits.
+    pub action: String,
+    /// The route it permits.
+    pub resource: String,
+    /// Created, ms since the epoch.
+    pub created_ms: i64,
+    /// Lapses, ms since the epoch.
+    pub expires_ms: i64,
+    /// Who granted it.
+    pub created_by: String,
+    /// The ticket it came from.
+    pub ticket: Option<String>,
+    /// Revoked, ms since the epoch.
+    pub revoked_ms: Option<i64>,
+}
+
+impl Store {
+    /// Inserts a ticket or replaces its mutable state (status, decision, expiry).
+    pub async fn put_approval(&self, t: &ApprovalRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO approvals (id, agent, delegated_user, action, resource, path, body_sha256,
+                 policy_version, policy_id, created_ms, expires_ms, status, decided_by, decided_ms, grant_id)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             ON CONFLICT(id) DO UPDATE SET expires_ms = excluded.expires_ms, status = excluded.status,
+                 decided_by = excluded.decided_by, decided_ms = excluded.decided_ms,
+                 grant_id = excluded.grant_id",
+        )
+        .bind(&t.id)
+        .bind(&t.agent)
+        .bind(&t.delegated_user)
+        .bind(&t.action)
+        .bind(&t.resource)
+        .bind(&t.path)
+        .bind(&t.body_sha256)
+        .bind(t.policy_version as i64)
+        .bind(&t.policy_id)
+        .bind(t.created_ms)
+        .bind(t.expires_ms)
+        .bind(&t.status)
+        .bind(&t.decided_by)
+        .bind(t.decided_ms)
+        .bind(&t.grant_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Tickets still pending or approved-and-unused that lapse after `now_ms`.
+    pub async fn live_approvals(&self, now_ms: i64) -> Result<Vec<ApprovalRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM approvals WHERE status IN ('pending', 'approved') AND expires_ms > ?
+             ORDER BY created_ms",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ApprovalRow {
+                    id: r.try_get("id")?,
+                    agent: r.try_get("agent")?,
+                    delegated_user: r.try_get("delegated_user")?,
+                    action: r.try_get("action")?,
+                    resource: r.try_get("resource")?,
+                    path: r.try_get("path")?,
+                    body_sha256: r.try_get("body_sha256")?,
+                    policy_version: r.try_get::<i64, _>("policy_version")? as u64,
+                    policy_id: r.try_get("policy_id")?,
+                    created_ms: r.try_get("created_ms")?,
+                    expires_ms: r.try_get("expires_ms")?,
+                    status: r.try_get("status")?,
+                    decided_by: r.try_get("decided_by")?,
+                    decided_ms: r.try_get("decided_ms")?,
+                    grant_id: r.try_get("grant_id")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores a new grant.
+    pub async fn add_grant(&self, g: &GrantRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO policy_grants (id, kind, reason, agent, action, resource, created_ms,
+                 expires_ms, created_by, ticket, revoked_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
+        )
+        .bind(&g.id)
+        .bind(&g.kind)
+        .bind(&g.reason)
+        .bind(&g.agent)
+        .bind(&g.action)
+        .bind(&g.resource)
+        .bind(g.created_ms)
+        .bind(g.expires_ms)
+        .bind(&g.created_by)
+        .bind(&g.ticket)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Grants neither revoked nor lapsed at `now_ms`, oldest first.
+    pub async fn live_grants(&self, now_ms: i64) -> Result<Vec<GrantRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM policy_grants WHERE revoked_ms IS NULL AND expires_ms > ?
+             ORDER BY created_ms, id",
+        )
+        .bind(now_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(GrantRow {
+                    id: r.try_get("id")?,
+                    kind: r.try_get("kind")?,
+                    reason: r.try_get("reason")?,
+                    agent: r.try_get("agent")?,
+                    action: r.try_get("action")?,
+                    resource: r.try_get("resource")?,
+                    created_ms: r.try_get("created_ms")?,
+                    expires_ms: r.try_get("expires_ms")?,
+                    created_by: r.try_get("created_by")?,
+                    ticket: r.try_get("ticket")?,
+                    revoked_ms: r.try_get("revoked_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Revokes a live grant.
+    pub async fn revoke_grant(&self, id: &str, now_ms: i64) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "UPDATE policy_grants SET revoked_ms = ?1 WHERE id = ?2 AND revoked_ms IS NULL
+             AND expires_ms > ?1",
+        )
+        .bind(now_ms)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("grant {id}")));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tickets_and_grants_round_trip() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("db")).await.unwrap();
+        let mut t = ApprovalRow {
+            id: "t1".into(),
+            agent: "bot".into(),
+            delegated_user: Some("alice".into()),
+            action: "POST".into(),
+            resource: "bank".into(),
+            path: "/bank/transfer".into(),
+            body_sha256: "ab".into(),
+            policy_version: 2,
+            policy_id: "transfers".into(),
+            created_ms: 1,
+            expires_ms: 100,
+            status: "pending".into(),
+            decided_by: None,
+            decided_ms: None,
+            grant_id: None,
+        };
+        store.put_approval(&t).await.unwrap();
+        t.status = "approved".into();
+        t.decided_by = Some("bob".into());
+        store.put_approval(&t).await.unwrap();
+        assert_eq!(store.live_approvals(50).await.unwrap(), vec![t.clone()]);
+        assert!(store.live_approvals(100).await.unwrap().is_empty());
+
+        let g = GrantRow {
+            id: "g1".into(),
+            kind: "grant".into(),
+            reason: String::new(),
+            agent: "bot".into(),
+            action: "POST".into(),
+            resource: "bank".into(),
+            created_ms: 1,
+            expires_ms: 100,
+            created_by: "bob".into(),
+            ticket: Some("t1".into()),
+            revoked_ms: None,
+        };
+        store.add_grant(&g).await.unwrap();
+        assert_eq!(store.live_grants(50).await.unwrap(), vec![g]);
+        store.revoke_grant("g1", 60).await.unwrap();
+        assert!(store.live_grants(61).await.unwrap().is_empty());
+        assert!(matches!(
+            store.revoke_grant("g1", 70).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+}
