@@ -239,6 +239,8 @@ pub struct Authorizer {
     cedar: cedar_policy::Authorizer,
     /// `use_secret` decisions; `None` when the schema has no such action.
     secret: Option<crate::secret::SecretAuthz>,
+    /// MCP decisions; `None` when the schema has no MCP actions.
+    pub(crate) mcp: Option<crate::mcp::McpAuthz>,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -323,8 +325,10 @@ impl Authorizer {
             &route_uids,
         );
         let secret = crate::secret::SecretAuthz::new(&bundle, &entities)?;
+        let mcp = crate::mcp::McpAuthz::new(&bundle, &entities)?;
         let authorizer = Authorizer {
             secret,
+            mcp,
             bundle,
             entities,
             index,
@@ -383,6 +387,22 @@ impl Authorizer {
                 "the policy schema has no `Action::\"{}\"`",
                 crate::secret::USE_SECRET
             )),
+        }
+    }
+
+    /// Whether the schema declares the MCP actions, which `kind = "mcp"` routes need.
+    pub fn supports_mcp(&self) -> bool {
+        self.mcp.is_some()
+    }
+
+    /// Decides one MCP message (see [`crate::McpRequest`]). Without the MCP
+    /// actions in the schema: denied, with the reason in [`Decision::errors`].
+    pub fn decide_mcp(&self, request: &crate::McpRequest<'_>) -> Decision {
+        match &self.mcp {
+            Some(m) => m.decide(&self.cedar, &self.entities, request),
+            None => denied_with_error(
+                "the policy schema has no MCP actions (`Action::\"call_tool\"` …)".to_string(),
+            ),
         }
     }
 

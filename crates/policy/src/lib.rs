@@ -12,6 +12,7 @@
 
 mod bundle;
 mod decide;
+mod mcp;
 mod secret;
 
 pub use bundle::{DEFAULT_POLICIES, DEFAULT_SCHEMA, PolicyBundle, PolicyError, PolicySources};
@@ -19,5 +20,6 @@ pub use decide::{
     AgentEntity, Authorizer, AuthzRequest, Content, EntityError, HttpAction, RequestTime,
     RouteEntity, SourceIp,
 };
+pub use mcp::{McpAction, McpRequest};
 pub use portcullis_core::Decision;
 pub use secret::{SecretRequest, USE_SECRET};
