@@ -313,7 +313,7 @@ pub struct RawRoute {
     /// Unique route name; the Cedar resource is `Route::"<name>"`.
     #[serde(deserialize_with = "route_name")]
     pub name: toml::Spanned<String>,
-    /// Protocol adapter: only `http` for now.
+    /// Protocol adapter: `http` (default) or `mcp`.
     #[serde(default = "default_kind")]
     pub kind: RouteKind,
     /// Requests whose path is this prefix or below it (segment-wise) take this route.
@@ -616,15 +616,21 @@ impl TryFrom<RawCapture> for CaptureConfig {
 }
 
 /// The protocol adapter of a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RouteKind {
     /// A plain HTTP reverse proxy.
+    #[default]
     Http,
+    /// An MCP server (Streamable HTTP, or stdio): every JSON-RPC message is
+    /// authorized, `tools/list` is filtered and tool definitions are pinned.
+    Mcp,
+    /// An OpenAI-compatible model API.
+    Llm,
 }
 
 fn default_kind() -> RouteKind {
-    RouteKind::Http
+    RouteKind::default()
 }
 
 /// Where a route forwards to.
@@ -1057,6 +1063,30 @@ impl Config {
         let mut names = std::collections::HashSet::new();
         let mut prefixes = std::collections::HashSet::new();
         for route in &raw.routes {
+            let line = line_of(route.name.span());
+            match route.kind {
+                RouteKind::Http => {}
+                RouteKind::Llm => {
+                    return Err(invalid(format!(
+                        "line {line}, key `routes.kind`: route `{}`: `kind = \"llm\"` is not available in this build",
+                        route.name.get_ref()
+                    )));
+                }
+                RouteKind::Mcp => {
+                    if route.upstream == Upstream::BuiltinDemo {
+                        return Err(invalid(format!(
+                            "line {line}, key `routes.upstream`: route `{}`: an MCP route needs an http(s) MCP server URL, not `{BUILTIN_DEMO_UPSTREAM}`",
+                            route.name.get_ref()
+                        )));
+                    }
+                    if route.guard != RouteGuard::default() || route.capture.is_some() {
+                        return Err(invalid(format!(
+                            "line {line}, route `{}`: `[routes.guard]` and `[routes.capture]` are not available on MCP routes yet",
+                            route.name.get_ref()
+                        )));
+                    }
+                }
+            }
             if !names.insert(route.name.get_ref().clone()) {
                 return Err(invalid(format!(
                     "line {}, key `routes.name`: duplicate route name `{}`",

@@ -11,6 +11,8 @@
 
 mod agent_keys;
 mod audit_log;
+mod mcp_tools;
+pub use mcp_tools::McpToolRow;
 pub use agent_keys::AgentKeyRow;
 mod inventory;
 pub use inventory::InventoryEdge;
@@ -121,6 +123,11 @@ fn migrator() -> Migrator {
             include_str!("../migrations/0004_audit_personal.sql"),
         ),
         migration(5, "tokens", include_str!("../migrations/0005_tokens.sql")),
+        migration(
+            8,
+            "mcp_tools",
+            include_str!("../migrations/0008_mcp_tools.sql"),
+        ),
     ])
 }
 
