@@ -14,6 +14,7 @@
 mod api;
 mod audit_api;
 mod auth;
+mod tools_api;
 mod vault_api;
 
 pub use api::{AdminState, DEFAULT_CERT_TTL, RemoteAddr, router};

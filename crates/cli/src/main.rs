@@ -11,6 +11,7 @@ mod inventory;
 mod serve;
 mod state_dir;
 mod token_cmd;
+mod tools_cmd;
 mod vault_cmd;
 
 use std::path::PathBuf;
@@ -142,6 +143,13 @@ enum Command {
         #[command(flatten)]
         state: StateDirArg,
     },
+    /// MCP tool pins: list tools seen on MCP routes, approve changed definitions.
+    Tools {
+        #[command(subcommand)]
+        command: tools_cmd::ToolsCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Run the content guard offline (prompt injection, DLP, tool poisoning).
     Guard {
         #[command(subcommand)]
@@ -192,6 +200,7 @@ fn main() -> ExitCode {
             Command::Vault { command, admin } => vault_cmd::vault(command, admin).await,
             Command::Transit { command, admin } => vault_cmd::transit(command, admin).await,
             Command::Capture { command, admin } => vault_cmd::capture(command, admin).await,
+            Command::Tools { command, admin } => tools_cmd::tools(command, admin).await,
         }
     });
     match result {

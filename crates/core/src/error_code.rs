@@ -57,6 +57,15 @@ pub enum ErrorCode {
     InvalidClient,
     /// The token endpoint was asked for a grant it does not support.
     UnsupportedGrantType,
+    /// (MCP, in a JSON-RPC error's `data.code`) the tool is blocked: its
+    /// definition changed since it was approved, it failed the poisoning scan,
+    /// or its server never listed it; an admin approves with `portcullis tools approve`.
+    ToolBlocked,
+    /// (MCP, in a JSON-RPC error's `data.code`) a JSON-RPC method the gateway
+    /// does not map to a policy action, or a message without the parameters it needs.
+    McpMethodNotAllowed,
+    /// (MCP) the `Mcp-Session-Id` is unknown, ended, or belongs to another agent.
+    McpSessionNotFound,
 }
 
 impl ErrorCode {
@@ -86,6 +95,9 @@ impl ErrorCode {
             ErrorCode::InvalidDpopProof => "invalid_dpop_proof",
             ErrorCode::InvalidClient => "invalid_client",
             ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
+            ErrorCode::ToolBlocked => "tool_blocked",
+            ErrorCode::McpMethodNotAllowed => "mcp_method_not_allowed",
+            ErrorCode::McpSessionNotFound => "mcp_session_not_found",
         }
     }
 
@@ -98,8 +110,11 @@ impl ErrorCode {
             | ErrorCode::InvalidToken
             | ErrorCode::InvalidDpopProof
             | ErrorCode::InvalidClient => 401,
-            ErrorCode::Forbidden | ErrorCode::ContentBlocked => 403,
-            ErrorCode::RouteNotFound | ErrorCode::NotFound => 404,
+            ErrorCode::Forbidden
+            | ErrorCode::ContentBlocked
+            | ErrorCode::ToolBlocked
+            | ErrorCode::McpMethodNotAllowed => 403,
+            ErrorCode::RouteNotFound | ErrorCode::NotFound | ErrorCode::McpSessionNotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
@@ -147,6 +162,9 @@ mod tests {
             ErrorCode::InvalidDpopProof,
             ErrorCode::InvalidClient,
             ErrorCode::UnsupportedGrantType,
+            ErrorCode::ToolBlocked,
+            ErrorCode::McpMethodNotAllowed,
+            ErrorCode::McpSessionNotFound,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {

@@ -1079,9 +1079,12 @@ impl Config {
                             route.name.get_ref()
                         )));
                     }
-                    if route.guard != RouteGuard::default() || route.capture.is_some() {
+                    if route.guard != RouteGuard::default()
+                        || route.capture.is_some()
+                        || route.credential.is_some()
+                    {
                         return Err(invalid(format!(
-                            "line {line}, route `{}`: `[routes.guard]` and `[routes.capture]` are not available on MCP routes yet",
+                            "line {line}, route `{}`: `[routes.guard]`, `[routes.capture]` and `[routes.credential]` are not available on MCP routes yet",
                             route.name.get_ref()
                         )));
                     }

@@ -15,6 +15,7 @@ pub mod config;
 pub mod demo_upstream;
 pub mod directory;
 pub mod listener;
+pub mod mcp;
 pub mod metrics;
 pub mod oauth;
 pub mod otlp;

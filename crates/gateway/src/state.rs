@@ -68,6 +68,9 @@ pub enum GatewayError {
     /// The content guard's detectors did not build.
     #[error(transparent)]
     Guard(#[from] portcullis_guard::GuardError),
+    /// An MCP route cannot be served.
+    #[error("MCP routes: {0}")]
+    Mcp(String),
     /// A route's credential or capture cannot be served.
     #[error("route `{route}`: {problem}")]
     Vault {
@@ -119,6 +122,8 @@ pub struct Gateway {
     pub(crate) vault: Option<Arc<Vault>>,
     pub(crate) captures: Option<CaptureSink>,
     pub(crate) tokens: crate::tokens::TokenService,
+    /// The MCP adapter's pins and sessions; `None` without MCP routes.
+    pub(crate) mcp: Option<Arc<crate::mcp::McpState>>,
     checker: ClientCertChecker,
     bundle: Arc<PolicyBundle>,
     route_entities: Vec<RouteEntity>,
@@ -191,7 +196,22 @@ impl Gateway {
         } else {
             None
         };
+        let mcp = if config
+            .routes
+            .iter()
+            .any(|r| r.kind == crate::config::RouteKind::Mcp)
+        {
+            if !snapshot.authorizer.supports_mcp() {
+                return Err(GatewayError::Mcp(
+                    "the policy schema has no MCP actions (`Action::\"call_tool\"` …); copy them from the shipped schema.cedarschema (`portcullis policy schema`)".into(),
+                ));
+            }
+            Some(crate::mcp::state_for(&parts.store).await?)
+        } else {
+            None
+        };
         Ok(Arc::new(Gateway {
+            mcp,
             tokens: parts.tokens,
             guard,
             vault: parts.vault,
@@ -233,8 +253,22 @@ impl Gateway {
     pub async fn reload(&self) -> Result<(), GatewayError> {
         let _guard = self.reload_lock.lock().await;
         let snapshot = build_snapshot(&self.store, &self.bundle, &self.route_entities).await?;
+        // Sessions of agents the new snapshot no longer accepts end now.
+        if let Some(mcp) = &self.mcp {
+            let ended = mcp
+                .sessions
+                .retain_agents(|agent| snapshot.directory.check_agent(agent).is_ok());
+            for e in ended {
+                tracing::info!(route = %e.route, "MCP session ended: its agent is no longer live");
+            }
+        }
         self.snapshot.store(Arc::new(snapshot));
         Ok(())
+    }
+
+    /// The MCP adapter's tool pins; `None` without MCP routes.
+    pub fn mcp_pins(&self) -> Option<&crate::mcp::pins::ToolPins> {
+        self.mcp.as_deref().map(|m| &m.pins)
     }
 
     /// Checks a new connection's client certificate.

@@ -12,8 +12,8 @@
 mod agent_keys;
 mod audit_log;
 mod mcp_tools;
-pub use mcp_tools::McpToolRow;
 pub use agent_keys::AgentKeyRow;
+pub use mcp_tools::McpToolRow;
 mod inventory;
 pub use inventory::InventoryEdge;
 

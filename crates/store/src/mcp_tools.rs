@@ -157,9 +157,15 @@ mod tests {
     async fn a_changed_definition_keeps_the_old_approval_until_approved() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_sqlite(&dir.path().join("db")).await.unwrap();
-        store.upsert_mcp_tool(&row("aaa", Some("aaa"))).await.unwrap();
+        store
+            .upsert_mcp_tool(&row("aaa", Some("aaa")))
+            .await
+            .unwrap();
         // The server now lists another definition: the approval stays on the old one.
-        store.upsert_mcp_tool(&row("bbb", Some("bbb"))).await.unwrap();
+        store
+            .upsert_mcp_tool(&row("bbb", Some("bbb")))
+            .await
+            .unwrap();
         let got = store.mcp_tools().await.unwrap();
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].approved_digest.as_deref(), Some("aaa"));
