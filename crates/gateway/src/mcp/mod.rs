@@ -136,12 +136,17 @@ pub async fn serve(
     conn: &ConnectionState,
     snapshot: &Snapshot,
     identity: &Identity,
-    context: RequestContext,
+    mut context: RequestContext,
     decoded: DecodedRequest,
     request_id: &RequestId,
     meter: &Arc<BodyMeter>,
     recorder: &mut Recorder,
 ) -> Result<Response<ResponseBody>, Denial> {
+    // An MCP server is one endpoint URL: the route's prefix itself maps to
+    // the upstream URL as configured, without a trailing slash added.
+    if context.rest_path == "/" && !decoded.parts.uri.path().ends_with('/') {
+        context.rest_path.clear();
+    }
     let Some(mcp) = gateway.mcp.clone() else {
         tracing::error!(route = %context.route.name, "MCP route without MCP state");
         return Err(Denial::new(ErrorCode::Internal, "internal error"));
