@@ -6,6 +6,7 @@
 //!
 //! Tests skip with a visible `SKIPPED:` line when python3 with `mcp`, or npm
 //! with the registry, is not available.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod support;
 
