@@ -512,3 +512,38 @@ fn a_changed_tool_definition_is_blocked_until_an_admin_approves_it() {
     );
     let _ = client.send(json!({"op": "quit"}));
 }
+
+#[test]
+fn a_stdio_server_launched_by_the_gateway_gets_the_same_protection() {
+    if !python_mcp() {
+        return;
+    }
+    let Some(entry) = everything() else {
+        return;
+    };
+    let server = gateway(
+        "everything",
+        &format!("stdio:node {} stdio", entry.display()),
+        EVERYTHING_POLICIES,
+    );
+    let mut client = McpClient::start(&server, "everything", "dev-bot");
+    assert_eq!(client.list(), ["echo", "get-sum"]);
+    let echo = client.call("echo", json!({"message": "over stdio"}));
+    assert_eq!(echo["text"], "Echo: over stdio", "{echo}");
+    let denied = client.call("get-sum", json!({"a": 1000, "b": 1}));
+    assert_eq!(denied["data"]["code"], "forbidden", "{denied}");
+    assert_eq!(denied["data"]["policies"], json!(["no-big-sums"]));
+
+    // A second client gets its own process and session.
+    let mut other = McpClient::start(&server, "everything", "dev-bot-2");
+    assert_eq!(other.list(), ["echo", "get-sum"]);
+
+    // Revoking the first agent ends its session (and its process); the other
+    // agent's session goes on.
+    let revoke = server.cli(&["agent", "revoke", "dev-bot"]);
+    assert!(revoke.status.success());
+    let after = client.call("echo", json!({"message": "still there?"}));
+    assert_eq!(after["ok"], false, "{after}");
+    let still = other.call("echo", json!({"message": "yes"}));
+    assert_eq!(still["text"], "Echo: yes", "{still}");
+}

@@ -319,7 +319,8 @@ pub struct RawRoute {
     /// Requests whose path is this prefix or below it (segment-wise) take this route.
     #[serde(deserialize_with = "path_prefix")]
     pub path_prefix: toml::Spanned<String>,
-    /// `http://…` or `https://…` base URL, or `builtin:demo`.
+    /// `http://…` or `https://…` base URL, `builtin:demo`, or (MCP routes)
+    /// `stdio:COMMAND ARGS`.
     #[serde(deserialize_with = "from_str")]
     pub upstream: Upstream,
     /// Sensitivity of the data behind the route.
@@ -647,7 +648,18 @@ pub enum Upstream {
     },
     /// The in-process demo upstream.
     BuiltinDemo,
+    /// An MCP server the gateway launches itself, one process per session,
+    /// speaking JSON-RPC over its stdin and stdout (`kind = "mcp"` only).
+    Stdio {
+        /// The program (looked up in `PATH`).
+        program: String,
+        /// Its arguments, split on whitespace (no shell: no quoting, no expansion).
+        args: Vec<String>,
+    },
 }
+
+/// The prefix of an upstream the gateway launches: `stdio:COMMAND ARGS`.
+pub const STDIO_UPSTREAM_PREFIX: &str = "stdio:";
 
 impl FromStr for Upstream {
     type Err = String;
@@ -655,6 +667,16 @@ impl FromStr for Upstream {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s == BUILTIN_DEMO_UPSTREAM {
             return Ok(Upstream::BuiltinDemo);
+        }
+        if let Some(command) = s.strip_prefix(STDIO_UPSTREAM_PREFIX) {
+            let mut words = command.split_whitespace().map(str::to_string);
+            let program = words
+                .next()
+                .ok_or_else(|| format!("upstream `{s}` names no command"))?;
+            return Ok(Upstream::Stdio {
+                program,
+                args: words.collect(),
+            });
         }
         let uri: http::Uri = s
             .parse()
@@ -665,7 +687,7 @@ impl FromStr for Upstream {
             .cloned()
             .ok_or_else(|| {
                 format!(
-                    "upstream `{s}` must be an http:// or https:// URL or `{BUILTIN_DEMO_UPSTREAM}`"
+                    "upstream `{s}` must be an http:// or https:// URL, `{BUILTIN_DEMO_UPSTREAM}`, or `{STDIO_UPSTREAM_PREFIX}COMMAND ARGS` (MCP routes)"
                 )
             })?;
         let authority = uri
@@ -1065,7 +1087,14 @@ impl Config {
         for route in &raw.routes {
             let line = line_of(route.name.span());
             match route.kind {
-                RouteKind::Http => {}
+                RouteKind::Http => {
+                    if matches!(route.upstream, Upstream::Stdio { .. }) {
+                        return Err(invalid(format!(
+                            "line {line}, key `routes.upstream`: route `{}`: `{STDIO_UPSTREAM_PREFIX}` upstreams are for `kind = \"mcp\"` routes",
+                            route.name.get_ref()
+                        )));
+                    }
+                }
                 RouteKind::Llm => {
                     return Err(invalid(format!(
                         "line {line}, key `routes.kind`: route `{}`: `kind = \"llm\"` is not available in this build",

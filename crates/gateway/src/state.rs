@@ -168,6 +168,8 @@ impl Gateway {
                         base_path: String::new(),
                     }
                 }
+                // Launched per session by the MCP adapter; nothing to resolve.
+                Upstream::Stdio { .. } => continue,
             };
             upstreams.insert(route.name.clone(), resolved);
         }
@@ -259,6 +261,7 @@ impl Gateway {
                 .sessions
                 .retain_agents(|agent| snapshot.directory.check_agent(agent).is_ok());
             for e in ended {
+                mcp.stdio.end(&e.id);
                 tracing::info!(route = %e.route, "MCP session ended: its agent is no longer live");
             }
         }

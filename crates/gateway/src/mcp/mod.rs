@@ -28,6 +28,7 @@ pub mod jsonrpc;
 pub mod pins;
 pub mod sessions;
 pub mod sse;
+pub mod stdio;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -41,6 +42,7 @@ use portcullis_policy::{Content, McpAction, McpRequest, SourceIp};
 use serde_json::Value;
 
 use crate::body::{BodyMeter, Recorder};
+use crate::config::Upstream;
 use crate::metrics::Stage;
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contextualize::RequestContext;
@@ -65,6 +67,8 @@ pub struct McpState {
     pub pins: ToolPins,
     /// Sessions and the agents that own them.
     pub sessions: Sessions,
+    /// Processes of `stdio:` routes, by session.
+    pub stdio: stdio::StdioServers,
 }
 
 /// Who is asking, for decisions made while the answer streams back.
@@ -172,14 +176,39 @@ pub async fn serve(
         context,
         source_ip: conn.source_ip.clone(),
     };
-    match decoded.parts.method {
-        Method::POST => {
+    let launched = match &asker.context.route.upstream {
+        Upstream::Stdio { program, args } => Some((program.clone(), args.clone())),
+        _ => None,
+    };
+    match (decoded.parts.method.clone(), launched) {
+        (Method::POST, launched) => {
+            let to = match &launched {
+                Some((program, args)) => To::Stdio {
+                    program,
+                    args,
+                    session: session.as_deref(),
+                },
+                None => To::Http,
+            };
             post(
-                &mcp, &asker, conn, snapshot, identity, decoded, request_id, meter, recorder,
+                &mcp, &asker, conn, snapshot, identity, decoded, request_id, meter, recorder, to,
             )
             .await
         }
-        Method::GET | Method::DELETE => {
+        (Method::GET, Some(_)) => {
+            recorder.record().outcome = Outcome::Allow;
+            let id = session.as_deref().ok_or_else(no_session)?;
+            let events = mcp.stdio.events(id)?;
+            Ok(stream_back(&asker, events, Vec::new(), None))
+        }
+        (Method::DELETE, Some(_)) => {
+            recorder.record().outcome = Outcome::Allow;
+            let id = session.as_deref().ok_or_else(no_session)?;
+            mcp.stdio.end(id);
+            mcp.sessions.end(id);
+            Ok(empty(StatusCode::OK))
+        }
+        (Method::GET | Method::DELETE, None) => {
             let deleting = decoded.parts.method == Method::DELETE;
             recorder.record().outcome = Outcome::Allow;
             let response =
@@ -199,6 +228,25 @@ pub async fn serve(
     }
 }
 
+/// Where a POST's messages go.
+enum To<'a> {
+    /// The route's Streamable HTTP server, through the forwarder.
+    Http,
+    /// A process the gateway launched for the session.
+    Stdio {
+        program: &'a str,
+        args: &'a [String],
+        session: Option<&'a str>,
+    },
+}
+
+fn no_session() -> Denial {
+    Denial::new(
+        ErrorCode::BadRequest,
+        "an Mcp-Session-Id is required: send `initialize` first",
+    )
+}
+
 /// One POST: JSON-RPC messages in, their answers out.
 #[allow(clippy::too_many_arguments)]
 async fn post(
@@ -211,8 +259,9 @@ async fn post(
     request_id: &RequestId,
     meter: &Arc<BodyMeter>,
     recorder: &mut Recorder,
+    to: To<'_>,
 ) -> Result<Response<ResponseBody>, Denial> {
-    let DecodedRequest { mut parts, body } = decoded;
+    let DecodedRequest { parts, body } = decoded;
     let bytes = body.collect().await.map_err(|_| {
         if meter.exceeded.load(std::sync::atomic::Ordering::Relaxed) {
             too_large(asker.gateway.limits.max_body_bytes)
@@ -354,6 +403,61 @@ async fn post(
         });
     }
 
+    let response = match to {
+        To::Stdio {
+            program,
+            args,
+            session,
+        } => {
+            if session.is_none() && !initialize {
+                return Err(no_session());
+            }
+            let kept: Vec<&Value> = forward.iter().map(|&i| &body.messages[i]).collect();
+            let t = Instant::now();
+            let response = mcp
+                .stdio
+                .post(
+                    route,
+                    program,
+                    args,
+                    session,
+                    &kept,
+                    body.batch,
+                    asker.gateway.forwarder.timeout(),
+                )
+                .await;
+            let elapsed = t.elapsed();
+            asker.gateway.metrics.stage(Stage::Forward, elapsed);
+            recorder.trace_stage(Stage::Forward, t, elapsed);
+            response?
+        }
+        To::Http => {
+            forward_http(
+                asker, conn, identity, parts, bytes, &body, &forward, request_id, meter, recorder,
+            )
+            .await?
+        }
+    };
+    answer(
+        mcp, asker, identity, response, refusals, list_ids, initialize, body.batch,
+    )
+    .await
+}
+
+/// Forwards the allowed messages to a Streamable HTTP server.
+#[allow(clippy::too_many_arguments)]
+async fn forward_http(
+    asker: &Asker,
+    conn: &ConnectionState,
+    identity: &Identity,
+    mut parts: http::request::Parts,
+    bytes: Bytes,
+    body: &jsonrpc::Body,
+    forward: &[usize],
+    request_id: &RequestId,
+    meter: &Arc<BodyMeter>,
+    recorder: &mut Recorder,
+) -> Result<Response<ResponseBody>, Denial> {
     // The messages that go upstream, as the client wrote them when nothing was held back.
     let upstream_body = if forward.len() == body.messages.len() {
         bytes
@@ -369,8 +473,23 @@ async fn post(
         parts,
         body: request_body(upstream_body),
     };
-    let response = upstream(asker, conn, identity, decoded, request_id, meter, recorder).await?;
+    upstream(asker, conn, identity, decoded, request_id, meter, recorder).await
+}
 
+/// The upstream's answer to a POST, with the gateway's refusals merged in and
+/// `tools/list` results filtered.
+#[allow(clippy::too_many_arguments)]
+async fn answer(
+    mcp: &Arc<McpState>,
+    asker: &Asker,
+    identity: &Identity,
+    response: Response<ResponseBody>,
+    refusals: Vec<Value>,
+    list_ids: Vec<Value>,
+    initialize: bool,
+    batch: bool,
+) -> Result<Response<ResponseBody>, Denial> {
+    let route = &asker.context.route.name;
     if initialize
         && response.status().is_success()
         && let Some(id) = response
@@ -417,7 +536,7 @@ async fn post(
     }
     let is_json = content_type.starts_with("application/json");
     if is_json && (list_filter.is_some() || !refusals.is_empty()) {
-        return merge_json(response, refusals, list_filter, body.batch).await;
+        return merge_json(response, refusals, list_filter, batch).await;
     }
     if !refusals.is_empty() && !is_json {
         // The upstream had nothing to say (202 to notifications and answers):
@@ -571,5 +690,6 @@ pub async fn state_for(
     Ok(Arc::new(McpState {
         pins,
         sessions: Sessions::default(),
+        stdio: stdio::StdioServers::default(),
     }))
 }
