@@ -443,21 +443,30 @@ fn a_changed_tool_definition_is_blocked_until_an_admin_approves_it() {
     assert_eq!(blocked["code"], -32001);
     assert_eq!(blocked["data"]["code"], "tool_blocked");
 
-    // The admin sees why, and approves the definition it reviewed.
-    let listed = server.cli(&["tools", "list", "--json"]);
-    assert!(
-        listed.status.success(),
-        "{}",
-        String::from_utf8_lossy(&listed.stderr)
-    );
-    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
-    let add = listed["tools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|t| t["name"] == "add")
-        .unwrap()
-        .clone();
+    // The admin sees why, and approves the definition it reviewed. (Pins are
+    // written to the store in the background: wait for the change to land.)
+    let mut listed = Value::Null;
+    let mut add = Value::Null;
+    for _ in 0..100 {
+        let out = server.cli(&["tools", "list", "--json"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        listed = serde_json::from_slice(&out.stdout).unwrap();
+        add = listed["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["name"] == "add")
+            .unwrap()
+            .clone();
+        if add["status"] == "changed" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert_eq!(add["status"], "changed", "{add}");
     let poisoned = listed["tools"]
         .as_array()

@@ -8,7 +8,7 @@
 //!
 //! The pins live in memory (an `ArcSwap` map: lookups on the request path take
 //! no lock and do no IO) and every change is written to the store by a spawned
-//! task, off the request path. A definition is scanned once, when its digest is
+//! task that writes them in order, off the request path. A definition is scanned once, when its digest is
 //! first seen.
 
 use std::collections::HashMap;
@@ -67,7 +67,12 @@ impl PinState {
 /// The pins of every MCP route.
 pub struct ToolPins {
     pins: ArcSwap<HashMap<(String, String), Pin>>,
+    #[cfg(test)]
     store: Store,
+    /// Rows for the writer task, which stores them one after another, so the
+    /// store ends with the latest definition even when two change quickly.
+    /// Unbounded: a row is queued only for a definition not seen before.
+    writes: tokio::sync::mpsc::UnboundedSender<McpToolRow>,
     detector: Detector,
 }
 
@@ -123,9 +128,20 @@ impl ToolPins {
                 )
             })
             .collect();
+        let (writes, mut rows) = tokio::sync::mpsc::unbounded_channel::<McpToolRow>();
+        let writer = store.clone();
+        tokio::spawn(async move {
+            while let Some(row) = rows.recv().await {
+                if let Err(e) = writer.upsert_mcp_tool(&row).await {
+                    tracing::error!(route = %row.route, tool = %row.name, error = %e, "cannot record MCP tool pin");
+                }
+            }
+        });
         Ok(ToolPins {
             pins: ArcSwap::from_pointee(pins),
+            #[cfg(test)]
             store,
+            writes,
             detector,
         })
     }
@@ -220,13 +236,14 @@ impl ToolPins {
             }
             _ => {}
         }
-        if let Some(row) = row {
-            let store = self.store.clone();
-            tokio::spawn(async move {
-                if let Err(e) = store.upsert_mcp_tool(&row).await {
-                    tracing::error!(route = %row.route, tool = %row.name, error = %e, "cannot record MCP tool pin");
-                }
-            });
+        if let Some(row) = row
+            && self.writes.send(row).is_err()
+        {
+            tracing::error!(
+                route,
+                tool = name,
+                "MCP tool pin writer is gone; pin kept in memory only"
+            );
         }
         state
     }

@@ -220,13 +220,25 @@ mod tests {
                      event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"tools\":[{\"name\":\"x\"}]}}\n\n\
                      : comment\r\n\r\n";
         let out = run(input, vec![serde_json::json!({"id": 9})], usize::MAX).await;
+        let events: Vec<&str> = out.split_inclusive("\n\n").collect();
+        assert_eq!(events.len(), 4, "{out}");
+        assert_eq!(events[0], "event: message\ndata: {\"id\":9}\n\n");
         assert_eq!(
-            out,
-            "event: message\ndata: {\"id\":9}\n\n\
-             event: message\nid: 7\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n\
-             event: message\ndata: {\"id\":2,\"jsonrpc\":\"2.0\",\"result\":{\"tools\":[]}}\n\n\
-             : comment\r\n\r\n"
+            events[1],
+            "event: message\nid: 7\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n"
         );
+        // The rewritten event keeps its other fields; its data is the new message
+        // (key order is serde_json's, so compare values).
+        let rewritten = events[2]
+            .strip_prefix("event: message\ndata: ")
+            .unwrap()
+            .trim_end();
+        let v: Value = serde_json::from_str(rewritten).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"jsonrpc": "2.0", "id": 2, "result": {"tools": []}})
+        );
+        assert_eq!(events[3], ": comment\r\n\r\n");
     }
 
     #[tokio::test]
