@@ -1834,5 +1834,44 @@ classification = "internal"
         );
         assert!("http://x/?q=1".parse::<Upstream>().is_err());
         assert!("/relative".parse::<Upstream>().is_err());
+        assert_eq!(
+            "stdio:node  server.js --port 0".parse::<Upstream>(),
+            Ok(Upstream::Stdio {
+                program: "node".into(),
+                args: vec!["server.js".into(), "--port".into(), "0".into()]
+            })
+        );
+        assert!("stdio:  ".parse::<Upstream>().is_err());
+    }
+
+    #[test]
+    fn mcp_routes() {
+        let route = |kind: &str, upstream: &str, extra: &str| {
+            format!(
+                "[[routes]]\nname = \"m\"\nkind = \"{kind}\"\npath_prefix = \"/m\"\nupstream = \"{upstream}\"\nclassification = \"internal\"\n{extra}"
+            )
+        };
+        check(&route("mcp", "http://127.0.0.1:3001/mcp", ""), "ok ");
+        check(&route("mcp", "stdio:node server.js", ""), "ok ");
+        check(
+            &route("http", "stdio:node server.js", ""),
+            "line 2, key `routes.upstream`: route `m`: `stdio:` upstreams are for `kind = \"mcp\"` routes",
+        );
+        check(
+            &route("mcp", "builtin:demo", ""),
+            "an MCP route needs an http(s) MCP server URL",
+        );
+        check(
+            &route(
+                "mcp",
+                "http://x/mcp",
+                "[routes.guard]\ninjection = \"block\"\n",
+            ),
+            "are not available on MCP routes yet",
+        );
+        check(
+            &route("llm", "http://x/v1", ""),
+            "`kind = \"llm\"` is not available in this build",
+        );
     }
 }
