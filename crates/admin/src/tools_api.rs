@@ -2,7 +2,9 @@
 //! on its MCP routes with its pin status; `POST /admin/v1/tools/approve`
 //! approves the definition a tool is listed with now (the caller names the
 //! digest it reviewed, so a definition that changed again meanwhile is not
-//! approved by mistake). Approvals are audited (`tool.approve`).
+//! approved by mistake). Approving needs a human admin's fresh TOTP code once
+//! admins have enrolled, like revocation. Approvals are audited
+//! (`tool.approve`, principal the approving admin).
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -74,9 +76,13 @@ struct Approve {
 async fn approve_tool(
     State(state): State<AdminState>,
     Extension(call): Extension<Call>,
+    headers: axum::http::HeaderMap,
     body: Result<Json<Approve>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(req) = body.map_err(|e| call.error(ErrorCode::BadRequest, e.body_text()))?;
+    // Releasing a blocked tool is sensitive: a human admin's fresh TOTP code
+    // once admins have enrolled (see `mfa.rs`).
+    let approver = crate::mfa::require_fresh_totp(&state, &call, &headers).await?;
     let Some(pins) = state.gateway.mcp_pins() else {
         return Err(call.error(ErrorCode::NotFound, "no MCP route is configured"));
     };
@@ -86,15 +92,16 @@ async fn approve_tool(
             &req.route,
             &req.name,
             &req.digest,
-            "admin",
+            &approver.user,
             crate::api::now_ms(),
         )
         .await
         .map_err(|e| call.store_error(e))?;
     // In force on the data plane before the call returns.
     pins.approved(&req.route, &req.name, &req.digest);
-    call.done(
+    call.done_by(
         &state.sink,
+        &approver,
         "tool.approve",
         &format!("{}/{}@{}", req.route, req.name, req.digest),
         200,

@@ -57,6 +57,10 @@ pub enum ErrorCode {
     InvalidClient,
     /// The token endpoint was asked for a grant it does not support.
     UnsupportedGrantType,
+    /// A sensitive admin action needs a human admin's fresh TOTP code.
+    MfaRequired,
+    /// The TOTP code (or the admin it names) was refused: wrong, stale, or already used.
+    InvalidTotp,
     /// (MCP, in a JSON-RPC error's `data.code`) the tool is blocked: its
     /// definition changed since it was approved, it failed the poisoning scan,
     /// or its server never listed it; an admin approves with `portcullis tools approve`.
@@ -95,6 +99,8 @@ impl ErrorCode {
             ErrorCode::InvalidDpopProof => "invalid_dpop_proof",
             ErrorCode::InvalidClient => "invalid_client",
             ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
+            ErrorCode::MfaRequired => "mfa_required",
+            ErrorCode::InvalidTotp => "invalid_totp",
             ErrorCode::ToolBlocked => "tool_blocked",
             ErrorCode::McpMethodNotAllowed => "mcp_method_not_allowed",
             ErrorCode::McpSessionNotFound => "mcp_session_not_found",
@@ -109,7 +115,9 @@ impl ErrorCode {
             | ErrorCode::AgentRevoked
             | ErrorCode::InvalidToken
             | ErrorCode::InvalidDpopProof
-            | ErrorCode::InvalidClient => 401,
+            | ErrorCode::InvalidClient
+            | ErrorCode::MfaRequired
+            | ErrorCode::InvalidTotp => 401,
             ErrorCode::Forbidden
             | ErrorCode::ContentBlocked
             | ErrorCode::ToolBlocked
@@ -162,6 +170,8 @@ mod tests {
             ErrorCode::InvalidDpopProof,
             ErrorCode::InvalidClient,
             ErrorCode::UnsupportedGrantType,
+            ErrorCode::MfaRequired,
+            ErrorCode::InvalidTotp,
             ErrorCode::ToolBlocked,
             ErrorCode::McpMethodNotAllowed,
             ErrorCode::McpSessionNotFound,

@@ -29,6 +29,7 @@ use cedar_policy::{
 use portcullis_core::{Classification, Decision};
 
 use crate::PolicyBundle;
+use crate::caller::CallerFacts;
 use crate::decide::{Content, EntityError, RequestTime, SourceIp, mentions_context};
 
 /// The MCP operations policy can grant, each an `Action::"<name>"`.
@@ -112,6 +113,8 @@ pub struct McpRequest<'a> {
     pub source_ip: &'a SourceIp,
     /// When the message arrived.
     pub time: RequestTime,
+    /// How the caller authenticated, for whom, its posture and risk.
+    pub caller: &'a CallerFacts,
 }
 
 const MEMO_CAPACITY: usize = 65_536;
@@ -204,7 +207,10 @@ impl McpAuthz {
         // The request shape is fixed: prove once per action that the schema
         // accepts it, so requests skip validation.
         let ip = SourceIp::new(std::net::IpAddr::from([127, 0, 0, 1]));
-        for action in McpAction::ALL {
+        for (action, caller) in McpAction::ALL
+            .into_iter()
+            .flat_map(|a| CallerFacts::shape_samples().map(|c| (a, c)))
+        {
             let sample = McpRequest {
                 agent: "shape-check",
                 action,
@@ -217,6 +223,7 @@ impl McpAuthz {
                 content: Content::NOT_SCANNED,
                 source_ip: &ip,
                 time: RequestTime::from_epoch(0),
+                caller: &caller,
             };
             let (request, slice) = authz.request(&sample, None, Some(&bundle.schema))?;
             // Validates the slice's entities (attributes, tags, parents) too.
@@ -319,7 +326,7 @@ impl McpAuthz {
             ),
         ])
         .map_err(|e| fail(e.to_string()))?;
-        let context = Context::from_pairs([
+        let mut pairs = vec![
             (
                 "route".to_string(),
                 RestrictedExpression::new_string(r.route.to_string()),
@@ -343,8 +350,9 @@ impl McpAuthz {
             ("content".to_string(), r.content.expr().map_err(fail)?),
             ("source_ip".to_string(), r.source_ip.expr().clone()),
             ("time".to_string(), time),
-        ])
-        .map_err(|e| fail(e.to_string()))?;
+        ];
+        pairs.extend(r.caller.context_pairs().map_err(fail)?);
+        let context = Context::from_pairs(pairs).map_err(|e| fail(e.to_string()))?;
         let request = Request::new(principal, a.uid.clone(), resource, context, schema)
             .map_err(|e| fail(e.to_string()))?;
         Ok((request, slice))
@@ -478,6 +486,7 @@ mod tests {
             content: Content::NOT_SCANNED,
             source_ip: &SourceIp::new("127.0.0.1".parse().unwrap()),
             time: RequestTime::from_epoch(1_700_000_000),
+            caller: &CallerFacts::mtls(),
         });
         assert!(d.errors.is_empty(), "{:?}", d.errors);
         let got = format!(
@@ -593,6 +602,7 @@ mod tests {
             content: Content::NOT_SCANNED,
             source_ip: &SourceIp::new("127.0.0.1".parse().unwrap()),
             time: RequestTime::from_epoch(0),
+            caller: &CallerFacts::mtls(),
         });
         assert!(!d.allowed && !d.errors.is_empty());
     }

@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 
 mod agent_keys;
+mod identity;
+pub use identity::{AdminUserRow, PostureRow, RevokedTokenRow};
 mod audit_log;
 mod mcp_tools;
 pub use agent_keys::AgentKeyRow;
@@ -123,6 +125,11 @@ fn migrator() -> Migrator {
             include_str!("../migrations/0004_audit_personal.sql"),
         ),
         migration(5, "tokens", include_str!("../migrations/0005_tokens.sql")),
+        migration(
+            6,
+            "identity",
+            include_str!("../migrations/0006_identity.sql"),
+        ),
         migration(
             8,
             "mcp_tools",

@@ -78,6 +78,7 @@ struct Asker {
     agent: String,
     context: RequestContext,
     source_ip: SourceIp,
+    caller: portcullis_policy::CallerFacts,
 }
 
 impl Asker {
@@ -101,6 +102,7 @@ impl Asker {
             content: Content::NOT_SCANNED,
             source_ip: &self.source_ip,
             time: self.context.time,
+            caller: &self.caller,
         })
     }
 
@@ -175,6 +177,7 @@ pub async fn serve(
         agent: identity.agent.clone(),
         context,
         source_ip: conn.source_ip.clone(),
+        caller: identity.caller.clone(),
     };
     let launched = match &asker.context.route.upstream {
         Upstream::Stdio { program, args } => Some((program.clone(), args.clone())),

@@ -309,7 +309,8 @@ mod tests {
             pins.observe("r", &tool("Echoes the message.")),
             PinState::Approved
         );
-        let changed = tool("Echoes the message twice.");
+        // A third definition, so the wait below ends only when the last write landed.
+        let changed = tool("Echoes the message three times.");
         assert_eq!(pins.observe("r", &changed), PinState::Changed);
         // The background writes land; a new process sees the same pins.
         let mut rows = Vec::new();
