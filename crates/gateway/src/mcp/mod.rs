@@ -421,8 +421,7 @@ async fn post(
                 .stdio
                 .post(
                     route,
-                    program,
-                    args,
+                    (program, args),
                     session,
                     &kept,
                     body.batch,

@@ -12,15 +12,20 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-/// Most sessions remembered; past it, new sessions are not bound and their
-/// messages are refused (`mcp_session_not_found`) until others end.
+/// Most sessions remembered. When the table is full, sessions idle for
+/// longer than [`IDLE_LIMIT`] are forgotten; if none is, the new session is
+/// refused (503 `unavailable`).
 pub const MAX_SESSIONS: usize = 100_000;
+/// How long an unused session is kept once the table is full.
+pub const IDLE_LIMIT: Duration = Duration::from_secs(30 * 60);
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 struct Binding {
     agent: String,
     route: String,
+    last_used: Instant,
 }
 
 /// A session that was dropped and should be ended upstream.
@@ -45,27 +50,38 @@ impl Sessions {
         let Ok(mut map) = self.map.lock() else {
             return false;
         };
-        let binding = Binding {
-            agent: agent.to_string(),
-            route: route.to_string(),
-        };
-        match map.get(id) {
-            Some(existing) => *existing == binding,
-            None if map.len() >= MAX_SESSIONS => false,
-            None => {
-                map.insert(id.to_string(), binding);
-                true
+        if let Some(existing) = map.get(id) {
+            return existing.agent == agent && existing.route == route;
+        }
+        if map.len() >= MAX_SESSIONS {
+            map.retain(|_, b| b.last_used.elapsed() < IDLE_LIMIT);
+            if map.len() >= MAX_SESSIONS {
+                return false;
             }
         }
+        map.insert(
+            id.to_string(),
+            Binding {
+                agent: agent.to_string(),
+                route: route.to_string(),
+                last_used: Instant::now(),
+            },
+        );
+        true
     }
 
     /// Whether `id` is a live session of `agent` on `route`.
     pub fn owns(&self, id: &str, agent: &str, route: &str) -> bool {
-        self.map
-            .lock()
-            .ok()
-            .and_then(|m| m.get(id).map(|b| b.agent == agent && b.route == route))
-            .unwrap_or(false)
+        let Ok(mut map) = self.map.lock() else {
+            return false;
+        };
+        match map.get_mut(id) {
+            Some(b) if b.agent == agent && b.route == route => {
+                b.last_used = Instant::now();
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Forgets a session (ended by the client).

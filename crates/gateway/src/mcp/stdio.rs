@@ -33,8 +33,11 @@ use tokio::sync::{mpsc, oneshot};
 use crate::body::BoxError;
 use crate::respond::{Denial, ResponseBody, full};
 
-/// Most processes one stdio route runs at once.
+/// Most processes one stdio route runs at once. At the limit, processes
+/// idle for longer than [`IDLE_LIMIT`] are ended to make room.
 pub const MAX_PROCESSES_PER_ROUTE: usize = 64;
+/// How long an unused process is kept once its route is at the limit.
+pub const IDLE_LIMIT: Duration = Duration::from_secs(10 * 60);
 /// Most server-initiated messages queued for a session's event stream.
 const EVENT_QUEUE: usize = 256;
 /// Longest line a process may write (one JSON-RPC message).
@@ -46,6 +49,7 @@ type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>;
 
 struct Process {
     route: String,
+    last_used: Mutex<std::time::Instant>,
     stdin: tokio::sync::Mutex<ChildStdin>,
     pending: Pending,
     events: Mutex<Option<mpsc::Receiver<Value>>>,
@@ -80,7 +84,11 @@ fn id_key(id: &Value) -> String {
 
 impl StdioServers {
     fn get(&self, session: &str) -> Option<Arc<Process>> {
-        self.processes.lock().ok()?.get(session).cloned()
+        let process = self.processes.lock().ok()?.get(session).cloned()?;
+        if let Ok(mut t) = process.last_used.lock() {
+            *t = std::time::Instant::now();
+        }
+        Some(process)
     }
 
     /// Launches the server for a new session; returns the session id.
@@ -88,7 +96,21 @@ impl StdioServers {
         let running = self
             .processes
             .lock()
-            .map(|p| p.values().filter(|p| p.route == route).count())
+            .map(|mut all| {
+                let count = |all: &HashMap<String, Arc<Process>>| {
+                    all.values().filter(|p| p.route == route).count()
+                };
+                if count(&all) >= MAX_PROCESSES_PER_ROUTE {
+                    all.retain(|_, p| {
+                        p.route != route
+                            || p.last_used
+                                .lock()
+                                .map(|t| t.elapsed() < IDLE_LIMIT)
+                                .unwrap_or(false)
+                    });
+                }
+                count(&all)
+            })
             .unwrap_or(usize::MAX);
         if running >= MAX_PROCESSES_PER_ROUTE {
             return Err(Denial::new(
@@ -128,6 +150,7 @@ impl StdioServers {
         ));
         let process = Arc::new(Process {
             route: route.to_string(),
+            last_used: Mutex::new(std::time::Instant::now()),
             stdin: tokio::sync::Mutex::new(stdin),
             pending,
             events: Mutex::new(Some(events_rx)),
@@ -151,8 +174,7 @@ impl StdioServers {
     pub async fn post(
         &self,
         route: &str,
-        program: &str,
-        args: &[String],
+        (program, args): (&str, &[String]),
         session: Option<&str>,
         messages: &[&Value],
         batch: bool,
@@ -240,7 +262,7 @@ impl StdioServers {
     }
 
     /// The session's event stream (what the server says unprompted), as SSE.
-    /// Only one stream per session: a second GET gets 409-like refusal.
+    /// Only one stream per session: a second GET is refused (409 `conflict`).
     pub fn events(&self, session: &str) -> Result<Response<ResponseBody>, Denial> {
         let process = self.get(session).ok_or_else(|| {
             Denial::new(
