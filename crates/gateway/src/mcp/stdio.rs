@@ -228,6 +228,11 @@ impl StdioServers {
                     return Err(unavailable(route, "the server exited"));
                 }
                 Err(_) => {
+                    // A session whose `initialize` went unanswered is never
+                    // handed out: end its process now.
+                    if fresh {
+                        self.end(&session);
+                    }
                     return Err(Denial::new(
                         ErrorCode::UpstreamTimeout,
                         format!(
