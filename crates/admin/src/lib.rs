@@ -16,6 +16,7 @@
 mod api;
 mod audit_api;
 mod auth;
+mod identity_api;
 mod mfa;
 mod tools_api;
 mod vault_api;

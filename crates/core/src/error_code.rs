@@ -59,6 +59,9 @@ pub enum ErrorCode {
     UnsupportedGrantType,
     /// A sensitive admin action needs a human admin's fresh TOTP code.
     MfaRequired,
+    /// A token exchange was refused: the subject token is not valid, or the
+    /// delegation is not allowed (disabled user, chain too long or cyclic).
+    InvalidGrant,
     /// The TOTP code (or the admin it names) was refused: wrong, stale, or already used.
     InvalidTotp,
     /// (MCP, in a JSON-RPC error's `data.code`) the tool is blocked: its
@@ -100,6 +103,7 @@ impl ErrorCode {
             ErrorCode::InvalidClient => "invalid_client",
             ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
             ErrorCode::MfaRequired => "mfa_required",
+            ErrorCode::InvalidGrant => "invalid_grant",
             ErrorCode::InvalidTotp => "invalid_totp",
             ErrorCode::ToolBlocked => "tool_blocked",
             ErrorCode::McpMethodNotAllowed => "mcp_method_not_allowed",
@@ -128,7 +132,8 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::BadRequest
             | ErrorCode::InvalidCiphertext
-            | ErrorCode::UnsupportedGrantType => 400,
+            | ErrorCode::UnsupportedGrantType
+            | ErrorCode::InvalidGrant => 400,
             ErrorCode::UpstreamUnavailable => 502,
             ErrorCode::UpstreamTimeout => 504,
             ErrorCode::Internal => 500,
@@ -172,6 +177,7 @@ mod tests {
             ErrorCode::UnsupportedGrantType,
             ErrorCode::MfaRequired,
             ErrorCode::InvalidTotp,
+            ErrorCode::InvalidGrant,
             ErrorCode::ToolBlocked,
             ErrorCode::McpMethodNotAllowed,
             ErrorCode::McpSessionNotFound,

@@ -122,6 +122,8 @@ pub struct Gateway {
     pub(crate) vault: Option<Arc<Vault>>,
     pub(crate) captures: Option<CaptureSink>,
     pub(crate) tokens: crate::tokens::TokenService,
+    /// When each agent last authenticated.
+    pub(crate) last_seen: crate::last_seen::LastSeen,
     /// The MCP adapter's pins and sessions; `None` without MCP routes.
     pub(crate) mcp: Option<Arc<crate::mcp::McpState>>,
     checker: ClientCertChecker,
@@ -198,6 +200,14 @@ impl Gateway {
         } else {
             None
         };
+        parts
+            .tokens
+            .revocations
+            .reload(&parts.store, unix_now())
+            .await?;
+        let last_seen = crate::last_seen::LastSeen::default();
+        last_seen.sync(snapshot.directory.agents().map(|(name, _)| name));
+        last_seen.seed(&parts.store).await?;
         let mcp = if config
             .routes
             .iter()
@@ -213,6 +223,7 @@ impl Gateway {
             None
         };
         Ok(Arc::new(Gateway {
+            last_seen,
             mcp,
             tokens: parts.tokens,
             guard,
@@ -265,6 +276,8 @@ impl Gateway {
                 tracing::info!(route = %e.route, "MCP session ended: its agent is no longer live");
             }
         }
+        self.last_seen
+            .sync(snapshot.directory.agents().map(|(name, _)| name));
         self.snapshot.store(Arc::new(snapshot));
         Ok(())
     }
@@ -272,6 +285,26 @@ impl Gateway {
     /// The MCP adapter's tool pins; `None` without MCP routes.
     pub fn mcp_pins(&self) -> Option<&crate::mcp::pins::ToolPins> {
         self.mcp.as_deref().map(|m| &m.pins)
+    }
+
+    /// Re-reads revoked tokens and disabled users. Called by the admin API
+    /// after each such change, before it answers.
+    pub async fn reload_revocations(&self) -> Result<(), GatewayError> {
+        self.tokens
+            .revocations
+            .reload(&self.store, unix_now())
+            .await?;
+        Ok(())
+    }
+
+    /// When `agent` last authenticated (epoch seconds, 0 = never).
+    pub fn last_seen(&self, agent: &str) -> i64 {
+        self.last_seen.get(agent)
+    }
+
+    /// The access-token service (for the admin API's `whoami`).
+    pub fn tokens(&self) -> &crate::tokens::TokenService {
+        &self.tokens
     }
 
     /// Checks a new connection's client certificate.
@@ -393,7 +426,10 @@ async fn build_snapshot(
     let agents = store.agents().await?;
     let certificates = store.certificates(None).await?;
     let keys = store.agent_keys(None).await?;
-    let directory = AgentDirectory::new(&agents, &certificates).with_keys(&keys);
+    let pins = store.posture_pins().await?;
+    let directory = AgentDirectory::new(&agents, &certificates)
+        .with_keys(&keys)
+        .with_pins(&pins);
     // Revoked agents stay out of the policy entities as well: defence in depth.
     let entities: Vec<AgentEntity> = directory
         .agents()
@@ -408,4 +444,11 @@ async fn build_snapshot(
         directory,
         authorizer,
     })
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
 }

@@ -157,6 +157,15 @@ pub async fn serve(
         tracing::error!(route = %context.route.name, "MCP route without MCP state");
         return Err(Denial::new(ErrorCode::Internal, "internal error"));
     };
+    // On behalf of a user (token exchange), HTTP routes also ask policy as the
+    // user, so delegation never grants more than the user has. MCP decisions
+    // do not make that second decision yet: refuse rather than over-grant.
+    if identity.delegated.is_some() {
+        return Err(Denial::new(
+            ErrorCode::Forbidden,
+            "requests on behalf of a user (token exchange) are not supported on MCP routes yet",
+        ));
+    }
     let session = decoded
         .parts
         .headers
