@@ -121,6 +121,9 @@ const MEMO_CAPACITY: usize = 65_536;
 
 struct ActionAuthz {
     uid: EntityUid,
+    /// The action's entity and those of the action groups it is in: all a
+    /// request's `action in …` can ask about, so all its slice needs.
+    action_entities: Vec<Entity>,
     resource_type: EntityTypeName,
     candidates: PolicySet,
     context_free: bool,
@@ -133,8 +136,6 @@ pub(crate) struct McpAuthz {
     agent_type: EntityTypeName,
     route_type: EntityTypeName,
     args_type: EntityTypeName,
-    /// The schema's action entities (action groups), part of every slice.
-    action_entities: Vec<Entity>,
     memo: RwLock<HashMap<(String, McpAction, String, String), Decision>>,
 }
 
@@ -160,6 +161,10 @@ impl McpAuthz {
             return Ok(None);
         }
         let is_in = |e: &EntityUid, g: &EntityUid| e == g || entities.is_ancestor_of(g, e);
+        let schema_actions = bundle
+            .schema
+            .action_entities()
+            .map_err(|e| EntityError::new(e.to_string()))?;
         let mut actions = Vec::new();
         for action in McpAction::ALL {
             let uid = declared.get(action.as_str()).cloned().ok_or_else(|| {
@@ -183,25 +188,27 @@ impl McpAuthz {
                     let _ = candidates.add(policy.clone());
                 }
             }
+            let mut lineage = vec![uid.clone()];
+            if let Some(ancestors) = schema_actions.ancestors(&uid) {
+                lineage.extend(ancestors.cloned());
+            }
+            let action_entities = lineage
+                .iter()
+                .filter_map(|u| schema_actions.get(u).cloned())
+                .collect();
             actions.push(ActionAuthz {
+                action_entities,
                 uid,
                 resource_type: parse(action.resource_type())?,
                 candidates,
                 context_free,
             });
         }
-        let action_entities = bundle
-            .schema
-            .action_entities()
-            .map_err(|e| EntityError::new(e.to_string()))?
-            .into_iter()
-            .collect();
         let authz = McpAuthz {
             actions,
             agent_type: parse("Agent")?,
             route_type: parse("Route")?,
             args_type: parse("McpArgs")?,
-            action_entities,
             memo: RwLock::new(HashMap::new()),
         };
         // The request shape is fixed: prove once per action that the schema
@@ -272,8 +279,8 @@ impl McpAuthz {
                 ),
             ])
         };
-        let mut slice = Vec::with_capacity(self.action_entities.len() + 4);
-        slice.extend(self.action_entities.iter().cloned());
+        let mut slice = Vec::with_capacity(a.action_entities.len() + 4);
+        slice.extend(a.action_entities.iter().cloned());
         slice.push(match agent {
             Some(e) => e.clone(),
             None => Entity::new_no_attrs(principal.clone(), HashSet::new()),
@@ -577,6 +584,49 @@ mod tests {
         let mcp = a.mcp.as_ref().unwrap();
         let memo = mcp.memo.read().unwrap();
         assert_eq!(memo.len(), 1, "only list_tools is context-free");
+    }
+
+    #[test]
+    fn action_groups_of_a_users_schema_apply_to_mcp_messages() {
+        let schema = DEFAULT_SCHEMA.replace(
+            "action call_tool appliesTo",
+            "action use_tools;\naction call_tool in [use_tools] appliesTo",
+        );
+        let sources = PolicySources {
+            origin: PathBuf::from("/t"),
+            schema,
+            files: vec![(
+                "t.cedar".to_string(),
+                r#"@id("group") permit(principal, action in Action::"use_tools", resource);"#
+                    .to_string(),
+            )],
+        };
+        let bundle = Arc::new(PolicyBundle::compile(&sources).unwrap());
+        let a = Authorizer::new(
+            bundle,
+            &[AgentEntity {
+                name: "dev-bot".into(),
+                roles: vec![],
+            }],
+            &[],
+        )
+        .unwrap();
+        check(
+            &a,
+            "dev-bot",
+            McpAction::CallTool,
+            "echo",
+            &[],
+            "allow group",
+        );
+        check(
+            &a,
+            "dev-bot",
+            McpAction::ListTools,
+            "",
+            &[],
+            "deny default-deny",
+        );
     }
 
     #[test]
