@@ -64,6 +64,11 @@ pub enum ErrorCode {
     InvalidGrant,
     /// The TOTP code (or the admin it names) was refused: wrong, stale, or already used.
     InvalidTotp,
+    /// An LLM request names a model its route does not configure.
+    ModelNotFound,
+    /// The agent's request or token budget on an LLM route is spent for
+    /// the current minute or day.
+    BudgetExceeded,
     /// (MCP, in a JSON-RPC error's `data.code`) the tool is blocked: its
     /// definition changed since it was approved, it failed the poisoning scan,
     /// or its server never listed it; an admin approves with `portcullis tools approve`.
@@ -105,6 +110,8 @@ impl ErrorCode {
             ErrorCode::MfaRequired => "mfa_required",
             ErrorCode::InvalidGrant => "invalid_grant",
             ErrorCode::InvalidTotp => "invalid_totp",
+            ErrorCode::ModelNotFound => "model_not_found",
+            ErrorCode::BudgetExceeded => "budget_exceeded",
             ErrorCode::ToolBlocked => "tool_blocked",
             ErrorCode::McpMethodNotAllowed => "mcp_method_not_allowed",
             ErrorCode::McpSessionNotFound => "mcp_session_not_found",
@@ -126,7 +133,11 @@ impl ErrorCode {
             | ErrorCode::ContentBlocked
             | ErrorCode::ToolBlocked
             | ErrorCode::McpMethodNotAllowed => 403,
-            ErrorCode::RouteNotFound | ErrorCode::NotFound | ErrorCode::McpSessionNotFound => 404,
+            ErrorCode::RouteNotFound
+            | ErrorCode::NotFound
+            | ErrorCode::ModelNotFound
+            | ErrorCode::McpSessionNotFound => 404,
+            ErrorCode::BudgetExceeded => 429,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
@@ -178,6 +189,8 @@ mod tests {
             ErrorCode::MfaRequired,
             ErrorCode::InvalidTotp,
             ErrorCode::InvalidGrant,
+            ErrorCode::ModelNotFound,
+            ErrorCode::BudgetExceeded,
             ErrorCode::ToolBlocked,
             ErrorCode::McpMethodNotAllowed,
             ErrorCode::McpSessionNotFound,

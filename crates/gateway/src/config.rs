@@ -9,6 +9,7 @@ use std::fmt::Display;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_core::{Classification, is_valid_name};
@@ -366,7 +367,7 @@ pub struct RawRoute {
     /// Unique route name; the Cedar resource is `Route::"<name>"`.
     #[serde(deserialize_with = "route_name")]
     pub name: toml::Spanned<String>,
-    /// Protocol adapter: `http` (default) or `mcp`.
+    /// Protocol adapter: `http` (default), `mcp` or `llm`.
     #[serde(default = "default_kind")]
     pub kind: RouteKind,
     /// Requests whose path is this prefix or below it (segment-wise) take this route.
@@ -394,6 +395,18 @@ pub struct RawRoute {
     /// fail closed.
     #[serde(default)]
     pub audit_fail_open: bool,
+    /// `[[routes.models]]`: the models of a `kind = "llm"` route.
+    #[serde(default)]
+    pub models: Vec<crate::llm::config::RawModel>,
+    /// `kind = "llm"`: the environment variable holding the upstream API key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// `kind = "llm"`: the file holding the upstream API key.
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// `[routes.budget]`: per-agent limits of a `kind = "llm"` route.
+    #[serde(default)]
+    pub budget: Option<crate::llm::config::BudgetConfig>,
 }
 
 /// `[routes.guard]`: the content guard's actions on one route. Both default
@@ -679,7 +692,7 @@ pub enum RouteKind {
     /// An MCP server (Streamable HTTP, or stdio): every JSON-RPC message is
     /// authorized, `tools/list` is filtered and tool definitions are pinned.
     Mcp,
-    /// An OpenAI-compatible model API.
+    /// The OpenAI-compatible API: models, budgets, message inspection.
     Llm,
 }
 
@@ -921,6 +934,8 @@ pub struct RouteConfig {
     pub capture: Option<CaptureConfig>,
     /// Serve while the audit log cannot be written.
     pub audit_fail_open: bool,
+    /// Models, API key and budget of a `kind = "llm"` route.
+    pub llm: Option<Arc<crate::llm::config::LlmConfig>>,
 }
 
 /// The audit log's settings.
@@ -1113,6 +1128,7 @@ impl Config {
             credential: None,
             capture: None,
             audit_fail_open: false,
+            llm: None,
         };
         Config {
             routes: vec![
@@ -1145,22 +1161,18 @@ impl Config {
         };
         let mut names = std::collections::HashSet::new();
         let mut prefixes = std::collections::HashSet::new();
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut llm = Vec::with_capacity(raw.routes.len());
         for route in &raw.routes {
             let line = line_of(route.name.span());
             match route.kind {
-                RouteKind::Http => {
+                RouteKind::Http | RouteKind::Llm => {
                     if matches!(route.upstream, Upstream::Stdio { .. }) {
                         return Err(invalid(format!(
                             "line {line}, key `routes.upstream`: route `{}`: `{STDIO_UPSTREAM_PREFIX}` upstreams are for `kind = \"mcp\"` routes",
                             route.name.get_ref()
                         )));
                     }
-                }
-                RouteKind::Llm => {
-                    return Err(invalid(format!(
-                        "line {line}, key `routes.kind`: route `{}`: `kind = \"llm\"` is not available in this build",
-                        route.name.get_ref()
-                    )));
                 }
                 RouteKind::Mcp => {
                     if route.upstream == Upstream::BuiltinDemo {
@@ -1194,6 +1206,43 @@ impl Config {
                     route.path_prefix.get_ref()
                 )));
             }
+            let at = |what: String| {
+                invalid(format!(
+                    "line {}, route `{}`: {what}",
+                    line_of(route.name.span()),
+                    route.name.get_ref()
+                ))
+            };
+            let has_llm_keys = !route.models.is_empty()
+                || route.api_key_env.is_some()
+                || route.api_key_file.is_some()
+                || route.budget.is_some();
+            match route.kind {
+                RouteKind::Http | RouteKind::Mcp if has_llm_keys => {
+                    return Err(at("`models`, `api_key_env`, `api_key_file` and `budget` belong to routes of kind `llm`".into()));
+                }
+                RouteKind::Llm if route.upstream == Upstream::BuiltinDemo => {
+                    return Err(at(format!(
+                        "a route of kind `llm` needs an OpenAI-compatible upstream URL, not `{BUILTIN_DEMO_UPSTREAM}`"
+                    )));
+                }
+                _ => {}
+            }
+            llm.push(if route.kind == RouteKind::Llm {
+                Some(Arc::new(
+                    crate::llm::config::validate(
+                        route.models.clone(),
+                        route.api_key_env.clone(),
+                        route.api_key_file.clone(),
+                        route.budget,
+                        route.classification,
+                        base,
+                    )
+                    .map_err(at)?,
+                ))
+            } else {
+                None
+            });
         }
         if raw.limits.max_body_bytes == Some(0) {
             return Err(invalid(
@@ -1290,7 +1339,6 @@ impl Config {
                 "key `gateway.max_connections`: must be greater than 0".into(),
             ));
         }
-        let base = path.parent().unwrap_or(Path::new("."));
         let mut raw = raw;
         let telemetry = validate_telemetry(&raw.telemetry).map_err(invalid)?;
         let default_service = raw
@@ -1306,6 +1354,9 @@ impl Config {
         )
         .map_err(invalid)?;
         let mut config = Self::from_raw_unchecked(raw, base);
+        for (route, llm) in config.routes.iter_mut().zip(llm) {
+            route.llm = llm;
+        }
         config.audit.export = export;
         config.telemetry = telemetry;
         // Port 0 asks the OS for a free port, so two `:0` addresses never collide.
@@ -1415,6 +1466,8 @@ impl Config {
                 .routes
                 .into_iter()
                 .map(|r| RouteConfig {
+                    // Set by `parse`, which reports what is wrong with it.
+                    llm: None,
                     name: r.name.into_inner(),
                     kind: r.kind,
                     path_prefix: r.path_prefix.into_inner(),
@@ -2019,8 +2072,8 @@ classification = "internal"
             "are not available on MCP routes yet",
         );
         check(
-            &route("llm", "http://x/v1", ""),
-            "`kind = \"llm\"` is not available in this build",
+            &route("llm", "stdio:node server.js", ""),
+            "`stdio:` upstreams are for `kind = \"mcp\"` routes",
         );
     }
 }

@@ -14,6 +14,7 @@ mod bundle;
 mod caller;
 mod decide;
 mod mcp;
+mod model;
 mod secret;
 
 pub use bundle::{DEFAULT_POLICIES, DEFAULT_SCHEMA, PolicyBundle, PolicyError, PolicySources};
@@ -23,5 +24,6 @@ pub use decide::{
     RouteEntity, SourceIp,
 };
 pub use mcp::{McpAction, McpRequest};
+pub use model::{ModelAction, ModelEntity, ModelRequest};
 pub use portcullis_core::Decision;
 pub use secret::{SecretRequest, USE_SECRET};

@@ -18,6 +18,8 @@ pub use agent_keys::AgentKeyRow;
 pub use mcp_tools::McpToolRow;
 mod inventory;
 pub use inventory::InventoryEdge;
+mod llm_budget;
+pub use llm_budget::BudgetDayRow;
 
 pub use audit_log::{
     AuditAppender, AuditVerifyFailure, NODE_MIN_LEVEL, PersonalValue, StoredCheckpoint, TreeHead,
@@ -134,6 +136,11 @@ fn migrator() -> Migrator {
             8,
             "mcp_tools",
             include_str!("../migrations/0008_mcp_tools.sql"),
+        ),
+        migration(
+            10,
+            "llm_budget",
+            include_str!("../migrations/0010_llm_budget.sql"),
         ),
     ])
 }
