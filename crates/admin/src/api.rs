@@ -184,7 +184,7 @@ impl Call {
     }
 }
 
-fn now_ms() -> i64 {
+pub(crate) fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
@@ -205,6 +205,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/audit", get(audit_tail))
         .merge(crate::vault_api::routes())
         .merge(crate::identity_api::routes())
+        .merge(crate::tools_api::routes())
         .route(
             "/audit/checkpoint",
             get(crate::audit_api::latest_checkpoint).post(crate::audit_api::sign_checkpoint),

@@ -20,6 +20,7 @@ mod auth;
 mod identity_api;
 mod mfa;
 mod policy_api;
+mod tools_api;
 mod vault_api;
 
 pub use api::{AdminState, DEFAULT_CERT_TTL, RemoteAddr, router};

@@ -14,6 +14,7 @@ mod policy_test;
 mod serve;
 mod state_dir;
 mod token_cmd;
+mod tools_cmd;
 mod vault_cmd;
 
 use std::path::PathBuf;
@@ -217,6 +218,13 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// MCP tool pins: list tools seen on MCP routes, approve changed definitions.
+    Tools {
+        #[command(subcommand)]
+        command: tools_cmd::ToolsCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// Run the content guard offline (prompt injection, DLP, tool poisoning).
     Guard {
         #[command(subcommand)]
@@ -293,6 +301,7 @@ fn main() -> ExitCode {
             Command::Vault { command, admin } => vault_cmd::vault(command, admin).await,
             Command::Transit { command, admin } => vault_cmd::transit(command, admin).await,
             Command::Capture { command, admin } => vault_cmd::capture(command, admin).await,
+            Command::Tools { command, admin } => tools_cmd::tools(command, admin).await,
         }
     });
     match result {

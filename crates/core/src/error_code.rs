@@ -82,6 +82,15 @@ pub enum ErrorCode {
     /// The deciding policy carries `@obligation("mfa")` and the request does
     /// not come from a delegating user with fresh MFA.
     UserMfaRequired,
+    /// (MCP, in a JSON-RPC error's `data.code`) the tool is blocked: its
+    /// definition changed since it was approved, it failed the poisoning scan,
+    /// or its server never listed it; an admin approves with `portcullis tools approve`.
+    ToolBlocked,
+    /// (MCP, in a JSON-RPC error's `data.code`) a JSON-RPC method the gateway
+    /// does not map to a policy action, or a message without the parameters it needs.
+    McpMethodNotAllowed,
+    /// (MCP) the `Mcp-Session-Id` is unknown, ended, or belongs to another agent.
+    McpSessionNotFound,
 }
 
 impl ErrorCode {
@@ -121,6 +130,9 @@ impl ErrorCode {
             ErrorCode::ApprovalDenied => "approval_denied",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::UserMfaRequired => "user_mfa_required",
+            ErrorCode::ToolBlocked => "tool_blocked",
+            ErrorCode::McpMethodNotAllowed => "mcp_method_not_allowed",
+            ErrorCode::McpSessionNotFound => "mcp_session_not_found",
         }
     }
 
@@ -139,9 +151,14 @@ impl ErrorCode {
             | ErrorCode::ContentBlocked
             | ErrorCode::ApprovalRequired
             | ErrorCode::ApprovalDenied
-            | ErrorCode::UserMfaRequired => 403,
+            | ErrorCode::UserMfaRequired
+            | ErrorCode::ToolBlocked
+            | ErrorCode::McpMethodNotAllowed => 403,
             ErrorCode::RateLimited | ErrorCode::BudgetExceeded => 429,
-            ErrorCode::RouteNotFound | ErrorCode::NotFound | ErrorCode::ModelNotFound => 404,
+            ErrorCode::RouteNotFound
+            | ErrorCode::NotFound
+            | ErrorCode::ModelNotFound
+            | ErrorCode::McpSessionNotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
@@ -201,6 +218,9 @@ mod tests {
             ErrorCode::ApprovalDenied,
             ErrorCode::RateLimited,
             ErrorCode::UserMfaRequired,
+            ErrorCode::ToolBlocked,
+            ErrorCode::McpMethodNotAllowed,
+            ErrorCode::McpSessionNotFound,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {

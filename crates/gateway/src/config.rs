@@ -387,13 +387,14 @@ pub struct RawRoute {
     /// Unique route name; the Cedar resource is `Route::"<name>"`.
     #[serde(deserialize_with = "route_name")]
     pub name: toml::Spanned<String>,
-    /// Protocol adapter: `http` (default) or `llm`.
+    /// Protocol adapter: `http` (default), `mcp` or `llm`.
     #[serde(default = "default_kind")]
     pub kind: RouteKind,
     /// Requests whose path is this prefix or below it (segment-wise) take this route.
     #[serde(deserialize_with = "path_prefix")]
     pub path_prefix: toml::Spanned<String>,
-    /// `http://…` or `https://…` base URL, or `builtin:demo`.
+    /// `http://…` or `https://…` base URL, `builtin:demo`, or (MCP routes)
+    /// `stdio:COMMAND ARGS`.
     #[serde(deserialize_with = "from_str")]
     pub upstream: Upstream,
     /// Sensitivity of the data behind the route.
@@ -708,19 +709,21 @@ impl TryFrom<RawCapture> for CaptureConfig {
 }
 
 /// The protocol adapter of a route.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum RouteKind {
     /// A plain HTTP reverse proxy.
+    #[default]
     Http,
-    /// The Model Context Protocol (not served by this build).
+    /// An MCP server (Streamable HTTP, or stdio): every JSON-RPC message is
+    /// authorized, `tools/list` is filtered and tool definitions are pinned.
     Mcp,
     /// The OpenAI-compatible API: models, budgets, message inspection.
     Llm,
 }
 
 fn default_kind() -> RouteKind {
-    RouteKind::Http
+    RouteKind::default()
 }
 
 /// Where a route forwards to.
@@ -737,7 +740,18 @@ pub enum Upstream {
     },
     /// The in-process demo upstream.
     BuiltinDemo,
+    /// An MCP server the gateway launches itself, one process per session,
+    /// speaking JSON-RPC over its stdin and stdout (`kind = "mcp"` only).
+    Stdio {
+        /// The program (looked up in `PATH`).
+        program: String,
+        /// Its arguments, split on whitespace (no shell: no quoting, no expansion).
+        args: Vec<String>,
+    },
 }
+
+/// The prefix of an upstream the gateway launches: `stdio:COMMAND ARGS`.
+pub const STDIO_UPSTREAM_PREFIX: &str = "stdio:";
 
 impl FromStr for Upstream {
     type Err = String;
@@ -745,6 +759,16 @@ impl FromStr for Upstream {
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         if s == BUILTIN_DEMO_UPSTREAM {
             return Ok(Upstream::BuiltinDemo);
+        }
+        if let Some(command) = s.strip_prefix(STDIO_UPSTREAM_PREFIX) {
+            let mut words = command.split_whitespace().map(str::to_string);
+            let program = words
+                .next()
+                .ok_or_else(|| format!("upstream `{s}` names no command"))?;
+            return Ok(Upstream::Stdio {
+                program,
+                args: words.collect(),
+            });
         }
         let uri: http::Uri = s
             .parse()
@@ -755,7 +779,7 @@ impl FromStr for Upstream {
             .cloned()
             .ok_or_else(|| {
                 format!(
-                    "upstream `{s}` must be an http:// or https:// URL or `{BUILTIN_DEMO_UPSTREAM}`"
+                    "upstream `{s}` must be an http:// or https:// URL, `{BUILTIN_DEMO_UPSTREAM}`, or `{STDIO_UPSTREAM_PREFIX}COMMAND ARGS` (MCP routes)"
                 )
             })?;
         let authority = uri
@@ -1226,6 +1250,34 @@ impl Config {
         let base = path.parent().unwrap_or(Path::new("."));
         let mut llm = Vec::with_capacity(raw.routes.len());
         for route in &raw.routes {
+            let line = line_of(route.name.span());
+            match route.kind {
+                RouteKind::Http | RouteKind::Llm => {
+                    if matches!(route.upstream, Upstream::Stdio { .. }) {
+                        return Err(invalid(format!(
+                            "line {line}, key `routes.upstream`: route `{}`: `{STDIO_UPSTREAM_PREFIX}` upstreams are for `kind = \"mcp\"` routes",
+                            route.name.get_ref()
+                        )));
+                    }
+                }
+                RouteKind::Mcp => {
+                    if route.upstream == Upstream::BuiltinDemo {
+                        return Err(invalid(format!(
+                            "line {line}, key `routes.upstream`: route `{}`: an MCP route needs an http(s) MCP server URL, not `{BUILTIN_DEMO_UPSTREAM}`",
+                            route.name.get_ref()
+                        )));
+                    }
+                    if route.guard != RouteGuard::default()
+                        || route.capture.is_some()
+                        || route.credential.is_some()
+                    {
+                        return Err(invalid(format!(
+                            "line {line}, route `{}`: `[routes.guard]`, `[routes.capture]` and `[routes.credential]` are not available on MCP routes yet",
+                            route.name.get_ref()
+                        )));
+                    }
+                }
+            }
             if !names.insert(route.name.get_ref().clone()) {
                 return Err(invalid(format!(
                     "line {}, key `routes.name`: duplicate route name `{}`",
@@ -1252,10 +1304,7 @@ impl Config {
                 || route.api_key_file.is_some()
                 || route.budget.is_some();
             match route.kind {
-                RouteKind::Mcp => {
-                    return Err(at("kind `mcp` is not served by this build".into()));
-                }
-                RouteKind::Http if has_llm_keys => {
+                RouteKind::Http | RouteKind::Mcp if has_llm_keys => {
                     return Err(at("`models`, `api_key_env`, `api_key_file` and `budget` belong to routes of kind `llm`".into()));
                 }
                 RouteKind::Llm if route.upstream == Upstream::BuiltinDemo => {
@@ -2135,5 +2184,44 @@ classification = "internal"
         );
         assert!("http://x/?q=1".parse::<Upstream>().is_err());
         assert!("/relative".parse::<Upstream>().is_err());
+        assert_eq!(
+            "stdio:node  server.js --port 0".parse::<Upstream>(),
+            Ok(Upstream::Stdio {
+                program: "node".into(),
+                args: vec!["server.js".into(), "--port".into(), "0".into()]
+            })
+        );
+        assert!("stdio:  ".parse::<Upstream>().is_err());
+    }
+
+    #[test]
+    fn mcp_routes() {
+        let route = |kind: &str, upstream: &str, extra: &str| {
+            format!(
+                "[[routes]]\nname = \"m\"\nkind = \"{kind}\"\npath_prefix = \"/m\"\nupstream = \"{upstream}\"\nclassification = \"internal\"\n{extra}"
+            )
+        };
+        check(&route("mcp", "http://127.0.0.1:3001/mcp", ""), "ok ");
+        check(&route("mcp", "stdio:node server.js", ""), "ok ");
+        check(
+            &route("http", "stdio:node server.js", ""),
+            "line 2, key `routes.upstream`: route `m`: `stdio:` upstreams are for `kind = \"mcp\"` routes",
+        );
+        check(
+            &route("mcp", "builtin:demo", ""),
+            "an MCP route needs an http(s) MCP server URL",
+        );
+        check(
+            &route(
+                "mcp",
+                "http://x/mcp",
+                "[routes.guard]\ninjection = \"block\"\n",
+            ),
+            "are not available on MCP routes yet",
+        );
+        check(
+            &route("llm", "stdio:node server.js", ""),
+            "`stdio:` upstreams are for `kind = \"mcp\"` routes",
+        );
     }
 }

@@ -18,6 +18,7 @@ pub mod directory;
 pub mod last_seen;
 pub mod listener;
 pub mod llm;
+pub mod mcp;
 pub mod metrics;
 pub mod oauth;
 pub mod oidc;

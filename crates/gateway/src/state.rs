@@ -84,6 +84,9 @@ pub enum GatewayError {
     /// The content guard's detectors did not build.
     #[error(transparent)]
     Guard(#[from] portcullis_guard::GuardError),
+    /// An MCP route cannot be served.
+    #[error("MCP routes: {0}")]
+    Mcp(String),
     /// A route's upstream API key cannot be read.
     #[error(transparent)]
     ApiKey(#[from] crate::llm::ApiKeyError),
@@ -158,6 +161,8 @@ pub struct Gateway {
     pub(crate) approvals: Arc<crate::approvals::Approvals>,
     /// When each agent last authenticated.
     pub(crate) last_seen: crate::last_seen::LastSeen,
+    /// The MCP adapter's pins and sessions; `None` without MCP routes.
+    pub(crate) mcp: Option<Arc<crate::mcp::McpState>>,
     checker: ClientCertChecker,
     pub(crate) route_entities: Vec<RouteEntity>,
     snapshot: ArcSwap<Snapshot>,
@@ -219,6 +224,8 @@ impl Gateway {
                         base_path: String::new(),
                     }
                 }
+                // Launched per session by the MCP adapter; nothing to resolve.
+                Upstream::Stdio { .. } => continue,
             };
             upstreams.insert(route.name.clone(), resolved);
         }
@@ -289,6 +296,20 @@ impl Gateway {
         let last_seen = crate::last_seen::LastSeen::default();
         last_seen.sync(snapshot.directory.agents().map(|(name, _)| name));
         last_seen.seed(&parts.store).await?;
+        let mcp = if config
+            .routes
+            .iter()
+            .any(|r| r.kind == crate::config::RouteKind::Mcp)
+        {
+            if !snapshot.authorizer.supports_mcp() {
+                return Err(GatewayError::Mcp(
+                    "the policy schema has no MCP actions (`Action::\"call_tool\"` …); copy them from the shipped schema.cedarschema (`portcullis policy schema`)".into(),
+                ));
+            }
+            Some(crate::mcp::state_for(&parts.store).await?)
+        } else {
+            None
+        };
         Ok(Arc::new(Gateway {
             llm,
             model_entities,
@@ -296,6 +317,7 @@ impl Gateway {
             timezone: config.policy_timezone.clone(),
             rate_limiter: Default::default(),
             approvals: parts.approvals,
+            mcp,
             tokens: parts.tokens,
             guard,
             vault: parts.vault,
@@ -352,6 +374,16 @@ impl Gateway {
             &self.model_entities,
         )
         .await?;
+        // Sessions of agents the new snapshot no longer accepts end now.
+        if let Some(mcp) = &self.mcp {
+            let ended = mcp
+                .sessions
+                .retain_agents(|agent| snapshot.directory.check_agent(agent).is_ok());
+            for e in ended {
+                mcp.stdio.end(&e.id);
+                tracing::info!(route = %e.route, "MCP session ended: its agent is no longer live");
+            }
+        }
         self.last_seen
             .sync(snapshot.directory.agents().map(|(name, _)| name));
         self.snapshot.store(Arc::new(snapshot));
@@ -430,6 +462,11 @@ impl Gateway {
             });
         }
         Ok(())
+    }
+
+    /// The MCP adapter's tool pins; `None` without MCP routes.
+    pub fn mcp_pins(&self) -> Option<&crate::mcp::pins::ToolPins> {
+        self.mcp.as_deref().map(|m| &m.pins)
     }
 
     /// Re-reads revoked tokens and disabled users. Called by the admin API

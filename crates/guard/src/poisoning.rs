@@ -8,8 +8,9 @@
 //! [`scan_tool`] combines these rules with the injection detector's
 //! description-channel score.
 //!
-//! The MCP adapter that will call this on every `tools/list` does not exist
-//! yet; `portcullis guard scan --channel description` runs it today.
+//! The gateway's MCP adapter calls it on every new tool definition a
+//! `tools/list` shows; `portcullis guard scan --channel description` runs it
+//! offline.
 
 use std::sync::LazyLock;
 

@@ -251,6 +251,8 @@ pub struct Authorizer {
     pub(crate) cedar: cedar_policy::Authorizer,
     /// `use_secret` decisions; `None` when the schema has no such action.
     secret: Option<crate::secret::SecretAuthz>,
+    /// MCP decisions; `None` when the schema has no MCP actions.
+    pub(crate) mcp: Option<crate::mcp::McpAuthz>,
     /// `complete`/`embed` decisions on models; set by
     /// [`Authorizer::with_models`].
     model: Option<crate::model::ModelAuthz>,
@@ -358,6 +360,7 @@ impl Authorizer {
             crate::grants::link(&bundle.policies, grants, &actions, &agent_type, &route_type)?;
         let index = ScopeIndex::new(&indexed, &entities, &agent_uids, &actions, &route_uids);
         let secret = crate::secret::SecretAuthz::new(&bundle, &entities)?;
+        let mcp = crate::mcp::McpAuthz::new(&bundle, &entities)?;
         let user_type = bundle
             .schema
             .entity_types()
@@ -366,6 +369,7 @@ impl Authorizer {
         let authorizer = Authorizer {
             user_type,
             secret,
+            mcp,
             model: None,
             policies,
             grant_expiry,
@@ -479,6 +483,22 @@ impl Authorizer {
                 "the policy schema has no `Action::\"{}\"`",
                 crate::secret::USE_SECRET
             )),
+        }
+    }
+
+    /// Whether the schema declares the MCP actions, which `kind = "mcp"` routes need.
+    pub fn supports_mcp(&self) -> bool {
+        self.mcp.is_some()
+    }
+
+    /// Decides one MCP message (see [`crate::McpRequest`]). Without the MCP
+    /// actions in the schema: denied, with the reason in [`Decision::errors`].
+    pub fn decide_mcp(&self, request: &crate::McpRequest<'_>) -> Decision {
+        match &self.mcp {
+            Some(m) => m.decide(&self.cedar, &self.entities, request),
+            None => denied_with_error(
+                "the policy schema has no MCP actions (`Action::\"call_tool\"` …)".to_string(),
+            ),
         }
     }
 

@@ -15,6 +15,7 @@ mod caller;
 mod decide;
 mod explain;
 mod grants;
+mod mcp;
 mod model;
 mod obligations;
 mod secret;
@@ -29,6 +30,7 @@ pub use decide::{
 };
 pub use explain::{Explanation, PolicyTrace, TraceOutcome};
 pub use grants::{BREAKGLASS_PREFIX, GRANT_PREFIX, GrantEntity, GrantScope};
+pub use mcp::{McpAction, McpRequest};
 pub use model::{ModelAction, ModelEntity, ModelRequest};
 pub use obligations::{KNOWN_ANNOTATIONS, Obligations, Rate};
 pub use portcullis_core::Decision;

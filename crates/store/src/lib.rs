@@ -13,7 +13,9 @@ mod agent_keys;
 mod identity;
 pub use identity::{AdminUserRow, PostureRow, RevokedTokenRow};
 mod audit_log;
+mod mcp_tools;
 pub use agent_keys::AgentKeyRow;
+pub use mcp_tools::McpToolRow;
 mod inventory;
 pub use inventory::InventoryEdge;
 mod llm_budget;
@@ -135,6 +137,11 @@ fn migrator() -> Migrator {
             include_str!("../migrations/0006_identity.sql"),
         ),
         migration(7, "policy", include_str!("../migrations/0007_policy.sql")),
+        migration(
+            8,
+            "mcp_tools",
+            include_str!("../migrations/0008_mcp_tools.sql"),
+        ),
         migration(
             10,
             "llm_budget",

@@ -224,8 +224,11 @@ mod tests {
             "belong to routes of kind `llm`",
         );
         check(
-            &ROUTE.replace("kind = \"llm\"", "kind = \"mcp\""),
-            "kind `mcp` is not served by this build",
+            &format!(
+                "{}{model}",
+                ROUTE.replace("kind = \"llm\"", "kind = \"mcp\"")
+            ),
+            "belong to routes of kind `llm`",
         );
     }
 

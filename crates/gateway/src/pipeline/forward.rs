@@ -87,6 +87,11 @@ impl Forwarder {
         }
     }
 
+    /// The upstream response-head timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// Sends the request upstream and returns the streaming response.
     #[allow(clippy::too_many_arguments)]
     pub async fn forward(

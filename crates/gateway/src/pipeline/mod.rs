@@ -60,6 +60,9 @@ use crate::metrics::Stage;
 use crate::respond::{Denial, REQUEST_ID_HEADER, ResponseBody, error_response};
 use crate::state::{ConnectionState, Gateway};
 
+/// The record's error code while no answer has gone out.
+const CLIENT_CLOSED_CODE: &str = "client_closed";
+
 /// Handles one data-plane request end to end. Never fails: every outcome is a response.
 pub async fn handle(
     gateway: Arc<Gateway>,
@@ -82,7 +85,7 @@ pub async fn handle(
             path: Some(request.uri().path().to_string()),
             outcome: Outcome::Deny,
             // What the record says if the client goes away before we answer.
-            error_code: Some("client_closed".into()),
+            error_code: Some(CLIENT_CLOSED_CODE.into()),
             status: CLIENT_CLOSED,
             ..AuditRecord::default()
         },
@@ -112,7 +115,12 @@ pub async fn handle(
     .await
     {
         Ok(response) => {
-            recorder.record().error_code = None;
+            // An answered request has no error, except one a protocol adapter
+            // put in its answer (an MCP refusal is a JSON-RPC error in a 200).
+            let record = recorder.record();
+            if record.error_code.as_deref() == Some(CLIENT_CLOSED_CODE) {
+                record.error_code = None;
+            }
             response
         }
         Err(denial) => {
@@ -131,7 +139,7 @@ pub async fn handle(
 }
 
 async fn run(
-    gateway: &Gateway,
+    gateway: &Arc<Gateway>,
     conn: &ConnectionState,
     request: Request<Incoming>,
     request_id: &RequestId,
@@ -224,6 +232,14 @@ async fn run(
             ));
         }
         recorder.record().fail_open = true;
+    }
+
+    // MCP routes: the adapter authorizes each JSON-RPC message itself.
+    if context.route.kind == crate::config::RouteKind::Mcp {
+        return crate::mcp::serve(
+            gateway, conn, &snapshot, &identity, context, decoded, request_id, meter, recorder,
+        )
+        .await;
     }
 
     // Routes of kind `llm` take their own stages from here (pipeline/llm.rs).

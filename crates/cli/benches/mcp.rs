@@ -1,0 +1,332 @@
+//! MCP overhead benchmark: `tools/call` messages straight to an MCP upstream
+//! and through a real `portcullis serve` process on a `kind = "mcp"` route
+//! (mTLS, ~100 Cedar policies of which one reads `context.args`, so the call's
+//! decision is never memoized; audit on), in one run, with the ratio printed.
+//!
+//! Run: `cargo bench -p portcullis-cli --bench mcp`
+//! Knob: `BENCH_LATENCY_REQUESTS` (default 5000).
+//!
+//! - One keep-alive connection, sequential requests; p50/p99 per request.
+//!   "Added" latency is gateway minus direct at the same percentile.
+//! - The upstream is a minimal in-process MCP server (JSON answers, a session
+//!   id), so the difference is the gateway's own cost: TLS with a client
+//!   certificate, authentication, the session check, JSON-RPC framing, the
+//!   Cedar decision with the call's arguments, the pin check, forwarding and
+//!   the audit record. Direct is plain HTTP/1.1 to the same upstream.
+//! - The load generator, the upstream and the gateway share the machine's cores.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use serde_json::{Value, json};
+use tokio::net::TcpStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+const SESSION: &str = "bench-session-0001";
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let n = std::env::var("BENCH_LATENCY_REQUESTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5000usize);
+    let upstream = start_upstream();
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(dir.path(), upstream);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let direct = Target {
+        addr: upstream,
+        tls: None,
+        path: "/mcp",
+    };
+    let through = Target {
+        addr: gateway.addr,
+        tls: Some(Arc::new(gateway.tls.clone())),
+        path: "/mcp/bench",
+    };
+    rt.block_on(async {
+        // Open the session through the gateway (it binds the session to the
+        // agent) and list the tools once (it pins them).
+        let mut setup = through.connect().await;
+        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "bench", "version": "1"}}});
+        assert_eq!(post(&mut setup, &through, &init).await["id"], 0);
+        let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+        let listed = post(&mut setup, &through, &list).await;
+        assert_eq!(
+            listed["result"]["tools"].as_array().unwrap().len(),
+            1,
+            "{listed}"
+        );
+
+        for target in [&direct, &through] {
+            let _ = latency(target, 500).await;
+        }
+        let d = latency(&direct, n).await;
+        let g = latency(&through, n).await;
+        let p = |v: &[Duration], q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
+        let us = |d: Duration| d.as_secs_f64() * 1e6;
+        println!();
+        println!("portcullis MCP benchmark: tools/call, ~100 policies, one reading context.args");
+        println!("{:<38}{:>10}{:>10}", "path", "p50 µs", "p99 µs");
+        for (name, v) in [
+            ("direct (http)", &d),
+            ("through gateway (https, client cert)", &g),
+        ] {
+            println!("{name:<38}{:>10.0}{:>10.0}", us(p(v, 0.5)), us(p(v, 0.99)));
+        }
+        println!();
+        println!(
+            "added p50: {:.0} µs (target <= 200)  added p99: {:.0} µs",
+            us(p(&g, 0.5)) - us(p(&d, 0.5)),
+            us(p(&g, 0.99)) - us(p(&d, 0.99))
+        );
+        println!(
+            "latency ratio gateway/direct: p50 {:.2}x  p99 {:.2}x",
+            us(p(&g, 0.5)) / us(p(&d, 0.5)),
+            us(p(&g, 0.99)) / us(p(&d, 0.99))
+        );
+        println!("({n} sequential tools/call messages per row, one connection each)");
+    });
+    drop(gateway);
+}
+
+#[derive(Clone)]
+struct Target {
+    addr: SocketAddr,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    path: &'static str,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+impl Target {
+    async fn connect(&self) -> Sender {
+        let tcp = TcpStream::connect(self.addr).await.unwrap();
+        tcp.set_nodelay(true).unwrap();
+        match &self.tls {
+            None => handshake(TokioIo::new(tcp)).await,
+            Some(tls) => {
+                let tls = tokio_rustls::TlsConnector::from(tls.clone())
+                    .connect("localhost".try_into().unwrap(), tcp)
+                    .await
+                    .unwrap();
+                handshake(TokioIo::new(tls)).await
+            }
+        }
+    }
+}
+
+async fn handshake<T>(io: TokioIo<T>) -> Sender
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(io).await.unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+async fn post(sender: &mut Sender, target: &Target, message: &Value) -> Value {
+    let mut request = Request::post(target.path)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream");
+    // The session exists once `initialize` has been answered.
+    if message["method"] != "initialize" {
+        request = request.header("mcp-session-id", SESSION);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(message.to_string())))
+        .unwrap();
+    let response = sender.send_request(request).await.unwrap();
+    assert_eq!(response.status(), 200, "benchmark request failed");
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+async fn latency(target: &Target, n: usize) -> Vec<Duration> {
+    let mut sender = target.connect().await;
+    let mut samples = Vec::with_capacity(n);
+    for i in 0..n {
+        let call = json!({"jsonrpc": "2.0", "id": i + 10, "method": "tools/call", "params": {
+            "name": "echo", "arguments": {"message": "hello", "path": "/tmp/report.txt"}}});
+        let t = Instant::now();
+        let answer = post(&mut sender, target, &call).await;
+        samples.push(t.elapsed());
+        assert!(answer.get("result").is_some(), "{answer}");
+    }
+    samples.sort();
+    samples
+}
+
+/// A minimal MCP server (Streamable HTTP, JSON answers) on its own thread and
+/// single-threaded runtime: `initialize` (with a session id), `tools/list`
+/// (one tool) and `tools/call` (echoes).
+fn start_upstream() -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                tcp.set_nodelay(true).unwrap();
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let m: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        let result = match m["method"].as_str() {
+                            Some("initialize") => json!({"protocolVersion": "2025-06-18",
+                                "capabilities": {"tools": {}}, "serverInfo": {"name": "bench", "version": "1"}}),
+                            Some("tools/list") => json!({"tools": [{"name": "echo",
+                                "description": "Echoes the message.",
+                                "inputSchema": {"type": "object", "properties": {"message": {"type": "string"}, "path": {"type": "string"}}}}]}),
+                            _ => json!({"content": [{"type": "text", "text": m["params"]["arguments"]["message"]}]}),
+                        };
+                        let answer = json!({"jsonrpc": "2.0", "id": m["id"], "result": result});
+                        let mut response = Response::new(Full::new(Bytes::from(answer.to_string())));
+                        response
+                            .headers_mut()
+                            .insert("content-type", "application/json".parse().unwrap());
+                        response
+                            .headers_mut()
+                            .insert("mcp-session-id", SESSION.parse().unwrap());
+                        Ok::<_, Infallible>(response)
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tcp), service)
+                        .await;
+                });
+            }
+        });
+    });
+    rx.recv().unwrap()
+}
+
+/// A `portcullis serve` process with an MCP route to the upstream and ~100 policies.
+struct Gateway {
+    child: Child,
+    addr: SocketAddr,
+    tls: rustls::ClientConfig,
+}
+
+impl Gateway {
+    fn start(dir: &Path, upstream: SocketAddr) -> Gateway {
+        let policies = dir.join("policies");
+        std::fs::create_dir_all(&policies).unwrap();
+        std::fs::write(
+            policies.join("schema.cedarschema"),
+            portcullis_policy::DEFAULT_SCHEMA,
+        )
+        .unwrap();
+        std::fs::write(
+            policies.join("quickstart.cedar"),
+            portcullis_policy::DEFAULT_POLICIES,
+        )
+        .unwrap();
+        let mut extra = String::from(
+            "@id(\"mcp-dev\") permit(principal in Role::\"dev\", action in [Action::\"call_tool\", Action::\"list_tools\"], resource in Route::\"bench\");\n\
+             @id(\"mcp-no-etc\") forbid(principal, action == Action::\"call_tool\", resource)\n  when { context.args.hasTag(\"path\") && context.args.getTag(\"path\") like \"/etc/*\" };\n",
+        );
+        // Policies for other teams and tools, as a real deployment would have.
+        for i in 0..48 {
+            extra.push_str(&format!(
+                "@id(\"team-{i}\")\npermit(principal in Role::\"team-{i}\", action in Action::\"{}\", resource == Route::\"svc-{i}\")\n  when {{ context.time.hour >= 6 && context.source_ip.isInRange(ip(\"10.{i}.0.0/16\")) }};\n\
+                 @id(\"tools-{i}\")\npermit(principal in Role::\"team-{i}\", action == Action::\"call_tool\", resource == Tool::\"svc-{i}/tool\")\n  when {{ context.time.hour >= 6 }};\n",
+                if i % 2 == 0 { "read" } else { "write" }
+            ));
+        }
+        std::fs::write(policies.join("teams.cedar"), extra).unwrap();
+        let config = dir.join("portcullis.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "[gateway]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[policy]\ndir = \"{}\"\n\
+                 [[routes]]\nname = \"bench\"\nkind = \"mcp\"\npath_prefix = \"/mcp/bench\"\nupstream = \"http://{upstream}/mcp\"\nclassification = \"internal\"\n",
+                policies.display(),
+            ),
+        )
+        .unwrap();
+        let state = dir.join("state");
+        let mut child = Command::new(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&state)
+            .env("PORTCULLIS_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn portcullis");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr: SocketAddr = line
+            .split_whitespace()
+            .nth(2)
+            .expect("portcullis did not start")
+            .trim_start_matches("https://")
+            .parse()
+            .unwrap();
+        let creds = dir.join("creds");
+        let out = Command::new(BIN)
+            .args(["agent", "create", "bench-bot", "--role", "dev", "--out"])
+            .arg(&creds)
+            .arg("--state-dir")
+            .arg(&state)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(state.join("ca.crt")).unwrap() {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let certs = CertificateDer::pem_file_iter(creds.join("bench-bot.crt"))
+            .unwrap()
+            .map(|c| c.unwrap())
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(creds.join("bench-bot.key")).unwrap();
+        let tls = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_client_auth_cert(certs, key)
+            .unwrap();
+        Gateway { child, addr, tls }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,706 @@
+//! The MCP protocol adapter: `kind = "mcp"` routes, MCP's Streamable HTTP
+//! transport to an upstream MCP server.
+//!
+//! It takes over after contextualize (and the fail-closed audit check), with
+//! the agent authenticated by the same stage as every request — so each
+//! message on a long session is checked against the current agent directory
+//! (revocation) and the current policy snapshot:
+//!
+//! ```text
+//! POST    read the body (size limit), split JSON-RPC messages (batch or one)
+//!         session check: Mcp-Session-Id must belong to this agent and route
+//!         per message: method → action (jsonrpc.rs) → Cedar decision
+//!           → tools/call: tool pin must be approved (pins.rs)
+//!         refused messages become JSON-RPC errors; the rest go upstream
+//!         answer: JSON (buffered only when a tools/list answer or refusals
+//!         must be merged) or SSE (sse.rs: event by event, re-checked)
+//!         tools/list answers: only tools that are pinned and callable
+//! GET     the server's event stream, re-checked at every event
+//! DELETE  ends the session upstream and here
+//! ```
+//!
+//! **Architecture Invariant:** no MCP message reaches the upstream without a
+//! decision: a Cedar allow for data-carrying methods, authentication alone
+//! for session plumbing (`initialize`, `ping`, notifications, answers to the
+//! server's own requests). Unknown methods are refused.
+
+pub mod jsonrpc;
+pub mod pins;
+pub mod sessions;
+pub mod sse;
+pub mod stdio;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use portcullis_audit::Outcome;
+use portcullis_core::{ErrorCode, RequestId};
+use portcullis_policy::{Content, McpAction, McpRequest, SourceIp};
+use serde_json::Value;
+
+use crate::body::{BodyMeter, Recorder};
+use crate::config::Upstream;
+use crate::metrics::Stage;
+use crate::pipeline::authenticate::Identity;
+use crate::pipeline::contextualize::RequestContext;
+use crate::pipeline::decode::{DecodedRequest, too_large};
+use crate::respond::{Denial, ResponseBody, full};
+use crate::state::{ConnectionState, Gateway, Snapshot};
+
+use jsonrpc::{Ask, Kind};
+use pins::{PinState, ToolPins};
+use sessions::Sessions;
+
+/// The session header of the Streamable HTTP transport.
+pub const SESSION_HEADER: &str = "mcp-session-id";
+
+/// Largest JSON answer the gateway buffers to filter or merge.
+pub const MAX_JSON_ANSWER_BYTES: usize = 16 * 1024 * 1024;
+
+/// The MCP adapter's state: tool pins and live sessions.
+#[derive(Debug)]
+pub struct McpState {
+    /// Pinned tool definitions.
+    pub pins: ToolPins,
+    /// Sessions and the agents that own them.
+    pub sessions: Sessions,
+    /// Processes of `stdio:` routes, by session.
+    pub stdio: stdio::StdioServers,
+}
+
+/// Who is asking, for decisions made while the answer streams back.
+#[derive(Clone)]
+struct Asker {
+    gateway: Arc<Gateway>,
+    agent: String,
+    context: RequestContext,
+    source_ip: SourceIp,
+    caller: portcullis_policy::CallerFacts,
+}
+
+impl Asker {
+    fn decide(
+        &self,
+        snapshot: &Snapshot,
+        method: &str,
+        action: McpAction,
+        target: &str,
+        args: &[(String, String)],
+    ) -> portcullis_core::Decision {
+        snapshot.authorizer.decide_mcp(&McpRequest {
+            agent: &self.agent,
+            action,
+            route: &self.context.route.name,
+            classification: self.context.route.classification,
+            method,
+            target,
+            args,
+            path: &self.context.path,
+            content: Content::NOT_SCANNED,
+            source_ip: &self.source_ip,
+            time: self.context.time,
+            caller: &self.caller,
+        })
+    }
+
+    /// Whether the agent is still live in the current snapshot.
+    fn alive(&self) -> bool {
+        self.gateway
+            .snapshot()
+            .directory
+            .check_agent(&self.agent)
+            .is_ok()
+    }
+
+    /// Keeps in a `tools/list` result only the tools whose pin is approved and
+    /// which the agent may call. Decided with the current snapshot, with no
+    /// arguments (`context.args` empty, `context.method` "tools/list").
+    fn filter_tools(&self, mcp: &McpState, result: &mut Value) {
+        let Some(tools) = result.get_mut("tools").and_then(Value::as_array_mut) else {
+            return;
+        };
+        let snapshot = self.gateway.snapshot();
+        let route = &self.context.route.name;
+        tools.retain(|tool| {
+            let pinned = mcp.pins.observe(route, tool) == PinState::Approved;
+            let name = tool.get("name").and_then(Value::as_str).unwrap_or("");
+            pinned
+                && self
+                    .decide(&snapshot, "tools/list", McpAction::CallTool, name, &[])
+                    .allowed
+        });
+    }
+}
+
+/// Serves one request on an MCP route.
+#[allow(clippy::too_many_arguments)]
+pub async fn serve(
+    gateway: &Arc<Gateway>,
+    conn: &ConnectionState,
+    snapshot: &Snapshot,
+    identity: &Identity,
+    mut context: RequestContext,
+    decoded: DecodedRequest,
+    request_id: &RequestId,
+    meter: &Arc<BodyMeter>,
+    recorder: &mut Recorder,
+) -> Result<Response<ResponseBody>, Denial> {
+    // An MCP server is one endpoint URL: the route's prefix itself maps to
+    // the upstream URL as configured, without a trailing slash added.
+    if context.rest_path == "/" && !decoded.parts.uri.path().ends_with('/') {
+        context.rest_path.clear();
+    }
+    let Some(mcp) = gateway.mcp.clone() else {
+        tracing::error!(route = %context.route.name, "MCP route without MCP state");
+        return Err(Denial::new(ErrorCode::Internal, "internal error"));
+    };
+    // On behalf of a user (token exchange), HTTP routes also ask policy as the
+    // user, so delegation never grants more than the user has. MCP decisions
+    // do not make that second decision yet: refuse rather than over-grant.
+    if identity.delegated.is_some() {
+        return Err(Denial::new(
+            ErrorCode::Forbidden,
+            "requests on behalf of a user (token exchange) are not supported on MCP routes yet",
+        ));
+    }
+    let session = decoded
+        .parts
+        .headers
+        .get(SESSION_HEADER)
+        .map(|v| v.to_str().map(str::to_string))
+        .transpose()
+        .map_err(|_| Denial::new(ErrorCode::BadRequest, "invalid Mcp-Session-Id header"))?;
+    if let Some(id) = &session
+        && !mcp.sessions.owns(id, &identity.agent, &context.route.name)
+    {
+        return Err(Denial::new(
+            ErrorCode::McpSessionNotFound,
+            "no such MCP session for this agent; start a new one with `initialize`",
+        ));
+    }
+    let asker = Asker {
+        gateway: gateway.clone(),
+        agent: identity.agent.clone(),
+        context,
+        source_ip: conn.source_ip.clone(),
+        caller: identity.caller.clone(),
+    };
+    let launched = match &asker.context.route.upstream {
+        Upstream::Stdio { program, args } => Some((program.clone(), args.clone())),
+        _ => None,
+    };
+    match (decoded.parts.method.clone(), launched) {
+        (Method::POST, launched) => {
+            let to = match &launched {
+                Some((program, args)) => To::Stdio {
+                    program,
+                    args,
+                    session: session.as_deref(),
+                },
+                None => To::Http,
+            };
+            post(
+                &mcp, &asker, conn, snapshot, identity, decoded, request_id, meter, recorder, to,
+            )
+            .await
+        }
+        (Method::GET, Some(_)) => {
+            recorder.record().outcome = Outcome::Allow;
+            let id = session.as_deref().ok_or_else(no_session)?;
+            let events = mcp.stdio.events(id)?;
+            Ok(stream_back(&asker, events, Vec::new(), None))
+        }
+        (Method::DELETE, Some(_)) => {
+            recorder.record().outcome = Outcome::Allow;
+            let id = session.as_deref().ok_or_else(no_session)?;
+            mcp.stdio.end(id);
+            mcp.sessions.end(id);
+            Ok(empty(StatusCode::OK))
+        }
+        (Method::GET | Method::DELETE, None) => {
+            let deleting = decoded.parts.method == Method::DELETE;
+            recorder.record().outcome = Outcome::Allow;
+            let response =
+                upstream(&asker, conn, identity, decoded, request_id, meter, recorder).await?;
+            if deleting && response.status().is_success() {
+                if let Some(id) = &session {
+                    mcp.sessions.end(id);
+                }
+                return Ok(response);
+            }
+            Ok(stream_back(&asker, response, Vec::new(), None))
+        }
+        _ => Err(Denial::new(
+            ErrorCode::MethodNotAllowed,
+            "an MCP endpoint takes POST, GET and DELETE",
+        )),
+    }
+}
+
+/// Where a POST's messages go.
+enum To<'a> {
+    /// The route's Streamable HTTP server, through the forwarder.
+    Http,
+    /// A process the gateway launched for the session.
+    Stdio {
+        program: &'a str,
+        args: &'a [String],
+        session: Option<&'a str>,
+    },
+}
+
+fn no_session() -> Denial {
+    Denial::new(
+        ErrorCode::BadRequest,
+        "an Mcp-Session-Id is required: send `initialize` first",
+    )
+}
+
+/// One POST: JSON-RPC messages in, their answers out.
+#[allow(clippy::too_many_arguments)]
+async fn post(
+    mcp: &Arc<McpState>,
+    asker: &Asker,
+    conn: &ConnectionState,
+    snapshot: &Snapshot,
+    identity: &Identity,
+    decoded: DecodedRequest,
+    request_id: &RequestId,
+    meter: &Arc<BodyMeter>,
+    recorder: &mut Recorder,
+    to: To<'_>,
+) -> Result<Response<ResponseBody>, Denial> {
+    let DecodedRequest { parts, body } = decoded;
+    let bytes = body.collect().await.map_err(|_| {
+        if meter.exceeded.load(std::sync::atomic::Ordering::Relaxed) {
+            too_large(asker.gateway.limits.max_body_bytes)
+        } else {
+            Denial::new(ErrorCode::BadRequest, "the request body could not be read")
+        }
+    })?;
+    let bytes = bytes.to_bytes();
+    let body = match jsonrpc::parse(&bytes) {
+        Ok(body) => body,
+        Err((code, message)) => {
+            recorder.record().error_code = Some(ErrorCode::BadRequest.as_str().into());
+            return Ok(json_answer(
+                StatusCode::BAD_REQUEST,
+                &jsonrpc::framing_error(code, &message, request_id.as_str()),
+            ));
+        }
+    };
+
+    // Authorize every message.
+    let t = Instant::now();
+    let route = &asker.context.route.name;
+    let mut forward = Vec::with_capacity(body.messages.len());
+    let mut refusals = Vec::new();
+    let mut list_ids = Vec::new();
+    let mut initialize = false;
+    let mut policies: Vec<String> = Vec::new();
+    let mut first_code: Option<ErrorCode> = None;
+    let mut described: Option<(String, String)> = None;
+    for (i, message) in body.messages.iter().enumerate() {
+        let mut refuse = |id: &Value, code: ErrorCode, text: &str, p: &[String]| {
+            first_code.get_or_insert(code);
+            refusals.push(jsonrpc::refusal(id, code, text, request_id.as_str(), p));
+        };
+        let kind = match jsonrpc::kind(message) {
+            Ok(kind) => kind,
+            Err(e) => {
+                let id = message.get("id").cloned().unwrap_or(Value::Null);
+                refuse(&id, ErrorCode::BadRequest, &e, &[]);
+                continue;
+            }
+        };
+        let (id, method) = match kind {
+            Kind::Response => {
+                forward.push(i);
+                continue;
+            }
+            Kind::Request { id, method } => (Some(id), method),
+            Kind::Notification { method } => (None, method),
+        };
+        let ask = jsonrpc::ask(method, message.get("params"));
+        let (action, target, args) = match ask {
+            Ok(Ask::Plumbing) => {
+                initialize |= method == "initialize";
+                described.get_or_insert((method.to_string(), route.clone()));
+                forward.push(i);
+                continue;
+            }
+            Ok(Ask::Authorize {
+                action,
+                target,
+                args,
+            }) => (action, target, args),
+            Err(e) => {
+                // A notification gets no answer: it is dropped.
+                if let Some(id) = id {
+                    refuse(id, ErrorCode::McpMethodNotAllowed, &e, &[]);
+                }
+                continue;
+            }
+        };
+        let decision = asker.decide(snapshot, method, action, &target, &args);
+        if !decision.errors.is_empty() {
+            tracing::warn!(errors = ?decision.errors, agent = %identity.agent, route = %route, method, "policy evaluation errors");
+        }
+        asker.gateway.metrics.decision(route, decision.allowed);
+        policies.extend(decision.policy_ids.iter().cloned());
+        let resource = if target.is_empty() {
+            route.clone()
+        } else {
+            format!("{route}/{target}")
+        };
+        described.get_or_insert((method.to_string(), resource));
+        let Some(id) = id else {
+            if decision.allowed {
+                forward.push(i);
+            }
+            continue;
+        };
+        if !decision.allowed {
+            refuse(
+                id,
+                ErrorCode::Forbidden,
+                "denied by policy",
+                &decision.policy_ids,
+            );
+            continue;
+        }
+        if action == McpAction::CallTool {
+            let state = mcp.pins.state(route, &target);
+            if state != PinState::Approved {
+                refuse(id, ErrorCode::ToolBlocked, &state.reason(&target), &[]);
+                continue;
+            }
+        }
+        if action == McpAction::ListTools {
+            list_ids.push(id.clone());
+        }
+        forward.push(i);
+    }
+    let elapsed = t.elapsed();
+    asker.gateway.metrics.stage(Stage::Authorize, elapsed);
+    recorder.trace_stage(Stage::Authorize, t, elapsed);
+    {
+        let record = recorder.record();
+        policies.sort();
+        policies.dedup();
+        record.policies = policies;
+        if body.batch {
+            record.action = format!("mcp:batch({})", body.messages.len());
+            record.resource = Some(route.clone());
+        } else if let Some((method, resource)) = described {
+            record.action = format!("mcp:{method}");
+            record.resource = Some(resource);
+        }
+        if refusals.is_empty() {
+            record.outcome = Outcome::Allow;
+        } else {
+            record.outcome = Outcome::Deny;
+            record.error_code = first_code.map(|c| c.as_str().to_string());
+        }
+    }
+
+    if forward.is_empty() {
+        return Ok(match refusals.len() {
+            0 => empty(StatusCode::ACCEPTED),
+            _ if body.batch => json_answer(StatusCode::OK, &Value::Array(refusals)),
+            _ => json_answer(StatusCode::OK, &refusals[0]),
+        });
+    }
+
+    let response = match to {
+        To::Stdio {
+            program,
+            args,
+            session,
+        } => {
+            if session.is_none() && !initialize {
+                return Err(no_session());
+            }
+            let kept: Vec<&Value> = forward.iter().map(|&i| &body.messages[i]).collect();
+            let t = Instant::now();
+            let response = mcp
+                .stdio
+                .post(
+                    route,
+                    (program, args),
+                    session,
+                    &kept,
+                    body.batch,
+                    asker.gateway.forwarder.timeout(),
+                )
+                .await;
+            let elapsed = t.elapsed();
+            asker.gateway.metrics.stage(Stage::Forward, elapsed);
+            recorder.trace_stage(Stage::Forward, t, elapsed);
+            response?
+        }
+        To::Http => {
+            forward_http(
+                asker, conn, identity, parts, bytes, &body, &forward, request_id, meter, recorder,
+            )
+            .await?
+        }
+    };
+    answer(
+        mcp, asker, identity, response, refusals, list_ids, initialize, body.batch,
+    )
+    .await
+}
+
+/// Forwards the allowed messages to a Streamable HTTP server.
+#[allow(clippy::too_many_arguments)]
+async fn forward_http(
+    asker: &Asker,
+    conn: &ConnectionState,
+    identity: &Identity,
+    mut parts: http::request::Parts,
+    bytes: Bytes,
+    body: &jsonrpc::Body,
+    forward: &[usize],
+    request_id: &RequestId,
+    meter: &Arc<BodyMeter>,
+    recorder: &mut Recorder,
+) -> Result<Response<ResponseBody>, Denial> {
+    // The messages that go upstream, as the client wrote them when nothing was held back.
+    let upstream_body = if forward.len() == body.messages.len() {
+        bytes
+    } else {
+        let kept: Vec<&Value> = forward.iter().map(|&i| &body.messages[i]).collect();
+        Bytes::from(serde_json::to_vec(&kept).unwrap_or_default())
+    };
+    parts.headers.insert(
+        header::CONTENT_LENGTH,
+        HeaderValue::from(upstream_body.len()),
+    );
+    let decoded = DecodedRequest {
+        parts,
+        body: request_body(upstream_body),
+    };
+    upstream(asker, conn, identity, decoded, request_id, meter, recorder).await
+}
+
+/// The upstream's answer to a POST, with the gateway's refusals merged in and
+/// `tools/list` results filtered.
+#[allow(clippy::too_many_arguments)]
+async fn answer(
+    mcp: &Arc<McpState>,
+    asker: &Asker,
+    identity: &Identity,
+    response: Response<ResponseBody>,
+    refusals: Vec<Value>,
+    list_ids: Vec<Value>,
+    initialize: bool,
+    batch: bool,
+) -> Result<Response<ResponseBody>, Denial> {
+    let route = &asker.context.route.name;
+    if initialize
+        && response.status().is_success()
+        && let Some(id) = response
+            .headers()
+            .get(SESSION_HEADER)
+            .and_then(|v| v.to_str().ok())
+        && !mcp.sessions.bind(id, &identity.agent, route)
+    {
+        tracing::warn!(route = %route, "MCP session table full or session id reused; session refused");
+        return Err(Denial::new(
+            ErrorCode::Unavailable,
+            "the gateway cannot take more MCP sessions; retry later",
+        ));
+    }
+
+    let list_filter = (!list_ids.is_empty()).then(|| {
+        let mcp = mcp.clone();
+        let asker = asker.clone();
+        Box::new(move |message: &mut Value| {
+            let Some(id) = message.get("id") else {
+                return false;
+            };
+            if !list_ids.contains(id) {
+                return false;
+            }
+            match message.get_mut("result") {
+                Some(result) => {
+                    asker.filter_tools(&mcp, result);
+                    true
+                }
+                None => false,
+            }
+        }) as sse::Rewrite
+    });
+
+    let content_type = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    if content_type.starts_with("text/event-stream") {
+        return Ok(stream_back(asker, response, refusals, list_filter));
+    }
+    let is_json = content_type.starts_with("application/json");
+    if is_json && (list_filter.is_some() || !refusals.is_empty()) {
+        return merge_json(response, refusals, list_filter, batch).await;
+    }
+    if !refusals.is_empty() && !is_json {
+        // The upstream had nothing to say (202 to notifications and answers):
+        // the client still gets its refusals.
+        return Ok(json_answer(StatusCode::OK, &Value::Array(refusals)));
+    }
+    Ok(response)
+}
+
+/// Sends a request upstream through the shared forwarder.
+async fn upstream(
+    asker: &Asker,
+    conn: &ConnectionState,
+    identity: &Identity,
+    decoded: DecodedRequest,
+    request_id: &RequestId,
+    meter: &Arc<BodyMeter>,
+    recorder: &mut Recorder,
+) -> Result<Response<ResponseBody>, Denial> {
+    let traceparent = recorder.traceparent();
+    let t = Instant::now();
+    let response = asker
+        .gateway
+        .forwarder
+        .forward(
+            decoded,
+            &asker.context,
+            identity,
+            request_id,
+            conn.remote,
+            meter,
+            None,
+            None,
+            traceparent,
+        )
+        .await;
+    let elapsed = t.elapsed();
+    asker.gateway.metrics.stage(Stage::Forward, elapsed);
+    recorder.trace_stage(Stage::Forward, t, elapsed);
+    response
+}
+
+/// An event-stream answer goes back through [`sse::SseBody`]; anything else as is.
+fn stream_back(
+    asker: &Asker,
+    response: Response<ResponseBody>,
+    first: Vec<Value>,
+    rewrite: Option<sse::Rewrite>,
+) -> Response<ResponseBody> {
+    let is_sse = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"));
+    if !is_sse {
+        return response;
+    }
+    let alive_asker = asker.clone();
+    let alive: sse::Alive = Box::new(move || alive_asker.alive());
+    let (mut parts, body) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = sse::SseBody::new(body, first, alive, rewrite).boxed();
+    Response::from_parts(parts, body)
+}
+
+/// Buffers a JSON answer, filters `tools/list` results and adds refusals.
+async fn merge_json(
+    response: Response<ResponseBody>,
+    refusals: Vec<Value>,
+    rewrite: Option<sse::Rewrite>,
+    batch: bool,
+) -> Result<Response<ResponseBody>, Denial> {
+    let (mut parts, body) = response.into_parts();
+    let broken = || {
+        Denial::new(
+            ErrorCode::UpstreamUnavailable,
+            "the MCP server's answer could not be read",
+        )
+    };
+    let bytes = collect_limited(body, MAX_JSON_ANSWER_BYTES)
+        .await
+        .ok_or_else(broken)?;
+    let value: Value = serde_json::from_slice(&bytes).map_err(|_| broken())?;
+    let mut messages = match value {
+        Value::Array(items) => items,
+        other => vec![other],
+    };
+    if let Some(rewrite) = &rewrite {
+        for m in &mut messages {
+            rewrite(m);
+        }
+    }
+    messages.extend(refusals);
+    let out = if batch || messages.len() > 1 {
+        Value::Array(messages)
+    } else {
+        messages.pop().unwrap_or(Value::Null)
+    };
+    let text = out.to_string();
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+    Ok(Response::from_parts(parts, full(text)))
+}
+
+/// A buffered request body in the pipeline's body type.
+fn request_body(bytes: Bytes) -> crate::pipeline::decode::RequestBody {
+    Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+/// Reads a whole body of at most `limit` bytes; `None` when it fails or is longer.
+async fn collect_limited(mut body: ResponseBody, limit: usize) -> Option<Bytes> {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.ok()?;
+        if let Ok(data) = frame.into_data() {
+            if out.len() + data.len() > limit {
+                return None;
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Some(out.freeze())
+}
+
+fn json_answer(status: StatusCode, value: &Value) -> Response<ResponseBody> {
+    let mut response = Response::new(full(value.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn empty(status: StatusCode) -> Response<ResponseBody> {
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = status;
+    response
+}
+
+/// Builds the MCP state when some route is an MCP route.
+pub async fn state_for(
+    store: &portcullis_store::Store,
+) -> Result<Arc<McpState>, crate::state::GatewayError> {
+    let detector = portcullis_guard::injection::Detector::new()
+        .map_err(|e| crate::state::GatewayError::Mcp(format!("tool-poisoning scanner: {e}")))?;
+    let pins = ToolPins::load(store.clone(), detector).await?;
+    Ok(Arc::new(McpState {
+        pins,
+        sessions: Sessions::default(),
+        stdio: stdio::StdioServers::default(),
+    }))
+}

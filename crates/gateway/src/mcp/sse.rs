@@ -1,0 +1,249 @@
+//! The server-sent-events side of the MCP adapter: a response body that passes
+//! an upstream `text/event-stream` through event by event.
+//!
+//! Before each event it asks whether the session's agent is still live
+//! (continuous authorization): once the agent is revoked, the stream ends at
+//! its next event. Events whose data is the answer to a `tools/list` request
+//! are rewritten (filtered); every other event goes out byte for byte, as soon
+//! as it is complete. Refusals the gateway made for part of a batch go out
+//! first, as events of their own.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use http_body::{Body, Frame, SizeHint};
+use serde_json::Value;
+
+use crate::body::BoxError;
+use crate::respond::ResponseBody;
+
+/// Largest single event buffered; a longer one ends the stream with an error.
+pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+
+/// Decides, per event, whether the stream may go on.
+pub type Alive = Box<dyn Fn() -> bool + Send + Sync>;
+/// Rewrites an event's JSON-RPC message in place; true when it changed it.
+pub type Rewrite = Box<dyn Fn(&mut Value) -> bool + Send + Sync>;
+
+/// An event-stream body, checked and rewritten event by event.
+pub struct SseBody {
+    inner: ResponseBody,
+    buf: BytesMut,
+    out: VecDeque<Bytes>,
+    alive: Alive,
+    rewrite: Option<Rewrite>,
+    ended: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("an upstream event exceeds {MAX_EVENT_BYTES} bytes")]
+struct EventTooLarge;
+
+impl SseBody {
+    /// Wraps `inner`. `first` are JSON-RPC messages sent before the upstream's
+    /// events; `rewrite`, when given, sees every event's message.
+    pub fn new(
+        inner: ResponseBody,
+        first: Vec<Value>,
+        alive: Alive,
+        rewrite: Option<Rewrite>,
+    ) -> Self {
+        let out = first
+            .into_iter()
+            .map(|m| Bytes::from(format!("event: message\ndata: {m}\n\n")))
+            .collect();
+        SseBody {
+            inner,
+            buf: BytesMut::new(),
+            out,
+            alive,
+            rewrite,
+            ended: false,
+        }
+    }
+
+    /// Moves every complete event from `buf` to `out`.
+    fn split_events(&mut self) {
+        while let Some(end) = event_end(&self.buf) {
+            let event = self.buf.split_to(end).freeze();
+            let event = match &self.rewrite {
+                Some(rewrite) => rewrite_event(event, rewrite),
+                None => event,
+            };
+            self.out.push_back(event);
+        }
+    }
+}
+
+/// The length of the first complete event (through its blank line), if any.
+fn event_end(buf: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i + 1 < buf.len() {
+        if buf[i] == b'\n' && buf[i + 1] == b'\n' {
+            return Some(i + 2);
+        }
+        if buf[i] == b'\n' && buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
+            return Some(i + 3);
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Rewrites one event when its data is a message `rewrite` changes; keeps
+/// every other field line (`id:`, `event:`, `retry:`) as it was.
+fn rewrite_event(event: Bytes, rewrite: &Rewrite) -> Bytes {
+    let Ok(text) = std::str::from_utf8(&event) else {
+        return event;
+    };
+    let mut data = String::new();
+    let mut others = Vec::new();
+    for line in text.lines() {
+        if let Some(d) = line.strip_prefix("data:") {
+            if !data.is_empty() {
+                data.push('\n');
+            }
+            data.push_str(d.strip_prefix(' ').unwrap_or(d));
+        } else if !line.is_empty() {
+            others.push(line);
+        }
+    }
+    let Ok(mut message) = serde_json::from_str::<Value>(&data) else {
+        return event;
+    };
+    if !rewrite(&mut message) {
+        return event;
+    }
+    let mut out = String::with_capacity(event.len());
+    for line in others {
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push_str("data: ");
+    out.push_str(&message.to_string());
+    out.push_str("\n\n");
+    Bytes::from(out)
+}
+
+impl Body for SseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            if this.ended {
+                return Poll::Ready(None);
+            }
+            if let Some(event) = this.out.pop_front() {
+                // Continuous authorization: every event is checked against the
+                // current snapshot before it goes out.
+                if !(this.alive)() {
+                    this.ended = true;
+                    return Poll::Ready(None);
+                }
+                return Poll::Ready(Some(Ok(Frame::data(event))));
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    this.ended = true;
+                    if !this.buf.is_empty() {
+                        // A last event without its blank line: pass it on as is.
+                        let rest = this.buf.split().freeze();
+                        if (this.alive)() {
+                            return Poll::Ready(Some(Ok(Frame::data(rest))));
+                        }
+                    }
+                    return Poll::Ready(None);
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    this.ended = true;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        this.buf.extend_from_slice(&data);
+                        this.split_events();
+                        if this.buf.len() > MAX_EVENT_BYTES {
+                            this.ended = true;
+                            return Poll::Ready(Some(Err(Box::new(EventTooLarge))));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        SizeHint::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::respond::full;
+    use http_body_util::BodyExt;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    async fn run(input: &str, first: Vec<Value>, alive_for: usize) -> String {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let c = calls.clone();
+        let alive: Alive = Box::new(move || c.fetch_add(1, Ordering::Relaxed) < alive_for);
+        let rewrite: Rewrite = Box::new(|m: &mut Value| {
+            if m["id"] == 2 {
+                m["result"]["tools"] = serde_json::json!([]);
+                true
+            } else {
+                false
+            }
+        });
+        let body = SseBody::new(full(input.to_string()), first, alive, Some(rewrite));
+        let bytes = body.collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn events_pass_through_or_are_rewritten() {
+        let input = "event: message\nid: 7\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n\
+                     event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,\"result\":{\"tools\":[{\"name\":\"x\"}]}}\n\n\
+                     : comment\r\n\r\n";
+        let out = run(input, vec![serde_json::json!({"id": 9})], usize::MAX).await;
+        let events: Vec<&str> = out.split_inclusive("\n\n").collect();
+        assert_eq!(events.len(), 4, "{out}");
+        assert_eq!(events[0], "event: message\ndata: {\"id\":9}\n\n");
+        assert_eq!(
+            events[1],
+            "event: message\nid: 7\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n"
+        );
+        // The rewritten event keeps its other fields; its data is the new message
+        // (key order is serde_json's, so compare values).
+        let rewritten = events[2]
+            .strip_prefix("event: message\ndata: ")
+            .unwrap()
+            .trim_end();
+        let v: Value = serde_json::from_str(rewritten).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"jsonrpc": "2.0", "id": 2, "result": {"tools": []}})
+        );
+        assert_eq!(events[3], ": comment\r\n\r\n");
+    }
+
+    #[tokio::test]
+    async fn the_stream_ends_at_the_first_event_after_revocation() {
+        let input = "data: {\"id\":1}\n\ndata: {\"id\":3}\n\ndata: {\"id\":4}\n\n";
+        assert_eq!(run(input, vec![], 1).await, "data: {\"id\":1}\n\n");
+    }
+}

@@ -1,0 +1,365 @@
+//! MCP servers the gateway launches itself (`upstream = "stdio:COMMAND ARGS"`):
+//! one process per MCP session, JSON-RPC messages one per line on its stdin
+//! and stdout (the MCP stdio transport).
+//!
+//! To the rest of the adapter a stdio server looks like a Streamable HTTP
+//! server answering in JSON: `initialize` (without a session id) launches a
+//! process and answers with a fresh `Mcp-Session-Id`; a POST writes its
+//! messages and answers with the responses to its requests; what the
+//! process says unprompted (notifications, its own requests) goes to the
+//! session's GET event stream, if one is open, and is dropped otherwise;
+//! `DELETE` ends the process. So policy, pinning, filtering and session
+//! binding work the same for both.
+//!
+//! The process is started without a shell, with an environment reduced to
+//! `PATH`, `HOME`, `LANG` and `TMPDIR` (the gateway's own secrets, such as
+//! the vault KEK, never reach it), and killed when its session ends, when its
+//! agent is revoked, or when the gateway stops.
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use portcullis_core::ErrorCode;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, Command};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::body::BoxError;
+use crate::respond::{Denial, ResponseBody, full};
+
+/// Most processes one stdio route runs at once. At the limit, processes
+/// idle for longer than [`IDLE_LIMIT`] are ended to make room.
+pub const MAX_PROCESSES_PER_ROUTE: usize = 64;
+/// How long an unused process is kept once its route is at the limit.
+pub const IDLE_LIMIT: Duration = Duration::from_secs(10 * 60);
+/// Most server-initiated messages queued for a session's event stream.
+const EVENT_QUEUE: usize = 256;
+/// Longest line a process may write (one JSON-RPC message).
+const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+/// Environment variables a launched server inherits.
+const KEPT_ENV: [&str; 4] = ["PATH", "HOME", "LANG", "TMPDIR"];
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>;
+
+struct Process {
+    route: String,
+    last_used: Mutex<std::time::Instant>,
+    stdin: tokio::sync::Mutex<ChildStdin>,
+    pending: Pending,
+    events: Mutex<Option<mpsc::Receiver<Value>>>,
+    // Dropping the child kills the process (`kill_on_drop`).
+    _child: Child,
+}
+
+/// The processes of every stdio route, by session id.
+#[derive(Default)]
+pub struct StdioServers {
+    processes: Mutex<HashMap<String, Arc<Process>>>,
+}
+
+impl std::fmt::Debug for StdioServers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StdioServers").finish_non_exhaustive()
+    }
+}
+
+fn unavailable(route: &str, what: &str) -> Denial {
+    tracing::warn!(route, problem = what, "stdio MCP server failed");
+    Denial::new(
+        ErrorCode::UpstreamUnavailable,
+        format!("the MCP server of route `{route}` is unavailable"),
+    )
+}
+
+/// The id of a JSON-RPC message as a map key.
+fn id_key(id: &Value) -> String {
+    id.to_string()
+}
+
+impl StdioServers {
+    fn get(&self, session: &str) -> Option<Arc<Process>> {
+        let process = self.processes.lock().ok()?.get(session).cloned()?;
+        if let Ok(mut t) = process.last_used.lock() {
+            *t = std::time::Instant::now();
+        }
+        Some(process)
+    }
+
+    /// Launches the server for a new session; returns the session id.
+    fn launch(&self, route: &str, program: &str, args: &[String]) -> Result<String, Denial> {
+        let running = self
+            .processes
+            .lock()
+            .map(|mut all| {
+                let count = |all: &HashMap<String, Arc<Process>>| {
+                    all.values().filter(|p| p.route == route).count()
+                };
+                if count(&all) >= MAX_PROCESSES_PER_ROUTE {
+                    all.retain(|_, p| {
+                        p.route != route
+                            || p.last_used
+                                .lock()
+                                .map(|t| t.elapsed() < IDLE_LIMIT)
+                                .unwrap_or(false)
+                    });
+                }
+                count(&all)
+            })
+            .unwrap_or(usize::MAX);
+        if running >= MAX_PROCESSES_PER_ROUTE {
+            return Err(Denial::new(
+                ErrorCode::Unavailable,
+                format!(
+                    "route `{route}` runs its maximum of {MAX_PROCESSES_PER_ROUTE} MCP server processes; retry later"
+                ),
+            ));
+        }
+        let mut command = Command::new(program);
+        command
+            .args(args)
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        for key in KEPT_ENV {
+            if let Some(v) = std::env::var_os(key) {
+                command.env(key, v);
+            }
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| unavailable(route, &format!("cannot launch `{program}`: {e}")))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(unavailable(route, "no stdio pipes"));
+        };
+        let pending: Pending = Arc::default();
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let session = hex::encode(rand::random::<[u8; 16]>());
+        tokio::spawn(read_lines(
+            stdout,
+            pending.clone(),
+            events_tx,
+            route.to_string(),
+        ));
+        let process = Arc::new(Process {
+            route: route.to_string(),
+            last_used: Mutex::new(std::time::Instant::now()),
+            stdin: tokio::sync::Mutex::new(stdin),
+            pending,
+            events: Mutex::new(Some(events_rx)),
+            _child: child,
+        });
+        if let Ok(mut p) = self.processes.lock() {
+            p.insert(session.clone(), process);
+        }
+        Ok(session)
+    }
+
+    /// Ends a session's process.
+    pub fn end(&self, session: &str) {
+        if let Ok(mut p) = self.processes.lock() {
+            p.remove(session);
+        }
+    }
+
+    /// Sends a POST's messages and answers like a Streamable HTTP server in
+    /// JSON mode. `session` is `None` only for an `initialize`.
+    pub async fn post(
+        &self,
+        route: &str,
+        (program, args): (&str, &[String]),
+        session: Option<&str>,
+        messages: &[&Value],
+        batch: bool,
+        timeout: Duration,
+    ) -> Result<Response<ResponseBody>, Denial> {
+        let (session, fresh) = match session {
+            Some(s) => (s.to_string(), false),
+            None => (self.launch(route, program, args)?, true),
+        };
+        let Some(process) = self.get(&session) else {
+            return Err(Denial::new(
+                ErrorCode::McpSessionNotFound,
+                "no such MCP session for this agent; start a new one with `initialize`",
+            ));
+        };
+        let mut waiting = Vec::new();
+        let mut lines = Vec::new();
+        for m in messages {
+            if m.get("method").is_some()
+                && let Some(id) = m.get("id").filter(|id| !id.is_null())
+            {
+                let (tx, rx) = oneshot::channel();
+                if let Ok(mut p) = process.pending.lock() {
+                    p.insert(id_key(id), tx);
+                }
+                waiting.push(rx);
+            }
+            lines.extend_from_slice(m.to_string().as_bytes());
+            lines.push(b'\n');
+        }
+        {
+            let mut stdin = process.stdin.lock().await;
+            let written = async {
+                stdin.write_all(&lines).await?;
+                stdin.flush().await
+            };
+            if let Err(e) = written.await {
+                self.end(&session);
+                return Err(unavailable(
+                    route,
+                    &format!("cannot write to the server: {e}"),
+                ));
+            }
+        }
+        let mut answers = Vec::with_capacity(waiting.len());
+        for rx in waiting {
+            match tokio::time::timeout(timeout, rx).await {
+                Ok(Ok(answer)) => answers.push(answer),
+                Ok(Err(_)) => {
+                    self.end(&session);
+                    return Err(unavailable(route, "the server exited"));
+                }
+                Err(_) => {
+                    // A session whose `initialize` went unanswered is never
+                    // handed out: end its process now.
+                    if fresh {
+                        self.end(&session);
+                    }
+                    return Err(Denial::new(
+                        ErrorCode::UpstreamTimeout,
+                        format!(
+                            "the MCP server of route `{route}` did not answer within {} ms",
+                            timeout.as_millis()
+                        ),
+                    ));
+                }
+            }
+        }
+        let mut response = if answers.is_empty() {
+            let mut r = Response::new(full(Bytes::new()));
+            *r.status_mut() = StatusCode::ACCEPTED;
+            r
+        } else {
+            let body = if batch {
+                Value::Array(answers).to_string()
+            } else {
+                answers.pop().unwrap_or(Value::Null).to_string()
+            };
+            let mut r = Response::new(full(body));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        };
+        if fresh && let Ok(v) = HeaderValue::from_str(&session) {
+            response.headers_mut().insert(super::SESSION_HEADER, v);
+        }
+        Ok(response)
+    }
+
+    /// The session's event stream (what the server says unprompted), as SSE.
+    /// Only one stream per session: a second GET is refused (409 `conflict`).
+    pub fn events(&self, session: &str) -> Result<Response<ResponseBody>, Denial> {
+        let process = self.get(session).ok_or_else(|| {
+            Denial::new(
+                ErrorCode::McpSessionNotFound,
+                "no such MCP session for this agent; start a new one with `initialize`",
+            )
+        })?;
+        let rx = process
+            .events
+            .lock()
+            .ok()
+            .and_then(|mut e| e.take())
+            .ok_or_else(|| {
+                Denial::new(
+                    ErrorCode::Conflict,
+                    "this MCP session's event stream is already open",
+                )
+            })?;
+        let mut response = Response::new(EventBody(rx).boxed());
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        Ok(response)
+    }
+}
+
+/// A session's queued server messages as SSE events.
+struct EventBody(mpsc::Receiver<Value>);
+
+impl http_body::Body for EventBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        self.0.poll_recv(cx).map(|m| {
+            m.map(|message| {
+                Ok(http_body::Frame::data(Bytes::from(format!(
+                    "event: message\ndata: {message}\n\n"
+                ))))
+            })
+        })
+    }
+}
+
+/// Reads the process's stdout: responses go to their waiting POST, anything
+/// else to the event stream (dropped when none is open or it is full).
+async fn read_lines(
+    stdout: tokio::process::ChildStdout,
+    pending: Pending,
+    events: mpsc::Sender<Value>,
+    route: String,
+) {
+    let mut reader = BufReader::new(stdout);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let read = (&mut reader)
+            .take(MAX_LINE_BYTES as u64 + 1)
+            .read_until(b'\n', &mut line)
+            .await;
+        match read {
+            Ok(0) | Err(_) => break,
+            Ok(_) if line.len() > MAX_LINE_BYTES => {
+                tracing::warn!(route = %route, "stdio MCP server wrote an over-long line; session ended");
+                break;
+            }
+            Ok(_) => {}
+        }
+        let Ok(message) = serde_json::from_slice::<Value>(&line) else {
+            // Not JSON-RPC (a log line on stdout): ignored.
+            continue;
+        };
+        let is_response = message.get("method").is_none()
+            && (message.get("result").is_some() || message.get("error").is_some());
+        if is_response && let Some(id) = message.get("id") {
+            let waiter = pending.lock().ok().and_then(|mut p| p.remove(&id_key(id)));
+            if let Some(tx) = waiter {
+                let _ = tx.send(message);
+                continue;
+            }
+        }
+        let _ = events.try_send(message);
+    }
+    // The waiting POSTs see their senders dropped: the server exited.
+    if let Ok(mut p) = pending.lock() {
+        p.clear();
+    }
+}

@@ -1,0 +1,677 @@
+//! MCP messages as policy sees them: each JSON-RPC request an agent sends on a
+//! `kind = "mcp"` route is one Cedar request.
+//!
+//! | JSON-RPC method | action | resource |
+//! | --- | --- | --- |
+//! | `tools/call` | `call_tool` | `Tool::"<route>/<tool>"` |
+//! | `tools/list` | `list_tools` | `Route::"<route>"` |
+//! | `resources/read` | `read_resource` | `McpResource::"<route>/<uri>"` |
+//! | `resources/list`, `resources/templates/list` | `list_resources` | `Route::"<route>"` |
+//! | `prompts/get` | `get_prompt` | `Prompt::"<route>/<prompt>"` |
+//! | `prompts/list` | `list_prompts` | `Route::"<route>"` |
+//!
+//! Tools, resources and prompts are discovered at run time, so they are not in
+//! the snapshot's entities: each request carries a small entity slice of its
+//! own (the agent with its roles, the route, the target in its route, and the
+//! arguments as an entity whose tags are the top-level arguments, so policies
+//! can write `context.args.hasTag("path") && context.args.getTag("path") like
+//! "/tmp/*"`). Only policies whose action scope can match the action are
+//! evaluated; when none of them reads `context`, the decision depends only on
+//! (agent, action, route, target) and is memoized for the snapshot.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::RwLock;
+
+use cedar_policy::{
+    ActionConstraint, Context, Decision as CedarDecision, Entities, Entity, EntityId,
+    EntityTypeName, EntityUid, PolicySet, Request, RestrictedExpression,
+};
+use portcullis_core::{Classification, Decision};
+
+use crate::PolicyBundle;
+use crate::caller::CallerFacts;
+use crate::decide::{Content, EntityError, RequestTime, SourceIp, mentions_context};
+
+/// The MCP operations policy can grant, each an `Action::"<name>"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum McpAction {
+    /// `tools/call` on `Tool::"<route>/<tool>"`.
+    CallTool,
+    /// `tools/list` on `Route::"<route>"`.
+    ListTools,
+    /// `resources/read` on `McpResource::"<route>/<uri>"`.
+    ReadResource,
+    /// `resources/list` and `resources/templates/list` on `Route::"<route>"`.
+    ListResources,
+    /// `prompts/get` on `Prompt::"<route>/<prompt>"`.
+    GetPrompt,
+    /// `prompts/list` on `Route::"<route>"`.
+    ListPrompts,
+}
+
+impl McpAction {
+    /// Every action, in index order.
+    pub const ALL: [McpAction; 6] = [
+        McpAction::CallTool,
+        McpAction::ListTools,
+        McpAction::ReadResource,
+        McpAction::ListResources,
+        McpAction::GetPrompt,
+        McpAction::ListPrompts,
+    ];
+
+    /// The Cedar action id.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            McpAction::CallTool => "call_tool",
+            McpAction::ListTools => "list_tools",
+            McpAction::ReadResource => "read_resource",
+            McpAction::ListResources => "list_resources",
+            McpAction::GetPrompt => "get_prompt",
+            McpAction::ListPrompts => "list_prompts",
+        }
+    }
+
+    /// The entity type of the resource: a route for the list actions.
+    fn resource_type(self) -> &'static str {
+        match self {
+            McpAction::CallTool => "Tool",
+            McpAction::ReadResource => "McpResource",
+            McpAction::GetPrompt => "Prompt",
+            McpAction::ListTools | McpAction::ListResources | McpAction::ListPrompts => "Route",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One MCP message to decide.
+#[derive(Debug, Clone)]
+pub struct McpRequest<'a> {
+    /// The authenticated agent.
+    pub agent: &'a str,
+    /// What the message asks for.
+    pub action: McpAction,
+    /// The route (MCP server) it goes to.
+    pub route: &'a str,
+    /// The route's classification; the target inherits it.
+    pub classification: Classification,
+    /// The JSON-RPC method (`context.method`).
+    pub method: &'a str,
+    /// The tool or prompt name or the resource URI; empty for the list actions.
+    pub target: &'a str,
+    /// Top-level arguments: strings as they are, other JSON values in compact
+    /// JSON text (`context.args`, as tags).
+    pub args: &'a [(String, String)],
+    /// The HTTP request path the message came on.
+    pub path: &'a str,
+    /// What the content guard found (`context.content`).
+    pub content: Content<'a>,
+    /// The client's address.
+    pub source_ip: &'a SourceIp,
+    /// When the message arrived.
+    pub time: RequestTime,
+    /// How the caller authenticated, for whom, its posture and risk.
+    pub caller: &'a CallerFacts,
+}
+
+const MEMO_CAPACITY: usize = 65_536;
+
+struct ActionAuthz {
+    uid: EntityUid,
+    /// The action's entity and those of the action groups it is in: all a
+    /// request's `action in …` can ask about, so all its slice needs.
+    action_entities: Vec<Entity>,
+    resource_type: EntityTypeName,
+    candidates: PolicySet,
+    context_free: bool,
+}
+
+/// The MCP half of a snapshot; `None` in [`crate::Authorizer`] when the schema
+/// declares none of the MCP actions (a schema written before the adapter).
+pub(crate) struct McpAuthz {
+    actions: Vec<ActionAuthz>,
+    agent_type: EntityTypeName,
+    route_type: EntityTypeName,
+    args_type: EntityTypeName,
+    memo: RwLock<HashMap<(String, McpAction, String, String), Decision>>,
+}
+
+impl McpAuthz {
+    pub(crate) fn new(
+        bundle: &PolicyBundle,
+        entities: &Entities,
+    ) -> Result<Option<Self>, EntityError> {
+        let parse = |t: &str| {
+            t.parse::<EntityTypeName>()
+                .map_err(|e| EntityError::new(e.to_string()))
+        };
+        let declared: HashMap<String, EntityUid> = bundle
+            .schema
+            .actions()
+            .filter(|a| a.type_name().to_string() == "Action")
+            .map(|a| (a.id().unescaped().to_string(), a.clone()))
+            .collect();
+        if !McpAction::ALL
+            .iter()
+            .any(|a| declared.contains_key(a.as_str()))
+        {
+            return Ok(None);
+        }
+        let is_in = |e: &EntityUid, g: &EntityUid| e == g || entities.is_ancestor_of(g, e);
+        let schema_actions = bundle
+            .schema
+            .action_entities()
+            .map_err(|e| EntityError::new(e.to_string()))?;
+        let mut actions = Vec::new();
+        for action in McpAction::ALL {
+            let uid = declared.get(action.as_str()).cloned().ok_or_else(|| {
+                EntityError::new(format!(
+                    "the schema declares some MCP actions but not `Action::\"{}\"`. {}",
+                    action.as_str(),
+                    crate::decide::SCHEMA_HINT
+                ))
+            })?;
+            let mut candidates = PolicySet::new();
+            let mut context_free = true;
+            for policy in bundle.policies.policies() {
+                let matches = match policy.action_constraint() {
+                    ActionConstraint::Any => true,
+                    ActionConstraint::Eq(u) => u == uid,
+                    ActionConstraint::In(us) => us.iter().any(|u| is_in(&uid, u)),
+                };
+                if matches {
+                    context_free &= !mentions_context(policy);
+                    // Ids are unique in the bundle, so adding cannot fail.
+                    let _ = candidates.add(policy.clone());
+                }
+            }
+            let mut lineage = vec![uid.clone()];
+            if let Some(ancestors) = schema_actions.ancestors(&uid) {
+                lineage.extend(ancestors.cloned());
+            }
+            let action_entities = lineage
+                .iter()
+                .filter_map(|u| schema_actions.get(u).cloned())
+                .collect();
+            actions.push(ActionAuthz {
+                action_entities,
+                uid,
+                resource_type: parse(action.resource_type())?,
+                candidates,
+                context_free,
+            });
+        }
+        let authz = McpAuthz {
+            actions,
+            agent_type: parse("Agent")?,
+            route_type: parse("Route")?,
+            args_type: parse("McpArgs")?,
+            memo: RwLock::new(HashMap::new()),
+        };
+        // The request shape is fixed: prove once per action that the schema
+        // accepts it, so requests skip validation.
+        let ip = SourceIp::new(std::net::IpAddr::from([127, 0, 0, 1]));
+        for (action, caller) in McpAction::ALL
+            .into_iter()
+            .flat_map(|a| CallerFacts::shape_samples().map(|c| (a, c)))
+        {
+            let sample = McpRequest {
+                agent: "shape-check",
+                action,
+                route: "shape-check",
+                classification: Classification::Public,
+                method: "shape/check",
+                target: "shape-check",
+                args: &[("k".to_string(), "v".to_string())],
+                path: "/",
+                content: Content::NOT_SCANNED,
+                source_ip: &ip,
+                time: RequestTime::from_epoch(0),
+                caller: &caller,
+            };
+            let (request, slice) = authz.request(&sample, None, None, Some(&bundle.schema))?;
+            // Validates the slice's entities (attributes, tags, parents) too.
+            Entities::from_entities(slice, Some(&bundle.schema)).map_err(|e| {
+                EntityError::new(format!(
+                    "the schema does not accept the entities the gateway makes for action `{}`: {e}. {}",
+                    action.as_str(),
+                    crate::decide::SCHEMA_HINT
+                ))
+            })?;
+            drop(request);
+        }
+        Ok(Some(authz))
+    }
+
+    /// The Cedar request and its entity slice. `agent` is the agent's entity
+    /// from the snapshot (`None` for an agent the snapshot does not know).
+    fn request(
+        &self,
+        r: &McpRequest<'_>,
+        agent: Option<&Entity>,
+        route_entity: Option<&Entity>,
+        schema: Option<&cedar_policy::Schema>,
+    ) -> Result<(Request, Vec<Entity>), EntityError> {
+        let fail = |e: String| {
+            EntityError::new(format!(
+                "the schema does not accept the requests the gateway makes for action `{}`: {e}. {}",
+                r.action.as_str(),
+                crate::decide::SCHEMA_HINT
+            ))
+        };
+        let a = &self.actions[r.action.index()];
+        let uid = |t: &EntityTypeName, id: &str| {
+            EntityUid::from_type_name_and_id(t.clone(), EntityId::new(id))
+        };
+        let principal = uid(&self.agent_type, r.agent);
+        let route = uid(&self.route_type, r.route);
+        let class = |cls: Classification| {
+            HashMap::from([
+                (
+                    "classification".to_string(),
+                    RestrictedExpression::new_string(cls.as_str().to_string()),
+                ),
+                (
+                    "classification_level".to_string(),
+                    RestrictedExpression::new_long(cls.rank()),
+                ),
+            ])
+        };
+        let mut slice = Vec::with_capacity(a.action_entities.len() + 4);
+        slice.extend(a.action_entities.iter().cloned());
+        slice.push(match agent {
+            Some(e) => e.clone(),
+            None => Entity::new_no_attrs(principal.clone(), HashSet::new()),
+        });
+        // The route as the snapshot knows it (owner, tags); a route the
+        // snapshot lacks gets its classification and empty owner and tags.
+        slice.push(match route_entity {
+            Some(e) => e.clone(),
+            None => {
+                let mut attrs = class(r.classification);
+                attrs.insert(
+                    "owner".to_string(),
+                    RestrictedExpression::new_string(String::new()),
+                );
+                attrs.insert(
+                    "tags".to_string(),
+                    RestrictedExpression::new_set(std::iter::empty()),
+                );
+                Entity::new(route.clone(), attrs, HashSet::new())
+                    .map_err(|e| fail(e.to_string()))?
+            }
+        });
+        let resource = if r.action.resource_type() == "Route" {
+            route
+        } else {
+            let id = format!("{}/{}", r.route, r.target);
+            let resource = uid(&a.resource_type, &id);
+            let mut attrs = class(r.classification);
+            attrs.insert(
+                "name".to_string(),
+                RestrictedExpression::new_string(r.target.to_string()),
+            );
+            attrs.insert(
+                "route".to_string(),
+                RestrictedExpression::new_string(r.route.to_string()),
+            );
+            slice.push(
+                Entity::new(resource.clone(), attrs, HashSet::from([route]))
+                    .map_err(|e| fail(e.to_string()))?,
+            );
+            resource
+        };
+        let args = uid(&self.args_type, "args");
+        let tags = r
+            .args
+            .iter()
+            .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())));
+        slice.push(
+            Entity::new_with_tags(args.clone(), [], HashSet::new(), tags)
+                .map_err(|e| fail(e.to_string()))?,
+        );
+        let time = RestrictedExpression::new_record([
+            (
+                "hour".to_string(),
+                RestrictedExpression::new_long(r.time.hour),
+            ),
+            (
+                "weekday".to_string(),
+                RestrictedExpression::new_long(r.time.weekday),
+            ),
+            (
+                "epoch".to_string(),
+                RestrictedExpression::new_long(r.time.epoch),
+            ),
+        ])
+        .map_err(|e| fail(e.to_string()))?;
+        let mut pairs = vec![
+            (
+                "route".to_string(),
+                RestrictedExpression::new_string(r.route.to_string()),
+            ),
+            (
+                "method".to_string(),
+                RestrictedExpression::new_string(r.method.to_string()),
+            ),
+            (
+                "target".to_string(),
+                RestrictedExpression::new_string(r.target.to_string()),
+            ),
+            (
+                "args".to_string(),
+                RestrictedExpression::new_entity_uid(args),
+            ),
+            (
+                "path".to_string(),
+                RestrictedExpression::new_string(r.path.to_string()),
+            ),
+            ("content".to_string(), r.content.expr().map_err(fail)?),
+            ("source_ip".to_string(), r.source_ip.expr().clone()),
+            ("time".to_string(), time),
+        ];
+        pairs.extend(r.caller.context_pairs().map_err(fail)?);
+        let context = Context::from_pairs(pairs).map_err(|e| fail(e.to_string()))?;
+        let request = Request::new(principal, a.uid.clone(), resource, context, schema)
+            .map_err(|e| fail(e.to_string()))?;
+        Ok((request, slice))
+    }
+
+    pub(crate) fn decide(
+        &self,
+        cedar: &cedar_policy::Authorizer,
+        entities: &Entities,
+        r: &McpRequest<'_>,
+    ) -> Decision {
+        let a = &self.actions[r.action.index()];
+        if a.candidates.is_empty() {
+            return Decision::default_deny();
+        }
+        let key = a.context_free.then(|| {
+            (
+                r.agent.to_string(),
+                r.action,
+                r.route.to_string(),
+                r.target.to_string(),
+            )
+        });
+        if let Some(key) = &key
+            && let Some(d) = self.memo.read().ok().and_then(|m| m.get(key).cloned())
+        {
+            return d;
+        }
+        let principal =
+            EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(r.agent));
+        let route =
+            EntityUid::from_type_name_and_id(self.route_type.clone(), EntityId::new(r.route));
+        let decision = match self
+            .request(r, entities.get(&principal), entities.get(&route), None)
+            .and_then(|(request, slice)| {
+                Entities::from_entities(slice, None)
+                    .map(|slice| (request, slice))
+                    .map_err(|e| EntityError::new(e.to_string()))
+            }) {
+            Err(e) => Decision {
+                errors: vec![e.to_string()],
+                ..Decision::default_deny()
+            },
+            Ok((request, slice)) => {
+                let response = cedar.is_authorized(&request, &a.candidates, &slice);
+                let diagnostics = response.diagnostics();
+                let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
+                let mut policy_ids: Vec<String> =
+                    diagnostics.reason().map(|id| id.to_string()).collect();
+                policy_ids.sort();
+                let allowed = response.decision() == CedarDecision::Allow;
+                if !allowed && policy_ids.is_empty() {
+                    Decision {
+                        errors,
+                        ..Decision::default_deny()
+                    }
+                } else {
+                    Decision {
+                        allowed,
+                        policy_ids,
+                        errors,
+                    }
+                }
+            }
+        };
+        if let Some(key) = key
+            && let Ok(mut memo) = self.memo.write()
+            && memo.len() < MEMO_CAPACITY
+        {
+            memo.insert(key, decision.clone());
+        }
+        decision
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{AgentEntity, Authorizer, DEFAULT_SCHEMA, PolicySources, RouteEntity};
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    fn authorizer(policies: &str) -> Authorizer {
+        let sources = PolicySources {
+            origin: PathBuf::from("/t"),
+            schema: DEFAULT_SCHEMA.to_string(),
+            files: vec![("t.cedar".to_string(), policies.to_string())],
+        };
+        let bundle = Arc::new(PolicyBundle::compile(&sources).unwrap());
+        Authorizer::new(
+            bundle,
+            &[
+                AgentEntity {
+                    name: "dev-bot".into(),
+                    roles: vec!["dev".into()],
+                },
+                AgentEntity {
+                    name: "ops-bot".into(),
+                    roles: vec!["ops".into()],
+                },
+            ],
+            &[RouteEntity {
+                name: "files".into(),
+                classification: Classification::Internal,
+                owner: String::new(),
+                tags: Vec::new(),
+            }],
+        )
+        .unwrap()
+    }
+
+    /// One case: agent, action, target and arguments, and the expected outcome.
+    fn check(
+        authz: &Authorizer,
+        agent: &str,
+        action: McpAction,
+        target: &str,
+        args: &[(&str, &str)],
+        expect: &str,
+    ) {
+        let args: Vec<(String, String)> = args
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let d = authz.decide_mcp(&McpRequest {
+            agent,
+            action,
+            route: "files",
+            classification: Classification::Internal,
+            method: "tools/call",
+            target,
+            args: &args,
+            path: "/mcp",
+            content: Content::NOT_SCANNED,
+            source_ip: &SourceIp::new("127.0.0.1".parse().unwrap()),
+            time: RequestTime::from_epoch(1_700_000_000),
+            caller: &CallerFacts::mtls(),
+        });
+        assert!(d.errors.is_empty(), "{:?}", d.errors);
+        let got = format!(
+            "{} {}",
+            if d.allowed { "allow" } else { "deny" },
+            d.policy_ids.join(",")
+        );
+        assert_eq!(got, expect, "{agent} {action:?} {target} {args:?}");
+    }
+
+    const POLICIES: &str = r#"
+@id("dev-tools") permit(principal in Role::"dev", action == Action::"call_tool", resource in Route::"files")
+  when { resource.name != "delete_file" };
+@id("dev-list") permit(principal in Role::"dev", action in [Action::"list_tools", Action::"list_prompts"], resource == Route::"files");
+@id("tmp-only") forbid(principal, action == Action::"call_tool", resource == Tool::"files/read_file")
+  unless { context.args.hasTag("path") && context.args.getTag("path") like "/tmp/*" };
+@id("ops-prompt") permit(principal in Role::"ops", action == Action::"get_prompt", resource)
+  when { resource.classification_level <= 1 };
+"#;
+
+    #[test]
+    fn mcp_decisions() {
+        let a = authorizer(POLICIES);
+        use McpAction::*;
+        check(&a, "dev-bot", CallTool, "echo", &[], "allow dev-tools");
+        check(
+            &a,
+            "dev-bot",
+            CallTool,
+            "delete_file",
+            &[],
+            "deny default-deny",
+        );
+        check(
+            &a,
+            "dev-bot",
+            CallTool,
+            "read_file",
+            &[("path", "/tmp/x")],
+            "allow dev-tools",
+        );
+        check(
+            &a,
+            "dev-bot",
+            CallTool,
+            "read_file",
+            &[("path", "/etc/passwd")],
+            "deny tmp-only",
+        );
+        check(&a, "dev-bot", CallTool, "read_file", &[], "deny tmp-only");
+        check(&a, "dev-bot", ListTools, "", &[], "allow dev-list");
+        check(&a, "ops-bot", ListTools, "", &[], "deny default-deny");
+        check(&a, "ops-bot", CallTool, "echo", &[], "deny default-deny");
+        check(&a, "ops-bot", GetPrompt, "summary", &[], "allow ops-prompt");
+        check(
+            &a,
+            "dev-bot",
+            ReadResource,
+            "file:///x",
+            &[],
+            "deny default-deny",
+        );
+        check(&a, "stranger", CallTool, "echo", &[], "deny default-deny");
+    }
+
+    #[test]
+    fn context_free_decisions_are_memoized_and_others_are_not() {
+        let a = authorizer(
+            r#"
+@id("lists") permit(principal in Role::"dev", action == Action::"list_tools", resource);
+@id("calls") permit(principal in Role::"dev", action == Action::"call_tool", resource)
+  when { context.args.hasTag("ok") };
+"#,
+        );
+        use McpAction::*;
+        for _ in 0..2 {
+            check(&a, "dev-bot", ListTools, "", &[], "allow lists");
+            check(
+                &a,
+                "dev-bot",
+                CallTool,
+                "echo",
+                &[("ok", "1")],
+                "allow calls",
+            );
+            check(&a, "dev-bot", CallTool, "echo", &[], "deny default-deny");
+        }
+        let mcp = a.mcp.as_ref().unwrap();
+        let memo = mcp.memo.read().unwrap();
+        assert_eq!(memo.len(), 1, "only list_tools is context-free");
+    }
+
+    #[test]
+    fn action_groups_of_a_users_schema_apply_to_mcp_messages() {
+        let schema = DEFAULT_SCHEMA.replace(
+            "action call_tool appliesTo",
+            "action use_tools;\naction call_tool in [use_tools] appliesTo",
+        );
+        let sources = PolicySources {
+            origin: PathBuf::from("/t"),
+            schema,
+            files: vec![(
+                "t.cedar".to_string(),
+                r#"@id("group") permit(principal, action in Action::"use_tools", resource);"#
+                    .to_string(),
+            )],
+        };
+        let bundle = Arc::new(PolicyBundle::compile(&sources).unwrap());
+        let a = Authorizer::new(
+            bundle,
+            &[AgentEntity {
+                name: "dev-bot".into(),
+                roles: vec![],
+            }],
+            &[],
+        )
+        .unwrap();
+        check(
+            &a,
+            "dev-bot",
+            McpAction::CallTool,
+            "echo",
+            &[],
+            "allow group",
+        );
+        check(
+            &a,
+            "dev-bot",
+            McpAction::ListTools,
+            "",
+            &[],
+            "deny default-deny",
+        );
+    }
+
+    #[test]
+    fn a_schema_without_mcp_actions_has_no_mcp_authorizer() {
+        let schema = DEFAULT_SCHEMA.split("// MCP:").next().unwrap().to_string();
+        let sources = PolicySources {
+            origin: PathBuf::from("/t"),
+            schema,
+            files: vec![],
+        };
+        let bundle = Arc::new(PolicyBundle::compile(&sources).unwrap());
+        let a = Authorizer::new(bundle, &[], &[]).unwrap();
+        assert!(!a.supports_mcp());
+        let d = a.decide_mcp(&McpRequest {
+            agent: "x",
+            action: McpAction::ListTools,
+            route: "r",
+            classification: Classification::Public,
+            method: "tools/list",
+            target: "",
+            args: &[],
+            path: "/mcp",
+            content: Content::NOT_SCANNED,
+            source_ip: &SourceIp::new("127.0.0.1".parse().unwrap()),
+            time: RequestTime::from_epoch(0),
+            caller: &CallerFacts::mtls(),
+        });
+        assert!(!d.allowed && !d.errors.is_empty());
+    }
+}
