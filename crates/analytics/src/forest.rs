@@ -1,0 +1,257 @@
+//! An isolation forest (Liu, Ting, Zhou 2008) small enough to own: trees are
+//! built from a sample of the baseline, and a point's anomaly score is how
+//! quickly random splits isolate it, `2^(-E[h(x)] / c(ψ))` (about 0.5 for a
+//! typical point, towards 1.0 for an outlier).
+//!
+//! One change from the paper: a feature the tree's sample never varied in gets
+//! a band check at the root (one unit, `FEATURE_UNIT`, either side of the
+//! constant value); a point outside it is isolated at path length 1. The
+//! paper's trees cannot split on a constant, so an agent that has never read
+//! restricted data would look normal doing so. Per agent, "never varied" is
+//! exactly what a baseline should remember.
+
+use crate::features::{FEATURE_UNIT, Features, N_FEATURES};
+use crate::rng::Rng;
+
+#[derive(Debug, Clone, Copy)]
+enum Node {
+    Split {
+        feature: u8,
+        value: f32,
+        /// Index of the right child; the left child follows this node.
+        right: u32,
+    },
+    /// A feature constant in the tree's sample: a point within one unit of the
+    /// value goes on (to the next node) without counting depth; a point
+    /// outside is isolated at once (path length 1).
+    Band { feature: u8, lo: f32, hi: f32 },
+    Leaf {
+        /// `h` contribution: depth plus c(size) for the points left unsplit.
+        path: f32,
+    },
+}
+
+/// A trained forest. Rebuilding from the same sample and seed gives the same forest.
+#[derive(Debug, Clone)]
+pub struct IsolationForest {
+    nodes: Vec<Node>,
+    roots: Vec<u32>,
+    /// c(ψ): the mean path length of an unsuccessful search in a BST of ψ points.
+    norm: f32,
+}
+
+/// Average path length of an unsuccessful BST search among `n` points.
+fn c(n: usize) -> f32 {
+    if n <= 1 {
+        return 0.0;
+    }
+    let n = n as f32;
+    2.0 * ((n - 1.0).ln() + 0.577_215_7) - 2.0 * (n - 1.0) / n
+}
+
+impl IsolationForest {
+    /// Builds `trees` trees, each from `sample_size` points drawn from `data`.
+    /// An empty `data` gives a forest that scores everything 0.5 (no opinion).
+    pub fn train(data: &[Features], trees: usize, sample_size: usize, seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        let psi = sample_size.min(data.len()).max(1);
+        let limit = (psi as f32).log2().ceil() as usize;
+        let mut forest = IsolationForest {
+            nodes: Vec::with_capacity(trees * 2 * psi),
+            roots: Vec::with_capacity(trees),
+            norm: c(psi).max(1.0),
+        };
+        if data.is_empty() {
+            return forest;
+        }
+        let mut idx: Vec<usize> = Vec::with_capacity(psi);
+        for _ in 0..trees {
+            // Sample without replacement (partial Fisher-Yates over indices).
+            idx.clear();
+            if data.len() <= psi {
+                idx.extend(0..data.len());
+            } else {
+                let mut all: Vec<usize> = (0..data.len()).collect();
+                for i in 0..psi {
+                    let j = i + rng.below(all.len() - i);
+                    all.swap(i, j);
+                }
+                idx.extend_from_slice(&all[..psi]);
+            }
+            let root = forest.nodes.len() as u32;
+            forest.roots.push(root);
+            forest.grow_tree(data, &mut idx, limit, &mut rng);
+        }
+        forest
+    }
+
+    /// One tree: first a band check per feature the sample never varied in,
+    /// then the paper's random splits.
+    fn grow_tree(&mut self, data: &[Features], idx: &mut [usize], limit: usize, rng: &mut Rng) {
+        for feature in 0..N_FEATURES {
+            let v = data[idx[0]][feature];
+            if idx.iter().all(|&i| data[i][feature] == v) {
+                self.nodes.push(Node::Band {
+                    feature: feature as u8,
+                    lo: v - FEATURE_UNIT[feature],
+                    hi: v + FEATURE_UNIT[feature],
+                });
+            }
+        }
+        self.grow(data, idx, 0, limit, rng);
+    }
+
+    fn grow(
+        &mut self,
+        data: &[Features],
+        idx: &mut [usize],
+        depth: usize,
+        limit: usize,
+        rng: &mut Rng,
+    ) {
+        if depth >= limit || idx.len() <= 1 {
+            self.nodes.push(Node::Leaf {
+                path: depth as f32 + c(idx.len()),
+            });
+            return;
+        }
+        let range = |f: usize| {
+            let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+            for &i in idx.iter() {
+                lo = lo.min(data[i][f]);
+                hi = hi.max(data[i][f]);
+            }
+            (lo, hi)
+        };
+        let mut feature = rng.below(N_FEATURES);
+        let (mut lo, mut hi) = range(feature);
+        // Otherwise a feature the points differ in, as in the paper.
+        let mut tries = 0;
+        while hi <= lo && tries < 4 * N_FEATURES {
+            feature = rng.below(N_FEATURES);
+            (lo, hi) = range(feature);
+            tries += 1;
+        }
+        if hi <= lo {
+            // Identical points: nothing separates them.
+            self.nodes.push(Node::Leaf {
+                path: depth as f32 + c(idx.len()),
+            });
+            return;
+        }
+        let value = lo + rng.unit() * (hi - lo);
+        // Partition in place: values < split go left.
+        let mut left = 0;
+        for k in 0..idx.len() {
+            if data[idx[k]][feature] < value {
+                idx.swap(k, left);
+                left += 1;
+            }
+        }
+        let at = self.nodes.len();
+        self.nodes.push(Node::Split {
+            feature: feature as u8,
+            value,
+            right: 0,
+        });
+        let (l, r) = idx.split_at_mut(left);
+        self.grow(data, l, depth + 1, limit, rng);
+        self.set_right(at);
+        self.grow(data, r, depth + 1, limit, rng);
+    }
+
+    /// Points the split at `at` to the next node to be pushed.
+    fn set_right(&mut self, at: usize) {
+        let right = self.nodes.len() as u32;
+        if let Node::Split { right: slot, .. } = &mut self.nodes[at] {
+            *slot = right;
+        }
+    }
+
+    /// The anomaly score of `x` in `[0, 1]`: ~0.5 typical, towards 1 anomalous.
+    pub fn score(&self, x: &Features) -> f32 {
+        if self.roots.is_empty() {
+            return 0.5;
+        }
+        let mut total = 0.0;
+        for &root in &self.roots {
+            let mut n = root as usize;
+            loop {
+                match self.nodes[n] {
+                    Node::Leaf { path } => {
+                        total += path;
+                        break;
+                    }
+                    Node::Band { feature, lo, hi } => {
+                        let v = x[feature as usize];
+                        if v < lo || v > hi {
+                            total += 1.0;
+                            break;
+                        }
+                        n += 1;
+                    }
+                    Node::Split {
+                        feature,
+                        value,
+                        right,
+                    } => {
+                        n = if x[feature as usize] < value {
+                            n + 1
+                        } else {
+                            right as usize
+                        };
+                    }
+                }
+            }
+        }
+        let mean = total / self.roots.len() as f32;
+        2f32.powf(-mean / self.norm)
+    }
+
+    /// Whether the forest was trained on anything.
+    pub fn is_trained(&self) -> bool {
+        !self.roots.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn point(a: f32, b: f32) -> Features {
+        let mut f = [0.0; N_FEATURES];
+        f[0] = a;
+        f[1] = b;
+        f
+    }
+
+    #[test]
+    fn outliers_score_higher_than_inliers() {
+        let mut rng = Rng::new(7);
+        let data: Vec<Features> = (0..512)
+            .map(|_| point(rng.unit() * 2.0, rng.unit() * 2.0))
+            .collect();
+        let forest = IsolationForest::train(&data, 50, 128, 1);
+        let inlier = forest.score(&point(1.0, 1.0));
+        let outlier = forest.score(&point(8.0, 1.0));
+        assert!(inlier < 0.5, "inlier {inlier}");
+        assert!(
+            outlier > inlier + 0.08,
+            "outlier {outlier}, inlier {inlier}"
+        );
+        // A feature constant in the baseline still isolates a change in it.
+        let mut odd = point(1.0, 1.0);
+        odd[9] = 3.0;
+        assert!(forest.score(&odd) > inlier + 0.1);
+        // Deterministic: same data and seed, same forest.
+        let again = IsolationForest::train(&data, 50, 128, 1);
+        assert_eq!(again.score(&point(8.0, 1.0)), outlier);
+    }
+
+    #[test]
+    fn an_untrained_forest_has_no_opinion() {
+        let forest = IsolationForest::train(&[], 10, 64, 1);
+        assert!(!forest.is_trained());
+        assert_eq!(forest.score(&point(1.0, 1.0)), 0.5);
+    }
+}
