@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 
 mod agent_keys;
+mod analytics;
+pub use analytics::{AlertRow, QuarantineRow, RiskPoint};
 mod audit_log;
 pub use agent_keys::AgentKeyRow;
 mod inventory;
@@ -121,6 +123,11 @@ fn migrator() -> Migrator {
             include_str!("../migrations/0004_audit_personal.sql"),
         ),
         migration(5, "tokens", include_str!("../migrations/0005_tokens.sql")),
+        migration(
+            9,
+            "analytics",
+            include_str!("../migrations/0009_analytics.sql"),
+        ),
     ])
 }
 
