@@ -16,7 +16,8 @@ use crate::forest::IsolationForest;
 use crate::rng::Rng;
 use crate::rules::{RuleHit, Rules};
 
-/// The graded responses, mildest first.
+/// The graded responses, mildest first. (Approval of writes, between alert
+/// and throttle in the design, waits for the approval machinery.)
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
@@ -27,8 +28,6 @@ pub enum Grade {
     Normal,
     /// Tell a human.
     Alert,
-    /// Writes need a human's approval.
-    ApproveWrites,
     /// Rate-limit the agent.
     Throttle,
     /// Only reads are served.
@@ -43,7 +42,6 @@ impl Grade {
         match self {
             Grade::Normal => "normal",
             Grade::Alert => "alert",
-            Grade::ApproveWrites => "approve_writes",
             Grade::Throttle => "throttle",
             Grade::ReadOnly => "read_only",
             Grade::Quarantine => "quarantine",
@@ -56,8 +54,6 @@ impl Grade {
 pub struct Thresholds {
     /// Alert a human.
     pub alert: f32,
-    /// Writes need approval.
-    pub approve_writes: f32,
     /// Throttle.
     pub throttle: f32,
     /// Read-only.
@@ -70,7 +66,6 @@ impl Default for Thresholds {
     fn default() -> Self {
         Thresholds {
             alert: 0.5,
-            approve_writes: 0.6,
             throttle: 0.7,
             read_only: 0.8,
             quarantine: 0.95,
@@ -87,8 +82,6 @@ impl Thresholds {
             Grade::ReadOnly
         } else if risk >= self.throttle {
             Grade::Throttle
-        } else if risk >= self.approve_writes {
-            Grade::ApproveWrites
         } else if risk >= self.alert {
             Grade::Alert
         } else {
@@ -167,7 +160,6 @@ impl Config {
         let t = &self.thresholds;
         let all = [
             t.alert,
-            t.approve_writes,
             t.throttle,
             t.read_only,
             t.quarantine,

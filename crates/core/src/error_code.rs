@@ -57,6 +57,13 @@ pub enum ErrorCode {
     InvalidClient,
     /// The token endpoint was asked for a grant it does not support.
     UnsupportedGrantType,
+    /// Behavioral analytics quarantined the agent: every request but the
+    /// allow-list is refused until a human releases it.
+    Quarantined,
+    /// Behavioral analytics made the agent read-only: writes are refused.
+    ReadOnly,
+    /// Behavioral analytics throttled the agent and it is over its rate.
+    Throttled,
 }
 
 impl ErrorCode {
@@ -86,6 +93,9 @@ impl ErrorCode {
             ErrorCode::InvalidDpopProof => "invalid_dpop_proof",
             ErrorCode::InvalidClient => "invalid_client",
             ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
+            ErrorCode::Quarantined => "quarantined",
+            ErrorCode::ReadOnly => "read_only",
+            ErrorCode::Throttled => "throttled",
         }
     }
 
@@ -99,6 +109,8 @@ impl ErrorCode {
             | ErrorCode::InvalidDpopProof
             | ErrorCode::InvalidClient => 401,
             ErrorCode::Forbidden | ErrorCode::ContentBlocked => 403,
+            ErrorCode::Quarantined | ErrorCode::ReadOnly => 403,
+            ErrorCode::Throttled => 429,
             ErrorCode::RouteNotFound | ErrorCode::NotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
@@ -147,6 +159,9 @@ mod tests {
             ErrorCode::InvalidDpopProof,
             ErrorCode::InvalidClient,
             ErrorCode::UnsupportedGrantType,
+            ErrorCode::Quarantined,
+            ErrorCode::ReadOnly,
+            ErrorCode::Throttled,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {
