@@ -158,12 +158,7 @@ impl Config {
     /// Checks the settings are usable.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let t = &self.thresholds;
-        let all = [
-            t.alert,
-            t.throttle,
-            t.read_only,
-            t.quarantine,
-        ];
+        let all = [t.alert, t.throttle, t.read_only, t.quarantine];
         if all.iter().any(|v| !(0.0..=1.0).contains(v)) {
             return Err(ConfigError("thresholds", "each must be within 0.0..=1.0"));
         }
@@ -300,6 +295,22 @@ pub struct AgentState {
     risk: f32,
     risk_at_ms: i64,
     quarantined: bool,
+}
+
+impl AgentState {
+    fn new(now_ms: i64) -> Self {
+        AgentState {
+            first_ms: now_ms,
+            last_ms: now_ms,
+            familiar: Familiar::default(),
+            baseline: Vec::new(),
+            cursor: 0,
+            rate_1m: 0.0,
+            risk: 0.0,
+            risk_at_ms: now_ms,
+            quarantined: false,
+        }
+    }
 }
 
 /// Everything the engine persists: per-agent states and the population's sample.
@@ -581,12 +592,15 @@ impl Engine {
         self.agents.keys().map(String::as_str)
     }
 
-    /// Marks `agent` quarantined (restored from the store or set by an admin).
-    pub fn quarantine(&mut self, agent: &str) {
-        if let Some(m) = self.agents.get_mut(agent) {
-            m.state.quarantined = true;
-            m.alerted = Grade::Quarantine;
-        }
+    /// Marks `agent` quarantined (restored from the store), creating its
+    /// model if it has none yet.
+    pub fn quarantine(&mut self, agent: &str, now_ms: i64) {
+        let m = self
+            .agents
+            .entry(agent.to_string())
+            .or_insert_with(|| AgentModel::new(AgentState::new(now_ms)));
+        m.state.quarantined = true;
+        m.alerted = Grade::Quarantine;
     }
 
     /// Lifts a quarantine; the risk starts again from zero.
@@ -964,7 +978,7 @@ mod tests {
     fn state_round_trips() {
         let mut engine = Engine::new(fast());
         feed(&mut engine, "bot", 0, 3 * 3_600_000, 360, normal);
-        engine.quarantine("bot");
+        engine.quarantine("bot", 0);
         let json = serde_json::to_string(&engine.state()).expect("serialize");
         let back: EngineState = serde_json::from_str(&json).expect("parse");
         let restored = Engine::restore(fast(), back);

@@ -100,7 +100,6 @@ fn hour_of(time_ms: i64) -> usize {
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Novelty {
     pub(crate) new_resource: bool,
-    pub(crate) first_restricted: bool,
     /// The call pair (previous operation, this one), if there was a previous.
     pub(crate) pair: Option<u64>,
 }
@@ -168,11 +167,7 @@ impl Tracker {
         ] {
             w.advance_add(event.time_ms, &counts);
         }
-        let novelty = Novelty {
-            new_resource,
-            first_restricted: event.classification >= 3 && !familiar.restricted,
-            pair,
-        };
+        let novelty = Novelty { new_resource, pair };
         (self.features(), novelty)
     }
 

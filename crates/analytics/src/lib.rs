@@ -27,10 +27,10 @@ mod rules;
 mod window;
 
 pub use engine::{
-    AgentSummary, Alert, AlertReason, Config, ConfigError, Engine, EngineState, Grade, Thresholds,
-    Verdict,
+    AgentState, AgentSummary, Alert, AlertReason, Config, ConfigError, Driver, Engine, EngineState,
+    Grade, Thresholds, Verdict,
 };
 pub use event::{Event, stable_hash};
-pub use features::{FEATURE_NAMES, N_FEATURES};
+pub use features::{FEATURE_NAMES, Features, N_FEATURES};
 pub use forest::IsolationForest;
 pub use rules::RuleHit;

@@ -240,7 +240,23 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     let durable_head = sink.watch_head();
     let export_tls = upstream_tls.clone();
     let export_metrics = metrics.clone();
+    // Behavioral analytics: the saved models and quarantines are loaded before
+    // the first request, so a quarantine survives a restart.
+    let analytics = if config.analytics.enabled {
+        let (analytics, task) = portcullis_gateway::analytics::Analytics::start(
+            config.analytics.clone(),
+            store.clone(),
+            sink.clone(),
+            upstream_tls.clone(),
+        )
+        .await
+        .context("cannot start behavioral analytics")?;
+        Some((analytics, task))
+    } else {
+        None
+    };
     let gateway = Gateway::new(GatewayParts {
+        analytics: analytics.as_ref().map(|(a, _)| a.clone()),
         tokens,
         config: config.clone(),
         bundle: bundle.clone(),
@@ -333,6 +349,10 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         drop(vault);
         // Bounded: a capture still held by a stuck connection must not stop the exit.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+    }
+    // Before the writer: analytics' last alerts go into the log.
+    if let Some((_, task)) = analytics {
+        task.finish().await;
     }
     writer.finish().await;
     // After the writer: the last checkpoint covers every record written.

@@ -61,6 +61,9 @@ pub struct RawConfig {
     /// `[[routes]]`: what the gateway forwards where.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// `[analytics]`: behavioral analytics and automated containment.
+    #[serde(default)]
+    pub analytics: crate::analytics::config::RawAnalytics,
 }
 
 /// `[gateway]`
@@ -986,6 +989,8 @@ pub struct Config {
     pub telemetry: Option<TelemetryConfig>,
     /// Routes, in file order.
     pub routes: Vec<RouteConfig>,
+    /// Behavioral analytics and containment.
+    pub analytics: crate::analytics::config::AnalyticsConfig,
 }
 
 /// The configuration file is unusable.
@@ -1125,8 +1130,20 @@ impl Config {
             &default_service,
         )
         .map_err(invalid)?;
+        let route_names: Vec<&str> = raw
+            .routes
+            .iter()
+            .map(|r| r.name.get_ref().as_str())
+            .collect();
+        let analytics = crate::analytics::config::AnalyticsConfig::from_raw(
+            std::mem::take(&mut raw.analytics),
+            &route_names,
+            base,
+        )
+        .map_err(invalid)?;
         let mut config = Self::from_raw_unchecked(raw, base);
         config.audit.export = export;
+        config.analytics = analytics;
         config.telemetry = telemetry;
         // Port 0 asks the OS for a free port, so two `:0` addresses never collide.
         if config.gateway_listen == config.admin_listen && config.gateway_listen.port() != 0 {
@@ -1168,6 +1185,7 @@ impl Config {
         };
         Config {
             audit,
+            analytics: Default::default(),
             telemetry: None,
             gateway_listen: raw
                 .gateway

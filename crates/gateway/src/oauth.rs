@@ -106,7 +106,8 @@ pub async fn serve(
                     "the audit log cannot be written; no token is issued unrecorded",
                 ));
             }
-            token(tokens, conn, directory, decoded, now, recorder).await
+            let analytics = gateway.analytics.as_deref();
+            token(tokens, analytics, conn, directory, decoded, now, recorder).await
         }
     }
 }
@@ -147,6 +148,7 @@ fn agent_of(client_id: &str, trust_domain: &str) -> Option<AgentName> {
 
 async fn token(
     tokens: &TokenService,
+    analytics: Option<&crate::analytics::Analytics>,
     conn: &ConnectionState,
     directory: &AgentDirectory,
     decoded: DecodedRequest,
@@ -241,6 +243,16 @@ async fn token(
     })?;
     let spiffe_id = SpiffeId::for_agent(&tokens.trust_domain, &agent).to_string();
     recorder.record().principal = Some(agent.to_string());
+    // A quarantined agent gets no new credential: its tokens would outlive
+    // nothing (every request is refused) but must not exist either.
+    if analytics.is_some_and(|a| {
+        a.board().risk(agent.as_str()).1 == portcullis_analytics::Grade::Quarantine
+    }) {
+        return Err(client(
+            ErrorCode::Quarantined,
+            "the agent is quarantined by behavioral analytics; no token is issued",
+        ));
+    }
     let kid = jsonwebtoken_kid(assertion);
     let key = match kid.as_deref() {
         Some(kid) => entry.keys.get(kid),

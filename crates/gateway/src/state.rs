@@ -104,6 +104,8 @@ pub struct GatewayParts {
     pub captures: Option<CaptureSink>,
     /// The access-token issuer and replay caches (token endpoint, token authentication).
     pub tokens: crate::tokens::TokenService,
+    /// Behavioral analytics, unless `[analytics] enabled = false`.
+    pub analytics: Option<Arc<crate::analytics::Analytics>>,
 }
 
 /// The data plane.
@@ -119,6 +121,7 @@ pub struct Gateway {
     pub(crate) vault: Option<Arc<Vault>>,
     pub(crate) captures: Option<CaptureSink>,
     pub(crate) tokens: crate::tokens::TokenService,
+    pub(crate) analytics: Option<Arc<crate::analytics::Analytics>>,
     checker: ClientCertChecker,
     bundle: Arc<PolicyBundle>,
     route_entities: Vec<RouteEntity>,
@@ -193,6 +196,7 @@ impl Gateway {
         };
         Ok(Arc::new(Gateway {
             tokens: parts.tokens,
+            analytics: parts.analytics,
             guard,
             vault: parts.vault,
             captures: parts.captures,
@@ -221,6 +225,11 @@ impl Gateway {
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Behavioral analytics, when on (for the admin API).
+    pub fn analytics(&self) -> Option<&Arc<crate::analytics::Analytics>> {
+        self.analytics.as_ref()
     }
 
     /// The configured routes (for the admin API's inventory).

@@ -114,20 +114,26 @@ impl Store {
     pub async fn add_risk_points(&self, points: &[RiskPoint]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for p in points {
-            sqlx::query("INSERT INTO risk_history (agent, time_ms, risk, grade) VALUES (?, ?, ?, ?)")
-                .bind(&p.agent)
-                .bind(p.time_ms)
-                .bind(p.risk)
-                .bind(&p.grade)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO risk_history (agent, time_ms, risk, grade) VALUES (?, ?, ?, ?)",
+            )
+            .bind(&p.agent)
+            .bind(p.time_ms)
+            .bind(p.risk)
+            .bind(&p.grade)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
     /// An agent's latest risk points, newest first.
-    pub async fn risk_history(&self, agent: &str, limit: u32) -> Result<Vec<RiskPoint>, StoreError> {
+    pub async fn risk_history(
+        &self,
+        agent: &str,
+        limit: u32,
+    ) -> Result<Vec<RiskPoint>, StoreError> {
         let rows = sqlx::query(
             "SELECT agent, time_ms, risk, grade FROM risk_history WHERE agent = ?
              ORDER BY time_ms DESC, rowid DESC LIMIT ?",
