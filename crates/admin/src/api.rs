@@ -158,6 +158,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/agents/{name}/keys", post(add_key))
         .route("/audit", get(audit_tail))
         .merge(crate::vault_api::routes())
+        .merge(crate::analytics_api::routes())
         .route(
             "/audit/checkpoint",
             get(crate::audit_api::latest_checkpoint).post(crate::audit_api::sign_checkpoint),
@@ -685,7 +686,10 @@ async fn show_agent(
         .await
         .map_err(|e| call.store_error(e))?;
     let keys = key_ids(&state, &call, &name).await?;
-    Ok(json(StatusCode::OK, &view(&state, agent, certs, keys)))
+    let mut shown =
+        serde_json::to_value(view(&state, agent, certs, keys)).map_err(|e| call.internal(e))?;
+    shown["analytics"] = crate::analytics_api::agent_analytics(&state, &call, &name).await?;
+    Ok(json(StatusCode::OK, &shown))
 }
 
 async fn revoke_agent(

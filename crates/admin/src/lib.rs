@@ -11,6 +11,7 @@
 //! refused admin call is written to the audit log.
 #![forbid(unsafe_code)]
 
+mod analytics_api;
 mod api;
 mod audit_api;
 mod auth;

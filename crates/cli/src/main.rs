@@ -3,6 +3,7 @@
 //! and `guard scan`, work offline).
 #![forbid(unsafe_code)]
 
+mod alerts_cmd;
 mod audit_cmd;
 mod client;
 mod commands;
@@ -86,6 +87,13 @@ enum Command {
     Agent {
         #[command(subcommand)]
         command: commands::AgentCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Review behavioral analytics' alerts.
+    Alerts {
+        #[command(subcommand)]
+        command: alerts_cmd::AlertsCommand,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -181,6 +189,7 @@ fn main() -> ExitCode {
             }
             Command::Agent { command, admin } => commands::agent(command, admin).await,
             Command::Audit { command, admin } => commands::audit(command, admin).await,
+            Command::Alerts { command, admin } => alerts_cmd::alerts(command, admin).await,
             Command::Inventory {
                 since,
                 format,
