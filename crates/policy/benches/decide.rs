@@ -69,6 +69,7 @@ fn main() {
         source_ip: &ip,
         time: RequestTime::from_epoch(1_700_000_000),
         content: portcullis_policy::Content::NOT_SCANNED,
+        caller: &portcullis_policy::CallerFacts::mtls(),
     };
     // A team agent: its candidate policy reads time and address on every request.
     let dynamic_request = AuthzRequest {
@@ -79,6 +80,7 @@ fn main() {
         source_ip: &ip,
         time: RequestTime::from_epoch(1_700_000_000),
         content: portcullis_policy::Content::NOT_SCANNED,
+        caller: &portcullis_policy::CallerFacts::mtls(),
     };
     for request in [&static_request, &dynamic_request] {
         assert_eq!(authz.decide(request), authz.decide_unindexed(request));

@@ -12,6 +12,7 @@ use cedar_policy::{
 use portcullis_core::{Classification, Decision};
 
 use crate::PolicyBundle;
+use crate::caller::{CallerFacts, decimal4};
 
 /// An agent as policy sees it: `Agent::"<name>"` in each `Role::"<role>"`.
 #[derive(Debug, Clone)]
@@ -160,12 +161,7 @@ impl Content<'_> {
 
     /// The score as a Cedar decimal literal (`0.0000` to `1.0000`).
     fn score_decimal(&self) -> String {
-        let s = if self.injection_score.is_finite() {
-            self.injection_score.clamp(0.0, 1.0)
-        } else {
-            1.0
-        };
-        format!("{s:.4}")
+        decimal4(self.injection_score)
     }
 }
 
@@ -186,6 +182,8 @@ pub struct AuthzRequest<'a> {
     pub time: RequestTime,
     /// What the content guard found in the body.
     pub content: Content<'a>,
+    /// How the caller authenticated, for whom, its posture and risk.
+    pub caller: &'a CallerFacts,
 }
 
 /// A client address in the form policy evaluation needs. Building it costs a
@@ -420,7 +418,7 @@ impl Authorizer {
         ])
         .map_err(|e| e.to_string())?;
         let content = request.content.expr()?;
-        let context = Context::from_pairs([
+        let mut pairs = vec![
             (
                 "method".to_string(),
                 RestrictedExpression::new_string(request.action.as_str().to_string()),
@@ -432,8 +430,9 @@ impl Authorizer {
             ("source_ip".to_string(), request.source_ip.expr.clone()),
             ("time".to_string(), time),
             ("content".to_string(), content),
-        ])
-        .map_err(|e| e.to_string())?;
+        ];
+        pairs.extend(request.caller.context_pairs()?);
+        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
         Request::new(principal, action, resource, context, schema).map_err(|e| e.to_string())
     }
 
@@ -443,7 +442,10 @@ impl Authorizer {
     /// per-request validation. A user schema that disagrees fails here, closed.
     fn check_request_shape(&self) -> Result<(), EntityError> {
         let ip = SourceIp::new(IpAddr::from([127, 0, 0, 1]));
-        for action in HttpAction::ALL {
+        for (action, caller) in HttpAction::ALL
+            .into_iter()
+            .flat_map(|a| CallerFacts::shape_samples().map(|c| (a, c)))
+        {
             let sample = AuthzRequest {
                 agent: "shape-check",
                 action,
@@ -452,6 +454,7 @@ impl Authorizer {
                 source_ip: &ip,
                 time: RequestTime::from_epoch(0),
                 content: Content::NOT_SCANNED,
+                caller: &caller,
             };
             self.cedar_request(&sample, Some(&self.bundle.schema))
                 .map_err(|e| {
@@ -712,6 +715,8 @@ fn denied_with_error(error: String) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    static MTLS_CALLER: CallerFacts = CallerFacts::mtls();
     use crate::{DEFAULT_SCHEMA, PolicySources};
     use std::path::PathBuf;
 
@@ -758,6 +763,7 @@ mod tests {
             source_ip: &SourceIp::new(ip.parse().unwrap()),
             time: RequestTime::from_epoch(1_700_000_000),
             content: Content::NOT_SCANNED,
+            caller: &crate::CallerFacts::mtls(),
         };
         let d = authz.decide(&request);
         assert!(d.errors.is_empty(), "{:?}", d.errors);
@@ -829,6 +835,7 @@ mod tests {
             source_ip: &SourceIp::new("127.0.0.1".parse().unwrap()),
             time: RequestTime::from_epoch(0),
             content: Content::NOT_SCANNED,
+            caller: &crate::CallerFacts::mtls(),
         });
         assert!(!d.allowed);
         assert_eq!(d.policy_ids, ["default-deny"]);
@@ -890,6 +897,7 @@ mod tests {
                             source_ip: &SourceIp::new(ip.parse().unwrap()),
                             time: RequestTime::from_epoch(1_700_000_000),
                             content: Content::NOT_SCANNED,
+                            caller: &crate::CallerFacts::mtls(),
                         };
                         let indexed = a.decide(&request);
                         let full = a.decide_unindexed(&request);
@@ -922,7 +930,11 @@ mod tests {
         };
         let bundle = Arc::new(PolicyBundle::compile(&sources).unwrap());
         let err = Authorizer::new(bundle, &[], &[]).unwrap_err();
-        assert!(err.to_string().contains("source_ip"), "{err}");
+        assert!(err.to_string().contains("is not valid for"), "{err}");
+        assert!(
+            err.to_string().contains("portcullis policy schema"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -942,6 +954,7 @@ mod tests {
             source_ip: &ip,
             time: RequestTime::from_epoch(hour * 3600),
             content: Content::NOT_SCANNED,
+            caller: &MTLS_CALLER,
         };
         // writer-bot is also a reader: its candidates include `dynamic`, whose
         // outcome changes with the hour, so its reasons must keep changing.
@@ -979,6 +992,7 @@ mod tests {
             source_ip: &ip,
             time: RequestTime::from_epoch(0),
             content,
+            caller: &MTLS_CALLER,
         };
         let scanned = |score, findings| Content {
             scanned: true,
@@ -1026,5 +1040,84 @@ mod tests {
         assert_eq!(HttpAction::from_method("PATCH"), Some(HttpAction::Patch));
         assert_eq!(HttpAction::from_method("OPTIONS"), None);
         assert_eq!(HttpAction::from_method("get"), None);
+    }
+
+    #[test]
+    fn caller_facts_reach_policies() {
+        let a = authorizer(
+            r#"
+@id("read") permit(principal in Role::"reader", action == Action::"GET", resource);
+@id("risky") forbid(principal, action, resource) when { context.risk.greaterThan(decimal("0.7")) };
+@id("for-users") forbid(principal, action, resource) when { context has delegation && (context.delegation.depth > 1 || context.delegation.user == "mallory") };
+@id("attested-tokens") forbid(principal, action, resource) when { context.auth.method == "token" && !(context.posture.attested && context.posture.matches_pin) };
+@id("mfa-for-bob") forbid(principal, action, resource) when { context has delegation && context.delegation.chain.contains("bob-agent") && !context.auth.mfa };
+"#,
+        );
+        let ip = SourceIp::new("127.0.0.1".parse().unwrap());
+        let decide = |caller: &CallerFacts| {
+            a.decide(&AuthzRequest {
+                agent: "reader-bot",
+                action: HttpAction::Get,
+                route: "demo",
+                path: "/x",
+                source_ip: &ip,
+                time: RequestTime::from_epoch(0),
+                content: Content::NOT_SCANNED,
+                caller,
+            })
+        };
+        let base = CallerFacts::mtls();
+        assert!(decide(&base).allowed);
+        let risky = CallerFacts {
+            risk: 0.71,
+            ..base.clone()
+        };
+        assert_eq!(decide(&risky).policy_ids, ["risky"]);
+        let nan = CallerFacts {
+            risk: f32::NAN,
+            ..base.clone()
+        };
+        assert_eq!(decide(&nan).policy_ids, ["risky"]);
+        let delegated = |user: &str, depth, mfa| CallerFacts {
+            auth: crate::AuthFacts {
+                mfa,
+                ..base.auth.clone()
+            },
+            delegation: Some(crate::Delegation {
+                user: user.into(),
+                depth,
+                chain: vec!["bob-agent".into()],
+            }),
+            ..base.clone()
+        };
+        assert!(decide(&delegated("alice", 1, true)).allowed);
+        assert_eq!(
+            decide(&delegated("alice", 2, true)).policy_ids,
+            ["for-users"]
+        );
+        assert_eq!(
+            decide(&delegated("mallory", 1, true)).policy_ids,
+            ["for-users"]
+        );
+        assert_eq!(
+            decide(&delegated("alice", 1, false)).policy_ids,
+            ["mfa-for-bob"]
+        );
+        let token = |attested, matches_pin| CallerFacts {
+            auth: crate::AuthFacts {
+                method: crate::AuthMethod::Token,
+                mfa: false,
+                token_age_secs: 10,
+            },
+            posture: crate::Posture {
+                attested,
+                digest: "sha256:00".into(),
+                matches_pin,
+            },
+            ..base.clone()
+        };
+        assert!(decide(&token(true, true)).allowed);
+        assert_eq!(decide(&token(true, false)).policy_ids, ["attested-tokens"]);
+        assert_eq!(decide(&token(false, false)).policy_ids, ["attested-tokens"]);
     }
 }

@@ -11,10 +11,12 @@
 #![forbid(unsafe_code)]
 
 mod bundle;
+mod caller;
 mod decide;
 mod secret;
 
 pub use bundle::{DEFAULT_POLICIES, DEFAULT_SCHEMA, PolicyBundle, PolicyError, PolicySources};
+pub use caller::{AuthFacts, AuthMethod, CallerFacts, Delegation, Posture};
 pub use decide::{
     AgentEntity, Authorizer, AuthzRequest, Content, EntityError, HttpAction, RequestTime,
     RouteEntity, SourceIp,

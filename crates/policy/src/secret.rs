@@ -18,6 +18,7 @@ use cedar_policy::{
 use portcullis_core::Decision;
 
 use crate::PolicyBundle;
+use crate::caller::CallerFacts;
 use crate::decide::{Content, EntityError, HttpAction, RequestTime, SourceIp, mentions_context};
 
 /// The action id.
@@ -42,6 +43,8 @@ pub struct SecretRequest<'a> {
     pub time: RequestTime,
     /// What the content guard found in the request body.
     pub content: Content<'a>,
+    /// How the caller authenticated, for whom, its posture and risk.
+    pub caller: &'a CallerFacts,
 }
 
 const MEMO_CAPACITY: usize = 65_536;
@@ -99,17 +102,19 @@ impl SecretAuthz {
         };
         // The request shape is fixed: prove once that the schema accepts it.
         let ip = SourceIp::new(std::net::IpAddr::from([127, 0, 0, 1]));
-        let sample = SecretRequest {
-            agent: "shape-check",
-            secret: "shape-check",
-            route: "shape-check",
-            method: HttpAction::Get,
-            path: "/",
-            source_ip: &ip,
-            time: RequestTime::from_epoch(0),
-            content: Content::NOT_SCANNED,
-        };
-        authz
+        for caller in CallerFacts::shape_samples() {
+            let sample = SecretRequest {
+                agent: "shape-check",
+                secret: "shape-check",
+                route: "shape-check",
+                method: HttpAction::Get,
+                path: "/",
+                source_ip: &ip,
+                time: RequestTime::from_epoch(0),
+                content: Content::NOT_SCANNED,
+                caller: &caller,
+            };
+            authz
             .request(&sample, Some(&bundle.schema))
             .map_err(|e| {
                 EntityError::new(format!(
@@ -117,6 +122,7 @@ impl SecretAuthz {
                     crate::decide::SCHEMA_HINT
                 ))
             })?;
+        }
         Ok(Some(authz))
     }
 
@@ -144,7 +150,7 @@ impl SecretAuthz {
             ),
         ])
         .map_err(|e| e.to_string())?;
-        let context = Context::from_pairs([
+        let mut pairs = vec![
             (
                 "route".to_string(),
                 RestrictedExpression::new_string(r.route.to_string()),
@@ -160,8 +166,9 @@ impl SecretAuthz {
             ("source_ip".to_string(), r.source_ip.expr().clone()),
             ("time".to_string(), time),
             ("content".to_string(), r.content.expr()?),
-        ])
-        .map_err(|e| e.to_string())?;
+        ];
+        pairs.extend(r.caller.context_pairs()?);
+        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
         Request::new(principal, self.action.clone(), resource, context, schema)
             .map_err(|e| e.to_string())
     }
@@ -264,6 +271,7 @@ mod tests {
             source_ip: &ip,
             time: RequestTime::from_epoch(hour * 3600),
             content: Content::NOT_SCANNED,
+            caller: &crate::CallerFacts::mtls(),
         });
         let got = format!(
             "{} {:?}",
@@ -322,6 +330,7 @@ mod tests {
             source_ip: &ip,
             time: RequestTime::from_epoch(0),
             content: Content::NOT_SCANNED,
+            caller: &crate::CallerFacts::mtls(),
         });
         assert!(!d.allowed);
         assert!(d.errors[0].contains("use_secret"));

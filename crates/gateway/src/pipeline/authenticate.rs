@@ -16,6 +16,7 @@
 use http::header;
 use portcullis_core::ErrorCode;
 use portcullis_identity::{CertRejection, DPOP_WINDOW, PeerCertificate, ReplayRefusal};
+use portcullis_policy::{AuthFacts, AuthMethod, CallerFacts};
 
 use crate::directory::{AgentDirectory, DirectoryRefusal};
 use crate::respond::Denial;
@@ -32,6 +33,9 @@ pub struct Identity {
     pub serial: String,
     /// How the caller authenticated, for the audit record (`credential`).
     pub credential: String,
+    /// What policy sees of the caller besides its name (`context.auth`,
+    /// `delegation`, `posture`, `risk`).
+    pub caller: CallerFacts,
 }
 
 /// A refusal, with what the client presented for the audit record.
@@ -86,6 +90,7 @@ pub fn run(
             spiffe_id: peer.spiffe_id.clone(),
             serial: peer.serial.clone(),
             credential: format!("{} serial={}", peer.spiffe_id, peer.serial),
+            caller: CallerFacts::mtls(),
         }),
         Err(refusal) => Err(AuthnFailure {
             denial: Denial::new(ErrorCode::AgentRevoked, refusal_message(refusal)),
@@ -282,6 +287,14 @@ fn token_identity(
     Ok(Identity {
         agent: claims.client_id.clone(),
         credential: presented(cnf),
+        caller: CallerFacts {
+            auth: AuthFacts {
+                method: AuthMethod::Token,
+                mfa: false,
+                token_age_secs: (now - claims.iat).max(0),
+            },
+            ..CallerFacts::mtls()
+        },
         spiffe_id: claims.sub,
         serial: String::new(),
     })

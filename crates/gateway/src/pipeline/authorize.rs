@@ -25,6 +25,7 @@ pub fn run(
         source_ip,
         time: context.time,
         content: content.as_policy(),
+        caller: &identity.caller,
     });
     if !decision.errors.is_empty() {
         tracing::warn!(errors = ?decision.errors, agent = %identity.agent, route = %context.route.name, "policy evaluation errors");

@@ -66,6 +66,7 @@ pub fn authorize<'a>(
             source_ip,
             time: context.time,
             content: content.as_policy(),
+            caller: &identity.caller,
         });
         if !decision.errors.is_empty() {
             tracing::warn!(errors = ?decision.errors, agent = %identity.agent, secret = %secret, "policy evaluation errors (use_secret)");

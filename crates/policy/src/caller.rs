@@ -1,0 +1,193 @@
+//! Who is calling, beyond the principal's name: how the caller authenticated
+//! (`context.auth`), on whose behalf it acts (`context.delegation`), what its
+//! workload attested (`context.posture`) and how risky its recent behaviour
+//! looks (`context.risk`). Every action's context carries these four, so a
+//! policy can require MFA, attested posture or low risk on any request.
+//!
+//! Plain data: the gateway fills it from the credential and the analytics;
+//! this module turns it into Cedar values.
+
+use cedar_policy::RestrictedExpression;
+
+/// How the caller proved who it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    /// A Portcullis client certificate on the connection.
+    Mtls,
+    /// An access token from the gateway's token endpoint.
+    Token,
+}
+
+impl AuthMethod {
+    /// The value policies compare against (`context.auth.method == "token"`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::Mtls => "mtls",
+            AuthMethod::Token => "token",
+        }
+    }
+}
+
+/// `context.auth`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuthFacts {
+    /// How the caller authenticated.
+    pub method: AuthMethod,
+    /// Whether a human behind the request passed a second factor recently
+    /// (the delegating user's token said so).
+    pub mfa: bool,
+    /// Seconds since the access token was issued (0 for certificates).
+    pub token_age_secs: i64,
+}
+
+/// `context.delegation`: the agent acts on behalf of a user (RFC 8693 token
+/// exchange). Absent when the agent acts on its own; policies test
+/// `context has delegation`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Delegation {
+    /// The user at the start of the chain (the subject token's `sub`).
+    pub user: String,
+    /// How many actors stand between the user and this request (1 = the agent
+    /// holds a token exchanged directly for the user's).
+    pub depth: i64,
+    /// Every actor in the chain, the current agent first.
+    pub chain: Vec<String>,
+}
+
+/// `context.posture`: the workload's second factor.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Posture {
+    /// A signed posture statement came with the credential.
+    pub attested: bool,
+    /// The attested workload digest (`sha256:<hex>`), empty when not attested.
+    pub digest: String,
+    /// The agent is pinned and the attested digest and source address match the pin.
+    pub matches_pin: bool,
+}
+
+/// Everything about the caller that reaches policy besides its name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallerFacts {
+    /// `context.auth`.
+    pub auth: AuthFacts,
+    /// `context.delegation`, when the agent acts for a user.
+    pub delegation: Option<Delegation>,
+    /// `context.posture`.
+    pub posture: Posture,
+    /// `context.risk`, 0.0–1.0 (Cedar `decimal`, four decimals). Non-finite
+    /// values count as the highest risk.
+    pub risk: f32,
+}
+
+impl CallerFacts {
+    /// A caller on a client certificate, no delegation, no attestation, no risk.
+    pub const fn mtls() -> Self {
+        CallerFacts {
+            auth: AuthFacts {
+                method: AuthMethod::Mtls,
+                mfa: false,
+                token_age_secs: 0,
+            },
+            delegation: None,
+            posture: Posture {
+                attested: false,
+                digest: String::new(),
+                matches_pin: false,
+            },
+            risk: 0.0,
+        }
+    }
+
+    /// The context attributes, to join with an action's own.
+    pub(crate) fn context_pairs(&self) -> Result<Vec<(String, RestrictedExpression)>, String> {
+        let record = |pairs: Vec<(&str, RestrictedExpression)>| {
+            RestrictedExpression::new_record(pairs.into_iter().map(|(k, v)| (k.to_string(), v)))
+                .map_err(|e| e.to_string())
+        };
+        let auth = record(vec![
+            (
+                "method",
+                RestrictedExpression::new_string(self.auth.method.as_str().to_string()),
+            ),
+            ("mfa", RestrictedExpression::new_bool(self.auth.mfa)),
+            (
+                "token_age",
+                RestrictedExpression::new_long(self.auth.token_age_secs),
+            ),
+        ])?;
+        let posture = record(vec![
+            (
+                "attested",
+                RestrictedExpression::new_bool(self.posture.attested),
+            ),
+            (
+                "digest",
+                RestrictedExpression::new_string(self.posture.digest.clone()),
+            ),
+            (
+                "matches_pin",
+                RestrictedExpression::new_bool(self.posture.matches_pin),
+            ),
+        ])?;
+        let mut pairs = vec![
+            ("auth".to_string(), auth),
+            ("posture".to_string(), posture),
+            (
+                "risk".to_string(),
+                RestrictedExpression::new_decimal(decimal4(self.risk)),
+            ),
+        ];
+        if let Some(d) = &self.delegation {
+            let delegation = record(vec![
+                ("user", RestrictedExpression::new_string(d.user.clone())),
+                ("depth", RestrictedExpression::new_long(d.depth)),
+                (
+                    "chain",
+                    RestrictedExpression::new_set(
+                        d.chain
+                            .iter()
+                            .map(|a| RestrictedExpression::new_string(a.clone())),
+                    ),
+                ),
+            ])?;
+            pairs.push(("delegation".to_string(), delegation));
+        }
+        Ok(pairs)
+    }
+
+    /// Sample callers whose contexts together cover every shape the gateway
+    /// builds (with and without the optional `delegation`), for the
+    /// once-per-snapshot schema check.
+    pub(crate) fn shape_samples() -> [CallerFacts; 2] {
+        let mut delegated = CallerFacts::mtls();
+        delegated.delegation = Some(Delegation {
+            user: "shape-check".into(),
+            depth: 1,
+            chain: vec!["shape-check".into()],
+        });
+        [CallerFacts::mtls(), delegated]
+    }
+}
+
+/// A 0–1 score as a Cedar decimal literal (`0.0000` to `1.0000`).
+pub(crate) fn decimal4(score: f32) -> String {
+    let s = if score.is_finite() {
+        score.clamp(0.0, 1.0)
+    } else {
+        1.0
+    };
+    format!("{s:.4}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_clamp_and_non_finite_is_highest() {
+        assert_eq!(decimal4(0.25), "0.2500");
+        assert_eq!(decimal4(-1.0), "0.0000");
+        assert_eq!(decimal4(7.0), "1.0000");
+        assert_eq!(decimal4(f32::NAN), "1.0000");
+    }
+}
