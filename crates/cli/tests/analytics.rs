@@ -298,3 +298,82 @@ async fn a_burst_of_denials_quarantines_the_agent_until_released() {
     let twice = cli(&server, &["alerts", "resolve", &id, "--verdict", "benign"]).await;
     assert!(!twice.status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_risk_score_reaches_policy_as_context_risk() {
+    install_crypto();
+    let (upstream, _gate) = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("schema.cedarschema"),
+        portcullis_policy::DEFAULT_SCHEMA,
+    )
+    .unwrap();
+    std::fs::write(
+        policies.join("risk.cedar"),
+        r#"
+@id("api-for-agents") permit (principal, action, resource == Route::"api");
+@id("risky-agents-read-only")
+forbid (principal, action in Action::"write", resource)
+when { context.risk.greaterThan(decimal("0.3")) };
+"#,
+    )
+    .unwrap();
+    let up = format!("http://{upstream}");
+    let routes = format!(
+        "[policy]\ndir = \"policies\"\n{}{}",
+        route("api", "/api", &up, "public"),
+        route("payroll", "/payroll", &up, "confidential"),
+    );
+    let cfg = config(dir.path(), &routes, "");
+    let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
+        .await
+        .unwrap();
+    let (cert, key) = tokio::task::block_in_place(|| server.create_agent("bot", &["writer"]));
+    let client = client(&server.ca_pem(), Some((&cert, &key)));
+    let post = |c: reqwest::Client, url: String| async move {
+        let r = c.post(url).body("x").send().await.unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        (status, body["error"]["policies"].clone())
+    };
+    assert_eq!(
+        post(client.clone(), server.url("/api/x")).await.0,
+        200,
+        "a write at risk 0 is allowed"
+    );
+    // 40 denials: risk ≈ 0.36, below every containment grade.
+    for i in 0..40 {
+        let r = client
+            .get(server.url(&format!("/payroll/{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403);
+    }
+    let after_burst = Instant::now();
+    let mut refused = None;
+    while after_burst.elapsed() < Duration::from_secs(5) {
+        let (status, policies) = post(client.clone(), server.url("/api/x")).await;
+        if status == 403 {
+            refused = Some((after_burst.elapsed(), policies));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (took, policies) = refused.expect("the risky write was never refused by policy");
+    assert_eq!(policies, serde_json::json!(["risky-agents-read-only"]));
+    assert!(
+        took < Duration::from_secs(1),
+        "risk reached policy after {took:?}"
+    );
+    // Reads stay allowed: the policy, not containment, refused the write.
+    let r = client.get(server.url("/api/x")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let shown = cli_json(&server, &["agent", "show", "bot"]).await;
+    let risk = shown["analytics"]["risk"].as_f64().unwrap();
+    assert!((0.3..0.5).contains(&risk), "{shown}");
+    assert_eq!(shown["analytics"]["grade"], "normal");
+}

@@ -214,8 +214,10 @@ async fn run(
         recorder.record().fail_open = true;
     }
 
-    // Two atomic loads; not timed as a stage of its own.
-    let _risk = contain::run(
+    // Two atomic loads; not timed as a stage of its own. The risk score
+    // reaches policy as `context.risk` (and `use_secret`'s context).
+    let mut identity = identity;
+    identity.caller.risk = contain::run(
         gateway.analytics.as_deref(),
         &identity.agent,
         &context,
