@@ -142,9 +142,28 @@ impl Default for Config {
             denial_burst: 100,
             spike_factor: 10.0,
             spike_min: 60,
-            anomaly_low: 0.62,
-            anomaly_high: 0.75,
+            anomaly_low: 0.68,
+            anomaly_high: 0.85,
             anomaly_max_risk: 0.9,
+        }
+    }
+}
+
+/// Anomaly risk below `anomaly_low`: a score there is within what normal
+/// traffic shows, so it only ranks (it never reaches the alert threshold).
+const SUB_THRESHOLD_RISK: f32 = 0.3;
+
+impl Config {
+    /// Maps a forest score to risk: 0 up to 0.5 (typical), rising to 0.3 at
+    /// `anomaly_low`, then to `anomaly_max_risk` at `anomaly_high`.
+    fn anomaly_risk(&self, score: f32) -> f32 {
+        if score <= 0.5 {
+            0.0
+        } else if score < self.anomaly_low {
+            SUB_THRESHOLD_RISK * (score - 0.5) / (self.anomaly_low - 0.5)
+        } else {
+            let t = ((score - self.anomaly_low) / (self.anomaly_high - self.anomaly_low)).min(1.0);
+            SUB_THRESHOLD_RISK + t * (self.anomaly_max_risk - SUB_THRESHOLD_RISK)
         }
     }
 }
@@ -272,8 +291,8 @@ pub struct AgentSummary {
     pub known_source_ips: usize,
     /// Hours of day (UTC) holding at least 1 % of the agent's traffic.
     pub active_hours_utc: Vec<u8>,
-    /// Baseline requests per minute.
-    pub baseline_requests_per_min: f32,
+    /// Baseline peak requests per minute (95th percentile of the 10-second rate).
+    pub baseline_peak_requests_per_min: f32,
     /// Current risk.
     pub risk: f32,
     /// Current grade.
@@ -291,6 +310,7 @@ pub struct AgentState {
     baseline: Vec<Features>,
     /// Next slot of the ring `baseline`.
     cursor: usize,
+    /// Peak requests per minute (see `track_peak_rate`).
     rate_1m: f32,
     risk: f32,
     risk_at_ms: i64,
@@ -515,7 +535,7 @@ impl Engine {
                 .iter()
                 .map(|(hit, _)| AlertReason::Rule { hit: hit.clone() })
                 .collect();
-            if anomaly_risk > 0.0 {
+            if anomaly_risk >= SUB_THRESHOLD_RISK {
                 reasons.push(AlertReason::Anomaly {
                     score: anomaly,
                     model: which.to_string(),
@@ -544,17 +564,25 @@ impl Engine {
             model.state.familiar.learn(event, novelty.pair);
             if event.time_ms - model.last_sample_ms >= config.sample_every_ms {
                 model.last_sample_ms = event.time_ms;
+                // Once a sample, not per event: a spike must not teach the
+                // baseline its own rate before the rule sees it.
+                model.track_peak_rate();
                 model.push_sample(features, config.baseline_size);
-                let rate = model.tracker.requests_1m() as f32;
-                model.state.rate_1m = if model.state.rate_1m == 0.0 {
-                    rate
-                } else {
-                    0.95 * model.state.rate_1m + 0.05 * rate
-                };
                 sampled = Some(features);
             }
-        } else if model.pending.len() < PENDING_MAX {
-            model.pending.push((event.clone(), novelty.pair));
+        } else {
+            if model.pending.len() < PENDING_MAX {
+                model.pending.push((event.clone(), novelty.pair));
+            }
+            // A restricted dataset is "first accessed" once: it is remembered
+            // (as a resource only) so it does not alert on every read.
+            if self
+                .hits
+                .iter()
+                .any(|(h, _)| matches!(h, RuleHit::FirstRestricted { .. }))
+            {
+                model.state.familiar.resources.insert(event.resource);
+            }
         }
         let retrain = model.new_samples >= config.retrain_every
             || (model.forest.is_none() && model.state.baseline.len() >= config.min_baseline);
@@ -663,7 +691,7 @@ impl Engine {
                 .filter(|h| total > 0 && hours[*h] * 100 >= total)
                 .map(|h| h as u8)
                 .collect(),
-            baseline_requests_per_min: m.state.rate_1m,
+            baseline_peak_requests_per_min: m.state.rate_1m,
             risk,
             grade,
             feature_means: named(&means),
@@ -781,6 +809,25 @@ impl AgentModel {
         self.state.last_ms - self.state.first_ms >= config.learning_ms
             && self.state.baseline.len() >= config.min_baseline
             && self.forest.is_some()
+    }
+
+    /// Tracks the 95th percentile of the agent's 10-second request rate (per
+    /// minute) with a stochastic quantile estimate: up by 0.95 of a step when
+    /// above, down by 0.05 when below. The spike rule compares against it, so
+    /// an agent's normal bursts are not spikes.
+    fn track_peak_rate(&mut self) {
+        let rate = (self.tracker.requests_10s() * 6) as f32;
+        let peak = &mut self.state.rate_1m;
+        if *peak == 0.0 {
+            *peak = rate;
+            return;
+        }
+        let step = (*peak * 0.05).max(0.5);
+        if rate > *peak {
+            *peak += step * 0.95;
+        } else {
+            *peak = (*peak - step * 0.05).max(1.0);
+        }
     }
 
     fn push_sample(&mut self, sample: Features, capacity: usize) {

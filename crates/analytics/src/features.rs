@@ -174,7 +174,11 @@ impl Tracker {
     fn features(&self) -> Features {
         let s1 = self.w1.sum();
         let s15 = self.w15.sum();
-        let share = |s: &Counts, i: usize| s[i] as f32 / s[c::REQUESTS].max(1) as f32;
+        // Shares carry a pseudo-count of requests (4 a minute, 8 a quarter
+        // hour), so one denial among two requests is not read as "half the
+        // traffic denied": a small sample says little.
+        let share1 = |s: &Counts, i: usize| s[i] as f32 / (s[c::REQUESTS] + 4) as f32;
+        let share = |s: &Counts, i: usize| s[i] as f32 / (s[c::REQUESTS] + 8) as f32;
         let ln = |v: u64| (v as f32).ln_1p();
         let class = if s15[c::RESTRICTED] > 0 {
             3.0
@@ -186,7 +190,7 @@ impl Tracker {
         [
             ln(s1[c::REQUESTS]),
             ln(s15[c::REQUESTS]),
-            share(s1, c::DENIES),
+            share1(s1, c::DENIES),
             share(s15, c::ERRORS),
             share(s15, c::WRITES),
             share(s15, c::NEW_RESOURCES),
@@ -202,8 +206,14 @@ impl Tracker {
     }
 
     /// Requests in the last minute.
+    #[cfg(test)]
     pub(crate) fn requests_1m(&self) -> u64 {
         self.w1.sum()[c::REQUESTS]
+    }
+
+    /// Requests in the last 10 seconds.
+    pub(crate) fn requests_10s(&self) -> u64 {
+        self.burst.sum()[c::REQUESTS]
     }
 
     /// Denied requests in the last 10 seconds.
@@ -254,8 +264,8 @@ mod tests {
         assert_eq!(f[5], 0.0);
         let (f, n) = tracker.observe(&event(2_000, 2), &familiar);
         assert!(n.new_resource);
-        assert_eq!(f[5], 0.5, "one of two requests touched a new resource");
-        assert_eq!(f[11], 0.5, "the one call pair is novel");
+        assert_eq!(f[5], 0.1, "one of two requests, plus a pseudo-count of 8");
+        assert_eq!(f[11], 0.1, "the one call pair is novel");
         assert_eq!(tracker.requests_1m(), 2);
         // Two minutes later the 1-minute window is empty again but for this one.
         tracker.observe(&event(122_000, 1), &familiar);

@@ -3,12 +3,14 @@
 //! quickly random splits isolate it, `2^(-E[h(x)] / c(ψ))` (about 0.5 for a
 //! typical point, towards 1.0 for an outlier).
 //!
-//! One change from the paper: a feature the tree's sample never varied in gets
-//! a band check at the root (one unit, `FEATURE_UNIT`, either side of the
-//! constant value); a point outside it is isolated at path length 1. The
-//! paper's trees cannot split on a constant, so an agent that has never read
-//! restricted data would look normal doing so. Per agent, "never varied" is
-//! exactly what a baseline should remember.
+//! One change from the paper: the forest keeps the training data's envelope,
+//! one unit (`FEATURE_UNIT`) beyond its range in each feature, and a point
+//! outside it scores as if every tree isolated it at the root. The paper's
+//! random splits lie within the data's range, so a value far beyond it is
+//! isolated no faster than one just past the edge ("masking"), and a feature
+//! the baseline never varied in (an agent that never read restricted data)
+//! cannot be split at all. Per agent, "never this far" is exactly what a
+//! baseline should remember.
 
 use crate::features::{FEATURE_UNIT, Features, N_FEATURES};
 use crate::rng::Rng;
@@ -21,10 +23,6 @@ enum Node {
         /// Index of the right child; the left child follows this node.
         right: u32,
     },
-    /// A feature constant in the tree's sample: a point within one unit of the
-    /// value goes on (to the next node) without counting depth; a point
-    /// outside is isolated at once (path length 1).
-    Band { feature: u8, lo: f32, hi: f32 },
     Leaf {
         /// `h` contribution: depth plus c(size) for the points left unsplit.
         path: f32,
@@ -38,6 +36,9 @@ pub struct IsolationForest {
     roots: Vec<u32>,
     /// c(ψ): the mean path length of an unsuccessful search in a BST of ψ points.
     norm: f32,
+    /// The envelope of the training data, one unit beyond its range.
+    low: Features,
+    high: Features,
 }
 
 /// Average path length of an unsuccessful BST search among `n` points.
@@ -60,9 +61,18 @@ impl IsolationForest {
             nodes: Vec::with_capacity(trees * 2 * psi),
             roots: Vec::with_capacity(trees),
             norm: c(psi).max(1.0),
+            low: [f32::INFINITY; N_FEATURES],
+            high: [f32::NEG_INFINITY; N_FEATURES],
         };
         if data.is_empty() {
             return forest;
+        }
+        // The baseline's envelope: one unit beyond its range in each feature.
+        for x in data {
+            for f in 0..N_FEATURES {
+                forest.low[f] = forest.low[f].min(x[f] - FEATURE_UNIT[f]);
+                forest.high[f] = forest.high[f].max(x[f] + FEATURE_UNIT[f]);
+            }
         }
         let mut idx: Vec<usize> = Vec::with_capacity(psi);
         for _ in 0..trees {
@@ -80,25 +90,9 @@ impl IsolationForest {
             }
             let root = forest.nodes.len() as u32;
             forest.roots.push(root);
-            forest.grow_tree(data, &mut idx, limit, &mut rng);
+            forest.grow(data, &mut idx, 0, limit, &mut rng);
         }
         forest
-    }
-
-    /// One tree: first a band check per feature the sample never varied in,
-    /// then the paper's random splits.
-    fn grow_tree(&mut self, data: &[Features], idx: &mut [usize], limit: usize, rng: &mut Rng) {
-        for feature in 0..N_FEATURES {
-            let v = data[idx[0]][feature];
-            if idx.iter().all(|&i| data[i][feature] == v) {
-                self.nodes.push(Node::Band {
-                    feature: feature as u8,
-                    lo: v - FEATURE_UNIT[feature],
-                    hi: v + FEATURE_UNIT[feature],
-                });
-            }
-        }
-        self.grow(data, idx, 0, limit, rng);
     }
 
     fn grow(
@@ -173,6 +167,14 @@ impl IsolationForest {
         if self.roots.is_empty() {
             return 0.5;
         }
+        // Outside the envelope: every tree would isolate the point at its
+        // root (path length 1).
+        if x.iter()
+            .zip(self.low.iter().zip(&self.high))
+            .any(|(v, (lo, hi))| v < lo || v > hi)
+        {
+            return 2f32.powf(-1.0 / self.norm);
+        }
         let mut total = 0.0;
         for &root in &self.roots {
             let mut n = root as usize;
@@ -181,14 +183,6 @@ impl IsolationForest {
                     Node::Leaf { path } => {
                         total += path;
                         break;
-                    }
-                    Node::Band { feature, lo, hi } => {
-                        let v = x[feature as usize];
-                        if v < lo || v > hi {
-                            total += 1.0;
-                            break;
-                        }
-                        n += 1;
                     }
                     Node::Split {
                         feature,

@@ -14,10 +14,11 @@ pub enum RuleHit {
         /// Denials in the last 10 s.
         denials_10s: u64,
     },
-    /// The last minute's request count is at least `factor` times the baseline.
+    /// The request rate over the last 10 seconds, per minute, is at least
+    /// `factor` times the baseline's peak requests per minute.
     RateSpike {
-        /// Requests in the last minute.
-        requests_1m: u64,
+        /// Requests in the last 10 s, times 6.
+        requests_per_min: u64,
         /// The baseline's requests per minute.
         baseline_1m: f32,
     },
@@ -61,14 +62,16 @@ impl Rules {
                 1.0,
             ));
         }
-        let requests = tracker.requests_1m();
+        // A 10-second window, scaled to a minute: a sudden spike shows in
+        // seconds, not after a minute has filled.
+        let requests = tracker.requests_10s() * 6;
         if let Some(baseline_1m) = baseline_1m
             && requests >= self.spike_min
             && requests as f32 >= self.spike_factor * baseline_1m
         {
             hits.push((
                 RuleHit::RateSpike {
-                    requests_1m: requests,
+                    requests_per_min: requests,
                     baseline_1m,
                 },
                 1.0,
@@ -79,7 +82,7 @@ impl Rules {
             // agent that reads restricted data anyway is worth a look.
             let risk = match (learned, had_restricted) {
                 (true, false) => 0.8,
-                (true, true) => 0.55,
+                (true, true) => 0.4,
                 (false, _) => 0.5,
             };
             hits.push((RuleHit::FirstRestricted { had_restricted }, risk));
