@@ -506,9 +506,7 @@ impl Engine {
             _ => (self.population_forest.as_ref(), "population"),
         };
         let anomaly = forest.map_or(0.0, |f| f.score(&features));
-        let span = config.anomaly_high - config.anomaly_low;
-        let anomaly_risk =
-            ((anomaly - config.anomaly_low) / span).clamp(0.0, 1.0) * config.anomaly_max_risk;
+        let anomaly_risk = config.anomaly_risk(anomaly);
         // Recent denials count on their own, short of a burst.
         let denial_risk =
             (model.tracker.denies_10s() as f32 / config.denial_burst as f32).min(1.0) * 0.9;
