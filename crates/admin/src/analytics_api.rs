@@ -4,7 +4,9 @@
 //!
 //! A benign verdict widens the agent's baseline; a release lifts the
 //! quarantine in the store (so it stays lifted across a restart) and on the
-//! risk board (so the next request is served). Both leave audit records.
+//! risk board (so the next request is served). Both need a human admin's
+//! fresh TOTP once an admin has enrolled (`mfa.rs`), and both leave audit
+//! records naming that admin.
 
 use std::collections::HashSet;
 
@@ -133,6 +135,7 @@ struct Resolve {
 async fn resolve(
     State(state): State<AdminState>,
     Extension(call): Extension<Call>,
+    headers: axum::http::HeaderMap,
     Path(id): Path<i64>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -144,9 +147,11 @@ async fn resolve(
         ));
     }
     find(&state, &call, id).await?;
+    // A benign verdict teaches the model: it needs a human's fresh TOTP.
+    let approver = crate::mfa::require_fresh_totp(&state, &call, &headers).await?;
     let alert = state
         .store
-        .resolve_alert(id, &verdict, "admin", now_ms())
+        .resolve_alert(id, &verdict, &approver.user, now_ms())
         .await
         .map_err(|e| call.store_error(e))?;
     if verdict == "benign"
@@ -169,6 +174,7 @@ async fn resolve(
 async fn release(
     State(state): State<AdminState>,
     Extension(call): Extension<Call>,
+    headers: axum::http::HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let Some(analytics) = state.gateway.analytics() else {
@@ -177,14 +183,16 @@ async fn release(
             "behavioral analytics is off (`[analytics] enabled = false`)",
         ));
     };
+    // Lifting a containment is sensitive: a human's fresh TOTP (contract §2).
+    let approver = crate::mfa::require_fresh_totp(&state, &call, &headers).await?;
     state
         .store
-        .release(&name, "admin", now_ms())
+        .release(&name, &approver.user, now_ms())
         .await
         .map_err(|e| call.store_error(e))?;
     // In force on the data plane once this returns.
     analytics.release(&name).await;
-    call.done(&state.sink, "agent.release", &name, 200);
+    call.done_by(&state.sink, &approver, "agent.release", &name, 200);
     let (risk, grade) = analytics.board().risk(&name);
     Ok(json_response(
         StatusCode::OK,

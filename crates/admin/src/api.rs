@@ -43,6 +43,8 @@ pub struct AdminState {
     pub vault: Option<Arc<portcullis_vault::Vault>>,
     /// Signs the audit log's checkpoints.
     pub checkpointer: Arc<Checkpointer>,
+    /// Seals admins' TOTP secrets; says whether MFA is always required.
+    pub mfa: Arc<crate::mfa::MfaKeys>,
 }
 
 /// Per-request facts the middleware establishes.
@@ -115,6 +117,36 @@ impl Call {
         self.audit(sink, action, resource, Outcome::Allow, status, None);
     }
 
+    /// Records a sensitive change with the admin who confirmed it as the
+    /// principal (`alice`, or `admin` when confirmed by the admin token alone)
+    /// and whether their TOTP was checked (`credential`).
+    pub(crate) fn done_by(
+        &self,
+        sink: &AuditSink,
+        approver: &crate::mfa::Approver,
+        action: &str,
+        resource: &str,
+        status: u16,
+    ) {
+        sink.submit(AuditRecord {
+            time_ms: now_ms(),
+            kind: RecordKind::Admin,
+            request_id: self.request_id.to_string(),
+            principal: Some(approver.user.clone()),
+            credential: Some(if approver.mfa {
+                "admin token + totp".to_string()
+            } else {
+                "admin token".to_string()
+            }),
+            source_ip: self.remote.map(|r| r.ip().to_string()),
+            action: action.to_string(),
+            resource: Some(resource.to_string()),
+            outcome: Outcome::Allow,
+            status,
+            ..AuditRecord::default()
+        });
+    }
+
     pub(crate) fn audit(
         &self,
         sink: &AuditSink,
@@ -156,6 +188,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/agents/{name}/revoke", post(revoke_agent))
         .route("/agents/{name}/certificates", post(renew_agent))
         .route("/agents/{name}/keys", post(add_key))
+        .route("/admins", post(crate::mfa::enrol).get(crate::mfa::list))
+        .route("/admins/{name}", axum::routing::delete(crate::mfa::remove))
         .route("/audit", get(audit_tail))
         .merge(crate::vault_api::routes())
         .merge(crate::analytics_api::routes())
@@ -695,8 +729,10 @@ async fn show_agent(
 async fn revoke_agent(
     State(state): State<AdminState>,
     Extension(call): Extension<Call>,
+    headers: axum::http::HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
+    let approver = crate::mfa::require_fresh_totp(&state, &call, &headers).await?;
     let started = Instant::now();
     let agent = state
         .store
@@ -706,7 +742,7 @@ async fn revoke_agent(
     // The revocation is in force on the data plane once the reload returns.
     refresh(&state, &call).await?;
     tracing::info!(agent = %name, elapsed_us = started.elapsed().as_micros() as u64, "agent revoked");
-    call.done(&state.sink, "agent.revoke", &name, 200);
+    call.done_by(&state.sink, &approver, "agent.revoke", &name, 200);
     let certs = state
         .store
         .certificates(Some(&name))

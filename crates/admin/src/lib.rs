@@ -8,14 +8,18 @@
 //! Unauthenticated: `GET /healthz`, `GET /readyz`, `GET /metrics`.
 //! Bearer admin token: everything under `/admin/v1/`, including the vault's
 //! `/secrets`, `/vault` and `/transit` endpoints (`vault_api.rs`). Every change and every
-//! refused admin call is written to the audit log.
+//! refused admin call is written to the audit log. Sensitive changes (revocation,
+//! enrolling or removing admins) also need an enrolled human admin's TOTP code
+//! once anyone has enrolled (`mfa.rs`).
 #![forbid(unsafe_code)]
 
 mod analytics_api;
 mod api;
 mod audit_api;
 mod auth;
+mod mfa;
 mod vault_api;
 
 pub use api::{AdminState, DEFAULT_CERT_TTL, RemoteAddr, router};
 pub use auth::{hash_token, new_token};
+pub use mfa::{MfaKeys, TOTP_HEADER, USER_HEADER};

@@ -14,6 +14,8 @@ pub struct AdminClient {
     http: reqwest::Client,
     base: String,
     token: String,
+    /// `X-Portcullis-User` / `X-Portcullis-TOTP` for sensitive actions.
+    mfa: Option<(Option<String>, String)>,
 }
 
 impl AdminClient {
@@ -70,6 +72,10 @@ impl AdminClient {
             http,
             base: base.trim_end_matches('/').to_string(),
             token,
+            mfa: args
+                .totp
+                .as_ref()
+                .map(|code| (args.user.clone(), code.trim().to_string())),
         })
     }
 
@@ -116,7 +122,13 @@ impl AdminClient {
         format!("{}/admin/v1{path}", self.base)
     }
 
-    async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value> {
+    async fn send(&self, mut request: reqwest::RequestBuilder) -> Result<Value> {
+        if let Some((user, code)) = &self.mfa {
+            if let Some(user) = user {
+                request = request.header("x-portcullis-user", user);
+            }
+            request = request.header("x-portcullis-totp", code);
+        }
         let response = request
             .bearer_auth(&self.token)
             .send()

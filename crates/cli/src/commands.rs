@@ -306,6 +306,89 @@ pub async fn agent(command: AgentCommand, args: AdminArgs) -> Result<()> {
     Ok(())
 }
 
+/// `portcullis admin …`
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Human admins who confirm sensitive actions with TOTP.
+    User {
+        #[command(subcommand)]
+        command: AdminUserCommand,
+    },
+}
+
+/// `portcullis admin user …`
+#[derive(Debug, Subcommand)]
+pub enum AdminUserCommand {
+    /// Enrol a human admin and print their TOTP secret once (add it to an
+    /// authenticator app). After the first, enrolment needs --user/--totp.
+    Add {
+        /// The admin's name (a-z, 0-9, `.`, `_`, `-`).
+        name: String,
+    },
+    /// List enrolled admins.
+    List,
+    /// Remove an admin (needs --user/--totp).
+    Remove {
+        /// The admin's name.
+        name: String,
+    },
+}
+
+/// Epoch seconds as RFC 3339 UTC, `-` for 0 or out of range.
+pub(crate) fn format_time(secs: i64) -> String {
+    if secs == 0 {
+        return "-".into();
+    }
+    time::OffsetDateTime::from_unix_timestamp(secs)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| "-".into())
+}
+
+/// Runs `portcullis admin …`.
+pub async fn admin(command: AdminCommand, args: AdminArgs) -> Result<()> {
+    let client = AdminClient::from_args(&args)?;
+    match command {
+        AdminCommand::User {
+            command: AdminUserCommand::Add { name },
+        } => {
+            let v = client.post("/admins", &json!({ "name": name })).await?;
+            println!(
+                "enrolled admin `{}`",
+                v["name"].as_str().unwrap_or_default()
+            );
+            println!(
+                "TOTP secret (shown once; add it to an authenticator app): {}",
+                v["totp_secret"].as_str().unwrap_or_default()
+            );
+            println!("{}", v["otpauth_uri"].as_str().unwrap_or_default());
+        }
+        AdminCommand::User {
+            command: AdminUserCommand::List,
+        } => {
+            let v = client.get("/admins").await?;
+            println!("{:<24} ENROLLED", "NAME");
+            for a in v.as_array().into_iter().flatten() {
+                println!(
+                    "{:<24} {}",
+                    a["name"].as_str().unwrap_or_default(),
+                    format_time(a["created_at"].as_i64().unwrap_or_default())
+                );
+            }
+        }
+        AdminCommand::User {
+            command: AdminUserCommand::Remove { name },
+        } => {
+            client.delete(&format!("/admins/{name}")).await?;
+            println!("removed admin `{name}`");
+        }
+    }
+    Ok(())
+}
+
 /// Runs an audit command.
 pub async fn audit(command: AuditCommand, args: AdminArgs) -> Result<()> {
     if let AuditCommand::Verify {

@@ -32,6 +32,8 @@ pub const ENV_LOG_FORMAT: &str = "PORTCULLIS_LOG_FORMAT";
 /// Environment variable naming the vault's key-encryption key file (32 bytes,
 /// raw or base64).
 pub const ENV_KEK_FILE: &str = "PORTCULLIS_KEK_FILE";
+/// Environment variable naming the human admin behind sensitive CLI actions.
+pub const ENV_USER: &str = "PORTCULLIS_USER";
 /// Environment variable holding the vault's key-encryption key (base64).
 pub const ENV_KEK: &str = "PORTCULLIS_KEK";
 
@@ -71,6 +73,13 @@ pub struct AdminArgs {
     /// CA certificate to trust for the admin API (default: `<state-dir>/ca.crt`).
     #[arg(long, global = true)]
     pub ca_cert: Option<PathBuf>,
+    /// The human admin confirming a sensitive action with --totp.
+    #[arg(long, env = ENV_USER, global = true)]
+    pub user: Option<String>,
+    /// A current TOTP code of that admin, for sensitive actions (revoke,
+    /// enrolment, …) once an admin has enrolled.
+    #[arg(long, global = true)]
+    pub totp: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -94,6 +103,13 @@ enum Command {
     Alerts {
         #[command(subcommand)]
         command: alerts_cmd::AlertsCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Human admins and their TOTP second factor.
+    Admin {
+        #[command(subcommand)]
+        command: commands::AdminCommand,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -190,6 +206,7 @@ fn main() -> ExitCode {
             Command::Agent { command, admin } => commands::agent(command, admin).await,
             Command::Audit { command, admin } => commands::audit(command, admin).await,
             Command::Alerts { command, admin } => alerts_cmd::alerts(command, admin).await,
+            Command::Admin { command, admin } => commands::admin(command, admin).await,
             Command::Inventory {
                 since,
                 format,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use portcullis_admin::{AdminState, RemoteAddr};
+use portcullis_admin::{AdminState, MfaKeys, RemoteAddr};
 use portcullis_gateway::audit_export::Exporters;
 use portcullis_gateway::audit_sink::AuditWriter;
 use portcullis_gateway::checkpointer::{Checkpointer, LogSigner};
@@ -283,6 +283,10 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         sink: sink.clone(),
         vault: vault.clone(),
         checkpointer: checkpointer.clone(),
+        mfa: Arc::new(MfaKeys::new(
+            &load_or_create_seed(&state.mfa_key(), "the admin MFA sealing key")?,
+            config.admin_require_mfa,
+        )),
     });
     drop(sink);
 

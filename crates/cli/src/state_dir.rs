@@ -71,6 +71,10 @@ impl StateDir {
     pub fn audit_pseudonym_key(&self) -> PathBuf {
         self.root.join("audit-pseudonym.key")
     }
+    /// The key sealing admins' TOTP secrets in the database (secret, 0600).
+    pub fn mfa_key(&self) -> PathBuf {
+        self.root.join("mfa.key")
+    }
     /// The audit log's verifier key (public): what auditors pin.
     pub fn audit_verifier_key(&self) -> PathBuf {
         self.root.join("audit.pub")

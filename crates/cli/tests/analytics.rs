@@ -63,6 +63,13 @@ async fn start_receiver() -> (
     (addr, rx)
 }
 
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
 fn header<'a>(head: &'a str, name: &str) -> Option<&'a str> {
     head.lines()
         .find_map(|l| l.strip_prefix(&format!("{name}:")))
@@ -276,25 +283,67 @@ async fn a_burst_of_denials_quarantines_the_agent_until_released() {
             >= 1
     );
 
-    // Released by a human: served again, and recorded.
-    let released = cli_json(&server, &["agent", "release", "bot"]).await;
+    // Released by a human confirming with TOTP: served again, and recorded
+    // with who released it.
+    let enrolled = cli(&server, &["admin", "user", "add", "alice"]).await;
+    assert!(enrolled.status.success());
+    let secret = String::from_utf8_lossy(&enrolled.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("TOTP secret (shown once; add it to an authenticator app): "))
+        .map(str::to_string)
+        .expect("secret printed");
+    let secret = portcullis_identity::TotpSecret::from_base32(&secret).unwrap();
+    let unconfirmed = cli(&server, &["agent", "release", "bot"]).await;
+    assert!(!unconfirmed.status.success());
+    assert!(String::from_utf8_lossy(&unconfirmed.stderr).contains("mfa_required"));
+    while now_secs() % 30 > 22 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let code = secret.code_at(now_secs());
+    let released = cli_json(
+        &server,
+        &[
+            "agent", "release", "bot", "--user", "alice", "--totp", &code,
+        ],
+    )
+    .await;
     assert_eq!(released["grade"], "normal");
     assert_eq!(get(&client, &server, "/api/x").await, (200, None));
     let again = cli(&server, &["agent", "release", "bot"]).await;
     assert!(!again.status.success(), "releasing twice is an error");
-    let records = tokio::task::block_in_place(|| server.audit(50));
+    // Bounded wait: the audit writer commits in the background.
+    let mut recorded = false;
+    for _ in 0..50 {
+        let records = tokio::task::block_in_place(|| server.audit(50));
+        recorded = records.iter().any(|r| {
+            r["action"] == "agent.release" && r["resource"] == "bot" && r["principal"] == "alice"
+        });
+        if recorded {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(
-        records
-            .iter()
-            .any(|r| r["action"] == "agent.release" && r["resource"] == "bot")
+        recorded,
+        "the release is recorded with the admin who confirmed it"
     );
-    // A verdict is recorded once.
+    // A verdict is recorded once, with the next step's (fresh) code.
+    let next = secret.code_at(now_secs() + 30);
     let resolved = cli_json(
         &server,
-        &["alerts", "resolve", &id, "--verdict", "malicious"],
+        &[
+            "alerts",
+            "resolve",
+            &id,
+            "--verdict",
+            "malicious",
+            "--totp",
+            &next,
+        ],
     )
     .await;
     assert_eq!(resolved["verdict"], "malicious");
+    assert_eq!(resolved["resolved_by"], "alice");
     let twice = cli(&server, &["alerts", "resolve", &id, "--verdict", "benign"]).await;
     assert!(!twice.status.success());
 }

@@ -64,6 +64,10 @@ pub enum ErrorCode {
     ReadOnly,
     /// Behavioral analytics throttled the agent and it is over its rate.
     Throttled,
+    /// A sensitive admin action needs a human admin's fresh TOTP code.
+    MfaRequired,
+    /// The TOTP code (or the admin it names) was refused: wrong, stale, or already used.
+    InvalidTotp,
 }
 
 impl ErrorCode {
@@ -96,6 +100,8 @@ impl ErrorCode {
             ErrorCode::Quarantined => "quarantined",
             ErrorCode::ReadOnly => "read_only",
             ErrorCode::Throttled => "throttled",
+            ErrorCode::MfaRequired => "mfa_required",
+            ErrorCode::InvalidTotp => "invalid_totp",
         }
     }
 
@@ -107,7 +113,9 @@ impl ErrorCode {
             | ErrorCode::AgentRevoked
             | ErrorCode::InvalidToken
             | ErrorCode::InvalidDpopProof
-            | ErrorCode::InvalidClient => 401,
+            | ErrorCode::InvalidClient
+            | ErrorCode::MfaRequired
+            | ErrorCode::InvalidTotp => 401,
             ErrorCode::Forbidden | ErrorCode::ContentBlocked => 403,
             ErrorCode::Quarantined | ErrorCode::ReadOnly => 403,
             ErrorCode::Throttled => 429,
@@ -162,6 +170,8 @@ mod tests {
             ErrorCode::Quarantined,
             ErrorCode::ReadOnly,
             ErrorCode::Throttled,
+            ErrorCode::MfaRequired,
+            ErrorCode::InvalidTotp,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {

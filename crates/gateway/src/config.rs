@@ -87,6 +87,10 @@ pub struct RawGateway {
 pub struct RawAdmin {
     /// Address of the admin-API TLS listener (default `127.0.0.1:9443`).
     pub listen: Option<SocketAddr>,
+    /// Refuse sensitive admin actions (revocation, enrolment, …) unless a
+    /// human admin confirms them with TOTP, even before anyone has enrolled.
+    /// Default `false`: once one admin has enrolled, TOTP is required anyway.
+    pub require_mfa: Option<bool>,
 }
 
 /// `[identity]`
@@ -965,6 +969,8 @@ pub struct Config {
     pub gateway_listen: SocketAddr,
     /// Admin listener.
     pub admin_listen: SocketAddr,
+    /// Sensitive admin actions need TOTP even when no admin has enrolled.
+    pub admin_require_mfa: bool,
     /// Concurrent connection cap per listener.
     pub max_connections: usize,
     /// Extra names for the TLS server certificate.
@@ -1191,6 +1197,7 @@ impl Config {
                 .gateway
                 .listen
                 .unwrap_or_else(|| parse_addr(DEFAULT_GATEWAY_LISTEN)),
+            admin_require_mfa: raw.admin.require_mfa.unwrap_or(false),
             admin_listen: raw
                 .admin
                 .listen

@@ -9,6 +9,7 @@ mod ca;
 mod replay;
 mod spiffe;
 mod token;
+mod totp;
 mod verify;
 
 pub use ca::{
@@ -22,4 +23,5 @@ pub use token::{
     TokenError, TokenIssuer, access_token_hash, assertion_client, cert_thumbprint,
     ed25519_thumbprint, random_id, verify_assertion, verify_dpop_proof,
 };
+pub use totp::{TOTP_DIGITS, TOTP_SKEW_STEPS, TOTP_STEP, TotpError, TotpSecret};
 pub use verify::{CertRejection, ClientCertChecker, DeferredClientAuth, PeerCertificate};

@@ -12,6 +12,8 @@
 mod agent_keys;
 mod analytics;
 pub use analytics::{AlertRow, QuarantineRow, RiskPoint};
+mod identity;
+pub use identity::{AdminUserRow, PostureRow, RevokedTokenRow};
 mod audit_log;
 pub use agent_keys::AgentKeyRow;
 mod inventory;
@@ -123,6 +125,11 @@ fn migrator() -> Migrator {
             include_str!("../migrations/0004_audit_personal.sql"),
         ),
         migration(5, "tokens", include_str!("../migrations/0005_tokens.sql")),
+        migration(
+            6,
+            "identity",
+            include_str!("../migrations/0006_identity.sql"),
+        ),
         migration(
             9,
             "analytics",

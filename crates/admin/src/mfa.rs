@@ -1,0 +1,331 @@
+//! Human admins and their second factor. The admin token says "this is an
+//! operator's tool"; a TOTP code from an enrolled admin says which human is
+//! behind a sensitive action and that they are present now.
+//!
+//! - Enrolment (`POST /admin/v1/admins`) makes a fresh 160-bit TOTP secret,
+//!   returns it once (base32 and `otpauth://` URI) and stores it sealed with
+//!   AES-256-GCM under the state directory's MFA key, bound to the admin's
+//!   name, so the database alone reveals nothing and a sealed secret moved to
+//!   another name does not open.
+//! - A sensitive call carries `X-Portcullis-User` and `X-Portcullis-TOTP`.
+//!   [`require_fresh_totp`] checks the code (±1 step) and consumes its time
+//!   step atomically in the store, so a code works once (RFC 6238 §5.2),
+//!   even across two concurrent calls.
+//! - Until any admin enrols, sensitive calls need only the admin token (a
+//!   fresh install must be able to revoke an agent), unless
+//!   `[admin] require_mfa = true`.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::{Extension, Json};
+use portcullis_core::{AgentName, ErrorCode};
+use portcullis_identity::TotpSecret;
+use portcullis_store::AdminUserRow;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::api::{AdminState, ApiError, Call, json};
+
+/// Header naming the admin who confirms a sensitive call.
+pub const USER_HEADER: &str = "x-portcullis-user";
+/// Header carrying their current TOTP code.
+pub const TOTP_HEADER: &str = "x-portcullis-totp";
+/// Issuer shown in authenticator apps.
+const TOTP_ISSUER: &str = "Portcullis";
+const NONCE_LEN: usize = 12;
+
+/// The key sealing TOTP secrets, and whether MFA is required before enrolment.
+pub struct MfaKeys {
+    cipher: Aes256Gcm,
+    require_always: bool,
+}
+
+impl std::fmt::Debug for MfaKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MfaKeys")
+            .field("require_always", &self.require_always)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MfaKeys {
+    /// From 32 key bytes (the binary keeps them in `<state-dir>/mfa.key`).
+    pub fn new(key: &[u8; 32], require_always: bool) -> Self {
+        MfaKeys {
+            cipher: Aes256Gcm::new(key.into()),
+            require_always,
+        }
+    }
+
+    fn aad(name: &str) -> Vec<u8> {
+        format!("portcullis-admin-totp:{name}").into_bytes()
+    }
+
+    fn seal(&self, name: &str, secret: &TotpSecret) -> Result<Vec<u8>, aes_gcm::Error> {
+        let nonce: [u8; NONCE_LEN] = rand::random();
+        let mut out = nonce.to_vec();
+        out.extend(self.cipher.encrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: secret.as_bytes(),
+                aad: &Self::aad(name),
+            },
+        )?);
+        Ok(out)
+    }
+
+    fn open(&self, name: &str, sealed: &[u8]) -> Option<TotpSecret> {
+        if sealed.len() <= NONCE_LEN {
+            return None;
+        }
+        let (nonce, body) = sealed.split_at(NONCE_LEN);
+        let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
+        let plain = Zeroizing::new(
+            self.cipher
+                .decrypt(
+                    &Nonce::from(nonce),
+                    Payload {
+                        msg: body,
+                        aad: &Self::aad(name),
+                    },
+                )
+                .ok()?,
+        );
+        TotpSecret::from_bytes(plain.to_vec()).ok()
+    }
+}
+
+/// Who confirmed a sensitive call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Approver {
+    /// The admin's name; `admin` when no admin has enrolled (token only).
+    pub user: String,
+    /// Whether a TOTP code was verified.
+    pub mfa: bool,
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// Demands the headers of a sensitive call and verifies them. Without any
+/// enrolled admin (and without `require_mfa`), the admin token alone suffices
+/// and the approver is `admin` without MFA.
+pub(crate) async fn require_fresh_totp(
+    state: &AdminState,
+    call: &Call,
+    headers: &HeaderMap,
+) -> Result<Approver, ApiError> {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let (user, code) = (header(USER_HEADER), header(TOTP_HEADER));
+    let enrolled = state
+        .store
+        .admin_users()
+        .await
+        .map_err(|e| call.store_error(e))?;
+    if enrolled.is_empty() && !state.mfa.require_always && user.is_none() && code.is_none() {
+        return Ok(Approver {
+            user: "admin".into(),
+            mfa: false,
+        });
+    }
+    match (user, code) {
+        (Some(user), Some(code)) => verify_totp(state, call, user, code).await,
+        (None, Some(_)) if enrolled.len() == 1 => {
+            verify_totp(state, call, &enrolled[0].name, code.unwrap_or_default()).await
+        }
+        _ => Err(call.error(
+            ErrorCode::MfaRequired,
+            if enrolled.is_empty() {
+                "this action needs a human admin's TOTP code, and no admin has enrolled: enrol one with `portcullis admin user add NAME`"
+            } else {
+                "this action needs a human admin's TOTP code: pass --user NAME --totp CODE (headers X-Portcullis-User and X-Portcullis-TOTP)"
+            },
+        )),
+    }
+}
+
+/// Verifies one admin's code and consumes its time step. Used directly where
+/// an action needs two distinct approvers.
+pub(crate) async fn verify_totp(
+    state: &AdminState,
+    call: &Call,
+    user: &str,
+    code: &str,
+) -> Result<Approver, ApiError> {
+    let refused = || call.error(ErrorCode::InvalidTotp, "the TOTP code was refused");
+    let Some(row) = state
+        .store
+        .admin_user(user)
+        .await
+        .map_err(|e| call.store_error(e))?
+    else {
+        return Err(refused());
+    };
+    let Some(secret) = state.mfa.open(&row.name, &row.totp_sealed) else {
+        // A secret that does not open was sealed under another key or moved:
+        // refuse, and tell the operator why in the log (never the secret).
+        tracing::error!(request_id = %call.request_id, admin = %row.name, "stored TOTP secret does not open with this state directory's MFA key");
+        return Err(refused());
+    };
+    let Some(step) = secret.verify(code, now_secs()) else {
+        return Err(refused());
+    };
+    let fresh = state
+        .store
+        .use_totp_step(&row.name, step as i64)
+        .await
+        .map_err(|e| call.store_error(e))?;
+    if !fresh {
+        return Err(call.error(
+            ErrorCode::InvalidTotp,
+            "the TOTP code was already used; wait for the next one",
+        ));
+    }
+    Ok(Approver {
+        user: row.name,
+        mfa: true,
+    })
+}
+
+/// `POST /admin/v1/admins` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnrolAdmin {
+    name: String,
+}
+
+/// The one answer that carries the secret.
+#[derive(Serialize)]
+struct Enrolled {
+    name: String,
+    totp_secret: String,
+    otpauth_uri: String,
+}
+
+#[derive(Serialize)]
+struct AdminView {
+    name: String,
+    created_at: i64,
+}
+
+/// Enrols a human admin. The first enrolment needs only the admin token;
+/// later ones need an enrolled admin's TOTP.
+pub(crate) async fn enrol(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    headers: HeaderMap,
+    body: Result<Json<EnrolAdmin>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(|e| call.error(ErrorCode::BadRequest, e.body_text()))?;
+    // Admin names follow the agent name rule: safe in headers, logs and URIs.
+    let name = AgentName::parse(&body.name)
+        .map_err(|e| call.error(ErrorCode::BadRequest, format!("admin name: {e}")))?;
+    let approver = require_fresh_totp(&state, &call, &headers).await?;
+    let secret = TotpSecret::generate();
+    let sealed = state
+        .mfa
+        .seal(name.as_str(), &secret)
+        .map_err(|_| call.internal("cannot seal the TOTP secret"))?;
+    state
+        .store
+        .add_admin_user(&AdminUserRow {
+            name: name.to_string(),
+            totp_sealed: sealed,
+            created_at: now_secs() as i64,
+            last_step: 0,
+        })
+        .await
+        .map_err(|e| call.store_error(e))?;
+    call.done_by(&state.sink, &approver, "admin.enrol", name.as_str(), 201);
+    Ok(json(
+        StatusCode::CREATED,
+        &Enrolled {
+            name: name.to_string(),
+            totp_secret: secret.to_base32().to_string(),
+            otpauth_uri: secret.otpauth_uri(TOTP_ISSUER, name.as_str()).to_string(),
+        },
+    ))
+}
+
+/// Lists enrolled admins (names and enrolment time, never secrets).
+pub(crate) async fn list(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+) -> Result<Response, ApiError> {
+    let admins = state
+        .store
+        .admin_users()
+        .await
+        .map_err(|e| call.store_error(e))?;
+    let views: Vec<AdminView> = admins
+        .into_iter()
+        .map(|a| AdminView {
+            name: a.name,
+            created_at: a.created_at,
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &views))
+}
+
+/// Removes an admin (TOTP of an enrolled admin required, possibly their own).
+pub(crate) async fn remove(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let approver = require_fresh_totp(&state, &call, &headers).await?;
+    state
+        .store
+        .remove_admin_user(&name)
+        .await
+        .map_err(|e| call.store_error(e))?;
+    call.done_by(&state.sink, &approver, "admin.remove", &name, 200);
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "removed": name }),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_secrets_open_only_under_their_name_and_key() {
+        let keys = MfaKeys::new(&[7; 32], false);
+        let secret = TotpSecret::generate();
+        let sealed = keys.seal("alice", &secret).unwrap();
+        assert_eq!(
+            keys.open("alice", &sealed).unwrap().as_bytes(),
+            secret.as_bytes()
+        );
+        assert!(keys.open("bob", &sealed).is_none());
+        assert!(
+            MfaKeys::new(&[8; 32], false)
+                .open("alice", &sealed)
+                .is_none()
+        );
+        assert!(keys.open("alice", &sealed[..5]).is_none());
+        let mut flipped = sealed.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(keys.open("alice", &flipped).is_none());
+        // The seal is randomized: the same secret seals differently.
+        assert_ne!(keys.seal("alice", &secret).unwrap(), sealed);
+    }
+}
