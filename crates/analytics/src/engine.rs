@@ -468,7 +468,7 @@ impl Engine {
                 .insert(agent.to_string(), AgentModel::new(state));
         }
         self.events += 1;
-        if self.events % 4_096 == 0 {
+        if self.events.is_multiple_of(4_096) {
             self.population_rate = self.compute_population_rate();
         }
         let population_rate = self.population_rate;
@@ -493,10 +493,12 @@ impl Engine {
         self.rules.check(
             &model.tracker,
             &novelty,
-            event.classification >= 3,
-            model.state.familiar.restricted,
-            baseline_rate.map(|r| r.max(1.0)),
-            learned,
+            &crate::rules::Facts {
+                restricted: event.classification >= 3,
+                had_restricted: model.state.familiar.restricted,
+                baseline_1m: baseline_rate.map(|r| r.max(1.0)),
+                learned,
+            },
             &mut self.hits,
         );
 

@@ -29,6 +29,19 @@ pub enum RuleHit {
     },
 }
 
+/// What the rules know about the event and the agent besides its windows.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Facts {
+    /// The event touched restricted data.
+    pub(crate) restricted: bool,
+    /// The agent's baseline has restricted data.
+    pub(crate) had_restricted: bool,
+    /// The agent's (or the population's) peak requests per minute, if any.
+    pub(crate) baseline_1m: Option<f32>,
+    /// The agent's own baseline is complete.
+    pub(crate) learned: bool,
+}
+
 /// The rules' settings.
 #[derive(Debug, Clone)]
 pub(crate) struct Rules {
@@ -38,21 +51,22 @@ pub(crate) struct Rules {
 }
 
 impl Rules {
-    /// Checks the rules after `tracker` counted the event; returns each hit
-    /// with its risk. `baseline_1m` is the agent's (or the population's)
-    /// requests per minute; `learned` says whether the agent's baseline is
-    /// complete (a brand-new agent's first restricted read is worth an alert,
-    /// a known agent's is worth more).
+    /// Checks the rules after `tracker` counted the event; pushes each hit
+    /// with its risk. A brand-new agent's first restricted read is worth an
+    /// alert; a learned agent's that never read restricted data, more.
     pub(crate) fn check(
         &self,
         tracker: &Tracker,
         novelty: &Novelty,
-        restricted: bool,
-        had_restricted: bool,
-        baseline_1m: Option<f32>,
-        learned: bool,
+        facts: &Facts,
         hits: &mut Vec<(RuleHit, f32)>,
     ) {
+        let Facts {
+            restricted,
+            had_restricted,
+            baseline_1m,
+            learned,
+        } = *facts;
         let denials = tracker.denies_10s();
         if denials >= self.denial_burst {
             hits.push((

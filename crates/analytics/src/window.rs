@@ -69,9 +69,13 @@ impl<const N: usize> Window<N> {
     /// Adds `counts` to the newest bucket (call [`Window::advance`] first).
     pub(crate) fn add(&mut self, counts: &Counts) {
         let slot = self.head.rem_euclid(N as i64) as usize;
-        for i in 0..COUNTERS {
-            self.buckets[slot][i] += counts[i];
-            self.sum[i] += counts[i];
+        for ((b, s), c) in self.buckets[slot]
+            .iter_mut()
+            .zip(self.sum.iter_mut())
+            .zip(counts)
+        {
+            *b += c;
+            *s += c;
         }
     }
 

@@ -90,7 +90,7 @@ fn event_of(record: &AuditRecord) -> Event {
     let write = !matches!(record.action.as_str(), "GET" | "HEAD");
     Event {
         time_ms: record.time_ms,
-        resource: stable_hash(&[route.as_bytes(), path[..end].as_bytes()]),
+        resource: stable_hash(&[route.as_bytes(), &path.as_bytes()[..end]]),
         operation: stable_hash(&[record.action.as_bytes(), route.as_bytes()]),
         write,
         denied: record.outcome == Outcome::Deny && matches!(record.status, 401 | 403 | 429),
