@@ -136,7 +136,7 @@ impl Default for Config {
             baseline_size: 512,
             trees: 50,
             tree_sample: 128,
-            retrain_every: 32,
+            retrain_every: 128,
             half_life_ms: 10 * 60_000,
             thresholds: Thresholds::default(),
             denial_burst: 100,
@@ -354,6 +354,9 @@ struct AgentModel {
     /// Unfamiliar things seen while risky; a benign verdict learns them.
     pending: Vec<(Event, Option<u64>)>,
     last_features: Features,
+    /// When the forest last scored this agent, and what it said.
+    scored_ms: i64,
+    anomaly: f32,
 }
 
 /// The analytics engine. Not thread-safe by design: one task owns it.
@@ -373,6 +376,8 @@ pub struct Engine {
 }
 
 const POPULATION_SIZE: usize = 2_048;
+/// Most one agent is scored by its forest per this much event time (ms).
+const SCORE_EVERY_MS: i64 = 1_000;
 const PENDING_MAX: usize = 256;
 
 impl Engine {
@@ -507,8 +512,28 @@ impl Engine {
             (Some(f), true) => (Some(f), "agent"),
             _ => (self.population_forest.as_ref(), "population"),
         };
-        let anomaly = forest.map_or(0.0, |f| f.score(&features));
-        let anomaly_risk = config.anomaly_risk(anomaly);
+        // The forest is the one costly step (its nodes are rarely in cache
+        // with many agents): an agent is scored at most once a second, and
+        // at once when something new shows (a resource, a call pair).
+        // Rules and features still see every event.
+        let fresh = event.time_ms - model.scored_ms >= SCORE_EVERY_MS
+            || novelty.new_resource
+            || novelty
+                .pair
+                .is_some_and(|p| !model.state.familiar.pairs.contains(&p));
+        let anomaly = if fresh {
+            model.scored_ms = event.time_ms;
+            model.anomaly = forest.map_or(0.0, |f| f.score(&features));
+            model.anomaly
+        } else {
+            model.anomaly
+        };
+        let mut anomaly_risk = config.anomaly_risk(anomaly);
+        if which == "population" {
+            // A new agent unlike the others is worth a look, not a restriction:
+            // the population model alone never goes past an alert.
+            anomaly_risk = anomaly_risk.min(config.thresholds.alert);
+        }
         // Recent denials count on their own, short of a burst.
         let denial_risk =
             (model.tracker.denies_10s() as f32 / config.denial_burst as f32).min(1.0) * 0.9;
@@ -558,9 +583,11 @@ impl Engine {
             model.alerted = Grade::Normal;
         }
 
-        // Learn only what looks normal.
+        // Learn only what looks normal. While learning, the agent's own
+        // traffic is its baseline unless a rule objects: otherwise an agent the
+        // population model finds unusual would never get a model of its own.
         let mut sampled = None;
-        if risk < config.thresholds.alert {
+        if risk < config.thresholds.alert || (!learned && rule_risk < config.thresholds.alert) {
             model.state.familiar.learn(event, novelty.pair);
             if event.time_ms - model.last_sample_ms >= config.sample_every_ms {
                 model.last_sample_ms = event.time_ms;
@@ -732,7 +759,7 @@ impl Engine {
         }
         self.population_cursor = (self.population_cursor + 1) % POPULATION_SIZE;
         self.population_new += 1;
-        if self.population_new >= 256
+        if self.population_new >= 1_024
             || (self.population_forest.is_none() && self.population.len() >= 64)
         {
             self.retrain_population();
@@ -802,6 +829,8 @@ impl AgentModel {
             last_sample_ms: i64::MIN / 2,
             pending: Vec::new(),
             last_features: [0.0; N_FEATURES],
+            scored_ms: i64::MIN / 2,
+            anomaly: 0.0,
         }
     }
 

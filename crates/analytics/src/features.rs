@@ -136,10 +136,10 @@ impl Tracker {
             .map(|p| p.rotate_left(17) ^ event.operation);
         self.prev_operation = Some(event.operation);
         let novel_pair = pair.is_some_and(|p| !familiar.pairs.contains(&p));
-        let distinct = match self.last_seen.insert(event.resource, event.time_ms) {
-            Some(t) => event.time_ms - t > self.w15.span_ms(),
-            None => true,
-        };
+        // Each resource counts once, in the bucket where it was seen last:
+        // seeing it again moves its count forward, so the window's sum is the
+        // number of distinct resources seen within it.
+        let previous = self.last_seen.insert(event.resource, event.time_ms);
         if self.last_seen.len() > MAX_RESOURCES {
             // Forgetting only costs a distinct count that may be one too high.
             let horizon = event.time_ms - self.w15.span_ms();
@@ -151,7 +151,7 @@ impl Tracker {
         counts[c::ERRORS] = u64::from(event.error);
         counts[c::WRITES] = u64::from(event.write);
         counts[c::NEW_RESOURCES] = u64::from(new_resource);
-        counts[c::DISTINCT] = u64::from(distinct);
+        counts[c::DISTINCT] = 1;
         counts[c::BYTES_IN] = event.bytes_in;
         counts[c::BYTES_OUT] = event.bytes_out;
         counts[c::OFF_HOURS] = u64::from(familiar.off_hours(event.time_ms));
@@ -166,6 +166,9 @@ impl Tracker {
             &mut self.burst,
         ] {
             w.advance_add(event.time_ms, &counts);
+        }
+        if let Some(t) = previous {
+            self.w15.take_back(c::DISTINCT, t);
         }
         let novelty = Novelty { new_resource, pair };
         (self.features(), novelty)
@@ -270,6 +273,25 @@ mod tests {
         // Two minutes later the 1-minute window is empty again but for this one.
         tracker.observe(&event(122_000, 1), &familiar);
         assert_eq!(tracker.requests_1m(), 1);
+    }
+
+    #[test]
+    fn distinct_resources_count_each_resource_seen_in_the_window_once() {
+        let familiar = Familiar::default();
+        let mut tracker = Tracker::default();
+        let distinct = |f: Features| f[6].exp_m1().round() as u32;
+        // A and B, then A again every minute for 20 minutes.
+        tracker.observe(&event(0, 1), &familiar);
+        let (f, _) = tracker.observe(&event(1_000, 2), &familiar);
+        assert_eq!(distinct(f), 2);
+        let mut f = f;
+        for m in 1..=20 {
+            f = tracker.observe(&event(m * 60_000, 1), &familiar).0;
+            if m == 10 {
+                assert_eq!(distinct(f), 2, "both seen within 15 minutes");
+            }
+        }
+        assert_eq!(distinct(f), 1, "B left the window, A stays counted once");
     }
 
     #[test]

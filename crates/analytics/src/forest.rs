@@ -74,20 +74,17 @@ impl IsolationForest {
                 forest.high[f] = forest.high[f].max(x[f] + FEATURE_UNIT[f]);
             }
         }
+        // Sampling without replacement: a partial Fisher-Yates shuffle of one
+        // index permutation, continued from tree to tree (still uniform).
+        let mut all: Vec<usize> = (0..data.len()).collect();
         let mut idx: Vec<usize> = Vec::with_capacity(psi);
         for _ in 0..trees {
-            // Sample without replacement (partial Fisher-Yates over indices).
             idx.clear();
-            if data.len() <= psi {
-                idx.extend(0..data.len());
-            } else {
-                let mut all: Vec<usize> = (0..data.len()).collect();
-                for i in 0..psi {
-                    let j = i + rng.below(all.len() - i);
-                    all.swap(i, j);
-                }
-                idx.extend_from_slice(&all[..psi]);
+            for i in 0..psi {
+                let j = i + rng.below(all.len() - i);
+                all.swap(i, j);
             }
+            idx.extend_from_slice(&all[..psi]);
             let root = forest.nodes.len() as u32;
             forest.roots.push(root);
             forest.grow(data, &mut idx, 0, limit, &mut rng);
@@ -109,30 +106,33 @@ impl IsolationForest {
             });
             return;
         }
-        let range = |f: usize| {
-            let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-            for &i in idx.iter() {
-                lo = lo.min(data[i][f]);
-                hi = hi.max(data[i][f]);
+        // One pass for every feature's range, then a random feature among
+        // those the points differ in (as the paper: a constant one cannot split).
+        let mut lo = [f32::INFINITY; N_FEATURES];
+        let mut hi = [f32::NEG_INFINITY; N_FEATURES];
+        for &i in idx.iter() {
+            for f in 0..N_FEATURES {
+                lo[f] = lo[f].min(data[i][f]);
+                hi[f] = hi[f].max(data[i][f]);
             }
-            (lo, hi)
-        };
-        let mut feature = rng.below(N_FEATURES);
-        let (mut lo, mut hi) = range(feature);
-        // Otherwise a feature the points differ in, as in the paper.
-        let mut tries = 0;
-        while hi <= lo && tries < 4 * N_FEATURES {
-            feature = rng.below(N_FEATURES);
-            (lo, hi) = range(feature);
-            tries += 1;
         }
-        if hi <= lo {
+        let mut varying = [0u8; N_FEATURES];
+        let mut n = 0;
+        for f in 0..N_FEATURES {
+            if hi[f] > lo[f] {
+                varying[n] = f as u8;
+                n += 1;
+            }
+        }
+        if n == 0 {
             // Identical points: nothing separates them.
             self.nodes.push(Node::Leaf {
                 path: depth as f32 + c(idx.len()),
             });
             return;
         }
+        let feature = varying[rng.below(n)] as usize;
+        let (lo, hi) = (lo[feature], hi[feature]);
         let value = lo + rng.unit() * (hi - lo);
         // Partition in place: values < split go left.
         let mut left = 0;

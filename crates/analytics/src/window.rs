@@ -79,6 +79,20 @@ impl<const N: usize> Window<N> {
         }
     }
 
+    /// Takes back one count of counter `i` from the bucket of `old_ms`, if
+    /// that bucket is still in the window (used to move a resource's distinct
+    /// count to the bucket where it was seen last).
+    pub(crate) fn take_back(&mut self, i: usize, old_ms: i64) {
+        let b = old_ms.div_euclid(self.bucket_ms);
+        if b <= self.head && b > self.head - N as i64 {
+            let slot = b.rem_euclid(N as i64) as usize;
+            if self.buckets[slot][i] > 0 {
+                self.buckets[slot][i] -= 1;
+                self.sum[i] -= 1;
+            }
+        }
+    }
+
     /// The totals over the window.
     pub(crate) fn sum(&self) -> &Counts {
         &self.sum
