@@ -193,6 +193,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/audit", get(audit_tail))
         .merge(crate::vault_api::routes())
         .merge(crate::analytics_api::routes())
+        .merge(crate::identity_api::routes())
         .route(
             "/audit/checkpoint",
             get(crate::audit_api::latest_checkpoint).post(crate::audit_api::sign_checkpoint),
@@ -382,6 +383,13 @@ struct AgentView {
     certificates: Vec<CertificateView>,
     /// `kid`s of the agent's registered signing keys (token endpoint).
     signing_keys: Vec<String>,
+    /// How it can authenticate now: `mtls` (a live certificate), `token` (a
+    /// registered signing key for the token endpoint).
+    credential_kinds: Vec<&'static str>,
+    /// When its newest live certificate expires (epoch seconds), if any.
+    expires_at: Option<i64>,
+    /// When it last authenticated (epoch seconds), if seen.
+    last_seen: Option<i64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -428,9 +436,29 @@ fn view(
     let spiffe_id = AgentName::parse(&agent.name)
         .map(|n| portcullis_identity::SpiffeId::for_agent(state.ca.trust_domain(), &n).to_string())
         .unwrap_or_default();
+    let now = now_ms() / 1000;
+    let expires_at = certs
+        .iter()
+        .filter(|c| c.revoked_at.is_none() && c.not_after > now)
+        .map(|c| c.not_after)
+        .max();
+    let revoked = agent.revoked_at.is_some();
+    let mut credential_kinds = Vec::new();
+    if !revoked && expires_at.is_some() {
+        credential_kinds.push("mtls");
+    }
+    if !revoked && !signing_keys.is_empty() {
+        credential_kinds.push("token");
+    }
+    let last_seen = Some(state.gateway.last_seen(&agent.name)).filter(|t| *t > 0);
     AgentView {
-        status: if agent.revoked_at.is_some() {
+        credential_kinds,
+        expires_at,
+        last_seen,
+        status: if revoked {
             "revoked"
+        } else if expires_at.is_none() && signing_keys.is_empty() {
+            "expired"
         } else {
             "active"
         },

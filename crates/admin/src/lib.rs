@@ -17,6 +17,7 @@ mod analytics_api;
 mod api;
 mod audit_api;
 mod auth;
+mod identity_api;
 mod mfa;
 mod vault_api;
 

@@ -39,12 +39,29 @@ pub enum AgentCommand {
         #[arg(long, default_value = "24h", value_parser = parse_ttl)]
         ttl: Duration,
     },
-    /// List agents.
-    List,
+    /// List agents: identity, roles, credential kinds, expiry, last seen, status.
+    List {
+        /// Print the admin API's JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show one agent with its certificates.
     Show {
         /// The agent's name.
         name: String,
+    },
+    /// Pin an agent to a workload digest (and source networks): its token
+    /// requests must come from those networks, and policy sees
+    /// `context.posture.matches_pin` only for tokens attesting that digest.
+    Pin {
+        /// The agent's name.
+        name: String,
+        /// The workload digest, `sha256:<64 hex>` (container image or binary).
+        #[arg(long)]
+        digest: String,
+        /// An allowed source network in CIDR form (repeatable; none = any).
+        #[arg(long = "network")]
+        networks: Vec<String>,
     },
     /// Revoke an agent and all its certificates, effective on its next request.
     Revoke {
@@ -70,6 +87,15 @@ pub enum AgentCommand {
         /// Bind the token to the agent's client certificate instead of DPoP.
         #[arg(long)]
         mtls: bool,
+        /// A file holding a workload posture statement (a JWT signed by the
+        /// configured posture attestor) to send with the token request.
+        #[arg(long, value_name = "STATEMENT_FILE")]
+        posture: Option<PathBuf>,
+        /// Token exchange (RFC 8693): a file holding the token of the user
+        /// the agent acts for (from a configured OIDC issuer, or a delegated
+        /// token another agent passed on). The new token's `act` records the chain.
+        #[arg(long, value_name = "TOKEN_FILE")]
+        on_behalf_of: Option<PathBuf>,
     },
     /// Print a DPoP proof for one request with a DPoP-bound token.
     Dpop {
@@ -229,9 +255,20 @@ pub async fn agent(command: AgentCommand, args: AdminArgs) -> Result<()> {
             creds,
             gateway,
             mtls,
+            on_behalf_of,
+            posture,
         } => {
             let state = StateDir::new(args.state.state_dir.clone());
-            return crate::token_cmd::token(&state, name, creds, gateway.clone(), *mtls).await;
+            return crate::token_cmd::token(
+                &state,
+                name,
+                creds,
+                gateway.clone(),
+                *mtls,
+                on_behalf_of.as_deref(),
+                posture.as_deref(),
+            )
+            .await;
         }
         AgentCommand::Dpop {
             name,
@@ -290,8 +327,27 @@ pub async fn agent(command: AgentCommand, args: AdminArgs) -> Result<()> {
             write_credentials(&out, &name, &key_pem, &response)?;
             print_json(&response["agent"]);
         }
-        AgentCommand::List => print_json(&client.get("/agents").await?),
+        AgentCommand::List { json } => {
+            let agents = client.get("/agents").await?;
+            if json {
+                print_json(&agents);
+            } else {
+                print!("{}", agent_table(&agents));
+            }
+        }
         AgentCommand::Show { name } => print_json(&client.get(&format!("/agents/{name}")).await?),
+        AgentCommand::Pin {
+            name,
+            digest,
+            networks,
+        } => print_json(
+            &client
+                .post(
+                    &format!("/agents/{name}/posture"),
+                    &json!({ "digest": digest, "networks": networks }),
+                )
+                .await?,
+        ),
         AgentCommand::Revoke { name } => print_json(
             &client
                 .post(&format!("/agents/{name}/revoke"), &json!({}))
@@ -302,6 +358,81 @@ pub async fn agent(command: AgentCommand, args: AdminArgs) -> Result<()> {
                 .post(&format!("/agents/{name}/release"), &json!({}))
                 .await?,
         ),
+    }
+    Ok(())
+}
+
+/// `portcullis token …`
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Revoke one access token by its `jti`, effective on its next request.
+    Revoke {
+        /// The token's `jti` (in its audit record's `credential`).
+        jti: String,
+        /// Why (recorded).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// List revoked tokens that have not expired yet.
+    Revoked,
+}
+
+/// `portcullis user …` (federated users agents act for)
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Disable a user: every delegated token for them stops working at once
+    /// and no new one is exchanged.
+    Disable {
+        /// The user's `sub` at their identity provider.
+        subject: String,
+        /// Why (recorded).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Enable a disabled user again.
+    Enable {
+        /// The user's `sub`.
+        subject: String,
+    },
+    /// List disabled users.
+    Disabled,
+}
+
+/// Runs `portcullis token …`.
+pub async fn token(command: TokenCommand, args: AdminArgs) -> Result<()> {
+    let client = AdminClient::from_args(&args)?;
+    match command {
+        TokenCommand::Revoke { jti, reason } => {
+            client
+                .post("/tokens/revoke", &json!({ "jti": jti, "reason": reason }))
+                .await?;
+            println!("revoked token {jti}");
+        }
+        TokenCommand::Revoked => print_json(&client.get("/tokens/revoked").await?),
+    }
+    Ok(())
+}
+
+/// Runs `portcullis user …`.
+pub async fn user(command: UserCommand, args: AdminArgs) -> Result<()> {
+    let client = AdminClient::from_args(&args)?;
+    match command {
+        UserCommand::Disable { subject, reason } => {
+            client
+                .post(
+                    "/users/disable",
+                    &json!({ "subject": subject, "reason": reason }),
+                )
+                .await?;
+            println!("disabled user `{subject}`");
+        }
+        UserCommand::Enable { subject } => {
+            client
+                .post("/users/enable", &json!({ "subject": subject }))
+                .await?;
+            println!("enabled user `{subject}`");
+        }
+        UserCommand::Disabled => print_json(&client.get("/users/disabled").await?),
     }
     Ok(())
 }
@@ -332,6 +463,39 @@ pub enum AdminUserCommand {
         /// The admin's name.
         name: String,
     },
+}
+
+/// `agent list` as a table.
+fn agent_table(agents: &serde_json::Value) -> String {
+    let mut out = format!(
+        "{:<20} {:<20} {:<12} {:<21} {:<21} {}\n",
+        "NAME", "ROLES", "CREDENTIALS", "CERT EXPIRES", "LAST SEEN", "STATUS"
+    );
+    for a in agents["agents"].as_array().into_iter().flatten() {
+        let list = |key: &str| {
+            let items: Vec<&str> = a[key]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+                .collect();
+            if items.is_empty() {
+                "-".to_string()
+            } else {
+                items.join(",")
+            }
+        };
+        out.push_str(&format!(
+            "{:<20} {:<20} {:<12} {:<21} {:<21} {}\n",
+            a["name"].as_str().unwrap_or_default(),
+            list("roles"),
+            list("credential_kinds"),
+            format_time(a["expires_at"].as_i64().unwrap_or_default()),
+            format_time(a["last_seen"].as_i64().unwrap_or_default()),
+            a["status"].as_str().unwrap_or_default(),
+        ));
+    }
+    out
 }
 
 /// Epoch seconds as RFC 3339 UTC, `-` for 0 or out of range.

@@ -106,6 +106,41 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Revoke single access tokens.
+    Token {
+        #[command(subcommand)]
+        command: commands::TokenCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Federated users agents act for: disable and enable.
+    User {
+        #[command(subcommand)]
+        command: commands::UserCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Show how the gateway sees an agent's credential (its certificate, or
+    /// an access token with --token), or why it refuses it.
+    Whoami {
+        /// The agent's name.
+        #[arg(long)]
+        name: String,
+        /// The directory `agent create --out` wrote.
+        #[arg(long)]
+        creds: PathBuf,
+        /// An access token file to check instead of the certificate.
+        #[arg(long)]
+        token: Option<PathBuf>,
+        /// The token is certificate-bound (send it with the certificate).
+        #[arg(long)]
+        mtls: bool,
+        /// Data-plane URL (default: read from `<state-dir>/gateway.url`).
+        #[arg(long)]
+        gateway: Option<String>,
+        #[command(flatten)]
+        state: StateDirArg,
+    },
     /// Human admins and their TOTP second factor.
     Admin {
         #[command(subcommand)]
@@ -207,6 +242,26 @@ fn main() -> ExitCode {
             Command::Audit { command, admin } => commands::audit(command, admin).await,
             Command::Alerts { command, admin } => alerts_cmd::alerts(command, admin).await,
             Command::Admin { command, admin } => commands::admin(command, admin).await,
+            Command::Token { command, admin } => commands::token(command, admin).await,
+            Command::Whoami {
+                name,
+                creds,
+                token,
+                mtls,
+                gateway,
+                state,
+            } => {
+                token_cmd::whoami(
+                    &state_dir::StateDir::new(state.state_dir),
+                    &name,
+                    &creds,
+                    gateway,
+                    token.as_deref(),
+                    mtls,
+                )
+                .await
+            }
+            Command::User { command, admin } => commands::user(command, admin).await,
             Command::Inventory {
                 since,
                 format,

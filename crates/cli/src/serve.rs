@@ -227,6 +227,18 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
             .context("cannot load the access-token signing key")?,
         config.token_ttl,
         &config.trust_domain,
+        portcullis_gateway::oidc::OidcProviders::new(&config.oidc, upstream_tls.clone()).await,
+        config.max_delegation_depth,
+        match &config.posture_attestor {
+            Some(attestor) => Some(
+                portcullis_gateway::oidc::OidcProviders::new(
+                    std::slice::from_ref(attestor),
+                    upstream_tls.clone(),
+                )
+                .await,
+            ),
+            None => None,
+        },
     );
     let (tracer, trace_exporter) = match &config.telemetry {
         Some(telemetry) => {

@@ -81,8 +81,24 @@ pub async fn token(
     creds: &Path,
     gateway: Option<String>,
     mtls: bool,
+    on_behalf_of: Option<&Path>,
+    posture: Option<&Path>,
 ) -> Result<()> {
+    let posture = posture
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .map(|s| s.trim().to_string())
+                .with_context(|| format!("cannot read the posture statement `{}`", path.display()))
+        })
+        .transpose()?;
     let key = load_agent_key(creds, name)?;
+    let subject = on_behalf_of
+        .map(|path| {
+            std::fs::read_to_string(path)
+                .map(|s| s.trim().to_string())
+                .with_context(|| format!("cannot read the user's token `{}`", path.display()))
+        })
+        .transpose()?;
     let base = gateway_url(state, gateway)?;
     let http = http_client(creds, name, mtls)?;
     // The assertion's audience and the proof's `htu` are the endpoint the
@@ -100,11 +116,22 @@ pub async fn token(
         .context("the gateway's metadata has no `token_endpoint`")?;
     let t = now();
     let assertion = key.sign_assertion(name, endpoint, t, 60)?;
-    let form = serde_urlencoded::to_string([
+    let mut fields = vec![
         ("grant_type", "client_credentials"),
         ("client_assertion_type", ASSERTION_TYPE),
         ("client_assertion", assertion.as_str()),
-    ])?;
+    ];
+    if let Some(subject) = &subject {
+        // RFC 8693: the agent (authenticated by its assertion) acts for the
+        // user whose token it presents.
+        fields[0].1 = "urn:ietf:params:oauth:grant-type:token-exchange";
+        fields.push(("subject_token", subject));
+        fields.push(("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"));
+    }
+    if let Some(posture) = &posture {
+        fields.push(("posture", posture));
+    }
+    let form = serde_urlencoded::to_string(&fields)?;
     let mut request = http
         .post(format!("{base}/oauth2/token"))
         .header("content-type", "application/x-www-form-urlencoded")
@@ -152,5 +179,57 @@ pub fn dpop(
         "{}",
         key.sign_dpop_proof(&method.to_ascii_uppercase(), url, access_token, now())?
     );
+    Ok(())
+}
+
+/// `whoami`: asks the gateway how it sees a credential — the agent's client
+/// certificate, or an access token (`--token FILE`, sent with a DPoP proof
+/// from the agent's key, or as `Bearer` with the certificate for `--mtls`
+/// tokens). Prints the identity and the facts policy receives, or the
+/// refusal the gateway gives every request with that credential.
+pub async fn whoami(
+    state: &StateDir,
+    name: &str,
+    creds: &Path,
+    gateway: Option<String>,
+    token_file: Option<&Path>,
+    mtls_token: bool,
+) -> Result<()> {
+    let base = gateway_url(state, gateway)?;
+    let url = format!("{base}/.well-known/portcullis/whoami");
+    let token = token_file
+        .map(|p| {
+            std::fs::read_to_string(p)
+                .map(|s| s.trim().to_string())
+                .with_context(|| format!("cannot read the token `{}`", p.display()))
+        })
+        .transpose()?;
+    let with_cert = token.is_none() || mtls_token;
+    let http = http_client(creds, name, with_cert)?;
+    let mut request = http.get(&url);
+    if let Some(token) = &token {
+        if mtls_token {
+            request = request.header("authorization", format!("Bearer {token}"));
+        } else {
+            let key = load_agent_key(creds, name)?;
+            request = request
+                .header("authorization", format!("DPoP {token}"))
+                .header(
+                    "dpop",
+                    key.sign_dpop_proof("GET", &url, Some(token), now())?,
+                );
+        }
+    }
+    let response = request.send().await.context("cannot reach the gateway")?;
+    let status = response.status();
+    let body: serde_json::Value = response.json().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!(
+            "the gateway refuses this credential ({status}): {} — {}",
+            body["error"]["code"].as_str().unwrap_or("?"),
+            body["error"]["message"].as_str().unwrap_or("")
+        );
+    }
+    println!("{}", serde_json::to_string_pretty(&body)?);
     Ok(())
 }

@@ -596,7 +596,7 @@ async fn quickstart_serves_the_demo_upstream() {
     assert_eq!(response.status(), 403);
 
     let listed: serde_json::Value =
-        serde_json::from_slice(&server.cli(&["agent", "list"]).stdout).unwrap();
+        serde_json::from_slice(&server.cli(&["agent", "list", "--json"]).stdout).unwrap();
     assert_eq!(listed["agents"][0]["name"], "reader-bot");
     assert_eq!(listed["agents"][0]["roles"][0], "reader");
 }

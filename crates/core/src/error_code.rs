@@ -66,6 +66,9 @@ pub enum ErrorCode {
     Throttled,
     /// A sensitive admin action needs a human admin's fresh TOTP code.
     MfaRequired,
+    /// A token exchange was refused: the subject token is not valid, or the
+    /// delegation is not allowed (disabled user, chain too long or cyclic).
+    InvalidGrant,
     /// The TOTP code (or the admin it names) was refused: wrong, stale, or already used.
     InvalidTotp,
 }
@@ -101,6 +104,7 @@ impl ErrorCode {
             ErrorCode::ReadOnly => "read_only",
             ErrorCode::Throttled => "throttled",
             ErrorCode::MfaRequired => "mfa_required",
+            ErrorCode::InvalidGrant => "invalid_grant",
             ErrorCode::InvalidTotp => "invalid_totp",
         }
     }
@@ -125,7 +129,8 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::BadRequest
             | ErrorCode::InvalidCiphertext
-            | ErrorCode::UnsupportedGrantType => 400,
+            | ErrorCode::UnsupportedGrantType
+            | ErrorCode::InvalidGrant => 400,
             ErrorCode::UpstreamUnavailable => 502,
             ErrorCode::UpstreamTimeout => 504,
             ErrorCode::Internal => 500,
@@ -172,6 +177,7 @@ mod tests {
             ErrorCode::Throttled,
             ErrorCode::MfaRequired,
             ErrorCode::InvalidTotp,
+            ErrorCode::InvalidGrant,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {

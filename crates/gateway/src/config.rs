@@ -106,6 +106,55 @@ pub struct RawIdentity {
     pub token_issuer: Option<String>,
     /// Lifetime of issued access tokens in seconds (default 300, at most 900).
     pub token_ttl_seconds: Option<u64>,
+    /// Longest delegation chain a token exchange may build (default 2).
+    pub max_delegation_depth: Option<u32>,
+    /// `[[identity.oidc]]`: external issuers of users' tokens.
+    #[serde(default)]
+    pub oidc: Vec<RawOidc>,
+    /// `[identity.posture_attestor]`: who signs workload posture statements.
+    pub posture_attestor: Option<RawOidc>,
+}
+
+/// `[[identity.oidc]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOidc {
+    /// The issuer (`iss` of its tokens).
+    pub issuer: String,
+    /// The audience its tokens must name for this gateway.
+    pub audience: String,
+    /// Where its keys are published (https, or http on loopback only).
+    pub jwks_url: Option<String>,
+    /// Or a local JWKS file (relative to the config file).
+    pub jwks_file: Option<PathBuf>,
+    /// `amr` values that count as a second factor (default `["mfa", "otp", "hwk"]`).
+    pub mfa_amr: Option<Vec<String>>,
+    /// Allowed clock skew in seconds (default 60, at most 300).
+    pub clock_skew_seconds: Option<i64>,
+}
+
+/// Where an OIDC issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// Fetched over HTTPS (refreshed when a token names an unknown key).
+    Url(String),
+    /// Read from a file (re-read when a token names an unknown key).
+    File(PathBuf),
+}
+
+/// A validated `[[identity.oidc]]`.
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// The issuer.
+    pub issuer: String,
+    /// The audience.
+    pub audience: String,
+    /// Its keys.
+    pub jwks: JwksSource,
+    /// Second-factor `amr` values.
+    pub mfa_amr: Vec<String>,
+    /// Clock skew (seconds).
+    pub clock_skew: i64,
 }
 
 /// `[policy]`
@@ -981,6 +1030,12 @@ pub struct Config {
     pub token_issuer: Option<String>,
     /// Access-token lifetime (seconds).
     pub token_ttl: u64,
+    /// Longest delegation chain (token exchange).
+    pub max_delegation_depth: u32,
+    /// External issuers of users' tokens.
+    pub oidc: Vec<OidcConfig>,
+    /// The signer of workload posture statements, when configured.
+    pub posture_attestor: Option<OidcConfig>,
     /// Policy directory.
     pub policy: PolicySource,
     /// Request body limit.
@@ -1087,6 +1142,63 @@ impl Config {
             return Err(invalid(
                 "key `limits.max_body_bytes`: must be greater than 0".into(),
             ));
+        }
+        if let Some(depth) = raw.identity.max_delegation_depth
+            && !(1..=5).contains(&depth)
+        {
+            return Err(invalid(
+                "key `identity.max_delegation_depth`: must be between 1 and 5".into(),
+            ));
+        }
+        for (i, oidc) in raw
+            .identity
+            .oidc
+            .iter()
+            .chain(raw.identity.posture_attestor.iter())
+            .enumerate()
+        {
+            let at = |m: &str| {
+                invalid(format!(
+                    "`[[identity.oidc]]` #{} ({}): {m}",
+                    i + 1,
+                    oidc.issuer
+                ))
+            };
+            if oidc.issuer.is_empty() || oidc.audience.is_empty() {
+                return Err(at("`issuer` and `audience` must not be empty"));
+            }
+            match (&oidc.jwks_url, &oidc.jwks_file) {
+                (Some(url), None) => {
+                    let uri: http::Uri = url
+                        .parse()
+                        .map_err(|_| at("`jwks_url` is not a valid URL"))?;
+                    let loopback = uri.host().is_some_and(|h| {
+                        h == "localhost"
+                            || h.trim_matches(['[', ']'])
+                                .parse::<std::net::IpAddr>()
+                                .is_ok_and(|ip| ip.is_loopback())
+                    });
+                    match uri.scheme_str() {
+                        Some("https") => {}
+                        Some("http") if loopback => {}
+                        _ => return Err(at("`jwks_url` must be https (http only on loopback)")),
+                    }
+                }
+                (None, Some(_)) => {}
+                _ => return Err(at("set exactly one of `jwks_url` and `jwks_file`")),
+            }
+            if oidc
+                .clock_skew_seconds
+                .is_some_and(|s| !(0..=portcullis_identity::MAX_CLOCK_SKEW).contains(&s))
+            {
+                return Err(at("`clock_skew_seconds` must be between 0 and 300"));
+            }
+            if raw.identity.oidc[..i.min(raw.identity.oidc.len())]
+                .iter()
+                .any(|o| o.issuer == oidc.issuer)
+            {
+                return Err(at("duplicate issuer"));
+            }
         }
         if raw.limits.upstream_timeout_ms == Some(0) {
             return Err(invalid(
@@ -1208,6 +1320,36 @@ impl Config {
                 .unwrap_or(DEFAULT_MAX_CONNECTIONS),
             server_names: raw.gateway.server_names,
             token_issuer: raw.identity.token_issuer,
+            max_delegation_depth: raw.identity.max_delegation_depth.unwrap_or(2),
+            posture_attestor: raw.identity.posture_attestor.map(|o| OidcConfig {
+                jwks: match (o.jwks_url, o.jwks_file) {
+                    (Some(url), _) => JwksSource::Url(url),
+                    (None, Some(file)) => JwksSource::File(relative(file)),
+                    (None, None) => JwksSource::File(PathBuf::new()),
+                },
+                issuer: o.issuer,
+                audience: o.audience,
+                mfa_amr: Vec::new(),
+                clock_skew: o.clock_skew_seconds.unwrap_or(60),
+            }),
+            oidc: raw
+                .identity
+                .oidc
+                .into_iter()
+                .map(|o| OidcConfig {
+                    jwks: match (o.jwks_url, o.jwks_file) {
+                        (Some(url), _) => JwksSource::Url(url),
+                        (None, Some(file)) => JwksSource::File(relative(file)),
+                        (None, None) => JwksSource::File(PathBuf::new()),
+                    },
+                    issuer: o.issuer,
+                    audience: o.audience,
+                    mfa_amr: o
+                        .mfa_amr
+                        .unwrap_or_else(|| vec!["mfa".into(), "otp".into(), "hwk".into()]),
+                    clock_skew: o.clock_skew_seconds.unwrap_or(60),
+                })
+                .collect(),
             token_ttl: raw
                 .identity
                 .token_ttl_seconds

@@ -17,6 +17,25 @@ pub struct DirectoryEntry {
     pub serials: HashMap<String, bool>,
     /// Registered public signing keys (token endpoint), by `kid`.
     pub keys: HashMap<String, PublicJwk>,
+    /// The workload pin, when the agent has one.
+    pub pin: Option<PosturePin>,
+}
+
+/// An agent's workload pin: the digest its posture statements must attest
+/// and the networks its token requests may come from (empty: any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PosturePin {
+    /// `sha256:<hex>`.
+    pub digest: String,
+    /// Allowed source networks.
+    pub networks: Vec<ipnet::IpNet>,
+}
+
+impl PosturePin {
+    /// Whether `ip` is in one of the pinned networks (any, when none are pinned).
+    pub fn allows(&self, ip: std::net::IpAddr) -> bool {
+        self.networks.is_empty() || self.networks.iter().any(|n| n.contains(&ip))
+    }
 }
 
 /// Why a verified certificate still does not authenticate.
@@ -49,6 +68,7 @@ impl AgentDirectory {
                         revoked: a.revoked_at.is_some(),
                         serials: HashMap::new(),
                         keys: HashMap::new(),
+                        pin: None,
                     },
                 )
             })
@@ -61,6 +81,30 @@ impl AgentDirectory {
             }
         }
         AgentDirectory { agents: map }
+    }
+
+    /// Adds the agents' workload pins. A stored network that does not parse
+    /// cannot match anything; the pin then allows no network (fail closed).
+    pub fn with_pins(mut self, pins: &[portcullis_store::PostureRow]) -> Self {
+        for p in pins {
+            let Some(entry) = self.agents.get_mut(&p.agent) else {
+                continue;
+            };
+            let parsed: Result<Vec<ipnet::IpNet>, _> = p
+                .networks
+                .iter()
+                .map(|n| n.parse::<ipnet::IpNet>())
+                .collect();
+            let networks = parsed.unwrap_or_else(|_| {
+                tracing::error!(agent = %p.agent, "unusable stored posture network; the pin allows no network");
+                vec![ipnet::IpNet::from(ipnet::Ipv4Net::from(std::net::Ipv4Addr::BROADCAST))]
+            });
+            entry.pin = Some(PosturePin {
+                digest: p.digest.clone(),
+                networks,
+            });
+        }
+        self
     }
 
     /// Adds the agents' registered public keys. A stored key that does not

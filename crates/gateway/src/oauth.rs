@@ -10,6 +10,13 @@
 //! - `GET /.well-known/jwks.json`: the gateway's token verification key.
 //! - `GET /.well-known/oauth-authorization-server`: metadata (RFC 8414).
 //!
+//! - The same endpoint does RFC 8693 token exchange (on-behalf-of): an agent,
+//!   authenticated as above, presents a user's token (`subject_token`: from a
+//!   configured OIDC issuer, or a delegated token another agent holds) and
+//!   gets a token whose `sub` is the user and whose `act` records the chain of
+//!   agents, at most `[identity] max_delegation_depth` long. It never outlives
+//!   the user's token. Disabled users and revoked subject tokens are refused.
+//!
 //! These paths need no client certificate. Every call leaves one audit record
 //! (resource `oauth2_token`), including refusals.
 
@@ -18,8 +25,8 @@ use http_body_util::BodyExt;
 use portcullis_audit::Outcome;
 use portcullis_core::{AgentName, ErrorCode};
 use portcullis_identity::{
-    ASSERTION_TYPE, Confirmation, DPOP_WINDOW, PeerCertificate, ReplayRefusal, SpiffeId,
-    assertion_client, verify_assertion, verify_dpop_proof,
+    ASSERTION_TYPE, Actor, Confirmation, DPOP_WINDOW, DelegatedUser, PeerCertificate,
+    ReplayRefusal, SpiffeId, assertion_client, verify_assertion, verify_dpop_proof,
 };
 use serde::Deserialize;
 
@@ -117,7 +124,7 @@ fn metadata(tokens: &TokenService) -> serde_json::Value {
         "issuer": tokens.issuer_url(),
         "token_endpoint": tokens.token_url(),
         "jwks_uri": format!("{}{JWKS_PATH}", tokens.issuer_url()),
-        "grant_types_supported": ["client_credentials"],
+        "grant_types_supported": ["client_credentials", TOKEN_EXCHANGE],
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
         "dpop_signing_alg_values_supported": ["EdDSA"],
@@ -131,6 +138,111 @@ struct TokenRequest {
     client_id: Option<String>,
     client_assertion_type: Option<String>,
     client_assertion: Option<String>,
+    subject_token: Option<String>,
+    subject_token_type: Option<String>,
+    /// A workload posture statement (JWT from `[identity.posture_attestor]`).
+    posture: Option<String>,
+}
+
+/// RFC 8693's grant type.
+const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// Subject token types accepted (all are JWTs here).
+const SUBJECT_TOKEN_TYPES: [&str; 3] = [
+    "urn:ietf:params:oauth:token-type:jwt",
+    "urn:ietf:params:oauth:token-type:access_token",
+    "urn:ietf:params:oauth:token-type:id_token",
+];
+
+/// Who a token exchange acts for, and the chain it extends.
+struct Subject {
+    user: DelegatedUser,
+    earlier_actor: Option<Actor>,
+    not_after: i64,
+}
+
+/// Verifies a token exchange's subject token.
+async fn subject_of(
+    tokens: &TokenService,
+    form: &TokenRequest,
+    agent_spiffe: &str,
+    now: i64,
+) -> Result<Subject, Denial> {
+    let grant = |m: String| Denial::new(ErrorCode::InvalidGrant, m);
+    if !form
+        .subject_token_type
+        .as_deref()
+        .is_some_and(|t| SUBJECT_TOKEN_TYPES.contains(&t))
+    {
+        return Err(Denial::new(
+            ErrorCode::BadRequest,
+            "token exchange needs `subject_token` and a `subject_token_type` of `urn:ietf:params:oauth:token-type:jwt`, `access_token` or `id_token`",
+        ));
+    }
+    let token = form.subject_token.as_deref().unwrap_or_default();
+    let subject = if tokens.issuer.names_own_key(token) {
+        // A delegated token another agent holds: extend its chain.
+        let claims = tokens
+            .issuer
+            .verify(token, now)
+            .map_err(|e| grant(format!("subject token refused: {e}")))?;
+        if tokens.revocations.token_revoked(&claims.jti) {
+            return Err(grant("subject token refused: it was revoked".into()));
+        }
+        let (Some(user), Some(actor)) = (claims.delegated_user(), claims.act.clone()) else {
+            return Err(grant(
+                "subject token refused: an agent's own token does not stand for a user".into(),
+            ));
+        };
+        if actor.chain().contains(&agent_spiffe) {
+            return Err(grant(
+                "delegation refused: the agent is already in the chain".into(),
+            ));
+        }
+        Subject {
+            user,
+            earlier_actor: Some(actor),
+            not_after: claims.exp,
+        }
+    } else {
+        if tokens.oidc.is_empty() {
+            return Err(grant(
+                "subject token refused: no OIDC issuer is configured (`[[identity.oidc]]`)".into(),
+            ));
+        }
+        let user = tokens
+            .oidc
+            .verify(token, now)
+            .await
+            .map_err(|e| grant(format!("subject token refused: {e}")))?;
+        Subject {
+            not_after: user.exp,
+            user: DelegatedUser {
+                sub: user.sub,
+                iss: user.iss,
+                groups: user.groups,
+                mfa: user.mfa,
+            },
+            earlier_actor: None,
+        }
+    };
+    if tokens.revocations.user_disabled(&subject.user.sub) {
+        return Err(grant(format!(
+            "delegation refused: user `{}` is disabled",
+            subject.user.sub
+        )));
+    }
+    let depth = subject
+        .earlier_actor
+        .as_ref()
+        .map_or(0, |a| a.chain().len())
+        + 1;
+    if depth > tokens.max_delegation_depth as usize {
+        return Err(grant(format!(
+            "delegation refused: the chain would be {depth} agents long, more than `max_delegation_depth` ({})",
+            tokens.max_delegation_depth
+        )));
+    }
+    Ok(subject)
 }
 
 fn client(code: ErrorCode, message: impl Into<String>) -> Denial {
@@ -206,12 +318,16 @@ async fn token(
             "the token request is not a valid form",
         )
     })?;
-    if form.grant_type.as_deref() != Some("client_credentials") {
-        return Err(client(
-            ErrorCode::UnsupportedGrantType,
-            "only `grant_type=client_credentials` is supported",
-        ));
-    }
+    let exchange = match form.grant_type.as_deref() {
+        Some("client_credentials") => false,
+        Some(TOKEN_EXCHANGE) => true,
+        _ => {
+            return Err(client(
+                ErrorCode::UnsupportedGrantType,
+                format!("`grant_type` must be `client_credentials` or `{TOKEN_EXCHANGE}`"),
+            ));
+        }
+    };
     if form.client_assertion_type.as_deref() != Some(ASSERTION_TYPE) {
         return Err(client(
             ErrorCode::InvalidClient,
@@ -242,6 +358,17 @@ async fn token(
         _ => client(ErrorCode::InvalidClient, "unknown client"),
     })?;
     let spiffe_id = SpiffeId::for_agent(&tokens.trust_domain, &agent).to_string();
+    if let Some(pin) = &entry.pin
+        && !pin.allows(conn.remote.ip())
+    {
+        return Err(client(
+            ErrorCode::InvalidClient,
+            format!(
+                "token requests for this agent must come from its pinned networks, not {}",
+                conn.remote.ip()
+            ),
+        ));
+    }
     recorder.record().principal = Some(agent.to_string());
     // A quarantined agent gets no new credential: its tokens would outlive
     // nothing (every request is refused) but must not exist either.
@@ -312,6 +439,37 @@ async fn token(
             )
         }
     };
+    // The posture statement, when sent, must verify and name this agent.
+    let posture_digest = match form.posture.as_deref() {
+        None => None,
+        Some(statement) => {
+            let attestor = tokens.posture_attestor.as_ref().ok_or_else(|| {
+                client(
+                    ErrorCode::BadRequest,
+                    "a posture statement was sent but no `[identity.posture_attestor]` is configured",
+                )
+            })?;
+            let posture = attestor.verify_posture(statement, now).await.map_err(|e| {
+                client(
+                    ErrorCode::InvalidClient,
+                    format!("posture statement refused: {e}"),
+                )
+            })?;
+            if posture.sub != spiffe_id {
+                return Err(client(
+                    ErrorCode::InvalidClient,
+                    "posture statement refused: it attests another workload",
+                ));
+            }
+            Some(posture.digest)
+        }
+    };
+    // The subject is checked before anything single-use is spent, too.
+    let subject = if exchange {
+        Some(subject_of(tokens, &form, &spiffe_id, now).await?)
+    } else {
+        None
+    };
     replay(
         &tokens.assertions,
         &format!("{agent}:{}", claims.jti),
@@ -330,36 +488,63 @@ async fn token(
             "DPoP proof",
         )?;
     }
-    let (token, issued) = tokens
-        .issuer
-        .issue(agent.as_str(), &spiffe_id, cnf, now, tokens.ttl)
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot sign an access token");
-            Denial::new(ErrorCode::Internal, "internal error")
-        })?;
+    let issued = match &subject {
+        None => tokens
+            .issuer
+            .issue(agent.as_str(), &spiffe_id, cnf, now, tokens.ttl),
+        Some(subject) => tokens.issuer.issue_delegated(
+            agent.as_str(),
+            Actor {
+                sub: spiffe_id.clone(),
+                act: subject.earlier_actor.clone().map(Box::new),
+            },
+            &subject.user,
+            cnf,
+            now,
+            tokens.ttl,
+            subject.not_after,
+        ),
+    };
+    let signing_failed = |e: portcullis_identity::TokenError| {
+        tracing::error!(error = %e, "cannot sign an access token");
+        Denial::new(ErrorCode::Internal, "internal error")
+    };
+    let (mut token, mut issued) = issued.map_err(signing_failed)?;
+    if posture_digest.is_some() {
+        issued.posture_digest = posture_digest;
+        token = tokens.issuer.sign_access(&issued).map_err(signing_failed)?;
+    }
     {
         let record = recorder.record();
         record.outcome = Outcome::Allow;
         record.credential = Some(format!(
-            "{spiffe_id} assertion jti={} issued token jti={} cnf={}",
+            "{spiffe_id} assertion jti={} issued token jti={} cnf={}{}",
             claims.jti,
             issued.jti,
             if token_type == "DPoP" {
                 "dpop"
             } else {
                 "x5t#S256"
+            },
+            match &issued.act {
+                Some(act) => format!(
+                    " on behalf of {} via {}",
+                    issued.sub,
+                    act.chain().join(" <- ")
+                ),
+                None => String::new(),
             }
         ));
     }
-    Ok(json_response(
-        StatusCode::OK,
-        &serde_json::json!({
-            "access_token": token,
-            "token_type": token_type,
-            "expires_in": issued.exp - issued.iat,
-        }),
-        "no-store",
-    ))
+    let mut answer = serde_json::json!({
+        "access_token": token,
+        "token_type": token_type,
+        "expires_in": issued.exp - issued.iat,
+    });
+    if exchange {
+        answer["issued_token_type"] = "urn:ietf:params:oauth:token-type:access_token".into();
+    }
+    Ok(json_response(StatusCode::OK, &answer, "no-store"))
 }
 
 fn replay(

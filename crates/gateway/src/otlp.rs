@@ -344,6 +344,37 @@ impl Poster {
             .await
             .map_err(|_| PostError::Timeout(timeout.as_millis()))?
     }
+
+    /// GETs `uri` (a JWKS, say); `Ok` carries the body (at most 64 KiB).
+    pub async fn get(&self, uri: &http::Uri, timeout: Duration) -> Result<Bytes, PostError> {
+        let request = http::Request::get(uri.clone())
+            .header(
+                http::header::USER_AGENT,
+                concat!("portcullis/", env!("CARGO_PKG_VERSION")),
+            )
+            .header(http::header::ACCEPT, "application/json")
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| PostError::Transport(e.to_string()))?;
+        let exchange = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|e| PostError::Transport(error_chain(&e)))?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(PostError::Status(status));
+            }
+            Limited::new(response.into_body(), MAX_ANSWER)
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .map_err(|e| PostError::Transport(e.to_string()))
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| PostError::Timeout(timeout.as_millis()))?
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -122,6 +122,8 @@ pub struct Gateway {
     pub(crate) captures: Option<CaptureSink>,
     pub(crate) tokens: crate::tokens::TokenService,
     pub(crate) analytics: Option<Arc<crate::analytics::Analytics>>,
+    /// When each agent last authenticated.
+    pub(crate) last_seen: crate::last_seen::LastSeen,
     checker: ClientCertChecker,
     bundle: Arc<PolicyBundle>,
     route_entities: Vec<RouteEntity>,
@@ -194,7 +196,16 @@ impl Gateway {
         } else {
             None
         };
+        parts
+            .tokens
+            .revocations
+            .reload(&parts.store, unix_now())
+            .await?;
+        let last_seen = crate::last_seen::LastSeen::default();
+        last_seen.sync(snapshot.directory.agents().map(|(name, _)| name));
+        last_seen.seed(&parts.store).await?;
         Ok(Arc::new(Gateway {
+            last_seen,
             tokens: parts.tokens,
             analytics: parts.analytics,
             guard,
@@ -242,8 +253,30 @@ impl Gateway {
     pub async fn reload(&self) -> Result<(), GatewayError> {
         let _guard = self.reload_lock.lock().await;
         let snapshot = build_snapshot(&self.store, &self.bundle, &self.route_entities).await?;
+        self.last_seen
+            .sync(snapshot.directory.agents().map(|(name, _)| name));
         self.snapshot.store(Arc::new(snapshot));
         Ok(())
+    }
+
+    /// Re-reads revoked tokens and disabled users. Called by the admin API
+    /// after each such change, before it answers.
+    pub async fn reload_revocations(&self) -> Result<(), GatewayError> {
+        self.tokens
+            .revocations
+            .reload(&self.store, unix_now())
+            .await?;
+        Ok(())
+    }
+
+    /// When `agent` last authenticated (epoch seconds, 0 = never).
+    pub fn last_seen(&self, agent: &str) -> i64 {
+        self.last_seen.get(agent)
+    }
+
+    /// The access-token service (for the admin API's `whoami`).
+    pub fn tokens(&self) -> &crate::tokens::TokenService {
+        &self.tokens
     }
 
     /// Checks a new connection's client certificate.
@@ -365,7 +398,10 @@ async fn build_snapshot(
     let agents = store.agents().await?;
     let certificates = store.certificates(None).await?;
     let keys = store.agent_keys(None).await?;
-    let directory = AgentDirectory::new(&agents, &certificates).with_keys(&keys);
+    let pins = store.posture_pins().await?;
+    let directory = AgentDirectory::new(&agents, &certificates)
+        .with_keys(&keys)
+        .with_pins(&pins);
     // Revoked agents stay out of the policy entities as well: defence in depth.
     let entities: Vec<AgentEntity> = directory
         .agents()
@@ -380,4 +416,11 @@ async fn build_snapshot(
         directory,
         authorizer,
     })
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
 }

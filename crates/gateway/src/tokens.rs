@@ -5,6 +5,9 @@
 
 use portcullis_identity::{PeerCertificate, ReplayCache, TokenIssuer};
 
+use crate::oidc::OidcProviders;
+use crate::revocation::Revocations;
+
 /// Live entries each replay cache holds before refusing new ones. Entries
 /// expire with their credential (5 min assertions, 60 s proofs), so this is
 /// ~3,000 new proofs a second sustained before refusals, per node.
@@ -19,13 +22,32 @@ pub struct TokenService {
     pub(crate) assertions: ReplayCache,
     pub(crate) proofs: ReplayCache,
     pub(crate) trust_domain: String,
+    /// Tokens revoked by `jti` and disabled users.
+    pub revocations: Revocations,
+    /// External issuers of users' tokens (token exchange).
+    pub(crate) oidc: OidcProviders,
+    /// Longest delegation chain a token exchange may build.
+    pub(crate) max_delegation_depth: u32,
+    /// The signer of workload posture statements, when configured.
+    pub(crate) posture_attestor: Option<OidcProviders>,
 }
 
 impl TokenService {
     /// A service issuing tokens with `issuer` valid for `ttl` seconds, to
     /// agents of `trust_domain`.
-    pub fn new(issuer: TokenIssuer, ttl: u64, trust_domain: &str) -> Self {
+    pub fn new(
+        issuer: TokenIssuer,
+        ttl: u64,
+        trust_domain: &str,
+        oidc: OidcProviders,
+        max_delegation_depth: u32,
+        posture_attestor: Option<OidcProviders>,
+    ) -> Self {
         TokenService {
+            posture_attestor,
+            revocations: Revocations::default(),
+            oidc,
+            max_delegation_depth,
             token_url: format!("{}/oauth2/token", issuer.issuer()),
             issuer,
             ttl,

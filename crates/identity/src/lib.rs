@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod ca;
+mod federation;
 mod replay;
 mod spiffe;
 mod token;
@@ -15,13 +16,18 @@ mod verify;
 pub use ca::{
     CaError, CertificateAuthority, IssuedCertificate, MAX_AGENT_TTL, new_agent_key_and_csr,
 };
+pub use federation::{
+    FederatedIssuer, MAX_CLOCK_SKEW, PostureStatement, UserToken, claimed_issuer,
+};
+/// A JSON Web Key Set (RFC 7517), as OIDC issuers publish them.
+pub use jsonwebtoken::jwk::JwkSet;
 pub use replay::{ReplayCache, ReplayRefusal};
 pub use spiffe::SpiffeId;
 pub use token::{
-    ASSERTION_TYPE, AccessClaims, AssertionClaims, Confirmation, DEFAULT_TOKEN_TTL, DPOP_WINDOW,
-    DpopClaims, DpopProof, Ed25519Key, MAX_ASSERTION_LIFETIME, MAX_TOKEN_TTL, PublicJwk,
-    TokenError, TokenIssuer, access_token_hash, assertion_client, cert_thumbprint,
-    ed25519_thumbprint, random_id, verify_assertion, verify_dpop_proof,
+    ASSERTION_TYPE, AccessClaims, Actor, AssertionClaims, Confirmation, DEFAULT_TOKEN_TTL,
+    DPOP_WINDOW, DelegatedUser, DpopClaims, DpopProof, Ed25519Key, MAX_ASSERTION_LIFETIME,
+    MAX_TOKEN_TTL, PublicJwk, TokenError, TokenIssuer, access_token_hash, assertion_client,
+    cert_thumbprint, ed25519_thumbprint, random_id, verify_assertion, verify_dpop_proof,
 };
 pub use totp::{TOTP_DIGITS, TOTP_SKEW_STEPS, TOTP_STEP, TotpError, TotpSecret};
 pub use verify::{CertRejection, ClientCertChecker, DeferredClientAuth, PeerCertificate};

@@ -474,6 +474,79 @@ pub struct AccessClaims {
     pub client_id: String,
     /// The sender constraint; always present.
     pub cnf: Confirmation,
+    /// RFC 8693 §4.1: on a delegated token, the acting agent (and, nested,
+    /// the actors before it). `sub` is then the user, not the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Actor>,
+    /// On a delegated token: the user's issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_iss: Option<String>,
+    /// On a delegated token: the user's groups (Cedar roles of the user).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// RFC 8176 methods: `["mfa"]` when the user passed a second factor.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+    /// The workload digest a posture statement attested when the token was
+    /// issued (`sha256:<hex>`); absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub posture_digest: Option<String>,
+}
+
+/// One actor of a delegation chain (RFC 8693 `act`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The actor's SPIFFE ID.
+    pub sub: String,
+    /// The actor before it, if the chain is longer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<Actor>>,
+}
+
+impl Actor {
+    /// The actors, current first.
+    pub fn chain(&self) -> Vec<&str> {
+        let mut out = vec![self.sub.as_str()];
+        let mut next = self.act.as_deref();
+        while let Some(a) = next {
+            out.push(a.sub.as_str());
+            next = a.act.as_deref();
+        }
+        out
+    }
+}
+
+/// What a delegated token says about the user it was exchanged for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DelegatedUser {
+    /// The user (subject of their token).
+    pub sub: String,
+    /// Their issuer.
+    pub iss: String,
+    /// Their groups.
+    pub groups: Vec<String>,
+    /// Whether they passed a second factor.
+    pub mfa: bool,
+}
+
+impl AccessClaims {
+    /// The acting agent's SPIFFE ID: `act.sub` on a delegated token, else `sub`.
+    pub fn agent_spiffe_id(&self) -> &str {
+        self.act
+            .as_ref()
+            .map_or(self.sub.as_str(), |a| a.sub.as_str())
+    }
+
+    /// The user a delegated token acts for.
+    pub fn delegated_user(&self) -> Option<DelegatedUser> {
+        self.act.as_ref()?;
+        Some(DelegatedUser {
+            sub: self.sub.clone(),
+            iss: self.user_iss.clone().unwrap_or_default(),
+            groups: self.groups.clone(),
+            mfa: self.amr.iter().any(|m| m == "mfa"),
+        })
+    }
 }
 
 /// The gateway's token key: issues and verifies access tokens.
@@ -544,8 +617,72 @@ impl TokenIssuer {
             jti: random_id(),
             client_id: agent.into(),
             cnf,
+            act: None,
+            user_iss: None,
+            groups: Vec::new(),
+            amr: Vec::new(),
+            posture_digest: None,
         };
         Ok((self.key.sign(&header, &claims)?, claims))
+    }
+
+    /// Issues a delegated token (RFC 8693 token exchange): `sub` is the user,
+    /// `act` the acting agent with the earlier actors nested in it. Never
+    /// outlives the user's own token (`not_after`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn issue_delegated(
+        &self,
+        agent: &str,
+        actor: Actor,
+        user: &DelegatedUser,
+        cnf: Confirmation,
+        now: i64,
+        ttl: u64,
+        not_after: i64,
+    ) -> Result<(String, AccessClaims), TokenError> {
+        if cnf.jkt.is_none() && cnf.x5t_s256.is_none() {
+            return Err(TokenError::Claim("cnf"));
+        }
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid());
+        header.typ = Some("at+jwt".into());
+        let exp = (now + ttl.min(MAX_TOKEN_TTL) as i64).min(not_after);
+        if exp <= now {
+            return Err(TokenError::Expired);
+        }
+        let claims = AccessClaims {
+            iss: self.issuer.clone(),
+            sub: user.sub.clone(),
+            aud: self.issuer.clone(),
+            exp,
+            iat: now,
+            nbf: now,
+            jti: random_id(),
+            client_id: agent.into(),
+            cnf,
+            act: Some(actor),
+            user_iss: Some(user.iss.clone()),
+            groups: user.groups.clone(),
+            amr: if user.mfa {
+                vec!["mfa".into()]
+            } else {
+                Vec::new()
+            },
+            posture_digest: None,
+        };
+        Ok((self.key.sign(&header, &claims)?, claims))
+    }
+
+    /// Signs claims made by [`Self::issue`] or [`Self::issue_delegated`]
+    /// after the caller added to them (the attested posture).
+    pub fn sign_access(&self, claims: &AccessClaims) -> Result<String, TokenError> {
+        if claims.cnf.jkt.is_none() && claims.cnf.x5t_s256.is_none() {
+            return Err(TokenError::Claim("cnf"));
+        }
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid());
+        header.typ = Some("at+jwt".into());
+        self.key.sign(&header, claims)
     }
 
     /// Whether `token` claims to be one of ours (a JWS header naming this

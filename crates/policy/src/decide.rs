@@ -233,7 +233,10 @@ pub struct Authorizer {
     index: ScopeIndex,
     actions: [EntityUid; 6],
     agent_type: EntityTypeName,
+    role_type: EntityTypeName,
     route_type: EntityTypeName,
+    /// `User` (people agents act for), when the schema declares it.
+    user_type: Option<EntityTypeName>,
     cedar: cedar_policy::Authorizer,
     /// `use_secret` decisions; `None` when the schema has no such action.
     secret: Option<crate::secret::SecretAuthz>,
@@ -321,13 +324,20 @@ impl Authorizer {
             &route_uids,
         );
         let secret = crate::secret::SecretAuthz::new(&bundle, &entities)?;
+        let user_type = bundle
+            .schema
+            .entity_types()
+            .find(|t| t.to_string() == "User")
+            .cloned();
         let authorizer = Authorizer {
+            user_type,
             secret,
             bundle,
             entities,
             index,
             actions,
             agent_type,
+            role_type,
             route_type,
             cedar: cedar_policy::Authorizer::new(),
         };
@@ -399,6 +409,15 @@ impl Authorizer {
     ) -> Result<Request, String> {
         let principal =
             EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(request.agent));
+        self.cedar_request_as(principal, request, schema)
+    }
+
+    fn cedar_request_as(
+        &self,
+        principal: EntityUid,
+        request: &AuthzRequest<'_>,
+        schema: Option<&cedar_policy::Schema>,
+    ) -> Result<Request, String> {
         let resource =
             EntityUid::from_type_name_and_id(self.route_type.clone(), EntityId::new(request.route));
         let action = self.actions[request.action.index()].clone();
@@ -480,6 +499,54 @@ impl Authorizer {
                 .cedar
                 .is_authorized(&cedar_request, &self.bundle.policies, &self.entities),
         };
+        to_decision(&response)
+    }
+
+    /// Decides the same request as if the user an agent acts for (token
+    /// exchange) had made it, as `User::"<user>"` in `Role::"<group>"` for each
+    /// of their groups. The gateway allows a delegated request only when both
+    /// the agent's and the user's decisions allow it, so delegation never
+    /// grants more than the user has. Users are not in the snapshot: the user
+    /// entity is added to a copy of the entities, and every policy is
+    /// evaluated (no scope index, no memo), which costs more than an agent's
+    /// decision; delegated requests are the minority.
+    pub fn decide_for_user(
+        &self,
+        request: &AuthzRequest<'_>,
+        user: &str,
+        groups: &[String],
+    ) -> Decision {
+        let Some(user_type) = &self.user_type else {
+            return denied_with_error(
+                "the policy schema has no `User` entity type, so no request on behalf of a user can be allowed; update it from `portcullis policy schema`".into(),
+            );
+        };
+        let principal = EntityUid::from_type_name_and_id(user_type.clone(), EntityId::new(user));
+        let parents: HashSet<EntityUid> = groups
+            .iter()
+            .map(|g| EntityUid::from_type_name_and_id(self.role_type.clone(), EntityId::new(g)))
+            .collect();
+        let entities = match self
+            .entities
+            .clone()
+            .add_entities([Entity::new_no_attrs(principal.clone(), parents)], None)
+        {
+            Ok(e) => e,
+            Err(e) => return denied_with_error(e.to_string()),
+        };
+        let cedar_request = match self.cedar_request_as(principal, request, None) {
+            Ok(r) => r,
+            Err(e) => return denied_with_error(e),
+        };
+        let response = self
+            .cedar
+            .is_authorized(&cedar_request, &self.bundle.policies, &entities);
+        to_decision(&response)
+    }
+}
+
+fn to_decision(response: &cedar_policy::Response) -> Decision {
+    {
         let diagnostics = response.diagnostics();
         let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
         let mut policy_ids: Vec<String> = diagnostics.reason().map(|id| id.to_string()).collect();

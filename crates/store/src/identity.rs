@@ -46,6 +46,26 @@ pub struct PostureRow {
 }
 
 impl Store {
+    /// The latest time (epoch seconds) each principal appears in the last
+    /// `window` audit records.
+    pub async fn last_seen(&self, window: u32) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT json_extract(record, '$.principal') AS principal, MAX(time_ms) AS at
+             FROM (SELECT record, time_ms FROM audit_log ORDER BY seq DESC LIMIT ?)
+             WHERE json_extract(record, '$.outcome') = 'allow' AND principal IS NOT NULL
+             GROUP BY principal",
+        )
+        .bind(window)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let at: i64 = r.try_get("at")?;
+                Ok((r.try_get("principal")?, at / 1000))
+            })
+            .collect()
+    }
+
     /// Enrols an admin; an existing name is a conflict.
     pub async fn add_admin_user(&self, user: &AdminUserRow) -> Result<(), StoreError> {
         let result = sqlx::query(

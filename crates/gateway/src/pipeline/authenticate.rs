@@ -15,8 +15,10 @@
 
 use http::header;
 use portcullis_core::ErrorCode;
-use portcullis_identity::{CertRejection, DPOP_WINDOW, PeerCertificate, ReplayRefusal};
-use portcullis_policy::{AuthFacts, AuthMethod, CallerFacts};
+use portcullis_identity::{
+    CertRejection, DPOP_WINDOW, DelegatedUser, PeerCertificate, ReplayRefusal,
+};
+use portcullis_policy::{AuthFacts, AuthMethod, CallerFacts, Delegation, Posture};
 
 use crate::directory::{AgentDirectory, DirectoryRefusal};
 use crate::respond::Denial;
@@ -36,6 +38,10 @@ pub struct Identity {
     /// What policy sees of the caller besides its name (`context.auth`,
     /// `delegation`, `posture`, `risk`).
     pub caller: CallerFacts,
+    /// The user a delegated token acts for: policy must allow them too.
+    pub delegated: Option<DelegatedUser>,
+    /// When the credential expires (certificate `notAfter` or token `exp`).
+    pub expires_at: i64,
 }
 
 /// A refusal, with what the client presented for the audit record.
@@ -91,6 +97,8 @@ pub fn run(
             serial: peer.serial.clone(),
             credential: format!("{} serial={}", peer.spiffe_id, peer.serial),
             caller: CallerFacts::mtls(),
+            delegated: None,
+            expires_at: peer.not_after,
         }),
         Err(refusal) => Err(AuthnFailure {
             denial: Denial::new(ErrorCode::AgentRevoked, refusal_message(refusal)),
@@ -115,6 +123,7 @@ pub fn run_request(
     tokens: &TokenService,
     peer: Option<&Result<PeerCertificate, CertRejection>>,
     parts: &http::request::Parts,
+    source_ip: std::net::IpAddr,
     now_epoch: i64,
 ) -> Result<Identity, AuthnFailure> {
     let authorization = parts
@@ -128,6 +137,7 @@ pub fn run_request(
             tokens,
             peer,
             parts,
+            source_ip,
             token.trim(),
             true,
             now_epoch,
@@ -144,6 +154,7 @@ pub fn run_request(
                 tokens,
                 peer,
                 parts,
+                source_ip,
                 token.trim(),
                 false,
                 now_epoch,
@@ -153,11 +164,14 @@ pub fn run_request(
     }
 }
 
+// Each argument is a separate fact the check needs; a struct would only rename them.
+#[allow(clippy::too_many_arguments)]
 fn token_identity(
     directory: &AgentDirectory,
     tokens: &TokenService,
     peer: Option<&Result<PeerCertificate, CertRejection>>,
     parts: &http::request::Parts,
+    source_ip: std::net::IpAddr,
     token: &str,
     dpop: bool,
     now: i64,
@@ -174,7 +188,31 @@ fn token_identity(
             format!("token ({scheme}, refused)"),
         )
     })?;
-    let presented = |cnf: &str| format!("{} token jti={} cnf={cnf}", claims.sub, claims.jti);
+    // Revocation is checked on every request, so it applies at once.
+    if tokens.revocations.token_revoked(&claims.jti) {
+        return Err(fail(
+            ErrorCode::InvalidToken,
+            "access token refused: it was revoked".into(),
+            format!("token ({scheme}, revoked) jti={}", claims.jti),
+        ));
+    }
+    let delegated = claims.delegated_user();
+    if let Some(user) = &delegated
+        && tokens.revocations.user_disabled(&user.sub)
+    {
+        return Err(fail(
+            ErrorCode::InvalidToken,
+            format!("access token refused: user `{}` is disabled", user.sub),
+            format!("token ({scheme}, disabled user) jti={}", claims.jti),
+        ));
+    }
+    let presented = |cnf: &str| match &claims.act {
+        Some(act) => format!(
+            "{} token jti={} cnf={cnf} on behalf of {}",
+            act.sub, claims.jti, claims.sub
+        ),
+        None => format!("{} token jti={} cnf={cnf}", claims.sub, claims.jti),
+    };
     let cnf = if dpop {
         let Some(jkt) = claims.cnf.jkt.as_deref() else {
             return Err(fail(
@@ -277,25 +315,57 @@ fn token_identity(
     };
     // As for certificates: the live directory decides, so a revoked agent's
     // unexpired token stops working on its next request.
-    directory.check_agent(&claims.client_id).map_err(|r| {
+    let entry = directory.check_agent(&claims.client_id).map_err(|r| {
         fail(
             ErrorCode::AgentRevoked,
             refusal_message(r).into(),
             presented(cnf),
         )
     })?;
+    // The pin is read now, not when the token was issued: re-pinning or a
+    // move to another network shows on the next request.
+    let posture = match &claims.posture_digest {
+        Some(digest) => Posture {
+            attested: true,
+            digest: digest.clone(),
+            matches_pin: entry
+                .pin
+                .as_ref()
+                .is_some_and(|pin| pin.digest == *digest && pin.allows(source_ip)),
+        },
+        None => Posture::default(),
+    };
     Ok(Identity {
         agent: claims.client_id.clone(),
         credential: presented(cnf),
         caller: CallerFacts {
             auth: AuthFacts {
                 method: AuthMethod::Token,
-                mfa: false,
+                mfa: delegated.as_ref().is_some_and(|u| u.mfa),
                 token_age_secs: (now - claims.iat).max(0),
             },
+            delegation: claims
+                .act
+                .as_ref()
+                .zip(delegated.as_ref())
+                .map(|(act, user)| {
+                    let chain: Vec<String> = act
+                        .chain()
+                        .iter()
+                        .map(|id| id.rsplit('/').next().unwrap_or(id).to_string())
+                        .collect();
+                    Delegation {
+                        user: user.sub.clone(),
+                        depth: chain.len() as i64,
+                        chain,
+                    }
+                }),
+            posture,
             ..CallerFacts::mtls()
         },
-        spiffe_id: claims.sub,
+        spiffe_id: claims.agent_spiffe_id().to_string(),
+        delegated,
+        expires_at: claims.exp,
         serial: String::new(),
     })
 }

@@ -17,7 +17,7 @@ pub fn run(
     source_ip: &SourceIp,
     content: &ContentFacts,
 ) -> Decision {
-    let decision = authorizer.decide(&AuthzRequest {
+    let request = AuthzRequest {
         agent: &identity.agent,
         action: context.action,
         route: &context.route.name,
@@ -26,7 +26,26 @@ pub fn run(
         time: context.time,
         content: content.as_policy(),
         caller: &identity.caller,
-    });
+    };
+    let mut decision = authorizer.decide(&request);
+    // On behalf of a user: the user must be allowed too, so delegation never
+    // grants more than the user has. A user denial is reported as such.
+    if decision.allowed
+        && let Some(user) = &identity.delegated
+    {
+        let as_user = authorizer.decide_for_user(&request, &user.sub, &user.groups);
+        if !as_user.allowed {
+            decision = portcullis_core::Decision {
+                allowed: false,
+                policy_ids: as_user
+                    .policy_ids
+                    .iter()
+                    .map(|p| format!("user:{p}"))
+                    .collect(),
+                errors: as_user.errors,
+            };
+        }
+    }
     if !decision.errors.is_empty() {
         tracing::warn!(errors = ?decision.errors, agent = %identity.agent, route = %context.route.name, "policy evaluation errors");
     }

@@ -172,6 +172,7 @@ async fn run(
         &gateway.tokens,
         conn.peer.as_ref(),
         &decoded.parts,
+        conn.remote.ip(),
         now_epoch,
     );
     let elapsed = t.elapsed();
@@ -179,6 +180,7 @@ async fn run(
     recorder.trace_stage(Stage::Authenticate, t, elapsed);
     let identity = match identity {
         Ok(identity) => {
+            gateway.last_seen.touch(&identity.agent, now_epoch);
             let record = recorder.record();
             record.principal = Some(identity.agent.clone());
             record.credential = Some(identity.credential.clone());
@@ -189,6 +191,12 @@ async fn run(
             return Err(failure.denial);
         }
     };
+    if decoded.parts.uri.path() == crate::whoami::WHOAMI_PATH {
+        let record = recorder.record();
+        record.resource = Some("whoami".into());
+        record.outcome = portcullis_audit::Outcome::Allow;
+        return Ok(crate::whoami::respond(&identity, &snapshot.directory));
+    }
 
     let t = Instant::now();
     let context = contextualize::run(&gateway.routes, &decoded, conn.remote.ip(), now_epoch);
