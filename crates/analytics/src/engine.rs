@@ -142,8 +142,8 @@ impl Default for Config {
             denial_burst: 100,
             spike_factor: 10.0,
             spike_min: 60,
-            anomaly_low: 0.68,
-            anomaly_high: 0.85,
+            anomaly_low: 0.72,
+            anomaly_high: 0.88,
             anomaly_max_risk: 0.9,
         }
     }
