@@ -77,6 +77,8 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     // before any port is bound.
     Gateway::check_vault_routes(&config, &bundle, vault.as_deref(), vault.is_some())?;
     let capture_writer = vault.as_ref().map(|v| v.start_capture_writer());
+    let webhook_key = portcullis_gateway::analytics::WebhookKey::load(&config.analytics)
+        .context("cannot start behavioral analytics")?;
 
     // Bind both listeners before anything else runs, so a port conflict fails fast.
     let gateway_listener = TcpListener::bind(config.gateway_listen)
@@ -257,6 +259,7 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     let analytics = if config.analytics.enabled {
         let (analytics, task) = portcullis_gateway::analytics::Analytics::start(
             config.analytics.clone(),
+            webhook_key,
             store.clone(),
             sink.clone(),
             upstream_tls.clone(),

@@ -160,24 +160,46 @@ pub enum AnalyticsError {
     },
 }
 
+/// The webhook's HMAC key, read from its file. `serve` reads it before
+/// binding any port, so a missing key stops start-up early.
+#[derive(Clone)]
+pub struct WebhookKey(zeroize::Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for WebhookKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookKey(<redacted>)")
+    }
+}
+
+impl WebhookKey {
+    /// Reads the key file named by `[analytics] webhook_secret_file`, if any.
+    pub fn load(config: &AnalyticsConfig) -> Result<Option<WebhookKey>, AnalyticsError> {
+        let Some((_, path)) = &config.webhook else {
+            return Ok(None);
+        };
+        let key = std::fs::read(path).map_err(|source| AnalyticsError::WebhookKey {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Some(WebhookKey(zeroize::Zeroizing::new(key))))
+    }
+}
+
 impl Analytics {
     /// Loads the saved models and quarantines and starts the task.
     pub async fn start(
         config: AnalyticsConfig,
+        webhook_key: Option<WebhookKey>,
         store: Store,
         sink: AuditSink,
         upstream_tls: rustls::ClientConfig,
     ) -> Result<(Arc<Analytics>, AnalyticsTask), AnalyticsError> {
-        let webhook = match &config.webhook {
-            Some((uri, path)) => {
-                let key = std::fs::read(path).map_err(|source| AnalyticsError::WebhookKey {
-                    path: path.display().to_string(),
-                    source,
-                })?;
+        let webhook = match (&config.webhook, webhook_key) {
+            (Some((uri, _)), Some(key)) => {
                 let poster = Arc::new(crate::otlp::Poster::new(upstream_tls));
-                Some(Arc::new(Webhook::new(uri.clone(), key, poster)))
+                Some(Arc::new(Webhook::new(uri.clone(), key.0.to_vec(), poster)))
             }
-            None => None,
+            _ => None,
         };
         let board = Arc::new(RiskBoard::default());
         let mut engine = Engine::new(config.engine.clone());
