@@ -370,16 +370,6 @@ async fn token(
         ));
     }
     recorder.record().principal = Some(agent.to_string());
-    // A quarantined agent gets no new credential: its tokens would outlive
-    // nothing (every request is refused) but must not exist either.
-    if analytics.is_some_and(|a| {
-        a.board().risk(agent.as_str()).1 == portcullis_analytics::Grade::Quarantine
-    }) {
-        return Err(client(
-            ErrorCode::Quarantined,
-            "the agent is quarantined by behavioral analytics; no token is issued",
-        ));
-    }
     let kid = jsonwebtoken_kid(assertion);
     let key = match kid.as_deref() {
         Some(kid) => entry.keys.get(kid),
@@ -404,6 +394,17 @@ async fn token(
         key.thumbprint(),
         claims.jti
     ));
+    // A quarantined agent gets no new credential, by either grant (client
+    // credentials or token exchange). Checked once the assertion proved who
+    // is asking, so nobody else learns that an agent is quarantined.
+    if analytics.is_some_and(|a| {
+        a.board().risk(agent.as_str()).1 == portcullis_analytics::Grade::Quarantine
+    }) {
+        return Err(client(
+            ErrorCode::Quarantined,
+            "the agent is quarantined by behavioral analytics; no token is issued",
+        ));
+    }
 
     // The binding is checked before the assertion's `jti` is spent, so a
     // request refused for its proof can be retried with the same assertion.
