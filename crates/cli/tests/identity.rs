@@ -727,3 +727,103 @@ fn line_of(out: &str, name: &str) -> String {
         .unwrap()
         .to_string()
 }
+
+/// A JWKS served over HTTP on loopback (as an identity provider publishes
+/// it), fetched at start and again when a token names an unknown key.
+#[tokio::test(flavor = "multi_thread")]
+async fn oidc_keys_are_fetched_from_the_jwks_url_and_refreshed_on_rotation() {
+    use portcullis_identity::Ed25519Key;
+    use serde_json::json;
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    install_crypto();
+    let jwks = |keys: &[&Ed25519Key]| {
+        let keys: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                let mut j = k.public().to_json();
+                j["kid"] = json!(k.kid());
+                j
+            })
+            .collect();
+        json!({ "keys": keys }).to_string()
+    };
+    let first = Ed25519Key::generate();
+    let served = Arc::new(Mutex::new(jwks(&[&first])));
+    let fetches = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let jwks_addr = listener.local_addr().unwrap();
+    {
+        let (served, fetches) = (served.clone(), fetches.clone());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut s, _)) = listener.accept().await else {
+                    return;
+                };
+                let body = served.lock().unwrap().clone();
+                fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let _ = s.read(&mut buf).await;
+                    let reply = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = s.write_all(reply.as_bytes()).await;
+                });
+            }
+        });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let sections = format!(
+        "[[identity.oidc]]\nissuer = \"https://idp.url.test\"\naudience = \"portcullis\"\njwks_url = \"http://{jwks_addr}/jwks\"\n"
+    );
+    let cfg = config(dir.path(), &sections, "");
+    let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
+        .await
+        .unwrap();
+    assert_eq!(
+        fetches.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "fetched at start"
+    );
+    server.create_agent("helper", &["reader"]);
+    let creds = server.path().join("creds");
+    let exchange = |key: &Ed25519Key| {
+        let t = now() as i64;
+        let token = key.sign_compact(
+            &json!({"alg": "EdDSA", "kid": key.kid()}),
+            &json!({"iss": "https://idp.url.test", "aud": "portcullis", "sub": "erin", "iat": t, "exp": t + 300}),
+        );
+        let file = server.path().join("erin.jwt");
+        std::fs::write(&file, token).unwrap();
+        server.cli(&[
+            "agent",
+            "token",
+            "helper",
+            "--creds",
+            creds.to_str().unwrap(),
+            "--on-behalf-of",
+            file.to_str().unwrap(),
+        ])
+    };
+    assert!(exchange(&first).status.success());
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let second = Ed25519Key::generate();
+    *served.lock().unwrap() = jwks(&[&second]);
+    let out = exchange(&second);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        fetches.load(std::sync::atomic::Ordering::SeqCst),
+        2,
+        "one refresh"
+    );
+    // The retired key no longer verifies once the provider dropped it.
+    let out = exchange(&first);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid_grant"));
+}
