@@ -14,6 +14,10 @@ fn now() -> u64 {
         .as_secs()
 }
 
+/// The quickstart listens on fixed ports (8443/9443): tests that run it take
+/// turns, or the second fails with "address already in use".
+static QUICKSTART: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn run(server: &Server, args: &[&str]) -> (bool, String, String) {
     let out = server.cli(args);
     (
@@ -34,6 +38,7 @@ fn settle_in_step() {
 #[test]
 fn sensitive_admin_actions_need_a_fresh_totp_once_an_admin_enrolled() {
     install_crypto();
+    let _turn = QUICKSTART.blocking_lock();
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(dir, None);
     for agent in ["a1", "a2", "a3"] {
@@ -648,6 +653,7 @@ mod posture {
 #[tokio::test(flavor = "multi_thread")]
 async fn whoami_and_agent_list_show_how_the_gateway_sees_agents() {
     install_crypto();
+    let _turn = QUICKSTART.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let server = tokio::task::spawn_blocking(move || Server::start(dir, None))
         .await
