@@ -28,6 +28,9 @@ use tower::ServiceExt;
 
 use crate::state_dir::{StateDir, write_public, write_secret};
 
+/// How often changed LLM day budgets are written to the store.
+const BUDGET_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// How long shutdown waits for export sinks and the trace collector.
 const EXPORT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -76,6 +79,17 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     // Routes whose credential or capture cannot be served stop start-up here,
     // before any port is bound.
     Gateway::check_vault_routes(&config, &bundle, vault.as_deref(), vault.is_some())?;
+    // Likewise routes of kind `llm`: their API keys must be readable and the
+    // schema must know models.
+    let has_llm_routes = config.routes.iter().any(|r| r.llm.is_some());
+    if has_llm_routes {
+        portcullis_gateway::llm::LlmRoutes::load(&config)?;
+        if !bundle.supports_models() {
+            anyhow::bail!(
+                "routes of kind `llm` need the `Model` entity type and the `complete` and `embed` actions in the policy schema; copy them from the shipped schema (`portcullis policy schema` prints it)"
+            );
+        }
+    }
     let capture_writer = vault.as_ref().map(|v| v.start_capture_writer());
     let webhook_key = portcullis_gateway::analytics::WebhookKey::load(&config.analytics)
         .context("cannot start behavioral analytics")?;
@@ -306,6 +320,22 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     drop(sink);
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    // Day budgets are written in the background, never on the request path.
+    let budget_saver = has_llm_routes.then(|| {
+        let gateway = gateway.clone();
+        let mut stop = shutdown_rx.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(BUDGET_SAVE_INTERVAL) => {}
+                    _ = stop.changed() => break,
+                }
+                if let Err(e) = gateway.save_budgets().await {
+                    tracing::warn!(error = %e, "cannot save LLM budget counters; retrying");
+                }
+            }
+        })
+    });
     let data_plane = tokio::spawn(gateway.clone().serve(
         gateway_listener,
         gateway_tls,
@@ -358,6 +388,12 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     let _ = shutdown_tx.send(true);
     let _ = data_plane.await;
     let _ = control_plane.await;
+    if let Some(task) = budget_saver {
+        let _ = task.await;
+        if let Err(e) = gateway.save_budgets().await {
+            tracing::warn!(error = %e, "cannot save LLM budget counters at shutdown");
+        }
+    }
     drop(gateway);
     if let Some(task) = maintenance {
         task.abort();

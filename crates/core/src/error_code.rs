@@ -71,6 +71,11 @@ pub enum ErrorCode {
     InvalidGrant,
     /// The TOTP code (or the admin it names) was refused: wrong, stale, or already used.
     InvalidTotp,
+    /// An LLM request names a model its route does not configure.
+    ModelNotFound,
+    /// The agent's request or token budget on an LLM route is spent for
+    /// the current minute or day.
+    BudgetExceeded,
 }
 
 impl ErrorCode {
@@ -106,6 +111,8 @@ impl ErrorCode {
             ErrorCode::MfaRequired => "mfa_required",
             ErrorCode::InvalidGrant => "invalid_grant",
             ErrorCode::InvalidTotp => "invalid_totp",
+            ErrorCode::ModelNotFound => "model_not_found",
+            ErrorCode::BudgetExceeded => "budget_exceeded",
         }
     }
 
@@ -123,7 +130,8 @@ impl ErrorCode {
             ErrorCode::Forbidden | ErrorCode::ContentBlocked => 403,
             ErrorCode::Quarantined | ErrorCode::ReadOnly => 403,
             ErrorCode::Throttled => 429,
-            ErrorCode::RouteNotFound | ErrorCode::NotFound => 404,
+            ErrorCode::RouteNotFound | ErrorCode::NotFound | ErrorCode::ModelNotFound => 404,
+            ErrorCode::BudgetExceeded => 429,
             ErrorCode::MethodNotAllowed => 405,
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
@@ -178,6 +186,8 @@ mod tests {
             ErrorCode::MfaRequired,
             ErrorCode::InvalidTotp,
             ErrorCode::InvalidGrant,
+            ErrorCode::ModelNotFound,
+            ErrorCode::BudgetExceeded,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {

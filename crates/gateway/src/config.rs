@@ -9,6 +9,7 @@ use std::fmt::Display;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_core::{Classification, is_valid_name};
@@ -369,7 +370,7 @@ pub struct RawRoute {
     /// Unique route name; the Cedar resource is `Route::"<name>"`.
     #[serde(deserialize_with = "route_name")]
     pub name: toml::Spanned<String>,
-    /// Protocol adapter: only `http` for now.
+    /// Protocol adapter: `http` (default) or `llm`.
     #[serde(default = "default_kind")]
     pub kind: RouteKind,
     /// Requests whose path is this prefix or below it (segment-wise) take this route.
@@ -396,6 +397,18 @@ pub struct RawRoute {
     /// fail closed.
     #[serde(default)]
     pub audit_fail_open: bool,
+    /// `[[routes.models]]`: the models of a `kind = "llm"` route.
+    #[serde(default)]
+    pub models: Vec<crate::llm::config::RawModel>,
+    /// `kind = "llm"`: the environment variable holding the upstream API key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// `kind = "llm"`: the file holding the upstream API key.
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// `[routes.budget]`: per-agent limits of a `kind = "llm"` route.
+    #[serde(default)]
+    pub budget: Option<crate::llm::config::BudgetConfig>,
 }
 
 /// `[routes.guard]`: the content guard's actions on one route. Both default
@@ -677,6 +690,10 @@ impl TryFrom<RawCapture> for CaptureConfig {
 pub enum RouteKind {
     /// A plain HTTP reverse proxy.
     Http,
+    /// The Model Context Protocol (not served by this build).
+    Mcp,
+    /// The OpenAI-compatible API: models, budgets, message inspection.
+    Llm,
 }
 
 fn default_kind() -> RouteKind {
@@ -896,6 +913,8 @@ pub struct RouteConfig {
     pub capture: Option<CaptureConfig>,
     /// Serve while the audit log cannot be written.
     pub audit_fail_open: bool,
+    /// Models, API key and budget of a `kind = "llm"` route.
+    pub llm: Option<Arc<crate::llm::config::LlmConfig>>,
 }
 
 /// The audit log's settings.
@@ -1090,6 +1109,7 @@ impl Config {
             credential: None,
             capture: None,
             audit_fail_open: false,
+            llm: None,
         };
         Config {
             routes: vec![
@@ -1122,6 +1142,8 @@ impl Config {
         };
         let mut names = std::collections::HashSet::new();
         let mut prefixes = std::collections::HashSet::new();
+        let base = path.parent().unwrap_or(Path::new("."));
+        let mut llm = Vec::with_capacity(raw.routes.len());
         for route in &raw.routes {
             if !names.insert(route.name.get_ref().clone()) {
                 return Err(invalid(format!(
@@ -1137,6 +1159,46 @@ impl Config {
                     route.path_prefix.get_ref()
                 )));
             }
+            let at = |what: String| {
+                invalid(format!(
+                    "line {}, route `{}`: {what}",
+                    line_of(route.name.span()),
+                    route.name.get_ref()
+                ))
+            };
+            let has_llm_keys = !route.models.is_empty()
+                || route.api_key_env.is_some()
+                || route.api_key_file.is_some()
+                || route.budget.is_some();
+            match route.kind {
+                RouteKind::Mcp => {
+                    return Err(at("kind `mcp` is not served by this build".into()));
+                }
+                RouteKind::Http if has_llm_keys => {
+                    return Err(at("`models`, `api_key_env`, `api_key_file` and `budget` belong to routes of kind `llm`".into()));
+                }
+                RouteKind::Llm if route.upstream == Upstream::BuiltinDemo => {
+                    return Err(at(format!(
+                        "a route of kind `llm` needs an OpenAI-compatible upstream URL, not `{BUILTIN_DEMO_UPSTREAM}`"
+                    )));
+                }
+                _ => {}
+            }
+            llm.push(if route.kind == RouteKind::Llm {
+                Some(Arc::new(
+                    crate::llm::config::validate(
+                        route.models.clone(),
+                        route.api_key_env.clone(),
+                        route.api_key_file.clone(),
+                        route.budget,
+                        route.classification,
+                        base,
+                    )
+                    .map_err(at)?,
+                ))
+            } else {
+                None
+            });
         }
         if raw.limits.max_body_bytes == Some(0) {
             return Err(invalid(
@@ -1233,7 +1295,6 @@ impl Config {
                 "key `gateway.max_connections`: must be greater than 0".into(),
             ));
         }
-        let base = path.parent().unwrap_or(Path::new("."));
         let mut raw = raw;
         let telemetry = validate_telemetry(&raw.telemetry).map_err(invalid)?;
         let default_service = raw
@@ -1260,6 +1321,9 @@ impl Config {
         )
         .map_err(invalid)?;
         let mut config = Self::from_raw_unchecked(raw, base);
+        for (route, llm) in config.routes.iter_mut().zip(llm) {
+            route.llm = llm;
+        }
         config.audit.export = export;
         config.analytics = analytics;
         config.telemetry = telemetry;
@@ -1371,6 +1435,8 @@ impl Config {
                 .routes
                 .into_iter()
                 .map(|r| RouteConfig {
+                    // Set by `parse`, which reports what is wrong with it.
+                    llm: None,
                     name: r.name.into_inner(),
                     kind: r.kind,
                     path_prefix: r.path_prefix.into_inner(),

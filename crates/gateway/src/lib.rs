@@ -17,6 +17,7 @@ pub mod demo_upstream;
 pub mod directory;
 pub mod last_seen;
 pub mod listener;
+pub mod llm;
 pub mod metrics;
 pub mod oauth;
 pub mod oidc;

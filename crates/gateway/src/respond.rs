@@ -22,6 +22,9 @@ pub struct Denial {
     pub message: String,
     /// Deciding policy ids, for policy denials.
     pub policies: Vec<String>,
+    /// Seconds until a retry can succeed (`budget_exceeded`): the error's
+    /// `retry_after` and the `Retry-After` header.
+    pub retry_after: Option<u64>,
 }
 
 impl Denial {
@@ -31,6 +34,7 @@ impl Denial {
             code,
             message: message.into(),
             policies: Vec::new(),
+            retry_after: None,
         }
     }
 }
@@ -48,6 +52,9 @@ pub fn error_response(request_id: &RequestId, denial: &Denial) -> Response<Respo
     if !denial.policies.is_empty() {
         error["policies"] = serde_json::json!(denial.policies);
     }
+    if let Some(seconds) = denial.retry_after {
+        error["retry_after"] = serde_json::json!(seconds);
+    }
     let body = serde_json::json!({ "error": error }).to_string();
     let mut response = Response::new(full(body));
     *response.status_mut() = StatusCode::from_u16(denial.code.http_status())
@@ -60,6 +67,9 @@ pub fn error_response(request_id: &RequestId, denial: &Denial) -> Response<Respo
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
         headers.insert(REQUEST_ID_HEADER, v);
+    }
+    if let Some(seconds) = denial.retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
     }
     response
 }

@@ -64,6 +64,7 @@ mod tests {
                 credential: None,
                 capture: None,
                 audit_fail_open: false,
+                llm: None,
             })
             .collect();
         RouteTable::new(&routes)

@@ -11,7 +11,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use portcullis_identity::{CertRejection, ClientCertChecker, PeerCertificate};
 use portcullis_policy::{
-    AgentEntity, Authorizer, EntityError, PolicyBundle, RouteEntity, SourceIp,
+    AgentEntity, Authorizer, EntityError, ModelEntity, PolicyBundle, RouteEntity, SourceIp,
 };
 use portcullis_store::{Store, StoreError};
 use portcullis_vault::{CaptureSink, Vault};
@@ -68,6 +68,9 @@ pub enum GatewayError {
     /// The content guard's detectors did not build.
     #[error(transparent)]
     Guard(#[from] portcullis_guard::GuardError),
+    /// A route's upstream API key cannot be read.
+    #[error(transparent)]
+    ApiKey(#[from] crate::llm::ApiKeyError),
     /// A route's credential or capture cannot be served.
     #[error("route `{route}`: {problem}")]
     Vault {
@@ -122,11 +125,14 @@ pub struct Gateway {
     pub(crate) captures: Option<CaptureSink>,
     pub(crate) tokens: crate::tokens::TokenService,
     pub(crate) analytics: Option<Arc<crate::analytics::Analytics>>,
+    /// API keys and budgets of `kind = "llm"` routes.
+    pub(crate) llm: crate::llm::LlmRoutes,
     /// When each agent last authenticated.
     pub(crate) last_seen: crate::last_seen::LastSeen,
     checker: ClientCertChecker,
     bundle: Arc<PolicyBundle>,
     route_entities: Vec<RouteEntity>,
+    model_entities: Vec<ModelEntity>,
     snapshot: ArcSwap<Snapshot>,
     store: Store,
     // Serialises reloads so an older read never replaces a newer snapshot.
@@ -179,7 +185,34 @@ impl Gateway {
                 classification: r.classification,
             })
             .collect::<Vec<_>>();
-        let snapshot = build_snapshot(&parts.store, &parts.bundle, &route_entities).await?;
+        let model_entities = crate::llm::model_entities(&config);
+        let snapshot = build_snapshot(
+            &parts.store,
+            &parts.bundle,
+            &route_entities,
+            &model_entities,
+        )
+        .await?;
+        let llm = crate::llm::LlmRoutes::load(&config)?;
+        if config.routes.iter().any(|r| r.llm.is_some()) {
+            // Today's day budgets, as the last run left them.
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs() as i64)
+                .unwrap_or_default();
+            let rows = parts.store.budget_days(now / 86_400).await?;
+            let rows: Vec<_> = rows
+                .into_iter()
+                .map(|r| crate::llm::budget::DayUsage {
+                    route: r.route,
+                    agent: r.agent,
+                    day: r.day,
+                    requests: r.requests.max(0) as u64,
+                    tokens: r.tokens.max(0) as u64,
+                })
+                .collect();
+            llm.budgets.restore_day(&rows, now);
+        }
         Gateway::check_vault_routes(
             &config,
             &parts.bundle,
@@ -205,6 +238,8 @@ impl Gateway {
         last_seen.sync(snapshot.directory.agents().map(|(name, _)| name));
         last_seen.seed(&parts.store).await?;
         Ok(Arc::new(Gateway {
+            llm,
+            model_entities,
             last_seen,
             tokens: parts.tokens,
             analytics: parts.analytics,
@@ -252,7 +287,13 @@ impl Gateway {
     /// every agent change; requests that start afterwards see the change.
     pub async fn reload(&self) -> Result<(), GatewayError> {
         let _guard = self.reload_lock.lock().await;
-        let snapshot = build_snapshot(&self.store, &self.bundle, &self.route_entities).await?;
+        let snapshot = build_snapshot(
+            &self.store,
+            &self.bundle,
+            &self.route_entities,
+            &self.model_entities,
+        )
+        .await?;
         self.last_seen
             .sync(snapshot.directory.agents().map(|(name, _)| name));
         self.snapshot.store(Arc::new(snapshot));
@@ -321,6 +362,36 @@ impl Gateway {
             shutdown,
         )
         .await;
+    }
+
+    /// Writes the day budget counters that changed since the last call to
+    /// the store. Off the request path: `serve` runs it every few seconds
+    /// and once more after the data plane drained.
+    pub async fn save_budgets(&self) -> Result<(), GatewayError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or_default();
+        let rows = self.llm.budgets.dirty_days(now);
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let stored: Vec<_> = rows
+            .iter()
+            .map(|r| portcullis_store::BudgetDayRow {
+                route: r.route.clone(),
+                agent: r.agent.clone(),
+                day: r.day,
+                requests: r.requests.min(i64::MAX as u64) as i64,
+                tokens: r.tokens.min(i64::MAX as u64) as i64,
+            })
+            .collect();
+        if let Err(e) = self.store.save_budget_days(&stored).await {
+            // Written again next time.
+            self.llm.budgets.mark_dirty(&rows);
+            return Err(e.into());
+        }
+        Ok(())
     }
 
     /// Metrics, for the admin listener.
@@ -394,6 +465,7 @@ async fn build_snapshot(
     store: &Store,
     bundle: &Arc<PolicyBundle>,
     routes: &[RouteEntity],
+    models: &[ModelEntity],
 ) -> Result<Snapshot, GatewayError> {
     let agents = store.agents().await?;
     let certificates = store.certificates(None).await?;
@@ -411,7 +483,7 @@ async fn build_snapshot(
             roles: e.roles.clone(),
         })
         .collect();
-    let authorizer = Authorizer::new(bundle.clone(), &entities, routes)?;
+    let authorizer = Authorizer::new(bundle.clone(), &entities, routes)?.with_models(models)?;
     Ok(Snapshot {
         directory,
         authorizer,

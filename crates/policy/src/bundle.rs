@@ -211,6 +211,12 @@ impl PolicyBundle {
             .actions()
             .any(|a| a.id().unescaped() == crate::USE_SECRET)
     }
+
+    /// Whether the schema declares the model actions (`complete`, `embed`),
+    /// which routes of kind `llm` need.
+    pub fn supports_models(&self) -> bool {
+        crate::model::schema_supports_models(&self.schema)
+    }
 }
 
 /// Renders a Cedar diagnostic with the line and column of each labelled span.

@@ -240,6 +240,9 @@ pub struct Authorizer {
     cedar: cedar_policy::Authorizer,
     /// `use_secret` decisions; `None` when the schema has no such action.
     secret: Option<crate::secret::SecretAuthz>,
+    /// `complete`/`embed` decisions on models; set by
+    /// [`Authorizer::with_models`].
+    model: Option<crate::model::ModelAuthz>,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -332,6 +335,7 @@ impl Authorizer {
         let authorizer = Authorizer {
             user_type,
             secret,
+            model: None,
             bundle,
             entities,
             index,
@@ -390,6 +394,46 @@ impl Authorizer {
             None => denied_with_error(format!(
                 "the policy schema has no `Action::\"{}\"`",
                 crate::secret::USE_SECRET
+            )),
+        }
+    }
+
+    /// Adds the models of `kind = "llm"` routes (`Model::"<route>/<name>"`,
+    /// each in its `Route`) and prepares `complete`/`embed` decisions. The
+    /// scope index is unaffected: it indexes HTTP actions on routes, and a
+    /// model is never an ancestor of an agent or a route. Without models the
+    /// schema may lack the `Model` type (a schema written before the LLM
+    /// adapter).
+    pub fn with_models(mut self, models: &[crate::ModelEntity]) -> Result<Self, EntityError> {
+        if !models.is_empty() {
+            if !crate::model::schema_supports_models(&self.bundle.schema) {
+                return Err(EntityError(format!(
+                    "the policy schema has no `Model` entity type or `complete`/`embed` actions, which routes of kind `llm` need. {SCHEMA_HINT}"
+                )));
+            }
+            let entities = std::mem::replace(&mut self.entities, Entities::empty());
+            self.entities = crate::model::add_model_entities(&self.bundle, entities, models)?;
+        }
+        self.model = crate::model::ModelAuthz::new(&self.bundle, &self.entities)?;
+        Ok(self)
+    }
+
+    /// Whether the schema declares the model actions (`complete`, `embed`).
+    pub fn supports_models(&self) -> bool {
+        self.model.is_some()
+    }
+
+    /// Decides a model request (see [`crate::ModelRequest`]). A model that is
+    /// not configured is no entity, so no `resource in …` or attribute test
+    /// matches it. Without the actions in the schema (or before
+    /// [`Authorizer::with_models`]): denied, with the reason in
+    /// [`Decision::errors`].
+    pub fn decide_model(&self, request: &crate::ModelRequest<'_>) -> Decision {
+        match &self.model {
+            Some(m) => m.decide(&self.cedar, &self.entities, request),
+            None => denied_with_error(format!(
+                "the policy schema has no `Action::\"{}\"` on `Model`",
+                request.action.as_str()
             )),
         }
     }

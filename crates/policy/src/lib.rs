@@ -13,6 +13,7 @@
 mod bundle;
 mod caller;
 mod decide;
+mod model;
 mod secret;
 
 pub use bundle::{DEFAULT_POLICIES, DEFAULT_SCHEMA, PolicyBundle, PolicyError, PolicySources};
@@ -21,5 +22,6 @@ pub use decide::{
     AgentEntity, Authorizer, AuthzRequest, Content, EntityError, HttpAction, RequestTime,
     RouteEntity, SourceIp,
 };
+pub use model::{ModelAction, ModelEntity, ModelRequest};
 pub use portcullis_core::Decision;
 pub use secret::{SecretRequest, USE_SECRET};

@@ -18,6 +18,8 @@ mod audit_log;
 pub use agent_keys::AgentKeyRow;
 mod inventory;
 pub use inventory::InventoryEdge;
+mod llm_budget;
+pub use llm_budget::BudgetDayRow;
 
 pub use audit_log::{
     AuditAppender, AuditVerifyFailure, NODE_MIN_LEVEL, PersonalValue, StoredCheckpoint, TreeHead,
@@ -134,6 +136,11 @@ fn migrator() -> Migrator {
             9,
             "analytics",
             include_str!("../migrations/0009_analytics.sql"),
+        ),
+        migration(
+            10,
+            "llm_budget",
+            include_str!("../migrations/0010_llm_budget.sql"),
         ),
     ])
 }

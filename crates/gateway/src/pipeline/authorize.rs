@@ -61,5 +61,6 @@ pub fn enforce(decision: &Decision) -> Result<(), Denial> {
         code: ErrorCode::Forbidden,
         message: "denied by policy".into(),
         policies: decision.policy_ids.clone(),
+        retry_after: None,
     })
 }

@@ -98,6 +98,7 @@ pub fn enforce<'a>(choice: &Choice<'a>, credential: &Credential) -> Result<&'a s
             credential.secrets.join("`, `")
         ),
         policies: choice.policy_ids.clone(),
+        retry_after: None,
     })
 }
 

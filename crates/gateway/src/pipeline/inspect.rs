@@ -247,7 +247,7 @@ pub async fn run(
     Ok((rebuild(parts, bytes), facts))
 }
 
-fn is_dlp_kind(kind: &str) -> bool {
+pub(crate) fn is_dlp_kind(kind: &str) -> bool {
     portcullis_guard::dlp::Kind::ALL
         .iter()
         .any(|k| k.as_str() == kind)
@@ -294,7 +294,7 @@ fn walk_strings(
 /// Logs each finding by type and position, and adds it to `audited` (up to
 /// the record's cap); DLP findings carry the keyed fingerprint of the value
 /// so equal values can be correlated.
-fn log_findings(
+pub(crate) fn log_findings(
     state: &GuardState,
     request_id: &RequestId,
     route: &str,

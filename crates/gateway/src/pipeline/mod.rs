@@ -17,6 +17,9 @@
 //! inject        routes with a credential: `use_secret` decision, value from the vault
 //! forward       upstream call with timeout, streaming both ways (and payload capture)
 //! inspect_out   DLP on the response body while it streams (redact or alert)
+//! llm           routes of kind `llm` run their own stages after contextualize:
+//!               model, messages on their channels, `complete` on the model,
+//!               budget, key injection, usage and DLP on the answer (llm.rs)
 //! record        (body.rs Recorder) the audit record, on every path
 //! ```
 //!
@@ -45,6 +48,7 @@ pub mod forward;
 pub mod inject;
 pub mod inspect;
 pub mod inspect_out;
+pub mod llm;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -231,6 +235,13 @@ async fn run(
         &context,
         now_epoch,
     )?;
+    // Routes of kind `llm` take their own stages from here (pipeline/llm.rs).
+    if context.route.kind == crate::config::RouteKind::Llm {
+        return llm::run(
+            gateway, conn, &snapshot, &identity, &context, decoded, request_id, meter, recorder,
+        )
+        .await;
+    }
 
     let t = Instant::now();
     let mut audited = Vec::new();

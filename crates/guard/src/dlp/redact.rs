@@ -141,6 +141,8 @@ pub struct StreamRedactor<S: Borrow<Scanner>> {
     findings: Vec<StreamFinding>,
     /// Bytes of input consumed (emitted or swallowed) so far.
     consumed: usize,
+    /// Bytes held back at the end of the buffer ([`HOLD_BACK`] unless set).
+    hold_back: usize,
 }
 
 impl<S: Borrow<Scanner>> StreamRedactor<S> {
@@ -154,7 +156,19 @@ impl<S: Borrow<Scanner>> StreamRedactor<S> {
             in_pem: false,
             findings: Vec::new(),
             consumed: 0,
+            hold_back: HOLD_BACK,
         }
+    }
+
+    /// Holds back `bytes` instead of [`HOLD_BACK`]. A stream read by a person
+    /// as it arrives (an LLM's answer, a few bytes per event) cannot wait for
+    /// 4 KiB; with a shorter hold-back, a value longer than it (a long JWT)
+    /// can be cut where the stream paused, and only its first part is then
+    /// recognised and redacted. Values of bounded formats shorter than the
+    /// hold-back are caught as before.
+    pub fn with_hold_back(mut self, bytes: usize) -> Self {
+        self.hold_back = bytes;
+        self
     }
 
     /// What was found so far: kind, byte range in the input stream, and
@@ -225,7 +239,7 @@ impl<S: Borrow<Scanner>> StreamRedactor<S> {
             let mut safe = if last {
                 text.len()
             } else {
-                text.len().saturating_sub(HOLD_BACK)
+                text.len().saturating_sub(self.hold_back)
             };
             // Never cut inside a finding.
             for f in &found {

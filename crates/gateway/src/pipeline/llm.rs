@@ -1,0 +1,551 @@
+//! The stages of a `kind = "llm"` route, which take over after contextualize
+//! and the fail-closed check. Same shape as the HTTP stages, but on the
+//! OpenAI-compatible API instead of opaque bytes:
+//!
+//! ```text
+//! endpoint     which API call (chat completions, embeddings, models)
+//! read         the JSON body, whole (bounded by max_body_bytes); its model
+//! inspect      content guard on each message text, on its channel
+//!              (tool results: tool_output), block/redact by [routes.guard]
+//! authorize    Cedar: Action::"complete" or "embed" on Model::"<route>/<model>"
+//! budget       the agent's request and token windows ([routes.budget])
+//! inject       vault credential (use_secret) or the route's API key
+//! forward      upstream call; streams pass through event by event
+//! answer       usage charged to the budget, DLP on the answer (llm/stream.rs)
+//! ```
+//!
+//! `GET /v1/models` is answered here, from the route's models, listing only
+//! those the agent may `complete` with. The agent's own `Authorization`
+//! (its token) never reaches the upstream: forward removes it, and the
+//! route's key takes its place.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use portcullis_audit::Outcome;
+use portcullis_core::{ErrorCode, RequestId};
+use portcullis_guard::Report;
+use portcullis_policy::{Content, ModelAction, ModelRequest};
+
+use crate::body::{BodyMeter, Recorder};
+use crate::config::{DlpAction, InjectionAction};
+use crate::llm::api::{self, Endpoint};
+use crate::llm::config::LlmConfig;
+use crate::llm::stream::{Charge, Dlp, SseBody, process_json};
+use crate::metrics::Stage;
+use crate::pipeline::authenticate::Identity;
+use crate::pipeline::contextualize::RequestContext;
+use crate::pipeline::decode::{DecodedRequest, too_large};
+use crate::pipeline::inspect::{ContentFacts, is_dlp_kind, log_findings};
+use crate::pipeline::{authorize, inject};
+use crate::respond::{Denial, ResponseBody, full};
+use crate::state::{ConnectionState, Gateway, Snapshot};
+
+/// How long a client may take to send a request body.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the LLM stages.
+#[allow(clippy::too_many_arguments)]
+pub async fn run(
+    gateway: &Gateway,
+    conn: &ConnectionState,
+    snapshot: &Snapshot,
+    identity: &Identity,
+    context: &RequestContext,
+    decoded: DecodedRequest,
+    request_id: &RequestId,
+    meter: &Arc<BodyMeter>,
+    recorder: &mut Recorder,
+) -> Result<Response<ResponseBody>, Denial> {
+    let metrics = &gateway.metrics;
+    let route = &context.route;
+    let llm = route.llm.as_deref().ok_or_else(|| {
+        tracing::error!(route = %route.name, "llm route without its llm settings");
+        Denial::new(ErrorCode::Internal, "internal error")
+    })?;
+    let endpoint = api::endpoint(&decoded.parts.method, &context.rest_path, &route.name)?;
+    let action = match &endpoint {
+        Endpoint::ChatCompletions => ModelAction::Complete,
+        Endpoint::Embeddings => ModelAction::Embed,
+        Endpoint::Models | Endpoint::Model(_) => {
+            recorder.record().action = "list_models".into();
+            return models(
+                snapshot,
+                identity,
+                context,
+                &conn.source_ip,
+                llm,
+                &endpoint,
+                recorder,
+            );
+        }
+    };
+    recorder.record().action = action.as_str().into();
+
+    let DecodedRequest { mut parts, body } = decoded;
+    let bytes = read_body(body, gateway.limits.max_body_bytes, meter).await?;
+    let request_bytes = bytes.len() as u64;
+    let mut call = api::parse(&bytes, llm.budget.is_limited())?;
+    drop(bytes);
+    recorder.record().resource = Some(portcullis_policy::ModelEntity::id(&route.name, &call.model));
+    let model = llm.model(&call.model).ok_or_else(|| {
+        Denial::new(
+            ErrorCode::ModelNotFound,
+            format!(
+                "model `{}` is not served by route `{}`; GET {}/v1/models lists the models you may use",
+                call.model, route.name, route.path_prefix
+            ),
+        )
+    })?;
+    recorder.record().classification = Some(model.classification.as_str().to_string());
+
+    let t = Instant::now();
+    let mut audited = Vec::new();
+    let inspected = inspect(
+        gateway,
+        context,
+        &endpoint,
+        &mut call.body,
+        request_id,
+        &mut audited,
+    );
+    let elapsed = t.elapsed();
+    metrics.stage(Stage::Inspect, elapsed);
+    recorder.trace_stage(Stage::Inspect, t, elapsed);
+    recorder.record().content = audited;
+    let content = inspected?;
+
+    let t = Instant::now();
+    let decision = snapshot.authorizer.decide_model(&ModelRequest {
+        agent: &identity.agent,
+        action,
+        route: &route.name,
+        model: &model.name,
+        method: context.action,
+        path: &context.path,
+        source_ip: &conn.source_ip,
+        time: context.time,
+        content: content.as_policy(),
+        caller: &identity.caller,
+    });
+    if !decision.errors.is_empty() {
+        tracing::warn!(errors = ?decision.errors, agent = %identity.agent, route = %route.name, model = %model.name, "policy evaluation errors");
+    }
+    let elapsed = t.elapsed();
+    metrics.stage(Stage::Authorize, elapsed);
+    recorder.trace_stage(Stage::Authorize, t, elapsed);
+    metrics.decision(&route.name, decision.allowed);
+    {
+        let record = recorder.record();
+        record.policies = decision.policy_ids.clone();
+        if decision.allowed {
+            record.outcome = Outcome::Allow;
+        }
+    }
+    authorize::enforce(&decision)?;
+
+    let counters = if llm.budget.is_limited() {
+        let counters = gateway.llm.budgets.counters(&route.name, &identity.agent);
+        if let Err(spent) = gateway
+            .llm
+            .budgets
+            .admit(&llm.budget, &counters, context.time.epoch)
+        {
+            return Err(Denial {
+                code: ErrorCode::BudgetExceeded,
+                message: format!(
+                    "budget exceeded: {} = {} on route `{}`",
+                    spent.limit, spent.value, route.name
+                ),
+                policies: Vec::new(),
+                retry_after: Some(spent.retry_after),
+            });
+        }
+        Some(counters)
+    } else {
+        None
+    };
+
+    let vault_credential = match &route.credential {
+        None => None,
+        Some(credential) => {
+            let t = Instant::now();
+            let choice = inject::authorize(
+                &snapshot.authorizer,
+                identity,
+                context,
+                &conn.source_ip,
+                &content,
+                credential,
+            );
+            {
+                let record = recorder.record();
+                record.policies.extend(choice.policy_ids.iter().cloned());
+                if choice.secret.is_none() {
+                    record.outcome = Outcome::Deny;
+                }
+            }
+            let injected = inject::enforce(&choice, credential).and_then(|secret| {
+                inject::fetch(
+                    gateway.vault.as_deref(),
+                    context,
+                    secret,
+                    &credential.injection,
+                )
+            });
+            let elapsed = t.elapsed();
+            metrics.stage(Stage::Inject, elapsed);
+            recorder.trace_stage(Stage::Inject, t, elapsed);
+            Some(injected?)
+        }
+    };
+    let injected = vault_credential
+        .as_ref()
+        .or_else(|| gateway.llm.key(&route.name));
+
+    let body = Bytes::from(call.body.to_string());
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    // Usage and DLP read the answer, so it must come back uncompressed.
+    parts.headers.remove(header::ACCEPT_ENCODING);
+    let request = DecodedRequest {
+        parts,
+        body: request_body(body),
+    };
+    let capture = match (&route.capture, &gateway.captures) {
+        (Some(config), Some(sink)) => Some(crate::capture::CaptureHandle::new(
+            request_id.as_str(),
+            &route.name,
+            *config,
+            sink.clone(),
+        )),
+        _ => None,
+    };
+    let traceparent = recorder.traceparent();
+    let t = Instant::now();
+    let response = gateway
+        .forwarder
+        .forward(
+            request,
+            context,
+            identity,
+            request_id,
+            conn.remote,
+            meter,
+            injected,
+            capture,
+            traceparent,
+        )
+        .await;
+    drop(vault_credential);
+    let elapsed = t.elapsed();
+    metrics.stage(Stage::Forward, elapsed);
+    recorder.trace_stage(Stage::Forward, t, elapsed);
+    let response = response?;
+
+    let dlp = gateway
+        .guard
+        .as_deref()
+        .and_then(|g| match route.guard.dlp {
+            DlpAction::Off => None,
+            DlpAction::Alert => Some(Dlp {
+                scanner: g.guard.scanner().clone(),
+                key: g.key,
+                redact: false,
+            }),
+            DlpAction::Redact | DlpAction::Block => Some(Dlp {
+                scanner: g.guard.scanner().clone(),
+                key: g.key,
+                redact: true,
+            }),
+        });
+    let charge = counters.map(|counters| Charge {
+        counters,
+        request_bytes,
+        done: false,
+    });
+    answer(
+        response,
+        call.stream,
+        call.strip_usage,
+        charge,
+        dlp,
+        gateway.limits.max_body_bytes,
+        meter,
+        request_id,
+        &route.name,
+    )
+    .await
+}
+
+/// `GET /v1/models` and `GET /v1/models/{model}`: the route's models the
+/// agent may `complete` with.
+fn models(
+    snapshot: &Snapshot,
+    identity: &Identity,
+    context: &RequestContext,
+    source_ip: &portcullis_policy::SourceIp,
+    llm: &LlmConfig,
+    endpoint: &Endpoint,
+    recorder: &mut Recorder,
+) -> Result<Response<ResponseBody>, Denial> {
+    let permitted = |name: &str| {
+        snapshot
+            .authorizer
+            .decide_model(&ModelRequest {
+                agent: &identity.agent,
+                action: ModelAction::Complete,
+                route: &context.route.name,
+                model: name,
+                method: context.action,
+                path: &context.path,
+                source_ip,
+                time: context.time,
+                content: Content::NOT_SCANNED,
+                caller: &identity.caller,
+            })
+            .allowed
+    };
+    let body = match endpoint {
+        Endpoint::Model(name) => {
+            let model = llm
+                .model(name)
+                .filter(|m| permitted(&m.name))
+                .ok_or_else(|| {
+                    // Not configured and not permitted look the same: an agent
+                    // does not learn of models it may not use.
+                    Denial::new(
+                        ErrorCode::ModelNotFound,
+                        format!(
+                            "model `{name}` is not served to you by route `{}`",
+                            context.route.name
+                        ),
+                    )
+                })?;
+            api::model_object(&model.name, &context.route.name)
+        }
+        _ => {
+            let data: Vec<_> = llm
+                .models
+                .iter()
+                .filter(|m| permitted(&m.name))
+                .map(|m| api::model_object(&m.name, &context.route.name))
+                .collect();
+            serde_json::json!({ "object": "list", "data": data })
+        }
+    };
+    recorder.record().outcome = Outcome::Allow;
+    let mut response = Response::new(full(body.to_string()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(response)
+}
+
+/// Reads a whole answer of at most `max` bytes.
+async fn read_answer(mut body: ResponseBody, max: u64) -> Result<Bytes, String> {
+    let mut out = bytes::BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| e.to_string())?;
+        if let Ok(data) = frame.into_data() {
+            if (out.len() + data.len()) as u64 > max {
+                return Err(format!("the answer exceeds {max} bytes"));
+            }
+            out.extend_from_slice(&data);
+        }
+    }
+    Ok(out.freeze())
+}
+
+fn request_body(bytes: Bytes) -> crate::pipeline::decode::RequestBody {
+    http_body_util::Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+async fn read_body(
+    body: crate::pipeline::decode::RequestBody,
+    max_body_bytes: u64,
+    meter: &Arc<BodyMeter>,
+) -> Result<Bytes, Denial> {
+    match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(_)) if meter.exceeded.load(std::sync::atomic::Ordering::Relaxed) => {
+            Err(too_large(max_body_bytes))
+        }
+        Ok(Err(_)) => Err(Denial::new(
+            ErrorCode::BadRequest,
+            "the request body could not be read",
+        )),
+        Err(_) => Err(Denial::new(
+            ErrorCode::BadRequest,
+            "the request body did not arrive in time",
+        )),
+    }
+}
+
+/// The content guard on each text of the request, on its channel (tool
+/// results on `tool_output`). Redaction rewrites the texts in place.
+fn inspect(
+    gateway: &Gateway,
+    context: &RequestContext,
+    endpoint: &Endpoint,
+    body: &mut serde_json::Value,
+    request_id: &RequestId,
+    audited: &mut Vec<portcullis_audit::ContentFinding>,
+) -> Result<ContentFacts, Denial> {
+    let settings = context.route.guard;
+    let Some(state) = gateway
+        .guard
+        .as_deref()
+        .filter(|_| settings.scans_requests())
+    else {
+        return Ok(ContentFacts::default());
+    };
+    let injection = settings.injection != InjectionAction::Off;
+    let dlp = settings.dlp != DlpAction::Off;
+    let mut facts = ContentFacts {
+        scanned: true,
+        ..ContentFacts::default()
+    };
+    let mut kinds: Vec<&'static str> = Vec::new();
+    let mut dlp_found = false;
+    let mut redactor = portcullis_guard::dlp::redact::Redactor::new(&state.key);
+    api::for_each_text(endpoint, body, &mut |pointer, text, channel| {
+        let report: Report = state.guard.scan_with(text, channel, injection, dlp);
+        facts.injection_score = facts.injection_score.max(report.injection_score);
+        facts.injection_flagged |= report.flagged;
+        kinds.extend(report.kinds());
+        dlp_found |= !report.dlp.is_empty();
+        log_findings(
+            state,
+            request_id,
+            &context.route.name,
+            pointer,
+            text,
+            &report,
+            audited,
+        );
+        if settings.dlp == DlpAction::Redact && !report.dlp.is_empty() {
+            let mut out = String::with_capacity(text.len());
+            redactor.apply(text, &report.dlp, &mut out);
+            *text = out;
+        }
+    });
+    kinds.sort_unstable();
+    kinds.dedup();
+    facts.findings = kinds;
+    if settings.injection == InjectionAction::Block && facts.injection_flagged {
+        return Err(Denial::new(
+            ErrorCode::ContentBlocked,
+            format!(
+                "request blocked by the content guard: prompt injection (score {:.2})",
+                facts.injection_score
+            ),
+        ));
+    }
+    if settings.dlp == DlpAction::Block && dlp_found {
+        let found: Vec<&str> = facts
+            .findings
+            .iter()
+            .copied()
+            .filter(|k| is_dlp_kind(k))
+            .collect();
+        return Err(Denial::new(
+            ErrorCode::ContentBlocked,
+            format!(
+                "request blocked by the content guard: sensitive data ({})",
+                found.join(", ")
+            ),
+        ));
+    }
+    Ok(facts)
+}
+
+/// The upstream's answer on its way back: a stream event by event, a JSON
+/// answer whole; usage charged, DLP applied. Error answers pass unchanged.
+#[allow(clippy::too_many_arguments)]
+async fn answer(
+    response: Response<ResponseBody>,
+    stream: bool,
+    strip_usage: bool,
+    charge: Option<Charge>,
+    dlp: Option<Dlp>,
+    max_bytes: u64,
+    meter: &Arc<BodyMeter>,
+    request_id: &RequestId,
+    route: &str,
+) -> Result<Response<ResponseBody>, Denial> {
+    let (mut parts, body) = response.into_parts();
+    let media = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default();
+    let encoded = parts
+        .headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes() != b"identity");
+    let untouched = charge.is_none() && dlp.is_none() && !strip_usage;
+    if !parts.status.is_success() || encoded || untouched {
+        return Ok(Response::from_parts(parts, body));
+    }
+    if stream && media == "text/event-stream" {
+        parts.headers.remove(header::CONTENT_LENGTH);
+        let charge = charge.unwrap_or_else(|| Charge {
+            counters: Arc::default(),
+            request_bytes: 0,
+            done: true,
+        });
+        let body = SseBody::new(
+            body,
+            strip_usage,
+            charge,
+            dlp,
+            meter.clone(),
+            request_id.to_string(),
+            route.to_string(),
+        );
+        return Ok(Response::from_parts(parts, body.boxed()));
+    }
+    let bytes = match read_answer(body, max_bytes).await {
+        Ok(bytes) => bytes,
+        Err(problem) => {
+            tracing::warn!(route, problem, "upstream answer could not be read");
+            return Err(Denial::new(
+                ErrorCode::UpstreamUnavailable,
+                format!("the answer of route `{route}`'s upstream could not be read"),
+            ));
+        }
+    };
+    let processed = process_json(&bytes, dlp.as_ref(), meter, request_id.as_str(), route);
+    let (usage, rewritten) = processed.unwrap_or((None, None));
+    if let Some(mut charge) = charge {
+        charge.settle(usage, bytes.len() as u64);
+    }
+    let body = rewritten.unwrap_or(bytes);
+    parts
+        .headers
+        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let mut response = Response::from_parts(parts, full(body));
+    if response.status() == StatusCode::NO_CONTENT {
+        response.headers_mut().remove(header::CONTENT_LENGTH);
+    }
+    Ok(response)
+}

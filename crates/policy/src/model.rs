@@ -1,0 +1,534 @@
+//! `Action::"complete"` and `Action::"embed"` on `Model::"<route>/<model>"`:
+//! whether an agent may use a model behind a `kind = "llm"` route. A model is a
+//! member of its route (`Model::"llm/gpt-4o" in Route::"llm"`), so a policy can
+//! grant a whole route's models or one of them, and read the model's
+//! attributes (`version`, `status`, `classification`, `classification_level`).
+//!
+//! Only policies whose action scope can match the action are evaluated; when
+//! none of them reads `context`, a decision depends only on (agent, action,
+//! model) and the snapshot's immutable entities, and is memoized for the
+//! snapshot, as for routes and secrets.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::RwLock;
+
+use cedar_policy::{
+    ActionConstraint, Context, Decision as CedarDecision, Entities, Entity, EntityId,
+    EntityTypeName, EntityUid, PolicySet, Request, RestrictedExpression,
+};
+use portcullis_core::{Classification, Decision};
+
+use crate::PolicyBundle;
+use crate::caller::CallerFacts;
+use crate::decide::{Content, EntityError, HttpAction, RequestTime, SourceIp, mentions_context};
+
+/// A model as policy sees it: `Model::"<route>/<name>"`, in `Route::"<route>"`.
+#[derive(Debug, Clone)]
+pub struct ModelEntity {
+    /// The route that serves the model.
+    pub route: String,
+    /// The model's name as clients send it (`gpt-4o-mini`).
+    pub name: String,
+    /// The model's version, as configured (free text).
+    pub version: String,
+    /// Its lifecycle status, as configured (`approved`, `preview`, …).
+    pub status: String,
+    /// How sensitive the data the model may see is.
+    pub classification: Classification,
+}
+
+impl ModelEntity {
+    /// The entity id, `<route>/<name>`.
+    pub fn id(route: &str, name: &str) -> String {
+        format!("{route}/{name}")
+    }
+}
+
+/// What is asked of a model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ModelAction {
+    /// `Action::"complete"`: a chat completion (streamed or not).
+    Complete,
+    /// `Action::"embed"`: embeddings.
+    Embed,
+}
+
+impl ModelAction {
+    const ALL: [ModelAction; 2] = [ModelAction::Complete, ModelAction::Embed];
+
+    /// The Cedar action id.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelAction::Complete => "complete",
+            ModelAction::Embed => "embed",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One model request.
+#[derive(Debug, Clone)]
+pub struct ModelRequest<'a> {
+    /// The authenticated agent.
+    pub agent: &'a str,
+    /// What is asked.
+    pub action: ModelAction,
+    /// The route the request took.
+    pub route: &'a str,
+    /// The model's name as the client sent it.
+    pub model: &'a str,
+    /// The request's HTTP method (`POST`, or `GET` when `/v1/models` asks
+    /// which models the agent may use).
+    pub method: HttpAction,
+    /// The request path.
+    pub path: &'a str,
+    /// The client address.
+    pub source_ip: &'a SourceIp,
+    /// When the request arrived.
+    pub time: RequestTime,
+    /// What the content guard found in the messages.
+    pub content: Content<'a>,
+    /// How the caller authenticated, for whom, its posture and risk.
+    pub caller: &'a CallerFacts,
+}
+
+const MEMO_CAPACITY: usize = 65_536;
+
+/// Per action: the candidate policies, and whether none of them reads context.
+struct ActionAuthz {
+    uid: EntityUid,
+    candidates: PolicySet,
+    context_free: bool,
+}
+
+pub(crate) struct ModelAuthz {
+    actions: [ActionAuthz; 2],
+    agent_type: EntityTypeName,
+    model_type: EntityTypeName,
+    memo: RwLock<HashMap<(String, ModelAction, String), Decision>>,
+}
+
+/// Whether the schema declares both model actions.
+pub(crate) fn schema_supports_models(schema: &cedar_policy::Schema) -> bool {
+    ModelAction::ALL.iter().all(|a| {
+        schema
+            .actions()
+            .any(|u| u.type_name().to_string() == "Action" && u.id().unescaped() == a.as_str())
+    })
+}
+
+/// Adds the model entities to `entities` (checked against the schema).
+pub(crate) fn add_model_entities(
+    bundle: &PolicyBundle,
+    entities: Entities,
+    models: &[ModelEntity],
+) -> Result<Entities, EntityError> {
+    let parse = |t: &str| {
+        t.parse::<EntityTypeName>()
+            .map_err(|e| EntityError::new(e.to_string()))
+    };
+    let model_type = parse("Model")?;
+    let route_type = parse("Route")?;
+    let mut out = Vec::with_capacity(models.len());
+    for m in models {
+        let attrs = HashMap::from([
+            (
+                "version".to_string(),
+                RestrictedExpression::new_string(m.version.clone()),
+            ),
+            (
+                "status".to_string(),
+                RestrictedExpression::new_string(m.status.clone()),
+            ),
+            (
+                "classification".to_string(),
+                RestrictedExpression::new_string(m.classification.as_str().to_string()),
+            ),
+            (
+                "classification_level".to_string(),
+                RestrictedExpression::new_long(m.classification.rank()),
+            ),
+        ]);
+        let parent = EntityUid::from_type_name_and_id(route_type.clone(), EntityId::new(&m.route));
+        let entity = Entity::new(
+            EntityUid::from_type_name_and_id(
+                model_type.clone(),
+                EntityId::new(ModelEntity::id(&m.route, &m.name)),
+            ),
+            attrs,
+            HashSet::from([parent]),
+        )
+        .map_err(|e| EntityError::new(e.to_string()))?;
+        out.push(entity);
+    }
+    entities
+        .add_entities(out, Some(&bundle.schema))
+        .map_err(|e| EntityError::new(e.to_string()))
+}
+
+impl ModelAuthz {
+    /// `None` when the schema has no `complete`/`embed` actions (a schema
+    /// written before the LLM adapter): routes of `kind = "llm"` then fail at
+    /// start.
+    pub(crate) fn new(
+        bundle: &PolicyBundle,
+        entities: &Entities,
+    ) -> Result<Option<Self>, EntityError> {
+        if !schema_supports_models(&bundle.schema) {
+            return Ok(None);
+        }
+        let parse = |t: &str| {
+            t.parse::<EntityTypeName>()
+                .map_err(|e| EntityError::new(e.to_string()))
+        };
+        let is_in = |e: &EntityUid, g: &EntityUid| e == g || entities.is_ancestor_of(g, e);
+        let action_authz = |action: ModelAction| -> Result<ActionAuthz, EntityError> {
+            let uid: EntityUid = format!("Action::\"{}\"", action.as_str())
+                .parse()
+                .map_err(|e: cedar_policy::ParseErrors| EntityError::new(e.to_string()))?;
+            let mut candidates = PolicySet::new();
+            let mut context_free = true;
+            for policy in bundle.policies.policies() {
+                let matches = match policy.action_constraint() {
+                    ActionConstraint::Any => true,
+                    ActionConstraint::Eq(u) => u == uid,
+                    ActionConstraint::In(us) => us.iter().any(|u| is_in(&uid, u)),
+                };
+                if matches {
+                    context_free &= !mentions_context(policy);
+                    // Ids are unique in the bundle, so adding cannot fail.
+                    let _ = candidates.add(policy.clone());
+                }
+            }
+            Ok(ActionAuthz {
+                uid,
+                candidates,
+                context_free,
+            })
+        };
+        let authz = ModelAuthz {
+            actions: [
+                action_authz(ModelAction::Complete)?,
+                action_authz(ModelAction::Embed)?,
+            ],
+            agent_type: parse("Agent")?,
+            model_type: parse("Model")?,
+            memo: RwLock::new(HashMap::new()),
+        };
+        // The request shape is fixed: prove once that the schema accepts it.
+        let ip = SourceIp::new(std::net::IpAddr::from([127, 0, 0, 1]));
+        for (action, caller) in ModelAction::ALL.into_iter().flat_map(|a| {
+            CallerFacts::shape_samples()
+                .into_iter()
+                .map(move |c| (a, c))
+        }) {
+            let sample = ModelRequest {
+                agent: "shape-check",
+                action,
+                route: "shape-check",
+                model: "shape-check",
+                method: HttpAction::Post,
+                path: "/",
+                source_ip: &ip,
+                time: RequestTime::from_epoch(0),
+                content: Content::NOT_SCANNED,
+                caller: &caller,
+            };
+            authz
+                .request(&sample, Some(&bundle.schema))
+                .map_err(|e| {
+                    EntityError::new(format!(
+                        "the schema does not accept the requests the gateway makes for action `{}`: {e}. {}",
+                        action.as_str(),
+                        crate::decide::SCHEMA_HINT
+                    ))
+                })?;
+        }
+        Ok(Some(authz))
+    }
+
+    fn request(
+        &self,
+        r: &ModelRequest<'_>,
+        schema: Option<&cedar_policy::Schema>,
+    ) -> Result<Request, String> {
+        let principal =
+            EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(r.agent));
+        let resource = EntityUid::from_type_name_and_id(
+            self.model_type.clone(),
+            EntityId::new(ModelEntity::id(r.route, r.model)),
+        );
+        let time = RestrictedExpression::new_record([
+            (
+                "hour".to_string(),
+                RestrictedExpression::new_long(r.time.hour),
+            ),
+            (
+                "weekday".to_string(),
+                RestrictedExpression::new_long(r.time.weekday),
+            ),
+            (
+                "epoch".to_string(),
+                RestrictedExpression::new_long(r.time.epoch),
+            ),
+        ])
+        .map_err(|e| e.to_string())?;
+        let mut pairs = vec![
+            (
+                "route".to_string(),
+                RestrictedExpression::new_string(r.route.to_string()),
+            ),
+            (
+                "method".to_string(),
+                RestrictedExpression::new_string(r.method.as_str().to_string()),
+            ),
+            (
+                "path".to_string(),
+                RestrictedExpression::new_string(r.path.to_string()),
+            ),
+            ("source_ip".to_string(), r.source_ip.expr().clone()),
+            ("time".to_string(), time),
+            ("content".to_string(), r.content.expr()?),
+        ];
+        pairs.extend(r.caller.context_pairs()?);
+        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
+        Request::new(
+            principal,
+            self.actions[r.action.index()].uid.clone(),
+            resource,
+            context,
+            schema,
+        )
+        .map_err(|e| e.to_string())
+    }
+
+    pub(crate) fn decide(
+        &self,
+        cedar: &cedar_policy::Authorizer,
+        entities: &Entities,
+        r: &ModelRequest<'_>,
+    ) -> Decision {
+        let action = &self.actions[r.action.index()];
+        let key = action.context_free.then(|| {
+            (
+                r.agent.to_string(),
+                r.action,
+                ModelEntity::id(r.route, r.model),
+            )
+        });
+        if let Some(key) = &key
+            && let Some(d) = self.memo.read().ok().and_then(|m| m.get(key).cloned())
+        {
+            return d;
+        }
+        let decision = match self.request(r, None) {
+            Err(e) => Decision {
+                errors: vec![e],
+                ..Decision::default_deny()
+            },
+            Ok(request) => {
+                let response = cedar.is_authorized(&request, &action.candidates, entities);
+                let diagnostics = response.diagnostics();
+                let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
+                let mut policy_ids: Vec<String> =
+                    diagnostics.reason().map(|id| id.to_string()).collect();
+                policy_ids.sort();
+                let allowed = response.decision() == CedarDecision::Allow;
+                if !allowed && policy_ids.is_empty() {
+                    Decision {
+                        errors,
+                        ..Decision::default_deny()
+                    }
+                } else {
+                    Decision {
+                        allowed,
+                        policy_ids,
+                        errors,
+                    }
+                }
+            }
+        };
+        if let Some(key) = key
+            && let Ok(mut memo) = self.memo.write()
+            && memo.len() < MEMO_CAPACITY
+        {
+            memo.insert(key, decision.clone());
+        }
+        decision
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+    use std::sync::Arc;
+
+    use portcullis_core::Classification;
+
+    use crate::{
+        AgentEntity, Authorizer, Content, DEFAULT_SCHEMA, ModelAction, ModelEntity, ModelRequest,
+        PolicyBundle, PolicySources, RequestTime, RouteEntity, SourceIp,
+    };
+
+    fn authorizer(policies: &str) -> Authorizer {
+        let sources = PolicySources {
+            origin: PathBuf::from("/t"),
+            schema: DEFAULT_SCHEMA.to_string(),
+            files: vec![("t.cedar".to_string(), policies.to_string())],
+        };
+        let bundle = Arc::new(PolicyBundle::compile(&sources).unwrap());
+        let agent = |name: &str, role: &str| AgentEntity {
+            name: name.into(),
+            roles: vec![role.into()],
+        };
+        let model = |name: &str, status: &str, classification| ModelEntity {
+            route: "llm".into(),
+            name: name.into(),
+            version: "2024-07-18".into(),
+            status: status.into(),
+            classification,
+        };
+        Authorizer::new(
+            bundle,
+            &[agent("alice", "analyst"), agent("bob", "intern")],
+            &[RouteEntity {
+                name: "llm".into(),
+                classification: Classification::Internal,
+            }],
+        )
+        .unwrap()
+        .with_models(&[
+            model("gpt-4o-mini", "approved", Classification::Internal),
+            model("big", "approved", Classification::Confidential),
+            model("exp", "preview", Classification::Public),
+        ])
+        .unwrap()
+    }
+
+    /// `agent action model hour` → "allow [ids]" or "deny [ids]".
+    fn check(authz: &Authorizer, agent: &str, action: ModelAction, model: &str, expect: &str) {
+        let ip = SourceIp::new([127, 0, 0, 1].into());
+        let d = authz.decide_model(&ModelRequest {
+            agent,
+            action,
+            route: "llm",
+            model,
+            method: crate::HttpAction::Post,
+            path: "/llm/v1/chat/completions",
+            source_ip: &ip,
+            time: RequestTime::from_epoch(9 * 3600),
+            content: Content::NOT_SCANNED,
+            caller: &crate::CallerFacts::mtls(),
+        });
+        let got = format!(
+            "{} {:?}",
+            if d.allowed { "allow" } else { "deny" },
+            d.policy_ids
+        );
+        assert_eq!(got, expect, "{agent} {action:?} {model}");
+    }
+
+    #[test]
+    fn models_by_attribute_role_and_route() {
+        let policies = r#"
+@id("analysts") permit(principal in Role::"analyst", action == Action::"complete", resource in Route::"llm")
+  when { resource.status == "approved" && resource.classification_level <= 1 };
+@id("interns") permit(principal in Role::"intern", action in [Action::"complete", Action::"embed"], resource == Model::"llm/exp");
+@id("no-preview-embeddings") forbid(principal, action == Action::"embed", resource) when { resource.status == "preview" && context.route == "llm" };
+"#;
+        let authz = authorizer(policies);
+        assert!(authz.supports_models());
+        use ModelAction::*;
+        // Twice: the second answers come from the memo where it applies.
+        for _ in 0..2 {
+            check(
+                &authz,
+                "alice",
+                Complete,
+                "gpt-4o-mini",
+                r#"allow ["analysts"]"#,
+            );
+            check(&authz, "alice", Complete, "big", r#"deny ["default-deny"]"#);
+            check(&authz, "alice", Complete, "exp", r#"deny ["default-deny"]"#);
+            check(
+                &authz,
+                "alice",
+                Embed,
+                "gpt-4o-mini",
+                r#"deny ["default-deny"]"#,
+            );
+            check(&authz, "bob", Complete, "exp", r#"allow ["interns"]"#);
+            check(
+                &authz,
+                "bob",
+                Embed,
+                "exp",
+                r#"deny ["no-preview-embeddings"]"#,
+            );
+            check(
+                &authz,
+                "bob",
+                Complete,
+                "gpt-4o-mini",
+                r#"deny ["default-deny"]"#,
+            );
+            // A model that is not configured is no entity: nothing matches it.
+            check(
+                &authz,
+                "alice",
+                Complete,
+                "unknown",
+                r#"deny ["default-deny"]"#,
+            );
+        }
+    }
+
+    #[test]
+    fn policies_with_any_action_still_validate_and_cover_models() {
+        // Written for routes, reading `context.method`, which the model
+        // context has too, so strict validation still passes, and the
+        // policy covers the models.
+        let authz = authorizer(
+            r#"@id("any") permit(principal in Role::"analyst", action, resource) when { context.method == "POST" };"#,
+        );
+        check(
+            &authz,
+            "alice",
+            ModelAction::Complete,
+            "big",
+            r#"allow ["any"]"#,
+        );
+        check(
+            &authz,
+            "bob",
+            ModelAction::Complete,
+            "big",
+            r#"deny ["default-deny"]"#,
+        );
+    }
+
+    #[test]
+    fn http_decisions_do_not_see_model_policies() {
+        // A model grant is not a route grant: `resource in Route::"llm"`
+        // scoped to `complete` gives no HTTP action on the route itself.
+        let authz = authorizer(
+            r#"@id("m") permit(principal, action == Action::"complete", resource in Route::"llm");"#,
+        );
+        let ip = SourceIp::new([127, 0, 0, 1].into());
+        let d = authz.decide(&crate::AuthzRequest {
+            agent: "alice",
+            action: crate::HttpAction::Post,
+            route: "llm",
+            path: "/llm/v1/chat/completions",
+            source_ip: &ip,
+            time: RequestTime::from_epoch(0),
+            content: Content::NOT_SCANNED,
+            caller: &crate::CallerFacts::mtls(),
+        });
+        assert!(!d.allowed);
+        assert_eq!(d.policy_ids, ["default-deny"]);
+    }
+}
