@@ -276,6 +276,7 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
             webhook_key,
             store.clone(),
             sink.clone(),
+            &metrics,
             upstream_tls.clone(),
         )
         .await

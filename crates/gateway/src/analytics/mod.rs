@@ -10,7 +10,7 @@
 //! ```
 //!
 //! The request path only ever does a `try_send` (a full queue drops the
-//! observation and counts it) and reads the board; everything that touches the
+//! observation and counts it in `portcullis_analytics_dropped_observations`) and reads the board; everything that touches the
 //! store runs in the one task. A verdict is on the board as soon as its event
 //! is processed, well under the 1 s the design asks for.
 
@@ -20,7 +20,6 @@ pub mod webhook;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portcullis_analytics::{
@@ -54,7 +53,8 @@ struct Observation {
 #[derive(Debug, Clone)]
 pub struct AnalyticsTap {
     tx: mpsc::Sender<Observation>,
-    dropped: Arc<AtomicU64>,
+    /// `portcullis_analytics_dropped_observations`.
+    dropped: prometheus_client::metrics::counter::Counter,
 }
 
 impl AnalyticsTap {
@@ -73,7 +73,7 @@ impl AnalyticsTap {
             event: event_of(record),
         };
         if self.tx.try_send(observation).is_err() {
-            self.dropped.fetch_add(1, Ordering::Relaxed);
+            self.dropped.inc();
         }
     }
 }
@@ -192,6 +192,7 @@ impl Analytics {
         webhook_key: Option<WebhookKey>,
         store: Store,
         sink: AuditSink,
+        metrics: &crate::metrics::Metrics,
         upstream_tls: rustls::ClientConfig,
     ) -> Result<(Arc<Analytics>, AnalyticsTask), AnalyticsError> {
         let webhook = match (&config.webhook, webhook_key) {
@@ -250,7 +251,7 @@ impl Analytics {
             board,
             tap: AnalyticsTap {
                 tx,
-                dropped: Arc::new(AtomicU64::new(0)),
+                dropped: metrics.analytics_dropped.clone(),
             },
             control,
             config,
@@ -271,11 +272,6 @@ impl Analytics {
     /// The validated settings.
     pub fn config(&self) -> &AnalyticsConfig {
         &self.config
-    }
-
-    /// Observations dropped because the queue was full.
-    pub fn dropped(&self) -> u64 {
-        self.tap.dropped.load(Ordering::Relaxed)
     }
 
     /// Lifts the agent's quarantine in the model and on the board. The caller
