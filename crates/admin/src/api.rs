@@ -204,6 +204,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admins/{name}", axum::routing::delete(crate::mfa::remove))
         .route("/audit", get(audit_tail))
         .merge(crate::vault_api::routes())
+        .merge(crate::analytics_api::routes())
         .merge(crate::identity_api::routes())
         .merge(crate::tools_api::routes())
         .route(
@@ -762,7 +763,10 @@ async fn show_agent(
         .await
         .map_err(|e| call.store_error(e))?;
     let keys = key_ids(&state, &call, &name).await?;
-    Ok(json(StatusCode::OK, &view(&state, agent, certs, keys)))
+    let mut shown =
+        serde_json::to_value(view(&state, agent, certs, keys)).map_err(|e| call.internal(e))?;
+    shown["analytics"] = crate::analytics_api::agent_analytics(&state, &call, &name).await?;
+    Ok(json(StatusCode::OK, &shown))
 }
 
 async fn revoke_agent(

@@ -13,6 +13,7 @@
 //! once anyone has enrolled (`mfa.rs`).
 #![forbid(unsafe_code)]
 
+mod analytics_api;
 mod api;
 mod approvals_api;
 mod audit_api;

@@ -68,6 +68,11 @@ pub enum AgentCommand {
         /// The agent's name.
         name: String,
     },
+    /// Lift the quarantine behavioral analytics put on an agent.
+    Release {
+        /// The agent's name.
+        name: String,
+    },
     /// Print a fresh access token (client credentials, `private_key_jwt`),
     /// bound to the agent's key (DPoP) or, with --mtls, to its certificate.
     Token {
@@ -201,7 +206,7 @@ pub(crate) fn parse_ttl(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs(secs))
 }
 
-fn print_json(value: &serde_json::Value) {
+pub(crate) fn print_json(value: &serde_json::Value) {
     println!(
         "{}",
         serde_json::to_string_pretty(value).unwrap_or_default()
@@ -332,6 +337,11 @@ pub async fn agent(command: AgentCommand, args: AdminArgs) -> Result<()> {
         AgentCommand::Revoke { name } => print_json(
             &client
                 .post(&format!("/agents/{name}/revoke"), &json!({}))
+                .await?,
+        ),
+        AgentCommand::Release { name } => print_json(
+            &client
+                .post(&format!("/agents/{name}/release"), &json!({}))
                 .await?,
         ),
     }

@@ -3,6 +3,7 @@
 //! and `guard scan`, work offline).
 #![forbid(unsafe_code)]
 
+mod alerts_cmd;
 mod approvals_cmd;
 mod audit_cmd;
 mod client;
@@ -99,6 +100,13 @@ enum Command {
     Agent {
         #[command(subcommand)]
         command: commands::AgentCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Review behavioral analytics' alerts.
+    Alerts {
+        #[command(subcommand)]
+        command: alerts_cmd::AlertsCommand,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -264,6 +272,7 @@ fn main() -> ExitCode {
             }
             Command::Agent { command, admin } => commands::agent(command, admin).await,
             Command::Audit { command, admin } => commands::audit(command, admin).await,
+            Command::Alerts { command, admin } => alerts_cmd::alerts(command, admin).await,
             Command::Admin { command, admin } => commands::admin(command, admin).await,
             Command::Token { command, admin } => commands::token(command, admin).await,
             Command::Whoami {

@@ -98,6 +98,8 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         }
     }
     let capture_writer = vault.as_ref().map(|v| v.start_capture_writer());
+    let webhook_key = portcullis_gateway::analytics::WebhookKey::load(&config.analytics)
+        .context("cannot start behavioral analytics")?;
 
     // Bind both listeners before anything else runs, so a port conflict fails fast.
     let gateway_listener = TcpListener::bind(config.gateway_listen)
@@ -293,8 +295,26 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     let approvals = portcullis_gateway::approvals::Approvals::load(store.clone(), ticket_tx)
         .await
         .context("cannot load approval tickets")?;
+    // Behavioral analytics: the saved models and quarantines are loaded before
+    // the first request, so a quarantine survives a restart.
+    let analytics = if config.analytics.enabled {
+        let (analytics, task) = portcullis_gateway::analytics::Analytics::start(
+            config.analytics.clone(),
+            webhook_key,
+            store.clone(),
+            sink.clone(),
+            &metrics,
+            upstream_tls.clone(),
+        )
+        .await
+        .context("cannot start behavioral analytics")?;
+        Some((analytics, task))
+    } else {
+        None
+    };
     let gateway = Gateway::new(GatewayParts {
         approvals,
+        analytics: analytics.as_ref().map(|(a, _)| a.clone()),
         tokens,
         config: config.clone(),
         bundle: bundle.clone(),
@@ -431,6 +451,10 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         drop(vault);
         // Bounded: a capture still held by a stuck connection must not stop the exit.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+    }
+    // Before the writer: analytics' last alerts go into the log.
+    if let Some((_, task)) = analytics {
+        task.finish().await;
     }
     writer.finish().await;
     // After the writer: the last checkpoint covers every record written.

@@ -548,7 +548,15 @@ async fn corrupted_ciphertext_fails_one_route_only() {
     );
     let r = alice.get(server.url("/basic/x")).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    let logs = server.stderr.lock().unwrap().clone();
+    // The server's stderr is read by a thread: wait (bounded) for the line.
+    let mut logs = String::new();
+    for _ in 0..100 {
+        logs = server.stderr.lock().unwrap().clone();
+        if logs.contains("failed authentication") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
     assert!(logs.contains("failed authentication"), "{logs}");
     assert!(!logs.contains(HEADER_SECRET) && !logs.contains(BASIC_SECRET));
 }

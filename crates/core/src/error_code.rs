@@ -57,6 +57,13 @@ pub enum ErrorCode {
     InvalidClient,
     /// The token endpoint was asked for a grant it does not support.
     UnsupportedGrantType,
+    /// Behavioral analytics quarantined the agent: every request but the
+    /// allow-list is refused until a human releases it.
+    Quarantined,
+    /// Behavioral analytics made the agent read-only: writes are refused.
+    ReadOnly,
+    /// Behavioral analytics throttled the agent and it is over its rate.
+    Throttled,
     /// A sensitive admin action needs a human admin's fresh TOTP code.
     MfaRequired,
     /// A token exchange was refused: the subject token is not valid, or the
@@ -120,6 +127,9 @@ impl ErrorCode {
             ErrorCode::InvalidDpopProof => "invalid_dpop_proof",
             ErrorCode::InvalidClient => "invalid_client",
             ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
+            ErrorCode::Quarantined => "quarantined",
+            ErrorCode::ReadOnly => "read_only",
+            ErrorCode::Throttled => "throttled",
             ErrorCode::MfaRequired => "mfa_required",
             ErrorCode::InvalidGrant => "invalid_grant",
             ErrorCode::InvalidTotp => "invalid_totp",
@@ -153,8 +163,10 @@ impl ErrorCode {
             | ErrorCode::ApprovalDenied
             | ErrorCode::UserMfaRequired
             | ErrorCode::ToolBlocked
-            | ErrorCode::McpMethodNotAllowed => 403,
-            ErrorCode::RateLimited | ErrorCode::BudgetExceeded => 429,
+            | ErrorCode::McpMethodNotAllowed
+            | ErrorCode::Quarantined
+            | ErrorCode::ReadOnly => 403,
+            ErrorCode::RateLimited | ErrorCode::BudgetExceeded | ErrorCode::Throttled => 429,
             ErrorCode::RouteNotFound
             | ErrorCode::NotFound
             | ErrorCode::ModelNotFound
@@ -208,6 +220,9 @@ mod tests {
             ErrorCode::InvalidDpopProof,
             ErrorCode::InvalidClient,
             ErrorCode::UnsupportedGrantType,
+            ErrorCode::Quarantined,
+            ErrorCode::ReadOnly,
+            ErrorCode::Throttled,
             ErrorCode::MfaRequired,
             ErrorCode::InvalidTotp,
             ErrorCode::InvalidGrant,

@@ -159,6 +159,8 @@ pub struct Recorder {
     metrics: Arc<Metrics>,
     /// The request's trace, when tracing is on; ended with the record.
     trace: Option<RequestTrace>,
+    /// Behavioral analytics' queue, fed the completed record.
+    tap: Option<crate::analytics::AnalyticsTap>,
 }
 
 /// Status recorded when the client disconnected before the response was complete.
@@ -180,7 +182,13 @@ impl Recorder {
             sink,
             metrics,
             trace: None,
+            tap: None,
         }
+    }
+
+    /// Feeds the completed record to behavioral analytics too.
+    pub fn set_tap(&mut self, tap: crate::analytics::AnalyticsTap) {
+        self.tap = Some(tap);
     }
 
     /// Attaches the request's trace.
@@ -231,6 +239,9 @@ impl Drop for Recorder {
                 .request(record.resource.as_deref().unwrap_or("-"), record.status);
             if let Some(trace) = self.trace.take() {
                 trace.finish(&record, elapsed);
+            }
+            if let Some(tap) = &self.tap {
+                tap.offer(&record);
             }
             self.sink.submit(record);
         }

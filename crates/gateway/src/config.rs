@@ -62,6 +62,9 @@ pub struct RawConfig {
     /// `[[routes]]`: what the gateway forwards where.
     #[serde(default)]
     pub routes: Vec<RawRoute>,
+    /// `[analytics]`: behavioral analytics and automated containment.
+    #[serde(default)]
+    pub analytics: crate::analytics::config::RawAnalytics,
     /// `[approvals]`: just-in-time approval tickets.
     #[serde(default)]
     pub approvals: RawApprovals,
@@ -1174,6 +1177,8 @@ pub struct Config {
     pub telemetry: Option<TelemetryConfig>,
     /// Routes, in file order.
     pub routes: Vec<RouteConfig>,
+    /// Behavioral analytics and containment.
+    pub analytics: crate::analytics::config::AnalyticsConfig,
 }
 
 /// The configuration file is unusable.
@@ -1453,11 +1458,23 @@ impl Config {
             &default_service,
         )
         .map_err(invalid)?;
+        let route_names: Vec<&str> = raw
+            .routes
+            .iter()
+            .map(|r| r.name.get_ref().as_str())
+            .collect();
+        let analytics = crate::analytics::config::AnalyticsConfig::from_raw(
+            std::mem::take(&mut raw.analytics),
+            &route_names,
+            base,
+        )
+        .map_err(invalid)?;
         let mut config = Self::from_raw_unchecked(raw, base);
         for (route, llm) in config.routes.iter_mut().zip(llm) {
             route.llm = llm;
         }
         config.audit.export = export;
+        config.analytics = analytics;
         config.telemetry = telemetry;
         // Port 0 asks the OS for a free port, so two `:0` addresses never collide.
         if config.gateway_listen == config.admin_listen && config.gateway_listen.port() != 0 {
@@ -1499,6 +1516,7 @@ impl Config {
         };
         Config {
             audit,
+            analytics: Default::default(),
             telemetry: None,
             gateway_listen: raw
                 .gateway

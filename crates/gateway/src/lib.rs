@@ -6,6 +6,7 @@
 //! listener. [`pipeline`] holds the stages, in order.
 #![forbid(unsafe_code)]
 
+pub mod analytics;
 pub mod approvals;
 pub mod audit_export;
 pub mod audit_sink;

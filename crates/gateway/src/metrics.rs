@@ -105,6 +105,8 @@ pub struct Metrics {
     pub audit_written: Counter,
     /// Audit batches that failed to write (and were retried).
     pub audit_failures: Counter,
+    /// Completed requests behavioral analytics never saw: its queue was full.
+    pub analytics_dropped: Counter,
     export_delivered: Family<SinkLabels, Counter>,
     export_failures: Family<SinkLabels, Counter>,
     export_lag: Family<SinkLabels, Gauge<i64, AtomicI64>>,
@@ -168,6 +170,12 @@ impl Metrics {
             "Audit batch writes that failed and were retried",
             audit_failures.clone(),
         );
+        let analytics_dropped = Counter::default();
+        registry.register(
+            "analytics_dropped_observations",
+            "Completed requests behavioral analytics never saw because its queue was full",
+            analytics_dropped.clone(),
+        );
         let export_delivered = Family::<SinkLabels, Counter>::default();
         registry.register(
             "audit_export_delivered_records",
@@ -212,6 +220,7 @@ impl Metrics {
             audit_queue,
             audit_written,
             audit_failures,
+            analytics_dropped,
             export_delivered,
             export_failures,
             export_lag,

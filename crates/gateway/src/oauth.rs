@@ -113,7 +113,8 @@ pub async fn serve(
                     "the audit log cannot be written; no token is issued unrecorded",
                 ));
             }
-            token(tokens, conn, directory, decoded, now, recorder).await
+            let analytics = gateway.analytics.as_deref();
+            token(tokens, analytics, conn, directory, decoded, now, recorder).await
         }
     }
 }
@@ -259,6 +260,7 @@ fn agent_of(client_id: &str, trust_domain: &str) -> Option<AgentName> {
 
 async fn token(
     tokens: &TokenService,
+    analytics: Option<&crate::analytics::Analytics>,
     conn: &ConnectionState,
     directory: &AgentDirectory,
     decoded: DecodedRequest,
@@ -392,6 +394,17 @@ async fn token(
         key.thumbprint(),
         claims.jti
     ));
+    // A quarantined agent gets no new credential, by either grant (client
+    // credentials or token exchange). Checked once the assertion proved who
+    // is asking, so nobody else learns that an agent is quarantined.
+    if analytics.is_some_and(|a| {
+        a.board().risk(agent.as_str()).1 == portcullis_analytics::Grade::Quarantine
+    }) {
+        return Err(client(
+            ErrorCode::Quarantined,
+            "the agent is quarantined by behavioral analytics; no token is issued",
+        ));
+    }
 
     // The binding is checked before the assertion's `jti` is spent, so a
     // request refused for its proof can be retried with the same assertion.

@@ -135,6 +135,8 @@ pub struct GatewayParts {
     pub tokens: crate::tokens::TokenService,
     /// Approval tickets (`@obligation("approval")`).
     pub approvals: Arc<crate::approvals::Approvals>,
+    /// Behavioral analytics, unless `[analytics] enabled = false`.
+    pub analytics: Option<Arc<crate::analytics::Analytics>>,
 }
 
 /// The data plane.
@@ -150,6 +152,7 @@ pub struct Gateway {
     pub(crate) vault: Option<Arc<Vault>>,
     pub(crate) captures: Option<CaptureSink>,
     pub(crate) tokens: crate::tokens::TokenService,
+    pub(crate) analytics: Option<Arc<crate::analytics::Analytics>>,
     /// API keys and budgets of `kind = "llm"` routes.
     pub(crate) llm: crate::llm::LlmRoutes,
     model_entities: Vec<ModelEntity>,
@@ -319,6 +322,7 @@ impl Gateway {
             approvals: parts.approvals,
             mcp,
             tokens: parts.tokens,
+            analytics: parts.analytics,
             guard,
             vault: parts.vault,
             captures: parts.captures,
@@ -356,6 +360,11 @@ impl Gateway {
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.load_full()
+    }
+
+    /// Behavioral analytics, when on (for the admin API).
+    pub fn analytics(&self) -> Option<&Arc<crate::analytics::Analytics>> {
+        self.analytics.as_ref()
     }
 
     /// The configured routes (for the admin API's inventory).

@@ -10,6 +10,8 @@
 #![forbid(unsafe_code)]
 
 mod agent_keys;
+mod analytics;
+pub use analytics::{AlertRow, QuarantineRow, RiskPoint};
 mod identity;
 pub use identity::{AdminUserRow, PostureRow, RevokedTokenRow};
 mod audit_log;
@@ -141,6 +143,11 @@ fn migrator() -> Migrator {
             8,
             "mcp_tools",
             include_str!("../migrations/0008_mcp_tools.sql"),
+        ),
+        migration(
+            9,
+            "analytics",
+            include_str!("../migrations/0009_analytics.sql"),
         ),
         migration(
             10,

@@ -9,6 +9,8 @@
 //!               (oauth.rs answers /oauth2/token and /.well-known/* here instead)
 //! contextualize route (resource), method (action), time, source address;
 //!               then the fail-closed check: is the audit log writable?
+//! contain       behavioral analytics' grade for the agent: quarantine,
+//!               read-only, throttle; its risk score goes on to policy
 //! inspect       content guard on the request body: injection and DLP findings
 //!               for policy (`context.content`), block or redact by route
 //! authorize     Cedar decision: allow, or 403 naming the deciding policies
@@ -32,6 +34,9 @@
 //! unauthenticated caller learns nothing (not even which routes exist); inject
 //! follows authorize so a caller denied the route learns nothing about its
 //! secret, and no secret is decrypted for a request that will not be sent.
+//! Contain runs once the route and method are known (the allow-list and
+//! read-only need them) and before the body is read, so a contained agent
+//! costs no scanning.
 //! Inspect runs after contextualize (the route says what to scan) and before
 //! authorize (policy decides with what it found); reading the body there is
 //! the one place a body is buffered, and only on routes whose guard is on.
@@ -39,6 +44,7 @@
 pub mod approve;
 pub mod authenticate;
 pub mod authorize;
+pub mod contain;
 pub mod contextualize;
 pub mod decode;
 pub mod forward;
@@ -94,6 +100,9 @@ pub async fn handle(
         gateway.sink.clone(),
         gateway.metrics.clone(),
     );
+    if let Some(analytics) = &gateway.analytics {
+        recorder.set_tap(analytics.tap());
+    }
     if let Some(tracer) = &gateway.tracer {
         recorder.set_trace(tracer.begin(
             &request_id,
@@ -234,6 +243,15 @@ async fn run(
         recorder.record().fail_open = true;
     }
 
+    // Two atomic loads; not timed as a stage of its own. The risk score
+    // reaches policy as `context.risk` (and `use_secret`'s context).
+    let mut identity = identity;
+    identity.caller.risk = contain::run(
+        gateway.analytics.as_deref(),
+        &identity.agent,
+        &context,
+        now_epoch,
+    )?;
     // MCP routes: the adapter authorizes each JSON-RPC message itself.
     if context.route.kind == crate::config::RouteKind::Mcp {
         return crate::mcp::serve(

@@ -1,0 +1,146 @@
+//! The risk board: each agent's current risk score and grade, published by
+//! the analytics task and read by the request path without a lock.
+//!
+//! The map of agents is an `ArcSwap` (copy on write, only when an agent is
+//! seen for the first time); each entry is a few atomics the task updates in
+//! place. A request does one map lookup and two atomic loads.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+use portcullis_analytics::Grade;
+
+/// One agent's published state.
+#[derive(Debug, Default)]
+pub struct AgentRisk {
+    /// `f32` bits of the risk score.
+    risk: AtomicU32,
+    grade: AtomicU8,
+    /// Throttle counter: minute number in the high 32 bits, requests in the low.
+    window: AtomicU64,
+}
+
+impl AgentRisk {
+    /// The risk score, 0.0–1.0.
+    pub fn risk(&self) -> f32 {
+        f32::from_bits(self.risk.load(Ordering::Relaxed))
+    }
+
+    /// The grade in force.
+    pub fn grade(&self) -> Grade {
+        grade_from(self.grade.load(Ordering::Relaxed))
+    }
+
+    /// Counts a request against the per-minute budget; false when over it.
+    pub fn take(&self, minute: u32, per_minute: u32) -> bool {
+        let mut current = self.window.load(Ordering::Relaxed);
+        loop {
+            let (m, n) = ((current >> 32) as u32, current as u32);
+            let next = if m == minute {
+                if n >= per_minute {
+                    return false;
+                }
+                current + 1
+            } else {
+                (u64::from(minute) << 32) | 1
+            };
+            match self.window.compare_exchange_weak(
+                current,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(actual) => current = actual,
+            }
+        }
+    }
+}
+
+fn grade_from(v: u8) -> Grade {
+    match v {
+        1 => Grade::Alert,
+        2 => Grade::Throttle,
+        3 => Grade::ReadOnly,
+        4 => Grade::Quarantine,
+        _ => Grade::Normal,
+    }
+}
+
+fn grade_to(g: Grade) -> u8 {
+    match g {
+        Grade::Normal => 0,
+        Grade::Alert => 1,
+        Grade::Throttle => 2,
+        Grade::ReadOnly => 3,
+        Grade::Quarantine => 4,
+    }
+}
+
+/// Every agent's published risk.
+#[derive(Debug, Default)]
+pub struct RiskBoard {
+    agents: ArcSwap<HashMap<String, Arc<AgentRisk>>>,
+    /// Serializes inserts (the task, and admin releases) so none is lost.
+    insert: std::sync::Mutex<()>,
+}
+
+impl RiskBoard {
+    /// The agent's entry, if it has one.
+    pub fn get(&self, agent: &str) -> Option<Arc<AgentRisk>> {
+        self.agents.load().get(agent).cloned()
+    }
+
+    /// The agent's risk and grade (0.0 and normal when unknown).
+    pub fn risk(&self, agent: &str) -> (f32, Grade) {
+        match self.agents.load().get(agent) {
+            Some(e) => (e.risk(), e.grade()),
+            None => (0.0, Grade::Normal),
+        }
+    }
+
+    /// Publishes an agent's risk and grade.
+    pub fn publish(&self, agent: &str, risk: f32, grade: Grade) {
+        let entry = match self.agents.load().get(agent) {
+            Some(e) => e.clone(),
+            None => self.insert(agent),
+        };
+        entry.risk.store(risk.to_bits(), Ordering::Relaxed);
+        entry.grade.store(grade_to(grade), Ordering::Relaxed);
+    }
+
+    fn insert(&self, agent: &str) -> Arc<AgentRisk> {
+        // Not on the request path: only the analytics task and admin calls insert.
+        let _guard = self.insert.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(e) = self.agents.load().get(agent) {
+            return e.clone();
+        }
+        let entry = Arc::new(AgentRisk::default());
+        let mut next = HashMap::clone(&self.agents.load());
+        next.insert(agent.to_string(), entry.clone());
+        self.agents.store(Arc::new(next));
+        entry
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_risk_is_read_back_and_throttle_counts_per_minute() {
+        let board = RiskBoard::default();
+        assert_eq!(board.risk("bot"), (0.0, Grade::Normal));
+        board.publish("bot", 0.75, Grade::Throttle);
+        assert_eq!(board.risk("bot"), (0.75, Grade::Throttle));
+        board.publish("bot", 1.0, Grade::Quarantine);
+        assert_eq!(board.risk("bot").1, Grade::Quarantine);
+        let e = board.get("bot").expect("entry");
+        assert!(e.take(7, 2));
+        assert!(e.take(7, 2));
+        assert!(!e.take(7, 2));
+        assert!(e.take(8, 2), "a new minute starts a new budget");
+    }
+}

@@ -1,0 +1,611 @@
+//! Behavioral analytics in the gateway: the glue between the request path and
+//! the pure engine (`portcullis-analytics`).
+//!
+//! ```text
+//! Recorder::drop ──try_send──▶ bounded queue ──▶ analytics task (owns Engine)
+//!   (request path, never waits)                    │  observe → Verdict
+//!                                                  ├─▶ RiskBoard (atomics) ◀── contain / authorize
+//!                                                  ├─▶ alerts: store, audit log, signed webhook
+//!                                                  └─▶ every 30 s: model state + risk history → store
+//! ```
+//!
+//! The request path only ever does a `try_send` (a full queue drops the
+//! observation and counts it in `portcullis_analytics_dropped_observations`) and reads the board; everything that touches the
+//! store runs in the one task. A verdict is on the board as soon as its event
+//! is processed, well under the 1 s the design asks for.
+
+pub mod board;
+pub mod config;
+pub mod webhook;
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use portcullis_analytics::{
+    AgentState, AgentSummary, Alert, AlertReason, Engine, Event, Features, Grade, N_FEATURES,
+    RuleHit, stable_hash,
+};
+use portcullis_audit::{AuditRecord, Outcome, RecordKind};
+use portcullis_core::RequestId;
+use portcullis_store::{AlertRow, RiskPoint, Store, StoreError};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::audit_sink::AuditSink;
+use board::RiskBoard;
+use config::AnalyticsConfig;
+use webhook::Webhook;
+
+/// Observations queued for the task before new ones are dropped.
+const QUEUE: usize = 65_536;
+/// Request ids kept per agent as an alert's evidence.
+const EVIDENCE: usize = 32;
+
+/// One completed request, as the task sees it.
+#[derive(Debug)]
+struct Observation {
+    agent: String,
+    request_id: String,
+    event: Event,
+}
+
+/// The request path's handle: hands completed records to the task.
+#[derive(Debug, Clone)]
+pub struct AnalyticsTap {
+    tx: mpsc::Sender<Observation>,
+    /// `portcullis_analytics_dropped_observations`.
+    dropped: prometheus_client::metrics::counter::Counter,
+}
+
+impl AnalyticsTap {
+    /// Offers a completed data-plane record. Never waits: when the queue is
+    /// full the observation is dropped and counted.
+    pub fn offer(&self, record: &AuditRecord) {
+        if record.kind != RecordKind::Request {
+            return;
+        }
+        let Some(agent) = &record.principal else {
+            return;
+        };
+        let observation = Observation {
+            agent: agent.clone(),
+            request_id: record.request_id.clone(),
+            event: event_of(record),
+        };
+        if self.tx.try_send(observation).is_err() {
+            self.dropped.inc();
+        }
+    }
+}
+
+/// The features of a record. Resources are the route and the first two path
+/// segments below it (a dataset, not each row of it).
+fn event_of(record: &AuditRecord) -> Event {
+    let route = record.resource.as_deref().unwrap_or("-");
+    let path = record.path.as_deref().unwrap_or("");
+    let end = path
+        .match_indices('/')
+        .nth(3)
+        .map_or(path.len(), |(i, _)| i);
+    let write = !matches!(record.action.as_str(), "GET" | "HEAD");
+    Event {
+        time_ms: record.time_ms,
+        resource: stable_hash(&[route.as_bytes(), &path.as_bytes()[..end]]),
+        operation: stable_hash(&[record.action.as_bytes(), route.as_bytes()]),
+        write,
+        denied: record.outcome == Outcome::Deny && matches!(record.status, 401 | 403 | 429),
+        error: record.status >= 500,
+        bytes_in: record.bytes_in,
+        bytes_out: record.bytes_out,
+        classification: match record.classification.as_deref() {
+            Some("restricted") => 3,
+            Some("confidential") => 2,
+            Some("internal") => 1,
+            _ => 0,
+        },
+        source_ip: stable_hash(&[record.source_ip.as_deref().unwrap_or("").as_bytes()]),
+        content_hits: record.content.len() as u32,
+    }
+}
+
+enum Control {
+    Release(String, oneshot::Sender<()>),
+    Benign(String, Features, oneshot::Sender<()>),
+    Summary(String, oneshot::Sender<Option<AgentSummary>>),
+}
+
+/// Analytics as the gateway and the admin API see it.
+#[derive(Debug)]
+pub struct Analytics {
+    board: Arc<RiskBoard>,
+    tap: AnalyticsTap,
+    control: mpsc::Sender<Control>,
+    config: AnalyticsConfig,
+}
+
+impl std::fmt::Debug for Control {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Control")
+    }
+}
+
+/// The task's handle: [`AnalyticsTask::finish`] saves the models and stops.
+#[derive(Debug)]
+pub struct AnalyticsTask {
+    task: tokio::task::JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl AnalyticsTask {
+    /// Saves model state and stops the task.
+    pub async fn finish(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// Starting analytics failed.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalyticsError {
+    /// Reading the saved models or quarantines failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The webhook key file cannot be read.
+    #[error("cannot read the analytics webhook key `{path}`: {source}")]
+    WebhookKey {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// The webhook's HMAC key, read from its file. `serve` reads it before
+/// binding any port, so a missing key stops start-up early.
+#[derive(Clone)]
+pub struct WebhookKey(zeroize::Zeroizing<Vec<u8>>);
+
+impl std::fmt::Debug for WebhookKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WebhookKey(<redacted>)")
+    }
+}
+
+impl WebhookKey {
+    /// Reads the key file named by `[analytics] webhook_secret_file`, if any.
+    pub fn load(config: &AnalyticsConfig) -> Result<Option<WebhookKey>, AnalyticsError> {
+        let Some((_, path)) = &config.webhook else {
+            return Ok(None);
+        };
+        let key = std::fs::read(path).map_err(|source| AnalyticsError::WebhookKey {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Some(WebhookKey(zeroize::Zeroizing::new(key))))
+    }
+}
+
+impl Analytics {
+    /// Loads the saved models and quarantines and starts the task.
+    pub async fn start(
+        config: AnalyticsConfig,
+        webhook_key: Option<WebhookKey>,
+        store: Store,
+        sink: AuditSink,
+        metrics: &crate::metrics::Metrics,
+        upstream_tls: rustls::ClientConfig,
+    ) -> Result<(Arc<Analytics>, AnalyticsTask), AnalyticsError> {
+        let webhook = match (&config.webhook, webhook_key) {
+            (Some((uri, _)), Some(key)) => {
+                let poster = Arc::new(crate::otlp::Poster::new(upstream_tls));
+                Some(Arc::new(Webhook::new(uri.clone(), key.0.to_vec(), poster)))
+            }
+            _ => None,
+        };
+        let board = Arc::new(RiskBoard::default());
+        let mut engine = Engine::new(config.engine.clone());
+        let (agents, population) = store.models().await?;
+        for (agent, json) in agents {
+            match serde_json::from_str::<AgentState>(&json) {
+                Ok(state) => engine.insert_agent(&agent, state),
+                // A model that no longer parses is relearned, not fatal.
+                Err(e) => {
+                    tracing::warn!(agent, error = %e, "saved analytics model unreadable; relearning")
+                }
+            }
+        }
+        if let Some(json) = population {
+            match serde_json::from_str::<Vec<Features>>(&json) {
+                Ok(sample) => engine.set_population(sample),
+                Err(e) => {
+                    tracing::warn!(error = %e, "saved population model unreadable; relearning")
+                }
+            }
+        }
+        let now = now_ms();
+        for q in store.quarantines(None).await? {
+            engine.quarantine(&q.agent, now);
+        }
+        let agents: Vec<String> = engine.agents().map(str::to_string).collect();
+        for agent in &agents {
+            if let Some((risk, grade)) = engine.risk_at(agent, now) {
+                board.publish(agent, risk, grade);
+            }
+        }
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let (control, control_rx) = mpsc::channel(64);
+        let (stop, stopped) = watch::channel(false);
+        let worker = Worker {
+            engine,
+            board: board.clone(),
+            store,
+            sink,
+            webhook,
+            evidence: HashMap::new(),
+            dirty: HashSet::new(),
+            points: Vec::new(),
+            last_point: HashMap::new(),
+        };
+        let task = tokio::spawn(worker.run(rx, control_rx, stopped, config.save_every));
+        let analytics = Arc::new(Analytics {
+            board,
+            tap: AnalyticsTap {
+                tx,
+                dropped: metrics.analytics_dropped.clone(),
+            },
+            control,
+            config,
+        });
+        Ok((analytics, AnalyticsTask { task, stop }))
+    }
+
+    /// The request path's handle.
+    pub fn tap(&self) -> AnalyticsTap {
+        self.tap.clone()
+    }
+
+    /// Published risk per agent.
+    pub fn board(&self) -> &RiskBoard {
+        &self.board
+    }
+
+    /// The validated settings.
+    pub fn config(&self) -> &AnalyticsConfig {
+        &self.config
+    }
+
+    /// Lifts the agent's quarantine in the model and on the board. The caller
+    /// has recorded the release in the store.
+    pub async fn release(&self, agent: &str) {
+        let (reply, wait) = oneshot::channel();
+        if self
+            .control
+            .send(Control::Release(agent.to_string(), reply))
+            .await
+            .is_ok()
+        {
+            let _ = wait.await;
+        }
+    }
+
+    /// A benign verdict: the alert's features widen the agent's baseline.
+    pub async fn benign(&self, agent: &str, features: Features) {
+        let (reply, wait) = oneshot::channel();
+        if self
+            .control
+            .send(Control::Benign(agent.to_string(), features, reply))
+            .await
+            .is_ok()
+        {
+            let _ = wait.await;
+        }
+    }
+
+    /// The agent's baseline summary, if analytics knows it.
+    pub async fn summary(&self, agent: &str) -> Option<AgentSummary> {
+        let (reply, wait) = oneshot::channel();
+        self.control
+            .send(Control::Summary(agent.to_string(), reply))
+            .await
+            .ok()?;
+        wait.await.ok().flatten()
+    }
+}
+
+/// The features of an alert's stored detail, for a benign verdict.
+pub fn alert_features(detail: &serde_json::Value) -> Option<Features> {
+    let list = detail.get("features")?.as_array()?;
+    let mut f = [0.0f32; N_FEATURES];
+    if list.len() != N_FEATURES {
+        return None;
+    }
+    for (slot, pair) in f.iter_mut().zip(list) {
+        *slot = pair.get(1)?.as_f64()? as f32;
+    }
+    Some(f)
+}
+
+struct Worker {
+    engine: Engine,
+    board: Arc<RiskBoard>,
+    store: Store,
+    sink: AuditSink,
+    webhook: Option<Arc<Webhook>>,
+    evidence: HashMap<String, VecDeque<String>>,
+    dirty: HashSet<String>,
+    points: Vec<RiskPoint>,
+    /// Last risk point written per agent: (time, risk, grade).
+    last_point: HashMap<String, (i64, f32, Grade)>,
+}
+
+impl Worker {
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Observation>,
+        mut control: mpsc::Receiver<Control>,
+        mut stop: watch::Receiver<bool>,
+        save_every: Duration,
+    ) {
+        let mut batch = Vec::with_capacity(1024);
+        let mut decay = tokio::time::interval(Duration::from_secs(1));
+        let mut save = tokio::time::interval(save_every);
+        loop {
+            tokio::select! {
+                n = rx.recv_many(&mut batch, 1024) => {
+                    if n == 0 {
+                        break;
+                    }
+                    for observation in batch.drain(..) {
+                        self.observe(observation).await;
+                    }
+                }
+                Some(c) = control.recv() => self.control(c),
+                _ = decay.tick() => self.decay(),
+                _ = save.tick() => self.save().await,
+                _ = stop.changed() => break,
+            }
+        }
+        while let Ok(observation) = rx.try_recv() {
+            self.observe(observation).await;
+        }
+        self.save().await;
+    }
+
+    async fn observe(&mut self, o: Observation) {
+        let verdict = self.engine.observe(&o.agent, &o.event);
+        self.board.publish(&o.agent, verdict.risk, verdict.grade);
+        let evidence = self.evidence.entry(o.agent.clone()).or_default();
+        if evidence.len() == EVIDENCE {
+            evidence.pop_front();
+        }
+        evidence.push_back(o.request_id);
+        if !self.dirty.contains(&o.agent) {
+            self.dirty.insert(o.agent.clone());
+        }
+        self.point(&o.agent, o.event.time_ms, verdict.risk, verdict.grade);
+        if let Some(alert) = verdict.alert {
+            self.raise(alert).await;
+        }
+    }
+
+    /// Keeps a risk point when the grade changed, or the score moved by
+    /// more than 0.05 and the last point is a minute old.
+    fn point(&mut self, agent: &str, time_ms: i64, risk: f32, grade: Grade) {
+        let keep = match self.last_point.get(agent) {
+            None => risk > 0.0,
+            Some(&(t, r, g)) => g != grade || ((risk - r).abs() > 0.05 && time_ms - t >= 60_000),
+        };
+        if keep {
+            self.last_point
+                .insert(agent.to_string(), (time_ms, risk, grade));
+            self.points.push(RiskPoint {
+                agent: agent.to_string(),
+                time_ms,
+                risk: f64::from(risk),
+                grade: grade.as_str().to_string(),
+            });
+        }
+    }
+
+    async fn raise(&mut self, alert: Alert) {
+        let request_ids: Vec<String> = self
+            .evidence
+            .get(&alert.agent)
+            .map(|e| e.iter().cloned().collect())
+            .unwrap_or_default();
+        let detail = serde_json::json!({
+            "reasons": alert.reasons,
+            "features": alert.features,
+        });
+        let row = AlertRow {
+            id: 0,
+            agent: alert.agent.clone(),
+            time_ms: alert.time_ms,
+            grade: alert.grade.as_str().to_string(),
+            risk: f64::from(alert.risk),
+            detail: detail.to_string(),
+            request_ids: serde_json::to_string(&request_ids).unwrap_or_else(|_| "[]".into()),
+            verdict: None,
+            resolved_at: None,
+            resolved_by: None,
+        };
+        let id = match self.store.add_alert(&row).await {
+            Ok(id) => Some(id),
+            Err(e) => {
+                tracing::error!(error = %e, agent = %alert.agent, "cannot store alert");
+                None
+            }
+        };
+        let mut reasons: Vec<String> = alert.reasons.iter().map(reason_name).collect();
+        if let Some(id) = id {
+            reasons.push(format!("alert:{id}"));
+        }
+        if let Some(trigger) = request_ids.last() {
+            reasons.push(format!("request:{trigger}"));
+        }
+        tracing::warn!(agent = %alert.agent, grade = alert.grade.as_str(), risk = alert.risk, reasons = ?reasons, "analytics alert");
+        self.audit("analytics.alert", &alert.agent, reasons.clone());
+        if alert.grade == Grade::Quarantine {
+            if let Err(e) = self.store.quarantine(&alert.agent, alert.time_ms, id).await {
+                tracing::error!(error = %e, agent = %alert.agent, "cannot store quarantine");
+            }
+            self.audit("analytics.quarantine", &alert.agent, reasons);
+        }
+        if let Some(hook) = &self.webhook {
+            let body = serde_json::json!({
+                "type": "portcullis.alert",
+                "id": id,
+                "agent": alert.agent,
+                "time_ms": alert.time_ms,
+                "grade": alert.grade,
+                "risk": alert.risk,
+                "reasons": alert.reasons,
+                "features": alert.features,
+                "request_ids": request_ids,
+            });
+            hook.deliver(body.to_string());
+        }
+    }
+
+    /// An audit record of what analytics did, with its reasons as the
+    /// record's deciding `policies`.
+    fn audit(&self, action: &str, agent: &str, reasons: Vec<String>) {
+        self.sink.submit(AuditRecord {
+            time_ms: now_ms(),
+            kind: RecordKind::Admin,
+            request_id: RequestId::new().to_string(),
+            principal: Some("analytics".into()),
+            action: action.to_string(),
+            resource: Some(agent.to_string()),
+            outcome: Outcome::Allow,
+            policies: reasons,
+            status: 200,
+            ..AuditRecord::default()
+        });
+    }
+
+    fn control(&mut self, c: Control) {
+        let now = now_ms();
+        match c {
+            Control::Release(agent, reply) => {
+                self.engine.release(&agent, now);
+                self.board.publish(&agent, 0.0, Grade::Normal);
+                self.dirty.insert(agent.clone());
+                self.point(&agent, now, 0.0, Grade::Normal);
+                let _ = reply.send(());
+            }
+            Control::Benign(agent, features, reply) => {
+                self.engine.widen(&agent, &features, now);
+                if let Some((risk, grade)) = self.engine.risk_at(&agent, now) {
+                    self.board.publish(&agent, risk, grade);
+                    self.point(&agent, now, risk, grade);
+                }
+                self.dirty.insert(agent);
+                let _ = reply.send(());
+            }
+            Control::Summary(agent, reply) => {
+                let _ = reply.send(self.engine.summary(&agent, now));
+            }
+        }
+    }
+
+    /// Publishes decayed scores, so a score falls without new traffic.
+    fn decay(&mut self) {
+        let now = now_ms();
+        let mut changes = Vec::new();
+        for agent in self.engine.agents() {
+            let (published, _) = self.board.risk(agent);
+            if published > 0.0
+                && let Some((risk, grade)) = self.engine.risk_at(agent, now)
+            {
+                changes.push((
+                    agent.to_string(),
+                    if risk < 0.001 { 0.0 } else { risk },
+                    grade,
+                ));
+            }
+        }
+        for (agent, risk, grade) in changes {
+            self.board.publish(&agent, risk, grade);
+            self.point(&agent, now, risk, grade);
+        }
+    }
+
+    async fn save(&mut self) {
+        if !self.points.is_empty() {
+            let points = std::mem::take(&mut self.points);
+            if let Err(e) = self.store.add_risk_points(&points).await {
+                tracing::error!(error = %e, "cannot store risk history");
+            }
+        }
+        if self.dirty.is_empty() {
+            return;
+        }
+        let models: Vec<(String, String)> = self
+            .dirty
+            .drain()
+            .filter_map(|agent| {
+                let state = self.engine.agent_state(&agent)?;
+                serde_json::to_string(state).ok().map(|json| (agent, json))
+            })
+            .collect();
+        let population = serde_json::to_string(self.engine.population_state()).ok();
+        if let Err(e) = self
+            .store
+            .save_models(&models, population.as_deref(), now_ms())
+            .await
+        {
+            tracing::error!(error = %e, "cannot save analytics models");
+        }
+    }
+}
+
+fn reason_name(r: &AlertReason) -> String {
+    match r {
+        AlertReason::Rule { hit } => match hit {
+            RuleHit::DenialBurst { .. } => "rule:denial_burst".into(),
+            RuleHit::RateSpike { .. } => "rule:rate_spike".into(),
+            RuleHit::FirstRestricted { .. } => "rule:first_restricted".into(),
+        },
+        AlertReason::Anomaly { model, .. } => format!("anomaly:{model}"),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_become_events() {
+        let record = AuditRecord {
+            principal: Some("bot".into()),
+            action: "POST".into(),
+            resource: Some("data".into()),
+            path: Some("/data/sets/42/rows/7".into()),
+            status: 403,
+            classification: Some("restricted".into()),
+            ..AuditRecord::default()
+        };
+        let e = event_of(&record);
+        assert!(e.write && e.denied && !e.error);
+        assert_eq!(e.classification, 3);
+        // Rows of one dataset are one resource.
+        let other = AuditRecord {
+            path: Some("/data/sets/42/rows/8".into()),
+            ..record.clone()
+        };
+        assert_eq!(event_of(&other).resource, e.resource);
+        let another = AuditRecord {
+            path: Some("/data/sets/43/rows/8".into()),
+            ..record
+        };
+        assert_ne!(event_of(&another).resource, e.resource);
+    }
+}

@@ -1,0 +1,388 @@
+//! Behavioral analytics' tables (migration `0009_analytics.sql`): model state,
+//! risk history, alerts and quarantines. The store keeps the analytics
+//! crate's JSON as text; it does not interpret it.
+
+use sqlx::Row;
+
+use crate::{Store, StoreError};
+
+/// One risk score point.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RiskPoint {
+    /// The agent.
+    pub agent: String,
+    /// When (ms since the epoch).
+    pub time_ms: i64,
+    /// The score, 0.0–1.0.
+    pub risk: f64,
+    /// The grade it earned.
+    pub grade: String,
+}
+
+/// An alert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRow {
+    /// Its id.
+    pub id: i64,
+    /// The agent.
+    pub agent: String,
+    /// When it was raised (ms).
+    pub time_ms: i64,
+    /// The grade reached.
+    pub grade: String,
+    /// The risk score.
+    pub risk: f64,
+    /// Reasons and features, JSON.
+    pub detail: String,
+    /// Request ids involved, JSON array.
+    pub request_ids: String,
+    /// `benign` or `malicious` once resolved.
+    pub verdict: Option<String>,
+    /// When it was resolved (ms).
+    pub resolved_at: Option<i64>,
+    /// Who resolved it.
+    pub resolved_by: Option<String>,
+}
+
+/// A quarantine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuarantineRow {
+    /// The agent.
+    pub agent: String,
+    /// Since when (ms).
+    pub since_ms: i64,
+    /// The alert that caused it.
+    pub alert_id: Option<i64>,
+    /// When it was lifted (ms).
+    pub released_at: Option<i64>,
+    /// Who lifted it.
+    pub released_by: Option<String>,
+}
+
+impl Store {
+    /// Saves model states (agent, JSON) and, when given, the population's sample.
+    pub async fn save_models(
+        &self,
+        agents: &[(String, String)],
+        population: Option<&str>,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for (agent, state) in agents {
+            sqlx::query(
+                "INSERT INTO analytics_models (agent, state, updated_at) VALUES (?, ?, ?)
+                 ON CONFLICT(agent) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
+            )
+            .bind(agent)
+            .bind(state)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if let Some(sample) = population {
+            sqlx::query(
+                "INSERT INTO analytics_population (id, sample, updated_at) VALUES (1, ?, ?)
+                 ON CONFLICT(id) DO UPDATE SET sample = excluded.sample, updated_at = excluded.updated_at",
+            )
+            .bind(sample)
+            .bind(now_ms)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Every saved model state (agent, JSON) and the population's sample.
+    pub async fn models(&self) -> Result<(Vec<(String, String)>, Option<String>), StoreError> {
+        let rows = sqlx::query("SELECT agent, state FROM analytics_models ORDER BY agent")
+            .fetch_all(&self.pool)
+            .await?;
+        let agents = rows
+            .iter()
+            .map(|r| Ok((r.try_get("agent")?, r.try_get("state")?)))
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        let population = sqlx::query("SELECT sample FROM analytics_population WHERE id = 1")
+            .fetch_optional(&self.pool)
+            .await?
+            .map(|r| r.try_get("sample"))
+            .transpose()?;
+        Ok((agents, population))
+    }
+
+    /// Appends risk points.
+    pub async fn add_risk_points(&self, points: &[RiskPoint]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for p in points {
+            sqlx::query(
+                "INSERT INTO risk_history (agent, time_ms, risk, grade) VALUES (?, ?, ?, ?)",
+            )
+            .bind(&p.agent)
+            .bind(p.time_ms)
+            .bind(p.risk)
+            .bind(&p.grade)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// An agent's latest risk points, newest first.
+    pub async fn risk_history(
+        &self,
+        agent: &str,
+        limit: u32,
+    ) -> Result<Vec<RiskPoint>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT agent, time_ms, risk, grade FROM risk_history WHERE agent = ?
+             ORDER BY time_ms DESC, rowid DESC LIMIT ?",
+        )
+        .bind(agent)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RiskPoint {
+                    agent: r.try_get("agent")?,
+                    time_ms: r.try_get("time_ms")?,
+                    risk: r.try_get("risk")?,
+                    grade: r.try_get("grade")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores a new alert (`id` is ignored) and returns its id.
+    pub async fn add_alert(&self, alert: &AlertRow) -> Result<i64, StoreError> {
+        let row = sqlx::query(
+            "INSERT INTO alerts (agent, time_ms, grade, risk, detail, request_ids)
+             VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
+        )
+        .bind(&alert.agent)
+        .bind(alert.time_ms)
+        .bind(&alert.grade)
+        .bind(alert.risk)
+        .bind(&alert.detail)
+        .bind(&alert.request_ids)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get("id")?)
+    }
+
+    /// Alerts, newest first; only unresolved ones when `open_only`.
+    pub async fn alerts(&self, open_only: bool, limit: u32) -> Result<Vec<AlertRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT * FROM alerts WHERE (?1 = 0 OR verdict IS NULL) ORDER BY id DESC LIMIT ?2",
+        )
+        .bind(open_only)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(alert_from_row).collect()
+    }
+
+    /// One alert.
+    pub async fn alert(&self, id: i64) -> Result<Option<AlertRow>, StoreError> {
+        sqlx::query("SELECT * FROM alerts WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(alert_from_row)
+            .transpose()
+    }
+
+    /// Records a verdict. An alert is resolved once: a second verdict is a conflict.
+    pub async fn resolve_alert(
+        &self,
+        id: i64,
+        verdict: &str,
+        by: &str,
+        now_ms: i64,
+    ) -> Result<AlertRow, StoreError> {
+        let result = sqlx::query(
+            "UPDATE alerts SET verdict = ?, resolved_at = ?, resolved_by = ?
+             WHERE id = ? AND verdict IS NULL",
+        )
+        .bind(verdict)
+        .bind(now_ms)
+        .bind(by)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        let alert = self
+            .alert(id)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("alert {id}")))?;
+        if result.rows_affected() == 0 {
+            return Err(StoreError::Conflict(format!("a verdict on alert {id}")));
+        }
+        Ok(alert)
+    }
+
+    /// Puts an agent in quarantine (a no-op when it already is).
+    pub async fn quarantine(
+        &self,
+        agent: &str,
+        since_ms: i64,
+        alert_id: Option<i64>,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO quarantines (agent, since_ms, alert_id)
+             SELECT ?1, ?2, ?3 WHERE NOT EXISTS
+               (SELECT 1 FROM quarantines WHERE agent = ?1 AND released_at IS NULL)",
+        )
+        .bind(agent)
+        .bind(since_ms)
+        .bind(alert_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Lifts an agent's quarantine; `NotFound` when it is not quarantined.
+    pub async fn release(&self, agent: &str, by: &str, now_ms: i64) -> Result<(), StoreError> {
+        let result = sqlx::query(
+            "UPDATE quarantines SET released_at = ?, released_by = ?
+             WHERE agent = ? AND released_at IS NULL",
+        )
+        .bind(now_ms)
+        .bind(by)
+        .bind(agent)
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 0 {
+            return Err(StoreError::NotFound(format!("a quarantine of `{agent}`")));
+        }
+        Ok(())
+    }
+
+    /// Quarantines in force, or an agent's whole quarantine history.
+    pub async fn quarantines(&self, agent: Option<&str>) -> Result<Vec<QuarantineRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT agent, since_ms, alert_id, released_at, released_by FROM quarantines
+             WHERE (?1 IS NULL AND released_at IS NULL) OR agent = ?1 ORDER BY id",
+        )
+        .bind(agent)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(QuarantineRow {
+                    agent: r.try_get("agent")?,
+                    since_ms: r.try_get("since_ms")?,
+                    alert_id: r.try_get("alert_id")?,
+                    released_at: r.try_get("released_at")?,
+                    released_by: r.try_get("released_by")?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn alert_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<AlertRow, StoreError> {
+    Ok(AlertRow {
+        id: r.try_get("id")?,
+        agent: r.try_get("agent")?,
+        time_ms: r.try_get("time_ms")?,
+        grade: r.try_get("grade")?,
+        risk: r.try_get("risk")?,
+        detail: r.try_get("detail")?,
+        request_ids: r.try_get("request_ids")?,
+        verdict: r.try_get("verdict")?,
+        resolved_at: r.try_get("resolved_at")?,
+        resolved_by: r.try_get("resolved_by")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("db")).await.unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn models_survive_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        {
+            let store = Store::open_sqlite(&path).await.unwrap();
+            store
+                .save_models(&[("bot".into(), "{\"a\":1}".into())], Some("[]"), 1)
+                .await
+                .unwrap();
+            store
+                .save_models(&[("bot".into(), "{\"a\":2}".into())], None, 2)
+                .await
+                .unwrap();
+            store.close().await;
+        }
+        let store = Store::open_sqlite(&path).await.unwrap();
+        let (agents, population) = store.models().await.unwrap();
+        assert_eq!(agents, vec![("bot".to_string(), "{\"a\":2}".to_string())]);
+        assert_eq!(population.as_deref(), Some("[]"));
+    }
+
+    #[tokio::test]
+    async fn alerts_resolve_once() {
+        let (_dir, store) = store().await;
+        let alert = AlertRow {
+            id: 0,
+            agent: "bot".into(),
+            time_ms: 5,
+            grade: "quarantine".into(),
+            risk: 1.0,
+            detail: "{}".into(),
+            request_ids: "[]".into(),
+            verdict: None,
+            resolved_at: None,
+            resolved_by: None,
+        };
+        let id = store.add_alert(&alert).await.unwrap();
+        assert_eq!(store.alerts(true, 10).await.unwrap().len(), 1);
+        let resolved = store.resolve_alert(id, "benign", "alice", 9).await.unwrap();
+        assert_eq!(resolved.verdict.as_deref(), Some("benign"));
+        assert!(store.alerts(true, 10).await.unwrap().is_empty());
+        assert_eq!(store.alerts(false, 10).await.unwrap().len(), 1);
+        assert!(matches!(
+            store.resolve_alert(id, "malicious", "bob", 10).await,
+            Err(StoreError::Conflict(_))
+        ));
+        assert!(matches!(
+            store.resolve_alert(id + 1, "benign", "bob", 10).await,
+            Err(StoreError::NotFound(_))
+        ));
+    }
+
+    #[tokio::test]
+    async fn quarantine_and_release() {
+        let (_dir, store) = store().await;
+        store.quarantine("bot", 1, None).await.unwrap();
+        store.quarantine("bot", 2, None).await.unwrap();
+        assert_eq!(store.quarantines(None).await.unwrap().len(), 1);
+        store.release("bot", "alice", 3).await.unwrap();
+        assert!(store.quarantines(None).await.unwrap().is_empty());
+        assert!(matches!(
+            store.release("bot", "alice", 4).await,
+            Err(StoreError::NotFound(_))
+        ));
+        let history = store.quarantines(Some("bot")).await.unwrap();
+        assert_eq!(history[0].released_by.as_deref(), Some("alice"));
+        store
+            .add_risk_points(&[RiskPoint {
+                agent: "bot".into(),
+                time_ms: 1,
+                risk: 0.5,
+                grade: "alert".into(),
+            }])
+            .await
+            .unwrap();
+        assert_eq!(store.risk_history("bot", 10).await.unwrap().len(), 1);
+    }
+}
