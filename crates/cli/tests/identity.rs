@@ -14,10 +14,6 @@ fn now() -> u64 {
         .as_secs()
 }
 
-/// The quickstart listens on fixed ports (8443/9443): tests that run it take
-/// turns, or the second fails with "address already in use".
-static QUICKSTART: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
 fn run(server: &Server, args: &[&str]) -> (bool, String, String) {
     let out = server.cli(args);
     (
@@ -45,7 +41,6 @@ fn quickstart_config(dir: &std::path::Path) -> std::path::PathBuf {
 #[test]
 fn sensitive_admin_actions_need_a_fresh_totp_once_an_admin_enrolled() {
     install_crypto();
-    let _turn = QUICKSTART.blocking_lock();
     let dir = tempfile::tempdir().unwrap();
     // The quickstart's routes on ephemeral ports: the built-in quickstart's
     // fixed ports collide with other tests running in parallel.
@@ -663,7 +658,6 @@ mod posture {
 #[tokio::test(flavor = "multi_thread")]
 async fn whoami_and_agent_list_show_how_the_gateway_sees_agents() {
     install_crypto();
-    let _turn = QUICKSTART.lock().await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = quickstart_config(dir.path());
     let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))

@@ -100,6 +100,25 @@ pub struct RequestTime {
 }
 
 impl RequestTime {
+    /// `context.time` as Cedar sees it.
+    pub(crate) fn expr(&self) -> Result<RestrictedExpression, String> {
+        RestrictedExpression::new_record([
+            (
+                "hour".to_string(),
+                RestrictedExpression::new_long(self.hour),
+            ),
+            (
+                "weekday".to_string(),
+                RestrictedExpression::new_long(self.weekday),
+            ),
+            (
+                "epoch".to_string(),
+                RestrictedExpression::new_long(self.epoch),
+            ),
+        ])
+        .map_err(|e| e.to_string())
+    }
+
     /// Derives hour and weekday from seconds since the epoch.
     pub fn from_epoch(epoch: i64) -> Self {
         let days = epoch.div_euclid(86_400);
@@ -570,21 +589,7 @@ impl Authorizer {
         let resource =
             EntityUid::from_type_name_and_id(self.route_type.clone(), EntityId::new(request.route));
         let action = self.actions[request.action.index()].clone();
-        let time = RestrictedExpression::new_record([
-            (
-                "hour".to_string(),
-                RestrictedExpression::new_long(request.time.hour),
-            ),
-            (
-                "weekday".to_string(),
-                RestrictedExpression::new_long(request.time.weekday),
-            ),
-            (
-                "epoch".to_string(),
-                RestrictedExpression::new_long(request.time.epoch),
-            ),
-        ])
-        .map_err(|e| e.to_string())?;
+        let time = request.time.expr()?;
         let content = request.content.expr()?;
         let mut pairs = vec![
             (
@@ -694,24 +699,24 @@ impl Authorizer {
     }
 }
 
-fn to_decision(response: &cedar_policy::Response) -> Decision {
-    {
-        let diagnostics = response.diagnostics();
-        let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
-        let mut policy_ids: Vec<String> = diagnostics.reason().map(|id| id.to_string()).collect();
-        policy_ids.sort();
-        let allowed = response.decision() == CedarDecision::Allow;
-        if !allowed && policy_ids.is_empty() {
-            return Decision {
-                errors,
-                ..Decision::default_deny()
-            };
-        }
-        Decision {
-            allowed,
-            policy_ids,
+/// Cedar's answer as a `Decision`: the deciding policies sorted, and a denial
+/// nothing decided named `default-deny`. Every kind of decision uses this.
+pub(crate) fn to_decision(response: &cedar_policy::Response) -> Decision {
+    let diagnostics = response.diagnostics();
+    let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
+    let mut policy_ids: Vec<String> = diagnostics.reason().map(|id| id.to_string()).collect();
+    policy_ids.sort();
+    let allowed = response.decision() == CedarDecision::Allow;
+    if !allowed && policy_ids.is_empty() {
+        return Decision {
             errors,
-        }
+            ..Decision::default_deny()
+        };
+    }
+    Decision {
+        allowed,
+        policy_ids,
+        errors,
     }
 }
 

@@ -23,8 +23,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
 
 use cedar_policy::{
-    ActionConstraint, Context, Decision as CedarDecision, Entities, Entity, EntityId,
-    EntityTypeName, EntityUid, PolicySet, Request, RestrictedExpression,
+    ActionConstraint, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet,
+    Request, RestrictedExpression,
 };
 use portcullis_core::{Classification, Decision};
 
@@ -333,21 +333,7 @@ impl McpAuthz {
             Entity::new_with_tags(args.clone(), [], HashSet::new(), tags)
                 .map_err(|e| fail(e.to_string()))?,
         );
-        let time = RestrictedExpression::new_record([
-            (
-                "hour".to_string(),
-                RestrictedExpression::new_long(r.time.hour),
-            ),
-            (
-                "weekday".to_string(),
-                RestrictedExpression::new_long(r.time.weekday),
-            ),
-            (
-                "epoch".to_string(),
-                RestrictedExpression::new_long(r.time.epoch),
-            ),
-        ])
-        .map_err(|e| fail(e.to_string()))?;
+        let time = r.time.expr().map_err(fail)?;
         let mut pairs = vec![
             (
                 "route".to_string(),
@@ -420,24 +406,7 @@ impl McpAuthz {
             },
             Ok((request, slice)) => {
                 let response = cedar.is_authorized(&request, &a.candidates, &slice);
-                let diagnostics = response.diagnostics();
-                let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
-                let mut policy_ids: Vec<String> =
-                    diagnostics.reason().map(|id| id.to_string()).collect();
-                policy_ids.sort();
-                let allowed = response.decision() == CedarDecision::Allow;
-                if !allowed && policy_ids.is_empty() {
-                    Decision {
-                        errors,
-                        ..Decision::default_deny()
-                    }
-                } else {
-                    Decision {
-                        allowed,
-                        policy_ids,
-                        errors,
-                    }
-                }
+                crate::decide::to_decision(&response)
             }
         };
         if let Some(key) = key

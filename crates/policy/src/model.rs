@@ -13,8 +13,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::RwLock;
 
 use cedar_policy::{
-    ActionConstraint, Context, Decision as CedarDecision, Entities, Entity, EntityId,
-    EntityTypeName, EntityUid, PolicySet, Request, RestrictedExpression,
+    ActionConstraint, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet,
+    Request, RestrictedExpression,
 };
 use portcullis_core::{Classification, Decision};
 
@@ -261,21 +261,7 @@ impl ModelAuthz {
             self.model_type.clone(),
             EntityId::new(ModelEntity::id(r.route, r.model)),
         );
-        let time = RestrictedExpression::new_record([
-            (
-                "hour".to_string(),
-                RestrictedExpression::new_long(r.time.hour),
-            ),
-            (
-                "weekday".to_string(),
-                RestrictedExpression::new_long(r.time.weekday),
-            ),
-            (
-                "epoch".to_string(),
-                RestrictedExpression::new_long(r.time.epoch),
-            ),
-        ])
-        .map_err(|e| e.to_string())?;
+        let time = r.time.expr()?;
         let mut pairs = vec![
             (
                 "route".to_string(),
@@ -331,24 +317,7 @@ impl ModelAuthz {
             },
             Ok(request) => {
                 let response = cedar.is_authorized(&request, &action.candidates, entities);
-                let diagnostics = response.diagnostics();
-                let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
-                let mut policy_ids: Vec<String> =
-                    diagnostics.reason().map(|id| id.to_string()).collect();
-                policy_ids.sort();
-                let allowed = response.decision() == CedarDecision::Allow;
-                if !allowed && policy_ids.is_empty() {
-                    Decision {
-                        errors,
-                        ..Decision::default_deny()
-                    }
-                } else {
-                    Decision {
-                        allowed,
-                        policy_ids,
-                        errors,
-                    }
-                }
+                crate::decide::to_decision(&response)
             }
         };
         if let Some(key) = key

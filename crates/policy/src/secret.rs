@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::sync::RwLock;
 
 use cedar_policy::{
-    ActionConstraint, Context, Decision as CedarDecision, Entities, EntityId, EntityTypeName,
-    EntityUid, PolicySet, Request, RestrictedExpression,
+    ActionConstraint, Context, Entities, EntityId, EntityTypeName, EntityUid, PolicySet, Request,
+    RestrictedExpression,
 };
 use portcullis_core::Decision;
 
@@ -135,21 +135,7 @@ impl SecretAuthz {
             EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(r.agent));
         let resource =
             EntityUid::from_type_name_and_id(self.secret_type.clone(), EntityId::new(r.secret));
-        let time = RestrictedExpression::new_record([
-            (
-                "hour".to_string(),
-                RestrictedExpression::new_long(r.time.hour),
-            ),
-            (
-                "weekday".to_string(),
-                RestrictedExpression::new_long(r.time.weekday),
-            ),
-            (
-                "epoch".to_string(),
-                RestrictedExpression::new_long(r.time.epoch),
-            ),
-        ])
-        .map_err(|e| e.to_string())?;
+        let time = r.time.expr()?;
         let mut pairs = vec![
             (
                 "route".to_string(),
@@ -194,24 +180,7 @@ impl SecretAuthz {
             },
             Ok(request) => {
                 let response = cedar.is_authorized(&request, &self.candidates, entities);
-                let diagnostics = response.diagnostics();
-                let errors: Vec<String> = diagnostics.errors().map(|e| e.to_string()).collect();
-                let mut policy_ids: Vec<String> =
-                    diagnostics.reason().map(|id| id.to_string()).collect();
-                policy_ids.sort();
-                let allowed = response.decision() == CedarDecision::Allow;
-                if !allowed && policy_ids.is_empty() {
-                    Decision {
-                        errors,
-                        ..Decision::default_deny()
-                    }
-                } else {
-                    Decision {
-                        allowed,
-                        policy_ids,
-                        errors,
-                    }
-                }
+                crate::decide::to_decision(&response)
             }
         };
         if let Some(key) = key
