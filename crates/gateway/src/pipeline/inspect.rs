@@ -207,34 +207,7 @@ pub async fn run(
             })
         }
     };
-    kinds.sort_unstable();
-    kinds.dedup();
-    facts.findings = kinds;
-
-    if settings.injection == InjectionAction::Block && facts.injection_flagged {
-        return Err(Denial::new(
-            ErrorCode::ContentBlocked,
-            format!(
-                "request blocked by the content guard: prompt injection (score {:.2})",
-                facts.injection_score
-            ),
-        ));
-    }
-    if settings.dlp == DlpAction::Block && dlp_found {
-        let dlp_kinds: Vec<&str> = facts
-            .findings
-            .iter()
-            .copied()
-            .filter(|k| is_dlp_kind(k))
-            .collect();
-        return Err(Denial::new(
-            ErrorCode::ContentBlocked,
-            format!(
-                "request blocked by the content guard: sensitive data ({})",
-                dlp_kinds.join(", ")
-            ),
-        ));
-    }
+    settle(settings, &mut facts, kinds, dlp_found)?;
     let bytes = match new_body {
         Some(b) => {
             parts
@@ -335,6 +308,45 @@ pub(crate) fn log_findings(
             "content guard finding"
         );
     }
+}
+
+/// Records the distinct finding kinds in `facts` and refuses what the route's
+/// guard blocks: an injection at or above the threshold, or sensitive data.
+/// Shared by HTTP bodies and LLM messages, so both refuse alike.
+pub(crate) fn settle(
+    settings: crate::config::RouteGuard,
+    facts: &mut ContentFacts,
+    mut kinds: Vec<&'static str>,
+    dlp_found: bool,
+) -> Result<(), Denial> {
+    kinds.sort_unstable();
+    kinds.dedup();
+    facts.findings = kinds;
+    if settings.injection == InjectionAction::Block && facts.injection_flagged {
+        return Err(Denial::new(
+            ErrorCode::ContentBlocked,
+            format!(
+                "request blocked by the content guard: prompt injection (score {:.2})",
+                facts.injection_score
+            ),
+        ));
+    }
+    if settings.dlp == DlpAction::Block && dlp_found {
+        let dlp_kinds: Vec<&str> = facts
+            .findings
+            .iter()
+            .copied()
+            .filter(|k| is_dlp_kind(k))
+            .collect();
+        return Err(Denial::new(
+            ErrorCode::ContentBlocked,
+            format!(
+                "request blocked by the content guard: sensitive data ({})",
+                dlp_kinds.join(", ")
+            ),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -39,7 +39,7 @@ use crate::metrics::Stage;
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contextualize::RequestContext;
 use crate::pipeline::decode::{DecodedRequest, too_large};
-use crate::pipeline::inspect::{ContentFacts, is_dlp_kind, log_findings};
+use crate::pipeline::inspect::{ContentFacts, log_findings};
 use crate::pipeline::{authorize, inject};
 use crate::respond::{Denial, ResponseBody, full};
 use crate::state::{ConnectionState, Gateway, Snapshot};
@@ -441,33 +441,7 @@ fn inspect(
             *text = out;
         }
     });
-    kinds.sort_unstable();
-    kinds.dedup();
-    facts.findings = kinds;
-    if settings.injection == InjectionAction::Block && facts.injection_flagged {
-        return Err(Denial::new(
-            ErrorCode::ContentBlocked,
-            format!(
-                "request blocked by the content guard: prompt injection (score {:.2})",
-                facts.injection_score
-            ),
-        ));
-    }
-    if settings.dlp == DlpAction::Block && dlp_found {
-        let found: Vec<&str> = facts
-            .findings
-            .iter()
-            .copied()
-            .filter(|k| is_dlp_kind(k))
-            .collect();
-        return Err(Denial::new(
-            ErrorCode::ContentBlocked,
-            format!(
-                "request blocked by the content guard: sensitive data ({})",
-                found.join(", ")
-            ),
-        ));
-    }
+    crate::pipeline::inspect::settle(settings, &mut facts, kinds, dlp_found)?;
     Ok(facts)
 }
 
