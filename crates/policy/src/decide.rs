@@ -452,15 +452,9 @@ impl Authorizer {
         if matching.bits.iter().all(|w| *w == 0) {
             return Decision::default_deny();
         }
-        if let Some(key) = matching.memo_key {
-            if let Some(decision) = self.index.memo_get(key) {
-                return decision;
-            }
-            let decision = self.decide_among(request, Some(&self.index.policy_set(&matching.bits)));
-            self.index.memo_put(key, &decision);
-            return decision;
-        }
-        self.decide_among(request, Some(&self.index.policy_set(&matching.bits)))
+        self.index.memo.get_or_decide(matching.memo_key, || {
+            self.decide_among(request, Some(&self.index.policy_set(&matching.bits)))
+        })
     }
 
     /// What an allowed decision obliges the gateway to do. A request is
@@ -780,11 +774,8 @@ struct ScopeIndex {
     /// Policies whose conditions never read `context`.
     context_free: Vec<u64>,
     /// Decisions of context-free candidate sets, by (agent, action, route).
-    memo: std::sync::RwLock<HashMap<u64, Decision>>,
+    memo: crate::memo::DecisionMemo<u64>,
 }
-
-/// Most memoized decisions a snapshot keeps; past it, decisions are computed.
-const MEMO_CAPACITY: usize = 65_536;
 
 /// What to do when a schema no longer fits the requests: usually a policy
 /// directory seeded by an older version, whose context types lack a newer field.
@@ -871,7 +862,7 @@ impl ScopeIndex {
             actions,
             routes,
             context_free,
-            memo: std::sync::RwLock::new(HashMap::new()),
+            memo: crate::memo::DecisionMemo::new(),
         }
     }
 
@@ -910,19 +901,6 @@ impl ScopeIndex {
             }
         }
         set
-    }
-
-    fn memo_get(&self, key: u64) -> Option<Decision> {
-        // A poisoned lock only loses the shortcut; the decision is then computed.
-        self.memo.read().ok()?.get(&key).cloned()
-    }
-
-    fn memo_put(&self, key: u64, decision: &Decision) {
-        if let Ok(mut memo) = self.memo.write()
-            && memo.len() < MEMO_CAPACITY
-        {
-            memo.insert(key, decision.clone());
-        }
     }
 }
 
@@ -1137,7 +1115,7 @@ mod tests {
         // The cases must exercise allows, denies and evaluation errors alike.
         assert_eq!(compared, 216);
         assert!(allowed > 20 && allowed < 200, "{allowed}");
-        let memoized = a.index.memo.read().unwrap().len();
+        let memoized = a.index.memo.len();
         assert!(memoized > 0, "no decision was memoized");
         assert!(errored > 0, "no case exercised an erroring policy");
     }
@@ -1195,7 +1173,7 @@ mod tests {
         // reader-bot's only candidate never reads context: memoized, still right.
         assert_eq!(a.decide(&at("reader-bot", 9)).policy_ids, ["static"]);
         assert_eq!(a.decide(&at("reader-bot", 15)).policy_ids, ["static"]);
-        assert_eq!(a.index.memo.read().unwrap().len(), 1);
+        assert_eq!(a.index.memo.len(), 1);
     }
 
     #[test]
@@ -1240,7 +1218,7 @@ mod tests {
             let d = a.decide(&with("writer-bot", Content::NOT_SCANNED));
             assert_eq!(d.policy_ids, ["unscanned"]);
         }
-        assert!(a.index.memo.read().unwrap().is_empty());
+        assert_eq!(a.index.memo.len(), 0);
         // Odd scores are clamped into the decimal's range, never an error.
         let d = a.decide(&with("reader-bot", scanned(f32::NAN, &[])));
         assert!(d.errors.is_empty() && !d.allowed);

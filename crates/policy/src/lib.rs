@@ -16,6 +16,7 @@ mod decide;
 mod explain;
 mod grants;
 mod mcp;
+mod memo;
 mod model;
 mod obligations;
 mod secret;

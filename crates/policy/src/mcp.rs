@@ -20,7 +20,6 @@
 //! (agent, action, route, target) and is memoized for the snapshot.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::RwLock;
 
 use cedar_policy::{
     ActionConstraint, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet,
@@ -117,8 +116,6 @@ pub struct McpRequest<'a> {
     pub caller: &'a CallerFacts,
 }
 
-const MEMO_CAPACITY: usize = 65_536;
-
 struct ActionAuthz {
     uid: EntityUid,
     /// The action's entity and those of the action groups it is in: all a
@@ -136,7 +133,7 @@ pub(crate) struct McpAuthz {
     agent_type: EntityTypeName,
     route_type: EntityTypeName,
     args_type: EntityTypeName,
-    memo: RwLock<HashMap<(String, McpAction, String, String), Decision>>,
+    memo: crate::memo::DecisionMemo<(String, McpAction, String, String)>,
 }
 
 impl McpAuthz {
@@ -209,7 +206,7 @@ impl McpAuthz {
             agent_type: parse("Agent")?,
             route_type: parse("Route")?,
             args_type: parse("McpArgs")?,
-            memo: RwLock::new(HashMap::new()),
+            memo: crate::memo::DecisionMemo::new(),
         };
         // The request shape is fixed: prove once per action that the schema
         // accepts it, so requests skip validation.
@@ -384,16 +381,22 @@ impl McpAuthz {
                 r.target.to_string(),
             )
         });
-        if let Some(key) = &key
-            && let Some(d) = self.memo.read().ok().and_then(|m| m.get(key).cloned())
-        {
-            return d;
-        }
+        self.memo
+            .get_or_decide(key, || self.decide_uncached(cedar, entities, r))
+    }
+
+    fn decide_uncached(
+        &self,
+        cedar: &cedar_policy::Authorizer,
+        entities: &Entities,
+        r: &McpRequest<'_>,
+    ) -> Decision {
+        let a = &self.actions[r.action.index()];
         let principal =
             EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(r.agent));
         let route =
             EntityUid::from_type_name_and_id(self.route_type.clone(), EntityId::new(r.route));
-        let decision = match self
+        match self
             .request(r, entities.get(&principal), entities.get(&route), None)
             .and_then(|(request, slice)| {
                 Entities::from_entities(slice, None)
@@ -408,14 +411,7 @@ impl McpAuthz {
                 let response = cedar.is_authorized(&request, &a.candidates, &slice);
                 crate::decide::to_decision(&response)
             }
-        };
-        if let Some(key) = key
-            && let Ok(mut memo) = self.memo.write()
-            && memo.len() < MEMO_CAPACITY
-        {
-            memo.insert(key, decision.clone());
         }
-        decision
     }
 }
 
@@ -569,8 +565,7 @@ mod tests {
             check(&a, "dev-bot", CallTool, "echo", &[], "deny default-deny");
         }
         let mcp = a.mcp.as_ref().unwrap();
-        let memo = mcp.memo.read().unwrap();
-        assert_eq!(memo.len(), 1, "only list_tools is context-free");
+        assert_eq!(mcp.memo.len(), 1, "only list_tools is context-free");
     }
 
     #[test]

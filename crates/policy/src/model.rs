@@ -10,7 +10,6 @@
 //! snapshot, as for routes and secrets.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::RwLock;
 
 use cedar_policy::{
     ActionConstraint, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet,
@@ -95,8 +94,6 @@ pub struct ModelRequest<'a> {
     pub caller: &'a CallerFacts,
 }
 
-const MEMO_CAPACITY: usize = 65_536;
-
 /// Per action: the candidate policies, and whether none of them reads context.
 struct ActionAuthz {
     uid: EntityUid,
@@ -108,7 +105,7 @@ pub(crate) struct ModelAuthz {
     actions: [ActionAuthz; 2],
     agent_type: EntityTypeName,
     model_type: EntityTypeName,
-    memo: RwLock<HashMap<(String, ModelAction, String), Decision>>,
+    memo: crate::memo::DecisionMemo<(String, ModelAction, String)>,
 }
 
 /// Whether the schema declares both model actions.
@@ -216,7 +213,7 @@ impl ModelAuthz {
             ],
             agent_type: parse("Agent")?,
             model_type: parse("Model")?,
-            memo: RwLock::new(HashMap::new()),
+            memo: crate::memo::DecisionMemo::new(),
         };
         // The request shape is fixed: prove once that the schema accepts it.
         let ip = SourceIp::new(std::net::IpAddr::from([127, 0, 0, 1]));
@@ -305,28 +302,17 @@ impl ModelAuthz {
                 ModelEntity::id(r.route, r.model),
             )
         });
-        if let Some(key) = &key
-            && let Some(d) = self.memo.read().ok().and_then(|m| m.get(key).cloned())
-        {
-            return d;
-        }
-        let decision = match self.request(r, None) {
-            Err(e) => Decision {
-                errors: vec![e],
-                ..Decision::default_deny()
-            },
-            Ok(request) => {
-                let response = cedar.is_authorized(&request, &action.candidates, entities);
-                crate::decide::to_decision(&response)
-            }
-        };
-        if let Some(key) = key
-            && let Ok(mut memo) = self.memo.write()
-            && memo.len() < MEMO_CAPACITY
-        {
-            memo.insert(key, decision.clone());
-        }
-        decision
+        self.memo
+            .get_or_decide(key, || match self.request(r, None) {
+                Err(e) => Decision {
+                    errors: vec![e],
+                    ..Decision::default_deny()
+                },
+                Ok(request) => {
+                    let response = cedar.is_authorized(&request, &action.candidates, entities);
+                    crate::decide::to_decision(&response)
+                }
+            })
     }
 }
 

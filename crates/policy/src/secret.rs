@@ -8,9 +8,6 @@
 //! (usually a handful); when none of them reads `context`, a decision depends
 //! only on (agent, secret) and is memoized for the snapshot, as for routes.
 
-use std::collections::HashMap;
-use std::sync::RwLock;
-
 use cedar_policy::{
     ActionConstraint, Context, Entities, EntityId, EntityTypeName, EntityUid, PolicySet, Request,
     RestrictedExpression,
@@ -47,15 +44,13 @@ pub struct SecretRequest<'a> {
     pub caller: &'a CallerFacts,
 }
 
-const MEMO_CAPACITY: usize = 65_536;
-
 pub(crate) struct SecretAuthz {
     action: EntityUid,
     agent_type: EntityTypeName,
     secret_type: EntityTypeName,
     candidates: PolicySet,
     context_free: bool,
-    memo: RwLock<HashMap<(String, String), Decision>>,
+    memo: crate::memo::DecisionMemo<(String, String)>,
 }
 
 impl SecretAuthz {
@@ -98,7 +93,7 @@ impl SecretAuthz {
             secret_type: parse("Secret")?,
             candidates,
             context_free,
-            memo: RwLock::new(HashMap::new()),
+            memo: crate::memo::DecisionMemo::new(),
         };
         // The request shape is fixed: prove once that the schema accepts it.
         let ip = SourceIp::new(std::net::IpAddr::from([127, 0, 0, 1]));
@@ -168,28 +163,17 @@ impl SecretAuthz {
         let key = self
             .context_free
             .then(|| (r.agent.to_string(), r.secret.to_string()));
-        if let Some(key) = &key
-            && let Some(d) = self.memo.read().ok().and_then(|m| m.get(key).cloned())
-        {
-            return d;
-        }
-        let decision = match self.request(r, None) {
-            Err(e) => Decision {
-                errors: vec![e],
-                ..Decision::default_deny()
-            },
-            Ok(request) => {
-                let response = cedar.is_authorized(&request, &self.candidates, entities);
-                crate::decide::to_decision(&response)
-            }
-        };
-        if let Some(key) = key
-            && let Ok(mut memo) = self.memo.write()
-            && memo.len() < MEMO_CAPACITY
-        {
-            memo.insert(key, decision.clone());
-        }
-        decision
+        self.memo
+            .get_or_decide(key, || match self.request(r, None) {
+                Err(e) => Decision {
+                    errors: vec![e],
+                    ..Decision::default_deny()
+                },
+                Ok(request) => {
+                    let response = cedar.is_authorized(&request, &self.candidates, entities);
+                    crate::decide::to_decision(&response)
+                }
+            })
     }
 }
 
