@@ -7,6 +7,8 @@
 //! Plain data: the gateway fills it from the credential and the analytics;
 //! this module turns it into Cedar values.
 
+use std::sync::LazyLock;
+
 use cedar_policy::RestrictedExpression;
 
 /// How the caller proved who it is.
@@ -100,42 +102,34 @@ impl CallerFacts {
 
     /// The context attributes, to join with an action's own.
     pub(crate) fn context_pairs(&self) -> Result<Vec<(String, RestrictedExpression)>, String> {
-        let record = |pairs: Vec<(&str, RestrictedExpression)>| {
-            RestrictedExpression::new_record(pairs.into_iter().map(|(k, v)| (k.to_string(), v)))
-                .map_err(|e| e.to_string())
+        // The most common values (a certificate, no attestation, no risk) are
+        // built once per process and cloned; building them per request was a
+        // fifth of a context-reading decision.
+        static CERTIFICATE_AUTH: LazyLock<Result<RestrictedExpression, String>> =
+            LazyLock::new(|| auth_record(&CallerFacts::mtls().auth));
+        static NOT_ATTESTED: LazyLock<Result<RestrictedExpression, String>> =
+            LazyLock::new(|| posture_record(&Posture::default()));
+        static NO_RISK: LazyLock<RestrictedExpression> =
+            LazyLock::new(|| RestrictedExpression::new_decimal(decimal4(0.0)));
+        let auth = if self.auth == CallerFacts::mtls().auth {
+            CERTIFICATE_AUTH.clone()?
+        } else {
+            auth_record(&self.auth)?
         };
-        let auth = record(vec![
-            (
-                "method",
-                RestrictedExpression::new_string(self.auth.method.as_str().to_string()),
-            ),
-            ("mfa", RestrictedExpression::new_bool(self.auth.mfa)),
-            (
-                "token_age",
-                RestrictedExpression::new_long(self.auth.token_age_secs),
-            ),
-        ])?;
-        let posture = record(vec![
-            (
-                "attested",
-                RestrictedExpression::new_bool(self.posture.attested),
-            ),
-            (
-                "digest",
-                RestrictedExpression::new_string(self.posture.digest.clone()),
-            ),
-            (
-                "matches_pin",
-                RestrictedExpression::new_bool(self.posture.matches_pin),
-            ),
-        ])?;
+        let posture = if self.posture == Posture::default() {
+            NOT_ATTESTED.clone()?
+        } else {
+            posture_record(&self.posture)?
+        };
+        let risk = if self.risk == 0.0 {
+            NO_RISK.clone()
+        } else {
+            RestrictedExpression::new_decimal(decimal4(self.risk))
+        };
         let mut pairs = vec![
             ("auth".to_string(), auth),
             ("posture".to_string(), posture),
-            (
-                "risk".to_string(),
-                RestrictedExpression::new_decimal(decimal4(self.risk)),
-            ),
+            ("risk".to_string(), risk),
         ];
         if let Some(d) = &self.delegation {
             let delegation = record(vec![
@@ -167,6 +161,41 @@ impl CallerFacts {
         });
         [CallerFacts::mtls(), delegated]
     }
+}
+
+fn record(pairs: Vec<(&str, RestrictedExpression)>) -> Result<RestrictedExpression, String> {
+    RestrictedExpression::new_record(pairs.into_iter().map(|(k, v)| (k.to_string(), v)))
+        .map_err(|e| e.to_string())
+}
+
+/// `context.auth`.
+fn auth_record(auth: &AuthFacts) -> Result<RestrictedExpression, String> {
+    record(vec![
+        (
+            "method",
+            RestrictedExpression::new_string(auth.method.as_str().to_string()),
+        ),
+        ("mfa", RestrictedExpression::new_bool(auth.mfa)),
+        (
+            "token_age",
+            RestrictedExpression::new_long(auth.token_age_secs),
+        ),
+    ])
+}
+
+/// `context.posture`.
+fn posture_record(posture: &Posture) -> Result<RestrictedExpression, String> {
+    record(vec![
+        ("attested", RestrictedExpression::new_bool(posture.attested)),
+        (
+            "digest",
+            RestrictedExpression::new_string(posture.digest.clone()),
+        ),
+        (
+            "matches_pin",
+            RestrictedExpression::new_bool(posture.matches_pin),
+        ),
+    ])
 }
 
 /// A 0–1 score as a Cedar decimal literal (`0.0000` to `1.0000`).
