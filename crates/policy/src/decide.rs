@@ -693,6 +693,39 @@ impl Authorizer {
     }
 }
 
+/// The context of a decision made after routing (`use_secret`, `complete`,
+/// `embed`): the route taken, the request's method and path, source, time,
+/// content findings and the caller facts.
+pub(crate) fn routed_context(
+    route: &str,
+    method: &str,
+    path: &str,
+    source_ip: &SourceIp,
+    time: RequestTime,
+    content: &Content<'_>,
+    caller: &CallerFacts,
+) -> Result<Context, String> {
+    let mut pairs = vec![
+        (
+            "route".to_string(),
+            RestrictedExpression::new_string(route.to_string()),
+        ),
+        (
+            "method".to_string(),
+            RestrictedExpression::new_string(method.to_string()),
+        ),
+        (
+            "path".to_string(),
+            RestrictedExpression::new_string(path.to_string()),
+        ),
+        ("source_ip".to_string(), source_ip.expr().clone()),
+        ("time".to_string(), time.expr()?),
+        ("content".to_string(), content.expr()?),
+    ];
+    pairs.extend(caller.context_pairs()?);
+    Context::from_pairs(pairs).map_err(|e| e.to_string())
+}
+
 /// Cedar's answer as a `Decision`: the deciding policies sorted, and a denial
 /// nothing decided named `default-deny`. Every kind of decision uses this.
 pub(crate) fn to_decision(response: &cedar_policy::Response) -> Decision {

@@ -12,8 +12,8 @@
 use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{
-    ActionConstraint, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet,
-    Request, RestrictedExpression,
+    ActionConstraint, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet, Request,
+    RestrictedExpression,
 };
 use portcullis_core::{Classification, Decision};
 
@@ -258,26 +258,15 @@ impl ModelAuthz {
             self.model_type.clone(),
             EntityId::new(ModelEntity::id(r.route, r.model)),
         );
-        let time = r.time.expr()?;
-        let mut pairs = vec![
-            (
-                "route".to_string(),
-                RestrictedExpression::new_string(r.route.to_string()),
-            ),
-            (
-                "method".to_string(),
-                RestrictedExpression::new_string(r.method.as_str().to_string()),
-            ),
-            (
-                "path".to_string(),
-                RestrictedExpression::new_string(r.path.to_string()),
-            ),
-            ("source_ip".to_string(), r.source_ip.expr().clone()),
-            ("time".to_string(), time),
-            ("content".to_string(), r.content.expr()?),
-        ];
-        pairs.extend(r.caller.context_pairs()?);
-        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
+        let context = crate::decide::routed_context(
+            r.route,
+            r.method.as_str(),
+            r.path,
+            r.source_ip,
+            r.time,
+            &r.content,
+            r.caller,
+        )?;
         Request::new(
             principal,
             self.actions[r.action.index()].uid.clone(),

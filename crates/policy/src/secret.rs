@@ -9,8 +9,7 @@
 //! only on (agent, secret) and is memoized for the snapshot, as for routes.
 
 use cedar_policy::{
-    ActionConstraint, Context, Entities, EntityId, EntityTypeName, EntityUid, PolicySet, Request,
-    RestrictedExpression,
+    ActionConstraint, Entities, EntityId, EntityTypeName, EntityUid, PolicySet, Request,
 };
 use portcullis_core::Decision;
 
@@ -130,26 +129,15 @@ impl SecretAuthz {
             EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(r.agent));
         let resource =
             EntityUid::from_type_name_and_id(self.secret_type.clone(), EntityId::new(r.secret));
-        let time = r.time.expr()?;
-        let mut pairs = vec![
-            (
-                "route".to_string(),
-                RestrictedExpression::new_string(r.route.to_string()),
-            ),
-            (
-                "method".to_string(),
-                RestrictedExpression::new_string(r.method.as_str().to_string()),
-            ),
-            (
-                "path".to_string(),
-                RestrictedExpression::new_string(r.path.to_string()),
-            ),
-            ("source_ip".to_string(), r.source_ip.expr().clone()),
-            ("time".to_string(), time),
-            ("content".to_string(), r.content.expr()?),
-        ];
-        pairs.extend(r.caller.context_pairs()?);
-        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
+        let context = crate::decide::routed_context(
+            r.route,
+            r.method.as_str(),
+            r.path,
+            r.source_ip,
+            r.time,
+            &r.content,
+            r.caller,
+        )?;
         Request::new(principal, self.action.clone(), resource, context, schema)
             .map_err(|e| e.to_string())
     }
