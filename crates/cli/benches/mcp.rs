@@ -16,11 +16,11 @@
 //! - The load generator, the upstream and the gateway share the machine's cores.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod support;
+
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,12 +29,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;
 
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 const SESSION: &str = "bench-session-0001";
 
 fn main() {
@@ -226,7 +223,7 @@ fn start_upstream() -> SocketAddr {
 
 /// A `portcullis serve` process with an MCP route to the upstream and ~100 policies.
 struct Gateway {
-    child: Child,
+    _server: support::Serve,
     addr: SocketAddr,
     tls: rustls::ClientConfig,
 }
@@ -269,64 +266,14 @@ impl Gateway {
         )
         .unwrap();
         let state = dir.join("state");
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(&state)
-            .env("PORTCULLIS_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn portcullis");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let addr: SocketAddr = line
-            .split_whitespace()
-            .nth(2)
-            .expect("portcullis did not start")
-            .trim_start_matches("https://")
-            .parse()
-            .unwrap();
+        let server = support::serve(&config, &state, &[]);
         let creds = dir.join("creds");
-        let out = Command::new(BIN)
-            .args(["agent", "create", "bench-bot", "--role", "dev", "--out"])
-            .arg(&creds)
-            .arg("--state-dir")
-            .arg(&state)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(state.join("ca.crt")).unwrap() {
-            roots.add(c.unwrap()).unwrap();
+        support::create_agent(&state, &creds, "bench-bot", "dev");
+        let tls = support::agent_tls(&state, &creds, "bench-bot");
+        Gateway {
+            addr: server.gateway,
+            _server: server,
+            tls,
         }
-        let certs = CertificateDer::pem_file_iter(creds.join("bench-bot.crt"))
-            .unwrap()
-            .map(|c| c.unwrap())
-            .collect();
-        let key = PrivateKeyDer::from_pem_file(creds.join("bench-bot.key")).unwrap();
-        let tls = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(certs, key)
-            .unwrap();
-        Gateway { child, addr, tls }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
     }
 }

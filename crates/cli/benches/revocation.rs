@@ -11,13 +11,11 @@
 //! up to one request round trip of sampling granularity.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -54,18 +52,6 @@ fn client(state: &Path, creds: Option<(&Path, &str)>) -> reqwest::Client {
         .unwrap()
 }
 
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.0.id().to_string())
-            .status();
-        let _ = self.0.wait();
-    }
-}
-
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let n: usize = std::env::var("BENCH_REVOCATIONS")
@@ -81,45 +67,14 @@ fn main() {
     )
     .unwrap();
     let state = dir.path().join("state");
-    let mut child = Command::new(BIN)
-        .arg("serve")
-        .arg("--config")
-        .arg(&config)
-        .arg("--state-dir")
-        .arg(&state)
-        .env("PORTCULLIS_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn portcullis");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let server = Server(child);
-    let field = |i: usize| line.split_whitespace().nth(i).unwrap().to_string();
-    let (gateway, admin) = (field(2), field(4));
+    let server = support::serve(&config, &state, &[]);
+    let (gateway, admin) = (
+        format!("https://{}", server.gateway),
+        format!("https://{}", server.admin),
+    );
     let creds = dir.path().join("creds");
     for i in 0..n {
-        let out = Command::new(BIN)
-            .args([
-                "agent",
-                "create",
-                &format!("rev-{i}"),
-                "--role",
-                "reader",
-                "--out",
-            ])
-            .arg(&creds)
-            .arg("--state-dir")
-            .arg(&state)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        support::create_agent(&state, &creds, &format!("rev-{i}"), "reader");
     }
     let token = std::fs::read_to_string(state.join("admin.token"))
         .unwrap()

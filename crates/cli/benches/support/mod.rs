@@ -1,0 +1,104 @@
+//! What the benchmarks that drive a real `portcullis serve` share: starting
+//! it on ephemeral ports, creating an agent, and the agent's TLS settings.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// A running `portcullis serve`, stopped with SIGTERM when dropped.
+pub struct Serve {
+    pub child: Child,
+    pub gateway: SocketAddr,
+    pub admin: SocketAddr,
+}
+
+/// Starts `portcullis serve --config CONFIG --state-dir STATE` with `env`
+/// and waits for the line naming its addresses.
+pub fn serve(config: &Path, state: &Path, env: &[(&str, &str)]) -> Serve {
+    let mut command = Command::new(BIN);
+    command
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .arg("--state-dir")
+        .arg(state)
+        .env("PORTCULLIS_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let mut child = command.spawn().expect("spawn portcullis");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let field = |n: usize| -> SocketAddr {
+        line.split_whitespace()
+            .nth(n)
+            .expect("portcullis did not start")
+            .trim_start_matches("https://")
+            .parse()
+            .unwrap()
+    };
+    Serve {
+        gateway: field(2),
+        admin: field(4),
+        child,
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// `portcullis agent create NAME --role ROLE --out CREDS`.
+pub fn create_agent(state: &Path, creds: &Path, name: &str, role: &str) {
+    let out = Command::new(BIN)
+        .args(["agent", "create", name, "--role", role, "--out"])
+        .arg(creds)
+        .arg("--state-dir")
+        .arg(state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The gateway's CA as trust roots.
+pub fn roots(state: &Path) -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(state.join("ca.crt")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    roots
+}
+
+/// TLS settings of agent `name`: the gateway's CA and its client certificate.
+pub fn agent_tls(state: &Path, creds: &Path, name: &str) -> rustls::ClientConfig {
+    let certs = CertificateDer::pem_file_iter(creds.join(format!("{name}.crt")))
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = PrivateKeyDer::from_pem_file(creds.join(format!("{name}.key"))).unwrap();
+    rustls::ClientConfig::builder()
+        .with_root_certificates(roots(state))
+        .with_client_auth_cert(certs, key)
+        .unwrap()
+}
