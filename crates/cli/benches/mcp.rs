@@ -4,7 +4,8 @@
 //! decision is never memoized; audit on), in one run, with the ratio printed.
 //!
 //! Run: `cargo bench -p portcullis-cli --bench mcp`
-//! Knob: `BENCH_LATENCY_REQUESTS` (default 5000).
+//! Knobs: `BENCH_LATENCY_REQUESTS` (default 5000), `BENCH_EXTRA_CONFIG` (TOML
+//! appended to the gateway config, e.g. `[analytics]\nenabled = false`).
 //!
 //! - One keep-alive connection, sequential requests; p50/p99 per request.
 //!   "Added" latency is gateway minus direct at the same percentile.
@@ -13,6 +14,8 @@
 //!   certificate, authentication, the session check, JSON-RPC framing, the
 //!   Cedar decision with the call's arguments, the pin check, forwarding and
 //!   the audit record. Direct is plain HTTP/1.1 to the same upstream.
+//! - A plain HTTP route to the same upstream, measured in the same run, splits
+//!   the added latency into what every proxied request costs and what MCP adds.
 //! - The load generator, the upstream and the gateway share the machine's cores.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -73,10 +76,16 @@ fn main() {
             "{listed}"
         );
 
-        for target in [&direct, &through] {
+        let plain = Target {
+            addr: gateway.addr,
+            tls: through.tls.clone(),
+            path: "/plain",
+        };
+        for target in [&direct, &plain, &through] {
             let _ = latency(target, 500).await;
         }
         let d = latency(&direct, n).await;
+        let h = latency(&plain, n).await;
         let g = latency(&through, n).await;
         let p = |v: &[Duration], q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
         let us = |d: Duration| d.as_secs_f64() * 1e6;
@@ -85,7 +94,8 @@ fn main() {
         println!("{:<38}{:>10}{:>10}", "path", "p50 µs", "p99 µs");
         for (name, v) in [
             ("direct (http)", &d),
-            ("through gateway (https, client cert)", &g),
+            ("gateway, plain HTTP route", &h),
+            ("gateway, MCP route (https, client cert)", &g),
         ] {
             println!("{name:<38}{:>10.0}{:>10.0}", us(p(v, 0.5)), us(p(v, 0.99)));
         }
@@ -94,6 +104,11 @@ fn main() {
             "added p50: {:.0} µs (target <= 200)  added p99: {:.0} µs",
             us(p(&g, 0.5)) - us(p(&d, 0.5)),
             us(p(&g, 0.99)) - us(p(&d, 0.99))
+        );
+        println!(
+            "added p50 by a plain HTTP route: {:.0} µs; MCP on top of it: {:.0} µs",
+            us(p(&h, 0.5)) - us(p(&d, 0.5)),
+            us(p(&g, 0.5)) - us(p(&h, 0.5))
         );
         println!(
             "latency ratio gateway/direct: p50 {:.2}x  p99 {:.2}x",
@@ -244,6 +259,7 @@ impl Gateway {
         .unwrap();
         let mut extra = String::from(
             "@id(\"mcp-dev\") permit(principal in Role::\"dev\", action in [Action::\"call_tool\", Action::\"list_tools\"], resource in Route::\"bench\");\n\
+             @id(\"plain-dev\") permit(principal in Role::\"dev\", action, resource in Route::\"plain\");\n\
              @id(\"mcp-no-etc\") forbid(principal, action == Action::\"call_tool\", resource)\n  when { context.args.hasTag(\"path\") && context.args.getTag(\"path\") like \"/etc/*\" };\n",
         );
         // Policies for other teams and tools, as a real deployment would have.
@@ -260,8 +276,10 @@ impl Gateway {
             &config,
             format!(
                 "[gateway]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[policy]\ndir = \"{}\"\n\
-                 [[routes]]\nname = \"bench\"\nkind = \"mcp\"\npath_prefix = \"/mcp/bench\"\nupstream = \"http://{upstream}/mcp\"\nclassification = \"internal\"\n",
+                 [[routes]]\nname = \"bench\"\nkind = \"mcp\"\npath_prefix = \"/mcp/bench\"\nupstream = \"http://{upstream}/mcp\"\nclassification = \"internal\"\n\
+                 [[routes]]\nname = \"plain\"\npath_prefix = \"/plain\"\nupstream = \"http://{upstream}/mcp\"\nclassification = \"internal\"\n{}\n",
                 policies.display(),
+                std::env::var("BENCH_EXTRA_CONFIG").unwrap_or_default(),
             ),
         )
         .unwrap();

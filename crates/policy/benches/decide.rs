@@ -5,6 +5,7 @@
 //! replay throughput (decisions/s over a recorded-like stream of requests).
 //!
 //! Run: `cargo bench -p portcullis-policy --bench decide`
+//! (`BENCH_SMALL_ONLY=1`: only the ~100-policy HTTP and MCP cases).
 //!
 //! Measured on the 2-core development machine (2026-11-23):
 //!
@@ -32,11 +33,15 @@ use std::time::Instant;
 use portcullis_core::Classification;
 use portcullis_policy::{
     AgentEntity, Authorizer, AuthzRequest, DEFAULT_POLICIES, DEFAULT_SCHEMA, GrantEntity,
-    GrantScope, HttpAction, PolicyBundle, PolicySources, RequestTime, RouteEntity, SourceIp,
+    GrantScope, HttpAction, McpAction, McpRequest, PolicyBundle, PolicySources, RequestTime,
+    RouteEntity, SourceIp,
 };
 
 fn main() {
     small();
+    if std::env::var_os("BENCH_SMALL_ONLY").is_some() {
+        return;
+    }
     for policies in [10, 100, 1000] {
         scale(policies);
     }
@@ -305,4 +310,86 @@ fn small() {
         full / memoized,
         full / indexed
     );
+    mcp(&time);
+}
+
+/// An MCP `tools/call` among ~100 policies, 49 of them on `call_tool` (one
+/// per team's tool, one reading `context.args` for every agent): the scope
+/// slice against Cedar over every `call_tool` policy, in the same run.
+fn mcp(time: &dyn Fn(&dyn Fn() -> bool) -> f64) {
+    let mut text = String::from(
+        "@id(\"mcp-dev\") permit(principal in Role::\"dev\", action in [Action::\"call_tool\", Action::\"list_tools\"], resource in Route::\"bench\");\n\
+         @id(\"mcp-no-etc\") forbid(principal, action == Action::\"call_tool\", resource)\n  when { context.args.hasTag(\"path\") && context.args.getTag(\"path\") like \"/etc/*\" };\n",
+    );
+    for i in 0..48 {
+        text.push_str(&format!(
+            "@id(\"team-{i}\")\npermit(principal in Role::\"team-{i}\", action in Action::\"{}\", resource == Route::\"svc-{i}\")\n  when {{ context.time.hour >= 6 }};\n\
+             @id(\"tools-{i}\")\npermit(principal in Role::\"team-{i}\", action == Action::\"call_tool\", resource == Tool::\"svc-{i}/tool\")\n  when {{ context.time.hour >= 6 }};\n",
+            if i % 2 == 0 { "read" } else { "write" }
+        ));
+    }
+    let sources = PolicySources {
+        origin: PathBuf::from("bench"),
+        schema: DEFAULT_SCHEMA.to_string(),
+        files: vec![
+            ("quickstart.cedar".into(), DEFAULT_POLICIES.into()),
+            ("teams.cedar".into(), text),
+        ],
+    };
+    let bundle = Arc::new(PolicyBundle::compile(&sources).unwrap());
+    let mut agents = vec![AgentEntity {
+        name: "bench-bot".into(),
+        roles: vec!["dev".into()],
+    }];
+    let mut routes = vec![RouteEntity {
+        name: "bench".into(),
+        classification: Classification::Internal,
+        owner: String::new(),
+        tags: Vec::new(),
+    }];
+    for i in 0..48 {
+        agents.push(AgentEntity {
+            name: format!("agent-{i}"),
+            roles: vec![format!("team-{i}")],
+        });
+        routes.push(RouteEntity {
+            name: format!("svc-{i}"),
+            classification: Classification::Internal,
+            owner: String::new(),
+            tags: Vec::new(),
+        });
+    }
+    let authz = Authorizer::new(bundle.clone(), &agents, &routes).unwrap();
+    let ip = SourceIp::new("127.0.0.1".parse().unwrap());
+    let args = vec![("message".to_string(), "hello".to_string())];
+    let caller = portcullis_policy::CallerFacts::mtls();
+    let request = McpRequest {
+        agent: "bench-bot",
+        action: McpAction::CallTool,
+        route: "bench",
+        classification: Classification::Internal,
+        method: "tools/call",
+        target: "echo",
+        args: &args,
+        path: "/mcp/bench",
+        content: portcullis_policy::Content::NOT_SCANNED,
+        source_ip: &ip,
+        time: RequestTime::from_epoch(1_700_000_000),
+        caller: &caller,
+    };
+    assert_eq!(
+        authz.decide_mcp(&request),
+        authz.decide_mcp_unsliced(&request)
+    );
+    assert!(authz.decide_mcp(&request).allowed);
+    let sliced = time(&|| authz.decide_mcp(black_box(&request)).allowed);
+    let full = time(&|| authz.decide_mcp_unsliced(black_box(&request)).allowed);
+    println!(
+        "MCP tools/call, {} policies ({} on call_tool), one reading context.args:",
+        bundle.policy_ids().len(),
+        48 + 2
+    );
+    println!("  scope-sliced:                             {sliced:>8.0} ns/decision");
+    println!("  every call_tool policy (plain Cedar):     {full:>8.0} ns/decision");
+    println!("  speed-up: {:.1}x", full / sliced);
 }

@@ -515,6 +515,17 @@ impl Authorizer {
         }
     }
 
+    /// Decides an MCP message with every policy of its action, bypassing the
+    /// scope slice (and the memo). For tests and benchmarks that check the
+    /// slice changes nothing but the cost.
+    #[doc(hidden)]
+    pub fn decide_mcp_unsliced(&self, request: &crate::McpRequest<'_>) -> Decision {
+        match &self.mcp {
+            Some(m) => m.decide_unsliced(&self.cedar, &self.entities, request),
+            None => Decision::default_deny(),
+        }
+    }
+
     /// Adds the models of `kind = "llm"` routes (`Model::"<route>/<name>"`,
     /// each in its `Route`) and prepares `complete`/`embed` decisions. The
     /// scope index is unaffected: it indexes HTTP actions on routes, and a
@@ -749,7 +760,7 @@ pub(crate) fn to_decision(response: &cedar_policy::Response) -> Decision {
 
 /// A principal or resource scope constraint (Cedar has one enum for each, of the
 /// same shape).
-enum Scope {
+pub(crate) enum Scope {
     Any,
     Eq(EntityUid),
     In(EntityUid),

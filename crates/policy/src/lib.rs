@@ -12,6 +12,7 @@
 
 mod bundle;
 mod caller;
+mod candidates;
 mod decide;
 mod explain;
 mod grants;

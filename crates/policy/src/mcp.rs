@@ -22,14 +22,15 @@
 use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{
-    ActionConstraint, Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet,
-    Request, RestrictedExpression,
+    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet, Request,
+    RestrictedExpression,
 };
 use portcullis_core::{Classification, Decision};
 
 use crate::PolicyBundle;
 use crate::caller::CallerFacts;
-use crate::decide::{Content, EntityError, RequestTime, SourceIp, mentions_context};
+use crate::candidates::ActionPolicies;
+use crate::decide::{Content, EntityError, RequestTime, SourceIp};
 
 /// The MCP operations policy can grant, each an `Action::"<name>"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,8 +123,7 @@ struct ActionAuthz {
     /// request's `action in …` can ask about, so all its slice needs.
     action_entities: Vec<Entity>,
     resource_type: EntityTypeName,
-    candidates: PolicySet,
-    context_free: bool,
+    candidates: ActionPolicies,
 }
 
 /// The MCP half of a snapshot; `None` in [`crate::Authorizer`] when the schema
@@ -157,7 +157,6 @@ impl McpAuthz {
         {
             return Ok(None);
         }
-        let is_in = |e: &EntityUid, g: &EntityUid| e == g || entities.is_ancestor_of(g, e);
         let schema_actions = bundle
             .schema
             .action_entities()
@@ -171,20 +170,7 @@ impl McpAuthz {
                     crate::decide::SCHEMA_HINT
                 ))
             })?;
-            let mut candidates = PolicySet::new();
-            let mut context_free = true;
-            for policy in bundle.policies.policies() {
-                let matches = match policy.action_constraint() {
-                    ActionConstraint::Any => true,
-                    ActionConstraint::Eq(u) => u == uid,
-                    ActionConstraint::In(us) => us.iter().any(|u| is_in(&uid, u)),
-                };
-                if matches {
-                    context_free &= !mentions_context(policy);
-                    // Ids are unique in the bundle, so adding cannot fail.
-                    let _ = candidates.add(policy.clone());
-                }
-            }
+            let candidates = ActionPolicies::for_action(&bundle.policies, entities, &uid);
             let mut lineage = vec![uid.clone()];
             if let Some(ancestors) = schema_actions.ancestors(&uid) {
                 lineage.extend(ancestors.cloned());
@@ -198,7 +184,6 @@ impl McpAuthz {
                 uid,
                 resource_type: parse(action.resource_type())?,
                 candidates,
-                context_free,
             });
         }
         let authz = McpAuthz {
@@ -373,7 +358,7 @@ impl McpAuthz {
         if a.candidates.is_empty() {
             return Decision::default_deny();
         }
-        let key = a.context_free.then(|| {
+        let key = a.candidates.context_free().then(|| {
             (
                 r.agent.to_string(),
                 r.action,
@@ -390,6 +375,18 @@ impl McpAuthz {
         cedar: &cedar_policy::Authorizer,
         entities: &Entities,
         r: &McpRequest<'_>,
+    ) -> Decision {
+        self.decide_with(cedar, entities, r, ActionPolicies::matching)
+    }
+
+    /// Decides with the policies `choose` picks among the action's: those
+    /// whose scope matches, or (to check that slicing changes nothing) all.
+    fn decide_with(
+        &self,
+        cedar: &cedar_policy::Authorizer,
+        entities: &Entities,
+        r: &McpRequest<'_>,
+        choose: impl FnOnce(&ActionPolicies, &Entities, &EntityUid, &EntityUid) -> PolicySet,
     ) -> Decision {
         let a = &self.actions[r.action.index()];
         let principal =
@@ -408,10 +405,24 @@ impl McpAuthz {
                 ..Decision::default_deny()
             },
             Ok((request, slice)) => {
-                let response = cedar.is_authorized(&request, &a.candidates, &slice);
+                // The slice holds the tool (prompt, resource) made for this
+                // message, with its route as parent: `in` is answered by it.
+                let resource = request.resource().cloned().unwrap_or(route);
+                let policies = choose(&a.candidates, &slice, &principal, &resource);
+                let response = cedar.is_authorized(&request, &policies, &slice);
                 crate::decide::to_decision(&response)
             }
         }
+    }
+
+    /// Decides with every policy of the action, bypassing the scope slice.
+    pub(crate) fn decide_unsliced(
+        &self,
+        cedar: &cedar_policy::Authorizer,
+        entities: &Entities,
+        r: &McpRequest<'_>,
+    ) -> Decision {
+        self.decide_with(cedar, entities, r, |a, _, _, _| a.all())
     }
 }
 
@@ -496,6 +507,98 @@ mod tests {
 @id("ops-prompt") permit(principal in Role::"ops", action == Action::"get_prompt", resource)
   when { resource.classification_level <= 1 };
 "#;
+
+    /// Policies of every scope form, some erroring, some reading context:
+    /// the scope slice must give exactly the full set's decision, reasons
+    /// and errors for every agent, action and target.
+    #[test]
+    fn scope_slicing_never_changes_a_decision() {
+        let policies = format!(
+            "{POLICIES}{}",
+            r#"
+@id("by-name") permit(principal == Agent::"ops-bot", action, resource == Tool::"files/echo");
+@id("any-tool") permit(principal is Agent, action == Action::"call_tool", resource is Tool);
+@id("tool-in-route") forbid(principal is Agent in Role::"ops", action, resource is Tool in Route::"files")
+  when { context.args.hasTag("x") };
+@id("other-route") permit(principal, action, resource in Route::"elsewhere");
+@id("errs") forbid(principal in Role::"dev", action == Action::"call_tool", resource)
+  when { context.args.hasTag("n") && context.time.hour * 9223372036854775807 > 0 };
+@id("everything") permit(principal, action, resource) when { context.time.hour >= 0 };
+"#
+        );
+        let a = authorizer(&policies);
+        let m = a.mcp.as_ref().unwrap();
+        let mut compared = 0;
+        for agent in ["dev-bot", "ops-bot", "stranger"] {
+            for action in McpAction::ALL {
+                for target in ["echo", "read_file", "delete_file", "summary", ""] {
+                    for args in [
+                        vec![],
+                        vec![("x", "1")],
+                        vec![("n", "1"), ("path", "/tmp/a")],
+                    ] {
+                        let args: Vec<(String, String)> = args
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_string()))
+                            .collect();
+                        let r = McpRequest {
+                            agent,
+                            action,
+                            route: "files",
+                            classification: Classification::Internal,
+                            method: "tools/call",
+                            target,
+                            args: &args,
+                            path: "/mcp",
+                            content: Content::NOT_SCANNED,
+                            source_ip: &SourceIp::new("127.0.0.1".parse().unwrap()),
+                            time: RequestTime::from_epoch(1_700_000_000),
+                            caller: &CallerFacts::mtls(),
+                        };
+                        let sliced = m.decide_uncached(&a.cedar, &a.entities, &r);
+                        let full = m.decide_unsliced(&a.cedar, &a.entities, &r);
+                        assert_eq!(sliced, full, "{agent} {action:?} {target} {args:?}");
+                        compared += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(compared, 3 * 6 * 5 * 3);
+        // The slice does leave policies out: dev-bot's tool call on `echo`
+        // is decided without the other role's or route's policies.
+        let args = Vec::new();
+        let r = McpRequest {
+            agent: "dev-bot",
+            action: McpAction::CallTool,
+            route: "files",
+            classification: Classification::Internal,
+            method: "tools/call",
+            target: "echo",
+            args: &args,
+            path: "/mcp",
+            content: Content::NOT_SCANNED,
+            source_ip: &SourceIp::new("127.0.0.1".parse().unwrap()),
+            time: RequestTime::from_epoch(1_700_000_000),
+            caller: &CallerFacts::mtls(),
+        };
+        let call = &m.actions[McpAction::CallTool.index()].candidates;
+        let principal: EntityUid = r#"Agent::"dev-bot""#.parse().unwrap();
+        let resource: EntityUid = r#"Tool::"files/echo""#.parse().unwrap();
+        let (_, slice) = m
+            .request(&r, a.entities.get(&principal), None, None)
+            .unwrap();
+        let slice = Entities::from_entities(slice, None).unwrap();
+        let kept: Vec<String> = call
+            .matching(&slice, &principal, &resource)
+            .policies()
+            .map(|p| p.id().to_string())
+            .collect();
+        assert!(!kept.contains(&"by-name".to_string()), "{kept:?}");
+        assert!(!kept.contains(&"other-route".to_string()), "{kept:?}");
+        assert!(!kept.contains(&"tool-in-route".to_string()), "{kept:?}");
+        assert!(kept.contains(&"dev-tools".to_string()), "{kept:?}");
+        assert!(kept.contains(&"any-tool".to_string()), "{kept:?}");
+    }
 
     #[test]
     fn mcp_decisions() {

@@ -12,14 +12,14 @@
 use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{
-    ActionConstraint, Entities, Entity, EntityId, EntityTypeName, EntityUid, PolicySet, Request,
-    RestrictedExpression,
+    Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
 };
 use portcullis_core::{Classification, Decision};
 
 use crate::PolicyBundle;
 use crate::caller::CallerFacts;
-use crate::decide::{Content, EntityError, HttpAction, RequestTime, SourceIp, mentions_context};
+use crate::candidates::ActionPolicies;
+use crate::decide::{Content, EntityError, HttpAction, RequestTime, SourceIp};
 
 /// A model as policy sees it: `Model::"<route>/<name>"`, in `Route::"<route>"`.
 #[derive(Debug, Clone)]
@@ -94,11 +94,10 @@ pub struct ModelRequest<'a> {
     pub caller: &'a CallerFacts,
 }
 
-/// Per action: the candidate policies, and whether none of them reads context.
+/// Per action: the candidate policies.
 struct ActionAuthz {
     uid: EntityUid,
-    candidates: PolicySet,
-    context_free: bool,
+    candidates: ActionPolicies,
 }
 
 pub(crate) struct ModelAuthz {
@@ -181,30 +180,12 @@ impl ModelAuthz {
             t.parse::<EntityTypeName>()
                 .map_err(|e| EntityError::new(e.to_string()))
         };
-        let is_in = |e: &EntityUid, g: &EntityUid| e == g || entities.is_ancestor_of(g, e);
         let action_authz = |action: ModelAction| -> Result<ActionAuthz, EntityError> {
             let uid: EntityUid = format!("Action::\"{}\"", action.as_str())
                 .parse()
                 .map_err(|e: cedar_policy::ParseErrors| EntityError::new(e.to_string()))?;
-            let mut candidates = PolicySet::new();
-            let mut context_free = true;
-            for policy in bundle.policies.policies() {
-                let matches = match policy.action_constraint() {
-                    ActionConstraint::Any => true,
-                    ActionConstraint::Eq(u) => u == uid,
-                    ActionConstraint::In(us) => us.iter().any(|u| is_in(&uid, u)),
-                };
-                if matches {
-                    context_free &= !mentions_context(policy);
-                    // Ids are unique in the bundle, so adding cannot fail.
-                    let _ = candidates.add(policy.clone());
-                }
-            }
-            Ok(ActionAuthz {
-                uid,
-                candidates,
-                context_free,
-            })
+            let candidates = ActionPolicies::for_action(&bundle.policies, entities, &uid);
+            Ok(ActionAuthz { uid, candidates })
         };
         let authz = ModelAuthz {
             actions: [
@@ -284,7 +265,7 @@ impl ModelAuthz {
         r: &ModelRequest<'_>,
     ) -> Decision {
         let action = &self.actions[r.action.index()];
-        let key = action.context_free.then(|| {
+        let key = action.candidates.context_free().then(|| {
             (
                 r.agent.to_string(),
                 r.action,
@@ -298,7 +279,11 @@ impl ModelAuthz {
                     ..Decision::default_deny()
                 },
                 Ok(request) => {
-                    let response = cedar.is_authorized(&request, &action.candidates, entities);
+                    let policies = match (request.principal(), request.resource()) {
+                        (Some(p), Some(r)) => action.candidates.matching(entities, p, r),
+                        _ => action.candidates.all(),
+                    };
+                    let response = cedar.is_authorized(&request, &policies, entities);
                     crate::decide::to_decision(&response)
                 }
             })

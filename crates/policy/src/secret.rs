@@ -8,14 +8,13 @@
 //! (usually a handful); when none of them reads `context`, a decision depends
 //! only on (agent, secret) and is memoized for the snapshot, as for routes.
 
-use cedar_policy::{
-    ActionConstraint, Entities, EntityId, EntityTypeName, EntityUid, PolicySet, Request,
-};
+use cedar_policy::{Entities, EntityId, EntityTypeName, EntityUid, Request};
 use portcullis_core::Decision;
 
 use crate::PolicyBundle;
 use crate::caller::CallerFacts;
-use crate::decide::{Content, EntityError, HttpAction, RequestTime, SourceIp, mentions_context};
+use crate::candidates::ActionPolicies;
+use crate::decide::{Content, EntityError, HttpAction, RequestTime, SourceIp};
 
 /// The action id.
 pub const USE_SECRET: &str = "use_secret";
@@ -47,8 +46,7 @@ pub(crate) struct SecretAuthz {
     action: EntityUid,
     agent_type: EntityTypeName,
     secret_type: EntityTypeName,
-    candidates: PolicySet,
-    context_free: bool,
+    candidates: ActionPolicies,
     memo: crate::memo::DecisionMemo<(String, String)>,
 }
 
@@ -71,27 +69,12 @@ impl SecretAuthz {
             t.parse::<EntityTypeName>()
                 .map_err(|e| EntityError::new(e.to_string()))
         };
-        let is_in = |e: &EntityUid, g: &EntityUid| e == g || entities.is_ancestor_of(g, e);
-        let mut candidates = PolicySet::new();
-        let mut context_free = true;
-        for policy in bundle.policies.policies() {
-            let matches = match policy.action_constraint() {
-                ActionConstraint::Any => true,
-                ActionConstraint::Eq(u) => u == action,
-                ActionConstraint::In(us) => us.iter().any(|u| is_in(&action, u)),
-            };
-            if matches {
-                context_free &= !mentions_context(policy);
-                // Ids are unique in the bundle, so adding cannot fail.
-                let _ = candidates.add(policy.clone());
-            }
-        }
+        let candidates = ActionPolicies::for_action(&bundle.policies, entities, &action);
         let authz = SecretAuthz {
             action,
             agent_type: parse("Agent")?,
             secret_type: parse("Secret")?,
             candidates,
-            context_free,
             memo: crate::memo::DecisionMemo::new(),
         };
         // The request shape is fixed: prove once that the schema accepts it.
@@ -149,7 +132,8 @@ impl SecretAuthz {
         r: &SecretRequest<'_>,
     ) -> Decision {
         let key = self
-            .context_free
+            .candidates
+            .context_free()
             .then(|| (r.agent.to_string(), r.secret.to_string()));
         self.memo
             .get_or_decide(key, || match self.request(r, None) {
@@ -158,7 +142,11 @@ impl SecretAuthz {
                     ..Decision::default_deny()
                 },
                 Ok(request) => {
-                    let response = cedar.is_authorized(&request, &self.candidates, entities);
+                    let policies = match (request.principal(), request.resource()) {
+                        (Some(p), Some(r)) => self.candidates.matching(entities, p, r),
+                        _ => self.candidates.all(),
+                    };
+                    let response = cedar.is_authorized(&request, &policies, entities);
                     crate::decide::to_decision(&response)
                 }
             })

@@ -1,0 +1,112 @@
+//! The policies that can apply to one request, by scope alone, for the actions
+//! whose resources are made per request (MCP tools and prompts, models,
+//! secrets) and so are outside the snapshot's scope index (`decide.rs`).
+//!
+//! The reasoning is the scope index's: a policy whose principal, action or
+//! resource scope cannot match a request is never satisfied and never errors,
+//! so leaving it out changes nothing but the cost. Without this, every MCP
+//! tool call evaluated every `call_tool` policy of every team — with a
+//! hundred policies that was most of the gateway's added latency. Scopes are
+//! read once per snapshot; a request tests them (equality, or one ancestor
+//! lookup in the snapshot's entities) and hands Cedar only the survivors.
+
+use cedar_policy::{ActionConstraint, Entities, EntityUid, Policy, PolicySet};
+
+use crate::decide::{Scope, mentions_context};
+
+/// One action's candidate policies, with their scopes read out.
+pub(crate) struct ActionPolicies {
+    policies: Vec<Candidate>,
+    context_free: bool,
+}
+
+struct Candidate {
+    policy: Policy,
+    principal: Scope,
+    resource: Scope,
+}
+
+impl ActionPolicies {
+    /// The policies of `set` whose action scope matches `action`, by Cedar's
+    /// `in` over `entities` (which holds the schema's action groups).
+    pub(crate) fn for_action(set: &PolicySet, entities: &Entities, action: &EntityUid) -> Self {
+        let is_in = |e: &EntityUid, g: &EntityUid| e == g || entities.is_ancestor_of(g, e);
+        let mut context_free = true;
+        let policies: Vec<Candidate> = set
+            .policies()
+            .filter(|p| match p.action_constraint() {
+                ActionConstraint::Any => true,
+                ActionConstraint::Eq(u) => u == *action,
+                ActionConstraint::In(us) => us.iter().any(|u| is_in(action, u)),
+            })
+            .map(|p| {
+                context_free &= !mentions_context(p);
+                Candidate {
+                    policy: p.clone(),
+                    principal: p.principal_constraint().into(),
+                    resource: p.resource_constraint().into(),
+                }
+            })
+            .collect();
+        ActionPolicies {
+            policies,
+            context_free,
+        }
+    }
+
+    /// Whether no policy names the action (every request is denied).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.policies.is_empty()
+    }
+
+    /// Whether none of the action's policies reads `context`.
+    pub(crate) fn context_free(&self) -> bool {
+        self.context_free
+    }
+
+    /// The policies whose principal and resource scopes match, as a set Cedar
+    /// can evaluate; `in` is answered
+    /// by `entities`: exactly the entities Cedar will evaluate the request
+    /// with (for an MCP message, its slice, which holds the tool made for it).
+    pub(crate) fn matching(
+        &self,
+        entities: &Entities,
+        principal: &EntityUid,
+        resource: &EntityUid,
+    ) -> PolicySet {
+        let is_in = |e: &EntityUid, g: &EntityUid| e == g || entities.is_ancestor_of(g, e);
+        let principal_in = |g: &EntityUid| is_in(principal, g);
+        let resource_in = |g: &EntityUid| is_in(resource, g);
+        let mut set = PolicySet::new();
+        for c in &self.policies {
+            if scope_matches(&c.principal, principal, principal_in)
+                && scope_matches(&c.resource, resource, resource_in)
+            {
+                // Ids are unique in the bundle, so adding cannot fail.
+                let _ = set.add(c.policy.clone());
+            }
+        }
+        set
+    }
+
+    /// Every policy of the action: for a request whose principal or resource
+    /// is not concrete, and to check that slicing changes nothing.
+    pub(crate) fn all(&self) -> PolicySet {
+        let mut set = PolicySet::new();
+        for c in &self.policies {
+            let _ = set.add(c.policy.clone());
+        }
+        set
+    }
+}
+
+/// Whether `entity` satisfies a scope constraint, `is_in` answering Cedar's `in`.
+fn scope_matches(scope: &Scope, entity: &EntityUid, is_in: impl Fn(&EntityUid) -> bool) -> bool {
+    match scope {
+        Scope::Any => true,
+        Scope::Eq(u) => entity == u,
+        Scope::In(u) => is_in(u),
+        Scope::Is(t) => entity.type_name() == t,
+        Scope::IsIn(t, u) => entity.type_name() == t && is_in(u),
+    }
+}
