@@ -5,7 +5,7 @@
 //! | --- | --- |
 //! | `GET /admin/v1/approvals` | live tickets (pending, approved-unused, denied) |
 //! | `GET /admin/v1/approvals/{id}` | one ticket |
-//! | `POST /admin/v1/approvals/{id}/approve` | approve this exact call once; with `ttl_seconds`, also grant the agent the action on the route for that long |
+//! | `POST /admin/v1/approvals/{id}/approve` | approve this exact call once; with `ttl_seconds` (not for tickets behavioral analytics required), also grant the agent the action on the route for that long |
 //! | `POST /admin/v1/approvals/{id}/deny` | deny it |
 //! | `GET /admin/v1/grants` | live grants |
 //! | `POST /admin/v1/grants/{id}/revoke` | end a grant (or a break-glass) now |
@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use portcullis_audit::Outcome;
 use portcullis_core::ErrorCode;
-use portcullis_gateway::approvals::DecideError;
+use portcullis_gateway::approvals::{DecideError, RequiredBy};
 use portcullis_store::GrantRow;
 use serde::Deserialize;
 
@@ -128,6 +128,15 @@ async fn approve(
     })?;
     let grant = match body.ttl_seconds {
         None => None,
+        // A grant lets policy allow the route; it cannot lift the hold of
+        // the agent's risk grade (each write is held while the grade lasts),
+        // so it would widen access and still not let the agent through.
+        Some(_) if ticket.binding.required_by == RequiredBy::Analytics => {
+            return Err(call.error(
+                ErrorCode::BadRequest,
+                "this ticket was required by behavioral analytics (the agent's risk grade holds each write): approve it without ttl_seconds",
+            ));
+        }
         Some(ttl) if ttl == 0 || ttl > MAX_GRANT => {
             return Err(call.error(
                 ErrorCode::BadRequest,

@@ -16,8 +16,7 @@ use crate::forest::IsolationForest;
 use crate::rng::Rng;
 use crate::rules::{RuleHit, Rules};
 
-/// The graded responses, mildest first. (Approval of writes, between alert
-/// and throttle in the design, waits for the approval machinery.)
+/// The graded responses, mildest first.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
@@ -28,6 +27,8 @@ pub enum Grade {
     Normal,
     /// Tell a human.
     Alert,
+    /// Each write waits for a human's approval; reads are served.
+    ApproveWrites,
     /// Rate-limit the agent.
     Throttle,
     /// Only reads are served.
@@ -42,6 +43,7 @@ impl Grade {
         match self {
             Grade::Normal => "normal",
             Grade::Alert => "alert",
+            Grade::ApproveWrites => "approve_writes",
             Grade::Throttle => "throttle",
             Grade::ReadOnly => "read_only",
             Grade::Quarantine => "quarantine",
@@ -54,6 +56,8 @@ impl Grade {
 pub struct Thresholds {
     /// Alert a human.
     pub alert: f32,
+    /// Hold writes for a human's approval.
+    pub approve_writes: f32,
     /// Throttle.
     pub throttle: f32,
     /// Read-only.
@@ -66,6 +70,7 @@ impl Default for Thresholds {
     fn default() -> Self {
         Thresholds {
             alert: 0.5,
+            approve_writes: 0.6,
             throttle: 0.7,
             read_only: 0.8,
             quarantine: 0.95,
@@ -82,6 +87,8 @@ impl Thresholds {
             Grade::ReadOnly
         } else if risk >= self.throttle {
             Grade::Throttle
+        } else if risk >= self.approve_writes {
+            Grade::ApproveWrites
         } else if risk >= self.alert {
             Grade::Alert
         } else {
@@ -177,7 +184,13 @@ impl Config {
     /// Checks the settings are usable.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let t = &self.thresholds;
-        let all = [t.alert, t.throttle, t.read_only, t.quarantine];
+        let all = [
+            t.alert,
+            t.approve_writes,
+            t.throttle,
+            t.read_only,
+            t.quarantine,
+        ];
         if all.iter().any(|v| !(0.0..=1.0).contains(v)) {
             return Err(ConfigError("thresholds", "each must be within 0.0..=1.0"));
         }

@@ -21,7 +21,8 @@ pub enum ApprovalsCommand {
         /// The ticket id.
         id: String,
         /// Instead of one call, grant the agent this action on this route for
-        /// this long (`15m`, `2h`; at most 24h).
+        /// this long (`15m`, `2h`; at most 24h). Not for tickets behavioral
+        /// analytics required: its hold is lifted call by call.
         #[arg(long, value_parser = crate::commands::parse_ttl)]
         ttl: Option<Duration>,
     },
@@ -79,12 +80,21 @@ pub async fn approvals(command: ApprovalsCommand, admin: AdminArgs) -> Result<()
                     text(&t["body_sha256"]).chars().take(12).collect::<String>(),
                     when(&t["expires_ms"]),
                 );
-                println!(
-                    "{:<34}why: policy `{}` (version {}) asks for approval",
-                    "",
-                    text(&t["policy_id"]),
-                    t["policy_version"]
-                );
+                if t["required_by"] == "analytics" {
+                    println!(
+                        "{:<34}why: behavioral analytics holds this agent's writes (risk grade approve_writes or above; `portcullis alerts list`); allowed by policy `{}` (version {})",
+                        "",
+                        text(&t["policy_id"]),
+                        t["policy_version"]
+                    );
+                } else {
+                    println!(
+                        "{:<34}why: policy `{}` (version {}) asks for approval",
+                        "",
+                        text(&t["policy_id"]),
+                        t["policy_version"]
+                    );
+                }
             }
         }
         ApprovalsCommand::Approve { id, ttl } => {

@@ -426,3 +426,183 @@ when { context.risk.greaterThan(decimal("0.3")) };
     assert!((0.3..0.5).contains(&risk), "{shown}");
     assert_eq!(shown["analytics"]["grade"], "normal");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_grade_approve_writes_reads_pass_and_each_write_waits_for_a_human() {
+    install_crypto();
+    let (upstream, _gate) = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("schema.cedarschema"),
+        portcullis_policy::DEFAULT_SCHEMA,
+    )
+    .unwrap();
+    std::fs::write(
+        policies.join("api.cedar"),
+        r#"@id("api-for-agents") permit (principal, action, resource == Route::"api");"#,
+    )
+    .unwrap();
+    // Each recent denial adds 0.09 of risk (0.9 × 1/10): three put the agent
+    // at approve-writes (0.2), far from the other grades.
+    let up = format!("http://{upstream}");
+    let routes = format!(
+        "[policy]\ndir = \"policies\"\n{}{}[analytics]\ndenial_burst = 10\n[analytics.thresholds]\nalert = 0.1\napprove_writes = 0.2\nthrottle = 0.98\nread_only = 0.99\nquarantine = 1.0\n",
+        route("api", "/api", &up, "public"),
+        route("payroll", "/payroll", &up, "confidential"),
+    );
+    let cfg = config(dir.path(), &routes, "");
+    let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
+        .await
+        .unwrap();
+    let (cert, key) = tokio::task::block_in_place(|| server.create_agent("bot", &["writer"]));
+    let client = client(&server.ca_pem(), Some((&cert, &key)));
+    let post = |body: &'static str| {
+        let c = client.clone();
+        let url = server.url("/api/transfer");
+        async move {
+            let r = c.post(url).body(body).send().await.unwrap();
+            let status = r.status().as_u16();
+            let id = support::request_id(&r);
+            let body: Value = r.json().await.unwrap_or(Value::Null);
+            (status, body, id)
+        }
+    };
+    assert_eq!(post("amount=1").await.0, 200, "a write at risk 0 passes");
+    for i in 0..3 {
+        assert_eq!(get(&client, &server, &format!("/payroll/{i}")).await.0, 403);
+    }
+    // Bounded wait for the grade (the analytics task runs off the path).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut held = None;
+    while Instant::now() < deadline {
+        let (status, body, id) = post("amount=100").await;
+        if status != 200 {
+            held = Some((status, body, id));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, body, id) = held.expect("the write was never held");
+    // The answer an @obligation("approval") gives, naming analytics.
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("approval_required")),
+        "{body}"
+    );
+    assert_eq!(
+        body["error"]["policies"],
+        serde_json::json!(["analytics:approve_writes"])
+    );
+    let ticket = body["error"]["ticket"].as_str().unwrap().to_string();
+    // Reads pass.
+    assert_eq!(get(&client, &server, "/api/x").await, (200, None));
+    let shown = cli_json(&server, &["agent", "show", "bot"]).await;
+    assert_eq!(shown["analytics"]["grade"], "approve_writes", "{shown}");
+
+    // The record: refused, with the ticket, and analytics as the reason.
+    let record = tokio::task::block_in_place(|| server.audit_record(&id));
+    assert_eq!(record["outcome"], "deny");
+    assert_eq!(record["error_code"], "approval_required");
+    assert_eq!(record["approval_ticket"], ticket.as_str());
+    assert_eq!(
+        record["policies"],
+        serde_json::json!(["api-for-agents", "analytics:approve_writes"])
+    );
+    // The ticket: bound to the call, required by analytics.
+    let out = cli(&server, &["approvals", "list"]).await;
+    let list = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        list.lines().any(|l| l.starts_with(&ticket)
+            && l.contains("pending")
+            && l.contains("/api/transfer")),
+        "{list}"
+    );
+    assert!(list.contains("behavioral analytics holds"), "{list}");
+    // The alert names the grade.
+    let out = cli(&server, &["alerts", "list"]).await;
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"grade\":\"approve_writes\""),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    // An admin enrolled: deciding needs that admin's TOTP code.
+    let enrolled = cli(&server, &["admin", "user", "add", "alice"]).await;
+    assert!(enrolled.status.success());
+    let secret = String::from_utf8_lossy(&enrolled.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("TOTP secret (shown once; add it to an authenticator app): "))
+        .map(str::to_string)
+        .expect("secret printed");
+    let secret = portcullis_identity::TotpSecret::from_base32(&secret).unwrap();
+    let unconfirmed = cli(&server, &["approvals", "approve", &ticket]).await;
+    assert!(!unconfirmed.status.success());
+    while now_secs() % 30 > 22 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A grant cannot lift the hold: --ttl is refused for this ticket.
+    let code = secret.code_at(now_secs());
+    let granted = cli(
+        &server,
+        &[
+            "approvals",
+            "approve",
+            &ticket,
+            "--ttl",
+            "10m",
+            "--user",
+            "alice",
+            "--totp",
+            &code,
+        ],
+    )
+    .await;
+    assert!(!granted.status.success());
+    assert!(
+        String::from_utf8_lossy(&granted.stderr).contains("behavioral analytics"),
+        "{}",
+        String::from_utf8_lossy(&granted.stderr)
+    );
+    let code = secret.code_at(now_secs() + 30);
+    let approved = cli(
+        &server,
+        &[
+            "approvals",
+            "approve",
+            &ticket,
+            "--user",
+            "alice",
+            "--totp",
+            &code,
+        ],
+    )
+    .await;
+    assert!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
+
+    // The same call goes through, once; the grade is unchanged by asking.
+    let (status, body, id) = post("amount=100").await;
+    assert_eq!(status, 200, "{body}");
+    let record = tokio::task::block_in_place(|| server.audit_record(&id));
+    assert_eq!(record["outcome"], "allow");
+    assert_eq!(record["approval_ticket"], ticket.as_str());
+    let (status, body, _) = post("amount=100").await;
+    assert_eq!(status, 403);
+    assert_ne!(body["error"]["ticket"], ticket.as_str(), "single use");
+    // A different call is held on its own ticket.
+    let (status, body, _) = post("amount=100000").await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("approval_required"))
+    );
+    let shown = cli_json(&server, &["agent", "show", "bot"]).await;
+    assert_eq!(
+        shown["analytics"]["grade"], "approve_writes",
+        "held writes are not refusals: {shown}"
+    );
+}

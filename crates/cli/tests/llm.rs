@@ -433,3 +433,72 @@ fn a_missing_api_key_or_model_schema_stops_serve() {
     assert!(!ok);
     assert!(err.contains("`Model` entity type"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn at_grade_approve_writes_a_completion_waits_for_a_human() {
+    install_crypto();
+    // The upstream needs python3 only (no SDK: the client here is reqwest).
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: LLM approve-writes e2e: python3 is not available");
+        return;
+    }
+    let upstream = tokio::task::spawn_blocking(start_upstream).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // Three denials (0.09 of risk each) put the agent at approve-writes.
+    let routes = format!(
+        "{}{}[analytics]\ndenial_burst = 10\n[analytics.thresholds]\nalert = 0.1\napprove_writes = 0.2\nthrottle = 0.98\nread_only = 0.99\nquarantine = 1.0\n",
+        llm_route("llm", "/llm", upstream.port, ""),
+        support::route("payroll", "/payroll", "http://127.0.0.1:9", "confidential"),
+    );
+    let cfg = setup(dir.path(), &routes);
+    let server = tokio::task::spawn_blocking(move || start(dir, &cfg))
+        .await
+        .unwrap();
+    let (cert, key) = tokio::task::block_in_place(|| server.create_agent("llm-bot", &["llm-user"]));
+    let http = support::client(&server.ca_pem(), Some((&cert, &key)));
+    let complete = || {
+        http.post(server.url("/llm/v1/chat/completions"))
+            .json(&serde_json::json!({
+                "model": "gpt-test",
+                "messages": [{"role": "user", "content": "send the report"}],
+            }))
+            .send()
+    };
+    assert_eq!(complete().await.unwrap().status(), 200);
+    for _ in 0..3 {
+        let r = http.get(server.url("/payroll/x")).send().await.unwrap();
+        assert_eq!(r.status(), 403);
+    }
+    let mut held = None;
+    for _ in 0..250 {
+        let r = complete().await.unwrap();
+        if r.status() != 200 {
+            held = Some(support::error_of(r).await);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, error) = held.expect("the completion was never held");
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (403, Some("approval_required"))
+    );
+    assert_eq!(
+        error["policies"],
+        serde_json::json!(["analytics:approve_writes"])
+    );
+    let ticket = error["ticket"].as_str().unwrap().to_string();
+    // Reads pass.
+    let models = http.get(server.url("/llm/v1/models")).send().await.unwrap();
+    assert_eq!(models.status(), 200);
+    let out = tokio::task::block_in_place(|| server.cli(&["approvals", "approve", &ticket]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = complete().await.unwrap();
+    assert_eq!(r.status(), 200, "the approved completion goes through");
+    let r = complete().await.unwrap();
+    assert_eq!(r.status(), 403, "once");
+}

@@ -556,3 +556,428 @@ fn a_stdio_server_launched_by_the_gateway_gets_the_same_protection() {
     let still = other.call("echo", json!({"message": "yes"}));
     assert_eq!(still["text"], "Echo: yes", "{still}");
 }
+
+/// Processes whose parent is `pid`, not yet reaped or dying, whose command
+/// line contains `needle`.
+fn children_running(pid: u32, needle: &str) -> usize {
+    let mut n = 0;
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may hold spaces, so read after ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let (Some(state), Some(ppid)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if ppid != pid.to_string() || state == "Z" || state == "X" {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(needle) {
+            n += 1;
+        }
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn quarantine_ends_the_agents_open_mcp_streams_and_sessions_at_once() {
+    support::install_crypto();
+    let Some((_node, port)) = tokio::task::spawn_blocking(start_everything).await.unwrap() else {
+        return;
+    };
+    let Some(entry) = everything() else {
+        return;
+    };
+    // Two MCP routes, over Streamable HTTP and over stdio, and an HTTP
+    // route the agent may not use: five refusals there quarantine it.
+    let dir = tempfile::tempdir().unwrap();
+    let pol = dir.path().join("policies");
+    std::fs::create_dir(&pol).unwrap();
+    std::fs::write(pol.join("schema.cedarschema"), SCHEMA).unwrap();
+    std::fs::write(pol.join("mcp.cedar"), EVERYTHING_POLICIES).unwrap();
+    let routes = format!(
+        "[policy]\ndir = \"policies\"\n\
+         [[routes]]\nname = \"everything\"\nkind = \"mcp\"\npath_prefix = \"/mcp/everything\"\nupstream = \"http://127.0.0.1:{port}/mcp\"\nclassification = \"internal\"\n\
+         [[routes]]\nname = \"local\"\nkind = \"mcp\"\npath_prefix = \"/mcp/local\"\nupstream = \"stdio:node {} stdio\"\nclassification = \"internal\"\n\
+         {}\
+         [analytics]\ndenial_burst = 5\n",
+        entry.display(),
+        support::route("payroll", "/payroll", "http://127.0.0.1:9", "confidential"),
+    );
+    let config = support::config(dir.path(), &routes, "");
+    let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&config)))
+        .await
+        .unwrap();
+    let pid = server.child.as_ref().unwrap().id();
+    let (cert, key) = tokio::task::block_in_place(|| server.create_agent("dev-bot", &["dev"]));
+    let agent = support::client(&server.ca_pem(), Some((&cert, &key)));
+    let post = |route: &str, session: Option<&str>, body: Value| {
+        let mut r = agent
+            .post(server.url(&format!("/mcp/{route}")))
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&body);
+        if let Some(s) = session {
+            r = r.header("mcp-session-id", s);
+        }
+        r.send()
+    };
+    // A session and an open GET event stream on each route.
+    let mut sessions = Vec::new();
+    let mut streams = Vec::new();
+    for route in ["everything", "local"] {
+        let init = post(
+            route,
+            None,
+            json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": {"name": "test", "version": "1"}}}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(init.status(), 200, "{route}");
+        let session = init.headers()["mcp-session-id"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let _ = init.bytes().await.unwrap();
+        let r = post(
+            route,
+            Some(&session),
+            json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 202, "{route}");
+        let mut stream = agent
+            .get(server.url(&format!("/mcp/{route}")))
+            .header("accept", "text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .header("mcp-session-id", &session)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stream.status(), 200, "{route}");
+        // Read the stream until it ends; report when.
+        let (ended, end) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            while let Ok(Some(_)) = stream.chunk().await {}
+            let _ = ended.send(Instant::now());
+        });
+        sessions.push((route, session));
+        streams.push((route, end));
+    }
+    assert_eq!(children_running(pid, "stdio"), 1, "one stdio server runs");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for (route, end) in &mut streams {
+        assert!(end.try_recv().is_err(), "the {route} stream ended early");
+    }
+
+    // Five refusals in a row: the denial-burst rule quarantines the agent.
+    for i in 0..5 {
+        let r = agent
+            .get(server.url(&format!("/payroll/{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 403);
+    }
+    let burst_done = Instant::now();
+    let mut quarantined_at = None;
+    while burst_done.elapsed() < Duration::from_secs(10) {
+        let r = post(
+            "everything",
+            Some(&sessions[0].1),
+            json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+        )
+        .await
+        .unwrap();
+        if r.status() == 403 {
+            let (_, error) = support::error_of(r).await;
+            assert_eq!(error["code"], "quarantined", "{error}");
+            quarantined_at = Some(Instant::now());
+            break;
+        }
+        let _ = r.bytes().await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let quarantined_at = quarantined_at.expect("the agent was never quarantined");
+
+    // Both streams end promptly: not at their next event, which may never come.
+    for (route, end) in streams {
+        let ended = tokio::time::timeout(Duration::from_secs(5), end)
+            .await
+            .unwrap_or_else(|_| panic!("the {route} event stream is still open"))
+            .unwrap();
+        // Signed: the cut can beat the test's own read of the last refusal.
+        let ms = if ended >= burst_done {
+            ended.duration_since(burst_done).as_secs_f64() * 1e3
+        } else {
+            -(burst_done.duration_since(ended).as_secs_f64() * 1e3)
+        };
+        eprintln!("{route}: stream ended {ms:.1} ms after the burst's last refusal");
+        assert!(
+            ended < quarantined_at + Duration::from_millis(500),
+            "the {route} stream ended {:?} after the quarantine was visible",
+            ended.duration_since(quarantined_at)
+        );
+    }
+    // Every session id is refused, and the stdio server is stopped.
+    for (route, session) in &sessions {
+        let (status, error) = support::error_of(
+            post(
+                route,
+                Some(session),
+                json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}),
+            )
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!((status, error["code"].as_str()), (403, Some("quarantined")));
+    }
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while children_running(pid, "stdio") > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        children_running(pid, "stdio"),
+        0,
+        "the stdio server of the quarantined agent's session still runs"
+    );
+
+    // Released, the agent is served again, but its old sessions are gone:
+    // they were ended, not only refused while it was quarantined.
+    let released = tokio::task::block_in_place(|| server.cli(&["agent", "release", "dev-bot"]));
+    assert!(
+        released.status.success(),
+        "{}",
+        String::from_utf8_lossy(&released.stderr)
+    );
+    for (route, session) in &sessions {
+        let (status, error) = support::error_of(
+            post(
+                route,
+                Some(session),
+                json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list"}),
+            )
+            .await
+            .unwrap(),
+        )
+        .await;
+        assert_eq!(
+            (status, error["code"].as_str()),
+            (404, Some("mcp_session_not_found")),
+            "{route}"
+        );
+    }
+}
+
+/// The JSON-RPC messages of an answer, whether JSON or an event stream.
+fn messages_of(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data:"))
+        .filter_map(|d| serde_json::from_str(d.trim()).ok())
+        .chain(
+            serde_json::from_str::<Value>(text)
+                .ok()
+                .into_iter()
+                .flat_map(|v| match v {
+                    Value::Array(items) => items,
+                    other => vec![other],
+                }),
+        )
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn risk_grades_hold_or_refuse_tool_calls_and_let_reads_through() {
+    support::install_crypto();
+    let Some((_node, port)) = tokio::task::spawn_blocking(start_everything).await.unwrap() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let pol = dir.path().join("policies");
+    std::fs::create_dir(&pol).unwrap();
+    std::fs::write(pol.join("schema.cedarschema"), SCHEMA).unwrap();
+    std::fs::write(pol.join("mcp.cedar"), EVERYTHING_POLICIES).unwrap();
+    // Each recent denial adds 0.045 of risk (0.9 × 1/20): three reach
+    // approve-writes, eleven more read-only, all far from a burst (20).
+    let routes = format!(
+        "[policy]\ndir = \"policies\"\n\
+         [[routes]]\nname = \"everything\"\nkind = \"mcp\"\npath_prefix = \"/mcp/everything\"\nupstream = \"http://127.0.0.1:{port}/mcp\"\nclassification = \"internal\"\n\
+         {}\
+         [analytics]\ndenial_burst = 20\n\
+         [analytics.thresholds]\nalert = 0.05\napprove_writes = 0.1\nthrottle = 0.4\nread_only = 0.45\nquarantine = 1.0\n",
+        support::route("payroll", "/payroll", "http://127.0.0.1:9", "confidential"),
+    );
+    let config = support::config(dir.path(), &routes, "");
+    let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&config)))
+        .await
+        .unwrap();
+    let (cert, key) = tokio::task::block_in_place(|| server.create_agent("dev-bot", &["dev"]));
+    let agent = support::client(&server.ca_pem(), Some((&cert, &key)));
+    let url = server.url("/mcp/everything");
+    let rpc = |session: Option<&str>, body: Value| {
+        let mut r = agent
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&body);
+        if let Some(s) = session {
+            r = r.header("mcp-session-id", s);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            let status = r.status();
+            let text = r.text().await.unwrap();
+            assert_eq!(status, 200, "{text}");
+            messages_of(&text)
+                .into_iter()
+                .find(|m| m["id"] == body["id"])
+                .unwrap_or_else(|| panic!("no answer in {text}"))
+        }
+    };
+    let init = agent
+        .post(&url)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "test", "version": "1"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let _ = init.bytes().await.unwrap();
+    let s = Some(session.as_str());
+    let echo = |id: i64, message: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+               "params": {"name": "echo", "arguments": {"message": message}}})
+    };
+    let r = agent
+        .post(&url)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    // Listing pins the tools (first sight); then they may be called.
+    let listed = rpc(
+        s,
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(
+        listed["result"]["tools"].as_array().unwrap().len(),
+        2,
+        "{listed}"
+    );
+    let answer = rpc(s, echo(3, "hello")).await;
+    assert_eq!(
+        answer["result"]["content"][0]["text"], "Echo: hello",
+        "{answer}"
+    );
+    let deny = |n: usize| {
+        let agent = agent.clone();
+        let url = server.url("/payroll/x");
+        async move {
+            for _ in 0..n {
+                assert_eq!(agent.get(&url).send().await.unwrap().status(), 403);
+            }
+        }
+    };
+
+    // Approve-writes: a tool call is held on a ticket, reads pass.
+    deny(3).await;
+    let mut held = Value::Null;
+    for id in 10..200 {
+        held = rpc(s, echo(id, "transfer")).await;
+        if held.get("error").is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(held["error"]["data"]["code"], "approval_required", "{held}");
+    assert_eq!(
+        held["error"]["data"]["policies"],
+        json!(["analytics:approve_writes"])
+    );
+    let ticket = held["error"]["data"]["ticket"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let listed = rpc(
+        s,
+        json!({"jsonrpc": "2.0", "id": 300, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(
+        listed["result"]["tools"].as_array().unwrap().len(),
+        2,
+        "{listed}"
+    );
+    let record = tokio::task::block_in_place(|| {
+        server.audit_record(held["error"]["data"]["request_id"].as_str().unwrap())
+    });
+    assert_eq!(record["approval_ticket"], ticket.as_str());
+    assert_eq!(record["action"], "mcp:tools/call");
+    assert!(
+        record["policies"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("analytics:approve_writes")),
+        "{record}"
+    );
+    let approved = tokio::task::block_in_place(|| server.cli(&["approvals", "approve", &ticket]));
+    assert!(
+        approved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&approved.stderr)
+    );
+    // The same call (another JSON-RPC id, the arguments in another order
+    // would do too) goes through once.
+    let answer = rpc(s, echo(301, "transfer")).await;
+    assert_eq!(
+        answer["result"]["content"][0]["text"], "Echo: transfer",
+        "{answer}"
+    );
+    let again = rpc(s, echo(302, "transfer")).await;
+    assert_eq!(again["error"]["data"]["code"], "approval_required");
+    assert_ne!(again["error"]["data"]["ticket"], ticket.as_str());
+
+    // Read-only: the tool call is refused outright, reads still pass.
+    deny(11).await;
+    let mut refused = Value::Null;
+    for id in 400..600 {
+        refused = rpc(s, echo(id, "more")).await;
+        if refused["error"]["data"]["code"] == "read_only" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(refused["error"]["data"]["code"], "read_only", "{refused}");
+    let listed = rpc(
+        s,
+        json!({"jsonrpc": "2.0", "id": 700, "method": "tools/list"}),
+    )
+    .await;
+    assert_eq!(
+        listed["result"]["tools"].as_array().unwrap().len(),
+        2,
+        "{listed}"
+    );
+}

@@ -1,7 +1,10 @@
-//! Just-in-time approvals: a human in the loop for `@obligation("approval")`.
+//! Just-in-time approvals: a human in the loop for `@obligation("approval")`,
+//! and for the writes of an agent whose risk grade is `approve_writes`
+//! (behavioral analytics).
 //!
 //! When the policies that allowed a request all ask for approval and no grant
-//! covers it, the gateway opens a **ticket** bound to the exact call: agent,
+//! covers it, or analytics holds the agent's writes, the gateway opens a
+//! **ticket** bound to the exact call: agent,
 //! delegating user, action, route, path, SHA-256 of the body and the policy
 //! version, plus a random nonce (the ticket id) and an expiry. A human
 //! approves or denies it (`portcullis approvals approve ID`). An approval is
@@ -30,6 +33,32 @@ pub const MAX_WAIT: Duration = Duration::from_secs(300);
 /// Most live tickets kept; past it, the oldest pending ones lapse first.
 const MAX_TICKETS: usize = 10_000;
 
+/// Who required a human's approval of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequiredBy {
+    /// A policy's `@obligation("approval")`.
+    Policy,
+    /// Behavioral analytics: the agent's risk grade holds its writes.
+    Analytics,
+}
+
+impl RequiredBy {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RequiredBy::Policy => "policy",
+            RequiredBy::Analytics => "analytics",
+        }
+    }
+
+    fn parse(s: &str) -> RequiredBy {
+        match s {
+            "analytics" => RequiredBy::Analytics,
+            _ => RequiredBy::Policy,
+        }
+    }
+}
+
 /// The call an approval is bound to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallBinding {
@@ -37,18 +66,23 @@ pub struct CallBinding {
     pub agent: String,
     /// The delegating user, if any.
     pub user: Option<String>,
-    /// The HTTP method.
+    /// The HTTP method (`tools/call` for an MCP tool call).
     pub action: String,
-    /// The route.
+    /// The route (`<route>/<tool>` for an MCP tool call).
     pub resource: String,
     /// The request path.
     pub path: String,
-    /// SHA-256 (hex) of the body.
+    /// SHA-256 (hex) of the body (of the tool's name and arguments, for an
+    /// MCP tool call).
     pub body_sha256: String,
-    /// The policy version that asked.
+    /// The policy version that decided the call.
     pub policy_version: u64,
-    /// The policy that asked.
+    /// The policy that asked (for `RequiredBy::Analytics`, the one that
+    /// allowed the call).
     pub policy_id: String,
+    /// Who required the approval. Not part of the call: a human who
+    /// approved this exact call approved it whoever asked.
+    pub required_by: RequiredBy,
 }
 
 impl CallBinding {
@@ -143,6 +177,7 @@ impl Ticket {
             body_sha256: self.binding.body_sha256.clone(),
             policy_version: self.binding.policy_version,
             policy_id: self.binding.policy_id.clone(),
+            required_by: self.binding.required_by.as_str().to_string(),
             created_ms: self.created_ms,
             expires_ms: self.expires_ms,
             status: self.status.as_str().to_string(),
@@ -164,6 +199,7 @@ impl Ticket {
                 body_sha256: row.body_sha256,
                 policy_version: row.policy_version,
                 policy_id: row.policy_id,
+                required_by: RequiredBy::parse(&row.required_by),
             },
             created_ms: row.created_ms,
             expires_ms: row.expires_ms,
@@ -426,6 +462,7 @@ impl Ticket {
             "body_sha256": self.binding.body_sha256,
             "policy_version": self.binding.policy_version,
             "policy_id": self.binding.policy_id,
+            "required_by": self.binding.required_by.as_str(),
             "created_ms": self.created_ms,
             "expires_ms": self.expires_ms,
             "decided_by": self.decided_by,
@@ -518,6 +555,7 @@ mod tests {
             body_sha256: hex::encode(Sha256::digest(body)),
             policy_version: 1,
             policy_id: "transfers".into(),
+            required_by: RequiredBy::Policy,
         }
     }
 
@@ -616,5 +654,32 @@ mod tests {
             .wait(call("y"), &t2.id, Duration::from_millis(100))
             .await;
         assert!(matches!(gate, Gate::Pending(t, false) if t.id == t2.id));
+    }
+
+    #[tokio::test]
+    async fn a_ticket_says_who_required_it_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("db")).await.unwrap();
+        let desk = Approvals::load(store.clone(), None).await.unwrap();
+        let mut held = call("x");
+        held.required_by = RequiredBy::Analytics;
+        let Gate::Pending(ticket, true) = desk.gate(held.clone()) else {
+            panic!("a new ticket was expected")
+        };
+        assert_eq!(ticket.to_json()["required_by"], "analytics");
+        // The same call asked for by a policy finds the same ticket: a
+        // human approves a call, whoever asked.
+        assert!(matches!(desk.gate(call("x")), Gate::Pending(t, false) if t.id == ticket.id));
+        let mut reloaded = Vec::new();
+        for _ in 0..100 {
+            reloaded = Approvals::load(store.clone(), None).await.unwrap().list();
+            if !reloaded.is_empty() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(reloaded.len(), 1);
+        assert_eq!(reloaded[0].binding.required_by, RequiredBy::Analytics);
+        assert_eq!(reloaded[0].binding, held);
     }
 }

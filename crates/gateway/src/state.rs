@@ -313,6 +313,20 @@ impl Gateway {
         } else {
             None
         };
+        // A quarantine ends the agent's live MCP sessions at once, by the
+        // same path as a revocation (its allow-listed routes excepted).
+        if let (Some(analytics), Some(mcp)) = (&parts.analytics, &mcp) {
+            let mcp = Arc::downgrade(mcp);
+            let config = analytics.config().clone();
+            analytics.on_quarantine(Box::new(move |quarantined: &str| {
+                if let Some(mcp) = mcp.upgrade() {
+                    mcp.end_sessions(
+                        |agent, route| agent != quarantined || config.quarantine_admits(route),
+                        "its agent is quarantined",
+                    );
+                }
+            }));
+        }
         Ok(Arc::new(Gateway {
             llm,
             model_entities,
@@ -383,19 +397,19 @@ impl Gateway {
             &self.model_entities,
         )
         .await?;
-        // Sessions of agents the new snapshot no longer accepts end now.
-        if let Some(mcp) = &self.mcp {
-            let ended = mcp
-                .sessions
-                .retain_agents(|agent| snapshot.directory.check_agent(agent).is_ok());
-            for e in ended {
-                mcp.stdio.end(&e.id);
-                tracing::info!(route = %e.route, "MCP session ended: its agent is no longer live");
-            }
-        }
         self.last_seen
             .sync(snapshot.directory.agents().map(|(name, _)| name));
-        self.snapshot.store(Arc::new(snapshot));
+        let snapshot = Arc::new(snapshot);
+        self.snapshot.store(snapshot.clone());
+        // Sessions of agents the new snapshot no longer accepts end now.
+        // After the swap: a stream opened meanwhile asks the new snapshot
+        // whether its agent is live before it sends anything.
+        if let Some(mcp) = &self.mcp {
+            mcp.end_sessions(
+                |agent, _| snapshot.directory.check_agent(agent).is_ok(),
+                "its agent is no longer live",
+            );
+        }
         Ok(())
     }
 

@@ -254,6 +254,16 @@ impl PolicyBundle {
                         ),
                     });
                 }
+                if id.starts_with(crate::ANALYTICS_PREFIX) {
+                    return Err(PolicyError::Annotation {
+                        path: path.clone(),
+                        id: id.clone(),
+                        message: format!(
+                            "ids starting with `{}` are reserved for behavioral analytics",
+                            crate::ANALYTICS_PREFIX
+                        ),
+                    });
+                }
                 let found = Obligations::from_annotations(
                     policy.annotations(),
                     &id,

@@ -20,6 +20,10 @@ use crate::decide::{EntityError, HttpAction};
 pub const GRANT_PREFIX: &str = "grant:";
 /// Policy ids of break-glass grants start with this; user policies may not.
 pub const BREAKGLASS_PREFIX: &str = "breakglass:";
+/// What behavioral analytics did to a call (e.g. held it for approval) is
+/// named in the audit record's `policies` with this prefix; user policies
+/// may not take it.
+pub const ANALYTICS_PREFIX: &str = "analytics:";
 
 /// A live grant: `agent` may do what `scope` says until `expires_epoch`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -244,5 +248,15 @@ permit(principal in Role::"payer", action == Action::"POST", resource == Route::
         };
         let err = PolicyBundle::compile(&sources).unwrap_err();
         assert!(err.to_string().contains("reserved for grants"), "{err}");
+        let sources = PolicySources {
+            files: vec![(
+                "t.cedar".into(),
+                "@id(\"analytics:approve_writes\") permit(principal, action, resource is Route);"
+                    .into(),
+            )],
+            ..sources
+        };
+        let err = PolicyBundle::compile(&sources).unwrap_err();
+        assert!(err.to_string().contains("reserved"), "{err}");
     }
 }

@@ -31,7 +31,7 @@ pub use decide::{
     RouteEntity, SourceIp,
 };
 pub use explain::{Explanation, PolicyTrace, TraceOutcome};
-pub use grants::{BREAKGLASS_PREFIX, GRANT_PREFIX, GrantEntity, GrantScope};
+pub use grants::{ANALYTICS_PREFIX, BREAKGLASS_PREFIX, GRANT_PREFIX, GrantEntity, GrantScope};
 pub use mcp::{McpAction, McpRequest};
 pub use model::{ModelAction, ModelEntity, ModelRequest};
 pub use obligations::{KNOWN_ANNOTATIONS, Obligations, Rate};

@@ -1,4 +1,5 @@
-//! Approval tickets and time-boxed grants (migration `0007_policy.sql`).
+//! Approval tickets and time-boxed grants (migrations `0007_policy.sql`,
+//! `0011_approval_reason.sql`).
 //! The gateway keeps live tickets in memory and writes them here off the
 //! request path, so they survive a restart and can be listed and audited.
 
@@ -25,8 +26,11 @@ pub struct ApprovalRow {
     pub body_sha256: String,
     /// The policy version that asked for approval.
     pub policy_version: u64,
-    /// The policy that asked for approval.
+    /// The policy that asked for approval, or (when `required_by` is
+    /// `analytics`) the policy that allowed the call.
     pub policy_id: String,
+    /// `policy` or `analytics` (the agent's risk grade held the call).
+    pub required_by: String,
     /// Created, ms since the epoch.
     pub created_ms: i64,
     /// Lapses, ms since the epoch.
@@ -73,8 +77,9 @@ impl Store {
     pub async fn put_approval(&self, t: &ApprovalRow) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO approvals (id, agent, delegated_user, action, resource, path, body_sha256,
-                 policy_version, policy_id, created_ms, expires_ms, status, decided_by, decided_ms, grant_id)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 policy_version, policy_id, required_by, created_ms, expires_ms, status, decided_by,
+                 decided_ms, grant_id)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT(id) DO UPDATE SET expires_ms = excluded.expires_ms, status = excluded.status,
                  decided_by = excluded.decided_by, decided_ms = excluded.decided_ms,
                  grant_id = excluded.grant_id",
@@ -88,6 +93,7 @@ impl Store {
         .bind(&t.body_sha256)
         .bind(t.policy_version as i64)
         .bind(&t.policy_id)
+        .bind(&t.required_by)
         .bind(t.created_ms)
         .bind(t.expires_ms)
         .bind(&t.status)
@@ -120,6 +126,7 @@ impl Store {
                     body_sha256: r.try_get("body_sha256")?,
                     policy_version: r.try_get::<i64, _>("policy_version")? as u64,
                     policy_id: r.try_get("policy_id")?,
+                    required_by: r.try_get("required_by")?,
                     created_ms: r.try_get("created_ms")?,
                     expires_ms: r.try_get("expires_ms")?,
                     status: r.try_get("status")?,
@@ -215,6 +222,7 @@ mod tests {
             body_sha256: "ab".into(),
             policy_version: 2,
             policy_id: "transfers".into(),
+            required_by: "analytics".into(),
             created_ms: 1,
             expires_ms: 100,
             status: "pending".into(),

@@ -154,6 +154,11 @@ fn migrator() -> Migrator {
             "llm_budget",
             include_str!("../migrations/0010_llm_budget.sql"),
         ),
+        migration(
+            11,
+            "approval_reason",
+            include_str!("../migrations/0011_approval_reason.sql"),
+        ),
     ])
 }
 

@@ -62,9 +62,10 @@ impl AgentRisk {
 fn grade_from(v: u8) -> Grade {
     match v {
         1 => Grade::Alert,
-        2 => Grade::Throttle,
-        3 => Grade::ReadOnly,
-        4 => Grade::Quarantine,
+        2 => Grade::ApproveWrites,
+        3 => Grade::Throttle,
+        4 => Grade::ReadOnly,
+        5 => Grade::Quarantine,
         _ => Grade::Normal,
     }
 }
@@ -73,9 +74,10 @@ fn grade_to(g: Grade) -> u8 {
     match g {
         Grade::Normal => 0,
         Grade::Alert => 1,
-        Grade::Throttle => 2,
-        Grade::ReadOnly => 3,
-        Grade::Quarantine => 4,
+        Grade::ApproveWrites => 2,
+        Grade::Throttle => 3,
+        Grade::ReadOnly => 4,
+        Grade::Quarantine => 5,
     }
 }
 
@@ -135,8 +137,18 @@ mod tests {
         assert_eq!(board.risk("bot"), (0.0, Grade::Normal));
         board.publish("bot", 0.75, Grade::Throttle);
         assert_eq!(board.risk("bot"), (0.75, Grade::Throttle));
-        board.publish("bot", 1.0, Grade::Quarantine);
-        assert_eq!(board.risk("bot").1, Grade::Quarantine);
+        // Every grade survives the round trip through the board's byte.
+        for grade in [
+            Grade::Normal,
+            Grade::Alert,
+            Grade::ApproveWrites,
+            Grade::Throttle,
+            Grade::ReadOnly,
+            Grade::Quarantine,
+        ] {
+            board.publish("bot", 0.5, grade);
+            assert_eq!(board.risk("bot").1, grade);
+        }
         let e = board.get("bot").expect("entry");
         assert!(e.take(7, 2));
         assert!(e.take(7, 2));

@@ -41,6 +41,8 @@ pub struct RawAnalytics {
 pub struct RawThresholds {
     /// Alert (default 0.5).
     pub alert: Option<f32>,
+    /// Hold each write for a human's approval (default 0.6).
+    pub approve_writes: Option<f32>,
     /// Throttle (default 0.7).
     pub throttle: Option<f32>,
     /// Read-only (default 0.8).
@@ -80,6 +82,12 @@ impl Default for AnalyticsConfig {
 }
 
 impl AnalyticsConfig {
+    /// Whether a quarantined agent may still reach `route`
+    /// (`quarantine_allow`).
+    pub fn quarantine_admits(&self, route: &str) -> bool {
+        self.quarantine_allow.iter().any(|r| r == route)
+    }
+
     /// Validates `raw`; `routes` are the configured route names, `base` the
     /// config file's directory.
     pub fn from_raw(raw: RawAnalytics, routes: &[&str], base: &Path) -> Result<Self, String> {
@@ -102,6 +110,7 @@ impl AnalyticsConfig {
         }
         let t = &mut engine.thresholds;
         t.alert = raw.thresholds.alert.unwrap_or(t.alert);
+        t.approve_writes = raw.thresholds.approve_writes.unwrap_or(t.approve_writes);
         t.throttle = raw.thresholds.throttle.unwrap_or(t.throttle);
         t.read_only = raw.thresholds.read_only.unwrap_or(t.read_only);
         t.quarantine = raw.thresholds.quarantine.unwrap_or(t.quarantine);
@@ -200,8 +209,46 @@ mod tests {
             "[thresholds]\nthrottle = 0.9\nread_only = 0.8",
             Err("must not decrease"),
         );
+        check(
+            "[thresholds]\napprove_writes = 0.75",
+            Err("must not decrease"),
+        );
+        check(
+            "[thresholds]\nalert = 0.65\napprove_writes = 0.6",
+            Err("must not decrease"),
+        );
         check("[thresholds]\nquarantine = 1.5", Err("within"));
         check("throttle_per_minute = 0", Err("greater than 0"));
         check("half_life_seconds = 0", Err("greater than 0"));
+    }
+
+    #[test]
+    fn each_grade_starts_at_its_threshold() {
+        let raw: RawAnalytics = toml::from_str(
+            "[thresholds]\nalert = 0.1\napprove_writes = 0.2\nthrottle = 0.3\nread_only = 0.4\nquarantine = 0.5",
+        )
+        .expect("toml");
+        let config = AnalyticsConfig::from_raw(raw, &[], Path::new("/")).expect("valid");
+        let t = config.engine.thresholds;
+        let grades: Vec<&str> = [0.05, 0.1, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0]
+            .into_iter()
+            .map(|risk| t.grade(risk).as_str())
+            .collect();
+        assert_eq!(
+            grades,
+            [
+                "normal",
+                "alert",
+                "approve_writes",
+                "approve_writes",
+                "throttle",
+                "read_only",
+                "quarantine",
+                "quarantine"
+            ]
+        );
+        // The default sits between alert and throttle.
+        let d = AnalyticsConfig::default().engine.thresholds;
+        assert!(d.alert < d.approve_writes && d.approve_writes < d.throttle);
     }
 }

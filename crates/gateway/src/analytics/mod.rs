@@ -5,6 +5,7 @@
 //! Recorder::drop ──try_send──▶ bounded queue ──▶ analytics task (owns Engine)
 //!   (request path, never waits)                    │  observe → Verdict
 //!                                                  ├─▶ RiskBoard (atomics) ◀── contain / authorize
+//!                                                  ├─▶ on quarantine: end the agent's MCP sessions
 //!                                                  ├─▶ alerts: store, audit log, signed webhook
 //!                                                  └─▶ every 30 s: model state + risk history → store
 //! ```
@@ -19,7 +20,7 @@ pub mod config;
 pub mod webhook;
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portcullis_analytics::{
@@ -27,7 +28,7 @@ use portcullis_analytics::{
     RuleHit, stable_hash,
 };
 use portcullis_audit::{AuditRecord, Outcome, RecordKind};
-use portcullis_core::RequestId;
+use portcullis_core::{ErrorCode, RequestId};
 use portcullis_store::{AlertRow, RiskPoint, Store, StoreError};
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -93,7 +94,12 @@ fn event_of(record: &AuditRecord) -> Event {
         resource: stable_hash(&[route.as_bytes(), &path.as_bytes()[..end]]),
         operation: stable_hash(&[record.action.as_bytes(), route.as_bytes()]),
         write,
-        denied: record.outcome == Outcome::Deny && matches!(record.status, 401 | 403 | 429),
+        // A call waiting for a human's approval is not a refusal: counting
+        // it would let an agent held at approve-writes climb to harsher
+        // grades by asking, however honest its writes.
+        denied: record.outcome == Outcome::Deny
+            && matches!(record.status, 401 | 403 | 429)
+            && record.error_code.as_deref() != Some(ErrorCode::ApprovalRequired.as_str()),
         error: record.status >= 500,
         bytes_in: record.bytes_in,
         bytes_out: record.bytes_out,
@@ -114,6 +120,20 @@ enum Control {
     Summary(String, oneshot::Sender<Option<AgentSummary>>),
 }
 
+/// Called with an agent's name when it enters quarantine, once its grade
+/// is on the board (the gateway ends its live MCP sessions).
+pub type OnQuarantine = Box<dyn Fn(&str) + Send + Sync>;
+
+/// Where the quarantine hook is kept, shared by the handle and the task.
+#[derive(Default)]
+struct HookSlot(OnceLock<OnQuarantine>);
+
+impl std::fmt::Debug for HookSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("HookSlot")
+    }
+}
+
 /// Analytics as the gateway and the admin API see it.
 #[derive(Debug)]
 pub struct Analytics {
@@ -121,6 +141,7 @@ pub struct Analytics {
     tap: AnalyticsTap,
     control: mpsc::Sender<Control>,
     config: AnalyticsConfig,
+    on_quarantine: Arc<HookSlot>,
 }
 
 impl std::fmt::Debug for Control {
@@ -235,9 +256,11 @@ impl Analytics {
         let (tx, rx) = mpsc::channel(QUEUE);
         let (control, control_rx) = mpsc::channel(64);
         let (stop, stopped) = watch::channel(false);
+        let on_quarantine = Arc::new(HookSlot::default());
         let worker = Worker {
             engine,
             board: board.clone(),
+            on_quarantine: on_quarantine.clone(),
             store,
             sink,
             webhook,
@@ -255,6 +278,7 @@ impl Analytics {
             },
             control,
             config,
+            on_quarantine,
         });
         Ok((analytics, AnalyticsTask { task, stop }))
     }
@@ -272,6 +296,17 @@ impl Analytics {
     /// The validated settings.
     pub fn config(&self) -> &AnalyticsConfig {
         &self.config
+    }
+
+    /// Whether the agent is quarantined and `route` is not on the allow-list.
+    pub fn shuts_out(&self, agent: &str, route: &str) -> bool {
+        self.board.risk(agent).1 == Grade::Quarantine && !self.config.quarantine_admits(route)
+    }
+
+    /// Sets what happens when an agent enters quarantine (once; later calls
+    /// are ignored). Runs on the analytics task: it must not wait.
+    pub fn on_quarantine(&self, hook: OnQuarantine) {
+        let _ = self.on_quarantine.0.set(hook);
     }
 
     /// Lifts the agent's quarantine in the model and on the board. The caller
@@ -328,6 +363,7 @@ pub fn alert_features(detail: &serde_json::Value) -> Option<Features> {
 struct Worker {
     engine: Engine,
     board: Arc<RiskBoard>,
+    on_quarantine: Arc<HookSlot>,
     store: Store,
     sink: AuditSink,
     webhook: Option<Arc<Webhook>>,
@@ -371,9 +407,23 @@ impl Worker {
         self.save().await;
     }
 
+    /// Publishes an agent's risk and grade; on entering quarantine, runs the
+    /// hook after the grade is on the board, so a request or stream that
+    /// looks at the board afterwards sees the quarantine.
+    fn publish(&self, agent: &str, risk: f32, grade: Grade) {
+        let before = self.board.risk(agent).1;
+        self.board.publish(agent, risk, grade);
+        if grade == Grade::Quarantine
+            && before != Grade::Quarantine
+            && let Some(hook) = self.on_quarantine.0.get()
+        {
+            hook(agent);
+        }
+    }
+
     async fn observe(&mut self, o: Observation) {
         let verdict = self.engine.observe(&o.agent, &o.event);
-        self.board.publish(&o.agent, verdict.risk, verdict.grade);
+        self.publish(&o.agent, verdict.risk, verdict.grade);
         let evidence = self.evidence.entry(o.agent.clone()).or_default();
         if evidence.len() == EVIDENCE {
             evidence.pop_front();
@@ -489,7 +539,7 @@ impl Worker {
         match c {
             Control::Release(agent, reply) => {
                 self.engine.release(&agent, now);
-                self.board.publish(&agent, 0.0, Grade::Normal);
+                self.publish(&agent, 0.0, Grade::Normal);
                 self.dirty.insert(agent.clone());
                 self.point(&agent, now, 0.0, Grade::Normal);
                 let _ = reply.send(());
@@ -497,7 +547,7 @@ impl Worker {
             Control::Benign(agent, features, reply) => {
                 self.engine.widen(&agent, &features, now);
                 if let Some((risk, grade)) = self.engine.risk_at(&agent, now) {
-                    self.board.publish(&agent, risk, grade);
+                    self.publish(&agent, risk, grade);
                     self.point(&agent, now, risk, grade);
                 }
                 self.dirty.insert(agent);
@@ -526,7 +576,7 @@ impl Worker {
             }
         }
         for (agent, risk, grade) in changes {
-            self.board.publish(&agent, risk, grade);
+            self.publish(&agent, risk, grade);
             self.point(&agent, now, risk, grade);
         }
     }
@@ -595,6 +645,12 @@ mod tests {
         };
         let e = event_of(&record);
         assert!(e.write && e.denied && !e.error);
+        // Held for approval: not a denial.
+        let held = AuditRecord {
+            error_code: Some("approval_required".into()),
+            ..record.clone()
+        };
+        assert!(!event_of(&held).denied);
         assert_eq!(e.classification, 3);
         // Rows of one dataset are one resource.
         let other = AuditRecord {

@@ -8,6 +8,8 @@ use portcullis_core::ErrorCode;
 use portcullis_policy::McpAction;
 use serde_json::{Value, json};
 
+use crate::respond::{Denial, DenialDetail};
+
 /// The JSON-RPC error code of every refusal by the gateway (a server error in
 /// the implementation-defined range). The stable Portcullis code is in
 /// `error.data.code`.
@@ -208,6 +210,24 @@ pub fn refusal(
     })
 }
 
+/// The JSON-RPC error answering a request a pipeline stage refused, with
+/// what the client needs to act on it (an approval ticket), as the HTTP
+/// error carries it.
+pub fn denial(id: &Value, denial: &Denial, request_id: &str) -> Value {
+    let mut v = refusal(
+        id,
+        denial.code,
+        &denial.message,
+        request_id,
+        &denial.policies,
+    );
+    if let Some(DenialDetail::Ticket { id, expires_ms }) = &denial.detail {
+        v["error"]["data"]["ticket"] = json!(id);
+        v["error"]["data"]["ticket_expires_ms"] = json!(expires_ms);
+    }
+    v
+}
+
 /// The JSON-RPC error answering a body that could not be framed (`id` null).
 pub fn framing_error(code: i64, message: &str, request_id: &str) -> Value {
     json!({
@@ -368,5 +388,23 @@ mod tests {
         assert_eq!(v["error"]["code"], GATEWAY_REFUSAL);
         assert_eq!(v["error"]["data"]["code"], "forbidden");
         assert_eq!(v["error"]["data"]["policies"][0], "default-deny");
+    }
+
+    #[test]
+    fn a_denial_carries_its_ticket() {
+        let mut d = Denial::new(ErrorCode::ApprovalRequired, "held");
+        d.policies = vec!["analytics:approve_writes".into()];
+        d.detail = Some(DenialDetail::Ticket {
+            id: "t1".into(),
+            expires_ms: 7,
+        });
+        let v = denial(&json!(4), &d, "r1");
+        assert_eq!(v["id"], 4);
+        assert_eq!(v["error"]["code"], GATEWAY_REFUSAL);
+        assert_eq!(
+            v["error"]["data"],
+            json!({"code": "approval_required", "request_id": "r1",
+                   "policies": ["analytics:approve_writes"], "ticket": "t1", "ticket_expires_ms": 7})
+        );
     }
 }

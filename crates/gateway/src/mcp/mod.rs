@@ -10,12 +10,15 @@
 //! POST    read the body (size limit), split JSON-RPC messages (batch or one)
 //!         session check: Mcp-Session-Id must belong to this agent and route
 //!         per message: method → action (jsonrpc.rs) → Cedar decision
-//!           → tools/call: tool pin must be approved (pins.rs)
+//!           → tools/call: tool pin must be approved (pins.rs); at the
+//!             agent's risk grade read-only refused, at approve-writes
+//!             held for a human's approval of this exact call
 //!         refused messages become JSON-RPC errors; the rest go upstream
 //!         answer: JSON (buffered only when a tools/list answer or refusals
 //!         must be merged) or SSE (sse.rs: event by event, re-checked)
 //!         tools/list answers: only tools that are pinned and callable
-//! GET     the server's event stream, re-checked at every event
+//! GET     the server's event stream, re-checked at every event, and cut at
+//!         once when the agent's sessions end (revocation, quarantine)
 //! DELETE  ends the session upstream and here
 //! ```
 //!
@@ -40,11 +43,15 @@ use portcullis_audit::Outcome;
 use portcullis_core::{ErrorCode, RequestId};
 use portcullis_policy::{Content, McpAction, McpRequest, SourceIp};
 use serde_json::Value;
+use sha2::{Digest as _, Sha256};
 
+use crate::approvals::{CallBinding, RequiredBy};
 use crate::body::{BodyMeter, Recorder};
 use crate::config::Upstream;
 use crate::metrics::Stage;
+use crate::pipeline::approve;
 use crate::pipeline::authenticate::Identity;
+use crate::pipeline::contain::{self, Writes};
 use crate::pipeline::contextualize::RequestContext;
 use crate::pipeline::decode::{DecodedRequest, too_large};
 use crate::respond::{Denial, ResponseBody, full};
@@ -69,6 +76,21 @@ pub struct McpState {
     pub sessions: Sessions,
     /// Processes of `stdio:` routes, by session.
     pub stdio: stdio::StdioServers,
+}
+
+impl McpState {
+    /// Ends every live session and open event stream whose (agent, route)
+    /// `keep` rejects: the session ids are refused from now on, the streams
+    /// end at once, and the stdio processes of the sessions are stopped. The
+    /// one path for revocation (`Gateway::reload`) and quarantine (analytics).
+    pub fn end_sessions(&self, keep: impl Fn(&str, &str) -> bool, why: &'static str) -> usize {
+        let ended = self.sessions.end_where(keep);
+        for e in &ended {
+            self.stdio.end(&e.id);
+            tracing::info!(route = %e.route, why, "MCP session ended");
+        }
+        ended.len()
+    }
 }
 
 /// Who is asking, for decisions made while the answer streams back.
@@ -106,13 +128,21 @@ impl Asker {
         })
     }
 
-    /// Whether the agent is still live in the current snapshot.
+    /// Whether the agent is still live in the current snapshot and not
+    /// quarantined (outside the quarantine allow-list).
     fn alive(&self) -> bool {
-        self.gateway
-            .snapshot()
-            .directory
-            .check_agent(&self.agent)
-            .is_ok()
+        let quarantined = self
+            .gateway
+            .analytics
+            .as_deref()
+            .is_some_and(|a| a.shuts_out(&self.agent, &self.context.route.name));
+        !quarantined
+            && self
+                .gateway
+                .snapshot()
+                .directory
+                .check_agent(&self.agent)
+                .is_ok()
     }
 
     /// Keeps in a `tools/list` result only the tools whose pin is approved and
@@ -143,6 +173,7 @@ pub async fn serve(
     snapshot: &Snapshot,
     identity: &Identity,
     mut context: RequestContext,
+    writes: Writes,
     decoded: DecodedRequest,
     request_id: &RequestId,
     meter: &Arc<BodyMeter>,
@@ -203,7 +234,8 @@ pub async fn serve(
                 None => To::Http,
             };
             post(
-                &mcp, &asker, conn, snapshot, identity, decoded, request_id, meter, recorder, to,
+                &mcp, &asker, conn, snapshot, identity, writes, decoded, request_id, meter,
+                recorder, to,
             )
             .await
         }
@@ -267,6 +299,7 @@ async fn post(
     conn: &ConnectionState,
     snapshot: &Snapshot,
     identity: &Identity,
+    writes: Writes,
     decoded: DecodedRequest,
     request_id: &RequestId,
     meter: &Arc<BodyMeter>,
@@ -303,6 +336,9 @@ async fn post(
     let mut policies: Vec<String> = Vec::new();
     let mut first_code: Option<ErrorCode> = None;
     let mut described: Option<(String, String)> = None;
+    // The approval ticket of a tool call the agent's risk grade held.
+    let mut ticket: Option<String> = None;
+    let mut held = false;
     for (i, message) in body.messages.iter().enumerate() {
         let mut refuse = |id: &Value, code: ErrorCode, text: &str, p: &[String]| {
             first_code.get_or_insert(code);
@@ -379,6 +415,53 @@ async fn post(
                 continue;
             }
         }
+        // The agent's risk grade: a write is refused (read-only) or waits for
+        // a human's approval of this exact call, as on HTTP routes.
+        if contain::is_mcp_write(action) {
+            match writes {
+                Writes::Free => {}
+                Writes::Refused => {
+                    let denial = contain::read_only();
+                    refuse(id, denial.code, &denial.message, &[]);
+                    continue;
+                }
+                Writes::Approval => {
+                    let call = serde_json::json!({
+                        "name": target,
+                        "arguments": message
+                            .get("params")
+                            .and_then(|p| p.get("arguments"))
+                            .cloned()
+                            .unwrap_or(Value::Null),
+                    });
+                    let binding = CallBinding {
+                        agent: identity.agent.clone(),
+                        user: None,
+                        action: method.to_string(),
+                        resource: format!("{route}/{target}"),
+                        path: asker.context.path.clone(),
+                        body_sha256: hex::encode(Sha256::digest(jsonrpc::canonical(&call))),
+                        policy_version: snapshot.policy_version,
+                        policy_id: decision.policy_ids.first().cloned().unwrap_or_default(),
+                        required_by: RequiredBy::Analytics,
+                    };
+                    held = true;
+                    let gate = approve::hold(
+                        &asker.gateway.approvals,
+                        binding,
+                        approve::prefer_wait(&parts.headers),
+                        &decision.policy_ids,
+                        &mut ticket,
+                    )
+                    .await;
+                    if let Err(denial) = gate {
+                        first_code.get_or_insert(denial.code);
+                        refusals.push(jsonrpc::denial(id, &denial, request_id.as_str()));
+                        continue;
+                    }
+                }
+            }
+        }
         if action == McpAction::ListTools {
             list_ids.push(id.clone());
         }
@@ -389,9 +472,13 @@ async fn post(
     recorder.trace_stage(Stage::Authorize, t, elapsed);
     {
         let record = recorder.record();
+        if held {
+            policies.push(contain::APPROVE_WRITES.to_string());
+        }
         policies.sort();
         policies.dedup();
         record.policies = policies;
+        record.approval_ticket = ticket;
         if body.batch {
             record.action = format!("mcp:batch({})", body.messages.len());
             record.resource = Some(route.clone());
@@ -607,9 +694,14 @@ fn stream_back(
     }
     let alive_asker = asker.clone();
     let alive: sse::Alive = Box::new(move || alive_asker.alive());
+    // Ending the agent's sessions (revocation, quarantine) cuts this stream.
+    let cut = match &asker.gateway.mcp {
+        Some(mcp) => mcp.sessions.watch(&asker.agent, &asker.context.route.name),
+        None => sessions::Cut::never(),
+    };
     let (mut parts, body) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
-    let body = sse::SseBody::new(body, first, alive, rewrite).boxed();
+    let body = sse::SseBody::new(body, first, alive, cut, rewrite).boxed();
     Response::from_parts(parts, body)
 }
 

@@ -7,10 +7,13 @@
 //!    (`rate_limited`, 429, with `Retry-After`).
 //! 2. `@obligation("mfa")`: the agent must act for a delegating user whose
 //!    token shows fresh MFA (`user_mfa_required`).
-//! 3. `@obligation("approval")`: the body is read (within the body limit)
+//! 3. `@obligation("approval")`, or a write of an agent whose risk grade
+//!    holds writes (contain): the body is read (within the body limit)
 //!    and hashed, and the call must match an approved, unused ticket;
 //!    otherwise it gets one (`approval_required` with the ticket id), or with
 //!    `Prefer: wait=N` it is held until a human decides or N seconds pass.
+//!    The ticket says who required it (`policy` or `analytics`); [`hold`] is
+//!    the same gate for LLM routes and MCP tool calls.
 //! 4. `@obligation("redact")` is handed on: inspect_out redacts the response.
 
 use std::sync::Arc;
@@ -22,9 +25,10 @@ use portcullis_core::{Decision, ErrorCode};
 use portcullis_policy::Obligations;
 use sha2::{Digest as _, Sha256};
 
-use crate::approvals::{Approvals, CallBinding, Gate, Ticket};
+use crate::approvals::{Approvals, CallBinding, Gate, RequiredBy, Ticket};
 use crate::body::BodyMeter;
 use crate::pipeline::authenticate::Identity;
+use crate::pipeline::contain::{APPROVE_WRITES, Writes};
 use crate::pipeline::contextualize::RequestContext;
 use crate::pipeline::decode::{DecodedRequest, too_large};
 use crate::rate_limit::RateLimiter;
@@ -50,12 +54,16 @@ pub struct Desk<'a> {
     pub max_body_bytes: u64,
 }
 
-/// Runs the stage. `ticket` receives the approval ticket involved, even
-/// when the request is refused, for the audit record.
+/// Runs the stage. `writes` is what contain found the agent's grade does
+/// to this call: `Writes::Approval` holds it for a human like an approval
+/// obligation does (and says so in the ticket). `ticket` receives the
+/// approval ticket involved, even when the request is refused, for the
+/// audit record.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
     desk: &Desk<'_>,
     obligations: &Obligations,
+    writes: Writes,
     decision: &Decision,
     policy_version: u64,
     identity: &Identity,
@@ -96,9 +104,15 @@ pub async fn run(
         // The redactor reads responses only as the upstream sends them plain.
         request.parts.headers.remove(http::header::ACCEPT_ENCODING);
     }
-    if !obligations.approval {
+    // Analytics first: its hold is the one the ticket names, since a ticket
+    // a policy asked for alone would not tell the human the agent is risky.
+    let required_by = if writes == Writes::Approval {
+        RequiredBy::Analytics
+    } else if obligations.approval {
+        RequiredBy::Policy
+    } else {
         return Ok((request, obliged));
-    }
+    };
 
     let wait = prefer_wait(&request.parts.headers);
     let DecodedRequest { parts, body } = request;
@@ -112,16 +126,42 @@ pub async fn run(
         body_sha256: hex::encode(Sha256::digest(&bytes)),
         policy_version,
         policy_id: decision.policy_ids.first().cloned().unwrap_or_default(),
+        required_by,
     };
-    let mut gate = desk.approvals.gate(binding.clone());
+    hold(desk.approvals, binding, wait, &decision.policy_ids, ticket).await?;
+    let body = Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed_unsync();
+    Ok((DecodedRequest { parts, body }, obliged))
+}
+
+/// Holds one call for a human: `Ok` when an approval of exactly this call
+/// was there to use (and is now used); otherwise `approval_required` with
+/// the call's ticket, or `approval_denied`. With `wait`, waits up to that
+/// long for the decision first. `ticket` receives the ticket either way.
+/// Shared by HTTP routes (above), LLM routes and MCP tool calls, so every
+/// protocol gets the same tickets and the same answer.
+pub async fn hold(
+    approvals: &Approvals,
+    binding: CallBinding,
+    wait: Option<Duration>,
+    policies: &[String],
+    ticket: &mut Option<String>,
+) -> Result<(), Denial> {
+    let required_by = binding.required_by;
+    let mut gate = approvals.gate(binding.clone());
     if let (Gate::Pending(open, _), Some(wait)) = (&gate, wait) {
         let id = open.id.clone();
-        gate = desk.approvals.wait(binding, &id, wait).await;
+        gate = approvals.wait(binding, &id, wait).await;
     }
+    let policies = match required_by {
+        RequiredBy::Policy => policies.to_vec(),
+        RequiredBy::Analytics => vec![APPROVE_WRITES.to_string()],
+    };
     let refusal = |t: &Ticket, code, message: &str| Denial {
         code,
         message: message.to_string(),
-        policies: decision.policy_ids.clone(),
+        policies: policies.clone(),
         detail: Some(DenialDetail::Ticket {
             id: t.id.clone(),
             expires_ms: t.expires_ms,
@@ -130,18 +170,19 @@ pub async fn run(
     match gate {
         Gate::Approved(t) => {
             *ticket = Some(t.id);
-            let body = Full::new(bytes)
-                .map_err(|never| match never {})
-                .boxed_unsync();
-            Ok((DecodedRequest { parts, body }, obliged))
+            Ok(())
         }
         Gate::Pending(t, _) => {
             *ticket = Some(t.id.clone());
-            Err(refusal(
-                &t,
-                ErrorCode::ApprovalRequired,
-                "this call needs a human's approval: `portcullis approvals approve <ticket>`, then send the same call again",
-            ))
+            let message = match required_by {
+                RequiredBy::Policy => {
+                    "this call needs a human's approval: `portcullis approvals approve <ticket>`, then send the same call again"
+                }
+                RequiredBy::Analytics => {
+                    "the agent's risk score holds its writes for a human's approval: `portcullis approvals approve <ticket>`, then send the same call again"
+                }
+            };
+            Err(refusal(&t, ErrorCode::ApprovalRequired, message))
         }
         Gate::Denied(t) => {
             *ticket = Some(t.id.clone());
@@ -155,7 +196,7 @@ pub async fn run(
 }
 
 /// `Prefer: wait=N` (RFC 7240), in seconds.
-fn prefer_wait(headers: &http::HeaderMap) -> Option<Duration> {
+pub(crate) fn prefer_wait(headers: &http::HeaderMap) -> Option<Duration> {
     headers
         .get_all("prefer")
         .iter()

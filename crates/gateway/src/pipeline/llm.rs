@@ -8,6 +8,8 @@
 //! inspect      content guard on each message text, on its channel
 //!              (tool results: tool_output), block/redact by [routes.guard]
 //! authorize    Cedar: Action::"complete" or "embed" on Model::"<route>/<model>"
+//! approve      only while the agent's risk grade holds writes: a human's
+//!              approval bound to this exact call (approve::hold)
 //! budget       the agent's request and token windows ([routes.budget])
 //! inject       vault credential (use_secret) or the route's API key
 //! forward      upstream call; streams pass through event by event
@@ -29,7 +31,9 @@ use portcullis_audit::Outcome;
 use portcullis_core::{ErrorCode, RequestId};
 use portcullis_guard::Report;
 use portcullis_policy::{Content, ModelAction, ModelRequest};
+use sha2::{Digest as _, Sha256};
 
+use crate::approvals::{CallBinding, RequiredBy};
 use crate::body::{BodyMeter, Recorder};
 use crate::config::{DlpAction, InjectionAction};
 use crate::llm::api::{self, Endpoint};
@@ -37,10 +41,11 @@ use crate::llm::config::LlmConfig;
 use crate::llm::stream::{Charge, Dlp, SseBody, process_json};
 use crate::metrics::Stage;
 use crate::pipeline::authenticate::Identity;
+use crate::pipeline::contain::{APPROVE_WRITES, Writes};
 use crate::pipeline::contextualize::RequestContext;
 use crate::pipeline::decode::{DecodedRequest, too_large};
 use crate::pipeline::inspect::{ContentFacts, log_findings};
-use crate::pipeline::{authorize, inject};
+use crate::pipeline::{approve, authorize, inject};
 use crate::respond::{Denial, ResponseBody, full};
 use crate::state::{ConnectionState, Gateway, Snapshot};
 
@@ -55,6 +60,7 @@ pub async fn run(
     snapshot: &Snapshot,
     identity: &Identity,
     context: &RequestContext,
+    writes: Writes,
     decoded: DecodedRequest,
     request_id: &RequestId,
     meter: &Arc<BodyMeter>,
@@ -88,6 +94,8 @@ pub async fn run(
     let DecodedRequest { mut parts, body } = decoded;
     let bytes = read_body(body, gateway.limits.max_body_bytes, meter).await?;
     let request_bytes = bytes.len() as u64;
+    // Bound to the body as the client sent it, as on HTTP routes.
+    let body_sha256 = (writes == Writes::Approval).then(|| hex::encode(Sha256::digest(&bytes)));
     let mut call = api::parse(&bytes, llm.budget.is_limited())?;
     drop(bytes);
     recorder.record().resource = Some(portcullis_policy::ModelEntity::id(&route.name, &call.model));
@@ -146,6 +154,38 @@ pub async fn run(
         }
     }
     authorize::enforce(&decision)?;
+
+    // The agent's risk grade holds its writes (a completion is a POST): the
+    // same ticket an HTTP route's write gets.
+    if let Some(body_sha256) = body_sha256 {
+        let binding = CallBinding {
+            agent: identity.agent.clone(),
+            user: identity.caller.delegation.as_ref().map(|d| d.user.clone()),
+            action: context.action.as_str().to_string(),
+            resource: route.name.clone(),
+            path: context.path.clone(),
+            body_sha256,
+            policy_version: snapshot.policy_version,
+            policy_id: decision.policy_ids.first().cloned().unwrap_or_default(),
+            required_by: RequiredBy::Analytics,
+        };
+        let mut ticket = None;
+        let held = approve::hold(
+            &gateway.approvals,
+            binding,
+            approve::prefer_wait(&parts.headers),
+            &decision.policy_ids,
+            &mut ticket,
+        )
+        .await;
+        let record = recorder.record();
+        record.policies.push(APPROVE_WRITES.to_string());
+        record.approval_ticket = ticket;
+        if held.is_err() {
+            record.outcome = Outcome::Deny;
+        }
+        held?;
+    }
 
     let counters = if llm.budget.is_limited() {
         let counters = gateway.llm.budgets.counters(&route.name, &identity.agent);

@@ -10,12 +10,14 @@
 //! contextualize route (resource), method (action), time, source address;
 //!               then the fail-closed check: is the audit log writable?
 //! contain       behavioral analytics' grade for the agent: quarantine,
-//!               read-only, throttle; its risk score goes on to policy
+//!               read-only, throttle, approval of writes (held by approve);
+//!               its risk score goes on to policy
 //! inspect       content guard on the request body: injection and DLP findings
 //!               for policy (`context.content`), block or redact by route
 //! authorize     Cedar decision: allow, or 403 naming the deciding policies
 //! approve       the allowing policies' obligations: @rate, mfa, a human's
-//!               approval bound to this exact call; redaction handed on
+//!               approval bound to this exact call (also when contain holds
+//!               the agent's writes); redaction handed on
 //! inject        routes with a credential: `use_secret` decision, value from the vault
 //! forward       upstream call with timeout, streaming both ways (and payload capture)
 //! inspect_out   DLP on the response body while it streams (redact or alert)
@@ -246,16 +248,26 @@ async fn run(
     // Two atomic loads; not timed as a stage of its own. The risk score
     // reaches policy as `context.risk` (and `use_secret`'s context).
     let mut identity = identity;
-    identity.caller.risk = contain::run(
+    let contained = contain::run(
         gateway.analytics.as_deref(),
         &identity.agent,
         &context,
         now_epoch,
     )?;
+    identity.caller.risk = contained.risk;
     // MCP routes: the adapter authorizes each JSON-RPC message itself.
     if context.route.kind == crate::config::RouteKind::Mcp {
         return crate::mcp::serve(
-            gateway, conn, &snapshot, &identity, context, decoded, request_id, meter, recorder,
+            gateway,
+            conn,
+            &snapshot,
+            &identity,
+            context,
+            contained.writes,
+            decoded,
+            request_id,
+            meter,
+            recorder,
         )
         .await;
     }
@@ -263,7 +275,16 @@ async fn run(
     // Routes of kind `llm` take their own stages from here (pipeline/llm.rs).
     if context.route.kind == crate::config::RouteKind::Llm {
         return llm::run(
-            gateway, conn, &snapshot, &identity, &context, decoded, request_id, meter, recorder,
+            gateway,
+            conn,
+            &snapshot,
+            &identity,
+            &context,
+            contained.writes,
+            decoded,
+            request_id,
+            meter,
+            recorder,
         )
         .await;
     }
@@ -332,7 +353,8 @@ async fn run(
     authorize::enforce(&decision)?;
 
     let obligations = snapshot.authorizer.obligations(&decision);
-    let (decoded, obliged) = if obligations.is_empty() {
+    let held = contained.writes == contain::Writes::Approval;
+    let (decoded, obliged) = if obligations.is_empty() && !held {
         (decoded, approve::Obliged::default())
     } else {
         let mut ticket = None;
@@ -343,6 +365,7 @@ async fn run(
                 max_body_bytes: gateway.limits.max_body_bytes,
             },
             &obligations,
+            contained.writes,
             &decision,
             snapshot.policy_version,
             &identity,
@@ -353,6 +376,10 @@ async fn run(
         )
         .await;
         let record = recorder.record();
+        if held && ticket.is_some() {
+            // The record says the approval was the risk grade's doing.
+            record.policies.push(contain::APPROVE_WRITES.to_string());
+        }
         record.approval_ticket = ticket;
         if approved.is_err() {
             record.outcome = Outcome::Deny;
