@@ -411,7 +411,7 @@ impl Engine {
         engine.retrain_population();
         for (name, state) in state.agents {
             let mut model = AgentModel::new(state);
-            engine.retrain_agent(&name, &mut model);
+            retrain_agent(&engine.config, &name, &mut model);
             engine.agents.insert(name, model);
         }
         engine.population_rate = engine.compute_population_rate();
@@ -444,7 +444,7 @@ impl Engine {
     /// stored per agent).
     pub fn insert_agent(&mut self, agent: &str, state: AgentState) {
         let mut model = AgentModel::new(state);
-        self.retrain_agent(agent, &mut model);
+        retrain_agent(&self.config, agent, &mut model);
         self.agents.insert(agent.to_string(), model);
     }
 
@@ -518,9 +518,7 @@ impl Engine {
         // Rules and features still see every event.
         let fresh = event.time_ms - model.scored_ms >= SCORE_EVERY_MS
             || novelty.new_resource
-            || novelty
-                .pair
-                .is_some_and(|p| !model.state.familiar.pairs.contains(&p));
+            || novelty.novel_pair;
         let anomaly = if fresh {
             model.scored_ms = event.time_ms;
             model.anomaly = forest.map_or(0.0, |f| f.score(&features));
@@ -619,9 +617,8 @@ impl Engine {
             anomaly,
             alert,
         };
-        if retrain && let Some(mut model) = self.agents.remove(agent) {
-            self.retrain_agent(agent, &mut model);
-            self.agents.insert(agent.to_string(), model);
+        if retrain {
+            retrain_agent(config, agent, model);
         }
         if let Some(sample) = sampled {
             self.push_population(sample);
@@ -689,7 +686,7 @@ impl Engine {
         m.state.risk = 0.0;
         m.state.risk_at_ms = now_ms;
         m.alerted = Grade::Normal;
-        self.retrain_agent(agent, &mut m);
+        retrain_agent(&self.config, agent, &mut m);
         self.agents.insert(agent.to_string(), m);
     }
 
@@ -779,19 +776,6 @@ impl Engine {
         ));
     }
 
-    fn retrain_agent(&self, agent: &str, model: &mut AgentModel) {
-        model.new_samples = 0;
-        if model.state.baseline.len() < self.config.min_baseline {
-            return;
-        }
-        model.forest = Some(IsolationForest::train(
-            &model.state.baseline,
-            self.config.trees,
-            self.config.tree_sample,
-            stable_hash(&[agent.as_bytes()]),
-        ));
-    }
-
     /// Number of agents known.
     pub fn len(&self) -> usize {
         self.agents.len()
@@ -801,6 +785,21 @@ impl Engine {
     pub fn is_empty(&self) -> bool {
         self.agents.is_empty()
     }
+}
+
+/// Rebuilds `agent`'s forest from its baseline (deterministically: the seed
+/// is the agent's name), once the baseline is large enough.
+fn retrain_agent(config: &Config, agent: &str, model: &mut AgentModel) {
+    model.new_samples = 0;
+    if model.state.baseline.len() < config.min_baseline {
+        return;
+    }
+    model.forest = Some(IsolationForest::train(
+        &model.state.baseline,
+        config.trees,
+        config.tree_sample,
+        stable_hash(&[agent.as_bytes()]),
+    ));
 }
 
 impl Default for Verdict {

@@ -11,22 +11,65 @@
 //! the baseline never varied in (an agent that never read restricted data)
 //! cannot be split at all. Per agent, "never this far" is exactly what a
 //! baseline should remember.
+//!
+//! Speed matters twice, because the gateway keeps one forest per agent:
+//!
+//! - Training runs every 128 new baseline samples per agent, which for an
+//!   agent making two requests a minute is once every 256 events. Each tree's
+//!   sample is copied into one column per feature, and a split looks at the
+//!   range of only the feature it tries: features in random order, the first
+//!   that varies among the node's points wins. That is the paper's rule (a
+//!   feature uniformly at random among those that can split) without
+//!   computing every feature's range at every node, and a feature found
+//!   constant is not tried again below.
+//! - Scoring an agent that makes a request a minute finds its forest out of
+//!   cache, so the cost is memory latency, not arithmetic. Nodes are 8 bytes
+//!   (threshold, feature, index of the left child; the right child follows
+//!   it), laid out so that a node's children and grandchildren usually share
+//!   its cache line, and every tree is walked in lockstep so their cache
+//!   misses overlap. A leaf is its own child, so the walk takes the same
+//!   number of steps in every tree and never branches on where a tree ended.
 
 use crate::features::{FEATURE_UNIT, Features, N_FEATURES};
 use crate::rng::Rng;
 
-#[derive(Debug, Clone, Copy)]
-enum Node {
-    Split {
-        feature: u8,
-        value: f32,
-        /// Index of the right child; the left child follows this node.
-        right: u32,
-    },
-    Leaf {
-        /// `h` contribution: depth plus c(size) for the points left unsplit.
-        path: f32,
-    },
+/// Most points per tree: a tree's points are numbered in one byte. The
+/// paper found 256 enough for every data set it tried (the default is 128).
+pub const MAX_TREE_SAMPLE: usize = 256;
+/// Most trees per forest. With [`MAX_TREE_SAMPLE`] it keeps the node count
+/// far below 2^27 (node indices share a `u32` with the feature).
+pub const MAX_TREES: usize = 1_024;
+
+/// One feature's values over a tree's sample, by position in the sample.
+type Column = [f32; MAX_TREE_SAMPLE];
+/// Positions in a tree's sample.
+type Points = [u8; MAX_TREE_SAMPLE];
+
+/// Bits of a node's tag holding the feature; the rest is the left child.
+const FEATURE_BITS: u32 = 5;
+const FEATURE_MASK: u32 = (1 << FEATURE_BITS) - 1;
+/// The feature a leaf "tests": the walk's point holds −∞ there, so the test
+/// `x < value` always holds and the walk stays on the leaf.
+const LEAF: u32 = N_FEATURES as u32;
+
+/// One node. A split sends `x` left when `x[feature] < value`; a leaf's
+/// `value` is its path length (depth plus c(size) for the points left
+/// unsplit) and its left child is itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+struct Node {
+    value: f32,
+    /// `left << FEATURE_BITS | feature`; the right child is `left + 1`.
+    tag: u32,
+}
+
+impl Node {
+    fn left(self) -> u32 {
+        self.tag >> FEATURE_BITS
+    }
+
+    fn feature(self) -> usize {
+        (self.tag & FEATURE_MASK) as usize
+    }
 }
 
 /// A trained forest. Rebuilding from the same sample and seed gives the same forest.
@@ -34,6 +77,8 @@ enum Node {
 pub struct IsolationForest {
     nodes: Vec<Node>,
     roots: Vec<u32>,
+    /// The deepest leaf: the number of steps every walk takes.
+    depth: usize,
     /// c(ψ): the mean path length of an unsuccessful search in a BST of ψ points.
     norm: f32,
     /// The envelope of the training data, one unit beyond its range.
@@ -50,16 +95,174 @@ fn c(n: usize) -> f32 {
     2.0 * ((n - 1.0).ln() + 0.577_215_7) - 2.0 * (n - 1.0) / n
 }
 
+/// The smallest and largest of `column[i]` for `i` in `points`.
+fn range(column: &Column, points: &[u8]) -> (f32, f32) {
+    let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
+    for &i in points {
+        let v = column[usize::from(i)];
+        // Plain comparisons (the data holds no NaN): cheaper than
+        // `f32::min`, which must handle NaN.
+        lo = if v < lo { v } else { lo };
+        hi = if v > hi { v } else { hi };
+    }
+    (lo, hi)
+}
+
+/// Moves the points of `from` to `to[start..start + from.len()]`, those with
+/// `column[i] < value` first, and returns how many those are.
+///
+/// Without a branch (which side a point goes to is a coin toss the CPU
+/// cannot predict): each point is written at both ends, and only the end it
+/// belongs to moves on; the other write lands on a free slot that a later
+/// point overwrites. Positions stay below 256 (`from` is part of a sample of
+/// at most 256), so masking them changes nothing but spares a bounds check.
+fn partition(column: &Column, value: f32, from: &[u8], to: &mut Points, start: usize) -> usize {
+    let (mut left, mut right) = (start, start + from.len());
+    for &i in from {
+        let goes_left = column[usize::from(i)] < value;
+        to[left & 0xff] = i;
+        to[(right - 1) & 0xff] = i;
+        left += usize::from(goes_left);
+        right -= usize::from(!goes_left);
+    }
+    left - start
+}
+
+/// A node waiting to be grown: its points are `start..end` of the level's
+/// buffer, and `candidates` holds the features that may vary among them
+/// (those found constant higher up are left out).
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    slot: u32,
+    start: u32,
+    end: u32,
+    candidates: u32,
+}
+
+/// What growing trees needs besides the forest; reused from tree to tree.
+struct Grower<'a> {
+    /// The tree's sample, one column per feature, so a scan reads one
+    /// feature's values close together.
+    columns: Box<[Column; N_FEATURES]>,
+    limit: usize,
+    /// c(size) for size in 0..=psi.
+    c: Vec<f32>,
+    rng: &'a mut Rng,
+    /// The sample's positions, partitioned level by level: the nodes at
+    /// depth d read their points from `points[d % 2]` and write their
+    /// children's to the other, at the same positions.
+    points: Box<[Points; 2]>,
+    level: Vec<Pending>,
+    next: Vec<Pending>,
+}
+
+impl Grower<'_> {
+    /// Grows one tree over the `psi` points in `columns` into `nodes`,
+    /// breadth first, and returns its root.
+    fn grow(&mut self, psi: usize, nodes: &mut Vec<Node>) -> u32 {
+        let root = nodes.len() as u32;
+        nodes.push(Node::default());
+        for (k, p) in self.points[0][..psi].iter_mut().enumerate() {
+            *p = k as u8;
+        }
+        self.level.clear();
+        self.level.push(Pending {
+            slot: root,
+            start: 0,
+            end: psi as u32,
+            candidates: (1 << N_FEATURES) - 1,
+        });
+        for depth in 0..=self.limit {
+            self.next.clear();
+            let [even, odd] = &mut *self.points;
+            let (from, to) = if depth % 2 == 0 {
+                (even, odd)
+            } else {
+                (odd, even)
+            };
+            for k in 0..self.level.len() {
+                let Pending {
+                    slot,
+                    start,
+                    end,
+                    mut candidates,
+                } = self.level[k];
+                let (start, end) = (start as usize, end as usize);
+                let leaf = Node {
+                    value: depth as f32 + self.c[end - start],
+                    tag: slot << FEATURE_BITS | LEAF,
+                };
+                if depth >= self.limit || end - start <= 1 {
+                    nodes[slot as usize] = leaf;
+                    continue;
+                }
+                let points = &from[start..end];
+                // Features in random order; the first that varies among the
+                // points splits. Each varying feature is equally likely to
+                // come first: the paper's rule, without computing every
+                // feature's range at every node.
+                let split = loop {
+                    if candidates == 0 {
+                        break None;
+                    }
+                    let mut rest = candidates;
+                    for _ in 0..self.rng.below(rest.count_ones() as usize) {
+                        rest &= rest - 1;
+                    }
+                    let feature = rest.trailing_zeros() as usize;
+                    let column = &self.columns[feature];
+                    let (lo, hi) = range(column, points);
+                    if hi > lo {
+                        break Some((feature, column, lo, hi));
+                    }
+                    candidates &= !(1 << feature);
+                };
+                let Some((feature, column, lo, hi)) = split else {
+                    // Identical points: nothing separates them.
+                    nodes[slot as usize] = leaf;
+                    continue;
+                };
+                let value = lo + self.rng.unit() * (hi - lo);
+                let middle = (start + partition(column, value, points, to, start)) as u32;
+                let children = nodes.len() as u32;
+                nodes.push(Node::default());
+                nodes.push(Node::default());
+                nodes[slot as usize] = Node {
+                    value,
+                    tag: children << FEATURE_BITS | feature as u32,
+                };
+                self.next.push(Pending {
+                    slot: children,
+                    start: start as u32,
+                    end: middle,
+                    candidates,
+                });
+                self.next.push(Pending {
+                    slot: children + 1,
+                    start: middle,
+                    end: end as u32,
+                    candidates,
+                });
+            }
+            std::mem::swap(&mut self.level, &mut self.next);
+        }
+        root
+    }
+}
+
 impl IsolationForest {
-    /// Builds `trees` trees, each from `sample_size` points drawn from `data`.
+    /// Builds `trees` trees, each from `sample_size` points drawn from `data`
+    /// (at most [`MAX_TREES`] trees of [`MAX_TREE_SAMPLE`] points).
     /// An empty `data` gives a forest that scores everything 0.5 (no opinion).
     pub fn train(data: &[Features], trees: usize, sample_size: usize, seed: u64) -> Self {
         let mut rng = Rng::new(seed);
-        let psi = sample_size.min(data.len()).max(1);
+        let trees = trees.min(MAX_TREES);
+        let psi = sample_size.min(MAX_TREE_SAMPLE).min(data.len()).max(1);
         let limit = (psi as f32).log2().ceil() as usize;
         let mut forest = IsolationForest {
-            nodes: Vec::with_capacity(trees * 2 * psi),
+            nodes: Vec::new(),
             roots: Vec::with_capacity(trees),
+            depth: limit,
             norm: c(psi).max(1.0),
             low: [f32::INFINITY; N_FEATURES],
             high: [f32::NEG_INFINITY; N_FEATURES],
@@ -74,92 +277,36 @@ impl IsolationForest {
                 forest.high[f] = forest.high[f].max(x[f] + FEATURE_UNIT[f]);
             }
         }
+        let n = data.len();
+        let mut grower = Grower {
+            columns: Box::new([[0.0; MAX_TREE_SAMPLE]; N_FEATURES]),
+            limit,
+            c: (0..=psi).map(c).collect(),
+            rng: &mut rng,
+            points: Box::new([[0; MAX_TREE_SAMPLE]; 2]),
+            level: Vec::with_capacity(psi),
+            next: Vec::with_capacity(psi),
+        };
+        forest.nodes.reserve(trees * (2 * psi - 1));
         // Sampling without replacement: a partial Fisher-Yates shuffle of one
         // index permutation, continued from tree to tree (still uniform).
-        let mut all: Vec<usize> = (0..data.len()).collect();
-        let mut idx: Vec<usize> = Vec::with_capacity(psi);
+        let mut all: Vec<u32> = (0..n as u32).collect();
         for _ in 0..trees {
-            idx.clear();
-            for i in 0..psi {
-                let j = i + rng.below(all.len() - i);
-                all.swap(i, j);
+            for k in 0..psi {
+                let j = k + grower.rng.below(n - k);
+                all.swap(k, j);
+                let x = &data[all[k] as usize];
+                for (column, v) in grower.columns.iter_mut().zip(x) {
+                    column[k] = *v;
+                }
             }
-            idx.extend_from_slice(&all[..psi]);
-            let root = forest.nodes.len() as u32;
+            let root = grower.grow(psi, &mut forest.nodes);
             forest.roots.push(root);
-            forest.grow(data, &mut idx, 0, limit, &mut rng);
         }
+        // Kept per agent: give back what the reservation for the worst case
+        // (2ψ - 1 nodes a tree) did not use.
+        forest.nodes.shrink_to_fit();
         forest
-    }
-
-    fn grow(
-        &mut self,
-        data: &[Features],
-        idx: &mut [usize],
-        depth: usize,
-        limit: usize,
-        rng: &mut Rng,
-    ) {
-        if depth >= limit || idx.len() <= 1 {
-            self.nodes.push(Node::Leaf {
-                path: depth as f32 + c(idx.len()),
-            });
-            return;
-        }
-        // One pass for every feature's range, then a random feature among
-        // those the points differ in (as the paper: a constant one cannot split).
-        let mut lo = [f32::INFINITY; N_FEATURES];
-        let mut hi = [f32::NEG_INFINITY; N_FEATURES];
-        for &i in idx.iter() {
-            for f in 0..N_FEATURES {
-                lo[f] = lo[f].min(data[i][f]);
-                hi[f] = hi[f].max(data[i][f]);
-            }
-        }
-        let mut varying = [0u8; N_FEATURES];
-        let mut n = 0;
-        for f in 0..N_FEATURES {
-            if hi[f] > lo[f] {
-                varying[n] = f as u8;
-                n += 1;
-            }
-        }
-        if n == 0 {
-            // Identical points: nothing separates them.
-            self.nodes.push(Node::Leaf {
-                path: depth as f32 + c(idx.len()),
-            });
-            return;
-        }
-        let feature = varying[rng.below(n)] as usize;
-        let (lo, hi) = (lo[feature], hi[feature]);
-        let value = lo + rng.unit() * (hi - lo);
-        // Partition in place: values < split go left.
-        let mut left = 0;
-        for k in 0..idx.len() {
-            if data[idx[k]][feature] < value {
-                idx.swap(k, left);
-                left += 1;
-            }
-        }
-        let at = self.nodes.len();
-        self.nodes.push(Node::Split {
-            feature: feature as u8,
-            value,
-            right: 0,
-        });
-        let (l, r) = idx.split_at_mut(left);
-        self.grow(data, l, depth + 1, limit, rng);
-        self.set_right(at);
-        self.grow(data, r, depth + 1, limit, rng);
-    }
-
-    /// Points the split at `at` to the next node to be pushed.
-    fn set_right(&mut self, at: usize) {
-        let right = self.nodes.len() as u32;
-        if let Node::Split { right: slot, .. } = &mut self.nodes[at] {
-            *slot = right;
-        }
     }
 
     /// The anomaly score of `x` in `[0, 1]`: ~0.5 typical, towards 1 anomalous.
@@ -175,43 +322,28 @@ impl IsolationForest {
         {
             return 2f32.powf(-1.0 / self.norm);
         }
-        // Trees are walked in lockstep, a chunk at a time: the loads of
+        // The point, and −∞ for the leaves' "feature" (and the unused rest,
+        // so any tag indexes it without a bounds check).
+        let mut point = [f32::NEG_INFINITY; FEATURE_MASK as usize + 1];
+        point[..N_FEATURES].copy_from_slice(x);
+        // All trees in lockstep, a fixed number of steps: the loads of
         // different trees do not depend on each other, so their cache misses
-        // overlap instead of queueing (with many agents, a forest is rarely
-        // in cache).
-        const LANES: usize = 16;
+        // overlap instead of queueing.
+        const LANES: usize = 64;
         let mut total = 0.0;
         for chunk in self.roots.chunks(LANES) {
-            let mut at = [0usize; LANES];
-            let mut live = chunk.len();
-            for (slot, root) in at.iter_mut().zip(chunk) {
-                *slot = *root as usize;
-            }
-            let mut done = [false; LANES];
-            while live > 0 {
-                for k in 0..chunk.len() {
-                    if done[k] {
-                        continue;
-                    }
-                    match self.nodes[at[k]] {
-                        Node::Leaf { path } => {
-                            total += path;
-                            done[k] = true;
-                            live -= 1;
-                        }
-                        Node::Split {
-                            feature,
-                            value,
-                            right,
-                        } => {
-                            at[k] = if x[feature as usize] < value {
-                                at[k] + 1
-                            } else {
-                                right as usize
-                            };
-                        }
-                    }
+            let mut at = [0u32; LANES];
+            let at = &mut at[..chunk.len()];
+            at.copy_from_slice(chunk);
+            for _ in 0..self.depth {
+                for slot in at.iter_mut() {
+                    let node = self.nodes[*slot as usize];
+                    let right = !(point[node.feature()] < node.value);
+                    *slot = node.left() + u32::from(right);
                 }
+            }
+            for slot in at.iter() {
+                total += self.nodes[*slot as usize].value;
             }
         }
         let mean = total / self.roots.len() as f32;
