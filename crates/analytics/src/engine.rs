@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, stable_hash};
 use crate::features::{FEATURE_NAMES, Familiar, Features, N_FEATURES, Tracker};
-use crate::forest::IsolationForest;
+use crate::forest::{IsolationForest, MAX_TREE_SAMPLE, MAX_TREES};
 use crate::rng::Rng;
 use crate::rules::{RuleHit, Rules};
 
@@ -196,10 +196,13 @@ impl Config {
                 "denial_burst must be ≥ 1 and spike_factor > 1",
             ));
         }
-        if self.trees == 0 || self.tree_sample < 2 || self.baseline_size < self.min_baseline {
+        if !(1..=MAX_TREES).contains(&self.trees)
+            || !(2..=MAX_TREE_SAMPLE).contains(&self.tree_sample)
+            || self.baseline_size < self.min_baseline
+        {
             return Err(ConfigError(
                 "model",
-                "needs trees ≥ 1, tree_sample ≥ 2 and baseline_size ≥ min_baseline",
+                "needs trees within 1..=1024, tree_sample within 2..=256 and baseline_size ≥ min_baseline",
             ));
         }
         if self.anomaly_high <= self.anomaly_low {
@@ -1073,6 +1076,12 @@ mod tests {
         let mut config = Config::default();
         assert!(config.validate().is_ok());
         config.thresholds.alert = 0.99;
+        assert!(config.validate().is_err());
+        // A tree's points are numbered in a byte.
+        let config = Config {
+            tree_sample: 257,
+            ..Config::default()
+        };
         assert!(config.validate().is_err());
     }
 }
