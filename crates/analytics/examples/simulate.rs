@@ -44,7 +44,9 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
 
-use portcullis_analytics::{Config, Engine, Event, Features, Grade, N_FEATURES};
+use portcullis_analytics::{
+    AlertReason, Config, Engine, Event, Features, Grade, N_FEATURES, RuleHit,
+};
 
 const DAYS: i64 = 21;
 const TRAIN_DAYS: i64 = 7;
@@ -423,6 +425,21 @@ struct Window {
     skip: bool,
 }
 
+/// A reason's kind: the rule, or the anomaly with its leading driver.
+fn reason_name(reason: &AlertReason) -> String {
+    match reason {
+        AlertReason::Rule { hit } => match hit {
+            RuleHit::DenialBurst { .. } => "denial_burst".into(),
+            RuleHit::RateSpike { .. } => "rate_spike".into(),
+            RuleHit::FirstRestricted { .. } => "first_restricted".into(),
+        },
+        AlertReason::Anomaly { drivers, .. } => format!(
+            "anomaly({})",
+            drivers.first().map_or("?", |d| d.feature.as_str())
+        ),
+    }
+}
+
 fn auc(pos: &[f32], neg: &[f32]) -> f64 {
     // Mann-Whitney U with ties counted half, by sorting.
     let mut all: Vec<(f32, bool)> = pos
@@ -516,6 +533,8 @@ fn main() {
     let mut windows: HashMap<(usize, i64), Window> = HashMap::new();
     let mut quarantined: Vec<Option<(i64, Option<usize>)>> = vec![None; agents.len()];
     let mut false_quarantines = 0u64;
+    // Alerts raised outside episodes after the learning week, by reason.
+    let mut false_alerts: HashMap<String, u64> = HashMap::new();
     let mut events_total = 0u64;
 
     let mut minute_events: Vec<(usize, Option<usize>, Event)> = Vec::new();
@@ -560,6 +579,14 @@ fn main() {
                 let active = episodes
                     .iter()
                     .position(|e| e.agent == agent && t >= e.start && t <= e.end + TAIL);
+                if let Some(alert) = &v.alert
+                    && active.is_none()
+                    && t >= TRAIN_DAYS * DAY
+                {
+                    for reason in &alert.reasons {
+                        *false_alerts.entry(reason_name(reason)).or_default() += 1;
+                    }
+                }
                 if v.grade >= Grade::Alert
                     && let Some(i) = active
                     && episodes[i].detected.is_none()
@@ -698,6 +725,17 @@ fn main() {
         false_quarantines,
         agent_hours,
         false_quarantines as f64 * 10_000.0 / agent_hours
+    );
+
+    let mut reasons: Vec<(String, u64)> = false_alerts.into_iter().collect();
+    reasons.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    println!(
+        "  false alerts by reason: {}",
+        reasons
+            .iter()
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 
     // Features for the scikit-learn comparison.

@@ -132,7 +132,11 @@ impl Default for Config {
         Config {
             learning_ms: 24 * 3_600_000,
             min_baseline: 64,
-            sample_every_ms: 60_000,
+            // 512 samples then span 25.6 hours of steady traffic: a whole
+            // day, so a bot's quiet night is judged against nights too, not
+            // against the afternoon that filled a 8.5-hour baseline (at one
+            // a minute, most false alerts in the evaluation were that).
+            sample_every_ms: 180_000,
             baseline_size: 512,
             trees: 50,
             tree_sample: 128,
@@ -372,6 +376,8 @@ pub struct Engine {
     population_cursor: usize,
     population_forest: Option<IsolationForest>,
     population_new: usize,
+    /// Event time of the population forest's last training (ms).
+    population_trained_ms: i64,
     rng: Rng,
     hits: Vec<(RuleHit, f32)>,
     events: u64,
@@ -379,6 +385,8 @@ pub struct Engine {
 }
 
 const POPULATION_SIZE: usize = 2_048;
+/// Least event time between two trainings of the population forest (ms).
+const POPULATION_RETRAIN_MS: i64 = 10 * 60_000;
 /// Most one agent is scored by its forest per this much event time (ms).
 const SCORE_EVERY_MS: i64 = 1_000;
 const PENDING_MAX: usize = 256;
@@ -398,6 +406,7 @@ impl Engine {
             population_cursor: 0,
             population_forest: None,
             population_new: 0,
+            population_trained_ms: i64::MIN / 2,
             rng: Rng::new(0x5eed),
             hits: Vec::new(),
             events: 0,
@@ -624,7 +633,7 @@ impl Engine {
             retrain_agent(config, agent, model);
         }
         if let Some(sample) = sampled {
-            self.push_population(sample);
+            self.push_population(sample, event.time_ms);
         }
         verdict
     }
@@ -749,7 +758,7 @@ impl Engine {
         Some(rates[rates.len() * 9 / 10])
     }
 
-    fn push_population(&mut self, sample: Features) {
+    fn push_population(&mut self, sample: Features, time_ms: i64) {
         if self.population.len() < POPULATION_SIZE {
             self.population.push(sample);
         } else {
@@ -759,9 +768,14 @@ impl Engine {
         }
         self.population_cursor = (self.population_cursor + 1) % POPULATION_SIZE;
         self.population_new += 1;
-        if self.population_new >= 1_024
-            || (self.population_forest.is_none() && self.population.len() >= 64)
-        {
+        // Half the sample is new, and the last training is a while ago: with
+        // many agents, half the sample renews in minutes, and a forest per
+        // few minutes would cost more than all their own (the population
+        // model changes slowly and only scores agents still learning).
+        let due = self.population_new >= POPULATION_SIZE / 2
+            && time_ms - self.population_trained_ms >= POPULATION_RETRAIN_MS;
+        if due || (self.population_forest.is_none() && self.population.len() >= 64) {
+            self.population_trained_ms = time_ms;
             self.retrain_population();
         }
     }
