@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::event::{Event, stable_hash};
 use crate::features::{FEATURE_NAMES, Familiar, Features, N_FEATURES, Tracker};
-use crate::forest::IsolationForest;
+use crate::forest::{IsolationForest, MAX_TREE_SAMPLE, MAX_TREES};
 use crate::rng::Rng;
 use crate::rules::{RuleHit, Rules};
 
@@ -139,7 +139,11 @@ impl Default for Config {
         Config {
             learning_ms: 24 * 3_600_000,
             min_baseline: 64,
-            sample_every_ms: 60_000,
+            // 512 samples then span 25.6 hours of steady traffic: a whole
+            // day, so a bot's quiet night is judged against nights too, not
+            // against the afternoon that filled a 8.5-hour baseline (at one
+            // a minute, most false alerts in the evaluation were that).
+            sample_every_ms: 180_000,
             baseline_size: 512,
             trees: 50,
             tree_sample: 128,
@@ -209,10 +213,13 @@ impl Config {
                 "denial_burst must be ≥ 1 and spike_factor > 1",
             ));
         }
-        if self.trees == 0 || self.tree_sample < 2 || self.baseline_size < self.min_baseline {
+        if !(1..=MAX_TREES).contains(&self.trees)
+            || !(2..=MAX_TREE_SAMPLE).contains(&self.tree_sample)
+            || self.baseline_size < self.min_baseline
+        {
             return Err(ConfigError(
                 "model",
-                "needs trees ≥ 1, tree_sample ≥ 2 and baseline_size ≥ min_baseline",
+                "needs trees within 1..=1024, tree_sample within 2..=256 and baseline_size ≥ min_baseline",
             ));
         }
         if self.anomaly_high <= self.anomaly_low {
@@ -382,6 +389,8 @@ pub struct Engine {
     population_cursor: usize,
     population_forest: Option<IsolationForest>,
     population_new: usize,
+    /// Event time of the population forest's last training (ms).
+    population_trained_ms: i64,
     rng: Rng,
     hits: Vec<(RuleHit, f32)>,
     events: u64,
@@ -389,6 +398,8 @@ pub struct Engine {
 }
 
 const POPULATION_SIZE: usize = 2_048;
+/// Least event time between two trainings of the population forest (ms).
+const POPULATION_RETRAIN_MS: i64 = 10 * 60_000;
 /// Most one agent is scored by its forest per this much event time (ms).
 const SCORE_EVERY_MS: i64 = 1_000;
 const PENDING_MAX: usize = 256;
@@ -408,6 +419,7 @@ impl Engine {
             population_cursor: 0,
             population_forest: None,
             population_new: 0,
+            population_trained_ms: i64::MIN / 2,
             rng: Rng::new(0x5eed),
             hits: Vec::new(),
             events: 0,
@@ -424,7 +436,7 @@ impl Engine {
         engine.retrain_population();
         for (name, state) in state.agents {
             let mut model = AgentModel::new(state);
-            engine.retrain_agent(&name, &mut model);
+            retrain_agent(&engine.config, &name, &mut model);
             engine.agents.insert(name, model);
         }
         engine.population_rate = engine.compute_population_rate();
@@ -457,7 +469,7 @@ impl Engine {
     /// stored per agent).
     pub fn insert_agent(&mut self, agent: &str, state: AgentState) {
         let mut model = AgentModel::new(state);
-        self.retrain_agent(agent, &mut model);
+        retrain_agent(&self.config, agent, &mut model);
         self.agents.insert(agent.to_string(), model);
     }
 
@@ -531,9 +543,7 @@ impl Engine {
         // Rules and features still see every event.
         let fresh = event.time_ms - model.scored_ms >= SCORE_EVERY_MS
             || novelty.new_resource
-            || novelty
-                .pair
-                .is_some_and(|p| !model.state.familiar.pairs.contains(&p));
+            || novelty.novel_pair;
         let anomaly = if fresh {
             model.scored_ms = event.time_ms;
             model.anomaly = forest.map_or(0.0, |f| f.score(&features));
@@ -632,12 +642,11 @@ impl Engine {
             anomaly,
             alert,
         };
-        if retrain && let Some(mut model) = self.agents.remove(agent) {
-            self.retrain_agent(agent, &mut model);
-            self.agents.insert(agent.to_string(), model);
+        if retrain {
+            retrain_agent(config, agent, model);
         }
         if let Some(sample) = sampled {
-            self.push_population(sample);
+            self.push_population(sample, event.time_ms);
         }
         verdict
     }
@@ -702,7 +711,7 @@ impl Engine {
         m.state.risk = 0.0;
         m.state.risk_at_ms = now_ms;
         m.alerted = Grade::Normal;
-        self.retrain_agent(agent, &mut m);
+        retrain_agent(&self.config, agent, &mut m);
         self.agents.insert(agent.to_string(), m);
     }
 
@@ -762,7 +771,7 @@ impl Engine {
         Some(rates[rates.len() * 9 / 10])
     }
 
-    fn push_population(&mut self, sample: Features) {
+    fn push_population(&mut self, sample: Features, time_ms: i64) {
         if self.population.len() < POPULATION_SIZE {
             self.population.push(sample);
         } else {
@@ -772,9 +781,14 @@ impl Engine {
         }
         self.population_cursor = (self.population_cursor + 1) % POPULATION_SIZE;
         self.population_new += 1;
-        if self.population_new >= 1_024
-            || (self.population_forest.is_none() && self.population.len() >= 64)
-        {
+        // Half the sample is new, and the last training is a while ago: with
+        // many agents, half the sample renews in minutes, and a forest per
+        // few minutes would cost more than all their own (the population
+        // model changes slowly and only scores agents still learning).
+        let due = self.population_new >= POPULATION_SIZE / 2
+            && time_ms - self.population_trained_ms >= POPULATION_RETRAIN_MS;
+        if due || (self.population_forest.is_none() && self.population.len() >= 64) {
+            self.population_trained_ms = time_ms;
             self.retrain_population();
         }
     }
@@ -792,19 +806,6 @@ impl Engine {
         ));
     }
 
-    fn retrain_agent(&self, agent: &str, model: &mut AgentModel) {
-        model.new_samples = 0;
-        if model.state.baseline.len() < self.config.min_baseline {
-            return;
-        }
-        model.forest = Some(IsolationForest::train(
-            &model.state.baseline,
-            self.config.trees,
-            self.config.tree_sample,
-            stable_hash(&[agent.as_bytes()]),
-        ));
-    }
-
     /// Number of agents known.
     pub fn len(&self) -> usize {
         self.agents.len()
@@ -814,6 +815,21 @@ impl Engine {
     pub fn is_empty(&self) -> bool {
         self.agents.is_empty()
     }
+}
+
+/// Rebuilds `agent`'s forest from its baseline (deterministically: the seed
+/// is the agent's name), once the baseline is large enough.
+fn retrain_agent(config: &Config, agent: &str, model: &mut AgentModel) {
+    model.new_samples = 0;
+    if model.state.baseline.len() < config.min_baseline {
+        return;
+    }
+    model.forest = Some(IsolationForest::train(
+        &model.state.baseline,
+        config.trees,
+        config.tree_sample,
+        stable_hash(&[agent.as_bytes()]),
+    ));
 }
 
 impl Default for Verdict {
@@ -1087,6 +1103,12 @@ mod tests {
         let mut config = Config::default();
         assert!(config.validate().is_ok());
         config.thresholds.alert = 0.99;
+        assert!(config.validate().is_err());
+        // A tree's points are numbered in a byte.
+        let config = Config {
+            tree_sample: 257,
+            ..Config::default()
+        };
         assert!(config.validate().is_err());
     }
 }

@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use serde::{Deserialize, Serialize};
 
 use crate::event::Event;
-use crate::window::{COUNTERS, Counts, Window, c};
+use crate::window::{COUNTERS, Counts, SHORT_COUNTERS, Window, c};
 
 /// Length of the feature vector.
 pub const N_FEATURES: usize = 14;
@@ -102,14 +102,19 @@ pub(crate) struct Novelty {
     pub(crate) new_resource: bool,
     /// The call pair (previous operation, this one), if there was a previous.
     pub(crate) pair: Option<u64>,
+    /// The call pair is not in the baseline.
+    pub(crate) novel_pair: bool,
 }
 
 /// The sliding windows of one agent.
 #[derive(Debug, Clone)]
 pub(crate) struct Tracker {
-    w1: Window<12>,
+    /// Requests and denials only: the 1-minute features and the 10-second
+    /// rules need no more, and a smaller window is less memory to touch
+    /// per event.
+    w1: Window<12, SHORT_COUNTERS>,
     w15: Window<15>,
-    burst: Window<10>,
+    burst: Window<10, SHORT_COUNTERS>,
     /// Last time each resource was seen, for distinct counts.
     last_seen: std::collections::HashMap<u64, i64>,
     prev_operation: Option<u64>,
@@ -160,17 +165,21 @@ impl Tracker {
         counts[c::CONTENT] = u64::from(event.content_hits);
         counts[c::CONFIDENTIAL] = u64::from(event.classification == 2);
         counts[c::RESTRICTED] = u64::from(event.classification >= 3);
-        for w in [
-            &mut self.w1 as &mut dyn Advance,
-            &mut self.w15,
-            &mut self.burst,
-        ] {
-            w.advance_add(event.time_ms, &counts);
-        }
+        let short = [counts[c::REQUESTS], counts[c::DENIES]];
+        self.w1.advance(event.time_ms);
+        self.w1.add(&short);
+        self.w15.advance(event.time_ms);
+        self.w15.add(&counts);
+        self.burst.advance(event.time_ms);
+        self.burst.add(&short);
         if let Some(t) = previous {
             self.w15.take_back(c::DISTINCT, t);
         }
-        let novelty = Novelty { new_resource, pair };
+        let novelty = Novelty {
+            new_resource,
+            pair,
+            novel_pair,
+        };
         (self.features(), novelty)
     }
 
@@ -180,7 +189,8 @@ impl Tracker {
         // Shares carry a pseudo-count of requests (4 a minute, 8 a quarter
         // hour), so one denial among two requests is not read as "half the
         // traffic denied": a small sample says little.
-        let share1 = |s: &Counts, i: usize| s[i] as f32 / (s[c::REQUESTS] + 4) as f32;
+        let share1 =
+            |s: &Counts<SHORT_COUNTERS>, i: usize| s[i] as f32 / (s[c::REQUESTS] + 4) as f32;
         let share = |s: &Counts, i: usize| s[i] as f32 / (s[c::REQUESTS] + 8) as f32;
         let ln = |v: u64| (v as f32).ln_1p();
         let class = if s15[c::RESTRICTED] > 0 {
@@ -222,18 +232,6 @@ impl Tracker {
     /// Denied requests in the last 10 seconds.
     pub(crate) fn denies_10s(&self) -> u64 {
         self.burst.sum()[c::DENIES]
-    }
-}
-
-/// The three windows differ only in size; one call moves and adds to each.
-trait Advance {
-    fn advance_add(&mut self, time_ms: i64, counts: &Counts);
-}
-
-impl<const N: usize> Advance for Window<N> {
-    fn advance_add(&mut self, time_ms: i64, counts: &Counts) {
-        self.advance(time_ms);
-        self.add(counts);
     }
 }
 

@@ -3,8 +3,13 @@
 //! count), so the cost per event is O(1) amortized and never more than O(N).
 //! Counts are integers, so sums never drift.
 
-/// Counters kept per bucket.
+/// Counters kept per bucket (by the windows that keep them all).
 pub(crate) const COUNTERS: usize = 14;
+
+/// Counters of the short windows: requests and denials only (the first two
+/// counters, so the same indices serve both).
+pub(crate) const SHORT_COUNTERS: usize = 2;
+const _: () = assert!(c::REQUESTS < SHORT_COUNTERS && c::DENIES < SHORT_COUNTERS);
 
 /// Index of each counter.
 pub(crate) mod c {
@@ -24,25 +29,26 @@ pub(crate) mod c {
     pub(crate) const RESTRICTED: usize = 13;
 }
 
-pub(crate) type Counts = [u64; COUNTERS];
+pub(crate) type Counts<const K: usize = COUNTERS> = [u64; K];
 
-/// `N` buckets of `bucket_ms` each; the window is their span.
+/// `N` buckets of `bucket_ms` each, `K` counters in each; the window is
+/// their span.
 #[derive(Debug, Clone)]
-pub(crate) struct Window<const N: usize> {
+pub(crate) struct Window<const N: usize, const K: usize = COUNTERS> {
     bucket_ms: i64,
-    buckets: [Counts; N],
+    buckets: [Counts<K>; N],
     /// Bucket number (time / bucket_ms) of the newest bucket.
     head: i64,
-    sum: Counts,
+    sum: Counts<K>,
 }
 
-impl<const N: usize> Window<N> {
+impl<const N: usize, const K: usize> Window<N, K> {
     pub(crate) fn new(bucket_ms: i64) -> Self {
         Window {
             bucket_ms,
-            buckets: [[0; COUNTERS]; N],
+            buckets: [[0; K]; N],
             head: i64::MIN,
-            sum: [0; COUNTERS],
+            sum: [0; K],
         }
     }
 
@@ -51,8 +57,8 @@ impl<const N: usize> Window<N> {
     pub(crate) fn advance(&mut self, time_ms: i64) {
         let b = time_ms.div_euclid(self.bucket_ms);
         if self.head == i64::MIN || b - self.head >= N as i64 {
-            self.buckets = [[0; COUNTERS]; N];
-            self.sum = [0; COUNTERS];
+            self.buckets = [[0; K]; N];
+            self.sum = [0; K];
             self.head = b;
             return;
         }
@@ -67,7 +73,7 @@ impl<const N: usize> Window<N> {
     }
 
     /// Adds `counts` to the newest bucket (call [`Window::advance`] first).
-    pub(crate) fn add(&mut self, counts: &Counts) {
+    pub(crate) fn add(&mut self, counts: &Counts<K>) {
         let slot = self.head.rem_euclid(N as i64) as usize;
         for ((b, s), c) in self.buckets[slot]
             .iter_mut()
@@ -94,7 +100,7 @@ impl<const N: usize> Window<N> {
     }
 
     /// The totals over the window.
-    pub(crate) fn sum(&self) -> &Counts {
+    pub(crate) fn sum(&self) -> &Counts<K> {
         &self.sum
     }
 
