@@ -7,7 +7,10 @@
 //! `BENCH_THROUGHPUT_SECS` (default 5), `BENCH_CONCURRENCY` (default 32),
 //! `BENCH_EXTRA_CONFIG` (TOML appended to the gateway config).
 //!
-//! - Latency: one keep-alive connection, sequential requests; p50/p99 per request.
+//! - Latency: one keep-alive connection per path, sequential requests, the
+//!   paths taking turns in rounds of 250; p50/p99 per request. A second
+//!   gateway with `[analytics] enabled = false` runs beside the first, so the
+//!   analytics' cost on the request path is measured in the same rounds.
 //!   "Added" latency is gateway minus direct at the same percentile.
 //! - Throughput: `BENCH_CONCURRENCY` keep-alive connections for a fixed time.
 //! - The direct path is plain HTTP/1.1; the gateway path is HTTP/1.1 over TLS 1.3
@@ -18,11 +21,11 @@
 //! for them and in the README's Benchmarks section.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
+mod support;
+
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -32,11 +35,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpStream;
 
-const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 const BODY_SIZE: usize = 1024;
 
 fn env_num(name: &str, default: u64) -> u64 {
@@ -55,7 +55,11 @@ fn main() {
     // The upstream runs on its own thread and runtime, like a separate service.
     let upstream = start_upstream(None);
     let dir = tempfile::tempdir().unwrap();
-    let gateway = Gateway::start(dir.path(), upstream);
+    let gateway = Gateway::start(dir.path(), upstream, "");
+    // The same gateway with behavioral analytics off: the analytics run off
+    // the request path, and this pair measures that they add nothing to it.
+    let dir_off = tempfile::tempdir().unwrap();
+    let gateway_off = Gateway::start(dir_off.path(), upstream, "[analytics]\nenabled = false");
     // The same upstream code terminating TLS itself and asking for the same client
     // certificate: what the client-side TLS costs without the gateway.
     let tls_upstream = start_upstream(Some(upstream_tls(&dir.path().join("state"))));
@@ -88,16 +92,18 @@ fn main() {
         tls: client_tls,
         path: "/bench/echo",
     };
+    let through_off = Target {
+        addr: gateway_off.addr,
+        tls: Some(Arc::new(gateway_off.tls.clone())),
+        path: "/bench/echo",
+    };
     rt.block_on(async {
         // Warm up every path (connection pools, caches, branch predictors).
-        for target in [&direct, &direct_tls, &bare_proxy, &through] {
-            let _ = latency(target, 500).await;
-        }
-
-        let d = latency(&direct, latency_n).await;
-        let dtls = latency(&direct_tls, latency_n).await;
-        let b = latency(&bare_proxy, latency_n).await;
-        let g = latency(&through, latency_n).await;
+        let targets = [&direct, &direct_tls, &bare_proxy, &through, &through_off];
+        let _ = latencies(&targets, 500).await;
+        let mut rows = latencies(&targets, latency_n).await.into_iter();
+        let mut next = || rows.next().unwrap();
+        let (d, dtls, b, g, g_off) = (next(), next(), next(), next(), next());
         let window = Duration::from_secs(secs);
         let dt = throughput(&direct, concurrency, window).await;
         let dtlst = throughput(&direct_tls, concurrency, window).await;
@@ -106,16 +112,18 @@ fn main() {
 
         let p = |v: &[Duration], q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
         let us = |d: Duration| d.as_secs_f64() * 1e6;
-        let row = |name: &str, v: &[Duration], rps: f64| {
-            println!("{name:<34}{:>10.0}{:>10.0}{:>12.0}", us(p(v, 0.5)), us(p(v, 0.99)), rps);
+        let row = |name: &str, v: &[Duration], rps: Option<f64>| {
+            let rps = rps.map_or("-".to_string(), |r| format!("{r:.0}"));
+            println!("{name:<36}{:>10.0}{:>10.0}{:>12}", us(p(v, 0.5)), us(p(v, 0.99)), rps);
         };
         println!();
         println!("portcullis gateway benchmark: {BODY_SIZE} B request and response bodies, ~100 policies");
-        println!("{:<34}{:>10}{:>10}{:>12}", "path", "p50 µs", "p99 µs", "req/s");
-        row("direct (http)", &d, dt);
-        row("direct (https, client cert)", &dtls, dtlst);
-        row("bare proxy (http, no checks)", &b, bt);
-        row("through gateway (https, client cert)", &g, gt);
+        println!("{:<36}{:>10}{:>10}{:>12}", "path", "p50 µs", "p99 µs", "req/s");
+        row("direct (http)", &d, Some(dt));
+        row("direct (https, client cert)", &dtls, Some(dtlst));
+        row("bare proxy (http, no checks)", &b, Some(bt));
+        row("through gateway (https, client cert)", &g, Some(gt));
+        row("same, analytics off", &g_off, None);
         println!();
         let added50 = us(p(&g, 0.5)) - us(p(&d, 0.5));
         let added99 = us(p(&g, 0.99)) - us(p(&d, 0.99));
@@ -137,7 +145,12 @@ fn main() {
             bt / dt * 100.0,
             gt / bt * 100.0
         );
-        println!("({latency_n} sequential requests per latency row; {concurrency} connections for {secs} s per throughput row)");
+        println!(
+            "behavioral analytics on the request path (on minus off): p50 {:+.0} µs, p99 {:+.0} µs (target: none)",
+            us(p(&g, 0.5)) - us(p(&g_off, 0.5)),
+            us(p(&g, 0.99)) - us(p(&g_off, 0.99))
+        );
+        println!("({latency_n} sequential requests per latency row, the rows taking turns in rounds of 250; {concurrency} connections for {secs} s per throughput row)");
         println!();
         println!("time inside the gateway per request, by pipeline stage (mean over all requests above, from /metrics):");
         let metrics = fetch_metrics(gateway.admin, &gateway.admin_tls).await;
@@ -158,6 +171,7 @@ fn main() {
         println!("  (forward includes the upstream's own time; total runs until the response body ends)");
     });
     drop(gateway);
+    drop(gateway_off);
 }
 
 /// Where requests go: an address, TLS settings when the path is TLS, and the path.
@@ -211,16 +225,28 @@ async fn send(sender: &mut Sender, target: &Target, body: &Bytes) {
     assert_eq!(bytes.len(), BODY_SIZE);
 }
 
-async fn latency(target: &Target, n: usize) -> Vec<Duration> {
+/// Per target, `n` sequential request latencies on one connection each,
+/// sorted. The targets take turns in rounds of 250 so that the machine's
+/// drift (other work, frequency, idle states) weighs on every row alike.
+async fn latencies(targets: &[&Target], n: usize) -> Vec<Vec<Duration>> {
     let body = Bytes::from(vec![b'a'; BODY_SIZE]);
-    let mut sender = target.connect().await;
-    let mut samples = Vec::with_capacity(n);
-    for _ in 0..n {
-        let t = Instant::now();
-        send(&mut sender, target, &body).await;
-        samples.push(t.elapsed());
+    let mut senders = Vec::new();
+    for target in targets {
+        senders.push(target.connect().await);
     }
-    samples.sort();
+    let mut samples = vec![Vec::with_capacity(n); targets.len()];
+    while samples[0].len() < n {
+        for ((target, sender), samples) in targets.iter().zip(&mut senders).zip(&mut samples) {
+            for _ in 0..250.min(n - samples.len()) {
+                let t = Instant::now();
+                send(sender, target, &body).await;
+                samples.push(t.elapsed());
+            }
+        }
+    }
+    for s in &mut samples {
+        s.sort();
+    }
     samples
 }
 
@@ -390,7 +416,7 @@ fn start_upstream(tls: Option<Arc<rustls::ServerConfig>>) -> SocketAddr {
 
 /// A `portcullis serve` process with a route to the upstream and ~100 policies.
 struct Gateway {
-    child: Child,
+    _server: support::Serve,
     addr: SocketAddr,
     admin: SocketAddr,
     tls: rustls::ClientConfig,
@@ -398,7 +424,8 @@ struct Gateway {
 }
 
 impl Gateway {
-    fn start(dir: &Path, upstream: SocketAddr) -> Gateway {
+    /// `extra_config` is TOML appended to the config (before `BENCH_EXTRA_CONFIG`).
+    fn start(dir: &Path, upstream: SocketAddr, extra_config: &str) -> Gateway {
         let policies = dir.join("policies");
         std::fs::create_dir_all(&policies).unwrap();
         std::fs::write(
@@ -426,7 +453,7 @@ impl Gateway {
             &config,
             format!(
                 "[gateway]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[policy]\ndir = \"{}\"\n\
-                 [[routes]]\nname = \"bench\"\npath_prefix = \"/bench\"\nupstream = \"http://{upstream}\"\nclassification = \"public\"\n{}\n",
+                 [[routes]]\nname = \"bench\"\npath_prefix = \"/bench\"\nupstream = \"http://{upstream}\"\nclassification = \"public\"\n{extra_config}\n{}\n",
                 policies.display(),
                 // More TOML (e.g. `[telemetry]`, `[[audit.export]]`) to measure
                 // what a feature costs the request path.
@@ -435,76 +462,18 @@ impl Gateway {
         )
         .unwrap();
         let state = dir.join("state");
-        let mut child = Command::new(BIN)
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .arg("--state-dir")
-            .arg(&state)
-            .env("PORTCULLIS_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn portcullis");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let field = |n: usize| -> SocketAddr {
-            line.split_whitespace()
-                .nth(n)
-                .expect("portcullis did not start")
-                .trim_start_matches("https://")
-                .parse()
-                .unwrap()
-        };
-        let (addr, admin) = (field(2), field(4));
+        let server = support::serve(&config, &state, &[]);
         let creds = dir.join("creds");
-        let out = Command::new(BIN)
-            .args(["agent", "create", "bench-bot", "--role", "writer", "--out"])
-            .arg(&creds)
-            .arg("--state-dir")
-            .arg(&state)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-
-        let mut roots = rustls::RootCertStore::empty();
-        for c in CertificateDer::pem_file_iter(state.join("ca.crt")).unwrap() {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let certs = CertificateDer::pem_file_iter(creds.join("bench-bot.crt"))
-            .unwrap()
-            .map(|c| c.unwrap())
-            .collect();
-        let key = PrivateKeyDer::from_pem_file(creds.join("bench-bot.key")).unwrap();
+        support::create_agent(&state, &creds, "bench-bot", "writer");
         let admin_tls = rustls::ClientConfig::builder()
-            .with_root_certificates(roots.clone())
+            .with_root_certificates(support::roots(&state))
             .with_no_client_auth();
-        let tls = rustls::ClientConfig::builder()
-            .with_root_certificates(roots)
-            .with_client_auth_cert(certs, key)
-            .unwrap();
         Gateway {
-            child,
-            addr,
-            admin,
-            tls,
+            addr: server.gateway,
+            admin: server.admin,
+            tls: support::agent_tls(&state, &creds, "bench-bot"),
             admin_tls,
+            _server: server,
         }
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
     }
 }

@@ -7,7 +7,8 @@
 //! Knobs: `BENCH_LATENCY_REQUESTS` (default 5000), `BENCH_EXTRA_CONFIG` (TOML
 //! appended to the gateway config, e.g. `[analytics]\nenabled = false`).
 //!
-//! - One keep-alive connection, sequential requests; p50/p99 per request.
+//! - One keep-alive connection per path, sequential requests, the paths
+//!   taking turns in rounds of 250; p50/p99 per request.
 //!   "Added" latency is gateway minus direct at the same percentile.
 //! - The upstream is a minimal in-process MCP server (JSON answers, a session
 //!   id), so the difference is the gateway's own cost: TLS with a client
@@ -81,12 +82,14 @@ fn main() {
             tls: through.tls.clone(),
             path: "/plain",
         };
-        for target in [&direct, &plain, &through] {
-            let _ = latency(target, 500).await;
-        }
-        let d = latency(&direct, n).await;
-        let h = latency(&plain, n).await;
-        let g = latency(&through, n).await;
+        let targets = [&direct, &plain, &through];
+        let _ = latencies(&targets, 500).await;
+        let mut rows = latencies(&targets, n).await.into_iter();
+        let (d, h, g) = (
+            rows.next().unwrap(),
+            rows.next().unwrap(),
+            rows.next().unwrap(),
+        );
         let p = |v: &[Duration], q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
         let us = |d: Duration| d.as_secs_f64() * 1e6;
         println!();
@@ -173,18 +176,32 @@ async fn post(sender: &mut Sender, target: &Target, message: &Value) -> Value {
     serde_json::from_slice(&bytes).unwrap()
 }
 
-async fn latency(target: &Target, n: usize) -> Vec<Duration> {
-    let mut sender = target.connect().await;
-    let mut samples = Vec::with_capacity(n);
-    for i in 0..n {
-        let call = json!({"jsonrpc": "2.0", "id": i + 10, "method": "tools/call", "params": {
-            "name": "echo", "arguments": {"message": "hello", "path": "/tmp/report.txt"}}});
-        let t = Instant::now();
-        let answer = post(&mut sender, target, &call).await;
-        samples.push(t.elapsed());
-        assert!(answer.get("result").is_some(), "{answer}");
+/// Per target, `n` sequential `tools/call` latencies on one connection each,
+/// sorted. The targets take turns in rounds of 250 so that the machine's
+/// drift (other work, frequency) weighs on every row alike.
+async fn latencies(targets: &[&Target], n: usize) -> Vec<Vec<Duration>> {
+    let mut senders = Vec::new();
+    for target in targets {
+        senders.push(target.connect().await);
     }
-    samples.sort();
+    let mut samples = vec![Vec::with_capacity(n); targets.len()];
+    let mut id = 10;
+    while samples[0].len() < n {
+        for ((target, sender), samples) in targets.iter().zip(&mut senders).zip(&mut samples) {
+            for _ in 0..250.min(n - samples.len()) {
+                let call = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+                    "name": "echo", "arguments": {"message": "hello", "path": "/tmp/report.txt"}}});
+                id += 1;
+                let t = Instant::now();
+                let answer = post(sender, target, &call).await;
+                samples.push(t.elapsed());
+                assert!(answer.get("result").is_some(), "{answer}");
+            }
+        }
+    }
+    for s in &mut samples {
+        s.sort();
+    }
     samples
 }
 
