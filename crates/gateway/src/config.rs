@@ -1272,12 +1272,9 @@ impl Config {
                             route.name.get_ref()
                         )));
                     }
-                    if route.guard != RouteGuard::default()
-                        || route.capture.is_some()
-                        || route.credential.is_some()
-                    {
+                    if route.capture.is_some() || route.credential.is_some() {
                         return Err(invalid(format!(
-                            "line {line}, route `{}`: `[routes.guard]`, `[routes.capture]` and `[routes.credential]` are not available on MCP routes yet",
+                            "line {line}, route `{}`: `[routes.capture]` and `[routes.credential]` are not available on MCP routes yet",
                             route.name.get_ref()
                         )));
                     }
@@ -2233,9 +2230,17 @@ classification = "internal"
             &route(
                 "mcp",
                 "http://x/mcp",
-                "[routes.guard]\ninjection = \"block\"\n",
+                "[routes.guard]\ninjection = \"block\"\ndlp = \"redact\"\n",
             ),
-            "are not available on MCP routes yet",
+            "m:/m:internal:Block/Redact",
+        );
+        check(
+            &route(
+                "mcp",
+                "http://x/mcp",
+                "[routes.capture]\nretention = \"1d\"\nmax_bytes = 1024\n",
+            ),
+            "`[routes.capture]` and `[routes.credential]` are not available on MCP routes yet",
         );
         check(
             &route("llm", "stdio:node server.js", ""),

@@ -13,10 +13,14 @@
 //!           → tools/call: tool pin must be approved (pins.rs); at the
 //!             agent's risk grade read-only refused, at approve-writes
 //!             held for a human's approval of this exact call
+//!           → with [routes.guard]: tools/call and prompts/get arguments
+//!             scanned first (guard.rs): findings are `context.content`,
+//!             block refuses the message, redact rewrites it
 //!         refused messages become JSON-RPC errors; the rest go upstream
 //!         answer: JSON (buffered only when a tools/list answer or refusals
 //!         must be merged) or SSE (sse.rs: event by event, re-checked)
 //!         tools/list answers: only tools that are pinned and callable
+//!         with [routes.guard]: results scanned (tool-output channel, DLP)
 //! GET     the server's event stream, re-checked at every event, and cut at
 //!         once when the agent's sessions end (revocation, quarantine)
 //! DELETE  ends the session upstream and here
@@ -27,6 +31,7 @@
 //! for session plumbing (`initialize`, `ping`, notifications, answers to the
 //! server's own requests). Unknown methods are refused.
 
+pub mod guard;
 pub mod jsonrpc;
 pub mod pins;
 pub mod sessions;
@@ -54,6 +59,7 @@ use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contain::{self, Writes};
 use crate::pipeline::contextualize::RequestContext;
 use crate::pipeline::decode::{DecodedRequest, too_large};
+use crate::pipeline::inspect::GuardState;
 use crate::respond::{Denial, ResponseBody, full};
 use crate::state::{ConnectionState, Gateway, Snapshot};
 
@@ -111,6 +117,7 @@ impl Asker {
         action: McpAction,
         target: &str,
         args: &[(String, String)],
+        content: Content<'_>,
     ) -> portcullis_core::Decision {
         snapshot.authorizer.decide_mcp(&McpRequest {
             agent: &self.agent,
@@ -121,7 +128,7 @@ impl Asker {
             target,
             args,
             path: &self.context.path,
-            content: Content::NOT_SCANNED,
+            content,
             source_ip: &self.source_ip,
             time: self.context.time,
             caller: &self.caller,
@@ -145,6 +152,38 @@ impl Asker {
                 .is_ok()
     }
 
+    /// The content guard, when this route's `[routes.guard]` turns it on;
+    /// `None` keeps other routes free of any parsing or scanning.
+    fn guard(&self) -> Option<&GuardState> {
+        let settings = self.context.route.guard;
+        self.gateway
+            .guard
+            .as_deref()
+            .filter(|_| settings.scans_requests())
+    }
+
+    /// The rewrite that scans the server's answers, when the route's guard is on.
+    fn answer_guard(&self, request_id: &RequestId, meter: &Arc<BodyMeter>) -> Option<sse::Rewrite> {
+        self.guard()?;
+        let asker = self.clone();
+        let request_id = request_id.clone();
+        let meter = meter.clone();
+        Some(Box::new(move |message: &mut Value| {
+            let Some(state) = asker.guard() else {
+                return false;
+            };
+            let route = &asker.context.route;
+            guard::scan_answer(
+                state,
+                route.guard,
+                message,
+                &request_id,
+                &route.name,
+                &meter,
+            )
+        }))
+    }
+
     /// Keeps in a `tools/list` result only the tools whose pin is approved and
     /// which the agent may call. Decided with the current snapshot, with no
     /// arguments (`context.args` empty, `context.method` "tools/list").
@@ -159,7 +198,14 @@ impl Asker {
             let name = tool.get("name").and_then(Value::as_str).unwrap_or("");
             pinned
                 && self
-                    .decide(&snapshot, "tools/list", McpAction::CallTool, name, &[])
+                    .decide(
+                        &snapshot,
+                        "tools/list",
+                        McpAction::CallTool,
+                        name,
+                        &[],
+                        Content::NOT_SCANNED,
+                    )
                     .allowed
         });
     }
@@ -243,7 +289,8 @@ pub async fn serve(
             recorder.record().outcome = Outcome::Allow;
             let id = session.as_deref().ok_or_else(no_session)?;
             let events = mcp.stdio.events(id)?;
-            Ok(stream_back(&asker, events, Vec::new(), None))
+            let scan = asker.answer_guard(request_id, meter);
+            Ok(stream_back(&asker, events, Vec::new(), scan))
         }
         (Method::DELETE, Some(_)) => {
             recorder.record().outcome = Outcome::Allow;
@@ -263,7 +310,8 @@ pub async fn serve(
                 }
                 return Ok(response);
             }
-            Ok(stream_back(&asker, response, Vec::new(), None))
+            let scan = asker.answer_guard(request_id, meter);
+            Ok(stream_back(&asker, response, Vec::new(), scan))
         }
         _ => Err(Denial::new(
             ErrorCode::MethodNotAllowed,
@@ -315,7 +363,7 @@ async fn post(
         }
     })?;
     let bytes = bytes.to_bytes();
-    let body = match jsonrpc::parse(&bytes) {
+    let mut body = match jsonrpc::parse(&bytes) {
         Ok(body) => body,
         Err((code, message)) => {
             recorder.record().error_code = Some(ErrorCode::BadRequest.as_str().into());
@@ -339,7 +387,24 @@ async fn post(
     // The approval ticket of a tool call the agent's risk grade held.
     let mut ticket: Option<String> = None;
     let mut held = false;
-    for (i, message) in body.messages.iter().enumerate() {
+    // The content guard reads each message's arguments before its decision,
+    // as inspect-in reads an HTTP body before authorize.
+    let guard = asker.guard();
+    let mut audited = Vec::new();
+    let mut rewritten = false;
+    for i in 0..body.messages.len() {
+        let scanned = guard.and_then(|state| {
+            guard::scan_request(
+                state,
+                asker.context.route.guard,
+                &mut body.messages[i],
+                request_id,
+                route,
+                &mut audited,
+            )
+        });
+        rewritten |= scanned.as_ref().is_some_and(|s| s.changed);
+        let message = &body.messages[i];
         let mut refuse = |id: &Value, code: ErrorCode, text: &str, p: &[String]| {
             first_code.get_or_insert(code);
             refusals.push(jsonrpc::refusal(id, code, text, request_id.as_str(), p));
@@ -381,17 +446,29 @@ async fn post(
                 continue;
             }
         };
-        let decision = asker.decide(snapshot, method, action, &target, &args);
-        if !decision.errors.is_empty() {
-            tracing::warn!(errors = ?decision.errors, agent = %identity.agent, route = %route, method, "policy evaluation errors");
-        }
-        asker.gateway.metrics.decision(route, decision.allowed);
-        policies.extend(decision.policy_ids.iter().cloned());
         let resource = if target.is_empty() {
             route.clone()
         } else {
             format!("{route}/{target}")
         };
+        if let Some(denial) = scanned.as_ref().and_then(|s| s.blocked.as_ref()) {
+            described.get_or_insert((method.to_string(), resource));
+            // A notification gets no answer: it is dropped.
+            if let Some(id) = id {
+                refuse(id, denial.code, &denial.message, &denial.policies);
+            }
+            continue;
+        }
+        let content = match &scanned {
+            Some(s) => s.facts.as_policy(),
+            None => Content::NOT_SCANNED,
+        };
+        let decision = asker.decide(snapshot, method, action, &target, &args, content);
+        if !decision.errors.is_empty() {
+            tracing::warn!(errors = ?decision.errors, agent = %identity.agent, route = %route, method, "policy evaluation errors");
+        }
+        asker.gateway.metrics.decision(route, decision.allowed);
+        policies.extend(decision.policy_ids.iter().cloned());
         described.get_or_insert((method.to_string(), resource));
         let Some(id) = id else {
             if decision.allowed {
@@ -479,6 +556,7 @@ async fn post(
         policies.dedup();
         record.policies = policies;
         record.approval_ticket = ticket;
+        record.content = audited;
         if body.batch {
             record.action = format!("mcp:batch({})", body.messages.len());
             record.resource = Some(route.clone());
@@ -530,14 +608,33 @@ async fn post(
             response?
         }
         To::Http => {
+            let upstream_body = if forward.len() == body.messages.len() && !rewritten {
+                // As the client wrote them, when nothing was held back or redacted.
+                bytes
+            } else {
+                let kept: Vec<&Value> = forward.iter().map(|&i| &body.messages[i]).collect();
+                let text = match kept.as_slice() {
+                    [one] if !body.batch => serde_json::to_vec(one),
+                    _ => serde_json::to_vec(&kept),
+                };
+                Bytes::from(text.unwrap_or_default())
+            };
             forward_http(
-                asker, conn, identity, parts, bytes, &body, &forward, request_id, meter, recorder,
+                asker,
+                conn,
+                identity,
+                parts,
+                upstream_body,
+                request_id,
+                meter,
+                recorder,
             )
             .await?
         }
     };
+    let scan = asker.answer_guard(request_id, meter);
     answer(
-        mcp, asker, identity, response, refusals, list_ids, initialize, body.batch,
+        mcp, asker, identity, response, refusals, list_ids, initialize, body.batch, scan,
     )
     .await
 }
@@ -549,20 +646,15 @@ async fn forward_http(
     conn: &ConnectionState,
     identity: &Identity,
     mut parts: http::request::Parts,
-    bytes: Bytes,
-    body: &jsonrpc::Body,
-    forward: &[usize],
+    upstream_body: Bytes,
     request_id: &RequestId,
     meter: &Arc<BodyMeter>,
     recorder: &mut Recorder,
 ) -> Result<Response<ResponseBody>, Denial> {
-    // The messages that go upstream, as the client wrote them when nothing was held back.
-    let upstream_body = if forward.len() == body.messages.len() {
-        bytes
-    } else {
-        let kept: Vec<&Value> = forward.iter().map(|&i| &body.messages[i]).collect();
-        Bytes::from(serde_json::to_vec(&kept).unwrap_or_default())
-    };
+    if asker.guard().is_some() {
+        // The guard reads the answers: they must come back uncompressed.
+        parts.headers.remove(header::ACCEPT_ENCODING);
+    }
     parts.headers.insert(
         header::CONTENT_LENGTH,
         HeaderValue::from(upstream_body.len()),
@@ -574,8 +666,8 @@ async fn forward_http(
     upstream(asker, conn, identity, decoded, request_id, meter, recorder).await
 }
 
-/// The upstream's answer to a POST, with the gateway's refusals merged in and
-/// `tools/list` results filtered.
+/// The upstream's answer to a POST, with the gateway's refusals merged in,
+/// `tools/list` results filtered and, with `scan`, results guarded.
 #[allow(clippy::too_many_arguments)]
 async fn answer(
     mcp: &Arc<McpState>,
@@ -586,6 +678,7 @@ async fn answer(
     list_ids: Vec<Value>,
     initialize: bool,
     batch: bool,
+    scan: Option<sse::Rewrite>,
 ) -> Result<Response<ResponseBody>, Denial> {
     let route = &asker.context.route.name;
     if initialize
@@ -622,6 +715,14 @@ async fn answer(
             }
         }) as sse::Rewrite
     });
+    let rewrite = match (list_filter, scan) {
+        (Some(filter), Some(scan)) => Some(Box::new(move |message: &mut Value| {
+            // Both run: the filter on tools/list results, the guard on the rest.
+            let filtered = filter(message);
+            scan(message) || filtered
+        }) as sse::Rewrite),
+        (one, other) => one.or(other),
+    };
 
     let content_type = response
         .headers()
@@ -630,11 +731,11 @@ async fn answer(
         .unwrap_or("")
         .to_ascii_lowercase();
     if content_type.starts_with("text/event-stream") {
-        return Ok(stream_back(asker, response, refusals, list_filter));
+        return Ok(stream_back(asker, response, refusals, rewrite));
     }
     let is_json = content_type.starts_with("application/json");
-    if is_json && (list_filter.is_some() || !refusals.is_empty()) {
-        return merge_json(response, refusals, list_filter, batch).await;
+    if is_json && (rewrite.is_some() || !refusals.is_empty()) {
+        return merge_json(response, refusals, rewrite, batch).await;
     }
     if !refusals.is_empty() && !is_json {
         // The upstream had nothing to say (202 to notifications and answers):

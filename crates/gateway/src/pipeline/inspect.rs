@@ -180,7 +180,16 @@ pub async fn run(
         facts.injection_flagged |= report.flagged;
         kinds.extend(report.kinds());
         dlp_found |= !report.dlp.is_empty();
-        log_findings(state, request_id, &route.name, pointer, s, &report, audited);
+        log_findings(
+            state,
+            request_id,
+            &route.name,
+            "request",
+            pointer,
+            s,
+            &report,
+            audited,
+        );
         report
     };
     let new_body = match json {
@@ -235,7 +244,7 @@ fn full(bytes: Bytes) -> RequestBody {
 /// Calls `f` with the JSON pointer and a mutable reference of every string
 /// value in `value` (object keys are not scanned: they are the schema, not
 /// the content).
-fn walk_strings(
+pub(crate) fn walk_strings(
     value: &mut serde_json::Value,
     pointer: &mut String,
     f: &mut dyn FnMut(&str, &mut String),
@@ -266,11 +275,13 @@ fn walk_strings(
 
 /// Logs each finding by type and position, and adds it to `audited` (up to
 /// the record's cap); DLP findings carry the keyed fingerprint of the value
-/// so equal values can be correlated.
+/// so equal values can be correlated. `direction` is `request` or `response`.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn log_findings(
     state: &GuardState,
     request_id: &RequestId,
     route: &str,
+    direction: &'static str,
     pointer: &str,
     text: &str,
     report: &Report,
@@ -287,7 +298,7 @@ pub(crate) fn log_findings(
             });
         if audited.len() < MAX_CONTENT_FINDINGS {
             audited.push(ContentFinding {
-                direction: "request".into(),
+                direction: direction.into(),
                 kind: f.kind.into(),
                 pointer: (!pointer.is_empty()).then(|| pointer.to_string()),
                 start: f.start as u64,
@@ -298,7 +309,7 @@ pub(crate) fn log_findings(
         tracing::warn!(
             request_id = %request_id,
             route,
-            direction = "request",
+            direction,
             kind = f.kind,
             pointer,
             start = f.start,
@@ -312,12 +323,23 @@ pub(crate) fn log_findings(
 
 /// Records the distinct finding kinds in `facts` and refuses what the route's
 /// guard blocks: an injection at or above the threshold, or sensitive data.
-/// Shared by HTTP bodies and LLM messages, so both refuse alike.
+/// Shared by HTTP bodies, LLM messages and MCP messages, so all refuse alike.
 pub(crate) fn settle(
+    settings: crate::config::RouteGuard,
+    facts: &mut ContentFacts,
+    kinds: Vec<&'static str>,
+    dlp_found: bool,
+) -> Result<(), Denial> {
+    settle_as(settings, facts, kinds, dlp_found, "request")
+}
+
+/// [`settle`] for a text that is not a request (`what`: "answer").
+pub(crate) fn settle_as(
     settings: crate::config::RouteGuard,
     facts: &mut ContentFacts,
     mut kinds: Vec<&'static str>,
     dlp_found: bool,
+    what: &str,
 ) -> Result<(), Denial> {
     kinds.sort_unstable();
     kinds.dedup();
@@ -326,7 +348,7 @@ pub(crate) fn settle(
         return Err(Denial::new(
             ErrorCode::ContentBlocked,
             format!(
-                "request blocked by the content guard: prompt injection (score {:.2})",
+                "{what} blocked by the content guard: prompt injection (score {:.2})",
                 facts.injection_score
             ),
         ));
@@ -341,7 +363,7 @@ pub(crate) fn settle(
         return Err(Denial::new(
             ErrorCode::ContentBlocked,
             format!(
-                "request blocked by the content guard: sensitive data ({})",
+                "{what} blocked by the content guard: sensitive data ({})",
                 dlp_kinds.join(", ")
             ),
         ));

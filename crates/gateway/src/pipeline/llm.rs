@@ -470,6 +470,7 @@ fn inspect(
             state,
             request_id,
             &context.route.name,
+            "request",
             pointer,
             text,
             &report,
