@@ -105,13 +105,18 @@ fn wait_for_port(port: u16, what: &mut Child) {
 
 /// A gateway with one MCP route and the given policies.
 fn gateway(route: &str, upstream: &str, policies: &str) -> Server {
+    gateway_with(route, upstream, policies, "")
+}
+
+/// [`gateway`] with `extra` route settings (`[routes.guard]`).
+fn gateway_with(route: &str, upstream: &str, policies: &str, extra: &str) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let pol = dir.path().join("policies");
     std::fs::create_dir(&pol).unwrap();
     std::fs::write(pol.join("schema.cedarschema"), SCHEMA).unwrap();
     std::fs::write(pol.join("mcp.cedar"), policies).unwrap();
     let routes = format!(
-        "[policy]\ndir = \"policies\"\n[[routes]]\nname = \"{route}\"\nkind = \"mcp\"\npath_prefix = \"/mcp/{route}\"\nupstream = \"{upstream}\"\nclassification = \"internal\"\n"
+        "[policy]\ndir = \"policies\"\n[[routes]]\nname = \"{route}\"\nkind = \"mcp\"\npath_prefix = \"/mcp/{route}\"\nupstream = \"{upstream}\"\nclassification = \"internal\"\n{extra}"
     );
     let config = support::config(dir.path(), &routes, "");
     Server::start(dir, Some(&config))
@@ -980,4 +985,171 @@ async fn risk_grades_hold_or_refuse_tool_calls_and_let_reads_through() {
         2,
         "{listed}"
     );
+}
+
+/// Starts `guard_server.py` answering in JSON or SSE; returns its port and the
+/// file it writes the notes it receives to.
+fn start_guard_server(json: bool) -> (Killed, u16, tempfile::NamedTempFile) {
+    let port = free_port();
+    let notes = tempfile::NamedTempFile::new().unwrap();
+    let mut py = Command::new("python3")
+        .arg(format!("{TESTS}/guard_server.py"))
+        .arg(port.to_string())
+        .arg(notes.path())
+        .arg(if json { "json" } else { "sse" })
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut py);
+    (Killed(py), port, notes)
+}
+
+const GUARD_POLICIES: &str = r#"
+@id("all") permit(principal in Role::"dev", action in [Action::"list_tools", Action::"call_tool"], resource in Route::"guarded");
+@id("no-keys-out") forbid(principal, action == Action::"call_tool", resource in Route::"guarded")
+  when { context.content.findings.contains("aws_access_key") };
+"#;
+
+const AWS_KEY: &str = "AKIAQWADE5R42RDZ4JEM";
+
+/// The findings of a record as (direction, kind, pointer).
+fn findings(record: &Value) -> Vec<(String, String, String)> {
+    record["content"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .map(|f| {
+                    let s = |k: &str| f[k].as_str().unwrap_or("").to_string();
+                    (s("direction"), s("kind"), s("pointer"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn the_content_guard_reads_tool_results_and_arguments() {
+    if !python_mcp() {
+        return;
+    }
+    let upstream = |port: u16| format!("http://127.0.0.1:{port}/mcp");
+    // Tools are callable once listed (pinned).
+    let listed = |server: &Server| {
+        let mut client = McpClient::start(server, "guarded", "dev-bot");
+        assert_eq!(client.list(), ["fetch_page", "read_config", "save_note"]);
+        client
+    };
+    for json in [false, true] {
+        let (_py, port, notes) = start_guard_server(json);
+        let notes_now = || std::fs::read_to_string(notes.path()).unwrap();
+
+        // Guard off: the injection and the key pass both ways (the policy on
+        // findings has nothing to see).
+        let off = gateway("guarded", &upstream(port), GUARD_POLICIES);
+        let mut client = listed(&off);
+        let page = client.call("fetch_page", json!({"url": "https://docs.example"}));
+        assert_eq!(page["ok"], true, "{page}");
+        assert!(
+            page["text"]
+                .as_str()
+                .unwrap()
+                .contains("Ignore all previous instructions"),
+            "{page}"
+        );
+        let saved = client.call("save_note", json!({"text": format!("key {AWS_KEY}")}));
+        assert_eq!(saved["text"], "saved", "{saved}");
+        assert_eq!(notes_now(), format!("key {AWS_KEY}\n"));
+        drop(client);
+
+        // injection = "block", dlp = "redact".
+        let guarded = gateway_with(
+            "guarded",
+            &upstream(port),
+            // The key is redacted before policy sees it, but policy still sees
+            // the finding: allow it here to see the redaction upstream.
+            &GUARD_POLICIES.replace("\"aws_access_key\"", "\"credit_card\""),
+            "[routes.guard]\ninjection = \"block\"\ndlp = \"redact\"\n",
+        );
+        let mut client = listed(&guarded);
+        let page = client.call("fetch_page", json!({"url": "https://docs.example"}));
+        assert_eq!(page["ok"], false, "json={json}: {page}");
+        assert_eq!(page["code"], -32001);
+        assert_eq!(page["data"]["code"], "content_blocked", "{page}");
+        let record = guarded.audit_record(page["data"]["request_id"].as_str().unwrap());
+        assert!(
+            findings(&record).contains(&(
+                "response".into(),
+                "prompt_injection".into(),
+                "/result/content/0/text".into()
+            )),
+            "{record}"
+        );
+        // A key in an argument is redacted before it reaches the server.
+        let saved = client.call("save_note", json!({"text": format!("key {AWS_KEY}")}));
+        assert_eq!(saved["text"], "saved", "{saved}");
+        let written = notes_now();
+        let last = written.lines().last().unwrap();
+        assert!(
+            last.starts_with("key [REDACTED_AWS_ACCESS_KEY_"),
+            "json={json}: {written}"
+        );
+        assert!(!last.contains(AWS_KEY));
+        // A key in a result is redacted before it reaches the agent.
+        let config = client.call("read_config", json!({}));
+        assert_eq!(config["ok"], true, "{config}");
+        let text = config["text"].as_str().unwrap();
+        assert!(
+            text.contains("region = eu-west-1") && !text.contains(AWS_KEY),
+            "json={json}: {text}"
+        );
+        assert!(text.contains("[REDACTED_AWS_ACCESS_KEY_"), "{text}");
+        drop(client);
+
+        // dlp = "block": the call is refused and nothing reaches the server.
+        let blocking = gateway_with(
+            "guarded",
+            &upstream(port),
+            GUARD_POLICIES,
+            "[routes.guard]\ndlp = \"block\"\n",
+        );
+        let mut client = listed(&blocking);
+        let before = notes_now();
+        let refused = client.call("save_note", json!({"text": format!("key {AWS_KEY}")}));
+        assert_eq!(refused["ok"], false, "{refused}");
+        assert_eq!(refused["data"]["code"], "content_blocked", "{refused}");
+        assert_eq!(notes_now(), before);
+        let record = blocking.audit_record(refused["data"]["request_id"].as_str().unwrap());
+        assert_eq!(record["outcome"], "deny");
+        assert_eq!(record["error_code"], "content_blocked");
+        assert!(
+            findings(&record).contains(&(
+                "request".into(),
+                "aws_access_key".into(),
+                "/params/arguments/text".into()
+            )),
+            "{record}"
+        );
+        let blocked = client.call("read_config", json!({}));
+        assert_eq!(blocked["data"]["code"], "content_blocked", "{blocked}");
+        drop(client);
+
+        // dlp = "alert": nothing is rewritten, and policy decides on the findings.
+        let alerting = gateway_with(
+            "guarded",
+            &upstream(port),
+            GUARD_POLICIES,
+            "[routes.guard]\ninjection = \"alert\"\ndlp = \"alert\"\n",
+        );
+        let mut client = listed(&alerting);
+        let forbidden = client.call("save_note", json!({"text": format!("key {AWS_KEY}")}));
+        assert_eq!(forbidden["ok"], false, "{forbidden}");
+        assert_eq!(forbidden["data"]["code"], "forbidden", "{forbidden}");
+        assert_eq!(forbidden["data"]["policies"], json!(["no-keys-out"]));
+        assert_eq!(notes_now(), before);
+        let clean = client.call("save_note", json!({"text": "nothing secret"}));
+        assert_eq!(clean["text"], "saved", "{clean}");
+        let page = client.call("fetch_page", json!({"url": "https://docs.example"}));
+        assert_eq!(page["ok"], true, "alert only records: {page}");
+    }
 }
