@@ -1077,6 +1077,7 @@ fn the_content_guard_reads_tool_results_and_arguments() {
         assert_eq!(page["code"], -32001);
         assert_eq!(page["data"]["code"], "content_blocked", "{page}");
         let record = guarded.audit_record(page["data"]["request_id"].as_str().unwrap());
+        assert_eq!(record["error_code"], "content_blocked", "{record}");
         assert!(
             findings(&record).contains(&(
                 "response".into(),

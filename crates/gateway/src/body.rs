@@ -42,6 +42,10 @@ pub struct BodyMeter {
     /// by the response body as it streams and read once when the record is
     /// completed; never held across IO.
     pub response_findings: std::sync::Mutex<Vec<portcullis_audit::ContentFinding>>,
+    /// The stable code of a refusal made inside the answer after it left the
+    /// pipeline (an MCP result the content guard blocked), for the record's
+    /// `error_code` when nothing else set one.
+    pub answer_refused: OnceLock<&'static str>,
 }
 
 /// A SHA-256 over a body as it streams; finished once, at the body's end.
@@ -233,6 +237,11 @@ impl Drop for Recorder {
                 let room =
                     portcullis_audit::MAX_CONTENT_FINDINGS.saturating_sub(record.content.len());
                 record.content.extend(found.drain(..).take(room));
+            }
+            if record.error_code.is_none()
+                && let Some(code) = self.meter.answer_refused.get()
+            {
+                record.error_code = Some((*code).to_string());
             }
             self.metrics.stage(Stage::Total, elapsed);
             self.metrics

@@ -173,6 +173,7 @@ pub fn scan_answer(
         found.extend(audited.into_iter().take(room));
     }
     if let Err(denial) = settle_as(settings, &mut facts, kinds, dlp_found, "answer") {
+        let _ = meter.answer_refused.set(ErrorCode::ContentBlocked.as_str());
         let id = message.get("id").cloned().unwrap_or(Value::Null);
         *message = jsonrpc::refusal(
             &id,
@@ -285,6 +286,7 @@ mod tests {
         assert_eq!(m["id"], 5);
         assert_eq!(m["error"]["data"]["code"], "content_blocked", "{m}");
         assert!(m.get("result").is_none());
+        assert_eq!(meter.answer_refused.get(), Some(&"content_blocked"));
 
         let mut m = answer(&format!("your key is {KEY}"));
         assert!(scan_answer(&state, block, &mut m, &rid, "r", &meter));
