@@ -44,7 +44,7 @@ pub struct BodyMeter {
     pub response_findings: std::sync::Mutex<Vec<portcullis_audit::ContentFinding>>,
     /// The stable code of a refusal made inside the answer after it left the
     /// pipeline (an MCP result the content guard blocked), for the record's
-    /// `error_code` when nothing else set one.
+    /// `error_code` unless a stage set one.
     pub answer_refused: OnceLock<&'static str>,
 }
 
@@ -238,7 +238,9 @@ impl Drop for Recorder {
                     portcullis_audit::MAX_CONTENT_FINDINGS.saturating_sub(record.content.len());
                 record.content.extend(found.drain(..).take(room));
             }
-            if record.error_code.is_none()
+            // An SSE client often closes the stream once it has its answer:
+            // the refusal inside the answer says more than `client_closed`.
+            if matches!(record.error_code.as_deref(), None | Some("client_closed"))
                 && let Some(code) = self.meter.answer_refused.get()
             {
                 record.error_code = Some((*code).to_string());
