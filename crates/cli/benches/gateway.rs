@@ -65,7 +65,7 @@ fn main() {
     let tls_upstream = start_upstream(Some(upstream_tls(&dir.path().join("state"))));
     // A bare plain-HTTP reverse proxy (hyper server + the same pooled hyper
     // client, no TLS, no policy, no audit): the ceiling of any proxy here.
-    let bare = start_bare_proxy(upstream);
+    let bare = support::start_bare_proxy(upstream);
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -279,54 +279,6 @@ async fn throughput(target: &Target, concurrency: usize, duration: Duration) -> 
         t.await.unwrap();
     }
     done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
-}
-
-/// A minimal reverse proxy on its own thread and two-worker runtime (like the
-/// gateway's): hyper server in, the pooled hyper-util client out, nothing else.
-fn start_bare_proxy(upstream: SocketAddr) -> SocketAddr {
-    use hyper_util::client::legacy::Client;
-    use hyper_util::client::legacy::connect::HttpConnector;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let mut connector = HttpConnector::new();
-            connector.set_nodelay(true);
-            let client: Client<HttpConnector, Incoming> =
-                Client::builder(TokioExecutor::new()).build(connector);
-            loop {
-                let (tcp, _) = listener.accept().await.unwrap();
-                tcp.set_nodelay(true).unwrap();
-                let client = client.clone();
-                tokio::spawn(async move {
-                    let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                        let client = client.clone();
-                        async move {
-                            let (mut parts, body) = req.into_parts();
-                            parts.uri = format!("http://{upstream}{}", parts.uri.path())
-                                .parse()
-                                .unwrap();
-                            let response = client
-                                .request(Request::from_parts(parts, body))
-                                .await
-                                .unwrap();
-                            Ok::<_, Infallible>(response)
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tcp), service)
-                        .await;
-                });
-            }
-        });
-    });
-    rx.recv().unwrap()
 }
 
 /// A TLS server configuration for the upstream: a certificate from the gateway's

@@ -45,6 +45,9 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(5000usize);
     let upstream = start_upstream();
+    // A bare plain-HTTP reverse proxy (no TLS, no checks): what any proxy
+    // hop costs on this machine, measured in the same rounds.
+    let bare = support::start_bare_proxy(upstream);
     let dir = tempfile::tempdir().unwrap();
     let gateway = Gateway::start(dir.path(), upstream);
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -82,14 +85,16 @@ fn main() {
             tls: through.tls.clone(),
             path: "/plain",
         };
-        let targets = [&direct, &plain, &through];
+        let bare_proxy = Target {
+            addr: bare,
+            tls: None,
+            path: "/mcp",
+        };
+        let targets = [&direct, &bare_proxy, &plain, &through];
         let _ = latencies(&targets, 500).await;
         let mut rows = latencies(&targets, n).await.into_iter();
-        let (d, h, g) = (
-            rows.next().unwrap(),
-            rows.next().unwrap(),
-            rows.next().unwrap(),
-        );
+        let mut next = || rows.next().unwrap();
+        let (d, b, h, g) = (next(), next(), next(), next());
         let p = |v: &[Duration], q: f64| v[((v.len() as f64 - 1.0) * q).round() as usize];
         let us = |d: Duration| d.as_secs_f64() * 1e6;
         println!();
@@ -97,6 +102,7 @@ fn main() {
         println!("{:<38}{:>10}{:>10}", "path", "p50 µs", "p99 µs");
         for (name, v) in [
             ("direct (http)", &d),
+            ("bare proxy (http, no checks)", &b),
             ("gateway, plain HTTP route", &h),
             ("gateway, MCP route (https, client cert)", &g),
         ] {
@@ -109,7 +115,8 @@ fn main() {
             us(p(&g, 0.99)) - us(p(&d, 0.99))
         );
         println!(
-            "added p50 by a plain HTTP route: {:.0} µs; MCP on top of it: {:.0} µs",
+            "added p50 by a bare proxy hop: {:.0} µs; by a plain HTTP route: {:.0} µs; MCP on top of it: {:.0} µs",
+            us(p(&b, 0.5)) - us(p(&d, 0.5)),
             us(p(&h, 0.5)) - us(p(&d, 0.5)),
             us(p(&g, 0.5)) - us(p(&h, 0.5))
         );
