@@ -7,7 +7,7 @@
 //! Plain data: the gateway fills it from the credential and the analytics;
 //! this module turns it into Cedar values.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, OnceLock};
 
 use cedar_policy::RestrictedExpression;
 
@@ -109,8 +109,6 @@ impl CallerFacts {
             LazyLock::new(|| auth_record(&CallerFacts::mtls().auth));
         static NOT_ATTESTED: LazyLock<Result<RestrictedExpression, String>> =
             LazyLock::new(|| posture_record(&Posture::default()));
-        static NO_RISK: LazyLock<RestrictedExpression> =
-            LazyLock::new(|| RestrictedExpression::new_decimal(decimal4(0.0)));
         let auth = if self.auth == CallerFacts::mtls().auth {
             CERTIFICATE_AUTH.clone()?
         } else {
@@ -121,11 +119,7 @@ impl CallerFacts {
         } else {
             posture_record(&self.posture)?
         };
-        let risk = if self.risk == 0.0 {
-            NO_RISK.clone()
-        } else {
-            RestrictedExpression::new_decimal(decimal4(self.risk))
-        };
+        let risk = unit_decimal(self.risk);
         let mut pairs = vec![
             ("auth".to_string(), auth),
             ("posture".to_string(), posture),
@@ -199,6 +193,22 @@ fn posture_record(posture: &Posture) -> Result<RestrictedExpression, String> {
 }
 
 /// A 0–1 score as a Cedar decimal literal (`0.0000` to `1.0000`).
+/// `score` as a Cedar `decimal` expression, four decimals in [0, 1].
+///
+/// Building a `decimal` expression parses the extension function's name with
+/// Cedar's own parser, which cost more than the rest of a context together;
+/// so each of the 10,001 values is built once per process, when first used.
+pub(crate) fn unit_decimal(score: f32) -> RestrictedExpression {
+    static BUILT: LazyLock<Box<[OnceLock<RestrictedExpression>]>> =
+        LazyLock::new(|| (0..=10_000).map(|_| OnceLock::new()).collect());
+    let text = decimal4(score);
+    // "0.1234" → 1234, "1.0000" → 10000: always in range.
+    let index: usize = text.replace('.', "").parse().unwrap_or(10_000);
+    BUILT[index.min(10_000)]
+        .get_or_init(|| RestrictedExpression::new_decimal(text))
+        .clone()
+}
+
 pub(crate) fn decimal4(score: f32) -> String {
     let s = if score.is_finite() {
         score.clamp(0.0, 1.0)

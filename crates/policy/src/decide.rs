@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use cedar_policy::{
     ActionConstraint, Context, Decision as CedarDecision, Entities, Entity, EntityId,
@@ -12,7 +12,7 @@ use cedar_policy::{
 use portcullis_core::{Classification, Decision};
 
 use crate::PolicyBundle;
-use crate::caller::{CallerFacts, decimal4};
+use crate::caller::CallerFacts;
 pub use crate::grants::GrantEntity;
 
 /// An agent as policy sees it: `Agent::"<name>"` in each `Role::"<role>"`.
@@ -157,8 +157,18 @@ impl Content<'_> {
         findings: &[],
     };
 
-    /// The record `context.content` as Cedar sees it.
+    /// The record `context.content` as Cedar sees it. Unscanned content (most
+    /// requests) is built once per process.
     pub(crate) fn expr(&self) -> Result<RestrictedExpression, String> {
+        static NOT_SCANNED: LazyLock<Result<RestrictedExpression, String>> =
+            LazyLock::new(|| Content::NOT_SCANNED.build());
+        if *self == Content::NOT_SCANNED {
+            return NOT_SCANNED.clone();
+        }
+        self.build()
+    }
+
+    fn build(&self) -> Result<RestrictedExpression, String> {
         RestrictedExpression::new_record([
             (
                 "scanned".to_string(),
@@ -166,7 +176,7 @@ impl Content<'_> {
             ),
             (
                 "injection_score".to_string(),
-                RestrictedExpression::new_decimal(self.score_decimal()),
+                crate::caller::unit_decimal(self.injection_score),
             ),
             (
                 "injection_flagged".to_string(),
@@ -182,11 +192,6 @@ impl Content<'_> {
             ),
         ])
         .map_err(|e| e.to_string())
-    }
-
-    /// The score as a Cedar decimal literal (`0.0000` to `1.0000`).
-    fn score_decimal(&self) -> String {
-        decimal4(self.injection_score)
     }
 }
 
