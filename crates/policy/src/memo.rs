@@ -13,25 +13,29 @@ use portcullis_core::Decision;
 /// Most decisions remembered per snapshot.
 const MEMO_CAPACITY: usize = 65_536;
 
-/// A capped map of context-free decisions.
-pub(crate) struct DecisionMemo<K> {
-    map: RwLock<HashMap<K, Decision>>,
+/// A capped map of context-free decisions (or, with `V`, of anything else
+/// that depends only on the key within one snapshot).
+pub(crate) struct DecisionMemo<K, V = Decision> {
+    map: RwLock<HashMap<K, V>>,
+    capacity: usize,
 }
 
-impl<K: Hash + Eq> DecisionMemo<K> {
+impl<K: Hash + Eq, V: Clone> DecisionMemo<K, V> {
     pub(crate) fn new() -> Self {
+        Self::with_capacity(MEMO_CAPACITY)
+    }
+
+    /// A memo of at most `capacity` entries (for values larger than a decision).
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
         DecisionMemo {
             map: RwLock::new(HashMap::new()),
+            capacity,
         }
     }
 
     /// The remembered decision for `key`, or `decide()`'s, remembered when
     /// there is a key and room. No key: always decided.
-    pub(crate) fn get_or_decide(
-        &self,
-        key: Option<K>,
-        decide: impl FnOnce() -> Decision,
-    ) -> Decision {
+    pub(crate) fn get_or_decide(&self, key: Option<K>, decide: impl FnOnce() -> V) -> V {
         if let Some(key) = &key
             && let Some(d) = self.map.read().ok().and_then(|m| m.get(key).cloned())
         {
@@ -40,7 +44,7 @@ impl<K: Hash + Eq> DecisionMemo<K> {
         let decision = decide();
         if let Some(key) = key
             && let Ok(mut map) = self.map.write()
-            && map.len() < MEMO_CAPACITY
+            && map.len() < self.capacity
         {
             map.insert(key, decision.clone());
         }
