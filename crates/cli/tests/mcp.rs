@@ -1074,7 +1074,7 @@ fn the_content_guard_reads_tool_results_and_arguments() {
         let mut client = listed(&guarded);
         let page = client.call("fetch_page", json!({"url": "https://docs.example"}));
         assert_eq!(page["ok"], false, "json={json}: {page}");
-        assert_eq!(page["code"], -32001);
+        assert_eq!(page["code"], -32001, "json={json}: {page}");
         assert_eq!(page["data"]["code"], "content_blocked", "{page}");
         let record = guarded.audit_record(page["data"]["request_id"].as_str().unwrap());
         assert_eq!(record["error_code"], "content_blocked", "{record}");
