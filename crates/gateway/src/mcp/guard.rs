@@ -20,14 +20,11 @@
 use portcullis_audit::{ContentFinding, MAX_CONTENT_FINDINGS};
 use portcullis_core::{ErrorCode, RequestId};
 use portcullis_guard::Channel;
-use portcullis_guard::dlp::redact::Redactor;
 use serde_json::Value;
 
 use crate::body::BodyMeter;
-use crate::config::{DlpAction, InjectionAction, RouteGuard};
-use crate::pipeline::inspect::{
-    ContentFacts, GuardState, log_findings, settle, settle_as, walk_strings,
-};
+use crate::config::RouteGuard;
+use crate::pipeline::inspect::{ContentFacts, GuardState, TextScan, walk_strings};
 use crate::respond::Denial;
 
 use super::jsonrpc;
@@ -57,42 +54,21 @@ pub fn scan_request(
     if method != "tools/call" && method != "prompts/get" {
         return None;
     }
-    let injection = settings.injection != InjectionAction::Off;
-    let dlp = settings.dlp != DlpAction::Off;
-    let mut facts = ContentFacts {
-        scanned: true,
-        ..ContentFacts::default()
-    };
-    let mut kinds: Vec<&'static str> = Vec::new();
-    let mut dlp_found = false;
-    let mut changed = false;
+    let mut scan = TextScan::new(state, settings, request_id, route, "request");
     if let Some(arguments) = message
         .get_mut("params")
         .and_then(|p| p.get_mut("arguments"))
     {
-        let mut redactor = Redactor::new(&state.key);
         let mut pointer = String::from("/params/arguments");
         walk_strings(arguments, &mut pointer, &mut |pointer, s| {
-            let report = state.guard.scan_with(s, Channel::Input, injection, dlp);
-            facts.injection_score = facts.injection_score.max(report.injection_score);
-            facts.injection_flagged |= report.flagged;
-            kinds.extend(report.kinds());
-            dlp_found |= !report.dlp.is_empty();
-            log_findings(
-                state, request_id, route, "request", pointer, s, &report, audited,
-            );
-            if settings.dlp == DlpAction::Redact && !report.dlp.is_empty() {
-                let mut out = String::with_capacity(s.len());
-                redactor.apply(s, &report.dlp, &mut out);
-                *s = out;
-                changed = true;
-            }
+            scan.scan_in_place(s, Channel::Input, pointer, audited);
         });
     }
-    let blocked = settle(settings, &mut facts, kinds, dlp_found).err();
+    let changed = scan.changed;
+    let (facts, verdict) = scan.settle("request");
     Some(Scanned {
         facts,
-        blocked,
+        blocked: verdict.err(),
         changed,
     })
 }
@@ -120,17 +96,8 @@ pub fn scan_answer(
     let Some(result) = message.get_mut("result").and_then(Value::as_object_mut) else {
         return false;
     };
-    let injection = settings.injection != InjectionAction::Off;
-    let dlp = settings.dlp != DlpAction::Off;
-    let mut facts = ContentFacts {
-        scanned: true,
-        ..ContentFacts::default()
-    };
-    let mut kinds: Vec<&'static str> = Vec::new();
-    let mut dlp_found = false;
-    let mut changed = false;
+    let mut scan = TextScan::new(state, settings, request_id, route, "response");
     let mut audited = Vec::new();
-    let mut redactor = Redactor::new(&state.key);
     for field in ANSWER_FIELDS {
         let Some(value) = result.get_mut(field) else {
             continue;
@@ -141,29 +108,7 @@ pub fn scan_answer(
             if NOT_TEXT.contains(&key) {
                 return;
             }
-            let report = state
-                .guard
-                .scan_with(s, Channel::ToolOutput, injection, dlp);
-            facts.injection_score = facts.injection_score.max(report.injection_score);
-            facts.injection_flagged |= report.flagged;
-            kinds.extend(report.kinds());
-            dlp_found |= !report.dlp.is_empty();
-            log_findings(
-                state,
-                request_id,
-                route,
-                "response",
-                pointer,
-                s,
-                &report,
-                &mut audited,
-            );
-            if settings.dlp == DlpAction::Redact && !report.dlp.is_empty() {
-                let mut out = String::with_capacity(s.len());
-                redactor.apply(s, &report.dlp, &mut out);
-                *s = out;
-                changed = true;
-            }
+            scan.scan_in_place(s, Channel::ToolOutput, pointer, &mut audited);
         });
     }
     if !audited.is_empty()
@@ -172,7 +117,8 @@ pub fn scan_answer(
         let room = MAX_CONTENT_FINDINGS.saturating_sub(found.len());
         found.extend(audited.into_iter().take(room));
     }
-    if let Err(denial) = settle_as(settings, &mut facts, kinds, dlp_found, "answer") {
+    let changed = scan.changed;
+    if let Err(denial) = scan.settle("answer").1 {
         let _ = meter.answer_refused.set(ErrorCode::ContentBlocked.as_str());
         let id = message.get("id").cloned().unwrap_or(Value::Null);
         *message = jsonrpc::refusal(
@@ -190,6 +136,7 @@ pub fn scan_answer(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{DlpAction, InjectionAction};
     use serde_json::json;
 
     fn state() -> GuardState {

@@ -161,62 +161,26 @@ pub async fn run(
         return Ok((rebuild(parts, bytes), ContentFacts::default()));
     };
 
-    let injection = settings.injection != InjectionAction::Off;
-    let dlp = settings.dlp != DlpAction::Off;
     let json: Option<serde_json::Value> = if is_json(content_type.as_ref()) {
         serde_json::from_str(text).ok()
     } else {
         None
     };
-    let mut facts = ContentFacts {
-        scanned: true,
-        ..ContentFacts::default()
-    };
-    let mut kinds: Vec<&'static str> = Vec::new();
-    let mut dlp_found = false;
-    let mut scan = |pointer: &str, s: &str| -> Report {
-        let report = state.guard.scan_with(s, Channel::Input, injection, dlp);
-        facts.injection_score = facts.injection_score.max(report.injection_score);
-        facts.injection_flagged |= report.flagged;
-        kinds.extend(report.kinds());
-        dlp_found |= !report.dlp.is_empty();
-        log_findings(
-            state,
-            request_id,
-            &route.name,
-            "request",
-            pointer,
-            s,
-            &report,
-            audited,
-        );
-        report
-    };
+    let mut scan = TextScan::new(state, settings, request_id, &route.name, "request");
     let new_body = match json {
         Some(mut value) => {
-            let mut redactor = Redactor::new(&state.key);
-            let mut changed = false;
             walk_strings(&mut value, &mut String::new(), &mut |pointer, s| {
-                let report = scan(pointer, s);
-                if settings.dlp == DlpAction::Redact && !report.dlp.is_empty() {
-                    let mut out = String::with_capacity(s.len());
-                    redactor.apply(s, &report.dlp, &mut out);
-                    *s = out;
-                    changed = true;
-                }
+                scan.scan_in_place(s, Channel::Input, pointer, audited);
             });
-            changed.then(|| Bytes::from(value.to_string()))
+            scan.changed.then(|| Bytes::from(value.to_string()))
         }
         None => {
-            let report = scan("", text);
-            (settings.dlp == DlpAction::Redact && !report.dlp.is_empty()).then(|| {
-                let mut out = String::with_capacity(text.len());
-                Redactor::new(&state.key).apply(text, &report.dlp, &mut out);
-                Bytes::from(out)
-            })
+            let report = scan.scan(text, Channel::Input, "", audited);
+            scan.redacted(text, &report).map(Bytes::from)
         }
     };
-    settle(settings, &mut facts, kinds, dlp_found)?;
+    let (facts, verdict) = scan.settle("request");
+    verdict?;
     let bytes = match new_body {
         Some(b) => {
             parts
@@ -273,6 +237,114 @@ pub(crate) fn walk_strings(
     }
 }
 
+/// The scans of one message's texts, gathered as they go: HTTP bodies, LLM
+/// messages, MCP arguments and MCP results all scan through it, so each
+/// text is scanned, noted for policy, logged for the record and redacted
+/// (when the route redacts) the same way.
+pub(crate) struct TextScan<'a> {
+    state: &'a GuardState,
+    settings: crate::config::RouteGuard,
+    request_id: &'a RequestId,
+    route: &'a str,
+    /// "request" or "response", for the record's findings.
+    direction: &'static str,
+    redactor: Redactor,
+    facts: ContentFacts,
+    kinds: Vec<&'static str>,
+    dlp_found: bool,
+    /// Whether a redaction rewrote a text.
+    pub changed: bool,
+}
+
+impl<'a> TextScan<'a> {
+    pub(crate) fn new(
+        state: &'a GuardState,
+        settings: crate::config::RouteGuard,
+        request_id: &'a RequestId,
+        route: &'a str,
+        direction: &'static str,
+    ) -> Self {
+        TextScan {
+            state,
+            settings,
+            request_id,
+            route,
+            direction,
+            redactor: Redactor::new(&state.key),
+            facts: ContentFacts {
+                scanned: true,
+                ..ContentFacts::default()
+            },
+            kinds: Vec::new(),
+            dlp_found: false,
+            changed: false,
+        }
+    }
+
+    /// Scans `text` (at JSON `pointer`, "" for a whole body) on `channel`,
+    /// notes what it found and adds its findings to `audited`.
+    pub(crate) fn scan(
+        &mut self,
+        text: &str,
+        channel: Channel,
+        pointer: &str,
+        audited: &mut Vec<ContentFinding>,
+    ) -> Report {
+        let injection = self.settings.injection != InjectionAction::Off;
+        let dlp = self.settings.dlp != DlpAction::Off;
+        let report = self.state.guard.scan_with(text, channel, injection, dlp);
+        self.facts.injection_score = self.facts.injection_score.max(report.injection_score);
+        self.facts.injection_flagged |= report.flagged;
+        self.kinds.extend(report.kinds());
+        self.dlp_found |= !report.dlp.is_empty();
+        log_findings(
+            self.state,
+            self.request_id,
+            self.route,
+            self.direction,
+            pointer,
+            text,
+            &report,
+            audited,
+        );
+        report
+    }
+
+    /// [`Self::scan`], then redacts `text` in place when the route redacts.
+    pub(crate) fn scan_in_place(
+        &mut self,
+        text: &mut String,
+        channel: Channel,
+        pointer: &str,
+        audited: &mut Vec<ContentFinding>,
+    ) {
+        let report = self.scan(text, channel, pointer, audited);
+        if let Some(out) = self.redacted(text, &report) {
+            *text = out;
+        }
+    }
+
+    /// `text` with the report's DLP findings redacted, when the route
+    /// redacts and there are any.
+    pub(crate) fn redacted(&mut self, text: &str, report: &Report) -> Option<String> {
+        if self.settings.dlp != DlpAction::Redact || report.dlp.is_empty() {
+            return None;
+        }
+        let mut out = String::with_capacity(text.len());
+        self.redactor.apply(text, &report.dlp, &mut out);
+        self.changed = true;
+        Some(out)
+    }
+
+    /// The facts for policy, and the route's verdict on what was found
+    /// (`what`: "request" or "answer", for the refusal's message).
+    pub(crate) fn settle(self, what: &str) -> (ContentFacts, Result<(), Denial>) {
+        let mut facts = self.facts;
+        let verdict = settle(self.settings, &mut facts, self.kinds, self.dlp_found, what);
+        (facts, verdict)
+    }
+}
+
 /// Logs each finding by type and position, and adds it to `audited` (up to
 /// the record's cap); DLP findings carry the keyed fingerprint of the value
 /// so equal values can be correlated. `direction` is `request` or `response`.
@@ -321,20 +393,9 @@ pub(crate) fn log_findings(
     }
 }
 
-/// Records the distinct finding kinds in `facts` and refuses what the route's
-/// guard blocks: an injection at or above the threshold, or sensitive data.
-/// Shared by HTTP bodies, LLM messages and MCP messages, so all refuse alike.
+/// Sets `facts.findings` from the kinds found, and refuses when the route
+/// blocks what was found (`what`: "request" or "answer", for the message).
 pub(crate) fn settle(
-    settings: crate::config::RouteGuard,
-    facts: &mut ContentFacts,
-    kinds: Vec<&'static str>,
-    dlp_found: bool,
-) -> Result<(), Denial> {
-    settle_as(settings, facts, kinds, dlp_found, "request")
-}
-
-/// [`settle`] for a text that is not a request (`what`: "answer").
-pub(crate) fn settle_as(
     settings: crate::config::RouteGuard,
     facts: &mut ContentFacts,
     mut kinds: Vec<&'static str>,

@@ -29,13 +29,12 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use portcullis_audit::Outcome;
 use portcullis_core::{ErrorCode, RequestId};
-use portcullis_guard::Report;
 use portcullis_policy::{Content, ModelAction, ModelRequest};
 use sha2::{Digest as _, Sha256};
 
 use crate::approvals::{CallBinding, RequiredBy};
 use crate::body::{BodyMeter, Recorder};
-use crate::config::{DlpAction, InjectionAction};
+use crate::config::DlpAction;
 use crate::llm::api::{self, Endpoint};
 use crate::llm::config::LlmConfig;
 use crate::llm::stream::{Charge, Dlp, SseBody, process_json};
@@ -44,7 +43,7 @@ use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contain::{APPROVE_WRITES, Writes};
 use crate::pipeline::contextualize::RequestContext;
 use crate::pipeline::decode::{DecodedRequest, too_large};
-use crate::pipeline::inspect::{ContentFacts, log_findings};
+use crate::pipeline::inspect::ContentFacts;
 use crate::pipeline::{approve, authorize, inject};
 use crate::respond::{Denial, ResponseBody, full};
 use crate::state::{ConnectionState, Gateway, Snapshot};
@@ -451,38 +450,18 @@ fn inspect(
     else {
         return Ok(ContentFacts::default());
     };
-    let injection = settings.injection != InjectionAction::Off;
-    let dlp = settings.dlp != DlpAction::Off;
-    let mut facts = ContentFacts {
-        scanned: true,
-        ..ContentFacts::default()
-    };
-    let mut kinds: Vec<&'static str> = Vec::new();
-    let mut dlp_found = false;
-    let mut redactor = portcullis_guard::dlp::redact::Redactor::new(&state.key);
+    let mut scan = crate::pipeline::inspect::TextScan::new(
+        state,
+        settings,
+        request_id,
+        &context.route.name,
+        "request",
+    );
     api::for_each_text(endpoint, body, &mut |pointer, text, channel| {
-        let report: Report = state.guard.scan_with(text, channel, injection, dlp);
-        facts.injection_score = facts.injection_score.max(report.injection_score);
-        facts.injection_flagged |= report.flagged;
-        kinds.extend(report.kinds());
-        dlp_found |= !report.dlp.is_empty();
-        log_findings(
-            state,
-            request_id,
-            &context.route.name,
-            "request",
-            pointer,
-            text,
-            &report,
-            audited,
-        );
-        if settings.dlp == DlpAction::Redact && !report.dlp.is_empty() {
-            let mut out = String::with_capacity(text.len());
-            redactor.apply(text, &report.dlp, &mut out);
-            *text = out;
-        }
+        scan.scan_in_place(text, channel, pointer, audited);
     });
-    crate::pipeline::inspect::settle(settings, &mut facts, kinds, dlp_found)?;
+    let (facts, verdict) = scan.settle("request");
+    verdict?;
     Ok(facts)
 }
 
