@@ -75,8 +75,11 @@ impl Forwarder {
             .enable_http1()
             .enable_http2()
             .wrap_connector(http);
+        // Idle upstream connections are dropped before 5 s, the keep-alive of
+        // common servers (uvicorn, Node): reusing one the server is closing at
+        // that moment fails the request with a 502 no retry can mend.
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(Duration::from_secs(4))
             .pool_max_idle_per_host(1024)
             .build(https);
         Forwarder {
