@@ -10,7 +10,7 @@
 //! read once per snapshot; a request tests them (equality, or one ancestor
 //! lookup in the snapshot's entities) and hands Cedar only the survivors.
 
-use cedar_policy::{ActionConstraint, Entities, EntityUid, Policy, PolicySet};
+use cedar_policy::{ActionConstraint, Entities, EntityUid, Policy, PolicySet, Request};
 
 use crate::decide::{Scope, mentions_context};
 
@@ -87,6 +87,15 @@ impl ActionPolicies {
             }
         }
         set
+    }
+
+    /// The policies whose scopes match `request`'s principal and resource
+    /// (all of them for a request whose principal or resource is not concrete).
+    pub(crate) fn for_request(&self, entities: &Entities, request: &Request) -> PolicySet {
+        match (request.principal(), request.resource()) {
+            (Some(p), Some(r)) => self.matching(entities, p, r),
+            _ => self.all(),
+        }
     }
 
     /// Every policy of the action: for a request whose principal or resource

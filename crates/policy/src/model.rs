@@ -279,10 +279,7 @@ impl ModelAuthz {
                     ..Decision::default_deny()
                 },
                 Ok(request) => {
-                    let policies = match (request.principal(), request.resource()) {
-                        (Some(p), Some(r)) => action.candidates.matching(entities, p, r),
-                        _ => action.candidates.all(),
-                    };
+                    let policies = action.candidates.for_request(entities, &request);
                     let response = cedar.is_authorized(&request, &policies, entities);
                     crate::decide::to_decision(&response)
                 }

@@ -142,10 +142,7 @@ impl SecretAuthz {
                     ..Decision::default_deny()
                 },
                 Ok(request) => {
-                    let policies = match (request.principal(), request.resource()) {
-                        (Some(p), Some(r)) => self.candidates.matching(entities, p, r),
-                        _ => self.candidates.all(),
-                    };
+                    let policies = self.candidates.for_request(entities, &request);
                     let response = cedar.is_authorized(&request, &policies, entities);
                     crate::decide::to_decision(&response)
                 }
