@@ -98,6 +98,10 @@ pub enum ErrorCode {
     McpMethodNotAllowed,
     /// (MCP) the `Mcp-Session-Id` is unknown, ended, or belongs to another agent.
     McpSessionNotFound,
+    /// The deciding permit carries an obligation (`@obligation("redact")`, …)
+    /// that this request cannot be held to, e.g. a response the redactor
+    /// cannot read; the request is refused rather than served without it.
+    ObligationUnsupported,
 }
 
 impl ErrorCode {
@@ -143,6 +147,7 @@ impl ErrorCode {
             ErrorCode::ToolBlocked => "tool_blocked",
             ErrorCode::McpMethodNotAllowed => "mcp_method_not_allowed",
             ErrorCode::McpSessionNotFound => "mcp_session_not_found",
+            ErrorCode::ObligationUnsupported => "obligation_unsupported",
         }
     }
 
@@ -164,6 +169,7 @@ impl ErrorCode {
             | ErrorCode::UserMfaRequired
             | ErrorCode::ToolBlocked
             | ErrorCode::McpMethodNotAllowed
+            | ErrorCode::ObligationUnsupported
             | ErrorCode::Quarantined
             | ErrorCode::ReadOnly => 403,
             ErrorCode::RateLimited | ErrorCode::BudgetExceeded | ErrorCode::Throttled => 429,
@@ -236,6 +242,7 @@ mod tests {
             ErrorCode::ToolBlocked,
             ErrorCode::McpMethodNotAllowed,
             ErrorCode::McpSessionNotFound,
+            ErrorCode::ObligationUnsupported,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {

@@ -680,21 +680,12 @@ impl Authorizer {
         user: &str,
         groups: &[String],
     ) -> Decision {
-        let Some(user_type) = &self.user_type else {
-            return denied_with_error(
-                "the policy schema has no `User` entity type, so no request on behalf of a user can be allowed; update it from `portcullis policy schema`".into(),
-            );
+        let user = match self.user_entity(user, groups) {
+            Ok(u) => u,
+            Err(denied) => return denied,
         };
-        let principal = EntityUid::from_type_name_and_id(user_type.clone(), EntityId::new(user));
-        let parents: HashSet<EntityUid> = groups
-            .iter()
-            .map(|g| EntityUid::from_type_name_and_id(self.role_type.clone(), EntityId::new(g)))
-            .collect();
-        let entities = match self
-            .entities
-            .clone()
-            .add_entities([Entity::new_no_attrs(principal.clone(), parents)], None)
-        {
+        let principal = user.uid();
+        let entities = match self.entities.clone().add_entities([user], None) {
             Ok(e) => e,
             Err(e) => return denied_with_error(e.to_string()),
         };
@@ -706,6 +697,69 @@ impl Authorizer {
             .cedar
             .is_authorized(&cedar_request, &self.bundle.policies, &entities);
         to_decision(&response)
+    }
+
+    /// The `User::"<user>"` entity, a member of `Role::"<group>"` for each of
+    /// their groups; a denial when the schema has no `User` type.
+    fn user_entity(&self, user: &str, groups: &[String]) -> Result<Entity, Decision> {
+        let Some(user_type) = &self.user_type else {
+            return Err(denied_with_error(
+                "the policy schema has no `User` entity type, so no request on behalf of a user can be allowed; update it from `portcullis policy schema`".into(),
+            ));
+        };
+        let principal = EntityUid::from_type_name_and_id(user_type.clone(), EntityId::new(user));
+        let parents: HashSet<EntityUid> = groups
+            .iter()
+            .map(|g| EntityUid::from_type_name_and_id(self.role_type.clone(), EntityId::new(g)))
+            .collect();
+        Ok(Entity::new_no_attrs(principal, parents))
+    }
+
+    /// [`Authorizer::decide_mcp`] as if the user an agent acts for had sent the
+    /// message (see [`Authorizer::decide_for_user`]). Every policy of the
+    /// action is evaluated: no slice, no memo. A schema whose MCP actions do
+    /// not list `User` among their principals denies (fail closed).
+    pub fn decide_mcp_for_user(
+        &self,
+        request: &crate::McpRequest<'_>,
+        user: &str,
+        groups: &[String],
+    ) -> Decision {
+        let user = match self.user_entity(user, groups) {
+            Ok(u) => u,
+            Err(denied) => return denied,
+        };
+        match &self.mcp {
+            Some(m) => m.decide_as_user(&self.cedar, &self.entities, request, user),
+            None => denied_with_error(
+                "the policy schema has no MCP actions (`Action::\"call_tool\"` …)".to_string(),
+            ),
+        }
+    }
+
+    /// [`Authorizer::decide_model`] as if the user an agent acts for had made
+    /// the call (see [`Authorizer::decide_for_user`]).
+    pub fn decide_model_for_user(
+        &self,
+        request: &crate::ModelRequest<'_>,
+        user: &str,
+        groups: &[String],
+    ) -> Decision {
+        let user = match self.user_entity(user, groups) {
+            Ok(u) => u,
+            Err(denied) => return denied,
+        };
+        let entities = match self.entities.clone().add_entities([user.clone()], None) {
+            Ok(e) => e,
+            Err(e) => return denied_with_error(e.to_string()),
+        };
+        match &self.model {
+            Some(m) => m.decide_as_user(&self.cedar, &entities, request, user.uid()),
+            None => denied_with_error(format!(
+                "the policy schema has no `Action::\"{}\"` on `Model`",
+                request.action.as_str()
+            )),
+        }
     }
 }
 

@@ -438,6 +438,48 @@ impl McpAuthz {
         }
     }
 
+    /// Decides as the user an agent acts for: `user` (with its roles as
+    /// parents) takes the agent's place in the slice, and every policy of
+    /// the action is evaluated (no slice, no memo).
+    pub(crate) fn decide_as_user(
+        &self,
+        cedar: &cedar_policy::Authorizer,
+        entities: &Entities,
+        r: &McpRequest<'_>,
+        user: Entity,
+    ) -> Decision {
+        let a = &self.actions[r.action.index()];
+        let route =
+            EntityUid::from_type_name_and_id(self.route_type.clone(), EntityId::new(r.route));
+        let principal = user.uid();
+        let built = self
+            .request(r, Some(&user), entities.get(&route), None)
+            .and_then(|(request, slice)| {
+                // `request` names the agent; ask again with the user.
+                let request = Request::new(
+                    principal.clone(),
+                    a.uid.clone(),
+                    request.resource().cloned().unwrap_or(route.clone()),
+                    request.context().cloned().unwrap_or_else(Context::empty),
+                    None,
+                )
+                .map_err(|e| EntityError::new(e.to_string()))?;
+                Entities::from_entities(slice, None)
+                    .map(|slice| (request, slice))
+                    .map_err(|e| EntityError::new(e.to_string()))
+            });
+        match built {
+            Err(e) => Decision {
+                errors: vec![e.to_string()],
+                ..Decision::default_deny()
+            },
+            Ok((request, slice)) => {
+                let response = cedar.is_authorized(&request, &a.candidates.all(), &slice);
+                crate::decide::to_decision(&response)
+            }
+        }
+    }
+
     /// Decides with every policy of the action, bypassing the scope slice.
     pub(crate) fn decide_unsliced(
         &self,

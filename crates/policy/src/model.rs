@@ -235,6 +235,15 @@ impl ModelAuthz {
     ) -> Result<Request, String> {
         let principal =
             EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(r.agent));
+        self.request_as(principal, r, schema)
+    }
+
+    fn request_as(
+        &self,
+        principal: EntityUid,
+        r: &ModelRequest<'_>,
+        schema: Option<&cedar_policy::Schema>,
+    ) -> Result<Request, String> {
         let resource = EntityUid::from_type_name_and_id(
             self.model_type.clone(),
             EntityId::new(ModelEntity::id(r.route, r.model)),
@@ -284,6 +293,29 @@ impl ModelAuthz {
                     crate::decide::to_decision(&response)
                 }
             })
+    }
+
+
+    /// Decides as `user` (an entity in `entities`): every policy of the
+    /// action, no memo (see `Authorizer::decide_model_for_user`).
+    pub(crate) fn decide_as_user(
+        &self,
+        cedar: &cedar_policy::Authorizer,
+        entities: &Entities,
+        r: &ModelRequest<'_>,
+        user: EntityUid,
+    ) -> Decision {
+        let action = &self.actions[r.action.index()];
+        match self.request_as(user, r, None) {
+            Err(e) => Decision {
+                errors: vec![e],
+                ..Decision::default_deny()
+            },
+            Ok(request) => {
+                let response = cedar.is_authorized(&request, &action.candidates.all(), entities);
+                crate::decide::to_decision(&response)
+            }
+        }
     }
 }
 

@@ -104,6 +104,20 @@ pub fn kind(message: &Value) -> Result<Kind<'_>, String> {
     }
 }
 
+/// Removes every top-level field JSON-RPC 2.0 does not define for the
+/// message's kind (`jsonrpc`, `id`, `method`, `params`; `result`, `error` for
+/// answers): no field that a decision did not look at reaches the server.
+pub fn strip_unknown_fields(message: &mut Value) {
+    if let Value::Object(map) = message {
+        map.retain(|k, _| {
+            matches!(
+                k.as_str(),
+                "jsonrpc" | "id" | "method" | "params" | "result" | "error"
+            )
+        });
+    }
+}
+
 /// What a client request asks of policy.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ask {
@@ -268,6 +282,17 @@ pub fn canonical(value: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn strip_unknown_fields_keeps_only_json_rpc_fields() {
+        let mut m = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+            "params": {"name": "x"}, "extra": {"name": "y"}, "Method": "z"});
+        strip_unknown_fields(&mut m);
+        assert_eq!(
+            m,
+            serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}})
+        );
+    }
+
     use super::*;
 
     fn check_ask(message: &str, expect: &str) {

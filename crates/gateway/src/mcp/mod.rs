@@ -46,19 +46,17 @@ use http::{HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
 use portcullis_audit::Outcome;
 use portcullis_core::{ErrorCode, RequestId};
-use portcullis_policy::{Content, McpAction, McpRequest, SourceIp};
+use portcullis_policy::{Content, McpAction, SourceIp};
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 
-use crate::approvals::{CallBinding, RequiredBy};
 use crate::body::{BodyMeter, Recorder};
 use crate::config::Upstream;
 use crate::metrics::Stage;
-use crate::pipeline::approve;
+use crate::pipeline::{approve, decide};
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contain::{self, Writes};
 use crate::pipeline::contextualize::RequestContext;
-use crate::pipeline::decode::{DecodedRequest, too_large};
+use crate::pipeline::decode::{DecodedRequest, read_whole};
 use crate::pipeline::inspect::GuardState;
 use crate::respond::{Denial, ResponseBody, full};
 use crate::state::{ConnectionState, Gateway, Snapshot};
@@ -104,12 +102,14 @@ impl McpState {
 struct Asker {
     gateway: Arc<Gateway>,
     agent: String,
+    identity: Identity,
     context: RequestContext,
     source_ip: SourceIp,
-    caller: portcullis_policy::CallerFacts,
 }
 
 impl Asker {
+    /// A decision with no obligations (listing filters): the same Cedar
+    /// decision the one decision path makes, the user's included.
     fn decide(
         &self,
         snapshot: &Snapshot,
@@ -119,20 +119,24 @@ impl Asker {
         args: &[(String, String)],
         content: Content<'_>,
     ) -> portcullis_core::Decision {
-        snapshot.authorizer.decide_mcp(&McpRequest {
-            agent: &self.agent,
-            action,
-            route: &self.context.route.name,
-            classification: self.context.route.classification,
-            method,
-            target,
-            args,
-            path: &self.context.path,
+        let call = decide::Call {
+            ask: decide::Ask::Mcp {
+                action,
+                method,
+                target,
+                args,
+            },
             content,
-            source_ip: &self.source_ip,
-            time: self.context.time,
-            caller: &self.caller,
-        })
+            write: false,
+            blocked: None,
+        };
+        crate::pipeline::authorize::run(
+            &snapshot.authorizer,
+            &self.identity,
+            &self.context,
+            &self.source_ip,
+            &call,
+        )
     }
 
     /// Whether the agent is still live in the current snapshot and not
@@ -162,25 +166,28 @@ impl Asker {
             .filter(|_| settings.scans_requests())
     }
 
-    /// The rewrite that scans the server's answers, when the route's guard is on.
-    fn answer_guard(&self, request_id: &RequestId, meter: &Arc<BodyMeter>) -> Option<sse::Rewrite> {
-        self.guard()?;
-        let asker = self.clone();
+    /// The rewrite that scans the server's answers, when the route's guard
+    /// is on or a deciding permit obliges redaction (`redact`: DLP redacts
+    /// whatever the route says).
+    fn answer_guard(
+        &self,
+        request_id: &RequestId,
+        meter: &Arc<BodyMeter>,
+        redact: bool,
+    ) -> Option<sse::Rewrite> {
+        let mut settings = self.context.route.guard;
+        if redact {
+            settings.dlp = crate::config::DlpAction::Redact;
+        }
+        if !settings.scans_requests() {
+            return None;
+        }
+        let state = self.gateway.guard.clone()?;
+        let route = self.context.route.name.clone();
         let request_id = request_id.clone();
         let meter = meter.clone();
         Some(Box::new(move |message: &mut Value| {
-            let Some(state) = asker.guard() else {
-                return false;
-            };
-            let route = &asker.context.route;
-            guard::scan_answer(
-                state,
-                route.guard,
-                message,
-                &request_id,
-                &route.name,
-                &meter,
-            )
+            guard::scan_answer(&state, settings, message, &request_id, &route, &meter)
         }))
     }
 
@@ -230,19 +237,21 @@ pub async fn serve(
     if context.rest_path == "/" && !decoded.parts.uri.path().ends_with('/') {
         context.rest_path.clear();
     }
+    // Only the endpoint is proxied: a sub-path is no part of MCP, and no
+    // decision covers what the server would do with it.
+    if !(context.rest_path.is_empty() || context.rest_path == "/") {
+        return Err(Denial::new(
+            ErrorCode::NotFound,
+            format!(
+                "an MCP route serves one endpoint, `{}`",
+                context.route.path_prefix
+            ),
+        ));
+    }
     let Some(mcp) = gateway.mcp.clone() else {
         tracing::error!(route = %context.route.name, "MCP route without MCP state");
         return Err(Denial::new(ErrorCode::Internal, "internal error"));
     };
-    // On behalf of a user (token exchange), HTTP routes also ask policy as the
-    // user, so delegation never grants more than the user has. MCP decisions
-    // do not make that second decision yet: refuse rather than over-grant.
-    if identity.delegated.is_some() {
-        return Err(Denial::new(
-            ErrorCode::Forbidden,
-            "requests on behalf of a user (token exchange) are not supported on MCP routes yet",
-        ));
-    }
     let session = decoded
         .parts
         .headers
@@ -261,9 +270,9 @@ pub async fn serve(
     let asker = Asker {
         gateway: gateway.clone(),
         agent: identity.agent.clone(),
+        identity: identity.clone(),
         context,
         source_ip: conn.source_ip.clone(),
-        caller: identity.caller.clone(),
     };
     let launched = match &asker.context.route.upstream {
         Upstream::Stdio { program, args } => Some((program.clone(), args.clone())),
@@ -289,7 +298,7 @@ pub async fn serve(
             recorder.record().outcome = Outcome::Allow;
             let id = session.as_deref().ok_or_else(no_session)?;
             let events = mcp.stdio.events(id)?;
-            let scan = asker.answer_guard(request_id, meter);
+            let scan = asker.answer_guard(request_id, meter, false);
             Ok(stream_back(&asker, events, Vec::new(), scan))
         }
         (Method::DELETE, Some(_)) => {
@@ -300,6 +309,12 @@ pub async fn serve(
             Ok(empty(StatusCode::OK))
         }
         (Method::GET | Method::DELETE, None) => {
+            // The event stream and the session's end belong to a session this
+            // agent opened on this route (checked above): never forwarded
+            // without one.
+            if session.is_none() {
+                return Err(no_session());
+            }
             let deleting = decoded.parts.method == Method::DELETE;
             recorder.record().outcome = Outcome::Allow;
             let response =
@@ -310,7 +325,7 @@ pub async fn serve(
                 }
                 return Ok(response);
             }
-            let scan = asker.answer_guard(request_id, meter);
+            let scan = asker.answer_guard(request_id, meter, false);
             Ok(stream_back(&asker, response, Vec::new(), scan))
         }
         _ => Err(Denial::new(
@@ -355,14 +370,7 @@ async fn post(
     to: To<'_>,
 ) -> Result<Response<ResponseBody>, Denial> {
     let DecodedRequest { parts, body } = decoded;
-    let bytes = body.collect().await.map_err(|_| {
-        if meter.exceeded.load(std::sync::atomic::Ordering::Relaxed) {
-            too_large(asker.gateway.limits.max_body_bytes)
-        } else {
-            Denial::new(ErrorCode::BadRequest, "the request body could not be read")
-        }
-    })?;
-    let bytes = bytes.to_bytes();
+    let bytes = read_whole(body, asker.gateway.limits.max_body_bytes, meter).await?;
     let mut body = match jsonrpc::parse(&bytes) {
         Ok(body) => body,
         Err((code, message)) => {
@@ -374,24 +382,21 @@ async fn post(
         }
     };
 
-    // Authorize every message.
-    let t = Instant::now();
+    // Decide every message.
     let route = &asker.context.route.name;
+    let wait = approve::prefer_wait(&parts.headers);
     let mut forward = Vec::with_capacity(body.messages.len());
     let mut refusals = Vec::new();
     let mut list_ids = Vec::new();
     let mut initialize = false;
-    let mut policies: Vec<String> = Vec::new();
     let mut first_code: Option<ErrorCode> = None;
     let mut described: Option<(String, String)> = None;
-    // The approval ticket of a tool call the agent's risk grade held.
-    let mut ticket: Option<String> = None;
-    let mut held = false;
+    // Whether a deciding permit obliges the answers to be redacted.
+    let mut redact = false;
     // The content guard reads each message's arguments before its decision,
     // as inspect-in reads an HTTP body before authorize.
     let guard = asker.guard();
     let mut audited = Vec::new();
-    let mut rewritten = false;
     for i in 0..body.messages.len() {
         let scanned = guard.and_then(|state| {
             guard::scan_request(
@@ -403,7 +408,9 @@ async fn post(
                 &mut audited,
             )
         });
-        rewritten |= scanned.as_ref().is_some_and(|s| s.changed);
+        // Only the fields JSON-RPC defines go on: an extra top-level field is
+        // something no decision looked at.
+        jsonrpc::strip_unknown_fields(&mut body.messages[i]);
         let message = &body.messages[i];
         let mut refuse = |id: &Value, code: ErrorCode, text: &str, p: &[String]| {
             first_code.get_or_insert(code);
@@ -463,99 +470,75 @@ async fn post(
             Some(s) => s.facts.as_policy(),
             None => Content::NOT_SCANNED,
         };
-        let decision = asker.decide(snapshot, method, action, &target, &args, content);
-        if !decision.errors.is_empty() {
-            tracing::warn!(errors = ?decision.errors, agent = %identity.agent, route = %route, method, "policy evaluation errors");
-        }
-        asker.gateway.metrics.decision(route, decision.allowed);
-        policies.extend(decision.policy_ids.iter().cloned());
-        described.get_or_insert((method.to_string(), resource));
+        // A data-carrying method sent as a notification (no id, or a null
+        // id) would run with no answer to carry a refusal: never forwarded.
         let Some(id) = id else {
-            if decision.allowed {
-                forward.push(i);
-            }
+            described.get_or_insert((method.to_string(), resource));
+            first_code.get_or_insert(ErrorCode::McpMethodNotAllowed);
             continue;
         };
-        if !decision.allowed {
-            refuse(
-                id,
-                ErrorCode::Forbidden,
-                "denied by policy",
-                &decision.policy_ids,
-            );
-            continue;
-        }
-        if action == McpAction::CallTool {
-            let state = mcp.pins.state(route, &target);
-            if state != PinState::Approved {
-                refuse(id, ErrorCode::ToolBlocked, &state.reason(&target), &[]);
+        // A tool whose definition is not approved is refused after policy
+        // allowed the call, before a human is asked to approve it.
+        let blocked = (action == McpAction::CallTool)
+            .then(|| mcp.pins.state(route, &target))
+            .filter(|state| *state != PinState::Approved);
+        // What a human approves is the tool and its canonical arguments.
+        let bound = jsonrpc::canonical(&serde_json::json!({
+            "method": method,
+            "target": target,
+            "arguments": message
+                .get("params")
+                .and_then(|p| p.get("arguments"))
+                .cloned()
+                .unwrap_or(Value::Null),
+        }));
+        described.get_or_insert((method.to_string(), resource));
+        let decided = decide::decide(
+            &mut decide::Exchange {
+                gateway: &asker.gateway,
+                conn,
+                snapshot,
+                identity,
+                context: &asker.context,
+                request_id,
+                meter,
+                recorder,
+                writes,
+                wait,
+            },
+            decide::Call {
+                ask: decide::Ask::Mcp {
+                    action,
+                    method,
+                    target: &target,
+                    args: &args,
+                },
+                content,
+                write: contain::is_mcp_write(action),
+                blocked: blocked.map(|state| {
+                    Denial::new(ErrorCode::ToolBlocked, state.reason(&target))
+                }),
+            },
+            decide::Subject::Bytes(bound.as_bytes()),
+        )
+        .await;
+        match decided {
+            Err(denial) => {
+                first_code.get_or_insert(denial.code);
+                refusals.push(jsonrpc::denial(id, &denial, request_id.as_str()));
                 continue;
             }
-        }
-        // The agent's risk grade: a write is refused (read-only) or waits for
-        // a human's approval of this exact call, as on HTTP routes.
-        if contain::is_mcp_write(action) {
-            match writes {
-                Writes::Free => {}
-                Writes::Refused => {
-                    let denial = contain::read_only();
-                    refuse(id, denial.code, &denial.message, &[]);
-                    continue;
-                }
-                Writes::Approval => {
-                    let call = serde_json::json!({
-                        "name": target,
-                        "arguments": message
-                            .get("params")
-                            .and_then(|p| p.get("arguments"))
-                            .cloned()
-                            .unwrap_or(Value::Null),
-                    });
-                    let binding = CallBinding {
-                        agent: identity.agent.clone(),
-                        user: None,
-                        action: method.to_string(),
-                        resource: format!("{route}/{target}"),
-                        path: asker.context.path.clone(),
-                        body_sha256: hex::encode(Sha256::digest(jsonrpc::canonical(&call))),
-                        policy_version: snapshot.policy_version,
-                        policy_id: decision.policy_ids.first().cloned().unwrap_or_default(),
-                        required_by: RequiredBy::Analytics,
-                    };
-                    held = true;
-                    let gate = approve::hold(
-                        &asker.gateway.approvals,
-                        binding,
-                        approve::prefer_wait(&parts.headers),
-                        &decision.policy_ids,
-                        &mut ticket,
-                    )
-                    .await;
-                    if let Err(denial) = gate {
-                        first_code.get_or_insert(denial.code);
-                        refusals.push(jsonrpc::denial(id, &denial, request_id.as_str()));
-                        continue;
-                    }
-                }
-            }
+            Ok(allowed) => redact |= allowed.redact,
         }
         if action == McpAction::ListTools {
             list_ids.push(id.clone());
         }
         forward.push(i);
     }
-    let elapsed = t.elapsed();
-    asker.gateway.metrics.stage(Stage::Authorize, elapsed);
-    recorder.trace_stage(Stage::Authorize, t, elapsed);
     {
         let record = recorder.record();
-        if held {
-            policies.push(contain::APPROVE_WRITES.to_string());
-        }
-        policies.sort();
-        policies.dedup();
-        record.policies = policies;
-        record.approval_ticket = ticket;
+        record.policies.sort();
+        record.policies.dedup();
         record.content = audited;
         if body.batch {
             record.action = format!("mcp:batch({})", body.messages.len());
@@ -564,11 +547,12 @@ async fn post(
             record.action = format!("mcp:{method}");
             record.resource = Some(resource);
         }
-        if refusals.is_empty() {
-            record.outcome = Outcome::Allow;
-        } else {
-            record.outcome = Outcome::Deny;
-            record.error_code = first_code.map(|c| c.as_str().to_string());
+        match first_code {
+            None => record.outcome = Outcome::Allow,
+            Some(code) => {
+                record.outcome = Outcome::Deny;
+                record.error_code = Some(code.as_str().to_string());
+            }
         }
     }
 
@@ -608,17 +592,17 @@ async fn post(
             response?
         }
         To::Http => {
-            let upstream_body = if forward.len() == body.messages.len() && !rewritten {
-                // As the client wrote them, when nothing was held back or redacted.
-                bytes
-            } else {
-                let kept: Vec<&Value> = forward.iter().map(|&i| &body.messages[i]).collect();
-                let text = match kept.as_slice() {
-                    [one] if !body.batch => serde_json::to_vec(one),
-                    _ => serde_json::to_vec(&kept),
-                };
-                Bytes::from(text.unwrap_or_default())
+            // Always the messages as parsed and decided, re-serialized: never
+            // the client's bytes, which could say something else to another
+            // parser (a duplicate key, a field no decision looked at).
+            let kept: Vec<&Value> = forward.iter().map(|&i| &body.messages[i]).collect();
+            let text = match kept.as_slice() {
+                [one] if !body.batch => serde_json::to_vec(one),
+                _ => serde_json::to_vec(&kept),
             };
+            let upstream_body = Bytes::from(text.map_err(|_| {
+                Denial::new(ErrorCode::Internal, "internal error")
+            })?);
             forward_http(
                 asker,
                 conn,
@@ -632,7 +616,13 @@ async fn post(
             .await?
         }
     };
-    let scan = asker.answer_guard(request_id, meter);
+    if redact && !redactable(&response) {
+        return Err(decide::unsupported(
+            "redact",
+            "the MCP server's answer is compressed or neither JSON nor an event stream",
+        ));
+    }
+    let scan = asker.answer_guard(request_id, meter, redact);
     answer(
         mcp, asker, identity, response, refusals, list_ids, initialize, body.batch, scan,
     )
@@ -651,10 +641,9 @@ async fn forward_http(
     meter: &Arc<BodyMeter>,
     recorder: &mut Recorder,
 ) -> Result<Response<ResponseBody>, Denial> {
-    if asker.guard().is_some() {
-        // The guard reads the answers: they must come back uncompressed.
-        parts.headers.remove(header::ACCEPT_ENCODING);
-    }
+    // The guard (and the tools/list filter) read the answers: they must come
+    // back uncompressed. JSON-RPC answers are small; nothing is lost.
+    parts.headers.remove(header::ACCEPT_ENCODING);
     parts.headers.insert(
         header::CONTENT_LENGTH,
         HeaderValue::from(upstream_body.len()),
@@ -804,6 +793,21 @@ fn stream_back(
     parts.headers.remove(header::CONTENT_LENGTH);
     let body = sse::SseBody::new(body, first, alive, cut, rewrite).boxed();
     Response::from_parts(parts, body)
+}
+
+/// Whether the guard can read an answer: JSON or an event stream, plain.
+fn redactable(response: &Response<ResponseBody>) -> bool {
+    let headers = response.headers();
+    let media = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let plain = headers
+        .get(header::CONTENT_ENCODING)
+        .is_none_or(|v| v.as_bytes() == b"identity");
+    let empty = response.status() == StatusCode::ACCEPTED;
+    empty || (plain && (media.starts_with("application/json") || media.starts_with("text/event-stream")))
 }
 
 /// Buffers a JSON answer, filters `tools/list` results and adds refusals.

@@ -1,139 +1,16 @@
-//! Approve: the obligations of the policies that allowed the request.
-//!
-//! Runs right after authorize allowed, and before inject, so nothing secret
-//! is touched for a call that still needs a human. In order, cheapest first:
-//!
-//! 1. `@rate("N/s|m|h")`: the agent's rate under each naming policy
-//!    (`rate_limited`, 429, with `Retry-After`).
-//! 2. `@obligation("mfa")`: the agent must act for a delegating user whose
-//!    token shows fresh MFA (`user_mfa_required`).
-//! 3. `@obligation("approval")`, or a write of an agent whose risk grade
-//!    holds writes (contain): the body is read (within the body limit)
-//!    and hashed, and the call must match an approved, unused ticket;
-//!    otherwise it gets one (`approval_required` with the ticket id), or with
-//!    `Prefer: wait=N` it is held until a human decides or N seconds pass.
-//!    The ticket says who required it (`policy` or `analytics`); [`hold`] is
-//!    the same gate for LLM routes and MCP tool calls.
-//! 4. `@obligation("redact")` is handed on: inspect_out redacts the response.
+//! Approve: the approval desk's gate for one call, used by the one decision
+//! path (`decide.rs`) for `@obligation("approval")` and for a write the
+//! agent's risk grade holds. The call must match an approved, unused ticket;
+//! otherwise it gets one (`approval_required` with the ticket id), or with
+//! `Prefer: wait=N` it is held until a human decides or N seconds pass. The
+//! ticket says who required it (`policy` or `analytics`).
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use portcullis_core::{Decision, ErrorCode};
-use portcullis_policy::Obligations;
-use sha2::{Digest as _, Sha256};
-
 use crate::approvals::{Approvals, CallBinding, Gate, RequiredBy, Ticket};
-use crate::body::BodyMeter;
-use crate::pipeline::authenticate::Identity;
-use crate::pipeline::contain::{APPROVE_WRITES, Writes};
-use crate::pipeline::contextualize::RequestContext;
-use crate::pipeline::decode::{DecodedRequest, too_large};
-use crate::rate_limit::RateLimiter;
+use crate::pipeline::contain::APPROVE_WRITES;
 use crate::respond::{Denial, DenialDetail};
-
-/// How long a client may take to send a body that must be hashed for approval.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What the later stages must do.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct Obliged {
-    /// Redact the response (`@obligation("redact")`).
-    pub redact: bool,
-}
-
-/// What the stage needs from the gateway.
-pub struct Desk<'a> {
-    /// Per-agent rates.
-    pub rates: &'a RateLimiter,
-    /// Approval tickets.
-    pub approvals: &'a Approvals,
-    /// The request body limit.
-    pub max_body_bytes: u64,
-}
-
-/// Runs the stage. `writes` is what contain found the agent's grade does
-/// to this call: `Writes::Approval` holds it for a human like an approval
-/// obligation does (and says so in the ticket). `ticket` receives the
-/// approval ticket involved, even when the request is refused, for the
-/// audit record.
-#[allow(clippy::too_many_arguments)]
-pub async fn run(
-    desk: &Desk<'_>,
-    obligations: &Obligations,
-    writes: Writes,
-    decision: &Decision,
-    policy_version: u64,
-    identity: &Identity,
-    context: &RequestContext,
-    request: DecodedRequest,
-    meter: &Arc<BodyMeter>,
-    ticket: &mut Option<String>,
-) -> Result<(DecodedRequest, Obliged), Denial> {
-    let obliged = Obliged {
-        redact: obligations.redact,
-    };
-    for (policy, rate) in &obligations.rates {
-        if let Err(wait) = desk.rates.check(policy, &identity.agent, *rate) {
-            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-            return Err(Denial {
-                code: ErrorCode::RateLimited,
-                message: format!(
-                    "rate limit {rate} of policy `{policy}` exceeded; retry in {seconds} s"
-                ),
-                policies: vec![policy.clone()],
-                detail: Some(DenialDetail::RetryAfter(seconds.max(1))),
-            });
-        }
-    }
-    if obligations.mfa {
-        let fresh = identity.caller.delegation.is_some() && identity.caller.auth.mfa;
-        if !fresh {
-            return Err(Denial {
-                code: ErrorCode::UserMfaRequired,
-                message: "the deciding policy requires a delegating user with fresh MFA".into(),
-                policies: decision.policy_ids.clone(),
-                detail: None,
-            });
-        }
-    }
-    let mut request = request;
-    if obligations.redact {
-        // The redactor reads responses only as the upstream sends them plain.
-        request.parts.headers.remove(http::header::ACCEPT_ENCODING);
-    }
-    // Analytics first: its hold is the one the ticket names, since a ticket
-    // a policy asked for alone would not tell the human the agent is risky.
-    let required_by = if writes == Writes::Approval {
-        RequiredBy::Analytics
-    } else if obligations.approval {
-        RequiredBy::Policy
-    } else {
-        return Ok((request, obliged));
-    };
-
-    let wait = prefer_wait(&request.parts.headers);
-    let DecodedRequest { parts, body } = request;
-    let bytes = read_whole(body, desk.max_body_bytes, meter).await?;
-    let binding = CallBinding {
-        agent: identity.agent.clone(),
-        user: identity.caller.delegation.as_ref().map(|d| d.user.clone()),
-        action: context.action.as_str().to_string(),
-        resource: context.route.name.clone(),
-        path: context.path.clone(),
-        body_sha256: hex::encode(Sha256::digest(&bytes)),
-        policy_version,
-        policy_id: decision.policy_ids.first().cloned().unwrap_or_default(),
-        required_by,
-    };
-    hold(desk.approvals, binding, wait, &decision.policy_ids, ticket).await?;
-    let body = Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed_unsync();
-    Ok((DecodedRequest { parts, body }, obliged))
-}
+use portcullis_core::ErrorCode;
 
 /// Holds one call for a human: `Ok` when an approval of exactly this call
 /// was there to use (and is now used); otherwise `approval_required` with
@@ -205,27 +82,6 @@ pub(crate) fn prefer_wait(headers: &http::HeaderMap) -> Option<Duration> {
         .filter_map(|p| p.trim().strip_prefix("wait="))
         .find_map(|n| n.trim().parse::<u64>().ok())
         .map(Duration::from_secs)
-}
-
-async fn read_whole(
-    body: crate::pipeline::decode::RequestBody,
-    limit: u64,
-    meter: &Arc<BodyMeter>,
-) -> Result<Bytes, Denial> {
-    match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(_)) if meter.exceeded.load(std::sync::atomic::Ordering::Relaxed) => {
-            Err(too_large(limit))
-        }
-        Ok(Err(_)) => Err(Denial::new(
-            ErrorCode::BadRequest,
-            "the request body could not be read",
-        )),
-        Err(_) => Err(Denial::new(
-            ErrorCode::BadRequest,
-            "the request body did not arrive in time",
-        )),
-    }
 }
 
 #[cfg(test)]

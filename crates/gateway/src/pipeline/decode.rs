@@ -133,3 +133,30 @@ mod tests {
         }
     }
 }
+
+/// How long a client may take to send a request body that must be read whole.
+pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Reads a whole request body within the body limit (which the meter
+/// enforces as it streams) and [`BODY_READ_TIMEOUT`]. The one body read of
+/// the pipeline: approval hashing, LLM calls and MCP messages use it.
+pub async fn read_whole(
+    body: RequestBody,
+    limit: u64,
+    meter: &Arc<BodyMeter>,
+) -> Result<bytes::Bytes, Denial> {
+    match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(_)) if meter.exceeded.load(std::sync::atomic::Ordering::Relaxed) => {
+            Err(too_large(limit))
+        }
+        Ok(Err(_)) => Err(Denial::new(
+            ErrorCode::BadRequest,
+            "the request body could not be read",
+        )),
+        Err(_) => Err(Denial::new(
+            ErrorCode::BadRequest,
+            "the request body did not arrive in time",
+        )),
+    }
+}

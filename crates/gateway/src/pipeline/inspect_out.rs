@@ -31,12 +31,14 @@ use sha2::{Digest as _, Sha256};
 use crate::body::{BodyMeter, BoxError};
 use crate::config::{DlpAction, RouteConfig};
 use crate::pipeline::inspect::{GuardState, is_text};
-use crate::respond::ResponseBody;
+use crate::respond::{Denial, ResponseBody};
 
 /// Wraps the response body when the route's DLP setting asks for it.
 ///
 /// `obliged` is set when the allowing policy carries `@obligation("redact")`:
-/// the response is redacted whatever the route's own setting.
+/// the response is redacted whatever the route's own setting, and an answer
+/// the redactor cannot read (compressed, or not text) is refused with
+/// `obligation_unsupported` instead of passing unredacted (fail closed).
 pub fn run(
     state: Option<&GuardState>,
     route: &RouteConfig,
@@ -44,13 +46,19 @@ pub fn run(
     request_id: &RequestId,
     meter: &Arc<BodyMeter>,
     response: Response<ResponseBody>,
-) -> Response<ResponseBody> {
+) -> Result<Response<ResponseBody>, Denial> {
     let Some(state) = state else {
-        return response;
+        if obliged {
+            return Err(crate::pipeline::decide::unsupported(
+                "redact",
+                "no redactor is running",
+            ));
+        }
+        return Ok(response);
     };
     let redact = match route.guard.dlp {
         _ if obliged => true,
-        DlpAction::Off => return response,
+        DlpAction::Off => return Ok(response),
         DlpAction::Alert => false,
         DlpAction::Redact | DlpAction::Block => true,
     };
@@ -60,7 +68,13 @@ pub fn run(
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| v.as_bytes() != b"identity");
     if encoded || !is_text(parts.headers.get(header::CONTENT_TYPE)) {
-        return Response::from_parts(parts, body);
+        if obliged {
+            return Err(crate::pipeline::decide::unsupported(
+                "redact",
+                "the upstream's answer is compressed or not text",
+            ));
+        }
+        return Ok(Response::from_parts(parts, body));
     }
     if redact {
         parts.headers.remove(header::CONTENT_LENGTH);
@@ -76,7 +90,7 @@ pub fn run(
         request_id: request_id.to_string(),
         route: route.name.clone(),
     };
-    Response::from_parts(parts, guarded.boxed())
+    Ok(Response::from_parts(parts, guarded.boxed()))
 }
 
 /// A response body passed through the stream redactor.

@@ -7,9 +7,11 @@
 //! read         the JSON body, whole (bounded by max_body_bytes); its model
 //! inspect      content guard on each message text, on its channel
 //!              (tool results: tool_output), block/redact by [routes.guard]
-//! authorize    Cedar: Action::"complete" or "embed" on Model::"<route>/<model>"
-//! approve      only while the agent's risk grade holds writes: a human's
-//!              approval bound to this exact call (approve::hold)
+//!              (`complete` or `embed` on Model::"<route>/<model>")
+//! decide       the one decision path (decide.rs): Cedar as the agent and
+//!              the user it acts for, shadow, the risk grade's hold,
+//!              obligations (@rate, mfa, approval bound to this exact
+//!              body, redact of the answer)
 //! budget       the agent's request and token windows ([routes.budget])
 //! inject       vault credential (use_secret) or the route's API key
 //! forward      upstream call; streams pass through event by event
@@ -22,17 +24,15 @@
 //! route's key takes its place.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use portcullis_audit::Outcome;
 use portcullis_core::{ErrorCode, RequestId};
-use portcullis_policy::{Content, ModelAction, ModelRequest};
-use sha2::{Digest as _, Sha256};
+use portcullis_policy::{Content, ModelAction};
 
-use crate::approvals::{CallBinding, RequiredBy};
 use crate::body::{BodyMeter, Recorder};
 use crate::config::DlpAction;
 use crate::llm::api::{self, Endpoint};
@@ -40,21 +40,18 @@ use crate::llm::config::LlmConfig;
 use crate::llm::stream::{Charge, Dlp, SseBody, process_json};
 use crate::metrics::Stage;
 use crate::pipeline::authenticate::Identity;
-use crate::pipeline::contain::{APPROVE_WRITES, Writes};
+use crate::pipeline::contain::Writes;
 use crate::pipeline::contextualize::RequestContext;
-use crate::pipeline::decode::{DecodedRequest, too_large};
+use crate::pipeline::decode::{DecodedRequest, read_whole};
 use crate::pipeline::inspect::ContentFacts;
-use crate::pipeline::{approve, authorize, inject};
+use crate::pipeline::{approve, authorize, decide, inject};
 use crate::respond::{Denial, ResponseBody, full};
 use crate::state::{ConnectionState, Gateway, Snapshot};
-
-/// How long a client may take to send a request body.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the LLM stages.
 #[allow(clippy::too_many_arguments)]
 pub async fn run(
-    gateway: &Gateway,
+    gateway: &Arc<Gateway>,
     conn: &ConnectionState,
     snapshot: &Snapshot,
     identity: &Identity,
@@ -91,10 +88,8 @@ pub async fn run(
     recorder.record().action = action.as_str().into();
 
     let DecodedRequest { mut parts, body } = decoded;
-    let bytes = read_body(body, gateway.limits.max_body_bytes, meter).await?;
+    let bytes = read_whole(body, gateway.limits.max_body_bytes, meter).await?;
     let request_bytes = bytes.len() as u64;
-    // Bound to the body as the client sent it, as on HTTP routes.
-    let body_sha256 = (writes == Writes::Approval).then(|| hex::encode(Sha256::digest(&bytes)));
     let mut call = api::parse(&bytes, llm.budget.is_limited())?;
     drop(bytes);
     recorder.record().resource = Some(portcullis_policy::ModelEntity::id(&route.name, &call.model));
@@ -125,66 +120,34 @@ pub async fn run(
     recorder.record().content = audited;
     let content = inspected?;
 
-    let t = Instant::now();
-    let decision = snapshot.authorizer.decide_model(&ModelRequest {
-        agent: &identity.agent,
-        action,
-        route: &route.name,
-        model: &model.name,
-        method: context.action,
-        path: &context.path,
-        source_ip: &conn.source_ip,
-        time: context.time,
-        content: content.as_policy(),
-        caller: &identity.caller,
-    });
-    if !decision.errors.is_empty() {
-        tracing::warn!(errors = ?decision.errors, agent = %identity.agent, route = %route.name, model = %model.name, "policy evaluation errors");
-    }
-    let elapsed = t.elapsed();
-    metrics.stage(Stage::Authorize, elapsed);
-    recorder.trace_stage(Stage::Authorize, t, elapsed);
-    metrics.decision(&route.name, decision.allowed);
-    {
-        let record = recorder.record();
-        record.policies = decision.policy_ids.clone();
-        if decision.allowed {
-            record.outcome = Outcome::Allow;
-        }
-    }
-    authorize::enforce(&decision)?;
-
-    // The agent's risk grade holds its writes (a completion is a POST): the
-    // same ticket an HTTP route's write gets.
-    if let Some(body_sha256) = body_sha256 {
-        let binding = CallBinding {
-            agent: identity.agent.clone(),
-            user: identity.caller.delegation.as_ref().map(|d| d.user.clone()),
-            action: context.action.as_str().to_string(),
-            resource: route.name.clone(),
-            path: context.path.clone(),
-            body_sha256,
-            policy_version: snapshot.policy_version,
-            policy_id: decision.policy_ids.first().cloned().unwrap_or_default(),
-            required_by: RequiredBy::Analytics,
-        };
-        let mut ticket = None;
-        let held = approve::hold(
-            &gateway.approvals,
-            binding,
-            approve::prefer_wait(&parts.headers),
-            &decision.policy_ids,
-            &mut ticket,
-        )
-        .await;
-        let record = recorder.record();
-        record.policies.push(APPROVE_WRITES.to_string());
-        record.approval_ticket = ticket;
-        if held.is_err() {
-            record.outcome = Outcome::Deny;
-        }
-        held?;
-    }
+    // What is decided, approved and forwarded is this one serialization of
+    // the call (after redaction), computed once.
+    let body = Bytes::from(call.body.to_string());
+    let allowed = decide::decide(
+        &mut decide::Exchange {
+            gateway,
+            conn,
+            snapshot,
+            identity,
+            context,
+            request_id,
+            meter,
+            recorder,
+            writes,
+            wait: approve::prefer_wait(&parts.headers),
+        },
+        decide::Call {
+            ask: decide::Ask::Model {
+                action,
+                model: &model.name,
+            },
+            content: content.as_policy(),
+            write: true,
+            blocked: None,
+        },
+        decide::Subject::Bytes(&body),
+    )
+    .await?;
 
     let counters = if llm.budget.is_limited() {
         let counters = gateway.llm.budgets.counters(&route.name, &identity.agent);
@@ -245,7 +208,6 @@ pub async fn run(
         .as_ref()
         .or_else(|| gateway.llm.key(&route.name));
 
-    let body = Bytes::from(call.body.to_string());
     parts
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
@@ -294,6 +256,11 @@ pub async fn run(
         .guard
         .as_deref()
         .and_then(|g| match route.guard.dlp {
+            _ if allowed.redact => Some(Dlp {
+                scanner: g.guard.scanner().clone(),
+                key: g.key,
+                redact: true,
+            }),
             DlpAction::Off => None,
             DlpAction::Alert => Some(Dlp {
                 scanner: g.guard.scanner().clone(),
@@ -336,22 +303,19 @@ fn models(
     endpoint: &Endpoint,
     recorder: &mut Recorder,
 ) -> Result<Response<ResponseBody>, Denial> {
+    // Decided as a completion would be, as the agent and the user it acts
+    // for: a model is listed only to whom may use it.
     let permitted = |name: &str| {
-        snapshot
-            .authorizer
-            .decide_model(&ModelRequest {
-                agent: &identity.agent,
+        let call = decide::Call {
+            ask: decide::Ask::Model {
                 action: ModelAction::Complete,
-                route: &context.route.name,
                 model: name,
-                method: context.action,
-                path: &context.path,
-                source_ip,
-                time: context.time,
-                content: Content::NOT_SCANNED,
-                caller: &identity.caller,
-            })
-            .allowed
+            },
+            content: Content::NOT_SCANNED,
+            write: false,
+            blocked: None,
+        };
+        authorize::run(&snapshot.authorizer, identity, context, source_ip, &call).allowed
     };
     let body = match endpoint {
         Endpoint::Model(name) => {
@@ -409,27 +373,6 @@ fn request_body(bytes: Bytes) -> crate::pipeline::decode::RequestBody {
     http_body_util::Full::new(bytes)
         .map_err(|never| match never {})
         .boxed_unsync()
-}
-
-async fn read_body(
-    body: crate::pipeline::decode::RequestBody,
-    max_body_bytes: u64,
-    meter: &Arc<BodyMeter>,
-) -> Result<Bytes, Denial> {
-    match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(_)) if meter.exceeded.load(std::sync::atomic::Ordering::Relaxed) => {
-            Err(too_large(max_body_bytes))
-        }
-        Ok(Err(_)) => Err(Denial::new(
-            ErrorCode::BadRequest,
-            "the request body could not be read",
-        )),
-        Err(_) => Err(Denial::new(
-            ErrorCode::BadRequest,
-            "the request body did not arrive in time",
-        )),
-    }
 }
 
 /// The content guard on each text of the request, on its channel (tool

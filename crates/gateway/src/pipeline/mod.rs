@@ -48,6 +48,7 @@ pub mod authenticate;
 pub mod authorize;
 pub mod contain;
 pub mod contextualize;
+pub mod decide;
 pub mod decode;
 pub mod forward;
 pub mod inject;
@@ -307,85 +308,32 @@ async fn run(
     recorder.record().content = audited;
     let (decoded, content) = inspected?;
 
-    let t = Instant::now();
-    let decision = authorize::run(
-        &snapshot.authorizer,
-        &identity,
-        &context,
-        &conn.source_ip,
-        &content,
-    );
-    let elapsed = t.elapsed();
-    metrics.stage(Stage::Authorize, elapsed);
-    recorder.trace_stage(Stage::Authorize, t, elapsed);
-    // After the timing: the candidate's cost is not the request's.
-    if let Some(shadow) = &snapshot.shadow {
-        authorize::shadow(
-            shadow,
-            &decision,
-            &identity,
-            &context,
-            &conn.source_ip,
-            &content,
-            request_id.as_str(),
-        );
-    }
-    metrics.decision(&context.route.name, decision.allowed);
-    {
-        let record = recorder.record();
-        record.policies = decision.policy_ids.clone();
-        record.policy_version = Some(snapshot.policy_version);
-        // Every request a break-glass grant let through is marked.
-        record.breakglass = decision
-            .policy_ids
-            .iter()
-            .find(|id| id.starts_with(portcullis_policy::BREAKGLASS_PREFIX))
-            .cloned();
-        if decision.allowed
-            && let Some(grant) = &record.breakglass
-        {
-            tracing::warn!(agent = %identity.agent, route = %context.route.name, %grant, "request allowed under break-glass");
-        }
-        if decision.allowed {
-            record.outcome = Outcome::Allow;
-        }
-    }
-    authorize::enforce(&decision)?;
-
-    let obligations = snapshot.authorizer.obligations(&decision);
-    let held = contained.writes == contain::Writes::Approval;
-    let (decoded, obliged) = if obligations.is_empty() && !held {
-        (decoded, approve::Obliged::default())
-    } else {
-        let mut ticket = None;
-        let approved = approve::run(
-            &approve::Desk {
-                rates: &gateway.rate_limiter,
-                approvals: &gateway.approvals,
-                max_body_bytes: gateway.limits.max_body_bytes,
-            },
-            &obligations,
-            contained.writes,
-            &decision,
-            snapshot.policy_version,
-            &identity,
-            &context,
-            decoded,
+    // The one decision path (decide.rs): Cedar as the agent (and the user
+    // it acts for), shadow, the risk grade's hold, obligations, the record.
+    let mut decoded = decoded;
+    let wait = approve::prefer_wait(&decoded.parts.headers);
+    let allowed = decide::decide(
+        &mut decide::Exchange {
+            gateway,
+            conn,
+            snapshot: &snapshot,
+            identity: &identity,
+            context: &context,
+            request_id,
             meter,
-            &mut ticket,
-        )
-        .await;
-        let record = recorder.record();
-        if held && ticket.is_some() {
-            // The record says the approval was the risk grade's doing.
-            record.policies.push(contain::APPROVE_WRITES.to_string());
-        }
-        record.approval_ticket = ticket;
-        if approved.is_err() {
-            record.outcome = Outcome::Deny;
-        }
-        approved?
-    };
+            recorder,
+            writes: contained.writes,
+            wait,
+        },
+        decide::Call {
+            ask: decide::Ask::Route,
+            content: content.as_policy(),
+            write: contain::is_write(context.action),
+            blocked: None,
+        },
+        decide::Subject::Request(&mut decoded),
+    )
+    .await?;
 
     let injected = match &context.route.credential {
         None => None,
@@ -451,12 +399,12 @@ async fn run(
     let elapsed = t.elapsed();
     metrics.stage(Stage::Forward, elapsed);
     recorder.trace_stage(Stage::Forward, t, elapsed);
-    Ok(inspect_out::run(
+    inspect_out::run(
         gateway.guard.as_deref(),
         &context.route,
-        obliged.redact,
+        allowed.redact,
         request_id,
         meter,
         response?,
-    ))
+    )
 }
