@@ -1,0 +1,445 @@
+//! The parity matrix: the same policy means the same on every protocol. One
+//! real `portcullis` serves an HTTP route, an MCP route (a server written
+//! with the official `mcp` SDK, JSON answers) and an LLM route (an
+//! OpenAI-compatible upstream), and each cell runs the same case on all three
+//! and checks the answer **and** the audit record. `docs/parity.md` is the
+//! human-readable matrix; a test below checks that it names every cell.
+//!
+//! Skips with a visible `SKIPPED:` when python3 with the `mcp` package is
+//! missing (the MCP and LLM upstreams are Python).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::Server;
+
+const MCP_TESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp");
+const LLM_TESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/llm");
+const SCHEMA: &str = include_str!("../../policy/defaults/schema.cedarschema");
+const PARITY_DOC: &str = include_str!("../../../docs/parity.md");
+
+/// The cells this file checks, by the names `docs/parity.md` uses.
+const CELLS: &[&str] = &[
+    "default deny",
+    "approval held",
+    "approval approved once",
+    "approval replay refused",
+    "changed call gets a new ticket",
+];
+
+/// Every permit obliges a human's approval: the cell that failed open on
+/// MCP and LLM routes before the one decision path.
+const POLICIES: &str = r#"
+@id("http-approval") @obligation("approval")
+permit(principal in Role::"dev", action == Action::"POST", resource == Route::"api");
+@id("mcp-list") permit(principal in Role::"dev", action == Action::"list_tools", resource == Route::"tools");
+@id("mcp-approval") @obligation("approval")
+permit(principal in Role::"dev", action == Action::"call_tool", resource in Route::"tools");
+@id("llm-approval") @obligation("approval")
+permit(principal in Role::"dev", action == Action::"complete", resource in Route::"llm");
+"#;
+
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn python_with_mcp() -> bool {
+    match Command::new("python3").args(["-c", "import mcp"]).output() {
+        Ok(o) if o.status.success() => true,
+        _ => {
+            eprintln!("SKIPPED: parity matrix: python3 with the `mcp` package is not available");
+            false
+        }
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, what: &mut Child) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = what.try_wait() {
+            panic!("upstream exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("upstream did not listen on {port}");
+}
+
+/// The MCP server of the guard tests: `save_note` appends what it got to
+/// `notes`, so a test sees whether a tool really ran.
+fn start_mcp() -> (Killed, u16, tempfile::NamedTempFile) {
+    let port = free_port();
+    let notes = tempfile::NamedTempFile::new().unwrap();
+    let mut py = Command::new("python3")
+        .arg(format!("{MCP_TESTS}/guard_server.py"))
+        .arg(port.to_string())
+        .arg(notes.path())
+        .arg("json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut py);
+    (Killed(py), port, notes)
+}
+
+fn start_llm() -> (Killed, u16) {
+    let mut child = Command::new("python3")
+        .arg(format!("{LLM_TESTS}/upstream.py"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().parse().expect("upstream port");
+    (Killed(child), port)
+}
+
+/// One protocol's way of making "the call" and reading its answer.
+#[derive(Clone, Copy, Debug)]
+enum Protocol {
+    Http,
+    Mcp,
+    Llm,
+}
+
+struct Rig {
+    server: Server,
+    agent: reqwest::Client,
+    session: String,
+    notes: tempfile::NamedTempFile,
+    _upstreams: Vec<Killed>,
+}
+
+/// An answer reduced to what the cells compare: the error code (None when
+/// served), the ticket, and the request id of the record.
+#[derive(Debug)]
+struct Outcome {
+    code: Option<String>,
+    ticket: Option<String>,
+    request_id: String,
+}
+
+impl Rig {
+    async fn call(&self, protocol: Protocol, variant: &str) -> Outcome {
+        match protocol {
+            Protocol::Http => {
+                let r = self
+                    .agent
+                    .post(self.server.url(&format!("/api/transfer?to={variant}")))
+                    .body(format!("{{\"to\":\"{variant}\"}}"))
+                    .send()
+                    .await
+                    .unwrap();
+                let request_id = support::request_id(&r);
+                if r.status().is_success() {
+                    return Outcome {
+                        code: None,
+                        ticket: None,
+                        request_id,
+                    };
+                }
+                let (_, e) = support::error_of(r).await;
+                Outcome {
+                    code: e["code"].as_str().map(str::to_string),
+                    ticket: e["ticket"].as_str().map(str::to_string),
+                    request_id,
+                }
+            }
+            Protocol::Llm => {
+                let r = self
+                    .agent
+                    .post(self.server.url("/llm/v1/chat/completions"))
+                    .json(&json!({
+                        "model": "gpt-test",
+                        "messages": [{"role": "user", "content": format!("pay {variant}")}],
+                    }))
+                    .send()
+                    .await
+                    .unwrap();
+                let request_id = support::request_id(&r);
+                if r.status().is_success() {
+                    return Outcome {
+                        code: None,
+                        ticket: None,
+                        request_id,
+                    };
+                }
+                let (_, e) = support::error_of(r).await;
+                Outcome {
+                    code: e["code"].as_str().map(str::to_string),
+                    ticket: e["ticket"].as_str().map(str::to_string),
+                    request_id,
+                }
+            }
+            Protocol::Mcp => {
+                let r = self
+                    .rpc(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                        "params": {"name": "save_note", "arguments": {"text": variant}}}))
+                    .await;
+                let request_id = support::request_id(&r);
+                let status = r.status();
+                let body: Value = r.json().await.unwrap();
+                assert_eq!(status, 200, "{body}");
+                match body.get("error") {
+                    None => Outcome {
+                        code: None,
+                        ticket: None,
+                        request_id,
+                    },
+                    Some(e) => Outcome {
+                        code: e["data"]["code"].as_str().map(str::to_string),
+                        ticket: e["data"]["ticket"].as_str().map(str::to_string),
+                        request_id,
+                    },
+                }
+            }
+        }
+    }
+
+    async fn rpc(&self, body: Value) -> reqwest::Response {
+        self.agent
+            .post(self.server.url("/mcp/tools"))
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .header("mcp-session-id", &self.session)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Whether the MCP tool ran with `text`.
+    fn ran(&self, text: &str) -> bool {
+        std::fs::read_to_string(self.notes.path())
+            .unwrap()
+            .lines()
+            .any(|l| l == text)
+    }
+}
+
+async fn rig() -> Option<Rig> {
+    support::install_crypto();
+    if !tokio::task::block_in_place(python_with_mcp) {
+        return None;
+    }
+    let (mcp, mcp_port, notes) = tokio::task::block_in_place(start_mcp);
+    let (llm, llm_port) = tokio::task::block_in_place(start_llm);
+    let (http_upstream, _gate) = support::start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pol = dir.path().join("policies");
+    std::fs::create_dir(&pol).unwrap();
+    std::fs::write(pol.join("schema.cedarschema"), SCHEMA).unwrap();
+    std::fs::write(pol.join("parity.cedar"), POLICIES).unwrap();
+    let routes = format!(
+        "[policy]\ndir = \"policies\"\n{}\
+         [[routes]]\nname = \"tools\"\nkind = \"mcp\"\npath_prefix = \"/mcp/tools\"\nupstream = \"http://127.0.0.1:{mcp_port}/mcp\"\nclassification = \"internal\"\n\
+         [[routes]]\nname = \"llm\"\nkind = \"llm\"\npath_prefix = \"/llm\"\nupstream = \"http://127.0.0.1:{llm_port}\"\nclassification = \"internal\"\napi_key_env = \"PARITY_LLM_KEY\"\n\
+         [[routes.models]]\nname = \"gpt-test\"\nstatus = \"approved\"\n",
+        support::route("api", "/api", &format!("http://{http_upstream}"), "internal"),
+    );
+    let config = support::config(dir.path(), &routes, "");
+    let server = tokio::task::block_in_place(|| {
+        Server::start_with_env(dir, Some(&config), &[("PARITY_LLM_KEY", "sk-parity")])
+    });
+    let (cert, key) = tokio::task::block_in_place(|| server.create_agent("dev-bot", &["dev"]));
+    let agent = support::client(&server.ca_pem(), Some((&cert, &key)));
+    let init = agent
+        .post(server.url("/mcp/tools"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "parity", "version": "1"}}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(init.status(), 200);
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let _ = init.bytes().await.unwrap();
+    let rig = Rig {
+        server,
+        agent,
+        session,
+        notes,
+        _upstreams: vec![mcp, llm],
+    };
+    let r = rig
+        .rpc(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .await;
+    assert!(r.status().is_success());
+    // The tool must be seen (pinned) before it may be called.
+    let r = rig
+        .rpc(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let _ = r.bytes().await.unwrap();
+    drop(http_upstream);
+    Some(rig)
+}
+
+/// The record of a request, waited for (the writer commits in batches).
+fn record(server: &Server, request_id: &str) -> Value {
+    server.audit_record(request_id)
+}
+
+fn approve(server: &Server, ticket: &str) {
+    let out = server.cli(&["approvals", "approve", ticket]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_obligation_holds_the_call_on_every_protocol() {
+    let Some(rig) = rig().await else {
+        return;
+    };
+    for protocol in [Protocol::Http, Protocol::Mcp, Protocol::Llm] {
+        let cell = |name: &str| format!("{protocol:?} / {name}");
+        // approval held: no call reaches the upstream without a human.
+        let held = rig.call(protocol, "alice").await;
+        assert_eq!(
+            held.code.as_deref(),
+            Some("approval_required"),
+            "{}: {held:?}",
+            cell("approval held")
+        );
+        let ticket = held.ticket.clone().expect("a ticket");
+        let rec = tokio::task::block_in_place(|| record(&rig.server, &held.request_id));
+        assert_eq!(rec["outcome"], "deny", "{}: {rec}", cell("approval held"));
+        assert_eq!(rec["approval_ticket"], ticket.as_str(), "{rec}");
+        assert_eq!(rec["error_code"], "approval_required", "{rec}");
+        if let Protocol::Mcp = protocol {
+            assert!(!rig.ran("alice"), "{}: the tool ran", cell("approval held"));
+        }
+
+        // changed call gets a new ticket.
+        let changed = rig.call(protocol, "mallory").await;
+        assert_eq!(changed.code.as_deref(), Some("approval_required"));
+        assert_ne!(
+            changed.ticket.as_deref(),
+            Some(ticket.as_str()),
+            "{}",
+            cell("changed call gets a new ticket")
+        );
+
+        // approval approved once.
+        tokio::task::block_in_place(|| approve(&rig.server, &ticket));
+        let served = rig.call(protocol, "alice").await;
+        assert_eq!(
+            served.code, None,
+            "{}: {served:?}",
+            cell("approval approved once")
+        );
+        let rec = tokio::task::block_in_place(|| record(&rig.server, &served.request_id));
+        assert_eq!(rec["outcome"], "allow", "{rec}");
+        assert_eq!(rec["approval_ticket"], ticket.as_str(), "{rec}");
+        if let Protocol::Mcp = protocol {
+            assert!(rig.ran("alice"), "the approved tool call ran");
+        }
+
+        // approval replay refused.
+        let replay = rig.call(protocol, "alice").await;
+        assert_eq!(
+            replay.code.as_deref(),
+            Some("approval_required"),
+            "{}: {replay:?}",
+            cell("approval replay refused")
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mcp_routes_forward_only_decided_mcp() {
+    let Some(rig) = rig().await else {
+        return;
+    };
+    // Sub-paths of the endpoint are not proxied.
+    for method in [reqwest::Method::GET, reqwest::Method::DELETE, reqwest::Method::POST] {
+        let r = rig
+            .agent
+            .request(method.clone(), rig.server.url("/mcp/tools/admin"))
+            .header("mcp-session-id", &rig.session)
+            .send()
+            .await
+            .unwrap();
+        let (status, e) = support::error_of(r).await;
+        assert_eq!((status, e["code"].as_str()), (404, Some("not_found")), "{method}");
+    }
+    // The event stream needs the agent's own session.
+    let r = rig
+        .agent
+        .get(rig.server.url("/mcp/tools"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = support::error_of(r).await;
+    assert_eq!((status, e["code"].as_str()), (400, Some("bad_request")));
+
+    // A tool call sent as a notification never runs (no answer could carry
+    // a refusal), even where policy would hold it for approval.
+    for note in [
+        json!({"jsonrpc": "2.0", "method": "tools/call",
+            "params": {"name": "save_note", "arguments": {"text": "as-notification"}}}),
+        json!({"jsonrpc": "2.0", "id": null, "method": "tools/call",
+            "params": {"name": "save_note", "arguments": {"text": "null-id"}}}),
+    ] {
+        let r = rig.rpc(note).await;
+        let request_id = support::request_id(&r);
+        assert_eq!(r.status(), 202);
+        let rec = tokio::task::block_in_place(|| record(&rig.server, &request_id));
+        assert_eq!(rec["outcome"], "deny", "{rec}");
+    }
+    assert!(!rig.ran("as-notification") && !rig.ran("null-id"));
+
+    // Default deny: a tool on another route's scope is refused.
+    let r = rig
+        .rpc(json!({"jsonrpc": "2.0", "id": 9, "method": "prompts/list"}))
+        .await;
+    let request_id = support::request_id(&r);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["data"]["code"], "forbidden", "{body}");
+    assert_eq!(body["error"]["data"]["policies"], json!(["default-deny"]), "{body}");
+    let rec = tokio::task::block_in_place(|| record(&rig.server, &request_id));
+    assert_eq!(rec["outcome"], "deny", "{rec}");
+}
+
+#[test]
+fn the_parity_document_names_every_cell() {
+    for cell in CELLS {
+        assert!(
+            PARITY_DOC.contains(cell),
+            "docs/parity.md does not name the cell `{cell}`"
+        );
+    }
+}
