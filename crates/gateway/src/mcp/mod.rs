@@ -27,9 +27,14 @@
 //! ```
 //!
 //! **Architecture Invariant:** no MCP message reaches the upstream without a
-//! decision: a Cedar allow for data-carrying methods, authentication alone
-//! for session plumbing (`initialize`, `ping`, notifications, answers to the
-//! server's own requests). Unknown methods are refused.
+//! decision: the one decision path (`pipeline/decide.rs`, obligations and
+//! the risk grade included) for data-carrying methods, authentication and
+//! session ownership for session plumbing (`initialize`, `ping`,
+//! notifications, answers to the server's own requests, the `GET` stream and
+//! `DELETE` of the agent's own session). Unknown methods, data-carrying
+//! methods sent as notifications and sub-paths of the endpoint are refused.
+//! What goes upstream is the messages as parsed and decided, re-serialized,
+//! with only the fields JSON-RPC defines.
 
 pub mod guard;
 pub mod jsonrpc;
