@@ -17,6 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+use portcullis_identity::Ed25519Key;
 use support::Server;
 
 const MCP_TESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp");
@@ -31,6 +32,8 @@ const CELLS: &[&str] = &[
     "approval approved once",
     "approval replay refused",
     "changed call gets a new ticket",
+    "delegated: the user may",
+    "delegated: the user may not",
 ];
 
 /// Every permit obliges a human's approval: the cell that failed open on
@@ -43,7 +46,12 @@ permit(principal in Role::"dev", action == Action::"POST", resource == Route::"a
 permit(principal in Role::"dev", action == Action::"call_tool", resource in Route::"tools");
 @id("llm-approval") @obligation("approval")
 permit(principal in Role::"dev", action == Action::"complete", resource in Route::"llm");
+@id("finance-users") permit(principal in Role::"finance", action in
+  [Action::"POST", Action::"list_tools", Action::"call_tool", Action::"complete"], resource);
 "#;
+
+/// The identity provider whose users agents act for.
+const IDP: &str = "https://idp.parity.test";
 
 struct Killed(Child);
 
@@ -128,6 +136,7 @@ enum Protocol {
 
 struct Rig {
     server: Server,
+    idp: Ed25519Key,
     agent: reqwest::Client,
     session: String,
     notes: tempfile::NamedTempFile,
@@ -145,13 +154,24 @@ struct Outcome {
 
 impl Rig {
     async fn call(&self, protocol: Protocol, variant: &str) -> Outcome {
+        self.call_as(protocol, variant, None).await
+    }
+
+    /// The call, with an access token (bound to the agent's certificate)
+    /// when `bearer` is given, e.g. a delegated one.
+    async fn call_as(&self, protocol: Protocol, variant: &str, bearer: Option<&str>) -> Outcome {
+        let auth = |r: reqwest::RequestBuilder| match bearer {
+            Some(token) => r.header("authorization", format!("Bearer {token}")),
+            None => r,
+        };
         match protocol {
             Protocol::Http => {
-                let r = self
-                    .agent
-                    .post(self.server.url(&format!("/api/transfer?to={variant}")))
-                    .body(format!("{{\"to\":\"{variant}\"}}"))
-                    .send()
+                let r = auth(
+                    self.agent
+                        .post(self.server.url(&format!("/api/transfer?to={variant}"))),
+                )
+                .body(format!("{{\"to\":\"{variant}\"}}"))
+                .send()
                     .await
                     .unwrap();
                 let request_id = support::request_id(&r);
@@ -170,9 +190,7 @@ impl Rig {
                 }
             }
             Protocol::Llm => {
-                let r = self
-                    .agent
-                    .post(self.server.url("/llm/v1/chat/completions"))
+                let r = auth(self.agent.post(self.server.url("/llm/v1/chat/completions")))
                     .json(&json!({
                         "model": "gpt-test",
                         "messages": [{"role": "user", "content": format!("pay {variant}")}],
@@ -197,8 +215,11 @@ impl Rig {
             }
             Protocol::Mcp => {
                 let r = self
-                    .rpc(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-                        "params": {"name": "save_note", "arguments": {"text": variant}}}))
+                    .rpc_as(
+                        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+                        "params": {"name": "save_note", "arguments": {"text": variant}}}),
+                        bearer,
+                    )
                     .await;
                 let request_id = support::request_id(&r);
                 let status = r.status();
@@ -221,8 +242,15 @@ impl Rig {
     }
 
     async fn rpc(&self, body: Value) -> reqwest::Response {
-        self.agent
-            .post(self.server.url("/mcp/tools"))
+        self.rpc_as(body, None).await
+    }
+
+    async fn rpc_as(&self, body: Value, bearer: Option<&str>) -> reqwest::Response {
+        let mut r = self.agent.post(self.server.url("/mcp/tools"));
+        if let Some(token) = bearer {
+            r = r.header("authorization", format!("Bearer {token}"));
+        }
+        r
             .header("accept", "application/json, text/event-stream")
             .header("mcp-protocol-version", "2025-06-18")
             .header("mcp-session-id", &self.session)
@@ -250,12 +278,22 @@ async fn rig() -> Option<Rig> {
     let (llm, llm_port) = tokio::task::block_in_place(start_llm);
     let (http_upstream, _gate) = support::start_upstream().await;
     let dir = tempfile::tempdir().unwrap();
+    let idp = Ed25519Key::generate();
+    let mut jwk = idp.public().to_json();
+    jwk["kid"] = json!(idp.kid());
+    jwk["alg"] = json!("EdDSA");
+    std::fs::write(
+        dir.path().join("idp.jwks"),
+        json!({ "keys": [jwk] }).to_string(),
+    )
+    .unwrap();
     let pol = dir.path().join("policies");
     std::fs::create_dir(&pol).unwrap();
     std::fs::write(pol.join("schema.cedarschema"), SCHEMA).unwrap();
     std::fs::write(pol.join("parity.cedar"), POLICIES).unwrap();
     let routes = format!(
-        "[policy]\ndir = \"policies\"\n{}\
+        "[policy]\ndir = \"policies\"\n\
+         [[identity.oidc]]\nissuer = \"{IDP}\"\naudience = \"portcullis\"\njwks_file = \"idp.jwks\"\n{}\
          [[routes]]\nname = \"tools\"\nkind = \"mcp\"\npath_prefix = \"/mcp/tools\"\nupstream = \"http://127.0.0.1:{mcp_port}/mcp\"\nclassification = \"internal\"\n\
          [[routes]]\nname = \"llm\"\nkind = \"llm\"\npath_prefix = \"/llm\"\nupstream = \"http://127.0.0.1:{llm_port}\"\nclassification = \"internal\"\napi_key_env = \"PARITY_LLM_KEY\"\n\
          [[routes.models]]\nname = \"gpt-test\"\nstatus = \"approved\"\n",
@@ -285,6 +323,7 @@ async fn rig() -> Option<Rig> {
     let _ = init.bytes().await.unwrap();
     let rig = Rig {
         server,
+        idp,
         agent,
         session,
         notes,
@@ -432,6 +471,82 @@ async fn mcp_routes_forward_only_decided_mcp() {
     assert_eq!(body["error"]["data"]["policies"], json!(["default-deny"]), "{body}");
     let rec = tokio::task::block_in_place(|| record(&rig.server, &request_id));
     assert_eq!(rec["outcome"], "deny", "{rec}");
+}
+
+/// A delegated token: `agent` acting for `user` (in `groups`), bound to the
+/// agent's certificate.
+fn delegated(rig: &Rig, agent: &str, user: &str, groups: &[&str]) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let subject = rig.idp.sign_compact(
+        &json!({"alg": "EdDSA", "typ": "JWT", "kid": rig.idp.kid()}),
+        &json!({"iss": IDP, "aud": "portcullis", "sub": user, "iat": now,
+            "exp": now + 600, "groups": groups, "amr": ["pwd"]}),
+    );
+    let file = rig.server.path().join(format!("subject-{user}"));
+    std::fs::write(&file, subject).unwrap();
+    let creds = rig.server.path().join("creds");
+    let out = rig.server.cli(&[
+        "agent",
+        "token",
+        agent,
+        "--creds",
+        creds.to_str().unwrap(),
+        "--mtls",
+        "--on-behalf-of",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_delegated_call_needs_the_user_allowed_too_on_every_protocol() {
+    let Some(rig) = rig().await else {
+        return;
+    };
+    let for_alice =
+        tokio::task::block_in_place(|| delegated(&rig, "dev-bot", "alice", &["finance"]));
+    let for_bob = tokio::task::block_in_place(|| delegated(&rig, "dev-bot", "bob", &["staff"]));
+    for protocol in [Protocol::Http, Protocol::Mcp, Protocol::Llm] {
+        // The user may: the agent's own obligation (approval) still holds.
+        let may = rig.call_as(protocol, "for-alice", Some(&for_alice)).await;
+        assert_eq!(
+            may.code.as_deref(),
+            Some("approval_required"),
+            "{protocol:?} / delegated: the user may: {may:?}"
+        );
+        // The user may not: refused whatever the agent may, and the record
+        // names the user's side of the decision.
+        let may_not = rig.call_as(protocol, "for-bob", Some(&for_bob)).await;
+        assert_eq!(
+            may_not.code.as_deref(),
+            Some("forbidden"),
+            "{protocol:?} / delegated: the user may not: {may_not:?}"
+        );
+        let rec = tokio::task::block_in_place(|| record(&rig.server, &may_not.request_id));
+        assert_eq!(rec["outcome"], "deny", "{rec}");
+        assert_eq!(rec["policies"], json!(["user:default-deny"]), "{rec}");
+    }
+    assert!(!rig.ran("for-bob") && !rig.ran("for-alice"));
+    // The model list shows bob nothing, alice the model.
+    for (token, expect) in [(&for_bob, 0), (&for_alice, 1)] {
+        let r = rig
+            .agent
+            .get(rig.server.url("/llm/v1/models"))
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+            .await
+            .unwrap();
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["data"].as_array().unwrap().len(), expect, "{body}");
+    }
 }
 
 #[test]
