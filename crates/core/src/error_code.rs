@@ -98,6 +98,11 @@ pub enum ErrorCode {
     McpMethodNotAllowed,
     /// (MCP) the `Mcp-Session-Id` is unknown, ended, or belongs to another agent.
     McpSessionNotFound,
+    /// (MCP, in a JSON-RPC error's `data.code`) a number in the message's
+    /// arguments has no canonical form (more than 4 fraction digits or 15
+    /// significant digits, an integer beyond 64 bits, beyond a double like
+    /// `1e400`), so policy cannot decide it exactly.
+    McpBadArgument,
 }
 
 impl ErrorCode {
@@ -142,6 +147,7 @@ impl ErrorCode {
             ErrorCode::UserMfaRequired => "user_mfa_required",
             ErrorCode::ToolBlocked => "tool_blocked",
             ErrorCode::McpMethodNotAllowed => "mcp_method_not_allowed",
+            ErrorCode::McpBadArgument => "mcp_bad_argument",
             ErrorCode::McpSessionNotFound => "mcp_session_not_found",
         }
     }
@@ -175,6 +181,7 @@ impl ErrorCode {
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::BadRequest
+            | ErrorCode::McpBadArgument
             | ErrorCode::InvalidCiphertext
             | ErrorCode::UnsupportedGrantType
             | ErrorCode::InvalidPolicy
@@ -236,6 +243,7 @@ mod tests {
             ErrorCode::ToolBlocked,
             ErrorCode::McpMethodNotAllowed,
             ErrorCode::McpSessionNotFound,
+            ErrorCode::McpBadArgument,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {

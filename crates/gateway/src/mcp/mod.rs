@@ -116,7 +116,7 @@ impl Asker {
         method: &str,
         action: McpAction,
         target: &str,
-        args: &[(String, String)],
+        args: &[portcullis_policy::McpArg],
         content: Content<'_>,
     ) -> portcullis_core::Decision {
         snapshot.authorizer.decide_mcp(&McpRequest {
@@ -365,11 +365,11 @@ async fn post(
     let bytes = bytes.to_bytes();
     let mut body = match jsonrpc::parse(&bytes) {
         Ok(body) => body,
-        Err((code, message)) => {
-            recorder.record().error_code = Some(ErrorCode::BadRequest.as_str().into());
+        Err(framing) => {
+            recorder.record().error_code = Some(framing.code.as_str().into());
             return Ok(json_answer(
                 StatusCode::BAD_REQUEST,
-                &jsonrpc::framing_error(code, &message, request_id.as_str()),
+                &jsonrpc::framing_error(&framing, request_id.as_str()),
             ));
         }
     };
@@ -426,7 +426,7 @@ async fn post(
             Kind::Notification { method } => (None, method),
         };
         let ask = jsonrpc::ask(method, message.get("params"));
-        let (action, target, args) = match ask {
+        let (action, target, args, arguments) = match ask {
             Ok(Ask::Plumbing) => {
                 initialize |= method == "initialize";
                 described.get_or_insert((method.to_string(), route.clone()));
@@ -437,11 +437,12 @@ async fn post(
                 action,
                 target,
                 args,
-            }) => (action, target, args),
+                arguments,
+            }) => (action, target, args, arguments),
             Err(e) => {
                 // A notification gets no answer: it is dropped.
                 if let Some(id) = id {
-                    refuse(id, ErrorCode::McpMethodNotAllowed, &e, &[]);
+                    refuse(id, e.code, &e.message, &[]);
                 }
                 continue;
             }
@@ -472,6 +473,8 @@ async fn post(
         described.get_or_insert((method.to_string(), resource));
         let Some(id) = id else {
             if decision.allowed {
+                // The server gets the canonical arguments policy decided on.
+                rewritten |= jsonrpc::set_arguments(&mut body.messages[i], arguments);
                 forward.push(i);
             }
             continue;
@@ -542,6 +545,8 @@ async fn post(
         if action == McpAction::ListTools {
             list_ids.push(id.clone());
         }
+        // The server gets the canonical arguments policy decided on.
+        rewritten |= jsonrpc::set_arguments(&mut body.messages[i], arguments);
         forward.push(i);
     }
     let elapsed = t.elapsed();
