@@ -21,8 +21,8 @@
 //! `Long` (`context.argn`) or `decimal` (`context.argd`) when it is a number.
 //! A schema written before the typed views (no `McpArgsLong`/`McpArgsDecimal`
 //! entity types) still loads: its contexts lack `argn`/`argd`, and a policy
-//! naming them fails validation. Only policies whose action scope can match the action are
-//! evaluated; when none of them reads `context`, the decision depends only on
+//! naming them fails validation. Only policies whose action scope can match
+//! the action are evaluated; when none of them reads `context`, the decision depends only on
 //! (agent, action, route, target) and is memoized for the snapshot.
 
 use std::collections::{HashMap, HashSet};
