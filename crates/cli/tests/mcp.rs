@@ -1154,3 +1154,159 @@ fn the_content_guard_reads_tool_results_and_arguments() {
         assert_eq!(page["ok"], true, "alert only records: {page}");
     }
 }
+
+/// A bare MCP server over HTTP (no SDK, so the test always runs): it lists
+/// one tool, `get-sum`, and answers a call with the exact body it received,
+/// so the test sees what reached the server.
+async fn start_echo_mcp_server() -> u16 {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    |req: hyper::Request<hyper::body::Incoming>| async move {
+                        let body = req.into_body().collect().await.unwrap().to_bytes();
+                        let text = String::from_utf8_lossy(&body).to_string();
+                        let message: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                        let result = match message["method"].as_str() {
+                            Some("tools/list") => json!({"tools": [{
+                                "name": "get-sum",
+                                "description": "Adds two numbers.",
+                                "inputSchema": {"type": "object", "properties": {
+                                    "a": {"type": "number"}, "b": {"type": "number"}}},
+                            }]}),
+                            _ => json!({"content": [{"type": "text", "text": text}]}),
+                        };
+                        let answer =
+                            json!({"jsonrpc": "2.0", "id": message["id"], "result": result});
+                        let mut response =
+                            hyper::Response::new(Full::new(bytes::Bytes::from(answer.to_string())));
+                        response
+                            .headers_mut()
+                            .insert("content-type", "application/json".parse().unwrap());
+                        Ok::<_, std::convert::Infallible>(response)
+                    },
+                );
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service)
+                    .await;
+            });
+        }
+    });
+    port
+}
+
+/// Issue 15: a policy on `context.args` compared serde's text of a number, so
+/// `1e3` and `1000.0` passed a forbid on "1000" while the server executed
+/// 1000. Arguments now reach policy (and the server) in canonical form.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_spelling_of_a_number_argument_is_decided_alike() {
+    support::install_crypto();
+    let port = start_echo_mcp_server().await;
+    let policies = r#"
+@id("mcp-all") permit(principal in Role::"dev", action in [Action::"list_tools", Action::"call_tool"], resource in Route::"sums");
+@id("no-big-sums") forbid(principal, action == Action::"call_tool", resource == Tool::"sums/get-sum")
+  when { context.args.hasTag("a") && context.args.getTag("a") == "1000" };
+@id("no-huge-b") forbid(principal, action == Action::"call_tool", resource == Tool::"sums/get-sum")
+  when { context.argn.hasTag("b") && context.argn.getTag("b") > 5000 };
+"#;
+    let server = gateway("sums", &format!("http://127.0.0.1:{port}/mcp"), policies);
+    let ca = server.ca_pem();
+    let (cert, key) = server.create_agent("dev-bot", &["dev"]);
+    let client = support::client(&ca, Some((&cert, &key)));
+    let url = server.url("/mcp/sums");
+    let post = |body: String| {
+        client
+            .post(&url)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-protocol-version", "2025-06-18")
+            .body(body)
+            .send()
+    };
+    let call = |id: u32, arguments: &str| {
+        format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"get-sum","arguments":{arguments}}}}}"#
+        )
+    };
+    let listed = post(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#.into())
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    let listed: Value = listed.json().await.unwrap();
+    assert_eq!(listed["result"]["tools"][0]["name"], "get-sum", "{listed}");
+
+    // Every spelling of 1000 is denied by the rule on the string "1000".
+    for (i, spelling) in ["1000", "1e3", "1000.0", "10E2", "1.0e3"]
+        .iter()
+        .enumerate()
+    {
+        let r = post(call(10 + i as u32, &format!(r#"{{"a":{spelling},"b":1}}"#)))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{spelling}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["data"]["code"], "forbidden", "{spelling}: {v}");
+        assert_eq!(
+            v["error"]["data"]["policies"],
+            json!(["no-big-sums"]),
+            "{spelling}"
+        );
+    }
+    // The typed view compares numbers, whatever their spelling.
+    for spelling in ["6000", "6e3", "6000.00"] {
+        let r = post(call(20, &format!(r#"{{"a":1,"b":{spelling}}}"#)))
+            .await
+            .unwrap();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(
+            v["error"]["data"]["policies"],
+            json!(["no-huge-b"]),
+            "{spelling}: {v}"
+        );
+    }
+
+    // An allowed call reaches the server in canonical form: what was
+    // decided is what the server executes.
+    let r = post(call(30, r#"{"b":2.50,"a":7e0}"#)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    let received = v["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    let received: Value = serde_json::from_str(received).unwrap_or_else(|e| panic!("{e}: {v}"));
+    assert_eq!(
+        received["params"]["arguments"],
+        json!({"a": 7, "b": 2.5}),
+        "{v}"
+    );
+    let text = v["result"]["content"][0]["text"].as_str().unwrap();
+    assert!(
+        text.contains(r#""a":7"#) && text.contains(r#""b":2.5"#),
+        "{text}"
+    );
+
+    // A number with no canonical form is refused, never forwarded.
+    let r = post(call(40, r#"{"a":0.1234567,"b":1}"#)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["id"], 40);
+    assert_eq!(v["error"]["code"], -32001);
+    assert_eq!(v["error"]["data"]["code"], "mcp_bad_argument", "{v}");
+    let record = server.audit_record(v["error"]["data"]["request_id"].as_str().unwrap());
+    assert_eq!(record["outcome"], "deny");
+    assert_eq!(record["error_code"], "mcp_bad_argument");
+    // `1e400` fits no double: the body is refused before any message is read.
+    let r = post(call(41, r#"{"a":1e400,"b":1}"#)).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["data"]["code"], "mcp_bad_argument", "{v}");
+    let record = server.audit_record(v["error"]["data"]["request_id"].as_str().unwrap());
+    assert_eq!(record["error_code"], "mcp_bad_argument");
+}

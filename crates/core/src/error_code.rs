@@ -102,6 +102,11 @@ pub enum ErrorCode {
     /// that this request cannot be held to, e.g. a response the redactor
     /// cannot read; the request is refused rather than served without it.
     ObligationUnsupported,
+    /// (MCP, in a JSON-RPC error's `data.code`) a number in the message's
+    /// arguments has no canonical form (more than 4 fraction digits or 15
+    /// significant digits, an integer beyond 64 bits, beyond a double like
+    /// `1e400`), so policy cannot decide it exactly.
+    McpBadArgument,
 }
 
 impl ErrorCode {
@@ -146,6 +151,7 @@ impl ErrorCode {
             ErrorCode::UserMfaRequired => "user_mfa_required",
             ErrorCode::ToolBlocked => "tool_blocked",
             ErrorCode::McpMethodNotAllowed => "mcp_method_not_allowed",
+            ErrorCode::McpBadArgument => "mcp_bad_argument",
             ErrorCode::McpSessionNotFound => "mcp_session_not_found",
             ErrorCode::ObligationUnsupported => "obligation_unsupported",
         }
@@ -181,6 +187,7 @@ impl ErrorCode {
             ErrorCode::Conflict => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::BadRequest
+            | ErrorCode::McpBadArgument
             | ErrorCode::InvalidCiphertext
             | ErrorCode::UnsupportedGrantType
             | ErrorCode::InvalidPolicy
@@ -243,6 +250,7 @@ mod tests {
             ErrorCode::McpMethodNotAllowed,
             ErrorCode::McpSessionNotFound,
             ErrorCode::ObligationUnsupported,
+            ErrorCode::McpBadArgument,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {

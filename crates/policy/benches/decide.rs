@@ -361,7 +361,7 @@ fn mcp(time: &dyn Fn(&dyn Fn() -> bool) -> f64) {
     }
     let authz = Authorizer::new(bundle.clone(), &agents, &routes).unwrap();
     let ip = SourceIp::new("127.0.0.1".parse().unwrap());
-    let args = vec![("message".to_string(), "hello".to_string())];
+    let args = vec![portcullis_policy::McpArg::string("message", "hello")];
     let caller = portcullis_policy::CallerFacts::mtls();
     let request = McpRequest {
         agent: "bench-bot",

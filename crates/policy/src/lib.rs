@@ -10,6 +10,7 @@
 //!   into an immutable snapshot that answers [`Authorizer::decide`] without IO.
 #![forbid(unsafe_code)]
 
+mod args;
 mod bundle;
 mod caller;
 mod candidates;
@@ -22,6 +23,7 @@ mod model;
 mod obligations;
 mod secret;
 
+pub use args::{ArgumentError, CanonicalArgs, McpArg, canonical_arguments};
 pub use bundle::{
     DEFAULT_POLICIES, DEFAULT_SCHEMA, PolicyBundle, PolicyError, PolicySources, SCHEMA_FILE,
 };

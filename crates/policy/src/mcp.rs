@@ -13,10 +13,16 @@
 //! Tools, resources and prompts are discovered at run time, so they are not in
 //! the snapshot's entities: each request carries a small entity slice of its
 //! own (the agent with its roles, the route, the target in its route, and the
-//! arguments as an entity whose tags are the top-level arguments, so policies
+//! arguments as entities whose tags are the top-level arguments, so policies
 //! can write `context.args.hasTag("path") && context.args.getTag("path") like
-//! "/tmp/*"`). Only policies whose action scope can match the action are
-//! evaluated; when none of them reads `context`, the decision depends only on
+//! "/tmp/*"` or `context.argn.hasTag("limit") && context.argn.getTag("limit") >
+//! 100`). The arguments come in canonical form (see [`crate::args`]): every
+//! spelling of a number reaches policy as one text in `context.args`, and as a
+//! `Long` (`context.argn`) or `decimal` (`context.argd`) when it is a number.
+//! A schema written before the typed views (no `McpArgsLong`/`McpArgsDecimal`
+//! entity types) still loads: its contexts lack `argn`/`argd`, and a policy
+//! naming them fails validation. Only policies whose action scope can match
+//! the action are evaluated; when none of them reads `context`, the decision depends only on
 //! (agent, action, route, target) and is memoized for the snapshot.
 
 use std::collections::{HashMap, HashSet};
@@ -29,6 +35,7 @@ use cedar_policy::{
 use portcullis_core::{Classification, Decision};
 
 use crate::PolicyBundle;
+use crate::args::McpArg;
 use crate::caller::CallerFacts;
 use crate::candidates::ActionPolicies;
 use crate::decide::{Content, EntityError, RequestTime, SourceIp};
@@ -103,9 +110,9 @@ pub struct McpRequest<'a> {
     pub method: &'a str,
     /// The tool or prompt name or the resource URI; empty for the list actions.
     pub target: &'a str,
-    /// Top-level arguments: strings as they are, other JSON values in compact
-    /// JSON text (`context.args`, as tags).
-    pub args: &'a [(String, String)],
+    /// Top-level arguments in canonical form (`context.args`, `context.argn`,
+    /// `context.argd`, as tags), from [`crate::canonical_arguments`].
+    pub args: &'a [McpArg],
     /// The HTTP request path the message came on.
     pub path: &'a str,
     /// What the content guard found (`context.content`).
@@ -134,6 +141,9 @@ pub(crate) struct McpAuthz {
     agent_type: EntityTypeName,
     route_type: EntityTypeName,
     args_type: EntityTypeName,
+    /// The entity types of `context.argn` and `context.argd`; `None` for a
+    /// schema written before them.
+    typed_args: Option<(EntityTypeName, EntityTypeName)>,
     memo: crate::memo::DecisionMemo<(String, McpAction, String, String)>,
     /// The scope-matched policies, by (agent, action, route, target): they
     /// depend on nothing else within a snapshot, and picking them costs a
@@ -193,11 +203,18 @@ impl McpAuthz {
                 candidates,
             });
         }
+        let declares = |name: &str| bundle.schema.entity_types().any(|t| t.to_string() == name);
+        let typed_args = if declares("McpArgsLong") || declares("McpArgsDecimal") {
+            Some((parse("McpArgsLong")?, parse("McpArgsDecimal")?))
+        } else {
+            None
+        };
         let authz = McpAuthz {
             actions,
             agent_type: parse("Agent")?,
             route_type: parse("Route")?,
             args_type: parse("McpArgs")?,
+            typed_args,
             memo: crate::memo::DecisionMemo::new(),
             matched: crate::memo::DecisionMemo::with_capacity(4_096),
         };
@@ -215,7 +232,15 @@ impl McpAuthz {
                 classification: Classification::Public,
                 method: "shape/check",
                 target: "shape-check",
-                args: &[("k".to_string(), "v".to_string())],
+                args: &[
+                    McpArg::string("s", "v"),
+                    McpArg {
+                        name: "n".to_string(),
+                        text: "1".to_string(),
+                        long: Some(1),
+                        decimal: Some("1.0".to_string()),
+                    },
+                ],
                 path: "/",
                 content: Content::NOT_SCANNED,
                 source_ip: &ip,
@@ -270,7 +295,7 @@ impl McpAuthz {
                 ),
             ])
         };
-        let mut slice = Vec::with_capacity(a.action_entities.len() + 4);
+        let mut slice = Vec::with_capacity(a.action_entities.len() + 6);
         slice.extend(a.action_entities.iter().cloned());
         slice.push(match agent {
             Some(e) => e.clone(),
@@ -315,14 +340,47 @@ impl McpAuthz {
             resource
         };
         let args = uid(&self.args_type, "args");
-        let tags = r
-            .args
-            .iter()
-            .map(|(k, v)| (k.clone(), RestrictedExpression::new_string(v.clone())));
+        let tags = r.args.iter().map(|a| {
+            (
+                a.name.clone(),
+                RestrictedExpression::new_string(a.text.clone()),
+            )
+        });
         slice.push(
             Entity::new_with_tags(args.clone(), [], HashSet::new(), tags)
                 .map_err(|e| fail(e.to_string()))?,
         );
+        let mut typed = Vec::new();
+        if let Some((long_type, decimal_type)) = &self.typed_args {
+            let longs = uid(long_type, "args");
+            let tags = r
+                .args
+                .iter()
+                .filter_map(|a| Some((a.name.clone(), RestrictedExpression::new_long(a.long?))));
+            slice.push(
+                Entity::new_with_tags(longs.clone(), [], HashSet::new(), tags)
+                    .map_err(|e| fail(e.to_string()))?,
+            );
+            let decimals = uid(decimal_type, "args");
+            let tags = r.args.iter().filter_map(|a| {
+                Some((
+                    a.name.clone(),
+                    RestrictedExpression::new_decimal(a.decimal.as_ref()?),
+                ))
+            });
+            slice.push(
+                Entity::new_with_tags(decimals.clone(), [], HashSet::new(), tags)
+                    .map_err(|e| fail(e.to_string()))?,
+            );
+            typed.push((
+                "argn".to_string(),
+                RestrictedExpression::new_entity_uid(longs),
+            ));
+            typed.push((
+                "argd".to_string(),
+                RestrictedExpression::new_entity_uid(decimals),
+            ));
+        }
         let time = r.time.expr().map_err(fail)?;
         let mut pairs = vec![
             (
@@ -349,6 +407,7 @@ impl McpAuthz {
             ("source_ip".to_string(), r.source_ip.expr().clone()),
             ("time".to_string(), time),
         ];
+        pairs.extend(typed);
         pairs.extend(r.caller.context_pairs().map_err(fail)?);
         let context = Context::from_pairs(pairs).map_err(|e| fail(e.to_string()))?;
         let request = Request::new(principal, a.uid.clone(), resource, context, schema)
@@ -536,10 +595,19 @@ mod tests {
         args: &[(&str, &str)],
         expect: &str,
     ) {
-        let args: Vec<(String, String)> = args
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
+        let args: Vec<McpArg> = args.iter().map(|(k, v)| McpArg::string(*k, *v)).collect();
+        check_args(authz, agent, action, target, &args, expect);
+    }
+
+    /// As [`check`], with the arguments as canonical ones.
+    fn check_args(
+        authz: &Authorizer,
+        agent: &str,
+        action: McpAction,
+        target: &str,
+        args: &[McpArg],
+        expect: &str,
+    ) {
         let d = authz.decide_mcp(&McpRequest {
             agent,
             action,
@@ -547,7 +615,7 @@ mod tests {
             classification: Classification::Internal,
             method: "tools/call",
             target,
-            args: &args,
+            args,
             path: "/mcp",
             content: Content::NOT_SCANNED,
             source_ip: &SourceIp::new("127.0.0.1".parse().unwrap()),
@@ -602,10 +670,8 @@ mod tests {
                         vec![("x", "1")],
                         vec![("n", "1"), ("path", "/tmp/a")],
                     ] {
-                        let args: Vec<(String, String)> = args
-                            .iter()
-                            .map(|(k, v)| (k.to_string(), v.to_string()))
-                            .collect();
+                        let args: Vec<McpArg> =
+                            args.iter().map(|(k, v)| McpArg::string(*k, *v)).collect();
                         let r = McpRequest {
                             agent,
                             action,
@@ -631,7 +697,7 @@ mod tests {
         assert_eq!(compared, 3 * 6 * 5 * 3);
         // The slice does leave policies out: dev-bot's tool call on `echo`
         // is decided without the other role's or route's policies.
-        let args = Vec::new();
+        let args: Vec<McpArg> = Vec::new();
         let r = McpRequest {
             agent: "dev-bot",
             action: McpAction::CallTool,
@@ -805,5 +871,116 @@ mod tests {
             caller: &CallerFacts::mtls(),
         });
         assert!(!d.allowed && !d.errors.is_empty());
+    }
+
+    /// The arguments of a JSON `arguments` object, canonical.
+    fn json_args(json: &str) -> Result<Vec<McpArg>, crate::ArgumentError> {
+        let v: serde_json::Value = serde_json::from_str(json).unwrap();
+        crate::canonical_arguments(v.as_object().unwrap()).map(|c| c.args)
+    }
+
+    /// Issue 15: `1e3`, `1000.0`, `10E2` passed a forbid on "1000" while the
+    /// server executed 1000. Every spelling is now decided alike, by the
+    /// string rule and by the typed views.
+    #[test]
+    fn every_spelling_of_a_number_is_decided_alike() {
+        let a = authorizer(
+            r#"
+@id("calls") permit(principal, action == Action::"call_tool", resource);
+@id("no-1000") forbid(principal, action == Action::"call_tool", resource == Tool::"files/text")
+  when { context.args.hasTag("a") && context.args.getTag("a") == "1000" };
+@id("big") forbid(principal, action == Action::"call_tool", resource == Tool::"files/long")
+  when { context.argn.hasTag("a") && context.argn.getTag("a") >= 1000 };
+@id("dec") forbid(principal, action == Action::"call_tool", resource == Tool::"files/decimal")
+  when { context.argd.hasTag("a") && context.argd.getTag("a").greaterThanOrEqual(decimal("999.5")) };
+"#,
+        );
+        use McpAction::CallTool;
+        for spelling in ["1000", "1e3", "1000.0", "10E2", "1.0e3", "1E+3", "10000e-1"] {
+            let args = json_args(&format!(r#"{{"a":{spelling}}}"#)).unwrap();
+            check_args(&a, "dev-bot", CallTool, "text", &args, "deny no-1000");
+            check_args(&a, "dev-bot", CallTool, "long", &args, "deny big");
+            check_args(&a, "dev-bot", CallTool, "decimal", &args, "deny dec");
+        }
+        // The string "1000" is the same text (old policies keep working),
+        // but it is not a number: the typed views lack it.
+        let args = json_args(r#"{"a":"1000"}"#).unwrap();
+        check_args(&a, "dev-bot", CallTool, "text", &args, "deny no-1000");
+        check_args(&a, "dev-bot", CallTool, "long", &args, "allow calls");
+        check_args(&a, "dev-bot", CallTool, "decimal", &args, "allow calls");
+        for (spelling, decimal) in [("999.75", "deny dec"), ("999.4", "allow calls")] {
+            let args = json_args(&format!(r#"{{"a":{spelling}}}"#)).unwrap();
+            check_args(&a, "dev-bot", CallTool, "text", &args, "allow calls");
+            check_args(&a, "dev-bot", CallTool, "long", &args, "allow calls");
+            check_args(&a, "dev-bot", CallTool, "decimal", &args, decimal);
+        }
+        for spelling in ["1e400", "0.1234567", "1e19", "9223372036854775808"] {
+            // `1e400` is refused when the message is read (no double holds
+            // it); the others when it is made canonical.
+            if let Ok(v) =
+                serde_json::from_str::<serde_json::Value>(&format!(r#"{{"a":{spelling}}}"#))
+            {
+                let e = crate::canonical_arguments(v.as_object().unwrap()).unwrap_err();
+                assert_eq!(e.path, "/a", "{spelling}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_schema_without_the_typed_views_still_loads() {
+        let schema = DEFAULT_SCHEMA
+            .replace("entity McpArgsLong tags Long;", "")
+            .replace("entity McpArgsDecimal tags decimal;", "")
+            .replace("  argn: McpArgsLong,\n", "")
+            .replace("  argd: McpArgsDecimal,\n", "");
+        assert!(!schema.contains("entity McpArgsLong") && !schema.contains("argd: "));
+        let compile = |policies: &str| {
+            PolicyBundle::compile(&PolicySources {
+                origin: PathBuf::from("/t"),
+                schema: schema.clone(),
+                files: vec![("t.cedar".to_string(), policies.to_string())],
+            })
+        };
+        let bundle = compile(
+            r#"@id("no-1000") forbid(principal, action == Action::"call_tool", resource) when { context.args.hasTag("a") && context.args.getTag("a") == "1000" };
+@id("calls") permit(principal, action == Action::"call_tool", resource);"#,
+        )
+        .unwrap();
+        let a = Authorizer::new(
+            Arc::new(bundle),
+            &[AgentEntity {
+                name: "dev-bot".into(),
+                roles: vec![],
+            }],
+            &[],
+        )
+        .unwrap();
+        assert!(a.supports_mcp());
+        for spelling in ["1000", "1e3"] {
+            let args = json_args(&format!(r#"{{"a":{spelling}}}"#)).unwrap();
+            check_args(
+                &a,
+                "dev-bot",
+                McpAction::CallTool,
+                "t",
+                &args,
+                "deny no-1000",
+            );
+        }
+        let args = json_args(r#"{"a":7}"#).unwrap();
+        check_args(
+            &a,
+            "dev-bot",
+            McpAction::CallTool,
+            "t",
+            &args,
+            "allow calls",
+        );
+        // A policy that needs a typed view the schema lacks fails closed: it
+        // does not load.
+        assert!(
+            compile(r#"@id("x") forbid(principal, action == Action::"call_tool", resource) when { context.argn.hasTag("a") };"#)
+                .is_err()
+        );
     }
 }

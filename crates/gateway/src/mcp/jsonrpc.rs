@@ -5,7 +5,7 @@
 //! Pure functions over `serde_json::Value`; no IO.
 
 use portcullis_core::ErrorCode;
-use portcullis_policy::McpAction;
+use portcullis_policy::{McpAction, McpArg};
 use serde_json::{Value, json};
 
 use crate::respond::{Denial, DenialDetail};
@@ -18,6 +18,39 @@ pub const GATEWAY_REFUSAL: i64 = -32001;
 pub const PARSE_ERROR: i64 = -32700;
 /// JSON-RPC "invalid request".
 pub const INVALID_REQUEST: i64 = -32600;
+/// JSON-RPC "invalid params".
+pub const INVALID_PARAMS: i64 = -32602;
+
+/// A body that cannot be split into messages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Framing {
+    /// The JSON-RPC error code.
+    pub rpc: i64,
+    /// The stable Portcullis code (`error.data.code`).
+    pub code: ErrorCode,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Why a message is refused before policy sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refused {
+    /// The stable code: `mcp_method_not_allowed` for a method or parameters
+    /// the gateway cannot map, `mcp_bad_argument` for an argument with no
+    /// canonical form.
+    pub code: ErrorCode,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl Refused {
+    fn method(message: String) -> Self {
+        Refused {
+            code: ErrorCode::McpMethodNotAllowed,
+            message,
+        }
+    }
+}
 
 /// A POST body: one message, or a batch (an array).
 #[derive(Debug, Clone, PartialEq)]
@@ -29,17 +62,38 @@ pub struct Body {
 }
 
 /// Splits a POST body into messages. An empty batch, or anything that is not
-/// a JSON object or array of objects, is refused.
-pub fn parse(bytes: &[u8]) -> Result<Body, (i64, String)> {
-    let value: Value =
-        serde_json::from_slice(bytes).map_err(|e| (PARSE_ERROR, format!("invalid JSON: {e}")))?;
+/// a JSON object or array of objects, is refused; so is a body with a number
+/// no double holds (`1e400`), which no argument policy could decide
+/// (`mcp_bad_argument`).
+pub fn parse(bytes: &[u8]) -> Result<Body, Framing> {
+    let framing = |rpc, message: String| Framing {
+        rpc,
+        code: ErrorCode::BadRequest,
+        message,
+    };
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| {
+        // serde_json reads numbers as doubles and fails on one beyond their
+        // range; the body is otherwise well-formed JSON (a test pins the
+        // message this relies on).
+        if e.to_string().starts_with("number out of range") {
+            Framing {
+                rpc: INVALID_PARAMS,
+                code: ErrorCode::McpBadArgument,
+                message: format!(
+                    "a number has no canonical form: {e}; send it as a string, or as an integer in the 64-bit range or a number with at most 4 fraction digits"
+                ),
+            }
+        } else {
+            framing(PARSE_ERROR, format!("invalid JSON: {e}"))
+        }
+    })?;
     match value {
         Value::Array(items) if items.is_empty() => {
-            Err((INVALID_REQUEST, "empty JSON-RPC batch".into()))
+            Err(framing(INVALID_REQUEST, "empty JSON-RPC batch".into()))
         }
         Value::Array(items) => {
             if items.iter().any(|m| !m.is_object()) {
-                return Err((
+                return Err(framing(
                     INVALID_REQUEST,
                     "a JSON-RPC batch may hold only objects".into(),
                 ));
@@ -53,7 +107,7 @@ pub fn parse(bytes: &[u8]) -> Result<Body, (i64, String)> {
             messages: vec![value],
             batch: false,
         }),
-        _ => Err((
+        _ => Err(framing(
             INVALID_REQUEST,
             "a JSON-RPC message must be an object".into(),
         )),
@@ -122,14 +176,18 @@ pub fn strip_unknown_fields(message: &mut Value) {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Ask {
     /// A Cedar decision on `action` for `target` (empty for the list actions)
-    /// with `args` as `context.args`.
+    /// with `args` as `context.args` (`argn`, `argd`).
     Authorize {
         /// The action.
         action: McpAction,
         /// The tool or prompt name, or resource URI.
         target: String,
-        /// Top-level arguments, values as strings (other JSON compact).
-        args: Vec<(String, String)>,
+        /// Top-level arguments in canonical form, as policy sees them.
+        args: Vec<McpArg>,
+        /// `params.arguments` in canonical form (numbers canonical, keys
+        /// sorted), `None` when the message has none: what was decided, and
+        /// so what is forwarded (see [`set_arguments`]).
+        arguments: Option<Value>,
     },
     /// Session plumbing that carries no data of its own (`initialize`,
     /// `ping`, `logging/setLevel`, notifications, answers to the server's
@@ -140,34 +198,39 @@ pub enum Ask {
 /// Says what a request or notification asks for. A method the gateway does
 /// not know is refused: default deny covers new protocol features until
 /// they are mapped to actions.
-pub fn ask(method: &str, params: Option<&Value>) -> Result<Ask, String> {
-    let str_param = |key: &str| -> Result<String, String> {
+pub fn ask(method: &str, params: Option<&Value>) -> Result<Ask, Refused> {
+    let str_param = |key: &str| -> Result<String, Refused> {
         params
             .and_then(|p| p.get(key))
             .and_then(Value::as_str)
             .map(str::to_string)
-            .ok_or_else(|| format!("`{method}` needs a string `params.{key}`"))
+            .ok_or_else(|| Refused::method(format!("`{method}` needs a string `params.{key}`")))
     };
-    let authorize = |action, target, args| {
+    let authorize = |action, target, canonical: Option<portcullis_policy::CanonicalArgs>| {
+        let (args, arguments) = match canonical {
+            Some(c) => (c.args, Some(c.value)),
+            None => (Vec::new(), None),
+        };
         Ok(Ask::Authorize {
             action,
             target,
             args,
+            arguments,
         })
     };
     match method {
         "initialize" | "ping" | "logging/setLevel" => Ok(Ask::Plumbing),
         m if m.starts_with("notifications/") => Ok(Ask::Plumbing),
         "tools/call" => authorize(McpAction::CallTool, str_param("name")?, args(params)?),
-        "tools/list" => authorize(McpAction::ListTools, String::new(), Vec::new()),
+        "tools/list" => authorize(McpAction::ListTools, String::new(), None),
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
-            authorize(McpAction::ReadResource, str_param("uri")?, Vec::new())
+            authorize(McpAction::ReadResource, str_param("uri")?, None)
         }
         "resources/list" | "resources/templates/list" => {
-            authorize(McpAction::ListResources, String::new(), Vec::new())
+            authorize(McpAction::ListResources, String::new(), None)
         }
         "prompts/get" => authorize(McpAction::GetPrompt, str_param("name")?, args(params)?),
-        "prompts/list" => authorize(McpAction::ListPrompts, String::new(), Vec::new()),
+        "prompts/list" => authorize(McpAction::ListPrompts, String::new(), None),
         // Argument completion reveals what a prompt or resource template
         // accepts: it needs the same permission as using it.
         "completion/complete" => {
@@ -175,33 +238,63 @@ pub fn ask(method: &str, params: Option<&Value>) -> Result<Ask, String> {
             let field = |k| r.and_then(|r| r.get(k)).and_then(Value::as_str);
             match (field("type"), field("name"), field("uri")) {
                 (Some("ref/prompt"), Some(name), _) => {
-                    authorize(McpAction::GetPrompt, name.to_string(), Vec::new())
+                    authorize(McpAction::GetPrompt, name.to_string(), None)
                 }
                 (Some("ref/resource"), _, Some(uri)) => {
-                    authorize(McpAction::ReadResource, uri.to_string(), Vec::new())
+                    authorize(McpAction::ReadResource, uri.to_string(), None)
                 }
-                _ => Err("`completion/complete` needs a `ref/prompt` or `ref/resource`".into()),
+                _ => Err(Refused::method(
+                    "`completion/complete` needs a `ref/prompt` or `ref/resource`".into(),
+                )),
             }
         }
-        other => Err(format!("method `{other}` is not supported by the gateway")),
+        other => Err(Refused::method(format!(
+            "method `{other}` is not supported by the gateway"
+        ))),
     }
 }
 
-/// `params.arguments` as policy sees them.
-fn args(params: Option<&Value>) -> Result<Vec<(String, String)>, String> {
+/// `params.arguments` in canonical form, as policy sees them and the server
+/// receives them.
+fn args(params: Option<&Value>) -> Result<Option<portcullis_policy::CanonicalArgs>, Refused> {
     match params.and_then(|p| p.get("arguments")) {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::Object(map)) => Ok(map
-            .iter()
-            .map(|(k, v)| {
-                let v = match v {
-                    Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                };
-                (k.clone(), v)
-            })
-            .collect()),
-        Some(_) => Err("`params.arguments` must be an object".into()),
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(map)) => portcullis_policy::canonical_arguments(map)
+            .map(Some)
+            .map_err(|e| Refused {
+                code: ErrorCode::McpBadArgument,
+                message: e.to_string(),
+            }),
+        Some(_) => Err(Refused::method(
+            "`params.arguments` must be an object".into(),
+        )),
+    }
+}
+
+/// The canonical form of a message's `params.arguments` (every number in
+/// canonical form, keys sorted at every level), `Ok(None)` when it has none;
+/// refused with `mcp_bad_argument` when a number has no canonical form.
+/// [`ask`] gives the same value in [`Ask::Authorize`]'s `arguments`.
+pub fn canonical_arguments(params: Option<&Value>) -> Result<Option<Value>, Refused> {
+    Ok(args(params)?.map(|c| c.value))
+}
+
+/// Puts the canonical `arguments` (from [`Ask::Authorize`]) into the
+/// message, so the server receives exactly what policy decided. Returns
+/// whether the message changed (its bytes must then be written anew).
+pub fn set_arguments(message: &mut Value, arguments: Option<Value>) -> bool {
+    let Some(arguments) = arguments else {
+        return false;
+    };
+    match message
+        .get_mut("params")
+        .and_then(|p| p.get_mut("arguments"))
+    {
+        Some(current) if *current != arguments => {
+            *current = arguments;
+            true
+        }
+        _ => false,
     }
 }
 
@@ -243,14 +336,14 @@ pub fn denial(id: &Value, denial: &Denial, request_id: &str) -> Value {
 }
 
 /// The JSON-RPC error answering a body that could not be framed (`id` null).
-pub fn framing_error(code: i64, message: &str, request_id: &str) -> Value {
+pub fn framing_error(framing: &Framing, request_id: &str) -> Value {
     json!({
         "jsonrpc": "2.0",
         "id": null,
         "error": {
-            "code": code,
-            "message": message,
-            "data": { "code": ErrorCode::BadRequest.as_str(), "request_id": request_id },
+            "code": framing.rpc,
+            "message": framing.message,
+            "data": { "code": framing.code.as_str(), "request_id": request_id },
         },
     })
 }
@@ -307,8 +400,15 @@ mod tests {
                         action,
                         target,
                         args,
-                    }) => format!("{} {target} {args:?}", action.as_str()),
-                    Err(e) => format!("refused: {e}"),
+                        ..
+                    }) => {
+                        let args: Vec<(&str, &str)> = args
+                            .iter()
+                            .map(|a| (a.name.as_str(), a.text.as_str()))
+                            .collect();
+                        format!("{} {target} {args:?}", action.as_str())
+                    }
+                    Err(e) => format!("refused: {} {}", e.code.as_str(), e.message),
                 }
             }
         };
@@ -348,15 +448,15 @@ mod tests {
         check_ask(r#"{"jsonrpc":"2.0","id":7,"result":{}}"#, "response");
         check_ask(
             r#"{"jsonrpc":"2.0","id":1,"method":"tasks/cancel"}"#,
-            "refused: method `tasks/cancel` is not supported by the gateway",
+            "refused: mcp_method_not_allowed method `tasks/cancel` is not supported by the gateway",
         );
         check_ask(
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{}}"#,
-            "refused: `tools/call` needs a string `params.name`",
+            "refused: mcp_method_not_allowed `tools/call` needs a string `params.name`",
         );
         check_ask(
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":[1]}}"#,
-            "refused: `params.arguments` must be an object",
+            "refused: mcp_method_not_allowed `params.arguments` must be an object",
         );
         check_ask(
             r#"{"jsonrpc":"1.0","id":1,"method":"ping"}"#,
@@ -381,10 +481,119 @@ mod tests {
         );
         let b = parse(br#"[{"a":1},{"b":2}]"#).unwrap();
         assert!(b.batch && b.messages.len() == 2);
-        assert_eq!(parse(b"[]").unwrap_err().0, INVALID_REQUEST);
-        assert_eq!(parse(b"[1]").unwrap_err().0, INVALID_REQUEST);
-        assert_eq!(parse(b"\"x\"").unwrap_err().0, INVALID_REQUEST);
-        assert_eq!(parse(b"{").unwrap_err().0, PARSE_ERROR);
+        assert_eq!(parse(b"[]").unwrap_err().rpc, INVALID_REQUEST);
+        assert_eq!(parse(b"[1]").unwrap_err().rpc, INVALID_REQUEST);
+        assert_eq!(parse(b"\"x\"").unwrap_err().rpc, INVALID_REQUEST);
+        let e = parse(b"{").unwrap_err();
+        assert_eq!((e.rpc, e.code), (PARSE_ERROR, ErrorCode::BadRequest));
+    }
+
+    /// `1e400` fits no double: serde_json refuses it with the message
+    /// `parse` recognises, and the body is refused with `mcp_bad_argument`.
+    #[test]
+    fn a_number_no_double_holds_is_a_bad_argument() {
+        for body in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":1e400}}}"#,
+            r#"[{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":[-1E+400]}}}]"#,
+        ] {
+            let e = parse(body.as_bytes()).unwrap_err();
+            assert_eq!(
+                (e.rpc, e.code),
+                (INVALID_PARAMS, ErrorCode::McpBadArgument),
+                "{body}"
+            );
+            assert!(e.message.contains("number out of range"), "{}", e.message);
+            let v = framing_error(&e, "r1");
+            assert_eq!(v["error"]["data"]["code"], "mcp_bad_argument");
+            assert_eq!(v["id"], Value::Null);
+        }
+        // Not every parse failure is one.
+        assert_eq!(
+            parse(b"{\"a\":1e}").unwrap_err().code,
+            ErrorCode::BadRequest
+        );
+    }
+
+    fn authorize(message: &str) -> Result<(Vec<McpArg>, Option<Value>), Refused> {
+        let v: Value = serde_json::from_str(message).unwrap();
+        match ask(v["method"].as_str().unwrap(), v.get("params"))? {
+            Ask::Authorize {
+                args, arguments, ..
+            } => Ok((args, arguments)),
+            Ask::Plumbing => panic!("{message}"),
+        }
+    }
+
+    #[test]
+    fn arguments_are_canonical() {
+        let mut texts = Vec::new();
+        for spelling in ["1000", "1e3", "1000.0", "10E2", "1.0e3"] {
+            let message = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"x","arguments":{{"z":{{"k":[{spelling}]}},"a":{spelling}}}}}}}"#
+            );
+            let (args, arguments) = authorize(&message).unwrap();
+            assert_eq!(
+                args,
+                [
+                    McpArg {
+                        name: "a".into(),
+                        text: "1000".into(),
+                        long: Some(1000),
+                        decimal: Some("1000.0".into()),
+                    },
+                    McpArg::string("z", r#"{"k":[1000]}"#),
+                ],
+                "{spelling}"
+            );
+            let arguments = arguments.unwrap();
+            assert_eq!(canonical(&arguments), r#"{"a":1000,"z":{"k":[1000]}}"#);
+            let v: Value = serde_json::from_str(&message).unwrap();
+            assert_eq!(
+                canonical_arguments(v.get("params")).unwrap(),
+                Some(arguments.clone())
+            );
+            // The message forwarded carries the canonical arguments.
+            let mut forwarded = v.clone();
+            assert_eq!(
+                set_arguments(&mut forwarded, Some(arguments)),
+                spelling != "1000"
+            );
+            texts.push(canonical(&forwarded));
+        }
+        // Key order aside (a map compares equal in any order, and an
+        // unchanged message keeps its bytes), every spelling forwards one
+        // message.
+        texts.dedup();
+        assert_eq!(texts.len(), 1, "{texts:?}");
+        // prompts/get arguments too; no arguments, no change.
+        let (args, _) = authorize(
+            r#"{"jsonrpc":"2.0","id":1,"method":"prompts/get","params":{"name":"p","arguments":{"n":2.50}}}"#,
+        )
+        .unwrap();
+        assert_eq!((args[0].text.as_str(), args[0].long), ("2.5", None));
+        let (args, arguments) =
+            authorize(r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"p"}}"#)
+                .unwrap();
+        assert!(args.is_empty() && arguments.is_none());
+        let mut m = json!({"params": {"name": "p"}});
+        assert!(!set_arguments(&mut m, None));
+    }
+
+    #[test]
+    fn arguments_without_a_canonical_form_are_refused() {
+        for number in [
+            "0.1234567",
+            "1e19",
+            "18446744073709551616",
+            "9223372036854775808",
+        ] {
+            let message = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"x","arguments":{{"a":{{"b":{number}}}}}}}}}"#
+            );
+            let e = authorize(&message).unwrap_err();
+            assert_eq!(e.code, ErrorCode::McpBadArgument, "{number}");
+            assert!(e.message.starts_with("argument `/a/b`"), "{}", e.message);
+        }
     }
 
     #[test]

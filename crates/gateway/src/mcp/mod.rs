@@ -121,7 +121,7 @@ impl Asker {
         method: &str,
         action: McpAction,
         target: &str,
-        args: &[(String, String)],
+        args: &[portcullis_policy::McpArg],
         content: Content<'_>,
     ) -> portcullis_core::Decision {
         let call = decide::Call {
@@ -378,11 +378,11 @@ async fn post(
     let bytes = read_whole(body, asker.gateway.limits.max_body_bytes, meter).await?;
     let mut body = match jsonrpc::parse(&bytes) {
         Ok(body) => body,
-        Err((code, message)) => {
-            recorder.record().error_code = Some(ErrorCode::BadRequest.as_str().into());
+        Err(framing) => {
+            recorder.record().error_code = Some(framing.code.as_str().into());
             return Ok(json_answer(
                 StatusCode::BAD_REQUEST,
-                &jsonrpc::framing_error(code, &message, request_id.as_str()),
+                &jsonrpc::framing_error(&framing, request_id.as_str()),
             ));
         }
     };
@@ -438,7 +438,7 @@ async fn post(
             Kind::Notification { method } => (None, method),
         };
         let ask = jsonrpc::ask(method, message.get("params"));
-        let (action, target, args) = match ask {
+        let (action, target, args, arguments) = match ask {
             Ok(Ask::Plumbing) => {
                 initialize |= method == "initialize";
                 described.get_or_insert((method.to_string(), route.clone()));
@@ -449,11 +449,12 @@ async fn post(
                 action,
                 target,
                 args,
-            }) => (action, target, args),
+                arguments,
+            }) => (action, target, args, arguments),
             Err(e) => {
                 // A notification gets no answer: it is dropped.
                 if let Some(id) = id {
-                    refuse(id, ErrorCode::McpMethodNotAllowed, &e, &[]);
+                    refuse(id, e.code, &e.message, &[]);
                 }
                 continue;
             }
@@ -487,15 +488,12 @@ async fn post(
         let blocked = (action == McpAction::CallTool)
             .then(|| mcp.pins.state(route, &target))
             .filter(|state| *state != PinState::Approved);
-        // What a human approves is the tool and its canonical arguments.
+        // What a human approves is the tool and its canonical arguments:
+        // the ones policy decided on and the server receives.
         let bound = jsonrpc::canonical(&serde_json::json!({
             "method": method,
             "target": target,
-            "arguments": message
-                .get("params")
-                .and_then(|p| p.get("arguments"))
-                .cloned()
-                .unwrap_or(Value::Null),
+            "arguments": arguments.clone().unwrap_or(Value::Null),
         }));
         described.get_or_insert((method.to_string(), resource));
         let decided = decide::decide(
@@ -538,6 +536,8 @@ async fn post(
         if action == McpAction::ListTools {
             list_ids.push(id.clone());
         }
+        // The server gets the canonical arguments policy decided on.
+        jsonrpc::set_arguments(&mut body.messages[i], arguments);
         forward.push(i);
     }
     {

@@ -82,7 +82,7 @@ pub enum Ask<'a> {
         /// The tool, prompt or resource; empty for the list actions.
         target: &'a str,
         /// The arguments as policy sees them (`context.args`).
-        args: &'a [(String, String)],
+        args: &'a [portcullis_policy::McpArg],
     },
     /// A model call on an `llm` route.
     Model {
