@@ -48,9 +48,8 @@ use portcullis_audit::Outcome;
 use portcullis_core::{ErrorCode, RequestId};
 use portcullis_policy::{Content, McpAction, McpRequest, SourceIp};
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 
-use crate::approvals::{CallBinding, RequiredBy};
+use crate::approvals::{CallBinding, Hold, RequiredBy};
 use crate::body::{BodyMeter, Recorder};
 use crate::config::Upstream;
 use crate::metrics::Stage;
@@ -503,25 +502,25 @@ async fn post(
                     continue;
                 }
                 Writes::Approval => {
-                    let call = serde_json::json!({
-                        "name": target,
-                        "arguments": message
-                            .get("params")
-                            .and_then(|p| p.get("arguments"))
-                            .cloned()
-                            .unwrap_or(Value::Null),
-                    });
-                    let binding = CallBinding {
-                        agent: identity.agent.clone(),
-                        user: None,
-                        action: method.to_string(),
-                        resource: format!("{route}/{target}"),
-                        path: asker.context.path.clone(),
-                        body_sha256: hex::encode(Sha256::digest(jsonrpc::canonical(&call))),
-                        policy_version: snapshot.policy_version,
-                        policy_id: decision.policy_ids.first().cloned().unwrap_or_default(),
-                        required_by: RequiredBy::Analytics,
-                    };
+                    let arguments = message
+                        .get("params")
+                        .and_then(|p| p.get("arguments"))
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    let binding = CallBinding::mcp_tool(
+                        Hold {
+                            agent: identity.agent.clone(),
+                            user: None,
+                            policy_version: snapshot.policy_version,
+                            policy_id: decision.policy_ids.first().cloned().unwrap_or_default(),
+                            required_by: RequiredBy::Analytics,
+                        },
+                        route,
+                        &asker.context.path,
+                        &parts,
+                        &target,
+                        &arguments,
+                    );
                     held = true;
                     let gate = approve::hold(
                         &asker.gateway.approvals,

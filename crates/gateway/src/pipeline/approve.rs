@@ -9,7 +9,9 @@
 //!    token shows fresh MFA (`user_mfa_required`).
 //! 3. `@obligation("approval")`, or a write of an agent whose risk grade
 //!    holds writes (contain): the body is read (within the body limit)
-//!    and hashed, and the call must match an approved, unused ticket;
+//!    and the whole exchange (method, path and query, the headers that
+//!    change its meaning, the body's digest and size) must match an
+//!    approved, unused ticket;
 //!    otherwise it gets one (`approval_required` with the ticket id), or with
 //!    `Prefer: wait=N` it is held until a human decides or N seconds pass.
 //!    The ticket says who required it (`policy` or `analytics`); [`hold`] is
@@ -23,9 +25,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use portcullis_core::{Decision, ErrorCode};
 use portcullis_policy::Obligations;
-use sha2::{Digest as _, Sha256};
 
-use crate::approvals::{Approvals, CallBinding, Gate, RequiredBy, Ticket};
+use crate::approvals::{Approvals, CallBinding, Gate, Hold, RequiredBy, Ticket};
 use crate::body::BodyMeter;
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contain::{APPROVE_WRITES, Writes};
@@ -117,17 +118,20 @@ pub async fn run(
     let wait = prefer_wait(&request.parts.headers);
     let DecodedRequest { parts, body } = request;
     let bytes = read_whole(body, desk.max_body_bytes, meter).await?;
-    let binding = CallBinding {
-        agent: identity.agent.clone(),
-        user: identity.caller.delegation.as_ref().map(|d| d.user.clone()),
-        action: context.action.as_str().to_string(),
-        resource: context.route.name.clone(),
-        path: context.path.clone(),
-        body_sha256: hex::encode(Sha256::digest(&bytes)),
-        policy_version,
-        policy_id: decision.policy_ids.first().cloned().unwrap_or_default(),
-        required_by,
-    };
+    let binding = CallBinding::http(
+        Hold {
+            agent: identity.agent.clone(),
+            user: identity.caller.delegation.as_ref().map(|d| d.user.clone()),
+            policy_version,
+            policy_id: decision.policy_ids.first().cloned().unwrap_or_default(),
+            required_by,
+        },
+        &context.route.name,
+        context.action.as_str(),
+        &context.path,
+        &parts,
+        &bytes,
+    );
     hold(desk.approvals, binding, wait, &decision.policy_ids, ticket).await?;
     let body = Full::new(bytes)
         .map_err(|never| match never {})

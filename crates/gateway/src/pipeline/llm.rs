@@ -30,9 +30,8 @@ use http_body_util::BodyExt;
 use portcullis_audit::Outcome;
 use portcullis_core::{ErrorCode, RequestId};
 use portcullis_policy::{Content, ModelAction, ModelRequest};
-use sha2::{Digest as _, Sha256};
 
-use crate::approvals::{CallBinding, RequiredBy};
+use crate::approvals::{BodyDigest, CallBinding, Hold, RequiredBy};
 use crate::body::{BodyMeter, Recorder};
 use crate::config::DlpAction;
 use crate::llm::api::{self, Endpoint};
@@ -94,7 +93,7 @@ pub async fn run(
     let bytes = read_body(body, gateway.limits.max_body_bytes, meter).await?;
     let request_bytes = bytes.len() as u64;
     // Bound to the body as the client sent it, as on HTTP routes.
-    let body_sha256 = (writes == Writes::Approval).then(|| hex::encode(Sha256::digest(&bytes)));
+    let body_digest = (writes == Writes::Approval).then(|| BodyDigest::of(&bytes));
     let mut call = api::parse(&bytes, llm.budget.is_limited())?;
     drop(bytes);
     recorder.record().resource = Some(portcullis_policy::ModelEntity::id(&route.name, &call.model));
@@ -156,18 +155,22 @@ pub async fn run(
 
     // The agent's risk grade holds its writes (a completion is a POST): the
     // same ticket an HTTP route's write gets.
-    if let Some(body_sha256) = body_sha256 {
-        let binding = CallBinding {
-            agent: identity.agent.clone(),
-            user: identity.caller.delegation.as_ref().map(|d| d.user.clone()),
-            action: context.action.as_str().to_string(),
-            resource: route.name.clone(),
-            path: context.path.clone(),
-            body_sha256,
-            policy_version: snapshot.policy_version,
-            policy_id: decision.policy_ids.first().cloned().unwrap_or_default(),
-            required_by: RequiredBy::Analytics,
-        };
+    if let Some(body_digest) = body_digest {
+        let binding = CallBinding::llm(
+            Hold {
+                agent: identity.agent.clone(),
+                user: identity.caller.delegation.as_ref().map(|d| d.user.clone()),
+                policy_version: snapshot.policy_version,
+                policy_id: decision.policy_ids.first().cloned().unwrap_or_default(),
+                required_by: RequiredBy::Analytics,
+            },
+            &route.name,
+            context.action.as_str(),
+            &context.path,
+            &parts,
+            &model.name,
+            body_digest,
+        );
         let mut ticket = None;
         let held = approve::hold(
             &gateway.approvals,
