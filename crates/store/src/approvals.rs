@@ -250,6 +250,42 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn live_tickets_from_before_the_binding_migration_lapse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        let all = crate::migrator();
+        let before = sqlx::migrate::Migrator::with_migrations(
+            all.migrations
+                .iter()
+                .filter(|m| m.version < 12)
+                .cloned()
+                .collect(),
+        );
+        before.run(&pool).await.unwrap();
+        for (id, status) in [("old-pending", "pending"), ("old-approved", "approved")] {
+            sqlx::query(
+                "INSERT INTO approvals (id, agent, action, resource, path, body_sha256,
+                     policy_version, policy_id, created_ms, expires_ms, status)
+                 VALUES (?, 'bot', 'POST', 'bank', '/bank/transfer', 'ab', 1, 'p', 1, ?, ?)",
+            )
+            .bind(id)
+            .bind(i64::MAX)
+            .bind(status)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+        // Bound without their query, they are not approvals of anything now.
+        let store = Store::open_sqlite(&path).await.unwrap();
+        assert!(store.live_approvals(2).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
     async fn tickets_and_grants_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_sqlite(&dir.path().join("db")).await.unwrap();
