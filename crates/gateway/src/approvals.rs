@@ -139,7 +139,7 @@ pub struct Hold {
 pub enum CallKind {
     /// A request on an HTTP route. `preview`: the start of a text body, as
     /// the approver reads it (secrets masked, control characters escaped, at
-    /// most [`PREVIEW_BYTES`]); `None` for an empty or binary body.
+    /// most 2 KiB); `None` for an empty or binary body.
     Http {
         /// The body preview.
         preview: Option<String>,
@@ -150,7 +150,7 @@ pub enum CallKind {
         /// The tool.
         tool: String,
         /// The canonical arguments as the approver reads them (secrets
-        /// masked, at most [`PREVIEW_BYTES`]).
+        /// masked, at most 2 KiB).
         arguments: String,
     },
     /// A completion or an embedding on an LLM route.
