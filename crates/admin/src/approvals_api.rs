@@ -4,7 +4,7 @@
 //! | method and path | what |
 //! | --- | --- |
 //! | `GET /admin/v1/approvals` | live tickets (pending, approved-unused, denied) |
-//! | `GET /admin/v1/approvals/{id}` | one ticket |
+//! | `GET /admin/v1/approvals/{id}` | one ticket: the whole bound call (`query`, `headers`, `body_bytes`, `protocol`, `preview` or `tool` and `arguments` or `model`, secrets masked) and a one-line `summary` |
 //! | `POST /admin/v1/approvals/{id}/approve` | approve this exact call once; with `ttl_seconds` (not for tickets behavioral analytics required), also grant the agent the action on the route for that long |
 //! | `POST /admin/v1/approvals/{id}/deny` | deny it |
 //! | `GET /admin/v1/grants` | live grants |

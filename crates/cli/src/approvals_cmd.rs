@@ -14,8 +14,16 @@ use crate::client::AdminClient;
 /// `portcullis approvals …`
 #[derive(Debug, Subcommand)]
 pub enum ApprovalsCommand {
-    /// Live tickets: who wants to do what, where, bound to which body.
+    /// Live tickets: who wants to do what, where, bound to which body; a
+    /// second line shows the call (method, path and query, body size and
+    /// digest, or the MCP tool and its arguments).
     List,
+    /// One ticket in full: the call with its query, the bound headers, the
+    /// body's size, digest and preview (secrets masked), and why it is held.
+    Show {
+        /// The ticket id.
+        id: String,
+    },
     /// Approve a ticket: the exact call may proceed once (needs `--totp`).
     Approve {
         /// The ticket id.
@@ -58,6 +66,85 @@ fn text(v: &Value) -> &str {
     v.as_str().unwrap_or("-")
 }
 
+/// `approvals show`: one ticket, a field a line, everything the approval
+/// binds. Values come from the gateway with secrets masked and control
+/// characters escaped.
+fn show(t: &Value) -> String {
+    let mut out = String::new();
+    let mut line = |name: &str, value: &str| {
+        out.push_str(&format!("{name:<10}{value}\n"));
+    };
+    line("ticket", text(&t["id"]));
+    line("status", text(&t["status"]));
+    let who = match t["delegated_user"].as_str() {
+        Some(user) => format!("{} for user {user}", text(&t["agent"])),
+        None => text(&t["agent"]).to_string(),
+    };
+    line("agent", &who);
+    line("call", text(&t["summary"]));
+    line("route", text(&t["resource"]));
+    line("method", text(&t["action"]));
+    line("path", text(&t["path"]));
+    match t["query"].as_str() {
+        Some(query) => line("query", &format!("?{query}")),
+        None => line("query", "(none)"),
+    }
+    let headers = t["headers"].as_array().cloned().unwrap_or_default();
+    if headers.is_empty() {
+        line("headers", "(none bound)");
+    }
+    for h in &headers {
+        line(
+            "header",
+            &format!("{}: {}", text(&h["name"]), text(&h["value"])),
+        );
+    }
+    line(
+        "body",
+        &format!(
+            "{} bytes, sha256 {}",
+            t["body_bytes"].as_u64().unwrap_or_default(),
+            text(&t["body_sha256"])
+        ),
+    );
+    if let Some(tool) = t["tool"].as_str() {
+        line("tool", tool);
+        line("arguments", text(&t["arguments"]));
+    }
+    if let Some(model) = t["model"].as_str() {
+        line("model", model);
+    }
+    if t["protocol"] == "http" {
+        match t["preview"].as_str() {
+            Some(preview) => line("preview", preview),
+            None => line("preview", "(empty or not text)"),
+        }
+    }
+    let why = if t["required_by"] == "analytics" {
+        format!(
+            "behavioral analytics holds this agent's writes; allowed by policy `{}` (version {})",
+            text(&t["policy_id"]),
+            t["policy_version"]
+        )
+    } else {
+        format!(
+            "policy `{}` (version {}) asks for approval",
+            text(&t["policy_id"]),
+            t["policy_version"]
+        )
+    };
+    line("why", &why);
+    line("created", &format!("{} UTC", when(&t["created_ms"])));
+    line("expires", &format!("{} UTC", when(&t["expires_ms"])));
+    if let Some(by) = t["decided_by"].as_str() {
+        line(
+            "decided",
+            &format!("by {by} at {} UTC", when(&t["decided_ms"])),
+        );
+    }
+    out
+}
+
 /// Runs an approvals command.
 pub async fn approvals(command: ApprovalsCommand, admin: AdminArgs) -> Result<()> {
     let client = AdminClient::from_args(&admin)?;
@@ -80,6 +167,7 @@ pub async fn approvals(command: ApprovalsCommand, admin: AdminArgs) -> Result<()
                     text(&t["body_sha256"]).chars().take(12).collect::<String>(),
                     when(&t["expires_ms"]),
                 );
+                println!("{:<34}call: {}", "", text(&t["summary"]));
                 if t["required_by"] == "analytics" {
                     println!(
                         "{:<34}why: behavioral analytics holds this agent's writes (risk grade approve_writes or above; `portcullis alerts list`); allowed by policy `{}` (version {})",
@@ -96,6 +184,10 @@ pub async fn approvals(command: ApprovalsCommand, admin: AdminArgs) -> Result<()
                     );
                 }
             }
+        }
+        ApprovalsCommand::Show { id } => {
+            let t = client.get(&format!("/approvals/{id}")).await?;
+            print!("{}", show(&t));
         }
         ApprovalsCommand::Approve { id, ttl } => {
             let body = match ttl {

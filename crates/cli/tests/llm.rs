@@ -491,6 +491,14 @@ async fn at_grade_approve_writes_a_completion_waits_for_a_human() {
     // Reads pass.
     let models = http.get(server.url("/llm/v1/models")).send().await.unwrap();
     assert_eq!(models.status(), 200);
+    // The approver sees the model and the body's size and digest.
+    let shown = tokio::task::block_in_place(|| server.cli(&["approvals", "show", &ticket]));
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.lines().any(|l| l == "model     gpt-test")
+            && shown.lines().any(|l| l.starts_with("body      ")),
+        "{shown}"
+    );
     let out = tokio::task::block_in_place(|| server.cli(&["approvals", "approve", &ticket]));
     assert!(
         out.status.success(),

@@ -947,6 +947,16 @@ async fn risk_grades_hold_or_refuse_tool_calls_and_let_reads_through() {
             .contains(&json!("analytics:approve_writes")),
         "{record}"
     );
+    // The approver sees the tool and its canonical arguments.
+    let shown = tokio::task::block_in_place(|| server.cli(&["approvals", "show", &ticket]));
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(
+        shown.lines().any(|l| l == "tool      echo")
+            && shown
+                .lines()
+                .any(|l| l == r#"arguments {"message":"transfer"}"#),
+        "{shown}"
+    );
     let approved = tokio::task::block_in_place(|| server.cli(&["approvals", "approve", &ticket]));
     assert!(
         approved.status.success(),

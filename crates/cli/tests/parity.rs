@@ -16,8 +16,8 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
 use portcullis_identity::Ed25519Key;
+use serde_json::{Value, json};
 use support::Server;
 
 const MCP_TESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp");
@@ -172,8 +172,8 @@ impl Rig {
                 )
                 .body(format!("{{\"to\":\"{variant}\"}}"))
                 .send()
-                    .await
-                    .unwrap();
+                .await
+                .unwrap();
                 let request_id = support::request_id(&r);
                 if r.status().is_success() {
                     return Outcome {
@@ -250,8 +250,7 @@ impl Rig {
         if let Some(token) = bearer {
             r = r.header("authorization", format!("Bearer {token}"));
         }
-        r
-            .header("accept", "application/json, text/event-stream")
+        r.header("accept", "application/json, text/event-stream")
             .header("mcp-protocol-version", "2025-06-18")
             .header("mcp-session-id", &self.session)
             .json(&body)
@@ -297,7 +296,12 @@ async fn rig() -> Option<Rig> {
          [[routes]]\nname = \"tools\"\nkind = \"mcp\"\npath_prefix = \"/mcp/tools\"\nupstream = \"http://127.0.0.1:{mcp_port}/mcp\"\nclassification = \"internal\"\n\
          [[routes]]\nname = \"llm\"\nkind = \"llm\"\npath_prefix = \"/llm\"\nupstream = \"http://127.0.0.1:{llm_port}\"\nclassification = \"internal\"\napi_key_env = \"PARITY_LLM_KEY\"\n\
          [[routes.models]]\nname = \"gpt-test\"\nstatus = \"approved\"\n",
-        support::route("api", "/api", &format!("http://{http_upstream}"), "internal"),
+        support::route(
+            "api",
+            "/api",
+            &format!("http://{http_upstream}"),
+            "internal"
+        ),
     );
     let config = support::config(dir.path(), &routes, "");
     let server = tokio::task::block_in_place(|| {
@@ -309,9 +313,11 @@ async fn rig() -> Option<Rig> {
         .post(server.url("/mcp/tools"))
         .header("accept", "application/json, text/event-stream")
         .header("mcp-protocol-version", "2025-06-18")
-        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
             "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "parity", "version": "1"}}}))
+            "clientInfo": {"name": "parity", "version": "1"}}}),
+        )
         .send()
         .await
         .unwrap();
@@ -395,7 +401,8 @@ async fn an_approval_obligation_holds_the_call_on_every_protocol() {
         tokio::task::block_in_place(|| approve(&rig.server, &ticket));
         let served = rig.call(protocol, "alice").await;
         assert_eq!(
-            served.code, None,
+            served.code,
+            None,
             "{}: {served:?}",
             cell("approval approved once")
         );
@@ -423,7 +430,11 @@ async fn mcp_routes_forward_only_decided_mcp() {
         return;
     };
     // Sub-paths of the endpoint are not proxied.
-    for method in [reqwest::Method::GET, reqwest::Method::DELETE, reqwest::Method::POST] {
+    for method in [
+        reqwest::Method::GET,
+        reqwest::Method::DELETE,
+        reqwest::Method::POST,
+    ] {
         let r = rig
             .agent
             .request(method.clone(), rig.server.url("/mcp/tools/admin"))
@@ -432,7 +443,11 @@ async fn mcp_routes_forward_only_decided_mcp() {
             .await
             .unwrap();
         let (status, e) = support::error_of(r).await;
-        assert_eq!((status, e["code"].as_str()), (404, Some("not_found")), "{method}");
+        assert_eq!(
+            (status, e["code"].as_str()),
+            (404, Some("not_found")),
+            "{method}"
+        );
     }
     // The event stream needs the agent's own session.
     let r = rig
@@ -468,7 +483,11 @@ async fn mcp_routes_forward_only_decided_mcp() {
     let request_id = support::request_id(&r);
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["error"]["data"]["code"], "forbidden", "{body}");
-    assert_eq!(body["error"]["data"]["policies"], json!(["default-deny"]), "{body}");
+    assert_eq!(
+        body["error"]["data"]["policies"],
+        json!(["default-deny"]),
+        "{body}"
+    );
     let rec = tokio::task::block_in_place(|| record(&rig.server, &request_id));
     assert_eq!(rec["outcome"], "deny", "{rec}");
 }

@@ -4,22 +4,35 @@
 //!
 //! When the policies that allowed a request all ask for approval and no grant
 //! covers it, or analytics holds the agent's writes, the gateway opens a
-//! **ticket** bound to the exact call: agent,
-//! delegating user, action, route, path, SHA-256 of the body and the policy
-//! version, plus a random nonce (the ticket id) and an expiry. A human
-//! approves or denies it (`portcullis approvals approve ID`). An approval is
-//! single use: the same call made again consumes it, once; a call that
-//! differs in any bound field (`transfer(100000)` instead of `transfer(100)`)
-//! matches no approval and opens a ticket of its own.
+//! **ticket** bound to the whole exchange: agent, delegating user, action,
+//! route, path, the query string as it will be forwarded, the request headers
+//! that change what an upstream does ([`BOUND_HEADERS`]), the SHA-256 and size
+//! of the body, per protocol the MCP tool (its canonical arguments are the
+//! body) or the LLM model, and the policy version; plus a random nonce (the
+//! ticket id) and an expiry. A human approves or denies it (`portcullis
+//! approvals approve ID`), having seen all of it: `approvals show ID` prints
+//! the method, path and query, the bound headers, the body's size and digest
+//! and a short preview of a text body (or the tool's arguments), with the
+//! values the DLP scanner flags as secrets masked. An approval is single use:
+//! the same call made again consumes it, once; a call that differs in any
+//! bound field (`?to=mallory&amount=1000000` instead of `?to=alice&amount=10`,
+//! `transfer(100000)` instead of `transfer(100)`) matches no approval and
+//! opens a ticket of its own.
+//!
+//! A call is matched by [`CallBinding::key`], a digest over the exact call;
+//! the ticket keeps that key and, for humans, the call with its secrets
+//! masked. So what is stored and shown never holds a flagged secret, and a
+//! restart still matches the exact call.
 //!
 //! Tickets live in memory (a mutex never held across IO or an await), so the
 //! request path never waits on the disk; every change is written to the store
 //! in the background so tickets survive a restart and can be listed.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use portcullis_guard::dlp::{Kind, Scanner, redact::Redactor};
 use portcullis_store::{ApprovalRow, Store};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
@@ -32,6 +45,51 @@ pub const APPROVED_TTL: Duration = Duration::from_secs(15 * 60);
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 /// Most live tickets kept; past it, the oldest pending ones lapse first.
 const MAX_TICKETS: usize = 10_000;
+
+/// The request headers an approval binds (name and every value, in the order
+/// sent): those that change what an upstream does with the same method, path,
+/// query and body. Lower case, sorted. Headers that say *who* calls are not
+/// here: the gateway asserts the agent itself and removes its
+/// `Authorization`, and route credentials come from the vault.
+pub const BOUND_HEADERS: &[&str] = &[
+    // How the body's bytes decode.
+    "content-encoding",
+    // Which part of a resource a PUT writes.
+    "content-range",
+    // How the body is parsed (JSON, a form, XML, …).
+    "content-type",
+    // WebDAV: how deep COPY, MOVE and DELETE reach.
+    "depth",
+    // WebDAV: where COPY and MOVE write.
+    "destination",
+    // Conditional requests: whether a write happens at all.
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    // WebDAV: whether COPY and MOVE replace what is there.
+    "overwrite",
+    // SOAP: the operation called.
+    "soapaction",
+    // AWS JSON APIs (DynamoDB, KMS, …): the operation called.
+    "x-amz-target",
+    // Method overrides (also refused at the edge): the method really meant.
+    "x-http-method",
+    "x-http-method-override",
+    "x-method-override",
+    // Path overrides some frameworks honour: the resource really meant.
+    "x-original-url",
+    "x-rewrite-url",
+];
+
+/// The longest body preview a ticket shows, in bytes (before `…`).
+const PREVIEW_BYTES: usize = 2048;
+/// How much of a body is scanned for secrets before the preview is cut, so a
+/// secret that starts inside the preview is found whole.
+const PREVIEW_SCAN_BYTES: usize = 16 * 1024;
+/// The longest rendering of an MCP tool's arguments in a one-line summary.
+const SUMMARY_ARGUMENTS: usize = 200;
 
 /// Who required a human's approval of a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +117,112 @@ impl RequiredBy {
     }
 }
 
-/// The call an approval is bound to.
+/// Who is held and why: what every protocol's binding shares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hold {
+    /// The agent.
+    pub agent: String,
+    /// The delegating user, if any.
+    pub user: Option<String>,
+    /// The policy version that decided the call.
+    pub policy_version: u64,
+    /// The policy that asked (for `RequiredBy::Analytics`, the one that
+    /// allowed the call).
+    pub policy_id: String,
+    /// Who required the approval.
+    pub required_by: RequiredBy,
+}
+
+/// What a bound call is, beyond its method, path, query, headers and body:
+/// per protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallKind {
+    /// A request on an HTTP route. `preview`: the start of a text body, as
+    /// the approver reads it (secrets masked, control characters escaped, at
+    /// most 2 KiB); `None` for an empty or binary body.
+    Http {
+        /// The body preview.
+        preview: Option<String>,
+    },
+    /// An MCP `tools/call`. Its body (digest and size) is the canonical JSON
+    /// of the tool's name and arguments.
+    McpTool {
+        /// The tool.
+        tool: String,
+        /// The canonical arguments as the approver reads them (secrets
+        /// masked, at most 2 KiB).
+        arguments: String,
+    },
+    /// A completion or an embedding on an LLM route.
+    Llm {
+        /// The model asked for.
+        model: String,
+    },
+}
+
+impl CallKind {
+    /// The stored name.
+    pub fn protocol(&self) -> &'static str {
+        match self {
+            CallKind::Http { .. } => "http",
+            CallKind::McpTool { .. } => "mcp",
+            CallKind::Llm { .. } => "llm",
+        }
+    }
+
+    /// The MCP tool or the LLM model.
+    fn subject(&self) -> Option<&str> {
+        match self {
+            CallKind::Http { .. } => None,
+            CallKind::McpTool { tool, .. } => Some(tool),
+            CallKind::Llm { model } => Some(model),
+        }
+    }
+
+    /// What the approver reads of the body.
+    fn preview(&self) -> Option<&str> {
+        match self {
+            CallKind::Http { preview } => preview.as_deref(),
+            CallKind::McpTool { arguments, .. } => Some(arguments),
+            CallKind::Llm { .. } => None,
+        }
+    }
+
+    fn from_stored(protocol: &str, subject: Option<String>, preview: Option<String>) -> CallKind {
+        match protocol {
+            "mcp" => CallKind::McpTool {
+                tool: subject.unwrap_or_default(),
+                arguments: preview.unwrap_or_default(),
+            },
+            "llm" => CallKind::Llm {
+                model: subject.unwrap_or_default(),
+            },
+            _ => CallKind::Http { preview },
+        }
+    }
+}
+
+/// The SHA-256 and size of a body, taken while the bytes are at hand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyDigest {
+    /// SHA-256, hex.
+    pub sha256: String,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+impl BodyDigest {
+    /// The digest of `body`.
+    pub fn of(body: &[u8]) -> BodyDigest {
+        BodyDigest {
+            sha256: hex::encode(Sha256::digest(body)),
+            bytes: body.len() as u64,
+        }
+    }
+}
+
+/// The call an approval is bound to. Build it with [`CallBinding::http`],
+/// [`CallBinding::mcp_tool`] or [`CallBinding::llm`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CallBinding {
     /// The agent.
@@ -72,9 +235,21 @@ pub struct CallBinding {
     pub resource: String,
     /// The request path.
     pub path: String,
-    /// SHA-256 (hex) of the body (of the tool's name and arguments, for an
-    /// MCP tool call).
+    /// The query string exactly as the client sent it and the gateway
+    /// forwards it, without the `?`; `None` when the URI has none (`Some("")`
+    /// for a bare `?`, which is forwarded as such).
+    pub query: Option<String>,
+    /// The [`BOUND_HEADERS`] the request carries: lower-case name and value,
+    /// by name, each name's values in the order sent. A value's bytes outside
+    /// printable ASCII, and `%`, are written `%XX`, so the text is exact.
+    pub headers: Vec<(String, String)>,
+    /// SHA-256 (hex) of the body (of the tool's name and canonical
+    /// arguments, for an MCP tool call).
     pub body_sha256: String,
+    /// The body's size in bytes.
+    pub body_bytes: u64,
+    /// Per protocol: the body preview, the MCP tool and arguments, the model.
+    pub kind: CallKind,
     /// The policy version that decided the call.
     pub policy_version: u64,
     /// The policy that asked (for `RequiredBy::Analytics`, the one that
@@ -86,24 +261,342 @@ pub struct CallBinding {
 }
 
 impl CallBinding {
-    /// One digest over every bound field, length-prefixed.
-    fn key(&self) -> String {
-        let mut h = Sha256::new();
-        let version = self.policy_version.to_string();
-        for part in [
-            self.agent.as_str(),
-            self.user.as_deref().unwrap_or("\u{0}"),
-            &self.action,
-            &self.resource,
-            &self.path,
-            &self.body_sha256,
-            &version,
-        ] {
-            h.update((part.len() as u64).to_be_bytes());
-            h.update(part.as_bytes());
+    /// A request on an HTTP route: `action` (the method) `path` on `route`,
+    /// with the query and bound headers of `request` and its whole `body`.
+    pub fn http(
+        hold: Hold,
+        route: &str,
+        action: &str,
+        path: &str,
+        request: &http::request::Parts,
+        body: &[u8],
+    ) -> CallBinding {
+        let digest = BodyDigest::of(body);
+        let preview = body_preview(&request.headers, body);
+        CallBinding::new(
+            hold,
+            action,
+            route.to_string(),
+            path,
+            request,
+            digest,
+            CallKind::Http { preview },
+        )
+    }
+
+    /// An MCP `tools/call` of `tool` on `route` with `arguments`; bound to
+    /// their canonical JSON (sorted keys), so the JSON-RPC id and key order
+    /// do not matter, and to the query and bound headers of the HTTP request
+    /// that carried it.
+    pub fn mcp_tool(
+        hold: Hold,
+        route: &str,
+        path: &str,
+        request: &http::request::Parts,
+        tool: &str,
+        arguments: &serde_json::Value,
+    ) -> CallBinding {
+        Self::mcp(hold, route, path, request, "tools/call", tool, arguments)
+    }
+
+    /// Any decided MCP message (`method` on `target`: a tool call, a prompt,
+    /// a resource), bound to its canonical arguments. A tool call binds
+    /// exactly as [`CallBinding::mcp_tool`].
+    pub fn mcp(
+        hold: Hold,
+        route: &str,
+        path: &str,
+        request: &http::request::Parts,
+        method: &str,
+        tool: &str,
+        arguments: &serde_json::Value,
+    ) -> CallBinding {
+        let call = if method == "tools/call" {
+            serde_json::json!({ "name": tool, "arguments": arguments })
+        } else {
+            serde_json::json!({ "method": method, "name": tool, "arguments": arguments })
+        };
+        let digest = BodyDigest::of(crate::mcp::jsonrpc::canonical(&call).as_bytes());
+        let arguments = crate::mcp::jsonrpc::canonical(arguments);
+        let arguments = mask(&arguments)
+            .map(|a| shorten(&escape(&a), PREVIEW_BYTES))
+            .unwrap_or_else(|| NOT_SHOWN.to_string());
+        let resource = if tool.is_empty() {
+            route.to_string()
+        } else {
+            format!("{route}/{tool}")
+        };
+        CallBinding::new(
+            hold,
+            method,
+            resource,
+            path,
+            request,
+            digest,
+            CallKind::McpTool {
+                tool: tool.to_string(),
+                arguments,
+            },
+        )
+    }
+
+    /// A completion or embedding (`action` is the HTTP method) of `model` on
+    /// the LLM route `route`, bound to the body as the client sent it.
+    pub fn llm(
+        hold: Hold,
+        route: &str,
+        action: &str,
+        path: &str,
+        request: &http::request::Parts,
+        model: &str,
+        body: BodyDigest,
+    ) -> CallBinding {
+        CallBinding::new(
+            hold,
+            action,
+            route.to_string(),
+            path,
+            request,
+            body,
+            CallKind::Llm {
+                model: model.to_string(),
+            },
+        )
+    }
+
+    fn new(
+        hold: Hold,
+        action: &str,
+        resource: String,
+        path: &str,
+        request: &http::request::Parts,
+        body: BodyDigest,
+        kind: CallKind,
+    ) -> CallBinding {
+        CallBinding {
+            agent: hold.agent,
+            user: hold.user,
+            action: action.to_string(),
+            resource,
+            path: path.to_string(),
+            query: request.uri.query().map(str::to_string),
+            headers: bound_headers(&request.headers),
+            body_sha256: body.sha256,
+            body_bytes: body.bytes,
+            kind,
+            policy_version: hold.policy_version,
+            policy_id: hold.policy_id,
+            required_by: hold.required_by,
         }
+    }
+
+    /// One digest over every bound field, each length-prefixed (an absent
+    /// one marked apart from an empty one). The body preview and the
+    /// rendered MCP arguments are not in it: they are cut from the body,
+    /// whose digest and size are.
+    pub fn key(&self) -> String {
+        fn part(h: &mut Sha256, p: &[u8]) {
+            h.update((p.len() as u64).to_be_bytes());
+            h.update(p);
+        }
+        fn optional(h: &mut Sha256, p: Option<&str>) {
+            match p {
+                None => part(h, b"-"),
+                Some(p) => {
+                    part(h, b"+");
+                    part(h, p.as_bytes());
+                }
+            }
+        }
+        let mut h = Sha256::new();
+        part(&mut h, b"portcullis approval binding v2");
+        part(&mut h, self.agent.as_bytes());
+        optional(&mut h, self.user.as_deref());
+        part(&mut h, self.action.as_bytes());
+        part(&mut h, self.resource.as_bytes());
+        part(&mut h, self.path.as_bytes());
+        optional(&mut h, self.query.as_deref());
+        part(&mut h, &(self.headers.len() as u64).to_be_bytes());
+        for (name, value) in &self.headers {
+            part(&mut h, name.as_bytes());
+            part(&mut h, value.as_bytes());
+        }
+        part(&mut h, self.body_sha256.as_bytes());
+        part(&mut h, &self.body_bytes.to_be_bytes());
+        part(&mut h, self.kind.protocol().as_bytes());
+        optional(&mut h, self.kind.subject());
+        part(&mut h, &self.policy_version.to_be_bytes());
         hex::encode(h.finalize())
     }
+
+    /// The call as an approver is shown it, and as it is stored: the query
+    /// and header values with their secrets masked. (The preview was masked
+    /// when it was cut.)
+    fn shown(&self) -> CallBinding {
+        let mut shown = self.clone();
+        shown.query = self
+            .query
+            .as_deref()
+            .map(|q| mask(q).unwrap_or_else(|| NOT_SHOWN.to_string()));
+        for (_, value) in &mut shown.headers {
+            *value = mask(value).unwrap_or_else(|| NOT_SHOWN.to_string());
+        }
+        shown
+    }
+
+    /// One line for a human: what the call does, e.g. `POST
+    /// /bank/transfer?to=alice&amount=10 (17 B body, sha256 3a7bd3e2360a)`.
+    pub fn summary(&self) -> String {
+        let target = match &self.query {
+            Some(q) => format!("{}?{q}", self.path),
+            None => self.path.clone(),
+        };
+        let body = format!(
+            "{} B body, sha256 {}",
+            self.body_bytes,
+            self.body_sha256.get(..12).unwrap_or(&self.body_sha256)
+        );
+        match &self.kind {
+            CallKind::Http { .. } => format!("{} {target} ({body})", self.action),
+            CallKind::McpTool { tool, arguments } => format!(
+                "{} {tool} {} (via {target})",
+                self.action,
+                shorten(arguments, SUMMARY_ARGUMENTS)
+            ),
+            CallKind::Llm { model } => {
+                format!("{} {target} model {model} ({body})", self.action)
+            }
+        }
+    }
+}
+
+/// Shown instead of a value that could not be checked for secrets.
+const NOT_SHOWN: &str = "[not shown: the DLP scanner is unavailable]";
+
+/// The DLP scanner that masks what a ticket shows. Its patterns are fixed,
+/// so it is built once, on the first held call, and never changes after.
+static SCANNER: LazyLock<Option<Scanner>> = LazyLock::new(|| match Scanner::new() {
+    Ok(scanner) => Some(scanner),
+    Err(e) => {
+        // A unit test of the guard builds it; should it fail anyway, tickets
+        // show no unchecked value (see `NOT_SHOWN`).
+        tracing::error!(error = %e, "the DLP scanner does not build: approval tickets show no body or query");
+        None
+    }
+});
+
+/// Whether a ticket masks a value of this kind. An IBAN or an email address
+/// stays: it says where a transfer or a message goes, which is what an
+/// approver must check. Credentials, card and social security numbers are
+/// never needed to decide.
+fn masked_kind(kind: Kind) -> bool {
+    !matches!(kind, Kind::Iban | Kind::Email)
+}
+
+/// `text` with every flagged value replaced by a typed placeholder
+/// (`[REDACTED_AWS_ACCESS_KEY_1]`); `None` without a scanner.
+fn mask(text: &str) -> Option<String> {
+    let scanner = SCANNER.as_ref()?;
+    let findings: Vec<_> = scanner
+        .scan(text)
+        .into_iter()
+        .filter(|f| masked_kind(f.kind))
+        .collect();
+    if findings.is_empty() {
+        return Some(text.to_string());
+    }
+    let mut out = String::with_capacity(text.len());
+    Redactor::new(&[]).apply(text, &findings, &mut out);
+    Some(out)
+}
+
+/// Control characters (a terminal escape, a newline that fakes another line)
+/// and bidirectional overrides (text shown in another order than it is
+/// read) written as escapes, so what the approver sees is what was sent.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        let deceptive = c.is_control()
+            || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+        if deceptive {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// At most `max` bytes of `text` (on a character boundary), then `…` if cut.
+fn shorten(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+/// What the approver reads of an HTTP body: the start of a text body, secrets
+/// masked; `None` for an empty, compressed or binary one.
+fn body_preview(headers: &http::HeaderMap, body: &[u8]) -> Option<String> {
+    if body.is_empty() || headers.contains_key(http::header::CONTENT_ENCODING) {
+        return None;
+    }
+    let textual = match headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    {
+        // No type: shown if it is text.
+        None => true,
+        Some(t) => {
+            let t = t.to_ascii_lowercase();
+            let media = t.split(';').next().unwrap_or_default().trim();
+            media.starts_with("text/")
+                || media.ends_with("json")
+                || media.ends_with("xml")
+                || media == "application/x-www-form-urlencoded"
+                || media == "application/graphql"
+        }
+    };
+    if !textual {
+        return None;
+    }
+    let window = &body[..body.len().min(PREVIEW_SCAN_BYTES)];
+    let text = match std::str::from_utf8(window) {
+        Ok(text) => text,
+        // The window ends inside a character: its valid start.
+        Err(e) if e.error_len().is_none() => {
+            std::str::from_utf8(&window[..e.valid_up_to()]).ok()?
+        }
+        Err(_) => return None,
+    };
+    let shown = match mask(text) {
+        Some(masked) => shorten(&escape(&masked), PREVIEW_BYTES),
+        None => NOT_SHOWN.to_string(),
+    };
+    Some(shown)
+}
+
+/// The [`BOUND_HEADERS`] of a request, exactly (see [`CallBinding::headers`]).
+fn bound_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for name in BOUND_HEADERS {
+        for value in headers.get_all(*name) {
+            let mut text = String::with_capacity(value.len());
+            for &b in value.as_bytes() {
+                if (0x20..0x7f).contains(&b) && b != b'%' {
+                    text.push(char::from(b));
+                } else {
+                    text.push_str(&format!("%{b:02X}"));
+                }
+            }
+            out.push(((*name).to_string(), text));
+        }
+    }
+    out
 }
 
 /// A ticket's state.
@@ -163,6 +656,10 @@ pub struct Ticket {
     pub decided_ms: Option<i64>,
     /// The grant an approval with a TTL created.
     pub grant_id: Option<String>,
+    /// [`CallBinding::key`] of the exact call (`binding` is the call as
+    /// shown, its secrets masked); empty for a ticket stored before the key
+    /// was, which matches no call.
+    key: String,
 }
 
 impl Ticket {
@@ -174,7 +671,14 @@ impl Ticket {
             action: self.binding.action.clone(),
             resource: self.binding.resource.clone(),
             path: self.binding.path.clone(),
+            query: self.binding.query.clone(),
+            headers: self.binding.headers.clone(),
             body_sha256: self.binding.body_sha256.clone(),
+            body_bytes: self.binding.body_bytes,
+            protocol: self.binding.kind.protocol().to_string(),
+            subject: self.binding.kind.subject().map(str::to_string),
+            preview: self.binding.kind.preview().map(str::to_string),
+            binding_key: self.key.clone(),
             policy_version: self.binding.policy_version,
             policy_id: self.binding.policy_id.clone(),
             required_by: self.binding.required_by.as_str().to_string(),
@@ -196,7 +700,11 @@ impl Ticket {
                 action: row.action,
                 resource: row.resource,
                 path: row.path,
+                query: row.query,
+                headers: row.headers,
                 body_sha256: row.body_sha256,
+                body_bytes: row.body_bytes,
+                kind: CallKind::from_stored(&row.protocol, row.subject, row.preview),
                 policy_version: row.policy_version,
                 policy_id: row.policy_id,
                 required_by: RequiredBy::parse(&row.required_by),
@@ -207,6 +715,7 @@ impl Ticket {
             decided_by: row.decided_by,
             decided_ms: row.decided_ms,
             grant_id: row.grant_id,
+            key: row.binding_key,
         }
     }
 }
@@ -270,9 +779,11 @@ impl Approvals {
         let mut tickets = Tickets::default();
         for row in store.live_approvals(now_ms()).await? {
             let ticket = Ticket::from_row(row);
-            tickets
-                .by_key
-                .insert(ticket.binding.key(), ticket.id.clone());
+            // A ticket without a key (stored before keys were) is listed
+            // until it lapses but matches no call.
+            if !ticket.key.is_empty() {
+                tickets.by_key.insert(ticket.key.clone(), ticket.id.clone());
+            }
             tickets.by_id.insert(ticket.id.clone(), ticket);
         }
         let (writes, mut queue) = tokio::sync::mpsc::unbounded_channel::<ApprovalRow>();
@@ -305,7 +816,7 @@ impl Approvals {
         let gate = {
             let Ok(mut t) = self.tickets.lock() else {
                 // A poisoned desk approves nothing.
-                return Gate::Denied(new_ticket(binding, now));
+                return Gate::Denied(new_ticket(&binding, key, now));
             };
             let existing = t.by_key.get(&key).cloned();
             let (gate, changed) = match existing.and_then(|id| t.by_id.get(&id).cloned()) {
@@ -319,13 +830,13 @@ impl Approvals {
                     Status::Pending => (Gate::Pending(ticket, false), None),
                     Status::Denied => (Gate::Denied(ticket), None),
                     Status::Used | Status::Expired => {
-                        let fresh = new_ticket(binding, now);
+                        let fresh = new_ticket(&binding, key.clone(), now);
                         insert(&mut t, key, fresh.clone());
                         (Gate::Pending(fresh.clone(), true), Some(fresh))
                     }
                 },
                 _ => {
-                    let fresh = new_ticket(binding, now);
+                    let fresh = new_ticket(&binding, key.clone(), now);
                     insert(&mut t, key, fresh.clone());
                     (Gate::Pending(fresh.clone(), true), Some(fresh))
                 }
@@ -459,7 +970,33 @@ impl Ticket {
             "action": self.binding.action,
             "resource": self.binding.resource,
             "path": self.binding.path,
+            "query": self.binding.query,
+            "headers": self
+                .binding
+                .headers
+                .iter()
+                .map(|(name, value)| serde_json::json!({ "name": name, "value": value }))
+                .collect::<Vec<_>>(),
             "body_sha256": self.binding.body_sha256,
+            "body_bytes": self.binding.body_bytes,
+            "protocol": self.binding.kind.protocol(),
+            "tool": match &self.binding.kind {
+                CallKind::McpTool { tool, .. } => Some(tool),
+                _ => None,
+            },
+            "arguments": match &self.binding.kind {
+                CallKind::McpTool { arguments, .. } => Some(arguments),
+                _ => None,
+            },
+            "model": match &self.binding.kind {
+                CallKind::Llm { model } => Some(model),
+                _ => None,
+            },
+            "preview": match &self.binding.kind {
+                CallKind::Http { preview } => preview.as_deref(),
+                _ => None,
+            },
+            "summary": self.binding.summary(),
             "policy_version": self.binding.policy_version,
             "policy_id": self.binding.policy_id,
             "required_by": self.binding.required_by.as_str(),
@@ -501,10 +1038,11 @@ pub async fn webhook(
     }
 }
 
-fn new_ticket(binding: CallBinding, now: i64) -> Ticket {
+fn new_ticket(binding: &CallBinding, key: String, now: i64) -> Ticket {
     Ticket {
         id: hex::encode(rand::random::<[u8; 16]>()),
-        binding,
+        binding: binding.shown(),
+        key,
         created_ms: now,
         expires_ms: now + PENDING_TTL.as_millis() as i64,
         status: Status::Pending,
@@ -545,18 +1083,323 @@ fn insert(t: &mut Tickets, key: String, ticket: Ticket) {
 mod tests {
     use super::*;
 
-    fn call(body: &str) -> CallBinding {
-        CallBinding {
+    const GITHUB_TOKEN: &str = "ghp_aB3dE5gH7jK9mN1pQ3rS5tU7vW9xY1zA2bC4";
+
+    fn hold() -> Hold {
+        Hold {
             agent: "pay-bot".into(),
             user: Some("alice".into()),
-            action: "POST".into(),
-            resource: "bank".into(),
-            path: "/bank/transfer".into(),
-            body_sha256: hex::encode(Sha256::digest(body)),
             policy_version: 1,
             policy_id: "transfers".into(),
             required_by: RequiredBy::Policy,
         }
+    }
+
+    /// The request head of `uri` with `headers`.
+    fn head(uri: &str, headers: &[(&str, &str)]) -> http::request::Parts {
+        let mut request = http::Request::builder().method("POST").uri(uri);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.body(()).unwrap().into_parts().0
+    }
+
+    /// `POST` of `body` to `uri` on the `bank` route.
+    fn http_call(uri: &str, headers: &[(&str, &str)], body: &str) -> CallBinding {
+        let request = head(uri, headers);
+        let path = request.uri.path().to_string();
+        CallBinding::http(hold(), "bank", "POST", &path, &request, body.as_bytes())
+    }
+
+    fn call(body: &str) -> CallBinding {
+        http_call("/bank/transfer", &[], body)
+    }
+
+    fn tool(arguments: serde_json::Value) -> CallBinding {
+        let request = head("/files/mcp", &[("content-type", "application/json")]);
+        CallBinding::mcp_tool(hold(), "files", "/files/mcp", &request, "write", &arguments)
+    }
+
+    fn llm(model: &str, body: &str) -> CallBinding {
+        let request = head("/llm/v1/chat/completions", &[]);
+        let digest = BodyDigest::of(body.as_bytes());
+        CallBinding::llm(
+            hold(),
+            "llm",
+            "POST",
+            "/llm/v1/chat/completions",
+            &request,
+            model,
+            digest,
+        )
+    }
+
+    #[test]
+    fn every_bound_part_of_the_exchange_changes_the_key() {
+        let base = || {
+            http_call(
+                "/bank/transfer?to=alice&amount=10",
+                &[("content-type", "application/json"), ("user-agent", "a")],
+                r#"{"memo":"rent"}"#,
+            )
+        };
+        assert_eq!(base().key(), base().key(), "the same call, the same key");
+        // A header that does not change what the call does is not bound.
+        let other_agent = http_call(
+            "/bank/transfer?to=alice&amount=10",
+            &[("content-type", "application/json"), ("user-agent", "b")],
+            r#"{"memo":"rent"}"#,
+        );
+        assert_eq!(other_agent.key(), base().key());
+        let different = [
+            (
+                "the query",
+                http_call(
+                    "/bank/transfer?to=mallory&amount=1000000",
+                    &[("content-type", "application/json")],
+                    r#"{"memo":"rent"}"#,
+                ),
+            ),
+            (
+                "no query",
+                http_call(
+                    "/bank/transfer",
+                    &[("content-type", "application/json")],
+                    r#"{"memo":"rent"}"#,
+                ),
+            ),
+            (
+                "an empty query",
+                http_call(
+                    "/bank/transfer?",
+                    &[("content-type", "application/json")],
+                    r#"{"memo":"rent"}"#,
+                ),
+            ),
+            (
+                "a bound header",
+                http_call(
+                    "/bank/transfer?to=alice&amount=10",
+                    &[("content-type", "application/x-www-form-urlencoded")],
+                    r#"{"memo":"rent"}"#,
+                ),
+            ),
+            (
+                "a method override",
+                http_call(
+                    "/bank/transfer?to=alice&amount=10",
+                    &[
+                        ("content-type", "application/json"),
+                        ("x-http-method-override", "DELETE"),
+                    ],
+                    r#"{"memo":"rent"}"#,
+                ),
+            ),
+            (
+                "the body",
+                http_call(
+                    "/bank/transfer?to=alice&amount=10",
+                    &[("content-type", "application/json")],
+                    r#"{"memo":"rant"}"#,
+                ),
+            ),
+            (
+                "the path",
+                http_call(
+                    "/bank/transfers?to=alice&amount=10",
+                    &[("content-type", "application/json")],
+                    r#"{"memo":"rent"}"#,
+                ),
+            ),
+        ];
+        for (what, call) in different {
+            assert_ne!(call.key(), base().key(), "{what}");
+        }
+        // A query is bound as it is forwarded: re-encoding it is another call.
+        assert_ne!(
+            http_call("/x?to=al%69ce", &[], "").key(),
+            http_call("/x?to=alice", &[], "").key()
+        );
+
+        // MCP: the tool's arguments, canonical (key order does not matter).
+        let a = tool(serde_json::json!({"path": "a.txt", "text": "hi"}));
+        let same = tool(serde_json::json!({"text": "hi", "path": "a.txt"}));
+        let b = tool(serde_json::json!({"path": "b.txt", "text": "hi"}));
+        assert_eq!(a.key(), same.key());
+        assert_ne!(a.key(), b.key());
+        assert_eq!(
+            a.kind,
+            CallKind::McpTool {
+                tool: "write".into(),
+                arguments: r#"{"path":"a.txt","text":"hi"}"#.into()
+            }
+        );
+        // LLM: the model and the body.
+        let body = r#"{"model":"m","messages":[]}"#;
+        assert_eq!(llm("m", body).key(), llm("m", body).key());
+        assert_ne!(llm("m", body).key(), llm("n", body).key());
+        assert_ne!(llm("m", body).key(), llm("m", "{}").key());
+        // Another protocol with the same path and body is another call.
+        assert_ne!(
+            http_call("/llm/v1/chat/completions", &[], body).key(),
+            llm("m", body).key()
+        );
+    }
+
+    #[test]
+    fn bound_headers_are_lower_case_sorted_and_exact() {
+        let mut sorted = BOUND_HEADERS.to_vec();
+        sorted.sort_unstable();
+        assert_eq!(sorted, BOUND_HEADERS);
+        assert!(BOUND_HEADERS.iter().all(|h| h.to_ascii_lowercase() == *h));
+        let mut headers = http::HeaderMap::new();
+        headers.append("X-Amz-Target", "DynamoDB_20120810.PutItem".parse().unwrap());
+        headers.append("content-type", "text/plain".parse().unwrap());
+        headers.append("content-type", "application/json".parse().unwrap());
+        headers.append(
+            "soapaction",
+            http::HeaderValue::from_bytes(b"50%\xff").unwrap(),
+        );
+        headers.append("accept", "*/*".parse().unwrap());
+        assert_eq!(
+            bound_headers(&headers),
+            [
+                ("content-type", "text/plain"),
+                ("content-type", "application/json"),
+                ("soapaction", "50%25%FF"),
+                ("x-amz-target", "DynamoDB_20120810.PutItem"),
+            ]
+            .map(|(n, v)| (n.to_string(), v.to_string()))
+        );
+        let raw = http::HeaderValue::from_bytes(&[b'a', 0xff]).unwrap();
+        let mut headers = http::HeaderMap::new();
+        headers.append("destination", raw);
+        assert_eq!(bound_headers(&headers)[0].1, "a%FF");
+    }
+
+    #[test]
+    fn the_approver_sees_the_call_without_its_secrets() {
+        assert!(SCANNER.is_some(), "the DLP scanner builds");
+        let call = http_call(
+            &format!("/bank/transfer?to=DE89370400440532013000&token={GITHUB_TOKEN}"),
+            &[("content-type", "application/json")],
+            &format!(r#"{{"memo":"rent\u001b[2K","note":"\u202e","key":"{GITHUB_TOKEN}"}}"#),
+        );
+        let shown = call.shown();
+        let query = shown.query.as_deref().unwrap();
+        // An IBAN says where the money goes: the approver must see it.
+        assert!(
+            query.starts_with("to=DE89370400440532013000&token="),
+            "{query}"
+        );
+        assert!(query.contains("[REDACTED_GITHUB_TOKEN_1]") && !query.contains(GITHUB_TOKEN));
+        let CallKind::Http {
+            preview: Some(preview),
+        } = &shown.kind
+        else {
+            panic!("a JSON body has a preview: {shown:?}")
+        };
+        assert!(!preview.contains(GITHUB_TOKEN), "{preview}");
+        assert!(preview.contains("[REDACTED_GITHUB_TOKEN_1]"), "{preview}");
+        // The body as sent (JSON escapes stay escapes).
+        assert!(
+            preview.starts_with(r#"{"memo":"rent\u001b[2K""#),
+            "{preview}"
+        );
+        // The summary has the method, the path with the query, the size and digest.
+        let summary = shown.summary();
+        assert!(
+            summary.starts_with(
+                "POST /bank/transfer?to=DE89370400440532013000&token=[REDACTED_GITHUB_TOKEN_1] ("
+            ) && summary.contains(&format!(
+                "{} B body, sha256 {}",
+                call.body_bytes,
+                &call.body_sha256[..12]
+            )),
+            "{summary}"
+        );
+
+        // Raw control characters and bidi overrides are escaped; a long body is cut.
+        let long = format!("line one\nline\u{1b}[2K two \u{202e}{}", "x".repeat(5000));
+        let CallKind::Http {
+            preview: Some(preview),
+        } = call_with_body("text/plain", &long).kind
+        else {
+            panic!()
+        };
+        assert!(
+            preview.starts_with(r"line one\nline\u{1b}[2K two \u{202e}xxx"),
+            "{preview}"
+        );
+        assert!(preview.ends_with('…') && preview.len() <= PREVIEW_BYTES + '…'.len_utf8());
+        // Binary and compressed bodies get no preview, only size and digest.
+        assert_eq!(
+            call_with_body("application/octet-stream", "abc").kind,
+            CallKind::Http { preview: None }
+        );
+        let gzip = http_call("/x", &[("content-encoding", "gzip")], "abc");
+        assert_eq!(gzip.kind, CallKind::Http { preview: None });
+        // MCP arguments are masked the same way.
+        let CallKind::McpTool { arguments, .. } =
+            tool(serde_json::json!({ "token": GITHUB_TOKEN }))
+                .shown()
+                .kind
+        else {
+            panic!()
+        };
+        assert_eq!(arguments, r#"{"token":"[REDACTED_GITHUB_TOKEN_1]"}"#);
+    }
+
+    fn call_with_body(content_type: &str, body: &str) -> CallBinding {
+        http_call("/x", &[("content-type", content_type)], body)
+    }
+
+    #[tokio::test]
+    async fn a_ticket_shows_the_masked_call_and_still_matches_the_exact_one_after_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("db")).await.unwrap();
+        let desk = Approvals::load(store.clone(), None).await.unwrap();
+        let secret = || {
+            http_call(
+                &format!("/bank/transfer?to=alice&amount=10&token={GITHUB_TOKEN}"),
+                &[("content-type", "application/json")],
+                r#"{"memo":"rent"}"#,
+            )
+        };
+        let Gate::Pending(ticket, true) = desk.gate(secret()) else {
+            panic!("a new ticket was expected")
+        };
+        let json = ticket.to_json();
+        assert_eq!(
+            json["query"],
+            "to=alice&amount=10&token=[REDACTED_GITHUB_TOKEN_1]"
+        );
+        assert_eq!(
+            json["headers"],
+            serde_json::json!([{ "name": "content-type", "value": "application/json" }])
+        );
+        assert_eq!(json["preview"], r#"{"memo":"rent"}"#);
+        assert_eq!(json["body_bytes"], 15);
+        assert_eq!(json["protocol"], "http");
+        assert!(!json.to_string().contains(GITHUB_TOKEN), "{json}");
+        desk.decide(&ticket.id, true, "bob", None).unwrap();
+        // After a restart (once the writer caught up), the approval is
+        // still there and matches the exact call, not the masked one.
+        let mut reloaded = None;
+        for _ in 0..100 {
+            let desk = Approvals::load(store.clone(), None).await.unwrap();
+            if desk.list().first().map(|t| t.status) == Some(Status::Approved) {
+                reloaded = Some(desk);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let reloaded = reloaded.expect("the approval was stored");
+        assert_eq!(reloaded.list()[0].to_json()["query"], json["query"]);
+        let mut masked = secret();
+        masked.query = ticket.binding.query.clone();
+        assert!(matches!(reloaded.gate(masked), Gate::Pending(t, true) if t.id != ticket.id));
+        assert!(matches!(reloaded.gate(secret()), Gate::Approved(t) if t.id == ticket.id));
     }
 
     #[tokio::test]

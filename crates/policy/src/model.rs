@@ -295,7 +295,6 @@ impl ModelAuthz {
             })
     }
 
-
     /// Decides as `user` (an entity in `entities`): every policy of the
     /// action, no memo (see `Authorizer::decide_model_for_user`).
     pub(crate) fn decide_as_user(

@@ -1,5 +1,5 @@
 //! Approval tickets and time-boxed grants (migrations `0007_policy.sql`,
-//! `0011_approval_reason.sql`).
+//! `0011_approval_reason.sql`, `0012_approval_binding.sql`).
 //! The gateway keeps live tickets in memory and writes them here off the
 //! request path, so they survive a restart and can be listed and audited.
 
@@ -22,8 +22,26 @@ pub struct ApprovalRow {
     pub resource: String,
     /// The request path.
     pub path: String,
+    /// The query string as the approver is shown it (secrets masked), without
+    /// the `?`; `None` when the request had none.
+    pub query: Option<String>,
+    /// The bound request headers as shown (name, value), in binding order.
+    pub headers: Vec<(String, String)>,
     /// SHA-256 (hex) of the request body.
     pub body_sha256: String,
+    /// The body's size in bytes.
+    pub body_bytes: u64,
+    /// `http`, `mcp` or `llm`.
+    pub protocol: String,
+    /// The MCP tool or the LLM model; `None` on an HTTP route.
+    pub subject: Option<String>,
+    /// What the approver reads of the body: the start of an HTTP text body,
+    /// or an MCP tool call's canonical arguments (secrets masked, truncated).
+    pub preview: Option<String>,
+    /// The digest the gateway matches a call against (over the exact call,
+    /// not the masked fields above); empty for a ticket from before
+    /// migration 12, which matches nothing.
+    pub binding_key: String,
     /// The policy version that asked for approval.
     pub policy_version: u64,
     /// The policy that asked for approval, or (when `required_by` is
@@ -75,11 +93,16 @@ pub struct GrantRow {
 impl Store {
     /// Inserts a ticket or replaces its mutable state (status, decision, expiry).
     pub async fn put_approval(&self, t: &ApprovalRow) -> Result<(), StoreError> {
+        let headers = serde_json::to_string(&t.headers).map_err(|e| StoreError::Corrupt {
+            table: "approvals",
+            detail: e.to_string(),
+        })?;
         sqlx::query(
             "INSERT INTO approvals (id, agent, delegated_user, action, resource, path, body_sha256,
                  policy_version, policy_id, required_by, created_ms, expires_ms, status, decided_by,
-                 decided_ms, grant_id)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 decided_ms, grant_id, query, headers, body_bytes, protocol, subject, preview,
+                 binding_key)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT(id) DO UPDATE SET expires_ms = excluded.expires_ms, status = excluded.status,
                  decided_by = excluded.decided_by, decided_ms = excluded.decided_ms,
                  grant_id = excluded.grant_id",
@@ -100,6 +123,13 @@ impl Store {
         .bind(&t.decided_by)
         .bind(t.decided_ms)
         .bind(&t.grant_id)
+        .bind(&t.query)
+        .bind(headers)
+        .bind(t.body_bytes as i64)
+        .bind(&t.protocol)
+        .bind(&t.subject)
+        .bind(&t.preview)
+        .bind(&t.binding_key)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -116,6 +146,7 @@ impl Store {
         .await?;
         rows.iter()
             .map(|r| {
+                let headers: String = r.try_get("headers")?;
                 Ok(ApprovalRow {
                     id: r.try_get("id")?,
                     agent: r.try_get("agent")?,
@@ -123,7 +154,17 @@ impl Store {
                     action: r.try_get("action")?,
                     resource: r.try_get("resource")?,
                     path: r.try_get("path")?,
+                    query: r.try_get("query")?,
+                    headers: serde_json::from_str(&headers).map_err(|e| StoreError::Corrupt {
+                        table: "approvals",
+                        detail: e.to_string(),
+                    })?,
                     body_sha256: r.try_get("body_sha256")?,
+                    body_bytes: r.try_get::<i64, _>("body_bytes")?.max(0) as u64,
+                    protocol: r.try_get("protocol")?,
+                    subject: r.try_get("subject")?,
+                    preview: r.try_get("preview")?,
+                    binding_key: r.try_get("binding_key")?,
                     policy_version: r.try_get::<i64, _>("policy_version")? as u64,
                     policy_id: r.try_get("policy_id")?,
                     required_by: r.try_get("required_by")?,
@@ -209,6 +250,42 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn live_tickets_from_before_the_binding_migration_lapse() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .create_if_missing(true);
+        let pool = sqlx::SqlitePool::connect_with(options).await.unwrap();
+        let all = crate::migrator();
+        let before = sqlx::migrate::Migrator::with_migrations(
+            all.migrations
+                .iter()
+                .filter(|m| m.version < 12)
+                .cloned()
+                .collect(),
+        );
+        before.run(&pool).await.unwrap();
+        for (id, status) in [("old-pending", "pending"), ("old-approved", "approved")] {
+            sqlx::query(
+                "INSERT INTO approvals (id, agent, action, resource, path, body_sha256,
+                     policy_version, policy_id, created_ms, expires_ms, status)
+                 VALUES (?, 'bot', 'POST', 'bank', '/bank/transfer', 'ab', 1, 'p', 1, ?, ?)",
+            )
+            .bind(id)
+            .bind(i64::MAX)
+            .bind(status)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+        pool.close().await;
+        // Bound without their query, they are not approvals of anything now.
+        let store = Store::open_sqlite(&path).await.unwrap();
+        assert!(store.live_approvals(2).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
     async fn tickets_and_grants_round_trip() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_sqlite(&dir.path().join("db")).await.unwrap();
@@ -219,7 +296,14 @@ mod tests {
             action: "POST".into(),
             resource: "bank".into(),
             path: "/bank/transfer".into(),
+            query: Some("to=alice&amount=10".into()),
+            headers: vec![("content-type".into(), "application/json".into())],
             body_sha256: "ab".into(),
+            body_bytes: 13,
+            protocol: "http".into(),
+            subject: None,
+            preview: Some(r#"{"memo":"x"}"#.into()),
+            binding_key: "k1".into(),
             policy_version: 2,
             policy_id: "transfers".into(),
             required_by: "analytics".into(),

@@ -159,6 +159,11 @@ fn migrator() -> Migrator {
             "approval_reason",
             include_str!("../migrations/0011_approval_reason.sql"),
         ),
+        migration(
+            12,
+            "approval_binding",
+            include_str!("../migrations/0012_approval_binding.sql"),
+        ),
     ])
 }
 

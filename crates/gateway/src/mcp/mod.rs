@@ -57,12 +57,12 @@ use serde_json::Value;
 use crate::body::{BodyMeter, Recorder};
 use crate::config::Upstream;
 use crate::metrics::Stage;
-use crate::pipeline::{approve, decide};
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contain::{self, Writes};
 use crate::pipeline::contextualize::RequestContext;
 use crate::pipeline::decode::{DecodedRequest, read_whole};
 use crate::pipeline::inspect::GuardState;
+use crate::pipeline::{approve, decide};
 use crate::respond::{Denial, ResponseBody, full};
 use crate::state::{ConnectionState, Gateway, Snapshot};
 
@@ -490,11 +490,7 @@ async fn post(
             .filter(|state| *state != PinState::Approved);
         // What a human approves is the tool and its canonical arguments:
         // the ones policy decided on and the server receives.
-        let bound = jsonrpc::canonical(&serde_json::json!({
-            "method": method,
-            "target": target,
-            "arguments": arguments.clone().unwrap_or(Value::Null),
-        }));
+        let bound = arguments.clone().unwrap_or(Value::Null);
         described.get_or_insert((method.to_string(), resource));
         let decided = decide::decide(
             &mut decide::Exchange {
@@ -518,11 +514,13 @@ async fn post(
                 },
                 content,
                 write: contain::is_mcp_write(action),
-                blocked: blocked.map(|state| {
-                    Denial::new(ErrorCode::ToolBlocked, state.reason(&target))
-                }),
+                blocked: blocked
+                    .map(|state| Denial::new(ErrorCode::ToolBlocked, state.reason(&target))),
             },
-            decide::Subject::Bytes(bound.as_bytes()),
+            decide::Subject::Mcp {
+                parts: &parts,
+                arguments: &bound,
+            },
         )
         .await;
         match decided {
@@ -605,9 +603,8 @@ async fn post(
                 [one] if !body.batch => serde_json::to_vec(one),
                 _ => serde_json::to_vec(&kept),
             };
-            let upstream_body = Bytes::from(text.map_err(|_| {
-                Denial::new(ErrorCode::Internal, "internal error")
-            })?);
+            let upstream_body =
+                Bytes::from(text.map_err(|_| Denial::new(ErrorCode::Internal, "internal error"))?);
             forward_http(
                 asker,
                 conn,
@@ -812,7 +809,9 @@ fn redactable(response: &Response<ResponseBody>) -> bool {
         .get(header::CONTENT_ENCODING)
         .is_none_or(|v| v.as_bytes() == b"identity");
     let empty = response.status() == StatusCode::ACCEPTED;
-    empty || (plain && (media.starts_with("application/json") || media.starts_with("text/event-stream")))
+    empty
+        || (plain
+            && (media.starts_with("application/json") || media.starts_with("text/event-stream")))
 }
 
 /// Buffers a JSON answer, filters `tools/list` results and adds refusals.

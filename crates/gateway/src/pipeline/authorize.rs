@@ -103,4 +103,3 @@ pub fn run(
         _ => agent,
     }
 }
-

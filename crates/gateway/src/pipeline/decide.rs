@@ -29,18 +29,17 @@ use http_body_util::{BodyExt, Full};
 use portcullis_audit::Outcome;
 use portcullis_core::{Decision, ErrorCode, RequestId};
 use portcullis_policy::{Content, McpAction, ModelAction, ModelEntity};
-use sha2::{Digest as _, Sha256};
 
-use crate::approvals::{CallBinding, RequiredBy};
+use crate::approvals::{BodyDigest, CallBinding, Hold, RequiredBy};
 use crate::body::{BodyMeter, Recorder};
 use crate::metrics::Stage;
-use crate::pipeline::{approve, authorize};
+use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contain::{self, Writes};
 use crate::pipeline::contextualize::RequestContext;
 use crate::pipeline::decode::{DecodedRequest, read_whole};
+use crate::pipeline::{approve, authorize};
 use crate::respond::{Denial, DenialDetail};
 use crate::state::{ConnectionState, Gateway, Snapshot};
-use crate::pipeline::authenticate::Identity;
 
 /// One request's exchange with the gateway: who asks, on which route, with
 /// which snapshot, and the record it leaves. Built once per request after
@@ -120,9 +119,22 @@ pub enum Subject<'a> {
     /// An HTTP request: its body is read (within the body limit) and hashed
     /// only when a human must approve; the request keeps the bytes.
     Request(&'a mut DecodedRequest),
-    /// Bytes that already say the whole call: an MCP message's canonical
-    /// tool call, an LLM call's body.
-    Bytes(&'a [u8]),
+    /// An MCP message: the request head that carried it and its canonical
+    /// arguments (the ones policy decided on and the server receives).
+    Mcp {
+        /// The HTTP request's head (query, meaning-changing headers).
+        parts: &'a http::request::Parts,
+        /// The canonical `params.arguments` (`null` when there are none).
+        arguments: &'a serde_json::Value,
+    },
+    /// An LLM call: the request head and the body exactly as it will be
+    /// forwarded.
+    Llm {
+        /// The HTTP request's head.
+        parts: &'a http::request::Parts,
+        /// The body as forwarded.
+        body: &'a [u8],
+    },
 }
 
 /// One call to decide.
@@ -251,7 +263,11 @@ async fn obligations(
         return Err(contain::read_only());
     }
     for (policy, rate) in &obligations.rates {
-        if let Err(wait) = ex.gateway.rate_limiter.check(policy, &ex.identity.agent, *rate) {
+        if let Err(wait) = ex
+            .gateway
+            .rate_limiter
+            .check(policy, &ex.identity.agent, *rate)
+        {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             return Err(Denial {
                 code: ErrorCode::RateLimited,
@@ -296,20 +312,7 @@ async fn obligations(
         request.parts.headers.remove(http::header::ACCEPT_ENCODING);
     }
     if let Some(required_by) = required_by {
-        let body_sha256 = match subject {
-            Subject::Bytes(bytes) => hex::encode(Sha256::digest(bytes)),
-            Subject::Request(request) => {
-                let body = std::mem::replace(&mut request.body, empty_body());
-                let bytes =
-                    read_whole(body, ex.gateway.limits.max_body_bytes, ex.meter).await?;
-                let digest = hex::encode(Sha256::digest(&bytes));
-                request.body = Full::new(bytes)
-                    .map_err(|never| match never {})
-                    .boxed_unsync();
-                digest
-            }
-        };
-        let binding = CallBinding {
+        let hold = Hold {
             agent: ex.identity.agent.clone(),
             user: ex
                 .identity
@@ -317,13 +320,43 @@ async fn obligations(
                 .delegation
                 .as_ref()
                 .map(|d| d.user.clone()),
-            action: call.ask.action_name(ex.context),
-            resource: call.ask.resource_name(ex.context),
-            path: ex.context.path.clone(),
-            body_sha256,
             policy_version: ex.snapshot.policy_version,
             policy_id: decision.policy_ids.first().cloned().unwrap_or_default(),
             required_by,
+        };
+        let route = &ex.context.route.name;
+        let path = &ex.context.path;
+        let binding = match (subject, call.ask) {
+            (Subject::Request(request), _) => {
+                let body = std::mem::replace(&mut request.body, empty_body());
+                let bytes = read_whole(body, ex.gateway.limits.max_body_bytes, ex.meter).await?;
+                let binding = CallBinding::http(
+                    hold,
+                    route,
+                    ex.context.action.as_str(),
+                    path,
+                    &request.parts,
+                    &bytes,
+                );
+                request.body = Full::new(bytes)
+                    .map_err(|never| match never {})
+                    .boxed_unsync();
+                binding
+            }
+            (Subject::Mcp { parts, arguments }, Ask::Mcp { method, target, .. }) => {
+                CallBinding::mcp(hold, route, path, parts, method, target, arguments)
+            }
+            (Subject::Llm { parts, body }, Ask::Model { model, .. }) => CallBinding::llm(
+                hold,
+                route,
+                ex.context.action.as_str(),
+                path,
+                parts,
+                model,
+                BodyDigest::of(body),
+            ),
+            // A subject that does not fit its call is a bug: refuse.
+            _ => return Err(unsupported("approval", "the call cannot be bound")),
         };
         let mut ticket = None;
         let gate = approve::hold(
@@ -354,7 +387,9 @@ async fn obligations(
 pub fn unsupported(obligation: &str, why: &str) -> Denial {
     Denial::new(
         ErrorCode::ObligationUnsupported,
-        format!("the deciding policy obliges `{obligation}`, which this call cannot be held to: {why}"),
+        format!(
+            "the deciding policy obliges `{obligation}`, which this call cannot be held to: {why}"
+        ),
     )
 }
 

@@ -145,7 +145,10 @@ pub async fn run(
             write: true,
             blocked: None,
         },
-        decide::Subject::Bytes(&body),
+        decide::Subject::Llm {
+            parts: &parts,
+            body: &body,
+        },
     )
     .await?;
 
