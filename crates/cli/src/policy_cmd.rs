@@ -373,13 +373,16 @@ pub async fn run(command: PolicyCommand, admin: AdminArgs) -> Result<()> {
                 + r["deny_to_allow"].as_u64().unwrap_or_default()
                 + r["models_changed"].as_u64().unwrap_or_default();
             println!(
-                "\nreplayed {} requests against version {} and `{}`: {changed} would change (allow -> deny {}, deny -> allow {}, visible models {}); {} refused before authorization were skipped{}",
+                "\nreplayed {} requests against version {} and `{}`: {changed} would change (allow -> deny {}, deny -> allow {}{}); {} refused before authorization were skipped{}",
                 r["replayed"],
                 r["active"],
                 dir.display(),
                 r["allow_to_deny"],
                 r["deny_to_allow"],
-                r["models_changed"],
+                match r["models_changed"].as_u64().unwrap_or_default() {
+                    0 => String::new(),
+                    n => format!("; model listings {n}"),
+                },
                 r["skipped"],
                 if r["truncated"] == true {
                     "; only the oldest 200000 were replayed"
