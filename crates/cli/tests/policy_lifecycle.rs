@@ -1057,8 +1057,10 @@ status = "preview"
             .json(&body)
             .send()
     };
-    let call = mcp(serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
-        "params": {"name": "read_file", "arguments": {"path": "/tmp/a"}}}))
+    let call = mcp(
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "read_file", "arguments": {"path": "/tmp/a"}}}),
+    )
     .await
     .unwrap();
     let call_id = request_id(&call);
@@ -1112,7 +1114,11 @@ status = "preview"
     );
     assert!(out.contains("decision: deny (policy version 1)"), "{out}");
     assert!(out.contains("deciding: no-etc"), "{out}");
-    let out = explain("call_tool", "files/read_file", r#"{"args":{"path":"/tmp/a"}}"#);
+    let out = explain(
+        "call_tool",
+        "files/read_file",
+        r#"{"args":{"path":"/tmp/a"}}"#,
+    );
     assert!(out.contains("decision: allow"), "{out}");
     assert!(
         out.contains(r#"failed: when { context.args.getTag("path") like "/etc/*" }"#),
@@ -1189,12 +1195,16 @@ status = "preview"
         "{out}"
     );
     assert!(
-        line(&models_id).contains("dev-bot list_models llm: models [gpt-test,preview] -> [gpt-test]"),
+        line(&models_id)
+            .contains("dev-bot list_models llm: models [gpt-test,preview] -> [gpt-test]"),
         "{out}"
     );
     assert!(!out.contains(&list_id), "{out}");
     assert!(!out.contains(&completion_id), "{out}");
-    assert!(out.contains("replayed 4 requests against version 1"), "{out}");
+    assert!(
+        out.contains("replayed 4 requests against version 1"),
+        "{out}"
+    );
     assert!(
         out.contains("2 would change (allow -> deny 1, deny -> allow 0; model listings 1)"),
         "{out}"
@@ -1202,5 +1212,69 @@ status = "preview"
     assert!(
         out.contains("1 MCP tool calls and prompt gets were replayed without their arguments"),
         "{out}"
+    );
+}
+
+#[test]
+fn policy_test_covers_mcp_model_listing_and_secret_actions() {
+    let dir = tempfile::tempdir().unwrap();
+    policy_dir(
+        dir.path(),
+        &[(
+            "main.cedar",
+            r#"
+@id("dev-tools") permit(principal in Role::"dev", action == Action::"call_tool", resource in Route::"files")
+  when { context.args.hasTag("path") && context.args.getTag("path") like "/tmp/*" };
+@id("dev-list") permit(principal in Role::"dev", action == Action::"list_tools", resource == Route::"files");
+@id("docs") permit(principal in Role::"dev", action == Action::"read_resource", resource in Route::"files")
+  when { resource.name like "docs://*" };
+@id("prompts") permit(principal in Role::"dev", action == Action::"get_prompt", resource == Prompt::"files/summary");
+@id("approved") permit(principal in Role::"dev", action in [Action::"complete", Action::"embed"], resource in Route::"llm")
+  when { resource.status == "approved" };
+@id("llm-key") permit(principal in Role::"dev", action == Action::"use_secret", resource == Secret::"llm-key")
+  when { context.route == "llm" };
+"#,
+        )],
+    );
+    let cases = dir.path().join("all.test.yaml");
+    let case = |name: &str, action: &str, resource: &str, rest: &str| {
+        format!(
+            "  - name: {name}\n    principal: dev-bot\n    action: {action}\n    resource: '{resource}'\n{rest}"
+        )
+    };
+    let text = [
+        "agents: [{ name: dev-bot, roles: [dev] }]\nroutes:\n  - { name: files, classification: internal }\n  \
+         - name: llm\n    classification: internal\n    models:\n      - { name: gpt, status: approved }\n      \
+         - { name: exp, status: preview }\ncases:\n"
+            .to_string(),
+        case("tmp", "call_tool", "files/read_file", "    context: { args: { path: /tmp/a } }\n    expect: allow\n    policies: [dev-tools]\n"),
+        case("etc", "call_tool", r#"Tool::"files/read_file""#, "    context: { args: { path: /etc/passwd } }\n    expect: deny\n"),
+        case("list", "list_tools", "files", "    expect: allow\n"),
+        case("docs", "read_resource", "files/docs://a", "    expect: allow\n"),
+        case("prompt", "get_prompt", r#"Prompt::"files/summary""#, "    expect: allow\n"),
+        case("complete", "complete", "llm/gpt", "    expect: allow\n"),
+        case("preview", "embed", r#"Model::"llm/exp""#, "    expect: deny\n"),
+        case("listing", "list_models", "llm", "    models: [gpt]\n"),
+        case("secret", "use_secret", "llm-key", "    context: { route: llm }\n    expect: allow\n"),
+        case("wrong listing", "list_models", "llm", "    models: [gpt, exp]\n"),
+    ]
+    .concat();
+    std::fs::write(&cases, text).unwrap();
+    let out = std::process::Command::new(support::BIN)
+        .args(["policy", "test"])
+        .arg(&cases)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("test result: FAILED. 9 passed; 1 failed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "case 10 wrong listing ... FAILED\n    expected models [gpt, exp], got [gpt]"
+        ),
+        "{stdout}"
     );
 }

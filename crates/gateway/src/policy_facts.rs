@@ -550,3 +550,34 @@ impl PreparedFacts {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_and_resource_forms() {
+        assert_eq!(
+            FactAction::parse("call_tool"),
+            Ok(FactAction::Mcp(McpAction::CallTool))
+        );
+        assert_eq!(
+            FactAction::parse("PATCH"),
+            Ok(FactAction::Http(HttpAction::Patch))
+        );
+        assert_eq!(FactAction::parse("list_models"), Ok(FactAction::ListModels));
+        assert!(FactAction::parse("get").unwrap_err().contains("use_secret"));
+        let tool = FactAction::Mcp(McpAction::CallTool).resource_type();
+        assert_eq!(resource_id(r#"Tool::"files/a/b""#, tool), Ok("files/a/b"));
+        assert_eq!(resource_id("files/a", tool), Ok("files/a"));
+        assert!(resource_id(r#"Model::"llm/x""#, tool).is_err());
+        assert!(resource_id(r#"Tool::files"#, tool).is_err());
+        // A resource URI keeps its slashes: only the route is split off.
+        assert_eq!(
+            route_and_name("files/file:///etc/hosts", "uri"),
+            Ok(("files", "file:///etc/hosts"))
+        );
+        assert!(route_and_name("files", "tool").is_err());
+        assert!(route_and_name("files/", "tool").is_err());
+    }
+}

@@ -667,7 +667,8 @@ impl Replay {
         if record.policies.is_empty() && !listing {
             return Ok(None);
         }
-        let (Some(agent), Some(resource)) = (record.principal.as_deref(), record.resource.as_deref())
+        let (Some(agent), Some(resource)) =
+            (record.principal.as_deref(), record.resource.as_deref())
         else {
             return Ok(None);
         };
@@ -774,8 +775,7 @@ impl Replay {
     /// Decides the request with `authz` as the gateway does.
     fn verdict(&self, authz: &portcullis_policy::Authorizer) -> Verdict {
         use portcullis_policy::{
-            AuthzRequest, Content, HttpAction, McpRequest, ModelAction, ModelRequest,
-            SecretRequest,
+            AuthzRequest, Content, HttpAction, McpRequest, ModelAction, ModelRequest, SecretRequest,
         };
         let findings: Vec<&str> = self.findings.iter().map(String::as_str).collect();
         let flagged = findings.contains(&"prompt_injection");
@@ -838,7 +838,10 @@ impl Replay {
                     models: None,
                 };
             }
-            Asking::Model(action) => (model(*action, &self.target, HttpAction::Post), HttpAction::Post),
+            Asking::Model(action) => (
+                model(*action, &self.target, HttpAction::Post),
+                HttpAction::Post,
+            ),
             Asking::ListModels(one) => {
                 // As `GET /v1/models` does: `complete`, method GET, unscanned.
                 let visible: Vec<String> = authz
