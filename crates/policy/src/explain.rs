@@ -7,6 +7,15 @@
 //! `unless { a || b }`. Each part is a policy of its own built from Cedar's
 //! JSON form of the original, so the answer comes from Cedar's evaluator, not
 //! from a second interpreter that could disagree with it.
+//!
+//! Every kind of request is explained the same way, over the Cedar request
+//! and entities its decision uses: HTTP requests on routes ([`Authorizer::explain`]),
+//! MCP messages over their entity slice (the tool, prompt or resource made
+//! for the message, and its arguments: [`Authorizer::explain_mcp`]), model
+//! requests ([`Authorizer::explain_model`]) and `use_secret`
+//! ([`Authorizer::explain_secret`]). Grants (template-linked policies) are
+//! not traced; a schema without the action explains nothing beyond the
+//! decision's error.
 
 use cedar_policy::{Decision as CedarDecision, Entities, Policy, PolicyId, PolicySet, Request};
 use serde_json::{Value, json};
