@@ -373,7 +373,7 @@ pub async fn run(command: PolicyCommand, admin: AdminArgs) -> Result<()> {
                 + r["deny_to_allow"].as_u64().unwrap_or_default()
                 + r["models_changed"].as_u64().unwrap_or_default();
             println!(
-                "\nreplayed {} requests against version {} and `{}`: {changed} would change (allow -> deny {}, deny -> allow {}{}); {} refused before authorization were skipped{}",
+                "\nreplayed {} requests against version {} and `{}`: {changed} would change (allow -> deny {}, deny -> allow {}{}); {} not decided by policy (refused before authorization, MCP `initialize` and the like) were skipped{}",
                 r["replayed"],
                 r["active"],
                 dir.display(),
