@@ -8,8 +8,8 @@
 //! | `POST /admin/v1/policies/rollback` | make an earlier version active again |
 //! | `GET /admin/v1/policies/shadow` | the shadow candidate's disagreements with the active version |
 //! | `DELETE /admin/v1/policies/shadow` | stop shadow evaluation |
-//! | `POST /admin/v1/policies/whatif` | re-decide recorded requests under a candidate set and list the changed ones |
-//! | `POST /admin/v1/policies/explain` | decide a described request with the active version and say why |
+//! | `POST /admin/v1/policies/whatif` | re-decide recorded requests (HTTP, MCP, model) under a candidate set and list the changed ones |
+//! | `POST /admin/v1/policies/explain` | decide a described request of any action with the active version and say why |
 //!
 //! Push and rollback need a human admin's fresh TOTP once any admin has
 //! enrolled; the verified admin is then the version's author. They are recorded (`policy.push`, `policy.rollback`) with the
@@ -26,9 +26,9 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use portcullis_audit::Outcome;
 use portcullis_core::ErrorCode;
-use portcullis_gateway::policy_facts::RequestFacts;
+use portcullis_gateway::policy_facts::{Asked, FactAction, RequestFacts};
 use portcullis_gateway::policy_versions::{PolicyChange, PolicyChangeError, PolicyPush};
-use portcullis_policy::{HttpAction, TraceOutcome};
+use portcullis_policy::{Explanation, TraceOutcome};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{AdminState, ApiError, Call, json, parse_json};
@@ -279,15 +279,8 @@ async fn explain(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let body: ExplainBody = parse_json(&call, &body)?;
-    let action = HttpAction::from_method(&body.action).ok_or_else(|| {
-        call.error(
-            ErrorCode::BadRequest,
-            format!(
-                "action `{}`: use GET, HEAD, POST, PUT, PATCH or DELETE",
-                body.action
-            ),
-        )
-    })?;
+    let action =
+        FactAction::parse(&body.action).map_err(|e| call.error(ErrorCode::BadRequest, e))?;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
@@ -297,9 +290,52 @@ async fn explain(
         .prepare(state.gateway.timezone(), now)
         .map_err(|e| call.error(ErrorCode::BadRequest, format!("context: {e}")))?;
     let snapshot = state.gateway.snapshot();
-    let explanation = facts.with_request(&body.agent, action, &body.resource, |request| {
-        snapshot.authorizer.explain(request)
-    });
+    let asked = facts
+        .ask(
+            &snapshot.authorizer,
+            &body.agent,
+            action,
+            &body.resource,
+            |request| request.explain(&snapshot.authorizer),
+        )
+        .map_err(|e| call.error(ErrorCode::BadRequest, e))?;
+    let body = match asked {
+        Asked::One(explanation) => {
+            let mut view = explanation_view(explanation);
+            view["policy_version"] = snapshot.policy_version.into();
+            view["action"] = body.action.into();
+            view
+        }
+        // The listing is always answered: it shows the models whose
+        // `complete` (method GET) is allowed.
+        Asked::PerModel(models) => {
+            let visible: Vec<&str> = models
+                .iter()
+                .filter(|(_, e)| e.decision.allowed)
+                .map(|(m, _)| m.as_str())
+                .collect();
+            let visible = serde_json::json!(visible);
+            let models: Vec<serde_json::Value> = models
+                .into_iter()
+                .map(|(model, explanation)| {
+                    let mut view = explanation_view(explanation);
+                    view["model"] = model.into();
+                    view
+                })
+                .collect();
+            serde_json::json!({
+                "policy_version": snapshot.policy_version,
+                "action": body.action,
+                "visible": visible,
+                "models": models,
+            })
+        }
+    };
+    Ok(json(StatusCode::OK, &body))
+}
+
+/// One explanation as JSON: the decision and every policy's trace.
+fn explanation_view(explanation: Explanation) -> serde_json::Value {
     let policies: Vec<TraceView> = explanation
         .policies
         .into_iter()
@@ -320,16 +356,12 @@ async fn explain(
         })
         .collect();
     let decision = explanation.decision;
-    Ok(json(
-        StatusCode::OK,
-        &serde_json::json!({
-            "policy_version": snapshot.policy_version,
-            "allowed": decision.allowed,
-            "deciding": decision.policy_ids,
-            "errors": decision.errors,
-            "policies": policies,
-        }),
-    ))
+    serde_json::json!({
+        "allowed": decision.allowed,
+        "deciding": decision.policy_ids,
+        "errors": decision.errors,
+        "policies": policies,
+    })
 }
 
 async fn shadow(State(state): State<AdminState>) -> Response {

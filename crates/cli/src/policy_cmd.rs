@@ -71,14 +71,19 @@ pub enum PolicyCommand {
         /// The agent.
         #[arg(long)]
         agent: String,
-        /// The HTTP method.
+        /// The action: an HTTP method (GET, POST, …), an MCP action
+        /// (call_tool, list_tools, read_resource, list_resources, get_prompt,
+        /// list_prompts), complete, embed, list_models or use_secret.
         #[arg(long)]
         action: String,
-        /// The route.
+        /// The resource as the gateway names it: the route (HTTP methods,
+        /// list_* actions), `<route>/<tool>` (or prompt, or resource URI),
+        /// `<route>/<model>`, or the secret; `Tool::"files/read_file"` works too.
         #[arg(long)]
         resource: String,
         /// The context as JSON, e.g. `{"source_ip":"10.0.0.1","time":"2026-11-24T10:00:00Z","risk":0.8}`
-        /// (default: loopback, now).
+        /// (default: loopback, now); `args` for call_tool and get_prompt
+        /// (`{"args":{"path":"/tmp/x"}}`), `route` for use_secret.
         #[arg(long)]
         context: Option<String>,
     },
@@ -230,7 +235,32 @@ pub async fn run(command: PolicyCommand, admin: AdminArgs) -> Result<()> {
                     &json!({ "agent": agent, "action": action, "resource": resource, "context": context }),
                 )
                 .await?;
-            print!("{}", render_explanation(&e));
+            match e["models"].as_array() {
+                None => print!("{}", render_explanation(&e)),
+                Some(models) => {
+                    let visible: Vec<&str> = e["visible"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    println!(
+                        "visible models: {} (policy version {}; each is `complete` with method GET)",
+                        if visible.is_empty() {
+                            "none".to_string()
+                        } else {
+                            visible.join(", ")
+                        },
+                        e["policy_version"]
+                    );
+                    for m in models {
+                        println!("\nmodel {}:", m["model"].as_str().unwrap_or_default());
+                        let mut m = m.clone();
+                        m["policy_version"] = e["policy_version"].clone();
+                        print!("{}", render_explanation(&m));
+                    }
+                }
+            }
         }
         PolicyCommand::Shadow { stop } => {
             let client = AdminClient::from_args(&admin)?;
@@ -304,29 +334,55 @@ pub async fn run(command: PolicyCommand, admin: AdminArgs) -> Result<()> {
                     .join(",")
             };
             for c in r["changes"].as_array().into_iter().flatten() {
+                let action = c["action"].as_str().unwrap_or_default();
+                // HTTP requests by path; MCP messages and models by resource.
+                let on = if portcullis_policy::HttpAction::from_method(action).is_some() {
+                    c["path"].as_str().unwrap_or_default()
+                } else {
+                    c["resource"].as_str().unwrap_or_default()
+                };
+                let change = if c["active_models"].is_array() {
+                    format!(
+                        "models [{}] -> [{}]",
+                        ids(&c["active_models"]),
+                        ids(&c["candidate_models"])
+                    )
+                } else {
+                    format!(
+                        "{} [{}] -> {} [{}]",
+                        verdict(&c["active_allowed"]),
+                        ids(&c["active_policies"]),
+                        verdict(&c["candidate_allowed"]),
+                        ids(&c["candidate_policies"]),
+                    )
+                };
                 println!(
-                    "{} {} {} {} {}: {} [{}] -> {} [{}] (recorded: {})",
+                    "{} {} {} {action} {on}: {change} (recorded: {}){}",
                     utc(c["time_ms"].as_i64().unwrap_or_default()),
                     c["request_id"].as_str().unwrap_or_default(),
                     c["agent"].as_str().unwrap_or_default(),
-                    c["action"].as_str().unwrap_or_default(),
-                    c["path"].as_str().unwrap_or_default(),
-                    verdict(&c["active_allowed"]),
-                    ids(&c["active_policies"]),
-                    verdict(&c["candidate_allowed"]),
-                    ids(&c["candidate_policies"]),
                     c["recorded"].as_str().unwrap_or_default(),
+                    if c["args_unknown"] == true {
+                        " [arguments not recorded: replayed without them]"
+                    } else {
+                        ""
+                    }
                 );
             }
             let changed = r["allow_to_deny"].as_u64().unwrap_or_default()
-                + r["deny_to_allow"].as_u64().unwrap_or_default();
+                + r["deny_to_allow"].as_u64().unwrap_or_default()
+                + r["models_changed"].as_u64().unwrap_or_default();
             println!(
-                "\nreplayed {} requests against version {} and `{}`: {changed} would change (allow -> deny {}, deny -> allow {}); {} refused before authorization were skipped{}",
+                "\nreplayed {} requests against version {} and `{}`: {changed} would change (allow -> deny {}, deny -> allow {}{}); {} not decided by policy (refused before authorization, MCP `initialize` and the like) were skipped{}",
                 r["replayed"],
                 r["active"],
                 dir.display(),
                 r["allow_to_deny"],
                 r["deny_to_allow"],
+                match r["models_changed"].as_u64().unwrap_or_default() {
+                    0 => String::new(),
+                    n => format!("; model listings {n}"),
+                },
                 r["skipped"],
                 if r["truncated"] == true {
                     "; only the oldest 200000 were replayed"
@@ -334,6 +390,24 @@ pub async fn run(command: PolicyCommand, admin: AdminArgs) -> Result<()> {
                     ""
                 }
             );
+            if r["args_unknown"].as_u64().unwrap_or_default() > 0 {
+                println!(
+                    "{} MCP tool calls and prompt gets were replayed without their arguments, which the audit log does not keep: a policy on `context.args` may decide them otherwise",
+                    r["args_unknown"]
+                );
+            }
+            let not_replayable: Vec<String> = r["not_replayable"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(why, n)| format!("{why} {n}"))
+                .collect();
+            if !not_replayable.is_empty() {
+                println!(
+                    "not replayable (counted, not decided): {}",
+                    not_replayable.join(", ")
+                );
+            }
         }
         PolicyCommand::Diff { a, b } => {
             let client = AdminClient::from_args(&admin)?;

@@ -1,8 +1,15 @@
 //! `portcullis policy test FILE`: policy unit tests, offline.
 //!
 //! A case file (YAML) names the policy directory, the agents and routes the
-//! cases speak of, and the cases: who does what to which route in which
-//! context, and the expected outcome (and optionally the deciding policies).
+//! cases speak of (with the models of `kind = "llm"` routes), and the cases:
+//! who does what to which resource in which context, and the expected
+//! outcome (and optionally the deciding policies). Every action the gateway
+//! decides can be tested, with the resource as the gateway names it: an HTTP
+//! method on a route, an MCP action on `<route>/<tool>` (with `args` in the
+//! context) or on the route, `complete`/`embed` on `<route>/<model>`,
+//! `use_secret` on a secret (with `route` in the context), and
+//! `list_models` on a route, whose case gives the visible `models` instead
+//! of `expect`.
 //! Each case is decided exactly as the gateway would, by the same
 //! [`Authorizer`]; failures are reported like a test runner's, and the command
 //! exits non-zero when any case fails.
@@ -14,6 +21,9 @@
 //!   - { name: support-bot, roles: [support] }
 //! routes:
 //!   - { name: crm, classification: internal, owner: sales, tags: [pii] }
+//!   - name: llm
+//!     classification: internal
+//!     models: [{ name: gpt-4o, status: approved }]
 //! cases:
 //!   - name: weekday morning is allowed
 //!     principal: support-bot
@@ -22,6 +32,17 @@
 //!     context: { time: "2026-11-24T10:00:00+01:00", source_ip: 10.20.1.2 }
 //!     expect: allow
 //!     policies: [business-hours]
+//!   - name: tools in /tmp only
+//!     principal: support-bot
+//!     action: call_tool
+//!     resource: files/read_file
+//!     context: { args: { path: /etc/passwd } }
+//!     expect: deny
+//!   - name: the models support sees
+//!     principal: support-bot
+//!     action: list_models
+//!     resource: llm
+//!     models: [gpt-4o]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -30,9 +51,9 @@ use std::sync::Arc;
 use anyhow::{Context, Result, bail};
 use portcullis_core::Classification;
 use portcullis_gateway::config::PolicyTimeZone;
-use portcullis_gateway::policy_facts::RequestFacts;
+use portcullis_gateway::policy_facts::{Asked, FactAction, RequestFacts};
 use portcullis_policy::{
-    AgentEntity, Authorizer, HttpAction, PolicyBundle, PolicySources, RouteEntity,
+    AgentEntity, Authorizer, ModelEntity, PolicyBundle, PolicySources, RouteEntity,
 };
 use serde::Deserialize;
 
@@ -65,6 +86,21 @@ struct RouteFixture {
     owner: String,
     #[serde(default)]
     tags: Vec<String>,
+    /// The models of a `kind = "llm"` route.
+    #[serde(default)]
+    models: Vec<ModelFixture>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelFixture {
+    name: String,
+    #[serde(default)]
+    version: String,
+    #[serde(default)]
+    status: String,
+    /// Default: the route's.
+    classification: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,8 +112,11 @@ struct Case {
     resource: String,
     #[serde(default)]
     context: RequestFacts,
-    expect: Expect,
+    /// Every action but `list_models`.
+    expect: Option<Expect>,
     policies: Option<Vec<String>>,
+    /// `list_models`: the models the agent sees, in configuration order.
+    models: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -112,6 +151,7 @@ pub fn run(file: &Path, dir: Option<PathBuf>) -> Result<bool> {
         })
         .collect();
     let mut routes = Vec::new();
+    let mut models = Vec::new();
     for r in &cases.routes {
         let classification: Classification = r
             .classification
@@ -123,8 +163,23 @@ pub fn run(file: &Path, dir: Option<PathBuf>) -> Result<bool> {
             owner: r.owner.clone(),
             tags: r.tags.clone(),
         });
+        for m in &r.models {
+            let classification = match &m.classification {
+                None => classification,
+                Some(c) => c
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("model `{}/{}`: {e}", r.name, m.name))?,
+            };
+            models.push(ModelEntity {
+                route: r.name.clone(),
+                name: m.name.clone(),
+                version: m.version.clone(),
+                status: m.status.clone(),
+                classification,
+            });
+        }
     }
-    let authz = Authorizer::new(bundle.clone(), &agents, &routes)?;
+    let authz = Authorizer::new(bundle.clone(), &agents, &routes)?.with_models(&models)?;
 
     println!(
         "running {} cases from {} against {} ({} policies)",
@@ -160,17 +215,56 @@ pub fn run(file: &Path, dir: Option<PathBuf>) -> Result<bool> {
 
 /// `None` when the case passes, else what went wrong.
 fn check(authz: &Authorizer, zone: &PolicyTimeZone, now: i64, case: &Case) -> Option<String> {
-    let Some(action) = HttpAction::from_method(&case.action) else {
-        return Some(format!(
-            "action `{}`: use GET, HEAD, POST, PUT, PATCH or DELETE",
-            case.action
-        ));
+    let action = match FactAction::parse(&case.action) {
+        Ok(a) => a,
+        Err(e) => return Some(e),
     };
     let facts = match case.context.prepare(zone, now) {
         Ok(f) => f,
         Err(e) => return Some(format!("context: {e}")),
     };
-    let decision = facts.with_request(&case.principal, action, &case.resource, |r| authz.decide(r));
+    let asked = facts.ask(authz, &case.principal, action, &case.resource, |r| {
+        r.decide(authz)
+    });
+    let (decision, expect) = match (asked, case.expect, &case.models) {
+        (Err(e), _, _) => return Some(e),
+        (Ok(Asked::One(decision)), Some(expect), None) => (decision, expect),
+        (Ok(Asked::PerModel(decided)), None, Some(expected)) => {
+            let visible: Vec<&str> = decided
+                .iter()
+                .filter(|(_, d)| d.allowed)
+                .map(|(m, _)| m.as_str())
+                .collect();
+            let errors: Vec<&String> = decided.iter().flat_map(|(_, d)| &d.errors).collect();
+            let mut problems = Vec::new();
+            if visible != *expected {
+                problems.push(format!(
+                    "expected models [{}], got [{}]",
+                    expected.join(", "),
+                    visible.join(", ")
+                ));
+            }
+            if !errors.is_empty() {
+                problems.push(format!(
+                    "evaluation errors: {}",
+                    errors
+                        .iter()
+                        .map(|e| e.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                ));
+            }
+            return (!problems.is_empty()).then(|| problems.join("\n    "));
+        }
+        (Ok(Asked::PerModel(_)), _, _) => {
+            return Some(
+                "a `list_models` case gives the visible `models: [...]`, not `expect`".into(),
+            );
+        }
+        (Ok(Asked::One(_)), _, _) => {
+            return Some("give `expect: allow` or `expect: deny` (and no `models`)".into());
+        }
+    };
     let got = if decision.allowed {
         Expect::Allow
     } else {
@@ -178,10 +272,10 @@ fn check(authz: &Authorizer, zone: &PolicyTimeZone, now: i64, case: &Case) -> Op
     };
     let describe = |e: Expect| if e == Expect::Allow { "allow" } else { "deny" };
     let mut problems = Vec::new();
-    if got != case.expect {
+    if got != expect {
         problems.push(format!(
             "expected {}, got {} [{}]",
-            describe(case.expect),
+            describe(expect),
             describe(got),
             decision.policy_ids.join(", ")
         ));

@@ -990,3 +990,291 @@ async fn whatif_replays_recorded_traffic_under_a_candidate() {
     let (status, record) = get_demo(&server, &http).await;
     assert_eq!((status, record["policy_version"].as_u64()), (200, Some(1)));
 }
+
+/// The active policies of the MCP and LLM test: tool calls outside `/etc`,
+/// the tool list, and every model of the route.
+const MCP_LLM_ACTIVE: &str = r#"
+@id("dev-tools") permit(principal in Role::"dev", action == Action::"call_tool", resource in Route::"files");
+@id("no-etc") forbid(principal, action == Action::"call_tool", resource)
+  when { context.args.hasTag("path") && context.args.getTag("path") like "/etc/*" };
+@id("dev-list") permit(principal in Role::"dev", action == Action::"list_tools", resource == Route::"files");
+@id("dev-models") permit(principal in Role::"dev", action == Action::"complete", resource in Route::"llm");
+"#;
+
+/// The candidate: tool calls only with a path under `/tmp`, approved models only.
+const MCP_LLM_CANDIDATE: &str = r#"
+@id("dev-tools") permit(principal in Role::"dev", action == Action::"call_tool", resource in Route::"files")
+  when { context.args.hasTag("path") && context.args.getTag("path") like "/tmp/*" };
+@id("dev-list") permit(principal in Role::"dev", action == Action::"list_tools", resource == Route::"files");
+@id("approved-models") permit(principal in Role::"dev", action == Action::"complete", resource in Route::"llm")
+  when { resource.status == "approved" };
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn explain_and_whatif_cover_mcp_messages_and_model_requests() {
+    support::install_crypto();
+    let (upstream, _) = support::start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    policy_dir(
+        &dir.path().join("policies"),
+        &[("main.cedar", MCP_LLM_ACTIVE)],
+    );
+    let routes = format!(
+        r#"[policy]
+dir = "policies"
+[[routes]]
+name = "files"
+kind = "mcp"
+path_prefix = "/mcp/files"
+upstream = "http://{upstream}/mcp"
+classification = "internal"
+[[routes]]
+name = "llm"
+kind = "llm"
+path_prefix = "/llm"
+upstream = "http://{upstream}"
+classification = "internal"
+api_key_env = "POLICY_TEST_LLM_KEY"
+[[routes.models]]
+name = "gpt-test"
+status = "approved"
+[[routes.models]]
+name = "preview"
+status = "preview"
+"#
+    );
+    let config = support::config(dir.path(), &routes, "");
+    let server = Server::start_with_env(dir, Some(&config), &[("POLICY_TEST_LLM_KEY", "sk-x")]);
+    let (cert, key) = server.create_agent("dev-bot", &["dev"]);
+    let http = client(&server.ca_pem(), Some((&cert, &key)));
+
+    // Recorded traffic: a tool call (its arguments are not recorded), a
+    // tool list, a completion and a model listing.
+    let mcp = |body: Value| {
+        http.post(server.url("/mcp/files"))
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&body)
+            .send()
+    };
+    let call = mcp(
+        serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call",
+        "params": {"name": "read_file", "arguments": {"path": "/tmp/a"}}}),
+    )
+    .await
+    .unwrap();
+    let call_id = request_id(&call);
+    drop(call.bytes().await);
+    let record = server.audit_record(&call_id);
+    assert_eq!(record["action"], "mcp:tools/call");
+    assert_eq!(record["resource"], "files/read_file");
+    assert_eq!(record["policies"], serde_json::json!(["dev-tools"]));
+    let list = mcp(serde_json::json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
+        .await
+        .unwrap();
+    let list_id = request_id(&list);
+    drop(list.bytes().await);
+    let completion = http
+        .post(server.url("/llm/v1/chat/completions"))
+        .json(&serde_json::json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let completion_id = request_id(&completion);
+    drop(completion.bytes().await);
+    assert_eq!(
+        server.audit_record(&completion_id)["policies"],
+        serde_json::json!(["dev-models"])
+    );
+    let models = http.get(server.url("/llm/v1/models")).send().await.unwrap();
+    let models_id = request_id(&models);
+    let listed: Value = models.json().await.unwrap();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 2, "{listed}");
+    assert_eq!(server.audit_record(&models_id)["action"], "list_models");
+
+    // explain: a tool call with its arguments, in the gateway's resource forms.
+    let explain = |action: &str, resource: &str, context: &str| {
+        ok(&server.cli(&[
+            "policy",
+            "explain",
+            "--agent",
+            "dev-bot",
+            "--action",
+            action,
+            "--resource",
+            resource,
+            "--context",
+            context,
+        ]))
+    };
+    let out = explain(
+        "call_tool",
+        r#"Tool::"files/read_file""#,
+        r#"{"args":{"path":"/etc/passwd"}}"#,
+    );
+    assert!(out.contains("decision: deny (policy version 1)"), "{out}");
+    assert!(out.contains("deciding: no-etc"), "{out}");
+    let out = explain(
+        "call_tool",
+        "files/read_file",
+        r#"{"args":{"path":"/tmp/a"}}"#,
+    );
+    assert!(out.contains("decision: allow"), "{out}");
+    assert!(
+        out.contains(r#"failed: when { context.args.getTag("path") like "/etc/*" }"#),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains("dev-models") && l.contains("out of scope")),
+        "{out}"
+    );
+    let out = explain("list_tools", "files", "{}");
+    assert!(out.contains("deciding: dev-list"), "{out}");
+    let out = explain("complete", r#"Model::"llm/preview""#, "{}");
+    assert!(out.contains("deciding: dev-models"), "{out}");
+    let out = explain("list_models", "llm", "{}");
+    assert!(out.contains("visible models: gpt-test, preview"), "{out}");
+    assert!(out.contains("model preview:"), "{out}");
+    let out = explain("use_secret", "key", r#"{"route":"llm"}"#);
+    assert!(out.contains("decision: deny"), "{out}");
+    assert!(out.contains("deciding: default-deny"), "{out}");
+    // A resource of the wrong type, or arguments where there are none, are
+    // clean client errors.
+    for (action, resource, context) in [
+        ("call_tool", r#"Model::"llm/preview""#, "{}"),
+        ("list_tools", "files", r#"{"args":{"a":1}}"#),
+        ("fly", "files", "{}"),
+    ] {
+        let out = server.cli(&[
+            "policy",
+            "explain",
+            "--agent",
+            "dev-bot",
+            "--action",
+            action,
+            "--resource",
+            resource,
+            "--context",
+            context,
+        ]);
+        assert!(!out.status.success());
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("bad_request"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // whatif replays the MCP and model records under the candidate.
+    let candidate = server.path().join("candidate");
+    policy_dir(&candidate, &[("main.cedar", MCP_LLM_CANDIDATE)]);
+    let out = ok(&server.cli(&[
+        "policy",
+        "whatif",
+        candidate.to_str().unwrap(),
+        "--since",
+        "1h",
+    ]));
+    let line = |id: &str| {
+        out.lines()
+            .find(|l| l.contains(id))
+            .unwrap_or_else(|| panic!("{id} missing: {out}"))
+            .to_string()
+    };
+    // The call was made with a path under /tmp, but the record does not keep
+    // it: replayed without arguments, and said so.
+    assert!(
+        line(&call_id).contains(
+            "dev-bot mcp:tools/call files/read_file: allow [dev-tools] -> deny [default-deny]"
+        ),
+        "{out}"
+    );
+    assert!(
+        line(&call_id).contains("[arguments not recorded: replayed without them]"),
+        "{out}"
+    );
+    assert!(
+        line(&models_id)
+            .contains("dev-bot list_models llm: models [gpt-test,preview] -> [gpt-test]"),
+        "{out}"
+    );
+    assert!(!out.contains(&list_id), "{out}");
+    assert!(!out.contains(&completion_id), "{out}");
+    assert!(
+        out.contains("replayed 4 requests against version 1"),
+        "{out}"
+    );
+    assert!(
+        out.contains("2 would change (allow -> deny 1, deny -> allow 0; model listings 1)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("1 MCP tool calls and prompt gets were replayed without their arguments"),
+        "{out}"
+    );
+}
+
+#[test]
+fn policy_test_covers_mcp_model_listing_and_secret_actions() {
+    let dir = tempfile::tempdir().unwrap();
+    policy_dir(
+        dir.path(),
+        &[(
+            "main.cedar",
+            r#"
+@id("dev-tools") permit(principal in Role::"dev", action == Action::"call_tool", resource in Route::"files")
+  when { context.args.hasTag("path") && context.args.getTag("path") like "/tmp/*" };
+@id("dev-list") permit(principal in Role::"dev", action == Action::"list_tools", resource == Route::"files");
+@id("docs") permit(principal in Role::"dev", action == Action::"read_resource", resource in Route::"files")
+  when { resource.name like "docs://*" };
+@id("prompts") permit(principal in Role::"dev", action == Action::"get_prompt", resource == Prompt::"files/summary");
+@id("approved") permit(principal in Role::"dev", action in [Action::"complete", Action::"embed"], resource in Route::"llm")
+  when { resource.status == "approved" };
+@id("llm-key") permit(principal in Role::"dev", action == Action::"use_secret", resource == Secret::"llm-key")
+  when { context.route == "llm" };
+"#,
+        )],
+    );
+    let cases = dir.path().join("all.test.yaml");
+    let case = |name: &str, action: &str, resource: &str, rest: &str| {
+        format!(
+            "  - name: {name}\n    principal: dev-bot\n    action: {action}\n    resource: '{resource}'\n{rest}"
+        )
+    };
+    let text = [
+        "agents: [{ name: dev-bot, roles: [dev] }]\nroutes:\n  - { name: files, classification: internal }\n  \
+         - name: llm\n    classification: internal\n    models:\n      - { name: gpt, status: approved }\n      \
+         - { name: exp, status: preview }\ncases:\n"
+            .to_string(),
+        case("tmp", "call_tool", "files/read_file", "    context: { args: { path: /tmp/a } }\n    expect: allow\n    policies: [dev-tools]\n"),
+        case("etc", "call_tool", r#"Tool::"files/read_file""#, "    context: { args: { path: /etc/passwd } }\n    expect: deny\n"),
+        case("list", "list_tools", "files", "    expect: allow\n"),
+        case("docs", "read_resource", "files/docs://a", "    expect: allow\n"),
+        case("prompt", "get_prompt", r#"Prompt::"files/summary""#, "    expect: allow\n"),
+        case("complete", "complete", "llm/gpt", "    expect: allow\n"),
+        case("preview", "embed", r#"Model::"llm/exp""#, "    expect: deny\n"),
+        case("listing", "list_models", "llm", "    models: [gpt]\n"),
+        case("secret", "use_secret", "llm-key", "    context: { route: llm }\n    expect: allow\n"),
+        case("wrong listing", "list_models", "llm", "    models: [gpt, exp]\n"),
+    ]
+    .concat();
+    std::fs::write(&cases, text).unwrap();
+    let out = std::process::Command::new(support::BIN)
+        .args(["policy", "test"])
+        .arg(&cases)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("test result: FAILED. 9 passed; 1 failed"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "case 10 wrong listing ... FAILED\n    expected models [gpt, exp], got [gpt]"
+        ),
+        "{stdout}"
+    );
+}

@@ -437,9 +437,11 @@ pub struct WhatIfChange {
     pub request_id: String,
     /// The agent.
     pub agent: String,
-    /// The method.
+    /// The recorded action: the HTTP method, `mcp:<json-rpc method>`,
+    /// `complete`, `embed` or `list_models`.
     pub action: String,
-    /// The route.
+    /// The recorded resource: the route, `<route>/<tool>` (prompt, resource
+    /// URI) for MCP, `<route>/<model>` for models.
     pub resource: String,
     /// The path.
     pub path: String,
@@ -453,6 +455,17 @@ pub struct WhatIfChange {
     pub candidate_allowed: bool,
     /// Its deciding policies.
     pub candidate_policies: Vec<String>,
+    /// An MCP `tools/call` or `prompts/get`: the record does not keep the
+    /// arguments, so both versions decided it with none (`context.args`
+    /// empty). A policy on the arguments may decide the real call otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub args_unknown: bool,
+    /// `list_models`: the models the active version shows the agent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub active_models: Option<Vec<String>>,
+    /// `list_models`: the models the candidate would show.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub candidate_models: Option<Vec<String>>,
 }
 
 /// What a replay found.
@@ -462,25 +475,63 @@ pub struct WhatIfReport {
     pub active: u64,
     /// Requests re-decided.
     pub replayed: u64,
-    /// Requests left out: refused before authorization (no agent or route).
+    /// Requests left out: refused before authorization (no agent, route or
+    /// model), or not asking policy at all (MCP `initialize`, `ping`).
     pub skipped: u64,
+    /// Records of decided requests that cannot be replayed, by reason (see
+    /// [`NotReplayable`]); counted, never guessed at.
+    pub not_replayable: BTreeMap<&'static str, u64>,
+    /// Replayed MCP `tools/call` and `prompts/get` messages, decided without
+    /// their arguments (the record does not keep them).
+    pub args_unknown: u64,
     /// Allowed by the active version, denied by the candidate.
     pub allow_to_deny: u64,
     /// Denied by the active version, allowed by the candidate.
     pub deny_to_allow: u64,
+    /// `list_models` requests whose visible models would differ.
+    pub models_changed: u64,
     /// More records than [`WHATIF_MAX`] matched; the oldest were replayed.
     pub truncated: bool,
     /// The changed requests (at most [`WHATIF_LISTED`]).
     pub changes: Vec<WhatIfChange>,
 }
 
+/// Why a record of a decided request cannot be replayed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReplayable {
+    /// An MCP batch: the record names the batch, not its messages.
+    McpBatch,
+    /// MCP `completion/complete`: the record does not say whether a prompt
+    /// or a resource template was completed.
+    McpCompletion,
+    /// The record's action or resource has a form this version does not know.
+    Unknown,
+    /// The route of an MCP or model record is no longer configured.
+    RouteGone,
+}
+
+impl NotReplayable {
+    /// The key in [`WhatIfReport::not_replayable`].
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NotReplayable::McpBatch => "mcp_batch",
+            NotReplayable::McpCompletion => "mcp_completion",
+            NotReplayable::Unknown => "unknown_action",
+            NotReplayable::RouteGone => "route_gone",
+        }
+    }
+}
+
 impl Gateway {
     /// Re-decides the recorded requests since `since_ms` with the active
     /// version and with the candidate `files`, on the same recorded facts and
-    /// today's agents, routes and grants, and lists every request whose
-    /// decision would change. Facts the record does not keep are replayed as
-    /// their defaults: the content guard's score (only its finding types are
-    /// kept), delegation, posture and risk.
+    /// today's agents, routes, models and grants, and lists every request
+    /// whose decision would change: HTTP requests (with `use_secret` on
+    /// routes with a credential, as the gateway asks it), MCP messages, model
+    /// requests and `list_models` (the visible models). Facts the record
+    /// does not keep are replayed as their defaults: the content guard's
+    /// score (only its finding types are kept), delegation, posture, risk,
+    /// and MCP arguments (those replays are flagged `args_unknown`).
     pub async fn whatif(
         &self,
         files: &BTreeMap<String, String>,
@@ -498,27 +549,42 @@ impl Gateway {
             active: active.policy_version,
             replayed: 0,
             skipped: 0,
+            not_replayable: BTreeMap::new(),
+            args_unknown: 0,
             allow_to_deny: 0,
             deny_to_allow: 0,
+            models_changed: 0,
             truncated,
             changes: Vec::new(),
         };
         for record in &records {
-            let replayed = replay(record, &self.timezone, |request| {
-                (
-                    active.authorizer.decide(request),
-                    candidate.authorizer.decide(request),
-                )
-            });
-            let Some((was, would)) = replayed else {
-                report.skipped += 1;
-                continue;
+            let replay = match Replay::of(record, &self.timezone, &self.routes) {
+                Ok(Some(replay)) => replay,
+                Ok(None) => {
+                    report.skipped += 1;
+                    continue;
+                }
+                Err(why) => {
+                    *report.not_replayable.entry(why.as_str()).or_default() += 1;
+                    continue;
+                }
             };
             report.replayed += 1;
-            if was.allowed == would.allowed {
+            report.args_unknown += u64::from(replay.args_unknown);
+            let was = replay.verdict(&active.authorizer);
+            let would = replay.verdict(&candidate.authorizer);
+            // A listing changes when the visible models do; a request
+            // when its allow or deny does (not merely its reasons).
+            let changed = match (&was.models, &would.models) {
+                (Some(a), Some(b)) => a != b,
+                _ => was.allowed != would.allowed,
+            };
+            if !changed {
                 continue;
             }
-            if was.allowed {
+            if was.models.is_some() {
+                report.models_changed += 1;
+            } else if was.allowed {
                 report.allow_to_deny += 1;
             } else {
                 report.deny_to_allow += 1;
@@ -536,9 +602,12 @@ impl Gateway {
                         portcullis_audit::Outcome::Deny => "deny".into(),
                     },
                     active_allowed: was.allowed,
-                    active_policies: was.policy_ids,
+                    active_policies: was.policies,
                     candidate_allowed: would.allowed,
-                    candidate_policies: would.policy_ids,
+                    candidate_policies: would.policies,
+                    args_unknown: replay.args_unknown,
+                    active_models: was.models,
+                    candidate_models: would.models,
                 });
             }
         }
@@ -546,56 +615,510 @@ impl Gateway {
     }
 }
 
-/// Rebuilds the request a record describes and decides it with `decide`;
-/// `None` for records of requests refused before authorization.
-fn replay<R>(
-    record: &AuditRecord,
-    zone: &crate::config::PolicyTimeZone,
-    decide: impl FnOnce(&portcullis_policy::AuthzRequest<'_>) -> R,
-) -> Option<R> {
-    use portcullis_policy::{AuthMethod, CallerFacts, Content, HttpAction, SourceIp};
-    if record.policies.is_empty() {
-        return None;
-    }
-    let agent = record.principal.as_deref()?;
-    let route = record.resource.as_deref()?;
-    let action = HttpAction::from_method(&record.action)?;
-    let ip: std::net::IpAddr = record.source_ip.as_deref()?.parse().ok()?;
-    let source_ip = SourceIp::new(ip);
-    let findings: Vec<&str> = record
-        .content
-        .iter()
-        .filter(|f| f.direction == "request")
-        .map(|f| f.kind.as_str())
-        .collect();
-    let flagged = findings.contains(&"prompt_injection");
-    let content = if findings.is_empty() {
-        Content::NOT_SCANNED
-    } else {
-        Content {
-            scanned: true,
-            injection_score: if flagged { 1.0 } else { 0.0 },
-            injection_flagged: flagged,
-            findings: &findings,
+/// One version's answer to a replayed request.
+#[derive(Debug, PartialEq, Eq)]
+struct Verdict {
+    allowed: bool,
+    policies: Vec<String>,
+    /// `list_models`: the visible models.
+    models: Option<Vec<String>>,
+}
+
+/// What a record asked, rebuilt from its fields.
+enum Asking {
+    Http(portcullis_policy::HttpAction),
+    Mcp(portcullis_policy::McpAction, String),
+    Model(portcullis_policy::ModelAction),
+    /// `GET /v1/models`, or `GET /v1/models/<name>` (one model).
+    ListModels(Option<String>),
+}
+
+/// A recorded request, ready to be decided again.
+struct Replay {
+    agent: String,
+    asking: Asking,
+    route: String,
+    /// The MCP target or the model; empty otherwise.
+    target: String,
+    classification: portcullis_core::Classification,
+    path: String,
+    source_ip: portcullis_policy::SourceIp,
+    time: portcullis_policy::RequestTime,
+    findings: Vec<String>,
+    caller: portcullis_policy::CallerFacts,
+    /// The vault secrets of today's route, asked `use_secret` in order after
+    /// an allow (HTTP and model requests).
+    secrets: Vec<String>,
+    /// An MCP message with arguments the record does not keep.
+    args_unknown: bool,
+}
+
+impl Replay {
+    /// `Ok(None)` for records of requests refused before authorization or
+    /// not asking policy; `Err` for decided requests that cannot be rebuilt.
+    fn of(
+        record: &AuditRecord,
+        zone: &crate::config::PolicyTimeZone,
+        routes: &crate::route::RouteTable,
+    ) -> Result<Option<Replay>, NotReplayable> {
+        use portcullis_policy::{AuthMethod, CallerFacts, HttpAction, McpAction, ModelAction};
+        let listing = record.action == "list_models";
+        // `list_models` records no policies: each model is decided on its own.
+        if record.policies.is_empty() && !listing {
+            return Ok(None);
         }
-    };
-    let mut caller = CallerFacts::mtls();
-    // Token-authenticated requests record `<agent> token jti=… cnf=…`.
-    if record
-        .credential
-        .as_deref()
-        .is_some_and(|c| c.contains(" token jti="))
-    {
-        caller.auth.method = AuthMethod::Token;
+        let (Some(agent), Some(resource)) =
+            (record.principal.as_deref(), record.resource.as_deref())
+        else {
+            return Ok(None);
+        };
+        let Some(ip) = record
+            .source_ip
+            .as_deref()
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+        else {
+            return Ok(None);
+        };
+        let path = record.path.clone().unwrap_or_else(|| "/".into());
+        let split = |id: &str| -> Result<(String, String), NotReplayable> {
+            id.split_once('/')
+                .map(|(r, t)| (r.to_string(), t.to_string()))
+                .ok_or(NotReplayable::Unknown)
+        };
+        let (asking, route, target) = if let Some(a) = HttpAction::from_method(&record.action) {
+            (Asking::Http(a), resource.to_string(), String::new())
+        } else if let Some(method) = record.action.strip_prefix("mcp:") {
+            let action = match method {
+                "tools/call" => McpAction::CallTool,
+                "tools/list" => McpAction::ListTools,
+                "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                    McpAction::ReadResource
+                }
+                "resources/list" | "resources/templates/list" => McpAction::ListResources,
+                "prompts/get" => McpAction::GetPrompt,
+                "prompts/list" => McpAction::ListPrompts,
+                "completion/complete" => return Err(NotReplayable::McpCompletion),
+                m if m.starts_with("batch(") => return Err(NotReplayable::McpBatch),
+                _ => return Err(NotReplayable::Unknown),
+            };
+            let (route, target) = match action {
+                McpAction::ListTools | McpAction::ListResources | McpAction::ListPrompts => {
+                    (resource.to_string(), String::new())
+                }
+                _ => split(resource)?,
+            };
+            (Asking::Mcp(action, method.to_string()), route, target)
+        } else if listing {
+            // `GET <prefix>/v1/models/<name>` asks about one model.
+            let one = path
+                .split_once("/v1/models/")
+                .map(|(_, name)| name.to_string())
+                .filter(|name| !name.is_empty());
+            (Asking::ListModels(one), resource.to_string(), String::new())
+        } else {
+            let action = match record.action.as_str() {
+                "complete" => ModelAction::Complete,
+                "embed" => ModelAction::Embed,
+                _ => return Err(NotReplayable::Unknown),
+            };
+            let (route, model) = split(resource)?;
+            (Asking::Model(action), route, model)
+        };
+        let config = routes.routes().find(|r| r.name == route);
+        // An HTTP request on a route that is gone is decided (and denied)
+        // as the gateway would decide it; the other kinds need the route's
+        // classification or models.
+        let classification = match (&asking, config) {
+            (_, Some(config)) => config.classification,
+            (Asking::Http(_), None) => portcullis_core::Classification::Public,
+            (_, None) => return Err(NotReplayable::RouteGone),
+        };
+        let secrets = match (&asking, config.and_then(|c| c.credential.as_ref())) {
+            (Asking::Http(_) | Asking::Model(_), Some(credential)) => credential.secrets.clone(),
+            _ => Vec::new(),
+        };
+        let findings: Vec<String> = record
+            .content
+            .iter()
+            .filter(|f| f.direction == "request")
+            .map(|f| f.kind.clone())
+            .collect();
+        let mut caller = CallerFacts::mtls();
+        // Token-authenticated requests record `<agent> token jti=… cnf=…`.
+        if record
+            .credential
+            .as_deref()
+            .is_some_and(|c| c.contains(" token jti="))
+        {
+            caller.auth.method = AuthMethod::Token;
+        }
+        let args_unknown = matches!(
+            asking,
+            Asking::Mcp(McpAction::CallTool | McpAction::GetPrompt, _)
+        );
+        Ok(Some(Replay {
+            agent: agent.to_string(),
+            asking,
+            route,
+            target,
+            classification,
+            path,
+            source_ip: portcullis_policy::SourceIp::new(ip),
+            time: zone.request_time(record.time_ms.div_euclid(1000)),
+            findings,
+            caller,
+            secrets,
+            args_unknown,
+        }))
     }
-    Some(decide(&portcullis_policy::AuthzRequest {
-        agent,
-        action,
-        route,
-        path: record.path.as_deref().unwrap_or("/"),
-        source_ip: &source_ip,
-        time: zone.request_time(record.time_ms.div_euclid(1000)),
-        content,
-        caller: &caller,
-    }))
+
+    /// Decides the request with `authz` as the gateway does.
+    fn verdict(&self, authz: &portcullis_policy::Authorizer) -> Verdict {
+        use portcullis_policy::{
+            AuthzRequest, Content, HttpAction, McpRequest, ModelAction, ModelRequest, SecretRequest,
+        };
+        let findings: Vec<&str> = self.findings.iter().map(String::as_str).collect();
+        let flagged = findings.contains(&"prompt_injection");
+        let content = if findings.is_empty() {
+            Content::NOT_SCANNED
+        } else {
+            Content {
+                scanned: true,
+                injection_score: if flagged { 1.0 } else { 0.0 },
+                injection_flagged: flagged,
+                findings: &findings,
+            }
+        };
+        let model = |action, model: &str, method| {
+            authz.decide_model(&ModelRequest {
+                agent: &self.agent,
+                action,
+                route: &self.route,
+                model,
+                method,
+                path: &self.path,
+                source_ip: &self.source_ip,
+                time: self.time,
+                content,
+                caller: &self.caller,
+            })
+        };
+        let (decision, method) = match &self.asking {
+            Asking::Http(action) => (
+                authz.decide(&AuthzRequest {
+                    agent: &self.agent,
+                    action: *action,
+                    route: &self.route,
+                    path: &self.path,
+                    source_ip: &self.source_ip,
+                    time: self.time,
+                    content,
+                    caller: &self.caller,
+                }),
+                *action,
+            ),
+            Asking::Mcp(action, method) => {
+                let d = authz.decide_mcp(&McpRequest {
+                    agent: &self.agent,
+                    action: *action,
+                    route: &self.route,
+                    classification: self.classification,
+                    method,
+                    target: &self.target,
+                    args: &[],
+                    path: &self.path,
+                    content,
+                    source_ip: &self.source_ip,
+                    time: self.time,
+                    caller: &self.caller,
+                });
+                return Verdict {
+                    allowed: d.allowed,
+                    policies: d.policy_ids,
+                    models: None,
+                };
+            }
+            Asking::Model(action) => (
+                model(*action, &self.target, HttpAction::Post),
+                HttpAction::Post,
+            ),
+            Asking::ListModels(one) => {
+                // As `GET /v1/models` does: `complete`, method GET, unscanned.
+                let visible: Vec<String> = authz
+                    .route_models(&self.route)
+                    .into_iter()
+                    .filter(|m| one.as_deref().is_none_or(|one| one == *m))
+                    .filter(|m| {
+                        authz
+                            .decide_model(&ModelRequest {
+                                agent: &self.agent,
+                                action: ModelAction::Complete,
+                                route: &self.route,
+                                model: m,
+                                method: HttpAction::Get,
+                                path: &self.path,
+                                source_ip: &self.source_ip,
+                                time: self.time,
+                                content: Content::NOT_SCANNED,
+                                caller: &self.caller,
+                            })
+                            .allowed
+                    })
+                    .map(str::to_string)
+                    .collect();
+                return Verdict {
+                    allowed: true,
+                    policies: Vec::new(),
+                    models: Some(visible),
+                };
+            }
+        };
+        let mut verdict = Verdict {
+            allowed: decision.allowed,
+            policies: decision.policy_ids,
+            models: None,
+        };
+        if !verdict.allowed || self.secrets.is_empty() {
+            return verdict;
+        }
+        // As inject does: the first secret policy lets the agent use, else a denial
+        // naming every secret's deciding policies.
+        let mut denied = Vec::new();
+        for secret in &self.secrets {
+            let d = authz.decide_secret(&SecretRequest {
+                agent: &self.agent,
+                secret,
+                route: &self.route,
+                method,
+                path: &self.path,
+                source_ip: &self.source_ip,
+                time: self.time,
+                content,
+                caller: &self.caller,
+            });
+            if d.allowed {
+                verdict.policies.extend(d.policy_ids);
+                return verdict;
+            }
+            for id in d.policy_ids {
+                if !denied.contains(&id) {
+                    denied.push(id);
+                }
+            }
+        }
+        verdict.allowed = false;
+        verdict.policies.extend(denied);
+        verdict
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use portcullis_core::Classification;
+    use portcullis_policy::{
+        AgentEntity, Authorizer, DEFAULT_SCHEMA, ModelEntity, PolicyBundle, PolicySources,
+        RouteEntity,
+    };
+
+    use super::*;
+    use crate::config::{Credential, Injection, RouteConfig, RouteKind, Upstream};
+    use crate::route::RouteTable;
+
+    fn authorizer(policies: &str) -> Authorizer {
+        let sources = PolicySources {
+            origin: PathBuf::from("/t"),
+            schema: DEFAULT_SCHEMA.to_string(),
+            files: vec![("t.cedar".into(), policies.into())],
+        };
+        let bundle = Arc::new(PolicyBundle::compile(&sources).unwrap());
+        let route = |name: &str| RouteEntity {
+            name: name.into(),
+            classification: Classification::Internal,
+            owner: String::new(),
+            tags: Vec::new(),
+        };
+        let model = |name: &str| ModelEntity {
+            route: "llm".into(),
+            name: name.into(),
+            version: String::new(),
+            status: "approved".into(),
+            classification: Classification::Internal,
+        };
+        Authorizer::new(
+            bundle,
+            &[AgentEntity {
+                name: "dev-bot".into(),
+                roles: vec!["dev".into()],
+            }],
+            &[route("files"), route("llm"), route("api")],
+        )
+        .unwrap()
+        .with_models(&[model("gpt"), model("big")])
+        .unwrap()
+    }
+
+    fn routes() -> RouteTable {
+        let route = |name: &str, kind, credential: Option<&str>| RouteConfig {
+            name: name.into(),
+            kind,
+            path_prefix: format!("/{name}"),
+            upstream: Upstream::BuiltinDemo,
+            classification: Classification::Internal,
+            guard: Default::default(),
+            credential: credential.map(|secret| Credential {
+                secrets: vec![secret.into()],
+                injection: Injection::Query("key".into()),
+            }),
+            capture: None,
+            audit_fail_open: false,
+            llm: None,
+            owner: String::new(),
+            tags: Vec::new(),
+        };
+        RouteTable::new(&[
+            route("files", RouteKind::Mcp, None),
+            route("llm", RouteKind::Llm, Some("llm-key")),
+            route("api", RouteKind::Http, Some("api-key")),
+        ])
+    }
+
+    fn record(action: &str, resource: &str, path: &str, policies: &[&str]) -> AuditRecord {
+        AuditRecord {
+            time_ms: 1_700_000_000_000,
+            kind: RecordKind::Request,
+            request_id: "r".into(),
+            principal: Some("dev-bot".into()),
+            source_ip: Some("127.0.0.1".into()),
+            action: action.into(),
+            resource: Some(resource.into()),
+            path: Some(path.into()),
+            outcome: Outcome::Allow,
+            policies: policies.iter().map(|p| p.to_string()).collect(),
+            ..AuditRecord::default()
+        }
+    }
+
+    /// One record replayed under `active` and `candidate`: "skipped",
+    /// "not replayable: <reason>", or each version's verdict.
+    fn check(active: &Authorizer, candidate: &Authorizer, record: &AuditRecord, expect: &str) {
+        let zone = crate::config::PolicyTimeZone::default();
+        let got = match Replay::of(record, &zone, &routes()) {
+            Ok(None) => "skipped".to_string(),
+            Err(why) => format!("not replayable: {}", why.as_str()),
+            Ok(Some(replay)) => {
+                let show = |v: Verdict| match v.models {
+                    Some(models) => format!("models [{}]", models.join(",")),
+                    None => format!(
+                        "{} [{}]",
+                        if v.allowed { "allow" } else { "deny" },
+                        v.policies.join(",")
+                    ),
+                };
+                format!(
+                    "{} -> {}{}",
+                    show(replay.verdict(active)),
+                    show(replay.verdict(candidate)),
+                    if replay.args_unknown {
+                        " (args unknown)"
+                    } else {
+                        ""
+                    }
+                )
+            }
+        };
+        assert_eq!(got, expect, "{} {:?}", record.action, record.resource);
+    }
+
+    const ACTIVE: &str = r#"
+@id("tools") permit(principal in Role::"dev", action == Action::"call_tool", resource in Route::"files");
+@id("list") permit(principal in Role::"dev", action == Action::"list_tools", resource == Route::"files");
+@id("docs") permit(principal in Role::"dev", action == Action::"read_resource", resource in Route::"files");
+@id("models") permit(principal in Role::"dev", action in [Action::"complete", Action::"embed"], resource in Route::"llm");
+@id("keys") permit(principal, action == Action::"use_secret", resource);
+@id("http") permit(principal, action in Action::"read", resource);
+"#;
+
+    const CANDIDATE: &str = r#"
+@id("tools") permit(principal in Role::"dev", action == Action::"call_tool", resource in Route::"files")
+  when { resource.name != "delete_file" };
+@id("tmp-only") forbid(principal, action == Action::"call_tool", resource == Tool::"files/read_file")
+  unless { context.args.hasTag("path") };
+@id("docs") permit(principal in Role::"dev", action == Action::"read_resource", resource in Route::"files")
+  when { resource.name like "docs://*" };
+@id("gpt-only") permit(principal in Role::"dev", action == Action::"complete", resource == Model::"llm/gpt");
+@id("llm-key") permit(principal, action == Action::"use_secret", resource == Secret::"llm-key");
+@id("http") permit(principal, action in Action::"read", resource);
+"#;
+
+    #[test]
+    fn replays_mcp_model_listing_and_secret_records() {
+        let (active, candidate) = (authorizer(ACTIVE), authorizer(CANDIDATE));
+        let check = |r: &AuditRecord, expect: &str| check(&active, &candidate, r, expect);
+        let mcp = |method: &str, resource: &str| {
+            record(&format!("mcp:{method}"), resource, "/files", &["x"])
+        };
+        check(
+            &mcp("tools/call", "files/delete_file"),
+            "allow [tools] -> deny [default-deny] (args unknown)",
+        );
+        // Replayed without its arguments: the candidate's forbid on them applies.
+        check(
+            &mcp("tools/call", "files/read_file"),
+            "allow [tools] -> deny [tmp-only] (args unknown)",
+        );
+        check(
+            &mcp("tools/list", "files"),
+            "allow [list] -> deny [default-deny]",
+        );
+        check(
+            &mcp("resources/read", "files/docs://a/b"),
+            "allow [docs] -> allow [docs]",
+        );
+        check(
+            &mcp("resources/read", "files/file:///etc/hosts"),
+            "allow [docs] -> deny [default-deny]",
+        );
+        check(
+            &mcp("completion/complete", "files/summary"),
+            "not replayable: mcp_completion",
+        );
+        check(
+            &record("mcp:batch(2)", "files", "/files", &["x"]),
+            "not replayable: mcp_batch",
+        );
+        check(&record("mcp:initialize", "files", "/files", &[]), "skipped");
+        check(
+            &mcp("tools/call", "gone/echo"),
+            "not replayable: route_gone",
+        );
+        // Models, with `use_secret` on the route's credential after an allow.
+        check(
+            &record("complete", "llm/gpt", "/llm/v1/chat/completions", &["x"]),
+            "allow [models,keys] -> allow [gpt-only,llm-key]",
+        );
+        check(
+            &record("embed", "llm/gpt", "/llm/v1/embeddings", &["x"]),
+            "allow [models,keys] -> deny [default-deny]",
+        );
+        // The listing records no policies; the visible models are compared.
+        check(
+            &record("list_models", "llm", "/llm/v1/models", &[]),
+            "models [gpt,big] -> models [gpt]",
+        );
+        check(
+            &record("list_models", "llm", "/llm/v1/models/big", &[]),
+            "models [big] -> models []",
+        );
+        // HTTP on a route with a credential: the route's decision, then the secret's.
+        check(
+            &record("GET", "api", "/api/x", &["x"]),
+            "allow [http,keys] -> deny [http,default-deny]",
+        );
+        check(
+            &record("GET", "files", "/files/x", &["x"]),
+            "allow [http] -> allow [http]",
+        );
+    }
 }

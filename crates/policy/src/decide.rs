@@ -274,12 +274,16 @@ pub struct Authorizer {
     user_type: Option<EntityTypeName>,
     pub(crate) cedar: cedar_policy::Authorizer,
     /// `use_secret` decisions; `None` when the schema has no such action.
-    secret: Option<crate::secret::SecretAuthz>,
+    pub(crate) secret: Option<crate::secret::SecretAuthz>,
     /// MCP decisions; `None` when the schema has no MCP actions.
     pub(crate) mcp: Option<crate::mcp::McpAuthz>,
     /// `complete`/`embed` decisions on models; set by
     /// [`Authorizer::with_models`].
-    model: Option<crate::model::ModelAuthz>,
+    pub(crate) model: Option<crate::model::ModelAuthz>,
+    /// Each route's classification, by name (what MCP targets inherit).
+    route_classes: HashMap<String, Classification>,
+    /// The configured models, `(route, name)`, in configuration order.
+    models: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Authorizer {
@@ -390,7 +394,13 @@ impl Authorizer {
             .entity_types()
             .find(|t| t.to_string() == "User")
             .cloned();
+        let route_classes = routes
+            .iter()
+            .map(|r| (r.name.clone(), r.classification))
+            .collect();
         let authorizer = Authorizer {
+            route_classes,
+            models: Vec::new(),
             user_type,
             secret,
             mcp,
@@ -547,8 +557,27 @@ impl Authorizer {
             let entities = std::mem::replace(&mut self.entities, Entities::empty());
             self.entities = crate::model::add_model_entities(&self.bundle, entities, models)?;
         }
+        self.models = models
+            .iter()
+            .map(|m| (m.route.clone(), m.name.clone()))
+            .collect();
         self.model = crate::model::ModelAuthz::new(&self.bundle, &self.entities)?;
         Ok(self)
+    }
+
+    /// The classification of a route the snapshot knows.
+    pub fn route_classification(&self, route: &str) -> Option<Classification> {
+        self.route_classes.get(route).copied()
+    }
+
+    /// The models configured on `route`, in configuration order: what `GET
+    /// /v1/models` chooses from (each one the agent may `complete` with).
+    pub fn route_models(&self, route: &str) -> Vec<&str> {
+        self.models
+            .iter()
+            .filter(|(r, _)| r == route)
+            .map(|(_, name)| name.as_str())
+            .collect()
     }
 
     /// Whether the schema declares the model actions (`complete`, `embed`).

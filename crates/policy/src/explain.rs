@@ -7,8 +7,17 @@
 //! `unless { a || b }`. Each part is a policy of its own built from Cedar's
 //! JSON form of the original, so the answer comes from Cedar's evaluator, not
 //! from a second interpreter that could disagree with it.
+//!
+//! Every kind of request is explained the same way, over the Cedar request
+//! and entities its decision uses: HTTP requests on routes ([`Authorizer::explain`]),
+//! MCP messages over their entity slice (the tool, prompt or resource made
+//! for the message, and its arguments: [`Authorizer::explain_mcp`]), model
+//! requests ([`Authorizer::explain_model`]) and `use_secret`
+//! ([`Authorizer::explain_secret`]). Grants (template-linked policies) are
+//! not traced; a schema without the action explains nothing beyond the
+//! decision's error.
 
-use cedar_policy::{Decision as CedarDecision, Policy, PolicyId, PolicySet};
+use cedar_policy::{Decision as CedarDecision, Entities, Policy, PolicyId, PolicySet, Request};
 use serde_json::{Value, json};
 
 use crate::{Authorizer, AuthzRequest, Decision};
@@ -50,7 +59,63 @@ impl Authorizer {
     /// Decides `request` and explains every policy's part in it.
     pub fn explain(&self, request: &AuthzRequest<'_>) -> Explanation {
         let decision = self.decide(request);
-        let cedar_request = match self.cedar_request(request, None) {
+        let cedar_request = self.cedar_request(request, None);
+        self.trace_all(decision, cedar_request, &self.entities)
+    }
+
+    /// Decides an MCP message (see [`crate::McpRequest`]) and explains every
+    /// policy's part in it. The policies are evaluated with the entities the
+    /// decision uses: the agent, its route, the tool (prompt, resource) made
+    /// for the message, and its arguments.
+    pub fn explain_mcp(&self, request: &crate::McpRequest<'_>) -> Explanation {
+        let decision = self.decide_mcp(request);
+        let Some(mcp) = &self.mcp else {
+            return Explanation {
+                decision,
+                policies: Vec::new(),
+            };
+        };
+        match mcp.explain_parts(&self.entities, request) {
+            Ok((cedar_request, slice)) => self.trace_all(decision, Ok(cedar_request), &slice),
+            Err(e) => self.trace_all(decision, Err(e), &self.entities),
+        }
+    }
+
+    /// Decides a model request (see [`crate::ModelRequest`]) and explains
+    /// every policy's part in it.
+    pub fn explain_model(&self, request: &crate::ModelRequest<'_>) -> Explanation {
+        let decision = self.decide_model(request);
+        match &self.model {
+            Some(m) => self.trace_all(decision, m.explain_request(request), &self.entities),
+            None => Explanation {
+                decision,
+                policies: Vec::new(),
+            },
+        }
+    }
+
+    /// Decides a `use_secret` request (see [`crate::SecretRequest`]) and
+    /// explains every policy's part in it.
+    pub fn explain_secret(&self, request: &crate::SecretRequest<'_>) -> Explanation {
+        let decision = self.decide_secret(request);
+        match &self.secret {
+            Some(s) => self.trace_all(decision, s.explain_request(request), &self.entities),
+            None => Explanation {
+                decision,
+                policies: Vec::new(),
+            },
+        }
+    }
+
+    /// Traces every policy of the bundle on `cedar_request` over `entities`.
+    /// A request that could not be built is one `<request>` error trace.
+    fn trace_all(
+        &self,
+        decision: Decision,
+        cedar_request: Result<Request, String>,
+        entities: &Entities,
+    ) -> Explanation {
+        let cedar_request = match cedar_request {
             Ok(r) => r,
             Err(e) => {
                 return Explanation {
@@ -63,14 +128,11 @@ impl Authorizer {
                 };
             }
         };
-        // `Some(true)`: satisfied; `Some(false)`: not; `None`: error (with text).
         let satisfied = |policy: Policy| -> Result<bool, String> {
             let id = policy.id().clone();
             let mut set = PolicySet::new();
             set.add(policy).map_err(|e| e.to_string())?;
-            let response = self
-                .cedar
-                .is_authorized(&cedar_request, &set, &self.entities);
+            let response = self.cedar.is_authorized(&cedar_request, &set, entities);
             if let Some(error) = response.diagnostics().errors().next() {
                 return Err(error.to_string());
             }
@@ -259,6 +321,170 @@ mod tests {
              permit hours satisfied\n\
              forbid office not satisfied: unless { context.source_ip.isInRange(ip(\"10.0.0.0/8\")) }\n\
              permit writers out of scope\n"
+        );
+    }
+
+    /// Every kind of action, explained over the entities its decision uses:
+    /// the failed conditions are named as for HTTP requests. Only the
+    /// policies in scope are shown.
+    #[test]
+    fn explains_mcp_model_and_secret_actions() {
+        use crate::{McpAction, McpRequest, ModelAction, ModelEntity, ModelRequest, SecretRequest};
+        let sources = PolicySources {
+            origin: PathBuf::from("/t"),
+            schema: DEFAULT_SCHEMA.to_string(),
+            files: vec![(
+                "t.cedar".into(),
+                r#"
+@id("dev-tools") permit(principal in Role::"dev", action == Action::"call_tool", resource in Route::"files")
+  when { resource.name != "delete_file" };
+@id("tmp-only") forbid(principal, action == Action::"call_tool", resource == Tool::"files/read_file")
+  unless { context.args.hasTag("path") && context.args.getTag("path") like "/tmp/*" };
+@id("dev-list") permit(principal in Role::"dev", action == Action::"list_tools", resource == Route::"files")
+  when { context.time.hour < 18 };
+@id("docs") permit(principal in Role::"dev", action == Action::"read_resource", resource in Route::"files")
+  when { resource.name like "docs://*" };
+@id("public-prompts") permit(principal, action == Action::"get_prompt", resource)
+  when { resource.classification_level == 0 };
+@id("models") permit(principal in Role::"dev", action in [Action::"complete", Action::"embed"], resource in Route::"llm")
+  when { resource.status == "approved" && context.method == "POST" };
+@id("key") permit(principal in Role::"dev", action == Action::"use_secret", resource == Secret::"key")
+  when { context.route == "llm" };
+@id("http") permit(principal, action in Action::"read", resource);
+"#
+                .into(),
+            )],
+        };
+        let bundle = Arc::new(PolicyBundle::compile(&sources).unwrap());
+        let route = |name: &str| RouteEntity {
+            name: name.into(),
+            classification: Classification::Internal,
+            owner: String::new(),
+            tags: Vec::new(),
+        };
+        let model = |name: &str, status: &str| ModelEntity {
+            route: "llm".into(),
+            name: name.into(),
+            version: String::new(),
+            status: status.into(),
+            classification: Classification::Internal,
+        };
+        let authz = Authorizer::new(
+            bundle,
+            &[AgentEntity {
+                name: "dev-bot".into(),
+                roles: vec!["dev".into()],
+            }],
+            &[route("files"), route("llm")],
+        )
+        .unwrap()
+        .with_models(&[model("gpt", "approved"), model("exp", "preview")])
+        .unwrap();
+        assert_eq!(authz.route_models("llm"), ["gpt", "exp"]);
+        assert_eq!(
+            authz.route_classification("files"),
+            Some(Classification::Internal)
+        );
+        // Only the policies in scope: the rest are out of scope, checked once.
+        let in_scope = |e: Explanation| {
+            let text = render(&e);
+            let mut lines: Vec<&str> = text.lines().collect();
+            let total = lines.len() - 1;
+            lines.retain(|l| !l.ends_with("out of scope"));
+            assert!(total == 8, "{text}");
+            lines.join("\n")
+        };
+        let ip = SourceIp::new("127.0.0.1".parse().unwrap());
+        let caller = CallerFacts::mtls();
+        let mcp = |action, target, args: &[crate::McpArg], epoch| {
+            in_scope(authz.explain_mcp(&McpRequest {
+                agent: "dev-bot",
+                action,
+                route: "files",
+                classification: Classification::Internal,
+                method: "tools/call",
+                target,
+                args,
+                path: "/mcp/files",
+                content: Content::NOT_SCANNED,
+                source_ip: &ip,
+                time: RequestTime::from_epoch(epoch),
+                caller: &caller,
+            }))
+        };
+        let path = |p: &str| vec![crate::McpArg::string("path", p)];
+        assert_eq!(
+            mcp(McpAction::CallTool, "read_file", &path("/etc/passwd"), 0),
+            "deny\npermit dev-tools satisfied\nforbid tmp-only satisfied"
+        );
+        assert_eq!(
+            mcp(McpAction::CallTool, "read_file", &path("/tmp/a"), 0),
+            "allow\npermit dev-tools satisfied\nforbid tmp-only not satisfied: \
+             unless { context.args.hasTag(\"path\") && (context.args.getTag(\"path\") like \"/tmp/*\") }"
+        );
+        assert_eq!(
+            mcp(McpAction::CallTool, "delete_file", &[], 0),
+            "deny\npermit dev-tools not satisfied: when { resource.name != \"delete_file\" }"
+        );
+        // 1_700_000_000 is 22:13 UTC.
+        assert_eq!(
+            mcp(McpAction::ListTools, "", &[], 1_700_000_000),
+            "deny\npermit dev-list not satisfied: when { context.time.hour < 18 }"
+        );
+        assert_eq!(
+            mcp(McpAction::ReadResource, "file:///etc/hosts", &[], 0),
+            "deny\npermit docs not satisfied: when { resource.name like \"docs://*\" }"
+        );
+        assert_eq!(
+            mcp(McpAction::GetPrompt, "summary", &[], 0),
+            "deny\npermit public-prompts not satisfied: when { resource.classification_level == 0 }"
+        );
+
+        let model = |action, model: &str, method| {
+            in_scope(authz.explain_model(&ModelRequest {
+                agent: "dev-bot",
+                action,
+                route: "llm",
+                model,
+                method,
+                path: "/llm/v1/chat/completions",
+                source_ip: &ip,
+                time: RequestTime::from_epoch(0),
+                content: Content::NOT_SCANNED,
+                caller: &caller,
+            }))
+        };
+        assert_eq!(
+            model(ModelAction::Complete, "gpt", HttpAction::Post),
+            "allow\npermit models satisfied"
+        );
+        assert_eq!(
+            model(ModelAction::Embed, "exp", HttpAction::Post),
+            "deny\npermit models not satisfied: when { resource.status == \"approved\" }"
+        );
+        // `GET /v1/models` asks `complete` with method GET.
+        assert_eq!(
+            model(ModelAction::Complete, "gpt", HttpAction::Get),
+            "deny\npermit models not satisfied: when { context.method == \"POST\" }"
+        );
+
+        let secret = |route| {
+            in_scope(authz.explain_secret(&SecretRequest {
+                agent: "dev-bot",
+                secret: "key",
+                route,
+                method: HttpAction::Post,
+                path: "/x",
+                source_ip: &ip,
+                time: RequestTime::from_epoch(0),
+                content: Content::NOT_SCANNED,
+                caller: &caller,
+            }))
+        };
+        assert_eq!(secret("llm"), "allow\npermit key satisfied");
+        assert_eq!(
+            secret("files"),
+            "deny\npermit key not satisfied: when { context.route == \"llm\" }"
         );
     }
 }

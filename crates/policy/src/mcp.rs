@@ -539,6 +539,24 @@ impl McpAuthz {
         }
     }
 
+    /// The Cedar request `r` is decided as and the entities it is decided
+    /// over (its slice), for `policy explain`.
+    pub(crate) fn explain_parts(
+        &self,
+        entities: &Entities,
+        r: &McpRequest<'_>,
+    ) -> Result<(Request, Entities), String> {
+        let principal =
+            EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(r.agent));
+        let route =
+            EntityUid::from_type_name_and_id(self.route_type.clone(), EntityId::new(r.route));
+        let (request, slice) = self
+            .request(r, entities.get(&principal), entities.get(&route), None)
+            .map_err(|e| e.to_string())?;
+        let slice = Entities::from_entities(slice, None).map_err(|e| e.to_string())?;
+        Ok((request, slice))
+    }
+
     /// Decides with every policy of the action, bypassing the scope slice.
     pub(crate) fn decide_unsliced(
         &self,

@@ -267,6 +267,11 @@ impl ModelAuthz {
         .map_err(|e| e.to_string())
     }
 
+    /// The Cedar request `r` is decided as, for `policy explain`.
+    pub(crate) fn explain_request(&self, r: &ModelRequest<'_>) -> Result<Request, String> {
+        self.request(r, None)
+    }
+
     pub(crate) fn decide(
         &self,
         cedar: &cedar_policy::Authorizer,

@@ -125,6 +125,11 @@ impl SecretAuthz {
             .map_err(|e| e.to_string())
     }
 
+    /// The Cedar request `r` is decided as, for `policy explain`.
+    pub(crate) fn explain_request(&self, r: &SecretRequest<'_>) -> Result<Request, String> {
+        self.request(r, None)
+    }
+
     pub(crate) fn decide(
         &self,
         cedar: &cedar_policy::Authorizer,
