@@ -58,7 +58,7 @@ use crate::pipeline::approve;
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contain::{self, Writes};
 use crate::pipeline::contextualize::RequestContext;
-use crate::pipeline::decode::{DecodedRequest, too_large};
+use crate::pipeline::decode::{DecodedRequest, read_whole};
 use crate::pipeline::inspect::GuardState;
 use crate::respond::{Denial, ResponseBody, full};
 use crate::state::{ConnectionState, Gateway, Snapshot};
@@ -227,7 +227,7 @@ pub async fn serve(
 ) -> Result<Response<ResponseBody>, Denial> {
     // An MCP server is one endpoint URL: the route's prefix itself maps to
     // the upstream URL as configured, without a trailing slash added.
-    if context.rest_path == "/" && !decoded.parts.uri.path().ends_with('/') {
+    if context.rest_path == "/" && !decoded.target.path.ends_with('/') {
         context.rest_path.clear();
     }
     let Some(mcp) = gateway.mcp.clone() else {
@@ -354,15 +354,8 @@ async fn post(
     recorder: &mut Recorder,
     to: To<'_>,
 ) -> Result<Response<ResponseBody>, Denial> {
-    let DecodedRequest { parts, body } = decoded;
-    let bytes = body.collect().await.map_err(|_| {
-        if meter.exceeded.load(std::sync::atomic::Ordering::Relaxed) {
-            too_large(asker.gateway.limits.max_body_bytes)
-        } else {
-            Denial::new(ErrorCode::BadRequest, "the request body could not be read")
-        }
-    })?;
-    let bytes = bytes.to_bytes();
+    let DecodedRequest { parts, body, .. } = decoded;
+    let bytes = read_whole(body, asker.gateway.limits.max_body_bytes, meter).await?;
     let mut body = match jsonrpc::parse(&bytes) {
         Ok(body) => body,
         Err((code, message)) => {
@@ -662,6 +655,11 @@ async fn forward_http(
     let decoded = DecodedRequest {
         parts,
         body: request_body(upstream_body),
+        // The forwarder reads the path and query from the context.
+        target: crate::target::CanonicalTarget {
+            path: asker.context.path.clone(),
+            query: asker.context.query.clone(),
+        },
     };
     upstream(asker, conn, identity, decoded, request_id, meter, recorder).await
 }

@@ -19,7 +19,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use portcullis_core::{Decision, ErrorCode};
 use portcullis_policy::Obligations;
@@ -30,12 +29,9 @@ use crate::body::BodyMeter;
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contain::{APPROVE_WRITES, Writes};
 use crate::pipeline::contextualize::RequestContext;
-use crate::pipeline::decode::{DecodedRequest, too_large};
+use crate::pipeline::decode::{DecodedRequest, read_whole};
 use crate::rate_limit::RateLimiter;
 use crate::respond::{Denial, DenialDetail};
-
-/// How long a client may take to send a body that must be hashed for approval.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the later stages must do.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -115,7 +111,11 @@ pub async fn run(
     };
 
     let wait = prefer_wait(&request.parts.headers);
-    let DecodedRequest { parts, body } = request;
+    let DecodedRequest {
+        parts,
+        body,
+        target,
+    } = request;
     let bytes = read_whole(body, desk.max_body_bytes, meter).await?;
     let binding = CallBinding {
         agent: identity.agent.clone(),
@@ -132,7 +132,14 @@ pub async fn run(
     let body = Full::new(bytes)
         .map_err(|never| match never {})
         .boxed_unsync();
-    Ok((DecodedRequest { parts, body }, obliged))
+    Ok((
+        DecodedRequest {
+            parts,
+            body,
+            target,
+        },
+        obliged,
+    ))
 }
 
 /// Holds one call for a human: `Ok` when an approval of exactly this call
@@ -205,27 +212,6 @@ pub(crate) fn prefer_wait(headers: &http::HeaderMap) -> Option<Duration> {
         .filter_map(|p| p.trim().strip_prefix("wait="))
         .find_map(|n| n.trim().parse::<u64>().ok())
         .map(Duration::from_secs)
-}
-
-async fn read_whole(
-    body: crate::pipeline::decode::RequestBody,
-    limit: u64,
-    meter: &Arc<BodyMeter>,
-) -> Result<Bytes, Denial> {
-    match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(_)) if meter.exceeded.load(std::sync::atomic::Ordering::Relaxed) => {
-            Err(too_large(limit))
-        }
-        Ok(Err(_)) => Err(Denial::new(
-            ErrorCode::BadRequest,
-            "the request body could not be read",
-        )),
-        Err(_) => Err(Denial::new(
-            ErrorCode::BadRequest,
-            "the request body did not arrive in time",
-        )),
-    }
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@
 //! route's key takes its place.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
@@ -42,14 +42,11 @@ use crate::metrics::Stage;
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contain::{APPROVE_WRITES, Writes};
 use crate::pipeline::contextualize::RequestContext;
-use crate::pipeline::decode::{DecodedRequest, too_large};
+use crate::pipeline::decode::{DecodedRequest, read_whole};
 use crate::pipeline::inspect::ContentFacts;
 use crate::pipeline::{approve, authorize, inject};
 use crate::respond::{Denial, ResponseBody, full};
 use crate::state::{ConnectionState, Gateway, Snapshot};
-
-/// How long a client may take to send a request body.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the LLM stages.
 #[allow(clippy::too_many_arguments)]
@@ -90,8 +87,12 @@ pub async fn run(
     };
     recorder.record().action = action.as_str().into();
 
-    let DecodedRequest { mut parts, body } = decoded;
-    let bytes = read_body(body, gateway.limits.max_body_bytes, meter).await?;
+    let DecodedRequest {
+        mut parts,
+        body,
+        target,
+    } = decoded;
+    let bytes = read_whole(body, gateway.limits.max_body_bytes, meter).await?;
     let request_bytes = bytes.len() as u64;
     // Bound to the body as the client sent it, as on HTTP routes.
     let body_sha256 = (writes == Writes::Approval).then(|| hex::encode(Sha256::digest(&bytes)));
@@ -258,6 +259,7 @@ pub async fn run(
     let request = DecodedRequest {
         parts,
         body: request_body(body),
+        target,
     };
     let capture = match (&route.capture, &gateway.captures) {
         (Some(config), Some(sink)) => Some(crate::capture::CaptureHandle::new(
@@ -409,27 +411,6 @@ fn request_body(bytes: Bytes) -> crate::pipeline::decode::RequestBody {
     http_body_util::Full::new(bytes)
         .map_err(|never| match never {})
         .boxed_unsync()
-}
-
-async fn read_body(
-    body: crate::pipeline::decode::RequestBody,
-    max_body_bytes: u64,
-    meter: &Arc<BodyMeter>,
-) -> Result<Bytes, Denial> {
-    match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(_)) if meter.exceeded.load(std::sync::atomic::Ordering::Relaxed) => {
-            Err(too_large(max_body_bytes))
-        }
-        Ok(Err(_)) => Err(Denial::new(
-            ErrorCode::BadRequest,
-            "the request body could not be read",
-        )),
-        Err(_) => Err(Denial::new(
-            ErrorCode::BadRequest,
-            "the request body did not arrive in time",
-        )),
-    }
 }
 
 /// The content guard on each text of the request, on its channel (tool
