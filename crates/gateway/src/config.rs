@@ -2008,6 +2008,36 @@ classification = "internal"
             "ok ",
         );
         check(
+            "[gateway]\nforward_client_cert = \"set\"\nstrip_request_headers = [\"X-Debug\"]\n",
+            "ok ",
+        );
+        check(
+            "[gateway]\nforward_client_cert = \"append\"\n",
+            "unknown variant `append`",
+        );
+        check(
+            "[gateway]\nstrip_request_headers = [\"bad name\"]\n",
+            "invalid header name `bad name`",
+        );
+        for prefix in ["/a!b", "/a;b", "/a:b", "/a.", "/a/./b", "/a%41"] {
+            check(
+                &format!(
+                    "[[routes]]\nname = \"a\"\npath_prefix = \"{prefix}\"\nupstream = \"http://x\"\nclassification = \"public\"\n"
+                ),
+                "invalid path_prefix",
+            );
+        }
+        let parsed = Config::parse(
+            "[gateway]\nforward_client_cert = \"set\"\nstrip_request_headers = [\"X-Debug\"]\n",
+            Path::new("/etc/p/portcullis.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            parsed.forward_client_cert,
+            crate::pipeline::forward::ForwardClientCert::Set
+        );
+        assert_eq!(parsed.strip_request_headers, ["x-debug"]);
+        check(
             "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"http://user:pw@x\"\nclassification = \"public\"\n",
             "must not carry credentials",
         );
