@@ -502,6 +502,27 @@ mod tests {
     }
 
     #[test]
+    fn client_cert_header_only_from_a_verified_certificate() {
+        let mut identity = Identity {
+            agent: "bot".into(),
+            spiffe_id: "spiffe://td/agent/bot".into(),
+            serial: "01".into(),
+            certificate: Some("sha256:abcd".into()),
+            credential: String::new(),
+            caller: portcullis_policy::CallerFacts::mtls(),
+            delegated: None,
+            expires_at: 0,
+        };
+        assert_eq!(
+            client_cert_value(ForwardClientCert::Set, &identity).unwrap(),
+            "Hash=abcd;URI=spiffe://td/agent/bot"
+        );
+        assert!(client_cert_value(ForwardClientCert::Sanitize, &identity).is_none());
+        identity.certificate = None;
+        assert!(client_cert_value(ForwardClientCert::Set, &identity).is_none());
+    }
+
+    #[test]
     fn builds_upstream_uris() {
         let up = ResolvedUpstream {
             scheme: http::uri::Scheme::HTTP,
