@@ -287,7 +287,7 @@ async fn oversized_bodies_unknown_routes_and_bad_paths_get_json_errors() {
     )
     .await;
     assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
-    assert!(answer.contains("\"bad_request\""), "{answer}");
+    assert!(answer.contains("\"bad_path\""), "{answer}");
 
     // A method policy cannot grant.
     let response = client

@@ -21,6 +21,13 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// The request is malformed (bad header, bad JSON, invalid parameters).
     BadRequest,
+    /// The request target is one an upstream might resolve differently from
+    /// the gateway (encoded separators, dot or empty segments, `;params`,
+    /// double encoding, control characters, a case variant of a route).
+    BadPath,
+    /// The request carries a method-override header (`X-HTTP-Method-Override`
+    /// and the like), which could turn an allowed method into another upstream.
+    MethodOverrideRefused,
     /// The upstream could not be reached or answered with a broken response.
     UpstreamUnavailable,
     /// The upstream did not answer within the configured timeout.
@@ -121,6 +128,8 @@ impl ErrorCode {
             ErrorCode::RouteNotFound => "route_not_found",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::BadRequest => "bad_request",
+            ErrorCode::BadPath => "bad_path",
+            ErrorCode::MethodOverrideRefused => "method_override_refused",
             ErrorCode::UpstreamUnavailable => "upstream_unavailable",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::NotFound => "not_found",
@@ -188,6 +197,8 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::BadRequest
             | ErrorCode::McpBadArgument
+            | ErrorCode::BadPath
+            | ErrorCode::MethodOverrideRefused
             | ErrorCode::InvalidCiphertext
             | ErrorCode::UnsupportedGrantType
             | ErrorCode::InvalidPolicy
@@ -218,6 +229,8 @@ mod tests {
             ErrorCode::RouteNotFound,
             ErrorCode::PayloadTooLarge,
             ErrorCode::BadRequest,
+            ErrorCode::BadPath,
+            ErrorCode::MethodOverrideRefused,
             ErrorCode::UpstreamUnavailable,
             ErrorCode::UpstreamTimeout,
             ErrorCode::NotFound,

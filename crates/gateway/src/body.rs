@@ -1,7 +1,9 @@
 //! Body wrappers that let bodies stream while the gateway keeps count:
 //! [`MeteredBody`] enforces the request size limit and counts bytes in;
-//! [`RecordedBody`] counts bytes out and completes the audit record when the
-//! response ends — or when it is dropped because the client went away.
+//! [`DrainOnDrop`] reads on (bounded) an HTTP/2 request body the gateway
+//! answered without reading; [`RecordedBody`] counts bytes out and completes
+//! the audit record when the response ends — or when it is dropped because
+//! the client went away.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,8 +11,9 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
 use portcullis_audit::AuditRecord;
 use sha2::{Digest as _, Sha256};
 
@@ -148,6 +151,99 @@ where
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// The most of an unread HTTP/2 request body read (and thrown away) after the
+/// answer, and for how long.
+pub const DRAIN_MAX_BYTES: u64 = 4 << 20;
+/// See [`DRAIN_MAX_BYTES`].
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A client's request body that, dropped unread over HTTP/2, is read on in a
+/// task of its own, up to [`DRAIN_MAX_BYTES`] within [`DRAIN_TIMEOUT`].
+///
+/// Why: a stream whose body the server stops reading is reset once the answer
+/// is out (`RST_STREAM(NO_ERROR)`, RFC 9113 §8.1). Clients that are still
+/// uploading then (curl 7.x among them) discard the answer and report a
+/// framing error, so an oversized POST got no 413. Reading the rest lets the
+/// client finish its upload and read the answer; past the bound the stream
+/// is reset as before, so a client cannot make the gateway read without end.
+#[derive(Debug)]
+pub struct DrainOnDrop {
+    inner: Option<Incoming>,
+    drain: bool,
+}
+
+impl DrainOnDrop {
+    /// Wraps `inner`; `drain` says whether to drain it if dropped unread.
+    pub fn new(inner: Incoming, drain: bool) -> Self {
+        DrainOnDrop {
+            inner: Some(inner),
+            drain,
+        }
+    }
+}
+
+impl Body for DrainOnDrop {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = Pin::new(inner).poll_frame(cx);
+        if let Poll::Ready(Some(Err(_))) = &polled {
+            // A broken stream is not worth reading on.
+            this.drain = false;
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner
+            .as_ref()
+            .map(Body::size_hint)
+            .unwrap_or_else(|| SizeHint::with_exact(0))
+    }
+}
+
+impl Drop for DrainOnDrop {
+    fn drop(&mut self) {
+        let Some(mut inner) = self.inner.take() else {
+            return;
+        };
+        if !self.drain || inner.is_end_stream() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let read = async {
+                let mut total = 0u64;
+                while let Some(Ok(frame)) =
+                    std::future::poll_fn(|cx| Pin::new(&mut inner).poll_frame(cx)).await
+                {
+                    if let Some(data) = frame.data_ref() {
+                        total += data.remaining() as u64;
+                        if total > DRAIN_MAX_BYTES {
+                            break;
+                        }
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, read).await;
+        });
     }
 }
 

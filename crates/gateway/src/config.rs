@@ -92,6 +92,36 @@ pub struct RawGateway {
     /// so agents that reach the gateway by name can verify it.
     #[serde(default, deserialize_with = "server_names")]
     pub server_names: Vec<String>,
+    /// What upstreams get in `X-Forwarded-Client-Cert`: `"sanitize"` (the
+    /// default: nothing; the client's is always dropped) or `"set"` (the
+    /// verified client certificate's hash and SPIFFE ID).
+    #[serde(default)]
+    pub forward_client_cert: RawForwardClientCert,
+    /// More client request headers to drop before anything reads them, on top
+    /// of the built-in list (`docs/configuration.md`), e.g. `["x-debug"]`.
+    #[serde(default, deserialize_with = "header_names")]
+    pub strip_request_headers: Vec<http::HeaderName>,
+}
+
+/// `[gateway] forward_client_cert`
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RawForwardClientCert {
+    /// No `X-Forwarded-Client-Cert` upstream.
+    #[default]
+    Sanitize,
+    /// The verified certificate's `Hash=…;URI=…`.
+    Set,
+}
+
+fn header_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<http::HeaderName>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|name| {
+            http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| serde::de::Error::custom(format!("invalid header name `{name}`")))
+        })
+        .collect()
 }
 
 /// `[admin]`
@@ -554,6 +584,7 @@ const RESERVED_HEADERS: &[&str] = &[
     "x-forwarded-proto",
     "forwarded",
     "x-real-ip",
+    "x-forwarded-client-cert",
 ];
 
 impl TryFrom<RawCredential> for Credential {
@@ -830,15 +861,15 @@ fn route_name<'de, D: Deserializer<'de>>(d: D) -> Result<toml::Spanned<String>, 
 fn path_prefix<'de, D: Deserializer<'de>>(d: D) -> Result<toml::Spanned<String>, D::Error> {
     let s = toml::Spanned::<String>::deserialize(d)?;
     let p = s.get_ref();
-    let ok = p.starts_with('/')
+    // Canonical, and of unreserved characters only: then a canonical request
+    // path matches the prefix exactly when its percent-decoding does
+    // (target.rs).
+    let ok = crate::target::is_route_prefix(p)
         && (p == "/" || !p.ends_with('/'))
-        && !p.contains("//")
-        && !p.split('/').any(|seg| seg == "." || seg == "..")
-        && p.bytes()
-            .all(|b| b.is_ascii_graphic() && !matches!(b, b'?' | b'#' | b'%'));
+        && crate::target::CanonicalTarget::parse(p, None).is_ok_and(|t| t.path == *p);
     if !ok {
         return Err(serde::de::Error::custom(format!(
-            "invalid path_prefix `{p}`: must start with `/`, have no trailing `/`, `//`, dot segments, `%`, `?` or `#`"
+            "invalid path_prefix `{p}`: must start with `/`, have no trailing `/`, `//`, dot segments or segments ending in `.`, and hold only letters, digits, `-`, `.`, `_`, `~` and `/`"
         )));
     }
     Ok(s)
@@ -1145,6 +1176,10 @@ pub struct Config {
     pub max_connections: usize,
     /// Extra names for the TLS server certificate.
     pub server_names: Vec<String>,
+    /// What upstreams get in `X-Forwarded-Client-Cert`.
+    pub forward_client_cert: crate::pipeline::forward::ForwardClientCert,
+    /// Client request headers dropped besides the built-in ones.
+    pub strip_request_headers: Vec<http::HeaderName>,
     /// SPIFFE trust domain.
     pub trust_domain: String,
     /// The access tokens' issuer URL, when configured (else the bound address).
@@ -1529,6 +1564,13 @@ impl Config {
                 .max_connections
                 .unwrap_or(DEFAULT_MAX_CONNECTIONS),
             server_names: raw.gateway.server_names,
+            forward_client_cert: match raw.gateway.forward_client_cert {
+                RawForwardClientCert::Sanitize => {
+                    crate::pipeline::forward::ForwardClientCert::Sanitize
+                }
+                RawForwardClientCert::Set => crate::pipeline::forward::ForwardClientCert::Set,
+            },
+            strip_request_headers: raw.gateway.strip_request_headers,
             token_issuer: raw.identity.token_issuer,
             max_delegation_depth: raw.identity.max_delegation_depth.unwrap_or(2),
             posture_attestor: raw.identity.posture_attestor.map(|o| OidcConfig {
@@ -1965,6 +2007,36 @@ classification = "internal"
             "[gateway]\nserver_names = [\"gw.example.com\", \"10.0.0.5\"]\n",
             "ok ",
         );
+        check(
+            "[gateway]\nforward_client_cert = \"set\"\nstrip_request_headers = [\"X-Debug\"]\n",
+            "ok ",
+        );
+        check(
+            "[gateway]\nforward_client_cert = \"append\"\n",
+            "unknown variant `append`",
+        );
+        check(
+            "[gateway]\nstrip_request_headers = [\"bad name\"]\n",
+            "invalid header name `bad name`",
+        );
+        for prefix in ["/a!b", "/a;b", "/a:b", "/a.", "/a/./b", "/a%41"] {
+            check(
+                &format!(
+                    "[[routes]]\nname = \"a\"\npath_prefix = \"{prefix}\"\nupstream = \"http://x\"\nclassification = \"public\"\n"
+                ),
+                "invalid path_prefix",
+            );
+        }
+        let parsed = Config::parse(
+            "[gateway]\nforward_client_cert = \"set\"\nstrip_request_headers = [\"X-Debug\"]\n",
+            Path::new("/etc/p/portcullis.toml"),
+        )
+        .unwrap();
+        assert_eq!(
+            parsed.forward_client_cert,
+            crate::pipeline::forward::ForwardClientCert::Set
+        );
+        assert_eq!(parsed.strip_request_headers, ["x-debug"]);
         check(
             "[[routes]]\nname = \"a\"\npath_prefix = \"/a\"\nupstream = \"http://user:pw@x\"\nclassification = \"public\"\n",
             "must not carry credentials",

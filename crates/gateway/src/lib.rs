@@ -34,6 +34,7 @@ pub mod revocation;
 pub mod route;
 pub mod shadow;
 mod state;
+pub mod target;
 pub mod tokens;
 pub mod trace;
 pub mod whoami;

@@ -39,6 +39,24 @@ impl RouteTable {
         })
     }
 
+    /// A route with a longer prefix than `chosen`'s that `path` matches when
+    /// letter case is ignored: `/api/ADMIN/x` when `/api` and `/api/admin`
+    /// exist. An upstream that ignores case would serve it as the deeper
+    /// route, so the caller refuses such a path.
+    pub fn case_variant(&self, path: &str, chosen: &RouteConfig) -> Option<&Arc<RouteConfig>> {
+        let floor = chosen.path_prefix.len();
+        self.routes
+            .iter()
+            .take_while(|r| r.path_prefix.len() > floor)
+            .find(|r| {
+                let prefix = r.path_prefix.as_str();
+                path.get(..prefix.len()).is_some_and(|head| {
+                    head.eq_ignore_ascii_case(prefix)
+                        && matches!(path.as_bytes().get(prefix.len()), None | Some(b'/'))
+                })
+            })
+    }
+
     /// All routes.
     pub fn routes(&self) -> impl Iterator<Item = &Arc<RouteConfig>> {
         self.routes.iter()
@@ -46,20 +64,18 @@ impl RouteTable {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::config::{RouteKind, Upstream};
-    use portcullis_core::Classification;
-
-    fn table(prefixes: &[&str]) -> RouteTable {
+impl RouteTable {
+    /// A table of plain HTTP routes on the demo upstream, named `r` plus the
+    /// prefix with `/` as `_`.
+    pub(crate) fn for_tests(prefixes: &[&str]) -> RouteTable {
         let routes: Vec<_> = prefixes
             .iter()
             .map(|p| RouteConfig {
                 name: format!("r{}", p.replace('/', "_")),
-                kind: RouteKind::Http,
+                kind: crate::config::RouteKind::Http,
                 path_prefix: p.to_string(),
-                upstream: Upstream::BuiltinDemo,
-                classification: Classification::Public,
+                upstream: crate::config::Upstream::BuiltinDemo,
+                classification: portcullis_core::Classification::Public,
                 guard: Default::default(),
                 credential: None,
                 capture: None,
@@ -70,6 +86,15 @@ mod tests {
             })
             .collect();
         RouteTable::new(&routes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(prefixes: &[&str]) -> RouteTable {
+        RouteTable::for_tests(prefixes)
     }
 
     fn check(t: &RouteTable, path: &str, expect: Option<(&str, &str)>) {
@@ -92,5 +117,21 @@ mod tests {
         let root = table(&["/", "/api"]);
         check(&root, "/api/v1", Some(("/api", "/v1")));
         check(&root, "/x", Some(("/", "/x")));
+    }
+
+    #[test]
+    fn case_variants_of_deeper_routes() {
+        let t = table(&["/", "/api", "/api/admin"]);
+        let variant = |path: &str| {
+            let (route, _) = t.lookup(path).unwrap();
+            t.case_variant(path, route).map(|r| r.path_prefix.clone())
+        };
+        assert_eq!(variant("/api/ADMIN/x").as_deref(), Some("/api/admin"));
+        assert_eq!(variant("/API/admin").as_deref(), Some("/api/admin"));
+        assert_eq!(variant("/Api/x").as_deref(), Some("/api"));
+        assert_eq!(variant("/api/admin/X"), None);
+        assert_eq!(variant("/api/adminx"), None);
+        assert_eq!(variant("/api/x"), None);
+        assert_eq!(variant("/other"), None);
     }
 }

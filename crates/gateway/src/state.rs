@@ -342,6 +342,7 @@ impl Gateway {
             captures: parts.captures,
             limits: Limits {
                 max_body_bytes: config.max_body_bytes,
+                strip_request_headers: config.strip_request_headers.clone(),
             },
             routes: RouteTable::new(&config.routes),
             forwarder: Forwarder::new(
@@ -349,6 +350,7 @@ impl Gateway {
                 config.upstream_timeout,
                 config.max_body_bytes,
                 upstreams,
+                config.forward_client_cert,
             ),
             sink: parts.sink,
             metrics: parts.metrics,

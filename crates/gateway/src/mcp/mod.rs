@@ -239,7 +239,7 @@ pub async fn serve(
 ) -> Result<Response<ResponseBody>, Denial> {
     // An MCP server is one endpoint URL: the route's prefix itself maps to
     // the upstream URL as configured, without a trailing slash added.
-    if context.rest_path == "/" && !decoded.parts.uri.path().ends_with('/') {
+    if context.rest_path == "/" && !decoded.target.path.ends_with('/') {
         context.rest_path.clear();
     }
     // Only the endpoint is proxied: a sub-path is no part of MCP, and no
@@ -374,7 +374,7 @@ async fn post(
     recorder: &mut Recorder,
     to: To<'_>,
 ) -> Result<Response<ResponseBody>, Denial> {
-    let DecodedRequest { parts, body } = decoded;
+    let DecodedRequest { parts, body, .. } = decoded;
     let bytes = read_whole(body, asker.gateway.limits.max_body_bytes, meter).await?;
     let mut body = match jsonrpc::parse(&bytes) {
         Ok(body) => body,
@@ -653,6 +653,11 @@ async fn forward_http(
     let decoded = DecodedRequest {
         parts,
         body: request_body(upstream_body),
+        // The forwarder reads the path and query from the context.
+        target: crate::target::CanonicalTarget {
+            path: asker.context.path.clone(),
+            query: asker.context.query.clone(),
+        },
     };
     upstream(asker, conn, identity, decoded, request_id, meter, recorder).await
 }

@@ -33,6 +33,9 @@ pub struct Identity {
     pub spiffe_id: String,
     /// The certificate serial (empty when authenticated by token).
     pub serial: String,
+    /// `sha256:<hex>` of the certificate that authenticated the request
+    /// (`None` when authenticated by token), for `X-Forwarded-Client-Cert`.
+    pub certificate: Option<String>,
     /// How the caller authenticated, for the audit record (`credential`).
     pub credential: String,
     /// What policy sees of the caller besides its name (`context.auth`,
@@ -95,6 +98,7 @@ pub fn run(
             agent: peer.agent.to_string(),
             spiffe_id: peer.spiffe_id.clone(),
             serial: peer.serial.clone(),
+            certificate: Some(peer.fingerprint.clone()),
             credential: format!("{} serial={}", peer.spiffe_id, peer.serial),
             caller: CallerFacts::mtls(),
             delegated: None,
@@ -367,6 +371,7 @@ fn token_identity(
         delegated,
         expires_at: claims.exp,
         serial: String::new(),
+        certificate: None,
     })
 }
 

@@ -1,6 +1,8 @@
 //! Contextualize: what is being done to what, when and from where — the route
 //! (Cedar resource), the method (Cedar action), the time (in the configured
-//! `[policy] timezone`) and the source address.
+//! `[policy] timezone`) and the source address. The path is decode's
+//! canonical target, so what is routed is what policy sees and what is
+//! forwarded.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -20,8 +22,12 @@ pub struct RequestContext {
     pub route: Arc<RouteConfig>,
     /// The path below the route prefix (starts with `/`).
     pub rest_path: String,
-    /// The full request path.
+    /// The full request path, canonical (decode's [`CanonicalTarget`]).
+    ///
+    /// [`CanonicalTarget`]: crate::target::CanonicalTarget
     pub path: String,
+    /// The canonical query, forwarded as it is (plus a query credential).
+    pub query: Option<String>,
     /// The action.
     pub action: HttpAction,
     /// The client address.
@@ -38,13 +44,24 @@ pub fn run(
     now_epoch: i64,
     timezone: &PolicyTimeZone,
 ) -> Result<RequestContext, Denial> {
-    let path = request.parts.uri.path();
+    let path = request.target.path.as_str();
     let (route, rest) = routes.lookup(path).ok_or_else(|| {
         Denial::new(
             ErrorCode::RouteNotFound,
             format!("no route matches `{path}`"),
         )
     })?;
+    // An upstream that matches paths without regard to case would take this
+    // one for a deeper route's: refuse rather than pick.
+    if let Some(other) = routes.case_variant(path, route) {
+        return Err(Denial::new(
+            ErrorCode::BadPath,
+            format!(
+                "invalid request target: the path differs only in letter case from route prefix `{}`",
+                other.path_prefix
+            ),
+        ));
+    }
     let action = HttpAction::from_method(request.parts.method.as_str()).ok_or_else(|| {
         Denial::new(
             ErrorCode::MethodNotAllowed,
@@ -55,6 +72,7 @@ pub fn run(
         route: route.clone(),
         rest_path: rest.to_string(),
         path: path.to_string(),
+        query: request.target.query.clone(),
         action,
         source_ip,
         time: timezone.request_time(now_epoch),

@@ -1,24 +1,48 @@
 //! Decode: the cheap checks that protect everything after them — body size (from
-//! `Content-Length` now, and while streaming via [`MeteredBody`]), path safety,
-//! and audit back-pressure.
+//! `Content-Length` now, and while streaming via [`MeteredBody`]), the one
+//! canonical request target ([`CanonicalTarget`]), header sanitisation, and
+//! audit back-pressure.
+//!
+//! Header sanitisation happens here, before any stage reads a header, so no
+//! stage and no upstream sees what a client claimed in a header that the
+//! gateway (or a proxy) is the one to set:
+//! - refused with 400 `method_override_refused`: `X-HTTP-Method-Override`,
+//!   `X-HTTP-Method`, `X-Method-Override` and a `_method` query parameter
+//!   (frameworks that honour them would run a method policy never saw);
+//! - dropped: every name with `_` (WSGI/CGI servers merge `X_Forwarded_For`
+//!   into `X-Forwarded-For`; nginx drops them too), `Forwarded`,
+//!   `X-Forwarded-*` (`X-Forwarded-Client-Cert` included), `X-Real-IP`,
+//!   `X-Client-IP`, `True-Client-IP`, `X-Cluster-Client-IP`, `X-Original-URL`,
+//!   `X-Original-URI`, `X-Rewrite-URL`, `X-Portcullis-*` (the gateway's own),
+//!   and the names in `[gateway] strip_request_headers`.
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use http::{Request, header};
+use bytes::Bytes;
+use http::header::HeaderName;
+use http::{HeaderMap, Request, Uri, Version, header};
 use hyper::body::Incoming;
 use portcullis_core::ErrorCode;
 
 use crate::audit_sink::AuditSink;
 use http_body_util::BodyExt;
 
-use crate::body::{BodyMeter, BoxError, MeteredBody};
+use crate::body::{BodyMeter, BoxError, DrainOnDrop, MeteredBody};
 use crate::respond::Denial;
+use crate::target::CanonicalTarget;
 
-/// Limits applied by this stage.
-#[derive(Debug, Clone, Copy)]
+/// How long a whole request body may take to arrive when a stage reads it
+/// whole (inspect, approve, the LLM and MCP adapters).
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Limits and header rules applied by this stage.
+#[derive(Debug, Clone, Default)]
 pub struct Limits {
     /// Largest request body accepted.
     pub max_body_bytes: u64,
+    /// Further client headers to drop (`[gateway] strip_request_headers`).
+    pub strip_request_headers: Vec<HeaderName>,
 }
 
 /// A request body on its way upstream: the client's, metered as it streams,
@@ -27,16 +51,21 @@ pub type RequestBody = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, 
 
 /// A request that passed decode: head plus a metered body.
 pub struct DecodedRequest {
-    /// Method, URI, headers.
+    /// Method, URI, headers. The URI's path and query are already the
+    /// canonical target's.
     pub parts: http::request::Parts,
     /// The body, limited and counted as it streams.
     pub body: RequestBody,
+    /// The canonical path and query: what is routed, decided, recorded and
+    /// forwarded.
+    pub target: CanonicalTarget,
 }
 
 impl std::fmt::Debug for DecodedRequest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DecodedRequest")
             .field("parts", &self.parts)
+            .field("target", &self.target)
             .finish_non_exhaustive()
     }
 }
@@ -55,7 +84,24 @@ pub fn run(
             "the gateway is overloaded; retry later",
         ));
     }
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    // Over HTTP/2 a body left unread is read on (bounded) after the answer:
+    // see `DrainOnDrop`. HTTP/1.1 closes the connection instead.
+    let body = DrainOnDrop::new(body, parts.version == Version::HTTP_2);
+    let target = head(limits, &mut parts)?;
+    Ok(DecodedRequest {
+        parts,
+        body: MeteredBody::new(body, limits.max_body_bytes, meter.clone()).boxed_unsync(),
+        target,
+    })
+}
+
+/// The checks on the request head: size, target, method override; then the
+/// head is sanitised and its URI made canonical.
+pub(crate) fn head(
+    limits: &Limits,
+    parts: &mut http::request::Parts,
+) -> Result<CanonicalTarget, Denial> {
     if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
         let length: u64 = length
             .to_str()
@@ -66,85 +112,21 @@ pub fn run(
             return Err(too_large(limits.max_body_bytes));
         }
     }
-    check_path(parts.uri.path())?;
-    Ok(DecodedRequest {
-        parts,
-        body: MeteredBody::new(body, limits.max_body_bytes, meter.clone()).boxed_unsync(),
-    })
+    let target = CanonicalTarget::parse(parts.uri.path(), parts.uri.query())
+        .map_err(|e| Denial::new(ErrorCode::BadPath, format!("invalid request target: {e}")))?;
+    refuse_method_override(&parts.headers, target.query.as_deref())?;
+    sanitize_headers(&mut parts.headers, &limits.strip_request_headers);
+    parts.uri = with_target(&parts.uri, &target)?;
+    Ok(target)
 }
 
-/// The denial for an oversized body.
-pub fn too_large(limit: u64) -> Denial {
-    Denial::new(
-        ErrorCode::PayloadTooLarge,
-        format!("request body exceeds the limit of {limit} bytes"),
-    )
-}
-
-/// Refuses paths an upstream might resolve differently from the gateway: dot
-/// segments (`..` could climb out of the route's base path), encoded slashes,
-/// backslashes and NUL.
-fn check_path(path: &str) -> Result<(), Denial> {
-    let bad = |why: &str| {
-        Err(Denial::new(
-            ErrorCode::BadRequest,
-            format!("invalid request path: {why}"),
-        ))
-    };
-    if !path.starts_with('/') {
-        return bad("must start with `/`");
-    }
-    let lower = path.to_ascii_lowercase();
-    if ["%2f", "%5c", "%00", "\\"]
-        .iter()
-        .any(|p| lower.contains(p))
-    {
-        return bad("encoded separators are not allowed");
-    }
-    let is_dot = |seg: &str| {
-        let seg = seg.replace("%2e", ".");
-        seg == "." || seg == ".."
-    };
-    if lower.split('/').any(is_dot) {
-        return bad("dot segments are not allowed");
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn paths() {
-        for ok in ["/", "/demo", "/demo/a.b/c", "/demo/..x", "/a%20b"] {
-            assert!(check_path(ok).is_ok(), "{ok}");
-        }
-        for bad in [
-            "/demo/../x",
-            "/demo/./x",
-            "/demo/%2e%2E/x",
-            "/demo/%2E",
-            "/a%2fb",
-            "/a\\b",
-            "/a%00",
-        ] {
-            assert!(check_path(bad).is_err(), "{bad}");
-        }
-    }
-}
-
-/// How long a client may take to send a request body that must be read whole.
-pub const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// Reads a whole request body within the body limit (which the meter
-/// enforces as it streams) and [`BODY_READ_TIMEOUT`]. The one body read of
-/// the pipeline: approval hashing, LLM calls and MCP messages use it.
+/// Reads a request body whole, within [`BODY_READ_TIMEOUT`]: the one way a
+/// stage buffers a body.
 pub async fn read_whole(
     body: RequestBody,
     limit: u64,
     meter: &Arc<BodyMeter>,
-) -> Result<bytes::Bytes, Denial> {
+) -> Result<Bytes, Denial> {
     match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(_)) if meter.exceeded.load(std::sync::atomic::Ordering::Relaxed) => {
@@ -158,5 +140,161 @@ pub async fn read_whole(
             ErrorCode::BadRequest,
             "the request body did not arrive in time",
         )),
+    }
+}
+
+/// Headers that make some frameworks run another method than the request's.
+const METHOD_OVERRIDE_HEADERS: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
+/// Client headers an upstream might take for the gateway's (or a proxy's) word.
+const PROXY_HEADERS: [&str; 8] = [
+    "forwarded",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "x-original-url",
+    "x-original-uri",
+    "x-rewrite-url",
+];
+
+/// Name prefixes that only the gateway sets.
+const PROXY_PREFIXES: [&str; 2] = ["x-forwarded-", "x-portcullis-"];
+
+/// Refuses method overrides: policy decided on the request's method, and an
+/// upstream honouring an override would run another (a GET become a DELETE).
+fn refuse_method_override(headers: &HeaderMap, query: Option<&str>) -> Result<(), Denial> {
+    let header = METHOD_OVERRIDE_HEADERS
+        .iter()
+        .any(|name| headers.contains_key(*name));
+    let param = query.is_some_and(|q| crate::target::query_keys(q).any(|k| k == "_method"));
+    if header || param {
+        return Err(Denial::new(
+            ErrorCode::MethodOverrideRefused,
+            "method-override headers and `_method` parameters are not accepted; send the method itself",
+        ));
+    }
+    Ok(())
+}
+
+/// Drops the headers the module doc lists.
+fn sanitize_headers(headers: &mut HeaderMap, extra: &[HeaderName]) {
+    let doomed: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str();
+            n.contains('_')
+                || PROXY_HEADERS.contains(&n)
+                || PROXY_PREFIXES.iter().any(|p| n.starts_with(p))
+                || extra.contains(name)
+        })
+        .cloned()
+        .collect();
+    for name in doomed {
+        headers.remove(&name);
+    }
+}
+
+/// `uri` with the canonical path and query (scheme and authority kept).
+fn with_target(uri: &Uri, target: &CanonicalTarget) -> Result<Uri, Denial> {
+    let bad = || Denial::new(ErrorCode::BadPath, "invalid request target");
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(target.path_and_query().parse().map_err(|_| bad())?);
+    Uri::from_parts(parts).map_err(|_| bad())
+}
+
+/// The denial for an oversized body.
+pub fn too_large(limit: u64) -> Denial {
+    Denial::new(
+        ErrorCode::PayloadTooLarge,
+        format!("request body exceeds the limit of {limit} bytes"),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check_headers(sent: &[(&str, &str)], kept: &[&str]) {
+        let mut h = HeaderMap::new();
+        for (k, v) in sent {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        sanitize_headers(&mut h, &[HeaderName::from_static("x-internal-debug")]);
+        let mut left: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, kept);
+    }
+
+    #[test]
+    fn headers_upstreams_trust_are_dropped() {
+        check_headers(
+            &[
+                ("x-forwarded-client-cert", "URI=spiffe://x/agent/admin"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("x-forwarded-host", "evil"),
+                ("x-forwarded-prefix", "/admin"),
+                ("forwarded", "for=1.2.3.4"),
+                ("x-real-ip", "1.2.3.4"),
+                ("x-original-url", "/admin"),
+                ("x-rewrite-url", "/admin"),
+                ("x-portcullis-agent", "spiffe://x/agent/admin"),
+                ("x-portcullis-anything", "1"),
+                ("x_portcullis_agent", "spiffe://x/agent/admin"),
+                ("x_forwarded_for", "1.2.3.4"),
+                ("x-internal-debug", "1"),
+                ("accept", "*/*"),
+                ("content-type", "application/json"),
+                ("x-api-version", "2"),
+            ],
+            &["accept", "content-type", "x-api-version"],
+        );
+    }
+
+    #[test]
+    fn method_overrides_are_refused() {
+        let check = |header: Option<&str>, query: Option<&str>, refused: bool| {
+            let mut h = HeaderMap::new();
+            if let Some(name) = header {
+                h.insert(
+                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    "DELETE".parse().unwrap(),
+                );
+            }
+            let got = refuse_method_override(&h, query).map_err(|d| d.code);
+            let expect = if refused {
+                Err(ErrorCode::MethodOverrideRefused)
+            } else {
+                Ok(())
+            };
+            assert_eq!(got, expect, "{header:?} {query:?}");
+        };
+        check(None, None, false);
+        check(None, Some("a=1&method=x"), false);
+        check(Some("x-http-method-override"), None, true);
+        check(Some("X-HTTP-Method"), None, true);
+        check(Some("x-method-override"), None, true);
+        check(None, Some("a=1&_method=DELETE"), true);
+        check(None, Some("%5Fmethod=DELETE"), true);
+        check(None, Some("_METHOD=DELETE"), true);
+    }
+
+    #[test]
+    fn the_uri_carries_the_canonical_target() {
+        let t = CanonicalTarget::parse("/api/%61dmin", Some("%61=1")).unwrap();
+        let h2: Uri = "https://gw:8443/api/%61dmin?%61=1".parse().unwrap();
+        assert_eq!(
+            with_target(&h2, &t).unwrap(),
+            "https://gw:8443/api/admin?a=1"
+        );
+        let h1: Uri = "/api/%61dmin?%61=1".parse().unwrap();
+        assert_eq!(with_target(&h1, &t).unwrap(), "/api/admin?a=1");
     }
 }

@@ -6,6 +6,13 @@
 //! The agent's own `Authorization` header is never forwarded: upstream
 //! credentials come from the vault, and a token the agent holds is not one the
 //! upstream should see.
+//!
+//! The upstream URI is the route's base path, the path below the route
+//! prefix and the query, all from the request context, which contextualize
+//! built from decode's canonical target: the upstream receives exactly the
+//! target that was routed, decided and recorded. Decode already dropped the
+//! client's proxy and identity headers; the ones set here are the only ones
+//! of their name.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -35,6 +42,22 @@ use crate::respond::{Denial, ResponseBody};
 /// Any client-sent header of that name is removed first.
 pub const AGENT_HEADER: &str = "x-portcullis-agent";
 
+/// The header Envoy and others use to pass the client certificate on.
+pub const CLIENT_CERT_HEADER: &str = "x-forwarded-client-cert";
+
+/// What upstreams get in `X-Forwarded-Client-Cert` (`[gateway]
+/// forward_client_cert`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardClientCert {
+    /// None at all (the client's is always dropped).
+    #[default]
+    Sanitize,
+    /// `Hash=<sha256 hex of the DER certificate>;URI=<SPIFFE ID>` of the
+    /// verified client certificate, when the request was authenticated by
+    /// one (Envoy's format); none otherwise.
+    Set,
+}
+
 /// Where one route forwards to, resolved (the demo upstream has a real address).
 #[derive(Debug, Clone)]
 pub struct ResolvedUpstream {
@@ -55,6 +78,7 @@ pub struct Forwarder {
     timeout: Duration,
     max_body_bytes: u64,
     upstreams: Arc<HashMap<String, ResolvedUpstream>>,
+    client_cert: ForwardClientCert,
 }
 
 impl Forwarder {
@@ -64,6 +88,7 @@ impl Forwarder {
         timeout: Duration,
         max_body_bytes: u64,
         upstreams: HashMap<String, ResolvedUpstream>,
+        client_cert: ForwardClientCert,
     ) -> Self {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
@@ -87,6 +112,7 @@ impl Forwarder {
             timeout,
             max_body_bytes,
             upstreams: Arc::new(upstreams),
+            client_cert,
         }
     }
 
@@ -113,12 +139,14 @@ impl Forwarder {
             tracing::error!(route = %context.route.name, "route has no resolved upstream");
             Denial::new(ErrorCode::Internal, "internal error")
         })?;
-        let DecodedRequest { parts, body } = request;
+        // Path and query come from the context (decode's canonical target),
+        // never from the client's URI.
+        let DecodedRequest { parts, body, .. } = request;
         let query = match injected.map(|i| (&i.injection, &i.value.value)) {
             Some((Injection::Query(name), value)) => {
-                Some(query_with(parts.uri.query(), name, value))
+                Some(query_with(context.query.as_deref(), name, value))
             }
-            _ => parts.uri.query().map(str::to_string),
+            _ => context.query.clone(),
         };
         let uri = upstream_uri(upstream, &context.rest_path, query.as_deref())?;
 
@@ -126,6 +154,7 @@ impl Forwarder {
         strip_hop_by_hop(&mut headers);
         headers.remove(header::HOST);
         headers.remove(AGENT_HEADER);
+        headers.remove(CLIENT_CERT_HEADER);
         headers.remove(header::AUTHORIZATION);
         // The DPoP proof is for the gateway alone, like the token it accompanies.
         headers.remove("dpop");
@@ -139,6 +168,9 @@ impl Forwarder {
         );
         if let Ok(v) = HeaderValue::from_str(&identity.spiffe_id) {
             headers.insert(AGENT_HEADER, v);
+        }
+        if let Some(v) = client_cert_value(self.client_cert, identity) {
+            headers.insert(CLIENT_CERT_HEADER, v);
         }
         if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
             headers.insert(crate::respond::REQUEST_ID_HEADER, v);
@@ -191,6 +223,16 @@ impl Forwarder {
             .boxed();
         Ok(Response::from_parts(parts, body))
     }
+}
+
+/// The `X-Forwarded-Client-Cert` value for `identity` under `mode`.
+fn client_cert_value(mode: ForwardClientCert, identity: &Identity) -> Option<HeaderValue> {
+    let fingerprint = match mode {
+        ForwardClientCert::Sanitize => return None,
+        ForwardClientCert::Set => identity.certificate.as_deref()?,
+    };
+    let hash = fingerprint.strip_prefix("sha256:").unwrap_or(fingerprint);
+    HeaderValue::from_str(&format!("Hash={hash};URI={}", identity.spiffe_id)).ok()
 }
 
 /// Places a header-form or basic-auth credential; the query form is placed in
@@ -359,6 +401,126 @@ fn set_forwarded_for(headers: &mut HeaderMap, remote: SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Fully percent-decodes a path, as an upstream would.
+    fn percent_decoded(path: &str) -> Option<String> {
+        let mut out = Vec::new();
+        let b = path.as_bytes();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%'
+                && let Some(v) = path
+                    .get(i + 1..i + 3)
+                    .and_then(|h| u8::from_str_radix(h, 16).ok())
+            {
+                out.push(v);
+                i += 3;
+                continue;
+            }
+            out.push(b[i]);
+            i += 1;
+        }
+        String::from_utf8(out).ok()
+    }
+
+    /// Random targets through decode, contextualize, the record and forward:
+    /// what is routed, decided (`context.path`), recorded and forwarded is
+    /// one string, and an upstream decoding it would route it the same way.
+    #[test]
+    fn routed_decided_recorded_and_forwarded_are_one_target() {
+        use crate::pipeline::{contextualize, decode};
+        use crate::route::RouteTable;
+        use crate::target::fuzz::{Rng, random_target};
+
+        let routes = RouteTable::for_tests(&["/", "/api", "/api/admin", "/api/internal"]);
+        let limits = decode::Limits {
+            max_body_bytes: 1024,
+            strip_request_headers: Vec::new(),
+        };
+        let mut rng = Rng(0x00c0_ffee_d00d_0042);
+        let (mut routed, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            let raw = random_target(&mut rng);
+            // What hyper would refuse never reaches decode.
+            let Ok(request) = http::Request::builder().uri(raw.as_str()).body(()) else {
+                continue;
+            };
+            let (mut parts, ()) = request.into_parts();
+            let Ok(target) = decode::head(&limits, &mut parts) else {
+                refused += 1;
+                continue;
+            };
+            let decoded = DecodedRequest {
+                parts,
+                body: http_body_util::Empty::new()
+                    .map_err(|never| match never {})
+                    .boxed_unsync(),
+                target,
+            };
+            let Ok(context) = contextualize::run(
+                &routes,
+                &decoded,
+                "127.0.0.1".parse().unwrap(),
+                0,
+                &Default::default(),
+            ) else {
+                refused += 1;
+                continue;
+            };
+            routed += 1;
+            // Recorded: pipeline/mod.rs records `decoded.target.path`.
+            let recorded = decoded.target.path.clone();
+            // Forwarded to an upstream mounted at the route's own prefix.
+            let prefix = context.route.path_prefix.trim_end_matches('/');
+            let upstream = ResolvedUpstream {
+                scheme: http::uri::Scheme::HTTP,
+                authority: "127.0.0.1:9".parse().unwrap(),
+                base_path: prefix.to_string(),
+            };
+            let uri =
+                upstream_uri(&upstream, &context.rest_path, context.query.as_deref()).unwrap();
+            let forwarded = uri.path();
+            let expect_forwarded = if context.rest_path == "/" && !context.path.ends_with('/') {
+                format!("{}/", context.path)
+            } else {
+                context.path.clone()
+            };
+            assert_eq!(context.path, recorded, "{raw}");
+            assert_eq!(decoded.parts.uri.path(), recorded, "{raw}");
+            assert_eq!(forwarded, expect_forwarded, "{raw}");
+            assert_eq!(uri.query(), decoded.target.query.as_deref(), "{raw}");
+            // The upstream, decoding, lands on the same route.
+            if let Some(plain) = percent_decoded(forwarded) {
+                let again = routes.lookup(&plain).map(|(r, _)| r.name.clone());
+                assert_eq!(again.as_deref(), Some(context.route.name.as_str()), "{raw}");
+            }
+        }
+        assert!(
+            routed > 1_000 && refused > 1_000,
+            "routed {routed}, refused {refused}"
+        );
+    }
+
+    #[test]
+    fn client_cert_header_only_from_a_verified_certificate() {
+        let mut identity = Identity {
+            agent: "bot".into(),
+            spiffe_id: "spiffe://td/agent/bot".into(),
+            serial: "01".into(),
+            certificate: Some("sha256:abcd".into()),
+            credential: String::new(),
+            caller: portcullis_policy::CallerFacts::mtls(),
+            delegated: None,
+            expires_at: 0,
+        };
+        assert_eq!(
+            client_cert_value(ForwardClientCert::Set, &identity).unwrap(),
+            "Hash=abcd;URI=spiffe://td/agent/bot"
+        );
+        assert!(client_cert_value(ForwardClientCert::Sanitize, &identity).is_none());
+        identity.certificate = None;
+        assert!(client_cert_value(ForwardClientCert::Set, &identity).is_none());
+    }
 
     #[test]
     fn builds_upstream_uris() {

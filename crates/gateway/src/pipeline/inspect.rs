@@ -17,7 +17,6 @@
 //! pointer and byte range) and keyed fingerprint, never by value.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, header};
@@ -30,11 +29,8 @@ use portcullis_policy::Content;
 
 use crate::body::BodyMeter;
 use crate::config::{DlpAction, InjectionAction, RouteConfig};
-use crate::pipeline::decode::{DecodedRequest, RequestBody, too_large};
+use crate::pipeline::decode::{DecodedRequest, RequestBody, read_whole};
 use crate::respond::Denial;
-
-/// How long a client may take to send a body the guard must read whole.
-const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// What the guard found in a request body, for policy and the record.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -121,7 +117,11 @@ pub async fn run(
     let Some(state) = state.filter(|_| settings.scans_requests()) else {
         return Ok((request, ContentFacts::default()));
     };
-    let DecodedRequest { mut parts, body } = request;
+    let DecodedRequest {
+        mut parts,
+        body,
+        target,
+    } = request;
     if settings.dlp != DlpAction::Off {
         // Responses must come back uncompressed for the redactor to read them.
         parts.headers.remove(header::ACCEPT_ENCODING);
@@ -132,30 +132,21 @@ pub async fn run(
         .is_some_and(|v| v.as_bytes() != b"identity");
     let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
     if encoded || !is_text(content_type.as_ref()) {
-        return Ok((DecodedRequest { parts, body }, ContentFacts::default()));
+        return Ok((
+            DecodedRequest {
+                parts,
+                body,
+                target,
+            },
+            ContentFacts::default(),
+        ));
     }
 
-    let bytes = match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
-        Ok(Ok(collected)) => collected.to_bytes(),
-        Ok(Err(_)) if meter.exceeded.load(std::sync::atomic::Ordering::Relaxed) => {
-            return Err(too_large(max_body_bytes));
-        }
-        Ok(Err(_)) => {
-            return Err(Denial::new(
-                ErrorCode::BadRequest,
-                "the request body could not be read",
-            ));
-        }
-        Err(_) => {
-            return Err(Denial::new(
-                ErrorCode::BadRequest,
-                "the request body did not arrive in time",
-            ));
-        }
-    };
+    let bytes = read_whole(body, max_body_bytes, meter).await?;
     let rebuild = |parts: http::request::Parts, bytes: Bytes| DecodedRequest {
         parts,
         body: full(bytes),
+        target,
     };
     let Ok(text) = std::str::from_utf8(&bytes) else {
         return Ok((rebuild(parts, bytes), ContentFacts::default()));

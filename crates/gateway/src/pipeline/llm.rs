@@ -87,7 +87,11 @@ pub async fn run(
     };
     recorder.record().action = action.as_str().into();
 
-    let DecodedRequest { mut parts, body } = decoded;
+    let DecodedRequest {
+        mut parts,
+        body,
+        target,
+    } = decoded;
     let bytes = read_whole(body, gateway.limits.max_body_bytes, meter).await?;
     let request_bytes = bytes.len() as u64;
     let mut call = api::parse(&bytes, llm.budget.is_limited())?;
@@ -223,6 +227,7 @@ pub async fn run(
     let request = DecodedRequest {
         parts,
         body: request_body(body),
+        target,
     };
     let capture = match (&route.capture, &gateway.captures) {
         (Some(config), Some(sink)) => Some(crate::capture::CaptureHandle::new(

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! accept        (listener.rs) TLS termination, connection limits, timeouts
-//! decode        size limit, path safety, audit back-pressure
+//! decode        size limit, canonical target, header sanitisation,
+//!               audit back-pressure
 //! authenticate  client certificate or bound access token → live agent
 //!               (oauth.rs answers /oauth2/token and /.well-known/* here instead)
 //! contextualize route (resource), method (action), time, source address;
@@ -167,6 +168,9 @@ async fn run(
     metrics.stage(Stage::Decode, elapsed);
     recorder.trace_stage(Stage::Decode, t, elapsed);
     let decoded = decoded?;
+    // The record names the canonical target that is routed, decided and
+    // forwarded (a refused one keeps the path as sent).
+    recorder.record().path = Some(decoded.target.path.clone());
 
     // One snapshot for the whole request: it is decided by exactly one version
     // of the agent directory and the policies.
