@@ -34,6 +34,7 @@ const CELLS: &[&str] = &[
     "changed call gets a new ticket",
     "delegated: the user may",
     "delegated: the user may not",
+    "no permit: refused before the body is read",
 ];
 
 /// Every permit obliges a human's approval: the cell that failed open on
@@ -565,6 +566,39 @@ async fn a_delegated_call_needs_the_user_allowed_too_on_every_protocol() {
             .unwrap();
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["data"].as_array().unwrap().len(), expect, "{body}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_no_permit_covers_is_refused_before_its_body_is_read() {
+    let Some(rig) = rig().await else {
+        return;
+    };
+    let (cert, key) =
+        tokio::task::block_in_place(|| rig.server.create_agent("outsider", &["visitor"]));
+    let tls = support::tls_config(&rig.server.ca_pem(), Some((&cert, &key)));
+    // An 8 MiB body is announced and never sent: a gateway that read it
+    // before deciding would answer nothing (raw_tls gives up after 3 s of
+    // quiet); one that decides from the head answers at once.
+    for (path, protocol) in [("/mcp/tools", "Mcp"), ("/llm/v1/chat/completions", "Llm")] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\ncontent-length: 8388608\r\n\r\n{{\"jsonrpc\":"
+        );
+        let answer = support::raw_tls(rig.server.gateway, tls.clone(), head.as_bytes()).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 403"),
+            "{protocol} / no permit: refused before the body is read: {answer:?}"
+        );
+        assert!(answer.contains("\"default-deny\""), "{answer}");
+        let request_id = answer
+            .lines()
+            .find_map(|l| l.strip_prefix("x-request-id: "))
+            .expect("a request id")
+            .trim()
+            .to_string();
+        let rec = tokio::task::block_in_place(|| record(&rig.server, &request_id));
+        assert_eq!(rec["outcome"], "deny", "{rec}");
+        assert_eq!(rec["principal"], "outsider", "{rec}");
     }
 }
 

@@ -98,6 +98,45 @@ impl ActionPolicies {
         }
     }
 
+    /// The ids of the permits whose principal scope matches `principal` and
+    /// whose resource scope can hold something of `route` (the route itself,
+    /// or a tool, prompt, resource or model made in it at request time).
+    /// Forbids and conditions are not read: an empty answer means no
+    /// request of this principal on this route can be allowed, whatever it
+    /// carries, so the gateway may refuse it before reading its body.
+    pub(crate) fn permits_on_route(
+        &self,
+        entities: &Entities,
+        principal: &EntityUid,
+        route: &EntityUid,
+        out: &mut Vec<String>,
+    ) {
+        let is_in = |e: &EntityUid, g: &EntityUid| e == g || entities.is_ancestor_of(g, e);
+        let prefix = format!("{}/", route.id().unescaped());
+        // A resource made at request time is `<route>/<name>`, a member of
+        // its route; the route itself is one entity of the snapshot.
+        let of_route = |u: &EntityUid| {
+            u == route
+                || is_in(route, u)
+                || (u.type_name() != route.type_name() && u.id().unescaped().starts_with(&prefix))
+        };
+        for c in &self.policies {
+            if c.policy.effect() != cedar_policy::Effect::Permit
+                || !scope_matches(&c.principal, principal, |g| is_in(principal, g))
+            {
+                continue;
+            }
+            let resource = match &c.resource {
+                Scope::Any | Scope::Is(_) => true,
+                Scope::Eq(u) => of_route(u),
+                Scope::In(u) | Scope::IsIn(_, u) => u == route || is_in(route, u),
+            };
+            if resource {
+                out.push(c.policy.id().to_string());
+            }
+        }
+    }
+
     /// Every policy of the action: for a request whose principal or resource
     /// is not concrete, and to check that slicing changes nothing.
     pub(crate) fn all(&self) -> PolicySet {

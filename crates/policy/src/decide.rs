@@ -728,6 +728,29 @@ impl Authorizer {
         to_decision(&response)
     }
 
+    /// The permits that could allow `agent` anything of `kind` on `route`,
+    /// by scope alone (forbids and conditions unread). Empty means every
+    /// such request of the agent is denied whatever it carries: the gateway
+    /// refuses it before reading a body, and MCP session plumbing (which
+    /// carries no data) is allowed only when this is not empty.
+    pub fn permits_on_route(&self, agent: &str, route: &str, kind: RouteActions) -> Vec<String> {
+        match kind {
+            RouteActions::Mcp => self
+                .mcp
+                .as_ref()
+                .map(|m| m.permits_on_route(&self.entities, agent, route))
+                .unwrap_or_default(),
+            RouteActions::Model => {
+                let route =
+                    EntityUid::from_type_name_and_id(self.route_type.clone(), EntityId::new(route));
+                self.model
+                    .as_ref()
+                    .map(|m| m.permits_on_route(&self.entities, agent, &route))
+                    .unwrap_or_default()
+            }
+        }
+    }
+
     /// The `User::"<user>"` entity, a member of `Role::"<group>"` for each of
     /// their groups; a denial when the schema has no `User` type.
     fn user_entity(&self, user: &str, groups: &[String]) -> Result<Entity, Decision> {
@@ -790,6 +813,15 @@ impl Authorizer {
             )),
         }
     }
+}
+
+/// Which actions [`Authorizer::permits_on_route`] looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteActions {
+    /// The MCP actions (`call_tool`, `list_tools`, …) on an MCP route.
+    Mcp,
+    /// `complete` and `embed` on the models of an LLM route.
+    Model,
 }
 
 /// The context of a decision made after routing (`use_secret`, `complete`,

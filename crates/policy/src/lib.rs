@@ -30,7 +30,7 @@ pub use bundle::{
 pub use caller::{AuthFacts, AuthMethod, CallerFacts, Delegation, Posture};
 pub use decide::{
     AgentEntity, Authorizer, AuthzRequest, Content, EntityError, HttpAction, RequestTime,
-    RouteEntity, SourceIp,
+    RouteActions, RouteEntity, SourceIp,
 };
 pub use explain::{Explanation, PolicyTrace, TraceOutcome};
 pub use grants::{ANALYTICS_PREFIX, BREAKGLASS_PREFIX, GRANT_PREFIX, GrantEntity, GrantScope};

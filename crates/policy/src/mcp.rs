@@ -497,6 +497,27 @@ impl McpAuthz {
         }
     }
 
+    /// The permits of any MCP action that could allow `agent` something on
+    /// `route` (see `ActionPolicies::permits_on_route`).
+    pub(crate) fn permits_on_route(
+        &self,
+        entities: &Entities,
+        agent: &str,
+        route: &str,
+    ) -> Vec<String> {
+        let principal =
+            EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(agent));
+        let route = EntityUid::from_type_name_and_id(self.route_type.clone(), EntityId::new(route));
+        let mut out = Vec::new();
+        for a in &self.actions {
+            a.candidates
+                .permits_on_route(entities, &principal, &route, &mut out);
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Decides as the user an agent acts for: `user` (with its roles as
     /// parents) takes the agent's place in the slice, and every policy of
     /// the action is evaluated (no slice, no memo).
@@ -662,6 +683,31 @@ mod tests {
     /// Policies of every scope form, some erroring, some reading context:
     /// the scope slice must give exactly the full set's decision, reasons
     /// and errors for every agent, action and target.
+    #[test]
+    fn permits_on_route_reads_scopes_only() {
+        let authz = authorizer(
+            r#"
+@id("dev-files") permit(principal in Role::"dev", action == Action::"call_tool", resource in Route::"files") when { context.target == "x" };
+@id("ops-one") permit(principal == Agent::"ops-bot", action == Action::"call_tool", resource == Tool::"files/read");
+@id("ops-other") permit(principal in Role::"ops", action == Action::"list_tools", resource == Route::"other");
+@id("no") forbid(principal, action, resource);
+"#,
+        );
+        let on = |agent: &str, route: &str| {
+            authz.permits_on_route(agent, route, crate::RouteActions::Mcp)
+        };
+        assert_eq!(on("dev-bot", "files"), ["dev-files"]);
+        assert_eq!(on("ops-bot", "files"), ["ops-one"]);
+        assert_eq!(on("ops-bot", "other"), ["ops-other"]);
+        assert!(on("ops-bot", "files2").is_empty());
+        assert!(on("stranger", "files").is_empty());
+        assert!(
+            authz
+                .permits_on_route("dev-bot", "files", crate::RouteActions::Model)
+                .is_empty()
+        );
+    }
+
     #[test]
     fn scope_slicing_never_changes_a_decision() {
         let policies = format!(

@@ -300,6 +300,26 @@ impl ModelAuthz {
             })
     }
 
+    /// The permits of `complete` or `embed` that could allow `agent` a model
+    /// of `route` (see `ActionPolicies::permits_on_route`).
+    pub(crate) fn permits_on_route(
+        &self,
+        entities: &Entities,
+        agent: &str,
+        route: &EntityUid,
+    ) -> Vec<String> {
+        let principal =
+            EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(agent));
+        let mut out = Vec::new();
+        for a in &self.actions {
+            a.candidates
+                .permits_on_route(entities, &principal, route, &mut out);
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
     /// Decides as `user` (an entity in `entities`): every policy of the
     /// action, no memo (see `Authorizer::decide_model_for_user`).
     pub(crate) fn decide_as_user(

@@ -106,6 +106,10 @@ impl McpState {
 #[derive(Clone)]
 struct Asker {
     gateway: Arc<Gateway>,
+    /// The permits that could allow the agent something on the route
+    /// (never empty here: the pipeline refused the request otherwise). They
+    /// are what allows session plumbing, which carries no data.
+    route_permits: Vec<String>,
     agent: String,
     identity: Identity,
     context: RequestContext,
@@ -232,6 +236,7 @@ pub async fn serve(
     identity: &Identity,
     mut context: RequestContext,
     writes: Writes,
+    route_permits: Vec<String>,
     decoded: DecodedRequest,
     request_id: &RequestId,
     meter: &Arc<BodyMeter>,
@@ -274,6 +279,7 @@ pub async fn serve(
     }
     let asker = Asker {
         gateway: gateway.clone(),
+        route_permits,
         agent: identity.agent.clone(),
         identity: identity.clone(),
         context,
@@ -300,14 +306,14 @@ pub async fn serve(
             .await
         }
         (Method::GET, Some(_)) => {
-            recorder.record().outcome = Outcome::Allow;
+            session_allowed(recorder, &asker);
             let id = session.as_deref().ok_or_else(no_session)?;
             let events = mcp.stdio.events(id)?;
             let scan = asker.answer_guard(request_id, meter, false);
             Ok(stream_back(&asker, events, Vec::new(), scan))
         }
         (Method::DELETE, Some(_)) => {
-            recorder.record().outcome = Outcome::Allow;
+            session_allowed(recorder, &asker);
             let id = session.as_deref().ok_or_else(no_session)?;
             mcp.stdio.end(id);
             mcp.sessions.end(id);
@@ -321,7 +327,7 @@ pub async fn serve(
                 return Err(no_session());
             }
             let deleting = decoded.parts.method == Method::DELETE;
-            recorder.record().outcome = Outcome::Allow;
+            session_allowed(recorder, &asker);
             let response =
                 upstream(&asker, conn, identity, decoded, request_id, meter, recorder).await?;
             if deleting && response.status().is_success() {
@@ -350,6 +356,14 @@ enum To<'a> {
         args: &'a [String],
         session: Option<&'a str>,
     },
+}
+
+/// The record of a request on the agent's own session (the event stream,
+/// its end): allowed by the permits the agent has on the route.
+fn session_allowed(recorder: &mut Recorder, asker: &Asker) {
+    let record = recorder.record();
+    record.outcome = Outcome::Allow;
+    record.policies = asker.route_permits.clone();
 }
 
 fn no_session() -> Denial {
@@ -394,6 +408,8 @@ async fn post(
     let mut refusals = Vec::new();
     let mut list_ids = Vec::new();
     let mut initialize = false;
+    // Whether a message was session plumbing (no data, no decision of its own).
+    let mut plumbing = false;
     let mut first_code: Option<ErrorCode> = None;
     let mut described: Option<(String, String)> = None;
     // Whether a deciding permit obliges the answers to be redacted.
@@ -440,6 +456,7 @@ async fn post(
         let ask = jsonrpc::ask(method, message.get("params"));
         let (action, target, args, arguments) = match ask {
             Ok(Ask::Plumbing) => {
+                plumbing = true;
                 initialize |= method == "initialize";
                 described.get_or_insert((method.to_string(), route.clone()));
                 forward.push(i);
@@ -540,6 +557,11 @@ async fn post(
     }
     {
         let record = recorder.record();
+        if plumbing && record.policies.is_empty() {
+            // Plumbing alone: allowed by the permits the agent has here.
+            record.policies = asker.route_permits.clone();
+            record.policy_version = Some(snapshot.policy_version);
+        }
         record.policies.sort();
         record.policies.dedup();
         record.content = audited;

@@ -260,7 +260,37 @@ async fn run(
         now_epoch,
     )?;
     identity.caller.risk = contained.risk;
-    // MCP routes: the adapter authorizes each JSON-RPC message itself.
+
+    // Bounded before decided: on MCP and LLM routes, whose bodies are read
+    // whole, an agent that no permit could allow anything on the route is
+    // refused from the head alone, before a byte of its body is buffered.
+    let route_permits = match context.route.kind {
+        crate::config::RouteKind::Mcp => Some(portcullis_policy::RouteActions::Mcp),
+        crate::config::RouteKind::Llm if decoded.parts.method != http::Method::GET => {
+            Some(portcullis_policy::RouteActions::Model)
+        }
+        _ => None,
+    }
+    .map(|kind| {
+        snapshot
+            .authorizer
+            .permits_on_route(&identity.agent, &context.route.name, kind)
+    });
+    if route_permits.as_ref().is_some_and(Vec::is_empty) {
+        let policies = vec![portcullis_core::DEFAULT_DENY.to_string()];
+        let record = recorder.record();
+        record.policies = policies.clone();
+        record.policy_version = Some(snapshot.policy_version);
+        gateway.metrics.decision(&context.route.name, false);
+        return Err(Denial {
+            code: ErrorCode::Forbidden,
+            message: "denied by policy".into(),
+            policies,
+            detail: None,
+        });
+    }
+
+    // MCP routes: each JSON-RPC message is a call of its own.
     if context.route.kind == crate::config::RouteKind::Mcp {
         return crate::mcp::serve(
             gateway,
@@ -269,6 +299,7 @@ async fn run(
             &identity,
             context,
             contained.writes,
+            route_permits.unwrap_or_default(),
             decoded,
             request_id,
             meter,
