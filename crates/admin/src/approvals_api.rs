@@ -25,7 +25,7 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use portcullis_audit::Outcome;
 use portcullis_core::ErrorCode;
-use portcullis_gateway::approvals::{DecideError, RequiredBy};
+use portcullis_gateway::approvals::{CallKind, DecideError, RequiredBy};
 use portcullis_store::GrantRow;
 use serde::Deserialize;
 
@@ -135,6 +135,15 @@ async fn approve(
             return Err(call.error(
                 ErrorCode::BadRequest,
                 "this ticket was required by behavioral analytics (the agent's risk grade holds each write): approve it without ttl_seconds",
+            ));
+        }
+        // A grant is a Cedar permit of one HTTP action on one route: it
+        // cannot stand for a tool call or a model call, and would silently
+        // grant nothing (or the wrong thing) there.
+        Some(_) if !matches!(ticket.binding.kind, CallKind::Http { .. }) => {
+            return Err(call.error(
+                ErrorCode::BadRequest,
+                "a time-boxed grant covers an HTTP route's action; approve MCP and LLM calls one at a time (without ttl_seconds)",
             ));
         }
         Some(ttl) if ttl == 0 || ttl > MAX_GRANT => {

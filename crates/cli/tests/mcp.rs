@@ -604,7 +604,15 @@ async fn quarantine_ends_the_agents_open_mcp_streams_and_sessions_at_once() {
     let pol = dir.path().join("policies");
     std::fs::create_dir(&pol).unwrap();
     std::fs::write(pol.join("schema.cedarschema"), SCHEMA).unwrap();
-    std::fs::write(pol.join("mcp.cedar"), EVERYTHING_POLICIES).unwrap();
+    // The agent may list the stdio server's tools: an agent no permit
+    // covers on a route cannot even open a session there.
+    std::fs::write(
+        pol.join("mcp.cedar"),
+        format!(
+            "{EVERYTHING_POLICIES}\n@id(\"local-list\") permit(principal in Role::\"dev\", action == Action::\"list_tools\", resource == Route::\"local\");\n"
+        ),
+    )
+    .unwrap();
     let routes = format!(
         "[policy]\ndir = \"policies\"\n\
          [[routes]]\nname = \"everything\"\nkind = \"mcp\"\npath_prefix = \"/mcp/everything\"\nupstream = \"http://127.0.0.1:{port}/mcp\"\nclassification = \"internal\"\n\

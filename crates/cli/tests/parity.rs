@@ -346,7 +346,6 @@ async fn rig() -> Option<Rig> {
         .await;
     assert_eq!(r.status(), 200);
     let _ = r.bytes().await.unwrap();
-    drop(http_upstream);
     Some(rig)
 }
 
