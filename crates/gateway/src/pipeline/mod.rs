@@ -310,7 +310,7 @@ async fn run(
 
     // Routes of kind `llm` take their own stages from here (pipeline/llm.rs).
     if context.route.kind == crate::config::RouteKind::Llm {
-        return llm::run(
+        let answer = llm::run(
             gateway,
             conn,
             &snapshot,
@@ -322,7 +322,15 @@ async fn run(
             meter,
             recorder,
         )
-        .await;
+        .await?;
+        // Re-authorized while it streams (liveness.rs).
+        return Ok(crate::liveness::watch(
+            gateway,
+            &identity,
+            &context.route.name,
+            meter,
+            answer,
+        ));
     }
 
     let t = Instant::now();
@@ -434,12 +442,20 @@ async fn run(
     let elapsed = t.elapsed();
     metrics.stage(Stage::Forward, elapsed);
     recorder.trace_stage(Stage::Forward, t, elapsed);
-    inspect_out::run(
+    let response = inspect_out::run(
         gateway.guard.as_deref(),
         &context.route,
         allowed.redact,
         request_id,
         meter,
         response?,
-    )
+    )?;
+    // Re-authorized while it streams (liveness.rs).
+    Ok(crate::liveness::watch(
+        gateway,
+        &identity,
+        &context.route.name,
+        meter,
+        response,
+    ))
 }
