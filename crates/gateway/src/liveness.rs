@@ -29,10 +29,11 @@
 //! How a cut stream ends: an event stream (`text/event-stream`, no fixed
 //! length) that stands between two events gets a last event
 //! `data: {"error":{"code":"stream_revoked",…}}` (what OpenAI-compatible
-//! clients raise as an API error) and ends cleanly; any other body ends with
-//! an error, so the client sees a truncated response (HTTP/1.1: the connection
-//! closes without the last chunk; HTTP/2: the stream is reset), never a
-//! complete-looking one. The audit record, completed when the body ends,
+//! clients raise as an API error) and ends cleanly; on an MCP route it just
+//! ends cleanly between events, as its own cut does (a non-JSON-RPC event
+//! would confuse MCP clients). Any other body ends with an error, so the
+//! client sees a truncated response (HTTP/1.1: the connection closes without
+//! the last chunk; HTTP/2: the stream is reset), never a complete-looking one. The audit record, completed when the body ends,
 //! keeps `outcome: allow` (the request was allowed) with
 //! `error_code: "stream_revoked"`.
 //!
@@ -54,6 +55,7 @@ use portcullis_core::ErrorCode;
 use tokio::sync::oneshot;
 
 use crate::body::{BodyMeter, BoxError};
+use crate::config::{RouteConfig, RouteKind};
 use crate::directory::AgentDirectory;
 use crate::pipeline::authenticate::Identity;
 use crate::respond::ResponseBody;
@@ -261,6 +263,8 @@ enum Ending {
     Abort,
     /// A last SSE error event, then a clean end (only between two events).
     Event,
+    /// A clean end (only between two events): MCP event streams.
+    Close,
 }
 
 /// Wraps a response so that its body ends when its holder loses the right to
@@ -269,13 +273,13 @@ enum Ending {
 pub fn watch(
     gateway: &Arc<Gateway>,
     identity: &Identity,
-    route: &str,
+    route: &RouteConfig,
     meter: &Arc<BodyMeter>,
     response: Response<ResponseBody>,
 ) -> Response<ResponseBody> {
     let weak = Arc::downgrade(gateway);
     let ticket = Ticket {
-        holder: Arc::new(Holder::of(identity, route)),
+        holder: Arc::new(Holder::of(identity, &route.name)),
         streams: gateway.streams.clone(),
         // A gateway that is gone has no verdict to give.
         check: Box::new(move |holder| weak.upgrade().and_then(|g| g.stream_verdict(holder))),
@@ -294,7 +298,9 @@ pub fn watch(
     // An extra event would break a declared length.
     let open_ended =
         !parts.headers.contains_key(header::CONTENT_LENGTH) && body.size_hint().exact().is_none();
-    let ending = if sse && open_ended {
+    let ending = if sse && open_ended && route.kind == RouteKind::Mcp {
+        Ending::Close
+    } else if sse && open_ended {
         Ending::Event
     } else {
         Ending::Abort
@@ -415,7 +421,11 @@ impl Watched {
     }
 
     fn ending(&self, why: CutReason) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        if self.ending == Ending::Event && self.tail == *b"\n\n" {
+        let between_events = self.tail == *b"\n\n";
+        if self.ending == Ending::Close && between_events {
+            return Poll::Ready(None);
+        }
+        if self.ending == Ending::Event && between_events {
             let event = serde_json::json!({
                 "error": {
                     "code": ErrorCode::StreamRevoked.as_str(),
@@ -682,6 +692,31 @@ mod tests {
                 assert_eq!((out.as_str(), failed), (sent, true), "mid-event: abort");
             }
         }
+    }
+
+    #[tokio::test]
+    async fn an_mcp_event_stream_just_ends() {
+        let streams = Arc::new(LiveStreams::default());
+        let (tx, body) = fed();
+        let (w, meter) = watched(
+            body,
+            &streams,
+            holder("a", ""),
+            Ending::Close,
+            Arc::new(AtomicBool::new(false)),
+        );
+        tx.send(Ok(Frame::data(Bytes::from("data: {}\n\n"))))
+            .await
+            .unwrap();
+        let reader = tokio::spawn(drain(w));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        streams.cut_where(|_| Some(CutReason::UserDisabled));
+        let (out, failed) = tokio::time::timeout(Duration::from_secs(1), reader)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((out.as_str(), failed), ("data: {}\n\n", false));
+        assert!(meter.stream_cut.get().is_some());
     }
 
     #[tokio::test]

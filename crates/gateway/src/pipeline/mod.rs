@@ -292,7 +292,8 @@ async fn run(
 
     // MCP routes: each JSON-RPC message is a call of its own.
     if context.route.kind == crate::config::RouteKind::Mcp {
-        return crate::mcp::serve(
+        let route = context.route.clone();
+        let answer = crate::mcp::serve(
             gateway,
             conn,
             &snapshot,
@@ -305,7 +306,11 @@ async fn run(
             meter,
             recorder,
         )
-        .await;
+        .await?;
+        // Re-authorized while it streams (liveness.rs).
+        return Ok(crate::liveness::watch(
+            gateway, &identity, &route, meter, answer,
+        ));
     }
 
     // Routes of kind `llm` take their own stages from here (pipeline/llm.rs).
@@ -327,7 +332,7 @@ async fn run(
         return Ok(crate::liveness::watch(
             gateway,
             &identity,
-            &context.route.name,
+            &context.route,
             meter,
             answer,
         ));
@@ -454,7 +459,7 @@ async fn run(
     Ok(crate::liveness::watch(
         gateway,
         &identity,
-        &context.route.name,
+        &context.route,
         meter,
         response,
     ))
