@@ -20,8 +20,9 @@
 //!   still ends within that time. The check is a few lock-free loads.
 //!
 //! A body registers only once it turns out to be a stream: when the
-//! upstream makes it wait, or at its second frame. A short answer that goes
-//! out in one frame costs no registration and no timer. The body checks its
+//! upstream makes it wait, or after its second data frame. A short answer
+//! that goes out in one frame (then its end) costs no registration and no
+//! timer. The body checks its
 //! holder right after registering, so a revocation between authorization
 //! and registration is not missed. Its entry leaves the table when the body
 //! is dropped, however it ends; the table holds at most [`MAX_STREAMS`].
@@ -338,7 +339,8 @@ pub struct Watched {
     ending: Ending,
     phase: Phase,
     watch: Option<Watch>,
-    polls: u32,
+    /// Data frames passed on so far (up to 2: all that matters).
+    frames: u8,
     /// The last two bytes sent, to know whether an SSE stream stands between
     /// two events.
     tail: [u8; 2],
@@ -352,7 +354,7 @@ impl Watched {
             ending,
             phase: Phase::Streaming,
             watch: None,
-            polls: 0,
+            frames: 0,
             tail: *b"\n\n",
         }
     }
@@ -466,9 +468,8 @@ impl Body for Watched {
             }
             Phase::Streaming => {}
         }
-        // From the second poll on the body is a stream.
-        this.polls = this.polls.saturating_add(1);
-        if this.polls >= 2 {
+        // A body past its second data frame is a stream.
+        if this.frames >= 2 {
             this.start_watch();
         }
         if let Some(why) = this.poll_cut(cx) {
@@ -498,6 +499,7 @@ impl Body for Watched {
                 if let Some(data) = frame.data_ref() {
                     let data = data.clone();
                     this.note_sent(&data);
+                    this.frames = this.frames.saturating_add(1).min(2);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -735,6 +737,31 @@ mod tests {
         assert_eq!(frame.data_ref().unwrap().as_ref(), b"done");
         assert!(w.is_end_stream());
         assert!(streams.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_stream_that_never_waits_registers_after_its_second_frame() {
+        let streams = Arc::new(LiveStreams::default());
+        let (tx, body) = fed();
+        let (mut w, _) = watched(
+            body,
+            &streams,
+            holder("a", ""),
+            Ending::Abort,
+            Arc::new(AtomicBool::new(false)),
+        );
+        for _ in 0..3 {
+            tx.send(Ok(Frame::data(Bytes::from("x")))).await.unwrap();
+        }
+        w.frame().await.unwrap().unwrap();
+        w.frame().await.unwrap().unwrap();
+        assert!(streams.is_empty(), "not yet");
+        w.frame().await.unwrap().unwrap();
+        assert_eq!(streams.len(), 1);
+        streams.cut_where(|_| Some(CutReason::AgentRevoked));
+        tx.send(Ok(Frame::data(Bytes::from("x")))).await.unwrap();
+        assert!(w.frame().await.unwrap().is_err(), "cut before more data");
+        assert!(w.frame().await.is_none());
     }
 
     #[test]
