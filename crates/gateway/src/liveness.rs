@@ -827,4 +827,47 @@ mod tests {
         assert_eq!(check(cert("nobody", "")), Some(CutReason::AgentRevoked));
         assert_eq!(check(holder("bot", "t1")), None);
     }
+
+    #[tokio::test]
+    async fn verdicts_on_revoked_tokens_and_disabled_users() {
+        use portcullis_store::{AgentRow, RevokedTokenRow, Store};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("db")).await.unwrap();
+        store
+            .revoke_token(&RevokedTokenRow {
+                jti: "t-gone".into(),
+                expires_at: i64::MAX,
+                revoked_at: 1,
+                reason: String::new(),
+            })
+            .await
+            .unwrap();
+        store
+            .set_user_disabled("alice", true, 1, "left")
+            .await
+            .unwrap();
+        let revocations = Revocations::default();
+        revocations.reload(&store, 2).await.unwrap();
+        let directory = AgentDirectory::new(
+            &[AgentRow {
+                name: "bot".into(),
+                roles: vec![],
+                created_at: 0,
+                revoked_at: None,
+            }],
+            &[],
+        );
+        let check = |h: Holder| verdict(&h, &directory, &revocations, None);
+        assert_eq!(check(holder("bot", "t-live")), None);
+        assert_eq!(
+            check(holder("bot", "t-gone")),
+            Some(CutReason::TokenRevoked)
+        );
+        let for_user = |user: &str| Holder {
+            user: Some(user.into()),
+            ..holder("bot", "t-live")
+        };
+        assert_eq!(check(for_user("alice")), Some(CutReason::UserDisabled));
+        assert_eq!(check(for_user("bob")), None);
+    }
 }
