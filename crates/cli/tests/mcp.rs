@@ -1319,6 +1319,7 @@ async fn every_spelling_of_a_number_argument_is_decided_alike() {
     assert_eq!(v["error"]["data"]["code"], "mcp_bad_argument", "{v}");
     let record = server.audit_record(v["error"]["data"]["request_id"].as_str().unwrap());
     assert_eq!(record["error_code"], "mcp_bad_argument");
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn revoking_a_token_ends_the_mcp_event_stream_it_opened() {
