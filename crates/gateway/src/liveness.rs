@@ -243,18 +243,18 @@ impl LiveStreams {
 }
 
 /// Re-checks a holder against the current state (the backstop).
-pub type Check = Box<dyn Fn(&Holder) -> Option<CutReason> + Send + Sync>;
+pub(crate) type Check = Box<dyn Fn(&Holder) -> Option<CutReason> + Send + Sync>;
 
 /// What a watched body needs besides the body itself.
-pub struct Ticket {
+pub(crate) struct Ticket {
     /// Who holds the stream.
-    pub holder: Arc<Holder>,
+    holder: Arc<Holder>,
     /// Where it registers for signals.
-    pub streams: Arc<LiveStreams>,
+    streams: Arc<LiveStreams>,
     /// The backstop check.
-    pub check: Check,
+    check: Check,
     /// The request's meter: a cut is noted there for its audit record.
-    pub meter: Arc<BodyMeter>,
+    meter: Arc<BodyMeter>,
 }
 
 /// How a cut body ends.
@@ -318,9 +318,7 @@ pub struct StreamCut(pub CutReason);
 enum Phase {
     /// Passing the inner body through.
     Streaming,
-    /// Cut: the ending goes out at the next poll.
-    Cut(CutReason),
-    /// Nothing more to send.
+    /// Nothing more to send: the inner body ended, or the stream was cut.
     Done,
 }
 
@@ -404,8 +402,8 @@ impl Watched {
         }
     }
 
-    /// Notes the cut for the record and the log; the ending goes out next.
-    fn cut(&mut self, why: CutReason) {
+    /// Notes the cut for the record and the log, and ends the body.
+    fn cut(&mut self, why: CutReason) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let _ = self
             .ticket
             .meter
@@ -417,9 +415,10 @@ impl Watched {
             why = why.describe(),
             "open stream cut"
         );
-        self.phase = Phase::Cut(why);
+        self.phase = Phase::Done;
         // Nothing more to wait for.
         self.watch = None;
+        self.ending(why)
     }
 
     fn ending(&self, why: CutReason) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -460,22 +459,15 @@ impl Body for Watched {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        match this.phase {
-            Phase::Done => return Poll::Ready(None),
-            Phase::Cut(why) => {
-                this.phase = Phase::Done;
-                return this.ending(why);
-            }
-            Phase::Streaming => {}
+        if this.phase == Phase::Done {
+            return Poll::Ready(None);
         }
         // A body past its second data frame is a stream.
         if this.frames >= 2 {
             this.start_watch();
         }
         if let Some(why) = this.poll_cut(cx) {
-            this.cut(why);
-            this.phase = Phase::Done;
-            return this.ending(why);
+            return this.cut(why);
         }
         match Pin::new(&mut this.inner).poll_frame(cx) {
             Poll::Pending => {
@@ -483,9 +475,7 @@ impl Body for Watched {
                 if this.watch.is_none() {
                     this.start_watch();
                     if let Some(why) = this.poll_cut(cx) {
-                        this.cut(why);
-                        this.phase = Phase::Done;
-                        return this.ending(why);
+                        return this.cut(why);
                     }
                 }
                 Poll::Pending
@@ -497,8 +487,7 @@ impl Body for Watched {
             }
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    let data = data.clone();
-                    this.note_sent(&data);
+                    this.note_sent(data);
                     this.frames = this.frames.saturating_add(1).min(2);
                 }
                 Poll::Ready(Some(Ok(frame)))
@@ -514,7 +503,6 @@ impl Body for Watched {
     fn is_end_stream(&self) -> bool {
         match self.phase {
             Phase::Streaming => self.inner.is_end_stream(),
-            Phase::Cut(_) => false,
             Phase::Done => true,
         }
     }
@@ -522,7 +510,7 @@ impl Body for Watched {
     fn size_hint(&self) -> SizeHint {
         match self.phase {
             Phase::Streaming => self.inner.size_hint(),
-            _ => SizeHint::default(),
+            Phase::Done => SizeHint::with_exact(0),
         }
     }
 }
