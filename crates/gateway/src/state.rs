@@ -421,8 +421,6 @@ impl Gateway {
         // meanwhile checks the new snapshot right after registering.
         self.cut_streams();
         // Sessions of agents the new snapshot no longer accepts end now.
-        // After the swap: a stream opened meanwhile asks the new snapshot
-        // whether its agent is live before it sends anything.
         if let Some(mcp) = &self.mcp {
             mcp.end_sessions(
                 |agent, _| snapshot.directory.check_agent(agent).is_ok(),
