@@ -1,6 +1,7 @@
 //! End-to-end: a response that is still streaming ends within a second of
 //! its caller losing the right to it — the agent revoked, its access token
-//! revoked, or the agent quarantined — and its audit record says so
+//! revoked, the user it acts for disabled, or the agent quarantined — and
+//! its audit record says so
 //! (`error_code: "stream_revoked"`, `outcome: allow`). Other callers'
 //! streams go on. The LLM case is in `llm.rs`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
@@ -198,6 +199,96 @@ async fn quarantine_ends_the_agents_open_http_stream() {
     );
     let r = client.get(server.url("/api/x")).send().await.unwrap();
     assert_eq!(error_of(r).await.1["code"], "quarantined");
+    still_flows(&mut kept).await;
+    assert_cut_record(&server, &id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disabling_a_user_ends_the_streams_agents_opened_on_their_behalf() {
+    use portcullis_identity::Ed25519Key;
+    const IDP: &str = "https://idp.streams.test";
+    install_crypto();
+    let (upstream, gate) = start_upstream().await;
+    std::mem::forget(gate);
+    let dir = tempfile::tempdir().unwrap();
+    let idp = Ed25519Key::generate();
+    let mut jwk = idp.public().to_json();
+    jwk["kid"] = json!(idp.kid());
+    jwk["alg"] = json!("EdDSA");
+    std::fs::write(
+        dir.path().join("idp.jwks"),
+        json!({ "keys": [jwk] }).to_string(),
+    )
+    .unwrap();
+    // Readers may read; so may the users an agent acts for, when policy lets
+    // them (a delegated call needs both).
+    let pol = dir.path().join("policies");
+    std::fs::create_dir(&pol).unwrap();
+    std::fs::write(
+        pol.join("schema.cedarschema"),
+        include_str!("../../policy/defaults/schema.cedarschema"),
+    )
+    .unwrap();
+    std::fs::write(
+        pol.join("streams.cedar"),
+        r#"@id("readers-read") permit(principal in Role::"reader", action in Action::"read", resource);"#,
+    )
+    .unwrap();
+    let routes = format!(
+        "[policy]\ndir = \"policies\"\n\
+         [[identity.oidc]]\nissuer = \"{IDP}\"\naudience = \"portcullis\"\njwks_file = \"idp.jwks\"\n{}",
+        route("api", "/api", &format!("http://{upstream}"), "public"),
+    );
+    let cfg = config(dir.path(), &routes, "");
+    let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
+        .await
+        .unwrap();
+    let client = agent(&server, "helper-bot");
+    let on_behalf_of = |user: &str| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        let subject = idp.sign_compact(
+            &json!({"alg": "EdDSA", "typ": "JWT", "kid": idp.kid()}),
+            &json!({"iss": IDP, "aud": "portcullis", "sub": user, "iat": now,
+                "exp": now + 600, "groups": ["reader"], "amr": ["pwd"]}),
+        );
+        let file = server.path().join(format!("subject-{user}"));
+        std::fs::write(&file, subject).unwrap();
+        let creds = server.path().join("creds");
+        let out = tokio::task::block_in_place(|| {
+            server.cli(&[
+                "agent",
+                "token",
+                "helper-bot",
+                "--creds",
+                creds.to_str().unwrap(),
+                "--mtls",
+                "--on-behalf-of",
+                file.to_str().unwrap(),
+            ])
+        });
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    };
+    let for_alice = on_behalf_of("alice");
+    let for_bob = on_behalf_of("bob");
+    let (mut cut, id) =
+        open_drip(client.get(server.url("/api/drip")).bearer_auth(&for_alice)).await;
+    let (mut kept, _) = open_drip(client.get(server.url("/api/drip")).bearer_auth(&for_bob)).await;
+
+    let started = Instant::now();
+    admin_post(&server, "/users/disable", json!({"subject": "alice"})).await;
+    assert!(ends_within(&mut cut, CUT_WITHIN).await, "truncated");
+    eprintln!(
+        "stream cut {:?} after the user was disabled",
+        started.elapsed()
+    );
     still_flows(&mut kept).await;
     assert_cut_record(&server, &id);
 }
