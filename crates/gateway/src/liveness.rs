@@ -44,6 +44,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -363,10 +364,12 @@ impl Watched {
             return;
         }
         let registration = self.ticket.streams.register(self.ticket.holder.clone());
-        if registration.is_none() {
+        // Once per process: a full table would otherwise log every stream.
+        static WARNED: AtomicBool = AtomicBool::new(false);
+        if registration.is_none() && !WARNED.swap(true, Ordering::Relaxed) {
             tracing::warn!(
                 max = MAX_STREAMS,
-                "the live-stream table is full; this stream is re-checked once a second only"
+                "the live-stream table is full; streams that find it full are re-checked once a second only"
             );
         }
         self.watch = Some(Watch {
@@ -519,7 +522,6 @@ impl Body for Watched {
 mod tests {
     use super::*;
     use http_body_util::StreamBody;
-    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Instant;
     use tokio::sync::mpsc;
 
