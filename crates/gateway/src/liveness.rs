@@ -22,19 +22,21 @@
 //! A body registers only once it turns out to be a stream: when the
 //! upstream makes it wait, or after its second data frame. A short answer
 //! that goes out in one frame (then its end) costs no registration and no
-//! timer. The body checks its
-//! holder right after registering, so a revocation between authorization
-//! and registration is not missed. Its entry leaves the table when the body
-//! is dropped, however it ends; the table holds at most [`MAX_STREAMS`].
+//! timer. The body checks its holder right after registering, so a
+//! revocation between authorization and registration is not missed. Its
+//! entry leaves the table when the body is dropped, however it ends; the
+//! table holds at most [`MAX_STREAMS`].
 //!
 //! How a cut stream ends: an event stream (`text/event-stream`, no fixed
 //! length) that stands between two events gets a last event
 //! `data: {"error":{"code":"stream_revoked",…}}` (what OpenAI-compatible
 //! clients raise as an API error) and ends cleanly; on an MCP route it just
-//! ends cleanly between events, as its own cut does (a non-JSON-RPC event
-//! would confuse MCP clients). Any other body ends with an error, so the
-//! client sees a truncated response (HTTP/1.1: the connection closes without
-//! the last chunk; HTTP/2: the stream is reset), never a complete-looking one. The audit record, completed when the body ends,
+//! ends cleanly between events (a non-JSON-RPC event would confuse MCP
+//! clients, and a closed stream is what they expect). Any other body, and
+//! an event stream cut in the middle of an event, ends with an error, so
+//! the client sees a truncated response (HTTP/1.1: the connection closes
+//! without the last chunk; HTTP/2: the stream is reset), never a
+//! complete-looking one. The audit record, completed when the body ends,
 //! keeps `outcome: allow` (the request was allowed) with
 //! `error_code: "stream_revoked"`.
 //!
