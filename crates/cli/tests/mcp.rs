@@ -604,7 +604,12 @@ async fn quarantine_ends_the_agents_open_mcp_streams_and_sessions_at_once() {
     let pol = dir.path().join("policies");
     std::fs::create_dir(&pol).unwrap();
     std::fs::write(pol.join("schema.cedarschema"), SCHEMA).unwrap();
-    std::fs::write(pol.join("mcp.cedar"), EVERYTHING_POLICIES).unwrap();
+    // The stdio route needs a permit of its own: a route no permit covers
+    // is refused from the request head.
+    let policies = format!(
+        "{EVERYTHING_POLICIES}@id(\"mcp-local\") permit(principal in Role::\"dev\", action == Action::\"list_tools\", resource == Route::\"local\");\n"
+    );
+    std::fs::write(pol.join("mcp.cedar"), policies).unwrap();
     let routes = format!(
         "[policy]\ndir = \"policies\"\n\
          [[routes]]\nname = \"everything\"\nkind = \"mcp\"\npath_prefix = \"/mcp/everything\"\nupstream = \"http://127.0.0.1:{port}/mcp\"\nclassification = \"internal\"\n\
