@@ -510,3 +510,96 @@ async fn at_grade_approve_writes_a_completion_waits_for_a_human() {
     let r = complete().await.unwrap();
     assert_eq!(r.status(), 403, "once");
 }
+
+/// Posts a streamed completion of the upstream's slow answer and reads up to
+/// its first content delta; returns the response and its request id.
+async fn open_slow_stream(http: &reqwest::Client, server: &Server) -> (reqwest::Response, String) {
+    let mut response = http
+        .post(server.url("/llm/v1/chat/completions"))
+        .json(&serde_json::json!({
+            "model": "gpt-test",
+            "stream": true,
+            "messages": [{"role": "user", "content": "a slow answer, please"}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let id = support::request_id(&response);
+    let mut seen = String::new();
+    while !seen.contains("word") {
+        let chunk = tokio::time::timeout(Duration::from_secs(5), response.chunk())
+            .await
+            .expect("the completion streams")
+            .unwrap()
+            .expect("the completion streams");
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    (response, id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_an_agent_ends_its_streamed_completion_with_an_error_event() {
+    install_crypto();
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: LLM stream revocation e2e: python3 is not available");
+        return;
+    }
+    let upstream = tokio::task::spawn_blocking(start_upstream).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = setup(dir.path(), &llm_route("llm", "/llm", upstream.port, ""));
+    let server = tokio::task::spawn_blocking(move || start(dir, &cfg))
+        .await
+        .unwrap();
+    let http_of = |name: &str| {
+        let (cert, key) = tokio::task::block_in_place(|| server.create_agent(name, &["llm-user"]));
+        support::client(&server.ca_pem(), Some((&cert, &key)))
+    };
+    let (revoked, other) = (http_of("llm-bot"), http_of("llm-other"));
+    let (mut cut, id) = open_slow_stream(&revoked, &server).await;
+    let (mut kept, _) = open_slow_stream(&other, &server).await;
+
+    let started = std::time::Instant::now();
+    let admin = support::client(&server.ca_pem(), None)
+        .post(format!(
+            "https://{}/admin/v1/agents/llm-bot/revoke",
+            server.admin
+        ))
+        .bearer_auth(server.admin_token())
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(admin.status(), 200);
+    // The rest of the stream, bounded: it ends cleanly, after an error event
+    // an OpenAI SDK raises, and without `[DONE]`.
+    let mut rest = String::new();
+    loop {
+        let left = Duration::from_secs(2).saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, cut.chunk()).await {
+            Err(_) => panic!("the completion still streams 2 s after the revocation: {rest}"),
+            Ok(chunk) => match chunk.expect("a clean end") {
+                Some(c) => rest.push_str(&String::from_utf8_lossy(&c)),
+                None => break,
+            },
+        }
+    }
+    eprintln!(
+        "completion cut {:?} after the revocation began",
+        started.elapsed()
+    );
+    let last = rest.rsplit("data: ").next().unwrap().trim_end();
+    let event: Value = serde_json::from_str(last).unwrap_or_else(|_| panic!("{rest}"));
+    assert_eq!(event["error"]["code"], "stream_revoked", "{rest}");
+    assert!(!rest.contains("[DONE]"), "{rest}");
+    // The other agent's completion goes on.
+    let more = tokio::time::timeout(Duration::from_secs(2), kept.chunk())
+        .await
+        .expect("the other completion goes on")
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&more).contains("word"));
+    let record = tokio::task::block_in_place(|| server.audit_record(&id));
+    assert_eq!(record["error_code"], "stream_revoked", "{record}");
+    assert_eq!(record["outcome"], "allow", "{record}");
+}

@@ -1328,3 +1328,114 @@ async fn every_spelling_of_a_number_argument_is_decided_alike() {
     let record = server.audit_record(v["error"]["data"]["request_id"].as_str().unwrap());
     assert_eq!(record["error_code"], "mcp_bad_argument");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoking_a_token_ends_the_mcp_event_stream_it_opened() {
+    support::install_crypto();
+    let Some((_node, port)) = tokio::task::spawn_blocking(start_everything).await.unwrap() else {
+        return;
+    };
+    let upstream = format!("http://127.0.0.1:{port}/mcp");
+    let server =
+        tokio::task::spawn_blocking(move || gateway("everything", &upstream, EVERYTHING_POLICIES))
+            .await
+            .unwrap();
+    let (cert, key) = tokio::task::block_in_place(|| server.create_agent("dev-bot", &["dev"]));
+    let agent = support::client(&server.ca_pem(), Some((&cert, &key)));
+    let creds = server.path().join("creds");
+    let out = tokio::task::block_in_place(|| {
+        server.cli(&[
+            "agent",
+            "token",
+            "dev-bot",
+            "--creds",
+            creds.to_str().unwrap(),
+            "--mtls",
+        ])
+    });
+    assert!(out.status.success());
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let jti = {
+        use base64::Engine;
+        let payload = token.split('.').nth(1).unwrap();
+        let claims: Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(payload)
+                .unwrap(),
+        )
+        .unwrap();
+        claims["jti"].as_str().unwrap().to_string()
+    };
+    let post = |session: Option<&str>, body: Value| {
+        let mut r = agent
+            .post(server.url("/mcp/everything"))
+            .bearer_auth(&token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&body);
+        if let Some(s) = session {
+            r = r.header("mcp-session-id", s);
+        }
+        r.send()
+    };
+    let init = post(
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "test", "version": "1"}}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(init.status(), 200);
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let _ = init.bytes().await.unwrap();
+    let r = post(
+        Some(&session),
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    let mut stream = agent
+        .get(server.url("/mcp/everything"))
+        .bearer_auth(&token)
+        .header("accept", "text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let id = support::request_id(&stream);
+    let (ended, end) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        while let Ok(Some(_)) = stream.chunk().await {}
+        let _ = ended.send(Instant::now());
+    });
+    // Long enough for the body to be polled and wait on its upstream.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let revoked_at = Instant::now();
+    let r = support::client(&server.ca_pem(), None)
+        .post(format!("https://{}/admin/v1/tokens/revoke", server.admin))
+        .bearer_auth(server.admin_token())
+        .json(&json!({"jti": jti}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let ended = tokio::time::timeout(Duration::from_secs(2), end)
+        .await
+        .expect("the event stream of the revoked token is still open")
+        .unwrap();
+    eprintln!(
+        "MCP stream ended {:?} after the token revocation began",
+        ended.saturating_duration_since(revoked_at)
+    );
+    let record = tokio::task::block_in_place(|| server.audit_record(&id));
+    assert_eq!(record["error_code"], "stream_revoked", "{record}");
+    assert_eq!(record["outcome"], "allow", "{record}");
+}

@@ -114,6 +114,11 @@ pub enum ErrorCode {
     /// significant digits, an integer beyond 64 bits, beyond a double like
     /// `1e400`), so policy cannot decide it exactly.
     McpBadArgument,
+    /// A response that was streaming was ended because its caller lost the
+    /// right to it (agent or certificate revoked, token revoked, user
+    /// disabled, agent quarantined). In the audit record, and in the last
+    /// event of a cut event stream; never an HTTP status of its own.
+    StreamRevoked,
 }
 
 impl ErrorCode {
@@ -163,6 +168,7 @@ impl ErrorCode {
             ErrorCode::McpBadArgument => "mcp_bad_argument",
             ErrorCode::McpSessionNotFound => "mcp_session_not_found",
             ErrorCode::ObligationUnsupported => "obligation_unsupported",
+            ErrorCode::StreamRevoked => "stream_revoked",
         }
     }
 
@@ -186,6 +192,7 @@ impl ErrorCode {
             | ErrorCode::McpMethodNotAllowed
             | ErrorCode::ObligationUnsupported
             | ErrorCode::Quarantined
+            | ErrorCode::StreamRevoked
             | ErrorCode::ReadOnly => 403,
             ErrorCode::RateLimited | ErrorCode::BudgetExceeded | ErrorCode::Throttled => 429,
             ErrorCode::RouteNotFound
@@ -264,6 +271,7 @@ mod tests {
             ErrorCode::McpSessionNotFound,
             ErrorCode::ObligationUnsupported,
             ErrorCode::McpBadArgument,
+            ErrorCode::StreamRevoked,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {

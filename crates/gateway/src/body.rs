@@ -49,6 +49,10 @@ pub struct BodyMeter {
     /// pipeline (an MCP result the content guard blocked), for the record's
     /// `error_code` unless a stage set one.
     pub answer_refused: OnceLock<&'static str>,
+    /// The stable code of a cut made while the answer streamed (its holder
+    /// was revoked or quarantined, see [`crate::liveness`]); it replaces
+    /// whatever `error_code` the record had.
+    pub stream_cut: OnceLock<&'static str>,
 }
 
 /// A SHA-256 over a body as it streams; finished once, at the body's end.
@@ -339,6 +343,11 @@ impl Drop for Recorder {
             if matches!(record.error_code.as_deref(), None | Some("client_closed"))
                 && let Some(code) = self.meter.answer_refused.get()
             {
+                record.error_code = Some((*code).to_string());
+            }
+            // A cut says why the stream ended better than the error or the
+            // client's leaving that followed from it.
+            if let Some(code) = self.meter.stream_cut.get() {
                 record.error_code = Some((*code).to_string());
             }
             self.metrics.stage(Stage::Total, elapsed);

@@ -18,6 +18,7 @@ pub mod demo_upstream;
 pub mod directory;
 pub mod last_seen;
 pub mod listener;
+pub mod liveness;
 pub mod llm;
 pub mod mcp;
 pub mod metrics;

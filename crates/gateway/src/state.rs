@@ -166,6 +166,9 @@ pub struct Gateway {
     pub(crate) last_seen: crate::last_seen::LastSeen,
     /// The MCP adapter's pins and sessions; `None` without MCP routes.
     pub(crate) mcp: Option<Arc<crate::mcp::McpState>>,
+    /// Response streams open right now, cut when their holder loses the
+    /// right to them (`liveness.rs`).
+    pub(crate) streams: Arc<crate::liveness::LiveStreams>,
     checker: ClientCertChecker,
     pub(crate) route_entities: Vec<RouteEntity>,
     snapshot: ArcSwap<Snapshot>,
@@ -313,13 +316,22 @@ impl Gateway {
         } else {
             None
         };
-        // A quarantine ends the agent's live MCP sessions at once, by the
-        // same path as a revocation (its allow-listed routes excepted).
-        if let (Some(analytics), Some(mcp)) = (&parts.analytics, &mcp) {
-            let mcp = Arc::downgrade(mcp);
+        let streams = Arc::new(crate::liveness::LiveStreams::default());
+        // A quarantine cuts the agent's open response streams and ends its
+        // live MCP sessions at once, by the same paths as a revocation (its
+        // allow-listed routes excepted).
+        if let Some(analytics) = &parts.analytics {
+            let mcp = mcp.as_ref().map(Arc::downgrade);
+            let live = Arc::downgrade(&streams);
             let config = analytics.config().clone();
             analytics.on_quarantine(Box::new(move |quarantined: &str| {
-                if let Some(mcp) = mcp.upgrade() {
+                if let Some(live) = live.upgrade() {
+                    live.cut_where(|h| {
+                        (h.agent == quarantined && !config.quarantine_admits(&h.route))
+                            .then_some(crate::liveness::CutReason::Quarantined)
+                    });
+                }
+                if let Some(mcp) = mcp.as_ref().and_then(std::sync::Weak::upgrade) {
                     mcp.end_sessions(
                         |agent, route| agent != quarantined || config.quarantine_admits(route),
                         "its agent is quarantined",
@@ -328,6 +340,7 @@ impl Gateway {
             }));
         }
         Ok(Arc::new(Gateway {
+            streams,
             llm,
             model_entities,
             last_seen,
@@ -403,9 +416,11 @@ impl Gateway {
             .sync(snapshot.directory.agents().map(|(name, _)| name));
         let snapshot = Arc::new(snapshot);
         self.snapshot.store(snapshot.clone());
+        // Open response streams of revoked agents and certificates end now.
+        // After the swap, like the sessions below: a stream registering
+        // meanwhile checks the new snapshot right after registering.
+        self.cut_streams();
         // Sessions of agents the new snapshot no longer accepts end now.
-        // After the swap: a stream opened meanwhile asks the new snapshot
-        // whether its agent is live before it sends anything.
         if let Some(mcp) = &self.mcp {
             mcp.end_sessions(
                 |agent, _| snapshot.directory.check_agent(agent).is_ok(),
@@ -501,7 +516,40 @@ impl Gateway {
             .revocations
             .reload(&self.store, unix_now())
             .await?;
+        // Streams opened with a token revoked, or for a user disabled, end now.
+        self.cut_streams();
         Ok(())
+    }
+
+    /// Whether the holder of an open response stream may still receive it
+    /// (the agent, certificate, token, user and risk grade, as of now).
+    pub(crate) fn stream_verdict(
+        &self,
+        holder: &crate::liveness::Holder,
+    ) -> Option<crate::liveness::CutReason> {
+        crate::liveness::verdict(
+            holder,
+            &self.snapshot.load().directory,
+            &self.tokens.revocations,
+            self.analytics.as_deref(),
+        )
+    }
+
+    /// Cuts every open response stream whose holder the current state no
+    /// longer admits. Called after each change of agents or revocations.
+    fn cut_streams(&self) {
+        let snapshot = self.snapshot.load();
+        let cut = self.streams.cut_where(|holder| {
+            crate::liveness::verdict(
+                holder,
+                &snapshot.directory,
+                &self.tokens.revocations,
+                self.analytics.as_deref(),
+            )
+        });
+        if cut > 0 {
+            tracing::info!(cut, "open response streams cut");
+        }
     }
 
     /// When `agent` last authenticated (epoch seconds, 0 = never).

@@ -4,7 +4,8 @@ Speaks POST /v1/chat/completions (JSON, or SSE with `stream: true`, with the
 usage chunk when `stream_options.include_usage` is set), POST /v1/embeddings
 and GET /v1/models, the way the OpenAI API does. The answer is a fixed text
 split into small deltas; a prompt containing "leak" gets an answer with an
-AWS access key id split across three deltas. GET /_seen returns every
+AWS access key id split across three deltas; a prompt containing "slow"
+streams forty deltas a quarter second apart (ten seconds). GET /_seen returns every
 request it received (path, Authorization header, body) so tests can check
 what the gateway forwarded. Prints its port on stdout, then serves until
 killed. Standard library only.
@@ -24,6 +25,8 @@ def answer_for(body):
     text = json.dumps(body.get("messages", []))
     if "leak" in text:
         return ["Your key is ", "AKIAQWA", "DE5R42R", "DZ4JEM", " keep it safe."]
+    if "slow" in text:
+        return [" word"] * 40
     return ["Hello", " from", " the", " upstream", "."]
 
 
@@ -106,9 +109,10 @@ class Handler(BaseHTTPRequestHandler):
                 c["usage"] = use
             self._chunk(b"data: " + json.dumps(c).encode() + b"\n\n")
 
+        delay = 0.25 if "slow" in json.dumps(body.get("messages", [])) else DELAY
         chunk({"role": "assistant", "content": ""})
         for p in parts:
-            time.sleep(DELAY)
+            time.sleep(delay)
             chunk({"content": p})
         chunk({}, finish="stop")
         if include_usage:

@@ -304,6 +304,7 @@ pub static DRAIN_ARRIVED: tokio::sync::Notify = tokio::sync::Notify::const_new()
 /// A real upstream on 127.0.0.1:<ephemeral>:
 /// - `/slow` answers after 3 s; `/drain` after 1 s;
 /// - `/stream` sends `first`, waits for the gate, then sends `second`;
+/// - `/drip` sends `tick\n` every 100 ms for 10 s (a slow chunked stream);
 /// - anything else echoes method, path, query, headers and body length as JSON.
 pub async fn start_upstream() -> (SocketAddr, StreamGate) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -361,6 +362,22 @@ async fn upstream(
             });
             let stream = ReceiverStream(rx);
             Ok(Response::new(StreamBody::new(stream).boxed()))
+        }
+        "drip" => {
+            let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
+            tokio::spawn(async move {
+                for _ in 0..100 {
+                    if tx
+                        .send(Ok(Frame::data(Bytes::from("tick\n"))))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+            Ok(Response::new(StreamBody::new(ReceiverStream(rx)).boxed()))
         }
         _ => {
             let (parts, body) = req.into_parts();

@@ -88,10 +88,11 @@ pub struct McpState {
 }
 
 impl McpState {
-    /// Ends every live session and open event stream whose (agent, route)
-    /// `keep` rejects: the session ids are refused from now on, the streams
-    /// end at once, and the stdio processes of the sessions are stopped. The
-    /// one path for revocation (`Gateway::reload`) and quarantine (analytics).
+    /// Ends every live session whose (agent, route) `keep` rejects: the
+    /// session ids are refused from now on, and the stdio processes of the
+    /// sessions are stopped. The one path for revocation (`Gateway::reload`)
+    /// and quarantine (analytics); their open event streams are cut by the
+    /// same callers through `crate::liveness`.
     pub fn end_sessions(&self, keep: impl Fn(&str, &str) -> bool, why: &'static str) -> usize {
         let ended = self.sessions.end_where(keep);
         for e in &ended {
@@ -813,14 +814,11 @@ fn stream_back(
     }
     let alive_asker = asker.clone();
     let alive: sse::Alive = Box::new(move || alive_asker.alive());
-    // Ending the agent's sessions (revocation, quarantine) cuts this stream.
-    let cut = match &asker.gateway.mcp {
-        Some(mcp) => mcp.sessions.watch(&asker.agent, &asker.context.route.name),
-        None => sessions::Cut::never(),
-    };
+    // Revocation, token revocation, user disable and quarantine cut this
+    // stream through the pipeline's watch on every answer (liveness.rs).
     let (mut parts, body) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
-    let body = sse::SseBody::new(body, first, alive, cut, rewrite).boxed();
+    let body = sse::SseBody::new(body, first, alive, rewrite).boxed();
     Response::from_parts(parts, body)
 }
 

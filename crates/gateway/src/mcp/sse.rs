@@ -2,9 +2,10 @@
 //! an upstream `text/event-stream` through event by event.
 //!
 //! Before each event it asks whether the session's agent is still live and
-//! not quarantined (continuous authorization), and when its agent's sessions
-//! are ended (revocation, quarantine) its [`Cut`] ends it at once, even with
-//! no event in sight. Events whose data is the answer to a `tools/list` request
+//! not quarantined (continuous authorization). A stream with no event in
+//! sight is ended at once by the pipeline's watch on every answer
+//! (`crate::liveness`), which revocation, token revocation, user disable and
+//! quarantine signal. Events whose data is the answer to a `tools/list` request
 //! are rewritten (filtered); every other event goes out byte for byte, as soon
 //! as it is complete. Refusals the gateway made for part of a batch go out
 //! first, as events of their own.
@@ -18,7 +19,6 @@ use http_body::{Body, Frame, SizeHint};
 use serde_json::Value;
 
 use crate::body::BoxError;
-use crate::mcp::sessions::Cut;
 use crate::respond::ResponseBody;
 
 /// Largest single event buffered; a longer one ends the stream with an error.
@@ -35,9 +35,8 @@ pub struct SseBody {
     buf: BytesMut,
     out: VecDeque<Bytes>,
     alive: Alive,
-    cut: Cut,
     /// Whether `alive` was asked once before the first event: a stream
-    /// registered just after its agent's sessions were ended is not cut.
+    /// opened just after its agent was revoked sends nothing.
     checked: bool,
     rewrite: Option<Rewrite>,
     ended: bool,
@@ -49,13 +48,11 @@ struct EventTooLarge;
 
 impl SseBody {
     /// Wraps `inner`. `first` are JSON-RPC messages sent before the upstream's
-    /// events; `rewrite`, when given, sees every event's message; `cut`
-    /// ends the stream when it fires.
+    /// events; `rewrite`, when given, sees every event's message.
     pub fn new(
         inner: ResponseBody,
         first: Vec<Value>,
         alive: Alive,
-        cut: Cut,
         rewrite: Option<Rewrite>,
     ) -> Self {
         let out = first
@@ -67,7 +64,6 @@ impl SseBody {
             buf: BytesMut::new(),
             out,
             alive,
-            cut,
             checked: false,
             rewrite,
             ended: false,
@@ -146,14 +142,8 @@ impl Body for SseBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
-        if !this.ended {
-            // Polled on every wake-up, so the cut wakes this stream however
-            // quiet its upstream is.
-            let cut = this.cut.poll_cut(cx);
-            let first = !std::mem::replace(&mut this.checked, true);
-            if cut || (first && !(this.alive)()) {
-                this.ended = true;
-            }
+        if !this.ended && !std::mem::replace(&mut this.checked, true) && !(this.alive)() {
+            this.ended = true;
         }
         loop {
             if this.ended {
@@ -228,13 +218,7 @@ mod tests {
                 false
             }
         });
-        let body = SseBody::new(
-            full(input.to_string()),
-            first,
-            alive,
-            Cut::never(),
-            Some(rewrite),
-        );
+        let body = SseBody::new(full(input.to_string()), first, alive, Some(rewrite));
         let bytes = body.collect().await.unwrap().to_bytes();
         String::from_utf8(bytes.to_vec()).unwrap()
     }
@@ -272,30 +256,5 @@ mod tests {
         // Asked once when the stream starts, then before each event.
         assert_eq!(run(input, vec![], 2).await, "data: {\"id\":1}\n\n");
         assert_eq!(run(input, vec![], 0).await, "", "not live from the start");
-    }
-
-    #[tokio::test]
-    async fn a_cut_ends_a_silent_stream_at_once() {
-        // An upstream that never says anything, like a quiet GET stream.
-        let quiet = http_body_util::StreamBody::new(futures_util::stream::pending::<
-            Result<Frame<Bytes>, BoxError>,
-        >())
-        .boxed();
-        let sessions = crate::mcp::sessions::Sessions::default();
-        let cut = sessions.watch("bot", "files");
-        let body = SseBody::new(quiet, vec![], Box::new(|| true), cut, None);
-        let reader = tokio::spawn(body.collect());
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        assert!(!reader.is_finished());
-        let started = std::time::Instant::now();
-        sessions.end_where(|agent, _| agent != "bot");
-        let out = tokio::time::timeout(std::time::Duration::from_secs(1), reader)
-            .await
-            .expect("the stream ends at once")
-            .unwrap()
-            .unwrap()
-            .to_bytes();
-        assert!(out.is_empty());
-        assert!(started.elapsed() < std::time::Duration::from_millis(500));
     }
 }

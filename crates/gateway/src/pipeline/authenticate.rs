@@ -36,6 +36,8 @@ pub struct Identity {
     /// `sha256:<hex>` of the certificate that authenticated the request
     /// (`None` when authenticated by token), for `X-Forwarded-Client-Cert`.
     pub certificate: Option<String>,
+    /// The access token's `jti` (empty when authenticated by certificate).
+    pub jti: String,
     /// How the caller authenticated, for the audit record (`credential`).
     pub credential: String,
     /// What policy sees of the caller besides its name (`context.auth`,
@@ -99,6 +101,7 @@ pub fn run(
             spiffe_id: peer.spiffe_id.clone(),
             serial: peer.serial.clone(),
             certificate: Some(peer.fingerprint.clone()),
+            jti: String::new(),
             credential: format!("{} serial={}", peer.spiffe_id, peer.serial),
             caller: CallerFacts::mtls(),
             delegated: None,
@@ -372,6 +375,7 @@ fn token_identity(
         expires_at: claims.exp,
         serial: String::new(),
         certificate: None,
+        jti: claims.jti.clone(),
     })
 }
 

@@ -508,6 +508,7 @@ mod tests {
             spiffe_id: "spiffe://td/agent/bot".into(),
             serial: "01".into(),
             certificate: Some("sha256:abcd".into()),
+            jti: String::new(),
             credential: String::new(),
             caller: portcullis_policy::CallerFacts::mtls(),
             delegated: None,

@@ -292,7 +292,8 @@ async fn run(
 
     // MCP routes: each JSON-RPC message is a call of its own.
     if context.route.kind == crate::config::RouteKind::Mcp {
-        return crate::mcp::serve(
+        let route = context.route.clone();
+        let answer = crate::mcp::serve(
             gateway,
             conn,
             &snapshot,
@@ -305,12 +306,16 @@ async fn run(
             meter,
             recorder,
         )
-        .await;
+        .await?;
+        // Re-authorized while it streams (liveness.rs).
+        return Ok(crate::liveness::watch(
+            gateway, &identity, &route, meter, answer,
+        ));
     }
 
     // Routes of kind `llm` take their own stages from here (pipeline/llm.rs).
     if context.route.kind == crate::config::RouteKind::Llm {
-        return llm::run(
+        let answer = llm::run(
             gateway,
             conn,
             &snapshot,
@@ -322,7 +327,15 @@ async fn run(
             meter,
             recorder,
         )
-        .await;
+        .await?;
+        // Re-authorized while it streams (liveness.rs).
+        return Ok(crate::liveness::watch(
+            gateway,
+            &identity,
+            &context.route,
+            meter,
+            answer,
+        ));
     }
 
     let t = Instant::now();
@@ -434,12 +447,20 @@ async fn run(
     let elapsed = t.elapsed();
     metrics.stage(Stage::Forward, elapsed);
     recorder.trace_stage(Stage::Forward, t, elapsed);
-    inspect_out::run(
+    let response = inspect_out::run(
         gateway.guard.as_deref(),
         &context.route,
         allowed.redact,
         request_id,
         meter,
         response?,
-    )
+    )?;
+    // Re-authorized while it streams (liveness.rs).
+    Ok(crate::liveness::watch(
+        gateway,
+        &identity,
+        &context.route,
+        meter,
+        response,
+    ))
 }
