@@ -35,7 +35,22 @@ const CELLS: &[&str] = &[
     "delegated: the user may",
     "delegated: the user may not",
     "no permit: refused before the body is read",
+    "@rate",
+    "mfa",
+    "redact",
 ];
+
+/// One obligation on the three protocols' permits.
+fn obliging(annotation: &str) -> String {
+    format!(
+        r#"
+@id("http") {annotation} permit(principal in Role::"dev", action == Action::"POST", resource == Route::"api");
+@id("mcp-list") permit(principal in Role::"dev", action == Action::"list_tools", resource == Route::"tools");
+@id("mcp") {annotation} permit(principal in Role::"dev", action == Action::"call_tool", resource in Route::"tools");
+@id("llm") {annotation} permit(principal in Role::"dev", action == Action::"complete", resource in Route::"llm");
+"#
+    )
+}
 
 /// Every permit obliges a human's approval: the cell that failed open on
 /// MCP and LLM routes before the one decision path.
@@ -270,6 +285,11 @@ impl Rig {
 }
 
 async fn rig() -> Option<Rig> {
+    rig_with(POLICIES).await
+}
+
+/// The rig with other policies (which must let `dev` list the MCP tools).
+async fn rig_with(policies: &str) -> Option<Rig> {
     support::install_crypto();
     if !tokio::task::block_in_place(python_with_mcp) {
         return None;
@@ -290,7 +310,7 @@ async fn rig() -> Option<Rig> {
     let pol = dir.path().join("policies");
     std::fs::create_dir(&pol).unwrap();
     std::fs::write(pol.join("schema.cedarschema"), SCHEMA).unwrap();
-    std::fs::write(pol.join("parity.cedar"), POLICIES).unwrap();
+    std::fs::write(pol.join("parity.cedar"), policies).unwrap();
     let routes = format!(
         "[policy]\ndir = \"policies\"\n\
          [[identity.oidc]]\nissuer = \"{IDP}\"\naudience = \"portcullis\"\njwks_file = \"idp.jwks\"\n{}\
@@ -598,6 +618,105 @@ async fn an_agent_no_permit_covers_is_refused_before_its_body_is_read() {
         let rec = tokio::task::block_in_place(|| record(&rig.server, &request_id));
         assert_eq!(rec["outcome"], "deny", "{rec}");
         assert_eq!(rec["principal"], "outsider", "{rec}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rate_and_mfa_obligations_hold_on_every_protocol() {
+    let Some(rig) = rig_with(&obliging(r#"@rate("2/m")"#)).await else {
+        return;
+    };
+    for protocol in [Protocol::Http, Protocol::Mcp, Protocol::Llm] {
+        for n in 0..2 {
+            let served = rig.call(protocol, &format!("rate-{n}")).await;
+            assert_eq!(
+                served.code, None,
+                "{protocol:?} / @rate: call {n}: {served:?}"
+            );
+        }
+        let third = rig.call(protocol, "rate-2").await;
+        assert_eq!(
+            third.code.as_deref(),
+            Some("rate_limited"),
+            "{protocol:?} / @rate: {third:?}"
+        );
+        let rec = tokio::task::block_in_place(|| record(&rig.server, &third.request_id));
+        assert_eq!(rec["outcome"], "deny", "{rec}");
+        assert_eq!(rec["error_code"], "rate_limited", "{rec}");
+    }
+    assert!(!rig.ran("rate-2"));
+    drop(rig);
+
+    let Some(rig) = rig_with(&obliging(r#"@obligation("mfa")"#)).await else {
+        return;
+    };
+    for protocol in [Protocol::Http, Protocol::Mcp, Protocol::Llm] {
+        // The agent acts for nobody, so no user passed a second factor.
+        let refused = rig.call(protocol, "mfa").await;
+        assert_eq!(
+            refused.code.as_deref(),
+            Some("user_mfa_required"),
+            "{protocol:?} / mfa: {refused:?}"
+        );
+        let rec = tokio::task::block_in_place(|| record(&rig.server, &refused.request_id));
+        assert_eq!(rec["outcome"], "deny", "{rec}");
+    }
+    assert!(!rig.ran("mfa"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redact_obligation_redacts_answers_on_every_protocol() {
+    let Some(rig) = rig_with(&obliging(r#"@obligation("redact")"#)).await else {
+        return;
+    };
+    const KEY: &str = "AKIAQWADE5R42RDZ4JEM";
+    // HTTP: the upstream echoes the request's headers.
+    let text = rig
+        .agent
+        .post(rig.server.url("/api/echo"))
+        .header("x-note", KEY)
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !text.contains(KEY) && text.contains("[REDACTED_"),
+        "Http / redact: {text}"
+    );
+    // MCP: the tool's result carries a key.
+    let r = rig
+        .rpc(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+            "params": {"name": "read_config", "arguments": {}}}))
+        .await;
+    let text = r.text().await.unwrap();
+    assert!(
+        !text.contains(KEY) && text.contains("[REDACTED_"),
+        "Mcp / redact: {text}"
+    );
+    // LLM: the model's answer carries a key (split across stream events).
+    for stream in [false, true] {
+        let text = rig
+            .agent
+            .post(rig.server.url("/llm/v1/chat/completions"))
+            .json(&json!({"model": "gpt-test", "stream": stream,
+                "messages": [{"role": "user", "content": "leak it"}]}))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            !text.contains("AKIAQWA"),
+            "Llm / redact (stream {stream}): {text}"
+        );
+        assert!(
+            text.contains("[REDACTED_"),
+            "Llm / redact (stream {stream}): {text}"
+        );
     }
 }
 

@@ -107,7 +107,7 @@ impl Ask<'_> {
         let route = &context.route.name;
         match self {
             Ask::Route => route.clone(),
-            Ask::Mcp { target, .. } if target.is_empty() => route.clone(),
+            Ask::Mcp { target: "", .. } => route.clone(),
             Ask::Mcp { target, .. } => format!("{route}/{target}"),
             Ask::Model { model, .. } => ModelEntity::id(route, model),
         }
