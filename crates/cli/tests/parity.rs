@@ -38,6 +38,7 @@ const CELLS: &[&str] = &[
     "@rate",
     "mfa",
     "redact",
+    "shadow decision recorded",
 ];
 
 /// One obligation on the three protocols' permits.
@@ -716,6 +717,49 @@ async fn a_redact_obligation_redacts_answers_on_every_protocol() {
         assert!(
             text.contains("[REDACTED_"),
             "Llm / redact (stream {stream}): {text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_shadow_candidate_is_decided_beside_every_protocol() {
+    let Some(rig) = rig_with(&obliging("")).await else {
+        return;
+    };
+    // The candidate lets the agent list tools and nothing else.
+    let next = rig.server.path().join("next");
+    std::fs::create_dir_all(&next).unwrap();
+    std::fs::write(next.join("schema.cedarschema"), SCHEMA).unwrap();
+    std::fs::write(
+        next.join("next.cedar"),
+        r#"@id("mcp-list") permit(principal in Role::"dev", action == Action::"list_tools", resource == Route::"tools");"#,
+    )
+    .unwrap();
+    let out = tokio::task::block_in_place(|| {
+        rig.server
+            .cli(&["policy", "push", next.to_str().unwrap(), "--shadow"])
+    });
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut ids = Vec::new();
+    for protocol in [Protocol::Http, Protocol::Mcp, Protocol::Llm] {
+        let served = rig.call(protocol, "shadowed").await;
+        assert_eq!(served.code, None, "{protocol:?}: {served:?}");
+        ids.push((protocol, served.request_id));
+    }
+    let out = tokio::task::block_in_place(|| rig.server.cli(&["policy", "shadow"]));
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    for (protocol, id) in ids {
+        let line = out
+            .lines()
+            .find(|l| l.contains(&id))
+            .unwrap_or_else(|| panic!("{protocol:?} / shadow decision recorded: {out}"));
+        assert!(
+            line.contains("-> shadow deny [default-deny]"),
+            "{protocol:?} / shadow decision recorded: {line}"
         );
     }
 }
