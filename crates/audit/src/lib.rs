@@ -120,6 +120,14 @@ pub struct AuditRecord {
     /// or that a `breakglass.open` admin change opened; `null` otherwise.
     #[serde(default)]
     pub breakglass: Option<String>,
+    /// How many refused unauthenticated requests from `source_ip` this one
+    /// summary record stands for (`action` `unauthenticated`, `time_ms` the
+    /// start of the minute): beyond a per-source budget they are counted,
+    /// not written one by one. Absent from every other record — the one
+    /// field left out rather than `null`, so records written before it
+    /// existed keep their encoding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampled: Option<u64>,
 }
 
 /// Most content findings kept in one record; the rest are counted in the
@@ -195,6 +203,7 @@ mod tests {
             policy_version: Some(3),
             approval_ticket: None,
             breakglass: None,
+            sampled: None,
         }
     }
 

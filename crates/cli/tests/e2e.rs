@@ -810,3 +810,75 @@ fn policy_schema_prints_the_shipped_schema_that_validates() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_anonymous_flood_is_sampled_and_agents_never_are() {
+    install_crypto();
+    let (upstream, _gate) = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = format!(
+        "{}[audit]\nunauthenticated_records_per_minute = 5\n",
+        route("api", "/api", &format!("http://{upstream}"), "public")
+    );
+    let cfg = config(dir.path(), &routes, "");
+    let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
+        .await
+        .unwrap();
+    let anonymous = client(&server.ca_pem(), None);
+    let mut ids = Vec::new();
+    for _ in 0..60 {
+        let r = anonymous.get(server.url("/api/x")).send().await.unwrap();
+        assert_eq!(r.status(), 401);
+        ids.push(request_id(&r));
+    }
+    // An agent's requests, refused by policy, are each recorded.
+    let (cert, key) = tokio::task::block_in_place(|| server.create_agent("nobody", &["none"]));
+    let agent = client(&server.ca_pem(), Some((&cert, &key)));
+    let mut agent_ids = Vec::new();
+    for _ in 0..20 {
+        let r = agent.get(server.url("/api/x")).send().await.unwrap();
+        assert_eq!(r.status(), 403);
+        agent_ids.push(request_id(&r));
+    }
+    let last = agent_ids.last().unwrap().clone();
+    let _ = tokio::task::block_in_place(|| server.audit_record(&last));
+    let records = tokio::task::block_in_place(|| server.audit(500));
+    let written = |set: &[String]| {
+        records
+            .iter()
+            .filter(|r| set.iter().any(|id| r["request_id"] == id.as_str()))
+            .count()
+    };
+    assert_eq!(
+        written(&agent_ids),
+        20,
+        "authenticated requests are never sampled"
+    );
+    // At most 5 a minute for the one source (the run may straddle a minute).
+    let anonymous_written = written(&ids);
+    assert!(
+        (1..=10).contains(&anonymous_written),
+        "{anonymous_written} anonymous records written in full"
+    );
+    let metrics = client(&server.ca_pem(), None)
+        .get(format!("https://{}/metrics", server.admin))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let sampled: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("portcullis_audit_unauthenticated_sampled_total "))
+        .or_else(|| {
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("audit_unauthenticated_sampled_total "))
+        })
+        .unwrap_or_else(|| panic!("{metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(sampled as usize + anonymous_written, 60, "{metrics}");
+}

@@ -137,6 +137,7 @@ fn record(seq: u64) -> AuditRecord {
         policy_version: Some(1),
         approval_ticket: None,
         breakglass: None,
+        sampled: None,
     }
 }
 

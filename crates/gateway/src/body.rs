@@ -265,6 +265,9 @@ pub struct Recorder {
     trace: Option<RequestTrace>,
     /// Behavioral analytics' queue, fed the completed record.
     tap: Option<crate::analytics::AnalyticsTap>,
+    /// The budget of refused unauthenticated requests' records; set on the
+    /// data plane.
+    anonymous: Option<Arc<crate::anonymous::AnonymousSampler>>,
 }
 
 /// Status recorded when the client disconnected before the response was complete.
@@ -287,7 +290,14 @@ impl Recorder {
             metrics,
             trace: None,
             tap: None,
+            anonymous: None,
         }
+    }
+
+    /// Samples the record if its caller never authenticated (see
+    /// `anonymous.rs`).
+    pub fn set_anonymous_sampler(&mut self, sampler: Arc<crate::anonymous::AnonymousSampler>) {
+        self.anonymous = Some(sampler);
     }
 
     /// Feeds the completed record to behavioral analytics too.
@@ -358,6 +368,23 @@ impl Drop for Recorder {
             }
             if let Some(tap) = &self.tap {
                 tap.offer(&record);
+            }
+            // A refusal of a caller that never authenticated is written in
+            // full only within its source's budget (anonymous.rs).
+            if record.principal.is_none()
+                && let Some(sampler) = &self.anonymous
+            {
+                let source = record.source_ip.as_deref().unwrap_or("-");
+                let sink = &self.sink;
+                let full = sampler.admit(source, record.time_ms, |summaries| {
+                    for summary in summaries {
+                        sink.submit(summary);
+                    }
+                });
+                if !full {
+                    self.metrics.anonymous_sampled.inc();
+                    return;
+                }
             }
             self.sink.submit(record);
         }

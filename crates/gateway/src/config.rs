@@ -23,6 +23,8 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9443";
 pub const DEFAULT_TRUST_DOMAIN: &str = "portcullis.local";
 /// Default request body limit: 10 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
+/// Default `[audit] unauthenticated_records_per_minute`.
+pub const DEFAULT_UNAUTHENTICATED_RECORDS_PER_MINUTE: u32 = 60;
 /// Default time to wait for an upstream's response head.
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
 /// Default cap on concurrent connections per listener.
@@ -251,6 +253,11 @@ pub struct RawAudit {
     /// How long the log may fail or stall before data-plane requests are refused
     /// with `audit_unavailable` (default 1000).
     pub fail_closed_after_ms: Option<u64>,
+    /// Refused unauthenticated requests written in full per source address
+    /// and minute (default 60); beyond it they are counted and summarised in
+    /// one record per source and minute (`sampled`). Authenticated requests
+    /// are never sampled.
+    pub unauthenticated_records_per_minute: Option<u32>,
     /// A file each new checkpoint is appended to (relative to the config file),
     /// ideally on storage the admin of this host does not control.
     pub checkpoint_file: Option<PathBuf>,
@@ -1011,6 +1018,8 @@ pub struct AuditConfig {
     pub checkpoint_interval: Duration,
     /// How long the log may fail before requests are refused.
     pub fail_closed_after: Duration,
+    /// Refused unauthenticated requests recorded in full per source and minute.
+    pub unauthenticated_records_per_minute: u32,
     /// File every checkpoint is appended to.
     pub checkpoint_file: Option<PathBuf>,
     /// URL every checkpoint is POSTed to.
@@ -1536,6 +1545,10 @@ impl Config {
             fail_closed_after: Duration::from_millis(
                 raw.audit.fail_closed_after_ms.unwrap_or(1000),
             ),
+            unauthenticated_records_per_minute: raw
+                .audit
+                .unauthenticated_records_per_minute
+                .unwrap_or(DEFAULT_UNAUTHENTICATED_RECORDS_PER_MINUTE),
             checkpoint_file: raw.audit.checkpoint_file.map(relative),
             checkpoint_webhook: raw.audit.checkpoint_webhook,
             export: Vec::new(),

@@ -7,6 +7,7 @@
 #![forbid(unsafe_code)]
 
 pub mod analytics;
+pub mod anonymous;
 pub mod approvals;
 pub mod audit_export;
 pub mod audit_sink;

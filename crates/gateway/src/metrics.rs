@@ -105,6 +105,10 @@ pub struct Metrics {
     pub audit_written: Counter,
     /// Audit batches that failed to write (and were retried).
     pub audit_failures: Counter,
+    /// Refused unauthenticated requests counted in a per-minute summary
+    /// record instead of written one by one (`[audit]
+    /// unauthenticated_records_per_minute`).
+    pub anonymous_sampled: Counter,
     /// Completed requests behavioral analytics never saw: its queue was full.
     pub analytics_dropped: Counter,
     export_delivered: Family<SinkLabels, Counter>,
@@ -157,6 +161,12 @@ impl Metrics {
             "audit_queue_depth",
             "Audit records accepted but not yet durable",
             audit_queue.clone(),
+        );
+        let anonymous_sampled = Counter::default();
+        registry.register(
+            "audit_unauthenticated_sampled",
+            "Refused unauthenticated requests counted in a per-source, per-minute summary record instead of written one by one",
+            anonymous_sampled.clone(),
         );
         let audit_written = Counter::default();
         registry.register(
@@ -220,6 +230,7 @@ impl Metrics {
             audit_queue,
             audit_written,
             audit_failures,
+            anonymous_sampled,
             analytics_dropped,
             export_delivered,
             export_failures,

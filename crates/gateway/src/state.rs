@@ -169,6 +169,8 @@ pub struct Gateway {
     /// Response streams open right now, cut when their holder loses the
     /// right to them (`liveness.rs`).
     pub(crate) streams: Arc<crate::liveness::LiveStreams>,
+    /// The per-source budget of refused unauthenticated requests' records.
+    pub(crate) anonymous: Arc<crate::anonymous::AnonymousSampler>,
     checker: ClientCertChecker,
     pub(crate) route_entities: Vec<RouteEntity>,
     snapshot: ArcSwap<Snapshot>,
@@ -339,7 +341,10 @@ impl Gateway {
                 }
             }));
         }
-        Ok(Arc::new(Gateway {
+        let gateway = Arc::new(Gateway {
+            anonymous: Arc::new(crate::anonymous::AnonymousSampler::new(
+                config.audit.unauthenticated_records_per_minute,
+            )),
             streams,
             llm,
             model_entities,
@@ -373,7 +378,9 @@ impl Gateway {
             snapshot: ArcSwap::from_pointee(snapshot),
             store: parts.store,
             policy: Mutex::new(installed),
-        }))
+        });
+        tokio::spawn(flush_anonymous_summaries(Arc::downgrade(&gateway)));
+        Ok(gateway)
     }
 
     /// The approval desk.
@@ -772,4 +779,24 @@ fn unix_now() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or_default()
+}
+
+/// Writes the summaries of anonymous refusals of minutes that ended, every
+/// 10 s, so a source that went quiet is summarised too. It holds the
+/// gateway only for a tick, and ends when the gateway is gone.
+async fn flush_anonymous_summaries(gateway: std::sync::Weak<Gateway>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
+    loop {
+        tick.tick().await;
+        let Some(gateway) = gateway.upgrade() else {
+            return;
+        };
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as i64;
+        for summary in gateway.anonymous.drain_ended(now_ms) {
+            gateway.sink.submit(summary);
+        }
+    }
 }

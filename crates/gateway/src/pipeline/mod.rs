@@ -107,6 +107,7 @@ pub async fn handle(
     if let Some(analytics) = &gateway.analytics {
         recorder.set_tap(analytics.tap());
     }
+    recorder.set_anonymous_sampler(gateway.anonymous.clone());
     if let Some(tracer) = &gateway.tracer {
         recorder.set_trace(tracer.begin(
             &request_id,
