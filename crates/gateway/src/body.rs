@@ -189,6 +189,38 @@ impl DrainOnDrop {
     }
 }
 
+impl DrainOnDrop {
+    /// Reads the rest of the body and throws it away, up to
+    /// [`DRAIN_MAX_BYTES`] within [`DRAIN_TIMEOUT`]; what is left then is
+    /// dropped as usual.
+    pub async fn drain_now(&mut self) {
+        let Some(inner) = self.inner.as_mut() else {
+            return;
+        };
+        let read = async {
+            let mut total = 0u64;
+            while let Some(Ok(frame)) =
+                std::future::poll_fn(|cx| Pin::new(&mut *inner).poll_frame(cx)).await
+            {
+                if let Some(data) = frame.data_ref() {
+                    total += data.remaining() as u64;
+                    if total > DRAIN_MAX_BYTES {
+                        return false;
+                    }
+                }
+            }
+            true
+        };
+        let whole = tokio::time::timeout(DRAIN_TIMEOUT, read)
+            .await
+            .unwrap_or(false);
+        if !whole {
+            // Past the bound: no drain on drop either; the stream is reset.
+            self.drain = false;
+        }
+    }
+}
+
 impl Body for DrainOnDrop {
     type Data = Bytes;
     type Error = hyper::Error;

@@ -58,13 +58,13 @@ use crate::body::{BodyMeter, Recorder};
 use crate::config::Upstream;
 use crate::metrics::Stage;
 use crate::pipeline::authenticate::Identity;
-use crate::pipeline::contain::{self, Writes};
+use crate::pipeline::contain;
 use crate::pipeline::contextualize::RequestContext;
+use crate::pipeline::decide;
 use crate::pipeline::decode::{DecodedRequest, read_whole};
 use crate::pipeline::inspect::GuardState;
-use crate::pipeline::{approve, decide};
 use crate::respond::{Denial, ResponseBody, full};
-use crate::state::{ConnectionState, Gateway, Snapshot};
+use crate::state::{Gateway, Snapshot};
 
 use jsonrpc::{Ask, Kind};
 use pins::{PinState, ToolPins};
@@ -228,26 +228,13 @@ impl Asker {
     }
 }
 
-/// Serves one request on an MCP route.
-#[allow(clippy::too_many_arguments)]
+/// Serves one request on an MCP route, on the request's exchange.
 pub async fn serve(
-    gateway: &Arc<Gateway>,
-    conn: &ConnectionState,
-    snapshot: &Snapshot,
-    identity: &Identity,
-    mut context: RequestContext,
-    writes: Writes,
-    route_permits: Vec<String>,
+    ex: &mut decide::Exchange<'_>,
     decoded: DecodedRequest,
-    request_id: &RequestId,
-    meter: &Arc<BodyMeter>,
-    recorder: &mut Recorder,
 ) -> Result<Response<ResponseBody>, Denial> {
-    // An MCP server is one endpoint URL: the route's prefix itself maps to
-    // the upstream URL as configured, without a trailing slash added.
-    if context.rest_path == "/" && !decoded.target.path.ends_with('/') {
-        context.rest_path.clear();
-    }
+    let (gateway, conn, identity, context) = (ex.gateway, ex.conn, ex.identity, ex.context);
+    let (request_id, meter) = (ex.request_id, ex.meter);
     // Only the endpoint is proxied: a sub-path is no part of MCP, and no
     // decision covers what the server would do with it.
     if !(context.rest_path.is_empty() || context.rest_path == "/") {
@@ -280,10 +267,10 @@ pub async fn serve(
     }
     let asker = Asker {
         gateway: gateway.clone(),
-        route_permits,
+        route_permits: ex.route_permits.clone(),
         agent: identity.agent.clone(),
         identity: identity.clone(),
-        context,
+        context: context.clone(),
         source_ip: conn.source_ip.clone(),
     };
     let launched = match &asker.context.route.upstream {
@@ -300,21 +287,17 @@ pub async fn serve(
                 },
                 None => To::Http,
             };
-            post(
-                &mcp, &asker, conn, snapshot, identity, writes, decoded, request_id, meter,
-                recorder, to,
-            )
-            .await
+            post(ex, &mcp, &asker, decoded, to).await
         }
         (Method::GET, Some(_)) => {
-            session_allowed(recorder, &asker);
+            session_allowed(ex.recorder, &asker);
             let id = session.as_deref().ok_or_else(no_session)?;
             let events = mcp.stdio.events(id)?;
             let scan = asker.answer_guard(request_id, meter, false);
             Ok(stream_back(&asker, events, Vec::new(), scan))
         }
         (Method::DELETE, Some(_)) => {
-            session_allowed(recorder, &asker);
+            session_allowed(ex.recorder, &asker);
             let id = session.as_deref().ok_or_else(no_session)?;
             mcp.stdio.end(id);
             mcp.sessions.end(id);
@@ -328,9 +311,8 @@ pub async fn serve(
                 return Err(no_session());
             }
             let deleting = decoded.parts.method == Method::DELETE;
-            session_allowed(recorder, &asker);
-            let response =
-                upstream(&asker, conn, identity, decoded, request_id, meter, recorder).await?;
+            session_allowed(ex.recorder, &asker);
+            let response = upstream(ex, &asker, decoded).await?;
             if deleting && response.status().is_success() {
                 if let Some(id) = &session {
                     mcp.sessions.end(id);
@@ -375,26 +357,20 @@ fn no_session() -> Denial {
 }
 
 /// One POST: JSON-RPC messages in, their answers out.
-#[allow(clippy::too_many_arguments)]
 async fn post(
+    ex: &mut decide::Exchange<'_>,
     mcp: &Arc<McpState>,
     asker: &Asker,
-    conn: &ConnectionState,
-    snapshot: &Snapshot,
-    identity: &Identity,
-    writes: Writes,
     decoded: DecodedRequest,
-    request_id: &RequestId,
-    meter: &Arc<BodyMeter>,
-    recorder: &mut Recorder,
     to: To<'_>,
 ) -> Result<Response<ResponseBody>, Denial> {
+    let (request_id, meter) = (ex.request_id, ex.meter);
     let DecodedRequest { parts, body, .. } = decoded;
     let bytes = read_whole(body, asker.gateway.limits.max_body_bytes, meter).await?;
     let mut body = match jsonrpc::parse(&bytes) {
         Ok(body) => body,
         Err(framing) => {
-            recorder.record().error_code = Some(framing.code.as_str().into());
+            ex.recorder.record().error_code = Some(framing.code.as_str().into());
             return Ok(json_answer(
                 StatusCode::BAD_REQUEST,
                 &jsonrpc::framing_error(&framing, request_id.as_str()),
@@ -404,7 +380,6 @@ async fn post(
 
     // Decide every message.
     let route = &asker.context.route.name;
-    let wait = approve::prefer_wait(&parts.headers);
     let mut forward = Vec::with_capacity(body.messages.len());
     let mut refusals = Vec::new();
     let mut list_ids = Vec::new();
@@ -511,18 +486,7 @@ async fn post(
         let bound = arguments.clone().unwrap_or(Value::Null);
         described.get_or_insert((method.to_string(), resource));
         let decided = decide::decide(
-            &mut decide::Exchange {
-                gateway: &asker.gateway,
-                conn,
-                snapshot,
-                identity,
-                context: &asker.context,
-                request_id,
-                meter,
-                recorder,
-                writes,
-                wait,
-            },
+            ex,
             decide::Call {
                 ask: decide::Ask::Mcp {
                     action,
@@ -557,11 +521,11 @@ async fn post(
         forward.push(i);
     }
     {
-        let record = recorder.record();
+        let record = ex.recorder.record();
         if plumbing && record.policies.is_empty() {
             // Plumbing alone: allowed by the permits the agent has here.
             record.policies = asker.route_permits.clone();
-            record.policy_version = Some(snapshot.policy_version);
+            record.policy_version = Some(ex.snapshot.policy_version);
         }
         record.policies.sort();
         record.policies.dedup();
@@ -614,7 +578,7 @@ async fn post(
                 .await;
             let elapsed = t.elapsed();
             asker.gateway.metrics.stage(Stage::Forward, elapsed);
-            recorder.trace_stage(Stage::Forward, t, elapsed);
+            ex.recorder.trace_stage(Stage::Forward, t, elapsed);
             response?
         }
         To::Http => {
@@ -628,17 +592,7 @@ async fn post(
             };
             let upstream_body =
                 Bytes::from(text.map_err(|_| Denial::new(ErrorCode::Internal, "internal error"))?);
-            forward_http(
-                asker,
-                conn,
-                identity,
-                parts,
-                upstream_body,
-                request_id,
-                meter,
-                recorder,
-            )
-            .await?
+            forward_http(ex, asker, parts, upstream_body).await?
         }
     };
     if redact && !redactable(&response) {
@@ -649,22 +603,26 @@ async fn post(
     }
     let scan = asker.answer_guard(request_id, meter, redact);
     answer(
-        mcp, asker, identity, response, refusals, list_ids, initialize, body.batch, scan,
+        mcp,
+        asker,
+        response,
+        Merge {
+            refusals,
+            list_ids,
+            initialize,
+            batch: body.batch,
+            scan,
+        },
     )
     .await
 }
 
 /// Forwards the allowed messages to a Streamable HTTP server.
-#[allow(clippy::too_many_arguments)]
 async fn forward_http(
+    ex: &mut decide::Exchange<'_>,
     asker: &Asker,
-    conn: &ConnectionState,
-    identity: &Identity,
     mut parts: http::request::Parts,
     upstream_body: Bytes,
-    request_id: &RequestId,
-    meter: &Arc<BodyMeter>,
-    recorder: &mut Recorder,
 ) -> Result<Response<ResponseBody>, Denial> {
     // The guard (and the tools/list filter) read the answers: they must come
     // back uncompressed. JSON-RPC answers are small; nothing is lost.
@@ -682,23 +640,39 @@ async fn forward_http(
             query: asker.context.query.clone(),
         },
     };
-    upstream(asker, conn, identity, decoded, request_id, meter, recorder).await
+    upstream(ex, asker, decoded).await
+}
+
+/// What the gateway merges into an upstream answer.
+struct Merge {
+    /// The refusals of messages that were not forwarded.
+    refusals: Vec<Value>,
+    /// The ids of `tools/list` requests, whose results are filtered.
+    list_ids: Vec<Value>,
+    /// Whether an `initialize` went up (its answer binds the session).
+    initialize: bool,
+    /// Whether the client sent a batch (the answer is then an array).
+    batch: bool,
+    /// The content guard on the results, when it is on.
+    scan: Option<sse::Rewrite>,
 }
 
 /// The upstream's answer to a POST, with the gateway's refusals merged in,
 /// `tools/list` results filtered and, with `scan`, results guarded.
-#[allow(clippy::too_many_arguments)]
 async fn answer(
     mcp: &Arc<McpState>,
     asker: &Asker,
-    identity: &Identity,
     response: Response<ResponseBody>,
-    refusals: Vec<Value>,
-    list_ids: Vec<Value>,
-    initialize: bool,
-    batch: bool,
-    scan: Option<sse::Rewrite>,
+    merge: Merge,
 ) -> Result<Response<ResponseBody>, Denial> {
+    let Merge {
+        refusals,
+        list_ids,
+        initialize,
+        batch,
+        scan,
+    } = merge;
+    let identity = &asker.identity;
     let route = &asker.context.route.name;
     if initialize
         && response.status().is_success()
@@ -766,14 +740,11 @@ async fn answer(
 
 /// Sends a request upstream through the shared forwarder.
 async fn upstream(
+    ex: &mut decide::Exchange<'_>,
     asker: &Asker,
-    conn: &ConnectionState,
-    identity: &Identity,
     decoded: DecodedRequest,
-    request_id: &RequestId,
-    meter: &Arc<BodyMeter>,
-    recorder: &mut Recorder,
 ) -> Result<Response<ResponseBody>, Denial> {
+    let recorder = &mut *ex.recorder;
     let traceparent = recorder.traceparent();
     let t = Instant::now();
     let response = asker
@@ -781,14 +752,16 @@ async fn upstream(
         .forwarder
         .forward(
             decoded,
-            &asker.context,
-            identity,
-            request_id,
-            conn.remote,
-            meter,
-            None,
-            None,
-            traceparent,
+            crate::pipeline::forward::Hop {
+                context: &asker.context,
+                identity: ex.identity,
+                request_id: ex.request_id,
+                remote: ex.conn.remote,
+                meter: ex.meter,
+                injected: None,
+                capture: None,
+                traceparent,
+            },
         )
         .await;
     let elapsed = t.elapsed();

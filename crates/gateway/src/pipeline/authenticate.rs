@@ -145,8 +145,10 @@ pub fn run_request(
             peer,
             parts,
             source_ip,
-            token.trim(),
-            true,
+            Presented {
+                token: token.trim(),
+                scheme: TokenScheme::Dpop,
+            },
             now_epoch,
         ),
         // A certificate-authenticated agent may still send its own bearer
@@ -162,8 +164,10 @@ pub fn run_request(
                 peer,
                 parts,
                 source_ip,
-                token.trim(),
-                false,
+                Presented {
+                    token: token.trim(),
+                    scheme: TokenScheme::Bearer,
+                },
                 now_epoch,
             )
         }
@@ -171,18 +175,32 @@ pub fn run_request(
     }
 }
 
-// Each argument is a separate fact the check needs; a struct would only rename them.
-#[allow(clippy::too_many_arguments)]
+/// How an access token was presented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TokenScheme {
+    /// `Authorization: DPoP …` with a proof of the bound key.
+    Dpop,
+    /// `Authorization: Bearer …` (certificate-bound tokens).
+    Bearer,
+}
+
+/// The token a request presented, and how.
+struct Presented<'a> {
+    token: &'a str,
+    scheme: TokenScheme,
+}
+
 fn token_identity(
     directory: &AgentDirectory,
     tokens: &TokenService,
     peer: Option<&Result<PeerCertificate, CertRejection>>,
     parts: &http::request::Parts,
     source_ip: std::net::IpAddr,
-    token: &str,
-    dpop: bool,
+    presented: Presented<'_>,
     now: i64,
 ) -> Result<Identity, AuthnFailure> {
+    let Presented { token, scheme } = presented;
+    let dpop = scheme == TokenScheme::Dpop;
     let scheme = if dpop { "dpop" } else { "bearer" };
     let fail = |code: ErrorCode, message: String, presented: String| AuthnFailure {
         denial: Denial::new(code, message),

@@ -68,6 +68,14 @@ pub fn run(
             format!("method `{}` is not supported", request.parts.method),
         )
     })?;
+    // An MCP server is one endpoint URL: the route's prefix itself maps to
+    // the upstream URL as configured, without a trailing slash added.
+    let rest = if route.kind == crate::config::RouteKind::Mcp && rest == "/" && !path.ends_with('/')
+    {
+        ""
+    } else {
+        rest
+    };
     Ok(RequestContext {
         route: route.clone(),
         rest_path: rest.to_string(),

@@ -71,7 +71,7 @@ impl std::fmt::Debug for DecodedRequest {
 }
 
 /// Runs the stage.
-pub fn run(
+pub async fn run(
     limits: &Limits,
     sink: &AuditSink,
     request: Request<Incoming>,
@@ -87,8 +87,20 @@ pub fn run(
     let (mut parts, body) = request.into_parts();
     // Over HTTP/2 a body left unread is read on (bounded) after the answer:
     // see `DrainOnDrop`. HTTP/1.1 closes the connection instead.
-    let body = DrainOnDrop::new(body, parts.version == Version::HTTP_2);
-    let target = head(limits, &mut parts)?;
+    let http2 = parts.version == Version::HTTP_2;
+    let mut body = DrainOnDrop::new(body, http2);
+    let target = match head(limits, &mut parts) {
+        Ok(target) => target,
+        Err(denial) if http2 && denial.code == ErrorCode::PayloadTooLarge => {
+            // An announced body over the limit: read it (bounded) before
+            // answering, so the client has finished its upload when the 413
+            // arrives. A client still uploading when the stream ends drops
+            // the answer (curl 7.x) however the end is signalled.
+            body.drain_now().await;
+            return Err(denial);
+        }
+        Err(denial) => return Err(denial),
+    };
     Ok(DecodedRequest {
         parts,
         body: MeteredBody::new(body, limits.max_body_bytes, meter.clone()).boxed_unsync(),

@@ -81,6 +81,27 @@ pub struct Forwarder {
     client_cert: ForwardClientCert,
 }
 
+/// Who and what one upstream call is for: the request's decided facts and
+/// what the gateway adds to it.
+pub struct Hop<'a> {
+    /// Route, canonical path and query.
+    pub context: &'a RequestContext,
+    /// The verified caller (its SPIFFE id goes upstream).
+    pub identity: &'a Identity,
+    /// The request id (`X-Request-Id`).
+    pub request_id: &'a RequestId,
+    /// The client's address (`X-Forwarded-For`).
+    pub remote: SocketAddr,
+    /// Bytes in and out.
+    pub meter: &'a Arc<BodyMeter>,
+    /// The credential to inject, after `use_secret` allowed it.
+    pub injected: Option<&'a Injected>,
+    /// The route's payload capture.
+    pub capture: Option<CaptureHandle>,
+    /// The gateway's trace context for the upstream.
+    pub traceparent: Option<HeaderValue>,
+}
+
 impl Forwarder {
     /// A forwarder trusting `tls` for https upstreams.
     pub fn new(
@@ -122,19 +143,21 @@ impl Forwarder {
     }
 
     /// Sends the request upstream and returns the streaming response.
-    #[allow(clippy::too_many_arguments)]
     pub async fn forward(
         &self,
         request: DecodedRequest,
-        context: &RequestContext,
-        identity: &Identity,
-        request_id: &RequestId,
-        remote: SocketAddr,
-        meter: &Arc<BodyMeter>,
-        injected: Option<&Injected>,
-        capture: Option<CaptureHandle>,
-        traceparent: Option<HeaderValue>,
+        hop: Hop<'_>,
     ) -> Result<Response<ResponseBody>, Denial> {
+        let Hop {
+            context,
+            identity,
+            request_id,
+            remote,
+            meter,
+            injected,
+            capture,
+            traceparent,
+        } = hop;
         let upstream = self.upstreams.get(&context.route.name).ok_or_else(|| {
             tracing::error!(route = %context.route.name, "route has no resolved upstream");
             Denial::new(ErrorCode::Internal, "internal error")

@@ -289,10 +289,12 @@ impl<'a> TextScan<'a> {
         self.kinds.extend(report.kinds());
         self.dlp_found |= !report.dlp.is_empty();
         log_findings(
-            self.state,
-            self.request_id,
-            self.route,
-            self.direction,
+            &Site {
+                state: self.state,
+                request_id: self.request_id,
+                route: self.route,
+                direction: self.direction,
+            },
             pointer,
             text,
             &report,
@@ -336,20 +338,31 @@ impl<'a> TextScan<'a> {
     }
 }
 
+/// Where findings were made: the guard, the request, the route, and
+/// `request` or `response`.
+pub(crate) struct Site<'a> {
+    pub(crate) state: &'a GuardState,
+    pub(crate) request_id: &'a RequestId,
+    pub(crate) route: &'a str,
+    pub(crate) direction: &'static str,
+}
+
 /// Logs each finding by type and position, and adds it to `audited` (up to
 /// the record's cap); DLP findings carry the keyed fingerprint of the value
 /// so equal values can be correlated. `direction` is `request` or `response`.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn log_findings(
-    state: &GuardState,
-    request_id: &RequestId,
-    route: &str,
-    direction: &'static str,
+    site: &Site<'_>,
     pointer: &str,
     text: &str,
     report: &Report,
     audited: &mut Vec<ContentFinding>,
 ) {
+    let Site {
+        state,
+        request_id,
+        route,
+        direction,
+    } = *site;
     for f in &report.findings {
         let fp = report
             .dlp

@@ -40,28 +40,27 @@ use crate::llm::config::LlmConfig;
 use crate::llm::stream::{Charge, Dlp, SseBody, process_json};
 use crate::metrics::Stage;
 use crate::pipeline::authenticate::Identity;
-use crate::pipeline::contain::Writes;
 use crate::pipeline::contextualize::RequestContext;
 use crate::pipeline::decode::{DecodedRequest, read_whole};
 use crate::pipeline::inspect::ContentFacts;
-use crate::pipeline::{approve, authorize, decide, inject};
+use crate::pipeline::{authorize, decide, inject};
 use crate::respond::{Denial, ResponseBody, full};
-use crate::state::{ConnectionState, Gateway, Snapshot};
+use crate::state::{Gateway, Snapshot};
 
-/// Runs the LLM stages.
-#[allow(clippy::too_many_arguments)]
+/// Runs the LLM stages on the request's exchange.
 pub async fn run(
-    gateway: &Arc<Gateway>,
-    conn: &ConnectionState,
-    snapshot: &Snapshot,
-    identity: &Identity,
-    context: &RequestContext,
-    writes: Writes,
+    ex: &mut decide::Exchange<'_>,
     decoded: DecodedRequest,
-    request_id: &RequestId,
-    meter: &Arc<BodyMeter>,
-    recorder: &mut Recorder,
 ) -> Result<Response<ResponseBody>, Denial> {
+    let (gateway, conn, snapshot, identity, context, request_id, meter) = (
+        ex.gateway,
+        ex.conn,
+        ex.snapshot,
+        ex.identity,
+        ex.context,
+        ex.request_id,
+        ex.meter,
+    );
     let metrics = &gateway.metrics;
     let route = &context.route;
     let llm = route.llm.as_deref().ok_or_else(|| {
@@ -73,7 +72,7 @@ pub async fn run(
         Endpoint::ChatCompletions => ModelAction::Complete,
         Endpoint::Embeddings => ModelAction::Embed,
         Endpoint::Models | Endpoint::Model(_) => {
-            recorder.record().action = "list_models".into();
+            ex.recorder.record().action = "list_models".into();
             return models(
                 snapshot,
                 identity,
@@ -81,11 +80,11 @@ pub async fn run(
                 &conn.source_ip,
                 llm,
                 &endpoint,
-                recorder,
+                ex.recorder,
             );
         }
     };
-    recorder.record().action = action.as_str().into();
+    ex.recorder.record().action = action.as_str().into();
 
     let DecodedRequest {
         mut parts,
@@ -96,7 +95,8 @@ pub async fn run(
     let request_bytes = bytes.len() as u64;
     let mut call = api::parse(&bytes, llm.budget.is_limited())?;
     drop(bytes);
-    recorder.record().resource = Some(portcullis_policy::ModelEntity::id(&route.name, &call.model));
+    ex.recorder.record().resource =
+        Some(portcullis_policy::ModelEntity::id(&route.name, &call.model));
     let model = llm.model(&call.model).ok_or_else(|| {
         Denial::new(
             ErrorCode::ModelNotFound,
@@ -106,7 +106,7 @@ pub async fn run(
             ),
         )
     })?;
-    recorder.record().classification = Some(model.classification.as_str().to_string());
+    ex.recorder.record().classification = Some(model.classification.as_str().to_string());
 
     let t = Instant::now();
     let mut audited = Vec::new();
@@ -120,26 +120,15 @@ pub async fn run(
     );
     let elapsed = t.elapsed();
     metrics.stage(Stage::Inspect, elapsed);
-    recorder.trace_stage(Stage::Inspect, t, elapsed);
-    recorder.record().content = audited;
+    ex.recorder.trace_stage(Stage::Inspect, t, elapsed);
+    ex.recorder.record().content = audited;
     let content = inspected?;
 
     // What is decided, approved and forwarded is this one serialization of
     // the call (after redaction), computed once.
     let body = Bytes::from(call.body.to_string());
     let allowed = decide::decide(
-        &mut decide::Exchange {
-            gateway,
-            conn,
-            snapshot,
-            identity,
-            context,
-            request_id,
-            meter,
-            recorder,
-            writes,
-            wait: approve::prefer_wait(&parts.headers),
-        },
+        ex,
         decide::Call {
             ask: decide::Ask::Model {
                 action,
@@ -191,7 +180,7 @@ pub async fn run(
                 credential,
             );
             {
-                let record = recorder.record();
+                let record = ex.recorder.record();
                 record.policies.extend(choice.policy_ids.iter().cloned());
                 if choice.secret.is_none() {
                     record.outcome = Outcome::Deny;
@@ -207,7 +196,7 @@ pub async fn run(
             });
             let elapsed = t.elapsed();
             metrics.stage(Stage::Inject, elapsed);
-            recorder.trace_stage(Stage::Inject, t, elapsed);
+            ex.recorder.trace_stage(Stage::Inject, t, elapsed);
             Some(injected?)
         }
     };
@@ -238,26 +227,28 @@ pub async fn run(
         )),
         _ => None,
     };
-    let traceparent = recorder.traceparent();
+    let traceparent = ex.recorder.traceparent();
     let t = Instant::now();
     let response = gateway
         .forwarder
         .forward(
             request,
-            context,
-            identity,
-            request_id,
-            conn.remote,
-            meter,
-            injected,
-            capture,
-            traceparent,
+            crate::pipeline::forward::Hop {
+                context,
+                identity,
+                request_id,
+                remote: conn.remote,
+                meter,
+                injected,
+                capture,
+                traceparent,
+            },
         )
         .await;
     drop(vault_credential);
     let elapsed = t.elapsed();
     metrics.stage(Stage::Forward, elapsed);
-    recorder.trace_stage(Stage::Forward, t, elapsed);
+    ex.recorder.trace_stage(Stage::Forward, t, elapsed);
     let response = response?;
 
     let dlp = gateway
@@ -288,16 +279,32 @@ pub async fn run(
     });
     answer(
         response,
-        call.stream,
-        call.strip_usage,
-        charge,
-        dlp,
-        gateway.limits.max_body_bytes,
+        AnswerPlan {
+            stream: call.stream,
+            strip_usage: call.strip_usage,
+            charge,
+            dlp,
+            max_bytes: gateway.limits.max_body_bytes,
+        },
         meter,
         request_id,
         &route.name,
     )
     .await
+}
+
+/// What to do with the upstream's answer.
+struct AnswerPlan {
+    /// The client asked for a stream.
+    stream: bool,
+    /// The usage chunk was asked for by the gateway, not the client: drop it.
+    strip_usage: bool,
+    /// The budget to charge with the answer's usage.
+    charge: Option<Charge>,
+    /// DLP on the answer (redact or only report).
+    dlp: Option<Dlp>,
+    /// The largest JSON answer read whole.
+    max_bytes: u64,
 }
 
 /// `GET /v1/models` and `GET /v1/models/{model}`: the route's models the
@@ -418,18 +425,20 @@ fn inspect(
 
 /// The upstream's answer on its way back: a stream event by event, a JSON
 /// answer whole; usage charged, DLP applied. Error answers pass unchanged.
-#[allow(clippy::too_many_arguments)]
 async fn answer(
     response: Response<ResponseBody>,
-    stream: bool,
-    strip_usage: bool,
-    charge: Option<Charge>,
-    dlp: Option<Dlp>,
-    max_bytes: u64,
+    plan: AnswerPlan,
     meter: &Arc<BodyMeter>,
     request_id: &RequestId,
     route: &str,
 ) -> Result<Response<ResponseBody>, Denial> {
+    let AnswerPlan {
+        stream,
+        strip_usage,
+        charge,
+        dlp,
+        max_bytes,
+    } = plan;
     let (mut parts, body) = response.into_parts();
     let media = parts
         .headers

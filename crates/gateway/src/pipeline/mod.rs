@@ -164,7 +164,7 @@ async fn run(
     let metrics = &gateway.metrics;
 
     let t = Instant::now();
-    let decoded = decode::run(&gateway.limits, &gateway.sink, request, meter);
+    let decoded = decode::run(&gateway.limits, &gateway.sink, request, meter).await;
     let elapsed = t.elapsed();
     metrics.stage(Stage::Decode, elapsed);
     recorder.trace_stage(Stage::Decode, t, elapsed);
@@ -291,44 +291,30 @@ async fn run(
         });
     }
 
-    // MCP routes: each JSON-RPC message is a call of its own.
-    if context.route.kind == crate::config::RouteKind::Mcp {
-        let route = context.route.clone();
-        let answer = crate::mcp::serve(
+    // MCP and LLM routes: each JSON-RPC message, each model call is a call
+    // of its own on the request's one exchange.
+    if matches!(
+        context.route.kind,
+        crate::config::RouteKind::Mcp | crate::config::RouteKind::Llm
+    ) {
+        let mut ex = decide::Exchange {
             gateway,
             conn,
-            &snapshot,
-            &identity,
-            context,
-            contained.writes,
-            route_permits.unwrap_or_default(),
-            decoded,
+            snapshot: &snapshot,
+            identity: &identity,
+            context: &context,
             request_id,
             meter,
             recorder,
-        )
-        .await?;
-        // Re-authorized while it streams (liveness.rs).
-        return Ok(crate::liveness::watch(
-            gateway, &identity, &route, meter, answer,
-        ));
-    }
-
-    // Routes of kind `llm` take their own stages from here (pipeline/llm.rs).
-    if context.route.kind == crate::config::RouteKind::Llm {
-        let answer = llm::run(
-            gateway,
-            conn,
-            &snapshot,
-            &identity,
-            &context,
-            contained.writes,
-            decoded,
-            request_id,
-            meter,
-            recorder,
-        )
-        .await?;
+            writes: contained.writes,
+            wait: approve::prefer_wait(&decoded.parts.headers),
+            route_permits: route_permits.unwrap_or_default(),
+        };
+        let answer = if context.route.kind == crate::config::RouteKind::Mcp {
+            crate::mcp::serve(&mut ex, decoded).await?
+        } else {
+            llm::run(&mut ex, decoded).await?
+        };
         // Re-authorized while it streams (liveness.rs).
         return Ok(crate::liveness::watch(
             gateway,
@@ -373,6 +359,7 @@ async fn run(
             recorder,
             writes: contained.writes,
             wait,
+            route_permits: Vec::new(),
         },
         decide::Call {
             ask: decide::Ask::Route,
@@ -433,14 +420,16 @@ async fn run(
         .forwarder
         .forward(
             decoded,
-            &context,
-            &identity,
-            request_id,
-            conn.remote,
-            meter,
-            injected.as_ref(),
-            capture,
-            traceparent,
+            forward::Hop {
+                context: &context,
+                identity: &identity,
+                request_id,
+                remote: conn.remote,
+                meter,
+                injected: injected.as_ref(),
+                capture,
+                traceparent,
+            },
         )
         .await;
     // The decrypted value is not needed past the request head.
