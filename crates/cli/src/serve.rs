@@ -379,13 +379,14 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     let data_plane = tokio::spawn(gateway.clone().serve(
         gateway_listener,
         gateway_tls,
-        config.max_connections,
+        config.connections.clone(),
         shutdown_rx.clone(),
     ));
     let control_plane = tokio::spawn(listener::serve(
         admin_listener,
         admin_tls,
-        config.max_connections,
+        config.connections.clone(),
+        gateway.metrics().connections("admin"),
         move |info: ConnectionInfo| {
             let admin = admin.clone();
             let remote = RemoteAddr(info.remote);

@@ -87,6 +87,13 @@ pub struct RawGateway {
     pub listen: Option<SocketAddr>,
     /// Maximum concurrent connections (default 10000).
     pub max_connections: Option<usize>,
+    /// Maximum concurrent connections without a verified client certificate
+    /// (before the handshake, token agents, anonymous clients; default half of
+    /// `max_connections`). When full, the oldest idle one is closed.
+    pub max_unverified_connections: Option<usize>,
+    /// Maximum concurrent connections without a verified client certificate
+    /// from one source address (default 256).
+    pub max_unverified_per_source: Option<usize>,
     /// Extra DNS names or IP addresses for the TLS server certificate of both
     /// listeners (loopback names and the listen addresses are always included),
     /// so agents that reach the gateway by name can verify it.
@@ -196,6 +203,17 @@ pub struct RawLimits {
     pub max_body_bytes: Option<u64>,
     /// Milliseconds to wait for an upstream's response head (default 30000).
     pub upstream_timeout_ms: Option<u64>,
+    /// Milliseconds a client may take for the TLS handshake (default 10000).
+    pub handshake_timeout_ms: Option<u64>,
+    /// Milliseconds from the handshake to the first request (default 5000).
+    pub first_request_timeout_ms: Option<u64>,
+    /// Milliseconds a connection may stay open with nothing in flight
+    /// (default 120000).
+    pub idle_timeout_ms: Option<u64>,
+    /// Milliseconds between HTTP/2 keep-alive pings (default 30000).
+    pub h2_keepalive_interval_ms: Option<u64>,
+    /// Milliseconds an HTTP/2 client has to answer a ping (default 10000).
+    pub h2_keepalive_timeout_ms: Option<u64>,
 }
 
 /// `[store]`
@@ -1132,6 +1150,32 @@ pub enum PolicySource {
     StateDir,
 }
 
+/// The listeners' connection limits: the defaults of
+/// [`crate::listener::ConnectionLimits::with_max_connections`], overridden
+/// key by key (each checked to be non-zero in `parse`).
+fn connection_limits(
+    gateway: &RawGateway,
+    limits: &RawLimits,
+) -> crate::listener::ConnectionLimits {
+    let mut out = crate::listener::ConnectionLimits::with_max_connections(
+        gateway.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+    );
+    if let Some(n) = gateway.max_unverified_connections {
+        out.max_unverified = n.max(1);
+    }
+    if let Some(n) = gateway.max_unverified_per_source {
+        out.max_unverified_per_source = n.max(1);
+    }
+    let ms =
+        |v: Option<u64>, default: Duration| v.map_or(default, |v| Duration::from_millis(v.max(1)));
+    out.handshake_timeout = ms(limits.handshake_timeout_ms, out.handshake_timeout);
+    out.first_request_timeout = ms(limits.first_request_timeout_ms, out.first_request_timeout);
+    out.idle_timeout = ms(limits.idle_timeout_ms, out.idle_timeout);
+    out.h2_keepalive_interval = ms(limits.h2_keepalive_interval_ms, out.h2_keepalive_interval);
+    out.h2_keepalive_timeout = ms(limits.h2_keepalive_timeout_ms, out.h2_keepalive_timeout);
+    out
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -1141,8 +1185,8 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Sensitive admin actions need TOTP even when no admin has enrolled.
     pub admin_require_mfa: bool,
-    /// Concurrent connection cap per listener.
-    pub max_connections: usize,
+    /// Connection caps and timeouts of each listener.
+    pub connections: crate::listener::ConnectionLimits,
     /// Extra names for the TLS server certificate.
     pub server_names: Vec<String>,
     /// SPIFFE trust domain.
@@ -1436,10 +1480,54 @@ impl Config {
             PolicyTimeZone::new(zone)
                 .map_err(|e| invalid(format!("key `policy.timezone`: {e}")))?;
         }
-        if raw.gateway.max_connections == Some(0) {
-            return Err(invalid(
-                "key `gateway.max_connections`: must be greater than 0".into(),
-            ));
+        for (key, value) in [
+            ("gateway.max_connections", raw.gateway.max_connections),
+            (
+                "gateway.max_unverified_connections",
+                raw.gateway.max_unverified_connections,
+            ),
+            (
+                "gateway.max_unverified_per_source",
+                raw.gateway.max_unverified_per_source,
+            ),
+        ] {
+            if value == Some(0) {
+                return Err(invalid(format!("key `{key}`: must be greater than 0")));
+            }
+        }
+        if let (Some(unverified), max) = (
+            raw.gateway.max_unverified_connections,
+            raw.gateway
+                .max_connections
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        ) && unverified > max
+        {
+            return Err(invalid(format!(
+                "key `gateway.max_unverified_connections`: {unverified} is more than `gateway.max_connections` ({max})"
+            )));
+        }
+        for (key, value) in [
+            (
+                "limits.handshake_timeout_ms",
+                raw.limits.handshake_timeout_ms,
+            ),
+            (
+                "limits.first_request_timeout_ms",
+                raw.limits.first_request_timeout_ms,
+            ),
+            ("limits.idle_timeout_ms", raw.limits.idle_timeout_ms),
+            (
+                "limits.h2_keepalive_interval_ms",
+                raw.limits.h2_keepalive_interval_ms,
+            ),
+            (
+                "limits.h2_keepalive_timeout_ms",
+                raw.limits.h2_keepalive_timeout_ms,
+            ),
+        ] {
+            if value == Some(0) {
+                return Err(invalid(format!("key `{key}`: must be greater than 0")));
+            }
         }
         let mut raw = raw;
         let telemetry = validate_telemetry(&raw.telemetry).map_err(invalid)?;
@@ -1524,10 +1612,7 @@ impl Config {
                 .admin
                 .listen
                 .unwrap_or_else(|| parse_addr(DEFAULT_ADMIN_LISTEN)),
-            max_connections: raw
-                .gateway
-                .max_connections
-                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            connections: connection_limits(&raw.gateway, &raw.limits),
             server_names: raw.gateway.server_names,
             token_issuer: raw.identity.token_issuer,
             max_delegation_depth: raw.identity.max_delegation_depth.unwrap_or(2),

@@ -92,6 +92,41 @@ struct StageLabels {
     stage: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloseLabels {
+    listener: &'static str,
+    reason: &'static str,
+}
+
+/// The connection metrics of one listener (`gateway` or `admin`), as handles.
+/// The default is unregistered (for tests).
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionMetrics {
+    listener: &'static str,
+    /// Open connections.
+    pub open: Gauge<i64, AtomicI64>,
+    /// Open connections without a verified client certificate.
+    pub unverified: Gauge<i64, AtomicI64>,
+    closed: Family<CloseLabels, Counter>,
+}
+
+impl ConnectionMetrics {
+    /// Counts a closed (or refused) connection by why it ended.
+    pub fn closed(&self, reason: crate::listener::CloseReason) {
+        self.closed
+            .get_or_create(&CloseLabels {
+                listener: self.listener,
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+}
+
 /// The gateway's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -116,6 +151,9 @@ pub struct Metrics {
     pub trace_spans_dropped: Counter,
     /// Vault secrets whose rotation is overdue (set by vault maintenance).
     pub secrets_overdue: Gauge<i64, AtomicI64>,
+    connections_open: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
+    connections_unverified: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
+    connections_closed: Family<CloseLabels, Counter>,
     registry: Registry,
 }
 
@@ -212,7 +250,28 @@ impl Metrics {
             "Vault secrets past their rotation period",
             secrets_overdue.clone(),
         );
+        let connections_open = Family::<ListenerLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "connections_open",
+            "Open connections of each listener",
+            connections_open.clone(),
+        );
+        let connections_unverified = Family::<ListenerLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "connections_unverified",
+            "Open connections of each listener without a verified client certificate",
+            connections_unverified.clone(),
+        );
+        let connections_closed = Family::<CloseLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections closed or refused, by listener and reason (timeouts, evictions, caps)",
+            connections_closed.clone(),
+        );
         Metrics {
+            connections_open,
+            connections_unverified,
+            connections_closed,
             secrets_overdue,
             requests,
             decisions,
@@ -267,6 +326,17 @@ impl Metrics {
             delivered: self.export_delivered.get_or_create(&labels).clone(),
             failures: self.export_failures.get_or_create(&labels).clone(),
             lag: self.export_lag.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// The connection metric handles of `listener` (`gateway` or `admin`).
+    pub fn connections(&self, listener: &'static str) -> ConnectionMetrics {
+        let labels = ListenerLabels { listener };
+        ConnectionMetrics {
+            listener,
+            open: self.connections_open.get_or_create(&labels).clone(),
+            unverified: self.connections_unverified.get_or_create(&labels).clone(),
+            closed: self.connections_closed.clone(),
         }
     }
 

@@ -530,14 +530,16 @@ impl Gateway {
         self: Arc<Self>,
         listener: TcpListener,
         tls: Arc<ServerConfig>,
-        max_connections: usize,
+        limits: listener::ConnectionLimits,
         shutdown: watch::Receiver<bool>,
     ) {
         let gateway = self;
+        let metrics = gateway.metrics.connections("gateway");
         listener::serve(
             listener,
             tls,
-            max_connections,
+            limits,
+            metrics,
             move |info| {
                 let conn = gateway.connection(info);
                 let gateway = gateway.clone();
