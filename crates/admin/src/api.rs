@@ -322,6 +322,14 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AdminState>, Extension(call): Extension<Call>) -> Response {
+    if let Some(reason) = state.sink.halted() {
+        return call
+            .error(
+                ErrorCode::AuditUnavailable,
+                format!("the audit log is halted: {reason}"),
+            )
+            .into_response();
+    }
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
         Ok(Ok(())) => json(StatusCode::OK, &serde_json::json!({ "status": "ready" })),
         _ => call

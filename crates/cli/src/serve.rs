@@ -165,7 +165,9 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
             config.audit.personal_data_retention,
         ))
     };
-    let (sink, writer) = AuditWriter::start(
+    // Held: nothing is appended until the stored log has been verified
+    // against its signed checkpoints (below).
+    let (sink, writer) = AuditWriter::start_held(
         appender,
         config.audit.fail_closed_after,
         pseudonymizer,
@@ -204,33 +206,53 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         .await?,
     );
     // Refuse to extend a log that no longer matches what was signed: the
-    // next checkpoint would otherwise sign over the tampering.
-    checkpointer.check_latest().await?;
+    // next checkpoint would otherwise sign over the tampering. The server
+    // still starts, halted (no appending, no signing, not ready, data plane
+    // 503 `audit_unavailable`), so the operator can see why.
+    match checkpointer.check_latest().await {
+        Ok(()) => {}
+        Err(e @ portcullis_gateway::checkpointer::CheckpointerError::Mismatch { .. }) => {
+            checkpointer.halt(&e.to_string()).await;
+        }
+        Err(e) => return Err(e).context("cannot check the audit log against its last checkpoint"),
+    }
     // The cheap check above covers the stored hashes; a full recomputation of
     // every record runs in the background so a large log does not delay start.
+    // Until it passes, records queue and nothing is appended.
     {
         let store = store.clone();
-        let signer = checkpointer.signer().clone();
+        let checkpointer = checkpointer.clone();
+        let sink = sink.clone();
         tokio::spawn(async move {
             let started = std::time::Instant::now();
+            let signer = checkpointer.signer();
             match store
                 .verify_audit_log(signer.verifier(), signer.origin(), &[])
                 .await
             {
-                Ok(summary) => tracing::info!(
-                    records = summary.size,
-                    checkpoints = summary.checkpoints,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "audit log verified"
-                ),
-                Err(portcullis_store::AuditVerifyFailure::Unsigned(records)) => tracing::warn!(
-                    records,
-                    "no checkpoint covers the audit log yet; the next one will"
-                ),
-                Err(e) => tracing::error!(
-                    error = %e,
-                    "AUDIT LOG VERIFICATION FAILED: a stored record does not match what was signed"
-                ),
+                Ok(summary) => {
+                    tracing::info!(
+                        records = summary.size,
+                        checkpoints = summary.checkpoints,
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "audit log verified"
+                    );
+                    sink.open();
+                }
+                Err(portcullis_store::AuditVerifyFailure::Unsigned(records)) => {
+                    tracing::warn!(
+                        records,
+                        "no checkpoint covers the audit log yet; the next one will"
+                    );
+                    sink.open();
+                }
+                Err(e) => {
+                    // Tampering, a bad checkpoint, or a log that cannot be
+                    // read back: fail closed.
+                    checkpointer
+                        .halt(&format!("AUDIT LOG VERIFICATION FAILED: {e}"))
+                        .await;
+                }
             }
         });
     }

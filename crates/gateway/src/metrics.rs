@@ -140,6 +140,11 @@ pub struct Metrics {
     pub audit_written: Counter,
     /// Audit batches that failed to write (and were retried).
     pub audit_failures: Counter,
+    /// 1 once the audit log was found not to match its signed checkpoints
+    /// (appending and signing stopped).
+    pub audit_log_tampered: Gauge<i64, AtomicI64>,
+    /// Audit records not written because the log is halted.
+    pub audit_discarded: Counter,
     /// Completed requests behavioral analytics never saw: its queue was full.
     pub analytics_dropped: Counter,
     export_delivered: Family<SinkLabels, Counter>,
@@ -208,6 +213,18 @@ impl Metrics {
             "Audit batch writes that failed and were retried",
             audit_failures.clone(),
         );
+        let audit_log_tampered = Gauge::default();
+        registry.register(
+            "audit_log_tampered",
+            "1 when the stored audit log does not match its signed checkpoints: appending, signing and the data plane stopped",
+            audit_log_tampered.clone(),
+        );
+        let audit_discarded = Counter::default();
+        registry.register(
+            "audit_records_discarded",
+            "Audit records not written because the audit log is halted (tampered)",
+            audit_discarded.clone(),
+        );
         let analytics_dropped = Counter::default();
         registry.register(
             "analytics_dropped_observations",
@@ -269,6 +286,8 @@ impl Metrics {
             connections_closed.clone(),
         );
         Metrics {
+            audit_log_tampered,
+            audit_discarded,
             connections_open,
             connections_unverified,
             connections_closed,
