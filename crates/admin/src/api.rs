@@ -59,25 +59,36 @@ pub(crate) struct ApiError {
     code: ErrorCode,
     message: String,
     request_id: RequestId,
+    /// Seconds to wait before retrying (`Retry-After`), for throttled calls.
+    retry_after: Option<u64>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "error": {
                 "code": self.code.as_str(),
                 "message": self.message,
                 "request_id": self.request_id.as_str(),
             }
         });
+        if let Some(seconds) = self.retry_after {
+            body["error"]["retry_after"] = serde_json::json!(seconds);
+        }
         let status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "application/json")],
             body.to_string(),
         )
-            .into_response()
+            .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -87,7 +98,26 @@ impl Call {
             code,
             message: message.into(),
             request_id: self.request_id.clone(),
+            retry_after: None,
         }
+    }
+
+    /// A refusal that says when to retry (`Retry-After`).
+    pub(crate) fn error_retry_after(
+        &self,
+        code: ErrorCode,
+        message: impl Into<String>,
+        seconds: u64,
+    ) -> ApiError {
+        ApiError {
+            retry_after: Some(seconds),
+            ..self.error(code, message)
+        }
+    }
+
+    /// The caller's address, when the listener passed it on.
+    pub(crate) fn remote_ip(&self) -> Option<std::net::IpAddr> {
+        self.remote.map(|r| r.ip())
     }
 
     pub(crate) fn store_error(&self, e: StoreError) -> ApiError {

@@ -98,6 +98,9 @@ pub enum ErrorCode {
     McpMethodNotAllowed,
     /// (MCP) the `Mcp-Session-Id` is unknown, ended, or belongs to another agent.
     McpSessionNotFound,
+    /// Too many failed TOTP codes or client assertions for this principal or
+    /// source: back off (or wait out the lockout) as `Retry-After` says.
+    TooManyAttempts,
 }
 
 impl ErrorCode {
@@ -143,6 +146,7 @@ impl ErrorCode {
             ErrorCode::ToolBlocked => "tool_blocked",
             ErrorCode::McpMethodNotAllowed => "mcp_method_not_allowed",
             ErrorCode::McpSessionNotFound => "mcp_session_not_found",
+            ErrorCode::TooManyAttempts => "too_many_attempts",
         }
     }
 
@@ -166,7 +170,10 @@ impl ErrorCode {
             | ErrorCode::McpMethodNotAllowed
             | ErrorCode::Quarantined
             | ErrorCode::ReadOnly => 403,
-            ErrorCode::RateLimited | ErrorCode::BudgetExceeded | ErrorCode::Throttled => 429,
+            ErrorCode::RateLimited
+            | ErrorCode::BudgetExceeded
+            | ErrorCode::Throttled
+            | ErrorCode::TooManyAttempts => 429,
             ErrorCode::RouteNotFound
             | ErrorCode::NotFound
             | ErrorCode::ModelNotFound
@@ -236,6 +243,7 @@ mod tests {
             ErrorCode::ToolBlocked,
             ErrorCode::McpMethodNotAllowed,
             ErrorCode::McpSessionNotFound,
+            ErrorCode::TooManyAttempts,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {

@@ -214,6 +214,17 @@ pub struct RawLimits {
     pub h2_keepalive_interval_ms: Option<u64>,
     /// Milliseconds an HTTP/2 client has to answer a ping (default 10000).
     pub h2_keepalive_timeout_ms: Option<u64>,
+    /// Failed TOTP codes (per admin) or client assertions (per agent) within
+    /// `auth_failure_window_ms` that lock the principal out (default 5; a
+    /// source address locks after four times as many).
+    pub auth_max_failures: Option<u32>,
+    /// The window failures are counted in, in milliseconds (default 900000).
+    pub auth_failure_window_ms: Option<u64>,
+    /// How long a lockout lasts, in milliseconds (default 900000).
+    pub auth_lockout_ms: Option<u64>,
+    /// Back-off after the second failure in milliseconds, doubled after each
+    /// further one (default 1000; 0 = no back-off, only the lockout).
+    pub auth_backoff_ms: Option<u64>,
 }
 
 /// `[store]`
@@ -1176,6 +1187,24 @@ fn connection_limits(
     out
 }
 
+/// The throttle of failed second factors and client assertions: the
+/// defaults, overridden key by key (each checked to be non-zero in `parse`).
+fn attempt_policy(limits: &RawLimits) -> crate::attempts::AttemptPolicy {
+    let mut out = crate::attempts::AttemptPolicy::default();
+    if let Some(n) = limits.auth_max_failures {
+        out.max_failures = n.max(1);
+    }
+    let ms =
+        |v: Option<u64>, default: Duration| v.map_or(default, |v| Duration::from_millis(v.max(1)));
+    out.window = ms(limits.auth_failure_window_ms, out.window);
+    out.lockout = ms(limits.auth_lockout_ms, out.lockout);
+    // 0 turns the back-off off (the lockout stays).
+    if let Some(v) = limits.auth_backoff_ms {
+        out.backoff = Duration::from_millis(v);
+    }
+    out
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -1187,6 +1216,8 @@ pub struct Config {
     pub admin_require_mfa: bool,
     /// Connection caps and timeouts of each listener.
     pub connections: crate::listener::ConnectionLimits,
+    /// Throttling of failed TOTP codes and client assertions.
+    pub attempts: crate::attempts::AttemptPolicy,
     /// Extra names for the TLS server certificate.
     pub server_names: Vec<String>,
     /// SPIFFE trust domain.
@@ -1524,6 +1555,15 @@ impl Config {
                 "limits.h2_keepalive_timeout_ms",
                 raw.limits.h2_keepalive_timeout_ms,
             ),
+            (
+                "limits.auth_max_failures",
+                raw.limits.auth_max_failures.map(u64::from),
+            ),
+            (
+                "limits.auth_failure_window_ms",
+                raw.limits.auth_failure_window_ms,
+            ),
+            ("limits.auth_lockout_ms", raw.limits.auth_lockout_ms),
         ] {
             if value == Some(0) {
                 return Err(invalid(format!("key `{key}`: must be greater than 0")));
@@ -1613,6 +1653,7 @@ impl Config {
                 .listen
                 .unwrap_or_else(|| parse_addr(DEFAULT_ADMIN_LISTEN)),
             connections: connection_limits(&raw.gateway, &raw.limits),
+            attempts: attempt_policy(&raw.limits),
             server_names: raw.gateway.server_names,
             token_issuer: raw.identity.token_issuer,
             max_delegation_depth: raw.identity.max_delegation_depth.unwrap_or(2),

@@ -8,6 +8,7 @@
 
 pub mod analytics;
 pub mod approvals;
+pub mod attempts;
 pub mod audit_export;
 pub mod audit_sink;
 pub mod body;

@@ -93,6 +93,11 @@ struct StageLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabels {
     listener: &'static str,
 }
@@ -156,6 +161,9 @@ pub struct Metrics {
     pub trace_spans_dropped: Counter,
     /// Vault secrets whose rotation is overdue (set by vault maintenance).
     pub secrets_overdue: Gauge<i64, AtomicI64>,
+    auth_failures: Family<AttemptLabels, Counter>,
+    auth_throttled: Family<AttemptLabels, Counter>,
+    auth_lockouts: Family<AttemptLabels, Counter>,
     connections_open: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
     connections_unverified: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
     connections_closed: Family<CloseLabels, Counter>,
@@ -267,6 +275,24 @@ impl Metrics {
             "Vault secrets past their rotation period",
             secrets_overdue.clone(),
         );
+        let auth_failures = Family::<AttemptLabels, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Failed second factors (kind=totp) and client assertions (kind=client_assertion)",
+            auth_failures.clone(),
+        );
+        let auth_throttled = Family::<AttemptLabels, Counter>::default();
+        registry.register(
+            "auth_throttled",
+            "Attempts refused unchecked during back-off or a lockout, by kind",
+            auth_throttled.clone(),
+        );
+        let auth_lockouts = Family::<AttemptLabels, Counter>::default();
+        registry.register(
+            "auth_lockouts",
+            "Lockouts begun after too many failures, by kind",
+            auth_lockouts.clone(),
+        );
         let connections_open = Family::<ListenerLabels, Gauge<i64, AtomicI64>>::default();
         registry.register(
             "connections_open",
@@ -286,6 +312,9 @@ impl Metrics {
             connections_closed.clone(),
         );
         Metrics {
+            auth_failures,
+            auth_throttled,
+            auth_lockouts,
             audit_log_tampered,
             audit_discarded,
             connections_open,
@@ -346,6 +375,23 @@ impl Metrics {
             failures: self.export_failures.get_or_create(&labels).clone(),
             lag: self.export_lag.get_or_create(&labels).clone(),
         }
+    }
+
+    /// Counts a failed attempt of `kind` (`totp`, `client_assertion`), and
+    /// the lockout it began, if it did.
+    pub fn auth_failure(&self, kind: &'static str, locked_now: bool) {
+        let labels = AttemptLabels { kind };
+        self.auth_failures.get_or_create(&labels).inc();
+        if locked_now {
+            self.auth_lockouts.get_or_create(&labels).inc();
+        }
+    }
+
+    /// Counts an attempt refused unchecked by the throttle.
+    pub fn auth_throttled(&self, kind: &'static str) {
+        self.auth_throttled
+            .get_or_create(&AttemptLabels { kind })
+            .inc();
     }
 
     /// The connection metric handles of `listener` (`gateway` or `admin`).
