@@ -36,7 +36,11 @@ const BUDGET_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 const EXPORT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the server.
-pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()> {
+pub async fn run(
+    config_path: Option<PathBuf>,
+    state_dir: PathBuf,
+    accept_tampered_log_from: Option<u64>,
+) -> Result<()> {
     let config = match &config_path {
         Some(path) => Config::load(path)?,
         None => Config::quickstart(),
@@ -152,6 +156,12 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         &state.audit_verifier_key(),
         format!("{}\n", signer.verifier()).as_bytes(),
     )?;
+    // Only on an explicit, audited request: set a tampered log aside and begin
+    // a new segment linked to the accepted prefix.
+    let new_segment = match accept_tampered_log_from {
+        Some(accepted) => Some(accept_tampered_log(&store, &signer, accepted).await?),
+        None => None,
+    };
     let appender = store
         .audit_appender()
         .await
@@ -173,6 +183,10 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         pseudonymizer,
         metrics.clone(),
     );
+    // The new segment's first record: the link to the one set aside.
+    if let Some(record) = new_segment {
+        sink.submit(record);
+    }
     if let Some(record) = start_policy.stored {
         sink.submit(record);
     }
@@ -726,4 +740,72 @@ fn upstream_tls(ca_pem: &str) -> Result<rustls::ClientConfig> {
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(config)
+}
+
+/// `serve --accept-tampered-log-from N`: verifies the stored log, refuses
+/// unless it fails verification and `N` is at most its first bad index, sets
+/// it aside and returns the first record of the new segment, which names the
+/// archive, the accepted prefix and its recomputed tree head.
+async fn accept_tampered_log(
+    store: &Store,
+    signer: &LogSigner,
+    accepted: u64,
+) -> Result<portcullis_audit::AuditRecord> {
+    use portcullis_store::AuditVerifyFailure;
+    let first_bad = match store
+        .verify_audit_log(signer.verifier(), signer.origin(), &[])
+        .await
+    {
+        Ok(_) | Err(AuditVerifyFailure::Unsigned(_)) => {
+            bail!("--accept-tampered-log-from: the audit log verifies; it is not set aside")
+        }
+        Err(AuditVerifyFailure::Tampered(e)) => e.first_bad_index(),
+        // A checkpoint that does not verify vouches for nothing.
+        Err(AuditVerifyFailure::BadCheckpoint { .. }) => 0,
+        Err(AuditVerifyFailure::Store(e)) => {
+            return Err(e).context("cannot verify the audit log");
+        }
+    };
+    if accepted > first_bad {
+        anyhow::bail!(
+            "--accept-tampered-log-from {accepted}: the audit log is bad from index {first_bad}; accept at most {first_bad}"
+        );
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64;
+    let archived = store
+        .archive_audit_segment(accepted, now_ms)
+        .await
+        .context("cannot set the tampered audit log aside")?;
+    tracing::warn!(
+        archive = %archived.suffix,
+        records = archived.size,
+        accepted = archived.accepted,
+        first_bad,
+        "TAMPERED AUDIT LOG SET ASIDE: a new log segment begins"
+    );
+    Ok(portcullis_audit::AuditRecord {
+        time_ms: now_ms,
+        kind: portcullis_audit::RecordKind::Admin,
+        request_id: format!("segment-{now_ms}"),
+        principal: Some("operator".into()),
+        credential: Some("serve --accept-tampered-log-from".into()),
+        action: "audit.accept_tampered_log".into(),
+        resource: Some("audit".into()),
+        // The link: where the old segment went, how much of it is accepted
+        // and the tree head those records hash to.
+        path: Some(format!(
+            "/audit/segments/{}?size={}&accepted={}&first_bad={}&accepted_root={}",
+            archived.suffix,
+            archived.size,
+            archived.accepted,
+            first_bad,
+            hex::encode(archived.accepted_root)
+        )),
+        outcome: portcullis_audit::Outcome::Allow,
+        status: 200,
+        ..Default::default()
+    })
 }

@@ -280,5 +280,115 @@ async fn a_tampered_log_is_never_extended() {
                 "{case}: {err}"
             );
         }
+        if case == "edited record" {
+            accept_tampered(server.into_dir(), k, &cert, &key).await;
+        }
     }
+}
+
+/// Runs `serve` with `args` that must make it exit; returns its stderr.
+fn serve_refuses(dir: &Path, args: &[&str]) -> String {
+    let mut child = std::process::Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(dir.join("portcullis.toml"))
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..400 {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(!status.success());
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            return err;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let _ = child.kill();
+    panic!("serve {args:?} started");
+}
+
+/// `serve --accept-tampered-log-from N` on a log edited at `k`: refused for
+/// N > k or an untouched log; for N = k, the log is set aside, a new segment
+/// begins with a record linking to it, and the server is ready and serves.
+async fn accept_tampered(dir: tempfile::TempDir, k: i64, cert: &Path, key: &Path) {
+    let err = serve_refuses(
+        dir.path(),
+        &["--accept-tampered-log-from", &(k + 1).to_string()],
+    );
+    assert!(err.contains(&format!("bad from index {k}")), "{err}");
+    let state = dir.path().join("state");
+    let before = log_shape(&state).await;
+    let cfg = dir.path().join("portcullis.toml");
+    let from = k.to_string();
+    let mut server = tokio::task::spawn_blocking(move || {
+        Server::start_with_args(dir, Some(&cfg), &["--accept-tampered-log-from", &from])
+    })
+    .await
+    .unwrap();
+    let mut ready = 0;
+    for _ in 0..100 {
+        ready = readyz(&server).await.0;
+        if ready == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready, 200);
+    let agent = client(&server.ca_pem(), Some((cert, key)));
+    let response = agent
+        .get(server.url("/api/new-segment"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    server.audit_record(&request_id(&response));
+    let records = server.audit(10);
+    let link = records
+        .iter()
+        .find(|r| r["action"] == "audit.accept_tampered_log")
+        .expect("the new segment's link record");
+    assert_eq!(link["seq"], 0, "{link}");
+    let path = link["path"].as_str().unwrap();
+    assert!(
+        path.contains(&format!("size={}&accepted={k}&first_bad={k}", before.0)),
+        "{path}"
+    );
+    let out = server.cli(&["audit", "checkpoint", "--sign"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = server.cli(&["audit", "verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The old segment is kept for forensics.
+    let suffix = path
+        .split('/')
+        .nth(3)
+        .and_then(|s| s.split('?').next())
+        .unwrap()
+        .to_string();
+    server.terminate();
+    let db = open_db(&state).await;
+    let archived: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM audit_log_{suffix}"
+    )))
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    db.close().await;
+    assert_eq!(archived, before.0);
+    // On a log that verifies, the flag is refused.
+    let dir = server.into_dir();
+    let err = serve_refuses(dir.path(), &["--accept-tampered-log-from", "0"]);
+    assert!(err.contains("the audit log verifies"), "{err}");
 }
