@@ -52,6 +52,9 @@ pub struct AdminState {
 pub(crate) struct Call {
     pub(crate) request_id: RequestId,
     remote: Option<SocketAddr>,
+    /// TOTP time steps this call consumed: given back when the call fails, so
+    /// a code is spent only by a successful action. Shared by the clones.
+    spent_codes: Arc<std::sync::Mutex<Vec<crate::mfa::SpentCode>>>,
 }
 
 /// An admin-API error: the same JSON shape as the data plane.
@@ -113,6 +116,14 @@ impl Call {
             retry_after: Some(seconds),
             ..self.error(code, message)
         }
+    }
+
+    /// Remembers a consumed TOTP step, to give back if the call fails.
+    pub(crate) fn spent_code(&self, code: crate::mfa::SpentCode) {
+        self.spent_codes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(code);
     }
 
     /// The caller's address, when the listener passed it on.
@@ -276,10 +287,16 @@ async fn with_call(mut req: Request<Body>, next: Next) -> Response {
     let call = Call {
         request_id: RequestId::new(),
         remote: req.extensions().get::<RemoteAddr>().map(|r| r.0),
+        spent_codes: Default::default(),
     };
     let id = call.request_id.clone();
+    let spent = call.spent_codes.clone();
     req.extensions_mut().insert(call);
     let mut response = next.run(req).await;
+    if !response.status().is_success() {
+        let codes = std::mem::take(&mut *spent.lock().unwrap_or_else(|e| e.into_inner()));
+        crate::mfa::release(codes).await;
+    }
     if let Ok(v) = HeaderValue::from_str(id.as_str()) {
         response.headers_mut().insert("x-request-id", v);
     }

@@ -10,7 +10,9 @@
 //! - A sensitive call carries `X-Portcullis-User` and `X-Portcullis-TOTP`.
 //!   [`require_fresh_totp`] checks the code (±1 step) and consumes its time
 //!   step atomically in the store, so a code works once (RFC 6238 §5.2),
-//!   even across two concurrent calls.
+//!   even across two concurrent calls. When the call then fails (any non-2xx
+//!   answer), the step is given back: a code is consumed only by a
+//!   successful, authorised action.
 //! - Wrong codes are throttled per admin and per source address
 //!   ([`portcullis_gateway::attempts`]): exponential back-off, then a lockout
 //!   after `[limits] auth_max_failures` failures within the window. A
@@ -107,6 +109,30 @@ impl MfaKeys {
                 .ok()?,
         );
         TotpSecret::from_bytes(plain.to_vec()).ok()
+    }
+}
+
+/// A TOTP time step a call consumed.
+#[derive(Debug, Clone)]
+pub(crate) struct SpentCode {
+    store: portcullis_store::Store,
+    admin: String,
+    step: i64,
+    previous: i64,
+}
+
+/// Gives back the steps of a call that failed: a code is consumed only by a
+/// successful, authorised action (a refused or failed one can be retried with
+/// the same code within its window).
+pub(crate) async fn release(codes: Vec<SpentCode>) {
+    for code in codes {
+        if let Err(e) = code
+            .store
+            .release_totp_step(&code.admin, code.step, code.previous)
+            .await
+        {
+            tracing::error!(admin = %code.admin, error = %e, "cannot give back a TOTP step");
+        }
     }
 }
 
@@ -250,6 +276,12 @@ pub(crate) async fn verify_totp(
         ));
     }
     attempts.success(TOTP_KIND, &keys);
+    call.spent_code(SpentCode {
+        store: state.store.clone(),
+        admin: row.name.clone(),
+        step: step as i64,
+        previous: row.last_step,
+    });
     Ok(Approver {
         user: row.name,
         mfa: true,

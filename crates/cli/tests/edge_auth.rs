@@ -80,10 +80,10 @@ async fn a_totp_brute_force_is_locked_out() {
     .unwrap();
     let admin = client(&server.ca_pem(), None);
     let token = server.admin_token();
-    let revoke = |code: String| {
+    let revoke_agent = |agent: &'static str, code: String| {
         admin
             .post(format!(
-                "https://{}/admin/v1/agents/target/revoke",
+                "https://{}/admin/v1/agents/{agent}/revoke",
                 server.admin
             ))
             .bearer_auth(&token)
@@ -91,6 +91,7 @@ async fn a_totp_brute_force_is_locked_out() {
             .header("x-portcullis-totp", code)
             .send()
     };
+    let revoke = |code: String| revoke_agent("target", code);
     settle_in_step().await;
     let valid: Vec<String> = (0..3)
         .map(|i| secret.code_at(now() + i * 30 - 30))
@@ -170,11 +171,21 @@ async fn a_totp_brute_force_is_locked_out() {
     let alerts = String::from_utf8(server.cli(&["alerts", "list"]).stdout).unwrap();
     assert!(alerts.contains("totp_lockout"), "{alerts}");
 
-    // After the lockout, the right code works.
+    // After the lockout, the right code works. A code is consumed only by a
+    // successful action: one that confirmed a failing call can be used again.
     tokio::time::sleep(Duration::from_millis(3100)).await;
     settle_in_step().await;
-    let response = revoke(secret.code_at(now())).await.unwrap();
+    let code = secret.code_at(now());
+    let (status, error) = error_of(revoke_agent("ghost", code.clone()).await.unwrap()).await;
+    assert_eq!((status, error["code"].as_str()), (404, Some("not_found")));
+    let response = revoke(code.clone()).await.unwrap();
     assert_eq!(response.status(), 200, "{:?}", response.text().await);
+    // ... and then it is spent.
+    let (status, error) = error_of(revoke(code).await.unwrap()).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (401, Some("invalid_totp"))
+    );
 }
 
 fn token_form(assertion: &str) -> String {
