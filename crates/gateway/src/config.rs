@@ -1964,6 +1964,42 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_and_the_auth_throttle_default_and_override() {
+        let parse = |text: &str| Config::parse(text, Path::new("/etc/p/portcullis.toml")).unwrap();
+        let c = parse("[gateway]\nmax_connections = 40\n");
+        assert_eq!(
+            c.connections,
+            crate::listener::ConnectionLimits::with_max_connections(40)
+        );
+        assert_eq!(c.connections.max_unverified, 20);
+        assert_eq!(c.attempts, crate::attempts::AttemptPolicy::default());
+        let c = parse(
+            "[gateway]\nmax_unverified_connections = 7\nmax_unverified_per_source = 3\n\
+             [limits]\nhandshake_timeout_ms = 100\nfirst_request_timeout_ms = 200\nidle_timeout_ms = 300\n\
+             h2_keepalive_interval_ms = 400\nh2_keepalive_timeout_ms = 500\n\
+             auth_max_failures = 2\nauth_failure_window_ms = 600\nauth_lockout_ms = 700\nauth_backoff_ms = 0\n",
+        );
+        let l = &c.connections;
+        assert_eq!((l.max_unverified, l.max_unverified_per_source), (7, 3));
+        assert_eq!(
+            [
+                l.handshake_timeout,
+                l.first_request_timeout,
+                l.idle_timeout,
+                l.h2_keepalive_interval,
+                l.h2_keepalive_timeout
+            ],
+            [100, 200, 300, 400, 500].map(Duration::from_millis)
+        );
+        let a = &c.attempts;
+        assert_eq!(a.max_failures, 2);
+        assert_eq!(
+            [a.window, a.lockout, a.backoff],
+            [600, 700, 0].map(Duration::from_millis)
+        );
+    }
+
+    #[test]
     fn policy_time_zone_and_approvals_webhook() {
         let berlin = PolicyTimeZone::new("Europe/Berlin").unwrap();
         // Tue 2023-11-14 22:13:20 UTC is 23:13 in Berlin (CET, UTC+1).
@@ -2083,6 +2119,26 @@ classification = "internal"
             "must listen on different addresses",
         );
         check("[limits]\nmax_body_bytes = 0\n", "limits.max_body_bytes");
+        check(
+            "[limits]\nfirst_request_timeout_ms = 0\n",
+            "key `limits.first_request_timeout_ms`: must be greater than 0",
+        );
+        check(
+            "[limits]\nauth_max_failures = 0\n",
+            "key `limits.auth_max_failures`: must be greater than 0",
+        );
+        check(
+            "[gateway]\nmax_unverified_per_source = 0\n",
+            "key `gateway.max_unverified_per_source`: must be greater than 0",
+        );
+        check(
+            "[gateway]\nmax_connections = 10\nmax_unverified_connections = 11\n",
+            "is more than `gateway.max_connections` (10)",
+        );
+        check(
+            "[limits]\nidle_timeout = 5\n",
+            "unknown field `idle_timeout`",
+        );
         check(
             "[gateway]\nserver_names = [\"gw.example.com\", \"Bad Name\"]\n",
             "invalid server name `Bad Name`",
