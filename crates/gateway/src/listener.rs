@@ -30,6 +30,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -345,6 +346,7 @@ impl Registry {
             handle: Arc::new(ConnRef {
                 registry: self.clone(),
                 id,
+                active: AtomicU32::new(0),
             }),
         })
     }
@@ -450,14 +452,14 @@ impl Drop for Conn {
 /// streamed answer (SSE) keeps its connection from looking idle.
 #[derive(Debug)]
 struct InFlight {
-    registry: Arc<Registry>,
-    id: u64,
+    conn: Arc<ConnRef>,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let mut inner = self.registry.lock();
-        if let Some(slot) = inner.slots.get_mut(&self.id) {
+        self.conn.active.fetch_sub(1, Ordering::AcqRel);
+        let mut inner = self.conn.registry.lock();
+        if let Some(slot) = inner.slots.get_mut(&self.conn.id) {
             slot.in_flight = slot.in_flight.saturating_sub(1);
             slot.last_active = Instant::now();
         }
@@ -637,14 +639,23 @@ where
             .into_owned(),
     );
     tokio::pin!(served);
+    // Set when the connection was chosen for closing while a request was
+    // beginning on it: it closes once that request is done.
+    let mut closing: Option<CloseReason> = None;
     loop {
+        if let Some(reason) = closing
+            && conn.handle.active.load(Ordering::Acquire) == 0
+        {
+            return reason;
+        }
         let deadline = conn.idle_deadline();
         // While a request is in flight, look again after a first-request
         // timeout: cheap, and ends no request.
-        let wake = deadline.map_or_else(
-            || Instant::now() + conn.registry.limits.first_request_timeout,
-            |(at, _)| at,
-        );
+        let wake = match (closing, deadline) {
+            (Some(_), _) => Instant::now() + Duration::from_millis(50),
+            (None, Some((at, _))) => at,
+            (None, None) => Instant::now() + conn.registry.limits.first_request_timeout,
+        };
         tokio::select! {
             r = &mut served => {
                 return match r {
@@ -659,9 +670,12 @@ where
                     }
                 };
             }
-            reason = conn.evicted() => {
+            reason = conn.evicted(), if closing.is_none() => {
                 tracing::debug!(%remote, reason = reason.as_str(), "idle connection closed to make room");
-                return reason;
+                if conn.handle.active.load(Ordering::Acquire) == 0 {
+                    return reason;
+                }
+                closing = Some(reason);
             }
             _ = tokio::time::sleep_until(wake) => {
                 if let Some((at, reason)) = conn.idle_deadline()
@@ -680,20 +694,22 @@ where
 struct ConnRef {
     registry: Arc<Registry>,
     id: u64,
+    /// Requests in flight, counted here too: the slot is gone once the
+    /// connection was chosen for closing, and a request that began just then
+    /// must still be allowed to finish.
+    active: AtomicU32,
 }
 
 impl ConnRef {
     /// A request started; the guard marks its end.
-    fn begin(&self) -> InFlight {
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.active.fetch_add(1, Ordering::AcqRel);
         let mut inner = self.registry.lock();
         if let Some(slot) = inner.slots.get_mut(&self.id) {
             slot.used = true;
             slot.in_flight += 1;
         }
-        InFlight {
-            registry: self.registry.clone(),
-            id: self.id,
-        }
+        InFlight { conn: self.clone() }
     }
 }
 
