@@ -159,7 +159,15 @@ pub async fn run(
     // Only on an explicit, audited request: set a tampered log aside and begin
     // a new segment linked to the accepted prefix.
     let new_segment = match accept_tampered_log_from {
-        Some(accepted) => Some(accept_tampered_log(&store, &signer, accepted).await?),
+        Some(accepted) => Some(
+            accept_tampered_log(
+                &store,
+                &signer,
+                accepted,
+                config.audit.checkpoint_file.as_deref(),
+            )
+            .await?,
+        ),
         None => None,
     };
     let appender = store
@@ -232,40 +240,62 @@ pub async fn run(
     }
     // The cheap check above covers the stored hashes; a full recomputation of
     // every record runs in the background so a large log does not delay start.
-    // Until it passes, records queue and nothing is appended.
+    // Until it passes, records queue and nothing is appended. It runs again
+    // every `[audit] verify_interval_ms`; any failure halts the log.
     {
         let store = store.clone();
         let checkpointer = checkpointer.clone();
         let sink = sink.clone();
+        let interval = config.audit.verify_interval;
+        let checkpoint_file = config.audit.checkpoint_file.clone();
         tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let signer = checkpointer.signer();
-            match store
-                .verify_audit_log(signer.verifier(), signer.origin(), &[])
-                .await
-            {
-                Ok(summary) => {
-                    tracing::info!(
-                        records = summary.size,
-                        checkpoints = summary.checkpoints,
-                        elapsed_ms = started.elapsed().as_millis() as u64,
-                        "audit log verified"
-                    );
-                    sink.open();
+            let mut first = true;
+            loop {
+                let started = std::time::Instant::now();
+                let signer = checkpointer.signer();
+                // The checkpoints exported to the file count too: deleting the
+                // stored ones does not make a rewritten log "unsigned".
+                let exported = checkpoint_file
+                    .as_deref()
+                    .and_then(|path| std::fs::read_to_string(path).ok())
+                    .map(|text| portcullis_audit::checkpoint::split_notes(&text))
+                    .unwrap_or_default();
+                match store
+                    .verify_audit_log(signer.verifier(), signer.origin(), &exported)
+                    .await
+                {
+                    Ok(summary) => {
+                        tracing::info!(
+                            records = summary.size,
+                            checkpoints = summary.checkpoints,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "audit log verified"
+                        );
+                        sink.open();
+                    }
+                    Err(portcullis_store::AuditVerifyFailure::Unsigned(records)) => {
+                        if first {
+                            tracing::warn!(
+                                records,
+                                "no checkpoint covers the audit log yet; the next one will"
+                            );
+                        }
+                        sink.open();
+                    }
+                    Err(e) => {
+                        // Tampering, a bad checkpoint, or a log that cannot be
+                        // read back: fail closed.
+                        checkpointer
+                            .halt(&format!("AUDIT LOG VERIFICATION FAILED: {e}"))
+                            .await;
+                        return;
+                    }
                 }
-                Err(portcullis_store::AuditVerifyFailure::Unsigned(records)) => {
-                    tracing::warn!(
-                        records,
-                        "no checkpoint covers the audit log yet; the next one will"
-                    );
-                    sink.open();
-                }
-                Err(e) => {
-                    // Tampering, a bad checkpoint, or a log that cannot be
-                    // read back: fail closed.
-                    checkpointer
-                        .halt(&format!("AUDIT LOG VERIFICATION FAILED: {e}"))
-                        .await;
+                first = false;
+                let Some(interval) = interval else { return };
+                tokio::time::sleep(interval).await;
+                if sink.halted().is_some() {
+                    return;
                 }
             }
         });
@@ -750,10 +780,15 @@ async fn accept_tampered_log(
     store: &Store,
     signer: &LogSigner,
     accepted: u64,
+    checkpoint_file: Option<&std::path::Path>,
 ) -> Result<portcullis_audit::AuditRecord> {
     use portcullis_store::AuditVerifyFailure;
+    let exported = checkpoint_file
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .map(|text| portcullis_audit::checkpoint::split_notes(&text))
+        .unwrap_or_default();
     let first_bad = match store
-        .verify_audit_log(signer.verifier(), signer.origin(), &[])
+        .verify_audit_log(signer.verifier(), signer.origin(), &exported)
         .await
     {
         Ok(_) | Err(AuditVerifyFailure::Unsigned(_)) => {
@@ -779,6 +814,16 @@ async fn accept_tampered_log(
         .archive_audit_segment(accepted, now_ms)
         .await
         .context("cannot set the tampered audit log aside")?;
+    // The exported checkpoints belong to the old segment: set aside too.
+    if let Some(path) = checkpoint_file
+        && path.exists()
+    {
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(format!(".{}", archived.suffix));
+        std::fs::rename(path, &aside).with_context(|| {
+            format!("cannot set the checkpoint file `{}` aside", path.display())
+        })?;
+    }
     tracing::warn!(
         archive = %archived.suffix,
         records = archived.size,

@@ -122,6 +122,28 @@ async fn tamper(case: &str, db: &sqlx::SqlitePool, k: i64) {
         "edited checkpoint" => {
             run("UPDATE audit_checkpoints SET note = substr(note, 1, length(note) - 6) || 'AAAAA' || substr(note, length(note)) WHERE tree_size = (SELECT MAX(tree_size) FROM audit_checkpoints)".into()).await
         }
+        "stored checkpoints deleted, record and hashes rewritten" => {
+            // A record past the last stored subtree, so no stored node is
+            // above it: only the checkpoint file (outside the database)
+            // still knows. (Deleting stored nodes makes the log fail to open:
+            // `serve` then exits, which extends nothing either.)
+            let (seq, text): (i64, String) = sqlx::query_as(
+                "SELECT seq, record FROM audit_log WHERE record LIKE '%\"status\":200%' ORDER BY seq DESC LIMIT 1",
+            )
+            .fetch_one(db)
+            .await
+            .unwrap();
+            assert!(seq >= 64, "{seq}");
+            let forged = text.replace("\"status\":200", "\"status\":500");
+            sqlx::query("UPDATE audit_log SET record = ?, leaf_hash = ? WHERE seq = ?")
+                .bind(&forged)
+                .bind(&portcullis_audit::merkle::leaf_hash(forged.as_bytes())[..])
+                .bind(seq)
+                .execute(db)
+                .await
+                .unwrap();
+            run("DELETE FROM audit_checkpoints".into()).await;
+        }
         "edited subtree row" => {
             run("UPDATE audit_nodes SET hash = zeroblob(32) WHERE level = 6 AND idx = 0".into())
                 .await
@@ -147,7 +169,9 @@ async fn a_tampered_log_is_never_extended() {
     );
     config(
         base.path(),
-        &format!("[audit]\ncheckpoint_interval_ms = 100\n{routes}"),
+        &format!(
+            "[audit]\ncheckpoint_interval_ms = 100\ncheckpoint_file = \"checkpoints.txt\"\n{routes}"
+        ),
         "",
     );
     // A log of more than 64 records (so a stored subtree exists), signed.
@@ -213,6 +237,7 @@ async fn a_tampered_log_is_never_extended() {
         "truncated tail",
         "edited checkpoint",
         "edited subtree row",
+        "stored checkpoints deleted, record and hashes rewritten",
     ] {
         let dir = copy_dir(signed.path());
         let state = dir.path().join("state");
@@ -391,4 +416,60 @@ async fn accept_tampered(dir: tempfile::TempDir, k: i64, cert: &Path, key: &Path
     let dir = server.into_dir();
     let err = serve_refuses(dir.path(), &["--accept-tampered-log-from", "0"]);
     assert!(err.contains("the audit log verifies"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tampering_while_serving_halts_the_log() {
+    install_crypto();
+    let (upstream, _) = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = route("api", "/api", &format!("http://{upstream}"), "internal");
+    config(
+        dir.path(),
+        &format!("[audit]\ncheckpoint_interval_ms = 100\nverify_interval_ms = 300\n{routes}"),
+        "",
+    );
+    let mut server = start(dir).await;
+    let (cert, key) = server.create_agent("bot", &["reader"]);
+    let agent = client(&server.ca_pem(), Some((&cert, &key)));
+    for i in 0..5 {
+        let response = agent
+            .get(server.url(&format!("/api/{i}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        server.audit_record(&request_id(&response));
+    }
+    let out = server.cli(&["audit", "checkpoint", "--sign"]);
+    assert!(out.status.success());
+    assert_eq!(readyz(&server).await.0, 200);
+
+    // An edit behind the server's back, leaf hash untouched: only the full
+    // verification sees it, and it runs again while serving.
+    let state = server.state_dir();
+    let db = open_db(&state).await;
+    sqlx::query("UPDATE audit_log SET record = replace(record, '\"status\":200', '\"status\":500') WHERE seq = (SELECT MAX(seq) FROM audit_log WHERE record LIKE '%\"status\":200%')")
+        .execute(&db)
+        .await
+        .unwrap();
+    db.close().await;
+    let mut ready = 0;
+    for _ in 0..100 {
+        ready = readyz(&server).await.0;
+        if ready == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready, 503, "the running server did not notice");
+    let before = log_shape(&state).await;
+    let (status, body) = error_of(agent.get(server.url("/api/after")).send().await.unwrap()).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("audit_unavailable"))
+    );
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    server.terminate();
+    assert_eq!(log_shape(&state).await, before);
 }

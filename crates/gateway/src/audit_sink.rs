@@ -134,6 +134,12 @@ impl AuditSink {
         }
     }
 
+    /// Whether the stored log has been verified and records are appended
+    /// (false while held for verification, and once halted).
+    pub fn verified(&self) -> bool {
+        *self.health.gate.borrow() == Gate::Open
+    }
+
     /// Lets a held writer append: the stored log verified. No effect once
     /// halted.
     pub fn open(&self) {

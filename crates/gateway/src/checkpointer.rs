@@ -229,7 +229,9 @@ impl Checkpointer {
             return Err(CheckpointerError::Halted(reason));
         }
         let head = self.sink.head();
-        if head.size > state.signed {
+        // Nothing is signed before the stored log has been verified: the tree
+        // on disk may be one nobody signed (its checkpoints deleted).
+        if head.size > state.signed && self.sink.verified() {
             // O(log n) stored hashes: never sign over a tree that was changed
             // under the last signature.
             if let Err(e) = self.check_latest().await {

@@ -247,6 +247,10 @@ pub struct RawAudit {
     pub origin: Option<String>,
     /// How often a checkpoint is signed when there are new records (default 1000).
     pub checkpoint_interval_ms: Option<u64>,
+    /// How often the whole stored log is verified again while serving, in
+    /// milliseconds (default 3600000; 0 = only at start). A mismatch halts
+    /// the log.
+    pub verify_interval_ms: Option<u64>,
     /// How long the log may fail or stall before data-plane requests are refused
     /// with `audit_unavailable` (default 1000).
     pub fail_closed_after_ms: Option<u64>,
@@ -1007,6 +1011,8 @@ pub struct AuditConfig {
     pub origin: String,
     /// Checkpoint signing interval.
     pub checkpoint_interval: Duration,
+    /// How often the full verification runs again; `None`: only at start.
+    pub verify_interval: Option<Duration>,
     /// How long the log may fail before requests are refused.
     pub fail_closed_after: Duration,
     /// File every checkpoint is appended to.
@@ -1626,6 +1632,10 @@ impl Config {
             checkpoint_interval: Duration::from_millis(
                 raw.audit.checkpoint_interval_ms.unwrap_or(1000),
             ),
+            verify_interval: match raw.audit.verify_interval_ms.unwrap_or(3_600_000) {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
             fail_closed_after: Duration::from_millis(
                 raw.audit.fail_closed_after_ms.unwrap_or(1000),
             ),
