@@ -470,7 +470,10 @@ async fn token(
             ));
         }
     };
-    let keys = [AttemptKey::Principal(&claimed), source];
+    // One key per agent, however the assertion spells it (name or SPIFFE ID).
+    let principal =
+        agent_of(&claimed, &tokens.trust_domain).map_or_else(|| claimed.clone(), |a| a.to_string());
+    let keys = [AttemptKey::Principal(&principal), source];
     if let Err(t) = gateway.attempts.check(ATTEMPT_KIND, &keys) {
         return Err(throttled(gateway, t));
     }
@@ -488,7 +491,7 @@ async fn token(
             ok
         }
         Err(denial) => {
-            assertion_failed(gateway, &keys, &claimed, conn);
+            assertion_failed(gateway, &keys, &principal, conn);
             return Err(denial);
         }
     };
