@@ -283,8 +283,15 @@ async fn a_tampered_log_is_never_extended() {
             metrics.contains("portcullis_audit_log_tampered 1"),
             "{case}: {metrics}"
         );
-        let alerts = server.cli(&["alerts", "list"]);
-        let alerts = String::from_utf8_lossy(&alerts.stdout);
+        // Raised just after the halt: wait (bounded) for it.
+        let mut alerts = String::new();
+        for _ in 0..50 {
+            alerts = String::from_utf8_lossy(&server.cli(&["alerts", "list"]).stdout).into_owned();
+            if alerts.contains("audit_log_tampered") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         assert!(alerts.contains("audit_log_tampered"), "{case}: {alerts}");
 
         // Several checkpoint intervals later: nothing appended, nothing signed.

@@ -176,7 +176,15 @@ async fn a_totp_brute_force_is_locked_out() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(found, "no lockout record");
-    let alerts = String::from_utf8(server.cli(&["alerts", "list"]).stdout).unwrap();
+    // Raised in the background: wait (bounded) for it.
+    let mut alerts = String::new();
+    for _ in 0..50 {
+        alerts = String::from_utf8(server.cli(&["alerts", "list"]).stdout).unwrap();
+        if alerts.contains("totp_lockout") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(alerts.contains("totp_lockout"), "{alerts}");
 
     // After the lockout, the right code works. A code is consumed only by a
