@@ -52,6 +52,9 @@ pub struct AdminState {
 pub(crate) struct Call {
     pub(crate) request_id: RequestId,
     remote: Option<SocketAddr>,
+    /// TOTP time steps this call consumed: given back when the call fails, so
+    /// a code is spent only by a successful action. Shared by the clones.
+    spent_codes: Arc<std::sync::Mutex<Vec<crate::mfa::SpentCode>>>,
 }
 
 /// An admin-API error: the same JSON shape as the data plane.
@@ -59,25 +62,36 @@ pub(crate) struct ApiError {
     code: ErrorCode,
     message: String,
     request_id: RequestId,
+    /// Seconds to wait before retrying (`Retry-After`), for throttled calls.
+    retry_after: Option<u64>,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = serde_json::json!({
+        let mut body = serde_json::json!({
             "error": {
                 "code": self.code.as_str(),
                 "message": self.message,
                 "request_id": self.request_id.as_str(),
             }
         });
+        if let Some(seconds) = self.retry_after {
+            body["error"]["retry_after"] = serde_json::json!(seconds);
+        }
         let status = StatusCode::from_u16(self.code.http_status())
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (
+        let mut response = (
             status,
             [(header::CONTENT_TYPE, "application/json")],
             body.to_string(),
         )
-            .into_response()
+            .into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -87,7 +101,34 @@ impl Call {
             code,
             message: message.into(),
             request_id: self.request_id.clone(),
+            retry_after: None,
         }
+    }
+
+    /// A refusal that says when to retry (`Retry-After`).
+    pub(crate) fn error_retry_after(
+        &self,
+        code: ErrorCode,
+        message: impl Into<String>,
+        seconds: u64,
+    ) -> ApiError {
+        ApiError {
+            retry_after: Some(seconds),
+            ..self.error(code, message)
+        }
+    }
+
+    /// Remembers a consumed TOTP step, to give back if the call fails.
+    pub(crate) fn spent_code(&self, code: crate::mfa::SpentCode) {
+        self.spent_codes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(code);
+    }
+
+    /// The caller's address, when the listener passed it on.
+    pub(crate) fn remote_ip(&self) -> Option<std::net::IpAddr> {
+        self.remote.map(|r| r.ip())
     }
 
     pub(crate) fn store_error(&self, e: StoreError) -> ApiError {
@@ -246,10 +287,16 @@ async fn with_call(mut req: Request<Body>, next: Next) -> Response {
     let call = Call {
         request_id: RequestId::new(),
         remote: req.extensions().get::<RemoteAddr>().map(|r| r.0),
+        spent_codes: Default::default(),
     };
     let id = call.request_id.clone();
+    let spent = call.spent_codes.clone();
     req.extensions_mut().insert(call);
     let mut response = next.run(req).await;
+    if !response.status().is_success() {
+        let codes = std::mem::take(&mut *spent.lock().unwrap_or_else(|e| e.into_inner()));
+        crate::mfa::release(codes).await;
+    }
     if let Ok(v) = HeaderValue::from_str(id.as_str()) {
         response.headers_mut().insert("x-request-id", v);
     }
@@ -322,6 +369,14 @@ async fn healthz() -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AdminState>, Extension(call): Extension<Call>) -> Response {
+    if let Some(reason) = state.sink.halted() {
+        return call
+            .error(
+                ErrorCode::AuditUnavailable,
+                format!("the audit log is halted: {reason}"),
+            )
+            .into_response();
+    }
     match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
         Ok(Ok(())) => json(StatusCode::OK, &serde_json::json!({ "status": "ready" })),
         _ => call

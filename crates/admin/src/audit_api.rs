@@ -61,6 +61,17 @@ pub(crate) async fn latest_checkpoint(
     Ok(json(StatusCode::OK, &checkpoint_json(&state, latest)))
 }
 
+/// A halted log is `audit_unavailable`, not an internal error.
+fn sign_error(call: &Call, e: portcullis_gateway::checkpointer::CheckpointerError) -> ApiError {
+    match e {
+        portcullis_gateway::checkpointer::CheckpointerError::Halted(reason) => call.error(
+            ErrorCode::AuditUnavailable,
+            format!("the audit log is halted, no checkpoint is signed: {reason}"),
+        ),
+        other => call.internal(other),
+    }
+}
+
 /// `POST /admin/v1/audit/checkpoint`: signs the log now (if it grew).
 pub(crate) async fn sign_checkpoint(
     State(state): State<AdminState>,
@@ -70,7 +81,7 @@ pub(crate) async fn sign_checkpoint(
         .checkpointer
         .sign_now()
         .await
-        .map_err(|e| call.internal(e))?;
+        .map_err(|e| sign_error(&call, e))?;
     Ok(json(StatusCode::OK, &checkpoint_json(&state, latest)))
 }
 
@@ -234,7 +245,7 @@ async fn checkpoint_covering(
             .checkpointer
             .sign_now()
             .await
-            .map_err(|e| call.internal(e))?
+            .map_err(|e| sign_error(call, e))?
             .filter(|c| c.size >= at_least)
             .ok_or_else(|| {
                 call.error(

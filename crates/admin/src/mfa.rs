@@ -10,7 +10,16 @@
 //! - A sensitive call carries `X-Portcullis-User` and `X-Portcullis-TOTP`.
 //!   [`require_fresh_totp`] checks the code (±1 step) and consumes its time
 //!   step atomically in the store, so a code works once (RFC 6238 §5.2),
-//!   even across two concurrent calls.
+//!   even across two concurrent calls. When the call then fails (any non-2xx
+//!   answer), the step is given back: a code is consumed only by a
+//!   successful, authorised action.
+//! - Wrong codes are throttled per admin and per source address
+//!   ([`portcullis_gateway::attempts`]): exponential back-off, then a lockout
+//!   after `[limits] auth_max_failures` failures within the window. A
+//!   throttled code is answered 429 `too_many_attempts` (with `Retry-After`)
+//!   without being checked, so a correct code during a lockout is refused
+//!   too. The lockout is audited (`admin.mfa_lockout`), counted
+//!   (`portcullis_auth_lockouts_total{kind="totp"}`) and raised as an alert.
 //! - Until any admin enrols, sensitive calls need only the admin token (a
 //!   fresh install must be able to revoke an agent), unless
 //!   `[admin] require_mfa = true`.
@@ -24,6 +33,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::{Extension, Json};
 use portcullis_core::{AgentName, ErrorCode};
+use portcullis_gateway::attempts::AttemptKey;
 use portcullis_identity::TotpSecret;
 use portcullis_store::AdminUserRow;
 use serde::{Deserialize, Serialize};
@@ -35,6 +45,8 @@ use crate::api::{AdminState, ApiError, Call, json};
 pub const USER_HEADER: &str = "x-portcullis-user";
 /// Header carrying their current TOTP code.
 pub const TOTP_HEADER: &str = "x-portcullis-totp";
+/// The `kind` of TOTP failures in the attempt throttle and metrics.
+const TOTP_KIND: &str = "totp";
 /// Issuer shown in authenticator apps.
 const TOTP_ISSUER: &str = "Portcullis";
 const NONCE_LEN: usize = 12;
@@ -97,6 +109,30 @@ impl MfaKeys {
                 .ok()?,
         );
         TotpSecret::from_bytes(plain.to_vec()).ok()
+    }
+}
+
+/// A TOTP time step a call consumed.
+#[derive(Debug, Clone)]
+pub(crate) struct SpentCode {
+    store: portcullis_store::Store,
+    admin: String,
+    step: i64,
+    previous: i64,
+}
+
+/// Gives back the steps of a call that failed: a code is consumed only by a
+/// successful, authorised action (a refused or failed one can be retried with
+/// the same code within its window).
+pub(crate) async fn release(codes: Vec<SpentCode>) {
+    for code in codes {
+        if let Err(e) = code
+            .store
+            .release_totp_step(&code.admin, code.step, code.previous)
+            .await
+        {
+            tracing::error!(admin = %code.admin, error = %e, "cannot give back a TOTP step");
+        }
     }
 }
 
@@ -167,7 +203,48 @@ pub(crate) async fn verify_totp(
     user: &str,
     code: &str,
 ) -> Result<Approver, ApiError> {
-    let refused = || call.error(ErrorCode::InvalidTotp, "the TOTP code was refused");
+    let mut keys = vec![AttemptKey::Principal(user)];
+    if let Some(ip) = call.remote_ip() {
+        keys.push(AttemptKey::Source(ip));
+    }
+    let attempts = state.gateway.attempts();
+    if let Err(t) = attempts.check(TOTP_KIND, &keys) {
+        state.gateway.metrics().auth_throttled(TOTP_KIND);
+        return Err(call.error_retry_after(
+            ErrorCode::TooManyAttempts,
+            if t.locked {
+                "too many wrong TOTP codes: this admin (or this address) is locked out; the code was not checked"
+            } else {
+                "too many wrong TOTP codes: back off before the next attempt; the code was not checked"
+            },
+            t.retry_after,
+        ));
+    }
+    let refused = || {
+        let failure = attempts.failure(TOTP_KIND, &keys);
+        state
+            .gateway
+            .metrics()
+            .auth_failure(TOTP_KIND, failure.locked_now);
+        if failure.locked_now {
+            let source = call
+                .remote_ip()
+                .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+            tracing::warn!(request_id = %call.request_id, admin = user, %source, "admin locked out after too many wrong TOTP codes");
+            call.audit(
+                &state.sink,
+                "admin.mfa_lockout",
+                user,
+                portcullis_audit::Outcome::Deny,
+                ErrorCode::TooManyAttempts.http_status(),
+                Some(ErrorCode::TooManyAttempts),
+            );
+            state
+                .gateway
+                .raise_lockout_alert(TOTP_KIND, &format!("admin:{user}"), source);
+        }
+        call.error(ErrorCode::InvalidTotp, "the TOTP code was refused")
+    };
     let Some(row) = state
         .store
         .admin_user(user)
@@ -191,11 +268,20 @@ pub(crate) async fn verify_totp(
         .await
         .map_err(|e| call.store_error(e))?;
     if !fresh {
+        // A replayed code counts as a failure too.
+        let _ = refused();
         return Err(call.error(
             ErrorCode::InvalidTotp,
             "the TOTP code was already used; wait for the next one",
         ));
     }
+    attempts.success(TOTP_KIND, &keys);
+    call.spent_code(SpentCode {
+        store: state.store.clone(),
+        admin: row.name.clone(),
+        step: step as i64,
+        previous: row.last_step,
+    });
     Ok(Approver {
         user: row.name,
         mfa: true,

@@ -95,6 +95,12 @@ enum Command {
         config: Option<PathBuf>,
         #[command(flatten)]
         state: StateDirArg,
+        /// Start on an audit log that failed verification: records from index
+        /// N on (N at most the first bad index `audit verify` names) are not
+        /// vouched for. The whole log is set aside in archive tables, and a new
+        /// log segment begins whose first record links to the accepted prefix.
+        #[arg(long, value_name = "N")]
+        accept_tampered_log_from: Option<u64>,
     },
     /// Manage agents.
     Agent {
@@ -266,9 +272,13 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Serve { config, state } => {
+            Command::Serve {
+                config,
+                state,
+                accept_tampered_log_from,
+            } => {
                 init_logging();
-                serve::run(config, state.state_dir).await
+                serve::run(config, state.state_dir, accept_tampered_log_from).await
             }
             Command::Agent { command, admin } => commands::agent(command, admin).await,
             Command::Audit { command, admin } => commands::audit(command, admin).await,

@@ -36,7 +36,11 @@ const BUDGET_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs
 const EXPORT_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Runs the server.
-pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()> {
+pub async fn run(
+    config_path: Option<PathBuf>,
+    state_dir: PathBuf,
+    accept_tampered_log_from: Option<u64>,
+) -> Result<()> {
     let config = match &config_path {
         Some(path) => Config::load(path)?,
         None => Config::quickstart(),
@@ -152,6 +156,20 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         &state.audit_verifier_key(),
         format!("{}\n", signer.verifier()).as_bytes(),
     )?;
+    // Only on an explicit, audited request: set a tampered log aside and begin
+    // a new segment linked to the accepted prefix.
+    let new_segment = match accept_tampered_log_from {
+        Some(accepted) => Some(
+            accept_tampered_log(
+                &store,
+                &signer,
+                accepted,
+                config.audit.checkpoint_file.as_deref(),
+            )
+            .await?,
+        ),
+        None => None,
+    };
     let appender = store
         .audit_appender()
         .await
@@ -165,12 +183,18 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
             config.audit.personal_data_retention,
         ))
     };
-    let (sink, writer) = AuditWriter::start(
+    // Held: nothing is appended until the stored log has been verified
+    // against its signed checkpoints (below).
+    let (sink, writer) = AuditWriter::start_held(
         appender,
         config.audit.fail_closed_after,
         pseudonymizer,
         metrics.clone(),
     );
+    // The new segment's first record: the link to the one set aside.
+    if let Some(record) = new_segment {
+        sink.submit(record);
+    }
     if let Some(record) = start_policy.stored {
         sink.submit(record);
     }
@@ -204,33 +228,75 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         .await?,
     );
     // Refuse to extend a log that no longer matches what was signed: the
-    // next checkpoint would otherwise sign over the tampering.
-    checkpointer.check_latest().await?;
+    // next checkpoint would otherwise sign over the tampering. The server
+    // still starts, halted (no appending, no signing, not ready, data plane
+    // 503 `audit_unavailable`), so the operator can see why.
+    match checkpointer.check_latest().await {
+        Ok(()) => {}
+        Err(e @ portcullis_gateway::checkpointer::CheckpointerError::Mismatch { .. }) => {
+            checkpointer.halt(&e.to_string()).await;
+        }
+        Err(e) => return Err(e).context("cannot check the audit log against its last checkpoint"),
+    }
     // The cheap check above covers the stored hashes; a full recomputation of
     // every record runs in the background so a large log does not delay start.
+    // Until it passes, records queue and nothing is appended. It runs again
+    // every `[audit] verify_interval_ms`; any failure halts the log.
     {
         let store = store.clone();
-        let signer = checkpointer.signer().clone();
+        let checkpointer = checkpointer.clone();
+        let sink = sink.clone();
+        let interval = config.audit.verify_interval;
+        let checkpoint_file = config.audit.checkpoint_file.clone();
         tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            match store
-                .verify_audit_log(signer.verifier(), signer.origin(), &[])
-                .await
-            {
-                Ok(summary) => tracing::info!(
-                    records = summary.size,
-                    checkpoints = summary.checkpoints,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "audit log verified"
-                ),
-                Err(portcullis_store::AuditVerifyFailure::Unsigned(records)) => tracing::warn!(
-                    records,
-                    "no checkpoint covers the audit log yet; the next one will"
-                ),
-                Err(e) => tracing::error!(
-                    error = %e,
-                    "AUDIT LOG VERIFICATION FAILED: a stored record does not match what was signed"
-                ),
+            let mut first = true;
+            loop {
+                let started = std::time::Instant::now();
+                let signer = checkpointer.signer();
+                // The checkpoints exported to the file count too: deleting the
+                // stored ones does not make a rewritten log "unsigned".
+                let exported = checkpoint_file
+                    .as_deref()
+                    .and_then(|path| std::fs::read_to_string(path).ok())
+                    .map(|text| portcullis_audit::checkpoint::split_notes(&text))
+                    .unwrap_or_default();
+                match store
+                    .verify_audit_log(signer.verifier(), signer.origin(), &exported)
+                    .await
+                {
+                    Ok(summary) => {
+                        tracing::info!(
+                            records = summary.size,
+                            checkpoints = summary.checkpoints,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "audit log verified"
+                        );
+                        sink.open();
+                    }
+                    Err(portcullis_store::AuditVerifyFailure::Unsigned(records)) => {
+                        if first {
+                            tracing::warn!(
+                                records,
+                                "no checkpoint covers the audit log yet; the next one will"
+                            );
+                        }
+                        sink.open();
+                    }
+                    Err(e) => {
+                        // Tampering, a bad checkpoint, or a log that cannot be
+                        // read back: fail closed.
+                        checkpointer
+                            .halt(&format!("AUDIT LOG VERIFICATION FAILED: {e}"))
+                            .await;
+                        return;
+                    }
+                }
+                first = false;
+                let Some(interval) = interval else { return };
+                tokio::time::sleep(interval).await;
+                if sink.halted().is_some() {
+                    return;
+                }
             }
         });
     }
@@ -379,13 +445,14 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     let data_plane = tokio::spawn(gateway.clone().serve(
         gateway_listener,
         gateway_tls,
-        config.max_connections,
+        config.connections.clone(),
         shutdown_rx.clone(),
     ));
     let control_plane = tokio::spawn(listener::serve(
         admin_listener,
         admin_tls,
-        config.max_connections,
+        config.connections.clone(),
+        gateway.metrics().connections("admin"),
         move |info: ConnectionInfo| {
             let admin = admin.clone();
             let remote = RemoteAddr(info.remote);
@@ -703,4 +770,87 @@ fn upstream_tls(ca_pem: &str) -> Result<rustls::ClientConfig> {
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(config)
+}
+
+/// `serve --accept-tampered-log-from N`: verifies the stored log, refuses
+/// unless it fails verification and `N` is at most its first bad index, sets
+/// it aside and returns the first record of the new segment, which names the
+/// archive, the accepted prefix and its recomputed tree head.
+async fn accept_tampered_log(
+    store: &Store,
+    signer: &LogSigner,
+    accepted: u64,
+    checkpoint_file: Option<&std::path::Path>,
+) -> Result<portcullis_audit::AuditRecord> {
+    use portcullis_store::AuditVerifyFailure;
+    let exported = checkpoint_file
+        .and_then(|path| std::fs::read_to_string(path).ok())
+        .map(|text| portcullis_audit::checkpoint::split_notes(&text))
+        .unwrap_or_default();
+    let first_bad = match store
+        .verify_audit_log(signer.verifier(), signer.origin(), &exported)
+        .await
+    {
+        Ok(_) | Err(AuditVerifyFailure::Unsigned(_)) => {
+            bail!("--accept-tampered-log-from: the audit log verifies; it is not set aside")
+        }
+        Err(AuditVerifyFailure::Tampered(e)) => e.first_bad_index(),
+        // A checkpoint that does not verify vouches for nothing.
+        Err(AuditVerifyFailure::BadCheckpoint { .. }) => 0,
+        Err(AuditVerifyFailure::Store(e)) => {
+            return Err(e).context("cannot verify the audit log");
+        }
+    };
+    if accepted > first_bad {
+        anyhow::bail!(
+            "--accept-tampered-log-from {accepted}: the audit log is bad from index {first_bad}; accept at most {first_bad}"
+        );
+    }
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64;
+    let archived = store
+        .archive_audit_segment(accepted, now_ms)
+        .await
+        .context("cannot set the tampered audit log aside")?;
+    // The exported checkpoints belong to the old segment: set aside too.
+    if let Some(path) = checkpoint_file
+        && path.exists()
+    {
+        let mut aside = path.as_os_str().to_owned();
+        aside.push(format!(".{}", archived.suffix));
+        std::fs::rename(path, &aside).with_context(|| {
+            format!("cannot set the checkpoint file `{}` aside", path.display())
+        })?;
+    }
+    tracing::warn!(
+        archive = %archived.suffix,
+        records = archived.size,
+        accepted = archived.accepted,
+        first_bad,
+        "TAMPERED AUDIT LOG SET ASIDE: a new log segment begins"
+    );
+    Ok(portcullis_audit::AuditRecord {
+        time_ms: now_ms,
+        kind: portcullis_audit::RecordKind::Admin,
+        request_id: format!("segment-{now_ms}"),
+        principal: Some("operator".into()),
+        credential: Some("serve --accept-tampered-log-from".into()),
+        action: "audit.accept_tampered_log".into(),
+        resource: Some("audit".into()),
+        // The link: where the old segment went, how much of it is accepted
+        // and the tree head those records hash to.
+        path: Some(format!(
+            "/audit/segments/{}?size={}&accepted={}&first_bad={}&accepted_root={}",
+            archived.suffix,
+            archived.size,
+            archived.accepted,
+            first_bad,
+            hex::encode(archived.accepted_root)
+        )),
+        outcome: portcullis_audit::Outcome::Allow,
+        status: 200,
+        ..Default::default()
+    })
 }

@@ -278,34 +278,31 @@ async fn proofs_exports_and_tampering_found_at_its_index() {
         .await
         .unwrap();
     db.close().await;
-    let mut child = Command::new(BIN)
-        .args(["serve", "--config"])
-        .arg(server.path().join("portcullis.toml"))
-        .arg("--state-dir")
-        .arg(&state)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+    // It starts halted (not ready, nothing appended; see `audit_tamper.rs`
+    // for every case) and says why.
+    let dir = server.into_dir();
+    let cfg = dir.path().join("portcullis.toml");
+    let mut server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
+        .await
         .unwrap();
-    let mut status = None;
-    for _ in 0..400 {
-        if let Some(s) = child.try_wait().unwrap() {
-            status = Some(s);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    let Some(status) = status else {
-        let _ = child.kill();
-        panic!("serve started on a tampered log");
-    };
-    let mut err = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
-    assert!(!status.success());
+    let (status, body) = error_of(
+        support::client(&server.ca_pem(), None)
+            .get(format!("https://{}/readyz", server.admin))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["code"], "audit_unavailable");
     assert!(
-        err.contains("does not match its last signed checkpoint"),
-        "{err}"
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("does not match its last signed checkpoint"),
+        "{body}"
     );
+    server.terminate();
     let err = run_failing(server.cli(&["audit", "verify"]));
     assert!(err.contains("FAILED"), "{err}");
 }

@@ -25,7 +25,14 @@ async fn server() -> Server {
     std::mem::forget(_gate);
     let dir = tempfile::tempdir().unwrap();
     let routes = route("api", "/api", &format!("http://{upstream}"), "public");
-    let cfg = config(dir.path(), &routes, "");
+    // These tests send many refused assertions in a row on purpose; the
+    // brute-force throttle (tested in `edge_auth.rs`) would answer them
+    // `too_many_attempts` before they are checked.
+    let cfg = config(
+        dir.path(),
+        &routes,
+        "auth_backoff_ms = 0\nauth_max_failures = 1000",
+    );
     tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
         .await
         .unwrap()

@@ -119,6 +119,9 @@ pub enum ErrorCode {
     /// disabled, agent quarantined). In the audit record, and in the last
     /// event of a cut event stream; never an HTTP status of its own.
     StreamRevoked,
+    /// Too many failed TOTP codes or client assertions for this principal or
+    /// source: back off (or wait out the lockout) as `Retry-After` says.
+    TooManyAttempts,
 }
 
 impl ErrorCode {
@@ -169,6 +172,7 @@ impl ErrorCode {
             ErrorCode::McpSessionNotFound => "mcp_session_not_found",
             ErrorCode::ObligationUnsupported => "obligation_unsupported",
             ErrorCode::StreamRevoked => "stream_revoked",
+            ErrorCode::TooManyAttempts => "too_many_attempts",
         }
     }
 
@@ -194,7 +198,10 @@ impl ErrorCode {
             | ErrorCode::Quarantined
             | ErrorCode::StreamRevoked
             | ErrorCode::ReadOnly => 403,
-            ErrorCode::RateLimited | ErrorCode::BudgetExceeded | ErrorCode::Throttled => 429,
+            ErrorCode::RateLimited
+            | ErrorCode::BudgetExceeded
+            | ErrorCode::Throttled
+            | ErrorCode::TooManyAttempts => 429,
             ErrorCode::RouteNotFound
             | ErrorCode::NotFound
             | ErrorCode::ModelNotFound
@@ -272,6 +279,7 @@ mod tests {
             ErrorCode::ObligationUnsupported,
             ErrorCode::McpBadArgument,
             ErrorCode::StreamRevoked,
+            ErrorCode::TooManyAttempts,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {

@@ -18,6 +18,18 @@
 //! refuses data-plane requests with `audit_unavailable` (routes configured to
 //! fail open are served, and their records say so). The records of refused
 //! requests stay queued and are written once the store recovers.
+//!
+//! **Never extend a tampered log.** `serve` starts the writer [held]
+//! ([`AuditWriter::start_held`]): records queue but nothing is appended until
+//! the stored log has been verified against its signed checkpoints
+//! ([`AuditSink::open`]). When that verification, or the checkpointer's check
+//! before each signature, finds a mismatch, [`AuditSink::halt`] stops the
+//! writer for good: nothing more is appended (queued and later records are
+//! discarded and counted in `portcullis_audit_records_discarded_total`),
+//! [`AuditSink::writable`] is false on every route (fail-open ones included),
+//! no checkpoint is signed, and `/readyz` answers 503.
+//!
+//! [held]: Gate::Verifying
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
@@ -40,9 +52,25 @@ const MAX_BATCH: usize = 2_048;
 /// milliseconds, which is most of the writer's cost.
 const LINGER: Duration = Duration::from_millis(5);
 
+/// Whether the writer may append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Gate {
+    /// The stored log is being verified: records queue, nothing is appended.
+    Verifying,
+    /// The log verified (or is new): records are appended.
+    Open,
+    /// The log does not match what was signed: nothing is appended again by
+    /// this process. The reason is for the operator.
+    Halted(String),
+}
+
 /// Shared between the sink handles and the writer task.
 #[derive(Debug)]
 struct Health {
+    /// Whether the writer may append; `halted` mirrors `Gate::Halted` for a
+    /// lock-free check on the request path.
+    gate: watch::Sender<Gate>,
+    halted: AtomicBool,
     backlog: AtomicUsize,
     /// When the batch being written was first tried (ms since the epoch), 0
     /// when the writer is idle.
@@ -81,6 +109,9 @@ impl AuditSink {
     /// once one has been stalled for longer than the configured limit. Two relaxed loads; no
     /// clock read unless a write is in progress.
     pub fn writable(&self) -> bool {
+        if self.health.halted.load(Ordering::Relaxed) {
+            return false;
+        }
         let since = self.health.writing_since_ms.load(Ordering::Relaxed);
         if since == 0 {
             return true;
@@ -89,6 +120,58 @@ impl AuditSink {
         // elsewhere, a stuck disk) closes after the limit.
         !self.health.failing.load(Ordering::Relaxed)
             && now_ms() - since <= self.health.fail_closed_after_ms
+    }
+
+    /// Why the log was halted, if it was: it does not match its signed
+    /// checkpoints, and nothing is appended to it.
+    pub fn halted(&self) -> Option<String> {
+        if !self.health.halted.load(Ordering::Relaxed) {
+            return None;
+        }
+        match &*self.health.gate.borrow() {
+            Gate::Halted(reason) => Some(reason.clone()),
+            _ => Some(String::new()),
+        }
+    }
+
+    /// Whether the stored log has been verified and records are appended
+    /// (false while held for verification, and once halted).
+    pub fn verified(&self) -> bool {
+        *self.health.gate.borrow() == Gate::Open
+    }
+
+    /// Lets a held writer append: the stored log verified. No effect once
+    /// halted.
+    pub fn open(&self) {
+        self.health.gate.send_if_modified(|gate| {
+            if *gate == Gate::Verifying {
+                *gate = Gate::Open;
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// Stops appending for good (see the module docs). The first reason is kept.
+    pub fn halt(&self, reason: impl Into<String>) {
+        let reason = reason.into();
+        let changed = self.health.gate.send_if_modified(|gate| {
+            if matches!(gate, Gate::Halted(_)) {
+                false
+            } else {
+                *gate = Gate::Halted(reason.clone());
+                true
+            }
+        });
+        if changed {
+            self.health.halted.store(true, Ordering::Relaxed);
+            self.metrics.audit_log_tampered.set(1);
+            tracing::error!(
+                reason = %reason,
+                "AUDIT LOG TAMPERED: appending and checkpoint signing stopped; data-plane requests are refused with audit_unavailable; run `portcullis audit verify` to find the first bad index"
+            );
+        }
     }
 
     /// The durable tree: every record in it has committed.
@@ -117,8 +200,43 @@ impl AuditWriter {
         pseudonymizer: Option<Pseudonymizer>,
         metrics: Arc<Metrics>,
     ) -> (AuditSink, AuditWriter) {
+        Self::start_gated(
+            appender,
+            fail_closed_after,
+            pseudonymizer,
+            metrics,
+            Gate::Open,
+        )
+    }
+
+    /// [`AuditWriter::start`], but holding every record until
+    /// [`AuditSink::open`] (or discarding them after [`AuditSink::halt`]).
+    pub fn start_held(
+        appender: AuditAppender,
+        fail_closed_after: Duration,
+        pseudonymizer: Option<Pseudonymizer>,
+        metrics: Arc<Metrics>,
+    ) -> (AuditSink, AuditWriter) {
+        Self::start_gated(
+            appender,
+            fail_closed_after,
+            pseudonymizer,
+            metrics,
+            Gate::Verifying,
+        )
+    }
+
+    fn start_gated(
+        appender: AuditAppender,
+        fail_closed_after: Duration,
+        pseudonymizer: Option<Pseudonymizer>,
+        metrics: Arc<Metrics>,
+        gate: Gate,
+    ) -> (AuditSink, AuditWriter) {
         let (tx, rx) = mpsc::unbounded_channel();
         let health = Arc::new(Health {
+            gate: watch::Sender::new(gate),
+            halted: AtomicBool::new(false),
             backlog: AtomicUsize::new(0),
             writing_since_ms: AtomicI64::new(0),
             failing: AtomicBool::new(false),
@@ -164,6 +282,7 @@ async fn run(
     metrics: Arc<Metrics>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut gate = health.gate.subscribe();
     loop {
         // Whatever arrived while the previous batch was committing forms the next batch.
         let mut stopping = tokio::select! {
@@ -186,6 +305,38 @@ async fn run(
             while let Ok(record) = rx.try_recv() {
                 batch.push(record);
             }
+        }
+        // Held while the log is verified; on a stop before the verdict, the
+        // queue is discarded rather than appended to a log not known good.
+        let open = loop {
+            match &*gate.borrow_and_update() {
+                Gate::Open => break true,
+                Gate::Halted(_) => break false,
+                Gate::Verifying if stopping => break false,
+                Gate::Verifying => {}
+            }
+            tokio::select! {
+                r = gate.changed() => if r.is_err() { break false },
+                _ = stop.changed() => stopping = true,
+            }
+            // Records that arrived meanwhile join the batch, within its cap.
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(record) => batch.push(record),
+                    Err(_) => break,
+                }
+            }
+        };
+        if !open {
+            discard(&mut batch, &health, &metrics);
+            if stopping {
+                while let Ok(record) = rx.try_recv() {
+                    batch.push(record);
+                }
+                discard(&mut batch, &health, &metrics);
+                return;
+            }
+            continue;
         }
         write(
             &mut appender,
@@ -224,6 +375,12 @@ async fn write(
     let new_head = loop {
         match appender.append_with_personal(batch, &personal).await {
             Ok(new_head) => break new_head,
+            Err(_) if health.halted.load(Ordering::Relaxed) => {
+                health.failing.store(false, Ordering::Relaxed);
+                health.writing_since_ms.store(0, Ordering::Relaxed);
+                discard(batch, health, metrics);
+                return;
+            }
             Err(e) => {
                 health.failing.store(true, Ordering::Relaxed);
                 metrics.audit_failures.inc();
@@ -239,6 +396,23 @@ async fn write(
     head.send_replace(new_head);
     metrics.audit_queue.dec_by(n as i64);
     metrics.audit_written.inc_by(n as u64);
+    batch.clear();
+}
+
+/// Drops records the writer will not append (the log is halted, or was never
+/// verified before shutdown), counting them.
+fn discard(batch: &mut Vec<AuditRecord>, health: &Health, metrics: &Metrics) {
+    let n = batch.len();
+    if n == 0 {
+        return;
+    }
+    health.backlog.fetch_sub(n, Ordering::Relaxed);
+    metrics.audit_queue.dec_by(n as i64);
+    metrics.audit_discarded.inc_by(n as u64);
+    tracing::error!(
+        records = n,
+        "audit records not written: the audit log is halted (or was not verified before shutdown)"
+    );
     batch.clear();
 }
 

@@ -4,6 +4,11 @@
 //!
 //! A checkpoint only ever signs a tree the writer has committed
 //! ([`AuditSink::head`]), so every record under a signature is durable.
+//!
+//! Nor does it ever sign over tampering: before each signature the stored log
+//! is checked against the last checkpoint ([`Checkpointer::check_latest`]),
+//! and on a mismatch, or once the log is halted, nothing is signed and the
+//! log is halted ([`Checkpointer::halt`]: the writer stops, an alert is raised).
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +43,9 @@ pub enum CheckpointerError {
     /// Signing failed (an invalid origin).
     #[error("cannot sign checkpoint: {0}")]
     Sign(String),
+    /// The log is halted (tampered): nothing is signed over it.
+    #[error("the audit log is halted, no checkpoint is signed: {0}")]
+    Halted(String),
     /// The stored log is not the one the last checkpoint signed.
     #[error(
         "the audit log does not match its last signed checkpoint (tree size {size}): {detail}; run `portcullis audit verify` to find the first changed record"
@@ -176,12 +184,63 @@ impl Checkpointer {
         Ok(())
     }
 
+    /// Halts the log (see [`AuditSink::halt`]) and raises an alert for the
+    /// operator, once.
+    pub async fn halt(&self, reason: &str) {
+        if self.sink.halted().is_some() {
+            return;
+        }
+        self.sink.halt(reason);
+        let alert = portcullis_store::AlertRow {
+            id: 0,
+            agent: "portcullis".into(),
+            time_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis() as i64,
+            grade: "audit_tampered".into(),
+            risk: 1.0,
+            // The shape of analytics alerts' detail, so `alerts list` shows it.
+            detail: serde_json::json!({
+                "kind": "audit_log_tampered",
+                "reasons": [
+                    format!("audit_log_tampered: {reason}"),
+                    "appending, checkpoint signing and the data plane stopped; run `portcullis audit verify` for the first bad index",
+                ],
+                "features": [],
+            })
+            .to_string(),
+            request_ids: "[]".into(),
+            verdict: None,
+            resolved_at: None,
+            resolved_by: None,
+        };
+        if let Err(e) = self.store.add_alert(&alert).await {
+            tracing::error!(error = %e, "cannot raise the audit-tampering alert");
+        }
+    }
+
     /// Signs the current tree if it grew since the last checkpoint, and
-    /// returns the latest checkpoint.
+    /// returns the latest checkpoint. Refuses while the log is halted, and
+    /// halts it when the stored log no longer matches the last checkpoint.
     pub async fn sign_now(&self) -> Result<Option<StoredCheckpoint>, CheckpointerError> {
         let mut state = self.state.lock().await;
+        if let Some(reason) = self.sink.halted() {
+            return Err(CheckpointerError::Halted(reason));
+        }
         let head = self.sink.head();
-        if head.size > state.signed {
+        // Nothing is signed before the stored log has been verified: the tree
+        // on disk may be one nobody signed (its checkpoints deleted).
+        if head.size > state.signed && self.sink.verified() {
+            // O(log n) stored hashes: never sign over a tree that was changed
+            // under the last signature.
+            if let Err(e) = self.check_latest().await {
+                if let CheckpointerError::Mismatch { .. } = e {
+                    self.halt(&e.to_string()).await;
+                    return Err(CheckpointerError::Halted(e.to_string()));
+                }
+                return Err(e);
+            }
             let checkpoint = Checkpoint {
                 origin: self.signer.origin.clone(),
                 size: head.size,
@@ -218,14 +277,17 @@ impl Checkpointer {
                     _ = ticker.tick() => {}
                     _ = stop.changed() => {
                         // A last checkpoint over everything written before exit.
-                        if let Err(e) = self.sign_now().await {
-                            tracing::error!(error = %e, "final checkpoint failed");
+                        match self.sign_now().await {
+                            Ok(_) | Err(CheckpointerError::Halted(_)) => {}
+                            Err(e) => tracing::error!(error = %e, "final checkpoint failed"),
                         }
                         return;
                     }
                 }
-                if let Err(e) = self.sign_now().await {
-                    tracing::error!(error = %e, "checkpoint failed");
+                match self.sign_now().await {
+                    // Said once, loudly, when the log was halted.
+                    Ok(_) | Err(CheckpointerError::Halted(_)) => {}
+                    Err(e) => tracing::error!(error = %e, "checkpoint failed"),
                 }
                 let mut state = self.state.lock().await;
                 self.flush_webhook(&mut state).await;

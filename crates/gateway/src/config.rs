@@ -89,6 +89,13 @@ pub struct RawGateway {
     pub listen: Option<SocketAddr>,
     /// Maximum concurrent connections (default 10000).
     pub max_connections: Option<usize>,
+    /// Maximum concurrent connections without a verified client certificate
+    /// (before the handshake, token agents, anonymous clients; default half of
+    /// `max_connections`). When full, the oldest idle one is closed.
+    pub max_unverified_connections: Option<usize>,
+    /// Maximum concurrent connections without a verified client certificate
+    /// from one source address (default 256).
+    pub max_unverified_per_source: Option<usize>,
     /// Extra DNS names or IP addresses for the TLS server certificate of both
     /// listeners (loopback names and the listen addresses are always included),
     /// so agents that reach the gateway by name can verify it.
@@ -228,6 +235,28 @@ pub struct RawLimits {
     pub max_body_bytes: Option<u64>,
     /// Milliseconds to wait for an upstream's response head (default 30000).
     pub upstream_timeout_ms: Option<u64>,
+    /// Milliseconds a client may take for the TLS handshake (default 10000).
+    pub handshake_timeout_ms: Option<u64>,
+    /// Milliseconds from the handshake to the first request (default 5000).
+    pub first_request_timeout_ms: Option<u64>,
+    /// Milliseconds a connection may stay open with nothing in flight
+    /// (default 120000).
+    pub idle_timeout_ms: Option<u64>,
+    /// Milliseconds between HTTP/2 keep-alive pings (default 30000).
+    pub h2_keepalive_interval_ms: Option<u64>,
+    /// Milliseconds an HTTP/2 client has to answer a ping (default 10000).
+    pub h2_keepalive_timeout_ms: Option<u64>,
+    /// Failed TOTP codes (per admin) or client assertions (per agent) within
+    /// `auth_failure_window_ms` that lock the principal out (default 5; a
+    /// source address locks after four times as many).
+    pub auth_max_failures: Option<u32>,
+    /// The window failures are counted in, in milliseconds (default 900000).
+    pub auth_failure_window_ms: Option<u64>,
+    /// How long a lockout lasts, in milliseconds (default 900000).
+    pub auth_lockout_ms: Option<u64>,
+    /// Back-off after the second failure in milliseconds, doubled after each
+    /// further one (default 1000; 0 = no back-off, only the lockout).
+    pub auth_backoff_ms: Option<u64>,
 }
 
 /// `[store]`
@@ -250,6 +279,10 @@ pub struct RawAudit {
     pub origin: Option<String>,
     /// How often a checkpoint is signed when there are new records (default 1000).
     pub checkpoint_interval_ms: Option<u64>,
+    /// How often the whole stored log is verified again while serving, in
+    /// milliseconds (default 3600000; 0 = only at start). A mismatch halts
+    /// the log.
+    pub verify_interval_ms: Option<u64>,
     /// How long the log may fail or stall before data-plane requests are refused
     /// with `audit_unavailable` (default 1000).
     pub fail_closed_after_ms: Option<u64>,
@@ -1016,6 +1049,8 @@ pub struct AuditConfig {
     pub origin: String,
     /// Checkpoint signing interval.
     pub checkpoint_interval: Duration,
+    /// How often the full verification runs again; `None`: only at start.
+    pub verify_interval: Option<Duration>,
     /// How long the log may fail before requests are refused.
     pub fail_closed_after: Duration,
     /// Refused unauthenticated requests recorded in full per source and minute.
@@ -1172,6 +1207,50 @@ pub enum PolicySource {
     StateDir,
 }
 
+/// The listeners' connection limits: the defaults of
+/// [`crate::listener::ConnectionLimits::with_max_connections`], overridden
+/// key by key (each checked to be non-zero in `parse`).
+fn connection_limits(
+    gateway: &RawGateway,
+    limits: &RawLimits,
+) -> crate::listener::ConnectionLimits {
+    let mut out = crate::listener::ConnectionLimits::with_max_connections(
+        gateway.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS),
+    );
+    if let Some(n) = gateway.max_unverified_connections {
+        out.max_unverified = n.max(1);
+    }
+    if let Some(n) = gateway.max_unverified_per_source {
+        out.max_unverified_per_source = n.max(1);
+    }
+    let ms =
+        |v: Option<u64>, default: Duration| v.map_or(default, |v| Duration::from_millis(v.max(1)));
+    out.handshake_timeout = ms(limits.handshake_timeout_ms, out.handshake_timeout);
+    out.first_request_timeout = ms(limits.first_request_timeout_ms, out.first_request_timeout);
+    out.idle_timeout = ms(limits.idle_timeout_ms, out.idle_timeout);
+    out.h2_keepalive_interval = ms(limits.h2_keepalive_interval_ms, out.h2_keepalive_interval);
+    out.h2_keepalive_timeout = ms(limits.h2_keepalive_timeout_ms, out.h2_keepalive_timeout);
+    out
+}
+
+/// The throttle of failed second factors and client assertions: the
+/// defaults, overridden key by key (each checked to be non-zero in `parse`).
+fn attempt_policy(limits: &RawLimits) -> crate::attempts::AttemptPolicy {
+    let mut out = crate::attempts::AttemptPolicy::default();
+    if let Some(n) = limits.auth_max_failures {
+        out.max_failures = n.max(1);
+    }
+    let ms =
+        |v: Option<u64>, default: Duration| v.map_or(default, |v| Duration::from_millis(v.max(1)));
+    out.window = ms(limits.auth_failure_window_ms, out.window);
+    out.lockout = ms(limits.auth_lockout_ms, out.lockout);
+    // 0 turns the back-off off (the lockout stays).
+    if let Some(v) = limits.auth_backoff_ms {
+        out.backoff = Duration::from_millis(v);
+    }
+    out
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -1181,8 +1260,10 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Sensitive admin actions need TOTP even when no admin has enrolled.
     pub admin_require_mfa: bool,
-    /// Concurrent connection cap per listener.
-    pub max_connections: usize,
+    /// Connection caps and timeouts of each listener.
+    pub connections: crate::listener::ConnectionLimits,
+    /// Throttling of failed TOTP codes and client assertions.
+    pub attempts: crate::attempts::AttemptPolicy,
     /// Extra names for the TLS server certificate.
     pub server_names: Vec<String>,
     /// What upstreams get in `X-Forwarded-Client-Cert`.
@@ -1480,10 +1561,63 @@ impl Config {
             PolicyTimeZone::new(zone)
                 .map_err(|e| invalid(format!("key `policy.timezone`: {e}")))?;
         }
-        if raw.gateway.max_connections == Some(0) {
-            return Err(invalid(
-                "key `gateway.max_connections`: must be greater than 0".into(),
-            ));
+        for (key, value) in [
+            ("gateway.max_connections", raw.gateway.max_connections),
+            (
+                "gateway.max_unverified_connections",
+                raw.gateway.max_unverified_connections,
+            ),
+            (
+                "gateway.max_unverified_per_source",
+                raw.gateway.max_unverified_per_source,
+            ),
+        ] {
+            if value == Some(0) {
+                return Err(invalid(format!("key `{key}`: must be greater than 0")));
+            }
+        }
+        if let (Some(unverified), max) = (
+            raw.gateway.max_unverified_connections,
+            raw.gateway
+                .max_connections
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+        ) && unverified > max
+        {
+            return Err(invalid(format!(
+                "key `gateway.max_unverified_connections`: {unverified} is more than `gateway.max_connections` ({max})"
+            )));
+        }
+        for (key, value) in [
+            (
+                "limits.handshake_timeout_ms",
+                raw.limits.handshake_timeout_ms,
+            ),
+            (
+                "limits.first_request_timeout_ms",
+                raw.limits.first_request_timeout_ms,
+            ),
+            ("limits.idle_timeout_ms", raw.limits.idle_timeout_ms),
+            (
+                "limits.h2_keepalive_interval_ms",
+                raw.limits.h2_keepalive_interval_ms,
+            ),
+            (
+                "limits.h2_keepalive_timeout_ms",
+                raw.limits.h2_keepalive_timeout_ms,
+            ),
+            (
+                "limits.auth_max_failures",
+                raw.limits.auth_max_failures.map(u64::from),
+            ),
+            (
+                "limits.auth_failure_window_ms",
+                raw.limits.auth_failure_window_ms,
+            ),
+            ("limits.auth_lockout_ms", raw.limits.auth_lockout_ms),
+        ] {
+            if value == Some(0) {
+                return Err(invalid(format!("key `{key}`: must be greater than 0")));
+            }
         }
         let mut raw = raw;
         let telemetry = validate_telemetry(&raw.telemetry).map_err(invalid)?;
@@ -1542,6 +1676,10 @@ impl Config {
             checkpoint_interval: Duration::from_millis(
                 raw.audit.checkpoint_interval_ms.unwrap_or(1000),
             ),
+            verify_interval: match raw.audit.verify_interval_ms.unwrap_or(3_600_000) {
+                0 => None,
+                ms => Some(Duration::from_millis(ms)),
+            },
             fail_closed_after: Duration::from_millis(
                 raw.audit.fail_closed_after_ms.unwrap_or(1000),
             ),
@@ -1572,10 +1710,8 @@ impl Config {
                 .admin
                 .listen
                 .unwrap_or_else(|| parse_addr(DEFAULT_ADMIN_LISTEN)),
-            max_connections: raw
-                .gateway
-                .max_connections
-                .unwrap_or(DEFAULT_MAX_CONNECTIONS),
+            connections: connection_limits(&raw.gateway, &raw.limits),
+            attempts: attempt_policy(&raw.limits),
             server_names: raw.gateway.server_names,
             forward_client_cert: match raw.gateway.forward_client_cert {
                 RawForwardClientCert::Sanitize => {
@@ -1893,6 +2029,42 @@ mod tests {
     }
 
     #[test]
+    fn connection_limits_and_the_auth_throttle_default_and_override() {
+        let parse = |text: &str| Config::parse(text, Path::new("/etc/p/portcullis.toml")).unwrap();
+        let c = parse("[gateway]\nmax_connections = 40\n");
+        assert_eq!(
+            c.connections,
+            crate::listener::ConnectionLimits::with_max_connections(40)
+        );
+        assert_eq!(c.connections.max_unverified, 20);
+        assert_eq!(c.attempts, crate::attempts::AttemptPolicy::default());
+        let c = parse(
+            "[gateway]\nmax_unverified_connections = 7\nmax_unverified_per_source = 3\n\
+             [limits]\nhandshake_timeout_ms = 100\nfirst_request_timeout_ms = 200\nidle_timeout_ms = 300\n\
+             h2_keepalive_interval_ms = 400\nh2_keepalive_timeout_ms = 500\n\
+             auth_max_failures = 2\nauth_failure_window_ms = 600\nauth_lockout_ms = 700\nauth_backoff_ms = 0\n",
+        );
+        let l = &c.connections;
+        assert_eq!((l.max_unverified, l.max_unverified_per_source), (7, 3));
+        assert_eq!(
+            [
+                l.handshake_timeout,
+                l.first_request_timeout,
+                l.idle_timeout,
+                l.h2_keepalive_interval,
+                l.h2_keepalive_timeout
+            ],
+            [100, 200, 300, 400, 500].map(Duration::from_millis)
+        );
+        let a = &c.attempts;
+        assert_eq!(a.max_failures, 2);
+        assert_eq!(
+            [a.window, a.lockout, a.backoff],
+            [600, 700, 0].map(Duration::from_millis)
+        );
+    }
+
+    #[test]
     fn policy_time_zone_and_approvals_webhook() {
         let berlin = PolicyTimeZone::new("Europe/Berlin").unwrap();
         // Tue 2023-11-14 22:13:20 UTC is 23:13 in Berlin (CET, UTC+1).
@@ -2012,6 +2184,26 @@ classification = "internal"
             "must listen on different addresses",
         );
         check("[limits]\nmax_body_bytes = 0\n", "limits.max_body_bytes");
+        check(
+            "[limits]\nfirst_request_timeout_ms = 0\n",
+            "key `limits.first_request_timeout_ms`: must be greater than 0",
+        );
+        check(
+            "[limits]\nauth_max_failures = 0\n",
+            "key `limits.auth_max_failures`: must be greater than 0",
+        );
+        check(
+            "[gateway]\nmax_unverified_per_source = 0\n",
+            "key `gateway.max_unverified_per_source`: must be greater than 0",
+        );
+        check(
+            "[gateway]\nmax_connections = 10\nmax_unverified_connections = 11\n",
+            "is more than `gateway.max_connections` (10)",
+        );
+        check(
+            "[limits]\nidle_timeout = 5\n",
+            "unknown field `idle_timeout`",
+        );
         check(
             "[gateway]\nserver_names = [\"gw.example.com\", \"Bad Name\"]\n",
             "invalid server name `Bad Name`",

@@ -9,6 +9,7 @@
 pub mod analytics;
 pub mod anonymous;
 pub mod approvals;
+pub mod attempts;
 pub mod audit_export;
 pub mod audit_sink;
 pub mod body;

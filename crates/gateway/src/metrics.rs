@@ -92,6 +92,46 @@ struct StageLabels {
     stage: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloseLabels {
+    listener: &'static str,
+    reason: &'static str,
+}
+
+/// The connection metrics of one listener (`gateway` or `admin`), as handles.
+/// The default is unregistered (for tests).
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionMetrics {
+    listener: &'static str,
+    /// Open connections.
+    pub open: Gauge<i64, AtomicI64>,
+    /// Open connections without a verified client certificate.
+    pub unverified: Gauge<i64, AtomicI64>,
+    closed: Family<CloseLabels, Counter>,
+}
+
+impl ConnectionMetrics {
+    /// Counts a closed (or refused) connection by why it ended.
+    pub fn closed(&self, reason: crate::listener::CloseReason) {
+        self.closed
+            .get_or_create(&CloseLabels {
+                listener: self.listener,
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+}
+
 /// The gateway's metrics.
 #[derive(Debug)]
 pub struct Metrics {
@@ -109,6 +149,11 @@ pub struct Metrics {
     /// record instead of written one by one (`[audit]
     /// unauthenticated_records_per_minute`).
     pub anonymous_sampled: Counter,
+    /// 1 once the audit log was found not to match its signed checkpoints
+    /// (appending and signing stopped).
+    pub audit_log_tampered: Gauge<i64, AtomicI64>,
+    /// Audit records not written because the log is halted.
+    pub audit_discarded: Counter,
     /// Completed requests behavioral analytics never saw: its queue was full.
     pub analytics_dropped: Counter,
     export_delivered: Family<SinkLabels, Counter>,
@@ -120,6 +165,12 @@ pub struct Metrics {
     pub trace_spans_dropped: Counter,
     /// Vault secrets whose rotation is overdue (set by vault maintenance).
     pub secrets_overdue: Gauge<i64, AtomicI64>,
+    auth_failures: Family<AttemptLabels, Counter>,
+    auth_throttled: Family<AttemptLabels, Counter>,
+    auth_lockouts: Family<AttemptLabels, Counter>,
+    connections_open: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
+    connections_unverified: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
+    connections_closed: Family<CloseLabels, Counter>,
     registry: Registry,
 }
 
@@ -180,6 +231,18 @@ impl Metrics {
             "Audit batch writes that failed and were retried",
             audit_failures.clone(),
         );
+        let audit_log_tampered = Gauge::default();
+        registry.register(
+            "audit_log_tampered",
+            "1 when the stored audit log does not match its signed checkpoints: appending, signing and the data plane stopped",
+            audit_log_tampered.clone(),
+        );
+        let audit_discarded = Counter::default();
+        registry.register(
+            "audit_records_discarded",
+            "Audit records not written because the audit log is halted (tampered)",
+            audit_discarded.clone(),
+        );
         let analytics_dropped = Counter::default();
         registry.register(
             "analytics_dropped_observations",
@@ -222,7 +285,51 @@ impl Metrics {
             "Vault secrets past their rotation period",
             secrets_overdue.clone(),
         );
+        let auth_failures = Family::<AttemptLabels, Counter>::default();
+        registry.register(
+            "auth_failures",
+            "Failed second factors (kind=totp) and client assertions (kind=client_assertion)",
+            auth_failures.clone(),
+        );
+        let auth_throttled = Family::<AttemptLabels, Counter>::default();
+        registry.register(
+            "auth_throttled",
+            "Attempts refused unchecked during back-off or a lockout, by kind",
+            auth_throttled.clone(),
+        );
+        let auth_lockouts = Family::<AttemptLabels, Counter>::default();
+        registry.register(
+            "auth_lockouts",
+            "Lockouts begun after too many failures, by kind",
+            auth_lockouts.clone(),
+        );
+        let connections_open = Family::<ListenerLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "connections_open",
+            "Open connections of each listener",
+            connections_open.clone(),
+        );
+        let connections_unverified = Family::<ListenerLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "connections_unverified",
+            "Open connections of each listener without a verified client certificate",
+            connections_unverified.clone(),
+        );
+        let connections_closed = Family::<CloseLabels, Counter>::default();
+        registry.register(
+            "connections_closed",
+            "Connections closed or refused, by listener and reason (timeouts, evictions, caps)",
+            connections_closed.clone(),
+        );
         Metrics {
+            auth_failures,
+            auth_throttled,
+            auth_lockouts,
+            audit_log_tampered,
+            audit_discarded,
+            connections_open,
+            connections_unverified,
+            connections_closed,
             secrets_overdue,
             requests,
             decisions,
@@ -278,6 +385,34 @@ impl Metrics {
             delivered: self.export_delivered.get_or_create(&labels).clone(),
             failures: self.export_failures.get_or_create(&labels).clone(),
             lag: self.export_lag.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Counts a failed attempt of `kind` (`totp`, `client_assertion`), and
+    /// the lockout it began, if it did.
+    pub fn auth_failure(&self, kind: &'static str, locked_now: bool) {
+        let labels = AttemptLabels { kind };
+        self.auth_failures.get_or_create(&labels).inc();
+        if locked_now {
+            self.auth_lockouts.get_or_create(&labels).inc();
+        }
+    }
+
+    /// Counts an attempt refused unchecked by the throttle.
+    pub fn auth_throttled(&self, kind: &'static str) {
+        self.auth_throttled
+            .get_or_create(&AttemptLabels { kind })
+            .inc();
+    }
+
+    /// The connection metric handles of `listener` (`gateway` or `admin`).
+    pub fn connections(&self, listener: &'static str) -> ConnectionMetrics {
+        let labels = ListenerLabels { listener };
+        ConnectionMetrics {
+            listener,
+            open: self.connections_open.get_or_create(&labels).clone(),
+            unverified: self.connections_unverified.get_or_create(&labels).clone(),
+            closed: self.connections_closed.clone(),
         }
     }
 

@@ -30,6 +30,7 @@ use portcullis_identity::{
 };
 use serde::Deserialize;
 
+use crate::attempts::{AttemptKey, Throttled};
 use crate::body::Recorder;
 use crate::directory::{AgentDirectory, DirectoryRefusal};
 use crate::pipeline::decode::DecodedRequest;
@@ -113,8 +114,7 @@ pub async fn serve(
                     "the audit log cannot be written; no token is issued unrecorded",
                 ));
             }
-            let analytics = gateway.analytics.as_deref();
-            token(tokens, analytics, conn, directory, decoded, now, recorder).await
+            token(gateway, conn, directory, decoded, now, recorder).await
         }
     }
 }
@@ -249,6 +249,122 @@ fn client(code: ErrorCode, message: impl Into<String>) -> Denial {
     Denial::new(code, message)
 }
 
+/// The `kind` of client-assertion failures in the attempt throttle and metrics.
+const ATTEMPT_KIND: &str = "client_assertion";
+
+/// The answer to an attempt the throttle refused unchecked.
+fn throttled(gateway: &Gateway, t: Throttled) -> Denial {
+    gateway.metrics.auth_throttled(ATTEMPT_KIND);
+    let mut denial = client(
+        ErrorCode::TooManyAttempts,
+        if t.locked {
+            "too many failed client assertions: locked out; try again later"
+        } else {
+            "too many failed client assertions: back off before the next attempt"
+        },
+    );
+    denial.detail = Some(crate::respond::DenialDetail::RetryAfter(t.retry_after));
+    denial
+}
+
+/// Counts a failed client authentication; a lockout it begins raises an alert.
+fn assertion_failed(
+    gateway: &Gateway,
+    keys: &[AttemptKey<'_>],
+    claimed: &str,
+    conn: &ConnectionState,
+) {
+    let failure = gateway.attempts.failure(ATTEMPT_KIND, keys);
+    gateway
+        .metrics
+        .auth_failure(ATTEMPT_KIND, failure.locked_now);
+    if failure.locked_now {
+        let who = if claimed.is_empty() {
+            "(unknown client)"
+        } else {
+            claimed
+        };
+        tracing::warn!(client = who, source = %conn.remote.ip(), "token endpoint: client locked out after too many failed assertions");
+        gateway.raise_lockout_alert(ATTEMPT_KIND, who, conn.remote.ip());
+    }
+}
+
+/// Who the client is, by its assertion: the steps whose failures the attempt
+/// throttle counts.
+#[allow(clippy::too_many_arguments)]
+fn authenticate_client(
+    tokens: &TokenService,
+    conn: &ConnectionState,
+    directory: &AgentDirectory,
+    form: &TokenRequest,
+    assertion: &str,
+    claimed: &str,
+    now: i64,
+    recorder: &mut Recorder,
+) -> Result<ClientAuthenticated, Denial> {
+    if form.client_id.as_deref().is_some_and(|c| c != claimed) {
+        return Err(client(
+            ErrorCode::InvalidClient,
+            "`client_id` does not match the assertion's `iss`",
+        ));
+    }
+    let agent = agent_of(claimed, &tokens.trust_domain)
+        .ok_or_else(|| client(ErrorCode::InvalidClient, "unknown client"))?;
+    let entry = directory.check_agent(agent.as_str()).map_err(|r| match r {
+        DirectoryRefusal::AgentRevoked => {
+            client(ErrorCode::AgentRevoked, "the agent has been revoked")
+        }
+        _ => client(ErrorCode::InvalidClient, "unknown client"),
+    })?;
+    let spiffe_id = SpiffeId::for_agent(&tokens.trust_domain, &agent).to_string();
+    if let Some(pin) = &entry.pin
+        && !pin.allows(conn.remote.ip())
+    {
+        return Err(client(
+            ErrorCode::InvalidClient,
+            format!(
+                "token requests for this agent must come from its pinned networks, not {}",
+                conn.remote.ip()
+            ),
+        ));
+    }
+    recorder.record().principal = Some(agent.to_string());
+    let kid = jsonwebtoken_kid(assertion);
+    let key = match kid.as_deref() {
+        Some(kid) => entry.keys.get(kid),
+        None if entry.keys.len() == 1 => entry.keys.values().next(),
+        None => None,
+    }
+    .ok_or_else(|| {
+        client(
+            ErrorCode::InvalidClient,
+            "no registered signing key matches the assertion (register one with `portcullis agent create` or POST /admin/v1/agents/{name}/keys)",
+        )
+    })?;
+    let audiences = [tokens.token_url(), tokens.issuer_url()];
+    let claims = verify_assertion(assertion, key, claimed, &audiences, now).map_err(|e| {
+        client(
+            ErrorCode::InvalidClient,
+            format!("client assertion refused: {e}"),
+        )
+    })?;
+    Ok(ClientAuthenticated {
+        thumbprint: key.thumbprint().to_string(),
+        agent,
+        spiffe_id,
+        claims,
+    })
+}
+
+/// A client whose assertion verified.
+struct ClientAuthenticated {
+    agent: AgentName,
+    spiffe_id: String,
+    claims: portcullis_identity::AssertionClaims,
+    /// The thumbprint of the key that signed the assertion.
+    thumbprint: String,
+}
+
 /// `client_id` (agent name or SPIFFE ID) → agent name.
 fn agent_of(client_id: &str, trust_domain: &str) -> Option<AgentName> {
     if client_id.starts_with("spiffe://") {
@@ -259,8 +375,7 @@ fn agent_of(client_id: &str, trust_domain: &str) -> Option<AgentName> {
 }
 
 async fn token(
-    tokens: &TokenService,
-    analytics: Option<&crate::analytics::Analytics>,
+    gateway: &Gateway,
     conn: &ConnectionState,
     directory: &AgentDirectory,
     decoded: DecodedRequest,
@@ -336,63 +451,53 @@ async fn token(
             ),
         ));
     }
+    let tokens = &gateway.tokens;
+    let analytics = gateway.analytics.as_deref();
     let assertion = form.client_assertion.as_deref().unwrap_or_default();
-    let claimed = assertion_client(assertion).map_err(|e| {
-        client(
-            ErrorCode::InvalidClient,
-            format!("client assertion refused: {e}"),
-        )
-    })?;
-    if form.client_id.as_deref().is_some_and(|c| c != claimed) {
-        return Err(client(
-            ErrorCode::InvalidClient,
-            "`client_id` does not match the assertion's `iss`",
-        ));
+    // Client authentication under brute force: failures are throttled per
+    // agent and per source (see `attempts`); a throttled attempt is not checked.
+    let source = AttemptKey::Source(conn.remote.ip());
+    if let Err(t) = gateway.attempts.check(ATTEMPT_KIND, &[source]) {
+        return Err(throttled(gateway, t));
     }
-    let agent = agent_of(&claimed, &tokens.trust_domain)
-        .ok_or_else(|| client(ErrorCode::InvalidClient, "unknown client"))?;
-    let entry = directory.check_agent(agent.as_str()).map_err(|r| match r {
-        DirectoryRefusal::AgentRevoked => {
-            client(ErrorCode::AgentRevoked, "the agent has been revoked")
+    let claimed = match assertion_client(assertion) {
+        Ok(claimed) => claimed,
+        Err(e) => {
+            assertion_failed(gateway, &[source], "", conn);
+            return Err(client(
+                ErrorCode::InvalidClient,
+                format!("client assertion refused: {e}"),
+            ));
         }
-        _ => client(ErrorCode::InvalidClient, "unknown client"),
-    })?;
-    let spiffe_id = SpiffeId::for_agent(&tokens.trust_domain, &agent).to_string();
-    if let Some(pin) = &entry.pin
-        && !pin.allows(conn.remote.ip())
-    {
-        return Err(client(
-            ErrorCode::InvalidClient,
-            format!(
-                "token requests for this agent must come from its pinned networks, not {}",
-                conn.remote.ip()
-            ),
-        ));
+    };
+    // One key per agent, however the assertion spells it (name or SPIFFE ID).
+    let principal =
+        agent_of(&claimed, &tokens.trust_domain).map_or_else(|| claimed.clone(), |a| a.to_string());
+    let keys = [AttemptKey::Principal(&principal), source];
+    if let Err(t) = gateway.attempts.check(ATTEMPT_KIND, &keys) {
+        return Err(throttled(gateway, t));
     }
-    recorder.record().principal = Some(agent.to_string());
-    let kid = jsonwebtoken_kid(assertion);
-    let key = match kid.as_deref() {
-        Some(kid) => entry.keys.get(kid),
-        None if entry.keys.len() == 1 => entry.keys.values().next(),
-        None => None,
-    }
-    .ok_or_else(|| {
-        client(
-            ErrorCode::InvalidClient,
-            "no registered signing key matches the assertion (register one with `portcullis agent create` or POST /admin/v1/agents/{name}/keys)",
-        )
-    })?;
-    let audiences = [tokens.token_url(), tokens.issuer_url()];
-    let claims = verify_assertion(assertion, key, &claimed, &audiences, now).map_err(|e| {
-        client(
-            ErrorCode::InvalidClient,
-            format!("client assertion refused: {e}"),
-        )
-    })?;
+    let authenticated = authenticate_client(
+        tokens, conn, directory, &form, assertion, &claimed, now, recorder,
+    );
+    let ClientAuthenticated {
+        agent,
+        spiffe_id,
+        claims,
+        thumbprint,
+    } = match authenticated {
+        Ok(ok) => {
+            gateway.attempts.success(ATTEMPT_KIND, &keys);
+            ok
+        }
+        Err(denial) => {
+            assertion_failed(gateway, &keys, &principal, conn);
+            return Err(denial);
+        }
+    };
     recorder.record().credential = Some(format!(
         "{spiffe_id} assertion kid={} jti={}",
-        key.thumbprint(),
-        claims.jti
+        thumbprint, claims.jti
     ));
     // A quarantined agent gets no new credential, by either grant (client
     // credentials or token exchange). Checked once the assertion proved who

@@ -160,6 +160,8 @@ pub struct Gateway {
     pub(crate) timezone: crate::config::PolicyTimeZone,
     /// `@rate` limits.
     pub(crate) rate_limiter: crate::rate_limit::RateLimiter,
+    /// Failed TOTP codes and client assertions.
+    pub(crate) attempts: crate::attempts::AttemptThrottle,
     /// Approval tickets.
     pub(crate) approvals: Arc<crate::approvals::Approvals>,
     /// When each agent last authenticated.
@@ -351,6 +353,7 @@ impl Gateway {
             last_seen,
             timezone: config.policy_timezone.clone(),
             rate_limiter: Default::default(),
+            attempts: crate::attempts::AttemptThrottle::new(config.attempts.clone()),
             approvals: parts.approvals,
             mcp,
             tokens: parts.tokens,
@@ -587,14 +590,16 @@ impl Gateway {
         self: Arc<Self>,
         listener: TcpListener,
         tls: Arc<ServerConfig>,
-        max_connections: usize,
+        limits: listener::ConnectionLimits,
         shutdown: watch::Receiver<bool>,
     ) {
         let gateway = self;
+        let metrics = gateway.metrics.connections("gateway");
         listener::serve(
             listener,
             tls,
-            max_connections,
+            limits,
+            metrics,
             move |info| {
                 let conn = gateway.connection(info);
                 let gateway = gateway.clone();
@@ -646,6 +651,43 @@ impl Gateway {
     /// Metrics, for the admin listener.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The throttle of failed TOTP codes and client assertions.
+    pub fn attempts(&self) -> &crate::attempts::AttemptThrottle {
+        &self.attempts
+    }
+
+    /// Raises an alert (beside behavioral analytics' ones) that `principal`
+    /// was locked out after too many failed attempts of `kind`. In the
+    /// background: the answer does not wait for the store.
+    pub fn raise_lockout_alert(&self, kind: &str, principal: &str, source: std::net::IpAddr) {
+        let alert = portcullis_store::AlertRow {
+            id: 0,
+            agent: principal.to_string(),
+            time_ms: unix_now() * 1000,
+            grade: "lockout".into(),
+            risk: 1.0,
+            // The shape of analytics alerts' detail, so `alerts list` shows it.
+            detail: serde_json::json!({
+                "kind": format!("{kind}_lockout"),
+                "reasons": [format!(
+                    "{kind}_lockout: too many failed attempts for `{principal}` (last from {source}); further attempts are refused unchecked until the lockout ends"
+                )],
+                "features": [],
+            })
+            .to_string(),
+            request_ids: "[]".into(),
+            verdict: None,
+            resolved_at: None,
+            resolved_by: None,
+        };
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            if let Err(e) = store.add_alert(&alert).await {
+                tracing::error!(error = %e, "cannot raise the lockout alert");
+            }
+        });
     }
 }
 

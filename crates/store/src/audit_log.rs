@@ -88,6 +88,19 @@ pub enum AuditVerifyFailure {
     Unsigned(u64),
 }
 
+/// The part of a tampered log set aside by [`Store::archive_audit_segment`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchivedSegment {
+    /// Suffix of the archive tables (`audit_log_<suffix>`, …).
+    pub suffix: String,
+    /// Records the archived log held.
+    pub size: u64,
+    /// Records the operator accepted as the good prefix.
+    pub accepted: u64,
+    /// The tree head over the accepted prefix, recomputed from its records.
+    pub accepted_root: Hash,
+}
+
 /// Appends records to the log; see the module docs.
 #[derive(Debug)]
 pub struct AuditAppender {
@@ -112,6 +125,79 @@ impl Store {
         Ok(AuditAppender {
             store: self.clone(),
             acc,
+        })
+    }
+
+    /// Sets the whole log aside (its records, nodes, checkpoints and personal
+    /// values move to tables named `…_<suffix>`, kept for forensics) and
+    /// starts an empty one, for `serve --accept-tampered-log-from N` after the
+    /// stored log failed verification. Returns the tree head recomputed from
+    /// the records of the accepted prefix `0..accepted` (which must be
+    /// contiguous), for the new segment's first record to link to. Export
+    /// cursors restart at the new segment's first record.
+    pub async fn archive_audit_segment(
+        &self,
+        accepted: u64,
+        now_ms: i64,
+    ) -> Result<ArchivedSegment, StoreError> {
+        let size = self.audit_size().await?;
+        if accepted > size {
+            return Err(invalid(format!(
+                "the log has {size} records; cannot accept {accepted}"
+            )));
+        }
+        let mut acc = MerkleAccumulator::new();
+        {
+            let mut rows =
+                sqlx::query("SELECT seq, record FROM audit_log WHERE seq < ? ORDER BY seq")
+                    .bind(accepted as i64)
+                    .fetch(&self.pool);
+            while let Some(row) = rows.try_next().await? {
+                let seq: i64 = row.try_get(0)?;
+                if seq as u64 != acc.size() {
+                    return Err(invalid(format!(
+                        "record {} is missing from the accepted prefix",
+                        acc.size()
+                    )));
+                }
+                let record: &str = row.try_get(1)?;
+                acc.push(merkle::leaf_hash(record.as_bytes()));
+            }
+        }
+        if acc.size() != accepted {
+            return Err(invalid(format!(
+                "record {} is missing from the accepted prefix",
+                acc.size()
+            )));
+        }
+        // Digits only: safe to put in the statements below.
+        let suffix = format!("segment_{}", now_ms.max(0));
+        let statements = [
+            format!("ALTER TABLE audit_log RENAME TO audit_log_{suffix}"),
+            format!("ALTER TABLE audit_nodes RENAME TO audit_nodes_{suffix}"),
+            format!("ALTER TABLE audit_checkpoints RENAME TO audit_checkpoints_{suffix}"),
+            format!("ALTER TABLE audit_personal RENAME TO audit_personal_{suffix}"),
+            "DROP INDEX IF EXISTS audit_personal_expiry".to_string(),
+            // As the migrations left them.
+            "CREATE TABLE audit_log (seq INTEGER PRIMARY KEY NOT NULL, request_id TEXT NOT NULL, time_ms INTEGER NOT NULL, record TEXT NOT NULL, leaf_hash BLOB)".to_string(),
+            "CREATE TABLE audit_nodes (level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (level, idx)) WITHOUT ROWID".to_string(),
+            "CREATE TABLE audit_checkpoints (tree_size INTEGER PRIMARY KEY NOT NULL, time_ms INTEGER NOT NULL, note TEXT NOT NULL)".to_string(),
+            "CREATE TABLE audit_personal (seq INTEGER NOT NULL, field TEXT NOT NULL, value TEXT NOT NULL, expires_ms INTEGER NOT NULL, PRIMARY KEY (seq, field)) WITHOUT ROWID".to_string(),
+            "CREATE INDEX audit_personal_expiry ON audit_personal (expires_ms)".to_string(),
+            "DELETE FROM audit_export_cursors".to_string(),
+        ];
+        let mut tx = self.pool.begin().await?;
+        for statement in statements {
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(ArchivedSegment {
+            suffix,
+            size,
+            accepted,
+            accepted_root: acc.root(),
         })
     }
 

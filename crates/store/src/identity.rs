@@ -130,6 +130,23 @@ impl Store {
         Ok(result.rows_affected() == 1)
     }
 
+    /// Gives a consumed time step back (the action it confirmed failed), unless
+    /// a later code was used meanwhile.
+    pub async fn release_totp_step(
+        &self,
+        name: &str,
+        step: i64,
+        previous: i64,
+    ) -> Result<(), StoreError> {
+        sqlx::query("UPDATE admin_users SET last_step = ? WHERE name = ? AND last_step = ?")
+            .bind(previous)
+            .bind(name)
+            .bind(step)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Revokes one access token. Revoking it again keeps the first record.
     pub async fn revoke_token(&self, row: &RevokedTokenRow) -> Result<(), StoreError> {
         sqlx::query(

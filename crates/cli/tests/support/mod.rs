@@ -72,9 +72,23 @@ impl Server {
         config: Option<&Path>,
         env: &[(&str, &str)],
     ) -> Server {
+        Self::start_with(dir, config, env, &[])
+    }
+
+    /// [`Server::start`] with extra `serve` arguments.
+    pub fn start_with_args(dir: tempfile::TempDir, config: Option<&Path>, args: &[&str]) -> Server {
+        Self::start_with(dir, config, &[], args)
+    }
+
+    fn start_with(
+        dir: tempfile::TempDir,
+        config: Option<&Path>,
+        env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Server {
         let state = dir.path().join("state");
         let mut cmd = Command::new(BIN);
-        cmd.arg("serve").arg("--state-dir").arg(&state);
+        cmd.arg("serve").arg("--state-dir").arg(&state).args(args);
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
         }

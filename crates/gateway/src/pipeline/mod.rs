@@ -242,7 +242,8 @@ async fn run(
     // Fail closed: a request that cannot be recorded is not served, unless its
     // route says otherwise (and then its record says so).
     if !gateway.sink.writable() {
-        if !context.route.audit_fail_open {
+        // A halted (tampered) log serves no route, fail-open ones included.
+        if !context.route.audit_fail_open || gateway.sink.halted().is_some() {
             return Err(Denial::new(
                 ErrorCode::AuditUnavailable,
                 "the audit log cannot be written; the request was refused rather than served unrecorded",
