@@ -36,7 +36,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -481,7 +480,7 @@ pub async fn serve<F, S, Fut, B>(
     F: Fn(ConnectionInfo) -> S + Send + Sync + 'static,
     S: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     let acceptor = TlsAcceptor::from(tls);
@@ -586,7 +585,7 @@ where
     F: Fn(ConnectionInfo) -> S + Send + Sync + 'static,
     S: Fn(Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Response<B>, Infallible>> + Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
 {
     let tls = tokio::select! {
@@ -623,13 +622,11 @@ where
         let response = service(req);
         async move {
             let response = response.await?;
-            Ok::<_, Infallible>(response.map(move |body| {
-                body.map_frame(move |frame| {
-                    // The body owns the guard: the request ends when its
-                    // answer has been sent or abandoned.
-                    let _held = &in_flight;
-                    frame
-                })
+            // The body owns the guard: the request ends when its answer has
+            // been sent or abandoned.
+            Ok::<_, Infallible>(response.map(move |body| Held {
+                inner: body,
+                _in_flight: in_flight,
             }))
         }
     });
@@ -794,5 +791,36 @@ mod tests {
         assert!(conn.idle_deadline().is_none());
         drop(request);
         assert_eq!(conn.idle_deadline().unwrap().1, CloseReason::IdleTimeout);
+    }
+}
+
+/// A response body that holds its connection's in-flight guard until it is
+/// dropped. It passes the body's size hint on (a `map_frame` would lose it,
+/// and every answer would go out chunked instead of with its length).
+struct Held<B> {
+    inner: B,
+    _in_flight: InFlight,
+}
+
+impl<B> http_body::Body for Held<B>
+where
+    B: http_body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
