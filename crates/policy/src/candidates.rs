@@ -1,6 +1,6 @@
 //! The policies that can apply to one request, by scope alone, for the actions
 //! whose resources are made per request (MCP tools and prompts, models,
-//! secrets) and so are outside the snapshot's scope index (`decide.rs`).
+//! secrets) and so are outside the snapshot's scope index (`scope.rs`).
 //!
 //! The reasoning is the scope index's: a policy whose principal, action or
 //! resource scope cannot match a request is never satisfied and never errors,
@@ -12,7 +12,7 @@
 
 use cedar_policy::{ActionConstraint, Entities, EntityUid, Policy, PolicySet, Request};
 
-use crate::decide::{Scope, mentions_context};
+use crate::scope::{Scope, mentions_context};
 
 /// One action's candidate policies, with their scopes read out.
 pub(crate) struct ActionPolicies {

@@ -14,7 +14,8 @@ use cedar_policy::{
     EntityId, EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, SlotId, Template,
 };
 
-use crate::decide::{EntityError, HttpAction};
+use crate::entities::EntityError;
+use crate::facts::HttpAction;
 
 /// Policy ids of grants start with this; user policies may not.
 pub const GRANT_PREFIX: &str = "grant:";

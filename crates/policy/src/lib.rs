@@ -11,28 +11,31 @@
 #![forbid(unsafe_code)]
 
 mod args;
+mod authorizer;
 mod bundle;
 mod caller;
 mod candidates;
 mod decide;
+mod entities;
 mod explain;
+mod facts;
 mod grants;
 mod mcp;
 mod memo;
 mod model;
 mod obligations;
+mod scope;
 mod secret;
 
 pub use args::{ArgumentError, CanonicalArgs, McpArg, canonical_arguments};
+pub use authorizer::{Authorizer, RouteActions};
 pub use bundle::{
     DEFAULT_POLICIES, DEFAULT_SCHEMA, PolicyBundle, PolicyError, PolicySources, SCHEMA_FILE,
 };
 pub use caller::{AuthFacts, AuthMethod, CallerFacts, Delegation, Posture};
-pub use decide::{
-    AgentEntity, Authorizer, AuthzRequest, Content, EntityError, HttpAction, RequestTime,
-    RouteActions, RouteEntity, SourceIp,
-};
+pub use entities::{AgentEntity, EntityError, RouteEntity};
 pub use explain::{Explanation, PolicyTrace, TraceOutcome};
+pub use facts::{AuthzRequest, Content, HttpAction, RequestTime, SourceIp};
 pub use grants::{ANALYTICS_PREFIX, BREAKGLASS_PREFIX, GRANT_PREFIX, GrantEntity, GrantScope};
 pub use mcp::{McpAction, McpRequest};
 pub use model::{ModelAction, ModelEntity, ModelRequest};

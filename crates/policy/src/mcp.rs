@@ -38,7 +38,8 @@ use crate::PolicyBundle;
 use crate::args::McpArg;
 use crate::caller::CallerFacts;
 use crate::candidates::ActionPolicies;
-use crate::decide::{Content, EntityError, RequestTime, SourceIp};
+use crate::entities::EntityError;
+use crate::facts::{Content, RequestTime, SourceIp};
 
 /// The MCP operations policy can grant, each an `Action::"<name>"`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -19,7 +19,8 @@ use portcullis_core::{Classification, Decision};
 use crate::PolicyBundle;
 use crate::caller::CallerFacts;
 use crate::candidates::ActionPolicies;
-use crate::decide::{Content, EntityError, HttpAction, RequestTime, SourceIp};
+use crate::entities::EntityError;
+use crate::facts::{Content, HttpAction, RequestTime, SourceIp};
 
 /// A model as policy sees it: `Model::"<route>/<name>"`, in `Route::"<route>"`.
 #[derive(Debug, Clone)]
@@ -248,7 +249,7 @@ impl ModelAuthz {
             self.model_type.clone(),
             EntityId::new(ModelEntity::id(r.route, r.model)),
         );
-        let context = crate::decide::routed_context(
+        let context = crate::facts::routed_context(
             r.route,
             r.method.as_str(),
             r.path,

@@ -14,7 +14,8 @@ use portcullis_core::Decision;
 use crate::PolicyBundle;
 use crate::caller::CallerFacts;
 use crate::candidates::ActionPolicies;
-use crate::decide::{Content, EntityError, HttpAction, RequestTime, SourceIp};
+use crate::entities::EntityError;
+use crate::facts::{Content, HttpAction, RequestTime, SourceIp};
 
 /// The action id.
 pub const USE_SECRET: &str = "use_secret";
@@ -112,7 +113,7 @@ impl SecretAuthz {
             EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(r.agent));
         let resource =
             EntityUid::from_type_name_and_id(self.secret_type.clone(), EntityId::new(r.secret));
-        let context = crate::decide::routed_context(
+        let context = crate::facts::routed_context(
             r.route,
             r.method.as_str(),
             r.path,
