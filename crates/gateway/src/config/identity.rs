@@ -1,0 +1,232 @@
+//! `[identity]`: the SPIFFE trust domain, the access tokens the gateway
+//! issues, and the external issuers it trusts (`[[identity.oidc]]`,
+//! `[identity.posture_attestor]`).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Deserializer};
+
+/// Default trust domain of agent SPIFFE IDs.
+pub const DEFAULT_TRUST_DOMAIN: &str = "portcullis.local";
+
+/// `[identity]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIdentity {
+    /// Trust domain of SPIFFE IDs (default `portcullis.local`).
+    #[serde(default, deserialize_with = "opt_trust_domain")]
+    pub trust_domain: Option<String>,
+    /// Public URL of the data plane: the access tokens' `iss` and `aud`, and the
+    /// base of the token endpoint and of every DPoP `htu` (default
+    /// `https://<bound data-plane address>`).
+    pub token_issuer: Option<String>,
+    /// Lifetime of issued access tokens in seconds (default 300, at most 900).
+    pub token_ttl_seconds: Option<u64>,
+    /// Longest delegation chain a token exchange may build (default 2).
+    pub max_delegation_depth: Option<u32>,
+    /// `[[identity.oidc]]`: external issuers of users' tokens.
+    #[serde(default)]
+    pub oidc: Vec<RawOidc>,
+    /// `[identity.posture_attestor]`: who signs workload posture statements.
+    pub posture_attestor: Option<RawOidc>,
+}
+
+/// `[[identity.oidc]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOidc {
+    /// The issuer (`iss` of its tokens).
+    pub issuer: String,
+    /// The audience its tokens must name for this gateway.
+    pub audience: String,
+    /// Where its keys are published (https, or http on loopback only).
+    pub jwks_url: Option<String>,
+    /// Or a local JWKS file (relative to the config file).
+    pub jwks_file: Option<PathBuf>,
+    /// `amr` values that count as a second factor (default `["mfa", "otp", "hwk"]`).
+    pub mfa_amr: Option<Vec<String>>,
+    /// Allowed clock skew in seconds (default 60, at most 300).
+    pub clock_skew_seconds: Option<i64>,
+}
+
+/// Where an OIDC issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// Fetched over HTTPS (refreshed when a token names an unknown key).
+    Url(String),
+    /// Read from a file (re-read when a token names an unknown key).
+    File(PathBuf),
+}
+
+/// A validated `[[identity.oidc]]`.
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// The issuer.
+    pub issuer: String,
+    /// The audience.
+    pub audience: String,
+    /// Its keys.
+    pub jwks: JwksSource,
+    /// Second-factor `amr` values.
+    pub mfa_amr: Vec<String>,
+    /// Clock skew (seconds).
+    pub clock_skew: i64,
+}
+
+fn opt_trust_domain<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    let ok = !s.is_empty()
+        && s.len() <= 255
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'.' | b'-'));
+    if !ok {
+        return Err(serde::de::Error::custom(format!(
+            "invalid trust_domain `{s}`: use lowercase letters, digits, `.` and `-`"
+        )));
+    }
+    Ok(Some(s))
+}
+
+/// Checks the delegation depth, then each external issuer (the OIDC issuers,
+/// then the posture attestor).
+pub(super) fn check_delegation_and_issuers(identity: &RawIdentity) -> Result<(), String> {
+    if let Some(depth) = identity.max_delegation_depth
+        && !(1..=5).contains(&depth)
+    {
+        return Err("key `identity.max_delegation_depth`: must be between 1 and 5".into());
+    }
+    for (i, oidc) in identity
+        .oidc
+        .iter()
+        .chain(identity.posture_attestor.iter())
+        .enumerate()
+    {
+        let at = |m: &str| format!("`[[identity.oidc]]` #{} ({}): {m}", i + 1, oidc.issuer);
+        if oidc.issuer.is_empty() || oidc.audience.is_empty() {
+            return Err(at("`issuer` and `audience` must not be empty"));
+        }
+        match (&oidc.jwks_url, &oidc.jwks_file) {
+            (Some(url), None) => {
+                let uri: http::Uri = url
+                    .parse()
+                    .map_err(|_| at("`jwks_url` is not a valid URL"))?;
+                let loopback = uri.host().is_some_and(|h| {
+                    h == "localhost"
+                        || h.trim_matches(['[', ']'])
+                            .parse::<std::net::IpAddr>()
+                            .is_ok_and(|ip| ip.is_loopback())
+                });
+                match uri.scheme_str() {
+                    Some("https") => {}
+                    Some("http") if loopback => {}
+                    _ => return Err(at("`jwks_url` must be https (http only on loopback)")),
+                }
+            }
+            (None, Some(_)) => {}
+            _ => return Err(at("set exactly one of `jwks_url` and `jwks_file`")),
+        }
+        if oidc
+            .clock_skew_seconds
+            .is_some_and(|s| !(0..=portcullis_identity::MAX_CLOCK_SKEW).contains(&s))
+        {
+            return Err(at("`clock_skew_seconds` must be between 0 and 300"));
+        }
+        if identity.oidc[..i.min(identity.oidc.len())]
+            .iter()
+            .any(|o| o.issuer == oidc.issuer)
+        {
+            return Err(at("duplicate issuer"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the issued access tokens' lifetime and issuer URL.
+pub(super) fn check_tokens(identity: &RawIdentity) -> Result<(), String> {
+    if let Some(ttl) = identity.token_ttl_seconds
+        && !(1..=portcullis_identity::MAX_TOKEN_TTL).contains(&ttl)
+    {
+        return Err(format!(
+            "key `identity.token_ttl_seconds`: must be between 1 and {} (15 minutes)",
+            portcullis_identity::MAX_TOKEN_TTL
+        ));
+    }
+    if let Some(issuer) = &identity.token_issuer
+        && (!issuer.starts_with("https://")
+            || issuer.len() <= "https://".len()
+            || issuer.ends_with('/')
+            || issuer.contains(['?', '#', ' ']))
+    {
+        return Err(format!(
+            "key `identity.token_issuer`: `{issuer}` must be an https URL without a trailing slash, query or fragment, e.g. `https://gateway.example.com`"
+        ));
+    }
+    Ok(())
+}
+
+/// A `[[identity.oidc]]` issuer of users' tokens (checked in `parse`).
+pub(super) fn oidc(o: RawOidc, base: &Path) -> OidcConfig {
+    OidcConfig {
+        jwks: jwks(o.jwks_url, o.jwks_file, base),
+        issuer: o.issuer,
+        audience: o.audience,
+        mfa_amr: o
+            .mfa_amr
+            .unwrap_or_else(|| vec!["mfa".into(), "otp".into(), "hwk".into()]),
+        clock_skew: o.clock_skew_seconds.unwrap_or(60),
+    }
+}
+
+/// The `[identity.posture_attestor]` (checked in `parse`): no `amr` values
+/// count as a second factor in its statements.
+pub(super) fn posture_attestor(o: RawOidc, base: &Path) -> OidcConfig {
+    OidcConfig {
+        jwks: jwks(o.jwks_url, o.jwks_file, base),
+        issuer: o.issuer,
+        audience: o.audience,
+        mfa_amr: Vec::new(),
+        clock_skew: o.clock_skew_seconds.unwrap_or(60),
+    }
+}
+
+fn jwks(url: Option<String>, file: Option<PathBuf>, base: &Path) -> JwksSource {
+    match (url, file) {
+        (Some(url), _) => JwksSource::Url(url),
+        (None, Some(file)) => JwksSource::File(super::relative(base, file)),
+        (None, None) => JwksSource::File(PathBuf::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::Config;
+    use crate::config::tests::check;
+
+    #[test]
+    fn token_settings() {
+        let parse = |t: &str| Config::parse(t, Path::new("/p.toml"));
+        let c = parse("").unwrap();
+        assert_eq!((c.token_issuer.as_deref(), c.token_ttl), (None, 300));
+        let c = parse(
+            "[identity]\ntoken_issuer = \"https://gw.example.com\"\ntoken_ttl_seconds = 900\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (c.token_issuer.as_deref(), c.token_ttl),
+            (Some("https://gw.example.com"), 900)
+        );
+        check(
+            "[identity]\ntoken_ttl_seconds = 901\n",
+            "key `identity.token_ttl_seconds`: must be between 1 and 900",
+        );
+        check("[identity]\ntoken_ttl_seconds = 0\n", "token_ttl_seconds");
+        for bad in ["http://gw", "https://gw/", "https://", "https://gw?x=1"] {
+            check(
+                &format!("[identity]\ntoken_issuer = \"{bad}\"\n"),
+                "key `identity.token_issuer`",
+            );
+        }
+    }
+}

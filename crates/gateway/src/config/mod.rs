@@ -1,0 +1,527 @@
+//! Gateway configuration in two stages: [`RawConfig`] mirrors the TOML file
+//! (unknown keys are errors: a typo in a security config must fail loudly), and
+//! [`Config`] is the validated, ready-to-use form.
+//!
+//! Value errors (a bad address, classification or URL) are raised while parsing, so
+//! the TOML parser reports them with the file's line, column and key.
+//!
+//! One file per TOML section holds its raw type, its validated type and its
+//! checks: `gateway.rs`, `admin.rs`, `identity.rs`, `policy.rs`, `limits.rs`,
+//! `store.rs`, `audit.rs`, `telemetry.rs`, `routes.rs` and `approvals.rs`
+//! (`[analytics]` is `crate::analytics::config`, `[[routes.models]]`
+//! `crate::llm::config`). This file holds the whole file's types, the order
+//! in which [`Config::parse`] runs the sections' checks, and the helpers
+//! several sections share. Every public item is re-exported here, so its path
+//! is `crate::config::X` whichever file defines it.
+
+use std::fmt::Display;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use portcullis_core::Classification;
+use serde::{Deserialize, Deserializer};
+
+mod admin;
+mod approvals;
+mod audit;
+mod gateway;
+mod identity;
+mod limits;
+mod policy;
+mod routes;
+mod store;
+mod telemetry;
+
+pub use admin::{DEFAULT_ADMIN_LISTEN, RawAdmin};
+pub use approvals::RawApprovals;
+pub use audit::{
+    AuditConfig, DEFAULT_UNAUTHENTICATED_RECORDS_PER_MINUTE, ExportConfig, ExportKind,
+    ExportTarget, Facility, RawAudit, RawExport, SyslogTransport, WebhookFormat,
+};
+pub use gateway::{
+    DEFAULT_GATEWAY_LISTEN, DEFAULT_MAX_CONNECTIONS, RawForwardClientCert, RawGateway,
+};
+pub use identity::{DEFAULT_TRUST_DOMAIN, JwksSource, OidcConfig, RawIdentity, RawOidc};
+pub use limits::{DEFAULT_MAX_BODY_BYTES, DEFAULT_UPSTREAM_TIMEOUT_MS, RawLimits};
+pub use policy::{PolicySource, PolicyTimeZone, RawPolicy};
+pub use routes::{
+    BUILTIN_DEMO_UPSTREAM, CaptureConfig, Credential, DEFAULT_CAPTURE_MAX_BYTES, DlpAction,
+    Injection, InjectionAction, MAX_CAPTURE_MAX_BYTES, MAX_ROUTE_SECRETS, RawRoute, RouteConfig,
+    RouteGuard, RouteKind, STDIO_UPSTREAM_PREFIX, Upstream,
+};
+pub use store::RawStore;
+pub use telemetry::{DEFAULT_SERVICE_NAME, RawTelemetry, TelemetryConfig};
+
+/// The TOML file as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[gateway]`: the data-plane listener.
+    #[serde(default)]
+    pub gateway: RawGateway,
+    /// `[admin]`: the admin-API listener.
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// `[identity]`: trust domain.
+    #[serde(default)]
+    pub identity: RawIdentity,
+    /// `[policy]`: where policies live.
+    #[serde(default)]
+    pub policy: RawPolicy,
+    /// `[limits]`: request limits.
+    #[serde(default)]
+    pub limits: RawLimits,
+    /// `[store]`: the database.
+    #[serde(default)]
+    pub store: RawStore,
+    /// `[audit]`: the tamper-evident log.
+    #[serde(default)]
+    pub audit: RawAudit,
+    /// `[telemetry]`: OpenTelemetry traces.
+    #[serde(default)]
+    pub telemetry: RawTelemetry,
+    /// `[[routes]]`: what the gateway forwards where.
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    /// `[analytics]`: behavioral analytics and automated containment.
+    #[serde(default)]
+    pub analytics: crate::analytics::config::RawAnalytics,
+    /// `[approvals]`: just-in-time approval tickets.
+    #[serde(default)]
+    pub approvals: RawApprovals,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Data-plane listener.
+    pub gateway_listen: SocketAddr,
+    /// Admin listener.
+    pub admin_listen: SocketAddr,
+    /// Sensitive admin actions need TOTP even when no admin has enrolled.
+    pub admin_require_mfa: bool,
+    /// Connection caps and timeouts of each listener.
+    pub connections: crate::listener::ConnectionLimits,
+    /// Throttling of failed TOTP codes and client assertions.
+    pub attempts: crate::attempts::AttemptPolicy,
+    /// Extra names for the TLS server certificate.
+    pub server_names: Vec<String>,
+    /// What upstreams get in `X-Forwarded-Client-Cert`.
+    pub forward_client_cert: crate::pipeline::forward::ForwardClientCert,
+    /// Client request headers dropped besides the built-in ones.
+    pub strip_request_headers: Vec<http::HeaderName>,
+    /// SPIFFE trust domain.
+    pub trust_domain: String,
+    /// The access tokens' issuer URL, when configured (else the bound address).
+    pub token_issuer: Option<String>,
+    /// Access-token lifetime (seconds).
+    pub token_ttl: u64,
+    /// Longest delegation chain (token exchange).
+    pub max_delegation_depth: u32,
+    /// External issuers of users' tokens.
+    pub oidc: Vec<OidcConfig>,
+    /// The signer of workload posture statements, when configured.
+    pub posture_attestor: Option<OidcConfig>,
+    /// Policy directory.
+    pub policy: PolicySource,
+    /// Whether `serve` watches the policy directory and hot-reloads changes.
+    pub policy_watch: bool,
+    /// The zone of `context.time.hour` / `weekday`.
+    pub policy_timezone: PolicyTimeZone,
+    /// Where new approval tickets are POSTed.
+    pub approvals_webhook: Option<http::Uri>,
+    /// Request body limit.
+    pub max_body_bytes: u64,
+    /// Upstream response-head timeout.
+    pub upstream_timeout: Duration,
+    /// Database URL, when not the default file in the state directory.
+    pub store_url: Option<String>,
+    /// The audit log.
+    pub audit: AuditConfig,
+    /// OpenTelemetry traces; `None` when tracing is off.
+    pub telemetry: Option<TelemetryConfig>,
+    /// Routes, in file order.
+    pub routes: Vec<RouteConfig>,
+    /// Behavioral analytics and containment.
+    pub analytics: crate::analytics::config::AnalyticsConfig,
+}
+
+/// The configuration file is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file `{path}`: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The file is not valid (syntax, unknown key, bad value, conflict).
+    #[error("invalid config file `{path}`: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, with line, column and key.
+        message: String,
+    },
+}
+
+impl Config {
+    /// The built-in quickstart: default listeners and two routes to the demo
+    /// upstream, one public and one confidential, so the first requests show both
+    /// an allow and a denial.
+    pub fn quickstart() -> Self {
+        let demo = |name: &str, prefix: &str, classification| RouteConfig {
+            name: name.into(),
+            kind: RouteKind::Http,
+            path_prefix: prefix.into(),
+            upstream: Upstream::BuiltinDemo,
+            classification,
+            guard: RouteGuard::default(),
+            credential: None,
+            capture: None,
+            audit_fail_open: false,
+            llm: None,
+            owner: String::new(),
+            tags: Vec::new(),
+        };
+        Config {
+            routes: vec![
+                demo("demo", "/demo", Classification::Public),
+                demo("payroll", "/payroll", Classification::Confidential),
+            ],
+            ..Self::from_raw_unchecked(RawConfig::default(), Path::new("."))
+        }
+    }
+
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates TOML text; `path` is used for messages and relative directories.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        };
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| invalid(format!("\n{e}")))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        // Cross-field checks, reported with the line of the offending key, or
+        // the key. They run in this order, so a file with several errors in
+        // different sections is told of the same one first every time.
+        let llm = routes::validate(&raw.routes, text, base).map_err(invalid)?;
+        limits::check_max_body(&raw.limits).map_err(invalid)?;
+        identity::check_delegation_and_issuers(&raw.identity).map_err(invalid)?;
+        limits::check_upstream_timeout(&raw.limits).map_err(invalid)?;
+        audit::check_checkpoint_interval(&raw.audit).map_err(invalid)?;
+        identity::check_tokens(&raw.identity).map_err(invalid)?;
+        approvals::check(&raw.approvals).map_err(invalid)?;
+        policy::check(&raw.policy).map_err(invalid)?;
+        gateway::check(&raw.gateway).map_err(invalid)?;
+        limits::check_connections_and_throttle(&raw.limits).map_err(invalid)?;
+        let telemetry = telemetry::validate_telemetry(&raw.telemetry).map_err(invalid)?;
+        let default_service = raw
+            .telemetry
+            .service_name
+            .clone()
+            .unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_string());
+        let export = audit::validate_exports(
+            std::mem::take(&mut raw.audit.export),
+            text,
+            base,
+            &default_service,
+        )
+        .map_err(invalid)?;
+        let route_names: Vec<&str> = raw
+            .routes
+            .iter()
+            .map(|r| r.name.get_ref().as_str())
+            .collect();
+        let analytics = crate::analytics::config::AnalyticsConfig::from_raw(
+            std::mem::take(&mut raw.analytics),
+            &route_names,
+            base,
+        )
+        .map_err(invalid)?;
+        let mut config = Self::from_raw_unchecked(raw, base);
+        for (route, llm) in config.routes.iter_mut().zip(llm) {
+            route.llm = llm;
+        }
+        config.audit.export = export;
+        config.analytics = analytics;
+        config.telemetry = telemetry;
+        // Port 0 asks the OS for a free port, so two `:0` addresses never collide.
+        if config.gateway_listen == config.admin_listen && config.gateway_listen.port() != 0 {
+            return Err(invalid(format!(
+                "keys `gateway.listen` and `admin.listen`: the data plane and the admin API must listen on different addresses (both are {})",
+                config.gateway_listen
+            )));
+        }
+        Ok(config)
+    }
+
+    fn from_raw_unchecked(raw: RawConfig, base: &Path) -> Self {
+        let parse_addr = |s: &str| s.parse().unwrap_or(SocketAddr::from(([127, 0, 0, 1], 0)));
+        let trust_domain = raw
+            .identity
+            .trust_domain
+            .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_string());
+        let audit = audit::audit_config(raw.audit, &trust_domain, base);
+        Config {
+            audit,
+            analytics: Default::default(),
+            telemetry: None,
+            gateway_listen: raw
+                .gateway
+                .listen
+                .unwrap_or_else(|| parse_addr(DEFAULT_GATEWAY_LISTEN)),
+            admin_require_mfa: raw.admin.require_mfa.unwrap_or(false),
+            admin_listen: raw
+                .admin
+                .listen
+                .unwrap_or_else(|| parse_addr(DEFAULT_ADMIN_LISTEN)),
+            connections: limits::connection_limits(&raw.gateway, &raw.limits),
+            attempts: limits::attempt_policy(&raw.limits),
+            server_names: raw.gateway.server_names,
+            forward_client_cert: gateway::forward_client_cert(raw.gateway.forward_client_cert),
+            strip_request_headers: raw.gateway.strip_request_headers,
+            token_issuer: raw.identity.token_issuer,
+            max_delegation_depth: raw.identity.max_delegation_depth.unwrap_or(2),
+            posture_attestor: raw
+                .identity
+                .posture_attestor
+                .map(|o| identity::posture_attestor(o, base)),
+            oidc: raw
+                .identity
+                .oidc
+                .into_iter()
+                .map(|o| identity::oidc(o, base))
+                .collect(),
+            token_ttl: raw
+                .identity
+                .token_ttl_seconds
+                .unwrap_or(portcullis_identity::DEFAULT_TOKEN_TTL),
+            trust_domain,
+            policy: policy::source(raw.policy.dir, base),
+            policy_watch: raw.policy.watch,
+            // Checked in `parse`.
+            approvals_webhook: raw
+                .approvals
+                .webhook
+                .as_deref()
+                .and_then(|u| u.parse().ok()),
+            // Checked in `parse`; the quickstart has none.
+            policy_timezone: raw
+                .policy
+                .timezone
+                .as_deref()
+                .and_then(|z| PolicyTimeZone::new(z).ok())
+                .unwrap_or_default(),
+            max_body_bytes: raw.limits.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            upstream_timeout: Duration::from_millis(
+                raw.limits
+                    .upstream_timeout_ms
+                    .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_MS),
+            ),
+            store_url: raw.store.url,
+            routes: raw.routes.into_iter().map(routes::route_config).collect(),
+        }
+    }
+}
+
+/// The 1-based line of the byte offset where `span` starts.
+fn line_of(text: &str, span: std::ops::Range<usize>) -> usize {
+    text[..span.start.min(text.len())].matches('\n').count() + 1
+}
+
+/// `path` relative to the config file's directory `base`, unless absolute.
+fn relative(base: &Path, path: PathBuf) -> PathBuf {
+    if path.is_absolute() {
+        path
+    } else {
+        base.join(path)
+    }
+}
+
+/// Parses `3600`, `90s`, `30m`, `24h`, `7d`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => s.split_at(i),
+        None => (s, "s"),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("invalid duration `{s}`: use e.g. 3600, 90s, 30m, 24h or 7d"))?;
+    let unit = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => {
+            return Err(format!(
+                "invalid duration `{s}`: use e.g. 3600, 90s, 30m, 24h or 7d"
+            ));
+        }
+    };
+    Ok(Duration::from_secs(n.saturating_mul(unit)))
+}
+
+fn from_str<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: FromStr,
+    T::Err: Display,
+{
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+fn opt_webhook<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let s = String::deserialize(d)?;
+    let uri: http::Uri = s
+        .parse()
+        .map_err(|_| serde::de::Error::custom(format!("invalid webhook URL `{s}`")))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+        return Err(serde::de::Error::custom(format!(
+            "invalid webhook URL `{s}`: use http:// or https://"
+        )));
+    }
+    Ok(Some(s))
+}
+
+/// Static HTTP headers whose values are secrets (API keys, tokens): `Debug`
+/// shows only the names, and the values are marked sensitive for HTTP/2 HPACK.
+#[derive(Clone, Default)]
+pub struct SecretHeaders(pub Vec<(http::HeaderName, http::HeaderValue)>);
+
+impl std::fmt::Debug for SecretHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.0.iter().map(|(name, _)| format!("{name}: <redacted>")))
+            .finish()
+    }
+}
+
+/// `{endpoint}/v1/{signal}`, the OTLP/HTTP path of a signal.
+fn otlp_url(endpoint: &str, signal: &str) -> Result<http::Uri, String> {
+    let base = endpoint.trim_end_matches('/');
+    if base.contains('?') {
+        return Err(format!(
+            "OTLP endpoint `{endpoint}` must not have a query string"
+        ));
+    }
+    format!("{base}/v1/{signal}")
+        .parse()
+        .map_err(|_| format!("invalid OTLP endpoint `{endpoint}`"))
+}
+
+/// Header names are checked and shown in errors; values are checked but never
+/// shown, since they are usually credentials.
+fn secret_headers(
+    raw: &std::collections::BTreeMap<String, String>,
+) -> Result<SecretHeaders, String> {
+    let mut out = Vec::with_capacity(raw.len());
+    for (name, value) in raw {
+        let name = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("invalid header name `{name}`"))?;
+        let mut value = http::HeaderValue::from_str(value)
+            .map_err(|_| format!("the value of header `{name}` is not a valid header value"))?;
+        value.set_sensitive(true);
+        out.push((name, value));
+    }
+    Ok(SecretHeaders(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Parses `text`; `Ok` is a one-line summary, `Err` the message.
+    pub(super) fn check(text: &str, expect: &str) {
+        let got = match Config::parse(text, Path::new("/etc/p/portcullis.toml")) {
+            Ok(c) => format!(
+                "ok {} {} {:?} {} routes={}",
+                c.gateway_listen,
+                c.admin_listen,
+                c.policy,
+                c.max_body_bytes,
+                c.routes
+                    .iter()
+                    .map(|r| format!(
+                        "{}:{}:{}{}",
+                        r.name,
+                        r.path_prefix,
+                        r.classification,
+                        if r.guard == RouteGuard::default() {
+                            String::new()
+                        } else {
+                            format!(":{:?}/{:?}", r.guard.injection, r.guard.dlp)
+                        }
+                    ))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            ),
+            Err(e) => e.to_string(),
+        };
+        assert!(got.contains(expect), "expected `{expect}` in:\n{got}");
+    }
+
+    #[test]
+    fn valid_files() {
+        check(
+            "",
+            "ok 127.0.0.1:8443 127.0.0.1:9443 StateDir 10485760 routes=",
+        );
+        check(
+            r#"
+[gateway]
+listen = "127.0.0.1:7000"
+[admin]
+listen = "127.0.0.1:7001"
+[policy]
+dir = "policies"
+[limits]
+max_body_bytes = 1024
+upstream_timeout_ms = 500
+[[routes]]
+name = "api"
+kind = "http"
+path_prefix = "/api"
+upstream = "http://127.0.0.1:9000/base/"
+classification = "internal"
+"#,
+            "ok 127.0.0.1:7000 127.0.0.1:7001 Dir(\"/etc/p/policies\") 1024 routes=api:/api:internal",
+        );
+    }
+
+    #[test]
+    fn invalid_files_name_line_and_key() {
+        check(
+            "[gateway]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n",
+            "unknown field `listn`",
+        );
+        check("[gateway]\nlisten = \"127.0.0.1:1\"\nlistn = 3\n", "line 3");
+        check("[gateway]\nlisten = \"nope\"\n", "line 2");
+        check(
+            "[gateway]\nlisten = \"127.0.0.1:1\"\n[admin]\nlisten = \"127.0.0.1:1\"\n",
+            "must listen on different addresses",
+        );
+    }
+
+    /// Parses `text` and summarises its export sinks and telemetry.
+    pub(super) fn check_export(text: &str, expect: &str) {
+        let got = match Config::parse(text, Path::new("/etc/p/portcullis.toml")) {
+            Ok(c) => format!("ok {:?} {:?}", c.audit.export, c.telemetry),
+            Err(e) => e.to_string(),
+        };
+        assert!(got.contains(expect), "expected `{expect}` in:\n{got}");
+    }
+}
