@@ -1,0 +1,160 @@
+//! The admin router: [`router`] lists every endpoint (the agent endpoints of
+//! `agents.rs` and those of the `*_api.rs` modules), and [`AdminState`] is what
+//! the handlers share. The probes (`/healthz`, `/readyz`, `/metrics`), the
+//! fallbacks and the audit tail live here too: they are a few lines each.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use portcullis_core::ErrorCode;
+use portcullis_gateway::Gateway;
+use portcullis_gateway::audit_sink::AuditSink;
+use portcullis_gateway::checkpointer::Checkpointer;
+use portcullis_identity::CertificateAuthority;
+use portcullis_store::Store;
+use serde::Deserialize;
+
+use super::agents::{add_key, create_agent, list_agents, renew_agent, revoke_agent, show_agent};
+use super::call::{ApiError, Call, json, require_admin, with_call};
+
+/// What the handlers share.
+#[derive(Clone)]
+pub struct AdminState {
+    /// The store.
+    pub store: Store,
+    /// The data plane, to refresh after agent changes.
+    pub gateway: Arc<Gateway>,
+    /// The CA that issues agent certificates.
+    pub ca: Arc<CertificateAuthority>,
+    /// SHA-256 (hex) of the accepted admin tokens.
+    pub token_hashes: Arc<Vec<String>>,
+    /// Where admin audit records go.
+    pub sink: AuditSink,
+    /// The vault; `None` when no key-encryption key is configured.
+    pub vault: Option<Arc<portcullis_vault::Vault>>,
+    /// Signs the audit log's checkpoints.
+    pub checkpointer: Arc<Checkpointer>,
+    /// Seals admins' TOTP secrets; says whether MFA is always required.
+    pub mfa: Arc<crate::mfa::MfaKeys>,
+}
+
+/// The admin router. `remote` addresses reach handlers through a
+/// `ConnectInfo`-like extension the listener adds.
+pub fn router(state: AdminState) -> Router {
+    let api = Router::new()
+        .route("/agents", post(create_agent).get(list_agents))
+        .route("/agents/{name}", get(show_agent))
+        .route("/agents/{name}/revoke", post(revoke_agent))
+        .route("/agents/{name}/certificates", post(renew_agent))
+        .route("/agents/{name}/keys", post(add_key))
+        .route("/admins", post(crate::mfa::enrol).get(crate::mfa::list))
+        .route("/admins/{name}", axum::routing::delete(crate::mfa::remove))
+        .route("/audit", get(audit_tail))
+        .merge(crate::vault_api::routes())
+        .merge(crate::analytics_api::routes())
+        .merge(crate::identity_api::routes())
+        .merge(crate::tools_api::routes())
+        .route(
+            "/audit/checkpoint",
+            get(crate::audit_api::latest_checkpoint).post(crate::audit_api::sign_checkpoint),
+        )
+        .route(
+            "/audit/checkpoints",
+            get(crate::audit_api::list_checkpoints),
+        )
+        .route("/audit/records/{id}", get(crate::audit_api::record))
+        .route("/audit/proof/inclusion", get(crate::audit_api::inclusion))
+        .route(
+            "/audit/proof/consistency",
+            get(crate::audit_api::consistency),
+        )
+        .route("/audit/export", get(crate::audit_api::export))
+        .route("/inventory", get(crate::audit_api::inventory))
+        .merge(crate::policy_api::routes())
+        .merge(crate::approvals_api::routes())
+        .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .nest("/admin/v1", api)
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(with_call))
+        .with_state(state)
+}
+
+async fn healthz() -> impl IntoResponse {
+    json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AdminState>, Extension(call): Extension<Call>) -> Response {
+    if let Some(reason) = state.sink.halted() {
+        return call
+            .error(
+                ErrorCode::AuditUnavailable,
+                format!("the audit log is halted: {reason}"),
+            )
+            .into_response();
+    }
+    match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
+        Ok(Ok(())) => json(StatusCode::OK, &serde_json::json!({ "status": "ready" })),
+        _ => call
+            .error(ErrorCode::Unavailable, "the store is not reachable")
+            .into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AdminState>) -> Response {
+    let text = state.gateway.metrics().encode();
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+async fn method_not_allowed(Extension(call): Extension<Call>) -> ApiError {
+    call.error(
+        ErrorCode::MethodNotAllowed,
+        "method not allowed for this admin endpoint",
+    )
+}
+
+async fn not_found(Extension(call): Extension<Call>) -> ApiError {
+    call.error(ErrorCode::NotFound, "no such admin endpoint")
+}
+
+#[derive(Debug, Deserialize)]
+struct TailQuery {
+    limit: Option<u32>,
+}
+
+async fn audit_tail(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    query: Result<Query<TailQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| call.error(ErrorCode::BadRequest, e.body_text()))?;
+    let limit = q.limit.unwrap_or(20).clamp(1, 10_000);
+    let records = state
+        .store
+        .audit_tail(limit)
+        .await
+        .map_err(|e| call.store_error(e))?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "records": records }),
+    ))
+}

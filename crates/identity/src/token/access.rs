@@ -1,0 +1,399 @@
+//! The gateway's access tokens: [`TokenIssuer`] issues and verifies them,
+//! always sender-constrained ([`Confirmation`]: a DPoP key or a client
+//! certificate), and on a delegated token (RFC 8693) they carry the acting
+//! agents ([`Actor`]) and the user ([`DelegatedUser`]).
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use jsonwebtoken::{Algorithm, DecodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::{Ed25519Key, TokenError, eddsa_header, map_jwt_error, random_id};
+
+/// Default access-token lifetime (seconds).
+pub const DEFAULT_TOKEN_TTL: u64 = 300;
+/// Longest access-token lifetime the gateway issues (seconds).
+pub const MAX_TOKEN_TTL: u64 = 900;
+
+/// The RFC 8705 `x5t#S256` of a DER certificate.
+pub fn cert_thumbprint(der: &[u8]) -> String {
+    B64.encode(Sha256::digest(der))
+}
+
+/// `cnf`: what the access token is bound to.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    /// RFC 9449: thumbprint of the DPoP key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jkt: Option<String>,
+    /// RFC 8705: SHA-256 of the client certificate (base64url).
+    #[serde(rename = "x5t#S256", default, skip_serializing_if = "Option::is_none")]
+    pub x5t_s256: Option<String>,
+}
+
+/// Claims of a gateway access token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessClaims {
+    /// The gateway (its public URL).
+    pub iss: String,
+    /// The agent's SPIFFE ID.
+    pub sub: String,
+    /// The gateway's data plane.
+    pub aud: String,
+    /// Expiry.
+    pub exp: i64,
+    /// Issued at.
+    pub iat: i64,
+    /// Not before.
+    #[serde(default)]
+    pub nbf: i64,
+    /// Token id.
+    pub jti: String,
+    /// The agent name.
+    pub client_id: String,
+    /// The sender constraint; always present.
+    pub cnf: Confirmation,
+    /// RFC 8693 §4.1: on a delegated token, the acting agent (and, nested,
+    /// the actors before it). `sub` is then the user, not the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Actor>,
+    /// On a delegated token: the user's issuer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_iss: Option<String>,
+    /// On a delegated token: the user's groups (Cedar roles of the user).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub groups: Vec<String>,
+    /// RFC 8176 methods: `["mfa"]` when the user passed a second factor.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub amr: Vec<String>,
+    /// The workload digest a posture statement attested when the token was
+    /// issued (`sha256:<hex>`); absent without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub posture_digest: Option<String>,
+}
+
+/// One actor of a delegation chain (RFC 8693 `act`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Actor {
+    /// The actor's SPIFFE ID.
+    pub sub: String,
+    /// The actor before it, if the chain is longer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub act: Option<Box<Actor>>,
+}
+
+impl Actor {
+    /// The actors, current first.
+    pub fn chain(&self) -> Vec<&str> {
+        let mut out = vec![self.sub.as_str()];
+        let mut next = self.act.as_deref();
+        while let Some(a) = next {
+            out.push(a.sub.as_str());
+            next = a.act.as_deref();
+        }
+        out
+    }
+}
+
+/// What a delegated token says about the user it was exchanged for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DelegatedUser {
+    /// The user (subject of their token).
+    pub sub: String,
+    /// Their issuer.
+    pub iss: String,
+    /// Their groups.
+    pub groups: Vec<String>,
+    /// Whether they passed a second factor.
+    pub mfa: bool,
+}
+
+impl AccessClaims {
+    /// The acting agent's SPIFFE ID: `act.sub` on a delegated token, else `sub`.
+    pub fn agent_spiffe_id(&self) -> &str {
+        self.act
+            .as_ref()
+            .map_or(self.sub.as_str(), |a| a.sub.as_str())
+    }
+
+    /// The user a delegated token acts for.
+    pub fn delegated_user(&self) -> Option<DelegatedUser> {
+        self.act.as_ref()?;
+        Some(DelegatedUser {
+            sub: self.sub.clone(),
+            iss: self.user_iss.clone().unwrap_or_default(),
+            groups: self.groups.clone(),
+            mfa: self.amr.iter().any(|m| m == "mfa"),
+        })
+    }
+}
+
+/// The gateway's token key: issues and verifies access tokens.
+#[derive(Debug)]
+pub struct TokenIssuer {
+    key: Ed25519Key,
+    decoding: DecodingKey,
+    issuer: String,
+    validation: Validation,
+}
+
+impl TokenIssuer {
+    /// The issuer `issuer` (the gateway's public URL, also the audience) signing with `key`.
+    pub fn new(key: Ed25519Key, issuer: &str) -> Result<Self, TokenError> {
+        let decoding = key.public.decoding_key()?;
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        validation.leeway = 0;
+        validation.validate_nbf = true;
+        validation.set_audience(&[issuer]);
+        validation.set_issuer(&[issuer]);
+        validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
+        Ok(TokenIssuer {
+            key,
+            decoding,
+            issuer: issuer.to_string(),
+            validation,
+        })
+    }
+
+    /// The issuer URL.
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    /// The key id of the signing key.
+    pub fn kid(&self) -> String {
+        self.key.kid()
+    }
+
+    /// The JWKS to publish.
+    pub fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({ "keys": [self.key.public.to_json()] })
+    }
+
+    /// Issues an access token for `agent` (`sub` = `spiffe_id`) bound by `cnf`.
+    /// `ttl` is capped at [`MAX_TOKEN_TTL`]. Refuses an unbound token.
+    pub fn issue(
+        &self,
+        agent: &str,
+        spiffe_id: &str,
+        cnf: Confirmation,
+        now: i64,
+        ttl: u64,
+    ) -> Result<(String, AccessClaims), TokenError> {
+        if cnf.jkt.is_none() && cnf.x5t_s256.is_none() {
+            return Err(TokenError::Claim("cnf"));
+        }
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid());
+        header.typ = Some("at+jwt".into());
+        let claims = AccessClaims {
+            iss: self.issuer.clone(),
+            sub: spiffe_id.into(),
+            aud: self.issuer.clone(),
+            exp: now + ttl.min(MAX_TOKEN_TTL) as i64,
+            iat: now,
+            nbf: now,
+            jti: random_id(),
+            client_id: agent.into(),
+            cnf,
+            act: None,
+            user_iss: None,
+            groups: Vec::new(),
+            amr: Vec::new(),
+            posture_digest: None,
+        };
+        Ok((self.key.sign(&header, &claims)?, claims))
+    }
+
+    /// Issues a delegated token (RFC 8693 token exchange): `sub` is the user,
+    /// `act` the acting agent with the earlier actors nested in it. Never
+    /// outlives the user's own token (`not_after`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn issue_delegated(
+        &self,
+        agent: &str,
+        actor: Actor,
+        user: &DelegatedUser,
+        cnf: Confirmation,
+        now: i64,
+        ttl: u64,
+        not_after: i64,
+    ) -> Result<(String, AccessClaims), TokenError> {
+        if cnf.jkt.is_none() && cnf.x5t_s256.is_none() {
+            return Err(TokenError::Claim("cnf"));
+        }
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid());
+        header.typ = Some("at+jwt".into());
+        let exp = (now + ttl.min(MAX_TOKEN_TTL) as i64).min(not_after);
+        if exp <= now {
+            return Err(TokenError::Expired);
+        }
+        let claims = AccessClaims {
+            iss: self.issuer.clone(),
+            sub: user.sub.clone(),
+            aud: self.issuer.clone(),
+            exp,
+            iat: now,
+            nbf: now,
+            jti: random_id(),
+            client_id: agent.into(),
+            cnf,
+            act: Some(actor),
+            user_iss: Some(user.iss.clone()),
+            groups: user.groups.clone(),
+            amr: if user.mfa {
+                vec!["mfa".into()]
+            } else {
+                Vec::new()
+            },
+            posture_digest: None,
+        };
+        Ok((self.key.sign(&header, &claims)?, claims))
+    }
+
+    /// Signs claims made by [`Self::issue`] or [`Self::issue_delegated`]
+    /// after the caller added to them (the attested posture).
+    pub fn sign_access(&self, claims: &AccessClaims) -> Result<String, TokenError> {
+        if claims.cnf.jkt.is_none() && claims.cnf.x5t_s256.is_none() {
+            return Err(TokenError::Claim("cnf"));
+        }
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid());
+        header.typ = Some("at+jwt".into());
+        self.key.sign(&header, claims)
+    }
+
+    /// Whether `token` claims to be one of ours (a JWS header naming this
+    /// issuer's `kid`). Nothing is verified: it only decides which check applies.
+    pub fn names_own_key(&self, token: &str) -> bool {
+        token.split('.').count() == 3
+            && jsonwebtoken::decode_header(token)
+                .is_ok_and(|h| h.kid.as_deref() == Some(self.kid().as_str()))
+    }
+
+    /// Verifies an access token: EdDSA with this issuer's `kid`, signature,
+    /// `iss`, `aud`, `exp`, `nbf`, lifetime, and a sender constraint. The caller
+    /// checks the constraint against the request and the agent against the
+    /// live directory.
+    pub fn verify(&self, token: &str, now: i64) -> Result<AccessClaims, TokenError> {
+        let header = eddsa_header(token, "access token")?;
+        if header.kid.as_deref() != Some(self.kid().as_str()) {
+            return Err(TokenError::UnknownKey);
+        }
+        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation)
+            .map_err(|e| map_jwt_error(&e, "access token"))?;
+        let claims = data.claims;
+        // jsonwebtoken checks against the system clock; `now` makes the
+        // decision reproducible and covers `iat`, which it does not check.
+        if claims.exp <= now {
+            return Err(TokenError::Expired);
+        }
+        if claims.nbf > now || claims.iat > now + 5 {
+            return Err(TokenError::NotYetValid);
+        }
+        if claims.exp - claims.iat > MAX_TOKEN_TTL as i64 {
+            return Err(TokenError::Lifetime);
+        }
+        if claims.cnf.jkt.is_none() && claims.cnf.x5t_s256.is_none() {
+            return Err(TokenError::Claim("cnf"));
+        }
+        Ok(claims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{bound, issuer, now};
+    use super::*;
+    use jsonwebtoken::EncodingKey;
+
+    fn forge(header: serde_json::Value, claims: &AccessClaims, sig: &[u8]) -> String {
+        format!(
+            "{}.{}.{}",
+            B64.encode(header.to_string()),
+            B64.encode(serde_json::to_string(claims).unwrap()),
+            B64.encode(sig)
+        )
+    }
+
+    #[test]
+    fn access_tokens() {
+        let iss = issuer();
+        let t = now();
+        let (token, claims) = iss
+            .issue("bot", "spiffe://t/agent/bot", bound(), t, 300)
+            .unwrap();
+        assert_eq!(iss.verify(&token, t).unwrap().jti, claims.jti);
+        assert_eq!(
+            iss.verify(&token, t + 300).unwrap_err(),
+            TokenError::Expired
+        );
+        assert!(
+            iss.issue("bot", "s", Confirmation::default(), t, 300)
+                .is_err()
+        );
+        // Capped at 15 minutes.
+        let (_, long) = iss.issue("bot", "s", bound(), t, 99_999).unwrap();
+        assert_eq!(long.exp - long.iat, 900);
+        // Another issuer's key: unknown kid; same kid, other key: bad signature.
+        let other = issuer();
+        let (foreign, _) = other.issue("bot", "s", bound(), t, 300).unwrap();
+        assert_eq!(iss.verify(&foreign, t).unwrap_err(), TokenError::UnknownKey);
+        let mut parts: Vec<&str> = token.split('.').collect();
+        let foreign_sig = foreign.split('.').nth(2).unwrap();
+        parts[2] = foreign_sig;
+        assert_eq!(
+            iss.verify(&parts.join("."), t).unwrap_err(),
+            TokenError::Signature
+        );
+        // Tampered claims.
+        let mut c = claims.clone();
+        c.client_id = "root".into();
+        let sig = B64.decode(token.split('.').nth(2).unwrap()).unwrap();
+        let tampered = forge(
+            serde_json::json!({"alg":"EdDSA","typ":"at+jwt","kid":iss.kid()}),
+            &c,
+            &sig,
+        );
+        assert_eq!(iss.verify(&tampered, t).unwrap_err(), TokenError::Signature);
+        // alg none, and HS256 keyed with the public key.
+        let none = forge(
+            serde_json::json!({"alg":"none","kid":iss.kid()}),
+            &claims,
+            b"",
+        );
+        assert_eq!(iss.verify(&none, t).unwrap_err(), TokenError::Algorithm);
+        let hs = jsonwebtoken::encode(
+            &Header {
+                kid: Some(iss.kid()),
+                ..Header::new(Algorithm::HS256)
+            },
+            &claims,
+            &EncodingKey::from_secret(&iss.key.public.x),
+        )
+        .unwrap();
+        assert_eq!(iss.verify(&hs, t).unwrap_err(), TokenError::Algorithm);
+        // Wrong audience and issuer.
+        let wrong =
+            TokenIssuer::new(Ed25519Key::from_seed(&iss.key.key.to_bytes()), "https://x").unwrap();
+        let (w, _) = wrong.issue("bot", "s", bound(), t, 300).unwrap();
+        assert_eq!(iss.verify(&w, t).unwrap_err(), TokenError::Issuer);
+        let mut c = claims.clone();
+        c.aud = "https://elsewhere".into();
+        let header = Header {
+            kid: Some(iss.kid()),
+            ..Header::new(Algorithm::EdDSA)
+        };
+        let other_aud = iss.key.sign(&header, &c).unwrap();
+        assert_eq!(iss.verify(&other_aud, t).unwrap_err(), TokenError::Audience);
+        // Not yet valid.
+        let mut c = claims.clone();
+        c.nbf = t + 100;
+        c.iat = t + 100;
+        c.exp = t + 200;
+        let early = iss.key.sign(&header, &c).unwrap();
+        assert_eq!(iss.verify(&early, t).unwrap_err(), TokenError::NotYetValid);
+    }
+}
