@@ -11,27 +11,16 @@
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::Server;
+use support::{Killed, Server, free_port, wait_for_port};
 
 const TESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp");
 const SCHEMA: &str = include_str!("../../policy/defaults/schema.cedarschema");
-
-/// Kills a helper process when the test ends, whatever the outcome.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn python_mcp() -> bool {
     match Command::new("python3")
@@ -78,29 +67,6 @@ fn everything() -> Option<PathBuf> {
             None
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits (bounded) until something accepts connections on `port`.
-fn wait_for_port(port: u16, what: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        if let Ok(Some(status)) = what.try_wait() {
-            panic!("MCP server exited early: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("MCP server did not listen on {port}");
 }
 
 /// A gateway with one MCP route and the given policies.

@@ -12,13 +12,11 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
 use portcullis_identity::Ed25519Key;
 use serde_json::{Value, json};
-use support::Server;
+use support::{Killed, Server, free_port, wait_for_port};
 
 const MCP_TESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp");
 const LLM_TESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/llm");
@@ -70,15 +68,6 @@ permit(principal in Role::"dev", action == Action::"complete", resource in Route
 /// The identity provider whose users agents act for.
 const IDP: &str = "https://idp.parity.test";
 
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn python_with_mcp() -> bool {
     match Command::new("python3").args(["-c", "import mcp"]).output() {
         Ok(o) if o.status.success() => true,
@@ -87,28 +76,6 @@ fn python_with_mcp() -> bool {
             false
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_port(port: u16, what: &mut Child) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return;
-        }
-        if let Ok(Some(status)) = what.try_wait() {
-            panic!("upstream exited early: {status}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("upstream did not listen on {port}");
 }
 
 /// The MCP server of the guard tests: `save_note` appends what it got to

@@ -710,6 +710,37 @@ impl ConnRef {
     }
 }
 
+/// A response body that holds its connection's in-flight guard until it is
+/// dropped. It passes the body's size hint on (a `map_frame` would lose it,
+/// and every answer would go out chunked instead of with its length).
+struct Held<B> {
+    inner: B,
+    _in_flight: InFlight,
+}
+
+impl<B> http_body::Body for Held<B>
+where
+    B: http_body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -791,36 +822,5 @@ mod tests {
         assert!(conn.idle_deadline().is_none());
         drop(request);
         assert_eq!(conn.idle_deadline().unwrap().1, CloseReason::IdleTimeout);
-    }
-}
-
-/// A response body that holds its connection's in-flight guard until it is
-/// dropped. It passes the body's size hint on (a `map_frame` would lose it,
-/// and every answer would go out chunked instead of with its length).
-struct Held<B> {
-    inner: B,
-    _in_flight: InFlight,
-}
-
-impl<B> http_body::Body for Held<B>
-where
-    B: http_body::Body + Unpin,
-{
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.inner.size_hint()
     }
 }

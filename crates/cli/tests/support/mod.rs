@@ -461,3 +461,38 @@ pub async fn raw_tls(addr: SocketAddr, config: rustls::ClientConfig, bytes: &[u8
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// Kills a helper process when the test ends, whatever the outcome.
+pub struct Killed(pub Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits (bounded) until something accepts connections on `port`; panics if
+/// `what` exits first or nothing listens within 30 s.
+pub fn wait_for_port(port: u16, what: &mut Child) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::time::Instant::now() < deadline {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = what.try_wait() {
+            panic!("helper process exited early: {status}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("nothing listened on {port}");
+}
