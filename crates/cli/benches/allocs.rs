@@ -42,7 +42,24 @@
 //!   before the requests, per second) is subtracted from each window in
 //!   proportion to its length; the rate is printed.
 //!
-//! Measured (see the end of this comment).
+//! Measured on main at 959cb87 (2 shared cores, other builds running; the
+//! counts do not depend on the load, two runs gave the same figures to
+//! within 1 %), `cargo bench -p portcullis-cli --bench allocs`:
+//!
+//! ```text
+//! path                                          allocs/req  reallocs/req   bytes/req
+//! bare proxy (http, no checks)                        14.6           1.0       20557
+//! portcullis, memoized decision                       76.3           7.1       27103
+//! portcullis, Cedar evaluated (context policy)       220.3          12.2       60777
+//! (idle background of the process, subtracted: 2507 allocs/s, 167 reallocs/s, 3.5 MB/s)
+//! ```
+//!
+//! So a request through Portcullis costs about 62 allocations more than a
+//! bare hyper proxy hop when its decision is memoized, and about 144 more
+//! than that when Cedar evaluates it. The idle process (no request in
+//! flight; timers such as the analytics' drain and decay among them)
+//! allocates about 2,500 times and 3.5 MB per second; that is not
+//! attributed further here.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod support;
