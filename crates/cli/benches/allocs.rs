@@ -43,8 +43,8 @@
 //!   proportion to its length; the rate is printed.
 //!
 //! Measured on main at 959cb87 (2 shared cores, other builds running; the
-//! counts do not depend on the load, two runs gave the same figures to
-//! within 1 %), `cargo bench -p portcullis-cli --bench allocs`:
+//! counts do not depend on the load: runs under load average 10 and 2 gave
+//! the same figures to within 1 %), `cargo bench -p portcullis-cli --bench allocs`:
 //!
 //! ```text
 //! path                                          allocs/req  reallocs/req   bytes/req

@@ -22,9 +22,9 @@
 //!
 //! Measured for issue 15 on main at 959cb87 (the baseline the unified
 //! decision path must equal or beat), on 2 shared cores while other
-//! engineers' `cargo` builds ran (load average 9–12), so the figures are
-//! noisy — p99 above all. Four consecutive runs of `cargo bench -p
-//! portcullis-cli --bench gateway`, defaults:
+//! engineers' `cargo` builds ran (load average 9–12 in runs 1–4, 1–2 in
+//! runs 5–6), so the figures are noisy — p99 above all. Six runs of `cargo
+//! bench -p portcullis-cli --bench gateway`, defaults:
 //!
 //! ```text
 //! run  direct p50/p99  direct https  bare proxy p50/p99  gateway p50/p99  analytics off  added p50/p99   rps direct / bare / gateway   gw/direct  gw/bare
@@ -32,6 +32,8 @@
 //! 2    18 / 41 µs      38 / 467      68 / 7070           112 / 6374       86 / 4371      94 / 6333 µs    52482 / 19918 / 13980         27 %       70 %
 //! 3    17 / 46 µs      19 / 104      39 / 233            49 / 254         49 / 234       32 / 208 µs     55922 / 20843 / 14447         26 %       69 %
 //! 4    17 / 41 µs      19 / 58       96 / 2308           50 / 335         109 / 586      33 / 295 µs     65015 / 33438 / 30527         47 %       91 %
+//! 5    46 / 96 µs      19 / 54       79 / 135            93 / 375         95 / 370       47 / 280 µs     134657 / 60410 / 31510        23 %       52 %
+//! 6    43 / 111 µs     19 / 53       82 / 142            104 / 487        103 / 397      61 / 376 µs     120345 / 44860 / 22996        19 %       51 %
 //! ```
 //!
 //! Stage means from `/metrics` (µs, run 3): decode 1.2, authenticate 0.5,

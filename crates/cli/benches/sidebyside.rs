@@ -37,10 +37,10 @@
 //!
 //! Measured on the development machine: 2 shared cores with other
 //! engineers' `cargo` builds running at the same time (load average 9–12
-//! during these runs), so every figure carries that noise; the p99 column
-//! especially is dominated by scheduling. Main at 959cb87 plus these benches,
-//! nginx 1.22.1 (Debian `nginx-light`), four consecutive runs of
-//! `cargo bench -p portcullis-cli --bench sidebyside` (defaults: 5000
+//! during runs 1–4, 1–2 during runs 5–6), so every figure carries that
+//! noise; the p99 column especially is dominated by scheduling. Main at
+//! 959cb87 plus these benches, nginx 1.22.1 (Debian `nginx-light`), six runs
+//! of `cargo bench -p portcullis-cli --bench sidebyside` (defaults: 5000
 //! requests per latency row, 32 connections × 5 s × 2 rounds):
 //!
 //! ```text
@@ -49,15 +49,20 @@
 //! 2    18 / 48 µs      +23 / +109 µs     +32 / +155 µs         +10 µs   +45 µs    60772       25720      13782           54 %   75.7 / 24.7 MiB
 //! 3    17 / 67 µs      +23 / +2782 µs    +75 / +4368 µs        +51 µs   +1587 µs  46517       27569      14487           53 %   73.1 / 24.8 MiB
 //! 4    18 / 52 µs      +26 / +4243 µs    +34 / +1555 µs        +8 µs    −2688 µs  48187       26549      19668           74 %   82.3 / 25.0 MiB
+//! 5    18 / 94 µs      +67 / +46 µs      +81 / +294 µs         +15 µs   +248 µs   136746      51960      32328           62 %   64.8 / 24.7 MiB
+//! 6    43 / 107 µs     +41 / +47 µs      +55 / +297 µs         +14 µs   +249 µs   138311      55421      30497           55 %   64.5 / 24.6 MiB
 //! ```
 //!
-//! Against the issue's targets: Portcullis − nginx at p50 was +8, +10, +51
-//! and +8 µs (target ≤ +20 µs: met in three runs of four); throughput
-//! reached 52–74 % of nginx's (target ≥ 100 %: not met); RSS after the
-//! throughput rounds was 73–82 MiB (goal ≤ 30 MiB: not met; nginx's master
-//! and two workers together: 25 MiB). The p99 differences swing by
-//! milliseconds between runs in both directions: noise on this machine, not
-//! a property of either proxy.
+//! Against the issue's targets: Portcullis − nginx at p50 was +8, +10, +51,
+//! +8, +15 and +14 µs (target ≤ +20 µs: met in five runs of six); at p99
+//! it was +248 and +249 µs in the two quiet runs (in the loaded runs the
+//! p99 swings by milliseconds in both directions: noise, not a property of
+//! either proxy); throughput reached 52–74 % of nginx's (target ≥ 100 %:
+//! not met in any run); RSS after the throughput rounds was 64.5–82 MiB
+//! (goal ≤ 30 MiB: not met; nginx's master and two workers together:
+//! 25 MiB). On the quiet machine every absolute latency is higher and
+//! every throughput about twice as high as under load (idle cores sleep
+//! deeper and wake later); compare rows within one run only.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod support;
