@@ -18,6 +18,22 @@
 //! - A plain HTTP route to the same upstream, measured in the same run, splits
 //!   the added latency into what every proxied request costs and what MCP adds.
 //! - The load generator, the upstream and the gateway share the machine's cores.
+//!
+//! Measured for issue 15 on main at 959cb87 (the baseline the unified
+//! decision path must equal or beat), on 2 shared cores while other
+//! engineers' `cargo` builds ran (load average 9–12 in runs 1–4, 1–2 in
+//! runs 5–6), so the figures are noisy. Six runs of `cargo bench -p
+//! portcullis-cli --bench mcp`, defaults (p50 / p99, µs):
+//!
+//! ```text
+//! run  direct    bare proxy  plain HTTP route  MCP route    added      of which MCP (p50)
+//! 1    22 / 71   41 / 112    56 / 588          136 / 1174   114 / 1103  79
+//! 2    21 / 84   40 / 113    97 / 2039         170 / 2957   149 / 2873  73
+//! 3    22 / 75   41 / 87     122 / 429         203 / 1376   181 / 1300  81
+//! 4    22 / 63   64 / 117    103 / 256         200 / 359    179 / 295   98
+//! 5    22 / 103  83 / 134    103 / 355         206 / 500    184 / 398   103
+//! 6    22 / 112  84 / 167    119 / 445         230 / 608    208 / 497   112
+//! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod support;

@@ -2,6 +2,8 @@
 //! it on ephemeral ports, creating an agent, and the agent's TLS settings.
 #![allow(dead_code)]
 
+pub mod load;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;

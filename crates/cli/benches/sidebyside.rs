@@ -1,0 +1,374 @@
+//! Side by side: one upstream, reached directly, through nginx terminating
+//! mTLS, and through a real `portcullis serve` (mTLS, ~100 Cedar policies,
+//! audit on), all in one run, with the differences printed.
+//!
+//! Run: `cargo bench -p portcullis-cli --bench sidebyside`
+//! (needs Debian's `nginx-light`: `apt-get install -y nginx-light`; without
+//! it the nginx row prints `SKIPPED: nginx` and the rest still runs).
+//! Knobs (environment): `BENCH_LATENCY_REQUESTS` (default 5000),
+//! `BENCH_THROUGHPUT_SECS` (default 5), `BENCH_CONCURRENCY` (default 32),
+//! `BENCH_THROUGHPUT_ROUNDS` (default 2), `NGINX` (the binary, default
+//! `nginx` on `PATH`, then `/usr/sbin/nginx`).
+//!
+//! - The upstream is the gateway bench's: an in-process hyper server on its
+//!   own thread and single-threaded runtime answering 1 KiB to a 1 KiB POST.
+//! - nginx is started by the bench as a child process with a generated
+//!   config in a temp dir: `127.0.0.1` on an ephemeral port, `worker_processes
+//!   2`, TLS with a server certificate issued by the same Portcullis CA,
+//!   `ssl_verify_client on` against that CA (so nginx verifies the very client
+//!   certificate the agent presents to Portcullis), `proxy_http_version 1.1`,
+//!   an `upstream` block with `keepalive 32` and `proxy_set_header Connection
+//!   ""`, access log off, and `keepalive_requests` raised from its default of
+//!   1000 (both sides) so that nginx, like Portcullis, keeps a connection for
+//!   the whole run.
+//! - Portcullis is the gateway bench's: a route to the upstream, ~100
+//!   policies of which 97 do not match the agent, the audit log on, analytics
+//!   on (the default).
+//! - Latency: one keep-alive connection per path, sequential requests, the
+//!   paths taking turns in rounds of 250; p50/p99. "Added" is the path minus
+//!   direct at the same percentile.
+//! - Throughput: `BENCH_CONCURRENCY` keep-alive connections for
+//!   `BENCH_THROUGHPUT_SECS` per path, the paths taking turns for
+//!   `BENCH_THROUGHPUT_ROUNDS` rounds; the mean of the rounds is printed.
+//! - RSS: `VmRSS` of the Portcullis process at the end (and of nginx's master
+//!   plus workers, for comparison).
+//! - The load generator (one thread), the upstream, nginx and Portcullis
+//!   share the machine's cores; nothing is pinned.
+//!
+//! Measured on the development machine: 2 shared cores with other
+//! engineers' `cargo` builds running at the same time (load average 9–12
+//! during runs 1–4, 1–2 during runs 5–6), so every figure carries that
+//! noise; the p99 column especially is dominated by scheduling. Main at
+//! 959cb87 plus these benches, nginx 1.22.1 (Debian `nginx-light`), six runs
+//! of `cargo bench -p portcullis-cli --bench sidebyside` (defaults: 5000
+//! requests per latency row, 32 connections × 5 s × 2 rounds):
+//!
+//! ```text
+//! run  direct p50/p99  nginx +p50/+p99   portcullis +p50/+p99  P−N p50  P−N p99   direct rps  nginx rps  portcullis rps  P/N    RSS P / nginx
+//! 1    18 / 51 µs      +24 / +5459 µs    +32 / +284 µs         +8 µs    −5175 µs  55042       26509      13734           52 %   76.7 / 25.0 MiB
+//! 2    18 / 48 µs      +23 / +109 µs     +32 / +155 µs         +10 µs   +45 µs    60772       25720      13782           54 %   75.7 / 24.7 MiB
+//! 3    17 / 67 µs      +23 / +2782 µs    +75 / +4368 µs        +51 µs   +1587 µs  46517       27569      14487           53 %   73.1 / 24.8 MiB
+//! 4    18 / 52 µs      +26 / +4243 µs    +34 / +1555 µs        +8 µs    −2688 µs  48187       26549      19668           74 %   82.3 / 25.0 MiB
+//! 5    18 / 94 µs      +67 / +46 µs      +81 / +294 µs         +15 µs   +248 µs   136746      51960      32328           62 %   64.8 / 24.7 MiB
+//! 6    43 / 107 µs     +41 / +47 µs      +55 / +297 µs         +14 µs   +249 µs   138311      55421      30497           55 %   64.5 / 24.6 MiB
+//! ```
+//!
+//! Against the issue's targets: Portcullis − nginx at p50 was +8, +10, +51,
+//! +8, +15 and +14 µs (target ≤ +20 µs: met in five runs of six); at p99
+//! it was +248 and +249 µs in the two quiet runs (in the loaded runs the
+//! p99 swings by milliseconds in both directions: noise, not a property of
+//! either proxy); throughput reached 52–74 % of nginx's (target ≥ 100 %:
+//! not met in any run); RSS after the throughput rounds was 64.5–82 MiB
+//! (goal ≤ 30 MiB: not met; nginx's master and two workers together:
+//! 25 MiB). On the quiet machine every absolute latency is higher and
+//! every throughput about twice as high as under load (idle cores sleep
+//! deeper and wake later); compare rows within one run only.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod support;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::load::{
+    Gateway, Target, env_num, latencies, percentile, start_upstream, throughput, us,
+};
+
+fn main() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let latency_n = env_num("BENCH_LATENCY_REQUESTS", 5000) as usize;
+    let secs = env_num("BENCH_THROUGHPUT_SECS", 5);
+    let concurrency = env_num("BENCH_CONCURRENCY", 32) as usize;
+    let rounds = env_num("BENCH_THROUGHPUT_ROUNDS", 2).max(1);
+
+    let upstream = start_upstream(None);
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = Gateway::start(dir.path(), upstream, "");
+    let nginx_dir = tempfile::tempdir().unwrap();
+    let nginx = Nginx::start(nginx_dir.path(), &gateway.state, upstream);
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let agent_tls = Some(Arc::new(gateway.tls.clone()));
+    let direct = Target {
+        addr: upstream,
+        tls: None,
+        path: "/echo",
+    };
+    let through_nginx = nginx.as_ref().ok().map(|n| Target {
+        addr: n.addr,
+        tls: agent_tls.clone(),
+        path: "/echo",
+    });
+    let through_portcullis = Target {
+        addr: gateway.addr,
+        tls: agent_tls,
+        path: "/bench/echo",
+    };
+    rt.block_on(async {
+        let mut targets = vec![&direct];
+        targets.extend(through_nginx.as_ref());
+        targets.push(&through_portcullis);
+        // Warm up every path (connection pools, caches, branch predictors).
+        let _ = latencies(&targets, 500).await;
+        let mut rows = latencies(&targets, latency_n).await;
+        let g = rows.pop().unwrap();
+        let n = through_nginx.as_ref().map(|_| rows.pop().unwrap());
+        let d = rows.pop().unwrap();
+
+        let window = Duration::from_secs(secs);
+        let (mut dt, mut nt, mut gt) = (0.0, 0.0, 0.0);
+        for _ in 0..rounds {
+            dt += throughput(&direct, concurrency, window).await / rounds as f64;
+            if let Some(target) = &through_nginx {
+                nt += throughput(target, concurrency, window).await / rounds as f64;
+            }
+            gt += throughput(&through_portcullis, concurrency, window).await / rounds as f64;
+        }
+        let rss = vm_rss_kib(gateway.server.child.id());
+        let nginx_rss = nginx.as_ref().ok().map(|n| n.rss_kib());
+
+        let p50 = |v: &[Duration]| us(percentile(v, 0.5));
+        let p99 = |v: &[Duration]| us(percentile(v, 0.99));
+        println!();
+        println!(
+            "side by side: 1 KiB request and response bodies, one upstream, {latency_n} sequential requests per latency row"
+        );
+        println!(
+            "{:<34}{:>9}{:>9}{:>12}{:>12}{:>10}",
+            "path", "p50 µs", "p99 µs", "+p50 µs", "+p99 µs", "req/s"
+        );
+        let row = |name: &str, v: &[Duration], rps: f64| {
+            println!(
+                "{name:<34}{:>9.0}{:>9.0}{:>12.0}{:>12.0}{:>10.0}",
+                p50(v),
+                p99(v),
+                p50(v) - p50(&d),
+                p99(v) - p99(&d),
+                rps
+            );
+        };
+        row("direct (http)", &d, dt);
+        match (&n, &nginx) {
+            (Some(n), _) => row("nginx (mTLS, 2 workers)", n, nt),
+            (None, Err(why)) => println!("{:<34}SKIPPED: nginx ({why})", "nginx (mTLS, 2 workers)"),
+            (None, Ok(_)) => unreachable!("nginx ran but has no row"),
+        }
+        row("portcullis (mTLS + Cedar + audit)", &g, gt);
+        println!();
+        if let Some(n) = &n {
+            let diff50 = p50(&g) - p50(n);
+            let diff99 = p99(&g) - p99(n);
+            println!(
+                "portcullis - nginx: p50 {diff50:+.0} µs (target <= +20)  p99 {diff99:+.0} µs"
+            );
+            println!(
+                "throughput portcullis/nginx: {:.0}% (target >= 100%)",
+                gt / nt * 100.0
+            );
+        } else {
+            println!("portcullis - nginx: SKIPPED: nginx (install it: apt-get install -y nginx-light)");
+        }
+        println!(
+            "RSS portcullis: {:.1} MiB (goal <= 30 MiB){}",
+            rss as f64 / 1024.0,
+            match nginx_rss {
+                Some(kib) => format!("; nginx master + workers: {:.1} MiB", kib as f64 / 1024.0),
+                None => String::new(),
+            }
+        );
+        println!(
+            "({concurrency} connections for {secs} s per throughput row, {rounds} rounds, mean; load generator, upstream, nginx and portcullis share the cores)"
+        );
+    });
+    drop(nginx);
+    drop(gateway);
+}
+
+/// `VmRSS` of process `pid` in KiB (0 when it cannot be read).
+fn vm_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// An nginx master process (and its workers) terminating mTLS in front of
+/// the upstream, stopped with SIGTERM when dropped.
+struct Nginx {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Nginx {
+    /// Starts nginx with a config in `dir`, a server certificate from the
+    /// Portcullis CA in `state`, and client certificates verified against that
+    /// CA. `Err` says why nginx is not running (not installed, did not start).
+    fn start(dir: &Path, state: &Path, upstream: SocketAddr) -> Result<Nginx, String> {
+        let Some(binary) = nginx_binary() else {
+            eprintln!(
+                "SKIPPED: nginx is not installed; install it with `apt-get install -y nginx-light`"
+            );
+            return Err("not installed; apt-get install -y nginx-light".into());
+        };
+        let ca_cert = std::fs::read_to_string(state.join("ca.crt")).unwrap();
+        let ca_key = std::fs::read_to_string(state.join("ca.key")).unwrap();
+        let ca = portcullis_identity::CertificateAuthority::from_pem(
+            "portcullis.local",
+            &ca_cert,
+            &ca_key,
+        )
+        .unwrap();
+        let (cert, key) = ca
+            .issue_server(&["localhost".into(), "127.0.0.1".into()])
+            .unwrap();
+        std::fs::write(dir.join("server.crt"), cert).unwrap();
+        std::fs::write(dir.join("server.key"), key).unwrap();
+        std::fs::write(dir.join("ca.crt"), &ca_cert).unwrap();
+        // nginx cannot report an ephemeral port it bound, so one is taken from
+        // the kernel and released just before nginx binds it; a lost race is
+        // retried with another port.
+        let mut last_error = String::new();
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            std::fs::write(dir.join("nginx.conf"), config(dir, addr, upstream)).unwrap();
+            let mut child = Command::new(&binary)
+                .arg("-p")
+                .arg(dir)
+                .arg("-c")
+                .arg(dir.join("nginx.conf"))
+                // Errors go to the bench's stderr, beside its results.
+                .arg("-e")
+                .arg("stderr")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()
+                .map_err(|e| format!("cannot run {}: {e}", binary.display()))?;
+            // Bounded wait for the listener: 10 s.
+            for _ in 0..200 {
+                if let Ok(Some(status)) = child.try_wait() {
+                    last_error = format!("nginx exited ({status}), see its errors above");
+                    break;
+                }
+                if std::net::TcpStream::connect(addr).is_ok() {
+                    return Ok(Nginx { child, addr });
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        eprintln!("SKIPPED: nginx did not start: {last_error}");
+        Err(format!("did not start: {last_error}"))
+    }
+
+    /// `VmRSS` of the master and its workers, in KiB.
+    fn rss_kib(&self) -> u64 {
+        let master = self.child.id();
+        let mut total = vm_rss_kib(master);
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+            // `pid (comm) state ppid ...`; comm may hold spaces, so split after `)`.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(master) {
+                total += vm_rss_kib(pid);
+            }
+        }
+        total
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// `$NGINX`, else `nginx` on `PATH`, else `/usr/sbin/nginx` (Debian's place,
+/// often not on a non-root `PATH`).
+fn nginx_binary() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("NGINX") {
+        return Some(PathBuf::from(path));
+    }
+    let on_path = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("nginx"))
+            .find(|p| p.is_file())
+    });
+    on_path.or_else(|| {
+        let sbin = PathBuf::from("/usr/sbin/nginx");
+        sbin.is_file().then_some(sbin)
+    })
+}
+
+/// The nginx config: mTLS against the Portcullis CA, a keep-alive upstream.
+fn config(dir: &Path, listen: SocketAddr, upstream: SocketAddr) -> String {
+    let d = dir.display();
+    format!(
+        r#"daemon off;
+master_process on;
+worker_processes 2;
+pid {d}/nginx.pid;
+error_log stderr warn;
+events {{
+    worker_connections 1024;
+}}
+http {{
+    access_log off;
+    # nginx closes a keep-alive connection after 1000 requests by default;
+    # the load generator's connections (and Portcullis') live for the run.
+    keepalive_requests 1000000;
+    keepalive_timeout 300s;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    upstream backend {{
+        server {upstream};
+        keepalive 32;
+        keepalive_requests 1000000;
+    }}
+    server {{
+        listen {listen} ssl;
+        ssl_certificate {d}/server.crt;
+        ssl_certificate_key {d}/server.key;
+        ssl_client_certificate {d}/ca.crt;
+        ssl_verify_client on;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        location / {{
+            proxy_pass http://backend;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
+    }}
+}}
+"#
+    )
+}
