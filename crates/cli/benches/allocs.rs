@@ -355,7 +355,7 @@ fn start_in_process(
             let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
             tx.send((listener.local_addr().unwrap(), stop_tx)).unwrap();
             gateway
-                .serve(listener, tls, config.max_connections, stop_rx)
+                .serve(listener, tls, config.connections.clone(), stop_rx)
                 .await;
         });
     });
