@@ -1,25 +1,19 @@
 //! Body wrappers that let bodies stream while the gateway keeps count:
 //! [`MeteredBody`] enforces the request size limit and counts bytes in;
 //! [`DrainOnDrop`] reads on (bounded) an HTTP/2 request body the gateway
-//! answered without reading; [`RecordedBody`] counts bytes out and completes
-//! the audit record when the response ends — or when it is dropped because
-//! the client went away.
+//! answered without reading. The record stage (`Recorder`, `RecordedBody`)
+//! is `pipeline/record.rs`.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use portcullis_audit::AuditRecord;
 use sha2::{Digest as _, Sha256};
-
-use crate::audit_sink::AuditSink;
-use crate::metrics::{Metrics, Stage};
-use crate::trace::RequestTrace;
 
 /// Errors crossing body boundaries.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -57,15 +51,15 @@ pub struct BodyMeter {
 
 /// A SHA-256 over a body as it streams; finished once, at the body's end.
 #[derive(Debug, Default)]
-struct Digest(Option<Sha256>);
+pub(crate) struct Digest(Option<Sha256>);
 
 impl Digest {
-    fn update(&mut self, data: &[u8]) {
+    pub(crate) fn update(&mut self, data: &[u8]) {
         self.0.get_or_insert_with(Sha256::new).update(data);
     }
 
     /// The hex digest, the first time the body is found to have ended.
-    fn finish(&mut self, done: &mut bool) -> Option<String> {
+    pub(crate) fn finish(&mut self, done: &mut bool) -> Option<String> {
         if std::mem::replace(done, true) {
             return None;
         }
@@ -283,238 +277,6 @@ impl Drop for DrainOnDrop {
     }
 }
 
-/// A request's audit record in progress. Dropping it completes and submits the
-/// record, so a request is recorded however it ends: answered, failed, or
-/// abandoned by the client (then with status 499).
-#[derive(Debug)]
-pub struct Recorder {
-    record: Option<AuditRecord>,
-    started: Instant,
-    meter: Arc<BodyMeter>,
-    sink: AuditSink,
-    metrics: Arc<Metrics>,
-    /// The request's trace, when tracing is on; ended with the record.
-    trace: Option<RequestTrace>,
-    /// Behavioral analytics' queue, fed the completed record.
-    tap: Option<crate::analytics::AnalyticsTap>,
-    /// The budget of refused unauthenticated requests' records; set on the
-    /// data plane.
-    anonymous: Option<Arc<crate::anonymous::AnonymousSampler>>,
-}
-
-/// Status recorded when the client disconnected before the response was complete.
-pub const CLIENT_CLOSED: u16 = 499;
-
-impl Recorder {
-    /// Starts a record; `record.status` should say what happens if nothing else is set.
-    pub fn new(
-        record: AuditRecord,
-        started: Instant,
-        meter: Arc<BodyMeter>,
-        sink: AuditSink,
-        metrics: Arc<Metrics>,
-    ) -> Self {
-        Recorder {
-            record: Some(record),
-            started,
-            meter,
-            sink,
-            metrics,
-            trace: None,
-            tap: None,
-            anonymous: None,
-        }
-    }
-
-    /// Samples the record if its caller never authenticated (see
-    /// `anonymous.rs`).
-    pub fn set_anonymous_sampler(&mut self, sampler: Arc<crate::anonymous::AnonymousSampler>) {
-        self.anonymous = Some(sampler);
-    }
-
-    /// Feeds the completed record to behavioral analytics too.
-    pub fn set_tap(&mut self, tap: crate::analytics::AnalyticsTap) {
-        self.tap = Some(tap);
-    }
-
-    /// Attaches the request's trace.
-    pub fn set_trace(&mut self, trace: RequestTrace) {
-        self.trace = Some(trace);
-    }
-
-    /// Notes a stage's timing in the trace, if any.
-    pub fn trace_stage(&mut self, stage: Stage, start: Instant, elapsed: Duration) {
-        if let Some(trace) = &mut self.trace {
-            trace.stage(stage, start, elapsed);
-        }
-    }
-
-    /// The `traceparent` to send upstream, when tracing is on.
-    pub fn traceparent(&self) -> Option<http::HeaderValue> {
-        self.trace.as_ref().and_then(RequestTrace::traceparent)
-    }
-
-    /// The record being built.
-    pub fn record(&mut self) -> &mut AuditRecord {
-        // Invariant: `record` is `Some` until `drop`.
-        self.record.get_or_insert_with(unreachable_record)
-    }
-}
-
-#[allow(clippy::panic)]
-fn unreachable_record() -> AuditRecord {
-    panic!("Recorder used after completion")
-}
-
-impl Drop for Recorder {
-    fn drop(&mut self) {
-        if let Some(mut record) = self.record.take() {
-            let elapsed = self.started.elapsed();
-            record.duration_us = elapsed.as_micros() as u64;
-            record.bytes_in = self.meter.bytes.load(Ordering::Relaxed);
-            record.request_sha256 = self.meter.sha256.get().cloned();
-            record.response_sha256_unredacted =
-                self.meter.response_sha256_unredacted.get().cloned();
-            if let Ok(mut found) = self.meter.response_findings.lock() {
-                let room =
-                    portcullis_audit::MAX_CONTENT_FINDINGS.saturating_sub(record.content.len());
-                record.content.extend(found.drain(..).take(room));
-            }
-            // An SSE client often closes the stream once it has its answer:
-            // the refusal inside the answer says more than `client_closed`.
-            if matches!(record.error_code.as_deref(), None | Some("client_closed"))
-                && let Some(code) = self.meter.answer_refused.get()
-            {
-                record.error_code = Some((*code).to_string());
-            }
-            // A cut says why the stream ended better than the error or the
-            // client's leaving that followed from it.
-            if let Some(code) = self.meter.stream_cut.get() {
-                record.error_code = Some((*code).to_string());
-            }
-            self.metrics.stage(Stage::Total, elapsed);
-            self.metrics
-                .request(record.resource.as_deref().unwrap_or("-"), record.status);
-            if let Some(trace) = self.trace.take() {
-                trace.finish(&record, elapsed);
-            }
-            if let Some(tap) = &self.tap {
-                tap.offer(&record);
-            }
-            // A refusal of a caller that never authenticated is written in
-            // full only within its source's budget (anonymous.rs).
-            if record.principal.is_none()
-                && let Some(sampler) = &self.anonymous
-            {
-                let source = record.source_ip.as_deref().unwrap_or("-");
-                let sink = &self.sink;
-                let full = sampler.admit(source, record.time_ms, |summaries| {
-                    for summary in summaries {
-                        sink.submit(summary);
-                    }
-                });
-                if !full {
-                    self.metrics.anonymous_sampled.inc();
-                    return;
-                }
-            }
-            self.sink.submit(record);
-        }
-    }
-}
-
-/// A response body that counts bytes out and submits the record at its end.
-#[derive(Debug)]
-pub struct RecordedBody<B: Body> {
-    inner: B,
-    recorder: Option<Recorder>,
-    digest: Digest,
-    done: bool,
-}
-
-impl<B: Body> RecordedBody<B> {
-    /// Wraps a response body.
-    pub fn new(inner: B, recorder: Recorder) -> Self {
-        RecordedBody {
-            inner,
-            recorder: Some(recorder),
-            digest: Digest::default(),
-            done: false,
-        }
-    }
-}
-
-impl<B: Body> RecordedBody<B> {
-    /// The response has been handed over whole: the record gets the digest and
-    /// is submitted.
-    fn complete(&mut self) {
-        if let Some(mut rec) = self.recorder.take()
-            && let Some(hex) = self.digest.finish(&mut self.done)
-        {
-            rec.record().response_sha256 = Some(hex);
-        }
-    }
-}
-
-impl<B: Body> Drop for RecordedBody<B> {
-    fn drop(&mut self) {
-        // hyper stops polling a body that reports its end (a known length, or
-        // an empty body it never polls), so reaching the end is checked here too.
-        if self.inner.is_end_stream() {
-            self.complete();
-            return;
-        }
-        // Still holding the recorder means the body never reached its end: the
-        // client went away mid-response (or the server is being torn down).
-        if let Some(rec) = self.recorder.as_mut() {
-            let record = rec.record();
-            if record.error_code.is_none() {
-                record.error_code = Some("client_closed".into());
-            }
-        }
-    }
-}
-
-impl<B> Body for RecordedBody<B>
-where
-    B: Body<Data = Bytes, Error = BoxError> + Unpin,
-{
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(data), Some(rec)) = (frame.data_ref(), this.recorder.as_mut()) {
-                    rec.record().bytes_out += data.len() as u64;
-                    this.digest.update(data);
-                }
-                if this.inner.is_end_stream() {
-                    this.complete();
-                }
-            }
-            Poll::Ready(Some(Err(_))) => {
-                if let Some(rec) = this.recorder.as_mut() {
-                    rec.record().error_code = Some("upstream_stream_error".into());
-                }
-                this.recorder = None;
-            }
-            Poll::Ready(None) => this.complete(),
-            Poll::Pending => {}
-        }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
+// The record stage lives in `pipeline/record.rs`; these names stay here too
+// for the code and benches that import them from `body`.
+pub use crate::pipeline::record::{CLIENT_CLOSED, RecordedBody, Recorder};

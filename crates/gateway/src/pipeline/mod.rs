@@ -25,7 +25,7 @@
 //! llm           routes of kind `llm` run their own stages after contextualize:
 //!               model, messages on their channels, `complete` on the model,
 //!               budget, key injection, usage and DLP on the answer (llm.rs)
-//! record        (body.rs Recorder) the audit record, on every path
+//! record        (record.rs) the audit record, on every path
 //! ```
 //!
 //! **Architecture Invariant:** authenticate runs before anything that depends on
@@ -56,6 +56,7 @@ pub mod inject;
 pub mod inspect;
 pub mod inspect_out;
 pub mod llm;
+pub mod record;
 
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -65,10 +66,11 @@ use hyper::body::Incoming;
 use portcullis_audit::{AuditRecord, Outcome, RecordKind};
 use portcullis_core::{ErrorCode, RequestId};
 
-use crate::body::{BodyMeter, CLIENT_CLOSED, RecordedBody, Recorder};
+use crate::body::BodyMeter;
 use crate::metrics::Stage;
 use crate::respond::{Denial, REQUEST_ID_HEADER, ResponseBody, error_response};
 use crate::state::{ConnectionState, Gateway};
+use record::{CLIENT_CLOSED, RecordedBody, Recorder};
 
 /// The record's error code while no answer has gone out.
 const CLIENT_CLOSED_CODE: &str = "client_closed";
