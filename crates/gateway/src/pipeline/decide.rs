@@ -12,6 +12,8 @@
 //!              human's approval (approve-writes, throttle)
 //! obligations  @rate, mfa, approval (a ticket bound to this exact call),
 //!              redact (handed on; refused when no redactor can honour it)
+//! budget       an LLM call's request and token windows ([routes.budget])
+//! inject       the route's vault credential: `use_secret`, then the value
 //! ```
 //!
 //! **Architecture Invariant:** a protocol adapter never asks Cedar itself and
@@ -158,12 +160,18 @@ pub struct Call<'a> {
 }
 
 /// A call that may go on, with what the later stages must still do.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Allowed {
     /// The deciding policies.
     pub policy_ids: Vec<String>,
     /// Redact the answer (`@obligation("redact")`).
     pub redact: bool,
+    /// An LLM call's budget counters (admitted), charged with the answer's
+    /// usage; `None` without a `[routes.budget]`.
+    pub budget: Option<Arc<crate::llm::budget::Counters>>,
+    /// The route's vault credential, when it has one and `use_secret`
+    /// allowed it: the value is in memory for this call only.
+    pub injected: Option<crate::pipeline::inject::Injected>,
 }
 
 /// Decides one call: see the module header for the steps. The record gets
@@ -381,10 +389,90 @@ async fn obligations(
         }
         gate?;
     }
+    let budget = admit_budget(ex, call)?;
+    let injected = inject_credential(ex, call)?;
     Ok(Allowed {
         policy_ids: decision.policy_ids.clone(),
         redact: obligations.redact,
+        budget,
+        injected,
     })
+}
+
+/// An LLM call against the agent's request and token windows
+/// (`[routes.budget]`), once everything else allowed it.
+fn admit_budget(
+    ex: &Exchange<'_>,
+    call: &Call<'_>,
+) -> Result<Option<Arc<crate::llm::budget::Counters>>, Denial> {
+    let route = &ex.context.route;
+    let (Ask::Model { .. }, Some(llm)) = (call.ask, route.llm.as_deref()) else {
+        return Ok(None);
+    };
+    if !llm.budget.is_limited() {
+        return Ok(None);
+    }
+    let budgets = &ex.gateway.llm.budgets;
+    let counters = budgets.counters(&route.name, &ex.identity.agent);
+    if let Err(spent) = budgets.admit(&llm.budget, &counters, ex.context.time.epoch) {
+        return Err(Denial {
+            code: ErrorCode::BudgetExceeded,
+            message: format!(
+                "budget exceeded: {} = {} on route `{}`",
+                spent.limit, spent.value, route.name
+            ),
+            policies: Vec::new(),
+            detail: Some(DenialDetail::RetryAfter(spent.retry_after)),
+        });
+    }
+    Ok(Some(counters))
+}
+
+/// The route's vault credential: policy's second question (`use_secret`),
+/// then the value from the vault's memory. Last, so no secret is decrypted
+/// for a call that is refused or still waits for a human.
+fn inject_credential(
+    ex: &mut Exchange<'_>,
+    call: &Call<'_>,
+) -> Result<Option<crate::pipeline::inject::Injected>, Denial> {
+    let Some(credential) = &ex.context.route.credential else {
+        return Ok(None);
+    };
+    if let Ask::Mcp { .. } = call.ask {
+        // Refused at start-up; never served without it either.
+        return Err(unsupported(
+            "credential",
+            "MCP routes take no vault credential",
+        ));
+    }
+    let t = Instant::now();
+    let choice = crate::pipeline::inject::authorize(
+        &ex.snapshot.authorizer,
+        ex.identity,
+        ex.context,
+        &ex.conn.source_ip,
+        call.content,
+        credential,
+    );
+    {
+        let record = ex.recorder.record();
+        record.policies.extend(choice.policy_ids.iter().cloned());
+        if choice.secret.is_none() {
+            record.outcome = Outcome::Deny;
+        }
+    }
+    let injected = crate::pipeline::inject::enforce(&choice, credential).and_then(|secret| {
+        crate::pipeline::inject::fetch(
+            ex.gateway.vault.as_deref(),
+            ex.context,
+            secret,
+            &credential.injection,
+        )
+    });
+    let elapsed = t.elapsed();
+    ex.gateway.metrics.stage(Stage::Inject, elapsed);
+    ex.recorder.trace_stage(Stage::Inject, t, elapsed);
+    injected.map(Some)
 }
 
 /// The refusal of a call whose deciding permit obliges what cannot be done.

@@ -12,13 +12,12 @@
 use std::sync::Arc;
 
 use portcullis_core::ErrorCode;
-use portcullis_policy::{Authorizer, SecretRequest, SourceIp};
+use portcullis_policy::{Authorizer, Content, SecretRequest, SourceIp};
 use portcullis_vault::{Plain, Vault};
 
 use crate::config::{Credential, Injection};
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contextualize::RequestContext;
-use crate::pipeline::inspect::ContentFacts;
 use crate::respond::Denial;
 
 /// A credential ready for the upstream request.
@@ -52,7 +51,7 @@ pub fn authorize<'a>(
     identity: &Identity,
     context: &RequestContext,
     source_ip: &SourceIp,
-    content: &ContentFacts,
+    content: Content<'_>,
     credential: &'a Credential,
 ) -> Choice<'a> {
     let mut denied = Vec::new();
@@ -65,7 +64,7 @@ pub fn authorize<'a>(
             path: &context.path,
             source_ip,
             time: context.time,
-            content: content.as_policy(),
+            content,
             caller: &identity.caller,
         });
         if !decision.errors.is_empty() {

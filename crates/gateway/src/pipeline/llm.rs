@@ -43,7 +43,7 @@ use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contextualize::RequestContext;
 use crate::pipeline::decode::{DecodedRequest, read_whole};
 use crate::pipeline::inspect::ContentFacts;
-use crate::pipeline::{authorize, decide, inject};
+use crate::pipeline::{authorize, decide};
 use crate::respond::{Denial, ResponseBody, full};
 use crate::state::{Gateway, Snapshot};
 
@@ -145,61 +145,10 @@ pub async fn run(
     )
     .await?;
 
-    let counters = if llm.budget.is_limited() {
-        let counters = gateway.llm.budgets.counters(&route.name, &identity.agent);
-        if let Err(spent) = gateway
-            .llm
-            .budgets
-            .admit(&llm.budget, &counters, context.time.epoch)
-        {
-            return Err(Denial {
-                code: ErrorCode::BudgetExceeded,
-                message: format!(
-                    "budget exceeded: {} = {} on route `{}`",
-                    spent.limit, spent.value, route.name
-                ),
-                policies: Vec::new(),
-                detail: Some(crate::respond::DenialDetail::RetryAfter(spent.retry_after)),
-            });
-        }
-        Some(counters)
-    } else {
-        None
-    };
-
-    let vault_credential = match &route.credential {
-        None => None,
-        Some(credential) => {
-            let t = Instant::now();
-            let choice = inject::authorize(
-                &snapshot.authorizer,
-                identity,
-                context,
-                &conn.source_ip,
-                &content,
-                credential,
-            );
-            {
-                let record = ex.recorder.record();
-                record.policies.extend(choice.policy_ids.iter().cloned());
-                if choice.secret.is_none() {
-                    record.outcome = Outcome::Deny;
-                }
-            }
-            let injected = inject::enforce(&choice, credential).and_then(|secret| {
-                inject::fetch(
-                    gateway.vault.as_deref(),
-                    context,
-                    secret,
-                    &credential.injection,
-                )
-            });
-            let elapsed = t.elapsed();
-            metrics.stage(Stage::Inject, elapsed);
-            ex.recorder.trace_stage(Stage::Inject, t, elapsed);
-            Some(injected?)
-        }
-    };
+    // Budget and vault credential were settled by decide, after approval.
+    let mut allowed = allowed;
+    let counters = allowed.budget.take();
+    let vault_credential = allowed.injected.take();
     let injected = vault_credential
         .as_ref()
         .or_else(|| gateway.llm.key(&route.name));

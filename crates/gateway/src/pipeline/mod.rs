@@ -374,39 +374,9 @@ async fn run(
     )
     .await?;
 
-    let injected = match &context.route.credential {
-        None => None,
-        Some(credential) => {
-            let t = Instant::now();
-            let choice = inject::authorize(
-                &snapshot.authorizer,
-                &identity,
-                &context,
-                &conn.source_ip,
-                &content,
-                credential,
-            );
-            {
-                let record = recorder.record();
-                record.policies.extend(choice.policy_ids.iter().cloned());
-                if choice.secret.is_none() {
-                    record.outcome = Outcome::Deny;
-                }
-            }
-            let injected = inject::enforce(&choice, credential).and_then(|secret| {
-                inject::fetch(
-                    gateway.vault.as_deref(),
-                    &context,
-                    secret,
-                    &credential.injection,
-                )
-            });
-            let elapsed = t.elapsed();
-            metrics.stage(Stage::Inject, elapsed);
-            recorder.trace_stage(Stage::Inject, t, elapsed);
-            Some(injected?)
-        }
-    };
+    // The vault credential decide chose and fetched, if the route has one.
+    let mut allowed = allowed;
+    let injected = allowed.injected.take();
     let capture = match (&context.route.capture, &gateway.captures) {
         (Some(config), Some(sink)) => Some(crate::capture::CaptureHandle::new(
             request_id.as_str(),
