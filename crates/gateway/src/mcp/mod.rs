@@ -111,7 +111,6 @@ struct Asker {
     /// (never empty here: the pipeline refused the request otherwise). They
     /// are what allows session plumbing, which carries no data.
     route_permits: Vec<String>,
-    agent: String,
     identity: Identity,
     context: RequestContext,
     source_ip: SourceIp,
@@ -156,13 +155,13 @@ impl Asker {
             .gateway
             .analytics
             .as_deref()
-            .is_some_and(|a| a.shuts_out(&self.agent, &self.context.route.name));
+            .is_some_and(|a| a.shuts_out(&self.identity.agent, &self.context.route.name));
         !quarantined
             && self
                 .gateway
                 .snapshot()
                 .directory
-                .check_agent(&self.agent)
+                .check_agent(&self.identity.agent)
                 .is_ok()
     }
 
@@ -268,7 +267,6 @@ pub async fn serve(
     let asker = Asker {
         gateway: gateway.clone(),
         route_permits: ex.route_permits.clone(),
-        agent: identity.agent.clone(),
         identity: identity.clone(),
         context: context.clone(),
         source_ip: conn.source_ip.clone(),
@@ -902,4 +900,44 @@ pub async fn state_for(
         sessions: Sessions::default(),
         stdio: stdio::StdioServers::default(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer(status: u16, headers: &[(&str, &str)]) -> Response<ResponseBody> {
+        let mut r = Response::new(full("{}"));
+        *r.status_mut() = StatusCode::from_u16(status).unwrap();
+        for (k, v) in headers {
+            r.headers_mut().insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        r
+    }
+
+    /// Under a redact obligation only answers the guard can read go back:
+    /// plain JSON or an event stream (or no body at all).
+    #[test]
+    fn only_plain_json_and_event_streams_are_redactable() {
+        assert!(redactable(&answer(
+            200,
+            &[("content-type", "application/json")]
+        )));
+        assert!(redactable(&answer(
+            200,
+            &[("content-type", "text/event-stream")]
+        )));
+        assert!(redactable(&answer(202, &[])));
+        assert!(!redactable(&answer(200, &[("content-type", "text/plain")])));
+        assert!(!redactable(&answer(
+            200,
+            &[
+                ("content-type", "application/json"),
+                ("content-encoding", "gzip")
+            ]
+        )));
+    }
 }

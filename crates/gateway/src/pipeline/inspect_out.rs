@@ -229,3 +229,62 @@ impl Body for GuardedBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use portcullis_core::ErrorCode;
+
+    fn answer(headers: &[(&str, &str)]) -> Response<ResponseBody> {
+        let mut r = Response::new(crate::respond::full("key AKIAQWADE5R42RDZ4JEM"));
+        for (k, v) in headers {
+            r.headers_mut().insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        r
+    }
+
+    /// A redact obligation on an answer the redactor cannot read is refused,
+    /// never passed on unredacted; without the obligation it passes.
+    #[test]
+    fn an_unreadable_answer_under_a_redact_obligation_is_refused() {
+        let config = Config::quickstart();
+        let route = &config.routes[0];
+        let state = GuardState {
+            guard: portcullis_guard::Guard::new().unwrap(),
+            key: [7; 32],
+        };
+        let id = RequestId::new();
+        let meter = Arc::new(BodyMeter::default());
+        let code = |state: Option<&GuardState>, obliged, headers: &[(&str, &str)]| {
+            run(state, route, obliged, &id, &meter, answer(headers))
+                .err()
+                .map(|d| d.code)
+        };
+        let unsupported = Some(ErrorCode::ObligationUnsupported);
+        assert_eq!(
+            code(Some(&state), true, &[("content-encoding", "gzip")]),
+            unsupported
+        );
+        assert_eq!(
+            code(Some(&state), true, &[("content-type", "image/png")]),
+            unsupported
+        );
+        assert_eq!(
+            code(None, true, &[("content-type", "text/plain")]),
+            unsupported
+        );
+        assert_eq!(
+            code(Some(&state), true, &[("content-type", "text/plain")]),
+            None
+        );
+        assert_eq!(
+            code(Some(&state), false, &[("content-encoding", "gzip")]),
+            None
+        );
+        assert_eq!(code(None, false, &[]), None);
+    }
+}

@@ -233,6 +233,7 @@ pub async fn run(
             strip_usage: call.strip_usage,
             charge,
             dlp,
+            obliged_redact: allowed.redact,
             max_bytes: gateway.limits.max_body_bytes,
         },
         meter,
@@ -252,6 +253,9 @@ struct AnswerPlan {
     charge: Option<Charge>,
     /// DLP on the answer (redact or only report).
     dlp: Option<Dlp>,
+    /// A deciding permit obliges redaction: an answer the redactor cannot
+    /// read is refused rather than passed on.
+    obliged_redact: bool,
     /// The largest JSON answer read whole.
     max_bytes: u64,
 }
@@ -386,6 +390,7 @@ async fn answer(
         strip_usage,
         charge,
         dlp,
+        obliged_redact,
         max_bytes,
     } = plan;
     let (mut parts, body) = response.into_parts();
@@ -405,6 +410,14 @@ async fn answer(
         .headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| v.as_bytes() != b"identity");
+    let readable =
+        !encoded && ((stream && media == "text/event-stream") || media == "application/json");
+    if obliged_redact && parts.status.is_success() && !readable {
+        return Err(crate::pipeline::decide::unsupported(
+            "redact",
+            "the model's answer is compressed or neither JSON nor an event stream",
+        ));
+    }
     let untouched = charge.is_none() && dlp.is_none() && !strip_usage;
     if !parts.status.is_success() || encoded || untouched {
         return Ok(Response::from_parts(parts, body));
@@ -451,4 +464,64 @@ async fn answer(
         response.headers_mut().remove(header::CONTENT_LENGTH);
     }
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(obliged_redact: bool) -> AnswerPlan {
+        AnswerPlan {
+            stream: false,
+            strip_usage: false,
+            charge: None,
+            dlp: None,
+            obliged_redact,
+            max_bytes: 1 << 20,
+        }
+    }
+
+    fn upstream(headers: &[(&str, &'static str)]) -> Response<ResponseBody> {
+        let mut r = Response::new(full("{\"choices\":[]}"));
+        for (k, v) in headers {
+            r.headers_mut().insert(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_static(v),
+            );
+        }
+        r
+    }
+
+    /// Under a redact obligation a model's answer the redactor cannot read
+    /// is refused, never passed on as it came.
+    #[tokio::test]
+    async fn an_unreadable_answer_under_a_redact_obligation_is_refused() {
+        let meter = Arc::new(BodyMeter::default());
+        let id = RequestId::new();
+        let code = |r, obliged| {
+            let meter = meter.clone();
+            let id = id.clone();
+            async move {
+                answer(r, plan(obliged), &meter, &id, "llm")
+                    .await
+                    .err()
+                    .map(|d| d.code)
+            }
+        };
+        let json = ("content-type", "application/json");
+        let unsupported = Some(ErrorCode::ObligationUnsupported);
+        assert_eq!(
+            code(upstream(&[json, ("content-encoding", "gzip")]), true).await,
+            unsupported
+        );
+        assert_eq!(
+            code(upstream(&[("content-type", "text/plain")]), true).await,
+            unsupported
+        );
+        assert_eq!(code(upstream(&[json]), true).await, None);
+        assert_eq!(
+            code(upstream(&[json, ("content-encoding", "gzip")]), false).await,
+            None
+        );
+    }
 }
