@@ -12,6 +12,7 @@ mod guard_cmd;
 mod inventory;
 mod policy_cmd;
 mod policy_test;
+mod reload;
 mod serve;
 mod state_dir;
 mod state_lock;

@@ -29,6 +29,10 @@ pub struct RawLimits {
     /// Milliseconds a connection may stay open with nothing in flight
     /// (default 120000).
     pub idle_timeout_ms: Option<u64>,
+    /// Milliseconds SIGTERM/SIGINT may take to exit (default 30000): in-flight
+    /// requests drain, then queued audit records are written or spilled to
+    /// the spool (`docs/signals-and-readiness.md`).
+    pub drain_timeout_ms: Option<u64>,
     /// Milliseconds between HTTP/2 keep-alive pings (default 30000).
     pub h2_keepalive_interval_ms: Option<u64>,
     /// Milliseconds an HTTP/2 client has to answer a ping (default 10000).
@@ -67,6 +71,7 @@ pub(super) fn connection_limits(
     out.handshake_timeout = ms(limits.handshake_timeout_ms, out.handshake_timeout);
     out.first_request_timeout = ms(limits.first_request_timeout_ms, out.first_request_timeout);
     out.idle_timeout = ms(limits.idle_timeout_ms, out.idle_timeout);
+    out.drain_timeout = ms(limits.drain_timeout_ms, out.drain_timeout);
     out.h2_keepalive_interval = ms(limits.h2_keepalive_interval_ms, out.h2_keepalive_interval);
     out.h2_keepalive_timeout = ms(limits.h2_keepalive_timeout_ms, out.h2_keepalive_timeout);
     out
@@ -116,6 +121,7 @@ pub(super) fn check_connections_and_throttle(limits: &RawLimits) -> Result<(), S
             limits.first_request_timeout_ms,
         ),
         ("limits.idle_timeout_ms", limits.idle_timeout_ms),
+        ("limits.drain_timeout_ms", limits.drain_timeout_ms),
         (
             "limits.h2_keepalive_interval_ms",
             limits.h2_keepalive_interval_ms,
