@@ -99,8 +99,8 @@ impl Reloader {
             let text = std::fs::read_to_string(path)
                 .map_err(|e| Refusal::Invalid(format!("cannot read `{}`: {e}", path.display())))?;
             Config::parse(&text, path).map_err(|e| Refusal::Invalid(e.to_string()))?;
-            let changed = changed_sections(running, &text)
-                .map_err(|e| Refusal::Invalid(e.to_string()))?;
+            let changed =
+                changed_sections(running, &text).map_err(|e| Refusal::Invalid(e.to_string()))?;
             if !changed.is_empty() {
                 return Err(Refusal::RestartOnly(changed));
             }
@@ -186,7 +186,8 @@ mod tests {
     #[test]
     fn only_sections_whose_values_differ_are_named() {
         let running = "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[[routes]]\nname = \"a\"\n";
-        let reformatted = "# a comment\n[gateway]\nlisten   = \"127.0.0.1:0\"\n[[routes]]\nname = \"a\"\n";
+        let reformatted =
+            "# a comment\n[gateway]\nlisten   = \"127.0.0.1:0\"\n[[routes]]\nname = \"a\"\n";
         assert!(changed_sections(running, reformatted).unwrap().is_empty());
         let changed = "[gateway]\nlisten = \"127.0.0.1:1\"\n[[routes]]\nname = \"b\"\n[limits]\n";
         assert_eq!(

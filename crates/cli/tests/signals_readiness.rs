@@ -240,7 +240,10 @@ async fn sighup_reloads_policies_and_refuses_bad_or_restart_only_changes() {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("fewer than {n} config.reload records: {:?}", reloads(server));
+        panic!(
+            "fewer than {n} config.reload records: {:?}",
+            reloads(server)
+        );
     };
 
     // A good change: a new policy version, audited, still ready.
@@ -306,10 +309,7 @@ async fn sighup_reloads_policies_and_refuses_bad_or_restart_only_changes() {
     );
     assert_eq!(restart["policy_version"], 2, "{restart}");
     let log = server.stderr.lock().unwrap().clone();
-    assert!(
-        log.contains("changing `[limits]` needs a restart"),
-        "{log}"
-    );
+    assert!(log.contains("changing `[limits]` needs a restart"), "{log}");
 
     // Through all of it the server kept serving (SIGHUP never ends it).
     assert!(server.child.as_ref().unwrap().id() > 0);
@@ -375,7 +375,11 @@ async fn sigterm_with_a_stalled_audit_writer_exits_in_time_and_loses_nothing() {
     .unwrap();
     let elapsed = began.elapsed();
     let (status, server) = status;
-    assert!(status.success(), "{status:?}: {}", server.stderr.lock().unwrap());
+    assert!(
+        status.success(),
+        "{status:?}: {}",
+        server.stderr.lock().unwrap()
+    );
     assert!(
         elapsed < Duration::from_millis(4_500),
         "exit took {elapsed:?}: {}",
@@ -400,7 +404,10 @@ async fn sigterm_with_a_stalled_audit_writer_exits_in_time_and_loses_nothing() {
     let records = server.audit(2_000);
     for id in &served {
         assert_eq!(
-            records.iter().filter(|r| r["request_id"] == id.as_str()).count(),
+            records
+                .iter()
+                .filter(|r| r["request_id"] == id.as_str())
+                .count(),
             1,
             "{id}"
         );

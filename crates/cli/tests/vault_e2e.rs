@@ -559,4 +559,30 @@ async fn corrupted_ciphertext_fails_one_route_only() {
     }
     assert!(logs.contains("failed authentication"), "{logs}");
     assert!(!logs.contains(HEADER_SECRET) && !logs.contains(BASIC_SECRET));
+
+    // Not ready while a route's credential cannot be served, though another
+    // route's is; a new version of the secret serves it, and readiness returns.
+    let probe = support::client(&server.ca_pem(), None);
+    let readyz = format!("https://{}/readyz", server.admin);
+    let r = probe.get(&readyz).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["reasons"], serde_json::json!(["vault_unavailable"]));
+    let out = Command::new(BIN)
+        .args([
+            "secret",
+            "rotate",
+            "upstream-key",
+            "--from-env",
+            "V",
+            "--state-dir",
+        ])
+        .arg(server.state_dir())
+        .env("V", HEADER_SECRET)
+        .output()
+        .unwrap();
+    ok(out);
+    let r = alice.get(server.url("/hdr/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(probe.get(&readyz).send().await.unwrap().status(), 200);
 }

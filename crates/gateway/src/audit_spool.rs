@@ -166,7 +166,9 @@ pub async fn remove_when_durable(state_dir: PathBuf, sink: AuditSink, size: u64)
     let path = state_dir.join(SPOOL_FILE);
     match fs::remove_file(&path) {
         Ok(()) => tracing::info!(file = %path.display(), "audit spool replayed and removed"),
-        Err(e) => tracing::error!(file = %path.display(), error = %e, "cannot remove the replayed audit spool; the next start skips what it already holds"),
+        Err(e) => {
+            tracing::error!(file = %path.display(), error = %e, "cannot remove the replayed audit spool; the next start skips what it already holds")
+        }
     }
 }
 

@@ -335,13 +335,12 @@ impl Metrics {
             not_ready.clone(),
         );
         // Fetched once, so every reason shows up at 0 and setting a flag takes no lock.
-        let readiness = crate::readiness::Readiness::new(crate::readiness::NotReady::ALL.map(
-            |r| {
+        let readiness =
+            crate::readiness::Readiness::new(crate::readiness::NotReady::ALL.map(|r| {
                 not_ready
                     .get_or_create(&ReasonLabels { reason: r.as_str() })
                     .clone()
-            },
-        ));
+            }));
         Metrics {
             readiness,
             auth_failures,

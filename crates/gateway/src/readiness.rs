@@ -6,7 +6,9 @@
 //! reads the flags only: a probe costs a few atomic loads and never touches
 //! the disk or the store.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::AtomicI64;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::gauge::Gauge;
 
@@ -23,7 +25,8 @@ pub enum NotReady {
     /// The last attempt to load policies (watched directory or SIGHUP) was
     /// refused; the previous version still decides.
     PolicyLoadFailed,
-    /// A route's vault credential could not be served on its last use.
+    /// A route's vault credential could not be served on its last use (and
+    /// has not been since).
     VaultUnavailable,
 }
 
@@ -56,12 +59,34 @@ impl NotReady {
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
     flags: [Gauge<i64, AtomicI64>; 4],
+    /// The routes whose credential failed on last use; taken only while the
+    /// `vault_unavailable` flag is raised or a fetch fails.
+    vault_routes: Arc<Mutex<BTreeSet<String>>>,
 }
 
 impl Readiness {
     /// Readiness over registered gauges, in the order of [`NotReady::ALL`].
     pub(crate) fn new(flags: [Gauge<i64, AtomicI64>; 4]) -> Self {
-        Readiness { flags }
+        Readiness {
+            flags,
+            vault_routes: Arc::default(),
+        }
+    }
+
+    /// Records whether `route`'s vault credential could be served just now:
+    /// `vault_unavailable` stays raised while any route's last use failed.
+    /// A success while the flag is down costs one atomic load.
+    pub fn vault_credential(&self, route: &str, served: bool) {
+        if served && !self.is_raised(NotReady::VaultUnavailable) {
+            return;
+        }
+        let mut failing = self.vault_routes.lock().unwrap_or_else(|e| e.into_inner());
+        if served {
+            failing.remove(route);
+        } else {
+            failing.insert(route.to_string());
+        }
+        self.set(NotReady::VaultUnavailable, !failing.is_empty());
     }
 
     /// Raises or clears `reason`. Writes only on a change, so components may
@@ -105,6 +130,20 @@ mod tests {
         );
         readiness.clone().set(NotReady::PolicyLoadFailed, false);
         assert_eq!(readiness.reasons(), vec![NotReady::AuditHalted]);
+    }
+
+    #[test]
+    fn vault_stays_unavailable_while_any_route_last_failed() {
+        let readiness = Readiness::default();
+        readiness.vault_credential("a", true);
+        assert!(readiness.reasons().is_empty());
+        readiness.vault_credential("a", false);
+        readiness.vault_credential("b", false);
+        readiness.vault_credential("c", true);
+        readiness.vault_credential("a", true);
+        assert_eq!(readiness.reasons(), vec![NotReady::VaultUnavailable]);
+        readiness.vault_credential("b", true);
+        assert!(readiness.reasons().is_empty());
     }
 
     #[test]

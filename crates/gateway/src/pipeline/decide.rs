@@ -470,10 +470,10 @@ fn inject_credential(
         );
         // Only a fetch says whether the vault can serve the route; a policy
         // refusal says nothing about it.
-        ex.gateway.metrics.readiness.set(
-            crate::readiness::NotReady::VaultUnavailable,
-            fetched.is_err(),
-        );
+        ex.gateway
+            .metrics
+            .readiness
+            .vault_credential(&ex.context.route.name, fetched.is_ok());
         fetched
     });
     let elapsed = t.elapsed();
