@@ -363,6 +363,16 @@ async fn sigterm_with_a_stalled_audit_writer_exits_in_time_and_loses_nothing() {
         served.extend(task.await.unwrap());
     }
     assert_eq!(served.len(), 40);
+    // And one still in flight when SIGTERM arrives: it drains (the upstream
+    // answers after 1 s), and its record must survive too.
+    let url = server.url("/api/drain");
+    let in_flight = tokio::spawn({
+        let agent = agent.clone();
+        async move { agent.get(url).send().await }
+    });
+    tokio::time::timeout(Duration::from_secs(10), DRAIN_ARRIVED.notified())
+        .await
+        .expect("the request reached the upstream");
 
     // SIGTERM: the process ends within the drain timeout (3 s) plus process
     // teardown, although the store is still locked.
@@ -375,6 +385,12 @@ async fn sigterm_with_a_stalled_audit_writer_exits_in_time_and_loses_nothing() {
     .unwrap();
     let elapsed = began.elapsed();
     let (status, server) = status;
+    let drained = in_flight
+        .await
+        .unwrap()
+        .expect("the in-flight request drained");
+    assert_eq!(drained.status(), 200);
+    served.push(request_id(&drained));
     assert!(
         status.success(),
         "{status:?}: {}",

@@ -255,8 +255,10 @@ impl AuditWriter {
             appender,
             pseudonymizer,
             rx,
-            stopped,
-            abandoned,
+            Control {
+                stop: stopped,
+                abandon: abandoned,
+            },
             health.clone(),
             head_tx,
             metrics.clone(),
@@ -309,16 +311,26 @@ impl AuditWriter {
     }
 }
 
+/// What [`AuditWriter`] tells the task: stop once the queue is written, or
+/// abandon the batch being written now.
+struct Control {
+    stop: watch::Receiver<bool>,
+    abandon: watch::Receiver<bool>,
+}
+
 async fn run(
     mut appender: AuditAppender,
     pseudonymizer: Option<Pseudonymizer>,
     mut rx: mpsc::UnboundedReceiver<AuditRecord>,
-    mut stop: watch::Receiver<bool>,
-    mut abandon: watch::Receiver<bool>,
+    control: Control,
     health: Arc<Health>,
     head: watch::Sender<TreeHead>,
     metrics: Arc<Metrics>,
 ) -> Vec<AuditRecord> {
+    let Control {
+        mut stop,
+        mut abandon,
+    } = control;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut gate = health.gate.subscribe();
     loop {
@@ -457,6 +469,8 @@ async fn write(
             let mut stalled = false;
             loop {
                 tokio::select! {
+                    // A finished attempt wins over a timer that fired with it.
+                    biased;
                     result = &mut attempt => break result,
                     _ = &mut stall, if !stalled => {
                         stalled = true;
