@@ -176,7 +176,10 @@ async fn credentials_are_injected_by_policy_and_never_written_in_plaintext() {
     ]));
     std::fs::remove_file(&value_file).unwrap();
 
-    // 2. A route naming an unknown secret is refused at start, before binding.
+    // 2. A route naming an unknown secret is refused at start, before binding
+    // (the server stopped first: one `serve` per state directory).
+    let dir = server.into_dir();
+    let state = dir.path().join("state");
     let bad_dir = tempfile::tempdir().unwrap();
     let bad_cfg = write_config(
         bad_dir.path(),
@@ -185,7 +188,7 @@ async fn credentials_are_injected_by_policy_and_never_written_in_plaintext() {
             route("r", "/r", &format!("http://{upstream}"), "public")
         ),
     );
-    let err = serve_fails(&server.state_dir(), Some(&bad_cfg), &kek_env);
+    let err = serve_fails(&state, Some(&bad_cfg), &kek_env);
     assert!(err.contains("unknown secret `nope`"), "{err}");
 
     // 3. Restart with the credential routes.
@@ -204,7 +207,6 @@ async fn credentials_are_injected_by_policy_and_never_written_in_plaintext() {
         ),
     ]
     .join("\n");
-    let dir = server.into_dir();
     let cfg = write_config(dir.path(), &routes);
     let k = kek_str.clone();
     let server = tokio::task::spawn_blocking(move || {
