@@ -21,7 +21,7 @@ use support::parity_rig::{
     McpAnswers, Protocol, mcp_messages, mcp_post, mcp_session, python_with_mcp, start_llm,
     start_mcp,
 };
-use support::{Killed, LEAKED_TOKEN, Server};
+use support::{Killed, LEAKED_TOKEN, Server, findings};
 
 const SCHEMA: &str = include_str!("../../policy/defaults/schema.cedarschema");
 const PARITY_DOC: &str = include_str!("../../../docs/parity.md");
@@ -317,21 +317,6 @@ async fn rig() -> Option<Rig> {
         notes,
         _upstreams: vec![mcp, llm],
     })
-}
-
-/// The guard's findings in a record, as (direction, kind, pointer).
-fn findings(record: &Value) -> Vec<(String, String, String)> {
-    record["content"]
-        .as_array()
-        .map(|all| {
-            all.iter()
-                .map(|f| {
-                    let s = |k: &str| f[k].as_str().unwrap_or("").to_string();
-                    (s("direction"), s("kind"), s("pointer"))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Whether the record holds a finding of `kind` in `direction` (at

@@ -310,6 +310,22 @@ pub async fn error_of(response: reqwest::Response) -> (u16, Value) {
     (status, body["error"].clone())
 }
 
+/// The content guard's findings in an audit record, as (direction, kind,
+/// JSON pointer).
+pub fn findings(record: &Value) -> Vec<(String, String, String)> {
+    record["content"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .map(|f| {
+                    let s = |k: &str| f[k].as_str().unwrap_or("").to_string();
+                    (s("direction"), s("kind"), s("pointer"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The secret the upstream's `/leak` stream carries (a GitHub token).
 pub const LEAKED_TOKEN: &str = "ghp_aB3dE5gH7jK9mN1pQ3rS5tU7vW9xY1zA2bC4";
 
