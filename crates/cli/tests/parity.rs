@@ -11,11 +11,15 @@
 
 mod support;
 
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
 use portcullis_identity::Ed25519Key;
 use serde_json::{Value, json};
-use support::parity_rig::{McpAnswers, Protocol, python_with_mcp, start_llm, start_mcp};
-use support::{Killed, Server};
+use support::{Killed, Server, free_port, wait_for_port};
 
+const MCP_TESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp");
+const LLM_TESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/llm");
 const SCHEMA: &str = include_str!("../../policy/defaults/schema.cedarschema");
 const PARITY_DOC: &str = include_str!("../../../docs/parity.md");
 
@@ -63,6 +67,56 @@ permit(principal in Role::"dev", action == Action::"complete", resource in Route
 
 /// The identity provider whose users agents act for.
 const IDP: &str = "https://idp.parity.test";
+
+fn python_with_mcp() -> bool {
+    match Command::new("python3").args(["-c", "import mcp"]).output() {
+        Ok(o) if o.status.success() => true,
+        _ => {
+            eprintln!("SKIPPED: parity matrix: python3 with the `mcp` package is not available");
+            false
+        }
+    }
+}
+
+/// The MCP server of the guard tests: `save_note` appends what it got to
+/// `notes`, so a test sees whether a tool really ran.
+fn start_mcp() -> (Killed, u16, tempfile::NamedTempFile) {
+    let port = free_port();
+    let notes = tempfile::NamedTempFile::new().unwrap();
+    let mut py = Command::new("python3")
+        .arg(format!("{MCP_TESTS}/guard_server.py"))
+        .arg(port.to_string())
+        .arg(notes.path())
+        .arg("json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut py);
+    (Killed(py), port, notes)
+}
+
+fn start_llm() -> (Killed, u16) {
+    let mut child = Command::new("python3")
+        .arg(format!("{LLM_TESTS}/upstream.py"))
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line.trim().parse().expect("upstream port");
+    (Killed(child), port)
+}
+
+/// One protocol's way of making "the call" and reading its answer.
+#[derive(Clone, Copy, Debug)]
+enum Protocol {
+    Http,
+    Mcp,
+    Llm,
+}
 
 struct Rig {
     server: Server,
@@ -208,7 +262,7 @@ async fn rig_with(policies: &str) -> Option<Rig> {
     if !tokio::task::block_in_place(python_with_mcp) {
         return None;
     }
-    let (mcp, mcp_port, notes) = tokio::task::block_in_place(|| start_mcp(McpAnswers::Json));
+    let (mcp, mcp_port, notes) = tokio::task::block_in_place(start_mcp);
     let (llm, llm_port) = tokio::task::block_in_place(start_llm);
     let (http_upstream, _gate) = support::start_upstream().await;
     let dir = tempfile::tempdir().unwrap();
@@ -244,8 +298,24 @@ async fn rig_with(policies: &str) -> Option<Rig> {
     });
     let (cert, key) = tokio::task::block_in_place(|| server.create_agent("dev-bot", &["dev"]));
     let agent = support::client(&server.ca_pem(), Some((&cert, &key)));
-    // The tool must be seen (pinned) before it may be called.
-    let session = support::parity_rig::mcp_session(&agent, &server, "/mcp/tools").await;
+    let init = agent
+        .post(server.url("/mcp/tools"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(
+            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "parity", "version": "1"}}}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(init.status(), 200);
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let _ = init.bytes().await.unwrap();
     let rig = Rig {
         server,
         idp,
@@ -254,6 +324,16 @@ async fn rig_with(policies: &str) -> Option<Rig> {
         notes,
         _upstreams: vec![mcp, llm],
     };
+    let r = rig
+        .rpc(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
+        .await;
+    assert!(r.status().is_success());
+    // The tool must be seen (pinned) before it may be called.
+    let r = rig
+        .rpc(json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let _ = r.bytes().await.unwrap();
     Some(rig)
 }
 
