@@ -15,6 +15,11 @@ pub use analytics::{AlertRow, QuarantineRow, RiskPoint};
 mod identity;
 pub use identity::{AdminUserRow, PostureRow, RevokedTokenRow};
 mod audit_log;
+mod audit_archive;
+pub use audit_archive::{
+    ArchiveError, ArchiveOutcome, ArchiveVerifySummary, ArchivedInclusion, SEGMENT_FORMAT, Segment,
+    SegmentSeal, archived_inclusion, read_segments,
+};
 mod mcp_tools;
 pub use agent_keys::AgentKeyRow;
 pub use mcp_tools::McpToolRow;
