@@ -16,6 +16,7 @@ mod identity;
 pub use identity::{AdminUserRow, PostureRow, RevokedTokenRow};
 mod audit_log;
 mod audit_archive;
+pub mod backup;
 pub use audit_archive::{
     ArchiveError, ArchiveOutcome, ArchiveVerifySummary, ArchivedInclusion, SEGMENT_FORMAT, Segment,
     SegmentSeal, archived_inclusion, read_segments,
