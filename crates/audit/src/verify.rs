@@ -135,7 +135,10 @@ impl LogVerifier {
     /// when those records were archived and pruned). Checkpoints below that
     /// size cannot be checked and are dropped; one at exactly that size is
     /// held to `acc`'s head.
-    pub fn resume(acc: MerkleAccumulator, mut checkpoints: Vec<Checkpoint>) -> Result<Self, VerifyError> {
+    pub fn resume(
+        acc: MerkleAccumulator,
+        mut checkpoints: Vec<Checkpoint>,
+    ) -> Result<Self, VerifyError> {
         let size = acc.size();
         checkpoints.retain(|c| c.size >= size);
         let mut verifier = LogVerifier::new(checkpoints);
@@ -292,7 +295,11 @@ mod tests {
     #[test]
     fn resume_checks_only_what_follows() {
         let all = leaves(100);
-        let cps = vec![checkpoint(&all, 10), checkpoint(&all, 64), checkpoint(&all, 100)];
+        let cps = vec![
+            checkpoint(&all, 10),
+            checkpoint(&all, 64),
+            checkpoint(&all, 100),
+        ];
         let mut acc = MerkleAccumulator::new();
         for leaf in &all[..64] {
             acc.push(leaf_hash(leaf));
@@ -302,7 +309,10 @@ mod tests {
             verifier.push(leaf, None, |_| {}).unwrap();
         }
         let summary = verifier.finish().unwrap();
-        assert_eq!((summary.size, summary.checkpoints, summary.signed_size), (100, 2, 100));
+        assert_eq!(
+            (summary.size, summary.checkpoints, summary.signed_size),
+            (100, 2, 100)
+        );
         // A prefix that is not the signed one fails at the checkpoint at its size.
         let mut wrong = MerkleAccumulator::new();
         for leaf in &all[1..65] {

@@ -21,7 +21,9 @@ pub(crate) fn parse_before(s: &str) -> Result<i64, String> {
     }
     let parts: Vec<&str> = s.split('-').collect();
     let [y, m, d] = parts.as_slice() else {
-        return Err(format!("`{s}` is neither a date (YYYY-MM-DD) nor an age (90d)"));
+        return Err(format!(
+            "`{s}` is neither a date (YYYY-MM-DD) nor an age (90d)"
+        ));
     };
     let number = |p: &str| p.parse::<i32>().map_err(|_| format!("`{s}` is not a date"));
     let month = u8::try_from(number(m)?)

@@ -39,7 +39,10 @@ pub async fn backup(state: &StateDir, out: &Path, include_ca_key: bool) -> Resul
         bail!("no database at `{}` (pass --state-dir)", db.display());
     }
     if out.exists() {
-        bail!("`{}` exists; a backup never overwrites a file", out.display());
+        bail!(
+            "`{}` exists; a backup never overwrites a file",
+            out.display()
+        );
     }
     let mut paths = Vec::new();
     collect_files(state.root(), state.root(), include_ca_key, &mut paths)?;

@@ -569,24 +569,22 @@ pub async fn audit(command: AuditCommand, args: AdminArgs) -> Result<()> {
             export,
             checkpoint,
             archive,
-        } => {
-            return crate::audit_cmd::verify(&args.state, key, export, &checkpoint, &archive)
-                .await;
-        }
+        } => crate::audit_cmd::verify(&args.state, key, export, &checkpoint, &archive).await,
         AuditCommand::Archive { before, out } => {
             let state = crate::state_dir::StateDir::new(args.state.state_dir.clone());
-            return crate::archive_cmd::archive(&state, before, &out).await;
+            crate::archive_cmd::archive(&state, before, &out).await
         }
         AuditCommand::Prove {
             id, key, archive, ..
         } if !archive.is_empty() => {
             let key = crate::audit_cmd::verifier_key(&args.state, key)?;
-            return crate::archive_cmd::prove_archived(&archive, &id, &key);
+            crate::archive_cmd::prove_archived(&archive, &id, &key)
         }
         command => audit_online(command, args).await,
     }
 }
 
+/// The audit commands that go through the admin API.
 async fn audit_online(command: AuditCommand, args: AdminArgs) -> Result<()> {
     let client = AdminClient::from_args(&args)?;
     match command {
@@ -599,9 +597,7 @@ async fn audit_online(command: AuditCommand, args: AdminArgs) -> Result<()> {
         AuditCommand::Checkpoint { sign } => crate::audit_cmd::checkpoint(&client, sign).await?,
         AuditCommand::Prove {
             id, tree_size, key, ..
-        } => {
-            crate::audit_cmd::prove(&client, &args.state, &id, tree_size, key).await?
-        }
+        } => crate::audit_cmd::prove(&client, &args.state, &id, tree_size, key).await?,
         AuditCommand::Consistency { from, to, key } => {
             crate::audit_cmd::consistency(&client, &args.state, from, to, key).await?
         }

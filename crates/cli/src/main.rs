@@ -1,6 +1,7 @@
 //! `portcullis`: the one binary. `serve` runs the gateway and admin API; the other
 //! commands talk to a running server's admin API (or, for `policy validate`
-//! and `guard scan`, work offline).
+//! and `guard scan`, work offline; `backup`, `restore`, `audit archive` and
+//! `audit verify` work on the state directory itself).
 #![forbid(unsafe_code)]
 
 mod alerts_cmd;

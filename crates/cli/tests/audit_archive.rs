@@ -95,7 +95,12 @@ async fn archive_prunes_beside_a_running_server_and_verifies_with_its_archive() 
     let archive = server.path().join("archive");
     let archive_arg = archive.to_str().unwrap();
     let (out, _) = run_ok(server.cli(&[
-        "audit", "archive", "--before", "2999-01-01", "--out", archive_arg,
+        "audit",
+        "archive",
+        "--before",
+        "2999-01-01",
+        "--out",
+        archive_arg,
     ]));
     assert!(out.contains("archived records 0.."), "{out}");
     let first_stored: u64 = out
@@ -105,7 +110,7 @@ async fn archive_prunes_beside_a_running_server_and_verifies_with_its_archive() 
         .trim()
         .parse()
         .unwrap();
-    assert!(first_stored >= 192 && first_stored % 64 == 0, "{out}");
+    assert!(first_stored >= 192 && first_stored.is_multiple_of(64), "{out}");
     let leaves = std::fs::read_dir(&archive)
         .unwrap()
         .map(|e| e.unwrap().path())
@@ -121,10 +126,18 @@ async fn archive_prunes_beside_a_running_server_and_verifies_with_its_archive() 
     // said to be skipped, the rest checked.
     let (out, err) = run_ok(server.cli(&["audit", "verify", "--archive", archive_arg]));
     assert!(out.starts_with("ok: "), "{out}");
-    assert!(err.contains(&format!("records 0..{first_stored} were read from the archive")), "{err}");
+    assert!(
+        err.contains(&format!(
+            "records 0..{first_stored} were read from the archive"
+        )),
+        "{err}"
+    );
     let (out, err) = run_ok(server.cli(&["audit", "verify"]));
     assert!(out.starts_with("ok: "), "{out}");
-    assert!(err.contains("not checked here (pass --archive DIR)"), "{err}");
+    assert!(
+        err.contains("not checked here (pass --archive DIR)"),
+        "{err}"
+    );
 
     // A pruned record is proven from the archive, offline; the server says
     // where to look.
@@ -142,13 +155,22 @@ async fn archive_prunes_beside_a_running_server_and_verifies_with_its_archive() 
 
     // Nothing new to archive: nothing written.
     let (out, _) = run_ok(server.cli(&[
-        "audit", "archive", "--before", "1970-01-02", "--out", archive_arg,
+        "audit",
+        "archive",
+        "--before",
+        "1970-01-02",
+        "--out",
+        archive_arg,
     ]));
     assert!(out.starts_with("nothing to archive"), "{out}");
 
     // A record changed in the archive is found at its index.
     let text = std::fs::read_to_string(&leaves).unwrap();
-    std::fs::write(&leaves, text.replacen("\"status\":200", "\"status\":500", 1)).unwrap();
+    std::fs::write(
+        &leaves,
+        text.replacen("\"status\":200", "\"status\":500", 1),
+    )
+    .unwrap();
     let err = run_failing(server.cli(&["audit", "verify", "--archive", archive_arg]));
     assert!(err.contains("FAILED"), "{err}");
     let err = run_failing(server.cli(&["audit", "prove", "0", "--archive", archive_arg]));
@@ -177,9 +199,19 @@ async fn retention_runs_in_the_background_and_archives_only_what_is_old() {
     let log = server.stderr.lock().unwrap().clone();
     assert!(log.contains("audit retention: nothing to archive"), "{log}");
     assert!(archive.is_dir());
-    assert_eq!(std::fs::read_dir(&archive).unwrap().filter(|e| {
-        e.as_ref().unwrap().path().extension().is_some_and(|x| x == "leaves")
-    }).count(), 0);
+    assert_eq!(
+        std::fs::read_dir(&archive)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "leaves")
+            })
+            .count(),
+        0
+    );
     let (out, err) = run_ok(server.cli(&["audit", "verify"]));
     assert!(out.starts_with("ok: "), "{out}");
     assert!(!err.contains("not checked"), "{err}");

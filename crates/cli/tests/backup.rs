@@ -85,9 +85,17 @@ async fn a_backup_under_load_restores_serves_and_verifies() {
     let full = backups.path().join("full.backup");
     let (state_arg, plain_arg, full_arg) = (state.clone(), plain.clone(), full.clone());
     let (plain_out, full_out) = tokio::task::spawn_blocking(move || {
-        let plain_out = portcullis(&["backup", "--out", plain_arg.to_str().unwrap()], &state_arg);
+        let plain_out = portcullis(
+            &["backup", "--out", plain_arg.to_str().unwrap()],
+            &state_arg,
+        );
         let full_out = portcullis(
-            &["backup", "--out", full_arg.to_str().unwrap(), "--include-ca-key"],
+            &[
+                "backup",
+                "--out",
+                full_arg.to_str().unwrap(),
+                "--include-ca-key",
+            ],
             &state_arg,
         );
         (plain_out, full_out)
@@ -109,8 +117,14 @@ async fn a_backup_under_load_restores_serves_and_verifies() {
     let ca_key = std::fs::read(state.join("ca.key")).unwrap();
     let plain_bytes = std::fs::read(&plain).unwrap();
     let full_bytes = std::fs::read(&full).unwrap();
-    assert!(!contains(&plain_bytes, &ca_key), "the CA key is left out by default");
-    assert!(contains(&full_bytes, &ca_key), "--include-ca-key includes it");
+    assert!(
+        !contains(&plain_bytes, &ca_key),
+        "the CA key is left out by default"
+    );
+    assert!(
+        contains(&full_bytes, &ca_key),
+        "--include-ca-key includes it"
+    );
     for bytes in [&plain_bytes, &full_bytes] {
         assert!(!contains(bytes, b"kek-never-in-a-backup"));
     }
@@ -130,7 +144,11 @@ async fn a_backup_under_load_restores_serves_and_verifies() {
     assert!(String::from_utf8_lossy(&err.stderr).contains("not empty"));
     let target = tempfile::tempdir().unwrap();
     let not_backup = portcullis(
-        &["restore", "--from", state.join("portcullis.db").to_str().unwrap()],
+        &[
+            "restore",
+            "--from",
+            state.join("portcullis.db").to_str().unwrap(),
+        ],
         &target.path().join("x"),
     );
     assert!(!not_backup.status.success());
@@ -147,11 +165,15 @@ async fn a_backup_under_load_restores_serves_and_verifies() {
     // The old server keeps running (its directory holds the agent's credentials).
     let new_dir = tempfile::tempdir().unwrap();
     let new_state = new_dir.path().join("state");
-    ok(portcullis(&["restore", "--from", full.to_str().unwrap()], &new_state));
+    ok(portcullis(
+        &["restore", "--from", full.to_str().unwrap()],
+        &new_state,
+    ));
     let new_cfg = config(new_dir.path(), &sections, "");
-    let restored_server = tokio::task::spawn_blocking(move || Server::start(new_dir, Some(&new_cfg)))
-        .await
-        .unwrap();
+    let restored_server =
+        tokio::task::spawn_blocking(move || Server::start(new_dir, Some(&new_cfg)))
+            .await
+            .unwrap();
     let client = support::client(&restored_server.ca_pem(), Some((&cert, &key)));
     let response = client
         .get(restored_server.url("/api/after-restore"))
@@ -161,6 +183,14 @@ async fn a_backup_under_load_restores_serves_and_verifies() {
     assert_eq!(response.status(), 200);
     let out = ok(restored_server.cli(&["audit", "verify"]));
     assert!(out.starts_with("ok: "), "{out}");
-    let records: u64 = out["ok: ".len()..].split_whitespace().next().unwrap().parse().unwrap();
-    assert!(records >= 100, "the log holds the records taken under load: {out}");
+    let records: u64 = out["ok: ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        records >= 100,
+        "the log holds the records taken under load: {out}"
+    );
 }

@@ -42,7 +42,9 @@ pub async fn run(store: Store, dir: PathBuf, retention: Duration) {
                 ),
             },
             // Nothing was pruned that is not archived; the next run retries.
-            Err(e) => tracing::error!(error = %e, archive = %dir.display(), "audit retention failed"),
+            Err(e) => {
+                tracing::error!(error = %e, archive = %dir.display(), "audit retention failed")
+            }
         }
     }
 }

@@ -161,7 +161,10 @@ impl Store {
         let lock_path = dir.join(".lock");
         let lock = std::fs::File::create(&lock_path).map_err(|source| io(&lock_path, source))?;
         if lock.try_lock().is_err() {
-            return Err(invalid(dir, "another archiver is writing to this directory"));
+            return Err(invalid(
+                dir,
+                "another archiver is writing to this directory",
+            ));
         }
 
         let mut first = self.audit_first_seq().await?;
@@ -286,9 +289,7 @@ impl Store {
                 "the records do not hash to the stored tree: run `audit verify`",
             ));
         }
-        let file = out
-            .into_inner()
-            .map_err(|e| io(&tmp, e.into_error()))?;
+        let file = out.into_inner().map_err(|e| io(&tmp, e.into_error()))?;
         file.sync_all().map_err(|source| io(&tmp, source))?;
         std::fs::rename(&tmp, &leaves_path).map_err(|source| io(&leaves_path, source))?;
 
@@ -314,7 +315,8 @@ impl Store {
                 .map(hex::encode)
                 .collect(),
         };
-        let text = serde_json::to_vec_pretty(&seal).map_err(|e| StoreError::Invalid(e.to_string()))?;
+        let text =
+            serde_json::to_vec_pretty(&seal).map_err(|e| StoreError::Invalid(e.to_string()))?;
         write_synced(&seal_path, &text)?;
         std::fs::File::open(dir)
             .and_then(|d| d.sync_all())
@@ -489,7 +491,10 @@ fn walk_segment(
         .ok_or_else(|| {
             archive_failure(invalid(
                 path,
-                &format!("no signed checkpoint at the seal's head size {}", seal.head_size),
+                &format!(
+                    "no signed checkpoint at the seal's head size {}",
+                    seal.head_size
+                ),
             ))
         })?;
     let proof = hashes(&seal.consistency).map_err(|d| archive_failure(invalid(path, &d)))?;
@@ -571,7 +576,10 @@ pub fn archived_inclusion(
     }
     let mut hashes_so_far = Vec::new();
     let mut leaf = None;
-    for s in segments.iter().take_while(|s| s.seal.start < segment.seal.end) {
+    for s in segments
+        .iter()
+        .take_while(|s| s.seal.start < segment.seal.end)
+    {
         let file = std::fs::File::open(&s.leaves).map_err(|source| io(&s.leaves, source))?;
         for line in std::io::BufReader::new(file).lines() {
             let line = line.map_err(|source| io(&s.leaves, source))?;
@@ -584,11 +592,17 @@ pub fn archived_inclusion(
     let size = segment.seal.end;
     let path = &segment.leaves;
     let (Some(leaf), true) = (leaf, hashes_so_far.len() as u64 == size) else {
-        return Err(invalid(path, "the segments do not hold the records their seals name"));
+        return Err(invalid(
+            path,
+            "the segments do not hold the records their seals name",
+        ));
     };
     let root = merkle::root(&hashes_so_far);
     if hex::encode(root) != segment.seal.root {
-        return Err(invalid(path, "the records do not hash to the seal's tree head"));
+        return Err(invalid(
+            path,
+            "the records do not hash to the seal's tree head",
+        ));
     }
     let proof = merkle::inclusion_proof(&hashes_so_far, index)
         .map_err(|e| invalid(path, &e.to_string()))?;
@@ -598,7 +612,12 @@ pub fn archived_inclusion(
         .iter()
         .filter_map(|n| open_checkpoint(n, verifier, origin).ok())
         .find(|c| c.size == segment.seal.head_size)
-        .ok_or_else(|| invalid(&segment.checkpoints, "no checkpoint signed by this key at the seal's head"))?;
+        .ok_or_else(|| {
+            invalid(
+                &segment.checkpoints,
+                "no checkpoint signed by this key at the seal's head",
+            )
+        })?;
     let consistency = hashes(&segment.seal.consistency).map_err(|d| invalid(path, &d))?;
     Ok(ArchivedInclusion {
         leaf,
@@ -666,7 +685,10 @@ mod tests {
         // Records carry time_ms = seq; 150 rounds down to the 64-record boundary.
         let outcome = store.archive_audit(150, &archive).await.unwrap();
         let segment = outcome.written.unwrap();
-        assert_eq!((segment.seal.start, segment.seal.end, outcome.first_stored), (0, 128, 128));
+        assert_eq!(
+            (segment.seal.start, segment.seal.end, outcome.first_stored),
+            (0, 128, 128)
+        );
         assert_eq!(store.audit_first_seq().await.unwrap(), 128);
         assert_eq!(store.audit_size().await.unwrap(), 300);
         let text = std::fs::read_to_string(&segment.leaves).unwrap();
@@ -683,10 +705,16 @@ mod tests {
             }
             for old in (128..=size).step_by(5) {
                 let proof = store.consistency_proof(old, size).await.unwrap();
-                assert_eq!(proof, merkle::consistency_proof(&leaves[..size as usize], old).unwrap());
+                assert_eq!(
+                    proof,
+                    merkle::consistency_proof(&leaves[..size as usize], old).unwrap()
+                );
             }
         }
-        assert!(matches!(store.inclusion_proof(5, 300).await, Err(StoreError::Invalid(_))));
+        assert!(matches!(
+            store.inclusion_proof(5, 300).await,
+            Err(StoreError::Invalid(_))
+        ));
 
         // A pruned record is proven from the archive alone.
         let dirs = [archive.clone()];
@@ -695,15 +723,24 @@ mod tests {
         let leaf = merkle::leaf_hash(proof.leaf.as_bytes());
         assert_eq!(leaf, leaves[5]);
         verify_inclusion(&leaf, 5, proof.size, &proof.proof, &proof.root).unwrap();
-        verify_consistency(proof.size, 300, &proof.root, &proof.head.root, &proof.consistency)
-            .unwrap();
+        verify_consistency(
+            proof.size,
+            300,
+            &proof.root,
+            &proof.head.root,
+            &proof.consistency,
+        )
+        .unwrap();
 
         // The log verifies with its archive, and without it (the prefix skipped).
         let with = store
             .verify_audit_log_with_archive(&verifier(&key), ORIGIN, &[], &dirs)
             .await
             .unwrap();
-        assert_eq!((with.summary.size, with.archived, with.unchecked), (300, 128, 0));
+        assert_eq!(
+            (with.summary.size, with.archived, with.unchecked),
+            (300, 128, 0)
+        );
         let without = store
             .verify_audit_log_with_archive(&verifier(&key), ORIGIN, &[], &[])
             .await
@@ -722,7 +759,10 @@ mod tests {
             .verify_audit_log_with_archive(&verifier(&key), ORIGIN, &[], &dirs)
             .await
             .unwrap();
-        assert_eq!((with.summary.size, with.archived, with.summary.signed_size), (400, 384, 400));
+        assert_eq!(
+            (with.summary.size, with.archived, with.summary.signed_size),
+            (400, 384, 400)
+        );
         // Nothing new: nothing written.
         let again = store.archive_audit(i64::MAX, &archive).await.unwrap();
         assert_eq!(again.written, None);
@@ -736,8 +776,10 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, AuditVerifyFailure::Tampered(_)), "{err}");
         // A missing segment is a gap, not a pass.
-        std::fs::remove_file(archive.join("audit-00000000000000000000-00000000000000000128.seal.json"))
-            .unwrap();
+        std::fs::remove_file(
+            archive.join("audit-00000000000000000000-00000000000000000128.seal.json"),
+        )
+        .unwrap();
         let err = store
             .verify_audit_log_with_archive(&verifier(&key), ORIGIN, &[], &dirs)
             .await

@@ -553,7 +553,10 @@ impl Store {
 
     /// The hashes of complete subtrees: stored ones from `audit_nodes`, lower
     /// ones folded from their records' leaf hashes.
-    pub(crate) async fn subtree_hashes(&self, subtrees: &[(u32, u64)]) -> Result<Vec<Hash>, StoreError> {
+    pub(crate) async fn subtree_hashes(
+        &self,
+        subtrees: &[(u32, u64)],
+    ) -> Result<Vec<Hash>, StoreError> {
         // Two queries whatever the number of subtrees: one for the stored
         // nodes, one for the leaf hashes under the low ones. A proof over a
         // million records needs about 20 subtrees; one query each was most of

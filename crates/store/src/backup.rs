@@ -91,7 +91,9 @@ pub async fn unpack_backup(path: &Path) -> Result<Vec<BackupFile>, StoreError> {
         .fetch_one(&mut copy)
         .await?;
     if check != "ok" {
-        return Err(StoreError::Invalid(format!("the backup is damaged: {check}")));
+        return Err(StoreError::Invalid(format!(
+            "the backup is damaged: {check}"
+        )));
     }
     let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
         "SELECT name, secret, contents FROM {FILES_TABLE} ORDER BY name"
@@ -147,11 +149,17 @@ mod tests {
         let out = dir.path().join("backup");
         write_backup(&db, &out, &files).await.unwrap();
         // The live database is not a backup.
-        assert!(matches!(unpack_backup(&db).await, Err(StoreError::Invalid(_))));
+        assert!(matches!(
+            unpack_backup(&db).await,
+            Err(StoreError::Invalid(_))
+        ));
         assert_eq!(unpack_backup(&out).await.unwrap(), files);
         let restored = Store::open_sqlite(&out).await.unwrap();
         assert_eq!(restored.audit_size().await.unwrap(), 10);
         // Once unpacked, it is a plain database again.
-        assert!(matches!(unpack_backup(&out).await, Err(StoreError::Invalid(_))));
+        assert!(matches!(
+            unpack_backup(&out).await,
+            Err(StoreError::Invalid(_))
+        ));
     }
 }

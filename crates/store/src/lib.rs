@@ -14,8 +14,8 @@ mod analytics;
 pub use analytics::{AlertRow, QuarantineRow, RiskPoint};
 mod identity;
 pub use identity::{AdminUserRow, PostureRow, RevokedTokenRow};
-mod audit_log;
 mod audit_archive;
+mod audit_log;
 pub mod backup;
 pub use audit_archive::{
     ArchiveError, ArchiveOutcome, ArchiveVerifySummary, ArchivedInclusion, SEGMENT_FORMAT, Segment,

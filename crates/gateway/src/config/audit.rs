@@ -450,7 +450,10 @@ pub(super) fn check_checkpoint_interval(audit: &RawAudit) -> Result<(), String> 
         return Err("key `audit.checkpoint_interval_ms`: must be greater than 0".into());
     }
     if audit.retention_days == Some(0) {
-        return Err("key `audit.retention_days`: must be at least 1 (leave it out to keep the whole log)".into());
+        return Err(
+            "key `audit.retention_days`: must be at least 1 (leave it out to keep the whole log)"
+                .into(),
+        );
     }
     if audit.archive_dir.is_some() && audit.retention_days.is_none() {
         return Err("key `audit.archive_dir`: needs `audit.retention_days`".into());
@@ -573,7 +576,13 @@ mod tests {
             "[audit]\nretention_days = 1\narchive_dir = \"arch\"\n",
             r#"ok Some(86400s) Some("/etc/p/arch")"#,
         );
-        check_retention("[audit]\nretention_days = 0\n", "`audit.retention_days`: must be at least 1");
-        check_retention("[audit]\narchive_dir = \"a\"\n", "needs `audit.retention_days`");
+        check_retention(
+            "[audit]\nretention_days = 0\n",
+            "`audit.retention_days`: must be at least 1",
+        );
+        check_retention(
+            "[audit]\narchive_dir = \"a\"\n",
+            "needs `audit.retention_days`",
+        );
     }
 }
