@@ -6,7 +6,8 @@
 //! writer keeps committing meanwhile, WAL mode), and the state directory's
 //! other files are added to it as rows (`portcullis_store::backup`). The KEK is never
 //! included (it must not sit beside what it seals), nor the CA key unless
-//! asked; `restore` refuses a non-empty directory. See
+//! asked; `restore` refuses a non-empty directory and holds the state lock
+//! while it writes. See
 //! `docs/backup-and-retention.md`.
 
 use std::path::{Path, PathBuf};
@@ -98,6 +99,9 @@ pub async fn restore(state: &StateDir, from: &Path) -> Result<()> {
         }
     }
     state.create()?;
+    // Held until the restore is complete: a `serve` started meanwhile on the
+    // same directory is refused instead of opening a half-written state.
+    let _lock = crate::state_lock::StateLock::acquire(root)?;
     let tmp = tmp_path(&state.database());
     std::fs::copy(from, &tmp).with_context(|| format!("cannot read `{}`", from.display()))?;
     restrict(&tmp)?;

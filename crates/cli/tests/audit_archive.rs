@@ -110,7 +110,10 @@ async fn archive_prunes_beside_a_running_server_and_verifies_with_its_archive() 
         .trim()
         .parse()
         .unwrap();
-    assert!(first_stored >= 192 && first_stored.is_multiple_of(64), "{out}");
+    assert!(
+        first_stored >= 192 && first_stored.is_multiple_of(64),
+        "{out}"
+    );
     let leaves = std::fs::read_dir(&archive)
         .unwrap()
         .map(|e| e.unwrap().path())
