@@ -130,6 +130,42 @@ impl LogVerifier {
         verifier
     }
 
+    /// A verifier that starts after a prefix it does not see: `acc` is the
+    /// tree over records `0..acc.size()` (rebuilt from stored subtree hashes
+    /// when those records were archived and pruned). Checkpoints below that
+    /// size cannot be checked and are dropped; one at exactly that size is
+    /// held to `acc`'s head.
+    pub fn resume(
+        acc: MerkleAccumulator,
+        mut checkpoints: Vec<Checkpoint>,
+    ) -> Result<Self, VerifyError> {
+        let size = acc.size();
+        checkpoints.retain(|c| c.size >= size);
+        let mut verifier = LogVerifier::new(checkpoints);
+        verifier.acc = acc;
+        verifier.good_size = size;
+        while let Some(checkpoint) = verifier.checkpoints.get(verifier.next) {
+            if checkpoint.size != size {
+                break;
+            }
+            if checkpoint.root != verifier.acc.root() {
+                return Err(VerifyError::CheckpointMismatch { from: 0, to: size });
+            }
+            verifier.next += 1;
+        }
+        Ok(verifier)
+    }
+
+    /// Leaves walked so far (the resumed prefix included).
+    pub fn size(&self) -> u64 {
+        self.acc.size()
+    }
+
+    /// The tree head over the leaves walked so far.
+    pub fn root(&self) -> Hash {
+        self.acc.root()
+    }
+
     /// Checks the next leaf (the exact stored bytes of a record). `stored_hash`
     /// is the leaf hash the store kept beside it, if any. Every complete
     /// subtree the leaf completes is passed to `completed`, so a caller can
@@ -254,6 +290,38 @@ mod tests {
                 .canonical_bytes()
             })
             .collect()
+    }
+
+    #[test]
+    fn resume_checks_only_what_follows() {
+        let all = leaves(100);
+        let cps = vec![
+            checkpoint(&all, 10),
+            checkpoint(&all, 64),
+            checkpoint(&all, 100),
+        ];
+        let mut acc = MerkleAccumulator::new();
+        for leaf in &all[..64] {
+            acc.push(leaf_hash(leaf));
+        }
+        let mut verifier = LogVerifier::resume(acc.clone(), cps.clone()).unwrap();
+        for leaf in &all[64..] {
+            verifier.push(leaf, None, |_| {}).unwrap();
+        }
+        let summary = verifier.finish().unwrap();
+        assert_eq!(
+            (summary.size, summary.checkpoints, summary.signed_size),
+            (100, 2, 100)
+        );
+        // A prefix that is not the signed one fails at the checkpoint at its size.
+        let mut wrong = MerkleAccumulator::new();
+        for leaf in &all[1..65] {
+            wrong.push(leaf_hash(leaf));
+        }
+        assert_eq!(
+            LogVerifier::resume(wrong, cps).err(),
+            Some(VerifyError::CheckpointMismatch { from: 0, to: 64 })
+        );
     }
 
     fn checkpoint(leaves: &[Vec<u8>], size: usize) -> Checkpoint {

@@ -18,7 +18,7 @@ use crate::client::AdminClient;
 use crate::state_dir::StateDir;
 
 /// The verifier key: given inline, in a file, or `<state-dir>/audit.pub`.
-fn verifier_key(state: &StateDirArg, key: Option<String>) -> Result<VerifierKey> {
+pub(crate) fn verifier_key(state: &StateDirArg, key: Option<String>) -> Result<VerifierKey> {
     let text = match key {
         Some(k) if Path::new(&k).is_file() => std::fs::read_to_string(&k)
             .with_context(|| format!("cannot read the verifier key file `{k}`"))?,
@@ -239,12 +239,16 @@ pub async fn verify(
     key: Option<String>,
     export: Option<PathBuf>,
     checkpoint_files: &[PathBuf],
+    archives: &[PathBuf],
 ) -> Result<()> {
     let key = verifier_key(state, key)?;
     let extra = read_checkpoint_files(checkpoint_files, &key)?;
     let started = std::time::Instant::now();
     let summary = match export {
         Some(path) => {
+            if !archives.is_empty() {
+                bail!("--archive goes with the database, not with --export");
+            }
             if extra.is_empty() {
                 bail!("offline verification needs the signed checkpoints: pass --checkpoint FILE");
             }
@@ -280,10 +284,26 @@ pub async fn verify(
                 );
             }
             let store = Store::open_sqlite(&db).await?;
-            let result = store.verify_audit_log(&key, key.name(), &extra).await;
+            let result = store
+                .verify_audit_log_with_archive(&key, key.name(), &extra, archives)
+                .await;
             store.close().await;
             match result {
-                Ok(summary) => summary,
+                Ok(checked) => {
+                    if checked.archived > 0 {
+                        eprintln!(
+                            "note: records 0..{} were read from the archive",
+                            checked.archived
+                        );
+                    }
+                    if checked.unchecked > 0 {
+                        eprintln!(
+                            "note: records 0..{} were archived and pruned and are not checked here (pass --archive DIR)",
+                            checked.unchecked
+                        );
+                    }
+                    checked.summary
+                }
                 Err(AuditVerifyFailure::Tampered(e)) => {
                     bail!("FAILED: {e} (first bad index: {})", e.first_bad_index())
                 }

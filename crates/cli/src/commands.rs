@@ -142,6 +142,10 @@ pub enum AuditCommand {
         /// `<state-dir>/audit.pub`).
         #[arg(long)]
         key: Option<String>,
+        /// Prove an archived record (by seq) from these archive directories,
+        /// with no server.
+        #[arg(long)]
+        archive: Vec<PathBuf>,
     },
     /// Prove that the log of one size is a prefix of a later one.
     Consistency {
@@ -178,6 +182,24 @@ pub enum AuditCommand {
         /// ones (e.g. the `[audit] checkpoint_file` copy).
         #[arg(long)]
         checkpoint: Vec<PathBuf>,
+        /// Archive directories (`audit archive --out`) holding the records
+        /// pruned from the database; without them a pruned prefix is skipped.
+        #[arg(long)]
+        archive: Vec<PathBuf>,
+    },
+    /// Write the signed records older than a cut-off as a sealed segment
+    /// (exact leaves, checkpoints, a consistency proof to the latest
+    /// checkpoint) and prune them from the database. Works on the state
+    /// directory, with or without a running server.
+    Archive {
+        /// Archive records older than this: a UTC date (`2026-11-01`) or an
+        /// age (`90d`).
+        #[arg(long, value_parser = crate::archive_cmd::parse_before)]
+        before: i64,
+        /// The archive directory (created if missing; keep every segment of
+        /// a log in one directory).
+        #[arg(long)]
+        out: PathBuf,
     },
 }
 
@@ -541,14 +563,29 @@ pub async fn admin(command: AdminCommand, args: AdminArgs) -> Result<()> {
 
 /// Runs an audit command.
 pub async fn audit(command: AuditCommand, args: AdminArgs) -> Result<()> {
-    if let AuditCommand::Verify {
-        key,
-        export,
-        checkpoint,
-    } = command
-    {
-        return crate::audit_cmd::verify(&args.state, key, export, &checkpoint).await;
+    match command {
+        AuditCommand::Verify {
+            key,
+            export,
+            checkpoint,
+            archive,
+        } => crate::audit_cmd::verify(&args.state, key, export, &checkpoint, &archive).await,
+        AuditCommand::Archive { before, out } => {
+            let state = crate::state_dir::StateDir::new(args.state.state_dir.clone());
+            crate::archive_cmd::archive(&state, before, &out).await
+        }
+        AuditCommand::Prove {
+            id, key, archive, ..
+        } if !archive.is_empty() => {
+            let key = crate::audit_cmd::verifier_key(&args.state, key)?;
+            crate::archive_cmd::prove_archived(&archive, &id, &key)
+        }
+        command => audit_online(command, args).await,
     }
+}
+
+/// The audit commands that go through the admin API.
+async fn audit_online(command: AuditCommand, args: AdminArgs) -> Result<()> {
     let client = AdminClient::from_args(&args)?;
     match command {
         AuditCommand::Tail { n } => {
@@ -558,16 +595,16 @@ pub async fn audit(command: AuditCommand, args: AdminArgs) -> Result<()> {
             }
         }
         AuditCommand::Checkpoint { sign } => crate::audit_cmd::checkpoint(&client, sign).await?,
-        AuditCommand::Prove { id, tree_size, key } => {
-            crate::audit_cmd::prove(&client, &args.state, &id, tree_size, key).await?
-        }
+        AuditCommand::Prove {
+            id, tree_size, key, ..
+        } => crate::audit_cmd::prove(&client, &args.state, &id, tree_size, key).await?,
         AuditCommand::Consistency { from, to, key } => {
             crate::audit_cmd::consistency(&client, &args.state, from, to, key).await?
         }
         AuditCommand::Export { out, checkpoints } => {
             crate::audit_cmd::export(&client, &out, checkpoints).await?
         }
-        AuditCommand::Verify { .. } => {}
+        AuditCommand::Verify { .. } | AuditCommand::Archive { .. } => {}
     }
     Ok(())
 }

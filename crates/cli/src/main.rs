@@ -1,11 +1,14 @@
 //! `portcullis`: the one binary. `serve` runs the gateway and admin API; the other
 //! commands talk to a running server's admin API (or, for `policy validate`
-//! and `guard scan`, work offline).
+//! and `guard scan`, work offline; `backup`, `restore`, `audit archive` and
+//! `audit verify` work on the state directory itself).
 #![forbid(unsafe_code)]
 
 mod alerts_cmd;
 mod approvals_cmd;
+mod archive_cmd;
 mod audit_cmd;
+mod backup_cmd;
 mod client;
 mod commands;
 mod guard_cmd;
@@ -241,6 +244,26 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Copy the state directory (database and files, never the KEK) into
+    /// one file, consistently, beside a running server or not.
+    Backup {
+        /// The backup file to write (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+        /// Also copy the CA key (left out by default: keep it in its own custody).
+        #[arg(long)]
+        include_ca_key: bool,
+        #[command(flatten)]
+        state: StateDirArg,
+    },
+    /// Restore a backup into a new or empty state directory.
+    Restore {
+        /// The backup file (`portcullis backup --out`).
+        #[arg(long)]
+        from: PathBuf,
+        #[command(flatten)]
+        state: StateDirArg,
+    },
     /// Run the content guard offline (prompt injection, DLP, tool poisoning).
     Guard {
         #[command(subcommand)]
@@ -313,6 +336,17 @@ fn main() -> ExitCode {
             } => inventory::run(admin, since, format).await,
             Command::Policy { command, admin } => policy_cmd::run(command, admin).await,
             Command::Guard { .. } => Ok(()),
+            Command::Backup {
+                out,
+                include_ca_key,
+                state,
+            } => {
+                let state = state_dir::StateDir::new(state.state_dir);
+                backup_cmd::backup(&state, &out, include_ca_key).await
+            }
+            Command::Restore { from, state } => {
+                backup_cmd::restore(&state_dir::StateDir::new(state.state_dir), &from).await
+            }
             Command::Approvals { command, admin } => approvals_cmd::approvals(command, admin).await,
             Command::Grants { command, admin } => approvals_cmd::grants(command, admin).await,
             Command::Breakglass { command, admin } => {

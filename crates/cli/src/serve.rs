@@ -232,6 +232,18 @@ pub async fn run(
             }
         });
     }
+    if let Some(retention) = config.audit.retention {
+        let dir = config
+            .audit
+            .archive_dir
+            .clone()
+            .unwrap_or_else(|| state.root().join("audit-archive"));
+        tokio::spawn(portcullis_gateway::retention::run(
+            store.clone(),
+            dir,
+            retention,
+        ));
+    }
     let checkpointer = Arc::new(
         Checkpointer::new(
             store.clone(),
@@ -938,6 +950,10 @@ async fn accept_tampered_log(
         // A checkpoint that does not verify vouches for nothing.
         Err(AuditVerifyFailure::BadCheckpoint { .. }) => 0,
         Err(AuditVerifyFailure::Store(e)) => {
+            return Err(e).context("cannot verify the audit log");
+        }
+        // No archive is read here.
+        Err(e @ AuditVerifyFailure::Archive(_)) => {
             return Err(e).context("cannot verify the audit log");
         }
     };

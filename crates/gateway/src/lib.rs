@@ -35,6 +35,7 @@ pub mod pseudonym;
 pub mod rate_limit;
 pub mod readiness;
 pub mod respond;
+pub mod retention;
 pub mod revocation;
 pub mod route;
 pub mod shadow;

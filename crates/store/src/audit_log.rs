@@ -83,6 +83,9 @@ pub enum AuditVerifyFailure {
     /// The records are not what was signed.
     #[error(transparent)]
     Tampered(#[from] VerifyError),
+    /// An archive segment is missing, unreadable, or not the log's.
+    #[error("{0}")]
+    Archive(String),
     /// The log holds records but no checkpoint covers any of them.
     #[error("no signed checkpoint covers the log's {0} records: nothing to verify them against")]
     Unsigned(u64),
@@ -219,6 +222,12 @@ impl Store {
     /// The inclusion proof of record `index` in the tree of `size` records.
     pub async fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
         self.check_size(size).await?;
+        let first = self.audit_first_seq().await?;
+        if index < first {
+            return Err(invalid(format!(
+                "record {index} was archived and pruned (the log keeps records from {first}): prove it from the archive with `audit prove {index} --archive DIR`"
+            )));
+        }
         let ranges = inclusion_proof_ranges(index, size).map_err(|e| invalid(e.to_string()))?;
         self.range_heads(ranges).await
     }
@@ -380,6 +389,20 @@ impl Store {
         origin: &str,
         extra: &[String],
     ) -> Result<VerifySummary, AuditVerifyFailure> {
+        Ok(self
+            .verify_audit_log_with_archive(verifier, origin, extra, &[])
+            .await?
+            .summary)
+    }
+
+    /// The stored checkpoints and `extra` ones, each opened with `verifier`
+    /// and `origin`.
+    pub(crate) async fn opened_checkpoints(
+        &self,
+        verifier: &VerifierKey,
+        origin: &str,
+        extra: &[String],
+    ) -> Result<Vec<Checkpoint>, AuditVerifyFailure> {
         let mut checkpoints = Vec::new();
         let stored = self.checkpoints().await?;
         let notes = stored
@@ -403,7 +426,16 @@ impl Store {
             }
             checkpoints.push(checkpoint);
         }
+        Ok(checkpoints)
+    }
 
+    /// Walks the stored records from `start` to the end into `walk`, also
+    /// checking every stored leaf hash and the interior nodes they complete.
+    pub(crate) async fn walk_stored(
+        &self,
+        mut walk: LogVerifier,
+        start: u64,
+    ) -> Result<VerifySummary, AuditVerifyFailure> {
         let mut nodes: HashMap<(u32, u64), Hash> = HashMap::new();
         {
             let mut rows =
@@ -421,9 +453,9 @@ impl Store {
         // then grown from the hashes strictly in order, so the first failure
         // reported is the first bad index.
         let size = self.audit_size().await?;
-        let pages = (0..size)
+        let pages = (start..size)
             .step_by(VERIFY_PAGE as usize)
-            .map(|start| (start, (start + VERIFY_PAGE).min(size)));
+            .map(|from| (from, (from + VERIFY_PAGE).min(size)));
         let store = self.clone();
         let mut hashed = futures_util::stream::iter(pages)
             .map(move |(start, end)| {
@@ -431,12 +463,11 @@ impl Store {
                 tokio::spawn(async move { store.check_page(start, end).await })
             })
             .buffered(2);
-        let mut verifier = LogVerifier::new(checkpoints.clone());
         let mut node_failure = None;
         while let Some(page) = hashed.next().await {
             let page = page.map_err(|e| corrupt(format!("verification task failed: {e}")))??;
             for hash in page {
-                verifier.push_checked(hash, |s: Subtree| {
+                walk.push_checked(hash, |s: Subtree| {
                     if s.level >= NODE_MIN_LEVEL
                         && node_failure.is_none()
                         && nodes.get(&(s.level, s.index)).is_some_and(|h| *h != s.hash)
@@ -452,11 +483,7 @@ impl Store {
                 }
             }
         }
-        let summary = verifier.finish()?;
-        if summary.size > 0 && summary.checkpoints == 0 {
-            return Err(AuditVerifyFailure::Unsigned(summary.size));
-        }
-        Ok(summary)
+        Ok(walk.finish()?)
     }
 
     /// Reads records `start..end`, checks that each sits at its position and
@@ -526,7 +553,10 @@ impl Store {
 
     /// The hashes of complete subtrees: stored ones from `audit_nodes`, lower
     /// ones folded from their records' leaf hashes.
-    async fn subtree_hashes(&self, subtrees: &[(u32, u64)]) -> Result<Vec<Hash>, StoreError> {
+    pub(crate) async fn subtree_hashes(
+        &self,
+        subtrees: &[(u32, u64)],
+    ) -> Result<Vec<Hash>, StoreError> {
         // Two queries whatever the number of subtrees: one for the stored
         // nodes, one for the leaf hashes under the low ones. A proof over a
         // million records needs about 20 subtrees; one query each was most of
@@ -801,14 +831,14 @@ fn invalid(detail: String) -> StoreError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use ed25519_dalek::SigningKey;
     use portcullis_audit::merkle::{verify_consistency, verify_inclusion};
 
-    const ORIGIN: &str = "test.local/audit";
+    pub(crate) const ORIGIN: &str = "test.local/audit";
 
-    fn record(i: usize) -> AuditRecord {
+    pub(crate) fn record(i: usize) -> AuditRecord {
         AuditRecord {
             time_ms: i as i64,
             request_id: format!("req-{i}"),
@@ -818,7 +848,7 @@ mod tests {
         }
     }
 
-    async fn sign_now(store: &Store, log: &AuditAppender, key: &SigningKey) {
+    pub(crate) async fn sign_now(store: &Store, log: &AuditAppender, key: &SigningKey) {
         let head = log.head();
         let note = checkpoint::sign(
             &Checkpoint {
@@ -841,7 +871,7 @@ mod tests {
     }
 
     /// A log of 300 records in uneven batches, with a checkpoint after each.
-    async fn build() -> (tempfile::TempDir, Store, SigningKey, Vec<Hash>) {
+    pub(crate) async fn build() -> (tempfile::TempDir, Store, SigningKey, Vec<Hash>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_sqlite(&dir.path().join("db.sqlite"))
             .await
@@ -867,7 +897,7 @@ mod tests {
         (dir, store, key, leaves)
     }
 
-    fn verifier(key: &SigningKey) -> VerifierKey {
+    pub(crate) fn verifier(key: &SigningKey) -> VerifierKey {
         VerifierKey::new(ORIGIN, key.verifying_key()).unwrap()
     }
 

@@ -14,7 +14,13 @@ mod analytics;
 pub use analytics::{AlertRow, QuarantineRow, RiskPoint};
 mod identity;
 pub use identity::{AdminUserRow, PostureRow, RevokedTokenRow};
+mod audit_archive;
 mod audit_log;
+pub mod backup;
+pub use audit_archive::{
+    ArchiveError, ArchiveOutcome, ArchiveVerifySummary, ArchivedInclusion, SEGMENT_FORMAT, Segment,
+    SegmentSeal, archived_inclusion, read_segments,
+};
 mod mcp_tools;
 pub use agent_keys::AgentKeyRow;
 pub use mcp_tools::McpToolRow;

@@ -1,6 +1,7 @@
 //! `[audit]`: the tamper-evident log's origin, checkpoints, verification and
 //! fail-closed timing, the sampling of refused unauthenticated requests,
-//! pseudonymized fields, and the SIEM export sinks (`[[audit.export]]`).
+//! pseudonymized fields, retention, and the SIEM export sinks
+//! (`[[audit.export]]`).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -51,6 +52,14 @@ pub struct RawAudit {
     /// Days the clear values of pseudonymized fields are kept beside the log
     /// (then deleted). Default 0: not kept at all.
     pub personal_data_retention_days: Option<u64>,
+    /// Days records stay in the database. When set, a background task
+    /// archives older signed records to `archive_dir` as sealed segments
+    /// (as `audit archive` does) and then prunes them; nothing is pruned
+    /// that was not archived first. Unset (default): the log is kept whole.
+    pub retention_days: Option<u64>,
+    /// Where retention writes its segments (relative to the config file;
+    /// default `<state-dir>/audit-archive`).
+    pub archive_dir: Option<PathBuf>,
 }
 
 /// `[[audit.export]]`: one export sink. The keys a sink takes depend on its
@@ -244,6 +253,11 @@ pub struct AuditConfig {
     pub pseudonymize: Vec<crate::pseudonym::PersonalField>,
     /// How long clear values of pseudonymized fields are kept (none: not kept).
     pub personal_data_retention: Option<Duration>,
+    /// How long records stay in the database before they are archived and
+    /// pruned (none: kept whole).
+    pub retention: Option<Duration>,
+    /// The retention archive directory; `None`: `<state-dir>/audit-archive`.
+    pub archive_dir: Option<PathBuf>,
 }
 
 /// Where an export sink sends records.
@@ -430,10 +444,19 @@ pub(super) fn validate_exports(
     Ok(out)
 }
 
-/// Checks that the checkpoint interval is non-zero.
+/// Checks that the checkpoint interval and the retention are non-zero.
 pub(super) fn check_checkpoint_interval(audit: &RawAudit) -> Result<(), String> {
     if audit.checkpoint_interval_ms == Some(0) {
         return Err("key `audit.checkpoint_interval_ms`: must be greater than 0".into());
+    }
+    if audit.retention_days == Some(0) {
+        return Err(
+            "key `audit.retention_days`: must be at least 1 (leave it out to keep the whole log)"
+                .into(),
+        );
+    }
+    if audit.archive_dir.is_some() && audit.retention_days.is_none() {
+        return Err("key `audit.archive_dir`: needs `audit.retention_days`".into());
     }
     Ok(())
 }
@@ -462,6 +485,10 @@ pub(super) fn audit_config(raw: RawAudit, trust_domain: &str, base: &Path) -> Au
             .personal_data_retention_days
             .filter(|&d| d > 0)
             .map(|d| Duration::from_secs(d * 86_400)),
+        retention: raw
+            .retention_days
+            .map(|d| Duration::from_secs(d.saturating_mul(86_400))),
+        archive_dir: raw.archive_dir.map(|p| super::relative(base, p)),
     }
 }
 
@@ -531,5 +558,31 @@ mod tests {
         .to_string();
         assert!(bad_header.contains("header `x-key`"), "{bad_header}");
         assert!(!bad_header.contains("secret"), "{bad_header}");
+    }
+
+    fn check_retention(text: &str, expect: &str) {
+        let got = match Config::parse(text, Path::new("/etc/p/portcullis.toml")) {
+            Ok(c) => format!("ok {:?} {:?}", c.audit.retention, c.audit.archive_dir),
+            Err(e) => e.to_string(),
+        };
+        assert!(got.contains(expect), "expected `{expect}` in:\n{got}");
+    }
+
+    #[test]
+    fn retention() {
+        check_retention("", "ok None None");
+        check_retention("[audit]\nretention_days = 30\n", "ok Some(2592000s) None");
+        check_retention(
+            "[audit]\nretention_days = 1\narchive_dir = \"arch\"\n",
+            r#"ok Some(86400s) Some("/etc/p/arch")"#,
+        );
+        check_retention(
+            "[audit]\nretention_days = 0\n",
+            "`audit.retention_days`: must be at least 1",
+        );
+        check_retention(
+            "[audit]\narchive_dir = \"a\"\n",
+            "needs `audit.retention_days`",
+        );
     }
 }
