@@ -14,6 +14,7 @@ mod policy_cmd;
 mod policy_test;
 mod serve;
 mod state_dir;
+mod state_lock;
 mod token_cmd;
 mod tools_cmd;
 mod vault_cmd;

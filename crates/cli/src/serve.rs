@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::state_dir::{StateDir, write_public, write_secret};
+use crate::state_lock::StateLock;
 
 /// How often changed LLM day budgets are written to the store.
 const BUDGET_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
@@ -47,6 +48,9 @@ pub async fn run(
     };
     let state = StateDir::new(state_dir);
     state.create()?;
+    // First, before anything in the directory is read or written: one
+    // writer per state directory. Held until `run` returns.
+    let _state_lock = StateLock::acquire(state.root())?;
     harden_process();
 
     let (policy_dir, dir_sources) = read_policy_dir(&config, &state)?;
