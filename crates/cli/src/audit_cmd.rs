@@ -41,6 +41,11 @@ fn verifier_key(state: &StateDirArg, key: Option<String>) -> Result<VerifierKey>
     let text = match key {
         Some(k) if Path::new(&k).is_file() => std::fs::read_to_string(&k)
             .with_context(|| format!("cannot read the verifier key file `{k}`"))?,
+        // A verifier key is `<origin>+<hash>+<key>`: something else that
+        // names no file is a path that does not exist.
+        Some(k) if !k.contains('+') => {
+            bail!("the verifier key file `{k}` does not exist (the server writes `<state-dir>/audit.pub`)")
+        }
         Some(k) => k,
         None => {
             let path = StateDir::new(state.state_dir.clone()).audit_verifier_key();

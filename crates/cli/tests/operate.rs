@@ -413,3 +413,54 @@ async fn audit_verify_exits_0_ok_1_tampered_2_unreadable() {
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
+
+/// Every `examples/*.toml` passes `serve --check` after the offline set-up
+/// its header describes: its secrets put into a fresh state directory (no
+/// server), the API key in the environment.
+#[test]
+fn every_example_configuration_passes_serve_check() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&examples)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 3, "{files:?}");
+    for file in files {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        let kek = kek_file(dir.path(), 3);
+        let env = [
+            ("PORTCULLIS_KEK_FILE", kek.as_str()),
+            ("OPENAI_API_KEY", "sk-example"),
+            ("V", "example-value"),
+        ];
+        let config = std::fs::read_to_string(&file).unwrap();
+        let secrets = config
+            .split("secret = \"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next());
+        for secret in secrets {
+            ok(&run(
+                &["secret", "put", secret, "--from-env", "V"],
+                &state,
+                &env,
+            ));
+        }
+        let out = run(
+            &["serve", "--check", "--config", file.to_str().unwrap()],
+            &state,
+            &env,
+        );
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            file.display(),
+            text(&out.stderr)
+        );
+        assert!(text(&out.stdout).contains("would start"), "{}", file.display());
+    }
+}

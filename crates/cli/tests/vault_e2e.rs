@@ -188,7 +188,8 @@ async fn credentials_are_injected_by_policy_and_never_written_in_plaintext() {
             route("r", "/r", &format!("http://{upstream}"), "public")
         ),
     );
-    let err = serve_fails(&server.state_dir(), Some(&bad_cfg), &kek_env);
+    // (Its own state directory: the running server holds the lock on this one.)
+    let err = serve_fails(&bad_dir.path().join("state"), Some(&bad_cfg), &kek_env);
     assert!(err.contains("unknown secret `nope`"), "{err}");
 
     // 3. Restart with the credential routes.
