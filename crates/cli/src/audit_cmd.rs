@@ -44,7 +44,9 @@ fn verifier_key(state: &StateDirArg, key: Option<String>) -> Result<VerifierKey>
         // A verifier key is `<origin>+<hash>+<key>`: something else that
         // names no file is a path that does not exist.
         Some(k) if !k.contains('+') => {
-            bail!("the verifier key file `{k}` does not exist (the server writes `<state-dir>/audit.pub`)")
+            bail!(
+                "the verifier key file `{k}` does not exist (the server writes `<state-dir>/audit.pub`)"
+            )
         }
         Some(k) => k,
         None => {

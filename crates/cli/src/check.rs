@@ -48,25 +48,20 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     }
 
     // The store as it is (read-only), or none before the first start.
-    let db = state.database();
-    let store = match &config.store_url {
-        Some(url) => Some(open_read_only(Path::new(
+    let db = match &config.store_url {
+        Some(url) => PathBuf::from(
             url.trim_start_matches("sqlite://")
                 .trim_start_matches("sqlite:"),
-        ))),
-        None if db.exists() => Some(open_read_only(&db)),
-        None => None,
+        ),
+        None => state.database(),
     };
-    let store = match store {
-        Some(open) => {
-            let store = open.await?;
-            println!("ok: database schema is current");
-            Some(store)
-        }
-        None => {
-            println!("ok: database: none yet; the first start creates it");
-            None
-        }
+    let store = if db.exists() {
+        let store = open_read_only(&db).await?;
+        println!("ok: database schema is current");
+        Some(store)
+    } else {
+        println!("ok: database: none yet; the first start creates it");
+        None
     };
 
     let vault = vault(config_path.is_none(), &state, store.as_ref()).await;

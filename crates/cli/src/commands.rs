@@ -299,13 +299,7 @@ pub async fn agent(command: AgentCommand, args: AdminArgs) -> Result<()> {
         let (key_pem, csr_pem) = portcullis_identity::new_agent_key_and_csr()?;
         let signing_key = portcullis_identity::Ed25519Key::generate();
         let response = offline
-            .create_agent(
-                name,
-                roles,
-                &csr_pem,
-                *ttl,
-                &signing_key.public().to_json(),
-            )
+            .create_agent(name, roles, &csr_pem, *ttl, &signing_key.public().to_json())
             .await;
         offline.close().await;
         return created(out, name, &key_pem, &signing_key, &response?);

@@ -77,15 +77,14 @@ impl Offline {
         value: &[u8],
         settings: &SecretSettings,
     ) -> Result<Value> {
-        let kek = crate::serve::load_kek(self.state.kek().exists(), &self.state)?.with_context(
-            || {
+        let kek =
+            crate::serve::load_kek(self.state.kek().exists(), &self.state)?.with_context(|| {
                 format!(
                     "the vault needs its key-encryption key: set {} or {}",
                     crate::ENV_KEK_FILE,
                     crate::ENV_KEK
                 )
-            },
-        )?;
+            })?;
         let vault = Vault::open(
             self.store.clone(),
             kek,

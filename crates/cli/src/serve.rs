@@ -713,7 +713,10 @@ fn read_policy_dir(config: &Config, state: &StateDir) -> Result<(PathBuf, Policy
     Ok((dir, sources))
 }
 
-pub(crate) fn load_or_create_ca(state: &StateDir, trust_domain: &str) -> Result<CertificateAuthority> {
+pub(crate) fn load_or_create_ca(
+    state: &StateDir,
+    trust_domain: &str,
+) -> Result<CertificateAuthority> {
     let (cert_path, key_path) = (state.ca_cert(), state.ca_key());
     match (cert_path.exists(), key_path.exists()) {
         (true, true) => {

@@ -403,7 +403,10 @@ fn replace_quickstart_kek(
         return Ok(false);
     }
     let staged = path.with_extension("kek.new");
-    write_secret(&staged, format!("{}\n", new.to_base64().as_str()).as_bytes())?;
+    write_secret(
+        &staged,
+        format!("{}\n", new.to_base64().as_str()).as_bytes(),
+    )?;
     std::fs::rename(&staged, &path)
         .with_context(|| format!("cannot replace `{}`", path.display()))?;
     eprintln!("updated `{}` to the new key", path.display());

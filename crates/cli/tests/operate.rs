@@ -174,7 +174,10 @@ async fn secrets_and_agents_are_created_offline_and_serve_check_tells_why_serve_
     );
     assert!(!out.status.success());
     let check_err = error_line(&text(&out.stderr));
-    assert!(check_err.contains("does not match this vault"), "{check_err}");
+    assert!(
+        check_err.contains("does not match this vault"),
+        "{check_err}"
+    );
     let serve_err = error_line(&serve_fails(
         &state,
         Some(&cfg),
@@ -190,7 +193,11 @@ async fn secrets_and_agents_are_created_offline_and_serve_check_tells_why_serve_
     })
     .await
     .unwrap();
-    let put = run(&["secret", "put", "second", "--from-env", "V"], &state, &env);
+    let put = run(
+        &["secret", "put", "second", "--from-env", "V"],
+        &state,
+        &env,
+    );
     ok(&put);
     assert!(!text(&put.stderr).contains("no server is running"));
     // A check next to a running server: read-only, and it passes.
@@ -257,7 +264,12 @@ async fn secrets_and_agents_are_created_offline_and_serve_check_tells_why_serve_
     }
     ok(&server.cli(&["audit", "checkpoint", "--sign"]));
     let verified = server.cli(&["audit", "verify"]);
-    assert_eq!(verified.status.code(), Some(0), "{}", text(&verified.stderr));
+    assert_eq!(
+        verified.status.code(),
+        Some(0),
+        "{}",
+        text(&verified.stderr)
+    );
 }
 
 #[test]
@@ -270,7 +282,11 @@ fn serve_check_refuses_a_bad_policy_with_serves_message() {
         portcullis_policy::DEFAULT_SCHEMA,
     )
     .unwrap();
-    std::fs::write(policies.join("bad.cedar"), "permit (principal, action, resource").unwrap();
+    std::fs::write(
+        policies.join("bad.cedar"),
+        "permit (principal, action, resource",
+    )
+    .unwrap();
     let cfg = dir.path().join("portcullis.toml");
     std::fs::write(
         &cfg,
@@ -318,7 +334,11 @@ async fn the_quickstart_kek_file_follows_a_rekey() {
     let new = server.path().join("new.kek");
     let out = server.cli(&["vault", "rekey", "--generate", new.to_str().unwrap()]);
     ok(&out);
-    assert!(text(&out.stderr).contains("updated"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("updated"),
+        "{}",
+        text(&out.stderr)
+    );
     assert_eq!(
         std::fs::read_to_string(state.join("vault.kek"))
             .unwrap()
@@ -356,10 +376,18 @@ async fn explain_refuses_unknown_and_revoked_agents() {
         ])
     };
     let out = explain("bot");
-    assert!(ok(&out).contains("decision: allow"), "{}", text(&out.stdout));
+    assert!(
+        ok(&out).contains("decision: allow"),
+        "{}",
+        text(&out.stdout)
+    );
     let out = explain("ghost");
     assert!(!out.status.success());
-    assert!(text(&out.stderr).contains("not_found"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not_found"),
+        "{}",
+        text(&out.stderr)
+    );
     ok(&server.cli(&["agent", "revoke", "bot"]));
     let out = explain("bot");
     assert!(!out.status.success());
@@ -402,15 +430,15 @@ async fn audit_verify_exits_0_ok_1_tampered_2_unreadable() {
     std::fs::write(&bad, tampered).unwrap();
     let out = offline(&bad);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
-    assert!(text(&out.stderr).contains("FAILED"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("FAILED"),
+        "{}",
+        text(&out.stderr)
+    );
     // Nothing to read: exit 2, not a verdict.
     let out = offline(&server.path().join("absent.jsonl"));
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
-    let out = run(
-        &["audit", "verify"],
-        &server.path().join("no-state"),
-        &[],
-    );
+    let out = run(&["audit", "verify"], &server.path().join("no-state"), &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
 }
 
@@ -461,6 +489,10 @@ fn every_example_configuration_passes_serve_check() {
             file.display(),
             text(&out.stderr)
         );
-        assert!(text(&out.stdout).contains("would start"), "{}", file.display());
+        assert!(
+            text(&out.stdout).contains("would start"),
+            "{}",
+            file.display()
+        );
     }
 }

@@ -136,7 +136,8 @@ fn check(step: &Step, ok: bool, stdout: &str, stderr: &str) -> Result<(), String
     // A table: the same header.
     let is_header = |l: &str| {
         l.split_whitespace().count() > 2
-            && l.chars().all(|c| c.is_ascii_uppercase() || " /".contains(c))
+            && l.chars()
+                .all(|c| c.is_ascii_uppercase() || " /".contains(c))
     };
     if is_header(first_shown) {
         let words = |l: &str| l.split_whitespace().map(str::to_string).collect::<Vec<_>>();
@@ -185,16 +186,23 @@ fn check(step: &Step, ok: bool, stdout: &str, stderr: &str) -> Result<(), String
 /// Commands that only read, and may need the background audit writer or the
 /// once-a-second checkpoint to catch up: retried (bounded).
 fn reads_only(command: &str) -> bool {
-    ["portcullis audit tail", "portcullis audit prove", "portcullis audit verify", "portcullis inventory", "/metrics"]
-        .iter()
-        .any(|p| command.contains(p))
+    [
+        "portcullis audit tail",
+        "portcullis audit prove",
+        "portcullis audit verify",
+        "portcullis inventory",
+        "/metrics",
+    ]
+    .iter()
+    .any(|p| command.contains(p))
 }
 
 #[test]
 fn the_readme_walk_through_runs_as_written() {
     support::install_crypto();
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
-        .unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+            .unwrap();
     let steps = walk_through(&readme);
     assert!(steps.len() >= 15, "{steps:#?}");
     assert!(
@@ -279,10 +287,9 @@ fn the_readme_walk_through_runs_as_written() {
             }
         };
         eprintln!("$ {command}\n{stdout}{stderr}");
-        if let Some(secret) = stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("TOTP secret (shown once; add it to an authenticator app): "))
-        {
+        if let Some(secret) = stdout.lines().find_map(|l| {
+            l.strip_prefix("TOTP secret (shown once; add it to an authenticator app): ")
+        }) {
             totp = Some(portcullis_identity::TotpSecret::from_base32(secret).unwrap());
         }
     }
