@@ -23,7 +23,10 @@ use crate::state_dir::StateDir;
 /// Runs the check; prints one `ok:` line per part, or fails with the first
 /// problem, as `serve` would.
 pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()> {
-    let config = crate::serve::load_config(config_path.as_deref())?;
+    let config = crate::serve::with_listen_env(match &config_path {
+        Some(path) => Config::load(path)?,
+        None => Config::quickstart(),
+    })?;
     let state = StateDir::new(state_dir);
     let what = config_path.as_ref().map_or_else(
         || "the quickstart".to_string(),

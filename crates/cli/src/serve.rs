@@ -42,7 +42,10 @@ pub async fn run(
     state_dir: PathBuf,
     accept_tampered_log_from: Option<u64>,
 ) -> Result<()> {
-    let config = load_config(config_path.as_deref())?;
+    let config = match &config_path {
+        Some(path) => Config::load(path)?,
+        None => Config::quickstart(),
+    };
     let state = StateDir::new(state_dir);
     state.create()?;
     // First, before anything in the directory is read or written: one
@@ -52,6 +55,7 @@ pub async fn run(
 
     let (policy_dir, dir_sources) = read_policy_dir(&config, &state)?;
     let ca = Arc::new(load_or_create_ca(&state, &config.trust_domain)?);
+    let config = with_listen_env(config)?;
 
     let store = match &config.store_url {
         Some(url) => Store::open_url(url).await,
@@ -534,14 +538,10 @@ pub async fn run(
     Ok(())
 }
 
-/// The configuration file, or the quickstart; `PORTCULLIS_GATEWAY_LISTEN`
-/// and `PORTCULLIS_ADMIN_LISTEN` override the listen addresses (a container
+/// `PORTCULLIS_GATEWAY_LISTEN` and `PORTCULLIS_ADMIN_LISTEN` override the
+/// listen addresses of the config file or the quickstart (a container
 /// listens on `0.0.0.0`; tests run the quickstart on port 0).
-pub(crate) fn load_config(path: Option<&std::path::Path>) -> Result<Config> {
-    let mut config = match path {
-        Some(path) => Config::load(path)?,
-        None => Config::quickstart(),
-    };
+pub(crate) fn with_listen_env(mut config: Config) -> Result<Config> {
     for (var, addr) in [
         (crate::ENV_GATEWAY_LISTEN, &mut config.gateway_listen),
         (crate::ENV_ADMIN_LISTEN, &mut config.admin_listen),
