@@ -281,6 +281,27 @@ async fn explain(
     let body: ExplainBody = parse_json(&call, &body)?;
     let action =
         FactAction::parse(&body.action).map_err(|e| call.error(ErrorCode::BadRequest, e))?;
+    // An agent the gateway would refuse before policy is not explained as if
+    // policy decided: a typo or a revoked agent is an error, not a "deny".
+    match state.store.agent(&body.agent).await {
+        Ok(Some(agent)) if agent.revoked_at.is_some() => {
+            return Err(call.error(
+                ErrorCode::AgentRevoked,
+                format!(
+                    "agent `{}` is revoked: the gateway refuses it before any policy is evaluated",
+                    body.agent
+                ),
+            ));
+        }
+        Ok(Some(_)) => {}
+        Ok(None) => {
+            return Err(call.error(
+                ErrorCode::NotFound,
+                format!("no agent named `{}`", body.agent),
+            ));
+        }
+        Err(e) => return Err(call.store_error(e)),
+    }
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()

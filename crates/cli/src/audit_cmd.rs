@@ -17,11 +17,37 @@ use crate::StateDirArg;
 use crate::client::AdminClient;
 use crate::state_dir::StateDir;
 
+/// `audit verify`'s verdict that the log does not verify (tampered, or not
+/// vouched for by a signed checkpoint), as opposed to a log, key or export
+/// that could not be read. The two exit differently (1 and 2), so a monitor
+/// can tell an attack from an outage.
+#[derive(Debug)]
+pub struct VerifyFailed(String);
+
+impl std::fmt::Display for VerifyFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "FAILED: {}", self.0)
+    }
+}
+
+impl std::error::Error for VerifyFailed {}
+
+fn failed(message: String) -> anyhow::Error {
+    VerifyFailed(message).into()
+}
+
 /// The verifier key: given inline, in a file, or `<state-dir>/audit.pub`.
 pub(crate) fn verifier_key(state: &StateDirArg, key: Option<String>) -> Result<VerifierKey> {
     let text = match key {
         Some(k) if Path::new(&k).is_file() => std::fs::read_to_string(&k)
             .with_context(|| format!("cannot read the verifier key file `{k}`"))?,
+        // A verifier key is `<origin>+<hash>+<key>`: something else that
+        // names no file is a path that does not exist.
+        Some(k) if !k.contains('+') => {
+            bail!(
+                "the verifier key file `{k}` does not exist (the server writes `<state-dir>/audit.pub`)"
+            )
+        }
         Some(k) => k,
         None => {
             let path = StateDir::new(state.state_dir.clone()).audit_verifier_key();
@@ -268,12 +294,12 @@ pub async fn verify(
                 }
                 let leaf = line.strip_suffix(b"\n").unwrap_or(&line);
                 verifier.push(leaf, None, |_| {}).map_err(|e| {
-                    anyhow!("FAILED: {e} (first bad index: {})", e.first_bad_index())
+                    failed(format!("{e} (first bad index: {})", e.first_bad_index()))
                 })?;
             }
             verifier
                 .finish()
-                .map_err(|e| anyhow!("FAILED: {e} (first bad index: {})", e.first_bad_index()))?
+                .map_err(|e| failed(format!("{e} (first bad index: {})", e.first_bad_index())))?
         }
         None => {
             let db = StateDir::new(state.state_dir.clone()).database();
@@ -305,17 +331,24 @@ pub async fn verify(
                     checked.summary
                 }
                 Err(AuditVerifyFailure::Tampered(e)) => {
-                    bail!("FAILED: {e} (first bad index: {})", e.first_bad_index())
+                    return Err(failed(format!(
+                        "{e} (first bad index: {})",
+                        e.first_bad_index()
+                    )));
                 }
-                Err(e) => bail!("FAILED: {e}"),
+                // The log could not be read: not a verdict on its integrity.
+                Err(AuditVerifyFailure::Store(e)) => {
+                    return Err(anyhow::Error::new(e).context("cannot read the audit log"));
+                }
+                Err(e) => return Err(failed(e.to_string())),
             }
         }
     };
     if summary.checkpoints == 0 && summary.size > 0 {
-        bail!(
-            "FAILED: no signed checkpoint covers the log's {} records",
+        return Err(failed(format!(
+            "no signed checkpoint covers the log's {} records",
             summary.size
-        );
+        )));
     }
     println!(
         "ok: {} records verified in {:.2} s; tree head {}; {} checkpoints match, the latest at size {}",

@@ -254,6 +254,28 @@ fn write_credentials(
     Ok(())
 }
 
+/// The end of `agent create`: the credentials on disk, the agent printed.
+fn created(
+    out: &Path,
+    name: &str,
+    key_pem: &str,
+    signing_key: &portcullis_identity::Ed25519Key,
+    response: &serde_json::Value,
+) -> Result<()> {
+    write_credentials(out, name, key_pem, response)?;
+    write_secret(
+        &out.join(format!("{name}.jwk")),
+        signing_key.to_private_jwk().as_bytes(),
+    )?;
+    print_json(&response["agent"]);
+    eprintln!(
+        "wrote {0}/{1}.crt, {0}/{1}.key, {0}/{1}.jwk (mode 0600) and {0}/ca.crt",
+        out.display(),
+        name
+    );
+    Ok(())
+}
+
 /// Runs an agent command.
 pub async fn agent(command: AgentCommand, args: AdminArgs) -> Result<()> {
     // The token commands talk to the data plane, not the admin API.
@@ -287,6 +309,23 @@ pub async fn agent(command: AgentCommand, args: AdminArgs) -> Result<()> {
         } => return crate::token_cmd::dpop(name, creds, method, url, token.as_deref()),
         _ => {}
     }
+    if let AgentCommand::Create {
+        name,
+        roles,
+        out,
+        ttl,
+    } = &command
+        && let Some(offline) = crate::offline::Offline::open(&args).await?
+    {
+        // No server is running: the state directory's CA signs the CSR.
+        let (key_pem, csr_pem) = portcullis_identity::new_agent_key_and_csr()?;
+        let signing_key = portcullis_identity::Ed25519Key::generate();
+        let response = offline
+            .create_agent(name, roles, &csr_pem, *ttl, &signing_key.public().to_json())
+            .await;
+        offline.close().await;
+        return created(out, name, &key_pem, &signing_key, &response?);
+    }
     let client = AdminClient::from_args(&args)?;
     match command {
         AgentCommand::Token { .. } | AgentCommand::Dpop { .. } => {}
@@ -312,17 +351,7 @@ pub async fn agent(command: AgentCommand, args: AdminArgs) -> Result<()> {
                     }),
                 )
                 .await?;
-            write_credentials(&out, &name, &key_pem, &response)?;
-            write_secret(
-                &out.join(format!("{name}.jwk")),
-                signing_key.to_private_jwk().as_bytes(),
-            )?;
-            print_json(&response["agent"]);
-            eprintln!(
-                "wrote {0}/{1}.crt, {0}/{1}.key, {0}/{1}.jwk (mode 0600) and {0}/ca.crt",
-                out.display(),
-                name
-            );
+            created(&out, &name, &key_pem, &signing_key, &response)?;
         }
         AgentCommand::Renew { name, out, ttl } => {
             let (key_pem, csr_pem) = portcullis_identity::new_agent_key_and_csr()?;

@@ -9,10 +9,12 @@ mod approvals_cmd;
 mod archive_cmd;
 mod audit_cmd;
 mod backup_cmd;
+mod check;
 mod client;
 mod commands;
 mod guard_cmd;
 mod inventory;
+mod offline;
 mod policy_cmd;
 mod policy_test;
 mod reload;
@@ -45,6 +47,10 @@ pub const ENV_KEK_FILE: &str = "PORTCULLIS_KEK_FILE";
 pub const ENV_USER: &str = "PORTCULLIS_USER";
 /// Environment variable holding the vault's key-encryption key (base64).
 pub const ENV_KEK: &str = "PORTCULLIS_KEK";
+/// Environment variable overriding the data plane's listen address.
+pub const ENV_GATEWAY_LISTEN: &str = "PORTCULLIS_GATEWAY_LISTEN";
+/// Environment variable overriding the admin API's listen address.
+pub const ENV_ADMIN_LISTEN: &str = "PORTCULLIS_ADMIN_LISTEN";
 
 /// Portcullis: a zero-trust gateway for AI agents.
 #[derive(Debug, Parser)]
@@ -106,6 +112,11 @@ enum Command {
         /// log segment begins whose first record links to the accepted prefix.
         #[arg(long, value_name = "N")]
         accept_tampered_log_from: Option<u64>,
+        /// Check the configuration, policies, CA, database schema, KEK and
+        /// every route's secrets as `serve` would, then exit (0 when it
+        /// would start) without binding a port or writing anything.
+        #[arg(long, conflicts_with = "accept_tampered_log_from")]
+        check: bool,
     },
     /// Manage agents.
     Agent {
@@ -295,12 +306,28 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // `audit verify` tells a log that does not verify (1) from one it could
+    // not read (2); every other command fails with 1.
+    let verifying = matches!(
+        cli.command,
+        Command::Audit {
+            command: commands::AuditCommand::Verify { .. },
+            ..
+        }
+    );
     let result = runtime.block_on(async {
         match cli.command {
             Command::Serve {
                 config,
                 state,
+                check: true,
+                ..
+            } => check::run(config, state.state_dir).await,
+            Command::Serve {
+                config,
+                state,
                 accept_tampered_log_from,
+                check: false,
             } => {
                 init_logging();
                 serve::run(config, state.state_dir, accept_tampered_log_from).await
@@ -363,7 +390,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if verifying && !e.is::<audit_cmd::VerifyFailed>() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -62,6 +62,7 @@ pub async fn run(
 
     let (policy_dir, dir_sources) = read_policy_dir(&config, &state)?;
     let ca = Arc::new(load_or_create_ca(&state, &config.trust_domain)?);
+    let config = with_listen_env(config)?;
 
     let store = match &config.store_url {
         Some(url) => Store::open_url(url).await,
@@ -105,12 +106,7 @@ pub async fn run(
     // schema must know models.
     let has_llm_routes = config.routes.iter().any(|r| r.llm.is_some());
     if has_llm_routes {
-        portcullis_gateway::llm::LlmRoutes::load(&config)?;
-        if !bundle.supports_models() {
-            anyhow::bail!(
-                "routes of kind `llm` need the `Model` entity type and the `complete` and `embed` actions in the policy schema; copy them from the shipped schema (`portcullis policy schema` prints it)"
-            );
-        }
+        check_llm_routes(&config, &bundle)?;
     }
     let capture_writer = vault.as_ref().map(|v| v.start_capture_writer());
     let webhook_key = portcullis_gateway::analytics::WebhookKey::load(&config.analytics)
@@ -641,6 +637,36 @@ fn spill(state_dir: &std::path::Path, left: &[portcullis_audit::AuditRecord]) ->
     Ok(true)
 }
 
+/// `PORTCULLIS_GATEWAY_LISTEN` and `PORTCULLIS_ADMIN_LISTEN` override the
+/// listen addresses of the config file or the quickstart (a container
+/// listens on `0.0.0.0`; tests run the quickstart on port 0).
+pub(crate) fn with_listen_env(mut config: Config) -> Result<Config> {
+    for (var, addr) in [
+        (crate::ENV_GATEWAY_LISTEN, &mut config.gateway_listen),
+        (crate::ENV_ADMIN_LISTEN, &mut config.admin_listen),
+    ] {
+        if let Some(value) = std::env::var(var).ok().filter(|v| !v.trim().is_empty()) {
+            *addr = value
+                .trim()
+                .parse()
+                .with_context(|| format!("`{var}` is not an address (ip:port): `{value}`"))?;
+        }
+    }
+    Ok(config)
+}
+
+/// Routes of kind `llm`: their API keys must be readable and the schema
+/// must know models.
+pub(crate) fn check_llm_routes(config: &Config, bundle: &PolicyBundle) -> Result<()> {
+    portcullis_gateway::llm::LlmRoutes::load(config)?;
+    if !bundle.supports_models() {
+        bail!(
+            "routes of kind `llm` need the `Model` entity type and the `complete` and `embed` actions in the policy schema; copy them from the shipped schema (`portcullis policy schema` prints it)"
+        );
+    }
+    Ok(())
+}
+
 /// How often the vault destroys versions past their grace period, rotates
 /// overdue secrets that have a hook, and shreds expired captures.
 const MAINTENANCE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
@@ -678,7 +704,7 @@ async fn maintain(vault: Arc<Vault>, metrics: Arc<Metrics>) {
 /// anyone who can read the state directory can read both. Production
 /// deployments put the KEK elsewhere (a secrets mount, a separate volume, an
 /// environment injected by the supervisor).
-fn load_kek(quickstart: bool, state: &StateDir) -> Result<Option<Kek>> {
+pub(crate) fn load_kek(quickstart: bool, state: &StateDir) -> Result<Option<Kek>> {
     let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
     match (var(crate::ENV_KEK_FILE), var(crate::ENV_KEK)) {
         (Some(_), Some(_)) => bail!(
@@ -835,7 +861,10 @@ fn read_policy_dir(config: &Config, state: &StateDir) -> Result<(PathBuf, Policy
     Ok((dir, sources))
 }
 
-fn load_or_create_ca(state: &StateDir, trust_domain: &str) -> Result<CertificateAuthority> {
+pub(crate) fn load_or_create_ca(
+    state: &StateDir,
+    trust_domain: &str,
+) -> Result<CertificateAuthority> {
     let (cert_path, key_path) = (state.ca_cert(), state.ca_key());
     match (cert_path.exists(), key_path.exists()) {
         (true, true) => {
@@ -903,7 +932,7 @@ fn load_or_create_seed(path: &std::path::Path, what: &str) -> Result<[u8; 32]> {
     Ok(seed)
 }
 
-fn upstream_tls(ca_pem: &str) -> Result<rustls::ClientConfig> {
+pub(crate) fn upstream_tls(ca_pem: &str) -> Result<rustls::ClientConfig> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();

@@ -43,7 +43,9 @@ pub async fn tools(command: ToolsCommand, args: AdminArgs) -> Result<()> {
             }
             let empty = Vec::new();
             let tools = listed["tools"].as_array().unwrap_or(&empty);
-            println!("{:<40} {:<11} {:<16} FINDINGS", "TOOL", "STATUS", "DIGEST");
+            // The whole digest: it is what `tools approve --digest` takes,
+            // and a shortened one would approve by a 64-bit prefix.
+            println!("{:<40} {:<11} {:<64} FINDINGS", "TOOL", "STATUS", "DIGEST");
             for t in tools {
                 let name = format!("{}/{}", str_of(&t["route"]), str_of(&t["name"]));
                 let digest = str_of(&t["digest"]);
@@ -52,9 +54,8 @@ pub async fn tools(command: ToolsCommand, args: AdminArgs) -> Result<()> {
                     .map(|f| f.iter().filter_map(Value::as_str).collect())
                     .unwrap_or_default();
                 println!(
-                    "{name:<40} {:<11} {:<16} {}",
+                    "{name:<40} {:<11} {digest:<64} {}",
                     str_of(&t["status"]),
-                    digest.get(..16).unwrap_or(digest),
                     findings.join(",")
                 );
             }

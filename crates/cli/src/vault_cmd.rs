@@ -101,6 +101,25 @@ impl RotationArgs {
     }
 }
 
+impl RotationArgs {
+    /// The settings as the vault takes them (offline `secret put`).
+    fn settings(&self) -> Result<portcullis_vault::SecretSettings> {
+        let mut map = serde_json::Map::new();
+        self.to_json(&mut map);
+        let seconds = |key: &str| map.get(key).and_then(Value::as_i64);
+        Ok(portcullis_vault::SecretSettings {
+            rotation_period_s: seconds("rotation_period_s"),
+            grace_period_s: seconds("grace_period_s"),
+            hook: map
+                .get("hook")
+                .cloned()
+                .map(serde_json::from_value)
+                .transpose()
+                .context("invalid rotation hook")?,
+        })
+    }
+}
+
 fn parse_seconds(s: &str) -> Result<u64, String> {
     portcullis_gateway::config::parse_duration(s).and_then(|d| match d.as_secs() {
         0 => Err("must be positive".into()),
@@ -241,6 +260,25 @@ fn value_json(value: &[u8]) -> Value {
 
 /// Runs a secret command.
 pub async fn secret(command: SecretCommand, args: AdminArgs) -> Result<()> {
+    // Without a running server, a new secret goes straight into the state
+    // directory: a route naming it must be able to start.
+    if let SecretCommand::Put {
+        name,
+        source,
+        rotation,
+    } = &command
+        && let Some(offline) = crate::offline::Offline::open(&args).await?
+    {
+        let value = source
+            .read()?
+            .context("give the value with --from-file FILE, --from-file - or --from-env VAR")?;
+        let info = offline
+            .put_secret(name, &value, &rotation.settings()?)
+            .await;
+        offline.close().await;
+        print(&info?);
+        return Ok(());
+    }
     let client = AdminClient::from_args(&args)?;
     match command {
         SecretCommand::Put {
@@ -329,14 +367,50 @@ pub async fn vault(command: VaultCommand, args: AdminArgs) -> Result<()> {
                 )
                 .await?;
             print(&response);
-            eprintln!(
-                "the vault is now sealed with KEK {}; set {} to the new key before the next restart",
-                kek.fingerprint(),
-                crate::ENV_KEK_FILE
-            );
+            if replace_quickstart_kek(&args, &kek, &response)? {
+                eprintln!(
+                    "the vault is now sealed with KEK {}; the quickstart's key file was updated",
+                    kek.fingerprint()
+                );
+            } else {
+                eprintln!(
+                    "the vault is now sealed with KEK {}; set {} to the new key before the next restart",
+                    kek.fingerprint(),
+                    crate::ENV_KEK_FILE
+                );
+            }
         }
     }
     Ok(())
+}
+
+/// After a rekey: when the server ran on the quickstart's `<state-dir>/vault.kek`
+/// (the file holds the KEK the vault was sealed with before), that file now
+/// holds the new KEK, so the next quickstart start opens the vault. Replaced
+/// by a rename, so the file is always one whole key.
+fn replace_quickstart_kek(
+    args: &AdminArgs,
+    new: &portcullis_vault::Kek,
+    response: &Value,
+) -> Result<bool> {
+    let state = crate::state_dir::StateDir::new(args.state.state_dir.clone());
+    let path = state.kek();
+    if !path.exists() {
+        return Ok(false);
+    }
+    let old = portcullis_vault::Kek::read_file(&path)?;
+    if response["previous_kek_fingerprint"].as_str() != Some(old.fingerprint()) {
+        return Ok(false);
+    }
+    let staged = path.with_extension("kek.new");
+    write_secret(
+        &staged,
+        format!("{}\n", new.to_base64().as_str()).as_bytes(),
+    )?;
+    std::fs::rename(&staged, &path)
+        .with_context(|| format!("cannot replace `{}`", path.display()))?;
+    eprintln!("updated `{}` to the new key", path.display());
+    Ok(true)
 }
 
 /// Runs a transit command.

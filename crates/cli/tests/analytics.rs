@@ -283,6 +283,16 @@ async fn a_burst_of_denials_quarantines_the_agent_until_released() {
             >= 1
     );
 
+    // `agent list` tells the quarantine apart from an active agent.
+    let status_of = |out: &std::process::Output| {
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .find(|l| l.starts_with("bot "))
+            .and_then(|l| l.split_whitespace().last().map(str::to_string))
+    };
+    let listed = cli(&server, &["agent", "list"]).await;
+    assert_eq!(status_of(&listed).as_deref(), Some("quarantined"));
+
     // Released by a human confirming with TOTP: served again, and recorded
     // with who released it.
     let enrolled = cli(&server, &["admin", "user", "add", "alice"]).await;
@@ -309,6 +319,8 @@ async fn a_burst_of_denials_quarantines_the_agent_until_released() {
     .await;
     assert_eq!(released["grade"], "normal");
     assert_eq!(get(&client, &server, "/api/x").await, (200, None));
+    let listed = cli(&server, &["agent", "list"]).await;
+    assert_eq!(status_of(&listed).as_deref(), Some("active"));
     let again = cli(&server, &["agent", "release", "bot"]).await;
     assert!(!again.status.success(), "releasing twice is an error");
     // Bounded wait: the audit writer commits in the background.

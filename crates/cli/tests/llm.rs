@@ -291,6 +291,8 @@ fn budgets_refuse_with_retry_after_and_survive_a_restart() {
         .find(|r| r["error_code"] == "budget_exceeded")
         .unwrap();
     assert_eq!(record["status"], 429);
+    // Refused by the budget: a denial, whatever policy said before it.
+    assert_eq!(record["outcome"], "deny", "{record}");
 
     // The day budget is still spent after a restart.
     assert!(server.terminate().success());

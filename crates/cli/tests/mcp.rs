@@ -460,6 +460,15 @@ fn a_changed_tool_definition_is_blocked_until_an_admin_approves_it() {
             .contains("IMPORTANT")
     );
     let digest = add["digest"].as_str().unwrap();
+    // The table shows the digest `approve` takes, whole.
+    let table = server.cli(&["tools", "list"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("rugpull/add ") && l.contains(digest)),
+        "{table}"
+    );
     // A stale digest is refused.
     let stale = server.cli(&[
         "tools",

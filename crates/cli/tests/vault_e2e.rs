@@ -67,7 +67,10 @@ fn serve_fails(state: &Path, config: Option<&Path>, env: &[(&str, &str)]) -> Str
         cmd.arg("--config").arg(c);
     }
     cmd.env_remove("PORTCULLIS_KEK_FILE")
-        .env_remove("PORTCULLIS_KEK");
+        .env_remove("PORTCULLIS_KEK")
+        // Never the quickstart's fixed ports, even if it got that far.
+        .env("PORTCULLIS_GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("PORTCULLIS_ADMIN_LISTEN", "127.0.0.1:0");
     for (k, v) in env {
         cmd.env(k, v);
     }

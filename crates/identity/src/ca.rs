@@ -109,6 +109,19 @@ impl CertificateAuthority {
         })
     }
 
+    /// The trust domain a CA made by [`CertificateAuthority::generate`]
+    /// names in its common name (`Portcullis CA <trust-domain>`), for tools
+    /// that load the CA without the server's configuration. `None` for a CA
+    /// that does not follow that form.
+    pub fn trust_domain_of(cert_pem: &str) -> Option<String> {
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::CertificateDer::from_pem_slice(cert_pem.as_bytes()).ok()?;
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+        let cn = cert.subject().iter_common_name().next()?.as_str().ok()?;
+        let domain = cn.strip_prefix("Portcullis CA ")?;
+        (!domain.is_empty() && !domain.contains(char::is_whitespace)).then(|| domain.to_string())
+    }
+
     /// The trust domain of the SPIFFE IDs this CA issues.
     pub fn trust_domain(&self) -> &str {
         &self.trust_domain
@@ -216,4 +229,19 @@ pub fn new_agent_key_and_csr() -> Result<(String, String), CaError> {
         .map_err(|e| CaError::Sign(e.to_string()))?;
     let csr_pem = csr.pem().map_err(|e| CaError::Sign(e.to_string()))?;
     Ok((key.serialize_pem(), csr_pem))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_generated_ca_names_its_trust_domain() {
+        let ca = CertificateAuthority::generate("acme.example").unwrap();
+        assert_eq!(
+            CertificateAuthority::trust_domain_of(ca.cert_pem()).as_deref(),
+            Some("acme.example")
+        );
+        assert_eq!(CertificateAuthority::trust_domain_of("not a pem"), None);
+    }
 }

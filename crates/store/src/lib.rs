@@ -194,6 +194,36 @@ impl Store {
         Ok(Store { pool })
     }
 
+    /// Opens an existing SQLite database without writing to it (no
+    /// migration, no journal-mode change), for checks that must leave the
+    /// state as it is. Fails with [`StoreError::Invalid`] when migrations
+    /// are pending: only a writer may apply them.
+    pub async fn open_sqlite_read_only(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .read_only(true)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await?;
+        let applied: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(version) FROM _sqlx_migrations WHERE success")
+                .fetch_one(&pool)
+                .await
+                .unwrap_or(None);
+        let latest = migrator().iter().map(|m| m.version).max().unwrap_or(0);
+        let applied = applied.unwrap_or(0);
+        if applied < latest {
+            pool.close().await;
+            return Err(StoreError::Invalid(format!(
+                "the database is at schema version {applied} and this binary needs {latest}; `serve` migrates it at start"
+            )));
+        }
+        Ok(Store { pool })
+    }
+
     /// Opens a database from a URL such as `sqlite:///var/lib/portcullis/db.sqlite`.
     pub async fn open_url(url: &str) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::from_str(url)?;

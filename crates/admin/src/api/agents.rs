@@ -119,12 +119,20 @@ fn view(
         credential_kinds.push("token");
     }
     let last_seen = Some(state.gateway.last_seen(&agent.name)).filter(|t| *t > 0);
+    let quarantined = state
+        .gateway
+        .analytics()
+        .is_some_and(|a| a.quarantined(&agent.name));
     AgentView {
         credential_kinds,
         expires_at,
         last_seen,
         status: if revoked {
             "revoked"
+        } else if quarantined {
+            // Its credentials are live, but every request is refused until
+            // a human releases it (`agent release`).
+            "quarantined"
         } else if expires_at.is_none() && signing_keys.is_empty() {
             "expired"
         } else {

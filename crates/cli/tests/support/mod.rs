@@ -96,6 +96,12 @@ impl Server {
         }
         cmd.env_remove("PORTCULLIS_KEK_FILE")
             .env_remove("PORTCULLIS_KEK");
+        if config.is_none() {
+            // The quickstart listens on 8443/9443 by default; tests never
+            // bind a fixed port (a running quickstart must not break them).
+            cmd.env("PORTCULLIS_GATEWAY_LISTEN", "127.0.0.1:0")
+                .env("PORTCULLIS_ADMIN_LISTEN", "127.0.0.1:0");
+        }
         for (k, v) in env {
             cmd.env(k, v);
         }

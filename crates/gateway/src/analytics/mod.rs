@@ -302,9 +302,14 @@ impl Analytics {
         &self.config
     }
 
+    /// Whether the agent is quarantined now.
+    pub fn quarantined(&self, agent: &str) -> bool {
+        self.board.risk(agent).1 == Grade::Quarantine
+    }
+
     /// Whether the agent is quarantined and `route` is not on the allow-list.
     pub fn shuts_out(&self, agent: &str, route: &str) -> bool {
-        self.board.risk(agent).1 == Grade::Quarantine && !self.config.quarantine_admits(route)
+        self.quarantined(agent) && !self.config.quarantine_admits(route)
     }
 
     /// Sets what happens when an agent enters quarantine (once; later calls
