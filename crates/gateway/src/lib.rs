@@ -6,15 +6,9 @@
 //! listener. [`pipeline`] holds the stages, in order.
 #![forbid(unsafe_code)]
 
-pub mod analytics;
 pub mod anonymous;
-pub mod approvals;
-pub mod attempts;
-pub mod audit_export;
-pub mod audit_sink;
 pub mod body;
 pub mod capture;
-pub mod checkpointer;
 pub mod config;
 pub mod demo_upstream;
 pub mod directory;
@@ -23,23 +17,24 @@ pub mod listener;
 pub mod liveness;
 pub mod llm;
 pub mod mcp;
-pub mod metrics;
 pub mod oauth;
 pub mod oidc;
-pub mod otlp;
 pub mod pipeline;
-pub mod policy_facts;
 pub mod policy_versions;
-pub mod pseudonym;
 pub mod rate_limit;
 pub mod respond;
 pub mod revocation;
 pub mod route;
-pub mod shadow;
 mod state;
 pub mod target;
 pub mod tokens;
 pub mod trace;
 pub mod whoami;
 
+// The control services live in `portcullis-control`; re-exported so their
+// paths stay `crate::approvals`, `crate::metrics`, … here.
+pub use portcullis_control::{
+    analytics, approvals, attempts, audit_export, audit_sink, checkpointer, metrics, otlp,
+    policy_facts, pseudonym, shadow,
+};
 pub use state::{ConnectionState, Gateway, GatewayError, GatewayParts, ShadowSnapshot, Snapshot};
