@@ -9,8 +9,9 @@
 //!   board the request path reads.
 //! - [`metrics`]: the Prometheus registry both listeners count into.
 //! - [`attempts`]: the brute-force throttle of TOTP codes and assertions.
-//! - [`policy_facts`] and [`shadow`]: hand-written request facts and the
-//!   shadow candidate's disagreements.
+//! - [`policy_versions`]: the versions' vocabulary, the version to start
+//!   with and the directory watcher; [`policy_facts`] and [`shadow`]:
+//!   hand-written request facts and the shadow candidate's disagreements.
 //! - [`plane`]: what the admin API asks of the running data plane, as a trait
 //!   the gateway implements.
 #![forbid(unsafe_code)]
@@ -25,6 +26,8 @@ pub mod config;
 pub mod json;
 pub mod metrics;
 pub mod otlp;
+pub mod plane;
 pub mod policy_facts;
+pub mod policy_versions;
 pub mod pseudonym;
 pub mod shadow;

@@ -20,7 +20,8 @@ pub mod mcp;
 pub mod oauth;
 pub mod oidc;
 pub mod pipeline;
-pub mod policy_versions;
+mod plane;
+mod policy_install;
 pub mod rate_limit;
 pub mod respond;
 pub mod revocation;
@@ -35,6 +36,6 @@ pub mod whoami;
 // paths stay `crate::approvals`, `crate::metrics`, … here.
 pub use portcullis_control::{
     analytics, approvals, attempts, audit_export, audit_sink, checkpointer, metrics, otlp,
-    policy_facts, pseudonym, shadow,
+    policy_facts, policy_versions, pseudonym, shadow,
 };
 pub use state::{ConnectionState, Gateway, GatewayError, GatewayParts, ShadowSnapshot, Snapshot};
