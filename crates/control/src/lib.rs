@@ -7,6 +7,10 @@
 //!   signs its tree heads; [`audit_export`] ships durable records to SIEMs.
 //! - [`analytics`]: the glue to the behavioral-analytics engine and the risk
 //!   board the request path reads.
+//! - [`tokens`]: the access-token issuer and its replay caches, with
+//!   [`revocation`] (revoked tokens, disabled users) and [`oidc`] (the
+//!   issuers of users' tokens, for token exchange); the data plane serves
+//!   the token endpoint and verifies tokens with them.
 //! - [`metrics`]: the Prometheus registry both listeners count into.
 //! - [`attempts`]: the brute-force throttle of TOTP codes and assertions.
 //! - [`policy_versions`]: the versions' vocabulary, the version to start
@@ -25,9 +29,12 @@ pub mod checkpointer;
 pub mod config;
 pub mod json;
 pub mod metrics;
+pub mod oidc;
 pub mod otlp;
 pub mod plane;
 pub mod policy_facts;
 pub mod policy_versions;
 pub mod pseudonym;
+pub mod revocation;
 pub mod shadow;
+pub mod tokens;

@@ -18,24 +18,21 @@ pub mod liveness;
 pub mod llm;
 pub mod mcp;
 pub mod oauth;
-pub mod oidc;
 pub mod pipeline;
 mod plane;
 mod policy_install;
 pub mod rate_limit;
 pub mod respond;
-pub mod revocation;
 pub mod route;
 mod state;
 pub mod target;
-pub mod tokens;
 pub mod trace;
 pub mod whoami;
 
 // The control services live in `portcullis-control`; re-exported so their
 // paths stay `crate::approvals`, `crate::metrics`, … here.
 pub use portcullis_control::{
-    analytics, approvals, attempts, audit_export, audit_sink, checkpointer, metrics, otlp,
-    policy_facts, policy_versions, pseudonym, shadow,
+    analytics, approvals, attempts, audit_export, audit_sink, checkpointer, metrics, oidc, otlp,
+    policy_facts, policy_versions, pseudonym, revocation, shadow, tokens,
 };
 pub use state::{ConnectionState, Gateway, GatewayError, GatewayParts, ShadowSnapshot, Snapshot};

@@ -1,5 +1,5 @@
 //! The configuration the control services read: the `[audit]` section
-//! (`audit.rs`), the policy time zone, and the helpers the sections of the
+//! (`audit.rs`), the policy time zone, the validated `[[identity.oidc]]`, and the helpers the sections of the
 //! gateway's `Config` share. The gateway's `config` module re-exports every
 //! public item, so the whole file still parses in one place.
 
@@ -63,6 +63,30 @@ impl PolicyTimeZone {
             epoch,
         }
     }
+}
+
+/// Where an OIDC issuer's keys come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    /// Fetched over HTTPS (refreshed when a token names an unknown key).
+    Url(String),
+    /// Read from a file (re-read when a token names an unknown key).
+    File(PathBuf),
+}
+
+/// A validated `[[identity.oidc]]`.
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// The issuer.
+    pub issuer: String,
+    /// The audience.
+    pub audience: String,
+    /// Its keys.
+    pub jwks: JwksSource,
+    /// Second-factor `amr` values.
+    pub mfa_amr: Vec<String>,
+    /// Clock skew (seconds).
+    pub clock_skew: i64,
 }
 
 /// The 1-based line of the byte offset where `span` starts.
