@@ -2,7 +2,8 @@
 //! plane consults, kept out of the data-plane crate so the admin API does not
 //! depend on it.
 //!
-//! - [`approvals`]: the approval desk (tickets, grants' bindings, webhook).
+//! - [`approvals`]: the approval desk (tickets bound to the exact call, the
+//!   webhook of new tickets).
 //! - [`audit_sink`]: the audit log's group-commit writer; [`checkpointer`]
 //!   signs its tree heads; [`audit_export`] ships durable records to SIEMs.
 //! - [`analytics`]: the glue to the behavioral-analytics engine and the risk

@@ -1,5 +1,8 @@
-//! The Portcullis data plane: TLS listeners, the request pipeline, forwarding,
-//! and the audit writer that records every request.
+//! The Portcullis data plane: TLS listeners, the request pipeline and
+//! forwarding. The control services it consults and shares with the admin API
+//! (audit writer, approvals, analytics, tokens, metrics, …) are
+//! `portcullis-control`'s; the admin API drives this crate only through
+//! `portcullis_control::plane::DataPlane`, implemented in `plane.rs`.
 //!
 //! Entry points: [`Gateway::new`] builds the data plane from validated
 //! [`config::Config`] and its collaborators; [`Gateway::serve`] runs it on a

@@ -7,12 +7,14 @@
 //!
 //! One file per TOML section holds its raw type, its validated type and its
 //! checks: `gateway.rs`, `admin.rs`, `identity.rs`, `policy.rs`, `limits.rs`,
-//! `store.rs`, `audit.rs`, `telemetry.rs`, `routes.rs` and `approvals.rs`
-//! (`[analytics]` is `crate::analytics::config`, `[[routes.models]]`
-//! `crate::llm::config`). This file holds the whole file's types, the order
-//! in which [`Config::parse`] runs the sections' checks, and the helpers
-//! several sections share. Every public item is re-exported here, so its path
-//! is `crate::config::X` whichever file defines it.
+//! `store.rs`, `telemetry.rs`, `routes.rs` and `approvals.rs` (`[audit]` is
+//! `portcullis_control::config::audit`, `[analytics]`
+//! `portcullis_control::analytics::config`, `[[routes.models]]`
+//! `crate::llm::config`). This file holds the whole file's types and the
+//! order in which [`Config::parse`] runs the sections' checks; the helpers
+//! several sections share are `portcullis_control::config`'s. Every public
+//! item is re-exported here, so its path is `crate::config::X` whichever file
+//! defines it.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -35,14 +37,22 @@ mod telemetry;
 
 pub use admin::{DEFAULT_ADMIN_LISTEN, RawAdmin};
 pub use approvals::RawApprovals;
-// The sections the control services read live in `portcullis-control`; their
-// paths stay `crate::config::X` here.
 pub use gateway::{
     DEFAULT_GATEWAY_LISTEN, DEFAULT_MAX_CONNECTIONS, RawForwardClientCert, RawGateway,
 };
 pub use identity::{DEFAULT_TRUST_DOMAIN, JwksSource, OidcConfig, RawIdentity, RawOidc};
 pub use limits::{DEFAULT_MAX_BODY_BYTES, DEFAULT_UPSTREAM_TIMEOUT_MS, RawLimits};
 pub use policy::{PolicySource, RawPolicy};
+pub use routes::{
+    BUILTIN_DEMO_UPSTREAM, CaptureConfig, Credential, DEFAULT_CAPTURE_MAX_BYTES, DlpAction,
+    Injection, InjectionAction, MAX_CAPTURE_MAX_BYTES, MAX_ROUTE_SECRETS, RawRoute, RouteConfig,
+    RouteGuard, RouteKind, STDIO_UPSTREAM_PREFIX, Upstream,
+};
+pub use store::RawStore;
+pub use telemetry::{DEFAULT_SERVICE_NAME, RawTelemetry, TelemetryConfig};
+
+// The sections the control services read live in `portcullis-control`; their
+// paths stay `crate::config::X` here.
 use portcullis_control::config::audit;
 pub use portcullis_control::config::{
     AuditConfig, DEFAULT_UNAUTHENTICATED_RECORDS_PER_MINUTE, ExportConfig, ExportKind,
@@ -52,13 +62,6 @@ pub use portcullis_control::config::{
 use portcullis_control::config::{
     from_str, line_of, opt_webhook, otlp_url, relative, secret_headers,
 };
-pub use routes::{
-    BUILTIN_DEMO_UPSTREAM, CaptureConfig, Credential, DEFAULT_CAPTURE_MAX_BYTES, DlpAction,
-    Injection, InjectionAction, MAX_CAPTURE_MAX_BYTES, MAX_ROUTE_SECRETS, RawRoute, RouteConfig,
-    RouteGuard, RouteKind, STDIO_UPSTREAM_PREFIX, Upstream,
-};
-pub use store::RawStore;
-pub use telemetry::{DEFAULT_SERVICE_NAME, RawTelemetry, TelemetryConfig};
 
 /// The TOML file as written.
 #[derive(Debug, Default, Deserialize)]
