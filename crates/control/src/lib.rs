@@ -39,3 +39,33 @@ pub mod pseudonym;
 pub mod revocation;
 pub mod shadow;
 pub mod tokens;
+
+#[cfg(test)]
+mod tests {
+    /// The split this crate exists for: neither it nor the admin API may
+    /// depend on the data plane (ARCHITECTURE.md, "Code map").
+    #[test]
+    fn control_and_admin_do_not_depend_on_the_gateway() {
+        let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        for manifest in [here.join("Cargo.toml"), here.join("../admin/Cargo.toml")] {
+            let text = std::fs::read_to_string(&manifest).unwrap();
+            let parsed: toml::Table = toml::from_str(&text).unwrap();
+            let mut names = Vec::new();
+            for section in ["dependencies", "dev-dependencies", "build-dependencies"] {
+                if let Some(deps) = parsed.get(section).and_then(|d| d.as_table()) {
+                    names.extend(deps.keys().cloned());
+                }
+            }
+            assert!(
+                names.iter().any(|n| n == "portcullis-core"),
+                "{}: dependencies not read",
+                manifest.display()
+            );
+            assert!(
+                !names.iter().any(|n| n == "portcullis-gateway"),
+                "{} depends on portcullis-gateway",
+                manifest.display()
+            );
+        }
+    }
+}
