@@ -11,6 +11,7 @@ use anyhow::{Context, Result, bail};
 use portcullis_admin::{AdminState, MfaKeys, RemoteAddr};
 use portcullis_gateway::audit_export::Exporters;
 use portcullis_gateway::audit_sink::AuditWriter;
+use portcullis_gateway::audit_spool;
 use portcullis_gateway::checkpointer::{Checkpointer, LogSigner};
 use portcullis_gateway::config::{Config, PolicySource, Upstream};
 use portcullis_gateway::listener::{self, ConnectionInfo};
@@ -28,6 +29,7 @@ use tokio::sync::watch;
 use tower::ServiceExt;
 
 use crate::state_dir::{StateDir, write_public, write_secret};
+use crate::state_lock::StateLock;
 
 /// How often changed LLM day budgets are written to the store.
 const BUDGET_SAVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(2);
@@ -41,12 +43,21 @@ pub async fn run(
     state_dir: PathBuf,
     accept_tampered_log_from: Option<u64>,
 ) -> Result<()> {
-    let config = match &config_path {
-        Some(path) => Config::load(path)?,
-        None => Config::quickstart(),
+    let (config, config_text) = match &config_path {
+        Some(path) => {
+            let (config, text) = crate::reload::read_config(path)?;
+            (config, Some(text))
+        }
+        None => (Config::quickstart(), None),
     };
     let state = StateDir::new(state_dir);
     state.create()?;
+    // First, before anything in the directory is read or written: one
+    // writer per state directory. Held until `run` returns.
+    let state_lock = StateLock::acquire(state.root())?;
+    tracing::debug!(file = %state_lock.path().display(), "state directory locked");
+    // From here on SIGHUP is a reload request, never the default "terminate".
+    let hangups = hangup_signals()?;
     harden_process();
 
     let (policy_dir, dir_sources) = read_policy_dir(&config, &state)?;
@@ -191,10 +202,14 @@ pub async fn run(
         pseudonymizer,
         metrics.clone(),
     );
+    let log_size = sink.head().size;
     // The new segment's first record: the link to the one set aside.
+    let linked = u64::from(new_segment.is_some());
     if let Some(record) = new_segment {
         sink.submit(record);
     }
+    // Then what the last shutdown spilled, before anything newer.
+    replay_spool(&state, &store, &sink, log_size + linked).await?;
     if let Some(record) = start_policy.stored {
         sink.submit(record);
     }
@@ -441,6 +456,16 @@ pub async fn run(
             shutdown_rx.clone(),
         ))
     });
+    let reloads = spawn_reloads(
+        hangups,
+        crate::reload::Reloader {
+            config: config_path.clone().zip(config_text),
+            policy_dir: policy_dir.clone(),
+            gateway: gateway.clone(),
+            sink: sink.clone(),
+        },
+        shutdown_rx.clone(),
+    );
     drop(sink);
     let data_plane = tokio::spawn(gateway.clone().serve(
         gateway_listener,
@@ -492,50 +517,116 @@ pub async fn run(
     );
 
     wait_for_signal().await;
-    tracing::info!("shutting down: draining in-flight requests");
+    // Everything below ends by `deadline`, however stalled the store is:
+    // the listeners drain within most of the drain timeout, the audit writer
+    // gets the rest, and what it cannot commit by then is spilled.
+    let drain = config.connections.drain_timeout;
+    let deadline = tokio::time::Instant::now() + drain;
+    let writer_from = tokio::time::Instant::now() + config.connections.listener_drain();
+    tracing::info!(
+        drain_ms = drain.as_millis() as u64,
+        "shutting down: draining in-flight requests"
+    );
     let _ = shutdown_tx.send(true);
-    let _ = data_plane.await;
-    let _ = control_plane.await;
-    if let Some(task) = budget_saver {
-        let _ = task.await;
-        if let Err(e) = gateway.save_budgets().await {
-            tracing::warn!(error = %e, "cannot save LLM budget counters at shutdown");
+    let orderly = async {
+        let _ = data_plane.await;
+        let _ = control_plane.await;
+        if let Some(task) = budget_saver {
+            let _ = task.await;
+            if let Err(e) = gateway.save_budgets().await {
+                tracing::warn!(error = %e, "cannot save LLM budget counters at shutdown");
+            }
         }
+        if let Some(task) = policy_watch {
+            let _ = task.await;
+        }
+        let _ = reloads.await;
+        if let Some(task) = approvals_webhook {
+            task.abort();
+        }
+        drop(gateway);
+        if let Some(task) = maintenance {
+            task.abort();
+        }
+        // Captures of drained requests are written before the store closes.
+        if let Some((capture_sink, task)) = capture_writer {
+            drop(capture_sink);
+            drop(vault);
+            // Bounded: a capture still held by a stuck connection must not stop the exit.
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
+        }
+        // Before the writer: analytics' last alerts go into the log.
+        if let Some((_, task)) = analytics {
+            task.finish().await;
+        }
+    };
+    if tokio::time::timeout_at(writer_from, orderly).await.is_err() {
+        tracing::warn!("drain timeout: shutdown steps before the audit writer cut short");
     }
-    if let Some(task) = policy_watch {
-        let _ = task.await;
-    }
-    if let Some(task) = approvals_webhook {
-        task.abort();
-    }
-    drop(gateway);
-    if let Some(task) = maintenance {
-        task.abort();
-    }
-    // Captures of drained requests are written before the store closes.
-    if let Some((capture_sink, task)) = capture_writer {
-        drop(capture_sink);
-        drop(vault);
-        // Bounded: a capture still held by a stuck connection must not stop the exit.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), task).await;
-    }
-    // Before the writer: analytics' last alerts go into the log.
-    if let Some((_, task)) = analytics {
-        task.finish().await;
-    }
-    writer.finish().await;
+    // The writer commits what is queued until just before the deadline; the
+    // rest goes to the spool, replayed at the next start.
+    let spill_at = deadline - drain / 10;
+    let left = writer.finish_by(spill_at).await;
+    let spilled = spill(state.root(), &left)?;
     // After the writer: the last checkpoint covers every record written.
     let _ = checkpoint_stop.send(true);
-    let _ = checkpoint_task.await;
+    if !spilled {
+        let _ = tokio::time::timeout_at(deadline, checkpoint_task).await;
+    }
     // Exports and spans get a bounded time to go out; what does not is
     // behind the persisted cursor (exports) or dropped and counted (spans).
-    exporters.finish(EXPORT_GRACE).await;
+    let grace = EXPORT_GRACE.min(deadline.saturating_duration_since(tokio::time::Instant::now()));
+    exporters.finish(grace).await;
     if let Some(exporter) = trace_exporter {
-        exporter.finish(EXPORT_GRACE).await;
+        exporter.finish(grace).await;
     }
-    store.close().await;
+    let _ = tokio::time::timeout_at(deadline, store.close()).await;
+    // Last: the next `serve` may start only once this one is done with the directory.
+    drop(state_lock);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Submits the records spilled at the last shutdown; the spool is removed
+/// once the log holds them (`submitted_before` counts what went first).
+async fn replay_spool(
+    state: &StateDir,
+    store: &Store,
+    sink: &portcullis_gateway::audit_sink::AuditSink,
+    submitted_before: u64,
+) -> Result<()> {
+    if !state.root().join(audit_spool::SPOOL_FILE).exists() {
+        return Ok(());
+    }
+    let replayed = audit_spool::replay(state.root(), store, sink)
+        .await
+        .context("cannot replay the audit spool")?;
+    tokio::spawn(audit_spool::remove_when_durable(
+        state.root().to_path_buf(),
+        sink.clone(),
+        submitted_before + replayed,
+    ));
+    Ok(())
+}
+
+/// Writes the records the audit writer could not commit by the deadline to
+/// the spool; true when there were any.
+fn spill(state_dir: &std::path::Path, left: &[portcullis_audit::AuditRecord]) -> Result<bool> {
+    if left.is_empty() {
+        return Ok(false);
+    }
+    audit_spool::spill(state_dir, left).with_context(|| {
+        format!(
+            "cannot spill {} audit records at shutdown; they are lost",
+            left.len()
+        )
+    })?;
+    tracing::warn!(
+        records = left.len(),
+        file = %state_dir.join(audit_spool::SPOOL_FILE).display(),
+        "audit records not committed within the drain timeout were spilled; the next start appends them"
+    );
+    Ok(true)
 }
 
 /// How often the vault destroys versions past their grace period, rotates
@@ -636,6 +727,55 @@ fn harden_process() {
         {
             tracing::warn!(error = %e, "cannot mark the process non-dumpable");
         }
+    }
+}
+
+/// SIGHUP, caught (on Unix).
+#[cfg(unix)]
+type Hangups = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangups = ();
+
+fn hangup_signals() -> Result<Hangups> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")
+    }
+    #[cfg(not(unix))]
+    Ok(())
+}
+
+/// Runs a reload per SIGHUP until shutdown; one at a time, so reloads never
+/// interleave.
+fn spawn_reloads(
+    hangups: Hangups,
+    reloader: crate::reload::Reloader,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    #[cfg(unix)]
+    {
+        let mut hangups = hangups;
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    got = hangups.recv() => {
+                        if got.is_none() {
+                            return;
+                        }
+                        reloader.reload().await;
+                    }
+                    _ = shutdown.changed() => return,
+                }
+            }
+        })
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (hangups, reloader);
+        tokio::spawn(async move {
+            let _ = shutdown.changed().await;
+        })
     }
 }
 

@@ -259,6 +259,11 @@ async fn a_tampered_log_is_never_extended() {
         }
         assert_eq!(ready.0, 503, "{case}: /readyz said {ready:?}");
         assert_eq!(ready.1["code"], "audit_unavailable", "{case}");
+        assert_eq!(
+            ready.1["reasons"],
+            serde_json::json!(["audit_halted"]),
+            "{case}"
+        );
 
         // The data plane refuses, fail-open routes included.
         let agent = client(&server.ca_pem(), Some((&cert, &key)));

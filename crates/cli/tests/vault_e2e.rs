@@ -176,7 +176,10 @@ async fn credentials_are_injected_by_policy_and_never_written_in_plaintext() {
     ]));
     std::fs::remove_file(&value_file).unwrap();
 
-    // 2. A route naming an unknown secret is refused at start, before binding.
+    // 2. A route naming an unknown secret is refused at start, before binding
+    // (the server stopped first: one `serve` per state directory).
+    let dir = server.into_dir();
+    let state = dir.path().join("state");
     let bad_dir = tempfile::tempdir().unwrap();
     let bad_cfg = write_config(
         bad_dir.path(),
@@ -185,7 +188,7 @@ async fn credentials_are_injected_by_policy_and_never_written_in_plaintext() {
             route("r", "/r", &format!("http://{upstream}"), "public")
         ),
     );
-    let err = serve_fails(&server.state_dir(), Some(&bad_cfg), &kek_env);
+    let err = serve_fails(&state, Some(&bad_cfg), &kek_env);
     assert!(err.contains("unknown secret `nope`"), "{err}");
 
     // 3. Restart with the credential routes.
@@ -204,7 +207,6 @@ async fn credentials_are_injected_by_policy_and_never_written_in_plaintext() {
         ),
     ]
     .join("\n");
-    let dir = server.into_dir();
     let cfg = write_config(dir.path(), &routes);
     let k = kek_str.clone();
     let server = tokio::task::spawn_blocking(move || {
@@ -559,4 +561,30 @@ async fn corrupted_ciphertext_fails_one_route_only() {
     }
     assert!(logs.contains("failed authentication"), "{logs}");
     assert!(!logs.contains(HEADER_SECRET) && !logs.contains(BASIC_SECRET));
+
+    // Not ready while a route's credential cannot be served, though another
+    // route's is; a new version of the secret serves it, and readiness returns.
+    let probe = support::client(&server.ca_pem(), None);
+    let readyz = format!("https://{}/readyz", server.admin);
+    let r = probe.get(&readyz).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["reasons"], serde_json::json!(["vault_unavailable"]));
+    let out = Command::new(BIN)
+        .args([
+            "secret",
+            "rotate",
+            "upstream-key",
+            "--from-env",
+            "V",
+            "--state-dir",
+        ])
+        .arg(server.state_dir())
+        .env("V", HEADER_SECRET)
+        .output()
+        .unwrap();
+    ok(out);
+    let r = alice.get(server.url("/hdr/x")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(probe.get(&readyz).send().await.unwrap().status(), 200);
 }

@@ -27,7 +27,10 @@
 //! writer for good: nothing more is appended (queued and later records are
 //! discarded and counted in `portcullis_audit_records_discarded_total`),
 //! [`AuditSink::writable`] is false on every route (fail-open ones included),
-//! no checkpoint is signed, and `/readyz` answers 503.
+//! no checkpoint is signed, and `/readyz` answers 503 (`audit_halted`).
+//!
+//! **Readiness.** A batch that fails, or hangs past the limit, raises
+//! `audit_unwritable` (see [`crate::readiness`]) until a batch commits.
 //!
 //! [held]: Gate::Verifying
 
@@ -41,6 +44,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::metrics::Metrics;
 use crate::pseudonym::Pseudonymizer;
+use crate::readiness::NotReady;
 
 /// Backlog above which new requests are refused until the writer catches up.
 pub const MAX_BACKLOG: usize = 100_000;
@@ -167,6 +171,7 @@ impl AuditSink {
         if changed {
             self.health.halted.store(true, Ordering::Relaxed);
             self.metrics.audit_log_tampered.set(1);
+            self.metrics.readiness.set(NotReady::AuditHalted, true);
             tracing::error!(
                 reason = %reason,
                 "AUDIT LOG TAMPERED: appending and checkpoint signing stopped; data-plane requests are refused with audit_unavailable; run `portcullis audit verify` to find the first bad index"
@@ -188,8 +193,9 @@ impl AuditSink {
 /// The writer task's handle: [`AuditWriter::finish`] writes what is queued and stops.
 #[derive(Debug)]
 pub struct AuditWriter {
-    task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<Vec<AuditRecord>>,
     stop: watch::Sender<bool>,
+    abandon: watch::Sender<bool>,
 }
 
 impl AuditWriter {
@@ -244,11 +250,15 @@ impl AuditWriter {
         });
         let (head_tx, head_rx) = watch::channel(appender.head());
         let (stop, stopped) = watch::channel(false);
+        let (abandon, abandoned) = watch::channel(false);
         let task = tokio::spawn(run(
             appender,
             pseudonymizer,
             rx,
-            stopped,
+            Control {
+                stop: stopped,
+                abandon: abandoned,
+            },
             health.clone(),
             head_tx,
             metrics.clone(),
@@ -260,7 +270,11 @@ impl AuditWriter {
                 head: head_rx,
                 metrics,
             },
-            AuditWriter { task, stop },
+            AuditWriter {
+                task,
+                stop,
+                abandon,
+            },
         )
     }
 
@@ -268,19 +282,55 @@ impl AuditWriter {
     /// the listeners have drained.
     pub async fn finish(self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        let left = self.task.await.unwrap_or_default();
+        if !left.is_empty() {
+            tracing::error!(
+                records = left.len(),
+                "audit records not written: the audit log was not verified before shutdown"
+            );
+        }
     }
+
+    /// Writes what is queued until `deadline`, then stops, and returns what
+    /// was not committed by then: the batch being written (its transaction
+    /// abandoned) and everything queued behind it, or, when the stored log
+    /// was still being verified, everything queued. The caller spills them
+    /// (`crate::audit_spool`) so shutdown is bounded and nothing is lost.
+    ///
+    /// An abandoned transaction is rolled back, unless its commit had already
+    /// reached SQLite; then its records are both in the log and returned, and
+    /// the replay skips them ([`crate::audit_spool::replay`]).
+    pub async fn finish_by(self, deadline: tokio::time::Instant) -> Vec<AuditRecord> {
+        let _ = self.stop.send(true);
+        let mut task = self.task;
+        if let Ok(joined) = tokio::time::timeout_at(deadline, &mut task).await {
+            return joined.unwrap_or_default();
+        }
+        let _ = self.abandon.send(true);
+        task.await.unwrap_or_default()
+    }
+}
+
+/// What [`AuditWriter`] tells the task: stop once the queue is written, or
+/// abandon the batch being written now.
+struct Control {
+    stop: watch::Receiver<bool>,
+    abandon: watch::Receiver<bool>,
 }
 
 async fn run(
     mut appender: AuditAppender,
     pseudonymizer: Option<Pseudonymizer>,
     mut rx: mpsc::UnboundedReceiver<AuditRecord>,
-    mut stop: watch::Receiver<bool>,
+    control: Control,
     health: Arc<Health>,
     head: watch::Sender<TreeHead>,
     metrics: Arc<Metrics>,
-) {
+) -> Vec<AuditRecord> {
+    let Control {
+        mut stop,
+        mut abandon,
+    } = control;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut gate = health.gate.subscribe();
     loop {
@@ -307,12 +357,15 @@ async fn run(
             }
         }
         // Held while the log is verified; on a stop before the verdict, the
-        // queue is discarded rather than appended to a log not known good.
+        // queue is handed back (to be spilled) rather than appended to a log
+        // not known good.
         let open = loop {
             match &*gate.borrow_and_update() {
                 Gate::Open => break true,
                 Gate::Halted(_) => break false,
-                Gate::Verifying if stopping => break false,
+                Gate::Verifying if stopping => {
+                    return take_rest(&mut batch, &mut rx, &health, &metrics);
+                }
                 Gate::Verifying => {}
             }
             tokio::select! {
@@ -334,25 +387,55 @@ async fn run(
                     batch.push(record);
                 }
                 discard(&mut batch, &health, &metrics);
-                return;
+                return Vec::new();
             }
             continue;
         }
-        write(
+        let committed = write(
             &mut appender,
             pseudonymizer.as_ref(),
             &mut batch,
             &health,
             &head,
             &metrics,
+            &mut abandon,
         )
         .await;
+        if !committed {
+            return take_rest(&mut batch, &mut rx, &health, &metrics);
+        }
         if stopping {
-            return;
+            return Vec::new();
         }
     }
 }
 
+/// The batch and everything still queued, handed back uncommitted.
+fn take_rest(
+    batch: &mut Vec<AuditRecord>,
+    rx: &mut mpsc::UnboundedReceiver<AuditRecord>,
+    health: &Health,
+    metrics: &Metrics,
+) -> Vec<AuditRecord> {
+    while let Ok(record) = rx.try_recv() {
+        batch.push(record);
+    }
+    let n = batch.len();
+    health.backlog.fetch_sub(n, Ordering::Relaxed);
+    metrics.audit_queue.dec_by(n as i64);
+    std::mem::take(batch)
+}
+
+/// Resolves once the writer is told to abandon its batch; never if the
+/// handle is gone without saying so.
+async fn abandoned(abandon: &mut watch::Receiver<bool>) {
+    if abandon.wait_for(|a| *a).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// Appends `batch`, retrying until it commits (true) or the writer is told
+/// to abandon it (false, the batch left as it is).
 async fn write(
     appender: &mut AuditAppender,
     pseudonymizer: Option<&Pseudonymizer>,
@@ -360,10 +443,11 @@ async fn write(
     health: &Health,
     head: &watch::Sender<TreeHead>,
     metrics: &Metrics,
-) {
+    abandon: &mut watch::Receiver<bool>,
+) -> bool {
     let n = batch.len();
     if n == 0 {
-        return;
+        return true;
     }
     health.writing_since_ms.store(now_ms(), Ordering::Relaxed);
     // Once per batch, before the first attempt: a retry appends the same leaves.
@@ -372,31 +456,60 @@ async fn write(
     // A failed write is retried until it succeeds: dropping records is not an
     // option. Meanwhile requests are refused (fail closed) once the failure has
     // lasted longer than the limit, and on every route once the backlog is full.
+    let stall_limit = Duration::from_millis(health.fail_closed_after_ms.max(0) as u64);
     let new_head = loop {
-        match appender.append_with_personal(batch, &personal).await {
+        // An attempt that hangs (a lock held elsewhere, a stuck disk) makes
+        // the process not ready once it outlasts the limit, as it makes the
+        // log unwritable for the pipeline; it is not abandoned.
+        let result = {
+            let attempt = appender.append_with_personal(batch, &personal);
+            tokio::pin!(attempt);
+            let stall = tokio::time::sleep(stall_limit);
+            tokio::pin!(stall);
+            let mut stalled = false;
+            loop {
+                tokio::select! {
+                    // A finished attempt wins over a timer that fired with it.
+                    biased;
+                    result = &mut attempt => break result,
+                    _ = &mut stall, if !stalled => {
+                        stalled = true;
+                        metrics.readiness.set(NotReady::AuditUnwritable, true);
+                    }
+                    _ = abandoned(abandon) => return false,
+                }
+            }
+        };
+        match result {
             Ok(new_head) => break new_head,
             Err(_) if health.halted.load(Ordering::Relaxed) => {
                 health.failing.store(false, Ordering::Relaxed);
                 health.writing_since_ms.store(0, Ordering::Relaxed);
                 discard(batch, health, metrics);
-                return;
+                return true;
             }
             Err(e) => {
                 health.failing.store(true, Ordering::Relaxed);
+                metrics.readiness.set(NotReady::AuditUnwritable, true);
                 metrics.audit_failures.inc();
                 tracing::error!(error = %e, records = n, "audit batch write failed; retrying");
-                tokio::time::sleep(delay).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = abandoned(abandon) => return false,
+                }
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
         }
     };
     health.failing.store(false, Ordering::Relaxed);
     health.writing_since_ms.store(0, Ordering::Relaxed);
+    metrics.readiness.set(NotReady::AuditUnwritable, false);
     health.backlog.fetch_sub(n, Ordering::Relaxed);
     head.send_replace(new_head);
     metrics.audit_queue.dec_by(n as i64);
     metrics.audit_written.inc_by(n as u64);
     batch.clear();
+    true
 }
 
 /// Drops records the writer will not append (the log is halted, or was never

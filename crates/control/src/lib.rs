@@ -4,7 +4,8 @@
 //!
 //! - [`approvals`]: the approval desk (tickets bound to the exact call, the
 //!   webhook of new tickets).
-//! - [`audit_sink`]: the audit log's group-commit writer; [`checkpointer`]
+//! - [`audit_sink`]: the audit log's group-commit writer (with
+//!   [`audit_spool`], what it spills on a bounded shutdown); [`checkpointer`]
 //!   signs its tree heads; [`audit_export`] ships durable records to SIEMs.
 //! - [`analytics`]: the glue to the behavioral-analytics engine and the risk
 //!   board the request path reads.
@@ -12,7 +13,8 @@
 //!   [`revocation`] (revoked tokens, disabled users) and [`oidc`] (the
 //!   issuers of users' tokens, for token exchange); the data plane serves
 //!   the token endpoint and verifies tokens with them.
-//! - [`metrics`]: the Prometheus registry both listeners count into.
+//! - [`metrics`]: the Prometheus registry both listeners count into, with
+//!   [`readiness`], the reasons `/readyz` answers not ready.
 //! - [`attempts`]: the brute-force throttle of TOTP codes and assertions.
 //! - [`policy_versions`]: the versions' vocabulary, the version to start
 //!   with and the directory watcher; [`policy_facts`] and [`shadow`]:
@@ -26,6 +28,7 @@ pub mod approvals;
 pub mod attempts;
 pub mod audit_export;
 pub mod audit_sink;
+pub mod audit_spool;
 pub mod checkpointer;
 pub mod config;
 pub mod json;
@@ -36,6 +39,7 @@ pub mod plane;
 pub mod policy_facts;
 pub mod policy_versions;
 pub mod pseudonym;
+pub mod readiness;
 pub mod revocation;
 pub mod shadow;
 pub mod tokens;

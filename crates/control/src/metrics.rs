@@ -98,6 +98,11 @@ struct AttemptLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabels {
     listener: &'static str,
 }
@@ -222,6 +227,8 @@ pub struct Metrics {
     connections_open: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
     connections_unverified: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
     connections_closed: Family<CloseLabels, Counter>,
+    /// Why the process is not ready (`/readyz`), one gauge per reason.
+    pub readiness: crate::readiness::Readiness,
     registry: Registry,
 }
 
@@ -372,7 +379,21 @@ impl Metrics {
             "Connections closed or refused, by listener and reason (timeouts, evictions, caps)",
             connections_closed.clone(),
         );
+        let not_ready = Family::<ReasonLabels, Gauge<i64, AtomicI64>>::default();
+        registry.register(
+            "not_ready",
+            "1 while the reason keeps the process not ready (/readyz answers 503), by reason",
+            not_ready.clone(),
+        );
+        // Fetched once, so every reason shows up at 0 and setting a flag takes no lock.
+        let readiness =
+            crate::readiness::Readiness::new(crate::readiness::NotReady::ALL.map(|r| {
+                not_ready
+                    .get_or_create(&ReasonLabels { reason: r.as_str() })
+                    .clone()
+            }));
         Metrics {
+            readiness,
             auth_failures,
             auth_throttled,
             auth_lockouts,

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 
 use crate::audit_sink::AuditSink;
 use crate::plane::{DataPlane, PlaneError};
+use crate::readiness::NotReady;
 
 /// Who installs versions the directory watcher finds.
 pub const WATCH_AUTHOR: &str = "policy-watch";
@@ -257,36 +258,64 @@ pub async fn watch_dir(
             continue;
         }
         last_seen = pending.take();
-        let push = PolicyPush {
-            files: sources.to_files(),
-            author: WATCH_AUTHOR.to_string(),
-            message: format!("policy directory {} changed", dir.display()),
-            shadow: false,
-        };
-        match gateway.push_policy(push).await {
-            Ok(change) if change.unchanged => {}
-            Ok(change) => {
-                tracing::info!(version = change.version, previous = change.previous, hash = %change.hash, "policy directory changed: new version installed");
-                sink.submit(change_record(
-                    WATCH_AUTHOR,
-                    "policy.push",
-                    change.version,
-                    Outcome::Allow,
-                    None,
-                ));
-            }
-            Err(e) => {
-                tracing::error!(error = %e, dir = %dir.display(), running = gateway.policy_version(), "policy directory change refused; the running version stays");
-                sink.submit(change_record(
-                    WATCH_AUTHOR,
-                    "policy.push",
-                    0,
-                    Outcome::Deny,
-                    Some(e.code()),
-                ));
-            }
+        let _ = install_dir(
+            gateway.as_ref(),
+            &sink,
+            sources,
+            WATCH_AUTHOR,
+            format!("policy directory {} changed", dir.display()),
+        )
+        .await;
+    }
+}
+
+/// Pushes the policy set read from a directory as the active version, as the
+/// watcher and SIGHUP do: the result is logged and audited (a refusal too),
+/// and `policy_load_failed` readiness follows it. On a refusal the running
+/// version stays.
+pub async fn install_dir(
+    gateway: &dyn DataPlane,
+    sink: &AuditSink,
+    sources: PolicySources,
+    author: &str,
+    message: String,
+) -> Result<PolicyChange, PolicyChangeError> {
+    let origin = sources.origin.clone();
+    let push = PolicyPush {
+        files: sources.to_files(),
+        author: author.to_string(),
+        message,
+        shadow: false,
+    };
+    let result = gateway.push_policy(push).await;
+    gateway
+        .metrics()
+        .readiness
+        .set(NotReady::PolicyLoadFailed, result.is_err());
+    match &result {
+        Ok(change) if change.unchanged => {}
+        Ok(change) => {
+            tracing::info!(version = change.version, previous = change.previous, hash = %change.hash, author, "policy directory changed: new version installed");
+            sink.submit(change_record(
+                author,
+                "policy.push",
+                change.version,
+                Outcome::Allow,
+                None,
+            ));
+        }
+        Err(e) => {
+            tracing::error!(error = %e, dir = %origin.display(), running = gateway.policy_version(), author, "policy directory change refused; the running version stays");
+            sink.submit(change_record(
+                author,
+                "policy.push",
+                0,
+                Outcome::Deny,
+                Some(e.code()),
+            ));
         }
     }
+    result
 }
 
 /// Most records one what-if replays.

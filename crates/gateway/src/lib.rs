@@ -35,7 +35,7 @@ pub mod whoami;
 // The control services live in `portcullis-control`; re-exported so their
 // paths stay `crate::approvals`, `crate::metrics`, … here.
 pub use portcullis_control::{
-    analytics, approvals, attempts, audit_export, audit_sink, checkpointer, metrics, oidc, otlp,
-    policy_facts, policy_versions, pseudonym, revocation, shadow, tokens,
+    analytics, approvals, attempts, audit_export, audit_sink, audit_spool, checkpointer, metrics,
+    oidc, otlp, policy_facts, policy_versions, pseudonym, readiness, revocation, shadow, tokens,
 };
 pub use state::{ConnectionState, Gateway, GatewayError, GatewayParts, ShadowSnapshot, Snapshot};

@@ -55,7 +55,7 @@ pub use portcullis_control::metrics::CloseReason;
 
 /// How long a client may take to send request headers once it has begun.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long in-flight requests may take to finish after shutdown begins.
+/// Default time shutdown may take (`[limits] drain_timeout_ms`).
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Default time a client may take to complete the TLS handshake.
@@ -93,6 +93,9 @@ pub struct ConnectionLimits {
     pub h2_keepalive_interval: Duration,
     /// Time a client has to answer a ping.
     pub h2_keepalive_timeout: Duration,
+    /// Time shutdown may take: the listeners drain within most of it (see
+    /// [`ConnectionLimits::listener_drain`]), the audit writer the rest.
+    pub drain_timeout: Duration,
 }
 
 impl ConnectionLimits {
@@ -109,7 +112,15 @@ impl ConnectionLimits {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             h2_keepalive_interval: DEFAULT_H2_KEEPALIVE_INTERVAL,
             h2_keepalive_timeout: DEFAULT_H2_KEEPALIVE_TIMEOUT,
+            drain_timeout: DRAIN_TIMEOUT,
         }
+    }
+
+    /// How long the listeners let in-flight requests finish after shutdown
+    /// begins: the drain timeout less a fifth (at most 5 s) kept for the
+    /// audit writer to commit or spill the records those requests leave.
+    pub fn listener_drain(&self) -> Duration {
+        self.drain_timeout - (self.drain_timeout / 5).min(Duration::from_secs(5))
     }
 }
 
@@ -417,7 +428,8 @@ impl Drop for InFlight {
 }
 
 /// Serves TLS connections from `listener` until `shutdown` turns true, then stops
-/// accepting and lets in-flight requests finish (up to [`DRAIN_TIMEOUT`]).
+/// accepting and lets in-flight requests finish (up to
+/// [`ConnectionLimits::listener_drain`]).
 ///
 /// `make_service` is called once per connection after the handshake.
 pub async fn serve<F, S, Fut, B>(
@@ -451,6 +463,7 @@ pub async fn serve<F, S, Fut, B>(
         .max_concurrent_streams(256);
     let builder = Arc::new(builder);
     let handshake_timeout = limits.handshake_timeout;
+    let drain = limits.listener_drain();
     let registry = Registry::new(limits, metrics);
 
     loop {
@@ -512,7 +525,7 @@ pub async fn serve<F, S, Fut, B>(
         });
     }
     drop(listener);
-    if tokio::time::timeout(DRAIN_TIMEOUT, graceful.shutdown())
+    if tokio::time::timeout(drain, graceful.shutdown())
         .await
         .is_err()
     {

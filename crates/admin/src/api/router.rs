@@ -4,7 +4,6 @@
 //! fallbacks and the audit tail live here too: they are a few lines each.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
@@ -15,6 +14,7 @@ use axum::{Extension, Router};
 use portcullis_control::audit_sink::AuditSink;
 use portcullis_control::checkpointer::Checkpointer;
 use portcullis_control::plane::DataPlane;
+use portcullis_control::readiness::NotReady;
 use portcullis_core::ErrorCode;
 use portcullis_identity::CertificateAuthority;
 use portcullis_store::Store;
@@ -96,21 +96,50 @@ async fn healthz() -> impl IntoResponse {
     json(StatusCode::OK, &serde_json::json!({ "status": "ok" }))
 }
 
+/// Ready unless a component has raised a reason (see
+/// `portcullis_control::readiness`): a few atomic loads, no IO, so probes
+/// cost nothing and never queue behind a stalled store.
 async fn readyz(State(state): State<AdminState>, Extension(call): Extension<Call>) -> Response {
-    if let Some(reason) = state.sink.halted() {
-        return call
-            .error(
-                ErrorCode::AuditUnavailable,
-                format!("the audit log is halted: {reason}"),
-            )
-            .into_response();
-    }
-    match tokio::time::timeout(Duration::from_secs(2), state.store.ping()).await {
-        Ok(Ok(())) => json(StatusCode::OK, &serde_json::json!({ "status": "ready" })),
-        _ => call
-            .error(ErrorCode::Unavailable, "the store is not reachable")
-            .into_response(),
-    }
+    let reasons = state.gateway.metrics().readiness.reasons();
+    let Some(first) = reasons.first() else {
+        return json(StatusCode::OK, &serde_json::json!({ "status": "ready" }));
+    };
+    let (code, message) = match first {
+        NotReady::AuditHalted => (
+            ErrorCode::AuditUnavailable,
+            format!(
+                "the audit log is halted: {}",
+                state.sink.halted().unwrap_or_default()
+            ),
+        ),
+        NotReady::AuditUnwritable => (
+            ErrorCode::AuditUnavailable,
+            "the audit log cannot be written".to_string(),
+        ),
+        NotReady::PolicyLoadFailed => (
+            ErrorCode::Unavailable,
+            "the last policy load was refused; the previous version still decides".to_string(),
+        ),
+        NotReady::VaultUnavailable => (
+            ErrorCode::Unavailable,
+            "a route's vault credential cannot be served".to_string(),
+        ),
+    };
+    let reasons: Vec<&str> = reasons.iter().map(|r| r.as_str()).collect();
+    // The admin API's error shape, plus every raised reason.
+    json(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &serde_json::json!({
+            "status": "not_ready",
+            "reasons": reasons,
+            "error": {
+                "code": code.as_str(),
+                "message": message,
+                "request_id": call.request_id.as_str(),
+                "reasons": reasons,
+            },
+        }),
+    )
 }
 
 async fn metrics(State(state): State<AdminState>) -> Response {

@@ -29,6 +29,10 @@ pub struct RawLimits {
     /// Milliseconds a connection may stay open with nothing in flight
     /// (default 120000).
     pub idle_timeout_ms: Option<u64>,
+    /// Milliseconds SIGTERM/SIGINT may take to exit (default 30000): in-flight
+    /// requests drain, then queued audit records are written or spilled to
+    /// the spool (`docs/signals-and-readiness.md`).
+    pub drain_timeout_ms: Option<u64>,
     /// Milliseconds between HTTP/2 keep-alive pings (default 30000).
     pub h2_keepalive_interval_ms: Option<u64>,
     /// Milliseconds an HTTP/2 client has to answer a ping (default 10000).
@@ -67,6 +71,7 @@ pub(super) fn connection_limits(
     out.handshake_timeout = ms(limits.handshake_timeout_ms, out.handshake_timeout);
     out.first_request_timeout = ms(limits.first_request_timeout_ms, out.first_request_timeout);
     out.idle_timeout = ms(limits.idle_timeout_ms, out.idle_timeout);
+    out.drain_timeout = ms(limits.drain_timeout_ms, out.drain_timeout);
     out.h2_keepalive_interval = ms(limits.h2_keepalive_interval_ms, out.h2_keepalive_interval);
     out.h2_keepalive_timeout = ms(limits.h2_keepalive_timeout_ms, out.h2_keepalive_timeout);
     out
@@ -116,6 +121,7 @@ pub(super) fn check_connections_and_throttle(limits: &RawLimits) -> Result<(), S
             limits.first_request_timeout_ms,
         ),
         ("limits.idle_timeout_ms", limits.idle_timeout_ms),
+        ("limits.drain_timeout_ms", limits.drain_timeout_ms),
         (
             "limits.h2_keepalive_interval_ms",
             limits.h2_keepalive_interval_ms,
@@ -162,7 +168,7 @@ mod tests {
         let c = parse(
             "[gateway]\nmax_unverified_connections = 7\nmax_unverified_per_source = 3\n\
              [limits]\nhandshake_timeout_ms = 100\nfirst_request_timeout_ms = 200\nidle_timeout_ms = 300\n\
-             h2_keepalive_interval_ms = 400\nh2_keepalive_timeout_ms = 500\n\
+             h2_keepalive_interval_ms = 400\nh2_keepalive_timeout_ms = 500\ndrain_timeout_ms = 2000\n\
              auth_max_failures = 2\nauth_failure_window_ms = 600\nauth_lockout_ms = 700\nauth_backoff_ms = 0\n",
         );
         let l = &c.connections;
@@ -176,6 +182,13 @@ mod tests {
                 l.h2_keepalive_timeout
             ],
             [100, 200, 300, 400, 500].map(Duration::from_millis)
+        );
+        // A fifth of the drain (at most 5 s) is kept for the audit writer.
+        assert_eq!(l.drain_timeout, Duration::from_secs(2));
+        assert_eq!(l.listener_drain(), Duration::from_millis(1_600));
+        assert_eq!(
+            crate::listener::ConnectionLimits::with_max_connections(1).listener_drain(),
+            Duration::from_secs(25)
         );
         let a = &c.attempts;
         assert_eq!(a.max_failures, 2);
@@ -191,6 +204,10 @@ mod tests {
         check(
             "[limits]\nfirst_request_timeout_ms = 0\n",
             "key `limits.first_request_timeout_ms`: must be greater than 0",
+        );
+        check(
+            "[limits]\ndrain_timeout_ms = 0\n",
+            "key `limits.drain_timeout_ms`: must be greater than 0",
         );
         check(
             "[limits]\nauth_max_failures = 0\n",

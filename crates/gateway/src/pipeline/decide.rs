@@ -462,12 +462,19 @@ fn inject_credential(
         }
     }
     let injected = crate::pipeline::inject::enforce(&choice, credential).and_then(|secret| {
-        crate::pipeline::inject::fetch(
+        let fetched = crate::pipeline::inject::fetch(
             ex.gateway.vault.as_deref(),
             ex.context,
             secret,
             &credential.injection,
-        )
+        );
+        // Only a fetch says whether the vault can serve the route; a policy
+        // refusal says nothing about it.
+        ex.gateway
+            .metrics
+            .readiness
+            .vault_credential(&ex.context.route.name, fetched.is_ok());
+        fetched
     });
     let elapsed = t.elapsed();
     ex.gateway.metrics.stage(Stage::Inject, elapsed);
