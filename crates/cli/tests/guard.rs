@@ -144,17 +144,13 @@ fn guard_scan_channels_and_bad_input() {
 // The gateway: inspect-in, policy on `context.content`, streaming redaction.
 
 use std::convert::Infallible;
-use std::time::Duration;
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full, StreamBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
-const TOKEN: &str = "ghp_aB3dE5gH7jK9mN1pQ3rS5tU7vW9xY1zA2bC4";
+const TOKEN: &str = LEAKED_TOKEN;
 const AWS_KEY: &str = "AKIAQWADE5R42RDZ4JEM";
-
-type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 /// An upstream that echoes request bodies (`/echo`) and streams a secret
 /// split across chunks (`/leak`).
@@ -180,21 +176,7 @@ async fn serve_upstream(
 ) -> Result<hyper::Response<UpBody>, Infallible> {
     if req.uri().path().ends_with("/leak") {
         // The token arrives in three chunks, 50 ms apart, cut mid-value.
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
-        tokio::spawn(async move {
-            let text = format!("data: your token is {TOKEN} keep it safe\n\n");
-            let cuts = [0, 24, 37, text.len()];
-            for w in cuts.windows(2) {
-                let chunk = Bytes::from(text[w[0]..w[1]].to_string());
-                let _ = tx.send(Ok(Frame::data(chunk))).await;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        });
-        let stream = Receiver(rx);
-        let mut resp = hyper::Response::new(StreamBody::new(stream).boxed());
-        resp.headers_mut()
-            .insert("content-type", "text/event-stream".parse().unwrap());
-        return Ok(resp);
+        return Ok(leak());
     }
     let ct = req.headers().get("content-type").cloned();
     let accept_encoding = req.headers().get("accept-encoding").is_some();
@@ -213,18 +195,6 @@ async fn serve_upstream(
         if accept_encoding { "yes" } else { "no" }.parse().unwrap(),
     );
     Ok(resp)
-}
-
-struct Receiver<T>(tokio::sync::mpsc::Receiver<T>);
-
-impl<T> futures_core::Stream for Receiver<T> {
-    type Item = T;
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<T>> {
-        self.0.poll_recv(cx)
-    }
 }
 
 const POLICIES: &str = r#"

@@ -6,9 +6,9 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -47,31 +47,18 @@ fn have_openai_sdk() -> bool {
     }
 }
 
-/// The upstream, killed on drop.
+/// The upstream (`upstream.py`), killed on drop.
 struct Upstream {
-    child: Child,
+    _child: support::Killed,
     port: u16,
 }
 
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn start_upstream() -> Upstream {
-    let mut child = Command::new("python3")
-        .arg(tests_dir().join("upstream.py"))
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port = line.trim().parse().expect("upstream port");
-    Upstream { child, port }
+    let (child, port) = support::parity_rig::start_llm();
+    Upstream {
+        _child: child,
+        port,
+    }
 }
 
 /// What the upstream received: path, Authorization, agent header, body.

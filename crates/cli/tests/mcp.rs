@@ -17,7 +17,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{Killed, Server, free_port, wait_for_port};
+use support::{Killed, Server, findings, free_port, wait_for_port};
 
 const TESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp");
 const SCHEMA: &str = include_str!("../../policy/defaults/schema.cedarschema");
@@ -996,21 +996,6 @@ const GUARD_POLICIES: &str = r#"
 "#;
 
 const AWS_KEY: &str = "AKIAQWADE5R42RDZ4JEM";
-
-/// The findings of a record as (direction, kind, pointer).
-fn findings(record: &Value) -> Vec<(String, String, String)> {
-    record["content"]
-        .as_array()
-        .map(|all| {
-            all.iter()
-                .map(|f| {
-                    let s = |k: &str| f[k].as_str().unwrap_or("").to_string();
-                    (s("direction"), s("kind"), s("pointer"))
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
 
 #[test]
 fn the_content_guard_reads_tool_results_and_arguments() {

@@ -40,8 +40,8 @@ pub struct BodyMeter {
     /// completed; never held across IO.
     pub response_findings: std::sync::Mutex<Vec<portcullis_audit::ContentFinding>>,
     /// The stable code of a refusal made inside the answer after it left the
-    /// pipeline (an MCP result the content guard blocked), for the record's
-    /// `error_code` unless a stage set one.
+    /// pipeline (an MCP result the content guard blocked): the record's
+    /// outcome is then `deny`, and this its `error_code` unless a stage set one.
     pub answer_refused: OnceLock<&'static str>,
     /// The stable code of a cut made while the answer streamed (its holder
     /// was revoked or quarantined, see [`crate::liveness`]); it replaces

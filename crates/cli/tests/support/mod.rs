@@ -27,6 +27,8 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
+pub mod parity_rig;
+
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 pub fn install_crypto() {
@@ -308,6 +310,25 @@ pub async fn error_of(response: reqwest::Response) -> (u16, Value) {
     (status, body["error"].clone())
 }
 
+/// The content guard's findings in an audit record, as (direction, kind,
+/// JSON pointer).
+pub fn findings(record: &Value) -> Vec<(String, String, String)> {
+    record["content"]
+        .as_array()
+        .map(|all| {
+            all.iter()
+                .map(|f| {
+                    let s = |k: &str| f[k].as_str().unwrap_or("").to_string();
+                    (s("direction"), s("kind"), s("pointer"))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The secret the upstream's `/leak` stream carries (a GitHub token).
+pub const LEAKED_TOKEN: &str = "ghp_aB3dE5gH7jK9mN1pQ3rS5tU7vW9xY1zA2bC4";
+
 /// Streaming control for the upstream's `/stream` endpoint: the test releases
 /// the second chunk only after it has received the first through the gateway.
 pub type StreamGate = Arc<Mutex<Option<oneshot::Receiver<()>>>>;
@@ -319,6 +340,8 @@ pub static DRAIN_ARRIVED: tokio::sync::Notify = tokio::sync::Notify::const_new()
 /// - `/slow` answers after 3 s; `/drain` after 1 s;
 /// - `/stream` sends `first`, waits for the gate, then sends `second`;
 /// - `/drip` sends `tick\n` every 100 ms for 10 s (a slow chunked stream);
+/// - `/leak` streams an event carrying [`LEAKED_TOKEN`], cut mid-value
+///   across three chunks 50 ms apart;
 /// - anything else echoes method, path, query, headers and body length as JSON.
 pub async fn start_upstream() -> (SocketAddr, StreamGate) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -340,7 +363,7 @@ pub async fn start_upstream() -> (SocketAddr, StreamGate) {
     (addr, gate)
 }
 
-type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+pub type UpBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 async fn upstream(
     req: Request<Incoming>,
@@ -393,6 +416,7 @@ async fn upstream(
             });
             Ok(Response::new(StreamBody::new(ReceiverStream(rx)).boxed()))
         }
+        "leak" => Ok(leak()),
         _ => {
             let (parts, body) = req.into_parts();
             let body = body
@@ -425,6 +449,24 @@ async fn upstream(
             Ok(resp)
         }
     }
+}
+
+/// The `/leak` answer: an event carrying [`LEAKED_TOKEN`], cut mid-value
+/// across three chunks 50 ms apart, so a redactor must see across chunks.
+pub fn leak() -> Response<UpBody> {
+    let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
+    tokio::spawn(async move {
+        let text = format!("data: your token is {LEAKED_TOKEN} keep it safe\n\n");
+        for w in [0, 24, 37, text.len()].windows(2) {
+            let chunk = Bytes::from(text[w[0]..w[1]].to_string());
+            let _ = tx.send(Ok(Frame::data(chunk))).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let mut resp = Response::new(StreamBody::new(ReceiverStream(rx)).boxed());
+    resp.headers_mut()
+        .insert("content-type", "text/event-stream".parse().unwrap());
+    resp
 }
 
 /// An mpsc receiver as a `Stream` of body frames.

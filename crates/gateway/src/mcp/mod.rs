@@ -827,6 +827,15 @@ async fn merge_json(
     let bytes = collect_limited(body, MAX_JSON_ANSWER_BYTES)
         .await
         .ok_or_else(broken)?;
+    if bytes.trim_ascii().is_empty() {
+        // Nothing to say (the official SDKs answer a notification with a
+        // 202 typed JSON, but empty): there is nothing to guard or filter,
+        // and the client still gets its refusals.
+        if refusals.is_empty() {
+            return Ok(Response::from_parts(parts, full(Bytes::new())));
+        }
+        return Ok(json_answer(StatusCode::OK, &Value::Array(refusals)));
+    }
     let value: Value = serde_json::from_slice(&bytes).map_err(|_| broken())?;
     let mut messages = match value {
         Value::Array(items) => items,
@@ -907,7 +916,11 @@ mod tests {
     use super::*;
 
     fn answer(status: u16, headers: &[(&str, &str)]) -> Response<ResponseBody> {
-        let mut r = Response::new(full("{}"));
+        answer_with(status, headers, "{}")
+    }
+
+    fn answer_with(status: u16, headers: &[(&str, &str)], body: &str) -> Response<ResponseBody> {
+        let mut r = Response::new(full(body.to_string()));
         *r.status_mut() = StatusCode::from_u16(status).unwrap();
         for (k, v) in headers {
             r.headers_mut().insert(
@@ -939,5 +952,51 @@ mod tests {
                 ("content-encoding", "gzip")
             ]
         )));
+    }
+
+    async fn merged(status: u16, body: &str, refusals: Vec<Value>) -> (StatusCode, String) {
+        let json = [("content-type", "application/json")];
+        let scan: sse::Rewrite = Box::new(|_: &mut Value| false);
+        let r = merge_json(
+            answer_with(status, &json, body),
+            refusals,
+            Some(scan),
+            false,
+        )
+        .await
+        .unwrap();
+        let status = r.status();
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    /// A notification's answer is a 202 typed JSON with no body (the
+    /// official Python SDK's): with the guard on it goes back as it came,
+    /// or as the refusals of the messages not forwarded; it is no broken
+    /// answer (this was a 502 `upstream_unavailable` on guarded routes).
+    #[tokio::test]
+    async fn an_empty_json_answer_is_no_broken_answer() {
+        assert_eq!(
+            merged(202, "", Vec::new()).await,
+            (StatusCode::ACCEPTED, String::new())
+        );
+        let refusal = serde_json::json!({"jsonrpc": "2.0", "id": 3, "error": {}});
+        let (status, body) = merged(202, " \n", vec![refusal.clone()]).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            serde_json::from_str::<Value>(&body).unwrap(),
+            serde_json::json!([refusal])
+        );
+        // A body that is there but is not JSON still is broken.
+        let broken = merge_json(
+            answer_with(200, &[("content-type", "application/json")], "{not json"),
+            Vec::new(),
+            None,
+            false,
+        )
+        .await
+        .map(|_| ())
+        .unwrap_err();
+        assert_eq!(broken.code, ErrorCode::UpstreamUnavailable);
     }
 }

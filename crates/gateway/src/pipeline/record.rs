@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
-use portcullis_audit::AuditRecord;
+use portcullis_audit::{AuditRecord, Outcome};
 
 use crate::audit_sink::AuditSink;
 use crate::body::{BodyMeter, BoxError, Digest};
@@ -117,12 +117,16 @@ impl Drop for Recorder {
                     portcullis_audit::MAX_CONTENT_FINDINGS.saturating_sub(record.content.len());
                 record.content.extend(found.drain(..).take(room));
             }
-            // An SSE client often closes the stream once it has its answer:
-            // the refusal inside the answer says more than `client_closed`.
-            if matches!(record.error_code.as_deref(), None | Some("client_closed"))
-                && let Some(code) = self.meter.answer_refused.get()
-            {
-                record.error_code = Some((*code).to_string());
+            if let Some(code) = self.meter.answer_refused.get() {
+                // The agent was refused what it asked for, if only once the
+                // upstream had answered: a denial, as the same refusal made
+                // before forwarding is (an MCP result the guard blocked).
+                record.outcome = Outcome::Deny;
+                // An SSE client often closes the stream once it has its
+                // answer: the refusal inside it says more than `client_closed`.
+                if matches!(record.error_code.as_deref(), None | Some("client_closed")) {
+                    record.error_code = Some((*code).to_string());
+                }
             }
             // A cut says why the stream ended better than the error or the
             // client's leaving that followed from it.
