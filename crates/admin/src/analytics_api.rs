@@ -158,7 +158,7 @@ async fn resolve(
         && let Some(analytics) = state.gateway.analytics()
     {
         let detail: Value = serde_json::from_str(&alert.detail).unwrap_or(Value::Null);
-        if let Some(features) = portcullis_gateway::analytics::alert_features(&detail) {
+        if let Some(features) = portcullis_control::analytics::alert_features(&detail) {
             analytics.benign(&alert.agent, features).await;
         }
     }

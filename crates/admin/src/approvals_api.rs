@@ -24,8 +24,8 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use bytes::Bytes;
 use portcullis_audit::Outcome;
+use portcullis_control::approvals::{CallKind, DecideError, RequiredBy};
 use portcullis_core::ErrorCode;
-use portcullis_gateway::approvals::{CallKind, DecideError, RequiredBy};
 use portcullis_store::GrantRow;
 use serde::Deserialize;
 

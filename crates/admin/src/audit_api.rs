@@ -62,9 +62,9 @@ pub(crate) async fn latest_checkpoint(
 }
 
 /// A halted log is `audit_unavailable`, not an internal error.
-fn sign_error(call: &Call, e: portcullis_gateway::checkpointer::CheckpointerError) -> ApiError {
+fn sign_error(call: &Call, e: portcullis_control::checkpointer::CheckpointerError) -> ApiError {
     match e {
-        portcullis_gateway::checkpointer::CheckpointerError::Halted(reason) => call.error(
+        portcullis_control::checkpointer::CheckpointerError::Halted(reason) => call.error(
             ErrorCode::AuditUnavailable,
             format!("the audit log is halted, no checkpoint is signed: {reason}"),
         ),
@@ -411,7 +411,7 @@ pub(crate) async fn inventory(
         .map(|r| {
             serde_json::json!({
                 "name": r.name,
-                "kind": format!("{:?}", r.kind).to_ascii_lowercase(),
+                "kind": r.kind,
                 "path_prefix": r.path_prefix,
                 "classification": r.classification.as_str(),
             })

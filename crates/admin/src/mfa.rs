@@ -14,7 +14,7 @@
 //!   answer), the step is given back: a code is consumed only by a
 //!   successful, authorised action.
 //! - Wrong codes are throttled per admin and per source address
-//!   ([`portcullis_gateway::attempts`]): exponential back-off, then a lockout
+//!   ([`portcullis_control::attempts`]): exponential back-off, then a lockout
 //!   after `[limits] auth_max_failures` failures within the window. A
 //!   throttled code is answered 429 `too_many_attempts` (with `Retry-After`)
 //!   without being checked, so a correct code during a lockout is refused
@@ -32,8 +32,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::{Extension, Json};
+use portcullis_control::attempts::AttemptKey;
 use portcullis_core::{AgentName, ErrorCode};
-use portcullis_gateway::attempts::AttemptKey;
 use portcullis_identity::TotpSecret;
 use portcullis_store::AdminUserRow;
 use serde::{Deserialize, Serialize};

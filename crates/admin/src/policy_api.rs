@@ -25,9 +25,9 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use bytes::Bytes;
 use portcullis_audit::Outcome;
+use portcullis_control::policy_facts::{Asked, FactAction, RequestFacts};
+use portcullis_control::policy_versions::{PolicyChange, PolicyChangeError, PolicyPush};
 use portcullis_core::ErrorCode;
-use portcullis_gateway::policy_facts::{Asked, FactAction, RequestFacts};
-use portcullis_gateway::policy_versions::{PolicyChange, PolicyChangeError, PolicyPush};
 use portcullis_policy::{Explanation, TraceOutcome};
 use serde::{Deserialize, Serialize};
 
@@ -313,17 +313,17 @@ async fn explain(
     let snapshot = state.gateway.snapshot();
     let asked = facts
         .ask(
-            &snapshot.authorizer,
+            snapshot.authorizer(),
             &body.agent,
             action,
             &body.resource,
-            |request| request.explain(&snapshot.authorizer),
+            |request| request.explain(snapshot.authorizer()),
         )
         .map_err(|e| call.error(ErrorCode::BadRequest, e))?;
     let body = match asked {
         Asked::One(explanation) => {
             let mut view = explanation_view(explanation);
-            view["policy_version"] = snapshot.policy_version.into();
+            view["policy_version"] = snapshot.policy_version().into();
             view["action"] = body.action.into();
             view
         }
@@ -345,7 +345,7 @@ async fn explain(
                 })
                 .collect();
             serde_json::json!({
-                "policy_version": snapshot.policy_version,
+                "policy_version": snapshot.policy_version(),
                 "action": body.action,
                 "visible": visible,
                 "models": models,

@@ -49,9 +49,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
+use portcullis_control::config::PolicyTimeZone;
+use portcullis_control::policy_facts::{Asked, FactAction, RequestFacts};
 use portcullis_core::Classification;
-use portcullis_gateway::config::PolicyTimeZone;
-use portcullis_gateway::policy_facts::{Asked, FactAction, RequestFacts};
 use portcullis_policy::{
     AgentEntity, Authorizer, ModelEntity, PolicyBundle, PolicySources, RouteEntity,
 };

@@ -117,7 +117,7 @@ impl Reloader {
                 Refusal::PolicyDir(e.to_string())
             })?;
         let change = policy_versions::install_dir(
-            &self.gateway,
+            self.gateway.as_ref(),
             &self.sink,
             sources,
             AUTHOR,

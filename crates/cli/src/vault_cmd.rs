@@ -121,14 +121,14 @@ impl RotationArgs {
 }
 
 fn parse_seconds(s: &str) -> Result<u64, String> {
-    portcullis_gateway::config::parse_duration(s).and_then(|d| match d.as_secs() {
+    portcullis_control::config::parse_duration(s).and_then(|d| match d.as_secs() {
         0 => Err("must be positive".into()),
         n => Ok(n),
     })
 }
 
 fn parse_seconds_or_zero(s: &str) -> Result<u64, String> {
-    portcullis_gateway::config::parse_duration(s).map(|d| d.as_secs())
+    portcullis_control::config::parse_duration(s).map(|d| d.as_secs())
 }
 
 /// `portcullis secret …`

@@ -1,21 +1,17 @@
-//! The Portcullis data plane: TLS listeners, the request pipeline, forwarding,
-//! and the audit writer that records every request.
+//! The Portcullis data plane: TLS listeners, the request pipeline and
+//! forwarding. The control services it consults and shares with the admin API
+//! (audit writer, approvals, analytics, tokens, metrics, …) are
+//! `portcullis-control`'s; the admin API drives this crate only through
+//! `portcullis_control::plane::DataPlane`, implemented in `plane.rs`.
 //!
 //! Entry points: [`Gateway::new`] builds the data plane from validated
 //! [`config::Config`] and its collaborators; [`Gateway::serve`] runs it on a
 //! listener. [`pipeline`] holds the stages, in order.
 #![forbid(unsafe_code)]
 
-pub mod analytics;
 pub mod anonymous;
-pub mod approvals;
-pub mod attempts;
-pub mod audit_export;
-pub mod audit_sink;
-pub mod audit_spool;
 pub mod body;
 pub mod capture;
-pub mod checkpointer;
 pub mod config;
 pub mod demo_upstream;
 pub mod directory;
@@ -24,25 +20,23 @@ pub mod listener;
 pub mod liveness;
 pub mod llm;
 pub mod mcp;
-pub mod metrics;
 pub mod oauth;
-pub mod oidc;
-pub mod otlp;
 pub mod pipeline;
-pub mod policy_facts;
-pub mod policy_versions;
-pub mod pseudonym;
+mod plane;
+mod policy_install;
 pub mod rate_limit;
-pub mod readiness;
 pub mod respond;
 pub mod retention;
-pub mod revocation;
 pub mod route;
-pub mod shadow;
 mod state;
 pub mod target;
-pub mod tokens;
 pub mod trace;
 pub mod whoami;
 
+// The control services live in `portcullis-control`; re-exported so their
+// paths stay `crate::approvals`, `crate::metrics`, … here.
+pub use portcullis_control::{
+    analytics, approvals, attempts, audit_export, audit_sink, audit_spool, checkpointer, metrics,
+    oidc, otlp, policy_facts, policy_versions, pseudonym, readiness, revocation, shadow, tokens,
+};
 pub use state::{ConnectionState, Gateway, GatewayError, GatewayParts, ShadowSnapshot, Snapshot};

@@ -38,6 +38,7 @@ use crate::otlp::{
     KeyValue, Link, Poster, Resource, ResourceSpans, Scope, ScopeSpans, Span, Status,
     TracesRequest, span_kind,
 };
+pub use portcullis_control::otlp::{is_lower_hex, is_trace_id};
 
 /// Finished traces waiting for the exporter; beyond this they are dropped.
 const QUEUE: usize = 16_384;
@@ -55,16 +56,6 @@ const STAGES_PER_REQUEST: usize = 6;
 pub const TRACEPARENT: &str = "traceparent";
 /// The W3C trace-state header (dropped: it belongs to the caller's trace).
 pub const TRACESTATE: &str = "tracestate";
-
-/// Whether `s` is a valid trace id: 32 lowercase hex digits, not all zero.
-pub fn is_trace_id(s: &str) -> bool {
-    s.len() == 32 && is_lower_hex(s) && s.bytes().any(|b| b != b'0')
-}
-
-fn is_lower_hex(s: &str) -> bool {
-    s.bytes()
-        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
 
 /// Starts request traces; cheap to clone.
 #[derive(Debug, Clone)]

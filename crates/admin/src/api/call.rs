@@ -15,8 +15,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use portcullis_audit::{AuditRecord, Outcome, RecordKind};
+use portcullis_control::audit_sink::AuditSink;
 use portcullis_core::{ErrorCode, RequestId};
-use portcullis_gateway::audit_sink::AuditSink;
 use portcullis_store::StoreError;
 use serde::{Deserialize, Serialize};
 

@@ -11,11 +11,11 @@ use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
+use portcullis_control::audit_sink::AuditSink;
+use portcullis_control::checkpointer::Checkpointer;
+use portcullis_control::plane::DataPlane;
+use portcullis_control::readiness::NotReady;
 use portcullis_core::ErrorCode;
-use portcullis_gateway::Gateway;
-use portcullis_gateway::audit_sink::AuditSink;
-use portcullis_gateway::checkpointer::Checkpointer;
-use portcullis_gateway::readiness::NotReady;
 use portcullis_identity::CertificateAuthority;
 use portcullis_store::Store;
 use serde::Deserialize;
@@ -28,8 +28,9 @@ use super::call::{ApiError, Call, json, require_admin, with_call};
 pub struct AdminState {
     /// The store.
     pub store: Store,
-    /// The data plane, to refresh after agent changes.
-    pub gateway: Arc<Gateway>,
+    /// The data plane, to refresh after agent changes (the gateway, seen
+    /// through the calls the admin API needs).
+    pub gateway: Arc<dyn DataPlane>,
     /// The CA that issues agent certificates.
     pub ca: Arc<CertificateAuthority>,
     /// SHA-256 (hex) of the accepted admin tokens.
@@ -96,7 +97,7 @@ async fn healthz() -> impl IntoResponse {
 }
 
 /// Ready unless a component has raised a reason (see
-/// `portcullis_gateway::readiness`): a few atomic loads, no IO, so probes
+/// `portcullis_control::readiness`): a few atomic loads, no IO, so probes
 /// cost nothing and never queue behind a stalled store.
 async fn readyz(State(state): State<AdminState>, Extension(call): Extension<Call>) -> Response {
     let reasons = state.gateway.metrics().readiness.reasons();

@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
+pub use portcullis_control::config::{JwksSource, OidcConfig};
+
 /// Default trust domain of agent SPIFFE IDs.
 pub const DEFAULT_TRUST_DOMAIN: &str = "portcullis.local";
 
@@ -47,30 +49,6 @@ pub struct RawOidc {
     pub mfa_amr: Option<Vec<String>>,
     /// Allowed clock skew in seconds (default 60, at most 300).
     pub clock_skew_seconds: Option<i64>,
-}
-
-/// Where an OIDC issuer's keys come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum JwksSource {
-    /// Fetched over HTTPS (refreshed when a token names an unknown key).
-    Url(String),
-    /// Read from a file (re-read when a token names an unknown key).
-    File(PathBuf),
-}
-
-/// A validated `[[identity.oidc]]`.
-#[derive(Debug, Clone)]
-pub struct OidcConfig {
-    /// The issuer.
-    pub issuer: String,
-    /// The audience.
-    pub audience: String,
-    /// Its keys.
-    pub jwks: JwksSource,
-    /// Second-factor `amr` values.
-    pub mfa_amr: Vec<String>,
-    /// Clock skew (seconds).
-    pub clock_skew: i64,
 }
 
 fn opt_trust_domain<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {

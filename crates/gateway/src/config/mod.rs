@@ -7,25 +7,26 @@
 //!
 //! One file per TOML section holds its raw type, its validated type and its
 //! checks: `gateway.rs`, `admin.rs`, `identity.rs`, `policy.rs`, `limits.rs`,
-//! `store.rs`, `audit.rs`, `telemetry.rs`, `routes.rs` and `approvals.rs`
-//! (`[analytics]` is `crate::analytics::config`, `[[routes.models]]`
-//! `crate::llm::config`). This file holds the whole file's types, the order
-//! in which [`Config::parse`] runs the sections' checks, and the helpers
-//! several sections share. Every public item is re-exported here, so its path
-//! is `crate::config::X` whichever file defines it.
+//! `store.rs`, `telemetry.rs`, `routes.rs` and `approvals.rs` (`[audit]` is
+//! `portcullis_control::config::audit`, `[analytics]`
+//! `portcullis_control::analytics::config`, `[[routes.models]]`
+//! `crate::llm::config`). This file holds the whole file's types and the
+//! order in which [`Config::parse`] runs the sections' checks; the helpers
+//! several sections share are `portcullis_control::config`'s. Every public
+//! item is re-exported here, so its path is `crate::config::X` whichever file
+//! defines it.
 
-use std::fmt::Display;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
 use portcullis_core::Classification;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 mod admin;
 mod approvals;
-mod audit;
+#[cfg(test)]
+mod audit_tests;
 mod gateway;
 mod identity;
 mod limits;
@@ -36,16 +37,12 @@ mod telemetry;
 
 pub use admin::{DEFAULT_ADMIN_LISTEN, RawAdmin};
 pub use approvals::RawApprovals;
-pub use audit::{
-    AuditConfig, DEFAULT_UNAUTHENTICATED_RECORDS_PER_MINUTE, ExportConfig, ExportKind,
-    ExportTarget, Facility, RawAudit, RawExport, SyslogTransport, WebhookFormat,
-};
 pub use gateway::{
     DEFAULT_GATEWAY_LISTEN, DEFAULT_MAX_CONNECTIONS, RawForwardClientCert, RawGateway,
 };
 pub use identity::{DEFAULT_TRUST_DOMAIN, JwksSource, OidcConfig, RawIdentity, RawOidc};
 pub use limits::{DEFAULT_MAX_BODY_BYTES, DEFAULT_UPSTREAM_TIMEOUT_MS, RawLimits};
-pub use policy::{PolicySource, PolicyTimeZone, RawPolicy};
+pub use policy::{PolicySource, RawPolicy};
 pub use routes::{
     BUILTIN_DEMO_UPSTREAM, CaptureConfig, Credential, DEFAULT_CAPTURE_MAX_BYTES, DlpAction,
     Injection, InjectionAction, MAX_CAPTURE_MAX_BYTES, MAX_ROUTE_SECRETS, RawRoute, RouteConfig,
@@ -53,6 +50,18 @@ pub use routes::{
 };
 pub use store::RawStore;
 pub use telemetry::{DEFAULT_SERVICE_NAME, RawTelemetry, TelemetryConfig};
+
+// The sections the control services read live in `portcullis-control`; their
+// paths stay `crate::config::X` here.
+use portcullis_control::config::audit;
+pub use portcullis_control::config::{
+    AuditConfig, DEFAULT_UNAUTHENTICATED_RECORDS_PER_MINUTE, ExportConfig, ExportKind,
+    ExportTarget, Facility, PolicyTimeZone, RawAudit, RawExport, SecretHeaders, SyslogTransport,
+    WebhookFormat, parse_duration,
+};
+use portcullis_control::config::{
+    from_str, line_of, opt_webhook, otlp_url, relative, secret_headers,
+};
 
 /// The TOML file as written.
 #[derive(Debug, Default, Deserialize)]
@@ -335,109 +344,6 @@ impl Config {
             routes: raw.routes.into_iter().map(routes::route_config).collect(),
         }
     }
-}
-
-/// The 1-based line of the byte offset where `span` starts.
-fn line_of(text: &str, span: std::ops::Range<usize>) -> usize {
-    text[..span.start.min(text.len())].matches('\n').count() + 1
-}
-
-/// `path` relative to the config file's directory `base`, unless absolute.
-fn relative(base: &Path, path: PathBuf) -> PathBuf {
-    if path.is_absolute() {
-        path
-    } else {
-        base.join(path)
-    }
-}
-
-/// Parses `3600`, `90s`, `30m`, `24h`, `7d`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (digits, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => s.split_at(i),
-        None => (s, "s"),
-    };
-    let n: u64 = digits
-        .parse()
-        .map_err(|_| format!("invalid duration `{s}`: use e.g. 3600, 90s, 30m, 24h or 7d"))?;
-    let unit = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => {
-            return Err(format!(
-                "invalid duration `{s}`: use e.g. 3600, 90s, 30m, 24h or 7d"
-            ));
-        }
-    };
-    Ok(Duration::from_secs(n.saturating_mul(unit)))
-}
-
-fn from_str<'de, D, T>(d: D) -> Result<T, D::Error>
-where
-    D: Deserializer<'de>,
-    T: FromStr,
-    T::Err: Display,
-{
-    let s = String::deserialize(d)?;
-    s.parse().map_err(serde::de::Error::custom)
-}
-
-fn opt_webhook<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    let s = String::deserialize(d)?;
-    let uri: http::Uri = s
-        .parse()
-        .map_err(|_| serde::de::Error::custom(format!("invalid webhook URL `{s}`")))?;
-    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
-        return Err(serde::de::Error::custom(format!(
-            "invalid webhook URL `{s}`: use http:// or https://"
-        )));
-    }
-    Ok(Some(s))
-}
-
-/// Static HTTP headers whose values are secrets (API keys, tokens): `Debug`
-/// shows only the names, and the values are marked sensitive for HTTP/2 HPACK.
-#[derive(Clone, Default)]
-pub struct SecretHeaders(pub Vec<(http::HeaderName, http::HeaderValue)>);
-
-impl std::fmt::Debug for SecretHeaders {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.0.iter().map(|(name, _)| format!("{name}: <redacted>")))
-            .finish()
-    }
-}
-
-/// `{endpoint}/v1/{signal}`, the OTLP/HTTP path of a signal.
-fn otlp_url(endpoint: &str, signal: &str) -> Result<http::Uri, String> {
-    let base = endpoint.trim_end_matches('/');
-    if base.contains('?') {
-        return Err(format!(
-            "OTLP endpoint `{endpoint}` must not have a query string"
-        ));
-    }
-    format!("{base}/v1/{signal}")
-        .parse()
-        .map_err(|_| format!("invalid OTLP endpoint `{endpoint}`"))
-}
-
-/// Header names are checked and shown in errors; values are checked but never
-/// shown, since they are usually credentials.
-fn secret_headers(
-    raw: &std::collections::BTreeMap<String, String>,
-) -> Result<SecretHeaders, String> {
-    let mut out = Vec::with_capacity(raw.len());
-    for (name, value) in raw {
-        let name = http::HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("invalid header name `{name}`"))?;
-        let mut value = http::HeaderValue::from_str(value)
-            .map_err(|_| format!("the value of header `{name}` is not a valid header value"))?;
-        value.set_sensitive(true);
-        out.push((name, value));
-    }
-    Ok(SecretHeaders(out))
 }
 
 #[cfg(test)]

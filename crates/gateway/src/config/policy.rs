@@ -5,6 +5,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+pub use portcullis_control::config::PolicyTimeZone;
+
 /// `[policy]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -21,54 +23,6 @@ pub struct RawPolicy {
     /// IANA time zone of `context.time.hour` and `context.time.weekday`, e.g.
     /// `Europe/Berlin` (default `UTC`). `context.time.epoch` is zone-free.
     pub timezone: Option<String>,
-}
-
-/// The time zone policy sees wall-clock time in (`[policy] timezone`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PolicyTimeZone {
-    zone: jiff::tz::TimeZone,
-    name: String,
-}
-
-impl Default for PolicyTimeZone {
-    fn default() -> Self {
-        PolicyTimeZone {
-            zone: jiff::tz::TimeZone::UTC,
-            name: "UTC".into(),
-        }
-    }
-}
-
-impl PolicyTimeZone {
-    /// Looks up an IANA zone name in the system's time zone database.
-    pub fn new(name: &str) -> Result<Self, String> {
-        let zone = jiff::tz::TimeZone::get(name).map_err(|e| {
-            format!("unknown time zone `{name}` ({e}); use an IANA name such as `Europe/Berlin`")
-        })?;
-        Ok(PolicyTimeZone {
-            zone,
-            name: name.to_string(),
-        })
-    }
-
-    /// The zone's name.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    /// Hour and ISO weekday at `epoch` in this zone (daylight saving included).
-    pub fn request_time(&self, epoch: i64) -> portcullis_policy::RequestTime {
-        let utc = portcullis_policy::RequestTime::from_epoch(epoch);
-        let Ok(ts) = jiff::Timestamp::from_second(epoch) else {
-            return utc;
-        };
-        let local = self.zone.to_datetime(ts);
-        portcullis_policy::RequestTime {
-            hour: i64::from(local.hour()),
-            weekday: i64::from(local.weekday().to_monday_one_offset()),
-            epoch,
-        }
-    }
 }
 
 /// Where the policies come from.

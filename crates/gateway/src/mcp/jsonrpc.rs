@@ -10,6 +10,8 @@ use serde_json::{Value, json};
 
 use crate::respond::{Denial, DenialDetail};
 
+pub use portcullis_control::json::canonical;
+
 /// The JSON-RPC error code of every refusal by the gateway (a server error in
 /// the implementation-defined range). The stable Portcullis code is in
 /// `error.data.code`.
@@ -346,31 +348,6 @@ pub fn framing_error(framing: &Framing, request_id: &str) -> Value {
             "data": { "code": framing.code.as_str(), "request_id": request_id },
         },
     })
-}
-
-/// Canonical JSON text: object keys sorted at every level, no whitespace.
-/// Digests of tool definitions are taken over it, so a server that reorders
-/// keys does not look like a changed tool.
-pub fn canonical(value: &Value) -> String {
-    fn sorted(v: &Value) -> Value {
-        match v {
-            Value::Object(map) => {
-                let mut keys: Vec<&String> = map.keys().collect();
-                keys.sort();
-                let mut out = serde_json::Map::new();
-                for k in keys {
-                    out.insert(k.clone(), sorted(&map[k]));
-                }
-                Value::Object(out)
-            }
-            Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
-            other => other.clone(),
-        }
-    }
-    // With serde_json's default (sorted) maps, insertion order is already
-    // sorted; sorting here keeps the digest stable if `preserve_order` is
-    // ever enabled by another crate.
-    sorted(value).to_string()
 }
 
 #[cfg(test)]

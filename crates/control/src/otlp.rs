@@ -388,6 +388,17 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
+/// Whether `s` is a valid trace id: 32 lowercase hex digits, not all zero.
+pub fn is_trace_id(s: &str) -> bool {
+    s.len() == 32 && is_lower_hex(s) && s.bytes().any(|b| b != b'0')
+}
+
+/// Whether `s` holds only lowercase hex digits.
+pub fn is_lower_hex(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

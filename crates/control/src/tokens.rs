@@ -16,20 +16,26 @@ const REPLAY_CAPACITY: usize = 200_000;
 /// Issues and checks access tokens.
 #[derive(Debug)]
 pub struct TokenService {
-    pub(crate) issuer: TokenIssuer,
-    pub(crate) token_url: String,
-    pub(crate) ttl: u64,
-    pub(crate) assertions: ReplayCache,
-    pub(crate) proofs: ReplayCache,
-    pub(crate) trust_domain: String,
+    /// The signer and verifier of access tokens.
+    pub issuer: TokenIssuer,
+    /// The token endpoint URL (the audience of client assertions).
+    pub token_url: String,
+    /// Lifetime of issued tokens (seconds).
+    pub ttl: u64,
+    /// Client assertions seen at the token endpoint.
+    pub assertions: ReplayCache,
+    /// DPoP proofs seen.
+    pub proofs: ReplayCache,
+    /// The agents' SPIFFE trust domain.
+    pub trust_domain: String,
     /// Tokens revoked by `jti` and disabled users.
     pub revocations: Revocations,
     /// External issuers of users' tokens (token exchange).
-    pub(crate) oidc: OidcProviders,
+    pub oidc: OidcProviders,
     /// Longest delegation chain a token exchange may build.
-    pub(crate) max_delegation_depth: u32,
+    pub max_delegation_depth: u32,
     /// The signer of workload posture statements, when configured.
-    pub(crate) posture_attestor: Option<OidcProviders>,
+    pub posture_attestor: Option<OidcProviders>,
 }
 
 impl TokenService {

@@ -316,8 +316,8 @@ impl CallBinding {
         } else {
             serde_json::json!({ "method": method, "name": tool, "arguments": arguments })
         };
-        let digest = BodyDigest::of(crate::mcp::jsonrpc::canonical(&call).as_bytes());
-        let arguments = crate::mcp::jsonrpc::canonical(arguments);
+        let digest = BodyDigest::of(crate::json::canonical(&call).as_bytes());
+        let arguments = crate::json::canonical(arguments);
         let arguments = mask(&arguments)
             .map(|a| shorten(&escape(&a), PREVIEW_BYTES))
             .unwrap_or_else(|| NOT_SHOWN.to_string());

@@ -215,7 +215,7 @@ pub fn log_record(seq: u64, json: &str, observed_unix_nano: &str) -> LogRecord {
         severity_text,
         body: AnyValue::String(json.to_string()),
         attributes,
-        trace_id: if crate::trace::is_trace_id(&r.request_id) {
+        trace_id: if crate::otlp::is_trace_id(&r.request_id) {
             r.request_id.clone()
         } else {
             String::new()

@@ -127,13 +127,64 @@ pub struct ConnectionMetrics {
 
 impl ConnectionMetrics {
     /// Counts a closed (or refused) connection by why it ended.
-    pub fn closed(&self, reason: crate::listener::CloseReason) {
+    pub fn closed(&self, reason: CloseReason) {
         self.closed
             .get_or_create(&CloseLabels {
                 listener: self.listener,
                 reason: reason.as_str(),
             })
             .inc();
+    }
+}
+
+/// Why a connection ended, as the `reason` label of
+/// `portcullis_connections_closed_total`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client or the server ended it normally (including shutdown).
+    Ended,
+    /// The connection ended with a protocol or IO error.
+    Error,
+    /// The TLS handshake failed (bad certificate, not TLS, …).
+    HandshakeFailed,
+    /// The TLS handshake did not finish in time.
+    HandshakeTimeout,
+    /// No request started within the first-request timeout.
+    FirstRequestTimeout,
+    /// Nothing was in flight for the idle timeout.
+    IdleTimeout,
+    /// Request headers were not read in time (HTTP/1.1), or an HTTP/2 ping
+    /// went unanswered.
+    ProtocolTimeout,
+    /// Closed to make room under the per-source cap on unverified connections.
+    EvictedSourceCap,
+    /// Closed to make room under the cap on unverified connections.
+    EvictedUnverifiedCap,
+    /// Closed to make room under `max_connections`.
+    EvictedMaxConnections,
+    /// Refused: every unverified connection from its source was busy.
+    RefusedSourceCap,
+    /// Refused: every unverified connection was busy.
+    RefusedUnverifiedCap,
+}
+
+impl CloseReason {
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Ended => "ended",
+            CloseReason::Error => "error",
+            CloseReason::HandshakeFailed => "handshake_failed",
+            CloseReason::HandshakeTimeout => "handshake_timeout",
+            CloseReason::FirstRequestTimeout => "first_request_timeout",
+            CloseReason::IdleTimeout => "idle_timeout",
+            CloseReason::ProtocolTimeout => "protocol_timeout",
+            CloseReason::EvictedSourceCap => "evicted_source_cap",
+            CloseReason::EvictedUnverifiedCap => "evicted_unverified_cap",
+            CloseReason::EvictedMaxConnections => "evicted_max_connections",
+            CloseReason::RefusedSourceCap => "refused_source_cap",
+            CloseReason::RefusedUnverifiedCap => "refused_unverified_cap",
+        }
     }
 }
 
