@@ -358,10 +358,12 @@ async fn obligations(
             (Subject::Mcp { parts, arguments }, Ask::Mcp { method, target, .. }) => {
                 CallBinding::mcp(hold, route, path, parts, method, target, arguments)
             }
-            (Subject::Llm { parts, body }, Ask::Model { model, .. }) => CallBinding::llm(
+            // The model action (`complete`, `embed`), not the HTTP method:
+            // what a grant from this ticket permits.
+            (Subject::Llm { parts, body }, Ask::Model { action, model }) => CallBinding::llm(
                 hold,
                 route,
-                ex.context.action.as_str(),
+                action.as_str(),
                 path,
                 parts,
                 model,
