@@ -419,3 +419,88 @@ async fn open_breakglass(
     }));
     Ok(json(StatusCode::OK, &view))
 }
+
+#[cfg(test)]
+mod tests {
+    use portcullis_gateway::approvals::{BodyDigest, Hold};
+
+    use super::*;
+
+    #[test]
+    fn a_grant_covers_the_action_and_resource_the_ticket_was_for() {
+        let hold = || Hold {
+            agent: "bot".into(),
+            user: None,
+            policy_version: 1,
+            policy_id: "p".into(),
+            required_by: RequiredBy::Policy,
+        };
+        let (parts, ()) = http::Request::builder()
+            .uri("/x")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let args = serde_json::json!({ "a": 1 });
+        let scope = |b: CallBinding| grant_scope(&b);
+        let pair = |a: &str, r: &str| Some((a.to_string(), r.to_string()));
+        assert_eq!(
+            scope(CallBinding::http(
+                hold(),
+                "bank",
+                "POST",
+                "/bank",
+                &parts,
+                b"{}"
+            )),
+            pair("POST", "bank")
+        );
+        assert_eq!(
+            scope(CallBinding::mcp_tool(
+                hold(),
+                "tools",
+                "/mcp",
+                &parts,
+                "save",
+                &args
+            )),
+            pair("call_tool", "tools/save")
+        );
+        assert_eq!(
+            scope(CallBinding::mcp(
+                hold(),
+                "tools",
+                "/mcp",
+                &parts,
+                "prompts/get",
+                "greet",
+                &args
+            )),
+            pair("get_prompt", "tools/greet")
+        );
+        assert_eq!(
+            scope(CallBinding::llm(
+                hold(),
+                "llm",
+                "embed",
+                "/llm/v1/embeddings",
+                &parts,
+                "e-3",
+                BodyDigest::of(b"{}")
+            )),
+            pair("embed", "llm/e-3")
+        );
+        // A method no one action stands for is refused, never guessed at.
+        assert_eq!(
+            scope(CallBinding::mcp(
+                hold(),
+                "tools",
+                "/mcp",
+                &parts,
+                "completion/complete",
+                "x",
+                &args
+            )),
+            None
+        );
+    }
+}
