@@ -5,11 +5,11 @@
 //! | --- | --- |
 //! | `GET /admin/v1/approvals` | live tickets (pending, approved-unused, denied) |
 //! | `GET /admin/v1/approvals/{id}` | one ticket: the whole bound call (`query`, `headers`, `body_bytes`, `protocol`, `preview` or `tool` and `arguments` or `model`, secrets masked) and a one-line `summary` |
-//! | `POST /admin/v1/approvals/{id}/approve` | approve this exact call once; with `ttl_seconds` (not for tickets behavioral analytics required), also grant the agent the action on the route for that long |
+//! | `POST /admin/v1/approvals/{id}/approve` | approve this exact call once; with `ttl_seconds` (not for tickets behavioral analytics required), also grant the agent that action for that long: the HTTP method on the route, the MCP action on the tool (prompt, resource), `complete`/`embed` on the model |
 //! | `POST /admin/v1/approvals/{id}/deny` | deny it |
 //! | `GET /admin/v1/grants` | live grants |
 //! | `POST /admin/v1/grants/{id}/revoke` | end a grant (or a break-glass) now |
-//! | `POST /admin/v1/breakglass` | emergency: every action on every route for one agent, for a while; two distinct admins' TOTP codes |
+//! | `POST /admin/v1/breakglass` | emergency: every action on every route (its tools, models, …; never a vault secret) for one agent, for a while; two distinct admins' TOTP codes |
 //!
 //! Deciding needs a human admin's fresh TOTP (`X-Portcullis-User`,
 //! `X-Portcullis-TOTP`) once any admin has enrolled. Every decision is
@@ -24,8 +24,9 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use bytes::Bytes;
 use portcullis_audit::Outcome;
-use portcullis_control::approvals::{CallKind, DecideError, RequiredBy};
 use portcullis_core::ErrorCode;
+use portcullis_control::approvals::{CallBinding, CallKind, DecideError, RequiredBy};
+use portcullis_policy::{GrantScope, McpAction, ModelEntity};
 use portcullis_store::GrantRow;
 use serde::Deserialize;
 
@@ -137,13 +138,15 @@ async fn approve(
                 "this ticket was required by behavioral analytics (the agent's risk grade holds each write): approve it without ttl_seconds",
             ));
         }
-        // A grant is a Cedar permit of one HTTP action on one route: it
-        // cannot stand for a tool call or a model call, and would silently
-        // grant nothing (or the wrong thing) there.
-        Some(_) if !matches!(ticket.binding.kind, CallKind::Http { .. }) => {
+        // A grant is a Cedar permit of one action on one resource (a route,
+        // a tool, a model): a ticket that names none cannot be granted.
+        Some(_) if grant_scope(&ticket.binding).is_none() => {
             return Err(call.error(
                 ErrorCode::BadRequest,
-                "a time-boxed grant covers an HTTP route's action; approve MCP and LLM calls one at a time (without ttl_seconds)",
+                format!(
+                    "a `{}` call cannot be granted for a time; approve it without ttl_seconds",
+                    ticket.binding.action
+                ),
             ));
         }
         Some(ttl) if ttl == 0 || ttl > MAX_GRANT => {
@@ -154,13 +157,14 @@ async fn approve(
         }
         Some(ttl) => {
             let now = now_ms();
+            let scope = grant_scope(&ticket.binding).unwrap_or_default();
             Some(GrantRow {
                 id: hex::encode(rand::random::<[u8; 8]>()),
                 kind: "grant".into(),
                 reason: String::new(),
                 agent: ticket.binding.agent.clone(),
-                action: ticket.binding.action.clone(),
-                resource: ticket.binding.resource.clone(),
+                action: scope.0,
+                resource: scope.1,
                 created_ms: now,
                 expires_ms: now + ttl as i64 * 1000,
                 created_by: who.clone(),
@@ -185,6 +189,25 @@ async fn approve(
     }
     tracing::info!(ticket = %decided.id, by = %who, "approval granted");
     Ok(json(StatusCode::OK, &decided.to_json()))
+}
+
+/// What a grant from a ticket permits, as stored: the Cedar action and the
+/// resource as the audit record names it (`<route>`, `<route>/<tool>`,
+/// `<route>/<model>`), checked to be one a snapshot can link.
+fn grant_scope(binding: &CallBinding) -> Option<(String, String)> {
+    let (action, resource) = match &binding.kind {
+        CallKind::Http { .. } => (binding.action.clone(), binding.resource.clone()),
+        CallKind::McpTool { .. } => (
+            McpAction::for_method(&binding.action)?.as_str().to_string(),
+            binding.resource.clone(),
+        ),
+        CallKind::Llm { model } => (
+            binding.action.clone(),
+            ModelEntity::id(&binding.resource, model),
+        ),
+    };
+    GrantScope::parse(&action, &resource)?;
+    Some((action, resource))
 }
 
 async fn deny(
@@ -395,4 +418,89 @@ async fn open_breakglass(
         "grant": view,
     }));
     Ok(json(StatusCode::OK, &view))
+}
+
+#[cfg(test)]
+mod tests {
+    use portcullis_control::approvals::{BodyDigest, Hold};
+
+    use super::*;
+
+    #[test]
+    fn a_grant_covers_the_action_and_resource_the_ticket_was_for() {
+        let hold = || Hold {
+            agent: "bot".into(),
+            user: None,
+            policy_version: 1,
+            policy_id: "p".into(),
+            required_by: RequiredBy::Policy,
+        };
+        let (parts, ()) = http::Request::builder()
+            .uri("/x")
+            .body(())
+            .unwrap()
+            .into_parts();
+        let args = serde_json::json!({ "a": 1 });
+        let scope = |b: CallBinding| grant_scope(&b);
+        let pair = |a: &str, r: &str| Some((a.to_string(), r.to_string()));
+        assert_eq!(
+            scope(CallBinding::http(
+                hold(),
+                "bank",
+                "POST",
+                "/bank",
+                &parts,
+                b"{}"
+            )),
+            pair("POST", "bank")
+        );
+        assert_eq!(
+            scope(CallBinding::mcp_tool(
+                hold(),
+                "tools",
+                "/mcp",
+                &parts,
+                "save",
+                &args
+            )),
+            pair("call_tool", "tools/save")
+        );
+        assert_eq!(
+            scope(CallBinding::mcp(
+                hold(),
+                "tools",
+                "/mcp",
+                &parts,
+                "prompts/get",
+                "greet",
+                &args
+            )),
+            pair("get_prompt", "tools/greet")
+        );
+        assert_eq!(
+            scope(CallBinding::llm(
+                hold(),
+                "llm",
+                "embed",
+                "/llm/v1/embeddings",
+                &parts,
+                "e-3",
+                BodyDigest::of(b"{}")
+            )),
+            pair("embed", "llm/e-3")
+        );
+        // A method no one action stands for is refused, never guessed at.
+        assert_eq!(
+            scope(CallBinding::mcp(
+                hold(),
+                "tools",
+                "/mcp",
+                &parts,
+                "completion/complete",
+                "x",
+                &args
+            )),
+            None
+        );
+    }
 }

@@ -28,8 +28,9 @@ pub enum ApprovalsCommand {
     Approve {
         /// The ticket id.
         id: String,
-        /// Instead of one call, grant the agent this action on this route for
-        /// this long (`15m`, `2h`; at most 24h). Not for tickets behavioral
+        /// Instead of one call, grant the agent this action for this long
+        /// (`15m`, `2h`; at most 24h): the method on the route, the MCP
+        /// action on the tool, `complete`/`embed` on the model. Not for tickets behavioral
         /// analytics required: its hold is lifted call by call.
         #[arg(long, value_parser = crate::commands::parse_ttl)]
         ttl: Option<Duration>,

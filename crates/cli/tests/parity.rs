@@ -37,6 +37,10 @@ const CELLS: &[&str] = &[
     "mfa",
     "redact",
     "shadow decision recorded",
+    "grant --ttl",
+    "break-glass",
+    "vault credential",
+    "capture",
 ];
 
 /// One obligation on the three protocols' permits.
@@ -80,14 +84,18 @@ fn python_with_mcp() -> bool {
 
 /// The MCP server of the guard tests: `save_note` appends what it got to
 /// `notes`, so a test sees whether a tool really ran.
-fn start_mcp() -> (Killed, u16, tempfile::NamedTempFile) {
+fn start_mcp(auth_log: Option<&std::path::Path>) -> (Killed, u16, tempfile::NamedTempFile) {
     let port = free_port();
     let notes = tempfile::NamedTempFile::new().unwrap();
-    let mut py = Command::new("python3")
-        .arg(format!("{MCP_TESTS}/guard_server.py"))
+    let mut py = Command::new("python3");
+    py.arg(format!("{MCP_TESTS}/guard_server.py"))
         .arg(port.to_string())
         .arg(notes.path())
-        .arg("json")
+        .arg("json");
+    if let Some(log) = auth_log {
+        py.arg(log);
+    }
+    let mut py = py
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -124,8 +132,26 @@ struct Rig {
     agent: reqwest::Client,
     session: String,
     notes: tempfile::NamedTempFile,
+    /// The LLM upstream's port (`GET /_seen` lists what it received).
+    llm_port: u16,
+    /// Where the MCP server logs each request's Authorization header, when
+    /// the rig was asked to.
+    mcp_auth: Option<std::path::PathBuf>,
     _upstreams: Vec<Killed>,
+    /// Holds `mcp_auth`; dropped after the upstreams are stopped.
+    _auth_dir: tempfile::TempDir,
 }
+
+/// What a rig's routes carry beyond the defaults: TOML keys added to each of
+/// the three routes, and a vault secret stored before they are served.
+#[derive(Default)]
+struct Extra<'a> {
+    route_keys: &'a str,
+    secret: Option<(&'a str, &'a str)>,
+}
+
+/// A vault KEK for the rigs that need the vault (32 bytes, base64).
+const KEK: &str = "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI=";
 
 /// An answer reduced to what the cells compare: the error code (None when
 /// served), the ticket, and the request id of the record.
@@ -144,20 +170,29 @@ impl Rig {
     /// The call, with an access token (bound to the agent's certificate)
     /// when `bearer` is given, e.g. a delegated one.
     async fn call_as(&self, protocol: Protocol, variant: &str, bearer: Option<&str>) -> Outcome {
+        self.call_by(&self.agent, protocol, variant, bearer).await
+    }
+
+    /// The call made by `agent` (on MCP, in the rig's session, which must
+    /// be the agent's own).
+    async fn call_by(
+        &self,
+        agent: &reqwest::Client,
+        protocol: Protocol,
+        variant: &str,
+        bearer: Option<&str>,
+    ) -> Outcome {
         let auth = |r: reqwest::RequestBuilder| match bearer {
             Some(token) => r.header("authorization", format!("Bearer {token}")),
             None => r,
         };
         match protocol {
             Protocol::Http => {
-                let r = auth(
-                    self.agent
-                        .post(self.server.url(&format!("/api/transfer?to={variant}"))),
-                )
-                .body(format!("{{\"to\":\"{variant}\"}}"))
-                .send()
-                .await
-                .unwrap();
+                let r = auth(agent.post(self.server.url(&format!("/api/transfer?to={variant}"))))
+                    .body(format!("{{\"to\":\"{variant}\"}}"))
+                    .send()
+                    .await
+                    .unwrap();
                 let request_id = support::request_id(&r);
                 if r.status().is_success() {
                     return Outcome {
@@ -174,7 +209,7 @@ impl Rig {
                 }
             }
             Protocol::Llm => {
-                let r = auth(self.agent.post(self.server.url("/llm/v1/chat/completions")))
+                let r = auth(agent.post(self.server.url("/llm/v1/chat/completions")))
                     .json(&json!({
                         "model": "gpt-test",
                         "messages": [{"role": "user", "content": format!("pay {variant}")}],
@@ -258,11 +293,18 @@ async fn rig() -> Option<Rig> {
 
 /// The rig with other policies (which must let `dev` list the MCP tools).
 async fn rig_with(policies: &str) -> Option<Rig> {
+    rig_setup(policies, &Extra::default()).await
+}
+
+/// The rig with other policies and more on its routes.
+async fn rig_setup(policies: &str, extra: &Extra<'_>) -> Option<Rig> {
     support::install_crypto();
     if !tokio::task::block_in_place(python_with_mcp) {
         return None;
     }
-    let (mcp, mcp_port, notes) = tokio::task::block_in_place(start_mcp);
+    let auth_dir = tempfile::tempdir().unwrap();
+    let mcp_auth = (!extra.route_keys.is_empty()).then(|| auth_dir.path().join("mcp-auth"));
+    let (mcp, mcp_port, notes) = tokio::task::block_in_place(|| start_mcp(mcp_auth.as_deref()));
     let (llm, llm_port) = tokio::task::block_in_place(start_llm);
     let (http_upstream, _gate) = support::start_upstream().await;
     let dir = tempfile::tempdir().unwrap();
@@ -279,23 +321,53 @@ async fn rig_with(policies: &str) -> Option<Rig> {
     std::fs::create_dir(&pol).unwrap();
     std::fs::write(pol.join("schema.cedarschema"), SCHEMA).unwrap();
     std::fs::write(pol.join("parity.cedar"), policies).unwrap();
-    let routes = format!(
-        "[policy]\ndir = \"policies\"\n\
-         [[identity.oidc]]\nissuer = \"{IDP}\"\naudience = \"portcullis\"\njwks_file = \"idp.jwks\"\n{}\
-         [[routes]]\nname = \"tools\"\nkind = \"mcp\"\npath_prefix = \"/mcp/tools\"\nupstream = \"http://127.0.0.1:{mcp_port}/mcp\"\nclassification = \"internal\"\n\
-         [[routes]]\nname = \"llm\"\nkind = \"llm\"\npath_prefix = \"/llm\"\nupstream = \"http://127.0.0.1:{llm_port}\"\nclassification = \"internal\"\napi_key_env = \"PARITY_LLM_KEY\"\n\
+    let routes = |keys: &str| {
+        format!(
+            "[policy]\ndir = \"policies\"\n\
+         [[identity.oidc]]\nissuer = \"{IDP}\"\naudience = \"portcullis\"\njwks_file = \"idp.jwks\"\n{}{keys}\
+         [[routes]]\nname = \"tools\"\nkind = \"mcp\"\npath_prefix = \"/mcp/tools\"\nupstream = \"http://127.0.0.1:{mcp_port}/mcp\"\nclassification = \"internal\"\n{keys}\
+         [[routes]]\nname = \"llm\"\nkind = \"llm\"\npath_prefix = \"/llm\"\nupstream = \"http://127.0.0.1:{llm_port}\"\nclassification = \"internal\"\napi_key_env = \"PARITY_LLM_KEY\"\n{keys}\
          [[routes.models]]\nname = \"gpt-test\"\nstatus = \"approved\"\n",
-        support::route(
-            "api",
-            "/api",
-            &format!("http://{http_upstream}"),
-            "internal"
-        ),
-    );
-    let config = support::config(dir.path(), &routes, "");
-    let server = tokio::task::block_in_place(|| {
-        Server::start_with_env(dir, Some(&config), &[("PARITY_LLM_KEY", "sk-parity")])
-    });
+            support::route(
+                "api",
+                "/api",
+                &format!("http://{http_upstream}"),
+                "internal"
+            ),
+        )
+    };
+    let env = [("PARITY_LLM_KEY", "sk-parity"), ("PORTCULLIS_KEK", KEK)];
+    let dir = match extra.secret {
+        None => dir,
+        Some((name, value)) => {
+            // A route may name only a stored secret: store it first, on a
+            // server without the extra keys.
+            let config = support::config(dir.path(), &routes(""), "");
+            let server =
+                tokio::task::block_in_place(|| Server::start_with_env(dir, Some(&config), &env));
+            let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+                .args([
+                    "secret",
+                    "put",
+                    name,
+                    "--from-env",
+                    "PARITY_SECRET",
+                    "--state-dir",
+                ])
+                .arg(server.state_dir())
+                .env("PARITY_SECRET", value)
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            server.into_dir()
+        }
+    };
+    let config = support::config(dir.path(), &routes(extra.route_keys), "");
+    let server = tokio::task::block_in_place(|| Server::start_with_env(dir, Some(&config), &env));
     let (cert, key) = tokio::task::block_in_place(|| server.create_agent("dev-bot", &["dev"]));
     let agent = support::client(&server.ca_pem(), Some((&cert, &key)));
     let init = agent
@@ -322,7 +394,10 @@ async fn rig_with(policies: &str) -> Option<Rig> {
         agent,
         session,
         notes,
+        llm_port,
+        mcp_auth,
         _upstreams: vec![mcp, llm],
+        _auth_dir: auth_dir,
     };
     let r = rig
         .rpc(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
@@ -728,6 +803,373 @@ async fn a_shadow_candidate_is_decided_beside_every_protocol() {
             line.contains("-> shadow deny [default-deny]"),
             "{protocol:?} / shadow decision recorded: {line}"
         );
+    }
+}
+
+/// `portcullis approvals approve <ticket> --ttl <ttl>`; its output.
+fn approve_for(server: &Server, ticket: &str, ttl: &str) -> String {
+    let out = server.cli(&["approvals", "approve", ticket, "--ttl", ttl]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// The deciding policy of a record whose id starts with `prefix`.
+fn policy_with(rec: &Value, prefix: &str) -> Option<String> {
+    rec["policies"]
+        .as_array()?
+        .iter()
+        .filter_map(Value::as_str)
+        .find(|p| p.starts_with(prefix))
+        .map(str::to_string)
+}
+
+/// A forbid by the MCP call's arguments, beside the rig's permits.
+const FORBID_NOTE: &str = r#"
+@id("no-forbidden-note") forbid(principal, action == Action::"call_tool", resource)
+  when { context.args.hasTag("text") && context.args.getTag("text") == "forbidden" };
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_grant_with_a_ttl_permits_its_call_on_every_protocol() {
+    let Some(rig) = rig_with(&format!("{POLICIES}{FORBID_NOTE}")).await else {
+        return;
+    };
+    let mut grants = Vec::new();
+    for protocol in [Protocol::Http, Protocol::Mcp, Protocol::Llm] {
+        let cell = format!("{protocol:?} / grant --ttl");
+        let held = rig.call(protocol, "grant-first").await;
+        assert_eq!(held.code.as_deref(), Some("approval_required"), "{cell}");
+        let out = tokio::task::block_in_place(|| {
+            approve_for(&rig.server, held.ticket.as_deref().unwrap(), "10m")
+        });
+        assert!(out.contains("grant"), "{cell}: {out}");
+        // Another call, which would need a ticket of its own, is allowed by
+        // the grant; the record names it and no ticket.
+        let served = rig.call(protocol, "grant-other").await;
+        assert_eq!(served.code, None, "{cell}: {served:?}");
+        let rec = tokio::task::block_in_place(|| record(&rig.server, &served.request_id));
+        assert_eq!(rec["outcome"], "allow", "{cell}: {rec}");
+        let grant = policy_with(&rec, "grant:").unwrap_or_else(|| panic!("{cell}: {rec}"));
+        assert!(rec["approval_ticket"].is_null(), "{cell}: {rec}");
+        grants.push(grant);
+    }
+    assert!(
+        rig.ran("grant-other"),
+        "Mcp / grant --ttl: the tool did not run"
+    );
+    // The grant is of one tool: another still needs a human.
+    let r = rig
+        .rpc(json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+            "params": {"name": "read_config", "arguments": {}}}))
+        .await;
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["data"]["code"], "approval_required", "{body}");
+    // Of one model action: an embedding is not a completion.
+    let r = rig
+        .agent
+        .post(rig.server.url("/llm/v1/embeddings"))
+        .json(&json!({"model": "gpt-test", "input": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    // A forbid still wins over the grant.
+    let forbidden = rig.call(Protocol::Mcp, "forbidden").await;
+    assert_eq!(
+        forbidden.code.as_deref(),
+        Some("forbidden"),
+        "{forbidden:?}"
+    );
+    let rec = tokio::task::block_in_place(|| record(&rig.server, &forbidden.request_id));
+    assert_eq!(rec["policies"], json!(["no-forbidden-note"]), "{rec}");
+    assert!(!rig.ran("forbidden"));
+    // Revoked: each call needs a human again.
+    for grant in &grants {
+        let out = tokio::task::block_in_place(|| {
+            rig.server
+                .cli(&["grants", "revoke", grant.strip_prefix("grant:").unwrap()])
+        });
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for protocol in [Protocol::Http, Protocol::Mcp, Protocol::Llm] {
+        let held = rig.call(protocol, "grant-after").await;
+        assert_eq!(
+            held.code.as_deref(),
+            Some("approval_required"),
+            "{protocol:?} / grant --ttl: revoked: {held:?}"
+        );
+    }
+}
+
+/// Opens a break-glass for `agent` with two admins' TOTP codes (enrolled
+/// here); returns its policy id, `breakglass:<id>`.
+async fn open_breakglass(server: &Server, agent: &str) -> String {
+    let ok = |out: std::process::Output| {
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let secret_of = |out: &str| {
+        let secret = out
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("TOTP secret (shown once; add it to an authenticator app): ")
+            })
+            .unwrap();
+        portcullis_identity::TotpSecret::from_base32(secret).unwrap()
+    };
+    let alice = secret_of(&ok(server.cli(&["admin", "user", "add", "alice"])));
+    // Alice's earlier code enrols Bob and her current one opens: both must
+    // fall in one ±1 step window.
+    while now() % 30 > 18 {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let earlier = alice.code_at(now() - 30);
+    let bob = secret_of(&ok(server.cli(&[
+        "admin", "user", "add", "bob", "--user", "alice", "--totp", &earlier,
+    ])));
+    let (a, b) = (alice.code_at(now()), bob.code_at(now()));
+    let out = ok(server.cli(&[
+        "breakglass",
+        "open",
+        "--agent",
+        agent,
+        "--reason",
+        "parity INC-1",
+        "--ttl",
+        "30m",
+        "--approver",
+        &format!("alice:{a}"),
+        "--approver",
+        &format!("bob:{b}"),
+    ]));
+    let id = out
+        .lines()
+        .find_map(|l| l.strip_prefix("close it early with `portcullis breakglass close "))
+        .unwrap_or_else(|| panic!("{out}"))
+        .trim_end_matches('`')
+        .to_string();
+    format!("breakglass:{id}")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn break_glass_lets_every_protocol_through_and_marks_it() {
+    // The agent may list the tools and nothing else.
+    let policies = format!(
+        r#"@id("mcp-list") permit(principal in Role::"dev", action == Action::"list_tools", resource == Route::"tools");{FORBID_NOTE}"#
+    );
+    let Some(rig) = rig_with(&policies).await else {
+        return;
+    };
+    for protocol in [Protocol::Http, Protocol::Mcp, Protocol::Llm] {
+        let refused = rig.call(protocol, "before-glass").await;
+        assert_eq!(refused.code.as_deref(), Some("forbidden"), "{protocol:?}");
+    }
+    let mark = open_breakglass(&rig.server, "dev-bot").await;
+    for protocol in [Protocol::Http, Protocol::Mcp, Protocol::Llm] {
+        let cell = format!("{protocol:?} / break-glass");
+        let served = rig.call(protocol, "under-glass").await;
+        assert_eq!(served.code, None, "{cell}: {served:?}");
+        let rec = tokio::task::block_in_place(|| record(&rig.server, &served.request_id));
+        assert_eq!(rec["outcome"], "allow", "{cell}: {rec}");
+        assert_eq!(rec["breakglass"], mark.as_str(), "{cell}: {rec}");
+        assert_eq!(rec["policies"], json!([mark]), "{cell}: {rec}");
+    }
+    assert!(
+        rig.ran("under-glass"),
+        "Mcp / break-glass: the tool did not run"
+    );
+    // Forbids still apply.
+    let forbidden = rig.call(Protocol::Mcp, "forbidden").await;
+    assert_eq!(
+        forbidden.code.as_deref(),
+        Some("forbidden"),
+        "{forbidden:?}"
+    );
+    let rec = tokio::task::block_in_place(|| record(&rig.server, &forbidden.request_id));
+    assert_eq!(rec["policies"], json!(["no-forbidden-note"]), "{rec}");
+    assert!(rec["breakglass"].is_null(), "{rec}");
+    assert!(!rig.ran("forbidden"));
+}
+
+/// The vault secret the vault cell's routes name, and its value.
+const SECRET: (&str, &str) = ("parity-key", "sk-vault-parity-9f3e1d");
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vault_credential_and_capture_work_on_every_protocol() {
+    let policies = format!(
+        r#"{}
+@id("use-key") permit(principal in Role::"dev", action == Action::"use_secret", resource == Secret::"{}");
+@id("no-key") forbid(principal in Role::"keyless", action == Action::"use_secret", resource);
+"#,
+        obliging(""),
+        SECRET.0
+    );
+    let keys = format!(
+        "credential = {{ secret = \"{}\", header = \"Authorization\", format = \"Bearer {{}}\" }}\ncapture = {{ retention = \"1d\" }}\n",
+        SECRET.0
+    );
+    let extra = Extra {
+        route_keys: &keys,
+        secret: Some(SECRET),
+    };
+    let Some(rig) = rig_setup(&policies, &extra).await else {
+        return;
+    };
+    let bearer = format!("Bearer {}", SECRET.1);
+    let mut served = Vec::new();
+    for protocol in [Protocol::Http, Protocol::Mcp, Protocol::Llm] {
+        let cell = format!("{protocol:?} / vault credential");
+        let call = rig.call(protocol, "vaulted").await;
+        assert_eq!(call.code, None, "{cell}: {call:?}");
+        let rec = tokio::task::block_in_place(|| record(&rig.server, &call.request_id));
+        assert_eq!(rec["outcome"], "allow", "{cell}: {rec}");
+        assert!(policy_with(&rec, "use-key").is_some(), "{cell}: {rec}");
+        assert!(!rec.to_string().contains(SECRET.1), "{cell}: {rec}");
+        served.push((protocol, call.request_id));
+    }
+    // What each upstream received: the vault's value, which the agent never
+    // sent. HTTP: the upstream echoes the request's headers.
+    let echo: Value = rig
+        .agent
+        .post(rig.server.url("/api/echo"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        echo["headers"]["authorization"],
+        bearer.as_str(),
+        "Http / vault credential: {echo}"
+    );
+    // MCP: every request to the server carried it, session plumbing too.
+    let log = std::fs::read_to_string(rig.mcp_auth.as_ref().unwrap()).unwrap();
+    assert!(log.lines().count() >= 4, "{log}");
+    assert!(
+        log.lines().all(|l| l.ends_with(&bearer)),
+        "Mcp / vault credential: {log}"
+    );
+    // LLM: the vault's value, not the route's API key.
+    let seen: Value = reqwest::get(format!("http://127.0.0.1:{}/_seen", rig.llm_port))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let last = seen
+        .as_array()
+        .and_then(|s| s.last())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        last["authorization"],
+        bearer.as_str(),
+        "Llm / vault credential: {seen}"
+    );
+
+    // A `use_secret` denial refuses, whatever the route allows.
+    let (cert, key) =
+        tokio::task::block_in_place(|| rig.server.create_agent("keyless-bot", &["dev", "keyless"]));
+    let keyless = support::client(&rig.server.ca_pem(), Some((&cert, &key)));
+    for (protocol, request) in [
+        (
+            "Http",
+            keyless.post(rig.server.url("/api/transfer")).body("{}"),
+        ),
+        (
+            "Mcp",
+            keyless
+                .post(rig.server.url("/mcp/tools"))
+                .header("accept", "application/json, text/event-stream")
+                .header("mcp-protocol-version", "2025-06-18")
+                .json(
+                    &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                    "protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": {"name": "parity", "version": "1"}}}),
+                ),
+        ),
+        (
+            "Llm",
+            keyless
+                .post(rig.server.url("/llm/v1/chat/completions"))
+                .json(
+                    &json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}),
+                ),
+        ),
+    ] {
+        let r = request.send().await.unwrap();
+        let request_id = support::request_id(&r);
+        let (status, e) = support::error_of(r).await;
+        assert_eq!(
+            (status, e["code"].as_str()),
+            (403, Some("forbidden")),
+            "{protocol} / vault credential: refused: {e}"
+        );
+        let rec = tokio::task::block_in_place(|| record(&rig.server, &request_id));
+        assert_eq!(rec["outcome"], "deny", "{protocol}: {rec}");
+        assert!(policy_with(&rec, "no-key").is_some(), "{protocol}: {rec}");
+    }
+
+    // Capture: each served call's exchange is sealed under its record's id
+    // and opened by `portcullis capture show`.
+    for (protocol, request_id) in served {
+        let mut shown = None;
+        for _ in 0..100 {
+            let out =
+                tokio::task::block_in_place(|| rig.server.cli(&["capture", "show", &request_id]));
+            if out.status.success() {
+                shown = Some(String::from_utf8(out.stdout).unwrap());
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let shown: Value = serde_json::from_str(
+            &shown.unwrap_or_else(|| panic!("{protocol:?} / capture: nothing stored")),
+        )
+        .unwrap();
+        use base64::Engine;
+        let decode = |field: &str| {
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(shown[field].as_str().unwrap_or_default())
+                .unwrap();
+            String::from_utf8_lossy(&bytes).to_string()
+        };
+        assert!(
+            decode("request_base64").contains("vaulted"),
+            "{protocol:?} / capture: {shown}"
+        );
+        assert!(
+            !decode("response_base64").is_empty(),
+            "{protocol:?} / capture: {shown}"
+        );
+        // The sealed request body is what went upstream; the credential
+        // travels in a header, never in it.
+        assert!(
+            !decode("request_base64").contains(SECRET.1),
+            "{protocol:?} / capture"
+        );
+        let rec = tokio::task::block_in_place(|| record(&rig.server, &request_id));
+        assert_eq!(rec["request_id"], request_id.as_str(), "{rec}");
     }
 }
 

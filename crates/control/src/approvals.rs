@@ -229,7 +229,8 @@ pub struct CallBinding {
     pub agent: String,
     /// The delegating user, if any.
     pub user: Option<String>,
-    /// The HTTP method (`tools/call` for an MCP tool call).
+    /// The HTTP method (the JSON-RPC method of an MCP message, `complete`
+    /// or `embed` for an LLM call).
     pub action: String,
     /// The route (`<route>/<tool>` for an MCP tool call).
     pub resource: String,
@@ -340,7 +341,7 @@ impl CallBinding {
         )
     }
 
-    /// A completion or embedding (`action` is the HTTP method) of `model` on
+    /// A completion or embedding (`action`: `complete` or `embed`) of `model` on
     /// the LLM route `route`, bound to the body as the client sent it.
     pub fn llm(
         hold: Hold,

@@ -82,6 +82,23 @@ impl CaptureHandle {
     }
 }
 
+/// The capture of one request on `route`, when the route captures
+/// (`[routes.capture]`) and the vault's capture writer runs; every protocol
+/// starts it just before the upstream call.
+pub fn for_route(
+    route: &crate::config::RouteConfig,
+    sink: Option<&CaptureSink>,
+    request_id: &portcullis_core::RequestId,
+) -> Option<CaptureHandle> {
+    let (config, sink) = (route.capture?, sink?);
+    Some(CaptureHandle::new(
+        request_id.as_str(),
+        &route.name,
+        config,
+        sink.clone(),
+    ))
+}
+
 /// A body that feeds a capture, or passes through when there is none.
 #[derive(Debug)]
 pub struct TapBody<B> {

@@ -11,8 +11,8 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use portcullis_identity::{CertRejection, ClientCertChecker, PeerCertificate};
 use portcullis_policy::{
-    AgentEntity, Authorizer, EntityError, GrantEntity, GrantScope, HttpAction, ModelEntity,
-    PolicyBundle, RouteEntity, SourceIp,
+    AgentEntity, Authorizer, EntityError, GrantEntity, GrantScope, ModelEntity, PolicyBundle,
+    RouteEntity, SourceIp,
 };
 use portcullis_store::{Store, StoreError};
 use portcullis_vault::{CaptureSink, Vault};
@@ -784,10 +784,7 @@ async fn build_snapshot(
         .filter_map(|g| {
             let scope = match g.kind.as_str() {
                 "breakglass" => GrantScope::BreakGlass,
-                _ => GrantScope::Call {
-                    action: HttpAction::from_method(&g.action)?,
-                    route: g.resource,
-                },
+                _ => GrantScope::parse(&g.action, &g.resource)?,
             };
             Some(GrantEntity {
                 id: g.id,

@@ -28,6 +28,9 @@ pub struct Authorizer {
     policies: PolicySet,
     /// When each grant (by policy id) lapses, epoch seconds.
     grant_expiry: HashMap<String, i64>,
+    /// The bundle's policies plus each grant's static twin: what the
+    /// per-action slices of MCP and model decisions are cut from.
+    with_grants: PolicySet,
     pub(crate) entities: Entities,
     pub(crate) index: ScopeIndex,
     actions: [EntityUid; 6],
@@ -93,11 +96,19 @@ impl Authorizer {
             .iter()
             .map(|r| (r.name.clone(), uid(&route_type, &r.name)))
             .collect();
-        let (policies, indexed, grant_expiry) =
-            crate::grants::link(&bundle.policies, grants, &actions, &agent_type, &route_type)?;
+        let (policies, indexed, grant_expiry) = crate::grants::link(
+            &bundle.policies,
+            grants,
+            &crate::grants::GrantTypes {
+                actions: &actions,
+                agent: &agent_type,
+                route: &route_type,
+            },
+        )?;
         let index = ScopeIndex::new(&indexed, &entities, &agent_uids, &actions, &route_uids);
+        // A secret is never granted: `use_secret` is decided by the bundle.
         let secret = crate::secret::SecretAuthz::new(&bundle, &entities)?;
-        let mcp = crate::mcp::McpAuthz::new(&bundle, &entities)?;
+        let mcp = crate::mcp::McpAuthz::new(&bundle, &indexed, &entities)?;
         let user_type = bundle
             .schema
             .entity_types()
@@ -116,6 +127,7 @@ impl Authorizer {
             model: None,
             policies,
             grant_expiry,
+            with_grants: indexed,
             bundle,
             entities,
             index,
@@ -232,7 +244,10 @@ impl Authorizer {
     /// actions in the schema: denied, with the reason in [`Decision::errors`].
     pub fn decide_mcp(&self, request: &crate::McpRequest<'_>) -> Decision {
         match &self.mcp {
-            Some(m) => m.decide(&self.cedar, &self.entities, request),
+            Some(m) => self.without_lapsed_grants(
+                m.decide(&self.cedar, &self.entities, request),
+                request.time.epoch,
+            ),
             None => denied_with_error(
                 "the policy schema has no MCP actions (`Action::\"call_tool\"` …)".to_string(),
             ),
@@ -245,7 +260,10 @@ impl Authorizer {
     #[doc(hidden)]
     pub fn decide_mcp_unsliced(&self, request: &crate::McpRequest<'_>) -> Decision {
         match &self.mcp {
-            Some(m) => m.decide_unsliced(&self.cedar, &self.entities, request),
+            Some(m) => self.without_lapsed_grants(
+                m.decide_unsliced(&self.cedar, &self.entities, request),
+                request.time.epoch,
+            ),
             None => Decision::default_deny(),
         }
     }
@@ -270,7 +288,8 @@ impl Authorizer {
             .iter()
             .map(|m| (m.route.clone(), m.name.clone()))
             .collect();
-        self.model = crate::model::ModelAuthz::new(&self.bundle, &self.entities)?;
+        self.model =
+            crate::model::ModelAuthz::new(&self.bundle, &self.with_grants, &self.entities)?;
         Ok(self)
     }
 
@@ -301,11 +320,28 @@ impl Authorizer {
     /// [`Decision::errors`].
     pub fn decide_model(&self, request: &crate::ModelRequest<'_>) -> Decision {
         match &self.model {
-            Some(m) => m.decide(&self.cedar, &self.entities, request),
+            Some(m) => self.without_lapsed_grants(
+                m.decide(&self.cedar, &self.entities, request),
+                request.time.epoch,
+            ),
             None => denied_with_error(format!(
                 "the policy schema has no `Action::\"{}\"` on `Model`",
                 request.action.as_str()
             )),
+        }
+    }
+
+    /// [`Authorizer::decide_model`] with every policy of the action,
+    /// bypassing the scope slice (and the memo). For tests that check the
+    /// slice changes nothing but the cost.
+    #[doc(hidden)]
+    pub fn decide_model_unsliced(&self, request: &crate::ModelRequest<'_>) -> Decision {
+        match &self.model {
+            Some(m) => self.without_lapsed_grants(
+                m.decide_unsliced(&self.cedar, &self.entities, request),
+                request.time.epoch,
+            ),
+            None => Decision::default_deny(),
         }
     }
 

@@ -81,8 +81,34 @@ impl McpAction {
         }
     }
 
+    /// The action whose Cedar id is `name` (`call_tool`, …).
+    pub fn from_name(name: &str) -> Option<McpAction> {
+        McpAction::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+
+    /// The action a JSON-RPC method is decided as, for the methods that
+    /// name one action (`tools/call`, `prompts/get`, the lists, …).
+    pub fn for_method(method: &str) -> Option<McpAction> {
+        Some(match method {
+            "tools/call" => McpAction::CallTool,
+            "tools/list" => McpAction::ListTools,
+            "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
+                McpAction::ReadResource
+            }
+            "resources/list" | "resources/templates/list" => McpAction::ListResources,
+            "prompts/get" => McpAction::GetPrompt,
+            "prompts/list" => McpAction::ListPrompts,
+            _ => return None,
+        })
+    }
+
+    /// Whether the resource is the route itself (the list actions).
+    pub fn on_route(self) -> bool {
+        self.resource_type() == "Route"
+    }
+
     /// The entity type of the resource: a route for the list actions.
-    fn resource_type(self) -> &'static str {
+    pub(crate) fn resource_type(self) -> &'static str {
         match self {
             McpAction::CallTool => "Tool",
             McpAction::ReadResource => "McpResource",
@@ -155,8 +181,10 @@ pub(crate) struct McpAuthz {
 }
 
 impl McpAuthz {
+    /// `policies` are the bundle's plus the grants' static twins.
     pub(crate) fn new(
         bundle: &PolicyBundle,
+        policies: &PolicySet,
         entities: &Entities,
     ) -> Result<Option<Self>, EntityError> {
         let parse = |t: &str| {
@@ -188,7 +216,7 @@ impl McpAuthz {
                     crate::decide::SCHEMA_HINT
                 ))
             })?;
-            let candidates = ActionPolicies::for_action(&bundle.policies, entities, &uid);
+            let candidates = ActionPolicies::for_action(policies, entities, &uid);
             let mut lineage = vec![uid.clone()];
             if let Some(ancestors) = schema_actions.ancestors(&uid) {
                 lineage.extend(ancestors.cloned());

@@ -56,6 +56,11 @@ pub enum ModelAction {
 impl ModelAction {
     const ALL: [ModelAction; 2] = [ModelAction::Complete, ModelAction::Embed];
 
+    /// The action whose Cedar id is `name` (`complete`, `embed`).
+    pub fn from_name(name: &str) -> Option<ModelAction> {
+        ModelAction::ALL.into_iter().find(|a| a.as_str() == name)
+    }
+
     /// The Cedar action id.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -170,8 +175,10 @@ impl ModelAuthz {
     /// `None` when the schema has no `complete`/`embed` actions (a schema
     /// written before the LLM adapter): routes of `kind = "llm"` then fail at
     /// start.
+    /// `policies` are the bundle's plus the grants' static twins.
     pub(crate) fn new(
         bundle: &PolicyBundle,
+        policies: &cedar_policy::PolicySet,
         entities: &Entities,
     ) -> Result<Option<Self>, EntityError> {
         if !schema_supports_models(&bundle.schema) {
@@ -185,7 +192,7 @@ impl ModelAuthz {
             let uid: EntityUid = format!("Action::\"{}\"", action.as_str())
                 .parse()
                 .map_err(|e: cedar_policy::ParseErrors| EntityError::new(e.to_string()))?;
-            let candidates = ActionPolicies::for_action(&bundle.policies, entities, &uid);
+            let candidates = ActionPolicies::for_action(policies, entities, &uid);
             Ok(ActionAuthz { uid, candidates })
         };
         let authz = ModelAuthz {
@@ -299,6 +306,26 @@ impl ModelAuthz {
                     crate::decide::to_decision(&response)
                 }
             })
+    }
+
+    /// Decides with every policy of the action, bypassing the scope slice
+    /// and the memo.
+    pub(crate) fn decide_unsliced(
+        &self,
+        cedar: &cedar_policy::Authorizer,
+        entities: &Entities,
+        r: &ModelRequest<'_>,
+    ) -> Decision {
+        match self.request(r, None) {
+            Err(e) => Decision {
+                errors: vec![e],
+                ..Decision::default_deny()
+            },
+            Ok(request) => {
+                let policies = self.actions[r.action.index()].candidates.all();
+                crate::decide::to_decision(&cedar.is_authorized(&request, &policies, entities))
+            }
+        }
     }
 
     /// The permits of `complete` or `embed` that could allow `agent` a model

@@ -179,3 +179,139 @@ proptest! {
         }
     }
 }
+
+const TOOLS: usize = 3;
+
+fn protocol_policy() -> impl Strategy<Value = String> {
+    let resource = prop_oneof![
+        Just("resource".to_string()),
+        (0..ROUTES).prop_map(|r| format!("resource in Route::\"s{r}\"")),
+        (0..TOOLS).prop_map(|t| format!("resource == Tool::\"s0/t{t}\"")),
+        (0..TOOLS).prop_map(|t| format!("resource == Model::\"s1/m{t}\"")),
+    ];
+    let action = prop_oneof![
+        Just("action == Action::\"call_tool\"".to_string()),
+        Just("action == Action::\"complete\"".to_string()),
+        Just("action in [Action::\"complete\", Action::\"embed\"]".to_string()),
+    ];
+    (any::<bool>(), principal(), action, resource, condition()).prop_map(|(permit, p, a, r, c)| {
+        // `resource` conditions only where every resource has the attribute.
+        let c = if c.contains("resource.tags") {
+            String::new()
+        } else {
+            c
+        };
+        format!(
+            "{}({p}, {a}, {r}){c};",
+            if permit { "permit" } else { "forbid" }
+        )
+    })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+    /// The same for MCP tool calls and model calls, whose candidate slices
+    /// hold the grants' static twins: a tool or a model granted, or
+    /// break-glass.
+    #[test]
+    fn sliced_tool_and_model_decisions_equal_full_set_decisions(
+        policies in prop::collection::vec(protocol_policy(), 1..16),
+        grants in prop::collection::vec((0..AGENTS, 0..3usize, 0..TOOLS, 0..2_000i64), 0..8),
+        requests in prop::collection::vec((0..AGENTS + 1, any::<bool>(), 0..TOOLS + 1, 0..2_000i64), 1..30),
+    ) {
+        use portcullis_policy::{McpAction, McpRequest, ModelAction, ModelEntity, ModelRequest};
+        let text: String = policies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| format!("@id(\"p{i}\") {p}\n"))
+            .collect();
+        let sources = PolicySources {
+            origin: PathBuf::from("/prop"),
+            schema: DEFAULT_SCHEMA.to_string(),
+            files: vec![("p.cedar".into(), text)],
+        };
+        let bundle = Arc::new(PolicyBundle::compile(&sources).unwrap());
+        let agents: Vec<AgentEntity> = (0..AGENTS)
+            .map(|a| AgentEntity {
+                name: format!("a{a}"),
+                roles: vec![format!("r{}", a % ROLES)],
+            })
+            .collect();
+        let routes: Vec<RouteEntity> = (0..ROUTES)
+            .map(|r| RouteEntity {
+                name: format!("s{r}"),
+                classification: Classification::Internal,
+                owner: String::new(),
+                tags: Vec::new(),
+            })
+            .collect();
+        let grants: Vec<GrantEntity> = grants
+            .iter()
+            .enumerate()
+            .map(|(i, (a, kind, t, expires))| GrantEntity {
+                id: format!("g{i}"),
+                agent: format!("a{a}"),
+                scope: match kind {
+                    0 => GrantScope::parse("call_tool", &format!("s0/t{t}")).unwrap(),
+                    1 => GrantScope::parse("complete", &format!("s1/m{t}")).unwrap(),
+                    _ => GrantScope::BreakGlass,
+                },
+                expires_epoch: 1_700_000_000 + expires,
+            })
+            .collect();
+        let models: Vec<ModelEntity> = (0..TOOLS)
+            .map(|m| ModelEntity {
+                route: "s1".into(),
+                name: format!("m{m}"),
+                version: String::new(),
+                status: String::new(),
+                classification: Classification::Internal,
+            })
+            .collect();
+        let authz = Authorizer::with_grants(bundle, &agents, &routes, &grants)
+            .unwrap()
+            .with_models(&models)
+            .unwrap();
+        let ip = SourceIp::new([127, 0, 0, 1].into());
+        let caller = CallerFacts::mtls();
+        for _ in 0..2 {
+            for (a, tool, t, at) in &requests {
+                let agent = format!("a{a}");
+                let time = RequestTime::from_epoch(1_700_000_000 + at);
+                if *tool {
+                    let target = format!("t{t}");
+                    let r = McpRequest {
+                        agent: &agent,
+                        action: McpAction::CallTool,
+                        route: "s0",
+                        classification: Classification::Internal,
+                        method: "tools/call",
+                        target: &target,
+                        args: &[],
+                        path: "/x",
+                        content: Content::NOT_SCANNED,
+                        source_ip: &ip,
+                        time,
+                        caller: &caller,
+                    };
+                    prop_assert_eq!(authz.decide_mcp(&r), authz.decide_mcp_unsliced(&r));
+                } else {
+                    let model = format!("m{t}");
+                    let r = ModelRequest {
+                        agent: &agent,
+                        action: ModelAction::Complete,
+                        route: "s1",
+                        model: &model,
+                        method: HttpAction::Post,
+                        path: "/x",
+                        source_ip: &ip,
+                        time,
+                        content: Content::NOT_SCANNED,
+                        caller: &caller,
+                    };
+                    prop_assert_eq!(authz.decide_model(&r), authz.decide_model_unsliced(&r));
+                }
+            }
+        }
+    }
+}

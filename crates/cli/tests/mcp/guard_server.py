@@ -3,7 +3,11 @@ guard tests: `fetch_page` returns a page carrying a prompt injection,
 `read_config` a result carrying a secret, and `save_note` appends the text it
 received to a file, so the test sees what reached the server.
 
-usage: guard_server.py PORT NOTES_FILE json|sse
+usage: guard_server.py PORT NOTES_FILE json|sse [AUTH_FILE]
+
+With AUTH_FILE, each HTTP request's method and Authorization header ("-"
+when none) are appended to it, so a test sees the credential the gateway
+placed.
 """
 
 import sys
@@ -13,6 +17,7 @@ from mcp.server.mcpserver import MCPServer
 PORT = int(sys.argv[1])
 NOTES = sys.argv[2]
 JSON = sys.argv[3] == "json"
+AUTH = sys.argv[4] if len(sys.argv) > 4 else None
 
 server = MCPServer("guarded")
 
@@ -41,4 +46,18 @@ def save_note(text: str) -> str:
 
 
 if __name__ == "__main__":
-    server.run("streamable-http", host="127.0.0.1", port=PORT, json_response=JSON)
+    if AUTH is None:
+        server.run("streamable-http", host="127.0.0.1", port=PORT, json_response=JSON)
+    else:
+        import uvicorn
+
+        app = server.streamable_http_app(json_response=JSON)
+
+        async def logged(scope, receive, send):
+            if scope["type"] == "http":
+                auth = dict(scope["headers"]).get(b"authorization", b"-").decode()
+                with open(AUTH, "a", encoding="utf-8") as f:
+                    f.write(f"{scope['method']} {auth}\n")
+            await app(scope, receive, send)
+
+        uvicorn.run(logged, host="127.0.0.1", port=PORT, log_level="warning")

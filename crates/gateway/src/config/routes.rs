@@ -503,9 +503,13 @@ pub(super) fn validate(
                         route.name.get_ref()
                     ));
                 }
-                if route.capture.is_some() || route.credential.is_some() {
+                // A stdio server gets no HTTP request to carry a credential
+                // or to capture.
+                if matches!(route.upstream, Upstream::Stdio { .. })
+                    && (route.capture.is_some() || route.credential.is_some())
+                {
                     return Err(format!(
-                        "line {line}, route `{}`: `[routes.capture]` and `[routes.credential]` are not available on MCP routes yet",
+                        "line {line}, route `{}`: `[routes.capture]` and `[routes.credential]` need an http(s) MCP server, not a `stdio:` one",
                         route.name.get_ref()
                     ));
                 }
@@ -810,14 +814,15 @@ mod tests {
             ),
             "m:/m:internal:Block/Redact",
         );
-        check(
-            &route(
-                "mcp",
-                "http://x/mcp",
-                "[routes.capture]\nretention = \"1d\"\nmax_bytes = 1024\n",
-            ),
-            "`[routes.capture]` and `[routes.credential]` are not available on MCP routes yet",
-        );
+        let capture = "[routes.capture]\nretention = \"1d\"\nmax_bytes = 1024\n";
+        let credential = "credential = { secret = \"k\", header = \"Authorization\" }\n";
+        for extra in [capture, credential] {
+            check(&route("mcp", "http://x/mcp", extra), "ok ");
+            check(
+                &route("mcp", "stdio:node server.js", extra),
+                "need an http(s) MCP server, not a `stdio:` one",
+            );
+        }
         check(
             &route("llm", "stdio:node server.js", ""),
             "`stdio:` upstreams are for `kind = \"mcp\"` routes",

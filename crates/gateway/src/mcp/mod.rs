@@ -62,7 +62,7 @@ use crate::pipeline::contain;
 use crate::pipeline::contextualize::RequestContext;
 use crate::pipeline::decide;
 use crate::pipeline::decode::{DecodedRequest, read_whole};
-use crate::pipeline::inspect::GuardState;
+use crate::pipeline::inspect::{ContentFacts, GuardState};
 use crate::respond::{Denial, ResponseBody, full};
 use crate::state::{Gateway, Snapshot};
 
@@ -310,7 +310,7 @@ pub async fn serve(
             }
             let deleting = decoded.parts.method == Method::DELETE;
             session_allowed(ex.recorder, &asker);
-            let response = upstream(ex, &asker, decoded).await?;
+            let response = upstream(ex, &asker, decoded, Content::NOT_SCANNED).await?;
             if deleting && response.status().is_success() {
                 if let Some(id) = &session {
                     mcp.sessions.end(id);
@@ -392,6 +392,9 @@ async fn post(
     // as inspect-in reads an HTTP body before authorize.
     let guard = asker.guard();
     let mut audited = Vec::new();
+    // What the guard found in the messages that go on: `context.content`
+    // of the `use_secret` decision for the route's credential.
+    let mut forwarded = ContentFacts::default();
     for i in 0..body.messages.len() {
         let scanned = guard.and_then(|state| {
             guard::scan_request(
@@ -511,6 +514,9 @@ async fn post(
             }
             Ok(allowed) => redact |= allowed.redact,
         }
+        if let Some(scanned) = &scanned {
+            merge_facts(&mut forwarded, &scanned.facts);
+        }
         if action == McpAction::ListTools {
             list_ids.push(id.clone());
         }
@@ -590,7 +596,7 @@ async fn post(
             };
             let upstream_body =
                 Bytes::from(text.map_err(|_| Denial::new(ErrorCode::Internal, "internal error"))?);
-            forward_http(ex, asker, parts, upstream_body).await?
+            forward_http(ex, asker, parts, upstream_body, forwarded.as_policy()).await?
         }
     };
     if redact && !redactable(&response) {
@@ -615,12 +621,26 @@ async fn post(
     .await
 }
 
+/// What the guard found in a message, added to what it found in the others
+/// of the request: the highest score, every finding.
+fn merge_facts(all: &mut ContentFacts, one: &ContentFacts) {
+    all.scanned |= one.scanned;
+    all.injection_score = all.injection_score.max(one.injection_score);
+    all.injection_flagged |= one.injection_flagged;
+    for finding in &one.findings {
+        if !all.findings.contains(finding) {
+            all.findings.push(finding);
+        }
+    }
+}
+
 /// Forwards the allowed messages to a Streamable HTTP server.
 async fn forward_http(
     ex: &mut decide::Exchange<'_>,
     asker: &Asker,
     mut parts: http::request::Parts,
     upstream_body: Bytes,
+    content: Content<'_>,
 ) -> Result<Response<ResponseBody>, Denial> {
     // The guard (and the tools/list filter) read the answers: they must come
     // back uncompressed. JSON-RPC answers are small; nothing is lost.
@@ -638,7 +658,7 @@ async fn forward_http(
             query: asker.context.query.clone(),
         },
     };
-    upstream(ex, asker, decoded).await
+    upstream(ex, asker, decoded, content).await
 }
 
 /// What the gateway merges into an upstream answer.
@@ -736,12 +756,22 @@ async fn answer(
     Ok(response)
 }
 
-/// Sends a request upstream through the shared forwarder.
+/// Sends a request upstream through the shared forwarder, with the route's
+/// vault credential (one `use_secret` decision per request to the server,
+/// `content` what the guard found in the messages it carries) and payload
+/// capture.
 async fn upstream(
     ex: &mut decide::Exchange<'_>,
     asker: &Asker,
     decoded: DecodedRequest,
+    content: Content<'_>,
 ) -> Result<Response<ResponseBody>, Denial> {
+    let injected = decide::credential(ex, content)?;
+    let capture = crate::capture::for_route(
+        &asker.context.route,
+        asker.gateway.captures.as_ref(),
+        ex.request_id,
+    );
     let recorder = &mut *ex.recorder;
     let traceparent = recorder.traceparent();
     let t = Instant::now();
@@ -756,12 +786,14 @@ async fn upstream(
                 request_id: ex.request_id,
                 remote: ex.conn.remote,
                 meter: ex.meter,
-                injected: None,
-                capture: None,
+                injected: injected.as_ref(),
+                capture,
                 traceparent,
             },
         )
         .await;
+    // The decrypted value is not needed past the request head.
+    drop(injected);
     let elapsed = t.elapsed();
     asker.gateway.metrics.stage(Stage::Forward, elapsed);
     recorder.trace_stage(Stage::Forward, t, elapsed);

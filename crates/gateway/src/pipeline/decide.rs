@@ -14,6 +14,7 @@
 //!              redact (handed on; refused when no redactor can honour it)
 //! budget       an LLM call's request and token windows ([routes.budget])
 //! inject       the route's vault credential: `use_secret`, then the value
+//!              (an MCP route's: per request to its server, see `credential`)
 //! ```
 //!
 //! **Architecture Invariant:** a protocol adapter never asks Cedar itself and
@@ -358,10 +359,12 @@ async fn obligations(
             (Subject::Mcp { parts, arguments }, Ask::Mcp { method, target, .. }) => {
                 CallBinding::mcp(hold, route, path, parts, method, target, arguments)
             }
-            (Subject::Llm { parts, body }, Ask::Model { model, .. }) => CallBinding::llm(
+            // The model action (`complete`, `embed`), not the HTTP method:
+            // what a grant from this ticket permits.
+            (Subject::Llm { parts, body }, Ask::Model { action, model }) => CallBinding::llm(
                 hold,
                 route,
-                ex.context.action.as_str(),
+                action.as_str(),
                 path,
                 parts,
                 model,
@@ -390,7 +393,12 @@ async fn obligations(
         gate?;
     }
     let budget = admit_budget(ex, call)?;
-    let injected = inject_credential(ex, call)?;
+    let injected = match call.ask {
+        // An MCP route's credential goes on each request to its server,
+        // plumbing included: decided per upstream request (`mcp::upstream`).
+        Ask::Mcp { .. } => None,
+        Ask::Route | Ask::Model { .. } => credential(ex, call.content)?,
+    };
     Ok(Allowed {
         policy_ids: decision.policy_ids.clone(),
         redact: obligations.redact,
@@ -428,30 +436,25 @@ fn admit_budget(
     Ok(Some(counters))
 }
 
-/// The route's vault credential: policy's second question (`use_secret`),
-/// then the value from the vault's memory. Last, so no secret is decrypted
-/// for a call that is refused or still waits for a human.
-fn inject_credential(
+/// The route's vault credential: policy's second question (`use_secret`,
+/// with `content` as `context.content`), then the value from the vault's
+/// memory. Last, so no secret is decrypted for a call that is refused or
+/// still waits for a human. The record gets the deciding policies and, when
+/// no secret may be used, the denial.
+pub fn credential(
     ex: &mut Exchange<'_>,
-    call: &Call<'_>,
+    content: Content<'_>,
 ) -> Result<Option<crate::pipeline::inject::Injected>, Denial> {
     let Some(credential) = &ex.context.route.credential else {
         return Ok(None);
     };
-    if let Ask::Mcp { .. } = call.ask {
-        // Refused at start-up; never served without it either.
-        return Err(unsupported(
-            "credential",
-            "MCP routes take no vault credential",
-        ));
-    }
     let t = Instant::now();
     let choice = crate::pipeline::inject::authorize(
         &ex.snapshot.authorizer,
         ex.identity,
         ex.context,
         &ex.conn.source_ip,
-        call.content,
+        content,
         credential,
     );
     {

@@ -167,15 +167,7 @@ pub async fn run(
         body: request_body(body),
         target,
     };
-    let capture = match (&route.capture, &gateway.captures) {
-        (Some(config), Some(sink)) => Some(crate::capture::CaptureHandle::new(
-            request_id.as_str(),
-            &route.name,
-            *config,
-            sink.clone(),
-        )),
-        _ => None,
-    };
+    let capture = crate::capture::for_route(route, gateway.captures.as_ref(), request_id);
     let traceparent = ex.recorder.traceparent();
     let t = Instant::now();
     let response = gateway

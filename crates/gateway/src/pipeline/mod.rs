@@ -377,15 +377,7 @@ async fn run(
     // The vault credential decide chose and fetched, if the route has one.
     let mut allowed = allowed;
     let injected = allowed.injected.take();
-    let capture = match (&context.route.capture, &gateway.captures) {
-        (Some(config), Some(sink)) => Some(crate::capture::CaptureHandle::new(
-            request_id.as_str(),
-            &context.route.name,
-            *config,
-            sink.clone(),
-        )),
-        _ => None,
-    };
+    let capture = crate::capture::for_route(&context.route, gateway.captures.as_ref(), request_id);
 
     let traceparent = recorder.traceparent();
     let t = Instant::now();
