@@ -13,6 +13,7 @@ pub mod attempts;
 pub mod audit_export;
 pub mod audit_sink;
 pub mod body;
+pub mod buffers;
 pub mod capture;
 pub mod checkpointer;
 pub mod config;

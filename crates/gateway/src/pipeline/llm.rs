@@ -41,7 +41,8 @@ use crate::llm::stream::{Charge, Dlp, SseBody, process_json};
 use crate::metrics::Stage;
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contextualize::RequestContext;
-use crate::pipeline::decode::{DecodedRequest, read_whole};
+use crate::buffers;
+use crate::pipeline::decode::{Buffered, DecodedRequest, read_whole};
 use crate::pipeline::inspect::ContentFacts;
 use crate::pipeline::{authorize, decide};
 use crate::respond::{Denial, ResponseBody, full};
@@ -91,8 +92,10 @@ pub async fn run(
         body,
         target,
     } = decoded;
-    let bytes = read_whole(body, gateway.limits.max_body_bytes, meter).await?;
+    let Buffered { bytes, mut lease } = read_whole(body, &gateway.limits, meter).await?;
     let request_bytes = bytes.len() as u64;
+    // The parsed copy is leased too, before it is made.
+    lease.grow(buffers::json_cost(&bytes))?;
     let mut call = api::parse(&bytes, llm.budget.is_limited())?;
     drop(bytes);
     ex.recorder.record().resource =
@@ -127,6 +130,10 @@ pub async fn run(
     // What is decided, approved and forwarded is this one serialization of
     // the call (after redaction), computed once.
     let body = Bytes::from(call.body.to_string());
+    // From here on the serialization is the call: the parsed copy goes, and
+    // only the bytes forwarded stay leased.
+    call.body = serde_json::Value::Null;
+    lease.shrink_to(body.len() as u64);
     let allowed = decide::decide(
         ex,
         decide::Call {
@@ -164,7 +171,7 @@ pub async fn run(
     parts.headers.remove(header::ACCEPT_ENCODING);
     let request = DecodedRequest {
         parts,
-        body: request_body(body),
+        body: Buffered::into_body(body, lease),
         target,
     };
     let capture = match (&route.capture, &gateway.captures) {
@@ -335,12 +342,6 @@ async fn read_answer(mut body: ResponseBody, max: u64) -> Result<Bytes, String> 
         }
     }
     Ok(out.freeze())
-}
-
-fn request_body(bytes: Bytes) -> crate::pipeline::decode::RequestBody {
-    http_body_util::Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed_unsync()
 }
 
 /// The content guard on each text of the request, on its channel (tool
