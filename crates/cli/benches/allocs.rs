@@ -120,6 +120,17 @@ fn main() {
     let config = dir.path().join("portcullis.toml");
     let (addr, shutdown) = start_in_process(&config, &state);
     let bare = support::start_bare_proxy(upstream);
+    // What the process allocates with no request in flight (timers, the
+    // analytics' and the store's background work), per second: subtracted
+    // from each window below in proportion to its length. Measured before
+    // the child is told where the proxies are: from then on it connects and
+    // warms up the bare proxy, which runs in this process.
+    let idle_before = GLOBAL.stats();
+    let idle_started = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let idle_after = GLOBAL.stats();
+    let idle_secs = idle_started.elapsed().as_secs_f64();
+    let idle_rate = |after: usize, before: usize| (after - before) as f64 / idle_secs;
     writeln!(
         to_child,
         "{n} {addr} {bare} {} {}",
@@ -128,15 +139,6 @@ fn main() {
     )
     .unwrap();
 
-    // What the process allocates with no request in flight (timers, the
-    // analytics' and the store's background work), per second: subtracted
-    // from each window below in proportion to its length.
-    let idle_before = GLOBAL.stats();
-    let idle_started = Instant::now();
-    std::thread::sleep(Duration::from_secs(3));
-    let idle_after = GLOBAL.stats();
-    let idle_secs = idle_started.elapsed().as_secs_f64();
-    let idle_rate = |after: usize, before: usize| (after - before) as f64 / idle_secs;
     let background = (
         idle_rate(idle_after.allocations, idle_before.allocations),
         idle_rate(idle_after.reallocations, idle_before.reallocations),

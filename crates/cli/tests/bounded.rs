@@ -3,6 +3,7 @@
 //! whole (LLM, MCP, guard-inspected HTTP) are refused with 503 `server_busy`
 //! while others hold the budget, the process lives on, and the budget comes
 //! back when they end.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod support;
 
@@ -15,8 +16,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_rustls::client::TlsStream;
 
 use support::{Server, config, install_crypto, route, start_upstream, tls_config};
-
-const MIB: usize = 1 << 20;
 
 const POLICIES: &str = r#"
 @id("users-all") permit(principal in Role::"user", action, resource);
@@ -40,7 +39,9 @@ struct Held {
 impl Held {
     async fn open(server: &Server, tls: rustls::ClientConfig, path: &str, body: String) -> Held {
         let connector = tokio_rustls::TlsConnector::from(Arc::new(tls));
-        let tcp = tokio::net::TcpStream::connect(server.gateway).await.unwrap();
+        let tcp = tokio::net::TcpStream::connect(server.gateway)
+            .await
+            .unwrap();
         let mut tls = connector
             .connect("localhost".try_into().unwrap(), tcp)
             .await
@@ -107,8 +108,7 @@ async fn a_spent_buffer_budget_refuses_with_server_busy_and_comes_back() {
     let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
         .await
         .unwrap();
-    let (cert, key) =
-        tokio::task::block_in_place(|| server.create_agent("writer", &["user"]));
+    let (cert, key) = tokio::task::block_in_place(|| server.create_agent("writer", &["user"]));
     let tls = tls_config(&server.ca_pem(), Some((&cert, &key)));
     // HTTP/2, so a request refused before its body was read still reads
     // its answer (the gateway drains the upload).
@@ -130,12 +130,26 @@ async fn a_spent_buffer_budget_refuses_with_server_busy_and_comes_back() {
     let size = 1900 * 1024;
 
     // Before: a large completion goes through.
-    let r = post("/llm/v1/chat/completions", big_body(size)).await.unwrap();
+    let r = post("/llm/v1/chat/completions", big_body(size))
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 
     // Two completions hold 2 × 1.9 MiB of the 6 MiB, waiting for their bodies.
-    let first = Held::open(&server, tls.clone(), "/llm/v1/chat/completions", big_body(size)).await;
-    let second = Held::open(&server, tls.clone(), "/llm/v1/chat/completions", big_body(size)).await;
+    let first = Held::open(
+        &server,
+        tls.clone(),
+        "/llm/v1/chat/completions",
+        big_body(size),
+    )
+    .await;
+    let second = Held::open(
+        &server,
+        tls.clone(),
+        "/llm/v1/chat/completions",
+        big_body(size),
+    )
+    .await;
 
     // A third large body, on every kind of route that reads bodies whole, is
     // refused at once (its parsed copy cannot be had), not made to wait.
@@ -158,7 +172,10 @@ async fn a_spent_buffer_budget_refuses_with_server_busy_and_comes_back() {
                 .map(|v| v.to_str().unwrap().to_string());
             let v: Value = r.json().await.unwrap_or_default();
             if status == 503 || Instant::now() > deadline {
-                assert!(t.elapsed() < Duration::from_secs(5), "{path}: refused quickly");
+                assert!(
+                    t.elapsed() < Duration::from_secs(5),
+                    "{path}: refused quickly"
+                );
                 break (status, retry_after, v["error"].clone());
             }
             // The held requests' leases may not be taken yet.
@@ -201,7 +218,10 @@ async fn a_spent_buffer_budget_refuses_with_server_busy_and_comes_back() {
                     .unwrap();
                 let status = r.status().as_u16();
                 let v: Value = r.json().await.unwrap_or_default();
-                (status, v["error"]["code"].as_str().unwrap_or("").to_string())
+                (
+                    status,
+                    v["error"]["code"].as_str().unwrap_or("").to_string(),
+                )
             })
         })
         .collect();
@@ -216,7 +236,9 @@ async fn a_spent_buffer_budget_refuses_with_server_busy_and_comes_back() {
     // After: the budget is whole again (three full leases in a row would not
     // fit in 6 MiB if any had leaked) and the process is alive.
     for _ in 0..3 {
-        let r = post("/llm/v1/chat/completions", big_body(size)).await.unwrap();
+        let r = post("/llm/v1/chat/completions", big_body(size))
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     }
     let mut server = server;

@@ -96,7 +96,9 @@ impl Lease {
         if wanted > max {
             return Err(Denial::new(
                 ErrorCode::PayloadTooLarge,
-                format!("the request body would take more than the {max} bytes the gateway buffers"),
+                format!(
+                    "the request body would take more than the {max} bytes the gateway buffers"
+                ),
             ));
         }
         self.budget

@@ -56,13 +56,13 @@ use portcullis_policy::{Content, McpAction, SourceIp};
 use serde_json::Value;
 
 use crate::body::{BodyMeter, Recorder};
+use crate::buffers;
 use crate::config::Upstream;
 use crate::metrics::Stage;
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contain;
 use crate::pipeline::contextualize::RequestContext;
 use crate::pipeline::decide;
-use crate::buffers;
 use crate::pipeline::decode::{Buffered, DecodedRequest, RequestBody, read_whole};
 use crate::pipeline::inspect::GuardState;
 use crate::respond::{Denial, ResponseBody, full};

@@ -167,7 +167,10 @@ pub async fn read_whole(
 ) -> Result<Buffered, Denial> {
     let mut lease = limits.buffers.lease();
     // The metered body has already refused a length over the limit.
-    let announced = body.size_hint().exact().filter(|n| *n <= limits.max_body_bytes);
+    let announced = body
+        .size_hint()
+        .exact()
+        .filter(|n| *n <= limits.max_body_bytes);
     if let Some(n) = announced {
         lease.grow(n)?;
     }

@@ -28,8 +28,8 @@ use portcullis_guard::{Channel, Guard, Report};
 use portcullis_policy::Content;
 
 use crate::body::BodyMeter;
-use crate::config::{DlpAction, InjectionAction, RouteConfig};
 use crate::buffers;
+use crate::config::{DlpAction, InjectionAction, RouteConfig};
 use crate::pipeline::decode::{Buffered, DecodedRequest, Limits, read_whole};
 use crate::respond::Denial;
 
@@ -146,7 +146,14 @@ pub async fn run(
     let Buffered { bytes, mut lease } = read_whole(body, limits, meter).await?;
     let Ok(text) = std::str::from_utf8(&bytes) else {
         let body = Buffered::into_body(bytes, lease);
-        return Ok((DecodedRequest { parts, body, target }, ContentFacts::default()));
+        return Ok((
+            DecodedRequest {
+                parts,
+                body,
+                target,
+            },
+            ContentFacts::default(),
+        ));
     };
 
     let json: Option<serde_json::Value> = if is_json(content_type.as_ref()) {
@@ -183,7 +190,14 @@ pub async fn run(
     // Only the body that goes on stays leased.
     lease.shrink_to(bytes.len() as u64);
     let body = Buffered::into_body(bytes, lease);
-    Ok((DecodedRequest { parts, body, target }, facts))
+    Ok((
+        DecodedRequest {
+            parts,
+            body,
+            target,
+        },
+        facts,
+    ))
 }
 
 pub(crate) fn is_dlp_kind(kind: &str) -> bool {

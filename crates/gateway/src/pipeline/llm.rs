@@ -34,6 +34,7 @@ use portcullis_core::{ErrorCode, RequestId};
 use portcullis_policy::{Content, ModelAction};
 
 use crate::body::{BodyMeter, Recorder};
+use crate::buffers;
 use crate::config::DlpAction;
 use crate::llm::api::{self, Endpoint};
 use crate::llm::config::LlmConfig;
@@ -41,7 +42,6 @@ use crate::llm::stream::{Charge, Dlp, SseBody, process_json};
 use crate::metrics::Stage;
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contextualize::RequestContext;
-use crate::buffers;
 use crate::pipeline::decode::{Buffered, DecodedRequest, read_whole};
 use crate::pipeline::inspect::ContentFacts;
 use crate::pipeline::{authorize, decide};
