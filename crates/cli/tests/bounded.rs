@@ -69,6 +69,19 @@ impl Held {
     }
 }
 
+/// A client on its own HTTP/2 connection, so a request refused before its
+/// body was read still reads its answer (the gateway drains the upload).
+fn h2_client(tls: &rustls::ClientConfig) -> reqwest::Client {
+    let mut h2 = tls.clone();
+    h2.alpn_protocols = vec![b"h2".to_vec()];
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(h2)
+        .http2_prior_knowledge()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
 fn setup(dir: &Path, upstream: std::net::SocketAddr) -> std::path::PathBuf {
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).unwrap();
@@ -110,16 +123,7 @@ async fn a_spent_buffer_budget_refuses_with_server_busy_and_comes_back() {
         .unwrap();
     let (cert, key) = tokio::task::block_in_place(|| server.create_agent("writer", &["user"]));
     let tls = tls_config(&server.ca_pem(), Some((&cert, &key)));
-    // HTTP/2, so a request refused before its body was read still reads
-    // its answer (the gateway drains the upload).
-    let mut h2 = tls.clone();
-    h2.alpn_protocols = vec![b"h2".to_vec()];
-    let client = reqwest::Client::builder()
-        .tls_backend_preconfigured(h2)
-        .http2_prior_knowledge()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap();
+    let client = h2_client(&tls);
     let post = |path: &'static str, body: String| {
         client
             .post(server.url(path))
@@ -201,15 +205,7 @@ async fn a_spent_buffer_budget_refuses_with_server_busy_and_comes_back() {
             let tls = tls.clone();
             let url = server.url("/llm/v1/chat/completions");
             tokio::spawn(async move {
-                let mut h2 = tls;
-                h2.alpn_protocols = vec![b"h2".to_vec()];
-                let client = reqwest::Client::builder()
-                    .tls_backend_preconfigured(h2)
-                    .http2_prior_knowledge()
-                    .timeout(Duration::from_secs(30))
-                    .build()
-                    .unwrap();
-                let r = client
+                let r = h2_client(&tls)
                     .post(url)
                     .header("content-type", "application/json")
                     .body(big_body(size))

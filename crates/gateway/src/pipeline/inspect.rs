@@ -144,16 +144,14 @@ pub async fn run(
     }
 
     let Buffered { bytes, mut lease } = read_whole(body, limits, meter).await?;
+    // The body that goes on holds the lease until it is dropped.
+    let rebuild = |parts, bytes, lease| DecodedRequest {
+        parts,
+        body: Buffered::into_body(bytes, lease),
+        target,
+    };
     let Ok(text) = std::str::from_utf8(&bytes) else {
-        let body = Buffered::into_body(bytes, lease);
-        return Ok((
-            DecodedRequest {
-                parts,
-                body,
-                target,
-            },
-            ContentFacts::default(),
-        ));
+        return Ok((rebuild(parts, bytes, lease), ContentFacts::default()));
     };
 
     let json: Option<serde_json::Value> = if is_json(content_type.as_ref()) {
@@ -189,15 +187,7 @@ pub async fn run(
     };
     // Only the body that goes on stays leased.
     lease.shrink_to(bytes.len() as u64);
-    let body = Buffered::into_body(bytes, lease);
-    Ok((
-        DecodedRequest {
-            parts,
-            body,
-            target,
-        },
-        facts,
-    ))
+    Ok((rebuild(parts, bytes, lease), facts))
 }
 
 pub(crate) fn is_dlp_kind(kind: &str) -> bool {
