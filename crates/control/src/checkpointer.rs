@@ -224,6 +224,14 @@ impl Checkpointer {
     /// returns the latest checkpoint. Refuses while the log is halted, and
     /// halts it when the stored log no longer matches the last checkpoint.
     pub async fn sign_now(&self) -> Result<Option<StoredCheckpoint>, CheckpointerError> {
+        self.sign_if_grown().await?;
+        Ok(self.store.latest_checkpoint().await?)
+    }
+
+    /// [`Self::sign_now`] without reading the latest checkpoint back: the
+    /// timer's tick, which would otherwise query the store every interval
+    /// of an idle gateway for nothing.
+    async fn sign_if_grown(&self) -> Result<(), CheckpointerError> {
         let mut state = self.state.lock().await;
         if let Some(reason) = self.sink.halted() {
             return Err(CheckpointerError::Halted(reason));
@@ -260,7 +268,7 @@ impl Checkpointer {
             state.signed = head.size;
             self.export(&mut state, &stored.note).await;
         }
-        Ok(self.store.latest_checkpoint().await?)
+        Ok(())
     }
 
     /// Signs every `interval` while the log grows, until `stop` turns true.
@@ -277,14 +285,14 @@ impl Checkpointer {
                     _ = ticker.tick() => {}
                     _ = stop.changed() => {
                         // A last checkpoint over everything written before exit.
-                        match self.sign_now().await {
+                        match self.sign_if_grown().await {
                             Ok(_) | Err(CheckpointerError::Halted(_)) => {}
                             Err(e) => tracing::error!(error = %e, "final checkpoint failed"),
                         }
                         return;
                     }
                 }
-                match self.sign_now().await {
+                match self.sign_if_grown().await {
                     // Said once, loudly, when the log was halted.
                     Ok(_) | Err(CheckpointerError::Halted(_)) => {}
                     Err(e) => tracing::error!(error = %e, "checkpoint failed"),

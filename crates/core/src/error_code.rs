@@ -122,6 +122,10 @@ pub enum ErrorCode {
     /// Too many failed TOTP codes or client assertions for this principal or
     /// source: back off (or wait out the lockout) as `Retry-After` says.
     TooManyAttempts,
+    /// The gateway's budget of buffered request bodies (`[limits]
+    /// max_buffered_bytes`) is spent; the request was refused at once, without
+    /// waiting for room, and may be retried shortly.
+    ServerBusy,
 }
 
 impl ErrorCode {
@@ -173,6 +177,7 @@ impl ErrorCode {
             ErrorCode::ObligationUnsupported => "obligation_unsupported",
             ErrorCode::StreamRevoked => "stream_revoked",
             ErrorCode::TooManyAttempts => "too_many_attempts",
+            ErrorCode::ServerBusy => "server_busy",
         }
     }
 
@@ -223,7 +228,8 @@ impl ErrorCode {
             ErrorCode::Unavailable
             | ErrorCode::AuditUnavailable
             | ErrorCode::VaultUnavailable
-            | ErrorCode::SecretUnavailable => 503,
+            | ErrorCode::SecretUnavailable
+            | ErrorCode::ServerBusy => 503,
         }
     }
 }
@@ -280,6 +286,7 @@ mod tests {
             ErrorCode::McpBadArgument,
             ErrorCode::StreamRevoked,
             ErrorCode::TooManyAttempts,
+            ErrorCode::ServerBusy,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {

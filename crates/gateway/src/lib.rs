@@ -11,6 +11,7 @@
 
 pub mod anonymous;
 pub mod body;
+pub mod buffers;
 pub mod capture;
 pub mod config;
 pub mod demo_upstream;

@@ -364,6 +364,7 @@ impl Gateway {
             limits: Limits {
                 max_body_bytes: config.max_body_bytes,
                 strip_request_headers: config.strip_request_headers.clone(),
+                buffers: crate::buffers::BufferBudget::new(config.max_buffered_bytes),
             },
             routes: RouteTable::new(&config.routes),
             forwarder: Forwarder::new(

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::gateway::{DEFAULT_MAX_CONNECTIONS, RawGateway};
+use crate::buffers::DEFAULT_MAX_BUFFERED_BYTES;
 
 /// Default request body limit: 10 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
@@ -20,6 +21,10 @@ pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
 pub struct RawLimits {
     /// Largest accepted request body in bytes (default 10 MiB).
     pub max_body_bytes: Option<u64>,
+    /// Request bytes the whole process may hold buffered at once, parsed
+    /// copies included (default 64 MiB, or twice `max_body_bytes` when
+    /// larger; at least twice `max_body_bytes`).
+    pub max_buffered_bytes: Option<u64>,
     /// Milliseconds to wait for an upstream's response head (default 30000).
     pub upstream_timeout_ms: Option<u64>,
     /// Milliseconds a client may take for the TLS handshake (default 10000).
@@ -95,12 +100,31 @@ pub(super) fn attempt_policy(limits: &RawLimits) -> crate::attempts::AttemptPoli
     out
 }
 
-/// Checks that the body limit is non-zero.
+/// Checks that the body limit is non-zero and that the buffer budget holds
+/// one body of the largest size and its parsed copy.
 pub(super) fn check_max_body(limits: &RawLimits) -> Result<(), String> {
     if limits.max_body_bytes == Some(0) {
         return Err("key `limits.max_body_bytes`: must be greater than 0".into());
     }
+    let body = limits.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+    if let Some(budget) = limits.max_buffered_bytes
+        && budget < body.saturating_mul(2)
+    {
+        return Err(format!(
+            "key `limits.max_buffered_bytes`: must be at least twice `limits.max_body_bytes` ({body})"
+        ));
+    }
     Ok(())
+}
+
+/// The process-wide budget of buffered request bytes: the key, else the
+/// default or twice the body limit, whichever is larger (checked in
+/// `parse`).
+pub(super) fn max_buffered_bytes(limits: &RawLimits) -> u64 {
+    limits.max_buffered_bytes.unwrap_or_else(|| {
+        let body = limits.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        DEFAULT_MAX_BUFFERED_BYTES.max(body.saturating_mul(2))
+    })
 }
 
 /// Checks that the upstream timeout is non-zero.
@@ -199,8 +223,31 @@ mod tests {
     }
 
     #[test]
+    fn the_buffer_budget_defaults_to_64_mib_or_one_largest_body() {
+        let parse = |text: &str| {
+            Config::parse(text, Path::new("/etc/p/portcullis.toml"))
+                .unwrap()
+                .max_buffered_bytes
+        };
+        assert_eq!(parse(""), 64 << 20);
+        assert_eq!(parse("[limits]\nmax_body_bytes = 67108864\n"), 128 << 20);
+        assert_eq!(
+            parse("[limits]\nmax_body_bytes = 1024\nmax_buffered_bytes = 4096\n"),
+            4096
+        );
+    }
+
+    #[test]
     fn invalid_limits() {
         check("[limits]\nmax_body_bytes = 0\n", "limits.max_body_bytes");
+        check(
+            "[limits]\nmax_body_bytes = 2048\nmax_buffered_bytes = 4095\n",
+            "key `limits.max_buffered_bytes`: must be at least twice `limits.max_body_bytes` (2048)",
+        );
+        check(
+            "[limits]\nmax_buffered_bytes = 1024\n",
+            "must be at least twice `limits.max_body_bytes` (10485760)",
+        );
         check(
             "[limits]\nfirst_request_timeout_ms = 0\n",
             "key `limits.first_request_timeout_ms`: must be greater than 0",

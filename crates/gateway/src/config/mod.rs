@@ -143,6 +143,8 @@ pub struct Config {
     pub approvals_webhook: Option<http::Uri>,
     /// Request body limit.
     pub max_body_bytes: u64,
+    /// The process-wide budget of request bytes buffered whole.
+    pub max_buffered_bytes: u64,
     /// Upstream response-head timeout.
     pub upstream_timeout: Duration,
     /// Database URL, when not the default file in the state directory.
@@ -335,6 +337,7 @@ impl Config {
                 .and_then(|z| PolicyTimeZone::new(z).ok())
                 .unwrap_or_default(),
             max_body_bytes: raw.limits.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            max_buffered_bytes: limits::max_buffered_bytes(&raw.limits),
             upstream_timeout: Duration::from_millis(
                 raw.limits
                     .upstream_timeout_ms

@@ -48,20 +48,22 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full};
+use http_body::Body as _;
+use http_body_util::BodyExt;
 use portcullis_audit::Outcome;
 use portcullis_core::{ErrorCode, RequestId};
 use portcullis_policy::{Content, McpAction, SourceIp};
 use serde_json::Value;
 
 use crate::body::{BodyMeter, Recorder};
+use crate::buffers;
 use crate::config::Upstream;
 use crate::metrics::Stage;
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contain;
 use crate::pipeline::contextualize::RequestContext;
 use crate::pipeline::decide;
-use crate::pipeline::decode::{DecodedRequest, read_whole};
+use crate::pipeline::decode::{Buffered, DecodedRequest, RequestBody, read_whole};
 use crate::pipeline::inspect::{ContentFacts, GuardState};
 use crate::respond::{Denial, ResponseBody, full};
 use crate::state::{Gateway, Snapshot};
@@ -364,8 +366,13 @@ async fn post(
 ) -> Result<Response<ResponseBody>, Denial> {
     let (request_id, meter) = (ex.request_id, ex.meter);
     let DecodedRequest { parts, body, .. } = decoded;
-    let bytes = read_whole(body, asker.gateway.limits.max_body_bytes, meter).await?;
-    let mut body = match jsonrpc::parse(&bytes) {
+    let Buffered { bytes, mut lease } = read_whole(body, &asker.gateway.limits, meter).await?;
+    // The parsed copy is leased too, before it is made.
+    lease.grow(buffers::json_cost(&bytes))?;
+    let parsed = jsonrpc::parse(&bytes);
+    // Decided and forwarded from here on is the parsed form, never the bytes.
+    drop(bytes);
+    let mut body = match parsed {
         Ok(body) => body,
         Err(framing) => {
             ex.recorder.record().error_code = Some(framing.code.as_str().into());
@@ -484,7 +491,7 @@ async fn post(
             .filter(|state| *state != PinState::Approved);
         // What a human approves is the tool and its canonical arguments:
         // the ones policy decided on and the server receives.
-        let bound = arguments.clone().unwrap_or(Value::Null);
+        let bound = arguments.as_ref().unwrap_or(&Value::Null);
         described.get_or_insert((method.to_string(), resource));
         let decided = decide::decide(
             ex,
@@ -502,7 +509,7 @@ async fn post(
             },
             decide::Subject::Mcp {
                 parts: &parts,
-                arguments: &bound,
+                arguments: bound,
             },
         )
         .await;
@@ -596,7 +603,19 @@ async fn post(
             };
             let upstream_body =
                 Bytes::from(text.map_err(|_| Denial::new(ErrorCode::Internal, "internal error"))?);
-            forward_http(ex, asker, parts, upstream_body, forwarded.as_policy()).await?
+            // The serialization is what goes on: the parsed copy goes, and
+            // only the bytes forwarded stay leased.
+            drop(kept);
+            body.messages = Vec::new();
+            lease.shrink_to(upstream_body.len() as u64);
+            forward_http(
+                ex,
+                asker,
+                parts,
+                Buffered::into_body(upstream_body, lease),
+                forwarded.as_policy(),
+            )
+            .await?
         }
     };
     if redact && !redactable(&response) {
@@ -639,19 +658,20 @@ async fn forward_http(
     ex: &mut decide::Exchange<'_>,
     asker: &Asker,
     mut parts: http::request::Parts,
-    upstream_body: Bytes,
+    upstream_body: RequestBody,
     content: Content<'_>,
 ) -> Result<Response<ResponseBody>, Denial> {
     // The guard (and the tools/list filter) read the answers: they must come
     // back uncompressed. JSON-RPC answers are small; nothing is lost.
     parts.headers.remove(header::ACCEPT_ENCODING);
-    parts.headers.insert(
-        header::CONTENT_LENGTH,
-        HeaderValue::from(upstream_body.len()),
-    );
+    if let Some(length) = upstream_body.size_hint().exact() {
+        parts
+            .headers
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+    }
     let decoded = DecodedRequest {
         parts,
-        body: request_body(upstream_body),
+        body: upstream_body,
         // The forwarder reads the path and query from the context.
         target: crate::target::CanonicalTarget {
             path: asker.context.path.clone(),
@@ -889,13 +909,6 @@ async fn merge_json(
         .headers
         .insert(header::CONTENT_LENGTH, HeaderValue::from(text.len()));
     Ok(Response::from_parts(parts, full(text)))
-}
-
-/// A buffered request body in the pipeline's body type.
-fn request_body(bytes: Bytes) -> crate::pipeline::decode::RequestBody {
-    Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed_unsync()
 }
 
 /// Reads a whole body of at most `limit` bytes; `None` when it fails or is longer.

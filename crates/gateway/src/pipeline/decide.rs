@@ -39,7 +39,7 @@ use crate::metrics::Stage;
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contain::{self, Writes};
 use crate::pipeline::contextualize::RequestContext;
-use crate::pipeline::decode::{DecodedRequest, read_whole};
+use crate::pipeline::decode::{Buffered, DecodedRequest, read_whole};
 use crate::pipeline::{approve, authorize};
 use crate::respond::{Denial, DenialDetail};
 use crate::state::{ConnectionState, Gateway, Snapshot};
@@ -342,7 +342,8 @@ async fn obligations(
         let binding = match (subject, call.ask) {
             (Subject::Request(request), _) => {
                 let body = std::mem::replace(&mut request.body, empty_body());
-                let bytes = read_whole(body, ex.gateway.limits.max_body_bytes, ex.meter).await?;
+                let Buffered { bytes, lease } =
+                    read_whole(body, &ex.gateway.limits, ex.meter).await?;
                 let binding = CallBinding::http(
                     hold,
                     route,
@@ -351,9 +352,7 @@ async fn obligations(
                     &request.parts,
                     &bytes,
                 );
-                request.body = Full::new(bytes)
-                    .map_err(|never| match never {})
-                    .boxed_unsync();
+                request.body = Buffered::into_body(bytes, lease);
                 binding
             }
             (Subject::Mcp { parts, arguments }, Ask::Mcp { method, target, .. }) => {

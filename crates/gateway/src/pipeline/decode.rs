@@ -19,16 +19,18 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header::HeaderName;
 use http::{HeaderMap, Request, Uri, Version, header};
 use hyper::body::Incoming;
 use portcullis_core::ErrorCode;
 
 use crate::audit_sink::AuditSink;
-use http_body_util::BodyExt;
+use http_body::Body as _;
+use http_body_util::{BodyExt, Full};
 
 use crate::body::{BodyMeter, BoxError, DrainOnDrop, MeteredBody};
+use crate::buffers::{BufferBudget, Lease, LeasedBody};
 use crate::respond::Denial;
 use crate::target::CanonicalTarget;
 
@@ -43,6 +45,8 @@ pub struct Limits {
     pub max_body_bytes: u64,
     /// Further client headers to drop (`[gateway] strip_request_headers`).
     pub strip_request_headers: Vec<HeaderName>,
+    /// The process-wide budget of request bytes buffered whole.
+    pub buffers: Arc<BufferBudget>,
 }
 
 /// A request body on its way upstream: the client's, metered as it streams,
@@ -132,22 +136,71 @@ pub(crate) fn head(
     Ok(target)
 }
 
+/// A request body read whole, with the share of the process-wide buffer
+/// budget it holds: drop the lease only with the last copy of the body.
+#[derive(Debug)]
+pub struct Buffered {
+    /// The body.
+    pub bytes: Bytes,
+    /// Its share of `[limits] max_buffered_bytes`.
+    pub lease: Lease,
+}
+
+impl Buffered {
+    /// `bytes` (the body, or what a stage made of it) as a request body that
+    /// holds `lease` until the forwarder is done with it.
+    pub fn into_body(bytes: Bytes, lease: Lease) -> RequestBody {
+        LeasedBody::new(Full::new(bytes), lease)
+            .map_err(|never| match never {})
+            .boxed_unsync()
+    }
+}
+
 /// Reads a request body whole, within [`BODY_READ_TIMEOUT`]: the one way a
-/// stage buffers a body.
+/// stage buffers a body. Each byte is leased from the process-wide budget
+/// before it is kept (all of an announced length up front), so a spent
+/// budget refuses the request at once, `server_busy`, without waiting.
 pub async fn read_whole(
     body: RequestBody,
-    limit: u64,
+    limits: &Limits,
     meter: &Arc<BodyMeter>,
-) -> Result<Bytes, Denial> {
-    match tokio::time::timeout(BODY_READ_TIMEOUT, body.collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(_)) if meter.exceeded.load(std::sync::atomic::Ordering::Relaxed) => {
-            Err(too_large(limit))
+) -> Result<Buffered, Denial> {
+    let mut lease = limits.buffers.lease();
+    // The metered body has already refused a length over the limit.
+    let announced = body
+        .size_hint()
+        .exact()
+        .filter(|n| *n <= limits.max_body_bytes);
+    if let Some(n) = announced {
+        lease.grow(n)?;
+    }
+    let unreadable = || {
+        if meter.exceeded.load(std::sync::atomic::Ordering::Relaxed) {
+            too_large(limits.max_body_bytes)
+        } else {
+            Denial::new(ErrorCode::BadRequest, "the request body could not be read")
         }
-        Ok(Err(_)) => Err(Denial::new(
-            ErrorCode::BadRequest,
-            "the request body could not be read",
-        )),
+    };
+    let read = async {
+        let mut body = body;
+        // One buffer of the announced size: no second copy when the frames
+        // are joined.
+        let mut out = BytesMut::with_capacity(announced.unwrap_or(0) as usize);
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(|_| unreadable())?.into_data() else {
+                continue;
+            };
+            let wanted = (out.len() + data.len()) as u64;
+            if wanted > lease.held() {
+                lease.grow(wanted - lease.held())?;
+            }
+            out.extend_from_slice(&data);
+        }
+        Ok(out.freeze())
+    };
+    match tokio::time::timeout(BODY_READ_TIMEOUT, read).await {
+        Ok(Ok(bytes)) => Ok(Buffered { bytes, lease }),
+        Ok(Err(denial)) => Err(denial),
         Err(_) => Err(Denial::new(
             ErrorCode::BadRequest,
             "the request body did not arrive in time",

@@ -458,7 +458,7 @@ mod tests {
         let routes = RouteTable::for_tests(&["/", "/api", "/api/admin", "/api/internal"]);
         let limits = decode::Limits {
             max_body_bytes: 1024,
-            strip_request_headers: Vec::new(),
+            ..Default::default()
         };
         let mut rng = Rng(0x00c0_ffee_d00d_0042);
         let (mut routed, mut refused) = (0, 0);

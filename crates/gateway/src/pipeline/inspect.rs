@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{HeaderValue, header};
-use http_body_util::{BodyExt, Full};
+
 use portcullis_audit::{ContentFinding, MAX_CONTENT_FINDINGS};
 use portcullis_core::{ErrorCode, RequestId};
 use portcullis_guard::dlp::redact::{Redactor, fingerprint};
@@ -28,8 +28,9 @@ use portcullis_guard::{Channel, Guard, Report};
 use portcullis_policy::Content;
 
 use crate::body::BodyMeter;
+use crate::buffers;
 use crate::config::{DlpAction, InjectionAction, RouteConfig};
-use crate::pipeline::decode::{DecodedRequest, RequestBody, read_whole};
+use crate::pipeline::decode::{Buffered, DecodedRequest, Limits, read_whole};
 use crate::respond::Denial;
 
 /// What the guard found in a request body, for policy and the record.
@@ -108,7 +109,7 @@ pub async fn run(
     state: Option<&GuardState>,
     route: &RouteConfig,
     request: DecodedRequest,
-    max_body_bytes: u64,
+    limits: &Limits,
     meter: &Arc<BodyMeter>,
     request_id: &RequestId,
     audited: &mut Vec<ContentFinding>,
@@ -142,17 +143,20 @@ pub async fn run(
         ));
     }
 
-    let bytes = read_whole(body, max_body_bytes, meter).await?;
-    let rebuild = |parts: http::request::Parts, bytes: Bytes| DecodedRequest {
+    let Buffered { bytes, mut lease } = read_whole(body, limits, meter).await?;
+    // The body that goes on holds the lease until it is dropped.
+    let rebuild = |parts, bytes, lease| DecodedRequest {
         parts,
-        body: full(bytes),
+        body: Buffered::into_body(bytes, lease),
         target,
     };
     let Ok(text) = std::str::from_utf8(&bytes) else {
-        return Ok((rebuild(parts, bytes), ContentFacts::default()));
+        return Ok((rebuild(parts, bytes, lease), ContentFacts::default()));
     };
 
     let json: Option<serde_json::Value> = if is_json(content_type.as_ref()) {
+        // The parsed copy is leased too, before it is made.
+        lease.grow(buffers::json_cost(&bytes))?;
         serde_json::from_str(text).ok()
     } else {
         None
@@ -181,19 +185,15 @@ pub async fn run(
         }
         None => bytes,
     };
-    Ok((rebuild(parts, bytes), facts))
+    // Only the body that goes on stays leased.
+    lease.shrink_to(bytes.len() as u64);
+    Ok((rebuild(parts, bytes, lease), facts))
 }
 
 pub(crate) fn is_dlp_kind(kind: &str) -> bool {
     portcullis_guard::dlp::Kind::ALL
         .iter()
         .any(|k| k.as_str() == kind)
-}
-
-fn full(bytes: Bytes) -> RequestBody {
-    Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed_unsync()
 }
 
 /// Calls `f` with the JSON pointer and a mutable reference of every string

@@ -34,6 +34,7 @@ use portcullis_core::{ErrorCode, RequestId};
 use portcullis_policy::{Content, ModelAction};
 
 use crate::body::{BodyMeter, Recorder};
+use crate::buffers;
 use crate::config::DlpAction;
 use crate::llm::api::{self, Endpoint};
 use crate::llm::config::LlmConfig;
@@ -41,7 +42,7 @@ use crate::llm::stream::{Charge, Dlp, SseBody, process_json};
 use crate::metrics::Stage;
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contextualize::RequestContext;
-use crate::pipeline::decode::{DecodedRequest, read_whole};
+use crate::pipeline::decode::{Buffered, DecodedRequest, read_whole};
 use crate::pipeline::inspect::ContentFacts;
 use crate::pipeline::{authorize, decide};
 use crate::respond::{Denial, ResponseBody, full};
@@ -91,8 +92,10 @@ pub async fn run(
         body,
         target,
     } = decoded;
-    let bytes = read_whole(body, gateway.limits.max_body_bytes, meter).await?;
+    let Buffered { bytes, mut lease } = read_whole(body, &gateway.limits, meter).await?;
     let request_bytes = bytes.len() as u64;
+    // The parsed copy is leased too, before it is made.
+    lease.grow(buffers::json_cost(&bytes))?;
     let mut call = api::parse(&bytes, llm.budget.is_limited())?;
     drop(bytes);
     ex.recorder.record().resource =
@@ -127,6 +130,10 @@ pub async fn run(
     // What is decided, approved and forwarded is this one serialization of
     // the call (after redaction), computed once.
     let body = Bytes::from(call.body.to_string());
+    // From here on the serialization is the call: the parsed copy goes, and
+    // only the bytes forwarded stay leased.
+    call.body = serde_json::Value::Null;
+    lease.shrink_to(body.len() as u64);
     let allowed = decide::decide(
         ex,
         decide::Call {
@@ -164,7 +171,7 @@ pub async fn run(
     parts.headers.remove(header::ACCEPT_ENCODING);
     let request = DecodedRequest {
         parts,
-        body: request_body(body),
+        body: Buffered::into_body(body, lease),
         target,
     };
     let capture = crate::capture::for_route(route, gateway.captures.as_ref(), request_id);
@@ -327,12 +334,6 @@ async fn read_answer(mut body: ResponseBody, max: u64) -> Result<Bytes, String> 
         }
     }
     Ok(out.freeze())
-}
-
-fn request_body(bytes: Bytes) -> crate::pipeline::decode::RequestBody {
-    http_body_util::Full::new(bytes)
-        .map_err(|never| match never {})
-        .boxed_unsync()
 }
 
 /// The content guard on each text of the request, on its channel (tool

@@ -334,7 +334,7 @@ async fn run(
         gateway.guard.as_deref(),
         &context.route,
         decoded,
-        gateway.limits.max_body_bytes,
+        &gateway.limits,
         meter,
         request_id,
         &mut audited,
