@@ -223,9 +223,10 @@ impl Authorizer {
         }
     }
 
-    /// Whether the schema declares the MCP actions, which `kind = "mcp"` routes need.
+    /// Whether the schema declares the MCP actions, the session plumbing
+    /// (`Action::"mcp_plumbing"`) included, which `kind = "mcp"` routes need.
     pub fn supports_mcp(&self) -> bool {
-        self.mcp.is_some()
+        self.mcp.as_ref().is_some_and(|m| m.supports_plumbing())
     }
 
     /// Decides one MCP message (see [`crate::McpRequest`]). Without the MCP
