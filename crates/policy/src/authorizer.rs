@@ -425,8 +425,9 @@ impl Authorizer {
     /// The permits that could allow `agent` anything of `kind` on `route`,
     /// by scope alone (forbids and conditions unread). Empty means every
     /// such request of the agent is denied whatever it carries: the gateway
-    /// refuses it before reading a body, and MCP session plumbing (which
-    /// carries no data) is allowed only when this is not empty.
+    /// refuses it before reading a body. The built-in
+    /// `builtin:mcp-plumbing` is never among them: it permits MCP session
+    /// plumbing exactly when this is not empty (`context.route_permitted`).
     pub fn permits_on_route(&self, agent: &str, route: &str, kind: RouteActions) -> Vec<String> {
         match kind {
             RouteActions::Mcp => self
