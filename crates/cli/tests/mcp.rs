@@ -253,15 +253,7 @@ async fn sessions_belong_to_their_agent_and_batches_are_decided_per_message() {
     let bob = support::client(&ca, Some((&b_cert, &b_key)));
     let url = server.url("/mcp/everything");
     let post = |client: &reqwest::Client, session: Option<&str>, body: Value| {
-        let mut r = client
-            .post(&url)
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2025-06-18")
-            .json(&body);
-        if let Some(s) = session {
-            r = r.header("mcp-session-id", s);
-        }
-        r.send()
+        rpc(client, &url, session, &body).send()
     };
     let init = post(
         &alice,
@@ -1422,6 +1414,24 @@ async fn revoking_a_token_ends_the_mcp_event_stream_it_opened() {
     assert_eq!(record["outcome"], "allow", "{record}");
 }
 
+/// A Streamable HTTP POST of one JSON-RPC body, on `session` when given.
+fn rpc(
+    client: &reqwest::Client,
+    url: &str,
+    session: Option<&str>,
+    body: &Value,
+) -> reqwest::RequestBuilder {
+    let r = client
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(body);
+    match session {
+        Some(s) => r.header("mcp-session-id", s),
+        None => r,
+    }
+}
+
 /// The audit records of `action`, waiting (bounded) until there are `n`.
 fn records_of(server: &Server, action: &str, n: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -1461,17 +1471,7 @@ async fn session_plumbing_is_decided_as_actions_of_its_own() {
     let (cert, key) = server.create_agent("dev-bot", &["dev"]);
     let client = support::client(&ca, Some((&cert, &key)));
     let url = server.url("/mcp/sums");
-    let post = |session: Option<&str>, body: Value| {
-        let mut r = client
-            .post(&url)
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2025-06-18")
-            .json(&body);
-        if let Some(s) = session {
-            r = r.header("mcp-session-id", s);
-        }
-        r.send()
-    };
+    let post = |session: Option<&str>, body: Value| rpc(&client, &url, session, &body).send();
     let decided = |r: &reqwest::Response| {
         let rec = server.audit_record(&support::request_id(r));
         let policies: Vec<String> = serde_json::from_value(rec["policies"].clone()).unwrap();
@@ -1521,10 +1521,7 @@ async fn session_plumbing_is_decided_as_actions_of_its_own() {
     .await
     .unwrap();
     assert_eq!(r.status(), 202);
-    assert_eq!(
-        decided(&r),
-        "mcp:notifications/progress deny no-progress"
-    );
+    assert_eq!(decided(&r), "mcp:notifications/progress deny no-progress");
     // A forbidden request gets its JSON-RPC error.
     let r = post(s, json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}))
         .await
@@ -1540,9 +1537,12 @@ async fn session_plumbing_is_decided_as_actions_of_its_own() {
     assert_eq!(r.status(), 202, "not forwarded");
     assert_eq!(decided(&r), "mcp:reply deny no-reply");
     // The data actions are unchanged.
-    let r = post(s, json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}))
-        .await
-        .unwrap();
+    let r = post(
+        s,
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}),
+    )
+    .await
+    .unwrap();
     assert_eq!(decided(&r), "mcp:tools/list allow mcp-all");
 
     // GET, the server's event stream: refused by the forbid, never forwarded.
@@ -1555,7 +1555,11 @@ async fn session_plumbing_is_decided_as_actions_of_its_own() {
         .unwrap();
     assert_eq!(decided(&r), "mcp:GET deny no-stream");
     let (status, e) = support::error_of(r).await;
-    assert_eq!((status, e["code"].as_str()), (403, Some("forbidden")), "{e}");
+    assert_eq!(
+        (status, e["code"].as_str()),
+        (403, Some("forbidden")),
+        "{e}"
+    );
 
     // `policy explain` and `policy test` know the new actions.
     let explain = |action: &str| {
@@ -1646,7 +1650,11 @@ cases:
         .await
         .unwrap();
     let (status, e) = support::error_of(r).await;
-    assert_eq!((status, e["code"].as_str()), (403, Some("forbidden")), "{e}");
+    assert_eq!(
+        (status, e["code"].as_str()),
+        (403, Some("forbidden")),
+        "{e}"
+    );
 }
 
 /// The official SDK against server-everything: a forbid on `open_stream`
@@ -1703,11 +1711,9 @@ fn the_sdk_session_obeys_forbids_on_session_plumbing() {
     assert_ne!(first["ready"], true, "{first}");
     let refused = records_of(&server, "mcp:initialize", 2);
     assert!(
-        refused
-            .iter()
-            .any(|r| r["principal"] == "locked-bot"
-                && r["outcome"] == "deny"
-                && r["policies"] == json!(["no-start"])),
+        refused.iter().any(|r| r["principal"] == "locked-bot"
+            && r["outcome"] == "deny"
+            && r["policies"] == json!(["no-start"])),
         "{refused:?}"
     );
 }

@@ -712,7 +712,11 @@ impl Replay {
                 _ => split(resource)?,
             };
             // A client's answer has no method (`context.method` "").
-            let method = if action == McpAction::Reply { "" } else { method };
+            let method = if action == McpAction::Reply {
+                ""
+            } else {
+                method
+            };
             (Asking::Mcp(action, method.to_string()), route, target)
         } else if listing {
             // `GET <prefix>/v1/models/<name>` asks about one model.

@@ -329,10 +329,12 @@ impl PolicyBundle {
                 path: PathBuf::from(MCP_PLUMBING_POLICY_ID),
                 diagnostics: render(&e, MCP_PLUMBING_POLICY),
             })?;
-            policies.add(builtin).map_err(|_| PolicyError::DuplicateId {
-                id: MCP_PLUMBING_POLICY_ID.to_string(),
-                path: sources.origin.clone(),
-            })?;
+            policies
+                .add(builtin)
+                .map_err(|_| PolicyError::DuplicateId {
+                    id: MCP_PLUMBING_POLICY_ID.to_string(),
+                    path: sources.origin.clone(),
+                })?;
             ids.push(MCP_PLUMBING_POLICY_ID.to_string());
         }
 
@@ -479,7 +481,10 @@ mod tests {
     /// group, and its id is reserved.
     #[test]
     fn the_plumbing_default_is_built_in_and_reserved() {
-        let without = DEFAULT_SCHEMA.split("// MCP session plumbing").next().unwrap();
+        let without = DEFAULT_SCHEMA
+            .split("// MCP session plumbing")
+            .next()
+            .unwrap();
         let bundle = PolicyBundle::compile(&PolicySources {
             schema: without.to_string(),
             ..sources("")

@@ -443,7 +443,11 @@ mod tests {
         );
         // Session plumbing is explained like any action: the built-in
         // default allows it because `dev-tools` names the agent here.
-        for action in [McpAction::OpenStream, McpAction::EndSession, McpAction::Notify] {
+        for action in [
+            McpAction::OpenStream,
+            McpAction::EndSession,
+            McpAction::Notify,
+        ] {
             assert_eq!(
                 mcp(action, "", &[], 0),
                 "allow\npermit builtin:mcp-plumbing satisfied",

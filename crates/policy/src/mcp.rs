@@ -1041,7 +1041,10 @@ mod tests {
             as_user(&["dev"]),
             (true, vec!["builtin:mcp-plumbing".to_string()])
         );
-        assert_eq!(as_user(&["staff"]), (false, vec!["default-deny".to_string()]));
+        assert_eq!(
+            as_user(&["staff"]),
+            (false, vec!["default-deny".to_string()])
+        );
     }
 
     /// A schema written before the plumbing actions still loads, but cannot

@@ -453,9 +453,11 @@ async fn post(
         // a policy forbids them).
         let (id, method, ask) = match kind {
             Kind::Response => (None, "", Ok(Ask::plumbing(McpAction::Reply))),
-            Kind::Request { id, method } => {
-                (Some(id), method, jsonrpc::ask(method, message.get("params")))
-            }
+            Kind::Request { id, method } => (
+                Some(id),
+                method,
+                jsonrpc::ask(method, message.get("params")),
+            ),
             Kind::Notification { method } => {
                 (None, method, jsonrpc::ask(method, message.get("params")))
             }
