@@ -298,6 +298,11 @@ pub async fn serve(
                 false => McpAction::OpenStream,
             };
             let allowed = decide_session(ex, &decoded.parts, action).await?;
+            let mut decoded = decoded;
+            if allowed.redact {
+                // The redactor reads the stream only as the server sends it plain.
+                decoded.parts.headers.remove(header::ACCEPT_ENCODING);
+            }
             let response = match (deleting, launched) {
                 (true, Some(_)) => {
                     mcp.stdio.end(id);
