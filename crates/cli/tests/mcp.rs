@@ -255,15 +255,7 @@ async fn sessions_belong_to_their_agent_and_batches_are_decided_per_message() {
     let post = |client: &reqwest::Client, session: Option<&str>, body: Value| {
         rpc(client, &url, session, &body).send()
     };
-    let init = post(
-        &alice,
-        None,
-        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "test", "version": "1"}}}),
-    )
-    .await
-    .unwrap();
+    let init = post(&alice, None, initialize()).await.unwrap();
     assert_eq!(init.status(), 200);
     let session = init.headers()["mcp-session-id"]
         .to_str()
@@ -825,11 +817,7 @@ async fn risk_grades_hold_or_refuse_tool_calls_and_let_reads_through() {
         .post(&url)
         .header("accept", "application/json, text/event-stream")
         .header("mcp-protocol-version", "2025-06-18")
-        .json(
-            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "test", "version": "1"}}}),
-        )
+        .json(&initialize())
         .send()
         .await
         .unwrap();
@@ -1352,14 +1340,7 @@ async fn revoking_a_token_ends_the_mcp_event_stream_it_opened() {
         }
         r.send()
     };
-    let init = post(
-        None,
-        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "test", "version": "1"}}}),
-    )
-    .await
-    .unwrap();
+    let init = post(None, initialize()).await.unwrap();
     assert_eq!(init.status(), 200);
     let session = init.headers()["mcp-session-id"]
         .to_str()
@@ -1412,6 +1393,13 @@ async fn revoking_a_token_ends_the_mcp_event_stream_it_opened() {
     let record = tokio::task::block_in_place(|| server.audit_record(&id));
     assert_eq!(record["error_code"], "stream_revoked", "{record}");
     assert_eq!(record["outcome"], "allow", "{record}");
+}
+
+/// The client's `initialize` request (id 1).
+fn initialize() -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "test", "version": "1"}}})
 }
 
 /// A Streamable HTTP POST of one JSON-RPC body, on `session` when given.
@@ -1484,14 +1472,7 @@ async fn session_plumbing_is_decided_as_actions_of_its_own() {
     };
     const DEFAULT: &str = "builtin:mcp-plumbing";
 
-    let init = post(
-        None,
-        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "test", "version": "1"}}}),
-    )
-    .await
-    .unwrap();
+    let init = post(None, initialize()).await.unwrap();
     assert_eq!(init.status(), 200);
     assert_eq!(decided(&init), format!("mcp:initialize allow {DEFAULT}"));
     let session = init.headers()["mcp-session-id"]
