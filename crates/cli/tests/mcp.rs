@@ -97,6 +97,14 @@ struct McpClient {
 
 impl McpClient {
     fn start(server: &Server, route: &str, agent: &str) -> McpClient {
+        let (client, ready) = McpClient::spawn(server, route, agent);
+        assert_eq!(ready["ready"], true, "{ready}");
+        client
+    }
+
+    /// A client for a new agent in role `dev`, and its first line: ready,
+    /// or why the session could not start.
+    fn spawn(server: &Server, route: &str, agent: &str) -> (McpClient, Value) {
         let (cert, key) = server.create_agent(agent, &["dev"]);
         let mut child = Command::new("python3")
             .arg(format!("{TESTS}/client.py"))
@@ -122,9 +130,8 @@ impl McpClient {
             stdin,
             lines,
         };
-        let ready = client.next();
-        assert_eq!(ready["ready"], true, "{ready}");
-        client
+        let first = client.next();
+        (client, first)
     }
 
     fn next(&mut self) -> Value {
@@ -246,25 +253,9 @@ async fn sessions_belong_to_their_agent_and_batches_are_decided_per_message() {
     let bob = support::client(&ca, Some((&b_cert, &b_key)));
     let url = server.url("/mcp/everything");
     let post = |client: &reqwest::Client, session: Option<&str>, body: Value| {
-        let mut r = client
-            .post(&url)
-            .header("accept", "application/json, text/event-stream")
-            .header("mcp-protocol-version", "2025-06-18")
-            .json(&body);
-        if let Some(s) = session {
-            r = r.header("mcp-session-id", s);
-        }
-        r.send()
+        rpc(client, &url, session, &body).send()
     };
-    let init = post(
-        &alice,
-        None,
-        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "test", "version": "1"}}}),
-    )
-    .await
-    .unwrap();
+    let init = post(&alice, None, initialize()).await.unwrap();
     assert_eq!(init.status(), 200);
     let session = init.headers()["mcp-session-id"]
         .to_str()
@@ -835,11 +826,7 @@ async fn risk_grades_hold_or_refuse_tool_calls_and_let_reads_through() {
         .post(&url)
         .header("accept", "application/json, text/event-stream")
         .header("mcp-protocol-version", "2025-06-18")
-        .json(
-            &json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "test", "version": "1"}}}),
-        )
+        .json(&initialize())
         .send()
         .await
         .unwrap();
@@ -1134,9 +1121,11 @@ fn the_content_guard_reads_tool_results_and_arguments() {
 }
 
 /// A bare MCP server over HTTP (no SDK, so the test always runs): it lists
-/// one tool, `get-sum`, and answers a call with the exact body it received,
-/// so the test sees what reached the server.
+/// one tool, `get-sum`, answers a call with the exact body it received, so
+/// the test sees what reached the server, and gives each `initialize` a
+/// session id of its own.
 async fn start_echo_mcp_server() -> u16 {
+    static SESSIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     use http_body_util::{BodyExt, Full};
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1168,6 +1157,13 @@ async fn start_echo_mcp_server() -> u16 {
                         response
                             .headers_mut()
                             .insert("content-type", "application/json".parse().unwrap());
+                        if message["method"] == "initialize" {
+                            let n = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            response.headers_mut().insert(
+                                "mcp-session-id",
+                                format!("echo-session-{n}").parse().unwrap(),
+                            );
+                        }
                         Ok::<_, std::convert::Infallible>(response)
                     },
                 );
@@ -1338,14 +1334,7 @@ async fn revoking_a_token_ends_the_mcp_event_stream_it_opened() {
         }
         r.send()
     };
-    let init = post(
-        None,
-        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {},
-            "clientInfo": {"name": "test", "version": "1"}}}),
-    )
-    .await
-    .unwrap();
+    let init = post(None, initialize()).await.unwrap();
     assert_eq!(init.status(), 200);
     let session = init.headers()["mcp-session-id"]
         .to_str()
@@ -1398,4 +1387,308 @@ async fn revoking_a_token_ends_the_mcp_event_stream_it_opened() {
     let record = tokio::task::block_in_place(|| server.audit_record(&id));
     assert_eq!(record["error_code"], "stream_revoked", "{record}");
     assert_eq!(record["outcome"], "allow", "{record}");
+}
+
+/// The client's `initialize` request (id 1).
+fn initialize() -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "test", "version": "1"}}})
+}
+
+/// A Streamable HTTP POST of one JSON-RPC body, on `session` when given.
+fn rpc(
+    client: &reqwest::Client,
+    url: &str,
+    session: Option<&str>,
+    body: &Value,
+) -> reqwest::RequestBuilder {
+    let r = client
+        .post(url)
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18")
+        .json(body);
+    match session {
+        Some(s) => r.header("mcp-session-id", s),
+        None => r,
+    }
+}
+
+/// The audit records of `action`, waiting (bounded) until there are `n`.
+fn records_of(server: &Server, action: &str, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let found: Vec<Value> = server
+            .audit(500)
+            .into_iter()
+            .filter(|r| r["action"] == action)
+            .collect();
+        if found.len() >= n || Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Issue 15: session plumbing used to be forwarded on a scope check alone,
+/// so no policy could forbid, say, the server's event stream. Each message
+/// is now decided as its own action on the route; the built-in
+/// `builtin:mcp-plumbing` keeps the session of an agent permitted anything
+/// there, and a `forbid` on any of the actions takes effect (raw HTTP).
+#[tokio::test(flavor = "multi_thread")]
+async fn session_plumbing_is_decided_as_actions_of_its_own() {
+    support::install_crypto();
+    let port = start_echo_mcp_server().await;
+    let policies = r#"
+@id("mcp-all") permit(principal in Role::"dev", action in [Action::"list_tools", Action::"call_tool"], resource in Route::"sums");
+@id("no-stream") forbid(principal, action == Action::"open_stream", resource == Route::"sums");
+@id("no-progress") forbid(principal, action == Action::"notify", resource)
+  when { context.method == "notifications/progress" };
+@id("no-ping") forbid(principal, action == Action::"mcp_session", resource)
+  when { context.method == "ping" };
+@id("no-reply") forbid(principal, action == Action::"reply", resource);
+"#;
+    let server = gateway("sums", &format!("http://127.0.0.1:{port}/mcp"), policies);
+    let ca = server.ca_pem();
+    let (cert, key) = server.create_agent("dev-bot", &["dev"]);
+    let client = support::client(&ca, Some((&cert, &key)));
+    let url = server.url("/mcp/sums");
+    let post = |session: Option<&str>, body: Value| rpc(&client, &url, session, &body).send();
+    let decided = |r: &reqwest::Response| {
+        let rec = server.audit_record(&support::request_id(r));
+        let policies: Vec<String> = serde_json::from_value(rec["policies"].clone()).unwrap();
+        format!(
+            "{} {} {}",
+            rec["action"].as_str().unwrap(),
+            rec["outcome"].as_str().unwrap(),
+            policies.join(",")
+        )
+    };
+    const DEFAULT: &str = "builtin:mcp-plumbing";
+
+    let init = post(None, initialize()).await.unwrap();
+    assert_eq!(init.status(), 200);
+    assert_eq!(decided(&init), format!("mcp:initialize allow {DEFAULT}"));
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let s = Some(session.as_str());
+    let r = post(
+        s,
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+    )
+    .await
+    .unwrap();
+    // Forwarded: the echo server answers whatever reaches it with a 200.
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        decided(&r),
+        format!("mcp:notifications/initialized allow {DEFAULT}")
+    );
+    // A forbidden notification is dropped (no answer can carry a refusal;
+    // the gateway's own 202, the server never saw it) and recorded as denied.
+    let r = post(
+        s,
+        json!({"jsonrpc": "2.0", "method": "notifications/progress",
+            "params": {"progressToken": 1, "progress": 1}}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 202);
+    assert_eq!(decided(&r), "mcp:notifications/progress deny no-progress");
+    // A forbidden request gets its JSON-RPC error.
+    let r = post(s, json!({"jsonrpc": "2.0", "id": 2, "method": "ping"}))
+        .await
+        .unwrap();
+    assert_eq!(decided(&r), "mcp:ping deny no-ping");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["data"]["code"], "forbidden", "{v}");
+    assert_eq!(v["error"]["data"]["policies"], json!(["no-ping"]), "{v}");
+    // The client's answer to a request of the server is `reply`.
+    let r = post(s, json!({"jsonrpc": "2.0", "id": "s-1", "result": {}}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "not forwarded");
+    assert_eq!(decided(&r), "mcp:reply deny no-reply");
+    // The data actions are unchanged.
+    let r = post(
+        s,
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(decided(&r), "mcp:tools/list allow mcp-all");
+
+    // GET, the server's event stream: refused by the forbid, never forwarded.
+    let r = client
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(decided(&r), "mcp:GET deny no-stream");
+    let (status, e) = support::error_of(r).await;
+    assert_eq!(
+        (status, e["code"].as_str()),
+        (403, Some("forbidden")),
+        "{e}"
+    );
+
+    // `policy explain` and `policy test` know the new actions.
+    let explain = |action: &str| {
+        let out = server.cli(&[
+            "policy",
+            "explain",
+            "--agent",
+            "dev-bot",
+            "--action",
+            action,
+            "--resource",
+            "sums",
+            "--context",
+            "{}",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let out = explain("open_stream");
+    assert!(out.contains("decision: deny"), "{out}");
+    assert!(out.contains("deciding: no-stream"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains(DEFAULT) && l.contains("satisfied")),
+        "{out}"
+    );
+    let out = explain("end_session");
+    assert!(out.contains("decision: allow"), "{out}");
+    assert!(out.contains(&format!("deciding: {DEFAULT}")), "{out}");
+    let cases = server.path().join("plumbing.test.yaml");
+    std::fs::write(
+        &cases,
+        format!(
+            r#"policies: policies
+agents:
+  - {{ name: dev-bot, roles: [dev] }}
+  - {{ name: stranger, roles: [] }}
+routes:
+  - {{ name: sums, classification: internal }}
+cases:
+  - {{ name: stream, principal: dev-bot, action: open_stream, resource: sums, expect: deny, policies: [no-stream] }}
+  - {{ name: start, principal: dev-bot, action: mcp_session, resource: sums, expect: allow, policies: ["{DEFAULT}"] }}
+  - {{ name: ping, principal: dev-bot, action: mcp_session, resource: sums, context: {{ method: ping }}, expect: deny }}
+  - {{ name: nobody, principal: stranger, action: notify, resource: sums, expect: deny, policies: [default-deny] }}
+"#
+        ),
+    )
+    .unwrap();
+    let out = server.cli(&["policy", "test", cases.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("4 passed"), "{text}");
+
+    // DELETE, the session's end: allowed by the default; the session is gone.
+    let r = client
+        .delete(&url)
+        .header("mcp-session-id", &session)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(decided(&r), format!("mcp:DELETE allow {DEFAULT}"));
+    let gone = post(s, json!({"jsonrpc": "2.0", "id": 4, "method": "ping"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        support::error_of(gone).await.1["code"],
+        "mcp_session_not_found"
+    );
+
+    // The default names nobody by itself: an agent no permit names on the
+    // route cannot even start a session.
+    let (cert, key) = server.create_agent("stranger", &["guest"]);
+    let stranger = support::client(&ca, Some((&cert, &key)));
+    let r = stranger
+        .post(&url)
+        .header("accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}))
+        .send()
+        .await
+        .unwrap();
+    let (status, e) = support::error_of(r).await;
+    assert_eq!(
+        (status, e["code"].as_str()),
+        (403, Some("forbidden")),
+        "{e}"
+    );
+}
+
+/// The official SDK against server-everything: a forbid on `open_stream`
+/// refuses the SDK's event stream while its session goes on; the SDK's
+/// DELETE at the end is allowed by the built-in default; a forbid on
+/// `initialize` keeps the SDK from starting a session at all.
+#[test]
+fn the_sdk_session_obeys_forbids_on_session_plumbing() {
+    if !python_mcp() {
+        return;
+    }
+    let Some((_node, port)) = start_everything() else {
+        return;
+    };
+    let policies = format!(
+        r#"{EVERYTHING_POLICIES}
+@id("no-stream") forbid(principal, action == Action::"open_stream", resource == Route::"everything");
+@id("no-start") forbid(principal == Agent::"locked-bot", action == Action::"mcp_session", resource)
+  when {{ context.method == "initialize" }};
+"#
+    );
+    let server = gateway(
+        "everything",
+        &format!("http://127.0.0.1:{port}/mcp"),
+        &policies,
+    );
+    let mut client = McpClient::start(&server, "everything", "dev-bot");
+    assert_eq!(client.list(), ["echo", "get-sum"]);
+    let echo = client.call("echo", json!({"message": "hello"}));
+    assert_eq!(echo["text"], "Echo: hello", "{echo}");
+    // The SDK asked for the event stream (and retried); each was refused.
+    let streams = records_of(&server, "mcp:GET", 1);
+    assert!(!streams.is_empty(), "the SDK never opened its event stream");
+    for r in &streams {
+        assert_eq!(r["outcome"], "deny", "{r}");
+        assert_eq!(r["policies"], json!(["no-stream"]), "{r}");
+    }
+    let quit = client.send(json!({"op": "quit"}));
+    assert_eq!(quit["ok"], true, "{quit}");
+    let ends = records_of(&server, "mcp:DELETE", 1);
+    assert_eq!(ends.len(), 1, "the SDK did not end its session");
+    assert_eq!(ends[0]["outcome"], "allow", "{}", ends[0]);
+    assert_eq!(ends[0]["policies"], json!(["builtin:mcp-plumbing"]));
+    for action in ["mcp:initialize", "mcp:notifications/initialized"] {
+        let found = records_of(&server, action, 1);
+        assert_eq!(found.len(), 1, "{action}");
+        assert_eq!(found[0]["outcome"], "allow", "{}", found[0]);
+        assert_eq!(found[0]["policies"], json!(["builtin:mcp-plumbing"]));
+    }
+
+    // The SDK's `initialize` gets the refusal and the client gives up.
+    let (_locked, first) = McpClient::spawn(&server, "everything", "locked-bot");
+    assert_eq!(first["ok"], false, "{first}");
+    assert_ne!(first["ready"], true, "{first}");
+    let refused = records_of(&server, "mcp:initialize", 2);
+    assert!(
+        refused.iter().any(|r| r["principal"] == "locked-bot"
+            && r["outcome"] == "deny"
+            && r["policies"] == json!(["no-start"])),
+        "{refused:?}"
+    );
 }

@@ -175,7 +175,7 @@ pub enum FactAction {
 }
 
 /// The action names [`FactAction::parse`] accepts, for error messages.
-pub const ACTIONS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, call_tool, list_tools, read_resource, list_resources, get_prompt, list_prompts, complete, embed, list_models or use_secret";
+pub const ACTIONS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, call_tool, list_tools, read_resource, list_resources, get_prompt, list_prompts, mcp_session, notify, reply, open_stream, end_session, complete, embed, list_models or use_secret";
 
 impl FactAction {
     /// The action named `text`.
@@ -198,14 +198,8 @@ impl FactAction {
     /// The entity type of the resource.
     fn resource_type(self) -> &'static str {
         match self {
-            FactAction::Http(_)
-            | FactAction::ListModels
-            | FactAction::Mcp(McpAction::ListTools)
-            | FactAction::Mcp(McpAction::ListResources)
-            | FactAction::Mcp(McpAction::ListPrompts) => "Route",
-            FactAction::Mcp(McpAction::CallTool) => "Tool",
-            FactAction::Mcp(McpAction::ReadResource) => "McpResource",
-            FactAction::Mcp(McpAction::GetPrompt) => "Prompt",
+            FactAction::Http(_) | FactAction::ListModels => "Route",
+            FactAction::Mcp(a) => a.resource_type(),
             FactAction::Model(_) => "Model",
             FactAction::UseSecret => "Secret",
         }
@@ -221,6 +215,11 @@ pub fn mcp_method(action: McpAction) -> &'static str {
         McpAction::ListResources => "resources/list",
         McpAction::GetPrompt => "prompts/get",
         McpAction::ListPrompts => "prompts/list",
+        McpAction::Session => "initialize",
+        McpAction::Notify => "notifications/initialized",
+        McpAction::Reply => "",
+        McpAction::OpenStream => "GET",
+        McpAction::EndSession => "DELETE",
     }
 }
 

@@ -336,15 +336,25 @@ impl Replay {
                 "resources/list" | "resources/templates/list" => McpAction::ListResources,
                 "prompts/get" => McpAction::GetPrompt,
                 "prompts/list" => McpAction::ListPrompts,
+                // Session plumbing, as the MCP adapter records it.
+                "initialize" | "ping" | "logging/setLevel" => McpAction::Session,
+                m if m.starts_with("notifications/") => McpAction::Notify,
+                "reply" => McpAction::Reply,
+                "GET" => McpAction::OpenStream,
+                "DELETE" => McpAction::EndSession,
                 "completion/complete" => return Err(NotReplayable::McpCompletion),
                 m if m.starts_with("batch(") => return Err(NotReplayable::McpBatch),
                 _ => return Err(NotReplayable::Unknown),
             };
-            let (route, target) = match action {
-                McpAction::ListTools | McpAction::ListResources | McpAction::ListPrompts => {
-                    (resource.to_string(), String::new())
-                }
+            let (route, target) = match action.resource_type() {
+                "Route" => (resource.to_string(), String::new()),
                 _ => split(resource)?,
+            };
+            // A client's answer has no method (`context.method` "").
+            let method = if action == McpAction::Reply {
+                ""
+            } else {
+                method
             };
             (Asking::Mcp(action, method.to_string()), route, target)
         } else if listing {
@@ -691,6 +701,7 @@ mod tests {
 @id("gpt-only") permit(principal in Role::"dev", action == Action::"complete", resource == Model::"llm/gpt");
 @id("llm-key") permit(principal, action == Action::"use_secret", resource == Secret::"llm-key");
 @id("http") permit(principal, action in Action::"read", resource);
+@id("no-stream") forbid(principal, action == Action::"open_stream", resource);
 "#;
 
     #[test]
@@ -730,6 +741,17 @@ mod tests {
             "not replayable: mcp_batch",
         );
         check(&record("mcp:initialize", "files", "/files", &[]), "skipped");
+        // Session plumbing is decided, so it is replayed too.
+        for method in ["initialize", "notifications/initialized", "reply", "DELETE"] {
+            check(
+                &mcp(method, "files"),
+                "allow [builtin:mcp-plumbing] -> allow [builtin:mcp-plumbing]",
+            );
+        }
+        check(
+            &mcp("GET", "files"),
+            "allow [builtin:mcp-plumbing] -> deny [no-stream]",
+        );
         check(
             &mcp("tools/call", "gone/echo"),
             "not replayable: route_gone",

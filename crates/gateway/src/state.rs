@@ -313,7 +313,7 @@ impl Gateway {
         {
             if !snapshot.authorizer.supports_mcp() {
                 return Err(GatewayError::Mcp(
-                    "the policy schema has no MCP actions (`Action::\"call_tool\"` …); copy them from the shipped schema.cedarschema (`portcullis policy schema`)".into(),
+                    "the policy schema lacks the MCP actions (`Action::\"call_tool\"` …) or their session plumbing (`Action::\"mcp_plumbing\"`: `mcp_session`, `notify`, `reply`, `open_stream`, `end_session`); copy them from the shipped schema.cedarschema (`portcullis policy schema`)".into(),
                 ));
             }
             Some(crate::mcp::state_for(&parts.store).await?)

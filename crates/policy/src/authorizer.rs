@@ -235,9 +235,10 @@ impl Authorizer {
         }
     }
 
-    /// Whether the schema declares the MCP actions, which `kind = "mcp"` routes need.
+    /// Whether the schema declares the MCP actions, the session plumbing
+    /// (`Action::"mcp_plumbing"`) included, which `kind = "mcp"` routes need.
     pub fn supports_mcp(&self) -> bool {
-        self.mcp.is_some()
+        self.mcp.as_ref().is_some_and(|m| m.supports_plumbing())
     }
 
     /// Decides one MCP message (see [`crate::McpRequest`]). Without the MCP
@@ -460,8 +461,9 @@ impl Authorizer {
     /// The permits that could allow `agent` anything of `kind` on `route`,
     /// by scope alone (forbids and conditions unread). Empty means every
     /// such request of the agent is denied whatever it carries: the gateway
-    /// refuses it before reading a body, and MCP session plumbing (which
-    /// carries no data) is allowed only when this is not empty.
+    /// refuses it before reading a body. The built-in
+    /// `builtin:mcp-plumbing` is never among them: it permits MCP session
+    /// plumbing exactly when this is not empty (`context.route_permitted`).
     pub fn permits_on_route(&self, agent: &str, route: &str, kind: RouteActions) -> Vec<String> {
         match kind {
             RouteActions::Mcp => self

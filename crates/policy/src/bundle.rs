@@ -9,13 +9,31 @@ use sha2::{Digest as _, Sha256};
 
 use crate::obligations::Obligations;
 
-use cedar_policy::{PolicyId, PolicySet, Schema, ValidationMode, Validator};
+use cedar_policy::{Policy, PolicyId, PolicySet, Schema, ValidationMode, Validator};
 use miette::Diagnostic;
 
 /// The schema Portcullis ships; `serve` writes it into a fresh quickstart policy directory.
 pub const DEFAULT_SCHEMA: &str = include_str!("../defaults/schema.cedarschema");
 /// The example policies Portcullis ships with the quickstart.
 pub const DEFAULT_POLICIES: &str = include_str!("../defaults/quickstart.cedar");
+
+/// Policy ids of the policies Portcullis adds to a set start with this;
+/// user policies may not.
+pub const BUILTIN_PREFIX: &str = "builtin:";
+
+/// The action group of MCP session plumbing (`mcp_session`, `notify`,
+/// `reply`, `open_stream`, `end_session`).
+pub const MCP_PLUMBING: &str = "mcp_plumbing";
+
+/// The policy added to every set whose schema declares
+/// `Action::"mcp_plumbing"`: a principal that some other permit names on an
+/// MCP route may keep its session there (`builtin:mcp-plumbing`). It is a
+/// policy like any other, so a `forbid` overrides it and `policy explain`
+/// shows it.
+pub const MCP_PLUMBING_POLICY: &str = include_str!("../defaults/mcp-plumbing.cedar");
+
+/// The id of [`MCP_PLUMBING_POLICY`].
+pub const MCP_PLUMBING_POLICY_ID: &str = "builtin:mcp-plumbing";
 
 /// The schema file every policy directory must hold.
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
@@ -254,6 +272,15 @@ impl PolicyBundle {
                         ),
                     });
                 }
+                if id.starts_with(BUILTIN_PREFIX) {
+                    return Err(PolicyError::Annotation {
+                        path: path.clone(),
+                        id: id.clone(),
+                        message: format!(
+                            "ids starting with `{BUILTIN_PREFIX}` are reserved for the policies Portcullis adds"
+                        ),
+                    });
+                }
                 if id.starts_with(crate::ANALYTICS_PREFIX) {
                     return Err(PolicyError::Annotation {
                         path: path.clone(),
@@ -286,6 +313,29 @@ impl PolicyBundle {
                     })?;
                 ids.push(id);
             }
+        }
+        // Session plumbing on MCP routes is decided like every message; the
+        // default that keeps sessions working is this visible policy, not
+        // a bypass. A schema written before the plumbing actions gets none.
+        let plumbing = schema
+            .actions()
+            .any(|a| a.type_name().to_string() == "Action" && a.id().unescaped() == MCP_PLUMBING);
+        if plumbing {
+            let builtin = Policy::parse(
+                Some(PolicyId::new(MCP_PLUMBING_POLICY_ID)),
+                MCP_PLUMBING_POLICY,
+            )
+            .map_err(|e| PolicyError::Parse {
+                path: PathBuf::from(MCP_PLUMBING_POLICY_ID),
+                diagnostics: render(&e, MCP_PLUMBING_POLICY),
+            })?;
+            policies
+                .add(builtin)
+                .map_err(|_| PolicyError::DuplicateId {
+                    id: MCP_PLUMBING_POLICY_ID.to_string(),
+                    path: sources.origin.clone(),
+                })?;
+            ids.push(MCP_PLUMBING_POLICY_ID.to_string());
         }
 
         let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
@@ -421,9 +471,31 @@ mod tests {
             [
                 "readers-read-low",
                 "writers-write-public",
-                "no-remote-delete"
+                "no-remote-delete",
+                MCP_PLUMBING_POLICY_ID
             ]
         );
+    }
+
+    /// The plumbing default is added only where the schema declares the
+    /// group, and its id is reserved.
+    #[test]
+    fn the_plumbing_default_is_built_in_and_reserved() {
+        let without = DEFAULT_SCHEMA
+            .split("// MCP session plumbing")
+            .next()
+            .unwrap();
+        let bundle = PolicyBundle::compile(&PolicySources {
+            schema: without.to_string(),
+            ..sources("")
+        })
+        .unwrap();
+        assert!(bundle.policy_ids().is_empty());
+        let err = PolicyBundle::compile(&sources(
+            "@id(\"builtin:mine\") permit(principal, action, resource);",
+        ))
+        .unwrap_err();
+        assert!(err.to_string().contains("reserved"), "{err}");
     }
 
     #[test]
@@ -433,7 +505,10 @@ mod tests {
              forbid(principal, action == Action::\"PUT\", resource);",
         ))
         .unwrap();
-        assert_eq!(bundle.policy_ids(), ["a.cedar:1", "a.cedar:2"]);
+        assert_eq!(
+            bundle.policy_ids(),
+            ["a.cedar:1", "a.cedar:2", MCP_PLUMBING_POLICY_ID]
+        );
     }
 
     #[test]

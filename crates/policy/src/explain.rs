@@ -312,7 +312,8 @@ mod tests {
             "deny\n\
              permit hours not satisfied: when { context.time.hour < 18 }\n\
              forbid office satisfied\n\
-             permit writers out of scope\n"
+             permit writers out of scope\n\
+             permit builtin:mcp-plumbing out of scope\n"
         );
         // 10:13 UTC from the office: allowed; the forbid's reasons not to apply are both named.
         assert_eq!(
@@ -320,7 +321,8 @@ mod tests {
             "allow\n\
              permit hours satisfied\n\
              forbid office not satisfied: unless { context.source_ip.isInRange(ip(\"10.0.0.0/8\")) }\n\
-             permit writers out of scope\n"
+             permit writers out of scope\n\
+             permit builtin:mcp-plumbing out of scope\n"
         );
     }
 
@@ -391,7 +393,7 @@ mod tests {
             let mut lines: Vec<&str> = text.lines().collect();
             let total = lines.len() - 1;
             lines.retain(|l| !l.ends_with("out of scope"));
-            assert!(total == 8, "{text}");
+            assert!(total == 9, "{text}");
             lines.join("\n")
         };
         let ip = SourceIp::new("127.0.0.1".parse().unwrap());
@@ -439,6 +441,19 @@ mod tests {
             mcp(McpAction::GetPrompt, "summary", &[], 0),
             "deny\npermit public-prompts not satisfied: when { resource.classification_level == 0 }"
         );
+        // Session plumbing is explained like any action: the built-in
+        // default allows it because `dev-tools` names the agent here.
+        for action in [
+            McpAction::OpenStream,
+            McpAction::EndSession,
+            McpAction::Notify,
+        ] {
+            assert_eq!(
+                mcp(action, "", &[], 0),
+                "allow\npermit builtin:mcp-plumbing satisfied",
+                "{action:?}"
+            );
+        }
 
         let model = |action, model: &str, method| {
             in_scope(authz.explain_model(&ModelRequest {

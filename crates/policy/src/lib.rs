@@ -30,7 +30,8 @@ mod secret;
 pub use args::{ArgumentError, CanonicalArgs, McpArg, canonical_arguments};
 pub use authorizer::{Authorizer, RouteActions};
 pub use bundle::{
-    DEFAULT_POLICIES, DEFAULT_SCHEMA, PolicyBundle, PolicyError, PolicySources, SCHEMA_FILE,
+    BUILTIN_PREFIX, DEFAULT_POLICIES, DEFAULT_SCHEMA, MCP_PLUMBING, MCP_PLUMBING_POLICY,
+    MCP_PLUMBING_POLICY_ID, PolicyBundle, PolicyError, PolicySources, SCHEMA_FILE,
 };
 pub use caller::{AuthFacts, AuthMethod, CallerFacts, Delegation, Posture};
 pub use entities::{AgentEntity, EntityError, RouteEntity};

@@ -56,17 +56,33 @@ pub enum McpAction {
     GetPrompt,
     /// `prompts/list` on `Route::"<route>"`.
     ListPrompts,
+    /// Session plumbing: `initialize`, `ping`, `logging/setLevel` on
+    /// `Route::"<route>"` (`Action::"mcp_session"`).
+    Session,
+    /// Session plumbing: a client notification (`notifications/*`).
+    Notify,
+    /// Session plumbing: the client's answer to a request of the server.
+    Reply,
+    /// Session plumbing: `GET`, the server's event stream.
+    OpenStream,
+    /// Session plumbing: `DELETE`, the end of the session.
+    EndSession,
 }
 
 impl McpAction {
     /// Every action, in index order.
-    pub const ALL: [McpAction; 6] = [
+    pub const ALL: [McpAction; 11] = [
         McpAction::CallTool,
         McpAction::ListTools,
         McpAction::ReadResource,
         McpAction::ListResources,
         McpAction::GetPrompt,
         McpAction::ListPrompts,
+        McpAction::Session,
+        McpAction::Notify,
+        McpAction::Reply,
+        McpAction::OpenStream,
+        McpAction::EndSession,
     ];
 
     /// The Cedar action id.
@@ -78,6 +94,11 @@ impl McpAction {
             McpAction::ListResources => "list_resources",
             McpAction::GetPrompt => "get_prompt",
             McpAction::ListPrompts => "list_prompts",
+            McpAction::Session => "mcp_session",
+            McpAction::Notify => "notify",
+            McpAction::Reply => "reply",
+            McpAction::OpenStream => "open_stream",
+            McpAction::EndSession => "end_session",
         }
     }
 
@@ -107,13 +128,34 @@ impl McpAction {
         self.resource_type() == "Route"
     }
 
-    /// The entity type of the resource: a route for the list actions.
-    pub(crate) fn resource_type(self) -> &'static str {
+    /// Whether it is session plumbing (in `Action::"mcp_plumbing"`): no
+    /// tool, resource or prompt, `context.route_permitted` set.
+    pub fn is_plumbing(self) -> bool {
+        matches!(
+            self,
+            McpAction::Session
+                | McpAction::Notify
+                | McpAction::Reply
+                | McpAction::OpenStream
+                | McpAction::EndSession
+        )
+    }
+
+    /// The entity type of the resource: a route for the list actions and
+    /// the plumbing.
+    pub fn resource_type(self) -> &'static str {
         match self {
             McpAction::CallTool => "Tool",
             McpAction::ReadResource => "McpResource",
             McpAction::GetPrompt => "Prompt",
-            McpAction::ListTools | McpAction::ListResources | McpAction::ListPrompts => "Route",
+            McpAction::ListTools
+            | McpAction::ListResources
+            | McpAction::ListPrompts
+            | McpAction::Session
+            | McpAction::Notify
+            | McpAction::Reply
+            | McpAction::OpenStream
+            | McpAction::EndSession => "Route",
         }
     }
 
@@ -164,7 +206,9 @@ struct ActionAuthz {
 /// The MCP half of a snapshot; `None` in [`crate::Authorizer`] when the schema
 /// declares none of the MCP actions (a schema written before the adapter).
 pub(crate) struct McpAuthz {
-    actions: Vec<ActionAuthz>,
+    /// By [`McpAction::index`]; `None` for the plumbing actions of a schema
+    /// written before them.
+    actions: Vec<Option<ActionAuthz>>,
     agent_type: EntityTypeName,
     route_type: EntityTypeName,
     args_type: EntityTypeName,
@@ -197,18 +241,27 @@ impl McpAuthz {
             .filter(|a| a.type_name().to_string() == "Action")
             .map(|a| (a.id().unescaped().to_string(), a.clone()))
             .collect();
-        if !McpAction::ALL
-            .iter()
-            .any(|a| declared.contains_key(a.as_str()))
-        {
+        let declares_any = |plumbing: bool| {
+            McpAction::ALL
+                .iter()
+                .any(|a| a.is_plumbing() == plumbing && declared.contains_key(a.as_str()))
+        };
+        if !declares_any(false) {
             return Ok(None);
         }
+        // The plumbing actions came later: a schema without any of them
+        // still loads, but cannot serve an MCP route (`supports_plumbing`).
+        let plumbing = declares_any(true);
         let schema_actions = bundle
             .schema
             .action_entities()
             .map_err(|e| EntityError::new(e.to_string()))?;
         let mut actions = Vec::new();
         for action in McpAction::ALL {
+            if action.is_plumbing() && !plumbing {
+                actions.push(None);
+                continue;
+            }
             let uid = declared.get(action.as_str()).cloned().ok_or_else(|| {
                 EntityError::new(format!(
                     "the schema declares some MCP actions but not `Action::\"{}\"`. {}",
@@ -225,12 +278,12 @@ impl McpAuthz {
                 .iter()
                 .filter_map(|u| schema_actions.get(u).cloned())
                 .collect();
-            actions.push(ActionAuthz {
+            actions.push(Some(ActionAuthz {
                 action_entities,
                 uid,
                 resource_type: parse(action.resource_type())?,
                 candidates,
-            });
+            }));
         }
         let declares = |name: &str| bundle.schema.entity_types().any(|t| t.to_string() == name);
         let typed_args = if declares("McpArgsLong") || declares("McpArgsDecimal") {
@@ -252,6 +305,7 @@ impl McpAuthz {
         let ip = SourceIp::new(std::net::IpAddr::from([127, 0, 0, 1]));
         for (action, caller) in McpAction::ALL
             .into_iter()
+            .filter(|a| authz.actions[a.index()].is_some())
             .flat_map(|a| CallerFacts::shape_samples().map(|c| (a, c)))
         {
             let sample = McpRequest {
@@ -276,7 +330,9 @@ impl McpAuthz {
                 time: RequestTime::from_epoch(0),
                 caller: &caller,
             };
-            let (request, slice) = authz.request(&sample, None, None, Some(&bundle.schema))?;
+            let permitted = action.is_plumbing().then_some(true);
+            let (request, slice) =
+                authz.request(&sample, None, None, permitted, Some(&bundle.schema))?;
             // Validates the slice's entities (attributes, tags, parents) too.
             Entities::from_entities(slice, Some(&bundle.schema)).map_err(|e| {
                 EntityError::new(format!(
@@ -290,13 +346,34 @@ impl McpAuthz {
         Ok(Some(authz))
     }
 
+    /// Whether the plumbing actions (`Action::"mcp_plumbing"`) are declared,
+    /// which an MCP route needs.
+    pub(crate) fn supports_plumbing(&self) -> bool {
+        self.actions.iter().all(Option::is_some)
+    }
+
+    /// The action's policies; `None` for a plumbing action the schema lacks.
+    fn action(&self, action: McpAction) -> Option<&ActionAuthz> {
+        self.actions[action.index()].as_ref()
+    }
+
+    /// `context.route_permitted` of a plumbing message of the agent: whether
+    /// some permit other than the built-in one names it on the route.
+    fn agent_permitted(&self, entities: &Entities, r: &McpRequest<'_>) -> Option<bool> {
+        r.action
+            .is_plumbing()
+            .then(|| !self.permits_on_route(entities, r.agent, r.route).is_empty())
+    }
+
     /// The Cedar request and its entity slice. `agent` is the agent's entity
-    /// from the snapshot (`None` for an agent the snapshot does not know).
+    /// from the snapshot (`None` for an agent the snapshot does not know);
+    /// `route_permitted` is the plumbing's `context.route_permitted`.
     fn request(
         &self,
         r: &McpRequest<'_>,
         agent: Option<&Entity>,
         route_entity: Option<&Entity>,
+        route_permitted: Option<bool>,
         schema: Option<&cedar_policy::Schema>,
     ) -> Result<(Request, Vec<Entity>), EntityError> {
         let fail = |e: String| {
@@ -306,7 +383,9 @@ impl McpAuthz {
                 crate::decide::SCHEMA_HINT
             ))
         };
-        let a = &self.actions[r.action.index()];
+        let a = self
+            .action(r.action)
+            .ok_or_else(|| fail("the schema does not declare it".to_string()))?;
         let uid = |t: &EntityTypeName, id: &str| {
             EntityUid::from_type_name_and_id(t.clone(), EntityId::new(id))
         };
@@ -437,6 +516,12 @@ impl McpAuthz {
             ("time".to_string(), time),
         ];
         pairs.extend(typed);
+        if let Some(permitted) = route_permitted {
+            pairs.push((
+                "route_permitted".to_string(),
+                RestrictedExpression::new_bool(permitted),
+            ));
+        }
         pairs.extend(r.caller.context_pairs().map_err(fail)?);
         let context = Context::from_pairs(pairs).map_err(|e| fail(e.to_string()))?;
         let request = Request::new(principal, a.uid.clone(), resource, context, schema)
@@ -450,7 +535,9 @@ impl McpAuthz {
         entities: &Entities,
         r: &McpRequest<'_>,
     ) -> Decision {
-        let a = &self.actions[r.action.index()];
+        let Some(a) = self.action(r.action) else {
+            return missing(r.action);
+        };
         if a.candidates.is_empty() {
             return Decision::default_deny();
         }
@@ -499,13 +586,22 @@ impl McpAuthz {
         r: &McpRequest<'_>,
         choose: impl FnOnce(&ActionPolicies, &Entities, &EntityUid, &EntityUid) -> Arc<PolicySet>,
     ) -> Decision {
-        let a = &self.actions[r.action.index()];
+        let Some(a) = self.action(r.action) else {
+            return missing(r.action);
+        };
         let principal =
             EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(r.agent));
         let route =
             EntityUid::from_type_name_and_id(self.route_type.clone(), EntityId::new(r.route));
+        let permitted = self.agent_permitted(entities, r);
         match self
-            .request(r, entities.get(&principal), entities.get(&route), None)
+            .request(
+                r,
+                entities.get(&principal),
+                entities.get(&route),
+                permitted,
+                None,
+            )
             .and_then(|(request, slice)| {
                 Entities::from_entities(slice, None)
                     .map(|slice| (request, slice))
@@ -536,12 +632,20 @@ impl McpAuthz {
     ) -> Vec<String> {
         let principal =
             EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(agent));
+        self.permits_of(entities, &principal, route)
+    }
+
+    /// The permits whose scope names `principal` and an MCP action on
+    /// `route`, the built-in plumbing permit left out: it follows from the
+    /// others and would otherwise name everyone.
+    fn permits_of(&self, entities: &Entities, principal: &EntityUid, route: &str) -> Vec<String> {
         let route = EntityUid::from_type_name_and_id(self.route_type.clone(), EntityId::new(route));
         let mut out = Vec::new();
-        for a in &self.actions {
+        for a in self.actions.iter().flatten() {
             a.candidates
-                .permits_on_route(entities, &principal, &route, &mut out);
+                .permits_on_route(entities, principal, &route, &mut out);
         }
+        out.retain(|id| id != crate::MCP_PLUMBING_POLICY_ID);
         out.sort();
         out.dedup();
         out
@@ -557,12 +661,22 @@ impl McpAuthz {
         r: &McpRequest<'_>,
         user: Entity,
     ) -> Decision {
-        let a = &self.actions[r.action.index()];
+        let Some(a) = self.action(r.action) else {
+            return missing(r.action);
+        };
         let route =
             EntityUid::from_type_name_and_id(self.route_type.clone(), EntityId::new(r.route));
         let principal = user.uid();
+        // The user's own permits on the route, over the user in its roles.
+        let permitted = match r.action.is_plumbing() {
+            false => None,
+            true => match Entities::from_entities([user.clone()], None) {
+                Ok(with_user) => Some(!self.permits_of(&with_user, &principal, r.route).is_empty()),
+                Err(e) => return crate::decide::denied_with_error(e.to_string()),
+            },
+        };
         let built = self
-            .request(r, Some(&user), entities.get(&route), None)
+            .request(r, Some(&user), entities.get(&route), permitted, None)
             .and_then(|(request, slice)| {
                 // `request` names the agent; ask again with the user.
                 let request = Request::new(
@@ -600,8 +714,15 @@ impl McpAuthz {
             EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(r.agent));
         let route =
             EntityUid::from_type_name_and_id(self.route_type.clone(), EntityId::new(r.route));
+        let permitted = self.agent_permitted(entities, r);
         let (request, slice) = self
-            .request(r, entities.get(&principal), entities.get(&route), None)
+            .request(
+                r,
+                entities.get(&principal),
+                entities.get(&route),
+                permitted,
+                None,
+            )
             .map_err(|e| e.to_string())?;
         let slice = Entities::from_entities(slice, None).map_err(|e| e.to_string())?;
         Ok((request, slice))
@@ -616,6 +737,15 @@ impl McpAuthz {
     ) -> Decision {
         self.decide_with(cedar, entities, r, |a, _, _, _| Arc::new(a.all()))
     }
+}
+
+/// The denial of a plumbing action the schema does not declare.
+fn missing(action: McpAction) -> Decision {
+    crate::decide::denied_with_error(format!(
+        "the policy schema has no `Action::\"{}\"`. {}",
+        action.as_str(),
+        crate::decide::SCHEMA_HINT
+    ))
 }
 
 #[cfg(test)]
@@ -787,7 +917,7 @@ mod tests {
                 }
             }
         }
-        assert_eq!(compared, 3 * 6 * 5 * 3);
+        assert_eq!(compared, 3 * 11 * 5 * 3);
         // The slice does leave policies out: dev-bot's tool call on `echo`
         // is decided without the other role's or route's policies.
         let args: Vec<McpArg> = Vec::new();
@@ -805,11 +935,14 @@ mod tests {
             time: RequestTime::from_epoch(1_700_000_000),
             caller: &CallerFacts::mtls(),
         };
-        let call = &m.actions[McpAction::CallTool.index()].candidates;
+        let call = &m.actions[McpAction::CallTool.index()]
+            .as_ref()
+            .unwrap()
+            .candidates;
         let principal: EntityUid = r#"Agent::"dev-bot""#.parse().unwrap();
         let resource: EntityUid = r#"Tool::"files/echo""#.parse().unwrap();
         let (_, slice) = m
-            .request(&r, a.entities.get(&principal), None, None)
+            .request(&r, a.entities.get(&principal), None, None, None)
             .unwrap();
         let slice = Entities::from_entities(slice, None).unwrap();
         let kept: Vec<String> = call
@@ -867,6 +1000,121 @@ mod tests {
             "deny default-deny",
         );
         check(&a, "stranger", CallTool, "echo", &[], "deny default-deny");
+    }
+
+    /// Session plumbing is decided like any message: the built-in default
+    /// allows it to a principal some other permit names on the route, a
+    /// `forbid` takes it away, and a principal no permit names is denied.
+    #[test]
+    fn session_plumbing_is_decided_with_a_visible_default() {
+        let a = authorizer(
+            r#"
+@id("dev-tools") permit(principal in Role::"dev", action == Action::"call_tool", resource in Route::"files");
+@id("ops-ping") permit(principal in Role::"ops", action == Action::"mcp_session", resource);
+@id("no-stream") forbid(principal, action == Action::"open_stream", resource == Route::"files");
+"#,
+        );
+        use McpAction::*;
+        for action in [Session, Notify, Reply, EndSession] {
+            check(&a, "dev-bot", action, "", &[], "allow builtin:mcp-plumbing");
+        }
+        check(&a, "dev-bot", OpenStream, "", &[], "deny no-stream");
+        // A permit of one plumbing action is a permit on the route.
+        check(
+            &a,
+            "ops-bot",
+            Session,
+            "",
+            &[],
+            "allow builtin:mcp-plumbing,ops-ping",
+        );
+        check(&a, "ops-bot", Notify, "", &[], "allow builtin:mcp-plumbing");
+        check(&a, "stranger", Session, "", &[], "deny default-deny");
+        check(&a, "ops-bot", CallTool, "echo", &[], "deny default-deny");
+        // The default names nobody by itself: the gateway's early refusal
+        // (no permit on the route) is unchanged by it.
+        assert!(
+            a.permits_on_route("stranger", "files", crate::RouteActions::Mcp)
+                .is_empty()
+        );
+        assert_eq!(
+            a.permits_on_route("ops-bot", "files", crate::RouteActions::Mcp),
+            ["ops-ping"]
+        );
+        // The user an agent acts for is asked about its own permits.
+        let as_user = |groups: &[&str]| {
+            let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+            let d = a.decide_mcp_for_user(
+                &McpRequest {
+                    agent: "dev-bot",
+                    action: Session,
+                    route: "files",
+                    classification: Classification::Internal,
+                    method: "initialize",
+                    target: "",
+                    args: &[],
+                    path: "/mcp",
+                    content: Content::NOT_SCANNED,
+                    source_ip: &SourceIp::new("127.0.0.1".parse().unwrap()),
+                    time: RequestTime::from_epoch(0),
+                    caller: &CallerFacts::mtls(),
+                },
+                "alice",
+                &groups,
+            );
+            assert!(d.errors.is_empty(), "{:?}", d.errors);
+            (d.allowed, d.policy_ids)
+        };
+        assert_eq!(
+            as_user(&["dev"]),
+            (true, vec!["builtin:mcp-plumbing".to_string()])
+        );
+        assert_eq!(
+            as_user(&["staff"]),
+            (false, vec!["default-deny".to_string()])
+        );
+    }
+
+    /// A schema written before the plumbing actions still loads, but cannot
+    /// serve an MCP route: plumbing is denied with the reason, never
+    /// let through undecided.
+    #[test]
+    fn a_schema_without_plumbing_actions_denies_plumbing() {
+        let schema = DEFAULT_SCHEMA
+            .split("// MCP session plumbing")
+            .next()
+            .unwrap()
+            .to_string();
+        let bundle = Arc::new(
+            PolicyBundle::compile(&PolicySources {
+                origin: PathBuf::from("/t"),
+                schema,
+                files: vec![(
+                    "t.cedar".to_string(),
+                    r#"@id("all") permit(principal, action, resource);"#.to_string(),
+                )],
+            })
+            .unwrap(),
+        );
+        assert_eq!(bundle.policy_ids(), ["all"]);
+        let a = Authorizer::new(bundle, &[], &[]).unwrap();
+        assert!(!a.supports_mcp());
+        let d = a.decide_mcp(&McpRequest {
+            agent: "x",
+            action: McpAction::OpenStream,
+            route: "r",
+            classification: Classification::Public,
+            method: "GET",
+            target: "",
+            args: &[],
+            path: "/mcp",
+            content: Content::NOT_SCANNED,
+            source_ip: &SourceIp::new("127.0.0.1".parse().unwrap()),
+            time: RequestTime::from_epoch(0),
+            caller: &CallerFacts::mtls(),
+        });
+        assert!(!d.allowed, "{d:?}");
+        assert!(d.errors[0].contains("open_stream"), "{:?}", d.errors);
     }
 
     #[test]

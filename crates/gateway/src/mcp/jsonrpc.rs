@@ -174,32 +174,41 @@ pub fn strip_unknown_fields(message: &mut Value) {
     }
 }
 
-/// What a client request asks of policy.
+/// What a client request or notification asks of policy: a Cedar decision
+/// on `action` for `target` (empty for the list actions and the session
+/// plumbing) with `args` as `context.args` (`argn`, `argd`).
 #[derive(Debug, Clone, PartialEq)]
-pub enum Ask {
-    /// A Cedar decision on `action` for `target` (empty for the list actions)
-    /// with `args` as `context.args` (`argn`, `argd`).
-    Authorize {
-        /// The action.
-        action: McpAction,
-        /// The tool or prompt name, or resource URI.
-        target: String,
-        /// Top-level arguments in canonical form, as policy sees them.
-        args: Vec<McpArg>,
-        /// `params.arguments` in canonical form (numbers canonical, keys
-        /// sorted), `None` when the message has none: what was decided, and
-        /// so what is forwarded (see [`set_arguments`]).
-        arguments: Option<Value>,
-    },
-    /// Session plumbing that carries no data of its own (`initialize`,
-    /// `ping`, `logging/setLevel`, notifications, answers to the server's
-    /// requests): passed on once the agent is authenticated.
-    Plumbing,
+pub struct Ask {
+    /// The action.
+    pub action: McpAction,
+    /// The tool or prompt name, or resource URI.
+    pub target: String,
+    /// Top-level arguments in canonical form, as policy sees them.
+    pub args: Vec<McpArg>,
+    /// `params.arguments` in canonical form (numbers canonical, keys
+    /// sorted), `None` when the message has none: what was decided, and
+    /// so what is forwarded (see [`set_arguments`]).
+    pub arguments: Option<Value>,
+}
+
+impl Ask {
+    /// Session plumbing, which carries no tool, resource, prompt or
+    /// arguments: decided on the route.
+    pub fn plumbing(action: McpAction) -> Self {
+        Ask {
+            action,
+            target: String::new(),
+            args: Vec::new(),
+            arguments: None,
+        }
+    }
 }
 
 /// Says what a request or notification asks for. A method the gateway does
 /// not know is refused: default deny covers new protocol features until
-/// they are mapped to actions.
+/// they are mapped to actions. Session plumbing is decided too, as
+/// `mcp_session` (`initialize`, `ping`, `logging/setLevel`) or `notify`
+/// (`notifications/*`).
 pub fn ask(method: &str, params: Option<&Value>) -> Result<Ask, Refused> {
     let str_param = |key: &str| -> Result<String, Refused> {
         params
@@ -213,7 +222,7 @@ pub fn ask(method: &str, params: Option<&Value>) -> Result<Ask, Refused> {
             Some(c) => (c.args, Some(c.value)),
             None => (Vec::new(), None),
         };
-        Ok(Ask::Authorize {
+        Ok(Ask {
             action,
             target,
             args,
@@ -221,8 +230,8 @@ pub fn ask(method: &str, params: Option<&Value>) -> Result<Ask, Refused> {
         })
     };
     match method {
-        "initialize" | "ping" | "logging/setLevel" => Ok(Ask::Plumbing),
-        m if m.starts_with("notifications/") => Ok(Ask::Plumbing),
+        "initialize" | "ping" | "logging/setLevel" => Ok(Ask::plumbing(McpAction::Session)),
+        m if m.starts_with("notifications/") => Ok(Ask::plumbing(McpAction::Notify)),
         "tools/call" => authorize(McpAction::CallTool, str_param("name")?, args(params)?),
         "tools/list" => authorize(McpAction::ListTools, String::new(), None),
         "resources/read" | "resources/subscribe" | "resources/unsubscribe" => {
@@ -276,12 +285,12 @@ fn args(params: Option<&Value>) -> Result<Option<portcullis_policy::CanonicalArg
 /// The canonical form of a message's `params.arguments` (every number in
 /// canonical form, keys sorted at every level), `Ok(None)` when it has none;
 /// refused with `mcp_bad_argument` when a number has no canonical form.
-/// [`ask`] gives the same value in [`Ask::Authorize`]'s `arguments`.
+/// [`ask`] gives the same value in [`Ask`]'s `arguments`.
 pub fn canonical_arguments(params: Option<&Value>) -> Result<Option<Value>, Refused> {
     Ok(args(params)?.map(|c| c.value))
 }
 
-/// Puts the canonical `arguments` (from [`Ask::Authorize`]) into the
+/// Puts the canonical `arguments` (from [`Ask`]) into the
 /// message, so the server receives exactly what policy decided. Returns
 /// whether the message changed (its bytes must then be written anew).
 pub fn set_arguments(message: &mut Value, arguments: Option<Value>) -> bool {
@@ -372,8 +381,7 @@ mod tests {
             Ok(Kind::Response) => "response".to_string(),
             Ok(Kind::Request { method, .. } | Kind::Notification { method }) => {
                 match ask(method, v.get("params")) {
-                    Ok(Ask::Plumbing) => "plumbing".to_string(),
-                    Ok(Ask::Authorize {
+                    Ok(Ask {
                         action,
                         target,
                         args,
@@ -416,11 +424,19 @@ mod tests {
         );
         check_ask(
             r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{}}"#,
-            "plumbing",
+            "mcp_session  []",
+        );
+        check_ask(
+            r#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
+            "mcp_session  []",
         );
         check_ask(
             r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
-            "plumbing",
+            "notify  []",
+        );
+        check_ask(
+            r#"{"jsonrpc":"2.0","method":"notifications/anything/new"}"#,
+            "notify  []",
         );
         check_ask(r#"{"jsonrpc":"2.0","id":7,"result":{}}"#, "response");
         check_ask(
@@ -493,12 +509,10 @@ mod tests {
 
     fn authorize(message: &str) -> Result<(Vec<McpArg>, Option<Value>), Refused> {
         let v: Value = serde_json::from_str(message).unwrap();
-        match ask(v["method"].as_str().unwrap(), v.get("params"))? {
-            Ask::Authorize {
-                args, arguments, ..
-            } => Ok((args, arguments)),
-            Ask::Plumbing => panic!("{message}"),
-        }
+        let Ask {
+            args, arguments, ..
+        } = ask(v["method"].as_str().unwrap(), v.get("params"))?;
+        Ok((args, arguments))
     }
 
     #[test]

@@ -21,18 +21,23 @@
 //!         must be merged) or SSE (sse.rs: event by event, re-checked)
 //!         tools/list answers: only tools that are pinned and callable
 //!         with [routes.guard]: results scanned (tool-output channel, DLP)
-//! GET     the server's event stream, re-checked at every event, and cut at
-//!         once when the agent's sessions end (revocation, quarantine)
-//! DELETE  ends the session upstream and here
+//! GET     the server's event stream (`open_stream`), re-checked at every
+//!         event, and cut at once when the agent's sessions end
+//!         (revocation, quarantine)
+//! DELETE  ends the session upstream and here (`end_session`)
 //! ```
 //!
 //! **Architecture Invariant:** no MCP message reaches the upstream without a
-//! decision: the one decision path (`pipeline/decide.rs`, obligations and
-//! the risk grade included) for data-carrying methods, authentication and
-//! session ownership for session plumbing (`initialize`, `ping`,
-//! notifications, answers to the server's own requests, the `GET` stream and
-//! `DELETE` of the agent's own session). Unknown methods, data-carrying
-//! methods sent as notifications and sub-paths of the endpoint are refused.
+//! decision of the one decision path (`pipeline/decide.rs`, obligations and
+//! the risk grade included): data-carrying methods as their actions
+//! (`call_tool` …), session plumbing as its own (`mcp_session` for
+//! `initialize`/`ping`/`logging/setLevel`, `notify` for notifications,
+//! `reply` for answers to the server's requests, `open_stream` for the
+//! `GET` stream and `end_session` for `DELETE` of the agent's own session),
+//! which the built-in policy `builtin:mcp-plumbing` permits to a principal
+//! that some other permit names on the route, unless a `forbid` says no.
+//! Unknown methods, data-carrying methods sent as notifications and
+//! sub-paths of the endpoint are refused.
 //! What goes upstream is the messages as parsed and decided, re-serialized,
 //! with only the fields JSON-RPC defines.
 
@@ -55,7 +60,7 @@ use portcullis_core::{ErrorCode, RequestId};
 use portcullis_policy::{Content, McpAction, SourceIp};
 use serde_json::Value;
 
-use crate::body::{BodyMeter, Recorder};
+use crate::body::BodyMeter;
 use crate::buffers;
 use crate::config::Upstream;
 use crate::metrics::Stage;
@@ -109,10 +114,6 @@ impl McpState {
 #[derive(Clone)]
 struct Asker {
     gateway: Arc<Gateway>,
-    /// The permits that could allow the agent something on the route
-    /// (never empty here: the pipeline refused the request otherwise). They
-    /// are what allows session plumbing, which carries no data.
-    route_permits: Vec<String>,
     identity: Identity,
     context: RequestContext,
     source_ip: SourceIp,
@@ -268,7 +269,6 @@ pub async fn serve(
     }
     let asker = Asker {
         gateway: gateway.clone(),
-        route_permits: ex.route_permits.clone(),
         identity: identity.clone(),
         context: context.clone(),
         source_ip: conn.source_ip.clone(),
@@ -289,37 +289,45 @@ pub async fn serve(
             };
             post(ex, &mcp, &asker, decoded, to).await
         }
-        (Method::GET, Some(_)) => {
-            session_allowed(ex.recorder, &asker);
-            let id = session.as_deref().ok_or_else(no_session)?;
-            let events = mcp.stdio.events(id)?;
-            let scan = asker.answer_guard(request_id, meter, false);
-            Ok(stream_back(&asker, events, Vec::new(), scan))
-        }
-        (Method::DELETE, Some(_)) => {
-            session_allowed(ex.recorder, &asker);
-            let id = session.as_deref().ok_or_else(no_session)?;
-            mcp.stdio.end(id);
-            mcp.sessions.end(id);
-            Ok(empty(StatusCode::OK))
-        }
-        (Method::GET | Method::DELETE, None) => {
+        (Method::GET | Method::DELETE, launched) => {
             // The event stream and the session's end belong to a session this
-            // agent opened on this route (checked above): never forwarded
-            // without one.
-            if session.is_none() {
-                return Err(no_session());
-            }
+            // agent opened on this route (checked above): never served
+            // without one, and each is decided as its own action.
+            let id = session.as_deref().ok_or_else(no_session)?;
             let deleting = decoded.parts.method == Method::DELETE;
-            session_allowed(ex.recorder, &asker);
-            let response = upstream(ex, &asker, decoded, Content::NOT_SCANNED).await?;
-            if deleting && response.status().is_success() {
-                if let Some(id) = &session {
-                    mcp.sessions.end(id);
-                }
-                return Ok(response);
+            let action = match deleting {
+                true => McpAction::EndSession,
+                false => McpAction::OpenStream,
+            };
+            let allowed = decide_session(ex, &decoded.parts, action).await?;
+            let mut decoded = decoded;
+            if allowed.redact {
+                // The redactor reads the stream only as the server sends it plain.
+                decoded.parts.headers.remove(header::ACCEPT_ENCODING);
             }
-            let scan = asker.answer_guard(request_id, meter, false);
+            let response = match (deleting, launched) {
+                (true, Some(_)) => {
+                    mcp.stdio.end(id);
+                    mcp.sessions.end(id);
+                    return Ok(empty(StatusCode::OK));
+                }
+                (true, None) => {
+                    let response = upstream(ex, &asker, decoded, Content::NOT_SCANNED).await?;
+                    if response.status().is_success() {
+                        mcp.sessions.end(id);
+                    }
+                    return Ok(response);
+                }
+                (false, Some(_)) => mcp.stdio.events(id)?,
+                (false, None) => upstream(ex, &asker, decoded, Content::NOT_SCANNED).await?,
+            };
+            if allowed.redact && !redactable(&response) {
+                return Err(decide::unsupported(
+                    "redact",
+                    "the MCP server's event stream is compressed or not an event stream",
+                ));
+            }
+            let scan = asker.answer_guard(request_id, meter, allowed.redact);
             Ok(stream_back(&asker, response, Vec::new(), scan))
         }
         _ => Err(Denial::new(
@@ -341,12 +349,39 @@ enum To<'a> {
     },
 }
 
-/// The record of a request on the agent's own session (the event stream,
-/// its end): allowed by the permits the agent has on the route.
-fn session_allowed(recorder: &mut Recorder, asker: &Asker) {
-    let record = recorder.record();
-    record.outcome = Outcome::Allow;
-    record.policies = asker.route_permits.clone();
+/// Decides `GET` (`open_stream`) or `DELETE` (`end_session`) on the agent's
+/// own session through the one decision path, on the route, with the HTTP
+/// method as `context.method`; the record names it `mcp:GET`/`mcp:DELETE`.
+async fn decide_session(
+    ex: &mut decide::Exchange<'_>,
+    parts: &http::request::Parts,
+    action: McpAction,
+) -> Result<decide::Allowed, Denial> {
+    let method = parts.method.as_str();
+    {
+        let record = ex.recorder.record();
+        record.action = format!("mcp:{method}");
+        record.resource = Some(ex.context.route.name.clone());
+    }
+    decide::decide(
+        ex,
+        decide::Call {
+            ask: decide::Ask::Mcp {
+                action,
+                method,
+                target: "",
+                args: &[],
+            },
+            content: Content::NOT_SCANNED,
+            write: false,
+            blocked: None,
+        },
+        decide::Subject::Mcp {
+            parts,
+            arguments: &Value::Null,
+        },
+    )
+    .await
 }
 
 fn no_session() -> Denial {
@@ -389,8 +424,6 @@ async fn post(
     let mut refusals = Vec::new();
     let mut list_ids = Vec::new();
     let mut initialize = false;
-    // Whether a message was session plumbing (no data, no decision of its own).
-    let mut plumbing = false;
     let mut first_code: Option<ErrorCode> = None;
     let mut described: Option<(String, String)> = None;
     // Whether a deciding permit obliges the answers to be redacted.
@@ -429,29 +462,28 @@ async fn post(
                 continue;
             }
         };
-        let (id, method) = match kind {
-            Kind::Response => {
-                forward.push(i);
-                continue;
+        // Every message is decided, session plumbing too: a client's answer
+        // to the server is `reply`, `initialize`/`ping` are `mcp_session`,
+        // notifications `notify` (allowed by `builtin:mcp-plumbing` unless
+        // a policy forbids them).
+        let (id, method, ask) = match kind {
+            Kind::Response => (None, "", Ok(Ask::plumbing(McpAction::Reply))),
+            Kind::Request { id, method } => (
+                Some(id),
+                method,
+                jsonrpc::ask(method, message.get("params")),
+            ),
+            Kind::Notification { method } => {
+                (None, method, jsonrpc::ask(method, message.get("params")))
             }
-            Kind::Request { id, method } => (Some(id), method),
-            Kind::Notification { method } => (None, method),
         };
-        let ask = jsonrpc::ask(method, message.get("params"));
-        let (action, target, args, arguments) = match ask {
-            Ok(Ask::Plumbing) => {
-                plumbing = true;
-                initialize |= method == "initialize";
-                described.get_or_insert((method.to_string(), route.clone()));
-                forward.push(i);
-                continue;
-            }
-            Ok(Ask::Authorize {
-                action,
-                target,
-                args,
-                arguments,
-            }) => (action, target, args, arguments),
+        let Ask {
+            action,
+            target,
+            args,
+            arguments,
+        } = match ask {
+            Ok(ask) => ask,
             Err(e) => {
                 // A notification gets no answer: it is dropped.
                 if let Some(id) = id {
@@ -460,13 +492,19 @@ async fn post(
                 continue;
             }
         };
+        // The record's name of the message: its method, or `reply`.
+        let label = if method.is_empty() {
+            action.as_str()
+        } else {
+            method
+        };
         let resource = if target.is_empty() {
             route.clone()
         } else {
             format!("{route}/{target}")
         };
         if let Some(denial) = scanned.as_ref().and_then(|s| s.blocked.as_ref()) {
-            described.get_or_insert((method.to_string(), resource));
+            described.get_or_insert((label.to_string(), resource));
             // A notification gets no answer: it is dropped.
             if let Some(id) = id {
                 refuse(id, denial.code, &denial.message, &denial.policies);
@@ -479,11 +517,11 @@ async fn post(
         };
         // A data-carrying method sent as a notification (no id, or a null
         // id) would run with no answer to carry a refusal: never forwarded.
-        let Some(id) = id else {
-            described.get_or_insert((method.to_string(), resource));
+        if id.is_none() && !action.is_plumbing() {
+            described.get_or_insert((label.to_string(), resource));
             first_code.get_or_insert(ErrorCode::McpMethodNotAllowed);
             continue;
-        };
+        }
         // A tool whose definition is not approved is refused after policy
         // allowed the call, before a human is asked to approve it.
         let blocked = (action == McpAction::CallTool)
@@ -492,7 +530,7 @@ async fn post(
         // What a human approves is the tool and its canonical arguments:
         // the ones policy decided on and the server receives.
         let bound = arguments.as_ref().unwrap_or(&Value::Null);
-        described.get_or_insert((method.to_string(), resource));
+        described.get_or_insert((label.to_string(), resource));
         let decided = decide::decide(
             ex,
             decide::Call {
@@ -516,7 +554,10 @@ async fn post(
         match decided {
             Err(denial) => {
                 first_code.get_or_insert(denial.code);
-                refusals.push(jsonrpc::denial(id, &denial, request_id.as_str()));
+                // A notification or an answer gets no answer: it is dropped.
+                if let Some(id) = id {
+                    refusals.push(jsonrpc::denial(id, &denial, request_id.as_str()));
+                }
                 continue;
             }
             Ok(allowed) => redact |= allowed.redact,
@@ -524,7 +565,10 @@ async fn post(
         if let Some(scanned) = &scanned {
             merge_facts(&mut forwarded, &scanned.facts);
         }
-        if action == McpAction::ListTools {
+        initialize |= method == "initialize";
+        if action == McpAction::ListTools
+            && let Some(id) = id
+        {
             list_ids.push(id.clone());
         }
         // The server gets the canonical arguments policy decided on.
@@ -533,11 +577,6 @@ async fn post(
     }
     {
         let record = ex.recorder.record();
-        if plumbing && record.policies.is_empty() {
-            // Plumbing alone: allowed by the permits the agent has here.
-            record.policies = asker.route_permits.clone();
-            record.policy_version = Some(ex.snapshot.policy_version);
-        }
         record.policies.sort();
         record.policies.dedup();
         record.content = audited;

@@ -68,10 +68,6 @@ pub struct Exchange<'a> {
     pub writes: Writes,
     /// `Prefer: wait=N`: how long an approval may be waited for.
     pub wait: Option<Duration>,
-    /// On MCP and LLM routes, the permits whose scope could allow the agent
-    /// something on the route (never empty there: the request was refused
-    /// otherwise); empty on HTTP routes.
-    pub route_permits: Vec<String>,
 }
 
 /// What is asked: the resource and action, per protocol.

@@ -311,7 +311,6 @@ async fn run(
             recorder,
             writes: contained.writes,
             wait: approve::prefer_wait(&decoded.parts.headers),
-            route_permits: route_permits.unwrap_or_default(),
         };
         let answer = if context.route.kind == crate::config::RouteKind::Mcp {
             crate::mcp::serve(&mut ex, decoded).await?
@@ -362,7 +361,6 @@ async fn run(
             recorder,
             writes: contained.writes,
             wait,
-            route_permits: Vec::new(),
         },
         decide::Call {
             ask: decide::Ask::Route,
