@@ -11,6 +11,7 @@ pub mod anonymous;
 pub mod approvals;
 pub mod attempts;
 pub mod audit_export;
+pub mod audit_intent;
 pub mod audit_sink;
 pub mod audit_spool;
 pub mod body;

@@ -51,6 +51,21 @@ pub struct RawAudit {
     /// Days the clear values of pseudonymized fields are kept beside the log
     /// (then deleted). Default 0: not kept at all.
     pub personal_data_retention_days: Option<u64>,
+    /// When an allowed call's record is made durable, for every route that
+    /// does not say (default: `before_forward` for writes and confidential
+    /// or restricted routes, `async` otherwise).
+    pub durability: Option<Durability>,
+}
+
+/// When the record of an allowed call is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// The decision is committed (group commit) before the upstream is
+    /// contacted; the completed record follows (`crate::audit_intent`).
+    BeforeForward,
+    /// The record is committed after the response, without delaying it.
+    Async,
 }
 
 /// `[[audit.export]]`: one export sink. The keys a sink takes depend on its
@@ -244,6 +259,8 @@ pub struct AuditConfig {
     pub pseudonymize: Vec<crate::pseudonym::PersonalField>,
     /// How long clear values of pseudonymized fields are kept (none: not kept).
     pub personal_data_retention: Option<Duration>,
+    /// The durability of routes that do not set their own.
+    pub durability: Option<Durability>,
 }
 
 /// Where an export sink sends records.
@@ -462,6 +479,7 @@ pub(super) fn audit_config(raw: RawAudit, trust_domain: &str, base: &Path) -> Au
             .personal_data_retention_days
             .filter(|&d| d > 0)
             .map(|d| Duration::from_secs(d * 86_400)),
+        durability: raw.durability,
     }
 }
 

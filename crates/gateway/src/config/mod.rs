@@ -37,7 +37,7 @@ mod telemetry;
 pub use admin::{DEFAULT_ADMIN_LISTEN, RawAdmin};
 pub use approvals::RawApprovals;
 pub use audit::{
-    AuditConfig, DEFAULT_UNAUTHENTICATED_RECORDS_PER_MINUTE, ExportConfig, ExportKind,
+    AuditConfig, DEFAULT_UNAUTHENTICATED_RECORDS_PER_MINUTE, Durability, ExportConfig, ExportKind,
     ExportTarget, Facility, RawAudit, RawExport, SyslogTransport, WebhookFormat,
 };
 pub use gateway::{
@@ -184,6 +184,7 @@ impl Config {
             credential: None,
             capture: None,
             audit_fail_open: false,
+            durability: None,
             llm: None,
             owner: String::new(),
             tags: Vec::new(),
@@ -275,6 +276,7 @@ impl Config {
             .trust_domain
             .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_string());
         let audit = audit::audit_config(raw.audit, &trust_domain, base);
+        let audit_durability = audit.durability;
         Config {
             audit,
             analytics: Default::default(),
@@ -332,7 +334,16 @@ impl Config {
                     .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_MS),
             ),
             store_url: raw.store.url,
-            routes: raw.routes.into_iter().map(routes::route_config).collect(),
+            // A route's own durability wins over `[audit]`'s.
+            routes: raw
+                .routes
+                .into_iter()
+                .map(routes::route_config)
+                .map(|mut route| {
+                    route.durability = route.durability.or(audit_durability);
+                    route
+                })
+                .collect(),
         }
     }
 }
