@@ -218,7 +218,10 @@ mod tests {
         assert_eq!(durability(&public, false), Durability::Async);
         assert_eq!(durability(&public, true), Durability::BeforeForward);
         for c in [Classification::Confidential, Classification::Restricted] {
-            assert_eq!(durability(&route(c, None), false), Durability::BeforeForward);
+            assert_eq!(
+                durability(&route(c, None), false),
+                Durability::BeforeForward
+            );
         }
         let explicit = route(Classification::Restricted, Some(Durability::Async));
         assert_eq!(durability(&explicit, true), Durability::Async);

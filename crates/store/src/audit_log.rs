@@ -843,8 +843,9 @@ async fn journal_intents(
     }
     let mut closed = 0;
     for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
-        let mut delete =
-            sqlx::QueryBuilder::<sqlx::Sqlite>::new("DELETE FROM audit_intents WHERE request_id IN (");
+        let mut delete = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "DELETE FROM audit_intents WHERE request_id IN (",
+        );
         let mut ids = delete.separated(", ");
         for (_, request_id, ..) in chunk {
             ids.push_bind(*request_id);
@@ -1033,6 +1034,55 @@ mod tests {
             second.append(&mut [record(2)]).await,
             Err(StoreError::Corrupt { .. })
         ));
+    }
+
+    fn intent(i: usize) -> AuditIntentRow {
+        AuditIntentRow {
+            request_id: format!("req-{i}"),
+            time_ms: i as i64,
+            record: format!("{{\"request_id\":\"req-{i}\"}}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_closes_its_intent_in_the_transaction_that_appends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("db.sqlite"))
+            .await
+            .unwrap();
+        let mut log = store.audit_appender().await.unwrap();
+        // Intents alone: journaled, nothing appended to the log.
+        let head = log
+            .append_batch(&mut [], &[], &[intent(1), intent(2), intent(3)])
+            .await
+            .unwrap();
+        assert_eq!(head.size, 0);
+        // Record 1 closes its intent; record 4's intent comes with it.
+        log.append_batch(&mut [record(1), record(5)], &[], &[intent(4)])
+            .await
+            .unwrap();
+        let ids =
+            |rows: Vec<AuditIntentRow>| rows.into_iter().map(|r| r.request_id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store.audit_intents().await.unwrap()),
+            ["req-2", "req-3", "req-4"]
+        );
+        // A reopened appender knows intents are open and keeps closing them.
+        let mut log = store.audit_appender().await.unwrap();
+        log.append(&mut [record(4)]).await.unwrap();
+        assert_eq!(log.live_intents, 2);
+        // Intents whose record is in the log (e.g. replayed from the spool)
+        // are forgotten at start: none here but req-1 and req-4, long closed.
+        tamper(
+            &store,
+            "INSERT INTO audit_intents (request_id, time_ms, record) VALUES ('req-5', 5, '{}')",
+        )
+        .await;
+        assert_eq!(store.forget_recorded_intents().await.unwrap(), 1);
+        assert_eq!(
+            ids(store.audit_intents().await.unwrap()),
+            ["req-2", "req-3"]
+        );
     }
 
     async fn tamper(store: &Store, sql: &'static str) {

@@ -28,8 +28,8 @@ mod policy;
 pub use policy::{NewPolicyVersion, PolicySlot, PolicyState, PolicyVersionRow};
 
 pub use audit_log::{
-    ArchivedSegment, AuditAppender, AuditIntentRow, AuditVerifyFailure, NODE_MIN_LEVEL, PersonalValue,
-    StoredCheckpoint, TreeHead, open_checkpoint,
+    ArchivedSegment, AuditAppender, AuditIntentRow, AuditVerifyFailure, NODE_MIN_LEVEL,
+    PersonalValue, StoredCheckpoint, TreeHead, open_checkpoint,
 };
 
 use std::path::Path;
