@@ -31,8 +31,8 @@
 //!
 //! **Intents.** Calls whose durability is `before_forward` queue an intent
 //! ([`crate::audit_intent`]); each batch takes every queued intent into its
-//! transaction and answers their callers once it commits. An intent alone
-//! wakes the writer without the linger.
+//! transaction and answers their callers once it commits. An intent wakes
+//! the writer, and ends its linger.
 //!
 //! **Readiness.** A batch that fails, or hangs past the limit, raises
 //! `audit_unwritable` (see [`crate::readiness`]) until a batch commits.
@@ -355,11 +355,12 @@ async fn run(
             _ = stop.changed() => true,
         };
         if !stopping && batch.len() < MAX_BATCH {
-            // A caller waits on an intent: no linger (what queues meanwhile
-            // forms the next batch).
+            // A caller waits on an intent: no linger, or not past the
+            // intent's arrival (what queues meanwhile forms the next batch).
             if !intent {
                 tokio::select! {
                     _ = tokio::time::sleep(LINGER) => {}
+                    () = health.intents.queued() => {}
                     _ = stop.changed() => stopping = true,
                 }
             }
