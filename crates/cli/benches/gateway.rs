@@ -36,6 +36,16 @@
 //! 6    43 / 111 µs     19 / 53       82 / 142            104 / 487        103 / 397      61 / 376 µs     120345 / 44860 / 22996        19 %       51 %
 //! ```
 //!
+//! `[audit] durability` (issue 17): the bench's POSTs are writes, so they are
+//! `before_forward` by default; `BENCH_EXTRA_CONFIG=$'[audit]\ndurability =
+//! "async"'` measures the old behaviour. Measured on the debug profile (a
+//! release build did not fit the time; 2 shared cores, load 5–7), 1000
+//! requests per row, 3 s throughput, two runs each: gateway p50/p99 async
+//! 2094/8258 and 2100/9380 µs, before_forward 4035/14606 and 5785/16036 µs,
+//! so before_forward adds ≈2–3.7 ms p50 and ≈6–7 ms p99 (one group commit
+//! with `synchronous = FULL` before forwarding) and costs ≈17 % of
+//! throughput (605 → 503 req/s at 32 connections).
+//!
 //! Stage means from `/metrics` (µs, run 3): decode 1.2, authenticate 0.5,
 //! contextualize 0.1, authorize 1.0, forward 1088 (includes the upstream
 //! and the queueing under 32 connections).

@@ -177,6 +177,11 @@ pub async fn run(
         ),
         None => None,
     };
+    // Intents whose record is already in the log need no recovery.
+    store
+        .forget_recorded_intents()
+        .await
+        .context("cannot read the audit intent journal")?;
     let appender = store
         .audit_appender()
         .await
@@ -206,6 +211,15 @@ pub async fn run(
     }
     // Then what the last shutdown spilled, before anything newer.
     replay_spool(&state, &store, &sink, log_size + linked).await?;
+    // Then the calls a crash left forwarded but unrecorded (audit_intent.rs).
+    let spooled = audit_spool::read(state.root())
+        .context("cannot read the audit spool")?
+        .into_iter()
+        .map(|r| r.request_id)
+        .collect();
+    portcullis_gateway::audit_intent::recover(&store, &sink, &spooled)
+        .await
+        .context("cannot recover the audit intent journal")?;
     if let Some(record) = start_policy.stored {
         sink.submit(record);
     }

@@ -29,6 +29,11 @@
 //! [`AuditSink::writable`] is false on every route (fail-open ones included),
 //! no checkpoint is signed, and `/readyz` answers 503 (`audit_halted`).
 //!
+//! **Intents.** Calls whose durability is `before_forward` queue an intent
+//! ([`crate::audit_intent`]; the rules are the gateway's); each batch takes every queued intent into its
+//! transaction and answers their callers once it commits. An intent wakes
+//! the writer, and ends its linger.
+//!
 //! **Readiness.** A batch that fails, or hangs past the limit, raises
 //! `audit_unwritable` (see [`crate::readiness`]) until a batch commits.
 //!
@@ -42,6 +47,7 @@ use portcullis_audit::AuditRecord;
 use portcullis_store::{AuditAppender, TreeHead};
 use tokio::sync::{mpsc, watch};
 
+use crate::audit_intent::{self, IntentQueue};
 use crate::metrics::Metrics;
 use crate::pseudonym::Pseudonymizer;
 use crate::readiness::NotReady;
@@ -82,6 +88,7 @@ struct Health {
     /// The last attempt failed and no attempt has succeeded since.
     failing: AtomicBool,
     fail_closed_after_ms: i64,
+    intents: IntentQueue,
 }
 
 /// The sending side, cloned into every request.
@@ -102,6 +109,11 @@ impl AuditSink {
             // Only after the writer has stopped, i.e. during process exit.
             tracing::error!("audit writer stopped; record not written");
         }
+    }
+
+    /// The intent journal's queue ([`crate::audit_intent`]).
+    pub fn intents(&self) -> &IntentQueue {
+        &self.health.intents
     }
 
     /// Whether the backlog is over the admission limit.
@@ -247,6 +259,7 @@ impl AuditWriter {
             writing_since_ms: AtomicI64::new(0),
             failing: AtomicBool::new(false),
             fail_closed_after_ms: fail_closed_after.as_millis() as i64,
+            intents: IntentQueue::new(fail_closed_after),
         });
         let (head_tx, head_rx) = watch::channel(appender.head());
         let (stop, stopped) = watch::channel(false);
@@ -335,14 +348,21 @@ async fn run(
     let mut gate = health.gate.subscribe();
     loop {
         // Whatever arrived while the previous batch was committing forms the next batch.
+        let mut intent = false;
         let mut stopping = tokio::select! {
             n = rx.recv_many(&mut batch, MAX_BATCH) => n == 0,
+            () = health.intents.queued() => { intent = true; false }
             _ = stop.changed() => true,
         };
         if !stopping && batch.len() < MAX_BATCH {
-            tokio::select! {
-                _ = tokio::time::sleep(LINGER) => {}
-                _ = stop.changed() => stopping = true,
+            // A caller waits on an intent: no linger, or not past the
+            // intent's arrival (what queues meanwhile forms the next batch).
+            if !intent {
+                tokio::select! {
+                    _ = tokio::time::sleep(LINGER) => {}
+                    () = health.intents.queued() => {}
+                    _ = stop.changed() => stopping = true,
+                }
             }
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -446,7 +466,9 @@ async fn write(
     abandon: &mut watch::Receiver<bool>,
 ) -> bool {
     let n = batch.len();
-    if n == 0 {
+    // Dropped uncommitted (abandoned, halted), their callers are refused.
+    let (intents, durable) = health.intents.take();
+    if n == 0 && intents.is_empty() {
         return true;
     }
     health.writing_since_ms.store(now_ms(), Ordering::Relaxed);
@@ -462,7 +484,7 @@ async fn write(
         // the process not ready once it outlasts the limit, as it makes the
         // log unwritable for the pipeline; it is not abandoned.
         let result = {
-            let attempt = appender.append_with_personal(batch, &personal);
+            let attempt = appender.append_batch(batch, &personal, &intents);
             tokio::pin!(attempt);
             let stall = tokio::time::sleep(stall_limit);
             tokio::pin!(stall);
@@ -506,6 +528,7 @@ async fn write(
     metrics.readiness.set(NotReady::AuditUnwritable, false);
     health.backlog.fetch_sub(n, Ordering::Relaxed);
     head.send_replace(new_head);
+    audit_intent::acknowledge(durable);
     metrics.audit_queue.dec_by(n as i64);
     metrics.audit_written.inc_by(n as u64);
     batch.clear();

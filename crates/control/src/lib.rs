@@ -27,6 +27,7 @@ pub mod analytics;
 pub mod approvals;
 pub mod attempts;
 pub mod audit_export;
+pub mod audit_intent;
 pub mod audit_sink;
 pub mod audit_spool;
 pub mod checkpointer;

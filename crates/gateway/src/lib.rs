@@ -10,6 +10,7 @@
 #![forbid(unsafe_code)]
 
 pub mod anonymous;
+pub mod audit_intent;
 pub mod body;
 pub mod buffers;
 pub mod capture;

@@ -624,6 +624,7 @@ mod tests {
             }),
             capture: None,
             audit_fail_open: false,
+            durability: None,
             llm: None,
             owner: String::new(),
             tags: Vec::new(),

@@ -80,6 +80,7 @@ impl RouteTable {
                 credential: None,
                 capture: None,
                 audit_fail_open: false,
+                durability: None,
                 llm: None,
                 owner: String::new(),
                 tags: Vec::new(),

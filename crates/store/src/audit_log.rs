@@ -109,6 +109,21 @@ pub struct ArchivedSegment {
 pub struct AuditAppender {
     store: Store,
     acc: MerkleAccumulator,
+    /// Rows of `audit_intents` not yet closed by their record: while there
+    /// are none, appending records skips the intent delete altogether.
+    live_intents: u64,
+}
+
+/// A row of the intent journal (`audit_intents`): a request's record as it
+/// was decided, durable before its upstream was contacted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditIntentRow {
+    /// The request id; the record with this id closes the intent.
+    pub request_id: String,
+    /// When the request arrived, ms since the epoch.
+    pub time_ms: i64,
+    /// The record's JSON as decided (before pseudonymization).
+    pub record: String,
 }
 
 impl Store {
@@ -125,10 +140,50 @@ impl Store {
         let size = self.audit_size().await?;
         let frontier = self.subtree_hashes(&range_subtrees(0..size)).await?;
         let acc = MerkleAccumulator::from_frontier(size, frontier).map_err(corrupt)?;
+        let live: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_intents")
+            .fetch_one(&self.pool)
+            .await?;
         Ok(AuditAppender {
             store: self.clone(),
             acc,
+            live_intents: live.max(0) as u64,
         })
+    }
+
+    /// The intents no record has closed, oldest first: what a crash left.
+    pub async fn audit_intents(&self) -> Result<Vec<AuditIntentRow>, StoreError> {
+        let rows =
+            sqlx::query("SELECT request_id, time_ms, record FROM audit_intents ORDER BY time_ms")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditIntentRow {
+                    request_id: r.try_get("request_id")?,
+                    time_ms: r.try_get("time_ms")?,
+                    record: r.try_get("record")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Deletes the intents whose record is already in the log: records
+    /// replayed from the spool, or appended by a version that did not close
+    /// intents. Scans the log once, and only when intents are left (after a
+    /// crash). Returns how many were deleted.
+    pub async fn forget_recorded_intents(&self) -> Result<u64, StoreError> {
+        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_intents")
+            .fetch_one(&self.pool)
+            .await?;
+        if left == 0 {
+            return Ok(0);
+        }
+        let done = sqlx::query(
+            "DELETE FROM audit_intents WHERE request_id IN (SELECT request_id FROM audit_log)",
+        )
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
     }
 
     /// Sets the whole log aside (its records, nodes, checkpoints and personal
@@ -702,7 +757,20 @@ impl AuditAppender {
         records: &mut [AuditRecord],
         personal: &[PersonalValue],
     ) -> Result<TreeHead, StoreError> {
-        if records.is_empty() {
+        self.append_batch(records, personal, &[]).await
+    }
+
+    /// [`append_with_personal`](Self::append_with_personal), in the same
+    /// transaction journaling `intents` and deleting the intents the records
+    /// close (those with their request ids, `intents` included): one commit
+    /// makes both durable.
+    pub async fn append_batch(
+        &mut self,
+        records: &mut [AuditRecord],
+        personal: &[PersonalValue],
+        intents: &[AuditIntentRow],
+    ) -> Result<TreeHead, StoreError> {
+        if records.is_empty() && intents.is_empty() {
             return Ok(self.head());
         }
         let mut acc = self.acc.clone();
@@ -771,10 +839,51 @@ impl AuditAppender {
             .execute(&mut *tx)
             .await?;
         }
+        let live = self.live_intents + intents.len() as u64;
+        let closed = journal_intents(&mut tx, intents, &rows, live).await?;
         tx.commit().await?;
         self.acc = acc;
+        self.live_intents = live.saturating_sub(closed);
         Ok(self.head())
     }
+}
+
+/// Inserts `intents` and deletes those the appended `rows` close (only when
+/// some are open); returns how many were deleted.
+async fn journal_intents(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    intents: &[AuditIntentRow],
+    rows: &[(i64, &str, i64, String, [u8; 32])],
+    live: u64,
+) -> Result<u64, StoreError> {
+    for chunk in intents.chunks(AUDIT_ROWS_PER_INSERT) {
+        // A request decided twice (an MCP batch) keeps one intent: the latest.
+        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT OR REPLACE INTO audit_intents (request_id, time_ms, record) ",
+        );
+        insert.push_values(chunk, |mut row, intent| {
+            row.push_bind(intent.request_id.as_str())
+                .push_bind(intent.time_ms)
+                .push_bind(intent.record.as_str());
+        });
+        insert.build().execute(&mut **tx).await?;
+    }
+    if live == 0 {
+        return Ok(0);
+    }
+    let mut closed = 0;
+    for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
+        let mut delete = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "DELETE FROM audit_intents WHERE request_id IN (",
+        );
+        let mut ids = delete.separated(", ");
+        for (_, request_id, ..) in chunk {
+            ids.push_bind(*request_id);
+        }
+        delete.push(")");
+        closed += delete.build().execute(&mut **tx).await?.rows_affected();
+    }
+    Ok(closed)
 }
 
 async fn insert_node(
@@ -955,6 +1064,55 @@ pub(crate) mod tests {
             second.append(&mut [record(2)]).await,
             Err(StoreError::Corrupt { .. })
         ));
+    }
+
+    fn intent(i: usize) -> AuditIntentRow {
+        AuditIntentRow {
+            request_id: format!("req-{i}"),
+            time_ms: i as i64,
+            record: format!("{{\"request_id\":\"req-{i}\"}}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_record_closes_its_intent_in_the_transaction_that_appends_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("db.sqlite"))
+            .await
+            .unwrap();
+        let mut log = store.audit_appender().await.unwrap();
+        // Intents alone: journaled, nothing appended to the log.
+        let head = log
+            .append_batch(&mut [], &[], &[intent(1), intent(2), intent(3)])
+            .await
+            .unwrap();
+        assert_eq!(head.size, 0);
+        // Record 1 closes its intent; record 4's intent comes with it.
+        log.append_batch(&mut [record(1), record(5)], &[], &[intent(4)])
+            .await
+            .unwrap();
+        let ids =
+            |rows: Vec<AuditIntentRow>| rows.into_iter().map(|r| r.request_id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(store.audit_intents().await.unwrap()),
+            ["req-2", "req-3", "req-4"]
+        );
+        // A reopened appender knows intents are open and keeps closing them.
+        let mut log = store.audit_appender().await.unwrap();
+        log.append(&mut [record(4)]).await.unwrap();
+        assert_eq!(log.live_intents, 2);
+        // Intents whose record is in the log (e.g. replayed from the spool)
+        // are forgotten at start: none here but req-1 and req-4, long closed.
+        tamper(
+            &store,
+            "INSERT INTO audit_intents (request_id, time_ms, record) VALUES ('req-5', 5, '{}')",
+        )
+        .await;
+        assert_eq!(store.forget_recorded_intents().await.unwrap(), 1);
+        assert_eq!(
+            ids(store.audit_intents().await.unwrap()),
+            ["req-2", "req-3"]
+        );
     }
 
     async fn tamper(store: &Store, sql: &'static str) {

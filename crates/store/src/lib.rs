@@ -34,8 +34,8 @@ mod policy;
 pub use policy::{NewPolicyVersion, PolicySlot, PolicyState, PolicyVersionRow};
 
 pub use audit_log::{
-    ArchivedSegment, AuditAppender, AuditVerifyFailure, NODE_MIN_LEVEL, PersonalValue,
-    StoredCheckpoint, TreeHead, open_checkpoint,
+    ArchivedSegment, AuditAppender, AuditIntentRow, AuditVerifyFailure, NODE_MIN_LEVEL,
+    PersonalValue, StoredCheckpoint, TreeHead, open_checkpoint,
 };
 
 use std::path::Path;
@@ -169,6 +169,11 @@ fn migrator() -> Migrator {
             12,
             "approval_binding",
             include_str!("../migrations/0012_approval_binding.sql"),
+        ),
+        migration(
+            13,
+            "audit_intents",
+            include_str!("../migrations/0013_audit_intents.sql"),
         ),
     ])
 }

@@ -60,6 +60,21 @@ pub struct RawAudit {
     /// Where retention writes its segments (relative to the config file;
     /// default `<state-dir>/audit-archive`).
     pub archive_dir: Option<PathBuf>,
+    /// When an allowed call's record is made durable, for every route that
+    /// does not say (default: `before_forward` for writes and confidential
+    /// or restricted routes, `async` otherwise).
+    pub durability: Option<Durability>,
+}
+
+/// When the record of an allowed call is made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// The decision is committed (group commit) before the upstream is
+    /// contacted; the completed record follows (the gateway's `audit_intent`).
+    BeforeForward,
+    /// The record is committed after the response, without delaying it.
+    Async,
 }
 
 /// `[[audit.export]]`: one export sink. The keys a sink takes depend on its
@@ -258,6 +273,8 @@ pub struct AuditConfig {
     pub retention: Option<Duration>,
     /// The retention archive directory; `None`: `<state-dir>/audit-archive`.
     pub archive_dir: Option<PathBuf>,
+    /// The durability of routes that do not set their own.
+    pub durability: Option<Durability>,
 }
 
 /// Where an export sink sends records.
@@ -489,5 +506,6 @@ pub fn audit_config(raw: RawAudit, trust_domain: &str, base: &Path) -> AuditConf
             .retention_days
             .map(|d| Duration::from_secs(d.saturating_mul(86_400))),
         archive_dir: raw.archive_dir.map(|p| super::relative(base, p)),
+        durability: raw.durability,
     }
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Deserializer};
 pub mod audit;
 
 pub use audit::{
-    AuditConfig, DEFAULT_UNAUTHENTICATED_RECORDS_PER_MINUTE, ExportConfig, ExportKind,
+    AuditConfig, DEFAULT_UNAUTHENTICATED_RECORDS_PER_MINUTE, Durability, ExportConfig, ExportKind,
     ExportTarget, Facility, RawAudit, RawExport, SyslogTransport, WebhookFormat,
 };
 

@@ -55,7 +55,7 @@ pub use telemetry::{DEFAULT_SERVICE_NAME, RawTelemetry, TelemetryConfig};
 // paths stay `crate::config::X` here.
 use portcullis_control::config::audit;
 pub use portcullis_control::config::{
-    AuditConfig, DEFAULT_UNAUTHENTICATED_RECORDS_PER_MINUTE, ExportConfig, ExportKind,
+    AuditConfig, DEFAULT_UNAUTHENTICATED_RECORDS_PER_MINUTE, Durability, ExportConfig, ExportKind,
     ExportTarget, Facility, PolicyTimeZone, RawAudit, RawExport, SecretHeaders, SyslogTransport,
     WebhookFormat, parse_duration,
 };
@@ -195,6 +195,7 @@ impl Config {
             credential: None,
             capture: None,
             audit_fail_open: false,
+            durability: None,
             llm: None,
             owner: String::new(),
             tags: Vec::new(),
@@ -286,6 +287,7 @@ impl Config {
             .trust_domain
             .unwrap_or_else(|| DEFAULT_TRUST_DOMAIN.to_string());
         let audit = audit::audit_config(raw.audit, &trust_domain, base);
+        let audit_durability = audit.durability;
         Config {
             audit,
             analytics: Default::default(),
@@ -344,7 +346,16 @@ impl Config {
                     .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_MS),
             ),
             store_url: raw.store.url,
-            routes: raw.routes.into_iter().map(routes::route_config).collect(),
+            // A route's own durability wins over `[audit]`'s.
+            routes: raw
+                .routes
+                .into_iter()
+                .map(routes::route_config)
+                .map(|mut route| {
+                    route.durability = route.durability.or(audit_durability);
+                    route
+                })
+                .collect(),
         }
     }
 }

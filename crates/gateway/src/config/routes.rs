@@ -50,6 +50,11 @@ pub struct RawRoute {
     /// fail closed.
     #[serde(default)]
     pub audit_fail_open: bool,
+    /// When the record of an allowed call is made durable: `before_forward`
+    /// or `async` (default: `[audit] durability`, else by action and
+    /// classification; see `crate::audit_intent`).
+    #[serde(default)]
+    pub durability: Option<super::Durability>,
     /// `[[routes.models]]`: the models of a `kind = "llm"` route.
     #[serde(default)]
     pub models: Vec<crate::llm::config::RawModel>,
@@ -465,6 +470,9 @@ pub struct RouteConfig {
     pub capture: Option<CaptureConfig>,
     /// Serve while the audit log cannot be written.
     pub audit_fail_open: bool,
+    /// The route's durability, or `[audit] durability`; `None`: by action
+    /// and classification (`crate::audit_intent::durability`).
+    pub durability: Option<super::Durability>,
     /// Models, API key and budget of a `kind = "llm"` route.
     pub llm: Option<Arc<crate::llm::config::LlmConfig>>,
     /// `resource.owner`.
@@ -585,6 +593,7 @@ pub(super) fn route_config(r: RawRoute) -> RouteConfig {
         credential: r.credential,
         capture: r.capture,
         audit_fail_open: r.audit_fail_open,
+        durability: r.durability,
         owner: r.owner,
         tags: r.tags,
     }

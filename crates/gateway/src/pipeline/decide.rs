@@ -15,6 +15,8 @@
 //! budget       an LLM call's request and token windows ([routes.budget])
 //! inject       the route's vault credential: `use_secret`, then the value
 //!              (an MCP route's: per request to its server, see `credential`)
+//! intent       `before_forward` durability: the decision is committed to
+//!              the audit intent journal before the call goes on
 //! ```
 //!
 //! **Architecture Invariant:** a protocol adapter never asks Cedar itself and
@@ -251,6 +253,19 @@ pub async fn decide(
     let settled = match call.blocked.clone() {
         Some(denial) => Err(denial),
         None => obligations(ex, &call, &decision, subject).await,
+    };
+    // Last: nothing after this may refuse a call whose intent is durable
+    // (it would be recovered as forwarded after a crash).
+    let settled = match settled {
+        Ok(allowed) => crate::audit_intent::before_forward(
+            &ex.gateway.sink,
+            &ex.context.route,
+            call.write,
+            ex.recorder.record(),
+        )
+        .await
+        .map(|()| allowed),
+        Err(denial) => Err(denial),
     };
     if settled.is_err() {
         ex.recorder.record().outcome = Outcome::Deny;
