@@ -26,6 +26,8 @@ const PARITY_DOC: &str = include_str!("../../../docs/parity.md");
 /// The cells this file checks, by the names `docs/parity.md` uses.
 const CELLS: &[&str] = &[
     "default deny",
+    "permit",
+    "forbid by context",
     "approval held",
     "approval approved once",
     "approval replay refused",
@@ -662,6 +664,62 @@ async fn an_agent_no_permit_covers_is_refused_before_its_body_is_read() {
         assert_eq!(rec["outcome"], "deny", "{rec}");
         assert_eq!(rec["principal"], "outsider", "{rec}");
     }
+}
+
+/// A forbid whose condition reads the context (here: how the agent
+/// authenticated, a field every action's context has) beats the permits.
+const FORBID_BY_CONTEXT: &str = r#"
+@id("no-certificate-calls")
+forbid(principal, action in [Action::"POST", Action::"call_tool", Action::"complete"], resource)
+when { context.auth.method == "mtls" };
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_permit_serves_and_a_forbid_by_context_refuses_on_every_protocol() {
+    let Some(rig) = rig_with(&obliging("")).await else {
+        return;
+    };
+    for (protocol, permit) in [
+        (Protocol::Http, "http"),
+        (Protocol::Mcp, "mcp"),
+        (Protocol::Llm, "llm"),
+    ] {
+        let served = rig.call(protocol, "permitted").await;
+        assert_eq!(served.code, None, "{protocol:?} / permit: {served:?}");
+        let rec = tokio::task::block_in_place(|| record(&rig.server, &served.request_id));
+        assert_eq!(rec["outcome"], "allow", "{rec}");
+        assert!(
+            rec["policies"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p == permit),
+            "{protocol:?}: the permit `{permit}` decided: {rec}"
+        );
+    }
+    assert!(rig.ran("permitted"));
+    drop(rig);
+
+    let policies = format!("{}{FORBID_BY_CONTEXT}", obliging(""));
+    let Some(rig) = rig_with(&policies).await else {
+        return;
+    };
+    for protocol in [Protocol::Http, Protocol::Mcp, Protocol::Llm] {
+        let refused = rig.call(protocol, "forbidden-by-context").await;
+        assert_eq!(
+            refused.code.as_deref(),
+            Some("forbidden"),
+            "{protocol:?} / forbid by context: {refused:?}"
+        );
+        let rec = tokio::task::block_in_place(|| record(&rig.server, &refused.request_id));
+        assert_eq!(rec["outcome"], "deny", "{rec}");
+        assert_eq!(
+            rec["policies"],
+            serde_json::json!(["no-certificate-calls"]),
+            "{protocol:?}: {rec}"
+        );
+    }
+    assert!(!rig.ran("forbidden-by-context"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
