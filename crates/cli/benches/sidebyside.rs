@@ -63,6 +63,26 @@
 //! 25 MiB). On the quiet machine every absolute latency is higher and
 //! every throughput about twice as high as under load (idle cores sleep
 //! deeper and wake later); compare rows within one run only.
+//!
+//! 2026-12-07, quiet machine, main at the merge of issue 17's durability
+//! against the release binary of 9253181 (before this session's merges),
+//! alternating old and new twice in one sitting (`BENCH_EXTRA_CONFIG` sets
+//! `[audit] durability = "async"` on the new one, as the old one had no
+//! journal):
+//!
+//! ```text
+//! binary            portcullis p50/p99  nginx p50  P−N p50  portcullis rps  nginx rps  P/N   RSS P
+//! old 9253181       196 / 508 µs        132 µs     +64 µs   18473           45688      40 %  75.0 MiB
+//! new, async        209 / 635 µs        130 µs     +79 µs   18235           43566      42 %  76.0 MiB
+//! old 9253181       186 / 530 µs        130 µs     +56 µs   18676           44188      42 %  73.7 MiB
+//! new, async        198 / 548 µs        130 µs     +68 µs   16981           40093      42 %  75.7 MiB
+//! new, default      720 / 1581 µs       119 µs     +601 µs  9027            38745      23 %  44.6 MiB
+//! ```
+//!
+//! The unified path costs about 12 µs at p50 over 9253181 (the process-wide
+//! buffer lease, plumbing decided as actions, the control crate's seam);
+//! throughput is within the noise. The default `before_forward` durability
+//! waits for a group commit (fsync) before every write is forwarded.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod support;
