@@ -197,6 +197,9 @@ impl Rig {
                     .unwrap();
                 let request_id = support::request_id(&r);
                 if r.status().is_success() {
+                    // Read to the end: a capture or a record of an answer
+                    // the client dropped unread would be of a cut exchange.
+                    let _ = r.bytes().await;
                     return Outcome {
                         code: None,
                         ticket: None,
@@ -221,6 +224,9 @@ impl Rig {
                     .unwrap();
                 let request_id = support::request_id(&r);
                 if r.status().is_success() {
+                    // Read to the end: a capture or a record of an answer
+                    // the client dropped unread would be of a cut exchange.
+                    let _ = r.bytes().await;
                     return Outcome {
                         code: None,
                         ticket: None,
