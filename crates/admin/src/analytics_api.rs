@@ -185,11 +185,16 @@ async fn release(
     };
     // Lifting a containment is sensitive: a human's fresh TOTP (contract §2).
     let approver = crate::mfa::require_fresh_totp(&state, &call, &headers).await?;
-    state
-        .store
-        .release(&name, &approver.user, now_ms())
-        .await
-        .map_err(|e| call.store_error(e))?;
+    let mut released = state.store.release(&name, &approver.user, now_ms()).await;
+    if matches!(released, Err(portcullis_store::StoreError::NotFound(_)))
+        && analytics.quarantined(&name)
+    {
+        // On the board but not yet stored: the analytics task stores the
+        // row right after publishing; let it finish, then release.
+        analytics.settled(&name).await;
+        released = state.store.release(&name, &approver.user, now_ms()).await;
+    }
+    released.map_err(|e| call.store_error(e))?;
     // In force on the data plane once this returns.
     analytics.release(&name).await;
     call.done_by(&state.sink, &approver, "agent.release", &name, 200);

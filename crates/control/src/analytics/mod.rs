@@ -354,6 +354,15 @@ impl Analytics {
             .ok()?;
         wait.await.ok().flatten()
     }
+
+    /// Returns once the analytics task has finished the observation it was
+    /// handling: it publishes a quarantine on the board (enforcement never
+    /// waits on disk) before it stores the quarantine's row, and it takes
+    /// control messages only between observations, so after this round trip
+    /// a quarantine seen on the board is also in the store.
+    pub async fn settled(&self, agent: &str) {
+        let _ = self.summary(agent).await;
+    }
 }
 
 /// The features of an alert's stored detail, for a benign verdict.
