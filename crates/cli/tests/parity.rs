@@ -195,23 +195,7 @@ impl Rig {
                     .send()
                     .await
                     .unwrap();
-                let request_id = support::request_id(&r);
-                if r.status().is_success() {
-                    // Read to the end: a capture or a record of an answer
-                    // the client dropped unread would be of a cut exchange.
-                    let _ = r.bytes().await;
-                    return Outcome {
-                        code: None,
-                        ticket: None,
-                        request_id,
-                    };
-                }
-                let (_, e) = support::error_of(r).await;
-                Outcome {
-                    code: e["code"].as_str().map(str::to_string),
-                    ticket: e["ticket"].as_str().map(str::to_string),
-                    request_id,
-                }
+                outcome_of(r).await
             }
             Protocol::Llm => {
                 let r = auth(agent.post(self.server.url("/llm/v1/chat/completions")))
@@ -222,23 +206,7 @@ impl Rig {
                     .send()
                     .await
                     .unwrap();
-                let request_id = support::request_id(&r);
-                if r.status().is_success() {
-                    // Read to the end: a capture or a record of an answer
-                    // the client dropped unread would be of a cut exchange.
-                    let _ = r.bytes().await;
-                    return Outcome {
-                        code: None,
-                        ticket: None,
-                        request_id,
-                    };
-                }
-                let (_, e) = support::error_of(r).await;
-                Outcome {
-                    code: e["code"].as_str().map(str::to_string),
-                    ticket: e["ticket"].as_str().map(str::to_string),
-                    request_id,
-                }
+                outcome_of(r).await
             }
             Protocol::Mcp => {
                 let r = self
@@ -292,6 +260,26 @@ impl Rig {
             .unwrap()
             .lines()
             .any(|l| l == text)
+    }
+}
+
+/// The outcome of an HTTP or LLM answer, read to its end: a capture or a
+/// record of an answer the client dropped unread would be of a cut exchange.
+async fn outcome_of(r: reqwest::Response) -> Outcome {
+    let request_id = support::request_id(&r);
+    if r.status().is_success() {
+        let _ = r.bytes().await;
+        return Outcome {
+            code: None,
+            ticket: None,
+            request_id,
+        };
+    }
+    let (_, e) = support::error_of(r).await;
+    Outcome {
+        code: e["code"].as_str().map(str::to_string),
+        ticket: e["ticket"].as_str().map(str::to_string),
+        request_id,
     }
 }
 
