@@ -43,6 +43,7 @@ const CELLS: &[&str] = &[
     "break-glass",
     "vault credential",
     "capture",
+    "durable before forward",
 ];
 
 /// One obligation on the three protocols' permits.
@@ -1222,6 +1223,125 @@ async fn a_vault_credential_and_capture_work_on_every_protocol() {
         );
         let rec = tokio::task::block_in_place(|| record(&rig.server, &request_id));
         assert_eq!(rec["request_id"], request_id.as_str(), "{rec}");
+    }
+}
+
+/// Polls (bounded) until `arrived` says the upstream has the held call.
+async fn until_upstream_has(what: &str, arrived: impl Fn() -> bool) {
+    for _ in 0..200 {
+        if arrived() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("the {what} upstream never received the held call");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_is_durable_before_it_is_forwarded_on_every_protocol() {
+    // No `durability` set: a POST, a `tools/call` and a completion are
+    // writes, so each intent must be committed before the upstream sees the
+    // call. Each upstream receives its call and never answers; `kill -9`
+    // then leaves no record but the intent, which the restart recovers.
+    let Some(mut rig) = rig_with(&obliging("")).await else {
+        return;
+    };
+    let agent = rig.agent.clone();
+    let held_http = tokio::spawn(
+        agent
+            .post(rig.server.url("/api/hold"))
+            .body("{\"to\":\"hold-forever\"}")
+            .send(),
+    );
+    tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        support::HOLD_ARRIVED.notified(),
+    )
+    .await
+    .expect("the HTTP upstream never received the held call");
+    let held_mcp = tokio::spawn(
+        agent
+            .post(rig.server.url("/mcp/tools"))
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .header("mcp-session-id", &rig.session)
+            .json(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                "params": {"name": "save_note", "arguments": {"text": "hold-forever"}}}))
+            .send(),
+    );
+    until_upstream_has("MCP", || rig.ran("hold-forever")).await;
+    let held_llm = tokio::spawn(
+        agent
+            .post(rig.server.url("/llm/v1/chat/completions"))
+            .json(&json!({"model": "gpt-test",
+                "messages": [{"role": "user", "content": "hold-forever"}]}))
+            .send(),
+    );
+    let seen = format!("http://127.0.0.1:{}/_seen", rig.llm_port);
+    let plain = reqwest::Client::new();
+    for _ in 0..200 {
+        let body = plain.get(&seen).send().await.unwrap().text().await.unwrap();
+        if body.contains("hold-forever") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let body = plain.get(&seen).send().await.unwrap().text().await.unwrap();
+    assert!(
+        body.contains("hold-forever"),
+        "the LLM upstream never received the held call"
+    );
+
+    // kill -9: no drain, no spool.
+    let mut child = rig.server.child.take().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    for held in [held_http, held_mcp, held_llm] {
+        held.abort();
+    }
+    let Rig {
+        server, _upstreams, ..
+    } = rig;
+    let dir = server.into_dir();
+    let config = dir.path().join("portcullis.toml");
+    let env = [("PARITY_LLM_KEY", "sk-parity"), ("PORTCULLIS_KEK", KEK)];
+    let server = tokio::task::block_in_place(|| Server::start_with_env(dir, Some(&config), &env));
+
+    // Each protocol's held call is in the log, recovered as `interrupted`.
+    let mut actions = Vec::new();
+    for _ in 0..100 {
+        let records = tokio::task::block_in_place(|| server.audit(500));
+        actions = records
+            .iter()
+            .filter(|r| r["error_code"] == "interrupted")
+            .map(|r| {
+                assert_eq!(r["outcome"], "allow", "{r}");
+                assert_eq!(r["principal"], "dev-bot", "{r}");
+                // The recovered record names the call as decided.
+                if r["action"] == "mcp:tools/call" {
+                    assert_eq!(r["resource"], "tools/save_note", "{r}");
+                }
+                r["action"].as_str().unwrap_or_default().to_string()
+            })
+            .collect();
+        if actions.len() >= 3 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    actions.sort();
+    assert_eq!(
+        actions,
+        ["POST", "complete", "mcp:tools/call"],
+        "the interrupted records' actions"
+    );
+    for args in [&["audit", "checkpoint", "--sign"][..], &["audit", "verify"]] {
+        let out = tokio::task::block_in_place(|| server.cli(args));
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 

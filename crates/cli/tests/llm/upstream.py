@@ -5,7 +5,8 @@ usage chunk when `stream_options.include_usage` is set), POST /v1/embeddings
 and GET /v1/models, the way the OpenAI API does. The answer is a fixed text
 split into small deltas; a prompt containing "leak" gets an answer with an
 AWS access key id split across three deltas; a prompt containing "slow"
-streams forty deltas a quarter second apart (ten seconds). GET /_seen returns every
+streams forty deltas a quarter second apart (ten seconds); one containing
+"hold-forever" is never answered. GET /_seen returns every
 request it received (path, Authorization header, body) so tests can check
 what the gateway forwarded. Prints its port on stdout, then serves until
 killed. Standard library only.
@@ -70,6 +71,9 @@ class Handler(BaseHTTPRequestHandler):
                 "agent": self.headers.get("x-portcullis-agent"),
                 "body": body,
             })
+        if "hold-forever" in json.dumps(body.get("messages", [])):
+            time.sleep(3600)
+            return
         model = body.get("model")
         if self.path == "/v1/embeddings":
             inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]

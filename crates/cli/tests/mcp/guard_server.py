@@ -1,7 +1,8 @@
 """A small MCP server (official `mcp` SDK, Streamable HTTP) for the content
 guard tests: `fetch_page` returns a page carrying a prompt injection,
 `read_config` a result carrying a secret, and `save_note` appends the text it
-received to a file, so the test sees what reached the server.
+received to a file, so the test sees what reached the server (and, given the
+text "hold-forever", then never answers).
 
 usage: guard_server.py PORT NOTES_FILE json|sse [AUTH_FILE]
 
@@ -12,6 +13,7 @@ placed.
 
 import sys
 
+import anyio
 from mcp.server.mcpserver import MCPServer
 
 PORT = int(sys.argv[1])
@@ -38,10 +40,12 @@ def read_config() -> str:
 
 
 @server.tool()
-def save_note(text: str) -> str:
+async def save_note(text: str) -> str:
     """Saves a note."""
     with open(NOTES, "a", encoding="utf-8") as f:
         f.write(text + "\n")
+    if text == "hold-forever":
+        await anyio.sleep(3600)
     return "saved"
 
 

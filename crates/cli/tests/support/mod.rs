@@ -342,8 +342,11 @@ pub type StreamGate = Arc<Mutex<Option<oneshot::Receiver<()>>>>;
 /// Signalled when the upstream's `/drain` endpoint has received a request.
 pub static DRAIN_ARRIVED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
+/// Signalled when the upstream's `/hold` endpoint has received a request.
+pub static HOLD_ARRIVED: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
 /// A real upstream on 127.0.0.1:<ephemeral>:
-/// - `/slow` answers after 3 s; `/drain` after 1 s;
+/// - `/slow` answers after 3 s; `/drain` after 1 s; `/hold` never;
 /// - `/stream` sends `first`, waits for the gate, then sends `second`;
 /// - `/drip` sends `tick\n` every 100 ms for 10 s (a slow chunked stream);
 /// - `/leak` streams an event carrying [`LEAKED_TOKEN`], cut mid-value
@@ -387,6 +390,10 @@ async fn upstream(
         "slow" => {
             tokio::time::sleep(Duration::from_secs(3)).await;
             Ok(Response::new(Full::new(Bytes::from("slow")).boxed()))
+        }
+        "hold" => {
+            HOLD_ARRIVED.notify_one();
+            std::future::pending().await
         }
         "drain" => {
             DRAIN_ARRIVED.notify_one();

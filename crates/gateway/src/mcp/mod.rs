@@ -435,6 +435,11 @@ async fn post(
     // What the guard found in the messages that go on: `context.content`
     // of the `use_secret` decision for the route's credential.
     let mut forwarded = ContentFacts::default();
+    if body.batch {
+        let record = ex.recorder.record();
+        record.action = format!("mcp:batch({})", body.messages.len());
+        record.resource = Some(route.clone());
+    }
     for i in 0..body.messages.len() {
         let scanned = guard.and_then(|state| {
             guard::scan_request(
@@ -530,6 +535,13 @@ async fn post(
         // What a human approves is the tool and its canonical arguments:
         // the ones policy decided on and the server receives.
         let bound = arguments.as_ref().unwrap_or(&Value::Null);
+        // The record names the call before `decide` may make an intent of it
+        // durable: after a crash that intent is the call's only record.
+        if !body.batch {
+            let record = ex.recorder.record();
+            record.action = format!("mcp:{label}");
+            record.resource = Some(resource.clone());
+        }
         described.get_or_insert((label.to_string(), resource));
         let decided = decide::decide(
             ex,
@@ -581,8 +593,7 @@ async fn post(
         record.policies.dedup();
         record.content = audited;
         if body.batch {
-            record.action = format!("mcp:batch({})", body.messages.len());
-            record.resource = Some(route.clone());
+            // Named before the loop.
         } else if let Some((method, resource)) = described {
             record.action = format!("mcp:{method}");
             record.resource = Some(resource);
