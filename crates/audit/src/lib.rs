@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod checkpoint;
+pub mod compact;
 pub mod merkle;
 pub mod note;
 pub mod verify;
