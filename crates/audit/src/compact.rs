@@ -81,12 +81,12 @@ pub fn encode(record: &AuditRecord, intern: &mut impl FnMut(&str) -> u64) -> Vec
     w.value(record.principal.as_deref(), Slot::Interned);
     w.value(record.credential.as_deref(), Slot::Interned);
     w.value(record.source_ip.as_deref(), Slot::Interned);
-    w.value(Some(&record.action), Slot::Interned);
+    w.value(Some(record.action.as_str()), Slot::Interned);
     w.value(record.resource.as_deref(), Slot::Interned);
     w.value(record.path.as_deref(), Slot::Text);
     w.int(record.policies.len() as u64);
     for policy in &record.policies {
-        w.value(Some(policy), Slot::Interned);
+        w.value(Some(policy.as_str()), Slot::Interned);
     }
     w.value(record.error_code.as_deref(), Slot::Interned);
     w.int(record.duration_us);
@@ -98,8 +98,8 @@ pub fn encode(record: &AuditRecord, intern: &mut impl FnMut(&str) -> u64) -> Vec
     w.value(record.response_sha256_unredacted.as_deref(), Slot::Digest);
     w.int(record.content.len() as u64);
     for finding in &record.content {
-        w.value(Some(&finding.direction), Slot::Interned);
-        w.value(Some(&finding.kind), Slot::Interned);
+        w.value(Some(finding.direction.as_str()), Slot::Interned);
+        w.value(Some(finding.kind.as_str()), Slot::Interned);
         w.value(finding.pointer.as_deref(), Slot::Text);
         w.int(finding.start);
         w.int(finding.end);
@@ -461,10 +461,25 @@ mod tests {
     #[test]
     fn a_typical_record_is_small() {
         let mut table = Table::default();
-        let mut record = full();
-        record.content.clear();
-        record.request_sha256 = Some("ab".repeat(32));
-        record.response_sha256 = Some("cd".repeat(32));
+        let record = AuditRecord {
+            kind: RecordKind::Request,
+            path: Some("/demo/items/12345".into()),
+            policies: vec!["readers-read-low".into()],
+            error_code: None,
+            status: 200,
+            duration_us: 1_834,
+            bytes_out: 5_000,
+            request_sha256: Some("ab".repeat(32)),
+            response_sha256: Some("cd".repeat(32)),
+            response_sha256_unredacted: None,
+            fail_open: false,
+            content: Vec::new(),
+            policy_version: Some(3),
+            approval_ticket: None,
+            breakglass: None,
+            sampled: None,
+            ..full()
+        };
         table.encode(&record);
         let bytes = table.encode(&record);
         // 4 header bytes, 64 digest bytes, the path and one byte or so a field.

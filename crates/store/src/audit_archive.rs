@@ -26,7 +26,6 @@ use portcullis_audit::merkle::{self, Hash, MerkleAccumulator, range_subtrees};
 use portcullis_audit::note::VerifierKey;
 use portcullis_audit::verify::{LogVerifier, VerifyError, VerifySummary};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 
 use crate::audit_log::{AuditVerifyFailure, NODE_MIN_LEVEL, open_checkpoint};
 use crate::audit_rows::{RECORD_COLUMNS, StoredRow};
