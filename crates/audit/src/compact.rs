@@ -342,7 +342,7 @@ const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 fn is_lower_hex(text: &str) -> bool {
     !text.is_empty()
-        && text.len() % 2 == 0
+        && text.len().is_multiple_of(2)
         && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
