@@ -121,7 +121,9 @@ pub fn decode<'s>(
     request_id: String,
     lookup: impl Fn(u64) -> Option<&'s str>,
 ) -> Result<AuditRecord, DecodeError> {
-    if bytes.len() < 4 || bytes[0] != FORMAT || bytes[1] & !(KIND_ADMIN | OUTCOME_ALLOW | FAIL_OPEN) != 0
+    if bytes.len() < 4
+        || bytes[0] != FORMAT
+        || bytes[1] & !(KIND_ADMIN | OUTCOME_ALLOW | FAIL_OPEN) != 0
     {
         return Err(DecodeError::Malformed(0));
     }
@@ -232,9 +234,11 @@ impl<F: FnMut(&str) -> u64> Writer<'_, F> {
             Slot::Digest if is_lower_hex(text) => {
                 self.int(HEX);
                 self.int(text.len() as u64 / 2);
-                self.out.extend(text.as_bytes().chunks(2).map(|pair| {
-                    (hex_digit(pair[0]) << 4) | hex_digit(pair[1])
-                }));
+                self.out.extend(
+                    text.as_bytes()
+                        .chunks(2)
+                        .map(|pair| (hex_digit(pair[0]) << 4) | hex_digit(pair[1])),
+                );
             }
             Slot::Text | Slot::Digest => {
                 self.int(TEXT);
@@ -343,7 +347,9 @@ const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 fn is_lower_hex(text: &str) -> bool {
     !text.is_empty()
         && text.len().is_multiple_of(2)
-        && text.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn hex_digit(byte: u8) -> u8 {

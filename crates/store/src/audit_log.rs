@@ -883,14 +883,17 @@ impl AuditAppender {
                 leaf,
             ));
         }
-        let result = self.write_batch(first, &rows, &nodes, personal, intents).await;
+        let result = self
+            .write_batch(first, &rows, &nodes, personal, intents)
+            .await;
         match result {
             Ok(closed) => {
                 let (first_string, added) = self.strings.added();
                 self.store.strings.extend(first_string, added);
                 self.strings.commit();
                 self.acc = acc;
-                self.live_intents = (self.live_intents + intents.len() as u64).saturating_sub(closed);
+                self.live_intents =
+                    (self.live_intents + intents.len() as u64).saturating_sub(closed);
                 Ok(self.head())
             }
             Err(e) => {
@@ -944,13 +947,16 @@ impl AuditAppender {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO audit_log (seq, request_id, time_ms, record, leaf_hash) ",
             );
-            insert.push_values(chunk, |mut row, (seq, request_id, time_ms, stored, leaf)| {
-                row.push_bind(*seq)
-                    .push_bind(*request_id)
-                    .push_bind(*time_ms)
-                    .push_bind(stored.as_slice())
-                    .push_bind(&leaf[..]);
-            });
+            insert.push_values(
+                chunk,
+                |mut row, (seq, request_id, time_ms, stored, leaf)| {
+                    row.push_bind(*seq)
+                        .push_bind(*request_id)
+                        .push_bind(*time_ms)
+                        .push_bind(stored.as_slice())
+                        .push_bind(&leaf[..]);
+                },
+            );
             insert.build().execute(&mut *tx).await?;
         }
         for node in nodes {
@@ -1288,7 +1294,11 @@ pub(crate) mod tests {
         }
         // A changed string changes every record naming it: the first is found.
         let (_d, store, key, _) = build().await;
-        tamper(&store, "UPDATE audit_strings SET value = 'POST' WHERE value = 'GET'").await;
+        tamper(
+            &store,
+            "UPDATE audit_strings SET value = 'POST' WHERE value = 'GET'",
+        )
+        .await;
         assert_eq!(first_bad(&failure(&store, &key).await), 0);
         let (_d, store, key, _) = build().await;
         tamper(&store, "DELETE FROM audit_strings").await;

@@ -204,7 +204,10 @@ pub(crate) struct Interner {
 impl Interner {
     pub(crate) async fn load(pool: &sqlx::SqlitePool) -> Result<Self, StoreError> {
         let strings = load_strings(pool, 0).await?;
-        let ids = (0u64..).zip(&strings).map(|(i, s)| (s.clone(), i)).collect();
+        let ids = (0u64..)
+            .zip(&strings)
+            .map(|(i, s)| (s.clone(), i))
+            .collect();
         Ok(Interner {
             ids,
             strings,

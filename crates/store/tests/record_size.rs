@@ -70,7 +70,11 @@ fn typical(protocol: Protocol, i: usize, rng: &mut Rng, serials: &[String]) -> A
             serials[agent]
         )),
         source_ip: Some(format!("10.0.{}.{}", agent, 10 + agent)),
-        outcome: if denied { Outcome::Deny } else { Outcome::Allow },
+        outcome: if denied {
+            Outcome::Deny
+        } else {
+            Outcome::Allow
+        },
         duration_us: 500 + rng.below(40_000),
         request_sha256: Some(rng.hex(32)),
         response_sha256: Some(rng.hex(32)),
@@ -89,7 +93,11 @@ fn typical(protocol: Protocol, i: usize, rng: &mut Rng, serials: &[String]) -> A
             record.path = Some(format!("/{route}/items/{}", rng.below(100_000)));
             record.classification = Some(class.into());
             record.policies = vec![format!("{route}-readers")];
-            record.bytes_in = if method == "POST" { 200 + rng.below(800) } else { 0 };
+            record.bytes_in = if method == "POST" {
+                200 + rng.below(800)
+            } else {
+                0
+            };
             record.bytes_out = 300 + rng.below(4_000);
         }
         Protocol::Mcp => {
@@ -145,7 +153,11 @@ async fn settled_size(db: &Path) -> u64 {
     let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&options)
         .await
         .unwrap();
-    for statement in ["PRAGMA wal_checkpoint(TRUNCATE)", "VACUUM", "PRAGMA wal_checkpoint(TRUNCATE)"] {
+    for statement in [
+        "PRAGMA wal_checkpoint(TRUNCATE)",
+        "VACUUM",
+        "PRAGMA wal_checkpoint(TRUNCATE)",
+    ] {
         sqlx::query(statement).execute(&mut conn).await.unwrap();
     }
     sqlx::Connection::close(conn).await.unwrap();
