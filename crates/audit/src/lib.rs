@@ -12,10 +12,13 @@
 //! [`merkle`] hashes leaves into an RFC 9162 tree and makes and checks
 //! inclusion and consistency proofs, [`note`] signs and opens C2SP signed notes
 //! with Ed25519, and [`checkpoint`] signs and verifies the log's tree heads as
-//! C2SP checkpoints. `docs/audit-format.md` describes the formats.
+//! C2SP checkpoints. [`compact`] is the record's stored form: a lossless
+//! binary encoding a store decodes back to the record, and so to its leaf.
+//! `docs/audit-format.md` describes the formats.
 #![forbid(unsafe_code)]
 
 pub mod checkpoint;
+pub mod compact;
 pub mod merkle;
 pub mod note;
 pub mod verify;

@@ -251,9 +251,9 @@ async fn proofs_exports_and_tampering_found_at_its_index() {
     server.terminate();
     let state = server.state_dir();
     let db = open_db(&state).await;
-    sqlx::query(
-        "UPDATE audit_log SET record = replace(record, '\"status\":200', '\"status\":500') WHERE seq = ?",
-    )
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "UPDATE audit_log SET {SET_STATUS_500} WHERE seq = ?"
+    )))
     .bind(seq as i64)
     .execute(&db)
     .await
@@ -265,12 +265,9 @@ async fn proofs_exports_and_tampering_found_at_its_index() {
     // An administrator who also rewrites the stored leaf hash (knowing the
     // scheme) gets past the leaf check, but the signed tree head catches it:
     // the server refuses to extend a log that no longer matches its signature.
+    let text = stored_leaf(&state, seq as i64).await;
+    assert!(text.contains("\"status\":500"), "{text}");
     let db = open_db(&state).await;
-    let text: String = sqlx::query_scalar("SELECT record FROM audit_log WHERE seq = ?")
-        .bind(seq as i64)
-        .fetch_one(&db)
-        .await
-        .unwrap();
     sqlx::query("UPDATE audit_log SET leaf_hash = ? WHERE seq = ?")
         .bind(&portcullis_audit::merkle::leaf_hash(text.as_bytes())[..])
         .bind(seq as i64)

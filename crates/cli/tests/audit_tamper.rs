@@ -1,5 +1,5 @@
 //! End-to-end tests of failing closed on a tampered audit log (issue 16,
-//! item 5): for each of nine ways to tamper with the stored log, a restarted
+//! item 5): for each of eleven ways to tamper with the stored log, a restarted
 //! server appends nothing, signs no checkpoint, reports not ready, answers the
 //! data plane (fail-open routes too) with 503 `audit_unavailable`, raises the
 //! tamper metric and an alert; `audit verify` fails. An untouched log is
@@ -72,9 +72,9 @@ async fn readyz(server: &Server) -> (u16, Value) {
     .await
 }
 
-/// The nine tamperings: a name and what it does to the database. `k` is the
+/// The eleven tamperings: a name and what it does to the database. `k` is the
 /// index of an allowed data-plane record well inside the log.
-async fn tamper(case: &str, db: &sqlx::SqlitePool, k: i64) {
+async fn tamper(case: &str, state: &Path, db: &sqlx::SqlitePool, k: i64) {
     let run = |sql: String| async move {
         // Test-only SQL built from constants and an integer index.
         sqlx::query(sqlx::AssertSqlSafe(sql))
@@ -84,17 +84,15 @@ async fn tamper(case: &str, db: &sqlx::SqlitePool, k: i64) {
     };
     match case {
         "edited record" => {
-            run(format!("UPDATE audit_log SET record = replace(record, '\"status\":200', '\"status\":500') WHERE seq = {k}")).await
+            run(format!("UPDATE audit_log SET {SET_STATUS_500} WHERE seq = {k}")).await
         }
         "edited leaf hash" => {
             run(format!("UPDATE audit_log SET leaf_hash = zeroblob(32) WHERE seq = {k}")).await
         }
         "edited record and leaf hash" => {
-            let text: String = sqlx::query_scalar("SELECT record FROM audit_log WHERE seq = ?")
-                .bind(k)
-                .fetch_one(db)
-                .await
-                .unwrap();
+            // Written back as canonical JSON, which the store also reads
+            // (records written before the compact form).
+            let text = stored_leaf(state, k).await;
             let forged = text.replace("\"status\":200", "\"status\":500");
             sqlx::query("UPDATE audit_log SET record = ?, leaf_hash = ? WHERE seq = ?")
                 .bind(&forged)
@@ -127,13 +125,14 @@ async fn tamper(case: &str, db: &sqlx::SqlitePool, k: i64) {
             // above it: only the checkpoint file (outside the database)
             // still knows. (Deleting stored nodes makes the log fail to open:
             // `serve` then exits, which extends nothing either.)
-            let (seq, text): (i64, String) = sqlx::query_as(
-                "SELECT seq, record FROM audit_log WHERE record LIKE '%\"status\":200%' ORDER BY seq DESC LIMIT 1",
-            )
+            let seq: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT seq FROM audit_log WHERE {STATUS_IS_200} ORDER BY seq DESC LIMIT 1"
+            )))
             .fetch_one(db)
             .await
             .unwrap();
             assert!(seq >= 64, "{seq}");
+            let text = stored_leaf(state, seq).await;
             let forged = text.replace("\"status\":200", "\"status\":500");
             sqlx::query("UPDATE audit_log SET record = ?, leaf_hash = ? WHERE seq = ?")
                 .bind(&forged)
@@ -143,6 +142,10 @@ async fn tamper(case: &str, db: &sqlx::SqlitePool, k: i64) {
                 .await
                 .unwrap();
             run("DELETE FROM audit_checkpoints".into()).await;
+        }
+        "edited string" => {
+            // Every compact record naming the agent changes with it.
+            run("UPDATE audit_strings SET value = 'other-bot' WHERE value = 'bot'".into()).await
         }
         "edited subtree row" => {
             run("UPDATE audit_nodes SET hash = zeroblob(32) WHERE level = 6 AND idx = 0".into())
@@ -204,9 +207,9 @@ async fn a_tampered_log_is_never_extended() {
         "{records} {signed_size}"
     );
     let db = open_db(&state).await;
-    let k: i64 = sqlx::query_scalar(
-        "SELECT seq FROM audit_log WHERE record LIKE '%\"status\":200%' ORDER BY seq LIMIT 1 OFFSET 10",
-    )
+    let k: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT seq FROM audit_log WHERE {STATUS_IS_200} ORDER BY seq LIMIT 1 OFFSET 10"
+    )))
     .fetch_one(&db)
     .await
     .unwrap();
@@ -237,12 +240,13 @@ async fn a_tampered_log_is_never_extended() {
         "truncated tail",
         "edited checkpoint",
         "edited subtree row",
+        "edited string",
         "stored checkpoints deleted, record and hashes rewritten",
     ] {
         let dir = copy_dir(signed.path());
         let state = dir.path().join("state");
         let db = open_db(&state).await;
-        tamper(case, &db, k).await;
+        tamper(case, &state, &db, k).await;
         db.close().await;
         let before = log_shape(&state).await;
 
@@ -461,7 +465,7 @@ async fn tampering_while_serving_halts_the_log() {
     // verification sees it, and it runs again while serving.
     let state = server.state_dir();
     let db = open_db(&state).await;
-    sqlx::query("UPDATE audit_log SET record = replace(record, '\"status\":200', '\"status\":500') WHERE seq = (SELECT MAX(seq) FROM audit_log WHERE record LIKE '%\"status\":200%')")
+    sqlx::query(sqlx::AssertSqlSafe(format!("UPDATE audit_log SET {SET_STATUS_500} WHERE seq = (SELECT MAX(seq) FROM audit_log WHERE {STATUS_IS_200})")))
         .execute(&db)
         .await
         .unwrap();

@@ -26,9 +26,9 @@ use portcullis_audit::merkle::{self, Hash, MerkleAccumulator, range_subtrees};
 use portcullis_audit::note::VerifierKey;
 use portcullis_audit::verify::{LogVerifier, VerifyError, VerifySummary};
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
 
 use crate::audit_log::{AuditVerifyFailure, NODE_MIN_LEVEL, open_checkpoint};
+use crate::audit_rows::{RECORD_COLUMNS, StoredRow};
 use crate::{Store, StoreError};
 
 /// The `format` of a segment seal.
@@ -252,24 +252,29 @@ impl Store {
         let tmp = leaves_path.with_extension("leaves.tmp");
         let file = std::fs::File::create(&tmp).map_err(|source| io(&tmp, source))?;
         let mut out = std::io::BufWriter::new(file);
+        // Every record below the signed head was appended before the head was
+        // signed, and so were the strings they name.
+        let strings = crate::audit_rows::load_strings(&self.pool, 0).await?;
         for page in (start..end).step_by(READ_PAGE as usize) {
-            let mut rows = sqlx::query(
-                "SELECT seq, record FROM audit_log WHERE seq >= ? AND seq < ? ORDER BY seq",
-            )
+            let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {RECORD_COLUMNS} FROM audit_log WHERE seq >= ? AND seq < ? ORDER BY seq"
+            )))
             .bind(page as i64)
             .bind((page + READ_PAGE).min(end) as i64)
             .fetch(&self.pool);
             while let Some(row) = rows.try_next().await.map_err(StoreError::from)? {
-                let seq: i64 = row.try_get(0).map_err(StoreError::from)?;
-                if seq as u64 != acc.size() {
+                let row = StoredRow::from_row(&row).map_err(StoreError::from)?;
+                if row.seq != acc.size() {
                     return Err(invalid(
                         &leaves_path,
                         &format!("record {} is missing from the log", acc.size()),
                     ));
                 }
-                let record: &str = row.try_get(1).map_err(StoreError::from)?;
-                acc.push(merkle::leaf_hash(record.as_bytes()));
-                out.write_all(record.as_bytes())
+                let leaf = row
+                    .leaf(&strings)
+                    .map_err(|e| invalid(&leaves_path, &format!("record {}: {e}", row.seq)))?;
+                acc.push(merkle::leaf_hash(&leaf));
+                out.write_all(&leaf)
                     .and_then(|()| out.write_all(b"\n"))
                     .map_err(|source| io(&tmp, source))?;
             }

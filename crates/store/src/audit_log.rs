@@ -6,8 +6,8 @@
 //! keeps the tree's frontier in memory, so an append hashes only the new
 //! records; the frontier is rebuilt from stored subtrees when it is opened.
 //!
-//! Stored per record: the canonical bytes (the leaf) and the leaf hash. Stored
-//! per complete subtree of level [`NODE_MIN_LEVEL`] or more: its hash. A proof
+//! Stored per record: the record in its compact form (`audit_rows.rs`; the
+//! leaf is its canonical JSON) and the leaf hash. Stored per complete subtree of level [`NODE_MIN_LEVEL`] or more: its hash. A proof
 //! needs O(log n) of those plus at most 64 leaf hashes per lower subtree.
 
 use std::collections::HashMap;
@@ -23,6 +23,7 @@ use portcullis_audit::note::VerifierKey;
 use portcullis_audit::verify::{LogVerifier, VerifyError, VerifySummary};
 use sqlx::Row;
 
+use crate::audit_rows::{self, Interner, RECORD_COLUMNS, StoredRow, StringCache};
 use crate::{Store, StoreError};
 
 /// Interior nodes below this level are not stored (recomputed on demand).
@@ -112,6 +113,8 @@ pub struct AuditAppender {
     /// Rows of `audit_intents` not yet closed by their record: while there
     /// are none, appending records skips the intent delete altogether.
     live_intents: u64,
+    /// The string table the compact records name strings in.
+    strings: Interner,
 }
 
 /// A row of the intent journal (`audit_intents`): a request's record as it
@@ -147,6 +150,7 @@ impl Store {
             store: self.clone(),
             acc,
             live_intents: live.max(0) as u64,
+            strings: Interner::load(&self.pool).await?,
         })
     }
 
@@ -206,20 +210,22 @@ impl Store {
         }
         let mut acc = MerkleAccumulator::new();
         {
-            let mut rows =
-                sqlx::query("SELECT seq, record FROM audit_log WHERE seq < ? ORDER BY seq")
-                    .bind(accepted as i64)
-                    .fetch(&self.pool);
+            let strings = audit_rows::load_strings(&self.pool, 0).await?;
+            let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {RECORD_COLUMNS} FROM audit_log WHERE seq < ? ORDER BY seq"
+            )))
+            .bind(accepted as i64)
+            .fetch(&self.pool);
             while let Some(row) = rows.try_next().await? {
-                let seq: i64 = row.try_get(0)?;
-                if seq as u64 != acc.size() {
+                let row = StoredRow::from_row(&row)?;
+                if row.seq != acc.size() {
                     return Err(invalid(format!(
                         "record {} is missing from the accepted prefix",
                         acc.size()
                     )));
                 }
-                let record: &str = row.try_get(1)?;
-                acc.push(merkle::leaf_hash(record.as_bytes()));
+                let leaf = row.leaf(&strings).map_err(corrupt)?;
+                acc.push(merkle::leaf_hash(&leaf));
             }
         }
         if acc.size() != accepted {
@@ -306,15 +312,86 @@ impl Store {
         from: u64,
         limit: u32,
     ) -> Result<Vec<(u64, String)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT seq, record FROM audit_log WHERE seq >= ? ORDER BY seq LIMIT ?")
-                .bind(from as i64)
-                .bind(limit)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = self
+            .stored_rows(
+                "SELECT {RECORD_COLUMNS} FROM audit_log WHERE seq >= ? ORDER BY seq LIMIT ?",
+                &[from as i64, i64::from(limit)],
+            )
+            .await?;
+        let leaves = self.strings.leaves(&self.pool, &rows).await?;
         rows.iter()
-            .map(|r| Ok((r.try_get::<i64, _>("seq")? as u64, r.try_get("record")?)))
+            .zip(leaves)
+            .map(|(row, leaf)| {
+                // Canonical JSON is UTF-8.
+                let leaf = leaf.map_err(corrupt)?;
+                Ok((row.seq, String::from_utf8(leaf).map_err(corrupt)?))
+            })
             .collect()
+    }
+
+    /// Rows of `audit_log` by a query over [`RECORD_COLUMNS`] (which `sql`
+    /// names as `{RECORD_COLUMNS}`) with integer parameters.
+    pub(crate) async fn stored_rows(
+        &self,
+        sql: &'static str,
+        params: &[i64],
+    ) -> Result<Vec<StoredRow>, StoreError> {
+        let sql = sql.replace("{RECORD_COLUMNS}", RECORD_COLUMNS);
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for &param in params {
+            query = query.bind(param);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+        Ok(rows
+            .iter()
+            .map(StoredRow::from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    /// Calls `visit` with every record from `since_ms` on (by `time_ms`), in
+    /// order, a page of rows at a time.
+    pub(crate) async fn for_each_record_since(
+        &self,
+        since_ms: i64,
+        mut visit: impl FnMut(AuditRecord),
+    ) -> Result<(), StoreError> {
+        const PAGE: i64 = 4_096;
+        let mut from = 0;
+        loop {
+            let rows = self
+                .stored_rows(
+                    "SELECT {RECORD_COLUMNS} FROM audit_log WHERE seq >= ? AND time_ms >= ? ORDER BY seq LIMIT ?",
+                    &[from, since_ms, PAGE],
+                )
+                .await?;
+            let Some(last) = rows.last() else {
+                return Ok(());
+            };
+            from = last.seq as i64 + 1;
+            for record in self.records_of(&rows, |_| true).await? {
+                visit(record);
+            }
+        }
+    }
+
+    /// The records of `rows`, in order, those `keep` accepts.
+    pub(crate) async fn records_of(
+        &self,
+        rows: &[StoredRow],
+        keep: impl Fn(&AuditRecord) -> bool,
+    ) -> Result<Vec<AuditRecord>, StoreError> {
+        self.strings
+            .with(&self.pool, |strings| {
+                let mut records = Vec::with_capacity(rows.len());
+                for row in rows {
+                    let record = row.record(strings)?;
+                    if keep(&record) {
+                        records.push(record);
+                    }
+                }
+                Ok(records)
+            })
+            .await
     }
 
     /// The seq of the record with this request id. Scans the log: request ids
@@ -331,21 +408,13 @@ impl Store {
 
     /// The last `n` audit records, oldest first.
     pub async fn audit_tail(&self, n: u32) -> Result<Vec<AuditRecord>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT record FROM (SELECT seq, record FROM audit_log ORDER BY seq DESC LIMIT ?) ORDER BY seq",
-        )
-        .bind(n)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let text: String = r.try_get("record")?;
-                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
-                    table: "audit_log",
-                    detail: e.to_string(),
-                })
-            })
-            .collect()
+        let rows = self
+            .stored_rows(
+                "SELECT {RECORD_COLUMNS} FROM (SELECT * FROM audit_log ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+                &[i64::from(n)],
+            )
+            .await?;
+        self.records_of(&rows, |_| true).await
     }
 
     /// Stores a signed checkpoint. Signing the same size again keeps the first.
@@ -512,10 +581,14 @@ impl Store {
             .step_by(VERIFY_PAGE as usize)
             .map(|from| (from, (from + VERIFY_PAGE).min(size)));
         let store = self.clone();
+        // The string table is read afresh, not taken from the store's cache:
+        // what is verified is the table as stored now.
+        let strings = StringCache::default();
         let mut hashed = futures_util::stream::iter(pages)
             .map(move |(start, end)| {
                 let store = store.clone();
-                tokio::spawn(async move { store.check_page(start, end).await })
+                let strings = strings.clone();
+                tokio::spawn(async move { store.check_page(start, end, &strings).await })
             })
             .buffered(2);
         let mut node_failure = None;
@@ -543,34 +616,43 @@ impl Store {
 
     /// Reads records `start..end`, checks that each sits at its position and
     /// hashes to its stored leaf hash, and returns the leaf hashes in order.
-    async fn check_page(&self, start: u64, end: u64) -> Result<Vec<Hash>, AuditVerifyFailure> {
-        let rows = sqlx::query(
-            "SELECT seq, record, leaf_hash FROM audit_log WHERE seq >= ? AND seq < ? ORDER BY seq",
-        )
+    async fn check_page(
+        &self,
+        start: u64,
+        end: u64,
+        strings: &StringCache,
+    ) -> Result<Vec<Hash>, AuditVerifyFailure> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RECORD_COLUMNS}, leaf_hash FROM audit_log WHERE seq >= ? AND seq < ? ORDER BY seq"
+        )))
         .bind(start as i64)
         .bind(end as i64)
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::from)?;
+        let mut stored = Vec::with_capacity(rows.len());
+        let mut records = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let hash: Option<&[u8]> = row.try_get(4).map_err(StoreError::from)?;
+            stored.push(hash.map(to_hash).transpose()?);
+            records.push(StoredRow::from_row(row).map_err(StoreError::from)?);
+        }
+        let leaves = strings.leaves(&self.pool, &records).await?;
         let mut hashes = Vec::with_capacity(rows.len());
-        for (index, row) in (start..).zip(&rows) {
-            let seq: i64 = row.try_get(0).map_err(StoreError::from)?;
-            if seq as u64 != index {
+        for (index, ((row, stored), leaf)) in (start..).zip(records.iter().zip(stored).zip(leaves))
+        {
+            if row.seq != index {
                 // A row whose key skips: a record was removed (or renumbered).
                 return Err(VerifyError::SeqMismatch {
                     index,
-                    found: Some(seq as u64),
+                    found: Some(row.seq),
                 }
                 .into());
             }
-            let record: &str = row.try_get(1).map_err(StoreError::from)?;
-            let stored: Option<&[u8]> = row.try_get(2).map_err(StoreError::from)?;
-            let stored = stored.map(to_hash).transpose()?;
-            hashes.push(LogVerifier::check_leaf(
-                index,
-                record.as_bytes(),
-                stored.as_ref(),
-            )?);
+            // A record that does not decode (malformed, or naming a string
+            // the table does not hold) was changed.
+            let leaf = leaf.map_err(|_| VerifyError::LeafHashMismatch { index })?;
+            hashes.push(LogVerifier::check_leaf(index, &leaf, stored.as_ref())?);
         }
         if (hashes.len() as u64) < end - start {
             return Err(VerifyError::SeqMismatch {
@@ -701,21 +783,25 @@ impl Store {
     async fn rebuild_tree(&self) -> Result<(), StoreError> {
         tracing::info!("hashing the audit log into a Merkle tree (one-time upgrade)");
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let rows = sqlx::query("SELECT seq, record FROM audit_log ORDER BY seq")
-            .fetch_all(&mut *tx)
-            .await?;
+        let strings = audit_rows::load_strings(&self.pool, 0).await?;
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {RECORD_COLUMNS} FROM audit_log ORDER BY seq"
+        )))
+        .fetch_all(&mut *tx)
+        .await?;
         sqlx::query("DELETE FROM audit_nodes")
             .execute(&mut *tx)
             .await?;
         let mut acc = MerkleAccumulator::new();
         for row in rows {
-            let seq: i64 = row.try_get("seq")?;
-            let record: String = row.try_get("record")?;
-            if seq as u64 != acc.size() {
+            let row = StoredRow::from_row(&row)?;
+            let seq = row.seq as i64;
+            if row.seq != acc.size() {
                 return Err(corrupt(format!("audit_log has a gap before seq {seq}")));
             }
+            let leaf = row.leaf(&strings).map_err(corrupt)?;
             let mut nodes = Vec::new();
-            acc.push_reporting(merkle::leaf_hash(record.as_bytes()), |s| nodes.push(s));
+            acc.push_reporting(merkle::leaf_hash(&leaf), |s| nodes.push(s));
             for s in nodes {
                 if s.level == 0 {
                     sqlx::query("UPDATE audit_log SET leaf_hash = ? WHERE seq = ?")
@@ -779,9 +865,10 @@ impl AuditAppender {
         let mut nodes = Vec::new();
         for (seq, record) in (first..).zip(records.iter_mut()) {
             record.seq = Some(seq);
-            let text = String::from_utf8(record.canonical_bytes()).map_err(corrupt)?;
+            let text = record.canonical_bytes();
+            let stored = audit_rows::stored_form(record, &text, &mut self.strings);
             let mut leaf = [0u8; 32];
-            acc.push_reporting(merkle::leaf_hash(text.as_bytes()), |s| {
+            acc.push_reporting(merkle::leaf_hash(&text), |s| {
                 if s.level == 0 {
                     leaf = s.hash;
                 } else if s.level >= NODE_MIN_LEVEL {
@@ -792,11 +879,41 @@ impl AuditAppender {
                 seq as i64,
                 record.request_id.as_str(),
                 record.time_ms,
-                text,
+                stored,
                 leaf,
             ));
         }
+        let result = self
+            .write_batch(first, &rows, &nodes, personal, intents)
+            .await;
+        match result {
+            Ok(closed) => {
+                let (first_string, added) = self.strings.added();
+                self.store.strings.extend(first_string, added);
+                self.strings.commit();
+                self.acc = acc;
+                self.live_intents =
+                    (self.live_intents + intents.len() as u64).saturating_sub(closed);
+                Ok(self.head())
+            }
+            Err(e) => {
+                self.strings.roll_back();
+                Err(e)
+            }
+        }
+    }
 
+    /// Writes a batch (records, the strings they add, subtree nodes,
+    /// personal values, intents) in one transaction; returns how many
+    /// intents its records closed.
+    async fn write_batch(
+        &self,
+        first: u64,
+        rows: &[BatchRow<'_>],
+        nodes: &[Subtree],
+        personal: &[PersonalValue],
+        intents: &[AuditIntentRow],
+    ) -> Result<u64, StoreError> {
         let pool = &self.store.pool;
         // IMMEDIATE takes the write lock first; the seq check then proves no
         // other writer appended behind this appender's back.
@@ -810,22 +927,39 @@ impl AuditAppender {
                 last.map_or(0, |s| s + 1)
             )));
         }
+        let (first_string, added) = self.strings.added();
+        for (chunk_start, chunk) in (first_string..)
+            .step_by(AUDIT_ROWS_PER_INSERT)
+            .zip(added.chunks(AUDIT_ROWS_PER_INSERT))
+        {
+            // A plain INSERT: a number or string already taken means another
+            // writer, and fails the batch.
+            let mut insert =
+                sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO audit_strings (id, value) ");
+            insert.push_values((chunk_start..).zip(chunk), |mut row, (id, value)| {
+                row.push_bind(id as i64).push_bind(value.as_str());
+            });
+            insert.build().execute(&mut *tx).await?;
+        }
         // Multi-row INSERTs: one statement per chunk instead of one round trip to
         // the SQLite thread per record.
         for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO audit_log (seq, request_id, time_ms, record, leaf_hash) ",
             );
-            insert.push_values(chunk, |mut row, (seq, request_id, time_ms, text, leaf)| {
-                row.push_bind(*seq)
-                    .push_bind(*request_id)
-                    .push_bind(*time_ms)
-                    .push_bind(text.as_str())
-                    .push_bind(&leaf[..]);
-            });
+            insert.push_values(
+                chunk,
+                |mut row, (seq, request_id, time_ms, stored, leaf)| {
+                    row.push_bind(*seq)
+                        .push_bind(*request_id)
+                        .push_bind(*time_ms)
+                        .push_bind(stored.as_slice())
+                        .push_bind(&leaf[..]);
+                },
+            );
             insert.build().execute(&mut *tx).await?;
         }
-        for node in &nodes {
+        for node in nodes {
             insert_node(&mut tx, node).await?;
         }
         for p in personal {
@@ -840,20 +974,21 @@ impl AuditAppender {
             .await?;
         }
         let live = self.live_intents + intents.len() as u64;
-        let closed = journal_intents(&mut tx, intents, &rows, live).await?;
+        let closed = journal_intents(&mut tx, intents, rows, live).await?;
         tx.commit().await?;
-        self.acc = acc;
-        self.live_intents = live.saturating_sub(closed);
-        Ok(self.head())
+        Ok(closed)
     }
 }
+
+/// A record row of a batch: seq, request id, time, stored form, leaf hash.
+type BatchRow<'r> = (i64, &'r str, i64, Vec<u8>, [u8; 32]);
 
 /// Inserts `intents` and deletes those the appended `rows` close (only when
 /// some are open); returns how many were deleted.
 async fn journal_intents(
     tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
     intents: &[AuditIntentRow],
-    rows: &[(i64, &str, i64, String, [u8; 32])],
+    rows: &[BatchRow<'_>],
     live: u64,
 ) -> Result<u64, StoreError> {
     for chunk in intents.chunks(AUDIT_ROWS_PER_INSERT) {
@@ -1135,35 +1270,72 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn tampering_is_found_at_its_index() {
-        // Changed record, leaf hash left alone: exact index.
+        // Changed record, leaf hash left alone: exact index. Bytes 2-3 of
+        // the compact form are the status (docs/audit-format.md).
         let (_d, store, key, _) = build().await;
-        tamper(&store, "UPDATE audit_log SET record = replace(record, '\"status\":200', '\"status\":403') WHERE seq = 150").await;
+        tamper(&store, "UPDATE audit_log SET record = CAST(substr(record, 1, 2) || x'9301' || substr(record, 5) AS BLOB) WHERE seq = 150").await;
         assert_eq!(first_bad(&failure(&store, &key).await), 150);
-
-        // Changed record with a recomputed leaf hash: the stored node above it
-        // disagrees.
-        let (_d, store, key, _) = build().await;
-        let text: String = sqlx::query_scalar("SELECT record FROM audit_log WHERE seq = 150")
-            .fetch_one(&store.pool)
-            .await
-            .unwrap();
-        let forged = text.replace("\"status\":200", "\"status\":403");
-        sqlx::query("UPDATE audit_log SET record = ?, leaf_hash = ? WHERE seq = 150")
-            .bind(&forged)
-            .bind(&merkle::leaf_hash(forged.as_bytes())[..])
-            .execute(&store.pool)
-            .await
-            .unwrap();
-        assert_eq!(first_bad(&failure(&store, &key).await), 128);
-        // ... and with the nodes deleted too, the checkpoints still catch it.
-        tamper(&store, "DELETE FROM audit_nodes").await;
-        assert_eq!(
-            match failure(&store, &key).await {
-                AuditVerifyFailure::Tampered(e) => e,
-                other => panic!("{other}"),
-            },
-            VerifyError::CheckpointMismatch { from: 128, to: 228 }
+        assert!(
+            store.audit_leaves(150, 1).await.unwrap()[0]
+                .1
+                .contains("\"status\":403")
         );
+        // Bytes that do not decode, a cut record, or one naming a string
+        // the table does not hold: changed, at the exact index.
+        for edit in [
+            "UPDATE audit_log SET record = x'01ff' WHERE seq = 150",
+            "UPDATE audit_log SET record = CAST(substr(record, 1, length(record) - 1) AS BLOB) WHERE seq = 150",
+            "UPDATE audit_log SET record = CAST(record || x'00' AS BLOB) WHERE seq = 150",
+            "UPDATE audit_log SET record = x'0102c800ff7f' WHERE seq = 150",
+        ] {
+            let (_d, store, key, _) = build().await;
+            tamper(&store, edit).await;
+            assert_eq!(first_bad(&failure(&store, &key).await), 150, "{edit}");
+        }
+        // A changed string changes every record naming it: the first is found.
+        let (_d, store, key, _) = build().await;
+        tamper(
+            &store,
+            "UPDATE audit_strings SET value = 'POST' WHERE value = 'GET'",
+        )
+        .await;
+        assert_eq!(first_bad(&failure(&store, &key).await), 0);
+        let (_d, store, key, _) = build().await;
+        tamper(&store, "DELETE FROM audit_strings").await;
+        assert_eq!(first_bad(&failure(&store, &key).await), 0);
+
+        // Changed record with a recomputed leaf hash (written in either
+        // stored form): the stored node above it disagrees.
+        for compact in [false, true] {
+            let (_d, store, key, _) = build().await;
+            let (_, text) = store.audit_leaves(150, 1).await.unwrap().remove(0);
+            let forged = text.replace("\"status\":200", "\"status\":403");
+            let stored = if compact {
+                let record: AuditRecord = serde_json::from_str(&forged).unwrap();
+                let mut strings = Interner::load(&store.pool).await.unwrap();
+                let bytes = portcullis_audit::compact::encode(&record, &mut |s| strings.intern(s));
+                assert!(strings.added().1.is_empty());
+                bytes
+            } else {
+                forged.clone().into_bytes()
+            };
+            sqlx::query("UPDATE audit_log SET record = ?, leaf_hash = ? WHERE seq = 150")
+                .bind(&stored)
+                .bind(&merkle::leaf_hash(forged.as_bytes())[..])
+                .execute(&store.pool)
+                .await
+                .unwrap();
+            assert_eq!(first_bad(&failure(&store, &key).await), 128);
+            // ... and with the nodes deleted too, the checkpoints still catch it.
+            tamper(&store, "DELETE FROM audit_nodes").await;
+            assert_eq!(
+                match failure(&store, &key).await {
+                    AuditVerifyFailure::Tampered(e) => e,
+                    other => panic!("{other}"),
+                },
+                VerifyError::CheckpointMismatch { from: 128, to: 228 }
+            );
+        }
 
         // Removed in the middle, removed at the end, inserted, reordered.
         let (_d, store, key, _) = build().await;
@@ -1189,6 +1361,48 @@ pub(crate) mod tests {
             failure(&store, &other).await,
             AuditVerifyFailure::BadCheckpoint { size: 1, .. }
         ));
+    }
+
+    /// Rows written before the compact form (canonical JSON text) keep
+    /// verifying, are read, exported and proven as they were, and the log
+    /// goes on in the compact form after them.
+    #[tokio::test]
+    async fn records_stored_as_json_before_the_compact_form_keep_verifying() {
+        let (_dir, store, key, leaves) = build().await;
+        let texts = store.audit_leaves(0, 1000).await.unwrap();
+        for (seq, text) in texts.iter().take(200) {
+            sqlx::query("UPDATE audit_log SET record = ? WHERE seq = ?")
+                .bind(text.as_str())
+                .bind(*seq as i64)
+                .execute(&store.pool)
+                .await
+                .unwrap();
+        }
+        let kind: String = sqlx::query_scalar("SELECT typeof(record) FROM audit_log WHERE seq = 5")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(kind, "text");
+        assert_eq!(store.audit_leaves(0, 1000).await.unwrap(), texts);
+        assert_eq!(store.audit_tail(300).await.unwrap()[5], record_at(5));
+        let mut log = store.audit_appender().await.unwrap();
+        assert_eq!(log.head().root, merkle::root(&leaves));
+        log.append(&mut [record(300)]).await.unwrap();
+        sign_now(&store, &log, &key).await;
+        store
+            .verify_audit_log(&verifier(&key), ORIGIN, &[])
+            .await
+            .unwrap();
+        // A JSON row is its leaf, byte for byte: an edit is found there.
+        tamper(&store, "UPDATE audit_log SET record = replace(record, '\"status\":200', '\"status\":403') WHERE seq = 42").await;
+        assert_eq!(first_bad(&failure(&store, &key).await), 42);
+    }
+
+    fn record_at(i: usize) -> AuditRecord {
+        AuditRecord {
+            seq: Some(i as u64),
+            ..record(i)
+        }
     }
 
     #[tokio::test]

@@ -49,21 +49,23 @@ impl Store {
     /// The latest time (epoch seconds) each principal appears in the last
     /// `window` audit records.
     pub async fn last_seen(&self, window: u32) -> Result<Vec<(String, i64)>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT json_extract(record, '$.principal') AS principal, MAX(time_ms) AS at
-             FROM (SELECT record, time_ms FROM audit_log ORDER BY seq DESC LIMIT ?)
-             WHERE json_extract(record, '$.outcome') = 'allow' AND principal IS NOT NULL
-             GROUP BY principal",
-        )
-        .bind(window)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let at: i64 = r.try_get("at")?;
-                Ok((r.try_get("principal")?, at / 1000))
-            })
-            .collect()
+        let rows = self
+            .stored_rows(
+                "SELECT {RECORD_COLUMNS} FROM audit_log ORDER BY seq DESC LIMIT ?",
+                &[i64::from(window)],
+            )
+            .await?;
+        let records = self
+            .records_of(&rows, |r| r.outcome == portcullis_audit::Outcome::Allow)
+            .await?;
+        let mut seen: std::collections::BTreeMap<String, i64> = Default::default();
+        for record in records {
+            if let Some(principal) = record.principal {
+                let at = seen.entry(principal).or_insert(record.time_ms);
+                *at = (*at).max(record.time_ms);
+            }
+        }
+        Ok(seen.into_iter().map(|(p, at)| (p, at / 1000)).collect())
     }
 
     /// Enrols an admin; an existing name is a conflict.

@@ -2,7 +2,9 @@
 //! data classification, and when last — aggregated from the audit log itself,
 //! so it reports what happened rather than what was configured.
 
-use sqlx::Row;
+use std::collections::BTreeMap;
+
+use portcullis_audit::{Outcome, RecordKind};
 
 use crate::{Store, StoreError};
 
@@ -34,62 +36,63 @@ pub struct InventoryEdge {
 impl Store {
     /// Every identity → resource edge of data-plane requests since `since_ms`.
     pub async fn inventory(&self, since_ms: i64) -> Result<Vec<InventoryEdge>, StoreError> {
-        // One pass over the window; records are JSON, read with SQLite's JSON
-        // functions so nothing is parsed in Rust.
-        let rows = sqlx::query(
-            "SELECT json_extract(record, '$.principal') AS principal,
-                    json_extract(record, '$.resource') AS resource,
-                    MAX(CASE json_extract(record, '$.classification')
-                        WHEN 'restricted' THEN 4 WHEN 'confidential' THEN 3
-                        WHEN 'internal' THEN 2 WHEN 'public' THEN 1 ELSE 0 END) AS class_rank,
-                    COUNT(*) AS requests,
-                    SUM(json_extract(record, '$.outcome') = 'allow') AS allowed,
-                    SUM(json_extract(record, '$.bytes_in')) AS bytes_in,
-                    SUM(json_extract(record, '$.bytes_out')) AS bytes_out,
-                    MIN(time_ms) AS first_ms,
-                    MAX(time_ms) AS last_ms
-             FROM audit_log
-             WHERE time_ms >= ?
-               AND json_extract(record, '$.kind') = 'request'
-               AND json_extract(record, '$.resource') IS NOT NULL
-             GROUP BY principal, resource
-             ORDER BY principal, resource",
-        )
-        .bind(since_ms)
-        .fetch_all(&self.pool)
+        // One pass over the window, aggregated as the records are read
+        // (they are stored compact, so SQLite cannot look inside them).
+        let mut edges: BTreeMap<(Option<String>, String), InventoryEdge> = BTreeMap::new();
+        self.for_each_record_since(since_ms, |record| {
+            let (RecordKind::Request, Some(resource)) = (record.kind, record.resource) else {
+                return;
+            };
+            let edge = edges
+                .entry((record.principal.clone(), resource.clone()))
+                .or_insert_with(|| InventoryEdge {
+                    principal: record.principal,
+                    resource,
+                    classification: None,
+                    requests: 0,
+                    allowed: 0,
+                    denied: 0,
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    first_ms: record.time_ms,
+                    last_ms: record.time_ms,
+                });
+            if class_rank(record.classification.as_deref())
+                > class_rank(edge.classification.as_deref())
+            {
+                edge.classification = record.classification;
+            }
+            edge.requests += 1;
+            if record.outcome == Outcome::Allow {
+                edge.allowed += 1;
+            } else {
+                edge.denied += 1;
+            }
+            edge.bytes_in = edge.bytes_in.saturating_add(record.bytes_in);
+            edge.bytes_out = edge.bytes_out.saturating_add(record.bytes_out);
+            edge.first_ms = edge.first_ms.min(record.time_ms);
+            edge.last_ms = edge.last_ms.max(record.time_ms);
+        })
         .await?;
-        rows.iter()
-            .map(|r| {
-                let requests: i64 = r.try_get("requests")?;
-                let allowed: i64 = r.try_get("allowed")?;
-                let rank: i64 = r.try_get("class_rank")?;
-                Ok(InventoryEdge {
-                    principal: r.try_get("principal")?,
-                    resource: r.try_get("resource")?,
-                    classification: match rank {
-                        4 => Some("restricted".into()),
-                        3 => Some("confidential".into()),
-                        2 => Some("internal".into()),
-                        1 => Some("public".into()),
-                        _ => None,
-                    },
-                    requests: requests as u64,
-                    allowed: allowed as u64,
-                    denied: (requests - allowed) as u64,
-                    bytes_in: r.try_get::<i64, _>("bytes_in")? as u64,
-                    bytes_out: r.try_get::<i64, _>("bytes_out")? as u64,
-                    first_ms: r.try_get("first_ms")?,
-                    last_ms: r.try_get("last_ms")?,
-                })
-            })
-            .collect()
+        Ok(edges.into_values().collect())
+    }
+}
+
+/// The order of data classifications; anything else ranks lowest.
+fn class_rank(class: Option<&str>) -> u8 {
+    match class {
+        Some("restricted") => 4,
+        Some("confidential") => 3,
+        Some("internal") => 2,
+        Some("public") => 1,
+        _ => 0,
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use portcullis_audit::{AuditRecord, Outcome, RecordKind};
+    use portcullis_audit::AuditRecord;
 
     fn rec(t: i64, who: Option<&str>, route: &str, class: &str, outcome: Outcome) -> AuditRecord {
         AuditRecord {

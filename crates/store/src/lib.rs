@@ -16,6 +16,7 @@ mod identity;
 pub use identity::{AdminUserRow, PostureRow, RevokedTokenRow};
 mod audit_archive;
 mod audit_log;
+mod audit_rows;
 pub mod backup;
 pub use audit_archive::{
     ArchiveError, ArchiveOutcome, ArchiveVerifySummary, ArchivedInclusion, SEGMENT_FORMAT, Segment,
@@ -113,6 +114,8 @@ pub struct CertificateRow {
 #[derive(Debug, Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// The audit log's string table as last read (see `audit_rows.rs`).
+    strings: audit_rows::StringCache,
 }
 
 fn migrator() -> Migrator {
@@ -175,6 +178,11 @@ fn migrator() -> Migrator {
             "audit_intents",
             include_str!("../migrations/0013_audit_intents.sql"),
         ),
+        migration(
+            14,
+            "audit_compact",
+            include_str!("../migrations/0014_audit_compact.sql"),
+        ),
     ])
 }
 
@@ -196,7 +204,10 @@ impl Store {
             .connect_with(options)
             .await?;
         migrator().run(&pool).await?;
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            strings: Default::default(),
+        })
     }
 
     /// Opens an existing SQLite database without writing to it (no
@@ -226,7 +237,10 @@ impl Store {
                 "the database is at schema version {applied} and this binary needs {latest}; `serve` migrates it at start"
             )));
         }
-        Ok(Store { pool })
+        Ok(Store {
+            pool,
+            strings: Default::default(),
+        })
     }
 
     /// Opens a database from a URL such as `sqlite:///var/lib/portcullis/db.sqlite`.

@@ -186,24 +186,27 @@ impl Store {
         since_ms: i64,
         limit: u32,
     ) -> Result<(Vec<portcullis_audit::AuditRecord>, bool), StoreError> {
-        let rows = sqlx::query(
-            "SELECT record FROM audit_log WHERE time_ms >= ?
-               AND json_extract(record, '$.kind') = 'request' ORDER BY seq LIMIT ?",
-        )
-        .bind(since_ms)
-        .bind(i64::from(limit) + 1)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut records = rows
-            .iter()
-            .map(|r| {
-                let text: String = r.try_get("record")?;
-                serde_json::from_str(&text).map_err(|e| StoreError::Corrupt {
-                    table: "audit_log",
-                    detail: e.to_string(),
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
+        // Pages of rows until `limit + 1` requests are found: admin records
+        // are told apart only once decoded.
+        const PAGE: i64 = 4_096;
+        let mut records = Vec::new();
+        let mut from = 0;
+        while records.len() <= limit as usize {
+            let rows = self
+                .stored_rows(
+                    "SELECT {RECORD_COLUMNS} FROM audit_log WHERE seq >= ? AND time_ms >= ? ORDER BY seq LIMIT ?",
+                    &[from, since_ms, PAGE],
+                )
+                .await?;
+            let Some(last) = rows.last() else {
+                break;
+            };
+            from = last.seq as i64 + 1;
+            records.extend(
+                self.records_of(&rows, |r| r.kind == portcullis_audit::RecordKind::Request)
+                    .await?,
+            );
+        }
         let more = records.len() > limit as usize;
         records.truncate(limit as usize);
         Ok((records, more))

@@ -31,6 +31,26 @@ pub mod parity_rig;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
+/// SQL condition on a row of `audit_log`: the record's status is 200. Bytes
+/// 2-3 (`substr` counts from 1) of a record in the compact stored form are
+/// its status, little-endian (docs/audit-format.md).
+pub const STATUS_IS_200: &str = "substr(record, 3, 2) = x'c800'";
+
+/// SQL assignment that changes a stored record's status to 500.
+pub const SET_STATUS_500: &str =
+    "record = CAST(substr(record, 1, 2) || x'f401' || substr(record, 5) AS BLOB)";
+
+/// The leaf (canonical JSON) of record `seq` as stored now in the state
+/// directory's database.
+pub async fn stored_leaf(state: &Path, seq: i64) -> String {
+    let store = portcullis_store::Store::open_sqlite_read_only(&state.join("portcullis.db"))
+        .await
+        .unwrap();
+    let leaf = store.audit_leaves(seq as u64, 1).await.unwrap().remove(0).1;
+    store.close().await;
+    leaf
+}
+
 pub fn install_crypto() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -1,0 +1,525 @@
+//! The compact stored form of an audit record: how a store keeps a record in
+//! about a fifth of the bytes of its canonical JSON, without changing the leaf.
+//!
+//! The leaf of the Merkle log stays [`AuditRecord::canonical_bytes`]. The
+//! compact form is a lossless encoding of the record, so a reader decodes it
+//! and re-encodes the canonical JSON to hash it: a changed byte changes the
+//! record (and so its leaf hash) or makes it undecodable, which a verifier
+//! reports as a changed record. Three fields are not in it because the store
+//! keeps them as columns: `seq` (the row's key), `time_ms` and `request_id`.
+//!
+//! Layout (see `docs/audit-format.md`):
+//! - byte 0: [`FORMAT`] (canonical JSON starts with `{`, so the first byte
+//!   tells the forms apart);
+//! - byte 1: flags: bit 0 kind is `admin`, bit 1 outcome is `allow`, bit 2
+//!   `fail_open`; the other bits are zero;
+//! - bytes 2–3: `status`, little-endian;
+//! - then the other fields in declaration order, each a *value* or an
+//!   unsigned LEB128 integer (`duration_us`, `bytes_in`, `bytes_out`; lists
+//!   and optional integers are a count or `0`/`1 + n`).
+//!
+//! A value is an LEB128 tag: `0` null, `1` text (length and UTF-8 bytes),
+//! `2` lowercase hex (byte length and the bytes: digests and fingerprints),
+//! `3 + i` the string numbered `i` in the store's string table (names of
+//! agents, routes, policies, error codes, addresses: the few strings that
+//! recur). The encoder chooses; the decoder accepts any, and rejects trailing
+//! bytes, unknown flags and unknown tags.
+
+use crate::{AuditRecord, ContentFinding, Outcome, RecordKind};
+
+/// The first byte of a record in the compact form.
+pub const FORMAT: u8 = 0x01;
+
+const KIND_ADMIN: u8 = 1;
+const OUTCOME_ALLOW: u8 = 2;
+const FAIL_OPEN: u8 = 4;
+
+const NULL: u64 = 0;
+const TEXT: u64 = 1;
+const HEX: u64 = 2;
+const INTERNED: u64 = 3;
+
+/// Why stored bytes are not a record in the compact form.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The bytes end, go on, or hold something no encoder writes.
+    #[error("the stored record is malformed at byte {0}")]
+    Malformed(usize),
+    /// A value names a string the string table does not hold.
+    #[error("the stored record names string {0}, which is not in the string table")]
+    UnknownString(u64),
+}
+
+/// Where a string of a record goes: interned (it recurs: names, codes,
+/// addresses), as text (paths, tickets, pointers), or as hex when it is
+/// lowercase hex (digests).
+#[derive(Clone, Copy)]
+enum Slot {
+    Interned,
+    Text,
+    Digest,
+}
+
+/// Encodes `record` (all but `seq`, `time_ms` and `request_id`). `intern`
+/// gives the number of a string in the string table, adding it if needed.
+pub fn encode(record: &AuditRecord, intern: &mut impl FnMut(&str) -> u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(160);
+    out.push(FORMAT);
+    let mut flags = 0;
+    if record.kind == RecordKind::Admin {
+        flags |= KIND_ADMIN;
+    }
+    if record.outcome == Outcome::Allow {
+        flags |= OUTCOME_ALLOW;
+    }
+    if record.fail_open {
+        flags |= FAIL_OPEN;
+    }
+    out.push(flags);
+    out.extend_from_slice(&record.status.to_le_bytes());
+    let mut w = Writer { out, intern };
+    w.value(record.principal.as_deref(), Slot::Interned);
+    w.value(record.credential.as_deref(), Slot::Interned);
+    w.value(record.source_ip.as_deref(), Slot::Interned);
+    w.value(Some(record.action.as_str()), Slot::Interned);
+    w.value(record.resource.as_deref(), Slot::Interned);
+    w.value(record.path.as_deref(), Slot::Text);
+    w.int(record.policies.len() as u64);
+    for policy in &record.policies {
+        w.value(Some(policy.as_str()), Slot::Interned);
+    }
+    w.value(record.error_code.as_deref(), Slot::Interned);
+    w.int(record.duration_us);
+    w.int(record.bytes_in);
+    w.int(record.bytes_out);
+    w.value(record.classification.as_deref(), Slot::Interned);
+    w.value(record.request_sha256.as_deref(), Slot::Digest);
+    w.value(record.response_sha256.as_deref(), Slot::Digest);
+    w.value(record.response_sha256_unredacted.as_deref(), Slot::Digest);
+    w.int(record.content.len() as u64);
+    for finding in &record.content {
+        w.value(Some(finding.direction.as_str()), Slot::Interned);
+        w.value(Some(finding.kind.as_str()), Slot::Interned);
+        w.value(finding.pointer.as_deref(), Slot::Text);
+        w.int(finding.start);
+        w.int(finding.end);
+        w.value(finding.fingerprint.as_deref(), Slot::Digest);
+    }
+    w.opt_int(record.policy_version);
+    w.value(record.approval_ticket.as_deref(), Slot::Text);
+    w.value(record.breakglass.as_deref(), Slot::Text);
+    w.opt_int(record.sampled);
+    w.out
+}
+
+/// Decodes a record in the compact form, given the fields kept beside it and
+/// `lookup`, which reads the string table.
+pub fn decode<'s>(
+    bytes: &[u8],
+    seq: u64,
+    time_ms: i64,
+    request_id: String,
+    lookup: impl Fn(u64) -> Option<&'s str>,
+) -> Result<AuditRecord, DecodeError> {
+    if bytes.len() < 4
+        || bytes[0] != FORMAT
+        || bytes[1] & !(KIND_ADMIN | OUTCOME_ALLOW | FAIL_OPEN) != 0
+    {
+        return Err(DecodeError::Malformed(0));
+    }
+    let flags = bytes[1];
+    let mut r = Reader {
+        bytes,
+        at: 4,
+        lookup,
+    };
+    let mut record = AuditRecord {
+        seq: Some(seq),
+        time_ms,
+        kind: if flags & KIND_ADMIN != 0 {
+            RecordKind::Admin
+        } else {
+            RecordKind::Request
+        },
+        request_id,
+        outcome: if flags & OUTCOME_ALLOW != 0 {
+            Outcome::Allow
+        } else {
+            Outcome::Deny
+        },
+        status: u16::from_le_bytes([bytes[2], bytes[3]]),
+        fail_open: flags & FAIL_OPEN != 0,
+        ..AuditRecord::default()
+    };
+    record.principal = r.value()?;
+    record.credential = r.value()?;
+    record.source_ip = r.value()?;
+    record.action = r.required()?;
+    record.resource = r.value()?;
+    record.path = r.value()?;
+    let policies = r.count()?;
+    record.policies = (0..policies)
+        .map(|_| r.required())
+        .collect::<Result<_, _>>()?;
+    record.error_code = r.value()?;
+    record.duration_us = r.int()?;
+    record.bytes_in = r.int()?;
+    record.bytes_out = r.int()?;
+    record.classification = r.value()?;
+    record.request_sha256 = r.value()?;
+    record.response_sha256 = r.value()?;
+    record.response_sha256_unredacted = r.value()?;
+    let findings = r.count()?;
+    record.content = (0..findings)
+        .map(|_| {
+            Ok(ContentFinding {
+                direction: r.required()?,
+                kind: r.required()?,
+                pointer: r.value()?,
+                start: r.int()?,
+                end: r.int()?,
+                fingerprint: r.value()?,
+            })
+        })
+        .collect::<Result<_, DecodeError>>()?;
+    record.policy_version = r.opt_int()?;
+    record.approval_ticket = r.value()?;
+    record.breakglass = r.value()?;
+    record.sampled = r.opt_int()?;
+    if r.at != bytes.len() {
+        return Err(DecodeError::Malformed(r.at));
+    }
+    Ok(record)
+}
+
+struct Writer<'i, F> {
+    out: Vec<u8>,
+    intern: &'i mut F,
+}
+
+impl<F: FnMut(&str) -> u64> Writer<'_, F> {
+    fn int(&mut self, mut n: u64) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                self.out.push(byte);
+                return;
+            }
+            self.out.push(byte | 0x80);
+        }
+    }
+
+    fn opt_int(&mut self, n: Option<u64>) {
+        match n {
+            None => self.int(0),
+            Some(n) => {
+                // Written as two integers so every u64 fits.
+                self.int(1);
+                self.int(n);
+            }
+        }
+    }
+
+    fn value(&mut self, value: Option<&str>, slot: Slot) {
+        let Some(text) = value else {
+            self.int(NULL);
+            return;
+        };
+        match slot {
+            Slot::Interned => {
+                let id = (self.intern)(text);
+                self.int(INTERNED + id);
+            }
+            Slot::Digest if is_lower_hex(text) => {
+                self.int(HEX);
+                self.int(text.len() as u64 / 2);
+                self.out.extend(
+                    text.as_bytes()
+                        .chunks(2)
+                        .map(|pair| (hex_digit(pair[0]) << 4) | hex_digit(pair[1])),
+                );
+            }
+            Slot::Text | Slot::Digest => {
+                self.int(TEXT);
+                self.int(text.len() as u64);
+                self.out.extend_from_slice(text.as_bytes());
+            }
+        }
+    }
+}
+
+struct Reader<'b, L> {
+    bytes: &'b [u8],
+    at: usize,
+    lookup: L,
+}
+
+impl<'s, L: Fn(u64) -> Option<&'s str>> Reader<'_, L> {
+    fn int(&mut self) -> Result<u64, DecodeError> {
+        let start = self.at;
+        let mut n: u64 = 0;
+        for shift in (0..64).step_by(7) {
+            let &byte = self
+                .bytes
+                .get(self.at)
+                .ok_or(DecodeError::Malformed(start))?;
+            self.at += 1;
+            let bits = u64::from(byte & 0x7f);
+            if shift == 63 && bits > 1 {
+                return Err(DecodeError::Malformed(start));
+            }
+            n |= bits << shift;
+            if byte & 0x80 == 0 {
+                return Ok(n);
+            }
+        }
+        Err(DecodeError::Malformed(start))
+    }
+
+    fn opt_int(&mut self) -> Result<Option<u64>, DecodeError> {
+        let start = self.at;
+        match self.int()? {
+            0 => Ok(None),
+            1 => Ok(Some(self.int()?)),
+            _ => Err(DecodeError::Malformed(start)),
+        }
+    }
+
+    /// A length or count: no larger than the bytes left (each item takes at
+    /// least one), so a forged count cannot make the decoder allocate much.
+    fn count(&mut self) -> Result<usize, DecodeError> {
+        let start = self.at;
+        let n = self.int()?;
+        if n > (self.bytes.len() - self.at) as u64 {
+            return Err(DecodeError::Malformed(start));
+        }
+        Ok(n as usize)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&[u8], DecodeError> {
+        let start = self.at;
+        let end = start.checked_add(n).filter(|&e| e <= self.bytes.len());
+        let end = end.ok_or(DecodeError::Malformed(start))?;
+        self.at = end;
+        Ok(&self.bytes[start..end])
+    }
+
+    fn value(&mut self) -> Result<Option<String>, DecodeError> {
+        let start = self.at;
+        match self.int()? {
+            NULL => Ok(None),
+            TEXT => {
+                let len = self.count()?;
+                let text = std::str::from_utf8(self.take(len)?)
+                    .map_err(|_| DecodeError::Malformed(start))?;
+                Ok(Some(text.to_owned()))
+            }
+            HEX => {
+                let len = self.count()?;
+                let bytes = self.take(len)?;
+                if bytes.is_empty() {
+                    return Err(DecodeError::Malformed(start));
+                }
+                let mut text = String::with_capacity(len * 2);
+                for byte in bytes {
+                    text.push(HEX_DIGITS[usize::from(byte >> 4)] as char);
+                    text.push(HEX_DIGITS[usize::from(byte & 0xf)] as char);
+                }
+                Ok(Some(text))
+            }
+            tag => {
+                let id = tag - INTERNED;
+                let text = (self.lookup)(id).ok_or(DecodeError::UnknownString(id))?;
+                Ok(Some(text.to_owned()))
+            }
+        }
+    }
+
+    fn required(&mut self) -> Result<String, DecodeError> {
+        let start = self.at;
+        self.value()?.ok_or(DecodeError::Malformed(start))
+    }
+}
+
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+fn is_lower_hex(text: &str) -> bool {
+    !text.is_empty()
+        && text.len().is_multiple_of(2)
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn hex_digit(byte: u8) -> u8 {
+    match byte {
+        b'0'..=b'9' => byte - b'0',
+        _ => byte - b'a' + 10,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// A string table in memory, as a store keeps it.
+    #[derive(Default)]
+    struct Table {
+        ids: HashMap<String, u64>,
+        strings: Vec<String>,
+    }
+
+    impl Table {
+        fn encode(&mut self, record: &AuditRecord) -> Vec<u8> {
+            encode(record, &mut |s: &str| {
+                if let Some(&id) = self.ids.get(s) {
+                    return id;
+                }
+                self.strings.push(s.to_owned());
+                self.ids.insert(s.to_owned(), self.strings.len() as u64 - 1);
+                self.strings.len() as u64 - 1
+            })
+        }
+
+        fn decode(&self, bytes: &[u8], like: &AuditRecord) -> Result<AuditRecord, DecodeError> {
+            decode(
+                bytes,
+                like.seq.unwrap_or_default(),
+                like.time_ms,
+                like.request_id.clone(),
+                |id| self.strings.get(id as usize).map(String::as_str),
+            )
+        }
+    }
+
+    fn full() -> AuditRecord {
+        AuditRecord {
+            seq: Some(7),
+            time_ms: 1_700_000_000_123,
+            kind: RecordKind::Admin,
+            request_id: "0123456789abcdef0123456789abcdef".into(),
+            principal: Some("bot".into()),
+            credential: Some("spiffe://portcullis.local/agent/bot serial=01".into()),
+            source_ip: Some("127.0.0.1".into()),
+            action: "GET".into(),
+            resource: Some("demo".into()),
+            path: Some("/demo/hello — ünïcode".into()),
+            outcome: Outcome::Allow,
+            policies: vec!["a".into(), "b".into(), "a".into()],
+            error_code: Some("stream_revoked".into()),
+            status: 65_535,
+            duration_us: u64::MAX,
+            bytes_in: 0,
+            bytes_out: 1 << 40,
+            classification: Some("public".into()),
+            request_sha256: Some("e3b0c44298fc1c149afbf4c8996fb924".into()),
+            // Not lowercase hex: kept as text.
+            response_sha256: Some("E3B0C4".into()),
+            response_sha256_unredacted: Some("abc".into()),
+            fail_open: true,
+            content: vec![ContentFinding {
+                direction: "request".into(),
+                kind: "aws_access_key".into(),
+                pointer: Some("/note".into()),
+                start: 10,
+                end: 30,
+                fingerprint: Some("3f2a9c1d4b5e6f70".into()),
+            }],
+            policy_version: Some(u64::MAX),
+            approval_ticket: Some(String::new()),
+            breakglass: Some("breakglass:1".into()),
+            sampled: Some(0),
+        }
+    }
+
+    /// The records a round trip must reproduce exactly, canonical bytes
+    /// included: every field set, every optional field empty, and each
+    /// field set alone.
+    fn cases() -> Vec<AuditRecord> {
+        let mut cases = vec![full(), AuditRecord::default()];
+        let empty = AuditRecord::default();
+        let full = full();
+        let json = |r: &AuditRecord| serde_json::to_value(r).unwrap();
+        let full_json = json(&full);
+        for (name, value) in full_json.as_object().unwrap() {
+            let mut one = json(&empty);
+            one[name] = value.clone();
+            cases.push(serde_json::from_value(one).unwrap());
+        }
+        cases
+    }
+
+    #[test]
+    fn every_record_round_trips_to_its_canonical_bytes() {
+        let mut table = Table::default();
+        for record in cases() {
+            let mut record = record;
+            record.seq = Some(record.seq.unwrap_or_default());
+            let bytes = table.encode(&record);
+            let back = table.decode(&bytes, &record).unwrap();
+            assert_eq!(back, record);
+            assert_eq!(back.canonical_bytes(), record.canonical_bytes());
+        }
+    }
+
+    #[test]
+    fn a_typical_record_is_small() {
+        let mut table = Table::default();
+        let record = AuditRecord {
+            kind: RecordKind::Request,
+            path: Some("/demo/items/12345".into()),
+            policies: vec!["readers-read-low".into()],
+            error_code: None,
+            status: 200,
+            duration_us: 1_834,
+            bytes_out: 5_000,
+            request_sha256: Some("ab".repeat(32)),
+            response_sha256: Some("cd".repeat(32)),
+            response_sha256_unredacted: None,
+            fail_open: false,
+            content: Vec::new(),
+            policy_version: Some(3),
+            approval_ticket: None,
+            breakglass: None,
+            sampled: None,
+            ..full()
+        };
+        table.encode(&record);
+        let bytes = table.encode(&record);
+        // 4 header bytes, 64 digest bytes, the path and one byte or so a field.
+        assert!(bytes.len() < 120, "{}", bytes.len());
+        assert!(record.canonical_bytes().len() > 500);
+    }
+
+    #[test]
+    fn changed_or_cut_bytes_change_the_record_or_fail_to_decode() {
+        let mut table = Table::default();
+        let record = full();
+        let bytes = table.encode(&record);
+        for i in 0..bytes.len() {
+            for flip in [0x01u8, 0x80] {
+                let mut changed = bytes.clone();
+                changed[i] ^= flip;
+                if let Ok(back) = table.decode(&changed, &record) {
+                    assert_ne!(back.canonical_bytes(), record.canonical_bytes(), "byte {i}");
+                }
+            }
+            assert!(table.decode(&bytes[..i], &record).is_err(), "cut at {i}");
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(
+            table.decode(&longer, &record),
+            Err(DecodeError::Malformed(bytes.len()))
+        );
+        // A string the table does not hold.
+        let mut unknown = Table::default();
+        let bytes = unknown.encode(&record);
+        assert_eq!(
+            Table::default().decode(&bytes, &record),
+            Err(DecodeError::UnknownString(0))
+        );
+    }
+}
