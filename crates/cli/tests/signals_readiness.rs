@@ -288,15 +288,15 @@ async fn sighup_reloads_policies_and_refuses_bad_or_restart_only_changes() {
     let invalid = wait_reloads(&server, 4).pop().unwrap();
     assert_eq!(
         (&invalid["outcome"], &invalid["error_code"]),
-        (&"deny".into(), &"bad_request".into()),
+        (&"deny".into(), &"invalid_config".into()),
         "{invalid}"
     );
 
-    // A change to a restart-only section: refused with a clear message, and
+    // A change to a restart-only key: refused with a clear message, and
     // the policy change made alongside is not applied either.
     std::fs::write(
         &cfg,
-        good_config.replace("[limits]\n", "[limits]\nmax_body_bytes = 1024\n"),
+        good_config.replace("[limits]\n", "[limits]\nidle_timeout_ms = 60000\n"),
     )
     .unwrap();
     std::fs::write(&quickstart, format!("{text}\n// second review\n")).unwrap();
@@ -304,12 +304,15 @@ async fn sighup_reloads_policies_and_refuses_bad_or_restart_only_changes() {
     let restart = wait_reloads(&server, 5).pop().unwrap();
     assert_eq!(
         (&restart["outcome"], &restart["error_code"]),
-        (&"deny".into(), &"conflict".into()),
+        (&"deny".into(), &"restart_required".into()),
         "{restart}"
     );
     assert_eq!(restart["policy_version"], 2, "{restart}");
     let log = server.stderr.lock().unwrap().clone();
-    assert!(log.contains("changing `[limits]` needs a restart"), "{log}");
+    assert!(
+        log.contains("changing `limits.idle_timeout_ms` needs a restart"),
+        "{log}"
+    );
 
     // Through all of it the server kept serving (SIGHUP never ends it).
     assert!(server.child.as_ref().unwrap().id() > 0);
