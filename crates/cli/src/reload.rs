@@ -3,7 +3,7 @@
 //!
 //! A reload reads the file, validates it as `serve` does at start
 //! ([`Config::parse`]), refuses it whole when it changes a setting only a
-//! restart applies ([`RESTART_ONLY`] says which are not), reads and compiles
+//! restart applies (every key [`RELOADABLE`] does not name), reads and compiles
 //! the policy directory, and hands both to
 //! [`portcullis_gateway::Gateway::reload_config`], which builds the new routes,
 //! upstreams, limits and guard off to the side, checks them with the
@@ -50,9 +50,6 @@ pub const RELOADABLE: &[(&str, &[&str])] = &[
     ("gateway", &["forward_client_cert", "strip_request_headers"]),
     ("policy", &["timezone"]),
 ];
-
-/// For the docs and the message: the settings needing a restart, by section.
-pub const RESTART_ONLY: &str = "`[gateway]` listen, server names and connection caps, `[admin]`, `[identity]`, `[store]`, `[audit]`, `[telemetry]`, `[analytics]`, `[approvals]`, `[policy] dir` and `watch`, and the connection timeouts and failed-attempt throttle of `[limits]`";
 
 /// What a reload re-reads, and what the process runs now.
 pub struct Reloader {

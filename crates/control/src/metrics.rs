@@ -393,7 +393,7 @@ impl Metrics {
         );
         // Both outcomes show up at 0 from the start.
         for outcome in ["applied", "refused"] {
-            config_reloads.get_or_create(&OutcomeLabels { outcome });
+            let _ = config_reloads.get_or_create(&OutcomeLabels { outcome });
         }
         let not_ready = Family::<ReasonLabels, Gauge<i64, AtomicI64>>::default();
         registry.register(

@@ -46,7 +46,7 @@ use crate::pipeline::decode::{Buffered, DecodedRequest, read_whole};
 use crate::pipeline::inspect::ContentFacts;
 use crate::pipeline::{authorize, decide};
 use crate::respond::{Denial, ResponseBody, full};
-use crate::state::{Gateway, Snapshot};
+use crate::state::Snapshot;
 
 /// Runs the LLM stages on the request's exchange.
 pub async fn run(
