@@ -45,7 +45,11 @@ pub const RELOADABLE: &[(&str, &[&str])] = &[
     ("routes", &[]),
     (
         "limits",
-        &["max_body_bytes", "max_buffered_bytes", "upstream_timeout_ms"],
+        &[
+            "max_body_bytes",
+            "max_buffered_bytes",
+            "upstream_timeout_ms",
+        ],
     ),
     ("gateway", &["forward_client_cert", "strip_request_headers"]),
     ("policy", &["timezone"]),
@@ -152,8 +156,7 @@ impl Reloader {
                     ));
                 }
                 self.gateway.metrics().config_reload(true);
-                self.sink
-                    .submit(self.record(Outcome::Allow, None, &digest));
+                self.sink.submit(self.record(Outcome::Allow, None, &digest));
             }
             Err(refusal) => {
                 if refusal.policy_failed() {
@@ -258,7 +261,11 @@ fn restart_only_changes(running: &str, new: &str) -> Result<Vec<String>, toml::d
             .find(|(name, _)| name == section)
             .map(|(_, keys)| *keys);
         let (old, new) = (running.get(section), new.get(section));
-        match (hot, old.and_then(toml::Value::as_table), new.and_then(toml::Value::as_table)) {
+        match (
+            hot,
+            old.and_then(toml::Value::as_table),
+            new.and_then(toml::Value::as_table),
+        ) {
             // The whole section reloads.
             (Some([]), _, _) => {}
             // Some keys reload: compare the others one by one.

@@ -103,10 +103,7 @@ async fn sighup_moves_adds_and_removes_routes_while_a_stream_finishes_on_the_old
     let server = start(dir, &cfg).await;
     let (cert, key) = tokio::task::block_in_place(|| server.create_agent("bot", &["reader"]));
     let agent = client(&server.ca_pem(), Some((&cert, &key)));
-    assert_eq!(
-        get(&agent, &server, "/api/x").await,
-        (200, "/one/x".into())
-    );
+    assert_eq!(get(&agent, &server, "/api/x").await, (200, "/one/x".into()));
 
     // A streaming answer from upstream one, held open across the reload.
     let (release, held) = tokio::sync::oneshot::channel();
@@ -128,10 +125,7 @@ async fn sighup_moves_adds_and_removes_routes_while_a_stream_finishes_on_the_old
     let applied = tokio::task::block_in_place(|| reload(&server, 1));
     assert_eq!(applied["outcome"], "allow", "{applied}");
     assert_eq!(applied["request_sha256"], sha256(&moved), "{applied}");
-    assert_eq!(
-        get(&agent, &server, "/api/x").await,
-        (200, "/two/x".into())
-    );
+    assert_eq!(get(&agent, &server, "/api/x").await, (200, "/two/x".into()));
     assert_eq!(
         get(&agent, &server, "/extra/y").await,
         (200, "/three/y".into())
@@ -157,10 +151,7 @@ async fn sighup_moves_adds_and_removes_routes_while_a_stream_finishes_on_the_old
         get(&agent, &server, "/extra/y").await,
         (404, "route_not_found".into())
     );
-    assert_eq!(
-        get(&agent, &server, "/api/x").await,
-        (200, "/two/x".into())
-    );
+    assert_eq!(get(&agent, &server, "/api/x").await, (200, "/two/x".into()));
     let metrics = metrics(&server).await;
     assert!(
         metrics.contains("portcullis_config_reloads_total{outcome=\"applied\"} 2"),
@@ -233,10 +224,7 @@ async fn sighup_refuses_an_invalid_or_restart_only_config_whole_and_the_old_one_
     write(&cfg, "", &moved);
     let applied = tokio::task::block_in_place(|| reload(&server, 4));
     assert_eq!(applied["outcome"], "allow", "{applied}");
-    assert_eq!(
-        get(&agent, &server, "/api/x").await,
-        (200, "/two/x".into())
-    );
+    assert_eq!(get(&agent, &server, "/api/x").await, (200, "/two/x".into()));
     let metrics = metrics(&server).await;
     assert!(
         metrics.contains("portcullis_config_reloads_total{outcome=\"refused\"} 3"),
