@@ -1716,7 +1716,10 @@ async fn a_config_reload_keeps_unchanged_routes_sessions_and_ends_moved_or_remov
     let client = support::client(&server.ca_pem(), Some((&cert, &key)));
     let url = server.url("/mcp/sums");
     let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
-    let opened = rpc(&client, &url, None, &initialize()).send().await.unwrap();
+    let opened = rpc(&client, &url, None, &initialize())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(opened.status(), 200);
     let session = opened.headers()["mcp-session-id"]
         .to_str()
@@ -1726,12 +1729,7 @@ async fn a_config_reload_keeps_unchanged_routes_sessions_and_ends_moved_or_remov
     let text = std::fs::read_to_string(&cfg).unwrap();
     let plain = support::route("plain", "/plain", "http://127.0.0.1:1/", "public");
     let reload = |n: usize| {
-        let pid = server.child.as_ref().unwrap().id();
-        let hup = Command::new("kill")
-            .args(["-HUP", &pid.to_string()])
-            .status()
-            .unwrap();
-        assert!(hup.success());
+        server.signal("HUP");
         let found = records_of(&server, "config.reload", n);
         assert!(found.len() >= n, "no config.reload record #{n}");
         found[n - 1].clone()
@@ -1764,7 +1762,10 @@ async fn a_config_reload_keeps_unchanged_routes_sessions_and_ends_moved_or_remov
         (404, Some("mcp_session_not_found")),
         "{body}"
     );
-    let reopened = rpc(&client, &url, None, &initialize()).send().await.unwrap();
+    let reopened = rpc(&client, &url, None, &initialize())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(reopened.status(), 200);
 
     // The route is removed: its path is unrouted.
@@ -1772,7 +1773,10 @@ async fn a_config_reload_keeps_unchanged_routes_sessions_and_ends_moved_or_remov
     std::fs::write(&cfg, format!("{}\n{plain}", &text[..routes_start])).unwrap();
     let applied = tokio::task::block_in_place(|| reload(3));
     assert_eq!(applied["outcome"], "allow", "{applied}");
-    let gone = rpc(&client, &url, None, &initialize()).send().await.unwrap();
+    let gone = rpc(&client, &url, None, &initialize())
+        .send()
+        .await
+        .unwrap();
     let (status, body) = support::error_of(gone).await;
     assert_eq!(
         (status, body["code"].as_str()),

@@ -9,26 +9,15 @@
 mod support;
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use support::*;
 
-fn signal_hup(server: &Server) {
-    let pid = server.child.as_ref().unwrap().id();
-    let status = Command::new("kill")
-        .arg("-HUP")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 /// Sends SIGHUP and waits (bounded) for the `n`-th `config.reload` record.
 fn reload(server: &Server, n: usize) -> Value {
-    signal_hup(server);
+    server.signal("HUP");
     for _ in 0..200 {
         let found: Vec<Value> = server
             .audit(500)
@@ -68,17 +57,6 @@ async fn get(agent: &reqwest::Client, server: &Server, path: &str) -> (u16, Stri
         .unwrap_or_default()
         .to_string();
     (status, said)
-}
-
-async fn metrics(server: &Server) -> String {
-    client(&server.ca_pem(), None)
-        .get(format!("https://{}/metrics", server.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
 }
 
 async fn start(dir: tempfile::TempDir, cfg: &Path) -> Server {
@@ -152,7 +130,7 @@ async fn sighup_moves_adds_and_removes_routes_while_a_stream_finishes_on_the_old
         (404, "route_not_found".into())
     );
     assert_eq!(get(&agent, &server, "/api/x").await, (200, "/two/x".into()));
-    let metrics = metrics(&server).await;
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("portcullis_config_reloads_total{outcome=\"applied\"} 2"),
         "{metrics}"
@@ -225,7 +203,7 @@ async fn sighup_refuses_an_invalid_or_restart_only_config_whole_and_the_old_one_
     let applied = tokio::task::block_in_place(|| reload(&server, 4));
     assert_eq!(applied["outcome"], "allow", "{applied}");
     assert_eq!(get(&agent, &server, "/api/x").await, (200, "/two/x".into()));
-    let metrics = metrics(&server).await;
+    let metrics = server.metrics().await;
     assert!(
         metrics.contains("portcullis_config_reloads_total{outcome=\"refused\"} 3"),
         "{metrics}"

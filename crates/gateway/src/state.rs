@@ -1,5 +1,6 @@
-//! The gateway's shared state: routes, forwarder, audit sink, metrics, and the
-//! swappable [`Snapshot`] of agents and policies the hot path reads lock-free.
+//! The gateway's shared state: audit sink, metrics, sessions, counters, and
+//! the swappable [`Snapshot`] of routing (`routing.rs`), agents and policies
+//! the hot path reads lock-free.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -170,8 +171,8 @@ pub struct Gateway {
     pub(crate) snapshot: ArcSwap<Snapshot>,
     pub(crate) store: Store,
     /// The installed policy version. The lock serialises reloads (of agents
-    /// and of the config) and policy changes so an older read never replaces a newer snapshot; requests
-    /// never take it.
+    /// and of the config) and policy changes so an older read never
+    /// replaces a newer snapshot; requests never take it.
     pub(crate) policy: Mutex<InstalledPolicy>,
 }
 
