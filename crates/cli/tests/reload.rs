@@ -8,7 +8,7 @@
 
 mod support;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -59,15 +59,18 @@ async fn get(agent: &reqwest::Client, server: &Server, path: &str) -> (u16, Stri
     (status, said)
 }
 
-async fn start(dir: tempfile::TempDir, cfg: &Path) -> Server {
-    let cfg = cfg.to_path_buf();
-    tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
-        .await
-        .unwrap()
+/// Two upstreams and a server whose route `api` goes to the first
+/// (`http://one/one`), with an agent in role `reader`.
+struct Rig {
+    server: Server,
+    agent: reqwest::Client,
+    cfg: PathBuf,
+    one: std::net::SocketAddr,
+    two: std::net::SocketAddr,
+    gate: StreamGate,
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn sighup_moves_adds_and_removes_routes_while_a_stream_finishes_on_the_old_config() {
+async fn rig() -> Rig {
     install_crypto();
     let (one, gate) = start_upstream().await;
     let (two, _) = start_upstream().await;
@@ -78,9 +81,32 @@ async fn sighup_moves_adds_and_removes_routes_while_a_stream_finishes_on_the_old
         "",
         &route("api", "/api", &format!("http://{one}/one"), "internal"),
     );
-    let server = start(dir, &cfg).await;
+    let start = cfg.clone();
+    let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&start)))
+        .await
+        .unwrap();
     let (cert, key) = tokio::task::block_in_place(|| server.create_agent("bot", &["reader"]));
     let agent = client(&server.ca_pem(), Some((&cert, &key)));
+    Rig {
+        server,
+        agent,
+        cfg,
+        one,
+        two,
+        gate,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_moves_adds_and_removes_routes_while_a_stream_finishes_on_the_old_config() {
+    let Rig {
+        server,
+        agent,
+        cfg,
+        one,
+        two,
+        gate,
+    } = rig().await;
     assert_eq!(get(&agent, &server, "/api/x").await, (200, "/one/x".into()));
 
     // A streaming answer from upstream one, held open across the reload.
@@ -143,19 +169,13 @@ async fn sighup_moves_adds_and_removes_routes_while_a_stream_finishes_on_the_old
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_refuses_an_invalid_or_restart_only_config_whole_and_the_old_one_serves() {
-    install_crypto();
-    let (one, _) = start_upstream().await;
-    let (two, _) = start_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("portcullis.toml");
-    let good = write(
-        &cfg,
-        "",
-        &route("api", "/api", &format!("http://{one}/one"), "internal"),
-    );
-    let server = start(dir, &cfg).await;
-    let (cert, key) = tokio::task::block_in_place(|| server.create_agent("bot", &["reader"]));
-    let agent = client(&server.ca_pem(), Some((&cert, &key)));
+    let Rig {
+        server,
+        agent,
+        cfg,
+        two,
+        ..
+    } = rig().await;
     let moved = route("api", "/api", &format!("http://{two}/two"), "internal");
     let still_one = || async { get(&agent, &server, "/api/x").await };
 
@@ -208,5 +228,4 @@ async fn sighup_refuses_an_invalid_or_restart_only_config_whole_and_the_old_one_
         metrics.contains("portcullis_config_reloads_total{outcome=\"refused\"} 3"),
         "{metrics}"
     );
-    drop(good);
 }
