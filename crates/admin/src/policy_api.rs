@@ -308,7 +308,7 @@ async fn explain(
         .as_secs() as i64;
     let facts = body
         .context
-        .prepare(state.gateway.timezone(), now)
+        .prepare(&state.gateway.timezone(), now)
         .map_err(|e| call.error(ErrorCode::BadRequest, format!("context: {e}")))?;
     let snapshot = state.gateway.snapshot();
     let asked = facts

@@ -453,8 +453,9 @@ pub async fn run(
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    // Day budgets are written in the background, never on the request path.
-    let budget_saver = has_llm_routes.then(|| {
+    // Day budgets are written in the background, never on the request path
+    // (also without LLM routes: a reload may add one).
+    let budget_saver = {
         let gateway = gateway.clone();
         let mut stop = shutdown_rx.clone();
         tokio::spawn(async move {
@@ -468,7 +469,7 @@ pub async fn run(
                 }
             }
         })
-    });
+    };
     let policy_watch = config.policy_watch.then(|| {
         tokio::spawn(policy_versions::watch_dir(
             gateway.clone(),
@@ -481,7 +482,9 @@ pub async fn run(
     let reloads = spawn_reloads(
         hangups,
         crate::reload::Reloader {
-            config: config_path.clone().zip(config_text),
+            path: config_path.clone(),
+            config: config.clone(),
+            text: config_text.unwrap_or_default(),
             policy_dir: policy_dir.clone(),
             gateway: gateway.clone(),
             sink: sink.clone(),
@@ -553,11 +556,9 @@ pub async fn run(
     let orderly = async {
         let _ = data_plane.await;
         let _ = control_plane.await;
-        if let Some(task) = budget_saver {
-            let _ = task.await;
-            if let Err(e) = gateway.save_budgets().await {
-                tracing::warn!(error = %e, "cannot save LLM budget counters at shutdown");
-            }
+        let _ = budget_saver.await;
+        if let Err(e) = gateway.save_budgets().await {
+            tracing::warn!(error = %e, "cannot save LLM budget counters at shutdown");
         }
         if let Some(task) = policy_watch {
             let _ = task.await;
@@ -807,7 +808,7 @@ fn spawn_reloads(
 ) -> tokio::task::JoinHandle<()> {
     #[cfg(unix)]
     {
-        let mut hangups = hangups;
+        let (mut hangups, mut reloader) = (hangups, reloader);
         tokio::spawn(async move {
             loop {
                 tokio::select! {

@@ -1692,3 +1692,95 @@ fn the_sdk_session_obeys_forbids_on_session_plumbing() {
         "{refused:?}"
     );
 }
+
+/// Issue 17: a config reload (SIGHUP) swaps routes under live MCP sessions.
+/// A session on a route the reload leaves as it was goes on; one whose
+/// route now forwards elsewhere ends (`mcp_session_not_found`: its server
+/// never saw the new upstream's session); a removed route is unrouted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_config_reload_keeps_unchanged_routes_sessions_and_ends_moved_or_removed_ones() {
+    support::install_crypto();
+    let first = start_echo_mcp_server().await;
+    let second = start_echo_mcp_server().await;
+    let policies = r#"
+@id("mcp-all") permit(principal in Role::"dev", action in [Action::"list_tools", Action::"call_tool"], resource in Route::"sums");
+"#;
+    let upstream = format!("http://127.0.0.1:{first}/mcp");
+    let server = tokio::task::spawn_blocking({
+        let upstream = upstream.clone();
+        move || gateway("sums", &upstream, policies)
+    })
+    .await
+    .unwrap();
+    let (cert, key) = tokio::task::block_in_place(|| server.create_agent("dev-bot", &["dev"]));
+    let client = support::client(&server.ca_pem(), Some((&cert, &key)));
+    let url = server.url("/mcp/sums");
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let opened = rpc(&client, &url, None, &initialize())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(opened.status(), 200);
+    let session = opened.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let cfg = server.path().join("portcullis.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let plain = support::route("plain", "/plain", "http://127.0.0.1:1/", "public");
+    let reload = |n: usize| {
+        server.signal("HUP");
+        let found = records_of(&server, "config.reload", n);
+        assert!(found.len() >= n, "no config.reload record #{n}");
+        found[n - 1].clone()
+    };
+
+    // Another route is added: the session goes on.
+    std::fs::write(&cfg, format!("{text}\n{plain}")).unwrap();
+    let applied = tokio::task::block_in_place(|| reload(1));
+    assert_eq!(applied["outcome"], "allow", "{applied}");
+    let listed = rpc(&client, &url, Some(&session), &list)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    let listed: Value = listed.json().await.unwrap();
+    assert_eq!(listed["result"]["tools"][0]["name"], "get-sum", "{listed}");
+
+    // The route moves to another server: the session ends, a new one works.
+    let moved = text.replace(&upstream, &format!("http://127.0.0.1:{second}/mcp"));
+    std::fs::write(&cfg, format!("{moved}\n{plain}")).unwrap();
+    let applied = tokio::task::block_in_place(|| reload(2));
+    assert_eq!(applied["outcome"], "allow", "{applied}");
+    let ended = rpc(&client, &url, Some(&session), &list)
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = support::error_of(ended).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("mcp_session_not_found")),
+        "{body}"
+    );
+    let reopened = rpc(&client, &url, None, &initialize())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reopened.status(), 200);
+
+    // The route is removed: its path is unrouted.
+    let routes_start = text.find("[[routes]]").unwrap();
+    std::fs::write(&cfg, format!("{}\n{plain}", &text[..routes_start])).unwrap();
+    let applied = tokio::task::block_in_place(|| reload(3));
+    assert_eq!(applied["outcome"], "allow", "{applied}");
+    let gone = rpc(&client, &url, None, &initialize())
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = support::error_of(gone).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("route_not_found")),
+        "{body}"
+    );
+}

@@ -77,27 +77,6 @@ async fn readyz_until(server: &Server, want: u16) -> Value {
     panic!("/readyz never answered {want}: {last:?}");
 }
 
-async fn metrics(server: &Server) -> String {
-    client(&server.ca_pem(), None)
-        .get(format!("https://{}/metrics", server.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
-fn signal(server: &Server, name: &str) {
-    let pid = server.child.as_ref().unwrap().id();
-    let status = Command::new("kill")
-        .arg(format!("-{name}"))
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
-}
-
 /// Waits (bounded) for an audit record matching `pred` among the last 500.
 fn wait_record(server: &Server, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
     for _ in 0..200 {
@@ -176,7 +155,8 @@ async fn readyz_is_503_audit_unwritable_while_the_log_cannot_be_written() {
     let agent = client(&server.ca_pem(), Some((&cert, &key)));
     assert_eq!(readyz_until(&server, 200).await["status"], "ready");
     assert!(
-        metrics(&server)
+        server
+            .metrics()
             .await
             .contains("portcullis_not_ready{reason=\"audit_unwritable\"} 0"),
     );
@@ -196,7 +176,8 @@ async fn readyz_is_503_audit_unwritable_while_the_log_cannot_be_written() {
     assert_eq!(body["reasons"], serde_json::json!(["audit_unwritable"]));
     assert_eq!(body["error"]["code"], "audit_unavailable", "{body}");
     assert!(
-        metrics(&server)
+        server
+            .metrics()
             .await
             .contains("portcullis_not_ready{reason=\"audit_unwritable\"} 1"),
     );
@@ -213,7 +194,8 @@ async fn readyz_is_503_audit_unwritable_while_the_log_cannot_be_written() {
     db.close().await;
     assert_eq!(readyz_until(&server, 200).await["status"], "ready");
     assert!(
-        metrics(&server)
+        server
+            .metrics()
             .await
             .contains("portcullis_not_ready{reason=\"audit_unwritable\"} 0"),
     );
@@ -250,7 +232,7 @@ async fn sighup_reloads_policies_and_refuses_bad_or_restart_only_changes() {
     let quickstart = policies.join("quickstart.cedar");
     let text = std::fs::read_to_string(&quickstart).unwrap();
     std::fs::write(&quickstart, format!("{text}\n// reviewed\n")).unwrap();
-    signal(&server, "HUP");
+    server.signal("HUP");
     let good = wait_reloads(&server, 1).pop().unwrap();
     assert_eq!(good["outcome"], "allow", "{good}");
     assert_eq!(good["policy_version"], 2, "{good}");
@@ -261,7 +243,7 @@ async fn sighup_reloads_policies_and_refuses_bad_or_restart_only_changes() {
 
     // A policy that does not compile: refused, version 2 stays, not ready.
     std::fs::write(policies.join("broken.cedar"), "permit(").unwrap();
-    signal(&server, "HUP");
+    server.signal("HUP");
     let bad = wait_reloads(&server, 2).pop().unwrap();
     assert_eq!(bad["outcome"], "deny", "{bad}");
     assert_eq!(bad["error_code"], "invalid_policy", "{bad}");
@@ -269,14 +251,15 @@ async fn sighup_reloads_policies_and_refuses_bad_or_restart_only_changes() {
     let body = readyz_until(&server, 503).await;
     assert_eq!(body["reasons"], serde_json::json!(["policy_load_failed"]));
     assert!(
-        metrics(&server)
+        server
+            .metrics()
             .await
             .contains("portcullis_not_ready{reason=\"policy_load_failed\"} 1")
     );
 
     // Fixed: the next SIGHUP loads (the content equals version 2) and clears it.
     std::fs::remove_file(policies.join("broken.cedar")).unwrap();
-    signal(&server, "HUP");
+    server.signal("HUP");
     let fixed = wait_reloads(&server, 3).pop().unwrap();
     assert_eq!(fixed["outcome"], "allow", "{fixed}");
     readyz_until(&server, 200).await;
@@ -284,32 +267,35 @@ async fn sighup_reloads_policies_and_refuses_bad_or_restart_only_changes() {
     // An invalid config file: refused before anything is applied.
     let good_config = std::fs::read_to_string(&cfg).unwrap();
     std::fs::write(&cfg, format!("{good_config}\n[limits\n")).unwrap();
-    signal(&server, "HUP");
+    server.signal("HUP");
     let invalid = wait_reloads(&server, 4).pop().unwrap();
     assert_eq!(
         (&invalid["outcome"], &invalid["error_code"]),
-        (&"deny".into(), &"bad_request".into()),
+        (&"deny".into(), &"invalid_config".into()),
         "{invalid}"
     );
 
-    // A change to a restart-only section: refused with a clear message, and
+    // A change to a restart-only key: refused with a clear message, and
     // the policy change made alongside is not applied either.
     std::fs::write(
         &cfg,
-        good_config.replace("[limits]\n", "[limits]\nmax_body_bytes = 1024\n"),
+        good_config.replace("[limits]\n", "[limits]\nidle_timeout_ms = 60000\n"),
     )
     .unwrap();
     std::fs::write(&quickstart, format!("{text}\n// second review\n")).unwrap();
-    signal(&server, "HUP");
+    server.signal("HUP");
     let restart = wait_reloads(&server, 5).pop().unwrap();
     assert_eq!(
         (&restart["outcome"], &restart["error_code"]),
-        (&"deny".into(), &"conflict".into()),
+        (&"deny".into(), &"restart_required".into()),
         "{restart}"
     );
     assert_eq!(restart["policy_version"], 2, "{restart}");
     let log = server.stderr.lock().unwrap().clone();
-    assert!(log.contains("changing `[limits]` needs a restart"), "{log}");
+    assert!(
+        log.contains("changing `limits.idle_timeout_ms` needs a restart"),
+        "{log}"
+    );
 
     // Through all of it the server kept serving (SIGHUP never ends it).
     assert!(server.child.as_ref().unwrap().id() > 0);

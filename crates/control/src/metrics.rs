@@ -103,6 +103,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ListenerLabels {
     listener: &'static str,
 }
@@ -227,6 +232,7 @@ pub struct Metrics {
     connections_open: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
     connections_unverified: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
     connections_closed: Family<CloseLabels, Counter>,
+    config_reloads: Family<OutcomeLabels, Counter>,
     /// Why the process is not ready (`/readyz`), one gauge per reason.
     pub readiness: crate::readiness::Readiness,
     registry: Registry,
@@ -379,6 +385,16 @@ impl Metrics {
             "Connections closed or refused, by listener and reason (timeouts, evictions, caps)",
             connections_closed.clone(),
         );
+        let config_reloads = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "config_reloads",
+            "Config reloads (SIGHUP) by outcome: applied or refused",
+            config_reloads.clone(),
+        );
+        // Both outcomes show up at 0 from the start.
+        for outcome in ["applied", "refused"] {
+            let _ = config_reloads.get_or_create(&OutcomeLabels { outcome });
+        }
         let not_ready = Family::<ReasonLabels, Gauge<i64, AtomicI64>>::default();
         registry.register(
             "not_ready",
@@ -393,6 +409,7 @@ impl Metrics {
                     .clone()
             }));
         Metrics {
+            config_reloads,
             readiness,
             auth_failures,
             auth_throttled,
@@ -427,6 +444,14 @@ impl Metrics {
                 route: route.to_string(),
                 status,
             })
+            .inc();
+    }
+
+    /// Counts a config reload, `applied` or not (refused).
+    pub fn config_reload(&self, applied: bool) {
+        let outcome = if applied { "applied" } else { "refused" };
+        self.config_reloads
+            .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
 

@@ -87,7 +87,7 @@ pub trait DataPlane: Send + Sync {
         since_ms: i64,
     ) -> PlaneFuture<'a, Result<WhatIfReport, PolicyChangeError>>;
     /// The zone policy sees wall-clock time in.
-    fn timezone(&self) -> &PolicyTimeZone;
+    fn timezone(&self) -> PolicyTimeZone;
     /// The configured routes.
     fn routes(&self) -> Vec<RouteSummary>;
     /// When `agent` last authenticated (ms since the epoch), 0 if unknown.

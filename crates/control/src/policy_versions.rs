@@ -187,8 +187,9 @@ async fn load_shadow(store: &Store, shadow: Option<u64>) -> Option<(Arc<PolicyBu
     }
 }
 
-/// The audit record of a policy change made outside the admin API.
-fn change_record(
+/// The audit record of a policy change made outside the admin API (the
+/// directory watcher, a SIGHUP reload).
+pub fn change_record(
     principal: &str,
     action: &str,
     version: u64,

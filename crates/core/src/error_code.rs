@@ -126,6 +126,15 @@ pub enum ErrorCode {
     /// max_buffered_bytes`) is spent; the request was refused at once, without
     /// waiting for room, and may be retried shortly.
     ServerBusy,
+    /// A config reload (SIGHUP) was refused: the new file does not parse,
+    /// or the routes it describes cannot be served (an unknown secret, an
+    /// unreadable API key, policies that do not fit its routes). The running
+    /// configuration stays. In the `config.reload` audit record.
+    InvalidConfig,
+    /// A config reload (SIGHUP) was refused because it changes a setting
+    /// that only a restart applies (a listen address, the store, TLS, …);
+    /// nothing of it was applied. In the `config.reload` audit record.
+    RestartRequired,
 }
 
 impl ErrorCode {
@@ -178,6 +187,8 @@ impl ErrorCode {
             ErrorCode::StreamRevoked => "stream_revoked",
             ErrorCode::TooManyAttempts => "too_many_attempts",
             ErrorCode::ServerBusy => "server_busy",
+            ErrorCode::InvalidConfig => "invalid_config",
+            ErrorCode::RestartRequired => "restart_required",
         }
     }
 
@@ -212,7 +223,7 @@ impl ErrorCode {
             | ErrorCode::ModelNotFound
             | ErrorCode::McpSessionNotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
-            ErrorCode::Conflict => 409,
+            ErrorCode::Conflict | ErrorCode::RestartRequired => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::BadRequest
             | ErrorCode::McpBadArgument
@@ -221,6 +232,7 @@ impl ErrorCode {
             | ErrorCode::InvalidCiphertext
             | ErrorCode::UnsupportedGrantType
             | ErrorCode::InvalidPolicy
+            | ErrorCode::InvalidConfig
             | ErrorCode::InvalidGrant => 400,
             ErrorCode::UpstreamUnavailable => 502,
             ErrorCode::UpstreamTimeout => 504,
@@ -287,6 +299,8 @@ mod tests {
             ErrorCode::StreamRevoked,
             ErrorCode::TooManyAttempts,
             ErrorCode::ServerBusy,
+            ErrorCode::InvalidConfig,
+            ErrorCode::RestartRequired,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {

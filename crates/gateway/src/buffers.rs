@@ -39,14 +39,16 @@ pub const JSON_NODE_COST: u64 = 128;
 #[derive(Debug)]
 pub struct BufferBudget {
     used: AtomicU64,
-    max: u64,
+    /// Changed in place by a config reload, so bytes leased before it still
+    /// count against the one budget.
+    max: AtomicU64,
 }
 
 impl Default for BufferBudget {
     fn default() -> Self {
         BufferBudget {
             used: AtomicU64::new(0),
-            max: DEFAULT_MAX_BUFFERED_BYTES,
+            max: AtomicU64::new(DEFAULT_MAX_BUFFERED_BYTES),
         }
     }
 }
@@ -56,7 +58,7 @@ impl BufferBudget {
     pub fn new(max: u64) -> Arc<Self> {
         Arc::new(BufferBudget {
             used: AtomicU64::new(0),
-            max,
+            max: AtomicU64::new(max),
         })
     }
 
@@ -75,7 +77,12 @@ impl BufferBudget {
 
     /// The budget's size.
     pub fn max(&self) -> u64 {
-        self.max
+        self.max.load(Ordering::Relaxed)
+    }
+
+    /// Resizes the budget (a config reload); leases already held stay.
+    pub fn set_max(&self, max: u64) {
+        self.max.store(max, Ordering::Relaxed);
     }
 }
 
@@ -91,7 +98,7 @@ impl Lease {
     /// them: `payload_too_large` when no request could ever have them (the
     /// lease alone would pass the whole budget), else `server_busy`.
     pub fn grow(&mut self, n: u64) -> Result<(), Denial> {
-        let max = self.budget.max;
+        let max = self.budget.max();
         let wanted = self.held.saturating_add(n);
         if wanted > max {
             return Err(Denial::new(

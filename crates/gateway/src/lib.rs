@@ -30,6 +30,7 @@ pub mod rate_limit;
 pub mod respond;
 pub mod retention;
 pub mod route;
+pub mod routing;
 mod state;
 pub mod target;
 pub mod trace;
@@ -41,4 +42,5 @@ pub use portcullis_control::{
     analytics, approvals, attempts, audit_export, audit_sink, audit_spool, checkpointer, metrics,
     oidc, otlp, policy_facts, policy_versions, pseudonym, readiness, revocation, shadow, tokens,
 };
+pub use routing::Routing;
 pub use state::{ConnectionState, Gateway, GatewayError, GatewayParts, ShadowSnapshot, Snapshot};

@@ -86,7 +86,7 @@ impl DataPlane for Gateway {
         Box::pin(Gateway::whatif(self, files, since_ms))
     }
 
-    fn timezone(&self) -> &PolicyTimeZone {
+    fn timezone(&self) -> PolicyTimeZone {
         Gateway::timezone(self)
     }
 

@@ -197,7 +197,11 @@ impl Gateway {
             changes: Vec::new(),
         };
         for record in &records {
-            let replay = match Replay::of(record, &self.timezone, &self.routes) {
+            let replay = match Replay::of(
+                record,
+                &candidate.routing.timezone,
+                &candidate.routing.routes,
+            ) {
                 Ok(Some(replay)) => replay,
                 Ok(None) => {
                     report.skipped += 1;

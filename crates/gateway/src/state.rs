@@ -1,7 +1,7 @@
-//! The gateway's shared state: routes, forwarder, audit sink, metrics, and the
-//! swappable [`Snapshot`] of agents and policies the hot path reads lock-free.
+//! The gateway's shared state: audit sink, metrics, sessions, counters, and
+//! the swappable [`Snapshot`] of routing (`routing.rs`), agents and policies
+//! the hot path reads lock-free.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -11,8 +11,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use portcullis_identity::{CertRejection, ClientCertChecker, PeerCertificate};
 use portcullis_policy::{
-    AgentEntity, Authorizer, EntityError, GrantEntity, GrantScope, ModelEntity, PolicyBundle,
-    RouteEntity, SourceIp,
+    AgentEntity, Authorizer, EntityError, GrantEntity, GrantScope, PolicyBundle, SourceIp,
 };
 use portcullis_store::{Store, StoreError};
 use portcullis_vault::{CaptureSink, Vault};
@@ -23,20 +22,20 @@ use tokio::sync::{Mutex, watch};
 
 use crate::audit_sink::AuditSink;
 use crate::body::RecordedBody;
-use crate::config::{Config, Upstream};
+use crate::config::Config;
 use crate::directory::AgentDirectory;
 use crate::listener::{self, ConnectionInfo};
 use crate::metrics::Metrics;
-use crate::pipeline::decode::Limits;
-use crate::pipeline::forward::{Forwarder, ResolvedUpstream};
-use crate::pipeline::inspect::GuardState;
 use crate::respond::ResponseBody;
-use crate::route::RouteTable;
+use crate::routing::{Routing, RoutingEnv};
 use crate::trace::Tracer;
 
-/// What the hot path reads: one consistent version of agents and policies.
+/// What the hot path reads: one consistent version of the routes, agents and
+/// policies. A request loads it once, at its start.
 #[derive(Debug)]
 pub struct Snapshot {
+    /// The reloadable configuration the policies were checked against.
+    pub routing: Arc<Routing>,
     /// Live agents and certificate serials.
     pub directory: AgentDirectory,
     /// Policies joined with agents and routes.
@@ -141,23 +140,17 @@ pub struct GatewayParts {
 
 /// The data plane.
 pub struct Gateway {
-    pub(crate) limits: Limits,
-    pub(crate) routes: RouteTable,
-    pub(crate) forwarder: Forwarder,
+    /// What a config reload rebuilds a [`Routing`] with.
+    pub(crate) routing_env: RoutingEnv,
     pub(crate) sink: AuditSink,
     pub(crate) metrics: Arc<Metrics>,
     pub(crate) tracer: Option<Tracer>,
-    /// The content guard, built only when a route turns it on.
-    pub(crate) guard: Option<Arc<GuardState>>,
     pub(crate) vault: Option<Arc<Vault>>,
     pub(crate) captures: Option<CaptureSink>,
     pub(crate) tokens: crate::tokens::TokenService,
     pub(crate) analytics: Option<Arc<crate::analytics::Analytics>>,
-    /// API keys and budgets of `kind = "llm"` routes.
-    pub(crate) llm: crate::llm::LlmRoutes,
-    model_entities: Vec<ModelEntity>,
-    /// The zone of `context.time.hour` and `weekday`.
-    pub(crate) timezone: crate::config::PolicyTimeZone,
+    /// Every agent's LLM budget counters (they outlive config reloads).
+    pub(crate) budgets: crate::llm::budget::Budgets,
     /// `@rate` limits.
     pub(crate) rate_limiter: crate::rate_limit::RateLimiter,
     /// Failed TOTP codes and client assertions.
@@ -166,7 +159,8 @@ pub struct Gateway {
     pub(crate) approvals: Arc<crate::approvals::Approvals>,
     /// When each agent last authenticated.
     pub(crate) last_seen: crate::last_seen::LastSeen,
-    /// The MCP adapter's pins and sessions; `None` without MCP routes.
+    /// The MCP adapter's pins and sessions (built at start, so a reload may
+    /// add the first MCP route).
     pub(crate) mcp: Option<Arc<crate::mcp::McpState>>,
     /// Response streams open right now, cut when their holder loses the
     /// right to them (`liveness.rs`).
@@ -174,12 +168,11 @@ pub struct Gateway {
     /// The per-source budget of refused unauthenticated requests' records.
     pub(crate) anonymous: Arc<crate::anonymous::AnonymousSampler>,
     checker: ClientCertChecker,
-    pub(crate) route_entities: Vec<RouteEntity>,
-    snapshot: ArcSwap<Snapshot>,
+    pub(crate) snapshot: ArcSwap<Snapshot>,
     pub(crate) store: Store,
-    /// The installed policy version. The lock serialises reloads and policy
-    /// changes so an older read never replaces a newer snapshot; requests
-    /// never take it.
+    /// The installed policy version. The lock serialises reloads (of agents
+    /// and of the config) and policy changes so an older read never
+    /// replaces a newer snapshot; requests never take it.
     pub(crate) policy: Mutex<InstalledPolicy>,
 }
 
@@ -209,47 +202,18 @@ impl Gateway {
     /// Builds the gateway and loads the agent directory.
     pub async fn new(parts: GatewayParts) -> Result<Arc<Self>, GatewayError> {
         let config = parts.config;
-        let mut upstreams = HashMap::new();
-        for route in &config.routes {
-            let resolved = match &route.upstream {
-                Upstream::Url {
-                    scheme,
-                    authority,
-                    base_path,
-                } => ResolvedUpstream {
-                    scheme: scheme.clone(),
-                    authority: authority.clone(),
-                    base_path: base_path.clone(),
-                },
-                Upstream::BuiltinDemo => {
-                    let addr = parts
-                        .demo_upstream
-                        .ok_or_else(|| GatewayError::NoDemoUpstream(route.name.clone()))?;
-                    ResolvedUpstream {
-                        scheme: http::uri::Scheme::HTTP,
-                        authority: addr
-                            .to_string()
-                            .parse()
-                            .map_err(|_| GatewayError::NoDemoUpstream(route.name.clone()))?,
-                        base_path: String::new(),
-                    }
-                }
-                // Launched per session by the MCP adapter; nothing to resolve.
-                Upstream::Stdio { .. } => continue,
-            };
-            upstreams.insert(route.name.clone(), resolved);
-        }
-        let route_entities = config
-            .routes
-            .iter()
-            .map(|r| RouteEntity {
-                name: r.name.clone(),
-                classification: r.classification,
-                owner: r.owner.clone(),
-                tags: r.tags.clone(),
-            })
-            .collect::<Vec<_>>();
-        let model_entities = crate::llm::model_entities(&config);
+        let routing_env = RoutingEnv {
+            upstream_tls: parts.upstream_tls,
+            demo_upstream: parts.demo_upstream,
+            buffers: crate::buffers::BufferBudget::new(config.max_buffered_bytes),
+        };
+        let routing = Arc::new(Routing::build(
+            &config,
+            &routing_env,
+            parts.bundle.redacts(),
+            None,
+        )?);
+        routing.activate();
         let installed = InstalledPolicy {
             bundle: parts.bundle.clone(),
             version: parts.policy_version,
@@ -259,45 +223,32 @@ impl Gateway {
                 stats: Default::default(),
             }),
         };
-        let snapshot =
-            build_snapshot(&parts.store, &installed, &route_entities, &model_entities).await?;
-        let llm = crate::llm::LlmRoutes::load(&config)?;
-        if config.routes.iter().any(|r| r.llm.is_some()) {
-            // Today's day budgets, as the last run left them.
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs() as i64)
-                .unwrap_or_default();
-            let rows = parts.store.budget_days(now / 86_400).await?;
-            let rows: Vec<_> = rows
-                .into_iter()
-                .map(|r| crate::llm::budget::DayUsage {
-                    route: r.route,
-                    agent: r.agent,
-                    day: r.day,
-                    requests: r.requests.max(0) as u64,
-                    tokens: r.tokens.max(0) as u64,
-                })
-                .collect();
-            llm.budgets.restore_day(&rows, now);
-        }
-        Gateway::check_vault_routes(
+        let snapshot = build_snapshot(&parts.store, &installed, &routing).await?;
+        // Today's day budgets, as the last run left them (read whatever the
+        // routes: a reload may add an LLM route whose counters are stored).
+        let budgets = crate::llm::budget::Budgets::default();
+        let now = unix_now();
+        let rows = parts.store.budget_days(now / 86_400).await?;
+        let rows: Vec<_> = rows
+            .into_iter()
+            .map(|r| crate::llm::budget::DayUsage {
+                route: r.route,
+                agent: r.agent,
+                day: r.day,
+                requests: r.requests.max(0) as u64,
+                tokens: r.tokens.max(0) as u64,
+            })
+            .collect();
+        budgets.restore_day(&rows, now);
+        let in_use = Gateway::vault_routes_in_use(
             &config,
             &parts.bundle,
             parts.vault.as_deref(),
             parts.captures.is_some(),
         )?;
-        let guard =
-            if config.routes.iter().any(|r| r.guard.scans_requests()) || parts.bundle.redacts() {
-                Some(Arc::new(GuardState {
-                    guard: portcullis_guard::Guard::new()?,
-                    // Fingerprints and placeholder numbers are keyed per process:
-                    // they correlate within a run and reveal nothing across runs.
-                    key: rand::random(),
-                }))
-            } else {
-                None
-            };
+        if let Some(vault) = &parts.vault {
+            vault.set_in_use(in_use);
+        }
         parts
             .tokens
             .revocations
@@ -306,20 +257,8 @@ impl Gateway {
         let last_seen = crate::last_seen::LastSeen::default();
         last_seen.sync(snapshot.directory.agents().map(|(name, _)| name));
         last_seen.seed(&parts.store).await?;
-        let mcp = if config
-            .routes
-            .iter()
-            .any(|r| r.kind == crate::config::RouteKind::Mcp)
-        {
-            if !snapshot.authorizer.supports_mcp() {
-                return Err(GatewayError::Mcp(
-                    "the policy schema lacks the MCP actions (`Action::\"call_tool\"` …) or their session plumbing (`Action::\"mcp_plumbing\"`: `mcp_session`, `notify`, `reply`, `open_stream`, `end_session`); copy them from the shipped schema.cedarschema (`portcullis policy schema`)".into(),
-                ));
-            }
-            Some(crate::mcp::state_for(&parts.store).await?)
-        } else {
-            None
-        };
+        check_mcp_fit(&routing, &snapshot)?;
+        let mcp = Some(crate::mcp::state_for(&parts.store).await?);
         let streams = Arc::new(crate::liveness::LiveStreams::default());
         // A quarantine cuts the agent's open response streams and ends its
         // live MCP sessions at once, by the same paths as a revocation (its
@@ -348,37 +287,21 @@ impl Gateway {
                 config.audit.unauthenticated_records_per_minute,
             )),
             streams,
-            llm,
-            model_entities,
+            budgets,
             last_seen,
-            timezone: config.policy_timezone.clone(),
             rate_limiter: Default::default(),
             attempts: crate::attempts::AttemptThrottle::new(config.attempts.clone()),
             approvals: parts.approvals,
             mcp,
             tokens: parts.tokens,
             analytics: parts.analytics,
-            guard,
             vault: parts.vault,
             captures: parts.captures,
-            limits: Limits {
-                max_body_bytes: config.max_body_bytes,
-                strip_request_headers: config.strip_request_headers.clone(),
-                buffers: crate::buffers::BufferBudget::new(config.max_buffered_bytes),
-            },
-            routes: RouteTable::new(&config.routes),
-            forwarder: Forwarder::new(
-                parts.upstream_tls,
-                config.upstream_timeout,
-                config.max_body_bytes,
-                upstreams,
-                config.forward_client_cert,
-            ),
+            routing_env,
             sink: parts.sink,
             metrics: parts.metrics,
             tracer: parts.tracer,
             checker: parts.checker,
-            route_entities,
             snapshot: ArcSwap::from_pointee(snapshot),
             store: parts.store,
             policy: Mutex::new(installed),
@@ -392,9 +315,9 @@ impl Gateway {
         &self.approvals
     }
 
-    /// The zone policy sees wall-clock time in.
-    pub fn timezone(&self) -> &crate::config::PolicyTimeZone {
-        &self.timezone
+    /// The zone policy sees wall-clock time in, as configured now.
+    pub fn timezone(&self) -> crate::config::PolicyTimeZone {
+        self.snapshot.load().routing.timezone.clone()
     }
 
     /// The current snapshot.
@@ -409,20 +332,15 @@ impl Gateway {
 
     /// The configured routes (for the admin API's inventory).
     pub fn routes(&self) -> Vec<Arc<crate::config::RouteConfig>> {
-        self.routes.routes().cloned().collect()
+        self.snapshot.load().routing.routes().cloned().collect()
     }
 
     /// Re-reads agents from the store and swaps in a new snapshot. Called after
     /// every agent change; requests that start afterwards see the change.
     pub async fn reload(&self) -> Result<(), GatewayError> {
         let installed = self.policy.lock().await;
-        let snapshot = build_snapshot(
-            &self.store,
-            &installed,
-            &self.route_entities,
-            &self.model_entities,
-        )
-        .await?;
+        let routing = self.snapshot.load().routing.clone();
+        let snapshot = build_snapshot(&self.store, &installed, &routing).await?;
         self.last_seen
             .sync(snapshot.directory.agents().map(|(name, _)| name));
         let snapshot = Arc::new(snapshot);
@@ -449,13 +367,8 @@ impl Gateway {
         installed: &mut InstalledPolicy,
         policy: InstalledPolicy,
     ) -> Result<(), GatewayError> {
-        let snapshot = build_snapshot(
-            &self.store,
-            &policy,
-            &self.route_entities,
-            &self.model_entities,
-        )
-        .await?;
+        let routing = self.snapshot.load().routing.clone();
+        let snapshot = build_snapshot(&self.store, &policy, &routing).await?;
         self.snapshot.store(Arc::new(snapshot));
         *installed = policy;
         Ok(())
@@ -472,13 +385,8 @@ impl Gateway {
             version: 0,
             shadow: None,
         };
-        build_snapshot(
-            &self.store,
-            &probe,
-            &self.route_entities,
-            &self.model_entities,
-        )
-        .await
+        let routing = self.snapshot.load().routing.clone();
+        build_snapshot(&self.store, &probe, &routing).await
     }
 
     /// Builds (and throws away) a snapshot for `bundle`: proves it fits the
@@ -492,20 +400,15 @@ impl Gateway {
             version: 0,
             shadow: None,
         };
-        build_snapshot(
-            &self.store,
-            &probe,
-            &self.route_entities,
-            &self.model_entities,
-        )
-        .await?;
-        if bundle.redacts() && self.guard.is_none() {
+        let routing = self.snapshot.load().routing.clone();
+        build_snapshot(&self.store, &probe, &routing).await?;
+        if bundle.redacts() && routing.guard.is_none() {
             return Err(GatewayError::Unfit(
-                "a policy carries `@obligation(\"redact\")`, but the content guard is off: turn on `[routes.guard] dlp` on a route, or restart with this policy set".into(),
+                "a policy carries `@obligation(\"redact\")`, but the content guard is off: turn on `[routes.guard] dlp` on a route, or reload the config with this policy set (SIGHUP)".into(),
             ));
         }
         if !bundle.supports_secrets()
-            && let Some(route) = self.routes.routes().find(|r| r.credential.is_some())
+            && let Some(route) = routing.routes().find(|r| r.credential.is_some())
         {
             return Err(GatewayError::Vault {
                 route: route.name.clone(),
@@ -627,7 +530,7 @@ impl Gateway {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as i64)
             .unwrap_or_default();
-        let rows = self.llm.budgets.dirty_days(now);
+        let rows = self.budgets.dirty_days(now);
         if rows.is_empty() {
             return Ok(());
         }
@@ -643,7 +546,7 @@ impl Gateway {
             .collect();
         if let Err(e) = self.store.save_budget_days(&stored).await {
             // Written again next time.
-            self.llm.budgets.mark_dirty(&rows);
+            self.budgets.mark_dirty(&rows);
             return Err(e.into());
         }
         Ok(())
@@ -696,13 +599,28 @@ impl Gateway {
     /// Refuses to start when a route's credential cannot be served: no vault, an
     /// unknown secret, or a policy schema without `use_secret`. Also tells the
     /// vault which secrets are in use, so they cannot be deleted under the routes.
-    /// `serve` calls it before binding any port; [`Gateway::new`] again.
+    /// `serve` calls it before binding any port.
     pub fn check_vault_routes(
         config: &Config,
         bundle: &PolicyBundle,
         vault: Option<&Vault>,
         capturing: bool,
     ) -> Result<(), GatewayError> {
+        let in_use = Gateway::vault_routes_in_use(config, bundle, vault, capturing)?;
+        if let Some(vault) = vault {
+            vault.set_in_use(in_use);
+        }
+        Ok(())
+    }
+
+    /// [`Gateway::check_vault_routes`]' checks, changing nothing: the secrets
+    /// the routes use, for the caller to hand the vault once it commits.
+    pub(crate) fn vault_routes_in_use(
+        config: &Config,
+        bundle: &PolicyBundle,
+        vault: Option<&Vault>,
+        capturing: bool,
+    ) -> Result<std::collections::HashSet<String>, GatewayError> {
         let problem = |route: &str, problem: String| GatewayError::Vault {
             route: route.to_string(),
             problem,
@@ -746,19 +664,32 @@ impl Gateway {
             ));
             }
         }
-        if let Some(vault) = vault {
-            vault.set_in_use(in_use);
-        }
-        Ok(())
+        Ok(in_use)
     }
 }
 
-async fn build_snapshot(
+/// Routes of kind `mcp` need the MCP actions in the policy schema.
+pub(crate) fn check_mcp_fit(routing: &Routing, snapshot: &Snapshot) -> Result<(), GatewayError> {
+    if routing
+        .routes()
+        .any(|r| r.kind == crate::config::RouteKind::Mcp)
+        && !snapshot.authorizer.supports_mcp()
+    {
+        return Err(GatewayError::Mcp(
+            "the policy schema lacks the MCP actions (`Action::\"call_tool\"` …) or their session plumbing (`Action::\"mcp_plumbing\"`: `mcp_session`, `notify`, `reply`, `open_stream`, `end_session`); copy them from the shipped schema.cedarschema (`portcullis policy schema`)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Joins `policy` with the stored agents and grants and `routing`'s routes
+/// and models; fails when they do not fit.
+pub(crate) async fn build_snapshot(
     store: &Store,
     policy: &InstalledPolicy,
-    routes: &[RouteEntity],
-    models: &[ModelEntity],
+    routing: &Arc<Routing>,
 ) -> Result<Snapshot, GatewayError> {
+    let (routes, models) = (&routing.route_entities[..], &routing.model_entities[..]);
     let agents = store.agents().await?;
     let certificates = store.certificates(None).await?;
     let keys = store.agent_keys(None).await?;
@@ -807,6 +738,7 @@ async fn build_snapshot(
         }),
     };
     Ok(Snapshot {
+        routing: routing.clone(),
         directory,
         authorizer,
         policy_version: policy.version,

@@ -263,6 +263,29 @@ impl Server {
         format!("https://{}{path}", self.gateway)
     }
 
+    /// Sends signal `name` (`HUP`, …) to the server.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.as_ref().unwrap().id();
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// The admin listener's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        client(&self.ca_pem(), None)
+            .get(format!("https://{}/metrics", self.admin))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// Sends SIGTERM and waits (bounded) for exit; returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();

@@ -10,9 +10,12 @@
 //! - `budget.rs`: per-agent request and token counters (lock-free windows);
 //! - `stream.rs`: the answer's usage and DLP, event by event for streams.
 //!
-//! [`LlmRoutes`] is built once at start: each route's upstream API key (read
-//! from its environment variable or file, then held only in memory, zeroized
-//! when dropped) and the shared budget counters.
+//! [`LlmRoutes`] holds each route's upstream API key (read from its
+//! environment variable or file, then held only in memory, zeroized when
+//! dropped). It is part of the reloadable [`crate::routing::Routing`]: built
+//! at start and again by each config reload, so a reload re-reads the keys.
+//! The budget counters ([`budget::Budgets`]) live on the gateway, so a reload
+//! never resets them.
 
 pub mod api;
 pub mod budget;
@@ -65,8 +68,6 @@ pub enum ApiKeyError {
 pub struct LlmRoutes {
     /// Each route's upstream key, ready to inject as `Authorization: Bearer`.
     keys: HashMap<String, Arc<Injected>>,
-    /// Every agent's budget counters.
-    pub budgets: budget::Budgets,
 }
 
 impl LlmRoutes {
@@ -103,10 +104,7 @@ impl LlmRoutes {
                 }),
             );
         }
-        Ok(LlmRoutes {
-            keys,
-            budgets: budget::Budgets::default(),
-        })
+        Ok(LlmRoutes { keys })
     }
 
     /// The route's upstream key, if it has one.

@@ -114,6 +114,8 @@ impl McpState {
 #[derive(Clone)]
 struct Asker {
     gateway: Arc<Gateway>,
+    /// The request's routing (its snapshot's): guard, limits, forwarder.
+    routing: Arc<crate::routing::Routing>,
     identity: Identity,
     context: RequestContext,
     source_ip: SourceIp,
@@ -172,7 +174,7 @@ impl Asker {
     /// `None` keeps other routes free of any parsing or scanning.
     fn guard(&self) -> Option<&GuardState> {
         let settings = self.context.route.guard;
-        self.gateway
+        self.routing
             .guard
             .as_deref()
             .filter(|_| settings.scans_requests())
@@ -194,7 +196,7 @@ impl Asker {
         if !settings.scans_requests() {
             return None;
         }
-        let state = self.gateway.guard.clone()?;
+        let state = self.routing.guard.clone()?;
         let route = self.context.route.name.clone();
         let request_id = request_id.clone();
         let meter = meter.clone();
@@ -269,6 +271,7 @@ pub async fn serve(
     }
     let asker = Asker {
         gateway: gateway.clone(),
+        routing: ex.snapshot.routing.clone(),
         identity: identity.clone(),
         context: context.clone(),
         source_ip: conn.source_ip.clone(),
@@ -401,7 +404,7 @@ async fn post(
 ) -> Result<Response<ResponseBody>, Denial> {
     let (request_id, meter) = (ex.request_id, ex.meter);
     let DecodedRequest { parts, body, .. } = decoded;
-    let Buffered { bytes, mut lease } = read_whole(body, &asker.gateway.limits, meter).await?;
+    let Buffered { bytes, mut lease } = read_whole(body, &asker.routing.limits, meter).await?;
     // The parsed copy is leased too, before it is made.
     lease.grow(buffers::json_cost(&bytes))?;
     let parsed = jsonrpc::parse(&bytes);
@@ -634,7 +637,7 @@ async fn post(
                     session,
                     &kept,
                     body.batch,
-                    asker.gateway.forwarder.timeout(),
+                    asker.routing.forwarder.timeout(),
                 )
                 .await;
             let elapsed = t.elapsed();
@@ -846,7 +849,7 @@ async fn upstream(
     let traceparent = recorder.traceparent();
     let t = Instant::now();
     let response = asker
-        .gateway
+        .routing
         .forwarder
         .forward(
             decoded,

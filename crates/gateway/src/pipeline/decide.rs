@@ -314,7 +314,7 @@ async fn obligations(
             });
         }
     }
-    if obligations.redact && ex.gateway.guard.is_none() {
+    if obligations.redact && ex.snapshot.routing.guard.is_none() {
         // The guard is built whenever a policy redacts, so this is a bug;
         // it still must not serve the answer unredacted.
         return Err(unsupported("redact", "no redactor is running"));
@@ -354,7 +354,7 @@ async fn obligations(
             (Subject::Request(request), _) => {
                 let body = std::mem::replace(&mut request.body, empty_body());
                 let Buffered { bytes, lease } =
-                    read_whole(body, &ex.gateway.limits, ex.meter).await?;
+                    read_whole(body, &ex.snapshot.routing.limits, ex.meter).await?;
                 let binding = CallBinding::http(
                     hold,
                     route,
@@ -430,7 +430,7 @@ fn admit_budget(
     if !llm.budget.is_limited() {
         return Ok(None);
     }
-    let budgets = &ex.gateway.llm.budgets;
+    let budgets = &ex.gateway.budgets;
     let counters = budgets.counters(&route.name, &ex.identity.agent);
     if let Err(spent) = budgets.admit(&llm.budget, &counters, ex.context.time.epoch) {
         return Err(Denial {

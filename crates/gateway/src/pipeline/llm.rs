@@ -46,7 +46,7 @@ use crate::pipeline::decode::{Buffered, DecodedRequest, read_whole};
 use crate::pipeline::inspect::ContentFacts;
 use crate::pipeline::{authorize, decide};
 use crate::respond::{Denial, ResponseBody, full};
-use crate::state::{Gateway, Snapshot};
+use crate::state::Snapshot;
 
 /// Runs the LLM stages on the request's exchange.
 pub async fn run(
@@ -92,7 +92,7 @@ pub async fn run(
         body,
         target,
     } = decoded;
-    let Buffered { bytes, mut lease } = read_whole(body, &gateway.limits, meter).await?;
+    let Buffered { bytes, mut lease } = read_whole(body, &snapshot.routing.limits, meter).await?;
     let request_bytes = bytes.len() as u64;
     // The parsed copy is leased too, before it is made.
     lease.grow(buffers::json_cost(&bytes))?;
@@ -114,7 +114,7 @@ pub async fn run(
     let t = Instant::now();
     let mut audited = Vec::new();
     let inspected = inspect(
-        gateway,
+        &snapshot.routing,
         context,
         &endpoint,
         &mut call.body,
@@ -158,7 +158,7 @@ pub async fn run(
     let vault_credential = allowed.injected.take();
     let injected = vault_credential
         .as_ref()
-        .or_else(|| gateway.llm.key(&route.name));
+        .or_else(|| snapshot.routing.llm.key(&route.name));
 
     parts
         .headers
@@ -177,7 +177,8 @@ pub async fn run(
     let capture = crate::capture::for_route(route, gateway.captures.as_ref(), request_id);
     let traceparent = ex.recorder.traceparent();
     let t = Instant::now();
-    let response = gateway
+    let response = snapshot
+        .routing
         .forwarder
         .forward(
             request,
@@ -199,7 +200,8 @@ pub async fn run(
     ex.recorder.trace_stage(Stage::Forward, t, elapsed);
     let response = response?;
 
-    let dlp = gateway
+    let dlp = snapshot
+        .routing
         .guard
         .as_deref()
         .and_then(|g| match route.guard.dlp {
@@ -233,7 +235,7 @@ pub async fn run(
             charge,
             dlp,
             obliged_redact: allowed.redact,
-            max_bytes: gateway.limits.max_body_bytes,
+            max_bytes: snapshot.routing.limits.max_body_bytes,
         },
         meter,
         request_id,
@@ -339,7 +341,7 @@ async fn read_answer(mut body: ResponseBody, max: u64) -> Result<Bytes, String> 
 /// The content guard on each text of the request, on its channel (tool
 /// results on `tool_output`). Redaction rewrites the texts in place.
 fn inspect(
-    gateway: &Gateway,
+    routing: &crate::routing::Routing,
     context: &RequestContext,
     endpoint: &Endpoint,
     body: &mut serde_json::Value,
@@ -347,7 +349,7 @@ fn inspect(
     audited: &mut Vec<portcullis_audit::ContentFinding>,
 ) -> Result<ContentFacts, Denial> {
     let settings = context.route.guard;
-    let Some(state) = gateway
+    let Some(state) = routing
         .guard
         .as_deref()
         .filter(|_| settings.scans_requests())

@@ -165,8 +165,14 @@ async fn run(
 ) -> Result<Response<ResponseBody>, Denial> {
     let metrics = &gateway.metrics;
 
+    // One snapshot for the whole request, loaded once, first: it is routed,
+    // limited and decided by exactly one version of the configuration, the
+    // agent directory and the policies, whatever a reload swaps in meanwhile.
+    let snapshot = gateway.snapshot();
+    let routing = &*snapshot.routing;
+
     let t = Instant::now();
-    let decoded = decode::run(&gateway.limits, &gateway.sink, request, meter).await;
+    let decoded = decode::run(&routing.limits, &gateway.sink, request, meter).await;
     let elapsed = t.elapsed();
     metrics.stage(Stage::Decode, elapsed);
     recorder.trace_stage(Stage::Decode, t, elapsed);
@@ -174,10 +180,6 @@ async fn run(
     // The record names the canonical target that is routed, decided and
     // forwarded (a refused one keeps the path as sent).
     recorder.record().path = Some(decoded.target.path.clone());
-
-    // One snapshot for the whole request: it is decided by exactly one version
-    // of the agent directory and the policies.
-    let snapshot = gateway.snapshot();
 
     if crate::oauth::is_oauth_path(decoded.parts.uri.path()) {
         return crate::oauth::serve(
@@ -225,11 +227,11 @@ async fn run(
 
     let t = Instant::now();
     let context = contextualize::run(
-        &gateway.routes,
+        &routing.routes,
         &decoded,
         conn.remote.ip(),
         now_epoch,
-        &gateway.timezone,
+        &routing.timezone,
     );
     let elapsed = t.elapsed();
     metrics.stage(Stage::Contextualize, elapsed);
@@ -330,10 +332,10 @@ async fn run(
     let t = Instant::now();
     let mut audited = Vec::new();
     let inspected = inspect::run(
-        gateway.guard.as_deref(),
+        routing.guard.as_deref(),
         &context.route,
         decoded,
-        &gateway.limits,
+        &routing.limits,
         meter,
         request_id,
         &mut audited,
@@ -379,7 +381,7 @@ async fn run(
 
     let traceparent = recorder.traceparent();
     let t = Instant::now();
-    let response = gateway
+    let response = routing
         .forwarder
         .forward(
             decoded,
@@ -401,7 +403,7 @@ async fn run(
     metrics.stage(Stage::Forward, elapsed);
     recorder.trace_stage(Stage::Forward, t, elapsed);
     let response = inspect_out::run(
-        gateway.guard.as_deref(),
+        routing.guard.as_deref(),
         &context.route,
         allowed.redact,
         request_id,
