@@ -589,6 +589,7 @@ mod tests {
             classification: Classification::Internal,
             owner: String::new(),
             tags: Vec::new(),
+            sandbox: None,
         };
         let model = |name: &str| ModelEntity {
             route: "llm".into(),
@@ -628,6 +629,7 @@ mod tests {
             llm: None,
             owner: String::new(),
             tags: Vec::new(),
+            sandbox: None,
         };
         RouteTable::new(&[
             route("files", RouteKind::Mcp, None),
