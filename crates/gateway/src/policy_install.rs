@@ -589,7 +589,6 @@ mod tests {
             classification: Classification::Internal,
             owner: String::new(),
             tags: Vec::new(),
-            sandbox: None,
         };
         let model = |name: &str| ModelEntity {
             route: "llm".into(),

@@ -862,4 +862,42 @@ mod tests {
             "`stdio:` upstreams are for `kind = \"mcp\"` routes",
         );
     }
+
+    #[test]
+    fn stdio_routes_get_the_strict_sandbox_unless_they_loosen_it() {
+        let route = |upstream: &str, extra: &str| {
+            format!(
+                "[[routes]]\nname = \"m\"\nkind = \"mcp\"\npath_prefix = \"/m\"\nupstream = \"{upstream}\"\nclassification = \"internal\"\n{extra}"
+            )
+        };
+        let sandbox = |text: &str| {
+            Config::parse(text, Path::new("/etc/p/portcullis.toml"))
+                .map(|c| c.routes[0].sandbox.as_deref().cloned())
+        };
+        assert_eq!(
+            sandbox(&route("stdio:node server.js", "")).unwrap(),
+            Some(portcullis_sandbox::Profile::default())
+        );
+        assert_eq!(sandbox(&route("http://x/mcp", "")).unwrap(), None);
+        let loose = sandbox(&route(
+            "stdio:node server.js",
+            "[routes.sandbox]\nnetwork = \"host\"\nenv = [\"NODE_OPTIONS\"]\n",
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(loose.network, portcullis_sandbox::Network::Host);
+        assert_eq!(loose.env, ["NODE_OPTIONS"]);
+        check(
+            &route("http://x/mcp", "[routes.sandbox]\nnetwork = \"none\"\n"),
+            "line 2, route `m`: `[routes.sandbox]` is for `stdio:` upstreams",
+        );
+        check(
+            &route("stdio:node server.js", "[routes.sandbox]\nread = [\"relative/dir\"]\n"),
+            "line 2, route `m`: `[routes.sandbox]`: `read` path `relative/dir` must be absolute",
+        );
+        check(
+            &route("stdio:node server.js", "[routes.sandbox]\nnetwrok = \"host\"\n"),
+            "unknown field `netwrok`",
+        );
+    }
 }
