@@ -264,9 +264,7 @@ impl Profile {
         }
         for name in &self.env {
             let ok = !name.is_empty()
-                && name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
                 && !name.as_bytes()[0].is_ascii_digit()
                 && !matches!(name.as_str(), "HOME" | "TMPDIR");
             if !ok {
@@ -361,7 +359,11 @@ impl Profile {
             ("memory_mb", l.memory_mb, d.memory_mb),
             ("open_files", l.open_files, d.open_files),
             ("processes", l.processes, d.processes),
-            ("wall_clock_seconds", l.wall_clock_seconds, d.wall_clock_seconds),
+            (
+                "wall_clock_seconds",
+                l.wall_clock_seconds,
+                d.wall_clock_seconds,
+            ),
         ] {
             if v > dv {
                 out.push(format!("limits.{name} = {v} (default {dv})"));
@@ -512,7 +514,10 @@ mod tests {
             ("env = [\"HOME\"]", "`env` entry `HOME`"),
             ("env = [\"A=B\"]", "`env` entry `A=B`"),
             ("[limits]\nprocesses = 0", "limit `processes`"),
-            ("allow_missing = [\"apparmor\"]", "unknown variant `apparmor`"),
+            (
+                "allow_missing = [\"apparmor\"]",
+                "unknown variant `apparmor`",
+            ),
         ] {
             let e = parse(text).unwrap_err();
             assert!(e.contains(want), "{text}: {e}");

@@ -33,6 +33,7 @@ macro_rules! sys {
 }
 
 /// Calls allowed with any arguments, on every architecture.
+#[rustfmt::skip]
 const COMMON: &[libc::c_long] = &sys![
     SYS_read, SYS_write, SYS_readv, SYS_writev, SYS_pread64, SYS_pwrite64, SYS_preadv,
     SYS_pwritev, SYS_preadv2, SYS_pwritev2, SYS_close, SYS_close_range, SYS_openat, SYS_openat2,
@@ -65,6 +66,7 @@ const COMMON: &[libc::c_long] = &sys![
 
 /// The older calls x86-64 still has (C libraries and runtimes use some).
 #[cfg(target_arch = "x86_64")]
+#[rustfmt::skip]
 const LEGACY: &[libc::c_long] = &sys![
     SYS_open, SYS_stat, SYS_lstat, SYS_access, SYS_pipe, SYS_dup2, SYS_poll, SYS_select,
     SYS_epoll_wait, SYS_epoll_create, SYS_getdents, SYS_readlink, SYS_rename, SYS_renameat,
@@ -107,7 +109,9 @@ fn allow_list() -> Result<BpfProgram, String> {
         arch()?,
     )
     .map_err(|e| e.to_string())?;
-    filter.try_into().map_err(|e: seccompiler::BackendError| e.to_string())
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| e.to_string())
 }
 
 /// `clone3` answers `ENOSYS` (stacked with the allow-list, the stricter
@@ -121,7 +125,9 @@ fn no_clone3() -> Result<BpfProgram, String> {
         arch()?,
     )
     .map_err(|e| e.to_string())?;
-    filter.try_into().map_err(|e: seccompiler::BackendError| e.to_string())
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| e.to_string())
 }
 
 /// Installs both filters on this (single-threaded) process.

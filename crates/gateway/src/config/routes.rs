@@ -892,11 +892,17 @@ mod tests {
             "line 2, route `m`: `[routes.sandbox]` is for `stdio:` upstreams",
         );
         check(
-            &route("stdio:node server.js", "[routes.sandbox]\nread = [\"relative/dir\"]\n"),
+            &route(
+                "stdio:node server.js",
+                "[routes.sandbox]\nread = [\"relative/dir\"]\n",
+            ),
             "line 2, route `m`: `[routes.sandbox]`: `read` path `relative/dir` must be absolute",
         );
         check(
-            &route("stdio:node server.js", "[routes.sandbox]\nnetwrok = \"host\"\n"),
+            &route(
+                "stdio:node server.js",
+                "[routes.sandbox]\nnetwrok = \"host\"\n",
+            ),
             "unknown field `netwrok`",
         );
     }

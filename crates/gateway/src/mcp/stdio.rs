@@ -106,7 +106,13 @@ struct Recorded {
 }
 
 impl Recorded {
-    fn submit(&self, action: &str, outcome: Outcome, error_code: Option<&str>, event: ProcessEvent) {
+    fn submit(
+        &self,
+        action: &str,
+        outcome: Outcome,
+        error_code: Option<&str>,
+        event: ProcessEvent,
+    ) {
         let time_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
@@ -241,7 +247,12 @@ impl StdioServers {
             sink: l.sink.clone(),
             tap: l.tap.clone(),
         };
-        recorded.submit("process.spawn", Outcome::Allow, None, recorded.event.clone());
+        recorded.submit(
+            "process.spawn",
+            Outcome::Allow,
+            None,
+            recorded.event.clone(),
+        );
         let (stop, stopped) = oneshot::channel();
         let wall_clock = sandbox.map(|p| Duration::from_secs(p.limits.wall_clock_seconds));
         tokio::spawn(watch(child, stopped, wall_clock, recorded, work_dir));
@@ -454,15 +465,24 @@ async fn watch(
     use std::os::unix::process::ExitStatusExt;
     let started = std::time::Instant::now();
     let limit = tokio::time::sleep(wall_clock.unwrap_or(Duration::from_secs(u32::MAX as u64)));
+    // A process that died on its own while its session was ending (the
+    // session ends because the server exited) keeps its own cause.
     let (killed, status) = tokio::select! {
+        biased;
         status = child.wait() => (None, status),
-        _ = stop => (Some("ended"), kill(&mut child).await),
+        _ = stop => match child.try_wait() {
+            Ok(Some(status)) => (None, Ok(status)),
+            _ => (Some("ended"), kill(&mut child).await),
+        },
         _ = limit => (Some("wall_clock"), kill(&mut child).await),
     };
     let (code, signal) = match &status {
         Ok(s) => (s.code(), s.signal()),
         Err(_) => (None, None),
     };
+    // Our kill is `SIGKILL`; any other status is the process's own end
+    // (it was already dying when we killed it).
+    let killed = killed.filter(|_| signal == Some(9));
     let cause = ExitCause::of(code, signal);
     let (word, outcome, error_code) = match killed {
         Some("wall_clock") => ("wall_clock", Outcome::Deny, Some("resource_limit")),
