@@ -235,6 +235,7 @@ mod tests {
             approval_ticket: None,
             breakglass: None,
             sampled: None,
+            process: None,
         }
     }
 

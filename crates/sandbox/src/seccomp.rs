@@ -32,9 +32,10 @@ macro_rules! sys {
     ($($name:ident),* $(,)?) => { [$(libc::$name),*] };
 }
 
-/// Calls allowed with any arguments, on every architecture.
+/// Calls allowed with any arguments, on every architecture (system-call
+/// numbers are `c_long`, 64 bits on every target seccompiler supports).
 #[rustfmt::skip]
-const COMMON: &[libc::c_long] = &sys![
+const COMMON: &[i64] = &sys![
     SYS_read, SYS_write, SYS_readv, SYS_writev, SYS_pread64, SYS_pwrite64, SYS_preadv,
     SYS_pwritev, SYS_preadv2, SYS_pwritev2, SYS_close, SYS_close_range, SYS_openat, SYS_openat2,
     SYS_lseek, SYS_fstat, SYS_newfstatat, SYS_statx, SYS_statfs, SYS_fstatfs, SYS_getdents64,
@@ -67,7 +68,7 @@ const COMMON: &[libc::c_long] = &sys![
 /// The older calls x86-64 still has (C libraries and runtimes use some).
 #[cfg(target_arch = "x86_64")]
 #[rustfmt::skip]
-const LEGACY: &[libc::c_long] = &sys![
+const LEGACY: &[i64] = &sys![
     SYS_open, SYS_stat, SYS_lstat, SYS_access, SYS_pipe, SYS_dup2, SYS_poll, SYS_select,
     SYS_epoll_wait, SYS_epoll_create, SYS_getdents, SYS_readlink, SYS_rename, SYS_renameat,
     SYS_unlink, SYS_mkdir, SYS_rmdir, SYS_chmod, SYS_link, SYS_symlink, SYS_fork, SYS_vfork,
@@ -75,7 +76,7 @@ const LEGACY: &[libc::c_long] = &sys![
     SYS_setrlimit, SYS_eventfd, SYS_signalfd, SYS_inotify_init,
 ];
 #[cfg(not(target_arch = "x86_64"))]
-const LEGACY: &[libc::c_long] = &[];
+const LEGACY: &[i64] = &[];
 
 fn arch() -> Result<TargetArch, String> {
     TargetArch::try_from(std::env::consts::ARCH).map_err(|e| e.to_string())
@@ -92,16 +93,13 @@ fn allow_list() -> Result<BpfProgram, String> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = COMMON
         .iter()
         .chain(LEGACY)
-        .map(|n| (i64::from(*n), Vec::new()))
+        .map(|n| (*n, Vec::new()))
         .collect();
     rules.insert(
-        i64::from(libc::SYS_clone),
+        libc::SYS_clone,
         rule(0, SeccompCmpOp::MaskedEq(CLONE_NAMESPACES), 0)?,
     );
-    rules.insert(
-        i64::from(libc::SYS_ioctl),
-        rule(1, SeccompCmpOp::Ne, TIOCSTI)?,
-    );
+    rules.insert(libc::SYS_ioctl, rule(1, SeccompCmpOp::Ne, TIOCSTI)?);
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::KillProcess,
@@ -117,7 +115,7 @@ fn allow_list() -> Result<BpfProgram, String> {
 /// `clone3` answers `ENOSYS` (stacked with the allow-list, the stricter
 /// answer wins).
 fn no_clone3() -> Result<BpfProgram, String> {
-    let rules = BTreeMap::from([(i64::from(libc::SYS_clone3), Vec::new())]);
+    let rules = BTreeMap::from([(libc::SYS_clone3, Vec::new())]);
     let filter = SeccompFilter::new(
         rules,
         SeccompAction::Allow,
