@@ -34,6 +34,9 @@ pub enum RecordKind {
     Request,
     /// An administrative change (agent created, revoked, certificate issued).
     Admin,
+    /// A process the gateway launched (a stdio MCP server): started, exited,
+    /// killed by its sandbox. `process` says more.
+    Process,
 }
 
 /// Whether the thing described was allowed to happen.
@@ -131,6 +134,34 @@ pub struct AuditRecord {
     /// existed keep their encoding.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sampled: Option<u64>,
+    /// What happened to a launched process (`kind` `process` only; absent
+    /// from every other record, like `sampled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessEvent>,
+}
+
+/// A launched process's event (`action` `process.spawn` or `process.exit`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessEvent {
+    /// The command as the route configures it (program and arguments).
+    pub command: String,
+    /// SHA-256 of the sandbox profile it runs under; `null` when the route's
+    /// sandbox is disabled.
+    pub profile_sha256: Option<String>,
+    /// SHA-256 prefix (16 hex digits) of the MCP session id the process serves.
+    pub session: String,
+    /// The process id.
+    pub pid: Option<u32>,
+    /// How it ended (`process.exit` only): `exited`, `ended` (the session
+    /// ended), `wall_clock` (killed at its lifetime limit),
+    /// `seccomp_violation`, `cpu_limit`, `sandbox_setup_failed`, `signaled`.
+    pub cause: Option<String>,
+    /// Exit code, when it exited.
+    pub exit_code: Option<i32>,
+    /// Terminating signal, when one ended it.
+    pub signal: Option<i32>,
+    /// How long it ran, in milliseconds (`process.exit` only).
+    pub ran_ms: Option<u64>,
 }
 
 /// Most content findings kept in one record; the rest are counted in the
@@ -207,6 +238,7 @@ mod tests {
             approval_ticket: None,
             breakglass: None,
             sampled: None,
+            process: None,
         }
     }
 

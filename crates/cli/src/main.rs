@@ -18,6 +18,7 @@ mod offline;
 mod policy_cmd;
 mod policy_test;
 mod reload;
+mod sandbox_cmd;
 mod serve;
 mod state_dir;
 mod state_lock;
@@ -280,6 +281,11 @@ enum Command {
         #[command(subcommand)]
         command: guard_cmd::GuardCommand,
     },
+    /// Internal, started by `serve`: confine this process as a stdio route's
+    /// sandbox profile says, then execute its MCP server (`--probe`: say
+    /// which mechanisms the kernel offers).
+    #[command(hide = true, name = "sandbox-exec")]
+    SandboxExec(sandbox_cmd::SandboxExecArgs),
 }
 
 fn main() -> ExitCode {
@@ -292,6 +298,8 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             });
         }
+        // Confinement needs a single-threaded process: no runtime.
+        Command::SandboxExec(args) => return sandbox_cmd::run(args),
         command => Cli { command },
     };
     // One crypto provider for the whole process: ring (no aws-lc, no cmake).
@@ -362,7 +370,7 @@ fn main() -> ExitCode {
                 admin,
             } => inventory::run(admin, since, format).await,
             Command::Policy { command, admin } => policy_cmd::run(command, admin).await,
-            Command::Guard { .. } => Ok(()),
+            Command::Guard { .. } | Command::SandboxExec(_) => Ok(()),
             Command::Backup {
                 out,
                 include_ca_key,

@@ -108,6 +108,10 @@ pub async fn run(
     if has_llm_routes {
         check_llm_routes(&config, &bundle)?;
     }
+    // And `stdio:` routes whose sandbox needs what this kernel lacks.
+    for line in check_sandboxed_routes(&config)? {
+        tracing::info!("{line}");
+    }
     let capture_writer = vault.as_ref().map(|v| v.start_capture_writer());
     let webhook_key = portcullis_gateway::analytics::WebhookKey::load(&config.analytics)
         .context("cannot start behavioral analytics")?;
@@ -680,6 +684,51 @@ pub(crate) fn check_llm_routes(config: &Config, bundle: &PolicyBundle) -> Result
         );
     }
     Ok(())
+}
+
+/// `stdio:` routes: runs `portcullis sandbox-exec --probe` once and refuses
+/// a route whose sandbox profile needs a mechanism the kernel lacks and does
+/// not allow to be missing. Returns one line per route (profile, loosenings).
+pub(crate) fn check_sandboxed_routes(config: &Config) -> Result<Vec<String>> {
+    let sandboxed: Vec<_> = config
+        .routes
+        .iter()
+        .filter_map(|r| r.sandbox.as_ref().map(|p| (r, p)))
+        .collect();
+    if sandboxed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let support = probe_sandbox()?;
+    let mut lines = Vec::new();
+    for (route, profile) in sandboxed {
+        profile
+            .check_support(&support)
+            .with_context(|| format!("route `{}` cannot start", route.name))?;
+        lines.push(format!(
+            "sandbox of route `{}`: {}",
+            route.name,
+            profile.summary()
+        ));
+    }
+    lines.push(format!(
+        "sandbox mechanisms of this kernel: landlock ABI {}, seccomp {}, user namespaces {}",
+        support.landlock_abi,
+        if support.seccomp { "yes" } else { "no" },
+        if support.user_namespace { "yes" } else { "no" },
+    ));
+    Ok(lines)
+}
+
+fn probe_sandbox() -> Result<portcullis_sandbox::Support> {
+    let exe = std::env::current_exe().context("cannot find the portcullis executable")?;
+    let out = std::process::Command::new(exe)
+        .args(["sandbox-exec", "--probe"])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .output()
+        .context("cannot probe the kernel's sandbox mechanisms")?;
+    // A probe that died (seccomp refused) reports nothing: nothing is offered.
+    Ok(serde_json::from_slice(&out.stdout).unwrap_or_default())
 }
 
 /// How often the vault destroys versions past their grace period, rotates

@@ -45,9 +45,11 @@ fn python_mcp() -> bool {
     }
 }
 
-/// The server-everything entry point, installed (once) under the target dir.
+/// The server-everything entry point, installed (once) in a directory any
+/// user may read: a sandboxed server runs as `nobody` when the tests run as
+/// root, and the target directory may lie below a private home.
 fn everything() -> Option<PathBuf> {
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("mcp-server-everything");
+    let dir = std::env::temp_dir().join("portcullis-test-mcp-server-everything");
     match Command::new(format!("{TESTS}/install_everything.sh"))
         .arg(&dir)
         .output()
@@ -157,6 +159,16 @@ impl McpClient {
     fn call(&mut self, name: &str, args: Value) -> Value {
         self.send(json!({"op": "call", "name": name, "args": args}))
     }
+}
+
+/// The `[routes.sandbox]` of a stdio route running server-everything: the
+/// strict default profile, reading the installed packages.
+fn sandbox_reading(entry: &Path) -> String {
+    let modules = entry
+        .ancestors()
+        .find(|p| p.ends_with("node_modules"))
+        .unwrap();
+    format!("[routes.sandbox]\nread = [\"{}\"]\n", modules.display())
 }
 
 /// Starts server-everything (Streamable HTTP) on a free port.
@@ -501,10 +513,11 @@ fn a_stdio_server_launched_by_the_gateway_gets_the_same_protection() {
     let Some(entry) = everything() else {
         return;
     };
-    let server = gateway(
+    let server = gateway_with(
         "everything",
         &format!("stdio:node {} stdio", entry.display()),
         EVERYTHING_POLICIES,
+        &sandbox_reading(&entry),
     );
     let mut client = McpClient::start(&server, "everything", "dev-bot");
     assert_eq!(client.list(), ["echo", "get-sum"]);
@@ -583,9 +596,10 @@ async fn quarantine_ends_the_agents_open_mcp_streams_and_sessions_at_once() {
         "[policy]\ndir = \"policies\"\n\
          [[routes]]\nname = \"everything\"\nkind = \"mcp\"\npath_prefix = \"/mcp/everything\"\nupstream = \"http://127.0.0.1:{port}/mcp\"\nclassification = \"internal\"\n\
          [[routes]]\nname = \"local\"\nkind = \"mcp\"\npath_prefix = \"/mcp/local\"\nupstream = \"stdio:node {} stdio\"\nclassification = \"internal\"\n\
-         {}\
+         {}{}\
          [analytics]\ndenial_burst = 5\n",
         entry.display(),
+        sandbox_reading(&entry),
         support::route("payroll", "/payroll", "http://127.0.0.1:9", "confidential"),
     );
     let config = support::config(dir.path(), &routes, "");
@@ -1782,5 +1796,223 @@ async fn a_config_reload_keeps_unchanged_routes_sessions_and_ends_moved_or_remov
         (status, body["code"].as_str()),
         (404, Some("route_not_found")),
         "{body}"
+    );
+}
+
+const PROBE_POLICIES: &str = r#"
+@id("probe-list") permit(principal in Role::"dev", action == Action::"list_tools", resource == Route::"probe");
+@id("probe-call") permit(principal in Role::"dev", action == Action::"call_tool", resource in Route::"probe");
+"#;
+
+/// A world-readable (or, with `mode` 0o1777, world-writable) temporary
+/// directory: the sandboxed server runs as `nobody` when tests run as root.
+fn open_dir(mode: u32) -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(mode)).unwrap();
+    dir
+}
+
+/// A gateway whose route `probe` runs `probe_server.py` under the default
+/// profile, with `limits` (TOML lines of `[routes.sandbox.limits]`).
+fn probe_gateway(limits: &str) -> (Server, tempfile::TempDir) {
+    use std::os::unix::fs::PermissionsExt;
+    let code = open_dir(0o755);
+    let script = code.path().join("probe_server.py");
+    std::fs::copy(format!("{TESTS}/probe_server.py"), &script).unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let extra = format!(
+        "[routes.sandbox]\nread = [\"{}\"]\n[routes.sandbox.limits]\n{limits}\n",
+        code.path().display()
+    );
+    let server = gateway_with(
+        "probe",
+        &format!("stdio:/usr/bin/python3 {}", script.display()),
+        PROBE_POLICIES,
+        &extra,
+    );
+    (server, code)
+}
+
+/// The `process` audit records of `agent`, once `want` of them are there.
+fn process_records(server: &Server, agent: &str, want: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let records: Vec<Value> = server
+            .audit(500)
+            .into_iter()
+            .filter(|r| r["kind"] == "process" && r["principal"] == agent)
+            .collect();
+        if records.len() >= want || Instant::now() > deadline {
+            return records;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn probe(client: &mut McpClient, what: &str, target: &str) -> String {
+    let v = client.call("probe", json!({"what": what, "target": target}));
+    assert_eq!(v["ok"], true, "{what}: {v}");
+    v["text"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn a_sandboxed_stdio_server_cannot_escape_and_every_process_event_is_audited() {
+    if !python_mcp() || !Path::new("/usr/bin/python3").exists() {
+        eprintln!("SKIPPED: sandbox end-to-end test needs /usr/bin/python3 and the `mcp` package");
+        return;
+    }
+    let (server, _code) = probe_gateway("processes = 16\ncpu_seconds = 2");
+    let mut client = McpClient::start(&server, "probe", "prober");
+    assert_eq!(client.list(), ["probe"]);
+
+    // The CA private key in the state directory, and a world-readable file
+    // outside the view (only Landlock stands in the way of that one).
+    let ca_key = server.state_dir().join("ca.key");
+    assert!(ca_key.exists());
+    let readable = open_dir(0o755);
+    let outside = readable.path().join("outside.txt");
+    std::fs::write(&outside, "not for the server").unwrap();
+    std::fs::set_permissions(
+        &outside,
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .unwrap();
+    for path in [&ca_key, &outside] {
+        let answer = probe(&mut client, "read", path.to_str().unwrap());
+        assert!(answer.starts_with("DENIED"), "{}: {answer}", path.display());
+    }
+    // A file outside its work directory, in a directory anyone may write.
+    let writable = open_dir(0o1777);
+    let escape = writable.path().join("escape.txt");
+    let answer = probe(&mut client, "write", escape.to_str().unwrap());
+    assert!(answer.starts_with("DENIED"), "{answer}");
+    assert!(!escape.exists());
+    // A TCP connection to a loopback port that listens.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port().to_string();
+    let answer = probe(&mut client, "connect", &port);
+    assert!(answer.starts_with("DENIED"), "{answer}");
+    assert!(listener.accept().is_err(), "nothing reached the listener");
+    // A fork bomb stops at the process limit.
+    let answer = probe(&mut client, "fork", "200");
+    assert!(answer.starts_with("DENIED: forked"), "{answer}");
+    let forked: u32 = answer["DENIED: forked ".len()..]
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(forked < 16, "{answer}");
+    // Its own work directory is writable, and it is not the gateway's.
+    let answer = probe(&mut client, "workdir", "");
+    assert!(answer.starts_with("ALLOWED: kept in "), "{answer}");
+    assert!(!answer.contains(server.state_dir().to_str().unwrap()));
+    // A system call off the allow-list kills the process.
+    let killed = client.call("probe", json!({"what": "setuid"}));
+    assert_eq!(killed["ok"], false, "{killed}");
+
+    let records = process_records(&server, "prober", 2);
+    let spawn = records
+        .iter()
+        .find(|r| r["action"] == "process.spawn")
+        .unwrap_or_else(|| panic!("{records:?}"));
+    let digest = spawn["process"]["profile_sha256"].as_str().unwrap();
+    assert_eq!(digest.len(), 64, "{spawn}");
+    assert_eq!(spawn["resource"], "probe");
+    let exit = records
+        .iter()
+        .find(|r| r["action"] == "process.exit")
+        .unwrap_or_else(|| panic!("{records:?}"));
+    assert_eq!(exit["outcome"], "deny", "{exit}");
+    assert_eq!(exit["error_code"], "sandbox_violation", "{exit}");
+    assert_eq!(exit["process"]["cause"], "seccomp_violation", "{exit}");
+    assert_eq!(exit["process"]["signal"], 31, "{exit}");
+    assert_eq!(exit["process"]["profile_sha256"], digest);
+    assert_eq!(exit["process"]["session"], spawn["process"]["session"]);
+
+    // The gateway stays healthy: a new session works, and burning CPU past
+    // the limit is stopped and audited.
+    let mut again = McpClient::start(&server, "probe", "burner");
+    assert_eq!(again.list(), ["probe"]);
+    assert!(probe(&mut again, "workdir", "").starts_with("ALLOWED"));
+    let burnt = again.call("probe", json!({"what": "burn", "target": "30"}));
+    assert_eq!(burnt["ok"], false, "{burnt}");
+    let records = process_records(&server, "burner", 2);
+    let exit = records
+        .iter()
+        .find(|r| r["action"] == "process.exit")
+        .unwrap_or_else(|| panic!("{records:?}"));
+    assert_eq!(exit["error_code"], "resource_limit", "{exit}");
+    assert_eq!(exit["process"]["cause"], "cpu_limit", "{exit}");
+    // Both clients' servers are gone: the clients are killed on drop.
+}
+
+#[test]
+fn a_sandboxed_server_is_killed_at_its_wall_clock_limit_and_that_is_audited() {
+    if !python_mcp() || !Path::new("/usr/bin/python3").exists() {
+        eprintln!("SKIPPED: sandbox end-to-end test needs /usr/bin/python3 and the `mcp` package");
+        return;
+    }
+    let (server, _code) = probe_gateway("wall_clock_seconds = 2");
+    let mut client = McpClient::start(&server, "probe", "lingerer");
+    assert_eq!(client.list(), ["probe"]);
+    assert!(probe(&mut client, "workdir", "").starts_with("ALLOWED"));
+    let records = process_records(&server, "lingerer", 2);
+    let exit = records
+        .iter()
+        .find(|r| r["action"] == "process.exit")
+        .unwrap_or_else(|| panic!("{records:?}"));
+    assert_eq!(exit["error_code"], "resource_limit", "{exit}");
+    assert_eq!(exit["process"]["cause"], "wall_clock", "{exit}");
+    let _ = client.send(json!({"op": "quit"}));
+}
+
+#[test]
+fn serve_check_shows_each_sandbox_and_refuses_unknown_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = "[[routes]]\nname = \"strict\"\nkind = \"mcp\"\npath_prefix = \"/mcp/strict\"\nupstream = \"stdio:/usr/bin/true\"\nclassification = \"internal\"\n\
+        [[routes]]\nname = \"loose\"\nkind = \"mcp\"\npath_prefix = \"/mcp/loose\"\nupstream = \"stdio:/usr/bin/true\"\nclassification = \"internal\"\n\
+        [routes.sandbox]\nnetwork = \"host\"\nallow_missing = [\"seccomp\"]\n";
+    let config = support::config(dir.path(), routes, "");
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--check", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ok: sandbox of route `strict`: strict (profile sha256:"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok: sandbox of route `loose`: LOOSENED: network = \"host\"; allow_missing = [\"seccomp\"]"),
+        "{stdout}"
+    );
+    let typo = support::config(
+        dir.path(),
+        &routes.replace("network = \"host\"", "netwrok = \"host\""),
+        "",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--check", "--config"])
+        .arg(&typo)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("netwrok"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }

@@ -138,6 +138,7 @@ fn record(seq: u64) -> AuditRecord {
         approval_ticket: None,
         breakglass: None,
         sampled: None,
+        process: None,
     }
 }
 

@@ -632,6 +632,7 @@ mod tests {
             llm: None,
             owner: String::new(),
             tags: Vec::new(),
+            sandbox: None,
         };
         RouteTable::new(&[
             route("files", RouteKind::Mcp, None),

@@ -84,6 +84,7 @@ impl RouteTable {
                 llm: None,
                 owner: String::new(),
                 tags: Vec::new(),
+                sandbox: None,
             })
             .collect();
         RouteTable::new(&routes)

@@ -63,10 +63,11 @@ pub struct AnalyticsTap {
 }
 
 impl AnalyticsTap {
-    /// Offers a completed data-plane record. Never waits: when the queue is
-    /// full the observation is dropped and counted.
+    /// Offers a completed data-plane record, or a launched process's event
+    /// (a sandbox violation counts as a refusal). Never waits: when the
+    /// queue is full the observation is dropped and counted.
     pub fn offer(&self, record: &AuditRecord) {
-        if record.kind != RecordKind::Request {
+        if record.kind == RecordKind::Admin {
             return;
         }
         let Some(agent) = &record.principal else {
@@ -102,7 +103,7 @@ fn event_of(record: &AuditRecord) -> Event {
         // it would let an agent held at approve-writes climb to harsher
         // grades by asking, however honest its writes.
         denied: record.outcome == Outcome::Deny
-            && matches!(record.status, 401 | 403 | 429)
+            && (matches!(record.status, 401 | 403 | 429) || record.kind == RecordKind::Process)
             && record.error_code.as_deref() != Some(ErrorCode::ApprovalRequired.as_str()),
         error: record.status >= 500,
         bytes_in: record.bytes_in,

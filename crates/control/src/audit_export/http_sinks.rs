@@ -170,6 +170,7 @@ pub fn log_record(seq: u64, json: &str, observed_unix_nano: &str) -> LogRecord {
         match r.kind {
             RecordKind::Request => "request",
             RecordKind::Admin => "admin",
+            RecordKind::Process => "process",
         },
     ));
     attributes.push(KeyValue::string("portcullis.outcome", outcome));

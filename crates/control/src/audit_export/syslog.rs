@@ -84,6 +84,7 @@ pub fn format(header: &Header, seq: u64, json: &str) -> String {
             match r.kind {
                 RecordKind::Request => "request",
                 RecordKind::Admin => "admin",
+                RecordKind::Process => "process",
             },
         ),
         None => ("-".to_string(), "audit"),

@@ -199,6 +199,7 @@ impl Config {
             llm: None,
             owner: String::new(),
             tags: Vec::new(),
+            sandbox: None,
         };
         Config {
             routes: vec![

@@ -73,6 +73,10 @@ pub struct RawRoute {
     /// Free-form labels for policy (`resource.tags.contains("pii")`).
     #[serde(default)]
     pub tags: Vec<String>,
+    /// The sandbox a `stdio:` route's server runs in (`[routes.sandbox]`);
+    /// absent: the strict default profile.
+    #[serde(default)]
+    pub sandbox: Option<portcullis_sandbox::Profile>,
 }
 
 /// `[routes.guard]`: the content guard's actions on one route. Both default
@@ -479,6 +483,9 @@ pub struct RouteConfig {
     pub owner: String,
     /// `resource.tags`.
     pub tags: Vec<String>,
+    /// The sandbox profile of a `stdio:` route (the strict default unless
+    /// `[routes.sandbox]` loosens it); `None` for every other route.
+    pub sandbox: Option<Arc<portcullis_sandbox::Profile>>,
 }
 
 /// The LLM settings of each route, in file order (`None` unless `kind =
@@ -495,6 +502,20 @@ pub(super) fn validate(
     let mut llm = Vec::with_capacity(routes.len());
     for route in routes {
         let line = line_of(route.name.span());
+        if let Some(profile) = &route.sandbox {
+            if !matches!(route.upstream, Upstream::Stdio { .. }) {
+                return Err(format!(
+                    "line {line}, route `{}`: `[routes.sandbox]` is for `{STDIO_UPSTREAM_PREFIX}` upstreams, which the gateway launches",
+                    route.name.get_ref()
+                ));
+            }
+            profile.check().map_err(|e| {
+                format!(
+                    "line {line}, route `{}`: `[routes.sandbox]`: {e}",
+                    route.name.get_ref()
+                )
+            })?;
+        }
         match route.kind {
             RouteKind::Http | RouteKind::Llm => {
                 if matches!(route.upstream, Upstream::Stdio { .. }) {
@@ -587,7 +608,6 @@ pub(super) fn route_config(r: RawRoute) -> RouteConfig {
         name: r.name.into_inner(),
         kind: r.kind,
         path_prefix: r.path_prefix.into_inner(),
-        upstream: r.upstream,
         classification: r.classification,
         guard: r.guard,
         credential: r.credential,
@@ -596,6 +616,11 @@ pub(super) fn route_config(r: RawRoute) -> RouteConfig {
         durability: r.durability,
         owner: r.owner,
         tags: r.tags,
+        sandbox: match r.upstream {
+            Upstream::Stdio { .. } => Some(Arc::new(r.sandbox.unwrap_or_default())),
+            _ => None,
+        },
+        upstream: r.upstream,
     }
 }
 
@@ -835,6 +860,50 @@ mod tests {
         check(
             &route("llm", "stdio:node server.js", ""),
             "`stdio:` upstreams are for `kind = \"mcp\"` routes",
+        );
+    }
+
+    #[test]
+    fn stdio_routes_get_the_strict_sandbox_unless_they_loosen_it() {
+        let route = |upstream: &str, extra: &str| {
+            format!(
+                "[[routes]]\nname = \"m\"\nkind = \"mcp\"\npath_prefix = \"/m\"\nupstream = \"{upstream}\"\nclassification = \"internal\"\n{extra}"
+            )
+        };
+        let sandbox = |text: &str| {
+            Config::parse(text, Path::new("/etc/p/portcullis.toml"))
+                .map(|c| c.routes[0].sandbox.as_deref().cloned())
+        };
+        assert_eq!(
+            sandbox(&route("stdio:node server.js", "")).unwrap(),
+            Some(portcullis_sandbox::Profile::default())
+        );
+        assert_eq!(sandbox(&route("http://x/mcp", "")).unwrap(), None);
+        let loose = sandbox(&route(
+            "stdio:node server.js",
+            "[routes.sandbox]\nnetwork = \"host\"\nenv = [\"NODE_OPTIONS\"]\n",
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(loose.network, portcullis_sandbox::Network::Host);
+        assert_eq!(loose.env, ["NODE_OPTIONS"]);
+        check(
+            &route("http://x/mcp", "[routes.sandbox]\nnetwork = \"none\"\n"),
+            "line 2, route `m`: `[routes.sandbox]` is for `stdio:` upstreams",
+        );
+        check(
+            &route(
+                "stdio:node server.js",
+                "[routes.sandbox]\nread = [\"relative/dir\"]\n",
+            ),
+            "line 2, route `m`: `[routes.sandbox]`: `read` path `relative/dir` must be absolute",
+        );
+        check(
+            &route(
+                "stdio:node server.js",
+                "[routes.sandbox]\nnetwrok = \"host\"\n",
+            ),
+            "unknown field `netwrok`",
         );
     }
 }

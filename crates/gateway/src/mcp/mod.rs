@@ -629,11 +629,21 @@ async fn post(
             }
             let kept: Vec<&Value> = forward.iter().map(|&i| &body.messages[i]).collect();
             let t = Instant::now();
+            let route_config = &asker.context.route;
+            let launch = stdio::Launch {
+                route,
+                command: (program, args),
+                sandbox: route_config.sandbox.as_ref(),
+                agent: &asker.identity.agent,
+                request_id: request_id.to_string(),
+                classification: route_config.classification.as_str(),
+                sink: &asker.gateway.sink,
+                tap: asker.gateway.analytics.as_ref().map(|a| a.tap()),
+            };
             let response = mcp
                 .stdio
                 .post(
-                    route,
-                    (program, args),
+                    launch,
                     session,
                     &kept,
                     body.batch,

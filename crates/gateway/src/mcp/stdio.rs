@@ -11,10 +11,21 @@
 //! `DELETE` ends the process. So policy, pinning, filtering and session
 //! binding work the same for both.
 //!
-//! The process is started without a shell, with an environment reduced to
-//! `PATH`, `HOME`, `LANG` and `TMPDIR` (the gateway's own secrets, such as
-//! the vault KEK, never reach it), and killed when its session ends, when its
-//! agent is revoked, or when the gateway stops.
+//! The process is started without a shell and killed when its session ends,
+//! when its agent is revoked, at its wall-clock limit, or when the gateway
+//! stops. Unless the route's `[routes.sandbox]` says `enabled = false`, it is
+//! started through `portcullis sandbox-exec`, which confines it as the
+//! route's profile says (`portcullis_sandbox`) before executing it: its
+//! environment is `PATH`, `LANG`, the variables the profile names, and
+//! `HOME` and `TMPDIR` set to its own work directory (removed when it ends).
+//! Without a sandbox the environment is `PATH`, `HOME`, `LANG` and `TMPDIR`;
+//! either way the gateway's own secrets, such as the vault KEK, never reach it.
+//!
+//! **Process events are audited** (`kind` `process`): `process.spawn` with
+//! the command and the profile's digest, and `process.exit` with the exit
+//! status and its cause; a kill by seccomp, by the CPU limit or by the
+//! wall-clock limit is a refusal (`sandbox_violation`, `resource_limit`), fed
+//! to behavioural analytics like a refused request of the session's agent.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -26,10 +37,16 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use portcullis_core::ErrorCode;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot};
 
+use portcullis_audit::{AuditRecord, Outcome, ProcessEvent, RecordKind};
+use portcullis_sandbox::{ExitCause, Profile};
+
+use crate::analytics::AnalyticsTap;
+use crate::audit_sink::AuditSink;
 use crate::body::BoxError;
 use crate::respond::{Denial, ResponseBody, full};
 
@@ -53,8 +70,71 @@ struct Process {
     stdin: tokio::sync::Mutex<ChildStdin>,
     pending: Pending,
     events: Mutex<Option<mpsc::Receiver<Value>>>,
-    // Dropping the child kills the process (`kill_on_drop`).
-    _child: Child,
+    // Dropping it tells the process's watcher to kill the process.
+    _stop: oneshot::Sender<()>,
+}
+
+/// A session's process to launch, and who it serves (for its audit records).
+pub struct Launch<'a> {
+    /// The route's name.
+    pub route: &'a str,
+    /// The program and its arguments.
+    pub command: (&'a str, &'a [String]),
+    /// The route's sandbox profile.
+    pub sandbox: Option<&'a Arc<Profile>>,
+    /// The agent that opened the session.
+    pub agent: &'a str,
+    /// The request id of the `initialize` that launches it.
+    pub request_id: String,
+    /// The route's classification.
+    pub classification: &'static str,
+    /// The audit log.
+    pub sink: &'a AuditSink,
+    /// Behavioural analytics, when on.
+    pub tap: Option<AnalyticsTap>,
+}
+
+/// What a process's audit records repeat.
+struct Recorded {
+    route: String,
+    agent: String,
+    request_id: String,
+    classification: &'static str,
+    event: ProcessEvent,
+    sink: AuditSink,
+    tap: Option<AnalyticsTap>,
+}
+
+impl Recorded {
+    fn submit(
+        &self,
+        action: &str,
+        outcome: Outcome,
+        error_code: Option<&str>,
+        event: ProcessEvent,
+    ) {
+        let time_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as i64;
+        let record = AuditRecord {
+            time_ms,
+            kind: RecordKind::Process,
+            request_id: self.request_id.clone(),
+            principal: Some(self.agent.clone()),
+            action: action.to_string(),
+            resource: Some(self.route.clone()),
+            outcome,
+            error_code: error_code.map(str::to_string),
+            classification: Some(self.classification.to_string()),
+            process: Some(event),
+            ..AuditRecord::default()
+        };
+        if let Some(tap) = &self.tap {
+            tap.offer(&record);
+        }
+        self.sink.submit(record);
+    }
 }
 
 /// The processes of every stdio route, by session id.
@@ -92,7 +172,8 @@ impl StdioServers {
     }
 
     /// Launches the server for a new session; returns the session id.
-    fn launch(&self, route: &str, program: &str, args: &[String]) -> Result<String, Denial> {
+    fn launch(&self, l: &Launch<'_>) -> Result<String, Denial> {
+        let route = l.route;
         let running = self
             .processes
             .lock()
@@ -120,28 +201,63 @@ impl StdioServers {
                 ),
             ));
         }
-        let mut command = Command::new(program);
+        let (program, args) = l.command;
+        let session = hex::encode(rand::random::<[u8; 16]>());
+        let sandbox = l.sandbox.filter(|p| p.enabled);
+        let (mut command, work_dir) = match sandbox {
+            Some(profile) => sandboxed(profile, program, args)
+                .map_err(|e| unavailable(route, &format!("cannot launch the sandbox: {e}")))?,
+            None => {
+                let mut command = Command::new(program);
+                command.args(args).env_clear();
+                for key in KEPT_ENV {
+                    if let Some(v) = std::env::var_os(key) {
+                        command.env(key, v);
+                    }
+                }
+                (command, None)
+            }
+        };
         command
-            .args(args)
-            .env_clear()
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true);
-        for key in KEPT_ENV {
-            if let Some(v) = std::env::var_os(key) {
-                command.env(key, v);
-            }
-        }
         let mut child = command
             .spawn()
             .map_err(|e| unavailable(route, &format!("cannot launch `{program}`: {e}")))?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(unavailable(route, "no stdio pipes"));
         };
+        let recorded = Recorded {
+            route: route.to_string(),
+            agent: l.agent.to_string(),
+            request_id: l.request_id.clone(),
+            classification: l.classification,
+            event: ProcessEvent {
+                command: std::iter::once(program)
+                    .chain(args.iter().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                profile_sha256: sandbox.map(|p| p.digest()),
+                session: hex::encode(&Sha256::digest(session.as_bytes())[..8]),
+                pid: child.id(),
+                ..ProcessEvent::default()
+            },
+            sink: l.sink.clone(),
+            tap: l.tap.clone(),
+        };
+        recorded.submit(
+            "process.spawn",
+            Outcome::Allow,
+            None,
+            recorded.event.clone(),
+        );
+        let (stop, stopped) = oneshot::channel();
+        let wall_clock = sandbox.map(|p| Duration::from_secs(p.limits.wall_clock_seconds));
+        tokio::spawn(watch(child, stopped, wall_clock, recorded, work_dir));
         let pending: Pending = Arc::default();
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-        let session = hex::encode(rand::random::<[u8; 16]>());
         tokio::spawn(read_lines(
             stdout,
             pending.clone(),
@@ -154,7 +270,7 @@ impl StdioServers {
             stdin: tokio::sync::Mutex::new(stdin),
             pending,
             events: Mutex::new(Some(events_rx)),
-            _child: child,
+            _stop: stop,
         });
         if let Ok(mut p) = self.processes.lock() {
             p.insert(session.clone(), process);
@@ -173,16 +289,16 @@ impl StdioServers {
     /// JSON mode. `session` is `None` only for an `initialize`.
     pub async fn post(
         &self,
-        route: &str,
-        (program, args): (&str, &[String]),
+        launch: Launch<'_>,
         session: Option<&str>,
         messages: &[&Value],
         batch: bool,
         timeout: Duration,
     ) -> Result<Response<ResponseBody>, Denial> {
+        let route = launch.route;
         let (session, fresh) = match session {
             Some(s) => (s.to_string(), false),
-            None => (self.launch(route, program, args)?, true),
+            None => (self.launch(&launch)?, true),
         };
         let Some(process) = self.get(&session) else {
             return Err(Denial::new(
@@ -296,6 +412,107 @@ impl StdioServers {
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         Ok(response)
     }
+}
+
+/// The command that runs `program` confined by `profile`, through
+/// `portcullis sandbox-exec` (this executable), and the session's work
+/// directory it will make.
+fn sandboxed(
+    profile: &Profile,
+    program: &str,
+    args: &[String],
+) -> std::io::Result<(Command, Option<std::path::PathBuf>)> {
+    let exe = std::env::current_exe()?;
+    let work_dir = std::env::temp_dir().join(format!(
+        "portcullis-mcp-{}",
+        hex::encode(rand::random::<[u8; 12]>())
+    ));
+    let mut command = Command::new(exe);
+    command
+        .arg("sandbox-exec")
+        .arg("--profile")
+        .arg(profile.to_json())
+        .arg("--work-dir")
+        .arg(&work_dir)
+        .arg("--")
+        .arg(program)
+        .args(args)
+        .env_clear()
+        .env("HOME", &work_dir)
+        .env("TMPDIR", &work_dir);
+    for key in portcullis_sandbox::BASE_ENV
+        .iter()
+        .copied()
+        .chain(profile.env.iter().map(String::as_str))
+    {
+        if let Some(v) = std::env::var_os(key) {
+            command.env(key, v);
+        }
+    }
+    Ok((command, Some(work_dir)))
+}
+
+/// Waits for a process to end, kills it when its session ends (`stop`
+/// dropped) or at its wall-clock limit, then audits how it ended and
+/// removes its work directory.
+async fn watch(
+    mut child: Child,
+    stop: oneshot::Receiver<()>,
+    wall_clock: Option<Duration>,
+    recorded: Recorded,
+    work_dir: Option<std::path::PathBuf>,
+) {
+    use std::os::unix::process::ExitStatusExt;
+    let started = std::time::Instant::now();
+    let limit = tokio::time::sleep(wall_clock.unwrap_or(Duration::from_secs(u32::MAX as u64)));
+    // A process that died on its own while its session was ending (the
+    // session ends because the server exited) keeps its own cause.
+    let (killed, status) = tokio::select! {
+        biased;
+        status = child.wait() => (None, status),
+        _ = stop => match child.try_wait() {
+            Ok(Some(status)) => (None, Ok(status)),
+            _ => (Some("ended"), kill(&mut child).await),
+        },
+        _ = limit => (Some("wall_clock"), kill(&mut child).await),
+    };
+    let (code, signal) = match &status {
+        Ok(s) => (s.code(), s.signal()),
+        Err(_) => (None, None),
+    };
+    // Our kill is `SIGKILL`; any other status is the process's own end
+    // (it was already dying when we killed it).
+    let killed = killed.filter(|_| signal == Some(9));
+    let cause = ExitCause::of(code, signal);
+    let (word, outcome, error_code) = match killed {
+        Some("wall_clock") => ("wall_clock", Outcome::Deny, Some("resource_limit")),
+        Some(word) => (word, Outcome::Allow, None),
+        None => match cause {
+            ExitCause::Seccomp => (cause.as_str(), Outcome::Deny, Some("sandbox_violation")),
+            ExitCause::CpuLimit => (cause.as_str(), Outcome::Deny, Some("resource_limit")),
+            ExitCause::SetupFailed => (cause.as_str(), Outcome::Deny, Some("sandbox_unavailable")),
+            ExitCause::Exited | ExitCause::Signaled => (cause.as_str(), Outcome::Allow, None),
+        },
+    };
+    if outcome == Outcome::Deny {
+        tracing::warn!(route = %recorded.route, agent = %recorded.agent, cause = word, "stdio MCP server stopped by its sandbox");
+    }
+    let event = ProcessEvent {
+        cause: Some(word.to_string()),
+        exit_code: code,
+        signal,
+        ran_ms: Some(started.elapsed().as_millis() as u64),
+        ..recorded.event.clone()
+    };
+    recorded.submit("process.exit", outcome, error_code, event);
+    if let Some(dir) = work_dir {
+        let _ = tokio::fs::remove_dir_all(dir).await;
+    }
+}
+
+async fn kill(child: &mut Child) -> std::io::Result<std::process::ExitStatus> {
+    let _ = child.start_kill();
+    child.wait().await
 }
 
 /// A session's queued server messages as SSE events.

@@ -1,0 +1,66 @@
+//! `portcullis sandbox-exec` (hidden): the first thing a sandboxed stdio MCP
+//! server runs. `serve` starts it with the route's profile as JSON, the
+//! session's work directory and the server's command line; it confines
+//! itself (`portcullis_sandbox::exec_confined`) and executes the server, so
+//! the gateway needs no `pre_exec` hook and the workspace no `unsafe`.
+//! Any failure exits with [`portcullis_sandbox::SETUP_FAILED_EXIT`] before
+//! the server runs (fail closed); `serve` audits it.
+//!
+//! `--probe` runs every mechanism in this throw-away process and prints
+//! what worked as JSON (`portcullis_sandbox::Support`).
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+
+/// The arguments `serve` passes.
+#[derive(Debug, Args)]
+pub struct SandboxExecArgs {
+    /// The profile, as `Profile::to_json` wrote it.
+    #[arg(long, required_unless_present = "probe")]
+    profile: Option<String>,
+    /// The session's work directory (made here; must not exist).
+    #[arg(long, required_unless_present = "probe")]
+    work_dir: Option<PathBuf>,
+    /// Print which mechanisms the kernel offers, and exit.
+    #[arg(long)]
+    probe: bool,
+    /// The server's program and arguments.
+    #[arg(last = true)]
+    command: Vec<OsString>,
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("portcullis sandbox-exec: {message}");
+    ExitCode::from(portcullis_sandbox::SETUP_FAILED_EXIT as u8)
+}
+
+/// Runs the subcommand; returns only on failure (or after `--probe`).
+#[cfg(target_os = "linux")]
+pub fn run(args: SandboxExecArgs) -> ExitCode {
+    if args.probe {
+        let support = portcullis_sandbox::probe();
+        println!("{}", serde_json::to_string(&support).unwrap_or_default());
+        return ExitCode::SUCCESS;
+    }
+    let (Some(profile), Some(work_dir)) = (args.profile, args.work_dir) else {
+        return fail("--profile and --work-dir are required");
+    };
+    let profile = match portcullis_sandbox::Profile::from_json(&profile) {
+        Ok(p) => p,
+        Err(e) => return fail(&format!("invalid profile: {e}")),
+    };
+    let Some((program, rest)) = args.command.split_first() else {
+        return fail("no command to run");
+    };
+    let e = portcullis_sandbox::exec_confined(&profile, &work_dir, program, rest);
+    fail(&e.to_string())
+}
+
+/// Without Linux there is no sandbox: refuse.
+#[cfg(not(target_os = "linux"))]
+pub fn run(_args: SandboxExecArgs) -> ExitCode {
+    fail("sandboxing needs Linux")
+}

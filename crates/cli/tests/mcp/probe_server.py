@@ -1,0 +1,100 @@
+"""A stdio MCP server whose one tool, `probe`, tries to break out of its
+sandbox and reports what happened. Plain Python (no packages), so it runs
+under any python3 the sandbox can read.
+
+`probe` takes `what` and `target`:
+  read      read the file `target`
+  write     create the file `target`
+  connect   open a TCP connection to 127.0.0.1:`target`
+  fork      fork up to `target` children (each sleeps 2 s), report how many
+  workdir   write and read back a file in $HOME (the session's work dir)
+  setuid    call setuid(0): not on the seccomp allow-list (kills the process)
+  burn      spin the CPU for `target` seconds
+It answers `ALLOWED: ...` or `DENIED: <error>`.
+"""
+import json
+import os
+import socket
+import sys
+import time
+
+
+def probe(what, target):
+    try:
+        if what == "read":
+            with open(target, "rb") as f:
+                return "ALLOWED: read %d bytes" % len(f.read())
+        if what == "write":
+            with open(target, "w") as f:
+                f.write("escaped")
+            return "ALLOWED: wrote " + target
+        if what == "connect":
+            s = socket.create_connection(("127.0.0.1", int(target)), timeout=3)
+            s.close()
+            return "ALLOWED: connected"
+        if what == "fork":
+            n = 0
+            try:
+                for _ in range(int(target)):
+                    if os.fork() == 0:
+                        time.sleep(2)
+                        os._exit(0)
+                    n += 1
+            except OSError as e:
+                return "DENIED: forked %d, then %s" % (n, e)
+            return "ALLOWED: forked %d" % n
+        if what == "workdir":
+            path = os.path.join(os.environ["HOME"], "note.txt")
+            with open(path, "w") as f:
+                f.write("kept")
+            with open(path) as f:
+                return "ALLOWED: " + f.read() + " in " + os.environ["HOME"]
+        if what == "setuid":
+            os.setuid(0)
+            return "ALLOWED: setuid"
+        if what == "burn":
+            end = time.time() + float(target)
+            while time.time() < end:
+                pass
+            return "ALLOWED: burned"
+        return "unknown probe"
+    except Exception as e:  # noqa: BLE001 - every refusal is the answer
+        return "DENIED: %s" % e
+
+
+TOOL = {
+    "name": "probe",
+    "description": "Tries something the sandbox should refuse.",
+    "inputSchema": {
+        "type": "object",
+        "properties": {"what": {"type": "string"}, "target": {"type": "string"}},
+        "required": ["what"],
+    },
+}
+
+
+def answer(id_, result):
+    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": id_, "result": result}) + "\n")
+    sys.stdout.flush()
+
+
+for line in sys.stdin:
+    msg = json.loads(line)
+    method, id_ = msg.get("method"), msg.get("id")
+    if id_ is None:
+        continue
+    if method == "initialize":
+        answer(id_, {
+            "protocolVersion": msg["params"]["protocolVersion"],
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "probe", "version": "1"},
+        })
+    elif method == "tools/list":
+        answer(id_, {"tools": [TOOL]})
+    elif method == "tools/call":
+        args = msg["params"].get("arguments", {})
+        text = probe(args.get("what"), args.get("target", ""))
+        answer(id_, {"content": [{"type": "text", "text": text}]})
+    else:
+        sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": id_, "error": {"code": -32601, "message": "no such method"}}) + "\n")
+        sys.stdout.flush()

@@ -1,0 +1,223 @@
+//! The confinement itself, run by `portcullis sandbox-exec` in a fresh,
+//! single-threaded process just before it executes the server.
+//!
+//! The order matters:
+//! 1. the work directory is made (and, under root, given to the server's user);
+//! 2. rlimits that need no namespace (CPU, address space, files, core dumps);
+//! 3. under root, the process becomes the profile's unprivileged user: a
+//!    process count does not bind root, and the files of the state
+//!    directory are then closed by their modes as well as by Landlock;
+//! 4. a user namespace, with a network namespace when the network is
+//!    `none` (no uid mapping is written, so the server has no capability
+//!    in it after `execve`), and IPC and UTS namespaces;
+//! 5. `RLIMIT_NPROC`, set inside the new namespace so that it counts this
+//!    session's processes only;
+//! 6. `no_new_privs`, then Landlock (filesystem, TCP, abstract Unix
+//!    sockets and signals scoped to the sandbox);
+//! 7. seccomp last, since it must allow only what the server needs, then
+//!    `execve`.
+//!
+//! Where the kernel lacks a mechanism, the step fails unless the profile
+//! lists it in `allow_missing`.
+
+use std::ffi::OsString;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use landlock::{
+    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, LandlockStatus, Ruleset,
+    RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, path_beneath_rules,
+};
+use nix::sched::{CloneFlags, unshare};
+use nix::sys::resource::{Resource, setrlimit};
+use nix::unistd::{Gid, Uid, geteuid, setgroups, setresgid, setresuid};
+
+use crate::{DEVICE_RW_PATHS, Mechanism, Network, Profile, Support, Syscalls};
+
+/// The highest Landlock ABI this code asks for (7: scopes of ABI 6, audit
+/// controls of 7); older kernels get what they offer (best effort), and
+/// none at all is refused unless allowed.
+const LANDLOCK_ABI: ABI = ABI::V6;
+
+/// Why confinement failed. The server is not started.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfineError {
+    /// The work directory could not be made.
+    #[error("cannot make the work directory `{0}`: {1}")]
+    WorkDir(String, std::io::Error),
+    /// A step failed and its mechanism is not allowed to be missing.
+    #[error("{0}: {1}")]
+    Step(&'static str, String),
+    /// `execve` failed.
+    #[error("cannot execute `{0}`: {1}")]
+    Exec(String, std::io::Error),
+}
+
+fn step(what: &'static str) -> impl Fn(String) -> ConfineError {
+    move |e| ConfineError::Step(what, e)
+}
+
+/// Confines this process as `profile` says, then executes `program` with
+/// `args` in `work_dir` with this process's environment. Returns only on
+/// failure. Must run single-threaded (user namespaces require it).
+pub fn exec_confined(
+    profile: &Profile,
+    work_dir: &Path,
+    program: &OsString,
+    args: &[OsString],
+) -> ConfineError {
+    match confine(profile, work_dir) {
+        Ok(()) => {
+            let e = std::process::Command::new(program)
+                .args(args)
+                .current_dir(work_dir)
+                .exec();
+            ConfineError::Exec(program.to_string_lossy().into_owned(), e)
+        }
+        Err(e) => e,
+    }
+}
+
+fn confine(profile: &Profile, work_dir: &Path) -> Result<(), ConfineError> {
+    let root = geteuid().is_root();
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(work_dir)
+        .map_err(|e| ConfineError::WorkDir(work_dir.display().to_string(), e))?;
+    if !profile.enabled {
+        return Ok(());
+    }
+    if root {
+        std::os::unix::fs::chown(work_dir, Some(profile.user), Some(profile.user))
+            .map_err(|e| ConfineError::WorkDir(work_dir.display().to_string(), e))?;
+    }
+    let l = &profile.limits;
+    let limit = |r: Resource, soft: u64, hard: u64| {
+        setrlimit(r, soft, hard).map_err(|e| ConfineError::Step("setrlimit", e.to_string()))
+    };
+    limit(Resource::RLIMIT_CPU, l.cpu_seconds, l.cpu_seconds + 5)?;
+    let bytes = l.memory_mb.saturating_mul(1024 * 1024);
+    limit(Resource::RLIMIT_AS, bytes, bytes)?;
+    limit(Resource::RLIMIT_NOFILE, l.open_files, l.open_files)?;
+    limit(Resource::RLIMIT_CORE, 0, 0)?;
+
+    if root {
+        let (uid, gid) = (Uid::from_raw(profile.user), Gid::from_raw(profile.user));
+        setgroups(&[]).map_err(|e| ConfineError::Step("setgroups", e.to_string()))?;
+        setresgid(gid, gid, gid).map_err(|e| ConfineError::Step("setresgid", e.to_string()))?;
+        setresuid(uid, uid, uid).map_err(|e| ConfineError::Step("setresuid", e.to_string()))?;
+    }
+
+    let mut flags = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+    if profile.network == Network::None {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    if let Err(e) = unshare(flags)
+        && !profile.allow_missing.contains(&Mechanism::UserNamespace)
+    {
+        return Err(ConfineError::Step("user namespace", e.to_string()));
+    }
+    limit(Resource::RLIMIT_NPROC, l.processes, l.processes)?;
+    nix::sys::prctl::set_no_new_privs()
+        .map_err(|e| ConfineError::Step("no_new_privs", e.to_string()))?;
+
+    match landlock(profile, work_dir) {
+        Ok(RulesetStatus::FullyEnforced | RulesetStatus::PartiallyEnforced) => {}
+        Ok(RulesetStatus::NotEnforced) | Err(_)
+            if profile.allow_missing.contains(&Mechanism::Landlock) => {}
+        Ok(RulesetStatus::NotEnforced) => {
+            return Err(ConfineError::Step(
+                "landlock",
+                "not supported by this kernel".into(),
+            ));
+        }
+        Err(e) => return Err(e),
+    }
+
+    if profile.syscalls == Syscalls::Default
+        && let Err(e) = crate::seccomp::install()
+        && !profile.allow_missing.contains(&Mechanism::Seccomp)
+    {
+        return Err(ConfineError::Step("seccomp", e));
+    }
+    Ok(())
+}
+
+/// Applies the filesystem view (and, without network, the TCP ban).
+fn landlock(profile: &Profile, work_dir: &Path) -> Result<RulesetStatus, ConfineError> {
+    let fail = step("landlock");
+    let existing = |paths: Vec<PathBuf>| -> Vec<PathBuf> {
+        paths.into_iter().filter(|p| p.exists()).collect()
+    };
+    let read = AccessFs::from_read(LANDLOCK_ABI);
+    let mut ruleset = Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(AccessFs::from_all(LANDLOCK_ABI))
+        .map_err(|e| fail(e.to_string()))?
+        .scope(Scope::from_all(LANDLOCK_ABI))
+        .map_err(|e| fail(e.to_string()))?;
+    if profile.network == Network::None {
+        ruleset = ruleset
+            .handle_access(AccessNet::from_all(LANDLOCK_ABI))
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    let devices: Vec<PathBuf> = DEVICE_RW_PATHS.iter().map(PathBuf::from).collect();
+    let status = ruleset
+        .create()
+        .map_err(|e| fail(e.to_string()))?
+        .add_rules(path_beneath_rules(existing(profile.read_paths()), read))
+        .map_err(|e| fail(e.to_string()))?
+        .add_rules(path_beneath_rules(
+            existing(devices),
+            read | AccessFs::WriteFile,
+        ))
+        .map_err(|e| fail(e.to_string()))?
+        .add_rules(path_beneath_rules(
+            [work_dir],
+            AccessFs::from_all(LANDLOCK_ABI),
+        ))
+        .map_err(|e| fail(e.to_string()))?
+        .restrict_self()
+        .map_err(|e| fail(e.to_string()))?;
+    Ok(status.ruleset)
+}
+
+/// Tries every mechanism in this (throw-away, single-threaded) process and
+/// says which work. The process is confined afterwards: exit after it.
+pub fn probe() -> Support {
+    let user_namespace = unshare(CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWNET).is_ok();
+    let _ = nix::sys::prctl::set_no_new_privs();
+    let landlock_abi = Ruleset::default()
+        .set_compatibility(CompatLevel::BestEffort)
+        .handle_access(AccessFs::from_all(LANDLOCK_ABI))
+        .and_then(|r| r.create())
+        .and_then(|r| r.restrict_self())
+        .map(|s| match s.landlock {
+            LandlockStatus::Available { effective_abi, .. } => {
+                let probe_abis = [
+                    ABI::V1,
+                    ABI::V2,
+                    ABI::V3,
+                    ABI::V4,
+                    ABI::V5,
+                    ABI::V6,
+                    ABI::V7,
+                    ABI::V8,
+                    ABI::V9,
+                ];
+                probe_abis
+                    .iter()
+                    .position(|a| *a == effective_abi)
+                    .map_or(0, |i| i as u32 + 1)
+            }
+            _ => 0,
+        })
+        .unwrap_or(0);
+    let seccomp = crate::seccomp::install().is_ok();
+    Support {
+        landlock_abi,
+        seccomp,
+        user_namespace,
+    }
+}
