@@ -12,11 +12,12 @@
 //! - byte 0: [`FORMAT`] (canonical JSON starts with `{`, so the first byte
 //!   tells the forms apart);
 //! - byte 1: flags: bit 0 kind is `admin`, bit 1 outcome is `allow`, bit 2
-//!   `fail_open`; the other bits are zero;
+//!   `fail_open`, bit 3 kind is `process`; the other bits are zero;
 //! - bytes 2–3: `status`, little-endian;
 //! - then the other fields in declaration order, each a *value* or an
 //!   unsigned LEB128 integer (`duration_us`, `bytes_in`, `bytes_out`; lists
-//!   and optional integers are a count or `0`/`1 + n`).
+//!   and optional integers are a count or `0`/`1 + n`; the `process` event
+//!   is `0`, or `1` and its fields, signed integers zigzag-encoded).
 //!
 //! A value is an LEB128 tag: `0` null, `1` text (length and UTF-8 bytes),
 //! `2` lowercase hex (byte length and the bytes: digests and fingerprints),
@@ -25,7 +26,7 @@
 //! recur). The encoder chooses; the decoder accepts any, and rejects trailing
 //! bytes, unknown flags and unknown tags.
 
-use crate::{AuditRecord, ContentFinding, Outcome, RecordKind};
+use crate::{AuditRecord, ContentFinding, Outcome, ProcessEvent, RecordKind};
 
 /// The first byte of a record in the compact form.
 pub const FORMAT: u8 = 0x01;
@@ -33,6 +34,7 @@ pub const FORMAT: u8 = 0x01;
 const KIND_ADMIN: u8 = 1;
 const OUTCOME_ALLOW: u8 = 2;
 const FAIL_OPEN: u8 = 4;
+const KIND_PROCESS: u8 = 8;
 
 const NULL: u64 = 0;
 const TEXT: u64 = 1;
@@ -66,8 +68,10 @@ pub fn encode(record: &AuditRecord, intern: &mut impl FnMut(&str) -> u64) -> Vec
     let mut out = Vec::with_capacity(160);
     out.push(FORMAT);
     let mut flags = 0;
-    if record.kind == RecordKind::Admin {
-        flags |= KIND_ADMIN;
+    match record.kind {
+        RecordKind::Request => {}
+        RecordKind::Admin => flags |= KIND_ADMIN,
+        RecordKind::Process => flags |= KIND_PROCESS,
     }
     if record.outcome == Outcome::Allow {
         flags |= OUTCOME_ALLOW;
@@ -109,7 +113,32 @@ pub fn encode(record: &AuditRecord, intern: &mut impl FnMut(&str) -> u64) -> Vec
     w.value(record.approval_ticket.as_deref(), Slot::Text);
     w.value(record.breakglass.as_deref(), Slot::Text);
     w.opt_int(record.sampled);
+    match &record.process {
+        None => w.int(0),
+        Some(p) => {
+            w.int(1);
+            w.value(Some(p.command.as_str()), Slot::Interned);
+            w.value(p.profile_sha256.as_deref(), Slot::Digest);
+            w.value(Some(p.session.as_str()), Slot::Digest);
+            w.opt_int(p.pid.map(u64::from));
+            w.value(p.cause.as_deref(), Slot::Interned);
+            w.opt_int(p.exit_code.map(zigzag));
+            w.opt_int(p.signal.map(zigzag));
+            w.opt_int(p.ran_ms);
+        }
+    }
     w.out
+}
+
+/// A signed integer as an unsigned one, small magnitudes staying small.
+fn zigzag(n: i32) -> u64 {
+    u64::from(((n << 1) ^ (n >> 31)) as u32)
+}
+
+/// The inverse of [`zigzag`]; `None` for a value no `i32` encodes to.
+fn unzigzag(n: u64) -> Option<i32> {
+    let n = u32::try_from(n).ok()?;
+    Some(((n >> 1) as i32) ^ -((n & 1) as i32))
 }
 
 /// Decodes a record in the compact form, given the fields kept beside it and
@@ -123,7 +152,8 @@ pub fn decode<'s>(
 ) -> Result<AuditRecord, DecodeError> {
     if bytes.len() < 4
         || bytes[0] != FORMAT
-        || bytes[1] & !(KIND_ADMIN | OUTCOME_ALLOW | FAIL_OPEN) != 0
+        || bytes[1] & !(KIND_ADMIN | OUTCOME_ALLOW | FAIL_OPEN | KIND_PROCESS) != 0
+        || bytes[1] & (KIND_ADMIN | KIND_PROCESS) == KIND_ADMIN | KIND_PROCESS
     {
         return Err(DecodeError::Malformed(0));
     }
@@ -138,6 +168,8 @@ pub fn decode<'s>(
         time_ms,
         kind: if flags & KIND_ADMIN != 0 {
             RecordKind::Admin
+        } else if flags & KIND_PROCESS != 0 {
+            RecordKind::Process
         } else {
             RecordKind::Request
         },
@@ -186,6 +218,35 @@ pub fn decode<'s>(
     record.approval_ticket = r.value()?;
     record.breakglass = r.value()?;
     record.sampled = r.opt_int()?;
+    let start = r.at;
+    record.process = match r.int()? {
+        0 => None,
+        1 => {
+            let signed = |r: &mut Reader<'_, _>| {
+                let start = r.at;
+                match r.opt_int()? {
+                    None => Ok(None),
+                    Some(n) => unzigzag(n).map(Some).ok_or(DecodeError::Malformed(start)),
+                }
+            };
+            let pid_at = r.at;
+            Some(ProcessEvent {
+                command: r.required()?,
+                profile_sha256: r.value()?,
+                session: r.required()?,
+                pid: r
+                    .opt_int()?
+                    .map(u32::try_from)
+                    .transpose()
+                    .map_err(|_| DecodeError::Malformed(pid_at))?,
+                cause: r.value()?,
+                exit_code: signed(&mut r)?,
+                signal: signed(&mut r)?,
+                ran_ms: r.opt_int()?,
+            })
+        }
+        _ => return Err(DecodeError::Malformed(start)),
+    };
     if r.at != bytes.len() {
         return Err(DecodeError::Malformed(r.at));
     }
@@ -431,6 +492,16 @@ mod tests {
             approval_ticket: Some(String::new()),
             breakglass: Some("breakglass:1".into()),
             sampled: Some(0),
+            process: Some(ProcessEvent {
+                command: "node /srv/server.js".into(),
+                profile_sha256: Some("ab".repeat(32)),
+                session: "0123456789abcdef".into(),
+                pid: Some(u32::MAX),
+                cause: Some("seccomp_violation".into()),
+                exit_code: Some(-1),
+                signal: Some(i32::MIN),
+                ran_ms: Some(12),
+            }),
         }
     }
 
@@ -465,6 +536,14 @@ mod tests {
     }
 
     #[test]
+    fn signed_integers_round_trip_through_zigzag() {
+        for n in [0, 1, -1, 2, -2, 255, i32::MAX, i32::MIN] {
+            assert_eq!(unzigzag(zigzag(n)), Some(n));
+        }
+        assert_eq!(unzigzag(u64::from(u32::MAX) + 1), None);
+    }
+
+    #[test]
     fn a_typical_record_is_small() {
         let mut table = Table::default();
         let record = AuditRecord {
@@ -484,6 +563,7 @@ mod tests {
             approval_ticket: None,
             breakglass: None,
             sampled: None,
+            process: None,
             ..full()
         };
         table.encode(&record);
