@@ -255,7 +255,9 @@ mod tests {
         let mut seen = Vec::new();
         for_each_text(&Endpoint::ChatCompletions, &mut body, &mut |p, s, c| {
             seen.push(format!("{p}={s}@{}", c.as_str()));
-            s.push('!');
+            if s == "result" {
+                s.push('!');
+            }
             false
         });
         for want in [

@@ -302,7 +302,7 @@ mod tests {
             json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32000, "message": "x", "data": {"detail": KEY}}}),
             json!({"jsonrpc": "2.0", "id": 1, "result": {"content": [], "extra": {KEY: 1}}}),
             json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": KEY}}),
-            json!(format!("not json-rpc {KEY}")),
+            json!(KEY),
         ];
         for answer in answers {
             let meter = BodyMeter::default();
@@ -318,7 +318,10 @@ mod tests {
             // The same places are read for injection.
             let injected = answer.to_string().replace(KEY, INJECTION);
             let mut m: Value = serde_json::from_str(&injected).unwrap();
-            assert!(scan_answer(&state, block, &mut m, &rid, "r", &BodyMeter::default()));
+            assert!(
+                scan_answer(&state, block, &mut m, &rid, "r", &BodyMeter::default()),
+                "{injected}"
+            );
             assert_eq!(m["error"]["data"]["code"], "content_blocked", "{injected}");
         }
     }

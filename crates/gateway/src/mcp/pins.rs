@@ -368,9 +368,10 @@ mod tests {
             pins.observe("r", &tool("Echoes the message.")),
             PinState::Approved
         );
-        // Key order and extra fields (annotations) do not change the pin.
+        // Key order does not change the pin (extra members do: see
+        // `every_field_of_a_tool_is_scanned_and_pinned`).
         let same = json!({"inputSchema": {"properties": {"message": {"type": "string"}}, "type": "object"},
-                          "description": "Echoes the message.", "name": "echo", "annotations": {"x": 1}});
+                          "description": "Echoes the message.", "name": "echo"});
         assert_eq!(pins.observe("r", &same), PinState::Approved);
         assert_eq!(
             pins.observe("r", &tool("Echoes the message twice.")),

@@ -740,12 +740,12 @@ mod tests {
                 "/a/0=x@Value",
                 "/a/1=b/c@Key",
                 "/a/1/b~1c=y@Value",
-                "=k-SECRET@Key",
-                "/[REDACTED]=t@Key",
-                "/[REDACTED]/t=u@Value",
                 "=n@Key",
                 "=s@Key",
                 "/S=z@Value",
+                "=k-SECRET@Key",
+                "/[REDACTED]=t@Key",
+                "/[REDACTED]/t=u@Value",
             ]
         );
         assert_eq!(v["S"], "z!");

@@ -51,8 +51,9 @@ const SPACED_MAX: usize = 96;
 /// Every detector's value is either one run without ASCII whitespace
 /// (tokens, keys, JWTs, URLs, emails, assignment values: their keywords
 /// are context kept as look-behind, not part of the value), a number with
-/// single spaces or dashes (cards, IBANs, SSNs: at most [`SPACED_MAX`]
-/// bytes, starting with a digit or two letters before one), or a PEM
+/// single spaces or dashes (cards, IBANs, SSNs: digits and capital letters,
+/// at most [`SPACED_MAX`] bytes, starting with a digit or the two capitals
+/// of an IBAN's country before one), or a PEM
 /// `BEGIN … PRIVATE KEY` line. The candidate is the earliest start of any
 /// of these that reaches the end of `text`.
 pub fn candidate_start(text: &str) -> usize {
@@ -67,8 +68,11 @@ pub fn candidate_start(text: &str) -> usize {
     // dashes within reach, from two bytes before its first digit.
     let floor = len.saturating_sub(SPACED_MAX);
     let mut run = len;
-    while run > floor && matches!(b[run - 1], b'0'..=b'9' | b'A'..=b'Z' | b'a'..=b'z' | b' ' | b'-') {
+    while run > floor && matches!(b[run - 1], b'0'..=b'9' | b'A'..=b'Z' | b' ' | b'-') {
         run -= 1;
+    }
+    while run < len && matches!(b[run], b' ' | b'-') {
+        run += 1;
     }
     if let Some(d) = b[run..].iter().position(u8::is_ascii_digit) {
         start = start.min((run + d).saturating_sub(2).max(run));
