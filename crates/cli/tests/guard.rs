@@ -429,23 +429,95 @@ async fn every_part_of_a_request_is_read_and_unreadable_bodies_are_refused() {
     let code = |r: reqwest::Response| async move {
         let status = r.status().as_u16();
         let v: Value = r.json().await.unwrap_or_default();
-        (status, v["error"]["code"].as_str().unwrap_or("").to_string())
+        (
+            status,
+            v["error"]["code"].as_str().unwrap_or("").to_string(),
+        )
     };
     let blocked = (403, "content_blocked".to_string());
     let unscannable = (415, "content_unscannable".to_string());
     let encoded_key = format!("%41{}", &AWS_KEY[1..]);
 
     for (what, path, headers, body, want) in [
-        ("key in a query", format!("/dlpblock/echo?k={encoded_key}"), json(), b"{}".to_vec(), &blocked),
-        ("key as a query name", format!("/dlpblock/echo?{AWS_KEY}=1"), json(), b"{}".to_vec(), &blocked),
-        ("key in a header", "/dlpblock/echo".into(), vec![("content-type", "application/json".into()), ("x-note", format!("k {AWS_KEY}"))], b"{}".to_vec(), &blocked),
-        ("encoded key in a form", "/dlpblock/echo".into(), vec![("content-type", "application/x-www-form-urlencoded".into())], format!("a=1&note={encoded_key}").into_bytes(), &blocked),
-        ("key as a JSON key", "/dlpblock/echo".into(), json(), format!(r#"{{"{AWS_KEY}":1}}"#).into_bytes(), &blocked),
-        ("key in the first of repeated keys", "/dlpblock/echo".into(), json(), format!(r#"{{"a":"{AWS_KEY}","a":"x"}}"#).into_bytes(), &unscannable),
-        ("binary", "/dlpblock/echo".into(), vec![("content-type", "application/octet-stream".into())], AWS_KEY.as_bytes().to_vec(), &unscannable),
-        ("multipart", "/dlpblock/echo".into(), vec![("content-type", "multipart/form-data; boundary=b".into())], format!("--b\r\n\r\n{AWS_KEY}\r\n--b--\r\n").into_bytes(), &unscannable),
-        ("compressed", "/dlpblock/echo".into(), vec![("content-type", "application/json".into()), ("content-encoding", "gzip".into())], b"\x1f\x8b\x08\x00".to_vec(), &unscannable),
-        ("UTF-16 JSON", "/dlpblock/echo".into(), json(), format!(r#"{{"a":"{AWS_KEY}"}}"#).encode_utf16().flat_map(u16::to_le_bytes).collect(), &unscannable),
+        (
+            "key in a query",
+            format!("/dlpblock/echo?k={encoded_key}"),
+            json(),
+            b"{}".to_vec(),
+            &blocked,
+        ),
+        (
+            "key as a query name",
+            format!("/dlpblock/echo?{AWS_KEY}=1"),
+            json(),
+            b"{}".to_vec(),
+            &blocked,
+        ),
+        (
+            "key in a header",
+            "/dlpblock/echo".into(),
+            vec![
+                ("content-type", "application/json".into()),
+                ("x-note", format!("k {AWS_KEY}")),
+            ],
+            b"{}".to_vec(),
+            &blocked,
+        ),
+        (
+            "encoded key in a form",
+            "/dlpblock/echo".into(),
+            vec![("content-type", "application/x-www-form-urlencoded".into())],
+            format!("a=1&note={encoded_key}").into_bytes(),
+            &blocked,
+        ),
+        (
+            "key as a JSON key",
+            "/dlpblock/echo".into(),
+            json(),
+            format!(r#"{{"{AWS_KEY}":1}}"#).into_bytes(),
+            &blocked,
+        ),
+        (
+            "key in the first of repeated keys",
+            "/dlpblock/echo".into(),
+            json(),
+            format!(r#"{{"a":"{AWS_KEY}","a":"x"}}"#).into_bytes(),
+            &unscannable,
+        ),
+        (
+            "binary",
+            "/dlpblock/echo".into(),
+            vec![("content-type", "application/octet-stream".into())],
+            AWS_KEY.as_bytes().to_vec(),
+            &unscannable,
+        ),
+        (
+            "multipart",
+            "/dlpblock/echo".into(),
+            vec![("content-type", "multipart/form-data; boundary=b".into())],
+            format!("--b\r\n\r\n{AWS_KEY}\r\n--b--\r\n").into_bytes(),
+            &unscannable,
+        ),
+        (
+            "compressed",
+            "/dlpblock/echo".into(),
+            vec![
+                ("content-type", "application/json".into()),
+                ("content-encoding", "gzip".into()),
+            ],
+            b"\x1f\x8b\x08\x00".to_vec(),
+            &unscannable,
+        ),
+        (
+            "UTF-16 JSON",
+            "/dlpblock/echo".into(),
+            json(),
+            format!(r#"{{"a":"{AWS_KEY}"}}"#)
+                .encode_utf16()
+                .flat_map(u16::to_le_bytes)
+                .collect(),
+            &unscannable,
+        ),
     ] {
         let r = send(path, headers, body).await.unwrap();
         assert_eq!(&code(r).await, want, "{what}");
@@ -460,8 +532,12 @@ async fn every_part_of_a_request_is_read_and_unreadable_bodies_are_refused() {
     .unwrap();
     assert_eq!(r.status(), 200);
     // A clean request still passes on the blocking route.
-    let r = send("/dlpblock/echo?q=weather".into(), json(), br#"{"a":"b"}"#.to_vec())
-        .await
-        .unwrap();
+    let r = send(
+        "/dlpblock/echo?q=weather".into(),
+        json(),
+        br#"{"a":"b"}"#.to_vec(),
+    )
+    .await
+    .unwrap();
     assert_eq!(r.status(), 200);
 }

@@ -613,7 +613,12 @@ async fn every_field_of_every_answer_is_redacted() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = setup(
         dir.path(),
-        &llm_route("llm", "/llm", upstream.port, "[routes.guard]\ndlp = \"redact\"\n"),
+        &llm_route(
+            "llm",
+            "/llm",
+            upstream.port,
+            "[routes.guard]\ndlp = \"redact\"\n",
+        ),
     );
     let server = tokio::task::spawn_blocking(move || {
         Server::start_with_env(
@@ -661,6 +666,9 @@ async fn every_field_of_every_answer_is_redacted() {
         for n in 4..=KEY.len() {
             assert!(!text.contains(&KEY[..n]), "split at {at}: {text}");
         }
-        assert!(text.contains("[REDACTED_AWS_ACCESS_KEY_1]"), "split at {at}: {text}");
+        assert!(
+            text.contains("[REDACTED_AWS_ACCESS_KEY_1]"),
+            "split at {at}: {text}"
+        );
     }
 }

@@ -142,9 +142,7 @@ pub fn for_each_text(
         .into_iter()
         .flatten()
         .enumerate()
-        .filter(|(_, m)| {
-            channel_of(m.get("role").and_then(Value::as_str)) == Channel::ToolOutput
-        })
+        .filter(|(_, m)| channel_of(m.get("role").and_then(Value::as_str)) == Channel::ToolOutput)
         .map(|(i, _)| format!("/messages/{i}/"))
         .collect();
     crate::pipeline::inspect::walk_json(body, &mut String::new(), &mut |pointer, s, _| {

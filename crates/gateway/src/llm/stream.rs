@@ -396,7 +396,15 @@ impl SseBody {
         let (Some(dlp), Some(redactor)) = (&self.dlp, &mut self.whole) else {
             return false;
         };
-        scan_once(dlp, redactor, s, pointer, &self.meter, &self.request_id, &self.route)
+        scan_once(
+            dlp,
+            redactor,
+            s,
+            pointer,
+            &self.meter,
+            &self.request_id,
+            &self.route,
+        )
     }
 
     /// Redacts every string and key of a chunk: the pieces of streamed texts
@@ -907,8 +915,12 @@ mod tests {
         };
         let meter = BodyMeter::default();
         for body in [
-            format!(r#"{{"error":{{"message":"Incorrect API key provided: {KEY}","type":"invalid_request_error"}}}}"#),
-            format!(r#"{{"choices":[{{"message":{{"reasoning_content":"{KEY}","refusal":"{KEY}","function_call":{{"name":"f","arguments":"{KEY}"}}}}}}]}}"#),
+            format!(
+                r#"{{"error":{{"message":"Incorrect API key provided: {KEY}","type":"invalid_request_error"}}}}"#
+            ),
+            format!(
+                r#"{{"choices":[{{"message":{{"reasoning_content":"{KEY}","refusal":"{KEY}","function_call":{{"name":"f","arguments":"{KEY}"}}}}}}]}}"#
+            ),
             format!(r#"{{"choices":[],"system_fingerprint":"{KEY}","x":{{"{KEY}":1}}}}"#),
             format!("Unauthorized: key {KEY} is not valid"),
         ] {
@@ -938,8 +950,16 @@ mod tests {
         let b = stream.as_bytes();
         for i in 0..=b.len() {
             let chunks: Vec<&'static str> = vec![
-                Box::leak(String::from_utf8_lossy(&b[..i]).into_owned().into_boxed_str()),
-                Box::leak(String::from_utf8_lossy(&b[i..]).into_owned().into_boxed_str()),
+                Box::leak(
+                    String::from_utf8_lossy(&b[..i])
+                        .into_owned()
+                        .into_boxed_str(),
+                ),
+                Box::leak(
+                    String::from_utf8_lossy(&b[i..])
+                        .into_owned()
+                        .into_boxed_str(),
+                ),
             ];
             if String::from_utf8_lossy(&b[..i]).len() != i {
                 continue; // a split inside a character
@@ -948,7 +968,10 @@ mod tests {
             for n in 4..=KEY.len() {
                 assert!(!out.contains(&KEY[..n]), "{what}, split at {i}: {out}");
             }
-            assert!(out.contains("[REDACTED_AWS_ACCESS_KEY_"), "{what}, split at {i}: {out}");
+            assert!(
+                out.contains("[REDACTED_AWS_ACCESS_KEY_"),
+                "{what}, split at {i}: {out}"
+            );
         }
     }
 
@@ -971,8 +994,14 @@ mod tests {
             }
         }
         let legacy = [
-            chunk(&format!(r#"{{"function_call":{{"name":"f","arguments":"{{\"k\":\"{a}"}}}}"#), "\n"),
-            chunk(&format!(r#"{{"function_call":{{"arguments":"{b}\"}}"}}}}"#), "\n"),
+            chunk(
+                &format!(r#"{{"function_call":{{"name":"f","arguments":"{{\"k\":\"{a}"}}}}"#),
+                "\n",
+            ),
+            chunk(
+                &format!(r#"{{"function_call":{{"arguments":"{b}\"}}"}}}}"#),
+                "\n",
+            ),
             "data: [DONE]\n\n".to_string(),
         ]
         .concat();
@@ -980,8 +1009,12 @@ mod tests {
         for other in [
             format!(": note {KEY}\n\ndata: [DONE]\n\n"),
             format!("data: plain text {KEY}\n\n"),
-            format!("event: x\ndata: {{\"id\":\"c\",\"system_fingerprint\":\"{KEY}\",\"choices\":[]}}\n\n"),
-            format!("data: {{\"id\":\"c\",\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"{KEY}\"}},\"logprobs\":{{\"content\":[{{\"token\":\"{KEY}\"}}]}}}}]}}\n\n"),
+            format!(
+                "event: x\ndata: {{\"id\":\"c\",\"system_fingerprint\":\"{KEY}\",\"choices\":[]}}\n\n"
+            ),
+            format!(
+                "data: {{\"id\":\"c\",\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"{KEY}\"}},\"logprobs\":{{\"content\":[{{\"token\":\"{KEY}\"}}]}}}}]}}\n\n"
+            ),
         ] {
             check_every_split(&other, &other).await;
         }

@@ -307,12 +307,17 @@ mod tests {
         for answer in answers {
             let meter = BodyMeter::default();
             let mut m = answer.clone();
-            assert!(scan_answer(&state, redact, &mut m, &rid, "r", &meter), "{answer}");
+            assert!(
+                scan_answer(&state, redact, &mut m, &rid, "r", &meter),
+                "{answer}"
+            );
             assert!(!m.to_string().contains(KEY), "{m}");
             let found = meter.response_findings.lock().unwrap();
             assert!(found.iter().any(|f| f.kind == "aws_access_key"), "{answer}");
             assert!(
-                found.iter().all(|f| !f.pointer.as_deref().unwrap_or("").contains(KEY)),
+                found
+                    .iter()
+                    .all(|f| !f.pointer.as_deref().unwrap_or("").contains(KEY)),
                 "no pointer carries the secret"
             );
             // The same places are read for injection.
@@ -350,7 +355,11 @@ mod tests {
             assert!(s.changed, "{call}");
             assert!(!m.to_string().contains(KEY), "{m}");
             assert_eq!(s.facts.findings, ["aws_access_key"]);
-            assert!(audited.iter().all(|f| !f.pointer.as_deref().unwrap_or("").contains(KEY)));
+            assert!(
+                audited
+                    .iter()
+                    .all(|f| !f.pointer.as_deref().unwrap_or("").contains(KEY))
+            );
             let mut m = call.clone();
             let s = scan_request(
                 &state,

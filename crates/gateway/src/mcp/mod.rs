@@ -1094,7 +1094,11 @@ mod tests {
             changed
         });
         let r = guard_other(
-            answer_with(500, &[("content-type", "text/plain")], "bad key AKIAQWADE5R42RDZ4JEM"),
+            answer_with(
+                500,
+                &[("content-type", "text/plain")],
+                "bad key AKIAQWADE5R42RDZ4JEM",
+            ),
             scan,
         )
         .await

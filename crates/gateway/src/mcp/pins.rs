@@ -446,14 +446,21 @@ mod tests {
             place("/inputSchema/properties/a/properties/b/description"),
             with("title", json!(hidden)),
             with("annotations", json!({"title": hidden})),
-            with("outputSchema", json!({"type": "object", "description": hidden})),
+            with(
+                "outputSchema",
+                json!({"type": "object", "description": hidden}),
+            ),
         ]
         .into_iter()
         .enumerate()
         {
             let mut poisoned = poisoned;
             poisoned["name"] = json!(format!("t{i}"));
-            assert_eq!(pins.observe("r", &poisoned), PinState::Unapproved, "{poisoned}");
+            assert_eq!(
+                pins.observe("r", &poisoned),
+                PinState::Unapproved,
+                "{poisoned}"
+            );
         }
         // A change to a member the first pin did not look at is a rug pull.
         for changed in [
@@ -466,6 +473,9 @@ mod tests {
         }
         // An entry with only the three first-pinned members keeps its digest.
         let old = json!({"name": "add", "description": Value::Null, "inputSchema": Value::Null});
-        assert_eq!(definition(&json!({"name": "add"})).digest, definition(&old).digest);
+        assert_eq!(
+            definition(&json!({"name": "add"})).digest,
+            definition(&old).digest
+        );
     }
 }

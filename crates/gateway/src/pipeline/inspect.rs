@@ -152,11 +152,7 @@ pub async fn run(
     let empty = http_body::Body::size_hint(&body).exact() == Some(0);
     if encoded || !is_text(content_type.as_ref()) {
         if settings.refuses_unscannable() && !empty {
-            return Err(unscannable(if encoded {
-                "compressed"
-            } else {
-                "not text"
-            }));
+            return Err(unscannable(if encoded { "compressed" } else { "not text" }));
         }
         let facts = unscanned(scan)?;
         return Ok((
@@ -245,7 +241,10 @@ fn is_form(content_type: Option<&HeaderValue>) -> bool {
     content_type
         .and_then(|v| v.to_str().ok())
         .and_then(|ct| ct.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+        .is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
 }
 
 /// Scans decoded `name=value` pairs (a query or a form), names and values,
@@ -323,13 +322,31 @@ fn scan_headers(
         };
         let mut text = text.to_string();
         let before = text.clone();
-        scan.scan_in_place(&mut text, Channel::Input, &format!("header:{name}"), audited);
+        scan.scan_in_place(
+            &mut text,
+            Channel::Input,
+            &format!("header:{name}"),
+            audited,
+        );
         if text != before
             && let Ok(v) = HeaderValue::from_str(&text)
         {
             *value = v;
         }
     }
+}
+
+/// The longest string read as an identifier rather than as text.
+const IDENTIFIER_MAX: usize = 32;
+
+/// Whether `text` is a short identifier (a key such as `text`, a type tag,
+/// a method name): no whitespace, at most [`IDENTIFIER_MAX`] bytes. Every
+/// string of a message is scanned since issue 19, keys and type tags too;
+/// an injection needs words, and the injection model scores some single
+/// words high (`text` scores 0.80 on the input channel), so identifiers get
+/// DLP only.
+fn is_identifier(text: &str) -> bool {
+    text.len() <= IDENTIFIER_MAX && !text.chars().any(char::is_whitespace)
 }
 
 /// The refusal of a body the guard cannot read.
@@ -536,7 +553,7 @@ impl<'a> TextScan<'a> {
         pointer: &str,
         audited: &mut Vec<ContentFinding>,
     ) -> Report {
-        let injection = self.settings.injection != InjectionAction::Off;
+        let injection = self.settings.injection != InjectionAction::Off && !is_identifier(text);
         let dlp = self.settings.dlp != DlpAction::Off;
         let report = self.state.guard.scan_with(text, channel, injection, dlp);
         self.facts.injection_score = self.facts.injection_score.max(report.injection_score);
@@ -706,6 +723,13 @@ mod tests {
         assert!(!t("application/octet-stream"));
         assert!(!t("multipart/form-data; boundary=x"));
         assert!(is_text(None));
+    }
+
+    #[test]
+    fn identifiers_are_not_scored_for_injection() {
+        assert!(is_identifier("text") && is_identifier("tools/call") && is_identifier(""));
+        assert!(!is_identifier("ignore all"));
+        assert!(!is_identifier(&"x".repeat(IDENTIFIER_MAX + 1)));
     }
 
     #[test]

@@ -454,8 +454,7 @@ async fn answer(
             ));
         }
     };
-    let (usage, processed) =
-        process_whole(&bytes, dlp.as_ref(), meter, request_id.as_str(), route);
+    let (usage, processed) = process_whole(&bytes, dlp.as_ref(), meter, request_id.as_str(), route);
     if let Some(mut charge) = charge {
         charge.settle(usage, bytes.len() as u64);
     }

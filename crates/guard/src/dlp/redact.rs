@@ -448,8 +448,11 @@ card 4242 4242 4242 4242 mail a.b@example.org; password = \"Zq8vL2mP9xTt4\" end 
     /// A long JWT (over 600 bytes), longer than the old 256-byte hold-back
     /// of LLM streams.
     fn long_jwt() -> String {
-        let payload = "eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiYWRtaW4iOnRydWV9".repeat(9);
-        format!("eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.{payload}.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c")
+        let payload =
+            "eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiYWRtaW4iOnRydWV9".repeat(9);
+        format!(
+            "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.{payload}.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+        )
     }
 
     /// Pushes `chunks` one by one and checks that what has gone out after
@@ -483,7 +486,12 @@ card 4242 4242 4242 4242 mail a.b@example.org; password = \"Zq8vL2mP9xTt4\" end 
         assert!(whole(&scanner, &text).contains("[REDACTED_IBAN_1]"));
         let b = text.as_bytes();
         for i in 0..=b.len() {
-            check_prefixes(&scanner, &text, &[&b[..i], &b[i..]], &format!("split at {i}"));
+            check_prefixes(
+                &scanner,
+                &text,
+                &[&b[..i], &b[i..]],
+                &format!("split at {i}"),
+            );
         }
         for size in [1usize, 2, 3, 5, 16, 100] {
             let chunks: Vec<&[u8]> = b.chunks(size).collect();
