@@ -298,7 +298,7 @@ mod tests {
             json!({"jsonrpc": "2.0", "id": 1, "result": {"content": [{"type": KEY, "text": "ok"}]}}),
             json!({"jsonrpc": "2.0", "id": 1, "result": {"structuredContent": {"data": {"type": KEY}}}}),
             json!({"jsonrpc": "2.0", "id": 1, "result": {"content": [], "_meta": {"note": KEY}}}),
-            json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32000, "message": format!("bad key {KEY}")}}),
+            json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32000, "message": KEY}}),
             json!({"jsonrpc": "2.0", "id": 1, "error": {"code": -32000, "message": "x", "data": {"detail": KEY}}}),
             json!({"jsonrpc": "2.0", "id": 1, "result": {"content": [], "extra": {KEY: 1}}}),
             json!({"jsonrpc": "2.0", "method": "notifications/message", "params": {"level": "info", "data": KEY}}),
