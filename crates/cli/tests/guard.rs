@@ -362,7 +362,8 @@ async fn the_gateway_blocks_redacts_and_lets_policy_decide_on_content() {
     assert_eq!(error_of(&v), "content_blocked");
     let msg = v["error"]["message"].as_str().unwrap();
     assert!(msg.contains("email") && !msg.contains("jane"), "{msg}");
-    // Binary bodies are not scanned (policy sees `scanned == false`).
+    // A binary body cannot be scanned: a blocking route refuses it (issue
+    // 19; `allow_unscannable` opts out, see below).
     let r = client
         .post(server.url("/dlpblock/echo"))
         .header("content-type", "application/octet-stream")
@@ -370,7 +371,7 @@ async fn the_gateway_blocks_redacts_and_lets_policy_decide_on_content() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(r.status(), 415);
 
     // 6. Findings are logged by type, position and fingerprint, never by value.
     let mut server = server;
@@ -385,4 +386,158 @@ async fn the_gateway_blocks_redacts_and_lets_policy_decide_on_content() {
     for secret in [AWS_KEY, TOKEN, "4242 4242", "jane.doe"] {
         assert!(!log.contains(secret), "`{secret}` leaked into the log");
     }
+}
+
+/// Issue 19, end to end on HTTP routes: object keys, repeated keys,
+/// percent-encoded form values, headers and the query string are read, and
+/// a body the guard cannot read is refused on a blocking route unless the
+/// route opts out.
+#[tokio::test(flavor = "multi_thread")]
+async fn every_part_of_a_request_is_read_and_unreadable_bodies_are_refused() {
+    install_crypto();
+    let upstream = guard_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("schema.cedarschema"),
+        include_str!("../../policy/defaults/schema.cedarschema"),
+    )
+    .unwrap();
+    std::fs::write(policies.join("guard.cedar"), POLICIES).unwrap();
+    let up = format!("http://{upstream}");
+    let routes = [
+        route("dlpblock", "/dlpblock", &up, "public") + "[routes.guard]\ndlp = \"block\"\n",
+        route("optout", "/optout", &up, "public")
+            + "[routes.guard]\ndlp = \"block\"\nallow_unscannable = true\n",
+    ]
+    .join("\n");
+    let cfg = config(dir.path(), &routes, "[policy]\ndir = \"policies\"");
+    let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
+        .await
+        .unwrap();
+    let (cert, key) = server.create_agent("writer-bot", &["writer"]);
+    let client = client(&server.ca_pem(), Some((&cert, &key)));
+    let send = |path: String, headers: Vec<(&'static str, String)>, body: Vec<u8>| {
+        let mut r = client.post(server.url(&path)).body(body);
+        for (k, v) in headers {
+            r = r.header(k, v);
+        }
+        r.send()
+    };
+    let json = || vec![("content-type", "application/json".to_string())];
+    let code = |r: reqwest::Response| async move {
+        let status = r.status().as_u16();
+        let v: Value = r.json().await.unwrap_or_default();
+        (
+            status,
+            v["error"]["code"].as_str().unwrap_or("").to_string(),
+        )
+    };
+    let blocked = (403, "content_blocked".to_string());
+    let unscannable = (415, "content_unscannable".to_string());
+    let encoded_key = format!("%41{}", &AWS_KEY[1..]);
+
+    for (what, path, headers, body, want) in [
+        (
+            "key in a query",
+            format!("/dlpblock/echo?k={encoded_key}"),
+            json(),
+            b"{}".to_vec(),
+            &blocked,
+        ),
+        (
+            "key as a query name",
+            format!("/dlpblock/echo?{AWS_KEY}=1"),
+            json(),
+            b"{}".to_vec(),
+            &blocked,
+        ),
+        (
+            "key in a header",
+            "/dlpblock/echo".into(),
+            vec![
+                ("content-type", "application/json".into()),
+                ("x-note", format!("k {AWS_KEY}")),
+            ],
+            b"{}".to_vec(),
+            &blocked,
+        ),
+        (
+            "encoded key in a form",
+            "/dlpblock/echo".into(),
+            vec![("content-type", "application/x-www-form-urlencoded".into())],
+            format!("a=1&note={encoded_key}").into_bytes(),
+            &blocked,
+        ),
+        (
+            "key as a JSON key",
+            "/dlpblock/echo".into(),
+            json(),
+            format!(r#"{{"{AWS_KEY}":1}}"#).into_bytes(),
+            &blocked,
+        ),
+        (
+            "key in the first of repeated keys",
+            "/dlpblock/echo".into(),
+            json(),
+            format!(r#"{{"a":"{AWS_KEY}","a":"x"}}"#).into_bytes(),
+            &unscannable,
+        ),
+        (
+            "binary",
+            "/dlpblock/echo".into(),
+            vec![("content-type", "application/octet-stream".into())],
+            AWS_KEY.as_bytes().to_vec(),
+            &unscannable,
+        ),
+        (
+            "multipart",
+            "/dlpblock/echo".into(),
+            vec![("content-type", "multipart/form-data; boundary=b".into())],
+            format!("--b\r\n\r\n{AWS_KEY}\r\n--b--\r\n").into_bytes(),
+            &unscannable,
+        ),
+        (
+            "compressed",
+            "/dlpblock/echo".into(),
+            vec![
+                ("content-type", "application/json".into()),
+                ("content-encoding", "gzip".into()),
+            ],
+            b"\x1f\x8b\x08\x00".to_vec(),
+            &unscannable,
+        ),
+        (
+            "UTF-16 JSON",
+            "/dlpblock/echo".into(),
+            json(),
+            format!(r#"{{"a":"{AWS_KEY}"}}"#)
+                .encode_utf16()
+                .flat_map(u16::to_le_bytes)
+                .collect(),
+            &unscannable,
+        ),
+    ] {
+        let r = send(path, headers, body).await.unwrap();
+        assert_eq!(&code(r).await, want, "{what}");
+    }
+    // The route that opts out forwards what it cannot read, unscanned.
+    let r = send(
+        "/optout/echo".into(),
+        vec![("content-type", "application/octet-stream".into())],
+        b"\x00\x01".to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    // A clean request still passes on the blocking route.
+    let r = send(
+        "/dlpblock/echo?q=weather".into(),
+        json(),
+        br#"{"a":"b"}"#.to_vec(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
 }

@@ -592,3 +592,83 @@ async fn revoking_an_agent_ends_its_streamed_completion_with_an_error_event() {
     assert_eq!(record["error_code"], "stream_revoked", "{record}");
     assert_eq!(record["outcome"], "allow", "{record}");
 }
+
+/// A provider key DLP recognises, injected by the gateway on the route.
+const DETECTABLE_UPSTREAM_KEY: &str = "sk-proj-Zq8vL2mP9xTt4Hh7Kk1Nn3Rr5Vv9Bb2Cc4Dd6Ff8Gg0Jj";
+const KEY: &str = "AKIAQWADE5R42RDZ4JEM";
+
+/// Issue 19, end to end: an upstream 401 that echoes the injected key, a
+/// stream carrying a key in every place it can (CR-only framing,
+/// `reasoning_content`, `refusal`, legacy `function_call`, a comment,
+/// non-JSON data, outside `choices`), and a key split across two deltas cut
+/// by the transport at every byte of the stream: none reaches the client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_field_of_every_answer_is_redacted() {
+    install_crypto();
+    if Command::new("python3").arg("--version").output().is_err() {
+        eprintln!("SKIPPED: LLM answer DLP e2e: python3 is not available");
+        return;
+    }
+    let upstream = tokio::task::spawn_blocking(start_upstream).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = setup(
+        dir.path(),
+        &llm_route(
+            "llm",
+            "/llm",
+            upstream.port,
+            "[routes.guard]\ndlp = \"redact\"\n",
+        ),
+    );
+    let server = tokio::task::spawn_blocking(move || {
+        Server::start_with_env(
+            dir,
+            Some(&cfg),
+            &[("LLM_TEST_UPSTREAM_KEY", DETECTABLE_UPSTREAM_KEY)],
+        )
+    })
+    .await
+    .unwrap();
+    let (cert, key) = tokio::task::block_in_place(|| server.create_agent("bot", &["llm-user"]));
+    let http = support::client(&server.ca_pem(), Some((&cert, &key)));
+    let ask = |prompt: String, stream: bool| {
+        http.post(server.url("/llm/v1/chat/completions"))
+            .json(&serde_json::json!({
+                "model": "gpt-test",
+                "stream": stream,
+                "messages": [{"role": "user", "content": prompt}],
+            }))
+            .send()
+    };
+
+    // The 401 echoing the injected key keeps its status, not the key.
+    let r = ask("echo401".into(), false).await.unwrap();
+    assert_eq!(r.status(), 401);
+    let text = r.text().await.unwrap();
+    assert!(!text.contains("Zq8vL2mP9x"), "{text}");
+    assert!(text.contains("[REDACTED_OPENAI_KEY_1]"), "{text}");
+
+    // Every hole of a stream.
+    let r = ask("holes".into(), true).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let text = r.text().await.unwrap();
+    for n in 4..=KEY.len() {
+        assert!(!text.contains(&KEY[..n]), "{text}");
+    }
+    assert!(text.contains("[REDACTED_AWS_ACCESS_KEY_"), "{text}");
+
+    // A key split across two deltas, the stream cut at every byte.
+    let whole = r#"data: {"id": "c", "object": "chat.completion.chunk", "model": "gpt-test", "choices": [{"index": 0, "delta": {"content": "key AKIAQWADE"}, "finish_reason": null}]}"#;
+    for at in 0..=whole.len() * 2 + 4 {
+        let r = ask(format!("split:{at}"), true).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        for n in 4..=KEY.len() {
+            assert!(!text.contains(&KEY[..n]), "split at {at}: {text}");
+        }
+        assert!(
+            text.contains("[REDACTED_AWS_ACCESS_KEY_1]"),
+            "split at {at}: {text}"
+        );
+    }
+}

@@ -15,6 +15,10 @@ pub enum ErrorCode {
     /// The content guard refused the request body (prompt injection or
     /// sensitive data, by the route's guard settings).
     ContentBlocked,
+    /// The content guard cannot read a body it must scan (compressed,
+    /// binary, multipart, not UTF-8, or unparsable JSON) on a route that
+    /// blocks or redacts, and the route does not allow unscannable bodies.
+    ContentUnscannable,
     /// No route matches the request path.
     RouteNotFound,
     /// The request body exceeds the configured limit.
@@ -146,6 +150,7 @@ impl ErrorCode {
             ErrorCode::AgentRevoked => "agent_revoked",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::ContentBlocked => "content_blocked",
+            ErrorCode::ContentUnscannable => "content_unscannable",
             ErrorCode::RouteNotFound => "route_not_found",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::BadRequest => "bad_request",
@@ -223,6 +228,7 @@ impl ErrorCode {
             | ErrorCode::ModelNotFound
             | ErrorCode::McpSessionNotFound => 404,
             ErrorCode::MethodNotAllowed => 405,
+            ErrorCode::ContentUnscannable => 415,
             ErrorCode::Conflict | ErrorCode::RestartRequired => 409,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::BadRequest
@@ -258,6 +264,7 @@ mod tests {
             ErrorCode::AgentRevoked,
             ErrorCode::Forbidden,
             ErrorCode::ContentBlocked,
+            ErrorCode::ContentUnscannable,
             ErrorCode::RouteNotFound,
             ErrorCode::PayloadTooLarge,
             ErrorCode::BadRequest,

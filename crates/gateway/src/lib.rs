@@ -17,6 +17,7 @@ pub mod capture;
 pub mod config;
 pub mod demo_upstream;
 pub mod directory;
+pub mod event_stream;
 pub mod last_seen;
 pub mod listener;
 pub mod liveness;

@@ -10,6 +10,13 @@ streams forty deltas a quarter second apart (ten seconds); one containing
 request it received (path, Authorization header, body) so tests can check
 what the gateway forwarded. Prints its port on stdout, then serves until
 killed. Standard library only.
+
+Issue 19 scenarios, chosen by the prompt: "echo401" answers 401 with the
+Authorization it was given in the error message (as real providers do);
+"holes" streams a key in every place a stream can carry one (CR-only
+framing, `reasoning_content`, `refusal`, legacy `function_call`, a comment,
+data that is not JSON, a field outside `choices`); "split:N" streams a key
+split across two deltas, in two TCP writes cut at byte N of the stream.
 """
 import json
 import sys
@@ -86,6 +93,14 @@ class Handler(BaseHTTPRequestHandler):
             })
         if self.path != "/v1/chat/completions":
             return self._json(404, {"error": {"message": "not found"}})
+        prompt = json.dumps(body.get("messages", []))
+        if "echo401" in prompt:
+            given = (self.headers.get("authorization") or "").removeprefix("Bearer ")
+            return self._json(401, {"error": {
+                "message": "Incorrect API key provided: " + given,
+                "type": "invalid_request_error", "code": "invalid_api_key"}})
+        if "holes" in prompt or "split:" in prompt:
+            return self._holes(model, prompt)
         parts = answer_for(body)
         usage = {"prompt_tokens": 7, "completion_tokens": len(parts),
                  "total_tokens": 7 + len(parts)}
@@ -123,6 +138,66 @@ class Handler(BaseHTTPRequestHandler):
             chunk(None, choices=False, use=usage)
         self._chunk(b"data: [DONE]\n\n")
         self._chunk(b"")
+
+
+KEY = "AKIAQWADE5R42RDZ4JEM"
+
+
+def holes_stream(model):
+    """Every place of a stream that can carry the key, CR-framed."""
+    def ev(delta, finish=None, extra=None):
+        c = {"id": "c", "object": "chat.completion.chunk", "model": model,
+             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        c.update(extra or {})
+        return b"data: " + json.dumps(c).encode() + b"\r\r"
+    return b"".join([
+        ev({"role": "assistant", "reasoning_content": "think " + KEY[:7]}),
+        ev({"reasoning_content": KEY[7:] + " done"}),
+        ev({"refusal": "no " + KEY[:11]}),
+        ev({"refusal": KEY[11:]}),
+        ev({"function_call": {"name": "f", "arguments": "{\"k\":\"" + KEY[:5]}}),
+        ev({"function_call": {"arguments": KEY[5:] + "\"}"}}),
+        b": comment " + KEY.encode() + b"\r\r",
+        b"data: plain " + KEY.encode() + b"\r\r",
+        ev({}, extra={"system_fingerprint": KEY}),
+        ev({}, finish="stop"),
+        b"data: [DONE]\r\r",
+    ])
+
+
+def split_stream(model):
+    """A key split across two content deltas, LF-framed."""
+    def ev(delta, finish=None):
+        c = {"id": "c", "object": "chat.completion.chunk", "model": model,
+             "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+        return b"data: " + json.dumps(c).encode() + b"\n\n"
+    return b"".join([
+        ev({"content": "key " + KEY[:9]}),
+        ev({"content": KEY[9:] + " ok"}),
+        ev({}, finish="stop"),
+        b"data: [DONE]\n\n",
+    ])
+
+
+def _holes(self, model, prompt):
+    if "split:" in prompt:
+        data = split_stream(model)
+        at = int(prompt.split("split:")[1].split("\"")[0].split()[0])
+    else:
+        data = holes_stream(model)
+        at = len(data) // 2
+    self.send_response(200)
+    self.send_header("content-type", "text/event-stream")
+    self.send_header("transfer-encoding", "chunked")
+    self.end_headers()
+    for part in (data[:at], data[at:]):
+        if part:
+            self._chunk(part)
+            time.sleep(0.005)
+    self._chunk(b"")
+
+
+Handler._holes = _holes
 
 
 def main():

@@ -91,12 +91,26 @@ pub struct RouteGuard {
     /// Secrets and PII in request and response bodies.
     #[serde(default)]
     pub dlp: DlpAction,
+    /// Forward bodies the guard cannot read (compressed, binary, multipart,
+    /// not UTF-8, unparsable or duplicate-key JSON) unscanned, with
+    /// `context.content.scanned == false`, on a route that blocks. Off by
+    /// default: such a body is refused with `content_unscannable`.
+    #[serde(default)]
+    pub allow_unscannable: bool,
 }
 
 impl RouteGuard {
     /// Whether request bodies must be read and scanned before authorization.
     pub fn scans_requests(&self) -> bool {
         self.injection != InjectionAction::Off || self.dlp != DlpAction::Off
+    }
+
+    /// Whether a body the guard cannot read is refused with
+    /// `content_unscannable`: on a route that blocks (injection or DLP),
+    /// unless it allows unscannable bodies.
+    pub fn refuses_unscannable(&self) -> bool {
+        !self.allow_unscannable
+            && (self.injection == InjectionAction::Block || self.dlp == DlpAction::Block)
     }
 }
 

@@ -120,61 +120,39 @@ fn channel_of(role: Option<&str>) -> Channel {
     }
 }
 
-/// Calls `f` with the JSON pointer, the text and its channel of every text
-/// the guard scans: message contents (strings, or the `text` of content
-/// parts), assistant tool-call arguments, and embeddings `input`.
+/// Calls `f` with the JSON pointer, the text and its channel of every
+/// string of the request body: every value and every key at any depth (the
+/// generic walk of pipeline/inspect.rs), so `messages[].name`, tool
+/// descriptions, `user`, `metadata`, `prediction`, non-text content parts and
+/// any field a later API adds are read as message contents are. The strings
+/// of a tool result message (`role` `tool`, or the older `function`) are on
+/// the tool-output channel, every other string on the input channel. `f`
+/// returns whether the string holds a secret (see `walk_json`).
 pub fn for_each_text(
     endpoint: &Endpoint,
     body: &mut Value,
-    f: &mut dyn FnMut(&str, &mut String, Channel),
+    f: &mut dyn FnMut(&str, &mut String, Channel) -> bool,
 ) {
-    match endpoint {
-        Endpoint::ChatCompletions => {
-            let Some(messages) = body.get_mut("messages").and_then(Value::as_array_mut) else {
-                return;
-            };
-            for (i, message) in messages.iter_mut().enumerate() {
-                let channel = channel_of(message.get("role").and_then(Value::as_str));
-                match message.get_mut("content") {
-                    Some(Value::String(s)) => f(&format!("/messages/{i}/content"), s, channel),
-                    Some(Value::Array(parts)) => {
-                        for (j, part) in parts.iter_mut().enumerate() {
-                            if let Some(Value::String(s)) = part.get_mut("text") {
-                                f(&format!("/messages/{i}/content/{j}/text"), s, channel);
-                            }
-                        }
-                    }
-                    _ => {}
-                }
-                if let Some(calls) = message.get_mut("tool_calls").and_then(Value::as_array_mut) {
-                    for (k, call) in calls.iter_mut().enumerate() {
-                        if let Some(Value::String(s)) = call
-                            .get_mut("function")
-                            .and_then(|f| f.get_mut("arguments"))
-                        {
-                            f(
-                                &format!("/messages/{i}/tool_calls/{k}/function/arguments"),
-                                s,
-                                Channel::Input,
-                            );
-                        }
-                    }
-                }
-            }
-        }
-        Endpoint::Embeddings => match body.get_mut("input") {
-            Some(Value::String(s)) => f("/input", s, Channel::Input),
-            Some(Value::Array(items)) => {
-                for (i, item) in items.iter_mut().enumerate() {
-                    if let Value::String(s) = item {
-                        f(&format!("/input/{i}"), s, Channel::Input);
-                    }
-                }
-            }
-            _ => {}
-        },
-        Endpoint::Models | Endpoint::Model(_) => {}
+    if matches!(endpoint, Endpoint::Models | Endpoint::Model(_)) {
+        return;
     }
+    let tool_results: Vec<String> = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .filter(|(_, m)| channel_of(m.get("role").and_then(Value::as_str)) == Channel::ToolOutput)
+        .map(|(i, _)| format!("/messages/{i}/"))
+        .collect();
+    crate::pipeline::inspect::walk_json(body, &mut String::new(), &mut |pointer, s, _| {
+        let channel = if tool_results.iter().any(|p| pointer.starts_with(p.as_str())) {
+            Channel::ToolOutput
+        } else {
+            Channel::Input
+        };
+        f(pointer, s, channel)
+    });
 }
 
 /// Tokens from a `usage` object: `total_tokens`, else prompt + completion.
@@ -259,10 +237,15 @@ mod tests {
         }
     }
 
+    /// Issue 19: every string of the request is read, keys too, on its
+    /// message's channel.
     #[test]
     fn texts_and_channels() {
-        let mut body = serde_json::json!({"model": "m", "messages": [
-            {"role": "system", "content": "be nice"},
+        let mut body = serde_json::json!({"model": "m", "user": "u1", "metadata": {"k": "v"},
+            "prediction": {"type": "content", "content": "p"},
+            "tools": [{"type": "function", "function": {"name": "f", "description": "d"}}],
+            "messages": [
+            {"role": "system", "content": "be nice", "name": "n"},
             {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "x"}}]},
             {"role": "assistant", "content": null, "tool_calls": [{"id": "1", "type": "function", "function": {"name": "f", "arguments": "{\"q\":1}"}}]},
             {"role": "tool", "tool_call_id": "1", "content": "result"}
@@ -270,21 +253,34 @@ mod tests {
         let mut seen = Vec::new();
         for_each_text(&Endpoint::ChatCompletions, &mut body, &mut |p, s, c| {
             seen.push(format!("{p}={s}@{}", c.as_str()));
-            s.push('!');
+            if s == "result" {
+                s.push('!');
+            }
+            false
         });
-        assert_eq!(
-            seen,
-            [
-                "/messages/0/content=be nice@input",
-                "/messages/1/content/0/text=hi@input",
-                "/messages/2/tool_calls/0/function/arguments={\"q\":1}@input",
-                "/messages/3/content=result@tool_output",
-            ]
-        );
+        for want in [
+            "/user=u1@input",
+            "/metadata/k=v@input",
+            "/metadata=k@input",
+            "/prediction/content=p@input",
+            "/tools/0/function/description=d@input",
+            "/messages/0/name=n@input",
+            "/messages/0/content=be nice@input",
+            "/messages/1/content/0/text=hi@input",
+            "/messages/1/content/1/image_url/url=x@input",
+            "/messages/2/tool_calls/0/function/arguments={\"q\":1}@input",
+            "/messages/3/content=result@tool_output",
+            "/messages/3/tool_call_id=1@tool_output",
+        ] {
+            assert!(seen.iter().any(|s| s == want), "{want} not in {seen:#?}");
+        }
         assert_eq!(body["messages"][3]["content"], "result!");
         let mut emb = serde_json::json!({"model": "e", "input": ["a", "b"]});
         let mut n = 0;
-        for_each_text(&Endpoint::Embeddings, &mut emb, &mut |_, _, _| n += 1);
+        for_each_text(&Endpoint::Embeddings, &mut emb, &mut |_, s, _| {
+            n += usize::from(s == "a" || s == "b");
+            false
+        });
         assert_eq!(n, 2);
     }
 

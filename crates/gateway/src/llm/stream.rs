@@ -2,22 +2,34 @@
 //! and the content guard's DLP on the model's answer.
 //!
 //! A streamed completion (`text/event-stream`) passes through [`SseBody`]
-//! event by event: each complete SSE event goes out as soon as its blank
-//! line arrives, so nothing waits for the whole answer. An event is parsed
-//! only when something must be done to it: it carries a `usage` object
-//! (charged to the budget, and taken out again when the gateway asked for it
-//! on the client's behalf), or DLP is on. With DLP, each choice's
-//! `delta.content` and each of its tool calls' `function.arguments` runs
-//! through its own [`StreamRedactor`] (with a short
-//! hold-back, see [`STREAM_HOLD_BACK`]), so a value split over many deltas
-//! is still caught; the event is re-serialized with the redacted text, and
-//! what a redactor still holds goes out with the choice's last event (the
-//! one with `finish_reason`), or in one extra chunk before `[DONE]`. SSE
-//! framing stays valid throughout: only whole events are rewritten.
+//! event by event: each complete SSE event goes out as soon as its empty
+//! line arrives (any line end: CRLF, LF or CR alone, see event_stream.rs),
+//! so nothing waits for the whole answer. Without DLP, an event is parsed
+//! only when it carries a `usage` object (charged to the budget, and taken
+//! out again when the gateway asked for it on the client's behalf). With
+//! DLP, every part of every event is read (issue 19):
 //!
-//! A non-streamed answer is one JSON document, read whole (within the body
-//! limit), charged from its `usage`, and its strings under `choices`
-//! redacted like a request's.
+//! - every string and key of a JSON chunk, wherever it is (`choices`, or
+//!   anything outside them). The pieces of a text spread over events (any
+//!   string under a choice's `delta`: `content`, `reasoning_content`,
+//!   `refusal`, tool call and legacy `function_call` arguments, …; see
+//!   [`is_streamed`]) each run through their own [`StreamRedactor`], so a
+//!   value split over many deltas is caught and redacted whole, and no
+//!   prefix of it ever goes out (the redactor holds back the current word or
+//!   number only, up to 8 KiB). What a redactor still holds goes out with
+//!   the choice's last event (the one with `finish_reason`), or in one extra
+//!   chunk before `[DONE]`. Every other string is scanned in its event.
+//! - data that is not a JSON object, comments, and other fields (`event`,
+//!   `id`) are scanned as text in their event.
+//!
+//! Only whole events are rewritten, so the framing stays valid. An event
+//! longer than [`MAX_EVENT`] cannot be read; under DLP it ends the stream.
+//!
+//! Any other answer (a non-streamed completion, and an answer of any status,
+//! 401 or 500 included) is read whole (within the body limit), charged from
+//! its `usage`, and redacted by [`process_whole`]: every string and key of
+//! JSON, the whole text of anything else; one that is neither (binary) is
+//! not sent under DLP redaction.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -33,13 +45,8 @@ use serde_json::Value;
 use super::api::{estimate_tokens, usage_tokens};
 use super::budget::Counters;
 use crate::body::{BodyMeter, BoxError};
+use crate::event_stream::{self, Line};
 use crate::respond::ResponseBody;
-
-/// Bytes of a streamed answer's text held back for DLP. A person reads the
-/// answer as it arrives, so the 4 KiB of a generic stream would hold it for
-/// hundreds of tokens; 256 bytes covers every bounded secret format the
-/// detectors know except long JWTs (see `StreamRedactor::with_hold_back`).
-pub const STREAM_HOLD_BACK: usize = 256;
 
 /// Longest incomplete SSE event kept while waiting for its end; a longer
 /// one is passed on as it is (it cannot be a delta the gateway rewrites).
@@ -127,82 +134,106 @@ pub fn log_findings(
     }
 }
 
-/// Which text of a choice a redactor follows.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-enum Field {
-    /// `delta.content`.
-    Content,
-    /// `delta.tool_calls[index == k].function.arguments`.
-    ToolArguments(u64),
+/// One step of a streamed string's path: an object key, the `index` of an
+/// array element that carries one (choices and tool calls are matched
+/// across events by it, not by their position), or a plain position.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Seg {
+    Key(String),
+    Index(u64),
+    Pos(usize),
 }
 
-impl Field {
-    fn pointer(self, choice: u64) -> String {
-        match self {
-            Field::Content => format!("/choices/{choice}/delta/content"),
-            Field::ToolArguments(k) => {
-                format!("/choices/{choice}/delta/tool_calls/{k}/function/arguments")
-            }
+/// The path of a streamed string (see [`Seg`]).
+type Path = Vec<Seg>;
+
+fn render(path: &[Seg]) -> String {
+    let mut p = String::new();
+    for s in path {
+        p.push('/');
+        match s {
+            Seg::Key(k) => p.push_str(&k.replace('~', "~0").replace('/', "~1")),
+            Seg::Index(n) => p.push_str(&n.to_string()),
+            Seg::Pos(n) => p.push_str(&n.to_string()),
         }
     }
+    p
 }
 
-/// Sets (or, with `append`, extends) a choice's text for `field`, creating
-/// the `delta` or the tool call when the event has none.
-fn set_text(choice: &mut Value, field: Field, text: String, append: bool) {
-    let Some(obj) = choice.as_object_mut() else {
+/// Keys under a choice's `delta` whose strings come whole in one event
+/// (they name things; clients do not concatenate them): scanned in their
+/// event, not held back.
+const WHOLE_IN_DELTA: [&str; 4] = ["role", "type", "id", "name"];
+
+/// Whether the string at `path` is a piece of a text the stream spreads over
+/// events: anything under a choice's `delta` (`content`, `reasoning_content`,
+/// `refusal`, tool call and legacy `function_call` arguments, and any field
+/// a later API adds) but the names of [`WHOLE_IN_DELTA`].
+fn is_streamed(path: &[Seg]) -> bool {
+    matches!(path, [Seg::Key(c), _, Seg::Key(d), .., Seg::Key(last)]
+        if c == "choices" && d == "delta" && !WHOLE_IN_DELTA.contains(&last.as_str()))
+}
+
+/// Sets (or, with `append`, extends) the string at `path` in `root`,
+/// creating what is missing (an element with an `index` for [`Seg::Index`]).
+fn set_at(root: &mut Value, path: &[Seg], text: String, append: bool) {
+    let Some((first, rest)) = path.split_first() else {
+        match (append, root.as_str()) {
+            (true, Some(existing)) => *root = Value::String(format!("{existing}{text}")),
+            _ => *root = Value::String(text),
+        }
         return;
     };
-    let delta = obj
-        .entry("delta")
-        .or_insert_with(|| Value::Object(Default::default()));
-    if !delta.is_object() {
-        *delta = Value::Object(Default::default());
-    }
-    let Some(delta) = delta.as_object_mut() else {
-        return;
-    };
-    let slot = match field {
-        Field::Content => delta.entry("content").or_insert(Value::Null),
-        Field::ToolArguments(k) => {
-            let calls = delta
-                .entry("tool_calls")
-                .or_insert_with(|| Value::Array(Vec::new()));
-            if !calls.is_array() {
-                *calls = Value::Array(Vec::new());
+    let next = match first {
+        Seg::Key(k) => {
+            if !root.is_object() {
+                *root = Value::Object(Default::default());
             }
-            let Some(calls) = calls.as_array_mut() else {
+            let Some(obj) = root.as_object_mut() else {
                 return;
             };
-            let at = match calls
+            obj.entry(k.clone()).or_insert(Value::Null)
+        }
+        Seg::Index(n) => {
+            if !root.is_array() {
+                *root = Value::Array(Vec::new());
+            }
+            let Some(items) = root.as_array_mut() else {
+                return;
+            };
+            let at = match items
                 .iter()
-                .position(|c| c.get("index").and_then(Value::as_u64) == Some(k))
+                .position(|c| c.get("index").and_then(Value::as_u64) == Some(*n))
             {
                 Some(at) => at,
                 None => {
-                    calls.push(serde_json::json!({"index": k, "function": {}}));
-                    calls.len() - 1
+                    items.push(serde_json::json!({ "index": n }));
+                    items.len() - 1
                 }
             };
-            let call = &mut calls[at];
-            if call.get("function").is_none_or(|f| !f.is_object()) {
-                call["function"] = serde_json::json!({});
+            &mut items[at]
+        }
+        Seg::Pos(n) => {
+            if !root.is_array() {
+                *root = Value::Array(Vec::new());
             }
-            let function = &mut call["function"];
-            if function.get("arguments").is_none() {
-                function["arguments"] = Value::Null;
+            let Some(items) = root.as_array_mut() else {
+                return;
+            };
+            if *n >= items.len() {
+                items.push(Value::Null);
+                let last = items.len() - 1;
+                &mut items[last]
+            } else {
+                &mut items[*n]
             }
-            &mut function["arguments"]
         }
     };
-    match (append, slot.as_str()) {
-        (true, Some(existing)) => *slot = Value::String(format!("{existing}{text}")),
-        _ => *slot = Value::String(text),
-    }
+    set_at(next, rest, text, append);
 }
 
-/// One choice's redactor and how many of its findings were logged.
-struct ChoiceRedactor {
+/// One streamed string's redactor and how many of its findings were logged.
+struct FieldRedactor {
     redactor: StreamRedactor<Arc<Scanner>>,
     logged: usize,
 }
@@ -218,7 +249,10 @@ pub struct SseBody {
     strip_usage: bool,
     charge: Charge,
     dlp: Option<Dlp>,
-    redactors: BTreeMap<(u64, Field), ChoiceRedactor>,
+    /// One redactor per streamed string (see [`is_streamed`]).
+    redactors: BTreeMap<Path, FieldRedactor>,
+    /// The placeholders of strings scanned whole, within one event.
+    whole: Option<Redactor>,
     /// `id`, `object`, `created`, `model` of the last chunk, for the extra
     /// chunk that carries what the redactors still held.
     last_meta: Option<serde_json::Map<String, Value>>,
@@ -239,6 +273,7 @@ impl SseBody {
         request_id: String,
         route: String,
     ) -> Self {
+        let whole = dlp.as_ref().map(|d| Redactor::new(&d.key));
         SseBody {
             inner,
             pending: Vec::new(),
@@ -248,6 +283,7 @@ impl SseBody {
             charge,
             dlp,
             redactors: BTreeMap::new(),
+            whole,
             last_meta: None,
             meter,
             request_id,
@@ -256,33 +292,76 @@ impl SseBody {
         }
     }
 
-    /// Takes every complete event out of `pending` and returns what to send.
-    fn drain_events(&mut self, out: &mut Vec<u8>) {
+    /// Takes every complete event out of `pending` and returns what to
+    /// send. An event longer than [`MAX_EVENT`] passes as it is when
+    /// nothing reads the stream but the budget; under DLP it ends the
+    /// stream (it cannot be read, so it is not sent).
+    fn drain_events(&mut self, out: &mut Vec<u8>) -> Result<(), BoxError> {
         while let Some(end) = event_end(&self.pending) {
             let event: Vec<u8> = self.pending.drain(..end).collect();
             self.process(&event, out);
         }
         if self.pending.len() > MAX_EVENT {
+            if self.dlp.is_some() {
+                self.pending.clear();
+                return Err("an event of the model's stream is too long to scan".into());
+            }
             out.append(&mut self.pending);
         }
+        Ok(())
     }
 
     fn process(&mut self, event: &[u8], out: &mut Vec<u8>) {
-        let needs_parse = self.dlp.is_some() || has_usage_object(event);
-        let Some(data) = needs_parse.then(|| event_data(event)).flatten() else {
-            out.extend_from_slice(event);
-            return;
-        };
-        if data.trim() == "[DONE]" {
-            self.flush_redactors(out);
+        if self.dlp.is_none() && !has_usage_object(event) {
             out.extend_from_slice(event);
             return;
         }
-        let Ok(Value::Object(mut chunk)) = serde_json::from_str::<Value>(&data) else {
-            out.extend_from_slice(event);
-            return;
+        let text = String::from_utf8_lossy(event);
+        let mut lines = event_stream::parse(&text);
+        let mut changed = matches!(text, std::borrow::Cow::Owned(_)) && self.dlp.is_some();
+        // Comments and fields other than data are text too.
+        for line in &mut lines {
+            let t = match line {
+                Line::Field(name, _) if name == "data" => continue,
+                Line::Comment(t) | Line::Field(_, t) => t,
+            };
+            changed |= self.scan_whole(t, "");
+        }
+        let data = event_stream::data(&lines);
+        let data = match data {
+            Some(d) if d.trim() == "[DONE]" => {
+                self.flush_redactors(out);
+                Some(d)
+            }
+            Some(d) => match serde_json::from_str::<Value>(&d) {
+                Ok(Value::Object(chunk)) => match self.process_chunk(chunk, &mut changed) {
+                    Some(chunk) => Some(if changed { chunk.to_string() } else { d }),
+                    // The usage-only chunk the client did not ask for.
+                    None => return,
+                },
+                // Data that is not a JSON object is scanned as one text.
+                _ => {
+                    let mut d = d;
+                    changed |= self.scan_whole(&mut d, "/data");
+                    Some(d)
+                }
+            },
+            None => None,
         };
-        let mut changed = false;
+        if changed {
+            event_stream::write(&lines, data.as_deref(), out);
+        } else {
+            out.extend_from_slice(event);
+        }
+    }
+
+    /// Charges and strips the usage of a chunk and, under DLP, redacts every
+    /// string of it; `None` when the chunk is dropped.
+    fn process_chunk(
+        &mut self,
+        mut chunk: serde_json::Map<String, Value>,
+        changed: &mut bool,
+    ) -> Option<Value> {
         if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
             if let Some(t) = usage_tokens(usage) {
                 self.usage = Some(self.usage.unwrap_or(0) + t);
@@ -293,121 +372,159 @@ impl SseBody {
                     .and_then(Value::as_array)
                     .is_none_or(|c| c.is_empty());
                 if no_choices {
-                    // The usage-only chunk the client did not ask for.
-                    return;
+                    return None;
                 }
                 chunk.remove("usage");
-                changed = true;
+                *changed = true;
             }
         }
+        let mut chunk = Value::Object(chunk);
         if self.dlp.is_some() {
-            changed |= self.redact_choices(&mut chunk);
+            *changed |= self.redact_chunk(&mut chunk);
             let meta: serde_json::Map<String, Value> = ["id", "object", "created", "model"]
                 .iter()
                 .filter_map(|k| chunk.get(*k).map(|v| (k.to_string(), v.clone())))
                 .collect();
             self.last_meta = Some(meta);
         }
-        if changed {
-            rewrite_event(out, event, &Value::Object(chunk));
-        } else {
-            out.extend_from_slice(event);
-        }
+        Some(chunk)
     }
 
-    /// Runs each choice's `delta.content` and each tool call's
-    /// `function.arguments` through its own redactor; true when the chunk
-    /// changed. A choice's last event (with `finish_reason`) also carries
-    /// what its redactors still held.
-    fn redact_choices(&mut self, chunk: &mut serde_json::Map<String, Value>) -> bool {
-        let (scanner, key, redact) = match &self.dlp {
-            Some(d) => (d.scanner.clone(), d.key, d.redact),
-            None => return false,
-        };
-        let Some(choices) = chunk.get_mut("choices").and_then(Value::as_array_mut) else {
+    /// Scans a string that comes whole in its event, redacting it in place
+    /// when the route redacts; true when it changed.
+    fn scan_whole(&mut self, s: &mut String, pointer: &str) -> bool {
+        let (Some(dlp), Some(redactor)) = (&self.dlp, &mut self.whole) else {
             return false;
         };
+        scan_once(
+            dlp,
+            redactor,
+            s,
+            pointer,
+            &self.meter,
+            &self.request_id,
+            &self.route,
+        )
+    }
+
+    /// Redacts every string and key of a chunk: the pieces of streamed texts
+    /// through their own redactors (so a value split over many deltas is
+    /// caught, and no prefix of it goes out), every other string whole. A
+    /// choice's last event (with `finish_reason`) also carries what its
+    /// redactors still held. True when the chunk changed.
+    fn redact_chunk(&mut self, chunk: &mut Value) -> bool {
         let mut changed = false;
-        for choice in choices.iter_mut() {
-            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
-            let finished = choice.get("finish_reason").is_some_and(|r| !r.is_null());
-            let mut texts: Vec<(Field, String)> = Vec::new();
-            if let Some(delta) = choice.get("delta") {
-                if let Some(c) = delta.get("content").and_then(Value::as_str) {
-                    texts.push((Field::Content, c.to_string()));
-                }
-                for call in delta
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                {
-                    let k = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-                    if let Some(a) = call
-                        .get("function")
-                        .and_then(|f| f.get("arguments"))
-                        .and_then(Value::as_str)
-                    {
-                        texts.push((Field::ToolArguments(k), a.to_string()));
-                    }
-                }
-            }
-            for (field, text) in texts {
-                let emitted = self
-                    .redactors
-                    .entry((index, field))
-                    .or_insert_with(|| ChoiceRedactor {
-                        redactor: StreamRedactor::new(scanner.clone(), Redactor::new(&key))
-                            .with_hold_back(STREAM_HOLD_BACK),
-                        logged: 0,
-                    })
-                    .redactor
-                    .push(text.as_bytes());
-                self.log_new(index, field, redact);
-                let emitted = String::from_utf8_lossy(&emitted).into_owned();
-                if redact && emitted != text {
-                    set_text(choice, field, emitted, false);
+        let mut path = Vec::new();
+        self.visit(chunk, &mut path, &mut changed);
+        let finished: Vec<Seg> = chunk
+            .get("choices")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+            .filter(|(_, c)| c.get("finish_reason").is_some_and(|r| !r.is_null()))
+            .map(|(i, c)| seg_of(c, i))
+            .collect();
+        let redact = self.dlp.as_ref().is_some_and(|d| d.redact);
+        for choice in finished {
+            let prefix = [Seg::Key("choices".into()), choice];
+            let held: Vec<Path> = self
+                .redactors
+                .keys()
+                .filter(|p| p.starts_with(&prefix))
+                .cloned()
+                .collect();
+            for p in held {
+                let tail = self.finish_one(&p);
+                if redact && !tail.is_empty() {
+                    set_at(chunk, &p, tail, true);
                     changed = true;
-                }
-            }
-            if finished {
-                let held: Vec<Field> = self
-                    .redactors
-                    .range((index, Field::Content)..=(index, Field::ToolArguments(u64::MAX)))
-                    .map(|((_, f), _)| *f)
-                    .collect();
-                for field in held {
-                    let tail = self
-                        .redactors
-                        .get_mut(&(index, field))
-                        .map(|e| e.redactor.finish())
-                        .unwrap_or_default();
-                    self.log_new(index, field, redact);
-                    self.redactors.remove(&(index, field));
-                    if redact && !tail.is_empty() {
-                        set_text(
-                            choice,
-                            field,
-                            String::from_utf8_lossy(&tail).into_owned(),
-                            true,
-                        );
-                        changed = true;
-                    }
                 }
             }
         }
         changed
     }
 
+    fn visit(&mut self, value: &mut Value, path: &mut Path, changed: &mut bool) {
+        match value {
+            Value::String(s) if is_streamed(path) => {
+                let Some(dlp) = &self.dlp else { return };
+                let (scanner, key, redact) = (dlp.scanner.clone(), dlp.key, dlp.redact);
+                let entry = self
+                    .redactors
+                    .entry(path.clone())
+                    .or_insert_with(|| FieldRedactor {
+                        redactor: StreamRedactor::new(scanner, Redactor::new(&key)),
+                        logged: 0,
+                    });
+                let emitted = entry.redactor.push(s.as_bytes());
+                self.log_new(path);
+                let emitted = String::from_utf8_lossy(&emitted).into_owned();
+                if redact && emitted != *s {
+                    *s = emitted;
+                    *changed = true;
+                }
+            }
+            Value::String(s) => {
+                let pointer = render(path);
+                *changed |= self.scan_whole(s, &pointer);
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    path.push(seg_of(item, i));
+                    self.visit(item, path, changed);
+                    path.pop();
+                }
+            }
+            Value::Object(map) => {
+                let keys: Vec<String> = map.keys().cloned().collect();
+                for key in keys {
+                    let mut scanned = key.clone();
+                    let secret = self.scan_whole(&mut scanned, &render(path));
+                    if scanned != key
+                        && let Some(item) = map.remove(&key)
+                    {
+                        map.insert(scanned.clone(), item);
+                        *changed = true;
+                    }
+                    let name = if secret && scanned == key {
+                        crate::pipeline::inspect::MASKED_KEY.to_string()
+                    } else {
+                        scanned.clone()
+                    };
+                    path.push(Seg::Key(name));
+                    if let Some(item) = map.get_mut(&scanned) {
+                        self.visit(item, path, changed);
+                    }
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Ends one redactor and returns what it still held.
+    fn finish_one(&mut self, path: &Path) -> String {
+        let tail = self
+            .redactors
+            .get_mut(path)
+            .map(|e| e.redactor.finish())
+            .unwrap_or_default();
+        self.log_new(path);
+        self.redactors.remove(path);
+        String::from_utf8_lossy(&tail).into_owned()
+    }
+
     /// Logs and records the findings of one redactor not yet logged.
-    fn log_new(&mut self, index: u64, field: Field, redacted: bool) {
-        let Some(entry) = self.redactors.get_mut(&(index, field)) else {
+    fn log_new(&mut self, path: &Path) {
+        let redacted = self.dlp.as_ref().is_some_and(|d| d.redact);
+        let Some(entry) = self.redactors.get_mut(path) else {
             return;
         };
         log_findings(
             &self.meter,
             &entry.redactor.findings()[entry.logged..],
-            &field.pointer(index),
+            &render(path),
             &self.request_id,
             &self.route,
             redacted,
@@ -417,45 +534,39 @@ impl SseBody {
 
     /// Sends what the redactors still hold, one extra chunk per text.
     fn flush_redactors(&mut self, out: &mut Vec<u8>) {
-        let Some(dlp) = &self.dlp else { return };
-        let redact = dlp.redact;
-        let held: Vec<(u64, Field)> = self.redactors.keys().copied().collect();
-        for (index, field) in held {
-            let tail = self
-                .redactors
-                .get_mut(&(index, field))
-                .map(|e| e.redactor.finish())
-                .unwrap_or_default();
-            self.log_new(index, field, redact);
-            self.redactors.remove(&(index, field));
+        let redact = self.dlp.as_ref().is_some_and(|d| d.redact);
+        let held: Vec<Path> = self.redactors.keys().cloned().collect();
+        for path in held {
+            let tail = self.finish_one(&path);
             if !redact || tail.is_empty() {
                 continue;
             }
-            let mut choice = serde_json::json!({
-                "index": index,
-                "delta": {},
-                "finish_reason": null,
-            });
-            set_text(
-                &mut choice,
-                field,
-                String::from_utf8_lossy(&tail).into_owned(),
-                true,
-            );
-            let mut chunk = self.last_meta.clone().unwrap_or_default();
-            chunk.insert("choices".into(), Value::Array(vec![choice]));
-            write_event(out, &Value::Object(chunk));
+            let mut chunk = Value::Object(self.last_meta.clone().unwrap_or_default());
+            set_at(&mut chunk, &path, tail, true);
+            write_event(out, &chunk);
         }
     }
 
-    fn finish(&mut self, out: &mut Vec<u8>) {
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), BoxError> {
         self.done = true;
         if !self.pending.is_empty() {
             let rest = std::mem::take(&mut self.pending);
+            if rest.len() > MAX_EVENT && self.dlp.is_some() {
+                return Err("an event of the model's stream is too long to scan".into());
+            }
             self.process(&rest, out);
         }
         self.flush_redactors(out);
         self.charge.settle(self.usage, self.received);
+        Ok(())
+    }
+}
+
+/// The path step of array element `i`: its `index` when it has one.
+fn seg_of(item: &Value, i: usize) -> Seg {
+    match item.get("index").and_then(Value::as_u64) {
+        Some(n) => Seg::Index(n),
+        None => Seg::Pos(i),
     }
 }
 
@@ -485,24 +596,18 @@ impl Body for SseBody {
                         this.received += data.len() as u64;
                         this.pending.extend_from_slice(&data);
                         let mut out = Vec::new();
-                        this.drain_events(&mut out);
+                        if let Err(e) = this.drain_events(&mut out) {
+                            this.done = true;
+                            return Poll::Ready(Some(Err(e)));
+                        }
                         if !out.is_empty() {
                             return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
                         }
                     }
-                    Err(_trailers) => {
-                        // SSE has no trailers worth keeping once events are rewritten.
-                        let mut out = Vec::new();
-                        this.finish(&mut out);
-                        return Poll::Ready((!out.is_empty()).then(|| Ok(Frame::data(out.into()))));
-                    }
+                    Err(_trailers) => return Poll::Ready(this.end()),
                 },
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                Poll::Ready(None) => {
-                    let mut out = Vec::new();
-                    this.finish(&mut out);
-                    return Poll::Ready((!out.is_empty()).then(|| Ok(Frame::data(out.into()))));
-                }
+                Poll::Ready(None) => return Poll::Ready(this.end()),
                 Poll::Pending => return Poll::Pending,
             }
         }
@@ -517,45 +622,26 @@ impl Body for SseBody {
     }
 }
 
-/// One past the end of the first complete event (its blank line), if any.
-fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i + 1 < buf.len() {
-        if buf[i] == b'\n' {
-            if buf[i + 1] == b'\n' {
-                return Some(i + 2);
-            }
-            if buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
-                return Some(i + 3);
-            }
+impl SseBody {
+    /// The last frame: what was still held. SSE has no trailers worth
+    /// keeping once events are rewritten.
+    fn end(&mut self) -> Option<Result<Frame<Bytes>, BoxError>> {
+        let mut out = Vec::new();
+        if let Err(e) = self.finish(&mut out) {
+            return Some(Err(e));
         }
-        i += 1;
+        (!out.is_empty()).then(|| Ok(Frame::data(out.into())))
     }
-    None
 }
 
-/// The event's `data` (its `data:` lines joined by newlines, per the SSE
-/// spec), or `None` when it has none or is not UTF-8.
-fn event_data(event: &[u8]) -> Option<String> {
-    let text = std::str::from_utf8(event).ok()?;
-    let mut data: Option<String> = None;
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("data:") {
-            let rest = rest.strip_prefix(' ').unwrap_or(rest);
-            match &mut data {
-                Some(d) => {
-                    d.push('\n');
-                    d.push_str(rest);
-                }
-                None => data = Some(rest.to_string()),
-            }
-        }
-    }
-    data
+/// One past the end of the first complete event (its empty line), if any;
+/// any line end counts (event_stream.rs).
+fn event_end(buf: &[u8]) -> Option<usize> {
+    event_stream::event_end(buf)
 }
 
 /// Whether an event may carry a `usage` object (not `"usage": null`);
-/// events without one pass untouched and unparsed.
+/// without DLP, events without one pass untouched and unparsed.
 fn has_usage_object(event: &[u8]) -> bool {
     const KEY: &[u8] = b"\"usage\"";
     let mut rest = event;
@@ -573,112 +659,114 @@ fn has_usage_object(event: &[u8]) -> bool {
     false
 }
 
-/// `event` with its data replaced by `chunk`: other fields (`event:`, `id:`,
-/// comments) stay where they were, the data goes where its first line was.
-fn rewrite_event(out: &mut Vec<u8>, event: &[u8], chunk: &Value) {
-    let text = String::from_utf8_lossy(event);
-    let mut written = false;
-    for line in text.lines() {
-        if line.starts_with("data:") {
-            if !std::mem::replace(&mut written, true) {
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(chunk.to_string().as_bytes());
-                out.push(b'\n');
-            }
-        } else if !line.is_empty() {
-            out.extend_from_slice(line.as_bytes());
-            out.push(b'\n');
-        }
-    }
-    out.push(b'\n');
-}
-
 fn write_event(out: &mut Vec<u8>, chunk: &Value) {
     out.extend_from_slice(b"data: ");
     out.extend_from_slice(chunk.to_string().as_bytes());
     out.extend_from_slice(b"\n\n");
 }
 
-/// Processes a whole non-streamed JSON answer: returns its usage and, with
-/// DLP, redacts (or only logs) the strings under `choices` (message text
-/// and tool-call arguments). `None` when it is not a JSON object.
-pub fn process_json(
+/// Scans `s` whole with DLP, logs what it found and, when the route
+/// redacts, replaces it in place; true when it holds a secret.
+fn scan_once(
+    dlp: &Dlp,
+    redactor: &mut Redactor,
+    s: &mut String,
+    pointer: &str,
+    meter: &BodyMeter,
+    request_id: &str,
+    route: &str,
+) -> bool {
+    let findings = dlp.scanner.scan(s);
+    if findings.is_empty() {
+        return false;
+    }
+    let logged: Vec<StreamFinding> = findings
+        .iter()
+        .map(|f| StreamFinding {
+            kind: f.kind,
+            start: f.start,
+            end: f.end,
+            fingerprint: portcullis_guard::dlp::redact::fingerprint(
+                &dlp.key,
+                f.kind,
+                s.get(f.start..f.end).unwrap_or_default(),
+            ),
+        })
+        .collect();
+    log_findings(meter, &logged, pointer, request_id, route, dlp.redact);
+    if dlp.redact {
+        let mut out = String::with_capacity(s.len());
+        redactor.apply(s, &findings, &mut out);
+        *s = out;
+    }
+    true
+}
+
+/// What a whole (not streamed) answer became.
+pub enum Processed {
+    /// The answer as it came.
+    Unchanged,
+    /// The answer redacted.
+    Rewritten(Bytes),
+    /// DLP redacts and the answer is neither JSON nor UTF-8 text: it cannot
+    /// be read, so it must not be sent.
+    Unscannable,
+}
+
+/// Processes a whole answer (a non-streamed completion, or any answer
+/// whose status is not 2xx): returns its usage and, with DLP, redacts (or
+/// only logs) every string and key of a JSON answer, or the whole text of
+/// any other UTF-8 answer.
+pub fn process_whole(
     bytes: &[u8],
     dlp: Option<&Dlp>,
     meter: &BodyMeter,
     request_id: &str,
     route: &str,
-) -> Option<(Option<u64>, Option<Bytes>)> {
-    let mut value: Value = serde_json::from_slice(bytes).ok()?;
-    value.as_object()?;
-    let usage = value.get("usage").and_then(usage_tokens);
+) -> (Option<u64>, Processed) {
+    let json = serde_json::from_slice::<Value>(bytes).ok();
+    let usage = json
+        .as_ref()
+        .and_then(|v| v.get("usage"))
+        .and_then(usage_tokens);
     let Some(dlp) = dlp else {
-        return Some((usage, None));
+        return (usage, Processed::Unchanged);
     };
+    let mut redactor = Redactor::new(&dlp.key);
     let mut changed = false;
-    if let Some(choices) = value.get_mut("choices") {
-        let mut redactor = Redactor::new(&dlp.key);
-        walk(choices, &mut String::from("/choices"), &mut |pointer, s| {
-            let findings = dlp.scanner.scan(s);
-            if findings.is_empty() {
-                return;
-            }
-            let logged: Vec<StreamFinding> = findings
-                .iter()
-                .map(|f| StreamFinding {
-                    kind: f.kind,
-                    start: f.start,
-                    end: f.end,
-                    fingerprint: portcullis_guard::dlp::redact::fingerprint(
-                        &dlp.key,
-                        f.kind,
-                        s.get(f.start..f.end).unwrap_or_default(),
-                    ),
-                })
-                .collect();
-            log_findings(meter, &logged, pointer, request_id, route, dlp.redact);
-            if dlp.redact {
-                let mut out = String::with_capacity(s.len());
-                redactor.apply(s, &findings, &mut out);
-                *s = out;
-                changed = true;
-            }
-        });
-    }
-    let body = changed.then(|| Bytes::from(value.to_string()));
-    Some((usage, body))
-}
-
-fn walk(value: &mut Value, pointer: &mut String, f: &mut dyn FnMut(&str, &mut String)) {
-    match value {
-        Value::String(s) => f(pointer, s),
-        Value::Array(items) => {
-            for (i, item) in items.iter_mut().enumerate() {
-                let len = pointer.len();
-                pointer.push('/');
-                pointer.push_str(&i.to_string());
-                walk(item, pointer, f);
-                pointer.truncate(len);
-            }
+    let body = match json {
+        Some(mut value) => {
+            crate::pipeline::inspect::walk_json(
+                &mut value,
+                &mut String::new(),
+                &mut |pointer, s, _| {
+                    let before = dlp.redact.then(|| s.clone());
+                    let found = scan_once(dlp, &mut redactor, s, pointer, meter, request_id, route);
+                    changed |= before.is_some_and(|b| b != *s);
+                    found
+                },
+            );
+            changed.then(|| Bytes::from(value.to_string()))
         }
-        Value::Object(map) => {
-            for (k, item) in map.iter_mut() {
-                // Ids and names are the protocol, not the answer.
-                if matches!(
-                    k.as_str(),
-                    "id" | "type" | "role" | "finish_reason" | "name"
-                ) {
-                    continue;
-                }
-                let len = pointer.len();
-                pointer.push('/');
-                pointer.push_str(&k.replace('~', "~0").replace('/', "~1"));
-                walk(item, pointer, f);
-                pointer.truncate(len);
+        None => match std::str::from_utf8(bytes) {
+            Ok(text) => {
+                let mut text = text.to_string();
+                let found = scan_once(dlp, &mut redactor, &mut text, "", meter, request_id, route);
+                (found && dlp.redact).then(|| Bytes::from(text))
             }
-        }
-        _ => {}
-    }
+            Err(_) if dlp.redact && !bytes.is_empty() => {
+                return (usage, Processed::Unscannable);
+            }
+            Err(_) => None,
+        },
+    };
+    (
+        usage,
+        match body {
+            Some(b) => Processed::Rewritten(b),
+            None => Processed::Unchanged,
+        },
+    )
 }
 
 #[cfg(test)]
@@ -787,20 +875,9 @@ mod tests {
     }
 
     #[test]
-    fn event_boundaries_and_usage_detection() {
-        assert_eq!(event_end(b"data: x\n\ndata: y"), Some(9));
-        assert_eq!(event_end(b"data: x\r\n\r\n"), Some(11));
-        assert_eq!(event_end(b"data: x\n"), None);
+    fn usage_detection() {
         assert!(has_usage_object(br#"data: {"usage": {"total_tokens":1}}"#));
         assert!(!has_usage_object(br#"data: {"usage":null}"#));
-        assert_eq!(event_data(b"data: a\ndata:b\n\n").as_deref(), Some("a\nb"));
-        let mut out = Vec::new();
-        rewrite_event(
-            &mut out,
-            b"event: x\r\ndata: {\"a\":\r\ndata: 1}\r\nid: 7\r\n\r\n",
-            &serde_json::json!({"a": 2}),
-        );
-        assert_eq!(out, b"event: x\ndata: {\"a\":2}\nid: 7\n\n");
     }
 
     #[test]
@@ -813,13 +890,133 @@ mod tests {
         };
         let body = br#"{"id":"x","choices":[{"index":0,"message":{"role":"assistant","content":"mail bob.smith@acme-corp.io"}}],"usage":{"total_tokens":9}}"#;
         let meter = BodyMeter::default();
-        let (usage, new) = process_json(body, Some(&dlp), &meter, "r", "llm").unwrap();
+        let (usage, new) = process_whole(body, Some(&dlp), &meter, "r", "llm");
         assert_eq!(usage, Some(9));
-        let v: Value = serde_json::from_slice(&new.unwrap()).unwrap();
+        let Processed::Rewritten(new) = new else {
+            panic!("not rewritten")
+        };
+        let v: Value = serde_json::from_slice(&new).unwrap();
         assert_eq!(
             v["choices"][0]["message"]["content"],
             "mail [REDACTED_EMAIL_1]"
         );
         assert_eq!(meter.response_findings.lock().unwrap().len(), 1);
+    }
+
+    /// Issue 19: every string of a whole answer is redacted, outside
+    /// `choices` and in any field; an answer that is text, not JSON, too;
+    /// binary cannot be read.
+    #[test]
+    fn every_string_of_a_whole_answer_is_redacted() {
+        let dlp = Dlp {
+            scanner: Arc::new(Scanner::new().unwrap()),
+            key: [1; 32],
+            redact: true,
+        };
+        let meter = BodyMeter::default();
+        for body in [
+            format!(
+                r#"{{"error":{{"message":"Incorrect API key provided: {KEY}","type":"invalid_request_error"}}}}"#
+            ),
+            format!(
+                r#"{{"choices":[{{"message":{{"reasoning_content":"{KEY}","refusal":"{KEY}","function_call":{{"name":"f","arguments":"{KEY}"}}}}}}]}}"#
+            ),
+            format!(r#"{{"choices":[],"system_fingerprint":"{KEY}","x":{{"{KEY}":1}}}}"#),
+            format!("Unauthorized: key {KEY} is not valid"),
+        ] {
+            let (_, out) = process_whole(body.as_bytes(), Some(&dlp), &meter, "r", "llm");
+            let Processed::Rewritten(out) = out else {
+                panic!("{body} not rewritten")
+            };
+            assert!(!String::from_utf8_lossy(&out).contains(KEY), "{body}");
+        }
+        let (_, out) = process_whole(&[0xff, 0xfe, 0x41], Some(&dlp), &meter, "r", "llm");
+        assert!(matches!(out, Processed::Unscannable));
+    }
+
+    const KEY: &str = "AKIAQWADE5R42RDZ4JEM";
+
+    /// The SSE text of one chunk with `delta` (a JSON object literal).
+    fn chunk(delta: &str, eol: &str) -> String {
+        format!(
+            "data: {{\"id\":\"c\",\"choices\":[{{\"index\":0,\"delta\":{delta},\"finish_reason\":null}}]}}{eol}{eol}"
+        )
+    }
+
+    /// Runs `stream` through a redacting [`SseBody`], split into two
+    /// transport chunks at every byte, and checks that the secret never
+    /// goes out, not even its first bytes, and that the answer is whole.
+    async fn check_every_split(stream: &str, what: &str) {
+        let b = stream.as_bytes();
+        for i in 0..=b.len() {
+            let chunks: Vec<&'static str> = vec![
+                Box::leak(
+                    String::from_utf8_lossy(&b[..i])
+                        .into_owned()
+                        .into_boxed_str(),
+                ),
+                Box::leak(
+                    String::from_utf8_lossy(&b[i..])
+                        .into_owned()
+                        .into_boxed_str(),
+                ),
+            ];
+            if String::from_utf8_lossy(&b[..i]).len() != i {
+                continue; // a split inside a character
+            }
+            let (out, _) = run(chunks, false, true).await;
+            for n in 4..=KEY.len() {
+                assert!(!out.contains(&KEY[..n]), "{what}, split at {i}: {out}");
+            }
+            assert!(
+                out.contains("[REDACTED_AWS_ACCESS_KEY_"),
+                "{what}, split at {i}: {out}"
+            );
+        }
+    }
+
+    /// Issue 19: every field under `delta`, CR-only and CRLF framing,
+    /// comments, non-JSON data, content outside `choices`: a secret split
+    /// across deltas and across transport chunks at every byte is redacted
+    /// whole.
+    #[tokio::test]
+    async fn every_part_of_a_stream_is_redacted_at_every_split() {
+        let (a, b) = KEY.split_at(9);
+        for field in ["content", "reasoning_content", "refusal"] {
+            for eol in ["\n", "\r\n", "\r"] {
+                let stream = [
+                    chunk(&format!(r#"{{"{field}":"key {a}"}}"#), eol),
+                    chunk(&format!(r#"{{"{field}":"{b} ok"}}"#), eol),
+                    format!("data: [DONE]{eol}{eol}"),
+                ]
+                .concat();
+                check_every_split(&stream, &format!("{field} {eol:?}")).await;
+            }
+        }
+        let legacy = [
+            chunk(
+                &format!(r#"{{"function_call":{{"name":"f","arguments":"{{\"k\":\"{a}"}}}}"#),
+                "\n",
+            ),
+            chunk(
+                &format!(r#"{{"function_call":{{"arguments":"{b}\"}}"}}}}"#),
+                "\n",
+            ),
+            "data: [DONE]\n\n".to_string(),
+        ]
+        .concat();
+        check_every_split(&legacy, "function_call").await;
+        for other in [
+            format!(": note {KEY}\n\ndata: [DONE]\n\n"),
+            format!("data: plain text {KEY}\n\n"),
+            format!(
+                "event: x\ndata: {{\"id\":\"c\",\"system_fingerprint\":\"{KEY}\",\"choices\":[]}}\n\n"
+            ),
+            format!(
+                "data: {{\"id\":\"c\",\"choices\":[{{\"index\":0,\"delta\":{{\"role\":\"{KEY}\"}},\"logprobs\":{{\"content\":[{{\"token\":\"{KEY}\"}}]}}}}]}}\n\n"
+            ),
+        ] {
+            check_every_split(&other, &other).await;
+        }
     }
 }

@@ -809,6 +809,7 @@ async fn answer(
             }
         }) as sse::Rewrite
     });
+    let guarded = scan.is_some();
     let rewrite = match (list_filter, scan) {
         (Some(filter), Some(scan)) => Some(Box::new(move |message: &mut Value| {
             // Both run: the filter on tools/list results, the guard on the rest.
@@ -836,7 +837,49 @@ async fn answer(
         // the client still gets its refusals.
         return Ok(json_answer(StatusCode::OK, &Value::Array(refusals)));
     }
-    Ok(response)
+    match rewrite {
+        // Neither JSON nor an event stream (an error page, plain text): the
+        // guard reads it as one text too.
+        Some(rewrite) if guarded && !is_json => guard_other(response, rewrite).await,
+        _ => Ok(response),
+    }
+}
+
+/// Scans an answer that is neither JSON nor an event stream as one text:
+/// redacted in place, or replaced by the guard's refusal. One that is not
+/// UTF-8 cannot be read and is not sent.
+async fn guard_other(
+    response: Response<ResponseBody>,
+    rewrite: sse::Rewrite,
+) -> Result<Response<ResponseBody>, Denial> {
+    let (mut parts, body) = response.into_parts();
+    let bytes = collect_limited(body, MAX_JSON_ANSWER_BYTES)
+        .await
+        .ok_or_else(|| {
+            Denial::new(
+                ErrorCode::UpstreamUnavailable,
+                "the MCP server's answer could not be read",
+            )
+        })?;
+    let Ok(text) = std::str::from_utf8(&bytes) else {
+        return Err(Denial::new(
+            ErrorCode::ContentUnscannable,
+            "the MCP server's answer is not text, so the content guard cannot read it",
+        ));
+    };
+    let mut message = Value::String(text.to_string());
+    if !rewrite(&mut message) {
+        return Ok(Response::from_parts(parts, full(bytes)));
+    }
+    match message {
+        Value::String(text) => {
+            parts
+                .headers
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+            Ok(Response::from_parts(parts, full(text)))
+        }
+        refusal => Ok(json_answer(StatusCode::OK, &refusal)),
+    }
 }
 
 /// Sends a request upstream through the shared forwarder, with the route's
@@ -1060,6 +1103,38 @@ mod tests {
                 ("content-encoding", "gzip")
             ]
         )));
+    }
+
+    /// Issue 19: an answer that is neither JSON nor an event stream (an
+    /// error page echoing a key) is read by the guard as one text; one that
+    /// is not text is not sent.
+    #[tokio::test]
+    async fn other_answers_are_read_as_text() {
+        let scan: sse::Rewrite = Box::new(|m: &mut Value| {
+            let Value::String(s) = m else { return false };
+            let new = s.replace("AKIAQWADE5R42RDZ4JEM", "[REDACTED]");
+            let changed = new != *s;
+            *s = new;
+            changed
+        });
+        let r = guard_other(
+            answer_with(
+                500,
+                &[("content-type", "text/plain")],
+                "bad key AKIAQWADE5R42RDZ4JEM",
+            ),
+            scan,
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status(), 500);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], b"bad key [REDACTED]");
+        let keep: sse::Rewrite = Box::new(|_: &mut Value| false);
+        let mut binary = answer(200, &[("content-type", "application/octet-stream")]);
+        *binary.body_mut() = full(Bytes::from_static(&[0xff, 0xfe]));
+        let refused = guard_other(binary, keep).await.unwrap_err();
+        assert_eq!(refused.code, ErrorCode::ContentUnscannable);
     }
 
     async fn merged(status: u16, body: &str, refusals: Vec<Value>) -> (StatusCode, String) {

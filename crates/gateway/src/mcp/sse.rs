@@ -83,53 +83,62 @@ impl SseBody {
     }
 }
 
-/// The length of the first complete event (through its blank line), if any.
+/// The length of the first complete event (through its empty line), if any;
+/// any line end counts (event_stream.rs).
 fn event_end(buf: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i + 1 < buf.len() {
-        if buf[i] == b'\n' && buf[i + 1] == b'\n' {
-            return Some(i + 2);
-        }
-        if buf[i] == b'\n' && buf[i + 1] == b'\r' && buf.get(i + 2) == Some(&b'\n') {
-            return Some(i + 3);
-        }
-        i += 1;
-    }
-    None
+    crate::event_stream::event_end(buf)
 }
 
-/// Rewrites one event when its data is a message `rewrite` changes; keeps
-/// every other field line (`id:`, `event:`, `retry:`) as it was.
+/// Rewrites one event when `rewrite` changes its message; an event nothing
+/// changed goes out byte for byte.
+///
+/// Every part of the event is shown to `rewrite`: its data as the JSON-RPC
+/// message, or as one JSON string when it is not JSON; each comment and each
+/// other field's value as a JSON string. A string `rewrite` replaced by
+/// something else (a refusal) is dropped from the event; a data string
+/// replaced by a message becomes that message.
 fn rewrite_event(event: Bytes, rewrite: &Rewrite) -> Bytes {
-    let Ok(text) = std::str::from_utf8(&event) else {
-        return event;
-    };
-    let mut data = String::new();
-    let mut others = Vec::new();
-    for line in text.lines() {
-        if let Some(d) = line.strip_prefix("data:") {
-            if !data.is_empty() {
-                data.push('\n');
-            }
-            data.push_str(d.strip_prefix(' ').unwrap_or(d));
-        } else if !line.is_empty() {
-            others.push(line);
+    use crate::event_stream::{Line, data, parse, write};
+    let text = String::from_utf8_lossy(&event);
+    let mut lines = parse(&text);
+    let mut changed = matches!(text, std::borrow::Cow::Owned(_));
+    let mut keep = Vec::with_capacity(lines.len());
+    for line in lines.drain(..) {
+        let (Line::Comment(t) | Line::Field(_, t)) = &line;
+        if matches!(&line, Line::Field(n, _) if n == "data") {
+            keep.push(line);
+            continue;
+        }
+        let mut v = Value::String(t.clone());
+        if !rewrite(&mut v) {
+            keep.push(line);
+            continue;
+        }
+        changed = true;
+        if let Value::String(new) = v {
+            keep.push(match line {
+                Line::Comment(_) => Line::Comment(new),
+                Line::Field(n, _) => Line::Field(n, new),
+            });
         }
     }
-    let Ok(mut message) = serde_json::from_str::<Value>(&data) else {
-        return event;
-    };
-    if !rewrite(&mut message) {
+    // (the message, whether the data was JSON)
+    let mut message = data(&keep).map(|d| match serde_json::from_str::<Value>(&d) {
+        Ok(m) => (m, true),
+        Err(_) => (Value::String(d), false),
+    });
+    if let Some((m, _)) = &mut message {
+        changed |= rewrite(m);
+    }
+    if !changed {
         return event;
     }
-    let mut out = String::with_capacity(event.len());
-    for line in others {
-        out.push_str(line);
-        out.push('\n');
-    }
-    out.push_str("data: ");
-    out.push_str(&message.to_string());
-    out.push_str("\n\n");
+    let data = message.map(|(m, json)| match m {
+        Value::String(s) if !json => s,
+        m => m.to_string(),
+    });
+    let mut out = Vec::with_capacity(event.len());
+    write(&keep, data.as_deref(), &mut out);
     Bytes::from(out)
 }
 
@@ -248,6 +257,32 @@ mod tests {
             serde_json::json!({"jsonrpc": "2.0", "id": 2, "result": {"tools": []}})
         );
         assert_eq!(events[3], ": comment\r\n\r\n");
+    }
+
+    /// Issue 19: CR-framed events, comments, other fields and data that is
+    /// not JSON are all shown to the guard.
+    #[tokio::test]
+    async fn every_part_of_every_event_is_shown_to_the_rewrite() {
+        let rewrite: Rewrite = Box::new(|m: &mut Value| {
+            let before = m.to_string();
+            let after = before.replace("SECRET", "[R]");
+            if after == before {
+                return false;
+            }
+            *m = serde_json::from_str(&after).unwrap();
+            true
+        });
+        let input = "data: {\"id\":1,\"result\":{\"text\":\"SECRET\"}}\r\r\
+                     : SECRET note\r\n\r\n\
+                     event: SECRET\ndata: not json SECRET\n\n\
+                     data: {\"id\":2}\r\r";
+        let alive: Alive = Box::new(|| true);
+        let body = SseBody::new(full(input.to_string()), vec![], alive, Some(rewrite));
+        let out = body.collect().await.unwrap().to_bytes();
+        let out = String::from_utf8(out.to_vec()).unwrap();
+        assert!(!out.contains("SECRET"), "{out}");
+        assert!(out.contains("data: not json [R]\n"), "{out}");
+        assert!(out.ends_with("data: {\"id\":2}\r\r"), "{out}");
     }
 
     #[tokio::test]

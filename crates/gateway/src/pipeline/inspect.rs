@@ -9,9 +9,15 @@
 //!
 //! JSON bodies are scanned string by string (each value on its own, so one
 //! field cannot dilute another), and redaction rewrites only string values,
-//! so the body stays valid JSON. Text bodies are scanned whole. Other bodies
-//! (binary, compressed, not UTF-8) are forwarded unscanned, with
-//! `context.content.scanned == false` for policy to act on.
+//! so the body stays valid JSON. Every string value and every object key is
+//! read, at any depth (one generic walk, [`walk_json`], shared with the MCP
+//! and LLM adapters). Text bodies are scanned whole. A body the guard cannot
+//! read (binary, multipart, compressed, not UTF-8, JSON that does not parse
+//! or repeats a key) is refused with `content_unscannable` on a route that
+//! blocks (`injection` or `dlp` = `block`) unless the route sets
+//! `allow_unscannable`; elsewhere it is forwarded unscanned, with
+//! `context.content.scanned == false` for policy to act on (JSON that does
+//! not parse is scanned as text).
 //!
 //! Findings are logged and put in the audit record by type, position (JSON
 //! pointer and byte range) and keyed fingerprint, never by value.
@@ -121,25 +127,41 @@ pub async fn run(
     let DecodedRequest {
         mut parts,
         body,
-        target,
+        mut target,
     } = request;
     if settings.dlp != DlpAction::Off {
         // Responses must come back uncompressed for the redactor to read them.
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
+    let mut scan = TextScan::new(state, settings, request_id, &route.name, "request");
+    // The query and the headers reach the upstream as the body does.
+    scan_query(&mut scan, &mut parts, &mut target, audited);
+    scan_headers(&mut scan, &mut parts.headers, audited);
+    // A body not scanned: what the query and headers held still counts.
+    let unscanned = |scan: TextScan<'_>| -> Result<ContentFacts, Denial> {
+        let (mut facts, verdict) = scan.settle("request");
+        verdict?;
+        facts.scanned = false;
+        Ok(facts)
+    };
     let encoded = parts
         .headers
         .get(header::CONTENT_ENCODING)
         .is_some_and(|v| v.as_bytes() != b"identity");
     let content_type = parts.headers.get(header::CONTENT_TYPE).cloned();
+    let empty = http_body::Body::size_hint(&body).exact() == Some(0);
     if encoded || !is_text(content_type.as_ref()) {
+        if settings.refuses_unscannable() && !empty {
+            return Err(unscannable(if encoded { "compressed" } else { "not text" }));
+        }
+        let facts = unscanned(scan)?;
         return Ok((
             DecodedRequest {
                 parts,
                 body,
                 target,
             },
-            ContentFacts::default(),
+            facts,
         ));
     }
 
@@ -151,25 +173,50 @@ pub async fn run(
         target,
     };
     let Ok(text) = std::str::from_utf8(&bytes) else {
-        return Ok((rebuild(parts, bytes, lease), ContentFacts::default()));
+        if settings.refuses_unscannable() {
+            return Err(unscannable("not UTF-8"));
+        }
+        let facts = unscanned(scan)?;
+        return Ok((rebuild(parts, bytes, lease), facts));
     };
 
-    let json: Option<serde_json::Value> = if is_json(content_type.as_ref()) {
+    let json: Option<serde_json::Value> = if is_json(content_type.as_ref()) && !bytes.is_empty() {
         // The parsed copy is leased too, before it is made.
         lease.grow(buffers::json_cost(&bytes))?;
-        serde_json::from_str(text).ok()
+        match parse_strict(text) {
+            Ok(value) => Some(value),
+            // Unparsable, or with a key twice (an upstream may read the
+            // first where the walk would see the last): refused on a route
+            // that blocks, else scanned as one text.
+            Err(_) if settings.refuses_unscannable() => {
+                return Err(unscannable("JSON that is invalid or repeats a key"));
+            }
+            Err(_) => None,
+        }
     } else {
         None
     };
-    let mut scan = TextScan::new(state, settings, request_id, &route.name, "request");
-    let new_body = match json {
-        Some(mut value) => {
-            walk_strings(&mut value, &mut String::new(), &mut |pointer, s| {
-                scan.scan_in_place(s, Channel::Input, pointer, audited);
+    let form = is_form(content_type.as_ref())
+        .then(|| serde_urlencoded::from_str::<Vec<(String, String)>>(text).ok())
+        .flatten();
+    let new_body = match (json, form) {
+        (Some(mut value), _) => {
+            walk_json(&mut value, &mut String::new(), &mut |pointer, s, _| {
+                scan.scan_in_place(s, Channel::Input, pointer, audited)
             });
             scan.changed.then(|| Bytes::from(value.to_string()))
         }
-        None => {
+        // A form is read decoded (`%41KIA…` is `AKIA…`), pair by pair.
+        (None, Some(mut pairs)) => {
+            let before = std::mem::replace(&mut scan.changed, false);
+            scan_pairs(&mut scan, &mut pairs, "form", audited);
+            let rewritten = scan.changed;
+            scan.changed |= before;
+            rewritten
+                .then(|| serde_urlencoded::to_string(&pairs).ok().map(Bytes::from))
+                .flatten()
+        }
+        (None, None) => {
             let report = scan.scan(text, Channel::Input, "", audited);
             scan.redacted(text, &report).map(Bytes::from)
         }
@@ -190,37 +237,262 @@ pub async fn run(
     Ok((rebuild(parts, bytes, lease), facts))
 }
 
+fn is_form(content_type: Option<&HeaderValue>) -> bool {
+    content_type
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ct| ct.split(';').next())
+        .is_some_and(|m| {
+            m.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        })
+}
+
+/// Scans decoded `name=value` pairs (a query or a form), names and values,
+/// at pointers `{what}:{i}` (never the name: it may be the secret), and
+/// redacts them in place when the route redacts.
+fn scan_pairs(
+    scan: &mut TextScan<'_>,
+    pairs: &mut [(String, String)],
+    what: &str,
+    audited: &mut Vec<ContentFinding>,
+) {
+    for (i, (name, value)) in pairs.iter_mut().enumerate() {
+        let pointer = format!("{what}:{i}");
+        scan.scan_in_place(name, Channel::Input, &pointer, audited);
+        scan.scan_in_place(value, Channel::Input, &pointer, audited);
+    }
+}
+
+/// Scans the query string, decoded; a redaction rewrites the target and
+/// the URI that go on.
+fn scan_query(
+    scan: &mut TextScan<'_>,
+    parts: &mut http::request::Parts,
+    target: &mut crate::target::CanonicalTarget,
+    audited: &mut Vec<ContentFinding>,
+) {
+    let Some(query) = target.query.as_deref().filter(|q| !q.is_empty()) else {
+        return;
+    };
+    let Ok(mut pairs) = serde_urlencoded::from_str::<Vec<(String, String)>>(query) else {
+        // Not `name=value` pairs: the whole query as one text.
+        let mut text = query.to_string();
+        scan.scan_in_place(&mut text, Channel::Input, "query", audited);
+        return;
+    };
+    let before = std::mem::replace(&mut scan.changed, false);
+    scan_pairs(scan, &mut pairs, "query", audited);
+    let rewritten = scan.changed;
+    scan.changed |= before;
+    if !rewritten {
+        return;
+    }
+    let Ok(new) = serde_urlencoded::to_string(&pairs) else {
+        return;
+    };
+    target.query = Some(new);
+    if let Ok(uri) = target.path_and_query().parse::<http::Uri>() {
+        parts.uri = uri;
+    }
+}
+
+/// Headers the gateway reads and removes itself before forwarding: the
+/// agent's own credentials, not content going upstream.
+const CONSUMED_HEADERS: [&str; 5] = [
+    "authorization",
+    "proxy-authorization",
+    "dpop",
+    crate::pipeline::forward::AGENT_HEADER,
+    crate::pipeline::forward::CLIENT_CERT_HEADER,
+];
+
+/// Scans every header value going upstream (pointer `header:{name}`), and
+/// redacts it in place when the route redacts.
+fn scan_headers(
+    scan: &mut TextScan<'_>,
+    headers: &mut http::HeaderMap,
+    audited: &mut Vec<ContentFinding>,
+) {
+    for (name, value) in headers.iter_mut() {
+        if CONSUMED_HEADERS.contains(&name.as_str()) {
+            continue;
+        }
+        let Ok(text) = value.to_str() else {
+            continue;
+        };
+        let mut text = text.to_string();
+        let before = text.clone();
+        scan.scan_in_place(
+            &mut text,
+            Channel::Input,
+            &format!("header:{name}"),
+            audited,
+        );
+        if text != before
+            && let Ok(v) = HeaderValue::from_str(&text)
+        {
+            *value = v;
+        }
+    }
+}
+
+/// The longest string read as an identifier rather than as text.
+const IDENTIFIER_MAX: usize = 32;
+
+/// Whether `text` is a short identifier (a key such as `text`, a type tag,
+/// a method name): no whitespace, at most [`IDENTIFIER_MAX`] bytes. Every
+/// string of a message is scanned since issue 19, keys and type tags too;
+/// an injection needs words, and the injection model scores some single
+/// words high (`text` scores 0.80 on the input channel), so identifiers get
+/// DLP only.
+fn is_identifier(text: &str) -> bool {
+    text.len() <= IDENTIFIER_MAX && !text.chars().any(char::is_whitespace)
+}
+
+/// The refusal of a body the guard cannot read.
+fn unscannable(what: &str) -> Denial {
+    Denial::new(
+        ErrorCode::ContentUnscannable,
+        format!(
+            "the request body is {what}, so the content guard cannot read it; \
+             the route refuses what it cannot scan (`[routes.guard] allow_unscannable`)"
+        ),
+    )
+}
+
+/// Parses JSON as `serde_json` does, but refuses an object with a key
+/// twice: `serde_json` keeps the last, another parser the first, so the
+/// value the guard scans might not be the one the upstream reads.
+pub(crate) fn parse_strict(text: &str) -> Result<serde_json::Value, serde_json::Error> {
+    use serde::de::DeserializeSeed as _;
+    let mut de = serde_json::Deserializer::from_str(text);
+    let value = Strict.deserialize(&mut de)?;
+    de.end()?;
+    Ok(value)
+}
+
+struct Strict;
+
+impl<'de> serde::de::DeserializeSeed<'de> for Strict {
+    type Value = serde_json::Value;
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for Strict {
+    type Value = serde_json::Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value without repeated keys")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(v) = seq.next_element_seed(Strict)? {
+            items.push(v);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = serde_json::Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if out.contains_key(&key) {
+                return Err(serde::de::Error::custom("a key appears twice"));
+            }
+            let value = map.next_value_seed(Strict)?;
+            out.insert(key, value);
+        }
+        Ok(serde_json::Value::Object(out))
+    }
+}
+
 pub(crate) fn is_dlp_kind(kind: &str) -> bool {
     portcullis_guard::dlp::Kind::ALL
         .iter()
         .any(|k| k.as_str() == kind)
 }
 
-/// Calls `f` with the JSON pointer and a mutable reference of every string
-/// value in `value` (object keys are not scanned: they are the schema, not
-/// the content).
-pub(crate) fn walk_strings(
+/// Which string of a JSON document a walk visits: a value, or an object key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Part {
+    /// A string value.
+    Value,
+    /// An object's key (the pointer given is the object's).
+    Key,
+}
+
+/// The pointer segment standing for a key that holds a secret, so that no
+/// pointer logged or recorded below it carries the secret in clear.
+pub(crate) const MASKED_KEY: &str = "[REDACTED]";
+
+/// Calls `f` with the JSON pointer, a mutable reference and the [`Part`] of
+/// every string in `value`: every string value and every object key, at any
+/// depth. This one walk is how the guard reads JSON everywhere (HTTP bodies,
+/// MCP messages, LLM requests and answers): it knows no field names, so no
+/// field can be left out.
+///
+/// `f` returns whether the string holds a secret. A key `f` rewrites
+/// (redaction) is renamed in its object; a key that holds a secret and is
+/// not rewritten appears as [`MASKED_KEY`] in the pointers below it.
+pub(crate) fn walk_json(
     value: &mut serde_json::Value,
     pointer: &mut String,
-    f: &mut dyn FnMut(&str, &mut String),
+    f: &mut dyn FnMut(&str, &mut String, Part) -> bool,
 ) {
     match value {
-        serde_json::Value::String(s) => f(pointer, s),
+        serde_json::Value::String(s) => {
+            f(pointer, s, Part::Value);
+        }
         serde_json::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
                 let len = pointer.len();
                 pointer.push('/');
                 pointer.push_str(&i.to_string());
-                walk_strings(item, pointer, f);
+                walk_json(item, pointer, f);
                 pointer.truncate(len);
             }
         }
         serde_json::Value::Object(map) => {
-            for (k, item) in map.iter_mut() {
+            let keys: Vec<String> = map.keys().cloned().collect();
+            for key in keys {
+                let mut scanned = key.clone();
+                let secret = f(pointer, &mut scanned, Part::Key);
+                if scanned != key
+                    && let Some(item) = map.remove(&key)
+                {
+                    map.insert(scanned.clone(), item);
+                }
+                let segment = if secret && scanned == key {
+                    MASKED_KEY.to_string()
+                } else {
+                    scanned.replace('~', "~0").replace('/', "~1")
+                };
                 let len = pointer.len();
                 pointer.push('/');
-                pointer.push_str(&k.replace('~', "~0").replace('/', "~1"));
-                walk_strings(item, pointer, f);
+                pointer.push_str(&segment);
+                if let Some(item) = map.get_mut(&scanned) {
+                    walk_json(item, pointer, f);
+                }
                 pointer.truncate(len);
             }
         }
@@ -281,7 +553,7 @@ impl<'a> TextScan<'a> {
         pointer: &str,
         audited: &mut Vec<ContentFinding>,
     ) -> Report {
-        let injection = self.settings.injection != InjectionAction::Off;
+        let injection = self.settings.injection != InjectionAction::Off && !is_identifier(text);
         let dlp = self.settings.dlp != DlpAction::Off;
         let report = self.state.guard.scan_with(text, channel, injection, dlp);
         self.facts.injection_score = self.facts.injection_score.max(report.injection_score);
@@ -303,18 +575,20 @@ impl<'a> TextScan<'a> {
         report
     }
 
-    /// [`Self::scan`], then redacts `text` in place when the route redacts.
+    /// [`Self::scan`], then redacts `text` in place when the route redacts;
+    /// true when it holds a secret.
     pub(crate) fn scan_in_place(
         &mut self,
         text: &mut String,
         channel: Channel,
         pointer: &str,
         audited: &mut Vec<ContentFinding>,
-    ) {
+    ) -> bool {
         let report = self.scan(text, channel, pointer, audited);
         if let Some(out) = self.redacted(text, &report) {
             *text = out;
         }
+        !report.dlp.is_empty()
     }
 
     /// `text` with the report's DLP findings redacted, when the route
@@ -452,15 +726,53 @@ mod tests {
     }
 
     #[test]
-    fn json_strings_are_walked_with_pointers() {
+    fn identifiers_are_not_scored_for_injection() {
+        assert!(is_identifier("text") && is_identifier("tools/call") && is_identifier(""));
+        assert!(!is_identifier("ignore all"));
+        assert!(!is_identifier(&"x".repeat(IDENTIFIER_MAX + 1)));
+    }
+
+    #[test]
+    fn json_with_a_repeated_key_is_not_parsed() {
+        assert_eq!(
+            parse_strict(r#"{"a":[1,2.5,"x",null,true,{"b":{}}]}"#).unwrap(),
+            serde_json::json!({"a": [1, 2.5, "x", null, true, {"b": {}}]})
+        );
+        assert!(parse_strict(r#"{"a":"AKIAQWADE5R42RDZ4JEM","a":"x"}"#).is_err());
+        assert!(parse_strict(r#"{"o":{"a":1,"a":2}}"#).is_err());
+        assert!(parse_strict(r#"{"a":1} x"#).is_err());
+    }
+
+    #[test]
+    fn every_string_and_key_is_walked_with_pointers() {
         let mut v: serde_json::Value =
-            serde_json::json!({"a": ["x", {"b/c": "y"}], "n": 1, "s": "z"});
+            serde_json::json!({"a": ["x", {"b/c": "y"}], "n": 1, "s": "z", "k-SECRET": {"t": "u"}});
         let mut seen = Vec::new();
-        walk_strings(&mut v, &mut String::new(), &mut |p, s| {
-            seen.push(format!("{p}={s}"));
-            s.push('!');
+        walk_json(&mut v, &mut String::new(), &mut |p, s, part| {
+            seen.push(format!("{p}={s}@{part:?}"));
+            match part {
+                Part::Value => s.push('!'),
+                Part::Key if s == "s" => *s = "S".into(),
+                Part::Key => {}
+            }
+            s.contains("SECRET")
         });
-        assert_eq!(seen, ["/a/0=x", "/a/1/b~1c=y", "/s=z"]);
-        assert_eq!(v["s"], "z!");
+        assert_eq!(
+            seen,
+            [
+                "=a@Key",
+                "/a/0=x@Value",
+                "/a/1=b/c@Key",
+                "/a/1/b~1c=y@Value",
+                "=n@Key",
+                "=s@Key",
+                "/S=z@Value",
+                "=k-SECRET@Key",
+                "/[REDACTED]=t@Key",
+                "/[REDACTED]/t=u@Value",
+            ]
+        );
+        assert_eq!(v["S"], "z!");
+        assert!(v.get("s").is_none());
     }
 }

@@ -4,7 +4,7 @@
 //! wrapped in [`GuardedBody`], which passes each chunk through a
 //! [`StreamRedactor`]: found values are replaced by typed placeholders, and
 //! a value split across chunks is still caught because the redactor holds
-//! back a tail as long as the longest pattern. Nothing buffers the whole
+//! back the tail that could still be the start of one. Nothing buffers the whole
 //! response, so SSE and chunked responses keep streaming. With
 //! `dlp = "alert"` the body passes unchanged and the findings are only
 //! logged. A response cannot be refused once it streams, so `block` redacts
@@ -12,7 +12,13 @@
 //!
 //! The response's `Content-Length` is dropped when redacting (placeholders
 //! change the length); inspect-in already asked the upstream for an
-//! uncompressed response, and compressed ones pass unscanned.
+//! uncompressed response. A compressed or non-text answer passes unscanned,
+//! except on a route with `dlp = "block"`, which refuses it with
+//! `content_unscannable` unless it sets `allow_unscannable`.
+//!
+//! The stream redactor never sends a prefix of a secret: it holds back the
+//! word or number a chunk ends in (at most 8 KiB) until it can no longer
+//! grow into a secret (`portcullis_guard::dlp::redact`).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -72,6 +78,14 @@ pub fn run(
             return Err(crate::pipeline::decide::unsupported(
                 "redact",
                 "the upstream's answer is compressed or not text",
+            ));
+        }
+        let empty = http_body::Body::size_hint(&body).exact() == Some(0);
+        if route.guard.dlp == DlpAction::Block && !route.guard.allow_unscannable && !empty {
+            return Err(Denial::new(
+                portcullis_core::ErrorCode::ContentUnscannable,
+                "the upstream's answer is compressed or not text, so the content guard cannot read it; \
+                 the route refuses what it cannot scan (`[routes.guard] allow_unscannable`)",
             ));
         }
         return Ok(Response::from_parts(parts, body));

@@ -38,7 +38,7 @@ use crate::buffers;
 use crate::config::DlpAction;
 use crate::llm::api::{self, Endpoint};
 use crate::llm::config::LlmConfig;
-use crate::llm::stream::{Charge, Dlp, SseBody, process_json};
+use crate::llm::stream::{Charge, Dlp, Processed, SseBody, process_whole};
 use crate::metrics::Stage;
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contextualize::RequestContext;
@@ -364,7 +364,7 @@ fn inspect(
         "request",
     );
     api::for_each_text(endpoint, body, &mut |pointer, text, channel| {
-        scan.scan_in_place(text, channel, pointer, audited);
+        scan.scan_in_place(text, channel, pointer, audited)
     });
     let (facts, verdict) = scan.settle("request");
     verdict?;
@@ -414,10 +414,21 @@ async fn answer(
         ));
     }
     let untouched = charge.is_none() && dlp.is_none() && !strip_usage;
-    if !parts.status.is_success() || encoded || untouched {
+    let redacts = dlp.as_ref().is_some_and(|d| d.redact);
+    if encoded && redacts {
+        // Asked for uncompressed; an answer that is not cannot be read.
+        return Err(Denial::new(
+            ErrorCode::ContentUnscannable,
+            "the model's answer is compressed, so the content guard cannot read it",
+        ));
+    }
+    // An error answer is read and redacted too: an upstream 401 may echo
+    // the key it was given.
+    let plain = !parts.status.is_success() && dlp.is_none();
+    if plain || encoded || untouched {
         return Ok(Response::from_parts(parts, body));
     }
-    if stream && media == "text/event-stream" {
+    if stream && media == "text/event-stream" && parts.status.is_success() {
         parts.headers.remove(header::CONTENT_LENGTH);
         let charge = charge.unwrap_or_else(|| Charge {
             counters: Arc::default(),
@@ -445,11 +456,20 @@ async fn answer(
             ));
         }
     };
-    let processed = process_json(&bytes, dlp.as_ref(), meter, request_id.as_str(), route);
-    let (usage, rewritten) = processed.unwrap_or((None, None));
+    let (usage, processed) = process_whole(&bytes, dlp.as_ref(), meter, request_id.as_str(), route);
     if let Some(mut charge) = charge {
         charge.settle(usage, bytes.len() as u64);
     }
+    let rewritten = match processed {
+        Processed::Unchanged => None,
+        Processed::Rewritten(b) => Some(b),
+        Processed::Unscannable => {
+            return Err(Denial::new(
+                ErrorCode::ContentUnscannable,
+                "the model's answer is neither JSON nor text, so the content guard cannot read it",
+            ));
+        }
+    };
     let body = rewritten.unwrap_or(bytes);
     parts
         .headers

@@ -9,10 +9,16 @@
 //! same keyed hash for logs and audit records: equal values can be
 //! correlated without the value ever being written down.
 //!
-//! [`StreamRedactor`] redacts a byte stream chunk by chunk. It emits all but
-//! a hold-back tail of [`HOLD_BACK`] bytes (longer than any bounded pattern),
-//! and never emits a prefix that ends inside a finding, so a secret split
-//! across chunks is caught as if the text had arrived whole. It keeps
+//! [`StreamRedactor`] redacts a byte stream chunk by chunk and never emits
+//! any prefix of a secret. It holds back the tail of what it received from
+//! where a value could still be starting (a *candidate*, see
+//! [`candidate_start`]) until the candidate can no longer become a secret,
+//! bounded by [`MAX_HOLD`] bytes (longer than any value a detector redacts
+//! whole), and never emits a prefix that ends inside a finding, so a secret
+//! split across chunks is caught and redacted whole as if the text had
+//! arrived at once. Text that cannot start a secret (prose up to its last
+//! whitespace) goes out at once, so a stream read by a person as it arrives
+//! waits only for its current word or number. It keeps
 //! [`LOOK_BEHIND`] bytes of already-emitted text as context, so a value
 //! whose keyword (`password=`) went out in an earlier chunk is still
 //! recognised. A PEM private-key block, which has no length bound, is
@@ -28,10 +34,65 @@ use sha2_011::Sha256;
 
 use super::{Finding, Kind, Scanner};
 
-/// Bytes held back at the end of the stream's buffer: at least the longest
-/// bounded value the detectors find (JWTs and connection strings are the
-/// longest in practice, well under this).
-pub const HOLD_BACK: usize = 4096;
+/// The most bytes a [`StreamRedactor`] holds back: the bound on a value the
+/// detectors redact whole. A candidate longer than this (a 10 KiB base64
+/// run) is released from its start; a finding still open at the bound is
+/// redacted up to it (its end goes out as text, never its start).
+pub const MAX_HOLD: usize = 8 * 1024;
+
+/// How far back a spaced number (card, IBAN, SSN) or a PEM `BEGIN` line can
+/// start: the longest such value, with its separators.
+const SPACED_MAX: usize = 96;
+
+/// Where the tail of `text` that could still grow into a secret begins:
+/// `text.len()` when no value can be in progress, never before
+/// `text.len() - MAX_HOLD`, always on a char boundary.
+///
+/// Every detector's value is either one run without ASCII whitespace
+/// (tokens, keys, JWTs, URLs, emails, assignment values: their keywords
+/// are context kept as look-behind, not part of the value), a number with
+/// single spaces or dashes (cards, IBANs, SSNs: digits and capital letters,
+/// at most [`SPACED_MAX`] bytes, starting with a digit or the two capitals
+/// of an IBAN's country before one), or a PEM
+/// `BEGIN … PRIVATE KEY` line. The candidate is the earliest start of any
+/// of these that reaches the end of `text`.
+pub fn candidate_start(text: &str) -> usize {
+    let b = text.as_bytes();
+    let len = b.len();
+    // A run without whitespace.
+    let mut start = b
+        .iter()
+        .rposition(|c| c.is_ascii_whitespace())
+        .map_or(0, |i| i + 1);
+    // A spaced number: the trailing run of letters, digits, spaces and
+    // dashes within reach, from two bytes before its first digit.
+    let floor = len.saturating_sub(SPACED_MAX);
+    let mut run = len;
+    while run > floor && matches!(b[run - 1], b'0'..=b'9' | b'A'..=b'Z' | b' ' | b'-') {
+        run -= 1;
+    }
+    while run < len && matches!(b[run], b' ' | b'-') {
+        run += 1;
+    }
+    if let Some(d) = b[run..].iter().position(u8::is_ascii_digit) {
+        start = start.min((run + d).saturating_sub(2).max(run));
+    }
+    // A PEM `BEGIN` line still open at the end.
+    if let Some(i) = text[floor_boundary(text, floor)..].rfind("-----BEGIN") {
+        let at = floor_boundary(text, floor) + i;
+        if !text[at..].contains('\n') {
+            start = start.min(at);
+        }
+    }
+    floor_boundary(text, start.max(len.saturating_sub(MAX_HOLD)))
+}
+
+fn floor_boundary(text: &str, mut i: usize) -> usize {
+    while !text.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
 
 /// Already-emitted bytes kept as context for the next scan.
 pub const LOOK_BEHIND: usize = 256;
@@ -141,8 +202,6 @@ pub struct StreamRedactor<S: Borrow<Scanner>> {
     findings: Vec<StreamFinding>,
     /// Bytes of input consumed (emitted or swallowed) so far.
     consumed: usize,
-    /// Bytes held back at the end of the buffer ([`HOLD_BACK`] unless set).
-    hold_back: usize,
 }
 
 impl<S: Borrow<Scanner>> StreamRedactor<S> {
@@ -156,19 +215,7 @@ impl<S: Borrow<Scanner>> StreamRedactor<S> {
             in_pem: false,
             findings: Vec::new(),
             consumed: 0,
-            hold_back: HOLD_BACK,
         }
-    }
-
-    /// Holds back `bytes` instead of [`HOLD_BACK`]. A stream read by a person
-    /// as it arrives (an LLM's answer, a few bytes per event) cannot wait for
-    /// 4 KiB; with a shorter hold-back, a value longer than it (a long JWT)
-    /// can be cut where the stream paused, and only its first part is then
-    /// recognised and redacted. Values of bounded formats shorter than the
-    /// hold-back are caught as before.
-    pub fn with_hold_back(mut self, bytes: usize) -> Self {
-        self.hold_back = bytes;
-        self
     }
 
     /// What was found so far: kind, byte range in the input stream, and
@@ -228,7 +275,7 @@ impl<S: Borrow<Scanner>> StreamRedactor<S> {
             let text = String::from_utf8_lossy(&self.pending[..valid]).into_owned();
             let ctx = format!("{}{}", self.behind, text);
             let base = self.behind.len();
-            let found: Vec<Finding> = self
+            let mut found: Vec<Finding> = self
                 .scanner
                 .borrow()
                 .scan(&ctx)
@@ -239,17 +286,20 @@ impl<S: Borrow<Scanner>> StreamRedactor<S> {
             let mut safe = if last {
                 text.len()
             } else {
-                text.len().saturating_sub(self.hold_back)
+                candidate_start(&text)
             };
-            // Never cut inside a finding.
-            for f in &found {
+            // Never cut inside a finding: hold it whole, unless it is longer
+            // than the bound; then it is redacted up to the cut.
+            for f in &mut found {
                 if f.start < safe && f.end > safe {
-                    safe = f.start;
+                    if f.end - f.start <= MAX_HOLD {
+                        safe = f.start;
+                    } else {
+                        f.end = safe;
+                    }
                 }
             }
-            while !text.is_char_boundary(safe) {
-                safe -= 1;
-            }
+            safe = floor_boundary(&text, safe);
             // An open private-key block: emit up to it, then swallow it.
             let open_pem = found
                 .iter()
@@ -389,10 +439,83 @@ card 4242 4242 4242 4242 mail a.b@example.org; password = \"Zq8vL2mP9xTt4\" end 
         for _ in 0..1000 {
             emitted += s.push(line.as_bytes()).len();
         }
-        // Everything but the hold-back has gone out.
-        assert!(emitted >= 1000 * line.len() - HOLD_BACK, "{emitted}");
+        // Everything but the last word has gone out.
+        assert!(emitted >= 1000 * line.len() - 2, "{emitted}");
         emitted += s.finish().len();
         assert_eq!(emitted, 1000 * line.len());
+    }
+
+    /// A long JWT (over 600 bytes), longer than the old 256-byte hold-back
+    /// of LLM streams.
+    fn long_jwt() -> String {
+        let payload =
+            "eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiYWRtaW4iOnRydWV9".repeat(9);
+        format!(
+            "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.{payload}.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+        )
+    }
+
+    /// Pushes `chunks` one by one and checks that what has gone out after
+    /// each push is a prefix of the whole-text redaction: no prefix of a
+    /// secret ever goes out, and the end result is the whole-text one.
+    fn check_prefixes(scanner: &Scanner, text: &str, chunks: &[&[u8]], what: &str) {
+        let expect = whole(scanner, text);
+        let mut s = StreamRedactor::new(scanner, Redactor::new(b"k"));
+        let mut out = Vec::new();
+        for c in chunks {
+            out.extend(s.push(c));
+            assert!(
+                expect.as_bytes().starts_with(&out),
+                "{what}: emitted {:?} is not a prefix of {expect:?}",
+                String::from_utf8_lossy(&out)
+            );
+        }
+        out.extend(s.finish());
+        assert_eq!(String::from_utf8(out).unwrap(), expect, "{what}");
+    }
+
+    #[test]
+    fn no_prefix_of_a_secret_is_ever_emitted() {
+        let scanner = Scanner::new().unwrap();
+        let jwt = long_jwt();
+        let text = format!(
+            "{SAMPLE} then jwt {jwt} iban GB82 WEST 1234 5698 7654 32 and ssn 123-45-6789 \
+             -----BEGIN RSA PRIVATE KEY-----\nMIIEowIBAAKCAQEA7bq\n-----END RSA PRIVATE KEY-----\nend"
+        );
+        assert!(whole(&scanner, &text).contains("[REDACTED_JWT_1]"));
+        assert!(whole(&scanner, &text).contains("[REDACTED_IBAN_1]"));
+        let b = text.as_bytes();
+        for i in 0..=b.len() {
+            check_prefixes(
+                &scanner,
+                &text,
+                &[&b[..i], &b[i..]],
+                &format!("split at {i}"),
+            );
+        }
+        for size in [1usize, 2, 3, 5, 16, 100] {
+            let chunks: Vec<&[u8]> = b.chunks(size).collect();
+            check_prefixes(&scanner, &text, &chunks, &format!("chunks of {size}"));
+        }
+    }
+
+    #[test]
+    fn prose_goes_out_at_once_and_holding_is_bounded() {
+        let scanner = Scanner::new().unwrap();
+        let mut s = StreamRedactor::new(&scanner, Redactor::new(b"k"));
+        assert_eq!(s.push(b"The answer is "), b"The answer is ");
+        assert_eq!(s.push(b"forty"), b"");
+        assert_eq!(s.push(b" two."), b"forty ");
+        // A run without whitespace longer than the bound is released from
+        // its start, keeping at most the bound.
+        let run = "ab".repeat(MAX_HOLD);
+        let out = s.push(run.as_bytes());
+        assert_eq!(out.len(), "two.".len() + run.len() - MAX_HOLD);
+        assert_eq!(candidate_start("abc def"), 4);
+        assert_eq!(candidate_start("card 4242 4242"), 5);
+        assert_eq!(candidate_start("iban GB82 WEST 12"), 5);
+        assert_eq!(candidate_start("done. "), 6);
+        assert_eq!(candidate_start("x -----BEGIN RSA PRIV"), 2);
     }
 
     #[test]
