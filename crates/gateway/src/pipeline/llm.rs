@@ -190,6 +190,7 @@ pub async fn run(
                 injected,
                 capture,
                 traceparent,
+                origin_path: None,
             },
         )
         .await;

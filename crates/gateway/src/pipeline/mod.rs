@@ -392,6 +392,7 @@ async fn run(
                 injected: injected.as_ref(),
                 capture,
                 traceparent,
+                origin_path: None,
             },
         )
         .await;
