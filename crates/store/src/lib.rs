@@ -175,6 +175,11 @@ fn migrator() -> Migrator {
             "audit_intents",
             include_str!("../migrations/0013_audit_intents.sql"),
         ),
+        migration(
+            14,
+            "transit_exportable",
+            include_str!("../migrations/0014_transit_exportable.sql"),
+        ),
     ])
 }
 
