@@ -1317,10 +1317,15 @@ async fn metrics_after_traffic_on_every_protocol_pass_promtool_in_both_formats()
                 "{family}: {text}"
             );
         }
-        assert!(
-            text.contains("portcullis_requests_total{route=\"llm\",status=\"200\"}"),
-            "{text}"
-        );
+        // Traffic of the three protocols is in it.
+        for route in ["api", "tools", "llm/gpt-test"] {
+            assert!(
+                text.contains(&format!(
+                    "portcullis_requests_total{{route=\"{route}\",status=\"200\"}}"
+                )),
+                "{route}: {text}"
+            );
+        }
         let (ok, findings) = tokio::task::block_in_place(|| promtool(&text));
         assert!(
             ok && findings.is_empty(),
