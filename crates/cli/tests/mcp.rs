@@ -1756,7 +1756,10 @@ fn the_sdk_in_auto_mode_negotiates_through_the_gateway_what_it_does_directly() {
     let inspector = auto_through(&server, "notes/mcp", "inspector-bot");
     assert_eq!(inspector["version"], direct["version"], "{inspector}");
     let written = std::fs::read_to_string(notes.path()).unwrap();
-    assert_eq!(written.lines().collect::<Vec<_>>(), ["auto", "auto", "auto"]);
+    assert_eq!(
+        written.lines().collect::<Vec<_>>(),
+        ["auto", "auto", "auto"]
+    );
     // Every message was decided and allowed: discover as session plumbing.
     let records = server.audit(50);
     let mcp: Vec<&Value> = records

@@ -1310,7 +1310,10 @@ async fn metrics_after_traffic_on_every_protocol_pass_promtool_in_both_formats()
     };
     for accept in ["text/plain;version=0.0.4", "text/plain"] {
         let (media, text) = scrape(Some(accept)).await;
-        assert_eq!(media, "text/plain; version=0.0.4; charset=utf-8", "{accept}");
+        assert_eq!(
+            media, "text/plain; version=0.0.4; charset=utf-8",
+            "{accept}"
+        );
         for family in ["portcullis_requests_total", "portcullis_decisions_total"] {
             assert!(
                 text.contains(&format!("# HELP {family} ")),

@@ -661,9 +661,13 @@ async fn an_exportable_transit_key_leaves_only_by_a_stepped_up_export_and_opens_
     };
 
     ok(server.cli(&["transit", "create", "sealed"]));
-    let created: serde_json::Value =
-        serde_json::from_str(&ok(server.cli(&["transit", "create", "portable", "--exportable"])))
-            .unwrap();
+    let created: serde_json::Value = serde_json::from_str(&ok(server.cli(&[
+        "transit",
+        "create",
+        "portable",
+        "--exportable",
+    ])))
+    .unwrap();
     assert_eq!(created["exportable"], true, "{created}");
     let t1 = encrypt("portable", "one");
     ok(server.cli(&["transit", "rotate", "portable"]));

@@ -625,7 +625,9 @@ fn without_exemplar(line: &str) -> &str {
     let mut quoted = false;
     let mut escaped = false;
     // Labels follow the name at once, or there are none.
-    let mut labels_done = line.find([' ', '{']).is_none_or(|i| line[i..].starts_with(' '));
+    let mut labels_done = line
+        .find([' ', '{'])
+        .is_none_or(|i| line[i..].starts_with(' '));
     for (i, c) in line.char_indices() {
         if !labels_done {
             match (c, quoted, escaped) {
@@ -666,7 +668,10 @@ mod tests {
         check(Some("text/plain;version=0.0.4"), Text004);
         check(Some("text/plain"), Text004);
         check(Some("Text/Plain; charset=utf-8"), Text004);
-        check(Some("application/openmetrics-text; version=1.0.0"), OpenMetrics);
+        check(
+            Some("application/openmetrics-text; version=1.0.0"),
+            OpenMetrics,
+        );
         check(Some("application/json"), OpenMetrics);
         // What Prometheus sends: OpenMetrics first.
         check(

@@ -146,9 +146,7 @@ async fn readyz(State(state): State<AdminState>, Extension(call): Extension<Call
 /// The metrics, in the format the `Accept` header prefers: OpenMetrics, or
 /// the text format 0.0.4 for a client that asks for `text/plain`.
 async fn metrics(State(state): State<AdminState>, headers: axum::http::HeaderMap) -> Response {
-    let accept = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok());
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
     let format = Exposition::negotiate(accept);
     let text = state.gateway.metrics().encode_as(format);
     (

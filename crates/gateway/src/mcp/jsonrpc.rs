@@ -573,7 +573,11 @@ mod tests {
         assert_eq!(got, expect, "{message}");
     }
 
-    fn check_revision(message: Value, (version, method, name): (Option<&str>, Option<&str>, Option<&str>), expect: &str) {
+    fn check_revision(
+        message: Value,
+        (version, method, name): (Option<&str>, Option<&str>, Option<&str>),
+        expect: &str,
+    ) {
         let mirrored = Mirrored {
             version,
             method,
@@ -594,7 +598,11 @@ mod tests {
             json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": p})
         };
         let call = modern("tools/call", json!({"name": "get_weather"}));
-        check_revision(call.clone(), (Some("2026-07-28"), Some("tools/call"), Some("get_weather")), "2026-07-28");
+        check_revision(
+            call.clone(),
+            (Some("2026-07-28"), Some("tools/call"), Some("get_weather")),
+            "2026-07-28",
+        );
         // The headers are optional to the gateway, never contradictory.
         check_revision(call.clone(), (None, None, None), "2026-07-28");
         check_revision(
@@ -623,7 +631,11 @@ mod tests {
         // A modern version the gateway does not serve.
         let future = json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover",
             "params": {"_meta": {META_PROTOCOL_VERSION: "2099-01-01"}}});
-        check_revision(future, (None, None, None), "-32022 Unsupported protocol version: `2099-01-01`");
+        check_revision(
+            future,
+            (None, None, None),
+            "-32022 Unsupported protocol version: `2099-01-01`",
+        );
         // Handshake revisions: what initialize asks, else the header.
         let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
             "params": {"protocolVersion": "2025-11-25"}});
@@ -631,14 +643,21 @@ mod tests {
         let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
         check_revision(list.clone(), (Some("2025-06-18"), None, None), "2025-06-18");
         check_revision(list.clone(), (None, None, None), "2025-03-26");
-        check_revision(list, (Some("1999-01-01"), None, None), "-32022 Unsupported protocol version: `1999-01-01`");
+        check_revision(
+            list,
+            (Some("1999-01-01"), None, None),
+            "-32022 Unsupported protocol version: `1999-01-01`",
+        );
     }
 
     #[test]
     fn a_discover_result_offers_only_revisions_the_gateway_serves() {
         let mut result = json!({"supportedVersions": ["2099-01-01", "2026-07-28", "2025-11-25"], "capabilities": {}});
         filter_discover(&mut result);
-        assert_eq!(result["supportedVersions"], json!(["2026-07-28", "2025-11-25"]));
+        assert_eq!(
+            result["supportedVersions"],
+            json!(["2026-07-28", "2025-11-25"])
+        );
     }
 
     #[test]

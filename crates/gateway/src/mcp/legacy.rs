@@ -294,15 +294,21 @@ mod tests {
             .target("bot", "legacy", "/messages/?session_id=abc")
             .unwrap();
         assert_eq!(target.upstream, "/messages/?session_id=abc");
-        assert!(endpoints
-            .target("eve", "legacy", "/messages/?session_id=abc")
-            .is_none());
-        assert!(endpoints
-            .target("bot", "other", "/messages/?session_id=abc")
-            .is_none());
+        assert!(
+            endpoints
+                .target("eve", "legacy", "/messages/?session_id=abc")
+                .is_none()
+        );
+        assert!(
+            endpoints
+                .target("bot", "other", "/messages/?session_id=abc")
+                .is_none()
+        );
         drop(announcer);
-        assert!(endpoints
-            .target("bot", "legacy", "/messages/?session_id=abc")
-            .is_none());
+        assert!(
+            endpoints
+                .target("bot", "legacy", "/messages/?session_id=abc")
+                .is_none()
+        );
     }
 }

@@ -356,7 +356,8 @@ pub async fn serve(
                     return Ok(empty(StatusCode::OK));
                 }
                 (true, None) => {
-                    let response = upstream(ex, &asker, decoded, Content::NOT_SCANNED, None).await?;
+                    let response =
+                        upstream(ex, &asker, decoded, Content::NOT_SCANNED, None).await?;
                     if response.status().is_success() {
                         mcp.sessions.end(id);
                     }
@@ -427,7 +428,11 @@ async fn open_legacy(
         mcp.legacy.clone(),
         (&asker.identity.agent, &asker.context.route.name),
         &asker.context.route.path_prefix,
-        if stream_path.is_empty() { "/" } else { &stream_path },
+        if stream_path.is_empty() {
+            "/"
+        } else {
+            &stream_path
+        },
         format!("{scheme}://{authority}"),
     );
     // A tools/list answer is known here only by its shape (its request went

@@ -109,7 +109,9 @@ impl SseBody {
                     None => {
                         // An endpoint the gateway will not serve: nothing
                         // more goes out on this stream.
-                        tracing::warn!("legacy MCP server announced an endpoint the gateway refuses; stream ended");
+                        tracing::warn!(
+                            "legacy MCP server announced an endpoint the gateway refuses; stream ended"
+                        );
                         self.buf.clear();
                         self.endpoint = None;
                         self.ended = true;
@@ -212,9 +214,8 @@ impl Body for SseBody {
             {
                 match injected.poll_recv(cx) {
                     Poll::Ready(Some(message)) => {
-                        this.out.push_back(Bytes::from(format!(
-                            "event: message\ndata: {message}\n\n"
-                        )));
+                        this.out
+                            .push_back(Bytes::from(format!("event: message\ndata: {message}\n\n")));
                     }
                     Poll::Ready(None) => this.injected = None,
                     Poll::Pending => {}

@@ -182,7 +182,9 @@ impl Forwarder {
             ),
         };
         let query = match injected.map(|i| (&i.injection, &i.value.value)) {
-            Some((Injection::Query(name), value)) => Some(query_with(query.as_deref(), name, value)),
+            Some((Injection::Query(name), value)) => {
+                Some(query_with(query.as_deref(), name, value))
+            }
             _ => query,
         };
         let uri = upstream_uri(upstream, base, rest, query.as_deref())?;
@@ -515,14 +517,13 @@ mod tests {
                 authority: "127.0.0.1:9".parse().unwrap(),
                 base_path: prefix.to_string(),
             };
-            let uri =
-                upstream_uri(
-                    &upstream,
-                    &upstream.base_path,
-                    &context.rest_path,
-                    context.query.as_deref(),
-                )
-                .unwrap();
+            let uri = upstream_uri(
+                &upstream,
+                &upstream.base_path,
+                &context.rest_path,
+                context.query.as_deref(),
+            )
+            .unwrap();
             let forwarded = uri.path();
             let expect_forwarded = if context.rest_path == "/" && !context.path.ends_with('/') {
                 format!("{}/", context.path)
