@@ -508,7 +508,9 @@ async fn mcp_routes_forward_only_decided_mcp() {
             "{method}"
         );
     }
-    // The event stream needs the agent's own session.
+    // A GET without a session is a legacy HTTP+SSE client opening its
+    // stream (issue 21): decided as `open_stream` and passed on, and this
+    // Streamable HTTP server opens no stream without a session.
     let r = rig
         .agent
         .get(rig.server.url("/mcp/tools"))
@@ -516,8 +518,14 @@ async fn mcp_routes_forward_only_decided_mcp() {
         .send()
         .await
         .unwrap();
-    let (status, e) = support::error_of(r).await;
-    assert_eq!((status, e["code"].as_str()), (400, Some("bad_request")));
+    let request_id = support::request_id(&r);
+    assert_eq!(r.status(), 400);
+    let rec = tokio::task::block_in_place(|| record(&rig.server, &request_id));
+    assert_eq!(
+        (rec["action"].as_str(), rec["outcome"].as_str()),
+        (Some("mcp:GET"), Some("allow")),
+        "{rec}"
+    );
 
     // A tool call sent as a notification never runs (no answer could carry
     // a refusal), even where policy would hold it for approval.
