@@ -12,12 +12,14 @@
 //! | `GET /admin/v1/vault` | KEK fingerprint and overdue secrets |
 //! | `POST /admin/v1/vault/rekey` | rewrap every data key under a new KEK |
 //! | `GET/POST /admin/v1/transit/keys` | list / create (random or imported Fernet key) |
-//! | `POST /admin/v1/transit/keys/{name}/rotate` | new key version |
+//! | `POST /admin/v1/transit/keys/{name}/rotate` | new key version (random or imported) |
+//! | `POST /admin/v1/transit/keys/{name}/export` | every version's Fernet key: only for a key created exportable, with a fresh TOTP (step-up), audited `transit.export` |
 //! | `POST /admin/v1/transit/{encrypt,decrypt,rewrap}` | Fernet tokens |
 //! | `GET /admin/v1/captures/{request_id}` | a captured request/response, decrypted |
 //!
-//! Values arrive in request bodies and leave only as transit plaintexts and
-//! captures the caller asked for; they are never in errors or audit records.
+//! Values arrive in request bodies and leave only as transit plaintexts,
+//! exported transit keys and captures the caller asked for; they are never
+//! in errors or audit records.
 
 use std::sync::Arc;
 
@@ -31,7 +33,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use bytes::Bytes;
 use portcullis_core::ErrorCode;
-use portcullis_vault::{Kek, RotationHook, SecretSettings, Vault, VaultError};
+use portcullis_vault::{Kek, RotationHook, SecretSettings, TransitChange, Vault, VaultError};
 use serde::Deserialize;
 use zeroize::{Zeroize, Zeroizing};
 
@@ -47,6 +49,7 @@ pub(crate) fn routes() -> Router<AdminState> {
         .route("/vault/rekey", post(rekey))
         .route("/transit/keys", get(list_transit).post(create_transit))
         .route("/transit/keys/{name}/rotate", post(rotate_transit))
+        .route("/transit/keys/{name}/export", post(export_transit))
         .route("/transit/encrypt", post(transit_encrypt))
         .route("/transit/decrypt", post(transit_decrypt))
         .route("/transit/rewrap", post(transit_rewrap))
@@ -74,6 +77,7 @@ fn vault_error(call: &Call, e: VaultError) -> ApiError {
             "the token is not valid for any version of this key",
         ),
         VaultError::Transit(t) => call.error(ErrorCode::BadRequest, t.to_string()),
+        e @ VaultError::NotExportable(_) => call.error(ErrorCode::Forbidden, e.to_string()),
         VaultError::Hook(h) => {
             tracing::warn!(request_id = %call.request_id, error = %h, "rotation hook failed");
             call.error(ErrorCode::UpstreamUnavailable, h.to_string())
@@ -319,6 +323,9 @@ struct CreateTransit {
     name: String,
     /// A Fernet key to import; a random one when absent.
     key: Option<String>,
+    /// Whether `export` may hand the key out later (fixed at creation).
+    #[serde(default)]
+    exportable: bool,
 }
 
 #[derive(Deserialize)]
@@ -346,14 +353,24 @@ async fn create_transit(
     let vault = vault(&state, &call)?;
     let mut req: CreateTransit = parse_json(&call, &body)?;
     let info = vault
-        .transit_key(&req.name, req.key.as_deref(), false)
+        .transit_key(
+            &req.name,
+            req.key.as_deref(),
+            TransitChange::Create {
+                exportable: req.exportable,
+            },
+        )
         .await
         .map_err(|e| vault_error(&call, e));
     if let Some(k) = req.key.as_mut() {
         k.zeroize();
     }
     let info = info?;
-    call.done(&state.sink, "transit.create", &req.name, 201);
+    let action = match req.exportable {
+        true => "transit.create_exportable",
+        false => "transit.create",
+    };
+    call.done(&state.sink, action, &req.name, 201);
     Ok(json(StatusCode::CREATED, &info))
 }
 
@@ -369,16 +386,69 @@ async fn rotate_transit(
     } else {
         parse_json(&call, &body)?
     };
+    let imported = req.key.is_some();
     let info = vault
-        .transit_key(&name, req.key.as_deref(), true)
+        .transit_key(&name, req.key.as_deref(), TransitChange::Rotate)
         .await
         .map_err(|e| vault_error(&call, e));
     if let Some(k) = req.key.as_mut() {
         k.zeroize();
     }
     let info = info?;
-    call.done(&state.sink, "transit.rotate", &name, 200);
+    let action = match imported {
+        true => "transit.rotate_import",
+        false => "transit.rotate",
+    };
+    call.done(&state.sink, action, &name, 200);
     Ok(json(StatusCode::OK, &info))
+}
+
+/// Hands out every version of a transit key, newest first, so the data can
+/// be opened outside the gateway (Python's `MultiFernet`). Sensitive: a
+/// human admin's fresh TOTP code (step-up, as for other sensitive calls),
+/// and only for a key created exportable. Both the export and its refusal
+/// are audited (`transit.export`), never the key.
+async fn export_transit(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, ApiError> {
+    let vault = vault(&state, &call)?;
+    let refused = |code: ErrorCode| {
+        call.audit(
+            &state.sink,
+            "transit.export",
+            &name,
+            portcullis_audit::Outcome::Deny,
+            code.http_status(),
+            Some(code),
+        );
+    };
+    let approver = match crate::mfa::require_fresh_totp(&state, &call, &headers).await {
+        Ok(approver) => approver,
+        Err(e) => {
+            refused(e.code());
+            return Err(e);
+        }
+    };
+    let versions = match vault.transit_export(&name) {
+        Ok(versions) => versions,
+        Err(e) => {
+            let e = vault_error(&call, e);
+            refused(e.code());
+            return Err(e);
+        }
+    };
+    let keys: Vec<serde_json::Value> = versions
+        .iter()
+        .map(|v| serde_json::json!({ "version": v.version, "key": v.key.as_str() }))
+        .collect();
+    call.done_by(&state.sink, &approver, "transit.export", &name, 200);
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "name": name, "keys": keys }),
+    ))
 }
 
 #[derive(Deserialize)]

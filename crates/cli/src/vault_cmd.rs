@@ -202,11 +202,28 @@ pub enum TransitCommand {
         /// The key's name.
         name: String,
         /// Import this Fernet key (url-safe base64 of 32 bytes).
-        #[arg(long, value_name = "FILE")]
+        #[arg(long, value_name = "FILE", alias = "import")]
         import_key_file: Option<PathBuf>,
+        /// Let `transit export` hand the key out later (fixed for the key's
+        /// life; without it the key never leaves the vault).
+        #[arg(long)]
+        exportable: bool,
     },
-    /// Add a new version; older versions still decrypt.
+    /// Add a new version (random, or imported with --import); older
+    /// versions still decrypt.
     Rotate {
+        /// The key's name.
+        name: String,
+        /// Import this Fernet key as the new version (a file holding url-safe
+        /// base64 of 32 bytes, `-` for standard input).
+        #[arg(long, value_name = "FILE")]
+        import: Option<PathBuf>,
+    },
+    /// Print every version of an exportable key, newest first, as Fernet
+    /// keys (for `MultiFernet`). Sensitive: needs --user/--totp once admins
+    /// have enrolled; audited as `transit.export`; refused for a key not
+    /// created with --exportable.
+    Export {
         /// The key's name.
         name: String,
     },
@@ -413,6 +430,20 @@ fn replace_quickstart_kek(
     Ok(true)
 }
 
+/// A Fernet key to import, from a file or standard input (`-`).
+fn read_key(path: &std::path::Path) -> Result<Zeroizing<String>> {
+    let mut key = Zeroizing::new(String::new());
+    if path.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut key)?;
+    } else {
+        key = Zeroizing::new(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read `{}`", path.display()))?,
+        );
+    }
+    Ok(key)
+}
+
 /// Runs a transit command.
 pub async fn transit(command: TransitCommand, args: AdminArgs) -> Result<()> {
     let client = AdminClient::from_args(&args)?;
@@ -421,20 +452,28 @@ pub async fn transit(command: TransitCommand, args: AdminArgs) -> Result<()> {
         TransitCommand::Create {
             name,
             import_key_file,
+            exportable,
         } => {
-            let mut body = json!({ "name": name });
+            let mut body = json!({ "name": name, "exportable": exportable });
             if let Some(path) = import_key_file {
-                let key = Zeroizing::new(
-                    std::fs::read_to_string(&path)
-                        .with_context(|| format!("cannot read `{}`", path.display()))?,
-                );
-                body["key"] = json!(key.trim());
+                body["key"] = json!(read_key(&path)?.trim());
             }
             print(&client.post("/transit/keys", &body).await?);
         }
-        TransitCommand::Rotate { name } => print(
+        TransitCommand::Rotate { name, import } => {
+            let mut body = json!({});
+            if let Some(path) = import {
+                body["key"] = json!(read_key(&path)?.trim());
+            }
+            print(
+                &client
+                    .post(&format!("/transit/keys/{name}/rotate"), &body)
+                    .await?,
+            )
+        }
+        TransitCommand::Export { name } => print(
             &client
-                .post(&format!("/transit/keys/{name}/rotate"), &json!({}))
+                .post(&format!("/transit/keys/{name}/export"), &json!({}))
                 .await?,
         ),
         TransitCommand::Encrypt { key, from_file } => {

@@ -2016,3 +2016,247 @@ fn serve_check_shows_each_sandbox_and_refuses_unknown_keys() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Runs a one-shot Python script of the MCP tests with `args`; its JSON line.
+fn run_script(script: &str, args: &[&std::ffi::OsStr]) -> Value {
+    let out = Command::new("timeout")
+        .arg("90")
+        .arg("python3")
+        .arg(format!("{TESTS}/{script}"))
+        .args(args)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script}: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap()
+}
+
+/// The SDK's `Client` in auto mode through the gateway: its answer.
+fn auto_through(server: &Server, route: &str, agent: &str) -> Value {
+    let (cert, key) = server.create_agent(agent, &["dev"]);
+    let url = server.url(&format!("/mcp/{route}"));
+    let ca = server.state_dir().join("ca.crt");
+    run_script(
+        "auto_client.py",
+        &[url.as_ref(), ca.as_ref(), cert.as_ref(), key.as_ref()],
+    )
+}
+
+const REVISION_POLICIES: &str = r#"
+@id("dev") permit(principal in Role::"dev", action in [Action::"list_tools", Action::"call_tool"], resource in Route::"notes");
+"#;
+
+/// MCP 2026-07-28 (issue 21): the SDK v2 in its default auto mode probes
+/// `server/discover`; through the gateway it negotiates the revision it
+/// negotiates directly with the same server, with no denied record, and
+/// each revision is a policy's to refuse (`context.revision`), after which
+/// the same client falls back to the handshake.
+#[test]
+fn the_sdk_in_auto_mode_negotiates_through_the_gateway_what_it_does_directly() {
+    if !python_mcp() {
+        return;
+    }
+    let (_py, port, notes) = start_guard_server(true);
+    let upstream = format!("http://127.0.0.1:{port}/mcp");
+    let direct = run_script("auto_client.py", &[upstream.as_ref()]);
+    assert_eq!(direct["version"], "2026-07-28", "{direct}");
+
+    let server = gateway("notes", &upstream, REVISION_POLICIES);
+    let through = auto_through(&server, "notes", "modern-bot");
+    assert_eq!(through["version"], direct["version"], "{through}");
+    assert_eq!(through["call"], "saved", "{through}");
+    assert!(
+        through["tools"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("save_note")),
+        "{through}"
+    );
+    // MCP Inspector 0.15's path: the endpoint with `/mcp` appended.
+    let inspector = auto_through(&server, "notes/mcp", "inspector-bot");
+    assert_eq!(inspector["version"], direct["version"], "{inspector}");
+    let written = std::fs::read_to_string(notes.path()).unwrap();
+    assert_eq!(
+        written.lines().collect::<Vec<_>>(),
+        ["auto", "auto", "auto"]
+    );
+    // Every message was decided and allowed: discover as session plumbing.
+    let records = server.audit(50);
+    let mcp: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["action"].as_str().unwrap_or("").starts_with("mcp:"))
+        .collect();
+    assert!(
+        mcp.iter().any(|r| r["action"] == "mcp:server/discover"),
+        "{mcp:?}"
+    );
+    assert!(
+        mcp.iter().all(|r| r["outcome"] == "allow"),
+        "a denied record: {mcp:?}"
+    );
+
+    // A policy refuses the revision: the client falls back to 2025-11-25.
+    let forbid = format!(
+        "{REVISION_POLICIES}\n@id(\"no-2026\") forbid(principal, action in [Action::\"mcp_plumbing\", Action::\"list_tools\", Action::\"call_tool\"], resource in Route::\"notes\") when {{ context.revision == \"2026-07-28\" }};"
+    );
+    let server = gateway("notes", &upstream, &forbid);
+    let through = auto_through(&server, "notes", "held-back-bot");
+    assert_eq!(through["version"], "2025-11-25", "{through}");
+    assert_eq!(through["call"], "saved", "{through}");
+    let records = server.audit(50);
+    let discover = records
+        .iter()
+        .find(|r| r["action"] == "mcp:server/discover")
+        .expect("the probe is recorded");
+    assert_eq!(discover["outcome"], "deny", "{discover}");
+    assert!(
+        discover["policies"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("no-2026")),
+        "{discover}"
+    );
+}
+
+fn start_legacy_server() -> (Killed, u16, tempfile::NamedTempFile) {
+    let port = free_port();
+    let notes = tempfile::NamedTempFile::new().unwrap();
+    let mut py = Command::new("python3")
+        .arg(format!("{TESTS}/legacy_sse_server.py"))
+        .arg(port.to_string())
+        .arg(notes.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut py);
+    (Killed(py), port, notes)
+}
+
+const LEGACY_POLICIES: &str = r#"
+@id("dev") permit(principal in Role::"dev", action in [Action::"list_tools", Action::"call_tool"], resource in Route::"legacy");
+@id("no-wipe") forbid(principal, action == Action::"call_tool", resource == Tool::"legacy/wipe_notes");
+"#;
+
+/// A legacy HTTP+SSE server (MCP 2024-11-05, the SDK's `SseServerTransport`)
+/// behind a route: the `endpoint` event is rewritten to the route prefix,
+/// the message POSTs are decided one by one, and a refusal reaches the
+/// client on its stream. The announced endpoint is the agent's alone.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_legacy_sse_server_sits_behind_a_route_and_its_messages_are_decided() {
+    if !python_mcp() {
+        return;
+    }
+    let (_py, port, notes) = tokio::task::block_in_place(start_legacy_server);
+    let server = tokio::task::block_in_place(|| {
+        gateway(
+            "legacy",
+            &format!("http://127.0.0.1:{port}/sse"),
+            LEGACY_POLICIES,
+        )
+    });
+    let (cert, key) = tokio::task::block_in_place(|| server.create_agent("old-bot", &["dev"]));
+    let url = server.url("/mcp/legacy");
+    let ca = server.state_dir().join("ca.crt");
+    let seen = tokio::task::block_in_place(|| {
+        run_script(
+            "legacy_sse_client.py",
+            &[url.as_ref(), ca.as_ref(), cert.as_ref(), key.as_ref()],
+        )
+    });
+    assert_eq!(seen["tools"], json!(["save_note"]), "{seen}");
+    assert_eq!(seen["save"], "saved", "{seen}");
+    assert_eq!(seen["wipe"]["data"]["code"], "forbidden", "{seen}");
+    assert_eq!(
+        std::fs::read_to_string(notes.path()).unwrap(),
+        "via legacy\n",
+        "the refused call never reached the server"
+    );
+    let records = tokio::task::block_in_place(|| server.audit(50));
+    let actions: Vec<(&str, &str)> = records
+        .iter()
+        .map(|r| {
+            (
+                r["action"].as_str().unwrap_or(""),
+                r["outcome"].as_str().unwrap_or(""),
+            )
+        })
+        .collect();
+    for expected in [
+        ("mcp:GET", "allow"),
+        ("mcp:initialize", "allow"),
+        ("mcp:tools/list", "allow"),
+        ("mcp:tools/call", "allow"),
+        ("mcp:tools/call", "deny"),
+    ] {
+        assert!(actions.contains(&expected), "{expected:?} in {actions:?}");
+    }
+
+    // The endpoint is announced to its agent only, and only while its
+    // stream is open: another agent's POST there finds no route.
+    let agent = support::client(&server.ca_pem(), Some((&cert, &key)));
+    let stream = agent
+        .get(server.url("/mcp/legacy"))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let mut stream = stream;
+    let mut text = String::new();
+    while !text.contains("\n\n") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let endpoint = text
+        .lines()
+        .find_map(|l| l.strip_prefix("data: "))
+        .unwrap()
+        .to_string();
+    assert!(
+        endpoint.starts_with("/mcp/legacy/messages/?session_id="),
+        "{text}"
+    );
+    let (other_cert, other_key) =
+        tokio::task::block_in_place(|| server.create_agent("other-bot", &["dev"]));
+    let other = support::client(&server.ca_pem(), Some((&other_cert, &other_key)));
+    let ping = json!({"jsonrpc": "2.0", "id": 1, "method": "ping"});
+    let r = other
+        .post(server.url(&endpoint))
+        .json(&ping)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404, "another agent's endpoint");
+    let r = agent
+        .post(server.url(&endpoint))
+        .json(&ping)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "its own");
+    drop(stream);
+    let mut gone = false;
+    for _ in 0..50 {
+        let r = agent
+            .post(server.url(&endpoint))
+            .json(&ping)
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 404 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the endpoint outlived its stream");
+}

@@ -509,7 +509,9 @@ async fn mcp_routes_forward_only_decided_mcp() {
             "{method}"
         );
     }
-    // The event stream needs the agent's own session.
+    // A GET without a session is a legacy HTTP+SSE client opening its
+    // stream (issue 21): decided as `open_stream` and passed on, and this
+    // Streamable HTTP server opens no stream without a session.
     let r = rig
         .agent
         .get(rig.server.url("/mcp/tools"))
@@ -517,8 +519,14 @@ async fn mcp_routes_forward_only_decided_mcp() {
         .send()
         .await
         .unwrap();
-    let (status, e) = support::error_of(r).await;
-    assert_eq!((status, e["code"].as_str()), (400, Some("bad_request")));
+    let request_id = support::request_id(&r);
+    assert_eq!(r.status(), 400);
+    let rec = tokio::task::block_in_place(|| record(&rig.server, &request_id));
+    assert_eq!(
+        (rec["action"].as_str(), rec["outcome"].as_str()),
+        (Some("mcp:GET"), Some("allow")),
+        "{rec}"
+    );
 
     // A tool call sent as a notification never runs (no answer could carry
     // a refusal), even where policy would hold it for approval.
@@ -1352,5 +1360,136 @@ fn the_parity_document_names_every_cell() {
             PARITY_DOC.contains(cell),
             "docs/parity.md does not name the cell `{cell}`"
         );
+    }
+}
+
+/// `promtool check metrics` on one exposition: its exit status and findings.
+fn promtool(exposition: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(exposition.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let findings = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), findings.trim().to_string())
+}
+
+/// The families an exposition declares with `# TYPE`, and their types.
+fn declared(exposition: &str) -> Vec<(String, String)> {
+    exposition
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .map(|(n, t)| (n.to_string(), t.to_string()))
+        .collect()
+}
+
+/// Issue 21: `/metrics` after real traffic on all three protocols passes
+/// `promtool check metrics` with no finding in the text format 0.0.4,
+/// served to `Accept: text/plain;version=0.0.4` and plain `text/plain`;
+/// OpenMetrics is served otherwise (and to Prometheus's own Accept), with
+/// HELP and TYPE on every family and `# EOF`. promtool (2.42, Debian)
+/// reads only the 0.0.4 format: fed OpenMetrics it finds exactly one
+/// thing per counter family (`<name>_total no help text`, because an
+/// OpenMetrics counter family is named without `_total`), and nothing else
+/// is tolerated. Skips visibly without promtool (`apt-get install
+/// prometheus`; `.ci/run` installs it).
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_after_traffic_on_every_protocol_pass_promtool_in_both_formats() {
+    if Command::new("promtool").arg("--version").output().is_err() {
+        eprintln!(
+            "SKIPPED: promtool check metrics: promtool is not installed (apt-get install prometheus)"
+        );
+        return;
+    }
+    let Some(rig) = rig_with(&obliging("")).await else {
+        return;
+    };
+    for protocol in [Protocol::Http, Protocol::Mcp, Protocol::Llm] {
+        let served = rig.call(protocol, "scraped").await;
+        assert_eq!(served.code, None, "{protocol:?}: {served:?}");
+    }
+    let admin = support::client(&rig.server.ca_pem(), None);
+    let scrape = |accept: Option<&'static str>| {
+        let mut r = admin.get(format!("https://{}/metrics", rig.server.admin));
+        if let Some(a) = accept {
+            r = r.header("accept", a);
+        }
+        async move {
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let media = r.headers()["content-type"].to_str().unwrap().to_string();
+            (media, r.text().await.unwrap())
+        }
+    };
+    for accept in ["text/plain;version=0.0.4", "text/plain"] {
+        let (media, text) = scrape(Some(accept)).await;
+        assert_eq!(
+            media, "text/plain; version=0.0.4; charset=utf-8",
+            "{accept}"
+        );
+        for family in ["portcullis_requests_total", "portcullis_decisions_total"] {
+            assert!(
+                text.contains(&format!("# HELP {family} ")),
+                "{family}: {text}"
+            );
+        }
+        // Traffic of the three protocols is in it.
+        for route in ["api", "tools", "llm/gpt-test"] {
+            assert!(
+                text.contains(&format!(
+                    "portcullis_requests_total{{route=\"{route}\",status=\"200\"}}"
+                )),
+                "{route}: {text}"
+            );
+        }
+        let (ok, findings) = tokio::task::block_in_place(|| promtool(&text));
+        assert!(
+            ok && findings.is_empty(),
+            "promtool on 0.0.4 ({accept}): {findings}\n{text}"
+        );
+    }
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    for accept in [None, Some("*/*"), Some(prometheus)] {
+        let (media, text) = scrape(accept).await;
+        assert_eq!(
+            media, "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            "{accept:?}"
+        );
+        assert_eq!(text.lines().last(), Some("# EOF"), "{accept:?}");
+        let families = declared(&text);
+        let helped: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# HELP "))
+            .filter_map(|l| l.split(' ').next())
+            .collect();
+        assert_eq!(
+            helped,
+            families.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>()
+        );
+        let (_, findings) = tokio::task::block_in_place(|| promtool(&text));
+        let mut expected: Vec<String> = families
+            .iter()
+            .filter(|(_, t)| t == "counter")
+            .map(|(n, _)| format!("{n}_total no help text"))
+            .collect();
+        let mut found: Vec<String> = findings.lines().map(str::to_string).collect();
+        expected.sort();
+        found.sort();
+        assert_eq!(found, expected, "promtool on OpenMetrics ({accept:?})");
     }
 }

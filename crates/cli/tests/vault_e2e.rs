@@ -591,3 +591,199 @@ async fn corrupted_ciphertext_fails_one_route_only() {
     assert_eq!(r.status(), 200);
     assert_eq!(probe.get(&readyz).send().await.unwrap().status(), 200);
 }
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Runs python3 `script` with `args`; its trimmed stdout.
+fn python(script: &str, args: &[&str]) -> String {
+    let out = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+/// `transit export` hands out a gateway-generated key only when it was
+/// created `--exportable`, only with a human admin's fresh TOTP once admins
+/// enrolled, and audits the export and its refusals without the key; the
+/// exported versions open every token in Python's `MultiFernet`, and a key
+/// imported by `transit rotate --import` is the newest version.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_exportable_transit_key_leaves_only_by_a_stepped_up_export_and_opens_in_fernet() {
+    install_crypto();
+    let probe = Command::new("python3")
+        .args(["-c", "import cryptography.fernet"])
+        .output();
+    if !probe.is_ok_and(|o| o.status.success()) {
+        eprintln!(
+            "SKIPPED: transit export: python3 with `cryptography` is not installed (pip install -r requirements-test.txt)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let kek = outside.path().join("kek");
+    write_kek(&kek, 0x24);
+    let cfg = write_config(dir.path(), "");
+    let k = kek.to_str().unwrap().to_string();
+    let server = tokio::task::block_in_place(|| {
+        Server::start_with_env(dir, Some(&cfg), &[("PORTCULLIS_KEK_FILE", &k)])
+    });
+    let encrypt = |key: &str, text: &str| {
+        let mut child = Command::new(BIN)
+            .args(["transit", "encrypt", key, "--state-dir"])
+            .arg(server.state_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        ok(child.wait_with_output().unwrap()).trim().to_string()
+    };
+
+    ok(server.cli(&["transit", "create", "sealed"]));
+    let created: serde_json::Value = serde_json::from_str(&ok(server.cli(&[
+        "transit",
+        "create",
+        "portable",
+        "--exportable",
+    ])))
+    .unwrap();
+    assert_eq!(created["exportable"], true, "{created}");
+    let t1 = encrypt("portable", "one");
+    ok(server.cli(&["transit", "rotate", "portable"]));
+    let t2 = encrypt("portable", "two");
+    // A key made elsewhere becomes the newest version.
+    let imported = python(
+        "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())",
+        &[],
+    );
+    let key_file = outside.path().join("imported.key");
+    std::fs::write(&key_file, format!("{imported}\n")).unwrap();
+    let rotated: serde_json::Value = serde_json::from_str(&ok(server.cli(&[
+        "transit",
+        "rotate",
+        "portable",
+        "--import",
+        key_file.to_str().unwrap(),
+    ])))
+    .unwrap();
+    assert_eq!(rotated["latest_version"], 3, "{rotated}");
+    let t3 = encrypt("portable", "three");
+    assert_eq!(
+        python(
+            "import sys; from cryptography.fernet import Fernet; print(Fernet(sys.argv[1].encode()).decrypt(sys.argv[2].encode()).decode())",
+            &[&imported, &t3],
+        ),
+        "three"
+    );
+
+    // A human admin enrols: export now needs their fresh code.
+    let out = ok(server.cli(&["admin", "user", "add", "alice"]));
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("TOTP secret (shown once; add it to an authenticator app): "))
+        .expect("secret printed");
+    let secret = portcullis_identity::TotpSecret::from_base32(secret).unwrap();
+    let out = server.cli(&["transit", "export", "portable"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("mfa_required"), "{err}");
+    while unix_now() % 30 > 22 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let code = secret.code_at(unix_now());
+    // Not created exportable: refused even with a good code (which stays
+    // unspent: a refused call gives its step back).
+    let out = server.cli(&[
+        "transit", "export", "sealed", "--user", "alice", "--totp", &code,
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("forbidden") && err.contains("not created exportable"),
+        "{err}"
+    );
+    let exported: serde_json::Value = serde_json::from_str(&ok(server.cli(&[
+        "transit", "export", "portable", "--user", "alice", "--totp", &code,
+    ])))
+    .unwrap();
+    let keys: Vec<String> = exported["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["key"].as_str().unwrap().to_string())
+        .collect();
+    let versions: Vec<i64> = exported["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["version"].as_i64().unwrap())
+        .collect();
+    assert_eq!(versions, [3, 2, 1], "{exported}");
+    assert_eq!(keys[0], imported);
+    // Python opens every token with the exported versions, and what it
+    // encrypts with the newest one opens in the gateway.
+    let multi = "import sys; from cryptography.fernet import Fernet, MultiFernet; \
+                 f = MultiFernet([Fernet(k.encode()) for k in sys.argv[1].split(',')]); \
+                 print(' '.join(f.decrypt(t.encode()).decode() for t in sys.argv[2:]))";
+    assert_eq!(
+        python(multi, &[&keys.join(","), &t1, &t2, &t3]),
+        "one two three"
+    );
+    let from_python = python(
+        "import sys; from cryptography.fernet import Fernet; print(Fernet(sys.argv[1].encode()).encrypt(b'from python').decode())",
+        &[&keys[0]],
+    );
+    assert_eq!(
+        ok(server.cli(&["transit", "decrypt", "portable", &from_python])),
+        "from python"
+    );
+
+    // Audited: the export with the admin who confirmed it, the refusals,
+    // and never a key.
+    let records = server.audit(50);
+    let exports: Vec<(&str, &str, &str)> = records
+        .iter()
+        .filter(|r| r["action"] == "transit.export")
+        .map(|r| {
+            (
+                r["resource"].as_str().unwrap_or(""),
+                r["outcome"].as_str().unwrap_or(""),
+                r["principal"].as_str().unwrap_or("-"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        exports,
+        [
+            ("portable", "deny", "-"),
+            ("sealed", "deny", "-"),
+            ("portable", "allow", "alice"),
+        ],
+        "{records:?}"
+    );
+    let text = serde_json::to_string(&records).unwrap();
+    for key in &keys {
+        assert!(!text.contains(key.as_str()), "a key is in the audit log");
+    }
+}

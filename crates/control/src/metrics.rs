@@ -513,17 +513,248 @@ impl Metrics {
         }
     }
 
-    /// The Prometheus text exposition.
+    /// The OpenMetrics 1.0 exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// The exposition in `format`: OpenMetrics as encoded, or the same
+    /// families rewritten to the Prometheus text format 0.0.4.
+    pub fn encode_as(&self, format: Exposition) -> String {
+        match format {
+            Exposition::OpenMetrics => self.encode(),
+            Exposition::Text004 => text_004(&self.encode()),
+        }
+    }
+}
+
+/// The two exposition formats `/metrics` speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exposition {
+    /// OpenMetrics 1.0 (`application/openmetrics-text`): the default.
+    OpenMetrics,
+    /// The Prometheus text format 0.0.4 (`text/plain; version=0.0.4`), for
+    /// clients that ask for plain text (older scrapers, `promtool`, curl
+    /// with `Accept: text/plain`).
+    Text004,
+}
+
+impl Exposition {
+    /// Picks the format from a request's `Accept` header: plain text when
+    /// `text/plain` (any version) is preferred to OpenMetrics by its
+    /// q-value, OpenMetrics otherwise (no header, `*/*`, ties). A scrape by
+    /// Prometheus, which asks for both with OpenMetrics first, gets
+    /// OpenMetrics.
+    pub fn negotiate(accept: Option<&str>) -> Self {
+        let Some(accept) = accept else {
+            return Exposition::OpenMetrics;
+        };
+        // The best q-value each format gets from any media range.
+        let (mut open_q, mut text_q) = (0.0_f64, 0.0_f64);
+        for range in accept.split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let q = parts
+                .filter_map(|p| p.split_once('='))
+                .find(|(k, _)| k.trim().eq_ignore_ascii_case("q"))
+                .and_then(|(_, v)| v.trim().parse::<f64>().ok())
+                .filter(|q| (0.0..=1.0).contains(q))
+                .unwrap_or(1.0);
+            let (open, text) = match media.as_str() {
+                "application/openmetrics-text" => (true, false),
+                "text/plain" => (false, true),
+                "application/*" => (true, false),
+                "text/*" => (false, true),
+                "*/*" => (true, true),
+                _ => (false, false),
+            };
+            if open {
+                open_q = open_q.max(q);
+            }
+            if text {
+                text_q = text_q.max(q);
+            }
+        }
+        if text_q > open_q {
+            Exposition::Text004
+        } else {
+            Exposition::OpenMetrics
+        }
+    }
+
+    /// The `Content-Type` of an answer in this format.
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Exposition::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Exposition::Text004 => "text/plain; version=0.0.4; charset=utf-8",
+        }
+    }
+}
+
+/// Rewrites an OpenMetrics exposition to the text format 0.0.4. The two
+/// differ where a 0.0.4 parser would misread OpenMetrics: a counter family
+/// is named without `_total` in OpenMetrics (`# TYPE x counter`, sample
+/// `x_total`) but with it in 0.0.4, where a sample named unlike its family
+/// is an untyped metric with no HELP; `# UNIT`, `# EOF`, `_created` samples
+/// and exemplars do not exist in 0.0.4; HELP escapes only `\\` and `\n`.
+/// Types 0.0.4 does not know become `untyped`.
+fn text_004(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len());
+    // The HELP line waits for its TYPE, which says whether the name changes.
+    let mut help: Option<String> = None;
+    // The family of the current counter, whose `_created` samples go.
+    let mut counter: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let (_, text) = rest.split_once(' ').unwrap_or((rest, ""));
+            help = Some(text.replace("\\\"", "\""));
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (family, kind) = rest.split_once(' ').unwrap_or((rest, "unknown"));
+            let (name, kind) = match kind {
+                "counter" => (format!("{family}_total"), "counter"),
+                "gauge" | "histogram" | "summary" => (family.to_string(), kind),
+                _ => (family.to_string(), "untyped"),
+            };
+            counter = (kind == "counter").then_some(family);
+            if let Some(text) = help.take() {
+                out.push_str(&format!("# HELP {name} {text}\n"));
+            }
+            out.push_str(&format!("# TYPE {name} {kind}\n"));
+            continue;
+        }
+        if line.starts_with('#') {
+            // `# UNIT`, `# EOF` and comments.
+            continue;
+        }
+        if let Some(family) = counter
+            && line
+                .strip_prefix(family)
+                .is_some_and(|rest| rest.starts_with("_created"))
+        {
+            continue;
+        }
+        out.push_str(without_exemplar(line));
+        out.push('\n');
+    }
+    out
+}
+
+/// A sample line without its OpenMetrics exemplar (` # {…} value`), which
+/// starts after the label set, outside any quoted label value.
+fn without_exemplar(line: &str) -> &str {
+    let mut quoted = false;
+    let mut escaped = false;
+    // Labels follow the name at once, or there are none.
+    let mut labels_done = line
+        .find([' ', '{'])
+        .is_none_or(|i| line[i..].starts_with(' '));
+    for (i, c) in line.char_indices() {
+        if !labels_done {
+            match (c, quoted, escaped) {
+                (_, true, true) => escaped = false,
+                ('\\', true, false) => escaped = true,
+                ('"', _, false) => quoted = !quoted,
+                ('}', false, _) => labels_done = true,
+                _ => {}
+            }
+            continue;
+        }
+        if line[i..].starts_with(" # ") {
+            return &line[..i];
+        }
+    }
+    line
 }
 
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(accept: Option<&str>, expected: Exposition) {
+        assert_eq!(Exposition::negotiate(accept), expected, "{accept:?}");
+    }
+
+    #[test]
+    fn plain_text_is_served_only_when_preferred() {
+        use Exposition::{OpenMetrics, Text004};
+        check(None, OpenMetrics);
+        check(Some("*/*"), OpenMetrics);
+        check(Some("text/plain;version=0.0.4"), Text004);
+        check(Some("text/plain"), Text004);
+        check(Some("Text/Plain; charset=utf-8"), Text004);
+        check(
+            Some("application/openmetrics-text; version=1.0.0"),
+            OpenMetrics,
+        );
+        check(Some("application/json"), OpenMetrics);
+        // What Prometheus sends: OpenMetrics first.
+        check(
+            Some(
+                "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+            ),
+            OpenMetrics,
+        );
+        check(
+            Some("application/openmetrics-text;q=0.2, text/plain;q=0.9"),
+            Text004,
+        );
+        check(Some("text/plain;q=0.5, */*;q=0.5"), OpenMetrics);
+    }
+
+    #[test]
+    fn counters_get_their_total_name_and_openmetrics_only_lines_go() {
+        let om = "# HELP p_requests Requests by \\\"route\\\".\n\
+                  # TYPE p_requests counter\n\
+                  p_requests_total{route=\"a # b\"} 1 # {trace_id=\"x\"} 1.0\n\
+                  p_requests_created{route=\"a # b\"} 1.7e9\n\
+                  # HELP p_up Up.\n# TYPE p_up gauge\n# UNIT p_up ratio\np_up 1\n\
+                  # HELP p_info Info.\n# TYPE p_info info\np_info_info{v=\"1\"} 1\n# EOF\n";
+        assert_eq!(
+            text_004(om),
+            "# HELP p_requests_total Requests by \"route\".\n\
+             # TYPE p_requests_total counter\n\
+             p_requests_total{route=\"a # b\"} 1\n\
+             # HELP p_up Up.\n# TYPE p_up gauge\np_up 1\n\
+             # HELP p_info Info.\n# TYPE p_info untyped\np_info_info{v=\"1\"} 1\n"
+        );
+        assert_eq!(without_exemplar("x_total 2 # {a=\"b\"} 1"), "x_total 2");
+    }
+
+    /// Every family of the real registry has HELP and TYPE in both formats.
+    #[test]
+    fn every_family_has_help_and_type() {
+        let metrics = Metrics::new();
+        metrics.request("r", 200);
+        metrics.decision("r", true);
+        for format in [Exposition::OpenMetrics, Exposition::Text004] {
+            let text = metrics.encode_as(format);
+            let helped: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("# HELP "))
+                .filter_map(|l| l.split(' ').next())
+                .collect();
+            let typed: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("# TYPE "))
+                .filter_map(|l| l.split(' ').next())
+                .collect();
+            assert_eq!(helped, typed, "{format:?}");
+            assert!(helped.len() > 10, "{format:?}: {text}");
+        }
+        let text = metrics.encode_as(Exposition::Text004);
+        assert!(text.contains("# TYPE portcullis_requests_total counter\n"));
+        assert!(text.contains("portcullis_requests_total{route=\"r\",status=\"200\"} 1\n"));
+        assert!(!text.contains("# EOF"));
     }
 }

@@ -497,6 +497,7 @@ impl PreparedFacts {
                     route,
                     classification,
                     method: self.method.as_deref().unwrap_or(mcp_method(mcp)),
+                    revision: "",
                     target,
                     args,
                     path: &self.path,

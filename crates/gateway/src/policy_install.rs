@@ -477,6 +477,7 @@ impl Replay {
                     route: &self.route,
                     classification: self.classification,
                     method,
+                    revision: "",
                     target: &self.target,
                     args: &[],
                     path: &self.path,

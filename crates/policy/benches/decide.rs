@@ -369,6 +369,7 @@ fn mcp(time: &dyn Fn(&dyn Fn() -> bool) -> f64) {
         route: "bench",
         classification: Classification::Internal,
         method: "tools/call",
+        revision: "",
         target: "echo",
         args: &args,
         path: "/mcp/bench",

@@ -405,6 +405,7 @@ mod tests {
                 route: "files",
                 classification: Classification::Internal,
                 method: "tools/call",
+                revision: "",
                 target,
                 args,
                 path: "/mcp/files",

@@ -447,6 +447,7 @@ permit(principal in Role::"dev", action == Action::"complete", resource in Route
                 route: "tools",
                 classification: Classification::Internal,
                 method: "tools/call",
+                revision: "",
                 target: tool,
                 args: &[],
                 path: "/mcp",

@@ -177,6 +177,9 @@ pub struct McpRequest<'a> {
     pub classification: Classification,
     /// The JSON-RPC method (`context.method`).
     pub method: &'a str,
+    /// The MCP protocol revision the message speaks (`context.revision`,
+    /// e.g. "2026-07-28"); empty when it names none.
+    pub revision: &'a str,
     /// The tool or prompt name or the resource URI; empty for the list actions.
     pub target: &'a str,
     /// Top-level arguments in canonical form (`context.args`, `context.argn`,
@@ -215,6 +218,9 @@ pub(crate) struct McpAuthz {
     /// The entity types of `context.argn` and `context.argd`; `None` for a
     /// schema written before them.
     typed_args: Option<(EntityTypeName, EntityTypeName)>,
+    /// Whether the schema's MCP context declares `revision`; `false` for a
+    /// schema written before it (its requests go without).
+    revision: bool,
     memo: crate::memo::DecisionMemo<(String, McpAction, String, String)>,
     /// The scope-matched policies, by (agent, action, route, target): they
     /// depend on nothing else within a snapshot, and picking them costs a
@@ -291,12 +297,13 @@ impl McpAuthz {
         } else {
             None
         };
-        let authz = McpAuthz {
+        let mut authz = McpAuthz {
             actions,
             agent_type: parse("Agent")?,
             route_type: parse("Route")?,
             args_type: parse("McpArgs")?,
             typed_args,
+            revision: true,
             memo: crate::memo::DecisionMemo::new(),
             matched: crate::memo::DecisionMemo::with_capacity(4_096),
         };
@@ -314,6 +321,7 @@ impl McpAuthz {
                 route: "shape-check",
                 classification: Classification::Public,
                 method: "shape/check",
+                revision: "",
                 target: "shape-check",
                 args: &[
                     McpArg::string("s", "v"),
@@ -331,6 +339,15 @@ impl McpAuthz {
                 caller: &caller,
             };
             let permitted = action.is_plumbing().then_some(true);
+            // A schema written before `context.revision` gets requests
+            // without it (decided on the first sample).
+            if authz.revision
+                && authz
+                    .request(&sample, None, None, permitted, Some(&bundle.schema))
+                    .is_err()
+            {
+                authz.revision = false;
+            }
             let (request, slice) =
                 authz.request(&sample, None, None, permitted, Some(&bundle.schema))?;
             // Validates the slice's entities (attributes, tags, parents) too.
@@ -516,6 +533,12 @@ impl McpAuthz {
             ("time".to_string(), time),
         ];
         pairs.extend(typed);
+        if self.revision {
+            pairs.push((
+                "revision".to_string(),
+                RestrictedExpression::new_string(r.revision.to_string()),
+            ));
+        }
         if let Some(permitted) = route_permitted {
             pairs.push((
                 "route_permitted".to_string(),
@@ -812,6 +835,7 @@ mod tests {
             route: "files",
             classification: Classification::Internal,
             method: "tools/call",
+            revision: "",
             target,
             args,
             path: "/mcp",
@@ -901,6 +925,7 @@ mod tests {
                             route: "files",
                             classification: Classification::Internal,
                             method: "tools/call",
+                            revision: "",
                             target,
                             args: &args,
                             path: "/mcp",
@@ -927,6 +952,7 @@ mod tests {
             route: "files",
             classification: Classification::Internal,
             method: "tools/call",
+            revision: "",
             target: "echo",
             args: &args,
             path: "/mcp",
@@ -1051,6 +1077,7 @@ mod tests {
                     route: "files",
                     classification: Classification::Internal,
                     method: "initialize",
+                    revision: "",
                     target: "",
                     args: &[],
                     path: "/mcp",
@@ -1105,6 +1132,7 @@ mod tests {
             route: "r",
             classification: Classification::Public,
             method: "GET",
+            revision: "",
             target: "",
             args: &[],
             path: "/mcp",
@@ -1203,6 +1231,7 @@ mod tests {
             route: "r",
             classification: Classification::Public,
             method: "tools/list",
+            revision: "",
             target: "",
             args: &[],
             path: "/mcp",

@@ -286,6 +286,7 @@ proptest! {
                         route: "s0",
                         classification: Classification::Internal,
                         method: "tools/call",
+                        revision: "",
                         target: &target,
                         args: &[],
                         path: "/x",

@@ -183,6 +183,11 @@ fn migrator() -> Migrator {
             "audit_compact",
             include_str!("../migrations/0014_audit_compact.sql"),
         ),
+        migration(
+            15,
+            "transit_exportable",
+            include_str!("../migrations/0015_transit_exportable.sql"),
+        ),
     ])
 }
 

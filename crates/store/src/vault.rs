@@ -74,6 +74,10 @@ pub struct TransitVersionRow {
     pub created_at: i64,
     /// The sealed Fernet key.
     pub sealed: SealedRow,
+    /// Whether the key may leave the vault (`transit_keys.exportable`): set
+    /// by the row that creates the key (version 1), the key's for every
+    /// version read back.
+    pub exportable: bool,
 }
 
 /// A captured request/response pair.
@@ -387,11 +391,14 @@ impl Store {
     pub async fn add_transit_version(&self, row: &TransitVersionRow) -> Result<(), StoreError> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         if row.version == 1 {
-            let created = sqlx::query("INSERT INTO transit_keys (name, created_at) VALUES (?, ?)")
-                .bind(&row.name)
-                .bind(row.created_at)
-                .execute(&mut *tx)
-                .await;
+            let created = sqlx::query(
+                "INSERT INTO transit_keys (name, created_at, exportable) VALUES (?, ?, ?)",
+            )
+            .bind(&row.name)
+            .bind(row.created_at)
+            .bind(row.exportable)
+            .execute(&mut *tx)
+            .await;
             match created {
                 Err(e) if is_unique_violation(&e) => {
                     return Err(StoreError::Conflict(row.name.clone()));
@@ -430,8 +437,10 @@ impl Store {
     /// Every version of every transit key, by name then version.
     pub async fn transit_versions(&self) -> Result<Vec<TransitVersionRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT name, version, created_at, kek_id, wrapped_key, ciphertext
-             FROM transit_key_versions ORDER BY name, version",
+            "SELECT v.name, v.version, v.created_at, v.kek_id, v.wrapped_key, v.ciphertext,
+                    k.exportable
+             FROM transit_key_versions v JOIN transit_keys k ON k.name = v.name
+             ORDER BY v.name, v.version",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -445,6 +454,7 @@ impl Store {
                         table: "transit_key_versions",
                         detail: "missing key material".into(),
                     })?,
+                    exportable: r.try_get("exportable")?,
                 })
             })
             .collect()

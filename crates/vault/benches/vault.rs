@@ -73,7 +73,14 @@ fn main() {
             .put("openai", &[b'k'; 51], &SecretSettings::default())
             .await
             .unwrap();
-        vault.transit_key("bench", None, false).await.unwrap();
+        vault
+            .transit_key(
+                "bench",
+                None,
+                portcullis_vault::TransitChange::Create { exportable: false },
+            )
+            .await
+            .unwrap();
         vault
     });
 

@@ -31,6 +31,6 @@ pub use hook::RotationHook;
 pub use kek::{Kek, KekError};
 pub use service::{
     CAPTURE_MEMORY_BUDGET, CaptureSink, CaptureView, DEFAULT_CACHE_TTL, DEFAULT_GRACE_PERIOD_S,
-    MAX_SECRET_BYTES, Maintenance, SecretInfo, SecretSettings, TransitInfo, Vault, VaultError,
-    VersionInfo,
+    ExportedVersion, MAX_SECRET_BYTES, Maintenance, SecretInfo, SecretSettings, TransitChange,
+    TransitInfo, Vault, VaultError, VersionInfo,
 };

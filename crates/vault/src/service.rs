@@ -80,6 +80,11 @@ pub enum VaultError {
     /// A transit token or key was refused.
     #[error(transparent)]
     Transit(#[from] TransitError),
+    /// The transit key was not created exportable: it never leaves the vault.
+    #[error(
+        "transit key `{0}` was not created exportable and never leaves the vault; its data can be decrypted and re-encrypted under a key created with `transit create --exportable`"
+    )]
+    NotExportable(String),
 }
 
 impl From<StoreError> for VaultError {
@@ -154,6 +159,28 @@ pub struct TransitInfo {
     pub latest_version: i64,
     /// All versions (all decrypt).
     pub versions: Vec<i64>,
+    /// Whether `transit export` may hand the key out (set at creation only).
+    pub exportable: bool,
+}
+
+/// What [`Vault::transit_key`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TransitChange {
+    /// Creates the key (version 1); `exportable` is fixed for its life.
+    Create {
+        /// Whether `transit export` may hand the key out.
+        exportable: bool,
+    },
+    /// Adds the next version of an existing key.
+    Rotate,
+}
+
+/// One version of an exported transit key.
+pub struct ExportedVersion {
+    /// The version number.
+    pub version: i64,
+    /// The key, in Fernet's text form.
+    pub key: FernetKey,
 }
 
 /// What a maintenance pass did.
@@ -191,6 +218,8 @@ struct State {
     secrets: HashMap<String, Current>,
     /// Versions of each transit key, newest first.
     transit: HashMap<String, Vec<(i64, Sealed)>>,
+    /// The transit keys created exportable.
+    exportable: std::collections::HashSet<String>,
 }
 
 /// The vault.
@@ -373,6 +402,9 @@ impl Vault {
             }
         }
         for row in self.store.transit_versions().await? {
+            if row.exportable {
+                state.exportable.insert(row.name.clone());
+            }
             state
                 .transit
                 .entry(row.name.clone())
@@ -724,13 +756,13 @@ impl Vault {
             .collect()
     }
 
-    /// Creates a transit key (or its next version when `rotate`), random or
+    /// Creates a transit key or adds its next version (`change`), random or
     /// imported from Fernet's text form.
     pub async fn transit_key(
         &self,
         name: &str,
         import: Option<&str>,
-        rotate: bool,
+        change: TransitChange,
     ) -> Result<TransitInfo, VaultError> {
         check_name("transit key", name)?;
         let key = match import {
@@ -743,15 +775,17 @@ impl Vault {
             .transit
             .get(name)
             .and_then(|v| v.first().map(|(n, _)| *n));
-        let version = match (latest, rotate) {
-            (None, false) => 1,
-            (Some(_), false) => {
+        let version = match (latest, change) {
+            (None, TransitChange::Create { .. }) => 1,
+            (Some(_), TransitChange::Create { .. }) => {
                 return Err(VaultError::Conflict(format!(
                     "transit key `{name}` already exists; rotate it instead"
                 )));
             }
-            (None, true) => return Err(VaultError::NotFound(format!("transit key {name}"))),
-            (Some(n), true) => n + 1,
+            (None, TransitChange::Rotate) => {
+                return Err(VaultError::NotFound(format!("transit key {name}")));
+            }
+            (Some(n), TransitChange::Rotate) => n + 1,
         };
         // Held until the sealed value is stored: a rekey cannot commit in
         // between and leave this row wrapped under the retired KEK.
@@ -765,6 +799,8 @@ impl Vault {
                 &kek,
                 envelope::seal(&kek, &transit_aad(name, version), key.as_str().as_bytes()),
             ),
+            // Only the creating row sets it; a rotation keeps the key's.
+            exportable: change == TransitChange::Create { exportable: true },
         };
         self.store.add_transit_version(&row).await?;
         self.reload().await?;
@@ -783,7 +819,25 @@ impl Vault {
             name: name.to_string(),
             latest_version: numbers.last().copied().unwrap_or(0),
             versions: numbers,
+            exportable: state.exportable.contains(name),
         })
+    }
+
+    /// Every version of a transit key, newest first, in Fernet's text form
+    /// (for `MultiFernet`): refused unless the key was created exportable.
+    /// The caller decides who may ask (step-up) and audits the export.
+    pub fn transit_export(&self, name: &str) -> Result<Vec<ExportedVersion>, VaultError> {
+        if !self.state.load().transit.contains_key(name) {
+            return Err(VaultError::NotFound(format!("transit key {name}")));
+        }
+        if !self.state.load().exportable.contains(name) {
+            return Err(VaultError::NotExportable(name.to_string()));
+        }
+        Ok(self
+            .transit_keys(name)?
+            .into_iter()
+            .map(|(version, key)| ExportedVersion { version, key })
+            .collect())
     }
 
     /// Every transit key.

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_store::Store;
-use portcullis_vault::{Kek, SecretSettings, Vault, VaultError};
+use portcullis_vault::{Kek, SecretSettings, TransitChange, Vault, VaultError};
 
 fn tls() -> rustls::ClientConfig {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -170,7 +170,10 @@ async fn rekey_then_restart_needs_the_new_kek() {
         .await
         .unwrap();
     vault.rotate("api", Some(b"value-2"), None).await.unwrap();
-    vault.transit_key("t", None, false).await.unwrap();
+    vault
+        .transit_key("t", None, TransitChange::Create { exportable: false })
+        .await
+        .unwrap();
     let (token, _) = vault.transit_encrypt("t", b"plain").unwrap();
     assert_eq!(vault.rekey(Kek::from_bytes([9; 32])).await.unwrap(), 3);
     assert_eq!(
@@ -332,7 +335,14 @@ async fn fernet_tokens_open_in_python_cryptography() {
     );
     let dir = tempfile::tempdir().unwrap();
     let vault = open(&dir.path().join("db"), [1; 32]).await.unwrap();
-    vault.transit_key("py", Some(&key), false).await.unwrap();
+    vault
+        .transit_key(
+            "py",
+            Some(&key),
+            TransitChange::Create { exportable: false },
+        )
+        .await
+        .unwrap();
     // Portcullis encrypts, Python decrypts.
     let (token, version) = vault
         .transit_encrypt("py", "héllo from portcullis".as_bytes())
@@ -348,7 +358,10 @@ async fn fernet_tokens_open_in_python_cryptography() {
         "import sys; from cryptography.fernet import Fernet; print(Fernet(sys.argv[1].encode()).encrypt(b'from python').decode())",
         &[&key],
     );
-    vault.transit_key("py", None, true).await.unwrap();
+    vault
+        .transit_key("py", None, TransitChange::Rotate)
+        .await
+        .unwrap();
     let (plain, version) = vault.transit_decrypt("py", &token).unwrap();
     assert_eq!((plain.as_slice(), version), (&b"from python"[..], 1));
     // Rewrap moves it to version 2; Python with the old key alone now fails.

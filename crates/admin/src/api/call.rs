@@ -42,6 +42,13 @@ pub(crate) struct ApiError {
     retry_after: Option<u64>,
 }
 
+impl ApiError {
+    /// The stable error code, for handlers that audit their refusals.
+    pub(crate) fn code(&self) -> ErrorCode {
+        self.code
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut body = serde_json::json!({

@@ -13,6 +13,7 @@ use axum::routing::{get, post};
 use axum::{Extension, Router};
 use portcullis_control::audit_sink::AuditSink;
 use portcullis_control::checkpointer::Checkpointer;
+use portcullis_control::metrics::Exposition;
 use portcullis_control::plane::DataPlane;
 use portcullis_control::readiness::NotReady;
 use portcullis_core::ErrorCode;
@@ -142,14 +143,18 @@ async fn readyz(State(state): State<AdminState>, Extension(call): Extension<Call
     )
 }
 
-async fn metrics(State(state): State<AdminState>) -> Response {
-    let text = state.gateway.metrics().encode();
+/// The metrics, in the format the `Accept` header prefers: OpenMetrics, or
+/// the text format 0.0.4 for a client that asks for `text/plain`.
+async fn metrics(State(state): State<AdminState>, headers: axum::http::HeaderMap) -> Response {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Exposition::negotiate(accept);
+    let text = state.gateway.metrics().encode_as(format);
     (
         StatusCode::OK,
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [
+            (header::CONTENT_TYPE, format.content_type()),
+            (header::VARY, "accept"),
+        ],
         text,
     )
         .into_response()

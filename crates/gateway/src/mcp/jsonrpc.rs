@@ -22,6 +22,171 @@ pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;
 /// JSON-RPC "invalid params".
 pub const INVALID_PARAMS: i64 = -32602;
+/// MCP 2026-07-28 `HeaderMismatch`: the request headers do not match its body.
+pub const HEADER_MISMATCH: i64 = -32020;
+/// MCP 2026-07-28 `UnsupportedProtocolVersion`, with `data.supported`.
+pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
+
+/// The `_meta` key of a 2026-07-28 request's protocol version.
+pub const META_PROTOCOL_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
+
+/// The revisions served statelessly, each request carrying its version in
+/// `_meta` (MCP 2026-07-28 and later), newest first.
+pub const MODERN_REVISIONS: &[&str] = &["2026-07-28"];
+/// The handshake revisions (an `initialize` opens a session), newest first.
+/// 2025-03-26 is what a request without `MCP-Protocol-Version` speaks (the
+/// header came with 2025-06-18); 2024-11-05 is the HTTP+SSE transport's.
+pub const LEGACY_REVISIONS: &[&str] = &["2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05"];
+/// What a request without `MCP-Protocol-Version` (and not modern) speaks.
+pub const HEADERLESS_REVISION: &str = "2025-03-26";
+
+/// Whether the gateway knows `revision`: what it means is mapped to
+/// decisions (unknown methods of any revision are refused anyway).
+pub fn known_revision(revision: &str) -> bool {
+    MODERN_REVISIONS.contains(&revision) || LEGACY_REVISIONS.contains(&revision)
+}
+
+/// The request headers MCP mirrors from the body (2026-07-28): the version,
+/// `Mcp-Method` and `Mcp-Name`, as the client sent them.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Mirrored<'a> {
+    /// `MCP-Protocol-Version`.
+    pub version: Option<&'a str>,
+    /// `Mcp-Method`.
+    pub method: Option<&'a str>,
+    /// `Mcp-Name`, possibly in the `=?base64?…?=` form.
+    pub name: Option<&'a str>,
+}
+
+/// Why a message's revision or mirrored headers are refused, before policy:
+/// answered with HTTP 400 and the MCP error the revision defines, so a
+/// client can tell a modern refusal from a legacy server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevisionRefused {
+    /// The JSON-RPC error code (`HEADER_MISMATCH`, `UNSUPPORTED_PROTOCOL_VERSION`).
+    pub rpc: i64,
+    /// What is wrong.
+    pub message: String,
+    /// `error.data` beyond the gateway's own fields.
+    pub data: Value,
+}
+
+/// The revision a client message speaks, for `context.revision`:
+/// a 2026-07-28 request's `_meta` version (which must match the
+/// `MCP-Protocol-Version` header and be one the gateway serves, and whose
+/// `Mcp-Method`/`Mcp-Name` headers must match its body: the server and any
+/// intermediary may route on them, policy decides on the body); the version
+/// an `initialize` asks for (the server negotiates it); the header; or
+/// [`HEADERLESS_REVISION`]. A header naming a revision the gateway does not
+/// know is refused, as a server refuses it.
+pub fn revision<'a>(
+    message: &'a Value,
+    mirrored: Mirrored<'a>,
+) -> Result<&'a str, RevisionRefused> {
+    let params = message.get("params");
+    let meta = params
+        .and_then(|p| p.get("_meta"))
+        .and_then(|m| m.get(META_PROTOCOL_VERSION));
+    let unsupported = |requested: &str| RevisionRefused {
+        rpc: UNSUPPORTED_PROTOCOL_VERSION,
+        message: format!("Unsupported protocol version: `{requested}`"),
+        data: json!({
+            "supported": MODERN_REVISIONS.iter().chain(LEGACY_REVISIONS).collect::<Vec<_>>(),
+            "requested": requested,
+        }),
+    };
+    let mismatch = |what: &str, header: &str, body: &str| RevisionRefused {
+        rpc: HEADER_MISMATCH,
+        message: format!(
+            "Header mismatch: {what} header value `{header}` does not match body value `{body}`"
+        ),
+        data: json!({}),
+    };
+    if let Some(meta) = meta {
+        let Some(version) = meta.as_str() else {
+            return Err(RevisionRefused {
+                rpc: INVALID_PARAMS,
+                message: format!("`_meta.{META_PROTOCOL_VERSION}` must be a string"),
+                data: json!({}),
+            });
+        };
+        if let Some(header) = mirrored.version
+            && header != version
+        {
+            return Err(mismatch("MCP-Protocol-Version", header, version));
+        }
+        if !MODERN_REVISIONS.contains(&version) {
+            return Err(unsupported(version));
+        }
+        let method = message.get("method").and_then(Value::as_str).unwrap_or("");
+        if let Some(header) = mirrored.method
+            && header != method
+        {
+            return Err(mismatch("Mcp-Method", header, method));
+        }
+        let name = params
+            .and_then(|p| p.get("name").or_else(|| p.get("uri")))
+            .and_then(Value::as_str);
+        if let (Some(header), Some(name)) = (mirrored.name, name)
+            && decode_header_value(header).as_deref() != Some(name)
+        {
+            return Err(mismatch("Mcp-Name", header, name));
+        }
+        return Ok(version);
+    }
+    if message.get("method").and_then(Value::as_str) == Some("initialize")
+        && let Some(asked) = params
+            .and_then(|p| p.get("protocolVersion"))
+            .and_then(Value::as_str)
+    {
+        return Ok(asked);
+    }
+    match mirrored.version {
+        Some(header) if known_revision(header) => Ok(header),
+        Some(header) => Err(unsupported(header)),
+        None => Ok(HEADERLESS_REVISION),
+    }
+}
+
+/// A mirrored header value as text: plain ASCII as is, or the
+/// `=?base64?…?=` form decoded (MCP 2026-07-28, "Value Encoding").
+fn decode_header_value(value: &str) -> Option<String> {
+    use base64::Engine;
+    match value
+        .strip_prefix("=?base64?")
+        .and_then(|v| v.strip_suffix("?="))
+    {
+        Some(encoded) => base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok()),
+        None => Some(value.to_string()),
+    }
+}
+
+/// The JSON-RPC error answering a message refused for its revision or
+/// mirrored headers.
+pub fn revision_refusal(id: &Value, refused: &RevisionRefused, request_id: &str) -> Value {
+    let mut data = refused.data.clone();
+    data["code"] = json!(ErrorCode::BadRequest.as_str());
+    data["request_id"] = json!(request_id);
+    json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": { "code": refused.rpc, "message": refused.message, "data": data },
+    })
+}
+
+/// Keeps in a `server/discover` result only the revisions the gateway
+/// serves: a client must not pick one the gateway would refuse.
+pub fn filter_discover(result: &mut Value) {
+    if let Some(versions) = result
+        .get_mut("supportedVersions")
+        .and_then(Value::as_array_mut)
+    {
+        versions.retain(|v| v.as_str().is_some_and(known_revision));
+    }
+}
 
 /// A body that cannot be split into messages.
 #[derive(Debug, Clone, PartialEq)]
@@ -207,7 +372,8 @@ impl Ask {
 /// Says what a request or notification asks for. A method the gateway does
 /// not know is refused: default deny covers new protocol features until
 /// they are mapped to actions. Session plumbing is decided too, as
-/// `mcp_session` (`initialize`, `ping`, `logging/setLevel`) or `notify`
+/// `mcp_session` (`initialize`, `ping`, `logging/setLevel`,
+/// `server/discover`), `open_stream` (`subscriptions/listen`) or `notify`
 /// (`notifications/*`).
 pub fn ask(method: &str, params: Option<&Value>) -> Result<Ask, Refused> {
     let str_param = |key: &str| -> Result<String, Refused> {
@@ -230,7 +396,14 @@ pub fn ask(method: &str, params: Option<&Value>) -> Result<Ask, Refused> {
         })
     };
     match method {
-        "initialize" | "ping" | "logging/setLevel" => Ok(Ask::plumbing(McpAction::Session)),
+        // `server/discover` (2026-07-28) asks what a session's `initialize`
+        // asked: the server's versions, capabilities and identity.
+        "initialize" | "ping" | "logging/setLevel" | "server/discover" => {
+            Ok(Ask::plumbing(McpAction::Session))
+        }
+        // 2026-07-28's long-lived stream of the change notifications the
+        // client opts in to: what the GET stream was to a session.
+        "subscriptions/listen" => Ok(Ask::plumbing(McpAction::OpenStream)),
         m if m.starts_with("notifications/") => Ok(Ask::plumbing(McpAction::Notify)),
         "tools/call" => authorize(McpAction::CallTool, str_param("name")?, args(params)?),
         "tools/list" => authorize(McpAction::ListTools, String::new(), None),
@@ -400,8 +573,103 @@ mod tests {
         assert_eq!(got, expect, "{message}");
     }
 
+    fn check_revision(
+        message: Value,
+        (version, method, name): (Option<&str>, Option<&str>, Option<&str>),
+        expect: &str,
+    ) {
+        let mirrored = Mirrored {
+            version,
+            method,
+            name,
+        };
+        let got = match revision(&message, mirrored) {
+            Ok(r) => r.to_string(),
+            Err(e) => format!("{} {}", e.rpc, e.message),
+        };
+        assert_eq!(got, expect, "{message}");
+    }
+
+    #[test]
+    fn each_message_names_its_revision_and_modern_headers_match_the_body() {
+        let modern = |method: &str, params: Value| {
+            let mut p = params;
+            p["_meta"] = json!({ META_PROTOCOL_VERSION: "2026-07-28" });
+            json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": p})
+        };
+        let call = modern("tools/call", json!({"name": "get_weather"}));
+        check_revision(
+            call.clone(),
+            (Some("2026-07-28"), Some("tools/call"), Some("get_weather")),
+            "2026-07-28",
+        );
+        // The headers are optional to the gateway, never contradictory.
+        check_revision(call.clone(), (None, None, None), "2026-07-28");
+        check_revision(
+            call.clone(),
+            (Some("2025-11-25"), None, None),
+            "-32020 Header mismatch: MCP-Protocol-Version header value `2025-11-25` does not match body value `2026-07-28`",
+        );
+        check_revision(
+            call.clone(),
+            (None, Some("tools/list"), None),
+            "-32020 Header mismatch: Mcp-Method header value `tools/list` does not match body value `tools/call`",
+        );
+        check_revision(
+            call.clone(),
+            (None, None, Some("other")),
+            "-32020 Header mismatch: Mcp-Name header value `other` does not match body value `get_weather`",
+        );
+        // The base64 form of Mcp-Name is decoded before the comparison.
+        let odd = modern("resources/read", json!({"uri": "file:///Hello, 世界"}));
+        use base64::Engine;
+        let encoded = format!(
+            "=?base64?{}?=",
+            base64::engine::general_purpose::STANDARD.encode("file:///Hello, 世界")
+        );
+        check_revision(odd, (None, None, Some(&encoded)), "2026-07-28");
+        // A modern version the gateway does not serve.
+        let future = json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover",
+            "params": {"_meta": {META_PROTOCOL_VERSION: "2099-01-01"}}});
+        check_revision(
+            future,
+            (None, None, None),
+            "-32022 Unsupported protocol version: `2099-01-01`",
+        );
+        // Handshake revisions: what initialize asks, else the header.
+        let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25"}});
+        check_revision(init, (None, None, None), "2025-11-25");
+        let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+        check_revision(list.clone(), (Some("2025-06-18"), None, None), "2025-06-18");
+        check_revision(list.clone(), (None, None, None), "2025-03-26");
+        check_revision(
+            list,
+            (Some("1999-01-01"), None, None),
+            "-32022 Unsupported protocol version: `1999-01-01`",
+        );
+    }
+
+    #[test]
+    fn a_discover_result_offers_only_revisions_the_gateway_serves() {
+        let mut result = json!({"supportedVersions": ["2099-01-01", "2026-07-28", "2025-11-25"], "capabilities": {}});
+        filter_discover(&mut result);
+        assert_eq!(
+            result["supportedVersions"],
+            json!(["2026-07-28", "2025-11-25"])
+        );
+    }
+
     #[test]
     fn messages_map_to_actions() {
+        check_ask(
+            r#"{"jsonrpc":"2.0","id":"d","method":"server/discover","params":{"_meta":{}}}"#,
+            "mcp_session  []",
+        );
+        check_ask(
+            r#"{"jsonrpc":"2.0","id":"l","method":"subscriptions/listen","params":{}}"#,
+            "open_stream  []",
+        );
         check_ask(
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi","n":3,"o":{"a":[1]}}}}"#,
             r#"call_tool echo [("message", "hi"), ("n", "3"), ("o", "{\"a\":[1]}")]"#,

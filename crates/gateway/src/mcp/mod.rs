@@ -23,9 +23,14 @@
 //!         with [routes.guard]: results scanned (tool-output channel, DLP)
 //! GET     the server's event stream (`open_stream`), re-checked at every
 //!         event, and cut at once when the agent's sessions end
-//!         (revocation, quarantine)
+//!         (revocation, quarantine); without a session, a legacy HTTP+SSE
+//!         stream (legacy.rs: its `endpoint` event rewritten to the prefix)
 //! DELETE  ends the session upstream and here (`end_session`)
 //! ```
+//!
+//! Each message is decided with the protocol revision it speaks
+//! (`context.revision`, `jsonrpc::revision`): 2026-07-28 (stateless,
+//! `server/discover`), 2025-11-25 and 2025-06-18 side by side.
 //!
 //! **Architecture Invariant:** no MCP message reaches the upstream without a
 //! decision of the one decision path (`pipeline/decide.rs`, obligations and
@@ -37,12 +42,14 @@
 //! which the built-in policy `builtin:mcp-plumbing` permits to a principal
 //! that some other permit names on the route, unless a `forbid` says no.
 //! Unknown methods, data-carrying methods sent as notifications and
-//! sub-paths of the endpoint are refused.
+//! sub-paths of the endpoint are refused (but `/mcp`, and the message
+//! endpoint a legacy stream announced to the same agent while it is open).
 //! What goes upstream is the messages as parsed and decided, re-serialized,
 //! with only the fields JSON-RPC defines.
 
 pub mod guard;
 pub mod jsonrpc;
+pub mod legacy;
 pub mod pins;
 pub mod sessions;
 pub mod sse;
@@ -80,6 +87,9 @@ use sessions::Sessions;
 /// The session header of the Streamable HTTP transport.
 pub const SESSION_HEADER: &str = "mcp-session-id";
 
+/// The sub-path served as the endpoint too (MCP Inspector 0.15 appends it).
+pub const INSPECTOR_SUFFIX: &str = "/mcp";
+
 /// Largest JSON answer the gateway buffers to filter or merge.
 pub const MAX_JSON_ANSWER_BYTES: usize = 16 * 1024 * 1024;
 
@@ -92,6 +102,8 @@ pub struct McpState {
     pub sessions: Sessions,
     /// Processes of `stdio:` routes, by session.
     pub stdio: stdio::StdioServers,
+    /// Message endpoints announced on open legacy HTTP+SSE streams.
+    pub legacy: Arc<legacy::LegacyEndpoints>,
 }
 
 impl McpState {
@@ -101,6 +113,7 @@ impl McpState {
     /// and quarantine (analytics); their open event streams are cut by the
     /// same callers through `crate::liveness`.
     pub fn end_sessions(&self, keep: impl Fn(&str, &str) -> bool, why: &'static str) -> usize {
+        self.legacy.end_where(&keep);
         let ended = self.sessions.end_where(keep);
         for e in &ended {
             self.stdio.end(&e.id);
@@ -127,7 +140,7 @@ impl Asker {
     fn decide(
         &self,
         snapshot: &Snapshot,
-        method: &str,
+        (method, revision): (&str, &str),
         action: McpAction,
         target: &str,
         args: &[portcullis_policy::McpArg],
@@ -137,6 +150,7 @@ impl Asker {
             ask: decide::Ask::Mcp {
                 action,
                 method,
+                revision,
                 target,
                 args,
             },
@@ -207,8 +221,14 @@ impl Asker {
 
     /// Keeps in a `tools/list` result only the tools whose pin is approved and
     /// which the agent may call. Decided with the current snapshot, with no
-    /// arguments (`context.args` empty, `context.method` "tools/list").
-    fn filter_tools(&self, mcp: &McpState, result: &mut Value) {
+    /// arguments (`context.args` empty, `context.method` "tools/list",
+    /// `context.revision` the list request's). The answer is this agent's
+    /// alone: a 2026-07-28 `cacheScope` becomes "private", so no shared
+    /// cache hands it to another client.
+    fn filter_tools(&self, mcp: &McpState, result: &mut Value, revision: &str) {
+        if let Some(scope) = result.get_mut("cacheScope") {
+            *scope = Value::from("private");
+        }
         let Some(tools) = result.get_mut("tools").and_then(Value::as_array_mut) else {
             return;
         };
@@ -221,7 +241,7 @@ impl Asker {
                 && self
                     .decide(
                         &snapshot,
-                        "tools/list",
+                        ("tools/list", revision),
                         McpAction::CallTool,
                         name,
                         &[],
@@ -239,21 +259,39 @@ pub async fn serve(
 ) -> Result<Response<ResponseBody>, Denial> {
     let (gateway, conn, identity, context) = (ex.gateway, ex.conn, ex.identity, ex.context);
     let (request_id, meter) = (ex.request_id, ex.meter);
-    // Only the endpoint is proxied: a sub-path is no part of MCP, and no
-    // decision covers what the server would do with it.
-    if !(context.rest_path.is_empty() || context.rest_path == "/") {
-        return Err(Denial::new(
-            ErrorCode::NotFound,
-            format!(
-                "an MCP route serves one endpoint, `{}`",
-                context.route.path_prefix
-            ),
-        ));
-    }
     let Some(mcp) = gateway.mcp.clone() else {
         tracing::error!(route = %context.route.name, "MCP route without MCP state");
         return Err(Denial::new(ErrorCode::Internal, "internal error"));
     };
+    // Only the endpoint is proxied: a sub-path is no part of MCP, and no
+    // decision covers what the server would do with it — except the
+    // message endpoint a legacy HTTP+SSE stream of this agent announced
+    // (legacy.rs), which takes POSTs of messages decided like any other.
+    let mut legacy_target = None;
+    // `<prefix>/mcp` is the endpoint too: MCP Inspector 0.15 appends `/mcp`
+    // to the URL it is given.
+    let inspector_alias = context.rest_path == INSPECTOR_SUFFIX;
+    if !(context.rest_path.is_empty() || context.rest_path == "/" || inspector_alias) {
+        let rest = match &context.query {
+            Some(q) => format!("{}?{q}", context.rest_path),
+            None => context.rest_path.clone(),
+        };
+        legacy_target = (decoded.parts.method == Method::POST)
+            .then(|| {
+                mcp.legacy
+                    .target(&identity.agent, &context.route.name, &rest)
+            })
+            .flatten();
+        if legacy_target.is_none() {
+            return Err(Denial::new(
+                ErrorCode::NotFound,
+                format!(
+                    "an MCP route serves one endpoint, `{}` (and the message endpoint its legacy HTTP+SSE stream announced, while it is open)",
+                    context.route.path_prefix
+                ),
+            ));
+        }
+    }
     let session = decoded
         .parts
         .headers
@@ -269,29 +307,35 @@ pub async fn serve(
             "no such MCP session for this agent; start a new one with `initialize`",
         ));
     }
-    let asker = Asker {
+    let mut asker = Asker {
         gateway: gateway.clone(),
         routing: ex.snapshot.routing.clone(),
         identity: identity.clone(),
         context: context.clone(),
         source_ip: conn.source_ip.clone(),
     };
+    if inspector_alias {
+        // Forwarded to the server's endpoint, as the prefix itself is.
+        asker.context.rest_path = String::new();
+    }
     let launched = match &asker.context.route.upstream {
         Upstream::Stdio { program, args } => Some((program.clone(), args.clone())),
         _ => None,
     };
     match (decoded.parts.method.clone(), launched) {
         (Method::POST, launched) => {
-            let to = match &launched {
-                Some((program, args)) => To::Stdio {
+            let to = match (&launched, legacy_target) {
+                (_, Some(target)) => To::Legacy(target),
+                (Some((program, args)), None) => To::Stdio {
                     program,
                     args,
                     session: session.as_deref(),
                 },
-                None => To::Http,
+                (None, None) => To::Http,
             };
             post(ex, &mcp, &asker, decoded, to).await
         }
+        (Method::GET, None) if session.is_none() => open_legacy(ex, &mcp, &asker, decoded).await,
         (Method::GET | Method::DELETE, launched) => {
             // The event stream and the session's end belong to a session this
             // agent opened on this route (checked above): never served
@@ -315,14 +359,15 @@ pub async fn serve(
                     return Ok(empty(StatusCode::OK));
                 }
                 (true, None) => {
-                    let response = upstream(ex, &asker, decoded, Content::NOT_SCANNED).await?;
+                    let response =
+                        upstream(ex, &asker, decoded, Content::NOT_SCANNED, None).await?;
                     if response.status().is_success() {
                         mcp.sessions.end(id);
                     }
                     return Ok(response);
                 }
                 (false, Some(_)) => mcp.stdio.events(id)?,
-                (false, None) => upstream(ex, &asker, decoded, Content::NOT_SCANNED).await?,
+                (false, None) => upstream(ex, &asker, decoded, Content::NOT_SCANNED, None).await?,
             };
             if allowed.redact && !redactable(&response) {
                 return Err(decide::unsupported(
@@ -344,12 +389,91 @@ pub async fn serve(
 enum To<'a> {
     /// The route's Streamable HTTP server, through the forwarder.
     Http,
+    /// The message endpoint a legacy HTTP+SSE server announced; answers and
+    /// refusals go on its stream.
+    Legacy(legacy::Target),
     /// A process the gateway launched for the session.
     Stdio {
         program: &'a str,
         args: &'a [String],
         session: Option<&'a str>,
     },
+}
+
+/// `GET` without a session: a legacy HTTP+SSE client opening its stream
+/// (MCP 2024-11-05), decided as `open_stream`. A server of that transport
+/// answers an event stream whose `endpoint` event is rewritten to the route
+/// prefix (legacy.rs); any other answer (a Streamable HTTP server's 400 or
+/// 405) goes back as it came.
+async fn open_legacy(
+    ex: &mut decide::Exchange<'_>,
+    mcp: &Arc<McpState>,
+    asker: &Asker,
+    mut decoded: DecodedRequest,
+) -> Result<Response<ResponseBody>, Denial> {
+    let Upstream::Url {
+        scheme,
+        authority,
+        base_path,
+    } = &asker.context.route.upstream
+    else {
+        return Err(no_session());
+    };
+    let allowed = decide_session(ex, &decoded.parts, McpAction::OpenStream).await?;
+    // The endpoint event and the answers are read on the way back.
+    decoded.parts.headers.remove(header::ACCEPT_ENCODING);
+    let response = upstream(ex, asker, decoded, Content::NOT_SCANNED, None).await?;
+    if !is_event_stream(&response) {
+        return Ok(response);
+    }
+    let stream_path = format!("{base_path}{}", asker.context.rest_path);
+    let (announcer, injected) = legacy::Announcer::new(
+        mcp.legacy.clone(),
+        (&asker.identity.agent, &asker.context.route.name),
+        &asker.context.route.path_prefix,
+        if stream_path.is_empty() {
+            "/"
+        } else {
+            &stream_path
+        },
+        format!("{scheme}://{authority}"),
+    );
+    // A tools/list answer is known here only by its shape (its request went
+    // on another connection): every result listing tools is filtered.
+    let filter = {
+        let (mcp, asker) = (mcp.clone(), asker.clone());
+        Box::new(move |message: &mut Value| match message.get_mut("result") {
+            Some(result) if result.get("tools").is_some_and(Value::is_array) => {
+                asker.filter_tools(&mcp, result, jsonrpc::HEADERLESS_REVISION);
+                true
+            }
+            _ => false,
+        }) as sse::Rewrite
+    };
+    let scan = asker.answer_guard(ex.request_id, ex.meter, allowed.redact);
+    let rewrite = match scan {
+        Some(scan) => Box::new(move |message: &mut Value| {
+            let filtered = filter(message);
+            scan(message) || filtered
+        }) as sse::Rewrite,
+        None => filter,
+    };
+    let endpoint: sse::EndpointRewrite = Box::new(move |data: &str| announcer.rewrite(data));
+    Ok(stream_back_with(
+        asker,
+        response,
+        Vec::new(),
+        Some(rewrite),
+        Some((endpoint, injected)),
+    ))
+}
+
+fn is_event_stream(response: &Response<ResponseBody>) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"))
 }
 
 /// Decides `GET` (`open_stream`) or `DELETE` (`end_session`) on the agent's
@@ -366,12 +490,15 @@ async fn decide_session(
         record.action = format!("mcp:{method}");
         record.resource = Some(ex.context.route.name.clone());
     }
+    let revision = jsonrpc::revision(&Value::Null, mirrored(&parts.headers))
+        .map_err(|refused| Denial::new(ErrorCode::BadRequest, refused.message))?;
     decide::decide(
         ex,
         decide::Call {
             ask: decide::Ask::Mcp {
                 action,
                 method,
+                revision,
                 target: "",
                 args: &[],
             },
@@ -385,6 +512,16 @@ async fn decide_session(
         },
     )
     .await
+}
+
+/// The headers MCP mirrors from a request's body.
+fn mirrored(headers: &http::HeaderMap) -> jsonrpc::Mirrored<'_> {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    jsonrpc::Mirrored {
+        version: get("mcp-protocol-version"),
+        method: get("mcp-method"),
+        name: get("mcp-name"),
+    }
 }
 
 fn no_session() -> Denial {
@@ -426,6 +563,12 @@ async fn post(
     let mut forward = Vec::with_capacity(body.messages.len());
     let mut refusals = Vec::new();
     let mut list_ids = Vec::new();
+    let mut list_revision = String::new();
+    let mut discover_ids = Vec::new();
+    // Whether a message was refused for its revision or mirrored headers
+    // (answered 400 when nothing goes on, as a 2026-07-28 server does).
+    let mut revision_refused = false;
+    let mirrored = mirrored(&parts.headers);
     let mut initialize = false;
     let mut first_code: Option<ErrorCode> = None;
     let mut described: Option<(String, String)> = None;
@@ -467,6 +610,20 @@ async fn post(
             Err(e) => {
                 let id = message.get("id").cloned().unwrap_or(Value::Null);
                 refuse(&id, ErrorCode::BadRequest, &e, &[]);
+                continue;
+            }
+        };
+        let revision = match jsonrpc::revision(message, mirrored) {
+            Ok(revision) => revision,
+            Err(refused) => {
+                first_code.get_or_insert(ErrorCode::BadRequest);
+                revision_refused = true;
+                let id = message.get("id").cloned().unwrap_or(Value::Null);
+                refusals.push(jsonrpc::revision_refusal(
+                    &id,
+                    &refused,
+                    request_id.as_str(),
+                ));
                 continue;
             }
         };
@@ -552,6 +709,7 @@ async fn post(
                 ask: decide::Ask::Mcp {
                     action,
                     method,
+                    revision,
                     target: &target,
                     args: &args,
                 },
@@ -585,6 +743,12 @@ async fn post(
             && let Some(id) = id
         {
             list_ids.push(id.clone());
+            list_revision = revision.to_string();
+        }
+        if method == "server/discover"
+            && let Some(id) = id
+        {
+            discover_ids.push(id.clone());
         }
         // The server gets the canonical arguments policy decided on.
         jsonrpc::set_arguments(&mut body.messages[i], arguments);
@@ -610,16 +774,29 @@ async fn post(
         }
     }
 
+    if let To::Legacy(target) = &to {
+        // The client reads every answer on its stream, refusals too; the
+        // POST itself is only acknowledged.
+        for refusal in refusals.drain(..) {
+            if target.inject.try_send(refusal).is_err() {
+                tracing::warn!(route = %route, "legacy MCP stream closed or not read; a refusal was dropped");
+            }
+        }
+    }
     if forward.is_empty() {
+        if matches!(to, To::Legacy(_)) {
+            return Ok(empty(StatusCode::ACCEPTED));
+        }
         return Ok(match refusals.len() {
             0 => empty(StatusCode::ACCEPTED),
             _ if body.batch => json_answer(StatusCode::OK, &Value::Array(refusals)),
+            _ if revision_refused => json_answer(StatusCode::BAD_REQUEST, &refusals[0]),
             _ => json_answer(StatusCode::OK, &refusals[0]),
         });
     }
 
-    let response = match to {
-        To::Stdio {
+    let response = match &to {
+        &To::Stdio {
             program,
             args,
             session,
@@ -655,7 +832,7 @@ async fn post(
             ex.recorder.trace_stage(Stage::Forward, t, elapsed);
             response?
         }
-        To::Http => {
+        To::Http | To::Legacy(_) => {
             // Always the messages as parsed and decided, re-serialized: never
             // the client's bytes, which could say something else to another
             // parser (a duplicate key, a field no decision looked at).
@@ -671,14 +848,23 @@ async fn post(
             drop(kept);
             body.messages = Vec::new();
             lease.shrink_to(upstream_body.len() as u64);
-            forward_http(
+            let origin_path = match &to {
+                To::Legacy(target) => Some(target.upstream.as_str()),
+                _ => None,
+            };
+            let response = forward_http(
                 ex,
                 asker,
                 parts,
                 Buffered::into_body(upstream_body, lease),
-                forwarded.as_policy(),
+                (forwarded.as_policy(), origin_path),
             )
-            .await?
+            .await?;
+            if origin_path.is_some() {
+                // Answers come on the stream, filtered and guarded there.
+                return Ok(response);
+            }
+            response
         }
     };
     if redact && !redactable(&response) {
@@ -695,6 +881,8 @@ async fn post(
         Merge {
             refusals,
             list_ids,
+            list_revision,
+            discover_ids,
             initialize,
             batch: body.batch,
             scan,
@@ -722,7 +910,7 @@ async fn forward_http(
     asker: &Asker,
     mut parts: http::request::Parts,
     upstream_body: RequestBody,
-    content: Content<'_>,
+    (content, origin_path): (Content<'_>, Option<&str>),
 ) -> Result<Response<ResponseBody>, Denial> {
     // The guard (and the tools/list filter) read the answers: they must come
     // back uncompressed. JSON-RPC answers are small; nothing is lost.
@@ -741,7 +929,7 @@ async fn forward_http(
             query: asker.context.query.clone(),
         },
     };
-    upstream(ex, asker, decoded, content).await
+    upstream(ex, asker, decoded, content, origin_path).await
 }
 
 /// What the gateway merges into an upstream answer.
@@ -750,6 +938,10 @@ struct Merge {
     refusals: Vec<Value>,
     /// The ids of `tools/list` requests, whose results are filtered.
     list_ids: Vec<Value>,
+    /// The revision the `tools/list` requests spoke.
+    list_revision: String,
+    /// The ids of `server/discover` requests, whose versions are filtered.
+    discover_ids: Vec<Value>,
     /// Whether an `initialize` went up (its answer binds the session).
     initialize: bool,
     /// Whether the client sent a batch (the answer is then an array).
@@ -769,6 +961,8 @@ async fn answer(
     let Merge {
         refusals,
         list_ids,
+        list_revision,
+        discover_ids,
         initialize,
         batch,
         scan,
@@ -790,22 +984,24 @@ async fn answer(
         ));
     }
 
-    let list_filter = (!list_ids.is_empty()).then(|| {
+    let list_filter = (!list_ids.is_empty() || !discover_ids.is_empty()).then(|| {
         let mcp = mcp.clone();
         let asker = asker.clone();
         Box::new(move |message: &mut Value| {
             let Some(id) = message.get("id") else {
                 return false;
             };
-            if !list_ids.contains(id) {
-                return false;
-            }
+            let (listed, discovered) = (list_ids.contains(id), discover_ids.contains(id));
             match message.get_mut("result") {
-                Some(result) => {
-                    asker.filter_tools(&mcp, result);
+                Some(result) if listed => {
+                    asker.filter_tools(&mcp, result, &list_revision);
                     true
                 }
-                None => false,
+                Some(result) if discovered => {
+                    jsonrpc::filter_discover(result);
+                    true
+                }
+                _ => false,
             }
         }) as sse::Rewrite
     });
@@ -891,6 +1087,7 @@ async fn upstream(
     asker: &Asker,
     decoded: DecodedRequest,
     content: Content<'_>,
+    origin_path: Option<&str>,
 ) -> Result<Response<ResponseBody>, Denial> {
     let injected = decide::credential(ex, content)?;
     let capture = crate::capture::for_route(
@@ -915,6 +1112,7 @@ async fn upstream(
                 injected: injected.as_ref(),
                 capture,
                 traceparent,
+                origin_path,
             },
         )
         .await;
@@ -933,12 +1131,19 @@ fn stream_back(
     first: Vec<Value>,
     rewrite: Option<sse::Rewrite>,
 ) -> Response<ResponseBody> {
-    let is_sse = response
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.to_ascii_lowercase().starts_with("text/event-stream"));
-    if !is_sse {
+    stream_back_with(asker, response, first, rewrite, None)
+}
+
+/// [`stream_back`], for a legacy HTTP+SSE stream too (its `endpoint`
+/// rewrite and the queue of the gateway's refusals).
+fn stream_back_with(
+    asker: &Asker,
+    response: Response<ResponseBody>,
+    first: Vec<Value>,
+    rewrite: Option<sse::Rewrite>,
+    legacy: Option<(sse::EndpointRewrite, legacy::Injected)>,
+) -> Response<ResponseBody> {
+    if !is_event_stream(&response) {
         return response;
     }
     let alive_asker = asker.clone();
@@ -947,7 +1152,11 @@ fn stream_back(
     // stream through the pipeline's watch on every answer (liveness.rs).
     let (mut parts, body) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
-    let body = sse::SseBody::new(body, first, alive, rewrite).boxed();
+    let body = sse::SseBody::new(body, first, alive, rewrite);
+    let body = match legacy {
+        Some((endpoint, injected)) => body.legacy(endpoint, injected).boxed(),
+        None => body.boxed(),
+    };
     Response::from_parts(parts, body)
 }
 
@@ -1059,6 +1268,7 @@ pub async fn state_for(
         pins,
         sessions: Sessions::default(),
         stdio: stdio::StdioServers::default(),
+        legacy: Arc::default(),
     }))
 }
 

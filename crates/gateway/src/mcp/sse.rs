@@ -28,6 +28,9 @@ pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 pub type Alive = Box<dyn Fn() -> bool + Send + Sync>;
 /// Rewrites an event's JSON-RPC message in place; true when it changed it.
 pub type Rewrite = Box<dyn Fn(&mut Value) -> bool + Send + Sync>;
+/// Rewrites the data of an `endpoint` event (the legacy HTTP+SSE
+/// transport); `None` ends the stream.
+pub type EndpointRewrite = Box<dyn Fn(&str) -> Option<String> + Send + Sync>;
 
 /// An event-stream body, checked and rewritten event by event.
 pub struct SseBody {
@@ -39,6 +42,11 @@ pub struct SseBody {
     /// opened just after its agent was revoked sends nothing.
     checked: bool,
     rewrite: Option<Rewrite>,
+    /// The legacy transport's `endpoint` event rewrite.
+    endpoint: Option<EndpointRewrite>,
+    /// Messages the gateway adds while the stream is open (refusals of
+    /// messages posted to a legacy endpoint).
+    injected: Option<tokio::sync::mpsc::Receiver<Value>>,
     ended: bool,
 }
 
@@ -66,20 +74,77 @@ impl SseBody {
             alive,
             checked: false,
             rewrite,
+            endpoint: None,
+            injected: None,
             ended: false,
         }
+    }
+
+    /// Serves the legacy HTTP+SSE transport: `endpoint` events are
+    /// rewritten by `endpoint`, and what arrives on `injected` is sent as
+    /// events of its own.
+    pub fn legacy(
+        mut self,
+        endpoint: EndpointRewrite,
+        injected: tokio::sync::mpsc::Receiver<Value>,
+    ) -> Self {
+        self.endpoint = Some(endpoint);
+        self.injected = Some(injected);
+        self
     }
 
     /// Moves every complete event from `buf` to `out`.
     fn split_events(&mut self) {
         while let Some(end) = event_end(&self.buf) {
             let event = self.buf.split_to(end).freeze();
+            if let Some(endpoint) = &self.endpoint
+                && let Some(data) = endpoint_data(&event)
+            {
+                match endpoint(&data) {
+                    Some(ours) => {
+                        let event = format!("event: endpoint\ndata: {ours}\n\n");
+                        self.out.push_back(Bytes::from(event));
+                        continue;
+                    }
+                    None => {
+                        // An endpoint the gateway will not serve: nothing
+                        // more goes out on this stream.
+                        tracing::warn!(
+                            "legacy MCP server announced an endpoint the gateway refuses; stream ended"
+                        );
+                        self.buf.clear();
+                        self.endpoint = None;
+                        self.ended = true;
+                        return;
+                    }
+                }
+            }
             let event = match &self.rewrite {
                 Some(rewrite) => rewrite_event(event, rewrite),
                 None => event,
             };
             self.out.push_back(event);
         }
+    }
+}
+
+/// The data of an `endpoint` event, `None` for any other event (the last
+/// `event` field names it, as in the WHATWG parser; any line end counts).
+fn endpoint_data(event: &[u8]) -> Option<String> {
+    use crate::event_stream::{Line, data, parse};
+    let lines = parse(std::str::from_utf8(event).ok()?);
+    let is_endpoint = lines
+        .iter()
+        .rev()
+        .find_map(|l| match l {
+            Line::Field(name, value) if name == "event" => Some(value.trim() == "endpoint"),
+            _ => None,
+        })
+        .unwrap_or(false);
+    if is_endpoint {
+        Some(data(&lines).unwrap_or_default())
+    } else {
+        None
     }
 }
 
@@ -157,6 +222,18 @@ impl Body for SseBody {
         loop {
             if this.ended {
                 return Poll::Ready(None);
+            }
+            if this.out.is_empty()
+                && let Some(injected) = this.injected.as_mut()
+            {
+                match injected.poll_recv(cx) {
+                    Poll::Ready(Some(message)) => {
+                        this.out
+                            .push_back(Bytes::from(format!("event: message\ndata: {message}\n\n")));
+                    }
+                    Poll::Ready(None) => this.injected = None,
+                    Poll::Pending => {}
+                }
             }
             if let Some(event) = this.out.pop_front() {
                 // Continuous authorization: every event is checked against the

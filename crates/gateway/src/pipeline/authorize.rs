@@ -45,6 +45,7 @@ pub fn run(
         Ask::Mcp {
             action,
             method,
+            revision,
             target,
             args,
         } => {
@@ -54,6 +55,7 @@ pub fn run(
                 route,
                 classification: context.route.classification,
                 method,
+                revision,
                 target,
                 args,
                 path: &context.path,

@@ -83,6 +83,8 @@ pub enum Ask<'a> {
         action: McpAction,
         /// The JSON-RPC method (`context.method`).
         method: &'a str,
+        /// The MCP revision it speaks (`context.revision`).
+        revision: &'a str,
         /// The tool, prompt or resource; empty for the list actions.
         target: &'a str,
         /// The arguments as policy sees them (`context.args`).

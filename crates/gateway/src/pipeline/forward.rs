@@ -100,6 +100,10 @@ pub struct Hop<'a> {
     pub capture: Option<CaptureHandle>,
     /// The gateway's trace context for the upstream.
     pub traceparent: Option<HeaderValue>,
+    /// A path (and query) on the upstream's origin to send to instead of
+    /// the base path + the rest of the request path: the message endpoint a
+    /// legacy MCP HTTP+SSE server announced (`mcp/legacy.rs`).
+    pub origin_path: Option<&'a str>,
 }
 
 impl Forwarder {
@@ -157,6 +161,7 @@ impl Forwarder {
             injected,
             capture,
             traceparent,
+            origin_path,
         } = hop;
         let upstream = self.upstreams.get(&context.route.name).ok_or_else(|| {
             tracing::error!(route = %context.route.name, "route has no resolved upstream");
@@ -165,13 +170,24 @@ impl Forwarder {
         // Path and query come from the context (decode's canonical target),
         // never from the client's URI.
         let DecodedRequest { parts, body, .. } = request;
+        let (base, rest, query) = match origin_path {
+            Some(p) => {
+                let (path, query) = p.split_once('?').map_or((p, None), |(a, q)| (a, Some(q)));
+                ("", path, query.map(str::to_string))
+            }
+            None => (
+                upstream.base_path.as_str(),
+                context.rest_path.as_str(),
+                context.query.clone(),
+            ),
+        };
         let query = match injected.map(|i| (&i.injection, &i.value.value)) {
             Some((Injection::Query(name), value)) => {
-                Some(query_with(context.query.as_deref(), name, value))
+                Some(query_with(query.as_deref(), name, value))
             }
-            _ => context.query.clone(),
+            _ => query,
         };
-        let uri = upstream_uri(upstream, &context.rest_path, query.as_deref())?;
+        let uri = upstream_uri(upstream, base, rest, query.as_deref())?;
 
         let mut headers = parts.headers;
         strip_hop_by_hop(&mut headers);
@@ -360,14 +376,15 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// `base_path + rest` (+ `?query`) on the upstream's scheme and authority.
+/// `base + rest` (+ `?query`) on the upstream's scheme and authority.
 fn upstream_uri(
     upstream: &ResolvedUpstream,
+    base: &str,
     rest: &str,
     query: Option<&str>,
 ) -> Result<Uri, Denial> {
-    let mut path_and_query = String::with_capacity(upstream.base_path.len() + rest.len() + 1);
-    path_and_query.push_str(&upstream.base_path);
+    let mut path_and_query = String::with_capacity(base.len() + rest.len() + 1);
+    path_and_query.push_str(base);
     path_and_query.push_str(rest);
     if let Some(q) = query {
         path_and_query.push('?');
@@ -500,8 +517,13 @@ mod tests {
                 authority: "127.0.0.1:9".parse().unwrap(),
                 base_path: prefix.to_string(),
             };
-            let uri =
-                upstream_uri(&upstream, &context.rest_path, context.query.as_deref()).unwrap();
+            let uri = upstream_uri(
+                &upstream,
+                &upstream.base_path,
+                &context.rest_path,
+                context.query.as_deref(),
+            )
+            .unwrap();
             let forwarded = uri.path();
             let expect_forwarded = if context.rest_path == "/" && !context.path.ends_with('/') {
                 format!("{}/", context.path)
@@ -554,7 +576,7 @@ mod tests {
             base_path: "/base".into(),
         };
         assert_eq!(
-            upstream_uri(&up, "/x/y", Some("a=1")).unwrap(),
+            upstream_uri(&up, &up.base_path, "/x/y", Some("a=1")).unwrap(),
             "http://127.0.0.1:9000/base/x/y?a=1"
         );
         let root = ResolvedUpstream {
@@ -562,7 +584,7 @@ mod tests {
             ..up
         };
         assert_eq!(
-            upstream_uri(&root, "/", None).unwrap(),
+            upstream_uri(&root, &root.base_path, "/", None).unwrap(),
             "http://127.0.0.1:9000/"
         );
     }

@@ -191,6 +191,7 @@ pub async fn run(
                 injected,
                 capture,
                 traceparent,
+                origin_path: None,
             },
         )
         .await;

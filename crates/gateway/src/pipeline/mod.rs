@@ -394,6 +394,7 @@ async fn run(
                 injected: injected.as_ref(),
                 capture,
                 traceparent,
+                origin_path: None,
             },
         )
         .await;
