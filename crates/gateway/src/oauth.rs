@@ -9,6 +9,10 @@
 //!   that offers neither gets no token: every token is sender-constrained.
 //! - `GET /.well-known/jwks.json`: the gateway's token verification key.
 //! - `GET /.well-known/oauth-authorization-server`: metadata (RFC 8414).
+//! - `GET /.well-known/oauth-protected-resource/<prefix>`: the RFC 9728
+//!   metadata of each `kind = "mcp"` route (the MCP authorization
+//!   specification's protected resource), named by the `resource_metadata`
+//!   of that route's 401s.
 //!
 //! - The same endpoint does RFC 8693 token exchange (on-behalf-of): an agent,
 //!   authenticated as above, presents a user's token (`subject_token`: from a
@@ -41,9 +45,11 @@ use serde::Deserialize;
 
 use crate::attempts::{AttemptKey, Throttled};
 use crate::body::Recorder;
+use crate::config::{RouteConfig, RouteKind};
 use crate::directory::{AgentDirectory, DirectoryRefusal};
 use crate::pipeline::decode::DecodedRequest;
 use crate::respond::{Denial, ResponseBody, full};
+use crate::route::RouteTable;
 use crate::state::{ConnectionState, Gateway};
 use crate::tokens::{TokenService, peer_x5t};
 
@@ -53,9 +59,56 @@ const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
 /// A token request is a few assertions long; anything bigger is not one.
 const MAX_FORM_BYTES: usize = 16 * 1024;
 
+/// Where the RFC 9728 metadata of each `kind = "mcp"` route is published:
+/// this, then the route's prefix (RFC 9728 §3.1).
+const RESOURCE_METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+
 /// Whether `path` is served here rather than routed.
 pub fn is_oauth_path(path: &str) -> bool {
     matches!(path, TOKEN_PATH | JWKS_PATH | METADATA_PATH)
+        || path
+            .strip_prefix(RESOURCE_METADATA_PATH)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The MCP route `path` falls under, if any: the protected resource of the
+/// MCP authorization specification.
+fn mcp_route<'a>(routes: &'a RouteTable, path: &str) -> Option<&'a RouteConfig> {
+    routes
+        .lookup(path)
+        .map(|(route, _)| route.as_ref())
+        .filter(|route| route.kind == RouteKind::Mcp)
+}
+
+/// The RFC 9728 metadata URL of the MCP route that `path` falls under, for
+/// the `resource_metadata` of its 401s (MCP authorization: clients discover
+/// the authorization server from it). `None` off MCP routes.
+pub fn resource_metadata_url(gateway: &Gateway, path: &str) -> Option<String> {
+    mcp_route(&gateway.routes, path).map(|route| {
+        format!(
+            "{}{RESOURCE_METADATA_PATH}{}",
+            gateway.tokens.issuer_url(),
+            route.path_prefix
+        )
+    })
+}
+
+/// The RFC 9728 protected-resource metadata of the MCP route whose prefix is
+/// exactly `resource_path`: its URL is the resource (tokens name it in
+/// `aud`), the gateway is its authorization server, and tokens are sent in
+/// the `Authorization` header, bound by DPoP or a client certificate.
+fn resource_metadata(gateway: &Gateway, resource_path: &str) -> Option<serde_json::Value> {
+    let route = mcp_route(&gateway.routes, resource_path)
+        .filter(|route| route.path_prefix == resource_path)?;
+    let issuer = gateway.tokens.issuer_url();
+    Some(serde_json::json!({
+        "resource": format!("{issuer}{}", route.path_prefix),
+        "resource_name": route.name,
+        "authorization_servers": [issuer],
+        "bearer_methods_supported": ["header"],
+        "dpop_signing_alg_values_supported": portcullis_identity::CLIENT_SIGNING_ALGS,
+        "tls_client_certificate_bound_access_tokens": true,
+    }))
 }
 
 fn json_response(
@@ -109,6 +162,24 @@ pub async fn serve(
             Ok(json_response(
                 StatusCode::OK,
                 &metadata(tokens),
+                "public, max-age=300",
+            ))
+        }
+        _ if path != TOKEN_PATH => {
+            get_only(&decoded.parts.method)?;
+            let resource = path
+                .strip_prefix(RESOURCE_METADATA_PATH)
+                .unwrap_or_default();
+            let metadata = resource_metadata(gateway, resource).ok_or_else(|| {
+                Denial::new(
+                    ErrorCode::RouteNotFound,
+                    "no MCP route is a protected resource at this path",
+                )
+            })?;
+            recorder.record().outcome = Outcome::Allow;
+            Ok(json_response(
+                StatusCode::OK,
+                &metadata,
                 "public, max-age=300",
             ))
         }
@@ -804,5 +875,7 @@ mod tests {
         assert!(is_oauth_path("/oauth2/token"));
         assert!(is_oauth_path("/.well-known/jwks.json"));
         assert!(!is_oauth_path("/oauth2/token/x"));
+        assert!(is_oauth_path("/.well-known/oauth-protected-resource/mcp/x"));
+        assert!(!is_oauth_path("/.well-known/oauth-protected-resourcex"));
     }
 }

@@ -38,8 +38,9 @@ pub enum DenialDetail {
         /// Milliseconds since the epoch.
         expires_ms: i64,
     },
-    /// A 401: what its `WWW-Authenticate` challenges say.
-    Challenge(Challenge),
+    /// A 401: what its `WWW-Authenticate` challenges say (boxed: it is
+    /// filled only at the edge, and keeps every `Denial` small).
+    Challenge(Box<Challenge>),
 }
 
 /// How a request presented its access token, for the challenge of a 401.
@@ -207,7 +208,7 @@ pub fn error_response(request_id: &RequestId, denial: &Denial) -> Response<Respo
     // Every 401 says how to authenticate (RFC 9110 §15.5.2).
     if response.status() == StatusCode::UNAUTHORIZED {
         let challenge = match &denial.detail {
-            Some(DenialDetail::Challenge(c)) => c.clone(),
+            Some(DenialDetail::Challenge(c)) => c.as_ref().clone(),
             _ => Challenge::default(),
         };
         add_challenges(response.headers_mut(), denial, &challenge);
@@ -332,11 +333,11 @@ mod tests {
         );
         // A refused bearer token: the error on the Bearer challenge.
         let mut d = Denial::new(ErrorCode::InvalidToken, "access token refused: \"expired\"");
-        d.detail = Some(DenialDetail::Challenge(Challenge {
+        d.detail = Some(DenialDetail::Challenge(Box::new(Challenge {
             presented: Presented::Bearer,
             nonce: None,
             resource_metadata: Some("https://gw/.well-known/oauth-protected-resource/mcp".into()),
-        }));
+        })));
         let c = challenges(&d);
         assert_eq!(
             c[0],
@@ -345,11 +346,11 @@ mod tests {
         assert!(!c[1].contains("error="), "{c:?}");
         // A DPoP nonce is asked for on the DPoP challenge, with the nonce.
         let mut d = Denial::new(ErrorCode::UseDpopNonce, "use the nonce");
-        d.detail = Some(DenialDetail::Challenge(Challenge {
+        d.detail = Some(DenialDetail::Challenge(Box::new(Challenge {
             presented: Presented::Dpop,
             nonce: Some("n1".into()),
             resource_metadata: None,
-        }));
+        })));
         let resp = error_response(&RequestId::new(), &d);
         assert_eq!(resp.headers()[DPOP_NONCE_HEADER], "n1");
         let c = challenges(&d);

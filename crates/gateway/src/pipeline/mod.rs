@@ -69,7 +69,7 @@ use portcullis_core::{ErrorCode, RequestId};
 use crate::body::BodyMeter;
 use crate::metrics::Stage;
 use crate::respond::{
-    Challenge, Denial, DenialDetail, Presented, REQUEST_ID_HEADER, ResponseBody, error_response,
+    Denial, DenialDetail, Presented, REQUEST_ID_HEADER, ResponseBody, error_response,
     oauth_error_response,
 };
 use crate::state::{ConnectionState, Gateway};
@@ -159,10 +159,17 @@ pub async fn handle(
                 if denial.code.http_status() == 401 {
                     let mut challenge = match denial.detail.take() {
                         Some(DenialDetail::Challenge(c)) => c,
-                        _ => Challenge::default(),
+                        _ => Box::default(),
                     };
                     challenge.presented = presented;
                     challenge.nonce = Some(nonce);
+                    // MCP authorization: a 401 on an MCP route names the
+                    // route's protected-resource metadata (RFC 9728 §5.1).
+                    challenge.resource_metadata = recorder
+                        .record()
+                        .path
+                        .as_deref()
+                        .and_then(|path| crate::oauth::resource_metadata_url(&gateway, path));
                     denial.detail = Some(DenialDetail::Challenge(challenge));
                 }
                 error_response(&request_id, &denial)
