@@ -226,8 +226,8 @@ pub async fn whoami(
     if !status.is_success() {
         bail!(
             "the gateway refuses this credential ({status}): {} — {}",
-            body["code"].as_str().unwrap_or("?"),
-            body["error_description"].as_str().unwrap_or("")
+            body["error"]["code"].as_str().unwrap_or("?"),
+            body["error"]["message"].as_str().unwrap_or("")
         );
     }
     println!("{}", serde_json::to_string_pretty(&body)?);

@@ -143,9 +143,10 @@ fn add_challenges(headers: &mut http::HeaderMap, denial: &Denial, challenge: &Ch
         dpop_error.unwrap_or_default()
     );
     for value in [bearer, dpop] {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            headers.append(header::WWW_AUTHENTICATE, v);
-        }
+        // A value no header can carry loses its parameters, not the challenge.
+        let v = HeaderValue::from_str(&value)
+            .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"portcullis\""));
+        headers.append(header::WWW_AUTHENTICATE, v);
     }
     if let Some(nonce) = challenge.nonce.as_deref()
         && let Ok(v) = HeaderValue::from_str(nonce)
