@@ -355,7 +355,7 @@ pub async fn run(
         .token_issuer
         .clone()
         .unwrap_or_else(|| format!("https://{gateway_addr}"));
-    let tokens = portcullis_gateway::tokens::TokenService::new(
+    let mut tokens = portcullis_gateway::tokens::TokenService::new(
         portcullis_identity::TokenIssuer::new(token_key, &token_issuer)
             .context("cannot load the access-token signing key")?,
         config.token_ttl,
@@ -373,6 +373,7 @@ pub async fn run(
             None => None,
         },
     );
+    tokens.require_dpop_nonce = config.require_dpop_nonce;
     let (tracer, trace_exporter) = match &config.telemetry {
         Some(telemetry) => {
             let (tracer, exporter) =

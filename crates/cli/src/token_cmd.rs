@@ -145,8 +145,8 @@ pub async fn token(
     if !status.is_success() {
         bail!(
             "the token endpoint refused ({status}): {} {}",
-            body["error"]["code"].as_str().unwrap_or("?"),
-            body["error"]["message"].as_str().unwrap_or("")
+            body["code"].as_str().unwrap_or("?"),
+            body["error_description"].as_str().unwrap_or("")
         );
     }
     let token = body["access_token"]

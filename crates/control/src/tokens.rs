@@ -3,14 +3,16 @@
 //! assertions at the token endpoint, DPoP proofs on every token request).
 //! All in memory; the request path never waits on disk.
 
-use portcullis_identity::{PeerCertificate, ReplayCache, TokenIssuer};
+use portcullis_identity::{DpopNonces, PeerCertificate, ReplayCache, TokenIssuer};
 
 use crate::oidc::OidcProviders;
 use crate::revocation::Revocations;
 
 /// Live entries each replay cache holds before refusing new ones. Entries
-/// expire with their credential (5 min assertions, 60 s proofs), so this is
-/// ~3,000 new proofs a second sustained before refusals, per node.
+/// expire with their credential (assertions within an hour, proofs after
+/// 60 s), so this is ~3,000 new proofs a second, or ~55 new client
+/// assertions a second (each agent asks for a token every few minutes),
+/// sustained before refusals, per node.
 const REPLAY_CAPACITY: usize = 200_000;
 
 /// Issues and checks access tokens.
@@ -36,6 +38,12 @@ pub struct TokenService {
     pub max_delegation_depth: u32,
     /// The signer of workload posture statements, when configured.
     pub posture_attestor: Option<OidcProviders>,
+    /// Server-issued DPoP nonces (RFC 9449 §8, §9), keyed from the token key.
+    pub nonces: DpopNonces,
+    /// Whether every DPoP proof must carry a nonce (`[identity]
+    /// require_dpop_nonce`, default off: a nonce a proof carries is always
+    /// checked).
+    pub require_dpop_nonce: bool,
 }
 
 impl TokenService {
@@ -55,6 +63,8 @@ impl TokenService {
             oidc,
             max_delegation_depth,
             token_url: format!("{}/oauth2/token", issuer.issuer()),
+            nonces: DpopNonces::new(issuer.derive_secret("portcullis dpop nonce key")),
+            require_dpop_nonce: false,
             issuer,
             ttl,
             assertions: ReplayCache::new(REPLAY_CAPACITY),
@@ -71,6 +81,21 @@ impl TokenService {
     /// The token endpoint URL (the audience of client assertions).
     pub fn token_url(&self) -> &str {
         &self.token_url
+    }
+
+    /// Checks a DPoP proof's `nonce`: one it carries must be current, and
+    /// with `require_dpop_nonce` it must carry one. The refusal is the
+    /// message of a `use_dpop_nonce` answer, which brings a fresh nonce.
+    pub fn check_dpop_nonce(&self, nonce: Option<&str>, now: i64) -> Result<(), &'static str> {
+        match nonce {
+            Some(n) if !self.nonces.accepts(n, now) => Err(
+                "the DPoP proof's nonce is stale or not this gateway's: sign a new proof with the `DPoP-Nonce` of this answer",
+            ),
+            None if self.require_dpop_nonce => Err(
+                "a server-issued DPoP nonce is required: sign a new proof with the `DPoP-Nonce` of this answer",
+            ),
+            _ => Ok(()),
+        }
     }
 }
 

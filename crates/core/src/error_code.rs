@@ -63,6 +63,10 @@ pub enum ErrorCode {
     /// another method or URL, stale, replayed, or signed by a key the token is
     /// not bound to.
     InvalidDpopProof,
+    /// The DPoP proof carried no server-issued nonce where one is required
+    /// (`[identity] require_dpop_nonce`), or a stale or foreign one: retry with
+    /// the nonce of the `DPoP-Nonce` response header (RFC 9449 §8, §9).
+    UseDpopNonce,
     /// The token endpoint could not authenticate the client: unknown agent, no
     /// registered key, or a refused or replayed client assertion.
     InvalidClient,
@@ -169,6 +173,7 @@ impl ErrorCode {
             ErrorCode::AuditUnavailable => "audit_unavailable",
             ErrorCode::InvalidToken => "invalid_token",
             ErrorCode::InvalidDpopProof => "invalid_dpop_proof",
+            ErrorCode::UseDpopNonce => "use_dpop_nonce",
             ErrorCode::InvalidClient => "invalid_client",
             ErrorCode::UnsupportedGrantType => "unsupported_grant_type",
             ErrorCode::Quarantined => "quarantined",
@@ -205,6 +210,7 @@ impl ErrorCode {
             | ErrorCode::AgentRevoked
             | ErrorCode::InvalidToken
             | ErrorCode::InvalidDpopProof
+            | ErrorCode::UseDpopNonce
             | ErrorCode::InvalidClient
             | ErrorCode::MfaRequired
             | ErrorCode::InvalidTotp => 401,
@@ -283,6 +289,7 @@ mod tests {
             ErrorCode::AuditUnavailable,
             ErrorCode::InvalidToken,
             ErrorCode::InvalidDpopProof,
+            ErrorCode::UseDpopNonce,
             ErrorCode::InvalidClient,
             ErrorCode::UnsupportedGrantType,
             ErrorCode::Quarantined,

@@ -9,6 +9,10 @@
 //!   that offers neither gets no token: every token is sender-constrained.
 //! - `GET /.well-known/jwks.json`: the gateway's token verification key.
 //! - `GET /.well-known/oauth-authorization-server`: metadata (RFC 8414).
+//! - `GET /.well-known/oauth-protected-resource/<prefix>`: the RFC 9728
+//!   metadata of each `kind = "mcp"` route (the MCP authorization
+//!   specification's protected resource), named by the `resource_metadata`
+//!   of that route's 401s.
 //!
 //! - The same endpoint does RFC 8693 token exchange (on-behalf-of): an agent,
 //!   authenticated as above, presents a user's token (`subject_token`: from a
@@ -18,23 +22,34 @@
 //!   the user's token. Disabled users and revoked subject tokens are refused.
 //!
 //! These paths need no client certificate. Every call leaves one audit record
-//! (resource `oauth2_token`), including refusals.
+//! (resource `oauth2_token`), including refusals, which are answered in RFC
+//! 6749 §5.2's shape (`respond::oauth_error_response`).
+//!
+//! What OAuth libraries send by default is accepted: assertions and DPoP
+//! proofs signed `EdDSA`, `Ed25519` or `ES256` (with a registered Ed25519 or
+//! P-256 key), `aud` as a string or an array, assertions living up to an hour
+//! (their `jti` is kept until they expire), and an `Authorization: Basic`
+//! header naming the client with an empty secret. DPoP nonces (RFC 9449 §8)
+//! are handed out on every DPoP answer and checked when a proof carries one
+//! (required with `[identity] require_dpop_nonce`).
 
 use http::{HeaderValue, Method, Response, StatusCode, header};
 use http_body_util::BodyExt;
 use portcullis_audit::Outcome;
 use portcullis_core::{AgentName, ErrorCode};
 use portcullis_identity::{
-    ASSERTION_TYPE, Actor, Confirmation, DPOP_WINDOW, DelegatedUser, PeerCertificate,
-    ReplayRefusal, SpiffeId, assertion_client, verify_assertion, verify_dpop_proof,
+    ASSERTION_TYPE, Actor, Confirmation, DPOP_WINDOW, DelegatedUser, PeerCertificate, PublicJwk,
+    ReplayRefusal, SpiffeId, TokenError, assertion_client, verify_assertion, verify_dpop_proof,
 };
 use serde::Deserialize;
 
 use crate::attempts::{AttemptKey, Throttled};
 use crate::body::Recorder;
+use crate::config::{RouteConfig, RouteKind};
 use crate::directory::{AgentDirectory, DirectoryRefusal};
 use crate::pipeline::decode::DecodedRequest;
 use crate::respond::{Denial, ResponseBody, full};
+use crate::route::RouteTable;
 use crate::state::{ConnectionState, Gateway};
 use crate::tokens::{TokenService, peer_x5t};
 
@@ -44,9 +59,56 @@ const METADATA_PATH: &str = "/.well-known/oauth-authorization-server";
 /// A token request is a few assertions long; anything bigger is not one.
 const MAX_FORM_BYTES: usize = 16 * 1024;
 
+/// Where the RFC 9728 metadata of each `kind = "mcp"` route is published:
+/// this, then the route's prefix (RFC 9728 §3.1).
+const RESOURCE_METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
+
 /// Whether `path` is served here rather than routed.
 pub fn is_oauth_path(path: &str) -> bool {
     matches!(path, TOKEN_PATH | JWKS_PATH | METADATA_PATH)
+        || path
+            .strip_prefix(RESOURCE_METADATA_PATH)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// The MCP route `path` falls under, if any: the protected resource of the
+/// MCP authorization specification.
+fn mcp_route<'a>(routes: &'a RouteTable, path: &str) -> Option<&'a RouteConfig> {
+    routes
+        .lookup(path)
+        .map(|(route, _)| route.as_ref())
+        .filter(|route| route.kind == RouteKind::Mcp)
+}
+
+/// The RFC 9728 metadata URL of the MCP route that `path` falls under, for
+/// the `resource_metadata` of its 401s (MCP authorization: clients discover
+/// the authorization server from it). `None` off MCP routes.
+pub fn resource_metadata_url(gateway: &Gateway, path: &str) -> Option<String> {
+    mcp_route(&gateway.routes, path).map(|route| {
+        format!(
+            "{}{RESOURCE_METADATA_PATH}{}",
+            gateway.tokens.issuer_url(),
+            route.path_prefix
+        )
+    })
+}
+
+/// The RFC 9728 protected-resource metadata of the MCP route whose prefix is
+/// exactly `resource_path`: its URL is the resource (tokens name it in
+/// `aud`), the gateway is its authorization server, and tokens are sent in
+/// the `Authorization` header, bound by DPoP or a client certificate.
+fn resource_metadata(gateway: &Gateway, resource_path: &str) -> Option<serde_json::Value> {
+    let route = mcp_route(&gateway.routes, resource_path)
+        .filter(|route| route.path_prefix == resource_path)?;
+    let issuer = gateway.tokens.issuer_url();
+    Some(serde_json::json!({
+        "resource": format!("{issuer}{}", route.path_prefix),
+        "resource_name": route.name,
+        "authorization_servers": [issuer],
+        "bearer_methods_supported": ["header"],
+        "dpop_signing_alg_values_supported": portcullis_identity::CLIENT_SIGNING_ALGS,
+        "tls_client_certificate_bound_access_tokens": true,
+    }))
 }
 
 fn json_response(
@@ -103,6 +165,24 @@ pub async fn serve(
                 "public, max-age=300",
             ))
         }
+        _ if path != TOKEN_PATH => {
+            get_only(&decoded.parts.method)?;
+            let resource = path
+                .strip_prefix(RESOURCE_METADATA_PATH)
+                .unwrap_or_default();
+            let metadata = resource_metadata(gateway, resource).ok_or_else(|| {
+                Denial::new(
+                    ErrorCode::RouteNotFound,
+                    "no MCP route is a protected resource at this path",
+                )
+            })?;
+            recorder.record().outcome = Outcome::Allow;
+            Ok(json_response(
+                StatusCode::OK,
+                &metadata,
+                "public, max-age=300",
+            ))
+        }
         _ => {
             if decoded.parts.method != Method::POST {
                 return Err(Denial::new(ErrorCode::MethodNotAllowed, "use POST"));
@@ -119,15 +199,20 @@ pub async fn serve(
     }
 }
 
+/// The RFC 8414 metadata: only what this endpoint really does. There is no
+/// authorization endpoint, so no response type is supported (the member is
+/// required, and empty); scopes are not used (policy decides).
 fn metadata(tokens: &TokenService) -> serde_json::Value {
+    let algs = portcullis_identity::CLIENT_SIGNING_ALGS;
     serde_json::json!({
         "issuer": tokens.issuer_url(),
         "token_endpoint": tokens.token_url(),
         "jwks_uri": format!("{}{JWKS_PATH}", tokens.issuer_url()),
+        "response_types_supported": [],
         "grant_types_supported": ["client_credentials", TOKEN_EXCHANGE],
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
-        "token_endpoint_auth_signing_alg_values_supported": ["EdDSA"],
-        "dpop_signing_alg_values_supported": ["EdDSA"],
+        "token_endpoint_auth_signing_alg_values_supported": algs,
+        "dpop_signing_alg_values_supported": algs,
         "tls_client_certificate_bound_access_tokens": true,
     })
 }
@@ -329,23 +414,37 @@ fn authenticate_client(
         ));
     }
     recorder.record().principal = Some(agent.to_string());
-    let kid = jsonwebtoken_kid(assertion);
-    let key = match kid.as_deref() {
-        Some(kid) => entry.keys.get(kid),
-        None if entry.keys.len() == 1 => entry.keys.values().next(),
-        None => None,
-    }
-    .ok_or_else(|| {
-        client(
+    // The key the header names, or else each registered key in turn (an
+    // agent has a few; libraries often send no `kid`). A key of another type
+    // than the algorithm fails without a signature check.
+    let candidates: Vec<&PublicJwk> = match portcullis_identity::assertion_kid(assertion) {
+        Some(kid) => entry.keys.get(&kid).into_iter().collect(),
+        None => entry.keys.values().collect(),
+    };
+    if candidates.is_empty() {
+        return Err(client(
             ErrorCode::InvalidClient,
             "no registered signing key matches the assertion (register one with `portcullis agent create` or POST /admin/v1/agents/{name}/keys)",
-        )
-    })?;
+        ));
+    }
     let audiences = [tokens.token_url(), tokens.issuer_url()];
-    let claims = verify_assertion(assertion, key, claimed, &audiences, now).map_err(|e| {
+    let mut refusal = TokenError::Algorithm;
+    let mut verified = None;
+    for key in candidates {
+        match verify_assertion(assertion, key, claimed, &audiences, now) {
+            Ok(claims) => {
+                verified = Some((key, claims));
+                break;
+            }
+            // The refusal of a key that fits the algorithm says the most.
+            Err(TokenError::Algorithm) => {}
+            Err(e) => refusal = e,
+        }
+    }
+    let (key, claims) = verified.ok_or_else(|| {
         client(
             ErrorCode::InvalidClient,
-            format!("client assertion refused: {e}"),
+            format!("client assertion refused: {refusal}"),
         )
     })?;
     Ok(ClientAuthenticated {
@@ -354,6 +453,49 @@ fn authenticate_client(
         spiffe_id,
         claims,
     })
+}
+
+/// The `Authorization: Basic` some OAuth libraries send by default with any
+/// client authentication (requests-oauthlib: the `client_id` and an empty
+/// secret). It carries no secret here, so it is accepted only when it names
+/// the assertion's client with an empty password; anything else would be a
+/// second authentication method (RFC 6749 §2.3) and is refused.
+fn basic_client(headers: &http::HeaderMap, claimed: &str) -> Result<(), Denial> {
+    use base64::Engine;
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(());
+    };
+    let refused = || {
+        client(
+            ErrorCode::InvalidClient,
+            "authenticate with `private_key_jwt` only: an `Authorization` header may only be `Basic` with the client's id and an empty secret",
+        )
+    };
+    let credentials = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("basic"))
+        .and_then(|(_, b64)| {
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+        })
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(refused)?;
+    // RFC 6749 §2.3.1: both parts are form-urlencoded.
+    let (id, secret) = credentials.split_once(':').ok_or_else(refused)?;
+    let id = form_decoded(id).ok_or_else(refused)?;
+    if id != claimed || !secret.is_empty() {
+        return Err(refused());
+    }
+    Ok(())
+}
+
+/// `application/x-www-form-urlencoded` decoding of one value.
+fn form_decoded(value: &str) -> Option<String> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(&format!("v={value}")).ok()?;
+    pairs.into_iter().next().map(|(_, v)| v)
 }
 
 /// A client whose assertion verified.
@@ -477,9 +619,11 @@ async fn token(
     if let Err(t) = gateway.attempts.check(ATTEMPT_KIND, &keys) {
         return Err(throttled(gateway, t));
     }
-    let authenticated = authenticate_client(
-        tokens, conn, directory, &form, assertion, &claimed, now, recorder,
-    );
+    let authenticated = basic_client(&decoded.parts.headers, &claimed).and_then(|()| {
+        authenticate_client(
+            tokens, conn, directory, &form, assertion, &claimed, now, recorder,
+        )
+    });
     let ClientAuthenticated {
         agent,
         spiffe_id,
@@ -522,6 +666,9 @@ async fn token(
                         format!("DPoP proof refused: {e}"),
                     )
                 })?;
+            tokens
+                .check_dpop_nonce(proof.claims.nonce.as_deref(), now)
+                .map_err(|m| client(ErrorCode::UseDpopNonce, m))?;
             let key = format!("{}:{}", proof.jkt, proof.claims.jti);
             let until = proof.claims.iat + DPOP_WINDOW;
             (
@@ -650,7 +797,16 @@ async fn token(
     if exchange {
         answer["issued_token_type"] = "urn:ietf:params:oauth:token-type:access_token".into();
     }
-    Ok(json_response(StatusCode::OK, &answer, "no-store"))
+    let mut response = json_response(StatusCode::OK, &answer, "no-store");
+    if token_type == "DPoP"
+        && let Ok(nonce) = HeaderValue::from_str(&tokens.nonces.current(now))
+    {
+        // The nonce for the next proof (RFC 9449 §8.2).
+        response
+            .headers_mut()
+            .insert(crate::respond::DPOP_NONCE_HEADER, nonce);
+    }
+    Ok(response)
 }
 
 fn replay(
@@ -672,17 +828,6 @@ fn replay(
                 "too many credentials in flight; retry shortly",
             ),
         })
-}
-
-/// The `kid` of a JWS header, if any (the signature is checked afterwards).
-fn jsonwebtoken_kid(jws: &str) -> Option<String> {
-    use base64::Engine;
-    let header = jws.split('.').next()?;
-    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
-        .decode(header)
-        .ok()?;
-    let value: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    value.get("kid")?.as_str().map(str::to_string)
 }
 
 /// Without a DPoP proof, the token is bound to the connection's client
@@ -730,10 +875,7 @@ mod tests {
         assert!(is_oauth_path("/oauth2/token"));
         assert!(is_oauth_path("/.well-known/jwks.json"));
         assert!(!is_oauth_path("/oauth2/token/x"));
-        assert_eq!(
-            jsonwebtoken_kid("eyJraWQiOiJrMSIsImFsZyI6IkVkRFNBIn0.e30.x").as_deref(),
-            Some("k1")
-        );
-        assert_eq!(jsonwebtoken_kid("garbage"), None);
+        assert!(is_oauth_path("/.well-known/oauth-protected-resource/mcp/x"));
+        assert!(!is_oauth_path("/.well-known/oauth-protected-resourcex"));
     }
 }

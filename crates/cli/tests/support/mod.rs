@@ -355,7 +355,26 @@ pub fn request_id(r: &reqwest::Response) -> String {
 /// The JSON error of a response, with its status.
 pub async fn error_of(response: reqwest::Response) -> (u16, Value) {
     let status = response.status().as_u16();
+    // Every 401 of the data plane says how to authenticate.
+    if status == 401 && !response.url().path().starts_with("/admin/") {
+        assert!(
+            response.headers().contains_key("www-authenticate"),
+            "a 401 without `WWW-Authenticate`"
+        );
+    }
     let body: Value = response.json().await.unwrap();
+    if let Some(error) = body["error"].as_str() {
+        // The OAuth endpoints answer in RFC 6749 §5.2's shape, with the
+        // stable code beside it: read as the other errors are.
+        return (
+            status,
+            serde_json::json!({
+                "code": body["code"],
+                "message": body["error_description"],
+                "oauth_error": error,
+            }),
+        );
+    }
     (status, body["error"].clone())
 }
 

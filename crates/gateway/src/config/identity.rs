@@ -26,6 +26,10 @@ pub struct RawIdentity {
     pub token_ttl_seconds: Option<u64>,
     /// Longest delegation chain a token exchange may build (default 2).
     pub max_delegation_depth: Option<u32>,
+    /// Whether every DPoP proof must carry a server-issued nonce (default
+    /// false; a nonce a proof carries is always checked).
+    #[serde(default)]
+    pub require_dpop_nonce: bool,
     /// `[[identity.oidc]]`: external issuers of users' tokens.
     #[serde(default)]
     pub oidc: Vec<RawOidc>,

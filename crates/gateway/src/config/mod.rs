@@ -129,6 +129,8 @@ pub struct Config {
     pub token_ttl: u64,
     /// Longest delegation chain (token exchange).
     pub max_delegation_depth: u32,
+    /// Whether DPoP proofs must carry a server-issued nonce.
+    pub require_dpop_nonce: bool,
     /// External issuers of users' tokens.
     pub oidc: Vec<OidcConfig>,
     /// The signer of workload posture statements, when configured.
@@ -309,6 +311,7 @@ impl Config {
             strip_request_headers: raw.gateway.strip_request_headers,
             token_issuer: raw.identity.token_issuer,
             max_delegation_depth: raw.identity.max_delegation_depth.unwrap_or(2),
+            require_dpop_nonce: raw.identity.require_dpop_nonce,
             posture_attestor: raw
                 .identity
                 .posture_attestor

@@ -279,6 +279,9 @@ fn token_identity(
                 presented("dpop"),
             ));
         }
+        tokens
+            .check_dpop_nonce(proof.claims.nonce.as_deref(), now)
+            .map_err(|m| fail(ErrorCode::UseDpopNonce, m.into(), presented("dpop")))?;
         // Checked last, so a refused proof does not use up its `jti`.
         let key = format!("{}:{}", proof.jkt, proof.claims.jti);
         match tokens

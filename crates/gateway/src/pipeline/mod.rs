@@ -68,7 +68,10 @@ use portcullis_core::{ErrorCode, RequestId};
 
 use crate::body::BodyMeter;
 use crate::metrics::Stage;
-use crate::respond::{Denial, REQUEST_ID_HEADER, ResponseBody, error_response};
+use crate::respond::{
+    Denial, DenialDetail, Presented, REQUEST_ID_HEADER, ResponseBody, error_response,
+    oauth_error_response,
+};
 use crate::state::{ConnectionState, Gateway};
 use record::{CLIENT_CLOSED, RecordedBody, Recorder};
 
@@ -119,6 +122,11 @@ pub async fn handle(
         ));
     }
 
+    // What a refusal's answer depends on, read before the request moves on:
+    // the OAuth endpoints answer in RFC 6749's shape, and a 401 challenges
+    // the scheme the request used.
+    let oauth_path = crate::oauth::is_oauth_path(request.uri().path());
+    let presented = Presented::of(request.headers());
     let mut response = match run(
         &gateway,
         &conn,
@@ -139,12 +147,33 @@ pub async fn handle(
             }
             response
         }
-        Err(denial) => {
+        Err(mut denial) => {
             // `outcome` keeps the authorization result: an allowed request whose
             // upstream then failed is still "allow", with the failure's code.
             let record = recorder.record();
             record.error_code = Some(denial.code.as_str().to_string());
-            error_response(&request_id, &denial)
+            let nonce = gateway.tokens.nonces.current(now.as_secs() as i64);
+            if oauth_path {
+                oauth_error_response(&request_id, &denial, Some(&nonce))
+            } else {
+                if denial.code.http_status() == 401 {
+                    let mut challenge = match denial.detail.take() {
+                        Some(DenialDetail::Challenge(c)) => c,
+                        _ => Box::default(),
+                    };
+                    challenge.presented = presented;
+                    challenge.nonce = Some(nonce);
+                    // MCP authorization: a 401 on an MCP route names the
+                    // route's protected-resource metadata (RFC 9728 §5.1).
+                    challenge.resource_metadata = recorder
+                        .record()
+                        .path
+                        .as_deref()
+                        .and_then(|path| crate::oauth::resource_metadata_url(&gateway, path));
+                    denial.detail = Some(DenialDetail::Challenge(challenge));
+                }
+                error_response(&request_id, &denial)
+            }
         }
     };
     recorder.record().status = response.status().as_u16();

@@ -166,6 +166,20 @@ impl TokenIssuer {
         self.key.kid()
     }
 
+    /// A 32-byte secret derived from the signing key for `purpose` (HMAC-SHA256
+    /// keyed by the key's seed): every node holding the same token key derives
+    /// the same secret (DPoP nonces, `DpopNonces`), and the secret reveals
+    /// nothing of the key.
+    pub fn derive_secret(&self, purpose: &str) -> [u8; 32] {
+        use hmac::{Hmac, Mac};
+        let seed = zeroize::Zeroizing::new(self.key.key.to_bytes());
+        let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(seed.as_slice()) else {
+            return [0; 32];
+        };
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     /// The JWKS to publish.
     pub fn jwks(&self) -> serde_json::Value {
         serde_json::json!({ "keys": [self.key.public.to_json()] })
@@ -371,7 +385,7 @@ mod tests {
                 ..Header::new(Algorithm::HS256)
             },
             &claims,
-            &EncodingKey::from_secret(&iss.key.public.x),
+            &EncodingKey::from_secret(&iss.key.public_x()),
         )
         .unwrap();
         assert_eq!(iss.verify(&hs, t).unwrap_err(), TokenError::Algorithm);

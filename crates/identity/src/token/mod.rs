@@ -1,18 +1,21 @@
-//! OAuth 2.0 tokens for agents that cannot do mTLS: the agent's own Ed25519
-//! signing key (a JWK, RFC 8037), the client assertion it signs to authenticate
-//! at the token endpoint (`private_key_jwt`, RFC 7523), and the gateway's
-//! EdDSA access tokens, always bound to a key (`cnf.jkt`, RFC 9449) or to a
-//! client certificate (`cnf.x5t#S256`, RFC 8705).
+//! OAuth 2.0 tokens for agents that cannot do mTLS: the agent's own signing
+//! key (a JWK: Ed25519, RFC 8037, or P-256), the client assertion it signs to
+//! authenticate at the token endpoint (`private_key_jwt`, RFC 7523), and the
+//! gateway's EdDSA access tokens, always bound to a key (`cnf.jkt`, RFC 9449)
+//! or to a client certificate (`cnf.x5t#S256`, RFC 8705).
 //!
-//! Only EdDSA with a known key is accepted. `alg: none` does not even parse as a
-//! header here, and HS*/RS*/ES* are refused before any key is used, so the
-//! public key can never be confused for an HMAC secret.
+//! What agents sign (assertions, DPoP proofs) may use `EdDSA` (or its RFC 9864
+//! name `Ed25519`) or `ES256`, matched to the key's type; the gateway's own
+//! access tokens are EdDSA only. `alg: none`, HS* and RS* are refused from the
+//! header before any key is used, so a public key can never be confused for an
+//! HMAC secret.
 //!
-//! One job per file: `jwk.rs` (Ed25519 JWKs and their thumbprints), `assertion.rs`
-//! (the `private_key_jwt` client assertion), `access.rs` (the gateway's access
-//! tokens and their sender constraint and delegation claims) and `dpop.rs` (DPoP
-//! proofs). This file holds what they share: the error type and the EdDSA-only
-//! header check every verifier starts with.
+//! One job per file: `jwk.rs` (JWKs and their thumbprints), `jws.rs` (agents'
+//! compact JWS and their algorithms), `assertion.rs` (the `private_key_jwt`
+//! client assertion), `access.rs` (the gateway's access tokens and their sender
+//! constraint and delegation claims) and `dpop.rs` (DPoP proofs and nonces).
+//! This file holds what they share: the error type and the EdDSA-only header
+//! check of access tokens.
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -23,16 +26,22 @@ mod access;
 mod assertion;
 mod dpop;
 mod jwk;
+mod jws;
 
 pub use access::{
     AccessClaims, Actor, Confirmation, DEFAULT_TOKEN_TTL, DelegatedUser, MAX_TOKEN_TTL,
     TokenIssuer, cert_thumbprint,
 };
 pub use assertion::{
-    ASSERTION_TYPE, AssertionClaims, MAX_ASSERTION_LIFETIME, assertion_client, verify_assertion,
+    ASSERTION_CLOCK_SKEW, ASSERTION_TYPE, AssertionClaims, MAX_ASSERTION_LIFETIME,
+    assertion_client, assertion_kid, verify_assertion,
 };
-pub use dpop::{DPOP_WINDOW, DpopClaims, DpopProof, access_token_hash, verify_dpop_proof};
+pub use dpop::{
+    DPOP_NONCE_STEP, DPOP_WINDOW, DpopClaims, DpopNonces, DpopProof, access_token_hash,
+    verify_dpop_proof,
+};
 pub use jwk::{Ed25519Key, PublicJwk, ed25519_thumbprint};
+pub use jws::{Audience, CLIENT_SIGNING_ALGS};
 
 /// Why a token, assertion or proof was refused. Messages name the problem and
 /// never carry the token.
@@ -41,8 +50,9 @@ pub enum TokenError {
     /// Not a compact JWS, or its header or claims are not the expected JSON.
     #[error("malformed {0}")]
     Malformed(&'static str),
-    /// The header names an algorithm other than EdDSA (including `none`).
-    #[error("algorithm not accepted: only EdDSA is")]
+    /// The header names an algorithm not accepted here (including `none`),
+    /// or one that does not fit the key.
+    #[error("algorithm not accepted")]
     Algorithm,
     /// The `kid` is not a key the verifier knows.
     #[error("unknown key id")]
