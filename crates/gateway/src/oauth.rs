@@ -84,7 +84,8 @@ fn mcp_route<'a>(routes: &'a RouteTable, path: &str) -> Option<&'a RouteConfig> 
 /// the `resource_metadata` of its 401s (MCP authorization: clients discover
 /// the authorization server from it). `None` off MCP routes.
 pub fn resource_metadata_url(gateway: &Gateway, path: &str) -> Option<String> {
-    mcp_route(&gateway.routes, path).map(|route| {
+    let snapshot = gateway.snapshot.load();
+    mcp_route(&snapshot.routing.routes, path).map(|route| {
         format!(
             "{}{RESOURCE_METADATA_PATH}{}",
             gateway.tokens.issuer_url(),
@@ -98,7 +99,8 @@ pub fn resource_metadata_url(gateway: &Gateway, path: &str) -> Option<String> {
 /// `aud`), the gateway is its authorization server, and tokens are sent in
 /// the `Authorization` header, bound by DPoP or a client certificate.
 fn resource_metadata(gateway: &Gateway, resource_path: &str) -> Option<serde_json::Value> {
-    let route = mcp_route(&gateway.routes, resource_path)
+    let snapshot = gateway.snapshot.load();
+    let route = mcp_route(&snapshot.routing.routes, resource_path)
         .filter(|route| route.path_prefix == resource_path)?;
     let issuer = gateway.tokens.issuer_url();
     Some(serde_json::json!({
