@@ -180,6 +180,9 @@ async fn serve_upstream(
     }
     let ct = req.headers().get("content-type").cloned();
     let accept_encoding = req.headers().get("accept-encoding").is_some();
+    // What arrived in the query and in `x-note`, for the redaction tests.
+    let saw_query = req.uri().query().unwrap_or("").to_string();
+    let saw_note = req.headers().get("x-note").cloned();
     let body = req
         .into_body()
         .collect()
@@ -189,6 +192,12 @@ async fn serve_upstream(
     let mut resp = hyper::Response::new(Full::new(body).boxed());
     if let Some(ct) = ct {
         resp.headers_mut().insert("content-type", ct);
+    }
+    if let Ok(q) = saw_query.parse() {
+        resp.headers_mut().insert("x-saw-query", q);
+    }
+    if let Some(note) = saw_note {
+        resp.headers_mut().insert("x-saw-note", note);
     }
     resp.headers_mut().insert(
         "x-saw-accept-encoding",
@@ -386,6 +395,59 @@ async fn the_gateway_blocks_redacts_and_lets_policy_decide_on_content() {
     for secret in [AWS_KEY, TOKEN, "4242 4242", "jane.doe"] {
         assert!(!log.contains(secret), "`{secret}` leaked into the log");
     }
+}
+
+/// On a redacting route a key in the query or in a header reaches the
+/// upstream redacted, not only the record: the redacted query is the one
+/// decided and forwarded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redacting_route_redacts_the_query_and_headers_it_forwards() {
+    install_crypto();
+    let upstream = guard_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("schema.cedarschema"),
+        include_str!("../../policy/defaults/schema.cedarschema"),
+    )
+    .unwrap();
+    std::fs::write(policies.join("guard.cedar"), POLICIES).unwrap();
+    let routes = route("redact", "/redact", &format!("http://{upstream}"), "public")
+        + "[routes.guard]\ndlp = \"redact\"\n";
+    let cfg = config(dir.path(), &routes, "[policy]\ndir = \"policies\"");
+    let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
+        .await
+        .unwrap();
+    let (cert, key) = server.create_agent("writer-bot", &["writer"]);
+    let client = client(&server.ca_pem(), Some((&cert, &key)));
+    let r = client
+        .post(server.url(&format!("/redact/echo?k={AWS_KEY}&n=1")))
+        .header("content-type", "application/json")
+        .header("x-note", format!("k {AWS_KEY}"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let saw = |name: &str| {
+        r.headers()
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default()
+    };
+    let (query, note) = (saw("x-saw-query"), saw("x-saw-note"));
+    assert!(
+        !query.contains(AWS_KEY) && query.contains("REDACTED") && query.ends_with("&n=1"),
+        "the upstream saw the query {query}"
+    );
+    assert!(
+        !note.contains(AWS_KEY) && note.contains("REDACTED"),
+        "the upstream saw x-note: {note}"
+    );
+    let record = server.audit_record(&request_id(&r));
+    assert_eq!(record["outcome"], "allow", "{record}");
+    assert!(!record.to_string().contains(AWS_KEY), "{record}");
 }
 
 /// Issue 19, end to end on HTTP routes: object keys, repeated keys,

@@ -375,6 +375,11 @@ async fn run(
     recorder.trace_stage(Stage::Inspect, t, elapsed);
     recorder.record().content = audited;
     let (decoded, content) = inspected?;
+    // A query the guard redacted is the query from here on: decided,
+    // approved, recorded and forwarded redacted (the forwarder and the
+    // approval binding read it from the context).
+    let mut context = context;
+    context.query.clone_from(&decoded.target.query);
 
     // The one decision path (decide.rs): Cedar as the agent (and the user
     // it acts for), shadow, the risk grade's hold, obligations, the record.
