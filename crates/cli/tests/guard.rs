@@ -8,7 +8,7 @@ mod support;
 use std::io::Write as _;
 use std::process::{Command, Stdio};
 
-use serde_json::Value;
+use serde_json::{Value, json};
 use support::*;
 
 /// Runs `portcullis guard scan` with `args`, feeding `stdin`; returns the
@@ -448,6 +448,115 @@ async fn a_redacting_route_redacts_the_query_and_headers_it_forwards() {
     let record = server.audit_record(&request_id(&r));
     assert_eq!(record["outcome"], "allow", "{record}");
     assert!(!record.to_string().contains(AWS_KEY), "{record}");
+}
+
+/// The query and headers reach an MCP server and a model API as they reach
+/// an HTTP upstream: on a blocking route a key in either is refused on every
+/// protocol, and the headers MCP and OpenAI clients send pass.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_query_and_headers_are_read_on_mcp_and_llm_routes_too() {
+    use support::parity_rig::{McpAnswers, mcp_post, python_with_mcp, start_llm, start_mcp};
+    install_crypto();
+    if !tokio::task::block_in_place(python_with_mcp) {
+        return;
+    }
+    let (_mcp, mcp_port, _notes) = tokio::task::block_in_place(|| start_mcp(McpAnswers::Json));
+    let (_llm, llm_port) = tokio::task::block_in_place(start_llm);
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("schema.cedarschema"),
+        include_str!("../../policy/defaults/schema.cedarschema"),
+    )
+    .unwrap();
+    std::fs::write(policies.join("guard.cedar"), POLICIES).unwrap();
+    let routes = format!(
+        "[[routes]]\nname = \"tools\"\nkind = \"mcp\"\npath_prefix = \"/mcp/tools\"\nupstream = \"http://127.0.0.1:{mcp_port}/mcp\"\nclassification = \"internal\"\n\
+         [routes.guard]\ndlp = \"block\"\n\
+         [[routes]]\nname = \"llm\"\nkind = \"llm\"\npath_prefix = \"/llm\"\nupstream = \"http://127.0.0.1:{llm_port}\"\nclassification = \"internal\"\napi_key_env = \"GUARD_LLM_KEY\"\n\
+         [routes.guard]\ndlp = \"block\"\n\
+         [[routes.models]]\nname = \"gpt-test\"\nstatus = \"approved\"\n"
+    );
+    let cfg = config(dir.path(), &routes, "[policy]\ndir = \"policies\"");
+    let server = tokio::task::spawn_blocking(move || {
+        Server::start_with_env(dir, Some(&cfg), &[("GUARD_LLM_KEY", "sk-guard")])
+    })
+    .await
+    .unwrap();
+    let (cert, key) = server.create_agent("writer-bot", &["writer"]);
+    let agent = client(&server.ca_pem(), Some((&cert, &key)));
+    let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18", "capabilities": {},
+        "clientInfo": {"name": "guard", "version": "1"}}});
+    let completion = json!({"model": "gpt-test",
+        "messages": [{"role": "user", "content": "hello"}]});
+    let blocked = |r: reqwest::Response| async move {
+        let id = request_id(&r);
+        let (status, e) = error_of(r).await;
+        assert_eq!(
+            (status, e["code"].as_str()),
+            (403, Some("content_blocked")),
+            "{e}"
+        );
+        id
+    };
+
+    // Clean: the stock clients' headers pass.
+    let r = mcp_post(&agent, &server, "/mcp/tools", None, &initialize)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = agent
+        .post(server.url("/llm/v1/chat/completions"))
+        .json(&completion)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+
+    // A key in a header on MCP, in the query on MCP and LLM, in a header on LLM.
+    let mut refused = vec![
+        blocked(
+            mcp_post(&agent, &server, "/mcp/tools", None, &initialize)
+                .header("x-note", format!("k {AWS_KEY}"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await,
+    ];
+    let r = agent
+        .post(server.url(&format!("/mcp/tools?k={AWS_KEY}")))
+        .header("accept", "application/json, text/event-stream")
+        .json(&initialize)
+        .send()
+        .await
+        .unwrap();
+    refused.push(blocked(r).await);
+    let r = agent
+        .post(server.url(&format!("/llm/v1/chat/completions?k={AWS_KEY}")))
+        .json(&completion)
+        .send()
+        .await
+        .unwrap();
+    refused.push(blocked(r).await);
+    let r = agent
+        .post(server.url("/llm/v1/chat/completions"))
+        .header("x-note", format!("k {AWS_KEY}"))
+        .json(&completion)
+        .send()
+        .await
+        .unwrap();
+    refused.push(blocked(r).await);
+    for id in refused {
+        let record = server.audit_record(&id);
+        assert_eq!(record["outcome"], "deny", "{record}");
+        assert_eq!(record["error_code"], "content_blocked", "{record}");
+        assert_eq!(record["content"][0]["kind"], "aws_access_key", "{record}");
+        assert!(!record.to_string().contains(AWS_KEY), "{record}");
+    }
 }
 
 /// Issue 19, end to end on HTTP routes: object keys, repeated keys,

@@ -758,7 +758,8 @@ async fn post(
         let record = ex.recorder.record();
         record.policies.sort();
         record.policies.dedup();
-        record.content = audited;
+        // After what the guard found in the request's head (pipeline/mod.rs).
+        record.content.extend(audited);
         if body.batch {
             // Named before the loop.
         } else if let Some((method, resource)) = described {

@@ -247,6 +247,27 @@ fn is_form(content_type: Option<&HeaderValue>) -> bool {
         })
 }
 
+/// The guard on what a request's head carries upstream (its query and its
+/// headers) on MCP and LLM routes, whose adapters scan the bodies: [`run`]
+/// reads the head of an HTTP request itself. Redaction rewrites both in
+/// place; a blocking finding refuses the request.
+pub fn scan_head(
+    state: Option<&GuardState>,
+    route: &RouteConfig,
+    request: &mut DecodedRequest,
+    request_id: &RequestId,
+    audited: &mut Vec<ContentFinding>,
+) -> Result<(), Denial> {
+    let settings = route.guard;
+    let Some(state) = state.filter(|_| settings.scans_requests()) else {
+        return Ok(());
+    };
+    let mut scan = TextScan::new(state, settings, request_id, &route.name, "request");
+    scan_query(&mut scan, &mut request.parts, &mut request.target, audited);
+    scan_headers(&mut scan, &mut request.parts.headers, audited);
+    scan.settle("request").1
+}
+
 /// Scans decoded `name=value` pairs (a query or a form), names and values,
 /// at pointers `{what}:{i}` (never the name: it may be the secret), and
 /// redacts them in place when the route redacts.

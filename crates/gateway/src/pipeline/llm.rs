@@ -124,7 +124,8 @@ pub async fn run(
     let elapsed = t.elapsed();
     metrics.stage(Stage::Inspect, elapsed);
     ex.recorder.trace_stage(Stage::Inspect, t, elapsed);
-    ex.recorder.record().content = audited;
+    // After what the guard found in the request's head (pipeline/mod.rs).
+    ex.recorder.record().content.extend(audited);
     let content = inspected?;
 
     // What is decided, approved and forwarded is this one serialization of

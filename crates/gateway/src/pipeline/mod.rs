@@ -265,7 +265,7 @@ async fn run(
     let elapsed = t.elapsed();
     metrics.stage(Stage::Contextualize, elapsed);
     recorder.trace_stage(Stage::Contextualize, t, elapsed);
-    let context = context?;
+    let mut context = context?;
     {
         let record = recorder.record();
         record.resource = Some(context.route.name.clone());
@@ -331,6 +331,20 @@ async fn run(
         context.route.kind,
         crate::config::RouteKind::Mcp | crate::config::RouteKind::Llm
     ) {
+        // The query and the headers go upstream as on HTTP routes: the
+        // guard reads them here, the adapters the bodies.
+        let mut decoded = decoded;
+        let mut head_findings = Vec::new();
+        let scanned = inspect::scan_head(
+            routing.guard.as_deref(),
+            &context.route,
+            &mut decoded,
+            request_id,
+            &mut head_findings,
+        );
+        recorder.record().content = head_findings;
+        scanned?;
+        context.query.clone_from(&decoded.target.query);
         let mut ex = decide::Exchange {
             gateway,
             conn,
@@ -378,7 +392,6 @@ async fn run(
     // A query the guard redacted is the query from here on: decided,
     // approved, recorded and forwarded redacted (the forwarder and the
     // approval binding read it from the context).
-    let mut context = context;
     context.query.clone_from(&decoded.target.query);
 
     // The one decision path (decide.rs): Cedar as the agent (and the user
