@@ -100,8 +100,12 @@
 //! the binary), 23 MiB anonymous memory (glibc's heap and six thread arenas
 //! of 2–3 MiB each), 2 MiB shared libraries. So the ≤ 30 MiB goal cannot be
 //! met by trimming heap alone: the binary's resident code already takes 27
-//! MiB (a smaller binary — LTO, one codegen unit — is the first lever; then
-//! fewer malloc arenas). The `before_forward` run had 11 MiB anonymous.
+//! MiB (a smaller binary — LTO, one codegen unit — is the first lever). The `before_forward` run had 11 MiB anonymous.
+//! Two knobs tried without rebuilding, `async`, same conditions:
+//! `MALLOC_ARENA_MAX=2` left the RSS at 55.1 MiB (the anonymous memory moved
+//! from the thread arenas into the main heap, 24.7 MiB in all; P−N p50 +137
+//! µs, 44 %), and `TOKIO_WORKER_THREADS=1` gave +175 µs, 41 %, 55.3 MiB: the
+//! arenas and the runtime's worker count are not where the gap is.
 //! The `before_forward` floor is one WAL fsync per group commit: `fsync` of
 //! a 4 KiB append on this disk takes ~300 µs at p50 (Python `os.fsync`
 //! loop, 200 samples), and the commit makes six round trips to SQLite's
