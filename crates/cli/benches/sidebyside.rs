@@ -100,7 +100,8 @@
 //! the binary), 23 MiB anonymous memory (glibc's heap and six thread arenas
 //! of 2–3 MiB each), 2 MiB shared libraries. So the ≤ 30 MiB goal cannot be
 //! met by trimming heap alone: the binary's resident code already takes 27
-//! MiB (a smaller binary — LTO, one codegen unit — is the first lever). The `before_forward` run had 11 MiB anonymous.
+//! MiB (a smaller binary — LTO, one codegen unit — is the first lever).
+//! The `before_forward` run had 11 MiB anonymous.
 //! Two knobs tried without rebuilding, `async`, same conditions:
 //! `MALLOC_ARENA_MAX=2` left the RSS at 55.1 MiB (the anonymous memory moved
 //! from the thread arenas into the main heap, 24.7 MiB in all; P−N p50 +137
