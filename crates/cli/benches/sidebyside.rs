@@ -83,6 +83,36 @@
 //! buffer lease, plumbing decided as actions, the control crate's seam);
 //! throughput is within the noise. The default `before_forward` durability
 //! waits for a group commit (fsync) before every write is forwarded.
+//!
+//! 2026-12-07 04:05 UTC, main at 7797902 (release), load average 11–14 from
+//! other builds, one throughput round (`BENCH_THROUGHPUT_ROUNDS=1`), one run
+//! per durability, one after the other:
+//!
+//! ```text
+//! durability       direct p50  nginx p50 (+)  portcullis p50 (+)  P−N p50  direct rps  nginx rps  portcullis rps  P/N   RSS P / nginx
+//! async            45 µs       171 (+125)     340 (+295)          +169 µs  30643       14506      5293            36 %  53.8 / 24.6 MiB
+//! before_forward   29 µs       105 (+76)      756 (+727)          +651 µs  36821       14201      3544            25 %  43.5 / 24.8 MiB
+//! ```
+//!
+//! What the RSS is made of (`/proc/PID/smaps` of the async run at its end):
+//! 27.4 MiB are pages of the `portcullis` executable itself (its text and
+//! read-only data: clean, file-backed, shared with any other process running
+//! the binary), 23 MiB anonymous memory (glibc's heap and six thread arenas
+//! of 2–3 MiB each), 2 MiB shared libraries. So the ≤ 30 MiB goal cannot be
+//! met by trimming heap alone: the binary's resident code already takes 27
+//! MiB (a smaller binary — LTO, one codegen unit — is the first lever).
+//! The `before_forward` run had 11 MiB anonymous.
+//! Two knobs tried without rebuilding, `async`, same conditions:
+//! `MALLOC_ARENA_MAX=2` left the RSS at 55.1 MiB (the anonymous memory moved
+//! from the thread arenas into the main heap, 24.7 MiB in all; P−N p50 +137
+//! µs, 44 %), and `TOKIO_WORKER_THREADS=1` gave +175 µs, 41 %, 55.3 MiB: the
+//! arenas and the runtime's worker count are not where the gap is.
+//! The `before_forward` floor is one WAL fsync per group commit: `fsync` of
+//! a 4 KiB append on this disk takes ~300 µs at p50 (Python `os.fsync`
+//! loop, 200 samples), and the commit makes six round trips to SQLite's
+//! worker thread (BEGIN IMMEDIATE, the seq check, the record, the intent,
+//! the closed intents, COMMIT); nginx-mTLS + 20 µs is out of reach for a
+//! call that must be durable before it is forwarded.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod support;

@@ -12,7 +12,14 @@ use std::process::{Child, Command, Stdio};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
+/// The `portcullis` binary cargo built beside the bench.
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+/// The binary the benches run: `$PORTCULLIS_BIN` when set (to compare an
+/// older build with this one in the same sitting), else [`BIN`].
+pub fn bin() -> std::ffi::OsString {
+    std::env::var_os("PORTCULLIS_BIN").unwrap_or_else(|| BIN.into())
+}
 
 /// A running `portcullis serve`, stopped with SIGTERM when dropped.
 pub struct Serve {
@@ -24,7 +31,7 @@ pub struct Serve {
 /// Starts `portcullis serve --config CONFIG --state-dir STATE` with `env`
 /// and waits for the line naming its addresses.
 pub fn serve(config: &Path, state: &Path, env: &[(&str, &str)]) -> Serve {
-    let mut command = Command::new(BIN);
+    let mut command = Command::new(bin());
     command
         .arg("serve")
         .arg("--config")
@@ -69,7 +76,7 @@ impl Drop for Serve {
 
 /// `portcullis agent create NAME --role ROLE --out CREDS`.
 pub fn create_agent(state: &Path, creds: &Path, name: &str, role: &str) {
-    let out = Command::new(BIN)
+    let out = Command::new(bin())
         .args(["agent", "create", name, "--role", role, "--out"])
         .arg(creds)
         .arg("--state-dir")
