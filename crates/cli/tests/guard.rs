@@ -214,10 +214,13 @@ const POLICIES: &str = r#"
   when { context.content.findings.contains("credit_card") };
 "#;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_gateway_blocks_redacts_and_lets_policy_decide_on_content() {
-    install_crypto();
-    let upstream = guard_upstream().await;
+/// A `serve` with the guard tests' policies, `routes` and `limits`, and the
+/// agent `writer-bot` (role `writer`) and its client.
+async fn guarded_server(
+    routes: &str,
+    limits: &str,
+    env: &[(&'static str, &'static str)],
+) -> (Server, reqwest::Client) {
     let dir = tempfile::tempdir().unwrap();
     let policies = dir.path().join("policies");
     std::fs::create_dir_all(&policies).unwrap();
@@ -227,6 +230,24 @@ async fn the_gateway_blocks_redacts_and_lets_policy_decide_on_content() {
     )
     .unwrap();
     std::fs::write(policies.join("guard.cedar"), POLICIES).unwrap();
+    let cfg = config(
+        dir.path(),
+        routes,
+        &format!("{limits}\n[policy]\ndir = \"policies\""),
+    );
+    let env = env.to_vec();
+    let server = tokio::task::spawn_blocking(move || Server::start_with_env(dir, Some(&cfg), &env))
+        .await
+        .unwrap();
+    let (cert, key) = server.create_agent("writer-bot", &["writer"]);
+    let client = client(&server.ca_pem(), Some((&cert, &key)));
+    (server, client)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_gateway_blocks_redacts_and_lets_policy_decide_on_content() {
+    install_crypto();
+    let upstream = guard_upstream().await;
     let up = format!("http://{upstream}");
     let routes = [
         route("guarded", "/guarded", &up, "public")
@@ -237,16 +258,7 @@ async fn the_gateway_blocks_redacts_and_lets_policy_decide_on_content() {
         route("plain", "/plain", &up, "public"),
     ]
     .join("\n");
-    let cfg = config(
-        dir.path(),
-        &routes,
-        "max_body_bytes = 65536\n[policy]\ndir = \"policies\"",
-    );
-    let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
-        .await
-        .unwrap();
-    let (cert, key) = server.create_agent("writer-bot", &["writer"]);
-    let client = client(&server.ca_pem(), Some((&cert, &key)));
+    let (server, client) = guarded_server(&routes, "max_body_bytes = 65536", &[]).await;
     let post = |path: &str, body: Value| {
         client
             .post(server.url(path))
@@ -404,23 +416,9 @@ async fn the_gateway_blocks_redacts_and_lets_policy_decide_on_content() {
 async fn a_redacting_route_redacts_the_query_and_headers_it_forwards() {
     install_crypto();
     let upstream = guard_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    std::fs::write(
-        policies.join("schema.cedarschema"),
-        include_str!("../../policy/defaults/schema.cedarschema"),
-    )
-    .unwrap();
-    std::fs::write(policies.join("guard.cedar"), POLICIES).unwrap();
     let routes = route("redact", "/redact", &format!("http://{upstream}"), "public")
         + "[routes.guard]\ndlp = \"redact\"\n";
-    let cfg = config(dir.path(), &routes, "[policy]\ndir = \"policies\"");
-    let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
-        .await
-        .unwrap();
-    let (cert, key) = server.create_agent("writer-bot", &["writer"]);
-    let client = client(&server.ca_pem(), Some((&cert, &key)));
+    let (server, client) = guarded_server(&routes, "", &[]).await;
     let r = client
         .post(server.url(&format!("/redact/echo?k={AWS_KEY}&n=1")))
         .header("content-type", "application/json")
@@ -462,15 +460,6 @@ async fn the_query_and_headers_are_read_on_mcp_and_llm_routes_too() {
     }
     let (_mcp, mcp_port, _notes) = tokio::task::block_in_place(|| start_mcp(McpAnswers::Json));
     let (_llm, llm_port) = tokio::task::block_in_place(start_llm);
-    let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    std::fs::write(
-        policies.join("schema.cedarschema"),
-        include_str!("../../policy/defaults/schema.cedarschema"),
-    )
-    .unwrap();
-    std::fs::write(policies.join("guard.cedar"), POLICIES).unwrap();
     let routes = format!(
         "[[routes]]\nname = \"tools\"\nkind = \"mcp\"\npath_prefix = \"/mcp/tools\"\nupstream = \"http://127.0.0.1:{mcp_port}/mcp\"\nclassification = \"internal\"\n\
          [routes.guard]\ndlp = \"block\"\n\
@@ -478,14 +467,7 @@ async fn the_query_and_headers_are_read_on_mcp_and_llm_routes_too() {
          [routes.guard]\ndlp = \"block\"\n\
          [[routes.models]]\nname = \"gpt-test\"\nstatus = \"approved\"\n"
     );
-    let cfg = config(dir.path(), &routes, "[policy]\ndir = \"policies\"");
-    let server = tokio::task::spawn_blocking(move || {
-        Server::start_with_env(dir, Some(&cfg), &[("GUARD_LLM_KEY", "sk-guard")])
-    })
-    .await
-    .unwrap();
-    let (cert, key) = server.create_agent("writer-bot", &["writer"]);
-    let agent = client(&server.ca_pem(), Some((&cert, &key)));
+    let (server, agent) = guarded_server(&routes, "", &[("GUARD_LLM_KEY", "sk-guard")]).await;
     let initialize = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
         "protocolVersion": "2025-06-18", "capabilities": {},
         "clientInfo": {"name": "guard", "version": "1"}}});
@@ -567,15 +549,6 @@ async fn the_query_and_headers_are_read_on_mcp_and_llm_routes_too() {
 async fn every_part_of_a_request_is_read_and_unreadable_bodies_are_refused() {
     install_crypto();
     let upstream = guard_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    std::fs::write(
-        policies.join("schema.cedarschema"),
-        include_str!("../../policy/defaults/schema.cedarschema"),
-    )
-    .unwrap();
-    std::fs::write(policies.join("guard.cedar"), POLICIES).unwrap();
     let up = format!("http://{upstream}");
     let routes = [
         route("dlpblock", "/dlpblock", &up, "public") + "[routes.guard]\ndlp = \"block\"\n",
@@ -583,12 +556,7 @@ async fn every_part_of_a_request_is_read_and_unreadable_bodies_are_refused() {
             + "[routes.guard]\ndlp = \"block\"\nallow_unscannable = true\n",
     ]
     .join("\n");
-    let cfg = config(dir.path(), &routes, "[policy]\ndir = \"policies\"");
-    let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
-        .await
-        .unwrap();
-    let (cert, key) = server.create_agent("writer-bot", &["writer"]);
-    let client = client(&server.ca_pem(), Some((&cert, &key)));
+    let (server, client) = guarded_server(&routes, "", &[]).await;
     let send = |path: String, headers: Vec<(&'static str, String)>, body: Vec<u8>| {
         let mut r = client.post(server.url(&path)).body(body);
         for (k, v) in headers {
