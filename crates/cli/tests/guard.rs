@@ -450,7 +450,8 @@ async fn a_redacting_route_redacts_the_query_and_headers_it_forwards() {
 
 /// The query and headers reach an MCP server and a model API as they reach
 /// an HTTP upstream: on a blocking route a key in either is refused on every
-/// protocol, and the headers MCP and OpenAI clients send pass.
+/// protocol, the headers MCP and OpenAI clients send pass, and on a
+/// redacting route the model API receives the query redacted.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_query_and_headers_are_read_on_mcp_and_llm_routes_too() {
     use support::parity_rig::{McpAnswers, mcp_post, python_with_mcp, start_llm, start_mcp};
@@ -465,6 +466,9 @@ async fn the_query_and_headers_are_read_on_mcp_and_llm_routes_too() {
          [routes.guard]\ndlp = \"block\"\n\
          [[routes]]\nname = \"llm\"\nkind = \"llm\"\npath_prefix = \"/llm\"\nupstream = \"http://127.0.0.1:{llm_port}\"\nclassification = \"internal\"\napi_key_env = \"GUARD_LLM_KEY\"\n\
          [routes.guard]\ndlp = \"block\"\n\
+         [[routes.models]]\nname = \"gpt-test\"\nstatus = \"approved\"\n\
+         [[routes]]\nname = \"llmredact\"\nkind = \"llm\"\npath_prefix = \"/llmredact\"\nupstream = \"http://127.0.0.1:{llm_port}\"\nclassification = \"internal\"\napi_key_env = \"GUARD_LLM_KEY\"\n\
+         [routes.guard]\ndlp = \"redact\"\n\
          [[routes.models]]\nname = \"gpt-test\"\nstatus = \"approved\"\n"
     );
     let (server, agent) = guarded_server(&routes, "", &[("GUARD_LLM_KEY", "sk-guard")]).await;
@@ -532,6 +536,36 @@ async fn the_query_and_headers_are_read_on_mcp_and_llm_routes_too() {
         .await
         .unwrap();
     refused.push(blocked(r).await);
+    // On a redacting route the model API receives the query redacted (the
+    // test upstream answers a path with a query 404; what it saw counts).
+    let r = agent
+        .post(server.url(&format!("/llmredact/v1/chat/completions?k={AWS_KEY}&n=1")))
+        .json(&completion)
+        .send()
+        .await
+        .unwrap();
+    let _ = r.bytes().await;
+    let seen: Value = reqwest::get(format!("http://127.0.0.1:{llm_port}/_seen"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let paths: Vec<&str> = seen
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["path"].as_str())
+        .collect();
+    let forwarded = paths
+        .iter()
+        .find(|p| p.ends_with("&n=1"))
+        .expect("the redacted call reached the model API");
+    assert!(
+        !forwarded.contains(AWS_KEY) && forwarded.contains("REDACTED"),
+        "{forwarded}"
+    );
+    assert!(paths.iter().all(|p| !p.contains(AWS_KEY)), "{paths:?}");
     for id in refused {
         let record = server.audit_record(&id);
         assert_eq!(record["outcome"], "deny", "{record}");
