@@ -12,12 +12,14 @@
 //! - byte 0: [`FORMAT`] (canonical JSON starts with `{`, so the first byte
 //!   tells the forms apart);
 //! - byte 1: flags: bit 0 kind is `admin`, bit 1 outcome is `allow`, bit 2
-//!   `fail_open`, bit 3 kind is `process`; the other bits are zero;
+//!   `fail_open`, bit 3 kind is `process`, bit 4 kind is `egress`; the other
+//!   bits are zero (at most one kind bit);
 //! - bytes 2–3: `status`, little-endian;
 //! - then the other fields in declaration order, each a *value* or an
 //!   unsigned LEB128 integer (`duration_us`, `bytes_in`, `bytes_out`; lists
 //!   and optional integers are a count or `0`/`1 + n`; the `process` event
-//!   is `0`, or `1` and its fields, signed integers zigzag-encoded).
+//!   is `0`, or `1` and its fields, signed integers zigzag-encoded, or `2`
+//!   and its fields followed by `address` and `method`).
 //!
 //! A value is an LEB128 tag: `0` null, `1` text (length and UTF-8 bytes),
 //! `2` lowercase hex (byte length and the bytes: digests and fingerprints),
@@ -35,6 +37,7 @@ const KIND_ADMIN: u8 = 1;
 const OUTCOME_ALLOW: u8 = 2;
 const FAIL_OPEN: u8 = 4;
 const KIND_PROCESS: u8 = 8;
+const KIND_EGRESS: u8 = 16;
 
 const NULL: u64 = 0;
 const TEXT: u64 = 1;
@@ -72,6 +75,7 @@ pub fn encode(record: &AuditRecord, intern: &mut impl FnMut(&str) -> u64) -> Vec
         RecordKind::Request => {}
         RecordKind::Admin => flags |= KIND_ADMIN,
         RecordKind::Process => flags |= KIND_PROCESS,
+        RecordKind::Egress => flags |= KIND_EGRESS,
     }
     if record.outcome == Outcome::Allow {
         flags |= OUTCOME_ALLOW;
@@ -116,7 +120,8 @@ pub fn encode(record: &AuditRecord, intern: &mut impl FnMut(&str) -> u64) -> Vec
     match &record.process {
         None => w.int(0),
         Some(p) => {
-            w.int(1);
+            let extended = p.address.is_some() || p.method.is_some();
+            w.int(if extended { 2 } else { 1 });
             w.value(Some(p.command.as_str()), Slot::Interned);
             w.value(p.profile_sha256.as_deref(), Slot::Digest);
             w.value(Some(p.session.as_str()), Slot::Digest);
@@ -125,6 +130,10 @@ pub fn encode(record: &AuditRecord, intern: &mut impl FnMut(&str) -> u64) -> Vec
             w.opt_int(p.exit_code.map(zigzag));
             w.opt_int(p.signal.map(zigzag));
             w.opt_int(p.ran_ms);
+            if extended {
+                w.value(p.address.as_deref(), Slot::Interned);
+                w.value(p.method.as_deref(), Slot::Interned);
+            }
         }
     }
     w.out
@@ -152,8 +161,8 @@ pub fn decode<'s>(
 ) -> Result<AuditRecord, DecodeError> {
     if bytes.len() < 4
         || bytes[0] != FORMAT
-        || bytes[1] & !(KIND_ADMIN | OUTCOME_ALLOW | FAIL_OPEN | KIND_PROCESS) != 0
-        || bytes[1] & (KIND_ADMIN | KIND_PROCESS) == KIND_ADMIN | KIND_PROCESS
+        || bytes[1] & !(KIND_ADMIN | OUTCOME_ALLOW | FAIL_OPEN | KIND_PROCESS | KIND_EGRESS) != 0
+        || (bytes[1] & (KIND_ADMIN | KIND_PROCESS | KIND_EGRESS)).count_ones() > 1
     {
         return Err(DecodeError::Malformed(0));
     }
@@ -170,6 +179,8 @@ pub fn decode<'s>(
             RecordKind::Admin
         } else if flags & KIND_PROCESS != 0 {
             RecordKind::Process
+        } else if flags & KIND_EGRESS != 0 {
+            RecordKind::Egress
         } else {
             RecordKind::Request
         },
@@ -221,7 +232,7 @@ pub fn decode<'s>(
     let start = r.at;
     record.process = match r.int()? {
         0 => None,
-        1 => {
+        tag @ (1 | 2) => {
             let signed = |r: &mut Reader<'_, _>| {
                 let start = r.at;
                 match r.opt_int()? {
@@ -230,7 +241,7 @@ pub fn decode<'s>(
                 }
             };
             let pid_at = r.at;
-            Some(ProcessEvent {
+            let mut event = ProcessEvent {
                 command: r.required()?,
                 profile_sha256: r.value()?,
                 session: r.required()?,
@@ -243,7 +254,17 @@ pub fn decode<'s>(
                 exit_code: signed(&mut r)?,
                 signal: signed(&mut r)?,
                 ran_ms: r.opt_int()?,
-            })
+                ..ProcessEvent::default()
+            };
+            if tag == 2 {
+                event.address = r.value()?;
+                event.method = r.value()?;
+                // Tag 2 says at least one is there: one encoding per record.
+                if event.address.is_none() && event.method.is_none() {
+                    return Err(DecodeError::Malformed(start));
+                }
+            }
+            Some(event)
         }
         _ => return Err(DecodeError::Malformed(start)),
     };
@@ -501,15 +522,31 @@ mod tests {
                 exit_code: Some(-1),
                 signal: Some(i32::MIN),
                 ran_ms: Some(12),
+                ..ProcessEvent::default()
             }),
         }
+    }
+
+    /// An egress record: the extended process event (tag 2).
+    fn egress() -> AuditRecord {
+        let mut r = full();
+        r.kind = RecordKind::Egress;
+        if let Some(p) = r.process.as_mut() {
+            p.address = Some("93.184.215.14".into());
+            p.method = Some("CONNECT".into());
+        }
+        r
     }
 
     /// The records a round trip must reproduce exactly, canonical bytes
     /// included: every field set, every optional field empty, and each
     /// field set alone.
     fn cases() -> Vec<AuditRecord> {
-        let mut cases = vec![full(), AuditRecord::default()];
+        let mut only_method = egress();
+        if let Some(p) = only_method.process.as_mut() {
+            p.address = None;
+        }
+        let mut cases = vec![full(), AuditRecord::default(), egress(), only_method];
         let empty = AuditRecord::default();
         let full = full();
         let json = |r: &AuditRecord| serde_json::to_value(r).unwrap();

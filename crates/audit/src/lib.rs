@@ -37,6 +37,11 @@ pub enum RecordKind {
     /// A process the gateway launched (a stdio MCP server): started, exited,
     /// killed by its sandbox. `process` says more.
     Process,
+    /// A network connection a sandboxed stdio MCP server asked the gateway's
+    /// egress proxy for, allowed or denied: `resource` is the destination
+    /// (`host:port`), `process` names the process, its resolved `address`
+    /// and the HTTP `method`.
+    Egress,
 }
 
 /// Whether the thing described was allowed to happen.
@@ -162,6 +167,14 @@ pub struct ProcessEvent {
     pub signal: Option<i32>,
     /// How long it ran, in milliseconds (`process.exit` only).
     pub ran_ms: Option<u64>,
+    /// The address the egress proxy resolved the destination to (`kind`
+    /// `egress` only; left out of other records so their encoding stays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// `CONNECT`, or the method of a plain HTTP request (`kind` `egress`
+    /// only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<String>,
 }
 
 /// Most content findings kept in one record; the rest are counted in the

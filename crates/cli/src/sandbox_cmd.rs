@@ -24,6 +24,9 @@ pub struct SandboxExecArgs {
     /// The session's work directory (made here; must not exist).
     #[arg(long, required_unless_present = "probe")]
     work_dir: Option<PathBuf>,
+    /// The server's memory cgroup (made by `serve`), joined first.
+    #[arg(long)]
+    cgroup: Option<PathBuf>,
     /// Print which mechanisms the kernel offers, and exit.
     #[arg(long)]
     probe: bool,
@@ -55,7 +58,13 @@ pub fn run(args: SandboxExecArgs) -> ExitCode {
     let Some((program, rest)) = args.command.split_first() else {
         return fail("no command to run");
     };
-    let e = portcullis_sandbox::exec_confined(&profile, &work_dir, program, rest);
+    let e = portcullis_sandbox::exec_confined(
+        &profile,
+        &work_dir,
+        args.cgroup.as_deref(),
+        program,
+        rest,
+    );
     fail(&e.to_string())
 }
 

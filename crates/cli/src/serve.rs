@@ -112,6 +112,7 @@ pub async fn run(
     for line in check_sandboxed_routes(&config)? {
         tracing::info!("{line}");
     }
+    sweep_stale_sandboxes(&config);
     let capture_writer = vault.as_ref().map(|v| v.start_capture_writer());
     let webhook_key = portcullis_gateway::analytics::WebhookKey::load(&config.analytics)
         .context("cannot start behavioral analytics")?;
@@ -711,6 +712,11 @@ pub(crate) fn check_sandboxed_routes(config: &Config) -> Result<Vec<String>> {
             profile.summary()
         ));
     }
+    #[cfg(target_os = "linux")]
+    lines.push(format!(
+        "memory limit of sandboxed servers: {}",
+        portcullis_sandbox::memory::memory_control().describe()
+    ));
     lines.push(format!(
         "sandbox mechanisms of this kernel: landlock ABI {}, seccomp {}, user namespaces {}",
         support.landlock_abi,
@@ -718,6 +724,32 @@ pub(crate) fn check_sandboxed_routes(config: &Config) -> Result<Vec<String>> {
         if support.user_namespace { "yes" } else { "no" },
     ));
     Ok(lines)
+}
+
+/// Removes what sandboxed servers of a gateway killed without warning left
+/// behind (`portcullis_sandbox::sweep`).
+fn sweep_stale_sandboxes(config: &Config) {
+    #[cfg(target_os = "linux")]
+    {
+        let users: Vec<u32> = config
+            .routes
+            .iter()
+            .filter_map(|r| r.sandbox.as_ref().map(|p| p.user))
+            .collect();
+        if users.is_empty() {
+            return;
+        }
+        let (dirs, cgroups) = portcullis_sandbox::sweep::at_start(&users);
+        if dirs + cgroups > 0 {
+            tracing::info!(
+                work_dirs = dirs,
+                cgroups,
+                "removed what the sandboxed servers of an earlier run left behind"
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = config;
 }
 
 fn probe_sandbox() -> Result<portcullis_sandbox::Support> {

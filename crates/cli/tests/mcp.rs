@@ -1816,22 +1816,35 @@ fn open_dir(mode: u32) -> tempfile::TempDir {
 /// A gateway whose route `probe` runs `probe_server.py` under the default
 /// profile, with `limits` (TOML lines of `[routes.sandbox.limits]`).
 fn probe_gateway(limits: &str) -> (Server, tempfile::TempDir) {
+    probe_gateway_with("", limits, PROBE_POLICIES, &[])
+}
+
+/// [`probe_gateway`] with more `[routes.sandbox]` lines, other policies and
+/// environment variables for the gateway.
+fn probe_gateway_with(
+    sandbox: &str,
+    limits: &str,
+    policies: &str,
+    env: &[(&str, &str)],
+) -> (Server, tempfile::TempDir) {
     use std::os::unix::fs::PermissionsExt;
     let code = open_dir(0o755);
     let script = code.path().join("probe_server.py");
     std::fs::copy(format!("{TESTS}/probe_server.py"), &script).unwrap();
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let extra = format!(
-        "[routes.sandbox]\nread = [\"{}\"]\n[routes.sandbox.limits]\n{limits}\n",
+    let dir = tempfile::tempdir().unwrap();
+    let pol = dir.path().join("policies");
+    std::fs::create_dir(&pol).unwrap();
+    std::fs::write(pol.join("schema.cedarschema"), SCHEMA).unwrap();
+    std::fs::write(pol.join("mcp.cedar"), policies).unwrap();
+    let routes = format!(
+        "[policy]\ndir = \"policies\"\n[[routes]]\nname = \"probe\"\nkind = \"mcp\"\npath_prefix = \"/mcp/probe\"\nupstream = \"stdio:/usr/bin/python3 {}\"\nclassification = \"internal\"\n\
+         [routes.sandbox]\nread = [\"{}\"]\n{sandbox}\n[routes.sandbox.limits]\n{limits}\n",
+        script.display(),
         code.path().display()
     );
-    let server = gateway_with(
-        "probe",
-        &format!("stdio:/usr/bin/python3 {}", script.display()),
-        PROBE_POLICIES,
-        &extra,
-    );
-    (server, code)
+    let config = support::config(dir.path(), &routes, "");
+    (Server::start_with_env(dir, Some(&config), env), code)
 }
 
 /// The `process` audit records of `agent`, once `want` of them are there.
@@ -1969,12 +1982,272 @@ fn a_sandboxed_server_is_killed_at_its_wall_clock_limit_and_that_is_audited() {
     let _ = client.send(json!({"op": "quit"}));
 }
 
+/// A plain HTTP server on a loopback port answering every request with
+/// `hello <path>`; counts the requests it got.
+fn hello_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::Read;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let counted = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && head.len() < 16384 {
+                match stream.read(&mut byte) {
+                    Ok(1) => head.push(byte[0]),
+                    _ => break,
+                }
+            }
+            counted.fetch_add(1, Ordering::SeqCst);
+            let text = String::from_utf8_lossy(&head);
+            let path = text.split_whitespace().nth(1).unwrap_or("?").to_string();
+            let body = format!("hello {path}");
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (port, hits)
+}
+
+/// The records of `kind` of `agent`, once `want` of them are there.
+fn records_of(server: &Server, kind: &str, agent: &str, want: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let records: Vec<Value> = server
+            .audit(500)
+            .into_iter()
+            .filter(|r| r["kind"] == kind && r["principal"] == agent)
+            .collect();
+        if records.len() >= want || Instant::now() > deadline {
+            return records;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_sandboxed_server_reaches_the_network_only_through_the_policy_checked_egress_proxy() {
+    use std::sync::atomic::Ordering;
+    if !python_mcp() || !Path::new("/usr/bin/python3").exists() {
+        eprintln!("SKIPPED: sandbox end-to-end test needs /usr/bin/python3 and the `mcp` package");
+        return;
+    }
+    let (port, hits) = hello_server();
+    // The internet in general, and one local API (loopback needs its own
+    // `egress_private` permit), for GET on /allowed and for tunnels.
+    let policies = format!(
+        "{PROBE_POLICIES}\n\
+         @id(\"web\") permit(principal in Role::\"dev\", action == Action::\"egress\", resource);\n\
+         @id(\"local-api\") permit(principal in Role::\"dev\", action == Action::\"egress_private\", resource == Host::\"127.0.0.1:{port}\")\n\
+           when {{ context.route == \"probe\" && context.address_class == \"loopback\" && (context.method == \"CONNECT\" || context.path like \"/allowed*\") }};\n"
+    );
+    let (server, _code) =
+        probe_gateway_with("network = \"egress\"", "", &policies, &[]);
+    let mut client = McpClient::start(&server, "probe", "fetcher");
+    assert_eq!(client.list(), ["probe"]);
+    let allowed = format!("http://127.0.0.1:{port}/allowed");
+
+    // Directly: the server has no network at all.
+    let answer = probe(&mut client, "direct", &allowed);
+    assert!(answer.starts_with("DENIED"), "{answer}");
+    assert_eq!(hits.load(Ordering::SeqCst), 0, "nothing reached the listener");
+    // Through the proxy, where policy allows it: plain HTTP and a tunnel.
+    let answer = probe(&mut client, "fetch", &allowed);
+    assert_eq!(answer, "ALLOWED: 200 hello /allowed");
+    let answer = probe(&mut client, "tunnel", &format!("127.0.0.1:{port}"));
+    assert_eq!(answer, "ALLOWED: 200 hello /tunnelled");
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+    // Refused by policy: another path; the same address under a name the
+    // broad `egress` permit would cover if it were public; the cloud
+    // metadata address.
+    let answer = probe(
+        &mut client,
+        "fetch",
+        &format!("http://127.0.0.1:{port}/secret"),
+    );
+    assert!(answer.starts_with("DENIED: 403"), "{answer}");
+    assert!(answer.contains("egress_denied"), "{answer}");
+    let answer = probe(
+        &mut client,
+        "fetch",
+        &format!("http://localhost:{port}/allowed"),
+    );
+    assert!(answer.starts_with("DENIED: 403"), "{answer}");
+    let answer = probe(
+        &mut client,
+        "fetch",
+        "http://169.254.169.254/latest/meta-data/",
+    );
+    assert!(answer.starts_with("DENIED: 403"), "{answer}");
+    assert!(answer.contains("metadata"), "{answer}");
+    let answer = probe(&mut client, "tunnel", &format!("localhost:{port}"));
+    assert!(answer.starts_with("DENIED"), "{answer}");
+    assert!(answer.contains("403"), "{answer}");
+    assert_eq!(hits.load(Ordering::SeqCst), 2, "no refused request got through");
+
+    // Every connection is audited, linked to the process and its session.
+    let records = records_of(&server, "egress", "fetcher", 6);
+    let spawn = process_records(&server, "fetcher", 1)
+        .into_iter()
+        .find(|r| r["action"] == "process.spawn")
+        .unwrap();
+    let find = |resource: &str, method: &str, path: Option<&str>| {
+        records
+            .iter()
+            .find(|r| {
+                r["resource"] == resource
+                    && r["process"]["method"] == method
+                    && path.is_none_or(|p| r["path"] == p)
+            })
+            .unwrap_or_else(|| panic!("{resource} {method} {path:?}: {records:#?}"))
+            .clone()
+    };
+    let local = format!("127.0.0.1:{port}");
+    let get = find(&local, "GET", Some("/allowed"));
+    assert_eq!(get["outcome"], "allow", "{get}");
+    assert_eq!(get["action"], "egress_private", "{get}");
+    assert_eq!(get["policies"], json!(["local-api"]), "{get}");
+    assert_eq!(get["process"]["address"], "127.0.0.1", "{get}");
+    assert_eq!(get["process"]["session"], spawn["process"]["session"]);
+    assert_eq!(get["request_id"], spawn["request_id"]);
+    assert!(
+        get["process"]["command"]
+            .as_str()
+            .unwrap()
+            .contains("probe_server.py"),
+        "{get}"
+    );
+    let tunnel = find(&local, "CONNECT", None);
+    assert_eq!(tunnel["outcome"], "allow", "{tunnel}");
+    assert!(tunnel["bytes_out"].as_u64().unwrap() > 0, "{tunnel}");
+    for (resource, method, path) in [
+        (local.as_str(), "GET", Some("/secret")),
+        (&format!("localhost:{port}"), "GET", Some("/allowed")),
+        ("169.254.169.254:80", "GET", None),
+        (&format!("localhost:{port}"), "CONNECT", None),
+    ] {
+        let denied = find(resource, method, path);
+        assert_eq!(denied["outcome"], "deny", "{denied}");
+        assert_eq!(denied["error_code"], "egress_denied", "{denied}");
+        assert_eq!(denied["status"], 403, "{denied}");
+        assert_eq!(denied["action"], "egress_private", "{denied}");
+    }
+    // And counted.
+    let metrics = tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(server.metrics());
+    assert!(
+        metrics.contains("portcullis_egress_connections_total{outcome=\"allow\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("portcullis_egress_connections_total{outcome=\"deny\"} 4"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn a_sandboxed_server_over_its_memory_limit_is_killed_and_that_is_audited() {
+    if !python_mcp() || !Path::new("/usr/bin/python3").exists() {
+        eprintln!("SKIPPED: sandbox end-to-end test needs /usr/bin/python3 and the `mcp` package");
+        return;
+    }
+    // Three children of 64 MiB each: every process stays below its own
+    // 128 MiB address-space limit, the tree does not stay below 128 MiB.
+    let (server, _code) = probe_gateway("memory_mb = 128\nprocesses = 16");
+    let mut client = McpClient::start(&server, "probe", "hogger");
+    assert_eq!(client.list(), ["probe"]);
+    let answer = client.call("probe", json!({"what": "hog", "target": "64"}));
+    assert_eq!(answer["ok"], false, "the server survived: {answer}");
+    let records = process_records(&server, "hogger", 2);
+    let exit = records
+        .iter()
+        .find(|r| r["action"] == "process.exit")
+        .unwrap_or_else(|| panic!("{records:?}"));
+    assert_eq!(exit["outcome"], "deny", "{exit}");
+    assert_eq!(exit["error_code"], "resource_limit", "{exit}");
+    assert_eq!(exit["process"]["cause"], "memory_limit", "{exit}");
+    assert_eq!(exit["process"]["signal"], 9, "{exit}");
+}
+
+/// The pids of live processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let state = stat.rsplit_once(')')?.1.split_whitespace().next()?.to_string();
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            (state != "Z" && String::from_utf8_lossy(&cmdline).contains(needle)).then_some(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn servers_die_with_a_killed_gateway_and_the_next_start_removes_their_work_dirs() {
+    if !python_mcp() || !Path::new("/usr/bin/python3").exists() {
+        eprintln!("SKIPPED: sandbox end-to-end test needs /usr/bin/python3 and the `mcp` package");
+        return;
+    }
+    let tmp = open_dir(0o755);
+    let tmp_path = tmp.path().to_str().unwrap().to_string();
+    let (mut server, code) = probe_gateway_with("", "", PROBE_POLICIES, &[("TMPDIR", &tmp_path)]);
+    let script = code.path().join("probe_server.py");
+    let mut client = McpClient::start(&server, "probe", "orphan");
+    let answer = probe(&mut client, "workdir", "");
+    let work_dir = PathBuf::from(answer.rsplit(" in ").next().unwrap());
+    assert!(work_dir.starts_with(tmp.path()), "{answer}");
+    assert_eq!(processes_mentioning(script.to_str().unwrap()).len(), 1);
+
+    // kill -9: nothing of the gateway runs to clean up.
+    let mut gateway = server.child.take().unwrap();
+    gateway.kill().unwrap();
+    gateway.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !processes_mentioning(script.to_str().unwrap()).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        processes_mentioning(script.to_str().unwrap()).is_empty(),
+        "the server outlived its gateway"
+    );
+    assert!(work_dir.exists(), "left behind");
+    // Directories younger than a minute may belong to a server still
+    // starting: age this one, and put a look-alike link next to it.
+    let hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::open(&work_dir)
+        .unwrap()
+        .set_modified(hour_ago)
+        .unwrap();
+    let decoy = tmp.path().join("portcullis-mcp-0123456789abcdef01234567");
+    std::os::unix::fs::symlink(code.path(), &decoy).unwrap();
+    drop(client);
+    drop(server);
+
+    let (_again, _code) = probe_gateway_with("", "", PROBE_POLICIES, &[("TMPDIR", &tmp_path)]);
+    assert!(!work_dir.exists(), "the stale work dir was removed at start");
+    assert!(decoy.symlink_metadata().is_ok(), "a link is never followed or removed");
+    assert!(script.exists());
+}
+
 #[test]
 fn serve_check_shows_each_sandbox_and_refuses_unknown_keys() {
     let dir = tempfile::tempdir().unwrap();
     let routes = "[[routes]]\nname = \"strict\"\nkind = \"mcp\"\npath_prefix = \"/mcp/strict\"\nupstream = \"stdio:/usr/bin/true\"\nclassification = \"internal\"\n\
         [[routes]]\nname = \"loose\"\nkind = \"mcp\"\npath_prefix = \"/mcp/loose\"\nupstream = \"stdio:/usr/bin/true\"\nclassification = \"internal\"\n\
-        [routes.sandbox]\nnetwork = \"host\"\nallow_missing = [\"seccomp\"]\n";
+        [routes.sandbox]\nnetwork = \"host\"\nallow_missing = [\"seccomp\"]\n\
+        [[routes]]\nname = \"proxied\"\nkind = \"mcp\"\npath_prefix = \"/mcp/proxied\"\nupstream = \"stdio:/usr/bin/true\"\nclassification = \"internal\"\n\
+        [routes.sandbox]\nnetwork = \"egress\"\n";
     let config = support::config(dir.path(), routes, "");
     let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
         .args(["serve", "--check", "--config"])
@@ -1995,6 +2268,17 @@ fn serve_check_shows_each_sandbox_and_refuses_unknown_keys() {
     );
     assert!(
         stdout.contains("ok: sandbox of route `loose`: LOOSENED: network = \"host\"; allow_missing = [\"seccomp\"]"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("ok: sandbox of route `proxied`: strict (profile sha256:")
+            && stdout.contains("network only through the gateway's policy-checked egress proxy"),
+        "{stdout}"
+    );
+    // Which memory limit applies here, said honestly.
+    assert!(
+        stdout.contains("ok: memory limit of sandboxed servers: cgroup v2")
+            || stdout.contains("ok: memory limit of sandboxed servers: RLIMIT_AS and RLIMIT_DATA"),
         "{stdout}"
     );
     let typo = support::config(

@@ -233,6 +233,7 @@ pub struct Metrics {
     connections_unverified: Family<ListenerLabels, Gauge<i64, AtomicI64>>,
     connections_closed: Family<CloseLabels, Counter>,
     config_reloads: Family<OutcomeLabels, Counter>,
+    egress_connections: Family<OutcomeLabels, Counter>,
     /// Why the process is not ready (`/readyz`), one gauge per reason.
     pub readiness: crate::readiness::Readiness,
     registry: Registry,
@@ -395,6 +396,15 @@ impl Metrics {
         for outcome in ["applied", "refused"] {
             let _ = config_reloads.get_or_create(&OutcomeLabels { outcome });
         }
+        let egress_connections = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "egress_connections",
+            "Connections sandboxed stdio MCP servers asked the egress proxy for, by outcome: allow or deny",
+            egress_connections.clone(),
+        );
+        for outcome in ["allow", "deny"] {
+            let _ = egress_connections.get_or_create(&OutcomeLabels { outcome });
+        }
         let not_ready = Family::<ReasonLabels, Gauge<i64, AtomicI64>>::default();
         registry.register(
             "not_ready",
@@ -410,6 +420,7 @@ impl Metrics {
             }));
         Metrics {
             config_reloads,
+            egress_connections,
             readiness,
             auth_failures,
             auth_throttled,
@@ -444,6 +455,15 @@ impl Metrics {
                 route: route.to_string(),
                 status,
             })
+            .inc();
+    }
+
+    /// Counts an egress connection a sandboxed server asked for, allowed or
+    /// denied by policy.
+    pub fn egress_connection(&self, allowed: bool) {
+        let outcome = if allowed { "allow" } else { "deny" };
+        self.egress_connections
+            .get_or_create(&OutcomeLabels { outcome })
             .inc();
     }
 

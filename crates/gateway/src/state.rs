@@ -679,6 +679,16 @@ pub(crate) fn check_mcp_fit(routing: &Routing, snapshot: &Snapshot) -> Result<()
             "the policy schema lacks the MCP actions (`Action::\"call_tool\"` …) or their session plumbing (`Action::\"mcp_plumbing\"`: `mcp_session`, `notify`, `reply`, `open_stream`, `end_session`); copy them from the shipped schema.cedarschema (`portcullis policy schema`)".into(),
         ));
     }
+    if routing.routes().any(|r| {
+        r.sandbox
+            .as_ref()
+            .is_some_and(|p| p.enabled && p.network == portcullis_sandbox::Network::Egress)
+    }) && !snapshot.authorizer.supports_egress()
+    {
+        return Err(GatewayError::Mcp(
+            "a route's sandbox has `network = \"egress\"`, but the policy schema lacks `Host` and `Action::\"egress\"`/`Action::\"egress_private\"`; copy them from the shipped schema.cedarschema (`portcullis policy schema`)".into(),
+        ));
+    }
     Ok(())
 }
 

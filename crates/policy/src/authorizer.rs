@@ -42,6 +42,8 @@ pub struct Authorizer {
     pub(crate) cedar: cedar_policy::Authorizer,
     /// `use_secret` decisions; `None` when the schema has no such action.
     pub(crate) secret: Option<crate::secret::SecretAuthz>,
+    /// `egress` decisions; `None` when the schema has no such actions.
+    pub(crate) egress: Option<crate::egress::EgressAuthz>,
     /// MCP decisions; `None` when the schema has no MCP actions.
     pub(crate) mcp: Option<crate::mcp::McpAuthz>,
     /// `complete`/`embed` decisions on models; set by
@@ -108,6 +110,7 @@ impl Authorizer {
         let index = ScopeIndex::new(&indexed, &entities, &agent_uids, &actions, &route_uids);
         // A secret is never granted: `use_secret` is decided by the bundle.
         let secret = crate::secret::SecretAuthz::new(&bundle, &entities)?;
+        let egress = crate::egress::EgressAuthz::new(&bundle, &entities)?;
         let mcp = crate::mcp::McpAuthz::new(&bundle, &indexed, &entities)?;
         let user_type = bundle
             .schema
@@ -123,6 +126,7 @@ impl Authorizer {
             models: Vec::new(),
             user_type,
             secret,
+            egress,
             mcp,
             model: None,
             policies,
@@ -231,6 +235,25 @@ impl Authorizer {
             None => denied_with_error(format!(
                 "the policy schema has no `Action::\"{}\"`",
                 crate::secret::USE_SECRET
+            )),
+        }
+    }
+
+    /// Whether the schema declares `egress` and `egress_private`, which
+    /// routes with `[routes.sandbox] network = "egress"` need.
+    pub fn supports_egress(&self) -> bool {
+        self.egress.is_some()
+    }
+
+    /// Decides one connection of a sandboxed server's egress (see
+    /// [`crate::EgressRequest`]). Without the egress actions in the schema:
+    /// denied, with the reason in [`Decision::errors`].
+    pub fn decide_egress(&self, request: &crate::EgressRequest<'_>) -> Decision {
+        match &self.egress {
+            Some(e) => e.decide(&self.cedar, &self.entities, request),
+            None => denied_with_error(format!(
+                "the policy schema has no `Action::\"{}\"`",
+                crate::egress::EGRESS
             )),
         }
     }

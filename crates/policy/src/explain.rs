@@ -107,6 +107,19 @@ impl Authorizer {
         }
     }
 
+    /// Decides an egress connection (see [`crate::EgressRequest`]) and
+    /// explains every policy's part in it.
+    pub fn explain_egress(&self, request: &crate::EgressRequest<'_>) -> Explanation {
+        let decision = self.decide_egress(request);
+        match &self.egress {
+            Some(e) => self.trace_all(decision, e.explain_request(request), &self.entities),
+            None => Explanation {
+                decision,
+                policies: Vec::new(),
+            },
+        }
+    }
+
     /// Traces every policy of the bundle on `cedar_request` over `entities`.
     /// A request that could not be built is one `<request>` error trace.
     fn trace_all(

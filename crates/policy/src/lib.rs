@@ -16,6 +16,7 @@ mod bundle;
 mod caller;
 mod candidates;
 mod decide;
+mod egress;
 mod entities;
 mod explain;
 mod facts;
@@ -34,6 +35,7 @@ pub use bundle::{
     MCP_PLUMBING_POLICY_ID, PolicyBundle, PolicyError, PolicySources, SCHEMA_FILE,
 };
 pub use caller::{AuthFacts, AuthMethod, CallerFacts, Delegation, Posture};
+pub use egress::{AddressClass, EGRESS, EGRESS_PRIVATE, EgressRequest};
 pub use entities::{AgentEntity, EntityError, RouteEntity};
 pub use explain::{Explanation, PolicyTrace, TraceOutcome};
 pub use facts::{AuthzRequest, Content, HttpAction, RequestTime, SourceIp};

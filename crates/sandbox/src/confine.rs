@@ -3,7 +3,8 @@
 //!
 //! The order matters:
 //! 1. the work directory is made (and, under root, given to the server's user);
-//! 2. rlimits that need no namespace (CPU, address space, files, core dumps);
+//! 2. rlimits that need no namespace (CPU, address space, data, files, core
+//!    dumps), after joining the server's memory cgroup where there is one;
 //! 3. under root, the process becomes the profile's unprivileged user: a
 //!    process count does not bind root, and the files of the state
 //!    directory are then closed by their modes as well as by Landlock;
@@ -26,7 +27,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use landlock::{
-    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, LandlockStatus, Ruleset,
+    ABI, Access, AccessFs, AccessNet, CompatLevel, Compatible, LandlockStatus, NetPort, Ruleset,
     RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, path_beneath_rules,
 };
 use nix::sched::{CloneFlags, unshare};
@@ -64,29 +65,51 @@ fn step(what: &'static str) -> impl Fn(String) -> ConfineError {
 pub fn exec_confined(
     profile: &Profile,
     work_dir: &Path,
+    cgroup: Option<&Path>,
     program: &OsString,
     args: &[OsString],
 ) -> ConfineError {
-    match confine(profile, work_dir) {
-        Ok(()) => {
-            let e = std::process::Command::new(program)
-                .args(args)
-                .current_dir(work_dir)
-                .exec();
+    match confine(profile, work_dir, cgroup) {
+        Ok(egress_port) => {
+            let mut command = std::process::Command::new(program);
+            command.args(args).current_dir(work_dir);
+            if let Some(port) = egress_port {
+                // Both spellings: libraries differ in which they read.
+                let proxy = format!("http://127.0.0.1:{port}");
+                for key in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                    command.env(key, &proxy);
+                }
+                for key in ["NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"] {
+                    command.env_remove(key);
+                }
+            }
+            let e = command.exec();
             ConfineError::Exec(program.to_string_lossy().into_owned(), e)
         }
         Err(e) => e,
     }
 }
 
-fn confine(profile: &Profile, work_dir: &Path) -> Result<(), ConfineError> {
+/// Returns the port of the egress proxy inside the sandbox, with
+/// `network = "egress"`.
+fn confine(
+    profile: &Profile,
+    work_dir: &Path,
+    cgroup: Option<&Path>,
+) -> Result<Option<u16>, ConfineError> {
     let root = geteuid().is_root();
+    let parent = nix::unistd::getppid();
+    // First, while this process still has the gateway's uid: its children
+    // and itself are then bounded together.
+    if let Some(dir) = cgroup {
+        crate::memory::join(dir).map_err(|e| ConfineError::Step("cgroup", e.to_string()))?;
+    }
     std::fs::DirBuilder::new()
         .mode(0o700)
         .create(work_dir)
         .map_err(|e| ConfineError::WorkDir(work_dir.display().to_string(), e))?;
     if !profile.enabled {
-        return Ok(());
+        return Ok(None);
     }
     if root {
         std::os::unix::fs::chown(work_dir, Some(profile.user), Some(profile.user))
@@ -99,6 +122,7 @@ fn confine(profile: &Profile, work_dir: &Path) -> Result<(), ConfineError> {
     limit(Resource::RLIMIT_CPU, l.cpu_seconds, l.cpu_seconds + 5)?;
     let bytes = l.memory_mb.saturating_mul(1024 * 1024);
     limit(Resource::RLIMIT_AS, bytes, bytes)?;
+    limit(Resource::RLIMIT_DATA, bytes, bytes)?;
     limit(Resource::RLIMIT_NOFILE, l.open_files, l.open_files)?;
     limit(Resource::RLIMIT_CORE, 0, 0)?;
 
@@ -109,20 +133,41 @@ fn confine(profile: &Profile, work_dir: &Path) -> Result<(), ConfineError> {
         setresuid(uid, uid, uid).map_err(|e| ConfineError::Step("setresuid", e.to_string()))?;
     }
 
+    // The server dies with the gateway (`SIGKILL` when the thread that
+    // started it exits, which for the gateway's runtime workers is the
+    // process's end). Set after the uid change, which clears it; if the
+    // gateway is already gone, stop here.
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| ConfineError::Step("parent death signal", e.to_string()))?;
+    if nix::unistd::getppid() != parent {
+        return Err(ConfineError::Step(
+            "parent death signal",
+            "the gateway exited".into(),
+        ));
+    }
+
     let mut flags = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
-    if profile.network == Network::None {
+    if profile.network != Network::Host {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    if let Err(e) = unshare(flags)
-        && !profile.allow_missing.contains(&Mechanism::UserNamespace)
-    {
-        return Err(ConfineError::Step("user namespace", e.to_string()));
+    if let Err(e) = unshare(flags) {
+        // Egress without its own network namespace would be the host's
+        // network: never, whatever `allow_missing` says.
+        if profile.network == Network::Egress
+            || !profile.allow_missing.contains(&Mechanism::UserNamespace)
+        {
+            return Err(ConfineError::Step("user namespace", e.to_string()));
+        }
     }
+    let egress_port = match profile.network {
+        Network::Egress => Some(crate::egress::open_in_sandbox().map_err(step("egress"))?),
+        Network::None | Network::Host => None,
+    };
     limit(Resource::RLIMIT_NPROC, l.processes, l.processes)?;
     nix::sys::prctl::set_no_new_privs()
         .map_err(|e| ConfineError::Step("no_new_privs", e.to_string()))?;
 
-    match landlock(profile, work_dir) {
+    match landlock(profile, work_dir, egress_port) {
         Ok(RulesetStatus::FullyEnforced | RulesetStatus::PartiallyEnforced) => {}
         Ok(RulesetStatus::NotEnforced) | Err(_)
             if profile.allow_missing.contains(&Mechanism::Landlock) => {}
@@ -141,11 +186,16 @@ fn confine(profile: &Profile, work_dir: &Path) -> Result<(), ConfineError> {
     {
         return Err(ConfineError::Step("seccomp", e));
     }
-    Ok(())
+    Ok(egress_port)
 }
 
-/// Applies the filesystem view (and, without network, the TCP ban).
-fn landlock(profile: &Profile, work_dir: &Path) -> Result<RulesetStatus, ConfineError> {
+/// Applies the filesystem view and, without the host's network, the TCP
+/// ban (but for `connect` to the egress proxy's port).
+fn landlock(
+    profile: &Profile,
+    work_dir: &Path,
+    egress_port: Option<u16>,
+) -> Result<RulesetStatus, ConfineError> {
     let fail = step("landlock");
     let existing = |paths: Vec<PathBuf>| -> Vec<PathBuf> {
         paths.into_iter().filter(|p| p.exists()).collect()
@@ -157,7 +207,7 @@ fn landlock(profile: &Profile, work_dir: &Path) -> Result<RulesetStatus, Confine
         .map_err(|e| fail(e.to_string()))?
         .scope(Scope::from_all(LANDLOCK_ABI))
         .map_err(|e| fail(e.to_string()))?;
-    if profile.network == Network::None {
+    if profile.network != Network::Host {
         ruleset = ruleset
             .handle_access(AccessNet::from_all(LANDLOCK_ABI))
             .map_err(|e| fail(e.to_string()))?;
@@ -165,6 +215,11 @@ fn landlock(profile: &Profile, work_dir: &Path) -> Result<RulesetStatus, Confine
     let devices: Vec<PathBuf> = DEVICE_RW_PATHS.iter().map(PathBuf::from).collect();
     let status = ruleset
         .create()
+        .map_err(|e| fail(e.to_string()))?
+        .add_rules(
+            egress_port
+                .map(|port| Ok::<_, landlock::RulesetError>(NetPort::new(port, AccessNet::ConnectTcp))),
+        )
         .map_err(|e| fail(e.to_string()))?
         .add_rules(path_beneath_rules(existing(profile.read_paths()), read))
         .map_err(|e| fail(e.to_string()))?

@@ -28,10 +28,18 @@ use sha2::{Digest, Sha256};
 #[cfg(target_os = "linux")]
 mod confine;
 #[cfg(target_os = "linux")]
+mod egress;
+#[cfg(target_os = "linux")]
+pub mod memory;
+#[cfg(target_os = "linux")]
 mod seccomp;
+#[cfg(target_os = "linux")]
+pub mod sweep;
 
 #[cfg(target_os = "linux")]
 pub use confine::{exec_confined, probe};
+#[cfg(target_os = "linux")]
+pub use egress::receive_listener;
 
 /// Read-only paths every sandboxed server sees (those that exist): the
 /// system's programs and libraries, and the few files of `/etc` that the C
@@ -115,6 +123,11 @@ pub enum Network {
     /// loopback) and Landlock refuses every TCP bind and connect.
     #[default]
     None,
+    /// Only the gateway's egress proxy: the network namespace of `None`
+    /// with its loopback up and one listener on it, which the gateway
+    /// serves; every destination is decided by policy (`Action::"egress"`).
+    /// The server gets `HTTP_PROXY` and `HTTPS_PROXY` pointing at it.
+    Egress,
     /// The gateway host's network, unfiltered (a loosening).
     Host,
 }
@@ -376,7 +389,7 @@ impl Profile {
     pub fn summary(&self) -> String {
         let digest = self.digest();
         let loose = self.loosenings();
-        let reads = if self.read.is_empty() {
+        let mut reads = if self.read.is_empty() {
             String::new()
         } else {
             format!(
@@ -388,6 +401,9 @@ impl Profile {
                     .join(", ")
             )
         };
+        if self.enabled && self.network == Network::Egress {
+            reads.push_str(", network only through the gateway's policy-checked egress proxy");
+        }
         if loose.is_empty() {
             format!("strict (profile sha256:{}){reads}", &digest[..16])
         } else {
@@ -508,7 +524,7 @@ mod tests {
     fn invalid_profiles_fail_loudly() {
         for (text, want) in [
             ("netwrk = \"none\"", "unknown field `netwrk`"),
-            ("network = \"egress\"", "unknown variant `egress`"),
+            ("network = \"proxy\"", "unknown variant `proxy`"),
             ("read = [\"relative\"]", "must be absolute"),
             ("read = [\"/no/such/dir/x\"]", "does not exist"),
             ("env = [\"HOME\"]", "`env` entry `HOME`"),

@@ -10,13 +10,22 @@ under any python3 the sandbox can read.
   workdir   write and read back a file in $HOME (the session's work dir)
   setuid    call setuid(0): not on the seccomp allow-list (kills the process)
   burn      spin the CPU for `target` seconds
+  fetch     GET the URL `target` through the proxy in $HTTP_PROXY (urllib)
+  direct    GET the URL `target` directly, ignoring any proxy
+  tunnel    GET / from `target` (host:port) through a CONNECT tunnel of
+            the proxy in $HTTP_PROXY
+  hog       fork children that each fill `target` MiB of memory and hold it
 It answers `ALLOWED: ...` or `DENIED: <error>`.
 """
+import http.client
 import json
 import os
 import socket
 import sys
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 
 
 def probe(what, target):
@@ -52,12 +61,38 @@ def probe(what, target):
         if what == "setuid":
             os.setuid(0)
             return "ALLOWED: setuid"
+        if what == "fetch":
+            with urllib.request.urlopen(target, timeout=10) as r:
+                return "ALLOWED: %d %s" % (r.status, r.read().decode())
+        if what == "direct":
+            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+            with opener.open(target, timeout=5) as r:
+                return "ALLOWED: %d %s" % (r.status, r.read().decode())
+        if what == "tunnel":
+            proxy = urllib.parse.urlsplit(os.environ["HTTP_PROXY"])
+            host, port = target.rsplit(":", 1)
+            c = http.client.HTTPConnection(proxy.hostname, proxy.port, timeout=10)
+            c.set_tunnel(host, int(port))
+            c.request("GET", "/tunnelled")
+            r = c.getresponse()
+            return "ALLOWED: %d %s" % (r.status, r.read().decode())
+        if what == "hog":
+            size = int(target) * 1024 * 1024
+            for _ in range(3):
+                if os.fork() == 0:
+                    held = b"x" * size
+                    time.sleep(10)
+                    os._exit(len(held) & 1)
+            time.sleep(10)
+            return "ALLOWED: held %d MiB three times" % int(target)
         if what == "burn":
             end = time.time() + float(target)
             while time.time() < end:
                 pass
             return "ALLOWED: burned"
         return "unknown probe"
+    except urllib.error.HTTPError as e:
+        return "DENIED: %d %s" % (e.code, e.read().decode())
     except Exception as e:  # noqa: BLE001 - every refusal is the answer
         return "DENIED: %s" % e
 

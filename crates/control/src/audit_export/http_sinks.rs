@@ -171,6 +171,7 @@ pub fn log_record(seq: u64, json: &str, observed_unix_nano: &str) -> LogRecord {
             RecordKind::Request => "request",
             RecordKind::Admin => "admin",
             RecordKind::Process => "process",
+            RecordKind::Egress => "egress",
         },
     ));
     attributes.push(KeyValue::string("portcullis.outcome", outcome));

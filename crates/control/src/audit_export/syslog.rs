@@ -85,6 +85,7 @@ pub fn format(header: &Header, seq: u64, json: &str) -> String {
                 RecordKind::Request => "request",
                 RecordKind::Admin => "admin",
                 RecordKind::Process => "process",
+                RecordKind::Egress => "egress",
             },
         ),
         None => ("-".to_string(), "audit"),

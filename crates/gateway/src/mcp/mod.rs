@@ -47,6 +47,7 @@
 //! What goes upstream is the messages as parsed and decided, re-serialized,
 //! with only the fields JSON-RPC defines.
 
+mod egress;
 pub mod guard;
 pub mod jsonrpc;
 pub mod legacy;
@@ -817,6 +818,9 @@ async fn post(
                 classification: route_config.classification.as_str(),
                 sink: &asker.gateway.sink,
                 tap: asker.gateway.analytics.as_ref().map(|a| a.tap()),
+                gateway: &asker.gateway,
+                source_ip: &asker.source_ip,
+                caller: &asker.identity.caller,
             };
             let response = mcp
                 .stdio

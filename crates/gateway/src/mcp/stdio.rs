@@ -92,15 +92,22 @@ pub struct Launch<'a> {
     pub sink: &'a AuditSink,
     /// Behavioural analytics, when on.
     pub tap: Option<AnalyticsTap>,
+    /// The gateway (its policy snapshot decides egress).
+    pub gateway: &'a Arc<crate::state::Gateway>,
+    /// The agent's address and credentials on the `initialize` (the
+    /// context of its server's egress decisions).
+    pub source_ip: &'a portcullis_policy::SourceIp,
+    /// See `source_ip`.
+    pub caller: &'a portcullis_policy::CallerFacts,
 }
 
 /// What a process's audit records repeat.
-struct Recorded {
+pub(super) struct Recorded {
     route: String,
     agent: String,
     request_id: String,
     classification: &'static str,
-    event: ProcessEvent,
+    pub(super) event: ProcessEvent,
     sink: AuditSink,
     tap: Option<AnalyticsTap>,
 }
@@ -113,23 +120,37 @@ impl Recorded {
         error_code: Option<&str>,
         event: ProcessEvent,
     ) {
-        let time_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as i64;
-        let record = AuditRecord {
-            time_ms,
+        self.submit_record(AuditRecord {
             kind: RecordKind::Process,
-            request_id: self.request_id.clone(),
-            principal: Some(self.agent.clone()),
             action: action.to_string(),
             resource: Some(self.route.clone()),
             outcome,
             error_code: error_code.map(str::to_string),
-            classification: Some(self.classification.to_string()),
             process: Some(event),
             ..AuditRecord::default()
-        };
+        });
+    }
+
+    /// Writes `record` as this process's: time, request id, agent and
+    /// classification set here, and its `process` event completed with the
+    /// process's command, profile, session and pid.
+    pub(super) fn submit_record(&self, mut record: AuditRecord) {
+        record.time_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis() as i64;
+        record.request_id = self.request_id.clone();
+        record.principal = Some(self.agent.clone());
+        record.classification = Some(self.classification.to_string());
+        if let Some(event) = record.process.as_mut()
+            && event.command.is_empty()
+        {
+            *event = ProcessEvent {
+                address: event.address.take(),
+                method: event.method.take(),
+                ..self.event.clone()
+            };
+        }
         if let Some(tap) = &self.tap {
             tap.offer(&record);
         }
@@ -204,7 +225,8 @@ impl StdioServers {
         let (program, args) = l.command;
         let session = hex::encode(rand::random::<[u8; 16]>());
         let sandbox = l.sandbox.filter(|p| p.enabled);
-        let (mut command, work_dir) = match sandbox {
+        let egress = sandbox.is_some_and(|p| p.network == portcullis_sandbox::Network::Egress);
+        let (mut command, work_dir, memory) = match sandbox {
             Some(profile) => sandboxed(profile, program, args)
                 .map_err(|e| unavailable(route, &format!("cannot launch the sandbox: {e}")))?,
             None => {
@@ -215,21 +237,33 @@ impl StdioServers {
                         command.env(key, v);
                     }
                 }
-                (command, None)
+                (command, None, None)
             }
+        };
+        // With egress, the sandbox passes its proxy listener over standard
+        // error (a socket pair), then points it at /dev/null.
+        let (stderr, egress_channel) = if egress {
+            let (ours, theirs) = std::os::unix::net::UnixStream::pair()
+                .map_err(|e| unavailable(route, &format!("cannot make the egress channel: {e}")))?;
+            (Stdio::from(std::os::fd::OwnedFd::from(theirs)), Some(ours))
+        } else {
+            (Stdio::null(), None)
         };
         command
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .kill_on_drop(true);
-        let mut child = command
-            .spawn()
+        let spawned = command.spawn();
+        // Our copy of the child's end closes here, so a sandbox that fails
+        // before passing its listener shows as the channel's end.
+        drop(command);
+        let mut child = spawned
             .map_err(|e| unavailable(route, &format!("cannot launch `{program}`: {e}")))?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(unavailable(route, "no stdio pipes"));
         };
-        let recorded = Recorded {
+        let recorded = Arc::new(Recorded {
             route: route.to_string(),
             agent: l.agent.to_string(),
             request_id: l.request_id.clone(),
@@ -246,7 +280,7 @@ impl StdioServers {
             },
             sink: l.sink.clone(),
             tap: l.tap.clone(),
-        };
+        });
         recorded.submit(
             "process.spawn",
             Outcome::Allow,
@@ -254,8 +288,28 @@ impl StdioServers {
             recorded.event.clone(),
         );
         let (stop, stopped) = oneshot::channel();
+        // Dropped when the process has ended: the proxy stops with it.
+        let (proxy_stop, proxy_stopped) = oneshot::channel::<()>();
+        if let Some(channel) = egress_channel {
+            let session = Arc::new(super::egress::EgressSession {
+                gateway: l.gateway.clone(),
+                agent: l.agent.to_string(),
+                route: route.to_string(),
+                server: program.to_string(),
+                source_ip: l.source_ip.clone(),
+                caller: l.caller.clone(),
+                records: recorded.clone(),
+            });
+            tokio::spawn(super::egress::run(channel, session, proxy_stopped));
+        }
         let wall_clock = sandbox.map(|p| Duration::from_secs(p.limits.wall_clock_seconds));
-        tokio::spawn(watch(child, stopped, wall_clock, recorded, work_dir));
+        tokio::spawn(watch(
+            child,
+            stopped,
+            wall_clock,
+            (recorded, proxy_stop),
+            (work_dir, memory),
+        ));
         let pending: Pending = Arc::default();
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         tokio::spawn(read_lines(
@@ -421,19 +475,27 @@ fn sandboxed(
     profile: &Profile,
     program: &str,
     args: &[String],
-) -> std::io::Result<(Command, Option<std::path::PathBuf>)> {
+) -> std::io::Result<(Command, Option<std::path::PathBuf>, Option<Memory>)> {
+    use portcullis_sandbox::memory::{MemoryControl, ServerCgroup, memory_control};
     let exe = std::env::current_exe()?;
-    let work_dir = std::env::temp_dir().join(format!(
-        "portcullis-mcp-{}",
-        hex::encode(rand::random::<[u8; 12]>())
-    ));
+    let name = hex::encode(rand::random::<[u8; 12]>());
+    let work_dir = std::env::temp_dir().join(format!("{}{name}", portcullis_sandbox::memory::CGROUP_PREFIX));
+    let bytes = profile.limits.memory_mb.saturating_mul(1024 * 1024);
+    let memory = match memory_control() {
+        MemoryControl::Cgroup(parent) => Memory::Cgroup(ServerCgroup::create(parent, &name, bytes)?),
+        MemoryControl::Rlimit(_) => Memory::Watchdog(bytes),
+    };
     let mut command = Command::new(exe);
     command
         .arg("sandbox-exec")
         .arg("--profile")
         .arg(profile.to_json())
         .arg("--work-dir")
-        .arg(&work_dir)
+        .arg(&work_dir);
+    if let Memory::Cgroup(cgroup) = &memory {
+        command.arg("--cgroup").arg(cgroup.path());
+    }
+    command
         .arg("--")
         .arg(program)
         .args(args)
@@ -449,7 +511,38 @@ fn sandboxed(
             command.env(key, v);
         }
     }
-    Ok((command, Some(work_dir)))
+    Ok((command, Some(work_dir), Some(memory)))
+}
+
+/// How a sandboxed server's memory is bounded beyond its rlimits.
+enum Memory {
+    /// Its own cgroup (`memory.max`).
+    Cgroup(portcullis_sandbox::memory::ServerCgroup),
+    /// The watchdog, at this many bytes of the tree's resident memory.
+    Watchdog(u64),
+}
+
+/// Resolves when the process tree of `pid` holds more resident memory than
+/// `memory` allows (watchdog only; a cgroup needs no watching), killing the
+/// tree then.
+async fn over_memory(pid: Option<u32>, memory: Option<&Memory>) {
+    let (Some(pid), Some(Memory::Watchdog(limit))) = (pid, memory) else {
+        return std::future::pending().await;
+    };
+    let mut tick = tokio::time::interval(portcullis_sandbox::memory::WATCHDOG_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        match portcullis_sandbox::memory::tree_resident(pid) {
+            Some((bytes, pids)) if bytes > *limit => {
+                portcullis_sandbox::memory::kill_all(&pids);
+                return;
+            }
+            Some(_) => {}
+            // Gone: the wait branch reports it.
+            None => return std::future::pending().await,
+        }
+    }
 }
 
 /// Waits for a process to end, kills it when its session ends (`stop`
@@ -459,11 +552,12 @@ async fn watch(
     mut child: Child,
     stop: oneshot::Receiver<()>,
     wall_clock: Option<Duration>,
-    recorded: Recorded,
-    work_dir: Option<std::path::PathBuf>,
+    (recorded, _proxy_stop): (Arc<Recorded>, oneshot::Sender<()>),
+    (work_dir, memory): (Option<std::path::PathBuf>, Option<Memory>),
 ) {
     use std::os::unix::process::ExitStatusExt;
     let started = std::time::Instant::now();
+    let pid = child.id();
     let limit = tokio::time::sleep(wall_clock.unwrap_or(Duration::from_secs(u32::MAX as u64)));
     // A process that died on its own while its session was ending (the
     // session ends because the server exited) keeps its own cause.
@@ -475,7 +569,10 @@ async fn watch(
             _ => (Some("ended"), kill(&mut child).await),
         },
         _ = limit => (Some("wall_clock"), kill(&mut child).await),
+        () = over_memory(pid, memory.as_ref()) => (Some("memory_limit"), kill(&mut child).await),
     };
+    // The OOM killer of its cgroup ended it (or a process of its tree).
+    let oom = matches!(&memory, Some(Memory::Cgroup(c)) if c.oom_killed());
     let (code, signal) = match &status {
         Ok(s) => (s.code(), s.signal()),
         Err(_) => (None, None),
@@ -484,8 +581,9 @@ async fn watch(
     // (it was already dying when we killed it).
     let killed = killed.filter(|_| signal == Some(9));
     let cause = ExitCause::of(code, signal);
+    let killed = if oom && signal == Some(9) { Some("memory_limit") } else { killed };
     let (word, outcome, error_code) = match killed {
-        Some("wall_clock") => ("wall_clock", Outcome::Deny, Some("resource_limit")),
+        Some(word @ ("wall_clock" | "memory_limit")) => (word, Outcome::Deny, Some("resource_limit")),
         Some(word) => (word, Outcome::Allow, None),
         None => match cause {
             ExitCause::Seccomp => (cause.as_str(), Outcome::Deny, Some("sandbox_violation")),
@@ -511,6 +609,11 @@ async fn watch(
 }
 
 async fn kill(child: &mut Child) -> std::io::Result<std::process::ExitStatus> {
+    // Its descendants too, which would outlive it otherwise (the sandbox
+    // has no PID namespace).
+    if let Some((_, pids)) = child.id().and_then(portcullis_sandbox::memory::tree_resident) {
+        portcullis_sandbox::memory::kill_all(&pids);
+    }
     let _ = child.start_kill();
     child.wait().await
 }
