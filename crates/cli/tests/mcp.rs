@@ -1849,12 +1849,17 @@ fn probe_gateway_with(
 
 /// The `process` audit records of `agent`, once `want` of them are there.
 fn process_records(server: &Server, agent: &str, want: usize) -> Vec<Value> {
+    kind_records(server, "process", agent, want)
+}
+
+/// The audit records of `kind` of `agent`, once `want` of them are there.
+fn kind_records(server: &Server, kind: &str, agent: &str, want: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let records: Vec<Value> = server
             .audit(500)
             .into_iter()
-            .filter(|r| r["kind"] == "process" && r["principal"] == agent)
+            .filter(|r| r["kind"] == kind && r["principal"] == agent)
             .collect();
         if records.len() >= want || Instant::now() > deadline {
             return records;
@@ -2017,22 +2022,6 @@ fn hello_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     (port, hits)
 }
 
-/// The records of `kind` of `agent`, once `want` of them are there.
-fn records_of(server: &Server, kind: &str, agent: &str, want: usize) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let records: Vec<Value> = server
-            .audit(500)
-            .into_iter()
-            .filter(|r| r["kind"] == kind && r["principal"] == agent)
-            .collect();
-        if records.len() >= want || Instant::now() > deadline {
-            return records;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 #[test]
 fn a_sandboxed_server_reaches_the_network_only_through_the_policy_checked_egress_proxy() {
     use std::sync::atomic::Ordering;
@@ -2049,8 +2038,7 @@ fn a_sandboxed_server_reaches_the_network_only_through_the_policy_checked_egress
          @id(\"local-api\") permit(principal in Role::\"dev\", action == Action::\"egress_private\", resource == Host::\"127.0.0.1:{port}\")\n\
            when {{ context.route == \"probe\" && context.address_class == \"loopback\" && (context.method == \"CONNECT\" || context.path like \"/allowed*\") }};\n"
     );
-    let (server, _code) =
-        probe_gateway_with("network = \"egress\"", "", &policies, &[]);
+    let (server, _code) = probe_gateway_with("network = \"egress\"", "", &policies, &[]);
     let mut client = McpClient::start(&server, "probe", "fetcher");
     assert_eq!(client.list(), ["probe"]);
     let allowed = format!("http://127.0.0.1:{port}/allowed");
@@ -2058,7 +2046,11 @@ fn a_sandboxed_server_reaches_the_network_only_through_the_policy_checked_egress
     // Directly: the server has no network at all.
     let answer = probe(&mut client, "direct", &allowed);
     assert!(answer.starts_with("DENIED"), "{answer}");
-    assert_eq!(hits.load(Ordering::SeqCst), 0, "nothing reached the listener");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "nothing reached the listener"
+    );
     // Through the proxy, where policy allows it: plain HTTP and a tunnel.
     let answer = probe(&mut client, "fetch", &allowed);
     assert_eq!(answer, "ALLOWED: 200 hello /allowed");
@@ -2091,10 +2083,14 @@ fn a_sandboxed_server_reaches_the_network_only_through_the_policy_checked_egress
     let answer = probe(&mut client, "tunnel", &format!("localhost:{port}"));
     assert!(answer.starts_with("DENIED"), "{answer}");
     assert!(answer.contains("403"), "{answer}");
-    assert_eq!(hits.load(Ordering::SeqCst), 2, "no refused request got through");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        2,
+        "no refused request got through"
+    );
 
     // Every connection is audited, linked to the process and its session.
-    let records = records_of(&server, "egress", "fetcher", 6);
+    let records = kind_records(&server, "egress", "fetcher", 6);
     let spawn = process_records(&server, "fetcher", 1)
         .into_iter()
         .find(|r| r["action"] == "process.spawn")
@@ -2186,7 +2182,12 @@ fn processes_mentioning(needle: &str) -> Vec<u32> {
         .filter_map(|e| {
             let pid: u32 = e.file_name().to_str()?.parse().ok()?;
             let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let state = stat.rsplit_once(')')?.1.split_whitespace().next()?.to_string();
+            let state = stat
+                .rsplit_once(')')?
+                .1
+                .split_whitespace()
+                .next()?
+                .to_string();
             let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
             (state != "Z" && String::from_utf8_lossy(&cmdline).contains(needle)).then_some(pid)
         })
@@ -2204,6 +2205,7 @@ fn servers_die_with_a_killed_gateway_and_the_next_start_removes_their_work_dirs(
     let (mut server, code) = probe_gateway_with("", "", PROBE_POLICIES, &[("TMPDIR", &tmp_path)]);
     let script = code.path().join("probe_server.py");
     let mut client = McpClient::start(&server, "probe", "orphan");
+    assert_eq!(client.list(), ["probe"]);
     let answer = probe(&mut client, "workdir", "");
     let work_dir = PathBuf::from(answer.rsplit(" in ").next().unwrap());
     assert!(work_dir.starts_with(tmp.path()), "{answer}");
@@ -2235,8 +2237,14 @@ fn servers_die_with_a_killed_gateway_and_the_next_start_removes_their_work_dirs(
     drop(server);
 
     let (_again, _code) = probe_gateway_with("", "", PROBE_POLICIES, &[("TMPDIR", &tmp_path)]);
-    assert!(!work_dir.exists(), "the stale work dir was removed at start");
-    assert!(decoy.symlink_metadata().is_ok(), "a link is never followed or removed");
+    assert!(
+        !work_dir.exists(),
+        "the stale work dir was removed at start"
+    );
+    assert!(
+        decoy.symlink_metadata().is_ok(),
+        "a link is never followed or removed"
+    );
     assert!(script.exists());
 }
 

@@ -252,10 +252,8 @@ impl EgressAuthz {
     ) -> Result<Request, String> {
         let principal =
             EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(r.agent));
-        let resource = EntityUid::from_type_name_and_id(
-            self.host_type.clone(),
-            EntityId::new(r.host_id()),
-        );
+        let resource =
+            EntityUid::from_type_name_and_id(self.host_type.clone(), EntityId::new(r.host_id()));
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
         let mut pairs = vec![
             ("route".to_string(), s(r.route)),
@@ -399,7 +397,13 @@ mod tests {
         );
         // The same name resolving to the metadata address or loopback: the
         // broad `egress` permit does not cover it.
-        for addr in ["169.254.169.254", "127.0.0.1", "10.1.2.3", "::1", "::ffff:10.0.0.1"] {
+        for addr in [
+            "169.254.169.254",
+            "127.0.0.1",
+            "10.1.2.3",
+            "::1",
+            "::ffff:10.0.0.1",
+        ] {
             assert_eq!(
                 check(&authz, "example.com", 443, addr, "CONNECT"),
                 r#"deny ["default-deny"]"#,

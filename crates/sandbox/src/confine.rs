@@ -213,28 +213,28 @@ fn landlock(
             .map_err(|e| fail(e.to_string()))?;
     }
     let devices: Vec<PathBuf> = DEVICE_RW_PATHS.iter().map(PathBuf::from).collect();
-    let status = ruleset
-        .create()
-        .map_err(|e| fail(e.to_string()))?
-        .add_rules(
-            egress_port
-                .map(|port| Ok::<_, landlock::RulesetError>(NetPort::new(port, AccessNet::ConnectTcp))),
-        )
-        .map_err(|e| fail(e.to_string()))?
-        .add_rules(path_beneath_rules(existing(profile.read_paths()), read))
-        .map_err(|e| fail(e.to_string()))?
-        .add_rules(path_beneath_rules(
-            existing(devices),
-            read | AccessFs::WriteFile,
-        ))
-        .map_err(|e| fail(e.to_string()))?
-        .add_rules(path_beneath_rules(
-            [work_dir],
-            AccessFs::from_all(LANDLOCK_ABI),
-        ))
-        .map_err(|e| fail(e.to_string()))?
-        .restrict_self()
-        .map_err(|e| fail(e.to_string()))?;
+    let status =
+        ruleset
+            .create()
+            .map_err(|e| fail(e.to_string()))?
+            .add_rules(egress_port.map(|port| {
+                Ok::<_, landlock::RulesetError>(NetPort::new(port, AccessNet::ConnectTcp))
+            }))
+            .map_err(|e| fail(e.to_string()))?
+            .add_rules(path_beneath_rules(existing(profile.read_paths()), read))
+            .map_err(|e| fail(e.to_string()))?
+            .add_rules(path_beneath_rules(
+                existing(devices),
+                read | AccessFs::WriteFile,
+            ))
+            .map_err(|e| fail(e.to_string()))?
+            .add_rules(path_beneath_rules(
+                [work_dir],
+                AccessFs::from_all(LANDLOCK_ABI),
+            ))
+            .map_err(|e| fail(e.to_string()))?
+            .restrict_self()
+            .map_err(|e| fail(e.to_string()))?;
     Ok(status.ruleset)
 }
 

@@ -43,10 +43,7 @@ pub(crate) fn open_in_sandbox() -> Result<u16, String> {
     loopback_up().map_err(|e| format!("cannot bring up the loopback interface: {e}"))?;
     let listener = TcpListener::bind(("127.0.0.1", 0))
         .map_err(|e| format!("cannot bind the egress listener: {e}"))?;
-    let port = listener
-        .local_addr()
-        .map_err(|e| e.to_string())?
-        .port();
+    let port = listener.local_addr().map_err(|e| e.to_string())?.port();
     let stderr = std::io::stderr();
     let fds = [listener.as_fd()];
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
@@ -136,7 +133,9 @@ pub fn receive_listener(channel: &UnixStream, timeout: Duration) -> std::io::Res
     // Only a listening TCP socket on 127.0.0.1 is what was promised.
     let addr = listener.local_addr()?;
     if !addr.ip().is_loopback() || addr.port() != u16::from_be_bytes(port) {
-        return Err(std::io::Error::other("the passed egress listener is not the promised one"));
+        return Err(std::io::Error::other(
+            "the passed egress listener is not the promised one",
+        ));
     }
     Ok(listener)
 }

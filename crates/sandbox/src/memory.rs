@@ -91,10 +91,16 @@ fn detect() -> MemoryControl {
             if writable {
                 MemoryControl::Cgroup(dir)
             } else {
-                MemoryControl::Rlimit(format!("`memory.max` below `{}` is not writable", dir.display()))
+                MemoryControl::Rlimit(format!(
+                    "`memory.max` below `{}` is not writable",
+                    dir.display()
+                ))
             }
         }
-        Err(e) => MemoryControl::Rlimit(format!("cannot make a cgroup below `{}`: {e}", dir.display())),
+        Err(e) => MemoryControl::Rlimit(format!(
+            "cannot make a cgroup below `{}`: {e}",
+            dir.display()
+        )),
     }
 }
 
@@ -173,8 +179,13 @@ pub fn tree_resident(pid: u32) -> Option<(u64, Vec<u32>)> {
             continue;
         };
         for task in tasks.flatten() {
-            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            todo.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+            let children =
+                std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            todo.extend(
+                children
+                    .split_whitespace()
+                    .filter_map(|c| c.parse::<u32>().ok()),
+            );
         }
     }
     Some((total, seen))

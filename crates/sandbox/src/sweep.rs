@@ -31,7 +31,12 @@ fn directories_in_use() -> Vec<PathBuf> {
     };
     procs
         .flatten()
-        .filter(|e| e.file_name().to_string_lossy().bytes().all(|b| b.is_ascii_digit()))
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
         .filter_map(|e| std::fs::read_link(e.path().join("cwd")).ok())
         .collect()
 }

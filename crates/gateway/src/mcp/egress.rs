@@ -125,6 +125,7 @@ pub(super) async fn run(
                 async move { Ok::<_, Infallible>(handle(&session, req).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(Some(CONNECT_TIMEOUT))
                 .serve_connection(TokioIo::new(stream), service)
                 .with_upgrades()
@@ -182,8 +183,7 @@ async fn handle(session: &EgressSession, mut req: Request<Incoming>) -> Response
             if let Ok(upgraded) = hyper::upgrade::on(&mut req).await {
                 let mut client = TokioIo::new(upgraded);
                 let mut upstream = upstream;
-                if let Ok((u, d)) =
-                    tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                if let Ok((u, d)) = tokio::io::copy_bidirectional(&mut client, &mut upstream).await
                 {
                     (up, down) = (u, d);
                 }
@@ -213,7 +213,10 @@ async fn handle(session: &EgressSession, mut req: Request<Incoming>) -> Response
     let Some(host) = uri.host().map(str::to_string) else {
         return bad_request(session, started, "no host in the URL");
     };
-    let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
     let port = uri.port_u16().unwrap_or(80);
     let method = req.method().to_string();
     let path = uri.path().to_string();
@@ -375,9 +378,7 @@ async fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
     // empty labels.
     let valid = !host.is_empty()
         && host.len() <= 253
-        && host
-            .split('.')
-            .all(|l| !l.is_empty() && l.len() <= 63)
+        && host.split('.').all(|l| !l.is_empty() && l.len() <= 63)
         && host
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_');
@@ -439,7 +440,11 @@ fn empty() -> ProxyBody {
 
 fn refusal(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody> {
     let body = serde_json::json!({ "code": code, "message": message }).to_string();
-    let mut r = Response::new(Full::new(Bytes::from(body)).map_err(|never| match never {}).boxed());
+    let mut r = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *r.status_mut() = status;
     r.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -258,8 +258,8 @@ impl StdioServers {
         // Our copy of the child's end closes here, so a sandbox that fails
         // before passing its listener shows as the channel's end.
         drop(command);
-        let mut child = spawned
-            .map_err(|e| unavailable(route, &format!("cannot launch `{program}`: {e}")))?;
+        let mut child =
+            spawned.map_err(|e| unavailable(route, &format!("cannot launch `{program}`: {e}")))?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
             return Err(unavailable(route, "no stdio pipes"));
         };
@@ -479,10 +479,15 @@ fn sandboxed(
     use portcullis_sandbox::memory::{MemoryControl, ServerCgroup, memory_control};
     let exe = std::env::current_exe()?;
     let name = hex::encode(rand::random::<[u8; 12]>());
-    let work_dir = std::env::temp_dir().join(format!("{}{name}", portcullis_sandbox::memory::CGROUP_PREFIX));
+    let work_dir = std::env::temp_dir().join(format!(
+        "{}{name}",
+        portcullis_sandbox::memory::CGROUP_PREFIX
+    ));
     let bytes = profile.limits.memory_mb.saturating_mul(1024 * 1024);
     let memory = match memory_control() {
-        MemoryControl::Cgroup(parent) => Memory::Cgroup(ServerCgroup::create(parent, &name, bytes)?),
+        MemoryControl::Cgroup(parent) => {
+            Memory::Cgroup(ServerCgroup::create(parent, &name, bytes)?)
+        }
         MemoryControl::Rlimit(_) => Memory::Watchdog(bytes),
     };
     let mut command = Command::new(exe);
@@ -581,9 +586,15 @@ async fn watch(
     // (it was already dying when we killed it).
     let killed = killed.filter(|_| signal == Some(9));
     let cause = ExitCause::of(code, signal);
-    let killed = if oom && signal == Some(9) { Some("memory_limit") } else { killed };
+    let killed = if oom && signal == Some(9) {
+        Some("memory_limit")
+    } else {
+        killed
+    };
     let (word, outcome, error_code) = match killed {
-        Some(word @ ("wall_clock" | "memory_limit")) => (word, Outcome::Deny, Some("resource_limit")),
+        Some(word @ ("wall_clock" | "memory_limit")) => {
+            (word, Outcome::Deny, Some("resource_limit"))
+        }
         Some(word) => (word, Outcome::Allow, None),
         None => match cause {
             ExitCause::Seccomp => (cause.as_str(), Outcome::Deny, Some("sandbox_violation")),
@@ -611,7 +622,10 @@ async fn watch(
 async fn kill(child: &mut Child) -> std::io::Result<std::process::ExitStatus> {
     // Its descendants too, which would outlive it otherwise (the sandbox
     // has no PID namespace).
-    if let Some((_, pids)) = child.id().and_then(portcullis_sandbox::memory::tree_resident) {
+    if let Some((_, pids)) = child
+        .id()
+        .and_then(portcullis_sandbox::memory::tree_resident)
+    {
         portcullis_sandbox::memory::kill_all(&pids);
     }
     let _ = child.start_kill();
