@@ -2210,6 +2210,16 @@ fn servers_die_with_a_killed_gateway_and_the_next_start_removes_their_work_dirs(
     let work_dir = PathBuf::from(answer.rsplit(" in ").next().unwrap());
     assert!(work_dir.starts_with(tmp.path()), "{answer}");
     assert_eq!(processes_mentioning(script.to_str().unwrap()).len(), 1);
+    // Busy for 30 s and not reading its standard input, so the end of its
+    // pipes alone would not end it.
+    writeln!(
+        client.stdin,
+        "{}",
+        json!({"op": "call", "name": "probe", "args": {"what": "burn", "target": "30"}})
+    )
+    .unwrap();
+    client.stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
 
     // kill -9: nothing of the gateway runs to clean up.
     let mut gateway = server.child.take().unwrap();
