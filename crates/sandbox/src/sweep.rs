@@ -137,7 +137,7 @@ mod tests {
             old(p);
         }
         let removed = stale_work_dirs(tmp.path(), &[me]);
-        assert_eq!(removed, [stale.clone()]);
+        assert_eq!(removed, std::slice::from_ref(&stale));
         assert!(!stale.exists());
         for kept in [&fresh, &open, &other, &target, &link] {
             assert!(kept.exists(), "{}", kept.display());
