@@ -334,7 +334,13 @@ impl Profile {
         let missing: Vec<Mechanism> = self
             .needs()
             .into_iter()
-            .filter(|m| !support.has(*m) && !self.allow_missing.contains(m))
+            .filter(|m| {
+                !support.has(*m)
+                    && (!self.allow_missing.contains(m)
+                        // Egress without its own network namespace would be
+                        // the host's network: not allowed to be missing.
+                        || (*m == Mechanism::UserNamespace && self.network == Network::Egress))
+            })
             .collect();
         if missing.is_empty() {
             Ok(())
@@ -555,6 +561,14 @@ mod tests {
             ..Profile::default()
         };
         assert!(allowed.check_support(&none).is_ok());
+        let egress = Profile {
+            network: Network::Egress,
+            ..allowed.clone()
+        };
+        assert_eq!(
+            egress.check_support(&none).unwrap_err().0,
+            [Mechanism::UserNamespace]
+        );
         let full = Support {
             landlock_abi: 7,
             seccomp: true,
