@@ -103,8 +103,7 @@ fn event_of(record: &AuditRecord) -> Event {
         // it would let an agent held at approve-writes climb to harsher
         // grades by asking, however honest its writes.
         denied: record.outcome == Outcome::Deny
-            && (matches!(record.status, 401 | 403 | 429)
-                || matches!(record.kind, RecordKind::Process | RecordKind::Egress))
+            && (matches!(record.status, 401 | 403 | 429) || record.kind == RecordKind::Process)
             && record.error_code.as_deref() != Some(ErrorCode::ApprovalRequired.as_str()),
         error: record.status >= 500,
         bytes_in: record.bytes_in,

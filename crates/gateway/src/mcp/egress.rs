@@ -161,7 +161,7 @@ async fn handle(session: &EgressSession, mut req: Request<Incoming>) -> Response
         let Some((host, port)) = req
             .uri()
             .authority()
-            .and_then(|a| Some((a.host().to_string(), a.port_u16()?)))
+            .and_then(|a| Some((unbracketed(a.host()), a.port_u16()?)))
         else {
             return bad_request(session, started, "CONNECT needs host:port");
         };
@@ -213,10 +213,7 @@ async fn handle(session: &EgressSession, mut req: Request<Incoming>) -> Response
     let Some(host) = uri.host().map(str::to_string) else {
         return bad_request(session, started, "no host in the URL");
     };
-    let host = host
-        .trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_string();
+    let host = unbracketed(&host);
     let port = uri.port_u16().unwrap_or(80);
     let method = req.method().to_string();
     let path = uri.path().to_string();
@@ -391,6 +388,14 @@ async fn resolve(host: &str, port: u16) -> std::io::Result<Vec<SocketAddr>> {
     }
 }
 
+/// An IPv6 literal without its URL brackets (anything else as it is).
+fn unbracketed(host: &str) -> String {
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
+        .to_string()
+}
+
 fn bracketed(host: &str) -> String {
     if host.contains(':') {
         format!("[{host}]")
@@ -470,4 +475,18 @@ fn bad_request(session: &EgressSession, started: Instant, message: &str) -> Resp
         (0, 0),
     ));
     refusal(StatusCode::BAD_REQUEST, "egress_bad_request", message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{bracketed, unbracketed};
+
+    #[test]
+    fn ipv6_literals_lose_and_regain_their_brackets() {
+        assert_eq!(unbracketed("[::1]"), "::1");
+        assert_eq!(unbracketed("example.com"), "example.com");
+        assert_eq!(unbracketed("[broken"), "[broken");
+        assert_eq!(bracketed("::1"), "[::1]");
+        assert_eq!(bracketed("example.com"), "example.com");
+    }
 }
