@@ -2319,6 +2319,32 @@ fn serve_check_shows_each_sandbox_and_refuses_unknown_keys() {
     );
 }
 
+#[test]
+fn an_egress_route_needs_the_egress_actions_in_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let pol = dir.path().join("policies");
+    std::fs::create_dir(&pol).unwrap();
+    // The schema as it was before egress.
+    let old = SCHEMA.split("// Egress").next().unwrap();
+    std::fs::write(pol.join("schema.cedarschema"), old).unwrap();
+    std::fs::write(pol.join("mcp.cedar"), PROBE_POLICIES).unwrap();
+    let routes = "[policy]\ndir = \"policies\"\n[[routes]]\nname = \"probe\"\nkind = \"mcp\"\npath_prefix = \"/mcp/probe\"\nupstream = \"stdio:/usr/bin/true\"\nclassification = \"internal\"\n[routes.sandbox]\nnetwork = \"egress\"\n";
+    let config = support::config(dir.path(), routes, "");
+    let out = Command::new("timeout")
+        .arg("60")
+        .arg(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("`network = \"egress\"`"), "{stderr}");
+    assert!(stderr.contains("Action::\"egress\""), "{stderr}");
+}
+
 /// Runs a one-shot Python script of the MCP tests with `args`; its JSON line.
 fn run_script(script: &str, args: &[&std::ffi::OsStr]) -> Value {
     let out = Command::new("timeout")
