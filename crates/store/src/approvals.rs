@@ -3,7 +3,7 @@
 //! The gateway keeps live tickets in memory and writes them here off the
 //! request path, so they survive a restart and can be listed and audited.
 
-use sqlx::Row;
+use crate::backend::DbRow;
 
 use crate::{Store, StoreError};
 
@@ -93,11 +93,12 @@ pub struct GrantRow {
 impl Store {
     /// Inserts a ticket or replaces its mutable state (status, decision, expiry).
     pub async fn put_approval(&self, t: &ApprovalRow) -> Result<(), StoreError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
         let headers = serde_json::to_string(&t.headers).map_err(|e| StoreError::Corrupt {
             table: "approvals",
             detail: e.to_string(),
         })?;
-        sqlx::query(
+        query(
             "INSERT INTO approvals (id, agent, delegated_user, action, resource, path, body_sha256,
                  policy_version, policy_id, required_by, created_ms, expires_ms, status, decided_by,
                  decided_ms, grant_id, query, headers, body_bytes, protocol, subject, preview,
@@ -130,58 +131,62 @@ impl Store {
         .bind(&t.subject)
         .bind(&t.preview)
         .bind(&t.binding_key)
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
         Ok(())
+        })
     }
 
     /// Tickets still pending or approved-and-unused that lapse after `now_ms`.
     pub async fn live_approvals(&self, now_ms: i64) -> Result<Vec<ApprovalRow>, StoreError> {
-        let rows = sqlx::query(
+        crate::backend::with_pool!(&self.pool, |pool| {
+        let rows = query(
             "SELECT * FROM approvals WHERE status IN ('pending', 'approved') AND expires_ms > ?
              ORDER BY created_ms",
         )
         .bind(now_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await?;
         rows.iter()
             .map(|r| {
-                let headers: String = r.try_get("headers")?;
+                let headers: String = r.col("headers")?;
                 Ok(ApprovalRow {
-                    id: r.try_get("id")?,
-                    agent: r.try_get("agent")?,
-                    delegated_user: r.try_get("delegated_user")?,
-                    action: r.try_get("action")?,
-                    resource: r.try_get("resource")?,
-                    path: r.try_get("path")?,
-                    query: r.try_get("query")?,
+                    id: r.col("id")?,
+                    agent: r.col("agent")?,
+                    delegated_user: r.col("delegated_user")?,
+                    action: r.col("action")?,
+                    resource: r.col("resource")?,
+                    path: r.col("path")?,
+                    query: r.col("query")?,
                     headers: serde_json::from_str(&headers).map_err(|e| StoreError::Corrupt {
                         table: "approvals",
                         detail: e.to_string(),
                     })?,
-                    body_sha256: r.try_get("body_sha256")?,
-                    body_bytes: r.try_get::<i64, _>("body_bytes")?.max(0) as u64,
-                    protocol: r.try_get("protocol")?,
-                    subject: r.try_get("subject")?,
-                    preview: r.try_get("preview")?,
-                    binding_key: r.try_get("binding_key")?,
-                    policy_version: r.try_get::<i64, _>("policy_version")? as u64,
-                    policy_id: r.try_get("policy_id")?,
-                    required_by: r.try_get("required_by")?,
-                    created_ms: r.try_get("created_ms")?,
-                    expires_ms: r.try_get("expires_ms")?,
-                    status: r.try_get("status")?,
-                    decided_by: r.try_get("decided_by")?,
-                    decided_ms: r.try_get("decided_ms")?,
-                    grant_id: r.try_get("grant_id")?,
+                    body_sha256: r.col("body_sha256")?,
+                    body_bytes: r.col::<i64, _>("body_bytes")?.max(0) as u64,
+                    protocol: r.col("protocol")?,
+                    subject: r.col("subject")?,
+                    preview: r.col("preview")?,
+                    binding_key: r.col("binding_key")?,
+                    policy_version: r.col::<i64, _>("policy_version")? as u64,
+                    policy_id: r.col("policy_id")?,
+                    required_by: r.col("required_by")?,
+                    created_ms: r.col("created_ms")?,
+                    expires_ms: r.col("expires_ms")?,
+                    status: r.col("status")?,
+                    decided_by: r.col("decided_by")?,
+                    decided_ms: r.col("decided_ms")?,
+                    grant_id: r.col("grant_id")?,
                 })
             })
             .collect()
+        })
     }
 
     /// Stores a new grant.
     pub async fn add_grant(&self, g: &GrantRow) -> Result<(), StoreError> {
-        sqlx::query(
+        crate::backend::with_pool!(&self.pool, |pool| {
+        query(
             "INSERT INTO policy_grants (id, kind, reason, agent, action, resource, created_ms,
                  expires_ms, created_by, ticket, revoked_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
         )
@@ -195,53 +200,58 @@ impl Store {
         .bind(g.expires_ms)
         .bind(&g.created_by)
         .bind(&g.ticket)
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
         Ok(())
+        })
     }
 
     /// Grants neither revoked nor lapsed at `now_ms`, oldest first.
     pub async fn live_grants(&self, now_ms: i64) -> Result<Vec<GrantRow>, StoreError> {
-        let rows = sqlx::query(
+        crate::backend::with_pool!(&self.pool, |pool| {
+        let rows = query(
             "SELECT * FROM policy_grants WHERE revoked_ms IS NULL AND expires_ms > ?
              ORDER BY created_ms, id",
         )
         .bind(now_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await?;
         rows.iter()
             .map(|r| {
                 Ok(GrantRow {
-                    id: r.try_get("id")?,
-                    kind: r.try_get("kind")?,
-                    reason: r.try_get("reason")?,
-                    agent: r.try_get("agent")?,
-                    action: r.try_get("action")?,
-                    resource: r.try_get("resource")?,
-                    created_ms: r.try_get("created_ms")?,
-                    expires_ms: r.try_get("expires_ms")?,
-                    created_by: r.try_get("created_by")?,
-                    ticket: r.try_get("ticket")?,
-                    revoked_ms: r.try_get("revoked_ms")?,
+                    id: r.col("id")?,
+                    kind: r.col("kind")?,
+                    reason: r.col("reason")?,
+                    agent: r.col("agent")?,
+                    action: r.col("action")?,
+                    resource: r.col("resource")?,
+                    created_ms: r.col("created_ms")?,
+                    expires_ms: r.col("expires_ms")?,
+                    created_by: r.col("created_by")?,
+                    ticket: r.col("ticket")?,
+                    revoked_ms: r.col("revoked_ms")?,
                 })
             })
             .collect()
+        })
     }
 
     /// Revokes a live grant.
     pub async fn revoke_grant(&self, id: &str, now_ms: i64) -> Result<(), StoreError> {
-        let result = sqlx::query(
+        crate::backend::with_pool!(&self.pool, |pool| {
+        let result = query(
             "UPDATE policy_grants SET revoked_ms = ?1 WHERE id = ?2 AND revoked_ms IS NULL
              AND expires_ms > ?1",
         )
         .bind(now_ms)
         .bind(id)
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
         if result.rows_affected() == 0 {
             return Err(StoreError::NotFound(format!("grant {id}")));
         }
         Ok(())
+        })
     }
 }
 

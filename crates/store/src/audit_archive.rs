@@ -138,10 +138,12 @@ pub struct ArchiveVerifySummary {
 impl Store {
     /// The first record still stored (0 when nothing was pruned).
     pub async fn audit_first_seq(&self) -> Result<u64, StoreError> {
-        let first: Option<i64> = sqlx::query_scalar("SELECT MIN(seq) FROM audit_log")
-            .fetch_one(&self.pool)
+        crate::backend::with_pool!(&self.pool, |pool| {
+        let first: Option<i64> = query_scalar("SELECT MIN(seq) FROM audit_log")
+            .fetch_one(pool)
             .await?;
         Ok(first.map_or(0, |s| s as u64))
+        })
     }
 
     /// Writes the records appended before `before_ms` (and not archived yet)
@@ -155,6 +157,7 @@ impl Store {
         before_ms: i64,
         dir: &Path,
     ) -> Result<ArchiveOutcome, ArchiveError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
         std::fs::create_dir_all(dir).map_err(|source| io(dir, source))?;
         // One archiver per directory: the server's retention task and an
         // operator's `audit archive` must not write overlapping segments.
@@ -199,17 +202,17 @@ impl Store {
                 first_stored: first,
             });
         };
-        let older: Option<i64> = sqlx::query_scalar(
+        let older: Option<i64> = query_scalar(
             "SELECT seq FROM audit_log WHERE seq >= ? AND time_ms >= ? ORDER BY seq LIMIT 1",
         )
         .bind(first as i64)
         .bind(before_ms)
-        .fetch_optional(&self.pool)
+        .fetch_optional(pool)
         .await
         .map_err(StoreError::from)?;
         let undelivered: Option<i64> =
-            sqlx::query_scalar("SELECT MIN(next_seq) FROM audit_export_cursors")
-                .fetch_one(&self.pool)
+            query_scalar("SELECT MIN(next_seq) FROM audit_export_cursors")
+                .fetch_one(pool)
                 .await
                 .map_err(StoreError::from)?;
         let cut = older
@@ -232,6 +235,7 @@ impl Store {
             written: Some(segment),
             first_stored: cut,
         })
+        })
     }
 
     async fn write_segment(
@@ -241,6 +245,8 @@ impl Store {
         end: u64,
         head: &crate::StoredCheckpoint,
     ) -> Result<Segment, ArchiveError> {
+
+        crate::backend::with_pool!(&self.pool, |pool| {
         let stem = format!("audit-{start:020}-{end:020}");
         let leaves_path = dir.join(format!("{stem}.leaves"));
         let checkpoints_path = dir.join(format!("{stem}.checkpoints"));
@@ -256,12 +262,12 @@ impl Store {
         // signed, and so were the strings they name.
         let strings = crate::audit_rows::load_strings(&self.pool, 0).await?;
         for page in (start..end).step_by(READ_PAGE as usize) {
-            let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            let mut rows = query_dyn(format!(
                 "SELECT {RECORD_COLUMNS} FROM audit_log WHERE seq >= ? AND seq < ? ORDER BY seq"
-            )))
+            ))
             .bind(page as i64)
             .bind((page + READ_PAGE).min(end) as i64)
-            .fetch(&self.pool);
+            .fetch(pool);
             while let Some(row) = rows.try_next().await.map_err(StoreError::from)? {
                 let row = StoredRow::from_row(&row).map_err(StoreError::from)?;
                 if row.seq != acc.size() {
@@ -331,31 +337,36 @@ impl Store {
             leaves: leaves_path,
             checkpoints: checkpoints_path,
         })
+
+        })
+
     }
 
     /// Deletes records `from..to` (archived), their personal values, and the
     /// checkpoints below `to` (in the archive), a chunk per transaction.
     async fn prune_audit(&self, from: u64, to: u64) -> Result<(), StoreError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
         let mut done = from;
         while done < to {
             let next = (done + PRUNE_CHUNK).min(to);
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            sqlx::query("DELETE FROM audit_log WHERE seq < ?")
+            let mut tx = begin_write(pool).await?;
+            query("DELETE FROM audit_log WHERE seq < ?")
                 .bind(next as i64)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("DELETE FROM audit_personal WHERE seq < ?")
+            query("DELETE FROM audit_personal WHERE seq < ?")
                 .bind(next as i64)
                 .execute(&mut *tx)
                 .await?;
             tx.commit().await?;
             done = next;
         }
-        sqlx::query("DELETE FROM audit_checkpoints WHERE tree_size < ?")
+        query("DELETE FROM audit_checkpoints WHERE tree_size < ?")
             .bind(to as i64)
-            .execute(&self.pool)
+            .execute(pool)
             .await?;
         Ok(())
+        })
     }
 
     /// [`verify_audit_log`](Self::verify_audit_log) over the archive's

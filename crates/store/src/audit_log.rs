@@ -21,7 +21,7 @@ use portcullis_audit::merkle::{
 };
 use portcullis_audit::note::VerifierKey;
 use portcullis_audit::verify::{LogVerifier, VerifyError, VerifySummary};
-use sqlx::Row;
+use crate::backend::DbRow;
 
 use crate::audit_rows::{self, Interner, RECORD_COLUMNS, StoredRow, StringCache};
 use crate::{Store, StoreError};
@@ -133,9 +133,10 @@ impl Store {
     /// Opens the appender, rebuilding the tree's frontier from stored subtrees.
     /// A log written before leaf hashes were kept is hashed once here.
     pub async fn audit_appender(&self) -> Result<AuditAppender, StoreError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
         let missing: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE leaf_hash IS NULL")
-                .fetch_one(&self.pool)
+            query_scalar("SELECT COUNT(*) FROM audit_log WHERE leaf_hash IS NULL")
+                .fetch_one(pool)
                 .await?;
         if missing > 0 {
             self.rebuild_tree().await?;
@@ -143,8 +144,8 @@ impl Store {
         let size = self.audit_size().await?;
         let frontier = self.subtree_hashes(&range_subtrees(0..size)).await?;
         let acc = MerkleAccumulator::from_frontier(size, frontier).map_err(corrupt)?;
-        let live: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_intents")
-            .fetch_one(&self.pool)
+        let live: i64 = query_scalar("SELECT COUNT(*) FROM audit_intents")
+            .fetch_one(pool)
             .await?;
         Ok(AuditAppender {
             store: self.clone(),
@@ -152,23 +153,26 @@ impl Store {
             live_intents: live.max(0) as u64,
             strings: Interner::load(&self.pool).await?,
         })
+        })
     }
 
     /// The intents no record has closed, oldest first: what a crash left.
     pub async fn audit_intents(&self) -> Result<Vec<AuditIntentRow>, StoreError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
         let rows =
-            sqlx::query("SELECT request_id, time_ms, record FROM audit_intents ORDER BY time_ms")
-                .fetch_all(&self.pool)
+            query("SELECT request_id, time_ms, record FROM audit_intents ORDER BY time_ms")
+                .fetch_all(pool)
                 .await?;
         rows.iter()
             .map(|r| {
                 Ok(AuditIntentRow {
-                    request_id: r.try_get("request_id")?,
-                    time_ms: r.try_get("time_ms")?,
-                    record: r.try_get("record")?,
+                    request_id: r.col("request_id")?,
+                    time_ms: r.col("time_ms")?,
+                    record: r.col("record")?,
                 })
             })
             .collect()
+        })
     }
 
     /// Deletes the intents whose record is already in the log: records
@@ -176,18 +180,20 @@ impl Store {
     /// intents. Scans the log once, and only when intents are left (after a
     /// crash). Returns how many were deleted.
     pub async fn forget_recorded_intents(&self) -> Result<u64, StoreError> {
-        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_intents")
-            .fetch_one(&self.pool)
+        crate::backend::with_pool!(&self.pool, |pool| {
+        let left: i64 = query_scalar("SELECT COUNT(*) FROM audit_intents")
+            .fetch_one(pool)
             .await?;
         if left == 0 {
             return Ok(0);
         }
-        let done = sqlx::query(
+        let done = query(
             "DELETE FROM audit_intents WHERE request_id IN (SELECT request_id FROM audit_log)",
         )
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
         Ok(done.rows_affected())
+        })
     }
 
     /// Sets the whole log aside (its records, nodes, checkpoints and personal
@@ -202,6 +208,7 @@ impl Store {
         accepted: u64,
         now_ms: i64,
     ) -> Result<ArchivedSegment, StoreError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
         let size = self.audit_size().await?;
         if accepted > size {
             return Err(invalid(format!(
@@ -211,11 +218,11 @@ impl Store {
         let mut acc = MerkleAccumulator::new();
         {
             let strings = audit_rows::load_strings(&self.pool, 0).await?;
-            let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            let mut rows = query_dyn(format!(
                 "SELECT {RECORD_COLUMNS} FROM audit_log WHERE seq < ? ORDER BY seq"
-            )))
+            ))
             .bind(accepted as i64)
-            .fetch(&self.pool);
+            .fetch(pool);
             while let Some(row) = rows.try_next().await? {
                 let row = StoredRow::from_row(&row)?;
                 if row.seq != acc.size() {
@@ -250,9 +257,9 @@ impl Store {
             "CREATE INDEX audit_personal_expiry ON audit_personal (expires_ms)".to_string(),
             "DELETE FROM audit_export_cursors".to_string(),
         ];
-        let mut tx = self.pool.begin().await?;
+        let mut tx = pool.begin().await?;
         for statement in statements {
-            sqlx::query(sqlx::AssertSqlSafe(statement))
+            query_dyn(statement)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -263,14 +270,17 @@ impl Store {
             accepted,
             accepted_root: acc.root(),
         })
+        })
     }
 
     /// The number of records in the log.
     pub async fn audit_size(&self) -> Result<u64, StoreError> {
-        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log")
-            .fetch_one(&self.pool)
+        crate::backend::with_pool!(&self.pool, |pool| {
+        let last: Option<i64> = query_scalar("SELECT MAX(seq) FROM audit_log")
+            .fetch_one(pool)
             .await?;
         Ok(last.map_or(0, |s| s as u64 + 1))
+        })
     }
 
     /// The tree head over the first `size` records.
@@ -336,16 +346,18 @@ impl Store {
         sql: &'static str,
         params: &[i64],
     ) -> Result<Vec<StoredRow>, StoreError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
         let sql = sql.replace("{RECORD_COLUMNS}", RECORD_COLUMNS);
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut query = query_dyn(sql);
         for &param in params {
             query = query.bind(param);
         }
-        let rows = query.fetch_all(&self.pool).await?;
+        let rows = query.fetch_all(pool).await?;
         Ok(rows
             .iter()
             .map(StoredRow::from_row)
             .collect::<Result<_, _>>()?)
+        })
     }
 
     /// Calls `visit` with every record from `since_ms` on (by `time_ms`), in
@@ -397,13 +409,15 @@ impl Store {
     /// The seq of the record with this request id. Scans the log: request ids
     /// are not indexed, because keeping a b-tree of random keys slowed appends.
     pub async fn audit_seq_of(&self, request_id: &str) -> Result<Option<u64>, StoreError> {
-        let seq: Option<i64> = sqlx::query_scalar(
+        crate::backend::with_pool!(&self.pool, |pool| {
+        let seq: Option<i64> = query_scalar(
             "SELECT seq FROM audit_log WHERE request_id = ? ORDER BY seq LIMIT 1",
         )
         .bind(request_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(pool)
         .await?;
         Ok(seq.map(|s| s as u64))
+        })
     }
 
     /// The last `n` audit records, oldest first.
@@ -419,69 +433,81 @@ impl Store {
 
     /// Stores a signed checkpoint. Signing the same size again keeps the first.
     pub async fn add_checkpoint(&self, checkpoint: &StoredCheckpoint) -> Result<(), StoreError> {
-        sqlx::query(
+        crate::backend::with_pool!(&self.pool, |pool| {
+        query(
             "INSERT INTO audit_checkpoints (tree_size, time_ms, note) VALUES (?, ?, ?)
              ON CONFLICT (tree_size) DO NOTHING",
         )
         .bind(checkpoint.size as i64)
         .bind(checkpoint.time_ms)
         .bind(&checkpoint.note)
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
         Ok(())
+        })
     }
 
     /// Every stored checkpoint, smallest first.
     pub async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
-        let rows = sqlx::query(
+        crate::backend::with_pool!(&self.pool, |pool| {
+        let rows = query(
             "SELECT tree_size, time_ms, note FROM audit_checkpoints ORDER BY tree_size",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await?;
         rows.iter().map(checkpoint_from_row).collect()
+        })
     }
 
     /// The largest stored checkpoint.
     pub async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
-        let row = sqlx::query(
+        crate::backend::with_pool!(&self.pool, |pool| {
+        let row = query(
             "SELECT tree_size, time_ms, note FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1",
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(pool)
         .await?;
         row.as_ref().map(checkpoint_from_row).transpose()
+        })
     }
 
     /// The clear values kept for a record's pseudonymized fields (until they
     /// expire), by field.
     pub async fn audit_personal(&self, seq: u64) -> Result<Vec<(String, String)>, StoreError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
         let rows =
-            sqlx::query("SELECT field, value FROM audit_personal WHERE seq = ? ORDER BY field")
+            query("SELECT field, value FROM audit_personal WHERE seq = ? ORDER BY field")
                 .bind(seq as i64)
-                .fetch_all(&self.pool)
+                .fetch_all(pool)
                 .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get("field")?, r.try_get("value")?)))
+            .map(|r| Ok((r.col("field")?, r.col("value")?)))
             .collect()
+        })
     }
 
     /// Deletes personal data past its retention; returns how many values went.
     /// The leaves hold only keyed hashes, so verification is unaffected.
     pub async fn purge_personal(&self, now_ms: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM audit_personal WHERE expires_ms <= ?")
+        crate::backend::with_pool!(&self.pool, |pool| {
+        let done = query("DELETE FROM audit_personal WHERE expires_ms <= ?")
             .bind(now_ms)
-            .execute(&self.pool)
+            .execute(pool)
             .await?;
         Ok(done.rows_affected())
+        })
     }
 
     /// The next seq an export sink has to deliver (0 when it never ran).
     pub async fn export_cursor(&self, sink: &str) -> Result<u64, StoreError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
         let next: Option<i64> =
-            sqlx::query_scalar("SELECT next_seq FROM audit_export_cursors WHERE sink = ?")
+            query_scalar("SELECT next_seq FROM audit_export_cursors WHERE sink = ?")
                 .bind(sink)
-                .fetch_optional(&self.pool)
+                .fetch_optional(pool)
                 .await?;
         Ok(next.map_or(0, |n| n as u64))
+        })
     }
 
     /// Records that an export sink has delivered everything before `next_seq`.
@@ -491,16 +517,18 @@ impl Store {
         next_seq: u64,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        crate::backend::with_pool!(&self.pool, |pool| {
+        query(
             "INSERT INTO audit_export_cursors (sink, next_seq, updated_ms) VALUES (?, ?, ?)
              ON CONFLICT (sink) DO UPDATE SET next_seq = excluded.next_seq, updated_ms = excluded.updated_ms",
         )
         .bind(sink)
         .bind(next_seq as i64)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
         Ok(())
+        })
     }
 
     /// Recomputes the whole tree from the stored records and holds it against
@@ -560,14 +588,15 @@ impl Store {
         mut walk: LogVerifier,
         start: u64,
     ) -> Result<VerifySummary, AuditVerifyFailure> {
+        crate::backend::with_pool!(&self.pool, |pool| {
         let mut nodes: HashMap<(u32, u64), Hash> = HashMap::new();
         {
             let mut rows =
-                sqlx::query("SELECT level, idx, hash FROM audit_nodes").fetch(&self.pool);
+                query("SELECT level, idx, hash FROM audit_nodes").fetch(pool);
             while let Some(row) = rows.try_next().await.map_err(StoreError::from)? {
-                let level: i64 = row.try_get("level").map_err(StoreError::from)?;
-                let idx: i64 = row.try_get("idx").map_err(StoreError::from)?;
-                let hash: Vec<u8> = row.try_get("hash").map_err(StoreError::from)?;
+                let level: i64 = row.col("level").map_err(StoreError::from)?;
+                let idx: i64 = row.col("idx").map_err(StoreError::from)?;
+                let hash: Vec<u8> = row.col("hash").map_err(StoreError::from)?;
                 nodes.insert((level as u32, idx as u64), to_hash(&hash)?);
             }
         }
@@ -612,6 +641,7 @@ impl Store {
             }
         }
         Ok(walk.finish()?)
+        })
     }
 
     /// Reads records `start..end`, checks that each sits at its position and
@@ -622,19 +652,20 @@ impl Store {
         end: u64,
         strings: &StringCache,
     ) -> Result<Vec<Hash>, AuditVerifyFailure> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        crate::backend::with_pool!(&self.pool, |pool| {
+        let rows = query_dyn(format!(
             "SELECT {RECORD_COLUMNS}, leaf_hash FROM audit_log WHERE seq >= ? AND seq < ? ORDER BY seq"
-        )))
+        ))
         .bind(start as i64)
         .bind(end as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await
         .map_err(StoreError::from)?;
         let mut stored = Vec::with_capacity(rows.len());
         let mut records = Vec::with_capacity(rows.len());
         for row in &rows {
-            let hash: Option<&[u8]> = row.try_get(4).map_err(StoreError::from)?;
-            stored.push(hash.map(to_hash).transpose()?);
+            let hash: Option<Vec<u8>> = row.col(4).map_err(StoreError::from)?;
+            stored.push(hash.as_deref().map(to_hash).transpose()?);
             records.push(StoredRow::from_row(row).map_err(StoreError::from)?);
         }
         let leaves = strings.leaves(&self.pool, &records).await?;
@@ -662,6 +693,7 @@ impl Store {
             .into());
         }
         Ok(hashes)
+        })
     }
 
     async fn check_size(&self, size: u64) -> Result<(), StoreError> {
@@ -694,6 +726,7 @@ impl Store {
         &self,
         subtrees: &[(u32, u64)],
     ) -> Result<Vec<Hash>, StoreError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
         // Two queries whatever the number of subtrees: one for the stored
         // nodes, one for the leaf hashes under the low ones. A proof over a
         // million records needs about 20 subtrees; one query each was most of
@@ -705,7 +738,7 @@ impl Store {
             .collect();
         let mut nodes: HashMap<(u32, u64), Hash> = HashMap::new();
         for chunk in stored.chunks(400) {
-            let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            let mut query = sqlx::QueryBuilder::<Db>::new(
                 "SELECT level, idx, hash FROM audit_nodes WHERE (level, idx) IN (VALUES ",
             );
             let mut values = query.separated(", ");
@@ -717,10 +750,10 @@ impl Store {
                 values.push_unseparated(")");
             }
             query.push(")");
-            for row in query.build().fetch_all(&self.pool).await? {
-                let level: i64 = row.try_get("level")?;
-                let idx: i64 = row.try_get("idx")?;
-                let hash: Vec<u8> = row.try_get("hash")?;
+            for row in query.build().fetch_all(pool).await? {
+                let level: i64 = row.col("level")?;
+                let idx: i64 = row.col("idx")?;
+                let hash: Vec<u8> = row.col("hash")?;
                 nodes.insert((level as u32, idx as u64), to_hash(&hash)?);
             }
         }
@@ -731,7 +764,7 @@ impl Store {
             .collect();
         let mut leaves: HashMap<u64, Hash> = HashMap::new();
         for chunk in low.chunks(200) {
-            let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            let mut query = sqlx::QueryBuilder::<Db>::new(
                 "SELECT seq, leaf_hash FROM audit_log WHERE ",
             );
             let mut ranges = query.separated(" OR ");
@@ -742,9 +775,9 @@ impl Store {
                 ranges.push_bind_unseparated(range.end as i64);
                 ranges.push_unseparated(")");
             }
-            for row in query.build().fetch_all(&self.pool).await? {
-                let seq: i64 = row.try_get("seq")?;
-                let hash: Option<Vec<u8>> = row.try_get("leaf_hash")?;
+            for row in query.build().fetch_all(pool).await? {
+                let seq: i64 = row.col("seq")?;
+                let hash: Option<Vec<u8>> = row.col("leaf_hash")?;
                 let hash = hash.ok_or_else(|| corrupt("a record has no leaf hash"))?;
                 leaves.insert(seq as u64, to_hash(&hash)?);
             }
@@ -776,20 +809,22 @@ impl Store {
                 Ok(merkle::root(&hashes))
             })
             .collect()
+        })
     }
 
     /// Hashes every record and rewrites leaf hashes and interior nodes: the
     /// one-time upgrade of a log written before they were kept.
     async fn rebuild_tree(&self) -> Result<(), StoreError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
         tracing::info!("hashing the audit log into a Merkle tree (one-time upgrade)");
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = begin_write(pool).await?;
         let strings = audit_rows::load_strings(&self.pool, 0).await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        let rows = query_dyn(format!(
             "SELECT {RECORD_COLUMNS} FROM audit_log ORDER BY seq"
-        )))
+        ))
         .fetch_all(&mut *tx)
         .await?;
-        sqlx::query("DELETE FROM audit_nodes")
+        query("DELETE FROM audit_nodes")
             .execute(&mut *tx)
             .await?;
         let mut acc = MerkleAccumulator::new();
@@ -804,18 +839,19 @@ impl Store {
             acc.push_reporting(merkle::leaf_hash(&leaf), |s| nodes.push(s));
             for s in nodes {
                 if s.level == 0 {
-                    sqlx::query("UPDATE audit_log SET leaf_hash = ? WHERE seq = ?")
+                    query("UPDATE audit_log SET leaf_hash = ? WHERE seq = ?")
                         .bind(&s.hash[..])
                         .bind(seq)
                         .execute(&mut *tx)
                         .await?;
                 } else if s.level >= NODE_MIN_LEVEL {
-                    insert_node(&mut tx, &s).await?;
+                    insert_node!(tx, &s);
                 }
             }
         }
         tx.commit().await?;
         Ok(())
+        })
     }
 }
 
@@ -914,11 +950,11 @@ impl AuditAppender {
         personal: &[PersonalValue],
         intents: &[AuditIntentRow],
     ) -> Result<u64, StoreError> {
-        let pool = &self.store.pool;
+        crate::backend::with_pool!(&self.store.pool, |pool| {
         // IMMEDIATE takes the write lock first; the seq check then proves no
         // other writer appended behind this appender's back.
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log")
+        let mut tx = begin_write(pool).await?;
+        let last: Option<i64> = query_scalar("SELECT MAX(seq) FROM audit_log")
             .fetch_one(&mut *tx)
             .await?;
         if last.map_or(0, |s| s as u64 + 1) != first {
@@ -935,7 +971,7 @@ impl AuditAppender {
             // A plain INSERT: a number or string already taken means another
             // writer, and fails the batch.
             let mut insert =
-                sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO audit_strings (id, value) ");
+                sqlx::QueryBuilder::<Db>::new("INSERT INTO audit_strings (id, value) ");
             insert.push_values((chunk_start..).zip(chunk), |mut row, (id, value)| {
                 row.push_bind(id as i64).push_bind(value.as_str());
             });
@@ -944,7 +980,7 @@ impl AuditAppender {
         // Multi-row INSERTs: one statement per chunk instead of one round trip to
         // the SQLite thread per record.
         for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
-            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            let mut insert = sqlx::QueryBuilder::<Db>::new(
                 "INSERT INTO audit_log (seq, request_id, time_ms, record, leaf_hash) ",
             );
             insert.push_values(
@@ -960,11 +996,12 @@ impl AuditAppender {
             insert.build().execute(&mut *tx).await?;
         }
         for node in nodes {
-            insert_node(&mut tx, node).await?;
+            insert_node!(tx, node);
         }
         for p in personal {
-            sqlx::query(
-                "INSERT OR REPLACE INTO audit_personal (seq, field, value, expires_ms) VALUES (?, ?, ?, ?)",
+            query(
+                "INSERT INTO audit_personal (seq, field, value, expires_ms) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (seq, field) DO UPDATE SET value = excluded.value, expires_ms = excluded.expires_ms",
             )
             .bind((first + p.record as u64) as i64)
             .bind(p.field)
@@ -974,9 +1011,10 @@ impl AuditAppender {
             .await?;
         }
         let live = self.live_intents + intents.len() as u64;
-        let closed = journal_intents(&mut tx, intents, rows, live).await?;
+        let closed = journal_intents!(tx, intents, rows, live);
         tx.commit().await?;
         Ok(closed)
+        })
     }
 }
 
@@ -985,54 +1023,59 @@ type BatchRow<'r> = (i64, &'r str, i64, Vec<u8>, [u8; 32]);
 
 /// Inserts `intents` and deletes those the appended `rows` close (only when
 /// some are open); returns how many were deleted.
-async fn journal_intents(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    intents: &[AuditIntentRow],
-    rows: &[BatchRow<'_>],
-    live: u64,
-) -> Result<u64, StoreError> {
+macro_rules! journal_intents {
+    ($tx:expr, $intents:expr, $rows:expr, $live:expr) => {{
+    let (intents, rows, live): (&[AuditIntentRow], &[BatchRow<'_>], u64) = ($intents, $rows, $live);
     for chunk in intents.chunks(AUDIT_ROWS_PER_INSERT) {
         // A request decided twice (an MCP batch) keeps one intent: the latest.
-        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT OR REPLACE INTO audit_intents (request_id, time_ms, record) ",
+        let mut insert = sqlx::QueryBuilder::<Db>::new(
+            "INSERT INTO audit_intents (request_id, time_ms, record) ",
         );
         insert.push_values(chunk, |mut row, intent| {
             row.push_bind(intent.request_id.as_str())
                 .push_bind(intent.time_ms)
                 .push_bind(intent.record.as_str());
         });
-        insert.build().execute(&mut **tx).await?;
-    }
-    if live == 0 {
-        return Ok(0);
+        insert.push(
+            " ON CONFLICT (request_id) DO UPDATE SET time_ms = excluded.time_ms, record = excluded.record",
+        );
+        insert.build().execute(&mut *$tx).await?;
     }
     let mut closed = 0;
-    for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
-        let mut delete = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "DELETE FROM audit_intents WHERE request_id IN (",
-        );
-        let mut ids = delete.separated(", ");
-        for (_, request_id, ..) in chunk {
-            ids.push_bind(*request_id);
+    if live > 0 {
+        for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
+            let mut delete =
+                sqlx::QueryBuilder::<Db>::new("DELETE FROM audit_intents WHERE request_id IN (");
+            let mut ids = delete.separated(", ");
+            for (_, request_id, ..) in chunk {
+                ids.push_bind(*request_id);
+            }
+            delete.push(")");
+            closed += delete.build().execute(&mut *$tx).await?.rows_affected();
         }
-        delete.push(")");
-        closed += delete.build().execute(&mut **tx).await?.rows_affected();
     }
-    Ok(closed)
+    closed
+    }};
 }
+use journal_intents;
 
-async fn insert_node(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-    node: &Subtree,
-) -> Result<(), StoreError> {
-    sqlx::query("INSERT OR REPLACE INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)")
+/// Stores a subtree hash in the write transaction `$tx` (a macro so the one
+/// statement serves both backends).
+macro_rules! insert_node {
+    ($tx:expr, $node:expr) => {{
+        let node: &Subtree = $node;
+        query(
+            "INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)
+             ON CONFLICT (level, idx) DO UPDATE SET hash = excluded.hash",
+        )
         .bind(node.level as i64)
         .bind(node.index as i64)
         .bind(&node.hash[..])
-        .execute(&mut **tx)
+        .execute(&mut *$tx)
         .await?;
-    Ok(())
+    }};
 }
+use insert_node;
 
 /// Opens a checkpoint note with the trusted key and checks its origin.
 pub fn open_checkpoint(
@@ -1051,11 +1094,11 @@ pub fn open_checkpoint(
     Ok(checkpoint)
 }
 
-fn checkpoint_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<StoredCheckpoint, StoreError> {
+fn checkpoint_from_row(r: &impl DbRow) -> Result<StoredCheckpoint, StoreError> {
     Ok(StoredCheckpoint {
-        size: r.try_get::<i64, _>("tree_size")? as u64,
-        time_ms: r.try_get("time_ms")?,
-        note: r.try_get("note")?,
+        size: r.col::<i64, _>("tree_size")? as u64,
+        time_ms: r.col("time_ms")?,
+        note: r.col("note")?,
     })
 }
 
@@ -1251,7 +1294,7 @@ pub(crate) mod tests {
     }
 
     async fn tamper(store: &Store, sql: &'static str) {
-        sqlx::query(sql).execute(&store.pool).await.unwrap();
+        sqlx::query(sql).execute(store.sqlite_pool()).await.unwrap();
     }
 
     async fn failure(store: &Store, key: &SigningKey) -> AuditVerifyFailure {
@@ -1322,7 +1365,7 @@ pub(crate) mod tests {
             sqlx::query("UPDATE audit_log SET record = ?, leaf_hash = ? WHERE seq = 150")
                 .bind(&stored)
                 .bind(&merkle::leaf_hash(forged.as_bytes())[..])
-                .execute(&store.pool)
+                .execute(store.sqlite_pool())
                 .await
                 .unwrap();
             assert_eq!(first_bad(&failure(&store, &key).await), 128);
@@ -1374,12 +1417,12 @@ pub(crate) mod tests {
             sqlx::query("UPDATE audit_log SET record = ? WHERE seq = ?")
                 .bind(text.as_str())
                 .bind(*seq as i64)
-                .execute(&store.pool)
+                .execute(store.sqlite_pool())
                 .await
                 .unwrap();
         }
         let kind: String = sqlx::query_scalar("SELECT typeof(record) FROM audit_log WHERE seq = 5")
-            .fetch_one(&store.pool)
+            .fetch_one(store.sqlite_pool())
             .await
             .unwrap();
         assert_eq!(kind, "text");

@@ -2,7 +2,7 @@
 //! counts in memory and writes changed counters here in the background; this
 //! is never on the request path.
 
-use sqlx::Row;
+use crate::backend::DbRow;
 
 use crate::{Store, StoreError};
 
@@ -25,9 +25,10 @@ impl Store {
     /// Writes counters, replacing each (route, agent)'s earlier row, in one
     /// transaction.
     pub async fn save_budget_days(&self, rows: &[BudgetDayRow]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+        crate::backend::with_pool!(&self.pool, |pool| {
+        let mut tx = pool.begin().await?;
         for r in rows {
-            sqlx::query(
+            query(
                 "INSERT INTO llm_budget_days (route, agent, day, requests, tokens) VALUES (?, ?, ?, ?, ?)
                  ON CONFLICT(route, agent) DO UPDATE SET day = excluded.day,
                    requests = excluded.requests, tokens = excluded.tokens",
@@ -42,27 +43,30 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+        })
     }
 
     /// The counters of `day`.
     pub async fn budget_days(&self, day: i64) -> Result<Vec<BudgetDayRow>, StoreError> {
-        sqlx::query(
+        crate::backend::with_pool!(&self.pool, |pool| {
+        query(
             "SELECT route, agent, day, requests, tokens FROM llm_budget_days WHERE day = ? ORDER BY route, agent",
         )
         .bind(day)
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await?
         .into_iter()
         .map(|r| {
             Ok(BudgetDayRow {
-                route: r.try_get("route")?,
-                agent: r.try_get("agent")?,
-                day: r.try_get("day")?,
-                requests: r.try_get("requests")?,
-                tokens: r.try_get("tokens")?,
+                route: r.col("route")?,
+                agent: r.col("agent")?,
+                day: r.col("day")?,
+                requests: r.col("requests")?,
+                tokens: r.col("tokens")?,
             })
         })
         .collect()
+        })
     }
 }
 
