@@ -68,9 +68,9 @@ impl Store {
         now_ms: i64,
     ) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let mut tx = pool.begin().await?;
-        for (agent, state) in agents {
-            query(
+            let mut tx = pool.begin().await?;
+            for (agent, state) in agents {
+                query(
                 "INSERT INTO analytics_models (agent, state, updated_at) VALUES (?, ?, ?)
                  ON CONFLICT(agent) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
             )
@@ -79,9 +79,9 @@ impl Store {
             .bind(now_ms)
             .execute(&mut *tx)
             .await?;
-        }
-        if let Some(sample) = population {
-            query(
+            }
+            if let Some(sample) = population {
+                query(
                 "INSERT INTO analytics_population (id, sample, updated_at) VALUES (1, ?, ?)
                  ON CONFLICT(id) DO UPDATE SET sample = excluded.sample, updated_at = excluded.updated_at",
             )
@@ -89,48 +89,46 @@ impl Store {
             .bind(now_ms)
             .execute(&mut *tx)
             .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+            }
+            tx.commit().await?;
+            Ok(())
         })
     }
 
     /// Every saved model state (agent, JSON) and the population's sample.
     pub async fn models(&self) -> Result<(Vec<(String, String)>, Option<String>), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let rows = query("SELECT agent, state FROM analytics_models ORDER BY agent")
-            .fetch_all(pool)
-            .await?;
-        let agents = rows
-            .iter()
-            .map(|r| Ok((r.col("agent")?, r.col("state")?)))
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let population = query("SELECT sample FROM analytics_population WHERE id = 1")
-            .fetch_optional(pool)
-            .await?
-            .map(|r| r.col("sample"))
-            .transpose()?;
-        Ok((agents, population))
+            let rows = query("SELECT agent, state FROM analytics_models ORDER BY agent")
+                .fetch_all(pool)
+                .await?;
+            let agents = rows
+                .iter()
+                .map(|r| Ok((r.col("agent")?, r.col("state")?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            let population = query("SELECT sample FROM analytics_population WHERE id = 1")
+                .fetch_optional(pool)
+                .await?
+                .map(|r| r.col("sample"))
+                .transpose()?;
+            Ok((agents, population))
         })
     }
 
     /// Appends risk points.
     pub async fn add_risk_points(&self, points: &[RiskPoint]) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let mut tx = pool.begin().await?;
-        for p in points {
-            query(
-                "INSERT INTO risk_history (agent, time_ms, risk, grade) VALUES (?, ?, ?, ?)",
-            )
-            .bind(&p.agent)
-            .bind(p.time_ms)
-            .bind(p.risk)
-            .bind(&p.grade)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+            let mut tx = pool.begin().await?;
+            for p in points {
+                query("INSERT INTO risk_history (agent, time_ms, risk, grade) VALUES (?, ?, ?, ?)")
+                    .bind(&p.agent)
+                    .bind(p.time_ms)
+                    .bind(p.risk)
+                    .bind(&p.grade)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
         })
     }
 
@@ -141,76 +139,76 @@ impl Store {
         limit: u32,
     ) -> Result<Vec<RiskPoint>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        // Points of one millisecond come newest first by insertion order;
-        // PostgreSQL has no `rowid` (and `ctid` is not insertion order), so
-        // there they tie by value.
-        let rows = query(if IS_POSTGRES {
-            "SELECT agent, time_ms, risk, grade FROM risk_history WHERE agent = ?
+            // Points of one millisecond come newest first by insertion order;
+            // PostgreSQL has no `rowid` (and `ctid` is not insertion order), so
+            // there they tie by value.
+            let rows = query(if IS_POSTGRES {
+                "SELECT agent, time_ms, risk, grade FROM risk_history WHERE agent = ?
              ORDER BY time_ms DESC, risk DESC LIMIT ?"
-        } else {
-            "SELECT agent, time_ms, risk, grade FROM risk_history WHERE agent = ?
+            } else {
+                "SELECT agent, time_ms, risk, grade FROM risk_history WHERE agent = ?
              ORDER BY time_ms DESC, rowid DESC LIMIT ?"
-        })
-        .bind(agent)
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(RiskPoint {
-                    agent: r.col("agent")?,
-                    time_ms: r.col("time_ms")?,
-                    risk: r.col("risk")?,
-                    grade: r.col("grade")?,
-                })
             })
-            .collect()
+            .bind(agent)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(RiskPoint {
+                        agent: r.col("agent")?,
+                        time_ms: r.col("time_ms")?,
+                        risk: r.col("risk")?,
+                        grade: r.col("grade")?,
+                    })
+                })
+                .collect()
         })
     }
 
     /// Stores a new alert (`id` is ignored) and returns its id.
     pub async fn add_alert(&self, alert: &AlertRow) -> Result<i64, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let row = query(
-            "INSERT INTO alerts (agent, time_ms, grade, risk, detail, request_ids)
+            let row = query(
+                "INSERT INTO alerts (agent, time_ms, grade, risk, detail, request_ids)
              VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(&alert.agent)
-        .bind(alert.time_ms)
-        .bind(&alert.grade)
-        .bind(alert.risk)
-        .bind(&alert.detail)
-        .bind(&alert.request_ids)
-        .fetch_one(pool)
-        .await?;
-        Ok(row.col("id")?)
+            )
+            .bind(&alert.agent)
+            .bind(alert.time_ms)
+            .bind(&alert.grade)
+            .bind(alert.risk)
+            .bind(&alert.detail)
+            .bind(&alert.request_ids)
+            .fetch_one(pool)
+            .await?;
+            Ok(row.col("id")?)
         })
     }
 
     /// Alerts, newest first; only unresolved ones when `open_only`.
     pub async fn alerts(&self, open_only: bool, limit: u32) -> Result<Vec<AlertRow>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let rows = query(
-            "SELECT * FROM alerts WHERE (?1 = 0 OR verdict IS NULL) ORDER BY id DESC LIMIT ?2",
-        )
-        .bind(open_only)
-        .bind(i64::from(limit))
-        .fetch_all(pool)
-        .await?;
-        rows.iter().map(alert_from_row).collect()
+            let rows = query(
+                "SELECT * FROM alerts WHERE (?1 = 0 OR verdict IS NULL) ORDER BY id DESC LIMIT ?2",
+            )
+            .bind(i64::from(open_only))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(alert_from_row).collect()
         })
     }
 
     /// One alert.
     pub async fn alert(&self, id: i64) -> Result<Option<AlertRow>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        query("SELECT * FROM alerts WHERE id = ?")
-            .bind(id)
-            .fetch_optional(pool)
-            .await?
-            .as_ref()
-            .map(alert_from_row)
-            .transpose()
+            query("SELECT * FROM alerts WHERE id = ?")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .as_ref()
+                .map(alert_from_row)
+                .transpose()
         })
     }
 
@@ -223,24 +221,24 @@ impl Store {
         now_ms: i64,
     ) -> Result<AlertRow, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let result = query(
-            "UPDATE alerts SET verdict = ?, resolved_at = ?, resolved_by = ?
+            let result = query(
+                "UPDATE alerts SET verdict = ?, resolved_at = ?, resolved_by = ?
              WHERE id = ? AND verdict IS NULL",
-        )
-        .bind(verdict)
-        .bind(now_ms)
-        .bind(by)
-        .bind(id)
-        .execute(pool)
-        .await?;
-        let alert = self
-            .alert(id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("alert {id}")))?;
-        if result.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!("a verdict on alert {id}")));
-        }
-        Ok(alert)
+            )
+            .bind(verdict)
+            .bind(now_ms)
+            .bind(by)
+            .bind(id)
+            .execute(pool)
+            .await?;
+            let alert = self
+                .alert(id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("alert {id}")))?;
+            if result.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!("a verdict on alert {id}")));
+            }
+            Ok(alert)
         })
     }
 
@@ -252,60 +250,60 @@ impl Store {
         alert_id: Option<i64>,
     ) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        query(
-            "INSERT INTO quarantines (agent, since_ms, alert_id)
+            query(
+                "INSERT INTO quarantines (agent, since_ms, alert_id)
              SELECT ?1, ?2, ?3 WHERE NOT EXISTS
                (SELECT 1 FROM quarantines WHERE agent = ?1 AND released_at IS NULL)",
-        )
-        .bind(agent)
-        .bind(since_ms)
-        .bind(alert_id)
-        .execute(pool)
-        .await?;
-        Ok(())
+            )
+            .bind(agent)
+            .bind(since_ms)
+            .bind(alert_id)
+            .execute(pool)
+            .await?;
+            Ok(())
         })
     }
 
     /// Lifts an agent's quarantine; `NotFound` when it is not quarantined.
     pub async fn release(&self, agent: &str, by: &str, now_ms: i64) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let result = query(
-            "UPDATE quarantines SET released_at = ?, released_by = ?
+            let result = query(
+                "UPDATE quarantines SET released_at = ?, released_by = ?
              WHERE agent = ? AND released_at IS NULL",
-        )
-        .bind(now_ms)
-        .bind(by)
-        .bind(agent)
-        .execute(pool)
-        .await?;
-        if result.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("a quarantine of `{agent}`")));
-        }
-        Ok(())
+            )
+            .bind(now_ms)
+            .bind(by)
+            .bind(agent)
+            .execute(pool)
+            .await?;
+            if result.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("a quarantine of `{agent}`")));
+            }
+            Ok(())
         })
     }
 
     /// Quarantines in force, or an agent's whole quarantine history.
     pub async fn quarantines(&self, agent: Option<&str>) -> Result<Vec<QuarantineRow>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let rows = query(
-            "SELECT agent, since_ms, alert_id, released_at, released_by FROM quarantines
+            let rows = query(
+                "SELECT agent, since_ms, alert_id, released_at, released_by FROM quarantines
              WHERE (?1 IS NULL AND released_at IS NULL) OR agent = ?1 ORDER BY id",
-        )
-        .bind(agent)
-        .fetch_all(pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(QuarantineRow {
-                    agent: r.col("agent")?,
-                    since_ms: r.col("since_ms")?,
-                    alert_id: r.col("alert_id")?,
-                    released_at: r.col("released_at")?,
-                    released_by: r.col("released_by")?,
+            )
+            .bind(agent)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(QuarantineRow {
+                        agent: r.col("agent")?,
+                        since_ms: r.col("since_ms")?,
+                        alert_id: r.col("alert_id")?,
+                        released_at: r.col("released_at")?,
+                        released_by: r.col("released_by")?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
         })
     }
 }
@@ -329,18 +327,16 @@ fn alert_from_row(r: &impl DbRow) -> Result<AlertRow, StoreError> {
 mod tests {
     use super::*;
 
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("db")).await.unwrap();
-        (dir, store)
-    }
-
     #[tokio::test]
     async fn models_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
+        for db in crate::testing::TestDb::all().await {
+            models_survive_reopening_on(&db).await;
+        }
+    }
+
+    async fn models_survive_reopening_on(db: &crate::testing::TestDb) {
         {
-            let store = Store::open_sqlite(&path).await.unwrap();
+            let store = db.open().await;
             store
                 .save_models(&[("bot".into(), "{\"a\":1}".into())], Some("[]"), 1)
                 .await
@@ -351,7 +347,7 @@ mod tests {
                 .unwrap();
             store.close().await;
         }
-        let store = Store::open_sqlite(&path).await.unwrap();
+        let store = db.open().await;
         let (agents, population) = store.models().await.unwrap();
         assert_eq!(agents, vec![("bot".to_string(), "{\"a\":2}".to_string())]);
         assert_eq!(population.as_deref(), Some("[]"));
@@ -359,7 +355,12 @@ mod tests {
 
     #[tokio::test]
     async fn alerts_resolve_once() {
-        let (_dir, store) = store().await;
+        for db in crate::testing::TestDb::all().await {
+            alerts_resolve_once_on(db.open().await).await;
+        }
+    }
+
+    async fn alerts_resolve_once_on(store: Store) {
         let alert = AlertRow {
             id: 0,
             agent: "bot".into(),
@@ -390,7 +391,12 @@ mod tests {
 
     #[tokio::test]
     async fn quarantine_and_release() {
-        let (_dir, store) = store().await;
+        for db in crate::testing::TestDb::all().await {
+            quarantine_and_release_on(db.open().await).await;
+        }
+    }
+
+    async fn quarantine_and_release_on(store: Store) {
         store.quarantine("bot", 1, None).await.unwrap();
         store.quarantine("bot", 2, None).await.unwrap();
         assert_eq!(store.quarantines(None).await.unwrap().len(), 1);

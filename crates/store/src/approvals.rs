@@ -94,11 +94,11 @@ impl Store {
     /// Inserts a ticket or replaces its mutable state (status, decision, expiry).
     pub async fn put_approval(&self, t: &ApprovalRow) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let headers = serde_json::to_string(&t.headers).map_err(|e| StoreError::Corrupt {
-            table: "approvals",
-            detail: e.to_string(),
-        })?;
-        query(
+            let headers = serde_json::to_string(&t.headers).map_err(|e| StoreError::Corrupt {
+                table: "approvals",
+                detail: e.to_string(),
+            })?;
+            query(
             "INSERT INTO approvals (id, agent, delegated_user, action, resource, path, body_sha256,
                  policy_version, policy_id, required_by, created_ms, expires_ms, status, decided_by,
                  decided_ms, grant_id, query, headers, body_bytes, protocol, subject, preview,
@@ -133,60 +133,62 @@ impl Store {
         .bind(&t.binding_key)
         .execute(pool)
         .await?;
-        Ok(())
+            Ok(())
         })
     }
 
     /// Tickets still pending or approved-and-unused that lapse after `now_ms`.
     pub async fn live_approvals(&self, now_ms: i64) -> Result<Vec<ApprovalRow>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let rows = query(
-            "SELECT * FROM approvals WHERE status IN ('pending', 'approved') AND expires_ms > ?
+            let rows = query(
+                "SELECT * FROM approvals WHERE status IN ('pending', 'approved') AND expires_ms > ?
              ORDER BY created_ms",
-        )
-        .bind(now_ms)
-        .fetch_all(pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let headers: String = r.col("headers")?;
-                Ok(ApprovalRow {
-                    id: r.col("id")?,
-                    agent: r.col("agent")?,
-                    delegated_user: r.col("delegated_user")?,
-                    action: r.col("action")?,
-                    resource: r.col("resource")?,
-                    path: r.col("path")?,
-                    query: r.col("query")?,
-                    headers: serde_json::from_str(&headers).map_err(|e| StoreError::Corrupt {
-                        table: "approvals",
-                        detail: e.to_string(),
-                    })?,
-                    body_sha256: r.col("body_sha256")?,
-                    body_bytes: r.col::<i64, _>("body_bytes")?.max(0) as u64,
-                    protocol: r.col("protocol")?,
-                    subject: r.col("subject")?,
-                    preview: r.col("preview")?,
-                    binding_key: r.col("binding_key")?,
-                    policy_version: r.col::<i64, _>("policy_version")? as u64,
-                    policy_id: r.col("policy_id")?,
-                    required_by: r.col("required_by")?,
-                    created_ms: r.col("created_ms")?,
-                    expires_ms: r.col("expires_ms")?,
-                    status: r.col("status")?,
-                    decided_by: r.col("decided_by")?,
-                    decided_ms: r.col("decided_ms")?,
-                    grant_id: r.col("grant_id")?,
+            )
+            .bind(now_ms)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    let headers: String = r.col("headers")?;
+                    Ok(ApprovalRow {
+                        id: r.col("id")?,
+                        agent: r.col("agent")?,
+                        delegated_user: r.col("delegated_user")?,
+                        action: r.col("action")?,
+                        resource: r.col("resource")?,
+                        path: r.col("path")?,
+                        query: r.col("query")?,
+                        headers: serde_json::from_str(&headers).map_err(|e| {
+                            StoreError::Corrupt {
+                                table: "approvals",
+                                detail: e.to_string(),
+                            }
+                        })?,
+                        body_sha256: r.col("body_sha256")?,
+                        body_bytes: r.col::<i64, _>("body_bytes")?.max(0) as u64,
+                        protocol: r.col("protocol")?,
+                        subject: r.col("subject")?,
+                        preview: r.col("preview")?,
+                        binding_key: r.col("binding_key")?,
+                        policy_version: r.col::<i64, _>("policy_version")? as u64,
+                        policy_id: r.col("policy_id")?,
+                        required_by: r.col("required_by")?,
+                        created_ms: r.col("created_ms")?,
+                        expires_ms: r.col("expires_ms")?,
+                        status: r.col("status")?,
+                        decided_by: r.col("decided_by")?,
+                        decided_ms: r.col("decided_ms")?,
+                        grant_id: r.col("grant_id")?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
         })
     }
 
     /// Stores a new grant.
     pub async fn add_grant(&self, g: &GrantRow) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        query(
+            query(
             "INSERT INTO policy_grants (id, kind, reason, agent, action, resource, created_ms,
                  expires_ms, created_by, ticket, revoked_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
         )
@@ -202,55 +204,55 @@ impl Store {
         .bind(&g.ticket)
         .execute(pool)
         .await?;
-        Ok(())
+            Ok(())
         })
     }
 
     /// Grants neither revoked nor lapsed at `now_ms`, oldest first.
     pub async fn live_grants(&self, now_ms: i64) -> Result<Vec<GrantRow>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let rows = query(
-            "SELECT * FROM policy_grants WHERE revoked_ms IS NULL AND expires_ms > ?
+            let rows = query(
+                "SELECT * FROM policy_grants WHERE revoked_ms IS NULL AND expires_ms > ?
              ORDER BY created_ms, id",
-        )
-        .bind(now_ms)
-        .fetch_all(pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(GrantRow {
-                    id: r.col("id")?,
-                    kind: r.col("kind")?,
-                    reason: r.col("reason")?,
-                    agent: r.col("agent")?,
-                    action: r.col("action")?,
-                    resource: r.col("resource")?,
-                    created_ms: r.col("created_ms")?,
-                    expires_ms: r.col("expires_ms")?,
-                    created_by: r.col("created_by")?,
-                    ticket: r.col("ticket")?,
-                    revoked_ms: r.col("revoked_ms")?,
+            )
+            .bind(now_ms)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(GrantRow {
+                        id: r.col("id")?,
+                        kind: r.col("kind")?,
+                        reason: r.col("reason")?,
+                        agent: r.col("agent")?,
+                        action: r.col("action")?,
+                        resource: r.col("resource")?,
+                        created_ms: r.col("created_ms")?,
+                        expires_ms: r.col("expires_ms")?,
+                        created_by: r.col("created_by")?,
+                        ticket: r.col("ticket")?,
+                        revoked_ms: r.col("revoked_ms")?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
         })
     }
 
     /// Revokes a live grant.
     pub async fn revoke_grant(&self, id: &str, now_ms: i64) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let result = query(
-            "UPDATE policy_grants SET revoked_ms = ?1 WHERE id = ?2 AND revoked_ms IS NULL
+            let result = query(
+                "UPDATE policy_grants SET revoked_ms = ?1 WHERE id = ?2 AND revoked_ms IS NULL
              AND expires_ms > ?1",
-        )
-        .bind(now_ms)
-        .bind(id)
-        .execute(pool)
-        .await?;
-        if result.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("grant {id}")));
-        }
-        Ok(())
+            )
+            .bind(now_ms)
+            .bind(id)
+            .execute(pool)
+            .await?;
+            if result.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("grant {id}")));
+            }
+            Ok(())
         })
     }
 }
@@ -297,8 +299,12 @@ mod tests {
 
     #[tokio::test]
     async fn tickets_and_grants_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("db")).await.unwrap();
+        for db in crate::testing::TestDb::all().await {
+            tickets_and_grants_round_trip_on(db.open().await).await;
+        }
+    }
+
+    async fn tickets_and_grants_round_trip_on(store: Store) {
         let mut t = ApprovalRow {
             id: "t1".into(),
             agent: "bot".into(),

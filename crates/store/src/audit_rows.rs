@@ -11,9 +11,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
+use crate::backend::DbRow;
 use portcullis_audit::AuditRecord;
 use portcullis_audit::compact::{self, DecodeError};
-use crate::backend::DbRow;
 
 use crate::StoreError;
 
@@ -240,6 +240,20 @@ impl Interner {
     /// The strings the batch added, with the number of the first.
     pub(crate) fn added(&self) -> (u64, &[String]) {
         (self.strings.len() as u64, &self.added)
+    }
+
+    /// How many strings the table holds (the batch's not counted).
+    pub(crate) fn len(&self) -> usize {
+        self.strings.len()
+    }
+
+    /// Adds strings another writer committed (numbered from [`Self::len`]).
+    pub(crate) fn extend_committed(&mut self, more: Vec<String>) {
+        for text in more {
+            let id = self.strings.len() as u64;
+            self.ids.insert(text.clone(), id);
+            self.strings.push(text);
+        }
     }
 
     /// The batch committed: its strings are the table's.

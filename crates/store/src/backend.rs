@@ -156,7 +156,9 @@ pub(crate) mod sqlite {
         sqlx::query(sql)
     }
 
-    pub(crate) fn query_scalar<O>(sql: &'static str) -> sqlx::query::QueryScalar<'static, Db, O, Args>
+    pub(crate) fn query_scalar<O>(
+        sql: &'static str,
+    ) -> sqlx::query::QueryScalar<'static, Db, O, Args>
     where
         (O,): for<'r> sqlx::FromRow<'r, <Db as sqlx::Database>::Row>,
     {
@@ -174,9 +176,19 @@ pub(crate) mod sqlite {
     ) -> Result<sqlx::Transaction<'static, Db>, sqlx::Error> {
         pool.begin_with("BEGIN IMMEDIATE").await
     }
+
+    /// The audit appender's transaction: SQLite has one write lock.
+    pub(crate) async fn begin_audit_write(
+        pool: &sqlx::Pool<Db>,
+    ) -> Result<sqlx::Transaction<'static, Db>, sqlx::Error> {
+        begin_write(pool).await
+    }
 }
 
 /// The PostgreSQL arm of [`with_pool!`].
+///
+/// Audit appends take their own lock ([`postgres::AUDIT_LOCK`]): they touch
+/// only the audit tables, which no other write transaction reads to decide.
 pub(crate) mod postgres {
     use super::postgres_placeholders;
 
@@ -188,11 +200,17 @@ pub(crate) mod postgres {
     /// [`begin_write`]); "PCWR" in ASCII.
     pub(crate) const WRITE_LOCK: i64 = 0x5043_5752;
 
+    /// The advisory lock key of audit appends ("PCAU"): held from reading
+    /// the log's size to commit, so two replicas can never give out one seq.
+    pub(crate) const AUDIT_LOCK: i64 = 0x5043_4155;
+
     pub(crate) fn query(sql: &'static str) -> sqlx::query::Query<'static, Db, Args> {
         sqlx::query(sqlx::AssertSqlSafe(postgres_placeholders(sql)))
     }
 
-    pub(crate) fn query_scalar<O>(sql: &'static str) -> sqlx::query::QueryScalar<'static, Db, O, Args>
+    pub(crate) fn query_scalar<O>(
+        sql: &'static str,
+    ) -> sqlx::query::QueryScalar<'static, Db, O, Args>
     where
         (O,): for<'r> sqlx::FromRow<'r, <Db as sqlx::Database>::Row>,
     {
@@ -212,9 +230,23 @@ pub(crate) mod postgres {
     pub(crate) async fn begin_write(
         pool: &sqlx::Pool<Db>,
     ) -> Result<sqlx::Transaction<'static, Db>, sqlx::Error> {
+        locked(pool, WRITE_LOCK).await
+    }
+
+    /// The audit appender's transaction: see [`AUDIT_LOCK`].
+    pub(crate) async fn begin_audit_write(
+        pool: &sqlx::Pool<Db>,
+    ) -> Result<sqlx::Transaction<'static, Db>, sqlx::Error> {
+        locked(pool, AUDIT_LOCK).await
+    }
+
+    async fn locked(
+        pool: &sqlx::Pool<Db>,
+        key: i64,
+    ) -> Result<sqlx::Transaction<'static, Db>, sqlx::Error> {
         let mut tx = pool.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(WRITE_LOCK)
+            .bind(key)
             .execute(&mut *tx)
             .await?;
         Ok(tx)

@@ -71,7 +71,7 @@ impl Store {
     /// Enrols an admin; an existing name is a conflict.
     pub async fn add_admin_user(&self, user: &AdminUserRow) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let result = query(
+            let result = query(
             "INSERT INTO admin_users (name, totp_sealed, created_at, last_step) VALUES (?, ?, ?, 0)
              ON CONFLICT(name) DO NOTHING",
         )
@@ -80,49 +80,49 @@ impl Store {
         .bind(user.created_at)
         .execute(pool)
         .await?;
-        if result.rows_affected() == 0 {
-            return Err(StoreError::Conflict(user.name.clone()));
-        }
-        Ok(())
+            if result.rows_affected() == 0 {
+                return Err(StoreError::Conflict(user.name.clone()));
+            }
+            Ok(())
         })
     }
 
     /// One admin.
     pub async fn admin_user(&self, name: &str) -> Result<Option<AdminUserRow>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let row = query(
-            "SELECT name, totp_sealed, created_at, last_step FROM admin_users WHERE name = ?",
-        )
-        .bind(name)
-        .fetch_optional(pool)
-        .await?;
-        row.map(|r| admin_from_row(&r)).transpose()
+            let row = query(
+                "SELECT name, totp_sealed, created_at, last_step FROM admin_users WHERE name = ?",
+            )
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+            row.map(|r| admin_from_row(&r)).transpose()
         })
     }
 
     /// Every admin, by name.
     pub async fn admin_users(&self) -> Result<Vec<AdminUserRow>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let rows = query(
-            "SELECT name, totp_sealed, created_at, last_step FROM admin_users ORDER BY name",
-        )
-        .fetch_all(pool)
-        .await?;
-        rows.iter().map(admin_from_row).collect()
+            let rows = query(
+                "SELECT name, totp_sealed, created_at, last_step FROM admin_users ORDER BY name",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(admin_from_row).collect()
         })
     }
 
     /// Removes an admin.
     pub async fn remove_admin_user(&self, name: &str) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let result = query("DELETE FROM admin_users WHERE name = ?")
-            .bind(name)
-            .execute(pool)
-            .await?;
-        if result.rows_affected() == 0 {
-            return Err(StoreError::NotFound(name.to_string()));
-        }
-        Ok(())
+            let result = query("DELETE FROM admin_users WHERE name = ?")
+                .bind(name)
+                .execute(pool)
+                .await?;
+            if result.rows_affected() == 0 {
+                return Err(StoreError::NotFound(name.to_string()));
+            }
+            Ok(())
         })
     }
 
@@ -131,14 +131,14 @@ impl Store {
     /// atomic statement, so two concurrent uses of one code cannot both win.
     pub async fn use_totp_step(&self, name: &str, step: i64) -> Result<bool, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let result =
-            query("UPDATE admin_users SET last_step = ? WHERE name = ? AND last_step < ?")
-                .bind(step)
-                .bind(name)
-                .bind(step)
-                .execute(pool)
-                .await?;
-        Ok(result.rows_affected() == 1)
+            let result =
+                query("UPDATE admin_users SET last_step = ? WHERE name = ? AND last_step < ?")
+                    .bind(step)
+                    .bind(name)
+                    .bind(step)
+                    .execute(pool)
+                    .await?;
+            Ok(result.rows_affected() == 1)
         })
     }
 
@@ -151,20 +151,20 @@ impl Store {
         previous: i64,
     ) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        query("UPDATE admin_users SET last_step = ? WHERE name = ? AND last_step = ?")
-            .bind(previous)
-            .bind(name)
-            .bind(step)
-            .execute(pool)
-            .await?;
-        Ok(())
+            query("UPDATE admin_users SET last_step = ? WHERE name = ? AND last_step = ?")
+                .bind(previous)
+                .bind(name)
+                .bind(step)
+                .execute(pool)
+                .await?;
+            Ok(())
         })
     }
 
     /// Revokes one access token. Revoking it again keeps the first record.
     pub async fn revoke_token(&self, row: &RevokedTokenRow) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        query(
+            query(
             "INSERT INTO revoked_tokens (jti, expires_at, revoked_at, reason) VALUES (?, ?, ?, ?)
              ON CONFLICT(jti) DO NOTHING",
         )
@@ -174,32 +174,32 @@ impl Store {
         .bind(&row.reason)
         .execute(pool)
         .await?;
-        Ok(())
+            Ok(())
         })
     }
 
     /// Revoked tokens that have not expired yet; expired rows are deleted.
     pub async fn revoked_tokens(&self, now: i64) -> Result<Vec<RevokedTokenRow>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        query("DELETE FROM revoked_tokens WHERE expires_at <= ?")
-            .bind(now)
-            .execute(pool)
-            .await?;
-        let rows = query(
+            query("DELETE FROM revoked_tokens WHERE expires_at <= ?")
+                .bind(now)
+                .execute(pool)
+                .await?;
+            let rows = query(
             "SELECT jti, expires_at, revoked_at, reason FROM revoked_tokens ORDER BY revoked_at, jti",
         )
         .fetch_all(pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(RevokedTokenRow {
-                    jti: r.col("jti")?,
-                    expires_at: r.col("expires_at")?,
-                    revoked_at: r.col("revoked_at")?,
-                    reason: r.col("reason")?,
+            rows.iter()
+                .map(|r| {
+                    Ok(RevokedTokenRow {
+                        jti: r.col("jti")?,
+                        expires_at: r.col("expires_at")?,
+                        revoked_at: r.col("revoked_at")?,
+                        reason: r.col("reason")?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
         })
     }
 
@@ -212,53 +212,53 @@ impl Store {
         reason: &str,
     ) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        if disabled {
-            query(
-                "INSERT INTO disabled_users (subject, disabled_at, reason) VALUES (?, ?, ?)
+            if disabled {
+                query(
+                    "INSERT INTO disabled_users (subject, disabled_at, reason) VALUES (?, ?, ?)
                  ON CONFLICT(subject) DO NOTHING",
-            )
-            .bind(subject)
-            .bind(now)
-            .bind(reason)
-            .execute(pool)
-            .await?;
-        } else {
-            let result = query("DELETE FROM disabled_users WHERE subject = ?")
+                )
                 .bind(subject)
+                .bind(now)
+                .bind(reason)
                 .execute(pool)
                 .await?;
-            if result.rows_affected() == 0 {
-                return Err(StoreError::NotFound(subject.to_string()));
+            } else {
+                let result = query("DELETE FROM disabled_users WHERE subject = ?")
+                    .bind(subject)
+                    .execute(pool)
+                    .await?;
+                if result.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(subject.to_string()));
+                }
             }
-        }
-        Ok(())
+            Ok(())
         })
     }
 
     /// Every disabled federated user.
     pub async fn disabled_users(&self) -> Result<Vec<String>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        Ok(
-            query_scalar("SELECT subject FROM disabled_users ORDER BY subject")
-                .fetch_all(pool)
-                .await?,
-        )
+            Ok(
+                query_scalar("SELECT subject FROM disabled_users ORDER BY subject")
+                    .fetch_all(pool)
+                    .await?,
+            )
         })
     }
 
     /// Pins an agent to a workload digest and networks (replacing an earlier pin).
     pub async fn set_posture_pin(&self, pin: &PostureRow) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let exists = query("SELECT 1 FROM agents WHERE name = ?")
-            .bind(&pin.agent)
-            .fetch_optional(pool)
-            .await?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound(pin.agent.clone()));
-        }
-        let networks =
-            serde_json::to_string(&pin.networks).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        query(
+            let exists = query("SELECT 1 FROM agents WHERE name = ?")
+                .bind(&pin.agent)
+                .fetch_optional(pool)
+                .await?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(pin.agent.clone()));
+            }
+            let networks = serde_json::to_string(&pin.networks)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            query(
             "INSERT INTO agent_posture_pins (agent, digest, networks, pinned_at) VALUES (?, ?, ?, ?)
              ON CONFLICT(agent) DO UPDATE SET digest = excluded.digest,
                  networks = excluded.networks, pinned_at = excluded.pinned_at",
@@ -269,30 +269,30 @@ impl Store {
         .bind(pin.pinned_at)
         .execute(pool)
         .await?;
-        Ok(())
+            Ok(())
         })
     }
 
     /// Every agent's pin.
     pub async fn posture_pins(&self) -> Result<Vec<PostureRow>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let rows = query(
-            "SELECT agent, digest, networks, pinned_at FROM agent_posture_pins ORDER BY agent",
-        )
-        .fetch_all(pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let networks: String = r.col("networks")?;
-                Ok(PostureRow {
-                    agent: r.col("agent")?,
-                    digest: r.col("digest")?,
-                    networks: serde_json::from_str(&networks)
-                        .map_err(|e| StoreError::Invalid(e.to_string()))?,
-                    pinned_at: r.col("pinned_at")?,
+            let rows = query(
+                "SELECT agent, digest, networks, pinned_at FROM agent_posture_pins ORDER BY agent",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    let networks: String = r.col("networks")?;
+                    Ok(PostureRow {
+                        agent: r.col("agent")?,
+                        digest: r.col("digest")?,
+                        networks: serde_json::from_str(&networks)
+                            .map_err(|e| StoreError::Invalid(e.to_string()))?,
+                        pinned_at: r.col("pinned_at")?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
         })
     }
 }
@@ -312,8 +312,12 @@ mod tests {
 
     #[tokio::test]
     async fn admins_totp_steps_revocations_and_pins() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("db")).await.unwrap();
+        for db in crate::testing::TestDb::all().await {
+            admins_totp_steps_revocations_and_pins_on(db.open().await).await;
+        }
+    }
+
+    async fn admins_totp_steps_revocations_and_pins_on(store: Store) {
         let alice = AdminUserRow {
             name: "alice".into(),
             totp_sealed: vec![1, 2, 3],

@@ -12,10 +12,10 @@
 #![forbid(unsafe_code)]
 
 mod agent_keys;
+mod analytics;
 mod backend;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
-mod analytics;
 pub use analytics::{AlertRow, QuarantineRow, RiskPoint};
 mod identity;
 pub use identity::{AdminUserRow, PostureRow, RevokedTokenRow};
@@ -48,10 +48,10 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
-use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 
 use backend::{DbRow, Pool};
 
@@ -223,7 +223,11 @@ fn postgres_migrator() -> Migrator {
     };
     macro_rules! twin {
         ($v:literal, $name:literal, $file:literal) => {
-            migration($v, $name, include_str!(concat!("../migrations/postgres/", $file)))
+            migration(
+                $v,
+                $name,
+                include_str!(concat!("../migrations/postgres/", $file)),
+            )
         };
     }
     Migrator::with_migrations(vec![
@@ -339,8 +343,8 @@ impl Store {
     /// Checks the database answers (readiness).
     pub async fn ping(&self) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        query("SELECT 1").execute(pool).await?;
-        Ok(())
+            query("SELECT 1").execute(pool).await?;
+            Ok(())
         })
     }
 
@@ -351,45 +355,45 @@ impl Store {
         certificate: &CertificateRow,
     ) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let roles = serde_json::to_string(&agent.roles).map_err(|e| StoreError::Corrupt {
-            table: "agents",
-            detail: e.to_string(),
-        })?;
-        let mut tx = begin_write(pool).await?;
-        let exists = query("SELECT 1 FROM agents WHERE name = ?")
-            .bind(&agent.name)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_some() {
-            return Err(StoreError::Conflict(agent.name.clone()));
-        }
-        query("INSERT INTO agents (name, roles, created_at, revoked_at) VALUES (?, ?, ?, ?)")
-            .bind(&agent.name)
-            .bind(roles)
-            .bind(agent.created_at)
-            .bind(agent.revoked_at)
-            .execute(&mut *tx)
-            .await?;
-        insert_certificate!(tx, certificate);
-        tx.commit().await?;
-        Ok(())
+            let roles = serde_json::to_string(&agent.roles).map_err(|e| StoreError::Corrupt {
+                table: "agents",
+                detail: e.to_string(),
+            })?;
+            let mut tx = begin_write(pool).await?;
+            let exists = query("SELECT 1 FROM agents WHERE name = ?")
+                .bind(&agent.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_some() {
+                return Err(StoreError::Conflict(agent.name.clone()));
+            }
+            query("INSERT INTO agents (name, roles, created_at, revoked_at) VALUES (?, ?, ?, ?)")
+                .bind(&agent.name)
+                .bind(roles)
+                .bind(agent.created_at)
+                .bind(agent.revoked_at)
+                .execute(&mut *tx)
+                .await?;
+            insert_certificate!(tx, certificate);
+            tx.commit().await?;
+            Ok(())
         })
     }
 
     /// Records another certificate for an existing, unrevoked agent (renewal).
     pub async fn add_certificate(&self, certificate: &CertificateRow) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let mut tx = begin_write(pool).await?;
-        let active = query("SELECT 1 FROM agents WHERE name = ? AND revoked_at IS NULL")
-            .bind(&certificate.agent)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if active.is_none() {
-            return Err(StoreError::NotFound(certificate.agent.clone()));
-        }
-        insert_certificate!(tx, certificate);
-        tx.commit().await?;
-        Ok(())
+            let mut tx = begin_write(pool).await?;
+            let active = query("SELECT 1 FROM agents WHERE name = ? AND revoked_at IS NULL")
+                .bind(&certificate.agent)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if active.is_none() {
+                return Err(StoreError::NotFound(certificate.agent.clone()));
+            }
+            insert_certificate!(tx, certificate);
+            tx.commit().await?;
+            Ok(())
         })
     }
 
@@ -397,50 +401,50 @@ impl Store {
     /// first revocation time.
     pub async fn revoke_agent(&self, name: &str, now: i64) -> Result<AgentRow, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let mut tx = begin_write(pool).await?;
-        let updated =
-            query("UPDATE agents SET revoked_at = COALESCE(revoked_at, ?) WHERE name = ?")
-                .bind(now)
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound(name.to_string()));
-        }
-        query(
+            let mut tx = begin_write(pool).await?;
+            let updated =
+                query("UPDATE agents SET revoked_at = COALESCE(revoked_at, ?) WHERE name = ?")
+                    .bind(now)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+            if updated.rows_affected() == 0 {
+                return Err(StoreError::NotFound(name.to_string()));
+            }
+            query(
             "UPDATE agent_certificates SET revoked_at = ? WHERE agent = ? AND revoked_at IS NULL",
         )
         .bind(now)
         .bind(name)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        self.agent(name)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(name.to_string()))
+            tx.commit().await?;
+            self.agent(name)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(name.to_string()))
         })
     }
 
     /// One agent by name.
     pub async fn agent(&self, name: &str) -> Result<Option<AgentRow>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let row =
-            query("SELECT name, roles, created_at, revoked_at FROM agents WHERE name = ?")
-                .bind(name)
-                .fetch_optional(pool)
-                .await?;
-        row.map(|r| agent_from_row(&r)).transpose()
+            let row =
+                query("SELECT name, roles, created_at, revoked_at FROM agents WHERE name = ?")
+                    .bind(name)
+                    .fetch_optional(pool)
+                    .await?;
+            row.map(|r| agent_from_row(&r)).transpose()
         })
     }
 
     /// All agents, by name.
     pub async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let rows =
-            query("SELECT name, roles, created_at, revoked_at FROM agents ORDER BY name")
-                .fetch_all(pool)
-                .await?;
-        rows.iter().map(agent_from_row).collect()
+            let rows =
+                query("SELECT name, roles, created_at, revoked_at FROM agents ORDER BY name")
+                    .fetch_all(pool)
+                    .await?;
+            rows.iter().map(agent_from_row).collect()
         })
     }
 
@@ -450,25 +454,25 @@ impl Store {
         agent: Option<&str>,
     ) -> Result<Vec<CertificateRow>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let rows = query(
-            "SELECT serial, agent, spiffe_id, issued_at, not_after, revoked_at
+            let rows = query(
+                "SELECT serial, agent, spiffe_id, issued_at, not_after, revoked_at
              FROM agent_certificates WHERE (?1 IS NULL OR agent = ?1) ORDER BY issued_at, serial",
-        )
-        .bind(agent)
-        .fetch_all(pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(CertificateRow {
-                    serial: r.col("serial")?,
-                    agent: r.col("agent")?,
-                    spiffe_id: r.col("spiffe_id")?,
-                    issued_at: r.col("issued_at")?,
-                    not_after: r.col("not_after")?,
-                    revoked_at: r.col("revoked_at")?,
+            )
+            .bind(agent)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(CertificateRow {
+                        serial: r.col("serial")?,
+                        agent: r.col("agent")?,
+                        spiffe_id: r.col("spiffe_id")?,
+                        issued_at: r.col("issued_at")?,
+                        not_after: r.col("not_after")?,
+                        revoked_at: r.col("revoked_at")?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
         })
     }
 
@@ -480,24 +484,24 @@ impl Store {
         now: i64,
     ) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        query("INSERT INTO admin_tokens (id, token_sha256, created_at) VALUES (?, ?, ?)")
-            .bind(id)
-            .bind(sha256_hex)
-            .bind(now)
-            .execute(pool)
-            .await?;
-        Ok(())
+            query("INSERT INTO admin_tokens (id, token_sha256, created_at) VALUES (?, ?, ?)")
+                .bind(id)
+                .bind(sha256_hex)
+                .bind(now)
+                .execute(pool)
+                .await?;
+            Ok(())
         })
     }
 
     /// The SHA-256 (hex) of every admin token.
     pub async fn admin_token_hashes(&self) -> Result<Vec<String>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        Ok(
-            query_scalar("SELECT token_sha256 FROM admin_tokens ORDER BY id")
-                .fetch_all(pool)
-                .await?,
-        )
+            Ok(
+                query_scalar("SELECT token_sha256 FROM admin_tokens ORDER BY id")
+                    .fetch_all(pool)
+                    .await?,
+            )
         })
     }
 

@@ -26,9 +26,9 @@ impl Store {
     /// transaction.
     pub async fn save_budget_days(&self, rows: &[BudgetDayRow]) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let mut tx = pool.begin().await?;
-        for r in rows {
-            query(
+            let mut tx = pool.begin().await?;
+            for r in rows {
+                query(
                 "INSERT INTO llm_budget_days (route, agent, day, requests, tokens) VALUES (?, ?, ?, ?, ?)
                  ON CONFLICT(route, agent) DO UPDATE SET day = excluded.day,
                    requests = excluded.requests, tokens = excluded.tokens",
@@ -40,16 +40,16 @@ impl Store {
             .bind(r.tokens)
             .execute(&mut *tx)
             .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+            }
+            tx.commit().await?;
+            Ok(())
         })
     }
 
     /// The counters of `day`.
     pub async fn budget_days(&self, day: i64) -> Result<Vec<BudgetDayRow>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        query(
+            query(
             "SELECT route, agent, day, requests, tokens FROM llm_budget_days WHERE day = ? ORDER BY route, agent",
         )
         .bind(day)
@@ -76,8 +76,12 @@ mod tests {
 
     #[tokio::test]
     async fn rows_replace_and_filter_by_day() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("s.db")).await.unwrap();
+        for db in crate::testing::TestDb::all().await {
+            rows_replace_and_filter_by_day_on(db.open().await).await;
+        }
+    }
+
+    async fn rows_replace_and_filter_by_day_on(store: Store) {
         let row = |agent: &str, day, requests| BudgetDayRow {
             route: "llm".into(),
             agent: agent.into(),

@@ -160,18 +160,17 @@ impl Store {
     /// The recorded KEK fingerprint, if the vault was ever used.
     pub async fn kek_meta(&self) -> Result<Option<KekMeta>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let row =
-            query("SELECT kek_id, kek_version, updated_at FROM vault_meta WHERE id = 1")
+            let row = query("SELECT kek_id, kek_version, updated_at FROM vault_meta WHERE id = 1")
                 .fetch_optional(pool)
                 .await?;
-        row.map(|r| {
-            Ok(KekMeta {
-                kek_id: r.col("kek_id")?,
-                kek_version: r.col("kek_version")?,
-                updated_at: r.col("updated_at")?,
+            row.map(|r| {
+                Ok(KekMeta {
+                    kek_id: r.col("kek_id")?,
+                    kek_version: r.col("kek_version")?,
+                    updated_at: r.col("updated_at")?,
+                })
             })
-        })
-        .transpose()
+            .transpose()
         })
     }
 
@@ -179,21 +178,21 @@ impl Store {
     /// already recorded (the caller compares fingerprints first).
     pub async fn init_kek_meta(&self, kek_id: &str, now: i64) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        query(
-            "INSERT INTO vault_meta (id, kek_id, kek_version, updated_at) VALUES (1, ?, 1, ?)",
-        )
-        .bind(kek_id)
-        .bind(now)
-        .execute(pool)
-        .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                StoreError::Conflict("vault key-encryption key".into())
-            } else {
-                e.into()
-            }
-        })?;
-        Ok(())
+            query(
+                "INSERT INTO vault_meta (id, kek_id, kek_version, updated_at) VALUES (1, ?, 1, ?)",
+            )
+            .bind(kek_id)
+            .bind(now)
+            .execute(pool)
+            .await
+            .map_err(|e| {
+                if is_unique_violation(&e) {
+                    StoreError::Conflict("vault key-encryption key".into())
+                } else {
+                    e.into()
+                }
+            })?;
+            Ok(())
         })
     }
 
@@ -204,25 +203,25 @@ impl Store {
         sealed: &SealedRow,
     ) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let mut tx = begin_write(pool).await?;
-        let inserted = query(
-            "INSERT INTO secrets (name, created_at, rotation_period_s, grace_period_s, hook)
+            let mut tx = begin_write(pool).await?;
+            let inserted = query(
+                "INSERT INTO secrets (name, created_at, rotation_period_s, grace_period_s, hook)
              VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(&meta.name)
-        .bind(meta.created_at)
-        .bind(meta.rotation_period_s)
-        .bind(meta.grace_period_s)
-        .bind(&meta.hook)
-        .execute(&mut *tx)
-        .await;
-        match inserted {
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::Conflict(meta.name.clone()));
-            }
-            other => other?,
-        };
-        query(
+            )
+            .bind(&meta.name)
+            .bind(meta.created_at)
+            .bind(meta.rotation_period_s)
+            .bind(meta.grace_period_s)
+            .bind(&meta.hook)
+            .execute(&mut *tx)
+            .await;
+            match inserted {
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::Conflict(meta.name.clone()));
+                }
+                other => other?,
+            };
+            query(
             "INSERT INTO secret_versions (name, version, created_at, kek_id, wrapped_key, ciphertext)
              VALUES (?, 1, ?, ?, ?, ?)",
         )
@@ -233,15 +232,15 @@ impl Store {
         .bind(&sealed.ciphertext)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        Ok(())
+            tx.commit().await?;
+            Ok(())
         })
     }
 
     /// Changes a secret's rotation settings.
     pub async fn update_secret_settings(&self, meta: &SecretMeta) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let updated = query(
+            let updated = query(
             "UPDATE secrets SET rotation_period_s = ?, grace_period_s = ?, hook = ? WHERE name = ?",
         )
         .bind(meta.rotation_period_s)
@@ -250,10 +249,10 @@ impl Store {
         .bind(&meta.name)
         .execute(pool)
         .await?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound(meta.name.clone()));
-        }
-        Ok(())
+            if updated.rows_affected() == 0 {
+                return Err(StoreError::NotFound(meta.name.clone()));
+            }
+            Ok(())
         })
     }
 
@@ -269,8 +268,8 @@ impl Store {
         sealed: &SealedRow,
     ) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let mut tx = begin_write(pool).await?;
-        let inserted = query(
+            let mut tx = begin_write(pool).await?;
+            let inserted = query(
             "INSERT INTO secret_versions (name, version, created_at, kek_id, wrapped_key, ciphertext)
              VALUES (?, ?, ?, ?, ?, ?)",
         )
@@ -282,17 +281,17 @@ impl Store {
         .bind(&sealed.ciphertext)
         .execute(&mut *tx)
         .await;
-        match inserted {
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::Conflict(format!("{name} version {version}")));
-            }
-            Err(sqlx::Error::Database(d)) if d.is_foreign_key_violation() => {
-                return Err(StoreError::NotFound(name.to_string()));
-            }
-            other => other?,
-        };
-        // Versions are contiguous: version - 1 must exist (it is the one retired).
-        let retired = query(
+            match inserted {
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::Conflict(format!("{name} version {version}")));
+                }
+                Err(sqlx::Error::Database(d)) if d.is_foreign_key_violation() => {
+                    return Err(StoreError::NotFound(name.to_string()));
+                }
+                other => other?,
+            };
+            // Versions are contiguous: version - 1 must exist (it is the one retired).
+            let retired = query(
             "UPDATE secret_versions SET retired_at = ? WHERE name = ? AND version = ? AND retired_at IS NULL",
         )
         .bind(now)
@@ -300,36 +299,36 @@ impl Store {
         .bind(version - 1)
         .execute(&mut *tx)
         .await?;
-        if retired.rows_affected() != 1 {
-            return Err(StoreError::Conflict(format!("{name} version {version}")));
-        }
-        tx.commit().await?;
-        Ok(())
+            if retired.rows_affected() != 1 {
+                return Err(StoreError::Conflict(format!("{name} version {version}")));
+            }
+            tx.commit().await?;
+            Ok(())
         })
     }
 
     /// One secret's settings.
     pub async fn secret(&self, name: &str) -> Result<Option<SecretMeta>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let row = query(
+            let row = query(
             "SELECT name, created_at, rotation_period_s, grace_period_s, hook FROM secrets WHERE name = ?",
         )
         .bind(name)
         .fetch_optional(pool)
         .await?;
-        row.as_ref().map(meta_from).transpose()
+            row.as_ref().map(meta_from).transpose()
         })
     }
 
     /// Every secret's settings, by name.
     pub async fn secrets(&self) -> Result<Vec<SecretMeta>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let rows = query(
+            let rows = query(
             "SELECT name, created_at, rotation_period_s, grace_period_s, hook FROM secrets ORDER BY name",
         )
         .fetch_all(pool)
         .await?;
-        rows.iter().map(meta_from).collect()
+            rows.iter().map(meta_from).collect()
         })
     }
 
@@ -339,33 +338,33 @@ impl Store {
         name: Option<&str>,
     ) -> Result<Vec<SecretVersionRow>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let rows = query_dyn(format!(
+            let rows = query_dyn(format!(
             "SELECT {VERSION_COLUMNS} FROM secret_versions WHERE (?1 IS NULL OR name = ?1) ORDER BY name, version"
         ))
         .bind(name)
         .fetch_all(pool)
         .await?;
-        rows.iter().map(version_from).collect()
+            rows.iter().map(version_from).collect()
         })
     }
 
     /// Deletes a secret and every version of it.
     pub async fn delete_secret(&self, name: &str) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let mut tx = begin_write(pool).await?;
-        query("DELETE FROM secret_versions WHERE name = ?")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        let deleted = query("DELETE FROM secrets WHERE name = ?")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        if deleted.rows_affected() == 0 {
-            return Err(StoreError::NotFound(name.to_string()));
-        }
-        tx.commit().await?;
-        Ok(())
+            let mut tx = begin_write(pool).await?;
+            query("DELETE FROM secret_versions WHERE name = ?")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            let deleted = query("DELETE FROM secrets WHERE name = ?")
+                .bind(name)
+                .execute(&mut *tx)
+                .await?;
+            if deleted.rows_affected() == 0 {
+                return Err(StoreError::NotFound(name.to_string()));
+            }
+            tx.commit().await?;
+            Ok(())
         })
     }
 
@@ -377,19 +376,19 @@ impl Store {
         now: i64,
     ) -> Result<Vec<(String, i64)>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let mut tx = begin_write(pool).await?;
-        let rows = query(
-            "SELECT v.name, v.version FROM secret_versions v JOIN secrets s ON s.name = v.name
+            let mut tx = begin_write(pool).await?;
+            let rows = query(
+                "SELECT v.name, v.version FROM secret_versions v JOIN secrets s ON s.name = v.name
              WHERE v.destroyed_at IS NULL AND v.retired_at IS NOT NULL
                AND v.retired_at + s.grace_period_s <= ?",
-        )
-        .bind(now)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut destroyed = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let (name, version): (String, i64) = (r.col("name")?, r.col("version")?);
-            query(
+            )
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut destroyed = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let (name, version): (String, i64) = (r.col("name")?, r.col("version")?);
+                query(
                 "UPDATE secret_versions SET destroyed_at = ?, wrapped_key = NULL, ciphertext = NULL
                  WHERE name = ? AND version = ?",
             )
@@ -398,10 +397,10 @@ impl Store {
             .bind(version)
             .execute(&mut *tx)
             .await?;
-            destroyed.push((name, version));
-        }
-        tx.commit().await?;
-        Ok(destroyed)
+                destroyed.push((name, version));
+            }
+            tx.commit().await?;
+            Ok(destroyed)
         })
     }
 
@@ -409,24 +408,24 @@ impl Store {
     /// of an existing one (`version` = current + 1; a race gets `Conflict`).
     pub async fn add_transit_version(&self, row: &TransitVersionRow) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let mut tx = begin_write(pool).await?;
-        if row.version == 1 {
-            let created = query(
-                "INSERT INTO transit_keys (name, created_at, exportable) VALUES (?, ?, ?)",
-            )
-            .bind(&row.name)
-            .bind(row.created_at)
-            .bind(row.exportable)
-            .execute(&mut *tx)
-            .await;
-            match created {
-                Err(e) if is_unique_violation(&e) => {
-                    return Err(StoreError::Conflict(row.name.clone()));
-                }
-                other => other?,
-            };
-        }
-        let inserted = query(
+            let mut tx = begin_write(pool).await?;
+            if row.version == 1 {
+                let created = query(
+                    "INSERT INTO transit_keys (name, created_at, exportable) VALUES (?, ?, ?)",
+                )
+                .bind(&row.name)
+                .bind(row.created_at)
+                .bind(row.exportable)
+                .execute(&mut *tx)
+                .await;
+                match created {
+                    Err(e) if is_unique_violation(&e) => {
+                        return Err(StoreError::Conflict(row.name.clone()));
+                    }
+                    other => other?,
+                };
+            }
+            let inserted = query(
             "INSERT INTO transit_key_versions (name, version, created_at, kek_id, wrapped_key, ciphertext)
              VALUES (?, ?, ?, ?, ?, ?)",
         )
@@ -438,57 +437,57 @@ impl Store {
         .bind(&row.sealed.ciphertext)
         .execute(&mut *tx)
         .await;
-        match inserted {
-            Err(e) if is_unique_violation(&e) => {
-                return Err(StoreError::Conflict(format!(
-                    "{} version {}",
-                    row.name, row.version
-                )));
-            }
-            Err(sqlx::Error::Database(d)) if d.is_foreign_key_violation() => {
-                return Err(StoreError::NotFound(row.name.clone()));
-            }
-            other => other?,
-        };
-        tx.commit().await?;
-        Ok(())
+            match inserted {
+                Err(e) if is_unique_violation(&e) => {
+                    return Err(StoreError::Conflict(format!(
+                        "{} version {}",
+                        row.name, row.version
+                    )));
+                }
+                Err(sqlx::Error::Database(d)) if d.is_foreign_key_violation() => {
+                    return Err(StoreError::NotFound(row.name.clone()));
+                }
+                other => other?,
+            };
+            tx.commit().await?;
+            Ok(())
         })
     }
 
     /// Every version of every transit key, by name then version.
     pub async fn transit_versions(&self) -> Result<Vec<TransitVersionRow>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let rows = query(
-            "SELECT v.name, v.version, v.created_at, v.kek_id, v.wrapped_key, v.ciphertext,
+            let rows = query(
+                "SELECT v.name, v.version, v.created_at, v.kek_id, v.wrapped_key, v.ciphertext,
                     k.exportable
              FROM transit_key_versions v JOIN transit_keys k ON k.name = v.name
              ORDER BY v.name, v.version",
-        )
-        .fetch_all(pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(TransitVersionRow {
-                    name: r.col("name")?,
-                    version: r.col("version")?,
-                    created_at: r.col("created_at")?,
-                    sealed: sealed_from(r)?.ok_or_else(|| StoreError::Corrupt {
-                        table: "transit_key_versions",
-                        detail: "missing key material".into(),
-                    })?,
-                    exportable: r.col("exportable")?,
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(TransitVersionRow {
+                        name: r.col("name")?,
+                        version: r.col("version")?,
+                        created_at: r.col("created_at")?,
+                        sealed: sealed_from(r)?.ok_or_else(|| StoreError::Corrupt {
+                            table: "transit_key_versions",
+                            detail: "missing key material".into(),
+                        })?,
+                        exportable: r.col("exportable")?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
         })
     }
 
     /// Stores a batch of captures in one transaction.
     pub async fn insert_captures(&self, captures: &[CaptureRow]) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let mut tx = begin_write(pool).await?;
-        for c in captures {
-            query(
+            let mut tx = begin_write(pool).await?;
+            for c in captures {
+                query(
                 "INSERT OR REPLACE INTO payload_captures (request_id, route, captured_at, expires_at,
                    request_sha256, response_sha256, request_bytes, response_bytes, truncated,
                    kek_id, wrapped_key, ciphertext)
@@ -508,16 +507,16 @@ impl Store {
             .bind(&c.sealed.ciphertext)
             .execute(&mut *tx)
             .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+            }
+            tx.commit().await?;
+            Ok(())
         })
     }
 
     /// One capture by the audit record's request id.
     pub async fn capture(&self, request_id: &str) -> Result<Option<CaptureRow>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let row = query(
+            let row = query(
             "SELECT request_id, route, captured_at, expires_at, request_sha256, response_sha256,
                     request_bytes, response_bytes, truncated, kek_id, wrapped_key, ciphertext
              FROM payload_captures WHERE request_id = ?",
@@ -525,24 +524,24 @@ impl Store {
         .bind(request_id)
         .fetch_optional(pool)
         .await?;
-        row.map(|r| {
-            Ok(CaptureRow {
-                request_id: r.col("request_id")?,
-                route: r.col("route")?,
-                captured_at: r.col("captured_at")?,
-                expires_at: r.col("expires_at")?,
-                request_sha256: r.col("request_sha256")?,
-                response_sha256: r.col("response_sha256")?,
-                request_bytes: r.col("request_bytes")?,
-                response_bytes: r.col("response_bytes")?,
-                truncated: r.col("truncated")?,
-                sealed: sealed_from(&r)?.ok_or_else(|| StoreError::Corrupt {
-                    table: "payload_captures",
-                    detail: "missing key material".into(),
-                })?,
+            row.map(|r| {
+                Ok(CaptureRow {
+                    request_id: r.col("request_id")?,
+                    route: r.col("route")?,
+                    captured_at: r.col("captured_at")?,
+                    expires_at: r.col("expires_at")?,
+                    request_sha256: r.col("request_sha256")?,
+                    response_sha256: r.col("response_sha256")?,
+                    request_bytes: r.col("request_bytes")?,
+                    response_bytes: r.col("response_bytes")?,
+                    truncated: r.col("truncated")?,
+                    sealed: sealed_from(&r)?.ok_or_else(|| StoreError::Corrupt {
+                        table: "payload_captures",
+                        detail: "missing key material".into(),
+                    })?,
+                })
             })
-        })
-        .transpose()
+            .transpose()
         })
     }
 
@@ -550,11 +549,11 @@ impl Store {
     /// holds the only copy of its data key). Returns how many were deleted.
     pub async fn shred_expired_captures(&self, now: i64) -> Result<u64, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let deleted = query("DELETE FROM payload_captures WHERE expires_at <= ?")
-            .bind(now)
-            .execute(pool)
-            .await?;
-        Ok(deleted.rows_affected())
+            let deleted = query("DELETE FROM payload_captures WHERE expires_at <= ?")
+                .bind(now)
+                .execute(pool)
+                .await?;
+            Ok(deleted.rows_affected())
         })
     }
 
@@ -570,16 +569,16 @@ impl Store {
         mut rewrap: impl FnMut(&RewrapTarget, &[u8]) -> Result<Vec<u8>, E>,
     ) -> Result<Result<u64, E>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-        let mut tx = begin_write(pool).await?;
-        let current: Option<String> =
-            query_scalar("SELECT kek_id FROM vault_meta WHERE id = 1")
-                .fetch_optional(&mut *tx)
-                .await?;
-        if current.as_deref() != Some(old_kek_id) {
-            return Err(StoreError::Conflict("vault key-encryption key".into()));
-        }
-        let mut work: Vec<(RewrapTarget, Vec<u8>)> = Vec::new();
-        for r in query(
+            let mut tx = begin_write(pool).await?;
+            let current: Option<String> =
+                query_scalar("SELECT kek_id FROM vault_meta WHERE id = 1")
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            if current.as_deref() != Some(old_kek_id) {
+                return Err(StoreError::Conflict("vault key-encryption key".into()));
+            }
+            let mut work: Vec<(RewrapTarget, Vec<u8>)> = Vec::new();
+            for r in query(
             "SELECT name, version, wrapped_key FROM secret_versions WHERE wrapped_key IS NOT NULL",
         )
         .fetch_all(&mut *tx)
@@ -590,32 +589,32 @@ impl Store {
                 r.col("wrapped_key")?,
             ));
         }
-        for r in query("SELECT name, version, wrapped_key FROM transit_key_versions")
-            .fetch_all(&mut *tx)
-            .await?
-        {
-            work.push((
-                RewrapTarget::Transit(r.col("name")?, r.col("version")?),
-                r.col("wrapped_key")?,
-            ));
-        }
-        for r in query("SELECT request_id, wrapped_key FROM payload_captures")
-            .fetch_all(&mut *tx)
-            .await?
-        {
-            work.push((
-                RewrapTarget::Capture(r.col("request_id")?),
-                r.col("wrapped_key")?,
-            ));
-        }
-        let mut count = 0u64;
-        for (target, wrapped) in &work {
-            let new = match rewrap(target, wrapped) {
-                Ok(new) => new,
-                // Dropping `tx` rolls back: nothing was overwritten.
-                Err(e) => return Ok(Err(e)),
-            };
-            let query = match target {
+            for r in query("SELECT name, version, wrapped_key FROM transit_key_versions")
+                .fetch_all(&mut *tx)
+                .await?
+            {
+                work.push((
+                    RewrapTarget::Transit(r.col("name")?, r.col("version")?),
+                    r.col("wrapped_key")?,
+                ));
+            }
+            for r in query("SELECT request_id, wrapped_key FROM payload_captures")
+                .fetch_all(&mut *tx)
+                .await?
+            {
+                work.push((
+                    RewrapTarget::Capture(r.col("request_id")?),
+                    r.col("wrapped_key")?,
+                ));
+            }
+            let mut count = 0u64;
+            for (target, wrapped) in &work {
+                let new = match rewrap(target, wrapped) {
+                    Ok(new) => new,
+                    // Dropping `tx` rolls back: nothing was overwritten.
+                    Err(e) => return Ok(Err(e)),
+                };
+                let query = match target {
                 RewrapTarget::Secret(name, version) => query(
                     "UPDATE secret_versions SET wrapped_key = ?, kek_id = ? WHERE name = ? AND version = ?",
                 )
@@ -637,18 +636,18 @@ impl Store {
                 .bind(new_kek_id)
                 .bind(id),
             };
-            query.execute(&mut *tx).await?;
-            count += 1;
-        }
-        query(
+                query.execute(&mut *tx).await?;
+                count += 1;
+            }
+            query(
             "UPDATE vault_meta SET kek_id = ?, kek_version = kek_version + 1, updated_at = ? WHERE id = 1",
         )
         .bind(new_kek_id)
         .bind(now)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        Ok(Ok(count))
+            tx.commit().await?;
+            Ok(Ok(count))
         })
     }
 }
