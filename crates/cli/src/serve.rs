@@ -672,7 +672,24 @@ pub(crate) fn with_listen_env(mut config: Config) -> Result<Config> {
                 .with_context(|| format!("`{var}` is not an address (ip:port): `{value}`"))?;
         }
     }
+    if let Some(url) = store_url_env()? {
+        config.store_url = Some(url);
+    }
     Ok(config)
+}
+
+/// `PORTCULLIS_STORE_URL`, checked like `[store] url`, when set.
+pub(crate) fn store_url_env() -> Result<Option<String>> {
+    let Some(url) = std::env::var(crate::ENV_STORE_URL)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(None);
+    };
+    portcullis_gateway::config::check_store_url(&url)
+        .map_err(|e| anyhow::anyhow!("`{}`: {e}", crate::ENV_STORE_URL))?;
+    Ok(Some(url))
 }
 
 /// Routes of kind `llm`: their API keys must be readable and the schema

@@ -14,6 +14,8 @@
 mod agent_keys;
 mod analytics;
 mod backend;
+mod cluster;
+pub use cluster::SingleUseKind;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub use analytics::{AlertRow, QuarantineRow, RiskPoint};
@@ -328,6 +330,7 @@ impl Store {
             .connect_with(options)
             .await?;
         postgres_migrator().run(&pool).await?;
+        cluster::cluster_migrator().run(&pool).await?;
         Ok(Store {
             pool: Pool::Postgres(pool),
             strings: Default::default(),
@@ -714,7 +717,8 @@ mod tests {
     }
 
     /// The twins build the same schema: every table and column SQLite has,
-    /// PostgreSQL has, and no other.
+    /// PostgreSQL has, and no other (the cluster-only tables, `cluster_*`,
+    /// come from their own migration set and have no SQLite twin).
     #[tokio::test]
     async fn both_backends_migrate_to_the_same_tables_and_columns() {
         let Some(pg) = testing::TestDb::postgres().await else {
@@ -737,7 +741,8 @@ mod tests {
         .unwrap();
         let mut in_postgres: Vec<(String, String)> = sqlx::query_as(
             "SELECT table_name::text, column_name::text FROM information_schema.columns
-             WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations'",
+             WHERE table_schema = 'public' AND table_name NOT IN ('_sqlx_migrations', '_portcullis_cluster_migrations')
+             AND table_name NOT LIKE 'cluster\\_%'",
         )
         .fetch_all(postgres)
         .await
