@@ -11,6 +11,7 @@ mod audit_cmd;
 mod backup_cmd;
 mod check;
 mod client;
+mod cluster;
 mod commands;
 mod guard_cmd;
 mod inventory;

@@ -374,6 +374,10 @@ pub async fn run(
         },
     );
     tokens.require_dpop_nonce = config.require_dpop_nonce;
+    if store.is_postgres() {
+        // Cluster mode: a `jti` used on any replica is refused on all.
+        tokens.shared_single_use = Some(store.clone());
+    }
     let (tracer, trace_exporter) = match &config.telemetry {
         Some(telemetry) => {
             let (tracer, exporter) =
@@ -475,6 +479,10 @@ pub async fn run(
             }
         })
     };
+    let cluster_resync = store.is_postgres().then(|| {
+        tracing::info!("cluster mode: the store is PostgreSQL, shared with other replicas");
+        crate::cluster::spawn_resync(gateway.clone(), store.clone(), shutdown_rx.clone())
+    });
     let policy_watch = config.policy_watch.then(|| {
         tokio::spawn(policy_versions::watch_dir(
             gateway.clone(),
@@ -562,6 +570,9 @@ pub async fn run(
         let _ = data_plane.await;
         let _ = control_plane.await;
         let _ = budget_saver.await;
+        if let Some(task) = cluster_resync {
+            let _ = task.await;
+        }
         if let Err(e) = gateway.save_budgets().await {
             tracing::warn!(error = %e, "cannot save LLM budget counters at shutdown");
         }
