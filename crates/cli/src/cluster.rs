@@ -4,11 +4,11 @@
 //! Each replica decides from in-memory snapshots, as one node does. Until
 //! changes are pushed with LISTEN/NOTIFY (not built yet, docs/cluster.md),
 //! a replica re-reads what other replicas may have changed on a fixed
-//! period: agents, certificates, keys, pins and grants (the snapshot), and
-//! revoked tokens and disabled users. A change made through one replica's
+//! period: agents, certificates, keys, pins and grants (the snapshot),
+//! revoked tokens and disabled users, and approval tickets. A change made through one replica's
 //! admin API therefore reaches the others within [`RESYNC_INTERVAL`] plus
-//! one read. Single-use `jti`s and audit appends need no resync: they are
-//! decided in the database itself.
+//! one read. Single-use `jti`s, the use of an approval and audit appends
+//! need no resync: they are decided in the database itself.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -42,6 +42,9 @@ pub(crate) fn spawn_resync(
             }
             if let Err(e) = gateway.reload_revocations().await {
                 tracing::warn!(error = %e, "cluster: cannot re-read revocations from the shared store");
+            }
+            if let Err(e) = gateway.approvals().resync().await {
+                tracing::warn!(error = %e, "cluster: cannot re-read approval tickets from the shared store");
             }
             ticks = ticks.wrapping_add(1);
             if ticks % PURGE_EVERY == 0 {

@@ -57,6 +57,20 @@ async fn start(dir: tempfile::TempDir, cfg: std::path::PathBuf, url: String) -> 
     .unwrap()
 }
 
+/// A directory for a second replica holding `a`'s key material, as an
+/// operator provisions it; the database is all they share besides.
+fn provisioned_like(a: &Server) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    for file in SHARED_FILES {
+        let from = a.state_dir().join(file);
+        assert!(from.exists(), "replica A wrote no `{file}`");
+        std::fs::copy(&from, state.join(file)).unwrap();
+    }
+    dir
+}
+
 fn token_form(assertion: &str) -> String {
     serde_urlencoded::to_string([
         ("grant_type", "client_credentials"),
@@ -108,16 +122,7 @@ async fn two_replicas_share_agents_single_use_credentials_and_one_audit_log() {
     let cfg_a = replica_config(dir_a.path(), upstream);
     let a = start(dir_a, cfg_a, db.url()).await;
 
-    // Replica B gets A's key material, as an operator provisions it; the
-    // database is all they share besides.
-    let dir_b = tempfile::tempdir().unwrap();
-    let state_b = dir_b.path().join("state");
-    std::fs::create_dir_all(&state_b).unwrap();
-    for file in SHARED_FILES {
-        let from = a.state_dir().join(file);
-        assert!(from.exists(), "replica A wrote no `{file}`");
-        std::fs::copy(&from, state_b.join(file)).unwrap();
-    }
+    let dir_b = provisioned_like(&a);
     let cfg_b = replica_config(dir_b.path(), upstream);
     let b = start(dir_b, cfg_b, db.url()).await;
 
@@ -231,4 +236,142 @@ async fn two_replicas_share_agents_single_use_credentials_and_one_audit_log() {
     store.close().await;
     eprintln!("{size} records from both replicas in one verified log");
     drop((a, b, gate));
+}
+
+const BANK_POLICIES: &str = r#"
+@id("transfers") @obligation("approval")
+permit (principal in Role::"payer", action == Action::"POST", resource == Route::"bank");
+"#;
+
+fn bank_config(dir: &Path) -> std::path::PathBuf {
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("schema.cedarschema"),
+        portcullis_policy::DEFAULT_SCHEMA,
+    )
+    .unwrap();
+    std::fs::write(policies.join("main.cedar"), BANK_POLICIES).unwrap();
+    let config = dir.join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[policy]\ndir = \"{}\"\n\
+             [[routes]]\nname = \"bank\"\npath_prefix = \"/bank\"\nupstream = \"builtin:demo\"\nclassification = \"confidential\"\n",
+            policies.display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn cli_ok(server: &Server, args: &[&str]) -> String {
+    let output = server.cli(args);
+    assert!(
+        output.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+async fn transfer(http: &reqwest::Client, server: &Server) -> (u16, Value) {
+    let response = http
+        .post(server.url("/bank/transfer?to=alice&amount=10"))
+        .header("content-type", "application/json")
+        .body(r#"{"memo":"rent"}"#)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// An approval ticket opened on replica A, approved through replica B's
+/// admin API, lets the call through exactly once: the same call sent to
+/// both replicas at once (each has read the approval) passes on one.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_opened_on_one_replica_and_approved_on_another_is_used_once() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    install_crypto();
+    let dir_a = tempfile::tempdir().unwrap();
+    let cfg_a = bank_config(dir_a.path());
+    let a = start(dir_a, cfg_a, db.url()).await;
+    let dir_b = provisioned_like(&a);
+    let cfg_b = bank_config(dir_b.path());
+    let b = start(dir_b, cfg_b, db.url()).await;
+
+    let (cert, key) = a.create_agent("pay-bot", &["payer"]);
+    let payer = client(&a.ca_pem(), Some((&cert, &key)));
+    let (status, answer) = transfer(&payer, &a).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (403, Some("approval_required")),
+        "{answer}"
+    );
+    let ticket = answer["error"]["ticket"].as_str().unwrap().to_string();
+
+    // The approver is enrolled through A, approves through B.
+    let out = cli_ok(&a, &["admin", "user", "add", "alice"]);
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("TOTP secret (shown once; add it to an authenticator app): "))
+        .unwrap();
+    let secret = portcullis_identity::TotpSecret::from_base32(secret).unwrap();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    while now() % 30 > 22 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let code = secret.code_at(now());
+    let approve = |server: &Server| {
+        server.cli(&[
+            "approvals", "approve", &ticket, "--user", "alice", "--totp", &code,
+        ])
+    };
+    let out = approve(&b);
+    assert!(
+        out.status.success(),
+        "approve on B: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same TOTP code is refused on A: the step is used, for every replica.
+    assert!(!approve(&a).status.success());
+
+    // Both replicas read the approval (and the agent), then the call goes
+    // to both at once: exactly one passes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (on_a, on_b) = tokio::join!(transfer(&payer, &a), transfer(&payer, &b));
+    let passed = [&on_a, &on_b].iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(passed, 1, "A: {on_a:?}\nB: {on_b:?}");
+    for (status, answer) in [&on_a, &on_b] {
+        if *status != 200 {
+            assert_eq!(answer["error"]["code"], "approval_required", "{answer}");
+            assert_ne!(answer["error"]["ticket"].as_str(), Some(ticket.as_str()));
+        }
+    }
+    // And once used, it stays used on both.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for server in [&a, &b] {
+        let (status, _) = transfer(&payer, server).await;
+        assert_eq!(status, 403);
+    }
+    let store = portcullis_store::Store::open_postgres(&db.url()).await.unwrap();
+    let used = store
+        .unexpired_approvals(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.id == ticket)
+        .unwrap();
+    assert_eq!(used.status, "used");
+    store.close().await;
 }

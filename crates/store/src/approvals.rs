@@ -139,11 +139,61 @@ impl Store {
 
     /// Tickets still pending or approved-and-unused that lapse after `now_ms`.
     pub async fn live_approvals(&self, now_ms: i64) -> Result<Vec<ApprovalRow>, StoreError> {
-        crate::backend::with_pool!(&self.pool, |pool| {
-            let rows = query(
-                "SELECT * FROM approvals WHERE status IN ('pending', 'approved') AND expires_ms > ?
+        self.approvals_where(
+            "SELECT * FROM approvals WHERE status IN ('pending', 'approved') AND expires_ms > ?
              ORDER BY created_ms",
+            now_ms,
+        )
+        .await
+    }
+
+    /// Every ticket, in any state, that lapses after `now_ms`: what another
+    /// replica may have created or decided (cluster mode).
+    pub async fn unexpired_approvals(&self, now_ms: i64) -> Result<Vec<ApprovalRow>, StoreError> {
+        self.approvals_where(
+            "SELECT * FROM approvals WHERE expires_ms > ? ORDER BY created_ms",
+            now_ms,
+        )
+        .await
+    }
+
+    /// Moves ticket `row.id` from status `from` to `row`'s status (with its
+    /// decision, grant and expiry), only if it is in `from` and unexpired at
+    /// `now_ms`. `true` when this call made the move: of several replicas
+    /// deciding or using one ticket at once, exactly one gets `true`.
+    pub async fn transition_approval(
+        &self,
+        row: &ApprovalRow,
+        from: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let done = query(
+                "UPDATE approvals SET status = ?, decided_by = ?, decided_ms = ?, grant_id = ?,
+                     expires_ms = ?
+                 WHERE id = ? AND status = ? AND expires_ms > ?",
             )
+            .bind(&row.status)
+            .bind(&row.decided_by)
+            .bind(row.decided_ms)
+            .bind(&row.grant_id)
+            .bind(row.expires_ms)
+            .bind(&row.id)
+            .bind(from)
+            .bind(now_ms)
+            .execute(pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    async fn approvals_where(
+        &self,
+        sql: &'static str,
+        now_ms: i64,
+    ) -> Result<Vec<ApprovalRow>, StoreError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let rows = query(sql)
             .bind(now_ms)
             .fetch_all(pool)
             .await?;
