@@ -333,7 +333,13 @@ async fn an_approval_opened_on_one_replica_and_approved_on_another_is_used_once(
     let code = secret.code_at(now());
     let approve = |server: &Server| {
         server.cli(&[
-            "approvals", "approve", &ticket, "--user", "alice", "--totp", &code,
+            "approvals",
+            "approve",
+            &ticket,
+            "--user",
+            "alice",
+            "--totp",
+            &code,
         ])
     };
     let out = approve(&b);
@@ -364,7 +370,9 @@ async fn an_approval_opened_on_one_replica_and_approved_on_another_is_used_once(
         let (status, _) = transfer(&payer, server).await;
         assert_eq!(status, 403);
     }
-    let store = portcullis_store::Store::open_postgres(&db.url()).await.unwrap();
+    let store = portcullis_store::Store::open_postgres(&db.url())
+        .await
+        .unwrap();
     let used = store
         .unexpired_approvals(0)
         .await

@@ -193,10 +193,7 @@ impl Store {
         now_ms: i64,
     ) -> Result<Vec<ApprovalRow>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-            let rows = query(sql)
-            .bind(now_ms)
-            .fetch_all(pool)
-            .await?;
+            let rows = query(sql).bind(now_ms).fetch_all(pool).await?;
             rows.iter()
                 .map(|r| {
                     let headers: String = r.col("headers")?;
