@@ -47,7 +47,7 @@ pub(crate) fn spawn_resync(
                 tracing::warn!(error = %e, "cluster: cannot re-read approval tickets from the shared store");
             }
             ticks = ticks.wrapping_add(1);
-            if ticks % PURGE_EVERY == 0 {
+            if ticks.is_multiple_of(PURGE_EVERY) {
                 let now = std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .unwrap_or_default()

@@ -1675,4 +1675,58 @@ mod tests {
         assert_eq!(reloaded[0].binding.required_by, RequiredBy::Analytics);
         assert_eq!(reloaded[0].binding, held);
     }
+
+    /// Cluster mode: desks of two replicas on one PostgreSQL store. A ticket
+    /// opened on one is decided on the other, once, and the approved call
+    /// passes on exactly one of them however many see it approved.
+    #[tokio::test]
+    async fn replicas_decide_once_and_use_an_approval_once() {
+        let Some(db) = portcullis_store::testing::TestDb::postgres().await else {
+            return;
+        };
+        let (a, b) = (
+            Approvals::load(db.open().await, None).await.unwrap(),
+            Approvals::load(db.open().await, None).await.unwrap(),
+        );
+        let Gate::Pending(ticket, true) = a.gate(call("amount=7")) else {
+            panic!("a new ticket was expected")
+        };
+        // Written behind: B finds it once it is stored.
+        let mut found = false;
+        for _ in 0..50 {
+            b.resync().await.unwrap();
+            if b.get(&ticket.id).is_some() {
+                found = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(found, "B never read the ticket A opened");
+        a.resync().await.unwrap();
+        // Both approve at once: one decision is recorded, the other conflicts.
+        let (on_a, on_b) = tokio::join!(
+            a.decide_confirmed(&ticket.id, true, "alice", None),
+            b.decide_confirmed(&ticket.id, true, "bob", None)
+        );
+        assert_eq!(
+            usize::from(on_a.is_ok()) + usize::from(on_b.is_ok()),
+            1,
+            "{on_a:?} {on_b:?}"
+        );
+        a.resync().await.unwrap();
+        b.resync().await.unwrap();
+        // Both hold the approval; the call is let through once.
+        let gates = [a.gate(call("amount=7")), b.gate(call("amount=7"))];
+        assert!(gates.iter().all(|g| matches!(g, Gate::Approved(_))));
+        let [ga, gb] = gates;
+        let (ga, gb) = tokio::join!(
+            a.confirm(ga, call("amount=7")),
+            b.confirm(gb, call("amount=7"))
+        );
+        let passed = [&ga, &gb]
+            .iter()
+            .filter(|g| matches!(g, Gate::Approved(_)))
+            .count();
+        assert_eq!(passed, 1, "{ga:?} {gb:?}");
+    }
 }

@@ -6,6 +6,11 @@
 //! `test`, user `root` or `postgres`, or `PORTCULLIS_TEST_POSTGRES` naming
 //! the maintenance database's URL) and dropped when the test ends. Without a
 //! reachable server the PostgreSQL half is skipped, and says so on stderr.
+//!
+//! Test fixtures only (this crate's tests and, with the `testing` feature,
+//! other crates' end-to-end tests): a fixture that cannot be set up fails
+//! the test, loudly.
+#![allow(clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
