@@ -51,6 +51,12 @@ impl Store {
     /// it was used before and has not expired. One statement, so two
     /// replicas claiming at once cannot both win (the primary key decides).
     /// Only in cluster mode; one node keeps these in memory.
+    ///
+    /// Committed without waiting for the WAL flush (`synchronous_commit =
+    /// off`): a request waits on one round trip, not on a disk. A database
+    /// crash can forget the claims of its last few hundred milliseconds,
+    /// which reopens their replay window; one node forgets all of them at
+    /// every restart, so this is no weaker than one node.
     pub async fn claim_single_use(
         &self,
         kind: SingleUseKind,
@@ -58,7 +64,7 @@ impl Store {
         expires_at: i64,
         now: i64,
     ) -> Result<bool, StoreError> {
-        let Pool::Postgres(pool) = &self.pool else {
+        let Some(pool) = &self.relaxed else {
             return Err(cluster_only());
         };
         let claimed = sqlx::query(

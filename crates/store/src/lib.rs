@@ -126,6 +126,9 @@ pub struct Store {
     pool: Pool,
     /// The audit log's string table as last read (see `audit_rows.rs`).
     strings: audit_rows::StringCache,
+    /// Cluster mode: connections with `synchronous_commit = off`, for the
+    /// single-use claims DPoP requests wait on (`cluster.rs`).
+    relaxed: Option<sqlx::PgPool>,
 }
 
 fn migrator() -> Migrator {
@@ -272,6 +275,7 @@ impl Store {
         Ok(Store {
             pool: Pool::Sqlite(pool),
             strings: Default::default(),
+            relaxed: None,
         })
     }
 
@@ -305,6 +309,7 @@ impl Store {
         Ok(Store {
             pool: Pool::Sqlite(pool),
             strings: Default::default(),
+            relaxed: None,
         })
     }
 
@@ -327,13 +332,18 @@ impl Store {
         let pool = PgPoolOptions::new()
             .max_connections(POSTGRES_POOL_SIZE)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
         postgres_migrator().run(&pool).await?;
         cluster::cluster_migrator().run(&pool).await?;
+        let relaxed = PgPoolOptions::new()
+            .max_connections(POSTGRES_POOL_SIZE)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(options.options([("synchronous_commit", "off")]));
         Ok(Store {
             pool: Pool::Postgres(pool),
             strings: Default::default(),
+            relaxed: Some(relaxed),
         })
     }
 
@@ -511,6 +521,9 @@ impl Store {
     /// Closes the pool, waiting for connections to finish.
     pub async fn close(&self) {
         self.pool.close().await;
+        if let Some(relaxed) = &self.relaxed {
+            relaxed.close().await;
+        }
     }
 }
 
