@@ -488,10 +488,17 @@ impl Store {
             let mut tx = begin_write(pool).await?;
             for c in captures {
                 query(
-                "INSERT OR REPLACE INTO payload_captures (request_id, route, captured_at, expires_at,
+                "INSERT INTO payload_captures (request_id, route, captured_at, expires_at,
                    request_sha256, response_sha256, request_bytes, response_bytes, truncated,
                    kek_id, wrapped_key, ciphertext)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                 ON CONFLICT (request_id) DO UPDATE SET route = excluded.route,
+                   captured_at = excluded.captured_at, expires_at = excluded.expires_at,
+                   request_sha256 = excluded.request_sha256,
+                   response_sha256 = excluded.response_sha256,
+                   request_bytes = excluded.request_bytes, response_bytes = excluded.response_bytes,
+                   truncated = excluded.truncated, kek_id = excluded.kek_id,
+                   wrapped_key = excluded.wrapped_key, ciphertext = excluded.ciphertext",
             )
             .bind(&c.request_id)
             .bind(&c.route)

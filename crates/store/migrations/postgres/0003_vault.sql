@@ -50,7 +50,7 @@ CREATE TABLE payload_captures (
     response_sha256 TEXT NOT NULL,
     request_bytes   BIGINT NOT NULL,
     response_bytes  BIGINT NOT NULL,
-    truncated       BIGINT NOT NULL,
+    truncated       BOOLEAN NOT NULL,
     kek_id          TEXT NOT NULL,
     wrapped_key     BYTEA NOT NULL,
     ciphertext      BYTEA NOT NULL
