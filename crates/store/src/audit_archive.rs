@@ -694,7 +694,19 @@ mod tests {
 
     #[tokio::test]
     async fn archiving_prunes_and_keeps_every_later_proof() {
-        let (dir, store, key, leaves) = build().await;
+        for db in crate::testing::TestDb::all().await {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, key, leaves) = crate::audit_log::tests::build_on(&db).await;
+            archiving_prunes_on(&dir, store, key, leaves).await;
+        }
+    }
+
+    async fn archiving_prunes_on(
+        dir: &tempfile::TempDir,
+        store: Store,
+        key: ed25519_dalek::SigningKey,
+        leaves: Vec<Hash>,
+    ) {
         let archive = dir.path().join("archive");
         // Records carry time_ms = seq; 150 rounds down to the 64-record boundary.
         let outcome = store.archive_audit(150, &archive).await.unwrap();

@@ -488,7 +488,7 @@ impl Store {
             let mut tx = begin_write(pool).await?;
             for c in captures {
                 query(
-                "INSERT INTO payload_captures (request_id, route, captured_at, expires_at,
+                    "INSERT INTO payload_captures (request_id, route, captured_at, expires_at,
                    request_sha256, response_sha256, request_bytes, response_bytes, truncated,
                    kek_id, wrapped_key, ciphertext)
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
@@ -499,21 +499,21 @@ impl Store {
                    request_bytes = excluded.request_bytes, response_bytes = excluded.response_bytes,
                    truncated = excluded.truncated, kek_id = excluded.kek_id,
                    wrapped_key = excluded.wrapped_key, ciphertext = excluded.ciphertext",
-            )
-            .bind(&c.request_id)
-            .bind(&c.route)
-            .bind(c.captured_at)
-            .bind(c.expires_at)
-            .bind(&c.request_sha256)
-            .bind(&c.response_sha256)
-            .bind(c.request_bytes)
-            .bind(c.response_bytes)
-            .bind(c.truncated)
-            .bind(&c.sealed.kek_id)
-            .bind(&c.sealed.wrapped_key)
-            .bind(&c.sealed.ciphertext)
-            .execute(&mut *tx)
-            .await?;
+                )
+                .bind(&c.request_id)
+                .bind(&c.route)
+                .bind(c.captured_at)
+                .bind(c.expires_at)
+                .bind(&c.request_sha256)
+                .bind(&c.response_sha256)
+                .bind(c.request_bytes)
+                .bind(c.response_bytes)
+                .bind(c.truncated)
+                .bind(&c.sealed.kek_id)
+                .bind(&c.sealed.wrapped_key)
+                .bind(&c.sealed.ciphertext)
+                .execute(&mut *tx)
+                .await?;
             }
             tx.commit().await?;
             Ok(())
