@@ -104,6 +104,7 @@ fn decide_error(call: &Call, e: DecideError) -> ApiError {
     match e {
         DecideError::NotFound(_) => call.error(ErrorCode::NotFound, e.to_string()),
         DecideError::Decided(..) => call.error(ErrorCode::Conflict, e.to_string()),
+        DecideError::Unavailable(_) => call.error(ErrorCode::Unavailable, e.to_string()),
     }
 }
 
@@ -121,6 +122,11 @@ async fn approve(
         parse_json(&call, &body)?
     };
     let desk = state.gateway.approvals();
+    if desk.get(&id).is_none() {
+        // Cluster mode: the ticket may have been opened on another replica
+        // since this one last read the shared store.
+        desk.resync().await.map_err(|e| call.store_error(e))?;
+    }
     let ticket = desk.get(&id).ok_or_else(|| {
         call.error(
             ErrorCode::NotFound,
@@ -174,7 +180,8 @@ async fn approve(
         }
     };
     let decided = desk
-        .decide(&id, true, &who, grant.as_ref().map(|g| g.id.clone()))
+        .decide_confirmed(&id, true, &who, grant.as_ref().map(|g| g.id.clone()))
+        .await
         .map_err(|e| decide_error(&call, e))?;
     record(&state, &call, "approval.approve", &who, &decided.id);
     if let Some(grant) = &grant {
@@ -220,7 +227,8 @@ async fn deny(
     let decided = state
         .gateway
         .approvals()
-        .decide(&id, false, &who, None)
+        .decide_confirmed(&id, false, &who, None)
+        .await
         .map_err(|e| decide_error(&call, e))?;
     record(&state, &call, "approval.deny", &who, &decided.id);
     tracing::info!(ticket = %decided.id, by = %who, "approval denied");

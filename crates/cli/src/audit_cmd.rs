@@ -302,14 +302,21 @@ pub async fn verify(
                 .map_err(|e| failed(format!("{e} (first bad index: {})", e.first_bad_index())))?
         }
         None => {
-            let db = StateDir::new(state.state_dir.clone()).database();
-            if !db.exists() {
-                bail!(
-                    "no database at `{}` (pass --state-dir, or --export)",
-                    db.display()
-                );
-            }
-            let store = Store::open_sqlite(&db).await?;
+            let store = match crate::serve::store_url_env()? {
+                // Cluster mode: the one shared log, as every replica appends to it.
+                Some(url) => Store::open_url(&url).await?,
+                None => {
+                    let db = StateDir::new(state.state_dir.clone()).database();
+                    if !db.exists() {
+                        bail!(
+                            "no database at `{}` (pass --state-dir, set {}, or pass --export)",
+                            db.display(),
+                            crate::ENV_STORE_URL
+                        );
+                    }
+                    Store::open_sqlite(&db).await?
+                }
+            };
             let result = store
                 .verify_audit_log_with_archive(&key, key.name(), &extra, archives)
                 .await;

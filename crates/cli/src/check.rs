@@ -51,7 +51,20 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     }
 
     // The store as it is (read-only), or none before the first start.
-    let db = match &config.store_url {
+    let store_url = match crate::serve::store_url_env()? {
+        Some(url) => Some(url),
+        None => config.store_url.clone(),
+    };
+    if store_url
+        .as_deref()
+        .is_some_and(portcullis_store::is_postgres_url)
+    {
+        // A shared database is not opened offline: `check` never writes, and
+        // only `serve` migrates a PostgreSQL schema.
+        println!("ok: database: PostgreSQL (cluster mode), not opened by `check`");
+        return Ok(());
+    }
+    let db = match &store_url {
         Some(url) => PathBuf::from(
             url.trim_start_matches("sqlite://")
                 .trim_start_matches("sqlite:"),

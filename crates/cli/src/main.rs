@@ -11,6 +11,7 @@ mod audit_cmd;
 mod backup_cmd;
 mod check;
 mod client;
+mod cluster;
 mod commands;
 mod guard_cmd;
 mod inventory;
@@ -52,6 +53,9 @@ pub const ENV_KEK: &str = "PORTCULLIS_KEK";
 pub const ENV_GATEWAY_LISTEN: &str = "PORTCULLIS_GATEWAY_LISTEN";
 /// Environment variable overriding the admin API's listen address.
 pub const ENV_ADMIN_LISTEN: &str = "PORTCULLIS_ADMIN_LISTEN";
+/// Environment variable overriding `[store] url` (e.g. a `postgres://` URL
+/// for cluster mode, kept out of the config file when it holds a password).
+pub const ENV_STORE_URL: &str = "PORTCULLIS_STORE_URL";
 
 /// Portcullis: a zero-trust gateway for AI agents.
 #[derive(Debug, Parser)]

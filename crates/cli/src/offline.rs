@@ -41,6 +41,17 @@ impl Offline {
         if args.admin_url.is_some() {
             return Ok(None);
         }
+        if crate::serve::store_url_env()?
+            .as_deref()
+            .is_some_and(portcullis_store::is_postgres_url)
+        {
+            // Changing a shared database behind the replicas' backs would
+            // leave their snapshots stale: go through a replica's admin API.
+            bail!(
+                "{} names a PostgreSQL store (cluster mode): pass --admin-url of a running replica",
+                crate::ENV_STORE_URL
+            );
+        }
         let state = StateDir::new(args.state.state_dir.clone());
         if !state.root().is_dir() {
             bail!(

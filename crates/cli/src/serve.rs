@@ -375,6 +375,10 @@ pub async fn run(
         },
     );
     tokens.require_dpop_nonce = config.require_dpop_nonce;
+    if store.is_postgres() {
+        // Cluster mode: a `jti` used on any replica is refused on all.
+        tokens.shared_single_use = Some(store.clone());
+    }
     let (tracer, trace_exporter) = match &config.telemetry {
         Some(telemetry) => {
             let (tracer, exporter) =
@@ -476,6 +480,10 @@ pub async fn run(
             }
         })
     };
+    let cluster_resync = store.is_postgres().then(|| {
+        tracing::info!("cluster mode: the store is PostgreSQL, shared with other replicas");
+        crate::cluster::spawn_resync(gateway.clone(), store.clone(), shutdown_rx.clone())
+    });
     let policy_watch = config.policy_watch.then(|| {
         tokio::spawn(policy_versions::watch_dir(
             gateway.clone(),
@@ -563,6 +571,9 @@ pub async fn run(
         let _ = data_plane.await;
         let _ = control_plane.await;
         let _ = budget_saver.await;
+        if let Some(task) = cluster_resync {
+            let _ = task.await;
+        }
         if let Err(e) = gateway.save_budgets().await {
             tracing::warn!(error = %e, "cannot save LLM budget counters at shutdown");
         }
@@ -673,7 +684,24 @@ pub(crate) fn with_listen_env(mut config: Config) -> Result<Config> {
                 .with_context(|| format!("`{var}` is not an address (ip:port): `{value}`"))?;
         }
     }
+    if let Some(url) = store_url_env()? {
+        config.store_url = Some(url);
+    }
     Ok(config)
+}
+
+/// `PORTCULLIS_STORE_URL`, checked like `[store] url`, when set.
+pub(crate) fn store_url_env() -> Result<Option<String>> {
+    let Some(url) = std::env::var(crate::ENV_STORE_URL)
+        .ok()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+    else {
+        return Ok(None);
+    };
+    portcullis_gateway::config::check_store_url(&url)
+        .map_err(|e| anyhow::anyhow!("`{}`: {e}", crate::ENV_STORE_URL))?;
+    Ok(Some(url))
 }
 
 /// Routes of kind `llm`: their API keys must be readable and the schema

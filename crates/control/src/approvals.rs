@@ -741,6 +741,9 @@ pub enum DecideError {
     /// It was decided already.
     #[error("approval ticket `{0}` is already {1}")]
     Decided(String, &'static str),
+    /// Cluster mode: the shared store did not take the decision.
+    #[error("the shared store cannot record the decision on `{0}`; retry")]
+    Unavailable(String),
 }
 
 #[derive(Debug, Default)]
@@ -762,6 +765,11 @@ pub struct Approvals {
     /// Events for humans (new tickets, break-glass) go here: the webhook
     /// task, when configured.
     notify: Option<tokio::sync::mpsc::Sender<serde_json::Value>>,
+    /// Cluster mode (PostgreSQL): the store other replicas share. Decisions
+    /// and uses then move a ticket in the database first (see
+    /// [`Approvals::confirm`], [`Approvals::decide_confirmed`]), so a ticket
+    /// is decided once and used once across every replica.
+    shared: Option<Store>,
 }
 
 fn now_ms() -> i64 {
@@ -787,6 +795,7 @@ impl Approvals {
             }
             tickets.by_id.insert(ticket.id.clone(), ticket);
         }
+        let shared = store.is_postgres().then(|| store.clone());
         let (writes, mut queue) = tokio::sync::mpsc::unbounded_channel::<ApprovalRow>();
         tokio::spawn(async move {
             while let Some(row) = queue.recv().await {
@@ -800,6 +809,7 @@ impl Approvals {
             tickets: Mutex::new(tickets),
             decided: watch::channel(0).0,
             notify,
+            shared,
         }))
     }
 
@@ -843,8 +853,11 @@ impl Approvals {
                 }
             };
             // Queued under the lock, so the writer sees changes in the order
-            // they happened (a send is never IO and never waits).
-            if let Some(ticket) = &changed {
+            // they happened (a send is never IO and never waits). In cluster
+            // mode a use is written by `confirm`, conditionally, instead.
+            if let Some(ticket) = &changed
+                && !(self.shared.is_some() && matches!(gate, Gate::Approved(_)))
+            {
                 self.persist(ticket);
             }
             gate
@@ -920,6 +933,142 @@ impl Approvals {
         };
         self.decided.send_modify(|n| *n += 1);
         Ok(ticket)
+    }
+
+    /// Cluster mode: makes an approval the gate consumed count once across
+    /// every replica. The ticket moves from approved to used in the shared
+    /// store; if another replica used it first (or the store does not
+    /// answer) this call does not go through: it gets a fresh ticket, as a
+    /// call after a used approval does on one node. One node: `gate` as is.
+    pub async fn confirm(&self, gate: Gate, binding: CallBinding) -> Gate {
+        let (Some(store), Gate::Approved(ticket)) = (&self.shared, &gate) else {
+            return gate;
+        };
+        match store
+            .transition_approval(&ticket.row(), Status::Approved.as_str(), now_ms())
+            .await
+        {
+            Ok(true) => gate,
+            Ok(false) => {
+                tracing::info!(ticket = %ticket.id, "approval already used on another replica");
+                self.gate(binding)
+            }
+            Err(e) => {
+                tracing::warn!(ticket = %ticket.id, error = %e, "cannot use an approval in the shared store");
+                self.gate(binding)
+            }
+        }
+    }
+
+    /// [`decide`](Self::decide), recorded in the shared store first in
+    /// cluster mode: the ticket moves from pending only if no replica decided
+    /// it already. A ticket another replica opened is read first.
+    pub async fn decide_confirmed(
+        &self,
+        id: &str,
+        approve: bool,
+        by: &str,
+        grant_id: Option<String>,
+    ) -> Result<Ticket, DecideError> {
+        let Some(store) = &self.shared else {
+            return self.decide(id, approve, by, grant_id);
+        };
+        if self.get(id).is_none() {
+            let _ = self.resync().await;
+        }
+        let now = now_ms();
+        let mut decided = self
+            .get(id)
+            .filter(|t| t.expires_ms > now)
+            .ok_or_else(|| DecideError::NotFound(id.into()))?;
+        if decided.status != Status::Pending {
+            return Err(DecideError::Decided(id.into(), decided.status.as_str()));
+        }
+        decided.status = if approve {
+            Status::Approved
+        } else {
+            Status::Denied
+        };
+        decided.decided_by = Some(by.to_string());
+        decided.decided_ms = Some(now);
+        decided.grant_id = grant_id;
+        if approve {
+            decided.expires_ms = now + APPROVED_TTL.as_millis() as i64;
+        }
+        match store
+            .transition_approval(&decided.row(), Status::Pending.as_str(), now)
+            .await
+        {
+            Ok(true) => {}
+            Ok(false) => {
+                let _ = self.resync().await;
+                let status = self.get(id).map_or(Status::Expired, |t| t.status);
+                return Err(DecideError::Decided(id.into(), status.as_str()));
+            }
+            Err(e) => {
+                tracing::warn!(ticket = %id, error = %e, "cannot record a decision in the shared store");
+                return Err(DecideError::Unavailable(id.into()));
+            }
+        }
+        self.apply(vec![decided.clone()]);
+        Ok(decided)
+    }
+
+    /// Cluster mode: reads the tickets other replicas opened or decided
+    /// (every unexpired one) and takes their state; wakes waiting calls when
+    /// something changed. One node: nothing to read.
+    pub async fn resync(&self) -> Result<(), portcullis_store::StoreError> {
+        let Some(store) = &self.shared else {
+            return Ok(());
+        };
+        let rows = store.unexpired_approvals(now_ms()).await?;
+        self.apply(rows.into_iter().map(Ticket::from_row).collect());
+        Ok(())
+    }
+
+    /// Takes the stored state of `tickets` into memory (no write back).
+    fn apply(&self, tickets: Vec<Ticket>) {
+        let mut changed = false;
+        {
+            let Ok(mut t) = self.tickets.lock() else {
+                return;
+            };
+            for ticket in tickets {
+                let known = t.by_id.get(&ticket.id).map(|k| k.status);
+                if known == Some(ticket.status) {
+                    continue;
+                }
+                match ticket.status {
+                    Status::Used | Status::Expired => {
+                        if known.is_some() {
+                            if t.by_key.get(&ticket.key) == Some(&ticket.id) {
+                                t.by_key.remove(&ticket.key);
+                            }
+                            t.by_id.remove(&ticket.id);
+                            changed = true;
+                        }
+                    }
+                    Status::Pending | Status::Approved | Status::Denied => {
+                        // A replica never moves a ticket back to pending.
+                        if known.is_some() && ticket.status == Status::Pending {
+                            continue;
+                        }
+                        // Two replicas may each open a ticket for one call;
+                        // the call follows the one approved, else the first.
+                        let take_key = ticket.status == Status::Approved
+                            || !t.by_key.contains_key(&ticket.key);
+                        if !ticket.key.is_empty() && take_key {
+                            t.by_key.insert(ticket.key.clone(), ticket.id.clone());
+                        }
+                        t.by_id.insert(ticket.id.clone(), ticket);
+                        changed = true;
+                    }
+                }
+            }
+        }
+        if changed {
+            self.decided.send_modify(|n| *n += 1);
+        }
     }
 
     /// Sends an event to the webhook, if one is configured. A full queue
@@ -1525,5 +1674,59 @@ mod tests {
         assert_eq!(reloaded.len(), 1);
         assert_eq!(reloaded[0].binding.required_by, RequiredBy::Analytics);
         assert_eq!(reloaded[0].binding, held);
+    }
+
+    /// Cluster mode: desks of two replicas on one PostgreSQL store. A ticket
+    /// opened on one is decided on the other, once, and the approved call
+    /// passes on exactly one of them however many see it approved.
+    #[tokio::test]
+    async fn replicas_decide_once_and_use_an_approval_once() {
+        let Some(db) = portcullis_store::testing::TestDb::postgres().await else {
+            return;
+        };
+        let (a, b) = (
+            Approvals::load(db.open().await, None).await.unwrap(),
+            Approvals::load(db.open().await, None).await.unwrap(),
+        );
+        let Gate::Pending(ticket, true) = a.gate(call("amount=7")) else {
+            panic!("a new ticket was expected")
+        };
+        // Written behind: B finds it once it is stored.
+        let mut found = false;
+        for _ in 0..50 {
+            b.resync().await.unwrap();
+            if b.get(&ticket.id).is_some() {
+                found = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(found, "B never read the ticket A opened");
+        a.resync().await.unwrap();
+        // Both approve at once: one decision is recorded, the other conflicts.
+        let (on_a, on_b) = tokio::join!(
+            a.decide_confirmed(&ticket.id, true, "alice", None),
+            b.decide_confirmed(&ticket.id, true, "bob", None)
+        );
+        assert_eq!(
+            usize::from(on_a.is_ok()) + usize::from(on_b.is_ok()),
+            1,
+            "{on_a:?} {on_b:?}"
+        );
+        a.resync().await.unwrap();
+        b.resync().await.unwrap();
+        // Both hold the approval; the call is let through once.
+        let gates = [a.gate(call("amount=7")), b.gate(call("amount=7"))];
+        assert!(gates.iter().all(|g| matches!(g, Gate::Approved(_))));
+        let [ga, gb] = gates;
+        let (ga, gb) = tokio::join!(
+            a.confirm(ga, call("amount=7")),
+            b.confirm(gb, call("amount=7"))
+        );
+        let passed = [&ga, &gb]
+            .iter()
+            .filter(|g| matches!(g, Gate::Approved(_)))
+            .count();
+        assert_eq!(passed, 1, "{ga:?} {gb:?}");
     }
 }

@@ -1,9 +1,12 @@
 //! The gateway's token state: the access-token issuer (its key and public URL),
 //! the lifetime of issued tokens, and the two `jti` replay caches (client
 //! assertions at the token endpoint, DPoP proofs on every token request).
-//! All in memory; the request path never waits on disk.
+//! All in memory on one node; the request path never waits on disk. In
+//! cluster mode (PostgreSQL) a single-use `jti` is also claimed in the shared
+//! store, so a credential used on one replica is refused on every other.
 
-use portcullis_identity::{DpopNonces, PeerCertificate, ReplayCache, TokenIssuer};
+use portcullis_identity::{DpopNonces, PeerCertificate, ReplayCache, ReplayRefusal, TokenIssuer};
+use portcullis_store::{SingleUseKind, Store};
 
 use crate::oidc::OidcProviders;
 use crate::revocation::Revocations;
@@ -44,6 +47,20 @@ pub struct TokenService {
     /// require_dpop_nonce`, default off: a nonce a proof carries is always
     /// checked).
     pub require_dpop_nonce: bool,
+    /// Cluster mode: the shared store single-use keys are claimed in too.
+    pub shared_single_use: Option<Store>,
+}
+
+/// Why a single-use credential was not accepted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClaimRefusal {
+    /// Used before (on this replica or, in cluster mode, on another).
+    Replayed,
+    /// This replica's cache is full of live entries.
+    Full,
+    /// Cluster mode: the shared store did not answer. Refused: a replay
+    /// that cannot be ruled out is not let through.
+    StoreUnavailable,
 }
 
 impl TokenService {
@@ -65,6 +82,7 @@ impl TokenService {
             token_url: format!("{}/oauth2/token", issuer.issuer()),
             nonces: DpopNonces::new(issuer.derive_secret("portcullis dpop nonce key")),
             require_dpop_nonce: false,
+            shared_single_use: None,
             issuer,
             ttl,
             assertions: ReplayCache::new(REPLAY_CAPACITY),
@@ -81,6 +99,40 @@ impl TokenService {
     /// The token endpoint URL (the audience of client assertions).
     pub fn token_url(&self) -> &str {
         &self.token_url
+    }
+
+    /// Claims the single-use `key` (a `jti` with its scope) until `until`
+    /// (epoch seconds): first in this replica's memory, so a replay here is
+    /// refused without IO, then, in cluster mode, in the shared store, where
+    /// the first replica to claim it wins.
+    pub async fn claim(
+        &self,
+        kind: SingleUseKind,
+        key: &str,
+        until: i64,
+        now: i64,
+    ) -> Result<(), ClaimRefusal> {
+        let cache = match kind {
+            SingleUseKind::Assertion => &self.assertions,
+            SingleUseKind::DpopProof => &self.proofs,
+        };
+        cache
+            .check_and_insert(key, until, now)
+            .map_err(|r| match r {
+                ReplayRefusal::Replayed => ClaimRefusal::Replayed,
+                ReplayRefusal::Full => ClaimRefusal::Full,
+            })?;
+        let Some(store) = &self.shared_single_use else {
+            return Ok(());
+        };
+        match store.claim_single_use(kind, key, until, now).await {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(ClaimRefusal::Replayed),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot claim a single-use credential in the shared store");
+                Err(ClaimRefusal::StoreUnavailable)
+            }
+        }
     }
 
     /// Checks a DPoP proof's `nonce`: one it carries must be current, and

@@ -39,7 +39,7 @@ use portcullis_audit::Outcome;
 use portcullis_core::{AgentName, ErrorCode};
 use portcullis_identity::{
     ASSERTION_TYPE, Actor, Confirmation, DPOP_WINDOW, DelegatedUser, PeerCertificate, PublicJwk,
-    ReplayRefusal, SpiffeId, TokenError, assertion_client, verify_assertion, verify_dpop_proof,
+    SpiffeId, TokenError, assertion_client, verify_assertion, verify_dpop_proof,
 };
 use serde::Deserialize;
 
@@ -51,7 +51,8 @@ use crate::pipeline::decode::DecodedRequest;
 use crate::respond::{Denial, ResponseBody, full};
 use crate::route::RouteTable;
 use crate::state::{ConnectionState, Gateway};
-use crate::tokens::{TokenService, peer_x5t};
+use crate::tokens::{ClaimRefusal, TokenService, peer_x5t};
+use portcullis_store::SingleUseKind;
 
 const TOKEN_PATH: &str = "/oauth2/token";
 const JWKS_PATH: &str = "/.well-known/jwks.json";
@@ -726,22 +727,26 @@ async fn token(
         None
     };
     replay(
-        &tokens.assertions,
+        tokens,
+        SingleUseKind::Assertion,
         &format!("{agent}:{}", claims.jti),
         claims.exp,
         now,
         ErrorCode::InvalidClient,
         "client assertion",
-    )?;
+    )
+    .await?;
     if let Some((key, until)) = proof_key {
         replay(
-            &tokens.proofs,
+            tokens,
+            SingleUseKind::DpopProof,
             &key,
             until,
             now,
             ErrorCode::InvalidDpopProof,
             "DPoP proof",
-        )?;
+        )
+        .await?;
     }
     let issued = match &subject {
         None => tokens
@@ -811,23 +816,30 @@ async fn token(
     Ok(response)
 }
 
-fn replay(
-    cache: &portcullis_identity::ReplayCache,
+#[allow(clippy::too_many_arguments)]
+async fn replay(
+    tokens: &crate::tokens::TokenService,
+    kind: SingleUseKind,
     key: &str,
     until: i64,
     now: i64,
     code: ErrorCode,
     what: &str,
 ) -> Result<(), Denial> {
-    cache
-        .check_and_insert(key, until, now)
+    tokens
+        .claim(kind, key, until, now)
+        .await
         .map_err(|r| match r {
-            ReplayRefusal::Replayed => {
+            ClaimRefusal::Replayed => {
                 Denial::new(code, format!("{what} replayed: its `jti` was already used"))
             }
-            ReplayRefusal::Full => Denial::new(
+            ClaimRefusal::Full => Denial::new(
                 ErrorCode::Unavailable,
                 "too many credentials in flight; retry shortly",
+            ),
+            ClaimRefusal::StoreUnavailable => Denial::new(
+                ErrorCode::Unavailable,
+                "the shared store cannot confirm the credential is unused; retry shortly",
             ),
         })
 }

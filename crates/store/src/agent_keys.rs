@@ -2,7 +2,7 @@
 //! endpoint verifies client assertions with. The store keeps the JSON text; the
 //! identity crate parses and checks it.
 
-use sqlx::Row;
+use crate::backend::DbRow;
 
 use crate::{Store, StoreError};
 
@@ -23,48 +23,52 @@ impl Store {
     /// Registers a public key for an existing agent. A key already registered
     /// (to anyone) is a conflict: one key, one agent.
     pub async fn add_agent_key(&self, key: &AgentKeyRow) -> Result<(), StoreError> {
-        let exists = sqlx::query("SELECT 1 FROM agents WHERE name = ?")
-            .bind(&key.agent)
-            .fetch_optional(&self.pool)
-            .await?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound(key.agent.clone()));
-        }
-        let result = sqlx::query(
-            "INSERT INTO agent_keys (kid, agent, jwk, created_at) VALUES (?, ?, ?, ?)
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let exists = query("SELECT 1 FROM agents WHERE name = ?")
+                .bind(&key.agent)
+                .fetch_optional(pool)
+                .await?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(key.agent.clone()));
+            }
+            let result = query(
+                "INSERT INTO agent_keys (kid, agent, jwk, created_at) VALUES (?, ?, ?, ?)
              ON CONFLICT(kid) DO NOTHING",
-        )
-        .bind(&key.kid)
-        .bind(&key.agent)
-        .bind(&key.jwk)
-        .bind(key.created_at)
-        .execute(&self.pool)
-        .await?;
-        if result.rows_affected() == 0 {
-            return Err(StoreError::Conflict(key.kid.clone()));
-        }
-        Ok(())
+            )
+            .bind(&key.kid)
+            .bind(&key.agent)
+            .bind(&key.jwk)
+            .bind(key.created_at)
+            .execute(pool)
+            .await?;
+            if result.rows_affected() == 0 {
+                return Err(StoreError::Conflict(key.kid.clone()));
+            }
+            Ok(())
+        })
     }
 
     /// All registered keys, or those of one agent, oldest first.
     pub async fn agent_keys(&self, agent: Option<&str>) -> Result<Vec<AgentKeyRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT kid, agent, jwk, created_at FROM agent_keys
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let rows = query(
+                "SELECT kid, agent, jwk, created_at FROM agent_keys
              WHERE (?1 IS NULL OR agent = ?1) ORDER BY created_at, kid",
-        )
-        .bind(agent)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AgentKeyRow {
-                    kid: r.try_get("kid")?,
-                    agent: r.try_get("agent")?,
-                    jwk: r.try_get("jwk")?,
-                    created_at: r.try_get("created_at")?,
+            )
+            .bind(agent)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(AgentKeyRow {
+                        kid: r.col("kid")?,
+                        agent: r.col("agent")?,
+                        jwk: r.col("jwk")?,
+                        created_at: r.col("created_at")?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 }
 
@@ -75,8 +79,12 @@ mod tests {
 
     #[tokio::test]
     async fn keys_belong_to_existing_agents_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("db")).await.unwrap();
+        for db in crate::testing::TestDb::all().await {
+            keys_belong_to_existing_agents_once_on(db.open().await).await;
+        }
+    }
+
+    async fn keys_belong_to_existing_agents_once_on(store: Store) {
         let key = |kid: &str, agent: &str| AgentKeyRow {
             kid: kid.into(),
             agent: agent.into(),

@@ -2,7 +2,7 @@
 //! risk history, alerts and quarantines. The store keeps the analytics
 //! crate's JSON as text; it does not interpret it.
 
-use sqlx::Row;
+use crate::backend::DbRow;
 
 use crate::{Store, StoreError};
 
@@ -67,9 +67,10 @@ impl Store {
         population: Option<&str>,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for (agent, state) in agents {
-            sqlx::query(
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let mut tx = pool.begin().await?;
+            for (agent, state) in agents {
+                query(
                 "INSERT INTO analytics_models (agent, state, updated_at) VALUES (?, ?, ?)
                  ON CONFLICT(agent) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at",
             )
@@ -78,9 +79,9 @@ impl Store {
             .bind(now_ms)
             .execute(&mut *tx)
             .await?;
-        }
-        if let Some(sample) = population {
-            sqlx::query(
+            }
+            if let Some(sample) = population {
+                query(
                 "INSERT INTO analytics_population (id, sample, updated_at) VALUES (1, ?, ?)
                  ON CONFLICT(id) DO UPDATE SET sample = excluded.sample, updated_at = excluded.updated_at",
             )
@@ -88,44 +89,47 @@ impl Store {
             .bind(now_ms)
             .execute(&mut *tx)
             .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// Every saved model state (agent, JSON) and the population's sample.
     pub async fn models(&self) -> Result<(Vec<(String, String)>, Option<String>), StoreError> {
-        let rows = sqlx::query("SELECT agent, state FROM analytics_models ORDER BY agent")
-            .fetch_all(&self.pool)
-            .await?;
-        let agents = rows
-            .iter()
-            .map(|r| Ok((r.try_get("agent")?, r.try_get("state")?)))
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
-        let population = sqlx::query("SELECT sample FROM analytics_population WHERE id = 1")
-            .fetch_optional(&self.pool)
-            .await?
-            .map(|r| r.try_get("sample"))
-            .transpose()?;
-        Ok((agents, population))
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let rows = query("SELECT agent, state FROM analytics_models ORDER BY agent")
+                .fetch_all(pool)
+                .await?;
+            let agents = rows
+                .iter()
+                .map(|r| Ok((r.col("agent")?, r.col("state")?)))
+                .collect::<Result<Vec<_>, sqlx::Error>>()?;
+            let population = query("SELECT sample FROM analytics_population WHERE id = 1")
+                .fetch_optional(pool)
+                .await?
+                .map(|r| r.col("sample"))
+                .transpose()?;
+            Ok((agents, population))
+        })
     }
 
     /// Appends risk points.
     pub async fn add_risk_points(&self, points: &[RiskPoint]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for p in points {
-            sqlx::query(
-                "INSERT INTO risk_history (agent, time_ms, risk, grade) VALUES (?, ?, ?, ?)",
-            )
-            .bind(&p.agent)
-            .bind(p.time_ms)
-            .bind(p.risk)
-            .bind(&p.grade)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let mut tx = pool.begin().await?;
+            for p in points {
+                query("INSERT INTO risk_history (agent, time_ms, risk, grade) VALUES (?, ?, ?, ?)")
+                    .bind(&p.agent)
+                    .bind(p.time_ms)
+                    .bind(p.risk)
+                    .bind(&p.grade)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// An agent's latest risk points, newest first.
@@ -134,64 +138,78 @@ impl Store {
         agent: &str,
         limit: u32,
     ) -> Result<Vec<RiskPoint>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT agent, time_ms, risk, grade FROM risk_history WHERE agent = ?
-             ORDER BY time_ms DESC, rowid DESC LIMIT ?",
-        )
-        .bind(agent)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(RiskPoint {
-                    agent: r.try_get("agent")?,
-                    time_ms: r.try_get("time_ms")?,
-                    risk: r.try_get("risk")?,
-                    grade: r.try_get("grade")?,
-                })
+        crate::backend::with_pool!(&self.pool, |pool| {
+            // Points of one millisecond come newest first by insertion order;
+            // PostgreSQL has no `rowid` (and `ctid` is not insertion order), so
+            // there they tie by value.
+            let rows = query(if IS_POSTGRES {
+                "SELECT agent, time_ms, risk, grade FROM risk_history WHERE agent = ?
+             ORDER BY time_ms DESC, risk DESC LIMIT ?"
+            } else {
+                "SELECT agent, time_ms, risk, grade FROM risk_history WHERE agent = ?
+             ORDER BY time_ms DESC, rowid DESC LIMIT ?"
             })
-            .collect()
+            .bind(agent)
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(RiskPoint {
+                        agent: r.col("agent")?,
+                        time_ms: r.col("time_ms")?,
+                        risk: r.col("risk")?,
+                        grade: r.col("grade")?,
+                    })
+                })
+                .collect()
+        })
     }
 
     /// Stores a new alert (`id` is ignored) and returns its id.
     pub async fn add_alert(&self, alert: &AlertRow) -> Result<i64, StoreError> {
-        let row = sqlx::query(
-            "INSERT INTO alerts (agent, time_ms, grade, risk, detail, request_ids)
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let row = query(
+                "INSERT INTO alerts (agent, time_ms, grade, risk, detail, request_ids)
              VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-        )
-        .bind(&alert.agent)
-        .bind(alert.time_ms)
-        .bind(&alert.grade)
-        .bind(alert.risk)
-        .bind(&alert.detail)
-        .bind(&alert.request_ids)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get("id")?)
+            )
+            .bind(&alert.agent)
+            .bind(alert.time_ms)
+            .bind(&alert.grade)
+            .bind(alert.risk)
+            .bind(&alert.detail)
+            .bind(&alert.request_ids)
+            .fetch_one(pool)
+            .await?;
+            Ok(row.col("id")?)
+        })
     }
 
     /// Alerts, newest first; only unresolved ones when `open_only`.
     pub async fn alerts(&self, open_only: bool, limit: u32) -> Result<Vec<AlertRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM alerts WHERE (?1 = 0 OR verdict IS NULL) ORDER BY id DESC LIMIT ?2",
-        )
-        .bind(open_only)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(alert_from_row).collect()
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let rows = query(
+                "SELECT * FROM alerts WHERE (?1 = 0 OR verdict IS NULL) ORDER BY id DESC LIMIT ?2",
+            )
+            .bind(i64::from(open_only))
+            .bind(i64::from(limit))
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(alert_from_row).collect()
+        })
     }
 
     /// One alert.
     pub async fn alert(&self, id: i64) -> Result<Option<AlertRow>, StoreError> {
-        sqlx::query("SELECT * FROM alerts WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?
-            .as_ref()
-            .map(alert_from_row)
-            .transpose()
+        crate::backend::with_pool!(&self.pool, |pool| {
+            query("SELECT * FROM alerts WHERE id = ?")
+                .bind(id)
+                .fetch_optional(pool)
+                .await?
+                .as_ref()
+                .map(alert_from_row)
+                .transpose()
+        })
     }
 
     /// Records a verdict. An alert is resolved once: a second verdict is a conflict.
@@ -202,24 +220,26 @@ impl Store {
         by: &str,
         now_ms: i64,
     ) -> Result<AlertRow, StoreError> {
-        let result = sqlx::query(
-            "UPDATE alerts SET verdict = ?, resolved_at = ?, resolved_by = ?
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let result = query(
+                "UPDATE alerts SET verdict = ?, resolved_at = ?, resolved_by = ?
              WHERE id = ? AND verdict IS NULL",
-        )
-        .bind(verdict)
-        .bind(now_ms)
-        .bind(by)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        let alert = self
-            .alert(id)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(format!("alert {id}")))?;
-        if result.rows_affected() == 0 {
-            return Err(StoreError::Conflict(format!("a verdict on alert {id}")));
-        }
-        Ok(alert)
+            )
+            .bind(verdict)
+            .bind(now_ms)
+            .bind(by)
+            .bind(id)
+            .execute(pool)
+            .await?;
+            let alert = self
+                .alert(id)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(format!("alert {id}")))?;
+            if result.rows_affected() == 0 {
+                return Err(StoreError::Conflict(format!("a verdict on alert {id}")));
+            }
+            Ok(alert)
+        })
     }
 
     /// Puts an agent in quarantine (a no-op when it already is).
@@ -229,71 +249,77 @@ impl Store {
         since_ms: i64,
         alert_id: Option<i64>,
     ) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO quarantines (agent, since_ms, alert_id)
+        crate::backend::with_pool!(&self.pool, |pool| {
+            query(
+                "INSERT INTO quarantines (agent, since_ms, alert_id)
              SELECT ?1, ?2, ?3 WHERE NOT EXISTS
                (SELECT 1 FROM quarantines WHERE agent = ?1 AND released_at IS NULL)",
-        )
-        .bind(agent)
-        .bind(since_ms)
-        .bind(alert_id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+            )
+            .bind(agent)
+            .bind(since_ms)
+            .bind(alert_id)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     /// Lifts an agent's quarantine; `NotFound` when it is not quarantined.
     pub async fn release(&self, agent: &str, by: &str, now_ms: i64) -> Result<(), StoreError> {
-        let result = sqlx::query(
-            "UPDATE quarantines SET released_at = ?, released_by = ?
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let result = query(
+                "UPDATE quarantines SET released_at = ?, released_by = ?
              WHERE agent = ? AND released_at IS NULL",
-        )
-        .bind(now_ms)
-        .bind(by)
-        .bind(agent)
-        .execute(&self.pool)
-        .await?;
-        if result.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("a quarantine of `{agent}`")));
-        }
-        Ok(())
+            )
+            .bind(now_ms)
+            .bind(by)
+            .bind(agent)
+            .execute(pool)
+            .await?;
+            if result.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("a quarantine of `{agent}`")));
+            }
+            Ok(())
+        })
     }
 
     /// Quarantines in force, or an agent's whole quarantine history.
     pub async fn quarantines(&self, agent: Option<&str>) -> Result<Vec<QuarantineRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT agent, since_ms, alert_id, released_at, released_by FROM quarantines
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let rows = query(
+                "SELECT agent, since_ms, alert_id, released_at, released_by FROM quarantines
              WHERE (?1 IS NULL AND released_at IS NULL) OR agent = ?1 ORDER BY id",
-        )
-        .bind(agent)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(QuarantineRow {
-                    agent: r.try_get("agent")?,
-                    since_ms: r.try_get("since_ms")?,
-                    alert_id: r.try_get("alert_id")?,
-                    released_at: r.try_get("released_at")?,
-                    released_by: r.try_get("released_by")?,
+            )
+            .bind(agent)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(QuarantineRow {
+                        agent: r.col("agent")?,
+                        since_ms: r.col("since_ms")?,
+                        alert_id: r.col("alert_id")?,
+                        released_at: r.col("released_at")?,
+                        released_by: r.col("released_by")?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 }
 
-fn alert_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<AlertRow, StoreError> {
+fn alert_from_row(r: &impl DbRow) -> Result<AlertRow, StoreError> {
     Ok(AlertRow {
-        id: r.try_get("id")?,
-        agent: r.try_get("agent")?,
-        time_ms: r.try_get("time_ms")?,
-        grade: r.try_get("grade")?,
-        risk: r.try_get("risk")?,
-        detail: r.try_get("detail")?,
-        request_ids: r.try_get("request_ids")?,
-        verdict: r.try_get("verdict")?,
-        resolved_at: r.try_get("resolved_at")?,
-        resolved_by: r.try_get("resolved_by")?,
+        id: r.col("id")?,
+        agent: r.col("agent")?,
+        time_ms: r.col("time_ms")?,
+        grade: r.col("grade")?,
+        risk: r.col("risk")?,
+        detail: r.col("detail")?,
+        request_ids: r.col("request_ids")?,
+        verdict: r.col("verdict")?,
+        resolved_at: r.col("resolved_at")?,
+        resolved_by: r.col("resolved_by")?,
     })
 }
 
@@ -301,18 +327,16 @@ fn alert_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<AlertRow, StoreError> {
 mod tests {
     use super::*;
 
-    async fn store() -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("db")).await.unwrap();
-        (dir, store)
-    }
-
     #[tokio::test]
     async fn models_survive_reopening() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db");
+        for db in crate::testing::TestDb::all().await {
+            models_survive_reopening_on(&db).await;
+        }
+    }
+
+    async fn models_survive_reopening_on(db: &crate::testing::TestDb) {
         {
-            let store = Store::open_sqlite(&path).await.unwrap();
+            let store = db.open().await;
             store
                 .save_models(&[("bot".into(), "{\"a\":1}".into())], Some("[]"), 1)
                 .await
@@ -323,7 +347,7 @@ mod tests {
                 .unwrap();
             store.close().await;
         }
-        let store = Store::open_sqlite(&path).await.unwrap();
+        let store = db.open().await;
         let (agents, population) = store.models().await.unwrap();
         assert_eq!(agents, vec![("bot".to_string(), "{\"a\":2}".to_string())]);
         assert_eq!(population.as_deref(), Some("[]"));
@@ -331,7 +355,12 @@ mod tests {
 
     #[tokio::test]
     async fn alerts_resolve_once() {
-        let (_dir, store) = store().await;
+        for db in crate::testing::TestDb::all().await {
+            alerts_resolve_once_on(db.open().await).await;
+        }
+    }
+
+    async fn alerts_resolve_once_on(store: Store) {
         let alert = AlertRow {
             id: 0,
             agent: "bot".into(),
@@ -362,7 +391,12 @@ mod tests {
 
     #[tokio::test]
     async fn quarantine_and_release() {
-        let (_dir, store) = store().await;
+        for db in crate::testing::TestDb::all().await {
+            quarantine_and_release_on(db.open().await).await;
+        }
+    }
+
+    async fn quarantine_and_release_on(store: Store) {
         store.quarantine("bot", 1, None).await.unwrap();
         store.quarantine("bot", 2, None).await.unwrap();
         assert_eq!(store.quarantines(None).await.unwrap().len(), 1);

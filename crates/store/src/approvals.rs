@@ -3,7 +3,7 @@
 //! The gateway keeps live tickets in memory and writes them here off the
 //! request path, so they survive a restart and can be listed and audited.
 
-use sqlx::Row;
+use crate::backend::DbRow;
 
 use crate::{Store, StoreError};
 
@@ -93,11 +93,12 @@ pub struct GrantRow {
 impl Store {
     /// Inserts a ticket or replaces its mutable state (status, decision, expiry).
     pub async fn put_approval(&self, t: &ApprovalRow) -> Result<(), StoreError> {
-        let headers = serde_json::to_string(&t.headers).map_err(|e| StoreError::Corrupt {
-            table: "approvals",
-            detail: e.to_string(),
-        })?;
-        sqlx::query(
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let headers = serde_json::to_string(&t.headers).map_err(|e| StoreError::Corrupt {
+                table: "approvals",
+                detail: e.to_string(),
+            })?;
+            query(
             "INSERT INTO approvals (id, agent, delegated_user, action, resource, path, body_sha256,
                  policy_version, policy_id, required_by, created_ms, expires_ms, status, decided_by,
                  decided_ms, grant_id, query, headers, body_bytes, protocol, subject, preview,
@@ -130,58 +131,111 @@ impl Store {
         .bind(&t.subject)
         .bind(&t.preview)
         .bind(&t.binding_key)
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Tickets still pending or approved-and-unused that lapse after `now_ms`.
     pub async fn live_approvals(&self, now_ms: i64) -> Result<Vec<ApprovalRow>, StoreError> {
-        let rows = sqlx::query(
+        self.approvals_where(
             "SELECT * FROM approvals WHERE status IN ('pending', 'approved') AND expires_ms > ?
              ORDER BY created_ms",
+            now_ms,
         )
-        .bind(now_ms)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let headers: String = r.try_get("headers")?;
-                Ok(ApprovalRow {
-                    id: r.try_get("id")?,
-                    agent: r.try_get("agent")?,
-                    delegated_user: r.try_get("delegated_user")?,
-                    action: r.try_get("action")?,
-                    resource: r.try_get("resource")?,
-                    path: r.try_get("path")?,
-                    query: r.try_get("query")?,
-                    headers: serde_json::from_str(&headers).map_err(|e| StoreError::Corrupt {
-                        table: "approvals",
-                        detail: e.to_string(),
-                    })?,
-                    body_sha256: r.try_get("body_sha256")?,
-                    body_bytes: r.try_get::<i64, _>("body_bytes")?.max(0) as u64,
-                    protocol: r.try_get("protocol")?,
-                    subject: r.try_get("subject")?,
-                    preview: r.try_get("preview")?,
-                    binding_key: r.try_get("binding_key")?,
-                    policy_version: r.try_get::<i64, _>("policy_version")? as u64,
-                    policy_id: r.try_get("policy_id")?,
-                    required_by: r.try_get("required_by")?,
-                    created_ms: r.try_get("created_ms")?,
-                    expires_ms: r.try_get("expires_ms")?,
-                    status: r.try_get("status")?,
-                    decided_by: r.try_get("decided_by")?,
-                    decided_ms: r.try_get("decided_ms")?,
-                    grant_id: r.try_get("grant_id")?,
+        .await
+    }
+
+    /// Every ticket, in any state, that lapses after `now_ms`: what another
+    /// replica may have created or decided (cluster mode).
+    pub async fn unexpired_approvals(&self, now_ms: i64) -> Result<Vec<ApprovalRow>, StoreError> {
+        self.approvals_where(
+            "SELECT * FROM approvals WHERE expires_ms > ? ORDER BY created_ms",
+            now_ms,
+        )
+        .await
+    }
+
+    /// Moves ticket `row.id` from status `from` to `row`'s status (with its
+    /// decision, grant and expiry), only if it is in `from` and unexpired at
+    /// `now_ms`. `true` when this call made the move: of several replicas
+    /// deciding or using one ticket at once, exactly one gets `true`.
+    pub async fn transition_approval(
+        &self,
+        row: &ApprovalRow,
+        from: &str,
+        now_ms: i64,
+    ) -> Result<bool, StoreError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let done = query(
+                "UPDATE approvals SET status = ?, decided_by = ?, decided_ms = ?, grant_id = ?,
+                     expires_ms = ?
+                 WHERE id = ? AND status = ? AND expires_ms > ?",
+            )
+            .bind(&row.status)
+            .bind(&row.decided_by)
+            .bind(row.decided_ms)
+            .bind(&row.grant_id)
+            .bind(row.expires_ms)
+            .bind(&row.id)
+            .bind(from)
+            .bind(now_ms)
+            .execute(pool)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+
+    async fn approvals_where(
+        &self,
+        sql: &'static str,
+        now_ms: i64,
+    ) -> Result<Vec<ApprovalRow>, StoreError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let rows = query(sql).bind(now_ms).fetch_all(pool).await?;
+            rows.iter()
+                .map(|r| {
+                    let headers: String = r.col("headers")?;
+                    Ok(ApprovalRow {
+                        id: r.col("id")?,
+                        agent: r.col("agent")?,
+                        delegated_user: r.col("delegated_user")?,
+                        action: r.col("action")?,
+                        resource: r.col("resource")?,
+                        path: r.col("path")?,
+                        query: r.col("query")?,
+                        headers: serde_json::from_str(&headers).map_err(|e| {
+                            StoreError::Corrupt {
+                                table: "approvals",
+                                detail: e.to_string(),
+                            }
+                        })?,
+                        body_sha256: r.col("body_sha256")?,
+                        body_bytes: r.col::<i64, _>("body_bytes")?.max(0) as u64,
+                        protocol: r.col("protocol")?,
+                        subject: r.col("subject")?,
+                        preview: r.col("preview")?,
+                        binding_key: r.col("binding_key")?,
+                        policy_version: r.col::<i64, _>("policy_version")? as u64,
+                        policy_id: r.col("policy_id")?,
+                        required_by: r.col("required_by")?,
+                        created_ms: r.col("created_ms")?,
+                        expires_ms: r.col("expires_ms")?,
+                        status: r.col("status")?,
+                        decided_by: r.col("decided_by")?,
+                        decided_ms: r.col("decided_ms")?,
+                        grant_id: r.col("grant_id")?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 
     /// Stores a new grant.
     pub async fn add_grant(&self, g: &GrantRow) -> Result<(), StoreError> {
-        sqlx::query(
+        crate::backend::with_pool!(&self.pool, |pool| {
+            query(
             "INSERT INTO policy_grants (id, kind, reason, agent, action, resource, created_ms,
                  expires_ms, created_by, ticket, revoked_ms) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, NULL)",
         )
@@ -195,53 +249,58 @@ impl Store {
         .bind(g.expires_ms)
         .bind(&g.created_by)
         .bind(&g.ticket)
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Grants neither revoked nor lapsed at `now_ms`, oldest first.
     pub async fn live_grants(&self, now_ms: i64) -> Result<Vec<GrantRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT * FROM policy_grants WHERE revoked_ms IS NULL AND expires_ms > ?
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let rows = query(
+                "SELECT * FROM policy_grants WHERE revoked_ms IS NULL AND expires_ms > ?
              ORDER BY created_ms, id",
-        )
-        .bind(now_ms)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(GrantRow {
-                    id: r.try_get("id")?,
-                    kind: r.try_get("kind")?,
-                    reason: r.try_get("reason")?,
-                    agent: r.try_get("agent")?,
-                    action: r.try_get("action")?,
-                    resource: r.try_get("resource")?,
-                    created_ms: r.try_get("created_ms")?,
-                    expires_ms: r.try_get("expires_ms")?,
-                    created_by: r.try_get("created_by")?,
-                    ticket: r.try_get("ticket")?,
-                    revoked_ms: r.try_get("revoked_ms")?,
+            )
+            .bind(now_ms)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(GrantRow {
+                        id: r.col("id")?,
+                        kind: r.col("kind")?,
+                        reason: r.col("reason")?,
+                        agent: r.col("agent")?,
+                        action: r.col("action")?,
+                        resource: r.col("resource")?,
+                        created_ms: r.col("created_ms")?,
+                        expires_ms: r.col("expires_ms")?,
+                        created_by: r.col("created_by")?,
+                        ticket: r.col("ticket")?,
+                        revoked_ms: r.col("revoked_ms")?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 
     /// Revokes a live grant.
     pub async fn revoke_grant(&self, id: &str, now_ms: i64) -> Result<(), StoreError> {
-        let result = sqlx::query(
-            "UPDATE policy_grants SET revoked_ms = ?1 WHERE id = ?2 AND revoked_ms IS NULL
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let result = query(
+                "UPDATE policy_grants SET revoked_ms = ?1 WHERE id = ?2 AND revoked_ms IS NULL
              AND expires_ms > ?1",
-        )
-        .bind(now_ms)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        if result.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("grant {id}")));
-        }
-        Ok(())
+            )
+            .bind(now_ms)
+            .bind(id)
+            .execute(pool)
+            .await?;
+            if result.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("grant {id}")));
+            }
+            Ok(())
+        })
     }
 }
 
@@ -287,8 +346,12 @@ mod tests {
 
     #[tokio::test]
     async fn tickets_and_grants_round_trip() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("db")).await.unwrap();
+        for db in crate::testing::TestDb::all().await {
+            tickets_and_grants_round_trip_on(db.open().await).await;
+        }
+    }
+
+    async fn tickets_and_grants_round_trip_on(store: Store) {
         let mut t = ApprovalRow {
             id: "t1".into(),
             agent: "bot".into(),

@@ -138,10 +138,12 @@ pub struct ArchiveVerifySummary {
 impl Store {
     /// The first record still stored (0 when nothing was pruned).
     pub async fn audit_first_seq(&self) -> Result<u64, StoreError> {
-        let first: Option<i64> = sqlx::query_scalar("SELECT MIN(seq) FROM audit_log")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(first.map_or(0, |s| s as u64))
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let first: Option<i64> = query_scalar("SELECT MIN(seq) FROM audit_log")
+                .fetch_one(pool)
+                .await?;
+            Ok(first.map_or(0, |s| s as u64))
+        })
     }
 
     /// Writes the records appended before `before_ms` (and not archived yet)
@@ -155,82 +157,85 @@ impl Store {
         before_ms: i64,
         dir: &Path,
     ) -> Result<ArchiveOutcome, ArchiveError> {
-        std::fs::create_dir_all(dir).map_err(|source| io(dir, source))?;
-        // One archiver per directory: the server's retention task and an
-        // operator's `audit archive` must not write overlapping segments.
-        let lock_path = dir.join(".lock");
-        let lock = std::fs::File::create(&lock_path).map_err(|source| io(&lock_path, source))?;
-        if lock.try_lock().is_err() {
-            return Err(invalid(
-                dir,
-                "another archiver is writing to this directory",
-            ));
-        }
-
-        let mut first = self.audit_first_seq().await?;
-        let segments = read_segments(&[dir.to_path_buf()])?;
-        if let Some(last) = segments.last() {
-            let end = last.seal.end;
-            if end < first {
+        crate::backend::with_pool!(&self.pool, |pool| {
+            std::fs::create_dir_all(dir).map_err(|source| io(dir, source))?;
+            // One archiver per directory: the server's retention task and an
+            // operator's `audit archive` must not write overlapping segments.
+            let lock_path = dir.join(".lock");
+            let lock =
+                std::fs::File::create(&lock_path).map_err(|source| io(&lock_path, source))?;
+            if lock.try_lock().is_err() {
                 return Err(invalid(
                     dir,
-                    &format!(
-                        "its segments end at record {end} but the log's stored records start at {first}: archive into the directory holding records {end}..{first}"
-                    ),
+                    "another archiver is writing to this directory",
                 ));
             }
-            if end > first {
-                // Sealed but not (fully) pruned: check it still is the stored tree.
-                if hex::encode(self.audit_head(end).await?) != last.seal.root {
+
+            let mut first = self.audit_first_seq().await?;
+            let segments = read_segments(&[dir.to_path_buf()])?;
+            if let Some(last) = segments.last() {
+                let end = last.seal.end;
+                if end < first {
                     return Err(invalid(
-                        &last.leaves,
-                        "its tree head is not the log's: not pruning",
+                        dir,
+                        &format!(
+                            "its segments end at record {end} but the log's stored records start at {first}: archive into the directory holding records {end}..{first}"
+                        ),
                     ));
                 }
-                self.prune_audit(first, end).await?;
-                first = end;
+                if end > first {
+                    // Sealed but not (fully) pruned: check it still is the stored tree.
+                    if hex::encode(self.audit_head(end).await?) != last.seal.root {
+                        return Err(invalid(
+                            &last.leaves,
+                            "its tree head is not the log's: not pruning",
+                        ));
+                    }
+                    self.prune_audit(first, end).await?;
+                    first = end;
+                }
             }
-        }
 
-        let size = self.audit_size().await?;
-        let Some(head) = self.latest_checkpoint().await? else {
-            return Ok(ArchiveOutcome {
-                written: None,
-                first_stored: first,
-            });
-        };
-        let older: Option<i64> = sqlx::query_scalar(
-            "SELECT seq FROM audit_log WHERE seq >= ? AND time_ms >= ? ORDER BY seq LIMIT 1",
-        )
-        .bind(first as i64)
-        .bind(before_ms)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from)?;
-        let undelivered: Option<i64> =
-            sqlx::query_scalar("SELECT MIN(next_seq) FROM audit_export_cursors")
-                .fetch_one(&self.pool)
-                .await
-                .map_err(StoreError::from)?;
-        let cut = older
-            .map_or(size, |s| s as u64)
-            .min(head.size)
-            .min(size.saturating_sub(1))
-            .min(undelivered.map_or(u64::MAX, |s| s.max(0) as u64));
-        let cut = cut / ALIGN * ALIGN;
-        if cut <= first {
-            return Ok(ArchiveOutcome {
-                written: None,
-                first_stored: first,
-            });
-        }
+            let size = self.audit_size().await?;
+            let Some(head) = self.latest_checkpoint().await? else {
+                return Ok(ArchiveOutcome {
+                    written: None,
+                    first_stored: first,
+                });
+            };
+            let older: Option<i64> = query_scalar(
+                "SELECT seq FROM audit_log WHERE seq >= ? AND time_ms >= ? ORDER BY seq LIMIT 1",
+            )
+            .bind(first as i64)
+            .bind(before_ms)
+            .fetch_optional(pool)
+            .await
+            .map_err(StoreError::from)?;
+            let undelivered: Option<i64> =
+                query_scalar("SELECT MIN(next_seq) FROM audit_export_cursors")
+                    .fetch_one(pool)
+                    .await
+                    .map_err(StoreError::from)?;
+            let cut = older
+                .map_or(size, |s| s as u64)
+                .min(head.size)
+                .min(size.saturating_sub(1))
+                .min(undelivered.map_or(u64::MAX, |s| s.max(0) as u64));
+            let cut = cut / ALIGN * ALIGN;
+            if cut <= first {
+                return Ok(ArchiveOutcome {
+                    written: None,
+                    first_stored: first,
+                });
+            }
 
-        let segment = self.write_segment(dir, first, cut, &head).await?;
-        self.prune_audit(first, cut).await?;
-        drop(lock);
-        Ok(ArchiveOutcome {
-            written: Some(segment),
-            first_stored: cut,
+            let segment = self.write_segment(dir, first, cut, &head).await?;
+            self.prune_audit(first, cut).await?;
+            drop(lock);
+            Ok(ArchiveOutcome {
+                written: Some(segment),
+                first_stored: cut,
+            })
         })
     }
 
@@ -241,121 +246,125 @@ impl Store {
         end: u64,
         head: &crate::StoredCheckpoint,
     ) -> Result<Segment, ArchiveError> {
-        let stem = format!("audit-{start:020}-{end:020}");
-        let leaves_path = dir.join(format!("{stem}.leaves"));
-        let checkpoints_path = dir.join(format!("{stem}.checkpoints"));
-        let seal_path = dir.join(format!("{stem}.seal.json"));
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let stem = format!("audit-{start:020}-{end:020}");
+            let leaves_path = dir.join(format!("{stem}.leaves"));
+            let checkpoints_path = dir.join(format!("{stem}.checkpoints"));
+            let seal_path = dir.join(format!("{stem}.seal.json"));
 
-        let frontier = self.subtree_hashes(&range_subtrees(0..start)).await?;
-        let mut acc = MerkleAccumulator::from_frontier(start, frontier)
-            .map_err(|e| StoreError::Invalid(e.to_string()))?;
-        let tmp = leaves_path.with_extension("leaves.tmp");
-        let file = std::fs::File::create(&tmp).map_err(|source| io(&tmp, source))?;
-        let mut out = std::io::BufWriter::new(file);
-        // Every record below the signed head was appended before the head was
-        // signed, and so were the strings they name.
-        let strings = crate::audit_rows::load_strings(&self.pool, 0).await?;
-        for page in (start..end).step_by(READ_PAGE as usize) {
-            let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {RECORD_COLUMNS} FROM audit_log WHERE seq >= ? AND seq < ? ORDER BY seq"
-            )))
-            .bind(page as i64)
-            .bind((page + READ_PAGE).min(end) as i64)
-            .fetch(&self.pool);
-            while let Some(row) = rows.try_next().await.map_err(StoreError::from)? {
-                let row = StoredRow::from_row(&row).map_err(StoreError::from)?;
-                if row.seq != acc.size() {
-                    return Err(invalid(
-                        &leaves_path,
-                        &format!("record {} is missing from the log", acc.size()),
-                    ));
+            let frontier = self.subtree_hashes(&range_subtrees(0..start)).await?;
+            let mut acc = MerkleAccumulator::from_frontier(start, frontier)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            let tmp = leaves_path.with_extension("leaves.tmp");
+            let file = std::fs::File::create(&tmp).map_err(|source| io(&tmp, source))?;
+            let mut out = std::io::BufWriter::new(file);
+            // Every record below the signed head was appended before the head was
+            // signed, and so were the strings they name.
+            let strings = crate::audit_rows::load_strings(&self.pool, 0).await?;
+            for page in (start..end).step_by(READ_PAGE as usize) {
+                let mut rows = query_dyn(format!(
+                    "SELECT {RECORD_COLUMNS} FROM audit_log WHERE seq >= ? AND seq < ? ORDER BY seq"
+                ))
+                .bind(page as i64)
+                .bind((page + READ_PAGE).min(end) as i64)
+                .fetch(pool);
+                while let Some(row) = rows.try_next().await.map_err(StoreError::from)? {
+                    let row = StoredRow::from_row(&row).map_err(StoreError::from)?;
+                    if row.seq != acc.size() {
+                        return Err(invalid(
+                            &leaves_path,
+                            &format!("record {} is missing from the log", acc.size()),
+                        ));
+                    }
+                    let leaf = row
+                        .leaf(&strings)
+                        .map_err(|e| invalid(&leaves_path, &format!("record {}: {e}", row.seq)))?;
+                    acc.push(merkle::leaf_hash(&leaf));
+                    out.write_all(&leaf)
+                        .and_then(|()| out.write_all(b"\n"))
+                        .map_err(|source| io(&tmp, source))?;
                 }
-                let leaf = row
-                    .leaf(&strings)
-                    .map_err(|e| invalid(&leaves_path, &format!("record {}: {e}", row.seq)))?;
-                acc.push(merkle::leaf_hash(&leaf));
-                out.write_all(&leaf)
-                    .and_then(|()| out.write_all(b"\n"))
-                    .map_err(|source| io(&tmp, source))?;
             }
-        }
-        if acc.size() != end {
-            return Err(invalid(
-                &leaves_path,
-                &format!("record {} is missing from the log", acc.size()),
-            ));
-        }
-        // The records written must be the ones the stored tree (and so every
-        // checkpoint) commits to, or the archive would seal something else.
-        let root = self.audit_head(end).await?;
-        if acc.root() != root {
-            return Err(invalid(
-                &leaves_path,
-                "the records do not hash to the stored tree: run `audit verify`",
-            ));
-        }
-        let file = out.into_inner().map_err(|e| io(&tmp, e.into_error()))?;
-        file.sync_all().map_err(|source| io(&tmp, source))?;
-        std::fs::rename(&tmp, &leaves_path).map_err(|source| io(&leaves_path, source))?;
-
-        let mut notes = String::new();
-        for c in self.checkpoints().await? {
-            if (c.size > start && c.size <= end) || c.size == head.size {
-                notes.push_str(&c.note);
+            if acc.size() != end {
+                return Err(invalid(
+                    &leaves_path,
+                    &format!("record {} is missing from the log", acc.size()),
+                ));
             }
-        }
-        write_synced(&checkpoints_path, notes.as_bytes())?;
+            // The records written must be the ones the stored tree (and so every
+            // checkpoint) commits to, or the archive would seal something else.
+            let root = self.audit_head(end).await?;
+            if acc.root() != root {
+                return Err(invalid(
+                    &leaves_path,
+                    "the records do not hash to the stored tree: run `audit verify`",
+                ));
+            }
+            let file = out.into_inner().map_err(|e| io(&tmp, e.into_error()))?;
+            file.sync_all().map_err(|source| io(&tmp, source))?;
+            std::fs::rename(&tmp, &leaves_path).map_err(|source| io(&leaves_path, source))?;
 
-        let seal = SegmentSeal {
-            format: SEGMENT_FORMAT.to_owned(),
-            start,
-            end,
-            root: hex::encode(root),
-            head_size: head.size,
-            head_root: hex::encode(self.audit_head(head.size).await?),
-            consistency: self
-                .consistency_proof(end, head.size)
-                .await?
-                .iter()
-                .map(hex::encode)
-                .collect(),
-        };
-        let text =
-            serde_json::to_vec_pretty(&seal).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        write_synced(&seal_path, &text)?;
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|source| io(dir, source))?;
-        Ok(Segment {
-            seal,
-            leaves: leaves_path,
-            checkpoints: checkpoints_path,
+            let mut notes = String::new();
+            for c in self.checkpoints().await? {
+                if (c.size > start && c.size <= end) || c.size == head.size {
+                    notes.push_str(&c.note);
+                }
+            }
+            write_synced(&checkpoints_path, notes.as_bytes())?;
+
+            let seal = SegmentSeal {
+                format: SEGMENT_FORMAT.to_owned(),
+                start,
+                end,
+                root: hex::encode(root),
+                head_size: head.size,
+                head_root: hex::encode(self.audit_head(head.size).await?),
+                consistency: self
+                    .consistency_proof(end, head.size)
+                    .await?
+                    .iter()
+                    .map(hex::encode)
+                    .collect(),
+            };
+            let text =
+                serde_json::to_vec_pretty(&seal).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            write_synced(&seal_path, &text)?;
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|source| io(dir, source))?;
+            Ok(Segment {
+                seal,
+                leaves: leaves_path,
+                checkpoints: checkpoints_path,
+            })
         })
     }
 
     /// Deletes records `from..to` (archived), their personal values, and the
     /// checkpoints below `to` (in the archive), a chunk per transaction.
     async fn prune_audit(&self, from: u64, to: u64) -> Result<(), StoreError> {
-        let mut done = from;
-        while done < to {
-            let next = (done + PRUNE_CHUNK).min(to);
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-            sqlx::query("DELETE FROM audit_log WHERE seq < ?")
-                .bind(next as i64)
-                .execute(&mut *tx)
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let mut done = from;
+            while done < to {
+                let next = (done + PRUNE_CHUNK).min(to);
+                let mut tx = begin_audit_write(pool).await?;
+                query("DELETE FROM audit_log WHERE seq < ?")
+                    .bind(next as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                query("DELETE FROM audit_personal WHERE seq < ?")
+                    .bind(next as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                done = next;
+            }
+            query("DELETE FROM audit_checkpoints WHERE tree_size < ?")
+                .bind(to as i64)
+                .execute(pool)
                 .await?;
-            sqlx::query("DELETE FROM audit_personal WHERE seq < ?")
-                .bind(next as i64)
-                .execute(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            done = next;
-        }
-        sqlx::query("DELETE FROM audit_checkpoints WHERE tree_size < ?")
-            .bind(to as i64)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// [`verify_audit_log`](Self::verify_audit_log) over the archive's
@@ -685,7 +694,19 @@ mod tests {
 
     #[tokio::test]
     async fn archiving_prunes_and_keeps_every_later_proof() {
-        let (dir, store, key, leaves) = build().await;
+        for db in crate::testing::TestDb::all().await {
+            let dir = tempfile::tempdir().unwrap();
+            let (store, key, leaves) = crate::audit_log::tests::build_on(&db).await;
+            archiving_prunes_on(&dir, store, key, leaves).await;
+        }
+    }
+
+    async fn archiving_prunes_on(
+        dir: &tempfile::TempDir,
+        store: Store,
+        key: ed25519_dalek::SigningKey,
+        leaves: Vec<Hash>,
+    ) {
         let archive = dir.path().join("archive");
         // Records carry time_ms = seq; 150 rounds down to the 64-record boundary.
         let outcome = store.archive_audit(150, &archive).await.unwrap();

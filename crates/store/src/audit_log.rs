@@ -12,6 +12,7 @@
 
 use std::collections::HashMap;
 
+use crate::backend::DbRow;
 use futures_util::{StreamExt, TryStreamExt};
 use portcullis_audit::AuditRecord;
 use portcullis_audit::checkpoint::{self, Checkpoint};
@@ -21,7 +22,6 @@ use portcullis_audit::merkle::{
 };
 use portcullis_audit::note::VerifierKey;
 use portcullis_audit::verify::{LogVerifier, VerifyError, VerifySummary};
-use sqlx::Row;
 
 use crate::audit_rows::{self, Interner, RECORD_COLUMNS, StoredRow, StringCache};
 use crate::{Store, StoreError};
@@ -133,42 +133,46 @@ impl Store {
     /// Opens the appender, rebuilding the tree's frontier from stored subtrees.
     /// A log written before leaf hashes were kept is hashed once here.
     pub async fn audit_appender(&self) -> Result<AuditAppender, StoreError> {
-        let missing: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM audit_log WHERE leaf_hash IS NULL")
-                .fetch_one(&self.pool)
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let missing: i64 =
+                query_scalar("SELECT COUNT(*) FROM audit_log WHERE leaf_hash IS NULL")
+                    .fetch_one(pool)
+                    .await?;
+            if missing > 0 {
+                self.rebuild_tree().await?;
+            }
+            let size = self.audit_size().await?;
+            let frontier = self.subtree_hashes(&range_subtrees(0..size)).await?;
+            let acc = MerkleAccumulator::from_frontier(size, frontier).map_err(corrupt)?;
+            let live: i64 = query_scalar("SELECT COUNT(*) FROM audit_intents")
+                .fetch_one(pool)
                 .await?;
-        if missing > 0 {
-            self.rebuild_tree().await?;
-        }
-        let size = self.audit_size().await?;
-        let frontier = self.subtree_hashes(&range_subtrees(0..size)).await?;
-        let acc = MerkleAccumulator::from_frontier(size, frontier).map_err(corrupt)?;
-        let live: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_intents")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(AuditAppender {
-            store: self.clone(),
-            acc,
-            live_intents: live.max(0) as u64,
-            strings: Interner::load(&self.pool).await?,
+            Ok(AuditAppender {
+                store: self.clone(),
+                acc,
+                live_intents: live.max(0) as u64,
+                strings: Interner::load(&self.pool).await?,
+            })
         })
     }
 
     /// The intents no record has closed, oldest first: what a crash left.
     pub async fn audit_intents(&self) -> Result<Vec<AuditIntentRow>, StoreError> {
-        let rows =
-            sqlx::query("SELECT request_id, time_ms, record FROM audit_intents ORDER BY time_ms")
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditIntentRow {
-                    request_id: r.try_get("request_id")?,
-                    time_ms: r.try_get("time_ms")?,
-                    record: r.try_get("record")?,
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let rows =
+                query("SELECT request_id, time_ms, record FROM audit_intents ORDER BY time_ms")
+                    .fetch_all(pool)
+                    .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(AuditIntentRow {
+                        request_id: r.col("request_id")?,
+                        time_ms: r.col("time_ms")?,
+                        record: r.col("record")?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 
     /// Deletes the intents whose record is already in the log: records
@@ -176,18 +180,20 @@ impl Store {
     /// intents. Scans the log once, and only when intents are left (after a
     /// crash). Returns how many were deleted.
     pub async fn forget_recorded_intents(&self) -> Result<u64, StoreError> {
-        let left: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_intents")
-            .fetch_one(&self.pool)
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let left: i64 = query_scalar("SELECT COUNT(*) FROM audit_intents")
+                .fetch_one(pool)
+                .await?;
+            if left == 0 {
+                return Ok(0);
+            }
+            let done = query(
+                "DELETE FROM audit_intents WHERE request_id IN (SELECT request_id FROM audit_log)",
+            )
+            .execute(pool)
             .await?;
-        if left == 0 {
-            return Ok(0);
-        }
-        let done = sqlx::query(
-            "DELETE FROM audit_intents WHERE request_id IN (SELECT request_id FROM audit_log)",
-        )
-        .execute(&self.pool)
-        .await?;
-        Ok(done.rows_affected())
+            Ok(done.rows_affected())
+        })
     }
 
     /// Sets the whole log aside (its records, nodes, checkpoints and personal
@@ -202,41 +208,50 @@ impl Store {
         accepted: u64,
         now_ms: i64,
     ) -> Result<ArchivedSegment, StoreError> {
-        let size = self.audit_size().await?;
-        if accepted > size {
-            return Err(invalid(format!(
-                "the log has {size} records; cannot accept {accepted}"
-            )));
-        }
-        let mut acc = MerkleAccumulator::new();
-        {
-            let strings = audit_rows::load_strings(&self.pool, 0).await?;
-            let mut rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-                "SELECT {RECORD_COLUMNS} FROM audit_log WHERE seq < ? ORDER BY seq"
-            )))
-            .bind(accepted as i64)
-            .fetch(&self.pool);
-            while let Some(row) = rows.try_next().await? {
-                let row = StoredRow::from_row(&row)?;
-                if row.seq != acc.size() {
-                    return Err(invalid(format!(
-                        "record {} is missing from the accepted prefix",
-                        acc.size()
-                    )));
-                }
-                let leaf = row.leaf(&strings).map_err(corrupt)?;
-                acc.push(merkle::leaf_hash(&leaf));
+        crate::backend::with_pool!(&self.pool, |pool| {
+            if IS_POSTGRES {
+                // The tables it recreates are written in SQLite's dialect; on a
+                // shared log every replica would also have to stop first.
+                return Err(StoreError::Invalid(
+                "setting a tampered log aside is not built for PostgreSQL yet: restore the database from a backup"
+                    .into(),
+            ));
             }
-        }
-        if acc.size() != accepted {
-            return Err(invalid(format!(
-                "record {} is missing from the accepted prefix",
-                acc.size()
-            )));
-        }
-        // Digits only: safe to put in the statements below.
-        let suffix = format!("segment_{}", now_ms.max(0));
-        let statements = [
+            let size = self.audit_size().await?;
+            if accepted > size {
+                return Err(invalid(format!(
+                    "the log has {size} records; cannot accept {accepted}"
+                )));
+            }
+            let mut acc = MerkleAccumulator::new();
+            {
+                let strings = audit_rows::load_strings(&self.pool, 0).await?;
+                let mut rows = query_dyn(format!(
+                    "SELECT {RECORD_COLUMNS} FROM audit_log WHERE seq < ? ORDER BY seq"
+                ))
+                .bind(accepted as i64)
+                .fetch(pool);
+                while let Some(row) = rows.try_next().await? {
+                    let row = StoredRow::from_row(&row)?;
+                    if row.seq != acc.size() {
+                        return Err(invalid(format!(
+                            "record {} is missing from the accepted prefix",
+                            acc.size()
+                        )));
+                    }
+                    let leaf = row.leaf(&strings).map_err(corrupt)?;
+                    acc.push(merkle::leaf_hash(&leaf));
+                }
+            }
+            if acc.size() != accepted {
+                return Err(invalid(format!(
+                    "record {} is missing from the accepted prefix",
+                    acc.size()
+                )));
+            }
+            // Digits only: safe to put in the statements below.
+            let suffix = format!("segment_{}", now_ms.max(0));
+            let statements = [
             format!("ALTER TABLE audit_log RENAME TO audit_log_{suffix}"),
             format!("ALTER TABLE audit_nodes RENAME TO audit_nodes_{suffix}"),
             format!("ALTER TABLE audit_checkpoints RENAME TO audit_checkpoints_{suffix}"),
@@ -250,27 +265,28 @@ impl Store {
             "CREATE INDEX audit_personal_expiry ON audit_personal (expires_ms)".to_string(),
             "DELETE FROM audit_export_cursors".to_string(),
         ];
-        let mut tx = self.pool.begin().await?;
-        for statement in statements {
-            sqlx::query(sqlx::AssertSqlSafe(statement))
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(ArchivedSegment {
-            suffix,
-            size,
-            accepted,
-            accepted_root: acc.root(),
+            let mut tx = pool.begin().await?;
+            for statement in statements {
+                query_dyn(statement).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+            Ok(ArchivedSegment {
+                suffix,
+                size,
+                accepted,
+                accepted_root: acc.root(),
+            })
         })
     }
 
     /// The number of records in the log.
     pub async fn audit_size(&self) -> Result<u64, StoreError> {
-        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log")
-            .fetch_one(&self.pool)
-            .await?;
-        Ok(last.map_or(0, |s| s as u64 + 1))
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let last: Option<i64> = query_scalar("SELECT MAX(seq) FROM audit_log")
+                .fetch_one(pool)
+                .await?;
+            Ok(last.map_or(0, |s| s as u64 + 1))
+        })
     }
 
     /// The tree head over the first `size` records.
@@ -336,16 +352,18 @@ impl Store {
         sql: &'static str,
         params: &[i64],
     ) -> Result<Vec<StoredRow>, StoreError> {
-        let sql = sql.replace("{RECORD_COLUMNS}", RECORD_COLUMNS);
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for &param in params {
-            query = query.bind(param);
-        }
-        let rows = query.fetch_all(&self.pool).await?;
-        Ok(rows
-            .iter()
-            .map(StoredRow::from_row)
-            .collect::<Result<_, _>>()?)
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let sql = sql.replace("{RECORD_COLUMNS}", RECORD_COLUMNS);
+            let mut query = query_dyn(sql);
+            for &param in params {
+                query = query.bind(param);
+            }
+            let rows = query.fetch_all(pool).await?;
+            Ok(rows
+                .iter()
+                .map(StoredRow::from_row)
+                .collect::<Result<_, _>>()?)
+        })
     }
 
     /// Calls `visit` with every record from `since_ms` on (by `time_ms`), in
@@ -397,20 +415,21 @@ impl Store {
     /// The seq of the record with this request id. Scans the log: request ids
     /// are not indexed, because keeping a b-tree of random keys slowed appends.
     pub async fn audit_seq_of(&self, request_id: &str) -> Result<Option<u64>, StoreError> {
-        let seq: Option<i64> = sqlx::query_scalar(
-            "SELECT seq FROM audit_log WHERE request_id = ? ORDER BY seq LIMIT 1",
-        )
-        .bind(request_id)
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(seq.map(|s| s as u64))
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let seq: Option<i64> =
+                query_scalar("SELECT seq FROM audit_log WHERE request_id = ? ORDER BY seq LIMIT 1")
+                    .bind(request_id)
+                    .fetch_optional(pool)
+                    .await?;
+            Ok(seq.map(|s| s as u64))
+        })
     }
 
     /// The last `n` audit records, oldest first.
     pub async fn audit_tail(&self, n: u32) -> Result<Vec<AuditRecord>, StoreError> {
         let rows = self
             .stored_rows(
-                "SELECT {RECORD_COLUMNS} FROM (SELECT * FROM audit_log ORDER BY seq DESC LIMIT ?) ORDER BY seq",
+                "SELECT {RECORD_COLUMNS} FROM (SELECT * FROM audit_log ORDER BY seq DESC LIMIT ?) AS tail ORDER BY seq",
                 &[i64::from(n)],
             )
             .await?;
@@ -419,69 +438,80 @@ impl Store {
 
     /// Stores a signed checkpoint. Signing the same size again keeps the first.
     pub async fn add_checkpoint(&self, checkpoint: &StoredCheckpoint) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit_checkpoints (tree_size, time_ms, note) VALUES (?, ?, ?)
+        crate::backend::with_pool!(&self.pool, |pool| {
+            query(
+                "INSERT INTO audit_checkpoints (tree_size, time_ms, note) VALUES (?, ?, ?)
              ON CONFLICT (tree_size) DO NOTHING",
-        )
-        .bind(checkpoint.size as i64)
-        .bind(checkpoint.time_ms)
-        .bind(&checkpoint.note)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+            )
+            .bind(checkpoint.size as i64)
+            .bind(checkpoint.time_ms)
+            .bind(&checkpoint.note)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     /// Every stored checkpoint, smallest first.
     pub async fn checkpoints(&self) -> Result<Vec<StoredCheckpoint>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT tree_size, time_ms, note FROM audit_checkpoints ORDER BY tree_size",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(checkpoint_from_row).collect()
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let rows =
+                query("SELECT tree_size, time_ms, note FROM audit_checkpoints ORDER BY tree_size")
+                    .fetch_all(pool)
+                    .await?;
+            rows.iter().map(checkpoint_from_row).collect()
+        })
     }
 
     /// The largest stored checkpoint.
     pub async fn latest_checkpoint(&self) -> Result<Option<StoredCheckpoint>, StoreError> {
-        let row = sqlx::query(
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let row = query(
             "SELECT tree_size, time_ms, note FROM audit_checkpoints ORDER BY tree_size DESC LIMIT 1",
         )
-        .fetch_optional(&self.pool)
+        .fetch_optional(pool)
         .await?;
-        row.as_ref().map(checkpoint_from_row).transpose()
+            row.as_ref().map(checkpoint_from_row).transpose()
+        })
     }
 
     /// The clear values kept for a record's pseudonymized fields (until they
     /// expire), by field.
     pub async fn audit_personal(&self, seq: u64) -> Result<Vec<(String, String)>, StoreError> {
-        let rows =
-            sqlx::query("SELECT field, value FROM audit_personal WHERE seq = ? ORDER BY field")
-                .bind(seq as i64)
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get("field")?, r.try_get("value")?)))
-            .collect()
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let rows =
+                query("SELECT field, value FROM audit_personal WHERE seq = ? ORDER BY field")
+                    .bind(seq as i64)
+                    .fetch_all(pool)
+                    .await?;
+            rows.iter()
+                .map(|r| Ok((r.col("field")?, r.col("value")?)))
+                .collect()
+        })
     }
 
     /// Deletes personal data past its retention; returns how many values went.
     /// The leaves hold only keyed hashes, so verification is unaffected.
     pub async fn purge_personal(&self, now_ms: i64) -> Result<u64, StoreError> {
-        let done = sqlx::query("DELETE FROM audit_personal WHERE expires_ms <= ?")
-            .bind(now_ms)
-            .execute(&self.pool)
-            .await?;
-        Ok(done.rows_affected())
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let done = query("DELETE FROM audit_personal WHERE expires_ms <= ?")
+                .bind(now_ms)
+                .execute(pool)
+                .await?;
+            Ok(done.rows_affected())
+        })
     }
 
     /// The next seq an export sink has to deliver (0 when it never ran).
     pub async fn export_cursor(&self, sink: &str) -> Result<u64, StoreError> {
-        let next: Option<i64> =
-            sqlx::query_scalar("SELECT next_seq FROM audit_export_cursors WHERE sink = ?")
-                .bind(sink)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(next.map_or(0, |n| n as u64))
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let next: Option<i64> =
+                query_scalar("SELECT next_seq FROM audit_export_cursors WHERE sink = ?")
+                    .bind(sink)
+                    .fetch_optional(pool)
+                    .await?;
+            Ok(next.map_or(0, |n| n as u64))
+        })
     }
 
     /// Records that an export sink has delivered everything before `next_seq`.
@@ -491,16 +521,18 @@ impl Store {
         next_seq: u64,
         now_ms: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query(
+        crate::backend::with_pool!(&self.pool, |pool| {
+            query(
             "INSERT INTO audit_export_cursors (sink, next_seq, updated_ms) VALUES (?, ?, ?)
              ON CONFLICT (sink) DO UPDATE SET next_seq = excluded.next_seq, updated_ms = excluded.updated_ms",
         )
         .bind(sink)
         .bind(next_seq as i64)
         .bind(now_ms)
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Recomputes the whole tree from the stored records and holds it against
@@ -560,58 +592,60 @@ impl Store {
         mut walk: LogVerifier,
         start: u64,
     ) -> Result<VerifySummary, AuditVerifyFailure> {
-        let mut nodes: HashMap<(u32, u64), Hash> = HashMap::new();
-        {
-            let mut rows =
-                sqlx::query("SELECT level, idx, hash FROM audit_nodes").fetch(&self.pool);
-            while let Some(row) = rows.try_next().await.map_err(StoreError::from)? {
-                let level: i64 = row.try_get("level").map_err(StoreError::from)?;
-                let idx: i64 = row.try_get("idx").map_err(StoreError::from)?;
-                let hash: Vec<u8> = row.try_get("hash").map_err(StoreError::from)?;
-                nodes.insert((level as u32, idx as u64), to_hash(&hash)?);
-            }
-        }
-
-        // Pages are read and their leaves checked and hashed on two tasks at a
-        // time (row decoding, not hashing, is most of the cost); the tree is
-        // then grown from the hashes strictly in order, so the first failure
-        // reported is the first bad index.
-        let size = self.audit_size().await?;
-        let pages = (start..size)
-            .step_by(VERIFY_PAGE as usize)
-            .map(|from| (from, (from + VERIFY_PAGE).min(size)));
-        let store = self.clone();
-        // The string table is read afresh, not taken from the store's cache:
-        // what is verified is the table as stored now.
-        let strings = StringCache::default();
-        let mut hashed = futures_util::stream::iter(pages)
-            .map(move |(start, end)| {
-                let store = store.clone();
-                let strings = strings.clone();
-                tokio::spawn(async move { store.check_page(start, end, &strings).await })
-            })
-            .buffered(2);
-        let mut node_failure = None;
-        while let Some(page) = hashed.next().await {
-            let page = page.map_err(|e| corrupt(format!("verification task failed: {e}")))??;
-            for hash in page {
-                walk.push_checked(hash, |s: Subtree| {
-                    if s.level >= NODE_MIN_LEVEL
-                        && node_failure.is_none()
-                        && nodes.get(&(s.level, s.index)).is_some_and(|h| *h != s.hash)
-                    {
-                        node_failure = Some(VerifyError::NodeMismatch {
-                            level: s.level,
-                            index: s.index,
-                        });
-                    }
-                })?;
-                if let Some(failure) = node_failure.take() {
-                    return Err(failure.into());
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let mut nodes: HashMap<(u32, u64), Hash> = HashMap::new();
+            {
+                let mut rows = query("SELECT level, idx, hash FROM audit_nodes").fetch(pool);
+                while let Some(row) = rows.try_next().await.map_err(StoreError::from)? {
+                    let level: i64 = row.col("level").map_err(StoreError::from)?;
+                    let idx: i64 = row.col("idx").map_err(StoreError::from)?;
+                    let hash: Vec<u8> = row.col("hash").map_err(StoreError::from)?;
+                    nodes.insert((level as u32, idx as u64), to_hash(&hash)?);
                 }
             }
-        }
-        Ok(walk.finish()?)
+
+            // Pages are read and their leaves checked and hashed on two tasks at a
+            // time (row decoding, not hashing, is most of the cost); the tree is
+            // then grown from the hashes strictly in order, so the first failure
+            // reported is the first bad index.
+            let size = self.audit_size().await?;
+            let pages = (start..size)
+                .step_by(VERIFY_PAGE as usize)
+                .map(|from| (from, (from + VERIFY_PAGE).min(size)));
+            let store = self.clone();
+            // The string table is read afresh, not taken from the store's cache:
+            // what is verified is the table as stored now.
+            let strings = StringCache::default();
+            let mut hashed = futures_util::stream::iter(pages)
+                .map(move |(start, end)| {
+                    let store = store.clone();
+                    let strings = strings.clone();
+                    tokio::spawn(async move { store.check_page(start, end, &strings).await })
+                })
+                .buffered(2);
+            let mut node_failure = None;
+            while let Some(page) = hashed.next().await {
+                let page =
+                    page.map_err(|e| corrupt(format!("verification task failed: {e}")))??;
+                for hash in page {
+                    walk.push_checked(hash, |s: Subtree| {
+                        if s.level >= NODE_MIN_LEVEL
+                            && node_failure.is_none()
+                            && nodes.get(&(s.level, s.index)).is_some_and(|h| *h != s.hash)
+                        {
+                            node_failure = Some(VerifyError::NodeMismatch {
+                                level: s.level,
+                                index: s.index,
+                            });
+                        }
+                    })?;
+                    if let Some(failure) = node_failure.take() {
+                        return Err(failure.into());
+                    }
+                }
+            }
+            Ok(walk.finish()?)
+        })
     }
 
     /// Reads records `start..end`, checks that each sits at its position and
@@ -622,46 +656,49 @@ impl Store {
         end: u64,
         strings: &StringCache,
     ) -> Result<Vec<Hash>, AuditVerifyFailure> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let rows = query_dyn(format!(
             "SELECT {RECORD_COLUMNS}, leaf_hash FROM audit_log WHERE seq >= ? AND seq < ? ORDER BY seq"
-        )))
+        ))
         .bind(start as i64)
         .bind(end as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await
         .map_err(StoreError::from)?;
-        let mut stored = Vec::with_capacity(rows.len());
-        let mut records = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let hash: Option<&[u8]> = row.try_get(4).map_err(StoreError::from)?;
-            stored.push(hash.map(to_hash).transpose()?);
-            records.push(StoredRow::from_row(row).map_err(StoreError::from)?);
-        }
-        let leaves = strings.leaves(&self.pool, &records).await?;
-        let mut hashes = Vec::with_capacity(rows.len());
-        for (index, ((row, stored), leaf)) in (start..).zip(records.iter().zip(stored).zip(leaves))
-        {
-            if row.seq != index {
-                // A row whose key skips: a record was removed (or renumbered).
+            let mut stored = Vec::with_capacity(rows.len());
+            let mut records = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let hash: Option<Vec<u8>> = row.col(4).map_err(StoreError::from)?;
+                stored.push(hash.as_deref().map(to_hash).transpose()?);
+                records.push(StoredRow::from_row(row).map_err(StoreError::from)?);
+            }
+            let leaves = strings.leaves(&self.pool, &records).await?;
+            let mut hashes = Vec::with_capacity(rows.len());
+            for (index, ((row, stored), leaf)) in
+                (start..).zip(records.iter().zip(stored).zip(leaves))
+            {
+                if row.seq != index {
+                    // A row whose key skips: a record was removed (or renumbered).
+                    return Err(VerifyError::SeqMismatch {
+                        index,
+                        found: Some(row.seq),
+                    }
+                    .into());
+                }
+                // A record that does not decode (malformed, or naming a string
+                // the table does not hold) was changed.
+                let leaf = leaf.map_err(|_| VerifyError::LeafHashMismatch { index })?;
+                hashes.push(LogVerifier::check_leaf(index, &leaf, stored.as_ref())?);
+            }
+            if (hashes.len() as u64) < end - start {
                 return Err(VerifyError::SeqMismatch {
-                    index,
-                    found: Some(row.seq),
+                    index: start + hashes.len() as u64,
+                    found: None,
                 }
                 .into());
             }
-            // A record that does not decode (malformed, or naming a string
-            // the table does not hold) was changed.
-            let leaf = leaf.map_err(|_| VerifyError::LeafHashMismatch { index })?;
-            hashes.push(LogVerifier::check_leaf(index, &leaf, stored.as_ref())?);
-        }
-        if (hashes.len() as u64) < end - start {
-            return Err(VerifyError::SeqMismatch {
-                index: start + hashes.len() as u64,
-                found: None,
-            }
-            .into());
-        }
-        Ok(hashes)
+            Ok(hashes)
+        })
     }
 
     async fn check_size(&self, size: u64) -> Result<(), StoreError> {
@@ -694,128 +731,129 @@ impl Store {
         &self,
         subtrees: &[(u32, u64)],
     ) -> Result<Vec<Hash>, StoreError> {
-        // Two queries whatever the number of subtrees: one for the stored
-        // nodes, one for the leaf hashes under the low ones. A proof over a
-        // million records needs about 20 subtrees; one query each was most of
-        // its cost.
-        let stored: Vec<(u32, u64)> = subtrees
-            .iter()
-            .copied()
-            .filter(|&(level, _)| level >= NODE_MIN_LEVEL)
-            .collect();
-        let mut nodes: HashMap<(u32, u64), Hash> = HashMap::new();
-        for chunk in stored.chunks(400) {
-            let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "SELECT level, idx, hash FROM audit_nodes WHERE (level, idx) IN (VALUES ",
-            );
-            let mut values = query.separated(", ");
-            for &(level, index) in chunk {
-                values.push("(");
-                values.push_bind_unseparated(level as i64);
-                values.push_unseparated(", ");
-                values.push_bind_unseparated(index as i64);
-                values.push_unseparated(")");
-            }
-            query.push(")");
-            for row in query.build().fetch_all(&self.pool).await? {
-                let level: i64 = row.try_get("level")?;
-                let idx: i64 = row.try_get("idx")?;
-                let hash: Vec<u8> = row.try_get("hash")?;
-                nodes.insert((level as u32, idx as u64), to_hash(&hash)?);
-            }
-        }
-        let low: Vec<LeafRange> = subtrees
-            .iter()
-            .filter(|&&(level, _)| level < NODE_MIN_LEVEL)
-            .map(|&(level, index)| (index << level)..((index << level) + (1u64 << level)))
-            .collect();
-        let mut leaves: HashMap<u64, Hash> = HashMap::new();
-        for chunk in low.chunks(200) {
-            let mut query = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "SELECT seq, leaf_hash FROM audit_log WHERE ",
-            );
-            let mut ranges = query.separated(" OR ");
-            for range in chunk {
-                ranges.push("(seq >= ");
-                ranges.push_bind_unseparated(range.start as i64);
-                ranges.push_unseparated(" AND seq < ");
-                ranges.push_bind_unseparated(range.end as i64);
-                ranges.push_unseparated(")");
-            }
-            for row in query.build().fetch_all(&self.pool).await? {
-                let seq: i64 = row.try_get("seq")?;
-                let hash: Option<Vec<u8>> = row.try_get("leaf_hash")?;
-                let hash = hash.ok_or_else(|| corrupt("a record has no leaf hash"))?;
-                leaves.insert(seq as u64, to_hash(&hash)?);
-            }
-        }
-        subtrees
-            .iter()
-            .map(|&(level, index)| {
-                if level >= NODE_MIN_LEVEL {
-                    return nodes.get(&(level, index)).copied().ok_or_else(|| {
-                        StoreError::Corrupt {
-                            table: "audit_nodes",
-                            detail: format!("missing subtree level {level} index {index}"),
-                        }
-                    });
+        crate::backend::with_pool!(&self.pool, |pool| {
+            // Two queries whatever the number of subtrees: one for the stored
+            // nodes, one for the leaf hashes under the low ones. A proof over a
+            // million records needs about 20 subtrees; one query each was most of
+            // its cost.
+            let stored: Vec<(u32, u64)> = subtrees
+                .iter()
+                .copied()
+                .filter(|&(level, _)| level >= NODE_MIN_LEVEL)
+                .collect();
+            let mut nodes: HashMap<(u32, u64), Hash> = HashMap::new();
+            for chunk in stored.chunks(400) {
+                let mut query = sqlx::QueryBuilder::<Db>::new(
+                    "SELECT level, idx, hash FROM audit_nodes WHERE (level, idx) IN (VALUES ",
+                );
+                let mut values = query.separated(", ");
+                for &(level, index) in chunk {
+                    values.push("(");
+                    values.push_bind_unseparated(level as i64);
+                    values.push_unseparated(", ");
+                    values.push_bind_unseparated(index as i64);
+                    values.push_unseparated(")");
                 }
-                let start = index << level;
-                let end = start + (1u64 << level);
-                let hashes = (start..end)
-                    .map(|seq| {
-                        leaves
-                            .get(&seq)
-                            .copied()
-                            .ok_or_else(|| StoreError::Corrupt {
-                                table: "audit_log",
-                                detail: format!("records {start}..{end} are not all present"),
-                            })
-                    })
-                    .collect::<Result<Vec<Hash>, StoreError>>()?;
-                Ok(merkle::root(&hashes))
-            })
-            .collect()
+                query.push(")");
+                for row in query.build().fetch_all(pool).await? {
+                    let level: i64 = row.col("level")?;
+                    let idx: i64 = row.col("idx")?;
+                    let hash: Vec<u8> = row.col("hash")?;
+                    nodes.insert((level as u32, idx as u64), to_hash(&hash)?);
+                }
+            }
+            let low: Vec<LeafRange> = subtrees
+                .iter()
+                .filter(|&&(level, _)| level < NODE_MIN_LEVEL)
+                .map(|&(level, index)| (index << level)..((index << level) + (1u64 << level)))
+                .collect();
+            let mut leaves: HashMap<u64, Hash> = HashMap::new();
+            for chunk in low.chunks(200) {
+                let mut query =
+                    sqlx::QueryBuilder::<Db>::new("SELECT seq, leaf_hash FROM audit_log WHERE ");
+                let mut ranges = query.separated(" OR ");
+                for range in chunk {
+                    ranges.push("(seq >= ");
+                    ranges.push_bind_unseparated(range.start as i64);
+                    ranges.push_unseparated(" AND seq < ");
+                    ranges.push_bind_unseparated(range.end as i64);
+                    ranges.push_unseparated(")");
+                }
+                for row in query.build().fetch_all(pool).await? {
+                    let seq: i64 = row.col("seq")?;
+                    let hash: Option<Vec<u8>> = row.col("leaf_hash")?;
+                    let hash = hash.ok_or_else(|| corrupt("a record has no leaf hash"))?;
+                    leaves.insert(seq as u64, to_hash(&hash)?);
+                }
+            }
+            subtrees
+                .iter()
+                .map(|&(level, index)| {
+                    if level >= NODE_MIN_LEVEL {
+                        return nodes.get(&(level, index)).copied().ok_or_else(|| {
+                            StoreError::Corrupt {
+                                table: "audit_nodes",
+                                detail: format!("missing subtree level {level} index {index}"),
+                            }
+                        });
+                    }
+                    let start = index << level;
+                    let end = start + (1u64 << level);
+                    let hashes = (start..end)
+                        .map(|seq| {
+                            leaves
+                                .get(&seq)
+                                .copied()
+                                .ok_or_else(|| StoreError::Corrupt {
+                                    table: "audit_log",
+                                    detail: format!("records {start}..{end} are not all present"),
+                                })
+                        })
+                        .collect::<Result<Vec<Hash>, StoreError>>()?;
+                    Ok(merkle::root(&hashes))
+                })
+                .collect()
+        })
     }
 
     /// Hashes every record and rewrites leaf hashes and interior nodes: the
     /// one-time upgrade of a log written before they were kept.
     async fn rebuild_tree(&self) -> Result<(), StoreError> {
-        tracing::info!("hashing the audit log into a Merkle tree (one-time upgrade)");
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let strings = audit_rows::load_strings(&self.pool, 0).await?;
-        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "SELECT {RECORD_COLUMNS} FROM audit_log ORDER BY seq"
-        )))
-        .fetch_all(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM audit_nodes")
-            .execute(&mut *tx)
+        crate::backend::with_pool!(&self.pool, |pool| {
+            tracing::info!("hashing the audit log into a Merkle tree (one-time upgrade)");
+            let mut tx = begin_audit_write(pool).await?;
+            let strings = audit_rows::load_strings(&self.pool, 0).await?;
+            let rows = query_dyn(format!(
+                "SELECT {RECORD_COLUMNS} FROM audit_log ORDER BY seq"
+            ))
+            .fetch_all(&mut *tx)
             .await?;
-        let mut acc = MerkleAccumulator::new();
-        for row in rows {
-            let row = StoredRow::from_row(&row)?;
-            let seq = row.seq as i64;
-            if row.seq != acc.size() {
-                return Err(corrupt(format!("audit_log has a gap before seq {seq}")));
-            }
-            let leaf = row.leaf(&strings).map_err(corrupt)?;
-            let mut nodes = Vec::new();
-            acc.push_reporting(merkle::leaf_hash(&leaf), |s| nodes.push(s));
-            for s in nodes {
-                if s.level == 0 {
-                    sqlx::query("UPDATE audit_log SET leaf_hash = ? WHERE seq = ?")
-                        .bind(&s.hash[..])
-                        .bind(seq)
-                        .execute(&mut *tx)
-                        .await?;
-                } else if s.level >= NODE_MIN_LEVEL {
-                    insert_node(&mut tx, &s).await?;
+            query("DELETE FROM audit_nodes").execute(&mut *tx).await?;
+            let mut acc = MerkleAccumulator::new();
+            for row in rows {
+                let row = StoredRow::from_row(&row)?;
+                let seq = row.seq as i64;
+                if row.seq != acc.size() {
+                    return Err(corrupt(format!("audit_log has a gap before seq {seq}")));
+                }
+                let leaf = row.leaf(&strings).map_err(corrupt)?;
+                let mut nodes = Vec::new();
+                acc.push_reporting(merkle::leaf_hash(&leaf), |s| nodes.push(s));
+                for s in nodes {
+                    if s.level == 0 {
+                        query("UPDATE audit_log SET leaf_hash = ? WHERE seq = ?")
+                            .bind(&s.hash[..])
+                            .bind(seq)
+                            .execute(&mut *tx)
+                            .await?;
+                    } else if s.level >= NODE_MIN_LEVEL {
+                        insert_node!(tx, &s);
+                    }
                 }
             }
-        }
-        tx.commit().await?;
-        Ok(())
+            tx.commit().await?;
+            Ok(())
+        })
     }
 }
 
@@ -859,35 +897,16 @@ impl AuditAppender {
         if records.is_empty() && intents.is_empty() {
             return Ok(self.head());
         }
-        let mut acc = self.acc.clone();
-        let first = acc.size();
-        let mut rows = Vec::with_capacity(records.len());
-        let mut nodes = Vec::new();
-        for (seq, record) in (first..).zip(records.iter_mut()) {
-            record.seq = Some(seq);
-            let text = record.canonical_bytes();
-            let stored = audit_rows::stored_form(record, &text, &mut self.strings);
-            let mut leaf = [0u8; 32];
-            acc.push_reporting(merkle::leaf_hash(&text), |s| {
-                if s.level == 0 {
-                    leaf = s.hash;
-                } else if s.level >= NODE_MIN_LEVEL {
-                    nodes.push(s);
-                }
-            });
-            rows.push((
-                seq as i64,
-                record.request_id.as_str(),
-                record.time_ms,
-                stored,
-                leaf,
-            ));
-        }
+        // The batch is encoded and hashed before the write lock is taken, so
+        // the lock is held only for the writes. On PostgreSQL another replica
+        // may have appended meanwhile; the batch is then prepared again under
+        // the lock (see `write_batch`).
+        let (acc, nodes) = self.prepare(records);
         let result = self
-            .write_batch(first, &rows, &nodes, personal, intents)
+            .write_batch(records, acc, nodes, personal, intents)
             .await;
         match result {
-            Ok(closed) => {
+            Ok((acc, closed)) => {
                 let (first_string, added) = self.strings.added();
                 self.store.strings.extend(first_string, added);
                 self.strings.commit();
@@ -903,68 +922,130 @@ impl AuditAppender {
         }
     }
 
+    /// Numbers, encodes and hashes `records` as the next leaves of this
+    /// appender's tree: the tree after them and the stored subtrees they
+    /// complete.
+    fn prepare(&mut self, records: &mut [AuditRecord]) -> (MerkleAccumulator, Vec<Subtree>) {
+        let mut acc = self.acc.clone();
+        let first = acc.size();
+        let mut nodes = Vec::new();
+        for (seq, record) in (first..).zip(records.iter_mut()) {
+            record.seq = Some(seq);
+            let text = record.canonical_bytes();
+            acc.push_reporting(merkle::leaf_hash(&text), |s| {
+                if s.level >= NODE_MIN_LEVEL {
+                    nodes.push(s);
+                }
+            });
+        }
+        (acc, nodes)
+    }
+
+    /// The stored rows of prepared `records`: seq, request id, time, stored
+    /// form and leaf hash.
+    fn rows<'r>(&mut self, records: &'r [AuditRecord]) -> Vec<BatchRow<'r>> {
+        records
+            .iter()
+            .map(|record| {
+                let text = record.canonical_bytes();
+                let stored = audit_rows::stored_form(record, &text, &mut self.strings);
+                (
+                    record.seq.unwrap_or_default() as i64,
+                    record.request_id.as_str(),
+                    record.time_ms,
+                    stored,
+                    merkle::leaf_hash(&text),
+                )
+            })
+            .collect()
+    }
+
+    /// Catches up with records other replicas appended (PostgreSQL only,
+    /// under the audit lock): the tree's frontier and the string table as
+    /// the log now holds them.
+    async fn catch_up(&mut self, size: u64) -> Result<(), StoreError> {
+        let frontier = self.store.subtree_hashes(&range_subtrees(0..size)).await?;
+        self.acc = MerkleAccumulator::from_frontier(size, frontier).map_err(corrupt)?;
+        self.strings.roll_back();
+        let more = audit_rows::load_strings(&self.store.pool, self.strings.len()).await?;
+        self.strings.extend_committed(more);
+        Ok(())
+    }
+
     /// Writes a batch (records, the strings they add, subtree nodes,
-    /// personal values, intents) in one transaction; returns how many
-    /// intents its records closed.
+    /// personal values, intents) in one transaction; returns the tree after
+    /// it and how many intents its records closed.
     async fn write_batch(
-        &self,
-        first: u64,
-        rows: &[BatchRow<'_>],
-        nodes: &[Subtree],
+        &mut self,
+        records: &mut [AuditRecord],
+        mut acc: MerkleAccumulator,
+        mut nodes: Vec<Subtree>,
         personal: &[PersonalValue],
         intents: &[AuditIntentRow],
-    ) -> Result<u64, StoreError> {
-        let pool = &self.store.pool;
-        // IMMEDIATE takes the write lock first; the seq check then proves no
-        // other writer appended behind this appender's back.
-        let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log")
-            .fetch_one(&mut *tx)
-            .await?;
-        if last.map_or(0, |s| s as u64 + 1) != first {
-            return Err(corrupt(format!(
-                "the log has {} records but this appender expected {first}: another process appended",
-                last.map_or(0, |s| s + 1)
-            )));
-        }
-        let (first_string, added) = self.strings.added();
-        for (chunk_start, chunk) in (first_string..)
-            .step_by(AUDIT_ROWS_PER_INSERT)
-            .zip(added.chunks(AUDIT_ROWS_PER_INSERT))
-        {
-            // A plain INSERT: a number or string already taken means another
-            // writer, and fails the batch.
-            let mut insert =
-                sqlx::QueryBuilder::<sqlx::Sqlite>::new("INSERT INTO audit_strings (id, value) ");
-            insert.push_values((chunk_start..).zip(chunk), |mut row, (id, value)| {
-                row.push_bind(id as i64).push_bind(value.as_str());
-            });
-            insert.build().execute(&mut *tx).await?;
-        }
-        // Multi-row INSERTs: one statement per chunk instead of one round trip to
-        // the SQLite thread per record.
-        for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
-            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-                "INSERT INTO audit_log (seq, request_id, time_ms, record, leaf_hash) ",
-            );
-            insert.push_values(
-                chunk,
-                |mut row, (seq, request_id, time_ms, stored, leaf)| {
-                    row.push_bind(*seq)
-                        .push_bind(*request_id)
-                        .push_bind(*time_ms)
-                        .push_bind(stored.as_slice())
-                        .push_bind(&leaf[..]);
-                },
-            );
-            insert.build().execute(&mut *tx).await?;
-        }
-        for node in nodes {
-            insert_node(&mut tx, node).await?;
-        }
-        for p in personal {
-            sqlx::query(
-                "INSERT OR REPLACE INTO audit_personal (seq, field, value, expires_ms) VALUES (?, ?, ?, ?)",
+    ) -> Result<(MerkleAccumulator, u64), StoreError> {
+        let store = self.store.clone();
+        crate::backend::with_pool!(&store.pool, |pool| {
+            // The audit write lock is taken first; the seq check then proves no
+            // other writer appended behind this appender's back.
+            let mut tx = begin_audit_write(pool).await?;
+            let last: Option<i64> = query_scalar("SELECT MAX(seq) FROM audit_log")
+                .fetch_one(&mut *tx)
+                .await?;
+            let size = last.map_or(0, |s| s as u64 + 1);
+            if size != self.acc.size() {
+                if !IS_POSTGRES {
+                    // One node has one appender: another process appended.
+                    return Err(corrupt(format!(
+                        "the log has {size} records but this appender expected {}: another process appended",
+                        self.acc.size()
+                    )));
+                }
+                // Cluster mode: other replicas appended. Under the lock nobody
+                // else can, so the batch is numbered after their records, once.
+                self.catch_up(size).await?;
+                (acc, nodes) = self.prepare(records);
+            }
+            let first = self.acc.size();
+            let rows = self.rows(records);
+            let (first_string, added) = self.strings.added();
+            for (chunk_start, chunk) in (first_string..)
+                .step_by(AUDIT_ROWS_PER_INSERT)
+                .zip(added.chunks(AUDIT_ROWS_PER_INSERT))
+            {
+                // A plain INSERT: a number or string already taken means another
+                // writer, and fails the batch.
+                let mut insert =
+                    sqlx::QueryBuilder::<Db>::new("INSERT INTO audit_strings (id, value) ");
+                insert.push_values((chunk_start..).zip(chunk), |mut row, (id, value)| {
+                    row.push_bind(id as i64).push_bind(value.as_str());
+                });
+                insert.build().execute(&mut *tx).await?;
+            }
+            // Multi-row INSERTs: one statement per chunk instead of one round trip
+            // per record.
+            for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
+                let mut insert = sqlx::QueryBuilder::<Db>::new(
+                    "INSERT INTO audit_log (seq, request_id, time_ms, record, leaf_hash) ",
+                );
+                insert.push_values(
+                    chunk,
+                    |mut row, (seq, request_id, time_ms, stored, leaf)| {
+                        row.push_bind(*seq)
+                            .push_bind(*request_id)
+                            .push_bind(*time_ms)
+                            .push_bind(stored.as_slice())
+                            .push_bind(&leaf[..]);
+                    },
+                );
+                insert.build().execute(&mut *tx).await?;
+            }
+            for node in &nodes {
+                insert_node!(tx, node);
+            }
+            for p in personal {
+                query(
+                "INSERT INTO audit_personal (seq, field, value, expires_ms) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (seq, field) DO UPDATE SET value = excluded.value, expires_ms = excluded.expires_ms",
             )
             .bind((first + p.record as u64) as i64)
             .bind(p.field)
@@ -972,67 +1053,73 @@ impl AuditAppender {
             .bind(p.expires_ms)
             .execute(&mut *tx)
             .await?;
-        }
-        let live = self.live_intents + intents.len() as u64;
-        let closed = journal_intents(&mut tx, intents, rows, live).await?;
-        tx.commit().await?;
-        Ok(closed)
+            }
+            let live = self.live_intents + intents.len() as u64;
+            let closed = journal_intents!(tx, intents, &rows, live);
+            tx.commit().await?;
+            Ok((acc, closed))
+        })
     }
 }
 
 /// A record row of a batch: seq, request id, time, stored form, leaf hash.
-type BatchRow<'r> = (i64, &'r str, i64, Vec<u8>, [u8; 32]);
+type BatchRow<'r> = (i64, &'r str, i64, Vec<u8>, Hash);
 
 /// Inserts `intents` and deletes those the appended `rows` close (only when
 /// some are open); returns how many were deleted.
-async fn journal_intents(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
-    intents: &[AuditIntentRow],
-    rows: &[BatchRow<'_>],
-    live: u64,
-) -> Result<u64, StoreError> {
+macro_rules! journal_intents {
+    ($tx:expr, $intents:expr, $rows:expr, $live:expr) => {{
+    let (intents, rows, live): (&[AuditIntentRow], &[BatchRow<'_>], u64) = ($intents, $rows, $live);
     for chunk in intents.chunks(AUDIT_ROWS_PER_INSERT) {
         // A request decided twice (an MCP batch) keeps one intent: the latest.
-        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "INSERT OR REPLACE INTO audit_intents (request_id, time_ms, record) ",
+        let mut insert = sqlx::QueryBuilder::<Db>::new(
+            "INSERT INTO audit_intents (request_id, time_ms, record) ",
         );
         insert.push_values(chunk, |mut row, intent| {
             row.push_bind(intent.request_id.as_str())
                 .push_bind(intent.time_ms)
                 .push_bind(intent.record.as_str());
         });
-        insert.build().execute(&mut **tx).await?;
-    }
-    if live == 0 {
-        return Ok(0);
+        insert.push(
+            " ON CONFLICT (request_id) DO UPDATE SET time_ms = excluded.time_ms, record = excluded.record",
+        );
+        insert.build().execute(&mut *$tx).await?;
     }
     let mut closed = 0;
-    for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
-        let mut delete = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "DELETE FROM audit_intents WHERE request_id IN (",
-        );
-        let mut ids = delete.separated(", ");
-        for (_, request_id, ..) in chunk {
-            ids.push_bind(*request_id);
+    if live > 0 {
+        for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
+            let mut delete =
+                sqlx::QueryBuilder::<Db>::new("DELETE FROM audit_intents WHERE request_id IN (");
+            let mut ids = delete.separated(", ");
+            for (_, request_id, ..) in chunk {
+                ids.push_bind(*request_id);
+            }
+            delete.push(")");
+            closed += delete.build().execute(&mut *$tx).await?.rows_affected();
         }
-        delete.push(")");
-        closed += delete.build().execute(&mut **tx).await?.rows_affected();
     }
-    Ok(closed)
+    closed
+    }};
 }
+use journal_intents;
 
-async fn insert_node(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-    node: &Subtree,
-) -> Result<(), StoreError> {
-    sqlx::query("INSERT OR REPLACE INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)")
+/// Stores a subtree hash in the write transaction `$tx` (a macro so the one
+/// statement serves both backends).
+macro_rules! insert_node {
+    ($tx:expr, $node:expr) => {{
+        let node: &Subtree = $node;
+        query(
+            "INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)
+             ON CONFLICT (level, idx) DO UPDATE SET hash = excluded.hash",
+        )
         .bind(node.level as i64)
         .bind(node.index as i64)
         .bind(&node.hash[..])
-        .execute(&mut **tx)
+        .execute(&mut *$tx)
         .await?;
-    Ok(())
+    }};
 }
+use insert_node;
 
 /// Opens a checkpoint note with the trusted key and checks its origin.
 pub fn open_checkpoint(
@@ -1051,11 +1138,11 @@ pub fn open_checkpoint(
     Ok(checkpoint)
 }
 
-fn checkpoint_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<StoredCheckpoint, StoreError> {
+fn checkpoint_from_row(r: &impl DbRow) -> Result<StoredCheckpoint, StoreError> {
     Ok(StoredCheckpoint {
-        size: r.try_get::<i64, _>("tree_size")? as u64,
-        time_ms: r.try_get("time_ms")?,
-        note: r.try_get("note")?,
+        size: r.col::<i64, _>("tree_size")? as u64,
+        time_ms: r.col("time_ms")?,
+        note: r.col("note")?,
     })
 }
 
@@ -1120,6 +1207,18 @@ pub(crate) mod tests {
         let store = Store::open_sqlite(&dir.path().join("db.sqlite"))
             .await
             .unwrap();
+        let (key, leaves) = fill(&store).await;
+        (dir, store, key, leaves)
+    }
+
+    /// [`build`] on a database of either backend.
+    pub(crate) async fn build_on(db: &crate::testing::TestDb) -> (Store, SigningKey, Vec<Hash>) {
+        let store = db.open().await;
+        let (key, leaves) = fill(&store).await;
+        (store, key, leaves)
+    }
+
+    async fn fill(store: &Store) -> (SigningKey, Vec<Hash>) {
         let key = SigningKey::from_bytes(&[9; 32]);
         let mut log = store.audit_appender().await.unwrap();
         let mut n = 0;
@@ -1127,7 +1226,7 @@ pub(crate) mod tests {
             let mut batch: Vec<_> = (n..n + batch_len).map(record).collect();
             n += batch_len;
             log.append(&mut batch).await.unwrap();
-            sign_now(&store, &log, &key).await;
+            sign_now(store, &log, &key).await;
         }
         let leaves: Vec<Hash> = store
             .audit_leaves(0, 1000)
@@ -1138,7 +1237,7 @@ pub(crate) mod tests {
             .collect();
         assert_eq!(leaves.len(), 300);
         assert_eq!(log.head().root, merkle::root(&leaves));
-        (dir, store, key, leaves)
+        (key, leaves)
     }
 
     pub(crate) fn verifier(key: &SigningKey) -> VerifierKey {
@@ -1147,7 +1246,13 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn proofs_from_the_store_verify_and_the_frontier_survives_reopening() {
-        let (_dir, store, key, leaves) = build().await;
+        for db in crate::testing::TestDb::all().await {
+            proofs_on(&db).await;
+        }
+    }
+
+    async fn proofs_on(db: &crate::testing::TestDb) {
+        let (store, key, leaves) = build_on(db).await;
         for size in [1u64, 2, 63, 64, 65, 128, 200, 300] {
             let root = store.audit_head(size).await.unwrap();
             assert_eq!(root, merkle::root(&leaves[..size as usize]));
@@ -1191,14 +1296,90 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_stale_appender_cannot_fork_the_log() {
-        let (_dir, store, _key, _) = build().await;
+        for db in crate::testing::TestDb::all().await {
+            a_stale_appender_cannot_fork_on(&db).await;
+        }
+    }
+
+    /// One node: a second appender is another process, and is refused.
+    /// PostgreSQL: it is another replica, and its batch goes after the
+    /// records it had not seen, under the audit lock: never a fork.
+    async fn a_stale_appender_cannot_fork_on(db: &crate::testing::TestDb) {
+        let (store, key, _) = build_on(db).await;
         let mut first = store.audit_appender().await.unwrap();
         let mut second = store.audit_appender().await.unwrap();
         first.append(&mut [record(1)]).await.unwrap();
-        assert!(matches!(
-            second.append(&mut [record(2)]).await,
-            Err(StoreError::Corrupt { .. })
-        ));
+        let stale = second.append(&mut [record(2)]).await;
+        if !store.is_postgres() {
+            assert!(matches!(stale, Err(StoreError::Corrupt { .. })));
+            return;
+        }
+        assert_eq!(stale.unwrap().size, 302);
+        let summary = store
+            .verify_audit_log(&verifier(&key), ORIGIN, &[])
+            .await
+            .unwrap();
+        assert_eq!(summary.size, 302);
+    }
+
+    /// Two replicas (two stores, two pools) append concurrently to one
+    /// PostgreSQL log: every record gets its own index, the strings they
+    /// add never collide, and the shared log verifies.
+    #[tokio::test]
+    async fn replicas_append_to_one_log_without_forking() {
+        let Some(db) = crate::testing::TestDb::postgres().await else {
+            return;
+        };
+        let (a, b) = (db.open().await, db.open().await);
+        let writer = |store: Store, tag: &'static str| {
+            tokio::spawn(async move {
+                let mut log = store.audit_appender().await.unwrap();
+                let mut seqs = Vec::new();
+                for round in 0..40 {
+                    let mut batch: Vec<_> = (0..7)
+                        .map(|i| AuditRecord {
+                            request_id: format!("{tag}-{round}-{i}"),
+                            // A string new to the table in every batch.
+                            principal: Some(format!("agent-{tag}-{round}")),
+                            ..record(i)
+                        })
+                        .collect();
+                    log.append(&mut batch).await.unwrap();
+                    seqs.extend(batch.iter().map(|r| r.seq.unwrap()));
+                }
+                seqs
+            })
+        };
+        let started = std::time::Instant::now();
+        let (sa, sb) = (writer(a.clone(), "a"), writer(b.clone(), "b"));
+        let mut all: Vec<u64> = sa.await.unwrap();
+        all.extend(sb.await.unwrap());
+        // Reported, not asserted: batches of 7 alternating between two
+        // appenders is the worst case (every batch catches up first).
+        eprintln!(
+            "two appenders, 80 interleaved batches of 7: {:?} ({:.0} records/s)",
+            started.elapsed(),
+            560.0 / started.elapsed().as_secs_f64()
+        );
+        all.sort();
+        assert_eq!(
+            all,
+            (0..560).collect::<Vec<_>>(),
+            "each index given out once"
+        );
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let log = b.audit_appender().await.unwrap();
+        sign_now(&b, &log, &key).await;
+        let summary = a
+            .verify_audit_log(&verifier(&key), ORIGIN, &[])
+            .await
+            .unwrap();
+        assert_eq!((summary.size, summary.signed_size), (560, 560));
+        let tail = a.audit_tail(560).await.unwrap();
+        assert!(
+            tail.iter()
+                .any(|r| r.principal.as_deref() == Some("agent-b-39"))
+        );
     }
 
     fn intent(i: usize) -> AuditIntentRow {
@@ -1211,10 +1392,12 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_record_closes_its_intent_in_the_transaction_that_appends_it() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("db.sqlite"))
-            .await
-            .unwrap();
+        for db in crate::testing::TestDb::all().await {
+            a_record_closes_its_intent_in_the_transaction_that_appends_it_on(db.open().await).await;
+        }
+    }
+
+    async fn a_record_closes_its_intent_in_the_transaction_that_appends_it_on(store: Store) {
         let mut log = store.audit_appender().await.unwrap();
         // Intents alone: journaled, nothing appended to the log.
         let head = log
@@ -1251,7 +1434,9 @@ pub(crate) mod tests {
     }
 
     async fn tamper(store: &Store, sql: &'static str) {
-        sqlx::query(sql).execute(&store.pool).await.unwrap();
+        crate::backend::with_pool!(&store.pool, |pool| {
+            query(sql).execute(pool).await.unwrap();
+        });
     }
 
     async fn failure(store: &Store, key: &SigningKey) -> AuditVerifyFailure {
@@ -1322,7 +1507,7 @@ pub(crate) mod tests {
             sqlx::query("UPDATE audit_log SET record = ?, leaf_hash = ? WHERE seq = 150")
                 .bind(&stored)
                 .bind(&merkle::leaf_hash(forged.as_bytes())[..])
-                .execute(&store.pool)
+                .execute(store.sqlite_pool())
                 .await
                 .unwrap();
             assert_eq!(first_bad(&failure(&store, &key).await), 128);
@@ -1374,12 +1559,12 @@ pub(crate) mod tests {
             sqlx::query("UPDATE audit_log SET record = ? WHERE seq = ?")
                 .bind(text.as_str())
                 .bind(*seq as i64)
-                .execute(&store.pool)
+                .execute(store.sqlite_pool())
                 .await
                 .unwrap();
         }
         let kind: String = sqlx::query_scalar("SELECT typeof(record) FROM audit_log WHERE seq = 5")
-            .fetch_one(&store.pool)
+            .fetch_one(store.sqlite_pool())
             .await
             .unwrap();
         assert_eq!(kind, "text");

@@ -11,10 +11,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 
+use crate::backend::DbRow;
 use portcullis_audit::AuditRecord;
 use portcullis_audit::compact::{self, DecodeError};
-use sqlx::Row;
-use sqlx::sqlite::SqliteRow;
 
 use crate::StoreError;
 
@@ -31,12 +30,12 @@ pub(crate) struct StoredRow {
 
 impl StoredRow {
     /// Reads the [`RECORD_COLUMNS`] of a row.
-    pub(crate) fn from_row(row: &SqliteRow) -> Result<Self, sqlx::Error> {
+    pub(crate) fn from_row(row: &impl DbRow) -> Result<Self, sqlx::Error> {
         Ok(StoredRow {
-            seq: row.try_get::<i64, _>(0)? as u64,
-            request_id: row.try_get(1)?,
-            time_ms: row.try_get(2)?,
-            bytes: row.try_get(3)?,
+            seq: row.col::<i64, _>(0)? as u64,
+            request_id: row.col(1)?,
+            time_ms: row.col(2)?,
+            bytes: row.col(3)?,
         })
     }
 
@@ -114,7 +113,7 @@ impl StringCache {
     /// added since it was last read.
     pub(crate) async fn with<T>(
         &self,
-        pool: &sqlx::SqlitePool,
+        pool: &crate::backend::Pool,
         f: impl Fn(&[String]) -> Result<T, RowError>,
     ) -> Result<T, StoreError> {
         let first = f(&self.0.read().unwrap_or_else(PoisonError::into_inner));
@@ -131,7 +130,7 @@ impl StringCache {
     /// table once when a row names a string added since it was last read.
     pub(crate) async fn leaves(
         &self,
-        pool: &sqlx::SqlitePool,
+        pool: &crate::backend::Pool,
         rows: &[StoredRow],
     ) -> Result<Vec<Result<Vec<u8>, DecodeError>>, StoreError> {
         let decode = || {
@@ -150,7 +149,7 @@ impl StringCache {
     }
 
     /// Reads the strings added since the last read.
-    async fn refresh(&self, pool: &sqlx::SqlitePool) -> Result<(), StoreError> {
+    async fn refresh(&self, pool: &crate::backend::Pool) -> Result<(), StoreError> {
         let have = self.0.read().unwrap_or_else(PoisonError::into_inner).len();
         let more = load_strings(pool, have).await?;
         let mut strings = self.0.write().unwrap_or_else(PoisonError::into_inner);
@@ -171,25 +170,27 @@ impl StringCache {
 
 /// The strings numbered `from` and up, in order.
 pub(crate) async fn load_strings(
-    pool: &sqlx::SqlitePool,
+    pool: &crate::backend::Pool,
     from: usize,
 ) -> Result<Vec<String>, StoreError> {
-    let rows = sqlx::query("SELECT id, value FROM audit_strings WHERE id >= ? ORDER BY id")
-        .bind(from as i64)
-        .fetch_all(pool)
-        .await?;
-    let mut strings = Vec::with_capacity(rows.len());
-    for (expected, row) in (from..).zip(&rows) {
-        let id: i64 = row.try_get(0)?;
-        if id as usize != expected {
-            return Err(StoreError::Corrupt {
-                table: "audit_strings",
-                detail: format!("string {expected} is missing"),
-            });
+    crate::backend::with_pool!(pool, |pool| {
+        let rows = query("SELECT id, value FROM audit_strings WHERE id >= ? ORDER BY id")
+            .bind(from as i64)
+            .fetch_all(pool)
+            .await?;
+        let mut strings = Vec::with_capacity(rows.len());
+        for (expected, row) in (from..).zip(&rows) {
+            let id: i64 = row.col(0)?;
+            if id as usize != expected {
+                return Err(StoreError::Corrupt {
+                    table: "audit_strings",
+                    detail: format!("string {expected} is missing"),
+                });
+            }
+            strings.push(row.col(1)?);
         }
-        strings.push(row.try_get(1)?);
-    }
-    Ok(strings)
+        Ok(strings)
+    })
 }
 
 /// The appender's side of the string table: every string by text, and the
@@ -202,7 +203,7 @@ pub(crate) struct Interner {
 }
 
 impl Interner {
-    pub(crate) async fn load(pool: &sqlx::SqlitePool) -> Result<Self, StoreError> {
+    pub(crate) async fn load(pool: &crate::backend::Pool) -> Result<Self, StoreError> {
         let strings = load_strings(pool, 0).await?;
         let ids = (0u64..)
             .zip(&strings)
@@ -239,6 +240,20 @@ impl Interner {
     /// The strings the batch added, with the number of the first.
     pub(crate) fn added(&self) -> (u64, &[String]) {
         (self.strings.len() as u64, &self.added)
+    }
+
+    /// How many strings the table holds (the batch's not counted).
+    pub(crate) fn len(&self) -> usize {
+        self.strings.len()
+    }
+
+    /// Adds strings another writer committed (numbered from [`Self::len`]).
+    pub(crate) fn extend_committed(&mut self, more: Vec<String>) {
+        for text in more {
+            let id = self.strings.len() as u64;
+            self.ids.insert(text.clone(), id);
+            self.strings.push(text);
+        }
     }
 
     /// The batch committed: its strings are the table's.

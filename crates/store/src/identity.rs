@@ -2,7 +2,7 @@
 //! TOTP secret, access tokens revoked one by one, disabled federated users and
 //! agents' workload pins. The store moves only sealed bytes for TOTP secrets.
 
-use sqlx::Row;
+use crate::backend::DbRow;
 
 use crate::{Store, StoreError};
 
@@ -70,66 +70,76 @@ impl Store {
 
     /// Enrols an admin; an existing name is a conflict.
     pub async fn add_admin_user(&self, user: &AdminUserRow) -> Result<(), StoreError> {
-        let result = sqlx::query(
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let result = query(
             "INSERT INTO admin_users (name, totp_sealed, created_at, last_step) VALUES (?, ?, ?, 0)
              ON CONFLICT(name) DO NOTHING",
         )
         .bind(&user.name)
         .bind(&user.totp_sealed)
         .bind(user.created_at)
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
-        if result.rows_affected() == 0 {
-            return Err(StoreError::Conflict(user.name.clone()));
-        }
-        Ok(())
+            if result.rows_affected() == 0 {
+                return Err(StoreError::Conflict(user.name.clone()));
+            }
+            Ok(())
+        })
     }
 
     /// One admin.
     pub async fn admin_user(&self, name: &str) -> Result<Option<AdminUserRow>, StoreError> {
-        let row = sqlx::query(
-            "SELECT name, totp_sealed, created_at, last_step FROM admin_users WHERE name = ?",
-        )
-        .bind(name)
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|r| admin_from_row(&r)).transpose()
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let row = query(
+                "SELECT name, totp_sealed, created_at, last_step FROM admin_users WHERE name = ?",
+            )
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+            row.map(|r| admin_from_row(&r)).transpose()
+        })
     }
 
     /// Every admin, by name.
     pub async fn admin_users(&self) -> Result<Vec<AdminUserRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT name, totp_sealed, created_at, last_step FROM admin_users ORDER BY name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(admin_from_row).collect()
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let rows = query(
+                "SELECT name, totp_sealed, created_at, last_step FROM admin_users ORDER BY name",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter().map(admin_from_row).collect()
+        })
     }
 
     /// Removes an admin.
     pub async fn remove_admin_user(&self, name: &str) -> Result<(), StoreError> {
-        let result = sqlx::query("DELETE FROM admin_users WHERE name = ?")
-            .bind(name)
-            .execute(&self.pool)
-            .await?;
-        if result.rows_affected() == 0 {
-            return Err(StoreError::NotFound(name.to_string()));
-        }
-        Ok(())
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let result = query("DELETE FROM admin_users WHERE name = ?")
+                .bind(name)
+                .execute(pool)
+                .await?;
+            if result.rows_affected() == 0 {
+                return Err(StoreError::NotFound(name.to_string()));
+            }
+            Ok(())
+        })
     }
 
     /// Records that a TOTP step was used, only if it is newer than the last
     /// one: `false` means the code (or an older one) was already used. One
     /// atomic statement, so two concurrent uses of one code cannot both win.
     pub async fn use_totp_step(&self, name: &str, step: i64) -> Result<bool, StoreError> {
-        let result =
-            sqlx::query("UPDATE admin_users SET last_step = ? WHERE name = ? AND last_step < ?")
-                .bind(step)
-                .bind(name)
-                .bind(step)
-                .execute(&self.pool)
-                .await?;
-        Ok(result.rows_affected() == 1)
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let result =
+                query("UPDATE admin_users SET last_step = ? WHERE name = ? AND last_step < ?")
+                    .bind(step)
+                    .bind(name)
+                    .bind(step)
+                    .execute(pool)
+                    .await?;
+            Ok(result.rows_affected() == 1)
+        })
     }
 
     /// Gives a consumed time step back (the action it confirmed failed), unless
@@ -140,18 +150,21 @@ impl Store {
         step: i64,
         previous: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("UPDATE admin_users SET last_step = ? WHERE name = ? AND last_step = ?")
-            .bind(previous)
-            .bind(name)
-            .bind(step)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        crate::backend::with_pool!(&self.pool, |pool| {
+            query("UPDATE admin_users SET last_step = ? WHERE name = ? AND last_step = ?")
+                .bind(previous)
+                .bind(name)
+                .bind(step)
+                .execute(pool)
+                .await?;
+            Ok(())
+        })
     }
 
     /// Revokes one access token. Revoking it again keeps the first record.
     pub async fn revoke_token(&self, row: &RevokedTokenRow) -> Result<(), StoreError> {
-        sqlx::query(
+        crate::backend::with_pool!(&self.pool, |pool| {
+            query(
             "INSERT INTO revoked_tokens (jti, expires_at, revoked_at, reason) VALUES (?, ?, ?, ?)
              ON CONFLICT(jti) DO NOTHING",
         )
@@ -159,32 +172,35 @@ impl Store {
         .bind(row.expires_at)
         .bind(row.revoked_at)
         .bind(&row.reason)
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Revoked tokens that have not expired yet; expired rows are deleted.
     pub async fn revoked_tokens(&self, now: i64) -> Result<Vec<RevokedTokenRow>, StoreError> {
-        sqlx::query("DELETE FROM revoked_tokens WHERE expires_at <= ?")
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        let rows = sqlx::query(
+        crate::backend::with_pool!(&self.pool, |pool| {
+            query("DELETE FROM revoked_tokens WHERE expires_at <= ?")
+                .bind(now)
+                .execute(pool)
+                .await?;
+            let rows = query(
             "SELECT jti, expires_at, revoked_at, reason FROM revoked_tokens ORDER BY revoked_at, jti",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(RevokedTokenRow {
-                    jti: r.try_get("jti")?,
-                    expires_at: r.try_get("expires_at")?,
-                    revoked_at: r.try_get("revoked_at")?,
-                    reason: r.try_get("reason")?,
+            rows.iter()
+                .map(|r| {
+                    Ok(RevokedTokenRow {
+                        jti: r.col("jti")?,
+                        expires_at: r.col("expires_at")?,
+                        revoked_at: r.col("revoked_at")?,
+                        reason: r.col("reason")?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 
     /// Disables a federated user (`true`) or enables them again (`false`).
@@ -195,49 +211,54 @@ impl Store {
         now: i64,
         reason: &str,
     ) -> Result<(), StoreError> {
-        if disabled {
-            sqlx::query(
-                "INSERT INTO disabled_users (subject, disabled_at, reason) VALUES (?, ?, ?)
+        crate::backend::with_pool!(&self.pool, |pool| {
+            if disabled {
+                query(
+                    "INSERT INTO disabled_users (subject, disabled_at, reason) VALUES (?, ?, ?)
                  ON CONFLICT(subject) DO NOTHING",
-            )
-            .bind(subject)
-            .bind(now)
-            .bind(reason)
-            .execute(&self.pool)
-            .await?;
-        } else {
-            let result = sqlx::query("DELETE FROM disabled_users WHERE subject = ?")
+                )
                 .bind(subject)
-                .execute(&self.pool)
+                .bind(now)
+                .bind(reason)
+                .execute(pool)
                 .await?;
-            if result.rows_affected() == 0 {
-                return Err(StoreError::NotFound(subject.to_string()));
+            } else {
+                let result = query("DELETE FROM disabled_users WHERE subject = ?")
+                    .bind(subject)
+                    .execute(pool)
+                    .await?;
+                if result.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(subject.to_string()));
+                }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Every disabled federated user.
     pub async fn disabled_users(&self) -> Result<Vec<String>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT subject FROM disabled_users ORDER BY subject")
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        crate::backend::with_pool!(&self.pool, |pool| {
+            Ok(
+                query_scalar("SELECT subject FROM disabled_users ORDER BY subject")
+                    .fetch_all(pool)
+                    .await?,
+            )
+        })
     }
 
     /// Pins an agent to a workload digest and networks (replacing an earlier pin).
     pub async fn set_posture_pin(&self, pin: &PostureRow) -> Result<(), StoreError> {
-        let exists = sqlx::query("SELECT 1 FROM agents WHERE name = ?")
-            .bind(&pin.agent)
-            .fetch_optional(&self.pool)
-            .await?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound(pin.agent.clone()));
-        }
-        let networks =
-            serde_json::to_string(&pin.networks).map_err(|e| StoreError::Invalid(e.to_string()))?;
-        sqlx::query(
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let exists = query("SELECT 1 FROM agents WHERE name = ?")
+                .bind(&pin.agent)
+                .fetch_optional(pool)
+                .await?;
+            if exists.is_none() {
+                return Err(StoreError::NotFound(pin.agent.clone()));
+            }
+            let networks = serde_json::to_string(&pin.networks)
+                .map_err(|e| StoreError::Invalid(e.to_string()))?;
+            query(
             "INSERT INTO agent_posture_pins (agent, digest, networks, pinned_at) VALUES (?, ?, ?, ?)
              ON CONFLICT(agent) DO UPDATE SET digest = excluded.digest,
                  networks = excluded.networks, pinned_at = excluded.pinned_at",
@@ -246,39 +267,42 @@ impl Store {
         .bind(&pin.digest)
         .bind(networks)
         .bind(pin.pinned_at)
-        .execute(&self.pool)
+        .execute(pool)
         .await?;
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Every agent's pin.
     pub async fn posture_pins(&self) -> Result<Vec<PostureRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT agent, digest, networks, pinned_at FROM agent_posture_pins ORDER BY agent",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let networks: String = r.try_get("networks")?;
-                Ok(PostureRow {
-                    agent: r.try_get("agent")?,
-                    digest: r.try_get("digest")?,
-                    networks: serde_json::from_str(&networks)
-                        .map_err(|e| StoreError::Invalid(e.to_string()))?,
-                    pinned_at: r.try_get("pinned_at")?,
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let rows = query(
+                "SELECT agent, digest, networks, pinned_at FROM agent_posture_pins ORDER BY agent",
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    let networks: String = r.col("networks")?;
+                    Ok(PostureRow {
+                        agent: r.col("agent")?,
+                        digest: r.col("digest")?,
+                        networks: serde_json::from_str(&networks)
+                            .map_err(|e| StoreError::Invalid(e.to_string()))?,
+                        pinned_at: r.col("pinned_at")?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 }
 
-fn admin_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<AdminUserRow, StoreError> {
+fn admin_from_row(r: &impl DbRow) -> Result<AdminUserRow, StoreError> {
     Ok(AdminUserRow {
-        name: r.try_get("name")?,
-        totp_sealed: r.try_get("totp_sealed")?,
-        created_at: r.try_get("created_at")?,
-        last_step: r.try_get("last_step")?,
+        name: r.col("name")?,
+        totp_sealed: r.col("totp_sealed")?,
+        created_at: r.col("created_at")?,
+        last_step: r.col("last_step")?,
     })
 }
 
@@ -288,8 +312,12 @@ mod tests {
 
     #[tokio::test]
     async fn admins_totp_steps_revocations_and_pins() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("db")).await.unwrap();
+        for db in crate::testing::TestDb::all().await {
+            admins_totp_steps_revocations_and_pins_on(db.open().await).await;
+        }
+    }
+
+    async fn admins_totp_steps_revocations_and_pins_on(store: Store) {
         let alice = AdminUserRow {
             name: "alice".into(),
             totp_sealed: vec![1, 2, 3],

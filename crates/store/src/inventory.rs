@@ -112,8 +112,12 @@ mod tests {
 
     #[tokio::test]
     async fn edges_aggregate_the_window() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("db")).await.unwrap();
+        for db in crate::testing::TestDb::all().await {
+            edges_aggregate_the_window_on(db.open().await).await;
+        }
+    }
+
+    async fn edges_aggregate_the_window_on(store: Store) {
         let mut log = store.audit_appender().await.unwrap();
         let mut batch = vec![
             rec(5, Some("bot"), "old", "public", Outcome::Allow),

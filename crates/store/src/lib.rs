@@ -2,8 +2,10 @@
 //!
 //! SQLite is the embedded default (one file in the state directory, WAL mode,
 //! `synchronous = FULL` so a committed audit batch survives a crash or power loss).
-//! The PostgreSQL backend for cluster mode will implement the same operations; the
-//! rest of Portcullis calls only the methods of [`Store`].
+//! PostgreSQL is the backend of cluster mode (`[store] url = "postgres://..."`,
+//! docs/cluster.md): several gateway replicas share one database. Both sit
+//! behind the same methods of [`Store`] (see `backend.rs` for how one body
+//! serves both); the rest of Portcullis never sees which one it has.
 //!
 //! The store is never on the request hot path: the gateway reads agents from an
 //! in-memory snapshot and hands audit records to a batching writer.
@@ -11,6 +13,11 @@
 
 mod agent_keys;
 mod analytics;
+mod backend;
+mod cluster;
+pub use cluster::SingleUseKind;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub use analytics::{AlertRow, QuarantineRow, RiskPoint};
 mod identity;
 pub use identity::{AdminUserRow, PostureRow, RevokedTokenRow};
@@ -43,9 +50,12 @@ use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
+use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlSafeStr, SqlitePool};
+
+use backend::{DbRow, Pool};
 
 mod vault;
 pub use vault::{
@@ -113,9 +123,12 @@ pub struct CertificateRow {
 /// The store.
 #[derive(Debug, Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: Pool,
     /// The audit log's string table as last read (see `audit_rows.rs`).
     strings: audit_rows::StringCache,
+    /// Cluster mode: connections with `synchronous_commit = off`, for the
+    /// single-use claims DPoP requests wait on (`cluster.rs`).
+    relaxed: Option<sqlx::PgPool>,
 }
 
 fn migrator() -> Migrator {
@@ -191,6 +204,56 @@ fn migrator() -> Migrator {
     ])
 }
 
+/// Connections per replica to PostgreSQL. The store is off the hot path
+/// (snapshots and a batching audit writer), so a few suffice.
+const POSTGRES_POOL_SIZE: u32 = 8;
+
+/// Whether a store URL names PostgreSQL (cluster mode) rather than SQLite.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
+/// The PostgreSQL twins of [`migrator`]'s migrations, same versions and
+/// names (`migrations/postgres/`). A SQLite migration without its twin
+/// fails `every_sqlite_migration_has_a_postgres_twin`.
+fn postgres_migrator() -> Migrator {
+    let migration = |version, name: &str, sql: &'static str| {
+        Migration::new(
+            version,
+            name.to_owned().into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
+    };
+    macro_rules! twin {
+        ($v:literal, $name:literal, $file:literal) => {
+            migration(
+                $v,
+                $name,
+                include_str!(concat!("../migrations/postgres/", $file)),
+            )
+        };
+    }
+    Migrator::with_migrations(vec![
+        twin!(1, "init", "0001_init.sql"),
+        twin!(2, "audit_merkle", "0002_audit_merkle.sql"),
+        twin!(3, "vault", "0003_vault.sql"),
+        twin!(4, "audit_personal", "0004_audit_personal.sql"),
+        twin!(5, "tokens", "0005_tokens.sql"),
+        twin!(6, "identity", "0006_identity.sql"),
+        twin!(7, "policy", "0007_policy.sql"),
+        twin!(8, "mcp_tools", "0008_mcp_tools.sql"),
+        twin!(9, "analytics", "0009_analytics.sql"),
+        twin!(10, "llm_budget", "0010_llm_budget.sql"),
+        twin!(11, "approval_reason", "0011_approval_reason.sql"),
+        twin!(12, "approval_binding", "0012_approval_binding.sql"),
+        twin!(13, "audit_intents", "0013_audit_intents.sql"),
+        twin!(14, "audit_compact", "0014_audit_compact.sql"),
+        twin!(15, "transit_exportable", "0015_transit_exportable.sql"),
+    ])
+}
+
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and migrates it.
     pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
@@ -210,8 +273,9 @@ impl Store {
             .await?;
         migrator().run(&pool).await?;
         Ok(Store {
-            pool,
+            pool: Pool::Sqlite(pool),
             strings: Default::default(),
+            relaxed: None,
         })
     }
 
@@ -243,21 +307,58 @@ impl Store {
             )));
         }
         Ok(Store {
-            pool,
+            pool: Pool::Sqlite(pool),
             strings: Default::default(),
+            relaxed: None,
         })
     }
 
-    /// Opens a database from a URL such as `sqlite:///var/lib/portcullis/db.sqlite`.
+    /// Opens a database from a URL: `sqlite:///var/lib/portcullis/db.sqlite`
+    /// or `postgres://USER@HOST:PORT/DB` (cluster mode).
     pub async fn open_url(url: &str) -> Result<Self, StoreError> {
+        if is_postgres_url(url) {
+            return Self::open_postgres(url).await;
+        }
         let options = SqliteConnectOptions::from_str(url)?;
         Self::open_sqlite(options.get_filename()).await
     }
 
+    /// Connects to the PostgreSQL database at `url` and migrates it with the
+    /// PostgreSQL twins of the SQLite migrations (`migrations/postgres/`).
+    /// Several replicas may do this at once: sqlx serializes migrators with
+    /// an advisory lock, and a schema already migrated is left as it is.
+    pub async fn open_postgres(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)?.application_name("portcullis");
+        let pool = PgPoolOptions::new()
+            .max_connections(POSTGRES_POOL_SIZE)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await?;
+        postgres_migrator().run(&pool).await?;
+        cluster::cluster_migrator().run(&pool).await?;
+        let relaxed = PgPoolOptions::new()
+            .max_connections(POSTGRES_POOL_SIZE)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(options.options([("synchronous_commit", "off")]));
+        Ok(Store {
+            pool: Pool::Postgres(pool),
+            strings: Default::default(),
+            relaxed: Some(relaxed),
+        })
+    }
+
+    /// Whether this store is PostgreSQL (cluster mode), whose state is
+    /// shared with other replicas.
+    pub fn is_postgres(&self) -> bool {
+        matches!(self.pool, Pool::Postgres(_))
+    }
+
     /// Checks the database answers (readiness).
     pub async fn ping(&self) -> Result<(), StoreError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
-        Ok(())
+        crate::backend::with_pool!(&self.pool, |pool| {
+            query("SELECT 1").execute(pool).await?;
+            Ok(())
+        })
     }
 
     /// Registers an agent with its first certificate, atomically.
@@ -266,88 +367,98 @@ impl Store {
         agent: &AgentRow,
         certificate: &CertificateRow,
     ) -> Result<(), StoreError> {
-        let roles = serde_json::to_string(&agent.roles).map_err(|e| StoreError::Corrupt {
-            table: "agents",
-            detail: e.to_string(),
-        })?;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let exists = sqlx::query("SELECT 1 FROM agents WHERE name = ?")
-            .bind(&agent.name)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_some() {
-            return Err(StoreError::Conflict(agent.name.clone()));
-        }
-        sqlx::query("INSERT INTO agents (name, roles, created_at, revoked_at) VALUES (?, ?, ?, ?)")
-            .bind(&agent.name)
-            .bind(roles)
-            .bind(agent.created_at)
-            .bind(agent.revoked_at)
-            .execute(&mut *tx)
-            .await?;
-        insert_certificate(&mut tx, certificate).await?;
-        tx.commit().await?;
-        Ok(())
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let roles = serde_json::to_string(&agent.roles).map_err(|e| StoreError::Corrupt {
+                table: "agents",
+                detail: e.to_string(),
+            })?;
+            let mut tx = begin_write(pool).await?;
+            let exists = query("SELECT 1 FROM agents WHERE name = ?")
+                .bind(&agent.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if exists.is_some() {
+                return Err(StoreError::Conflict(agent.name.clone()));
+            }
+            query("INSERT INTO agents (name, roles, created_at, revoked_at) VALUES (?, ?, ?, ?)")
+                .bind(&agent.name)
+                .bind(roles)
+                .bind(agent.created_at)
+                .bind(agent.revoked_at)
+                .execute(&mut *tx)
+                .await?;
+            insert_certificate!(tx, certificate);
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// Records another certificate for an existing, unrevoked agent (renewal).
     pub async fn add_certificate(&self, certificate: &CertificateRow) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let active = sqlx::query("SELECT 1 FROM agents WHERE name = ? AND revoked_at IS NULL")
-            .bind(&certificate.agent)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if active.is_none() {
-            return Err(StoreError::NotFound(certificate.agent.clone()));
-        }
-        insert_certificate(&mut tx, certificate).await?;
-        tx.commit().await?;
-        Ok(())
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let mut tx = begin_write(pool).await?;
+            let active = query("SELECT 1 FROM agents WHERE name = ? AND revoked_at IS NULL")
+                .bind(&certificate.agent)
+                .fetch_optional(&mut *tx)
+                .await?;
+            if active.is_none() {
+                return Err(StoreError::NotFound(certificate.agent.clone()));
+            }
+            insert_certificate!(tx, certificate);
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// Revokes an agent and every certificate it holds. Revoking twice keeps the
     /// first revocation time.
     pub async fn revoke_agent(&self, name: &str, now: i64) -> Result<AgentRow, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let updated =
-            sqlx::query("UPDATE agents SET revoked_at = COALESCE(revoked_at, ?) WHERE name = ?")
-                .bind(now)
-                .bind(name)
-                .execute(&mut *tx)
-                .await?;
-        if updated.rows_affected() == 0 {
-            return Err(StoreError::NotFound(name.to_string()));
-        }
-        sqlx::query(
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let mut tx = begin_write(pool).await?;
+            let updated =
+                query("UPDATE agents SET revoked_at = COALESCE(revoked_at, ?) WHERE name = ?")
+                    .bind(now)
+                    .bind(name)
+                    .execute(&mut *tx)
+                    .await?;
+            if updated.rows_affected() == 0 {
+                return Err(StoreError::NotFound(name.to_string()));
+            }
+            query(
             "UPDATE agent_certificates SET revoked_at = ? WHERE agent = ? AND revoked_at IS NULL",
         )
         .bind(now)
         .bind(name)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        self.agent(name)
-            .await?
-            .ok_or_else(|| StoreError::NotFound(name.to_string()))
+            tx.commit().await?;
+            self.agent(name)
+                .await?
+                .ok_or_else(|| StoreError::NotFound(name.to_string()))
+        })
     }
 
     /// One agent by name.
     pub async fn agent(&self, name: &str) -> Result<Option<AgentRow>, StoreError> {
-        let row =
-            sqlx::query("SELECT name, roles, created_at, revoked_at FROM agents WHERE name = ?")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?;
-        row.map(|r| agent_from_row(&r)).transpose()
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let row =
+                query("SELECT name, roles, created_at, revoked_at FROM agents WHERE name = ?")
+                    .bind(name)
+                    .fetch_optional(pool)
+                    .await?;
+            row.map(|r| agent_from_row(&r)).transpose()
+        })
     }
 
     /// All agents, by name.
     pub async fn agents(&self) -> Result<Vec<AgentRow>, StoreError> {
-        let rows =
-            sqlx::query("SELECT name, roles, created_at, revoked_at FROM agents ORDER BY name")
-                .fetch_all(&self.pool)
-                .await?;
-        rows.iter().map(agent_from_row).collect()
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let rows =
+                query("SELECT name, roles, created_at, revoked_at FROM agents ORDER BY name")
+                    .fetch_all(pool)
+                    .await?;
+            rows.iter().map(agent_from_row).collect()
+        })
     }
 
     /// All certificates, or those of one agent, oldest first.
@@ -355,25 +466,27 @@ impl Store {
         &self,
         agent: Option<&str>,
     ) -> Result<Vec<CertificateRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT serial, agent, spiffe_id, issued_at, not_after, revoked_at
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let rows = query(
+                "SELECT serial, agent, spiffe_id, issued_at, not_after, revoked_at
              FROM agent_certificates WHERE (?1 IS NULL OR agent = ?1) ORDER BY issued_at, serial",
-        )
-        .bind(agent)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(CertificateRow {
-                    serial: r.try_get("serial")?,
-                    agent: r.try_get("agent")?,
-                    spiffe_id: r.try_get("spiffe_id")?,
-                    issued_at: r.try_get("issued_at")?,
-                    not_after: r.try_get("not_after")?,
-                    revoked_at: r.try_get("revoked_at")?,
+            )
+            .bind(agent)
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(CertificateRow {
+                        serial: r.col("serial")?,
+                        agent: r.col("agent")?,
+                        spiffe_id: r.col("spiffe_id")?,
+                        issued_at: r.col("issued_at")?,
+                        not_after: r.col("not_after")?,
+                        revoked_at: r.col("revoked_at")?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 
     /// Stores the SHA-256 (hex) of a new admin token.
@@ -383,35 +496,55 @@ impl Store {
         sha256_hex: &str,
         now: i64,
     ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO admin_tokens (id, token_sha256, created_at) VALUES (?, ?, ?)")
-            .bind(id)
-            .bind(sha256_hex)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        crate::backend::with_pool!(&self.pool, |pool| {
+            query("INSERT INTO admin_tokens (id, token_sha256, created_at) VALUES (?, ?, ?)")
+                .bind(id)
+                .bind(sha256_hex)
+                .bind(now)
+                .execute(pool)
+                .await?;
+            Ok(())
+        })
     }
 
     /// The SHA-256 (hex) of every admin token.
     pub async fn admin_token_hashes(&self) -> Result<Vec<String>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT token_sha256 FROM admin_tokens ORDER BY id")
-                .fetch_all(&self.pool)
-                .await?,
-        )
+        crate::backend::with_pool!(&self.pool, |pool| {
+            Ok(
+                query_scalar("SELECT token_sha256 FROM admin_tokens ORDER BY id")
+                    .fetch_all(pool)
+                    .await?,
+            )
+        })
     }
 
     /// Closes the pool, waiting for connections to finish.
     pub async fn close(&self) {
         self.pool.close().await;
+        if let Some(relaxed) = &self.relaxed {
+            relaxed.close().await;
+        }
     }
 }
 
-async fn insert_certificate(
-    tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
-    c: &CertificateRow,
-) -> Result<(), StoreError> {
-    sqlx::query(
+#[cfg(test)]
+impl Store {
+    /// The SQLite pool, for tests that tamper with rows as an attacker with
+    /// the file would.
+    pub(crate) fn sqlite_pool(&self) -> &sqlx::SqlitePool {
+        match &self.pool {
+            Pool::Sqlite(pool) => pool,
+            Pool::Postgres(_) => panic!("a SQLite-only test opened PostgreSQL"),
+        }
+    }
+}
+
+/// Inserts a certificate row in the write transaction `$tx` (a macro so the
+/// one statement serves both backends).
+macro_rules! insert_certificate {
+    ($tx:expr, $c:expr) => {{
+    let c: &CertificateRow = $c;
+    query(
         "INSERT INTO agent_certificates (serial, agent, spiffe_id, issued_at, not_after, revoked_at)
          VALUES (?, ?, ?, ?, ?, ?)",
     )
@@ -421,21 +554,22 @@ async fn insert_certificate(
     .bind(c.issued_at)
     .bind(c.not_after)
     .bind(c.revoked_at)
-    .execute(&mut **tx)
+    .execute(&mut *$tx)
     .await?;
-    Ok(())
+    }};
 }
+use insert_certificate;
 
-fn agent_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<AgentRow, StoreError> {
-    let roles: String = r.try_get("roles")?;
+fn agent_from_row(r: &impl DbRow) -> Result<AgentRow, StoreError> {
+    let roles: String = r.col("roles")?;
     Ok(AgentRow {
-        name: r.try_get("name")?,
+        name: r.col("name")?,
         roles: serde_json::from_str(&roles).map_err(|e| StoreError::Corrupt {
             table: "agents",
             detail: e.to_string(),
         })?,
-        created_at: r.try_get("created_at")?,
-        revoked_at: r.try_get("revoked_at")?,
+        created_at: r.col("created_at")?,
+        revoked_at: r.col("revoked_at")?,
     })
 }
 
@@ -469,10 +603,12 @@ mod tests {
 
     #[tokio::test]
     async fn agents_certificates_and_revocation() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("db.sqlite"))
-            .await
-            .unwrap();
+        for db in testing::TestDb::all().await {
+            agents_certificates_and_revocation_on(db.open().await).await;
+        }
+    }
+
+    async fn agents_certificates_and_revocation_on(store: Store) {
         let bot = AgentRow {
             name: "bot".into(),
             roles: vec!["reader".into()],
@@ -512,9 +648,13 @@ mod tests {
 
     #[tokio::test]
     async fn audit_batches_get_consecutive_seqs_and_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("db.sqlite");
-        let store = Store::open_sqlite(&path).await.unwrap();
+        for db in testing::TestDb::all().await {
+            audit_batches_on(&db).await;
+        }
+    }
+
+    async fn audit_batches_on(db: &testing::TestDb) {
+        let store = db.open().await;
         let mut log = store.audit_appender().await.unwrap();
         let mut batch = vec![record("a"), record("b")];
         log.append(&mut batch).await.unwrap();
@@ -523,7 +663,7 @@ mod tests {
         assert_eq!(batch2[0].seq, Some(2));
         store.close().await;
 
-        let store = Store::open_sqlite(&path).await.unwrap();
+        let store = db.open().await;
         let tail = store.audit_tail(2).await.unwrap();
         let ids: Vec<_> = tail
             .iter()
@@ -543,5 +683,85 @@ mod tests {
                 assert_eq!(r.request_id, format!("r{}", i - 1));
             }
         }
+    }
+
+    /// The SQLite and PostgreSQL migration sets are kept in step: every
+    /// SQLite migration has its PostgreSQL twin, same version and name.
+    #[test]
+    fn every_sqlite_migration_has_a_postgres_twin() {
+        let listed = |m: &Migrator| -> Vec<(i64, String)> {
+            m.iter()
+                .map(|m| (m.version, m.description.to_string()))
+                .collect()
+        };
+        let (sqlite, postgres) = (listed(&migrator()), listed(&postgres_migrator()));
+        for (version, name) in &sqlite {
+            assert!(
+                postgres.contains(&(*version, name.clone())),
+                "SQLite migration {version:04}_{name}.sql has no PostgreSQL twin: write \
+                 crates/store/migrations/postgres/{version:04}_{name}.sql (the same change in \
+                 PostgreSQL's dialect) and list it in `postgres_migrator()`"
+            );
+        }
+        assert_eq!(
+            sqlite, postgres,
+            "the PostgreSQL migrations list versions the SQLite ones do not"
+        );
+        // The files on disk too: a SQLite migration written but not yet
+        // listed in `migrator()` still needs its twin.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        let files = |dir: &std::path::Path| -> Vec<String> {
+            let mut names: Vec<String> = std::fs::read_dir(dir)
+                .unwrap()
+                .filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.ends_with(".sql"))
+                .collect();
+            names.sort();
+            names
+        };
+        let twins = files(&dir.join("postgres"));
+        for file in files(&dir) {
+            assert!(
+                twins.contains(&file),
+                "crates/store/migrations/{file} has no PostgreSQL twin: write \
+                 crates/store/migrations/postgres/{file} and list it in `postgres_migrator()`"
+            );
+        }
+    }
+
+    /// The twins build the same schema: every table and column SQLite has,
+    /// PostgreSQL has, and no other (the cluster-only tables, `cluster_*`,
+    /// come from their own migration set and have no SQLite twin).
+    #[tokio::test]
+    async fn both_backends_migrate_to_the_same_tables_and_columns() {
+        let Some(pg) = testing::TestDb::postgres().await else {
+            return;
+        };
+        let sqlite = testing::TestDb::sqlite();
+        let (pg_store, sqlite_store) = (pg.open().await, sqlite.open().await);
+        let Pool::Sqlite(lite) = &sqlite_store.pool else {
+            unreachable!()
+        };
+        let Pool::Postgres(postgres) = &pg_store.pool else {
+            unreachable!()
+        };
+        let mut in_sqlite: Vec<(String, String)> = sqlx::query_as(
+            "SELECT m.name, p.name FROM sqlite_master m, pragma_table_info(m.name) p
+             WHERE m.type = 'table' AND m.name NOT IN ('_sqlx_migrations', 'sqlite_sequence')",
+        )
+        .fetch_all(lite)
+        .await
+        .unwrap();
+        let mut in_postgres: Vec<(String, String)> = sqlx::query_as(
+            "SELECT table_name::text, column_name::text FROM information_schema.columns
+             WHERE table_schema = 'public' AND table_name NOT IN ('_sqlx_migrations', '_portcullis_cluster_migrations')
+             AND table_name NOT LIKE 'cluster\\_%'",
+        )
+        .fetch_all(postgres)
+        .await
+        .unwrap();
+        in_sqlite.sort();
+        in_postgres.sort();
+        assert_eq!(in_sqlite, in_postgres);
     }
 }

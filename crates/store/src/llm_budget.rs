@@ -2,7 +2,7 @@
 //! counts in memory and writes changed counters here in the background; this
 //! is never on the request path.
 
-use sqlx::Row;
+use crate::backend::DbRow;
 
 use crate::{Store, StoreError};
 
@@ -25,9 +25,10 @@ impl Store {
     /// Writes counters, replacing each (route, agent)'s earlier row, in one
     /// transaction.
     pub async fn save_budget_days(&self, rows: &[BudgetDayRow]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for r in rows {
-            sqlx::query(
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let mut tx = pool.begin().await?;
+            for r in rows {
+                query(
                 "INSERT INTO llm_budget_days (route, agent, day, requests, tokens) VALUES (?, ?, ?, ?, ?)
                  ON CONFLICT(route, agent) DO UPDATE SET day = excluded.day,
                    requests = excluded.requests, tokens = excluded.tokens",
@@ -39,30 +40,33 @@ impl Store {
             .bind(r.tokens)
             .execute(&mut *tx)
             .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+            }
+            tx.commit().await?;
+            Ok(())
+        })
     }
 
     /// The counters of `day`.
     pub async fn budget_days(&self, day: i64) -> Result<Vec<BudgetDayRow>, StoreError> {
-        sqlx::query(
+        crate::backend::with_pool!(&self.pool, |pool| {
+            query(
             "SELECT route, agent, day, requests, tokens FROM llm_budget_days WHERE day = ? ORDER BY route, agent",
         )
         .bind(day)
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await?
         .into_iter()
         .map(|r| {
             Ok(BudgetDayRow {
-                route: r.try_get("route")?,
-                agent: r.try_get("agent")?,
-                day: r.try_get("day")?,
-                requests: r.try_get("requests")?,
-                tokens: r.try_get("tokens")?,
+                route: r.col("route")?,
+                agent: r.col("agent")?,
+                day: r.col("day")?,
+                requests: r.col("requests")?,
+                tokens: r.col("tokens")?,
             })
         })
         .collect()
+        })
     }
 }
 
@@ -72,8 +76,12 @@ mod tests {
 
     #[tokio::test]
     async fn rows_replace_and_filter_by_day() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("s.db")).await.unwrap();
+        for db in crate::testing::TestDb::all().await {
+            rows_replace_and_filter_by_day_on(db.open().await).await;
+        }
+    }
+
+    async fn rows_replace_and_filter_by_day_on(store: Store) {
         let row = |agent: &str, day, requests| BudgetDayRow {
             route: "llm".into(),
             agent: agent.into(),

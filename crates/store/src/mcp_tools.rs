@@ -2,7 +2,7 @@
 //! keeps the pins in memory and writes every change here off the request
 //! path; the admin API lists and approves them.
 
-use sqlx::Row;
+use crate::backend::DbRow;
 
 use crate::{Store, StoreError};
 
@@ -35,8 +35,9 @@ impl Store {
     /// Records what a server lists for a tool: inserts a new tool, or updates
     /// the seen definition (keeping the approval) of a known one.
     pub async fn upsert_mcp_tool(&self, row: &McpToolRow) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO mcp_tools (route, name, approved_digest, seen_digest, seen_definition,
+        crate::backend::with_pool!(&self.pool, |pool| {
+            query(
+                "INSERT INTO mcp_tools (route, name, approved_digest, seen_digest, seen_definition,
                 findings, first_seen_ms, seen_ms, approved_ms, approved_by)
              VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
              ON CONFLICT(route, name) DO UPDATE SET
@@ -44,20 +45,21 @@ impl Store {
                 seen_definition = excluded.seen_definition,
                 findings = excluded.findings,
                 seen_ms = excluded.seen_ms",
-        )
-        .bind(&row.route)
-        .bind(&row.name)
-        .bind(&row.approved_digest)
-        .bind(&row.seen_digest)
-        .bind(&row.seen_definition)
-        .bind(&row.findings)
-        .bind(row.first_seen_ms)
-        .bind(row.seen_ms)
-        .bind(row.approved_ms)
-        .bind(&row.approved_by)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+            )
+            .bind(&row.route)
+            .bind(&row.name)
+            .bind(&row.approved_digest)
+            .bind(&row.seen_digest)
+            .bind(&row.seen_definition)
+            .bind(&row.findings)
+            .bind(row.first_seen_ms)
+            .bind(row.seen_ms)
+            .bind(row.approved_ms)
+            .bind(&row.approved_by)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
     }
 
     /// Approves the tool's seen definition, which must still be `digest` (the
@@ -70,25 +72,26 @@ impl Store {
         by: &str,
         at_ms: i64,
     ) -> Result<McpToolRow, StoreError> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let seen: Option<String> =
-            sqlx::query("SELECT seen_digest FROM mcp_tools WHERE route = ? AND name = ?")
-                .bind(route)
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?
-                .map(|r| r.try_get("seen_digest"))
-                .transpose()?;
-        match seen {
-            None => return Err(StoreError::NotFound(format!("{route}/{name}"))),
-            Some(seen) if seen != digest => {
-                return Err(StoreError::Invalid(format!(
-                    "tool `{route}/{name}` is now listed with definition `{seen}`, not `{digest}`: review it again"
-                )));
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let mut tx = begin_write(pool).await?;
+            let seen: Option<String> =
+                query("SELECT seen_digest FROM mcp_tools WHERE route = ? AND name = ?")
+                    .bind(route)
+                    .bind(name)
+                    .fetch_optional(&mut *tx)
+                    .await?
+                    .map(|r| r.col("seen_digest"))
+                    .transpose()?;
+            match seen {
+                None => return Err(StoreError::NotFound(format!("{route}/{name}"))),
+                Some(seen) if seen != digest => {
+                    return Err(StoreError::Invalid(format!(
+                        "tool `{route}/{name}` is now listed with definition `{seen}`, not `{digest}`: review it again"
+                    )));
+                }
+                Some(_) => {}
             }
-            Some(_) => {}
-        }
-        sqlx::query(
+            query(
             "UPDATE mcp_tools SET approved_digest = seen_digest, approved_ms = ?, approved_by = ?
              WHERE route = ? AND name = ?",
         )
@@ -98,39 +101,42 @@ impl Store {
         .bind(name)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        self.mcp_tools()
-            .await?
-            .into_iter()
-            .find(|r| r.route == route && r.name == name)
-            .ok_or_else(|| StoreError::NotFound(format!("{route}/{name}")))
+            tx.commit().await?;
+            self.mcp_tools()
+                .await?
+                .into_iter()
+                .find(|r| r.route == route && r.name == name)
+                .ok_or_else(|| StoreError::NotFound(format!("{route}/{name}")))
+        })
     }
 
     /// Every pinned tool, by route and name.
     pub async fn mcp_tools(&self) -> Result<Vec<McpToolRow>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT route, name, approved_digest, seen_digest, seen_definition, findings,
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let rows = query(
+                "SELECT route, name, approved_digest, seen_digest, seen_definition, findings,
                     first_seen_ms, seen_ms, approved_ms, approved_by
              FROM mcp_tools ORDER BY route, name",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(McpToolRow {
-                    route: r.try_get("route")?,
-                    name: r.try_get("name")?,
-                    approved_digest: r.try_get("approved_digest")?,
-                    seen_digest: r.try_get("seen_digest")?,
-                    seen_definition: r.try_get("seen_definition")?,
-                    findings: r.try_get("findings")?,
-                    first_seen_ms: r.try_get("first_seen_ms")?,
-                    seen_ms: r.try_get("seen_ms")?,
-                    approved_ms: r.try_get("approved_ms")?,
-                    approved_by: r.try_get("approved_by")?,
+            )
+            .fetch_all(pool)
+            .await?;
+            rows.iter()
+                .map(|r| {
+                    Ok(McpToolRow {
+                        route: r.col("route")?,
+                        name: r.col("name")?,
+                        approved_digest: r.col("approved_digest")?,
+                        seen_digest: r.col("seen_digest")?,
+                        seen_definition: r.col("seen_definition")?,
+                        findings: r.col("findings")?,
+                        first_seen_ms: r.col("first_seen_ms")?,
+                        seen_ms: r.col("seen_ms")?,
+                        approved_ms: r.col("approved_ms")?,
+                        approved_by: r.col("approved_by")?,
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 }
 
@@ -155,8 +161,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_changed_definition_keeps_the_old_approval_until_approved() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("db")).await.unwrap();
+        for db in crate::testing::TestDb::all().await {
+            a_changed_definition_keeps_the_old_approval_until_approved_on(db.open().await).await;
+        }
+    }
+
+    async fn a_changed_definition_keeps_the_old_approval_until_approved_on(store: Store) {
         store
             .upsert_mcp_tool(&row("aaa", Some("aaa")))
             .await

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::Row;
+use crate::backend::DbRow;
 
 use crate::{Store, StoreError};
 
@@ -73,106 +73,120 @@ impl Store {
         new: &NewPolicyVersion<'_>,
         slot: PolicySlot,
     ) -> Result<u64, StoreError> {
-        let files = serde_json::to_string(new.files).map_err(corrupt)?;
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let row = sqlx::query(
-            "INSERT INTO policy_versions (hash, author, created_ms, message, files)
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let files = serde_json::to_string(new.files).map_err(corrupt)?;
+            let mut tx = begin_write(pool).await?;
+            let row = query(
+                "INSERT INTO policy_versions (hash, author, created_ms, message, files)
              VALUES (?, ?, ?, ?, ?) RETURNING version",
-        )
-        .bind(new.hash)
-        .bind(new.author)
-        .bind(new.created_ms)
-        .bind(new.message)
-        .bind(files)
-        .fetch_one(&mut *tx)
-        .await?;
-        let version: i64 = row.try_get("version")?;
-        let sql = match slot {
-            PolicySlot::Active => "UPDATE policy_state SET active = ?, shadow = NULL WHERE id = 1",
-            PolicySlot::Shadow => "UPDATE policy_state SET shadow = ? WHERE id = 1",
-        };
-        sqlx::query(sql).bind(version).execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(version as u64)
+            )
+            .bind(new.hash)
+            .bind(new.author)
+            .bind(new.created_ms)
+            .bind(new.message)
+            .bind(files)
+            .fetch_one(&mut *tx)
+            .await?;
+            let version: i64 = row.col("version")?;
+            let sql = match slot {
+                PolicySlot::Active => {
+                    "UPDATE policy_state SET active = ?, shadow = NULL WHERE id = 1"
+                }
+                PolicySlot::Shadow => "UPDATE policy_state SET shadow = ? WHERE id = 1",
+            };
+            query(sql).bind(version).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(version as u64)
+        })
     }
 
     /// Makes an existing version the active one (rollback, promotion). A
     /// shadow candidate equal to it is dropped; another one stays.
     pub async fn set_active_policy(&self, version: u64) -> Result<(), StoreError> {
-        let result = sqlx::query(
-            "UPDATE policy_state SET active = ?1,
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let result = query(
+                "UPDATE policy_state SET active = ?1,
                  shadow = CASE WHEN shadow = ?1 THEN NULL ELSE shadow END
              WHERE id = 1 AND EXISTS (SELECT 1 FROM policy_versions WHERE version = ?1)",
-        )
-        .bind(version as i64)
-        .execute(&self.pool)
-        .await?;
-        if result.rows_affected() == 0 {
-            return Err(StoreError::NotFound(format!("policy version {version}")));
-        }
-        Ok(())
+            )
+            .bind(version as i64)
+            .execute(pool)
+            .await?;
+            if result.rows_affected() == 0 {
+                return Err(StoreError::NotFound(format!("policy version {version}")));
+            }
+            Ok(())
+        })
     }
 
     /// Stops shadow evaluation.
     pub async fn clear_shadow_policy(&self) -> Result<(), StoreError> {
-        sqlx::query("UPDATE policy_state SET shadow = NULL WHERE id = 1")
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        crate::backend::with_pool!(&self.pool, |pool| {
+            query("UPDATE policy_state SET shadow = NULL WHERE id = 1")
+                .execute(pool)
+                .await?;
+            Ok(())
+        })
     }
 
     /// The active and shadow versions.
     pub async fn policy_state(&self) -> Result<PolicyState, StoreError> {
-        let row = sqlx::query("SELECT active, shadow FROM policy_state WHERE id = 1")
-            .fetch_one(&self.pool)
-            .await?;
-        let active: Option<i64> = row.try_get("active")?;
-        let shadow: Option<i64> = row.try_get("shadow")?;
-        Ok(PolicyState {
-            active: active.map(|v| v as u64),
-            shadow: shadow.map(|v| v as u64),
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let row = query("SELECT active, shadow FROM policy_state WHERE id = 1")
+                .fetch_one(pool)
+                .await?;
+            let active: Option<i64> = row.col("active")?;
+            let shadow: Option<i64> = row.col("shadow")?;
+            Ok(PolicyState {
+                active: active.map(|v| v as u64),
+                shadow: shadow.map(|v| v as u64),
+            })
         })
     }
 
     /// Every version, oldest first, without their files.
     pub async fn policy_versions(&self) -> Result<Vec<PolicyVersionRow>, StoreError> {
-        let rows = sqlx::query(
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let rows = query(
             "SELECT version, hash, author, created_ms, message FROM policy_versions ORDER BY version",
         )
-        .fetch_all(&self.pool)
+        .fetch_all(pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(PolicyVersionRow {
-                    version: r.try_get::<i64, _>("version")? as u64,
-                    hash: r.try_get("hash")?,
-                    author: r.try_get("author")?,
-                    created_ms: r.try_get("created_ms")?,
-                    message: r.try_get("message")?,
-                    files: BTreeMap::new(),
+            rows.iter()
+                .map(|r| {
+                    Ok(PolicyVersionRow {
+                        version: r.col::<i64, _>("version")? as u64,
+                        hash: r.col("hash")?,
+                        author: r.col("author")?,
+                        created_ms: r.col("created_ms")?,
+                        message: r.col("message")?,
+                        files: BTreeMap::new(),
+                    })
                 })
-            })
-            .collect()
+                .collect()
+        })
     }
 
     /// One version with its files.
     pub async fn policy_version(&self, version: u64) -> Result<PolicyVersionRow, StoreError> {
-        let row = sqlx::query(
-            "SELECT version, hash, author, created_ms, message, files FROM policy_versions
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let row = query(
+                "SELECT version, hash, author, created_ms, message, files FROM policy_versions
              WHERE version = ?",
-        )
-        .bind(version as i64)
-        .fetch_optional(&self.pool)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("policy version {version}")))?;
-        let files: String = row.try_get("files")?;
-        Ok(PolicyVersionRow {
-            version: row.try_get::<i64, _>("version")? as u64,
-            hash: row.try_get("hash")?,
-            author: row.try_get("author")?,
-            created_ms: row.try_get("created_ms")?,
-            message: row.try_get("message")?,
-            files: serde_json::from_str(&files).map_err(corrupt)?,
+            )
+            .bind(version as i64)
+            .fetch_optional(pool)
+            .await?
+            .ok_or_else(|| StoreError::NotFound(format!("policy version {version}")))?;
+            let files: String = row.col("files")?;
+            Ok(PolicyVersionRow {
+                version: row.col::<i64, _>("version")? as u64,
+                hash: row.col("hash")?,
+                author: row.col("author")?,
+                created_ms: row.col("created_ms")?,
+                message: row.col("message")?,
+                files: serde_json::from_str(&files).map_err(corrupt)?,
+            })
         })
     }
 }
@@ -219,8 +233,12 @@ mod tests {
 
     #[tokio::test]
     async fn versions_are_numbered_immutable_and_switch_slots() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_sqlite(&dir.path().join("db")).await.unwrap();
+        for db in crate::testing::TestDb::all().await {
+            versions_are_numbered_immutable_and_switch_slots_on(db.open().await).await;
+        }
+    }
+
+    async fn versions_are_numbered_immutable_and_switch_slots_on(store: Store) {
         assert_eq!(store.policy_state().await.unwrap(), PolicyState::default());
         let files = BTreeMap::from([(
             "a.cedar".to_string(),
@@ -267,7 +285,9 @@ mod tests {
             "UPDATE policy_versions SET message = 'x' WHERE version = 1",
             "DELETE FROM policy_versions WHERE version = 1",
         ] {
-            let err = sqlx::query(sql).execute(&store.pool).await.unwrap_err();
+            let err = crate::backend::with_pool!(&store.pool, |pool| {
+                query(sql).execute(pool).await.unwrap_err()
+            });
             assert!(err.to_string().contains("immutable"), "{err}");
         }
     }

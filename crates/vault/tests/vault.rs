@@ -4,6 +4,8 @@
 //! captures, and Fernet compatibility with Python's `cryptography`.
 
 use std::path::Path;
+
+use portcullis_store::testing::TestDb;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -162,16 +164,30 @@ async fn concurrent_rotations_one_wins_no_version_lost() {
 
 #[tokio::test]
 async fn rekey_then_restart_needs_the_new_kek() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().join("db");
-    let vault = open(&db, [1; 32]).await.unwrap();
+    for db in TestDb::all().await {
+        rekey_then_restart_on(&db).await;
+    }
+}
+
+async fn open_on(db: &TestDb, kek: [u8; 32]) -> Result<Arc<Vault>, VaultError> {
+    Vault::open(
+        db.open().await,
+        Kek::from_bytes(kek),
+        tls(),
+        Duration::from_secs(30),
+    )
+    .await
+}
+
+async fn rekey_then_restart_on(db: &TestDb) {
+    let vault = open_on(db, [1; 32]).await.unwrap();
     vault
         .put("api", b"value-1", &SecretSettings::default())
         .await
         .unwrap();
     vault.rotate("api", Some(b"value-2"), None).await.unwrap();
     vault
-        .transit_key("t", None, TransitChange::Create { exportable: false })
+        .transit_key("t", None, TransitChange::Create { exportable: true })
         .await
         .unwrap();
     let (token, _) = vault.transit_encrypt("t", b"plain").unwrap();
@@ -182,10 +198,10 @@ async fn rekey_then_restart_needs_the_new_kek() {
     );
     drop(vault);
     assert!(matches!(
-        open(&db, [1; 32]).await,
+        open_on(db, [1; 32]).await,
         Err(VaultError::WrongKek { .. })
     ));
-    let vault = open(&db, [9; 32]).await.unwrap();
+    let vault = open_on(db, [9; 32]).await.unwrap();
     assert_eq!(
         vault.decrypt_version("api", 1).await.unwrap().as_slice(),
         b"value-1"
@@ -282,8 +298,13 @@ async fn bad_input_is_refused_without_echoing_values() {
 
 #[tokio::test]
 async fn captures_are_sealed_and_shredded() {
-    let dir = tempfile::tempdir().unwrap();
-    let vault = open(&dir.path().join("db"), [1; 32]).await.unwrap();
+    for db in TestDb::all().await {
+        captures_are_sealed_and_shredded_on(&db).await;
+    }
+}
+
+async fn captures_are_sealed_and_shredded_on(db: &TestDb) {
+    let vault = open_on(db, [1; 32]).await.unwrap();
     let c = portcullis_vault::Capture {
         request_id: "req-1".into(),
         route: "demo".into(),

@@ -48,7 +48,7 @@ pub use routes::{
     Injection, InjectionAction, MAX_CAPTURE_MAX_BYTES, MAX_ROUTE_SECRETS, RawRoute, RouteConfig,
     RouteGuard, RouteKind, STDIO_UPSTREAM_PREFIX, Upstream,
 };
-pub use store::RawStore;
+pub use store::{RawStore, check_store_url};
 pub use telemetry::{DEFAULT_SERVICE_NAME, RawTelemetry, TelemetryConfig};
 
 // The sections the control services read live in `portcullis-control`; their

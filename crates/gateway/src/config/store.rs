@@ -1,4 +1,4 @@
-//! `[store]`: the database URL.
+//! `[store]`: the database URL (SQLite, or PostgreSQL for cluster mode).
 
 use serde::{Deserialize, Deserializer};
 
@@ -6,18 +6,26 @@ use serde::{Deserialize, Deserializer};
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawStore {
-    /// Database URL, e.g. `sqlite:///var/lib/portcullis/portcullis.db`. Default: the
-    /// SQLite file `portcullis.db` in the state directory.
+    /// Database URL, e.g. `sqlite:///var/lib/portcullis/portcullis.db`, or
+    /// `postgres://USER@HOST:PORT/DB` for cluster mode (docs/cluster.md).
+    /// Default: the SQLite file `portcullis.db` in the state directory.
     #[serde(default, deserialize_with = "opt_store_url")]
     pub url: Option<String>,
 }
 
 fn opt_store_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
     let s = String::deserialize(d)?;
-    if !s.starts_with("sqlite:") {
-        return Err(serde::de::Error::custom(format!(
-            "unsupported store url `{s}`: this build supports `sqlite:` URLs"
-        )));
-    }
+    check_store_url(&s).map_err(serde::de::Error::custom)?;
     Ok(Some(s))
+}
+
+/// Checks a store URL names a backend this build has: `sqlite:` or
+/// `postgres://` / `postgresql://`. The message never repeats the URL, which
+/// may carry a password.
+pub fn check_store_url(url: &str) -> Result<(), String> {
+    if url.starts_with("sqlite:") || portcullis_store::is_postgres_url(url) {
+        Ok(())
+    } else {
+        Err("unsupported store url: this build supports `sqlite:` and `postgres://` URLs".into())
+    }
 }

@@ -29,8 +29,10 @@ pub async fn hold(
     let mut gate = approvals.gate(binding.clone());
     if let (Gate::Pending(open, _), Some(wait)) = (&gate, wait) {
         let id = open.id.clone();
-        gate = approvals.wait(binding, &id, wait).await;
+        gate = approvals.wait(binding.clone(), &id, wait).await;
     }
+    // Cluster mode: the use is confirmed in the shared store, once.
+    let gate = approvals.confirm(gate, binding).await;
     let policies = match required_by {
         RequiredBy::Policy => policies.to_vec(),
         RequiredBy::Analytics => vec![APPROVE_WRITES.to_string()],

@@ -15,14 +15,13 @@
 
 use http::header;
 use portcullis_core::ErrorCode;
-use portcullis_identity::{
-    CertRejection, DPOP_WINDOW, DelegatedUser, PeerCertificate, ReplayRefusal,
-};
+use portcullis_identity::{CertRejection, DPOP_WINDOW, DelegatedUser, PeerCertificate};
 use portcullis_policy::{AuthFacts, AuthMethod, CallerFacts, Delegation, Posture};
 
 use crate::directory::{AgentDirectory, DirectoryRefusal};
 use crate::respond::Denial;
-use crate::tokens::{TokenService, peer_x5t};
+use crate::tokens::{ClaimRefusal, TokenService, peer_x5t};
+use portcullis_store::SingleUseKind;
 
 /// The authenticated caller.
 #[derive(Debug, Clone)]
@@ -125,7 +124,7 @@ fn refusal_message(refusal: DirectoryRefusal) -> &'static str {
 /// Runs the stage for a request: an access token when the request carries
 /// `Authorization: DPoP …` or `Authorization: Bearer …`, else the client
 /// certificate.
-pub fn run_request(
+pub async fn run_request(
     directory: &AgentDirectory,
     tokens: &TokenService,
     peer: Option<&Result<PeerCertificate, CertRejection>>,
@@ -139,18 +138,21 @@ pub fn run_request(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '));
     match authorization {
-        Some((scheme, token)) if scheme.eq_ignore_ascii_case("dpop") => token_identity(
-            directory,
-            tokens,
-            peer,
-            parts,
-            source_ip,
-            Presented {
-                token: token.trim(),
-                scheme: TokenScheme::Dpop,
-            },
-            now_epoch,
-        ),
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("dpop") => {
+            token_identity(
+                directory,
+                tokens,
+                peer,
+                parts,
+                source_ip,
+                Presented {
+                    token: token.trim(),
+                    scheme: TokenScheme::Dpop,
+                },
+                now_epoch,
+            )
+            .await
+        }
         // A certificate-authenticated agent may still send its own bearer
         // value (stripped before forwarding, as always): only a token naming
         // the gateway's key is checked as one, so it cannot be ignored.
@@ -170,6 +172,7 @@ pub fn run_request(
                 },
                 now_epoch,
             )
+            .await
         }
         _ => run(directory, peer, now_epoch),
     }
@@ -190,7 +193,7 @@ struct Presented<'a> {
     scheme: TokenScheme,
 }
 
-fn token_identity(
+async fn token_identity(
     directory: &AgentDirectory,
     tokens: &TokenService,
     peer: Option<&Result<PeerCertificate, CertRejection>>,
@@ -285,21 +288,34 @@ fn token_identity(
         // Checked last, so a refused proof does not use up its `jti`.
         let key = format!("{}:{}", proof.jkt, proof.claims.jti);
         match tokens
-            .proofs
-            .check_and_insert(&key, proof.claims.iat + DPOP_WINDOW, now)
+            .claim(
+                SingleUseKind::DpopProof,
+                &key,
+                proof.claims.iat + DPOP_WINDOW,
+                now,
+            )
+            .await
         {
             Ok(()) => {}
-            Err(ReplayRefusal::Replayed) => {
+            Err(ClaimRefusal::Replayed) => {
                 return Err(fail(
                     ErrorCode::InvalidDpopProof,
                     "DPoP proof replayed: its `jti` was already used".into(),
                     presented("dpop"),
                 ));
             }
-            Err(ReplayRefusal::Full) => {
+            Err(ClaimRefusal::Full) => {
                 return Err(fail(
                     ErrorCode::Unavailable,
                     "too many DPoP proofs in flight; retry shortly".into(),
+                    presented("dpop"),
+                ));
+            }
+            Err(ClaimRefusal::StoreUnavailable) => {
+                return Err(fail(
+                    ErrorCode::Unavailable,
+                    "the shared store cannot confirm the DPoP proof is unused; retry shortly"
+                        .into(),
                     presented("dpop"),
                 ));
             }

@@ -230,7 +230,8 @@ async fn run(
         &decoded.parts,
         conn.remote.ip(),
         now_epoch,
-    );
+    )
+    .await;
     let elapsed = t.elapsed();
     metrics.stage(Stage::Authenticate, elapsed);
     recorder.trace_stage(Stage::Authenticate, t, elapsed);

@@ -1,0 +1,385 @@
+//! Cluster mode end to end (issue 18): two real `portcullis serve`
+//! processes on one fresh PostgreSQL database, each on its own ephemeral
+//! ports and state directory, sharing only the operator-provided key
+//! material (docs/cluster.md). Skipped, visibly, when no PostgreSQL server
+//! answers on 127.0.0.1:5432.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod support;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use portcullis_identity::{ASSERTION_TYPE, Ed25519Key};
+use portcullis_store::testing::TestDb;
+use serde_json::Value;
+use support::*;
+
+/// The public URL both replicas issue tokens under (the load balancer's, in
+/// a deployment): proofs and assertions name it, not a replica's port.
+const ISSUER: &str = "https://gw.cluster.test";
+
+/// The files a replica needs besides the database (docs/cluster.md): the
+/// CA, the token-signing key, the MFA sealing key, the audit checkpoint key
+/// and the admin credential (and `audit-pseudonym.key` when `[audit]
+/// pseudonymize` is on, not here). Copied from the first replica, as an
+/// operator would provision them.
+const SHARED_FILES: [&str; 7] = [
+    "ca.crt",
+    "ca.key",
+    "token.key",
+    "mfa.key",
+    "audit.key",
+    "audit.pub",
+    "admin.token",
+];
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn replica_config(dir: &Path, upstream: std::net::SocketAddr) -> std::path::PathBuf {
+    let routes = format!(
+        "{}\n[identity]\ntoken_issuer = \"{ISSUER}\"\n",
+        route("api", "/api", &format!("http://{upstream}"), "public")
+    );
+    config(dir, &routes, "")
+}
+
+async fn start(dir: tempfile::TempDir, cfg: std::path::PathBuf, url: String) -> Server {
+    tokio::task::spawn_blocking(move || {
+        Server::start_with_env(dir, Some(&cfg), &[("PORTCULLIS_STORE_URL", url.as_str())])
+    })
+    .await
+    .unwrap()
+}
+
+/// A directory for a second replica holding `a`'s key material, as an
+/// operator provisions it; the database is all they share besides.
+fn provisioned_like(a: &Server) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    for file in SHARED_FILES {
+        let from = a.state_dir().join(file);
+        assert!(from.exists(), "replica A wrote no `{file}`");
+        std::fs::copy(&from, state.join(file)).unwrap();
+    }
+    dir
+}
+
+fn token_form(assertion: &str) -> String {
+    serde_urlencoded::to_string([
+        ("grant_type", "client_credentials"),
+        ("client_assertion_type", ASSERTION_TYPE),
+        ("client_assertion", assertion),
+    ])
+    .unwrap()
+}
+
+async fn post_token(
+    client: &reqwest::Client,
+    server: &Server,
+    assertion: &str,
+    proof: String,
+) -> reqwest::Response {
+    client
+        .post(server.url("/oauth2/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("dpop", proof)
+        .body(token_form(assertion))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn get_with_proof(
+    client: &reqwest::Client,
+    server: &Server,
+    token: &str,
+    proof: &str,
+) -> reqwest::Response {
+    client
+        .get(server.url("/api/items"))
+        .header("authorization", format!("DPoP {token}"))
+        .header("dpop", proof)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_replicas_share_agents_single_use_credentials_and_one_audit_log() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    install_crypto();
+    let (upstream, gate) = start_upstream().await;
+    let dir_a = tempfile::tempdir().unwrap();
+    let cfg_a = replica_config(dir_a.path(), upstream);
+    let a = start(dir_a, cfg_a, db.url()).await;
+
+    let dir_b = provisioned_like(&a);
+    let cfg_b = replica_config(dir_b.path(), upstream);
+    let b = start(dir_b, cfg_b, db.url()).await;
+
+    // An agent enrolled through A's admin API is accepted by B (after B's
+    // periodic re-read of the shared store: bounded wait).
+    let (cert, key) = a.create_agent("alice", &["reader"]);
+    let agent = client(&a.ca_pem(), Some((&cert, &key)));
+    let started = Instant::now();
+    let status = loop {
+        let status = agent
+            .get(b.url("/api/items"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        if status == 200 || started.elapsed() > Duration::from_secs(10) {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, 200, "B never accepted the agent A enrolled");
+    eprintln!(
+        "agent enrolled on A accepted by B after {:?}",
+        started.elapsed()
+    );
+
+    // Single-use credentials: a client assertion and a DPoP proof used on
+    // A are refused on B, and the other way round.
+    let jwk = std::fs::read_to_string(a.path().join("creds/alice.jwk")).unwrap();
+    let alice = Ed25519Key::from_private_jwk(&jwk).unwrap();
+    let token_endpoint = format!("{ISSUER}/oauth2/token");
+    let no_cert = client(&a.ca_pem(), None);
+    let assertion = alice
+        .sign_assertion("alice", &token_endpoint, now(), 60)
+        .unwrap();
+    let token_proof = || {
+        alice
+            .sign_dpop_proof("POST", &token_endpoint, None, now())
+            .unwrap()
+    };
+    let issued = post_token(&no_cert, &a, &assertion, token_proof()).await;
+    assert_eq!(issued.status(), 200);
+    let token = issued.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let again = post_token(&no_cert, &b, &assertion, token_proof()).await;
+    let (status, error) = error_of(again).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (401, Some("invalid_client")),
+        "{error}"
+    );
+    assert!(
+        error["message"].as_str().unwrap().contains("replayed"),
+        "{error}"
+    );
+
+    let api = format!("{ISSUER}/api/items");
+    let proof = alice
+        .sign_dpop_proof("GET", &api, Some(&token), now())
+        .unwrap();
+    // The token A issued works on B (one token key), once per proof.
+    let first = get_with_proof(&no_cert, &b, &token, &proof).await;
+    assert_eq!(first.status(), 200);
+    let served_by_b = request_id(&first);
+    let replayed = get_with_proof(&no_cert, &a, &token, &proof).await;
+    let (status, error) = error_of(replayed).await;
+    assert_eq!(
+        (status, error["code"].as_str()),
+        (401, Some("invalid_dpop_proof")),
+        "{error}"
+    );
+    let proof = alice
+        .sign_dpop_proof("GET", &api, Some(&token), now())
+        .unwrap();
+    let on_a = get_with_proof(&no_cert, &a, &token, &proof).await;
+    assert_eq!(on_a.status(), 200);
+    let served_by_a = request_id(&on_a);
+    let replayed = get_with_proof(&no_cert, &b, &token, &proof).await;
+    assert_eq!(replayed.status(), 401);
+
+    // Both replicas appended to one log; it verifies as a whole.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let verify = std::process::Command::new(BIN)
+        .args(["audit", "verify", "--state-dir"])
+        .arg(a.state_dir())
+        .env("PORTCULLIS_STORE_URL", db.url())
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "audit verify failed: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    // Records from both replicas are in it, each index once.
+    let store = portcullis_store::Store::open_postgres(&db.url())
+        .await
+        .unwrap();
+    let size = store.audit_size().await.unwrap();
+    let records = store.audit_tail(size as u32).await.unwrap();
+    let seqs: Vec<u64> = records.iter().map(|r| r.seq.unwrap()).collect();
+    assert_eq!(seqs, (0..size).collect::<Vec<_>>());
+    for id in [&served_by_a, &served_by_b] {
+        assert!(
+            records.iter().any(|r| &r.request_id == id),
+            "request {id} is not in the shared log"
+        );
+    }
+    store.close().await;
+    eprintln!("{size} records from both replicas in one verified log");
+    drop((a, b, gate));
+}
+
+const BANK_POLICIES: &str = r#"
+@id("transfers") @obligation("approval")
+permit (principal in Role::"payer", action == Action::"POST", resource == Route::"bank");
+"#;
+
+fn bank_config(dir: &Path) -> std::path::PathBuf {
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("schema.cedarschema"),
+        portcullis_policy::DEFAULT_SCHEMA,
+    )
+    .unwrap();
+    std::fs::write(policies.join("main.cedar"), BANK_POLICIES).unwrap();
+    let config = dir.join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[policy]\ndir = \"{}\"\n\
+             [[routes]]\nname = \"bank\"\npath_prefix = \"/bank\"\nupstream = \"builtin:demo\"\nclassification = \"confidential\"\n",
+            policies.display(),
+        ),
+    )
+    .unwrap();
+    config
+}
+
+fn cli_ok(server: &Server, args: &[&str]) -> String {
+    let output = server.cli(args);
+    assert!(
+        output.status.success(),
+        "{args:?}: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+async fn transfer(http: &reqwest::Client, server: &Server) -> (u16, Value) {
+    let response = http
+        .post(server.url("/bank/transfer?to=alice&amount=10"))
+        .header("content-type", "application/json")
+        .body(r#"{"memo":"rent"}"#)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// An approval ticket opened on replica A, approved through replica B's
+/// admin API, lets the call through exactly once: the same call sent to
+/// both replicas at once (each has read the approval) passes on one.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_approval_opened_on_one_replica_and_approved_on_another_is_used_once() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    install_crypto();
+    let dir_a = tempfile::tempdir().unwrap();
+    let cfg_a = bank_config(dir_a.path());
+    let a = start(dir_a, cfg_a, db.url()).await;
+    let dir_b = provisioned_like(&a);
+    let cfg_b = bank_config(dir_b.path());
+    let b = start(dir_b, cfg_b, db.url()).await;
+
+    let (cert, key) = a.create_agent("pay-bot", &["payer"]);
+    let payer = client(&a.ca_pem(), Some((&cert, &key)));
+    let (status, answer) = transfer(&payer, &a).await;
+    assert_eq!(
+        (status, answer["error"]["code"].as_str()),
+        (403, Some("approval_required")),
+        "{answer}"
+    );
+    let ticket = answer["error"]["ticket"].as_str().unwrap().to_string();
+
+    // The approver is enrolled through A, approves through B.
+    let out = cli_ok(&a, &["admin", "user", "add", "alice"]);
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("TOTP secret (shown once; add it to an authenticator app): "))
+        .unwrap();
+    let secret = portcullis_identity::TotpSecret::from_base32(secret).unwrap();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    while now() % 30 > 22 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let code = secret.code_at(now());
+    let approve = |server: &Server| {
+        server.cli(&[
+            "approvals",
+            "approve",
+            &ticket,
+            "--user",
+            "alice",
+            "--totp",
+            &code,
+        ])
+    };
+    let out = approve(&b);
+    assert!(
+        out.status.success(),
+        "approve on B: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The same TOTP code is refused on A: the step is used, for every replica.
+    assert!(!approve(&a).status.success());
+
+    // Both replicas read the approval (and the agent), then the call goes
+    // to both at once: exactly one passes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (on_a, on_b) = tokio::join!(transfer(&payer, &a), transfer(&payer, &b));
+    let passed = [&on_a, &on_b].iter().filter(|(s, _)| *s == 200).count();
+    assert_eq!(passed, 1, "A: {on_a:?}\nB: {on_b:?}");
+    for (status, answer) in [&on_a, &on_b] {
+        if *status != 200 {
+            assert_eq!(answer["error"]["code"], "approval_required", "{answer}");
+            assert_ne!(answer["error"]["ticket"].as_str(), Some(ticket.as_str()));
+        }
+    }
+    // And once used, it stays used on both.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    for server in [&a, &b] {
+        let (status, _) = transfer(&payer, server).await;
+        assert_eq!(status, 403);
+    }
+    let store = portcullis_store::Store::open_postgres(&db.url())
+        .await
+        .unwrap();
+    let used = store
+        .unexpired_approvals(0)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| t.id == ticket)
+        .unwrap();
+    assert_eq!(used.status, "used");
+    store.close().await;
+}
