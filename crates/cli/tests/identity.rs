@@ -130,7 +130,7 @@ fn sensitive_admin_actions_need_a_fresh_totp_once_an_admin_enrolled() {
         .find(|r| r["action"] == "agent.revoke" && r["resource"] == "a2")
         .expect("revocation recorded");
     assert_eq!(revoke["principal"], "alice");
-    assert_eq!(revoke["credential"], "admin token + totp");
+    assert_eq!(revoke["credential"], "admin token `admin` (owner) + totp");
     let first = records
         .iter()
         .find(|r| r["action"] == "agent.revoke" && r["resource"] == "a1")

@@ -14,6 +14,8 @@ mod analytics;
 pub use analytics::{AlertRow, QuarantineRow, RiskPoint};
 mod identity;
 pub use identity::{AdminUserRow, PostureRow, RevokedTokenRow};
+mod admin_tokens;
+pub use admin_tokens::AdminTokenRow;
 mod audit_archive;
 mod audit_log;
 mod audit_rows;
@@ -187,6 +189,11 @@ fn migrator() -> Migrator {
             15,
             "transit_exportable",
             include_str!("../migrations/0015_transit_exportable.sql"),
+        ),
+        migration(
+            16,
+            "admin_roles",
+            include_str!("../migrations/0016_admin_roles.sql"),
         ),
     ])
 }
@@ -374,31 +381,6 @@ impl Store {
                 })
             })
             .collect()
-    }
-
-    /// Stores the SHA-256 (hex) of a new admin token.
-    pub async fn add_admin_token(
-        &self,
-        id: &str,
-        sha256_hex: &str,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO admin_tokens (id, token_sha256, created_at) VALUES (?, ?, ?)")
-            .bind(id)
-            .bind(sha256_hex)
-            .bind(now)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// The SHA-256 (hex) of every admin token.
-    pub async fn admin_token_hashes(&self) -> Result<Vec<String>, StoreError> {
-        Ok(
-            sqlx::query_scalar("SELECT token_sha256 FROM admin_tokens ORDER BY id")
-                .fetch_all(&self.pool)
-                .await?,
-        )
     }
 
     /// Closes the pool, waiting for connections to finish.
