@@ -91,9 +91,6 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
     ("GET", "/captures/{request_id}", ReadCaptures),
 ];
 
-/// Routes outside [`API_PREFIX`], served without an admin credential.
-pub const PUBLIC_ROUTES: &[&str] = &["/healthz", "/readyz", "/metrics"];
-
 /// The permission `method` on the matched route needs; `None` (refuse) for
 /// a route the table does not know. `matched` may carry the API prefix.
 pub fn required(method: &str, matched: &str) -> Option<Permission> {
@@ -113,6 +110,9 @@ pub fn is_known(matched: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Routes outside [`API_PREFIX`], served without an admin credential.
+    const PUBLIC_ROUTES: &[&str] = &["/healthz", "/readyz", "/metrics"];
 
     /// Every `(method, route)` registered in this crate's
     /// sources, found by reading them (axum cannot list a router's routes).

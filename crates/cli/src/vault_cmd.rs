@@ -617,7 +617,7 @@ mod tests {
         });
         let text = capture_text(&captured);
         assert!(text.contains("captured_at  2023-11-14T22:13:20Z"), "{text}");
-        assert!(text.contains("----- request (22 bytes) -----\nGET /x\n{\"q\":\"hi\"}\\u{1b}[2J\n"), "{text}");
+        assert!(text.contains("----- request (21 bytes) -----\nGET /x\n{\"q\":\"hi\"}\\u{1b}[2J\n"), "{text}");
         assert!(text.contains("----- response (3 bytes) -----\n(binary; base64)\n/wAB\n"), "{text}");
         assert!(!text.contains('\u{1b}') && !text.contains("request_base64"), "{text}");
     }

@@ -292,8 +292,16 @@ async fn one_totp_confirmation_opens_a_step_up_window_for_that_credential_only()
     let (ok, _, err) = as_admin(&server, &ops, &["agent", "revoke", "a3"]);
     assert!(!ok && err.contains("mfa_required"), "{err}");
     // and the window does not stand in for another human.
-    let (ok, _, err) = as_admin(&server, &owner, &["agent", "revoke", "a3", "--user", "bob"]);
-    assert!(!ok && err.contains("mfa_required"), "{err}");
+    let response = client(&server.ca_pem(), None)
+        .post(format!("https://{}/admin/v1/agents/a3/revoke", server.admin))
+        .bearer_auth(&owner)
+        .header("x-portcullis-user", "bob")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let (_, body) = error_of(response).await;
+    assert_eq!(body["code"], "mfa_required", "{body}");
 
     // The record names the human and how they confirmed.
     let mut record = None;

@@ -30,9 +30,6 @@ pub struct AdminTokenRow {
     pub bootstrap: bool,
 }
 
-const COLUMNS: &str =
-    "id, name, role, token_sha256, created_at, created_by, rotated_at, revoked_at, bootstrap";
-
 impl Store {
     /// Stores a new credential; an existing name (even revoked) is a conflict,
     /// so a name always means one credential in the audit log.
@@ -58,9 +55,10 @@ impl Store {
 
     /// Every credential, revoked ones included, by name.
     pub async fn admin_credentials(&self) -> Result<Vec<AdminTokenRow>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM admin_tokens ORDER BY name"
-        ))
+        let rows = sqlx::query(
+            "SELECT id, name, role, token_sha256, created_at, created_by, rotated_at, revoked_at, bootstrap
+             FROM admin_tokens ORDER BY name",
+        )
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(token_from_row).collect()
@@ -89,37 +87,37 @@ impl Store {
     }
 
     /// Revokes a live credential, refusing to revoke the last live `owner`
-    /// (nobody could then manage credentials). Both checks and the update run
-    /// in one transaction, so two concurrent revocations cannot leave none.
+    /// (nobody could then manage credentials). The check and the update are
+    /// one statement, so two concurrent revocations cannot leave none (and a
+    /// read-then-write transaction, which SQLite may refuse to upgrade beside
+    /// the audit writer, is avoided).
     pub async fn revoke_admin_credential(&self, name: &str, now: i64) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let role: Option<String> =
-            sqlx::query_scalar("SELECT role FROM admin_tokens WHERE name = ? AND revoked_at IS NULL")
-                .bind(name)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let Some(role) = role else {
-            return Err(StoreError::NotFound(name.to_string()));
-        };
-        if role == "owner" {
-            let owners: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM admin_tokens WHERE role = 'owner' AND revoked_at IS NULL",
-            )
-            .fetch_one(&mut *tx)
-            .await?;
-            if owners <= 1 {
-                return Err(StoreError::Invalid(format!(
-                    "`{name}` is the last owner credential: create another owner before revoking it"
-                )));
-            }
+        let result = sqlx::query(
+            "UPDATE admin_tokens SET revoked_at = ?1
+             WHERE name = ?2 AND revoked_at IS NULL
+               AND (role != 'owner'
+                    OR (SELECT COUNT(*) FROM admin_tokens
+                        WHERE role = 'owner' AND revoked_at IS NULL) > 1)",
+        )
+        .bind(now)
+        .bind(name)
+        .execute(&self.pool)
+        .await?;
+        if result.rows_affected() == 1 {
+            return Ok(());
         }
-        sqlx::query("UPDATE admin_tokens SET revoked_at = ? WHERE name = ?")
-            .bind(now)
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+        let live: Option<String> = sqlx::query_scalar(
+            "SELECT role FROM admin_tokens WHERE name = ? AND revoked_at IS NULL",
+        )
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
+        match live {
+            None => Err(StoreError::NotFound(name.to_string())),
+            Some(_) => Err(StoreError::Invalid(format!(
+                "`{name}` is the last owner credential: create another owner before revoking it"
+            ))),
+        }
     }
 }
 
