@@ -139,7 +139,13 @@ async fn create(
         .await
         .map_err(|e| call.store_error(e))?;
     reload(&state, &call).await?;
-    call.done_by(&state.sink, &approver, "admin_token.create", name.as_str(), 201);
+    call.done_by(
+        &state.sink,
+        &approver,
+        "admin_token.create",
+        name.as_str(),
+        201,
+    );
     Ok(json(
         StatusCode::CREATED,
         &Issued {
@@ -151,7 +157,11 @@ async fn create(
 }
 
 /// The live credential called `name`, or `not_found` before any code is spent.
-async fn live(state: &AdminState, call: &Call, name: &str) -> Result<portcullis_store::AdminTokenRow, ApiError> {
+async fn live(
+    state: &AdminState,
+    call: &Call,
+    name: &str,
+) -> Result<portcullis_store::AdminTokenRow, ApiError> {
     state
         .store
         .admin_credentials()

@@ -92,7 +92,12 @@ impl AdminCredentials {
 
 /// A credential made now: its row and the token, which exists only here
 /// and in the one answer that hands it out.
-pub(crate) fn mint(name: &str, role: Role, created_by: &str, bootstrap: bool) -> (AdminTokenRow, String) {
+pub(crate) fn mint(
+    name: &str,
+    role: Role,
+    created_by: &str,
+    bootstrap: bool,
+) -> (AdminTokenRow, String) {
     let token = new_token();
     let row = AdminTokenRow {
         id: portcullis_core::RequestId::new().to_string(),
@@ -136,11 +141,17 @@ mod tests {
         let credentials = AdminCredentials::load(&store).await.unwrap();
         let me = credentials.authenticate(&token).unwrap();
         assert_eq!((me.name.as_str(), me.role), ("admin", Role::Owner));
-        assert_eq!(credentials.authenticate(&ops_token).unwrap().role, Role::Operator);
+        assert_eq!(
+            credentials.authenticate(&ops_token).unwrap().role,
+            Role::Operator
+        );
         assert!(credentials.authenticate("pcadm_nope").is_none());
         // Nothing in the store is the token itself.
         let rows = store.admin_credentials().await.unwrap();
-        assert!(rows.iter().all(|r| r.token_sha256 != token && r.bootstrap == (r.name == "admin")));
+        assert!(
+            rows.iter()
+                .all(|r| r.token_sha256 != token && r.bootstrap == (r.name == "admin"))
+        );
         store.revoke_admin_credential("ops", 5).await.unwrap();
         credentials.reload(&store).await.unwrap();
         assert!(credentials.authenticate(&ops_token).is_none());

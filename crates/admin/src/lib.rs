@@ -34,7 +34,7 @@ mod vault_api;
 pub use api::{AdminState, DEFAULT_CERT_TTL, RemoteAddr, router};
 pub use auth::{hash_token, new_token};
 pub use credentials::{AdminCredentials, AdminIdentity, BOOTSTRAP_NAME, ensure_bootstrap};
+pub use mfa::{MfaKeys, TOTP_HEADER, USER_HEADER};
 pub use roles::{Permission, ROLES, Role};
 pub use route_permissions::{ROUTE_PERMISSIONS, required as route_permission};
 pub use stepup::{DEFAULT_STEP_UP, StepUp};
-pub use mfa::{MfaKeys, TOTP_HEADER, USER_HEADER};

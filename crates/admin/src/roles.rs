@@ -61,10 +61,7 @@ impl Role {
             ),
             Role::PolicyAuthor => matches!(permission, Read | Session | AuthorPolicy),
             Role::Approver => matches!(permission, Read | Session | Decide),
-            Role::Auditor => matches!(
-                permission,
-                Read | Session | ReadCaptures | SignCheckpoint
-            ),
+            Role::Auditor => matches!(permission, Read | Session | ReadCaptures | SignCheckpoint),
         }
     }
 }

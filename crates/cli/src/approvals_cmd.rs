@@ -135,10 +135,7 @@ fn show(t: &Value) -> String {
     line("created", &when(&t["created_ms"]));
     line("expires", &when(&t["expires_ms"]));
     if let Some(by) = t["decided_by"].as_str() {
-        line(
-            "decided",
-            &format!("by {by} at {}", when(&t["decided_ms"])),
-        );
+        line("decided", &format!("by {by} at {}", when(&t["decided_ms"])));
     }
     out
 }
@@ -146,73 +143,72 @@ fn show(t: &Value) -> String {
 /// `approvals list` as a table: a line per ticket, then the call and why.
 fn approvals_table(list: &Value) -> String {
     let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<32}  {:<8}  {:<16} {:<12} {:<6} {:<30} {:<14} EXPIRES",
+        "TICKET", "STATUS", "AGENT", "FOR USER", "ACTION", "ROUTE PATH", "BODY SHA-256"
+    );
+    for t in list["approvals"].as_array().into_iter().flatten() {
         let _ = writeln!(
             out,
-            "{:<32}  {:<8}  {:<16} {:<12} {:<6} {:<30} {:<14} EXPIRES",
-            "TICKET", "STATUS", "AGENT", "FOR USER", "ACTION", "ROUTE PATH", "BODY SHA-256"
+            "{:<32}  {:<8}  {:<16} {:<12} {:<6} {:<30} {:<14} {}",
+            text(&t["id"]),
+            text(&t["status"]),
+            text(&t["agent"]),
+            text(&t["delegated_user"]),
+            text(&t["action"]),
+            format!("{} {}", text(&t["resource"]), text(&t["path"])),
+            text(&t["body_sha256"]).chars().take(12).collect::<String>(),
+            when(&t["expires_ms"]),
         );
-        for t in list["approvals"].as_array().into_iter().flatten() {
+        let _ = writeln!(out, "{:<34}call: {}", "", text(&t["summary"]));
+        if t["required_by"] == "analytics" {
             let _ = writeln!(
-            out,
-                "{:<32}  {:<8}  {:<16} {:<12} {:<6} {:<30} {:<14} {}",
-                text(&t["id"]),
-                text(&t["status"]),
-                text(&t["agent"]),
-                text(&t["delegated_user"]),
-                text(&t["action"]),
-                format!("{} {}", text(&t["resource"]), text(&t["path"])),
-                text(&t["body_sha256"]).chars().take(12).collect::<String>(),
-                when(&t["expires_ms"]),
+                out,
+                "{:<34}why: behavioral analytics holds this agent's writes (risk grade approve_writes or above; `portcullis alerts list`); allowed by policy `{}` (version {})",
+                "",
+                text(&t["policy_id"]),
+                t["policy_version"]
             );
+        } else {
             let _ = writeln!(
-            out,"{:<34}call: {}", "", text(&t["summary"]));
-            if t["required_by"] == "analytics" {
-                let _ = writeln!(
-            out,
-                    "{:<34}why: behavioral analytics holds this agent's writes (risk grade approve_writes or above; `portcullis alerts list`); allowed by policy `{}` (version {})",
-                    "",
-                    text(&t["policy_id"]),
-                    t["policy_version"]
-                );
-            } else {
-                let _ = writeln!(
-            out,
-                    "{:<34}why: policy `{}` (version {}) asks for approval",
-                    "",
-                    text(&t["policy_id"]),
-                    t["policy_version"]
-                );
-            }
+                out,
+                "{:<34}why: policy `{}` (version {}) asks for approval",
+                "",
+                text(&t["policy_id"]),
+                t["policy_version"]
+            );
         }
+    }
     out
 }
 
 /// `grants list` as a table.
 fn grants_table(list: &Value) -> String {
     let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<18} {:<10} {:<16} {:<6} {:<16} {:<20} {:<12} TICKET / REASON",
+        "GRANT", "KIND", "AGENT", "ACTION", "ROUTE", "EXPIRES", "BY"
+    );
+    for g in list["grants"].as_array().into_iter().flatten() {
+        let why = match g["ticket"].as_str() {
+            Some(ticket) => ticket.to_string(),
+            None => text(&g["reason"]).to_string(),
+        };
         let _ = writeln!(
             out,
-            "{:<18} {:<10} {:<16} {:<6} {:<16} {:<20} {:<12} TICKET / REASON",
-            "GRANT", "KIND", "AGENT", "ACTION", "ROUTE", "EXPIRES", "BY"
+            "{:<18} {:<10} {:<16} {:<6} {:<16} {:<20} {:<12} {}",
+            text(&g["id"]),
+            text(&g["kind"]),
+            text(&g["agent"]),
+            text(&g["action"]),
+            text(&g["resource"]),
+            when(&g["expires_ms"]),
+            text(&g["created_by"]),
+            why
         );
-        for g in list["grants"].as_array().into_iter().flatten() {
-            let why = match g["ticket"].as_str() {
-                Some(ticket) => ticket.to_string(),
-                None => text(&g["reason"]).to_string(),
-            };
-            let _ = writeln!(
-            out,
-                "{:<18} {:<10} {:<16} {:<6} {:<16} {:<20} {:<12} {}",
-                text(&g["id"]),
-                text(&g["kind"]),
-                text(&g["agent"]),
-                text(&g["action"]),
-                text(&g["resource"]),
-                when(&g["expires_ms"]),
-                text(&g["created_by"]),
-                why
-            );
-        }
+    }
     out
 }
 

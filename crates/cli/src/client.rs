@@ -258,7 +258,10 @@ mod tests {
         assert_eq!(code, "123456");
         assert_eq!(out, b"TOTP code: ");
         for bad in ["12\n", "abcdef\n", "\n", "123456789\n"] {
-            assert!(prompt_code(&mut bad.as_bytes(), &mut Vec::new()).is_err(), "{bad}");
+            assert!(
+                prompt_code(&mut bad.as_bytes(), &mut Vec::new()).is_err(),
+                "{bad}"
+            );
         }
     }
 }

@@ -493,7 +493,13 @@ pub async fn user(command: UserCommand, args: AdminArgs) -> Result<()> {
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|u| if u.is_string() { json!({ "subject": u }) } else { u.clone() })
+                    .map(|u| {
+                        if u.is_string() {
+                            json!({ "subject": u })
+                        } else {
+                            u.clone()
+                        }
+                    })
                     .collect();
                 output::table(&rows, &[col("SUBJECT", "subject", Kind::Text, 60)])
             })?;

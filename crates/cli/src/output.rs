@@ -98,7 +98,11 @@ pub fn emit(format: Format, value: &Value, table: impl FnOnce(&Value) -> String)
 }
 
 /// What [`emit`] prints.
-pub fn render(format: Format, value: &Value, table: impl FnOnce(&Value) -> String) -> Result<String> {
+pub fn render(
+    format: Format,
+    value: &Value,
+    table: impl FnOnce(&Value) -> String,
+) -> Result<String> {
     Ok(match format {
         Format::Table => table(value),
         Format::Json => {
@@ -202,7 +206,10 @@ fn flatten(prefix: &str, value: &Value, out: &mut Vec<(String, String)>) {
             let key = prefix.rsplit('.').next().unwrap_or(prefix);
             let kind = if other.as_i64().is_some_and(|t| is_time(key, t)) {
                 Kind::Time
-            } else if other.as_array().is_some_and(|a| a.iter().all(|v| !v.is_object() && !v.is_array())) {
+            } else if other
+                .as_array()
+                .is_some_and(|a| a.iter().all(|v| !v.is_object() && !v.is_array()))
+            {
                 Kind::List
             } else {
                 Kind::Json
@@ -285,7 +292,13 @@ fn wrap(text: &str, width: usize) -> Vec<String> {
             .filter(|&i| i > width / 2)
             .map(|i| i + 1)
             .unwrap_or(width);
-        lines.push(rest[..cut].iter().collect::<String>().trim_end().to_string());
+        lines.push(
+            rest[..cut]
+                .iter()
+                .collect::<String>()
+                .trim_end()
+                .to_string(),
+        );
         rest.drain(..cut);
     }
     if lines.is_empty() {
@@ -387,7 +400,9 @@ mod tests {
 
     #[test]
     fn one_object_as_fields() {
-        let text = fields(&json!({"name": "x", "cert": {"not_after": 1_700_000_000}, "roles": ["a", "b"]}));
+        let text = fields(
+            &json!({"name": "x", "cert": {"not_after": 1_700_000_000}, "roles": ["a", "b"]}),
+        );
         let expected = [
             "cert.not_after  2023-11-14T22:13:20Z",
             "name            x",

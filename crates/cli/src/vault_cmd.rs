@@ -563,7 +563,10 @@ fn capture_text(v: &Value) -> String {
         map.remove("response_base64");
     }
     let mut out = output::fields(&meta);
-    for (title, key) in [("request", "request_base64"), ("response", "response_base64")] {
+    for (title, key) in [
+        ("request", "request_base64"),
+        ("response", "response_base64"),
+    ] {
         let bytes = STANDARD
             .decode(v[key].as_str().unwrap_or_default())
             .unwrap_or_default();
@@ -617,8 +620,17 @@ mod tests {
         });
         let text = capture_text(&captured);
         assert!(text.contains("captured_at  2023-11-14T22:13:20Z"), "{text}");
-        assert!(text.contains("----- request (21 bytes) -----\nGET /x\n{\"q\":\"hi\"}\\u{1b}[2J\n"), "{text}");
-        assert!(text.contains("----- response (3 bytes) -----\n(binary; base64)\n/wAB\n"), "{text}");
-        assert!(!text.contains('\u{1b}') && !text.contains("request_base64"), "{text}");
+        assert!(
+            text.contains("----- request (21 bytes) -----\nGET /x\n{\"q\":\"hi\"}\\u{1b}[2J\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("----- response (3 bytes) -----\n(binary; base64)\n/wAB\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains('\u{1b}') && !text.contains("request_base64"),
+            "{text}"
+        );
     }
 }

@@ -73,7 +73,13 @@ fn server_with(dir: tempfile::TempDir, admin: &str) -> Server {
 }
 
 /// Sends `method path` with `token`; the status and the error code, if any.
-async fn call(http: &reqwest::Client, server: &Server, token: &str, method: &str, path: &str) -> (u16, String) {
+async fn call(
+    http: &reqwest::Client,
+    server: &Server,
+    token: &str,
+    method: &str,
+    path: &str,
+) -> (u16, String) {
     let url = format!("https://{}/admin/v1{path}", server.admin);
     let request = match method {
         "GET" => http.get(url),
@@ -84,7 +90,10 @@ async fn call(http: &reqwest::Client, server: &Server, token: &str, method: &str
     let response = request.bearer_auth(token).send().await.unwrap();
     let status = response.status().as_u16();
     let body: Value = response.json().await.unwrap_or(Value::Null);
-    (status, body["error"]["code"].as_str().unwrap_or("").to_string())
+    (
+        status,
+        body["error"]["code"].as_str().unwrap_or("").to_string(),
+    )
 }
 
 /// A concrete path for a route pattern: every parameter a name that exists
@@ -93,7 +102,13 @@ async fn call(http: &reqwest::Client, server: &Server, token: &str, method: &str
 fn concrete(route: &str) -> String {
     route
         .split('/')
-        .map(|part| if part.starts_with('{') { "nobody-here" } else { part })
+        .map(|part| {
+            if part.starts_with('{') {
+                "nobody-here"
+            } else {
+                part
+            }
+        })
         .collect::<Vec<_>>()
         .join("/")
 }
@@ -219,15 +234,38 @@ async fn rotation_and_revocation_are_in_force_on_the_next_request_and_the_bootst
         .iter()
         .find(|t| t["name"] == "admin")
         .unwrap();
-    assert_eq!((admin["status"].as_str(), admin["bootstrap"].as_bool()), (Some("revoked"), Some(true)));
-    assert!(admin["revoked_at"].as_str().unwrap().ends_with('Z'), "{admin}");
+    assert_eq!(
+        (admin["status"].as_str(), admin["bootstrap"].as_bool()),
+        (Some("revoked"), Some(true))
+    );
+    assert!(
+        admin["revoked_at"].as_str().unwrap().ends_with('Z'),
+        "{admin}"
+    );
     assert!(!out.contains("pcadm_") && !out.contains("sha256"), "{out}");
-    let records = server.audit(200);
-    let revoked = records
-        .iter()
-        .find(|r| r["action"] == "admin_token.revoke" && r["resource"] == "admin")
-        .expect("recorded");
-    assert_eq!(revoked["principal"], "root");
+    // The bootstrap token that `server.audit` reads is revoked: as root,
+    // waiting (bounded) for the background writer.
+    let mut revoked = None;
+    for _ in 0..100 {
+        let (ok, out, err) = as_admin(
+            &server,
+            &root,
+            &["audit", "tail", "-n", "200", "-o", "json"],
+        );
+        assert!(ok, "{err}");
+        let tail: Value = serde_json::from_str(&out).unwrap();
+        revoked = tail["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["action"] == "admin_token.revoke" && r["resource"] == "admin")
+            .cloned();
+        if revoked.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(revoked.expect("recorded")["principal"], "root");
 
     // One-time: a restart without the token file makes no new owner.
     let dir = server.into_dir();
@@ -240,7 +278,10 @@ async fn rotation_and_revocation_are_in_force_on_the_next_request_and_the_bootst
     let (ok, out, err) = as_admin(&server, &root, &["admin", "whoami", "-o", "json"]);
     assert!(ok, "{err}");
     let me: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!((me["name"].as_str(), me["role"].as_str()), (Some("root"), Some("owner")));
+    assert_eq!(
+        (me["name"].as_str(), me["role"].as_str()),
+        (Some("root"), Some("owner"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -264,7 +305,12 @@ async fn one_totp_confirmation_opens_a_step_up_window_for_that_credential_only()
     let code = secret.code_at(now());
     let with_code = |args: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-        v.extend(["--user".into(), "alice".into(), "--totp".into(), code.clone()]);
+        v.extend([
+            "--user".into(),
+            "alice".into(),
+            "--totp".into(),
+            code.clone(),
+        ]);
         v
     };
     let run = |token: &str, args: Vec<String>| {
@@ -293,7 +339,10 @@ async fn one_totp_confirmation_opens_a_step_up_window_for_that_credential_only()
     assert!(!ok && err.contains("mfa_required"), "{err}");
     // and the window does not stand in for another human.
     let response = client(&server.ca_pem(), None)
-        .post(format!("https://{}/admin/v1/agents/a3/revoke", server.admin))
+        .post(format!(
+            "https://{}/admin/v1/agents/a3/revoke",
+            server.admin
+        ))
         .bearer_auth(&owner)
         .header("x-portcullis-user", "bob")
         .json(&json!({}))
@@ -317,7 +366,10 @@ async fn one_totp_confirmation_opens_a_step_up_window_for_that_credential_only()
     }
     let record = record.expect("a2's revocation recorded");
     assert_eq!(record["principal"], "alice");
-    assert_eq!(record["credential"], "admin token `admin` (owner) + step-up");
+    assert_eq!(
+        record["credential"],
+        "admin token `admin` (owner) + step-up"
+    );
 
     // Stepping down closes it.
     let (ok, _, err) = as_admin(&server, &owner, &["admin", "step-down"]);
@@ -330,12 +382,19 @@ async fn one_totp_confirmation_opens_a_step_up_window_for_that_credential_only()
     let (ok, out, err) = as_admin(
         &server,
         &owner,
-        &["admin", "step-up", "--user", "alice", "--totp", &next, "-o", "json"],
+        &[
+            "admin", "step-up", "--user", "alice", "--totp", &next, "-o", "json",
+        ],
     );
     assert!(ok, "{err}");
     let opened: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(opened["step_up_seconds"], 4);
-    assert!(opened["step_up"]["expires_at"].as_str().unwrap().ends_with('Z'));
+    assert!(
+        opened["step_up"]["expires_at"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
     let (ok, _, err) = as_admin(&server, &owner, &["agent", "revoke", "a3"]);
     assert!(ok, "{err}");
     std::thread::sleep(Duration::from_millis(4_500));

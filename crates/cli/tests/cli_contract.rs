@@ -46,8 +46,17 @@ fn ok(out: std::process::Output, what: &str) -> String {
 fn has_rfc3339(text: &str) -> bool {
     text.as_bytes().windows(20).any(|w| {
         let d = |r: std::ops::Range<usize>| w[r].iter().all(u8::is_ascii_digit);
-        d(0..4) && w[4] == b'-' && d(5..7) && w[7] == b'-' && d(8..10) && w[10] == b'T'
-            && d(11..13) && w[13] == b':' && d(14..16) && w[16] == b':' && d(17..19)
+        d(0..4)
+            && w[4] == b'-'
+            && d(5..7)
+            && w[7] == b'-'
+            && d(8..10)
+            && w[10] == b'T'
+            && d(11..13)
+            && w[13] == b':'
+            && d(14..16)
+            && w[16] == b':'
+            && d(17..19)
             && (w[19] == b'Z' || w[19] == b'.')
     })
 }
@@ -61,7 +70,13 @@ fn every_listing_command_speaks_table_json_and_yaml() {
     let value = server.path().join("value");
     std::fs::write(&value, "s3cret-value\n").unwrap();
     ok(
-        server.cli(&["secret", "put", "api-key", "--from-file", value.to_str().unwrap()]),
+        server.cli(&[
+            "secret",
+            "put",
+            "api-key",
+            "--from-file",
+            value.to_str().unwrap(),
+        ]),
         "secret put",
     );
 
@@ -80,7 +95,10 @@ fn every_listing_command_speaks_table_json_and_yaml() {
         assert_eq!(parsed, from_yaml, "{args:?}: JSON and YAML disagree");
         let table = run("table");
         assert!(!table.trim().is_empty(), "{args:?} -o table is empty");
-        assert!(!table.trim_start().starts_with('{'), "{args:?} -o table is JSON: {table}");
+        assert!(
+            !table.trim_start().starts_with('{'),
+            "{args:?} -o table is JSON: {table}"
+        );
         // Table is the default.
         let default = ok(server.cli(args), &format!("{args:?}"));
         assert_eq!(
@@ -114,7 +132,12 @@ fn tables_keep_long_values_readable() {
     // A long name and many roles wrap in their columns instead of
     // stretching the line; no line of the table is wider than its columns.
     let roles: Vec<String> = (0..12).map(|i| format!("role-number-{i}")).collect();
-    let mut args = vec!["agent", "create", "a-rather-long-agent-name-for-tables", "--out"];
+    let mut args = vec![
+        "agent",
+        "create",
+        "a-rather-long-agent-name-for-tables",
+        "--out",
+    ];
     let out = server.path().join("creds");
     args.push(out.to_str().unwrap());
     for r in &roles {
@@ -140,9 +163,15 @@ fn completion_scripts_and_version_are_generated() {
             .unwrap();
         let script = ok(out, shell);
         assert!(script.contains(marker), "{shell}: {script:.200}");
-        assert!(script.contains("step-up") && script.contains("rotate"), "{shell}");
+        assert!(
+            script.contains("step-up") && script.contains("rotate"),
+            "{shell}"
+        );
     }
-    let out = std::process::Command::new(BIN).arg("--version").output().unwrap();
+    let out = std::process::Command::new(BIN)
+        .arg("--version")
+        .output()
+        .unwrap();
     let version = ok(out, "--version");
     // `portcullis 0.1.0 (commit 0123456789ab, built 2026-12-07T05:00:00Z)`
     assert!(version.starts_with("portcullis "), "{version}");
@@ -152,8 +181,12 @@ fn completion_scripts_and_version_are_generated() {
         .and_then(|r| r.split(',').next())
         .unwrap();
     assert!(
-        commit == "unknown" || (commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
+        commit == "unknown"
+            || (commit.len() == 12 && commit.bytes().all(|b| b.is_ascii_hexdigit())),
         "{version}"
     );
-    assert!(version.contains(", built ") && has_rfc3339(&version), "{version}");
+    assert!(
+        version.contains(", built ") && has_rfc3339(&version),
+        "{version}"
+    );
 }
