@@ -42,9 +42,16 @@ pub async fn run(args: AdminArgs, since: Option<Duration>, format: Format) -> Re
     let shared = match (args.out.output, format) {
         (Some(f), _) => f,
         (None, Format::Json) => crate::output::Format::Json,
-        (None, Format::Dot) => return Ok(println!("{}", dot(&inventory))),
-        (None, Format::Mermaid) => return Ok(println!("{}", mermaid(&inventory))),
         (None, Format::Table) => crate::output::Format::Table,
+        (None, Format::Dot | Format::Mermaid) => {
+            let graph = if format == Format::Dot {
+                dot(&inventory)
+            } else {
+                mermaid(&inventory)
+            };
+            println!("{graph}");
+            return Ok(());
+        }
     };
     crate::output::emit(shared, &inventory, |v| format!("{}\n", table(v)))
 }
