@@ -31,11 +31,20 @@ fn settle_in_step() {
     }
 }
 
-/// The quickstart's two routes in a config on ephemeral ports.
+/// The quickstart's two routes in a config on ephemeral ports, with step-up
+/// windows off: these tests hold every sensitive action to its own code
+/// (`admin_roles.rs` tests the windows).
 fn quickstart_config(dir: &std::path::Path) -> std::path::PathBuf {
     let routes = route("demo", "/demo", "builtin:demo", "public")
         + &route("payroll", "/payroll", "builtin:demo", "confidential");
-    config(dir, &routes, "")
+    let path = config(dir, &routes, "");
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "[admin]\n",
+        "[admin]\nstep_up_seconds = 0\n",
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 #[test]

@@ -281,7 +281,7 @@ async fn credentials_are_injected_by_policy_and_never_written_in_plaintext() {
     let _ = r.bytes().await.unwrap();
     let mut shown = None;
     for _ in 0..100 {
-        let out = server.cli(&["capture", "show", &id]);
+        let out = server.cli(&["capture", "show", &id, "-o", "json"]);
         if out.status.success() {
             shown = Some(String::from_utf8(out.stdout).unwrap());
             break;
