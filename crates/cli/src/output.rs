@@ -249,6 +249,11 @@ fn scalar(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
         Value::Null => String::new(),
+        // A fraction (a risk score, say) to three places: `-o json` has it whole.
+        Value::Number(n) if n.is_f64() => {
+            let text = format!("{:.3}", n.as_f64().unwrap_or_default());
+            text.trim_end_matches('0').trim_end_matches('.').to_string()
+        }
         other => other.to_string(),
     }
 }
@@ -377,6 +382,8 @@ mod tests {
 
     #[test]
     fn tables_wrap_truncate_and_clean() {
+        assert_eq!(cell(Some(&json!(0.27000001072883606)), Kind::Text), "0.27");
+        assert_eq!(cell(Some(&json!(2.0)), Kind::Text), "2");
         let rows = [
             json!({"name": "a", "why": "one two three four five six seven eight nine ten eleven", "at": 1_700_000_000}),
             json!({"name": "b\u{1b}[31m", "why": "x", "at": null}),

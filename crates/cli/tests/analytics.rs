@@ -530,9 +530,18 @@ async fn at_grade_approve_writes_reads_pass_and_each_write_waits_for_a_human() {
     );
     assert!(list.contains("behavioral analytics holds"), "{list}");
     // The alert names the grade.
+    let listed = cli_json(&server, &["alerts", "list"]).await;
+    assert!(
+        listed["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["grade"] == "approve_writes"),
+        "{listed}"
+    );
     let out = cli(&server, &["alerts", "list"]).await;
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("\"grade\":\"approve_writes\""),
+        String::from_utf8_lossy(&out.stdout).contains(" approve_writes "),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
