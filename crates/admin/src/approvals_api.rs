@@ -53,8 +53,9 @@ struct ApproveBody {
     ttl_seconds: Option<u64>,
 }
 
-/// The admin deciding: a fresh TOTP code once any admin has enrolled
-/// (`admin:<name>`); before that the admin token alone (`admin`).
+/// The admin deciding: a fresh TOTP code (or its step-up window) once any
+/// admin has enrolled (`admin:<name>`); before that the admin credential
+/// alone (its name: `admin` for the bootstrap credential).
 pub(crate) async fn approver(
     state: &AdminState,
     call: &Call,
@@ -64,7 +65,7 @@ pub(crate) async fn approver(
     Ok(if approver.mfa {
         format!("admin:{}", approver.user)
     } else {
-        "admin".to_string()
+        approver.user
     })
 }
 

@@ -6,24 +6,35 @@
 //! codes as the data plane (`docs/errors.md`).
 //!
 //! Unauthenticated: `GET /healthz`, `GET /readyz`, `GET /metrics`.
-//! Bearer admin token: everything under `/admin/v1/`, including the vault's
-//! `/secrets`, `/vault` and `/transit` endpoints (`vault_api.rs`). Every change and every
-//! refused admin call is written to the audit log. Sensitive changes (revocation,
-//! enrolling or removing admins) also need an enrolled human admin's TOTP code
-//! once anyone has enrolled (`mfa.rs`).
+//! A named admin credential (bearer token, `credentials.rs`) with a role
+//! (`roles.rs`): everything under `/admin/v1/`, each route needing the one
+//! permission `route_permissions.rs` maps it to (default deny). Every change
+//! and every refused admin call is written to the audit log with the acting
+//! credential's name. Sensitive changes (revocation, enrolling or removing
+//! admins, credentials) also need an enrolled human admin's TOTP code once
+//! anyone has enrolled (`mfa.rs`), or an open step-up window (`stepup.rs`).
 #![forbid(unsafe_code)]
 
+mod admin_tokens_api;
 mod analytics_api;
 mod api;
 mod approvals_api;
 mod audit_api;
 mod auth;
+mod credentials;
 mod identity_api;
 mod mfa;
 mod policy_api;
+mod roles;
+mod route_permissions;
+mod stepup;
 mod tools_api;
 mod vault_api;
 
 pub use api::{AdminState, DEFAULT_CERT_TTL, RemoteAddr, router};
 pub use auth::{hash_token, new_token};
+pub use credentials::{AdminCredentials, AdminIdentity, BOOTSTRAP_NAME, ensure_bootstrap};
 pub use mfa::{MfaKeys, TOTP_HEADER, USER_HEADER};
+pub use roles::{Permission, ROLES, Role};
+pub use route_permissions::{ROUTE_PERMISSIONS, required as route_permission};
+pub use stepup::{DEFAULT_STEP_UP, StepUp};

@@ -20,6 +20,10 @@
 //!   without being checked, so a correct code during a lockout is refused
 //!   too. The lockout is audited (`admin.mfa_lockout`), counted
 //!   (`portcullis_auth_lockouts_total{kind="totp"}`) and raised as an alert.
+//! - A verified code opens a step-up window for the calling credential
+//!   (`stepup.rs`) once the call succeeds: until it closes, that
+//!   credential's sensitive calls need no new code. `POST
+//!   /admin/v1/session/step-up` opens one without any other action.
 //! - Until any admin enrols, sensitive calls need only the admin token (a
 //!   fresh install must be able to revoke an agent), unless
 //!   `[admin] require_mfa = true`.
@@ -139,10 +143,14 @@ pub(crate) async fn release(codes: Vec<SpentCode>) {
 /// Who confirmed a sensitive call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Approver {
-    /// The admin's name; `admin` when no admin has enrolled (token only).
+    /// The human admin's name; the credential's name when no admin has
+    /// enrolled (token only).
     pub user: String,
-    /// Whether a TOTP code was verified.
+    /// Whether a TOTP code was verified (now, or to open the step-up
+    /// window that stood in for one).
     pub mfa: bool,
+    /// Whether an open step-up window stood in for a code.
+    pub step_up: bool,
 }
 
 fn now_secs() -> u64 {
@@ -168,6 +176,19 @@ pub(crate) async fn require_fresh_totp(
             .filter(|v| !v.is_empty())
     };
     let (user, code) = (header(USER_HEADER), header(TOTP_HEADER));
+    // The credential's open step-up window stands in for a code, for the
+    // human who opened it only.
+    if code.is_none()
+        && let Some(admin) = call.admin()
+        && let Some(window) = state.step_up.current(&admin.id)
+        && user.is_none_or(|u| u == window.user)
+    {
+        return Ok(Approver {
+            user: window.user,
+            mfa: true,
+            step_up: true,
+        });
+    }
     let enrolled = state
         .store
         .admin_users()
@@ -175,24 +196,27 @@ pub(crate) async fn require_fresh_totp(
         .map_err(|e| call.store_error(e))?;
     if enrolled.is_empty() && !state.mfa.require_always && user.is_none() && code.is_none() {
         return Ok(Approver {
-            user: "admin".into(),
+            user: call.admin_name(),
             mfa: false,
+            step_up: false,
         });
     }
-    match (user, code) {
-        (Some(user), Some(code)) => verify_totp(state, call, user, code).await,
+    let approver = match (user, code) {
+        (Some(user), Some(code)) => verify_totp(state, call, user, code).await?,
         (None, Some(_)) if enrolled.len() == 1 => {
-            verify_totp(state, call, &enrolled[0].name, code.unwrap_or_default()).await
+            verify_totp(state, call, &enrolled[0].name, code.unwrap_or_default()).await?
         }
         _ => Err(call.error(
             ErrorCode::MfaRequired,
             if enrolled.is_empty() {
                 "this action needs a human admin's TOTP code, and no admin has enrolled: enrol one with `portcullis admin user add NAME`"
             } else {
-                "this action needs a human admin's TOTP code: pass --user NAME --totp CODE (headers X-Portcullis-User and X-Portcullis-TOTP)"
+                "this action needs a human admin's TOTP code: pass --user NAME --totp CODE (headers X-Portcullis-User and X-Portcullis-TOTP), or open a step-up window"
             },
-        )),
-    }
+        ))?,
+    };
+    call.step_up_on_success(state.step_up.clone(), &approver.user);
+    Ok(approver)
 }
 
 /// Verifies one admin's code and consumes its time step. Used directly where
@@ -285,6 +309,7 @@ pub(crate) async fn verify_totp(
     Ok(Approver {
         user: row.name,
         mfa: true,
+        step_up: false,
     })
 }
 

@@ -8,11 +8,12 @@ use serde_json::json;
 use crate::AdminArgs;
 use crate::client::AdminClient;
 use crate::commands::print_json;
+use crate::output::{self, Kind, col};
 
 /// `portcullis alerts …`
 #[derive(Debug, Subcommand)]
 pub enum AlertsCommand {
-    /// List alerts, newest first, one JSON line each.
+    /// List alerts, newest first: a table, or `-o json|yaml` for everything.
     List {
         /// Only alerts without a verdict.
         #[arg(long)]
@@ -46,6 +47,46 @@ pub enum Verdict {
     Malicious,
 }
 
+/// `alerts list` as a table: a line per alert with what raised it, in a
+/// few words (the features and request ids are in `alerts show` and `-o json`).
+fn alerts_table(listed: &serde_json::Value) -> String {
+    let rows: Vec<serde_json::Value> = listed["alerts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|a| {
+            let reasons: Vec<String> = a["reasons"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|r| {
+                    ["rule", "kind", "type", "name"]
+                        .iter()
+                        .find_map(|k| r[*k].as_str())
+                        .map(str::to_string)
+                        .unwrap_or_else(|| r.to_string())
+                })
+                .collect();
+            let mut row = a.clone();
+            row["why"] = json!(reasons.join(", "));
+            row
+        })
+        .collect();
+    output::table(
+        &rows,
+        &[
+            col("ID", "id", Kind::Text, 8),
+            col("TIME", "time_ms", Kind::Time, 24),
+            col("AGENT", "agent", Kind::Text, 20),
+            col("GRADE", "grade", Kind::Text, 16),
+            col("RISK", "risk", Kind::Text, 6),
+            col("STATUS", "status", Kind::Text, 8),
+            col("REQUESTS", "request_ids", Kind::Count, 8),
+            col("WHY", "why", Kind::Text, 40),
+        ],
+    )
+}
+
 /// Runs an `alerts` subcommand.
 pub async fn alerts(command: AlertsCommand, admin: AdminArgs) -> Result<()> {
     let client = AdminClient::from_args(&admin)?;
@@ -54,11 +95,12 @@ pub async fn alerts(command: AlertsCommand, admin: AdminArgs) -> Result<()> {
             let listed = client
                 .get(&format!("/alerts?open={open}&limit={n}"))
                 .await?;
-            for alert in listed["alerts"].as_array().into_iter().flatten() {
-                println!("{alert}");
-            }
+            output::emit(admin.out.format(), &listed, alerts_table)?;
         }
-        AlertsCommand::Show { id } => print_json(&client.get(&format!("/alerts/{id}")).await?),
+        AlertsCommand::Show { id } => {
+            let alert = client.get(&format!("/alerts/{id}")).await?;
+            output::emit(admin.out.format(), &alert, output::fields)?;
+        }
         AlertsCommand::Resolve { id, verdict } => {
             let verdict = match verdict {
                 Verdict::Benign => "benign",

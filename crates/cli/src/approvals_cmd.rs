@@ -2,6 +2,7 @@
 //! just-in-time access. Deciding is a sensitive admin action: once an admin
 //! has enrolled, it needs the global `--user NAME --totp CODE`.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
@@ -54,13 +55,9 @@ pub enum GrantsCommand {
     },
 }
 
+/// A millisecond time in RFC 3339 UTC, as every CLI time.
 fn when(ms: &Value) -> String {
-    let ms = ms.as_i64().unwrap_or_default();
-    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
-    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
-        .ok()
-        .and_then(|t| t.format(&format).ok())
-        .unwrap_or_default()
+    crate::output::format_time(ms.as_i64().unwrap_or_default())
 }
 
 fn text(v: &Value) -> &str {
@@ -135,12 +132,81 @@ fn show(t: &Value) -> String {
         )
     };
     line("why", &why);
-    line("created", &format!("{} UTC", when(&t["created_ms"])));
-    line("expires", &format!("{} UTC", when(&t["expires_ms"])));
+    line("created", &when(&t["created_ms"]));
+    line("expires", &when(&t["expires_ms"]));
     if let Some(by) = t["decided_by"].as_str() {
-        line(
-            "decided",
-            &format!("by {by} at {} UTC", when(&t["decided_ms"])),
+        line("decided", &format!("by {by} at {}", when(&t["decided_ms"])));
+    }
+    out
+}
+
+/// `approvals list` as a table: a line per ticket, then the call and why.
+fn approvals_table(list: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<32}  {:<8}  {:<16} {:<12} {:<6} {:<30} {:<14} EXPIRES",
+        "TICKET", "STATUS", "AGENT", "FOR USER", "ACTION", "ROUTE PATH", "BODY SHA-256"
+    );
+    for t in list["approvals"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{:<32}  {:<8}  {:<16} {:<12} {:<6} {:<30} {:<14} {}",
+            text(&t["id"]),
+            text(&t["status"]),
+            text(&t["agent"]),
+            text(&t["delegated_user"]),
+            text(&t["action"]),
+            format!("{} {}", text(&t["resource"]), text(&t["path"])),
+            text(&t["body_sha256"]).chars().take(12).collect::<String>(),
+            when(&t["expires_ms"]),
+        );
+        let _ = writeln!(out, "{:<34}call: {}", "", text(&t["summary"]));
+        if t["required_by"] == "analytics" {
+            let _ = writeln!(
+                out,
+                "{:<34}why: behavioral analytics holds this agent's writes (risk grade approve_writes or above; `portcullis alerts list`); allowed by policy `{}` (version {})",
+                "",
+                text(&t["policy_id"]),
+                t["policy_version"]
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "{:<34}why: policy `{}` (version {}) asks for approval",
+                "",
+                text(&t["policy_id"]),
+                t["policy_version"]
+            );
+        }
+    }
+    out
+}
+
+/// `grants list` as a table.
+fn grants_table(list: &Value) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<18} {:<10} {:<16} {:<6} {:<16} {:<20} {:<12} TICKET / REASON",
+        "GRANT", "KIND", "AGENT", "ACTION", "ROUTE", "EXPIRES", "BY"
+    );
+    for g in list["grants"].as_array().into_iter().flatten() {
+        let why = match g["ticket"].as_str() {
+            Some(ticket) => ticket.to_string(),
+            None => text(&g["reason"]).to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "{:<18} {:<10} {:<16} {:<6} {:<16} {:<20} {:<12} {}",
+            text(&g["id"]),
+            text(&g["kind"]),
+            text(&g["agent"]),
+            text(&g["action"]),
+            text(&g["resource"]),
+            when(&g["expires_ms"]),
+            text(&g["created_by"]),
+            why
         );
     }
     out
@@ -152,43 +218,11 @@ pub async fn approvals(command: ApprovalsCommand, admin: AdminArgs) -> Result<()
     match command {
         ApprovalsCommand::List => {
             let list = client.get("/approvals").await?;
-            println!(
-                "{:<32}  {:<8}  {:<16} {:<12} {:<6} {:<30} {:<14} EXPIRES (UTC)",
-                "TICKET", "STATUS", "AGENT", "FOR USER", "ACTION", "ROUTE PATH", "BODY SHA-256"
-            );
-            for t in list["approvals"].as_array().into_iter().flatten() {
-                println!(
-                    "{:<32}  {:<8}  {:<16} {:<12} {:<6} {:<30} {:<14} {}",
-                    text(&t["id"]),
-                    text(&t["status"]),
-                    text(&t["agent"]),
-                    text(&t["delegated_user"]),
-                    text(&t["action"]),
-                    format!("{} {}", text(&t["resource"]), text(&t["path"])),
-                    text(&t["body_sha256"]).chars().take(12).collect::<String>(),
-                    when(&t["expires_ms"]),
-                );
-                println!("{:<34}call: {}", "", text(&t["summary"]));
-                if t["required_by"] == "analytics" {
-                    println!(
-                        "{:<34}why: behavioral analytics holds this agent's writes (risk grade approve_writes or above; `portcullis alerts list`); allowed by policy `{}` (version {})",
-                        "",
-                        text(&t["policy_id"]),
-                        t["policy_version"]
-                    );
-                } else {
-                    println!(
-                        "{:<34}why: policy `{}` (version {}) asks for approval",
-                        "",
-                        text(&t["policy_id"]),
-                        t["policy_version"]
-                    );
-                }
-            }
+            crate::output::emit(admin.out.format(), &list, approvals_table)?;
         }
         ApprovalsCommand::Show { id } => {
             let t = client.get(&format!("/approvals/{id}")).await?;
-            print!("{}", show(&t));
+            crate::output::emit(admin.out.format(), &t, show)?;
         }
         ApprovalsCommand::Approve { id, ttl } => {
             let body = match ttl {
@@ -201,7 +235,7 @@ pub async fn approvals(command: ApprovalsCommand, admin: AdminArgs) -> Result<()
                 .context("approve")?;
             match t["grant_id"].as_str() {
                 Some(grant) => println!(
-                    "approved {id}; grant {grant}: {} may {} on {} until {} UTC",
+                    "approved {id}; grant {grant}: {} may {} on {} until {}",
                     text(&t["agent"]),
                     text(&t["action"]),
                     text(&t["resource"]),
@@ -216,7 +250,7 @@ pub async fn approvals(command: ApprovalsCommand, admin: AdminArgs) -> Result<()
                     .unwrap_or_default()
                 ),
                 None => println!(
-                    "approved {id}: {} may make this call once, until {} UTC",
+                    "approved {id}: {} may make this call once, until {}",
                     text(&t["agent"]),
                     when(&t["expires_ms"])
                 ),
@@ -238,27 +272,7 @@ pub async fn grants(command: GrantsCommand, admin: AdminArgs) -> Result<()> {
     match command {
         GrantsCommand::List => {
             let list = client.get("/grants").await?;
-            println!(
-                "{:<18} {:<10} {:<16} {:<6} {:<16} {:<20} {:<12} TICKET / REASON",
-                "GRANT", "KIND", "AGENT", "ACTION", "ROUTE", "EXPIRES (UTC)", "BY"
-            );
-            for g in list["grants"].as_array().into_iter().flatten() {
-                let why = match g["ticket"].as_str() {
-                    Some(ticket) => ticket.to_string(),
-                    None => text(&g["reason"]).to_string(),
-                };
-                println!(
-                    "{:<18} {:<10} {:<16} {:<6} {:<16} {:<20} {:<12} {}",
-                    text(&g["id"]),
-                    text(&g["kind"]),
-                    text(&g["agent"]),
-                    text(&g["action"]),
-                    text(&g["resource"]),
-                    when(&g["expires_ms"]),
-                    text(&g["created_by"]),
-                    why
-                );
-            }
+            crate::output::emit(admin.out.format(), &list, grants_table)?;
         }
         GrantsCommand::Revoke { id } => {
             client
@@ -326,7 +340,7 @@ pub async fn breakglass(command: BreakGlassCommand, admin: AdminArgs) -> Result<
                 )
                 .await?;
             println!(
-                "BREAK-GLASS {} open: {} may do anything on every route until {} UTC (approved by {})",
+                "BREAK-GLASS {} open: {} may do anything on every route until {} (approved by {})",
                 text(&g["policy_id"]),
                 text(&g["agent"]),
                 when(&g["expires_ms"]),

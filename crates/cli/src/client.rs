@@ -1,4 +1,9 @@
-//! The admin-API client the CLI commands use.
+//! The admin-API client the CLI commands use. When the server says a
+//! sensitive action needs a human admin's TOTP code (`mfa_required`) and no
+//! `--totp` was given, the client asks for one on the terminal, opens a
+//! step-up window with it (`POST /admin/v1/session/step-up`) and sends the
+//! action again: the window then covers this credential's next sensitive
+//! actions too. Without a terminal it never asks and the error stands.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +21,40 @@ pub struct AdminClient {
     token: String,
     /// `X-Portcullis-User` / `X-Portcullis-TOTP` for sensitive actions.
     mfa: Option<(Option<String>, String)>,
+    /// The human admin to name when asking for a code interactively.
+    mfa_user: Option<String>,
+}
+
+/// A refused call: the error to show, and whether the server wanted a TOTP
+/// code (so that the terminal may be asked for one).
+struct Refused {
+    error: anyhow::Error,
+    mfa_required: bool,
+}
+
+impl Refused {
+    fn into_error(self) -> anyhow::Error {
+        self.error
+    }
+}
+
+/// Whether the CLI may ask the person at the terminal.
+fn interactive() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdin().is_terminal() && std::io::stderr().is_terminal()
+}
+
+/// Asks for a TOTP code: six to eight digits, spaces ignored.
+fn prompt_code(input: &mut impl std::io::BufRead, out: &mut impl std::io::Write) -> Result<String> {
+    write!(out, "TOTP code: ")?;
+    out.flush()?;
+    let mut line = String::new();
+    input.read_line(&mut line)?;
+    let code: String = line.chars().filter(|c| !c.is_whitespace()).collect();
+    if !(6..=8).contains(&code.len()) || !code.bytes().all(|b| b.is_ascii_digit()) {
+        bail!("a TOTP code is 6 to 8 digits");
+    }
+    Ok(code)
 }
 
 impl AdminClient {
@@ -76,7 +115,35 @@ impl AdminClient {
                 .totp
                 .as_ref()
                 .map(|code| (args.user.clone(), code.trim().to_string())),
+            mfa_user: args.user.clone(),
         })
+    }
+
+    /// Opens a step-up window with `--totp`, or a code asked for on the
+    /// terminal.
+    pub async fn step_up(&self) -> Result<Value> {
+        let (user, code) = match &self.mfa {
+            Some((user, code)) => (user.clone(), code.clone()),
+            None if interactive() => (
+                self.mfa_user(),
+                prompt_code(&mut std::io::stdin().lock(), &mut std::io::stderr())?,
+            ),
+            None => bail!("pass --totp CODE (and --user NAME) to step up"),
+        };
+        let mut request = self
+            .http
+            .post(self.url("/session/step-up"))
+            .json(&serde_json::json!({}))
+            .header("x-portcullis-totp", code);
+        if let Some(user) = user {
+            request = request.header("x-portcullis-user", user);
+        }
+        self.send_once(request).await.map_err(|e| e.into_error())
+    }
+
+    /// The human admin named by --user or `PORTCULLIS_USER`.
+    fn mfa_user(&self) -> Option<String> {
+        self.mfa_user.clone()
     }
 
     /// `GET path`, returning the JSON body.
@@ -129,11 +196,34 @@ impl AdminClient {
             }
             request = request.header("x-portcullis-totp", code);
         }
+        let retry = request.try_clone();
+        match self.send_once(request).await {
+            Ok(body) => Ok(body),
+            // Asked for a code we did not have: on a terminal, step up once
+            // and send the same request again under the open window.
+            Err(refused) if refused.mfa_required && self.mfa.is_none() && interactive() => {
+                let Some(retry) = retry else {
+                    return Err(refused.into_error());
+                };
+                eprintln!("{:#}", refused.error);
+                self.step_up().await?;
+                self.send_once(retry).await.map_err(Refused::into_error)
+            }
+            Err(refused) => Err(refused.into_error()),
+        }
+    }
+
+    async fn send_once(&self, request: reqwest::RequestBuilder) -> Result<Value, Refused> {
+        let refused = |error| Refused {
+            error,
+            mfa_required: false,
+        };
         let response = request
             .bearer_auth(&self.token)
             .send()
             .await
-            .with_context(|| format!("cannot reach the admin API at {}", self.base))?;
+            .with_context(|| format!("cannot reach the admin API at {}", self.base))
+            .map_err(refused)?;
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if status.is_success() {
@@ -141,12 +231,37 @@ impl AdminClient {
         }
         let error = &body["error"];
         match (error["code"].as_str(), error["message"].as_str()) {
-            (Some(code), Some(message)) => bail!("{message} ({code}, HTTP {})", status.as_u16()),
-            _ => Err(anyhow!("the admin API answered HTTP {}", status.as_u16())),
+            (Some(code), Some(message)) => Err(Refused {
+                error: anyhow!("{message} ({code}, HTTP {})", status.as_u16()),
+                mfa_required: code == "mfa_required",
+            }),
+            _ => Err(refused(anyhow!(
+                "the admin API answered HTTP {}",
+                status.as_u16()
+            ))),
         }
     }
 }
 
 fn read_trimmed(path: &std::path::Path) -> Result<String> {
     Ok(std::fs::read_to_string(path)?.trim().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_asked_for_and_checked() {
+        let mut out = Vec::new();
+        let code = prompt_code(&mut "123 456\n".as_bytes(), &mut out).unwrap();
+        assert_eq!(code, "123456");
+        assert_eq!(out, b"TOTP code: ");
+        for bad in ["12\n", "abcdef\n", "\n", "123456789\n"] {
+            assert!(
+                prompt_code(&mut bad.as_bytes(), &mut Vec::new()).is_err(),
+                "{bad}"
+            );
+        }
+    }
 }

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use crate::AdminArgs;
 use crate::client::AdminClient;
+use crate::output::{self, Kind, col};
 use crate::state_dir::{StateDir, write_public, write_secret};
 
 /// `portcullis agent …`
@@ -41,8 +42,8 @@ pub enum AgentCommand {
     },
     /// List agents: identity, roles, credential kinds, expiry, last seen, status.
     List {
-        /// Print the admin API's JSON instead of a table.
-        #[arg(long)]
+        /// The same as `-o json` (kept for old scripts).
+        #[arg(long, hide = true)]
         json: bool,
     },
     /// Show one agent with its certificates.
@@ -119,7 +120,8 @@ pub enum AgentCommand {
 /// `portcullis audit …`
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Print the latest audit records as JSON lines, oldest first.
+    /// Print the latest audit records, oldest first: a table, or every
+    /// field with `-o json|yaml`.
     Tail {
         /// How many records.
         #[arg(short = 'n', long, default_value_t = 20)]
@@ -366,13 +368,14 @@ pub async fn agent(command: AgentCommand, args: AdminArgs) -> Result<()> {
         }
         AgentCommand::List { json } => {
             let agents = client.get("/agents").await?;
-            if json {
-                print_json(&agents);
-            } else {
-                print!("{}", agent_table(&agents));
-            }
+            output::emit(args.out.or_json(json), &agents, |v| {
+                output::rows(v, "/agents", AGENT_COLUMNS)
+            })?;
         }
-        AgentCommand::Show { name } => print_json(&client.get(&format!("/agents/{name}")).await?),
+        AgentCommand::Show { name } => {
+            let agent = client.get(&format!("/agents/{name}")).await?;
+            output::emit(args.out.format(), &agent, output::fields)?;
+        }
         AgentCommand::Pin {
             name,
             digest,
@@ -445,7 +448,21 @@ pub async fn token(command: TokenCommand, args: AdminArgs) -> Result<()> {
                 .await?;
             println!("revoked token {jti}");
         }
-        TokenCommand::Revoked => print_json(&client.get("/tokens/revoked").await?),
+        TokenCommand::Revoked => {
+            let revoked = client.get("/tokens/revoked").await?;
+            output::emit(args.out.format(), &revoked, |v| {
+                output::rows(
+                    v,
+                    "",
+                    &[
+                        col("JTI", "jti", Kind::Text, 40),
+                        col("REVOKED", "revoked_at", Kind::Time, 20),
+                        col("EXPIRES", "expires_at", Kind::Time, 20),
+                        col("REASON", "reason", Kind::Text, 40),
+                    ],
+                )
+            })?;
+        }
     }
     Ok(())
 }
@@ -469,126 +486,50 @@ pub async fn user(command: UserCommand, args: AdminArgs) -> Result<()> {
                 .await?;
             println!("enabled user `{subject}`");
         }
-        UserCommand::Disabled => print_json(&client.get("/users/disabled").await?),
-    }
-    Ok(())
-}
-
-/// `portcullis admin …`
-#[derive(Debug, Subcommand)]
-pub enum AdminCommand {
-    /// Human admins who confirm sensitive actions with TOTP.
-    User {
-        #[command(subcommand)]
-        command: AdminUserCommand,
-    },
-}
-
-/// `portcullis admin user …`
-#[derive(Debug, Subcommand)]
-pub enum AdminUserCommand {
-    /// Enrol a human admin and print their TOTP secret once (add it to an
-    /// authenticator app). After the first, enrolment needs --user/--totp.
-    Add {
-        /// The admin's name (a-z, 0-9, `.`, `_`, `-`).
-        name: String,
-    },
-    /// List enrolled admins.
-    List,
-    /// Remove an admin (needs --user/--totp).
-    Remove {
-        /// The admin's name.
-        name: String,
-    },
-}
-
-/// `agent list` as a table.
-fn agent_table(agents: &serde_json::Value) -> String {
-    let mut out = format!(
-        "{:<20} {:<20} {:<12} {:<21} {:<21} {}\n",
-        "NAME", "ROLES", "CREDENTIALS", "CERT EXPIRES", "LAST SEEN", "STATUS"
-    );
-    for a in agents["agents"].as_array().into_iter().flatten() {
-        let list = |key: &str| {
-            let items: Vec<&str> = a[key]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str())
-                .collect();
-            if items.is_empty() {
-                "-".to_string()
-            } else {
-                items.join(",")
-            }
-        };
-        out.push_str(&format!(
-            "{:<20} {:<20} {:<12} {:<21} {:<21} {}\n",
-            a["name"].as_str().unwrap_or_default(),
-            list("roles"),
-            list("credential_kinds"),
-            format_time(a["expires_at"].as_i64().unwrap_or_default()),
-            format_time(a["last_seen"].as_i64().unwrap_or_default()),
-            a["status"].as_str().unwrap_or_default(),
-        ));
-    }
-    out
-}
-
-/// Epoch seconds as RFC 3339 UTC, `-` for 0 or out of range.
-pub(crate) fn format_time(secs: i64) -> String {
-    if secs == 0 {
-        return "-".into();
-    }
-    time::OffsetDateTime::from_unix_timestamp(secs)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| "-".into())
-}
-
-/// Runs `portcullis admin …`.
-pub async fn admin(command: AdminCommand, args: AdminArgs) -> Result<()> {
-    let client = AdminClient::from_args(&args)?;
-    match command {
-        AdminCommand::User {
-            command: AdminUserCommand::Add { name },
-        } => {
-            let v = client.post("/admins", &json!({ "name": name })).await?;
-            println!(
-                "enrolled admin `{}`",
-                v["name"].as_str().unwrap_or_default()
-            );
-            println!(
-                "TOTP secret (shown once; add it to an authenticator app): {}",
-                v["totp_secret"].as_str().unwrap_or_default()
-            );
-            println!("{}", v["otpauth_uri"].as_str().unwrap_or_default());
-        }
-        AdminCommand::User {
-            command: AdminUserCommand::List,
-        } => {
-            let v = client.get("/admins").await?;
-            println!("{:<24} ENROLLED", "NAME");
-            for a in v.as_array().into_iter().flatten() {
-                println!(
-                    "{:<24} {}",
-                    a["name"].as_str().unwrap_or_default(),
-                    format_time(a["created_at"].as_i64().unwrap_or_default())
-                );
-            }
-        }
-        AdminCommand::User {
-            command: AdminUserCommand::Remove { name },
-        } => {
-            client.delete(&format!("/admins/{name}")).await?;
-            println!("removed admin `{name}`");
+        UserCommand::Disabled => {
+            let disabled = client.get("/users/disabled").await?;
+            output::emit(args.out.format(), &disabled, |v| {
+                let rows: Vec<serde_json::Value> = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|u| {
+                        if u.is_string() {
+                            json!({ "subject": u })
+                        } else {
+                            u.clone()
+                        }
+                    })
+                    .collect();
+                output::table(&rows, &[col("SUBJECT", "subject", Kind::Text, 60)])
+            })?;
         }
     }
     Ok(())
 }
+
+/// `audit tail`'s columns.
+const AUDIT_COLUMNS: &[output::Column] = &[
+    col("SEQ", "seq", Kind::Text, 7),
+    col("TIME", "time_ms", Kind::Time, 24),
+    col("KIND", "kind", Kind::Text, 8),
+    col("PRINCIPAL", "principal", Kind::Text, 20),
+    col("ACTION", "action", Kind::Text, 22),
+    col("RESOURCE", "resource", Kind::Text, 24),
+    col("OUTCOME", "outcome", Kind::Text, 7),
+    col("STATUS", "status", Kind::Text, 6),
+    col("CODE", "error_code", Kind::Text, 20),
+];
+
+/// `agent list`'s columns.
+const AGENT_COLUMNS: &[output::Column] = &[
+    col("NAME", "name", Kind::Text, 24),
+    col("ROLES", "roles", Kind::List, 24),
+    col("CREDENTIALS", "credential_kinds", Kind::List, 14),
+    col("CERT EXPIRES", "expires_at", Kind::Time, 20),
+    col("LAST SEEN", "last_seen", Kind::Time, 20),
+    col("STATUS", "status", Kind::Text, 12),
+];
 
 /// Runs an audit command.
 pub async fn audit(command: AuditCommand, args: AdminArgs) -> Result<()> {
@@ -619,9 +560,9 @@ async fn audit_online(command: AuditCommand, args: AdminArgs) -> Result<()> {
     match command {
         AuditCommand::Tail { n } => {
             let response = client.get(&format!("/audit?limit={n}")).await?;
-            for record in response["records"].as_array().into_iter().flatten() {
-                println!("{record}");
-            }
+            output::emit(args.out.format(), &response, |v| {
+                output::rows(v, "/records", AUDIT_COLUMNS)
+            })?;
         }
         AuditCommand::Checkpoint { sign } => crate::audit_cmd::checkpoint(&client, sign).await?,
         AuditCommand::Prove {

@@ -38,14 +38,22 @@ pub async fn run(args: AdminArgs, since: Option<Duration>, format: Format) -> Re
     let inventory = client
         .get(&format!("/inventory?since_ms={since_ms}"))
         .await?;
-    let out = match format {
-        Format::Json => serde_json::to_string_pretty(&inventory)?,
-        Format::Table => table(&inventory),
-        Format::Dot => dot(&inventory),
-        Format::Mermaid => mermaid(&inventory),
+    // `-o` wins; `--format json` is `-o json`; the graphs are this command's own.
+    let shared = match (args.out.output, format) {
+        (Some(f), _) => f,
+        (None, Format::Json) => crate::output::Format::Json,
+        (None, Format::Table) => crate::output::Format::Table,
+        (None, Format::Dot | Format::Mermaid) => {
+            let graph = if format == Format::Dot {
+                dot(&inventory)
+            } else {
+                mermaid(&inventory)
+            };
+            println!("{graph}");
+            return Ok(());
+        }
     };
-    println!("{out}");
-    Ok(())
+    crate::output::emit(shared, &inventory, |v| format!("{}\n", table(v)))
 }
 
 fn edges(inv: &Value) -> impl Iterator<Item = &Value> {
@@ -61,15 +69,7 @@ fn text<'a>(v: &'a Value, key: &str) -> &'a str {
 }
 
 fn time(ms: &Value) -> String {
-    ms.as_i64()
-        .and_then(|ms| {
-            time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
-        })
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| "-".into())
+    crate::output::format_time(ms.as_i64().unwrap_or_default())
 }
 
 fn table(inv: &Value) -> String {

@@ -4,6 +4,7 @@
 //! `audit verify` work on the state directory itself).
 #![forbid(unsafe_code)]
 
+mod admin_cmd;
 mod alerts_cmd;
 mod approvals_cmd;
 mod archive_cmd;
@@ -16,6 +17,7 @@ mod commands;
 mod guard_cmd;
 mod inventory;
 mod offline;
+mod output;
 mod policy_cmd;
 mod policy_test;
 mod reload;
@@ -57,11 +59,22 @@ pub const ENV_ADMIN_LISTEN: &str = "PORTCULLIS_ADMIN_LISTEN";
 /// for cluster mode, kept out of the config file when it holds a password).
 pub const ENV_STORE_URL: &str = "PORTCULLIS_STORE_URL";
 
+/// `--version`: the package version, the commit and the build time (from
+/// `build.rs`; `unknown` when built outside a git checkout).
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("PORTCULLIS_GIT_COMMIT"),
+    ", built ",
+    env!("PORTCULLIS_BUILD_DATE"),
+    ")"
+);
+
 /// Portcullis: a zero-trust gateway for AI agents.
 #[derive(Debug, Parser)]
 #[command(
     name = "portcullis",
-    version,
+    version = VERSION,
     about = "Portcullis: a zero-trust gateway for AI agents",
     long_about = None
 )]
@@ -97,9 +110,13 @@ pub struct AdminArgs {
     #[arg(long, env = ENV_USER, global = true)]
     pub user: Option<String>,
     /// A current TOTP code of that admin, for sensitive actions (revoke,
-    /// enrolment, …) once an admin has enrolled.
+    /// enrolment, …) once an admin has enrolled. Without it, on a terminal,
+    /// the CLI asks for one when the server needs it.
     #[arg(long, global = true)]
     pub totp: Option<String>,
+    /// Output format (`-o table|json|yaml`).
+    #[command(flatten)]
+    pub out: output::OutputArg,
 }
 
 #[derive(Debug, Subcommand)]
@@ -172,10 +189,11 @@ enum Command {
         #[command(flatten)]
         state: StateDirArg,
     },
-    /// Human admins and their TOTP second factor.
+    /// Admin credentials (tokens with roles), human admins (TOTP) and the
+    /// caller's session (step-up).
     Admin {
         #[command(subcommand)]
-        command: commands::AdminCommand,
+        command: admin_cmd::AdminCommand,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -219,7 +237,7 @@ enum Command {
         /// Only activity in this window, e.g. `7d`, `24h` (default: all).
         #[arg(long, value_parser = commands::parse_ttl)]
         since: Option<std::time::Duration>,
-        /// Output format.
+        /// Output format (`mermaid` for a graph; `-o json|yaml` as everywhere).
         #[arg(long, value_enum, default_value = "table")]
         format: inventory::Format,
         #[command(flatten)]
@@ -285,6 +303,12 @@ enum Command {
         #[command(subcommand)]
         command: guard_cmd::GuardCommand,
     },
+    /// Print a shell completion script (`source <(portcullis completion bash)`).
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Internal, started by `serve`: confine this process as a stdio route's
     /// sandbox profile says, then execute its MCP server (`--probe`: say
     /// which mechanisms the kernel offers).
@@ -304,6 +328,12 @@ fn main() -> ExitCode {
         }
         // Confinement needs a single-threaded process: no runtime.
         Command::SandboxExec(args) => return sandbox_cmd::run(args),
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            let mut command = Cli::command();
+            clap_complete::generate(shell, &mut command, "portcullis", &mut std::io::stdout());
+            return ExitCode::SUCCESS;
+        }
         command => Cli { command },
     };
     // One crypto provider for the whole process: ring (no aws-lc, no cmake).
@@ -347,7 +377,7 @@ fn main() -> ExitCode {
             Command::Agent { command, admin } => commands::agent(command, admin).await,
             Command::Audit { command, admin } => commands::audit(command, admin).await,
             Command::Alerts { command, admin } => alerts_cmd::alerts(command, admin).await,
-            Command::Admin { command, admin } => commands::admin(command, admin).await,
+            Command::Admin { command, admin } => admin_cmd::admin(command, admin).await,
             Command::Token { command, admin } => commands::token(command, admin).await,
             Command::Whoami {
                 name,
@@ -374,7 +404,7 @@ fn main() -> ExitCode {
                 admin,
             } => inventory::run(admin, since, format).await,
             Command::Policy { command, admin } => policy_cmd::run(command, admin).await,
-            Command::Guard { .. } | Command::SandboxExec(_) => Ok(()),
+            Command::Guard { .. } | Command::SandboxExec(_) | Command::Completion { .. } => Ok(()),
             Command::Backup {
                 out,
                 include_ca_key,

@@ -112,6 +112,39 @@ pub enum PolicyCommand {
     },
 }
 
+/// `policy list` as a table, with which version is active and which shadow.
+fn versions_table(list: &Value) -> String {
+    use crate::output::{Kind, col};
+    let rows: Vec<Value> = list["versions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|v| {
+            let mut row = v.clone();
+            row["state"] = json!(if v["active"] == true {
+                "active"
+            } else if v["shadow"] == true {
+                "shadow"
+            } else {
+                ""
+            });
+            row["hash"] = json!(short(&v["hash"]));
+            row
+        })
+        .collect();
+    crate::output::table(
+        &rows,
+        &[
+            col("VERSION", "version", Kind::Text, 8),
+            col("STATE", "state", Kind::Text, 6),
+            col("HASH", "hash", Kind::Text, 12),
+            col("CREATED", "created_ms", Kind::Time, 24),
+            col("AUTHOR", "author", Kind::Text, 16),
+            col("MESSAGE", "message", Kind::Text, 50),
+        ],
+    )
+}
+
 /// Runs a policy command.
 pub async fn run(command: PolicyCommand, admin: AdminArgs) -> Result<()> {
     let default_dir = || StateDir::new(admin.state.state_dir.clone()).policies();
@@ -169,38 +202,23 @@ pub async fn run(command: PolicyCommand, admin: AdminArgs) -> Result<()> {
         PolicyCommand::List => {
             let client = AdminClient::from_args(&admin)?;
             let list = client.get("/policies").await?;
-            println!(
-                "  {:<8} {:<13} {:<20} {:<16} MESSAGE",
-                "VERSION", "HASH", "CREATED (UTC)", "AUTHOR"
-            );
-            for v in list["versions"].as_array().into_iter().flatten() {
-                let mark = if v["active"] == true {
-                    "*"
-                } else if v["shadow"] == true {
-                    "s"
-                } else {
-                    " "
-                };
-                println!(
-                    "{mark} {:<8} {:<13} {:<20} {:<16} {}",
-                    v["version"],
-                    short(&v["hash"]),
-                    utc(v["created_ms"].as_i64().unwrap_or_default()),
-                    v["author"].as_str().unwrap_or_default(),
-                    v["message"].as_str().unwrap_or_default()
-                );
-            }
+            crate::output::emit(admin.out.format(), &list, versions_table)?;
         }
         PolicyCommand::Show { version } => {
             let client = AdminClient::from_args(&admin)?;
             let v = client.get(&format!("/policies/{version}")).await?;
-            for (name, text) in files(&v)? {
-                println!("// ===== {name} =====");
-                print!("{text}");
-                if !text.ends_with('\n') {
-                    println!();
+            let sources = files(&v)?;
+            // The table form of a version is its files, as text.
+            crate::output::emit(admin.out.format(), &v, |_| {
+                let mut out = String::new();
+                for (name, text) in &sources {
+                    out.push_str(&format!("// ===== {name} =====\n{text}"));
+                    if !text.ends_with('\n') {
+                        out.push('\n');
+                    }
                 }
-            }
+                out
+            })?;
         }
         PolicyCommand::Rollback { version } => {
             let client = AdminClient::from_args(&admin)?;
@@ -543,11 +561,7 @@ fn short(hash: &Value) -> String {
 }
 
 fn utc(ms: i64) -> String {
-    let format = time::macros::format_description!("[year]-[month]-[day] [hour]:[minute]:[second]");
-    time::OffsetDateTime::from_unix_timestamp(ms.div_euclid(1000))
-        .ok()
-        .and_then(|t| t.format(&format).ok())
-        .unwrap_or_else(|| ms.to_string())
+    crate::output::format_time(ms)
 }
 
 #[cfg(test)]

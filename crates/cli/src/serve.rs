@@ -75,7 +75,7 @@ pub async fn run(
         .await
         .context("cannot load the policy version to start with")?;
     let bundle = start_policy.bundle.clone();
-    let token_hashes = ensure_admin_token(&state, &store).await?;
+    let credentials = ensure_admin_token(&state, &store).await?;
     let upstream_tls = upstream_tls(ca.cert_pem())?;
     let vault = match load_kek(config_path.is_none(), &state)? {
         Some(kek) => Some(
@@ -452,7 +452,8 @@ pub async fn run(
         store: store.clone(),
         gateway: gateway.clone(),
         ca: ca.clone(),
-        token_hashes: Arc::new(token_hashes),
+        credentials: Arc::new(credentials),
+        step_up: Arc::new(portcullis_admin::StepUp::new(config.admin_step_up)),
         sink: sink.clone(),
         vault: vault.clone(),
         checkpointer: checkpointer.clone(),
@@ -1014,22 +1015,25 @@ pub(crate) fn load_or_create_ca(
     }
 }
 
-async fn ensure_admin_token(state: &StateDir, store: &Store) -> Result<Vec<String>> {
+/// On first start (no admin credential in the store), creates the bootstrap
+/// owner credential and writes its token into the state directory. Never
+/// afterwards: a revoked bootstrap credential stays revoked, and a deleted
+/// token file is not replaced by a new owner (named credentials are made
+/// with `portcullis admin token create`).
+async fn ensure_admin_token(
+    state: &StateDir,
+    store: &Store,
+) -> Result<portcullis_admin::AdminCredentials> {
     let path = state.admin_token();
-    if !path.exists() {
-        let token = portcullis_admin::new_token();
-        let id = portcullis_core::RequestId::new();
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs() as i64;
-        store
-            .add_admin_token(id.as_str(), &portcullis_admin::hash_token(&token), now)
-            .await?;
+    if let Some(token) = portcullis_admin::ensure_bootstrap(store).await? {
         write_secret(&path, format!("{token}\n").as_bytes())?;
-        tracing::info!(file = %path.display(), "wrote a new admin credential");
+        tracing::info!(file = %path.display(), credential = portcullis_admin::BOOTSTRAP_NAME, "wrote the bootstrap owner credential; create named credentials and revoke it");
     }
-    Ok(store.admin_token_hashes().await?)
+    let credentials = portcullis_admin::AdminCredentials::load(store).await?;
+    if credentials.is_empty() {
+        tracing::warn!("no live admin credential: the admin API refuses every call");
+    }
+    Ok(credentials)
 }
 
 /// The Ed25519 key that signs the audit log's checkpoints: 32 random bytes,

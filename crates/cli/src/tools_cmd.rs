@@ -16,8 +16,8 @@ pub enum ToolsCommand {
     /// List every tool seen on MCP routes with its pin status
     /// (`approved`, `changed`, `unapproved`).
     List {
-        /// Print the full JSON (definitions, findings, digests).
-        #[arg(long)]
+        /// The same as `-o json` (kept for old scripts).
+        #[arg(long, hide = true)]
         json: bool,
     },
     /// Approve the definition a tool is listed with now.
@@ -31,34 +31,38 @@ pub enum ToolsCommand {
     },
 }
 
+/// `tools list` as a table. The whole digest: it is what `tools approve
+/// --digest` takes, and a shortened one would approve by a 64-bit prefix.
+fn tools_table(listed: &Value) -> String {
+    use crate::output::{Kind, col};
+    let rows: Vec<Value> = listed["tools"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|t| {
+            let mut row = t.clone();
+            row["tool"] = json!(format!("{}/{}", str_of(&t["route"]), str_of(&t["name"])));
+            row
+        })
+        .collect();
+    crate::output::table(
+        &rows,
+        &[
+            col("TOOL", "tool", Kind::Text, 40),
+            col("STATUS", "status", Kind::Text, 11),
+            col("DIGEST", "digest", Kind::Text, 71),
+            col("FINDINGS", "findings", Kind::List, 40),
+        ],
+    )
+}
+
 /// Runs a tools command.
 pub async fn tools(command: ToolsCommand, args: AdminArgs) -> Result<()> {
     let client = AdminClient::from_args(&args)?;
     match command {
         ToolsCommand::List { json } => {
             let listed = client.get("/tools").await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&listed)?);
-                return Ok(());
-            }
-            let empty = Vec::new();
-            let tools = listed["tools"].as_array().unwrap_or(&empty);
-            // The whole digest: it is what `tools approve --digest` takes,
-            // and a shortened one would approve by a 64-bit prefix.
-            println!("{:<40} {:<11} {:<64} FINDINGS", "TOOL", "STATUS", "DIGEST");
-            for t in tools {
-                let name = format!("{}/{}", str_of(&t["route"]), str_of(&t["name"]));
-                let digest = str_of(&t["digest"]);
-                let findings: Vec<&str> = t["findings"]
-                    .as_array()
-                    .map(|f| f.iter().filter_map(Value::as_str).collect())
-                    .unwrap_or_default();
-                println!(
-                    "{name:<40} {:<11} {digest:<64} {}",
-                    str_of(&t["status"]),
-                    findings.join(",")
-                );
-            }
+            crate::output::emit(args.out.or_json(json), &listed, tools_table)?;
         }
         ToolsCommand::Approve { tool, digest } => {
             let Some((route, name)) = tool.split_once('/') else {

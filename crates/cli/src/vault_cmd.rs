@@ -17,6 +17,7 @@ use zeroize::Zeroizing;
 
 use crate::AdminArgs;
 use crate::client::AdminClient;
+use crate::output::{self, Kind, col};
 use crate::state_dir::write_secret;
 
 /// Where a secret value comes from.
@@ -315,8 +316,28 @@ pub async fn secret(command: SecretCommand, args: AdminArgs) -> Result<()> {
             drop(body);
             print(&response?);
         }
-        SecretCommand::List => print(&client.get("/secrets").await?),
-        SecretCommand::Show { name } => print(&client.get(&format!("/secrets/{name}")).await?),
+        SecretCommand::List => {
+            let list = client.get("/secrets").await?;
+            output::emit(args.out.format(), &list, |v| {
+                output::rows(
+                    v,
+                    "/secrets",
+                    &[
+                        col("NAME", "name", Kind::Text, 28),
+                        col("VERSION", "version", Kind::Text, 7),
+                        col("CREATED", "created_at", Kind::Time, 20),
+                        col("ROTATED", "rotated_at", Kind::Time, 20),
+                        col("ROTATION DUE", "rotation_due_at", Kind::Time, 20),
+                        col("OVERDUE", "overdue", Kind::Text, 7),
+                        col("HOOK", "hook", Kind::Text, 12),
+                    ],
+                )
+            })?;
+        }
+        SecretCommand::Show { name } => {
+            let secret = client.get(&format!("/secrets/{name}")).await?;
+            output::emit(args.out.format(), &secret, output::fields)?;
+        }
         SecretCommand::Rotate {
             name,
             source,
@@ -356,7 +377,10 @@ pub async fn secret(command: SecretCommand, args: AdminArgs) -> Result<()> {
 pub async fn vault(command: VaultCommand, args: AdminArgs) -> Result<()> {
     let client = AdminClient::from_args(&args)?;
     match command {
-        VaultCommand::Status => print(&client.get("/vault").await?),
+        VaultCommand::Status => {
+            let status = client.get("/vault").await?;
+            output::emit(args.out.format(), &status, output::fields)?;
+        }
         VaultCommand::Rekey {
             new_kek_file,
             generate,
@@ -448,7 +472,21 @@ fn read_key(path: &std::path::Path) -> Result<Zeroizing<String>> {
 pub async fn transit(command: TransitCommand, args: AdminArgs) -> Result<()> {
     let client = AdminClient::from_args(&args)?;
     match command {
-        TransitCommand::Keys => print(&client.get("/transit/keys").await?),
+        TransitCommand::Keys => {
+            let keys = client.get("/transit/keys").await?;
+            output::emit(args.out.format(), &keys, |v| {
+                output::rows(
+                    v,
+                    "/keys",
+                    &[
+                        col("NAME", "name", Kind::Text, 28),
+                        col("LATEST", "latest_version", Kind::Text, 6),
+                        col("VERSIONS", "versions", Kind::List, 24),
+                        col("EXPORTABLE", "exportable", Kind::Text, 10),
+                    ],
+                )
+            })?;
+        }
         TransitCommand::Create {
             name,
             import_key_file,
@@ -515,13 +553,84 @@ pub async fn transit(command: TransitCommand, args: AdminArgs) -> Result<()> {
     Ok(())
 }
 
+/// `capture show` for people: the metadata, then each body as text when it
+/// is UTF-8 (control characters but newlines and tabs shown as `\u{…}`
+/// escapes, so a payload cannot drive the terminal), else as base64.
+fn capture_text(v: &Value) -> String {
+    let mut meta = v.clone();
+    if let Some(map) = meta.as_object_mut() {
+        map.remove("request_base64");
+        map.remove("response_base64");
+    }
+    let mut out = output::fields(&meta);
+    for (title, key) in [
+        ("request", "request_base64"),
+        ("response", "response_base64"),
+    ] {
+        let bytes = STANDARD
+            .decode(v[key].as_str().unwrap_or_default())
+            .unwrap_or_default();
+        out.push_str(&format!("\n----- {title} ({} bytes) -----\n", bytes.len()));
+        match std::str::from_utf8(&bytes) {
+            Ok(text) => {
+                for c in text.chars() {
+                    if c.is_control() && c != '\n' && c != '\t' {
+                        out.push_str(&c.escape_unicode().to_string());
+                    } else {
+                        out.push(c);
+                    }
+                }
+                if !text.ends_with('\n') {
+                    out.push('\n');
+                }
+            }
+            Err(_) => {
+                out.push_str("(binary; base64)\n");
+                out.push_str(v[key].as_str().unwrap_or_default());
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
 /// Runs a capture command.
 pub async fn capture(command: CaptureCommand, args: AdminArgs) -> Result<()> {
     let client = AdminClient::from_args(&args)?;
     match command {
         CaptureCommand::Show { request_id } => {
-            print(&client.get(&format!("/captures/{request_id}")).await?)
+            let captured = client.get(&format!("/captures/{request_id}")).await?;
+            output::emit(args.out.format(), &captured, capture_text)?;
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captured_text_bodies_are_shown_as_text_and_binary_as_base64() {
+        let captured = json!({
+            "request_id": "r1",
+            "captured_at": 1_700_000_000,
+            "request_base64": STANDARD.encode("GET /x\n{\"q\":\"hi\"}\u{1b}[2J"),
+            "response_base64": STANDARD.encode([0xff_u8, 0x00, 0x01]),
+        });
+        let text = capture_text(&captured);
+        assert!(text.contains("captured_at  2023-11-14T22:13:20Z"), "{text}");
+        assert!(
+            text.contains("----- request (21 bytes) -----\nGET /x\n{\"q\":\"hi\"}\\u{1b}[2J\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("----- response (3 bytes) -----\n(binary; base64)\n/wAB\n"),
+            "{text}"
+        );
+        assert!(
+            !text.contains('\u{1b}') && !text.contains("request_base64"),
+            "{text}"
+        );
+    }
 }

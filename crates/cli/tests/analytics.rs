@@ -92,7 +92,8 @@ async fn cli(server: &Server, args: &[&str]) -> std::process::Output {
 }
 
 async fn cli_json(server: &Server, args: &[&str]) -> Value {
-    let out = cli(server, args).await;
+    let args = [args, &["-o", "json"][..]].concat();
+    let out = cli(server, &args).await;
     assert!(
         out.status.success(),
         "{args:?}: {}",
@@ -197,12 +198,8 @@ async fn a_burst_of_denials_quarantines_the_agent_until_released() {
     );
 
     // The alert: listed, with the rule, the features and the requests involved.
-    let out = cli(&server, &["alerts", "list", "--open"]).await;
-    let alerts: Vec<Value> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let listed = cli_json(&server, &["alerts", "list", "--open"]).await;
+    let alerts: Vec<Value> = listed["alerts"].as_array().cloned().unwrap_or_default();
     let alert = alerts
         .iter()
         .find(|a| a["grade"] == "quarantine" && a["agent"] == "bot")
@@ -533,9 +530,18 @@ async fn at_grade_approve_writes_reads_pass_and_each_write_waits_for_a_human() {
     );
     assert!(list.contains("behavioral analytics holds"), "{list}");
     // The alert names the grade.
+    let listed = cli_json(&server, &["alerts", "list"]).await;
+    assert!(
+        listed["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["grade"] == "approve_writes"),
+        "{listed}"
+    );
     let out = cli(&server, &["alerts", "list"]).await;
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains("\"grade\":\"approve_writes\""),
+        String::from_utf8_lossy(&out.stdout).contains(" approve_writes "),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );

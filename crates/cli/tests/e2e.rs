@@ -213,8 +213,12 @@ async fn a_revoked_agent_is_refused_on_its_next_request_even_on_a_live_connectio
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let shown: serde_json::Value =
-        serde_json::from_slice(&server.cli(&["agent", "show", "doomed"]).stdout).unwrap();
+    let shown: serde_json::Value = serde_json::from_slice(
+        &server
+            .cli(&["agent", "show", "doomed", "-o", "json"])
+            .stdout,
+    )
+    .unwrap();
     assert_eq!(shown["status"], "revoked");
 
     // Same client, so the same kept-alive TLS connection.

@@ -588,7 +588,21 @@ endpoint = "http://{http}/otlp"
     wait_for("otlp", &want, || otlp_seqs(&http)).await;
 
     // jsonl: the canonical record, one per line, the same as the log.
-    let tail = server.audit(1000);
+    // The records as the admin API serves them (the CLI's `-o json` writes
+    // times in RFC 3339; the sink writes the canonical record).
+    let tail: Value = client(&server.ca_pem(), None)
+        .get(format!(
+            "https://{}/admin/v1/audit?limit=1000",
+            server.admin
+        ))
+        .bearer_auth(server.admin_token().trim())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let tail = tail["records"].as_array().unwrap();
     let text = std::fs::read_to_string(&jsonl).unwrap();
     for line in text.lines() {
         let record: Value = serde_json::from_str(line).unwrap();

@@ -31,11 +31,20 @@ fn settle_in_step() {
     }
 }
 
-/// The quickstart's two routes in a config on ephemeral ports.
+/// The quickstart's two routes in a config on ephemeral ports, with step-up
+/// windows off: these tests hold every sensitive action to its own code
+/// (`admin_roles.rs` tests the windows).
 fn quickstart_config(dir: &std::path::Path) -> std::path::PathBuf {
     let routes = route("demo", "/demo", "builtin:demo", "public")
         + &route("payroll", "/payroll", "builtin:demo", "confidential");
-    config(dir, &routes, "")
+    let path = config(dir, &routes, "");
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "[admin]\n",
+        "[admin]\nstep_up_seconds = 0\n",
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
 #[test]
@@ -130,7 +139,7 @@ fn sensitive_admin_actions_need_a_fresh_totp_once_an_admin_enrolled() {
         .find(|r| r["action"] == "agent.revoke" && r["resource"] == "a2")
         .expect("revocation recorded");
     assert_eq!(revoke["principal"], "alice");
-    assert_eq!(revoke["credential"], "admin token + totp");
+    assert_eq!(revoke["credential"], "admin token `admin` (owner) + totp");
     let first = records
         .iter()
         .find(|r| r["action"] == "agent.revoke" && r["resource"] == "a1")

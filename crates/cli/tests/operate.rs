@@ -351,7 +351,7 @@ async fn the_quickstart_kek_file_follows_a_rekey() {
     let server = tokio::task::spawn_blocking(move || Server::start(dir, None))
         .await
         .unwrap();
-    let list = ok(&server.cli(&["secret", "list"]));
+    let list = ok(&server.cli(&["secret", "list", "-o", "json"]));
     assert!(list.contains("\"name\": \"k\""), "{list}");
 }
 

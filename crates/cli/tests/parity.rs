@@ -1196,8 +1196,10 @@ async fn a_vault_credential_and_capture_work_on_every_protocol() {
     for (protocol, request_id) in served {
         let mut shown = None;
         for _ in 0..100 {
-            let out =
-                tokio::task::block_in_place(|| rig.server.cli(&["capture", "show", &request_id]));
+            let out = tokio::task::block_in_place(|| {
+                rig.server
+                    .cli(&["capture", "show", &request_id, "-o", "json"])
+            });
             if out.status.success() {
                 shown = Some(String::from_utf8(out.stdout).unwrap());
                 break;

@@ -243,8 +243,10 @@ impl Rig {
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut shown = Value::Null;
         while Instant::now() < deadline {
-            let out =
-                tokio::task::block_in_place(|| self.server.cli(&["agent", "show", agent.name]));
+            let out = tokio::task::block_in_place(|| {
+                self.server
+                    .cli(&["agent", "show", agent.name, "-o", "json"])
+            });
             assert!(out.status.success());
             shown = serde_json::from_slice(&out.stdout).unwrap();
             if shown["analytics"]["grade"] == grade {

@@ -540,7 +540,7 @@ async fn mtls_bound_tokens_need_their_certificate() {
         .await
         .unwrap();
     assert_eq!(response.status(), 201);
-    let shown = server.cli(&["agent", "show", "dave"]);
+    let shown = server.cli(&["agent", "show", "dave", "-o", "json"]);
     let shown: Value = serde_json::from_slice(&shown.stdout).unwrap();
     let kids = shown["signing_keys"].as_array().unwrap();
     assert_eq!(kids.len(), 2, "{shown}");

@@ -21,6 +21,8 @@ pub mod testing;
 pub use analytics::{AlertRow, QuarantineRow, RiskPoint};
 mod identity;
 pub use identity::{AdminUserRow, PostureRow, RevokedTokenRow};
+mod admin_tokens;
+pub use admin_tokens::AdminTokenRow;
 mod audit_archive;
 mod audit_log;
 mod audit_rows;
@@ -201,6 +203,11 @@ fn migrator() -> Migrator {
             "transit_exportable",
             include_str!("../migrations/0015_transit_exportable.sql"),
         ),
+        migration(
+            16,
+            "admin_roles",
+            include_str!("../migrations/0016_admin_roles.sql"),
+        ),
     ])
 }
 
@@ -251,6 +258,7 @@ fn postgres_migrator() -> Migrator {
         twin!(13, "audit_intents", "0013_audit_intents.sql"),
         twin!(14, "audit_compact", "0014_audit_compact.sql"),
         twin!(15, "transit_exportable", "0015_transit_exportable.sql"),
+        twin!(16, "admin_roles", "0016_admin_roles.sql"),
     ])
 }
 
@@ -486,35 +494,6 @@ impl Store {
                     })
                 })
                 .collect()
-        })
-    }
-
-    /// Stores the SHA-256 (hex) of a new admin token.
-    pub async fn add_admin_token(
-        &self,
-        id: &str,
-        sha256_hex: &str,
-        now: i64,
-    ) -> Result<(), StoreError> {
-        crate::backend::with_pool!(&self.pool, |pool| {
-            query("INSERT INTO admin_tokens (id, token_sha256, created_at) VALUES (?, ?, ?)")
-                .bind(id)
-                .bind(sha256_hex)
-                .bind(now)
-                .execute(pool)
-                .await?;
-            Ok(())
-        })
-    }
-
-    /// The SHA-256 (hex) of every admin token.
-    pub async fn admin_token_hashes(&self) -> Result<Vec<String>, StoreError> {
-        crate::backend::with_pool!(&self.pool, |pool| {
-            Ok(
-                query_scalar("SELECT token_sha256 FROM admin_tokens ORDER BY id")
-                    .fetch_all(pool)
-                    .await?,
-            )
         })
     }
 

@@ -1,7 +1,8 @@
 //! The per-request [`Call`]: the middleware that makes one for every request
-//! and authenticates the admin token, the mapping of failures to the stable JSON
-//! error shape ([`ApiError`]), the audit records of a call, and the JSON helpers
-//! the handlers answer and parse with.
+//! and the one that authenticates the admin credential and checks its role
+//! against the route's permission (`route_permissions.rs`), the mapping of
+//! failures to the stable JSON error shape ([`ApiError`]), the audit records
+//! of a call, and the JSON helpers the handlers answer and parse with.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::Extension;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{MatchedPath, State};
 use axum::http::{HeaderValue, Request, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -21,7 +22,8 @@ use portcullis_store::StoreError;
 use serde::{Deserialize, Serialize};
 
 use super::AdminState;
-use crate::auth::token_matches;
+use crate::credentials::AdminIdentity;
+use crate::stepup::StepUp;
 
 /// Per-request facts the middleware establishes.
 #[derive(Clone)]
@@ -31,6 +33,18 @@ pub(crate) struct Call {
     /// TOTP time steps this call consumed: given back when the call fails, so
     /// a code is spent only by a successful action. Shared by the clones.
     spent_codes: Arc<std::sync::Mutex<Vec<crate::mfa::SpentCode>>>,
+    /// The step-up window a verified code opens if, and only if, the call
+    /// succeeds. Shared by the clones.
+    step_up_on_success: Arc<std::sync::Mutex<Option<PendingStepUp>>>,
+    /// The authenticated admin credential (set by `require_admin`).
+    admin: Option<Arc<AdminIdentity>>,
+}
+
+/// A step-up window to open when the call succeeds.
+struct PendingStepUp {
+    step_up: Arc<StepUp>,
+    credential: String,
+    user: String,
 }
 
 /// An admin-API error: the same JSON shape as the data plane.
@@ -109,6 +123,49 @@ impl Call {
             .push(code);
     }
 
+    /// Opens `user`'s step-up window for this call's credential once the
+    /// call has succeeded (never for a refused or failed one).
+    pub(crate) fn step_up_on_success(&self, step_up: Arc<StepUp>, user: &str) {
+        if let Some(admin) = &self.admin {
+            *self
+                .step_up_on_success
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()) = Some(PendingStepUp {
+                step_up,
+                credential: admin.id.clone(),
+                user: user.to_string(),
+            });
+        }
+    }
+
+    /// The authenticated admin credential.
+    pub(crate) fn admin(&self) -> Option<&Arc<AdminIdentity>> {
+        self.admin.as_ref()
+    }
+
+    /// The acting credential's name (the principal of what it does).
+    pub(crate) fn admin_name(&self) -> String {
+        self.admin
+            .as_ref()
+            .map(|a| a.name.clone())
+            .unwrap_or_default()
+    }
+
+    /// How the caller proved itself, for the audit record's `credential`:
+    /// ``admin token `ops` (operator)`` and how a human confirmed, if one did.
+    pub(crate) fn credential_text(&self, approver: Option<&crate::mfa::Approver>) -> String {
+        let mut text = match &self.admin {
+            Some(a) => format!("admin token `{}` ({})", a.name, a.role),
+            None => "admin token".to_string(),
+        };
+        match approver {
+            Some(a) if a.step_up => text.push_str(" + step-up"),
+            Some(a) if a.mfa => text.push_str(" + totp"),
+            _ => {}
+        }
+        text
+    }
+
     /// The caller's address, when the listener passed it on.
     pub(crate) fn remote_ip(&self) -> Option<std::net::IpAddr> {
         self.remote.map(|r| r.ip())
@@ -142,8 +199,9 @@ impl Call {
     }
 
     /// Records a sensitive change with the admin who confirmed it as the
-    /// principal (`alice`, or `admin` when confirmed by the admin token alone)
-    /// and whether their TOTP was checked (`credential`).
+    /// principal (`alice`, or the credential's name when its token alone
+    /// sufficed) and the credential and how the human confirmed
+    /// (`credential`: ``admin token `ops` (operator) + totp``).
     pub(crate) fn done_by(
         &self,
         sink: &AuditSink,
@@ -157,11 +215,7 @@ impl Call {
             kind: RecordKind::Admin,
             request_id: self.request_id.to_string(),
             principal: Some(approver.user.clone()),
-            credential: Some(if approver.mfa {
-                "admin token + totp".to_string()
-            } else {
-                "admin token".to_string()
-            }),
+            credential: Some(self.credential_text(Some(approver))),
             source_ip: self.remote.map(|r| r.ip().to_string()),
             action: action.to_string(),
             resource: Some(resource.to_string()),
@@ -196,7 +250,8 @@ impl Call {
             time_ms: now_ms(),
             kind: RecordKind::Admin,
             request_id: self.request_id.to_string(),
-            principal: (outcome == Outcome::Allow).then(|| "admin".to_string()),
+            principal: self.admin.as_ref().map(|a| a.name.clone()),
+            credential: self.admin.as_ref().map(|_| self.credential_text(None)),
             source_ip: self.remote.map(|r| r.ip().to_string()),
             action: action.to_string(),
             resource: Some(resource.to_string()),
@@ -224,12 +279,20 @@ pub(super) async fn with_call(mut req: Request<Body>, next: Next) -> Response {
         request_id: RequestId::new(),
         remote: req.extensions().get::<RemoteAddr>().map(|r| r.0),
         spent_codes: Default::default(),
+        step_up_on_success: Default::default(),
+        admin: None,
     };
     let id = call.request_id.clone();
     let spent = call.spent_codes.clone();
+    let pending = call.step_up_on_success.clone();
     req.extensions_mut().insert(call);
     let mut response = next.run(req).await;
-    if !response.status().is_success() {
+    let pending = pending.lock().unwrap_or_else(|e| e.into_inner()).take();
+    if response.status().is_success() {
+        if let Some(p) = pending {
+            p.step_up.open(&p.credential, &p.user);
+        }
+    } else {
         let codes = std::mem::take(&mut *spent.lock().unwrap_or_else(|e| e.into_inner()));
         crate::mfa::release(codes).await;
     }
@@ -242,10 +305,14 @@ pub(super) async fn with_call(mut req: Request<Body>, next: Next) -> Response {
     response
 }
 
+/// Authenticates the admin credential, then checks that its role holds the
+/// permission the matched route needs (default deny: a route missing from
+/// `ROUTE_PERMISSIONS` is refused to everyone). Runs before any handler, so
+/// a refused caller never reaches a TOTP check and never spends a code.
 pub(super) async fn require_admin(
     State(state): State<AdminState>,
     Extension(call): Extension<Call>,
-    req: Request<Body>,
+    mut req: Request<Body>,
     next: Next,
 ) -> Response {
     let presented = req
@@ -255,23 +322,33 @@ pub(super) async fn require_admin(
         .and_then(|v| v.strip_prefix("Bearer "));
     let action = format!("admin.{}", req.method().as_str().to_ascii_lowercase());
     let path = req.uri().path().to_string();
-    let refusal = match presented {
-        None => Some((
+    let identity = presented.and_then(|token| state.credentials.authenticate(token));
+    let call = Call {
+        admin: identity.clone(),
+        ..call
+    };
+    let refusal = match (presented, &identity) {
+        (None, _) => Some((
             ErrorCode::Unauthenticated,
-            "an admin bearer token is required",
+            "an admin bearer token is required".to_string(),
         )),
-        Some(token) if !token_matches(token, &state.token_hashes) => {
-            Some((ErrorCode::InvalidCredential, "the admin token is not valid"))
-        }
-        Some(_) => None,
+        (Some(_), None) => Some((
+            ErrorCode::InvalidCredential,
+            "the admin token is not valid".to_string(),
+        )),
+        (Some(_), Some(admin)) => permission_refusal(&req, admin),
     };
     // Fail closed: a change that cannot be recorded is not made.
     let refusal = refusal.or_else(|| {
-        (req.method() != http::Method::GET && !state.sink.writable()).then_some((
-            ErrorCode::AuditUnavailable,
-            "the audit log cannot be written; admin changes are refused until it recovers",
-        ))
+        (req.method() != http::Method::GET && !state.sink.writable()).then(|| {
+            (
+                ErrorCode::AuditUnavailable,
+                "the audit log cannot be written; admin changes are refused until it recovers"
+                    .to_string(),
+            )
+        })
     });
+    req.extensions_mut().insert(call.clone());
     if let Some((code, message)) = refusal {
         call.audit(
             &state.sink,
@@ -298,6 +375,45 @@ pub(super) async fn require_admin(
         );
     }
     response
+}
+
+/// Why `admin` may not call the matched route, if it may not.
+fn permission_refusal(req: &Request<Body>, admin: &AdminIdentity) -> Option<(ErrorCode, String)> {
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str());
+    // HEAD is answered by the GET handler, so it needs what GET needs.
+    let method = match req.method().as_str() {
+        "HEAD" => "GET",
+        other => other,
+    };
+    let Some(route) = route else {
+        return Some((
+            ErrorCode::Forbidden,
+            "this admin route has no permission mapping: refused to every credential".to_string(),
+        ));
+    };
+    match crate::route_permissions::required(method, route) {
+        Some(needed) if admin.role.grants(needed) => None,
+        Some(needed) => Some((
+            ErrorCode::Forbidden,
+            format!(
+                "the admin credential `{}` has the `{}` role, which does not grant `{}`",
+                admin.name,
+                admin.role,
+                needed.as_str()
+            ),
+        )),
+        // A known route asked with a method the table does not map: answered
+        // here, as the router would, so an unmapped method never reaches a
+        // handler even if one was registered.
+        None if crate::route_permissions::is_known(route) => Some((
+            ErrorCode::MethodNotAllowed,
+            "method not allowed for this admin endpoint".to_string(),
+        )),
+        None => Some((
+            ErrorCode::Forbidden,
+            "this admin route has no permission mapping: refused to every credential".to_string(),
+        )),
+    }
 }
 
 pub(crate) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {

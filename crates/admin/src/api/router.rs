@@ -34,8 +34,10 @@ pub struct AdminState {
     pub gateway: Arc<dyn DataPlane>,
     /// The CA that issues agent certificates.
     pub ca: Arc<CertificateAuthority>,
-    /// SHA-256 (hex) of the accepted admin tokens.
-    pub token_hashes: Arc<Vec<String>>,
+    /// The live admin credentials (reloaded after each change to them).
+    pub credentials: Arc<crate::credentials::AdminCredentials>,
+    /// Open step-up windows.
+    pub step_up: Arc<crate::stepup::StepUp>,
     /// Where admin audit records go.
     pub sink: AuditSink,
     /// The vault; `None` when no key-encryption key is configured.
@@ -58,6 +60,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/admins", post(crate::mfa::enrol).get(crate::mfa::list))
         .route("/admins/{name}", axum::routing::delete(crate::mfa::remove))
         .route("/audit", get(audit_tail))
+        .merge(crate::admin_tokens_api::routes())
         .merge(crate::vault_api::routes())
         .merge(crate::analytics_api::routes())
         .merge(crate::identity_api::routes())

@@ -229,19 +229,16 @@ impl Server {
         )
     }
 
-    /// The audit records, via `portcullis audit tail`.
+    /// The audit records, via `portcullis audit tail -o json`.
     pub fn audit(&self, n: u32) -> Vec<Value> {
-        let output = self.cli(&["audit", "tail", "-n", &n.to_string()]);
+        let output = self.cli(&["audit", "tail", "-n", &n.to_string(), "-o", "json"]);
         assert!(
             output.status.success(),
             "{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        String::from_utf8(output.stdout)
-            .unwrap()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        let tail: Value = serde_json::from_slice(&output.stdout).unwrap();
+        tail["records"].as_array().cloned().unwrap_or_default()
     }
 
     /// Waits (bounded) for the audit record of `request_id`.

@@ -111,6 +111,9 @@ pub struct Config {
     pub admin_listen: SocketAddr,
     /// Sensitive admin actions need TOTP even when no admin has enrolled.
     pub admin_require_mfa: bool,
+    /// How long one TOTP confirmation opens a step-up window for the
+    /// confirming admin credential (zero: every sensitive action needs a code).
+    pub admin_step_up: std::time::Duration,
     /// Connection caps and timeouts of each listener.
     pub connections: crate::listener::ConnectionLimits,
     /// Throttling of failed TOTP codes and client assertions.
@@ -300,6 +303,12 @@ impl Config {
                 .listen
                 .unwrap_or_else(|| parse_addr(DEFAULT_GATEWAY_LISTEN)),
             admin_require_mfa: raw.admin.require_mfa.unwrap_or(false),
+            admin_step_up: std::time::Duration::from_secs(
+                raw.admin
+                    .step_up_seconds
+                    .unwrap_or(admin::DEFAULT_STEP_UP_SECONDS)
+                    .min(admin::MAX_STEP_UP_SECONDS),
+            ),
             admin_listen: raw
                 .admin
                 .listen

@@ -1,0 +1,327 @@
+//! Admin credentials over the API, and the caller's own session.
+//!
+//! - `GET /admin-tokens` lists credentials (names, roles, history; never a
+//!   token or its hash). `POST /admin-tokens` `{name, role}` creates one and
+//!   returns its token once; `POST /admin-tokens/{name}/rotate` replaces the
+//!   token (the old one is refused from the next request) and returns the new
+//!   one once; `POST /admin-tokens/{name}/revoke` revokes it. The three
+//!   changes are sensitive (TOTP or an open step-up window once an admin has
+//!   enrolled), recorded with the acting credential, and reload the
+//!   in-memory credentials before answering, so they are in force when the
+//!   call returns. The last live owner cannot be revoked.
+//! - `GET /session` says who the caller is: credential, role, permissions
+//!   and any open step-up window. `POST /session/step-up` verifies a TOTP
+//!   code and opens a window without any other action; `DELETE` closes it.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::{Extension, Json, Router, routing::get, routing::post};
+use portcullis_core::{AgentName, ErrorCode};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{AdminState, ApiError, Call, json, now_ms};
+use crate::credentials::mint;
+use crate::mfa::require_fresh_totp;
+use crate::roles::{Permission, Role};
+
+/// The routes, merged into `/admin/v1`.
+pub(crate) fn routes() -> Router<AdminState> {
+    Router::new()
+        .route("/admin-tokens", get(list).post(create))
+        .route("/admin-tokens/{name}/rotate", post(rotate))
+        .route("/admin-tokens/{name}/revoke", post(revoke))
+        .route("/session", get(session))
+        .route("/session/step-up", post(step_up).delete(step_down))
+}
+
+/// `POST /admin-tokens` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateBody {
+    name: String,
+    role: String,
+}
+
+/// One credential as listed.
+#[derive(Serialize)]
+struct TokenView {
+    name: String,
+    role: String,
+    status: &'static str,
+    bootstrap: bool,
+    created_at: i64,
+    created_by: String,
+    rotated_at: Option<i64>,
+    revoked_at: Option<i64>,
+}
+
+/// The one answer that carries a token.
+#[derive(Serialize)]
+struct Issued {
+    name: String,
+    role: String,
+    token: String,
+}
+
+async fn reload(state: &AdminState, call: &Call) -> Result<(), ApiError> {
+    state
+        .credentials
+        .reload(&state.store)
+        .await
+        .map_err(|e| call.store_error(e))
+}
+
+async fn list(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+) -> Result<Response, ApiError> {
+    let rows = state
+        .store
+        .admin_credentials()
+        .await
+        .map_err(|e| call.store_error(e))?;
+    let tokens: Vec<TokenView> = rows
+        .into_iter()
+        .map(|r| TokenView {
+            status: if r.revoked_at.is_some() {
+                "revoked"
+            } else {
+                "active"
+            },
+            name: r.name,
+            role: r.role,
+            bootstrap: r.bootstrap,
+            created_at: r.created_at,
+            created_by: r.created_by,
+            rotated_at: r.rotated_at,
+            revoked_at: r.revoked_at,
+        })
+        .collect();
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "tokens": tokens }),
+    ))
+}
+
+async fn create(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    headers: HeaderMap,
+    body: Result<Json<CreateBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    // Everything that can be refused is checked before the code is looked at.
+    let Json(body) = body.map_err(|e| call.error(ErrorCode::BadRequest, e.body_text()))?;
+    let name = AgentName::parse(&body.name)
+        .map_err(|e| call.error(ErrorCode::BadRequest, format!("credential name: {e}")))?;
+    let role: Role = body
+        .role
+        .parse()
+        .map_err(|e| call.error(ErrorCode::BadRequest, format!("{e}")))?;
+    let taken = state
+        .store
+        .admin_credentials()
+        .await
+        .map_err(|e| call.store_error(e))?
+        .iter()
+        .any(|r| r.name == name.as_str());
+    if taken {
+        return Err(call.error(
+            ErrorCode::Conflict,
+            format!("`{name}` already exists (names are never reused)"),
+        ));
+    }
+    let approver = require_fresh_totp(&state, &call, &headers).await?;
+    let (row, token) = mint(name.as_str(), role, &call.admin_name(), false);
+    state
+        .store
+        .add_admin_credential(&row)
+        .await
+        .map_err(|e| call.store_error(e))?;
+    reload(&state, &call).await?;
+    call.done_by(
+        &state.sink,
+        &approver,
+        "admin_token.create",
+        name.as_str(),
+        201,
+    );
+    Ok(json(
+        StatusCode::CREATED,
+        &Issued {
+            name: row.name,
+            role: row.role,
+            token,
+        },
+    ))
+}
+
+/// The live credential called `name`, or `not_found` before any code is spent.
+async fn live(
+    state: &AdminState,
+    call: &Call,
+    name: &str,
+) -> Result<portcullis_store::AdminTokenRow, ApiError> {
+    state
+        .store
+        .admin_credentials()
+        .await
+        .map_err(|e| call.store_error(e))?
+        .into_iter()
+        .find(|r| r.name == name && r.revoked_at.is_none())
+        .ok_or_else(|| {
+            call.error(
+                ErrorCode::NotFound,
+                format!("no live admin credential `{name}`"),
+            )
+        })
+}
+
+async fn rotate(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let row = live(&state, &call, &name).await?;
+    let approver = require_fresh_totp(&state, &call, &headers).await?;
+    let token = crate::auth::new_token();
+    state
+        .store
+        .rotate_admin_credential(&row.name, &crate::auth::hash_token(&token), now_ms() / 1000)
+        .await
+        .map_err(|e| call.store_error(e))?;
+    reload(&state, &call).await?;
+    // A new token is a new session: its window, if any, closes.
+    state.step_up.close(&row.id);
+    call.done_by(&state.sink, &approver, "admin_token.rotate", &row.name, 200);
+    Ok(json(
+        StatusCode::OK,
+        &Issued {
+            name: row.name,
+            role: row.role,
+            token,
+        },
+    ))
+}
+
+async fn revoke(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let row = live(&state, &call, &name).await?;
+    let approver = require_fresh_totp(&state, &call, &headers).await?;
+    state
+        .store
+        .revoke_admin_credential(&row.name, now_ms() / 1000)
+        .await
+        .map_err(|e| match e {
+            portcullis_store::StoreError::Invalid(message) => {
+                call.error(ErrorCode::Conflict, message)
+            }
+            other => call.store_error(other),
+        })?;
+    reload(&state, &call).await?;
+    state.step_up.close(&row.id);
+    call.done_by(&state.sink, &approver, "admin_token.revoke", &row.name, 200);
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "revoked": row.name }),
+    ))
+}
+
+/// Every permission, for `GET /session`.
+const PERMISSIONS: [Permission; 13] = [
+    Permission::Read,
+    Permission::Session,
+    Permission::ReadCaptures,
+    Permission::ManageAgents,
+    Permission::ManageTools,
+    Permission::ManageSecrets,
+    Permission::ManageVault,
+    Permission::UseTransit,
+    Permission::AuthorPolicy,
+    Permission::Decide,
+    Permission::ResolveAlerts,
+    Permission::SignCheckpoint,
+    Permission::ManageAdmins,
+];
+
+fn session_view(state: &AdminState, call: &Call) -> Result<serde_json::Value, ApiError> {
+    let admin = call
+        .admin()
+        .ok_or_else(|| call.internal("no authenticated admin on an admin route"))?;
+    let window = state.step_up.current(&admin.id);
+    Ok(serde_json::json!({
+        "name": admin.name,
+        "role": admin.role.as_str(),
+        "permissions": PERMISSIONS
+            .iter()
+            .filter(|p| admin.role.grants(**p))
+            .map(|p| p.as_str())
+            .collect::<Vec<_>>(),
+        "step_up_seconds": state.step_up.ttl().as_secs(),
+        "step_up": window.map(|w| serde_json::json!({
+            "user": w.user,
+            "expires_at": w.expires_at,
+        })),
+    }))
+}
+
+async fn session(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+) -> Result<Response, ApiError> {
+    Ok(json(StatusCode::OK, &session_view(&state, &call)?))
+}
+
+/// Verifies a code (headers `X-Portcullis-User`/`X-Portcullis-TOTP`) and
+/// opens the credential's step-up window, with no other action.
+async fn step_up(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let admin = call
+        .admin()
+        .cloned()
+        .ok_or_else(|| call.internal("no authenticated admin on an admin route"))?;
+    if state.step_up.ttl().is_zero() {
+        return Err(call.error(
+            ErrorCode::Conflict,
+            "step-up windows are off (`[admin] step_up_seconds = 0`): pass a code with each action",
+        ));
+    }
+    if headers.get(crate::mfa::TOTP_HEADER).is_none() {
+        return Err(call.error(
+            ErrorCode::MfaRequired,
+            "a step-up needs a TOTP code (headers X-Portcullis-User and X-Portcullis-TOTP)",
+        ));
+    }
+    let approver = require_fresh_totp(&state, &call, &headers).await?;
+    if !approver.mfa {
+        return Err(call.error(
+            ErrorCode::MfaRequired,
+            "no human admin has enrolled: there is no TOTP to step up with",
+        ));
+    }
+    // Opened now, so that the answer shows it; the call cannot fail after this.
+    state.step_up.open(&admin.id, &approver.user);
+    call.done_by(&state.sink, &approver, "admin.step_up", &admin.name, 200);
+    Ok(json(StatusCode::OK, &session_view(&state, &call)?))
+}
+
+async fn step_down(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+) -> Result<Response, ApiError> {
+    let admin = call
+        .admin()
+        .cloned()
+        .ok_or_else(|| call.internal("no authenticated admin on an admin route"))?;
+    state.step_up.close(&admin.id);
+    call.done(&state.sink, "admin.step_down", &admin.name, 200);
+    Ok(json(StatusCode::OK, &session_view(&state, &call)?))
+}

@@ -1,0 +1,181 @@
+//! `portcullis admin …`: admin credentials (`token`: bearer tokens with a
+//! role), human admins (`user`: TOTP), and the caller's own session
+//! (`whoami`, `step-up`, `step-down`).
+
+use anyhow::{Result, bail};
+use clap::Subcommand;
+use serde_json::json;
+
+use crate::AdminArgs;
+use crate::client::AdminClient;
+use crate::output::{self, Kind, col};
+
+/// `portcullis admin …`
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Admin credentials: bearer tokens with a role.
+    Token {
+        #[command(subcommand)]
+        command: AdminTokenCommand,
+    },
+    /// Human admins who confirm sensitive actions with TOTP.
+    User {
+        #[command(subcommand)]
+        command: AdminUserCommand,
+    },
+    /// Show the credential in use: its name, role, permissions and any open
+    /// step-up window.
+    Whoami,
+    /// Confirm with a TOTP code once and open a step-up window: sensitive
+    /// actions of this credential need no new code until it closes
+    /// (`[admin] step_up_seconds`, default 300). Asks for the code on a
+    /// terminal when --totp is not given.
+    StepUp,
+    /// Close this credential's step-up window now.
+    StepDown,
+}
+
+/// `portcullis admin token …`
+#[derive(Debug, Subcommand)]
+pub enum AdminTokenCommand {
+    /// Create a named credential and print its token once.
+    Create {
+        /// The credential's name (a-z, 0-9, `.`, `_`, `-`); never reused.
+        name: String,
+        /// What it may do: owner, operator, policy-author, approver, auditor.
+        #[arg(long)]
+        role: String,
+    },
+    /// List credentials (never tokens).
+    List,
+    /// Replace a credential's token and print the new one once; the old one
+    /// is refused from the next request.
+    Rotate {
+        /// The credential's name.
+        name: String,
+    },
+    /// Revoke a credential, effective on its next request (the last owner
+    /// cannot be revoked).
+    Revoke {
+        /// The credential's name.
+        name: String,
+    },
+}
+
+/// `portcullis admin user …`
+#[derive(Debug, Subcommand)]
+pub enum AdminUserCommand {
+    /// Enrol a human admin and print their TOTP secret once (add it to an
+    /// authenticator app). After the first, enrolment needs a confirmation.
+    Add {
+        /// The admin's name (a-z, 0-9, `.`, `_`, `-`).
+        name: String,
+    },
+    /// List enrolled admins.
+    List,
+    /// Remove an admin (needs a confirmation).
+    Remove {
+        /// The admin's name.
+        name: String,
+    },
+}
+
+/// `admin token list`'s columns.
+const TOKEN_COLUMNS: &[output::Column] = &[
+    col("NAME", "name", Kind::Text, 24),
+    col("ROLE", "role", Kind::Text, 14),
+    col("STATUS", "status", Kind::Text, 8),
+    col("CREATED", "created_at", Kind::Time, 20),
+    col("BY", "created_by", Kind::Text, 16),
+    col("ROTATED", "rotated_at", Kind::Time, 20),
+    col("REVOKED", "revoked_at", Kind::Time, 20),
+];
+
+/// Prints a token handed out once, and where it goes.
+fn print_issued(v: &serde_json::Value, verb: &str) {
+    eprintln!(
+        "{verb} admin credential `{}` ({}); its token is shown once:",
+        v["name"].as_str().unwrap_or_default(),
+        v["role"].as_str().unwrap_or_default()
+    );
+    println!("{}", v["token"].as_str().unwrap_or_default());
+}
+
+/// Runs `portcullis admin …`.
+pub async fn admin(command: AdminCommand, args: AdminArgs) -> Result<()> {
+    let client = AdminClient::from_args(&args)?;
+    let format = args.out.format();
+    match command {
+        AdminCommand::Token { command } => match command {
+            AdminTokenCommand::Create { name, role } => {
+                let v = client
+                    .post("/admin-tokens", &json!({ "name": name, "role": role }))
+                    .await?;
+                print_issued(&v, "created");
+            }
+            AdminTokenCommand::List => {
+                let v = client.get("/admin-tokens").await?;
+                output::emit(format, &v, |v| output::rows(v, "/tokens", TOKEN_COLUMNS))?;
+            }
+            AdminTokenCommand::Rotate { name } => {
+                let v = client
+                    .post(&format!("/admin-tokens/{name}/rotate"), &json!({}))
+                    .await?;
+                print_issued(&v, "rotated");
+            }
+            AdminTokenCommand::Revoke { name } => {
+                client
+                    .post(&format!("/admin-tokens/{name}/revoke"), &json!({}))
+                    .await?;
+                println!("revoked admin credential `{name}`");
+            }
+        },
+        AdminCommand::User { command } => match command {
+            AdminUserCommand::Add { name } => {
+                let v = client.post("/admins", &json!({ "name": name })).await?;
+                println!(
+                    "enrolled admin `{}`",
+                    v["name"].as_str().unwrap_or_default()
+                );
+                println!(
+                    "TOTP secret (shown once; add it to an authenticator app): {}",
+                    v["totp_secret"].as_str().unwrap_or_default()
+                );
+                println!("{}", v["otpauth_uri"].as_str().unwrap_or_default());
+            }
+            AdminUserCommand::List => {
+                let v = client.get("/admins").await?;
+                output::emit(format, &v, |v| {
+                    output::rows(
+                        v,
+                        "",
+                        &[
+                            col("NAME", "name", Kind::Text, 24),
+                            col("ENROLLED", "created_at", Kind::Time, 20),
+                        ],
+                    )
+                })?;
+            }
+            AdminUserCommand::Remove { name } => {
+                client.delete(&format!("/admins/{name}")).await?;
+                println!("removed admin `{name}`");
+            }
+        },
+        AdminCommand::Whoami => {
+            let v = client.get("/session").await?;
+            output::emit(format, &v, output::fields)?;
+        }
+        AdminCommand::StepUp => {
+            let v = client.step_up().await?;
+            if v["step_up"].is_null() {
+                bail!("the server opened no step-up window");
+            }
+            output::emit(format, &v, output::fields)?;
+        }
+        AdminCommand::StepDown => {
+            let v = client.delete("/session/step-up").await?;
+            output::emit(format, &v, output::fields)?;
+        }
+    }
+    Ok(())
+}

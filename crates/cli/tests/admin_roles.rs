@@ -1,0 +1,403 @@
+//! End-to-end tests of admin identities against the real binary: named
+//! credentials with roles enforced on every admin route, rotation and
+//! revocation in force on the next request, the one-time bootstrap owner,
+//! and step-up windows (one TOTP confirmation, bound to the credential,
+//! never spent by a refused or failed action).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod support;
+
+use std::time::Duration;
+
+use portcullis_admin::{ROLES, ROUTE_PERMISSIONS, Role};
+use portcullis_identity::TotpSecret;
+use serde_json::{Value, json};
+use support::*;
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Waits (at most one step) until at least 8 s remain in the current TOTP step.
+fn settle_in_step() {
+    while now() % 30 > 22 {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Runs the CLI with `token` as the admin credential; (ok, stdout, stderr).
+fn as_admin(server: &Server, token: &str, args: &[&str]) -> (bool, String, String) {
+    let out = std::process::Command::new(BIN)
+        .args(args)
+        .arg("--state-dir")
+        .arg(server.state_dir())
+        .env("PORTCULLIS_ADMIN_TOKEN", token)
+        .env_remove("PORTCULLIS_USER")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `admin token create NAME --role ROLE` with the bootstrap owner; the token.
+fn create(server: &Server, name: &str, role: &str) -> String {
+    let (ok, out, err) = as_admin(
+        server,
+        server.admin_token().trim(),
+        &["admin", "token", "create", name, "--role", role],
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains(&format!("`{name}` ({role})")), "{err}");
+    let token = out.trim().to_string();
+    assert!(token.starts_with("pcadm_"), "{out}");
+    token
+}
+
+fn server_with(dir: tempfile::TempDir, admin: &str) -> Server {
+    let cfg = dir.path().join("portcullis.toml");
+    let routes = route("demo", "/demo", "builtin:demo", "public");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n{admin}\n{routes}\n"
+        ),
+    )
+    .unwrap();
+    Server::start(dir, Some(&cfg))
+}
+
+/// Sends `method path` with `token`; the status and the error code, if any.
+async fn call(
+    http: &reqwest::Client,
+    server: &Server,
+    token: &str,
+    method: &str,
+    path: &str,
+) -> (u16, String) {
+    let url = format!("https://{}/admin/v1{path}", server.admin);
+    let request = match method {
+        "GET" => http.get(url),
+        "POST" => http.post(url).json(&json!({})),
+        "DELETE" => http.delete(url),
+        other => panic!("no method {other} in the table's test"),
+    };
+    let response = request.bearer_auth(token).send().await.unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    (
+        status,
+        body["error"]["code"].as_str().unwrap_or("").to_string(),
+    )
+}
+
+/// A concrete path for a route pattern: every parameter a name that exists
+/// nowhere, so an allowed call is refused by its handler (not found, bad
+/// request) and changes nothing.
+fn concrete(route: &str) -> String {
+    route
+        .split('/')
+        .map(|part| {
+            if part.starts_with('{') {
+                "nobody-here"
+            } else {
+                part
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_admin_route_is_refused_exactly_to_the_roles_without_its_permission() {
+    install_crypto();
+    let server = server_with(tempfile::tempdir().unwrap(), "");
+    let http = client(&server.ca_pem(), None);
+    let mut tokens = Vec::new();
+    for role in ROLES {
+        let token = if role == Role::Owner {
+            server.admin_token().trim().to_string()
+        } else {
+            create(&server, &format!("as-{role}"), role.as_str())
+        };
+        tokens.push((role, token));
+    }
+    let mut checked = 0;
+    for (method, route, permission) in ROUTE_PERMISSIONS {
+        let path = concrete(route);
+        for (role, token) in &tokens {
+            let (status, code) = call(&http, &server, token, method, &path).await;
+            let refused = status == 403 && code == "forbidden";
+            assert_eq!(
+                refused,
+                !role.grants(*permission),
+                "{role} {method} {path} ({permission:?}): {status} {code}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= ROUTE_PERMISSIONS.len() * 5);
+
+    // Spelled out for the roles the issue names: the auditor reads and acts
+    // on nothing; the approver decides and nothing else.
+    let token = |r: Role| tokens.iter().find(|(x, _)| *x == r).unwrap().1.clone();
+    let auditor = token(Role::Auditor);
+    let (ok, out, err) = as_admin(&server, &auditor, &["agent", "list", "-o", "json"]);
+    assert!(ok, "{err}");
+    serde_json::from_str::<Value>(&out).unwrap();
+    for args in [
+        &["agent", "revoke", "anyone"][..],
+        &["admin", "token", "create", "x", "--role", "owner"],
+        &["policy", "rollback", "1"],
+        &["approvals", "deny", "t-1"],
+    ] {
+        let (ok, _, err) = as_admin(&server, &auditor, args);
+        assert!(!ok && err.contains("forbidden"), "{args:?}: {err}");
+    }
+    let approver = token(Role::Approver);
+    let (status, code) = call(&http, &server, &approver, "POST", "/approvals/t-1/deny").await;
+    assert_ne!((status, code.as_str()), (403, "forbidden"));
+    let (ok, _, err) = as_admin(&server, &approver, &["agent", "revoke", "anyone"]);
+    assert!(!ok && err.contains("`approver` role"), "{err}");
+
+    // Refusals are recorded with the credential that was refused.
+    let records = server.audit(500);
+    let refused = records
+        .iter()
+        .find(|r| r["principal"] == "as-auditor" && r["outcome"] == "deny")
+        .expect("the auditor's refused call is recorded");
+    assert_eq!(refused["error_code"], "forbidden");
+    assert_eq!(refused["credential"], "admin token `as-auditor` (auditor)");
+    let created = records
+        .iter()
+        .find(|r| r["action"] == "admin_token.create" && r["resource"] == "as-approver")
+        .expect("credential creation recorded");
+    assert_eq!(created["principal"], "admin");
+    let all = serde_json::to_string(&records).unwrap();
+    for (_, t) in &tokens {
+        assert!(!all.contains(t.as_str()), "a token reached the audit log");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rotation_and_revocation_are_in_force_on_the_next_request_and_the_bootstrap_is_one_time() {
+    install_crypto();
+    let server = server_with(tempfile::tempdir().unwrap(), "");
+    let bootstrap = server.admin_token().trim().to_string();
+    let ops = create(&server, "ops", "operator");
+    let (ok, _, err) = as_admin(&server, &ops, &["agent", "list"]);
+    assert!(ok, "{err}");
+
+    // Rotate: the old token is refused at once, the new one works.
+    let (ok, out, err) = as_admin(&server, &bootstrap, &["admin", "token", "rotate", "ops"]);
+    assert!(ok, "{err}");
+    let rotated = out.trim().to_string();
+    assert_ne!(rotated, ops);
+    let (ok, _, err) = as_admin(&server, &ops, &["agent", "list"]);
+    assert!(!ok && err.contains("invalid_credential"), "{err}");
+    let (ok, _, err) = as_admin(&server, &rotated, &["agent", "list"]);
+    assert!(ok, "{err}");
+
+    // Revoke: refused at once; a revoked name cannot be revoked again or reused.
+    let (ok, _, err) = as_admin(&server, &bootstrap, &["admin", "token", "revoke", "ops"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = as_admin(&server, &rotated, &["agent", "list"]);
+    assert!(!ok && err.contains("invalid_credential"), "{err}");
+    let (ok, _, err) = as_admin(&server, &bootstrap, &["admin", "token", "revoke", "ops"]);
+    assert!(!ok && err.contains("not_found"), "{err}");
+    let (ok, _, err) = as_admin(
+        &server,
+        &bootstrap,
+        &["admin", "token", "create", "ops", "--role", "auditor"],
+    );
+    assert!(!ok && err.contains("conflict"), "{err}");
+
+    // The bootstrap owner is revocable, but never the last owner.
+    let (ok, _, err) = as_admin(&server, &bootstrap, &["admin", "token", "revoke", "admin"]);
+    assert!(!ok && err.contains("last owner"), "{err}");
+    let root = create(&server, "root", "owner");
+    let (ok, _, err) = as_admin(&server, &root, &["admin", "token", "revoke", "admin"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = as_admin(&server, &bootstrap, &["agent", "list"]);
+    assert!(!ok && err.contains("invalid_credential"), "{err}");
+    let (ok, out, err) = as_admin(&server, &root, &["admin", "token", "list", "-o", "json"]);
+    assert!(ok, "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let admin = listed["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "admin")
+        .unwrap();
+    assert_eq!(
+        (admin["status"].as_str(), admin["bootstrap"].as_bool()),
+        (Some("revoked"), Some(true))
+    );
+    assert!(
+        admin["revoked_at"].as_str().unwrap().ends_with('Z'),
+        "{admin}"
+    );
+    assert!(!out.contains("pcadm_") && !out.contains("sha256"), "{out}");
+    // The bootstrap token that `server.audit` reads is revoked: as root,
+    // waiting (bounded) for the background writer.
+    let mut revoked = None;
+    for _ in 0..100 {
+        let (ok, out, err) = as_admin(
+            &server,
+            &root,
+            &["audit", "tail", "-n", "200", "-o", "json"],
+        );
+        assert!(ok, "{err}");
+        let tail: Value = serde_json::from_str(&out).unwrap();
+        revoked = tail["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["action"] == "admin_token.revoke" && r["resource"] == "admin")
+            .cloned();
+        if revoked.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(revoked.expect("recorded")["principal"], "root");
+
+    // One-time: a restart without the token file makes no new owner.
+    let dir = server.into_dir();
+    std::fs::remove_file(dir.path().join("state/admin.token")).unwrap();
+    let cfg = dir.path().join("portcullis.toml");
+    let server = Server::start(dir, Some(&cfg));
+    assert!(!server.state_dir().join("admin.token").exists());
+    let (ok, _, err) = as_admin(&server, &bootstrap, &["agent", "list"]);
+    assert!(!ok && err.contains("invalid_credential"), "{err}");
+    let (ok, out, err) = as_admin(&server, &root, &["admin", "whoami", "-o", "json"]);
+    assert!(ok, "{err}");
+    let me: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        (me["name"].as_str(), me["role"].as_str()),
+        (Some("root"), Some("owner"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_totp_confirmation_opens_a_step_up_window_for_that_credential_only() {
+    install_crypto();
+    let server = server_with(tempfile::tempdir().unwrap(), "step_up_seconds = 4");
+    let owner = server.admin_token().trim().to_string();
+    let ops = create(&server, "ops", "operator");
+    let auditor = create(&server, "watcher", "auditor");
+    for agent in ["a1", "a2", "a3", "a4"] {
+        server.create_agent(agent, &["reader"]);
+    }
+    let (ok, out, err) = as_admin(&server, &owner, &["admin", "user", "add", "alice"]);
+    assert!(ok, "{err}");
+    let secret = out
+        .lines()
+        .find_map(|l| l.strip_prefix("TOTP secret (shown once; add it to an authenticator app): "))
+        .unwrap();
+    let secret = TotpSecret::from_base32(secret).unwrap();
+    settle_in_step();
+    let code = secret.code_at(now());
+    let with_code = |args: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        v.extend([
+            "--user".into(),
+            "alice".into(),
+            "--totp".into(),
+            code.clone(),
+        ]);
+        v
+    };
+    let run = |token: &str, args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        as_admin(&server, token, &args)
+    };
+
+    // A caller whose role does not allow the action never reaches the code.
+    let (ok, _, err) = run(&auditor, with_code(&["agent", "revoke", "a1"]));
+    assert!(!ok && err.contains("forbidden"), "{err}");
+    // An authorised but invalid action (no such agent) does not spend it.
+    let (ok, _, err) = run(&owner, with_code(&["agent", "revoke", "ghost"]));
+    assert!(!ok && err.contains("not_found"), "{err}");
+    // So the same code still confirms a valid action, and opens the window.
+    let (ok, _, err) = run(&owner, with_code(&["agent", "revoke", "a1"]));
+    assert!(ok, "{err}");
+    // Within the window, the owner credential needs no code…
+    let (ok, _, err) = as_admin(&server, &owner, &["agent", "revoke", "a2"]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = as_admin(&server, &owner, &["admin", "whoami", "-o", "json"]);
+    assert!(ok, "{err}");
+    let me: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(me["step_up"]["user"], "alice", "{me}");
+    // …but another credential does (the window is bound to the credential),
+    let (ok, _, err) = as_admin(&server, &ops, &["agent", "revoke", "a3"]);
+    assert!(!ok && err.contains("mfa_required"), "{err}");
+    // and the window does not stand in for another human.
+    let response = client(&server.ca_pem(), None)
+        .post(format!(
+            "https://{}/admin/v1/agents/a3/revoke",
+            server.admin
+        ))
+        .bearer_auth(&owner)
+        .header("x-portcullis-user", "bob")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    let (_, body) = error_of(response).await;
+    assert_eq!(body["code"], "mfa_required", "{body}");
+
+    // The record names the human and how they confirmed.
+    let mut record = None;
+    for _ in 0..100 {
+        record = server
+            .audit(200)
+            .into_iter()
+            .find(|r| r["action"] == "agent.revoke" && r["resource"] == "a2");
+        if record.is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let record = record.expect("a2's revocation recorded");
+    assert_eq!(record["principal"], "alice");
+    assert_eq!(
+        record["credential"],
+        "admin token `admin` (owner) + step-up"
+    );
+
+    // Stepping down closes it.
+    let (ok, _, err) = as_admin(&server, &owner, &["admin", "step-down"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = as_admin(&server, &owner, &["agent", "revoke", "a3"]);
+    assert!(!ok && err.contains("mfa_required"), "{err}");
+
+    // `admin step-up` opens one with no other action; it expires on its own.
+    let next = secret.code_at(now() + 30);
+    let (ok, out, err) = as_admin(
+        &server,
+        &owner,
+        &[
+            "admin", "step-up", "--user", "alice", "--totp", &next, "-o", "json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let opened: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(opened["step_up_seconds"], 4);
+    assert!(
+        opened["step_up"]["expires_at"]
+            .as_str()
+            .unwrap()
+            .ends_with('Z')
+    );
+    let (ok, _, err) = as_admin(&server, &owner, &["agent", "revoke", "a3"]);
+    assert!(ok, "{err}");
+    std::thread::sleep(Duration::from_millis(4_500));
+    let (ok, _, err) = as_admin(&server, &owner, &["agent", "revoke", "a4"]);
+    assert!(!ok && err.contains("mfa_required"), "{err}");
+}
