@@ -6,6 +6,8 @@
 //! codes as the data plane (`docs/errors.md`).
 //!
 //! Unauthenticated: `GET /healthz`, `GET /readyz`, `GET /metrics`.
+//! The web console (`/console`, `console/`): a login session over the same
+//! API. The OpenAPI description: `GET /admin/v1/openapi.json` (`openapi.rs`).
 //! Bearer admin token: everything under `/admin/v1/`, including the vault's
 //! `/secrets`, `/vault` and `/transit` endpoints (`vault_api.rs`). Every change and every
 //! refused admin call is written to the audit log. Sensitive changes (revocation,
@@ -18,8 +20,10 @@ mod api;
 mod approvals_api;
 mod audit_api;
 mod auth;
+mod console;
 mod identity_api;
 mod mfa;
+mod openapi;
 mod policy_api;
 mod tools_api;
 mod vault_api;

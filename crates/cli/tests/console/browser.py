@@ -1,0 +1,166 @@
+"""Drives the web console in a real browser (Debian's Chromium through
+Playwright): log in, watch a held call appear in the approvals queue, approve
+it, watch the agent's retry go through in the live view, revoke an agent,
+check the CSP and the session cookie, and check that a form without a CSRF
+token is refused. Called by crates/cli/tests/console.rs with one JSON
+argument; writes screenshots to its `artefacts` directory and prints one
+JSON line of findings. Any failed check raises (exit status 1).
+"""
+
+import json
+import os
+import sys
+
+import httpx
+from playwright.sync_api import expect, sync_playwright
+
+cfg = json.loads(sys.argv[1])
+ADMIN = cfg["admin"]
+ART = cfg["artefacts"]
+os.makedirs(ART, exist_ok=True)
+TIMEOUT = 20_000  # ms, every wait
+
+
+def agent_client(cert, key):
+    return httpx.Client(verify=cfg["ca"], cert=(cert, key), timeout=10)
+
+
+def transfer(client):
+    r = client.post(
+        cfg["gateway"] + "/bank/transfer?to=alice&amount=10",
+        headers={"content-type": "application/json"},
+        content=b'{"memo":"rent"}',
+    )
+    return r.status_code, r.json(), r.headers.get("x-request-id")
+
+
+def shot(page, name):
+    page.screenshot(path=os.path.join(ART, name + ".png"), full_page=True)
+
+
+found = {}
+csp_violations = []
+with sync_playwright() as p:
+    browser = p.chromium.launch(
+        executable_path=cfg["chromium"],
+        # Root in a container: Chromium's sandbox needs user namespaces.
+        args=["--no-sandbox", "--disable-dev-shm-usage"],
+    )
+    context = browser.new_context(ignore_https_errors=True)
+    context.set_default_timeout(TIMEOUT)
+    page = context.new_page()
+    page.on("console", lambda m: csp_violations.append(m.text) if "Content Security Policy" in m.text else None)
+    page.on("dialog", lambda d: d.accept())
+
+    # Not logged in: the login page.
+    response = page.goto(ADMIN + "/console")
+    assert page.url.endswith("/console/login"), page.url
+    shot(page, "01-login")
+
+    # A wrong token is refused.
+    page.fill("input[name=token]", "pcadm_" + "0" * 64)
+    page.click("button[type=submit]")
+    expect(page.locator("#login-error")).to_contain_text("not a valid admin token")
+
+    # Log in with the admin token.
+    page.fill("input[name=token]", cfg["token"])
+    page.click("button[type=submit]")
+    page.wait_for_url(ADMIN + "/console")
+    cookie = [c for c in context.cookies() if c["name"] == "__Host-portcullis-console"]
+    assert cookie, context.cookies()
+    cookie = cookie[0]
+    assert cookie["httpOnly"] and cookie["secure"] and cookie["sameSite"] == "Strict", cookie
+    found["cookie"] = {k: cookie[k] for k in ("httpOnly", "secure", "sameSite", "path")}
+
+    # The CSP: this origin's scripts only, no inline script or style.
+    response = page.goto(ADMIN + "/console")
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "default-src 'none'" in csp, csp
+    found["csp"] = csp
+    expect(page.locator("#live-status")).to_have_attribute("data-live", "on")
+    shot(page, "02-overview")
+
+    # A second tab watches the live decisions.
+    live = context.new_page()
+    live.on("console", lambda m: csp_violations.append(m.text) if "Content Security Policy" in m.text else None)
+    live.goto(ADMIN + "/console")
+    expect(live.locator("#live-status")).to_have_attribute("data-live", "on")
+
+    # The held call appears in the approvals queue by itself.
+    page.goto(ADMIN + "/console/approvals")
+    payer = agent_client(cfg["payer_cert"], cfg["payer_key"])
+    status, answer, _ = transfer(payer)
+    assert status == 403 and answer["error"]["code"] == "approval_required", answer
+    ticket = answer["error"]["ticket"]
+    found["ticket"] = ticket
+    card = page.locator(f'article[data-ticket="{ticket}"]')
+    expect(card).to_be_visible()
+    # The exact call: path, query and body preview.
+    expect(card.locator(".query")).to_have_text("to=alice&amount=10")
+    expect(card.locator(".preview")).to_have_text('{"memo":"rent"}')
+    expect(card.locator(".badge")).to_have_text("pending")
+    shot(page, "03-approval-held")
+
+    # Approve it.
+    card.locator("button.approve").click()
+    expect(page.locator("#flash")).to_contain_text(f"approved `{ticket}`")
+    expect(page.locator(f'article[data-ticket="{ticket}"] .badge')).to_have_text("approved")
+    shot(page, "04-approved")
+
+    # The agent's retry goes through, and the live view shows it.
+    status, answer, request_id = transfer(payer)
+    assert status == 200, answer
+    found["retry_request_id"] = request_id
+    row = live.locator("#live tbody tr", has_text=request_id)
+    expect(row).to_be_visible()
+    expect(row.locator(".outcome")).to_have_text("allow")
+    shot(live, "05-live-allow")
+
+    # A form without its CSRF token is refused, and nothing happens.
+    no_token = context.request.post(ADMIN + f"/console/agents/{cfg['victim']}/revoke", form={})
+    assert no_token.status == 403 and "CSRF" in no_token.text(), (no_token.status, no_token.text())
+    wrong = context.request.post(
+        ADMIN + f"/console/agents/{cfg['victim']}/revoke", form={"csrf": "0" * 64}
+    )
+    assert wrong.status == 403, wrong.status
+    found["csrf_refused"] = [no_token.status, wrong.status]
+
+    # Revoke an agent from the agents page.
+    page.goto(ADMIN + "/console/agents")
+    victim_row = page.locator("#agents tbody tr", has=page.locator(".agent-name", has_text=cfg["victim"]))
+    expect(victim_row.locator(".status")).to_have_text("active")
+    shot(page, "06-agents")
+    victim_row.locator("button", has_text="Revoke").click()
+    expect(page.locator("#flash")).to_contain_text(f"agent `{cfg['victim']}` revoked")
+    expect(
+        page.locator("#agents tbody tr", has=page.locator(".agent-name", has_text=cfg["victim"])).locator(".status")
+    ).to_have_text("revoked")
+    shot(page, "07-revoked")
+
+    # The other pages render.
+    for name, path, selector in [
+        ("08-alerts", "/console/alerts", "h1"),
+        ("09-policies", "/console/policies", "#versions"),
+        ("10-policy-diff", "/console/policies/1", "pre.diff"),
+        ("11-tools", "/console/tools", "h1"),
+        ("12-inventory", "/console/inventory", "#flow-graph"),
+    ]:
+        page.goto(ADMIN + path)
+        expect(page.locator(selector).first).to_be_visible()
+        shot(page, name)
+    page.goto(ADMIN + "/console/audit?id=" + request_id)
+    expect(page.locator("#proof-status")).to_contain_text("verified: record is leaf")
+    shot(page, "13-audit-proof")
+
+    # Log out: the session is gone.
+    page.click("header .logout button")
+    page.wait_for_url(ADMIN + "/console/login")
+    page.goto(ADMIN + "/console")
+    assert page.url.endswith("/console/login"), page.url
+    after = context.request.get(ADMIN + "/console/agents", max_redirects=0)
+    assert after.status == 303, after.status
+
+    assert not csp_violations, csp_violations
+    browser.close()
+
+print(json.dumps(found))
