@@ -375,7 +375,9 @@ fn operation_id(o: &Operation) -> String {
     id
 }
 
-/// The reference page, `docs/admin-api.md`, made from the document.
+/// The reference page, `docs/admin-api.md`, made from the document (by the
+/// test that keeps the committed file current).
+#[cfg(test)]
 pub(crate) fn markdown(doc: &Value) -> String {
     let mut out = String::from(
         "# Admin API reference\n\n\
@@ -479,10 +481,12 @@ mod tests {
     /// "/x"}`) and its method router's `Allow` header (`allow_header:
     /// Bytes(b"GET,HEAD,POST")`), keyed by the same route id.
     fn served(router: &axum::Router<crate::api::AdminState>, prefix: &str) -> BTreeSet<(String, String)> {
-        let debug = format!("{router:?}");
+        let whole = format!("{router:?}");
+        // The fallback router has route ids of its own: read only the routes.
+        let debug = whole.split("fallback_router").next().unwrap_or_default();
         let mut allow = std::collections::HashMap::new();
         let mut paths = std::collections::HashMap::new();
-        let mut rest = debug.as_str();
+        let mut rest = debug;
         while let Some(at) = rest.find("RouteId(") {
             rest = &rest[at + "RouteId(".len()..];
             let Some(close) = rest.find(')') else { break };

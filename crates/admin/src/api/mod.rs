@@ -14,4 +14,5 @@ pub use agents::DEFAULT_CERT_TTL;
 pub use call::RemoteAddr;
 pub(crate) use call::{ApiError, Call, json, now_ms, parse_json};
 pub use router::{AdminState, router};
+#[cfg(test)]
 pub(crate) use router::{api_routes, probe_routes};

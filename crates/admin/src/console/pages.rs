@@ -153,9 +153,9 @@ pub(super) async fn overview(
          <a class=\"tile\" href=\"/console/alerts\"><span class=\"n\" id=\"n-alerts\">{}</span> open alerts</a>\
          <a class=\"tile\" href=\"/console/audit\"><span class=\"n\">{}</span> audit records ({})</a>\
          </section>",
-        count(&agents, "agents", &|a| a["status"] == "active"),
-        count(&approvals, "approvals", &|t| t["status"] == "pending"),
-        count(&alerts, "alerts", &|_| true),
+        count(&agents, "agents", &|a: &Value| a["status"] == "active"),
+        count(&approvals, "approvals", &|t: &Value| t["status"] == "pending"),
+        count(&alerts, "alerts", &|_: &Value| true),
         head.size,
         esc(&audit),
     );
@@ -648,7 +648,11 @@ pub(super) async fn tools(
                     &c.session,
                     "/console/tools/approve",
                     "Approve this digest",
-                    &[("route", &route), ("name", &name), ("digest", &digest)],
+                    &[
+                        ("route", route.as_str()),
+                        ("name", name.as_str()),
+                        ("digest", digest.as_str()),
+                    ],
                     true,
                     Some(&format!("Approve {route}/{name} at digest {digest}?")),
                 )

@@ -101,12 +101,29 @@ pub(crate) fn may(session: &SessionView, permission: Permission) -> bool {
 }
 
 /// The session table.
-#[derive(Default)]
 pub(crate) struct Sessions {
     table: Mutex<HashMap<String, Session>>,
+    idle: Duration,
+    absolute: Duration,
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Sessions::with_timeouts(IDLE_TIMEOUT, ABSOLUTE_TIMEOUT)
+    }
 }
 
 impl Sessions {
+    /// A table whose sessions end after `idle` without a request, or
+    /// `absolute` in all.
+    pub(crate) fn with_timeouts(idle: Duration, absolute: Duration) -> Self {
+        Sessions {
+            table: Mutex::default(),
+            idle,
+            absolute,
+        }
+    }
+
     /// Checks a pasted credential and opens a session for it; returns the
     /// cookie value. `None` when the credential is not an admin's.
     pub(crate) fn login(&self, credential: &str, token_hashes: &[String]) -> Option<String> {
@@ -126,7 +143,7 @@ impl Sessions {
             flash: None,
         };
         let mut table = self.lock();
-        table.retain(|_, s| !expired(s, now));
+        table.retain(|_, s| !self.expired(s, now));
         if table.len() >= MAX_SESSIONS
             && let Some(oldest) = table
                 .iter()
@@ -146,7 +163,7 @@ impl Sessions {
         let now = Instant::now();
         let mut table = self.lock();
         let session = table.get_mut(&key)?;
-        if expired(session, now) {
+        if self.expired(session, now) {
             table.remove(&key);
             return None;
         }
@@ -166,7 +183,7 @@ impl Sessions {
         let table = self.lock();
         table
             .get(&session.key)
-            .is_some_and(|s| !expired_at(s, now, s.last_seen))
+            .is_some_and(|s| !self.expired(s, now))
     }
 
     /// Ends a session (logout).
@@ -186,18 +203,14 @@ impl Sessions {
         self.lock().get_mut(&session.key).and_then(|s| s.flash.take())
     }
 
+    fn expired(&self, session: &Session, now: Instant) -> bool {
+        now.duration_since(session.last_seen) > self.idle
+            || now.duration_since(session.created) > self.absolute
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
         self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-fn expired(session: &Session, now: Instant) -> bool {
-    expired_at(session, now, session.last_seen)
-}
-
-fn expired_at(session: &Session, now: Instant, last_seen: Instant) -> bool {
-    now.duration_since(last_seen) > IDLE_TIMEOUT
-        || now.duration_since(session.created) > ABSOLUTE_TIMEOUT
 }
 
 /// 32 random bytes, hex: session ids, CSRF tokens, login nonces.
@@ -268,6 +281,23 @@ mod tests {
         sessions.end(&view);
         assert!(sessions.find(&h).is_none());
         assert!(!sessions.alive(&view));
+    }
+
+    #[test]
+    fn sessions_expire_when_idle_and_in_any_case() {
+        let token = crate::auth::new_token();
+        let hashes = vec![hash_token(&token)];
+        let idle = Sessions::with_timeouts(Duration::from_millis(30), ABSOLUTE_TIMEOUT);
+        let id = idle.login(&token, &hashes).unwrap();
+        let h = headers(&format!("{SESSION_COOKIE}={id}"));
+        assert!(idle.find(&h).is_some());
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(idle.find(&h).is_none(), "idle too long");
+        let absolute = Sessions::with_timeouts(IDLE_TIMEOUT, Duration::from_millis(30));
+        let id = absolute.login(&token, &hashes).unwrap();
+        let h = headers(&format!("{SESSION_COOKIE}={id}"));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(absolute.find(&h).is_none(), "past the absolute limit");
     }
 
     #[test]
