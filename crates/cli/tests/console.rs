@@ -142,7 +142,10 @@ async fn the_console_in_a_real_browser() {
                 && r["outcome"] == "allow"
         })
     };
-    assert!(has("approval.approve", ticket), "approval.approve");
+    assert!(
+        has("approval.approve", &format!("approval:{ticket}")),
+        "approval.approve"
+    );
     assert!(has("agent.revoke", "victim"), "agent.revoke");
     assert!(
         records.iter().any(|r| r["action"] == "console.form"

@@ -9,6 +9,7 @@ JSON line of findings. Any failed check raises (exit status 1).
 
 import json
 import os
+import ssl
 import sys
 
 import httpx
@@ -22,7 +23,9 @@ TIMEOUT = 20_000  # ms, every wait
 
 
 def agent_client(cert, key):
-    return httpx.Client(verify=cfg["ca"], cert=(cert, key), timeout=10)
+    tls = ssl.create_default_context(cafile=cfg["ca"])
+    tls.load_cert_chain(cert, key)
+    return httpx.Client(verify=tls, timeout=10)
 
 
 def transfer(client):
