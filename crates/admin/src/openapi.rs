@@ -236,9 +236,7 @@ pub(crate) const OPERATIONS: &[Operation] = &[
 pub(crate) fn document() -> Value {
     let mut paths = Map::new();
     for o in OPERATIONS {
-        let entry = paths
-            .entry(o.path.to_string())
-            .or_insert_with(|| json!({}));
+        let entry = paths.entry(o.path.to_string()).or_insert_with(|| json!({}));
         entry[o.method] = operation(o);
     }
     json!({
@@ -334,7 +332,11 @@ fn operation(o: &Operation) -> Value {
                 (b.name.to_string(), s)
             })
             .collect();
-        let required: Vec<&str> = fields.iter().filter(|b| b.required).map(|b| b.name).collect();
+        let required: Vec<&str> = fields
+            .iter()
+            .filter(|b| b.required)
+            .map(|b| b.name)
+            .collect();
         value["requestBody"] = json!({
             "required": !required.is_empty(),
             "content": { JSON: { "schema": {
@@ -394,19 +396,32 @@ pub(crate) fn markdown(doc: &Value) -> String {
     let paths = doc["paths"].as_object().unwrap_or(&empty);
     for tag in doc["tags"].as_array().into_iter().flatten() {
         let tag = tag["name"].as_str().unwrap_or_default();
-        out.push_str(&format!("\n## {tag}\n\n| method | path | what |\n| --- | --- | --- |\n"));
+        out.push_str(&format!(
+            "\n## {tag}\n\n| method | path | what |\n| --- | --- | --- |\n"
+        ));
         let mut details = String::new();
         for (path, ops) in paths {
             for (method, o) in ops.as_object().unwrap_or(&empty) {
                 if o["tags"][0] != tag {
                     continue;
                 }
-                let step_up = if o["x-portcullis-step-up"] == true { " **step-up**" } else { "" };
-                let public = if o["security"] == json!([]) { " (no token)" } else { "" };
+                let step_up = if o["x-portcullis-step-up"] == true {
+                    " **step-up**"
+                } else {
+                    ""
+                };
+                let public = if o["security"] == json!([]) {
+                    " (no token)"
+                } else {
+                    ""
+                };
                 out.push_str(&format!(
                     "| `{}` | `{path}` | {}{step_up}{public} |\n",
                     method.to_uppercase(),
-                    o["summary"].as_str().unwrap_or_default().replace('|', "\\|")
+                    o["summary"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .replace('|', "\\|")
                 ));
                 let params: Vec<String> = o["parameters"]
                     .as_array()
@@ -418,7 +433,11 @@ pub(crate) fn markdown(doc: &Value) -> String {
                             "`{}` ({}{}): {}",
                             p["name"].as_str().unwrap_or_default(),
                             p["schema"]["type"].as_str().unwrap_or_default(),
-                            if p["required"] == true { ", required" } else { "" },
+                            if p["required"] == true {
+                                ", required"
+                            } else {
+                                ""
+                            },
                             p["description"].as_str().unwrap_or_default()
                         )
                     })
@@ -438,7 +457,11 @@ pub(crate) fn markdown(doc: &Value) -> String {
                         format!(
                             "`{name}` ({}{}): {}",
                             s["type"].as_str().unwrap_or_default(),
-                            if required.contains(&name.as_str()) { ", required" } else { "" },
+                            if required.contains(&name.as_str()) {
+                                ", required"
+                            } else {
+                                ""
+                            },
                             s["description"].as_str().unwrap_or_default()
                         )
                     })
@@ -480,7 +503,10 @@ mod tests {
     /// itself: axum's `Debug` lists each route's path (`paths: {RouteId(n):
     /// "/x"}`) and its method router's `Allow` header (`allow_header:
     /// Bytes(b"GET,HEAD,POST")`), keyed by the same route id.
-    fn served(router: &axum::Router<crate::api::AdminState>, prefix: &str) -> BTreeSet<(String, String)> {
+    fn served(
+        router: &axum::Router<crate::api::AdminState>,
+        prefix: &str,
+    ) -> BTreeSet<(String, String)> {
         let whole = format!("{router:?}");
         // The fallback router has route ids of its own: read only the routes.
         let debug = whole.split("fallback_router").next().unwrap_or_default();
@@ -506,7 +532,9 @@ mod tests {
         assert!(!paths.is_empty(), "axum's Debug output changed: {debug}");
         let mut served = BTreeSet::new();
         for (id, path) in paths {
-            let methods = allow.get(&id).unwrap_or_else(|| panic!("no methods for {path}"));
+            let methods = allow
+                .get(&id)
+                .unwrap_or_else(|| panic!("no methods for {path}"));
             for m in methods.split(',').filter(|m| *m != "HEAD") {
                 served.insert((m.to_ascii_lowercase(), format!("{prefix}{path}")));
             }
@@ -524,10 +552,20 @@ mod tests {
             .map(|o| (o.method.to_string(), o.path.to_string()))
             .collect();
         let missing: Vec<_> = routes.difference(&documented).collect();
-        assert!(missing.is_empty(), "routes missing from the OpenAPI document (openapi.rs OPERATIONS): {missing:?}");
+        assert!(
+            missing.is_empty(),
+            "routes missing from the OpenAPI document (openapi.rs OPERATIONS): {missing:?}"
+        );
         let extra: Vec<_> = documented.difference(&routes).collect();
-        assert!(extra.is_empty(), "documented operations the router does not serve: {extra:?}");
-        assert_eq!(documented.len(), OPERATIONS.len(), "an operation is listed twice");
+        assert!(
+            extra.is_empty(),
+            "documented operations the router does not serve: {extra:?}"
+        );
+        assert_eq!(
+            documented.len(),
+            OPERATIONS.len(),
+            "an operation is listed twice"
+        );
     }
 
     #[test]
@@ -537,12 +575,19 @@ mod tests {
         let mut ids = BTreeSet::new();
         for (path, ops) in doc["paths"].as_object().unwrap() {
             for (method, o) in ops.as_object().unwrap() {
-                assert!(ids.insert(o["operationId"].as_str().unwrap().to_string()), "{method} {path}");
+                assert!(
+                    ids.insert(o["operationId"].as_str().unwrap().to_string()),
+                    "{method} {path}"
+                );
                 // Every `{param}` of the path is declared.
                 for seg in path.split('/').filter(|s| s.starts_with('{')) {
                     let name = seg.trim_matches(|c| c == '{' || c == '}');
                     assert!(
-                        o["parameters"].as_array().unwrap().iter().any(|p| p["name"] == name && p["in"] == "path"),
+                        o["parameters"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|p| p["name"] == name && p["in"] == "path"),
                         "{method} {path}: {name}"
                     );
                 }

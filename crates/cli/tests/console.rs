@@ -126,8 +126,16 @@ async fn the_console_in_a_real_browser() {
         server.stderr.lock().unwrap()
     );
     let found: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
-    eprintln!("console browser test: {found}\nscreenshots: {}", artefacts().display());
-    for shot in ["01-login", "03-approval-held", "05-live-allow", "07-revoked"] {
+    eprintln!(
+        "console browser test: {found}\nscreenshots: {}",
+        artefacts().display()
+    );
+    for shot in [
+        "01-login",
+        "03-approval-held",
+        "05-live-allow",
+        "07-revoked",
+    ] {
         assert!(artefacts().join(format!("{shot}.png")).exists(), "{shot}");
     }
 

@@ -7,10 +7,10 @@
 
 use std::sync::Arc;
 
+use axum::Extension;
 use axum::extract::{Path, State};
 use axum::http::{Method, StatusCode};
 use axum::response::Response;
-use axum::Extension;
 use serde_json::{Value, json};
 
 use super::html::{esc, pre_json, url_part};
@@ -39,7 +39,7 @@ async fn act(
 ) -> Response {
     let form = match submitted(console, state, call, req, permission) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let act = what(&form);
     let step_up = StepUp {
@@ -82,12 +82,21 @@ pub(super) async fn revoke_agent(
     Path(name): Path<String>,
     req: FormRequest,
 ) -> Response {
-    act(&console, &state, &call, &req, Permission::ManageAgents, |_| Act {
-        path: format!("/agents/{}/revoke", url_part(&name)),
-        body: None,
-        back: "/console/agents",
-        done: format!("agent `{name}` revoked: its certificates and keys no longer authenticate"),
-    })
+    act(
+        &console,
+        &state,
+        &call,
+        &req,
+        Permission::ManageAgents,
+        |_| Act {
+            path: format!("/agents/{}/revoke", url_part(&name)),
+            body: None,
+            back: "/console/agents",
+            done: format!(
+                "agent `{name}` revoked: its certificates and keys no longer authenticate"
+            ),
+        },
+    )
     .await
 }
 
@@ -98,12 +107,19 @@ pub(super) async fn release_agent(
     Path(name): Path<String>,
     req: FormRequest,
 ) -> Response {
-    act(&console, &state, &call, &req, Permission::ManageAgents, |_| Act {
-        path: format!("/agents/{}/release", url_part(&name)),
-        body: None,
-        back: "/console/agents",
-        done: format!("agent `{name}` released from quarantine"),
-    })
+    act(
+        &console,
+        &state,
+        &call,
+        &req,
+        Permission::ManageAgents,
+        |_| Act {
+            path: format!("/agents/{}/release", url_part(&name)),
+            body: None,
+            back: "/console/agents",
+            done: format!("agent `{name}` released from quarantine"),
+        },
+    )
     .await
 }
 
@@ -114,19 +130,28 @@ pub(super) async fn approve(
     Path(id): Path<String>,
     req: FormRequest,
 ) -> Response {
-    act(&console, &state, &call, &req, Permission::DecideApprovals, |form| {
-        let ttl = form.field("ttl_seconds").trim();
-        let body = ttl
-            .parse::<u64>()
-            .ok()
-            .map(|ttl_seconds| json!({ "ttl_seconds": ttl_seconds }));
-        Act {
-            path: format!("/approvals/{}/approve", url_part(&id)),
-            body,
-            back: "/console/approvals",
-            done: format!("approved `{id}`: the agent's retry of this exact call goes through once"),
-        }
-    })
+    act(
+        &console,
+        &state,
+        &call,
+        &req,
+        Permission::DecideApprovals,
+        |form| {
+            let ttl = form.field("ttl_seconds").trim();
+            let body = ttl
+                .parse::<u64>()
+                .ok()
+                .map(|ttl_seconds| json!({ "ttl_seconds": ttl_seconds }));
+            Act {
+                path: format!("/approvals/{}/approve", url_part(&id)),
+                body,
+                back: "/console/approvals",
+                done: format!(
+                    "approved `{id}`: the agent's retry of this exact call goes through once"
+                ),
+            }
+        },
+    )
     .await
 }
 
@@ -137,12 +162,19 @@ pub(super) async fn deny(
     Path(id): Path<String>,
     req: FormRequest,
 ) -> Response {
-    act(&console, &state, &call, &req, Permission::DecideApprovals, |_| Act {
-        path: format!("/approvals/{}/deny", url_part(&id)),
-        body: None,
-        back: "/console/approvals",
-        done: format!("denied `{id}`"),
-    })
+    act(
+        &console,
+        &state,
+        &call,
+        &req,
+        Permission::DecideApprovals,
+        |_| Act {
+            path: format!("/approvals/{}/deny", url_part(&id)),
+            body: None,
+            back: "/console/approvals",
+            done: format!("denied `{id}`"),
+        },
+    )
     .await
 }
 
@@ -153,15 +185,22 @@ pub(super) async fn resolve_alert(
     Path(id): Path<String>,
     req: FormRequest,
 ) -> Response {
-    act(&console, &state, &call, &req, Permission::ResolveAlerts, |form| {
-        let verdict = form.field("verdict").to_string();
-        Act {
-            path: format!("/alerts/{}/resolve", url_part(&id)),
-            body: Some(json!({ "verdict": verdict })),
-            back: "/console/alerts",
-            done: format!("alert {id} resolved as {verdict}"),
-        }
-    })
+    act(
+        &console,
+        &state,
+        &call,
+        &req,
+        Permission::ResolveAlerts,
+        |form| {
+            let verdict = form.field("verdict").to_string();
+            Act {
+                path: format!("/alerts/{}/resolve", url_part(&id)),
+                body: Some(json!({ "verdict": verdict })),
+                back: "/console/alerts",
+                done: format!("alert {id} resolved as {verdict}"),
+            }
+        },
+    )
     .await
 }
 
@@ -171,15 +210,26 @@ pub(super) async fn approve_tool(
     Extension(call): Extension<Call>,
     req: FormRequest,
 ) -> Response {
-    act(&console, &state, &call, &req, Permission::ApproveTools, |form| {
-        let (route, name, digest) = (form.field("route"), form.field("name"), form.field("digest"));
-        Act {
-            path: "/tools/approve".to_string(),
-            body: Some(json!({ "route": route, "name": name, "digest": digest })),
-            back: "/console/tools",
-            done: format!("tool `{route}/{name}` approved at digest {digest}"),
-        }
-    })
+    act(
+        &console,
+        &state,
+        &call,
+        &req,
+        Permission::ApproveTools,
+        |form| {
+            let (route, name, digest) = (
+                form.field("route"),
+                form.field("name"),
+                form.field("digest"),
+            );
+            Act {
+                path: "/tools/approve".to_string(),
+                body: Some(json!({ "route": route, "name": name, "digest": digest })),
+                back: "/console/tools",
+                done: format!("tool `{route}/{name}` approved at digest {digest}"),
+            }
+        },
+    )
     .await
 }
 
@@ -193,7 +243,7 @@ pub(super) async fn explain(
 ) -> Response {
     let form = match submitted(&console, &state, &call, &req, Permission::QueryPolicies) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let body = json!({
         "agent": form.field("agent").trim(),
@@ -214,7 +264,11 @@ pub(super) async fn explain(
     let shown = match answer {
         Ok(v) => format!(
             "<p id=\"explain-decision\">decision: <strong>{}</strong></p>{}",
-            if v["allowed"].as_bool() == Some(true) { "allow" } else { "deny" },
+            if v["allowed"].as_bool() == Some(true) {
+                "allow"
+            } else {
+                "deny"
+            },
             pre_json(&v)
         ),
         Err(r) => format!("<p class=\"flash error\">{}</p>", esc(&refused(&r).text)),
@@ -245,9 +299,14 @@ pub(super) async fn whatif(
 ) -> Response {
     let form = match submitted(&console, &state, &call, &req, Permission::QueryPolicies) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
-    let hours = form.field("hours").trim().parse::<i64>().unwrap_or(24).clamp(1, 24 * 90);
+    let hours = form
+        .field("hours")
+        .trim()
+        .parse::<i64>()
+        .unwrap_or(24)
+        .clamp(1, 24 * 90);
     let since_ms = crate::api::now_ms() - hours * 3_600_000;
     let answer = match console
         .api

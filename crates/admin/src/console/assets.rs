@@ -8,7 +8,11 @@ use axum::response::{IntoResponse, Response};
 
 /// (file name, content type, text).
 const ASSETS: &[(&str, &str, &str)] = &[
-    ("console.css", "text/css; charset=utf-8", include_str!("assets/console.css")),
+    (
+        "console.css",
+        "text/css; charset=utf-8",
+        include_str!("assets/console.css"),
+    ),
     (
         "console.js",
         "text/javascript; charset=utf-8",

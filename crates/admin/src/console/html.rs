@@ -65,9 +65,8 @@ pub(crate) fn time_s(value: &Value) -> String {
 }
 
 fn rfc3339(nanos: i128) -> String {
-    let format = time::macros::format_description!(
-        "[year]-[month]-[day]T[hour]:[minute]:[second]Z"
-    );
+    let format =
+        time::macros::format_description!("[year]-[month]-[day]T[hour]:[minute]:[second]Z");
     time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
         .and_then(|t| t.format(&format).ok())
@@ -185,7 +184,11 @@ pub(crate) fn action_form(
     if step_up {
         out.push_str(step_up_fields());
     }
-    let _ = write!(out, "<button type=\"submit\">{}</button></form>", esc(label));
+    let _ = write!(
+        out,
+        "<button type=\"submit\">{}</button></form>",
+        esc(label)
+    );
     out
 }
 
@@ -229,7 +232,10 @@ mod tests {
             "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&amp;&quot;"
         );
         assert_eq!(url_part("a b/c?d"), "a%20b%2Fc%3Fd");
-        assert_eq!(time_ms(&serde_json::json!(1_700_000_000_123i64)), "2023-11-14T22:13:20Z");
+        assert_eq!(
+            time_ms(&serde_json::json!(1_700_000_000_123i64)),
+            "2023-11-14T22:13:20Z"
+        );
         assert_eq!(time_s(&serde_json::json!(0)), "-");
     }
 }

@@ -30,7 +30,7 @@ pub(super) async fn events(
 ) -> Response {
     let session = match viewer(&console, &headers, Permission::View) {
         Ok(s) => s,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let head = state.sink.watch_head();
     let seen = head.borrow().size;
@@ -65,8 +65,7 @@ fn decisions(
             {
                 for record in records {
                     let value = serde_json::to_value(&record).unwrap_or_default();
-                    let data =
-                        serde_json::json!({ "fields": decision_fields(&value) }).to_string();
+                    let data = serde_json::json!({ "fields": decision_fields(&value) }).to_string();
                     events.push(Ok(Event::default().event("decision").data(data)));
                 }
             }

@@ -79,7 +79,10 @@ pub(crate) fn routes(api: Api) -> Router<AdminState> {
         .route("/console/events", get(live::events))
         .route("/console/agents", get(pages::agents))
         .route("/console/agents/{name}/revoke", post(actions::revoke_agent))
-        .route("/console/agents/{name}/release", post(actions::release_agent))
+        .route(
+            "/console/agents/{name}/release",
+            post(actions::release_agent),
+        )
         .route("/console/approvals", get(pages::approvals))
         .route("/console/approvals/{id}/approve", post(actions::approve))
         .route("/console/approvals/{id}/deny", post(actions::deny))
@@ -166,16 +169,16 @@ fn viewer(
     console: &Console,
     headers: &HeaderMap,
     permission: Permission,
-) -> Result<SessionView, Response> {
+) -> Result<SessionView, Box<Response>> {
     let Some(session) = console.sessions.find(headers) else {
-        return Err(see_other("/console/login"));
+        return Err(Box::new(see_other("/console/login")));
     };
     if !may(&session, permission) {
-        return Err(refusal_page(
+        return Err(Box::new(refusal_page(
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,
             "your admin role may not see this page",
-        ));
+        )));
     }
     Ok(session)
 }
@@ -191,7 +194,10 @@ pub(crate) struct Form {
 
 impl Form {
     pub(crate) fn field(&self, name: &str) -> &str {
-        self.fields.get(name).map(String::as_str).unwrap_or_default()
+        self.fields
+            .get(name)
+            .map(String::as_str)
+            .unwrap_or_default()
     }
 }
 
@@ -201,7 +207,7 @@ fn submitted(
     call: &Call,
     req: &FormRequest,
     permission: Permission,
-) -> Result<Form, Response> {
+) -> Result<Form, Box<Response>> {
     let fields: HashMap<String, String> =
         serde_urlencoded::from_bytes::<Vec<(String, String)>>(&req.body)
             .unwrap_or_default()
@@ -222,21 +228,21 @@ fn submitted(
             403,
             Some(ErrorCode::Forbidden),
         );
-        return Err(refusal_page(
+        return Err(Box::new(refusal_page(
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,
             "this form has no valid CSRF token (or your session ended): reload the page and try again",
-        ));
+        )));
     }
     let Some(session) = session else {
-        return Err(see_other("/console/login"));
+        return Err(Box::new(see_other("/console/login")));
     };
     if !may(&session, permission) {
-        return Err(refusal_page(
+        return Err(Box::new(refusal_page(
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,
             "your admin role may not do this",
-        ));
+        )));
     }
     Ok(Form {
         session,
@@ -289,7 +295,12 @@ async fn login_form() -> Response {
 
 fn login_page(nonce: &str, error: Option<&str>) -> String {
     let error = error
-        .map(|e| format!("<p class=\"flash error\" id=\"login-error\">{}</p>", html::esc(e)))
+        .map(|e| {
+            format!(
+                "<p class=\"flash error\" id=\"login-error\">{}</p>",
+                html::esc(e)
+            )
+        })
         .unwrap_or_default();
     html::page(
         "Log in",
@@ -381,7 +392,7 @@ async fn logout(
 ) -> Response {
     let form = match submitted(&console, &state, &call, &req, Permission::View) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     console.sessions.end(&form.session);
     call.done(&state.sink, "console.logout", "/console", 303);

@@ -64,7 +64,7 @@ fn ctx(
     headers: &HeaderMap,
     remote: Option<Extension<RemoteAddr>>,
     permission: Permission,
-) -> Result<Ctx, Response> {
+) -> Result<Ctx, Box<Response>> {
     let session = viewer(&console, headers, permission)?;
     Ok(Ctx {
         console,
@@ -77,7 +77,7 @@ macro_rules! ctx_or_return {
     ($console:expr, $headers:expr, $remote:expr, $permission:expr) => {
         match ctx($console, &$headers, $remote, $permission) {
             Ok(c) => c,
-            Err(response) => return response,
+            Err(response) => return *response,
         }
     };
 }
@@ -85,7 +85,14 @@ macro_rules! ctx_or_return {
 /// The columns of a decision row; `console.js` builds the same ones from
 /// the event stream.
 const DECISION_COLUMNS: &[&str] = &[
-    "time", "kind", "principal", "action", "resource", "outcome", "status", "request",
+    "time",
+    "kind",
+    "principal",
+    "action",
+    "resource",
+    "outcome",
+    "status",
+    "request",
 ];
 
 /// A decision's columns as plain text (the stream sends these; the script
@@ -154,7 +161,8 @@ pub(super) async fn overview(
          <a class=\"tile\" href=\"/console/audit\"><span class=\"n\">{}</span> audit records ({})</a>\
          </section>",
         count(&agents, "agents", &|a: &Value| a["status"] == "active"),
-        count(&approvals, "approvals", &|t: &Value| t["status"] == "pending"),
+        count(&approvals, "approvals", &|t: &Value| t["status"]
+            == "pending"),
         count(&alerts, "alerts", &|_: &Value| true),
         head.size,
         esc(&audit),
@@ -165,7 +173,10 @@ pub(super) async fn overview(
     );
     match c.get("/audit?limit=25").await {
         Ok(v) => {
-            let mut records: Vec<&Value> = v["records"].as_array().map(|a| a.iter().collect()).unwrap_or_default();
+            let mut records: Vec<&Value> = v["records"]
+                .as_array()
+                .map(|a| a.iter().collect())
+                .unwrap_or_default();
             records.reverse();
             let rows: Vec<Vec<String>> = records.iter().map(|r| decision_row(r)).collect();
             body.push_str(&live_table(&rows));
@@ -283,7 +294,15 @@ pub(super) async fn agents(
     }
     let body = table(
         "agents",
-        &["agent", "roles", "status", "risk", "last seen", "certificate expires", ""],
+        &[
+            "agent",
+            "roles",
+            "status",
+            "risk",
+            "last seen",
+            "certificate expires",
+            "",
+        ],
         &rows,
         "No agents yet: `portcullis agent create NAME --role ROLE`.",
     );
@@ -327,11 +346,20 @@ fn held_call(t: &Value) -> String {
         ),
     );
     if !t["preview"].is_null() {
-        item("preview", format!("<pre class=\"preview\">{}</pre>", esc(&text(&t["preview"]))));
+        item(
+            "preview",
+            format!("<pre class=\"preview\">{}</pre>", esc(&text(&t["preview"]))),
+        );
     }
     if !t["tool"].is_null() {
         item("tool", esc(&text(&t["tool"])));
-        item("arguments", format!("<div class=\"arguments\">{}</div>", pre_json(&t["arguments"])));
+        item(
+            "arguments",
+            format!(
+                "<div class=\"arguments\">{}</div>",
+                pre_json(&t["arguments"])
+            ),
+        );
     }
     if !t["model"].is_null() {
         item("model", esc(&text(&t["model"])));
@@ -433,7 +461,11 @@ pub(super) async fn alerts(
     agents.dedup();
     for agent in agents.iter().take(20) {
         if let Ok(detail) = c.get(&format!("/agents/{}", url_part(agent))).await {
-            for p in detail["analytics"]["risk_history"].as_array().into_iter().flatten() {
+            for p in detail["analytics"]["risk_history"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
                 points.push(RiskPoint {
                     agent: agent.clone(),
                     time_ms: p["time_ms"].as_i64().unwrap_or_default(),
@@ -642,7 +674,11 @@ pub(super) async fn tools(
         .map(|t| {
             let (route, name, digest) = (text(&t["route"]), text(&t["name"]), text(&t["digest"]));
             let approve = if t["status"] == "approved" {
-                format!("by {} at {}", esc(&text(&t["approved_by"])), esc(&time_ms(&t["approved_ms"])))
+                format!(
+                    "by {} at {}",
+                    esc(&text(&t["approved_by"])),
+                    esc(&time_ms(&t["approved_ms"]))
+                )
             } else {
                 action_form(
                     &c.session,
@@ -662,7 +698,10 @@ pub(super) async fn tools(
                 esc(&name),
                 esc(&text(&t["status"])),
                 format!("<code class=\"digest\">{}</code>", esc(&digest)),
-                format!("<code class=\"digest\">{}</code>", esc(&text(&t["approved_digest"]))),
+                format!(
+                    "<code class=\"digest\">{}</code>",
+                    esc(&text(&t["approved_digest"]))
+                ),
                 format!(
                     "<details><summary>definition and findings</summary>{}{}</details>",
                     pre_json(&t["definition"]),
@@ -674,7 +713,15 @@ pub(super) async fn tools(
         .collect();
     let body = table(
         "tools",
-        &["route", "tool", "status", "digest seen", "digest approved", "", ""],
+        &[
+            "route",
+            "tool",
+            "status",
+            "digest seen",
+            "digest approved",
+            "",
+            "",
+        ],
         &rows,
         "No MCP tools seen yet.",
     );
@@ -748,13 +795,23 @@ async fn lookup(c: &Ctx, id: &str) -> String {
         Ok(r) => r,
         Err(e) => return e,
     };
-    let mut out = format!("<h3>Record {}</h3>{}", esc(&text(&record["seq"])), pre_json(&record["record"]));
-    let proof = match c.get(&format!("/audit/proof/inclusion?id={}", url_part(id))).await {
+    let mut out = format!(
+        "<h3>Record {}</h3>{}",
+        esc(&text(&record["seq"])),
+        pre_json(&record["record"])
+    );
+    let proof = match c
+        .get(&format!("/audit/proof/inclusion?id={}", url_part(id)))
+        .await
+    {
         Ok(p) => p,
         Err(e) => return out + &e,
     };
     let verdict = match verify_proof(c, &proof).await {
-        Ok(size) => format!("verified: record is leaf {} of the signed tree of {size}", text(&proof["seq"])),
+        Ok(size) => format!(
+            "verified: record is leaf {} of the signed tree of {size}",
+            text(&proof["seq"])
+        ),
         Err(why) => format!("NOT verified: {why}"),
     };
     let _ = write!(
@@ -773,13 +830,20 @@ async fn lookup(c: &Ctx, id: &str) -> String {
 }
 
 async fn verify_proof(c: &Ctx, proof: &Value) -> Result<u64, String> {
-    let key = c.get("/audit/checkpoint").await.map_err(|_| "no verifier key".to_string())?;
-    let note = proof["checkpoint"]["note"].as_str().ok_or("no checkpoint")?;
+    let key = c
+        .get("/audit/checkpoint")
+        .await
+        .map_err(|_| "no verifier key".to_string())?;
+    let note = proof["checkpoint"]["note"]
+        .as_str()
+        .ok_or("no checkpoint")?;
     let key = key["verifier_key"].as_str().ok_or("no verifier key")?;
     let cp = checkpoint::parse_and_verify(note, key).map_err(|e| e.to_string())?;
     let hash = |v: &Value| -> Result<merkle::Hash, String> {
         let bytes = hex::decode(v.as_str().unwrap_or_default()).map_err(|e| e.to_string())?;
-        bytes.try_into().map_err(|_| "a hash is not 32 bytes".to_string())
+        bytes
+            .try_into()
+            .map_err(|_| "a hash is not 32 bytes".to_string())
     };
     let leaf = proof["leaf"].as_str().ok_or("no leaf")?;
     let leaf_hash = merkle::leaf_hash(leaf.as_bytes());
@@ -820,7 +884,10 @@ pub(super) async fn inventory(
         .into_iter()
         .flatten()
         .map(|e| Flow {
-            from: e["principal"].as_str().unwrap_or("(unauthenticated)").to_string(),
+            from: e["principal"]
+                .as_str()
+                .unwrap_or("(unauthenticated)")
+                .to_string(),
             to: text(&e["resource"]),
             requests: e["requests"].as_u64().unwrap_or_default(),
             denied: e["denied"].as_u64().unwrap_or_default(),
@@ -850,7 +917,13 @@ pub(super) async fn inventory(
         .collect();
     body.push_str(&table(
         "flows",
-        &["identity", "resource", "requests", "denied", "highest classification"],
+        &[
+            "identity",
+            "resource",
+            "requests",
+            "denied",
+            "highest classification",
+        ],
         &rows,
         "No traffic recorded yet.",
     ));

@@ -200,7 +200,9 @@ impl Sessions {
 
     /// Takes the session's message, if any.
     pub(crate) fn take_flash(&self, session: &SessionView) -> Option<Flash> {
-        self.lock().get_mut(&session.key).and_then(|s| s.flash.take())
+        self.lock()
+            .get_mut(&session.key)
+            .and_then(|s| s.flash.take())
     }
 
     fn expired(&self, session: &Session, now: Instant) -> bool {
@@ -257,7 +259,10 @@ mod tests {
 
     fn headers(cookie_header: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, HeaderValue::from_str(cookie_header).unwrap());
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_str(cookie_header).unwrap(),
+        );
         h
     }
 
@@ -273,7 +278,11 @@ mod tests {
         let view = sessions.find(&h).unwrap();
         assert_eq!(view.credential.as_str(), token);
         assert!(sessions.alive(&view));
-        assert!(sessions.find(&headers(&format!("{SESSION_COOKIE}={}", random_hex()))).is_none());
+        assert!(
+            sessions
+                .find(&headers(&format!("{SESSION_COOKIE}={}", random_hex())))
+                .is_none()
+        );
         sessions.end(&view);
         assert!(sessions.find(&h).is_none());
         assert!(!sessions.alive(&view));
@@ -306,7 +315,11 @@ mod tests {
             sessions.login(&token, &hashes).unwrap();
         }
         assert_eq!(sessions.lock().len(), MAX_SESSIONS);
-        assert!(sessions.find(&headers(&format!("{SESSION_COOKIE}={first}"))).is_none());
+        assert!(
+            sessions
+                .find(&headers(&format!("{SESSION_COOKIE}={first}")))
+                .is_none()
+        );
     }
 
     #[test]

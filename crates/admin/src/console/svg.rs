@@ -27,7 +27,12 @@ pub(crate) fn risk_timeline(points: &[RiskPoint]) -> String {
         return "<p class=\"empty\" id=\"risk-timeline\">No risk history yet.</p>".to_string();
     }
     let t0 = points.iter().map(|p| p.time_ms).min().unwrap_or(0);
-    let t1 = points.iter().map(|p| p.time_ms).max().unwrap_or(0).max(t0 + 1);
+    let t1 = points
+        .iter()
+        .map(|p| p.time_ms)
+        .max()
+        .unwrap_or(0)
+        .max(t0 + 1);
     let top = points
         .iter()
         .map(|p| p.risk)
@@ -182,8 +187,18 @@ mod tests {
         assert!(svg.contains("a&lt;b") && !svg.contains("a<b"));
         assert_eq!(svg.matches("<line class=\"flow denied\"").count(), 1);
         let chart = risk_timeline(&[
-            RiskPoint { agent: "x".into(), time_ms: 1, risk: 0.2, alert: false },
-            RiskPoint { agent: "x".into(), time_ms: 2, risk: 0.9, alert: true },
+            RiskPoint {
+                agent: "x".into(),
+                time_ms: 1,
+                risk: 0.2,
+                alert: false,
+            },
+            RiskPoint {
+                agent: "x".into(),
+                time_ms: 2,
+                risk: 0.9,
+                alert: true,
+            },
         ]);
         assert_eq!(chart.matches("<polyline").count(), 1);
         assert_eq!(chart.matches("<circle").count(), 1);
