@@ -2,7 +2,8 @@
 //! for Python (`tests/console/browser.py`) against the real binary. Logs in,
 //! sees a held call appear, approves it, watches the retry go through in the
 //! live view, revokes an agent, checks the CSP and the session cookie, and
-//! that a form without a CSRF token is refused; screenshots go to
+//! that a form without a CSRF token is refused; once a human admin has
+//! enrolled, approving needs her TOTP code (step-up) exactly as in the API; screenshots go to
 //! `<target>/tmp/console-screenshots/`. Skips, saying so, only when Chromium
 //! is absent (`apt-get install chromium`; `.ci/run` installs it).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
@@ -153,6 +154,22 @@ async fn the_console_in_a_real_browser() {
     assert!(
         has("approval.approve", &format!("approval:{ticket}")),
         "approval.approve"
+    );
+    // Decided with step-up: the enrolled admin is the record's principal.
+    assert!(
+        records.iter().any(|r| r["action"] == "approval.approve"
+            && r["principal"] == "admin:alice"
+            && r["outcome"] == "allow"),
+        "approved by alice"
+    );
+    // The attempt without her code was refused like an API call without it.
+    assert!(
+        records.iter().any(|r| r["action"] == "admin.post"
+            && r["outcome"] == "deny"
+            && r["resource"]
+                .as_str()
+                .is_some_and(|p| p.ends_with(&format!("/approvals/{ticket}/approve")))),
+        "the refused approval is audited"
     );
     assert!(has("agent.revoke", "victim"), "agent.revoke");
     assert!(

@@ -1,16 +1,22 @@
 """Drives the web console in a real browser (Debian's Chromium through
-Playwright): log in, watch a held call appear in the approvals queue, approve
-it, watch the agent's retry go through in the live view, revoke an agent,
-check the CSP and the session cookie, and check that a form without a CSRF
-token is refused. Called by crates/cli/tests/console.rs with one JSON
-argument; writes screenshots to its `artefacts` directory and prints one
-JSON line of findings. Any failed check raises (exit status 1).
-"""
+Playwright): log in, check the CSP and the session cookie, check that a form
+without a CSRF token is refused, revoke an agent, enrol a human admin, watch a
+held call appear in the approvals queue, see approving it refused without
+step-up, approve it with her fresh TOTP code, watch the agent's retry go
+through in the live view, check an audit inclusion proof, log out. Called by
+crates/cli/tests/console.rs with one JSON argument; writes screenshots to its
+`artefacts` directory and prints one JSON line of findings. Any failed check
+raises (exit status 1)."""
 
+import base64
+import hashlib
+import hmac
 import json
 import os
 import ssl
+import struct
 import sys
+import time
 
 import httpx
 from playwright.sync_api import expect, sync_playwright
@@ -35,6 +41,18 @@ def transfer(client):
         content=b'{"memo":"rent"}',
     )
     return r.status_code, r.json(), r.headers.get("x-request-id")
+
+
+def fresh_code(secret_b32):
+    """RFC 6238 (SHA-1, 6 digits, 30 s), in a step with time left: a code
+    is accepted once, and must not expire on its way."""
+    while time.time() % 30 > 22:
+        time.sleep(0.2)
+    key = base64.b32decode(secret_b32 + "=" * (-len(secret_b32) % 8))
+    mac = hmac.new(key, struct.pack(">Q", int(time.time()) // 30), hashlib.sha1).digest()
+    offset = mac[-1] & 0x0F
+    value = struct.unpack(">I", mac[offset : offset + 4])[0] & 0x7FFFFFFF
+    return f"{value % 1_000_000:06d}"
 
 
 def shot(page, name):
@@ -89,6 +107,36 @@ with sync_playwright() as p:
     live.goto(ADMIN + "/console")
     expect(live.locator("#live-status")).to_have_attribute("data-live", "on")
 
+    # A form without its CSRF token is refused, and nothing happens.
+    no_token = context.request.post(ADMIN + f"/console/agents/{cfg['victim']}/revoke", form={})
+    assert no_token.status == 403 and "CSRF" in no_token.text(), (no_token.status, no_token.text())
+    wrong = context.request.post(
+        ADMIN + f"/console/agents/{cfg['victim']}/revoke", form={"csrf": "0" * 64}
+    )
+    assert wrong.status == 403, wrong.status
+    found["csrf_refused"] = [no_token.status, wrong.status]
+
+    # Revoke an agent from the agents page (no admin has enrolled yet: the
+    # admin token alone may, as in the API).
+    page.goto(ADMIN + "/console/agents")
+    victim_row = page.locator("#agents tbody tr", has=page.locator(".agent-name", has_text=cfg["victim"]))
+    expect(victim_row.locator(".status")).to_have_text("active")
+    shot(page, "06-agents")
+    victim_row.locator("button", has_text="Revoke").click()
+    expect(page.locator("#flash")).to_contain_text(f"agent `{cfg['victim']}` revoked")
+    expect(victim_row.locator(".status")).to_have_text("revoked")
+    shot(page, "07-revoked")
+
+    # Now a human admin enrols: deciding needs her fresh TOTP code (step-up).
+    with httpx.Client(verify=ssl.create_default_context(cafile=cfg["ca"]), timeout=10) as api:
+        enrolled = api.post(
+            ADMIN + "/admin/v1/admins",
+            headers={"authorization": "Bearer " + cfg["token"]},
+            json={"name": "alice"},
+        )
+        assert enrolled.status_code in (200, 201), enrolled.text
+        secret = enrolled.json()["totp_secret"]
+
     # The held call appears in the approvals queue by itself.
     page.goto(ADMIN + "/console/approvals")
     payer = agent_client(cfg["payer_cert"], cfg["payer_key"])
@@ -104,8 +152,17 @@ with sync_playwright() as p:
     expect(card.locator(".badge")).to_have_text("pending")
     shot(page, "03-approval-held")
 
-    # Approve it.
+    # Approving without the step-up code is refused by the API's own check.
     card.locator("button.approve").click()
+    expect(page.locator("#flash")).to_contain_text("(mfa_required)")
+    expect(page.locator(f'article[data-ticket="{ticket}"] .badge')).to_have_text("pending")
+    shot(page, "04a-step-up-required")
+
+    # With alice's fresh code it is approved.
+    approve_form = page.locator(f'article[data-ticket="{ticket}"] form', has=page.locator("button.approve"))
+    approve_form.locator("input[name=user]").fill("alice")
+    approve_form.locator("input[name=totp]").fill(fresh_code(secret))
+    approve_form.locator("button.approve").click()
     expect(page.locator("#flash")).to_contain_text(f"approved `{ticket}`")
     expect(page.locator(f'article[data-ticket="{ticket}"] .badge')).to_have_text("approved")
     shot(page, "04-approved")
@@ -118,27 +175,6 @@ with sync_playwright() as p:
     expect(row).to_be_visible()
     expect(row.locator(".outcome")).to_have_text("allow")
     shot(live, "05-live-allow")
-
-    # A form without its CSRF token is refused, and nothing happens.
-    no_token = context.request.post(ADMIN + f"/console/agents/{cfg['victim']}/revoke", form={})
-    assert no_token.status == 403 and "CSRF" in no_token.text(), (no_token.status, no_token.text())
-    wrong = context.request.post(
-        ADMIN + f"/console/agents/{cfg['victim']}/revoke", form={"csrf": "0" * 64}
-    )
-    assert wrong.status == 403, wrong.status
-    found["csrf_refused"] = [no_token.status, wrong.status]
-
-    # Revoke an agent from the agents page.
-    page.goto(ADMIN + "/console/agents")
-    victim_row = page.locator("#agents tbody tr", has=page.locator(".agent-name", has_text=cfg["victim"]))
-    expect(victim_row.locator(".status")).to_have_text("active")
-    shot(page, "06-agents")
-    victim_row.locator("button", has_text="Revoke").click()
-    expect(page.locator("#flash")).to_contain_text(f"agent `{cfg['victim']}` revoked")
-    expect(
-        page.locator("#agents tbody tr", has=page.locator(".agent-name", has_text=cfg["victim"])).locator(".status")
-    ).to_have_text("revoked")
-    shot(page, "07-revoked")
 
     # The other pages render.
     for name, path, selector in [
