@@ -28,6 +28,6 @@ mod policy_api;
 mod tools_api;
 mod vault_api;
 
-pub use api::{AdminState, DEFAULT_CERT_TTL, RemoteAddr, router};
+pub use api::{AdminState, DEFAULT_CERT_TTL, RemoteAddr, ShuttingDown, router};
 pub use auth::{hash_token, new_token};
 pub use mfa::{MfaKeys, TOTP_HEADER, USER_HEADER};

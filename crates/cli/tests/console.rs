@@ -195,3 +195,128 @@ async fn the_console_in_a_real_browser() {
         .unwrap();
     assert_eq!(victim["status"], "revoked", "{victim}");
 }
+
+/// The value of cookie `name` in a response's `Set-Cookie` headers, with the
+/// whole header.
+fn set_cookie(r: &reqwest::Response, name: &str) -> Option<(String, String)> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            let value = v.strip_prefix(&format!("{name}="))?;
+            Some((value.split(';').next()?.to_string(), v.to_string()))
+        })
+}
+
+/// Without a browser: pages need a session, the login form its nonce, every
+/// form its CSRF token, every answer carries the CSP; and an open live
+/// stream ends when shutdown begins instead of holding up the drain (it held
+/// it for the whole `drain_timeout`, 30 s, before).
+#[tokio::test(flavor = "multi_thread")]
+async fn console_sessions_forms_and_the_live_stream_at_shutdown() {
+    support::install_crypto();
+    let mut server = tokio::task::spawn_blocking(bank_server).await.unwrap();
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(support::tls_config(&server.ca_pem(), None))
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let url = |path: &str| format!("https://{}{path}", server.admin);
+
+    // No session: the login page, and the CSP on every answer.
+    let r = http.get(url("/console/agents")).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/console/login");
+    let csp = r.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+
+    // The login form's nonce: without it (or with another) no session.
+    let r = http.get(url("/console/login")).send().await.unwrap();
+    let (nonce, header) = set_cookie(&r, "__Host-portcullis-login").unwrap();
+    assert!(
+        header.contains("HttpOnly")
+            && header.contains("Secure")
+            && header.contains("SameSite=Strict"),
+        "{header}"
+    );
+    let token = server.admin_token();
+    let login = |cookie: String, field: String| {
+        http.post(url("/console/login"))
+            .header("cookie", format!("__Host-portcullis-login={cookie}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}&login_nonce={field}"))
+            .send()
+    };
+    let r = login(nonce.clone(), "0".repeat(64)).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = login(nonce.clone(), nonce.clone()).await.unwrap();
+    assert_eq!(r.status(), 303);
+    let (session, header) = set_cookie(&r, "__Host-portcullis-console").unwrap();
+    assert!(
+        header.contains("HttpOnly")
+            && header.contains("Secure")
+            && header.contains("SameSite=Strict")
+            && header.contains("Path=/"),
+        "{header}"
+    );
+    let cookie = format!("__Host-portcullis-console={session}");
+
+    // A page renders; a form without its token is refused and changes nothing.
+    let r = http
+        .get(url("/console/agents"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let r = http
+        .post(url("/console/logout"))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("csrf=")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = http
+        .get(url("/console"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the session survived the refused logout");
+    assert_eq!(csrf.len(), 64);
+
+    // An open live stream does not hold up shutdown.
+    let stream = http
+        .get(url("/console/events"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "shutdown took {:?} with a live stream open",
+        started.elapsed()
+    );
+    drop(stream);
+}
