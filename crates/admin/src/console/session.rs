@@ -96,8 +96,16 @@ pub(crate) struct SessionView {
 /// makes (the console is one of its clients), so this is the page-level
 /// view of the same authorisation, never a second one.
 pub(crate) fn may(session: &SessionView, permission: Permission) -> bool {
-    let _ = (&session.name, permission);
-    true
+    // Exhaustive on purpose: a new permission must be decided here.
+    match permission {
+        Permission::View
+        | Permission::ManageAgents
+        | Permission::DecideApprovals
+        | Permission::ResolveAlerts
+        | Permission::ApproveTools
+        | Permission::QueryPolicies
+        | Permission::ReadAudit => !session.credential.is_empty(),
+    }
 }
 
 /// The session table.
