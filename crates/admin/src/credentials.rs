@@ -79,6 +79,19 @@ impl AdminCredentials {
             .cloned()
     }
 
+    /// One live credential (unit tests of the credential's users).
+    #[cfg(test)]
+    pub(crate) fn single(token: &str, role: Role) -> Self {
+        let identity = AdminIdentity {
+            id: "test".into(),
+            name: "test".into(),
+            role,
+        };
+        AdminCredentials {
+            by_hash: RwLock::new(HashMap::from([(hash_token(token), Arc::new(identity))])),
+        }
+    }
+
     /// How many credentials are live.
     pub fn len(&self) -> usize {
         self.by_hash.read().unwrap_or_else(|e| e.into_inner()).len()

@@ -6,6 +6,8 @@
 //! codes as the data plane (`docs/errors.md`).
 //!
 //! Unauthenticated: `GET /healthz`, `GET /readyz`, `GET /metrics`.
+//! The web console (`/console`, `console/`): a login session over the same
+//! API. The OpenAPI description: `GET /admin/v1/openapi.json` (`openapi.rs`).
 //! A named admin credential (bearer token, `credentials.rs`) with a role
 //! (`roles.rs`): everything under `/admin/v1/`, each route needing the one
 //! permission `route_permissions.rs` maps it to (default deny). Every change
@@ -21,9 +23,11 @@ mod api;
 mod approvals_api;
 mod audit_api;
 mod auth;
+mod console;
 mod credentials;
 mod identity_api;
 mod mfa;
+mod openapi;
 mod policy_api;
 mod roles;
 mod route_permissions;
@@ -31,7 +35,7 @@ mod stepup;
 mod tools_api;
 mod vault_api;
 
-pub use api::{AdminState, DEFAULT_CERT_TTL, RemoteAddr, router};
+pub use api::{AdminState, DEFAULT_CERT_TTL, RemoteAddr, ShuttingDown, router};
 pub use auth::{hash_token, new_token};
 pub use credentials::{AdminCredentials, AdminIdentity, BOOTSTRAP_NAME, ensure_bootstrap};
 pub use mfa::{MfaKeys, TOTP_HEADER, USER_HEADER};

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use portcullis_admin::{AdminState, MfaKeys, RemoteAddr};
+use portcullis_admin::{AdminState, MfaKeys, RemoteAddr, ShuttingDown};
 use portcullis_gateway::audit_export::Exporters;
 use portcullis_gateway::audit_sink::AuditWriter;
 use portcullis_gateway::audit_spool;
@@ -518,12 +518,19 @@ pub async fn run(
         admin_tls,
         config.connections.clone(),
         gateway.metrics().connections("admin"),
-        move |info: ConnectionInfo| {
-            let admin = admin.clone();
-            let remote = RemoteAddr(info.remote);
-            move |mut req: http::Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(remote);
-                admin.clone().oneshot(req)
+        {
+            // Long-lived answers (the console's live stream) end when
+            // shutdown begins, so they never hold up the drain.
+            let stopping = ShuttingDown(shutdown_rx.clone());
+            move |info: ConnectionInfo| {
+                let admin = admin.clone();
+                let remote = RemoteAddr(info.remote);
+                let stopping = stopping.clone();
+                move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(remote);
+                    req.extensions_mut().insert(stopping.clone());
+                    admin.clone().oneshot(req)
+                }
             }
         },
         shutdown_rx,

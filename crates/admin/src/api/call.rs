@@ -274,6 +274,12 @@ pub(crate) fn now_ms() -> i64 {
 #[derive(Clone, Copy, Debug)]
 pub struct RemoteAddr(pub SocketAddr);
 
+/// Becomes `true` when the process starts shutting down; put into request
+/// extensions by the listener glue, so long-lived answers (the console's
+/// live stream) end at once instead of holding up the drain.
+#[derive(Clone, Debug)]
+pub struct ShuttingDown(pub tokio::sync::watch::Receiver<bool>);
+
 pub(super) async fn with_call(mut req: Request<Body>, next: Next) -> Response {
     let call = Call {
         request_id: RequestId::new(),

@@ -48,10 +48,12 @@ pub struct AdminState {
     pub mfa: Arc<crate::mfa::MfaKeys>,
 }
 
-/// The admin router. `remote` addresses reach handlers through a
-/// `ConnectInfo`-like extension the listener adds.
-pub fn router(state: AdminState) -> Router {
-    let api = Router::new()
+/// The admin API's routes under `/admin/v1`, before authentication is
+/// layered on. The OpenAPI test reads the route list from this router, so a
+/// route added here and not described in `openapi.rs` fails the build's tests.
+pub(crate) fn api_routes() -> Router<AdminState> {
+    Router::new()
+        .route("/openapi.json", get(crate::openapi::serve))
         .route("/agents", post(create_agent).get(list_agents))
         .route("/agents/{name}", get(show_agent))
         .route("/agents/{name}/revoke", post(revoke_agent))
@@ -83,13 +85,36 @@ pub fn router(state: AdminState) -> Router {
         .route("/inventory", get(crate::audit_api::inventory))
         .merge(crate::policy_api::routes())
         .merge(crate::approvals_api::routes())
-        .method_not_allowed_fallback(method_not_allowed)
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+}
+
+/// The unauthenticated probes.
+pub(crate) fn probe_routes() -> Router<AdminState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+}
+
+/// The admin router. `remote` addresses reach handlers through a
+/// `ConnectInfo`-like extension the listener adds.
+pub fn router(state: AdminState) -> Router {
+    let api = api_routes()
+        .method_not_allowed_fallback(method_not_allowed)
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_admin));
+    // The web console calls the API in process through this router: the
+    // same handlers, authentication, step-up and audit as a remote client.
+    let internal = Router::new()
+        .nest("/admin/v1", api.clone())
+        .fallback(not_found)
+        .layer(middleware::from_fn(with_call))
+        .with_state(state.clone());
+    Router::new()
+        .merge(probe_routes())
         .nest("/admin/v1", api)
+        .merge(crate::console::routes(
+            crate::console::Api::new(internal),
+            Arc::clone(&state.credentials),
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn(with_call))

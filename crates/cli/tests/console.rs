@@ -1,0 +1,322 @@
+//! The web console in a real browser: Debian's Chromium driven by Playwright
+//! for Python (`tests/console/browser.py`) against the real binary. Logs in,
+//! sees a held call appear, approves it, watches the retry go through in the
+//! live view, revokes an agent, checks the CSP and the session cookie, and
+//! that a form without a CSRF token is refused; once a human admin has
+//! enrolled, approving needs her TOTP code (step-up) exactly as in the API; screenshots go to
+//! `<target>/tmp/console-screenshots/`. Skips, saying so, only when Chromium
+//! is absent (`apt-get install chromium`; `.ci/run` installs it).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::{Server, client};
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/browser.py");
+
+const POLICIES: &str = r#"
+@id("transfers") @obligation("approval")
+permit (principal in Role::"payer", action == Action::"POST", resource == Route::"bank");
+"#;
+
+/// Debian's Chromium (or `PORTCULLIS_CHROMIUM`); `None` when absent.
+fn chromium() -> Option<PathBuf> {
+    let path = std::env::var_os("PORTCULLIS_CHROMIUM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/chromium"));
+    if path.exists() {
+        Some(path)
+    } else {
+        eprintln!(
+            "SKIPPED: console browser test: no Chromium at {} (apt-get install chromium; or set PORTCULLIS_CHROMIUM)",
+            path.display()
+        );
+        None
+    }
+}
+
+fn bank_server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("schema.cedarschema"),
+        portcullis_policy::DEFAULT_SCHEMA,
+    )
+    .unwrap();
+    std::fs::write(policies.join("main.cedar"), POLICIES).unwrap();
+    let config = dir.path().join("portcullis.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[policy]\ndir = \"{}\"\n\
+             [[routes]]\nname = \"bank\"\npath_prefix = \"/bank\"\nupstream = \"builtin:demo\"\nclassification = \"confidential\"\n",
+            policies.display(),
+        ),
+    )
+    .unwrap();
+    Server::start(dir, Some(&config))
+}
+
+fn artefacts() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_in_a_real_browser() {
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let probe = Command::new("python3")
+        .args(["-c", "import playwright.sync_api, httpx"])
+        .output();
+    assert!(
+        probe.as_ref().is_ok_and(|o| o.status.success()),
+        "Chromium is installed but Playwright for Python is not: pip install -r requirements-test.txt ({probe:?})"
+    );
+    support::install_crypto();
+    let server = tokio::task::spawn_blocking(bank_server).await.unwrap();
+    let (payer_cert, payer_key) = server.create_agent("pay-bot", &["payer"]);
+    server.create_agent("victim", &["payer"]);
+    let ca = server.path().join("ca-for-browser-test.pem");
+    std::fs::write(&ca, server.ca_pem()).unwrap();
+    let _ = std::fs::remove_dir_all(artefacts());
+    let cfg = json!({
+        "admin": format!("https://{}", server.admin),
+        "gateway": format!("https://{}", server.gateway),
+        "token": server.admin_token(),
+        "ca": ca,
+        "payer_cert": payer_cert,
+        "payer_key": payer_key,
+        "victim": "victim",
+        "chromium": chromium,
+        "artefacts": artefacts(),
+    });
+    let output = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new("python3")
+            .arg(SCRIPT)
+            .arg(cfg.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Bounded: every wait in the script is 20 s at most.
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(180) {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "browser.py failed (screenshots in {}):\nstdout: {stdout}\nstderr: {stderr}\nserver: {}",
+        artefacts().display(),
+        server.stderr.lock().unwrap()
+    );
+    let found: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
+    eprintln!(
+        "console browser test: {found}\nscreenshots: {}",
+        artefacts().display()
+    );
+    for shot in [
+        "01-login",
+        "03-approval-held",
+        "05-live-allow",
+        "07-revoked",
+    ] {
+        assert!(artefacts().join(format!("{shot}.png")).exists(), "{shot}");
+    }
+
+    // What the browser did went through the admin API's own handlers: the
+    // same audit records as the CLI's calls, and the same effect.
+    let ticket = found["ticket"].as_str().unwrap();
+    let records = server.audit(400);
+    let has = |action: &str, resource: &str| {
+        records.iter().any(|r| {
+            r["action"] == action
+                && r["resource"].as_str() == Some(resource)
+                && r["outcome"] == "allow"
+        })
+    };
+    assert!(
+        has("approval.approve", &format!("approval:{ticket}")),
+        "approval.approve"
+    );
+    // Decided with step-up: the enrolled admin is the record's principal.
+    assert!(
+        records.iter().any(|r| r["action"] == "approval.approve"
+            && r["principal"] == "admin:alice"
+            && r["outcome"] == "allow"),
+        "approved by alice"
+    );
+    // The attempt without her code was refused like an API call without it.
+    assert!(
+        records.iter().any(|r| r["action"] == "admin.post"
+            && r["outcome"] == "deny"
+            && r["resource"]
+                .as_str()
+                .is_some_and(|p| p.ends_with(&format!("/approvals/{ticket}/approve")))),
+        "the refused approval is audited"
+    );
+    assert!(has("agent.revoke", "victim"), "agent.revoke");
+    assert!(
+        records.iter().any(|r| r["action"] == "console.form"
+            && r["outcome"] == "deny"
+            && r["error_code"] == "forbidden"),
+        "the refused CSRF-less form is audited"
+    );
+    let retry = server.audit_record(found["retry_request_id"].as_str().unwrap());
+    assert_eq!(
+        (retry["outcome"].as_str(), retry["approval_ticket"].as_str()),
+        (Some("allow"), Some(ticket))
+    );
+    let admin = client(&server.ca_pem(), None);
+    let victim: Value = admin
+        .get(format!("https://{}/admin/v1/agents/victim", server.admin))
+        .bearer_auth(server.admin_token())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(victim["status"], "revoked", "{victim}");
+}
+
+/// The value of cookie `name` in a response's `Set-Cookie` headers, with the
+/// whole header.
+fn set_cookie(r: &reqwest::Response, name: &str) -> Option<(String, String)> {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| {
+            let value = v.strip_prefix(&format!("{name}="))?;
+            Some((value.split(';').next()?.to_string(), v.to_string()))
+        })
+}
+
+/// Without a browser: pages need a session, the login form its nonce, every
+/// form its CSRF token, every answer carries the CSP; and an open live
+/// stream ends when shutdown begins instead of holding up the drain (it held
+/// it for the whole `drain_timeout`, 30 s, before).
+#[tokio::test(flavor = "multi_thread")]
+async fn console_sessions_forms_and_the_live_stream_at_shutdown() {
+    support::install_crypto();
+    let mut server = tokio::task::spawn_blocking(bank_server).await.unwrap();
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(support::tls_config(&server.ca_pem(), None))
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let url = |path: &str| format!("https://{}{path}", server.admin);
+
+    // No session: the login page, and the CSP on every answer.
+    let r = http.get(url("/console/agents")).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/console/login");
+    let csp = r.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && !csp.contains("unsafe-inline"),
+        "{csp}"
+    );
+
+    // The login form's nonce: without it (or with another) no session.
+    let r = http.get(url("/console/login")).send().await.unwrap();
+    let (nonce, header) = set_cookie(&r, "__Host-portcullis-login").unwrap();
+    assert!(
+        header.contains("HttpOnly")
+            && header.contains("Secure")
+            && header.contains("SameSite=Strict"),
+        "{header}"
+    );
+    let token = server.admin_token();
+    let login = |cookie: String, field: String| {
+        http.post(url("/console/login"))
+            .header("cookie", format!("__Host-portcullis-login={cookie}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("token={token}&login_nonce={field}"))
+            .send()
+    };
+    let r = login(nonce.clone(), "0".repeat(64)).await.unwrap();
+    assert_eq!(r.status(), 403);
+    let r = login(nonce.clone(), nonce.clone()).await.unwrap();
+    assert_eq!(r.status(), 303);
+    let (session, header) = set_cookie(&r, "__Host-portcullis-console").unwrap();
+    assert!(
+        header.contains("HttpOnly")
+            && header.contains("Secure")
+            && header.contains("SameSite=Strict")
+            && header.contains("Path=/"),
+        "{header}"
+    );
+    let cookie = format!("__Host-portcullis-console={session}");
+
+    // A page renders; a form without its token is refused and changes nothing.
+    let r = http
+        .get(url("/console/agents"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let page = r.text().await.unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let r = http
+        .post(url("/console/logout"))
+        .header("cookie", &cookie)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("csrf=")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = http
+        .get(url("/console"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the session survived the refused logout");
+    assert_eq!(csrf.len(), 64);
+
+    // An open live stream does not hold up shutdown.
+    let stream = http
+        .get(url("/console/events"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert_eq!(stream.headers()["content-type"], "text/event-stream");
+    let started = Instant::now();
+    let status = tokio::task::spawn_blocking(move || server.terminate())
+        .await
+        .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "shutdown took {:?} with a live stream open",
+        started.elapsed()
+    );
+    drop(stream);
+}
