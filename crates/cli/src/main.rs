@@ -19,6 +19,7 @@ mod policy_cmd;
 mod policy_test;
 mod reload;
 mod sandbox_cmd;
+mod scorecard;
 mod serve;
 mod state_dir;
 mod state_lock;

@@ -170,6 +170,48 @@ impl Redactor {
 
 const PEM_END: &str = "-----END";
 
+/// What a text holds of a private key's `END` line, read as the scanner's
+/// rule reads one (`-----END[ A-Z0-9]*PRIVATE KEY( BLOCK)?-----`), so the
+/// stream closes a block exactly where the whole-text scan does. Closing at
+/// any `-----END…-----` let a fake one (`-----END PR-----BEGIN …`) eat the
+/// dashes of the next `BEGIN` line, whose key body then went out in clear
+/// (found by crates/fuzz).
+#[derive(Debug, PartialEq, Eq)]
+enum EndLine {
+    /// One past the end of the first complete `END` line.
+    At(usize),
+    /// None yet, but the text ends inside what may become one, from here.
+    Partial(usize),
+    /// None.
+    Absent,
+}
+
+/// The longest `END` line held back while it may still complete.
+const MAX_END_LINE: usize = 256;
+
+fn end_line(text: &str) -> EndLine {
+    let mut from = 0;
+    while let Some(i) = text[from..].find(PEM_END).map(|i| from + i) {
+        let name_start = i + PEM_END.len();
+        let rest = &text[name_start..];
+        let run = rest
+            .bytes()
+            .take_while(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b' ')
+            .count();
+        let (name, after) = rest.split_at(run);
+        if after.len() < 5 && "-----".starts_with(after) {
+            return EndLine::Partial(i);
+        }
+        if after.starts_with("-----")
+            && (name.ends_with("PRIVATE KEY") || name.ends_with("PRIVATE KEY BLOCK"))
+        {
+            return EndLine::At(name_start + run + 5);
+        }
+        from = i + 1;
+    }
+    EndLine::Absent
+}
+
 /// A finding of a stream: kind, range in the input stream, and the keyed
 /// fingerprint of the value (see [`fingerprint`]), never the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -240,21 +282,25 @@ impl<S: Borrow<Scanner>> StreamRedactor<S> {
         loop {
             if self.in_pem {
                 let text = String::from_utf8_lossy(&self.pending);
-                match text.find(PEM_END) {
-                    Some(i) => {
+                match end_line(&text) {
+                    EndLine::At(close) => {
                         // Swallow through the end of the END line's dashes.
-                        let rest = &text[i + PEM_END.len()..];
-                        let close = rest
-                            .find("-----")
-                            .map(|j| i + PEM_END.len() + j + 5)
-                            .or_else(|| last.then_some(text.len()));
-                        let Some(close) = close else { break };
-                        let close = text[..close].len().min(self.pending.len());
+                        let close = close.min(self.pending.len());
                         self.pending.drain(..close);
                         self.consumed += close;
                         self.in_pem = false;
                     }
-                    None => {
+                    // An END line's name is short; a run longer than
+                    // `MAX_END_LINE` is not one and is swallowed (bounded
+                    // memory whatever the stream sends).
+                    EndLine::Partial(i) if !last && self.pending.len() - i <= MAX_END_LINE => {
+                        // Keep what may still become the END line.
+                        let drop = i.min(self.pending.len());
+                        self.pending.drain(..drop);
+                        self.consumed += drop;
+                        break;
+                    }
+                    EndLine::Partial(_) | EndLine::Absent => {
                         // Keep only enough to see an END marker split across chunks.
                         let keep = PEM_END.len().min(self.pending.len());
                         let drop = self.pending.len() - keep;
@@ -301,9 +347,10 @@ impl<S: Borrow<Scanner>> StreamRedactor<S> {
             }
             safe = floor_boundary(&text, safe);
             // An open private-key block: emit up to it, then swallow it.
-            let open_pem = found
-                .iter()
-                .find(|f| f.kind == Kind::PrivateKey && !text[f.start..f.end].contains(PEM_END));
+            let open_pem = found.iter().find(|f| {
+                f.kind == Kind::PrivateKey
+                    && !matches!(end_line(&text[f.start..f.end]), EndLine::At(_))
+            });
             let (emit_to, enter_pem) = match open_pem {
                 Some(f) => (f.start, Some(*f)),
                 None => (safe, None),
@@ -376,6 +423,33 @@ mod tests {
 
     const SAMPLE: &str = "héllo token=ghp_aB3dE5gH7jK9mN1pQ3rS5tU7vW9xY1zA2bC4 and AKIAQWADE5R42RDZ4JEM, \
 card 4242 4242 4242 4242 mail a.b@example.org; password = \"Zq8vL2mP9xTt4\" end ✓";
+
+    /// Regressions found by crates/fuzz (`regressions/dlp_stream/`): a key
+    /// block cut before its END line, and a fake END line (`-----END
+    /// PR-----`) whose dashes are the next block's `BEGIN`.
+    #[test]
+    fn cut_and_fake_end_lines_redact_the_key_body_everywhere() {
+        let scanner = Scanner::new().unwrap();
+        for text in [
+            "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-42 4242 mail",
+            "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADAN\n-----END PR-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkq\n-----END PRIVATE KEY-----\nafter",
+        ] {
+            let expect = whole(&scanner, text);
+            assert!(!expect.contains("MIIE"), "{expect}");
+            let bytes = text.as_bytes();
+            for cut in 0..=bytes.len() {
+                assert_eq!(
+                    streamed(&scanner, &[&bytes[..cut], &bytes[cut..]]),
+                    expect,
+                    "cut at {cut}"
+                );
+            }
+            for n in 1..4 {
+                let chunks: Vec<&[u8]> = bytes.chunks(n).collect();
+                assert_eq!(streamed(&scanner, &chunks), expect, "chunks of {n}");
+            }
+        }
+    }
 
     #[test]
     fn every_split_point_gives_the_whole_text_result() {
