@@ -222,19 +222,11 @@ async fn soak_mixed_load_stays_bounded_and_fully_audited() {
     let sampler = {
         let stop = stop.clone();
         let server = server.clone();
-        let metrics_client = support::client(&ca_pem, None);
         tokio::spawn(async move {
             let wal = server.state_dir().join("portcullis.db-wal");
             let mut samples = Vec::new();
             while !stop.load(Ordering::Relaxed) {
-                let text = metrics_client
-                    .get(format!("https://{}/metrics", server.admin))
-                    .send()
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
+                let text = server.metrics().await;
                 samples.push(Sample {
                     at: start.elapsed().as_secs_f64(),
                     rss_kib: rss_kib(pid),
@@ -364,7 +356,7 @@ async fn soak_mixed_load_stays_bounded_and_fully_audited() {
                 recorded.insert(id.to_string());
             }
         }
-        from += leaves.len() as u64;
+        from = leaves.last().map_or(size, |(seq, _)| seq + 1);
     }
     store.close().await;
     let missing: Vec<&str> = answers
