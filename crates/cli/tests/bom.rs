@@ -164,20 +164,10 @@ async fn bom_lists_routes_models_and_tools_as_valid_cyclonedx_1_6() {
     assert!(!text.contains("BOM_LLM_KEY"));
 
     if cyclonedx_available() {
-        let mut child = Command::new("python3")
-            .args(["-c", VALIDATE])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(text.as_bytes())
-            .unwrap();
-        let v = child.wait_with_output().unwrap();
+        let v = support::run_with_stdin(
+            Command::new("python3").args(["-c", VALIDATE]),
+            text.as_bytes(),
+        );
         assert!(
             v.status.success(),
             "not valid CycloneDX 1.6: {}",

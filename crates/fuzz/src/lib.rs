@@ -283,7 +283,7 @@ fn replace_nth(
                 Value::Object(map)
             }
             4 => Value::Bool(rng.below(2) == 0),
-            _ => Value::Number((rng.next() as i64).into()),
+            _ => Value::Number((rng.next_u64() as i64).into()),
         };
         return true;
     }
@@ -361,7 +361,7 @@ pub struct Rng(pub u64);
 
 impl Rng {
     /// The next 64 random bits.
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
@@ -373,12 +373,12 @@ impl Rng {
         if n == 0 {
             0
         } else {
-            (self.next() % n as u64) as usize
+            (self.next_u64() % n as u64) as usize
         }
     }
 
     fn byte(&mut self) -> u8 {
-        self.next() as u8
+        self.next_u64() as u8
     }
 }
 

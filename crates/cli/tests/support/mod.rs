@@ -588,6 +588,20 @@ pub async fn raw_tls(addr: SocketAddr, config: rustls::ClientConfig, bytes: &[u8
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Runs `cmd` with `input` on its standard input; returns its output.
+pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A child that exits before reading closes the pipe: its output says why.
+    let _ = child.stdin.take().unwrap().write_all(input);
+    child.wait_with_output().unwrap()
+}
+
 /// Kills a helper process when the test ends, whatever the outcome.
 pub struct Killed(pub Child);
 
