@@ -8,7 +8,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-pub use portcullis_guard::eval::{Position, Rng, Sample, bipia_positives, insert};
+pub use portcullis_guard::eval::{Rng, Sample, bipia_positives};
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
