@@ -77,10 +77,18 @@ pub fn candidate_start(text: &str) -> usize {
     if let Some(d) = b[run..].iter().position(u8::is_ascii_digit) {
         start = start.min((run + d).saturating_sub(2).max(run));
     }
-    // A PEM `BEGIN` line still open at the end.
-    if let Some(i) = text[floor_boundary(text, floor)..].rfind("-----BEGIN") {
-        let at = floor_boundary(text, floor) + i;
-        if !text[at..].contains('\n') {
+    // A PEM `BEGIN` line still open at the end, however long: the
+    // scanner's rule allows any run of spaces, capitals and digits before
+    // `PRIVATE KEY`, and looking back only `SPACED_MAX` bytes let a padded
+    // line go out in part, and its key body after it (found by crates/fuzz).
+    // Held only while what follows `BEGIN` can still become such a line.
+    let pem_floor = floor_boundary(text, len.saturating_sub(MAX_HOLD));
+    if let Some(i) = text[pem_floor..].rfind("-----BEGIN") {
+        let at = pem_floor + i;
+        let open = text[at + "-----BEGIN".len()..]
+            .bytes()
+            .all(|c| matches!(c, b' ' | b'A'..=b'Z' | b'0'..=b'9' | b'-'));
+        if open {
             start = start.min(at);
         }
     }
@@ -186,24 +194,33 @@ enum EndLine {
     Absent,
 }
 
-/// The longest `END` line held back while it may still complete.
-const MAX_END_LINE: usize = 256;
+/// The longest `END` line held back while it may still complete: the
+/// scanner's rule has no bound on its name, so the hold is the stream's own
+/// bound (a longer one is swallowed with the block).
+const MAX_END_LINE: usize = MAX_HOLD;
 
-fn end_line(text: &str) -> EndLine {
+/// Read on bytes (the line is ASCII), so a character split across chunks
+/// does not shift the offsets.
+fn end_line(text: &[u8]) -> EndLine {
+    let end = PEM_END.as_bytes();
     let mut from = 0;
-    while let Some(i) = text[from..].find(PEM_END).map(|i| from + i) {
-        let name_start = i + PEM_END.len();
+    while let Some(i) = text[from..]
+        .windows(end.len())
+        .position(|w| w == end)
+        .map(|i| from + i)
+    {
+        let name_start = i + end.len();
         let rest = &text[name_start..];
         let run = rest
-            .bytes()
-            .take_while(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || *b == b' ')
+            .iter()
+            .take_while(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || **b == b' ')
             .count();
         let (name, after) = rest.split_at(run);
-        if after.len() < 5 && "-----".starts_with(after) {
+        if after.len() < 5 && b"-----".starts_with(after) {
             return EndLine::Partial(i);
         }
-        if after.starts_with("-----")
-            && (name.ends_with("PRIVATE KEY") || name.ends_with("PRIVATE KEY BLOCK"))
+        if after.starts_with(b"-----")
+            && (name.ends_with(b"PRIVATE KEY") || name.ends_with(b"PRIVATE KEY BLOCK"))
         {
             return EndLine::At(name_start + run + 5);
         }
@@ -281,8 +298,7 @@ impl<S: Borrow<Scanner>> StreamRedactor<S> {
         let mut out = String::new();
         loop {
             if self.in_pem {
-                let text = String::from_utf8_lossy(&self.pending);
-                match end_line(&text) {
+                match end_line(&self.pending) {
                     EndLine::At(close) => {
                         // Swallow through the end of the END line's dashes.
                         let close = close.min(self.pending.len());
@@ -290,9 +306,8 @@ impl<S: Borrow<Scanner>> StreamRedactor<S> {
                         self.consumed += close;
                         self.in_pem = false;
                     }
-                    // An END line's name is short; a run longer than
-                    // `MAX_END_LINE` is not one and is swallowed (bounded
-                    // memory whatever the stream sends).
+                    // A run longer than `MAX_END_LINE` is swallowed with
+                    // the block (bounded memory whatever the stream sends).
                     EndLine::Partial(i) if !last && self.pending.len() - i <= MAX_END_LINE => {
                         // Keep what may still become the END line.
                         let drop = i.min(self.pending.len());
@@ -349,7 +364,7 @@ impl<S: Borrow<Scanner>> StreamRedactor<S> {
             // An open private-key block: emit up to it, then swallow it.
             let open_pem = found.iter().find(|f| {
                 f.kind == Kind::PrivateKey
-                    && !matches!(end_line(&text[f.start..f.end]), EndLine::At(_))
+                    && !matches!(end_line(text[f.start..f.end].as_bytes()), EndLine::At(_))
             });
             let (emit_to, enter_pem) = match open_pem {
                 Some(f) => (f.start, Some(*f)),
@@ -425,14 +440,20 @@ mod tests {
 card 4242 4242 4242 4242 mail a.b@example.org; password = \"Zq8vL2mP9xTt4\" end ✓";
 
     /// Regressions found by crates/fuzz (`regressions/dlp_stream/`): a key
-    /// block cut before its END line, and a fake END line (`-----END
-    /// PR-----`) whose dashes are the next block's `BEGIN`.
+    /// block cut before its END line, a fake END line (`-----END
+    /// PR-----`) whose dashes are the next block's `BEGIN`, and a padded
+    /// BEGIN line.
     #[test]
     fn cut_and_fake_end_lines_redact_the_key_body_everywhere() {
         let scanner = Scanner::new().unwrap();
         for text in [
             "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-42 4242 mail",
             "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADAN\n-----END PR-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkq\n-----END PRIVATE KEY-----\nafter",
+            // A BEGIN line padded past the old 96-byte look-back.
+            &format!(
+                "-----BEGIN{}PRIVATE KEY-----\nMIIEvQIBADANBgkq\n-----END PRIVATE KEY-----\nafter",
+                " ".repeat(200)
+            ),
         ] {
             let expect = whole(&scanner, text);
             assert!(!expect.contains("MIIE"), "{expect}");
