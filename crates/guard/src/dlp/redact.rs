@@ -364,7 +364,7 @@ impl<S: Borrow<Scanner>> StreamRedactor<S> {
             // An open private-key block: emit up to it, then swallow it.
             let open_pem = found.iter().find(|f| {
                 f.kind == Kind::PrivateKey
-                    && !matches!(end_line(text[f.start..f.end].as_bytes()), EndLine::At(_))
+                    && !matches!(end_line(&text.as_bytes()[f.start..f.end]), EndLine::At(_))
             });
             let (emit_to, enter_pem) = match open_pem {
                 Some(f) => (f.start, Some(*f)),
