@@ -29,6 +29,11 @@ pub enum GuardCommand {
         /// The file to scan, or `-` for standard input.
         file: PathBuf,
     },
+    /// Score the built-in guard on the test split of the guard data:
+    /// per-source and pooled precision, recall, F1 and false-positive rate,
+    /// and leave-one-source-out figures; `--min-recall`/`--max-fpr` make it
+    /// a gate (exit 4).
+    Scorecard(crate::scorecard::ScorecardArgs),
 }
 
 /// The `--channel` values.
@@ -60,6 +65,7 @@ const FOUND: u8 = 3;
 /// Runs a guard command.
 pub fn guard(command: GuardCommand) -> Result<ExitCode> {
     match command {
+        GuardCommand::Scorecard(args) => crate::scorecard::run(args),
         GuardCommand::Scan {
             channel,
             fail,

@@ -10,6 +10,7 @@ mod approvals_cmd;
 mod archive_cmd;
 mod audit_cmd;
 mod backup_cmd;
+mod bom;
 mod check;
 mod client;
 mod cluster;
@@ -22,6 +23,7 @@ mod policy_cmd;
 mod policy_test;
 mod reload;
 mod sandbox_cmd;
+mod scorecard;
 mod serve;
 mod state_dir;
 mod state_lock;
@@ -232,6 +234,20 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// The AI bill of materials as CycloneDX 1.6 JSON: routes and their
+    /// upstreams, models, MCP servers and the tools seen, with digests
+    /// (offline: the config file and, with `--state-dir`, the database).
+    Bom {
+        /// The config file (default: the quickstart's routes).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The state directory whose MCP tools to include (read-only).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Write the BOM here instead of standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Every identity and resource, and who touched what (from the audit log).
     Inventory {
         /// Only activity in this window, e.g. `7d`, `24h` (default: all).
@@ -398,6 +414,11 @@ fn main() -> ExitCode {
                 .await
             }
             Command::User { command, admin } => commands::user(command, admin).await,
+            Command::Bom {
+                config,
+                state_dir,
+                out,
+            } => bom::run(config, state_dir, out).await,
             Command::Inventory {
                 since,
                 format,

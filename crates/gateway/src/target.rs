@@ -177,7 +177,10 @@ fn canonical_path(raw: &[u8]) -> Result<String, TargetError> {
         if b == b'\\' {
             return Err(TargetError::EncodedSeparator);
         }
-        if b == b';' {
+        // A raw `?` or `#` cannot come from a parsed URI's path; refused
+        // rather than escaped, since its escape is refused above and the
+        // canonical form must canonicalise to itself (found by fuzzing).
+        if matches!(b, b';' | b'?' | b'#') {
             return Err(TargetError::Delimiter);
         }
         if is_control(b) {
@@ -360,6 +363,10 @@ mod tests {
         bad("/api/admin%3bx", Delimiter);
         bad("/api/admin%3F", Delimiter);
         bad("/api/admin%23", Delimiter);
+        // Raw `#` and `?` were escaped to the `%23`/`%3F` refused above, so
+        // the canonical form did not canonicalise (found by crates/fuzz).
+        bad("/#0", Delimiter);
+        bad("/a?b", Delimiter);
         bad("/api/%2561dmin", DoubleEncoding);
         bad("/api/%25%61a", DoubleEncoding);
         bad("/demo/../x", DotSegment);

@@ -182,7 +182,7 @@ fn main() {
     let code = guard_data::bipia_contexts(&b.join("code_clean.jsonl"));
     let text_attacks = guard_data::bipia_attacks(&b.join("text_attack_test.json"));
     let code_attacks = guard_data::bipia_attacks(&b.join("code_attack_test.json"));
-    let mut rng = Rng(0x7e57_0000_0000_0001);
+    let mut rng = Rng(portcullis_guard::eval::BIPIA_TEST_SEED);
     let mut text_ctx = email.clone();
     text_ctx.extend(table.iter().cloned());
     let mut bipia = Tally::default();

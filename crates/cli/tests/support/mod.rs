@@ -31,6 +31,15 @@ pub mod parity_rig;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
+/// Runs the servers of [`Server`] from another build of the binary (e.g.
+/// `target/release/portcullis` for the long soak, docs/testing.md).
+pub const ENV_TEST_BIN: &str = "PORTCULLIS_TEST_BIN";
+
+/// The binary [`Server`] runs: [`ENV_TEST_BIN`] when set, else this build's.
+pub fn server_bin() -> std::ffi::OsString {
+    std::env::var_os(ENV_TEST_BIN).unwrap_or_else(|| BIN.into())
+}
+
 /// SQL condition on a row of `audit_log`: the record's status is 200. Bytes
 /// 2-3 (`substr` counts from 1) of a record in the compact stored form are
 /// its status, little-endian (docs/audit-format.md).
@@ -109,7 +118,7 @@ impl Server {
         args: &[&str],
     ) -> Server {
         let state = dir.path().join("state");
-        let mut cmd = Command::new(BIN);
+        let mut cmd = Command::new(server_bin());
         cmd.arg("serve").arg("--state-dir").arg(&state).args(args);
         if let Some(c) = config {
             cmd.arg("--config").arg(c);
@@ -201,7 +210,7 @@ impl Server {
 
     /// Runs a CLI command against this server's state directory.
     pub fn cli(&self, args: &[&str]) -> std::process::Output {
-        Command::new(BIN)
+        Command::new(server_bin())
             .args(args)
             .arg("--state-dir")
             .arg(self.state_dir())
@@ -574,6 +583,20 @@ pub async fn raw_tls(addr: SocketAddr, config: rustls::ClientConfig, bytes: &[u8
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Runs `cmd` with `input` on its standard input; returns its output.
+pub fn run_with_stdin(cmd: &mut Command, input: &[u8]) -> std::process::Output {
+    use std::io::Write as _;
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A child that exits before reading closes the pipe: its output says why.
+    let _ = child.stdin.take().unwrap().write_all(input);
+    child.wait_with_output().unwrap()
 }
 
 /// Kills a helper process when the test ends, whatever the outcome.

@@ -114,10 +114,7 @@ pub async fn run(
 
 /// The checks on the request head: size, target, method override; then the
 /// head is sanitised and its URI made canonical.
-pub(crate) fn head(
-    limits: &Limits,
-    parts: &mut http::request::Parts,
-) -> Result<CanonicalTarget, Denial> {
+pub fn head(limits: &Limits, parts: &mut http::request::Parts) -> Result<CanonicalTarget, Denial> {
     if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
         let length: u64 = length
             .to_str()

@@ -384,7 +384,7 @@ fn unscannable(what: &str) -> Denial {
 /// Parses JSON as `serde_json` does, but refuses an object with a key
 /// twice: `serde_json` keeps the last, another parser the first, so the
 /// value the guard scans might not be the one the upstream reads.
-pub(crate) fn parse_strict(text: &str) -> Result<serde_json::Value, serde_json::Error> {
+pub fn parse_strict(text: &str) -> Result<serde_json::Value, serde_json::Error> {
     use serde::de::DeserializeSeed as _;
     let mut de = serde_json::Deserializer::from_str(text);
     let value = Strict.deserialize(&mut de)?;

@@ -1,167 +1,42 @@
-//! Loaders for the guard data sets in `shared/data/guard/` and the BIPIA
-//! insertion that builds indirect-injection positives, shared by the training
-//! and evaluation examples so both build their sets the same way.
+//! Loaders for the guard data sets in `shared/data/guard/`, shared by the
+//! training and evaluation examples: file reading around the readers and the
+//! BIPIA insertion of `portcullis_guard::eval`, which the scorecard uses too,
+//! so every one builds its sets the same way.
 #![allow(dead_code)]
 
 use std::path::Path;
 
 use serde_json::Value;
 
-/// One labelled text.
-#[derive(Debug, Clone)]
-pub struct Sample {
-    /// The text.
-    pub text: String,
-    /// 1 = attack, 0 = benign.
-    pub label: u8,
-    /// Where it comes from (data set, and for PINT rows the category).
-    pub source: String,
-}
+pub use portcullis_guard::eval::{Rng, Sample, bipia_positives};
 
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
+fn parsed<T>(path: &Path, r: Result<T, portcullis_guard::eval::DataError>) -> T {
+    r.unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
 /// A JSON-lines file with `text` and `label`.
 pub fn jsonl(path: &Path, source: &str) -> Vec<Sample> {
-    read(path)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).expect("json line");
-            Sample {
-                text: v["text"].as_str().unwrap_or_default().to_string(),
-                label: v["label"].as_u64().unwrap_or(0) as u8,
-                source: source.to_string(),
-            }
-        })
-        .collect()
+    parsed(path, portcullis_guard::eval::jsonl(&read(path), source))
 }
 
 /// A JSON array of objects with `prompt` (and `label`, default 0; `source`
 /// overrides `source` when present).
 pub fn prompts(path: &Path, source: &str) -> Vec<Sample> {
-    let v: Value = serde_json::from_str(&read(path)).expect("json array");
-    v.as_array()
-        .expect("array")
-        .iter()
-        .map(|r| Sample {
-            text: r["prompt"].as_str().unwrap_or_default().to_string(),
-            label: r["label"].as_u64().unwrap_or(0) as u8,
-            source: r["source"].as_str().unwrap_or(source).to_string(),
-        })
-        .collect()
+    parsed(path, portcullis_guard::eval::prompts(&read(path), source))
 }
 
 /// BIPIA clean contexts (`context` is a string, or a list of lines for code).
 pub fn bipia_contexts(path: &Path) -> Vec<String> {
-    read(path)
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|l| {
-            let v: Value = serde_json::from_str(l).expect("json line");
-            match &v["context"] {
-                Value::String(s) => s.clone(),
-                Value::Array(lines) => lines
-                    .iter()
-                    .filter_map(|x| x.as_str())
-                    .collect::<Vec<_>>()
-                    .join("\n"),
-                _ => String::new(),
-            }
-        })
-        .filter(|c| !c.trim().is_empty())
-        .collect()
+    parsed(path, portcullis_guard::eval::bipia_contexts(&read(path)))
 }
 
 /// BIPIA attack instructions: (category, instruction).
 pub fn bipia_attacks(path: &Path) -> Vec<(String, String)> {
-    let v: Value = serde_json::from_str(&read(path)).expect("json object");
-    let mut out = Vec::new();
-    for (cat, list) in v.as_object().expect("object") {
-        for a in list.as_array().expect("array") {
-            out.push((cat.clone(), a.as_str().unwrap_or_default().to_string()));
-        }
-    }
-    out
-}
-
-/// Where an attack goes in a context, as in BIPIA: start, middle, end.
-#[derive(Debug, Clone, Copy)]
-pub enum Position {
-    /// Before the context.
-    Start,
-    /// At the line or sentence boundary nearest the middle.
-    Middle,
-    /// After the context.
-    End,
-}
-
-/// Inserts `attack` into `context`; returns the text and the attack's byte range.
-pub fn insert(context: &str, attack: &str, at: Position) -> (String, (usize, usize)) {
-    match at {
-        Position::Start => (format!("{attack}\n{context}"), (0, attack.len())),
-        Position::End => {
-            let s = context.len() + 1;
-            (format!("{context}\n{attack}"), (s, s + attack.len()))
-        }
-        Position::Middle => {
-            let mid = context.len() / 2;
-            // The boundary (newline or ". ") nearest the middle.
-            let cut = context
-                .match_indices(['\n', '.'])
-                .map(|(i, _)| i + 1)
-                .min_by_key(|&i| i.abs_diff(mid))
-                .unwrap_or(mid);
-            let mut cut = cut.min(context.len());
-            while !context.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            let s = cut + 1;
-            (
-                format!("{}\n{attack}\n{}", &context[..cut], &context[cut..]),
-                (s, s + attack.len()),
-            )
-        }
-    }
-}
-
-/// A small deterministic generator (xorshift64*), so runs are reproducible.
-pub struct Rng(pub u64);
-
-impl Rng {
-    /// The next value.
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    /// A value below `n`.
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
-/// The indirect-injection documents of one BIPIA split: every attack
-/// inserted into `per_attack` contexts chosen by `rng`, cycling through the
-/// three positions. Returns (document, attack range, attack category).
-pub fn bipia_positives(
-    contexts: &[String],
-    attacks: &[(String, String)],
-    per_attack: usize,
-    rng: &mut Rng,
-) -> Vec<(String, (usize, usize), String)> {
-    let mut out = Vec::new();
-    for (n, (cat, attack)) in attacks.iter().enumerate() {
-        for k in 0..per_attack {
-            let ctx = &contexts[rng.below(contexts.len())];
-            let at = [Position::Start, Position::Middle, Position::End][(n + k) % 3];
-            let (doc, range) = insert(ctx, attack, at);
-            out.push((doc, range, cat.clone()));
-        }
-    }
-    out
+    parsed(path, portcullis_guard::eval::bipia_attacks(&read(path)))
 }
 
 /// One MCP tool from `mcp_tool_descriptions.jsonl`.

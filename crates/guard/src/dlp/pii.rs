@@ -93,6 +93,13 @@ fn number_spans(text: &[u8]) -> Vec<(usize, usize)> {
         while e < text.len() && text[e].is_ascii_alphanumeric() {
             e += 1;
         }
+        // An IBAN window may end inside a character of several bytes; the
+        // span must end on a character boundary, or `detect` cannot slice
+        // it and the whole span, IBAN included, went unscanned (found by
+        // crates/fuzz).
+        while e < text.len() && text[e] & 0xC0 == 0x80 {
+            e += 1;
+        }
         match spans.last_mut() {
             Some(last) if s <= last.1 => last.1 = last.1.max(e),
             _ => spans.push((s, e)),
@@ -173,6 +180,8 @@ mod tests {
             "GB82WEST12345698765432 FK88SC123456789012 ab12 AB12 ZZ99ZZZZZZZZZZZZZZZZZZZZ",
             "phone 555-0100, 2026-11-23, 10.0.0.1, 0x4111111111111111",
             "é4111111111111111é 123-45-6789é",
+            // The IBAN window (44 bytes from `GB82`) ends inside `\u{FFFD}`.
+            "IBAN GB82 WEST 1234 5698 7654 32 SSN 078-20 http\u{FFFD}://user",
             "",
             "4111111111111111",
         ];

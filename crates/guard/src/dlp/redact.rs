@@ -77,10 +77,18 @@ pub fn candidate_start(text: &str) -> usize {
     if let Some(d) = b[run..].iter().position(u8::is_ascii_digit) {
         start = start.min((run + d).saturating_sub(2).max(run));
     }
-    // A PEM `BEGIN` line still open at the end.
-    if let Some(i) = text[floor_boundary(text, floor)..].rfind("-----BEGIN") {
-        let at = floor_boundary(text, floor) + i;
-        if !text[at..].contains('\n') {
+    // A PEM `BEGIN` line still open at the end, however long: the
+    // scanner's rule allows any run of spaces, capitals and digits before
+    // `PRIVATE KEY`, and looking back only `SPACED_MAX` bytes let a padded
+    // line go out in part, and its key body after it (found by crates/fuzz).
+    // Held only while what follows `BEGIN` can still become such a line.
+    let pem_floor = floor_boundary(text, len.saturating_sub(MAX_HOLD));
+    if let Some(i) = text[pem_floor..].rfind("-----BEGIN") {
+        let at = pem_floor + i;
+        let open = text[at + "-----BEGIN".len()..]
+            .bytes()
+            .all(|c| matches!(c, b' ' | b'A'..=b'Z' | b'0'..=b'9' | b'-'));
+        if open {
             start = start.min(at);
         }
     }
@@ -170,6 +178,57 @@ impl Redactor {
 
 const PEM_END: &str = "-----END";
 
+/// What a text holds of a private key's `END` line, read as the scanner's
+/// rule reads one (`-----END[ A-Z0-9]*PRIVATE KEY( BLOCK)?-----`), so the
+/// stream closes a block exactly where the whole-text scan does. Closing at
+/// any `-----END…-----` let a fake one (`-----END PR-----BEGIN …`) eat the
+/// dashes of the next `BEGIN` line, whose key body then went out in clear
+/// (found by crates/fuzz).
+#[derive(Debug, PartialEq, Eq)]
+enum EndLine {
+    /// One past the end of the first complete `END` line.
+    At(usize),
+    /// None yet, but the text ends inside what may become one, from here.
+    Partial(usize),
+    /// None.
+    Absent,
+}
+
+/// The longest `END` line held back while it may still complete: the
+/// scanner's rule has no bound on its name, so the hold is the stream's own
+/// bound (a longer one is swallowed with the block).
+const MAX_END_LINE: usize = MAX_HOLD;
+
+/// Read on bytes (the line is ASCII), so a character split across chunks
+/// does not shift the offsets.
+fn end_line(text: &[u8]) -> EndLine {
+    let end = PEM_END.as_bytes();
+    let mut from = 0;
+    while let Some(i) = text[from..]
+        .windows(end.len())
+        .position(|w| w == end)
+        .map(|i| from + i)
+    {
+        let name_start = i + end.len();
+        let rest = &text[name_start..];
+        let run = rest
+            .iter()
+            .take_while(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || **b == b' ')
+            .count();
+        let (name, after) = rest.split_at(run);
+        if after.len() < 5 && b"-----".starts_with(after) {
+            return EndLine::Partial(i);
+        }
+        if after.starts_with(b"-----")
+            && (name.ends_with(b"PRIVATE KEY") || name.ends_with(b"PRIVATE KEY BLOCK"))
+        {
+            return EndLine::At(name_start + run + 5);
+        }
+        from = i + 1;
+    }
+    EndLine::Absent
+}
+
 /// A finding of a stream: kind, range in the input stream, and the keyed
 /// fingerprint of the value (see [`fingerprint`]), never the value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,22 +298,24 @@ impl<S: Borrow<Scanner>> StreamRedactor<S> {
         let mut out = String::new();
         loop {
             if self.in_pem {
-                let text = String::from_utf8_lossy(&self.pending);
-                match text.find(PEM_END) {
-                    Some(i) => {
+                match end_line(&self.pending) {
+                    EndLine::At(close) => {
                         // Swallow through the end of the END line's dashes.
-                        let rest = &text[i + PEM_END.len()..];
-                        let close = rest
-                            .find("-----")
-                            .map(|j| i + PEM_END.len() + j + 5)
-                            .or_else(|| last.then_some(text.len()));
-                        let Some(close) = close else { break };
-                        let close = text[..close].len().min(self.pending.len());
+                        let close = close.min(self.pending.len());
                         self.pending.drain(..close);
                         self.consumed += close;
                         self.in_pem = false;
                     }
-                    None => {
+                    // A run longer than `MAX_END_LINE` is swallowed with
+                    // the block (bounded memory whatever the stream sends).
+                    EndLine::Partial(i) if !last && self.pending.len() - i <= MAX_END_LINE => {
+                        // Keep what may still become the END line.
+                        let drop = i.min(self.pending.len());
+                        self.pending.drain(..drop);
+                        self.consumed += drop;
+                        break;
+                    }
+                    EndLine::Partial(_) | EndLine::Absent => {
                         // Keep only enough to see an END marker split across chunks.
                         let keep = PEM_END.len().min(self.pending.len());
                         let drop = self.pending.len() - keep;
@@ -301,9 +362,10 @@ impl<S: Borrow<Scanner>> StreamRedactor<S> {
             }
             safe = floor_boundary(&text, safe);
             // An open private-key block: emit up to it, then swallow it.
-            let open_pem = found
-                .iter()
-                .find(|f| f.kind == Kind::PrivateKey && !text[f.start..f.end].contains(PEM_END));
+            let open_pem = found.iter().find(|f| {
+                f.kind == Kind::PrivateKey
+                    && !matches!(end_line(&text.as_bytes()[f.start..f.end]), EndLine::At(_))
+            });
             let (emit_to, enter_pem) = match open_pem {
                 Some(f) => (f.start, Some(*f)),
                 None => (safe, None),
@@ -376,6 +438,39 @@ mod tests {
 
     const SAMPLE: &str = "héllo token=ghp_aB3dE5gH7jK9mN1pQ3rS5tU7vW9xY1zA2bC4 and AKIAQWADE5R42RDZ4JEM, \
 card 4242 4242 4242 4242 mail a.b@example.org; password = \"Zq8vL2mP9xTt4\" end ✓";
+
+    /// Regressions found by crates/fuzz (`regressions/dlp_stream/`): a key
+    /// block cut before its END line, a fake END line (`-----END
+    /// PR-----`) whose dashes are the next block's `BEGIN`, and a padded
+    /// BEGIN line.
+    #[test]
+    fn cut_and_fake_end_lines_redact_the_key_body_everywhere() {
+        let scanner = Scanner::new().unwrap();
+        for text in [
+            "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-42 4242 mail",
+            "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADAN\n-----END PR-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkq\n-----END PRIVATE KEY-----\nafter",
+            // A BEGIN line padded past the old 96-byte look-back.
+            &format!(
+                "-----BEGIN{}PRIVATE KEY-----\nMIIEvQIBADANBgkq\n-----END PRIVATE KEY-----\nafter",
+                " ".repeat(200)
+            ),
+        ] {
+            let expect = whole(&scanner, text);
+            assert!(!expect.contains("MIIE"), "{expect}");
+            let bytes = text.as_bytes();
+            for cut in 0..=bytes.len() {
+                assert_eq!(
+                    streamed(&scanner, &[&bytes[..cut], &bytes[cut..]]),
+                    expect,
+                    "cut at {cut}"
+                );
+            }
+            for n in 1..4 {
+                let chunks: Vec<&[u8]> = bytes.chunks(n).collect();
+                assert_eq!(streamed(&scanner, &chunks), expect, "chunks of {n}");
+            }
+        }
+    }
 
     #[test]
     fn every_split_point_gives_the_whole_text_result() {

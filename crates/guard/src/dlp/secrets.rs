@@ -28,7 +28,8 @@ enum Check {
     /// The value is a JWT whose header decodes to a JSON object with `"alg"`.
     Jwt,
     /// The match is a PEM `BEGIN … PRIVATE KEY` line; the finding extends to
-    /// the matching `END` line when there is one.
+    /// the matching `END` line when there is one, else to the end of the
+    /// text (at most [`PEM_MAX_BYTES`]): a cut key's body is key material.
     Pem,
     /// A generic assignment: not a placeholder, not a code identifier, at
     /// least [`GENERIC_MIN_LEN`] bytes and [`GENERIC_MIN_ENTROPY`] bits per byte.
@@ -395,12 +396,16 @@ impl SecretDetector {
     }
 
     /// The end of the PEM block whose `BEGIN` line ends at `from`: the end of
-    /// its `END` line when one follows within [`PEM_MAX_BYTES`], else `from`.
+    /// its `END` line when one follows within [`PEM_MAX_BYTES`], else the end
+    /// of that window. A block cut before its `END` line (a truncated paste,
+    /// a body cut at a limit) still holds key material, and the streaming
+    /// redactor swallows it to the end of the stream; stopping at the
+    /// `BEGIN` line let the key's body through (found by crates/fuzz).
     fn pem_block_end(&self, text: &str, from: usize) -> usize {
         let limit = floor_char_boundary(text, from.saturating_add(PEM_MAX_BYTES));
         text.get(from..limit)
             .and_then(|window| self.pem_end.find(window))
-            .map_or(from, |m| from + m.end())
+            .map_or(limit, |m| from + m.end())
     }
 
     /// Reports a 40-character AWS secret access key shortly after an access
@@ -695,6 +700,14 @@ mod tests {
             &[(
                 "private_key",
                 "-----BEGIN EC PRIVATE KEY-----\nMHcCAQEEID4VC4s0b2n3\n-----END EC PRIVATE KEY-----",
+            )],
+        );
+        // Without its END line the block runs to the end of the text.
+        check(
+            "a\n-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-42 4242 mail",
+            &[(
+                "private_key",
+                "-----BEGIN PRIVATE KEY-----\nMIIEvQIBADANBgkqhkiG9w0BAQEFAASC\n-42 4242 mail",
             )],
         );
         check(

@@ -173,6 +173,20 @@ pub fn normalize(input: &str) -> Normalized {
     }
     // The work list is a stack: put the input's own piece first again.
     out.pieces.sort_by_key(|p| p.depth);
+    // Signals are mapped byte by byte to the start of their source
+    // character; one decoded from a character of several bytes (a tag
+    // character read as ASCII) must cover it whole, or its range cuts the
+    // character (found by crates/fuzz).
+    for s in &mut out.signals {
+        s.end = s.end.min(input.len());
+        s.start = s.start.min(s.end);
+        while !input.is_char_boundary(s.start) {
+            s.start -= 1;
+        }
+        while !input.is_char_boundary(s.end) {
+            s.end += 1;
+        }
+    }
     out
 }
 
@@ -658,6 +672,22 @@ mod tests {
             &["helloignore"],
             &[SignalKind::UnicodeTag],
         );
+    }
+
+    /// Regression (crates/fuzz `regressions/guard_scan/`): letters spaced
+    /// out as tag characters gave a range ending inside a character.
+    #[test]
+    fn signal_ranges_are_whole_characters() {
+        let input = "note: i g n o r e \u{e0069}";
+        let n = normalize(input);
+        assert!(!n.signals.is_empty());
+        for s in &n.signals {
+            assert!(s.start <= s.end && s.end <= input.len(), "{s:?}");
+            assert!(
+                input.is_char_boundary(s.start) && input.is_char_boundary(s.end),
+                "{s:?}"
+            );
+        }
     }
 
     #[test]

@@ -1,0 +1,177 @@
+//! `portcullis bom`: the AI bill of materials of a config and a state
+//! directory, validated against the official CycloneDX 1.6 JSON schema (the
+//! one bundled with `cyclonedx-python-lib`, strict mode). Skips the schema
+//! check visibly when that package is missing.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
+
+mod support;
+
+use std::process::Command;
+
+use portcullis_store::{McpToolRow, Store};
+use serde_json::Value;
+
+const VALIDATE: &str = r#"
+import sys
+from cyclonedx.schema import SchemaVersion
+from cyclonedx.validation.json import JsonStrictValidator
+error = JsonStrictValidator(SchemaVersion.V1_6).validate_str(sys.stdin.read())
+print(error if error else "valid")
+sys.exit(1 if error else 0)
+"#;
+
+fn cyclonedx_available() -> bool {
+    let ok = Command::new("python3")
+        .args(["-c", "import cyclonedx.validation.json, jsonschema"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!(
+            "SKIPPED: CycloneDX schema check: python3 with cyclonedx-python-lib[json-validation] is missing"
+        );
+    }
+    ok
+}
+
+fn tool(route: &str, name: &str, seen: &str, approved: Option<&str>) -> McpToolRow {
+    McpToolRow {
+        route: route.into(),
+        name: name.into(),
+        approved_digest: approved.map(str::to_string),
+        seen_digest: seen.into(),
+        seen_definition: "{}".into(),
+        findings: "[]".into(),
+        first_seen_ms: 1,
+        seen_ms: 2,
+        approved_ms: approved.map(|_| 3),
+        approved_by: approved.map(|_| "admin".to_string()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bom_lists_routes_models_and_tools_as_valid_cyclonedx_1_6() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = format!(
+        "{}{}{}",
+        support::route("api", "/api", "http://127.0.0.1:9/base", "internal"),
+        "[[routes]]\nname = \"files\"\nkind = \"mcp\"\npath_prefix = \"/mcp/files\"\nupstream = \"http://127.0.0.1:9/mcp\"\nclassification = \"confidential\"\nowner = \"data-team\"\ntags = [\"pii\"]\n",
+        "[[routes]]\nname = \"llm\"\nkind = \"llm\"\npath_prefix = \"/llm\"\nupstream = \"https://api.example:443\"\nclassification = \"restricted\"\napi_key_env = \"BOM_LLM_KEY\"\n\
+         [[routes.models]]\nname = \"gpt-4o\"\nversion = \"2024-08-06\"\nstatus = \"approved\"\n\
+         [[routes.models]]\nname = \"meta-llama/Llama-3-8B\"\nstatus = \"preview\"\n",
+    );
+    let config = support::config(dir.path(), &routes, "");
+    // The tools the gateway has seen, as its MCP adapter stores them.
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let store = Store::open_sqlite(&state.join("portcullis.db"))
+        .await
+        .unwrap();
+    let (a, b) = ("a".repeat(64), "b".repeat(64));
+    store
+        .upsert_mcp_tool(&tool("files", "read_file", &a, Some(&a)))
+        .await
+        .unwrap();
+    store
+        .upsert_mcp_tool(&tool("files", "write_file", &b, Some(&a)))
+        .await
+        .unwrap();
+    store
+        .upsert_mcp_tool(&tool("files", "delete_file", &b, None))
+        .await
+        .unwrap();
+    store.close().await;
+
+    let out = Command::new(support::BIN)
+        .arg("bom")
+        .arg("--config")
+        .arg(&config)
+        .arg("--state-dir")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let bom: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(bom["bomFormat"], "CycloneDX");
+    assert_eq!(bom["specVersion"], "1.6");
+
+    let services = bom["services"].as_array().unwrap();
+    let names: Vec<&str> = services
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["api", "files", "llm"]);
+    assert_eq!(services[0]["endpoints"][0], "http://127.0.0.1:9/base");
+    assert_eq!(services[1]["data"][0]["classification"], "confidential");
+    let props = |v: &Value| -> Vec<(String, String)> {
+        v["properties"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap().to_string(),
+                    p["value"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    assert!(props(&services[1]).contains(&("portcullis:owner".into(), "data-team".into())));
+    // Tools, nested in their server, with their pin state.
+    let tools = services[1]["services"].as_array().unwrap();
+    let pin = |name: &str| {
+        let t = tools.iter().find(|t| t["name"] == name).unwrap();
+        props(t)
+            .into_iter()
+            .find(|(k, _)| k == "portcullis:pin")
+            .unwrap()
+            .1
+    };
+    assert_eq!(pin("read_file"), "approved");
+    assert_eq!(pin("write_file"), "changed");
+    assert_eq!(pin("delete_file"), "pending");
+    // Models, as ML model components the LLM route depends on.
+    let models: Vec<(&str, Option<&str>)> = bom["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            assert_eq!(c["type"], "machine-learning-model");
+            (c["name"].as_str().unwrap(), c["version"].as_str())
+        })
+        .collect();
+    assert_eq!(
+        models,
+        [
+            ("gpt-4o", Some("2024-08-06")),
+            ("meta-llama/Llama-3-8B", None)
+        ]
+    );
+    assert_eq!(bom["dependencies"][0]["ref"], "route:llm");
+    assert_eq!(
+        bom["dependencies"][0]["dependsOn"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    // The API key's source is named, never its value or variable.
+    assert!(props(&services[2]).contains(&("portcullis:credential".into(), "api_key".into())));
+    assert!(!text.contains("BOM_LLM_KEY"));
+
+    if cyclonedx_available() {
+        let v = support::run_with_stdin(
+            Command::new("python3").args(["-c", VALIDATE]),
+            text.as_bytes(),
+        );
+        assert!(
+            v.status.success(),
+            "not valid CycloneDX 1.6: {}",
+            String::from_utf8_lossy(&v.stdout)
+        );
+    }
+}
