@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use portcullis_admin::{AdminState, MfaKeys, RemoteAddr};
+use portcullis_control::local_users::TotpSeal;
 use portcullis_gateway::audit_export::Exporters;
 use portcullis_gateway::audit_sink::AuditWriter;
 use portcullis_gateway::audit_spool;
@@ -374,6 +375,13 @@ pub async fn run(
         },
     );
     tokens.require_dpop_nonce = config.require_dpop_nonce;
+    // Local users' TOTP secrets, for admin MFA and the authorization
+    // endpoint's login page alike.
+    let totp_seal = Arc::new(TotpSeal::new(&load_or_create_seed(
+        &state.mfa_key(),
+        "the admin MFA sealing key",
+    )?));
+    tokens.local_users = Some(totp_seal.clone());
     let (tracer, trace_exporter) = match &config.telemetry {
         Some(telemetry) => {
             let (tracer, exporter) =
@@ -451,10 +459,7 @@ pub async fn run(
         sink: sink.clone(),
         vault: vault.clone(),
         checkpointer: checkpointer.clone(),
-        mfa: Arc::new(MfaKeys::new(
-            &load_or_create_seed(&state.mfa_key(), "the admin MFA sealing key")?,
-            config.admin_require_mfa,
-        )),
+        mfa: Arc::new(MfaKeys::new(totp_seal, config.admin_require_mfa)),
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -44,6 +44,9 @@ pub struct TokenService {
     /// require_dpop_nonce`, default off: a nonce a proof carries is always
     /// checked).
     pub require_dpop_nonce: bool,
+    /// The sealed TOTP secrets of local users, for the authorization
+    /// endpoint's login page (`None`: nobody can log in there).
+    pub local_users: Option<std::sync::Arc<crate::local_users::TotpSeal>>,
 }
 
 impl TokenService {
@@ -65,6 +68,7 @@ impl TokenService {
             token_url: format!("{}/oauth2/token", issuer.issuer()),
             nonces: DpopNonces::new(issuer.derive_secret("portcullis dpop nonce key")),
             require_dpop_nonce: false,
+            local_users: None,
             issuer,
             ttl,
             assertions: ReplayCache::new(REPLAY_CAPACITY),

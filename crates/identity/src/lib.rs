@@ -25,6 +25,7 @@ pub use replay::{ReplayCache, ReplayRefusal};
 pub use spiffe::SpiffeId;
 pub use token::{
     ASSERTION_CLOCK_SKEW, ASSERTION_TYPE, AccessClaims, Actor, AssertionClaims, Audience,
+    AuthorizedGrant, OAUTH_CLIENT_ACTOR,
     CLIENT_SIGNING_ALGS, Confirmation, DEFAULT_TOKEN_TTL, DPOP_NONCE_STEP, DPOP_WINDOW,
     DelegatedUser, DpopClaims, DpopNonces, DpopProof, Ed25519Key, MAX_ASSERTION_LIFETIME,
     MAX_TOKEN_TTL, PublicJwk, TokenError, TokenIssuer, access_token_hash, assertion_client,

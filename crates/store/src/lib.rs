@@ -14,6 +14,8 @@ mod analytics;
 pub use analytics::{AlertRow, QuarantineRow, RiskPoint};
 mod identity;
 pub use identity::{AdminUserRow, PostureRow, RevokedTokenRow};
+mod oauth_clients;
+pub use oauth_clients::{OAuthClientRow, RefreshOutcome, RefreshTokenRow};
 mod audit_archive;
 mod audit_log;
 mod audit_rows;
@@ -187,6 +189,11 @@ fn migrator() -> Migrator {
             15,
             "transit_exportable",
             include_str!("../migrations/0015_transit_exportable.sql"),
+        ),
+        migration(
+            17,
+            "oauth_authorization",
+            include_str!("../migrations/0017_oauth_authorization.sql"),
         ),
     ])
 }

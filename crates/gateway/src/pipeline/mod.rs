@@ -226,6 +226,7 @@ async fn run(
     let identity = authenticate::run_request(
         &snapshot.directory,
         &gateway.tokens,
+        &routing.routes,
         conn.peer.as_ref(),
         &decoded.parts,
         conn.remote.ip(),

@@ -1,0 +1,403 @@
+//! OAuth clients of the authorization-code flow and their refresh tokens
+//! (migration `0017_oauth_authorization.sql`). Refresh tokens are stored by
+//! SHA-256 only; a refresh is one transaction that marks the presented token
+//! used, so two concurrent refreshes with the same token cannot both win, and
+//! the loser is treated as reuse.
+
+use sqlx::Row;
+
+use crate::{Store, StoreError};
+
+/// One registered client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthClientRow {
+    /// The client id the gateway made.
+    pub client_id: String,
+    /// The name the client gave (shown on the consent page).
+    pub client_name: String,
+    /// Its exact redirect URIs.
+    pub redirect_uris: Vec<String>,
+    /// When it registered (epoch seconds).
+    pub created_at: i64,
+    /// The source address of the registration.
+    pub registered_by: String,
+    /// When an admin revoked it.
+    pub revoked_at: Option<i64>,
+}
+
+/// One refresh token (by hash) and the grant it carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshTokenRow {
+    /// SHA-256 (hex) of the token.
+    pub token_hash: String,
+    /// The family: every token descended from one authorization.
+    pub family: String,
+    /// The client it was issued to.
+    pub client_id: String,
+    /// The user it acts for.
+    pub user_name: String,
+    /// The resource (RFC 8707) its access tokens are for.
+    pub resource: String,
+    /// The granted scope.
+    pub scope: String,
+    /// The DPoP key thumbprint the family is bound to.
+    pub jkt: Option<String>,
+    /// Whether the user logged in with a second factor.
+    pub mfa: bool,
+    /// When issued.
+    pub created_at: i64,
+    /// When it stops working.
+    pub expires_at: i64,
+    /// The access token issued with it (revoked with the family).
+    pub access_jti: String,
+    /// That access token's expiry.
+    pub access_exp: i64,
+}
+
+/// What presenting a refresh token found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// Fresh: now marked used; the caller issues its successor.
+    Fresh(RefreshTokenRow),
+    /// Already used, or its family revoked: the family is now revoked and the
+    /// `jti`s of its live access tokens are in `revoked_tokens`.
+    Reused {
+        /// The family revoked.
+        family: String,
+        /// Its client.
+        client_id: String,
+    },
+    /// Unknown or expired, or its client revoked.
+    Invalid,
+}
+
+fn refresh_row(r: &sqlx::sqlite::SqliteRow) -> Result<RefreshTokenRow, StoreError> {
+    Ok(RefreshTokenRow {
+        token_hash: r.try_get("token_hash")?,
+        family: r.try_get("family")?,
+        client_id: r.try_get("client_id")?,
+        user_name: r.try_get("user_name")?,
+        resource: r.try_get("resource")?,
+        scope: r.try_get("scope")?,
+        jkt: r.try_get("jkt")?,
+        mfa: r.try_get::<i64, _>("mfa")? != 0,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        access_jti: r.try_get("access_jti")?,
+        access_exp: r.try_get("access_exp")?,
+    })
+}
+
+fn client_row(r: &sqlx::sqlite::SqliteRow) -> Result<OAuthClientRow, StoreError> {
+    let uris: String = r.try_get("redirect_uris")?;
+    Ok(OAuthClientRow {
+        client_id: r.try_get("client_id")?,
+        client_name: r.try_get("client_name")?,
+        redirect_uris: serde_json::from_str(&uris).unwrap_or_default(),
+        created_at: r.try_get("created_at")?,
+        registered_by: r.try_get("registered_by")?,
+        revoked_at: r.try_get("revoked_at")?,
+    })
+}
+
+/// Revokes `family` inside `tx`: its rows, and its live access tokens.
+async fn revoke_family_in(
+    tx: &mut sqlx::SqliteConnection,
+    family: &str,
+    now: i64,
+    reason: &str,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO revoked_tokens (jti, expires_at, revoked_at, reason)
+         SELECT access_jti, access_exp, ?, ? FROM oauth_refresh_tokens
+         WHERE family = ? AND access_exp > ?
+         ON CONFLICT(jti) DO NOTHING",
+    )
+    .bind(now)
+    .bind(reason)
+    .bind(family)
+    .bind(now)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "UPDATE oauth_refresh_tokens SET revoked_at = ? WHERE family = ? AND revoked_at IS NULL",
+    )
+    .bind(now)
+    .bind(family)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+impl Store {
+    /// Registers a client; `max_clients` live (unrevoked) clients at most,
+    /// checked in the same transaction. `Ok(false)` when full.
+    pub async fn add_oauth_client(
+        &self,
+        client: &OAuthClientRow,
+        max_clients: i64,
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let live: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM oauth_clients WHERE revoked_at IS NULL")
+                .fetch_one(&mut *tx)
+                .await?;
+        if live >= max_clients {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO oauth_clients (client_id, client_name, redirect_uris, created_at, registered_by)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&client.client_id)
+        .bind(&client.client_name)
+        .bind(serde_json::to_string(&client.redirect_uris).unwrap_or_else(|_| "[]".into()))
+        .bind(client.created_at)
+        .bind(&client.registered_by)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// One client, revoked or not.
+    pub async fn oauth_client(&self, client_id: &str) -> Result<Option<OAuthClientRow>, StoreError> {
+        let row = sqlx::query("SELECT * FROM oauth_clients WHERE client_id = ?")
+            .bind(client_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(client_row).transpose()
+    }
+
+    /// Every client, oldest first.
+    pub async fn oauth_clients(&self) -> Result<Vec<OAuthClientRow>, StoreError> {
+        let rows = sqlx::query("SELECT * FROM oauth_clients ORDER BY created_at, client_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(client_row).collect()
+    }
+
+    /// Revokes a client and every refresh family it holds (and their live
+    /// access tokens). `Ok(false)` when there is no such client.
+    pub async fn revoke_oauth_client(&self, client_id: &str, now: i64) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE oauth_clients SET revoked_at = COALESCE(revoked_at, ?) WHERE client_id = ?",
+        )
+        .bind(now)
+        .bind(client_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(false);
+        }
+        let families: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT family FROM oauth_refresh_tokens WHERE client_id = ? AND revoked_at IS NULL",
+        )
+        .bind(client_id)
+        .fetch_all(&mut *tx)
+        .await?;
+        for family in families {
+            revoke_family_in(&mut tx, &family, now, "oauth client revoked").await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Revokes one refresh family and its live access tokens (an
+    /// authorization code redeemed twice).
+    pub async fn revoke_refresh_family(
+        &self,
+        family: &str,
+        now: i64,
+        reason: &str,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        revoke_family_in(&mut tx, family, now, reason).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stores a new refresh token (the first of a family, or a successor).
+    pub async fn add_refresh_token(&self, row: &RefreshTokenRow) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO oauth_refresh_tokens (token_hash, family, client_id, user_name, resource, scope,
+               jkt, mfa, created_at, expires_at, access_jti, access_exp)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&row.token_hash)
+        .bind(&row.family)
+        .bind(&row.client_id)
+        .bind(&row.user_name)
+        .bind(&row.resource)
+        .bind(&row.scope)
+        .bind(&row.jkt)
+        .bind(i64::from(row.mfa))
+        .bind(row.created_at)
+        .bind(row.expires_at)
+        .bind(&row.access_jti)
+        .bind(row.access_exp)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Presents a refresh token: a fresh one is marked used and returned;
+    /// a used one revokes its family (reuse detection, RFC 9700 §4.14.2).
+    pub async fn use_refresh_token(
+        &self,
+        token_hash: &str,
+        now: i64,
+    ) -> Result<RefreshOutcome, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let row = sqlx::query(
+            "SELECT t.token_hash, t.family, t.client_id, t.user_name, t.resource, t.scope, t.jkt,
+               t.mfa, t.created_at, t.expires_at, t.access_jti, t.access_exp, t.used_at,
+               t.revoked_at AS revoked_at, c.revoked_at AS client_revoked
+             FROM oauth_refresh_tokens t JOIN oauth_clients c ON c.client_id = t.client_id
+             WHERE t.token_hash = ?",
+        )
+        .bind(token_hash)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(RefreshOutcome::Invalid);
+        };
+        let used: Option<i64> = row.try_get("used_at")?;
+        let revoked: Option<i64> = row.try_get("revoked_at")?;
+        let client_revoked: Option<i64> = row.try_get("client_revoked")?;
+        let refresh = refresh_row(&row)?;
+        if client_revoked.is_some() {
+            return Ok(RefreshOutcome::Invalid);
+        }
+        if used.is_some() || revoked.is_some() {
+            revoke_family_in(&mut tx, &refresh.family, now, "refresh token reused").await?;
+            tx.commit().await?;
+            return Ok(RefreshOutcome::Reused {
+                family: refresh.family,
+                client_id: refresh.client_id,
+            });
+        }
+        if refresh.expires_at <= now {
+            return Ok(RefreshOutcome::Invalid);
+        }
+        // Marked used only if still unused: a concurrent refresh that got
+        // here first makes this one a reuse.
+        let marked = sqlx::query(
+            "UPDATE oauth_refresh_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
+        )
+        .bind(now)
+        .bind(token_hash)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if marked == 0 {
+            revoke_family_in(&mut tx, &refresh.family, now, "refresh token reused").await?;
+            tx.commit().await?;
+            return Ok(RefreshOutcome::Reused {
+                family: refresh.family,
+                client_id: refresh.client_id,
+            });
+        }
+        tx.commit().await?;
+        Ok(RefreshOutcome::Fresh(refresh))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("s.db")).await.unwrap();
+        (dir, store)
+    }
+
+    fn client(id: &str) -> OAuthClientRow {
+        OAuthClientRow {
+            client_id: id.into(),
+            client_name: "Host".into(),
+            redirect_uris: vec!["http://127.0.0.1:1234/cb".into()],
+            created_at: 10,
+            registered_by: "127.0.0.1".into(),
+            revoked_at: None,
+        }
+    }
+
+    fn refresh(hash: &str, family: &str) -> RefreshTokenRow {
+        RefreshTokenRow {
+            token_hash: hash.into(),
+            family: family.into(),
+            client_id: "c1".into(),
+            user_name: "alice".into(),
+            resource: "https://gw/mcp".into(),
+            scope: "mcp".into(),
+            jkt: None,
+            mfa: true,
+            created_at: 100,
+            expires_at: 1_000,
+            access_jti: format!("jti-{hash}"),
+            access_exp: 400,
+        }
+    }
+
+    #[tokio::test]
+    async fn refresh_rotation_reuse_and_client_revocation() {
+        let (_dir, store) = store().await;
+        assert!(store.add_oauth_client(&client("c1"), 2).await.unwrap());
+        assert!(store.add_oauth_client(&client("c2"), 2).await.unwrap());
+        // The cap counts live clients.
+        assert!(!store.add_oauth_client(&client("c3"), 2).await.unwrap());
+        assert_eq!(
+            store.oauth_client("c1").await.unwrap().unwrap().redirect_uris,
+            vec!["http://127.0.0.1:1234/cb".to_string()]
+        );
+
+        store.add_refresh_token(&refresh("h1", "f1")).await.unwrap();
+        let RefreshOutcome::Fresh(row) = store.use_refresh_token("h1", 200).await.unwrap() else {
+            panic!("fresh token refused");
+        };
+        assert_eq!(row.user_name, "alice");
+        store.add_refresh_token(&refresh("h2", "f1")).await.unwrap();
+        // Reuse of h1 revokes the family: h2 stops working, and the access
+        // tokens of the family are revoked.
+        assert!(matches!(
+            store.use_refresh_token("h1", 210).await.unwrap(),
+            RefreshOutcome::Reused { .. }
+        ));
+        assert!(matches!(
+            store.use_refresh_token("h2", 220).await.unwrap(),
+            RefreshOutcome::Reused { .. }
+        ));
+        let revoked: Vec<String> = store
+            .revoked_tokens(220)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.jti)
+            .collect();
+        assert_eq!(revoked, vec!["jti-h1".to_string(), "jti-h2".to_string()]);
+        // Unknown and expired tokens are invalid.
+        assert_eq!(
+            store.use_refresh_token("nope", 220).await.unwrap(),
+            RefreshOutcome::Invalid
+        );
+        store.add_refresh_token(&refresh("h3", "f2")).await.unwrap();
+        assert_eq!(
+            store.use_refresh_token("h3", 5_000).await.unwrap(),
+            RefreshOutcome::Invalid
+        );
+        // Revoking the client ends its families.
+        store.add_refresh_token(&refresh("h4", "f3")).await.unwrap();
+        assert!(store.revoke_oauth_client("c1", 300).await.unwrap());
+        assert_eq!(
+            store.use_refresh_token("h4", 301).await.unwrap(),
+            RefreshOutcome::Invalid
+        );
+        assert!(!store.revoke_oauth_client("nobody", 300).await.unwrap());
+        // A revoked client frees its place.
+        assert!(store.add_oauth_client(&client("c3"), 2).await.unwrap());
+    }
+}
