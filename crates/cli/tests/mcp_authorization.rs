@@ -335,7 +335,7 @@ async fn stock_mcp_hosts_connect_with_the_authorization_code_flow() {
     assert_eq!(
         got["revoked_client"],
         serde_json::json!({"revoke": 200, "before": 200, "after": 401,
-            "refresh": [400, "invalid_grant"], "authorize": [401, "invalid_client"],
+            "refresh": [401, "invalid_client"], "authorize": [401, "invalid_client"],
             "listed_revoked": true}),
         "{got}"
     );
@@ -378,13 +378,20 @@ async fn stock_mcp_hosts_connect_with_the_authorization_code_flow() {
     let credential = call["credential"].as_str().unwrap();
     assert_eq!(call["principal"], "mcp-hosts", "{call}");
     assert!(credential.contains("cnf=none on behalf of"), "{call}");
-    assert!(
-        call["policies"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|p| p == "user:users"),
-        "{call}"
+    assert_eq!(call["policies"], serde_json::json!(["hosts-mcp"]), "{call}");
+    // The user's side decides too: dave's request names the user's forbid.
+    let dave = records
+        .iter()
+        .find(|r| {
+            r["credential"]
+                .as_str()
+                .is_some_and(|c| c.ends_with("cnf=none on behalf of dave"))
+        })
+        .unwrap_or_else(|| panic!("no record of dave's request"));
+    assert_eq!(
+        (&dave["outcome"], &dave["policies"]),
+        (&serde_json::json!("deny"), &serde_json::json!(["user:not-dave"])),
+        "{dave}"
     );
     // No secret in the log: no code, token or TOTP value.
     let text = serde_json::to_string(&records).unwrap();

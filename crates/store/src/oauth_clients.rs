@@ -137,27 +137,24 @@ impl Store {
         client: &OAuthClientRow,
         max_clients: i64,
     ) -> Result<bool, StoreError> {
-        let mut tx = self.pool.begin().await?;
-        let live: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM oauth_clients WHERE revoked_at IS NULL")
-                .fetch_one(&mut *tx)
-                .await?;
-        if live >= max_clients {
-            return Ok(false);
-        }
-        sqlx::query(
+        // One statement: the count and the insert see the same state, and
+        // the write lock is asked for at once (a read-then-write transaction
+        // would fail on a concurrent writer instead of waiting).
+        let inserted = sqlx::query(
             "INSERT INTO oauth_clients (client_id, client_name, redirect_uris, created_at, registered_by)
-             VALUES (?, ?, ?, ?, ?)",
+             SELECT ?, ?, ?, ?, ?
+             WHERE (SELECT COUNT(*) FROM oauth_clients WHERE revoked_at IS NULL) < ?",
         )
         .bind(&client.client_id)
         .bind(&client.client_name)
         .bind(serde_json::to_string(&client.redirect_uris).unwrap_or_else(|_| "[]".into()))
         .bind(client.created_at)
         .bind(&client.registered_by)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+        .bind(max_clients)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(inserted == 1)
     }
 
     /// One client, revoked or not.
@@ -251,10 +248,25 @@ impl Store {
         now: i64,
     ) -> Result<RefreshOutcome, StoreError> {
         let mut tx = self.pool.begin().await?;
+        // The write first, so the transaction holds the write lock from its
+        // start: a fresh token is marked used only if it is still unused,
+        // unrevoked, unexpired and its client live, so of two concurrent
+        // refreshes with one token exactly one wins and the other is reuse.
+        let marked = sqlx::query(
+            "UPDATE oauth_refresh_tokens SET used_at = ?
+             WHERE token_hash = ? AND used_at IS NULL AND revoked_at IS NULL AND expires_at > ?
+               AND client_id IN (SELECT client_id FROM oauth_clients WHERE revoked_at IS NULL)",
+        )
+        .bind(now)
+        .bind(token_hash)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
         let row = sqlx::query(
             "SELECT t.token_hash, t.family, t.client_id, t.user_name, t.resource, t.scope, t.jkt,
-               t.mfa, t.created_at, t.expires_at, t.access_jti, t.access_exp, t.used_at,
-               t.revoked_at AS revoked_at, c.revoked_at AS client_revoked
+               t.mfa, t.created_at, t.expires_at, t.access_jti, t.access_exp,
+               t.used_at, t.revoked_at AS revoked_at, c.revoked_at AS client_revoked
              FROM oauth_refresh_tokens t JOIN oauth_clients c ON c.client_id = t.client_id
              WHERE t.token_hash = ?",
         )
@@ -264,44 +276,24 @@ impl Store {
         let Some(row) = row else {
             return Ok(RefreshOutcome::Invalid);
         };
-        let used: Option<i64> = row.try_get("used_at")?;
+        let refresh = refresh_row(&row)?;
+        if marked == 1 {
+            tx.commit().await?;
+            return Ok(RefreshOutcome::Fresh(refresh));
+        }
         let revoked: Option<i64> = row.try_get("revoked_at")?;
         let client_revoked: Option<i64> = row.try_get("client_revoked")?;
-        let refresh = refresh_row(&row)?;
-        if client_revoked.is_some() {
+        let used: Option<i64> = row.try_get("used_at")?;
+        if client_revoked.is_some() || (used.is_none() && revoked.is_none()) {
+            // A revoked client's, or expired unused.
             return Ok(RefreshOutcome::Invalid);
         }
-        if used.is_some() || revoked.is_some() {
-            revoke_family_in(&mut tx, &refresh.family, now, "refresh token reused").await?;
-            tx.commit().await?;
-            return Ok(RefreshOutcome::Reused {
-                family: refresh.family,
-                client_id: refresh.client_id,
-            });
-        }
-        if refresh.expires_at <= now {
-            return Ok(RefreshOutcome::Invalid);
-        }
-        // Marked used only if still unused: a concurrent refresh that got
-        // here first makes this one a reuse.
-        let marked = sqlx::query(
-            "UPDATE oauth_refresh_tokens SET used_at = ? WHERE token_hash = ? AND used_at IS NULL",
-        )
-        .bind(now)
-        .bind(token_hash)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if marked == 0 {
-            revoke_family_in(&mut tx, &refresh.family, now, "refresh token reused").await?;
-            tx.commit().await?;
-            return Ok(RefreshOutcome::Reused {
-                family: refresh.family,
-                client_id: refresh.client_id,
-            });
-        }
+        revoke_family_in(&mut tx, &refresh.family, now, "refresh token reused").await?;
         tx.commit().await?;
-        Ok(RefreshOutcome::Fresh(refresh))
+        Ok(RefreshOutcome::Reused {
+            family: refresh.family,
+            client_id: refresh.client_id,
+        })
     }
 }
 

@@ -150,7 +150,7 @@ async def mcp_sdk(cfg, users, out):
     out["mcp_sdk"] = {
         "tools": sorted(t.name for t in tools.tools),
         "result": " ".join(getattr(c, "text", "") for c in result.content),
-        "is_error": result.isError,
+        "is_error": result.is_error,
         "token_type": storage.tokens.token_type,
         "has_refresh": storage.tokens.refresh_token is not None,
         "client_name_on_page": "MCP SDK host &lt;test&gt;" in location.get("page", ""),
@@ -224,8 +224,9 @@ def call_mcp(cfg, bearer, url=None):
 def api(cfg, bearer):
     r = requests.get(cfg["api_url"], headers={"authorization": f"Bearer {bearer}"}, verify=cfg["ca"])
     try:
-        code = r.json().get("code")
-    except ValueError:
+        body = r.json()
+        code = body["error"]["code"] if isinstance(body.get("error"), dict) else body.get("code")
+    except (ValueError, KeyError):
         code = None
     return r.status_code, code, r.headers.get("www-authenticate")
 
