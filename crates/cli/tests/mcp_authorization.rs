@@ -7,6 +7,7 @@
 mod support;
 
 use serde_json::Value;
+use support::authorization::{enrol, next_code};
 use support::*;
 
 fn challenges(response: &reqwest::Response) -> Vec<String> {
@@ -135,47 +136,6 @@ fn python_with_flow_clients() -> bool {
             false
         }
     }
-}
-
-/// A TOTP code of `secret` for the next unused step of its user (the step
-/// is remembered in `last`, as the gateway remembers it: a code works once).
-fn next_code(secret: &str, last: &mut u64) -> String {
-    let mut now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    if now % 30 >= 28 {
-        // The server must see the same window as the code.
-        std::thread::sleep(std::time::Duration::from_secs(3));
-        now += 3;
-    }
-    let step = (*last + 1).max(now / 30 - 1);
-    assert!(step <= now / 30 + 1, "no TOTP step left");
-    *last = step;
-    portcullis_identity::TotpSecret::from_base32(secret)
-        .unwrap()
-        .code_at(step * 30)
-}
-
-async fn enrol(
-    server: &Server,
-    admin: &reqwest::Client,
-    name: &str,
-    approver: Option<(&str, String)>,
-) -> String {
-    let mut request = admin
-        .post(format!("https://{}/admin/v1/admins", server.admin))
-        .bearer_auth(server.admin_token())
-        .json(&serde_json::json!({ "name": name }));
-    if let Some((user, code)) = approver {
-        request = request
-            .header("x-portcullis-user", user)
-            .header("x-portcullis-totp", code);
-    }
-    let response = request.send().await.unwrap();
-    assert_eq!(response.status(), 201, "{name}");
-    let body: Value = response.json().await.unwrap();
-    body["totp_secret"].as_str().unwrap().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -27,6 +27,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
+pub mod authorization;
 pub mod parity_rig;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
