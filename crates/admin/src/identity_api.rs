@@ -27,7 +27,10 @@ pub(crate) fn routes() -> Router<AdminState> {
         .route("/users/disabled", get(list_disabled))
         .route("/agents/{name}/posture", post(pin_posture))
         .route("/oauth/clients", get(list_oauth_clients))
-        .route("/oauth/clients/{client_id}/revoke", post(revoke_oauth_client))
+        .route(
+            "/oauth/clients/{client_id}/revoke",
+            post(revoke_oauth_client),
+        )
 }
 
 /// `GET /admin/v1/oauth/clients`: every registered client, revoked or not.
@@ -72,7 +75,13 @@ async fn revoke_oauth_client(
         return Err(call.error(ErrorCode::NotFound, "no such OAuth client"));
     }
     refresh(&state, &call).await?;
-    call.done_by(&state.sink, &approver, "oauth_client.revoke", &client_id, 200);
+    call.done_by(
+        &state.sink,
+        &approver,
+        "oauth_client.revoke",
+        &client_id,
+        200,
+    );
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({ "revoked": client_id }),

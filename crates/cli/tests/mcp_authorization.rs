@@ -149,7 +149,10 @@ async fn stock_mcp_hosts_connect_with_the_authorization_code_flow() {
         let port = free_port();
         let notes = tempfile::NamedTempFile::new().unwrap();
         let mut py = std::process::Command::new("python3")
-            .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp/guard_server.py"))
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/mcp/guard_server.py"
+            ))
             .arg(port.to_string())
             .arg(notes.path())
             .arg("json")
@@ -300,7 +303,11 @@ async fn stock_mcp_hosts_connect_with_the_authorization_code_flow() {
         "{got}"
     );
     // The user is decided too: a user policy forbids, whatever the agent may.
-    assert_eq!(got["forbidden_user"], serde_json::json!([403, "forbidden"]), "{got}");
+    assert_eq!(
+        got["forbidden_user"],
+        serde_json::json!([403, "forbidden"]),
+        "{got}"
+    );
 
     // Every step is in the audit log: registrations, logins, issuances and
     // the refusals; the MCP calls as the agent for the user, unbound.
@@ -314,14 +321,19 @@ async fn stock_mcp_hosts_connect_with_the_authorization_code_flow() {
     assert!(of("oauth2_register", "allow") >= 3, "registrations");
     assert!(of("oauth2_register", "deny") >= 4, "refused registrations");
     assert!(of("oauth2_authorize", "allow") >= 7, "logins");
-    assert!(of("oauth2_authorize", "deny") >= 5, "refused authorizations");
+    assert!(
+        of("oauth2_authorize", "deny") >= 5,
+        "refused authorizations"
+    );
     assert!(of("oauth2_token", "deny") >= 6, "refused grants");
     let issued: Vec<&Value> = records
         .iter()
         .filter(|r| {
             r["resource"] == "oauth2_token"
                 && r["outcome"] == "allow"
-                && r["credential"].as_str().is_some_and(|c| c.contains("cnf=none"))
+                && r["credential"]
+                    .as_str()
+                    .is_some_and(|c| c.contains("cnf=none"))
         })
         .collect();
     assert!(issued.len() >= 6, "{issued:?}");
@@ -350,7 +362,10 @@ async fn stock_mcp_hosts_connect_with_the_authorization_code_flow() {
         .unwrap_or_else(|| panic!("no record of dave's request"));
     assert_eq!(
         (&dave["outcome"], &dave["policies"]),
-        (&serde_json::json!("deny"), &serde_json::json!(["user:not-dave"])),
+        (
+            &serde_json::json!("deny"),
+            &serde_json::json!(["user:not-dave"])
+        ),
         "{dave}"
     );
     // No secret in the log: no code, token or TOTP value.

@@ -1568,9 +1568,16 @@ async fn an_authorization_code_token_acts_for_its_user_on_every_protocol() {
         let other = &tokens[(i + 1) % 3];
         let refused = match protocol {
             Protocol::Mcp => mcp_call_with(&rig, &http, other, "wrong-route").await,
-            _ => rig.call_by(&http, protocol, "wrong-route", Some(other)).await,
+            _ => {
+                rig.call_by(&http, protocol, "wrong-route", Some(other))
+                    .await
+            }
         };
-        assert_eq!(refused.code.as_deref(), Some("invalid_token"), "{cell}: {refused:?}");
+        assert_eq!(
+            refused.code.as_deref(),
+            Some("invalid_token"),
+            "{cell}: {refused:?}"
+        );
         let rec = tokio::task::block_in_place(|| record(&rig.server, &refused.request_id));
         assert_eq!(rec["outcome"], "deny", "{cell}: {rec}");
     }
@@ -1606,7 +1613,10 @@ async fn mcp_call_with(rig: &Rig, http: &reqwest::Client, token: &str, text: &st
     if init.status() != 200 {
         return outcome_of(init).await;
     }
-    let session = init.headers()["mcp-session-id"].to_str().unwrap().to_string();
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let _ = init.bytes().await;
     let r = post(
         json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),

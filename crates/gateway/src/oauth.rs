@@ -72,10 +72,9 @@ pub fn is_oauth_path(path: &str) -> bool {
             | METADATA_PATH
             | crate::authorization::AUTHORIZE_PATH
             | crate::authorization::REGISTER_PATH
-    )
-        || path
-            .strip_prefix(RESOURCE_METADATA_PATH)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    ) || path
+        .strip_prefix(RESOURCE_METADATA_PATH)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// The MCP route `path` falls under, if any: the protected resource of the
@@ -909,7 +908,12 @@ pub(crate) fn token_request_proof(
 }
 
 /// Spends a DPoP proof's `jti` (after every other check passed).
-pub(crate) fn spend_proof(tokens: &TokenService, key: &str, until: i64, now: i64) -> Result<(), Denial> {
+pub(crate) fn spend_proof(
+    tokens: &TokenService,
+    key: &str,
+    until: i64,
+    now: i64,
+) -> Result<(), Denial> {
     replay(
         &tokens.proofs,
         key,

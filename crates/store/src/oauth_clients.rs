@@ -158,7 +158,10 @@ impl Store {
     }
 
     /// One client, revoked or not.
-    pub async fn oauth_client(&self, client_id: &str) -> Result<Option<OAuthClientRow>, StoreError> {
+    pub async fn oauth_client(
+        &self,
+        client_id: &str,
+    ) -> Result<Option<OAuthClientRow>, StoreError> {
         let row = sqlx::query("SELECT * FROM oauth_clients WHERE client_id = ?")
             .bind(client_id)
             .fetch_optional(&self.pool)
@@ -343,7 +346,12 @@ mod tests {
         // The cap counts live clients.
         assert!(!store.add_oauth_client(&client("c3"), 2).await.unwrap());
         assert_eq!(
-            store.oauth_client("c1").await.unwrap().unwrap().redirect_uris,
+            store
+                .oauth_client("c1")
+                .await
+                .unwrap()
+                .unwrap()
+                .redirect_uris,
             vec!["http://127.0.0.1:1234/cb".to_string()]
         );
 

@@ -61,8 +61,15 @@ pub(crate) async fn serve_authorize(
     recorder.record().resource = Some("oauth2_authorize".into());
     let server = configured(gateway)?;
     if decoded.parts.method == Method::GET {
-        let query: Query = serde_urlencoded::from_str(decoded.target.query.as_deref().unwrap_or(""))
-            .map_err(|_| Denial::new(ErrorCode::BadRequest, "the authorization request is not a valid query"))?;
+        let query: Query = serde_urlencoded::from_str(
+            decoded.target.query.as_deref().unwrap_or(""),
+        )
+        .map_err(|_| {
+            Denial::new(
+                ErrorCode::BadRequest,
+                "the authorization request is not a valid query",
+            )
+        })?;
         let request = match check_request(gateway, query).await? {
             Ok(request) => request,
             Err((request, denial)) => return Ok(refused(gateway, &request, &denial, recorder)),
@@ -158,7 +165,10 @@ async fn check_request(
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "cannot read OAuth clients");
-            Denial::new(ErrorCode::Unavailable, "the client registry cannot be read; retry shortly")
+            Denial::new(
+                ErrorCode::Unavailable,
+                "the client registry cannot be read; retry shortly",
+            )
         })?
         .filter(|c| c.revoked_at.is_none())
         .ok_or_else(|| {
@@ -219,7 +229,11 @@ async fn check_request(
             );
         }
     }
-    match query.resource.as_deref().map(|r| route_resource(gateway, r)) {
+    match query
+        .resource
+        .as_deref()
+        .map(|r| route_resource(gateway, r))
+    {
         Some(Ok(resource)) => request.resource = resource,
         Some(Err(denial)) => return Ok(Err((request, denial))),
         None => {
@@ -231,7 +245,10 @@ async fn check_request(
         }
     }
     if let Some(scope) = query.scope
-        && !scope.split(' ').filter(|s| !s.is_empty()).all(|s| s == SCOPE)
+        && !scope
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .all(|s| s == SCOPE)
     {
         return refuse(
             request,
@@ -286,7 +303,10 @@ async fn login(
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "cannot check a login");
-            Denial::new(ErrorCode::Unavailable, "logins cannot be checked; retry shortly")
+            Denial::new(
+                ErrorCode::Unavailable,
+                "logins cannot be checked; retry shortly",
+            )
         })?;
     let refusal = match check {
         CodeCheck::Accepted { .. } if gateway.tokens.revocations.user_disabled(user) => {

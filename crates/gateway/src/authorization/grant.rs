@@ -42,7 +42,10 @@ fn grant_error(message: impl Into<String>) -> Denial {
 
 fn store_error(e: portcullis_store::StoreError) -> Denial {
     tracing::error!(error = %e, "OAuth grant: store unavailable");
-    Denial::new(ErrorCode::Unavailable, "the grant cannot be checked now; retry shortly")
+    Denial::new(
+        ErrorCode::Unavailable,
+        "the grant cannot be checked now; retry shortly",
+    )
 }
 
 /// What a grant yields, ready to issue.
@@ -69,8 +72,12 @@ pub(crate) async fn token(
     recorder: &mut Recorder,
 ) -> Result<Response<ResponseBody>, Denial> {
     let server = configured(gateway)?;
-    let form: GrantForm = serde_urlencoded::from_bytes(body)
-        .map_err(|_| Denial::new(ErrorCode::BadRequest, "the token request is not a valid form"))?;
+    let form: GrantForm = serde_urlencoded::from_bytes(body).map_err(|_| {
+        Denial::new(
+            ErrorCode::BadRequest,
+            "the token request is not a valid form",
+        )
+    })?;
     let client_id = form.client_id.clone().unwrap_or_default();
     recorder.record().credential = Some(format!("client={client_id} grant={}", form.grant_type));
     let client = gateway
@@ -91,7 +98,11 @@ pub(crate) async fn token(
         refresh_grant(gateway, &form, &client.client_id, now).await?
     };
     // The resource, when named again, must be the grant's (RFC 8707 §2.2).
-    if form.resource.as_deref().is_some_and(|r| r != grant.resource) {
+    if form
+        .resource
+        .as_deref()
+        .is_some_and(|r| r != grant.resource)
+    {
         return Err(Denial::new(
             ErrorCode::InvalidTarget,
             "`resource` is not the resource this grant is for",
@@ -100,7 +111,9 @@ pub(crate) async fn token(
     // The resource is still a route (a reload may have removed it).
     super::route_resource(gateway, &grant.resource)?;
     // The binding: the proof's key, which a refresh must keep.
-    let proof = proof.map(|p| token_request_proof(&gateway.tokens, p, now)).transpose()?;
+    let proof = proof
+        .map(|p| token_request_proof(&gateway.tokens, p, now))
+        .transpose()?;
     let jkt = proof.as_ref().map(|(jkt, _)| jkt.clone());
     if grant.family_jkt.is_some() && grant.family_jkt != jkt {
         return Err(Denial::new(
@@ -121,12 +134,15 @@ pub(crate) async fn token(
 
 /// The principal agent must be live: a revoked agent's flow issues nothing.
 fn check_agent(directory: &AgentDirectory, agent: &AgentName) -> Result<(), Denial> {
-    directory.check_agent(agent.as_str()).map(|_| ()).map_err(|_| {
-        Denial::new(
-            ErrorCode::AgentRevoked,
-            "the agent of `[identity.authorization]` is not registered or was revoked",
-        )
-    })
+    directory
+        .check_agent(agent.as_str())
+        .map(|_| ())
+        .map_err(|_| {
+            Denial::new(
+                ErrorCode::AgentRevoked,
+                "the agent of `[identity.authorization]` is not registered or was revoked",
+            )
+        })
 }
 
 async fn code_grant(
@@ -152,7 +168,9 @@ async fn code_grant(
     let (code, family) = issued;
     let request = &code.request;
     if request.client_id != client_id {
-        return Err(grant_error("the authorization code was issued to another client"));
+        return Err(grant_error(
+            "the authorization code was issued to another client",
+        ));
     }
     if form.redirect_uri.as_deref() != Some(request.redirect_uri.as_str()) {
         return Err(grant_error(
@@ -164,7 +182,9 @@ async fn code_grant(
         .as_deref()
         .is_some_and(|v| pkce_matches(v, &request.code_challenge))
     {
-        return Err(grant_error("the PKCE `code_verifier` does not match the challenge"));
+        return Err(grant_error(
+            "the PKCE `code_verifier` does not match the challenge",
+        ));
     }
     Ok(Grant {
         client_id: client_id.to_string(),
@@ -201,11 +221,15 @@ async fn refresh_grant(
             ));
         }
         RefreshOutcome::Invalid => {
-            return Err(grant_error("the refresh token is unknown, expired or revoked"));
+            return Err(grant_error(
+                "the refresh token is unknown, expired or revoked",
+            ));
         }
     };
     if row.client_id != client_id {
-        return Err(grant_error("the refresh token was issued to another client"));
+        return Err(grant_error(
+            "the refresh token was issued to another client",
+        ));
     }
     Ok(Grant {
         client_id: row.client_id,
@@ -225,7 +249,10 @@ async fn revoke_family(gateway: &Gateway, family: &str, now: i64) -> Result<(), 
         .revoke_refresh_family(family, now, "authorization code reused")
         .await
         .map_err(store_error)?;
-    tracing::warn!(family, "authorization code reused: what it issued is revoked");
+    tracing::warn!(
+        family,
+        "authorization code reused: what it issued is revoked"
+    );
     reload_revocations(gateway).await
 }
 

