@@ -482,6 +482,24 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: AdminUserCommand,
     },
+    /// OAuth clients of MCP authorization (`[identity.authorization]`).
+    OauthClient {
+        #[command(subcommand)]
+        command: OauthClientCommand,
+    },
+}
+
+/// `portcullis admin oauth-client …`
+#[derive(Debug, Subcommand)]
+pub enum OauthClientCommand {
+    /// List registered clients, revoked ones too.
+    List,
+    /// Revoke a client: it can no longer authorize or refresh, and its live
+    /// tokens stop working at once (needs --user/--totp once an admin enrolled).
+    Revoke {
+        /// The client id.
+        client_id: String,
+    },
 }
 
 /// `portcullis admin user …`
@@ -585,6 +603,43 @@ pub async fn admin(command: AdminCommand, args: AdminArgs) -> Result<()> {
         } => {
             client.delete(&format!("/admins/{name}")).await?;
             println!("removed admin `{name}`");
+        }
+        AdminCommand::OauthClient {
+            command: OauthClientCommand::List,
+        } => {
+            let v = client.get("/oauth/clients").await?;
+            println!(
+                "{:<44} {:<24} {:<21} {:<8} REDIRECT URIS",
+                "CLIENT ID", "NAME", "REGISTERED", "STATUS"
+            );
+            for c in v.as_array().into_iter().flatten() {
+                let uris: Vec<&str> = c["redirect_uris"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|u| u.as_str())
+                    .collect();
+                println!(
+                    "{:<44} {:<24} {:<21} {:<8} {}",
+                    c["client_id"].as_str().unwrap_or_default(),
+                    c["client_name"].as_str().unwrap_or_default(),
+                    format_time(c["created_at"].as_i64().unwrap_or_default()),
+                    if c["revoked_at"].is_null() {
+                        "active"
+                    } else {
+                        "revoked"
+                    },
+                    uris.join(" ")
+                );
+            }
+        }
+        AdminCommand::OauthClient {
+            command: OauthClientCommand::Revoke { client_id },
+        } => {
+            client
+                .post(&format!("/oauth/clients/{client_id}/revoke"), &json!({}))
+                .await?;
+            println!("revoked OAuth client `{client_id}`");
         }
     }
     Ok(())

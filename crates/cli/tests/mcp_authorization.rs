@@ -211,25 +211,10 @@ async fn stock_mcp_hosts_connect_with_the_authorization_code_flow() {
     });
     let flow_file = server.path().join("flow.json");
     std::fs::write(&flow_file, flow.to_string()).unwrap();
+    // Bounded: a few dozen local requests, and at most a few waits for the
+    // next TOTP window.
     let output = tokio::task::spawn_blocking(move || {
-        let mut child = std::process::Command::new("python3")
-            .arg(FLOW_SCRIPT)
-            .arg(&flow_file)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Bounded: a few dozen local requests, and at most a few waits for
-        // the next TOTP window.
-        let started = std::time::Instant::now();
-        while child.try_wait().unwrap().is_none() {
-            if started.elapsed() > std::time::Duration::from_secs(150) {
-                let _ = child.kill();
-                panic!("authorization_code.py did not finish in 150 s");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        child.wait_with_output().unwrap()
+        run_python(FLOW_SCRIPT, &flow_file, std::time::Duration::from_secs(150))
     })
     .await
     .unwrap();
@@ -302,6 +287,22 @@ async fn stock_mcp_hosts_connect_with_the_authorization_code_flow() {
             "listed_revoked": true}),
         "{got}"
     );
+    // A client that sends DPoP proofs gets DPoP-bound tokens, and a refresh
+    // of its family needs a proof of the same key.
+    assert_eq!(
+        got["dpop"],
+        serde_json::json!({"token": [200, "DPoP"], "as_dpop": 200, "as_bearer": 401,
+            "refresh_with_proof": [200, "DPoP"],
+            "refresh_without_proof": [400, "invalid_dpop_proof"]}),
+        "{got}"
+    );
+    // The operator's view: `portcullis admin oauth-client list`.
+    let listed = tokio::task::block_in_place(|| server.cli(&["admin", "oauth-client", "list"]));
+    let listed = String::from_utf8_lossy(&listed.stdout).to_string();
+    assert!(
+        listed.contains("authlib host") && listed.contains("revoked") && listed.contains("active"),
+        "{listed}"
+    );
     // The user is decided too: a user policy forbids, whatever the agent may.
     assert_eq!(
         got["forbidden_user"],
@@ -337,6 +338,13 @@ async fn stock_mcp_hosts_connect_with_the_authorization_code_flow() {
         })
         .collect();
     assert!(issued.len() >= 6, "{issued:?}");
+    assert!(records.iter().any(|r| {
+        r["resource"] == "oauth2_token"
+            && r["outcome"] == "allow"
+            && r["credential"]
+                .as_str()
+                .is_some_and(|c| c.contains("cnf=dpop"))
+    }));
     assert!(issued.iter().all(|r| r["principal"] == "mcp-hosts"));
     let call = records
         .iter()

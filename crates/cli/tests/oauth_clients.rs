@@ -70,27 +70,11 @@ async fn oauth_libraries_work_with_their_defaults() {
     });
     let cfg_file = server.path().join("clients.json");
     std::fs::write(&cfg_file, cfg.to_string()).unwrap();
-    let output = tokio::task::spawn_blocking(move || {
-        let mut child = Command::new("python3")
-            .arg(SCRIPT)
-            .arg(&cfg_file)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
+    // Bounded: the script makes a dozen local requests.
+    let output =
+        tokio::task::spawn_blocking(move || run_python(SCRIPT, &cfg_file, Duration::from_secs(60)))
+            .await
             .unwrap();
-        // Bounded: the script makes a dozen local requests.
-        let started = std::time::Instant::now();
-        while child.try_wait().unwrap().is_none() {
-            if started.elapsed() > Duration::from_secs(60) {
-                let _ = child.kill();
-                panic!("clients.py did not finish in 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        child.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap();
     drop(gate);
     assert!(
         output.status.success(),

@@ -387,6 +387,62 @@ def refusals(cfg, users, client, out):
     out["refusals"] = res
 
 
+def dpop_flow(cfg, users, out):
+    """A client that sends DPoP proofs gets DPoP-bound tokens (RFC 9449):
+    refused as Bearer, and a refresh needs a proof of the same key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    key = Ed25519PrivateKey.generate()
+    x = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+    def b64(data):
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    def proof(htm, htu, token=None):
+        claims = {"jti": secrets.token_hex(8), "htm": htm, "htu": htu, "iat": int(time.time())}
+        if token:
+            claims["ath"] = b64(hashlib.sha256(token.encode()).digest())
+        header = {"alg": "EdDSA", "typ": "dpop+jwt", "jwk": {"kty": "OKP", "crv": "Ed25519", "x": b64(x)}}
+        signing_input = b64(json.dumps(header).encode()) + "." + b64(json.dumps(claims).encode())
+        return signing_input + "." + b64(key.sign(signing_input.encode()))
+
+    token_url = cfg["base"] + "/oauth2/token"
+    cid = register(cfg, client_name="dpop host").json()["client_id"]
+    code, verifier = code_for(cfg, users, cid, cfg["api_resource"])
+    r = requests.post(
+        token_url,
+        data=dict(grant_type="authorization_code", code=code, redirect_uri=CALLBACK, client_id=cid, code_verifier=verifier),
+        headers={"DPoP": proof("POST", token_url)},
+        verify=cfg["ca"],
+    )
+    tok = r.json()
+    access = tok["access_token"]
+    as_dpop = requests.get(
+        cfg["api_url"],
+        headers={"authorization": f"DPoP {access}", "DPoP": proof("GET", cfg["api_url"], access)},
+        verify=cfg["ca"],
+    ).status_code
+    refreshed = requests.post(
+        token_url,
+        data=dict(grant_type="refresh_token", refresh_token=tok["refresh_token"], client_id=cid),
+        headers={"DPoP": proof("POST", token_url)},
+        verify=cfg["ca"],
+    )
+    unproved = requests.post(
+        token_url,
+        data=dict(grant_type="refresh_token", refresh_token=refreshed.json()["refresh_token"], client_id=cid),
+        verify=cfg["ca"],
+    )
+    out["dpop"] = {
+        "token": [r.status_code, tok.get("token_type")],
+        "as_dpop": as_dpop,
+        "as_bearer": api(cfg, access)[0],
+        "refresh_with_proof": [refreshed.status_code, refreshed.json().get("token_type")],
+        "refresh_without_proof": [unproved.status_code, unproved.json().get("error")],
+    }
+
+
 def revoke_client(cfg, users, client, out):
     """An admin revokes a client: its tokens stop working at once."""
     cid = client["client_id"]
@@ -429,6 +485,7 @@ def main():
     asyncio.run(mcp_sdk(cfg, users, out))
     client = authlib_flow(cfg, users, out)
     refusals(cfg, users, client, out)
+    dpop_flow(cfg, users, out)
     revoke_client(cfg, users, client, out)
     # A user policy forbids: decided as the user too.
     forbidden = register(cfg, client_name="forbidden user host").json()

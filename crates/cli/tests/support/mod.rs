@@ -339,6 +339,26 @@ pub fn tls_config(ca_pem: &str, identity: Option<(&Path, &Path)>) -> rustls::Cli
     }
 }
 
+/// Runs `python3 SCRIPT ARG`, killed after `limit`; its output.
+pub fn run_python(script: &str, arg: &Path, limit: Duration) -> std::process::Output {
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg(arg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{script} did not finish in {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// An HTTP client (reqwest) over that TLS config.
 pub fn client(ca_pem: &str, identity: Option<(&Path, &Path)>) -> reqwest::Client {
     reqwest::Client::builder()

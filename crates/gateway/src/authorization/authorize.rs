@@ -159,24 +159,7 @@ async fn check_request(
     query: Query,
 ) -> Result<Result<AuthorizationRequest, (AuthorizationRequest, Denial)>, Denial> {
     let client_id = query.client_id.unwrap_or_default();
-    let client = gateway
-        .store
-        .oauth_client(&client_id)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot read OAuth clients");
-            Denial::new(
-                ErrorCode::Unavailable,
-                "the client registry cannot be read; retry shortly",
-            )
-        })?
-        .filter(|c| c.revoked_at.is_none())
-        .ok_or_else(|| {
-            Denial::new(
-                ErrorCode::InvalidClient,
-                "`client_id` names no registered client (or a revoked one)",
-            )
-        })?;
+    let client = super::live_client(gateway, &client_id).await?;
     let redirect_uri = match (query.redirect_uri, client.redirect_uris.as_slice()) {
         (Some(uri), registered) if registered.contains(&uri) => uri,
         // RFC 6749 §3.1.2.3: omitted only when exactly one is registered.

@@ -80,18 +80,7 @@ pub(crate) async fn token(
     })?;
     let client_id = form.client_id.clone().unwrap_or_default();
     recorder.record().credential = Some(format!("client={client_id} grant={}", form.grant_type));
-    let client = gateway
-        .store
-        .oauth_client(&client_id)
-        .await
-        .map_err(store_error)?
-        .filter(|c| c.revoked_at.is_none())
-        .ok_or_else(|| {
-            Denial::new(
-                ErrorCode::InvalidClient,
-                "`client_id` names no registered client (or a revoked one)",
-            )
-        })?;
+    let client = super::live_client(gateway, &client_id).await?;
     let grant = if form.grant_type == "authorization_code" {
         code_grant(gateway, server, &form, &client.client_id, now).await?
     } else {

@@ -283,6 +283,31 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// The registered, unrevoked client `client_id`.
+pub(crate) async fn live_client(
+    gateway: &Gateway,
+    client_id: &str,
+) -> Result<portcullis_store::OAuthClientRow, Denial> {
+    gateway
+        .store
+        .oauth_client(client_id)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot read OAuth clients");
+            Denial::new(
+                ErrorCode::Unavailable,
+                "the client registry cannot be read; retry shortly",
+            )
+        })?
+        .filter(|c| c.revoked_at.is_none())
+        .ok_or_else(|| {
+            Denial::new(
+                ErrorCode::InvalidClient,
+                "`client_id` names no registered client (or a revoked one)",
+            )
+        })
+}
+
 /// The configured flow, or the refusal when `[identity.authorization]` is absent.
 pub(crate) fn configured(gateway: &Gateway) -> Result<&AuthorizationServer, Denial> {
     gateway.authorization.as_deref().ok_or_else(|| {
