@@ -1,7 +1,9 @@
 //! Revoking single credentials before they expire: one access token by its
 //! `jti`, or every delegated token of a federated user (disable). Both need a
 //! human admin's TOTP once one has enrolled, take effect on the data plane
-//! before the call returns, and are recorded.
+//! before the call returns, and are recorded. Also the OAuth clients of the
+//! authorization-code flow (MCP authorization): listed, and revoked with every
+//! refresh token and live access token they hold.
 
 use axum::Json;
 use axum::extract::State;
@@ -24,6 +26,66 @@ pub(crate) fn routes() -> Router<AdminState> {
         .route("/users/enable", post(enable_user))
         .route("/users/disabled", get(list_disabled))
         .route("/agents/{name}/posture", post(pin_posture))
+        .route("/oauth/clients", get(list_oauth_clients))
+        .route(
+            "/oauth/clients/{client_id}/revoke",
+            post(revoke_oauth_client),
+        )
+}
+
+/// `GET /admin/v1/oauth/clients`: every registered client, revoked or not.
+async fn list_oauth_clients(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+) -> Result<Response, ApiError> {
+    let rows = state
+        .store
+        .oauth_clients()
+        .await
+        .map_err(|e| call.store_error(e))?;
+    let rows: Vec<_> = rows
+        .into_iter()
+        .map(|c| {
+            serde_json::json!({
+                "client_id": c.client_id, "client_name": c.client_name,
+                "redirect_uris": c.redirect_uris, "created_at": c.created_at,
+                "registered_by": c.registered_by, "revoked_at": c.revoked_at,
+            })
+        })
+        .collect();
+    Ok(json(StatusCode::OK, &rows))
+}
+
+/// `POST /admin/v1/oauth/clients/{client_id}/revoke`: the client can no
+/// longer authorize or refresh, and its live access tokens stop working
+/// before the call returns.
+async fn revoke_oauth_client(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    headers: HeaderMap,
+    axum::extract::Path(client_id): axum::extract::Path<String>,
+) -> Result<Response, ApiError> {
+    let approver = require_fresh_totp(&state, &call, &headers).await?;
+    let found = state
+        .store
+        .revoke_oauth_client(&client_id, now_secs())
+        .await
+        .map_err(|e| call.store_error(e))?;
+    if !found {
+        return Err(call.error(ErrorCode::NotFound, "no such OAuth client"));
+    }
+    refresh(&state, &call).await?;
+    call.done_by(
+        &state.sink,
+        &approver,
+        "oauth_client.revoke",
+        &client_id,
+        200,
+    );
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({ "revoked": client_id }),
+    ))
 }
 
 fn now_secs() -> i64 {

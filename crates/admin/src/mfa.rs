@@ -30,18 +30,18 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use std::sync::Arc;
+
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::{Extension, Json};
 use portcullis_control::attempts::AttemptKey;
+use portcullis_control::local_users::{CodeCheck, TotpSeal};
 use portcullis_core::{AgentName, ErrorCode};
 use portcullis_identity::TotpSecret;
 use portcullis_store::AdminUserRow;
 use serde::{Deserialize, Serialize};
-use zeroize::Zeroizing;
 
 use crate::api::{AdminState, ApiError, Call, json};
 
@@ -53,66 +53,23 @@ pub const TOTP_HEADER: &str = "x-portcullis-totp";
 const TOTP_KIND: &str = "totp";
 /// Issuer shown in authenticator apps.
 const TOTP_ISSUER: &str = "Portcullis";
-const NONCE_LEN: usize = 12;
 
 /// The key sealing TOTP secrets, and whether MFA is required before enrolment.
+/// The sealing and the code check are `control`'s (`local_users`), shared with
+/// the data plane's login page.
+#[derive(Debug)]
 pub struct MfaKeys {
-    cipher: Aes256Gcm,
+    seal: Arc<TotpSeal>,
     require_always: bool,
 }
 
-impl std::fmt::Debug for MfaKeys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MfaKeys")
-            .field("require_always", &self.require_always)
-            .finish_non_exhaustive()
-    }
-}
-
 impl MfaKeys {
-    /// From 32 key bytes (the binary keeps them in `<state-dir>/mfa.key`).
-    pub fn new(key: &[u8; 32], require_always: bool) -> Self {
+    /// From the shared seal (the binary keeps its key in `<state-dir>/mfa.key`).
+    pub fn new(seal: Arc<TotpSeal>, require_always: bool) -> Self {
         MfaKeys {
-            cipher: Aes256Gcm::new(key.into()),
+            seal,
             require_always,
         }
-    }
-
-    fn aad(name: &str) -> Vec<u8> {
-        format!("portcullis-admin-totp:{name}").into_bytes()
-    }
-
-    fn seal(&self, name: &str, secret: &TotpSecret) -> Result<Vec<u8>, aes_gcm::Error> {
-        let nonce: [u8; NONCE_LEN] = rand::random();
-        let mut out = nonce.to_vec();
-        out.extend(self.cipher.encrypt(
-            &Nonce::from(nonce),
-            Payload {
-                msg: secret.as_bytes(),
-                aad: &Self::aad(name),
-            },
-        )?);
-        Ok(out)
-    }
-
-    fn open(&self, name: &str, sealed: &[u8]) -> Option<TotpSecret> {
-        if sealed.len() <= NONCE_LEN {
-            return None;
-        }
-        let (nonce, body) = sealed.split_at(NONCE_LEN);
-        let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
-        let plain = Zeroizing::new(
-            self.cipher
-                .decrypt(
-                    &Nonce::from(nonce),
-                    Payload {
-                        msg: body,
-                        aad: &Self::aad(name),
-                    },
-                )
-                .ok()?,
-        );
-        TotpSecret::from_bytes(plain.to_vec()).ok()
     }
 }
 
@@ -269,45 +226,33 @@ pub(crate) async fn verify_totp(
         }
         call.error(ErrorCode::InvalidTotp, "the TOTP code was refused")
     };
-    let Some(row) = state
-        .store
-        .admin_user(user)
-        .await
-        .map_err(|e| call.store_error(e))?
-    else {
-        return Err(refused());
-    };
-    let Some(secret) = state.mfa.open(&row.name, &row.totp_sealed) else {
-        // A secret that does not open was sealed under another key or moved:
-        // refuse, and tell the operator why in the log (never the secret).
-        tracing::error!(request_id = %call.request_id, admin = %row.name, "stored TOTP secret does not open with this state directory's MFA key");
-        return Err(refused());
-    };
-    let Some(step) = secret.verify(code, now_secs()) else {
-        return Err(refused());
-    };
-    let fresh = state
-        .store
-        .use_totp_step(&row.name, step as i64)
+    let check = state
+        .mfa
+        .seal
+        .check_code(&state.store, user, code, now_secs())
         .await
         .map_err(|e| call.store_error(e))?;
-    if !fresh {
-        // A replayed code counts as a failure too.
-        let _ = refused();
-        return Err(call.error(
-            ErrorCode::InvalidTotp,
-            "the TOTP code was already used; wait for the next one",
-        ));
-    }
+    let (step, previous) = match check {
+        CodeCheck::Accepted { step, previous } => (step, previous),
+        CodeCheck::Refused => return Err(refused()),
+        CodeCheck::Replayed => {
+            // A replayed code counts as a failure too.
+            let _ = refused();
+            return Err(call.error(
+                ErrorCode::InvalidTotp,
+                "the TOTP code was already used; wait for the next one",
+            ));
+        }
+    };
     attempts.success(TOTP_KIND, &keys);
     call.spent_code(SpentCode {
         store: state.store.clone(),
-        admin: row.name.clone(),
-        step: step as i64,
-        previous: row.last_step,
+        admin: user.to_string(),
+        step,
+        previous,
     });
     Ok(Approver {
-        user: row.name,
+        user: user.to_string(),
         mfa: true,
         step_up: false,
     })
@@ -350,6 +295,7 @@ pub(crate) async fn enrol(
     let secret = TotpSecret::generate();
     let sealed = state
         .mfa
+        .seal
         .seal(name.as_str(), &secret)
         .map_err(|_| call.internal("cannot seal the TOTP secret"))?;
     state
@@ -411,32 +357,4 @@ pub(crate) async fn remove(
         StatusCode::OK,
         &serde_json::json!({ "removed": name }),
     ))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn sealed_secrets_open_only_under_their_name_and_key() {
-        let keys = MfaKeys::new(&[7; 32], false);
-        let secret = TotpSecret::generate();
-        let sealed = keys.seal("alice", &secret).unwrap();
-        assert_eq!(
-            keys.open("alice", &sealed).unwrap().as_bytes(),
-            secret.as_bytes()
-        );
-        assert!(keys.open("bob", &sealed).is_none());
-        assert!(
-            MfaKeys::new(&[8; 32], false)
-                .open("alice", &sealed)
-                .is_none()
-        );
-        assert!(keys.open("alice", &sealed[..5]).is_none());
-        let mut flipped = sealed.clone();
-        *flipped.last_mut().unwrap() ^= 1;
-        assert!(keys.open("alice", &flipped).is_none());
-        // The seal is randomized: the same secret seals differently.
-        assert_ne!(keys.seal("alice", &secret).unwrap(), sealed);
-    }
 }

@@ -23,6 +23,11 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: AdminUserCommand,
     },
+    /// OAuth clients of MCP authorization (`[identity.authorization]`).
+    OauthClient {
+        #[command(subcommand)]
+        command: OauthClientCommand,
+    },
     /// Show the credential in use: its name, role, permissions and any open
     /// step-up window.
     Whoami,
@@ -62,6 +67,19 @@ pub enum AdminTokenCommand {
     },
 }
 
+/// `portcullis admin oauth-client …`
+#[derive(Debug, Subcommand)]
+pub enum OauthClientCommand {
+    /// List registered clients, revoked ones too.
+    List,
+    /// Revoke a client: it can no longer authorize or refresh, and its live
+    /// tokens stop working at once (needs a confirmation once an admin enrolled).
+    Revoke {
+        /// The client id.
+        client_id: String,
+    },
+}
+
 /// `portcullis admin user …`
 #[derive(Debug, Subcommand)]
 pub enum AdminUserCommand {
@@ -89,6 +107,15 @@ const TOKEN_COLUMNS: &[output::Column] = &[
     col("BY", "created_by", Kind::Text, 16),
     col("ROTATED", "rotated_at", Kind::Time, 20),
     col("REVOKED", "revoked_at", Kind::Time, 20),
+];
+
+/// `admin oauth-client list`'s columns.
+const OAUTH_CLIENT_COLUMNS: &[output::Column] = &[
+    col("CLIENT ID", "client_id", Kind::Text, 44),
+    col("NAME", "client_name", Kind::Text, 24),
+    col("REGISTERED", "created_at", Kind::Time, 20),
+    col("REVOKED", "revoked_at", Kind::Time, 20),
+    col("REDIRECT URIS", "redirect_uris", Kind::List, 40),
 ];
 
 /// Prints a token handed out once, and where it goes.
@@ -159,6 +186,18 @@ pub async fn admin(command: AdminCommand, args: AdminArgs) -> Result<()> {
             AdminUserCommand::Remove { name } => {
                 client.delete(&format!("/admins/{name}")).await?;
                 println!("removed admin `{name}`");
+            }
+        },
+        AdminCommand::OauthClient { command } => match command {
+            OauthClientCommand::List => {
+                let v = client.get("/oauth/clients").await?;
+                output::emit(format, &v, |v| output::rows(v, "", OAUTH_CLIENT_COLUMNS))?;
+            }
+            OauthClientCommand::Revoke { client_id } => {
+                client
+                    .post(&format!("/oauth/clients/{client_id}/revoke"), &json!({}))
+                    .await?;
+                println!("revoked OAuth client `{client_id}`");
             }
         },
         AdminCommand::Whoami => {

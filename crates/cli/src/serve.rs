@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
 use portcullis_admin::{AdminState, MfaKeys, RemoteAddr, ShuttingDown};
+use portcullis_control::local_users::TotpSeal;
 use portcullis_gateway::audit_export::Exporters;
 use portcullis_gateway::audit_sink::AuditWriter;
 use portcullis_gateway::audit_spool;
@@ -379,6 +380,13 @@ pub async fn run(
         // Cluster mode: a `jti` used on any replica is refused on all.
         tokens.shared_single_use = Some(store.clone());
     }
+    // Local users' TOTP secrets, for admin MFA and the authorization
+    // endpoint's login page alike.
+    let totp_seal = Arc::new(TotpSeal::new(&load_or_create_seed(
+        &state.mfa_key(),
+        "the admin MFA sealing key",
+    )?));
+    tokens.local_users = Some(totp_seal.clone());
     let (tracer, trace_exporter) = match &config.telemetry {
         Some(telemetry) => {
             let (tracer, exporter) =
@@ -457,10 +465,7 @@ pub async fn run(
         sink: sink.clone(),
         vault: vault.clone(),
         checkpointer: checkpointer.clone(),
-        mfa: Arc::new(MfaKeys::new(
-            &load_or_create_seed(&state.mfa_key(), "the admin MFA sealing key")?,
-            config.admin_require_mfa,
-        )),
+        mfa: Arc::new(MfaKeys::new(totp_seal, config.admin_require_mfa)),
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -1,7 +1,8 @@
 //! Stock OAuth client libraries against the real binary, with their defaults
 //! (`oauth/clients.py`): authlib's `PrivateKeyJWT` and session, requests-
 //! oauthlib's client-credentials session, RFC 8414 metadata validation, RFC
-//! 6749 §5.2 errors as they parse them, and DPoP proofs signed ES256 and
+//! 6749 §5.2 errors as they parse them, the RFC 8414 metadata of the
+//! authorization-code flow validated by authlib, and DPoP proofs signed ES256 and
 //! `Ed25519` with server-issued nonces. Skips, saying so, without python3 and
 //! the two libraries (`requirements-test.txt`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
@@ -39,7 +40,12 @@ async fn oauth_libraries_work_with_their_defaults() {
     install_crypto();
     let (upstream, gate) = start_upstream().await;
     let dir = tempfile::tempdir().unwrap();
-    let routes = route("api", "/api", &format!("http://{upstream}"), "public");
+    // The authorization-code flow is configured, so the metadata lists an
+    // authorization endpoint and the `code` response type.
+    let routes = format!(
+        "[identity.authorization]\nagent = \"mcp-hosts\"\n{}",
+        route("api", "/api", &format!("http://{upstream}"), "public")
+    );
     let cfg = config(dir.path(), &routes, "");
     let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
         .await
@@ -64,27 +70,11 @@ async fn oauth_libraries_work_with_their_defaults() {
     });
     let cfg_file = server.path().join("clients.json");
     std::fs::write(&cfg_file, cfg.to_string()).unwrap();
-    let output = tokio::task::spawn_blocking(move || {
-        let mut child = Command::new("python3")
-            .arg(SCRIPT)
-            .arg(&cfg_file)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
+    // Bounded: the script makes a dozen local requests.
+    let output =
+        tokio::task::spawn_blocking(move || run_python(SCRIPT, &cfg_file, Duration::from_secs(60)))
+            .await
             .unwrap();
-        // Bounded: the script makes a dozen local requests.
-        let started = std::time::Instant::now();
-        while child.try_wait().unwrap().is_none() {
-            if started.elapsed() > Duration::from_secs(60) {
-                let _ = child.kill();
-                panic!("clients.py did not finish in 60 s");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        child.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap();
     drop(gate);
     assert!(
         output.status.success(),
@@ -132,10 +122,10 @@ async fn oauth_libraries_work_with_their_defaults() {
         );
         assert_eq!(r["stale_new_nonce"], true, "{label}: {got}");
     }
-    // No authorization endpoint, so no response type works and none is
-    // listed; authlib's validation wants one (MCP authorization adds `code`).
-    assert_eq!(
-        got["metadata"], "\"response_types_supported\" is required",
-        "{got}"
-    );
+    // The metadata names what really works (the code flow with PKCE S256
+    // and public clients beside `private_key_jwt`), and authlib's
+    // validation accepts it as it is.
+    assert_eq!(got["metadata"], "valid", "{got}");
+    assert_eq!(got["response_types"], json!(["code"]), "{got}");
+    assert_eq!(got["pkce_methods"], json!(["S256"]), "{got}");
 }

@@ -44,6 +44,8 @@ const CELLS: &[&str] = &[
     "vault credential",
     "capture",
     "durable before forward",
+    "authorization code: bearer for the user",
+    "authorization code: another route's token",
 ];
 
 /// One obligation on the three protocols' permits.
@@ -150,6 +152,8 @@ struct Rig {
 #[derive(Default)]
 struct Extra<'a> {
     route_keys: &'a str,
+    /// TOML sections added to the config (before the routes).
+    config: &'a str,
     secret: Option<(&'a str, &'a str)>,
 }
 
@@ -300,7 +304,8 @@ async fn rig_setup(policies: &str, extra: &Extra<'_>) -> Option<Rig> {
         return None;
     }
     let auth_dir = tempfile::tempdir().unwrap();
-    let mcp_auth = (!extra.route_keys.is_empty()).then(|| auth_dir.path().join("mcp-auth"));
+    let mcp_auth = (!extra.route_keys.is_empty() || !extra.config.is_empty())
+        .then(|| auth_dir.path().join("mcp-auth"));
     let (mcp, mcp_port, notes) = tokio::task::block_in_place(|| start_mcp(mcp_auth.as_deref()));
     let (llm, llm_port) = tokio::task::block_in_place(start_llm);
     let (http_upstream, _gate) = support::start_upstream().await;
@@ -320,7 +325,7 @@ async fn rig_setup(policies: &str, extra: &Extra<'_>) -> Option<Rig> {
     std::fs::write(pol.join("parity.cedar"), policies).unwrap();
     let routes = |keys: &str| {
         format!(
-            "[policy]\ndir = \"policies\"\n\
+            "[policy]\ndir = \"policies\"\n{config}\
          [[identity.oidc]]\nissuer = \"{IDP}\"\naudience = \"portcullis\"\njwks_file = \"idp.jwks\"\n{}{keys}\
          [[routes]]\nname = \"tools\"\nkind = \"mcp\"\npath_prefix = \"/mcp/tools\"\nupstream = \"http://127.0.0.1:{mcp_port}/mcp\"\nclassification = \"internal\"\n{keys}\
          [[routes]]\nname = \"llm\"\nkind = \"llm\"\npath_prefix = \"/llm\"\nupstream = \"http://127.0.0.1:{llm_port}\"\nclassification = \"internal\"\napi_key_env = \"PARITY_LLM_KEY\"\n{keys}\
@@ -331,6 +336,7 @@ async fn rig_setup(policies: &str, extra: &Extra<'_>) -> Option<Rig> {
                 &format!("http://{http_upstream}"),
                 "internal"
             ),
+            config = extra.config,
         )
     };
     let env = [("PARITY_LLM_KEY", "sk-parity"), ("PORTCULLIS_KEK", KEK)];
@@ -1090,6 +1096,7 @@ async fn a_vault_credential_and_capture_work_on_every_protocol() {
     let extra = Extra {
         route_keys: &keys,
         secret: Some(SECRET),
+        ..Extra::default()
     };
     let Some(rig) = rig_setup(&policies, &extra).await else {
         return;
@@ -1493,5 +1500,155 @@ async fn metrics_after_traffic_on_every_protocol_pass_promtool_in_both_formats()
         expected.sort();
         found.sort();
         assert_eq!(found, expected, "promtool on OpenMetrics ({accept:?})");
+    }
+}
+
+/// A token of the authorization-code flow (MCP authorization), for a local
+/// user who logged in, audience-bound to one route and unbound (`Bearer`):
+/// on every protocol it is decided as the configured agent and as the user,
+/// served when both may, recorded as acting for the user, never forwarded;
+/// and refused (`invalid_token`) on any other route.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_authorization_code_token_acts_for_its_user_on_every_protocol() {
+    use support::authorization::{browser, enrol, next_code, register, token_for};
+    let policies = format!(
+        "{}@id(\"alice\") permit(principal == User::\"alice\", action, resource);\n",
+        obliging("")
+    );
+    let extra = Extra {
+        config: "[identity.authorization]\nagent = \"dev-bot\"\ndynamic_registration = true\n",
+        ..Extra::default()
+    };
+    let Some(rig) = rig_setup(&policies, &extra).await else {
+        return;
+    };
+    let http = browser(&rig.server);
+    let secret = enrol(&rig.server, &http, "alice", None).await;
+    let client_id = register(&rig.server, &http, "parity host").await;
+    let mut last = 0;
+    let mut tokens = Vec::new();
+    for prefix in ["/api", "/mcp/tools", "/llm"] {
+        let code = tokio::task::block_in_place(|| next_code(&secret, &mut last));
+        let token = token_for(
+            &rig.server,
+            &http,
+            &client_id,
+            &rig.server.url(prefix),
+            "alice",
+            &code,
+        )
+        .await;
+        assert_eq!(token["token_type"], "Bearer", "{token}");
+        tokens.push(token["access_token"].as_str().unwrap().to_string());
+    }
+    for (i, protocol) in [Protocol::Http, Protocol::Mcp, Protocol::Llm]
+        .into_iter()
+        .enumerate()
+    {
+        let cell = format!("{protocol:?} / authorization code: bearer for the user");
+        // No client certificate: the token alone authenticates.
+        let served = match protocol {
+            Protocol::Mcp => mcp_call_with(&rig, &http, &tokens[i], "via-code-flow").await,
+            _ => {
+                rig.call_by(&http, protocol, "via-code-flow", Some(&tokens[i]))
+                    .await
+            }
+        };
+        assert_eq!(served.code, None, "{cell}: {served:?}");
+        let rec = tokio::task::block_in_place(|| record(&rig.server, &served.request_id));
+        assert_eq!(rec["outcome"], "allow", "{cell}: {rec}");
+        assert_eq!(rec["principal"], "dev-bot", "{cell}: {rec}");
+        assert!(
+            rec["credential"]
+                .as_str()
+                .unwrap()
+                .ends_with("cnf=none on behalf of alice"),
+            "{cell}: {rec}"
+        );
+        // Another route's token: refused before anything is decided.
+        let cell = format!("{protocol:?} / authorization code: another route's token");
+        let other = &tokens[(i + 1) % 3];
+        let refused = match protocol {
+            Protocol::Mcp => mcp_call_with(&rig, &http, other, "wrong-route").await,
+            _ => {
+                rig.call_by(&http, protocol, "wrong-route", Some(other))
+                    .await
+            }
+        };
+        assert_eq!(
+            refused.code.as_deref(),
+            Some("invalid_token"),
+            "{cell}: {refused:?}"
+        );
+        let rec = tokio::task::block_in_place(|| record(&rig.server, &refused.request_id));
+        assert_eq!(rec["outcome"], "deny", "{cell}: {rec}");
+    }
+    assert!(rig.ran("via-code-flow") && !rig.ran("wrong-route"));
+    // The bearer token never reaches the MCP server.
+    let seen = std::fs::read_to_string(rig.mcp_auth.as_ref().unwrap()).unwrap();
+    assert!(!seen.contains(&tokens[1]), "{seen}");
+}
+
+/// An MCP `tools/call` in a session of its own opened with `token` (no
+/// client certificate), the way an MCP host holding only the token calls.
+async fn mcp_call_with(rig: &Rig, http: &reqwest::Client, token: &str, text: &str) -> Outcome {
+    let post = |body: Value, session: Option<&str>| {
+        let mut r = http
+            .post(rig.server.url("/mcp/tools"))
+            .bearer_auth(token)
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .json(&body);
+        if let Some(s) = session {
+            r = r.header("mcp-session-id", s);
+        }
+        r.send()
+    };
+    let init = post(
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "code-flow", "version": "1"}}}),
+        None,
+    )
+    .await
+    .unwrap();
+    if init.status() != 200 {
+        return outcome_of(init).await;
+    }
+    let session = init.headers()["mcp-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let _ = init.bytes().await;
+    let r = post(
+        json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
+        Some(&session),
+    )
+    .await
+    .unwrap();
+    assert!(r.status().is_success());
+    let r = post(
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+        Some(&session),
+    )
+    .await
+    .unwrap();
+    let _ = r.bytes().await;
+    let r = post(
+        json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            "params": {"name": "save_note", "arguments": {"text": text}}}),
+        Some(&session),
+    )
+    .await
+    .unwrap();
+    let request_id = support::request_id(&r);
+    let body: Value = r.json().await.unwrap();
+    Outcome {
+        code: body
+            .get("error")
+            .and_then(|e| e["data"]["code"].as_str())
+            .map(str::to_string),
+        ticket: None,
+        request_id,
     }
 }

@@ -33,6 +33,7 @@ pub mod audit_spool;
 pub mod checkpointer;
 pub mod config;
 pub mod json;
+pub mod local_users;
 pub mod metrics;
 pub mod oidc;
 pub mod otlp;

@@ -313,7 +313,12 @@ impl RequestFacts {
                 method: match a.method.as_str() {
                     "mtls" => AuthMethod::Mtls,
                     "token" => AuthMethod::Token,
-                    other => return Err(format!("auth.method `{other}`: use `mtls` or `token`")),
+                    "bearer" => AuthMethod::Bearer,
+                    other => {
+                        return Err(format!(
+                            "auth.method `{other}`: use `mtls`, `token` or `bearer`"
+                        ));
+                    }
                 },
                 mfa: a.mfa,
                 token_age_secs: a.token_age,

@@ -49,6 +49,9 @@ pub struct TokenService {
     pub require_dpop_nonce: bool,
     /// Cluster mode: the shared store single-use keys are claimed in too.
     pub shared_single_use: Option<Store>,
+    /// The sealed TOTP secrets of local users, for the authorization
+    /// endpoint's login page (`None`: nobody can log in there).
+    pub local_users: Option<std::sync::Arc<crate::local_users::TotpSeal>>,
 }
 
 /// Why a single-use credential was not accepted.
@@ -83,6 +86,7 @@ impl TokenService {
             nonces: DpopNonces::new(issuer.derive_secret("portcullis dpop nonce key")),
             require_dpop_nonce: false,
             shared_single_use: None,
+            local_users: None,
             issuer,
             ttl,
             assertions: ReplayCache::new(REPLAY_CAPACITY),

@@ -84,6 +84,18 @@ pub enum ErrorCode {
     /// A token exchange was refused: the subject token is not valid, or the
     /// delegation is not allowed (disabled user, chain too long or cyclic).
     InvalidGrant,
+    /// An authorization request or token request named a resource (RFC 8707)
+    /// that is not one of the gateway's routes, or another than its grant's.
+    InvalidTarget,
+    /// An authorization request asked for a scope the gateway does not offer.
+    InvalidScope,
+    /// A client registration (RFC 7591) named a redirect URI that is not
+    /// https or loopback http, or an authorization request one the client
+    /// did not register.
+    InvalidRedirectUri,
+    /// A client registration (RFC 7591) was refused: unsupported metadata,
+    /// too large, or registration is off.
+    InvalidClientMetadata,
     /// The TOTP code (or the admin it names) was refused: wrong, stale, or already used.
     InvalidTotp,
     /// An LLM request names a model its route does not configure.
@@ -182,6 +194,10 @@ impl ErrorCode {
             ErrorCode::MfaRequired => "mfa_required",
             ErrorCode::InvalidGrant => "invalid_grant",
             ErrorCode::InvalidTotp => "invalid_totp",
+            ErrorCode::InvalidTarget => "invalid_target",
+            ErrorCode::InvalidScope => "invalid_scope",
+            ErrorCode::InvalidRedirectUri => "invalid_redirect_uri",
+            ErrorCode::InvalidClientMetadata => "invalid_client_metadata",
             ErrorCode::ModelNotFound => "model_not_found",
             ErrorCode::BudgetExceeded => "budget_exceeded",
             ErrorCode::InvalidPolicy => "invalid_policy",
@@ -245,7 +261,11 @@ impl ErrorCode {
             | ErrorCode::UnsupportedGrantType
             | ErrorCode::InvalidPolicy
             | ErrorCode::InvalidConfig
-            | ErrorCode::InvalidGrant => 400,
+            | ErrorCode::InvalidGrant
+            | ErrorCode::InvalidTarget
+            | ErrorCode::InvalidScope
+            | ErrorCode::InvalidRedirectUri
+            | ErrorCode::InvalidClientMetadata => 400,
             ErrorCode::UpstreamUnavailable => 502,
             ErrorCode::UpstreamTimeout => 504,
             ErrorCode::Internal => 500,
@@ -315,6 +335,10 @@ mod tests {
             ErrorCode::ServerBusy,
             ErrorCode::InvalidConfig,
             ErrorCode::RestartRequired,
+            ErrorCode::InvalidTarget,
+            ErrorCode::InvalidScope,
+            ErrorCode::InvalidRedirectUri,
+            ErrorCode::InvalidClientMetadata,
         ];
         let docs = include_str!("../../../docs/errors.md");
         for c in all {

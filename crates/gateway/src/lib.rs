@@ -11,6 +11,7 @@
 
 pub mod anonymous;
 pub mod audit_intent;
+pub mod authorization;
 pub mod body;
 pub mod buffers;
 pub mod capture;

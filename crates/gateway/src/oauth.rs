@@ -66,10 +66,16 @@ const RESOURCE_METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
 /// Whether `path` is served here rather than routed.
 pub fn is_oauth_path(path: &str) -> bool {
-    matches!(path, TOKEN_PATH | JWKS_PATH | METADATA_PATH)
-        || path
-            .strip_prefix(RESOURCE_METADATA_PATH)
-            .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+    matches!(
+        path,
+        TOKEN_PATH
+            | JWKS_PATH
+            | METADATA_PATH
+            | crate::authorization::AUTHORIZE_PATH
+            | crate::authorization::REGISTER_PATH
+    ) || path
+        .strip_prefix(RESOURCE_METADATA_PATH)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// The MCP route `path` falls under, if any: the protected resource of the
@@ -111,10 +117,11 @@ fn resource_metadata(gateway: &Gateway, resource_path: &str) -> Option<serde_jso
         "bearer_methods_supported": ["header"],
         "dpop_signing_alg_values_supported": portcullis_identity::CLIENT_SIGNING_ALGS,
         "tls_client_certificate_bound_access_tokens": true,
+        "scopes_supported": [crate::authorization::SCOPE],
     }))
 }
 
-fn json_response(
+pub(crate) fn json_response(
     status: StatusCode,
     value: &serde_json::Value,
     cache: &'static str,
@@ -164,9 +171,15 @@ pub async fn serve(
             recorder.record().outcome = Outcome::Allow;
             Ok(json_response(
                 StatusCode::OK,
-                &metadata(tokens),
+                &metadata(tokens, gateway.authorization.as_deref()),
                 "public, max-age=300",
             ))
+        }
+        crate::authorization::AUTHORIZE_PATH => {
+            crate::authorization::serve_authorize(gateway, conn, decoded, now, recorder).await
+        }
+        crate::authorization::REGISTER_PATH => {
+            crate::authorization::serve_register(gateway, conn, decoded, now, recorder).await
         }
         _ if path != TOKEN_PATH => {
             get_only(&decoded.parts.method)?;
@@ -202,22 +215,50 @@ pub async fn serve(
     }
 }
 
-/// The RFC 8414 metadata: only what this endpoint really does. There is no
-/// authorization endpoint, so no response type is supported (the member is
-/// required, and empty); scopes are not used (policy decides).
-fn metadata(tokens: &TokenService) -> serde_json::Value {
+/// The RFC 8414 metadata: only what this endpoint really does. Without
+/// `[identity.authorization]` there is no authorization endpoint, so no
+/// response type is supported (the member is required, and empty); with it,
+/// the code flow with PKCE S256 for public clients, and registration when
+/// it is open. The one scope is `mcp` (policy decides permissions).
+fn metadata(
+    tokens: &TokenService,
+    authorization: Option<&crate::authorization::AuthorizationServer>,
+) -> serde_json::Value {
     let algs = portcullis_identity::CLIENT_SIGNING_ALGS;
-    serde_json::json!({
-        "issuer": tokens.issuer_url(),
+    let issuer = tokens.issuer_url();
+    let mut metadata = serde_json::json!({
+        "issuer": issuer,
         "token_endpoint": tokens.token_url(),
-        "jwks_uri": format!("{}{JWKS_PATH}", tokens.issuer_url()),
+        "jwks_uri": format!("{issuer}{JWKS_PATH}"),
         "response_types_supported": [],
         "grant_types_supported": ["client_credentials", TOKEN_EXCHANGE],
         "token_endpoint_auth_methods_supported": ["private_key_jwt"],
         "token_endpoint_auth_signing_alg_values_supported": algs,
         "dpop_signing_alg_values_supported": algs,
         "tls_client_certificate_bound_access_tokens": true,
-    })
+    });
+    if let Some(server) = authorization {
+        metadata["authorization_endpoint"] =
+            format!("{issuer}{}", crate::authorization::AUTHORIZE_PATH).into();
+        metadata["response_types_supported"] = serde_json::json!(["code"]);
+        metadata["response_modes_supported"] = serde_json::json!(["query"]);
+        metadata["grant_types_supported"] = serde_json::json!([
+            "authorization_code",
+            "refresh_token",
+            "client_credentials",
+            TOKEN_EXCHANGE
+        ]);
+        metadata["token_endpoint_auth_methods_supported"] =
+            serde_json::json!(["none", "private_key_jwt"]);
+        metadata["code_challenge_methods_supported"] = serde_json::json!(["S256"]);
+        metadata["scopes_supported"] = serde_json::json!([crate::authorization::SCOPE]);
+        metadata["authorization_response_iss_parameter_supported"] = true.into();
+        if server.config.dynamic_registration {
+            metadata["registration_endpoint"] =
+                format!("{issuer}{}", crate::authorization::REGISTER_PATH).into();
+        }
+    }
+    metadata
 }
 
 #[derive(Debug, Deserialize)]
@@ -527,50 +568,25 @@ async fn token(
     now: i64,
     recorder: &mut Recorder,
 ) -> Result<Response<ResponseBody>, Denial> {
-    let is_form = decoded
-        .parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.trim_start()
-                .starts_with("application/x-www-form-urlencoded")
-        });
-    if !is_form {
-        return Err(client(
-            ErrorCode::BadRequest,
-            "the token request must be `application/x-www-form-urlencoded`",
-        ));
-    }
-    let proof_header = {
-        let mut all = decoded.parts.headers.get_all("dpop").iter();
-        match (all.next(), all.next()) {
-            (None, _) => None,
-            (Some(v), None) => Some(v.to_str().unwrap_or_default().to_string()),
-            _ => {
-                return Err(client(
-                    ErrorCode::InvalidDpopProof,
-                    "at most one `DPoP` proof header",
-                ));
-            }
-        }
-    };
-    let too_large = || {
-        client(
-            ErrorCode::BadRequest,
-            format!("the token request body must be at most {MAX_FORM_BYTES} bytes"),
+    let proof_header = dpop_header(&decoded.parts.headers)?;
+    let body = read_form(decoded.body, &decoded.parts.headers).await?;
+    // The grants of the authorization-code flow (MCP authorization) are
+    // public clients' and authenticate by code or refresh token.
+    if let Ok(grant) = serde_urlencoded::from_bytes::<GrantType>(&body)
+        && matches!(
+            grant.grant_type.as_deref(),
+            Some("authorization_code" | "refresh_token")
         )
-    };
-    let mut body_stream = decoded.body;
-    let mut body = Vec::new();
-    while let Some(frame) = body_stream.frame().await {
-        let frame = frame.map_err(|_| too_large())?;
-        if let Some(data) = frame.data_ref() {
-            if body.len() + data.len() > MAX_FORM_BYTES {
-                return Err(too_large());
-            }
-            body.extend_from_slice(data);
-        }
+    {
+        return crate::authorization::token(
+            gateway,
+            directory,
+            proof_header.as_deref(),
+            &body,
+            now,
+            recorder,
+        )
+        .await;
     }
     let form: TokenRequest = serde_urlencoded::from_bytes(&body).map_err(|_| {
         client(
@@ -584,7 +600,9 @@ async fn token(
         _ => {
             return Err(client(
                 ErrorCode::UnsupportedGrantType,
-                format!("`grant_type` must be `client_credentials` or `{TOKEN_EXCHANGE}`"),
+                format!(
+                    "`grant_type` must be `client_credentials`, `{TOKEN_EXCHANGE}`, `authorization_code` or `refresh_token`"
+                ),
             ));
         }
     };
@@ -662,25 +680,14 @@ async fn token(
     // request refused for its proof can be retried with the same assertion.
     let (cnf, token_type, proof_key) = match proof_header {
         Some(proof) => {
-            let proof =
-                verify_dpop_proof(&proof, "POST", tokens.token_url(), None, now).map_err(|e| {
-                    client(
-                        ErrorCode::InvalidDpopProof,
-                        format!("DPoP proof refused: {e}"),
-                    )
-                })?;
-            tokens
-                .check_dpop_nonce(proof.claims.nonce.as_deref(), now)
-                .map_err(|m| client(ErrorCode::UseDpopNonce, m))?;
-            let key = format!("{}:{}", proof.jkt, proof.claims.jti);
-            let until = proof.claims.iat + DPOP_WINDOW;
+            let (jkt, spend) = token_request_proof(tokens, &proof, now)?;
             (
                 Confirmation {
-                    jkt: Some(proof.jkt),
+                    jkt: Some(jkt),
                     x5t_s256: None,
                 },
                 "DPoP",
-                Some((key, until)),
+                Some(spend),
             )
         }
         None => {
@@ -737,16 +744,7 @@ async fn token(
     )
     .await?;
     if let Some((key, until)) = proof_key {
-        replay(
-            tokens,
-            SingleUseKind::DpopProof,
-            &key,
-            until,
-            now,
-            ErrorCode::InvalidDpopProof,
-            "DPoP proof",
-        )
-        .await?;
+        spend_proof(tokens, &key, until, now).await?;
     }
     let issued = match &subject {
         None => tokens
@@ -804,16 +802,12 @@ async fn token(
     if exchange {
         answer["issued_token_type"] = "urn:ietf:params:oauth:token-type:access_token".into();
     }
-    let mut response = json_response(StatusCode::OK, &answer, "no-store");
-    if token_type == "DPoP"
-        && let Ok(nonce) = HeaderValue::from_str(&tokens.nonces.current(now))
-    {
-        // The nonce for the next proof (RFC 9449 §8.2).
+    let response = json_response(StatusCode::OK, &answer, "no-store");
+    Ok(if token_type == "DPoP" {
+        with_next_nonce(tokens, response, now)
+    } else {
         response
-            .headers_mut()
-            .insert(crate::respond::DPOP_NONCE_HEADER, nonce);
-    }
-    Ok(response)
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -842,6 +836,118 @@ async fn replay(
                 "the shared store cannot confirm the credential is unused; retry shortly",
             ),
         })
+}
+
+/// Just the `grant_type` of a token request, to pick the grant's handler.
+#[derive(Debug, Deserialize)]
+struct GrantType {
+    grant_type: Option<String>,
+}
+
+/// The request's one `DPoP` proof header, if any (two are refused).
+fn dpop_header(headers: &http::HeaderMap) -> Result<Option<String>, Denial> {
+    let mut all = headers.get_all("dpop").iter();
+    match (all.next(), all.next()) {
+        (None, _) => Ok(None),
+        (Some(v), None) => Ok(Some(v.to_str().unwrap_or_default().to_string())),
+        _ => Err(client(
+            ErrorCode::InvalidDpopProof,
+            "at most one `DPoP` proof header",
+        )),
+    }
+}
+
+/// Reads a form body (`application/x-www-form-urlencoded`) of at most
+/// [`MAX_FORM_BYTES`]: token requests, and the login page's answer.
+pub(crate) async fn read_form(
+    mut body_stream: crate::pipeline::decode::RequestBody,
+    headers: &http::HeaderMap,
+) -> Result<Vec<u8>, Denial> {
+    let is_form = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    if !is_form {
+        return Err(client(
+            ErrorCode::BadRequest,
+            "the request must be `application/x-www-form-urlencoded`",
+        ));
+    }
+    let too_large = || {
+        client(
+            ErrorCode::BadRequest,
+            format!("the form must be at most {MAX_FORM_BYTES} bytes"),
+        )
+    };
+    let mut body = Vec::new();
+    while let Some(frame) = body_stream.frame().await {
+        let frame = frame.map_err(|_| too_large())?;
+        if let Some(data) = frame.data_ref() {
+            if body.len() + data.len() > MAX_FORM_BYTES {
+                return Err(too_large());
+            }
+            body.extend_from_slice(data);
+        }
+    }
+    Ok(body)
+}
+
+/// Checks a token request's DPoP proof (RFC 9449 §4.3 with the nonce of
+/// §8): the key to bind the token to, and the replay-cache entry to spend
+/// once nothing else can refuse the request.
+pub(crate) fn token_request_proof(
+    tokens: &TokenService,
+    proof: &str,
+    now: i64,
+) -> Result<(String, (String, i64)), Denial> {
+    let proof = verify_dpop_proof(proof, "POST", tokens.token_url(), None, now).map_err(|e| {
+        client(
+            ErrorCode::InvalidDpopProof,
+            format!("DPoP proof refused: {e}"),
+        )
+    })?;
+    tokens
+        .check_dpop_nonce(proof.claims.nonce.as_deref(), now)
+        .map_err(|m| client(ErrorCode::UseDpopNonce, m))?;
+    let key = format!("{}:{}", proof.jkt, proof.claims.jti);
+    let until = proof.claims.iat + DPOP_WINDOW;
+    Ok((proof.jkt, (key, until)))
+}
+
+/// Spends a DPoP proof's `jti` (after every other check passed).
+pub(crate) async fn spend_proof(
+    tokens: &TokenService,
+    key: &str,
+    until: i64,
+    now: i64,
+) -> Result<(), Denial> {
+    replay(
+        tokens,
+        SingleUseKind::DpopProof,
+        key,
+        until,
+        now,
+        ErrorCode::InvalidDpopProof,
+        "DPoP proof",
+    )
+    .await
+}
+
+/// Adds the nonce for the next proof (RFC 9449 §8.2) to a DPoP answer.
+pub(crate) fn with_next_nonce(
+    tokens: &TokenService,
+    mut response: Response<ResponseBody>,
+    now: i64,
+) -> Response<ResponseBody> {
+    if let Ok(nonce) = HeaderValue::from_str(&tokens.nonces.current(now)) {
+        response
+            .headers_mut()
+            .insert(crate::respond::DPOP_NONCE_HEADER, nonce);
+    }
+    response
 }
 
 /// Without a DPoP proof, the token is bound to the connection's client

@@ -403,7 +403,15 @@ impl Replay {
             .as_deref()
             .is_some_and(|c| c.contains(" token jti="))
         {
-            caller.auth.method = AuthMethod::Token;
+            caller.auth.method = if record
+                .credential
+                .as_deref()
+                .is_some_and(|c| c.contains(" cnf=none"))
+            {
+                AuthMethod::Bearer
+            } else {
+                AuthMethod::Token
+            };
         }
         let args_unknown = matches!(
             asking,

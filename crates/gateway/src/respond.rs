@@ -225,6 +225,10 @@ fn oauth_error(code: ErrorCode) -> (&'static str, StatusCode) {
             ("invalid_client", StatusCode::UNAUTHORIZED)
         }
         ErrorCode::InvalidGrant => ("invalid_grant", StatusCode::BAD_REQUEST),
+        ErrorCode::InvalidTarget => ("invalid_target", StatusCode::BAD_REQUEST),
+        ErrorCode::InvalidScope => ("invalid_scope", StatusCode::BAD_REQUEST),
+        ErrorCode::InvalidRedirectUri => ("invalid_redirect_uri", StatusCode::BAD_REQUEST),
+        ErrorCode::InvalidClientMetadata => ("invalid_client_metadata", StatusCode::BAD_REQUEST),
         ErrorCode::UnsupportedGrantType => ("unsupported_grant_type", StatusCode::BAD_REQUEST),
         ErrorCode::InvalidDpopProof => ("invalid_dpop_proof", StatusCode::BAD_REQUEST),
         ErrorCode::UseDpopNonce => ("use_dpop_nonce", StatusCode::BAD_REQUEST),

@@ -167,6 +167,8 @@ pub struct Gateway {
     pub(crate) streams: Arc<crate::liveness::LiveStreams>,
     /// The per-source budget of refused unauthenticated requests' records.
     pub(crate) anonymous: Arc<crate::anonymous::AnonymousSampler>,
+    /// The authorization-code flow, when `[identity.authorization]` is set.
+    pub(crate) authorization: Option<Arc<crate::authorization::AuthorizationServer>>,
     checker: ClientCertChecker,
     pub(crate) snapshot: ArcSwap<Snapshot>,
     pub(crate) store: Store,
@@ -283,6 +285,10 @@ impl Gateway {
             }));
         }
         let gateway = Arc::new(Gateway {
+            authorization: config
+                .authorization
+                .clone()
+                .map(|c| Arc::new(crate::authorization::AuthorizationServer::new(c))),
             anonymous: Arc::new(crate::anonymous::AnonymousSampler::new(
                 config.audit.unauthenticated_records_per_minute,
             )),

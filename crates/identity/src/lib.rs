@@ -25,11 +25,11 @@ pub use replay::{ReplayCache, ReplayRefusal};
 pub use spiffe::SpiffeId;
 pub use token::{
     ASSERTION_CLOCK_SKEW, ASSERTION_TYPE, AccessClaims, Actor, AssertionClaims, Audience,
-    CLIENT_SIGNING_ALGS, Confirmation, DEFAULT_TOKEN_TTL, DPOP_NONCE_STEP, DPOP_WINDOW,
-    DelegatedUser, DpopClaims, DpopNonces, DpopProof, Ed25519Key, MAX_ASSERTION_LIFETIME,
-    MAX_TOKEN_TTL, PublicJwk, TokenError, TokenIssuer, access_token_hash, assertion_client,
-    assertion_kid, cert_thumbprint, ed25519_thumbprint, random_id, verify_assertion,
-    verify_dpop_proof,
+    AuthorizedGrant, CLIENT_SIGNING_ALGS, Confirmation, DEFAULT_TOKEN_TTL, DPOP_NONCE_STEP,
+    DPOP_WINDOW, DelegatedUser, DpopClaims, DpopNonces, DpopProof, Ed25519Key,
+    MAX_ASSERTION_LIFETIME, MAX_TOKEN_TTL, OAUTH_CLIENT_ACTOR, PublicJwk, TokenError, TokenIssuer,
+    access_token_hash, assertion_client, assertion_kid, cert_thumbprint, ed25519_thumbprint,
+    random_id, verify_assertion, verify_dpop_proof,
 };
 pub use totp::{TOTP_DIGITS, TOTP_SKEW_STEPS, TOTP_STEP, TotpError, TotpSecret};
 pub use verify::{CertRejection, ClientCertChecker, DeferredClientAuth, PeerCertificate};

@@ -16,8 +16,13 @@ use cedar_policy::RestrictedExpression;
 pub enum AuthMethod {
     /// A Portcullis client certificate on the connection.
     Mtls,
-    /// An access token from the gateway's token endpoint.
+    /// A sender-constrained access token from the gateway's token endpoint
+    /// (bound to a DPoP key or a client certificate).
     Token,
+    /// An unbound bearer token of the authorization-code flow (MCP
+    /// authorization, a client that sent no DPoP proof): whoever holds it
+    /// can use it until it expires. Policies may forbid it per route.
+    Bearer,
 }
 
 impl AuthMethod {
@@ -26,6 +31,7 @@ impl AuthMethod {
         match self {
             AuthMethod::Mtls => "mtls",
             AuthMethod::Token => "token",
+            AuthMethod::Bearer => "bearer",
         }
     }
 }

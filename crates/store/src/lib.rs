@@ -23,6 +23,8 @@ mod identity;
 pub use identity::{AdminUserRow, PostureRow, RevokedTokenRow};
 mod admin_tokens;
 pub use admin_tokens::AdminTokenRow;
+mod oauth_clients;
+pub use oauth_clients::{OAuthClientRow, RefreshOutcome, RefreshTokenRow};
 mod audit_archive;
 mod audit_log;
 mod audit_rows;
@@ -208,6 +210,11 @@ fn migrator() -> Migrator {
             "admin_roles",
             include_str!("../migrations/0016_admin_roles.sql"),
         ),
+        migration(
+            17,
+            "oauth_authorization",
+            include_str!("../migrations/0017_oauth_authorization.sql"),
+        ),
     ])
 }
 
@@ -259,6 +266,7 @@ fn postgres_migrator() -> Migrator {
         twin!(14, "audit_compact", "0014_audit_compact.sql"),
         twin!(15, "transit_exportable", "0015_transit_exportable.sql"),
         twin!(16, "admin_roles", "0016_admin_roles.sql"),
+        twin!(17, "oauth_authorization", "0017_oauth_authorization.sql"),
     ])
 }
 

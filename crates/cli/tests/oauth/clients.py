@@ -49,6 +49,8 @@ def main() -> None:
     except ValueError as e:
         out["metadata"] = str(e)
     out["metadata_algs"] = meta.get("token_endpoint_auth_signing_alg_values_supported")
+    out["response_types"] = meta.get("response_types_supported")
+    out["pkce_methods"] = meta.get("code_challenge_methods_supported")
 
     # A P-256 key for the ES256 agent, registered through the admin API.
     ec_key = ECKey.generate_key("P-256", private=True)

@@ -27,6 +27,7 @@ use serde_json::Value;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
+pub mod authorization;
 pub mod parity_rig;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
@@ -342,6 +343,26 @@ pub fn tls_config(ca_pem: &str, identity: Option<(&Path, &Path)>) -> rustls::Cli
         }
         None => builder.with_no_client_auth(),
     }
+}
+
+/// Runs `python3 SCRIPT ARG`, killed after `limit`; its output.
+pub fn run_python(script: &str, arg: &Path, limit: Duration) -> std::process::Output {
+    let mut child = Command::new("python3")
+        .arg(script)
+        .arg(arg)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            panic!("{script} did not finish in {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
 }
 
 /// An HTTP client (reqwest) over that TLS config.

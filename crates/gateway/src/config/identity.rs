@@ -35,6 +35,9 @@ pub struct RawIdentity {
     pub oidc: Vec<RawOidc>,
     /// `[identity.posture_attestor]`: who signs workload posture statements.
     pub posture_attestor: Option<RawOidc>,
+    /// `[identity.authorization]`: the authorization-code flow (MCP
+    /// authorization). Absent: no authorization endpoint.
+    pub authorization: Option<crate::authorization::config::RawAuthorization>,
 }
 
 /// `[[identity.oidc]]`

@@ -138,6 +138,8 @@ pub struct Config {
     pub oidc: Vec<OidcConfig>,
     /// The signer of workload posture statements, when configured.
     pub posture_attestor: Option<OidcConfig>,
+    /// `[identity.authorization]`, when configured.
+    pub authorization: Option<crate::authorization::config::AuthorizationConfig>,
     /// Policy directory.
     pub policy: PolicySource,
     /// Whether `serve` watches the policy directory and hot-reloads changes.
@@ -241,6 +243,13 @@ impl Config {
         limits::check_upstream_timeout(&raw.limits).map_err(invalid)?;
         audit::check_checkpoint_interval(&raw.audit).map_err(invalid)?;
         identity::check_tokens(&raw.identity).map_err(invalid)?;
+        let authorization = raw
+            .identity
+            .authorization
+            .as_ref()
+            .map(crate::authorization::config::AuthorizationConfig::from_raw)
+            .transpose()
+            .map_err(invalid)?;
         approvals::check(&raw.approvals).map_err(invalid)?;
         policy::check(&raw.policy).map_err(invalid)?;
         gateway::check(&raw.gateway).map_err(invalid)?;
@@ -276,6 +285,7 @@ impl Config {
         config.audit.export = export;
         config.analytics = analytics;
         config.telemetry = telemetry;
+        config.authorization = authorization;
         // Port 0 asks the OS for a free port, so two `:0` addresses never collide.
         if config.gateway_listen == config.admin_listen && config.gateway_listen.port() != 0 {
             return Err(invalid(format!(
@@ -321,6 +331,7 @@ impl Config {
             token_issuer: raw.identity.token_issuer,
             max_delegation_depth: raw.identity.max_delegation_depth.unwrap_or(2),
             require_dpop_nonce: raw.identity.require_dpop_nonce,
+            authorization: None,
             posture_attestor: raw
                 .identity
                 .posture_attestor

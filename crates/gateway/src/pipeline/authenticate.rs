@@ -12,6 +12,10 @@
 //! connection with a verified client certificate, a `Bearer` value that does not
 //! name the gateway's token key is the agent's own (it never reaches the
 //! upstream) and the certificate authenticates, as before tokens existed.
+//!
+//! A token of the authorization-code flow (MCP authorization) names one
+//! route as its audience (RFC 8707): it is accepted only on that route, and
+//! may be an unbound `Bearer` token (`context.auth.method == "bearer"`).
 
 use http::header;
 use portcullis_core::ErrorCode;
@@ -127,6 +131,7 @@ fn refusal_message(refusal: DirectoryRefusal) -> &'static str {
 pub async fn run_request(
     directory: &AgentDirectory,
     tokens: &TokenService,
+    routes: &crate::route::RouteTable,
     peer: Option<&Result<PeerCertificate, CertRejection>>,
     parts: &http::request::Parts,
     source_ip: std::net::IpAddr,
@@ -148,6 +153,7 @@ pub async fn run_request(
                 Presented {
                     token: token.trim(),
                     scheme: TokenScheme::Dpop,
+                    routes,
                 },
                 now_epoch,
             )
@@ -169,6 +175,7 @@ pub async fn run_request(
                 Presented {
                     token: token.trim(),
                     scheme: TokenScheme::Bearer,
+                    routes,
                 },
                 now_epoch,
             )
@@ -191,6 +198,9 @@ enum TokenScheme {
 struct Presented<'a> {
     token: &'a str,
     scheme: TokenScheme,
+    /// The routes, for the resource (audience) a token may name: the URL of
+    /// the route the request is for.
+    routes: &'a crate::route::RouteTable,
 }
 
 async fn token_identity(
@@ -202,20 +212,31 @@ async fn token_identity(
     presented: Presented<'_>,
     now: i64,
 ) -> Result<Identity, AuthnFailure> {
-    let Presented { token, scheme } = presented;
+    let Presented {
+        token,
+        scheme,
+        routes,
+    } = presented;
     let dpop = scheme == TokenScheme::Dpop;
     let scheme = if dpop { "dpop" } else { "bearer" };
     let fail = |code: ErrorCode, message: String, presented: String| AuthnFailure {
         denial: Denial::new(code, message),
         presented: Some(presented),
     };
-    let claims = tokens.issuer.verify(token, now).map_err(|e| {
-        fail(
-            ErrorCode::InvalidToken,
-            format!("access token refused: {e}"),
-            format!("token ({scheme}, refused)"),
-        )
-    })?;
+    // The one resource a token of the authorization-code flow may name here.
+    let resource = routes
+        .lookup(parts.uri.path())
+        .map(|(route, _)| format!("{}{}", tokens.issuer_url(), route.path_prefix));
+    let claims = tokens
+        .issuer
+        .verify_for(token, now, resource.as_deref())
+        .map_err(|e| {
+            fail(
+                ErrorCode::InvalidToken,
+                format!("access token refused: {e}"),
+                format!("token ({scheme}, refused)"),
+            )
+        })?;
     // Revocation is checked on every request, so it applies at once.
     if tokens.revocations.token_revoked(&claims.jti) {
         return Err(fail(
@@ -241,6 +262,7 @@ async fn token_identity(
         ),
         None => format!("{} token jti={} cnf={cnf}", claims.sub, claims.jti),
     };
+    let unbound = claims.cnf.jkt.is_none() && claims.cnf.x5t_s256.is_none();
     let cnf = if dpop {
         let Some(jkt) = claims.cnf.jkt.as_deref() else {
             return Err(fail(
@@ -321,6 +343,10 @@ async fn token_identity(
             }
         }
         "dpop"
+    } else if unbound {
+        // Only a resource's token verifies unbound (`verify_for`): a bearer
+        // token of the authorization-code flow, good on this route only.
+        "none"
     } else {
         let Some(x5t) = claims.cnf.x5t_s256.as_deref() else {
             return Err(fail(
@@ -384,7 +410,11 @@ async fn token_identity(
         credential: presented(cnf),
         caller: CallerFacts {
             auth: AuthFacts {
-                method: AuthMethod::Token,
+                method: if unbound {
+                    AuthMethod::Bearer
+                } else {
+                    AuthMethod::Token
+                },
                 mfa: delegated.as_ref().is_some_and(|u| u.mfa),
                 token_age_secs: (now - claims.iat).max(0),
             },

@@ -127,6 +127,19 @@ pub async fn handle(
     // the scheme the request used.
     let oauth_path = crate::oauth::is_oauth_path(request.uri().path());
     let presented = Presented::of(request.headers());
+    // An HTTP/1.1 request body an authentication refusal leaves unread ends
+    // the connection (hyper cannot reuse it); saying so in the 401 keeps
+    // clients from sending their next request on it (the MCP SDK's retry
+    // after the OAuth flow otherwise races the close and sees "server
+    // disconnected without sending a response").
+    let unread_body_closes = request.version() < http::Version::HTTP_2
+        && (request
+            .headers()
+            .contains_key(http::header::TRANSFER_ENCODING)
+            || request
+                .headers()
+                .get(http::header::CONTENT_LENGTH)
+                .is_some_and(|v| v.as_bytes() != b"0"));
     let mut response = match run(
         &gateway,
         &conn,
@@ -176,6 +189,11 @@ pub async fn handle(
             }
         }
     };
+    if unread_body_closes && !oauth_path && response.status() == http::StatusCode::UNAUTHORIZED {
+        response
+            .headers_mut()
+            .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
     recorder.record().status = response.status().as_u16();
     if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
         response.headers_mut().insert(REQUEST_ID_HEADER, v);
@@ -226,6 +244,7 @@ async fn run(
     let identity = authenticate::run_request(
         &snapshot.directory,
         &gateway.tokens,
+        &routing.routes,
         conn.peer.as_ref(),
         &decoded.parts,
         conn.remote.ip(),

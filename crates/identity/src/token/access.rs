@@ -2,6 +2,13 @@
 //! always sender-constrained ([`Confirmation`]: a DPoP key or a client
 //! certificate), and on a delegated token (RFC 8693) they carry the acting
 //! agents ([`Actor`]) and the user ([`DelegatedUser`]).
+//!
+//! Tokens of the authorization-code flow ([`TokenIssuer::issue_authorized`],
+//! MCP authorization) are the one exception to binding: their audience is
+//! one resource (RFC 8707, a route's URL) instead of the gateway, and they may
+//! be unbound bearer tokens when the client sent no DPoP proof. Only
+//! [`TokenIssuer::verify_for`] with that resource accepts them, so they
+//! never pass where a gateway-audience token is expected (token exchange).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -96,6 +103,25 @@ impl Actor {
     }
 }
 
+/// The actor `sub` prefix naming an OAuth client of the authorization-code
+/// flow in a token's `act` chain (`oauth-client:<client_id>`).
+pub const OAUTH_CLIENT_ACTOR: &str = "oauth-client:";
+
+/// What a token of the authorization-code flow is issued for.
+#[derive(Debug, Clone)]
+pub struct AuthorizedGrant<'a> {
+    /// The agent policy sees as principal.
+    pub agent: &'a str,
+    /// Its SPIFFE ID.
+    pub agent_spiffe_id: &'a str,
+    /// The OAuth client the user authorized.
+    pub client_id: &'a str,
+    /// The user who logged in.
+    pub user: &'a DelegatedUser,
+    /// The resource (RFC 8707): the URL of the route the token is good for.
+    pub resource: &'a str,
+}
+
 /// What a delegated token says about the user it was exchanged for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DelegatedUser {
@@ -115,6 +141,16 @@ impl AccessClaims {
         self.act
             .as_ref()
             .map_or(self.sub.as_str(), |a| a.sub.as_str())
+    }
+
+    /// The OAuth client of an authorization-code token (the actor before
+    /// the agent, `oauth-client:<id>`).
+    pub fn oauth_client(&self) -> Option<&str> {
+        self.act
+            .as_ref()?
+            .chain()
+            .last()?
+            .strip_prefix(OAUTH_CLIENT_ACTOR)
     }
 
     /// The user a delegated token acts for.
@@ -145,7 +181,9 @@ impl TokenIssuer {
         let mut validation = Validation::new(Algorithm::EdDSA);
         validation.leeway = 0;
         validation.validate_nbf = true;
-        validation.set_audience(&[issuer]);
+        // The audience is checked by `verify_for`: the gateway, or the one
+        // resource an authorization-code token names.
+        validation.validate_aud = false;
         validation.set_issuer(&[issuer]);
         validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
         Ok(TokenIssuer {
@@ -267,6 +305,53 @@ impl TokenIssuer {
         Ok((self.key.sign(&header, &claims)?, claims))
     }
 
+    /// Issues a token of the authorization-code flow: `sub` is the user, `act`
+    /// the agent the gateway's policy sees as principal with the OAuth client
+    /// nested as the actor before it (`oauth-client:<id>`), `aud` the one
+    /// resource (RFC 8707) it is good for. Bound by `cnf` when the client
+    /// proved a DPoP key, else a bearer token.
+    pub fn issue_authorized(
+        &self,
+        grant: &AuthorizedGrant<'_>,
+        cnf: Confirmation,
+        now: i64,
+        ttl: u64,
+    ) -> Result<(String, AccessClaims), TokenError> {
+        if !grant.resource.starts_with(&format!("{}/", self.issuer)) {
+            return Err(TokenError::Claim("aud"));
+        }
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(self.kid());
+        header.typ = Some("at+jwt".into());
+        let claims = AccessClaims {
+            iss: self.issuer.clone(),
+            sub: grant.user.sub.clone(),
+            aud: grant.resource.to_string(),
+            exp: now + ttl.min(MAX_TOKEN_TTL) as i64,
+            iat: now,
+            nbf: now,
+            jti: random_id(),
+            client_id: grant.agent.into(),
+            cnf,
+            act: Some(Actor {
+                sub: grant.agent_spiffe_id.into(),
+                act: Some(Box::new(Actor {
+                    sub: format!("{OAUTH_CLIENT_ACTOR}{}", grant.client_id),
+                    act: None,
+                })),
+            }),
+            user_iss: Some(grant.user.iss.clone()),
+            groups: grant.user.groups.clone(),
+            amr: if grant.user.mfa {
+                vec!["mfa".into()]
+            } else {
+                Vec::new()
+            },
+            posture_digest: None,
+        };
+        Ok((self.key.sign(&header, &claims)?, claims))
+    }
+
     /// Signs claims made by [`Self::issue`] or [`Self::issue_delegated`]
     /// after the caller added to them (the attested posture).
     pub fn sign_access(&self, claims: &AccessClaims) -> Result<String, TokenError> {
@@ -292,6 +377,18 @@ impl TokenIssuer {
     /// checks the constraint against the request and the agent against the
     /// live directory.
     pub fn verify(&self, token: &str, now: i64) -> Result<AccessClaims, TokenError> {
+        self.verify_for(token, now, None)
+    }
+
+    /// [`Self::verify`], also accepting a token whose audience is `resource`
+    /// (the URL of the route the request is for): authorization-code tokens,
+    /// which may be unbound. A token for another resource is refused.
+    pub fn verify_for(
+        &self,
+        token: &str,
+        now: i64,
+        resource: Option<&str>,
+    ) -> Result<AccessClaims, TokenError> {
         let header = eddsa_header(token, "access token")?;
         if header.kid.as_deref() != Some(self.kid().as_str()) {
             return Err(TokenError::UnknownKey);
@@ -310,7 +407,13 @@ impl TokenIssuer {
         if claims.exp - claims.iat > MAX_TOKEN_TTL as i64 {
             return Err(TokenError::Lifetime);
         }
-        if claims.cnf.jkt.is_none() && claims.cnf.x5t_s256.is_none() {
+        let for_resource = resource.is_some_and(|r| claims.aud == r);
+        if claims.aud != self.issuer && !for_resource {
+            return Err(TokenError::Audience);
+        }
+        // Only a resource's token may be unbound (a bearer token of the
+        // authorization-code flow).
+        if !for_resource && claims.cnf.jkt.is_none() && claims.cnf.x5t_s256.is_none() {
             return Err(TokenError::Claim("cnf"));
         }
         Ok(claims)
@@ -402,6 +505,51 @@ mod tests {
         };
         let other_aud = iss.key.sign(&header, &c).unwrap();
         assert_eq!(iss.verify(&other_aud, t).unwrap_err(), TokenError::Audience);
+        // A resource's token: accepted for that resource only, and it may be
+        // unbound only there.
+        let user = DelegatedUser {
+            sub: "alice".into(),
+            iss: iss.issuer().into(),
+            groups: vec![],
+            mfa: true,
+        };
+        let resource = format!("{}/mcp/notes", iss.issuer());
+        let grant = AuthorizedGrant {
+            agent: "hosts",
+            agent_spiffe_id: "spiffe://t/agent/hosts",
+            client_id: "c1",
+            user: &user,
+            resource: &resource,
+        };
+        let (bearer, claims) = iss
+            .issue_authorized(&grant, Confirmation::default(), t, 300)
+            .unwrap();
+        assert_eq!(claims.oauth_client(), Some("c1"));
+        assert_eq!(claims.delegated_user().unwrap().sub, "alice");
+        assert!(iss.verify_for(&bearer, t, Some(&resource)).is_ok());
+        assert_eq!(iss.verify(&bearer, t).unwrap_err(), TokenError::Audience);
+        let elsewhere = format!("{}/mcp/other", iss.issuer());
+        assert_eq!(
+            iss.verify_for(&bearer, t, Some(&elsewhere)).unwrap_err(),
+            TokenError::Audience
+        );
+        // A resource outside the gateway is never an audience.
+        let outside = AuthorizedGrant {
+            resource: "https://evil.example/mcp",
+            ..grant
+        };
+        assert!(
+            iss.issue_authorized(&outside, Confirmation::default(), t, 300)
+                .is_err()
+        );
+        // An unbound token with the gateway's audience is refused anywhere.
+        let mut c = claims.clone();
+        c.aud = iss.issuer().into();
+        let unbound = iss.key.sign(&header, &c).unwrap();
+        assert_eq!(
+            iss.verify_for(&unbound, t, Some(&resource)).unwrap_err(),
+            TokenError::Claim("cnf")
+        );
         // Not yet valid.
         let mut c = claims.clone();
         c.nbf = t + 100;

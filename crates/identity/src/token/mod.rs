@@ -29,8 +29,8 @@ mod jwk;
 mod jws;
 
 pub use access::{
-    AccessClaims, Actor, Confirmation, DEFAULT_TOKEN_TTL, DelegatedUser, MAX_TOKEN_TTL,
-    TokenIssuer, cert_thumbprint,
+    AccessClaims, Actor, AuthorizedGrant, Confirmation, DEFAULT_TOKEN_TTL, DelegatedUser,
+    MAX_TOKEN_TTL, OAUTH_CLIENT_ACTOR, TokenIssuer, cert_thumbprint,
 };
 pub use assertion::{
     ASSERTION_CLOCK_SKEW, ASSERTION_TYPE, AssertionClaims, MAX_ASSERTION_LIFETIME,

@@ -1,0 +1,383 @@
+//! The authorization-code flow of MCP authorization (the MCP specification's
+//! authorization section, revision 2025-06-18 and later), so a stock MCP host
+//! connects with no pre-shared credential:
+//!
+//! - `POST /oauth2/register` (`register.rs`): RFC 7591 dynamic registration
+//!   of public clients, off unless `[identity.authorization]
+//!   dynamic_registration`; redirect URIs https or loopback http only, small
+//!   bodies, a registrations-per-hour cap and a cap on live clients; every
+//!   registration recorded; an admin revokes a client (`/admin/v1/oauth/clients`).
+//! - `GET /oauth2/authorize` (`authorize.rs`): code + PKCE (S256 only) with a
+//!   resource indicator (RFC 8707) naming one route; answers a login and
+//!   consent page (`page.rs`) naming the client, the resource and the scope.
+//!   `POST /oauth2/authorize` takes the login: a local user (an admin enrolled
+//!   with `portcullis admin user add`) and their TOTP code, consumed once. It
+//!   redirects with a single-use code living 60 s, and `iss` (RFC 9207).
+//! - `POST /oauth2/token` with `authorization_code` or `refresh_token`
+//!   (`grant.rs`): the code is redeemed once (a second redemption revokes
+//!   what the first issued), the verifier must match, and the access token
+//!   is audience-bound to the resource: a token for one route is refused on
+//!   every other. It acts for the user through the configured agent
+//!   (`sub` the user, `act` the agent then `oauth-client:<id>`), so policy
+//!   sees `context.delegation` and must allow the user too; DPoP-bound when
+//!   the client sent a proof, else a bearer token (`context.auth.method ==
+//!   "bearer"`). Refresh tokens rotate on every use; a used one presented
+//!   again revokes its family and the family's access tokens.
+//!
+//! Codes and pending logins live in memory (bounded; a restart ends logins
+//! in progress); clients and refresh tokens in the store. Every grant,
+//! refusal and issuance leaves one audit record (resource `oauth2_authorize`,
+//! `oauth2_register` or `oauth2_token`).
+
+pub mod config;
+
+mod authorize;
+mod grant;
+mod page;
+mod register;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use portcullis_core::ErrorCode;
+use sha2::{Digest, Sha256};
+
+pub(crate) use authorize::serve_authorize;
+pub(crate) use grant::token;
+pub(crate) use register::serve_register;
+
+use crate::respond::Denial;
+use crate::state::Gateway;
+use config::AuthorizationConfig;
+
+/// The authorization endpoint.
+pub const AUTHORIZE_PATH: &str = "/oauth2/authorize";
+/// The registration endpoint (RFC 7591).
+pub const REGISTER_PATH: &str = "/oauth2/register";
+/// The one scope offered: access to the resource as policy allows the user
+/// and the agent (permissions come from policy, not from scopes).
+pub const SCOPE: &str = "mcp";
+/// How long an authorization code lives (RFC 6749 §4.1.2 recommends ≤ 10 min).
+const CODE_TTL: i64 = 60;
+/// How long a login page stays usable.
+const LOGIN_TTL: i64 = 600;
+/// Pending logins and unexpired codes held at most (each a few hundred
+/// bytes); beyond, new ones are refused until old ones expire.
+const MAX_IN_FLIGHT: usize = 10_000;
+
+/// What one authorization request asked for, checked.
+#[derive(Debug, Clone)]
+pub(crate) struct AuthorizationRequest {
+    pub client_id: String,
+    pub client_name: String,
+    pub redirect_uri: String,
+    pub state: Option<String>,
+    pub code_challenge: String,
+    pub resource: String,
+    pub scope: String,
+}
+
+/// A login page handed out and not yet answered.
+#[derive(Debug)]
+struct PendingLogin {
+    request: AuthorizationRequest,
+    expires_at: i64,
+}
+
+/// An authorization code handed out.
+#[derive(Debug, Clone)]
+pub(crate) struct IssuedCode {
+    pub request: AuthorizationRequest,
+    pub user: String,
+    pub mfa: bool,
+    expires_at: i64,
+    /// The refresh family its redemption started, once redeemed.
+    redeemed: Option<String>,
+}
+
+/// What redeeming a code found.
+#[derive(Debug)]
+pub(crate) enum Redeemed {
+    /// First redemption: the code and the new refresh family's id.
+    Fresh(Box<IssuedCode>, String),
+    /// Redeemed before: the family its first redemption started.
+    Reused(String),
+    /// Unknown or expired.
+    Unknown,
+}
+
+/// The in-memory side of the flow.
+#[derive(Debug)]
+pub struct AuthorizationServer {
+    pub(crate) config: AuthorizationConfig,
+    pending: Mutex<HashMap<String, PendingLogin>>,
+    codes: Mutex<HashMap<String, IssuedCode>>,
+    /// Registrations in the current hour: (hour number, count).
+    registrations: Mutex<(i64, u32)>,
+}
+
+/// A random 256-bit value, base64url: codes, login ids, refresh tokens.
+pub(crate) fn random_token() -> String {
+    let bytes: [u8; 32] = rand::random();
+    B64.encode(bytes)
+}
+
+/// SHA-256 hex, how refresh tokens are stored.
+pub(crate) fn sha256_hex(value: &str) -> String {
+    hex::encode(Sha256::digest(value.as_bytes()))
+}
+
+/// RFC 7636 §4.1: 43 to 128 unreserved characters (the same rule for the
+/// S256 challenge, which is 43 base64url characters).
+fn pkce_value_ok(value: &str) -> bool {
+    (43..=128).contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+/// Whether `verifier` is the S256 pre-image of `challenge`. A plain
+/// comparison: the challenge is public (it travelled in the authorization
+/// request), and what is compared is a hash of the secret.
+pub(crate) fn pkce_matches(verifier: &str, challenge: &str) -> bool {
+    pkce_value_ok(verifier) && B64.encode(Sha256::digest(verifier.as_bytes())) == challenge
+}
+
+/// The resource (RFC 8707) `resource` names, checked: the URL of one of the
+/// gateway's routes, exactly its prefix under the issuer. Tokens are good
+/// for that route only.
+pub(crate) fn route_resource(gateway: &Gateway, resource: &str) -> Result<String, Denial> {
+    let issuer = gateway.tokens.issuer_url();
+    let snapshot = gateway.snapshot.load();
+    resource
+        .strip_prefix(issuer)
+        .filter(|prefix| {
+            snapshot
+                .routing
+                .routes
+                .lookup(prefix)
+                .is_some_and(|(route, _)| route.path_prefix == *prefix)
+        })
+        .map(|_| resource.to_string())
+        .ok_or_else(|| {
+            Denial::new(
+                ErrorCode::InvalidTarget,
+                "`resource` must be the URL of one of the gateway's routes (the `resource` of its protected-resource metadata)",
+            )
+        })
+}
+
+impl AuthorizationServer {
+    /// The flow for `config`.
+    pub fn new(config: AuthorizationConfig) -> Self {
+        AuthorizationServer {
+            config,
+            pending: Mutex::default(),
+            codes: Mutex::default(),
+            registrations: Mutex::new((0, 0)),
+        }
+    }
+
+    /// Keeps a login page's request; its id goes into the page's form.
+    fn begin_login(&self, request: AuthorizationRequest, now: i64) -> Result<String, Denial> {
+        let mut pending = lock(&self.pending);
+        pending.retain(|_, p| p.expires_at > now);
+        if pending.len() >= MAX_IN_FLIGHT {
+            return Err(busy());
+        }
+        let id = random_token();
+        pending.insert(
+            id.clone(),
+            PendingLogin {
+                request,
+                expires_at: now + LOGIN_TTL,
+            },
+        );
+        Ok(id)
+    }
+
+    /// The request behind a login page, still pending.
+    fn pending(&self, id: &str, now: i64) -> Option<AuthorizationRequest> {
+        lock(&self.pending)
+            .get(id)
+            .filter(|p| p.expires_at > now)
+            .map(|p| p.request.clone())
+    }
+
+    /// Ends a login page (answered: allowed or denied).
+    fn end_login(&self, id: &str) -> Option<AuthorizationRequest> {
+        lock(&self.pending).remove(id).map(|p| p.request)
+    }
+
+    /// Hands out a code for `request`, approved by `user`.
+    fn issue_code(
+        &self,
+        request: AuthorizationRequest,
+        user: &str,
+        mfa: bool,
+        now: i64,
+    ) -> Result<String, Denial> {
+        let mut codes = lock(&self.codes);
+        codes.retain(|_, c| c.expires_at > now);
+        if codes.len() >= MAX_IN_FLIGHT {
+            return Err(busy());
+        }
+        let code = random_token();
+        codes.insert(
+            code.clone(),
+            IssuedCode {
+                request,
+                user: user.to_string(),
+                mfa,
+                expires_at: now + CODE_TTL,
+                redeemed: None,
+            },
+        );
+        Ok(code)
+    }
+
+    /// Redeems a code: once. It stays known, marked, until it expires, so
+    /// a second redemption is recognised as reuse.
+    pub(crate) fn redeem(&self, code: &str, now: i64) -> Redeemed {
+        let mut codes = lock(&self.codes);
+        let Some(entry) = codes.get_mut(code).filter(|c| c.expires_at > now) else {
+            return Redeemed::Unknown;
+        };
+        if let Some(family) = &entry.redeemed {
+            return Redeemed::Reused(family.clone());
+        }
+        let family = random_token();
+        entry.redeemed = Some(family.clone());
+        Redeemed::Fresh(Box::new(entry.clone()), family)
+    }
+
+    /// Counts one registration against the hourly cap; `false` when full.
+    fn admit_registration(&self, now: i64) -> bool {
+        let mut window = lock(&self.registrations);
+        let hour = now / 3600;
+        if window.0 != hour {
+            *window = (hour, 0);
+        }
+        if window.1 >= self.config.registrations_per_hour {
+            return false;
+        }
+        window.1 += 1;
+        true
+    }
+}
+
+fn busy() -> Denial {
+    Denial::new(
+        ErrorCode::Unavailable,
+        "too many authorizations in progress; retry shortly",
+    )
+}
+
+/// The maps are only touched for a lookup or an insert, never across I/O;
+/// a poisoned lock (a panic mid-insert) still holds consistent data.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The registered, unrevoked client `client_id`.
+pub(crate) async fn live_client(
+    gateway: &Gateway,
+    client_id: &str,
+) -> Result<portcullis_store::OAuthClientRow, Denial> {
+    gateway
+        .store
+        .oauth_client(client_id)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot read OAuth clients");
+            Denial::new(
+                ErrorCode::Unavailable,
+                "the client registry cannot be read; retry shortly",
+            )
+        })?
+        .filter(|c| c.revoked_at.is_none())
+        .ok_or_else(|| {
+            Denial::new(
+                ErrorCode::InvalidClient,
+                "`client_id` names no registered client (or a revoked one)",
+            )
+        })
+}
+
+/// The configured flow, or the refusal when `[identity.authorization]` is absent.
+pub(crate) fn configured(gateway: &Gateway) -> Result<&AuthorizationServer, Denial> {
+    gateway.authorization.as_deref().ok_or_else(|| {
+        Denial::new(
+            ErrorCode::RouteNotFound,
+            "the authorization-code flow is not configured (`[identity.authorization]`)",
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server() -> AuthorizationServer {
+        AuthorizationServer::new(AuthorizationConfig {
+            agent: portcullis_core::AgentName::parse("hosts").unwrap(),
+            dynamic_registration: true,
+            registrations_per_hour: 2,
+            max_clients: 10,
+            refresh_ttl: 3600,
+        })
+    }
+
+    fn request() -> AuthorizationRequest {
+        AuthorizationRequest {
+            client_id: "c".into(),
+            client_name: "n".into(),
+            redirect_uri: "http://127.0.0.1/cb".into(),
+            state: None,
+            code_challenge: "x".into(),
+            resource: "https://gw/mcp".into(),
+            scope: SCOPE.into(),
+        }
+    }
+
+    #[test]
+    fn pkce_s256() {
+        // The challenge as Python's hashlib and base64 make it.
+        let verifier = "dBjftJeZ4CVP-mJ92K5z0hm5JKWsDmKMGG6uKn8cFb0";
+        let challenge = "MpGuBtk-0oBCX_JUO--hkE1shPEVaAlxY8zzzw3H8mM";
+        assert!(pkce_matches(verifier, challenge));
+        assert!(!pkce_matches(&verifier.replace('d', "e"), challenge));
+        // `plain` (the verifier as its own challenge) never matches.
+        assert!(!pkce_matches(challenge, challenge));
+        assert!(!pkce_matches("short", challenge));
+    }
+
+    #[test]
+    fn codes_redeem_once_and_expire() {
+        let s = server();
+        let code = s.issue_code(request(), "alice", true, 100).unwrap();
+        let Redeemed::Fresh(issued, family) = s.redeem(&code, 110) else {
+            panic!("fresh code refused");
+        };
+        assert_eq!(issued.user, "alice");
+        assert!(matches!(s.redeem(&code, 120), Redeemed::Reused(f) if f == family));
+        let late = s.issue_code(request(), "alice", true, 100).unwrap();
+        assert!(matches!(s.redeem(&late, 100 + CODE_TTL), Redeemed::Unknown));
+        assert!(matches!(s.redeem("nope", 100), Redeemed::Unknown));
+        // Logins: pending until answered or expired.
+        let id = s.begin_login(request(), 100).unwrap();
+        assert!(s.pending(&id, 100 + LOGIN_TTL - 1).is_some());
+        assert!(s.pending(&id, 100 + LOGIN_TTL).is_none());
+        assert!(s.end_login(&id).is_some());
+        assert!(s.end_login(&id).is_none());
+        // The registration cap is per hour.
+        assert!(s.admit_registration(3600));
+        assert!(s.admit_registration(3601));
+        assert!(!s.admit_registration(3602));
+        assert!(s.admit_registration(7200));
+    }
+}
