@@ -155,6 +155,8 @@ fn main() {
         "portcullis, Cedar evaluated (context policy)",
     ] {
         assert_eq!(line(), "ready");
+        // For a profiler attached by hand: which window is being counted.
+        eprintln!("allocs: counting {name} (pid {})", std::process::id());
         let before = GLOBAL.stats();
         let started = Instant::now();
         writeln!(to_child, "start").unwrap();
