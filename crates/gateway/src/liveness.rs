@@ -251,8 +251,12 @@ pub(crate) enum Check {
     Gateway(Weak<Gateway>),
     /// A verdict of the test's own.
     #[cfg(test)]
-    With(Box<dyn Fn(&Holder) -> Option<CutReason> + Send + Sync>),
+    With(Box<Judge>),
 }
+
+/// A verdict function (tests).
+#[cfg(test)]
+pub(crate) type Judge = dyn Fn(&Holder) -> Option<CutReason> + Send + Sync;
 
 impl Check {
     fn verdict(&self, holder: &Holder) -> Option<CutReason> {
