@@ -159,6 +159,28 @@ pub fn decode<'s>(
     request_id: String,
     lookup: impl Fn(u64) -> Option<&'s str>,
 ) -> Result<AuditRecord, DecodeError> {
+    let mut record = AuditRecord {
+        seq: Some(seq),
+        time_ms,
+        request_id,
+        ..AuditRecord::default()
+    };
+    decode_into(bytes, lookup, &mut record)?;
+    Ok(record)
+}
+
+/// [`decode`] into `record`, reusing the allocations of its strings and
+/// lists: a writer that checks each record it encodes by decoding it back
+/// keeps one record for the purpose, and once that record has held a
+/// record of the same shape the check allocates nothing. Every field the
+/// compact form holds is overwritten; `seq`, `time_ms`, `request_id` (kept
+/// beside the form) and any field it does not hold are left as they are.
+/// On an error `record` holds a mixture of the two and means nothing.
+pub fn decode_into<'s>(
+    bytes: &[u8],
+    lookup: impl Fn(u64) -> Option<&'s str>,
+    record: &mut AuditRecord,
+) -> Result<(), DecodeError> {
     if bytes.len() < 4
         || bytes[0] != FORMAT
         || bytes[1] & !(KIND_ADMIN | OUTCOME_ALLOW | FAIL_OPEN | KIND_PROCESS | KIND_EGRESS) != 0
@@ -172,62 +194,61 @@ pub fn decode<'s>(
         at: 4,
         lookup,
     };
-    let mut record = AuditRecord {
-        seq: Some(seq),
-        time_ms,
-        kind: if flags & KIND_ADMIN != 0 {
-            RecordKind::Admin
-        } else if flags & KIND_PROCESS != 0 {
-            RecordKind::Process
-        } else if flags & KIND_EGRESS != 0 {
-            RecordKind::Egress
-        } else {
-            RecordKind::Request
-        },
-        request_id,
-        outcome: if flags & OUTCOME_ALLOW != 0 {
-            Outcome::Allow
-        } else {
-            Outcome::Deny
-        },
-        status: u16::from_le_bytes([bytes[2], bytes[3]]),
-        fail_open: flags & FAIL_OPEN != 0,
-        ..AuditRecord::default()
+    record.kind = if flags & KIND_ADMIN != 0 {
+        RecordKind::Admin
+    } else if flags & KIND_PROCESS != 0 {
+        RecordKind::Process
+    } else if flags & KIND_EGRESS != 0 {
+        RecordKind::Egress
+    } else {
+        RecordKind::Request
     };
-    record.principal = r.value()?;
-    record.credential = r.value()?;
-    record.source_ip = r.value()?;
-    record.action = r.required()?;
-    record.resource = r.value()?;
-    record.path = r.value()?;
+    record.outcome = if flags & OUTCOME_ALLOW != 0 {
+        Outcome::Allow
+    } else {
+        Outcome::Deny
+    };
+    record.status = u16::from_le_bytes([bytes[2], bytes[3]]);
+    record.fail_open = flags & FAIL_OPEN != 0;
+    r.value_into(&mut record.principal)?;
+    r.value_into(&mut record.credential)?;
+    r.value_into(&mut record.source_ip)?;
+    r.required_into(&mut record.action)?;
+    r.value_into(&mut record.resource)?;
+    r.value_into(&mut record.path)?;
     let policies = r.count()?;
-    record.policies = (0..policies)
-        .map(|_| r.required())
-        .collect::<Result<_, _>>()?;
-    record.error_code = r.value()?;
+    record.policies.truncate(policies);
+    for i in 0..policies {
+        if i == record.policies.len() {
+            record.policies.push(String::new());
+        }
+        r.required_into(&mut record.policies[i])?;
+    }
+    r.value_into(&mut record.error_code)?;
     record.duration_us = r.int()?;
     record.bytes_in = r.int()?;
     record.bytes_out = r.int()?;
-    record.classification = r.value()?;
-    record.request_sha256 = r.value()?;
-    record.response_sha256 = r.value()?;
-    record.response_sha256_unredacted = r.value()?;
+    r.value_into(&mut record.classification)?;
+    r.value_into(&mut record.request_sha256)?;
+    r.value_into(&mut record.response_sha256)?;
+    r.value_into(&mut record.response_sha256_unredacted)?;
     let findings = r.count()?;
-    record.content = (0..findings)
-        .map(|_| {
-            Ok(ContentFinding {
-                direction: r.required()?,
-                kind: r.required()?,
-                pointer: r.value()?,
-                start: r.int()?,
-                end: r.int()?,
-                fingerprint: r.value()?,
-            })
-        })
-        .collect::<Result<_, DecodeError>>()?;
+    record.content.truncate(findings);
+    for i in 0..findings {
+        if i == record.content.len() {
+            record.content.push(ContentFinding::default());
+        }
+        let finding = &mut record.content[i];
+        r.required_into(&mut finding.direction)?;
+        r.required_into(&mut finding.kind)?;
+        r.value_into(&mut finding.pointer)?;
+        finding.start = r.int()?;
+        finding.end = r.int()?;
+        r.value_into(&mut finding.fingerprint)?;
+    }
     record.policy_version = r.opt_int()?;
-    record.approval_ticket = r.value()?;
-    record.breakglass = r.value()?;
+    r.value_into(&mut record.approval_ticket)?;
+    r.value_into(&mut record.breakglass)?;
     record.sampled = r.opt_int()?;
     let start = r.at;
     record.process = match r.int()? {
@@ -271,7 +292,7 @@ pub fn decode<'s>(
     if r.at != bytes.len() {
         return Err(DecodeError::Malformed(r.at));
     }
-    Ok(record)
+    Ok(())
 }
 
 struct Writer<'i, F> {
@@ -388,14 +409,47 @@ impl<'s, L: Fn(u64) -> Option<&'s str>> Reader<'_, L> {
     }
 
     fn value(&mut self) -> Result<Option<String>, DecodeError> {
+        let mut value = None;
+        self.value_into(&mut value)?;
+        Ok(value)
+    }
+
+    fn required(&mut self) -> Result<String, DecodeError> {
+        let mut text = String::new();
+        self.required_into(&mut text)?;
+        Ok(text)
+    }
+
+    /// A value into `slot`, reusing the string it holds.
+    fn value_into(&mut self, slot: &mut Option<String>) -> Result<(), DecodeError> {
         let start = self.at;
         match self.int()? {
-            NULL => Ok(None),
+            NULL => {
+                *slot = None;
+                Ok(())
+            }
+            tag => self.text_into(start, tag, slot.get_or_insert_with(String::new)),
+        }
+    }
+
+    /// A value that must not be null into `text`, reusing its allocation.
+    fn required_into(&mut self, text: &mut String) -> Result<(), DecodeError> {
+        let start = self.at;
+        match self.int()? {
+            NULL => Err(DecodeError::Malformed(start)),
+            tag => self.text_into(start, tag, text),
+        }
+    }
+
+    /// The text of a value tagged `tag` (read at `start`), replacing `out`'s.
+    fn text_into(&mut self, start: usize, tag: u64, out: &mut String) -> Result<(), DecodeError> {
+        out.clear();
+        match tag {
             TEXT => {
                 let len = self.count()?;
                 let text = std::str::from_utf8(self.take(len)?)
                     .map_err(|_| DecodeError::Malformed(start))?;
-                Ok(Some(text.to_owned()))
+                out.push_str(text);
             }
             HEX => {
                 let len = self.count()?;
@@ -403,24 +457,19 @@ impl<'s, L: Fn(u64) -> Option<&'s str>> Reader<'_, L> {
                 if bytes.is_empty() {
                     return Err(DecodeError::Malformed(start));
                 }
-                let mut text = String::with_capacity(len * 2);
+                out.reserve(len * 2);
                 for byte in bytes {
-                    text.push(HEX_DIGITS[usize::from(byte >> 4)] as char);
-                    text.push(HEX_DIGITS[usize::from(byte & 0xf)] as char);
+                    out.push(HEX_DIGITS[usize::from(byte >> 4)] as char);
+                    out.push(HEX_DIGITS[usize::from(byte & 0xf)] as char);
                 }
-                Ok(Some(text))
             }
             tag => {
                 let id = tag - INTERNED;
                 let text = (self.lookup)(id).ok_or(DecodeError::UnknownString(id))?;
-                Ok(Some(text.to_owned()))
+                out.push_str(text);
             }
         }
-    }
-
-    fn required(&mut self) -> Result<String, DecodeError> {
-        let start = self.at;
-        self.value()?.ok_or(DecodeError::Malformed(start))
+        Ok(())
     }
 }
 
@@ -569,6 +618,31 @@ mod tests {
             let back = table.decode(&bytes, &record).unwrap();
             assert_eq!(back, record);
             assert_eq!(back.canonical_bytes(), record.canonical_bytes());
+        }
+    }
+
+    /// One record decoded into over and over, whatever it held before,
+    /// comes out as a fresh decode would: nothing of an earlier record stays.
+    #[test]
+    fn decoding_into_a_used_record_leaves_nothing_of_the_old_one() {
+        let mut table = Table::default();
+        let mut cases = cases();
+        cases.extend(cases.clone().into_iter().rev());
+        let mut reused = full();
+        for mut record in cases {
+            record.seq = Some(record.seq.unwrap_or_default());
+            let bytes = table.encode(&record);
+            reused.seq = record.seq;
+            reused.time_ms = record.time_ms;
+            reused.request_id.clone_from(&record.request_id);
+            decode_into(
+                &bytes,
+                |id| table.strings.get(id as usize).map(String::as_str),
+                &mut reused,
+            )
+            .unwrap();
+            assert_eq!(reused, record);
+            assert_eq!(reused, table.decode(&bytes, &record).unwrap());
         }
     }
 

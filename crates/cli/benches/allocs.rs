@@ -63,6 +63,39 @@
 //! data plane allocates ~0–2 times per second (`--profile dev`, 2000
 //! requests: bare 15.0, memoized 87.5, Cedar 235.7 allocs/req; main's code
 //! with the same bench: 15.0, 90.1, 234.5).
+//!
+//! Issue 15's allocation pass (2026-12-07, `--profile dev` builds of the
+//! bench, main at cec16f7 against the branch, one after the other,
+//! `BENCH_REQUESTS=3000`; where they went was found by attaching `perf
+//! record -e probe_libc:malloc --call-graph dwarf` to the bench while it
+//! counts, which is what the `allocs: counting …` line on stderr is for):
+//!
+//! ```text
+//! durability       build                               bare   memoized   Cedar
+//! async            main cec16f7                        15.0      102.4   251.3
+//! async            branch, before the candidate sets   15.0       84.5   232.9
+//! async            branch                              15.0       80.1   202.2
+//! before_forward   main cec16f7                        15.0      160.3   305.2
+//! before_forward   branch, before the candidate sets   15.0      140.9   285.0
+//! before_forward   branch                              15.0      143.4   261.6
+//! ```
+//!
+//! (The `before_forward` memoized figure moves by a few allocations from run
+//! to run with how many intents and records share a group commit.)
+//!
+//! What went: the compact audit codec's decode-back check decoded every
+//! record into a fresh one (~13 strings); it now decodes into one record the
+//! appender keeps, reusing its strings. A response's stream holder (agent,
+//! route, serial: four strings and an `Arc`) and its boxed re-check closure
+//! are built only once the body turns out to be a stream. The request and
+//! decision counters are looked up per route by `&str` instead of building a
+//! label `String` per request. A batch of intents alone skips the seq check
+//! (one SQLite round trip of about ten allocations). Cedar's candidate
+//! policy set is kept per (agent, action, route) in the snapshot instead of
+//! built per evaluated request. What is left, by the profile: SQLite round
+//! trips through sqlx's worker (about 40 % of the `before_forward` count:
+//! a channel, a oneshot and argument buffers per statement), hyper and
+//! rustls internals, the record's strings, and Cedar's context record.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod support;
@@ -155,6 +188,8 @@ fn main() {
         "portcullis, Cedar evaluated (context policy)",
     ] {
         assert_eq!(line(), "ready");
+        // For a profiler attached by hand: which window is being counted.
+        eprintln!("allocs: counting {name} (pid {})", std::process::id());
         let before = GLOBAL.stats();
         let started = Instant::now();
         writeln!(to_child, "start").unwrap();

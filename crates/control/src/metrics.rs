@@ -1,5 +1,7 @@
 //! Prometheus metrics of the data plane, served by the admin listener.
 
+use std::collections::HashMap;
+use std::sync::RwLock;
 use std::sync::atomic::AtomicI64;
 use std::time::Duration;
 
@@ -193,11 +195,30 @@ impl CloseReason {
     }
 }
 
+/// Most routes whose counters [`RouteHandles`] keeps, and most statuses per
+/// route: past these a count builds its label set as it did before.
+const ROUTE_HANDLES: usize = 1024;
+const STATUS_HANDLES: usize = 64;
+
+/// The request and decision counters of each route by name, so counting a
+/// request looks its counter up by `&str` instead of building a label set
+/// (a `String`) per request. A handle is the family's own counter (clones
+/// share it), so the exposition is unchanged. Bounded: an MCP record's
+/// resource names a tool, and the agent chooses the name.
+#[derive(Debug, Default)]
+struct RouteHandles {
+    requests: RwLock<HashMap<String, Vec<(u16, Counter)>>>,
+    /// Deny, allow (each once it has been counted: no zero series is
+    /// created).
+    decisions: RwLock<HashMap<String, [Option<Counter>; 2]>>,
+}
+
 /// The gateway's metrics.
 #[derive(Debug)]
 pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     decisions: Family<DecisionLabels, Counter>,
+    handles: RouteHandles,
     // One histogram per stage, fetched once, so observing takes no lock.
     stages: Vec<Histogram>,
     /// Audit records waiting to be written.
@@ -433,6 +454,7 @@ impl Metrics {
             secrets_overdue,
             requests,
             decisions,
+            handles: RouteHandles::default(),
             stages,
             audit_queue,
             audit_written,
@@ -450,12 +472,27 @@ impl Metrics {
 
     /// Counts a finished request.
     pub fn request(&self, route: &str, status: u16) {
-        self.requests
-            .get_or_create(&RequestLabels {
-                route: route.to_string(),
-                status,
-            })
-            .inc();
+        if let Ok(handles) = self.handles.requests.read()
+            && let Some((_, counter)) = handles
+                .get(route)
+                .and_then(|statuses| statuses.iter().find(|(s, _)| *s == status))
+        {
+            counter.inc();
+            return;
+        }
+        let counter = self.requests.get_or_create_owned(&RequestLabels {
+            route: route.to_string(),
+            status,
+        });
+        counter.inc();
+        if let Ok(mut handles) = self.handles.requests.write()
+            && (handles.len() < ROUTE_HANDLES || handles.contains_key(route))
+        {
+            let statuses = handles.entry(route.to_string()).or_default();
+            if statuses.len() < STATUS_HANDLES && !statuses.iter().any(|(s, _)| *s == status) {
+                statuses.push((status, counter));
+            }
+        }
     }
 
     /// Counts an egress connection a sandboxed server asked for, allowed or
@@ -477,12 +514,23 @@ impl Metrics {
 
     /// Counts a decision.
     pub fn decision(&self, route: &str, allowed: bool) {
-        self.decisions
-            .get_or_create(&DecisionLabels {
-                route: route.to_string(),
-                decision: if allowed { "allow" } else { "deny" },
-            })
-            .inc();
+        let slot = usize::from(allowed);
+        if let Ok(handles) = self.handles.decisions.read()
+            && let Some(Some(counter)) = handles.get(route).map(|c| &c[slot])
+        {
+            counter.inc();
+            return;
+        }
+        let counter = self.decisions.get_or_create_owned(&DecisionLabels {
+            route: route.to_string(),
+            decision: if allowed { "allow" } else { "deny" },
+        });
+        counter.inc();
+        if let Ok(mut handles) = self.handles.decisions.write()
+            && (handles.len() < ROUTE_HANDLES || handles.contains_key(route))
+        {
+            handles.entry(route.to_string()).or_default()[slot] = Some(counter);
+        }
     }
 
     /// Records time spent in a stage.

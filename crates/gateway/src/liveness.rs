@@ -246,18 +246,68 @@ impl LiveStreams {
 }
 
 /// Re-checks a holder against the current state (the backstop).
-pub(crate) type Check = Box<dyn Fn(&Holder) -> Option<CutReason> + Send + Sync>;
+pub(crate) enum Check {
+    /// The gateway's verdict; a gateway that is gone has no verdict to give.
+    Gateway(Weak<Gateway>),
+    /// A verdict of the test's own.
+    #[cfg(test)]
+    With(Box<Judge>),
+}
+
+/// A verdict function (tests).
+#[cfg(test)]
+pub(crate) type Judge = dyn Fn(&Holder) -> Option<CutReason> + Send + Sync;
+
+impl Check {
+    fn verdict(&self, holder: &Holder) -> Option<CutReason> {
+        match self {
+            Check::Gateway(gateway) => gateway.upgrade().and_then(|g| g.stream_verdict(holder)),
+            #[cfg(test)]
+            Check::With(judge) => judge(holder),
+        }
+    }
+}
+
+/// Who holds a stream, built only once the body turns out to be one: most
+/// answers end in one frame and never need it (its strings would be
+/// allocated for every request).
+// The identity is kept by value: the watched body is boxed whole, so a box
+// of its own would cost the allocation this saves.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Holding {
+    /// What the holder is built from.
+    Pending {
+        /// The caller.
+        identity: Identity,
+        /// The route.
+        route: Arc<RouteConfig>,
+    },
+    /// Built.
+    Built(Arc<Holder>),
+}
 
 /// What a watched body needs besides the body itself.
 pub(crate) struct Ticket {
     /// Who holds the stream.
-    holder: Arc<Holder>,
+    holding: Holding,
     /// Where it registers for signals.
     streams: Arc<LiveStreams>,
     /// The backstop check.
     check: Check,
     /// The request's meter: a cut is noted there for its audit record.
     meter: Arc<BodyMeter>,
+}
+
+impl Ticket {
+    /// The holder, built on first use.
+    fn holder(&mut self) -> Arc<Holder> {
+        let built = match &self.holding {
+            Holding::Built(holder) => return holder.clone(),
+            Holding::Pending { identity, route } => Arc::new(Holder::of(identity, &route.name)),
+        };
+        self.holding = Holding::Built(built.clone());
+        built
+    }
 }
 
 /// How a cut body ends.
@@ -276,17 +326,18 @@ enum Ending {
 /// stage that touches the answer.
 pub fn watch(
     gateway: &Arc<Gateway>,
-    identity: &Identity,
-    route: &RouteConfig,
+    identity: Identity,
+    route: &Arc<RouteConfig>,
     meter: &Arc<BodyMeter>,
     response: Response<ResponseBody>,
 ) -> Response<ResponseBody> {
-    let weak = Arc::downgrade(gateway);
     let ticket = Ticket {
-        holder: Arc::new(Holder::of(identity, &route.name)),
+        holding: Holding::Pending {
+            identity,
+            route: route.clone(),
+        },
         streams: gateway.streams.clone(),
-        // A gateway that is gone has no verdict to give.
-        check: Box::new(move |holder| weak.upgrade().and_then(|g| g.stream_verdict(holder))),
+        check: Check::Gateway(Arc::downgrade(gateway)),
         meter: meter.clone(),
     };
     let (parts, body) = response.into_parts();
@@ -365,7 +416,8 @@ impl Watched {
         if self.watch.is_some() {
             return;
         }
-        let registration = self.ticket.streams.register(self.ticket.holder.clone());
+        let holder = self.ticket.holder();
+        let registration = self.ticket.streams.register(holder);
         // Once per process: a full table would otherwise log every stream.
         static WARNED: AtomicBool = AtomicBool::new(false);
         if registration.is_none() && !WARNED.swap(true, Ordering::Relaxed) {
@@ -401,7 +453,8 @@ impl Watched {
             due = true;
         }
         if due {
-            (self.ticket.check)(&self.ticket.holder)
+            let holder = self.ticket.holder();
+            self.ticket.check.verdict(&holder)
         } else {
             None
         }
@@ -414,9 +467,10 @@ impl Watched {
             .meter
             .stream_cut
             .set(ErrorCode::StreamRevoked.as_str());
+        let holder = self.ticket.holder();
         tracing::info!(
-            agent = %self.ticket.holder.agent,
-            route = %self.ticket.holder.route,
+            agent = %holder.agent,
+            route = %holder.route,
             why = why.describe(),
             "open stream cut"
         );
@@ -552,12 +606,12 @@ mod tests {
     ) -> (Watched, Arc<BodyMeter>) {
         let meter = Arc::new(BodyMeter::default());
         let ticket = Ticket {
-            holder: Arc::new(h),
+            holding: Holding::Built(Arc::new(h)),
             streams: streams.clone(),
-            check: Box::new(move |_| {
+            check: Check::With(Box::new(move |_| {
                 dead.load(Ordering::Relaxed)
                     .then_some(CutReason::AgentRevoked)
-            }),
+            })),
             meter: meter.clone(),
         };
         (Watched::new(body, ticket, ending), meter)

@@ -193,7 +193,7 @@ impl Authorizer {
             return Decision::default_deny();
         }
         self.index.memo.get_or_decide(matching.memo_key, || {
-            self.decide_among(request, Some(&self.index.policy_set(&matching.bits)))
+            self.decide_among(request, Some(&*self.index.policy_set(&matching)))
         })
     }
 

@@ -5,6 +5,7 @@
 //! the same scopes in `candidates.rs`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use cedar_policy::{
     ActionConstraint, Entities, EntityTypeName, EntityUid, Policy, PolicySet, PrincipalConstraint,
@@ -74,11 +75,20 @@ pub(crate) struct ScopeIndex {
     context_free: Vec<u64>,
     /// Decisions of context-free candidate sets, by (agent, action, route).
     pub(crate) memo: crate::memo::DecisionMemo<u64>,
+    /// The candidate sets Cedar evaluates, by (agent, action, route): built
+    /// once per snapshot instead of once per request that reads `context`.
+    sets: crate::memo::DecisionMemo<u64, Arc<PolicySet>>,
 }
+
+/// Most candidate sets a snapshot keeps (each holds a few policies, which
+/// are shared, not copied); past it a set is built per request as before.
+const SET_CAPACITY: usize = 4096;
 
 /// The candidate policies of one request, as a bitset over `ScopeIndex::policies`.
 pub(crate) struct Matching {
     pub(crate) bits: Vec<u64>,
+    /// The request's (agent, action, route) within the snapshot.
+    key: u64,
     /// Set when every candidate is context-free, so the decision can be memoized.
     pub(crate) memo_key: Option<u64>,
 }
@@ -158,6 +168,7 @@ impl ScopeIndex {
             routes,
             context_free,
             memo: crate::memo::DecisionMemo::new(),
+            sets: crate::memo::DecisionMemo::with_capacity(SET_CAPACITY),
         }
     }
 
@@ -181,13 +192,24 @@ impl ScopeIndex {
             .iter()
             .zip(&self.context_free)
             .all(|(b, f)| b & !f == 0);
-        let memo_key =
-            context_free.then(|| (agent_index << 32) | (route_index << 8) | action.index() as u64);
-        Some(Matching { bits, memo_key })
+        let key = (agent_index << 32) | (route_index << 8) | action.index() as u64;
+        Some(Matching {
+            bits,
+            key,
+            memo_key: context_free.then_some(key),
+        })
+    }
+
+    /// The candidate policies of `matching`, as a set Cedar can evaluate.
+    /// The bits depend only on the key, so the set is kept by it.
+    pub(crate) fn policy_set(&self, matching: &Matching) -> Arc<PolicySet> {
+        self.sets.get_or_decide(Some(matching.key), || {
+            Arc::new(self.build_set(&matching.bits))
+        })
     }
 
     /// The policies of a bitset, as a set Cedar can evaluate.
-    pub(crate) fn policy_set(&self, bits: &[u64]) -> PolicySet {
+    fn build_set(&self, bits: &[u64]) -> PolicySet {
         let mut set = PolicySet::new();
         for (w, word) in bits.iter().enumerate() {
             let mut word = *word;

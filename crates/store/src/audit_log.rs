@@ -115,6 +115,9 @@ pub struct AuditAppender {
     live_intents: u64,
     /// The string table the compact records name strings in.
     strings: Interner,
+    /// What each encoded record is decoded back into to check it, kept so
+    /// that the check reuses its strings (see [`audit_rows::stored_form`]).
+    check: AuditRecord,
 }
 
 /// A row of the intent journal (`audit_intents`): a request's record as it
@@ -152,6 +155,7 @@ impl Store {
                 acc,
                 live_intents: live.max(0) as u64,
                 strings: Interner::load(&self.pool).await?,
+                check: AuditRecord::default(),
             })
         })
     }
@@ -901,9 +905,9 @@ impl AuditAppender {
         // the lock is held only for the writes. On PostgreSQL another replica
         // may have appended meanwhile; the batch is then prepared again under
         // the lock (see `write_batch`).
-        let (acc, nodes) = self.prepare(records);
+        let prepared = self.prepare(records);
         let result = self
-            .write_batch(records, acc, nodes, personal, intents)
+            .write_batch(records, prepared, personal, intents)
             .await;
         match result {
             Ok((acc, closed)) => {
@@ -925,36 +929,45 @@ impl AuditAppender {
     /// Numbers, encodes and hashes `records` as the next leaves of this
     /// appender's tree: the tree after them and the stored subtrees they
     /// complete.
-    fn prepare(&mut self, records: &mut [AuditRecord]) -> (MerkleAccumulator, Vec<Subtree>) {
+    fn prepare(&mut self, records: &mut [AuditRecord]) -> Prepared {
         let mut acc = self.acc.clone();
         let first = acc.size();
         let mut nodes = Vec::new();
+        let mut leaves = Vec::with_capacity(records.len());
         for (seq, record) in (first..).zip(records.iter_mut()) {
             record.seq = Some(seq);
             let text = record.canonical_bytes();
-            acc.push_reporting(merkle::leaf_hash(&text), |s| {
+            let leaf = merkle::leaf_hash(&text);
+            acc.push_reporting(leaf, |s| {
                 if s.level >= NODE_MIN_LEVEL {
                     nodes.push(s);
                 }
             });
+            leaves.push((text, leaf));
         }
-        (acc, nodes)
+        Prepared { acc, nodes, leaves }
     }
 
-    /// The stored rows of prepared `records`: seq, request id, time, stored
-    /// form and leaf hash.
-    fn rows<'r>(&mut self, records: &'r [AuditRecord]) -> Vec<BatchRow<'r>> {
+    /// The stored rows of prepared `records` (with their canonical text and
+    /// leaf hash from [`Self::prepare`], computed once): seq, request id,
+    /// time, stored form and leaf hash.
+    fn rows<'r>(
+        &mut self,
+        records: &'r [AuditRecord],
+        leaves: Vec<(Vec<u8>, Hash)>,
+    ) -> Vec<BatchRow<'r>> {
         records
             .iter()
-            .map(|record| {
-                let text = record.canonical_bytes();
-                let stored = audit_rows::stored_form(record, &text, &mut self.strings);
+            .zip(leaves)
+            .map(|(record, (text, leaf))| {
+                let stored =
+                    audit_rows::stored_form(record, &text, &mut self.strings, &mut self.check);
                 (
                     record.seq.unwrap_or_default() as i64,
                     record.request_id.as_str(),
                     record.time_ms,
                     stored,
-                    merkle::leaf_hash(&text),
+                    leaf,
                 )
             })
             .collect()
@@ -978,8 +991,7 @@ impl AuditAppender {
     async fn write_batch(
         &mut self,
         records: &mut [AuditRecord],
-        mut acc: MerkleAccumulator,
-        mut nodes: Vec<Subtree>,
+        mut prepared: Prepared,
         personal: &[PersonalValue],
         intents: &[AuditIntentRow],
     ) -> Result<(MerkleAccumulator, u64), StoreError> {
@@ -988,10 +1000,18 @@ impl AuditAppender {
             // The audit write lock is taken first; the seq check then proves no
             // other writer appended behind this appender's back.
             let mut tx = begin_audit_write(pool).await?;
-            let last: Option<i64> = query_scalar("SELECT MAX(seq) FROM audit_log")
-                .fetch_one(&mut *tx)
-                .await?;
-            let size = last.map_or(0, |s| s as u64 + 1);
+            // A batch of intents alone appends nothing, so it has no seq to
+            // check (and saves the round trip: under `before_forward` most
+            // batches are one request's intent). The next batch with records
+            // checks, under its own lock, before it appends.
+            let size = if records.is_empty() {
+                self.acc.size()
+            } else {
+                let last: Option<i64> = query_scalar("SELECT MAX(seq) FROM audit_log")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                last.map_or(0, |s| s as u64 + 1)
+            };
             if size != self.acc.size() {
                 if !IS_POSTGRES {
                     // One node has one appender: another process appended.
@@ -1003,10 +1023,15 @@ impl AuditAppender {
                 // Cluster mode: other replicas appended. Under the lock nobody
                 // else can, so the batch is numbered after their records, once.
                 self.catch_up(size).await?;
-                (acc, nodes) = self.prepare(records);
+                prepared = self.prepare(records);
             }
             let first = self.acc.size();
-            let rows = self.rows(records);
+            let Prepared {
+                acc,
+                nodes,
+                leaves,
+            } = prepared;
+            let rows = self.rows(records, leaves);
             let (first_string, added) = self.strings.added();
             for (chunk_start, chunk) in (first_string..)
                 .step_by(AUDIT_ROWS_PER_INSERT)
@@ -1064,6 +1089,15 @@ impl AuditAppender {
 
 /// A record row of a batch: seq, request id, time, stored form, leaf hash.
 type BatchRow<'r> = (i64, &'r str, i64, Vec<u8>, Hash);
+
+/// A batch numbered and hashed as the next leaves of the tree: the tree
+/// after it, the stored subtrees it completes, and each record's canonical
+/// text with its leaf hash.
+struct Prepared {
+    acc: MerkleAccumulator,
+    nodes: Vec<Subtree>,
+    leaves: Vec<(Vec<u8>, Hash)>,
+}
 
 /// Inserts `intents` and deletes those the appended `rows` close (only when
 /// some are open); returns how many were deleted.

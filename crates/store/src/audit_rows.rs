@@ -271,17 +271,24 @@ impl Interner {
 
 /// The stored form of `record` (whose `seq` is set): compact, unless the
 /// compact form would not give back exactly this record, then its canonical
-/// JSON (`leaf`), which is always read back as it is.
-pub(crate) fn stored_form(record: &AuditRecord, leaf: &[u8], strings: &mut Interner) -> Vec<u8> {
+/// JSON (`leaf`), which is always read back as it is. Every record is
+/// decoded back and compared; `check` is what it is decoded into, kept by
+/// the caller from one record to the next so the check reuses its strings
+/// instead of allocating a record's worth each time.
+pub(crate) fn stored_form(
+    record: &AuditRecord,
+    leaf: &[u8],
+    strings: &mut Interner,
+    check: &mut AuditRecord,
+) -> Vec<u8> {
     let bytes = compact::encode(record, &mut |s| strings.intern(s));
-    let back = compact::decode(
-        &bytes,
-        record.seq.unwrap_or_default(),
-        record.time_ms,
-        record.request_id.clone(),
-        |id| strings.lookup(id),
-    );
-    if back.as_ref() == Ok(record) {
+    // The fields kept beside the compact form, as a reader takes them from
+    // their columns.
+    check.seq = Some(record.seq.unwrap_or_default());
+    check.time_ms = record.time_ms;
+    check.request_id.clone_from(&record.request_id);
+    let back = compact::decode_into(&bytes, |id| strings.lookup(id), check);
+    if back.is_ok() && *check == *record {
         bytes
     } else {
         tracing::warn!(

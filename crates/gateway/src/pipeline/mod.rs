@@ -385,7 +385,7 @@ async fn run(
         // Re-authorized while it streams (liveness.rs).
         return Ok(crate::liveness::watch(
             gateway,
-            &identity,
+            identity,
             &context.route,
             meter,
             answer,
@@ -481,7 +481,7 @@ async fn run(
     // Re-authorized while it streams (liveness.rs).
     Ok(crate::liveness::watch(
         gateway,
-        &identity,
+        identity,
         &context.route,
         meter,
         response,
