@@ -65,6 +65,16 @@ async fn revoke_oauth_client(
     headers: HeaderMap,
     axum::extract::Path(client_id): axum::extract::Path<String>,
 ) -> Result<Response, ApiError> {
+    // An unknown client is refused before the code is looked at, so a typo
+    // does not spend it.
+    let known = state
+        .store
+        .oauth_client(&client_id)
+        .await
+        .map_err(|e| call.store_error(e))?;
+    if known.is_none() {
+        return Err(call.error(ErrorCode::NotFound, "no such OAuth client"));
+    }
     let approver = require_fresh_totp(&state, &call, &headers).await?;
     let found = state
         .store

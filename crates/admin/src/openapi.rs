@@ -207,6 +207,8 @@ pub(crate) const OPERATIONS: &[Operation] = &[
     op("post", p!("/tokens/revoke"), "identity", StepUp, "Revoke an issued access token by `jti`.")
         .body(&[f("jti", "string", "the token id"), opt("reason", "string", "why")]),
     op("get", p!("/tokens/revoked"), "identity", Admin, "List revoked tokens."),
+    op("get", p!("/oauth/clients"), "identity", Admin, "OAuth clients of MCP authorization (dynamic registration), revoked ones too."),
+    op("post", p!("/oauth/clients/{client_id}/revoke"), "identity", StepUp, "Revoke an OAuth client: it can no longer authorize or refresh, and its live tokens stop working at once."),
     op("post", p!("/users/disable"), "identity", StepUp, "Disable a delegating user (by OIDC subject).")
         .body(&[f("subject", "string", "the user's subject"), opt("reason", "string", "why")]),
     op("post", p!("/users/enable"), "identity", StepUp, "Enable a disabled user again.")

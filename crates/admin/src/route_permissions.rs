@@ -27,6 +27,8 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
     ("POST", "/users/disable", ManageAgents),
     ("POST", "/users/enable", ManageAgents),
     ("GET", "/users/disabled", Read),
+    ("GET", "/oauth/clients", Read),
+    ("POST", "/oauth/clients/{client_id}/revoke", ManageAgents),
     // Admin identities: human admins (TOTP) and credentials (tokens).
     ("GET", "/admins", Read),
     ("POST", "/admins", ManageAdmins),
