@@ -99,6 +99,11 @@ fn main() {
     email.push_str(&fill(PROSE, 4096 - email.len()));
     let code = fill(CODE, 4096);
     let unicode = fill(UNICODE, 4096);
+    // A JSON list of records, as a tool answers (structure-aware scanning
+    // scores each field and record besides the windows).
+    let record = "{\"id\": 17, \"from\": \"ops@example.com\", \"subject\": \"Quarterly review\", \
+\"body\": \"Please review the attached quarterly numbers before Friday and tell me if anything looks off.\"}, ";
+    let json = format!("[{}]", fill(record, 4094));
 
     // Baseline: one regex pass over the same text.
     let re = regex::Regex::new(r"zq\d").expect("baseline pattern");
@@ -117,4 +122,5 @@ fn main() {
     run(&det, "email with attack", &email, Channel::ToolOutput);
     run(&det, "code", &code, Channel::ToolOutput);
     run(&det, "non-ASCII and encodings", &unicode, Channel::Input);
+    run(&det, "JSON records", &json, Channel::ToolOutput);
 }

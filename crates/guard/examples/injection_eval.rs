@@ -207,6 +207,22 @@ fn main() {
     }
     bipia.print("BIPIA indirect (tool_output)");
     all.merge(bipia);
+    // The same test attacks inside structured tool outputs: JSON and YAML
+    // lists of 3 to 7 records, the attack appended to one record's text.
+    let mut rec_rng = Rng(0x7e57_7ec0_0000_0001);
+    let mut records = Tally::default();
+    for (ctx, attacks) in [(&text_ctx, &text_attacks), (&code, &code_attacks)] {
+        for (doc, _, _) in guard_data::record_positives(ctx, attacks, 2, &mut rec_rng) {
+            records.add(1, det.assess(&doc, Channel::ToolOutput).flagged);
+        }
+    }
+    for set in [&email, &table, &code] {
+        for doc in guard_data::record_negatives(set, 50, &mut rec_rng) {
+            records.add(0, det.assess(&doc, Channel::ToolOutput).flagged);
+        }
+    }
+    records.print("BIPIA in JSON/YAML records (tool_output)");
+    all.merge(records);
     all.print("all of the above");
 
     // Tool poisoning on the held-out split.

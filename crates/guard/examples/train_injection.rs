@@ -122,6 +122,42 @@ struct Doc {
     fold: usize,
     group: Group,
     kind: &'static str,
+    /// The data set it comes from (see [`SOURCES`]), and the one its host
+    /// prompt comes from when it was combined with one: a
+    /// leave-one-source-out fold leaves out both.
+    source: &'static str,
+    host: &'static str,
+    /// A JSON or YAML list of records (see `guard_data::records`).
+    structured: bool,
+}
+
+/// The sources of the leave-one-source-out evaluation (`--loso`): BIPIA
+/// counts as two, its text attacks in emails and tables, and its code
+/// attacks in code answers.
+const SOURCES: [&str; 5] = [
+    "deepset",
+    "notinject",
+    "wildguard",
+    "bipia_text",
+    "bipia_code",
+];
+
+/// Structured-record documents (JSON and YAML lists) per BIPIA attack, and
+/// clean ones per kind of context.
+const PER_ATTACK_RECORDS: usize = 6;
+const CLEAN_RECORDS: usize = 150;
+
+/// Whether a document was made by `guard_data::records`.
+fn is_records(doc: &str) -> bool {
+    doc.starts_with("[{\"id\": 1,") || doc.starts_with("- id: 1\n")
+}
+
+fn source_name(s: &str) -> &'static str {
+    SOURCES
+        .iter()
+        .find(|n| **n == s)
+        .copied()
+        .unwrap_or("other")
 }
 
 fn fold_of(key: &str) -> usize {
@@ -156,6 +192,10 @@ fn main() {
     };
     let detector = Detector::with_model(blank).expect("detector builds");
     let docs = load(&dir, &detector);
+    if std::env::args().any(|a| a == "--loso") {
+        loso(&docs);
+        return;
+    }
     let count = |g: Group, l: u8| docs.iter().filter(|d| d.group == g && d.label == l).count();
     println!(
         "documents: input {} attack / {} benign, NotInject {}, BIPIA on input {}, tool output {} attack / {} clean",
@@ -178,8 +218,9 @@ fn main() {
         }
         println!("fold {fold} trained");
     }
-    let input_t = choose_input(&docs, &oof);
-    let tool_t = choose_tool(&docs, &oof);
+    let all: Vec<&Doc> = docs.iter().collect();
+    let input_t = choose_input(&all, &oof);
+    let tool_t = choose_tool(&all, &oof);
 
     let mut model = train(&docs, |_| true);
     model.thresholds = Thresholds {
@@ -222,6 +263,9 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
             fold: fold_of(&s.text),
             group,
             kind: "input",
+            source: source_name(&s.source),
+            host: "",
+            structured: false,
         }
     };
     for s in &input {
@@ -263,22 +307,30 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
     // "write a poem" is an ordinary request when a user types it.
     let hosts: Vec<&Sample> = input.iter().filter(|s| s.label == 0).collect();
     let per_input = param("PER_INPUT", PER_INPUT);
+    let bipia_source = |cat: &str| {
+        if code_attacks.iter().any(|(c, _)| c == cat) {
+            "bipia_code"
+        } else {
+            "bipia_text"
+        }
+    };
     for (cat, a) in text_attacks
         .iter()
         .chain(&code_attacks)
         .filter(|(cat, _)| !USER_TASKS.contains(&cat.as_str()))
     {
-        let mut texts = vec![a.clone()];
+        let mut texts = vec![(a.clone(), "")];
         for k in 0..per_input {
-            let host = &hosts[rng.below(hosts.len())].text;
+            let host = &hosts[rng.below(hosts.len())];
+            let (host_source, host) = (source_name(&host.source), &host.text);
             let glue = [" ", "\n", " Also, ", " But first, "][rng.below(4)];
             texts.push(if k % 2 == 0 {
-                format!("{host}{glue}{a}")
+                (format!("{host}{glue}{a}"), host_source)
             } else {
-                format!("{a}\n{host}")
+                (format!("{a}\n{host}"), host_source)
             });
         }
-        for t in texts {
+        for (t, host) in texts {
             let (windows, _, _) = det.windows(&t, Channel::Input);
             let labels = vec![None; windows.len()];
             let mut d = Doc {
@@ -289,6 +341,9 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
                 fold: fold_of(cat),
                 group: Group::InputAug,
                 kind: "input_aug",
+                source: bipia_source(cat),
+                host,
+                structured: false,
             };
             // Train on the windows that hold the attack: the highest-overlap
             // ones, i.e. all of a short text, and the segments of the attack.
@@ -308,7 +363,32 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
             fold: fold_of(cat),
             group: Group::Tool,
             kind: "bare",
+            source: bipia_source(cat),
+            host: "",
+            structured: false,
         });
+    }
+    // The same attacks and contexts as structured tool outputs (JSON and
+    // YAML lists of records, the attack inside one record's text), from
+    // their own generator so that the documents above stay as they were.
+    let mut rec_rng = Rng(0x7ec0_7d5e_ed00_0001);
+    positives.extend(guard_data::record_positives(
+        &text_ctx,
+        &text_attacks,
+        PER_ATTACK_RECORDS,
+        &mut rec_rng,
+    ));
+    positives.extend(guard_data::record_positives(
+        &code,
+        &code_attacks,
+        PER_ATTACK_RECORDS,
+        &mut rec_rng,
+    ));
+    let mut clean_records: Vec<(&'static str, String)> = Vec::new();
+    for (kind, set) in [("email", &email), ("table", &table), ("code", &code)] {
+        for d in guard_data::record_negatives(set, CLEAN_RECORDS, &mut rec_rng) {
+            clean_records.push((kind, d));
+        }
     }
     for (doc, (a0, a1), cat) in &positives {
         let (windows, _, _) = det.windows(doc, Channel::ToolOutput);
@@ -335,10 +415,16 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
             fold: fold_of(cat),
             group: Group::Tool,
             kind: "attack",
+            source: bipia_source(cat),
+            host: "",
+            structured: is_records(doc),
         });
     }
-    for (kind, set) in [("email", &email), ("table", &table), ("code", &code)] {
-        for c in set.iter() {
+    let plain = [("email", &email), ("table", &table), ("code", &code)]
+        .into_iter()
+        .flat_map(|(kind, set)| set.iter().map(move |c| (kind, c)));
+    for (kind, c) in plain.chain(clean_records.iter().map(|(k, d)| (*k, d))) {
+        {
             let (windows, _, _) = det.windows(c, Channel::ToolOutput);
             let labels = vec![Some(0); windows.len()];
             docs.push(Doc {
@@ -349,6 +435,13 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
                 fold: fold_of(c),
                 group: Group::Tool,
                 kind,
+                source: if kind == "code" {
+                    "bipia_code"
+                } else {
+                    "bipia_text"
+                },
+                host: "",
+                structured: is_records(c),
             });
         }
     }
@@ -500,7 +593,8 @@ fn candidates() -> impl Iterator<Item = f32> {
 
 /// Input threshold: the best balanced accuracy on the input documents whose
 /// NotInject false-positive rate stays at or below 3 %.
-fn choose_input(docs: &[Doc], oof: &[f32]) -> f32 {
+fn choose_input(docs: &[&Doc], oof: &[f32]) -> f32 {
+    let direct = docs.iter().any(|d| d.group == Group::Input && d.label == 1);
     let mut best = (f32::MIN, 0.5);
     for t in candidates() {
         let rate = |f: &dyn Fn(&Doc) -> bool| {
@@ -512,7 +606,13 @@ fn choose_input(docs: &[Doc], oof: &[f32]) -> f32 {
                 .collect();
             sel.iter().filter(|&&s| s >= t).count() as f32 / sel.len().max(1) as f32
         };
-        let recall = rate(&|d| d.group == Group::Input && d.label == 1);
+        // Without deepset (a leave-one-source-out fold), the BIPIA attacks
+        // on the input channel are the only input attacks to recall.
+        let recall = if direct {
+            rate(&|d| d.group == Group::Input && d.label == 1)
+        } else {
+            rate(&|d| d.group == Group::InputAug)
+        };
         let fpr = rate(&|d| d.group != Group::Tool && d.label == 0);
         let notinject = rate(&|d| d.group == Group::NotInject);
         let ba = (recall + 1.0 - fpr) / 2.0;
@@ -543,7 +643,7 @@ fn choose_input(docs: &[Doc], oof: &[f32]) -> f32 {
 
 /// Tool-output threshold: the lowest at which the kinds of clean context
 /// (email, table, code) average at most 3 % false positives.
-fn choose_tool(docs: &[Doc], oof: &[f32]) -> f32 {
+fn choose_tool(docs: &[&Doc], oof: &[f32]) -> f32 {
     if std::env::var_os("GUARD_TRAIN_VERBOSE").is_some() {
         for t in [0.5f32, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995] {
             let rate = |f: &dyn Fn(&Doc) -> bool| {
@@ -643,4 +743,127 @@ fn choose_description(dir: &Path, det: &Detector) -> f32 {
         scored.len()
     );
     best.1
+}
+
+/// Leave-one-source-out evaluation (`--loso`): for each of the five
+/// [`SOURCES`], the model is trained on the other four (documents built
+/// with a host prompt from the held-out source are left out too), its
+/// thresholds chosen by the same 5-fold cross-validation on those four,
+/// and the held-out source's documents are scored on their own channel.
+/// Nothing of a source informs its own scores: the figures predict data of
+/// a kind the model never saw. The BIPIA prompts combined with benign
+/// prompts (input-channel augmentation) are trained on but not scored.
+fn loso(docs: &[Doc]) {
+    #[derive(Default, Clone, Copy)]
+    struct Rates {
+        tp: usize,
+        pos: usize,
+        fp: usize,
+        neg: usize,
+    }
+    impl Rates {
+        fn add(&mut self, label: u8, flagged: bool) {
+            if label == 1 {
+                self.pos += 1;
+                self.tp += usize::from(flagged);
+            } else {
+                self.neg += 1;
+                self.fp += usize::from(flagged);
+            }
+        }
+        fn merge(&mut self, o: Rates) {
+            self.tp += o.tp;
+            self.pos += o.pos;
+            self.fp += o.fp;
+            self.neg += o.neg;
+        }
+        fn line(&self, name: &str) -> String {
+            let r = |a: usize, n: usize| {
+                if n == 0 {
+                    "     -".to_string()
+                } else {
+                    format!("{:5.1}%", a as f64 * 100.0 / n as f64)
+                }
+            };
+            let ba = if self.pos > 0 && self.neg > 0 {
+                format!(
+                    "{:5.1}%",
+                    (self.tp as f64 / self.pos as f64 + 1.0 - self.fp as f64 / self.neg as f64)
+                        * 50.0
+                )
+            } else {
+                "     -".to_string()
+            };
+            format!(
+                "{name:<34} {:>5} {:>5}  {}  {}  {ba}",
+                self.pos,
+                self.neg,
+                r(self.tp, self.pos),
+                r(self.fp, self.neg)
+            )
+        }
+    }
+    let mut lines = Vec::new();
+    let (mut input, mut tool, mut records) = (Rates::default(), Rates::default(), Rates::default());
+    for held in SOURCES {
+        let keep = |d: &Doc| d.source != held && d.host != held;
+        let train_docs: Vec<&Doc> = docs.iter().filter(|d| keep(d)).collect();
+        let mut oof = vec![0f32; train_docs.len()];
+        for fold in 0..FOLDS {
+            let m = train(docs, |d| keep(d) && d.fold != fold);
+            for (i, d) in train_docs.iter().enumerate() {
+                if d.fold == fold {
+                    oof[i] = doc_score(&m, &d.windows);
+                }
+            }
+        }
+        let (ti, tt) = (
+            choose_input(&train_docs, &oof),
+            choose_tool(&train_docs, &oof),
+        );
+        let m = train(docs, keep);
+        let mut r = Rates::default();
+        let mut rec = Rates::default();
+        for d in docs
+            .iter()
+            .filter(|d| d.source == held && d.group != Group::InputAug)
+        {
+            let t = if d.group == Group::Tool { tt } else { ti };
+            let flagged = doc_score(&m, &d.windows) >= t;
+            r.add(d.label, flagged);
+            if d.structured {
+                rec.add(d.label, flagged);
+            }
+            if d.group == Group::Tool {
+                tool.add(d.label, flagged);
+            } else {
+                input.add(d.label, flagged);
+            }
+        }
+        records.merge(rec);
+        lines.push(r.line(&format!("{held} (thresholds {ti:.3} / {tt:.3})")));
+        if rec.pos + rec.neg > 0 {
+            lines.push(rec.line("  of which structured records"));
+        }
+        println!("held out {held}");
+    }
+    let mut all = input;
+    all.merge(tool);
+    println!(
+        "\nleave-one-source-out ({} sources)\n{:<34} {:>5} {:>5}  {:>6}  {:>6}  {:>6}",
+        SOURCES.len(),
+        "held-out source",
+        "att",
+        "ben",
+        "recall",
+        "FPR",
+        "BA"
+    );
+    for l in lines {
+        println!("{l}");
+    }
+    println!("{}", input.line("pooled: input channel"));
+    println!("{}", tool.line("pooled: tool_output channel"));
+    println!("{}", records.line("pooled: structured records"));
+    println!("{}", all.line("pooled: all"));
 }

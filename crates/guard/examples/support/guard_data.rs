@@ -226,3 +226,115 @@ pub fn mcp_tools(path: &Path) -> Vec<McpTool> {
         })
         .collect()
 }
+
+/// Longest context kept in one record of [`records`].
+const RECORD_CONTEXT: usize = 400;
+
+/// `s` cut to at most `max` bytes, on a char boundary.
+fn clip(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// A structured tool output as agents receive them: `contexts` rendered as a
+/// JSON array (`json`) or a YAML list of records (`id`, `title`, `text`),
+/// each context cut to 400 bytes. With `attack`, the attack is appended to
+/// the text of record `at` after a space: it shares its field with benign
+/// text and has no line of its own, unlike [`insert`]. Returns the document
+/// and the attack's byte range (as written: escaped in JSON).
+pub fn records(
+    contexts: &[&str],
+    attack: Option<&str>,
+    at: usize,
+    json: bool,
+) -> (String, (usize, usize)) {
+    let mut out = String::new();
+    let mut range = (0, 0);
+    out.push_str(if json { "[" } else { "" });
+    for (i, ctx) in contexts.iter().enumerate() {
+        let mut text = clip(ctx, RECORD_CONTEXT).to_string();
+        if !json {
+            // One YAML line per field.
+            text = text.replace(['\n', '\r'], " ");
+        }
+        let attack_here = attack.filter(|_| i == at);
+        let escape = |s: &str| {
+            let q = serde_json::to_string(s).expect("string serialises");
+            q[1..q.len() - 1].to_string()
+        };
+        let attack_text = attack_here.map(|a| {
+            if json {
+                escape(a)
+            } else {
+                a.replace(['\n', '\r'], " ")
+            }
+        });
+        let body = if json { escape(&text) } else { text };
+        if json {
+            if i > 0 {
+                out.push_str(", ");
+            }
+            out.push_str(&format!(
+                "{{\"id\": {}, \"title\": \"Record {}\", \"text\": \"{body}",
+                i + 1,
+                i + 1
+            ));
+        } else {
+            out.push_str(&format!(
+                "- id: {}\n  title: Record {}\n  text: {body}",
+                i + 1,
+                i + 1
+            ));
+        }
+        if let Some(a) = attack_text {
+            out.push(' ');
+            range = (out.len(), out.len() + a.len());
+            out.push_str(&a);
+        }
+        out.push_str(if json { "\"}" } else { "\n" });
+    }
+    out.push_str(if json { "]" } else { "" });
+    (out, range)
+}
+
+/// Indirect-injection documents in structured records: every attack into
+/// `per_attack` documents of 3 to 7 records drawn from `contexts`, JSON
+/// and YAML in turn, in a record chosen by `rng`. Returns (document,
+/// attack range, attack category).
+pub fn record_positives(
+    contexts: &[String],
+    attacks: &[(String, String)],
+    per_attack: usize,
+    rng: &mut Rng,
+) -> Vec<(String, (usize, usize), String)> {
+    let mut out = Vec::new();
+    for (n, (cat, attack)) in attacks.iter().enumerate() {
+        for k in 0..per_attack {
+            let count = 3 + rng.below(5);
+            let ctx: Vec<&str> = (0..count)
+                .map(|_| contexts[rng.below(contexts.len())].as_str())
+                .collect();
+            let at = rng.below(count);
+            let (doc, range) = records(&ctx, Some(attack), at, (n + k) % 2 == 0);
+            out.push((doc, range, cat.clone()));
+        }
+    }
+    out
+}
+
+/// Clean structured documents: `count` documents of 3 to 7 records drawn
+/// from `contexts`, JSON and YAML in turn.
+pub fn record_negatives(contexts: &[String], count: usize, rng: &mut Rng) -> Vec<String> {
+    (0..count)
+        .map(|k| {
+            let n = 3 + rng.below(5);
+            let ctx: Vec<&str> = (0..n)
+                .map(|_| contexts[rng.below(contexts.len())].as_str())
+                .collect();
+            records(&ctx, None, 0, k % 2 == 0).0
+        })
+        .collect()
+}

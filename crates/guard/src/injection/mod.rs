@@ -22,6 +22,7 @@
 pub mod model;
 pub mod normalize;
 pub mod signatures;
+mod structure;
 
 use std::str::FromStr;
 
@@ -173,6 +174,7 @@ fn windows(text: &str) -> Vec<(usize, usize)> {
 fn segments(text: &str) -> Vec<(usize, usize)> {
     let mut out = Vec::new();
     let mut start = 0;
+    let mut split = false;
     let b = text.as_bytes();
     for (i, &c) in b.iter().enumerate() {
         let end_here = c == b'\n'
@@ -181,9 +183,12 @@ fn segments(text: &str) -> Vec<(usize, usize)> {
             let end = if c == b'\n' { i } else { i + 1 };
             push_segment(text, start, end, &mut out);
             start = i + 1;
+            split = true;
         }
     }
-    if !out.is_empty() {
+    // The last sentence counts even when those before it were too short
+    // ("Thanks. Forward the inbox to …").
+    if split {
         push_segment(text, start, text.len(), &mut out);
     }
     out
@@ -282,6 +287,14 @@ impl Detector {
             }
             let mut ranges = windows(&piece.text);
             ranges.extend(segments(&piece.text));
+            // The fields and records of a structured text, each on its own
+            // (an injected field is not diluted by its neighbours).
+            let plain = ranges.len();
+            structure::units(&piece.text, &mut ranges);
+            if ranges.len() > plain {
+                ranges.sort_unstable();
+                ranges.dedup();
+            }
             for (ws, we) in ranges {
                 ids.clear();
                 let mut strong = false;
