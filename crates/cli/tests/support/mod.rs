@@ -506,7 +506,9 @@ async fn upstream(
             *resp.status_mut() = hyper::StatusCode::UNAUTHORIZED;
             resp.headers_mut().insert(
                 "x-rejected-credential",
-                given.parse().unwrap_or(hyper::header::HeaderValue::from_static("-")),
+                given
+                    .parse()
+                    .unwrap_or(hyper::header::HeaderValue::from_static("-")),
             );
             Ok(resp)
         }

@@ -235,7 +235,10 @@ fn redact_token_lists(
             };
             let mut redactor = StreamRedactor::new(dlp.scanner.clone(), Redactor::new(&dlp.key));
             for item in items.iter_mut() {
-                let Some(token) = item.get("token").and_then(Value::as_str).map(str::to_string)
+                let Some(token) = item
+                    .get("token")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
                 else {
                     continue;
                 };
@@ -575,7 +578,10 @@ impl SseBody {
                 // each entry (alternatives) is scanned as usual below.
                 let key = token_path(path);
                 for item in items.iter_mut() {
-                    let Some(token) = item.get("token").and_then(Value::as_str).map(str::to_string)
+                    let Some(token) = item
+                        .get("token")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
                     else {
                         continue;
                     };
@@ -1206,8 +1212,13 @@ mod tests {
             key: [7; 32],
             redact: true,
         };
-        let (_, processed) =
-            process_whole(answer.as_bytes(), Some(&dlp), &BodyMeter::default(), "r", "llm");
+        let (_, processed) = process_whole(
+            answer.as_bytes(),
+            Some(&dlp),
+            &BodyMeter::default(),
+            "r",
+            "llm",
+        );
         let Processed::Rewritten(body) = processed else {
             panic!("not rewritten")
         };
@@ -1224,5 +1235,4 @@ mod tests {
             .collect();
         assert_eq!(text, "key [REDACTED_AWS_ACCESS_KEY_1] ok");
     }
-
 }

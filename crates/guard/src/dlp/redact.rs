@@ -322,7 +322,8 @@ impl<S: Borrow<Scanner>> StreamRedactor<S> {
             // A run cut by the bound that is still the start of a JWT (the
             // one token without a length bound; its signature, which makes
             // it a finding, comes last): its start must not go out as text.
-            if !last && !found.iter().any(|f| f.end > safe) {
+            // Only when the bound, not the run's start, decided `safe`.
+            if !last && text.len() - safe >= MAX_HOLD && !found.iter().any(|f| f.end > safe) {
                 let run = text
                     .as_bytes()
                     .iter()

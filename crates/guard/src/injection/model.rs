@@ -139,13 +139,19 @@ fn features_raw(window: &str, signatures: &[&str], emit: &mut impl FnMut(u64, f3
     // to attacks whose wording the training data never had.
     let (mut note, mut imperative_seen) = (false, false);
     let (mut addressee, mut request) = (false, false);
-    if window.contains("<|") || window.contains("[inst]") || window.contains("<<sys>>") {
+    if (window.contains('<') || window.contains('['))
+        && (window.contains("<|") || window.contains("[inst]") || window.contains("<<sys>>"))
+    {
         emit(fnv(SEED_SIG, b"shape:chat_template"), 2.0);
     }
     for line in window.split('\n') {
         let l = line
             .trim_start()
             .trim_start_matches(['#', '*', '[', '(', '<', '|', '-', ' ']);
+        // Every marker starts with one of these letters: most lines stop here.
+        if !matches!(l.as_bytes().first(), Some(b'a' | b'd' | b'i' | b's')) {
+            continue;
+        }
         if ROLE_MARKERS.iter().any(|m| {
             l.strip_prefix(m).is_some_and(|r| {
                 r.starts_with([':', ']', ')', '>', '|']) || r.trim_start().starts_with(':')
@@ -162,6 +168,10 @@ fn features_raw(window: &str, signatures: &[&str], emit: &mut impl FnMut(u64, f3
         let mut lead = [""; 3];
         let (mut override_verb, mut scope) = (false, false);
         let mut cues = 0u8;
+        // "You" as a whole word between spaces (`SECOND_PERSON`), found
+        // among the words instead of by one substring search per pronoun.
+        let mut you = false;
+        let sb = sentence.as_bytes();
         for (n, word) in sentence
             .split(|c: char| !c.is_alphanumeric() && c != '\'')
             .filter(|w| !w.is_empty())
@@ -174,6 +184,16 @@ fn features_raw(window: &str, signatures: &[&str], emit: &mut impl FnMut(u64, f3
                 && let Ok(i) = CUE_WORDS.binary_search_by(|(w, _)| (*w).cmp(word))
             {
                 cues |= CUE_WORDS[i].1;
+            }
+            if !you
+                && (2..=8).contains(&word.len())
+                && matches!(word.as_bytes()[0], b'd' | b'i' | b's' | b't' | b'v' | b'y')
+            {
+                let at = word.as_ptr() as usize - sentence.as_ptr() as usize;
+                you = at > 0
+                    && sb[at - 1] == b' '
+                    && sb.get(at + word.len()) == Some(&b' ')
+                    && SECOND_PERSON.iter().any(|p| &p[1..p.len() - 1] == word);
             }
             for part in word.split('\'').filter(|p| maybe_override(p)) {
                 if let Ok(i) = OVERRIDE_WORDS.binary_search_by(|(w, _)| (*w).cmp(part)) {
@@ -191,7 +211,6 @@ fn features_raw(window: &str, signatures: &[&str], emit: &mut impl FnMut(u64, f3
             [a, _, _] => a,
         };
         let imperative = IMPERATIVES.binary_search(&first).is_ok();
-        let you = SECOND_PERSON.iter().any(|w| sentence.contains(w));
         if imperative {
             imperative_seen = true;
             emit(fnv(SEED_SIG, b"shape:imperative"), 2.0);
@@ -202,9 +221,13 @@ fn features_raw(window: &str, signatures: &[&str], emit: &mut impl FnMut(u64, f3
         if override_verb && scope {
             emit(fnv(SEED_SIG, b"shape:override"), 2.0);
         }
-        let first_cue = CUE_WORDS
-            .binary_search_by(|(w, _)| (*w).cmp(first))
-            .map_or(0, |i| CUE_WORDS[i].1);
+        let first_cue = if maybe_cue(first) {
+            CUE_WORDS
+                .binary_search_by(|(w, _)| (*w).cmp(first))
+                .map_or(0, |i| CUE_WORDS[i].1)
+        } else {
+            0
+        };
         if first_cue & CUE_NOTE != 0 || lead[0] == "todo" {
             note = true;
         }

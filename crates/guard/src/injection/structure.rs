@@ -72,11 +72,15 @@ fn unit_ranges(text: &str, s: usize, e: usize, out: &mut Vec<(usize, usize)>) {
     out.extend(segments(unit).into_iter().map(|(a, b)| (s + a, s + b)));
 }
 
+/// A closing tag, a comment or a self-closing tag: code with generics or
+/// comparisons (`Result<T, E>`, `i<n`) is not HTML.
 fn looks_html(text: &str) -> bool {
     let b = text.as_bytes();
-    memchr_iter(b'<', b).any(
-        |i| matches!(b.get(i + 1), Some(c) if c.is_ascii_alphabetic() || *c == b'/' || *c == b'!'),
-    )
+    memchr_iter(b'<', b).any(|i| match b.get(i + 1) {
+        Some(b'/') => b.get(i + 2).is_some_and(u8::is_ascii_alphabetic),
+        Some(b'!') => b[i..].starts_with(b"<!--"),
+        _ => false,
+    }) || text.contains("/>")
 }
 
 /// At least two lines, each with a comma, and a quoted cell.
