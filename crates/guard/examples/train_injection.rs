@@ -425,6 +425,14 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
         .flat_map(|(kind, set)| set.iter().map(move |c| (kind, c)));
     for (kind, c) in plain.chain(clean_records.iter().map(|(k, d)| (*k, d))) {
         {
+            // Clean records are a kind of their own for the threshold (a
+            // kind's false positives may not hide behind another's).
+            let source = if kind == "code" {
+                "bipia_code"
+            } else {
+                "bipia_text"
+            };
+            let kind = if is_records(c) { "records" } else { kind };
             let (windows, _, _) = det.windows(c, Channel::ToolOutput);
             let labels = vec![Some(0); windows.len()];
             docs.push(Doc {
@@ -435,11 +443,7 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
                 fold: fold_of(c),
                 group: Group::Tool,
                 kind,
-                source: if kind == "code" {
-                    "bipia_code"
-                } else {
-                    "bipia_text"
-                },
+                source,
                 host: "",
                 structured: is_records(c),
             });
@@ -455,7 +459,7 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
     };
     type Select<'a> = &'a dyn Fn(&Doc) -> bool;
     let aug_share = param("AUG_SHARE", AUG_SHARE);
-    let groups: [(Select, f32); 7] = [
+    let groups: [(Select, f32); 8] = [
         (&|d: &Doc| d.label == 1 && d.group == Group::Input, 1.0),
         (
             &|d: &Doc| d.label == 1 && d.group == Group::InputAug,
@@ -466,6 +470,7 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
         (&|d: &Doc| d.label == 0 && d.kind == "email", 1.0),
         (&|d: &Doc| d.label == 0 && d.kind == "table", 1.0),
         (&|d: &Doc| d.label == 0 && d.kind == "code", 1.0),
+        (&|d: &Doc| d.label == 0 && d.kind == "records", 1.0),
     ];
     let scales: Vec<f32> = groups
         .iter()
@@ -678,7 +683,7 @@ fn choose_tool(docs: &[&Doc], oof: &[f32]) -> f32 {
             sel.iter().filter(|&&s| s >= t).count() as f32 / sel.len().max(1) as f32
         };
         // The kinds present (a leave-one-source-out fold may lack some).
-        let kinds: Vec<&str> = ["email", "table", "code"]
+        let kinds: Vec<&str> = ["email", "table", "code", "records"]
             .into_iter()
             .filter(|k| docs.iter().any(|d| d.group == Group::Tool && d.kind == *k))
             .collect();

@@ -384,7 +384,7 @@ impl<S: Borrow<Scanner>> StreamRedactor<S> {
                 {
                     set[usize::from(b)] = true;
                 }
-                for &b in text[start..end].as_bytes() {
+                for &b in &text.as_bytes()[start..end] {
                     if !b.is_ascii_whitespace() {
                         set[usize::from(b)] = true;
                     }

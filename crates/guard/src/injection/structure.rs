@@ -188,10 +188,14 @@ fn key_of(line: &str) -> Option<(&str, usize)> {
     (ok && after.is_none_or(|c| *c == b' ' || *c == b'\t')).then_some((key, lead + colon + 1))
 }
 
+/// A line's start, end, and for a `key: value` line where its value starts
+/// and its key.
+type Line = (usize, usize, Option<(usize, String)>);
+
 /// `key: value` fields with their continuation lines, cells, and records.
 fn key_values(text: &str, out: &mut Vec<(usize, usize)>) {
     let mut keyed = 0usize;
-    let mut lines: Vec<(usize, usize, Option<(usize, String)>)> = Vec::new();
+    let mut lines: Vec<Line> = Vec::new();
     let mut pos = 0;
     for line in text.split('\n') {
         let key = key_of(line).map(|(k, v)| {
