@@ -24,27 +24,29 @@
 //! - the union of all of the above (each text on its own channel);
 //! - MCP tool descriptions (description channel), held-out 30 % split.
 //!
-//! Figures of the shipped model (thresholds input 0.735, tool_output 0.840,
-//! description 0.710):
+//! - BIPIA in records (tool-output channel): the test attacks inside JSON
+//!   and YAML lists of 3 to 7 test contexts, appended to one record's text
+//!   (2 documents per attack), against 150 clean record lists.
 //!
-//! | set (channel)                                   | att | ben | recall | FPR   | BA    |
-//! | ----------------------------------------------- | --- | --- | ------ | ----- | ----- |
-//! | deepset test (input)                            | 60  | 56  | 75.0 % | 5.4 % | 84.8 %|
-//! | NotInject three (input)                         | 0   | 113 | –      | 3.5 % | –     |
-//! | PINT-like mix, valid.json (input)               | 48  | 96  | 87.5 % | 3.1 % | 92.2 %|
-//! | same, BIPIA rows on tool_output                 | 48  | 96  | 87.5 % | 3.1 % | 92.2 %|
-//! | of which the 48 PINT rows (input)               | 24  | 24  | 87.5 % | 12.5 %| 87.5 %|
-//! | BIPIA indirect (tool_output)                    | 500 | 200 | 82.4 % | 2.0 % | 90.2 %|
-//! | all of the above                                | 608 | 465 | 82.1 % | 3.0 % | 89.5 %|
-//! | MCP held-out, injected descriptions vs benign   | 9   | 61  | 66.7 % | 1.6 % | 82.5 %|
-//! | MCP held-out, every malicious tool vs benign    | 131 | 61  | 5.3 %  | 1.6 % | 51.9 %|
+//! Figures of the shipped model (thresholds input 0.630, tool_output 0.625,
+//! description 0.580), the previous model's (thresholds 0.735, 0.840,
+//! 0.710; no structure units, no addressed-to-the-model shapes) in brackets:
 //!
-//! The previous model (thresholds 0.620, 0.815, 0.620) had deepset 83.0 %,
-//! NotInject 3.5 %, valid.json on input 83.3 % (recall 70.8 %), BIPIA
-//! indirect 81.6 % recall at 2.0 %, all 88.2 %. The valid.json gain is
-//! mostly its BIPIA rows on the input channel (now 100 % of the code ones,
-//! 75 % of the text ones): the trainer now also learns BIPIA train attacks
-//! as direct injections.
+//! | set (channel)                                   | att | ben | recall          | FPR           | BA              |
+//! | ----------------------------------------------- | --- | --- | --------------- | ------------- | --------------- |
+//! | deepset test (input)                            | 60  | 56  | 76.7 % (75.0 %) | 8.9 % (5.4 %) | 83.9 % (84.8 %) |
+//! | NotInject three (input)                         | 0   | 113 | –               | 4.4 % (3.5 %) | –               |
+//! | PINT-like mix, valid.json (input)               | 48  | 96  | 87.5 % (87.5 %) | 2.1 % (3.1 %) | 92.7 % (92.2 %) |
+//! | BIPIA indirect (tool_output)                    | 500 | 200 | 80.8 % (82.4 %) | 4.0 % (2.0 %) | 88.4 % (90.2 %) |
+//! | of which clean code                             | 0   | 50  | –               | 14 % (6 %)    | –               |
+//! | BIPIA in JSON/YAML records (tool_output)        | 250 | 150 | 74.8 % (45.6 %) | 6.0 % (0.0 %) | 84.4 % (72.8 %) |
+//! | all of the above                                | 858 | 615 | 79.1 % (71.4 %) | 4.7 % (2.3 %) | 87.2 % (84.6 %) |
+//! | MCP held-out, injected descriptions vs benign   | 9   | 61  | 66.7 %          | 1.6 %         | 82.5 %          |
+//!
+//! Structure-aware scanning lifts the injections hidden in record lists;
+//! the original sets are within a point or two, slightly worse on deepset,
+//! NotInject and clean code. The leave-one-source-out figures, which
+//! predict unseen data better, are in `train_injection.rs`.
 //!
 //! Most malicious MCP tools in that set are malicious in their code, not
 //! their description, which no description scan can see.

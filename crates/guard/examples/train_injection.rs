@@ -33,24 +33,46 @@
 //! model saw, as on the test set. The run is deterministic: the same data
 //! gives the same file (checked: two runs, identical bytes).
 //!
-//! The shipped model's run (about 35 seconds on the 2-core development VM,
-//! 0.9 GB of memory): cross-validated input balanced accuracy 0.923 at
-//! threshold 0.735 (deepset recall 0.901, benign false positives 0.056,
-//! NotInject false positives 0.009 — the threshold may not pass 3 % — and
-//! recall 0.956 on the input-channel BIPIA positives), tool-output recall
-//! 0.809 at threshold 0.840 (clean contexts' false positives ≤ 3 % on
-//! average over emails, tables and code), description threshold 0.710
-//! (balanced accuracy 0.636 on the 70 % MCP split, no benign tool flagged;
-//! most malicious tools there look benign).
+//! Tool-output data also holds every BIPIA train attack inside JSON and
+//! YAML lists of records built from the train contexts (6 per attack), and
+//! 150 clean record lists per kind of context; clean record lists are a
+//! threshold kind of their own.
 //!
-//! What changed the cross-validated figures against the previous model
-//! (input balanced accuracy 0.924, tool-output recall 0.825 from a single
-//! run; 0.928 and 0.801 when that model is also averaged over three runs):
-//! the input-channel BIPIA positives raised their recall from 0.58 to 0.96
-//! at a cost of about 0.006 in input balanced accuracy; the word weight
-//! raised tool-output recall from 0.793 to 0.809 and halved the
-//! cross-validated false positives on clean code at 0.7; the multilingual
-//! sentence shapes left both figures within 0.002.
+//! The shipped model's run (about 12 minutes on the 2-core development VM
+//! under a load average near 19): cross-validated input balanced accuracy
+//! 0.918 at threshold 0.630 (deepset recall 0.901, benign false positives
+//! 0.066, NotInject 0.018), tool-output recall 0.806 at threshold 0.625,
+//! description threshold 0.580.
+//!
+//! Leave-one-source-out (`-- --loso`, with `GUARD_TRAIN_RUNS=1` for time;
+//! about 25 minutes under that load): five sources (deepset, NotInject,
+//! WildGuard, BIPIA text attacks with email and table contexts, BIPIA code
+//! attacks with code contexts); each is scored by a model trained on the
+//! other four with thresholds chosen by cross-validation on them:
+//!
+//! | held-out source | att | ben | recall | FPR | BA (before) | BA (now) |
+//! | --- | --- | --- | --- | --- | --- | --- |
+//! | deepset | 203 | 343 | 8.4 % | 0.9 % | 54.2 % | 53.7 % |
+//! | NotInject (FPR) | 0 | 226 | – | 4.0 % | 5.3 % | 4.0 % |
+//! | WildGuard (FPR) | 0 | 971 | – | 17.9 % | 36.0 % | 17.9 % |
+//! | BIPIA text | 2325 | 1250 | 6.7 % | 6.6 % | 52.0 % | 50.0 % |
+//! | BIPIA code | 1550 | 200 | 96.0 % | 74.0 % | 52.4 % | 61.0 % |
+//! | pooled: input channel | 203 | 1540 | 8.4 % | 12.1 % | 42.8 % | 48.1 % |
+//! | pooled: tool output | 3875 | 1450 | 42.4 % | 15.9 % | 64.2 % | 63.2 % |
+//! | pooled: structured records | 750 | 450 | 46.5 % | 36.2 % | 54.4 % | 55.2 % |
+//! | pooled: all | 4078 | 2990 | 40.7 % | 13.9 % | 61.3 % | 63.4 % |
+//!
+//! "Before" is the previous detector (no structure units, no
+//! addressed-to-the-model shapes) through the same command, except that
+//! its clean record lists counted with their context kind for the
+//! tool-output threshold. Every source is close to chance when held out:
+//! the model learns each set's phrasing, not the intent (deepset attacks
+//! are missed when only BIPIA attacks were seen; clean code is flagged when
+//! no code was seen). The new features and units do not change that; the
+//! pooled gain (+2 points) is within what threshold choice moves. An
+//! intermediate run of this change (HTML units on any `<`, record lists
+//! counted with their kind) gave 65.5 % pooled.
+//!
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/guard_data.rs"]
