@@ -42,6 +42,7 @@ const CELLS: &[&str] = &[
     "grant --ttl",
     "break-glass",
     "vault credential",
+    "credential echoed by an error answer",
     "capture",
     "durable before forward",
     "authorization code: bearer for the user",
@@ -1241,6 +1242,82 @@ async fn a_vault_credential_and_capture_work_on_every_protocol() {
         let rec = tokio::task::block_in_place(|| record(&rig.server, &request_id));
         assert_eq!(rec["request_id"], request_id.as_str(), "{rec}");
     }
+}
+
+/// An upstream that answers 401 with the vault credential it received (in
+/// its body, and on HTTP in a header too) reaches the agent with every
+/// copy replaced by `[REDACTED_CREDENTIAL]`, on every protocol. The value
+/// has no known secret format: DLP patterns cannot catch it, only its
+/// exact value can.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_error_answer_echoing_the_vault_credential_is_redacted_on_every_protocol() {
+    const PLAIN: (&str, &str) = ("echo-key", "plainvault7c41value");
+    let policies = format!(
+        r#"{}
+@id("use-key") permit(principal in Role::"dev", action == Action::"use_secret", resource == Secret::"{}");
+"#,
+        obliging(""),
+        PLAIN.0
+    );
+    let keys = format!(
+        "credential = {{ secret = \"{}\", header = \"Authorization\", format = \"Bearer {{}}\" }}\n",
+        PLAIN.0
+    );
+    let extra = Extra {
+        route_keys: &keys,
+        secret: Some(PLAIN),
+    };
+    let Some(rig) = rig_setup(&policies, &extra).await else {
+        return;
+    };
+    let http = rig
+        .agent
+        .post(rig.server.url("/api/echo401"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    let mcp = rig
+        .rpc(json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+            "params": {"name": "save_note", "arguments": {"text": "echo401"}}}))
+        .await;
+    let llm = rig
+        .agent
+        .post(rig.server.url("/llm/v1/chat/completions"))
+        .json(&json!({"model": "gpt-test",
+            "messages": [{"role": "user", "content": "echo401"}]}))
+        .send()
+        .await
+        .unwrap();
+    for (protocol, r) in [("Http", http), ("Mcp", mcp), ("Llm", llm)] {
+        let cell = format!("{protocol} / credential echoed by an error answer");
+        let status = r.status();
+        let headers = format!("{:?}", r.headers());
+        let text = r.text().await.unwrap();
+        assert!(!text.contains(PLAIN.1), "{cell}: {status} {text}");
+        assert!(!headers.contains(PLAIN.1), "{cell}: {headers}");
+        // The upstream's answer comes through, the placeholder where the
+        // credential stood.
+        assert_eq!(status, 401, "{cell}: {text}");
+        assert!(
+            text.contains("bad credential: Bearer [REDACTED_CREDENTIAL]")
+                || text.contains("Incorrect API key provided: [REDACTED_CREDENTIAL]"),
+            "{cell}: {text}"
+        );
+    }
+    // A successful answer is the upstream's business (the HTTP echo shows
+    // the credential arrived).
+    let echo = rig
+        .agent
+        .post(rig.server.url("/api/echo"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(echo.contains(PLAIN.1), "{echo}");
 }
 
 /// Polls (bounded) until `arrived` says the upstream has the held call.

@@ -906,9 +906,7 @@ impl AuditAppender {
         // may have appended meanwhile; the batch is then prepared again under
         // the lock (see `write_batch`).
         let prepared = self.prepare(records);
-        let result = self
-            .write_batch(records, prepared, personal, intents)
-            .await;
+        let result = self.write_batch(records, prepared, personal, intents).await;
         match result {
             Ok((acc, closed)) => {
                 let (first_string, added) = self.strings.added();
@@ -1026,11 +1024,7 @@ impl AuditAppender {
                 prepared = self.prepare(records);
             }
             let first = self.acc.size();
-            let Prepared {
-                acc,
-                nodes,
-                leaves,
-            } = prepared;
+            let Prepared { acc, nodes, leaves } = prepared;
             let rows = self.rows(records, leaves);
             let (first_string, added) = self.strings.added();
             for (chunk_start, chunk) in (first_string..)

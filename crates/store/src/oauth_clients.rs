@@ -320,7 +320,6 @@ impl Store {
 mod tests {
     use super::*;
 
-
     fn client(id: &str) -> OAuthClientRow {
         OAuthClientRow {
             client_id: id.into(),

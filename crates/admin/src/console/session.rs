@@ -139,11 +139,7 @@ impl Sessions {
 
     /// Checks a pasted credential and opens a session for it; returns the
     /// cookie value. `None` when the credential is not an admin's.
-    pub(crate) fn login(
-        &self,
-        credential: &str,
-        credentials: &AdminCredentials,
-    ) -> Option<String> {
+    pub(crate) fn login(&self, credential: &str, credentials: &AdminCredentials) -> Option<String> {
         if credential.is_empty() {
             return None;
         }
@@ -252,7 +248,11 @@ pub(crate) fn random_hex() -> String {
 /// constant-time check, over SHA-256 of both.
 pub(crate) fn same_token(submitted: &str, expected: &str) -> bool {
     let (a, b) = (hash_token(submitted), hash_token(expected));
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// The value of cookie `name` in a request.
@@ -309,7 +309,10 @@ mod tests {
         assert!(sessions.alive(&view));
         assert!(
             sessions
-                .find(&headers(&format!("{SESSION_COOKIE}={}", random_hex())), &hashes)
+                .find(
+                    &headers(&format!("{SESSION_COOKIE}={}", random_hex())),
+                    &hashes
+                )
                 .is_none()
         );
         sessions.end(&view);
@@ -352,7 +355,10 @@ mod tests {
         let id = absolute.login(&token, &hashes).unwrap();
         let h = headers(&format!("{SESSION_COOKIE}={id}"));
         std::thread::sleep(Duration::from_millis(60));
-        assert!(absolute.find(&h, &hashes).is_none(), "past the absolute limit");
+        assert!(
+            absolute.find(&h, &hashes).is_none(),
+            "past the absolute limit"
+        );
     }
 
     #[test]

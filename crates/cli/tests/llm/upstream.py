@@ -150,6 +150,15 @@ def holes_stream(model):
              "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
         c.update(extra or {})
         return b"data: " + json.dumps(c).encode() + b"\r\r"
+    def lp(tokens):
+        # The key split across log-probability tokens (and their
+        # alternatives and byte lists), within an event and across events.
+        entries = [{"token": t, "logprob": -0.1, "bytes": list(t.encode()),
+                    "top_logprobs": [{"token": t, "logprob": -0.1}]} for t in tokens]
+        c = {"id": "c", "object": "chat.completion.chunk", "model": model,
+             "choices": [{"index": 0, "delta": {}, "finish_reason": None,
+                          "logprobs": {"content": entries}}]}
+        return b"data: " + json.dumps(c).encode() + b"\r\r"
     return b"".join([
         ev({"role": "assistant", "reasoning_content": "think " + KEY[:7]}),
         ev({"reasoning_content": KEY[7:] + " done"}),
@@ -160,6 +169,8 @@ def holes_stream(model):
         b": comment " + KEY.encode() + b"\r\r",
         b"data: plain " + KEY.encode() + b"\r\r",
         ev({}, extra={"system_fingerprint": KEY}),
+        lp([KEY[:4], KEY[4:9]]),
+        lp([KEY[9:]]),
         ev({}, finish="stop"),
         b"data: [DONE]\r\r",
     ])

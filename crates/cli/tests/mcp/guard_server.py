@@ -11,6 +11,7 @@ when none) are appended to it, so a test sees the credential the gateway
 placed.
 """
 
+import json
 import sys
 
 import anyio
@@ -62,6 +63,27 @@ if __name__ == "__main__":
                 auth = dict(scope["headers"]).get(b"authorization", b"-").decode()
                 with open(AUTH, "a", encoding="utf-8") as f:
                     f.write(f"{scope['method']} {auth}\n")
+                # A call whose body says "echo401" is answered 401 with the
+                # credential it carried, as a misconfigured server would.
+                messages, body, more = [], b"", True
+                while more:
+                    m = await receive()
+                    messages.append(m)
+                    body += m.get("body", b"")
+                    more = m.get("more_body", False)
+                if b"echo401" in body:
+                    await send({"type": "http.response.start", "status": 401,
+                                "headers": [(b"content-type", b"application/json"),
+                                            (b"www-authenticate", b"Bearer error=\"invalid_token\"")]})
+                    await send({"type": "http.response.body",
+                                "body": json.dumps({"error": "bad credential: " + auth}).encode()})
+                    return
+                pending = iter(messages)
+
+                async def replay():
+                    return next(pending, None) or await receive()
+
+                return await app(scope, replay, send)
             await app(scope, receive, send)
 
         uvicorn.run(logged, host="127.0.0.1", port=PORT, log_level="warning")

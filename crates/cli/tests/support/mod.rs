@@ -519,6 +519,26 @@ async fn upstream(
             Ok(Response::new(StreamBody::new(ReceiverStream(rx)).boxed()))
         }
         "leak" => Ok(leak()),
+        // A 401 that echoes the credential it was given, in its body and
+        // in a header, as a misconfigured upstream would.
+        "echo401" => {
+            let given = req
+                .headers()
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let body = serde_json::json!({ "error": format!("bad credential: {given}") });
+            let mut resp = Response::new(Full::new(Bytes::from(body.to_string())).boxed());
+            *resp.status_mut() = hyper::StatusCode::UNAUTHORIZED;
+            resp.headers_mut().insert(
+                "x-rejected-credential",
+                given
+                    .parse()
+                    .unwrap_or(hyper::header::HeaderValue::from_static("-")),
+            );
+            Ok(resp)
+        }
         _ => {
             let (parts, body) = req.into_parts();
             let body = body

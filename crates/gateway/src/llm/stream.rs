@@ -154,6 +154,8 @@ fn render(path: &[Seg]) -> String {
         match s {
             Seg::Key(k) => p.push_str(&k.replace('~', "~0").replace('/', "~1")),
             Seg::Index(n) => p.push_str(&n.to_string()),
+            // The end of a list (JSON pointer's `-`): where a held tail goes.
+            Seg::Pos(usize::MAX) => p.push('-'),
             Seg::Pos(n) => p.push_str(&n.to_string()),
         }
     }
@@ -172,6 +174,103 @@ const WHOLE_IN_DELTA: [&str; 4] = ["role", "type", "id", "name"];
 fn is_streamed(path: &[Seg]) -> bool {
     matches!(path, [Seg::Key(c), _, Seg::Key(d), .., Seg::Key(last)]
         if c == "choices" && d == "delta" && !WHOLE_IN_DELTA.contains(&last.as_str()))
+}
+
+/// Whether `path` is a choice's list of token log probabilities
+/// (`choices[i].logprobs.content` or `.refusal`): its tokens are pieces of
+/// the answer's text, like the deltas, so a value may be split across
+/// tokens, within an event or across events.
+fn is_token_list(path: &[Seg]) -> bool {
+    matches!(path, [Seg::Key(c), _, Seg::Key(l), Seg::Key(list)]
+        if c == "choices" && l == "logprobs" && (list == "content" || list == "refusal"))
+}
+
+/// The redactor path of a token list's text: a new entry at the list's end
+/// is where a tail it still holds goes (see [`set_at`]).
+fn token_path(list: &[Seg]) -> Path {
+    let mut p = list.to_vec();
+    p.push(Seg::Pos(usize::MAX));
+    p.push(Seg::Key("token".into()));
+    p
+}
+
+/// Gives a log-probability entry a rewritten token: its `bytes` follow,
+/// and its alternatives go (the first of them is usually the token itself).
+fn set_token(entry: &mut Value, token: String) {
+    let Some(obj) = entry.as_object_mut() else {
+        return;
+    };
+    if obj.contains_key("bytes") {
+        obj.insert("bytes".into(), serde_json::json!(token.as_bytes()));
+    }
+    if obj.contains_key("top_logprobs") {
+        obj.insert("top_logprobs".into(), Value::Array(Vec::new()));
+    }
+    obj.insert("token".into(), Value::String(token));
+}
+
+/// Redacts the token lists of a whole (not streamed) answer: each list's
+/// tokens run in order through one stream redactor, so a value split
+/// across tokens is caught; what it holds at the end joins the last token.
+/// True when a token changed.
+fn redact_token_lists(
+    value: &mut Value,
+    dlp: &Dlp,
+    meter: &BodyMeter,
+    request_id: &str,
+    route: &str,
+) -> bool {
+    let mut changed = false;
+    let Some(choices) = value.get_mut("choices").and_then(Value::as_array_mut) else {
+        return false;
+    };
+    for (i, choice) in choices.iter_mut().enumerate() {
+        for list in ["content", "refusal"] {
+            let Some(items) = choice
+                .get_mut("logprobs")
+                .and_then(|l| l.get_mut(list))
+                .and_then(Value::as_array_mut)
+            else {
+                continue;
+            };
+            let mut redactor = StreamRedactor::new(dlp.scanner.clone(), Redactor::new(&dlp.key));
+            for item in items.iter_mut() {
+                let Some(token) = item
+                    .get("token")
+                    .and_then(Value::as_str)
+                    .map(str::to_string)
+                else {
+                    continue;
+                };
+                let out = String::from_utf8_lossy(&redactor.push(token.as_bytes())).into_owned();
+                if dlp.redact && out != token {
+                    set_token(item, out);
+                    changed = true;
+                }
+            }
+            let tail = String::from_utf8_lossy(&redactor.finish()).into_owned();
+            if dlp.redact
+                && !tail.is_empty()
+                && let Some(last) = items
+                    .iter_mut()
+                    .rev()
+                    .find(|it| it.get("token").is_some_and(Value::is_string))
+            {
+                let token = format!("{}{tail}", last["token"].as_str().unwrap_or_default());
+                set_token(last, token);
+                changed = true;
+            }
+            log_findings(
+                meter,
+                redactor.findings(),
+                &format!("/choices/{i}/logprobs/{list}"),
+                request_id,
+                route,
+                dlp.redact,
+            );
+        }
+    }
+    changed
 }
 
 /// Sets (or, with `append`, extends) the string at `path` in `root`,
@@ -445,24 +544,59 @@ impl SseBody {
         changed
     }
 
+    /// Passes a piece of the streamed text at `path` through its redactor
+    /// and returns what may go out now.
+    fn push_streamed(&mut self, path: &Path, piece: &str) -> Option<String> {
+        let dlp = self.dlp.as_ref()?;
+        let (scanner, key) = (dlp.scanner.clone(), dlp.key);
+        let entry = self
+            .redactors
+            .entry(path.clone())
+            .or_insert_with(|| FieldRedactor {
+                redactor: StreamRedactor::new(scanner, Redactor::new(&key)),
+                logged: 0,
+            });
+        let emitted = entry.redactor.push(piece.as_bytes());
+        self.log_new(path);
+        Some(String::from_utf8_lossy(&emitted).into_owned())
+    }
+
     fn visit(&mut self, value: &mut Value, path: &mut Path, changed: &mut bool) {
+        let redact = self.dlp.as_ref().is_some_and(|d| d.redact);
         match value {
             Value::String(s) if is_streamed(path) => {
-                let Some(dlp) = &self.dlp else { return };
-                let (scanner, key, redact) = (dlp.scanner.clone(), dlp.key, dlp.redact);
-                let entry = self
-                    .redactors
-                    .entry(path.clone())
-                    .or_insert_with(|| FieldRedactor {
-                        redactor: StreamRedactor::new(scanner, Redactor::new(&key)),
-                        logged: 0,
-                    });
-                let emitted = entry.redactor.push(s.as_bytes());
-                self.log_new(path);
-                let emitted = String::from_utf8_lossy(&emitted).into_owned();
-                if redact && emitted != *s {
+                if let Some(emitted) = self.push_streamed(path, s)
+                    && redact
+                    && emitted != *s
+                {
                     *s = emitted;
                     *changed = true;
+                }
+            }
+            Value::Array(items) if is_token_list(path) => {
+                // The tokens, in order, are one streamed text; the rest of
+                // each entry (alternatives) is scanned as usual below.
+                let key = token_path(path);
+                for item in items.iter_mut() {
+                    let Some(token) = item
+                        .get("token")
+                        .and_then(Value::as_str)
+                        .map(str::to_string)
+                    else {
+                        continue;
+                    };
+                    if let Some(out) = self.push_streamed(&key, &token)
+                        && redact
+                        && out != token
+                    {
+                        set_token(item, out);
+                        *changed = true;
+                    }
+                }
+                for (i, item) in items.iter_mut().enumerate() {
+                    path.push(seg_of(item, i));
+                    self.visit(item, path, changed);
+                    path.pop();
                 }
             }
             Value::String(s) => {
@@ -736,6 +870,7 @@ pub fn process_whole(
     let mut changed = false;
     let body = match json {
         Some(mut value) => {
+            changed |= redact_token_lists(&mut value, dlp, meter, request_id, route);
             crate::pipeline::inspect::walk_json(
                 &mut value,
                 &mut String::new(),
@@ -1018,5 +1153,86 @@ mod tests {
         ] {
             check_every_split(&other, &other).await;
         }
+    }
+
+    /// Issue 19: a key split across log-probability tokens, within one
+    /// event and across events, cut by the transport at every byte: no
+    /// token, alternative or byte list carries a piece of it, and the
+    /// tokens still spell the redacted text.
+    #[tokio::test]
+    async fn a_secret_split_across_logprob_tokens_is_redacted() {
+        let (a, rest) = KEY.split_at(6);
+        let (b, c) = rest.split_at(5);
+        let entry = |t: &str| {
+            format!(
+                r#"{{"token":"{t}","logprob":-0.1,"bytes":{:?},"top_logprobs":[{{"token":"{t}","logprob":-0.1}}]}}"#,
+                t.as_bytes()
+            )
+        };
+        let event = |entries: &[&str], finish: &str| {
+            let list: Vec<String> = entries.iter().map(|t| entry(t)).collect();
+            format!(
+                "data: {{\"id\":\"c\",\"choices\":[{{\"index\":0,\"delta\":{{}},\"logprobs\":{{\"content\":[{}]}},\"finish_reason\":{finish}}}]}}\n\n",
+                list.join(",")
+            )
+        };
+        let stream = [
+            event(&["key ", a, b], "null"),
+            event(&[c, " ok"], "\"stop\""),
+            "data: [DONE]\n\n".to_string(),
+        ]
+        .concat();
+        check_every_split(&stream, "logprobs").await;
+        // The whole stream at once: the tokens spell the redacted text.
+        let (out, _) = run(vec![Box::leak(stream.into_boxed_str())], false, true).await;
+        let mut text = String::new();
+        for e in out.split("\n\n").filter_map(|e| e.strip_prefix("data: ")) {
+            if e == "[DONE]" {
+                continue;
+            }
+            let v: Value = serde_json::from_str(e).unwrap();
+            for t in v["choices"][0]["logprobs"]["content"]
+                .as_array()
+                .into_iter()
+                .flatten()
+            {
+                text.push_str(t["token"].as_str().unwrap_or(""));
+            }
+        }
+        assert_eq!(text, "key [REDACTED_AWS_ACCESS_KEY_1] ok");
+
+        // A whole answer: the same tokens in one list.
+        let list: Vec<String> = ["key ", a, b, c, " ok"].iter().map(|t| entry(t)).collect();
+        let answer = format!(
+            r#"{{"choices":[{{"index":0,"message":{{"role":"assistant","content":"fine"}},"logprobs":{{"content":[{}]}}}}]}}"#,
+            list.join(",")
+        );
+        let dlp = Dlp {
+            scanner: Arc::new(Scanner::new().unwrap()),
+            key: [7; 32],
+            redact: true,
+        };
+        let (_, processed) = process_whole(
+            answer.as_bytes(),
+            Some(&dlp),
+            &BodyMeter::default(),
+            "r",
+            "llm",
+        );
+        let Processed::Rewritten(body) = processed else {
+            panic!("not rewritten")
+        };
+        let out = String::from_utf8(body.to_vec()).unwrap();
+        for n in 4..=KEY.len() {
+            assert!(!out.contains(&KEY[..n]), "{out}");
+        }
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let text: String = v["choices"][0]["logprobs"]["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|t| t["token"].as_str())
+            .collect();
+        assert_eq!(text, "key [REDACTED_AWS_ACCESS_KEY_1] ok");
     }
 }

@@ -1,7 +1,8 @@
 //! Forward: the upstream call. Streams the request body up and the response body
 //! back, strips hop-by-hop headers, asserts the caller's identity to the upstream,
 //! places the route's credential (from inject), and maps failures to 502/504 (or
-//! 413 when the body outgrew the limit mid-stream).
+//! 413 when the body outgrew the limit mid-stream). An error answer that
+//! echoes the credential has it replaced (echo.rs).
 //!
 //! The agent's own `Authorization` header is never forwarded: upstream
 //! credentials come from the vault, and a token the agent holds is not one the
@@ -260,7 +261,11 @@ impl Forwarder {
         let body = TapBody::response(body, capture)
             .map_err(|e| -> BoxError { Box::new(e) })
             .boxed();
-        Ok(Response::from_parts(parts, body))
+        // An error answer that echoes the credential goes out without it.
+        Ok(crate::pipeline::echo::guard(
+            Response::from_parts(parts, body),
+            injected.map(crate::pipeline::echo::Needles::of),
+        ))
     }
 }
 

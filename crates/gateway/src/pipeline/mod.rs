@@ -51,6 +51,7 @@ pub mod contain;
 pub mod contextualize;
 pub mod decide;
 pub mod decode;
+pub mod echo;
 pub mod forward;
 pub mod inject;
 pub mod inspect;

@@ -95,6 +95,15 @@ pub fn candidate_start(text: &str) -> usize {
     floor_boundary(text, start.max(len.saturating_sub(MAX_HOLD)))
 }
 
+/// Whether `run` (no whitespace) can be the start of a JWT: `eyJ` and
+/// then only base64url characters and dots.
+fn is_jwt_start(run: &str) -> bool {
+    run.starts_with("eyJ")
+        && run
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 fn floor_boundary(text: &str, mut i: usize) -> usize {
     while !text.is_char_boundary(i) {
         i -= 1;
@@ -257,6 +266,10 @@ pub struct StreamRedactor<S: Borrow<Scanner>> {
     behind: String,
     /// Inside a PEM private-key block whose `END` line has not arrived.
     in_pem: bool,
+    /// Inside the rest of a value longer than [`MAX_HOLD`] whose start went
+    /// out as a placeholder: the bytes that can continue it (those its
+    /// start was made of), swallowed until one that cannot.
+    in_long: Option<Box<[bool; 256]>>,
     /// What this stream found, with offsets in the stream as received.
     findings: Vec<StreamFinding>,
     /// Bytes of input consumed (emitted or swallowed) so far.
@@ -272,6 +285,7 @@ impl<S: Borrow<Scanner>> StreamRedactor<S> {
             pending: Vec::new(),
             behind: String::new(),
             in_pem: false,
+            in_long: None,
             findings: Vec::new(),
             consumed: 0,
         }
@@ -297,6 +311,23 @@ impl<S: Borrow<Scanner>> StreamRedactor<S> {
     fn drain(&mut self, last: bool) -> Vec<u8> {
         let mut out = String::new();
         loop {
+            if let Some(set) = &self.in_long {
+                let n = self
+                    .pending
+                    .iter()
+                    .position(|&b| !set[usize::from(b)])
+                    .unwrap_or(self.pending.len());
+                self.pending.drain(..n);
+                self.consumed += n;
+                if let Some(f) = self.findings.last_mut() {
+                    f.end += n;
+                }
+                if self.pending.is_empty() && !last {
+                    break;
+                }
+                self.in_long = None;
+                continue;
+            }
             if self.in_pem {
                 match end_line(&self.pending) {
                     EndLine::At(close) => {
@@ -349,13 +380,30 @@ impl<S: Borrow<Scanner>> StreamRedactor<S> {
             } else {
                 candidate_start(&text)
             };
+            // A run cut by the bound that is still the start of a JWT (the
+            // one token without a length bound; its signature, which makes
+            // it a finding, comes last): its start must not go out as text.
+            // Only when the bound, not the run's start, decided `safe`.
+            if !last && text.len() - safe >= MAX_HOLD && !found.iter().any(|f| f.end > safe) {
+                let run = text
+                    .as_bytes()
+                    .iter()
+                    .rposition(u8::is_ascii_whitespace)
+                    .map_or(0, |i| i + 1);
+                if run < safe && is_jwt_start(&text[run..]) {
+                    found.push(Finding::new(Kind::Jwt, run, text.len()));
+                }
+            }
             // Never cut inside a finding: hold it whole, unless it is longer
-            // than the bound; then it is redacted up to the cut.
+            // than the bound; then it is redacted up to the cut, and the
+            // rest of it is swallowed as it arrives (`in_long`).
+            let mut long = None;
             for f in &mut found {
                 if f.start < safe && f.end > safe {
                     if f.end - f.start <= MAX_HOLD {
                         safe = f.start;
                     } else {
+                        long = Some((f.start, safe, f.end));
                         f.end = safe;
                     }
                 }
@@ -385,6 +433,27 @@ impl<S: Borrow<Scanner>> StreamRedactor<S> {
             self.remember(&text[..emit_to]);
             self.pending.drain(..emit_to);
             self.consumed += emit_to;
+            if let Some((start, _, end)) = long.filter(|l| l.1 <= emit_to) {
+                // The bytes the value is made of (letters, digits, `-` and
+                // `_` always): what follows it and is one of them is still
+                // the value.
+                let mut set = Box::new([false; 256]);
+                let token = [b'-', b'_'];
+                for b in (b'0'..=b'9')
+                    .chain(b'a'..=b'z')
+                    .chain(b'A'..=b'Z')
+                    .chain(token)
+                {
+                    set[usize::from(b)] = true;
+                }
+                for &b in &text.as_bytes()[start..end] {
+                    if !b.is_ascii_whitespace() {
+                        set[usize::from(b)] = true;
+                    }
+                }
+                self.in_long = Some(set);
+                continue;
+            }
             match enter_pem {
                 Some(f) => {
                     let value = &text[f.start..f.end];
@@ -627,6 +696,33 @@ card 4242 4242 4242 4242 mail a.b@example.org; password = \"Zq8vL2mP9xTt4\" end 
                 streamed(&scanner, &[&b[..i], &b[i..]]),
                 expect,
                 "split at {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_value_longer_than_the_hold_is_redacted_to_its_tail() {
+        let scanner = Scanner::new().unwrap();
+        // A JWT of 12 KiB: its start must go out (as a placeholder) before
+        // its end arrives, and its end must not go out as text.
+        let payload =
+            "eyJzdWIiOiIxMjM0NTY3ODkwIiwibmFtZSI6IkpvaG4gRG9lIiwiYWRtaW4iOnRydWV9".repeat(180);
+        let jwt = format!(
+            "eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.{payload}.SflKxwRJSMeKKF2QT4fwpMeJf36POk6yJV_adQssw5c"
+        );
+        assert!(jwt.len() > MAX_HOLD + 4096);
+        let text = format!("before {jwt} after");
+        let expect = whole(&scanner, &text);
+        assert_eq!(expect, "before [REDACTED_JWT_1] after");
+        let b = text.as_bytes();
+        for size in [1usize, 100, 4096, 9000] {
+            let chunks: Vec<&[u8]> = b.chunks(size).collect();
+            let out = streamed(&scanner, &chunks);
+            assert!(
+                out == expect,
+                "chunk size {size}: {} bytes out, ends {:?}",
+                out.len(),
+                &out[out.len().saturating_sub(60)..]
             );
         }
     }
