@@ -114,7 +114,7 @@ const OAUTH_CLIENT_COLUMNS: &[output::Column] = &[
     col("CLIENT ID", "client_id", Kind::Text, 44),
     col("NAME", "client_name", Kind::Text, 24),
     col("REGISTERED", "created_at", Kind::Time, 20),
-    col("REVOKED", "revoked_at", Kind::Time, 20),
+    col("STATUS", "status", Kind::Text, 8),
     col("REDIRECT URIS", "redirect_uris", Kind::List, 40),
 ];
 
@@ -191,7 +191,24 @@ pub async fn admin(command: AdminCommand, args: AdminArgs) -> Result<()> {
         AdminCommand::OauthClient { command } => match command {
             OauthClientCommand::List => {
                 let v = client.get("/oauth/clients").await?;
-                output::emit(format, &v, |v| output::rows(v, "", OAUTH_CLIENT_COLUMNS))?;
+                output::emit(format, &v, |v| {
+                    // The table says in a word what `revoked_at` means.
+                    let rows: Vec<serde_json::Value> = v
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|c| {
+                            let mut c = c.clone();
+                            c["status"] = json!(if c["revoked_at"].is_null() {
+                                "active"
+                            } else {
+                                "revoked"
+                            });
+                            c
+                        })
+                        .collect();
+                    output::table(&rows, OAUTH_CLIENT_COLUMNS)
+                })?;
             }
             OauthClientCommand::Revoke { client_id } => {
                 client
