@@ -197,6 +197,14 @@ async fn release(
     released.map_err(|e| call.store_error(e))?;
     // In force on the data plane once this returns.
     analytics.release(&name).await;
+    // The other replicas (cluster mode) lift it too.
+    if let Err(e) = state
+        .store
+        .notify_change(portcullis_store::Change::Quarantine)
+        .await
+    {
+        tracing::warn!(agent = %name, error = %e, "cannot announce a release to the other replicas");
+    }
     call.done_by(&state.sink, &approver, "agent.release", &name, 200);
     let (risk, grade) = analytics.board().risk(&name);
     Ok(json_response(

@@ -1,61 +1,139 @@
 //! Cluster mode (issue 18): what `serve` runs when its store is PostgreSQL
 //! and other replicas share it.
 //!
-//! Each replica decides from in-memory snapshots, as one node does. Until
-//! changes are pushed with LISTEN/NOTIFY (not built yet, docs/cluster.md),
-//! a replica re-reads what other replicas may have changed on a fixed
-//! period: agents, certificates, keys, pins and grants (the snapshot),
-//! revoked tokens and disabled users, and approval tickets. A change made through one replica's
-//! admin API therefore reaches the others within [`RESYNC_INTERVAL`] plus
-//! one read. Single-use `jti`s, the use of an approval and audit appends
-//! need no resync: they are decided in the database itself.
+//! Each replica decides from in-memory snapshots, as one node does. A
+//! replica whose admin API changes agents, revocations, the policy or an
+//! approval announces it on the store's change channel after the commit
+//! (`NOTIFY portcullis_changes`, `portcullis_store::Change`); every replica
+//! listens and re-reads that part of its state with the same function an
+//! admin change on it would run. So that a lost notification (a dropped
+//! connection, a replica that was reconnecting) cannot leave a replica
+//! stale, it also re-reads everything every [`FULL_RESYNC`] and at once
+//! after its listener reconnects. Single-use `jti`s, the use of an approval
+//! and audit appends need neither: they are decided in the database itself.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use portcullis_gateway::Gateway;
-use portcullis_store::Store;
+use portcullis_store::{Change, ChangeListener, Heard, Store};
 use tokio::sync::watch;
 
-/// How often a replica re-reads shared state.
-pub(crate) const RESYNC_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a replica re-reads all shared state, notifications or not.
+pub(crate) const FULL_RESYNC: Duration = Duration::from_secs(5);
 
-/// How often expired single-use keys are purged from the shared table.
-const PURGE_EVERY: u32 = 120;
+/// How long a replica waits before subscribing again after the listener
+/// failed to reconnect.
+const RELISTEN_AFTER: Duration = Duration::from_millis(500);
 
-/// Re-reads shared state every [`RESYNC_INTERVAL`] until `stop`. A failed
-/// read keeps the last snapshot and is retried next period (logged).
+/// How often (in full resyncs) expired single-use keys are purged from the
+/// shared table: every minute.
+const PURGE_EVERY: u32 = 12;
+
+/// Listens for announced changes and re-reads what each names, re-reads
+/// everything every [`FULL_RESYNC`] and after a reconnection, until `stop`.
+/// A failed read keeps the last snapshot and is retried at the next full
+/// resync (logged).
 pub(crate) fn spawn_resync(
     gateway: Arc<Gateway>,
     store: Store,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut ticks = 0u32;
+        let mut listener: Option<ChangeListener> = None;
+        let mut next_full = tokio::time::Instant::now() + FULL_RESYNC;
+        let mut fulls = 0u32;
         loop {
-            tokio::select! {
-                _ = tokio::time::sleep(RESYNC_INTERVAL) => {}
+            if listener.is_none() {
+                match store.listen_changes().await {
+                    Ok(l) => {
+                        listener = Some(l);
+                        // Changes announced while not listening were missed.
+                        next_full = tokio::time::Instant::now();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cluster: cannot listen for changes; relying on the periodic resync");
+                    }
+                }
+            }
+            let heard = tokio::select! {
                 _ = stop.changed() => break,
-            }
-            if let Err(e) = gateway.reload().await {
-                tracing::warn!(error = %e, "cluster: cannot re-read agents from the shared store");
-            }
-            if let Err(e) = gateway.reload_revocations().await {
-                tracing::warn!(error = %e, "cluster: cannot re-read revocations from the shared store");
-            }
-            if let Err(e) = gateway.approvals().resync().await {
-                tracing::warn!(error = %e, "cluster: cannot re-read approval tickets from the shared store");
-            }
-            ticks = ticks.wrapping_add(1);
-            if ticks.is_multiple_of(PURGE_EVERY) {
-                let now = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .unwrap_or_default()
-                    .as_secs() as i64;
-                if let Err(e) = store.purge_single_use(now).await {
-                    tracing::warn!(error = %e, "cluster: cannot purge expired single-use keys");
+                _ = tokio::time::sleep_until(next_full) => Heard::Everything,
+                heard = recv(&mut listener) => match heard {
+                    Ok(heard) => heard,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cluster: the change listener failed; subscribing again");
+                        listener = None;
+                        continue;
+                    }
+                },
+            };
+            match heard {
+                Heard::Change(change) => refresh(&gateway, change).await,
+                Heard::Everything => {
+                    for change in Change::ALL {
+                        refresh(&gateway, change).await;
+                    }
+                    next_full = tokio::time::Instant::now() + FULL_RESYNC;
+                    fulls = fulls.wrapping_add(1);
+                    if fulls.is_multiple_of(PURGE_EVERY) {
+                        purge(&store).await;
+                    }
                 }
             }
         }
     })
+}
+
+/// The next notification; without a listener, waits [`RELISTEN_AFTER`] and
+/// reports an error so that the caller subscribes again.
+async fn recv(listener: &mut Option<ChangeListener>) -> Result<Heard, String> {
+    match listener {
+        Some(l) => l.recv().await.map_err(|e| e.to_string()),
+        None => {
+            tokio::time::sleep(RELISTEN_AFTER).await;
+            Err("not listening".into())
+        }
+    }
+}
+
+/// Re-reads the part of the state `change` names, as the admin API of this
+/// replica would after making the change itself.
+async fn refresh(gateway: &Gateway, change: Change) {
+    let failed = match change {
+        Change::Agents => gateway.reload().await.err().map(|e| e.to_string()),
+        Change::Revocations => gateway
+            .reload_revocations()
+            .await
+            .err()
+            .map(|e| e.to_string()),
+        Change::Policy => gateway.resync_policy().await.err().map(|e| e.to_string()),
+        Change::Approvals => gateway
+            .approvals()
+            .resync()
+            .await
+            .err()
+            .map(|e| e.to_string()),
+        Change::Quarantine => match gateway.analytics() {
+            Some(analytics) => analytics
+                .sync_quarantines()
+                .await
+                .err()
+                .map(|e| e.to_string()),
+            None => None,
+        },
+    };
+    if let Some(error) = failed {
+        tracing::warn!(change = change.as_str(), %error, "cluster: cannot re-read a change from the shared store");
+    }
+}
+
+async fn purge(store: &Store) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    if let Err(e) = store.purge_single_use(now).await {
+        tracing::warn!(error = %e, "cluster: cannot purge expired single-use keys");
+    }
 }

@@ -383,3 +383,207 @@ async fn an_approval_opened_on_one_replica_and_approved_on_another_is_used_once(
     assert_eq!(used.status, "used");
     store.close().await;
 }
+
+/// Sends one admin call to `server`'s admin API; answers its JSON.
+async fn admin_post(server: &Server, path: &str, body: Value) -> Value {
+    let response = client(&server.ca_pem(), None)
+        .post(format!("https://{}/admin/v1{path}", server.admin))
+        .bearer_auth(server.admin_token())
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert_eq!(status, 200, "{path}: {text}");
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Sends GET /api/items to `server` as `agent` until `done` holds for the
+/// status and error code, every `every` (bounded: 20 s); answers the last
+/// status and body.
+async fn poll_until(
+    agent: &reqwest::Client,
+    server: &Server,
+    every: Duration,
+    done: impl Fn(u16, &str) -> bool,
+) -> (u16, Value) {
+    let started = Instant::now();
+    loop {
+        let response = agent.get(server.url("/api/items")).send().await.unwrap();
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let code = body["error"]["code"].as_str().unwrap_or("");
+        if done(status, code) || started.elapsed() > Duration::from_secs(20) {
+            return (status, body);
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Polls while the agent is served; no pause (a refusal ends it).
+const AT_ONCE: Duration = Duration::ZERO;
+/// Polls while the agent is refused: paced, so that a flood of refusals
+/// does not make behavioral analytics quarantine the prober.
+const PACED: Duration = Duration::from_millis(5);
+
+fn percentiles(name: &str, mut took: Vec<Duration>) -> Duration {
+    took.sort();
+    let p = |q: usize| took[((took.len() * q).div_ceil(100)).clamp(1, took.len()) - 1];
+    eprintln!(
+        "{name}: {} trials, p50 {:?}, p99 {:?}, max {:?}",
+        took.len(),
+        p(50),
+        p(99),
+        took[took.len() - 1]
+    );
+    p(99)
+}
+
+/// The policy set readers are allowed by (`readers`), or not: each push
+/// differs in its comment, so every push is a new version.
+fn policy_files(round: usize, readers: bool) -> Value {
+    let main = if readers {
+        format!(
+            "// round {round}\n@id(\"readers-read\")\npermit (principal in Role::\"reader\", action in Action::\"read\", resource);\n"
+        )
+    } else {
+        format!(
+            "// round {round}\n@id(\"writers-only\")\npermit (principal in Role::\"writer\", action in Action::\"read\", resource);\n"
+        )
+    };
+    serde_json::json!({
+        "schema.cedarschema": portcullis_policy::DEFAULT_SCHEMA,
+        "main.cedar": main,
+    })
+}
+
+const TRIALS: usize = 20;
+
+/// Admin changes made through replica A reach replica B by LISTEN/NOTIFY
+/// (not by B's periodic 5 s resync): an agent revoked on A is refused on B,
+/// a policy pushed on A decides on B, and a rollback on A too. Measures the
+/// time from the admin call returning on A to B's first answer under the
+/// change (printed with `--nocapture`), and holds it under a second.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_changes_on_one_replica_reach_another_within_a_second() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    install_crypto();
+    let (upstream, gate) = start_upstream().await;
+    let dir_a = tempfile::tempdir().unwrap();
+    let cfg_a = replica_config(dir_a.path(), upstream);
+    let a = start(dir_a, cfg_a, db.url()).await;
+    let dir_b = provisioned_like(&a);
+    let cfg_b = replica_config(dir_b.path(), upstream);
+    let b = start(dir_b, cfg_b, db.url()).await;
+
+    // Revocation: each trial enrols an agent on A, waits until B accepts
+    // it (the enrolment propagates the same way), revokes it on A and
+    // times B's first refusal.
+    let mut revoked = Vec::with_capacity(TRIALS);
+    for i in 0..TRIALS {
+        let name = format!("bot-{i}");
+        let (cert, key) = tokio::task::block_in_place(|| a.create_agent(&name, &["reader"]));
+        let agent = client(&a.ca_pem(), Some((&cert, &key)));
+        let (status, body) = poll_until(&agent, &b, PACED, |s, _| s == 200).await;
+        assert_eq!(status, 200, "B never accepted {name}: {body}");
+        admin_post(&a, &format!("/agents/{name}/revoke"), Value::Null).await;
+        let t = Instant::now();
+        let (status, body) = poll_until(&agent, &b, AT_ONCE, |s, _| s != 200).await;
+        revoked.push(t.elapsed());
+        assert_eq!(status, 401, "B still serves revoked {name}: {body}");
+    }
+    let revoked_p99 = percentiles("agent revoked on A -> first refusal on B", revoked);
+
+    // Policy: pushes alternate between a set that refuses readers and one
+    // that admits them; B follows each, timed to its first answer under
+    // the new version. A new reader each round, so that no prober
+    // collects enough refusals to be quarantined.
+    let (mut refused, mut admitted) = (Vec::new(), Vec::new());
+    let mut last_version = 0;
+    let mut reader = None;
+    for round in 0..TRIALS {
+        let name = format!("reader-{round}");
+        let (cert, key) = tokio::task::block_in_place(|| a.create_agent(&name, &["reader"]));
+        let agent = client(&a.ca_pem(), Some((&cert, &key)));
+        assert_eq!(poll_until(&agent, &b, PACED, |s, _| s == 200).await.0, 200);
+        for readers in [false, true] {
+            let pushed = admin_post(
+                &a,
+                "/policies",
+                serde_json::json!({
+                    "files": policy_files(round, readers),
+                    "message": format!("round {round}"),
+                    "author": "cluster-test",
+                }),
+            )
+            .await;
+            let t = Instant::now();
+            let version = pushed["version"].as_u64().unwrap();
+            assert!(version > last_version, "{pushed}");
+            last_version = version;
+            let (status, body) = if readers {
+                poll_until(&agent, &b, PACED, |s, _| s == 200).await
+            } else {
+                poll_until(&agent, &b, AT_ONCE, |s, _| s != 200).await
+            };
+            if readers {
+                admitted.push(t.elapsed());
+                assert_eq!(status, 200, "B refuses under version {version}: {body}");
+            } else {
+                refused.push(t.elapsed());
+                assert_eq!(
+                    (status, body["error"]["code"].as_str()),
+                    (403, Some("forbidden")),
+                    "B under version {version}: {body}"
+                );
+            }
+        }
+        reader = Some(agent);
+    }
+    let reader = reader.unwrap();
+    let refused_p99 = percentiles("policy pushed on A -> first refusal on B", refused);
+    percentiles("policy pushed on A -> first admission on B", admitted);
+
+    // A rollback on A (to the refusing version before) reaches B too.
+    admin_post(&a, "/policies/rollback", serde_json::json!({})).await;
+    let t = Instant::now();
+    let (status, body) = poll_until(&reader, &b, AT_ONCE, |s, _| s != 200).await;
+    eprintln!(
+        "policy rolled back on A -> first refusal on B after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(status, 403, "{body}");
+
+    // Quarantine: an agent flooding A with refused requests is quarantined
+    // by A's analytics; B, which never saw that traffic, refuses it too.
+    // Timed from A's first `quarantined` answer.
+    let (cert, key) = tokio::task::block_in_place(|| a.create_agent("flood-bot", &["reader"]));
+    let flood = client(&a.ca_pem(), Some((&cert, &key)));
+    let (status, body) = poll_until(&flood, &a, AT_ONCE, |_, c| c == "quarantined").await;
+    let t = Instant::now();
+    assert_eq!(
+        body["error"]["code"], "quarantined",
+        "A never quarantined: {status} {body}"
+    );
+    let (_, body) = poll_until(&flood, &b, AT_ONCE, |_, c| c == "quarantined").await;
+    eprintln!(
+        "quarantined on A -> first refusal on B after {:?}",
+        t.elapsed()
+    );
+    assert_eq!(body["error"]["code"], "quarantined", "{body}");
+    // Released through A's admin API: B lifts it too (the policy in force
+    // still refuses readers, as `forbidden`).
+    admin_post(&a, "/agents/flood-bot/release", serde_json::json!({})).await;
+    let t = Instant::now();
+    let (_, body) = poll_until(&flood, &b, PACED, |_, c| c != "quarantined").await;
+    eprintln!("released on A -> lifted on B after {:?}", t.elapsed());
+    assert_eq!(body["error"]["code"], "forbidden", "{body}");
+
+    // The bound: within a second, from the admin call returning.
+    assert!(revoked_p99 < Duration::from_secs(1), "{revoked_p99:?}");
+    assert!(refused_p99 < Duration::from_secs(1), "{refused_p99:?}");
+    drop((a, b, gate));
+}

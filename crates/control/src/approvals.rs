@@ -999,7 +999,16 @@ impl Approvals {
             .transition_approval(&decided.row(), Status::Pending.as_str(), now)
             .await
         {
-            Ok(true) => {}
+            Ok(true) => {
+                // The other replicas take the decision now, not at their
+                // next resync (a lost notification costs only that wait).
+                if let Err(e) = store
+                    .notify_change(portcullis_store::Change::Approvals)
+                    .await
+                {
+                    tracing::warn!(ticket = %id, error = %e, "cannot announce a decision to the other replicas");
+                }
+            }
             Ok(false) => {
                 let _ = self.resync().await;
                 let status = self.get(id).map_or(Status::Expired, |t| t.status);

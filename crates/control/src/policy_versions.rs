@@ -168,7 +168,7 @@ pub async fn start_policy(
 
 /// The stored shadow candidate; one that no longer compiles is dropped with
 /// a warning (it never decides anything, so starting without it is safe).
-async fn load_shadow(store: &Store, shadow: Option<u64>) -> Option<(Arc<PolicyBundle>, u64)> {
+pub async fn load_shadow(store: &Store, shadow: Option<u64>) -> Option<(Arc<PolicyBundle>, u64)> {
     let version = shadow?;
     let compiled = match store.policy_version(version).await {
         Ok(row) => {

@@ -18,6 +18,7 @@ use portcullis_control::policy_versions::{
 };
 use portcullis_control::shadow::ShadowReport;
 use portcullis_policy::Authorizer;
+use portcullis_store::Change;
 
 use crate::config::RouteKind;
 use crate::mcp::pins::ToolPins;
@@ -40,12 +41,22 @@ impl ToolPinning for ToolPins {
 }
 
 impl DataPlane for Gateway {
+    // Each admin change, once applied here, is announced to the other
+    // replicas (cluster mode; nothing on one node).
     fn reload(&self) -> PlaneFuture<'_, Result<(), PlaneError>> {
-        Box::pin(async move { Ok(Gateway::reload(self).await?) })
+        Box::pin(async move {
+            Gateway::reload(self).await?;
+            self.announce(Change::Agents).await;
+            Ok(())
+        })
     }
 
     fn reload_revocations(&self) -> PlaneFuture<'_, Result<(), PlaneError>> {
-        Box::pin(async move { Ok(Gateway::reload_revocations(self).await?) })
+        Box::pin(async move {
+            Gateway::reload_revocations(self).await?;
+            self.announce(Change::Revocations).await;
+            Ok(())
+        })
     }
 
     fn snapshot(&self) -> Arc<dyn ActivePolicy> {
@@ -64,18 +75,34 @@ impl DataPlane for Gateway {
         &self,
         push: PolicyPush,
     ) -> PlaneFuture<'_, Result<PolicyChange, PolicyChangeError>> {
-        Box::pin(Gateway::push_policy(self, push))
+        Box::pin(async move {
+            let change = Gateway::push_policy(self, push).await?;
+            if !change.unchanged {
+                self.announce(Change::Policy).await;
+            }
+            Ok(change)
+        })
     }
 
     fn rollback_policy(
         &self,
         to: Option<u64>,
     ) -> PlaneFuture<'_, Result<PolicyChange, PolicyChangeError>> {
-        Box::pin(Gateway::rollback_policy(self, to))
+        Box::pin(async move {
+            let change = Gateway::rollback_policy(self, to).await?;
+            self.announce(Change::Policy).await;
+            Ok(change)
+        })
     }
 
     fn stop_shadow(&self) -> PlaneFuture<'_, Result<Option<u64>, PolicyChangeError>> {
-        Box::pin(Gateway::stop_shadow(self))
+        Box::pin(async move {
+            let stopped = Gateway::stop_shadow(self).await?;
+            if stopped.is_some() {
+                self.announce(Change::Policy).await;
+            }
+            Ok(stopped)
+        })
     }
 
     fn whatif<'a>(

@@ -138,6 +138,50 @@ impl Gateway {
 }
 
 impl Gateway {
+    /// Cluster mode: installs the active version and shadow candidate the
+    /// store names, when another replica changed them (a push, rollback or
+    /// shadow stop announced on the change channel, or the periodic
+    /// resync). Compiled as at start; `true` when something changed.
+    pub async fn resync_policy(&self) -> Result<bool, PolicyChangeError> {
+        let state = self.store.policy_state().await?;
+        let Some(active) = state.active else {
+            return Ok(false);
+        };
+        let mut installed = self.policy.lock().await;
+        let shadow_now = installed.shadow.as_ref().map(|s| s.version);
+        if active == installed.version && state.shadow == shadow_now {
+            return Ok(false);
+        }
+        let bundle = if active == installed.version {
+            installed.bundle.clone()
+        } else {
+            let row = self.store.policy_version(active).await?;
+            let sources = PolicySources::from_files(
+                PathBuf::from(format!("<version {active}>")),
+                &row.files,
+            )?;
+            Arc::new(PolicyBundle::compile(&sources)?)
+        };
+        let shadow = if state.shadow == shadow_now {
+            installed.shadow.clone()
+        } else {
+            portcullis_control::policy_versions::load_shadow(&self.store, state.shadow)
+                .await
+                .map(|(bundle, version)| InstalledShadow {
+                    bundle,
+                    version,
+                    stats: Default::default(),
+                })
+        };
+        let next = InstalledPolicy {
+            bundle,
+            version: active,
+            shadow,
+        };
+        self.swap_policy(&mut installed, next).await?;
+        Ok(true)
+    }
+
     /// The shadow candidate's version and report, if one is set.
     pub fn shadow_report(&self) -> Option<(u64, crate::shadow::ShadowReport)> {
         let snapshot = self.snapshot();

@@ -429,6 +429,15 @@ impl Gateway {
         self.mcp.as_deref().map(|m| &m.pins)
     }
 
+    /// Tells the other replicas (cluster mode) that `change` is committed.
+    /// A lost notification is not an error for the caller: the change is
+    /// stored, and every replica's periodic resync reads it.
+    pub(crate) async fn announce(&self, change: portcullis_store::Change) {
+        if let Err(e) = self.store.notify_change(change).await {
+            tracing::warn!(change = change.as_str(), error = %e, "cluster: cannot announce a change; other replicas read it at their next resync");
+        }
+    }
+
     /// Re-reads revoked tokens and disabled users. Called by the admin API
     /// after each such change, before it answers.
     pub async fn reload_revocations(&self) -> Result<(), GatewayError> {

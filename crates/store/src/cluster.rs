@@ -1,7 +1,9 @@
 //! State replicas share in cluster mode (PostgreSQL only, issue 18) that one
 //! node keeps in memory: single-use identifiers (`jti`s). Its tables come
 //! from the cluster migrations (`migrations/postgres/cluster/`), numbered
-//! apart from the SQLite/PostgreSQL twins.
+//! apart from the SQLite/PostgreSQL twins. Also the change channel: a
+//! replica that commits an admin change announces its kind with `NOTIFY`,
+//! and every replica `LISTEN`s and re-reads that part of its snapshot.
 
 use std::borrow::Cow;
 
@@ -94,6 +96,114 @@ impl Store {
     }
 }
 
+/// The PostgreSQL channel admin changes are announced on.
+pub const CHANGES_CHANNEL: &str = "portcullis_changes";
+
+/// What an admin change touched, as announced to the other replicas: each
+/// names the part of a replica's in-memory state to re-read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// Agents, certificates, keys, workload pins or grants (the snapshot).
+    Agents,
+    /// Revoked tokens or disabled users.
+    Revocations,
+    /// The active policy version or the shadow candidate.
+    Policy,
+    /// An approval ticket was decided.
+    Approvals,
+    /// An agent was quarantined by analytics, or released.
+    Quarantine,
+}
+
+impl Change {
+    /// The notification's payload.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::Agents => "agents",
+            Change::Revocations => "revocations",
+            Change::Policy => "policy",
+            Change::Approvals => "approvals",
+            Change::Quarantine => "quarantine",
+        }
+    }
+
+    /// Every kind, for a full resync.
+    pub const ALL: [Change; 5] = [
+        Change::Agents,
+        Change::Revocations,
+        Change::Policy,
+        Change::Approvals,
+        Change::Quarantine,
+    ];
+
+    /// The change a payload names; `None` for one this build does not know
+    /// (a newer replica's), which the listener treats as "re-read all".
+    pub fn parse(payload: &str) -> Option<Change> {
+        Change::ALL.into_iter().find(|c| c.as_str() == payload)
+    }
+}
+
+/// What a replica heard on the change channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Heard {
+    /// One change, by kind.
+    Change(Change),
+    /// Something that may have missed notifications happened (the
+    /// connection was lost and is re-established on the next call, or a
+    /// payload this build does not know): re-read everything.
+    Everything,
+}
+
+/// A replica's subscription to [`CHANGES_CHANNEL`] (its own connection).
+pub struct ChangeListener(sqlx::postgres::PgListener);
+
+impl std::fmt::Debug for ChangeListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ChangeListener")
+    }
+}
+
+impl ChangeListener {
+    /// Waits for the next notification. After a lost connection it answers
+    /// [`Heard::Everything`] once and reconnects (and re-subscribes) on the
+    /// next call; an error means the reconnection failed.
+    pub async fn recv(&mut self) -> Result<Heard, StoreError> {
+        Ok(match self.0.try_recv().await? {
+            Some(n) => Change::parse(n.payload()).map_or(Heard::Everything, Heard::Change),
+            None => Heard::Everything,
+        })
+    }
+}
+
+impl Store {
+    /// Announces a committed change to every replica listening (cluster
+    /// mode); nothing on SQLite. Sent after the change's commit, so a
+    /// notification never arrives before its data: a replica reading on
+    /// it sees the change.
+    pub async fn notify_change(&self, change: Change) -> Result<(), StoreError> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Ok(());
+        };
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANGES_CHANNEL)
+            .bind(change.as_str())
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Subscribes to the change channel on a connection of its own
+    /// (cluster mode only).
+    pub async fn listen_changes(&self) -> Result<ChangeListener, StoreError> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Err(cluster_only());
+        };
+        let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+        listener.listen(CHANGES_CHANNEL).await?;
+        Ok(ChangeListener(listener))
+    }
+}
+
 fn cluster_only() -> StoreError {
     StoreError::Invalid("shared single-use state exists only in cluster mode (PostgreSQL)".into())
 }
@@ -155,6 +265,28 @@ mod tests {
             took[took.len() / 2],
             took[took.len() * 99 / 100]
         );
+    }
+
+    #[tokio::test]
+    async fn a_change_notified_by_one_replica_is_heard_by_another() {
+        let Some(db) = TestDb::postgres().await else {
+            return;
+        };
+        let (a, b) = (db.open().await, db.open().await);
+        let mut heard = b.listen_changes().await.unwrap();
+        for change in [Change::Agents, Change::Policy] {
+            a.notify_change(change).await.unwrap();
+            let got = tokio::time::timeout(std::time::Duration::from_secs(5), heard.recv())
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(got, Heard::Change(change));
+        }
+        // One node has no channel: announcing is a no-op, listening refused.
+        let one = TestDb::sqlite();
+        let one = one.open().await;
+        one.notify_change(Change::Agents).await.unwrap();
+        assert!(one.listen_changes().await.is_err());
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@ mod agent_keys;
 mod analytics;
 mod backend;
 mod cluster;
-pub use cluster::SingleUseKind;
+pub use cluster::{CHANGES_CHANNEL, Change, ChangeListener, Heard, SingleUseKind};
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub use analytics::{AlertRow, QuarantineRow, RiskPoint};

@@ -30,7 +30,7 @@ use portcullis_analytics::{
 };
 use portcullis_audit::{AuditRecord, Outcome, RecordKind};
 use portcullis_core::{ErrorCode, RequestId};
-use portcullis_store::{AlertRow, RiskPoint, Store, StoreError};
+use portcullis_store::{AlertRow, Change, RiskPoint, Store, StoreError};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::audit_sink::AuditSink;
@@ -123,6 +123,7 @@ enum Control {
     Release(String, oneshot::Sender<()>),
     Benign(String, Features, oneshot::Sender<()>),
     Summary(String, oneshot::Sender<Option<AgentSummary>>),
+    SyncQuarantines(oneshot::Sender<Result<(), StoreError>>),
 }
 
 /// Called with an agent's name when it enters quarantine, once its grade
@@ -333,6 +334,21 @@ impl Analytics {
         }
     }
 
+    /// Cluster mode: takes the quarantines and releases other replicas
+    /// stored (after a change announcement, and at every full resync).
+    pub async fn sync_quarantines(&self) -> Result<(), StoreError> {
+        let (reply, wait) = oneshot::channel();
+        if self
+            .control
+            .send(Control::SyncQuarantines(reply))
+            .await
+            .is_err()
+        {
+            return Ok(());
+        }
+        wait.await.unwrap_or(Ok(()))
+    }
+
     /// A benign verdict: the alert's features widen the agent's baseline.
     pub async fn benign(&self, agent: &str, features: Features) {
         let (reply, wait) = oneshot::channel();
@@ -426,7 +442,7 @@ impl Worker {
                         }
                     }
                 }
-                Some(c) = control.recv() => self.control(c),
+                Some(c) = control.recv() => self.control(c).await,
                 _ = decay.tick() => self.decay(),
                 _ = save.tick() => self.save().await,
                 _ = stop.changed() => break,
@@ -527,8 +543,16 @@ impl Worker {
         tracing::warn!(agent = %alert.agent, grade = alert.grade.as_str(), risk = alert.risk, reasons = ?reasons, "analytics alert");
         self.audit("analytics.alert", &alert.agent, reasons.clone());
         if alert.grade == Grade::Quarantine {
-            if let Err(e) = self.store.quarantine(&alert.agent, alert.time_ms, id).await {
-                tracing::error!(error = %e, agent = %alert.agent, "cannot store quarantine");
+            match self.store.quarantine(&alert.agent, alert.time_ms, id).await {
+                // The other replicas (cluster mode) shut the agent out too.
+                Ok(()) => {
+                    if let Err(e) = self.store.notify_change(Change::Quarantine).await {
+                        tracing::warn!(error = %e, agent = %alert.agent, "cannot announce a quarantine to the other replicas");
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, agent = %alert.agent, "cannot store quarantine");
+                }
             }
             self.audit("analytics.quarantine", &alert.agent, reasons);
         }
@@ -565,15 +589,15 @@ impl Worker {
         });
     }
 
-    fn control(&mut self, c: Control) {
+    async fn control(&mut self, c: Control) {
         let now = now_ms();
         match c {
             Control::Release(agent, reply) => {
-                self.engine.release(&agent, now);
-                self.publish(&agent, 0.0, Grade::Normal);
-                self.dirty.insert(agent.clone());
-                self.point(&agent, now, 0.0, Grade::Normal);
+                self.release(&agent, now);
                 let _ = reply.send(());
+            }
+            Control::SyncQuarantines(reply) => {
+                let _ = reply.send(self.sync_quarantines(now).await);
             }
             Control::Benign(agent, features, reply) => {
                 self.engine.widen(&agent, &features, now);
@@ -588,6 +612,50 @@ impl Worker {
                 let _ = reply.send(self.engine.summary(&agent, now));
             }
         }
+    }
+
+    fn release(&mut self, agent: &str, now: i64) {
+        self.engine.release(agent, now);
+        self.publish(agent, 0.0, Grade::Normal);
+        self.dirty.insert(agent.to_string());
+        self.point(agent, now, 0.0, Grade::Normal);
+    }
+
+    /// Cluster mode: takes the quarantines other replicas stored, and the
+    /// releases made through their admin API, as the start-up load does.
+    /// Read here, between observations, so every quarantine this replica
+    /// raised is already stored and cannot look released. A quarantine is
+    /// lifted only when the store shows its release: one whose row this
+    /// replica failed to write stays (fail closed).
+    async fn sync_quarantines(&mut self, now: i64) -> Result<(), StoreError> {
+        let held: HashSet<String> = self
+            .store
+            .quarantines(None)
+            .await?
+            .into_iter()
+            .map(|q| q.agent)
+            .collect();
+        for agent in &held {
+            if self.board.risk(agent).1 != Grade::Quarantine {
+                self.engine.quarantine(agent, now);
+                let risk = self.engine.risk_at(agent, now).map_or(1.0, |(r, _)| r);
+                self.publish(agent, risk, Grade::Quarantine);
+                self.point(agent, now, risk, Grade::Quarantine);
+            }
+        }
+        let lifted: Vec<String> = self
+            .engine
+            .agents()
+            .filter(|a| !held.contains(*a) && self.board.risk(a).1 == Grade::Quarantine)
+            .map(str::to_string)
+            .collect();
+        for agent in lifted {
+            let history = self.store.quarantines(Some(&agent)).await?;
+            if history.last().is_some_and(|q| q.released_at.is_some()) {
+                self.release(&agent, now);
+            }
+        }
+        Ok(())
     }
 
     /// Publishes decayed scores, so a score falls without new traffic.
