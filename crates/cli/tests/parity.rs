@@ -1265,8 +1265,8 @@ async fn an_error_answer_echoing_the_vault_credential_is_redacted_on_every_proto
     );
     let extra = Extra {
         route_keys: &keys,
-        config: "",
         secret: Some(PLAIN),
+        ..Extra::default()
     };
     let Some(rig) = rig_setup(&policies, &extra).await else {
         return;
