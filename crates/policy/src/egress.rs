@@ -254,13 +254,20 @@ impl EgressAuthz {
             EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(r.agent));
         let resource =
             EntityUid::from_type_name_and_id(self.host_type.clone(), EntityId::new(r.host_id()));
+        // Egress reads no request body of its own: its content is "not scanned".
+        let mut pairs = crate::facts::routed_pairs(
+            r.route,
+            r.method,
+            r.path,
+            r.source_ip,
+            r.time,
+            &Content::NOT_SCANNED,
+            r.caller,
+        )?;
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
-        let mut pairs = vec![
-            ("route".to_string(), s(r.route)),
+        pairs.extend([
             ("server".to_string(), s(r.server)),
             ("session".to_string(), s(r.session)),
-            ("method".to_string(), s(r.method)),
-            ("path".to_string(), s(r.path)),
             ("host".to_string(), s(r.host)),
             (
                 "port".to_string(),
@@ -274,11 +281,7 @@ impl EgressAuthz {
                 "address_class".to_string(),
                 s(AddressClass::of(r.address).as_str()),
             ),
-            ("source_ip".to_string(), r.source_ip.expr().clone()),
-            ("time".to_string(), r.time.expr()?),
-            ("content".to_string(), Content::NOT_SCANNED.expr()?),
-        ];
-        pairs.extend(r.caller.context_pairs()?);
+        ]);
         let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
         Request::new(
             principal,

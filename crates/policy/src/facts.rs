@@ -252,6 +252,21 @@ pub(crate) fn routed_context(
     content: &Content<'_>,
     caller: &CallerFacts,
 ) -> Result<Context, String> {
+    let pairs = routed_pairs(route, method, path, source_ip, time, content, caller)?;
+    Context::from_pairs(pairs).map_err(|e| e.to_string())
+}
+
+/// The attributes of [`routed_context`], for an action that adds its own
+/// (egress adds the host, port and address it decides).
+pub(crate) fn routed_pairs(
+    route: &str,
+    method: &str,
+    path: &str,
+    source_ip: &SourceIp,
+    time: RequestTime,
+    content: &Content<'_>,
+    caller: &CallerFacts,
+) -> Result<Vec<(String, RestrictedExpression)>, String> {
     let mut pairs = vec![
         (
             "route".to_string(),
@@ -270,7 +285,7 @@ pub(crate) fn routed_context(
         ("content".to_string(), content.expr()?),
     ];
     pairs.extend(caller.context_pairs()?);
-    Context::from_pairs(pairs).map_err(|e| e.to_string())
+    Ok(pairs)
 }
 
 #[cfg(test)]
