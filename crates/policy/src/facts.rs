@@ -2,7 +2,7 @@
 //! (`HttpAction`), when it arrived (`RequestTime`), from where (`SourceIp`),
 //! what the content guard found in its body (`Content`) and who sent it
 //! (`CallerFacts`), gathered in an `AuthzRequest`; and the context of the
-//! decisions made after routing (`routed_context`).
+//! decisions made after routing (`routed_pairs`).
 
 use std::net::IpAddr;
 use std::sync::LazyLock;
@@ -240,24 +240,10 @@ impl SourceIp {
     }
 }
 
-/// The context of a decision made after routing (`use_secret`, `complete`,
-/// `embed`): the route taken, the request's method and path, source, time,
-/// content findings and the caller facts.
-pub(crate) fn routed_context(
-    route: &str,
-    method: &str,
-    path: &str,
-    source_ip: &SourceIp,
-    time: RequestTime,
-    content: &Content<'_>,
-    caller: &CallerFacts,
-) -> Result<Context, String> {
-    let pairs = routed_pairs(route, method, path, source_ip, time, content, caller)?;
-    Context::from_pairs(pairs).map_err(|e| e.to_string())
-}
-
-/// The attributes of [`routed_context`], for an action that adds its own
-/// (egress adds the host, port and address it decides).
+/// The context attributes of a decision made after routing (`use_secret`,
+/// `complete`, `embed`, `egress`): the route taken, the request's method and
+/// path, source, time, content findings and the caller facts. An action may
+/// add its own (egress adds the host, port and address it decides).
 pub(crate) fn routed_pairs(
     route: &str,
     method: &str,

@@ -12,7 +12,7 @@
 use std::collections::{HashMap, HashSet};
 
 use cedar_policy::{
-    Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
+    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
 };
 use portcullis_core::{Classification, Decision};
 
@@ -256,7 +256,7 @@ impl ModelAuthz {
             self.model_type.clone(),
             EntityId::new(ModelEntity::id(r.route, r.model)),
         );
-        let context = crate::facts::routed_context(
+        let pairs = crate::facts::routed_pairs(
             r.route,
             r.method.as_str(),
             r.path,
@@ -265,6 +265,7 @@ impl ModelAuthz {
             &r.content,
             r.caller,
         )?;
+        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
         Request::new(
             principal,
             self.actions[r.action.index()].uid.clone(),

@@ -8,7 +8,7 @@
 //! (usually a handful); when none of them reads `context`, a decision depends
 //! only on (agent, secret) and is memoized for the snapshot, as for routes.
 
-use cedar_policy::{Entities, EntityId, EntityTypeName, EntityUid, Request};
+use cedar_policy::{Context, Entities, EntityId, EntityTypeName, EntityUid, Request};
 use portcullis_core::Decision;
 
 use crate::PolicyBundle;
@@ -113,7 +113,7 @@ impl SecretAuthz {
             EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(r.agent));
         let resource =
             EntityUid::from_type_name_and_id(self.secret_type.clone(), EntityId::new(r.secret));
-        let context = crate::facts::routed_context(
+        let pairs = crate::facts::routed_pairs(
             r.route,
             r.method.as_str(),
             r.path,
@@ -122,6 +122,7 @@ impl SecretAuthz {
             &r.content,
             r.caller,
         )?;
+        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
         Request::new(principal, self.action.clone(), resource, context, schema)
             .map_err(|e| e.to_string())
     }
