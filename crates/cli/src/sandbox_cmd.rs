@@ -6,6 +6,10 @@
 //! Any failure exits with [`portcullis_sandbox::SETUP_FAILED_EXIT`] before
 //! the server runs (fail closed); `serve` audits it.
 //!
+//! With a PID namespace it starts itself again as the namespace's init
+//! (`--init`, with the egress port it opened in `--egress-port`), which
+//! runs the server; see `portcullis_sandbox::init_confined`.
+//!
 //! `--probe` runs every mechanism in this throw-away process and prints
 //! what worked as JSON (`portcullis_sandbox::Support`).
 
@@ -30,6 +34,13 @@ pub struct SandboxExecArgs {
     /// Print which mechanisms the kernel offers, and exit.
     #[arg(long)]
     probe: bool,
+    /// Run as the init of the server's PID namespace (started by
+    /// `sandbox-exec` itself, never by `serve`).
+    #[arg(long)]
+    init: bool,
+    /// With `--init`: the egress proxy's port inside the sandbox.
+    #[arg(long, requires = "init")]
+    egress_port: Option<u16>,
     /// The server's program and arguments.
     #[arg(last = true)]
     command: Vec<OsString>,
@@ -58,13 +69,17 @@ pub fn run(args: SandboxExecArgs) -> ExitCode {
     let Some((program, rest)) = args.command.split_first() else {
         return fail("no command to run");
     };
-    let e = portcullis_sandbox::exec_confined(
-        &profile,
-        &work_dir,
-        args.cgroup.as_deref(),
-        program,
-        rest,
-    );
+    let e = if args.init {
+        portcullis_sandbox::init_confined(&profile, &work_dir, args.egress_port, program, rest)
+    } else {
+        portcullis_sandbox::exec_confined(
+            &profile,
+            &work_dir,
+            args.cgroup.as_deref(),
+            program,
+            rest,
+        )
+    };
     fail(&e.to_string())
 }
 

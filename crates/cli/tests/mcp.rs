@@ -1967,6 +1967,45 @@ fn a_sandboxed_stdio_server_cannot_escape_and_every_process_event_is_audited() {
     // Both clients' servers are gone: the clients are killed on drop.
 }
 
+/// A child the server forked, which ignores its parent's end, dies with the
+/// gateway when the gateway is killed with `kill -9` (the server's PID
+/// namespace ends with its init, which dies with the gateway).
+#[test]
+fn a_sandboxed_servers_children_die_with_a_killed_gateway() {
+    if !python_mcp() || !Path::new("/usr/bin/python3").exists() {
+        eprintln!("SKIPPED: sandbox end-to-end test needs /usr/bin/python3 and the `mcp` package");
+        return;
+    }
+    let (server, _code) = probe_gateway("");
+    let mut client = McpClient::start(&server, "probe", "lingerer");
+    assert_eq!(client.list(), ["probe"]);
+    let answer = probe(&mut client, "linger", "");
+    let home = answer
+        .strip_prefix("ALLOWED: lingering in ")
+        .unwrap_or_else(|| panic!("{answer}"));
+    let alive = Path::new(home).join("alive");
+    let size = || std::fs::metadata(&alive).map(|m| m.len()).unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while size() < 3 {
+        assert!(Instant::now() < deadline, "the lingering child never wrote");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    server.signal("KILL");
+    // Parent-death signals travel gateway → keeper → init, and init's end
+    // kills the namespace: well within a second.
+    std::thread::sleep(Duration::from_millis(1_500));
+    let after_kill = size();
+    std::thread::sleep(Duration::from_millis(1_000));
+    assert_eq!(
+        size(),
+        after_kill,
+        "a child of the sandboxed server still runs after the gateway was killed"
+    );
+    drop(client);
+    let _ = std::fs::remove_dir_all(home);
+}
+
 #[test]
 fn a_sandboxed_server_is_killed_at_its_wall_clock_limit_and_that_is_audited() {
     if !python_mcp() || !Path::new("/usr/bin/python3").exists() {

@@ -18,6 +18,19 @@
 //! 7. seccomp last, since it must allow only what the server needs, then
 //!    `execve`.
 //!
+//! Step 4 also makes a PID namespace. The process that made it is not in it:
+//! its first child is. So `sandbox-exec` (the *keeper*) starts itself again
+//! as that child (`sandbox-exec --init`, the namespace's *init*), which sets
+//! its parent-death signal, takes steps 6–7 and starts the server as its own
+//! child. The chain dies with the gateway, even by `kill -9`: the gateway's
+//! end kills the keeper (parent-death signal), the keeper's end kills init
+//! (the same), and init's end makes the kernel kill every process left in
+//! the namespace: the server and whatever it forked, including children that
+//! ignore their parent's end. Init reaps orphans and ends with the server;
+//! the keeper relays the server's exit (code, or signal) to the gateway.
+//! Without the PID namespace (a kernel without user namespaces, allowed by
+//! the profile) the keeper takes steps 6–7 itself and executes the server.
+//!
 //! Where the kernel lacks a mechanism, the step fails unless the profile
 //! lists it in `allow_missing`.
 
@@ -60,8 +73,10 @@ fn step(what: &'static str) -> impl Fn(String) -> ConfineError {
 }
 
 /// Confines this process as `profile` says, then executes `program` with
-/// `args` in `work_dir` with this process's environment. Returns only on
-/// failure. Must run single-threaded (user namespaces require it).
+/// `args` in `work_dir` with this process's environment (through an init
+/// process in a PID namespace where the kernel has one, see the module
+/// header). Returns only on failure. Must run single-threaded (user
+/// namespaces require it).
 pub fn exec_confined(
     profile: &Profile,
     work_dir: &Path,
@@ -69,34 +84,159 @@ pub fn exec_confined(
     program: &OsString,
     args: &[OsString],
 ) -> ConfineError {
-    match confine(profile, work_dir, cgroup) {
-        Ok(egress_port) => {
-            let mut command = std::process::Command::new(program);
-            command.args(args).current_dir(work_dir);
-            if let Some(port) = egress_port {
-                // Both spellings: libraries differ in which they read.
-                let proxy = format!("http://127.0.0.1:{port}");
-                for key in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-                    command.env(key, &proxy);
-                }
-                for key in ["NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"] {
-                    command.env_remove(key);
-                }
+    let prepared = match prepare(profile, work_dir, cgroup) {
+        Ok(p) => p,
+        Err(e) => return e,
+    };
+    if prepared.pid_namespace {
+        return keep(profile, work_dir, prepared.egress_port, program, args);
+    }
+    if let Err(e) = restrict(profile, work_dir, prepared.egress_port) {
+        return e;
+    }
+    let e = server_command(work_dir, prepared.egress_port, program, args).exec();
+    ConfineError::Exec(program.to_string_lossy().into_owned(), e)
+}
+
+/// The init of the server's PID namespace (`sandbox-exec --init`): dies with
+/// its keeper, takes the last confinement steps, runs the server, reaps
+/// orphans, and exits as the server did (a signal as `128 + signal`, which the
+/// keeper turns back into the signal). Returns only on failure.
+pub fn init_confined(
+    profile: &Profile,
+    work_dir: &Path,
+    egress_port: Option<u16>,
+    program: &OsString,
+    args: &[OsString],
+) -> ConfineError {
+    // The keeper is outside this namespace (`getppid` says 0), so whether it
+    // already went cannot be read from the parent pid: the gateway's end of
+    // standard input closing says the session is over.
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
+        return ConfineError::Step("parent death signal", e.to_string());
+    }
+    if gateway_gone() {
+        return ConfineError::Step("parent death signal", "the gateway exited".into());
+    }
+    if let Err(e) = restrict(profile, work_dir, egress_port) {
+        return e;
+    }
+    let server = match server_command(work_dir, egress_port, program, args).spawn() {
+        Ok(child) => child,
+        Err(e) => return ConfineError::Exec(program.to_string_lossy().into_owned(), e),
+    };
+    let Ok(server) = i32::try_from(server.id()).map(nix::unistd::Pid::from_raw) else {
+        return ConfineError::Step("wait for the server", "pid out of range".into());
+    };
+    loop {
+        use nix::sys::wait::{WaitStatus, waitpid};
+        match waitpid(None, None) {
+            Ok(WaitStatus::Exited(pid, code)) if pid == server => std::process::exit(code),
+            Ok(WaitStatus::Signaled(pid, signal, _)) if pid == server => {
+                std::process::exit(128 + signal as i32)
             }
-            let e = command.exec();
-            ConfineError::Exec(program.to_string_lossy().into_owned(), e)
+            // An orphan reaped, or a stop/continue report.
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(e) => return ConfineError::Step("wait for the server", e.to_string()),
         }
-        Err(e) => e,
     }
 }
 
-/// Returns the port of the egress proxy inside the sandbox, with
-/// `network = "egress"`.
-fn confine(
+/// Whether the gateway has closed its end of standard input (the session's
+/// pipe). Looks without reading.
+fn gateway_gone() -> bool {
+    use rustix::event::{PollFd, PollFlags, poll};
+    let stdin = std::io::stdin();
+    let mut fds = [PollFd::new(&stdin, PollFlags::IN)];
+    match poll(&mut fds, Some(&rustix::event::Timespec::default())) {
+        Ok(_) => fds[0].revents().contains(PollFlags::HUP),
+        Err(_) => false,
+    }
+}
+
+/// The keeper: starts this executable again as the PID namespace's init
+/// (its first child), waits for it and ends as it did. Returns only on
+/// failure.
+fn keep(
+    profile: &Profile,
+    work_dir: &Path,
+    egress_port: Option<u16>,
+    program: &OsString,
+    args: &[OsString],
+) -> ConfineError {
+    let mut init = std::process::Command::new("/proc/self/exe");
+    init.arg("sandbox-exec")
+        .arg("--init")
+        .arg("--profile")
+        .arg(profile.to_json())
+        .arg("--work-dir")
+        .arg(work_dir);
+    if let Some(port) = egress_port {
+        init.arg("--egress-port").arg(port.to_string());
+    }
+    init.arg("--").arg(program).args(args);
+    let status = match init.status() {
+        Ok(status) => status,
+        Err(e) => return ConfineError::Exec("the sandbox's init".into(), e),
+    };
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        // Init ends by a signal only when killed from outside (SIGKILL).
+        (_, Some(signal)) => relay_signal(signal),
+        (Some(code), _) if (129..=192).contains(&code) => relay_signal(code - 128),
+        (Some(code), _) => std::process::exit(code),
+        (None, None) => std::process::exit(crate::SETUP_FAILED_EXIT),
+    }
+}
+
+/// Ends this process by `signal` (so the gateway reads the server's cause:
+/// seccomp, CPU limit, ...), or with `128 + signal` for one whose default
+/// action does not end a process.
+fn relay_signal(signal: i32) -> ! {
+    if let Ok(s) = nix::sys::signal::Signal::try_from(signal) {
+        let _ = nix::sys::signal::raise(s);
+    }
+    std::process::exit(128 + signal)
+}
+
+/// The server's command: in its work directory, with the proxy variables
+/// when it reaches the network through the egress proxy.
+fn server_command(
+    work_dir: &Path,
+    egress_port: Option<u16>,
+    program: &OsString,
+    args: &[OsString],
+) -> std::process::Command {
+    let mut command = std::process::Command::new(program);
+    command.args(args).current_dir(work_dir);
+    if let Some(port) = egress_port {
+        // Both spellings: libraries differ in which they read.
+        let proxy = format!("http://127.0.0.1:{port}");
+        for key in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+            command.env(key, &proxy);
+        }
+        for key in ["NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy"] {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+/// What [`prepare`] set up.
+struct Prepared {
+    /// The port of the egress proxy inside the sandbox, with `network =
+    /// "egress"`.
+    egress_port: Option<u16>,
+    /// Whether this process's children start in a new PID namespace.
+    pid_namespace: bool,
+}
+
+/// Steps 1–5 of the module header.
+fn prepare(
     profile: &Profile,
     work_dir: &Path,
     cgroup: Option<&Path>,
-) -> Result<Option<u16>, ConfineError> {
+) -> Result<Prepared, ConfineError> {
     let root = geteuid().is_root();
     let parent = nix::unistd::getppid();
     // First, while this process still has the gateway's uid: its children
@@ -109,7 +249,10 @@ fn confine(
         .create(work_dir)
         .map_err(|e| ConfineError::WorkDir(work_dir.display().to_string(), e))?;
     if !profile.enabled {
-        return Ok(None);
+        return Ok(Prepared {
+            egress_port: None,
+            pid_namespace: false,
+        });
     }
     if root {
         std::os::unix::fs::chown(work_dir, Some(profile.user), Some(profile.user))
@@ -146,11 +289,15 @@ fn confine(
         ));
     }
 
-    let mut flags = CloneFlags::CLONE_NEWUSER | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS;
+    let mut flags = CloneFlags::CLONE_NEWUSER
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWPID;
     if profile.network != Network::Host {
         flags |= CloneFlags::CLONE_NEWNET;
     }
-    if let Err(e) = unshare(flags) {
+    let unshared = unshare(flags);
+    if let Err(e) = unshared {
         // Egress without its own network namespace would be the host's
         // network: never, whatever `allow_missing` says.
         if profile.network == Network::Egress
@@ -164,6 +311,21 @@ fn confine(
         Network::None | Network::Host => None,
     };
     limit(Resource::RLIMIT_NPROC, l.processes, l.processes)?;
+    Ok(Prepared {
+        egress_port,
+        pid_namespace: unshared.is_ok(),
+    })
+}
+
+/// Steps 6–7 of the module header: `no_new_privs`, Landlock, seccomp.
+fn restrict(
+    profile: &Profile,
+    work_dir: &Path,
+    egress_port: Option<u16>,
+) -> Result<(), ConfineError> {
+    if !profile.enabled {
+        return Ok(());
+    }
     nix::sys::prctl::set_no_new_privs()
         .map_err(|e| ConfineError::Step("no_new_privs", e.to_string()))?;
 
@@ -186,7 +348,7 @@ fn confine(
     {
         return Err(ConfineError::Step("seccomp", e));
     }
-    Ok(egress_port)
+    Ok(())
 }
 
 /// Applies the filesystem view and, without the host's network, the TCP

@@ -37,7 +37,7 @@ mod seccomp;
 pub mod sweep;
 
 #[cfg(target_os = "linux")]
-pub use confine::{exec_confined, probe};
+pub use confine::{exec_confined, init_confined, probe};
 #[cfg(target_os = "linux")]
 pub use egress::receive_listener;
 

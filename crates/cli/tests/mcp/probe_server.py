@@ -15,6 +15,9 @@ under any python3 the sandbox can read.
   tunnel    GET / from `target` (host:port) through a CONNECT tunnel of
             the proxy in $HTTP_PROXY
   hog       fork children that each fill `target` MiB of memory and hold it
+  linger    fork a child that ignores hang-ups and terminations, leaves the
+            session's pipes and appends a byte to $HOME/alive every 100 ms
+            for a minute: it must not outlive the gateway
 It answers `ALLOWED: ...` or `DENIED: <error>`.
 """
 import http.client
@@ -85,6 +88,21 @@ def probe(what, target):
                     os._exit(len(held) & 1)
             time.sleep(10)
             return "ALLOWED: held %d MiB three times" % int(target)
+        if what == "linger":
+            if os.fork() == 0:
+                import signal
+                for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGPIPE, signal.SIGINT):
+                    signal.signal(sig, signal.SIG_IGN)
+                devnull = os.open(os.devnull, os.O_RDWR)
+                for fd in (0, 1, 2):
+                    os.dup2(devnull, fd)
+                path = os.path.join(os.environ["HOME"], "alive")
+                for _ in range(600):
+                    with open(path, "a") as f:
+                        f.write("x")
+                    time.sleep(0.1)
+                os._exit(0)
+            return "ALLOWED: lingering in " + os.environ["HOME"]
         if what == "burn":
             end = time.time() + float(target)
             while time.time() < end:
