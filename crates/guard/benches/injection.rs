@@ -30,7 +30,8 @@
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use portcullis_guard::injection::{Channel, Detector};
+use portcullis_guard::injection::semantic::Head;
+use portcullis_guard::injection::{Channel, Detector, Model};
 
 const PROSE: &str = "The gateway forwards each request to its upstream after the policy allows it. \
 Agents authenticate with client certificates, and every decision is recorded in the audit log. \
@@ -91,6 +92,11 @@ fn run(det: &Detector, name: &str, text: &str, channel: Channel) {
 
 fn main() {
     let det = Detector::new().expect("detector builds");
+    let semantic = Detector::with_semantic(
+        Model::shipped().expect("model"),
+        Some(Head::shipped().expect("semantic head")),
+    )
+    .expect("detector builds");
     let prose = fill(PROSE, 4096);
     let mut email = fill(PROSE, 2048);
     email.push_str(
@@ -117,4 +123,9 @@ fn main() {
     run(&det, "email with attack", &email, Channel::ToolOutput);
     run(&det, "code", &code, Channel::ToolOutput);
     run(&det, "non-ASCII and encodings", &unicode, Channel::Input);
+    // The same texts with the semantic stage in the decision.
+    run(&semantic, "prose +semantic", &prose, Channel::Input);
+    run(&semantic, "email +semantic", &email, Channel::ToolOutput);
+    run(&semantic, "code +semantic", &code, Channel::ToolOutput);
+    run(&semantic, "non-ASCII +semantic", &unicode, Channel::Input);
 }
