@@ -50,6 +50,11 @@
 //! 75 % of the text ones): the trainer now also learns BIPIA train attacks
 //! as direct injections.
 //!
+//! With `--semantic` (blend 0.20, thresholds 0.660 / 0.810 / 0.740):
+//! deepset 83.0 % (recall 76.7 %, FPR 10.7 %), NotInject 4.4 %, valid.json
+//! 92.2 %, BIPIA indirect 81.6 % recall at 2.0 %, all 88.9 % (recall
+//! 81.6 %, FPR 3.9 %): no better, which is why the stage is off.
+//!
 //! Most malicious MCP tools in that set are malicious in their code, not
 //! their description, which no description scan can see.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]

@@ -51,6 +51,24 @@
 //! raised tool-output recall from 0.793 to 0.809 and halved the
 //! cross-validated false positives on clean code at 0.7; the multilingual
 //! sentence shapes left both figures within 0.002.
+//!
+//! The same run trains the semantic stage's head (logistic regression over
+//! each window's pooled token embedding plus a channel bias, the same
+//! windows, labels and weights; see `injection::semantic`) in every fold,
+//! tries the blends of its log-odds with the n-gram model's listed in
+//! `blend_candidates`, and writes `semantic_head.bin` beside the model with
+//! the blend of the best cross-validated input balanced accuracy plus
+//! tool-output recall, and that blend's thresholds. On the shipped data
+//! that is 0.20 (input balanced accuracy 0.922, tool-output recall 0.801,
+//! against 0.923 and 0.809 for the n-grams alone); the n-gram model file
+//! is unchanged byte for byte.
+//!
+//! `--loso` (after the two paths) runs leave-one-source-out instead of
+//! writing anything: for each of deepset, NotInject, WildGuard, BIPIA text
+//! and BIPIA code, both stages are trained on the other four, thresholds
+//! chosen by 5-fold cross-validation on them, and the left-out source
+//! scored; it prints per source and channel and pooled, for every blend
+//! (19 minutes on the loaded VM; figures in docs/guard.md).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/guard_data.rs"]

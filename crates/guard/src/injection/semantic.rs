@@ -90,6 +90,9 @@ pub struct Token {
 pub struct Tokenizer {
     vocab: HashMap<&'static str, u32, BuildHasherDefault<Fnv>>,
     unk: u32,
+    /// Bytes of the longest piece (without `##`): no longer candidate can
+    /// match, so WordPiece need not try one.
+    longest: usize,
 }
 
 impl std::fmt::Debug for Fnv {
@@ -119,7 +122,16 @@ impl Tokenizer {
         let unk = *map
             .get("[UNK]")
             .ok_or(SemanticError::Malformed("vocabulary has no [UNK]"))?;
-        Ok(Self { vocab: map, unk })
+        let longest = vocab
+            .lines()
+            .map(|t| t.strip_prefix("##").unwrap_or(t).len())
+            .max()
+            .unwrap_or(0);
+        Ok(Self {
+            vocab: map,
+            unk,
+            longest,
+        })
     }
 
     /// The ids of `text`, without special tokens.
@@ -136,6 +148,8 @@ impl Tokenizer {
         let mut word = String::new();
         let mut word_start = 0;
         let mut word_end = 0;
+        // One non-ASCII character's decomposition, reused across characters.
+        let mut parts: Vec<char> = Vec::with_capacity(8);
         let flush = |word: &mut String, s: usize, e: usize, out: &mut Vec<Token>| {
             if !word.is_empty() {
                 self.wordpiece(word, s, e, out);
@@ -180,13 +194,13 @@ impl Tokenizer {
             }
             // Accents stripped (NFD, non-spacing marks dropped), then lower
             // case; a punctuation character is a word of its own.
-            let mut parts = String::new();
+            parts.clear();
             decompose_canonical(c, |d| {
                 if d.general_category() != GeneralCategory::NonspacingMark {
                     parts.extend(d.to_lowercase());
                 }
             });
-            for d in parts.chars() {
+            for &d in &parts {
                 if is_punct(d) {
                     flush(&mut word, word_start, word_end, out);
                     self.wordpiece(d.encode_utf8(&mut [0; 4]), i, end, out);
@@ -219,7 +233,10 @@ impl Tokenizer {
         let mut s = 0;
         let mut key = String::with_capacity(word.len() + 2);
         while s < word.len() {
-            let mut e = word.len();
+            let mut e = word.len().min(s + self.longest);
+            while !word.is_char_boundary(e) {
+                e -= 1;
+            }
             let mut found = None;
             while e > s {
                 key.clear();
