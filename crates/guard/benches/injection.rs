@@ -25,12 +25,20 @@
 //! 388, 432 µs). Under heavier load the wall-time p99 is the scheduler: with
 //! more runnable threads than cores, about 1 call in 50 waits out another
 //! process's time slice (4–5 ms).
+//!
+//! The same texts with the semantic stage in the decision (off by default;
+//! docs/guard.md), measured in one run on the loaded VM (load average
+//! about 20), off then on, CPU p50 / p99: prose 343 / 521 → 444 / 686 µs,
+//! email 356 / 592 → 464 / 770 µs, code 487 / 644 → 679 / 849 µs,
+//! non-ASCII 646 / 909 → 1426 / 1611 µs (over the 1 ms target: WordPiece
+//! over long unknown words and Unicode category look-ups).
 #![allow(missing_docs, clippy::expect_used)]
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
-use portcullis_guard::injection::{Channel, Detector};
+use portcullis_guard::injection::semantic::Head;
+use portcullis_guard::injection::{Channel, Detector, Model};
 
 const PROSE: &str = "The gateway forwards each request to its upstream after the policy allows it. \
 Agents authenticate with client certificates, and every decision is recorded in the audit log. \
@@ -91,6 +99,11 @@ fn run(det: &Detector, name: &str, text: &str, channel: Channel) {
 
 fn main() {
     let det = Detector::new().expect("detector builds");
+    let semantic = Detector::with_semantic(
+        Model::shipped().expect("model"),
+        Some(Head::shipped().expect("semantic head")),
+    )
+    .expect("detector builds");
     let prose = fill(PROSE, 4096);
     let mut email = fill(PROSE, 2048);
     email.push_str(
@@ -117,4 +130,9 @@ fn main() {
     run(&det, "email with attack", &email, Channel::ToolOutput);
     run(&det, "code", &code, Channel::ToolOutput);
     run(&det, "non-ASCII and encodings", &unicode, Channel::Input);
+    // The same texts with the semantic stage in the decision.
+    run(&semantic, "prose +semantic", &prose, Channel::Input);
+    run(&semantic, "email +semantic", &email, Channel::ToolOutput);
+    run(&semantic, "code +semantic", &code, Channel::ToolOutput);
+    run(&semantic, "non-ASCII +semantic", &unicode, Channel::Input);
 }

@@ -2,8 +2,12 @@
 //! tool-poisoning scan's on the held-out MCP split.
 //!
 //! ```text
-//! cargo run --release -p portcullis-guard --example injection_eval -- [/work/shared/data/guard]
+//! cargo run --release -p portcullis-guard --example injection_eval -- [/work/shared/data/guard] [--semantic]
 //! ```
+//!
+//! `--semantic` evaluates the detector with the semantic stage in the
+//! decision (its blend and thresholds from `semantic_head.bin`), whatever
+//! the default.
 //!
 //! Nothing here is tuned on: the model and thresholds come from
 //! `train_injection`, which reads only `train/`. For each set it prints the
@@ -46,6 +50,11 @@
 //! 75 % of the text ones): the trainer now also learns BIPIA train attacks
 //! as direct injections.
 //!
+//! With `--semantic` (blend 0.20, thresholds 0.660 / 0.810 / 0.740):
+//! deepset 83.0 % (recall 76.7 %, FPR 10.7 %), NotInject 4.4 %, valid.json
+//! 92.2 %, BIPIA indirect 81.6 % recall at 2.0 %, all 88.9 % (recall
+//! 81.6 %, FPR 3.9 %): no better, which is why the stage is off.
+//!
 //! Most malicious MCP tools in that set are malicious in their code, not
 //! their description, which no description scan can see.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -56,7 +65,7 @@ mod guard_data;
 use std::path::PathBuf;
 
 use guard_data::{Rng, Sample};
-use portcullis_guard::injection::{Channel, Detector};
+use portcullis_guard::injection::{Channel, Detector, Model, semantic};
 use portcullis_guard::poisoning::{self, ToolDefinition};
 
 #[derive(Default, Clone, Copy)]
@@ -116,14 +125,24 @@ fn tally(det: &Detector, samples: &[Sample], channel: Channel) -> Tally {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
     let root = PathBuf::from(
-        std::env::args()
-            .nth(1)
-            .unwrap_or_else(|| "/work/shared/data/guard".into()),
+        args.iter()
+            .find(|a| !a.starts_with("--"))
+            .map_or("/work/shared/data/guard", String::as_str),
     );
     let test = root.join("test");
-    let det = Detector::new().expect("detector builds");
-    let th = det.model().thresholds;
+    let det = if args.iter().any(|a| a == "--semantic") {
+        let head = semantic::Head::shipped().expect("semantic head");
+        println!("semantic stage on: blend {:.2}", head.blend);
+        Detector::with_semantic(Model::shipped().expect("model"), Some(head))
+            .expect("detector builds")
+    } else {
+        Detector::new().expect("detector builds")
+    };
+    let th = det
+        .semantic()
+        .map_or(det.model().thresholds, |h| h.thresholds);
     println!(
         "thresholds (chosen on train/): input {:.3}, tool_output {:.3}, description {:.3}\n",
         th.input, th.tool_output, th.description

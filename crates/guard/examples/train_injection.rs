@@ -51,6 +51,24 @@
 //! raised tool-output recall from 0.793 to 0.809 and halved the
 //! cross-validated false positives on clean code at 0.7; the multilingual
 //! sentence shapes left both figures within 0.002.
+//!
+//! The same run trains the semantic stage's head (logistic regression over
+//! each window's pooled token embedding plus a channel bias, the same
+//! windows, labels and weights; see `injection::semantic`) in every fold,
+//! tries the blends of its log-odds with the n-gram model's listed in
+//! `blend_candidates`, and writes `semantic_head.bin` beside the model with
+//! the blend of the best cross-validated input balanced accuracy plus
+//! tool-output recall, and that blend's thresholds. On the shipped data
+//! that is 0.20 (input balanced accuracy 0.922, tool-output recall 0.801,
+//! against 0.923 and 0.809 for the n-grams alone); the n-gram model file
+//! is unchanged byte for byte.
+//!
+//! `--loso` (after the two paths) runs leave-one-source-out instead of
+//! writing anything: for each of deepset, NotInject, WildGuard, BIPIA text
+//! and BIPIA code, both stages are trained on the other four, thresholds
+//! chosen by 5-fold cross-validation on them, and the left-out source
+//! scored; it prints per source and channel and pooled, for every blend
+//! (19 minutes on the loaded VM; figures in docs/guard.md).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/guard_data.rs"]
@@ -60,6 +78,7 @@ use std::path::{Path, PathBuf};
 
 use guard_data::{Rng, Sample};
 use portcullis_guard::injection::model::{DIMS, Features, Model, Thresholds, sigmoid};
+use portcullis_guard::injection::semantic::{self, Head};
 use portcullis_guard::injection::{Channel, Detector, ScoredWindow};
 use portcullis_guard::poisoning::{self, ToolDefinition};
 
@@ -122,6 +141,38 @@ struct Doc {
     fold: usize,
     group: Group,
     kind: &'static str,
+    /// The data set it comes from, for leave-one-source-out: `deepset`,
+    /// `notinject`, `wildguard`, `bipia_text` or `bipia_code`.
+    source: &'static str,
+    /// For an attack put into a benign prompt, the prompt's data set.
+    host: Option<&'static str>,
+}
+
+impl Doc {
+    fn channel(&self) -> Channel {
+        if self.group == Group::Tool {
+            Channel::ToolOutput
+        } else {
+            Channel::Input
+        }
+    }
+}
+
+/// The sources of the leave-one-source-out experiment.
+const SOURCES: [&str; 5] = [
+    "deepset",
+    "notinject",
+    "wildguard",
+    "bipia_text",
+    "bipia_code",
+];
+
+fn source_name(s: &str) -> &'static str {
+    SOURCES
+        .iter()
+        .find(|n| **n == s)
+        .copied()
+        .unwrap_or_else(|| panic!("unknown source {s}"))
 }
 
 fn fold_of(key: &str) -> usize {
@@ -167,24 +218,34 @@ fn main() {
         count(Group::Tool, 0),
     );
 
-    // Cross-validated document scores, for the thresholds.
-    let mut oof = vec![0f32; docs.len()];
-    for fold in 0..FOLDS {
-        let m = train(&docs, |d| d.fold != fold);
-        for (i, d) in docs.iter().enumerate() {
-            if d.fold == fold {
-                oof[i] = doc_score(&m, &d.windows);
-            }
-        }
-        println!("fold {fold} trained");
+    if std::env::args().any(|a| a == "--loso") {
+        loso(&docs);
+        return;
     }
-    let input_t = choose_input(&docs, &oof);
-    let tool_t = choose_tool(&docs, &oof);
 
-    let mut model = train(&docs, |_| true);
+    // Cross-validated window log-odds of both stages, for the thresholds
+    // and the blend.
+    let all = |_: &Doc| true;
+    let oof = cross_validate(&docs, &all);
+    let blends = blend_candidates();
+    let mut best: Option<(f32, f32, f32, f32)> = None; // objective, blend, input, tool
+    let mut ngram = (0.5, 0.5);
+    for &b in &blends {
+        let scores: Vec<f32> = oof.iter().map(|l| blended(l, b)).collect();
+        println!("-- blend {b:.2} (semantic share of the log-odds)");
+        let (input_t, input_ba) = choose_input(&docs, &scores, &all, true);
+        let (tool_t, tool_recall) = choose_tool(&docs, &scores, &all, true);
+        if b == 0.0 {
+            ngram = (input_t, tool_t);
+        } else if best.is_none_or(|x| input_ba + tool_recall > x.0) {
+            best = Some((input_ba + tool_recall, b, input_t, tool_t));
+        }
+    }
+
+    let mut model = train(&docs, all);
     model.thresholds = Thresholds {
-        input: input_t,
-        tool_output: tool_t,
+        input: ngram.0,
+        tool_output: ngram.1,
         description: 0.5,
     };
     // The description threshold is chosen with the final model on the MCP
@@ -195,6 +256,23 @@ fn main() {
         "thresholds: input {:.3}, tool_output {:.3}, description {:.3}",
         model.thresholds.input, model.thresholds.tool_output, model.thresholds.description
     );
+    let mut head = train_head(&docs, all);
+    let (_, blend, input_t, tool_t) = best.unwrap_or((0.0, 0.0, ngram.0, ngram.1));
+    head.blend = blend;
+    head.thresholds = Thresholds {
+        input: input_t,
+        tool_output: tool_t,
+        description: 0.5,
+    };
+    let det = Detector::with_semantic(model.clone(), Some(head.clone())).expect("detector builds");
+    head.thresholds.description = choose_description(&dir, &det);
+    println!(
+        "semantic blend {blend:.2}: thresholds input {:.3}, tool_output {:.3}, description {:.3}",
+        head.thresholds.input, head.thresholds.tool_output, head.thresholds.description
+    );
+    let head_out = out.with_file_name("semantic_head.bin");
+    std::fs::write(&head_out, head.to_bytes()).expect("write head");
+    println!("wrote {}", head_out.display());
     std::fs::write(&out, model.to_bytes()).expect("write model");
     println!("wrote {}", out.display());
 }
@@ -222,6 +300,8 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
             fold: fold_of(&s.text),
             group,
             kind: "input",
+            source: source_name(&s.source),
+            host: None,
         }
     };
     for s in &input {
@@ -244,17 +324,28 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
     // Tables are 18× as many as emails; sample as many as emails so both
     // kinds of document carry attacks.
     text_ctx.extend(table.iter().take(email.len()).cloned());
-    let mut positives = guard_data::bipia_positives(
-        &text_ctx,
-        &text_attacks,
-        param("PER_ATTACK", PER_ATTACK),
-        &mut rng,
+    let tag = |v: Vec<(String, (usize, usize), String)>, source: &'static str| {
+        v.into_iter()
+            .map(move |(d, r, c)| (d, r, c, source))
+            .collect::<Vec<_>>()
+    };
+    let mut positives = tag(
+        guard_data::bipia_positives(
+            &text_ctx,
+            &text_attacks,
+            param("PER_ATTACK", PER_ATTACK),
+            &mut rng,
+        ),
+        "bipia_text",
     );
-    positives.extend(guard_data::bipia_positives(
-        &code,
-        &code_attacks,
-        param("PER_ATTACK", PER_ATTACK),
-        &mut rng,
+    positives.extend(tag(
+        guard_data::bipia_positives(
+            &code,
+            &code_attacks,
+            param("PER_ATTACK", PER_ATTACK),
+            &mut rng,
+        ),
+        "bipia_code",
     ));
     // The same attacks as direct injections on the input channel: a user
     // prompt that carries an instruction unrelated to the request
@@ -262,23 +353,36 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
     // categories that manipulate or harm: "answer a trivia question" or
     // "write a poem" is an ordinary request when a user types it.
     let hosts: Vec<&Sample> = input.iter().filter(|s| s.label == 0).collect();
+    let code_set: std::collections::HashSet<&str> =
+        code_attacks.iter().map(|(_, a)| a.as_str()).collect();
+    let attack_source = |a: &str| {
+        if code_set.contains(a) {
+            "bipia_code"
+        } else {
+            "bipia_text"
+        }
+    };
     let per_input = param("PER_INPUT", PER_INPUT);
     for (cat, a) in text_attacks
         .iter()
         .chain(&code_attacks)
         .filter(|(cat, _)| !USER_TASKS.contains(&cat.as_str()))
     {
-        let mut texts = vec![a.clone()];
+        let mut texts = vec![(a.clone(), None)];
         for k in 0..per_input {
-            let host = &hosts[rng.below(hosts.len())].text;
+            let host = hosts[rng.below(hosts.len())];
             let glue = [" ", "\n", " Also, ", " But first, "][rng.below(4)];
-            texts.push(if k % 2 == 0 {
-                format!("{host}{glue}{a}")
-            } else {
-                format!("{a}\n{host}")
-            });
+            let h = &host.text;
+            texts.push((
+                if k % 2 == 0 {
+                    format!("{h}{glue}{a}")
+                } else {
+                    format!("{a}\n{h}")
+                },
+                Some(source_name(&host.source)),
+            ));
         }
-        for t in texts {
+        for (t, host) in texts {
             let (windows, _, _) = det.windows(&t, Channel::Input);
             let labels = vec![None; windows.len()];
             let mut d = Doc {
@@ -289,6 +393,8 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
                 fold: fold_of(cat),
                 group: Group::InputAug,
                 kind: "input_aug",
+                source: attack_source(a),
+                host,
             };
             // Train on the windows that hold the attack: the highest-overlap
             // ones, i.e. all of a short text, and the segments of the attack.
@@ -308,9 +414,11 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
             fold: fold_of(cat),
             group: Group::Tool,
             kind: "bare",
+            source: attack_source(a),
+            host: None,
         });
     }
-    for (doc, (a0, a1), cat) in &positives {
+    for (doc, (a0, a1), cat, source) in &positives {
         let (windows, _, _) = det.windows(doc, Channel::ToolOutput);
         let labels = windows
             .iter()
@@ -335,6 +443,8 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
             fold: fold_of(cat),
             group: Group::Tool,
             kind: "attack",
+            source,
+            host: None,
         });
     }
     for (kind, set) in [("email", &email), ("table", &table), ("code", &code)] {
@@ -349,6 +459,12 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
                 fold: fold_of(c),
                 group: Group::Tool,
                 kind,
+                source: if kind == "code" {
+                    "bipia_code"
+                } else {
+                    "bipia_text"
+                },
+                host: None,
             });
         }
     }
@@ -486,116 +602,304 @@ fn sgd(
     (w, bias)
 }
 
-/// A document's score: its highest window, as `Detector::assess` computes it.
-fn doc_score(m: &Model, windows: &[ScoredWindow]) -> f32 {
-    windows
+/// Per window of a document: the n-gram log-odds, the semantic head's
+/// log-odds and the signature floor.
+type WindowLogits = Vec<(f32, f32, f32)>;
+
+fn logits(m: &Model, h: &Head, d: &Doc) -> WindowLogits {
+    let c = d.channel();
+    d.windows
         .iter()
-        .map(|w| m.probability(&w.features).max(w.floor))
+        .map(|w| (m.logit(&w.features), h.logit(&w.semantic, c), w.floor))
+        .collect()
+}
+
+/// A document's score: its highest window, as `Detector::assess` computes
+/// it with the semantic share `blend` (0: the n-gram model alone).
+fn blended(l: &WindowLogits, blend: f32) -> f32 {
+    l.iter()
+        .map(|&(z, s, floor)| sigmoid((1.0 - blend) * z + blend * s).max(floor))
         .fold(0.0, f32::max)
+}
+
+/// The semantic shares tried (`GUARD_TRAIN_BLENDS=0,0.3` overrides).
+fn blend_candidates() -> Vec<f32> {
+    std::env::var("GUARD_TRAIN_BLENDS")
+        .ok()
+        .map(|v| v.split(',').filter_map(|x| x.parse().ok()).collect())
+        .unwrap_or_else(|| vec![0.0, 0.2, 0.35, 0.5, 0.65, 0.8])
+}
+
+/// 5-fold cross-validated window log-odds of the documents `keep` selects
+/// (empty for the others): both stages trained on the other folds.
+fn cross_validate(docs: &[Doc], keep: &dyn Fn(&Doc) -> bool) -> Vec<WindowLogits> {
+    let mut oof = vec![Vec::new(); docs.len()];
+    for fold in 0..FOLDS {
+        let sel = |d: &Doc| keep(d) && d.fold != fold;
+        let m = train(docs, sel);
+        let h = train_head(docs, sel);
+        for (i, d) in docs.iter().enumerate() {
+            if keep(d) && d.fold == fold {
+                oof[i] = logits(&m, &h, d);
+            }
+        }
+        eprintln!("fold {fold} trained");
+    }
+    oof
+}
+
+/// The semantic head: logistic regression with AdaGrad and L2 over the
+/// pooled window vectors and a one-hot channel, on the same labelled windows
+/// and weights as the n-gram model; deterministic (fixed shuffle seed).
+fn train_head(docs: &[Doc], keep: impl Fn(&Doc) -> bool) -> Head {
+    const D: usize = semantic::DIMS;
+    let samples: Vec<(&[f32; D], usize, f32, f32)> = docs
+        .iter()
+        .filter(|d| keep(d))
+        .flat_map(|d| {
+            let c = usize::from(d.group == Group::Tool);
+            d.windows
+                .iter()
+                .zip(&d.labels)
+                .filter_map(move |(w, l)| l.map(|l| (&w.semantic, c, f32::from(l), d.weight)))
+                .filter(|s| s.3 > 0.0)
+        })
+        .collect();
+    let (epochs, lr, l2) = (
+        param("HEAD_EPOCHS", 10usize),
+        param("HEAD_LR", 0.5f32),
+        param("HEAD_L2", 1e-4f32),
+    );
+    let mut w = [0f32; D];
+    let mut g2 = [1e-6f32; D];
+    let mut cb = [0f32; 3];
+    let mut c2 = [1e-6f32; 3];
+    let (mut bias, mut b2) = (0f32, 1e-6f32);
+    let mut order: Vec<usize> = (0..samples.len()).collect();
+    let mut rng = Rng(0x5e3a_7100_0000_0001);
+    for _ in 0..epochs {
+        for i in (1..order.len()).rev() {
+            order.swap(i, rng.below(i + 1));
+        }
+        for &i in &order {
+            let (x, c, y, weight) = samples[i];
+            let z = bias + cb[c] + w.iter().zip(x.iter()).map(|(a, b)| a * b).sum::<f32>();
+            let err = (sigmoid(z) - y) * weight;
+            for j in 0..D {
+                let g = err * x[j] + l2 * w[j];
+                g2[j] += g * g;
+                w[j] -= lr * g / g2[j].sqrt();
+            }
+            c2[c] += err * err;
+            cb[c] -= lr * err / c2[c].sqrt();
+            b2 += err * err;
+            bias -= lr * err / b2.sqrt();
+        }
+    }
+    Head {
+        weights: w.to_vec(),
+        bias,
+        channel_bias: cb,
+        blend: 0.0,
+        thresholds: Thresholds {
+            input: 0.5,
+            tool_output: 0.5,
+            description: 0.5,
+        },
+    }
+}
+
+/// Leave one source out: for each of [`SOURCES`], both stages are trained
+/// on the other four (and the thresholds chosen by 5-fold cross-validation
+/// on them), then score the left-out source's documents, each on its
+/// channel. Printed per source and channel, and pooled, for every blend.
+fn loso(docs: &[Doc]) {
+    let blends = blend_candidates();
+    // Per blend, per (source, channel): the tally.
+    let mut tallies: Vec<std::collections::BTreeMap<(&str, &str), [usize; 4]>> =
+        vec![Default::default(); blends.len()];
+    for held in SOURCES {
+        let keep = |d: &Doc| d.source != held && d.host != Some(held);
+        let oof = cross_validate(docs, &keep);
+        let m = train(docs, keep);
+        let h = train_head(docs, keep);
+        for (bi, &b) in blends.iter().enumerate() {
+            let scores: Vec<f32> = oof.iter().map(|l| blended(l, b)).collect();
+            let (ti, _) = choose_input(docs, &scores, &keep, false);
+            let (tt, _) = choose_tool(docs, &scores, &keep, false);
+            for d in docs.iter().filter(|d| d.source == held) {
+                let score = blended(&logits(&m, &h, d), b);
+                let (t, ch) = match d.channel() {
+                    Channel::ToolOutput => (tt, "tool_output"),
+                    _ => (ti, "input"),
+                };
+                let e = tallies[bi].entry((held, ch)).or_default();
+                let flagged = score >= t;
+                // tp, fn, fp, tn
+                e[match (d.label, flagged) {
+                    (1, true) => 0,
+                    (1, false) => 1,
+                    (_, true) => 2,
+                    _ => 3,
+                }] += 1;
+            }
+            println!(
+                "held out {held}, blend {b:.2}: thresholds input {ti:.3}, tool_output {tt:.3}"
+            );
+        }
+    }
+    let rate = |a: usize, b: usize| a as f64 / (a + b).max(1) as f64;
+    for (bi, &b) in blends.iter().enumerate() {
+        println!("\nleave-one-source-out, blend {b:.2}");
+        println!(
+            "{:<12} {:<12} {:>6} {:>6} {:>7} {:>7}",
+            "source", "channel", "att", "ben", "recall", "FPR"
+        );
+        let mut pooled = [0usize; 4];
+        let mut by_channel: std::collections::BTreeMap<&str, [usize; 4]> = Default::default();
+        for ((src, ch), t) in &tallies[bi] {
+            println!(
+                "{src:<12} {ch:<12} {:>6} {:>6} {:>6.1}% {:>6.1}%",
+                t[0] + t[1],
+                t[2] + t[3],
+                100.0 * rate(t[0], t[1]),
+                100.0 * rate(t[2], t[3])
+            );
+            let c = by_channel.entry(ch).or_default();
+            for k in 0..4 {
+                pooled[k] += t[k];
+                c[k] += t[k];
+            }
+        }
+        for (ch, t) in &by_channel {
+            let (r, f) = (rate(t[0], t[1]), rate(t[2], t[3]));
+            println!(
+                "channel {ch:<12}        {:>6} {:>6} {:>6.1}% {:>6.1}%  BA {:.1}%",
+                t[0] + t[1],
+                t[2] + t[3],
+                100.0 * r,
+                100.0 * f,
+                50.0 * (r + 1.0 - f)
+            );
+        }
+        let (r, f) = (rate(pooled[0], pooled[1]), rate(pooled[2], pooled[3]));
+        println!(
+            "LOSO pooled, blend {b:.2}: recall {:.1}%, FPR {:.1}%, balanced accuracy {:.1}%",
+            100.0 * r,
+            100.0 * f,
+            50.0 * (r + 1.0 - f)
+        );
+    }
 }
 
 fn candidates() -> impl Iterator<Item = f32> {
     (1..200).map(|i| i as f32 / 200.0)
 }
 
-/// Input threshold: the best balanced accuracy on the input documents whose
-/// NotInject false-positive rate stays at or below 3 %.
-fn choose_input(docs: &[Doc], oof: &[f32]) -> f32 {
+/// The share of the documents `f` selects whose score is at least `t`
+/// (`scores` is aligned with `docs`).
+fn rate_at(docs: &[Doc], scores: &[f32], t: f32, f: &dyn Fn(&Doc) -> bool) -> f32 {
+    let sel: Vec<f32> = docs
+        .iter()
+        .zip(scores)
+        .filter(|(d, _)| f(d))
+        .map(|(_, &s)| s)
+        .collect();
+    sel.iter().filter(|&&s| s >= t).count() as f32 / sel.len().max(1) as f32
+}
+
+/// Input threshold: the best balanced accuracy on the input documents that
+/// `keep` selects whose NotInject false-positive rate stays at or below
+/// 3 %. The attacks are deepset's; without them (deepset left out), the
+/// BIPIA attacks on the input channel. Returns the threshold and its
+/// balanced accuracy.
+fn choose_input(
+    docs: &[Doc],
+    scores: &[f32],
+    keep: &dyn Fn(&Doc) -> bool,
+    verbose: bool,
+) -> (f32, f32) {
+    let has_deepset = docs
+        .iter()
+        .any(|d| keep(d) && d.group == Group::Input && d.label == 1);
+    let pos = |d: &Doc| {
+        keep(d)
+            && d.label == 1
+            && if has_deepset {
+                d.group == Group::Input
+            } else {
+                d.group == Group::InputAug
+            }
+    };
+    let neg = |d: &Doc| keep(d) && d.group != Group::Tool && d.label == 0;
+    let ni = |d: &Doc| keep(d) && d.group == Group::NotInject;
     let mut best = (f32::MIN, 0.5);
     for t in candidates() {
-        let rate = |f: &dyn Fn(&Doc) -> bool| {
-            let sel: Vec<f32> = docs
-                .iter()
-                .zip(oof)
-                .filter(|(d, _)| f(d))
-                .map(|(_, &s)| s)
-                .collect();
-            sel.iter().filter(|&&s| s >= t).count() as f32 / sel.len().max(1) as f32
-        };
-        let recall = rate(&|d| d.group == Group::Input && d.label == 1);
-        let fpr = rate(&|d| d.group != Group::Tool && d.label == 0);
-        let notinject = rate(&|d| d.group == Group::NotInject);
+        let recall = rate_at(docs, scores, t, &pos);
+        let fpr = rate_at(docs, scores, t, &neg);
         let ba = (recall + 1.0 - fpr) / 2.0;
-        if notinject <= 0.03 && ba > best.0 {
+        if rate_at(docs, scores, t, &ni) <= 0.03 && ba > best.0 {
             best = (ba, t);
         }
     }
     let t = best.1;
-    let at = |f: &dyn Fn(&Doc) -> bool| {
-        let sel: Vec<f32> = docs
-            .iter()
-            .zip(oof)
-            .filter(|(d, _)| f(d))
-            .map(|(_, &s)| s)
-            .collect();
-        sel.iter().filter(|&&s| s >= t).count() as f32 / sel.len().max(1) as f32
-    };
-    println!(
-        "input threshold {t:.3}: cross-validated balanced accuracy {:.3} (deepset recall {:.3}, benign FPR {:.3}, NotInject FPR {:.3}, BIPIA-on-input recall {:.3})",
-        best.0,
-        at(&|d| d.group == Group::Input && d.label == 1),
-        at(&|d| d.group != Group::Tool && d.label == 0),
-        at(&|d| d.group == Group::NotInject),
-        at(&|d| d.group == Group::InputAug),
-    );
-    best.1
+    if verbose {
+        println!(
+            "input threshold {t:.3}: cross-validated balanced accuracy {:.3} (deepset recall {:.3}, benign FPR {:.3}, NotInject FPR {:.3}, BIPIA-on-input recall {:.3})",
+            best.0,
+            rate_at(docs, scores, t, &pos),
+            rate_at(docs, scores, t, &neg),
+            rate_at(docs, scores, t, &ni),
+            rate_at(docs, scores, t, &|d| keep(d) && d.group == Group::InputAug),
+        );
+    }
+    (t, best.0)
 }
 
 /// Tool-output threshold: the lowest at which the kinds of clean context
-/// (email, table, code) average at most 3 % false positives.
-fn choose_tool(docs: &[Doc], oof: &[f32]) -> f32 {
-    if std::env::var_os("GUARD_TRAIN_VERBOSE").is_some() {
+/// (email, table, code) that `keep` selects average at most 3 % false
+/// positives. Returns the threshold and the cross-validated recall there.
+fn choose_tool(
+    docs: &[Doc],
+    scores: &[f32],
+    keep: &dyn Fn(&Doc) -> bool,
+    verbose: bool,
+) -> (f32, f32) {
+    let pos = |d: &Doc| keep(d) && d.group == Group::Tool && d.label == 1;
+    if verbose && std::env::var_os("GUARD_TRAIN_VERBOSE").is_some() {
         for t in [0.5f32, 0.7, 0.8, 0.9, 0.95, 0.98, 0.99, 0.995] {
-            let rate = |f: &dyn Fn(&Doc) -> bool| {
-                let sel: Vec<f32> = docs
-                    .iter()
-                    .zip(oof)
-                    .filter(|(d, _)| f(d))
-                    .map(|(_, &s)| s)
-                    .collect();
-                sel.iter().filter(|&&s| s >= t).count() as f32 / sel.len().max(1) as f32
-            };
+            let r = |f: &dyn Fn(&Doc) -> bool| rate_at(docs, scores, t, f);
             println!(
                 "  t={t:.3} recall {:.3} fpr email {:.3} table {:.3} code {:.3} | input recall {:.3} fpr {:.3} notinject {:.3}",
-                rate(&|d| d.group == Group::Tool && d.label == 1),
-                rate(&|d| d.kind == "email"),
-                rate(&|d| d.kind == "table"),
-                rate(&|d| d.kind == "code"),
-                rate(&|d| d.group == Group::Input && d.label == 1),
-                rate(&|d| d.group != Group::Tool && d.label == 0),
-                rate(&|d| d.group == Group::NotInject),
+                r(&pos),
+                r(&|d| d.kind == "email"),
+                r(&|d| d.kind == "table"),
+                r(&|d| d.kind == "code"),
+                r(&|d| d.group == Group::Input && d.label == 1),
+                r(&|d| d.group != Group::Tool && d.label == 0),
+                r(&|d| d.group == Group::NotInject),
             );
         }
     }
+    let kinds: Vec<&str> = ["email", "table", "code"]
+        .into_iter()
+        .filter(|k| docs.iter().any(|d| keep(d) && d.kind == *k))
+        .collect();
     for t in candidates() {
-        let fpr = |kind: &str| {
-            let sel: Vec<f32> = docs
-                .iter()
-                .zip(oof)
-                .filter(|(d, _)| d.group == Group::Tool && d.kind == kind)
-                .map(|(_, &s)| s)
-                .collect();
-            sel.iter().filter(|&&s| s >= t).count() as f32 / sel.len().max(1) as f32
-        };
-        if ["email", "table", "code"]
+        let fpr = kinds
             .iter()
-            .map(|k| fpr(k))
+            .map(|k| rate_at(docs, scores, t, &|d| keep(d) && d.kind == *k))
             .sum::<f32>()
-            / 3.0
-            <= 0.03
-        {
-            let pos: Vec<f32> = docs
-                .iter()
-                .zip(oof)
-                .filter(|(d, _)| d.group == Group::Tool && d.label == 1)
-                .map(|(_, &s)| s)
-                .collect();
-            let recall = pos.iter().filter(|&&s| s >= t).count() as f32 / pos.len() as f32;
-            println!("tool_output threshold {t:.3}: cross-validated recall {recall:.3}");
-            return t;
+            / kinds.len().max(1) as f32;
+        if fpr <= 0.03 {
+            let recall = rate_at(docs, scores, t, &pos);
+            if verbose {
+                println!("tool_output threshold {t:.3}: cross-validated recall {recall:.3}");
+            }
+            return (t, recall);
         }
     }
-    1.0
+    (1.0, 0.0)
 }
 
 /// Description threshold: the best balanced accuracy, on the training split

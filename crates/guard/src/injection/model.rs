@@ -594,6 +594,12 @@ impl Model {
     /// hashed, without building the vector: the same value as
     /// `probability` of [`features`], at a fraction of the cost.
     pub fn window_probability(&self, window: &str, signatures: &[&str], channel: u64) -> f32 {
+        sigmoid(self.window_logit(window, signatures, channel))
+    }
+
+    /// The log-odds behind [`Model::window_probability`], which the
+    /// semantic stage blends with its own.
+    pub fn window_logit(&self, window: &str, signatures: &[&str], channel: u64) -> f32 {
         let (mut dot, mut sq) = (0f32, 0f32);
         let w = &self.weights;
         features_raw(window, signatures, &mut |h, v| {
@@ -605,7 +611,7 @@ impl Model {
             sq += 2.0 * v * v;
         });
         let z = if sq > 0.0 { dot / sq.sqrt() } else { 0.0 };
-        sigmoid(self.bias + z)
+        self.bias + z
     }
 }
 
