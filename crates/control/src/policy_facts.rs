@@ -571,6 +571,38 @@ mod tests {
     use super::*;
 
     #[test]
+    fn auth_method_and_binding() {
+        let fact = |method: Option<&str>, binding: Option<&str>| {
+            AuthFact {
+                method: method.map(str::to_string),
+                binding: binding.map(str::to_string),
+                mfa: false,
+                token_age: 0,
+            }
+            .auth_method()
+        };
+        for (method, binding, expect) in [
+            (None, None, AuthMethod::Mtls),
+            (Some("mtls"), Some("mtls"), AuthMethod::Mtls),
+            (Some("token"), None, AuthMethod::DpopToken),
+            (None, Some("dpop"), AuthMethod::DpopToken),
+            (Some("token"), Some("mtls"), AuthMethod::MtlsToken),
+            (Some("bearer"), None, AuthMethod::Bearer),
+            (None, Some("bearer"), AuthMethod::Bearer),
+        ] {
+            assert_eq!(fact(method, binding), Ok(expect), "{method:?} {binding:?}");
+        }
+        for (method, binding) in [
+            (Some("mtls"), Some("dpop")),
+            (Some("bearer"), Some("dpop")),
+            (Some("token"), Some("bearer")),
+            (Some("password"), None),
+        ] {
+            assert!(fact(method, binding).is_err(), "{method:?} {binding:?}");
+        }
+    }
+
+    #[test]
     fn actions_and_resource_forms() {
         assert_eq!(
             FactAction::parse("call_tool"),
