@@ -463,6 +463,51 @@ async fn client_id_metadata_documents_are_fetched_checked_and_cached() {
                 .is_some_and(|c| c.contains(&client_id))),
         "{records:?}"
     );
+    drop(server);
+
+    // Without `client_metadata_private_addresses`, the same documents (from
+    // a server the gateway trusts) are never fetched: not by address
+    // literal, nor by a name resolving to loopback.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("ca.crt"), ca.cert_pem()).unwrap();
+    std::fs::write(state.join("ca.key"), ca.key_pem()).unwrap();
+    let cfg = authorization_config(
+        dir.path(),
+        "client_metadata_hosts = [\"127.0.0.1\", \"localhost\"]\n",
+        "http://127.0.0.1:9/mcp",
+    );
+    let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
+        .await
+        .unwrap();
+    let http = browser(&server);
+    let resource = server.url("/mcp/notes");
+    for id in [
+        docs.url("/client.json"),
+        format!("https://localhost:{port}/client.json"),
+    ] {
+        let query = serde_urlencoded::to_string([
+            ("response_type", "code"),
+            ("client_id", &id),
+            ("redirect_uri", CALLBACK),
+            ("code_challenge", &"a".repeat(43)),
+            ("code_challenge_method", "S256"),
+            ("resource", &resource),
+        ])
+        .unwrap();
+        let r = http
+            .get(server.url(&format!("/oauth2/authorize?{query}")))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(oauth_error(r).await, (401, "invalid_client".into()), "{id}");
+    }
+    assert_eq!(
+        docs.fetches("/client.json"),
+        1,
+        "a private address was fetched"
+    );
 }
 
 /// The TypeScript SDK and Inspector, installed once per machine.

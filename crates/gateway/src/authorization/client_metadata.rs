@@ -274,7 +274,7 @@ impl ClientMetadata {
             .host()
             .trim_matches(['[', ']'])
             .to_ascii_lowercase();
-        if !self.hosts.iter().any(|h| *h == host) {
+        if !self.hosts.contains(&host) {
             return Err(refused(format!(
                 "`client_id` host `{host}` is not one this gateway accepts metadata documents from (`client_metadata_hosts`)"
             )));

@@ -118,7 +118,7 @@ fn allowed(
     if !allow.redirect_hosts.is_empty()
         && let Some(bad) = redirect_uris.iter().find(|u| {
             let host = redirect_host(u);
-            !allow.redirect_hosts.iter().any(|h| *h == host)
+            !allow.redirect_hosts.contains(&host)
         })
     {
         return Err(Denial::new(
