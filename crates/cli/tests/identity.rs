@@ -683,6 +683,7 @@ async fn whoami_and_agent_list_show_how_the_gateway_sees_agents() {
     let me: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(me["agent"], "seen-bot");
     assert_eq!(me["auth"]["method"], "mtls");
+    assert_eq!(me["auth"]["binding"], "mtls");
     assert_eq!(me["roles"], serde_json::json!(["reader", "ops"]));
     assert_eq!(me["posture"]["attested"], false);
     assert!(me["expires_at"].as_i64().unwrap() > now() as i64);
@@ -707,6 +708,7 @@ async fn whoami_and_agent_list_show_how_the_gateway_sees_agents() {
     assert!(ok, "{err}");
     let me: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(me["auth"]["method"], "token");
+    assert_eq!(me["auth"]["binding"], "dpop");
     assert!(me["credential"].as_str().unwrap().contains("cnf=dpop"));
 
     // The list: credential kinds, expiry, last seen only for the one seen.

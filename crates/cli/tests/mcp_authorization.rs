@@ -172,7 +172,7 @@ async fn stock_mcp_hosts_connect_with_the_authorization_code_flow() {
     std::fs::write(policies.join("flow.cedar"), FLOW_POLICIES).unwrap();
     let routes = format!(
         "[policy]\ndir = \"policies\"\n\
-         [identity.authorization]\nagent = \"mcp-hosts\"\ndynamic_registration = true\n\
+         [identity.authorization]\nagent = \"mcp-hosts\"\ndynamic_registration = true\nregistration_redirect_hosts = [\"127.0.0.1\", \"localhost\"]\n\
          [[routes]]\nname = \"notes\"\nkind = \"mcp\"\npath_prefix = \"/mcp/notes\"\nupstream = \"http://127.0.0.1:{mcp_port}/mcp\"\nclassification = \"internal\"\n{}",
         route("api", "/api", &format!("http://{upstream}"), "internal")
     );

@@ -47,6 +47,8 @@ const CELLS: &[&str] = &[
     "durable before forward",
     "authorization code: bearer for the user",
     "authorization code: another route's token",
+    "forbid by binding: bearer refused",
+    "forbid by binding: bound credential served",
 ];
 
 /// One obligation on the three protocols' permits.
@@ -1594,7 +1596,7 @@ async fn an_authorization_code_token_acts_for_its_user_on_every_protocol() {
         obliging("")
     );
     let extra = Extra {
-        config: "[identity.authorization]\nagent = \"dev-bot\"\ndynamic_registration = true\n",
+        config: "[identity.authorization]\nagent = \"dev-bot\"\ndynamic_registration = true\nregistration_redirect_hosts = [\"127.0.0.1\"]\n",
         ..Extra::default()
     };
     let Some(rig) = rig_setup(&policies, &extra).await else {
@@ -1665,6 +1667,69 @@ async fn an_authorization_code_token_acts_for_its_user_on_every_protocol() {
     // The bearer token never reaches the MCP server.
     let seen = std::fs::read_to_string(rig.mcp_auth.as_ref().unwrap()).unwrap();
     assert!(!seen.contains(&tokens[1]), "{seen}");
+}
+
+/// Unbound tokens forbidden per route by `context.auth.binding`: the same
+/// agent and user, with a bearer token of the authorization-code flow, are
+/// refused by the forbid on every protocol (the MCP tool never runs), while
+/// the agent's own certificate (`binding == "mtls"`) is served.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_forbid_by_binding_refuses_bearer_tokens_on_every_protocol() {
+    use support::authorization::{browser, enrol, next_code, register, token_for};
+    let policies = format!(
+        "{}@id(\"alice\") permit(principal == User::\"alice\", action, resource);\n\
+         @id(\"no-bearer\") forbid(principal, action in [Action::\"POST\", Action::\"call_tool\", Action::\"complete\"], resource)\n\
+         when {{ context.auth.binding == \"bearer\" }};\n",
+        obliging("")
+    );
+    let extra = Extra {
+        config: "[identity.authorization]\nagent = \"dev-bot\"\ndynamic_registration = true\nregistration_redirect_hosts = [\"127.0.0.1\"]\n",
+        ..Extra::default()
+    };
+    let Some(rig) = rig_setup(&policies, &extra).await else {
+        return;
+    };
+    let http = browser(&rig.server);
+    let secret = enrol(&rig.server, &http, "alice", None).await;
+    let client_id = register(&rig.server, &http, "binding host").await;
+    let mut last = 0;
+    for (protocol, prefix) in [
+        (Protocol::Http, "/api"),
+        (Protocol::Mcp, "/mcp/tools"),
+        (Protocol::Llm, "/llm"),
+    ] {
+        let code = tokio::task::block_in_place(|| next_code(&secret, &mut last));
+        let token = token_for(
+            &rig.server,
+            &http,
+            &client_id,
+            &rig.server.url(prefix),
+            "alice",
+            &code,
+        )
+        .await;
+        let token = token["access_token"].as_str().unwrap();
+        let cell = format!("{protocol:?} / forbid by binding: bearer refused");
+        let refused = match protocol {
+            Protocol::Mcp => mcp_call_with(&rig, &http, token, "bearer-call").await,
+            _ => {
+                rig.call_by(&http, protocol, "bearer-call", Some(token))
+                    .await
+            }
+        };
+        assert_eq!(
+            refused.code.as_deref(),
+            Some("forbidden"),
+            "{cell}: {refused:?}"
+        );
+        let rec = tokio::task::block_in_place(|| record(&rig.server, &refused.request_id));
+        assert_eq!(rec["outcome"], "deny", "{cell}: {rec}");
+        assert_eq!(rec["policies"], json!(["no-bearer"]), "{cell}: {rec}");
+        let cell = format!("{protocol:?} / forbid by binding: bound credential served");
+        let served = rig.call(protocol, "certificate-call").await;
+        assert_eq!(served.code, None, "{cell}: {served:?}");
+    }
+    assert!(!rig.ran("bearer-call") && rig.ran("certificate-call"));
 }
 
 /// An MCP `tools/call` in a session of its own opened with `token` (no

@@ -96,9 +96,11 @@ fn yes() -> bool {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthFact {
-    /// `mtls` or `token`.
-    #[serde(default = "mtls")]
-    pub method: String,
+    /// `mtls`, `token` or `bearer` (default: from `binding`, else `mtls`).
+    pub method: Option<String>,
+    /// `dpop`, `mtls` or `bearer` (default: from `method`; a `token` is
+    /// DPoP-bound unless this says `mtls`).
+    pub binding: Option<String>,
     /// Fresh MFA of the human behind the request.
     #[serde(default)]
     pub mfa: bool,
@@ -107,8 +109,25 @@ pub struct AuthFact {
     pub token_age: i64,
 }
 
-fn mtls() -> String {
-    "mtls".into()
+impl AuthFact {
+    /// The one credential kind `method` and `binding` describe together.
+    fn auth_method(&self) -> Result<AuthMethod, String> {
+        match (self.method.as_deref(), self.binding.as_deref()) {
+            (None | Some("mtls"), None | Some("mtls")) => Ok(AuthMethod::Mtls),
+            (Some("token"), None) | (None | Some("token"), Some("dpop")) => {
+                Ok(AuthMethod::DpopToken)
+            }
+            (Some("token"), Some("mtls")) => Ok(AuthMethod::MtlsToken),
+            (None | Some("bearer"), Some("bearer")) | (Some("bearer"), None) => {
+                Ok(AuthMethod::Bearer)
+            }
+            (method, binding) => Err(format!(
+                "auth.method `{}` with auth.binding `{}`: use method `mtls` (binding `mtls`), `token` (binding `dpop` or `mtls`) or `bearer` (binding `bearer`)",
+                method.unwrap_or("mtls"),
+                binding.unwrap_or("-")
+            )),
+        }
+    }
 }
 
 /// `context.delegation`.
@@ -310,16 +329,7 @@ impl RequestFacts {
         let auth = match &self.auth {
             None => CallerFacts::mtls().auth,
             Some(a) => AuthFacts {
-                method: match a.method.as_str() {
-                    "mtls" => AuthMethod::Mtls,
-                    "token" => AuthMethod::Token,
-                    "bearer" => AuthMethod::Bearer,
-                    other => {
-                        return Err(format!(
-                            "auth.method `{other}`: use `mtls`, `token` or `bearer`"
-                        ));
-                    }
-                },
+                method: a.auth_method()?,
                 mfa: a.mfa,
                 token_age_secs: a.token_age,
             },
@@ -559,6 +569,38 @@ impl PreparedFacts {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn auth_method_and_binding() {
+        let fact = |method: Option<&str>, binding: Option<&str>| {
+            AuthFact {
+                method: method.map(str::to_string),
+                binding: binding.map(str::to_string),
+                mfa: false,
+                token_age: 0,
+            }
+            .auth_method()
+        };
+        for (method, binding, expect) in [
+            (None, None, AuthMethod::Mtls),
+            (Some("mtls"), Some("mtls"), AuthMethod::Mtls),
+            (Some("token"), None, AuthMethod::DpopToken),
+            (None, Some("dpop"), AuthMethod::DpopToken),
+            (Some("token"), Some("mtls"), AuthMethod::MtlsToken),
+            (Some("bearer"), None, AuthMethod::Bearer),
+            (None, Some("bearer"), AuthMethod::Bearer),
+        ] {
+            assert_eq!(fact(method, binding), Ok(expect), "{method:?} {binding:?}");
+        }
+        for (method, binding) in [
+            (Some("mtls"), Some("dpop")),
+            (Some("bearer"), Some("dpop")),
+            (Some("token"), Some("bearer")),
+            (Some("password"), None),
+        ] {
+            assert!(fact(method, binding).is_err(), "{method:?} {binding:?}");
+        }
+    }
 
     #[test]
     fn actions_and_resource_forms() {

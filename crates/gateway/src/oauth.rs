@@ -257,6 +257,11 @@ fn metadata(
             metadata["registration_endpoint"] =
                 format!("{issuer}{}", crate::authorization::REGISTER_PATH).into();
         }
+        // The MCP authorization specification's discovery of Client ID
+        // Metadata Documents: only when some host is allow-listed.
+        if server.client_metadata_supported() {
+            metadata["client_id_metadata_document_supported"] = true.into();
+        }
     }
     metadata
 }

@@ -447,14 +447,13 @@ impl Replay {
             .as_deref()
             .is_some_and(|c| c.contains(" token jti="))
         {
-            caller.auth.method = if record
-                .credential
-                .as_deref()
-                .is_some_and(|c| c.contains(" cnf=none"))
-            {
+            let cnf = |c: &str| record.credential.as_deref().is_some_and(|r| r.contains(c));
+            caller.auth.method = if cnf(" cnf=none") {
                 AuthMethod::Bearer
+            } else if cnf(" cnf=dpop") {
+                AuthMethod::DpopToken
             } else {
-                AuthMethod::Token
+                AuthMethod::MtlsToken
             };
         }
         let args_unknown = matches!(

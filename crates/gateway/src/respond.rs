@@ -225,6 +225,9 @@ fn oauth_error(code: ErrorCode) -> (&'static str, StatusCode) {
             ("invalid_client", StatusCode::UNAUTHORIZED)
         }
         ErrorCode::InvalidGrant => ("invalid_grant", StatusCode::BAD_REQUEST),
+        // The registration endpoint's initial access token (RFC 7591 §3
+        // answers as RFC 6750 does).
+        ErrorCode::InvalidToken => ("invalid_token", StatusCode::UNAUTHORIZED),
         ErrorCode::InvalidTarget => ("invalid_target", StatusCode::BAD_REQUEST),
         ErrorCode::InvalidScope => ("invalid_scope", StatusCode::BAD_REQUEST),
         ErrorCode::InvalidRedirectUri => ("invalid_redirect_uri", StatusCode::BAD_REQUEST),

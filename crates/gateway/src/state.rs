@@ -285,10 +285,12 @@ impl Gateway {
             }));
         }
         let gateway = Arc::new(Gateway {
-            authorization: config
-                .authorization
-                .clone()
-                .map(|c| Arc::new(crate::authorization::AuthorizationServer::new(c))),
+            authorization: config.authorization.clone().map(|c| {
+                Arc::new(crate::authorization::AuthorizationServer::new(
+                    c,
+                    routing_env.upstream_tls.clone(),
+                ))
+            }),
             anonymous: Arc::new(crate::anonymous::AnonymousSampler::new(
                 config.audit.unauthenticated_records_per_minute,
             )),

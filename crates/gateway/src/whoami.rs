@@ -29,6 +29,7 @@ pub fn respond(identity: &Identity, directory: &AgentDirectory) -> Response<Resp
         "expires_at": identity.expires_at,
         "auth": {
             "method": caller.auth.method.as_str(),
+            "binding": caller.auth.method.binding(),
             "mfa": caller.auth.mfa,
             "token_age": caller.auth.token_age_secs,
         },

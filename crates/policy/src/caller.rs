@@ -11,14 +11,20 @@ use std::sync::{LazyLock, OnceLock};
 
 use cedar_policy::RestrictedExpression;
 
-/// How the caller proved who it is.
+/// How the caller proved who it is, and what its credential is bound to.
+/// One enum for both facts (`context.auth.method` and
+/// `context.auth.binding`), so an impossible pair (a certificate "bound" to
+/// nothing) cannot be built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMethod {
     /// A Portcullis client certificate on the connection.
     Mtls,
-    /// A sender-constrained access token from the gateway's token endpoint
-    /// (bound to a DPoP key or a client certificate).
-    Token,
+    /// An access token from the gateway's token endpoint bound to a DPoP
+    /// key (RFC 9449): each request carries a proof of that key.
+    DpopToken,
+    /// An access token from the gateway's token endpoint bound to the
+    /// client certificate of the connection (RFC 8705).
+    MtlsToken,
     /// An unbound bearer token of the authorization-code flow (MCP
     /// authorization, a client that sent no DPoP proof): whoever holds it
     /// can use it until it expires. Policies may forbid it per route.
@@ -26,11 +32,24 @@ pub enum AuthMethod {
 }
 
 impl AuthMethod {
-    /// The value policies compare against (`context.auth.method == "token"`).
+    /// The value policies compare against (`context.auth.method == "token"`):
+    /// what was presented — a certificate, a sender-constrained token, or
+    /// an unbound one.
     pub fn as_str(self) -> &'static str {
         match self {
             AuthMethod::Mtls => "mtls",
-            AuthMethod::Token => "token",
+            AuthMethod::DpopToken | AuthMethod::MtlsToken => "token",
+            AuthMethod::Bearer => "bearer",
+        }
+    }
+
+    /// `context.auth.binding`: what a stolen credential would also need —
+    /// `"dpop"` (the DPoP private key), `"mtls"` (the client certificate's
+    /// key) or `"bearer"` (nothing: possession is enough).
+    pub fn binding(self) -> &'static str {
+        match self {
+            AuthMethod::DpopToken => "dpop",
+            AuthMethod::Mtls | AuthMethod::MtlsToken => "mtls",
             AuthMethod::Bearer => "bearer",
         }
     }
@@ -174,6 +193,10 @@ fn auth_record(auth: &AuthFacts) -> Result<RestrictedExpression, String> {
         (
             "method",
             RestrictedExpression::new_string(auth.method.as_str().to_string()),
+        ),
+        (
+            "binding",
+            RestrictedExpression::new_string(auth.method.binding().to_string()),
         ),
         ("mfa", RestrictedExpression::new_bool(auth.mfa)),
         (

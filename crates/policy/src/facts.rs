@@ -376,6 +376,7 @@ mod tests {
 @id("for-users") forbid(principal, action, resource) when { context has delegation && (context.delegation.depth > 1 || context.delegation.user == "mallory") };
 @id("attested-tokens") forbid(principal, action, resource) when { context.auth.method == "token" && !(context.posture.attested && context.posture.matches_pin) };
 @id("mfa-for-bob") forbid(principal, action, resource) when { context has delegation && context.delegation.chain.contains("bob-agent") && !context.auth.mfa };
+@id("no-bearer") forbid(principal, action, resource) when { context.auth.binding == "bearer" };
 "#,
         );
         let ip = SourceIp::new("127.0.0.1".parse().unwrap());
@@ -430,7 +431,7 @@ mod tests {
         );
         let token = |attested, matches_pin| CallerFacts {
             auth: crate::AuthFacts {
-                method: crate::AuthMethod::Token,
+                method: crate::AuthMethod::DpopToken,
                 mfa: false,
                 token_age_secs: 10,
             },
@@ -444,5 +445,42 @@ mod tests {
         assert!(decide(&token(true, true)).allowed);
         assert_eq!(decide(&token(true, false)).policy_ids, ["attested-tokens"]);
         assert_eq!(decide(&token(false, false)).policy_ids, ["attested-tokens"]);
+        // `binding`: what a stolen credential would also need. Only the
+        // unbound token is refused; a certificate-bound token is a token
+        // bound like the certificate it names.
+        let bound = |method| CallerFacts {
+            auth: crate::AuthFacts {
+                method,
+                mfa: false,
+                token_age_secs: 10,
+            },
+            posture: crate::Posture {
+                attested: true,
+                digest: "sha256:00".into(),
+                matches_pin: true,
+            },
+            ..base.clone()
+        };
+        assert!(decide(&bound(crate::AuthMethod::MtlsToken)).allowed);
+        assert!(decide(&bound(crate::AuthMethod::DpopToken)).allowed);
+        assert_eq!(
+            decide(&bound(crate::AuthMethod::Bearer)).policy_ids,
+            ["no-bearer"]
+        );
+        assert_eq!(
+            [
+                crate::AuthMethod::Mtls,
+                crate::AuthMethod::MtlsToken,
+                crate::AuthMethod::DpopToken,
+                crate::AuthMethod::Bearer
+            ]
+            .map(|m| (m.as_str(), m.binding())),
+            [
+                ("mtls", "mtls"),
+                ("token", "mtls"),
+                ("token", "dpop"),
+                ("bearer", "bearer")
+            ]
+        );
     }
 }

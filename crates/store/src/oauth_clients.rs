@@ -161,6 +161,31 @@ impl Store {
         })
     }
 
+    /// Records a client that named itself by its metadata document (Client
+    /// ID Metadata Documents): no cap (nothing was registered, the document's
+    /// host is allow-listed), the latest name and redirect URIs kept. The
+    /// row lets refresh tokens name the client and an admin list and
+    /// revoke it; a revoked row stays revoked.
+    pub async fn remember_oauth_client(&self, client: &OAuthClientRow) -> Result<(), StoreError> {
+        let uris = serde_json::to_string(&client.redirect_uris).unwrap_or_else(|_| "[]".into());
+        crate::backend::with_pool!(&self.pool, |pool| {
+            query(
+                "INSERT INTO oauth_clients (client_id, client_name, redirect_uris, created_at, registered_by)
+                 VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT (client_id) DO UPDATE SET client_name = excluded.client_name,
+                     redirect_uris = excluded.redirect_uris",
+            )
+            .bind(&client.client_id)
+            .bind(&client.client_name)
+            .bind(&uris)
+            .bind(client.created_at)
+            .bind(&client.registered_by)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
+    }
+
     /// One client, revoked or not.
     pub async fn oauth_client(
         &self,
@@ -414,5 +439,25 @@ mod tests {
         assert!(!store.revoke_oauth_client("nobody", 300).await.unwrap());
         // A revoked client frees its place.
         assert!(store.add_oauth_client(&client("c3"), 2).await.unwrap());
+        // A metadata-document client is remembered beyond the cap, updated
+        // in place, and stays revoked once revoked.
+        let mut doc = client("https://apps.example/c.json");
+        store.remember_oauth_client(&doc).await.unwrap();
+        doc.client_name = "Renamed".into();
+        store.remember_oauth_client(&doc).await.unwrap();
+        let row = store.oauth_client(&doc.client_id).await.unwrap().unwrap();
+        assert_eq!(
+            (row.client_name.as_str(), row.revoked_at),
+            ("Renamed", None)
+        );
+        assert!(
+            store
+                .revoke_oauth_client(&doc.client_id, 400)
+                .await
+                .unwrap()
+        );
+        store.remember_oauth_client(&doc).await.unwrap();
+        let row = store.oauth_client(&doc.client_id).await.unwrap().unwrap();
+        assert_eq!(row.revoked_at, Some(400));
     }
 }

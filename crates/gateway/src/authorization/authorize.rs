@@ -70,7 +70,7 @@ pub(crate) async fn serve_authorize(
                 "the authorization request is not a valid query",
             )
         })?;
-        let request = match check_request(gateway, query).await? {
+        let request = match check_request(gateway, server, query, now).await? {
             Ok(request) => request,
             Err((request, denial)) => return Ok(refused(gateway, &request, &denial, recorder)),
         };
@@ -156,10 +156,12 @@ fn refused(
 #[allow(clippy::type_complexity)]
 async fn check_request(
     gateway: &Gateway,
+    server: &super::AuthorizationServer,
     query: Query,
+    now: i64,
 ) -> Result<Result<AuthorizationRequest, (AuthorizationRequest, Denial)>, Denial> {
     let client_id = query.client_id.unwrap_or_default();
-    let client = super::live_client(gateway, &client_id).await?;
+    let client = super::live_client(gateway, server, &client_id, now).await?;
     let redirect_uri = match (query.redirect_uri, client.redirect_uris.as_slice()) {
         (Some(uri), registered) if registered.contains(&uri) => uri,
         // RFC 6749 §3.1.2.3: omitted only when exactly one is registered.

@@ -1,6 +1,12 @@
 //! `[identity.authorization]`: the authorization-code flow of MCP
 //! authorization. Absent, the gateway has no authorization endpoint and its
 //! metadata lists no response type.
+//!
+//! How clients get an id, both closed unless configured: RFC 7591 dynamic
+//! registration (`dynamic_registration`, open only with at least one
+//! `registration_*` allow-list) and Client ID Metadata Documents
+//! (`client_metadata_hosts`: the hosts whose https `client_id` URLs the
+//! gateway fetches).
 
 use portcullis_core::AgentName;
 use serde::Deserialize;
@@ -24,9 +30,32 @@ pub struct RawAuthorization {
     /// when policy allows both the agent and the user).
     pub agent: String,
     /// Whether RFC 7591 dynamic client registration is open (default false:
-    /// MCP hosts that only know dynamic registration need it).
+    /// MCP hosts that only know dynamic registration need it). Needs at
+    /// least one of the `registration_*` allow-lists: a registration must
+    /// pass every one that is set.
     #[serde(default)]
     pub dynamic_registration: bool,
+    /// Hosts every redirect URI of a registration must be on (exact,
+    /// case-insensitive: `127.0.0.1`, `localhost`, `app.example.com`).
+    #[serde(default)]
+    pub registration_redirect_hosts: Vec<String>,
+    /// `software_id` values (RFC 7591 §2) a registration must carry one of.
+    #[serde(default)]
+    pub registration_software_ids: Vec<String>,
+    /// Environment variable holding an initial access token (RFC 7591 §3):
+    /// a registration must present it as `Authorization: Bearer <token>`.
+    pub registration_token_env: Option<String>,
+    /// Hosts whose https URLs are accepted as `client_id`s: Client ID
+    /// Metadata Documents (the MCP authorization specification). The
+    /// gateway fetches the document at the URL (no redirects, 5 KiB, 5 s,
+    /// cached up to an hour). Empty (the default): not supported.
+    #[serde(default)]
+    pub client_metadata_hosts: Vec<String>,
+    /// Whether metadata documents may be fetched from loopback, private or
+    /// link-local addresses (default false: a listed host resolving to one
+    /// is refused, against DNS rebinding into the internal network).
+    #[serde(default)]
+    pub client_metadata_private_addresses: bool,
     /// Registrations accepted per hour, all sources together (default 30).
     pub registrations_per_hour: Option<u32>,
     /// Live registered clients at most (default 200).
@@ -43,12 +72,61 @@ pub struct AuthorizationConfig {
     pub agent: AgentName,
     /// Whether dynamic registration is open.
     pub dynamic_registration: bool,
+    /// Who may register, when it is open.
+    pub registration: RegistrationAllowList,
+    /// Client ID Metadata Documents: the hosts of accepted `client_id`s
+    /// (lowercase); empty when not supported.
+    pub client_metadata_hosts: Vec<String>,
+    /// Whether documents may come from non-public addresses.
+    pub client_metadata_private_addresses: bool,
     /// Registrations per hour.
     pub registrations_per_hour: u32,
     /// Live clients at most.
     pub max_clients: u32,
     /// Refresh family lifetime (seconds).
     pub refresh_ttl: u64,
+}
+
+/// Who may use dynamic registration: each list that is set must be passed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RegistrationAllowList {
+    /// Hosts of the redirect URIs (lowercase); empty: any.
+    pub redirect_hosts: Vec<String>,
+    /// Accepted `software_id`s; empty: not checked.
+    pub software_ids: Vec<String>,
+    /// SHA-256 of the initial access token, when one is required.
+    pub token_sha256: Option<[u8; 32]>,
+}
+
+impl RegistrationAllowList {
+    /// Whether no list is set (every registration would pass).
+    pub fn is_open(&self) -> bool {
+        self.redirect_hosts.is_empty()
+            && self.software_ids.is_empty()
+            && self.token_sha256.is_none()
+    }
+}
+
+/// Hosts, lowercased; refuses empty ones and ones with a scheme, port or path.
+fn hosts(key: &str, raw: &[String]) -> Result<Vec<String>, String> {
+    raw.iter()
+        .map(|h| {
+            let host = h.trim().to_ascii_lowercase();
+            let bare = host.trim_start_matches('[').trim_end_matches(']');
+            let ok = !host.is_empty()
+                && (bare.parse::<std::net::Ipv6Addr>().is_ok()
+                    || host
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-'));
+            if ok {
+                Ok(bare.to_string())
+            } else {
+                Err(format!(
+                    "key `identity.authorization.{key}`: `{h}` is not a host name or address (no scheme, port or path)"
+                ))
+            }
+        })
+        .collect()
 }
 
 impl AuthorizationConfig {
@@ -77,8 +155,35 @@ impl AuthorizationConfig {
                     .into(),
             );
         }
+        let token_sha256 = match &raw.registration_token_env {
+            None => None,
+            Some(var) => {
+                let token = std::env::var(var).unwrap_or_default();
+                if token.trim().len() < 16 {
+                    return Err(format!(
+                        "key `identity.authorization.registration_token_env`: environment variable `{var}` must hold the initial access token (at least 16 characters)"
+                    ));
+                }
+                use sha2::Digest;
+                Some(sha2::Sha256::digest(token.trim().as_bytes()).into())
+            }
+        };
+        let registration = RegistrationAllowList {
+            redirect_hosts: hosts(
+                "registration_redirect_hosts",
+                &raw.registration_redirect_hosts,
+            )?,
+            software_ids: raw.registration_software_ids.clone(),
+            token_sha256,
+        };
+        if raw.dynamic_registration && registration.is_open() {
+            return Err("key `identity.authorization.dynamic_registration`: open registration needs an allow-list: set `registration_redirect_hosts`, `registration_software_ids` or `registration_token_env`".into());
+        }
         Ok(AuthorizationConfig {
             agent,
+            registration,
+            client_metadata_hosts: hosts("client_metadata_hosts", &raw.client_metadata_hosts)?,
+            client_metadata_private_addresses: raw.client_metadata_private_addresses,
             dynamic_registration: raw.dynamic_registration,
             registrations_per_hour,
             max_clients,
@@ -105,6 +210,14 @@ mod tests {
             (c.agent.as_str(), c.dynamic_registration, c.refresh_ttl),
             ("mcp-hosts", false, 28_800)
         );
+        assert!(c.client_metadata_hosts.is_empty() && c.registration.is_open());
+        let c = parse("[identity.authorization]\nagent = \"h\"\ndynamic_registration = true\nregistration_redirect_hosts = [\"LocalHost\", \"[::1]\"]\nregistration_software_ids = [\"s\"]\nclient_metadata_hosts = [\"apps.example.com\"]\n")
+            .unwrap()
+            .authorization
+            .unwrap();
+        assert_eq!(c.registration.redirect_hosts, ["localhost", "::1"]);
+        assert_eq!(c.registration.software_ids, ["s"]);
+        assert_eq!(c.client_metadata_hosts, ["apps.example.com"]);
         for (bad, says) in [
             ("agent = \"Not A Name\"", "identity.authorization.agent"),
             (
@@ -113,6 +226,18 @@ mod tests {
             ),
             ("agent = \"h\"\nmax_clients = 0", "max_clients"),
             ("agent = \"h\"\nclient_secret = \"x\"", "unknown field"),
+            (
+                "agent = \"h\"\ndynamic_registration = true",
+                "needs an allow-list",
+            ),
+            (
+                "agent = \"h\"\nclient_metadata_hosts = [\"https://a.example\"]",
+                "not a host name",
+            ),
+            (
+                "agent = \"h\"\nregistration_token_env = \"PORTCULLIS_TEST_UNSET_VAR\"",
+                "registration_token_env",
+            ),
         ] {
             let e = parse(&format!("[identity.authorization]\n{bad}\n"))
                 .unwrap_err()

@@ -80,7 +80,7 @@ pub(crate) async fn token(
     })?;
     let client_id = form.client_id.clone().unwrap_or_default();
     recorder.record().credential = Some(format!("client={client_id} grant={}", form.grant_type));
-    let client = super::live_client(gateway, &client_id).await?;
+    let client = super::live_client(gateway, server, &client_id, now).await?;
     let grant = if form.grant_type == "authorization_code" {
         code_grant(gateway, server, &form, &client.client_id, now).await?
     } else {
@@ -118,6 +118,8 @@ pub(crate) async fn token(
     if let Some((_, (key, until))) = &proof {
         spend_proof(&gateway.tokens, key, *until, now).await?;
     }
+    // The refresh tokens about to be stored name the client.
+    super::remember_client(gateway, &client).await?;
     issue(gateway, agent, grant, jkt, now, recorder).await
 }
 

@@ -20,9 +20,14 @@
 //!   every other. It acts for the user through the configured agent
 //!   (`sub` the user, `act` the agent then `oauth-client:<id>`), so policy
 //!   sees `context.delegation` and must allow the user too; DPoP-bound when
-//!   the client sent a proof, else a bearer token (`context.auth.method ==
+//!   the client sent a proof, else a bearer token (`context.auth.binding ==
 //!   "bearer"`). Refresh tokens rotate on every use; a used one presented
 //!   again revokes its family and the family's access tokens.
+//!
+//! - Clients: registered ones (`register.rs`, off unless allow-listed), or
+//!   an https URL as `client_id` naming the client's metadata document
+//!   (`client_metadata.rs`, Client ID Metadata Documents), fetched from
+//!   allow-listed hosts only.
 //!
 //! Codes and pending logins live in memory (bounded; a restart ends logins
 //! in progress); clients and refresh tokens in the store. Every grant,
@@ -32,6 +37,7 @@
 pub mod config;
 
 mod authorize;
+mod client_metadata;
 mod grant;
 mod page;
 mod register;
@@ -116,6 +122,8 @@ pub struct AuthorizationServer {
     codes: Mutex<HashMap<String, IssuedCode>>,
     /// Registrations in the current hour: (hour number, count).
     registrations: Mutex<(i64, u32)>,
+    /// The metadata-document fetcher, when hosts are allow-listed.
+    metadata: Option<client_metadata::ClientMetadata>,
 }
 
 /// A random 256-bit value, base64url: codes, login ids, refresh tokens.
@@ -170,9 +178,17 @@ pub(crate) fn route_resource(gateway: &Gateway, resource: &str) -> Result<String
 }
 
 impl AuthorizationServer {
-    /// The flow for `config`.
-    pub fn new(config: AuthorizationConfig) -> Self {
+    /// The flow for `config`; metadata documents are fetched trusting `tls`.
+    pub fn new(config: AuthorizationConfig, tls: rustls::ClientConfig) -> Self {
+        let metadata = (!config.client_metadata_hosts.is_empty()).then(|| {
+            client_metadata::ClientMetadata::new(
+                config.client_metadata_hosts.clone(),
+                config.client_metadata_private_addresses,
+                tls,
+            )
+        });
         AuthorizationServer {
+            metadata,
             config,
             pending: Mutex::default(),
             codes: Mutex::default(),
@@ -266,6 +282,11 @@ impl AuthorizationServer {
         window.1 += 1;
         true
     }
+
+    /// Whether clients may name themselves by metadata document URL.
+    pub(crate) fn client_metadata_supported(&self) -> bool {
+        self.metadata.is_some()
+    }
 }
 
 fn busy() -> Denial {
@@ -283,27 +304,77 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// The registered, unrevoked client `client_id`.
+/// The client `client_id` names: a metadata document's (a URL), or a
+/// registered, unrevoked one.
 pub(crate) async fn live_client(
     gateway: &Gateway,
+    server: &AuthorizationServer,
     client_id: &str,
+    now: i64,
 ) -> Result<portcullis_store::OAuthClientRow, Denial> {
-    gateway
-        .store
-        .oauth_client(client_id)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "cannot read OAuth clients");
-            Denial::new(
-                ErrorCode::Unavailable,
-                "the client registry cannot be read; retry shortly",
-            )
-        })?
+    if client_metadata::is_url_client_id(client_id) {
+        let Some(metadata) = &server.metadata else {
+            return Err(Denial::new(
+                ErrorCode::InvalidClient,
+                "this gateway takes no Client ID Metadata Documents (`client_metadata_hosts` is empty)",
+            ));
+        };
+        let client = metadata.client(client_id, now).await?;
+        // An admin may revoke it (the row its first grant left).
+        if read_client(gateway, client_id)
+            .await?
+            .is_some_and(|c| c.revoked_at.is_some())
+        {
+            return Err(Denial::new(
+                ErrorCode::InvalidClient,
+                "this client was revoked",
+            ));
+        }
+        return Ok(client);
+    }
+    read_client(gateway, client_id)
+        .await?
         .filter(|c| c.revoked_at.is_none())
         .ok_or_else(|| {
             Denial::new(
                 ErrorCode::InvalidClient,
                 "`client_id` names no registered client (or a revoked one)",
+            )
+        })
+}
+
+/// The stored row of `client_id`, revoked or not.
+async fn read_client(
+    gateway: &Gateway,
+    client_id: &str,
+) -> Result<Option<portcullis_store::OAuthClientRow>, Denial> {
+    gateway.store.oauth_client(client_id).await.map_err(|e| {
+        tracing::error!(error = %e, "cannot read OAuth clients");
+        Denial::new(
+            ErrorCode::Unavailable,
+            "the client registry cannot be read; retry shortly",
+        )
+    })
+}
+
+/// Stores a metadata-document client before its first refresh token names
+/// it (registered clients are stored at registration).
+pub(crate) async fn remember_client(
+    gateway: &Gateway,
+    client: &portcullis_store::OAuthClientRow,
+) -> Result<(), Denial> {
+    if !client_metadata::is_url_client_id(&client.client_id) {
+        return Ok(());
+    }
+    gateway
+        .store
+        .remember_oauth_client(client)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "cannot store an OAuth client");
+            Denial::new(
+                ErrorCode::Unavailable,
+                "the client cannot be recorded now; retry shortly",
             )
         })
 }
@@ -323,13 +394,26 @@ mod tests {
     use super::*;
 
     fn server() -> AuthorizationServer {
-        AuthorizationServer::new(AuthorizationConfig {
-            agent: portcullis_core::AgentName::parse("hosts").unwrap(),
-            dynamic_registration: true,
-            registrations_per_hour: 2,
-            max_clients: 10,
-            refresh_ttl: 3600,
-        })
+        let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        AuthorizationServer::new(
+            AuthorizationConfig {
+                agent: portcullis_core::AgentName::parse("hosts").unwrap(),
+                dynamic_registration: true,
+                registration: config::RegistrationAllowList::default(),
+                client_metadata_hosts: Vec::new(),
+                client_metadata_private_addresses: false,
+                registrations_per_hour: 2,
+                max_clients: 10,
+                refresh_ttl: 3600,
+            },
+            tls,
+        )
     }
 
     fn request() -> AuthorizationRequest {

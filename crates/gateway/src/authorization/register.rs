@@ -1,6 +1,8 @@
 //! `POST /oauth2/register`: RFC 7591 dynamic client registration, for MCP
 //! hosts that know no other way to get a client id. Off unless
-//! `[identity.authorization] dynamic_registration = true`.
+//! `[identity.authorization] dynamic_registration = true`, and then only for
+//! registrations the allow-lists admit (`allowed`): the initial access token
+//! (RFC 7591 §3), the `software_id`, the hosts of the redirect URIs.
 //!
 //! Only public clients of the authorization-code flow are registered: no
 //! secret is ever made (`token_endpoint_auth_method` is `none`); PKCE and the
@@ -18,6 +20,9 @@ use portcullis_core::ErrorCode;
 use portcullis_store::OAuthClientRow;
 use serde::Deserialize;
 
+use sha2::{Digest, Sha256};
+
+use super::config::RegistrationAllowList;
 use super::{AuthorizationServer, SCOPE, configured, random_token};
 use crate::body::Recorder;
 use crate::oauth::json_response;
@@ -40,6 +45,7 @@ struct Metadata {
     grant_types: Option<Vec<String>>,
     response_types: Option<Vec<String>>,
     scope: Option<String>,
+    software_id: Option<String>,
 }
 
 fn metadata_error(message: impl Into<String>) -> Denial {
@@ -71,6 +77,70 @@ pub(super) fn redirect_uri_ok(uri: &str) -> bool {
         Some("http") => loopback,
         _ => false,
     }
+}
+
+/// The initial access token check (RFC 7591 §3): before the body is read,
+/// so an unauthorised caller learns nothing about the metadata rules.
+fn token_allowed(allow: &RegistrationAllowList, headers: &http::HeaderMap) -> Result<(), Denial> {
+    let Some(expected) = &allow.token_sha256 else {
+        return Ok(());
+    };
+    let presented = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    // Digests compared: the comparison's timing says nothing of the token.
+    match presented {
+        Some(token) if Sha256::digest(token.as_bytes())[..] == expected[..] => Ok(()),
+        _ => Err(Denial::new(
+            ErrorCode::InvalidToken,
+            "registration needs the gateway's initial access token: `Authorization: Bearer <token>` (RFC 7591 §3)",
+        )),
+    }
+}
+
+/// Whether the allow-lists admit the registration's software and redirect
+/// URIs (the URIs are already known well-formed).
+fn allowed(
+    allow: &RegistrationAllowList,
+    software_id: Option<&str>,
+    redirect_uris: &[String],
+) -> Result<(), Denial> {
+    if !allow.software_ids.is_empty()
+        && !software_id.is_some_and(|id| allow.software_ids.iter().any(|a| a == id))
+    {
+        return Err(metadata_error(
+            "this gateway registers only allow-listed software: `software_id` is missing or not accepted",
+        ));
+    }
+    if !allow.redirect_hosts.is_empty()
+        && let Some(bad) = redirect_uris.iter().find(|u| {
+            let host = redirect_host(u);
+            !allow.redirect_hosts.contains(&host)
+        })
+    {
+        return Err(Denial::new(
+            ErrorCode::InvalidRedirectUri,
+            format!(
+                "redirect URI `{}` refused: its host is not one this gateway registers clients for",
+                bad.chars().take(80).collect::<String>()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The lowercase host of a checked redirect URI (brackets of IPv6 removed).
+pub(super) fn redirect_host(uri: &str) -> String {
+    uri.parse::<http::Uri>()
+        .ok()
+        .and_then(|u| {
+            u.host()
+                .map(|h| h.trim_matches(['[', ']']).to_ascii_lowercase())
+        })
+        .unwrap_or_default()
 }
 
 /// Checks the metadata: the client's redirect URIs and name.
@@ -168,6 +238,8 @@ pub(crate) async fn serve_register(
             "the audit log cannot be written; no client is registered unrecorded",
         ));
     }
+    let allow = &server.config.registration;
+    token_allowed(allow, &decoded.parts.headers)?;
     let too_large = || metadata_error(format!("the registration must be at most {MAX_BODY} bytes"));
     let mut body = Vec::new();
     let mut stream = decoded.body;
@@ -182,7 +254,9 @@ pub(crate) async fn serve_register(
     }
     let metadata: Metadata = serde_json::from_slice(&body)
         .map_err(|_| metadata_error("the registration must be a JSON object of client metadata"))?;
+    let software_id = metadata.software_id.clone();
     let (redirect_uris, client_name) = check(metadata)?;
+    allowed(allow, software_id.as_deref(), &redirect_uris)?;
     if !server.admit_registration(now) {
         let mut denial = Denial::new(
             ErrorCode::RateLimited,
@@ -270,6 +344,51 @@ mod tests {
             "https://a.example/{}",
             "x".repeat(600)
         )));
+    }
+
+    #[test]
+    fn allow_lists() {
+        let allow = RegistrationAllowList {
+            redirect_hosts: vec!["127.0.0.1".into(), "::1".into()],
+            software_ids: vec!["host-a".into()],
+            token_sha256: Some(Sha256::digest(b"initial-access-token").into()),
+        };
+        let uris = |u: &[&str]| u.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let ok = uris(&["http://127.0.0.1:5/cb", "http://[::1]:5/cb"]);
+        assert!(allowed(&allow, Some("host-a"), &ok).is_ok());
+        let code = |r: Result<(), Denial>| r.unwrap_err().code;
+        assert_eq!(
+            code(allowed(&allow, Some("host-b"), &ok)),
+            ErrorCode::InvalidClientMetadata
+        );
+        assert_eq!(
+            code(allowed(&allow, None, &ok)),
+            ErrorCode::InvalidClientMetadata
+        );
+        assert_eq!(
+            code(allowed(
+                &allow,
+                Some("host-a"),
+                &uris(&["http://localhost:5/cb"])
+            )),
+            ErrorCode::InvalidRedirectUri
+        );
+        assert!(allowed(&RegistrationAllowList::default(), None, &ok).is_ok());
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(
+            code(token_allowed(&allow, &headers)),
+            ErrorCode::InvalidToken
+        );
+        headers.insert("authorization", "Bearer wrong".parse().unwrap());
+        assert_eq!(
+            code(token_allowed(&allow, &headers)),
+            ErrorCode::InvalidToken
+        );
+        headers.insert(
+            "authorization",
+            "bearer initial-access-token".parse().unwrap(),
+        );
+        assert!(token_allowed(&allow, &headers).is_ok());
     }
 
     #[test]

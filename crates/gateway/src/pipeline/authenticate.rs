@@ -15,7 +15,7 @@
 //!
 //! A token of the authorization-code flow (MCP authorization) names one
 //! route as its audience (RFC 8707): it is accepted only on that route, and
-//! may be an unbound `Bearer` token (`context.auth.method == "bearer"`).
+//! may be an unbound `Bearer` token (`context.auth.binding == "bearer"`).
 
 use http::header;
 use portcullis_core::ErrorCode;
@@ -410,10 +410,10 @@ async fn token_identity(
         credential: presented(cnf),
         caller: CallerFacts {
             auth: AuthFacts {
-                method: if unbound {
-                    AuthMethod::Bearer
-                } else {
-                    AuthMethod::Token
+                method: match cnf {
+                    "dpop" => AuthMethod::DpopToken,
+                    "none" => AuthMethod::Bearer,
+                    _ => AuthMethod::MtlsToken,
                 },
                 mfa: delegated.as_ref().is_some_and(|u| u.mfa),
                 token_age_secs: (now - claims.iat).max(0),
