@@ -372,6 +372,8 @@ fn example_policies_pass_their_tests_and_failures_exit_non_zero() {
     assert!(files >= 5, "{files}");
 
     // A wrong expectation fails like a test runner: the case, why, non-zero exit.
+    // Both cases name their time (a Saturday): without one a case is decided
+    // at the time the test runs, and business hours would allow case 2.
     let dir = tempfile::tempdir().unwrap();
     let cases = dir.path().join("wrong.test.yaml");
     std::fs::write(
@@ -381,7 +383,7 @@ fn example_policies_pass_their_tests_and_failures_exit_non_zero() {
              cases:\n  - name: saturday\n    principal: bot\n    action: GET\n    resource: kb\n    \
              context: {{ time: \"2026-11-28T11:00:00Z\" }}\n    expect: allow\n  \
              - name: typo in context\n    principal: bot\n    action: GET\n    resource: kb\n    \
-             context: {{ sorce_ip: 10.0.0.1 }}\n    expect: deny\n",
+             context: {{ sorce_ip: 10.0.0.1, time: \"2026-11-28T11:00:00Z\" }}\n    expect: deny\n",
             examples.display()
         ),
     )
