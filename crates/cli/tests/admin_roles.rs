@@ -90,7 +90,10 @@ async fn call(
     let response = request.bearer_auth(token).send().await.unwrap();
     let status = response.status().as_u16();
     let body: Value = response.json().await.unwrap_or(Value::Null);
-    (status, body["code"].as_str().unwrap_or("").to_string())
+    (
+        status,
+        body["error"]["code"].as_str().unwrap_or("").to_string(),
+    )
 }
 
 /// A concrete path for a route pattern: every parameter a name that exists

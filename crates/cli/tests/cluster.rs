@@ -678,8 +678,12 @@ async fn a_console_session_works_on_every_replica_and_ends_on_all() {
             started.elapsed() < Duration::from_secs(5),
             "B still honours a revoked credential's session"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    eprintln!(
+        "console session: revoked on A, refused on B after {:?}",
+        started.elapsed()
+    );
     // Logout on B ends the session on A too.
     let text = page(&b, &owner).await.unwrap().text().await.unwrap();
     let csrf = text
@@ -703,6 +707,10 @@ async fn a_console_session_works_on_every_replica_and_ends_on_all() {
             started.elapsed() < Duration::from_secs(5),
             "A still honours a session logged out on B"
         );
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    eprintln!(
+        "console session: logged out on B, refused on A after {:?}",
+        started.elapsed()
+    );
 }
