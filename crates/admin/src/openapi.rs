@@ -458,7 +458,7 @@ pub(crate) const OPERATIONS: &[Operation] = &[
     op("get", "/metrics", "probes", Public, "Prometheus metrics, in OpenMetrics or (for `Accept: text/plain`) the text format 0.0.4.")
         .answers("application/openmetrics-text"),
     op("get", p!("/openapi.json"), "meta", Admin, "This OpenAPI 3.1 description of the admin API.")
-        .ok(&[f("openapi", "string", "`3.1.0`"), f("info", "object", "title, version, description"), f("paths", "object", "every operation")]),
+        .ok(&[f("openapi", "string", "`3.1.0`"), f("info", "object", "title, version, description"), f("servers", "object[]", "where it listens by default"), f("security", "object[]", "how callers authenticate"), f("tags", "object[]", "the groups of operations"), f("paths", "object", "every operation"), f("components", "object", "shared schemas and security schemes")]),
     // Agents.
     op("post", p!("/agents"), "agents", Admin, "Create an agent and issue its first certificate from a CSR (and optionally register a signing key for the token endpoint).")
         .body(&[f("name", "string", "the agent's name"), f("roles", "string[]", "its roles (Cedar `Role` entities)"), f("csr_pem", "string", "a PKCS#10 CSR, PEM"), opt("ttl_seconds", "integer", "certificate lifetime"), opt("jwk", "object", "a public JWK for the token endpoint")])
@@ -617,7 +617,7 @@ pub(crate) const OPERATIONS: &[Operation] = &[
         .named("PolicyChange"),
     op("post", p!("/policies/explain"), "policies", Admin, "Decide a described request with the active version and say why.")
         .body(&[f("agent", "string", "the agent"), f("action", "string", "the action (`GET`, `call_tool`, `complete`, …)"), f("resource", "string", "the route, `route/tool` or `route/model`"), opt("context", "object", "request facts (time, source IP, content, …)")])
-        .ok(&[f("policy_version", "integer", "the version that decided"), f("action", "string", "the action asked"), opt("allowed", "boolean", "the decision (one request)"), opt("deciding", "string[]", "the policies that decided"), opt("policies", "object[]", "every policy's trace"), opt("models", "object[]", "one explanation per model (an LLM listing)")]),
+        .ok(&[f("policy_version", "integer", "the version that decided"), f("action", "string", "the action asked"), opt("allowed", "boolean", "the decision (one request)"), opt("deciding", "string[]", "the policies that decided"), opt("errors", "string[]", "evaluation errors"), opt("policies", "object[]", "every policy's trace"), opt("models", "object[]", "one explanation per model (an LLM listing)")]),
     op("get", p!("/policies/shadow"), "policies", Admin, "The shadow candidate's disagreements with the active version.")
         .ok(&[f("active", "integer?", "the active version"), f("shadow", "integer?", "the shadow version, if any"), opt("decided", "integer", "requests decided by both"), opt("allow_to_deny", "integer", "allowed now, denied by the candidate"), opt("deny_to_allow", "integer", "denied now, allowed by the candidate"), opt("recent", "object[]", "the latest disagreements")]),
     op("delete", p!("/policies/shadow"), "policies", StepUp, "Stop shadow evaluation.")
@@ -689,7 +689,7 @@ pub(crate) fn document() -> Value {
 fn schemas() -> Value {
     let mut schemas = Map::new();
     for (name, fields) in COMPONENTS {
-        schemas.insert(name.to_string(), object_schema(fields));
+        schemas.insert(name.to_string(), object_schema(fields.iter()));
     }
     schemas.insert("Error".to_string(), error_schema());
     Value::Object(schemas)
@@ -756,7 +756,8 @@ fn schema(ty: &str) -> Value {
 
 /// An object schema with `fields` (unknown fields allowed: fields are
 /// added, never renamed).
-fn object_schema(fields: &[Field]) -> Value {
+fn object_schema<'a>(fields: impl IntoIterator<Item = &'a Field>) -> Value {
+    let fields: Vec<&Field> = fields.into_iter().collect();
     let properties: Map<String, Value> = fields
         .iter()
         .map(|b| {
@@ -785,9 +786,15 @@ fn answer_schema(o: &Operation) -> Value {
         Answer::Object(fields) => object_schema(fields),
         Answer::List(fields) => json!({ "type": "array", "items": object_schema(fields) }),
         Answer::Named(name) => schema(&format!("ref:{name}")),
-        Answer::Extends(name, fields) => {
-            json!({ "allOf": [schema(&format!("ref:{name}")), object_schema(fields)] })
-        }
+        // Flattened rather than `allOf`, so the combined object can be
+        // checked as closed (the answers test does).
+        Answer::Extends(name, fields) => object_schema(
+            COMPONENTS
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .flat_map(|(_, base)| base.iter())
+                .chain(fields.iter()),
+        ),
     }
 }
 

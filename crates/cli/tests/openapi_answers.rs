@@ -55,6 +55,7 @@ async fn documented_answer_schemas_validate_real_answers() {
     let v = "/admin/v1";
     let mut cases = vec![
         case("get", "/healthz", "/healthz"),
+        case("get", "/admin/v1/openapi.json", "/admin/v1/openapi.json"),
         case("get", "/readyz", "/readyz"),
         case("get", "/admin/v1/agents", "/admin/v1/agents"),
         case("get", "/admin/v1/agents/bot", "/admin/v1/agents/{name}"),
@@ -149,6 +150,76 @@ async fn documented_answer_schemas_validate_real_answers() {
             "/admin/v1/policies/explain",
         )
     });
+    let with = |c: Case, body: Value| Case {
+        body: Some(body),
+        ..c
+    };
+    cases.extend([
+        with(
+            case("post", "/admin/v1/secrets", "/admin/v1/secrets"),
+            json!({ "name": "db", "value": "s3cret" }),
+        ),
+        case("get", "/admin/v1/secrets/db", "/admin/v1/secrets/{name}"),
+        with(
+            case(
+                "post",
+                "/admin/v1/secrets/db/rotate",
+                "/admin/v1/secrets/{name}/rotate",
+            ),
+            json!({ "value": "n3w" }),
+        ),
+        with(
+            case(
+                "post",
+                "/admin/v1/secrets/db/settings",
+                "/admin/v1/secrets/{name}/settings",
+            ),
+            json!({ "grace_period_s": 60 }),
+        ),
+        case("delete", "/admin/v1/secrets/db", "/admin/v1/secrets/{name}"),
+        with(
+            case("post", "/admin/v1/transit/keys", "/admin/v1/transit/keys"),
+            json!({ "name": "pay" }),
+        ),
+        with(
+            case(
+                "post",
+                "/admin/v1/transit/encrypt",
+                "/admin/v1/transit/encrypt",
+            ),
+            json!({ "key": "pay", "plaintext": "aGVsbG8=" }),
+        ),
+        with(
+            case(
+                "post",
+                "/admin/v1/transit/keys/pay/rotate",
+                "/admin/v1/transit/keys/{name}/rotate",
+            ),
+            json!({}),
+        ),
+        with(
+            case("post", "/admin/v1/users/disable", "/admin/v1/users/disable"),
+            json!({ "subject": "mallory" }),
+        ),
+        with(
+            case("post", "/admin/v1/users/enable", "/admin/v1/users/enable"),
+            json!({ "subject": "mallory" }),
+        ),
+        with(
+            case("post", "/admin/v1/tokens/revoke", "/admin/v1/tokens/revoke"),
+            json!({ "jti": "j-1" }),
+        ),
+        case(
+            "delete",
+            "/admin/v1/session/step-up",
+            "/admin/v1/session/step-up",
+        ),
+        case(
+            "get",
+            "/admin/v1/audit/proof/consistency?from=1",
+            "/admin/v1/audit/proof/consistency",
+        ),
+    ]);
     cases.push(case(
         "post",
         "/admin/v1/admin-tokens/ops/rotate",
@@ -176,6 +247,7 @@ async fn documented_answer_schemas_validate_real_answers() {
         let mut request = match c.method {
             "get" => http.get(&url),
             "post" => http.post(&url),
+            "delete" => http.delete(&url),
             other => panic!("{other}"),
         };
         if c.token {

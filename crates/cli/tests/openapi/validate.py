@@ -4,7 +4,8 @@ Called by crates/cli/tests/openapi_answers.rs with one argument: a JSON file
 `{"document": …, "calls": [{"method", "path", "status", "answer",
 "expect_invalid"?}]}` (`path` is the documented path template). A success
 status the document does not list is a failure; an error answer is checked
-against the `default` (error) schema. Calls marked `expect_invalid` are
+against the `default` (error) schema. Described objects are closed for
+the check (see `strict`): every field of a real answer must be documented. Calls marked `expect_invalid` are
 deliberately broken answers that must fail validation (the check can fail).
 Prints one JSON line; exit status 1 on any failure."""
 
@@ -16,6 +17,24 @@ from jsonschema import Draft202012Validator
 
 cases = json.load(open(sys.argv[1]))
 doc = cases["document"]
+
+
+def strict(node, in_all_of=False):
+    """The document with every described object closed to unknown fields
+    (except the parts of an `allOf`, which see each other's fields): the
+    served document leaves them open (fields are added, never renamed), the
+    test closes them so an answer field missing from the document fails."""
+    if isinstance(node, list):
+        return [strict(n, in_all_of) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: strict(v, k == "allOf") for k, v in node.items()}
+    if "properties" in node and not in_all_of and "additionalProperties" not in node:
+        out["additionalProperties"] = False
+    return out
+
+
+doc = strict(doc)
 failures = []
 checked = 0
 
