@@ -521,6 +521,26 @@ async fn an_admin_client_certificate_acts_with_its_role_over_mtls_until_revoked(
         "{err}"
     );
 
+    // The CLI authenticates with it too (`--admin-cert`; the key beside it).
+    let whoami = server.cli(&[
+        "admin",
+        "whoami",
+        "-o",
+        "json",
+        "--admin-cert",
+        crt.to_str().unwrap(),
+    ]);
+    assert!(
+        whoami.status.success(),
+        "{}",
+        String::from_utf8_lossy(&whoami.stderr)
+    );
+    let me: Value = serde_json::from_slice(&whoami.stdout).unwrap();
+    assert_eq!(
+        (&me["name"], &me["kind"]),
+        (&json!("certop"), &json!("certificate"))
+    );
+
     // A bearer token wins over the certificate the client presents.
     let r = cert_client
         .get(url("/session"))
