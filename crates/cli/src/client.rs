@@ -189,7 +189,7 @@ impl AdminClient {
         let mut response = self
             .http
             .get(self.url(path))
-            .pipe_token(self.token.as_deref())
+            .maybe_bearer(self.token.as_deref())
             .timeout(std::time::Duration::from_secs(3600))
             .send()
             .await
@@ -238,7 +238,7 @@ impl AdminClient {
             mfa_required: false,
         };
         let response = request
-            .pipe_token(self.token.as_deref())
+            .maybe_bearer(self.token.as_deref())
             .send()
             .await
             .with_context(|| format!("cannot reach the admin API at {}", self.base))
@@ -266,6 +266,20 @@ fn read_trimmed(path: &std::path::Path) -> Result<String> {
     Ok(std::fs::read_to_string(path)?.trim().to_string())
 }
 
+/// Adds the bearer token, when the credential is one.
+trait MaybeBearer {
+    fn maybe_bearer(self, token: Option<&str>) -> Self;
+}
+
+impl MaybeBearer for reqwest::RequestBuilder {
+    fn maybe_bearer(self, token: Option<&str>) -> Self {
+        match token {
+            Some(token) => self.bearer_auth(token),
+            None => self,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,20 +295,6 @@ mod tests {
                 prompt_code(&mut bad.as_bytes(), &mut Vec::new()).is_err(),
                 "{bad}"
             );
-        }
-    }
-}
-
-/// Adds the bearer token, when the credential is one.
-trait PipeToken {
-    fn pipe_token(self, token: Option<&str>) -> Self;
-}
-
-impl PipeToken for reqwest::RequestBuilder {
-    fn pipe_token(self, token: Option<&str>) -> Self {
-        match token {
-            Some(token) => self.bearer_auth(token),
-            None => self,
         }
     }
 }
