@@ -659,6 +659,7 @@ pub(crate) fn document() -> Value {
             "title": "Portcullis admin API",
             "version": env!("CARGO_PKG_VERSION"),
             "description": "The control plane of the Portcullis gateway, on its own TLS listener. \
+                Callers authenticate with an admin bearer token or an admin client certificate (mTLS). \
                 Errors share one shape: `{\"error\": {\"code\", \"message\", \"request_id\"}}` with the \
                 stable codes of docs/errors.md. Every change and every refused call is audited.",
         },
@@ -884,7 +885,8 @@ pub(crate) fn markdown(doc: &Value) -> String {
          Regenerate: PORTCULLIS_WRITE_DOCS=1 cargo test -p portcullis-admin openapi -->\n\n\
          The admin API listens on its own TLS listener (`[admin] listen`, default `127.0.0.1:9443`). \
          The machine-readable description is served at `GET /admin/v1/openapi.json` (OpenAPI 3.1). \
-         Every call except the probes needs `Authorization: Bearer <admin token>`. \
+         Every call except the probes needs `Authorization: Bearer <admin token>`, or an admin client \
+         certificate (`portcullis admin cert create`) presented over mTLS. \
          Calls marked **step-up** also need `X-Portcullis-User` and a fresh `X-Portcullis-TOTP` once \
          any admin has enrolled. Errors: `{\"error\": {\"code\", \"message\", \"request_id\"}}` with the \
          codes of [errors.md](errors.md).\n",
