@@ -9,6 +9,10 @@
 //!   enrolled), recorded with the acting credential, and reload the
 //!   in-memory credentials before answering, so they are in force when the
 //!   call returns. The last live owner cannot be revoked.
+//! - `POST /admin-certificates` `{name, role, csr}` creates a credential
+//!   bound to a client certificate the Portcullis CA issues for the CSR's
+//!   key; listed, revoked and audited like a token (it is not rotated: a new
+//!   one is issued instead).
 //! - `GET /session` says who the caller is: credential, role, permissions
 //!   and any open step-up window. `POST /session/step-up` verifies a TOTP
 //!   code and opens a window without any other action; `DELETE` closes it.
@@ -31,6 +35,7 @@ pub(crate) fn routes() -> Router<AdminState> {
         .route("/admin-tokens", get(list).post(create))
         .route("/admin-tokens/{name}/rotate", post(rotate))
         .route("/admin-tokens/{name}/revoke", post(revoke))
+        .route("/admin-certificates", post(create_certificate))
         .route("/session", get(session))
         .route("/session/step-up", post(step_up).delete(step_down))
 }
@@ -48,6 +53,10 @@ struct CreateBody {
 struct TokenView {
     name: String,
     role: String,
+    /// `token` or `certificate`.
+    kind: String,
+    /// A certificate's end of validity.
+    not_after: Option<i64>,
     status: &'static str,
     bootstrap: bool,
     created_at: i64,
@@ -91,6 +100,8 @@ async fn list(
             },
             name: r.name,
             role: r.role,
+            kind: r.kind,
+            not_after: r.not_after,
             bootstrap: r.bootstrap,
             created_at: r.created_at,
             created_by: r.created_by,
@@ -104,18 +115,17 @@ async fn list(
     ))
 }
 
-async fn create(
-    State(state): State<AdminState>,
-    Extension(call): Extension<Call>,
-    headers: HeaderMap,
-    body: Result<Json<CreateBody>, axum::extract::rejection::JsonRejection>,
-) -> Result<Response, ApiError> {
-    // Everything that can be refused is checked before the code is looked at.
-    let Json(body) = body.map_err(|e| call.error(ErrorCode::BadRequest, e.body_text()))?;
-    let name = AgentName::parse(&body.name)
+/// A new credential's name and role, checked (valid, not taken) before
+/// any code is looked at.
+async fn new_credential(
+    state: &AdminState,
+    call: &Call,
+    name: &str,
+    role: &str,
+) -> Result<(AgentName, Role), ApiError> {
+    let name = AgentName::parse(name)
         .map_err(|e| call.error(ErrorCode::BadRequest, format!("credential name: {e}")))?;
-    let role: Role = body
-        .role
+    let role: Role = role
         .parse()
         .map_err(|e| call.error(ErrorCode::BadRequest, format!("{e}")))?;
     let taken = state
@@ -131,6 +141,18 @@ async fn create(
             format!("`{name}` already exists (names are never reused)"),
         ));
     }
+    Ok((name, role))
+}
+
+async fn create(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    headers: HeaderMap,
+    body: Result<Json<CreateBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    // Everything that can be refused is checked before the code is looked at.
+    let Json(body) = body.map_err(|e| call.error(ErrorCode::BadRequest, e.body_text()))?;
+    let (name, role) = new_credential(&state, &call, &body.name, &body.role).await?;
     let approver = require_fresh_totp(&state, &call, &headers).await?;
     let (row, token) = mint(name.as_str(), role, &call.admin_name(), false);
     state
@@ -154,6 +176,102 @@ async fn create(
             token,
         },
     ))
+}
+
+/// `POST /admin-certificates` body: the CLI makes the key and sends only
+/// a CSR, so the private key never leaves the admin's machine.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateCertificateBody {
+    name: String,
+    role: String,
+    /// PEM certificate signing request; only its public key is used.
+    csr: String,
+    /// Lifetime in seconds (default [`DEFAULT_ADMIN_CERT_TTL`], at most a year).
+    #[serde(default)]
+    ttl_seconds: Option<u64>,
+}
+
+/// The lifetime of an admin certificate when none is asked for.
+pub const DEFAULT_ADMIN_CERT_TTL: std::time::Duration =
+    std::time::Duration::from_secs(90 * 24 * 3600);
+
+/// The answer of `POST /admin-certificates`.
+#[derive(Serialize)]
+struct IssuedCertificate {
+    name: String,
+    role: String,
+    kind: &'static str,
+    certificate_pem: String,
+    ca_pem: String,
+    fingerprint: String,
+    serial: String,
+    not_after: i64,
+}
+
+/// Issues a client certificate for a new admin credential: the Portcullis CA
+/// signs the CSR's public key (subject `CN=<name>, O=Portcullis admins`),
+/// and the credential is bound to that exact certificate (SHA-256 of its DER
+/// form). Over mTLS on the admin listener it then authenticates like a
+/// token of the same role; revoking the credential refuses it at once.
+async fn create_certificate(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    headers: HeaderMap,
+    body: Result<Json<CreateCertificateBody>, axum::extract::rejection::JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body.map_err(|e| call.error(ErrorCode::BadRequest, e.body_text()))?;
+    let (name, role) = new_credential(&state, &call, &body.name, &body.role).await?;
+    let ttl = body
+        .ttl_seconds
+        .map_or(DEFAULT_ADMIN_CERT_TTL, std::time::Duration::from_secs);
+    let issued = state
+        .ca
+        .issue_admin(name.as_str(), &body.csr, ttl)
+        .map_err(|e| call.error(ErrorCode::BadRequest, e.to_string()))?;
+    let fingerprint = certificate_fingerprint(&issued.pem)
+        .ok_or_else(|| call.internal("the CA issued a certificate that does not parse"))?;
+    let approver = require_fresh_totp(&state, &call, &headers).await?;
+    let (mut row, _token) = mint(name.as_str(), role, &call.admin_name(), false);
+    row.token_sha256 = fingerprint.clone();
+    row.kind = portcullis_store::ADMIN_KIND_CERTIFICATE.to_string();
+    row.not_after = Some(issued.not_after);
+    state
+        .store
+        .add_admin_credential(&row)
+        .await
+        .map_err(|e| call.store_error(e))?;
+    reload(&state, &call).await?;
+    call.done_by(
+        &state.sink,
+        &approver,
+        "admin_certificate.create",
+        name.as_str(),
+        201,
+    );
+    Ok(json(
+        StatusCode::CREATED,
+        &IssuedCertificate {
+            name: row.name,
+            role: row.role,
+            kind: portcullis_store::ADMIN_KIND_CERTIFICATE,
+            certificate_pem: issued.pem,
+            ca_pem: state.ca.cert_pem().to_string(),
+            fingerprint,
+            serial: issued.serial,
+            not_after: issued.not_after,
+        },
+    ))
+}
+
+/// SHA-256 (hex) of the DER form of the first certificate in `pem`: what a
+/// certificate credential is bound to, and what the listener computes from
+/// the certificate a client presents.
+pub fn certificate_fingerprint(pem: &str) -> Option<String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let der = CertificateDer::from_pem_slice(pem.as_bytes()).ok()?;
+    Some(crate::auth::hash_bytes(der.as_ref()))
 }
 
 /// The live credential called `name`, or `not_found` before any code is spent.
@@ -184,6 +302,14 @@ async fn rotate(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let row = live(&state, &call, &name).await?;
+    if row.kind != portcullis_store::ADMIN_KIND_TOKEN {
+        return Err(call.error(
+            ErrorCode::BadRequest,
+            format!(
+                "`{name}` is a client-certificate credential: issue a new one (`portcullis admin cert create`) and revoke this one"
+            ),
+        ));
+    }
     let approver = require_fresh_totp(&state, &call, &headers).await?;
     let token = crate::auth::new_token();
     state
@@ -257,6 +383,7 @@ fn session_view(state: &AdminState, call: &Call) -> Result<serde_json::Value, Ap
     Ok(serde_json::json!({
         "name": admin.name,
         "role": admin.role.as_str(),
+        "kind": admin.kind.as_str(),
         "permissions": PERMISSIONS
             .iter()
             .filter(|p| admin.role.grants(**p))

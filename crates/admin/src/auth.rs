@@ -12,7 +12,12 @@ pub fn new_token() -> String {
 
 /// SHA-256 of a token, hex: what the store keeps.
 pub fn hash_token(token: &str) -> String {
-    hex::encode(Sha256::digest(token.as_bytes()))
+    hash_bytes(token.as_bytes())
+}
+
+/// SHA-256 of bytes, hex (a certificate's fingerprint).
+pub fn hash_bytes(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
 }
 
 #[cfg(test)]

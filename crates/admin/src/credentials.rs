@@ -1,13 +1,17 @@
 //! Admin credentials in memory: the live (unrevoked) bearer tokens by their
-//! SHA-256, each with its name and role. The store is the truth; this is its
+//! SHA-256 and the live client certificates by their fingerprint, each with
+//! its name and role. The store is the truth; this is its
 //! snapshot, reloaded after every change the admin API makes, so a revoked or
 //! rotated token is refused by the very next request. Authentication is a
 //! hash and a map lookup under a read lock never held across IO.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
-use portcullis_store::{AdminTokenRow, Store, StoreError};
+use portcullis_store::{
+    ADMIN_KIND_CERTIFICATE, ADMIN_KIND_TOKEN, AdminTokenRow, Store, StoreError,
+};
 
 use crate::auth::{hash_token, new_token};
 use crate::roles::Role;
@@ -26,12 +30,45 @@ pub struct AdminIdentity {
     pub name: String,
     /// What it may do.
     pub role: Role,
+    /// How it proves itself.
+    pub kind: CredentialKind,
 }
 
-/// The live credentials, by SHA-256 of their token.
+/// How an admin credential proves itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CredentialKind {
+    /// A bearer token (`Authorization: Bearer pcadm_…`).
+    Token,
+    /// A client certificate the Portcullis CA issued, presented in the TLS
+    /// handshake of the admin listener (mTLS).
+    Certificate,
+}
+
+impl CredentialKind {
+    /// The word for it in audit records and listings.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::Token => ADMIN_KIND_TOKEN,
+            CredentialKind::Certificate => ADMIN_KIND_CERTIFICATE,
+        }
+    }
+}
+
+/// A live certificate credential: who, and until when its certificate is valid.
+#[derive(Debug)]
+struct CertificateEntry {
+    identity: Arc<AdminIdentity>,
+    not_after: i64,
+}
+
+/// The live credentials, by SHA-256 of their token or certificate.
 #[derive(Debug, Default)]
 pub struct AdminCredentials {
     by_hash: RwLock<HashMap<String, Arc<AdminIdentity>>>,
+    by_certificate: RwLock<HashMap<String, CertificateEntry>>,
+    /// Bumped by every reload: caches of what credentials allow (console
+    /// sessions) compare it to notice a change at once.
+    generation: AtomicU64,
 }
 
 impl AdminCredentials {
@@ -47,25 +84,57 @@ impl AdminCredentials {
     pub async fn reload(&self, store: &Store) -> Result<(), StoreError> {
         let rows = store.admin_credentials().await?;
         let mut by_hash = HashMap::new();
+        let mut by_certificate = HashMap::new();
         for row in rows.into_iter().filter(|r| r.revoked_at.is_none()) {
-            match row.role.parse::<Role>() {
-                Ok(role) => {
-                    by_hash.insert(
-                        row.token_sha256,
-                        Arc::new(AdminIdentity {
-                            id: row.id,
-                            name: row.name,
-                            role,
-                        }),
-                    );
+            let Some(identity) = identity_of(&row) else {
+                continue;
+            };
+            match identity.kind {
+                CredentialKind::Token => {
+                    by_hash.insert(row.token_sha256, identity);
                 }
-                Err(e) => {
-                    tracing::error!(credential = %row.name, error = %e, "admin credential refused")
+                CredentialKind::Certificate => {
+                    by_certificate.insert(
+                        row.token_sha256,
+                        CertificateEntry {
+                            identity,
+                            // No recorded end of validity: refused (fail closed).
+                            not_after: row.not_after.unwrap_or(0),
+                        },
+                    );
                 }
             }
         }
         *self.by_hash.write().unwrap_or_else(|e| e.into_inner()) = by_hash;
+        *self
+            .by_certificate
+            .write()
+            .unwrap_or_else(|e| e.into_inner()) = by_certificate;
+        self.generation.fetch_add(1, Ordering::SeqCst);
         Ok(())
+    }
+
+    /// The credential a client certificate belongs to: `fingerprint` is
+    /// SHA-256 (hex) of the DER certificate the peer proved it holds the key
+    /// of in the TLS handshake. Only certificates the admin API issued and
+    /// recorded match, and only until their end of validity (`now`, epoch
+    /// seconds).
+    pub fn authenticate_certificate(
+        &self,
+        fingerprint: &str,
+        now: i64,
+    ) -> Option<Arc<AdminIdentity>> {
+        self.by_certificate
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(fingerprint)
+            .filter(|entry| now < entry.not_after)
+            .map(|entry| entry.identity.clone())
+    }
+
+    /// A number that changes whenever the credentials are reloaded.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     /// The credential a presented token belongs to. The lookup is by the
@@ -79,28 +148,46 @@ impl AdminCredentials {
             .cloned()
     }
 
-    /// One live credential (unit tests of the credential's users).
-    #[cfg(test)]
-    pub(crate) fn single(token: &str, role: Role) -> Self {
-        let identity = AdminIdentity {
-            id: "test".into(),
-            name: "test".into(),
-            role,
-        };
-        AdminCredentials {
-            by_hash: RwLock::new(HashMap::from([(hash_token(token), Arc::new(identity))])),
-        }
-    }
-
     /// How many credentials are live.
     pub fn len(&self) -> usize {
         self.by_hash.read().unwrap_or_else(|e| e.into_inner()).len()
+            + self
+                .by_certificate
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .len()
     }
 
     /// Whether none is.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The identity of a live credential row; `None` (refused, logged) for a
+/// role or kind this version does not know, which is never guessed.
+pub(crate) fn identity_of(row: &AdminTokenRow) -> Option<Arc<AdminIdentity>> {
+    let role = match row.role.parse::<Role>() {
+        Ok(role) => role,
+        Err(e) => {
+            tracing::error!(credential = %row.name, error = %e, "admin credential refused");
+            return None;
+        }
+    };
+    let kind = match row.kind.as_str() {
+        ADMIN_KIND_TOKEN => CredentialKind::Token,
+        ADMIN_KIND_CERTIFICATE => CredentialKind::Certificate,
+        other => {
+            tracing::error!(credential = %row.name, kind = other, "admin credential of an unknown kind refused");
+            return None;
+        }
+    };
+    Some(Arc::new(AdminIdentity {
+        id: row.id.clone(),
+        name: row.name.clone(),
+        role,
+        kind,
+    }))
 }
 
 /// A credential made now: its row and the token, which exists only here
@@ -122,6 +209,8 @@ pub(crate) fn mint(
         rotated_at: None,
         revoked_at: None,
         bootstrap,
+        kind: ADMIN_KIND_TOKEN.to_string(),
+        not_after: None,
     };
     (row, token)
 }

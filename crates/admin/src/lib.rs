@@ -8,7 +8,8 @@
 //! Unauthenticated: `GET /healthz`, `GET /readyz`, `GET /metrics`.
 //! The web console (`/console`, `console/`): a login session over the same
 //! API. The OpenAPI description: `GET /admin/v1/openapi.json` (`openapi.rs`).
-//! A named admin credential (bearer token, `credentials.rs`) with a role
+//! A named admin credential (a bearer token, or a client certificate the
+//! Portcullis CA issued and presented over mTLS; `credentials.rs`) with a role
 //! (`roles.rs`): everything under `/admin/v1/`, each route needing the one
 //! permission `route_permissions.rs` maps it to (default deny). Every change
 //! and every refused admin call is written to the audit log with the acting
@@ -35,9 +36,12 @@ mod stepup;
 mod tools_api;
 mod vault_api;
 
-pub use api::{AdminState, DEFAULT_CERT_TTL, RemoteAddr, ShuttingDown, router};
-pub use auth::{hash_token, new_token};
-pub use credentials::{AdminCredentials, AdminIdentity, BOOTSTRAP_NAME, ensure_bootstrap};
+pub use admin_tokens_api::{DEFAULT_ADMIN_CERT_TTL, certificate_fingerprint};
+pub use api::{AdminState, ClientCertificate, DEFAULT_CERT_TTL, RemoteAddr, ShuttingDown, router};
+pub use auth::{hash_bytes, hash_token, new_token};
+pub use credentials::{
+    AdminCredentials, AdminIdentity, BOOTSTRAP_NAME, CredentialKind, ensure_bootstrap,
+};
 pub use mfa::{MfaKeys, TOTP_HEADER, USER_HEADER};
 pub use roles::{Permission, ROLES, Role};
 pub use route_permissions::{ROUTE_PERMISSIONS, required as route_permission};

@@ -38,6 +38,7 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
     ("POST", "/admin-tokens", ManageAdmins),
     ("POST", "/admin-tokens/{name}/rotate", ManageAdmins),
     ("POST", "/admin-tokens/{name}/revoke", ManageAdmins),
+    ("POST", "/admin-certificates", ManageAdmins),
     ("GET", "/session", Session),
     ("POST", "/session/step-up", Session),
     ("DELETE", "/session/step-up", Session),

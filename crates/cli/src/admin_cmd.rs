@@ -1,6 +1,9 @@
 //! `portcullis admin …`: admin credentials (`token`: bearer tokens with a
-//! role), human admins (`user`: TOTP), and the caller's own session
+//! role; `cert`: client certificates with a role), human admins (`user`: TOTP), and the caller's own session
 //! (`whoami`, `step-up`, `step-down`).
+
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Result, bail};
 use clap::Subcommand;
@@ -17,6 +20,12 @@ pub enum AdminCommand {
     Token {
         #[command(subcommand)]
         command: AdminTokenCommand,
+    },
+    /// Admin credentials bound to a client certificate (mTLS on the admin
+    /// listener); listed and revoked with `admin token list|revoke`.
+    Cert {
+        #[command(subcommand)]
+        command: AdminCertCommand,
     },
     /// Human admins who confirm sensitive actions with TOTP.
     User {
@@ -67,6 +76,27 @@ pub enum AdminTokenCommand {
     },
 }
 
+/// `portcullis admin cert …`
+#[derive(Debug, Subcommand)]
+pub enum AdminCertCommand {
+    /// Make a key here, have the Portcullis CA certify it for a new admin
+    /// credential, and write NAME.crt, NAME.key (mode 0600) and ca.crt. The
+    /// key never leaves this machine; only its CSR is sent.
+    Create {
+        /// The credential's name (a-z, 0-9, `.`, `_`, `-`); never reused.
+        name: String,
+        /// What it may do: owner, operator, policy-author, approver, auditor.
+        #[arg(long)]
+        role: String,
+        /// Where to write the files.
+        #[arg(long, default_value = ".")]
+        out: PathBuf,
+        /// Certificate lifetime: 3600, 90s, 30m, 24h or 7d (at most 365d).
+        #[arg(long, default_value = "90d", value_parser = crate::commands::parse_ttl)]
+        ttl: Duration,
+    },
+}
+
 /// `portcullis admin oauth-client …`
 #[derive(Debug, Subcommand)]
 pub enum OauthClientCommand {
@@ -102,6 +132,7 @@ pub enum AdminUserCommand {
 const TOKEN_COLUMNS: &[output::Column] = &[
     col("NAME", "name", Kind::Text, 24),
     col("ROLE", "role", Kind::Text, 14),
+    col("KIND", "kind", Kind::Text, 11),
     col("STATUS", "status", Kind::Text, 8),
     col("CREATED", "created_at", Kind::Time, 20),
     col("BY", "created_by", Kind::Text, 16),
@@ -155,6 +186,36 @@ pub async fn admin(command: AdminCommand, args: AdminArgs) -> Result<()> {
                     .post(&format!("/admin-tokens/{name}/revoke"), &json!({}))
                     .await?;
                 println!("revoked admin credential `{name}`");
+            }
+        },
+        AdminCommand::Cert { command } => match command {
+            AdminCertCommand::Create {
+                name,
+                role,
+                out,
+                ttl,
+            } => {
+                let (key_pem, csr_pem) = portcullis_identity::new_agent_key_and_csr()?;
+                let v = client
+                    .post(
+                        "/admin-certificates",
+                        &json!({
+                            "name": name,
+                            "role": role,
+                            "csr": csr_pem,
+                            "ttl_seconds": ttl.as_secs(),
+                        }),
+                    )
+                    .await?;
+                crate::commands::write_credentials(&out, &name, &key_pem, &v)?;
+                eprintln!(
+                    "created admin credential `{name}` ({}), certificate {}; wrote {}, {} and {}",
+                    v["role"].as_str().unwrap_or_default(),
+                    v["fingerprint"].as_str().unwrap_or_default(),
+                    out.join(format!("{name}.crt")).display(),
+                    out.join(format!("{name}.key")).display(),
+                    out.join("ca.crt").display(),
+                );
             }
         },
         AdminCommand::User { command } => match command {

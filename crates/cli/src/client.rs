@@ -18,7 +18,8 @@ use crate::state_dir::StateDir;
 pub struct AdminClient {
     http: reqwest::Client,
     base: String,
-    token: String,
+    /// The bearer token; `None` when a client certificate authenticates.
+    token: Option<String>,
     /// `X-Portcullis-User` / `X-Portcullis-TOTP` for sensitive actions.
     mfa: Option<(Option<String>, String)>,
     /// The human admin to name when asking for a code interactively.
@@ -67,22 +68,25 @@ impl AdminClient {
                 "cannot find the admin API URL: is `portcullis serve` running with this --state-dir? (or pass --admin-url)",
             )?,
         };
-        // An explicit file wins over the environment, which wins over the state dir.
+        // A client certificate, when given, is the credential (no token is
+        // sent). Otherwise an explicit file wins over the environment, which
+        // wins over the state dir.
         let from_env = std::env::var(crate::ENV_ADMIN_TOKEN)
             .ok()
             .map(|t| t.trim().to_string())
             .filter(|t| !t.is_empty());
-        let token = match (&args.admin_token_file, from_env) {
-            (None, Some(token)) => token,
-            (file, _) => {
+        let token = match (&args.admin_cert, &args.admin_token_file, from_env) {
+            (Some(_), _, _) => None,
+            (None, None, Some(token)) => Some(token),
+            (None, file, _) => {
                 let path = file.clone().unwrap_or_else(|| state.admin_token());
-                read_trimmed(&path).with_context(|| {
+                Some(read_trimmed(&path).with_context(|| {
                     format!(
                         "cannot read the admin token from `{}` (or set {})",
                         path.display(),
                         crate::ENV_ADMIN_TOKEN
                     )
-                })?
+                })?)
             }
         };
         let ca_path: PathBuf = args.ca_cert.clone().unwrap_or_else(|| state.ca_cert());
@@ -101,8 +105,23 @@ impl AdminClient {
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+        let tls = match &args.admin_cert {
+            Some(cert) => {
+                let key = args
+                    .admin_key
+                    .clone()
+                    .unwrap_or_else(|| cert.with_extension("key"));
+                let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+                    .with_context(|| format!("cannot read `{}`", cert.display()))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .with_context(|| format!("cannot read `{}`", cert.display()))?;
+                let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&key)
+                    .with_context(|| format!("cannot read the key `{}`", key.display()))?;
+                tls.with_client_auth_cert(chain, key)?
+            }
+            None => tls.with_no_client_auth(),
+        };
         let http = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .timeout(std::time::Duration::from_secs(30))
@@ -170,7 +189,7 @@ impl AdminClient {
         let mut response = self
             .http
             .get(self.url(path))
-            .bearer_auth(&self.token)
+            .maybe_bearer(self.token.as_deref())
             .timeout(std::time::Duration::from_secs(3600))
             .send()
             .await
@@ -219,7 +238,7 @@ impl AdminClient {
             mfa_required: false,
         };
         let response = request
-            .bearer_auth(&self.token)
+            .maybe_bearer(self.token.as_deref())
             .send()
             .await
             .with_context(|| format!("cannot reach the admin API at {}", self.base))
@@ -245,6 +264,20 @@ impl AdminClient {
 
 fn read_trimmed(path: &std::path::Path) -> Result<String> {
     Ok(std::fs::read_to_string(path)?.trim().to_string())
+}
+
+/// Adds the bearer token, when the credential is one.
+trait MaybeBearer {
+    fn maybe_bearer(self, token: Option<&str>) -> Self;
+}
+
+impl MaybeBearer for reqwest::RequestBuilder {
+    fn maybe_bearer(self, token: Option<&str>) -> Self {
+        match token {
+            Some(token) => self.bearer_auth(token),
+            None => self,
+        }
+    }
 }
 
 #[cfg(test)]

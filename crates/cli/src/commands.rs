@@ -237,7 +237,7 @@ pub(crate) fn print_json(value: &serde_json::Value) {
     );
 }
 
-fn write_credentials(
+pub(crate) fn write_credentials(
     out: &Path,
     name: &str,
     key_pem: &str,

@@ -105,6 +105,13 @@ pub struct AdminArgs {
     /// File holding the admin token (default: `<state-dir>/admin.token`).
     #[arg(long, global = true)]
     pub admin_token_file: Option<PathBuf>,
+    /// An admin client certificate (`admin cert create`) to authenticate
+    /// with over mTLS instead of a token.
+    #[arg(long, global = true)]
+    pub admin_cert: Option<PathBuf>,
+    /// Its private key (default: the certificate's path with `.key`).
+    #[arg(long, global = true, requires = "admin_cert")]
+    pub admin_key: Option<PathBuf>,
     /// CA certificate to trust for the admin API (default: `<state-dir>/ca.crt`).
     #[arg(long, global = true)]
     pub ca_cert: Option<PathBuf>,

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail};
-use portcullis_admin::{AdminState, MfaKeys, RemoteAddr, ShuttingDown};
+use portcullis_admin::{AdminState, ClientCertificate, MfaKeys, RemoteAddr, ShuttingDown};
 use portcullis_control::local_users::TotpSeal;
 use portcullis_gateway::audit_export::Exporters;
 use portcullis_gateway::audit_sink::AuditWriter;
@@ -151,7 +151,12 @@ pub async fn run(
     let checker = ClientCertChecker::new(ca.cert_pem(), &config.trust_domain)?;
     let gateway_tls =
         listener::tls_config(&server_cert, &server_key, Some(checker.tls_verifier()))?;
-    let admin_tls = listener::tls_config(&server_cert, &server_key, None)?;
+    // The admin listener asks for a client certificate but does not require
+    // one: a bearer token still works, and a certificate authenticates only
+    // when it is exactly one an admin certificate credential was issued
+    // (`require_admin` looks up its fingerprint). The handshake proves the
+    // client holds the certificate's key.
+    let admin_tls = listener::tls_config(&server_cert, &server_key, Some(checker.tls_verifier()))?;
 
     let demo_upstream = if config
         .routes
@@ -531,9 +536,17 @@ pub async fn run(
                 let admin = admin.clone();
                 let remote = RemoteAddr(info.remote);
                 let stopping = stopping.clone();
+                let certificate = info
+                    .peer_certificates
+                    .as_ref()
+                    .and_then(|chain| chain.first())
+                    .map(|der| ClientCertificate(portcullis_admin::hash_bytes(der.as_ref())));
                 move |mut req: http::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(remote);
                     req.extensions_mut().insert(stopping.clone());
+                    if let Some(certificate) = &certificate {
+                        req.extensions_mut().insert(certificate.clone());
+                    }
                     admin.clone().oneshot(req)
                 }
             }

@@ -401,3 +401,178 @@ async fn one_totp_confirmation_opens_a_step_up_window_for_that_credential_only()
     let (ok, _, err) = as_admin(&server, &owner, &["agent", "revoke", "a4"]);
     assert!(!ok && err.contains("mfa_required"), "{err}");
 }
+
+/// A client-certificate admin credential (`admin cert create`): the key is
+/// made by the CLI, the Portcullis CA certifies it, and over mTLS on the
+/// admin listener it authenticates with its role, audited with its name,
+/// until it is revoked (refused on the very next request). A certificate
+/// that is not an admin credential's (an agent's) authenticates nobody.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_admin_client_certificate_acts_with_its_role_over_mtls_until_revoked() {
+    install_crypto();
+    let server = tokio::task::spawn_blocking(|| Server::start(tempfile::tempdir().unwrap(), None))
+        .await
+        .unwrap();
+    let owner = server.admin_token();
+    let out = server.path().join("admin-certs");
+    let (ok, _, err) = as_admin(
+        &server,
+        &owner,
+        &[
+            "admin",
+            "cert",
+            "create",
+            "certop",
+            "--role",
+            "operator",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "{err}");
+    assert!(err.contains("`certop` (operator)"), "{err}");
+    let (crt, key) = (out.join("certop.crt"), out.join("certop.key"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the key is private");
+    }
+    let cert_client = client(&server.ca_pem(), Some((&crt, &key)));
+    let url = |path: &str| format!("https://{}/admin/v1{path}", server.admin);
+
+    // With curl, as an operator would script it: the status of `/session`.
+    let curl_status = || {
+        let curl = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(server.state_dir().join("ca.crt"))
+            .arg("--cert")
+            .arg(&crt)
+            .arg("--key")
+            .arg(&key)
+            .arg(url("/session"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&curl.stdout).into_owned()
+    };
+    assert_eq!(curl_status(), "200");
+
+    // Who am I: the certificate's credential, its role, no token sent.
+    let me: Value = cert_client
+        .get(url("/session"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (&me["name"], &me["role"], &me["kind"]),
+        (&json!("certop"), &json!("operator"), &json!("certificate")),
+        "{me}"
+    );
+    // Its role holds, exactly as a token's would.
+    let r = cert_client
+        .post(url("/admin-tokens"))
+        .json(&json!({ "name": "x", "role": "owner" }))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = error_of(r).await;
+    assert_eq!((status, body["code"].as_str()), (403, Some("forbidden")));
+    server.create_agent("victim", &["reader"]);
+    let r = cert_client
+        .post(url("/agents/victim/revoke"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let records = server.audit(50);
+    let revoke = records
+        .iter()
+        .find(|r| r["action"] == "agent.revoke" && r["resource"] == "victim")
+        .expect("agent.revoke recorded");
+    assert_eq!(revoke["principal"], "certop");
+    assert_eq!(
+        revoke["credential"], "admin certificate `certop` (operator)",
+        "{revoke}"
+    );
+    // Listed with the tokens, as a certificate; not rotated.
+    let list: Value = client(&server.ca_pem(), None)
+        .get(url("/admin-tokens"))
+        .bearer_auth(&owner)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let listed = list["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["name"] == "certop")
+        .unwrap();
+    assert_eq!(listed["kind"], "certificate");
+    assert!(listed["not_after"].as_i64().unwrap() > now() as i64);
+    let (ok, _, err) = as_admin(&server, &owner, &["admin", "token", "rotate", "certop"]);
+    assert!(
+        !ok && err.contains("client-certificate credential"),
+        "{err}"
+    );
+
+    // The CLI authenticates with it too (`--admin-cert`; the key beside it).
+    let whoami = server.cli(&[
+        "admin",
+        "whoami",
+        "-o",
+        "json",
+        "--admin-cert",
+        crt.to_str().unwrap(),
+    ]);
+    assert!(
+        whoami.status.success(),
+        "{}",
+        String::from_utf8_lossy(&whoami.stderr)
+    );
+    let me: Value = serde_json::from_slice(&whoami.stdout).unwrap();
+    assert_eq!(
+        (&me["name"], &me["kind"]),
+        (&json!("certop"), &json!("certificate"))
+    );
+
+    // A bearer token wins over the certificate the client presents.
+    let r = cert_client
+        .get(url("/session"))
+        .bearer_auth(&owner)
+        .send()
+        .await
+        .unwrap();
+    let me: Value = r.json().await.unwrap();
+    assert_eq!(me["role"], "owner");
+
+    // An agent's certificate (same CA) is no admin credential.
+    let (agent_crt, agent_key) = server.create_agent("bot", &["reader"]);
+    let r = client(&server.ca_pem(), Some((&agent_crt, &agent_key)))
+        .get(url("/session"))
+        .send()
+        .await
+        .unwrap();
+    let (status, body) = error_of(r).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("invalid_credential"))
+    );
+
+    // Revoked: refused on the next request, on the same connection too.
+    let (ok, _, err) = as_admin(&server, &owner, &["admin", "token", "revoke", "certop"]);
+    assert!(ok, "{err}");
+    let r = cert_client.get(url("/session")).send().await.unwrap();
+    let (status, body) = error_of(r).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (401, Some("invalid_credential")),
+        "{body}"
+    );
+    assert_eq!(curl_status(), "401");
+}

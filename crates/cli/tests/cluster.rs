@@ -587,3 +587,130 @@ async fn admin_changes_on_one_replica_reach_another_within_a_second() {
     assert!(refused_p99 < Duration::from_secs(1), "{refused_p99:?}");
     drop((a, b, gate));
 }
+
+/// The console's session cookie after logging in on `server` with `token`.
+async fn console_login(http: &reqwest::Client, server: &Server, token: &str) -> String {
+    let r = http
+        .get(console_url(server, "/console/login"))
+        .send()
+        .await
+        .unwrap();
+    let nonce = cookie_value(&r, "__Host-portcullis-login");
+    let r = http
+        .post(console_url(server, "/console/login"))
+        .header("cookie", format!("__Host-portcullis-login={nonce}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}&login_nonce={nonce}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "login on {}", server.admin);
+    format!(
+        "__Host-portcullis-console={}",
+        cookie_value(&r, "__Host-portcullis-console")
+    )
+}
+
+fn console_url(server: &Server, path: &str) -> String {
+    format!("https://{}{path}", server.admin)
+}
+
+fn cookie_value(r: &reqwest::Response, name: &str) -> String {
+    r.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|v| v.strip_prefix(&format!("{name}=")))
+        .and_then(|v| v.split(';').next())
+        .unwrap()
+        .to_string()
+}
+
+/// Console sessions are rows of the shared store: a login on one replica is
+/// honoured by the other, and a logout or a revocation on one ends the
+/// session on the other within its cache period (2 s).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_console_session_works_on_every_replica_and_ends_on_all() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    install_crypto();
+    let dir_a = tempfile::tempdir().unwrap();
+    let cfg_a = bank_config(dir_a.path());
+    let a = start(dir_a, cfg_a, db.url()).await;
+    let dir_b = provisioned_like(&a);
+    let cfg_b = bank_config(dir_b.path());
+    let b = start(dir_b, cfg_b, db.url()).await;
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls_config(&a.ca_pem(), None))
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let page = |server: &Server, cookie: &str| {
+        http.get(console_url(server, "/console/agents"))
+            .header("cookie", cookie.to_string())
+            .send()
+    };
+
+    // A credential made on A, logged in on A, used on B.
+    let issued: Value = client(&a.ca_pem(), None)
+        .post(format!("https://{}/admin/v1/admin-tokens", a.admin))
+        .bearer_auth(a.admin_token())
+        .json(&serde_json::json!({ "name": "ops", "role": "operator" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let ops = console_login(&http, &a, issued["token"].as_str().unwrap()).await;
+    let owner = console_login(&http, &a, &a.admin_token()).await;
+    for cookie in [&ops, &owner] {
+        assert_eq!(page(&b, cookie).await.unwrap().status(), 200);
+    }
+    // Revoked on A: refused on A at once, and on B within the cache period.
+    admin_post(&a, "/admin-tokens/ops/revoke", serde_json::json!({})).await;
+    assert_eq!(page(&a, &ops).await.unwrap().status(), 303);
+    let started = Instant::now();
+    while page(&b, &ops).await.unwrap().status() != 303 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "B still honours a revoked credential's session"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "console session: revoked on A, refused on B after {:?}",
+        started.elapsed()
+    );
+    // Logout on B ends the session on A too.
+    let text = page(&b, &owner).await.unwrap().text().await.unwrap();
+    let csrf = text
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let r = http
+        .post(console_url(&b, "/console/logout"))
+        .header("cookie", &owner)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let started = Instant::now();
+    while page(&a, &owner).await.unwrap().status() != 303 {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "A still honours a session logged out on B"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!(
+        "console session: logged out on B, refused on A after {:?}",
+        started.elapsed()
+    );
+}

@@ -3,7 +3,9 @@
 //! sees a held call appear, approves it, watches the retry go through in the
 //! live view, revokes an agent, checks the CSP and the session cookie, and
 //! that a form without a CSRF token is refused; once a human admin has
-//! enrolled, approving needs her TOTP code (step-up) exactly as in the API; screenshots go to
+//! enrolled, approving needs her TOTP code (step-up) exactly as in the API;
+//! an auditor sees no form to act with and her forged forms (with her
+//! session's valid CSRF token) are refused 403 and audited; screenshots go to
 //! `<target>/tmp/console-screenshots/`. Skips, saying so, only when Chromium
 //! is absent (`apt-get install chromium`; `.ci/run` installs it).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
@@ -86,7 +88,20 @@ async fn the_console_in_a_real_browser() {
     let ca = server.path().join("ca-for-browser-test.pem");
     std::fs::write(&ca, server.ca_pem()).unwrap();
     let _ = std::fs::remove_dir_all(artefacts());
+    // An auditor credential, made before anyone enrols (then it needs no code).
+    let auditor: Value = client(&server.ca_pem(), None)
+        .post(format!("https://{}/admin/v1/admin-tokens", server.admin))
+        .bearer_auth(server.admin_token())
+        .json(&json!({ "name": "audrey", "role": "auditor" }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let cfg = json!({
+        "auditor_token": auditor["token"],
+        "auditor_name": "audrey",
         "admin": format!("https://{}", server.admin),
         "gateway": format!("https://{}", server.gateway),
         "token": server.admin_token(),
@@ -136,6 +151,9 @@ async fn the_console_in_a_real_browser() {
         "03-approval-held",
         "05-live-allow",
         "07-revoked",
+        "16-auditor-agents",
+        "17-auditor-approvals",
+        "18-auditor-forged-refused",
     ] {
         assert!(artefacts().join(format!("{shot}.png")).exists(), "{shot}");
     }
@@ -177,6 +195,34 @@ async fn the_console_in_a_real_browser() {
             && r["outcome"] == "deny"
             && r["error_code"] == "forbidden"),
         "the refused CSRF-less form is audited"
+    );
+    // The auditor's forged forms: refused, recorded with her as principal,
+    // and nothing changed (the agent is live, the ticket still pending).
+    let forged: Vec<&Value> = records
+        .iter()
+        .filter(|r| {
+            r["action"] == "console.form"
+                && r["outcome"] == "deny"
+                && r["principal"] == "audrey"
+                && r["error_code"] == "forbidden"
+        })
+        .collect();
+    assert!(
+        forged
+            .iter()
+            .any(|r| r["resource"] == "/console/agents/pay-bot/revoke")
+            && forged.iter().any(|r| r["resource"]
+                == format!(
+                    "/console/approvals/{}/approve",
+                    found["auditor_ticket"].as_str().unwrap()
+                )),
+        "the auditor's forged forms are audited: {forged:?}"
+    );
+    assert!(
+        !records
+            .iter()
+            .any(|r| r["action"] == "agent.revoke" && r["resource"] == "pay-bot"),
+        "pay-bot was not revoked"
     );
     let retry = server.audit_record(found["retry_request_id"].as_str().unwrap());
     assert_eq!(
@@ -319,4 +365,130 @@ async fn console_sessions_forms_and_the_live_stream_at_shutdown() {
         started.elapsed()
     );
     drop(stream);
+}
+
+/// Logs into the console with `token`; the session cookie header.
+async fn console_login(http: &reqwest::Client, admin: std::net::SocketAddr, token: &str) -> String {
+    let url = |path: &str| format!("https://{admin}{path}");
+    let r = http.get(url("/console/login")).send().await.unwrap();
+    let (nonce, _) = set_cookie(&r, "__Host-portcullis-login").unwrap();
+    let r = http
+        .post(url("/console/login"))
+        .header("cookie", format!("__Host-portcullis-login={nonce}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={token}&login_nonce={nonce}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303, "login");
+    let (session, _) = set_cookie(&r, "__Host-portcullis-console").unwrap();
+    format!("__Host-portcullis-console={session}")
+}
+
+/// The status of a console page for a session cookie (303: to the login).
+async fn page_status(http: &reqwest::Client, admin: std::net::SocketAddr, cookie: &str) -> u16 {
+    http.get(format!("https://{admin}/console/agents"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Console sessions live in the store: a session survives a restart of the
+/// gateway, ends at once when its credential is revoked or rotated (on the
+/// replica that made the change), and a logout deletes it (the cookie is
+/// refused afterwards, after a restart too).
+#[tokio::test(flavor = "multi_thread")]
+async fn console_sessions_survive_a_restart_and_end_with_their_credential() {
+    support::install_crypto();
+    let server = tokio::task::spawn_blocking(bank_server).await.unwrap();
+    let http = reqwest::Client::builder()
+        .tls_backend_preconfigured(support::tls_config(&server.ca_pem(), None))
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    let owner = server.admin_token();
+    let api = client(&server.ca_pem(), None);
+    let mut tokens = Vec::new();
+    for (name, role) in [("ops", "operator"), ("aud", "auditor")] {
+        let issued: Value = api
+            .post(format!("https://{}/admin/v1/admin-tokens", server.admin))
+            .bearer_auth(&owner)
+            .json(&json!({ "name": name, "role": role }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        tokens.push(issued["token"].as_str().unwrap().to_string());
+    }
+    let ops = console_login(&http, server.admin, &tokens[0]).await;
+    let aud = console_login(&http, server.admin, &tokens[1]).await;
+    let mine = console_login(&http, server.admin, &owner).await;
+    assert_eq!(page_status(&http, server.admin, &ops).await, 200);
+
+    // A restart: the same cookies still work.
+    let dir = server.into_dir();
+    let config = dir.path().join("portcullis.toml");
+    let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&config)))
+        .await
+        .unwrap();
+    for cookie in [&ops, &aud, &mine] {
+        assert_eq!(
+            page_status(&http, server.admin, cookie).await,
+            200,
+            "survived the restart"
+        );
+    }
+    // Revoked, rotated: their sessions end on the next page.
+    let api = client(&server.ca_pem(), None);
+    for path in ["/admin-tokens/ops/revoke", "/admin-tokens/aud/rotate"] {
+        let r = api
+            .post(format!("https://{}/admin/v1{path}", server.admin))
+            .bearer_auth(&owner)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+    }
+    assert_eq!(page_status(&http, server.admin, &ops).await, 303, "revoked");
+    assert_eq!(page_status(&http, server.admin, &aud).await, 303, "rotated");
+    assert_eq!(page_status(&http, server.admin, &mine).await, 200);
+
+    // Logout deletes the session: refused now, and after a restart.
+    let page = http
+        .get(format!("https://{}/console", server.admin))
+        .header("cookie", &mine)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let r = http
+        .post(format!("https://{}/console/logout", server.admin))
+        .header("cookie", &mine)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("csrf={csrf}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(page_status(&http, server.admin, &mine).await, 303);
+    let dir = server.into_dir();
+    let config = dir.path().join("portcullis.toml");
+    let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&config)))
+        .await
+        .unwrap();
+    assert_eq!(page_status(&http, server.admin, &mine).await, 303);
 }

@@ -31,6 +31,10 @@ pub enum CaError {
 
 /// The longest lifetime an agent certificate may have: credentials are short-lived.
 pub const MAX_AGENT_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The longest lifetime an admin client certificate may have.
+pub const MAX_ADMIN_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
+/// The organisation in the subject of admin client certificates.
+pub const ADMIN_ORGANIZATION: &str = "Portcullis admins";
 /// Clock skew tolerated by back-dating `notBefore`.
 const BACKDATE: time::Duration = time::Duration::minutes(5);
 
@@ -41,7 +45,7 @@ pub struct IssuedCertificate {
     pub pem: String,
     /// The serial number, lowercase hex: the registry's key for revocation.
     pub serial: String,
-    /// The SPIFFE ID in the URI SAN.
+    /// The SPIFFE ID in the URI SAN (empty for an admin certificate).
     pub spiffe_id: String,
     /// End of validity, seconds since the epoch.
     pub not_after: i64,
@@ -193,6 +197,57 @@ impl CertificateAuthority {
         })
     }
 
+    /// Issues a human or automation admin's client certificate for the
+    /// public key in `csr_pem`: subject `CN=<name>, O=Portcullis admins`,
+    /// client-auth EKU, and no SPIFFE ID, so the data plane (which admits
+    /// only certificates naming an agent) never takes it for an agent. The
+    /// admin API binds the credential to this exact certificate (its
+    /// fingerprint), not to its subject.
+    pub fn issue_admin(
+        &self,
+        name: &str,
+        csr_pem: &str,
+        ttl: Duration,
+    ) -> Result<IssuedCertificate, CaError> {
+        if ttl.is_zero() || ttl > MAX_ADMIN_TTL {
+            return Err(CaError::InvalidTtl(format!(
+                "{}s is outside 1s..{}s",
+                ttl.as_secs(),
+                MAX_ADMIN_TTL.as_secs()
+            )));
+        }
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CaError::InvalidCsr(e.to_string()))?;
+        let mut params = CertificateParams::default();
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::OrganizationName, ADMIN_ORGANIZATION);
+        dn.push(DnType::CommonName, name);
+        params.distinguished_name = dn;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let now = OffsetDateTime::now_utc();
+        let not_after = now + ttl;
+        params.not_before = now - BACKDATE;
+        params.not_after = not_after;
+        let serial = random_serial();
+        let serial_hex = hex::encode(serial.as_ref());
+        params.serial_number = Some(serial);
+        params.use_authority_key_identifier_extension = true;
+        let request = CertificateSigningRequestParams {
+            params,
+            public_key: csr.public_key,
+        };
+        let cert = request
+            .signed_by(&self.issuer)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        Ok(IssuedCertificate {
+            pem: cert.pem(),
+            serial: serial_hex,
+            spiffe_id: String::new(),
+            not_after: not_after.unix_timestamp(),
+        })
+    }
+
     /// Issues a TLS server certificate and its new key (PEM) for the given DNS names
     /// and IP addresses, valid one year.
     pub fn issue_server(&self, names: &[String]) -> Result<(String, String), CaError> {
@@ -243,5 +298,28 @@ mod tests {
             Some("acme.example")
         );
         assert_eq!(CertificateAuthority::trust_domain_of("not a pem"), None);
+    }
+
+    #[test]
+    fn an_admin_certificate_names_its_admin_and_is_never_an_agent() {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, UnixTime};
+        let ca = CertificateAuthority::generate("acme.example").unwrap();
+        let (_key, csr) = new_agent_key_and_csr().unwrap();
+        let day = Duration::from_secs(86_400);
+        let issued = ca.issue_admin("alice", &csr, day).unwrap();
+        assert!(issued.spiffe_id.is_empty());
+        let der = CertificateDer::from_pem_slice(issued.pem.as_bytes()).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).unwrap();
+        assert_eq!(
+            cert.subject().to_string(),
+            format!("O={ADMIN_ORGANIZATION}, CN=alice")
+        );
+        let checker = crate::ClientCertChecker::new(ca.cert_pem(), "acme.example").unwrap();
+        assert!(checker.check(&[der], UnixTime::now()).is_err());
+        assert!(matches!(
+            ca.issue_admin("alice", &csr, MAX_ADMIN_TTL + day),
+            Err(CaError::InvalidTtl(_))
+        ));
     }
 }

@@ -14,7 +14,8 @@ mod totp;
 mod verify;
 
 pub use ca::{
-    CaError, CertificateAuthority, IssuedCertificate, MAX_AGENT_TTL, new_agent_key_and_csr,
+    ADMIN_ORGANIZATION, CaError, CertificateAuthority, IssuedCertificate, MAX_ADMIN_TTL,
+    MAX_AGENT_TTL, new_agent_key_and_csr,
 };
 pub use federation::{
     FederatedIssuer, MAX_CLOCK_SKEW, PostureStatement, UserToken, claimed_issuer,

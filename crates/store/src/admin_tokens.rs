@@ -27,7 +27,17 @@ pub struct AdminTokenRow {
     pub revoked_at: Option<i64>,
     /// Whether it is the token `serve` wrote on first start.
     pub bootstrap: bool,
+    /// `token` (a bearer token) or `certificate` (a client certificate the
+    /// Portcullis CA issued; `token_sha256` is SHA-256 of its DER form).
+    pub kind: String,
+    /// A certificate credential's end of validity (epoch seconds).
+    pub not_after: Option<i64>,
 }
+
+/// [`AdminTokenRow::kind`] of a bearer-token credential.
+pub const ADMIN_KIND_TOKEN: &str = "token";
+/// [`AdminTokenRow::kind`] of a client-certificate credential.
+pub const ADMIN_KIND_CERTIFICATE: &str = "certificate";
 
 impl Store {
     /// Stores a new credential; an existing name (even revoked) is a conflict,
@@ -35,8 +45,8 @@ impl Store {
     pub async fn add_admin_credential(&self, row: &AdminTokenRow) -> Result<(), StoreError> {
         let affected = crate::backend::with_pool!(&self.pool, |pool| {
             query(
-                "INSERT INTO admin_tokens (id, name, role, token_sha256, created_at, created_by, bootstrap)
-                 VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                "INSERT INTO admin_tokens (id, name, role, token_sha256, created_at, created_by, bootstrap, kind, not_after)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             )
             .bind(&row.id)
             .bind(&row.name)
@@ -45,6 +55,8 @@ impl Store {
             .bind(row.created_at)
             .bind(&row.created_by)
             .bind(i64::from(row.bootstrap))
+            .bind(&row.kind)
+            .bind(row.not_after)
             .execute(pool)
             .await?
             .rows_affected()
@@ -59,7 +71,8 @@ impl Store {
     pub async fn admin_credentials(&self) -> Result<Vec<AdminTokenRow>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
             let rows = query(
-                "SELECT id, name, role, token_sha256, created_at, created_by, rotated_at, revoked_at, bootstrap
+                "SELECT id, name, role, token_sha256, created_at, created_by, rotated_at, revoked_at, bootstrap,
+                        kind, not_after
                  FROM admin_tokens ORDER BY name",
             )
             .fetch_all(pool)
@@ -68,7 +81,9 @@ impl Store {
         })
     }
 
-    /// Replaces a live credential's token hash.
+    /// Replaces a live token credential's token hash (a certificate
+    /// credential is replaced by issuing a new one), ending the console
+    /// sessions the old token opened.
     pub async fn rotate_admin_credential(
         &self,
         name: &str,
@@ -78,7 +93,7 @@ impl Store {
         let affected = crate::backend::with_pool!(&self.pool, |pool| {
             query(
                 "UPDATE admin_tokens SET token_sha256 = ?, rotated_at = ?
-                 WHERE name = ? AND revoked_at IS NULL",
+                 WHERE name = ? AND revoked_at IS NULL AND kind = 'token'",
             )
             .bind(token_sha256)
             .bind(now)
@@ -90,10 +105,10 @@ impl Store {
         if affected == 0 {
             return Err(StoreError::NotFound(name.to_string()));
         }
-        Ok(())
+        self.end_orphaned_console_sessions().await
     }
 
-    /// Revokes a live credential, refusing to revoke the last live `owner`
+    /// Revokes a live credential (ending its console sessions), refusing to revoke the last live `owner`
     /// (nobody could then manage credentials). The check and the update are
     /// one statement, so two concurrent revocations cannot leave none (and a
     /// read-then-write transaction, which SQLite may refuse to upgrade beside
@@ -113,7 +128,7 @@ impl Store {
             .await?
             .rows_affected();
             if affected == 1 {
-                return Ok(());
+                return self.end_orphaned_console_sessions().await;
             }
             query_scalar("SELECT role FROM admin_tokens WHERE name = ? AND revoked_at IS NULL")
                 .bind(name)
@@ -129,7 +144,7 @@ impl Store {
     }
 }
 
-fn token_from_row(r: &impl DbRow) -> Result<AdminTokenRow, StoreError> {
+pub(crate) fn token_from_row(r: &impl DbRow) -> Result<AdminTokenRow, StoreError> {
     Ok(AdminTokenRow {
         id: r.col("id")?,
         name: r.col("name")?,
@@ -140,6 +155,8 @@ fn token_from_row(r: &impl DbRow) -> Result<AdminTokenRow, StoreError> {
         rotated_at: r.col("rotated_at")?,
         revoked_at: r.col("revoked_at")?,
         bootstrap: r.col::<i64, _>("bootstrap")? != 0,
+        kind: r.col("kind")?,
+        not_after: r.col("not_after")?,
     })
 }
 
@@ -158,6 +175,8 @@ mod tests {
             rotated_at: None,
             revoked_at: None,
             bootstrap: false,
+            kind: ADMIN_KIND_TOKEN.into(),
+            not_after: None,
         }
     }
 

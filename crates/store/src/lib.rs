@@ -22,7 +22,9 @@ pub use analytics::{AlertRow, QuarantineRow, RiskPoint};
 mod identity;
 pub use identity::{AdminUserRow, PostureRow, RevokedTokenRow};
 mod admin_tokens;
-pub use admin_tokens::AdminTokenRow;
+pub use admin_tokens::{ADMIN_KIND_CERTIFICATE, ADMIN_KIND_TOKEN, AdminTokenRow};
+mod console_sessions;
+pub use console_sessions::{ConsoleSessionRow, LiveConsoleSession};
 mod oauth_clients;
 pub use oauth_clients::{OAuthClientRow, RefreshOutcome, RefreshTokenRow};
 mod audit_archive;
@@ -215,6 +217,11 @@ fn migrator() -> Migrator {
             "oauth_authorization",
             include_str!("../migrations/0017_oauth_authorization.sql"),
         ),
+        migration(
+            21,
+            "console_sessions",
+            include_str!("../migrations/0021_console_sessions.sql"),
+        ),
     ])
 }
 
@@ -267,6 +274,7 @@ fn postgres_migrator() -> Migrator {
         twin!(15, "transit_exportable", "0015_transit_exportable.sql"),
         twin!(16, "admin_roles", "0016_admin_roles.sql"),
         twin!(17, "oauth_authorization", "0017_oauth_authorization.sql"),
+        twin!(21, "console_sessions", "0021_console_sessions.sql"),
     ])
 }
 

@@ -22,7 +22,7 @@ use portcullis_store::StoreError;
 use serde::{Deserialize, Serialize};
 
 use super::AdminState;
-use crate::credentials::AdminIdentity;
+use crate::credentials::{AdminIdentity, CredentialKind};
 use crate::stepup::StepUp;
 
 /// Per-request facts the middleware establishes.
@@ -138,6 +138,15 @@ impl Call {
         }
     }
 
+    /// This call as made by `admin` (the console's session, which
+    /// authenticated outside `require_admin`), for its audit records.
+    pub(crate) fn acting_as(&self, admin: Arc<AdminIdentity>) -> Call {
+        Call {
+            admin: Some(admin),
+            ..self.clone()
+        }
+    }
+
     /// The authenticated admin credential.
     pub(crate) fn admin(&self) -> Option<&Arc<AdminIdentity>> {
         self.admin.as_ref()
@@ -155,6 +164,9 @@ impl Call {
     /// ``admin token `ops` (operator)`` and how a human confirmed, if one did.
     pub(crate) fn credential_text(&self, approver: Option<&crate::mfa::Approver>) -> String {
         let mut text = match &self.admin {
+            Some(a) if a.kind == CredentialKind::Certificate => {
+                format!("admin certificate `{}` ({})", a.name, a.role)
+            }
             Some(a) => format!("admin token `{}` ({})", a.name, a.role),
             None => "admin token".to_string(),
         };
@@ -274,6 +286,13 @@ pub(crate) fn now_ms() -> i64 {
 #[derive(Clone, Copy, Debug)]
 pub struct RemoteAddr(pub SocketAddr);
 
+/// The client certificate the peer of an admin connection presented and
+/// proved it holds the key of (the TLS handshake checks the signature), as
+/// SHA-256 (hex) of its DER form; put into request extensions by the
+/// listener glue. It authenticates only if it is a live admin credential's.
+#[derive(Clone, Debug)]
+pub struct ClientCertificate(pub String);
+
 /// Becomes `true` when the process starts shutting down; put into request
 /// extensions by the listener glue, so long-lived answers (the console's
 /// live stream) end at once instead of holding up the drain.
@@ -328,21 +347,41 @@ pub(super) async fn require_admin(
         .and_then(|v| v.strip_prefix("Bearer "));
     let action = format!("admin.{}", req.method().as_str().to_ascii_lowercase());
     let path = req.uri().path().to_string();
-    let identity = presented.and_then(|token| state.credentials.authenticate(token));
+    // Three ways in, tried in this order: the console acting for its
+    // session (an extension only in-process callers can set), a bearer
+    // token (explicit, so it wins over a certificate the client happens to
+    // present), and the client certificate of the TLS connection.
+    let console = req
+        .extensions()
+        .get::<crate::console::ConsoleCaller>()
+        .map(|c| c.0.clone());
+    let certificate = req.extensions().get::<ClientCertificate>().cloned();
+    let identity = match (console, presented, &certificate) {
+        (Some(session), _, _) => Some(session),
+        (None, Some(token), _) => state.credentials.authenticate(token),
+        (None, None, Some(cert)) => state
+            .credentials
+            .authenticate_certificate(&cert.0, now_ms() / 1000),
+        (None, None, None) => None,
+    };
     let call = Call {
         admin: identity.clone(),
         ..call
     };
-    let refusal = match (presented, &identity) {
-        (None, _) => Some((
-            ErrorCode::Unauthenticated,
-            "an admin bearer token is required".to_string(),
-        )),
-        (Some(_), None) => Some((
+    let refusal = match (&identity, presented, &certificate) {
+        (Some(admin), _, _) => permission_refusal(&req, admin),
+        (None, Some(_), _) => Some((
             ErrorCode::InvalidCredential,
             "the admin token is not valid".to_string(),
         )),
-        (Some(_), Some(admin)) => permission_refusal(&req, admin),
+        (None, None, Some(_)) => Some((
+            ErrorCode::InvalidCredential,
+            "the client certificate is not a live admin credential".to_string(),
+        )),
+        (None, None, None) => Some((
+            ErrorCode::Unauthenticated,
+            "an admin bearer token (or an admin client certificate) is required".to_string(),
+        )),
     };
     // Fail closed: a change that cannot be recorded is not made.
     let refusal = refusal.or_else(|| {

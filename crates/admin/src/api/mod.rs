@@ -12,7 +12,7 @@ mod router;
 
 pub use agents::DEFAULT_CERT_TTL;
 pub(crate) use call::{ApiError, Call, json, now_ms, parse_json};
-pub use call::{RemoteAddr, ShuttingDown};
+pub use call::{ClientCertificate, RemoteAddr, ShuttingDown};
 pub use router::{AdminState, router};
 #[cfg(test)]
 pub(crate) use router::{api_routes, probe_routes};

@@ -114,6 +114,7 @@ pub fn router(state: AdminState) -> Router {
         .merge(crate::console::routes(
             crate::console::Api::new(internal),
             Arc::clone(&state.credentials),
+            state.store.clone(),
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -37,7 +37,7 @@ async fn act(
     permission: Permission,
     what: impl FnOnce(&Form) -> Act<'static>,
 ) -> Response {
-    let form = match submitted(console, state, call, req, permission) {
+    let form = match submitted(console, state, call, req, permission).await {
         Ok(f) => f,
         Err(r) => return *r,
     };
@@ -241,7 +241,7 @@ pub(super) async fn explain(
     Extension(call): Extension<Call>,
     req: FormRequest,
 ) -> Response {
-    let form = match submitted(&console, &state, &call, &req, Permission::QueryPolicies) {
+    let form = match submitted(&console, &state, &call, &req, Permission::QueryPolicies).await {
         Ok(f) => f,
         Err(r) => return *r,
     };
@@ -297,7 +297,7 @@ pub(super) async fn whatif(
     Path(version): Path<u64>,
     req: FormRequest,
 ) -> Response {
-    let form = match submitted(&console, &state, &call, &req, Permission::QueryPolicies) {
+    let form = match submitted(&console, &state, &call, &req, Permission::QueryPolicies).await {
         Ok(f) => f,
         Err(r) => return *r,
     };

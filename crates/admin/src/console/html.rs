@@ -121,7 +121,7 @@ pub(crate) fn page(
             "<form method=\"post\" action=\"/console/logout\" class=\"logout\">{}\
              <span class=\"who\">{}</span><button type=\"submit\">Log out</button></form>",
             csrf_field(session),
-            esc(&session.name)
+            esc(&format!("{} ({})", session.name, session.role))
         );
     }
     out.push_str("</header><main>");

@@ -1,5 +1,5 @@
 //! The console's way into the admin API: every page reads, and every form
-//! acts, by calling the API router in process with the session's credential,
+//! acts, by calling the API router in process as the session's credential,
 //! exactly as the CLI would over the network. So an action goes through the
 //! same handler, the same authentication and step-up checks, the same audit
 //! records and the same error codes as its API call; the console adds no
@@ -10,15 +10,24 @@ use axum::body::{Body, to_bytes};
 use axum::http::{Method, Request, StatusCode, header};
 use portcullis_core::ErrorCode;
 use serde_json::Value;
+use std::sync::Arc;
 use tower::ServiceExt;
 
 use super::session::SessionView;
 use crate::api::RemoteAddr;
+use crate::credentials::AdminIdentity;
 use crate::mfa::{TOTP_HEADER, USER_HEADER};
 
 /// The largest API answer a page renders (the audit export is the only
 /// bigger one, and the console does not call it).
 const MAX_ANSWER: usize = 8 * 1024 * 1024;
+
+/// The admin credential a console session acts with, handed to the API's
+/// authentication in the request's extensions (which no network client can
+/// set): the console keeps no token to present, only the session row's
+/// credential, checked live by the session lookup that made the view.
+#[derive(Clone)]
+pub(crate) struct ConsoleCaller(pub(crate) Arc<AdminIdentity>);
 
 /// The admin API as a service: `/admin/v1/…` with its middleware.
 #[derive(Clone)]
@@ -76,11 +85,7 @@ impl Api {
     ) -> Result<Value, Refusal> {
         let mut request = Request::builder()
             .method(method)
-            .uri(format!("/admin/v1{path}"))
-            .header(
-                header::AUTHORIZATION,
-                format!("Bearer {}", session.credential.as_str()),
-            );
+            .uri(format!("/admin/v1{path}"));
         if !step_up.totp.is_empty() {
             request = request
                 .header(USER_HEADER, step_up.user.trim())
@@ -101,6 +106,11 @@ impl Api {
         if let Some(remote) = remote {
             request.extensions_mut().insert(remote);
         }
+        // The session's credential, as the session row resolved it: only
+        // in-process callers can put an extension on a request.
+        request
+            .extensions_mut()
+            .insert(ConsoleCaller(session.identity.clone()));
         let response = match self.service.clone().oneshot(request).await {
             Ok(r) => r,
             Err(never) => match never {},

@@ -30,7 +30,7 @@ pub(super) async fn events(
     stopping: Option<Extension<ShuttingDown>>,
     headers: HeaderMap,
 ) -> Response {
-    let session = match viewer(&console, &headers, Permission::View) {
+    let session = match viewer(&console, &headers, Permission::View).await {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -71,7 +71,7 @@ fn decisions(
                     }
                     () = shutdown_begins(&mut stopping) => return None,
                 }
-                if !console.sessions.alive(&session) {
+                if !console.sessions.alive(&session).await {
                     return None;
                 }
                 let size = head.borrow_and_update().size;

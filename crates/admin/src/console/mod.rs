@@ -45,7 +45,7 @@ use portcullis_core::ErrorCode;
 
 use crate::api::{AdminState, Call, RemoteAddr};
 use crate::credentials::AdminCredentials;
-pub(crate) use internal::Api;
+pub(crate) use internal::{Api, ConsoleCaller};
 use session::{
     ABSOLUTE_TIMEOUT, LOGIN_COOKIE, Permission, SESSION_COOKIE, SessionView, Sessions,
     clear_cookie, cookie, may, random_hex, same_token, set_cookie,
@@ -70,10 +70,15 @@ pub(crate) struct Console {
     credentials: Arc<AdminCredentials>,
 }
 
-/// The console's routes; `api` is the admin API they call.
-pub(crate) fn routes(api: Api, credentials: Arc<AdminCredentials>) -> Router<AdminState> {
+/// The console's routes; `api` is the admin API they call, `store` keeps
+/// the sessions.
+pub(crate) fn routes(
+    api: Api,
+    credentials: Arc<AdminCredentials>,
+    store: portcullis_store::Store,
+) -> Router<AdminState> {
     let console = Arc::new(Console {
-        sessions: Sessions::default(),
+        sessions: Sessions::new(store, Arc::clone(&credentials)),
         api,
         credentials,
     });
@@ -170,12 +175,12 @@ fn refusal_page(status: StatusCode, code: ErrorCode, message: &str) -> Response 
 
 /// The session of a page request that needs `permission`; without a live
 /// session, the login page.
-fn viewer(
+async fn viewer(
     console: &Console,
     headers: &HeaderMap,
     permission: Permission,
 ) -> Result<SessionView, Box<Response>> {
-    let Some(session) = console.sessions.find(headers, &console.credentials) else {
+    let Some(session) = console.sessions.find(headers, &console.credentials).await else {
         return Err(Box::new(see_other("/console/login")));
     };
     if !may(&session, permission) {
@@ -206,7 +211,7 @@ impl Form {
     }
 }
 
-fn submitted(
+async fn submitted(
     console: &Console,
     state: &AdminState,
     call: &Call,
@@ -218,7 +223,10 @@ fn submitted(
             .unwrap_or_default()
             .into_iter()
             .collect();
-    let session = console.sessions.find(&req.headers, &console.credentials);
+    let session = console
+        .sessions
+        .find(&req.headers, &console.credentials)
+        .await;
     let csrf_ok = session.as_ref().is_some_and(|s| {
         fields
             .get("csrf")
@@ -243,6 +251,16 @@ fn submitted(
         return Err(Box::new(see_other("/console/login")));
     };
     if !may(&session, permission) {
+        // A form the page did not offer (forged, or a page from before a
+        // role change): refused and recorded as the session's admin.
+        call.acting_as(session.identity.clone()).audit(
+            &state.sink,
+            "console.form",
+            &req.path,
+            Outcome::Deny,
+            403,
+            Some(ErrorCode::Forbidden),
+        );
         return Err(Box::new(refusal_page(
             StatusCode::FORBIDDEN,
             ErrorCode::Forbidden,
@@ -358,7 +376,7 @@ async fn login(
         );
     }
     let token = fields.get("token").map(|t| t.trim()).unwrap_or_default();
-    let Some(id) = console.sessions.login(token, &console.credentials) else {
+    let Some(id) = console.sessions.login(token, &console.credentials).await else {
         call.audit(
             &state.sink,
             "console.login",
@@ -395,11 +413,11 @@ async fn logout(
     Extension(call): Extension<Call>,
     req: FormRequest,
 ) -> Response {
-    let form = match submitted(&console, &state, &call, &req, Permission::View) {
+    let form = match submitted(&console, &state, &call, &req, Permission::View).await {
         Ok(f) => f,
         Err(r) => return *r,
     };
-    console.sessions.end(&form.session);
+    console.sessions.end(&form.session).await;
     call.done(&state.sink, "console.logout", "/console", 303);
     let mut response = see_other("/console/login");
     response

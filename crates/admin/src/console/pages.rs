@@ -18,7 +18,7 @@ use super::html::{
     action_form, csrf_field, esc, page, pre_json, step_up_fields, table, text, time_ms, time_s,
     url_part,
 };
-use super::session::{Permission, SessionView};
+use super::session::{Permission, SessionView, may};
 use super::svg::{self, Flow, RiskPoint};
 use super::{Console, html as respond, viewer};
 use crate::api::{AdminState, RemoteAddr};
@@ -59,13 +59,13 @@ impl Ctx {
     }
 }
 
-fn ctx(
+async fn ctx(
     console: Arc<Console>,
     headers: &HeaderMap,
     remote: Option<Extension<RemoteAddr>>,
     permission: Permission,
 ) -> Result<Ctx, Box<Response>> {
-    let session = viewer(&console, headers, permission)?;
+    let session = viewer(&console, headers, permission).await?;
     Ok(Ctx {
         console,
         session,
@@ -75,7 +75,7 @@ fn ctx(
 
 macro_rules! ctx_or_return {
     ($console:expr, $headers:expr, $remote:expr, $permission:expr) => {
-        match ctx($console, &$headers, $remote, $permission) {
+        match ctx($console, &$headers, $remote, $permission).await {
             Ok(c) => c,
             Err(response) => return *response,
         }
@@ -249,7 +249,10 @@ pub(super) async fn agents(
             .unwrap_or_else(|| ("-".to_string(), None));
         let revoked = a["status"] == "revoked" || !a["revoked_at"].is_null();
         let mut actions = String::new();
-        if quarantine.is_some() {
+        // Role-aware: a role that may not act sees no form to act with
+        // (the API would refuse it anyway).
+        let manage = may(&c.session, Permission::ManageAgents);
+        if manage && quarantine.is_some() {
             actions.push_str(&action_form(
                 &c.session,
                 &format!("/console/agents/{}/release", url_part(&name)),
@@ -259,7 +262,7 @@ pub(super) async fn agents(
                 Some(&format!("Release agent {name} from quarantine?")),
             ));
         }
-        if !revoked {
+        if manage && !revoked {
             actions.push_str(&action_form(
                 &c.session,
                 &format!("/console/agents/{}/revoke", url_part(&name)),
@@ -411,7 +414,11 @@ pub(super) async fn approvals(
             summary = esc(&text(&t["summary"])),
             call = held_call(t),
         );
-        if status == "pending" {
+        if status == "pending" && !may(&c.session, Permission::DecideApprovals) {
+            body.push_str(
+                "<p class=\"hint read-only\">Your admin role may not decide approvals.</p>",
+            );
+        } else if status == "pending" {
             let _ = write!(
                 body,
                 "<div class=\"decide\"><form method=\"post\" action=\"/console/approvals/{}/approve\" class=\"inline\">{}\
@@ -485,7 +492,9 @@ pub(super) async fn alerts(
                 .as_array()
                 .map(|r| r.iter().map(text).collect::<Vec<_>>().join("; "))
                 .unwrap_or_default();
-            let resolve = if a["status"] == "open" {
+            let resolve = if a["status"] == "open" && !may(&c.session, Permission::ResolveAlerts) {
+                String::new()
+            } else if a["status"] == "open" {
                 format!(
                     "<form method=\"post\" action=\"/console/alerts/{}/resolve\" class=\"inline\">{}\
                      <select name=\"verdict\"><option>malicious</option><option>benign</option></select>{}\
@@ -679,6 +688,8 @@ pub(super) async fn tools(
                     esc(&text(&t["approved_by"])),
                     esc(&time_ms(&t["approved_ms"]))
                 )
+            } else if !may(&c.session, Permission::ApproveTools) {
+                String::new()
             } else {
                 action_form(
                     &c.session,

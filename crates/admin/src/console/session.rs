@@ -3,21 +3,32 @@
 //! page and action asks before it shows or does anything.
 //!
 //! A browser never holds the admin credential after login: the cookie names
-//! a random session id (the table keys it by SHA-256, so the table alone
-//! does not give a usable cookie), and the credential the login proved stays
-//! in server memory, where the console presents it to the admin API on the
-//! session's behalf (`internal.rs`). Sessions live in memory only: a restart
-//! logs every browser out, which is the safe direction.
+//! a random session id, and the session row (in the store, migration 0021)
+//! keeps SHA-256 of that id and the token hash of the credential that logged
+//! in, never the id or the token. So sessions survive a restart, are
+//! honoured by every replica of a cluster, and the store alone gives no
+//! usable cookie. The console acts for a session with the identity the
+//! session row resolves to (`internal.rs` hands it to the admin API in
+//! process; no network client can do that). The CSRF token is derived from
+//! the session id (SHA-256 of a label and the id), so it needs no storage
+//! and the store does not reveal it either.
+//!
+//! Lookups are cached for [`CACHE_TTL`] per replica, so a page with its
+//! script and stream reads the store at most once; a change to the admin
+//! credentials on this replica (revocation, rotation) empties the cache at
+//! once, and on another replica within the TTL (the row is joined with its
+//! live credential). The idle timer is written back at most every
+//! [`TOUCH_EVERY`] (or a tenth of the idle timeout), not on every request.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue, header};
-use zeroize::Zeroizing;
+use portcullis_store::{ConsoleSessionRow, Store};
 
 use crate::auth::hash_token;
-use crate::credentials::AdminCredentials;
+use crate::credentials::{AdminCredentials, AdminIdentity, identity_of};
 use crate::roles::{Permission as RolePermission, Role};
 
 /// The session cookie. `__Host-` makes the browser insist on `Secure`,
@@ -29,9 +40,14 @@ pub(crate) const LOGIN_COOKIE: &str = "__Host-portcullis-login";
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// …and after this long in any case.
 pub(crate) const ABSOLUTE_TIMEOUT: Duration = Duration::from_secs(8 * 3600);
-/// Sessions kept at once; the oldest goes first beyond it, so logins
-/// cannot grow memory without bound.
-const MAX_SESSIONS: usize = 256;
+/// Sessions kept at once; the least recently used go first beyond it, so
+/// logins cannot grow the table without bound.
+const MAX_SESSIONS: i64 = 256;
+/// How long a replica trusts what it last read of a session: the delay
+/// before another replica's logout or revocation takes effect here.
+pub(crate) const CACHE_TTL: Duration = Duration::from_secs(2);
+/// The longest the stored idle timer lags the real one.
+const TOUCH_EVERY: Duration = Duration::from_secs(60);
 
 /// What a console user may do. Pages and actions name one; [`may`] answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,28 +69,6 @@ pub(crate) enum Permission {
     ReadAudit,
 }
 
-/// Who logged in, and with what.
-pub(crate) struct Principal {
-    /// Shown in the header and in audit records.
-    pub(crate) name: String,
-    /// The credential's role when the session was last used.
-    pub(crate) role: Role,
-    /// The credential the console presents to the admin API for this
-    /// session. Zeroed when the session ends.
-    pub(crate) credential: Zeroizing<String>,
-}
-
-/// One logged-in browser.
-pub(crate) struct Session {
-    pub(crate) principal: Principal,
-    /// The token every form of this session carries.
-    pub(crate) csrf: String,
-    created: Instant,
-    last_seen: Instant,
-    /// A one-shot message for the next page (the result of an action).
-    flash: Option<Flash>,
-}
-
 /// The result of an action, shown once on the page it redirected to.
 #[derive(Debug, Clone)]
 pub(crate) struct Flash {
@@ -86,12 +80,13 @@ pub(crate) struct Flash {
 /// never the table entry itself (no lock is held across I/O).
 #[derive(Clone)]
 pub(crate) struct SessionView {
-    /// The table key (SHA-256 of the cookie value).
+    /// The row key (SHA-256 of the cookie value).
     key: String,
     pub(crate) name: String,
     pub(crate) role: Role,
     pub(crate) csrf: String,
-    pub(crate) credential: Zeroizing<String>,
+    /// The credential the console acts with for this session.
+    pub(crate) identity: Arc<AdminIdentity>,
 }
 
 /// The answer to "may this session do X?": what the session's admin role
@@ -110,133 +105,229 @@ pub(crate) fn may(session: &SessionView, permission: Permission) -> bool {
         Permission::ResolveAlerts => RolePermission::ResolveAlerts,
         Permission::ApproveTools => RolePermission::ManageTools,
     };
-    !session.credential.is_empty() && session.role.grants(needed)
+    session.role.grants(needed)
 }
 
-/// The session table.
+/// What this replica last read of a session.
+#[derive(Clone)]
+struct Cached {
+    identity: Arc<AdminIdentity>,
+    created_ms: i64,
+    /// The last use this replica knows of.
+    last_seen_ms: i64,
+    /// The last use written to the store.
+    stored_seen_ms: i64,
+    read_at: Instant,
+    /// [`AdminCredentials::generation`] when read.
+    generation: u64,
+}
+
+/// The sessions: the store's rows, a short-lived cache of them, and the
+/// one-shot messages (kept on the replica that set them: a message lost to
+/// a load balancer costs a line of text, not a decision).
 pub(crate) struct Sessions {
-    table: Mutex<HashMap<String, Session>>,
+    store: Store,
+    /// The live credentials, for [`Sessions::alive`]'s change check.
+    credentials: Arc<AdminCredentials>,
+    cache: Mutex<HashMap<String, Cached>>,
+    flashes: Mutex<HashMap<String, Flash>>,
     idle: Duration,
     absolute: Duration,
 }
 
-impl Default for Sessions {
-    fn default() -> Self {
-        Sessions::with_timeouts(IDLE_TIMEOUT, ABSOLUTE_TIMEOUT)
-    }
-}
-
 impl Sessions {
-    /// A table whose sessions end after `idle` without a request, or
-    /// `absolute` in all.
-    pub(crate) fn with_timeouts(idle: Duration, absolute: Duration) -> Self {
+    /// Sessions in `store` with the standard timeouts.
+    pub(crate) fn new(store: Store, credentials: Arc<AdminCredentials>) -> Self {
+        Sessions::with_timeouts(store, credentials, IDLE_TIMEOUT, ABSOLUTE_TIMEOUT)
+    }
+
+    /// Sessions that end after `idle` without a request, or `absolute` in all.
+    pub(crate) fn with_timeouts(
+        store: Store,
+        credentials: Arc<AdminCredentials>,
+        idle: Duration,
+        absolute: Duration,
+    ) -> Self {
         Sessions {
-            table: Mutex::default(),
+            store,
+            credentials,
+            cache: Mutex::default(),
+            flashes: Mutex::default(),
             idle,
             absolute,
         }
     }
 
     /// Checks a pasted credential and opens a session for it; returns the
-    /// cookie value. `None` when the credential is not an admin's.
-    pub(crate) fn login(&self, credential: &str, credentials: &AdminCredentials) -> Option<String> {
+    /// cookie value. `None` when the credential is not an admin's token (or
+    /// the session cannot be stored: fail closed).
+    pub(crate) async fn login(
+        &self,
+        credential: &str,
+        credentials: &AdminCredentials,
+    ) -> Option<String> {
         if credential.is_empty() {
             return None;
         }
-        let identity = credentials.authenticate(credential)?;
+        credentials.authenticate(credential)?;
         let id = random_hex();
-        let now = Instant::now();
-        let session = Session {
-            principal: Principal {
-                name: identity.name.clone(),
-                role: identity.role,
-                credential: Zeroizing::new(credential.to_string()),
-            },
-            csrf: random_hex(),
-            created: now,
-            last_seen: now,
-            flash: None,
+        let now = now_ms();
+        let row = ConsoleSessionRow {
+            id_sha256: hash_token(&id),
+            credential_sha256: hash_token(credential),
+            created_ms: now,
+            last_seen_ms: now,
         };
-        let mut table = self.lock();
-        table.retain(|_, s| !self.expired(s, now));
-        if table.len() >= MAX_SESSIONS
-            && let Some(oldest) = table
-                .iter()
-                .min_by_key(|(_, s)| s.last_seen)
-                .map(|(k, _)| k.clone())
-        {
-            table.remove(&oldest);
+        let opened = self
+            .store
+            .open_console_session(
+                &row,
+                now - millis(self.idle),
+                now - millis(self.absolute),
+                MAX_SESSIONS,
+            )
+            .await;
+        if let Err(e) = opened {
+            tracing::error!(error = %e, "console: cannot store a session; login refused");
+            return None;
         }
-        table.insert(hash_token(&id), session);
         Some(id)
     }
 
     /// The live session a request's cookie names, touching its idle timer.
     /// A session whose credential was revoked or rotated since it logged in
     /// ends here; a changed role takes effect on the next page.
-    pub(crate) fn find(
+    pub(crate) async fn find(
         &self,
         headers: &HeaderMap,
         credentials: &AdminCredentials,
     ) -> Option<SessionView> {
         let id = cookie(headers, SESSION_COOKIE)?;
         let key = hash_token(&id);
-        let now = Instant::now();
-        let mut table = self.lock();
-        let session = table.get_mut(&key)?;
-        let identity = credentials.authenticate(&session.principal.credential);
-        let Some(identity) = identity.filter(|_| !self.expired(session, now)) else {
-            table.remove(&key);
+        let now = now_ms();
+        let mut entry = self.read(&key, credentials).await?;
+        if self.expired(&entry, now) {
+            self.forget(&key).await;
             return None;
-        };
-        session.last_seen = now;
-        session.principal.role = identity.role;
+        }
+        entry.last_seen_ms = now;
+        if now - entry.stored_seen_ms >= millis(self.touch_every()) {
+            match self.store.touch_console_session(&key, now).await {
+                Ok(()) => entry.stored_seen_ms = now,
+                Err(e) => tracing::warn!(error = %e, "console: cannot record a session's use"),
+            }
+        }
+        self.lock_cache().insert(key.clone(), entry.clone());
         Some(SessionView {
+            csrf: csrf_of(&id),
             key,
-            role: identity.role,
-            name: session.principal.name.clone(),
-            csrf: session.csrf.clone(),
-            credential: session.principal.credential.clone(),
+            name: entry.identity.name.clone(),
+            role: entry.identity.role,
+            identity: entry.identity,
         })
     }
 
     /// Whether a session is still live, without touching it (a long-lived
     /// event stream must not keep its session alive by itself).
-    pub(crate) fn alive(&self, session: &SessionView) -> bool {
-        let now = Instant::now();
-        let table = self.lock();
-        table
-            .get(&session.key)
-            .is_some_and(|s| !self.expired(s, now))
+    pub(crate) async fn alive(&self, session: &SessionView) -> bool {
+        match self.read(&session.key, &self.credentials).await {
+            Some(entry) => !self.expired(&entry, now_ms()),
+            None => false,
+        }
     }
 
-    /// Ends a session (logout).
-    pub(crate) fn end(&self, session: &SessionView) {
-        self.lock().remove(&session.key);
+    /// Ends a session (logout): its row is deleted, so no replica honours it.
+    pub(crate) async fn end(&self, session: &SessionView) {
+        self.forget(&session.key).await;
     }
 
     /// Leaves a message for the session's next page.
     pub(crate) fn flash(&self, session: &SessionView, flash: Flash) {
-        if let Some(s) = self.lock().get_mut(&session.key) {
-            s.flash = Some(flash);
-        }
+        self.lock_flashes().insert(session.key.clone(), flash);
     }
 
     /// Takes the session's message, if any.
     pub(crate) fn take_flash(&self, session: &SessionView) -> Option<Flash> {
-        self.lock()
-            .get_mut(&session.key)
-            .and_then(|s| s.flash.take())
+        self.lock_flashes().remove(&session.key)
     }
 
-    fn expired(&self, session: &Session, now: Instant) -> bool {
-        now.duration_since(session.last_seen) > self.idle
-            || now.duration_since(session.created) > self.absolute
+    /// The session `key`, from the cache while it is fresh and the
+    /// credentials have not changed, else from the store.
+    async fn read(&self, key: &str, credentials: &AdminCredentials) -> Option<Cached> {
+        let generation = credentials.generation();
+        let cached = self.lock_cache().get(key).cloned();
+        if let Some(c) = &cached
+            && c.generation == generation
+            && c.read_at.elapsed() < CACHE_TTL
+        {
+            return Some(c.clone());
+        }
+        let live = match self.store.console_session(key).await {
+            Ok(live) => live,
+            Err(e) => {
+                // Fail closed: a session that cannot be checked is not used.
+                tracing::error!(error = %e, "console: cannot read a session");
+                return None;
+            }
+        };
+        let Some(identity) = live.as_ref().and_then(|l| identity_of(&l.credential)) else {
+            self.lock_cache().remove(key);
+            return None;
+        };
+        let session = live.map(|l| l.session)?;
+        let last_seen_ms = cached
+            .map(|c| c.last_seen_ms)
+            .unwrap_or_default()
+            .max(session.last_seen_ms);
+        let entry = Cached {
+            identity,
+            created_ms: session.created_ms,
+            last_seen_ms,
+            stored_seen_ms: session.last_seen_ms,
+            read_at: Instant::now(),
+            generation,
+        };
+        self.lock_cache().insert(key.to_string(), entry.clone());
+        Some(entry)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    async fn forget(&self, key: &str) {
+        self.lock_cache().remove(key);
+        self.lock_flashes().remove(key);
+        if let Err(e) = self.store.end_console_session(key).await {
+            tracing::error!(error = %e, "console: cannot delete a session");
+        }
     }
+
+    fn expired(&self, entry: &Cached, now: i64) -> bool {
+        now - entry.last_seen_ms > millis(self.idle)
+            || now - entry.created_ms > millis(self.absolute)
+    }
+
+    fn touch_every(&self) -> Duration {
+        TOUCH_EVERY.min(self.idle / 10)
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
+        self.cache.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_flashes(&self) -> std::sync::MutexGuard<'_, HashMap<String, Flash>> {
+        self.flashes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A session's CSRF token: derived from its id, which only the browser holds.
+fn csrf_of(id: &str) -> String {
+    hash_token(&format!("portcullis console csrf\0{id}"))
+}
+
+fn now_ms() -> i64 {
+    crate::api::now_ms()
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// 32 random bytes, hex: session ids, CSRF tokens, login nonces.
@@ -285,6 +376,7 @@ pub(crate) fn clear_cookie(name: &str) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::credentials::mint;
 
     fn headers(cookie_header: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -295,87 +387,148 @@ mod tests {
         h
     }
 
-    #[test]
-    fn a_session_opens_only_for_an_admin_token_and_ends_at_logout() {
-        let token = crate::auth::new_token();
-        let hashes = AdminCredentials::single(&token, Role::Owner);
-        let sessions = Sessions::default();
-        assert!(sessions.login("pcadm_wrong", &hashes).is_none());
-        assert!(sessions.login("", &hashes).is_none());
-        let id = sessions.login(&token, &hashes).unwrap();
-        let h = headers(&format!("other=1; {SESSION_COOKIE}={id}"));
-        let view = sessions.find(&h, &hashes).unwrap();
-        assert_eq!(view.credential.as_str(), token);
-        assert!(sessions.alive(&view));
-        assert!(
-            sessions
-                .find(
-                    &headers(&format!("{SESSION_COOKIE}={}", random_hex())),
-                    &hashes
-                )
-                .is_none()
-        );
-        sessions.end(&view);
-        assert!(sessions.find(&h, &hashes).is_none());
-        assert!(!sessions.alive(&view));
+    /// A store with one credential per role given; their tokens.
+    async fn store_with(roles: &[(&str, Role)]) -> (tempfile::TempDir, Store, Vec<String>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("db")).await.unwrap();
+        let mut tokens = Vec::new();
+        for (name, role) in roles {
+            let (row, token) = mint(name, *role, "test", false);
+            store.add_admin_credential(&row).await.unwrap();
+            tokens.push(token);
+        }
+        (dir, store, tokens)
     }
 
-    #[test]
-    fn a_session_has_its_credential_role_and_ends_with_the_credential() {
-        let token = crate::auth::new_token();
-        let auditor = AdminCredentials::single(&token, Role::Auditor);
-        let sessions = Sessions::default();
-        let id = sessions.login(&token, &auditor).unwrap();
-        let h = headers(&format!("{SESSION_COOKIE}={id}"));
-        let view = sessions.find(&h, &auditor).unwrap();
+    #[tokio::test]
+    async fn a_session_opens_only_for_an_admin_token_survives_a_restart_and_ends_at_logout() {
+        let (_dir, store, tokens) = store_with(&[("root", Role::Owner)]).await;
+        let credentials = Arc::new(AdminCredentials::load(&store).await.unwrap());
+        let sessions = Sessions::new(store.clone(), credentials.clone());
+        assert!(sessions.login("pcadm_wrong", &credentials).await.is_none());
+        assert!(sessions.login("", &credentials).await.is_none());
+        let id = sessions.login(&tokens[0], &credentials).await.unwrap();
+        let h = headers(&format!("other=1; {SESSION_COOKIE}={id}"));
+        let view = sessions.find(&h, &credentials).await.unwrap();
+        assert_eq!(view.name, "root");
+        assert_eq!(view.csrf, csrf_of(&id));
+        assert!(sessions.alive(&view).await);
+        // Neither the id nor the token is stored, nor the CSRF token.
+        let row = store
+            .console_session(&hash_token(&id))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_ne!(row.session.id_sha256, id);
+        assert_ne!(row.session.id_sha256, view.csrf);
+        assert_eq!(row.session.credential_sha256, hash_token(&tokens[0]));
+        let unknown = headers(&format!("{SESSION_COOKIE}={}", random_hex()));
+        assert!(sessions.find(&unknown, &credentials).await.is_none());
+        // A restart (a new table over the same store) keeps the session.
+        let restarted = Sessions::new(store.clone(), credentials.clone());
+        let again = restarted.find(&h, &credentials).await.unwrap();
+        assert_eq!(again.csrf, view.csrf);
+        // Logout on one ends it on the other at once for this replica, and
+        // for the other once its cache expires.
+        restarted.end(&again).await;
+        assert!(restarted.find(&h, &credentials).await.is_none());
+        assert!(
+            store
+                .console_session(&hash_token(&id))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        let other = Sessions::new(store, credentials.clone());
+        assert!(other.find(&h, &credentials).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn a_session_has_its_credential_role_and_ends_with_the_credential() {
+        let (_dir, store, tokens) = store_with(&[
+            ("root", Role::Owner),
+            ("aud", Role::Auditor),
+            ("appr", Role::Approver),
+        ])
+        .await;
+        let credentials = Arc::new(AdminCredentials::load(&store).await.unwrap());
+        let sessions = Sessions::new(store.clone(), credentials.clone());
+        let auditor = headers(&format!(
+            "{SESSION_COOKIE}={}",
+            sessions.login(&tokens[1], &credentials).await.unwrap()
+        ));
+        let approver = headers(&format!(
+            "{SESSION_COOKIE}={}",
+            sessions.login(&tokens[2], &credentials).await.unwrap()
+        ));
+        let view = sessions.find(&auditor, &credentials).await.unwrap();
         assert!(may(&view, Permission::View));
         assert!(may(&view, Permission::ReadAudit));
         assert!(!may(&view, Permission::ManageAgents));
         assert!(!may(&view, Permission::DecideApprovals));
-        let approver = AdminCredentials::single(&token, Role::Approver);
-        let view = sessions.find(&h, &approver).unwrap();
+        let view = sessions.find(&approver, &credentials).await.unwrap();
         assert!(may(&view, Permission::DecideApprovals));
         assert!(!may(&view, Permission::ApproveTools));
-        // Revoked (or rotated): the credential no longer authenticates.
-        assert!(sessions.find(&h, &AdminCredentials::default()).is_none());
-        assert!(sessions.find(&h, &approver).is_none(), "the session ended");
+        // Revoked, or rotated: the next request on this replica is refused,
+        // cache or not (the reload after the change empties it).
+        store.revoke_admin_credential("aud", 5).await.unwrap();
+        store
+            .rotate_admin_credential("appr", &hash_token("pcadm_new"), 5)
+            .await
+            .unwrap();
+        credentials.reload(&store).await.unwrap();
+        assert!(sessions.find(&auditor, &credentials).await.is_none());
+        assert!(sessions.find(&approver, &credentials).await.is_none());
     }
 
-    #[test]
-    fn sessions_expire_when_idle_and_in_any_case() {
-        let token = crate::auth::new_token();
-        let hashes = AdminCredentials::single(&token, Role::Owner);
-        let idle = Sessions::with_timeouts(Duration::from_millis(30), ABSOLUTE_TIMEOUT);
-        let id = idle.login(&token, &hashes).unwrap();
+    #[tokio::test]
+    async fn sessions_expire_when_idle_and_in_any_case() {
+        let (_dir, store, tokens) = store_with(&[("root", Role::Owner)]).await;
+        let credentials = Arc::new(AdminCredentials::load(&store).await.unwrap());
+        let idle = Sessions::with_timeouts(
+            store.clone(),
+            credentials.clone(),
+            Duration::from_millis(300),
+            ABSOLUTE_TIMEOUT,
+        );
+        let id = idle.login(&tokens[0], &credentials).await.unwrap();
         let h = headers(&format!("{SESSION_COOKIE}={id}"));
-        assert!(idle.find(&h, &hashes).is_some());
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(idle.find(&h, &hashes).is_none(), "idle too long");
-        let absolute = Sessions::with_timeouts(IDLE_TIMEOUT, Duration::from_millis(30));
-        let id = absolute.login(&token, &hashes).unwrap();
+        for _ in 0..3 {
+            std::thread::sleep(Duration::from_millis(150));
+            assert!(idle.find(&h, &credentials).await.is_some(), "in use");
+        }
+        std::thread::sleep(Duration::from_millis(400));
+        assert!(idle.find(&h, &credentials).await.is_none(), "idle too long");
+        let absolute = Sessions::with_timeouts(
+            store,
+            credentials.clone(),
+            IDLE_TIMEOUT,
+            Duration::from_millis(300),
+        );
+        let id = absolute.login(&tokens[0], &credentials).await.unwrap();
         let h = headers(&format!("{SESSION_COOKIE}={id}"));
-        std::thread::sleep(Duration::from_millis(60));
+        assert!(absolute.find(&h, &credentials).await.is_some());
+        std::thread::sleep(Duration::from_millis(400));
         assert!(
-            absolute.find(&h, &hashes).is_none(),
+            absolute.find(&h, &credentials).await.is_none(),
             "past the absolute limit"
         );
     }
 
-    #[test]
-    fn the_table_is_bounded() {
-        let token = crate::auth::new_token();
-        let hashes = AdminCredentials::single(&token, Role::Owner);
-        let sessions = Sessions::default();
-        let first = sessions.login(&token, &hashes).unwrap();
-        for _ in 0..MAX_SESSIONS {
-            sessions.login(&token, &hashes).unwrap();
-        }
-        assert_eq!(sessions.lock().len(), MAX_SESSIONS);
-        assert!(
-            sessions
-                .find(&headers(&format!("{SESSION_COOKIE}={first}")), &hashes)
-                .is_none()
-        );
+    #[tokio::test]
+    async fn the_store_is_read_at_most_once_per_cache_period() {
+        let (_dir, store, tokens) = store_with(&[("root", Role::Owner)]).await;
+        let credentials = Arc::new(AdminCredentials::load(&store).await.unwrap());
+        let sessions = Sessions::new(store.clone(), credentials.clone());
+        let id = sessions.login(&tokens[0], &credentials).await.unwrap();
+        let h = headers(&format!("{SESSION_COOKIE}={id}"));
+        assert!(sessions.find(&h, &credentials).await.is_some());
+        // Deleted behind this replica's back (another replica's logout):
+        // honoured from the cache until it expires, then refused.
+        store.end_console_session(&hash_token(&id)).await.unwrap();
+        assert!(sessions.find(&h, &credentials).await.is_some(), "cached");
+        std::thread::sleep(CACHE_TTL + Duration::from_millis(100));
+        assert!(sessions.find(&h, &credentials).await.is_none());
     }
 
     #[test]

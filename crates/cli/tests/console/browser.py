@@ -3,7 +3,9 @@ Playwright): log in, check the CSP and the session cookie, check that a form
 without a CSRF token is refused, revoke an agent, enrol a human admin, watch a
 held call appear in the approvals queue, see approving it refused without
 step-up, approve it with her fresh TOTP code, watch the agent's retry go
-through in the live view, check an audit inclusion proof, log out. Called by
+through in the live view, check an audit inclusion proof, log out; then log
+in as an auditor, see no form to act with, and have a forged form (with the
+auditor session's valid CSRF token) refused. Called by
 crates/cli/tests/console.rs with one JSON argument; writes screenshots to its
 `artefacts` directory and prints one JSON line of findings. Any failed check
 raises (exit status 1)."""
@@ -210,6 +212,69 @@ with sync_playwright() as p:
     assert page.url.endswith("/console/login"), page.url
     after = context.request.get(ADMIN + "/console/agents", max_redirects=0)
     assert after.status == 303, after.status
+
+    # An auditor sees every page but no way to act, and a forged form (with
+    # her own session's valid CSRF token) is refused.
+    auditor = browser.new_context(ignore_https_errors=True)
+    auditor.set_default_timeout(TIMEOUT)
+    ap = auditor.new_page()
+    ap.on("console", lambda m: csp_violations.append(m.text) if "Content Security Policy" in m.text else None)
+    ap.goto(ADMIN + "/console/login")
+    ap.fill("input[name=token]", cfg["auditor_token"])
+    ap.click("button[type=submit]")
+    ap.wait_for_url(ADMIN + "/console")
+    expect(ap.locator("header .who")).to_contain_text(cfg["auditor_name"])
+    ap.goto(ADMIN + "/console/agents")
+    payer_row = ap.locator("#agents tbody tr", has=ap.locator(".agent-name", has_text="pay-bot"))
+    expect(payer_row.locator(".status")).to_have_text("active")
+    expect(ap.locator("#agents form")).to_have_count(0)
+    expect(ap.locator("#agents button")).to_have_count(0)
+    shot(ap, "16-auditor-agents")
+    status, answer, _ = transfer(payer)
+    assert status == 403 and answer["error"]["code"] == "approval_required", answer
+    held = answer["error"]["ticket"]
+    found["auditor_ticket"] = held
+    ap.goto(ADMIN + "/console/approvals")
+    card = ap.locator(f'article[data-ticket="{held}"]')
+    expect(card).to_be_visible()
+    expect(card.locator(".badge")).to_have_text("pending")
+    expect(card.locator("form")).to_have_count(0)
+    expect(card.locator("button")).to_have_count(0)
+    expect(card.locator(".read-only")).to_be_visible()
+    shot(ap, "17-auditor-approvals")
+    csrf = ap.locator("header .logout input[name=csrf]").get_attribute("value")
+    assert csrf and len(csrf) == 64, csrf
+    forged = {}
+    for path in ["/console/agents/pay-bot/revoke", f"/console/approvals/{held}/approve"]:
+        r = auditor.request.post(ADMIN + path, form={"csrf": csrf}, max_redirects=0)
+        assert r.status == 403, (path, r.status, r.text())
+        assert 'data-code="forbidden"' in r.text(), r.text()
+        forged[path] = r.status
+    # The same forged form, submitted by the browser itself.
+    ap.goto(ADMIN + "/console/agents")
+    with ap.expect_response(lambda r: r.url.endswith("/console/agents/pay-bot/revoke")) as answer_info:
+        ap.evaluate(
+            """csrf => {
+                const f = document.createElement('form');
+                f.method = 'post';
+                f.action = '/console/agents/pay-bot/revoke';
+                const i = document.createElement('input');
+                i.name = 'csrf';
+                i.value = csrf;
+                f.appendChild(i);
+                document.body.appendChild(f);
+                f.submit();
+            }""",
+            csrf,
+        )
+    assert answer_info.value.status == 403, answer_info.value.status
+    expect(ap.locator("#refusal")).to_have_attribute("data-code", "forbidden")
+    shot(ap, "18-auditor-forged-refused")
+    ap.goto(ADMIN + "/console/agents")
+    expect(payer_row.locator(".status")).to_have_text("active")
+    ap.goto(ADMIN + "/console/approvals")
+    expect(ap.locator(f'article[data-ticket="{held}"] .badge')).to_have_text("pending")
+    found["auditor_forged"] = forged
 
     assert not csp_violations, csp_violations
     browser.close()

@@ -1,0 +1,19 @@
+-- PostgreSQL twin of 0021_console_sessions.sql. Console sessions in the store (issue 20), so they survive a restart and
+-- work on every replica. Only SHA-256 of the session id (the cookie value)
+-- is kept: the table alone does not give a usable cookie. A session names
+-- its credential by that credential's current token hash, so rotating or
+-- revoking the credential ends the session (the lookup joins on a live
+-- credential with that hash). Times are epoch milliseconds.
+CREATE TABLE console_sessions (
+    id_sha256         TEXT PRIMARY KEY NOT NULL,
+    credential_sha256 TEXT NOT NULL,
+    created_ms        BIGINT NOT NULL,
+    last_seen_ms      BIGINT NOT NULL
+);
+CREATE INDEX console_sessions_credential ON console_sessions (credential_sha256);
+-- Client-certificate admin credentials: `kind` is `token` (bearer token,
+-- `token_sha256` is SHA-256 of the token) or `certificate` (`token_sha256`
+-- is SHA-256 of the DER certificate the Portcullis CA issued, and
+-- `not_after` its end of validity, epoch seconds).
+ALTER TABLE admin_tokens ADD COLUMN kind TEXT NOT NULL DEFAULT 'token';
+ALTER TABLE admin_tokens ADD COLUMN not_after BIGINT;
