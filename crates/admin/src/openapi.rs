@@ -203,6 +203,12 @@ pub(crate) const OPERATIONS: &[Operation] = &[
     op("get", p!("/alerts/{id}"), "analytics", Admin, "One alert with its reasons, features and requests."),
     op("post", p!("/alerts/{id}/resolve"), "analytics", Admin, "Resolve an alert; a `benign` verdict teaches the model and needs a fresh TOTP once admins have enrolled.")
         .body(&[f("verdict", "string", "`benign` or `malicious`")]),
+    // Red team.
+    op("post", p!("/redteam/runs"), "redteam", Admin, "Keep a `portcullis redteam` scorecard and audit it (`redteam.held`, or `redteam.failed` naming the failed families).")
+        .body(&[f("run_id", "string", "the run's id (1 to 64 of `0-9a-z-`)"), f("agent", "string", "the attacking agent"), f("gateway", "string", "the gateway attacked"), f("started_ms", "integer", "start, ms since the epoch"), f("finished_ms", "integer", "end, ms since the epoch"), f("held", "integer", "families held"), f("failed", "integer", "families failed"), f("skipped", "integer", "families skipped"), f("families", "array", "per family: `family`, `verdict`, `reason`, `probes` with their evidence")]),
+    op("get", p!("/redteam/runs"), "redteam", Admin, "Recorded red-team runs, newest first (without their probes).")
+        .query(&[opt("limit", "integer", "how many (1 to 1000, default 20)")]),
+    op("get", p!("/redteam/runs/{run_id}"), "redteam", Admin, "One red-team run with its whole scorecard."),
     // Identity.
     op("post", p!("/tokens/revoke"), "identity", StepUp, "Revoke an issued access token by `jti`.")
         .body(&[f("jti", "string", "the token id"), opt("reason", "string", "why")]),

@@ -25,6 +25,8 @@ mod admin_tokens;
 pub use admin_tokens::AdminTokenRow;
 mod oauth_clients;
 pub use oauth_clients::{OAuthClientRow, RefreshOutcome, RefreshTokenRow};
+mod redteam;
+pub use redteam::RedteamRunRow;
 mod audit_archive;
 mod audit_log;
 mod audit_rows;
@@ -215,6 +217,11 @@ fn migrator() -> Migrator {
             "oauth_authorization",
             include_str!("../migrations/0017_oauth_authorization.sql"),
         ),
+        migration(
+            25,
+            "redteam_runs",
+            include_str!("../migrations/0025_redteam_runs.sql"),
+        ),
     ])
 }
 
@@ -267,6 +274,7 @@ fn postgres_migrator() -> Migrator {
         twin!(15, "transit_exportable", "0015_transit_exportable.sql"),
         twin!(16, "admin_roles", "0016_admin_roles.sql"),
         twin!(17, "oauth_authorization", "0017_oauth_authorization.sql"),
+        twin!(25, "redteam_runs", "0025_redteam_runs.sql"),
     ])
 }
 
