@@ -1,9 +1,12 @@
 //! MCP JSON differentials: messages a lenient parser (the upstream's) could
 //! read otherwise than the gateway did — duplicate keys, members JSON-RPC
 //! does not define, a tool call hidden in a batch or in a differently cased
-//! method — and a call to a tool the server never listed. Each must be
-//! refused by the gateway itself: a JSON-RPC error carrying the gateway's
-//! code in `error.data.code`, or an HTTP 4xx.
+//! method — and a call to a tool the server never listed. Every probe names
+//! a random unlisted tool; it holds when the gateway refuses the message
+//! (a JSON-RPC error carrying the gateway's code in `error.data.code`, or
+//! an HTTP 4xx) or when that name never comes back from the upstream. With
+//! an upstream that says back what it ran (the test server does), a name
+//! that reached it is seen; with one that does not, only refusals are.
 
 use serde_json::Value;
 
@@ -183,15 +186,25 @@ pub fn differentials(t: &Target) -> Family {
             match post(session, body) {
                 Err(e) => Probe::unanswered(name, &request, &e, true),
                 Ok(a) => {
-                    let held = refused(&a, *id);
-                    let why = if held {
-                        format!(
-                            "refused by the gateway (HTTP {}, {})",
-                            a.status,
-                            a.code().unwrap_or_default()
+                    let (held, why) = if refused(&a, *id) {
+                        (
+                            true,
+                            format!(
+                                "refused by the gateway (HTTP {}, {})",
+                                a.status,
+                                a.code().unwrap_or_default()
+                            ),
+                        )
+                    } else if a.body.contains(&unlisted) {
+                        (
+                            false,
+                            format!("HTTP {}: `{unlisted}` reached the upstream", a.status),
                         )
                     } else {
-                        format!("HTTP {}: forwarded, not refused by the gateway", a.status)
+                        (
+                            true,
+                            format!("HTTP {}: forwarded without `{unlisted}`", a.status),
+                        )
                     };
                     Probe::from_answer(name, &request, &a, held, why)
                 }

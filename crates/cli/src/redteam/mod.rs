@@ -399,8 +399,19 @@ async fn history(admin: &AdminArgs, n: u32, run: Option<String>) -> Result<()> {
     }
     let listed = client.get(&format!("/redteam/runs?limit={n}")).await?;
     output::emit(admin.out.format(), &listed, |v| {
+        // The failed families as one cell of text, not a JSON array.
+        let mut v = v.clone();
+        for run in v["runs"].as_array_mut().into_iter().flatten() {
+            let names: Vec<&str> = run["failed_families"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str)
+                .collect();
+            run["failed_families"] = json!(names.join(", "));
+        }
         output::rows(
-            v,
+            &v,
             "/runs",
             &[
                 col("RUN", "run_id", Kind::Text, 16),
