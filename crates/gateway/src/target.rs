@@ -219,12 +219,12 @@ fn decodes_to_utf8(path: &[u8]) -> bool {
     let mut bytes = Vec::with_capacity(path.len());
     let mut i = 0;
     while i < path.len() {
-        if path[i] == b'%' {
-            if let Ok(v) = escape_at(path, i) {
-                bytes.push(v);
-                i += 3;
-                continue;
-            }
+        if path[i] == b'%'
+            && let Ok(v) = escape_at(path, i)
+        {
+            bytes.push(v);
+            i += 3;
+            continue;
         }
         bytes.push(path[i]);
         i += 1;

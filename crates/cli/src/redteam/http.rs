@@ -44,12 +44,13 @@ fn percent_decode(text: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
+        if bytes[i] == b'%'
+            && i + 2 < bytes.len()
+            && let Ok(b) = u8::from_str_radix(&text[i + 1..i + 3], 16)
+        {
+            out.push(b);
+            i += 3;
+            continue;
         }
         out.push(bytes[i]);
         i += 1;
@@ -164,6 +165,12 @@ fn judge_path(a: &Answer, closed: &str) -> (bool, String) {
     }
 }
 
+/// Says why a spoofed header got through, judging the upstream's echo.
+type Check = fn(&Value, &str) -> Option<String>;
+/// A spoofing probe: its name, the headers sent, the header whose arrival
+/// is judged and how.
+type Spoof<'a> = (&'a str, Vec<(&'a str, String)>, &'a str, Check);
+
 /// Header spoofing: identity, client address, URL-rewrite, method-override
 /// and `Host` headers an upstream might believe.
 pub fn header_spoofing(t: &Target) -> Family {
@@ -179,8 +186,7 @@ pub fn header_spoofing(t: &Target) -> Family {
     let spoof_agent = "spiffe://portcullis.local/agent/admin";
     let closed_url = format!("{closed}/rt");
     // (name, headers, what must not reach the upstream)
-    type Check = fn(&Value, &str) -> Option<String>;
-    let cases: Vec<(&str, Vec<(&str, String)>, &str, Check)> = vec![
+    let cases: Vec<Spoof> = vec![
         (
             "agent-identity",
             vec![("X-Portcullis-Agent", spoof_agent.to_string())],
@@ -403,15 +409,16 @@ fn raw_probe(
             match answers.first() {
                 Some(first) => {
                     let mut p = Probe::from_answer(name, &shown, first, held, evidence);
+                    // A second answer on the connection is a second audit
+                    // record: give both ids.
                     if let Some(last) = answers.iter().rev().find_map(|a| a.header("x-request-id"))
+                        && p.request_id.as_deref() != Some(last)
                     {
-                        if p.request_id.as_deref() != Some(last) {
-                            p.request_id = Some(
-                                format!("{} {last}", p.request_id.unwrap_or_default())
-                                    .trim()
-                                    .to_string(),
-                            );
-                        }
+                        p.request_id = Some(
+                            format!("{} {last}", p.request_id.unwrap_or_default())
+                                .trim()
+                                .to_string(),
+                        );
                     }
                     p
                 }

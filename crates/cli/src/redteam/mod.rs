@@ -158,10 +158,10 @@ fn agent_name(creds: &Path) -> Result<String> {
         std::fs::read_dir(creds).with_context(|| format!("cannot read `{}`", creds.display()))?
     {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        if let Some(stem) = name.strip_suffix(".crt") {
-            if stem != "ca" {
-                names.push(stem.to_string());
-            }
+        if let Some(stem) = name.strip_suffix(".crt")
+            && stem != "ca"
+        {
+            names.push(stem.to_string());
         }
     }
     match names.as_slice() {
@@ -430,29 +430,30 @@ async fn history(admin: &AdminArgs, n: u32, run: Option<String>) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn check(specs: &[&str], expect: Result<(&str, &str, Option<&str>, Option<&str>), &str>) {
+    fn check(specs: &[&str], expect: Result<Routes, &str>) {
         let specs: Vec<String> = specs.iter().map(|s| s.to_string()).collect();
         match (Routes::parse(&specs), expect) {
-            (Ok(r), Ok((open, closed, guarded, mcp))) => assert_eq!(
-                r,
-                Routes {
-                    open: open.into(),
-                    closed: closed.into(),
-                    guarded: guarded.map(Into::into),
-                    mcp: mcp.map(Into::into),
-                }
-            ),
+            (Ok(r), Ok(want)) => assert_eq!(r, want),
             (Err(e), Err(want)) => assert!(e.to_string().contains(want), "{e}"),
             (got, want) => panic!("{got:?} vs {want:?}"),
         }
     }
 
+    fn routes(open: &str, guarded: Option<&str>, mcp: Option<&str>) -> Routes {
+        Routes {
+            open: open.into(),
+            closed: "/payroll".into(),
+            guarded: guarded.map(Into::into),
+            mcp: mcp.map(Into::into),
+        }
+    }
+
     #[test]
     fn routes_default_to_the_quickstart() {
-        check(&[], Ok(("/demo", "/payroll", None, None)));
+        check(&[], Ok(routes("/demo", None, None)));
         check(
             &["guarded=/notes/", "mcp=/mcp", "open=/pub"],
-            Ok(("/pub", "/payroll", Some("/notes"), Some("/mcp"))),
+            Ok(routes("/pub", Some("/notes"), Some("/mcp"))),
         );
         check(&["open"], Err("KIND=PREFIX"));
         check(&["open=demo"], Err("must be a path"));
