@@ -1,6 +1,7 @@
 //! `portcullis redteam` end to end: the real binary attacks a real gateway
 //! with an agent's credentials. A quickstart-like gateway (the two demo
-//! routes, a route whose guard blocks, an MCP route to a lenient server)
+//! routes, a route whose guard blocks, an MCP route to a lenient server, a
+//! route whose reads need a human's approval)
 //! holds every family; a route whose DLP only alerts lets secrets out, and
 //! that failure is reported with its evidence, exits non-zero and is found
 //! in the audit log and in `redteam history`.
@@ -24,6 +25,14 @@ permit (
   action in [Action::"list_tools", Action::"call_tool"],
   resource in Route::"tools"
 );
+
+@id("readers-wire-approved")
+@obligation("approval")
+permit (
+  principal in Role::"reader",
+  action == Action::"GET",
+  resource == Route::"wire"
+);
 "#;
 
 /// Starts the MCP test server; returns it and its port.
@@ -42,7 +51,8 @@ fn mcp_upstream() -> (Killed, u16) {
 }
 
 /// The quickstart's two routes plus `/notes` (guard blocks injection and
-/// secrets), `/leaky` (the same upstream, DLP only alerts) and `/mcp`.
+/// secrets), `/leaky` (the same upstream, DLP only alerts), `/mcp` and
+/// `/wire` (each read needs a human's approval).
 fn start(mcp_port: u16) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let policies = dir.path().join("policies");
@@ -60,11 +70,12 @@ fn start(mcp_port: u16) -> Server {
     std::fs::write(policies.join("redteam.cedar"), POLICIES).unwrap();
     let route = support::route;
     let routes = format!(
-        "[policy]\ndir = \"policies\"\n{}{}{}[routes.guard]\ninjection = \"block\"\ndlp = \"block\"\n\
+        "[policy]\ndir = \"policies\"\n{}{}{}{}[routes.guard]\ninjection = \"block\"\ndlp = \"block\"\n\
          {}[routes.guard]\ninjection = \"block\"\ndlp = \"alert\"\n\
          [[routes]]\nname = \"tools\"\nkind = \"mcp\"\npath_prefix = \"/mcp\"\nupstream = \"http://127.0.0.1:{mcp_port}/mcp\"\nclassification = \"internal\"\n",
         route("demo", "/demo", "builtin:demo", "public"),
         route("payroll", "/payroll", "builtin:demo", "confidential"),
+        route("wire", "/wire", "builtin:demo", "confidential"),
         route("notes", "/notes", "builtin:demo", "public"),
         route("leaky", "/leaky", "builtin:demo", "public"),
     );
@@ -110,24 +121,32 @@ fn verdicts(report: &Value) -> Vec<(String, String)> {
         .collect()
 }
 
-/// The `redteam.*` audit records, newest last.
-fn run_records(server: &Server) -> Vec<Value> {
-    server
-        .audit(500)
-        .into_iter()
-        .filter(|r| {
-            r["action"]
-                .as_str()
-                .is_some_and(|a| a.starts_with("redteam."))
-        })
-        .collect()
+/// The `redteam.*` audit records, newest last, once there are `want`
+/// (audit appends are batched: a record may land just after its answer).
+fn run_records(server: &Server, want: usize) -> Vec<Value> {
+    for _ in 0..100 {
+        let records: Vec<Value> = server
+            .audit(2000)
+            .into_iter()
+            .filter(|r| {
+                r["action"]
+                    .as_str()
+                    .is_some_and(|a| a.starts_with("redteam."))
+            })
+            .collect();
+        if records.len() >= want {
+            return records;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    Vec::new()
 }
 
 #[test]
 fn a_quickstart_like_gateway_holds_every_family() {
     let (_mcp, port) = mcp_upstream();
     let server = start(port);
-    let (code, report) = redteam(&server, "guarded=/notes,mcp=/mcp");
+    let (code, report) = redteam(&server, "guarded=/notes,mcp=/mcp,approval=/wire");
     let held: Vec<(String, String)> = [
         "path-confusion",
         "header-spoofing",
@@ -136,6 +155,7 @@ fn a_quickstart_like_gateway_holds_every_family() {
         "mcp-differentials",
         "prompt-injection",
         "exfiltration",
+        "approval-binding",
         "availability",
     ]
     .iter()
@@ -150,7 +170,7 @@ fn a_quickstart_like_gateway_holds_every_family() {
         .iter()
         .flat_map(|f| f["probes"].as_array().unwrap())
         .collect();
-    assert!(probes.len() > 80, "{}", probes.len());
+    assert!(probes.len() > 85, "{}", probes.len());
     assert!(
         probes
             .iter()
@@ -172,9 +192,14 @@ fn a_quickstart_like_gateway_holds_every_family() {
             .iter()
             .all(|c| c == "content_blocked")
     );
+    assert!(
+        codes("approval-binding")
+            .iter()
+            .all(|c| c == "approval_required")
+    );
     // The run is kept and audited as held.
     let run_id = report["run_id"].as_str().unwrap();
-    let records = run_records(&server);
+    let records = run_records(&server, 1);
     assert_eq!(records.len(), 1, "{records:#?}");
     assert_eq!(records[0]["action"], "redteam.held");
     assert_eq!(records[0]["resource"], format!("redteam/{run_id}"));
@@ -218,7 +243,7 @@ fn a_route_whose_dlp_only_alerts_fails_exfiltration_and_the_failure_is_findable(
     assert_eq!(record["outcome"], "allow");
     // The run's own audit record names the failed family.
     let run_id = report["run_id"].as_str().unwrap();
-    let records = run_records(&server);
+    let records = run_records(&server, 1);
     assert_eq!(records.len(), 1, "{records:#?}");
     assert_eq!(records[0]["action"], "redteam.failed");
     assert_eq!(
@@ -247,5 +272,9 @@ fn a_route_whose_dlp_only_alerts_fails_exfiltration_and_the_failure_is_findable(
     assert_eq!(table.status.code(), Some(3));
     let text = String::from_utf8_lossy(&table.stdout);
     assert!(text.contains("FAILED exfiltration/github-token"), "{text}");
-    assert_eq!(run_records(&server).len(), 1, "--no-record records nothing");
+    assert_eq!(
+        run_records(&server, 1).len(),
+        1,
+        "--no-record records nothing"
+    );
 }

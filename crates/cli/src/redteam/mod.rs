@@ -11,14 +11,16 @@
 //! read it; its upstream echoes what it received, like the quickstart's
 //! `/demo`), `closed` (the agent is refused, like `/payroll`), and optional
 //! `guarded` (a route whose guard blocks injection and redacts or blocks
-//! secrets, with an echoing upstream) and `mcp`. A family whose route is
-//! missing is skipped and says why.
+//! secrets, with an echoing upstream), `mcp` and `approval` (a route whose
+//! permit for the agent's `GET` obliges a human's approval; the run's admin
+//! credentials approve). A family whose route is missing is skipped and says why.
 //!
 //! Each run is then sent to the admin API (`POST /admin/v1/redteam/runs`),
 //! which keeps it (`redteam history`) and writes an audit record
 //! `redteam.held` or `redteam.failed` naming the failed families; the
 //! attacks themselves are ordinary audited requests of the agent.
 
+mod approval;
 mod content;
 mod http;
 mod mcp;
@@ -76,7 +78,7 @@ pub struct RunArgs {
     /// The agent's name (default: the only `NAME.crt` besides `ca.crt` in --creds).
     #[arg(long)]
     pub agent: Option<String>,
-    /// Routes to attack, `KIND=PREFIX` (`open`, `closed`, `guarded`, `mcp`),
+    /// Routes to attack, `KIND=PREFIX` (`open`, `closed`, `guarded`, `mcp`, `approval`),
     /// comma-separated or repeated. Default `open=/demo,closed=/payroll`.
     #[arg(long, value_delimiter = ',')]
     pub routes: Vec<String>,
@@ -93,6 +95,7 @@ pub struct Routes {
     pub closed: String,
     pub guarded: Option<String>,
     pub mcp: Option<String>,
+    pub approval: Option<String>,
 }
 
 impl Routes {
@@ -102,6 +105,7 @@ impl Routes {
             closed: "/payroll".into(),
             guarded: None,
             mcp: None,
+            approval: None,
         };
         for spec in specs.iter().filter(|s| !s.trim().is_empty()) {
             let Some((kind, prefix)) = spec.split_once('=') else {
@@ -117,12 +121,18 @@ impl Routes {
                 "closed" => routes.closed = prefix,
                 "guarded" => routes.guarded = Some(prefix),
                 "mcp" => routes.mcp = Some(prefix),
-                other => bail!("`{other}`: route kinds are open, closed, guarded and mcp"),
+                "approval" => routes.approval = Some(prefix),
+                other => {
+                    bail!("`{other}`: route kinds are open, closed, guarded, mcp and approval")
+                }
             }
         }
         Ok(routes)
     }
 }
+
+/// Approves a ticket through the admin API (the approval family's human).
+pub type Approver = dyn Fn(&str) -> Result<()> + Send + Sync;
 
 /// Everything a family needs.
 pub struct Target {
@@ -235,7 +245,7 @@ fn still_up(t: &Target) -> Family {
 }
 
 /// Runs every family (blocking I/O).
-fn attack(t: &Target) -> Vec<Family> {
+fn attack(t: &Target, approver: Option<&Approver>) -> Vec<Family> {
     vec![
         http::path_confusion(t),
         http::header_spoofing(t),
@@ -244,6 +254,7 @@ fn attack(t: &Target) -> Vec<Family> {
         mcp::differentials(t),
         content::prompt_injection(t),
         content::exfiltration(t),
+        approval::tampering(t, approver),
         still_up(t),
     ]
 }
@@ -275,10 +286,20 @@ pub async fn run(command: Option<RedteamCommand>, args: RunArgs, admin: AdminArg
     let recorder = if args.no_record {
         None
     } else {
-        Some(AdminClient::from_args(&admin).context(
+        Some(std::sync::Arc::new(AdminClient::from_args(&admin).context(
             "the run is recorded through the admin API: give its credentials (--state-dir, --admin-token-file) or pass --no-record",
-        )?)
+        )?))
     };
+    // The approval family's human: the same admin credentials, called from
+    // the blocking thread the attacks run on.
+    let approver: Option<Box<Approver>> = recorder.clone().map(|client| {
+        let runtime = tokio::runtime::Handle::current();
+        Box::new(move |ticket: &str| -> Result<()> {
+            runtime
+                .block_on(client.post(&format!("/approvals/{ticket}/approve"), &json!({})))
+                .map(drop)
+        }) as Box<Approver>
+    });
     let started_ms = now_ms();
     let run_id = hex::encode(rand::random::<[u8; 8]>());
     let mut target = Target {
@@ -290,7 +311,7 @@ pub async fn run(command: Option<RedteamCommand>, args: RunArgs, admin: AdminArg
     };
     let (target, families) = tokio::task::spawn_blocking(move || -> Result<_> {
         baseline(&mut target)?;
-        let families = attack(&target);
+        let families = attack(&target, approver.as_deref());
         Ok((target, families))
     })
     .await??;
@@ -305,6 +326,7 @@ pub async fn run(command: Option<RedteamCommand>, args: RunArgs, admin: AdminArg
             "closed": target.routes.closed,
             "guarded": target.routes.guarded,
             "mcp": target.routes.mcp,
+            "approval": target.routes.approval,
         },
         "started_ms": started_ms,
         "finished_ms": now_ms(),
@@ -445,6 +467,7 @@ mod tests {
             closed: "/payroll".into(),
             guarded: guarded.map(Into::into),
             mcp: mcp.map(Into::into),
+            approval: None,
         }
     }
 
@@ -458,5 +481,8 @@ mod tests {
         check(&["open"], Err("KIND=PREFIX"));
         check(&["open=demo"], Err("must be a path"));
         check(&["llm=/v1"], Err("route kinds"));
+        let mut with_approval = routes("/demo", None, None);
+        with_approval.approval = Some("/wire".into());
+        check(&["approval=/wire"], Ok(with_approval));
     }
 }
