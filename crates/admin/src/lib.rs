@@ -30,6 +30,7 @@ mod identity_api;
 mod mfa;
 mod openapi;
 mod policy_api;
+mod redteam_api;
 mod roles;
 mod route_permissions;
 mod stepup;

@@ -164,6 +164,8 @@ impl Operation {
 /// type, or [`Operation::named`]). Each mirrors a view type of a handler
 /// (named in its comment), field for field.
 pub(crate) const COMPONENTS: &[(&str, &[Field])] = &[
+    // redteam_api.rs `view`
+    ("RedteamRun", &[f("run_id", "string", "the run"), f("started_ms", "integer", "start, ms since the epoch"), f("finished_ms", "integer", "end, ms since the epoch"), f("recorded_ms", "integer", "when the gateway kept it"), f("recorded_by", "string", "the admin who posted it"), f("agent", "string", "the attacking agent"), f("gateway", "string", "the gateway attacked"), f("held", "integer", "families held"), f("failed", "integer", "families failed"), f("skipped", "integer", "families skipped"), f("failed_families", "string[]", "the failed families"), f("audit_request_id", "string", "its audit record's request id")]),
     // `api/agents.rs` `AgentView`.
     (
         "Agent",
@@ -582,6 +584,16 @@ pub(crate) const OPERATIONS: &[Operation] = &[
     op("post", p!("/alerts/{id}/resolve"), "analytics", Admin, "Resolve an alert; a `benign` verdict teaches the model and needs a fresh TOTP once admins have enrolled.")
         .body(&[f("verdict", "string", "`benign` or `malicious`")])
         .named("Alert"),
+    // Red team.
+    op("post", p!("/redteam/runs"), "redteam", Admin, "Keep a `portcullis redteam` scorecard and audit it (`redteam.held`, or `redteam.failed` naming the failed families).")
+        .body(&[f("run_id", "string", "the run's id (1 to 64 of `0-9a-z-`)"), f("agent", "string", "the attacking agent"), f("gateway", "string", "the gateway attacked"), f("started_ms", "integer", "start, ms since the epoch"), f("finished_ms", "integer", "end, ms since the epoch"), f("held", "integer", "families held"), f("failed", "integer", "families failed"), f("skipped", "integer", "families skipped"), f("families", "array", "per family: `family`, `verdict`, `reason`, `probes` with their evidence")])
+        .created()
+        .ok(&[f("run_id", "string", "the run"), f("request_id", "string", "the audit record's request id"), f("audit_action", "string", "`redteam.held` or `redteam.failed`"), f("failed_families", "string[]", "the failed families")]),
+    op("get", p!("/redteam/runs"), "redteam", Admin, "Recorded red-team runs, newest first (without their probes).")
+        .query(&[opt("limit", "integer", "how many (1 to 1000, default 20)")])
+        .ok(&[f("runs", "ref:RedteamRun[]", "newest first")]),
+    op("get", p!("/redteam/runs/{run_id}"), "redteam", Admin, "One red-team run with its whole scorecard.")
+        .extends("RedteamRun", &[f("report", "object", "the scorecard as posted")]),
     // Identity.
     op("post", p!("/tokens/revoke"), "identity", StepUp, "Revoke an issued access token by `jti`.")
         .body(&[f("jti", "string", "the token id"), opt("reason", "string", "why")])

@@ -56,6 +56,11 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
     ("GET", "/alerts", Read),
     ("GET", "/alerts/{id}", Read),
     ("POST", "/alerts/{id}/resolve", ResolveAlerts),
+    // Red-team scorecards: recording one is security operations' work,
+    // like resolving an alert; reading them is reading.
+    ("GET", "/redteam/runs", Read),
+    ("POST", "/redteam/runs", ResolveAlerts),
+    ("GET", "/redteam/runs/{run_id}", Read),
     // Approvals, grants, break-glass.
     ("GET", "/approvals", Read),
     ("GET", "/approvals/{id}", Read),

@@ -21,6 +21,7 @@ mod offline;
 mod output;
 mod policy_cmd;
 mod policy_test;
+mod redteam;
 mod reload;
 mod sandbox_cmd;
 mod scorecard;
@@ -153,6 +154,17 @@ enum Command {
     Agent {
         #[command(subcommand)]
         command: commands::AgentCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Attack a running gateway with an agent's credentials and print a
+    /// scorecard of held and failed attack families (`redteam history`: past runs).
+    #[command(args_conflicts_with_subcommands = true)]
+    Redteam {
+        #[command(subcommand)]
+        command: Option<redteam::RedteamCommand>,
+        #[command(flatten)]
+        run: redteam::RunArgs,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -400,6 +412,11 @@ fn main() -> ExitCode {
             Command::Agent { command, admin } => commands::agent(command, admin).await,
             Command::Audit { command, admin } => commands::audit(command, admin).await,
             Command::Alerts { command, admin } => alerts_cmd::alerts(command, admin).await,
+            Command::Redteam {
+                command,
+                run,
+                admin,
+            } => redteam::run(command, run, admin).await,
             Command::Admin { command, admin } => admin_cmd::admin(command, admin).await,
             Command::Token { command, admin } => commands::token(command, admin).await,
             Command::Whoami {
@@ -460,6 +477,9 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            if e.is::<redteam::AttacksSucceeded>() {
+                return ExitCode::from(redteam::ATTACK_SUCCEEDED);
+            }
             if verifying && !e.is::<audit_cmd::VerifyFailed>() {
                 ExitCode::from(2)
             } else {

@@ -341,6 +341,9 @@ async fn encoded_letters_reach_no_other_route_or_path_policy() {
             "/api/admin%2fsecret",
             "/api/%2e%2e/admin/secret",
             "/api/admin%3Fx/secret",
+            // Overlong UTF-8 for `..` and `/` (found by `portcullis redteam`).
+            "/api/%c0%ae%c0%ae/admin/secret",
+            "/api/..%c0%afadmin/secret",
         ] {
             let a = send(&server, tls(&reader), proto, "GET", target, &[]).await;
             assert_eq!(
@@ -369,6 +372,28 @@ async fn encoded_letters_reach_no_other_route_or_path_policy() {
             "{proto:?}"
         );
     }
+}
+
+/// RFC 9112 §3.2: a request with two `Host` lines is refused before it is
+/// routed (found by `portcullis redteam`'s header family).
+#[tokio::test(flavor = "multi_thread")]
+async fn two_host_headers_are_refused() {
+    let (server, seen) = nested_routes("").await;
+    let (cert, key) = server.create_agent("reader-bot", &["reader"]);
+    let tls = || tls_config(&server.ca_pem(), Some((&cert, &key)));
+    let raw = "GET /api/items HTTP/1.1\r\nHost: localhost\r\nHost: admin.internal\r\nConnection: close\r\n\r\n";
+    let answer = support::raw_tls(server.gateway, tls(), raw.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("\"bad_request\""), "{answer}");
+    // One `Host` is served as ever.
+    let raw = "GET /api/items HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+    let answer = support::raw_tls(server.gateway, tls(), raw.as_bytes()).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(
+        targets(&seen, 0).len(),
+        1,
+        "only the single-Host request went upstream"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -1,6 +1,9 @@
 //! The built-in demo upstream used by the quickstart: a small HTTP service on a
 //! loopback port that answers every request with a JSON description of what it
-//! received, including the agent identity the gateway asserted.
+//! received, including the agent identity the gateway asserted and the names
+//! (never the values, which may hold an injected credential) of the headers
+//! that reached it: `portcullis redteam` reads them to see which spoofed
+//! headers got through.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -47,6 +50,9 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
+    let mut names: Vec<&str> = parts.headers.keys().map(|n| n.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
     let reply = serde_json::json!({
         "service": "portcullis demo upstream",
         "message": "hello from behind the portcullis",
@@ -56,6 +62,9 @@ async fn handle(req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infalli
         "agent": header("x-portcullis-agent"),
         "request_id": header("x-request-id"),
         "body_bytes": body.len(),
+        "host": header("host"),
+        "forwarded_for": header("x-forwarded-for"),
+        "headers": names,
     });
     let mut response = Response::new(Full::new(Bytes::from(reply.to_string())));
     response.headers_mut().insert(

@@ -16,7 +16,10 @@
 //!   double decoding); a raw `\`; a raw `;` (servlet containers drop
 //!   `;params` from a segment before matching); dot segments (also after
 //!   decoding, so `%2e%2e`); empty segments (`//`, which some servers merge);
-//!   and segments ending in `.` or an encoded space (Windows servers drop them).
+//!   and segments ending in `.` or an encoded space (Windows servers drop them);
+//!   escapes that do not decode to UTF-8, such as the overlong `%C0%AE` for
+//!   `.` (lenient decoders read it as a dot, so `/%C0%AE%C0%AE/` climbs out of
+//!   the route on such an upstream; found by `portcullis redteam`).
 //! - Letter case is kept: paths are case-sensitive (RFC 3986 §6.2.2.1), and
 //!   folding would break upstreams with case-sensitive ids. Routing instead
 //!   refuses a path that a longer route prefix matches but for letter case
@@ -70,6 +73,10 @@ pub enum TargetError {
     /// A segment ending in `.` or an encoded space.
     #[error("path segments may not end in `.` or a space")]
     TrailingDot,
+    /// Escapes whose bytes are not UTF-8 (overlong forms such as `%C0%AE`,
+    /// lone continuation bytes, Latin-1).
+    #[error("percent-escapes in the path must decode to UTF-8")]
+    NotUtf8,
 }
 
 impl CanonicalTarget {
@@ -199,7 +206,30 @@ fn canonical_path(raw: &[u8]) -> Result<String, TargetError> {
     if (0..b.len()).any(|i| b[i..].starts_with(b"%25") && escape_at(b, i + 2).is_ok()) {
         return Err(TargetError::DoubleEncoding);
     }
+    if !decodes_to_utf8(b) {
+        return Err(TargetError::NotUtf8);
+    }
     Ok(out)
+}
+
+/// Whether a canonical path (every `%` starts a valid escape) decodes to
+/// UTF-8. Overlong forms (`%C0%AE`, `%E0%80%AE`) are not UTF-8, so they are
+/// caught here with everything else a decoder might read its own way.
+fn decodes_to_utf8(path: &[u8]) -> bool {
+    let mut bytes = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < path.len() {
+        if path[i] == b'%'
+            && let Ok(v) = escape_at(path, i)
+        {
+            bytes.push(v);
+            i += 3;
+            continue;
+        }
+        bytes.push(path[i]);
+        i += 1;
+    }
+    std::str::from_utf8(&bytes).is_ok()
 }
 
 fn check_segments(path: &str) -> Result<(), TargetError> {
@@ -379,6 +409,12 @@ mod tests {
         bad("/api/admin./x", TrailingDot);
         bad("/api/admin%2e", TrailingDot);
         bad("/api/admin%20/x", TrailingDot);
+        bad("/demo/%c0%ae%c0%ae/payroll", NotUtf8);
+        bad("/demo/..%c0%afpayroll", NotUtf8);
+        bad("/demo/%e0%80%ae%e0%80%ae/x", NotUtf8);
+        bad("/caf%e9", NotUtf8);
+        bad("/a%80", NotUtf8);
+        ok("/caf%c3%a9", "/caf%C3%A9");
     }
 
     #[test]

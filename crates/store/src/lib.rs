@@ -27,6 +27,8 @@ mod console_sessions;
 pub use console_sessions::{ConsoleSessionRow, LiveConsoleSession};
 mod oauth_clients;
 pub use oauth_clients::{OAuthClientRow, RefreshOutcome, RefreshTokenRow};
+mod redteam;
+pub use redteam::RedteamRunRow;
 mod audit_archive;
 mod audit_log;
 mod audit_rows;
@@ -222,6 +224,11 @@ fn migrator() -> Migrator {
             "console_sessions",
             include_str!("../migrations/0021_console_sessions.sql"),
         ),
+        migration(
+            25,
+            "redteam_runs",
+            include_str!("../migrations/0025_redteam_runs.sql"),
+        ),
     ])
 }
 
@@ -275,6 +282,7 @@ fn postgres_migrator() -> Migrator {
         twin!(16, "admin_roles", "0016_admin_roles.sql"),
         twin!(17, "oauth_authorization", "0017_oauth_authorization.sql"),
         twin!(21, "console_sessions", "0021_console_sessions.sql"),
+        twin!(25, "redteam_runs", "0025_redteam_runs.sql"),
     ])
 }
 

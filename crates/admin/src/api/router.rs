@@ -67,6 +67,7 @@ pub(crate) fn api_routes() -> Router<AdminState> {
         .merge(crate::analytics_api::routes())
         .merge(crate::identity_api::routes())
         .merge(crate::tools_api::routes())
+        .merge(crate::redteam_api::routes())
         .route(
             "/audit/checkpoint",
             get(crate::audit_api::latest_checkpoint).post(crate::audit_api::sign_checkpoint),

@@ -3,6 +3,8 @@
 //! canonical request target ([`CanonicalTarget`]), header sanitisation, and
 //! audit back-pressure.
 //!
+//! Two `Host` headers are refused with 400 `bad_request` (RFC 9112 §3.2).
+//!
 //! Header sanitisation happens here, before any stage reads a header, so no
 //! stage and no upstream sees what a client claimed in a header that the
 //! gateway (or a proxy) is the one to set:
@@ -115,6 +117,10 @@ pub async fn run(
 /// The checks on the request head: size, target, method override; then the
 /// head is sanitised and its URI made canonical.
 pub fn head(limits: &Limits, parts: &mut http::request::Parts) -> Result<CanonicalTarget, Denial> {
+    // RFC 9112 §3.2: a request with two `Host` lines is refused; hops that
+    // keep different ones would route the same request to different hosts
+    // (found by `portcullis redteam`).
+    refuse_duplicate_host(&parts.headers)?;
     if let Some(length) = parts.headers.get(header::CONTENT_LENGTH) {
         let length: u64 = length
             .to_str()
@@ -226,6 +232,17 @@ const PROXY_HEADERS: [&str; 8] = [
 
 /// Name prefixes that only the gateway sets.
 const PROXY_PREFIXES: [&str; 2] = ["x-forwarded-", "x-portcullis-"];
+
+/// Refuses a request with more than one `Host` header with 400 `bad_request`.
+fn refuse_duplicate_host(headers: &HeaderMap) -> Result<(), Denial> {
+    if headers.get_all(header::HOST).iter().nth(1).is_some() {
+        return Err(Denial::new(
+            ErrorCode::BadRequest,
+            "more than one Host header",
+        ));
+    }
+    Ok(())
+}
 
 /// Refuses method overrides: policy decided on the request's method, and an
 /// upstream honouring an override would run another (a GET become a DELETE).
@@ -346,6 +363,16 @@ mod tests {
         check(None, Some("a=1&_method=DELETE"), true);
         check(None, Some("%5Fmethod=DELETE"), true);
         check(None, Some("_METHOD=DELETE"), true);
+    }
+
+    #[test]
+    fn two_host_headers_are_refused() {
+        let mut h = HeaderMap::new();
+        h.append(header::HOST, "gateway".parse().unwrap());
+        assert!(refuse_duplicate_host(&h).is_ok());
+        h.append(header::HOST, "admin.internal".parse().unwrap());
+        let got = refuse_duplicate_host(&h).map_err(|d| d.code);
+        assert_eq!(got, Err(ErrorCode::BadRequest));
     }
 
     #[test]
