@@ -218,6 +218,17 @@ pub(crate) const OPERATIONS: &[Operation] = &[
     op("get", p!("/tools"), "tools", Admin, "MCP tool pins: each tool's seen and approved definition digests and scan findings."),
     op("post", p!("/tools/approve"), "tools", StepUp, "Approve a tool definition by its full digest (the one reviewed).")
         .body(&[f("route", "string", "the MCP route"), f("name", "string", "the tool"), f("digest", "string", "the full digest of the reviewed definition")]),
+    // The model and dataset registries.
+    op("get", p!("/models"), "governance", Admin, "Registered model versions with lifecycle, digest and whether their signature verified."),
+    op("post", p!("/models"), "governance", Admin, "Register a model version as a draft; a signature bundle must verify against `[[models.trusted_keys]]` and name the digest.")
+        .body(&[f("name", "string", "registry name"), f("version", "string", "version"), f("digest", "string", "`sha256:<hex>` of the artifact"), opt("signature", "object", "Sigstore bundle or DSSE envelope over an in-toto statement"), opt("provenance", "object", "in-toto / SLSA provenance statement naming the digest"), opt("eval", "object", "evaluation report, stored as evidence")]),
+    op("get", p!("/models/{name}/{version}"), "governance", Admin, "One model version with its evidence (signature bundle, provenance, eval)."),
+    op("post", p!("/models/{name}/{version}/{step}"), "governance", StepUp, "Move a model version along its lifecycle: `approve` (a draft), `deprecate` (an approved one) or `revoke` (any, final)."),
+    op("get", p!("/datasets"), "governance", Admin, "Registered datasets."),
+    op("post", p!("/datasets"), "governance", Admin, "Register a dataset.")
+        .body(&[f("name", "string", "dataset name"), f("owner", "string", "accountable owner"), f("classification", "string", "public, internal, confidential or restricted"), f("source", "string", "where the data came from"), f("licence", "string", "licence"), f("collected", "string", "collection date, YYYY-MM-DD"), f("consent_basis", "string", "consent, contract, legal_obligation, vital_interests, public_task, legitimate_interests or none"), f("retention_days", "integer", "how long data may be kept"), opt("purposes", "array", "allowed purposes")]),
+    op("get", p!("/datasets/report"), "governance", Admin, "Per dataset: captured payloads and audit personal data of its routes kept past its retention."),
+    op("get", p!("/datasets/{name}"), "governance", Admin, "One dataset."),
     // Policies.
     op("get", p!("/policies"), "policies", Admin, "Every stored policy version, and which is active or shadow."),
     op("post", p!("/policies"), "policies", StepUp, "Push a policy set: validated, stored and activated (or evaluated in shadow).")

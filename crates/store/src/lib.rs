@@ -33,6 +33,8 @@ pub use audit_archive::{
     ArchiveError, ArchiveOutcome, ArchiveVerifySummary, ArchivedInclusion, SEGMENT_FORMAT, Segment,
     SegmentSeal, archived_inclusion, read_segments,
 };
+mod governance;
+pub use governance::{DatasetRow, HeldPast, ModelLifecycle, ModelRow};
 mod mcp_tools;
 pub use agent_keys::AgentKeyRow;
 pub use mcp_tools::McpToolRow;
@@ -215,6 +217,16 @@ fn migrator() -> Migrator {
             "oauth_authorization",
             include_str!("../migrations/0017_oauth_authorization.sql"),
         ),
+        migration(
+            19,
+            "model_registry",
+            include_str!("../migrations/0019_model_registry.sql"),
+        ),
+        migration(
+            20,
+            "dataset_registry",
+            include_str!("../migrations/0020_dataset_registry.sql"),
+        ),
     ])
 }
 
@@ -267,6 +279,8 @@ fn postgres_migrator() -> Migrator {
         twin!(15, "transit_exportable", "0015_transit_exportable.sql"),
         twin!(16, "admin_roles", "0016_admin_roles.sql"),
         twin!(17, "oauth_authorization", "0017_oauth_authorization.sql"),
+        twin!(19, "model_registry", "0019_model_registry.sql"),
+        twin!(20, "dataset_registry", "0020_dataset_registry.sql"),
     ])
 }
 
