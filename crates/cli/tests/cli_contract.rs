@@ -86,7 +86,15 @@ fn every_listing_command_speaks_table_json_and_yaml() {
     );
     let digest = format!("sha256:{}", "ab".repeat(32));
     ok(
-        server.cli(&["model", "register", "llama", "--version", "1", "--digest", &digest]),
+        server.cli(&[
+            "model",
+            "register",
+            "llama",
+            "--version",
+            "1",
+            "--digest",
+            &digest,
+        ]),
         "model register",
     );
     ok(
