@@ -415,7 +415,6 @@ async fn retention_report(
         report.push(json!({
             "dataset": d.name,
             "retention_days": d.retention_days,
-            "cutoff_at": cutoff,
             "routes": routes,
             "overdue": overdue,
         }));
