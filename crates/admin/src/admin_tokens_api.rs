@@ -359,12 +359,13 @@ async fn revoke(
 }
 
 /// Every permission, for `GET /session`.
-const PERMISSIONS: [Permission; 13] = [
+const PERMISSIONS: [Permission; 14] = [
     Permission::Read,
     Permission::Session,
     Permission::ReadCaptures,
     Permission::ManageAgents,
     Permission::ManageTools,
+    Permission::ManageGovernance,
     Permission::ManageSecrets,
     Permission::ManageVault,
     Permission::UseTransit,

@@ -26,6 +26,7 @@ mod audit_api;
 mod auth;
 mod console;
 mod credentials;
+mod governance_api;
 mod identity_api;
 mod mfa;
 mod openapi;

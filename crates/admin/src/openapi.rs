@@ -164,6 +164,10 @@ impl Operation {
 /// type, or [`Operation::named`]). Each mirrors a view type of a handler
 /// (named in its comment), field for field.
 pub(crate) const COMPONENTS: &[(&str, &[Field])] = &[
+    // governance_api.rs `model_view` (without its evidence).
+    ("Model", &[f("id", "string", "`NAME@VERSION`"), f("name", "string", "registry name"), f("version", "string", "version"), f("digest", "string", "`sha256:<hex>`"), f("lifecycle", "string", "draft, approved, deprecated or revoked"), f("verified", "boolean", "whether its signature verified against a pinned key"), f("verified_key", "string?", "the key that verified it"), f("has_signature", "boolean", "a signature bundle is kept"), f("has_provenance", "boolean", "a provenance statement is kept"), f("has_eval", "boolean", "evaluation evidence is kept"), f("registered_by", "string", "who registered it"), f("registered_at", "integer", "ms since the epoch"), f("changed_by", "string?", "who last moved its lifecycle"), f("changed_at", "integer?", "ms since the epoch")]),
+    // governance_api.rs `dataset_view`.
+    ("Dataset", &[f("name", "string", "dataset name"), f("owner", "string", "accountable owner"), f("classification", "string", "its classification"), f("provenance", "object", "`source`, `licence`, `collected`"), f("consent_basis", "string", "consent basis"), f("retention_days", "integer", "retention"), f("purposes", "string[]", "allowed purposes"), f("registered_by", "string", "who registered it"), f("registered_at", "integer", "ms since the epoch")]),
     // redteam_api.rs `view`
     ("RedteamRun", &[f("run_id", "string", "the run"), f("started_ms", "integer", "start, ms since the epoch"), f("finished_ms", "integer", "end, ms since the epoch"), f("recorded_ms", "integer", "when the gateway kept it"), f("recorded_by", "string", "the admin who posted it"), f("agent", "string", "the attacking agent"), f("gateway", "string", "the gateway attacked"), f("held", "integer", "families held"), f("failed", "integer", "families failed"), f("skipped", "integer", "families skipped"), f("failed_families", "string[]", "the failed families"), f("audit_request_id", "string", "its audit record's request id")]),
     // `api/agents.rs` `AgentView`.
@@ -618,6 +622,27 @@ pub(crate) const OPERATIONS: &[Operation] = &[
     op("post", p!("/tools/approve"), "tools", StepUp, "Approve a tool definition by its full digest (the one reviewed).")
         .body(&[f("route", "string", "the MCP route"), f("name", "string", "the tool"), f("digest", "string", "the full digest of the reviewed definition")])
         .named("Tool"),
+    // The model and dataset registries.
+    op("get", p!("/models"), "governance", Admin, "Registered model versions with lifecycle, digest and whether their signature verified.")
+        .ok(&[f("models", "ref:Model[]", "every version")]),
+    op("post", p!("/models"), "governance", Admin, "Register a model version as a draft; a signature bundle must verify against `[[models.trusted_keys]]` and name the digest.")
+        .body(&[f("name", "string", "registry name"), f("version", "string", "version"), f("digest", "string", "`sha256:<hex>` of the artifact"), opt("signature", "object", "Sigstore bundle or DSSE envelope over an in-toto statement"), opt("provenance", "object", "in-toto / SLSA provenance statement naming the digest"), opt("eval", "object", "evaluation report, stored as evidence")])
+        .created()
+        .named("Model"),
+    op("get", p!("/models/{name}/{version}"), "governance", Admin, "One model version with its evidence (signature bundle, provenance, eval).")
+        .extends("Model", &[f("signature", "object?", "the signature bundle"), f("provenance", "object?", "the provenance statement"), f("eval", "object?", "the evaluation evidence")]),
+    op("post", p!("/models/{name}/{version}/{step}"), "governance", StepUp, "Move a model version along its lifecycle: `approve` (a draft), `deprecate` (an approved one) or `revoke` (any, final).")
+        .named("Model"),
+    op("get", p!("/datasets"), "governance", Admin, "Registered datasets.")
+        .ok(&[f("datasets", "ref:Dataset[]", "every dataset")]),
+    op("post", p!("/datasets"), "governance", Admin, "Register a dataset.")
+        .body(&[f("name", "string", "dataset name"), f("owner", "string", "accountable owner"), f("classification", "string", "public, internal, confidential or restricted"), f("source", "string", "where the data came from"), f("licence", "string", "licence"), f("collected", "string", "collection date, YYYY-MM-DD"), f("consent_basis", "string", "consent, contract, legal_obligation, vital_interests, public_task, legitimate_interests or none"), f("retention_days", "integer", "how long data may be kept"), opt("purposes", "array", "allowed purposes")])
+        .created()
+        .named("Dataset"),
+    op("get", p!("/datasets/report"), "governance", Admin, "Per dataset: captured payloads and audit personal data of its routes kept past its retention.")
+        .ok(&[f("report", "object[]", "per dataset: `dataset`, `retention_days`, `routes`, `overdue` (per route: `route`, `captures`, `personal_records`, `oldest_at`)")]),
+    op("get", p!("/datasets/{name}"), "governance", Admin, "One dataset.")
+        .named("Dataset"),
     // Policies.
     op("get", p!("/policies"), "policies", Admin, "Every stored policy version, and which is active or shadow.")
         .ok(&[f("active", "integer?", "the active version"), f("shadow", "integer?", "the shadow version"), f("versions", "ref:PolicyVersion[]", "every version")]),

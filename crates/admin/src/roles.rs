@@ -54,6 +54,7 @@ impl Role {
                 Read | Session
                     | ManageAgents
                     | ManageTools
+                    | ManageGovernance
                     | ManageSecrets
                     | UseTransit
                     | ResolveAlerts
@@ -103,6 +104,8 @@ pub enum Permission {
     ManageAgents,
     /// Approve MCP tool definitions.
     ManageTools,
+    /// Register models and datasets; approve, deprecate and revoke models.
+    ManageGovernance,
     /// Write, rotate and delete vault secrets; create and rotate transit keys.
     ManageSecrets,
     /// Rekey the vault and export transit keys.
@@ -131,6 +134,7 @@ impl Permission {
             Permission::ReadCaptures => "read_captures",
             Permission::ManageAgents => "manage_agents",
             Permission::ManageTools => "manage_tools",
+            Permission::ManageGovernance => "manage_governance",
             Permission::ManageSecrets => "manage_secrets",
             Permission::ManageVault => "manage_vault",
             Permission::UseTransit => "use_transit",

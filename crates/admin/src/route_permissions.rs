@@ -81,6 +81,15 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
     // MCP tools.
     ("GET", "/tools", Read),
     ("POST", "/tools/approve", ManageTools),
+    // The model and dataset registries.
+    ("GET", "/models", Read),
+    ("POST", "/models", ManageGovernance),
+    ("GET", "/models/{name}/{version}", Read),
+    ("POST", "/models/{name}/{version}/{step}", ManageGovernance),
+    ("GET", "/datasets", Read),
+    ("POST", "/datasets", ManageGovernance),
+    ("GET", "/datasets/report", Read),
+    ("GET", "/datasets/{name}", Read),
     // The vault. Listings and `show` carry metadata, never values.
     ("GET", "/secrets", Read),
     ("POST", "/secrets", ManageSecrets),

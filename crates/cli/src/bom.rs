@@ -5,7 +5,11 @@
 //! `machine-learning-model` component, and every MCP tool the gateway has
 //! seen as a service nested in its server, with the SHA-256 of its
 //! definition as seen and as approved. Dependencies tie routes to their
-//! models. Read offline from the config file and, when given, the state
+//! models. Models that name a model-registry entry carry its SHA-256 as a
+//! hash and its lifecycle, verification and provenance type as properties;
+//! the datasets routes are tagged with are `data` components (owner,
+//! classification, provenance, consent, retention), and dependencies tie
+//! routes to them too: the lineage route → model, route → dataset. Read offline from the config file and, when given, the state
 //! directory's database (read-only, beside a running server).
 //!
 //! Nothing secret is written: upstream URLs lose any user information, a
@@ -16,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result};
 use portcullis_gateway::config::{Config, RouteConfig, RouteKind, Upstream};
-use portcullis_store::{McpToolRow, Store};
+use portcullis_store::{DatasetRow, McpToolRow, ModelRow, Store};
 use serde_json::{Value, json};
 
 /// The CycloneDX specification version written.
@@ -32,14 +36,14 @@ pub async fn run(
         Some(path) => Config::load(path)?,
         None => Config::quickstart(),
     };
-    let tools = match state_dir {
-        Some(dir) => read_tools(&dir.join("portcullis.db")).await?,
-        None => Vec::new(),
+    let (tools, registry) = match state_dir {
+        Some(dir) => read_state(&dir.join("portcullis.db")).await?,
+        None => (Vec::new(), Registry::default()),
     };
     let now = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .context("cannot format the time")?;
-    let bom = build(&config.routes, &tools, &serial_number(), &now);
+    let bom = build(&config.routes, &tools, &registry, &serial_number(), &now);
     let text = serde_json::to_string_pretty(&bom).context("cannot write the BOM")?;
     match out {
         Some(path) => std::fs::write(&path, text + "\n")
@@ -49,13 +53,76 @@ pub async fn run(
     Ok(())
 }
 
-async fn read_tools(db: &Path) -> Result<Vec<McpToolRow>> {
+/// The model and dataset registries, as stored.
+#[derive(Debug, Default)]
+pub struct Registry {
+    /// Registered model versions.
+    pub models: Vec<ModelRow>,
+    /// Registered datasets.
+    pub datasets: Vec<DatasetRow>,
+}
+
+async fn read_state(db: &Path) -> Result<(Vec<McpToolRow>, Registry)> {
     let store = Store::open_sqlite_read_only(db)
         .await
         .with_context(|| format!("cannot open `{}` read-only", db.display()))?;
-    let tools = store.mcp_tools().await.context("cannot read the MCP tools");
+    let read = async {
+        let tools = store
+            .mcp_tools()
+            .await
+            .context("cannot read the MCP tools")?;
+        let registry = Registry {
+            models: store
+                .registry_models()
+                .await
+                .context("cannot read the model registry")?,
+            datasets: store
+                .datasets()
+                .await
+                .context("cannot read the dataset registry")?,
+        };
+        Ok((tools, registry))
+    }
+    .await;
     store.close().await;
-    tools
+    read
+}
+
+/// A dataset as a CycloneDX `data` component; one not in the registry is
+/// listed with `registered = false`.
+fn dataset_component(name: &str, row: Option<&DatasetRow>) -> Value {
+    let Some(d) = row else {
+        return json!({
+            "type": "data",
+            "bom-ref": format!("dataset:{name}"),
+            "name": name,
+            "data": [{ "type": "dataset", "name": name }],
+            "properties": [property("registered", "false")],
+        });
+    };
+    let mut properties = vec![
+        property("registered", "true"),
+        property("source", d.source.as_str()),
+        property("licence", d.licence.as_str()),
+        property("collected", d.collected.as_str()),
+        property("consent_basis", d.consent_basis.as_str()),
+        property("retention_days", d.retention_days.to_string()),
+    ];
+    for p in &d.purposes {
+        properties.push(property("purpose", p.as_str()));
+    }
+    json!({
+        "type": "data",
+        "bom-ref": format!("dataset:{name}"),
+        "name": name,
+        "data": [{
+            "type": "dataset",
+            "name": name,
+            "classification": d.classification,
+            "governance": { "owners": [{ "organization": { "name": d.owner } }] },
+        }],
+        "properties": properties,
+    })
 }
 
 /// A random version 4 UUID as a URN (RFC 9562), the BOM's serial number.
@@ -103,7 +170,13 @@ fn kind(kind: RouteKind) -> &'static str {
 }
 
 /// The BOM of `routes` and the MCP `tools` seen; pure, for tests.
-pub fn build(routes: &[RouteConfig], tools: &[McpToolRow], serial: &str, now: &str) -> Value {
+pub fn build(
+    routes: &[RouteConfig],
+    tools: &[McpToolRow],
+    registry: &Registry,
+    serial: &str,
+    now: &str,
+) -> Value {
     let version = env!("CARGO_PKG_VERSION");
     let mut components = Vec::new();
     let mut services = Vec::new();
@@ -147,9 +220,53 @@ pub fn build(routes: &[RouteConfig], tools: &[McpToolRow], serial: &str, now: &s
                 if !m.version.is_empty() {
                     model["version"] = json!(m.version);
                 }
+                if let Some((name, version)) = &m.registry {
+                    let row = registry
+                        .models
+                        .iter()
+                        .find(|row| row.name == *name && row.version == *version);
+                    let mut extra = vec![property("registry", format!("{name}@{version}"))];
+                    match row {
+                        None => extra.push(property("lifecycle", "unregistered")),
+                        Some(row) => {
+                            extra.push(property("lifecycle", row.lifecycle.as_str()));
+                            extra.push(property("verified", row.verified.to_string()));
+                            if let Some(k) = &row.verified_key {
+                                extra.push(property("verified_key", k.as_str()));
+                            }
+                            let predicate = row
+                                .provenance
+                                .as_deref()
+                                .and_then(|p| serde_json::from_str::<Value>(p).ok())
+                                .and_then(|p| p["predicateType"].as_str().map(str::to_string));
+                            if let Some(t) = predicate {
+                                extra.push(property("provenance_predicate_type", t));
+                            }
+                            if let Some(hex) = row.digest.strip_prefix("sha256:") {
+                                model["hashes"] = json!([{ "alg": "SHA-256", "content": hex }]);
+                            }
+                        }
+                    }
+                    if let Some(props) = model["properties"].as_array_mut() {
+                        props.extend(extra);
+                    }
+                }
                 components.push(model);
                 depends.push(Value::String(model_ref));
             }
+        }
+        for name in &r.datasets {
+            let dataset_ref = format!("dataset:{name}");
+            if !components
+                .iter()
+                .any(|c| c["bom-ref"] == dataset_ref.as_str())
+            {
+                components.push(dataset_component(
+                    name,
+                    registry.datasets.iter().find(|d| d.name == *name),
+                ));
+            }
+            depends.push(Value::String(dataset_ref));
         }
         let nested: Vec<Value> = tools
             .iter()

@@ -15,6 +15,7 @@ mod check;
 mod client;
 mod cluster;
 mod commands;
+mod governance_cmd;
 mod guard_cmd;
 mod inventory;
 mod offline;
@@ -306,6 +307,22 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// The model registry: register versions with their digest, signature
+    /// and provenance; approve, deprecate, revoke.
+    Model {
+        #[command(subcommand)]
+        command: governance_cmd::ModelCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// The dataset registry: provenance, consent, retention, purposes; the
+    /// retention report.
+    Dataset {
+        #[command(subcommand)]
+        command: governance_cmd::DatasetCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
     /// MCP tool pins: list tools seen on MCP routes, approve changed definitions.
     Tools {
         #[command(subcommand)]
@@ -471,6 +488,8 @@ fn main() -> ExitCode {
             Command::Transit { command, admin } => vault_cmd::transit(command, admin).await,
             Command::Capture { command, admin } => vault_cmd::capture(command, admin).await,
             Command::Tools { command, admin } => tools_cmd::tools(command, admin).await,
+            Command::Model { command, admin } => governance_cmd::model(command, admin).await,
+            Command::Dataset { command, admin } => governance_cmd::dataset(command, admin).await,
         }
     });
     match result {

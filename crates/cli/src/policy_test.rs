@@ -176,6 +176,7 @@ pub fn run(file: &Path, dir: Option<PathBuf>) -> Result<bool> {
                 version: m.version.clone(),
                 status: m.status.clone(),
                 classification,
+                registry: Default::default(),
             });
         }
     }

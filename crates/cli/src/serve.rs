@@ -471,6 +471,7 @@ pub async fn run(
         vault: vault.clone(),
         checkpointer: checkpointer.clone(),
         mfa: Arc::new(MfaKeys::new(totp_seal, config.admin_require_mfa)),
+        model_keys: Arc::new(config.model_trusted_keys.clone()),
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

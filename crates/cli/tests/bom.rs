@@ -8,7 +8,7 @@ mod support;
 
 use std::process::Command;
 
-use portcullis_store::{McpToolRow, Store};
+use portcullis_store::{DatasetRow, McpToolRow, ModelLifecycle, ModelRow, Store};
 use serde_json::Value;
 
 const VALIDATE: &str = r#"
@@ -55,8 +55,8 @@ async fn bom_lists_routes_models_and_tools_as_valid_cyclonedx_1_6() {
         "{}{}{}",
         support::route("api", "/api", "http://127.0.0.1:9/base", "internal"),
         "[[routes]]\nname = \"files\"\nkind = \"mcp\"\npath_prefix = \"/mcp/files\"\nupstream = \"http://127.0.0.1:9/mcp\"\nclassification = \"confidential\"\nowner = \"data-team\"\ntags = [\"pii\"]\n",
-        "[[routes]]\nname = \"llm\"\nkind = \"llm\"\npath_prefix = \"/llm\"\nupstream = \"https://api.example:443\"\nclassification = \"restricted\"\napi_key_env = \"BOM_LLM_KEY\"\n\
-         [[routes.models]]\nname = \"gpt-4o\"\nversion = \"2024-08-06\"\nstatus = \"approved\"\n\
+        "[[routes]]\nname = \"llm\"\nkind = \"llm\"\npath_prefix = \"/llm\"\nupstream = \"https://api.example:443\"\nclassification = \"restricted\"\napi_key_env = \"BOM_LLM_KEY\"\ndatasets = [\"claims\", \"unlisted\"]\n\
+         [[routes.models]]\nname = \"gpt-4o\"\nversion = \"2024-08-06\"\nstatus = \"approved\"\nregistry = \"gpt-4o@2024-08-06\"\n\
          [[routes.models]]\nname = \"meta-llama/Llama-3-8B\"\nstatus = \"preview\"\n",
     );
     let config = support::config(dir.path(), &routes, "");
@@ -77,6 +77,43 @@ async fn bom_lists_routes_models_and_tools_as_valid_cyclonedx_1_6() {
         .unwrap();
     store
         .upsert_mcp_tool(&tool("files", "delete_file", &b, None))
+        .await
+        .unwrap();
+    // The registries: the model's entry and one of the two datasets.
+    store
+        .register_model(&ModelRow {
+            name: "gpt-4o".into(),
+            version: "2024-08-06".into(),
+            digest: format!("sha256:{}", "c".repeat(64)),
+            lifecycle: ModelLifecycle::Approved,
+            verified: true,
+            verified_key: Some("release".into()),
+            signature: None,
+            provenance: Some(
+                r#"{"_type":"https://in-toto.io/Statement/v1","subject":[],"predicateType":"https://slsa.dev/provenance/v1"}"#.into(),
+            ),
+            eval: None,
+            registered_by: "admin".into(),
+            registered_ms: 1,
+            changed_by: "admin".into(),
+            changed_ms: 1,
+        })
+        .await
+        .unwrap();
+    store
+        .register_dataset(&DatasetRow {
+            name: "claims".into(),
+            owner: "risk-team".into(),
+            classification: "confidential".into(),
+            source: "claims-db export".into(),
+            licence: "internal".into(),
+            collected: "2026-01-31".into(),
+            consent_basis: "contract".into(),
+            retention_days: 90,
+            purposes: vec!["fraud-detection".into()],
+            registered_by: "admin".into(),
+            registered_ms: 1,
+        })
         .await
         .unwrap();
     store.close().await;
@@ -135,14 +172,11 @@ async fn bom_lists_routes_models_and_tools_as_valid_cyclonedx_1_6() {
     assert_eq!(pin("write_file"), "changed");
     assert_eq!(pin("delete_file"), "pending");
     // Models, as ML model components the LLM route depends on.
-    let models: Vec<(&str, Option<&str>)> = bom["components"]
-        .as_array()
-        .unwrap()
+    let components = bom["components"].as_array().unwrap();
+    let models: Vec<(&str, Option<&str>)> = components
         .iter()
-        .map(|c| {
-            assert_eq!(c["type"], "machine-learning-model");
-            (c["name"].as_str().unwrap(), c["version"].as_str())
-        })
+        .filter(|c| c["type"] == "machine-learning-model")
+        .map(|c| (c["name"].as_str().unwrap(), c["version"].as_str()))
         .collect();
     assert_eq!(
         models,
@@ -151,13 +185,43 @@ async fn bom_lists_routes_models_and_tools_as_valid_cyclonedx_1_6() {
             ("meta-llama/Llama-3-8B", None)
         ]
     );
+    // The registry's facts on the model that names an entry: its hash,
+    // lifecycle, verification and provenance type.
+    let gpt = &components[0];
+    assert_eq!(gpt["hashes"][0]["alg"], "SHA-256");
+    assert_eq!(gpt["hashes"][0]["content"], "c".repeat(64));
+    for fact in [
+        ("portcullis:lifecycle", "approved"),
+        ("portcullis:verified", "true"),
+        (
+            "portcullis:provenance_predicate_type",
+            "https://slsa.dev/provenance/v1",
+        ),
+    ] {
+        assert!(
+            props(gpt).contains(&(fact.0.into(), fact.1.into())),
+            "{gpt}"
+        );
+    }
+    // Datasets, as data components with their governance; the one not
+    // registered says so.
+    let datasets: Vec<&Value> = components.iter().filter(|c| c["type"] == "data").collect();
+    assert_eq!(datasets.len(), 2);
+    assert_eq!(
+        datasets[0]["data"][0]["governance"]["owners"][0]["organization"]["name"],
+        "risk-team"
+    );
+    assert!(props(datasets[1]).contains(&("portcullis:registered".into(), "false".into())));
+    // Lineage: the route depends on its models and its datasets.
     assert_eq!(bom["dependencies"][0]["ref"], "route:llm");
     assert_eq!(
-        bom["dependencies"][0]["dependsOn"]
-            .as_array()
-            .unwrap()
-            .len(),
-        2
+        bom["dependencies"][0]["dependsOn"],
+        serde_json::json!([
+            "model:llm/gpt-4o",
+            "model:llm/meta-llama/Llama-3-8B",
+            "dataset:claims",
+            "dataset:unlisted"
+        ])
     );
     // The API key's source is named, never its value or variable.
     assert!(props(&services[2]).contains(&("portcullis:credential".into(), "api_key".into())));

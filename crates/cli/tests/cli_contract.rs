@@ -30,6 +30,11 @@ const LISTINGS: &[&[&str]] = &[
     &["approvals", "list"],
     &["grants", "list"],
     &["tools", "list"],
+    &["model", "list"],
+    &["model", "show", "llama@1"],
+    &["dataset", "list"],
+    &["dataset", "show", "claims"],
+    &["dataset", "report"],
     &["inventory"],
 ];
 
@@ -78,6 +83,41 @@ fn every_listing_command_speaks_table_json_and_yaml() {
             value.to_str().unwrap(),
         ]),
         "secret put",
+    );
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    ok(
+        server.cli(&[
+            "model",
+            "register",
+            "llama",
+            "--version",
+            "1",
+            "--digest",
+            &digest,
+        ]),
+        "model register",
+    );
+    ok(
+        server.cli(&[
+            "dataset",
+            "register",
+            "claims",
+            "--owner",
+            "risk",
+            "--classification",
+            "internal",
+            "--source",
+            "export",
+            "--licence",
+            "internal",
+            "--collected",
+            "2026-01-31",
+            "--consent-basis",
+            "contract",
+            "--retention-days",
+            "30",
+        ]),
+        "dataset register",
     );
 
     for args in LISTINGS {

@@ -180,9 +180,13 @@ fn openai_sdk_completions_streams_models_and_embeddings() {
     assert_eq!(v["model"], "gpt-test");
     assert_eq!(v["embeddings"], serde_json::json!([3, 3]));
     // Denied, unknown and hidden models: clear JSON errors the SDK raises.
-    for denied in ["denied", "denied_stream", "embed_denied"] {
+    for (denied, code) in [
+        ("denied", "model_unverified"),
+        ("denied_stream", "model_unverified"),
+        ("embed_denied", "forbidden"),
+    ] {
         assert_eq!(v[denied]["status"], 403, "{denied}: {v}");
-        assert_eq!(v[denied]["code"], "forbidden", "{denied}: {v}");
+        assert_eq!(v[denied]["code"], code, "{denied}: {v}");
     }
     assert_eq!(v["unknown"]["status"], 404);
     assert_eq!(v["unknown"]["code"], "model_not_found");
@@ -211,7 +215,13 @@ fn openai_sdk_completions_streams_models_and_embeddings() {
         .unwrap();
     assert_eq!(denied["action"], "complete");
     assert_eq!(denied["outcome"], "deny");
-    assert_eq!(denied["policies"], serde_json::json!(["default-deny"]));
+    // Restricted and in no model registry: the built-in model gate refuses
+    // it before any permit is consulted (`model_unverified`).
+    assert_eq!(
+        denied["policies"],
+        serde_json::json!(["builtin:model-gate"])
+    );
+    assert_eq!(denied["error_code"], "model_unverified");
     assert!(
         records.iter().any(|r| r["resource"] == "llm/gpt-test"
             && r["outcome"] == "allow"

@@ -35,6 +35,7 @@ pub mod config;
 pub mod json;
 pub mod local_users;
 pub mod metrics;
+pub mod model_signing;
 pub mod oidc;
 pub mod otlp;
 pub mod plane;

@@ -46,6 +46,8 @@ pub struct RouteSummary {
     pub path_prefix: String,
     /// Its data classification.
     pub classification: Classification,
+    /// The registered datasets it serves.
+    pub datasets: Vec<String>,
 }
 
 /// The MCP tool pins the data plane checks, told of an admin's approval.

@@ -100,6 +100,10 @@ pub enum ErrorCode {
     InvalidTotp,
     /// An LLM request names a model its route does not configure.
     ModelNotFound,
+    /// The model's route is classified confidential or above and the model
+    /// is not verified in the model registry, or its entry is revoked
+    /// (`builtin:model-gate`).
+    ModelUnverified,
     /// The agent's request or token budget on an LLM route is spent for
     /// the current minute or day.
     BudgetExceeded,
@@ -199,6 +203,7 @@ impl ErrorCode {
             ErrorCode::InvalidRedirectUri => "invalid_redirect_uri",
             ErrorCode::InvalidClientMetadata => "invalid_client_metadata",
             ErrorCode::ModelNotFound => "model_not_found",
+            ErrorCode::ModelUnverified => "model_unverified",
             ErrorCode::BudgetExceeded => "budget_exceeded",
             ErrorCode::InvalidPolicy => "invalid_policy",
             ErrorCode::ApprovalRequired => "approval_required",
@@ -236,6 +241,7 @@ impl ErrorCode {
             | ErrorCode::ApprovalDenied
             | ErrorCode::UserMfaRequired
             | ErrorCode::ToolBlocked
+            | ErrorCode::ModelUnverified
             | ErrorCode::McpMethodNotAllowed
             | ErrorCode::ObligationUnsupported
             | ErrorCode::Quarantined
@@ -319,6 +325,7 @@ mod tests {
             ErrorCode::InvalidTotp,
             ErrorCode::InvalidGrant,
             ErrorCode::ModelNotFound,
+            ErrorCode::ModelUnverified,
             ErrorCode::BudgetExceeded,
             ErrorCode::InvalidPolicy,
             ErrorCode::ApprovalRequired,

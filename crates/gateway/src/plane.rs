@@ -130,6 +130,7 @@ impl DataPlane for Gateway {
                 .to_string(),
                 path_prefix: r.path_prefix.clone(),
                 classification: r.classification,
+                datasets: r.datasets.clone(),
             })
             .collect()
     }

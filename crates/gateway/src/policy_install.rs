@@ -652,6 +652,7 @@ mod tests {
             version: String::new(),
             status: "approved".into(),
             classification: Classification::Internal,
+            registry: Default::default(),
         };
         Authorizer::new(
             bundle,
@@ -684,6 +685,7 @@ mod tests {
             llm: None,
             owner: String::new(),
             tags: Vec::new(),
+            datasets: Vec::new(),
             sandbox: None,
         };
         RouteTable::new(&[

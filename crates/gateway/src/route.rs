@@ -84,6 +84,7 @@ impl RouteTable {
                 llm: None,
                 owner: String::new(),
                 tags: Vec::new(),
+                datasets: Vec::new(),
                 sandbox: None,
             })
             .collect();

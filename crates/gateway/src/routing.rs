@@ -55,6 +55,9 @@ pub struct Routing {
     pub(crate) route_entities: Vec<RouteEntity>,
     /// The LLM routes' models as policy entities.
     pub(crate) model_entities: Vec<ModelEntity>,
+    /// The model-registry entry each model naming one names, by model
+    /// entity id; read from the store with every snapshot.
+    pub(crate) model_registry: std::collections::HashMap<String, (String, String)>,
     /// `[limits] max_buffered_bytes`, applied by [`Routing::activate`].
     max_buffered_bytes: u64,
 }
@@ -138,6 +141,7 @@ impl Routing {
         Ok(Routing {
             llm: crate::llm::LlmRoutes::load(config)?,
             model_entities: crate::llm::model_entities(config),
+            model_registry: crate::llm::model_registry_refs(config),
             route_entities,
             guard,
             timezone: config.policy_timezone.clone(),

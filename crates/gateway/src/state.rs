@@ -716,7 +716,8 @@ pub(crate) async fn build_snapshot(
     policy: &InstalledPolicy,
     routing: &Arc<Routing>,
 ) -> Result<Snapshot, GatewayError> {
-    let (routes, models) = (&routing.route_entities[..], &routing.model_entities[..]);
+    let routes = &routing.route_entities[..];
+    let models = &registry_models(store, routing).await?[..];
     let agents = store.agents().await?;
     let certificates = store.certificates(None).await?;
     let keys = store.agent_keys(None).await?;
@@ -755,6 +756,11 @@ pub(crate) async fn build_snapshot(
         .collect();
     let authorizer = Authorizer::with_grants(policy.bundle.clone(), &entities, routes, &grants)?
         .with_models(models)?;
+    if !routing.model_registry.is_empty() && !authorizer.supports_model_registry() {
+        return Err(GatewayError::Unfit(
+            "a `[[routes.models]]` names a `registry` entry, but the policy schema's `Model` lacks `verified`, `lifecycle` and `digest`; copy them from the shipped schema.cedarschema (`portcullis policy schema`)".into(),
+        ));
+    }
     let shadow = match &policy.shadow {
         None => None,
         Some(s) => Some(ShadowSnapshot {
@@ -771,6 +777,37 @@ pub(crate) async fn build_snapshot(
         policy_version: policy.version,
         shadow,
     })
+}
+
+/// The routes' models with what the model registry says of the entries
+/// they name, read now: an approval or revocation is in force in the next
+/// snapshot. A model naming an entry that does not exist stays
+/// `unregistered` and unverified (fail closed).
+async fn registry_models(
+    store: &Store,
+    routing: &Routing,
+) -> Result<Vec<portcullis_policy::ModelEntity>, GatewayError> {
+    let mut models = routing.model_entities.clone();
+    if routing.model_registry.is_empty() {
+        return Ok(models);
+    }
+    let rows: std::collections::HashMap<(String, String), portcullis_store::ModelRow> = store
+        .registry_models()
+        .await?
+        .into_iter()
+        .map(|r| ((r.name.clone(), r.version.clone()), r))
+        .collect();
+    for model in &mut models {
+        let id = portcullis_policy::ModelEntity::id(&model.route, &model.name);
+        if let Some(row) = routing.model_registry.get(&id).and_then(|r| rows.get(r)) {
+            model.registry = portcullis_policy::RegistryFacts {
+                verified: row.verified,
+                lifecycle: row.lifecycle.as_str().to_string(),
+                digest: row.digest.clone(),
+            };
+        }
+    }
+    Ok(models)
 }
 
 fn unix_now() -> i64 {

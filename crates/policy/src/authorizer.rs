@@ -264,6 +264,13 @@ impl Authorizer {
         self.mcp.as_ref().is_some_and(|m| m.supports_plumbing())
     }
 
+    /// Whether the schema gives `Model` the registry attributes (`verified`,
+    /// `lifecycle`, `digest`), so the set holds `builtin:model-gate` and
+    /// models may name registry entries.
+    pub fn supports_model_registry(&self) -> bool {
+        self.bundle.model_registry
+    }
+
     /// Decides one MCP message (see [`crate::McpRequest`]). Without the MCP
     /// actions in the schema: denied, with the reason in [`Decision::errors`].
     pub fn decide_mcp(&self, request: &crate::McpRequest<'_>) -> Decision {

@@ -35,6 +35,15 @@ pub const MCP_PLUMBING_POLICY: &str = include_str!("../defaults/mcp-plumbing.ced
 /// The id of [`MCP_PLUMBING_POLICY`].
 pub const MCP_PLUMBING_POLICY_ID: &str = "builtin:mcp-plumbing";
 
+/// The policy added to every set whose schema gives `Model` the registry
+/// attributes (`verified`, `lifecycle`, `digest`): models classified
+/// confidential or above must be verified and not revoked
+/// (`builtin:model-gate`, docs/governance.md).
+pub const MODEL_GATE_POLICY: &str = include_str!("../defaults/model-gate.cedar");
+
+/// The id of [`MODEL_GATE_POLICY`].
+pub const MODEL_GATE_POLICY_ID: &str = "builtin:model-gate";
+
 /// The schema file every policy directory must hold.
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
 
@@ -218,6 +227,9 @@ pub struct PolicyBundle {
     ids: Vec<String>,
     /// What each `permit` with annotations asks the gateway to enforce.
     pub(crate) obligations: HashMap<String, Obligations>,
+    /// Whether the schema's `Model` has the registry attributes (and so
+    /// the set holds `builtin:model-gate`).
+    pub(crate) model_registry: bool,
     sources: PolicySources,
     hash: String,
 }
@@ -338,6 +350,30 @@ impl PolicyBundle {
             ids.push(MCP_PLUMBING_POLICY_ID.to_string());
         }
 
+        // The model gate: added when the schema declares the attributes it
+        // reads, which is exactly when it validates on its own. A schema
+        // written before the registry gets none, and its routes may not
+        // name registry entries (`Authorizer::supports_model_registry`).
+        let gate = Policy::parse(Some(PolicyId::new(MODEL_GATE_POLICY_ID)), MODEL_GATE_POLICY)
+            .map_err(|e| PolicyError::Parse {
+                path: PathBuf::from(MODEL_GATE_POLICY_ID),
+                diagnostics: render(&e, MODEL_GATE_POLICY),
+            })?;
+        let model_registry = {
+            let mut alone = PolicySet::new();
+            alone.add(gate.clone()).is_ok()
+                && Validator::new(schema.clone())
+                    .validate(&alone, ValidationMode::Strict)
+                    .validation_passed()
+        };
+        if model_registry {
+            policies.add(gate).map_err(|_| PolicyError::DuplicateId {
+                id: MODEL_GATE_POLICY_ID.to_string(),
+                path: sources.origin.clone(),
+            })?;
+            ids.push(MODEL_GATE_POLICY_ID.to_string());
+        }
+
         let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
         if !result.validation_passed() {
             let mut diagnostics = String::new();
@@ -357,6 +393,7 @@ impl PolicyBundle {
             policies,
             ids,
             obligations,
+            model_registry,
             hash: sources.content_hash(),
             sources: sources.clone(),
         })
@@ -472,7 +509,8 @@ mod tests {
                 "readers-read-low",
                 "writers-write-public",
                 "no-remote-delete",
-                MCP_PLUMBING_POLICY_ID
+                MCP_PLUMBING_POLICY_ID,
+                MODEL_GATE_POLICY_ID
             ]
         );
     }
@@ -490,7 +528,8 @@ mod tests {
             ..sources("")
         })
         .unwrap();
-        assert!(bundle.policy_ids().is_empty());
+        // The schema's `Model` still has the registry attributes: the gate stays.
+        assert_eq!(bundle.policy_ids(), [MODEL_GATE_POLICY_ID]);
         let err = PolicyBundle::compile(&sources(
             "@id(\"builtin:mine\") permit(principal, action, resource);",
         ))
@@ -507,7 +546,12 @@ mod tests {
         .unwrap();
         assert_eq!(
             bundle.policy_ids(),
-            ["a.cedar:1", "a.cedar:2", MCP_PLUMBING_POLICY_ID]
+            [
+                "a.cedar:1",
+                "a.cedar:2",
+                MCP_PLUMBING_POLICY_ID,
+                MODEL_GATE_POLICY_ID
+            ]
         );
     }
 

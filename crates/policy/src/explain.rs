@@ -326,7 +326,8 @@ mod tests {
              permit hours not satisfied: when { context.time.hour < 18 }\n\
              forbid office satisfied\n\
              permit writers out of scope\n\
-             permit builtin:mcp-plumbing out of scope\n"
+             permit builtin:mcp-plumbing out of scope\n\
+             forbid builtin:model-gate out of scope\n"
         );
         // 10:13 UTC from the office: allowed; the forbid's reasons not to apply are both named.
         assert_eq!(
@@ -335,7 +336,8 @@ mod tests {
              permit hours satisfied\n\
              forbid office not satisfied: unless { context.source_ip.isInRange(ip(\"10.0.0.0/8\")) }\n\
              permit writers out of scope\n\
-             permit builtin:mcp-plumbing out of scope\n"
+             permit builtin:mcp-plumbing out of scope\n\
+             forbid builtin:model-gate out of scope\n"
         );
     }
 
@@ -383,6 +385,7 @@ mod tests {
             version: String::new(),
             status: status.into(),
             classification: Classification::Internal,
+            registry: Default::default(),
         };
         let authz = Authorizer::new(
             bundle,
@@ -406,7 +409,8 @@ mod tests {
             let mut lines: Vec<&str> = text.lines().collect();
             let total = lines.len() - 1;
             lines.retain(|l| !l.ends_with("out of scope"));
-            assert!(total == 9, "{text}");
+            // Nine policies and the built-in model gate.
+            assert!(total == 10, "{text}");
             lines.join("\n")
         };
         let ip = SourceIp::new("127.0.0.1".parse().unwrap());
@@ -485,16 +489,19 @@ mod tests {
         };
         assert_eq!(
             model(ModelAction::Complete, "gpt", HttpAction::Post),
-            "allow\npermit models satisfied"
+            "allow\npermit models satisfied\n\
+             forbid builtin:model-gate not satisfied: when { resource.classification_level >= 2 }"
         );
         assert_eq!(
             model(ModelAction::Embed, "exp", HttpAction::Post),
-            "deny\npermit models not satisfied: when { resource.status == \"approved\" }"
+            "deny\npermit models not satisfied: when { resource.status == \"approved\" }\n\
+             forbid builtin:model-gate not satisfied: when { resource.classification_level >= 2 }"
         );
         // `GET /v1/models` asks `complete` with method GET.
         assert_eq!(
             model(ModelAction::Complete, "gpt", HttpAction::Get),
-            "deny\npermit models not satisfied: when { context.method == \"POST\" }"
+            "deny\npermit models not satisfied: when { context.method == \"POST\" }\n\
+             forbid builtin:model-gate not satisfied: when { resource.classification_level >= 2 }"
         );
 
         let secret = |route| {

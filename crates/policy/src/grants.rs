@@ -406,6 +406,7 @@ permit(principal in Role::"dev", action == Action::"complete", resource in Route
             version: String::new(),
             status: "approved".into(),
             classification: Classification::Internal,
+            registry: Default::default(),
         };
         Authorizer::with_grants(
             bundle,

@@ -32,7 +32,8 @@ pub use args::{ArgumentError, CanonicalArgs, McpArg, canonical_arguments};
 pub use authorizer::{Authorizer, RouteActions};
 pub use bundle::{
     BUILTIN_PREFIX, DEFAULT_POLICIES, DEFAULT_SCHEMA, MCP_PLUMBING, MCP_PLUMBING_POLICY,
-    MCP_PLUMBING_POLICY_ID, PolicyBundle, PolicyError, PolicySources, SCHEMA_FILE,
+    MCP_PLUMBING_POLICY_ID, MODEL_GATE_POLICY, MODEL_GATE_POLICY_ID, PolicyBundle, PolicyError,
+    PolicySources, SCHEMA_FILE,
 };
 pub use caller::{AuthFacts, AuthMethod, CallerFacts, Delegation, Posture};
 pub use egress::{AddressClass, EGRESS, EGRESS_PRIVATE, EgressRequest};
@@ -41,7 +42,7 @@ pub use explain::{Explanation, PolicyTrace, TraceOutcome};
 pub use facts::{AuthzRequest, Content, HttpAction, RequestTime, SourceIp};
 pub use grants::{ANALYTICS_PREFIX, BREAKGLASS_PREFIX, GRANT_PREFIX, GrantEntity, GrantScope};
 pub use mcp::{McpAction, McpRequest};
-pub use model::{ModelAction, ModelEntity, ModelRequest};
+pub use model::{ModelAction, ModelEntity, ModelRequest, RegistryFacts};
 pub use obligations::{KNOWN_ANNOTATIONS, Obligations, Rate};
 pub use portcullis_core::Decision;
 pub use secret::{SecretRequest, USE_SECRET};

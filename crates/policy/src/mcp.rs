@@ -1123,7 +1123,7 @@ mod tests {
             })
             .unwrap(),
         );
-        assert_eq!(bundle.policy_ids(), ["all"]);
+        assert_eq!(bundle.policy_ids(), ["all", crate::MODEL_GATE_POLICY_ID]);
         let a = Authorizer::new(bundle, &[], &[]).unwrap();
         assert!(!a.supports_mcp());
         let d = a.decide_mcp(&McpRequest {

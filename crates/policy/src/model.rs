@@ -35,6 +35,32 @@ pub struct ModelEntity {
     pub status: String,
     /// How sensitive the data the model may see is.
     pub classification: Classification,
+    /// What the model registry says about it.
+    pub registry: RegistryFacts,
+}
+
+/// A model's registry attributes (`resource.verified`, `resource.lifecycle`,
+/// `resource.digest`), given to policy when the schema declares them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryFacts {
+    /// Its signature bundle verified against a pinned key.
+    pub verified: bool,
+    /// `draft`, `approved`, `deprecated`, `revoked`, or `unregistered` when
+    /// the model names no registry entry (or one that does not exist).
+    pub lifecycle: String,
+    /// The registered artifact digest (`sha256:<hex>`), "" when unregistered.
+    pub digest: String,
+}
+
+impl Default for RegistryFacts {
+    /// A model that names no registry entry: unverified, fail closed.
+    fn default() -> Self {
+        RegistryFacts {
+            verified: false,
+            lifecycle: "unregistered".to_string(),
+            digest: String::new(),
+        }
+    }
 }
 
 impl ModelEntity {
@@ -136,7 +162,7 @@ pub(crate) fn add_model_entities(
     let route_type = parse("Route")?;
     let mut out = Vec::with_capacity(models.len());
     for m in models {
-        let attrs = HashMap::from([
+        let mut attrs = HashMap::from([
             (
                 "version".to_string(),
                 RestrictedExpression::new_string(m.version.clone()),
@@ -154,6 +180,24 @@ pub(crate) fn add_model_entities(
                 RestrictedExpression::new_long(m.classification.rank()),
             ),
         ]);
+        // A schema written before the registry has no such attributes and
+        // would refuse the entity; it has no model gate either.
+        if bundle.model_registry {
+            attrs.extend([
+                (
+                    "verified".to_string(),
+                    RestrictedExpression::new_bool(m.registry.verified),
+                ),
+                (
+                    "lifecycle".to_string(),
+                    RestrictedExpression::new_string(m.registry.lifecycle.clone()),
+                ),
+                (
+                    "digest".to_string(),
+                    RestrictedExpression::new_string(m.registry.digest.clone()),
+                ),
+            ]);
+        }
         let parent = EntityUid::from_type_name_and_id(route_type.clone(), EntityId::new(&m.route));
         let entity = Entity::new(
             EntityUid::from_type_name_and_id(
@@ -401,6 +445,7 @@ mod tests {
             version: "2024-07-18".into(),
             status: status.into(),
             classification,
+            registry: Default::default(),
         };
         Authorizer::new(
             bundle,
@@ -444,6 +489,91 @@ mod tests {
         assert_eq!(got, expect, "{agent} {action:?} {model}");
     }
 
+    /// `builtin:model-gate`: from confidential up, a model must be verified
+    /// in the registry and not revoked, whatever the permits say; below
+    /// confidential the registry attributes are policy's to read.
+    #[test]
+    fn the_model_gate_refuses_unverified_or_revoked_confidential_models() {
+        let sources = PolicySources {
+            origin: PathBuf::from("/t"),
+            schema: DEFAULT_SCHEMA.to_string(),
+            files: vec![(
+                "t.cedar".to_string(),
+                r#"@id("all") permit(principal, action == Action::"complete", resource);
+@id("approved-only") forbid(principal, action, resource is Model) when { resource.classification_level == 1 && resource.lifecycle != "approved" };"#
+                    .to_string(),
+            )],
+        };
+        let bundle = Arc::new(PolicyBundle::compile(&sources).unwrap());
+        let model = |name: &str, classification, verified, lifecycle: &str| ModelEntity {
+            route: "llm".into(),
+            name: name.into(),
+            version: String::new(),
+            status: String::new(),
+            classification,
+            registry: crate::RegistryFacts {
+                verified,
+                lifecycle: lifecycle.into(),
+                digest: format!("sha256:{}", "a".repeat(64)),
+            },
+        };
+        let authz = Authorizer::new(
+            bundle,
+            &[AgentEntity {
+                name: "alice".into(),
+                roles: Vec::new(),
+            }],
+            &[RouteEntity {
+                name: "llm".into(),
+                classification: Classification::Confidential,
+                owner: String::new(),
+                tags: Vec::new(),
+            }],
+        )
+        .unwrap()
+        .with_models(&[
+            model("signed", Classification::Confidential, true, "approved"),
+            model("unsigned", Classification::Restricted, false, "approved"),
+            model("revoked", Classification::Confidential, true, "revoked"),
+            model("draft-signed", Classification::Confidential, true, "draft"),
+            model("public", Classification::Public, false, "unregistered"),
+            model("internal-draft", Classification::Internal, true, "draft"),
+        ])
+        .unwrap();
+        assert!(authz.supports_model_registry());
+        use ModelAction::Complete;
+        for (m, expect) in [
+            ("signed", r#"allow ["all"]"#),
+            ("unsigned", r#"deny ["builtin:model-gate"]"#),
+            ("revoked", r#"deny ["builtin:model-gate"]"#),
+            ("draft-signed", r#"allow ["all"]"#),
+            ("public", r#"allow ["all"]"#),
+            ("internal-draft", r#"deny ["approved-only"]"#),
+        ] {
+            check(&authz, "alice", Complete, m, expect);
+        }
+        // A schema without the registry attributes loads, without the gate.
+        let old = DEFAULT_SCHEMA.replace(
+            "  verified: Bool,\n  lifecycle: String,\n  digest: String,\n",
+            "",
+        );
+        assert_ne!(old, DEFAULT_SCHEMA);
+        let bundle = PolicyBundle::compile(&PolicySources {
+            origin: PathBuf::from("/t"),
+            schema: old,
+            files: vec![(
+                "t.cedar".to_string(),
+                r#"permit(principal, action == Action::"complete", resource);"#.to_string(),
+            )],
+        })
+        .unwrap();
+        let authz = Authorizer::new(Arc::new(bundle), &[], &[])
+            .unwrap()
+            .with_models(&[])
+            .unwrap();
+        assert!(!authz.supports_model_registry());
+    }
+
     #[test]
     fn models_by_attribute_role_and_route() {
         let policies = r#"
@@ -464,7 +594,14 @@ mod tests {
                 "gpt-4o-mini",
                 r#"allow ["analysts"]"#,
             );
-            check(&authz, "alice", Complete, "big", r#"deny ["default-deny"]"#);
+            // Confidential and unverified: the built-in model gate refuses it.
+            check(
+                &authz,
+                "alice",
+                Complete,
+                "big",
+                r#"deny ["builtin:model-gate"]"#,
+            );
             check(&authz, "alice", Complete, "exp", r#"deny ["default-deny"]"#);
             check(
                 &authz,
@@ -511,14 +648,14 @@ mod tests {
             &authz,
             "alice",
             ModelAction::Complete,
-            "big",
+            "gpt-4o-mini",
             r#"allow ["any"]"#,
         );
         check(
             &authz,
             "bob",
             ModelAction::Complete,
-            "big",
+            "gpt-4o-mini",
             r#"deny ["default-deny"]"#,
         );
     }

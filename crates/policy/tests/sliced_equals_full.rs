@@ -266,6 +266,7 @@ proptest! {
                 version: String::new(),
                 status: String::new(),
                 classification: Classification::Internal,
+                registry: Default::default(),
             })
             .collect();
         let authz = Authorizer::with_grants(bundle, &agents, &routes, &grants)

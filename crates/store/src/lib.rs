@@ -37,6 +37,8 @@ pub use audit_archive::{
     ArchiveError, ArchiveOutcome, ArchiveVerifySummary, ArchivedInclusion, SEGMENT_FORMAT, Segment,
     SegmentSeal, archived_inclusion, read_segments,
 };
+mod governance;
+pub use governance::{DatasetRow, HeldPast, ModelLifecycle, ModelRow};
 mod mcp_tools;
 pub use agent_keys::AgentKeyRow;
 pub use mcp_tools::McpToolRow;
@@ -220,6 +222,16 @@ fn migrator() -> Migrator {
             include_str!("../migrations/0017_oauth_authorization.sql"),
         ),
         migration(
+            19,
+            "model_registry",
+            include_str!("../migrations/0019_model_registry.sql"),
+        ),
+        migration(
+            20,
+            "dataset_registry",
+            include_str!("../migrations/0020_dataset_registry.sql"),
+        ),
+        migration(
             21,
             "console_sessions",
             include_str!("../migrations/0021_console_sessions.sql"),
@@ -281,6 +293,8 @@ fn postgres_migrator() -> Migrator {
         twin!(15, "transit_exportable", "0015_transit_exportable.sql"),
         twin!(16, "admin_roles", "0016_admin_roles.sql"),
         twin!(17, "oauth_authorization", "0017_oauth_authorization.sql"),
+        twin!(19, "model_registry", "0019_model_registry.sql"),
+        twin!(20, "dataset_registry", "0020_dataset_registry.sql"),
         twin!(21, "console_sessions", "0021_console_sessions.sql"),
         twin!(25, "redteam_runs", "0025_redteam_runs.sql"),
     ])

@@ -46,6 +46,8 @@ pub struct AdminState {
     pub checkpointer: Arc<Checkpointer>,
     /// Seals admins' TOTP secrets; says whether MFA is always required.
     pub mfa: Arc<crate::mfa::MfaKeys>,
+    /// `[[models.trusted_keys]]`: what model signatures verify against.
+    pub model_keys: Arc<Vec<portcullis_control::model_signing::TrustedKey>>,
 }
 
 /// The admin API's routes under `/admin/v1`, before authentication is
@@ -68,6 +70,7 @@ pub(crate) fn api_routes() -> Router<AdminState> {
         .merge(crate::identity_api::routes())
         .merge(crate::tools_api::routes())
         .merge(crate::redteam_api::routes())
+        .merge(crate::governance_api::routes())
         .route(
             "/audit/checkpoint",
             get(crate::audit_api::latest_checkpoint).post(crate::audit_api::sign_checkpoint),

@@ -100,6 +100,60 @@ pub struct RawConfig {
     /// `[approvals]`: just-in-time approval tickets.
     #[serde(default)]
     pub approvals: RawApprovals,
+    /// `[models]`: the model registry's pinned signing keys.
+    #[serde(default)]
+    pub models: RawModels,
+}
+
+/// `[models]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawModels {
+    /// `[[models.trusted_keys]]`: the public keys a model's signature bundle
+    /// must verify against for the registry to mark it verified.
+    #[serde(default)]
+    pub trusted_keys: Vec<RawTrustedKey>,
+}
+
+/// One `[[models.trusted_keys]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTrustedKey {
+    /// The key's name, recorded as the verifying key.
+    pub id: String,
+    /// A PEM `PUBLIC KEY` file (ECDSA P-256 or Ed25519), relative to the
+    /// config file's directory.
+    pub public_key_file: PathBuf,
+}
+
+/// Reads and parses `[[models.trusted_keys]]`.
+fn trusted_model_keys(
+    raw: &RawModels,
+    base: &Path,
+) -> Result<Vec<portcullis_control::model_signing::TrustedKey>, String> {
+    let mut keys: Vec<portcullis_control::model_signing::TrustedKey> = Vec::new();
+    for k in &raw.trusted_keys {
+        if keys.iter().any(|o| o.id == k.id) {
+            return Err(format!(
+                "`[[models.trusted_keys]]`: id `{}` is listed twice",
+                k.id
+            ));
+        }
+        let path = base.join(&k.public_key_file);
+        let pem = std::fs::read_to_string(&path).map_err(|e| {
+            format!(
+                "`[[models.trusted_keys]]` `{}`: cannot read `{}`: {}",
+                k.id,
+                path.display(),
+                e.kind()
+            )
+        })?;
+        keys.push(
+            portcullis_control::model_signing::TrustedKey::from_pem(&k.id, &pem)
+                .map_err(|e| format!("`[[models.trusted_keys]]`: {e}"))?,
+        );
+    }
+    Ok(keys)
 }
 
 /// The validated configuration.
@@ -164,6 +218,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Behavioral analytics and containment.
     pub analytics: crate::analytics::config::AnalyticsConfig,
+    /// `[[models.trusted_keys]]`: the keys model signatures verify against.
+    pub model_trusted_keys: Vec<portcullis_control::model_signing::TrustedKey>,
 }
 
 /// The configuration file is unusable.
@@ -206,6 +262,7 @@ impl Config {
             llm: None,
             owner: String::new(),
             tags: Vec::new(),
+            datasets: Vec::new(),
             sandbox: None,
         };
         Config {
@@ -278,7 +335,9 @@ impl Config {
             base,
         )
         .map_err(invalid)?;
+        let model_trusted_keys = trusted_model_keys(&raw.models, base).map_err(invalid)?;
         let mut config = Self::from_raw_unchecked(raw, base);
+        config.model_trusted_keys = model_trusted_keys;
         for (route, llm) in config.routes.iter_mut().zip(llm) {
             route.llm = llm;
         }
@@ -307,6 +366,7 @@ impl Config {
         Config {
             audit,
             analytics: Default::default(),
+            model_trusted_keys: Vec::new(),
             telemetry: None,
             gateway_listen: raw
                 .gateway

@@ -73,6 +73,10 @@ pub struct RawRoute {
     /// Free-form labels for policy (`resource.tags.contains("pii")`).
     #[serde(default)]
     pub tags: Vec<String>,
+    /// Registered datasets the route serves: each request is also decided
+    /// as `Action::"read_data"` on `Dataset::"<name>"` (docs/governance.md).
+    #[serde(default)]
+    pub datasets: Vec<String>,
     /// The sandbox a `stdio:` route's server runs in (`[routes.sandbox]`);
     /// absent: the strict default profile.
     #[serde(default)]
@@ -497,6 +501,8 @@ pub struct RouteConfig {
     pub owner: String,
     /// `resource.tags`.
     pub tags: Vec<String>,
+    /// The registered datasets the route serves (`read_data`).
+    pub datasets: Vec<String>,
     /// The sandbox profile of a `stdio:` route (the strict default unless
     /// `[routes.sandbox]` loosens it); `None` for every other route.
     pub sandbox: Option<Arc<portcullis_sandbox::Profile>>,
@@ -630,6 +636,7 @@ pub(super) fn route_config(r: RawRoute) -> RouteConfig {
         durability: r.durability,
         owner: r.owner,
         tags: r.tags,
+        datasets: r.datasets,
         sandbox: match r.upstream {
             Upstream::Stdio { .. } => Some(Arc::new(r.sandbox.unwrap_or_default())),
             _ => None,

@@ -22,6 +22,10 @@ pub struct RawModel {
     /// Defaults to the route's classification.
     #[serde(default)]
     pub classification: Option<String>,
+    /// A model-registry entry, `NAME@VERSION`: policy then sees its
+    /// `verified`, `lifecycle` and `digest` (docs/governance.md).
+    #[serde(default)]
+    pub registry: Option<String>,
 }
 
 /// `[routes.budget]`: per agent, on this route. Every limit is optional;
@@ -60,6 +64,8 @@ pub struct ModelConfig {
     pub status: String,
     /// Sensitivity of the data the model may see.
     pub classification: Classification,
+    /// The model-registry entry it names, `(name, version)`.
+    pub registry: Option<(String, String)>,
 }
 
 /// Where the upstream API key comes from. Read once at start; the value is
@@ -130,11 +136,26 @@ pub fn validate(
             Some(c) => c.parse().map_err(|e| format!("model `{}`: {e}", m.name))?,
             None => route_classification,
         };
+        let registry = match m.registry {
+            None => None,
+            Some(r) => match r.split_once('@') {
+                Some((name, version)) if !name.is_empty() && !version.is_empty() => {
+                    Some((name.to_string(), version.to_string()))
+                }
+                _ => {
+                    return Err(format!(
+                        "model `{}`: `registry` must be `NAME@VERSION`, not `{r}`",
+                        m.name
+                    ));
+                }
+            },
+        };
         out.push(ModelConfig {
             name: m.name,
             version: m.version,
             status: m.status,
             classification,
+            registry,
         });
     }
     let api_key = match (api_key_env, api_key_file) {

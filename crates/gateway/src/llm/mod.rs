@@ -149,6 +149,22 @@ fn read_key(
     Ok(zeroize::Zeroizing::new(trimmed.to_vec()))
 }
 
+/// The registry entry each model that names one names, by model entity id.
+pub fn model_registry_refs(config: &Config) -> HashMap<String, (String, String)> {
+    config
+        .routes
+        .iter()
+        .filter_map(|r| r.llm.as_ref().map(|l| (r, l)))
+        .flat_map(|(route, llm)| {
+            llm.models.iter().filter_map(|m| {
+                m.registry
+                    .clone()
+                    .map(|r| (ModelEntity::id(&route.name, &m.name), r))
+            })
+        })
+        .collect()
+}
+
 /// The model entities of every LLM route, for the policy snapshot.
 pub fn model_entities(config: &Config) -> Vec<ModelEntity> {
     config
@@ -162,6 +178,7 @@ pub fn model_entities(config: &Config) -> Vec<ModelEntity> {
                 version: m.version.clone(),
                 status: m.status.clone(),
                 classification: m.classification,
+                registry: Default::default(),
             })
         })
         .collect()

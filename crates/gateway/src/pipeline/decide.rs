@@ -245,9 +245,23 @@ pub async fn decide(
         };
     }
     if !decision.allowed {
+        // The model gate's refusal has its own stable code: the fix is in
+        // the model registry, not in the caller's policies.
+        let gated = decision
+            .policy_ids
+            .iter()
+            .any(|id| id == portcullis_policy::MODEL_GATE_POLICY_ID);
         return Err(Denial {
-            code: ErrorCode::Forbidden,
-            message: "denied by policy".into(),
+            code: if gated {
+                ErrorCode::ModelUnverified
+            } else {
+                ErrorCode::Forbidden
+            },
+            message: if gated {
+                "the model is not verified in the model registry, or is revoked".into()
+            } else {
+                "denied by policy".into()
+            },
             policies: decision.policy_ids,
             detail: None,
         });
