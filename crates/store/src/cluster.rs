@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
-use crate::backend::Pool;
+use crate::backend::{DbRow, Pool};
 use crate::{Store, StoreError};
 
 /// The history table of the cluster migrations.
@@ -204,6 +204,135 @@ impl Store {
     }
 }
 
+/// The outcome of [`Store::compare_cluster_key`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// The cluster had no fingerprint under this name: this one is recorded.
+    Recorded,
+    /// The recorded fingerprint is this one.
+    Same,
+    /// Another fingerprint was recorded (when, ms since the epoch).
+    Differs {
+        /// The fingerprint the cluster holds.
+        recorded: String,
+        /// When it was recorded.
+        recorded_at: i64,
+    },
+}
+
+impl Store {
+    /// Compares `fingerprint` (of key material, never the secret itself)
+    /// with the one the cluster recorded under `name`, recording it when
+    /// none is. One insert that keeps an existing row, then a read: two
+    /// replicas starting at once agree on the first to insert.
+    pub async fn compare_cluster_key(
+        &self,
+        name: &str,
+        fingerprint: &str,
+        now_ms: i64,
+    ) -> Result<KeyCheck, StoreError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let inserted = query(
+                "INSERT INTO key_fingerprints (name, fingerprint, recorded_at) VALUES (?, ?, ?)
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(fingerprint)
+            .bind(now_ms)
+            .execute(pool)
+            .await?;
+            if inserted.rows_affected() == 1 {
+                return Ok(KeyCheck::Recorded);
+            }
+            let row = query("SELECT fingerprint, recorded_at FROM key_fingerprints WHERE name = ?")
+                .bind(name)
+                .fetch_one(pool)
+                .await?;
+            let recorded: String = row.col("fingerprint")?;
+            Ok(if recorded == fingerprint {
+                KeyCheck::Same
+            } else {
+                KeyCheck::Differs {
+                    recorded,
+                    recorded_at: row.col("recorded_at")?,
+                }
+            })
+        })
+    }
+
+    /// Whether the cluster recorded a fingerprint under `name`.
+    pub async fn cluster_key(&self, name: &str) -> Result<Option<String>, StoreError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
+            Ok(
+                query_scalar("SELECT fingerprint FROM key_fingerprints WHERE name = ?")
+                    .bind(name)
+                    .fetch_optional(pool)
+                    .await?,
+            )
+        })
+    }
+
+    /// Tries to become the one replica that holds the session-level
+    /// advisory lock `role` (checkpoint signing, the periodic log
+    /// verification), on a connection of its own taken out of the pool:
+    /// `None` when another replica holds it. The lock lasts as long as that
+    /// connection: the server releases it when the holder's session ends,
+    /// `kill -9` included (its socket closes).
+    pub async fn try_lead(&self, role: LeaderRole) -> Result<Option<Leadership>, StoreError> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Err(cluster_only());
+        };
+        let mut conn = pool.acquire().await?.detach();
+        let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(role.key())
+            .fetch_one(&mut conn)
+            .await?;
+        if held {
+            Ok(Some(Leadership(conn)))
+        } else {
+            use sqlx::Connection;
+            let _ = conn.close().await;
+            Ok(None)
+        }
+    }
+}
+
+/// What a replica may be elected to do for the whole cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaderRole {
+    /// Sign audit checkpoints and run the periodic full verification of the
+    /// log.
+    CheckpointSigner,
+}
+
+impl LeaderRole {
+    /// The advisory lock key ("PCCK").
+    fn key(self) -> i64 {
+        match self {
+            LeaderRole::CheckpointSigner => 0x5043_434B,
+        }
+    }
+}
+
+/// A held leadership: the connection whose session holds the lock.
+pub struct Leadership(sqlx::PgConnection);
+
+impl std::fmt::Debug for Leadership {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Leadership")
+    }
+}
+
+impl Leadership {
+    /// Whether the session holding the lock is still alive (one round
+    /// trip on its connection). False means the lock may be someone
+    /// else's by now: step down and drop this.
+    pub async fn still_held(&mut self) -> bool {
+        use sqlx::Connection;
+        self.0.ping().await.is_ok()
+    }
+}
+
 fn cluster_only() -> StoreError {
     StoreError::Invalid("shared single-use state exists only in cluster mode (PostgreSQL)".into())
 }
@@ -287,6 +416,32 @@ mod tests {
         let one = one.open().await;
         one.notify_change(Change::Agents).await.unwrap();
         assert!(one.listen_changes().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_first_key_fingerprint_is_recorded_and_later_ones_compared() {
+        for db in TestDb::all().await {
+            let (a, b) = (db.open().await, db.open().await);
+            assert_eq!(a.cluster_key("ca").await.unwrap(), None);
+            assert_eq!(
+                a.compare_cluster_key("ca", "f1", 10).await.unwrap(),
+                KeyCheck::Recorded
+            );
+            assert_eq!(
+                b.compare_cluster_key("ca", "f1", 20).await.unwrap(),
+                KeyCheck::Same
+            );
+            assert_eq!(
+                b.compare_cluster_key("ca", "f2", 30).await.unwrap(),
+                KeyCheck::Differs {
+                    recorded: "f1".into(),
+                    recorded_at: 10
+                },
+                "{}",
+                db.backend()
+            );
+            assert_eq!(a.cluster_key("ca").await.unwrap().as_deref(), Some("f1"));
+        }
     }
 
     #[tokio::test]

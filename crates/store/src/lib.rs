@@ -15,7 +15,11 @@ mod agent_keys;
 mod analytics;
 mod backend;
 mod cluster;
-pub use cluster::{CHANGES_CHANNEL, Change, ChangeListener, Heard, SingleUseKind};
+mod health;
+pub use cluster::{
+    CHANGES_CHANNEL, Change, ChangeListener, Heard, KeyCheck, LeaderRole, Leadership, SingleUseKind,
+};
+pub use health::StoreHealth;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub use analytics::{AlertRow, QuarantineRow, RiskPoint};
@@ -133,6 +137,8 @@ pub struct Store {
     /// Cluster mode: connections with `synchronous_commit = off`, for the
     /// single-use claims DPoP requests wait on (`cluster.rs`).
     relaxed: Option<sqlx::PgPool>,
+    /// Whether the database answers, as last reported (`health.rs`).
+    health: StoreHealth,
 }
 
 fn migrator() -> Migrator {
@@ -215,6 +221,11 @@ fn migrator() -> Migrator {
             "oauth_authorization",
             include_str!("../migrations/0017_oauth_authorization.sql"),
         ),
+        migration(
+            24,
+            "key_fingerprints",
+            include_str!("../migrations/0024_key_fingerprints.sql"),
+        ),
     ])
 }
 
@@ -267,6 +278,7 @@ fn postgres_migrator() -> Migrator {
         twin!(15, "transit_exportable", "0015_transit_exportable.sql"),
         twin!(16, "admin_roles", "0016_admin_roles.sql"),
         twin!(17, "oauth_authorization", "0017_oauth_authorization.sql"),
+        twin!(24, "key_fingerprints", "0024_key_fingerprints.sql"),
     ])
 }
 
@@ -292,6 +304,7 @@ impl Store {
             pool: Pool::Sqlite(pool),
             strings: Default::default(),
             relaxed: None,
+            health: StoreHealth::default(),
         })
     }
 
@@ -326,6 +339,7 @@ impl Store {
             pool: Pool::Sqlite(pool),
             strings: Default::default(),
             relaxed: None,
+            health: StoreHealth::default(),
         })
     }
 
@@ -360,6 +374,7 @@ impl Store {
             pool: Pool::Postgres(pool),
             strings: Default::default(),
             relaxed: Some(relaxed),
+            health: StoreHealth::default(),
         })
     }
 
@@ -367,6 +382,12 @@ impl Store {
     /// shared with other replicas.
     pub fn is_postgres(&self) -> bool {
         matches!(self.pool, Pool::Postgres(_))
+    }
+
+    /// Whether the database answers, as the background heartbeat last
+    /// reported it (cluster mode; always up on SQLite, where nothing reports).
+    pub fn health(&self) -> &StoreHealth {
+        &self.health
     }
 
     /// Checks the database answers (readiness).
