@@ -29,7 +29,7 @@ use portcullis_gateway::Gateway;
 use portcullis_gateway::checkpointer::Checkpointer;
 use portcullis_gateway::metrics::Metrics;
 use portcullis_gateway::readiness::NotReady;
-use portcullis_store::{Change, ChangeListener, Heard, KeyCheck, LeaderRole, Leadership, Store};
+use portcullis_store::{Candidate, Change, ChangeListener, Heard, KeyCheck, LeaderRole, Store};
 use tokio::sync::watch;
 
 /// How often a replica re-reads all shared state, notifications or not.
@@ -47,9 +47,14 @@ const PURGE_EVERY: u32 = 12;
 /// how long a replica may take to notice that the database went away.
 pub(crate) const HEARTBEAT: Duration = Duration::from_millis(250);
 
-/// How long a ping may take before the database counts as away (a stalled
+/// How long a ping may take before it counts as unanswered (a stalled
 /// server, or packets dropped on the way, rather than a refused connection).
 const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How many pings in a row must go unanswered before the database counts as
+/// away; a ping that fails outright (connection refused or reset) counts at
+/// once. Two: one slow ping on a loaded host must not take a replica out.
+const TIMEOUTS_BEFORE_DOWN: u32 = 2;
 
 /// Pings the database every [`HEARTBEAT`] until `stop`, reporting each
 /// answer to the store's health and the `store_unavailable` readiness
@@ -62,15 +67,26 @@ pub(crate) fn spawn_heartbeat(
     tokio::spawn(async move {
         let health = store.health().clone();
         let readiness = gateway.metrics().readiness.clone();
+        let mut timeouts = 0u32;
         loop {
             tokio::select! {
                 _ = stop.changed() => break,
                 _ = tokio::time::sleep(HEARTBEAT) => {}
             }
-            let answered = matches!(
-                tokio::time::timeout(HEARTBEAT_TIMEOUT, store.ping()).await,
-                Ok(Ok(()))
-            );
+            let answered = match tokio::time::timeout(HEARTBEAT_TIMEOUT, store.ping()).await {
+                Ok(Ok(())) => true,
+                Ok(Err(_)) => false,
+                Err(_) => {
+                    timeouts += 1;
+                    if timeouts < TIMEOUTS_BEFORE_DOWN {
+                        continue;
+                    }
+                    false
+                }
+            };
+            if answered {
+                timeouts = 0;
+            }
             if !answered {
                 if health.failed() {
                     tracing::error!(
@@ -222,41 +238,47 @@ pub(crate) fn spawn_election(
 ) -> tokio::task::JoinHandle<()> {
     checkpointer.share();
     tokio::spawn(async move {
-        let mut held: Option<Leadership> = None;
+        let mut candidate: Option<Candidate> = None;
+        let mut elected = false;
         loop {
-            match &mut held {
-                Some(lead) => {
-                    let alive = tokio::time::timeout(ELECTION_INTERVAL, lead.still_held())
-                        .await
-                        .unwrap_or(false);
-                    if !alive {
-                        held = None;
-                        checkpointer.elect(false);
-                        metrics.checkpoint_signer.set(0);
-                        tracing::warn!(
-                            "cluster: lost the database session holding the checkpoint signer lock; stepped down"
-                        );
+            if candidate.is_none() {
+                match tokio::time::timeout(ELECTION_INTERVAL, store.candidate()).await {
+                    Ok(Ok(c)) => candidate = Some(c),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "cluster: cannot stand for checkpoint signer")
                     }
+                    Err(_) => {}
                 }
-                None => {
+            }
+            let leads = match &mut candidate {
+                Some(c) => {
                     match tokio::time::timeout(
                         ELECTION_INTERVAL,
-                        store.try_lead(LeaderRole::CheckpointSigner),
+                        c.try_lead(LeaderRole::CheckpointSigner),
                     )
                     .await
                     {
-                        Ok(Ok(Some(lead))) => {
-                            held = Some(lead);
-                            checkpointer.elect(true);
-                            metrics.checkpoint_signer.set(1);
-                            tracing::info!("cluster: this replica is now the checkpoint signer");
+                        Ok(Ok(leads)) => leads,
+                        // The session is gone (or stuck), and any lock with
+                        // it: stand again on a new one.
+                        _ => {
+                            candidate = None;
+                            false
                         }
-                        Ok(Ok(None)) => {}
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %e, "cluster: cannot stand for checkpoint signer")
-                        }
-                        Err(_) => {}
                     }
+                }
+                None => false,
+            };
+            if leads != elected {
+                elected = leads;
+                checkpointer.elect(leads);
+                metrics.checkpoint_signer.set(i64::from(leads));
+                if leads {
+                    tracing::info!("cluster: this replica is now the checkpoint signer");
+                } else {
+                    tracing::warn!(
+                        "cluster: lost the database session holding the checkpoint signer lock; stepped down"
+                    );
                 }
             }
             tokio::select! {
@@ -265,9 +287,9 @@ pub(crate) fn spawn_election(
             }
         }
         // Held until the final checkpoint (signed after the writer stops) is
-        // done: the connection, and the lock with it, close when `held` drops
-        // at the end of this task, which `serve` awaits after that.
-        drop(held);
+        // done: the session, and the lock with it, end when `candidate`
+        // drops at the end of this task, which `serve` awaits after that.
+        drop(candidate);
     })
 }
 

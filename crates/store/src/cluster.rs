@@ -272,28 +272,16 @@ impl Store {
         })
     }
 
-    /// Tries to become the one replica that holds the session-level
-    /// advisory lock `role` (checkpoint signing, the periodic log
-    /// verification), on a connection of its own taken out of the pool:
-    /// `None` when another replica holds it. The lock lasts as long as that
-    /// connection: the server releases it when the holder's session ends,
-    /// `kill -9` included (its socket closes).
-    pub async fn try_lead(&self, role: LeaderRole) -> Result<Option<Leadership>, StoreError> {
+    /// A connection of its own, taken out of the pool, on which this
+    /// replica stands for election ([`Candidate::try_lead`]).
+    pub async fn candidate(&self) -> Result<Candidate, StoreError> {
         let Pool::Postgres(pool) = &self.pool else {
             return Err(cluster_only());
         };
-        let mut conn = pool.acquire().await?.detach();
-        let held: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-            .bind(role.key())
-            .fetch_one(&mut conn)
-            .await?;
-        if held {
-            Ok(Some(Leadership(conn)))
-        } else {
-            use sqlx::Connection;
-            let _ = conn.close().await;
-            Ok(None)
-        }
+        Ok(Candidate {
+            conn: pool.acquire().await?.detach(),
+            held: Vec::new(),
+        })
     }
 }
 
@@ -314,22 +302,40 @@ impl LeaderRole {
     }
 }
 
-/// A held leadership: the connection whose session holds the lock.
-pub struct Leadership(sqlx::PgConnection);
+/// A replica's connection for elections: the session that holds the
+/// session-level advisory locks it wins. A lock lasts as long as this
+/// session: the server releases it when the session ends, `kill -9` of the
+/// replica included (its socket closes).
+pub struct Candidate {
+    conn: sqlx::PgConnection,
+    /// The roles whose lock this session holds.
+    held: Vec<LeaderRole>,
+}
 
-impl std::fmt::Debug for Leadership {
+impl std::fmt::Debug for Candidate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("Leadership")
+        f.write_str("Candidate")
     }
 }
 
-impl Leadership {
-    /// Whether the session holding the lock is still alive (one round
-    /// trip on its connection). False means the lock may be someone
-    /// else's by now: step down and drop this.
-    pub async fn still_held(&mut self) -> bool {
-        use sqlx::Connection;
-        self.0.ping().await.is_ok()
+impl Candidate {
+    /// Whether this session holds `role`'s lock now: taken if free; if
+    /// already held, the session is checked alive (one round trip either
+    /// way). `false` when another replica holds it. An error means the
+    /// session is gone, and any lock with it: drop this and stand again.
+    pub async fn try_lead(&mut self, role: LeaderRole) -> Result<bool, StoreError> {
+        if self.held.contains(&role) {
+            sqlx::Connection::ping(&mut self.conn).await?;
+            return Ok(true);
+        }
+        let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(role.key())
+            .fetch_one(&mut self.conn)
+            .await?;
+        if won {
+            self.held.push(role);
+        }
+        Ok(won)
     }
 }
 
@@ -442,6 +448,33 @@ mod tests {
             );
             assert_eq!(a.cluster_key("ca").await.unwrap().as_deref(), Some("f1"));
         }
+    }
+
+    #[tokio::test]
+    async fn one_candidate_leads_and_another_takes_over_when_its_session_ends() {
+        let Some(db) = TestDb::postgres().await else {
+            return;
+        };
+        let (a, b) = (db.open().await, db.open().await);
+        let role = LeaderRole::CheckpointSigner;
+        let mut first = a.candidate().await.unwrap();
+        let mut second = b.candidate().await.unwrap();
+        assert!(first.try_lead(role).await.unwrap());
+        assert!(first.try_lead(role).await.unwrap(), "still held");
+        assert!(!second.try_lead(role).await.unwrap());
+        drop(first); // the session ends, as when its replica is killed
+        let mut took_over = false;
+        for _ in 0..50 {
+            if second.try_lead(role).await.unwrap() {
+                took_over = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(took_over, "the lock outlived its session");
+        // One node has nothing to elect.
+        let one = TestDb::sqlite();
+        assert!(one.open().await.candidate().await.is_err());
     }
 
     #[tokio::test]

@@ -17,7 +17,7 @@ mod backend;
 mod cluster;
 mod health;
 pub use cluster::{
-    CHANGES_CHANNEL, Change, ChangeListener, Heard, KeyCheck, LeaderRole, Leadership, SingleUseKind,
+    CHANGES_CHANNEL, Candidate, Change, ChangeListener, Heard, KeyCheck, LeaderRole, SingleUseKind,
 };
 pub use health::StoreHealth;
 #[cfg(any(test, feature = "testing"))]
