@@ -11,12 +11,25 @@
 //! stale, it also re-reads everything every [`FULL_RESYNC`] and at once
 //! after its listener reconnects. Single-use `jti`s, the use of an approval
 //! and audit appends need neither: they are decided in the database itself.
+//!
+//! A heartbeat ([`spawn_heartbeat`]) pings the database every [`HEARTBEAT`]
+//! and reports to the store's health (`portcullis_store::StoreHealth`), which
+//! the request path reads without IO: while the database is away the replica
+//! is not ready (`store_unavailable`) and, past `[store] max_staleness_ms`,
+//! refuses data-plane requests; the audit writer spills to its outage spool.
+//! When the database answers again, the heartbeat re-reads all shared state
+//! before it reports the store up, so no request is decided from a snapshot
+//! that missed changes made during the outage.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::{Result, bail};
 use portcullis_gateway::Gateway;
-use portcullis_store::{Change, ChangeListener, Heard, Store};
+use portcullis_gateway::checkpointer::Checkpointer;
+use portcullis_gateway::metrics::Metrics;
+use portcullis_gateway::readiness::NotReady;
+use portcullis_store::{Candidate, Change, ChangeListener, Heard, KeyCheck, LeaderRole, Store};
 use tokio::sync::watch;
 
 /// How often a replica re-reads all shared state, notifications or not.
@@ -29,6 +42,73 @@ const RELISTEN_AFTER: Duration = Duration::from_millis(500);
 /// How often (in full resyncs) expired single-use keys are purged from the
 /// shared table: every minute.
 const PURGE_EVERY: u32 = 12;
+
+/// How often the heartbeat pings the database: with [`HEARTBEAT_TIMEOUT`],
+/// how long a replica may take to notice that the database went away.
+pub(crate) const HEARTBEAT: Duration = Duration::from_millis(250);
+
+/// How long a ping may take before it counts as unanswered (a stalled
+/// server, or packets dropped on the way, rather than a refused connection).
+const HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How many pings in a row must go unanswered before the database counts as
+/// away; a ping that fails outright (connection refused or reset) counts at
+/// once. Two: one slow ping on a loaded host must not take a replica out.
+const TIMEOUTS_BEFORE_DOWN: u32 = 2;
+
+/// Pings the database every [`HEARTBEAT`] until `stop`, reporting each
+/// answer to the store's health and the `store_unavailable` readiness
+/// reason (see the module docs).
+pub(crate) fn spawn_heartbeat(
+    gateway: Arc<Gateway>,
+    store: Store,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let health = store.health().clone();
+        let readiness = gateway.metrics().readiness.clone();
+        let mut timeouts = 0u32;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tokio::time::sleep(HEARTBEAT) => {}
+            }
+            let answered = match tokio::time::timeout(HEARTBEAT_TIMEOUT, store.ping()).await {
+                Ok(Ok(())) => true,
+                Ok(Err(_)) => false,
+                Err(_) => {
+                    timeouts += 1;
+                    if timeouts < TIMEOUTS_BEFORE_DOWN {
+                        continue;
+                    }
+                    false
+                }
+            };
+            if answered {
+                timeouts = 0;
+            }
+            if !answered {
+                if health.failed() {
+                    tracing::error!(
+                        "cluster: the shared store does not answer; this replica is not ready and refuses data-plane requests past [store] max_staleness_ms; audit records are spilled to the local outage spool"
+                    );
+                }
+                readiness.set(NotReady::StoreUnavailable, true);
+                continue;
+            }
+            if health.is_down() {
+                // Back: changes made meanwhile were missed; read them before
+                // deciding from the snapshots again.
+                for change in Change::ALL {
+                    refresh(&gateway, change).await;
+                }
+                tracing::info!("cluster: the shared store answers again; shared state re-read");
+            }
+            health.answered();
+            readiness.set(NotReady::StoreUnavailable, false);
+        }
+    })
+}
 
 /// Listens for announced changes and re-reads what each names, re-reads
 /// everything every [`FULL_RESYNC`] and after a reconnection, until `stop`.
@@ -136,4 +216,162 @@ async fn purge(store: &Store) {
     if let Err(e) = store.purge_single_use(now).await {
         tracing::warn!(error = %e, "cluster: cannot purge expired single-use keys");
     }
+}
+
+/// How often a replica that is not the checkpoint signer tries to become it,
+/// and the signer checks that its session (and so its lock) is alive: with
+/// the time the server takes to end a dead replica's session, how long the
+/// cluster may go without a signer.
+pub(crate) const ELECTION_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Elects this replica the cluster's checkpoint signer (and periodic log
+/// verifier) while it holds the session-level advisory lock
+/// [`LeaderRole::CheckpointSigner`] on a connection of its own, until
+/// `stop`. A signer whose connection fails steps down at once; the lock is
+/// released by the server when the session ends, so another replica takes
+/// over within about [`ELECTION_INTERVAL`] of a `kill -9`.
+pub(crate) fn spawn_election(
+    store: Store,
+    checkpointer: Arc<Checkpointer>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    checkpointer.share();
+    tokio::spawn(async move {
+        let mut candidate: Option<Candidate> = None;
+        let mut elected = false;
+        loop {
+            if candidate.is_none() {
+                match tokio::time::timeout(ELECTION_INTERVAL, store.candidate()).await {
+                    Ok(Ok(c)) => candidate = Some(c),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "cluster: cannot stand for checkpoint signer")
+                    }
+                    Err(_) => {}
+                }
+            }
+            let leads = match &mut candidate {
+                Some(c) => {
+                    match tokio::time::timeout(
+                        ELECTION_INTERVAL,
+                        c.try_lead(LeaderRole::CheckpointSigner),
+                    )
+                    .await
+                    {
+                        Ok(Ok(leads)) => leads,
+                        // The session is gone (or stuck), and any lock with
+                        // it: stand again on a new one.
+                        _ => {
+                            candidate = None;
+                            false
+                        }
+                    }
+                }
+                None => false,
+            };
+            if leads != elected {
+                elected = leads;
+                checkpointer.elect(leads);
+                metrics.checkpoint_signer.set(i64::from(leads));
+                if leads {
+                    tracing::info!("cluster: this replica is now the checkpoint signer");
+                } else {
+                    tracing::warn!(
+                        "cluster: lost the database session holding the checkpoint signer lock; stepped down"
+                    );
+                }
+            }
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tokio::time::sleep(ELECTION_INTERVAL) => {}
+            }
+        }
+        // Held until the final checkpoint (signed after the writer stops) is
+        // done: the session, and the lock with it, end when `candidate`
+        // drops at the end of this task, which `serve` awaits after that.
+        drop(candidate);
+    })
+}
+
+/// The key material a replica must share with the cluster, by fingerprint:
+/// what each is, and what to do about a difference.
+pub(crate) struct ClusterKeys {
+    /// SHA-256 of the CA certificate (PEM, trimmed).
+    pub ca: String,
+    /// SHA-256 of the access-token signing key's public half.
+    pub token: String,
+    /// SHA-256 of the audit checkpoint verifier key (its public half).
+    pub audit: String,
+    /// The vault KEK's check value (`Kek::fingerprint`), when one is set.
+    pub kek: Option<String>,
+}
+
+/// Compares this replica's key fingerprints with those the cluster recorded
+/// (the first replica records them): a replica with another CA, token key,
+/// audit key or KEK refuses to start, naming which and what to copy. No
+/// secret is stored or logged, only fingerprints.
+pub(crate) async fn check_keys(store: &Store, keys: &ClusterKeys) -> Result<()> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis() as i64;
+    let named = [
+        (
+            "ca_certificate",
+            "CA certificate",
+            "`ca.crt` and `ca.key`",
+            Some(&keys.ca),
+        ),
+        (
+            "token_key",
+            "access-token signing key",
+            "`token.key`",
+            Some(&keys.token),
+        ),
+        (
+            "audit_key",
+            "audit checkpoint key",
+            "`audit.key` and `audit.pub`",
+            Some(&keys.audit),
+        ),
+        (
+            "kek",
+            "vault key-encryption key (KEK)",
+            "the KEK (`PORTCULLIS_KEK_FILE` or `PORTCULLIS_KEK`)",
+            keys.kek.as_ref(),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    for (name, what, copy, fingerprint) in named {
+        let Some(fingerprint) = fingerprint else {
+            // No KEK here: refused only if the cluster runs with one.
+            if store.cluster_key(name).await?.is_some() {
+                wrong.push(format!(
+                    "the cluster's replicas run with a {what} and this one has none; give it {copy} of the others"
+                ));
+            }
+            continue;
+        };
+        if let KeyCheck::Differs { recorded, .. } =
+            store.compare_cluster_key(name, fingerprint, now).await?
+        {
+            wrong.push(format!(
+                "this replica's {what} (fingerprint {}) is not the cluster's ({}); copy {copy} from a running replica",
+                short(fingerprint),
+                short(&recorded)
+            ));
+        }
+    }
+    if !wrong.is_empty() {
+        bail!(
+            "this replica's keys differ from the cluster's, refusing to start (docs/cluster.md, \"What each replica needs on local disk\"): {}",
+            wrong.join("; ")
+        );
+    }
+    Ok(())
+}
+
+/// The first 16 hex digits of a fingerprint: enough to tell two apart.
+fn short(fingerprint: &str) -> &str {
+    fingerprint.get(..16).unwrap_or(fingerprint)
 }

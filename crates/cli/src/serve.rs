@@ -70,6 +70,29 @@ pub async fn run(
         None => Store::open_sqlite(&state.database()).await,
     }
     .context("cannot open the store")?;
+    store
+        .health()
+        .set_max_staleness_ms(config.store_max_staleness.as_millis() as u64);
+    // Key material: read (or made) here, before anything else uses the
+    // store, so that a replica with keys other than its cluster's stops
+    // before it changes anything.
+    let kek = load_kek(config_path.is_none(), &state)?;
+    let token_seed = load_or_create_seed(&state.token_key(), "the access-token signing key")?;
+    let log_key = load_or_create_log_key(&state)?;
+    if store.is_postgres() {
+        let sha256 = |bytes: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
+        let keys = crate::cluster::ClusterKeys {
+            ca: sha256(ca.cert_pem().trim().as_bytes()),
+            token: sha256(
+                portcullis_identity::Ed25519Key::from_seed(&token_seed)
+                    .kid()
+                    .as_bytes(),
+            ),
+            audit: sha256(log_key.verifying_key().as_bytes()),
+            kek: kek.as_ref().map(|k| k.fingerprint().to_string()),
+        };
+        crate::cluster::check_keys(&store, &keys).await?;
+    }
     // The store's active policy version decides (pushes and rollbacks outlive
     // restarts); the directory seeds version 1, or wins when it is watched.
     let start_policy = policy_versions::start_policy(&store, &dir_sources, config.policy_watch)
@@ -78,7 +101,7 @@ pub async fn run(
     let bundle = start_policy.bundle.clone();
     let credentials = ensure_admin_token(&state, &store).await?;
     let upstream_tls = upstream_tls(ca.cert_pem())?;
-    let vault = match load_kek(config_path.is_none(), &state)? {
+    let vault = match kek {
         Some(kek) => Some(
             Vault::open(
                 store.clone(),
@@ -169,7 +192,7 @@ pub async fn run(
     };
 
     let metrics = Arc::new(Metrics::new());
-    let signer = LogSigner::new(load_or_create_log_key(&state)?, &config.audit.origin)?;
+    let signer = LogSigner::new(log_key, &config.audit.origin)?;
     write_public(
         &state.audit_verifier_key(),
         format!("{}\n", signer.verifier()).as_bytes(),
@@ -214,6 +237,11 @@ pub async fn run(
         pseudonymizer,
         metrics.clone(),
     );
+    if store.is_postgres() {
+        // Cluster mode: a database outage spills to this replica's disk
+        // rather than holding records in memory only (audit_sink.rs).
+        sink.spill_outages_to(state.root().to_path_buf());
+    }
     let log_size = sink.head().size;
     // The new segment's first record: the link to the one set aside.
     let linked = u64::from(new_segment.is_some());
@@ -342,6 +370,11 @@ pub async fn run(
                 first = false;
                 let Some(interval) = interval else { return };
                 tokio::time::sleep(interval).await;
+                // Cluster mode: after the check at start, the elected signer
+                // verifies the shared log for every replica.
+                while !checkpointer.is_elected() {
+                    tokio::time::sleep(interval.min(crate::cluster::ELECTION_INTERVAL)).await;
+                }
                 if sink.halted().is_some() {
                     return;
                 }
@@ -349,15 +382,22 @@ pub async fn run(
         });
     }
     let (checkpoint_stop, checkpoint_stopped) = watch::channel(false);
+    // Cluster mode: one replica at a time signs, elected by an advisory
+    // lock it holds until the final checkpoint is signed.
+    let election = store.is_postgres().then(|| {
+        crate::cluster::spawn_election(
+            store.clone(),
+            checkpointer.clone(),
+            metrics.clone(),
+            checkpoint_stopped.clone(),
+        )
+    });
     let checkpoint_task = checkpointer
         .clone()
         .spawn(config.audit.checkpoint_interval, checkpoint_stopped);
     // Access tokens: signed with a key kept in the state directory (so tokens
     // survive a restart), issued under the data plane's public URL.
-    let token_key = portcullis_identity::Ed25519Key::from_seed(&load_or_create_seed(
-        &state.token_key(),
-        "the access-token signing key",
-    )?);
+    let token_key = portcullis_identity::Ed25519Key::from_seed(&token_seed);
     let token_issuer = config
         .token_issuer
         .clone()
@@ -494,7 +534,10 @@ pub async fn run(
     };
     let cluster_resync = store.is_postgres().then(|| {
         tracing::info!("cluster mode: the store is PostgreSQL, shared with other replicas");
-        crate::cluster::spawn_resync(gateway.clone(), store.clone(), shutdown_rx.clone())
+        (
+            crate::cluster::spawn_resync(gateway.clone(), store.clone(), shutdown_rx.clone()),
+            crate::cluster::spawn_heartbeat(gateway.clone(), store.clone(), shutdown_rx.clone()),
+        )
     });
     let policy_watch = config.policy_watch.then(|| {
         tokio::spawn(policy_versions::watch_dir(
@@ -598,8 +641,9 @@ pub async fn run(
         let _ = data_plane.await;
         let _ = control_plane.await;
         let _ = budget_saver.await;
-        if let Some(task) = cluster_resync {
-            let _ = task.await;
+        if let Some((resync, heartbeat)) = cluster_resync {
+            let _ = resync.await;
+            let _ = heartbeat.await;
         }
         if let Err(e) = gateway.save_budgets().await {
             tracing::warn!(error = %e, "cannot save LLM budget counters at shutdown");
@@ -639,6 +683,9 @@ pub async fn run(
     let _ = checkpoint_stop.send(true);
     if !spilled {
         let _ = tokio::time::timeout_at(deadline, checkpoint_task).await;
+    }
+    if let Some(task) = election {
+        let _ = tokio::time::timeout_at(deadline, task).await;
     }
     // Exports and spans get a bounded time to go out; what does not is
     // behind the persisted cursor (exports) or dropped and counted (spans).

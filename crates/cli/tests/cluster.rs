@@ -588,6 +588,593 @@ async fn admin_changes_on_one_replica_reach_another_within_a_second() {
     drop((a, b, gate));
 }
 
+/// A TCP proxy between replicas and PostgreSQL that a test can cut (every
+/// connection through it closed, new ones closed as they arrive) and
+/// restore: a database outage for the replicas behind it, while the real
+/// server keeps running for everyone else.
+struct DbProxy {
+    addr: std::net::SocketAddr,
+    open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    cuts: tokio::sync::watch::Sender<u64>,
+}
+
+impl DbProxy {
+    async fn start(target: String) -> DbProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let (cuts, _) = tokio::sync::watch::channel(0u64);
+        let (is_open, cut_rx) = (open.clone(), cuts.subscribe());
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if !is_open.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: closed at once
+                }
+                let mut cut = cut_rx.clone();
+                cut.borrow_and_update();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut server) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        DbProxy { addr, open, cuts }
+    }
+
+    /// `url` with its host and port replaced by the proxy's.
+    fn url(&self, url: &str) -> String {
+        let at = url.find('@').unwrap() + 1;
+        let slash = at + url[at..].find('/').unwrap();
+        format!("{}{}{}", &url[..at], self.addr, &url[slash..])
+    }
+
+    fn cut(&self) {
+        self.open.store(false, std::sync::atomic::Ordering::SeqCst);
+        self.cuts.send_modify(|n| *n += 1);
+    }
+
+    fn restore(&self) {
+        self.open.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// The host and port of a PostgreSQL URL.
+fn db_host(url: &str) -> String {
+    let at = url.find('@').unwrap() + 1;
+    url[at..at + url[at..].find('/').unwrap()].to_string()
+}
+
+/// A replica's config with an HTTP, an MCP and an LLM route (the MCP and LLM
+/// upstreams are never reached here: the refusals come first) and `[store]
+/// max_staleness_ms`. Analytics is off: the probes' refusals would have the
+/// agent quarantined, which is not what these tests are about.
+fn fault_config(
+    dir: &Path,
+    upstream: std::net::SocketAddr,
+    staleness_ms: u64,
+) -> std::path::PathBuf {
+    let routes = format!(
+        "{}[[routes]]\nname = \"tools\"\nkind = \"mcp\"\npath_prefix = \"/mcp/tools\"\nupstream = \"http://{upstream}/mcp\"\nclassification = \"internal\"\n\
+         [[routes]]\nname = \"llm\"\nkind = \"llm\"\npath_prefix = \"/llm\"\nupstream = \"http://{upstream}\"\nclassification = \"internal\"\napi_key_env = \"FAULT_LLM_KEY\"\n\
+         [[routes.models]]\nname = \"gpt-test\"\nstatus = \"approved\"\n\
+         [identity]\ntoken_issuer = \"{ISSUER}\"\n[store]\nmax_staleness_ms = {staleness_ms}\n\
+         [analytics]\nenabled = false\n",
+        route("api", "/api", &format!("http://{upstream}"), "public")
+    );
+    config(dir, &routes, "")
+}
+
+async fn start_faulty(dir: tempfile::TempDir, cfg: std::path::PathBuf, url: String) -> Server {
+    tokio::task::spawn_blocking(move || {
+        Server::start_with_env(
+            dir,
+            Some(&cfg),
+            &[
+                ("PORTCULLIS_STORE_URL", url.as_str()),
+                ("FAULT_LLM_KEY", "sk-fault"),
+            ],
+        )
+    })
+    .await
+    .unwrap()
+}
+
+/// Polls `probe` every 50 ms until `done` holds (bounded: 20 s); answers
+/// the last value and how long it took.
+async fn wait_until<T, F: std::future::Future<Output = T>>(
+    mut probe: impl FnMut() -> F,
+    done: impl Fn(&T) -> bool,
+) -> (T, Duration) {
+    let started = Instant::now();
+    loop {
+        let value = probe().await;
+        if done(&value) || started.elapsed() > Duration::from_secs(20) {
+            return (value, started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The three protocols' calls, as an agent makes them: HTTP GET, an MCP
+/// `initialize`, an LLM chat completion. Answers each status, error code
+/// and request id.
+async fn three_calls(agent: &reqwest::Client, server: &Server) -> Vec<(u16, String, String)> {
+    let mcp = agent
+        .post(server.url("/mcp/tools"))
+        .header("accept", "application/json, text/event-stream")
+        .json(
+            &serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "faults", "version": "1"}}}),
+        );
+    let llm = agent.post(server.url("/llm/v1/chat/completions")).json(
+        &serde_json::json!({"model": "gpt-test", "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    let mut out = Vec::new();
+    for request in [agent.get(server.url("/api/items")), mcp, llm] {
+        let response = request.send().await.unwrap();
+        let id = request_id(&response);
+        let status = response.status().as_u16();
+        let body: Value = response.json().await.unwrap_or(Value::Null);
+        let code = body["error"]["code"].as_str().unwrap_or("").to_string();
+        out.push((status, code, id));
+    }
+    out
+}
+
+/// Item 5 of issue 18: PostgreSQL goes away under two replicas (a proxy
+/// between them and the server is cut) while a third keeps its connection.
+/// The two turn not ready (`store_unavailable`); the one with no staleness
+/// allowed refuses all three protocols with 503 `store_unavailable` at
+/// once, the one allowed 4 s keeps serving from its snapshots (its records
+/// spilled to the local outage spool) and refuses after; the third serves
+/// on. When the database is back both recover without a restart, the spool
+/// is appended, and every request the replicas answered, refused or served,
+/// is in the one log, which verifies. Prints the detection and recovery
+/// times (`--nocapture`).
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_whose_database_goes_away_refuse_visibly_and_recover_without_restart() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    install_crypto();
+    let (upstream, gate) = start_upstream().await;
+    let proxy = DbProxy::start(db_host(&db.url())).await;
+    let dir_a = tempfile::tempdir().unwrap();
+    let cfg_a = fault_config(dir_a.path(), upstream, 0);
+    let a = start_faulty(dir_a, cfg_a, db.url()).await;
+    let dir_b = provisioned_like(&a);
+    let cfg_b = fault_config(dir_b.path(), upstream, 0);
+    let b = start_faulty(dir_b, cfg_b, proxy.url(&db.url())).await;
+    let dir_c = provisioned_like(&a);
+    let cfg_c = fault_config(dir_c.path(), upstream, 4_000);
+    let c = start_faulty(dir_c, cfg_c, proxy.url(&db.url())).await;
+
+    let (cert, key) = tokio::task::block_in_place(|| a.create_agent("alice", &["reader"]));
+    let agent = client(&a.ca_pem(), Some((&cert, &key)));
+    let mut answered: Vec<String> = Vec::new();
+    for server in [&b, &c] {
+        let (status, body) = poll_until(&agent, server, PACED, |s, _| s == 200).await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    proxy.cut();
+    let cut = Instant::now();
+    let ((status, body), detected) = wait_until(|| readyz(&b), |(s, _)| *s == 503).await;
+    eprintln!("database cut -> replica not ready after {detected:?}");
+    assert_eq!(status, 503, "B stayed ready: {body}");
+    assert_eq!(body["error"]["code"], "store_unavailable", "{body}");
+    assert!(
+        body["reasons"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("store_unavailable")),
+        "{body}"
+    );
+    // No staleness allowed: every protocol is refused, visibly.
+    for (status, code, id) in three_calls(&agent, &b).await {
+        assert_eq!((status, code.as_str()), (503, "store_unavailable"), "{id}");
+        answered.push(id);
+    }
+    // Allowed 4 s: C is not ready but still serves from its snapshot, its
+    // records spilled.
+    let ((status, _), _) = wait_until(|| readyz(&c), |(s, _)| *s == 503).await;
+    assert_eq!(status, 503, "C stayed ready");
+    let on_c = agent.get(c.url("/api/items")).send().await.unwrap();
+    assert_eq!(on_c.status(), 200, "C refused within its staleness");
+    answered.push(request_id(&on_c));
+    let spool = c.state_dir().join("audit-outage-spool.jsonl");
+    let (spilled, _) = wait_until(|| async { spool.exists() }, |e| *e).await;
+    assert!(spilled, "C spilled nothing to its outage spool");
+    // ... and refuses once the staleness allowed has passed.
+    let ((status, body), _) = wait_until(
+        || poll_until(&agent, &c, AT_ONCE, |_, _| true),
+        |(s, _)| *s == 503,
+    )
+    .await;
+    let refused_after = cut.elapsed();
+    assert_eq!(status, 503, "{body}");
+    let last = three_calls(&agent, &c).await;
+    eprintln!("C (max_staleness_ms = 4000) refused from {refused_after:?} after the cut");
+    assert!(
+        refused_after >= Duration::from_millis(3_500),
+        "{refused_after:?}"
+    );
+    for (status, code, id) in last {
+        assert_eq!((status, code.as_str()), (503, "store_unavailable"), "{id}");
+        answered.push(id);
+    }
+    // The replica still connected serves on.
+    let on_a = agent.get(a.url("/api/items")).send().await.unwrap();
+    assert_eq!(on_a.status(), 200);
+    answered.push(request_id(&on_a));
+
+    proxy.restore();
+    for (name, server) in [("B", &b), ("C", &c)] {
+        let ((status, body), recovered) = wait_until(
+            || poll_until(&agent, server, AT_ONCE, |_, _| true),
+            |(s, _)| *s == 200,
+        )
+        .await;
+        eprintln!("database restored -> {name} serves again after {recovered:?}");
+        assert_eq!(status, 200, "{name} did not recover: {body}");
+        let (ready, body) = wait_until(|| readyz(server), |(s, _)| *s == 200).await;
+        assert_eq!(ready.0, 200, "{name} not ready again: {body:?} {}", ready.1);
+        for (status, code, id) in three_calls(&agent, server).await {
+            assert_ne!(code, "store_unavailable", "{name}: {status} {id}");
+            answered.push(id);
+        }
+    }
+    let (gone, _) = wait_until(|| async { !spool.exists() }, |g| *g).await;
+    assert!(gone, "C's outage spool was not appended and removed");
+
+    // Every answered request, refused or served, is in the one log.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_log_verifies(&a, &db.url());
+    let store = portcullis_store::Store::open_postgres(&db.url())
+        .await
+        .unwrap();
+    let size = store.audit_size().await.unwrap();
+    let records = store.audit_tail(size as u32).await.unwrap();
+    let ids: std::collections::HashSet<&str> =
+        records.iter().map(|r| r.request_id.as_str()).collect();
+    for id in &answered {
+        assert!(ids.contains(id.as_str()), "request {id} is not in the log");
+    }
+    store.close().await;
+    drop((a, b, c, gate));
+}
+
+/// Runs `audit verify` on the shared log.
+fn assert_log_verifies(server: &Server, url: &str) {
+    let verify = std::process::Command::new(BIN)
+        .args(["audit", "verify", "--state-dir"])
+        .arg(server.state_dir())
+        .env("PORTCULLIS_STORE_URL", url)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "audit verify failed: {}{}",
+        String::from_utf8_lossy(&verify.stdout),
+        String::from_utf8_lossy(&verify.stderr)
+    );
+}
+
+/// The value of `metric` (a gauge without labels) on `server`'s `/metrics`.
+async fn gauge(server: &Server, metric: &str) -> Option<i64> {
+    let text = client(&server.ca_pem(), None)
+        .get(format!("https://{}/metrics", server.admin))
+        .send()
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    text.lines().find_map(|l| {
+        l.strip_prefix(metric)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}
+
+const SIGNER: &str = "portcullis_cluster_checkpoint_signer";
+
+/// Item 4 of issue 18: exactly one replica signs checkpoints at a time (a
+/// session-level advisory lock on a connection of its own); when it is
+/// killed (`kill -9`), the other takes over within a few seconds and signs
+/// the records appended since. Prints the failover time.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_replica_signs_checkpoints_and_another_takes_over_when_it_is_killed() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    install_crypto();
+    let (upstream, gate) = start_upstream().await;
+    let signer_config = |dir: &Path| {
+        let routes = format!(
+            "{}[identity]\ntoken_issuer = \"{ISSUER}\"\n[audit]\ncheckpoint_interval_ms = 200\n",
+            route("api", "/api", &format!("http://{upstream}"), "public")
+        );
+        config(dir, &routes, "")
+    };
+    let dir_a = tempfile::tempdir().unwrap();
+    let cfg_a = signer_config(dir_a.path());
+    let a = start(dir_a, cfg_a, db.url()).await;
+    let dir_b = provisioned_like(&a);
+    let cfg_b = signer_config(dir_b.path());
+    let b = start(dir_b, cfg_b, db.url()).await;
+
+    // One signer, never two (sampled for a second).
+    let ((sa, sb), _) = wait_until(
+        || async { (gauge(&a, SIGNER).await, gauge(&b, SIGNER).await) },
+        |(sa, sb)| sa.unwrap_or(0) + sb.unwrap_or(0) == 1,
+    )
+    .await;
+    assert_eq!(
+        sa.unwrap_or(0) + sb.unwrap_or(0),
+        1,
+        "signers: A {sa:?}, B {sb:?}"
+    );
+    for _ in 0..10 {
+        let both = gauge(&a, SIGNER).await.unwrap() + gauge(&b, SIGNER).await.unwrap();
+        assert_eq!(both, 1, "not exactly one signer");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (mut leader, follower) = if sa == Some(1) { (a, b) } else { (b, a) };
+
+    // Records appended through the follower are signed by the leader.
+    let (cert, key) = tokio::task::block_in_place(|| leader.create_agent("alice", &["reader"]));
+    let agent = client(&leader.ca_pem(), Some((&cert, &key)));
+    let (status, _) = poll_until(&agent, &follower, PACED, |s, _| s == 200).await;
+    assert_eq!(status, 200);
+    let store = portcullis_store::Store::open_postgres(&db.url())
+        .await
+        .unwrap();
+    let covered = |store: portcullis_store::Store| async move {
+        let size = store.audit_size().await.unwrap();
+        let signed = store
+            .latest_checkpoint()
+            .await
+            .unwrap()
+            .map_or(0, |c| c.size);
+        (size, signed)
+    };
+    let ((size, signed), _) = wait_until(|| covered(store.clone()), |(n, s)| s >= n).await;
+    assert!(signed >= size, "the leader did not sign: {signed} < {size}");
+
+    // kill -9 the leader: the follower is elected and signs what comes next.
+    let killed = Instant::now();
+    leader.child.as_mut().unwrap().kill().unwrap();
+    leader.child.as_mut().unwrap().wait().unwrap();
+    let (elected, failover) = wait_until(|| gauge(&follower, SIGNER), |s| *s == Some(1)).await;
+    eprintln!("checkpoint signer killed (kill -9) -> another replica elected after {failover:?}");
+    assert_eq!(elected, Some(1), "no replica took over signing");
+    assert!(failover < Duration::from_secs(5), "{failover:?}");
+    for _ in 0..5 {
+        assert_eq!(
+            agent
+                .get(follower.url("/api/items"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    let ((size, signed), _) = wait_until(|| covered(store.clone()), |(n, s)| s >= n).await;
+    eprintln!(
+        "kill -9 of the signer -> records appended after it signed by the new signer after {:?}",
+        killed.elapsed()
+    );
+    assert!(
+        signed >= size,
+        "nothing signed after the failover: {signed} < {size}"
+    );
+    store.close().await;
+    assert_log_verifies(&follower, &db.url());
+    drop((leader, follower, gate));
+}
+
+/// Item 5 of issue 18: a replica killed (`kill -9`) under load, however
+/// often it was holding the audit append lock, never blocks the other: it
+/// keeps answering and appending. Every call either replica acknowledged
+/// (writes: their intent was durable before they were forwarded) is in
+/// the one log once the killed replica has started again, and the log
+/// verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_killed_under_load_never_blocks_the_other_and_loses_no_acknowledged_call() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    install_crypto();
+    let (upstream, gate) = start_upstream().await;
+    let dir_a = tempfile::tempdir().unwrap();
+    let cfg_a = fault_config(dir_a.path(), upstream, 0);
+    let a = start_faulty(dir_a, cfg_a, db.url()).await;
+    let dir_b = provisioned_like(&a);
+    let cfg_b = fault_config(dir_b.path(), upstream, 0);
+    let b = start_faulty(dir_b, cfg_b, db.url()).await;
+    let (cert, key) =
+        tokio::task::block_in_place(|| a.create_agent("writer-bot", &["reader", "writer"]));
+    let agent = client(&a.ca_pem(), Some((&cert, &key)));
+    let (status, _) = poll_until(&agent, &b, PACED, |s, _| s == 200).await;
+    assert_eq!(status, 200);
+
+    // Writers on both replicas: each acknowledged (200) call's request id.
+    let targets = [a.url("/api/items"), b.url("/api/items")];
+    let load = |target: String, until: Instant| {
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let mut acknowledged = Vec::new();
+            let mut slowest = Duration::ZERO;
+            while Instant::now() < until {
+                let t = Instant::now();
+                if let Ok(r) = agent.post(&target).body("{}").send().await
+                    && r.status() == 200
+                {
+                    slowest = slowest.max(t.elapsed());
+                    acknowledged.push(request_id(&r));
+                }
+            }
+            (acknowledged, slowest)
+        })
+    };
+    let end = Instant::now() + Duration::from_secs(4);
+    let tasks: Vec<_> = (0..6).map(|i| load(targets[i % 2].clone(), end)).collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let dir_b = b.into_dir(); // SIGKILL, as `kill -9`
+    let killed = Instant::now();
+    let mut acknowledged = Vec::new();
+    let mut a_slowest = Duration::ZERO;
+    for (i, task) in tasks.into_iter().enumerate() {
+        let (ids, slowest) = task.await.unwrap();
+        if i % 2 == 0 {
+            a_slowest = a_slowest.max(slowest);
+            assert!(!ids.is_empty(), "A acknowledged nothing");
+        }
+        acknowledged.extend(ids);
+    }
+    eprintln!(
+        "{} calls acknowledged; A's slowest acknowledged call {a_slowest:?}; load ran {:?} past the kill",
+        acknowledged.len(),
+        killed.elapsed()
+    );
+    // A kept serving after the kill, without stalling on B's lock.
+    let after = Instant::now();
+    let r = agent
+        .post(a.url("/api/items"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    acknowledged.push(request_id(&r));
+    assert!(after.elapsed() < Duration::from_secs(2));
+    assert_eq!(readyz(&a).await.0, 200, "A is not ready after B's kill");
+
+    // B starts again on its directory: it recovers the calls it forwarded
+    // but had not recorded (their durable intents).
+    let cfg_b = dir_b.path().join("portcullis.toml");
+    let b = start_faulty(dir_b, cfg_b, db.url()).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_log_verifies(&a, &db.url());
+    let store = portcullis_store::Store::open_postgres(&db.url())
+        .await
+        .unwrap();
+    let size = store.audit_size().await.unwrap();
+    let records = store.audit_tail(size as u32).await.unwrap();
+    let ids: std::collections::HashSet<&str> =
+        records.iter().map(|r| r.request_id.as_str()).collect();
+    let missing: Vec<_> = acknowledged
+        .iter()
+        .filter(|id| !ids.contains(id.as_str()))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged calls missing from the log: {missing:?}"
+    );
+    store.close().await;
+    drop((a, b, gate));
+}
+
+/// Item 5 of issue 18: a replica whose CA, access-token key, audit key or
+/// KEK differs from the cluster's refuses to start, naming which and what
+/// to copy, and changes nothing. Fingerprints, never the keys, are stored.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_with_other_keys_than_its_cluster_refuses_to_start() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    install_crypto();
+    const KEK: &str = "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI=";
+    const OTHER_KEK: &str = "Q0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0M=";
+    let (upstream, gate) = start_upstream().await;
+    let dir_a = tempfile::tempdir().unwrap();
+    let cfg_a = replica_config(dir_a.path(), upstream);
+    let a = tokio::task::spawn_blocking({
+        let url = db.url();
+        move || {
+            Server::start_with_env(
+                dir_a,
+                Some(&cfg_a),
+                &[
+                    ("PORTCULLIS_STORE_URL", url.as_str()),
+                    ("PORTCULLIS_KEK", KEK),
+                ],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    let url = db.url();
+    let cases: [(&[&str], &str, &str); 4] = [
+        (&["ca.crt", "ca.key"], KEK, "CA certificate"),
+        (&["token.key"], KEK, "access-token signing key"),
+        (&["audit.key", "audit.pub"], KEK, "audit checkpoint key"),
+        (&[], OTHER_KEK, "key-encryption key"),
+    ];
+    for (fresh, kek, named) in cases {
+        let dir = provisioned_like(&a);
+        for file in fresh {
+            std::fs::remove_file(dir.path().join("state").join(file)).unwrap();
+        }
+        let cfg = replica_config(dir.path(), upstream);
+        let err = serve_fails(
+            &dir.path().join("state"),
+            Some(&cfg),
+            &[
+                ("PORTCULLIS_STORE_URL", url.as_str()),
+                ("PORTCULLIS_KEK", kek),
+            ],
+        );
+        assert!(err.contains("differ from the cluster's"), "{named}: {err}");
+        assert!(err.contains(named), "{named}: {err}");
+        assert!(!err.contains(kek), "the KEK itself was printed");
+    }
+    // No KEK at all where the cluster runs with one.
+    let dir = provisioned_like(&a);
+    let cfg = replica_config(dir.path(), upstream);
+    let err = serve_fails(
+        &dir.path().join("state"),
+        Some(&cfg),
+        &[("PORTCULLIS_STORE_URL", url.as_str())],
+    );
+    assert!(
+        err.contains("key-encryption key") && err.contains("has none"),
+        "{err}"
+    );
+    // The cluster's own keys still start (and the first replica serves on).
+    let dir = provisioned_like(&a);
+    let cfg = replica_config(dir.path(), upstream);
+    let b = tokio::task::spawn_blocking(move || {
+        Server::start_with_env(
+            dir,
+            Some(&cfg),
+            &[
+                ("PORTCULLIS_STORE_URL", url.as_str()),
+                ("PORTCULLIS_KEK", KEK),
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    assert_eq!(readyz(&b).await.0, 200);
+    assert_eq!(readyz(&a).await.0, 200);
+    drop((a, b, gate));
+}
+
 /// The console's session cookie after logging in on `server` with `token`.
 async fn console_login(http: &reqwest::Client, server: &Server, token: &str) -> String {
     let r = http

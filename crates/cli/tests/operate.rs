@@ -9,8 +9,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::time::Duration;
+use std::process::{Command, Output};
 
 use support::*;
 
@@ -47,36 +46,6 @@ fn error_line(stderr: &str) -> String {
         .find(|l| l.starts_with("error: "))
         .unwrap_or_else(|| panic!("no error line in: {stderr}"))
         .to_string()
-}
-
-/// Runs `serve` expecting it to refuse to start (bounded); returns stderr.
-fn serve_fails(state: &Path, config: Option<&Path>, env: &[(&str, &str)]) -> String {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve").arg("--state-dir").arg(state);
-    if let Some(c) = config {
-        cmd.arg("--config").arg(c);
-    }
-    cmd.env_remove("PORTCULLIS_KEK_FILE")
-        .env_remove("PORTCULLIS_KEK")
-        .env("PORTCULLIS_GATEWAY_LISTEN", "127.0.0.1:0")
-        .env("PORTCULLIS_ADMIN_LISTEN", "127.0.0.1:0");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    for _ in 0..600 {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(!status.success(), "serve was expected to fail");
-            return text(&child.wait_with_output().unwrap().stderr);
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    let _ = child.kill();
-    panic!("serve did not refuse to start");
 }
 
 /// Every file under `dir` with its length and modification time.

@@ -54,16 +54,6 @@ async fn open_db(state: &Path) -> sqlx::SqlitePool {
         .unwrap()
 }
 
-/// `/readyz`: status and body.
-async fn readyz(server: &Server) -> (u16, Value) {
-    let response = client(&server.ca_pem(), None)
-        .get(format!("https://{}/readyz", server.admin))
-        .send()
-        .await
-        .unwrap();
-    (response.status().as_u16(), response.json().await.unwrap())
-}
-
 /// Polls `/readyz` (bounded) until its status is `want`.
 async fn readyz_until(server: &Server, want: u16) -> Value {
     let mut last = (0, Value::Null);

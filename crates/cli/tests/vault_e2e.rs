@@ -59,38 +59,6 @@ fn ok(output: std::process::Output) -> String {
     String::from_utf8(output.stdout).unwrap()
 }
 
-/// Runs `serve` expecting it to exit with an error; returns its stderr.
-fn serve_fails(state: &Path, config: Option<&Path>, env: &[(&str, &str)]) -> String {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve").arg("--state-dir").arg(state);
-    if let Some(c) = config {
-        cmd.arg("--config").arg(c);
-    }
-    cmd.env_remove("PORTCULLIS_KEK_FILE")
-        .env_remove("PORTCULLIS_KEK")
-        // Never the quickstart's fixed ports, even if it got that far.
-        .env("PORTCULLIS_GATEWAY_LISTEN", "127.0.0.1:0")
-        .env("PORTCULLIS_ADMIN_LISTEN", "127.0.0.1:0");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    for _ in 0..400 {
-        if let Some(status) = child.try_wait().unwrap() {
-            assert!(!status.success(), "serve was expected to fail");
-            let out = child.wait_with_output().unwrap();
-            return String::from_utf8_lossy(&out.stderr).into_owned();
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    let _ = child.kill();
-    panic!("serve did not fail");
-}
-
 /// Every file under `dir`, recursively.
 fn files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap().flatten() {

@@ -37,10 +37,22 @@
 //! **Readiness.** A batch that fails, or hangs past the limit, raises
 //! `audit_unwritable` (see [`crate::readiness`]) until a batch commits.
 //!
+//! **Outages of a shared store** (cluster mode, [`AuditSink::spill_outages_to`]).
+//! While the store's heartbeat reports the database down, or a batch fails
+//! or hangs meanwhile, the batch is spilled to the outage spool
+//! ([`crate::audit_spool::OUTAGE_SPOOL_FILE`], appended and fsynced) instead
+//! of being retried in memory: a replica killed during the outage loses no
+//! record of a request it served. Once the database answers again the writer
+//! appends the spool (skipping what an ambiguous commit already stored) before
+//! anything newer, and removes it; a spool left by a replica killed during an
+//! outage is appended when it starts again. Spilled records are acknowledged
+//! only once appended (the published tree head does not move for them).
+//!
 //! [held]: Gate::Verifying
 
-use std::sync::Arc;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use portcullis_audit::AuditRecord;
@@ -89,6 +101,9 @@ struct Health {
     failing: AtomicBool,
     fail_closed_after_ms: i64,
     intents: IntentQueue,
+    /// Cluster mode: the state directory whose outage spool takes batches
+    /// while the shared store does not answer (see the module docs).
+    outage_spool: OnceLock<PathBuf>,
 }
 
 /// The sending side, cloned into every request.
@@ -114,6 +129,15 @@ impl AuditSink {
     /// The intent journal's queue ([`crate::audit_intent`]).
     pub fn intents(&self) -> &IntentQueue {
         &self.health.intents
+    }
+
+    /// Cluster mode: from now on, batches the shared store cannot take
+    /// (its heartbeat reports it down, or the batch fails or hangs while
+    /// it is) are spilled to the outage spool in `state_dir` and appended
+    /// once it answers again, rather than retried in memory (module docs).
+    /// A spool left there by an earlier run is appended too. Set once.
+    pub fn spill_outages_to(&self, state_dir: PathBuf) {
+        let _ = self.health.outage_spool.set(state_dir);
     }
 
     /// Whether the backlog is over the admission limit.
@@ -260,6 +284,7 @@ impl AuditWriter {
             failing: AtomicBool::new(false),
             fail_closed_after_ms: fail_closed_after.as_millis() as i64,
             intents: IntentQueue::new(fail_closed_after),
+            outage_spool: OnceLock::new(),
         });
         let (head_tx, head_rx) = watch::channel(appender.head());
         let (stop, stopped) = watch::channel(false);
@@ -346,13 +371,38 @@ async fn run(
     } = control;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut gate = health.gate.subscribe();
+    // Whether the outage spool may hold records: at first, whatever an
+    // earlier run left there.
+    let mut spilled = true;
     loop {
+        // The outage spool goes first once the store answers (and the log
+        // is open), so its records are not behind newer ones for long.
+        if spilled && let Some(dir) = health.outage_spool.get() {
+            spilled = !(*gate.borrow() == Gate::Open
+                && !appender.store().health().is_down()
+                && append_outage_spool(
+                    &mut appender,
+                    pseudonymizer.as_ref(),
+                    dir,
+                    &head,
+                    &metrics,
+                )
+                .await);
+        }
         // Whatever arrived while the previous batch was committing forms the next batch.
         let mut intent = false;
+        let retry_spool = async {
+            if spilled && health.outage_spool.get().is_some() {
+                tokio::time::sleep(OUTAGE_RETRY).await;
+            } else {
+                std::future::pending::<()>().await;
+            }
+        };
         let mut stopping = tokio::select! {
             n = rx.recv_many(&mut batch, MAX_BATCH) => n == 0,
             () = health.intents.queued() => { intent = true; false }
             _ = stop.changed() => true,
+            () = retry_spool => continue,
         };
         if !stopping && batch.len() < MAX_BATCH {
             // A caller waits on an intent: no linger, or not past the
@@ -411,7 +461,7 @@ async fn run(
             }
             continue;
         }
-        let committed = write(
+        let written = write(
             &mut appender,
             pseudonymizer.as_ref(),
             &mut batch,
@@ -421,8 +471,10 @@ async fn run(
             &mut abandon,
         )
         .await;
-        if !committed {
-            return take_rest(&mut batch, &mut rx, &health, &metrics);
+        match written {
+            Written::Committed => {}
+            Written::Spilled => spilled = true,
+            Written::Abandoned => return take_rest(&mut batch, &mut rx, &health, &metrics),
         }
         if stopping {
             return Vec::new();
@@ -454,8 +506,33 @@ async fn abandoned(abandon: &mut watch::Receiver<bool>) {
     }
 }
 
-/// Appends `batch`, retrying until it commits (true) or the writer is told
-/// to abandon it (false, the batch left as it is).
+/// What became of a batch.
+enum Written {
+    /// It committed (or was discarded: the log is halted).
+    Committed,
+    /// The shared store did not take it; it is in the outage spool.
+    Spilled,
+    /// The writer was told to abandon it; it is left as it is.
+    Abandoned,
+}
+
+/// How often the writer tries the outage spool again while it holds records
+/// and nothing else wakes the writer.
+const OUTAGE_RETRY: Duration = Duration::from_millis(500);
+
+/// How often a batch's attempt checks the store's heartbeat, to give up on
+/// a database that went away and spill instead.
+const OUTAGE_POLL: Duration = Duration::from_millis(100);
+
+/// How far back into the log the outage spool's append looks for records an
+/// ambiguous commit (one that reached the database but whose answer was
+/// lost) already stored, beyond the spool's own length: other replicas
+/// append meanwhile.
+const OUTAGE_OVERLAP: u32 = 4_096;
+
+/// Appends `batch`, retrying until it commits or the writer is told to
+/// abandon it; in cluster mode, spills it while the shared store does not
+/// answer (see the module docs).
 async fn write(
     appender: &mut AuditAppender,
     pseudonymizer: Option<&Pseudonymizer>,
@@ -464,16 +541,39 @@ async fn write(
     head: &watch::Sender<TreeHead>,
     metrics: &Metrics,
     abandon: &mut watch::Receiver<bool>,
-) -> bool {
+) -> Written {
     let n = batch.len();
-    // Dropped uncommitted (abandoned, halted), their callers are refused.
+    // Dropped uncommitted (abandoned, halted, spilled), their callers are refused.
     let (intents, durable) = health.intents.take();
     if n == 0 && intents.is_empty() {
-        return true;
+        return Written::Committed;
+    }
+    let outage_spool = health.outage_spool.get();
+    let store_health = appender.store().health().clone();
+    if let Some(dir) = outage_spool
+        && store_health.is_down()
+        && spill_outage(dir, batch, health, metrics)
+    {
+        return Written::Spilled;
     }
     health.writing_since_ms.store(now_ms(), Ordering::Relaxed);
+    // Spilled records are kept as submitted: the pseudonymizer applies when
+    // they are appended.
+    let raw = (outage_spool.is_some() && pseudonymizer.is_some()).then(|| batch.clone());
     // Once per batch, before the first attempt: a retry appends the same leaves.
     let personal = pseudonymizer.map_or_else(Vec::new, |p| p.apply(batch, now_ms()));
+    let spill = |batch: &mut Vec<AuditRecord>| match (outage_spool, &raw) {
+        (Some(dir), Some(raw)) => {
+            let mut raw = raw.clone();
+            let spilled = spill_outage(dir, &mut raw, health, metrics);
+            if spilled {
+                batch.clear();
+            }
+            spilled
+        }
+        (Some(dir), None) => spill_outage(dir, batch, health, metrics),
+        (None, _) => false,
+    };
     let mut delay = Duration::from_millis(10);
     // A failed write is retried until it succeeds: dropping records is not an
     // option. Meanwhile requests are refused (fail closed) once the failure has
@@ -489,6 +589,7 @@ async fn write(
             let stall = tokio::time::sleep(stall_limit);
             tokio::pin!(stall);
             let mut stalled = false;
+            let mut poll = tokio::time::interval(OUTAGE_POLL);
             loop {
                 tokio::select! {
                     // A finished attempt wins over a timer that fired with it.
@@ -498,7 +599,17 @@ async fn write(
                         stalled = true;
                         metrics.readiness.set(NotReady::AuditUnwritable, true);
                     }
-                    _ = abandoned(abandon) => return false,
+                    _ = abandoned(abandon) => return Written::Abandoned,
+                    // The database went away under the attempt: give it up
+                    // (dropped, its transaction is rolled back, or, if its
+                    // commit got through, the spool's append skips it).
+                    _ = poll.tick(), if outage_spool.is_some() => {
+                        if store_health.is_down() {
+                            break Err(portcullis_store::StoreError::Invalid(
+                                "the shared store does not answer".into(),
+                            ));
+                        }
+                    }
                 }
             }
         };
@@ -508,7 +619,11 @@ async fn write(
                 health.failing.store(false, Ordering::Relaxed);
                 health.writing_since_ms.store(0, Ordering::Relaxed);
                 discard(batch, health, metrics);
-                return true;
+                return Written::Committed;
+            }
+            Err(e) if spill(batch) => {
+                tracing::warn!(error = %e, records = n, "audit batch not taken by the shared store; spilled to the outage spool");
+                return Written::Spilled;
             }
             Err(e) => {
                 health.failing.store(true, Ordering::Relaxed);
@@ -517,7 +632,7 @@ async fn write(
                 tracing::error!(error = %e, records = n, "audit batch write failed; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = abandoned(abandon) => return false,
+                    _ = abandoned(abandon) => return Written::Abandoned,
                 }
                 delay = (delay * 2).min(Duration::from_secs(2));
             }
@@ -532,7 +647,101 @@ async fn write(
     metrics.audit_queue.dec_by(n as i64);
     metrics.audit_written.inc_by(n as u64);
     batch.clear();
+    Written::Committed
+}
+
+/// Spills `batch` to the outage spool in `dir`; false (the batch kept, to be
+/// retried in memory) when the spool cannot be written either.
+fn spill_outage(
+    dir: &std::path::Path,
+    batch: &mut Vec<AuditRecord>,
+    health: &Health,
+    metrics: &Metrics,
+) -> bool {
+    if let Err(e) = crate::audit_spool::spill_to(dir, crate::audit_spool::OUTAGE_SPOOL_FILE, batch)
+    {
+        tracing::error!(error = %e, records = batch.len(), "cannot spill audit records to the outage spool; retrying them in memory");
+        return false;
+    }
+    let n = batch.len();
+    health.failing.store(false, Ordering::Relaxed);
+    health.writing_since_ms.store(0, Ordering::Relaxed);
+    // The records are durable on this replica's disk: the log is not
+    // unwritable, its database is away (`store_unavailable` says so).
+    metrics.readiness.set(NotReady::AuditUnwritable, false);
+    health.backlog.fetch_sub(n, Ordering::Relaxed);
+    metrics.audit_queue.dec_by(n as i64);
+    batch.clear();
     true
+}
+
+/// Appends what the outage spool in `dir` holds, oldest first, skipping
+/// records already at the end of the log, then removes it. True when the
+/// spool is empty afterwards; false (kept, retried later) when the store
+/// failed again.
+async fn append_outage_spool(
+    appender: &mut AuditAppender,
+    pseudonymizer: Option<&Pseudonymizer>,
+    dir: &std::path::Path,
+    head: &watch::Sender<TreeHead>,
+    metrics: &Metrics,
+) -> bool {
+    use crate::audit_spool::{OUTAGE_SPOOL_FILE, read_from};
+    let mut records = match read_from(dir, OUTAGE_SPOOL_FILE) {
+        Ok(records) => records,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the audit outage spool; retrying");
+            return false;
+        }
+    };
+    if !records.is_empty() {
+        let overlap = u32::try_from(records.len())
+            .unwrap_or(u32::MAX)
+            .saturating_add(OUTAGE_OVERLAP);
+        let present: std::collections::HashSet<(String, i64)> = match appender
+            .store()
+            .audit_tail(overlap)
+            .await
+        {
+            Ok(tail) => tail
+                .into_iter()
+                .map(|r| (r.request_id, r.time_ms))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the audit log to append the outage spool; retrying");
+                return false;
+            }
+        };
+        records.retain(|r| !present.contains(&(r.request_id.clone(), r.time_ms)));
+        let total = records.len();
+        for chunk in records.chunks_mut(MAX_BATCH) {
+            let personal = pseudonymizer.map_or_else(Vec::new, |p| p.apply(chunk, now_ms()));
+            match appender.append_batch(chunk, &personal, &[]).await {
+                Ok(new_head) => {
+                    head.send_replace(new_head);
+                    metrics.audit_written.inc_by(chunk.len() as u64);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot append the audit outage spool yet; retrying");
+                    return false;
+                }
+            }
+        }
+        tracing::info!(
+            records = total,
+            "audit records spilled during a store outage appended to the log"
+        );
+    }
+    let path = dir.join(OUTAGE_SPOOL_FILE);
+    match std::fs::remove_file(&path) {
+        Ok(()) => true,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(e) => {
+            // Appended already: a retry skips them as present.
+            tracing::error!(file = %path.display(), error = %e, "cannot remove the appended audit outage spool");
+            false
+        }
+    }
 }
 
 /// Drops records the writer will not append (the log is halted, or was never

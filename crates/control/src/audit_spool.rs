@@ -25,6 +25,13 @@ use crate::audit_sink::AuditSink;
 /// The spool's file name inside the state directory.
 pub const SPOOL_FILE: &str = "audit-spool.jsonl";
 
+/// The spool the writer fills while the shared store does not answer
+/// (cluster mode) and appends from once it does: see
+/// [`crate::audit_sink::AuditSink::spill_outages_to`]. A file of its own, so
+/// that the replay of the shutdown spool at start never removes records an
+/// outage spilled meanwhile.
+pub const OUTAGE_SPOOL_FILE: &str = "audit-outage-spool.jsonl";
+
 /// How far back into the log replay looks for records already committed (an
 /// abandoned transaction whose commit had reached SQLite, or a replay cut
 /// short before the spool was removed), beyond the spool's own length.
@@ -58,7 +65,13 @@ pub enum SpoolError {
 
 /// Appends `records` to the spool in `state_dir` and makes them durable.
 pub fn spill(state_dir: &Path, records: &[AuditRecord]) -> Result<(), SpoolError> {
-    let path = state_dir.join(SPOOL_FILE);
+    spill_to(state_dir, SPOOL_FILE, records)
+}
+
+/// Appends `records` to the spool file `name` in `state_dir` and makes them
+/// durable.
+pub fn spill_to(state_dir: &Path, name: &str, records: &[AuditRecord]) -> Result<(), SpoolError> {
+    let path = state_dir.join(name);
     let io = |source| SpoolError::Io {
         path: path.clone(),
         source,
@@ -90,7 +103,12 @@ pub fn spill(state_dir: &Path, records: &[AuditRecord]) -> Result<(), SpoolError
 /// line cut short (a crash while spilling) is dropped with a warning: it was
 /// never reported as spilled.
 pub fn read(state_dir: &Path) -> Result<Vec<AuditRecord>, SpoolError> {
-    let path = state_dir.join(SPOOL_FILE);
+    read_from(state_dir, SPOOL_FILE)
+}
+
+/// [`read`] of the spool file `name`.
+pub fn read_from(state_dir: &Path, name: &str) -> Result<Vec<AuditRecord>, SpoolError> {
+    let path = state_dir.join(name);
     let file = match File::open(&path) {
         Ok(file) => file,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),

@@ -9,9 +9,18 @@
 //! is checked against the last checkpoint ([`Checkpointer::check_latest`]),
 //! and on a mismatch, or once the log is halted, nothing is signed and the
 //! log is halted ([`Checkpointer::halt`]: the writer stops, an alert is raised).
+//!
+//! In cluster mode ([`Checkpointer::share`]) one replica at a time signs,
+//! the one the cluster elected ([`Checkpointer::elect`]; the election is an
+//! advisory lock, `portcullis serve`'s `cluster.rs`), and it signs the shared
+//! log's stored head, which holds every replica's committed records, rather
+//! than its own writer's. Two signers at once (a leader that lost its
+//! database session but has not noticed yet) would be harmless: each size is
+//! stored once and every checkpoint of one log verifies.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -101,6 +110,11 @@ pub struct Checkpointer {
     webhook: Option<(WebhookClient, http::Uri)>,
     /// Serialises signing; holds the size last signed and the webhook backlog.
     state: Mutex<State>,
+    /// Whether this process signs: always on one node; in cluster mode,
+    /// while it is the elected signer.
+    elected: AtomicBool,
+    /// Cluster mode: sign the stored head of the shared log.
+    shared: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -147,7 +161,27 @@ impl Checkpointer {
                 signed,
                 webhook_backlog: Vec::new(),
             }),
+            elected: AtomicBool::new(true),
+            shared: AtomicBool::new(false),
         })
+    }
+
+    /// Cluster mode: from now on this checkpointer signs only while elected
+    /// ([`Self::elect`]), and signs the shared log's stored head.
+    pub fn share(&self) {
+        self.shared.store(true, Ordering::Relaxed);
+        self.elected.store(false, Ordering::Relaxed);
+    }
+
+    /// Cluster mode: this replica was elected signer (true) or lost it.
+    pub fn elect(&self, elected: bool) {
+        self.elected.store(elected, Ordering::Relaxed);
+    }
+
+    /// Whether this process signs checkpoints and runs the periodic full
+    /// verification: always on one node; in cluster mode, while elected.
+    pub fn is_elected(&self) -> bool {
+        self.elected.load(Ordering::Relaxed)
     }
 
     /// The log's signing identity.
@@ -236,7 +270,26 @@ impl Checkpointer {
         if let Some(reason) = self.sink.halted() {
             return Err(CheckpointerError::Halted(reason));
         }
-        let head = self.sink.head();
+        if !self.is_elected() {
+            return Ok(());
+        }
+        let head = if self.shared.load(Ordering::Relaxed) {
+            // What an earlier signer signed (before a failover) is signed.
+            if let Some(latest) = self.store.latest_checkpoint().await? {
+                state.signed = state.signed.max(latest.size);
+            }
+            // Every replica's committed records, not only this one's.
+            let size = self.store.audit_size().await?;
+            if size <= state.signed {
+                return Ok(());
+            }
+            portcullis_store::TreeHead {
+                size,
+                root: self.store.audit_head(size).await?,
+            }
+        } else {
+            self.sink.head()
+        };
         // Nothing is signed before the stored log has been verified: the tree
         // on disk may be one nobody signed (its checkpoints deleted).
         if head.size > state.signed && self.sink.verified() {

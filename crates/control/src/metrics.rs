@@ -236,6 +236,8 @@ pub struct Metrics {
     pub audit_log_tampered: Gauge<i64, AtomicI64>,
     /// Audit records not written because the log is halted.
     pub audit_discarded: Counter,
+    /// Cluster mode: 1 while this replica is the elected checkpoint signer.
+    pub checkpoint_signer: Gauge<i64, AtomicI64>,
     /// Completed requests behavioral analytics never saw: its queue was full.
     pub analytics_dropped: Counter,
     export_delivered: Family<SinkLabels, Counter>,
@@ -322,6 +324,12 @@ impl Metrics {
             "audit_log_tampered",
             "1 when the stored audit log does not match its signed checkpoints: appending, signing and the data plane stopped",
             audit_log_tampered.clone(),
+        );
+        let checkpoint_signer = Gauge::default();
+        registry.register(
+            "cluster_checkpoint_signer",
+            "Cluster mode: 1 while this replica is the one elected to sign audit checkpoints and verify the log",
+            checkpoint_signer.clone(),
         );
         let audit_discarded = Counter::default();
         registry.register(
@@ -448,6 +456,7 @@ impl Metrics {
             auth_lockouts,
             audit_log_tampered,
             audit_discarded,
+            checkpoint_signer,
             connections_open,
             connections_unverified,
             connections_closed,

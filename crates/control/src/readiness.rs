@@ -1,7 +1,8 @@
 //! Readiness: why this process should not be sent traffic right now.
 //!
 //! Each reason is a flag its component sets and clears as its state changes
-//! (the audit writer, the policy loader, the inject stage), held in a gauge of
+//! (the audit writer, the policy loader, the inject stage, the cluster
+//! heartbeat), held in a gauge of
 //! `portcullis_not_ready{reason}` so the same flag is the metric. `/readyz`
 //! reads the flags only: a probe costs a few atomic loads and never touches
 //! the disk or the store.
@@ -16,6 +17,9 @@ use prometheus_client::metrics::gauge::Gauge;
 /// dashboards match on them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NotReady {
+    /// (cluster mode) The shared store (PostgreSQL) does not answer: listed
+    /// first, since the audit and vault reasons it causes follow from it.
+    StoreUnavailable,
     /// The audit writer's current batch is failing, or has been stalled for
     /// longer than `[audit] fail_closed_after_ms`.
     AuditUnwritable,
@@ -32,7 +36,8 @@ pub enum NotReady {
 
 impl NotReady {
     /// Every reason, in the order `/readyz` lists them.
-    pub const ALL: [NotReady; 4] = [
+    pub const ALL: [NotReady; 5] = [
+        NotReady::StoreUnavailable,
         NotReady::AuditUnwritable,
         NotReady::AuditHalted,
         NotReady::PolicyLoadFailed,
@@ -42,6 +47,7 @@ impl NotReady {
     /// The stable reason string.
     pub fn as_str(self) -> &'static str {
         match self {
+            NotReady::StoreUnavailable => "store_unavailable",
             NotReady::AuditUnwritable => "audit_unwritable",
             NotReady::AuditHalted => "audit_halted",
             NotReady::PolicyLoadFailed => "policy_load_failed",
@@ -58,7 +64,7 @@ impl NotReady {
 /// share the flags. The default is unregistered (for tests).
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
-    flags: [Gauge<i64, AtomicI64>; 4],
+    flags: [Gauge<i64, AtomicI64>; 5],
     /// The routes whose credential failed on last use; taken only while the
     /// `vault_unavailable` flag is raised or a fetch fails.
     vault_routes: Arc<Mutex<BTreeSet<String>>>,
@@ -66,7 +72,7 @@ pub struct Readiness {
 
 impl Readiness {
     /// Readiness over registered gauges, in the order of [`NotReady::ALL`].
-    pub(crate) fn new(flags: [Gauge<i64, AtomicI64>; 4]) -> Self {
+    pub(crate) fn new(flags: [Gauge<i64, AtomicI64>; 5]) -> Self {
         Readiness {
             flags,
             vault_routes: Arc::default(),
@@ -152,6 +158,7 @@ mod tests {
         assert_eq!(
             names,
             [
+                "store_unavailable",
                 "audit_unwritable",
                 "audit_halted",
                 "policy_load_failed",

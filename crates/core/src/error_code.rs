@@ -55,6 +55,10 @@ pub enum ErrorCode {
     /// The audit log cannot be written, so the request is refused rather than
     /// served unrecorded (fail closed).
     AuditUnavailable,
+    /// (cluster mode) The shared store (PostgreSQL) has not answered this
+    /// replica for longer than `[store] max_staleness_ms`, so the request is
+    /// refused rather than decided from state that may be stale.
+    StoreUnavailable,
     /// An access token was refused: malformed, wrong algorithm or key, bad
     /// signature, expired, not yet valid, wrong issuer or audience, or not bound
     /// to what the request presents.
@@ -187,6 +191,7 @@ impl ErrorCode {
             ErrorCode::SecretUnavailable => "secret_unavailable",
             ErrorCode::InvalidCiphertext => "invalid_ciphertext",
             ErrorCode::AuditUnavailable => "audit_unavailable",
+            ErrorCode::StoreUnavailable => "store_unavailable",
             ErrorCode::InvalidToken => "invalid_token",
             ErrorCode::InvalidDpopProof => "invalid_dpop_proof",
             ErrorCode::UseDpopNonce => "use_dpop_nonce",
@@ -277,6 +282,7 @@ impl ErrorCode {
             ErrorCode::Internal => 500,
             ErrorCode::Unavailable
             | ErrorCode::AuditUnavailable
+            | ErrorCode::StoreUnavailable
             | ErrorCode::VaultUnavailable
             | ErrorCode::SecretUnavailable
             | ErrorCode::ServerBusy => 503,
@@ -313,6 +319,7 @@ mod tests {
             ErrorCode::SecretUnavailable,
             ErrorCode::InvalidCiphertext,
             ErrorCode::AuditUnavailable,
+            ErrorCode::StoreUnavailable,
             ErrorCode::InvalidToken,
             ErrorCode::InvalidDpopProof,
             ErrorCode::UseDpopNonce,

@@ -237,9 +237,10 @@ fn oauth_error(code: ErrorCode) -> (&'static str, StatusCode) {
         ErrorCode::UseDpopNonce => ("use_dpop_nonce", StatusCode::BAD_REQUEST),
         ErrorCode::Quarantined => ("unauthorized_client", StatusCode::BAD_REQUEST),
         ErrorCode::TooManyAttempts => ("temporarily_unavailable", StatusCode::TOO_MANY_REQUESTS),
-        ErrorCode::Unavailable | ErrorCode::AuditUnavailable | ErrorCode::ServerBusy => {
-            ("temporarily_unavailable", StatusCode::SERVICE_UNAVAILABLE)
-        }
+        ErrorCode::Unavailable
+        | ErrorCode::AuditUnavailable
+        | ErrorCode::StoreUnavailable
+        | ErrorCode::ServerBusy => ("temporarily_unavailable", StatusCode::SERVICE_UNAVAILABLE),
         ErrorCode::Internal => ("server_error", StatusCode::INTERNAL_SERVER_ERROR),
         other => (
             "invalid_request",

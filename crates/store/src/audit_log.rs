@@ -862,6 +862,12 @@ impl Store {
 }
 
 impl AuditAppender {
+    /// The store it appends to (its health tells the writer to spill
+    /// rather than wait while the database does not answer).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// The current tree.
     pub fn head(&self) -> TreeHead {
         TreeHead {

@@ -10,7 +10,7 @@ use std::borrow::Cow;
 use sqlx::SqlSafeStr;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 
-use crate::backend::Pool;
+use crate::backend::{DbRow, Pool};
 use crate::{Store, StoreError};
 
 /// The history table of the cluster migrations.
@@ -204,6 +204,141 @@ impl Store {
     }
 }
 
+/// The outcome of [`Store::compare_cluster_key`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// The cluster had no fingerprint under this name: this one is recorded.
+    Recorded,
+    /// The recorded fingerprint is this one.
+    Same,
+    /// Another fingerprint was recorded (when, ms since the epoch).
+    Differs {
+        /// The fingerprint the cluster holds.
+        recorded: String,
+        /// When it was recorded.
+        recorded_at: i64,
+    },
+}
+
+impl Store {
+    /// Compares `fingerprint` (of key material, never the secret itself)
+    /// with the one the cluster recorded under `name`, recording it when
+    /// none is. One insert that keeps an existing row, then a read: two
+    /// replicas starting at once agree on the first to insert.
+    pub async fn compare_cluster_key(
+        &self,
+        name: &str,
+        fingerprint: &str,
+        now_ms: i64,
+    ) -> Result<KeyCheck, StoreError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let inserted = query(
+                "INSERT INTO key_fingerprints (name, fingerprint, recorded_at) VALUES (?, ?, ?)
+                 ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(name)
+            .bind(fingerprint)
+            .bind(now_ms)
+            .execute(pool)
+            .await?;
+            if inserted.rows_affected() == 1 {
+                return Ok(KeyCheck::Recorded);
+            }
+            let row = query("SELECT fingerprint, recorded_at FROM key_fingerprints WHERE name = ?")
+                .bind(name)
+                .fetch_one(pool)
+                .await?;
+            let recorded: String = row.col("fingerprint")?;
+            Ok(if recorded == fingerprint {
+                KeyCheck::Same
+            } else {
+                KeyCheck::Differs {
+                    recorded,
+                    recorded_at: row.col("recorded_at")?,
+                }
+            })
+        })
+    }
+
+    /// Whether the cluster recorded a fingerprint under `name`.
+    pub async fn cluster_key(&self, name: &str) -> Result<Option<String>, StoreError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
+            Ok(
+                query_scalar("SELECT fingerprint FROM key_fingerprints WHERE name = ?")
+                    .bind(name)
+                    .fetch_optional(pool)
+                    .await?,
+            )
+        })
+    }
+
+    /// A connection of its own, taken out of the pool, on which this
+    /// replica stands for election ([`Candidate::try_lead`]).
+    pub async fn candidate(&self) -> Result<Candidate, StoreError> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Err(cluster_only());
+        };
+        Ok(Candidate {
+            conn: pool.acquire().await?.detach(),
+            held: Vec::new(),
+        })
+    }
+}
+
+/// What a replica may be elected to do for the whole cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaderRole {
+    /// Sign audit checkpoints and run the periodic full verification of the
+    /// log.
+    CheckpointSigner,
+}
+
+impl LeaderRole {
+    /// The advisory lock key ("PCCK").
+    fn key(self) -> i64 {
+        match self {
+            LeaderRole::CheckpointSigner => 0x5043_434B,
+        }
+    }
+}
+
+/// A replica's connection for elections: the session that holds the
+/// session-level advisory locks it wins. A lock lasts as long as this
+/// session: the server releases it when the session ends, `kill -9` of the
+/// replica included (its socket closes).
+pub struct Candidate {
+    conn: sqlx::PgConnection,
+    /// The roles whose lock this session holds.
+    held: Vec<LeaderRole>,
+}
+
+impl std::fmt::Debug for Candidate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Candidate")
+    }
+}
+
+impl Candidate {
+    /// Whether this session holds `role`'s lock now: taken if free; if
+    /// already held, the session is checked alive (one round trip either
+    /// way). `false` when another replica holds it. An error means the
+    /// session is gone, and any lock with it: drop this and stand again.
+    pub async fn try_lead(&mut self, role: LeaderRole) -> Result<bool, StoreError> {
+        if self.held.contains(&role) {
+            sqlx::Connection::ping(&mut self.conn).await?;
+            return Ok(true);
+        }
+        let won: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+            .bind(role.key())
+            .fetch_one(&mut self.conn)
+            .await?;
+        if won {
+            self.held.push(role);
+        }
+        Ok(won)
+    }
+}
+
 fn cluster_only() -> StoreError {
     StoreError::Invalid("shared single-use state exists only in cluster mode (PostgreSQL)".into())
 }
@@ -287,6 +422,59 @@ mod tests {
         let one = one.open().await;
         one.notify_change(Change::Agents).await.unwrap();
         assert!(one.listen_changes().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn the_first_key_fingerprint_is_recorded_and_later_ones_compared() {
+        for db in TestDb::all().await {
+            let (a, b) = (db.open().await, db.open().await);
+            assert_eq!(a.cluster_key("ca").await.unwrap(), None);
+            assert_eq!(
+                a.compare_cluster_key("ca", "f1", 10).await.unwrap(),
+                KeyCheck::Recorded
+            );
+            assert_eq!(
+                b.compare_cluster_key("ca", "f1", 20).await.unwrap(),
+                KeyCheck::Same
+            );
+            assert_eq!(
+                b.compare_cluster_key("ca", "f2", 30).await.unwrap(),
+                KeyCheck::Differs {
+                    recorded: "f1".into(),
+                    recorded_at: 10
+                },
+                "{}",
+                db.backend()
+            );
+            assert_eq!(a.cluster_key("ca").await.unwrap().as_deref(), Some("f1"));
+        }
+    }
+
+    #[tokio::test]
+    async fn one_candidate_leads_and_another_takes_over_when_its_session_ends() {
+        let Some(db) = TestDb::postgres().await else {
+            return;
+        };
+        let (a, b) = (db.open().await, db.open().await);
+        let role = LeaderRole::CheckpointSigner;
+        let mut first = a.candidate().await.unwrap();
+        let mut second = b.candidate().await.unwrap();
+        assert!(first.try_lead(role).await.unwrap());
+        assert!(first.try_lead(role).await.unwrap(), "still held");
+        assert!(!second.try_lead(role).await.unwrap());
+        drop(first); // the session ends, as when its replica is killed
+        let mut took_over = false;
+        for _ in 0..50 {
+            if second.try_lead(role).await.unwrap() {
+                took_over = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(took_over, "the lock outlived its session");
+        // One node has nothing to elect.
+        let one = TestDb::sqlite();
+        assert!(one.open().await.candidate().await.is_err());
     }
 
     #[tokio::test]

@@ -15,7 +15,11 @@ mod agent_keys;
 mod analytics;
 mod backend;
 mod cluster;
-pub use cluster::{CHANGES_CHANNEL, Change, ChangeListener, Heard, SingleUseKind};
+mod health;
+pub use cluster::{
+    CHANGES_CHANNEL, Candidate, Change, ChangeListener, Heard, KeyCheck, LeaderRole, SingleUseKind,
+};
+pub use health::StoreHealth;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub use analytics::{AlertRow, QuarantineRow, RiskPoint};
@@ -139,6 +143,8 @@ pub struct Store {
     /// Cluster mode: connections with `synchronous_commit = off`, for the
     /// single-use claims DPoP requests wait on (`cluster.rs`).
     relaxed: Option<sqlx::PgPool>,
+    /// Whether the database answers, as last reported (`health.rs`).
+    health: StoreHealth,
 }
 
 fn migrator() -> Migrator {
@@ -237,6 +243,11 @@ fn migrator() -> Migrator {
             include_str!("../migrations/0021_console_sessions.sql"),
         ),
         migration(
+            24,
+            "key_fingerprints",
+            include_str!("../migrations/0024_key_fingerprints.sql"),
+        ),
+        migration(
             25,
             "redteam_runs",
             include_str!("../migrations/0025_redteam_runs.sql"),
@@ -296,6 +307,7 @@ fn postgres_migrator() -> Migrator {
         twin!(19, "model_registry", "0019_model_registry.sql"),
         twin!(20, "dataset_registry", "0020_dataset_registry.sql"),
         twin!(21, "console_sessions", "0021_console_sessions.sql"),
+        twin!(24, "key_fingerprints", "0024_key_fingerprints.sql"),
         twin!(25, "redteam_runs", "0025_redteam_runs.sql"),
     ])
 }
@@ -322,6 +334,7 @@ impl Store {
             pool: Pool::Sqlite(pool),
             strings: Default::default(),
             relaxed: None,
+            health: StoreHealth::default(),
         })
     }
 
@@ -356,6 +369,7 @@ impl Store {
             pool: Pool::Sqlite(pool),
             strings: Default::default(),
             relaxed: None,
+            health: StoreHealth::default(),
         })
     }
 
@@ -390,6 +404,7 @@ impl Store {
             pool: Pool::Postgres(pool),
             strings: Default::default(),
             relaxed: Some(relaxed),
+            health: StoreHealth::default(),
         })
     }
 
@@ -397,6 +412,12 @@ impl Store {
     /// shared with other replicas.
     pub fn is_postgres(&self) -> bool {
         matches!(self.pool, Pool::Postgres(_))
+    }
+
+    /// Whether the database answers, as the background heartbeat last
+    /// reported it (cluster mode; always up on SQLite, where nothing reports).
+    pub fn health(&self) -> &StoreHealth {
+        &self.health
     }
 
     /// Checks the database answers (readiness).

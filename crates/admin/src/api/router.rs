@@ -139,6 +139,10 @@ async fn readyz(State(state): State<AdminState>, Extension(call): Extension<Call
         return json(StatusCode::OK, &serde_json::json!({ "status": "ready" }));
     };
     let (code, message) = match first {
+        NotReady::StoreUnavailable => (
+            ErrorCode::StoreUnavailable,
+            "the shared store (PostgreSQL) does not answer".to_string(),
+        ),
         NotReady::AuditHalted => (
             ErrorCode::AuditUnavailable,
             format!(

@@ -674,3 +674,46 @@ pub fn wait_for_port(port: u16, what: &mut Child) {
     }
     panic!("nothing listened on {port}");
 }
+
+/// Runs `serve` expecting it to exit with an error; returns its stderr.
+pub fn serve_fails(state: &Path, config: Option<&Path>, env: &[(&str, &str)]) -> String {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve").arg("--state-dir").arg(state);
+    if let Some(c) = config {
+        cmd.arg("--config").arg(c);
+    }
+    cmd.env_remove("PORTCULLIS_KEK_FILE")
+        .env_remove("PORTCULLIS_KEK")
+        // Never the quickstart's fixed ports, even if it got that far.
+        .env("PORTCULLIS_GATEWAY_LISTEN", "127.0.0.1:0")
+        .env("PORTCULLIS_ADMIN_LISTEN", "127.0.0.1:0");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..600 {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(!status.success(), "serve was expected to fail");
+            let out = child.wait_with_output().unwrap();
+            return String::from_utf8_lossy(&out.stderr).into_owned();
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let _ = child.kill();
+    panic!("serve did not fail");
+}
+
+/// `/readyz` of `server`: its status and body.
+pub async fn readyz(server: &Server) -> (u16, Value) {
+    let response = client(&server.ca_pem(), None)
+        .get(format!("https://{}/readyz", server.admin))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}

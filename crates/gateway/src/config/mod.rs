@@ -210,6 +210,8 @@ pub struct Config {
     pub upstream_timeout: Duration,
     /// Database URL, when not the default file in the state directory.
     pub store_url: Option<String>,
+    /// `[store] max_staleness_ms` (cluster mode).
+    pub store_max_staleness: Duration,
     /// The audit log.
     pub audit: AuditConfig,
     /// OpenTelemetry traces; `None` when tracing is off.
@@ -430,6 +432,7 @@ impl Config {
                     .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_MS),
             ),
             store_url: raw.store.url,
+            store_max_staleness: Duration::from_millis(raw.store.max_staleness_ms),
             // A route's own durability wins over `[audit]`'s.
             routes: raw
                 .routes

@@ -11,6 +11,14 @@ pub struct RawStore {
     /// Default: the SQLite file `portcullis.db` in the state directory.
     #[serde(default, deserialize_with = "opt_store_url")]
     pub url: Option<String>,
+    /// Cluster mode: how long, after the shared database last answered, a
+    /// replica keeps deciding requests from its in-memory snapshots (its
+    /// audit records spilled to the local outage spool meanwhile) before it
+    /// refuses them with 503 `store_unavailable`. Default 0: refused as soon
+    /// as the database stops answering. A revocation made on another replica
+    /// during that window is not seen, so keep it short (docs/cluster.md).
+    #[serde(default)]
+    pub max_staleness_ms: u64,
 }
 
 fn opt_store_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {

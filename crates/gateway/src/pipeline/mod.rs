@@ -9,7 +9,8 @@
 //! authenticate  client certificate or bound access token → live agent
 //!               (oauth.rs answers /oauth2/token and /.well-known/* here instead)
 //! contextualize route (resource), method (action), time, source address;
-//!               then the fail-closed check: is the audit log writable?
+//!               then the fail-closed checks: does the shared store answer
+//!               (cluster mode)? is the audit log writable?
 //! contain       behavioral analytics' grade for the agent: quarantine,
 //!               read-only, throttle, approval of writes (held by approve);
 //!               its risk score goes on to policy
@@ -202,6 +203,20 @@ pub async fn handle(
     response.map(|body| RecordedBody::new(body, recorder))
 }
 
+/// Refuses with `store_unavailable` while the shared store's heartbeat says
+/// the database has been away for longer than the staleness allowed. One
+/// relaxed load while it answers (always on SQLite): no IO on the request
+/// path.
+fn store_answers(gateway: &Gateway) -> Result<(), Denial> {
+    if gateway.store.health().refuses() {
+        return Err(Denial::new(
+            ErrorCode::StoreUnavailable,
+            "the shared store does not answer; the request was refused rather than decided from state that may be stale",
+        ));
+    }
+    Ok(())
+}
+
 async fn run(
     gateway: &Arc<Gateway>,
     conn: &ConnectionState,
@@ -230,6 +245,7 @@ async fn run(
     recorder.record().path = Some(decoded.target.path.clone());
 
     if crate::oauth::is_oauth_path(decoded.parts.uri.path()) {
+        store_answers(gateway)?;
         return crate::oauth::serve(
             gateway,
             conn,
@@ -293,6 +309,9 @@ async fn run(
         record.classification = Some(context.route.classification.as_str().to_string());
     }
 
+    // Fail closed: a replica whose shared store is away (cluster mode) does
+    // not decide from snapshots older than `[store] max_staleness_ms` allows.
+    store_answers(gateway)?;
     // Fail closed: a request that cannot be recorded is not served, unless its
     // route says otherwise (and then its record says so).
     if !gateway.sink.writable() {
