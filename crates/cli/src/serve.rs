@@ -488,7 +488,10 @@ pub async fn run(
     };
     let cluster_resync = store.is_postgres().then(|| {
         tracing::info!("cluster mode: the store is PostgreSQL, shared with other replicas");
-        crate::cluster::spawn_resync(gateway.clone(), store.clone(), shutdown_rx.clone())
+        (
+            crate::cluster::spawn_resync(gateway.clone(), store.clone(), shutdown_rx.clone()),
+            crate::cluster::spawn_budget_sync(gateway.clone(), shutdown_rx.clone()),
+        )
     });
     let policy_watch = config.policy_watch.then(|| {
         tokio::spawn(policy_versions::watch_dir(
@@ -584,8 +587,13 @@ pub async fn run(
         let _ = data_plane.await;
         let _ = control_plane.await;
         let _ = budget_saver.await;
-        if let Some(task) = cluster_resync {
-            let _ = task.await;
+        if let Some((resync, budgets)) = cluster_resync {
+            let _ = resync.await;
+            let _ = budgets.await;
+            // The last counts, reported before the budgets are saved.
+            if let Err(e) = gateway.sync_budgets().await {
+                tracing::warn!(error = %e, "cannot report LLM budget counts at shutdown");
+            }
         }
         if let Err(e) = gateway.save_budgets().await {
             tracing::warn!(error = %e, "cannot save LLM budget counters at shutdown");

@@ -15,7 +15,9 @@ mod agent_keys;
 mod analytics;
 mod backend;
 mod cluster;
+mod shared_limits;
 pub use cluster::{CHANGES_CHANNEL, Change, ChangeListener, Heard, SingleUseKind};
+pub use shared_limits::{CounterDelta, RateLease};
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub use analytics::{AlertRow, QuarantineRow, RiskPoint};
