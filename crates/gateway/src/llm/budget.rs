@@ -535,6 +535,37 @@ mod tests {
     }
 
     #[test]
+    fn a_window_folds_in_the_shared_total_and_keeps_what_it_counted_since() {
+        let w = Window::default();
+        w.add(7, 3);
+        assert_eq!(w.unreported(), (7, 3));
+        // Reported 3; the store answers 10 (7 counted by other replicas);
+        // one more was counted here meanwhile.
+        w.add(7, 1);
+        w.absorb(7, 10, 3);
+        assert_eq!((w.count(7), w.unreported()), (11, (7, 1)));
+        // A read of the others' counts: 3 more elsewhere.
+        w.absorb(7, 13, 0);
+        assert_eq!(w.count(7), 14);
+        // An older answer changes nothing.
+        w.absorb(7, 12, 0);
+        assert_eq!(w.count(7), 14);
+        // A later window starts from its total; the old one counts zero.
+        w.absorb(8, 5, 0);
+        assert_eq!((w.count(8), w.count(7)), (5, 0));
+        // Spent by the others: this replica refuses too.
+        let b = Budgets::default();
+        let c = b.counters("llm", "bot");
+        let (minute, _) = windows(T0);
+        c.requests_minute.absorb(minute, 2, 0);
+        let l = limits(Some(2), None, None, None);
+        assert_eq!(
+            b.admit(&l, &c, T0).unwrap_err().limit,
+            "requests_per_minute"
+        );
+    }
+
+    #[test]
     fn concurrent_admission_never_exceeds_the_limit() {
         let b = Arc::new(Budgets::default());
         let l = limits(Some(1000), None, None, None);
