@@ -20,6 +20,10 @@
 //! When the database answers again, the heartbeat re-reads all shared state
 //! before it reports the store up, so no request is decided from a snapshot
 //! that missed changes made during the outage.
+//!
+//! `@rate` limits lease their tokens from the database on the request path
+//! (`portcullis_gateway::rate_limit`); LLM budgets are reported and read
+//! back every `SYNC_INTERVAL` by a task of their own ([`spawn_budget_sync`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -202,10 +206,44 @@ async fn refresh(gateway: &Gateway, change: Change) {
                 .map(|e| e.to_string()),
             None => None,
         },
+        Change::Tools => match gateway.mcp_pins() {
+            Some(pins) => pins.resync().await.err().map(|e| e.to_string()),
+            None => None,
+        },
+        Change::Secrets => match gateway.vault() {
+            Some(vault) => vault.resync().await.err().map(|e| e.to_string()),
+            None => None,
+        },
     };
     if let Some(error) = failed {
         tracing::warn!(change = change.as_str(), %error, "cluster: cannot re-read a change from the shared store");
     }
+}
+
+/// Reports this replica's LLM budget counts and reads the others' every
+/// [`portcullis_gateway::llm::budget::SYNC_INTERVAL`], until `stop`. A
+/// failure is logged (once until it recovers) and retried at the next tick.
+pub(crate) fn spawn_budget_sync(
+    gateway: Arc<Gateway>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tokio::time::sleep(portcullis_gateway::llm::budget::SYNC_INTERVAL) => {}
+            }
+            match gateway.sync_budgets().await {
+                Ok(()) => failing = false,
+                Err(e) if !failing => {
+                    failing = true;
+                    tracing::warn!(error = %e, "cluster: cannot share LLM budget counts; each replica counts alone until the store answers");
+                }
+                Err(_) => {}
+            }
+        }
+    })
 }
 
 async fn purge(store: &Store) {
@@ -215,6 +253,14 @@ async fn purge(store: &Store) {
         .as_secs() as i64;
     if let Err(e) = store.purge_single_use(now).await {
         tracing::warn!(error = %e, "cluster: cannot purge expired single-use keys");
+    }
+    // Rate cells full again for an hour; budget counters of windows two
+    // days past (a day window is written to until it ends).
+    if let Err(e) = store
+        .purge_shared_limits((now - 3_600) * 1_000_000, (now - 2 * 86_400) * 1_000)
+        .await
+    {
+        tracing::warn!(error = %e, "cluster: cannot purge idle shared limits");
     }
 }
 

@@ -537,6 +537,7 @@ pub async fn run(
         (
             crate::cluster::spawn_resync(gateway.clone(), store.clone(), shutdown_rx.clone()),
             crate::cluster::spawn_heartbeat(gateway.clone(), store.clone(), shutdown_rx.clone()),
+            crate::cluster::spawn_budget_sync(gateway.clone(), shutdown_rx.clone()),
         )
     });
     let policy_watch = config.policy_watch.then(|| {
@@ -641,9 +642,14 @@ pub async fn run(
         let _ = data_plane.await;
         let _ = control_plane.await;
         let _ = budget_saver.await;
-        if let Some((resync, heartbeat)) = cluster_resync {
+        if let Some((resync, heartbeat, budgets)) = cluster_resync {
             let _ = resync.await;
             let _ = heartbeat.await;
+            let _ = budgets.await;
+            // The last counts, reported before the budgets are saved.
+            if let Err(e) = gateway.sync_budgets().await {
+                tracing::warn!(error = %e, "cannot report LLM budget counts at shutdown");
+            }
         }
         if let Err(e) = gateway.save_budgets().await {
             tracing::warn!(error = %e, "cannot save LLM budget counters at shutdown");

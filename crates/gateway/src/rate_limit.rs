@@ -6,14 +6,29 @@
 //! cell (the write lock only when an agent first meets a policy). Up to `N`
 //! requests may come at once; after that they are spaced `period / N` apart.
 //! Nothing touches the disk; limits restart empty with the process.
+//!
+//! In cluster mode (a PostgreSQL store) the cell lives in the database, one
+//! for every replica, and a replica leases its tokens in small blocks
+//! ([`SharedRates`]): a request spends a leased token without any IO, and
+//! waits on one round trip only when its replica holds none (the first
+//! request of an agent, or once the lease ran dry faster than the
+//! background refill). Precision: each replica holds at most [`block`]
+//! unspent tokens (`B`), so with `R` replicas a limit of `N` per period
+//! admits at most `N + R·B` in any period (a token leased in one period and
+//! spent in the next), and at least `N − R·B` in a burst (tokens leased
+//! but not spent yet). `B` is 1 below `N = 128`, so small limits are exact
+//! up to the tokens leased ahead; a leased token unspent after one period
+//! is dropped (time frees it in the shared cell). A store that does not
+//! answer refuses (fail closed), with a one-second retry hint.
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use portcullis_policy::Rate;
+use portcullis_store::Store;
 
 const SHARDS: usize = 16;
 
@@ -26,6 +41,8 @@ pub struct RateLimiter {
     epoch: Instant,
     hasher: std::collections::hash_map::RandomState,
     shards: [RwLock<Shard>; SHARDS],
+    /// Cluster mode: the cells are shared through the store instead.
+    shared: Option<SharedRates>,
 }
 
 #[derive(Debug)]
@@ -41,11 +58,33 @@ impl Default for RateLimiter {
             epoch: Instant::now(),
             hasher: Default::default(),
             shards: std::array::from_fn(|_| RwLock::new(HashMap::new())),
+            shared: None,
         }
     }
 }
 
 impl RateLimiter {
+    /// Limits shared with every replica on `store` (cluster mode).
+    pub fn shared(store: Store) -> Self {
+        RateLimiter {
+            shared: Some(SharedRates {
+                store,
+                leases: Default::default(),
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// Admits one request of `agent` under `policy`'s `rate`, or says how
+    /// long to wait: in this process, or in cluster mode for every replica
+    /// together (see the module documentation for the precision).
+    pub async fn admit(&self, policy: &str, agent: &str, rate: Rate) -> Result<(), Duration> {
+        match &self.shared {
+            None => self.check(policy, agent, rate),
+            Some(shared) => shared.admit(policy, agent, rate).await,
+        }
+    }
+
     /// Admits one request of `agent` under `policy`'s `rate`, or says how
     /// long to wait.
     pub fn check(&self, policy: &str, agent: &str, rate: Rate) -> Result<(), Duration> {
@@ -109,6 +148,149 @@ impl RateLimiter {
         }
         cell.clone()
     }
+}
+
+/// How many tokens a replica leases at once for a limit of `count`: one for
+/// small limits (precise), more for large ones so that a busy agent costs
+/// one round trip per block, not per request.
+pub fn block(count: u32) -> u32 {
+    (count / 64).clamp(1, 64)
+}
+
+/// The cells of every replica, leased from the store (cluster mode).
+#[derive(Debug)]
+struct SharedRates {
+    store: Store,
+    leases: Mutex<HashMap<String, Arc<Mutex<Lease>>>>,
+}
+
+/// The tokens one replica holds of one shared cell.
+#[derive(Debug, Default)]
+struct Lease {
+    /// Leased, not spent.
+    tokens: u32,
+    /// When they were leased: after one period they are dropped.
+    leased_at: Option<Instant>,
+    /// The shared cell has no token before this (the store said so).
+    blocked_until: Option<Instant>,
+    /// A background lease is under way.
+    refilling: bool,
+}
+
+impl Lease {
+    /// Spends one held token; `None` when there is none to spend.
+    fn spend(&mut self, now: Instant, per: Duration) -> Option<()> {
+        if self
+            .leased_at
+            .is_some_and(|at| now.saturating_duration_since(at) > per)
+        {
+            self.tokens = 0;
+        }
+        self.tokens = self.tokens.checked_sub(1)?;
+        Some(())
+    }
+
+    /// Adds what the store granted at `now`; on nothing, blocks until the
+    /// next token frees.
+    fn add(&mut self, granted: &portcullis_store::RateLease, now: Instant) {
+        if granted.granted > 0 {
+            self.tokens += granted.granted;
+            self.leased_at = Some(now);
+            self.blocked_until = None;
+        } else {
+            self.blocked_until = Some(now + Duration::from_micros(granted.wait_us.max(1) as u64));
+        }
+    }
+}
+
+/// A poisoned lease (a panic elsewhere) is still a lease: its counts stay
+/// consistent under the lock.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The shared cell's name: policy, agent and rate (a new rate, a new cell).
+/// Separated by a character names cannot hold and PostgreSQL text can.
+fn shared_key(policy: &str, agent: &str, rate: Rate) -> String {
+    format!(
+        "{policy}\u{1f}{agent}\u{1f}{}/{}",
+        rate.count,
+        rate.per.as_secs()
+    )
+}
+
+fn micros(d: Duration) -> i64 {
+    d.as_micros().min(i64::MAX as u128) as i64
+}
+
+fn epoch_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(micros)
+        .unwrap_or_default()
+}
+
+impl SharedRates {
+    async fn admit(&self, policy: &str, agent: &str, rate: Rate) -> Result<(), Duration> {
+        let key = shared_key(policy, agent, rate);
+        let lease = lock(&self.leases).entry(key.clone()).or_default().clone();
+        let now = Instant::now();
+        {
+            let mut held = lock(&lease);
+            if held.spend(now, rate.per).is_some() {
+                // The last token spent: lease the next block in the
+                // background, so that the next request finds it here.
+                if held.tokens == 0 && !held.refilling {
+                    held.refilling = true;
+                    let (store, lease, key) = (self.store.clone(), lease.clone(), key.clone());
+                    tokio::spawn(async move {
+                        let granted = lease_from(&store, &key, rate).await;
+                        let mut held = lock(&lease);
+                        held.refilling = false;
+                        if let Ok(granted) = granted {
+                            held.add(&granted, Instant::now());
+                        }
+                    });
+                }
+                return Ok(());
+            }
+            if let Some(until) = held.blocked_until
+                && until > now
+            {
+                return Err(until - now);
+            }
+        }
+        // Nothing held: this request waits on one lease.
+        match lease_from(&self.store, &key, rate).await {
+            Ok(granted) => {
+                let mut held = lock(&lease);
+                held.add(&granted, Instant::now());
+                match granted.granted {
+                    0 => Err(Duration::from_micros(granted.wait_us.max(1) as u64)),
+                    _ => {
+                        held.tokens -= 1;
+                        Ok(())
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: cannot lease a shared rate limit; refusing");
+                Err(Duration::from_secs(1))
+            }
+        }
+    }
+}
+
+async fn lease_from(
+    store: &Store,
+    key: &str,
+    rate: Rate,
+) -> Result<portcullis_store::RateLease, portcullis_store::StoreError> {
+    let period = micros(rate.per);
+    let interval = period / i64::from(rate.count.max(1));
+    store
+        .lease_rate(key, epoch_micros(), interval, period, block(rate.count))
+        .await
 }
 
 #[cfg(test)]

@@ -297,7 +297,11 @@ impl Gateway {
             streams,
             budgets,
             last_seen,
-            rate_limiter: Default::default(),
+            rate_limiter: if parts.store.is_postgres() {
+                crate::rate_limit::RateLimiter::shared(parts.store.clone())
+            } else {
+                Default::default()
+            },
             attempts: crate::attempts::AttemptThrottle::new(config.attempts.clone()),
             approvals: parts.approvals,
             mcp,
@@ -424,6 +428,11 @@ impl Gateway {
             });
         }
         Ok(())
+    }
+
+    /// The vault, when a key-encryption key is configured.
+    pub fn vault(&self) -> Option<&Arc<Vault>> {
+        self.vault.as_ref()
     }
 
     /// The MCP adapter's tool pins; `None` without MCP routes.
@@ -566,6 +575,18 @@ impl Gateway {
             self.budgets.mark_dirty(&rows);
             return Err(e.into());
         }
+        Ok(())
+    }
+
+    /// Cluster mode: reports this replica's LLM budget counts to the shared
+    /// counters and reads every replica's back (`llm::budget`). Off the
+    /// request path: `serve` runs it every `SYNC_INTERVAL`.
+    pub async fn sync_budgets(&self) -> Result<(), GatewayError> {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or_default();
+        self.budgets.sync(&self.store, now_ms).await?;
         Ok(())
     }
 

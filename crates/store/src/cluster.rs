@@ -18,13 +18,22 @@ const CLUSTER_MIGRATIONS_TABLE: &str = "_portcullis_cluster_migrations";
 
 /// The cluster-only migrations, applied after the numbered ones.
 pub(crate) fn cluster_migrator() -> Migrator {
-    let mut migrator = Migrator::with_migrations(vec![Migration::new(
-        1,
-        Cow::Borrowed("single_use"),
-        MigrationType::Simple,
-        include_str!("../migrations/postgres/cluster/0001_single_use.sql").into_sql_str(),
-        false,
-    )]);
+    let mut migrator = Migrator::with_migrations(vec![
+        Migration::new(
+            1,
+            Cow::Borrowed("single_use"),
+            MigrationType::Simple,
+            include_str!("../migrations/postgres/cluster/0001_single_use.sql").into_sql_str(),
+            false,
+        ),
+        Migration::new(
+            18,
+            Cow::Borrowed("shared_limits"),
+            MigrationType::Simple,
+            include_str!("../migrations/postgres/cluster/0018_shared_limits.sql").into_sql_str(),
+            false,
+        ),
+    ]);
     migrator.dangerous_set_table_name(CLUSTER_MIGRATIONS_TABLE);
     migrator
 }
@@ -113,6 +122,10 @@ pub enum Change {
     Approvals,
     /// An agent was quarantined by analytics, or released.
     Quarantine,
+    /// An MCP tool definition was approved (its pin).
+    Tools,
+    /// A vault secret was stored, rotated, reconfigured or deleted.
+    Secrets,
 }
 
 impl Change {
@@ -124,16 +137,20 @@ impl Change {
             Change::Policy => "policy",
             Change::Approvals => "approvals",
             Change::Quarantine => "quarantine",
+            Change::Tools => "tools",
+            Change::Secrets => "secrets",
         }
     }
 
     /// Every kind, for a full resync.
-    pub const ALL: [Change; 5] = [
+    pub const ALL: [Change; 7] = [
         Change::Agents,
         Change::Revocations,
         Change::Policy,
         Change::Approvals,
         Change::Quarantine,
+        Change::Tools,
+        Change::Secrets,
     ];
 
     /// The change a payload names; `None` for one this build does not know
@@ -339,7 +356,7 @@ impl Candidate {
     }
 }
 
-fn cluster_only() -> StoreError {
+pub(crate) fn cluster_only() -> StoreError {
     StoreError::Invalid("shared single-use state exists only in cluster mode (PostgreSQL)".into())
 }
 

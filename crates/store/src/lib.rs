@@ -16,10 +16,12 @@ mod analytics;
 mod backend;
 mod cluster;
 mod health;
+mod shared_limits;
 pub use cluster::{
     CHANGES_CHANNEL, Candidate, Change, ChangeListener, Heard, KeyCheck, LeaderRole, SingleUseKind,
 };
 pub use health::StoreHealth;
+pub use shared_limits::{CounterDelta, RateLease};
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub use analytics::{AlertRow, QuarantineRow, RiskPoint};

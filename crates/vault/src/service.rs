@@ -384,6 +384,28 @@ impl Vault {
         self.state.load().secrets.contains_key(name)
     }
 
+    /// Re-reads the secrets and transit keys from the store and forgets
+    /// every decrypted value (cluster mode: a change made through another
+    /// replica, announced or found by the periodic resync).
+    pub async fn resync(&self) -> Result<(), VaultError> {
+        self.reload().await?;
+        self.cache.clear();
+        Ok(())
+    }
+
+    /// Tells the other replicas (cluster mode; nothing on one node) that the
+    /// secrets changed. After the commit; a lost notification is caught by
+    /// their periodic resync, so it is logged, not returned.
+    async fn announce(&self) {
+        if let Err(e) = self
+            .store
+            .notify_change(portcullis_store::Change::Secrets)
+            .await
+        {
+            tracing::warn!(error = %e, "cluster: cannot announce a vault change; other replicas read it at their next resync");
+        }
+    }
+
     async fn reload(&self) -> Result<(), VaultError> {
         let _guard = self.reload_lock.lock().await;
         let mut state = State::default();
@@ -511,6 +533,7 @@ impl Vault {
                 other => other.into(),
             })?;
         self.reload().await?;
+        self.announce().await;
         self.info(name, now).await
     }
 
@@ -598,6 +621,7 @@ impl Vault {
             })?;
         self.reload().await?;
         self.cache.remove(name);
+        self.announce().await;
         self.info(name, now).await
     }
 
@@ -611,6 +635,7 @@ impl Vault {
         self.store.delete_secret(name).await?;
         self.reload().await?;
         self.cache.remove(name);
+        self.announce().await;
         Ok(())
     }
 

@@ -20,6 +20,20 @@
 //! to the store every few seconds and at shutdown (see
 //! [`Budgets::dirty_days`]), and start-up restores the current day's
 //! ([`Budgets::restore_day`]). Minute counters start at zero after a restart.
+//!
+//! In cluster mode (a PostgreSQL store) the windows count every replica's
+//! requests and tokens. The request path is unchanged (it reads and
+//! charges the local atomics); a background task ([`Budgets::sync`], every
+//! [`SYNC_INTERVAL`]) adds what this replica counted since its last report
+//! to the shared counters and folds the totals back in, with the counts
+//! other replicas reported lately. So a window here is "every replica's
+//! count as of the last sync, plus what this replica counted since".
+//! Precision: a replica learns of the others' requests within one sync
+//! interval plus a round trip (~100–150 ms), so a limit of `N` across `R`
+//! replicas admits at most `N` plus what the other `R − 1` replicas admit
+//! in that lag; a budget spent on one replica is refused on every other
+//! within it. A store that does not answer leaves each replica counting
+//! its own share until it answers again (logged).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -30,11 +44,60 @@ use super::config::BudgetConfig;
 const SHARDS: usize = 16;
 const COUNT_MASK: u64 = 0xffff_ffff;
 
-/// One fixed window: `window << 32 | count`.
+/// How often a replica reports its counts and reads the others' (cluster
+/// mode).
+pub const SYNC_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// One fixed window: `window << 32 | count`. In cluster mode, `.1` is the
+/// part of the count that is every replica's total as last read from the
+/// store (same encoding); the rest was counted here since.
 #[derive(Debug, Default)]
-struct Window(AtomicU64);
+struct Window(AtomicU64, AtomicU64);
 
 impl Window {
+    /// What this replica counted since its last report: (window, delta).
+    fn unreported(&self) -> (u64, u64) {
+        let v = self.0.load(Ordering::Acquire);
+        let base = self.1.load(Ordering::Acquire);
+        let reported = if base >> 32 == v >> 32 {
+            base & COUNT_MASK
+        } else {
+            0
+        };
+        (v >> 32, (v & COUNT_MASK).saturating_sub(reported))
+    }
+
+    /// Folds in `total`, every replica's count of `window` as the store
+    /// answered it after this replica reported `reported` of its own (0
+    /// for a plain read): the window becomes the total plus what was
+    /// counted here since, never less than it was. Only the sync task
+    /// calls this, so `.1` has one writer.
+    fn absorb(&self, window: u64, total: u64, reported: u64) {
+        let base = self.1.load(Ordering::Acquire);
+        let known = if base >> 32 == window {
+            base & COUNT_MASK
+        } else {
+            0
+        };
+        if base >> 32 > window || total < known {
+            return; // An older window, or an older answer.
+        }
+        let total = total.min(COUNT_MASK);
+        let _ = self
+            .0
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                let here = v >> 32;
+                if here > window {
+                    return None;
+                }
+                let count = if here == window { v & COUNT_MASK } else { 0 };
+                // Counted here and not in `total`: what was not reported.
+                let unreported = count.saturating_sub(known + reported);
+                Some(window << 32 | total.saturating_add(unreported).min(COUNT_MASK))
+            });
+        self.1.store(window << 32 | total, Ordering::Release);
+    }
+
     fn count(&self, window: u64) -> u64 {
         let v = self.0.load(Ordering::Acquire);
         if v >> 32 == window { v & COUNT_MASK } else { 0 }
@@ -79,6 +142,25 @@ pub struct Counters {
     tokens_day: Window,
     /// Set when a day counter changed since the last write to the store.
     dirty: AtomicBool,
+    /// Set when a window changed since the last report (cluster mode).
+    unreported: AtomicBool,
+}
+
+impl Counters {
+    fn windows(&self) -> [(&'static str, &Window); 4] {
+        [
+            ("rm", &self.requests_minute),
+            ("rd", &self.requests_day),
+            ("tm", &self.tokens_minute),
+            ("td", &self.tokens_day),
+        ]
+    }
+
+    fn window(&self, kind: &str) -> Option<&Window> {
+        self.windows()
+            .into_iter()
+            .find_map(|(k, w)| (k == kind).then_some(w))
+    }
 }
 
 impl Counters {
@@ -91,6 +173,7 @@ impl Counters {
         self.tokens_minute.add(minute, tokens);
         self.tokens_day.add(day, tokens);
         self.dirty.store(true, Ordering::Release);
+        self.unreported.store(true, Ordering::Release);
     }
 }
 
@@ -135,19 +218,34 @@ fn key(route: &str, agent: &str) -> String {
     k
 }
 
+/// The shared counter of one window: route, agent, which window
+/// (`rm`, `rd`, `tm`, `td`), separated by a character names cannot hold.
+fn shared_key(route: &str, agent: &str, kind: &str) -> String {
+    format!("{route}\u{1f}{agent}\u{1f}{kind}")
+}
+
 /// Every agent's counters, sharded by (route, agent).
 #[derive(Debug)]
 pub struct Budgets {
     shards: Vec<RwLock<HashMap<String, Arc<Counters>>>>,
+    /// Cluster mode: when the last read of the others' counts started
+    /// (epoch milliseconds; 0 before the first, which reads them all).
+    read_since_ms: AtomicU64,
 }
 
 impl Default for Budgets {
     fn default() -> Self {
         Budgets {
             shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            read_since_ms: AtomicU64::new(0),
         }
     }
 }
+
+/// How far back a read of the others' counts reaches before the last one
+/// started: replicas' clocks differ, and a report commits after it is
+/// stamped.
+const READ_OVERLAP_MS: u64 = 2_000;
 
 impl Budgets {
     fn shard(&self, key: &str) -> &RwLock<HashMap<String, Arc<Counters>>> {
@@ -220,6 +318,7 @@ impl Budgets {
             counters.requests_day.add(day, 1);
         }
         counters.dirty.store(true, Ordering::Release);
+        counters.unreported.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -259,6 +358,80 @@ impl Budgets {
             }
         }
         out
+    }
+
+    /// Cluster mode: reports what this replica counted since the last call
+    /// to the shared counters and folds back every replica's totals, then
+    /// reads the counts other replicas reported lately. Off the request
+    /// path (see [`SYNC_INTERVAL`]).
+    pub async fn sync(
+        &self,
+        store: &portcullis_store::Store,
+        now_ms: i64,
+    ) -> Result<(), portcullis_store::StoreError> {
+        let mut reports = Vec::new();
+        let mut deltas = Vec::new();
+        for shard in &self.shards {
+            let entries: Vec<(String, Arc<Counters>)> = match shard.read() {
+                Ok(map) => map.iter().map(|(k, c)| (k.clone(), c.clone())).collect(),
+                Err(_) => continue,
+            };
+            for (key, c) in entries {
+                if !c.unreported.swap(false, Ordering::AcqRel) {
+                    continue;
+                }
+                let (route, agent) = key.split_once('\0').unwrap_or((&key, ""));
+                for (kind, window) in c.windows() {
+                    let (win, delta) = window.unreported();
+                    if delta > 0 {
+                        deltas.push(portcullis_store::CounterDelta {
+                            key: shared_key(route, agent, kind),
+                            win: win as i64,
+                            delta: delta as i64,
+                        });
+                        reports.push((c.clone(), kind, win, delta));
+                    }
+                }
+            }
+        }
+        if !deltas.is_empty() {
+            match store.add_counters(&deltas, now_ms).await {
+                Ok(totals) => {
+                    for ((c, kind, win, delta), total) in reports.iter().zip(totals) {
+                        if let Some(w) = c.window(kind) {
+                            w.absorb(*win, total.max(0) as u64, *delta);
+                        }
+                    }
+                }
+                Err(e) => {
+                    for (c, ..) in &reports {
+                        c.unreported.store(true, Ordering::Release);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        let since = self.read_since_ms.load(Ordering::Acquire);
+        let from = if since == 0 {
+            0
+        } else {
+            since.saturating_sub(READ_OVERLAP_MS) as i64
+        };
+        // Today's windows and later: a day's number is below every minute's.
+        let today = now_ms.max(0) / 86_400_000;
+        for (key, win, total) in store.counters_since(from, today).await? {
+            let mut parts = key.splitn(3, '\u{1f}');
+            let (Some(route), Some(agent), Some(kind)) = (parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            if let Some(w) = self.counters(route, agent).window(kind) {
+                w.absorb(win.max(0) as u64, total.max(0) as u64, 0);
+            }
+        }
+        self.read_since_ms
+            .store(now_ms.max(1) as u64, Ordering::Release);
+        Ok(())
     }
 
     /// Marks the counters in `rows` as changed again (their write failed).
@@ -359,6 +532,37 @@ mod tests {
         let tomorrow = Budgets::default();
         tomorrow.restore_day(&rows, T0 + 86_400);
         assert!(tomorrow.dirty_days(T0 + 86_400).is_empty());
+    }
+
+    #[test]
+    fn a_window_folds_in_the_shared_total_and_keeps_what_it_counted_since() {
+        let w = Window::default();
+        w.add(7, 3);
+        assert_eq!(w.unreported(), (7, 3));
+        // Reported 3; the store answers 10 (7 counted by other replicas);
+        // one more was counted here meanwhile.
+        w.add(7, 1);
+        w.absorb(7, 10, 3);
+        assert_eq!((w.count(7), w.unreported()), (11, (7, 1)));
+        // A read of the others' counts: 3 more elsewhere.
+        w.absorb(7, 13, 0);
+        assert_eq!(w.count(7), 14);
+        // An older answer changes nothing.
+        w.absorb(7, 12, 0);
+        assert_eq!(w.count(7), 14);
+        // A later window starts from its total; the old one counts zero.
+        w.absorb(8, 5, 0);
+        assert_eq!((w.count(8), w.count(7)), (5, 0));
+        // Spent by the others: this replica refuses too.
+        let b = Budgets::default();
+        let c = b.counters("llm", "bot");
+        let (minute, _) = windows(T0);
+        c.requests_minute.absorb(minute, 2, 0);
+        let l = limits(Some(2), None, None, None);
+        assert_eq!(
+            b.admit(&l, &c, T0).unwrap_err().limit,
+            "requests_per_minute"
+        );
     }
 
     #[test]

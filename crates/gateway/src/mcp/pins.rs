@@ -72,7 +72,7 @@ impl PinState {
 /// The pins of every MCP route.
 pub struct ToolPins {
     pins: ArcSwap<HashMap<(String, String), Pin>>,
-    #[cfg(test)]
+    /// Where approvals are read back from (cluster mode: another replica's).
     store: Store,
     /// Rows for the writer task, which stores them one after another, so the
     /// store ends with the latest definition even when two change quickly.
@@ -229,7 +229,6 @@ impl ToolPins {
         });
         Ok(ToolPins {
             pins: ArcSwap::from_pointee(pins),
-            #[cfg(test)]
             store,
             writes,
             detector,
@@ -321,8 +320,39 @@ impl ToolPins {
         state
     }
 
-    /// Takes an admin's approval (already stored) into force.
+    /// Re-reads the approvals from the store (cluster mode: one made through
+    /// another replica). Only the approved digest is taken: the definition
+    /// this replica last saw stays what it compares against, so a tool
+    /// whose server changed it since is still blocked here.
+    pub async fn resync(&self) -> Result<(), StoreError> {
+        let rows = self.store.mcp_tools().await?;
+        self.pins.rcu(|pins| {
+            let mut pins = HashMap::clone(pins);
+            for r in &rows {
+                let pin = pins
+                    .entry((r.route.clone(), r.name.clone()))
+                    .or_insert_with(|| Pin {
+                        approved: None,
+                        seen: r.seen_digest.clone(),
+                    });
+                pin.approved = r.approved_digest.clone();
+            }
+            pins
+        });
+        Ok(())
+    }
+
+    /// Takes an admin's approval (already stored) into force, and tells the
+    /// other replicas (cluster mode) to re-read it.
     pub fn approved(&self, route: &str, tool: &str, digest: &str) {
+        let store = self.store.clone();
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                if let Err(e) = store.notify_change(portcullis_store::Change::Tools).await {
+                    tracing::warn!(error = %e, "cluster: cannot announce a tool approval; other replicas read it at their next resync");
+                }
+            });
+        }
         let key = (route.to_string(), tool.to_string());
         self.pins.rcu(|pins| {
             let mut pins = HashMap::clone(pins);

@@ -306,7 +306,8 @@ async fn obligations(
         if let Err(wait) = ex
             .gateway
             .rate_limiter
-            .check(policy, &ex.identity.agent, *rate)
+            .admit(policy, &ex.identity.agent, *rate)
+            .await
         {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             return Err(Denial {
