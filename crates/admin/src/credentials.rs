@@ -3,9 +3,19 @@
 //! snapshot, reloaded after every change the admin API makes, so a revoked or
 //! rotated token is refused by the very next request. Authentication is a
 //! hash and a map lookup under a read lock never held across IO.
+//!
+//! Besides the stored credentials: the credentials of console sessions that
+//! logged in at an OIDC issuer. A human who logs in that way holds no admin
+//! token; the console mints one for the session, kept only here (never in
+//! the store, never sent to the browser), with the role `[[admin.oidc_roles]]`
+//! gave the human and their name, so every call the console makes for them
+//! goes through the admin API's own authentication and audit. It ends at
+//! logout or after the console's absolute session lifetime, and with the
+//! process.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use portcullis_store::{AdminTokenRow, Store, StoreError};
 
@@ -26,13 +36,22 @@ pub struct AdminIdentity {
     pub name: String,
     /// What it may do.
     pub role: Role,
+    /// The OIDC issuer a console login came through; `None` for a stored
+    /// credential (a token).
+    pub login: Option<String>,
 }
 
 /// The live credentials, by SHA-256 of their token.
 #[derive(Debug, Default)]
 pub struct AdminCredentials {
     by_hash: RwLock<HashMap<String, Arc<AdminIdentity>>>,
+    /// Console sessions of humans logged in at an OIDC issuer: their
+    /// minted credential's hash, identity and end.
+    logins: RwLock<HashMap<String, (Arc<AdminIdentity>, Instant)>>,
 }
+
+/// Live OIDC console logins at most (the console keeps as many sessions).
+const MAX_LOGINS: usize = 256;
 
 impl AdminCredentials {
     /// Loads the live credentials from the store.
@@ -56,6 +75,7 @@ impl AdminCredentials {
                             id: row.id,
                             name: row.name,
                             role,
+                            login: None,
                         }),
                     );
                 }
@@ -72,11 +92,55 @@ impl AdminCredentials {
     /// token's SHA-256, so timing reveals nothing about stored tokens.
     pub fn authenticate(&self, presented: &str) -> Option<Arc<AdminIdentity>> {
         let digest = hash_token(presented);
-        self.by_hash
+        let stored = self
+            .by_hash
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(&digest)
-            .cloned()
+            .cloned();
+        stored.or_else(|| {
+            self.logins
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .get(&digest)
+                .filter(|(_, until)| Instant::now() < *until)
+                .map(|(identity, _)| Arc::clone(identity))
+        })
+    }
+
+    /// Mints the credential of a console session of a human who logged in
+    /// at OIDC issuer `issuer`, named `name` with `role`, valid for
+    /// `lifetime` or until [`end_login`](Self::end_login). The token is
+    /// returned once and kept here only by its hash.
+    pub fn add_login(&self, name: &str, issuer: &str, role: Role, lifetime: Duration) -> String {
+        let token = new_token();
+        let identity = AdminIdentity {
+            id: format!("oidc-login:{}", portcullis_core::RequestId::new()),
+            name: name.to_string(),
+            role,
+            login: Some(issuer.to_string()),
+        };
+        let now = Instant::now();
+        let mut logins = self.logins.write().unwrap_or_else(|e| e.into_inner());
+        logins.retain(|_, (_, until)| now < *until);
+        if logins.len() >= MAX_LOGINS
+            && let Some(oldest) = logins
+                .iter()
+                .min_by_key(|(_, (_, until))| *until)
+                .map(|(k, _)| k.clone())
+        {
+            logins.remove(&oldest);
+        }
+        logins.insert(hash_token(&token), (Arc::new(identity), now + lifetime));
+        token
+    }
+
+    /// Ends a console login's credential (logout).
+    pub fn end_login(&self, token: &str) {
+        self.logins
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&hash_token(token));
     }
 
     /// One live credential (unit tests of the credential's users).
@@ -86,9 +150,11 @@ impl AdminCredentials {
             id: "test".into(),
             name: "test".into(),
             role,
+            login: None,
         };
         AdminCredentials {
             by_hash: RwLock::new(HashMap::from([(hash_token(token), Arc::new(identity))])),
+            logins: RwLock::default(),
         }
     }
 
@@ -169,5 +235,32 @@ mod tests {
         credentials.reload(&store).await.unwrap();
         assert!(credentials.authenticate(&ops_token).is_none());
         assert_eq!(credentials.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn oidc_logins_outlive_reloads_and_end_at_logout_or_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_sqlite(&dir.path().join("db")).await.unwrap();
+        let credentials = AdminCredentials::load(&store).await.unwrap();
+        let token = credentials.add_login(
+            "oidc:alice@x",
+            "https://idp",
+            Role::Approver,
+            Duration::from_secs(60),
+        );
+        let me = credentials.authenticate(&token).unwrap();
+        assert_eq!(
+            (me.name.as_str(), me.role, me.login.as_deref()),
+            ("oidc:alice@x", Role::Approver, Some("https://idp"))
+        );
+        credentials.reload(&store).await.unwrap();
+        assert!(
+            credentials.authenticate(&token).is_some(),
+            "not stored, still live"
+        );
+        credentials.end_login(&token);
+        assert!(credentials.authenticate(&token).is_none());
+        let short = credentials.add_login("b", "https://idp", Role::Owner, Duration::ZERO);
+        assert!(credentials.authenticate(&short).is_none(), "expired");
     }
 }

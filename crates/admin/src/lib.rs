@@ -37,6 +37,7 @@ mod vault_api;
 
 pub use api::{AdminState, DEFAULT_CERT_TTL, RemoteAddr, ShuttingDown, router};
 pub use auth::{hash_token, new_token};
+pub use console::ConsoleLogin;
 pub use credentials::{AdminCredentials, AdminIdentity, BOOTSTRAP_NAME, ensure_bootstrap};
 pub use mfa::{MfaKeys, TOTP_HEADER, USER_HEADER};
 pub use roles::{Permission, ROLES, Role};

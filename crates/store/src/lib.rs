@@ -215,6 +215,11 @@ fn migrator() -> Migrator {
             "oauth_authorization",
             include_str!("../migrations/0017_oauth_authorization.sql"),
         ),
+        migration(
+            22,
+            "oauth_federated_users",
+            include_str!("../migrations/0022_oauth_federated_users.sql"),
+        ),
     ])
 }
 
@@ -267,6 +272,11 @@ fn postgres_migrator() -> Migrator {
         twin!(15, "transit_exportable", "0015_transit_exportable.sql"),
         twin!(16, "admin_roles", "0016_admin_roles.sql"),
         twin!(17, "oauth_authorization", "0017_oauth_authorization.sql"),
+        twin!(
+            22,
+            "oauth_federated_users",
+            "0022_oauth_federated_users.sql"
+        ),
     ])
 }
 

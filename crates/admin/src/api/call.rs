@@ -155,7 +155,10 @@ impl Call {
     /// ``admin token `ops` (operator)`` and how a human confirmed, if one did.
     pub(crate) fn credential_text(&self, approver: Option<&crate::mfa::Approver>) -> String {
         let mut text = match &self.admin {
-            Some(a) => format!("admin token `{}` ({})", a.name, a.role),
+            Some(a) => match &a.login {
+                Some(issuer) => format!("oidc login at `{issuer}` ({})", a.role),
+                None => format!("admin token `{}` ({})", a.name, a.role),
+            },
             None => "admin token".to_string(),
         };
         match approver {

@@ -46,6 +46,8 @@ pub struct AdminState {
     pub checkpointer: Arc<Checkpointer>,
     /// Seals admins' TOTP secrets; says whether MFA is always required.
     pub mfa: Arc<crate::mfa::MfaKeys>,
+    /// Console logins at OIDC issuers, when configured.
+    pub console_login: Option<Arc<crate::console::ConsoleLogin>>,
 }
 
 /// The admin API's routes under `/admin/v1`, before authentication is
@@ -114,6 +116,7 @@ pub fn router(state: AdminState) -> Router {
         .merge(crate::console::routes(
             crate::console::Api::new(internal),
             Arc::clone(&state.credentials),
+            state.console_login.clone(),
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

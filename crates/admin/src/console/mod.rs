@@ -25,6 +25,7 @@ mod diff;
 mod html;
 mod internal;
 mod live;
+mod oidc;
 mod pages;
 mod session;
 mod svg;
@@ -46,6 +47,7 @@ use portcullis_core::ErrorCode;
 use crate::api::{AdminState, Call, RemoteAddr};
 use crate::credentials::AdminCredentials;
 pub(crate) use internal::Api;
+pub use oidc::ConsoleLogin;
 use session::{
     ABSOLUTE_TIMEOUT, LOGIN_COOKIE, Permission, SESSION_COOKIE, SessionView, Sessions,
     clear_cookie, cookie, may, random_hex, same_token, set_cookie,
@@ -68,18 +70,27 @@ pub(crate) struct Console {
     /// The live admin credentials: a session lasts only while its
     /// credential does, with the credential's current role.
     credentials: Arc<AdminCredentials>,
+    /// Logging in at OIDC issuers, when configured.
+    login: Option<Arc<ConsoleLogin>>,
 }
 
 /// The console's routes; `api` is the admin API they call.
-pub(crate) fn routes(api: Api, credentials: Arc<AdminCredentials>) -> Router<AdminState> {
+pub(crate) fn routes(
+    api: Api,
+    credentials: Arc<AdminCredentials>,
+    oidc_login: Option<Arc<ConsoleLogin>>,
+) -> Router<AdminState> {
     let console = Arc::new(Console {
         sessions: Sessions::default(),
         api,
         credentials,
+        login: oidc_login,
     });
     Router::new()
         .route("/console", get(pages::overview))
         .route("/console/login", get(login_form).post(login))
+        .route("/console/login/oidc", get(oidc::start))
+        .route(oidc::CALLBACK_PATH, get(oidc::callback))
         .route("/console/logout", post(logout))
         .route("/console/events", get(live::events))
         .route("/console/agents", get(pages::agents))
@@ -288,9 +299,9 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for FormRequest {
     }
 }
 
-async fn login_form() -> Response {
+async fn login_form(Extension(console): Extension<Arc<Console>>) -> Response {
     let nonce = random_hex();
-    let mut response = html(StatusCode::OK, login_page(&nonce, None));
+    let mut response = html(StatusCode::OK, login_page(&console, &nonce, None));
     response.headers_mut().insert(
         header::SET_COOKIE,
         set_cookie(LOGIN_COOKIE, &nonce, std::time::Duration::from_secs(600)),
@@ -298,7 +309,7 @@ async fn login_form() -> Response {
     response
 }
 
-fn login_page(nonce: &str, error: Option<&str>) -> String {
+fn login_page(console: &Console, nonce: &str, error: Option<&str>) -> String {
     let error = error
         .map(|e| {
             format!(
@@ -313,12 +324,13 @@ fn login_page(nonce: &str, error: Option<&str>) -> String {
         None,
         None,
         &format!(
-            "{error}<form method=\"post\" action=\"/console/login\" class=\"login\">\
+            "{error}{}<form method=\"post\" action=\"/console/login\" class=\"login\">\
              <input type=\"hidden\" name=\"login_nonce\" value=\"{}\">\
              <label>Admin token <input type=\"password\" name=\"token\" autocomplete=\"off\" required autofocus></label>\
              <button type=\"submit\">Log in</button></form>\
              <p class=\"hint\">Paste the admin token (<code>admin.token</code> in the state directory). \
              It stays on the server for this session; the browser holds only a session cookie.</p>",
+            oidc::buttons(console.login.as_deref()),
             html::esc(nonce)
         ),
     )
@@ -370,7 +382,7 @@ async fn login(
         let nonce = random_hex();
         let mut response = html(
             StatusCode::UNAUTHORIZED,
-            login_page(&nonce, Some("that is not a valid admin token")),
+            login_page(&console, &nonce, Some("that is not a valid admin token")),
         );
         response.headers_mut().insert(
             header::SET_COOKIE,
@@ -400,6 +412,8 @@ async fn logout(
         Err(r) => return *r,
     };
     console.sessions.end(&form.session);
+    // An OIDC login's minted credential ends with its session.
+    console.credentials.end_login(&form.session.credential);
     call.done(&state.sink, "console.logout", "/console", 303);
     let mut response = see_other("/console/login");
     response

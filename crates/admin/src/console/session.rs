@@ -144,14 +144,30 @@ impl Sessions {
             return None;
         }
         let identity = credentials.authenticate(credential)?;
+        Some(self.open(Principal {
+            name: identity.name.clone(),
+            role: identity.role,
+            credential: Zeroizing::new(credential.to_string()),
+        }))
+    }
+
+    /// Opens the session of a human who logged in at an OIDC issuer, named
+    /// `name`, with `role` and the credential minted for the session
+    /// (`AdminCredentials::add_login`); returns the cookie value.
+    pub(crate) fn login_oidc(&self, name: &str, role: Role, credential: String) -> String {
+        self.open(Principal {
+            name: name.to_string(),
+            role,
+            credential: Zeroizing::new(credential),
+        })
+    }
+
+    /// Adds a session for `principal`; returns the cookie value.
+    fn open(&self, principal: Principal) -> String {
         let id = random_hex();
         let now = Instant::now();
         let session = Session {
-            principal: Principal {
-                name: identity.name.clone(),
-                role: identity.role,
-                credential: Zeroizing::new(credential.to_string()),
-            },
+            principal,
             csrf: random_hex(),
             created: now,
             last_seen: now,
@@ -168,7 +184,7 @@ impl Sessions {
             table.remove(&oldest);
         }
         table.insert(hash_token(&id), session);
-        Some(id)
+        id
     }
 
     /// The live session a request's cookie names, touching its idle timer.
@@ -339,6 +355,32 @@ mod tests {
         // Revoked (or rotated): the credential no longer authenticates.
         assert!(sessions.find(&h, &AdminCredentials::default()).is_none());
         assert!(sessions.find(&h, &approver).is_none(), "the session ended");
+    }
+
+    #[test]
+    fn an_oidc_session_acts_with_its_minted_credential_until_logout() {
+        let credentials = AdminCredentials::default();
+        let sessions = Sessions::default();
+        let token = credentials.add_login(
+            "oidc:alice@x",
+            "https://idp",
+            Role::Approver,
+            ABSOLUTE_TIMEOUT,
+        );
+        let id = sessions.login_oidc("oidc:alice@x", Role::Approver, token.clone());
+        let h = headers(&format!("{SESSION_COOKIE}={id}"));
+        let view = sessions.find(&h, &credentials).unwrap();
+        assert_eq!(
+            (view.name.as_str(), view.role),
+            ("oidc:alice@x", Role::Approver)
+        );
+        assert!(may(&view, Permission::DecideApprovals));
+        assert!(!may(&view, Permission::ManageAgents));
+        credentials.end_login(&token);
+        assert!(
+            sessions.find(&h, &credentials).is_none(),
+            "the credential ended"
+        );
     }
 
     #[test]
