@@ -132,8 +132,9 @@ pub struct Discovery {
 }
 
 /// Whether `url` is https, or http on a loopback host (the issuer in tests
-/// and on a developer's machine).
-fn safe_endpoint(url: &str) -> bool {
+/// and on a developer's machine). The config's check of issuer and key URLs
+/// too.
+pub fn safe_endpoint(url: &str) -> bool {
     let Ok(uri) = url.parse::<http::Uri>() else {
         return false;
     };
@@ -498,6 +499,19 @@ fn form_encode(value: &str) -> String {
         .unwrap_or_default()
         .trim_start_matches('=')
         .to_string()
+}
+
+/// The value of cookie `name` in a request (the console's and the
+/// authorization page's cookies alike).
+pub fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(http::header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
 }
 
 /// The maps are only touched for a lookup or an insert, never across I/O;

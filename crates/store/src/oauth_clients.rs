@@ -61,7 +61,7 @@ pub struct RefreshTokenRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefreshOutcome {
     /// Fresh: now marked used; the caller issues its successor.
-    Fresh(RefreshTokenRow),
+    Fresh(Box<RefreshTokenRow>),
     /// Already used, or its family revoked: the family is now revoked and the
     /// `jti`s of its live access tokens are in `revoked_tokens`.
     Reused {
@@ -306,7 +306,7 @@ impl Store {
             let refresh = refresh_row(&row)?;
             if marked == 1 {
                 tx.commit().await?;
-                return Ok(RefreshOutcome::Fresh(refresh));
+                return Ok(RefreshOutcome::Fresh(Box::new(refresh)));
             }
             let revoked: Option<i64> = row.col("revoked_at")?;
             let client_revoked: Option<i64> = row.col("client_revoked")?;

@@ -53,7 +53,7 @@ pub(crate) fn role_for(roles: &[RawOidcRole], login: &LoggedIn) -> Option<Role> 
         .find(|r| match r.claim {
             OidcRoleClaim::Sub => login.id.user.sub == r.value,
             OidcRoleClaim::Email => login.id.email.as_deref() == Some(r.value.as_str()),
-            OidcRoleClaim::Groups => login.id.user.groups.iter().any(|g| *g == r.value),
+            OidcRoleClaim::Groups => login.id.user.groups.contains(&r.value),
         })
         .and_then(|r| r.role.parse().ok())
 }
@@ -95,6 +95,17 @@ fn console_origin(req: &Request) -> Option<String> {
         .map(|a| format!("https://{a}"))
 }
 
+/// The console's OIDC login, or the page saying there is none.
+fn configured(console: &Console) -> Result<&ConsoleLogin, Box<Response>> {
+    console.login.as_deref().ok_or_else(|| {
+        Box::new(refusal_page(
+            StatusCode::NOT_FOUND,
+            ErrorCode::NotFound,
+            "no OIDC issuer is configured for logging in",
+        ))
+    })
+}
+
 #[derive(Debug, Deserialize)]
 pub(crate) struct StartQuery {
     issuer: Option<usize>,
@@ -110,12 +121,9 @@ pub(crate) async fn start(
     Query(query): Query<StartQuery>,
     req: Request,
 ) -> Response {
-    let Some(login) = console.login.as_deref() else {
-        return refusal_page(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NotFound,
-            "no OIDC issuer is configured for logging in",
-        );
+    let login = match configured(&console) {
+        Ok(l) => l,
+        Err(r) => return *r,
     };
     let Some(origin) = console_origin(&req) else {
         return refusal_page(
@@ -171,12 +179,9 @@ pub(crate) async fn callback(
     Query(answer): Query<Callback>,
     headers: HeaderMap,
 ) -> Response {
-    let Some(login) = console.login.as_deref() else {
-        return refusal_page(
-            StatusCode::NOT_FOUND,
-            ErrorCode::NotFound,
-            "no OIDC issuer is configured for logging in",
-        );
+    let login = match configured(&console) {
+        Ok(l) => l,
+        Err(r) => return *r,
     };
     let refuse = |status: StatusCode, code: ErrorCode, principal: Option<String>, why: &str| {
         let mut record = call.record(

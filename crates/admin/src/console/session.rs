@@ -13,8 +13,10 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderValue, header};
+use axum::http::{HeaderMap, HeaderValue};
 use zeroize::Zeroizing;
+
+pub(crate) use portcullis_control::oidc_login::cookie;
 
 use crate::auth::hash_token;
 use crate::credentials::AdminCredentials;
@@ -271,18 +273,6 @@ pub(crate) fn same_token(submitted: &str, expected: &str) -> bool {
             == 0
 }
 
-/// The value of cookie `name` in a request.
-pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
-}
-
 /// A `Set-Cookie` value for a console cookie: never readable by scripts,
 /// never sent over plain HTTP, never sent on a cross-site request.
 pub(crate) fn set_cookie(name: &str, value: &str, max_age: Duration) -> HeaderValue {
@@ -301,6 +291,7 @@ pub(crate) fn clear_cookie(name: &str) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use axum::http::header;
 
     fn headers(cookie_header: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

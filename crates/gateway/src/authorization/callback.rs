@@ -14,7 +14,7 @@
 
 use http::{HeaderValue, Response, StatusCode, header};
 use portcullis_audit::Outcome;
-use portcullis_control::oidc_login::{Callback, LoginError, RelyingParty};
+use portcullis_control::oidc_login::{Callback, LoginError, RelyingParty, cookie};
 use portcullis_core::ErrorCode;
 
 use super::authorize::{redirect, refused};
@@ -93,18 +93,6 @@ pub(super) async fn start(
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     Ok(response)
-}
-
-/// The value of cookie `name`.
-fn cookie(headers: &http::HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
 }
 
 /// `GET /oauth2/authorize/callback`: the issuer's answer.

@@ -203,7 +203,7 @@ async fn refresh_grant(
         .await
         .map_err(store_error)?
     {
-        RefreshOutcome::Fresh(row) => row,
+        RefreshOutcome::Fresh(row) => *row,
         RefreshOutcome::Reused { family, .. } => {
             // The store revoked the family; the lists follow before the answer.
             tracing::warn!(family, "refresh token reused: its family is revoked");

@@ -117,10 +117,9 @@ pub(super) fn check_delegation_and_issuers(identity: &RawIdentity) -> Result<(),
         }
         match (&oidc.jwks_url, &oidc.jwks_file) {
             (Some(url), None) => {
-                let uri: http::Uri = url
-                    .parse()
+                url.parse::<http::Uri>()
                     .map_err(|_| at("`jwks_url` is not a valid URL"))?;
-                if !https_or_loopback(&uri) {
+                if !portcullis_control::oidc_login::safe_endpoint(url) {
                     return Err(at("`jwks_url` must be https (http only on loopback)"));
                 }
             }
@@ -150,21 +149,6 @@ pub(super) fn check_delegation_and_issuers(identity: &RawIdentity) -> Result<(),
     Ok(())
 }
 
-/// Whether `uri` is https, or http on a loopback host.
-fn https_or_loopback(uri: &http::Uri) -> bool {
-    let loopback = uri.host().is_some_and(|h| {
-        h == "localhost"
-            || h.trim_matches(['[', ']'])
-                .parse::<std::net::IpAddr>()
-                .is_ok_and(|ip| ip.is_loopback())
-    });
-    match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => loopback,
-        _ => false,
-    }
-}
-
 /// The login settings of one issuer: all or nothing, a reachable issuer URL
 /// (discovery is fetched from it), one secret source at most.
 fn check_login(oidc: &RawOidc) -> Result<(), String> {
@@ -182,10 +166,8 @@ fn check_login(oidc: &RawOidc) -> Result<(), String> {
     if client_id.is_empty() || client_id.len() > 256 {
         return Err("`client_id` must be 1 to 256 characters".into());
     }
-    let issuer_ok = oidc
-        .issuer
-        .parse::<http::Uri>()
-        .is_ok_and(|u| https_or_loopback(&u) && u.query().is_none());
+    let issuer_ok = portcullis_control::oidc_login::safe_endpoint(&oidc.issuer)
+        && !oidc.issuer.contains(['?', '#']);
     if !issuer_ok {
         return Err("a login issuer must be an https URL (http only on loopback)".into());
     }
