@@ -263,6 +263,69 @@ mod tests {
     use crate::config::tests::check;
 
     #[test]
+    fn login_issuers_and_admin_roles() {
+        use super::{ClientSecretSource, JwksSource};
+        let base = "[[identity.oidc]]\nissuer = \"https://idp\"\naudience = \"a\"\nclient_id = \"gw\"\nclient_secret_file = \"s\"\n";
+        let c = Config::parse(base, Path::new("/etc/p/p.toml")).unwrap();
+        let login = c.oidc[0].login.clone().unwrap();
+        assert_eq!(c.oidc[0].jwks, JwksSource::Discovery);
+        assert_eq!(
+            login.client_secret,
+            Some(ClientSecretSource::File("/etc/p/s".into()))
+        );
+        assert_eq!(
+            (login.display_name.as_str(), login.scopes.as_slice()),
+            (
+                "https://idp",
+                ["email".to_string(), "profile".to_string()].as_slice()
+            )
+        );
+        let role = |extra: &str| format!("{base}[[admin.oidc_roles]]\n{extra}\n");
+        let c = Config::parse(
+            &role("claim = \"groups\"\nvalue = \"ops\"\nrole = \"approver\""),
+            Path::new("/p.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.admin_oidc_roles[0].role, "approver");
+        check(
+            &role("claim = \"groups\"\nvalue = \"ops\"\nrole = \"root\""),
+            "unknown role `root`",
+        );
+        check(
+            &role("claim = \"name\"\nvalue = \"x\"\nrole = \"owner\""),
+            "unknown variant `name`",
+        );
+        check(
+            &role("claim = \"sub\"\nvalue = \"x\"\nrole = \"owner\"\nissuer = \"https://other\""),
+            "is not an `[[identity.oidc]]` issuer with a `client_id`",
+        );
+        check(
+            "[[admin.oidc_roles]]\nclaim = \"sub\"\nvalue = \"x\"\nrole = \"owner\"\n",
+            "needs an `[[identity.oidc]]` issuer with a `client_id`",
+        );
+        check(
+            "[[identity.oidc]]\nissuer = \"http://idp.example\"\naudience = \"a\"\nclient_id = \"gw\"\n",
+            "a login issuer must be an https URL",
+        );
+        check(
+            "[[identity.oidc]]\nissuer = \"https://idp\"\naudience = \"a\"\njwks_file = \"k\"\nscopes = [\"groups\"]\n",
+            "need `client_id`",
+        );
+        check(
+            "[[identity.oidc]]\nissuer = \"https://idp\"\naudience = \"a\"\n",
+            "set exactly one of `jwks_url` and `jwks_file`",
+        );
+        check(
+            &format!("{base}client_secret_env = \"X\"\n"),
+            "at most one of `client_secret_file` and `client_secret_env`",
+        );
+        check(
+            &format!("{base}scopes = [\"openid\"]\n"),
+            "`scopes` are single words",
+        );
+    }
+
+    #[test]
     fn token_settings() {
         let parse = |t: &str| Config::parse(t, Path::new("/p.toml"));
         let c = parse("").unwrap();
