@@ -165,11 +165,74 @@ impl Operation {
 /// (named in its comment), field for field.
 pub(crate) const COMPONENTS: &[(&str, &[Field])] = &[
     // governance_api.rs `model_view` (without its evidence).
-    ("Model", &[f("id", "string", "`NAME@VERSION`"), f("name", "string", "registry name"), f("version", "string", "version"), f("digest", "string", "`sha256:<hex>`"), f("lifecycle", "string", "draft, approved, deprecated or revoked"), f("verified", "boolean", "whether its signature verified against a pinned key"), f("verified_key", "string?", "the key that verified it"), f("has_signature", "boolean", "a signature bundle is kept"), f("has_provenance", "boolean", "a provenance statement is kept"), f("has_eval", "boolean", "evaluation evidence is kept"), f("registered_by", "string", "who registered it"), f("registered_at", "integer", "ms since the epoch"), f("changed_by", "string?", "who last moved its lifecycle"), f("changed_at", "integer?", "ms since the epoch")]),
+    (
+        "Model",
+        &[
+            f("id", "string", "`NAME@VERSION`"),
+            f("name", "string", "registry name"),
+            f("version", "string", "version"),
+            f("digest", "string", "`sha256:<hex>`"),
+            f(
+                "lifecycle",
+                "string",
+                "draft, approved, deprecated or revoked",
+            ),
+            f(
+                "verified",
+                "boolean",
+                "whether its signature verified against a pinned key",
+            ),
+            f("verified_key", "string?", "the key that verified it"),
+            f("has_signature", "boolean", "a signature bundle is kept"),
+            f(
+                "has_provenance",
+                "boolean",
+                "a provenance statement is kept",
+            ),
+            f("has_eval", "boolean", "evaluation evidence is kept"),
+            f("registered_by", "string", "who registered it"),
+            f("registered_at", "integer", "ms since the epoch"),
+            f("changed_by", "string?", "who last moved its lifecycle"),
+            f("changed_at", "integer?", "ms since the epoch"),
+        ],
+    ),
     // governance_api.rs `dataset_view`.
-    ("Dataset", &[f("name", "string", "dataset name"), f("owner", "string", "accountable owner"), f("classification", "string", "its classification"), f("provenance", "object", "`source`, `licence`, `collected`"), f("consent_basis", "string", "consent basis"), f("retention_days", "integer", "retention"), f("purposes", "string[]", "allowed purposes"), f("registered_by", "string", "who registered it"), f("registered_at", "integer", "ms since the epoch")]),
+    (
+        "Dataset",
+        &[
+            f("name", "string", "dataset name"),
+            f("owner", "string", "accountable owner"),
+            f("classification", "string", "its classification"),
+            f("provenance", "object", "`source`, `licence`, `collected`"),
+            f("consent_basis", "string", "consent basis"),
+            f("retention_days", "integer", "retention"),
+            f("purposes", "string[]", "allowed purposes"),
+            f("registered_by", "string", "who registered it"),
+            f("registered_at", "integer", "ms since the epoch"),
+        ],
+    ),
     // redteam_api.rs `view`
-    ("RedteamRun", &[f("run_id", "string", "the run"), f("started_ms", "integer", "start, ms since the epoch"), f("finished_ms", "integer", "end, ms since the epoch"), f("recorded_ms", "integer", "when the gateway kept it"), f("recorded_by", "string", "the admin who posted it"), f("agent", "string", "the attacking agent"), f("gateway", "string", "the gateway attacked"), f("held", "integer", "families held"), f("failed", "integer", "families failed"), f("skipped", "integer", "families skipped"), f("failed_families", "string[]", "the failed families"), f("audit_request_id", "string", "its audit record's request id")]),
+    (
+        "RedteamRun",
+        &[
+            f("run_id", "string", "the run"),
+            f("started_ms", "integer", "start, ms since the epoch"),
+            f("finished_ms", "integer", "end, ms since the epoch"),
+            f("recorded_ms", "integer", "when the gateway kept it"),
+            f("recorded_by", "string", "the admin who posted it"),
+            f("agent", "string", "the attacking agent"),
+            f("gateway", "string", "the gateway attacked"),
+            f("held", "integer", "families held"),
+            f("failed", "integer", "families failed"),
+            f("skipped", "integer", "families skipped"),
+            f("failed_families", "string[]", "the failed families"),
+            f(
+                "audit_request_id",
+                "string",
+                "its audit record's request id",
+            ),
+        ],
+    ),
     // `api/agents.rs` `AgentView`.
     (
         "Agent",
@@ -252,7 +315,11 @@ pub(crate) const COMPONENTS: &[(&str, &[Field])] = &[
         &[
             f("name", "string", "the calling credential"),
             f("role", "string", "its role"),
-            f("kind", "string", "`token` or `certificate`"),
+            f(
+                "kind",
+                "string",
+                "`token`, `certificate` or `oidc` (a console session of an OIDC login)",
+            ),
             f("permissions", "string[]", "what the role grants"),
             f(
                 "step_up_seconds",
