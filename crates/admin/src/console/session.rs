@@ -509,7 +509,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_oidc_session_acts_as_its_human_on_every_replica_until_logout() {
-        let (_dir, store, _tokens) = store_with(&[("root", Role::Owner)]).await;
+        let (_dir, store, _tokens) =
+            store_with(&[("root", Role::Owner), ("ops", Role::Operator)]).await;
         let credentials = Arc::new(AdminCredentials::load(&store).await.unwrap());
         let sessions = Sessions::new(store.clone(), credentials.clone());
         let id = sessions
@@ -530,11 +531,11 @@ mod tests {
         assert!(may(&view, Permission::DecideApprovals));
         assert!(!may(&view, Permission::ManageAgents));
         // No admin credential was made for it.
-        assert_eq!(store.admin_credentials().await.unwrap().len(), 1);
+        assert_eq!(store.admin_credentials().await.unwrap().len(), 2);
         // Another replica (its own cache) honours it; a credential change
         // does not end it.
         let other = Sessions::new(store.clone(), credentials.clone());
-        store.revoke_admin_credential("root", 5).await.unwrap();
+        store.revoke_admin_credential("ops", 5).await.unwrap();
         credentials.reload(&store).await.unwrap();
         assert!(other.find(&h, &credentials).await.is_some());
         // Logout on one replica ends it on every replica.
