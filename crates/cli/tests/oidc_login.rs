@@ -259,7 +259,7 @@ async fn humans_log_in_at_a_real_oidc_provider() {
     std::fs::write(dir.path().join("oidc-secret"), format!("{secret}\n")).unwrap();
     let sections = format!(
         "[policy]\ndir = \"policies\"\n\
-         [identity.authorization]\nagent = \"mcp-hosts\"\ndynamic_registration = true\n\
+         [identity.authorization]\nagent = \"mcp-hosts\"\ndynamic_registration = true\nregistration_redirect_hosts = [\"127.0.0.1\", \"localhost\"]\n\
          [[identity.oidc]]\nissuer = \"{provider}\"\naudience = \"portcullis-exchange\"\n\
          client_id = \"portcullis\"\nclient_secret_file = \"oidc-secret\"\ndisplay_name = \"Test IdP\"\n\
          scopes = [\"email\", \"profile\", \"groups\"]\n\
@@ -331,6 +331,33 @@ async fn humans_log_in_at_a_real_oidc_provider() {
     )
     .await;
     assert_eq!(listed["status"], "revoked", "{listed}");
+    // Logout ends the session in the store: the old cookie, replayed from
+    // another browser, no longer opens a page.
+    let cookie = alice.jar.get(&admin, "__Host-portcullis-console").unwrap();
+    let mut replay = new_browser();
+    replay.jar.0.insert(
+        Jar::origin(&admin),
+        HashMap::from([("__Host-portcullis-console".to_string(), cookie)]),
+    );
+    assert_eq!(
+        replay
+            .get(&format!("{admin}/console/agents"))
+            .await
+            .status(),
+        200
+    );
+    let r = alice
+        .post(&format!("{admin}/console/logout"), &[("csrf", &csrf)])
+        .await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(
+        replay
+            .get(&format!("{admin}/console/agents"))
+            .await
+            .status(),
+        303,
+        "logged out"
+    );
 
     // olga is mapped by e-mail to auditor: she may look, not act.
     let mut olga = new_browser();
