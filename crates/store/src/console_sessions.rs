@@ -139,11 +139,10 @@ impl Store {
             let credential_sha256: Option<String> = r.col("credential_sha256")?;
             // A session with a credential lives only while it does (revoked,
             // rotated: gone); one without must be an OIDC login's.
-            let live = match (&credential_sha256, &credential, &login) {
-                (Some(_), Some(_), _) => true,
-                (None, None, Some(_)) => true,
-                _ => false,
-            };
+            let live = matches!(
+                (&credential_sha256, &credential, &login),
+                (Some(_), Some(_), _) | (None, None, Some(_))
+            );
             if !live {
                 return Ok(None);
             }
