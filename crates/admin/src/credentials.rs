@@ -4,13 +4,17 @@
 //! snapshot, reloaded after every change the admin API makes, so a revoked or
 //! rotated token is refused by the very next request. Authentication is a
 //! hash and a map lookup under a read lock never held across IO.
+//!
+//! A human who logged in to the console at an OIDC issuer holds no
+//! credential here: their console session's row carries their name, issuer
+//! and role (`console/session.rs`, [`login_identity`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use portcullis_store::{
-    ADMIN_KIND_CERTIFICATE, ADMIN_KIND_TOKEN, AdminTokenRow, Store, StoreError,
+    ADMIN_KIND_CERTIFICATE, ADMIN_KIND_TOKEN, AdminTokenRow, ConsoleSessionLogin, Store, StoreError,
 };
 
 use crate::auth::{hash_token, new_token};
@@ -32,6 +36,11 @@ pub struct AdminIdentity {
     pub role: Role,
     /// How it proves itself.
     pub kind: CredentialKind,
+    /// The OIDC issuer a console session's human logged in at; `None` for
+    /// a stored credential. Such an identity has no credential at all: the
+    /// console session row carries it (`console/session.rs`), and it acts
+    /// only through the console, in process.
+    pub login: Option<String>,
 }
 
 /// How an admin credential proves itself.
@@ -42,6 +51,9 @@ pub enum CredentialKind {
     /// A client certificate the Portcullis CA issued, presented in the TLS
     /// handshake of the admin listener (mTLS).
     Certificate,
+    /// No credential: a console session of a human who logged in at an
+    /// OIDC issuer (`AdminIdentity::login` names it).
+    Login,
 }
 
 impl CredentialKind {
@@ -50,6 +62,7 @@ impl CredentialKind {
         match self {
             CredentialKind::Token => ADMIN_KIND_TOKEN,
             CredentialKind::Certificate => ADMIN_KIND_CERTIFICATE,
+            CredentialKind::Login => "oidc",
         }
     }
 }
@@ -103,6 +116,8 @@ impl AdminCredentials {
                         },
                     );
                 }
+                // `identity_of` never makes one from a stored row.
+                CredentialKind::Login => {}
             }
         }
         *self.by_hash.write().unwrap_or_else(|e| e.into_inner()) = by_hash;
@@ -187,6 +202,27 @@ pub(crate) fn identity_of(row: &AdminTokenRow) -> Option<Arc<AdminIdentity>> {
         name: row.name.clone(),
         role,
         kind,
+        login: None,
+    }))
+}
+
+/// The identity of a console session opened by an OIDC login, `id` naming
+/// the session; `None` (refused, logged) for a role this version does not
+/// know.
+pub(crate) fn login_identity(id: &str, login: &ConsoleSessionLogin) -> Option<Arc<AdminIdentity>> {
+    let role = match login.role.parse::<Role>() {
+        Ok(role) => role,
+        Err(e) => {
+            tracing::error!(login = %login.name, error = %e, "console login session refused");
+            return None;
+        }
+    };
+    Some(Arc::new(AdminIdentity {
+        id: id.to_string(),
+        name: login.name.clone(),
+        role,
+        kind: CredentialKind::Login,
+        login: Some(login.issuer.clone()),
     }))
 }
 

@@ -41,6 +41,7 @@ mod vault_api;
 pub use admin_tokens_api::{DEFAULT_ADMIN_CERT_TTL, certificate_fingerprint};
 pub use api::{AdminState, ClientCertificate, DEFAULT_CERT_TTL, RemoteAddr, ShuttingDown, router};
 pub use auth::{hash_bytes, hash_token, new_token};
+pub use console::ConsoleLogin;
 pub use credentials::{
     AdminCredentials, AdminIdentity, BOOTSTRAP_NAME, CredentialKind, ensure_bootstrap,
 };

@@ -315,7 +315,11 @@ pub(crate) const COMPONENTS: &[(&str, &[Field])] = &[
         &[
             f("name", "string", "the calling credential"),
             f("role", "string", "its role"),
-            f("kind", "string", "`token` or `certificate`"),
+            f(
+                "kind",
+                "string",
+                "`token`, `certificate` or `oidc` (a console session of an OIDC login)",
+            ),
             f("permissions", "string[]", "what the role grants"),
             f(
                 "step_up_seconds",

@@ -336,7 +336,9 @@ fn start_in_process(
                 .unwrap(),
                 config.token_ttl,
                 &config.trust_domain,
-                portcullis_gateway::oidc::OidcProviders::new(&[], upstream_tls.clone()).await,
+                std::sync::Arc::new(
+                    portcullis_gateway::oidc::OidcProviders::new(&[], upstream_tls.clone()).await,
+                ),
                 config.max_delegation_depth,
                 None,
             );

@@ -402,12 +402,24 @@ pub async fn run(
         .token_issuer
         .clone()
         .unwrap_or_else(|| format!("https://{gateway_addr}"));
+    let oidc = Arc::new(
+        portcullis_gateway::oidc::OidcProviders::new(&config.oidc, upstream_tls.clone()).await,
+    );
+    // Humans log in at the issuers with a `client_id`: on the authorization
+    // endpoint's page and on the console, through one relying party.
+    let login = portcullis_control::oidc_login::RelyingParty::new(
+        &config.oidc,
+        Arc::clone(&oidc),
+        upstream_tls.clone(),
+    )
+    .map_err(|e| anyhow::anyhow!("invalid `[[identity.oidc]]` login settings: {e}"))?
+    .map(Arc::new);
     let mut tokens = portcullis_gateway::tokens::TokenService::new(
         portcullis_identity::TokenIssuer::new(token_key, &token_issuer)
             .context("cannot load the access-token signing key")?,
         config.token_ttl,
         &config.trust_domain,
-        portcullis_gateway::oidc::OidcProviders::new(&config.oidc, upstream_tls.clone()).await,
+        Arc::clone(&oidc),
         config.max_delegation_depth,
         match &config.posture_attestor {
             Some(attestor) => Some(
@@ -432,6 +444,7 @@ pub async fn run(
         "the admin MFA sealing key",
     )?));
     tokens.local_users = Some(totp_seal.clone());
+    tokens.login = login.clone();
     let (tracer, trace_exporter) = match &config.telemetry {
         Some(telemetry) => {
             let (tracer, exporter) =
@@ -512,6 +525,12 @@ pub async fn run(
         checkpointer: checkpointer.clone(),
         mfa: Arc::new(MfaKeys::new(totp_seal, config.admin_require_mfa)),
         model_keys: Arc::new(config.model_trusted_keys.clone()),
+        console_login: login.map(|party| {
+            Arc::new(portcullis_admin::ConsoleLogin {
+                party,
+                roles: config.admin_oidc_roles.clone(),
+            })
+        }),
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);

@@ -11,8 +11,9 @@
 //!   board the request path reads.
 //! - [`tokens`]: the access-token issuer and its replay caches, with
 //!   [`revocation`] (revoked tokens, disabled users) and [`oidc`] (the
-//!   issuers of users' tokens, for token exchange); the data plane serves
-//!   the token endpoint and verifies tokens with them.
+//!   issuers of users' tokens, for token exchange) with [`oidc_login`] (humans
+//!   logging in at those issuers: the console and the MCP authorization
+//!   page); the data plane serves the token endpoint and verifies tokens with them.
 //! - [`metrics`]: the Prometheus registry both listeners count into, with
 //!   [`readiness`], the reasons `/readyz` answers not ready.
 //! - [`attempts`]: the brute-force throttle of TOTP codes and assertions.
@@ -37,6 +38,7 @@ pub mod local_users;
 pub mod metrics;
 pub mod model_signing;
 pub mod oidc;
+pub mod oidc_login;
 pub mod otlp;
 pub mod plane;
 pub mod policy_facts;

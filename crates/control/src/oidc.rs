@@ -2,15 +2,17 @@
 //! their keys. Keys are cached in memory; a token naming a `kid` the cache
 //! does not hold triggers one refresh (from the URL or file), at most once a
 //! second per issuer, so a burst of forged `kid`s cannot make the gateway
-//! hammer the identity provider. Only token exchange calls this: user tokens
-//! never authenticate data-plane requests directly.
+//! hammer the identity provider. Token exchange and the login of humans
+//! (`oidc_login.rs`, which verifies ID tokens here with its client id as the
+//! audience) call this: user tokens never authenticate data-plane requests
+//! directly.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use portcullis_identity::{
-    FederatedIssuer, JwkSet, PostureStatement, TokenError, UserToken, claimed_issuer,
+    FederatedIssuer, IdToken, JwkSet, PostureStatement, TokenError, UserToken, claimed_issuer,
 };
 
 use crate::config::{JwksSource, OidcConfig};
@@ -106,6 +108,34 @@ impl OidcProviders {
         }
     }
 
+    /// Verifies an ID token of a login at `issuer` as client `client_id`
+    /// with `nonce` (`oidc_login.rs`): the issuer's keys and checks, the
+    /// client id as audience.
+    pub async fn verify_id_token(
+        &self,
+        issuer: &str,
+        client_id: &str,
+        token: &str,
+        nonce: &str,
+        now: i64,
+    ) -> Result<IdToken, UserTokenRefusal> {
+        let provider = self
+            .providers
+            .iter()
+            .find(|p| p.issuer.issuer == issuer)
+            .ok_or(UserTokenRefusal::UnknownIssuer)?;
+        let login = FederatedIssuer {
+            audience: client_id.to_string(),
+            ..provider.issuer.clone()
+        };
+        match login.verify_id_token(token, &provider.keys.load(), now, nonce) {
+            Err(TokenError::UnknownKey) if self.refresh(provider).await => {
+                Ok(login.verify_id_token(token, &provider.keys.load(), now, nonce)?)
+            }
+            other => Ok(other?),
+        }
+    }
+
     /// Verifies a workload posture statement from the (single) attestor.
     pub async fn verify_posture(
         &self,
@@ -146,7 +176,17 @@ impl OidcProviders {
                     return false;
                 }
             },
-            JwksSource::Url(url) => {
+            JwksSource::Url(_) | JwksSource::Discovery => {
+                let url = match &p.source {
+                    JwksSource::Url(url) => url.clone(),
+                    _ => match crate::oidc_login::discover(&self.poster, &p.issuer.issuer).await {
+                        Ok(d) => d.jwks_uri,
+                        Err(e) => {
+                            tracing::warn!(issuer = %p.issuer.issuer, error = %e, "cannot read the OIDC issuer's discovery document");
+                            return false;
+                        }
+                    },
+                };
                 let Ok(uri) = url.parse::<http::Uri>() else {
                     return false;
                 };

@@ -35,8 +35,9 @@ pub struct TokenService {
     pub trust_domain: String,
     /// Tokens revoked by `jti` and disabled users.
     pub revocations: Revocations,
-    /// External issuers of users' tokens (token exchange).
-    pub oidc: OidcProviders,
+    /// External issuers of users' tokens (token exchange, and the ID tokens
+    /// of logins, shared with the console).
+    pub oidc: std::sync::Arc<OidcProviders>,
     /// Longest delegation chain a token exchange may build.
     pub max_delegation_depth: u32,
     /// The signer of workload posture statements, when configured.
@@ -52,6 +53,9 @@ pub struct TokenService {
     /// The sealed TOTP secrets of local users, for the authorization
     /// endpoint's login page (`None`: nobody can log in there).
     pub local_users: Option<std::sync::Arc<crate::local_users::TotpSeal>>,
+    /// The OIDC issuers humans log in at on the authorization endpoint's
+    /// page (`None`: local users only).
+    pub login: Option<std::sync::Arc<crate::oidc_login::RelyingParty>>,
 }
 
 /// Why a single-use credential was not accepted.
@@ -73,7 +77,7 @@ impl TokenService {
         issuer: TokenIssuer,
         ttl: u64,
         trust_domain: &str,
-        oidc: OidcProviders,
+        oidc: std::sync::Arc<OidcProviders>,
         max_delegation_depth: u32,
         posture_attestor: Option<OidcProviders>,
     ) -> Self {
@@ -87,6 +91,7 @@ impl TokenService {
             require_dpop_nonce: false,
             shared_single_use: None,
             local_users: None,
+            login: None,
             issuer,
             ttl,
             assertions: ReplayCache::new(REPLAY_CAPACITY),

@@ -72,6 +72,7 @@ pub fn is_oauth_path(path: &str) -> bool {
             | JWKS_PATH
             | METADATA_PATH
             | crate::authorization::AUTHORIZE_PATH
+            | crate::authorization::CALLBACK_PATH
             | crate::authorization::REGISTER_PATH
     ) || path
         .strip_prefix(RESOURCE_METADATA_PATH)
@@ -177,6 +178,9 @@ pub async fn serve(
         }
         crate::authorization::AUTHORIZE_PATH => {
             crate::authorization::serve_authorize(gateway, conn, decoded, now, recorder).await
+        }
+        crate::authorization::CALLBACK_PATH => {
+            crate::authorization::serve_callback(gateway, decoded, now, recorder).await
         }
         crate::authorization::REGISTER_PATH => {
             crate::authorization::serve_register(gateway, conn, decoded, now, recorder).await

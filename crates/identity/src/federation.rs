@@ -29,6 +29,18 @@ pub struct FederatedIssuer {
     pub clock_skew: i64,
 }
 
+/// A verified OpenID Connect ID token: the user and what the login showed
+/// about them (for mapping to an admin role and naming them in records).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdToken {
+    /// The user, as a token exchange would see them.
+    pub user: UserToken,
+    /// Their e-mail address, when present and not marked unverified.
+    pub email: Option<String>,
+    /// Their display name (`name`, else `preferred_username`).
+    pub name: Option<String>,
+}
+
 /// A verified user token.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserToken {
@@ -104,8 +116,50 @@ impl FederatedIssuer {
 
     /// Verifies a user token against `keys` at `now`.
     pub fn verify(&self, token: &str, keys: &JwkSet, now: i64) -> Result<UserToken, TokenError> {
-        let claims: Claims = serde_json::from_value(self.verify_claims(token, keys, now)?)
-            .map_err(|_| TokenError::Malformed("user token"))?;
+        self.user(self.verify_claims(token, keys, now)?)
+    }
+
+    /// Verifies an ID token from a login this gateway started (OpenID
+    /// Connect Core §3.1.3.7): the checks of [`verify`](Self::verify), with
+    /// this issuer's `audience` being the gateway's client id, plus the
+    /// `nonce` the login sent and, when present, `azp` naming the client.
+    pub fn verify_id_token(
+        &self,
+        token: &str,
+        keys: &JwkSet,
+        now: i64,
+        nonce: &str,
+    ) -> Result<IdToken, TokenError> {
+        let all = self.verify_claims(token, keys, now)?;
+        // Not a timing secret: the nonce travelled through the browser.
+        if nonce.is_empty() || all["nonce"].as_str() != Some(nonce) {
+            return Err(TokenError::Claim("nonce"));
+        }
+        if all
+            .get("azp")
+            .is_some_and(|azp| azp.as_str() != Some(self.audience.as_str()))
+        {
+            return Err(TokenError::Claim("azp"));
+        }
+        let text = |k: &str| {
+            all[k]
+                .as_str()
+                .filter(|v| !v.is_empty() && v.len() <= 256 && !v.chars().any(char::is_control))
+                .map(str::to_string)
+        };
+        let email = text("email").filter(|_| all["email_verified"].as_bool() != Some(false));
+        let name = text("name").or_else(|| text("preferred_username"));
+        Ok(IdToken {
+            user: self.user(all)?,
+            email,
+            name,
+        })
+    }
+
+    /// The user of verified claims.
+    fn user(&self, all: serde_json::Value) -> Result<UserToken, TokenError> {
+        let claims: Claims =
+            serde_json::from_value(all).map_err(|_| TokenError::Malformed("user token"))?;
         if claims.sub.is_empty() || claims.sub.len() > 256 {
             return Err(TokenError::Claim("sub"));
         }
@@ -324,5 +378,57 @@ mod tests {
                 .unwrap()
                 .mfa
         );
+    }
+
+    #[test]
+    fn id_tokens_need_the_login_nonce_and_the_client() {
+        let now = 1_800_000_000;
+        let key = Ed25519Key::generate();
+        let keys = jwks(&key);
+        let id = |extra: serde_json::Value| {
+            let mut c = claims(now);
+            for (k, v) in extra.as_object().unwrap() {
+                c[k] = v.clone();
+            }
+            token(&key, "EdDSA", c)
+        };
+        let ok = issuer()
+            .verify_id_token(
+                &id(json!({"nonce": "n1", "email": "a@x", "name": "Alice"})),
+                &keys,
+                now,
+                "n1",
+            )
+            .unwrap();
+        assert_eq!(
+            (
+                ok.user.sub.as_str(),
+                ok.email.as_deref(),
+                ok.name.as_deref()
+            ),
+            ("alice", Some("a@x"), Some("Alice"))
+        );
+        let refuse = |t: String, nonce: &str| issuer().verify_id_token(&t, &keys, now, nonce);
+        assert_eq!(
+            refuse(id(json!({"nonce": "n1"})), "n2"),
+            Err(TokenError::Claim("nonce"))
+        );
+        assert_eq!(refuse(id(json!({})), "n1"), Err(TokenError::Claim("nonce")));
+        assert_eq!(refuse(id(json!({})), ""), Err(TokenError::Claim("nonce")));
+        assert_eq!(
+            refuse(id(json!({"nonce": "n1", "azp": "other"})), "n1"),
+            Err(TokenError::Claim("azp"))
+        );
+        assert_eq!(
+            refuse(id(json!({"nonce": "n1", "aud": "other"})), "n1"),
+            Err(TokenError::Audience)
+        );
+        // An address the issuer says is unverified is not used.
+        let unverified = refuse(
+            id(json!({"nonce": "n1", "email": "a@x", "email_verified": false})),
+            "n1",
+        )
+        .unwrap();
+        assert_eq!(unverified.email, None);
     }
 }

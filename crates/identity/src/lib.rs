@@ -18,7 +18,7 @@ pub use ca::{
     MAX_AGENT_TTL, new_agent_key_and_csr,
 };
 pub use federation::{
-    FederatedIssuer, MAX_CLOCK_SKEW, PostureStatement, UserToken, claimed_issuer,
+    FederatedIssuer, IdToken, MAX_CLOCK_SKEW, PostureStatement, UserToken, claimed_issuer,
 };
 /// A JSON Web Key Set (RFC 7517), as OIDC issuers publish them.
 pub use jsonwebtoken::jwk::JwkSet;

@@ -4,7 +4,9 @@
 //! cookie value exists only in the browser) and the token hash of the
 //! credential that logged in; a lookup joins it with that credential while
 //! it is live, so a rotated or revoked credential ends its sessions at once,
-//! whichever replica served the change.
+//! whichever replica served the change. A session of a human who logged in
+//! at an OIDC issuer has no credential: its row carries the issuer, name and
+//! role of the login instead, and lives until logout or its timeouts.
 
 use crate::backend::DbRow;
 use crate::{AdminTokenRow, Store, StoreError};
@@ -14,21 +16,36 @@ use crate::{AdminTokenRow, Store, StoreError};
 pub struct ConsoleSessionRow {
     /// SHA-256 (hex) of the session id.
     pub id_sha256: String,
-    /// `token_sha256` of the admin credential that logged in.
-    pub credential_sha256: String,
+    /// `token_sha256` of the admin credential that logged in; `None` for
+    /// an OIDC login.
+    pub credential_sha256: Option<String>,
+    /// Who logged in at an OIDC issuer, for a session without a credential.
+    pub login: Option<ConsoleSessionLogin>,
     /// When it was opened (epoch milliseconds).
     pub created_ms: i64,
     /// When it was last used, to the toucher's granularity.
     pub last_seen_ms: i64,
 }
 
-/// A session whose credential is live, with that credential.
+/// The human of a console session opened by an OIDC login.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsoleSessionLogin {
+    /// The issuer they logged in at.
+    pub issuer: String,
+    /// Their name (`oidc:<e-mail or subject>`).
+    pub name: String,
+    /// The admin role their login was given.
+    pub role: String,
+}
+
+/// A live session: an OIDC login's, or one whose credential is live, with
+/// that credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LiveConsoleSession {
     /// The session.
     pub session: ConsoleSessionRow,
-    /// Its (unrevoked) credential.
-    pub credential: AdminTokenRow,
+    /// Its (unrevoked) credential; `None` for an OIDC login.
+    pub credential: Option<AdminTokenRow>,
 }
 
 impl Store {
@@ -50,11 +67,15 @@ impl Store {
                 .execute(pool)
                 .await?;
             query(
-                "INSERT INTO console_sessions (id_sha256, credential_sha256, created_ms, last_seen_ms)
-                 VALUES (?, ?, ?, ?)",
+                "INSERT INTO console_sessions (id_sha256, credential_sha256, login_issuer,
+                     login_name, login_role, created_ms, last_seen_ms)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&row.id_sha256)
             .bind(&row.credential_sha256)
+            .bind(row.login.as_ref().map(|l| &l.issuer))
+            .bind(row.login.as_ref().map(|l| &l.name))
+            .bind(row.login.as_ref().map(|l| &l.role))
             .bind(row.created_ms)
             .bind(row.last_seen_ms)
             .execute(pool)
@@ -77,36 +98,64 @@ impl Store {
         Ok(())
     }
 
-    /// The session with id hash `id_sha256`, if its credential is live.
-    /// Expiry is the caller's to judge (it knows the timeouts).
+    /// The session with id hash `id_sha256`, if its credential is live (or
+    /// it is an OIDC login's). Expiry is the caller's to judge (it knows the
+    /// timeouts).
     pub async fn console_session(
         &self,
         id_sha256: &str,
     ) -> Result<Option<LiveConsoleSession>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
             let row = query(
-                "SELECT s.id_sha256, s.credential_sha256, s.created_ms, s.last_seen_ms,
+                "SELECT s.id_sha256, s.credential_sha256, s.login_issuer, s.login_name,
+                        s.login_role, s.created_ms, s.last_seen_ms,
                         t.id, t.name, t.role, t.token_sha256, t.created_at, t.created_by,
                         t.rotated_at, t.revoked_at, t.bootstrap, t.kind, t.not_after
                  FROM console_sessions s
-                 JOIN admin_tokens t ON t.token_sha256 = s.credential_sha256
-                 WHERE s.id_sha256 = ? AND t.revoked_at IS NULL",
+                 LEFT JOIN admin_tokens t
+                   ON t.token_sha256 = s.credential_sha256 AND t.revoked_at IS NULL
+                 WHERE s.id_sha256 = ?",
             )
             .bind(id_sha256)
             .fetch_optional(pool)
             .await?;
-            row.map(|r| {
-                Ok(LiveConsoleSession {
-                    session: ConsoleSessionRow {
-                        id_sha256: r.col("id_sha256")?,
-                        credential_sha256: r.col("credential_sha256")?,
-                        created_ms: r.col("created_ms")?,
-                        last_seen_ms: r.col("last_seen_ms")?,
-                    },
-                    credential: crate::admin_tokens::token_from_row(&r)?,
-                })
-            })
-            .transpose()
+            let Some(r) = row else {
+                return Ok(None);
+            };
+            let credential = match r.col::<Option<String>, _>("id")? {
+                Some(_) => Some(crate::admin_tokens::token_from_row(&r)?),
+                None => None,
+            };
+            let login = match (
+                r.col::<Option<String>, _>("login_issuer")?,
+                r.col::<Option<String>, _>("login_name")?,
+                r.col::<Option<String>, _>("login_role")?,
+            ) {
+                (Some(issuer), Some(name), Some(role)) => {
+                    Some(ConsoleSessionLogin { issuer, name, role })
+                }
+                _ => None,
+            };
+            let credential_sha256: Option<String> = r.col("credential_sha256")?;
+            // A session with a credential lives only while it does (revoked,
+            // rotated: gone); one without must be an OIDC login's.
+            let live = matches!(
+                (&credential_sha256, &credential, &login),
+                (Some(_), Some(_), _) | (None, None, Some(_))
+            );
+            if !live {
+                return Ok(None);
+            }
+            Ok(Some(LiveConsoleSession {
+                session: ConsoleSessionRow {
+                    id_sha256: r.col("id_sha256")?,
+                    credential_sha256,
+                    login,
+                    created_ms: r.col("created_ms")?,
+                    last_seen_ms: r.col("last_seen_ms")?,
+                },
+                credential,
+            }))
         })
     }
 
@@ -142,7 +191,8 @@ impl Store {
     pub(crate) async fn end_orphaned_console_sessions(&self) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
             query(
-                "DELETE FROM console_sessions WHERE credential_sha256 NOT IN (
+                "DELETE FROM console_sessions WHERE credential_sha256 IS NOT NULL
+                 AND credential_sha256 NOT IN (
                      SELECT token_sha256 FROM admin_tokens WHERE revoked_at IS NULL)",
             )
             .execute(pool)
@@ -175,7 +225,8 @@ mod tests {
     fn session(id: &str, credential: &str, at: i64) -> ConsoleSessionRow {
         ConsoleSessionRow {
             id_sha256: id.into(),
-            credential_sha256: credential.into(),
+            credential_sha256: Some(credential.into()),
+            login: None,
             created_ms: at,
             last_seen_ms: at,
         }
@@ -208,7 +259,7 @@ mod tests {
             .await
             .unwrap();
         let live = store.console_session("s1").await.unwrap().unwrap();
-        assert_eq!(live.credential.name, "root");
+        assert_eq!(live.credential.unwrap().name, "root");
         assert_eq!(live.session, session("s1", "h1", 100));
         assert!(store.console_session("nope").await.unwrap().is_none());
         store.touch_console_session("s1", 150).await.unwrap();
@@ -242,5 +293,23 @@ mod tests {
             .unwrap();
         assert!(store.console_session("a").await.unwrap().is_none());
         assert!(store.console_session("b").await.unwrap().is_some());
+        // An OIDC login's session has no credential: a credential change
+        // leaves it be; logout ends it.
+        let login = ConsoleSessionLogin {
+            issuer: "https://idp".into(),
+            name: "oidc:alice@x".into(),
+            role: "approver".into(),
+        };
+        let oidc = ConsoleSessionRow {
+            credential_sha256: None,
+            login: Some(login.clone()),
+            ..session("s5", "", 100)
+        };
+        store.open_console_session(&oidc, 0, 0, 10).await.unwrap();
+        store.revoke_admin_credential("root", 6).await.unwrap();
+        let live = store.console_session("s5").await.unwrap().unwrap();
+        assert_eq!((live.credential, live.session.login), (None, Some(login)));
+        store.end_console_session("s5").await.unwrap();
+        assert!(store.console_session("s5").await.unwrap().is_none());
     }
 }

@@ -30,7 +30,7 @@ pub use identity::{AdminUserRow, PostureRow, RevokedTokenRow};
 mod admin_tokens;
 pub use admin_tokens::{ADMIN_KIND_CERTIFICATE, ADMIN_KIND_TOKEN, AdminTokenRow};
 mod console_sessions;
-pub use console_sessions::{ConsoleSessionRow, LiveConsoleSession};
+pub use console_sessions::{ConsoleSessionLogin, ConsoleSessionRow, LiveConsoleSession};
 mod oauth_clients;
 pub use oauth_clients::{OAuthClientRow, RefreshOutcome, RefreshTokenRow};
 mod redteam;
@@ -245,6 +245,11 @@ fn migrator() -> Migrator {
             include_str!("../migrations/0021_console_sessions.sql"),
         ),
         migration(
+            22,
+            "oauth_federated_users",
+            include_str!("../migrations/0022_oauth_federated_users.sql"),
+        ),
+        migration(
             24,
             "key_fingerprints",
             include_str!("../migrations/0024_key_fingerprints.sql"),
@@ -309,6 +314,11 @@ fn postgres_migrator() -> Migrator {
         twin!(19, "model_registry", "0019_model_registry.sql"),
         twin!(20, "dataset_registry", "0020_dataset_registry.sql"),
         twin!(21, "console_sessions", "0021_console_sessions.sql"),
+        twin!(
+            22,
+            "oauth_federated_users",
+            "0022_oauth_federated_users.sql"
+        ),
         twin!(24, "key_fingerprints", "0024_key_fingerprints.sql"),
         twin!(25, "redteam_runs", "0025_redteam_runs.sql"),
     ])

@@ -33,8 +33,12 @@ pub struct RefreshTokenRow {
     pub family: String,
     /// The client it was issued to.
     pub client_id: String,
-    /// The user it acts for.
+    /// The user it acts for (a federated user's subject).
     pub user_name: String,
+    /// A federated user's OIDC issuer; `None`: a local user.
+    pub user_issuer: Option<String>,
+    /// A federated user's groups.
+    pub user_groups: Vec<String>,
     /// The resource (RFC 8707) its access tokens are for.
     pub resource: String,
     /// The granted scope.
@@ -57,7 +61,7 @@ pub struct RefreshTokenRow {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RefreshOutcome {
     /// Fresh: now marked used; the caller issues its successor.
-    Fresh(RefreshTokenRow),
+    Fresh(Box<RefreshTokenRow>),
     /// Already used, or its family revoked: the family is now revoked and the
     /// `jti`s of its live access tokens are in `revoked_tokens`.
     Reused {
@@ -76,6 +80,8 @@ fn refresh_row(r: &impl DbRow) -> Result<RefreshTokenRow, StoreError> {
         family: r.col("family")?,
         client_id: r.col("client_id")?,
         user_name: r.col("user_name")?,
+        user_issuer: r.col("user_issuer")?,
+        user_groups: serde_json::from_str(&r.col::<String, _>("user_groups")?).unwrap_or_default(),
         resource: r.col("resource")?,
         scope: r.col("scope")?,
         jkt: r.col("jkt")?,
@@ -260,14 +266,16 @@ impl Store {
     pub async fn add_refresh_token(&self, row: &RefreshTokenRow) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
             query(
-                "INSERT INTO oauth_refresh_tokens (token_hash, family, client_id, user_name, resource, scope,
-                   jkt, mfa, created_at, expires_at, access_jti, access_exp)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO oauth_refresh_tokens (token_hash, family, client_id, user_name, user_issuer,
+                   user_groups, resource, scope, jkt, mfa, created_at, expires_at, access_jti, access_exp)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&row.token_hash)
             .bind(&row.family)
             .bind(&row.client_id)
             .bind(&row.user_name)
+            .bind(&row.user_issuer)
+            .bind(serde_json::to_string(&row.user_groups).unwrap_or_else(|_| "[]".into()))
             .bind(&row.resource)
             .bind(&row.scope)
             .bind(&row.jkt)
@@ -307,7 +315,8 @@ impl Store {
             .await?
             .rows_affected();
             let row = query(
-                "SELECT t.token_hash, t.family, t.client_id, t.user_name, t.resource, t.scope, t.jkt,
+                "SELECT t.token_hash, t.family, t.client_id, t.user_name, t.user_issuer, t.user_groups,
+                   t.resource, t.scope, t.jkt,
                    t.mfa, t.created_at, t.expires_at, t.access_jti, t.access_exp,
                    t.used_at, t.revoked_at AS revoked_at, c.revoked_at AS client_revoked
                  FROM oauth_refresh_tokens t JOIN oauth_clients c ON c.client_id = t.client_id
@@ -322,7 +331,7 @@ impl Store {
             let refresh = refresh_row(&row)?;
             if marked == 1 {
                 tx.commit().await?;
-                return Ok(RefreshOutcome::Fresh(refresh));
+                return Ok(RefreshOutcome::Fresh(Box::new(refresh)));
             }
             let revoked: Option<i64> = row.col("revoked_at")?;
             let client_revoked: Option<i64> = row.col("client_revoked")?;
@@ -362,6 +371,12 @@ mod tests {
             family: family.into(),
             client_id: "c1".into(),
             user_name: "alice".into(),
+            user_issuer: (family == "f1").then(|| "https://idp".to_string()),
+            user_groups: if family == "f1" {
+                vec!["ops".into()]
+            } else {
+                Vec::new()
+            },
             resource: "https://gw/mcp".into(),
             scope: "mcp".into(),
             jkt: None,
@@ -400,6 +415,11 @@ mod tests {
             panic!("fresh token refused");
         };
         assert_eq!(row.user_name, "alice");
+        // A federated user's issuer and groups come back with the token.
+        assert_eq!(
+            (row.user_issuer.as_deref(), row.user_groups.as_slice()),
+            (Some("https://idp"), ["ops".to_string()].as_slice())
+        );
         store.add_refresh_token(&refresh("h2", "f1")).await.unwrap();
         // Reuse of h1 revokes the family: h2 stops working, and the access
         // tokens of the family are revoked.

@@ -164,10 +164,13 @@ impl Call {
     /// ``admin token `ops` (operator)`` and how a human confirmed, if one did.
     pub(crate) fn credential_text(&self, approver: Option<&crate::mfa::Approver>) -> String {
         let mut text = match &self.admin {
-            Some(a) if a.kind == CredentialKind::Certificate => {
-                format!("admin certificate `{}` ({})", a.name, a.role)
-            }
-            Some(a) => format!("admin token `{}` ({})", a.name, a.role),
+            Some(a) => match (a.kind, &a.login) {
+                (_, Some(issuer)) => format!("oidc login at `{issuer}` ({})", a.role),
+                (CredentialKind::Certificate, None) => {
+                    format!("admin certificate `{}` ({})", a.name, a.role)
+                }
+                _ => format!("admin token `{}` ({})", a.name, a.role),
+            },
             None => "admin token".to_string(),
         };
         match approver {

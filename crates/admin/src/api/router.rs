@@ -48,6 +48,8 @@ pub struct AdminState {
     pub mfa: Arc<crate::mfa::MfaKeys>,
     /// `[[models.trusted_keys]]`: what model signatures verify against.
     pub model_keys: Arc<Vec<portcullis_control::model_signing::TrustedKey>>,
+    /// Console logins at OIDC issuers, when configured.
+    pub console_login: Option<Arc<crate::console::ConsoleLogin>>,
 }
 
 /// The admin API's routes under `/admin/v1`, before authentication is
@@ -119,6 +121,7 @@ pub fn router(state: AdminState) -> Router {
             crate::console::Api::new(internal),
             Arc::clone(&state.credentials),
             state.store.clone(),
+            state.console_login.clone(),
         ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -25,6 +25,7 @@ mod diff;
 mod html;
 mod internal;
 mod live;
+mod oidc;
 mod pages;
 mod session;
 mod svg;
@@ -46,6 +47,7 @@ use portcullis_core::ErrorCode;
 use crate::api::{AdminState, Call, RemoteAddr};
 use crate::credentials::AdminCredentials;
 pub(crate) use internal::{Api, ConsoleCaller};
+pub use oidc::ConsoleLogin;
 use session::{
     ABSOLUTE_TIMEOUT, LOGIN_COOKIE, Permission, SESSION_COOKIE, SessionView, Sessions,
     clear_cookie, cookie, may, random_hex, same_token, set_cookie,
@@ -68,23 +70,29 @@ pub(crate) struct Console {
     /// The live admin credentials: a session lasts only while its
     /// credential does, with the credential's current role.
     credentials: Arc<AdminCredentials>,
+    /// Logging in at OIDC issuers, when configured.
+    login: Option<Arc<ConsoleLogin>>,
 }
 
 /// The console's routes; `api` is the admin API they call, `store` keeps
-/// the sessions.
+/// the sessions, `oidc_login` logs humans in at OIDC issuers when configured.
 pub(crate) fn routes(
     api: Api,
     credentials: Arc<AdminCredentials>,
     store: portcullis_store::Store,
+    oidc_login: Option<Arc<ConsoleLogin>>,
 ) -> Router<AdminState> {
     let console = Arc::new(Console {
         sessions: Sessions::new(store, Arc::clone(&credentials)),
         api,
         credentials,
+        login: oidc_login,
     });
     Router::new()
         .route("/console", get(pages::overview))
         .route("/console/login", get(login_form).post(login))
+        .route("/console/login/oidc", get(oidc::start))
+        .route(oidc::CALLBACK_PATH, get(oidc::callback))
         .route("/console/logout", post(logout))
         .route("/console/events", get(live::events))
         .route("/console/agents", get(pages::agents))
@@ -306,9 +314,9 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for FormRequest {
     }
 }
 
-async fn login_form() -> Response {
+async fn login_form(Extension(console): Extension<Arc<Console>>) -> Response {
     let nonce = random_hex();
-    let mut response = html(StatusCode::OK, login_page(&nonce, None));
+    let mut response = html(StatusCode::OK, login_page(&console, &nonce, None));
     response.headers_mut().insert(
         header::SET_COOKIE,
         set_cookie(LOGIN_COOKIE, &nonce, std::time::Duration::from_secs(600)),
@@ -316,7 +324,7 @@ async fn login_form() -> Response {
     response
 }
 
-fn login_page(nonce: &str, error: Option<&str>) -> String {
+fn login_page(console: &Console, nonce: &str, error: Option<&str>) -> String {
     let error = error
         .map(|e| {
             format!(
@@ -331,12 +339,13 @@ fn login_page(nonce: &str, error: Option<&str>) -> String {
         None,
         None,
         &format!(
-            "{error}<form method=\"post\" action=\"/console/login\" class=\"login\">\
+            "{error}{}<form method=\"post\" action=\"/console/login\" class=\"login\">\
              <input type=\"hidden\" name=\"login_nonce\" value=\"{}\">\
              <label>Admin token <input type=\"password\" name=\"token\" autocomplete=\"off\" required autofocus></label>\
              <button type=\"submit\">Log in</button></form>\
              <p class=\"hint\">Paste the admin token (<code>admin.token</code> in the state directory). \
              It stays on the server for this session; the browser holds only a session cookie.</p>",
+            oidc::buttons(console.login.as_deref()),
             html::esc(nonce)
         ),
     )
@@ -388,7 +397,7 @@ async fn login(
         let nonce = random_hex();
         let mut response = html(
             StatusCode::UNAUTHORIZED,
-            login_page(&nonce, Some("that is not a valid admin token")),
+            login_page(&console, &nonce, Some("that is not a valid admin token")),
         );
         response.headers_mut().insert(
             header::SET_COOKIE,

@@ -24,11 +24,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::http::{HeaderMap, HeaderValue, header};
-use portcullis_store::{ConsoleSessionRow, Store};
+use axum::http::{HeaderMap, HeaderValue};
+use portcullis_store::{ConsoleSessionLogin, ConsoleSessionRow, Store};
+
+pub(crate) use portcullis_control::oidc_login::cookie;
 
 use crate::auth::hash_token;
-use crate::credentials::{AdminCredentials, AdminIdentity, identity_of};
+use crate::credentials::{AdminCredentials, AdminIdentity, identity_of, login_identity};
 use crate::roles::{Permission as RolePermission, Role};
 
 /// The session cookie. `__Host-` makes the browser insist on `Secure`,
@@ -170,11 +172,37 @@ impl Sessions {
             return None;
         }
         credentials.authenticate(credential)?;
+        self.open(Some(hash_token(credential)), None).await
+    }
+
+    /// Opens the session of a human who logged in at OIDC issuer `issuer`,
+    /// named `name`, with the admin role `[[admin.oidc_roles]]` gave them;
+    /// returns the cookie value (`None`: the session cannot be stored).
+    /// They hold no admin credential: the row carries who they are, so the
+    /// session works on every replica and ends at logout or with its
+    /// timeouts (a credential change does not touch it).
+    pub(crate) async fn login_oidc(&self, name: &str, issuer: &str, role: Role) -> Option<String> {
+        let login = ConsoleSessionLogin {
+            issuer: issuer.to_string(),
+            name: name.to_string(),
+            role: role.as_str().to_string(),
+        };
+        self.open(None, Some(login)).await
+    }
+
+    /// Stores a new session, for a credential's token hash or an OIDC
+    /// login; returns the cookie value.
+    async fn open(
+        &self,
+        credential_sha256: Option<String>,
+        login: Option<ConsoleSessionLogin>,
+    ) -> Option<String> {
         let id = random_hex();
         let now = now_ms();
         let row = ConsoleSessionRow {
             id_sha256: hash_token(&id),
-            credential_sha256: hash_token(credential),
+            credential_sha256,
+            login,
             created_ms: now,
             last_seen_ms: now,
         };
@@ -270,11 +298,20 @@ impl Sessions {
                 return None;
             }
         };
-        let Some(identity) = live.as_ref().and_then(|l| identity_of(&l.credential)) else {
+        let resolved = live.and_then(|l| {
+            let identity = match (&l.credential, &l.session.login) {
+                (Some(credential), _) => identity_of(credential),
+                // The identity's id names the session, not a credential
+                // (a prefix of the id's hash: the cookie is not derivable).
+                (None, Some(login)) => login_identity(&format!("oidc-login:{}", &key[..16]), login),
+                (None, None) => None,
+            }?;
+            Some((identity, l.session))
+        });
+        let Some((identity, session)) = resolved else {
             self.lock_cache().remove(key);
             return None;
         };
-        let session = live.map(|l| l.session)?;
         let last_seen_ms = cached
             .map(|c| c.last_seen_ms)
             .unwrap_or_default()
@@ -346,18 +383,6 @@ pub(crate) fn same_token(submitted: &str, expected: &str) -> bool {
             == 0
 }
 
-/// The value of cookie `name` in a request.
-pub(crate) fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_string())
-}
-
 /// A `Set-Cookie` value for a console cookie: never readable by scripts,
 /// never sent over plain HTTP, never sent on a cross-site request.
 pub(crate) fn set_cookie(name: &str, value: &str, max_age: Duration) -> HeaderValue {
@@ -376,7 +401,8 @@ pub(crate) fn clear_cookie(name: &str) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::credentials::mint;
+    use crate::credentials::{CredentialKind, mint};
+    use axum::http::header;
 
     fn headers(cookie_header: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
@@ -421,7 +447,7 @@ mod tests {
             .unwrap();
         assert_ne!(row.session.id_sha256, id);
         assert_ne!(row.session.id_sha256, view.csrf);
-        assert_eq!(row.session.credential_sha256, hash_token(&tokens[0]));
+        assert_eq!(row.session.credential_sha256, Some(hash_token(&tokens[0])));
         let unknown = headers(&format!("{SESSION_COOKIE}={}", random_hex()));
         assert!(sessions.find(&unknown, &credentials).await.is_none());
         // A restart (a new table over the same store) keeps the session.
@@ -479,6 +505,44 @@ mod tests {
         credentials.reload(&store).await.unwrap();
         assert!(sessions.find(&auditor, &credentials).await.is_none());
         assert!(sessions.find(&approver, &credentials).await.is_none());
+    }
+
+    #[tokio::test]
+    async fn an_oidc_session_acts_as_its_human_on_every_replica_until_logout() {
+        let (_dir, store, _tokens) =
+            store_with(&[("root", Role::Owner), ("ops", Role::Operator)]).await;
+        let credentials = Arc::new(AdminCredentials::load(&store).await.unwrap());
+        let sessions = Sessions::new(store.clone(), credentials.clone());
+        let id = sessions
+            .login_oidc("oidc:alice@x", "https://idp", Role::Approver)
+            .await
+            .unwrap();
+        let h = headers(&format!("{SESSION_COOKIE}={id}"));
+        let view = sessions.find(&h, &credentials).await.unwrap();
+        assert_eq!(
+            (
+                view.name.as_str(),
+                view.role,
+                view.identity.login.as_deref()
+            ),
+            ("oidc:alice@x", Role::Approver, Some("https://idp"))
+        );
+        assert_eq!(view.identity.kind, CredentialKind::Login);
+        assert!(may(&view, Permission::DecideApprovals));
+        assert!(!may(&view, Permission::ManageAgents));
+        // No admin credential was made for it.
+        assert_eq!(store.admin_credentials().await.unwrap().len(), 2);
+        // Another replica (its own cache) honours it; a credential change
+        // does not end it.
+        let other = Sessions::new(store.clone(), credentials.clone());
+        store.revoke_admin_credential("ops", 5).await.unwrap();
+        credentials.reload(&store).await.unwrap();
+        assert!(other.find(&h, &credentials).await.is_some());
+        // Logout on one replica ends it on every replica.
+        sessions.end(&view).await;
+        assert!(sessions.find(&h, &credentials).await.is_none());
+        tokio::time::sleep(CACHE_TTL + Duration::from_millis(100)).await;
+        assert!(other.find(&h, &credentials).await.is_none(), "logged out");
     }
 
     #[tokio::test]

@@ -72,6 +72,62 @@ pub enum JwksSource {
     Url(String),
     /// Read from a file (re-read when a token names an unknown key).
     File(PathBuf),
+    /// Fetched from the `jwks_uri` of the issuer's OpenID Connect discovery
+    /// document (`<issuer>/.well-known/openid-configuration`): login issuers
+    /// configured without `jwks_url` or `jwks_file`.
+    Discovery,
+}
+
+/// Where a login client's secret comes from (never the config file itself,
+/// which is often committed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientSecretSource {
+    /// A file holding the secret (surrounding whitespace ignored).
+    File(PathBuf),
+    /// An environment variable holding it.
+    Env(String),
+}
+
+/// The gateway as an OpenID Connect client of an issuer: humans log in there
+/// (the web console, the MCP authorization page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoginClient {
+    /// The gateway's client id at the issuer (the `aud` of ID tokens).
+    pub client_id: String,
+    /// A confidential client's secret; `None`: a public client (PKCE only).
+    pub client_secret: Option<ClientSecretSource>,
+    /// The name on the "Log in with" button.
+    pub display_name: String,
+    /// Scopes asked for besides `openid`.
+    pub scopes: Vec<String>,
+}
+
+/// `[[admin.oidc_roles]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOidcRole {
+    /// The ID-token claim compared: `sub`, `email` (verified addresses
+    /// only) or `groups` (matches when the list holds the value).
+    pub claim: OidcRoleClaim,
+    /// The value it must have.
+    pub value: String,
+    /// The admin role given: `owner`, `operator`, `policy-author`,
+    /// `approver` or `auditor`.
+    pub role: String,
+    /// Only for logins at this issuer (default: any login issuer).
+    pub issuer: Option<String>,
+}
+
+/// The claim an `[[admin.oidc_roles]]` entry compares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OidcRoleClaim {
+    /// The subject.
+    Sub,
+    /// The verified e-mail address.
+    Email,
+    /// One of the groups.
+    Groups,
 }
 
 /// A validated `[[identity.oidc]]`.
@@ -87,6 +143,8 @@ pub struct OidcConfig {
     pub mfa_amr: Vec<String>,
     /// Clock skew (seconds).
     pub clock_skew: i64,
+    /// Humans log in at this issuer, when set.
+    pub login: Option<LoginClient>,
 }
 
 /// The 1-based line of the byte offset where `span` starts.

@@ -78,7 +78,7 @@ pub(crate) async fn serve_authorize(
         let record = recorder.record();
         record.outcome = Outcome::Allow;
         record.credential = Some(format!("client={} login page", request.client_id));
-        Ok(login_page(&request, &login, None))
+        Ok(login_page(&request, &login, issuers(gateway), None))
     } else if decoded.parts.method == Method::POST {
         if !gateway.sink.writable() {
             return Err(Denial::new(
@@ -95,8 +95,18 @@ pub(crate) async fn serve_authorize(
     }
 }
 
+/// The OIDC issuers users may log in at instead, as (index, button name).
+pub(super) fn issuers(gateway: &Gateway) -> Vec<(usize, String)> {
+    gateway
+        .tokens
+        .login
+        .as_deref()
+        .map(|rp| rp.issuers().map(|(i, n)| (i, n.to_string())).collect())
+        .unwrap_or_default()
+}
+
 /// A redirect back to the client with `params` (and `state`, `iss`).
-fn redirect(
+pub(super) fn redirect(
     gateway: &Gateway,
     request: &AuthorizationRequest,
     params: &[(&str, &str)],
@@ -126,7 +136,7 @@ fn redirect(
 }
 
 /// A refusal sent back in the redirect, recorded with its code.
-fn refused(
+pub(super) fn refused(
     gateway: &Gateway,
     request: &AuthorizationRequest,
     denial: &Denial,
@@ -259,6 +269,9 @@ async fn login(
             "this login page expired or was already answered; start the authorization again",
         ));
     };
+    if let Some(index) = form.decision.strip_prefix(super::callback::OIDC_DECISION) {
+        return super::callback::start(gateway, &request, &form.login, index, now, recorder).await;
+    }
     if form.decision != "allow" {
         server.end_login(&form.login);
         let denial = Denial::new(ErrorCode::Forbidden, "the user denied the authorization");
@@ -312,11 +325,16 @@ async fn login(
         record.outcome = Outcome::Deny;
         record.error_code = Some(ErrorCode::InvalidTotp.as_str().to_string());
         // The page again, with the refusal: the user may retry.
-        return Ok(login_page(&request, &form.login, Some(message)));
+        return Ok(login_page(
+            &request,
+            &form.login,
+            issuers(gateway),
+            Some(message),
+        ));
     }
     gateway.attempts.success(LOGIN_KIND, &keys);
     server.end_login(&form.login);
-    let code = server.issue_code(request.clone(), user, true, now)?;
+    let code = server.issue_code(request.clone(), super::LoginUser::local(user), now)?;
     let record = recorder.record();
     record.outcome = Outcome::Allow;
     record.credential = Some(format!(

@@ -17,7 +17,9 @@ use portcullis_identity::{AuthorizedGrant, Confirmation, DelegatedUser, SpiffeId
 use portcullis_store::{RefreshOutcome, RefreshTokenRow};
 use serde::Deserialize;
 
-use super::{AuthorizationServer, Redeemed, configured, pkce_matches, random_token, sha256_hex};
+use super::{
+    AuthorizationServer, LoginUser, Redeemed, configured, pkce_matches, random_token, sha256_hex,
+};
 use crate::body::Recorder;
 use crate::directory::AgentDirectory;
 use crate::oauth::{json_response, spend_proof, token_request_proof, with_next_nonce};
@@ -51,8 +53,7 @@ fn store_error(e: portcullis_store::StoreError) -> Denial {
 /// What a grant yields, ready to issue.
 struct Grant {
     client_id: String,
-    user: String,
-    mfa: bool,
+    user: LoginUser,
     resource: String,
     scope: String,
     family: String,
@@ -110,8 +111,11 @@ pub(crate) async fn token(
             "this refresh token is bound to a DPoP key: sign the request's proof with it",
         ));
     }
-    if gateway.tokens.revocations.user_disabled(&grant.user) {
-        return Err(grant_error(format!("user `{}` is disabled", grant.user)));
+    if gateway.tokens.revocations.user_disabled(&grant.user.name) {
+        return Err(grant_error(format!(
+            "user `{}` is disabled",
+            grant.user.name
+        )));
     }
     let agent = &server.config.agent;
     check_agent(directory, agent)?;
@@ -180,7 +184,6 @@ async fn code_grant(
     Ok(Grant {
         client_id: client_id.to_string(),
         user: code.user.clone(),
-        mfa: code.mfa,
         resource: request.resource.clone(),
         scope: request.scope.clone(),
         family,
@@ -202,7 +205,7 @@ async fn refresh_grant(
         .await
         .map_err(store_error)?
     {
-        RefreshOutcome::Fresh(row) => row,
+        RefreshOutcome::Fresh(row) => *row,
         RefreshOutcome::Reused { family, .. } => {
             // The store revoked the family; the lists follow before the answer.
             tracing::warn!(family, "refresh token reused: its family is revoked");
@@ -224,8 +227,12 @@ async fn refresh_grant(
     }
     Ok(Grant {
         client_id: row.client_id,
-        user: row.user_name,
-        mfa: row.mfa,
+        user: LoginUser {
+            name: row.user_name,
+            issuer: row.user_issuer,
+            groups: row.user_groups,
+            mfa: row.mfa,
+        },
         resource: row.resource,
         scope: row.scope,
         family: row.family,
@@ -265,11 +272,15 @@ async fn issue(
 ) -> Result<Response<ResponseBody>, Denial> {
     let tokens = &gateway.tokens;
     let user = DelegatedUser {
-        sub: grant.user.clone(),
-        // Local users are the gateway's own.
-        iss: tokens.issuer_url().to_string(),
-        groups: Vec::new(),
-        mfa: grant.mfa,
+        sub: grant.user.name.clone(),
+        // Local users are the gateway's own; federated ones their issuer's.
+        iss: grant
+            .user
+            .issuer
+            .clone()
+            .unwrap_or_else(|| tokens.issuer_url().to_string()),
+        groups: grant.user.groups.clone(),
+        mfa: grant.user.mfa,
     };
     let spiffe = SpiffeId::for_agent(&tokens.trust_domain, agent).to_string();
     let cnf = Confirmation {
@@ -303,11 +314,13 @@ async fn issue(
                 token_hash: sha256_hex(&refresh),
                 family: grant.family.clone(),
                 client_id: grant.client_id.clone(),
-                user_name: grant.user.clone(),
+                user_name: grant.user.name.clone(),
+                user_issuer: grant.user.issuer.clone(),
+                user_groups: grant.user.groups.clone(),
                 resource: grant.resource.clone(),
                 scope: grant.scope.clone(),
                 jkt: jkt.clone(),
-                mfa: grant.mfa,
+                mfa: grant.user.mfa,
                 created_at: now,
                 expires_at: grant.family_expires_at,
                 access_jti: claims.jti.clone(),
@@ -324,7 +337,7 @@ async fn issue(
         record.credential = Some(format!(
             "client={} user={} issued token jti={} cnf={} resource={} refresh family={}",
             grant.client_id,
-            grant.user,
+            grant.user.name,
             claims.jti,
             if jkt.is_some() { "dpop" } else { "none" },
             grant.resource,

@@ -11,13 +11,19 @@
 //!   resource indicator (RFC 8707) naming one route; answers a login and
 //!   consent page (`page.rs`) naming the client, the resource and the scope.
 //!   `POST /oauth2/authorize` takes the login: a local user (an admin enrolled
-//!   with `portcullis admin user add`) and their TOTP code, consumed once. It
-//!   redirects with a single-use code living 60 s, and `iss` (RFC 9207).
+//!   with `portcullis admin user add`) and their TOTP code, consumed once, or
+//!   "Log in with <issuer>" for each `[[identity.oidc]]` issuer with a
+//!   `client_id`, which sends the browser to that issuer (the relying party
+//!   of `portcullis_control::oidc_login`: code + PKCE + state + nonce) and
+//!   back to `GET /oauth2/authorize/callback` (`callback.rs`), the login
+//!   bound to the browser by a cookie. Either way it redirects with a
+//!   single-use code living 60 s, and `iss` (RFC 9207).
 //! - `POST /oauth2/token` with `authorization_code` or `refresh_token`
 //!   (`grant.rs`): the code is redeemed once (a second redemption revokes
 //!   what the first issued), the verifier must match, and the access token
 //!   is audience-bound to the resource: a token for one route is refused on
-//!   every other. It acts for the user through the configured agent
+//!   every other. It acts for the user (a federated user with their
+//!   issuer and groups, as token exchange would see them) through the configured agent
 //!   (`sub` the user, `act` the agent then `oauth-client:<id>`), so policy
 //!   sees `context.delegation` and must allow the user too; DPoP-bound when
 //!   the client sent a proof, else a bearer token (`context.auth.binding ==
@@ -37,6 +43,7 @@
 pub mod config;
 
 mod authorize;
+mod callback;
 mod client_metadata;
 mod grant;
 mod page;
@@ -51,6 +58,7 @@ use portcullis_core::ErrorCode;
 use sha2::{Digest, Sha256};
 
 pub(crate) use authorize::serve_authorize;
+pub(crate) use callback::serve_callback;
 pub(crate) use grant::token;
 pub(crate) use register::serve_register;
 
@@ -60,6 +68,9 @@ use config::AuthorizationConfig;
 
 /// The authorization endpoint.
 pub const AUTHORIZE_PATH: &str = "/oauth2/authorize";
+/// Where an OIDC issuer sends the browser back after a login started on
+/// the authorization page.
+pub const CALLBACK_PATH: &str = "/oauth2/authorize/callback";
 /// The registration endpoint (RFC 7591).
 pub const REGISTER_PATH: &str = "/oauth2/register";
 /// The one scope offered: access to the resource as policy allows the user
@@ -92,12 +103,37 @@ struct PendingLogin {
     expires_at: i64,
 }
 
+/// Who approved an authorization: a local user, or a user of an OIDC issuer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct LoginUser {
+    /// The user's name (a local user) or subject (a federated one).
+    pub name: String,
+    /// The OIDC issuer of a federated user; `None`: a local user (the
+    /// gateway's own).
+    pub issuer: Option<String>,
+    /// A federated user's groups (usable as Cedar roles).
+    pub groups: Vec<String>,
+    /// Whether the login passed a second factor.
+    pub mfa: bool,
+}
+
+impl LoginUser {
+    /// A local user, who logged in with their TOTP code.
+    pub(crate) fn local(name: &str) -> Self {
+        LoginUser {
+            name: name.to_string(),
+            issuer: None,
+            groups: Vec::new(),
+            mfa: true,
+        }
+    }
+}
+
 /// An authorization code handed out.
 #[derive(Debug, Clone)]
 pub(crate) struct IssuedCode {
     pub request: AuthorizationRequest,
-    pub user: String,
-    pub mfa: bool,
+    pub user: LoginUser,
     expires_at: i64,
     /// The refresh family its redemption started, once redeemed.
     redeemed: Option<String>,
@@ -231,8 +267,7 @@ impl AuthorizationServer {
     fn issue_code(
         &self,
         request: AuthorizationRequest,
-        user: &str,
-        mfa: bool,
+        user: LoginUser,
         now: i64,
     ) -> Result<String, Denial> {
         let mut codes = lock(&self.codes);
@@ -245,8 +280,7 @@ impl AuthorizationServer {
             code.clone(),
             IssuedCode {
                 request,
-                user: user.to_string(),
-                mfa,
+                user,
                 expires_at: now + CODE_TTL,
                 redeemed: None,
             },
@@ -443,13 +477,17 @@ mod tests {
     #[test]
     fn codes_redeem_once_and_expire() {
         let s = server();
-        let code = s.issue_code(request(), "alice", true, 100).unwrap();
+        let code = s
+            .issue_code(request(), LoginUser::local("alice"), 100)
+            .unwrap();
         let Redeemed::Fresh(issued, family) = s.redeem(&code, 110) else {
             panic!("fresh code refused");
         };
-        assert_eq!(issued.user, "alice");
+        assert_eq!(issued.user, LoginUser::local("alice"));
         assert!(matches!(s.redeem(&code, 120), Redeemed::Reused(f) if f == family));
-        let late = s.issue_code(request(), "alice", true, 100).unwrap();
+        let late = s
+            .issue_code(request(), LoginUser::local("alice"), 100)
+            .unwrap();
         assert!(matches!(s.redeem(&late, 100 + CODE_TTL), Redeemed::Unknown));
         assert!(matches!(s.redeem("nope", 100), Redeemed::Unknown));
         // Logins: pending until answered or expired.

@@ -1,7 +1,8 @@
 //! The login and consent page of the authorization endpoint: one form naming
 //! the client (its registered name and id), where it will be sent back to,
 //! the resource and the scope, asking a local user for their name and TOTP
-//! code, with Allow and Deny. Every value is HTML-escaped; the page loads
+//! code, with Allow and Deny, and one "Log in with <issuer> and allow" per
+//! OIDC login issuer. Every value is HTML-escaped; the page loads
 //! nothing, runs no script and may not be framed.
 
 use http::{HeaderValue, Response, StatusCode, header};
@@ -31,8 +32,20 @@ fn escape(text: &str) -> String {
 pub(super) fn login_page(
     request: &AuthorizationRequest,
     login_id: &str,
+    issuers: Vec<(usize, String)>,
     error: Option<&str>,
 ) -> Response<ResponseBody> {
+    // One button per OIDC issuer: allow, logging in there instead of here.
+    let issuers: String = issuers
+        .iter()
+        .map(|(index, name)| {
+            format!(
+                "<p><button name=\"decision\" value=\"{}{index}\" formnovalidate>Log in with {} and allow</button></p>\n",
+                super::callback::OIDC_DECISION,
+                escape(name)
+            )
+        })
+        .collect();
     let redirect_host = request
         .redirect_uri
         .parse::<http::Uri>()
@@ -63,7 +76,7 @@ pub(super) fn login_page(
 <p><label>TOTP code <input name="totp" inputmode="numeric" autocomplete="one-time-code" pattern="[0-9]{{6}}" required></label></p>
 <p><button name="decision" value="allow">Allow</button>
 <button name="decision" value="deny" formnovalidate>Deny</button></p>
-</form>
+{issuers}</form>
 </body></html>
 "#,
         name = escape(&request.client_name),
@@ -118,7 +131,12 @@ mod tests {
             resource: "https://gw/mcp".into(),
             scope: "mcp".into(),
         };
-        let response = login_page(&request, "id\"><b>", Some("refused <b>"));
+        let response = login_page(
+            &request,
+            "id\"><b>",
+            vec![(0, "<b>IdP</b>".into())],
+            Some("refused <b>"),
+        );
         assert_eq!(response.status(), 401);
         assert_eq!(response.headers()[header::X_FRAME_OPTIONS], "DENY");
         let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -127,5 +145,8 @@ mod tests {
         assert!(!body.contains("<b>"), "{body}");
         assert!(body.contains("&lt;script&gt;alert(1)&lt;/script&gt;&quot;x"));
         assert!(body.contains("<code>127.0.0.1:5000</code>"));
+        assert!(body.contains(
+            "value=\"oidc-0\" formnovalidate>Log in with &lt;b&gt;IdP&lt;/b&gt; and allow"
+        ));
     }
 }

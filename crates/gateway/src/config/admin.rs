@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 
 use serde::Deserialize;
 
+pub use portcullis_control::config::{OidcRoleClaim, RawOidcRole};
+
 /// Default step-up window: one TOTP confirmation covers five minutes.
 pub const DEFAULT_STEP_UP_SECONDS: u64 = 300;
 /// The longest step-up window accepted (one hour); longer values are capped.
@@ -27,4 +29,43 @@ pub struct RawAdmin {
     /// credential that made it (default 300, at most 3600; 0 turns windows
     /// off, so every sensitive action needs its own code).
     pub step_up_seconds: Option<u64>,
+    /// `[[admin.oidc_roles]]`: which humans logging in to the console at an
+    /// OIDC issuer (`[[identity.oidc]]` with `client_id`) get which admin
+    /// role. The first entry whose claim matches wins; a human no entry
+    /// matches is refused.
+    #[serde(default)]
+    pub oidc_roles: Vec<RawOidcRole>,
+}
+
+/// The role names `[[admin.oidc_roles]]` accepts (the admin crate's roles).
+const ROLE_NAMES: [&str; 5] = ["owner", "operator", "policy-author", "approver", "auditor"];
+
+/// Checks `[[admin.oidc_roles]]` against the login issuers.
+pub(super) fn check_oidc_roles(admin: &RawAdmin, login_issuers: &[&str]) -> Result<(), String> {
+    for (i, entry) in admin.oidc_roles.iter().enumerate() {
+        let at = |m: &str| format!("`[[admin.oidc_roles]]` #{}: {m}", i + 1);
+        if !ROLE_NAMES.contains(&entry.role.as_str()) {
+            return Err(at(&format!(
+                "unknown role `{}`: use one of {}",
+                entry.role,
+                ROLE_NAMES.join(", ")
+            )));
+        }
+        if entry.value.is_empty() {
+            return Err(at("`value` must not be empty"));
+        }
+        if let Some(issuer) = &entry.issuer
+            && !login_issuers.contains(&issuer.as_str())
+        {
+            return Err(at(&format!(
+                "`issuer` `{issuer}` is not an `[[identity.oidc]]` issuer with a `client_id`"
+            )));
+        }
+    }
+    if !admin.oidc_roles.is_empty() && login_issuers.is_empty() {
+        return Err(
+            "`[[admin.oidc_roles]]` needs an `[[identity.oidc]]` issuer with a `client_id`".into(),
+        );
+    }
+    Ok(())
 }

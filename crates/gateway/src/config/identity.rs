@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Deserializer};
 
-pub use portcullis_control::config::{JwksSource, OidcConfig};
+pub use portcullis_control::config::{ClientSecretSource, JwksSource, LoginClient, OidcConfig};
 
 /// Default trust domain of agent SPIFFE IDs.
 pub const DEFAULT_TRUST_DOMAIN: &str = "portcullis.local";
@@ -56,6 +56,21 @@ pub struct RawOidc {
     pub mfa_amr: Option<Vec<String>>,
     /// Allowed clock skew in seconds (default 60, at most 300).
     pub clock_skew_seconds: Option<i64>,
+    /// Humans log in at this issuer (the web console, the MCP authorization
+    /// page) with the authorization-code flow, PKCE, `state` and `nonce`,
+    /// as this OAuth client. Absent: the issuer only vouches for tokens
+    /// presented to token exchange. The ID token's `aud` must be this id.
+    pub client_id: Option<String>,
+    /// A file holding the client's secret (confidential client, sent with
+    /// HTTP Basic at the token endpoint; relative to the config file).
+    pub client_secret_file: Option<PathBuf>,
+    /// Or the environment variable holding it.
+    pub client_secret_env: Option<String>,
+    /// The name on the "Log in with" button (default: the issuer URL).
+    pub display_name: Option<String>,
+    /// Scopes asked for besides `openid` (default `["email", "profile"]`;
+    /// add `groups` when the issuer needs it for the `groups` claim).
+    pub scopes: Option<Vec<String>>,
 }
 
 fn opt_trust_domain<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -80,6 +95,16 @@ pub(super) fn check_delegation_and_issuers(identity: &RawIdentity) -> Result<(),
     {
         return Err("key `identity.max_delegation_depth`: must be between 1 and 5".into());
     }
+    if identity
+        .posture_attestor
+        .as_ref()
+        .is_some_and(|a| a.client_id.is_some())
+    {
+        return Err(
+            "`[identity.posture_attestor]`: nobody logs in at the posture attestor (no `client_id`)"
+                .into(),
+        );
+    }
     for (i, oidc) in identity
         .oidc
         .iter()
@@ -92,24 +117,22 @@ pub(super) fn check_delegation_and_issuers(identity: &RawIdentity) -> Result<(),
         }
         match (&oidc.jwks_url, &oidc.jwks_file) {
             (Some(url), None) => {
-                let uri: http::Uri = url
-                    .parse()
+                url.parse::<http::Uri>()
                     .map_err(|_| at("`jwks_url` is not a valid URL"))?;
-                let loopback = uri.host().is_some_and(|h| {
-                    h == "localhost"
-                        || h.trim_matches(['[', ']'])
-                            .parse::<std::net::IpAddr>()
-                            .is_ok_and(|ip| ip.is_loopback())
-                });
-                match uri.scheme_str() {
-                    Some("https") => {}
-                    Some("http") if loopback => {}
-                    _ => return Err(at("`jwks_url` must be https (http only on loopback)")),
+                if !portcullis_control::oidc_login::safe_endpoint(url) {
+                    return Err(at("`jwks_url` must be https (http only on loopback)"));
                 }
             }
             (None, Some(_)) => {}
-            _ => return Err(at("set exactly one of `jwks_url` and `jwks_file`")),
+            // A login issuer publishes its keys in its discovery document.
+            (None, None) if oidc.client_id.is_some() => {}
+            _ => {
+                return Err(at(
+                    "set exactly one of `jwks_url` and `jwks_file` (or `client_id`, to read the keys from discovery)",
+                ));
+            }
         }
+        check_login(oidc).map_err(|m| at(&m))?;
         if oidc
             .clock_skew_seconds
             .is_some_and(|s| !(0..=portcullis_identity::MAX_CLOCK_SKEW).contains(&s))
@@ -122,6 +145,42 @@ pub(super) fn check_delegation_and_issuers(identity: &RawIdentity) -> Result<(),
         {
             return Err(at("duplicate issuer"));
         }
+    }
+    Ok(())
+}
+
+/// The login settings of one issuer: all or nothing, a reachable issuer URL
+/// (discovery is fetched from it), one secret source at most.
+fn check_login(oidc: &RawOidc) -> Result<(), String> {
+    let Some(client_id) = &oidc.client_id else {
+        return match (
+            &oidc.client_secret_file,
+            &oidc.client_secret_env,
+            &oidc.display_name,
+            &oidc.scopes,
+        ) {
+            (None, None, None, None) => Ok(()),
+            _ => Err("`client_secret_*`, `display_name` and `scopes` need `client_id`".into()),
+        };
+    };
+    if client_id.is_empty() || client_id.len() > 256 {
+        return Err("`client_id` must be 1 to 256 characters".into());
+    }
+    let issuer_ok = portcullis_control::oidc_login::safe_endpoint(&oidc.issuer)
+        && !oidc.issuer.contains(['?', '#']);
+    if !issuer_ok {
+        return Err("a login issuer must be an https URL (http only on loopback)".into());
+    }
+    if oidc.client_secret_file.is_some() && oidc.client_secret_env.is_some() {
+        return Err("set at most one of `client_secret_file` and `client_secret_env`".into());
+    }
+    if oidc
+        .scopes
+        .iter()
+        .flatten()
+        .any(|s| s.is_empty() || s.contains([' ', '"']) || s == "openid")
+    {
+        return Err("`scopes` are single words besides `openid` (always asked for)".into());
     }
     Ok(())
 }
@@ -151,7 +210,20 @@ pub(super) fn check_tokens(identity: &RawIdentity) -> Result<(), String> {
 
 /// A `[[identity.oidc]]` issuer of users' tokens (checked in `parse`).
 pub(super) fn oidc(o: RawOidc, base: &Path) -> OidcConfig {
+    let login = o.client_id.map(|client_id| LoginClient {
+        client_id,
+        client_secret: match (o.client_secret_file, o.client_secret_env) {
+            (Some(file), _) => Some(ClientSecretSource::File(super::relative(base, file))),
+            (None, Some(var)) => Some(ClientSecretSource::Env(var)),
+            (None, None) => None,
+        },
+        display_name: o.display_name.unwrap_or_else(|| o.issuer.clone()),
+        scopes: o
+            .scopes
+            .unwrap_or_else(|| vec!["email".into(), "profile".into()]),
+    });
     OidcConfig {
+        login,
         jwks: jwks(o.jwks_url, o.jwks_file, base),
         issuer: o.issuer,
         audience: o.audience,
@@ -171,6 +243,7 @@ pub(super) fn posture_attestor(o: RawOidc, base: &Path) -> OidcConfig {
         audience: o.audience,
         mfa_amr: Vec::new(),
         clock_skew: o.clock_skew_seconds.unwrap_or(60),
+        login: None,
     }
 }
 
@@ -178,7 +251,7 @@ fn jwks(url: Option<String>, file: Option<PathBuf>, base: &Path) -> JwksSource {
     match (url, file) {
         (Some(url), _) => JwksSource::Url(url),
         (None, Some(file)) => JwksSource::File(super::relative(base, file)),
-        (None, None) => JwksSource::File(PathBuf::new()),
+        (None, None) => JwksSource::Discovery,
     }
 }
 
@@ -188,6 +261,69 @@ mod tests {
 
     use crate::config::Config;
     use crate::config::tests::check;
+
+    #[test]
+    fn login_issuers_and_admin_roles() {
+        use super::{ClientSecretSource, JwksSource};
+        let base = "[[identity.oidc]]\nissuer = \"https://idp\"\naudience = \"a\"\nclient_id = \"gw\"\nclient_secret_file = \"s\"\n";
+        let c = Config::parse(base, Path::new("/etc/p/p.toml")).unwrap();
+        let login = c.oidc[0].login.clone().unwrap();
+        assert_eq!(c.oidc[0].jwks, JwksSource::Discovery);
+        assert_eq!(
+            login.client_secret,
+            Some(ClientSecretSource::File("/etc/p/s".into()))
+        );
+        assert_eq!(
+            (login.display_name.as_str(), login.scopes.as_slice()),
+            (
+                "https://idp",
+                ["email".to_string(), "profile".to_string()].as_slice()
+            )
+        );
+        let role = |extra: &str| format!("{base}[[admin.oidc_roles]]\n{extra}\n");
+        let c = Config::parse(
+            &role("claim = \"groups\"\nvalue = \"ops\"\nrole = \"approver\""),
+            Path::new("/p.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.admin_oidc_roles[0].role, "approver");
+        check(
+            &role("claim = \"groups\"\nvalue = \"ops\"\nrole = \"root\""),
+            "unknown role `root`",
+        );
+        check(
+            &role("claim = \"name\"\nvalue = \"x\"\nrole = \"owner\""),
+            "unknown variant `name`",
+        );
+        check(
+            &role("claim = \"sub\"\nvalue = \"x\"\nrole = \"owner\"\nissuer = \"https://other\""),
+            "is not an `[[identity.oidc]]` issuer with a `client_id`",
+        );
+        check(
+            "[[admin.oidc_roles]]\nclaim = \"sub\"\nvalue = \"x\"\nrole = \"owner\"\n",
+            "needs an `[[identity.oidc]]` issuer with a `client_id`",
+        );
+        check(
+            "[[identity.oidc]]\nissuer = \"http://idp.example\"\naudience = \"a\"\nclient_id = \"gw\"\n",
+            "a login issuer must be an https URL",
+        );
+        check(
+            "[[identity.oidc]]\nissuer = \"https://idp\"\naudience = \"a\"\njwks_file = \"k\"\nscopes = [\"groups\"]\n",
+            "need `client_id`",
+        );
+        check(
+            "[[identity.oidc]]\nissuer = \"https://idp\"\naudience = \"a\"\n",
+            "set exactly one of `jwks_url` and `jwks_file`",
+        );
+        check(
+            &format!("{base}client_secret_env = \"X\"\n"),
+            "at most one of `client_secret_file` and `client_secret_env`",
+        );
+        check(
+            &format!("{base}scopes = [\"openid\"]\n"),
+            "`scopes` are single words",
+        );
+    }
 
     #[test]
     fn token_settings() {

@@ -35,7 +35,7 @@ mod routes;
 mod store;
 mod telemetry;
 
-pub use admin::{DEFAULT_ADMIN_LISTEN, RawAdmin};
+pub use admin::{DEFAULT_ADMIN_LISTEN, OidcRoleClaim, RawAdmin, RawOidcRole};
 pub use approvals::RawApprovals;
 pub use gateway::{
     DEFAULT_GATEWAY_LISTEN, DEFAULT_MAX_CONNECTIONS, RawForwardClientCert, RawGateway,
@@ -168,6 +168,8 @@ pub struct Config {
     /// How long one TOTP confirmation opens a step-up window for the
     /// confirming admin credential (zero: every sensitive action needs a code).
     pub admin_step_up: std::time::Duration,
+    /// Which humans logging in at an OIDC issuer get which admin role.
+    pub admin_oidc_roles: Vec<RawOidcRole>,
     /// Connection caps and timeouts of each listener.
     pub connections: crate::listener::ConnectionLimits,
     /// Throttling of failed TOTP codes and client assertions.
@@ -299,6 +301,14 @@ impl Config {
         let llm = routes::validate(&raw.routes, text, base).map_err(invalid)?;
         limits::check_max_body(&raw.limits).map_err(invalid)?;
         identity::check_delegation_and_issuers(&raw.identity).map_err(invalid)?;
+        let login_issuers: Vec<&str> = raw
+            .identity
+            .oidc
+            .iter()
+            .filter(|o| o.client_id.is_some())
+            .map(|o| o.issuer.as_str())
+            .collect();
+        admin::check_oidc_roles(&raw.admin, &login_issuers).map_err(invalid)?;
         limits::check_upstream_timeout(&raw.limits).map_err(invalid)?;
         audit::check_checkpoint_interval(&raw.audit).map_err(invalid)?;
         identity::check_tokens(&raw.identity).map_err(invalid)?;
@@ -375,6 +385,7 @@ impl Config {
                 .listen
                 .unwrap_or_else(|| parse_addr(DEFAULT_GATEWAY_LISTEN)),
             admin_require_mfa: raw.admin.require_mfa.unwrap_or(false),
+            admin_oidc_roles: raw.admin.oidc_roles.clone(),
             admin_step_up: std::time::Duration::from_secs(
                 raw.admin
                     .step_up_seconds

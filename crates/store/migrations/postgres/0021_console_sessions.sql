@@ -4,9 +4,16 @@
 -- its credential by that credential's current token hash, so rotating or
 -- revoking the credential ends the session (the lookup joins on a live
 -- credential with that hash). Times are epoch milliseconds.
+-- A human who logged in at an OIDC issuer holds no admin credential: the
+-- row then has no `credential_sha256` and carries the issuer, the name and
+-- the admin role `[[admin.oidc_roles]]` gave at login; it ends at logout or
+-- with the session's timeouts.
 CREATE TABLE console_sessions (
     id_sha256         TEXT PRIMARY KEY NOT NULL,
-    credential_sha256 TEXT NOT NULL,
+    credential_sha256 TEXT,
+    login_issuer      TEXT,
+    login_name        TEXT,
+    login_role        TEXT,
     created_ms        BIGINT NOT NULL,
     last_seen_ms      BIGINT NOT NULL
 );
