@@ -19,6 +19,18 @@
 //!
 //! Target (issue 23): start-up with the sandbox ≤ +20 ms over without; call
 //! latency unchanged (± 5 %).
+//!
+//! Measured 2026-12-07 10:51 UTC on the development machine (2 cores, load
+//! average 1.2–1.7), main at 1ff7707, two runs of `cargo bench --profile dev
+//! -p portcullis-cli --bench sandbox` (a debug gateway binary: the keeper and
+//! the PID namespace's init are two more starts of it per session, so a
+//! release binary starts them faster):
+//!
+//! ```text
+//! run  sandboxed start p50/p99  plain start p50/p99  added p50  call p50 sandboxed/plain  ratio
+//! 1    59.1 / 78.4 ms           43.0 / 73.6 ms       +16.2 ms   2.61 / 2.55 ms            1.026
+//! 2    59.2 / 76.3 ms           43.9 / 54.7 ms       +15.3 ms   2.26 / 2.20 ms            1.026
+//! ```
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod support;
