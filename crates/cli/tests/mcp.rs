@@ -49,26 +49,11 @@ fn python_mcp() -> bool {
 /// user may read: a sandboxed server runs as `nobody` when the tests run as
 /// root, and the target directory may lie below a private home.
 fn everything() -> Option<PathBuf> {
-    let dir = std::env::temp_dir().join("portcullis-test-mcp-server-everything");
-    match Command::new(format!("{TESTS}/install_everything.sh"))
-        .arg(&dir)
-        .output()
-    {
-        Ok(o) if o.status.success() => Some(PathBuf::from(
-            String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        )),
-        Ok(o) => {
-            eprintln!(
-                "SKIPPED: MCP end-to-end test: cannot install @modelcontextprotocol/server-everything: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: MCP end-to-end test: cannot run the npm install script ({e})");
-            None
-        }
-    }
+    support::npm_installed(
+        &format!("{TESTS}/install_everything.sh"),
+        "portcullis-test-mcp-server-everything",
+        "MCP end-to-end test (@modelcontextprotocol/server-everything)",
+    )
 }
 
 /// A gateway with one MCP route and the given policies.

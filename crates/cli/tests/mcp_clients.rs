@@ -534,26 +534,11 @@ async fn client_id_metadata_documents_are_fetched_checked_and_cached() {
 
 /// The TypeScript SDK and Inspector, installed once per machine.
 fn ts_clients() -> Option<PathBuf> {
-    let dir = std::env::temp_dir().join("portcullis-test-mcp-ts-clients");
-    match Command::new(format!("{TESTS}/install_ts_clients.sh"))
-        .arg(&dir)
-        .output()
-    {
-        Ok(o) if o.status.success() => Some(PathBuf::from(
-            String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        )),
-        Ok(o) => {
-            eprintln!(
-                "SKIPPED: TypeScript MCP clients: cannot install the SDK and Inspector: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: TypeScript MCP clients: cannot run the npm install script ({e})");
-            None
-        }
-    }
+    support::npm_installed(
+        &format!("{TESTS}/install_ts_clients.sh"),
+        "portcullis-test-mcp-ts-clients",
+        "TypeScript MCP clients (the SDK and Inspector)",
+    )
 }
 
 /// The redirect URI the TypeScript host uses.

@@ -41,26 +41,11 @@ const POLICIES: &str = r#"
 /// Installs the provider (once per machine); `None` (with a visible SKIPPED
 /// line) when npm or the registry is unavailable.
 fn provider_dir() -> Option<PathBuf> {
-    let dir = std::env::temp_dir().join("portcullis-test-oidc-provider");
-    match Command::new(format!("{TESTS}/install_provider.sh"))
-        .arg(&dir)
-        .output()
-    {
-        Ok(o) if o.status.success() => Some(PathBuf::from(
-            String::from_utf8_lossy(&o.stdout).trim().to_string(),
-        )),
-        Ok(o) => {
-            eprintln!(
-                "SKIPPED: OIDC login test: cannot install oidc-provider: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            None
-        }
-        Err(e) => {
-            eprintln!("SKIPPED: OIDC login test: cannot run the npm install script ({e})");
-            None
-        }
-    }
+    support::npm_installed(
+        &format!("{TESTS}/install_provider.sh"),
+        "portcullis-test-oidc-provider",
+        "OIDC login test (oidc-provider)",
+    )
 }
 
 /// Starts the provider; its process and port.

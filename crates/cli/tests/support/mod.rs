@@ -717,3 +717,27 @@ pub async fn readyz(server: &Server) -> (u16, Value) {
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
 }
+
+/// Runs an npm install script (`script DIR` prints the entry point; pinned
+/// versions, one install per machine, see `tests/mcp/install_everything.sh`)
+/// into `$TMPDIR/<dir>`, a directory any user may read. `None`, with a
+/// visible `SKIPPED: <what>` line, when npm or the registry is unavailable.
+pub fn npm_installed(script: &str, dir: &str, what: &str) -> Option<PathBuf> {
+    let dir = std::env::temp_dir().join(dir);
+    match Command::new(script).arg(&dir).output() {
+        Ok(o) if o.status.success() => Some(PathBuf::from(
+            String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        )),
+        Ok(o) => {
+            eprintln!(
+                "SKIPPED: {what}: the npm install failed: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            None
+        }
+        Err(e) => {
+            eprintln!("SKIPPED: {what}: cannot run the npm install script ({e})");
+            None
+        }
+    }
+}
