@@ -172,29 +172,7 @@ impl CertificateAuthority {
                 .try_into()
                 .map_err(|e: rcgen::Error| CaError::Sign(e.to_string()))?,
         )];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        let now = OffsetDateTime::now_utc();
-        let not_after = now + ttl;
-        params.not_before = now - BACKDATE;
-        params.not_after = not_after;
-        let serial = random_serial();
-        let serial_hex = hex::encode(serial.as_ref());
-        params.serial_number = Some(serial);
-        params.use_authority_key_identifier_extension = true;
-        let request = CertificateSigningRequestParams {
-            params,
-            public_key: csr.public_key,
-        };
-        let cert = request
-            .signed_by(&self.issuer)
-            .map_err(|e| CaError::Sign(e.to_string()))?;
-        Ok(IssuedCertificate {
-            pem: cert.pem(),
-            serial: serial_hex,
-            spiffe_id,
-            not_after: not_after.unix_timestamp(),
-        })
+        self.sign_client(csr, params, ttl, spiffe_id)
     }
 
     /// Issues a human or automation admin's client certificate for the
@@ -223,6 +201,19 @@ impl CertificateAuthority {
         dn.push(DnType::OrganizationName, ADMIN_ORGANIZATION);
         dn.push(DnType::CommonName, name);
         params.distinguished_name = dn;
+        self.sign_client(csr, params, ttl, String::new())
+    }
+
+    /// Signs a client-auth certificate for the key of `csr`, with the
+    /// subject (and names) `params` carries, valid from now (backdated by
+    /// [`BACKDATE`] for clock skew) for `ttl`, under a random serial.
+    fn sign_client(
+        &self,
+        csr: CertificateSigningRequestParams,
+        mut params: CertificateParams,
+        ttl: Duration,
+        spiffe_id: String,
+    ) -> Result<IssuedCertificate, CaError> {
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         let now = OffsetDateTime::now_utc();
@@ -243,7 +234,7 @@ impl CertificateAuthority {
         Ok(IssuedCertificate {
             pem: cert.pem(),
             serial: serial_hex,
-            spiffe_id: String::new(),
+            spiffe_id,
             not_after: not_after.unix_timestamp(),
         })
     }
