@@ -155,19 +155,7 @@ async fn create(
     let (name, role) = new_credential(&state, &call, &body.name, &body.role).await?;
     let approver = require_fresh_totp(&state, &call, &headers).await?;
     let (row, token) = mint(name.as_str(), role, &call.admin_name(), false);
-    state
-        .store
-        .add_admin_credential(&row)
-        .await
-        .map_err(|e| call.store_error(e))?;
-    reload(&state, &call).await?;
-    call.done_by(
-        &state.sink,
-        &approver,
-        "admin_token.create",
-        name.as_str(),
-        201,
-    );
+    keep_credential(&state, &call, &approver, &row, "admin_token.create").await?;
     Ok(json(
         StatusCode::CREATED,
         &Issued {
@@ -236,19 +224,7 @@ async fn create_certificate(
     row.token_sha256 = fingerprint.clone();
     row.kind = portcullis_store::ADMIN_KIND_CERTIFICATE.to_string();
     row.not_after = Some(issued.not_after);
-    state
-        .store
-        .add_admin_credential(&row)
-        .await
-        .map_err(|e| call.store_error(e))?;
-    reload(&state, &call).await?;
-    call.done_by(
-        &state.sink,
-        &approver,
-        "admin_certificate.create",
-        name.as_str(),
-        201,
-    );
+    keep_credential(&state, &call, &approver, &row, "admin_certificate.create").await?;
     Ok(json(
         StatusCode::CREATED,
         &IssuedCertificate {
@@ -452,4 +428,23 @@ async fn step_down(
     state.step_up.close(&admin.id);
     call.done(&state.sink, "admin.step_down", &admin.name, 200);
     Ok(json(StatusCode::OK, &session_view(&state, &call)?))
+}
+
+/// Stores a new admin credential, reloads the credentials every request
+/// checks, and audits `action` by the acting admin with its TOTP approver.
+async fn keep_credential(
+    state: &AdminState,
+    call: &Call,
+    approver: &crate::mfa::Approver,
+    row: &portcullis_store::AdminTokenRow,
+    action: &str,
+) -> Result<(), ApiError> {
+    state
+        .store
+        .add_admin_credential(row)
+        .await
+        .map_err(|e| call.store_error(e))?;
+    reload(state, call).await?;
+    call.done_by(&state.sink, approver, action, &row.name, 201);
+    Ok(())
 }
