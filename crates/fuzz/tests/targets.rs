@@ -295,10 +295,15 @@ fn jsonrpc_messages() {
                 let again = jsonrpc::ask(method2, forwarded.get("params"))
                     .expect("the forwarded message is refused");
                 assert_eq!(again, ask, "decided and forwarded messages differ");
-                assert_eq!(
-                    jsonrpc::canonical_arguments(forwarded.get("params")).unwrap(),
-                    ask.arguments
-                );
+                // Only `tools/call` and `prompts/get` are decided on their
+                // arguments; elsewhere (notifications, lists) a stray
+                // `params.arguments` is neither decided nor acted on.
+                if matches!(method, "tools/call" | "prompts/get") {
+                    assert_eq!(
+                        jsonrpc::canonical_arguments(forwarded.get("params")).unwrap(),
+                        ask.arguments
+                    );
+                }
             }
             out.chars().take(64).collect()
         });
