@@ -97,17 +97,7 @@ when { context.path like "/api/internal*" };
 /// A server with the nested routes `/api` (public, upstream base
 /// `/api-base`) and `/api/admin` (confidential, upstream base `/admin-base`).
 async fn nested_routes(extra_gateway: &str) -> (Server, Seen) {
-    install_crypto();
     let (upstream, seen) = recording_upstream().await;
-    let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
-    std::fs::create_dir_all(&policies).unwrap();
-    std::fs::write(
-        policies.join("schema.cedarschema"),
-        include_str!("../../policy/defaults/schema.cedarschema"),
-    )
-    .unwrap();
-    std::fs::write(policies.join("edge.cedar"), POLICIES).unwrap();
     let routes = [
         route(
             "api",
@@ -123,9 +113,44 @@ async fn nested_routes(extra_gateway: &str) -> (Server, Seen) {
         ),
     ]
     .join("\n");
+    (start(&routes, POLICIES, extra_gateway).await, seen)
+}
+
+/// Policies of the protocol routes: `dev` may do anything on the MCP route
+/// `tools` and the LLM route `llm`.
+const PROTOCOL_POLICIES: &str = r#"
+@id("dev-tools") permit (principal in Role::"dev", action, resource in Route::"tools");
+@id("dev-llm") permit (principal in Role::"dev", action, resource in Route::"llm");
+"#;
+
+/// A server with an MCP route `/mcp` (upstream base `/mcp-base`) and an LLM
+/// route `/llm`, both on the recording upstream.
+async fn protocol_routes() -> (Server, Seen) {
+    let (upstream, seen) = recording_upstream().await;
+    let routes = format!(
+        "[[routes]]\nname = \"tools\"\nkind = \"mcp\"\npath_prefix = \"/mcp\"\nupstream = \"http://{upstream}/mcp-base\"\nclassification = \"internal\"\n\
+         [[routes]]\nname = \"llm\"\nkind = \"llm\"\npath_prefix = \"/llm\"\nupstream = \"http://{upstream}\"\nclassification = \"internal\"\n\
+         [[routes.models]]\nname = \"gpt-test\"\nstatus = \"approved\"\n"
+    );
+    (start(&routes, PROTOCOL_POLICIES, "").await, seen)
+}
+
+/// Starts the gateway with `routes`, the Cedar `policies` (beside the
+/// shipped schema), bodies up to 4 KiB and `extra_gateway` in `[gateway]`.
+async fn start(routes: &str, policies: &str, extra_gateway: &str) -> Server {
+    install_crypto();
+    let dir = tempfile::tempdir().unwrap();
+    let policy_dir = dir.path().join("policies");
+    std::fs::create_dir_all(&policy_dir).unwrap();
+    std::fs::write(
+        policy_dir.join("schema.cedarschema"),
+        include_str!("../../policy/defaults/schema.cedarschema"),
+    )
+    .unwrap();
+    std::fs::write(policy_dir.join("edge.cedar"), policies).unwrap();
     let cfg = config(
         dir.path(),
-        &routes,
+        routes,
         "max_body_bytes = 4096\n[policy]\ndir = \"policies\"",
     );
     if !extra_gateway.is_empty() {
@@ -136,10 +161,9 @@ async fn nested_routes(extra_gateway: &str) -> (Server, Seen) {
         );
         std::fs::write(&cfg, text).unwrap();
     }
-    let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
+    tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
         .await
-        .unwrap();
-    (server, seen)
+        .unwrap()
 }
 
 /// An answer: status, request id and JSON body.
@@ -171,13 +195,39 @@ async fn send(
     target: &str,
     headers: &[(&str, &str)],
 ) -> Answer {
+    send_body(server, tls, proto, method, target, headers, "").await
+}
+
+/// [`send`] with a JSON `body` (none when empty).
+async fn send_body(
+    server: &Server,
+    tls: rustls::ClientConfig,
+    proto: Proto,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    let json_headers = [
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+    ];
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .chain(json_headers.iter().filter(|_| !body.is_empty()))
+        .copied()
+        .collect();
     match proto {
         Proto::Http1 => {
             let mut raw = format!("{method} {target} HTTP/1.1\r\nhost: localhost\r\n");
-            for (k, v) in headers {
+            for (k, v) in &headers {
                 raw.push_str(&format!("{k}: {v}\r\n"));
             }
+            if !body.is_empty() {
+                raw.push_str(&format!("content-length: {}\r\n", body.len()));
+            }
             raw.push_str("connection: close\r\n\r\n");
+            raw.push_str(body);
             let answer = raw_tls(server.gateway, tls, raw.as_bytes()).await;
             let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
             let status = head
@@ -204,11 +254,15 @@ async fn send(
             let mut request = hyper::Request::builder()
                 .method(method)
                 .uri(format!("https://localhost{target}"));
-            for (k, v) in headers {
+            for (k, v) in &headers {
                 request = request.header(*k, *v);
             }
             let response = sender
-                .send_request(request.body(Full::new(Bytes::new())).unwrap())
+                .send_request(
+                    request
+                        .body(Full::new(Bytes::from(body.to_string())))
+                        .unwrap(),
+                )
                 .await
                 .unwrap();
             let status = response.status().as_u16();
@@ -425,6 +479,120 @@ async fn method_overrides_are_refused() {
         seen.lock().unwrap().is_empty(),
         "an override reached the upstream"
     );
+}
+
+/// The decode stage runs before routing, so its refusals hold on every kind
+/// of route. On an MCP route and an LLM route, with real JSON-RPC and
+/// completion bodies: overlong UTF-8 and the other ambiguous paths are
+/// refused with 400 `bad_path`, two `Host` headers with 400 `bad_request`,
+/// method overrides with 400 `method_override_refused` (each recorded with
+/// its code), and none reaches the upstream; the request that does go
+/// through arrives without the proxy headers its client forged.
+#[tokio::test(flavor = "multi_thread")]
+async fn decode_refusals_hold_on_mcp_and_llm_routes() {
+    let (server, seen) = protocol_routes().await;
+    let (cert, key) = server.create_agent("dev-bot", &["dev"]);
+    let tls = || tls_config(&server.ca_pem(), Some((&cert, &key)));
+    let mcp = r#"{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"edge","version":"1"}}}"#;
+    let llm = r#"{"model":"gpt-test","messages":[{"role":"user","content":"hi"}]}"#;
+    // Route prefix, what follows it, the body, and the target the upstream
+    // gets for the plain spelling.
+    let kinds = [
+        ("/mcp", "", mcp, "/mcp-base"),
+        ("/llm", "/v1/chat/completions", llm, "/v1/chat/completions"),
+    ];
+    let forged = "spiffe://portcullis.local/agent/admin";
+    for (prefix, rest, body, upstream_target) in kinds {
+        let endpoint = format!("{prefix}{rest}");
+        let from = seen.lock().unwrap().len();
+        let refused = |a: &Answer, code: &str, what: &str| {
+            assert_eq!((a.status, a.code()), (400, code), "{what} {a:?}");
+            assert_eq!(
+                server.audit_record(&a.id)["error_code"],
+                code,
+                "{what}: the record"
+            );
+        };
+        for proto in [Proto::Http1, Proto::Http2] {
+            for target in [
+                // Overlong UTF-8 for `..` and `/` (found by `portcullis
+                // redteam` on an HTTP route), in two and three bytes.
+                format!("{prefix}/%c0%ae%c0%ae{prefix}{rest}"),
+                format!("{prefix}/..%c0%af{prefix}{rest}"),
+                format!("{prefix}/%e0%80%ae%e0%80%ae{prefix}{rest}"),
+                format!("{prefix}/%2e%2e{prefix}{rest}"),
+                format!("{prefix}/%252e%252e{prefix}{rest}"),
+                format!("/{prefix}{rest}"),
+                format!("{prefix};x{rest}"),
+                format!("{endpoint}%2f"),
+            ] {
+                let a = send_body(&server, tls(), proto, "POST", &target, &[], body).await;
+                refused(&a, "bad_path", &format!("{proto:?} {target}"));
+            }
+            for (target, header) in [
+                (endpoint.clone(), Some(("X-HTTP-Method-Override", "GET"))),
+                (endpoint.clone(), Some(("X-Method-Override", "DELETE"))),
+                (endpoint.clone(), Some(("X-HTTP-Method", "PUT"))),
+                (format!("{endpoint}?_method=GET"), None),
+            ] {
+                let headers: Vec<(&str, &str)> = header.into_iter().collect();
+                let a = send_body(&server, tls(), proto, "POST", &target, &headers, body).await;
+                refused(
+                    &a,
+                    "method_override_refused",
+                    &format!("{proto:?} {target} {header:?}"),
+                );
+            }
+        }
+        // RFC 9112 §3.2 (HTTP/1.1 only: HTTP/2 has one `:authority`).
+        let raw = format!(
+            "POST {endpoint} HTTP/1.1\r\nHost: localhost\r\nHost: admin.internal\r\ncontent-type: application/json\r\ncontent-length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let answer = support::raw_tls(server.gateway, tls(), raw.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 400"), "{endpoint}: {answer}");
+        assert!(answer.contains("\"bad_request\""), "{endpoint}: {answer}");
+        assert!(
+            targets(&seen, from).is_empty(),
+            "{endpoint}: a refused request reached the upstream: {:?}",
+            targets(&seen, from)
+        );
+
+        // The plain spelling is served, and its forged proxy headers are
+        // dropped before the adapter forwards it.
+        let a = send_body(
+            &server,
+            tls(),
+            Proto::Http1,
+            "POST",
+            &endpoint,
+            &[
+                ("X_Portcullis_Agent", forged),
+                ("X-Portcullis-Agent", forged),
+                ("X-Forwarded-For", "6.6.6.6"),
+                ("Forwarded", "for=6.6.6.6"),
+                ("X-Real-IP", "6.6.6.6"),
+                ("X-Original-URL", "/admin"),
+            ],
+            body,
+        )
+        .await;
+        assert_eq!(a.status, 200, "{endpoint}: {a:?}");
+        assert_eq!(targets(&seen, from), [upstream_target], "{endpoint}: {a:?}");
+        let received = seen.lock().unwrap()[from]["headers"].clone();
+        for (name, value) in received.as_object().unwrap() {
+            let value = value.as_str().unwrap_or("");
+            assert!(
+                !name.contains('_')
+                    && !["forwarded", "x-real-ip", "x-original-url"].contains(&name.as_str()),
+                "{endpoint}: `{name}` reached the upstream"
+            );
+            assert!(
+                !value.contains("6.6.6.6") && !value.contains(forged),
+                "{endpoint}: `{name}: {value}` reached the upstream"
+            );
+        }
+    }
 }
 
 /// A WSGI app on Python's `wsgiref`: answers with the request's CGI
