@@ -1545,7 +1545,8 @@ mod tests {
         // After a restart (once the writer caught up), the approval is
         // still there and matches the exact call, not the masked one.
         let mut reloaded = None;
-        for _ in 0..100 {
+        // Bounded at 10 s: the writer's commit, on a loaded machine.
+        for _ in 0..500 {
             let desk = Approvals::load(store.clone(), None).await.unwrap();
             if desk.list().first().map(|t| t.status) == Some(Status::Approved) {
                 reloaded = Some(desk);
@@ -1607,7 +1608,8 @@ mod tests {
         // denied tickets are not live, and a restart reloads only the two
         // pending ones (never the used approval).
         let mut live = Vec::new();
-        for _ in 0..100 {
+        // Bounded at 10 s: the writer's commit, on a loaded machine.
+        for _ in 0..500 {
             live = store.live_approvals(now_ms()).await.unwrap();
             let settled = live.len() == 2
                 && live
@@ -1673,7 +1675,8 @@ mod tests {
         // human approves a call, whoever asked.
         assert!(matches!(desk.gate(call("x")), Gate::Pending(t, false) if t.id == ticket.id));
         let mut reloaded = Vec::new();
-        for _ in 0..100 {
+        // Bounded at 10 s: the writer's commit, on a loaded machine.
+        for _ in 0..500 {
             reloaded = Approvals::load(store.clone(), None).await.unwrap().list();
             if !reloaded.is_empty() {
                 break;
@@ -1702,7 +1705,8 @@ mod tests {
         };
         // Written behind: B finds it once it is stored.
         let mut found = false;
-        for _ in 0..50 {
+        // Bounded at 10 s: the writer's commit, on a loaded machine.
+        for _ in 0..500 {
             b.resync().await.unwrap();
             if b.get(&ticket.id).is_some() {
                 found = true;

@@ -418,7 +418,8 @@ mod tests {
         assert_eq!(pins.observe("r", &changed), PinState::Changed);
         // The background writes land; a new process sees the same pins.
         let mut rows = Vec::new();
-        for _ in 0..100 {
+        // Bounded at 10 s: the writer's commit, on a loaded machine.
+        for _ in 0..1000 {
             rows = pins.store.mcp_tools().await.unwrap();
             if rows.first().map(|r| r.seen_digest.as_str())
                 == Some(definition(&changed).digest.as_str())
