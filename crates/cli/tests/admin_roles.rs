@@ -7,7 +7,7 @@
 
 mod support;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use portcullis_admin::{ROLES, ROUTE_PERMISSIONS, Role};
 use portcullis_identity::TotpSecret;
@@ -284,10 +284,18 @@ async fn rotation_and_revocation_are_in_force_on_the_next_request_and_the_bootst
     );
 }
 
+/// The step-up window of the test below, in seconds.
+const STEP_UP_SECONDS: u64 = 12;
+
 #[tokio::test(flavor = "multi_thread")]
 async fn one_totp_confirmation_opens_a_step_up_window_for_that_credential_only() {
     install_crypto();
-    let server = server_with(tempfile::tempdir().unwrap(), "step_up_seconds = 4");
+    // Long enough for the CLI calls that use the window on a loaded machine
+    // (each spawns the debug binary); its end is waited for, not slept out.
+    let server = server_with(
+        tempfile::tempdir().unwrap(),
+        &format!("step_up_seconds = {STEP_UP_SECONDS}"),
+    );
     let owner = server.admin_token().trim().to_string();
     let ops = create(&server, "ops", "operator");
     let auditor = create(&server, "watcher", "auditor");
@@ -388,7 +396,7 @@ async fn one_totp_confirmation_opens_a_step_up_window_for_that_credential_only()
     );
     assert!(ok, "{err}");
     let opened: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(opened["step_up_seconds"], 4);
+    assert_eq!(opened["step_up_seconds"], STEP_UP_SECONDS);
     assert!(
         opened["step_up"]["expires_at"]
             .as_str()
@@ -397,7 +405,26 @@ async fn one_totp_confirmation_opens_a_step_up_window_for_that_credential_only()
     );
     let (ok, _, err) = as_admin(&server, &owner, &["agent", "revoke", "a3"]);
     assert!(ok, "{err}");
-    std::thread::sleep(Duration::from_millis(4_500));
+    // The window closes on its own: `whoami` stops showing it (bounded),
+    // and an action needs a code again.
+    let opened_at = Instant::now();
+    loop {
+        let (ok, out, err) = as_admin(&server, &owner, &["admin", "whoami", "-o", "json"]);
+        assert!(ok, "{err}");
+        let me: Value = serde_json::from_str(&out).unwrap();
+        if me["step_up"].is_null() {
+            break;
+        }
+        assert!(
+            opened_at.elapsed() < Duration::from_secs(STEP_UP_SECONDS + 60),
+            "the step-up window never closed: {me}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    println!(
+        "the {STEP_UP_SECONDS} s window was seen closed {:.1} s after a3's revocation",
+        opened_at.elapsed().as_secs_f64()
+    );
     let (ok, _, err) = as_admin(&server, &owner, &["agent", "revoke", "a4"]);
     assert!(!ok && err.contains("mfa_required"), "{err}");
 }

@@ -1978,14 +1978,27 @@ fn a_sandboxed_servers_children_die_with_a_killed_gateway() {
 
     server.signal("KILL");
     // Parent-death signals travel gateway → keeper → init, and init's end
-    // kills the namespace: well within a second.
-    std::thread::sleep(Duration::from_millis(1_500));
-    let after_kill = size();
-    std::thread::sleep(Duration::from_millis(1_000));
-    assert_eq!(
-        size(),
-        after_kill,
-        "a child of the sandboxed server still runs after the gateway was killed"
+    // kills the namespace: usually well within a second. The child appends
+    // every 100 ms, so a size unchanged for a whole second means it is gone;
+    // the bound is generous for a loaded machine.
+    let killed = Instant::now();
+    let mut last = size();
+    loop {
+        std::thread::sleep(Duration::from_millis(1_000));
+        let current = size();
+        if current == last {
+            break;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "a child of the sandboxed server still runs {:?} after the gateway was killed",
+            killed.elapsed()
+        );
+        last = current;
+    }
+    println!(
+        "the lingering child stopped writing within {:?} of the kill",
+        killed.elapsed()
     );
     drop(client);
     let _ = std::fs::remove_dir_all(home);
