@@ -907,12 +907,20 @@ impl AuditAppender {
         if records.is_empty() && intents.is_empty() {
             return Ok(self.head());
         }
-        // The batch is encoded and hashed before the write lock is taken, so
-        // the lock is held only for the writes. On PostgreSQL another replica
-        // may have appended meanwhile; the batch is then prepared again under
-        // the lock (see `write_batch`).
-        let prepared = self.prepare(records);
-        let result = self.write_batch(records, prepared, personal, intents).await;
+        // The stored forms leave the seq out: they are encoded before any
+        // lock is taken, whatever seqs the records get.
+        let stored = self.encode(records);
+        // On one node nobody else appends, so the batch is numbered and
+        // hashed before the write lock (shared by every writer of the
+        // database) is taken: the lock is held only for the writes. On
+        // PostgreSQL other replicas append meanwhile, and a batch numbered
+        // in advance would have to be numbered and hashed again after theirs:
+        // it is numbered and hashed once, under the audit lock, which only
+        // audit appends take (see `write_batch`).
+        let numbered = (!self.store.is_postgres()).then(|| self.number(records));
+        let result = self
+            .write_batch(records, stored, numbered, personal, intents)
+            .await;
         match result {
             Ok((acc, closed)) => {
                 let (first_string, added) = self.strings.added();
@@ -930,47 +938,54 @@ impl AuditAppender {
         }
     }
 
-    /// Numbers, encodes and hashes `records` as the next leaves of this
-    /// appender's tree: the tree after them and the stored subtrees they
-    /// complete.
-    fn prepare(&mut self, records: &mut [AuditRecord]) -> Prepared {
+    /// Numbers `records` as the next leaves of this appender's tree and
+    /// hashes them: the tree after them, the stored subtrees they complete,
+    /// and each record's canonical text with its leaf hash.
+    fn number(&self, records: &mut [AuditRecord]) -> Numbered {
         let mut acc = self.acc.clone();
-        let first = acc.size();
         let mut nodes = Vec::new();
-        let mut leaves = Vec::with_capacity(records.len());
-        for (seq, record) in (first..).zip(records.iter_mut()) {
-            record.seq = Some(seq);
-            let text = record.canonical_bytes();
-            let leaf = merkle::leaf_hash(&text);
-            acc.push_reporting(leaf, |s| {
-                if s.level >= NODE_MIN_LEVEL {
-                    nodes.push(s);
-                }
-            });
-            leaves.push((text, leaf));
-        }
-        Prepared { acc, nodes, leaves }
+        let leaves = records
+            .iter_mut()
+            .map(|record| {
+                record.seq = Some(acc.size());
+                let text = record.canonical_bytes();
+                let leaf = merkle::leaf_hash(&text);
+                acc.push_reporting(leaf, |s| {
+                    if s.level >= NODE_MIN_LEVEL {
+                        nodes.push(s);
+                    }
+                });
+                (text, leaf)
+            })
+            .collect();
+        Numbered { acc, nodes, leaves }
     }
 
-    /// The stored rows of prepared `records` (with their canonical text and
-    /// leaf hash from [`Self::prepare`], computed once): seq, request id,
-    /// time, stored form and leaf hash.
+    /// The compact stored form of each record (`None` where the record is
+    /// stored as its leaf), interning the strings it names.
+    fn encode(&mut self, records: &[AuditRecord]) -> Vec<Option<Vec<u8>>> {
+        records
+            .iter()
+            .map(|record| audit_rows::stored_form(record, &mut self.strings, &mut self.check))
+            .collect()
+    }
+
+    /// The stored rows of numbered `records`: seq, request id, time, stored
+    /// form (the leaf where there is no compact one) and leaf hash.
     fn rows<'r>(
-        &mut self,
         records: &'r [AuditRecord],
         leaves: Vec<(Vec<u8>, Hash)>,
+        stored: Vec<Option<Vec<u8>>>,
     ) -> Vec<BatchRow<'r>> {
         records
             .iter()
-            .zip(leaves)
-            .map(|(record, (text, leaf))| {
-                let stored =
-                    audit_rows::stored_form(record, &text, &mut self.strings, &mut self.check);
+            .zip(leaves.into_iter().zip(stored))
+            .map(|(record, ((text, leaf), stored))| {
                 (
                     record.seq.unwrap_or_default() as i64,
                     record.request_id.as_str(),
                     record.time_ms,
-                    stored,
+                    stored.unwrap_or(text),
                     leaf,
                 )
             })
@@ -979,23 +994,32 @@ impl AuditAppender {
 
     /// Catches up with records other replicas appended (PostgreSQL only,
     /// under the audit lock): the tree's frontier and the string table as
-    /// the log now holds them.
-    async fn catch_up(&mut self, size: u64) -> Result<(), StoreError> {
+    /// the log now holds them. Answers whether the batch being written must
+    /// be encoded again: it added strings, and so did the others, so the
+    /// numbers it gave its new strings may be taken.
+    async fn catch_up(&mut self, size: u64) -> Result<bool, StoreError> {
         let frontier = self.store.subtree_hashes(&range_subtrees(0..size)).await?;
         self.acc = MerkleAccumulator::from_frontier(size, frontier).map_err(corrupt)?;
-        self.strings.roll_back();
         let more = audit_rows::load_strings(&self.store.pool, self.strings.len()).await?;
+        if more.is_empty() {
+            return Ok(false);
+        }
+        let reencode = !self.strings.added().1.is_empty();
+        self.strings.roll_back();
         self.strings.extend_committed(more);
-        Ok(())
+        Ok(reencode)
     }
 
     /// Writes a batch (records, the strings they add, subtree nodes,
     /// personal values, intents) in one transaction; returns the tree after
-    /// it and how many intents its records closed.
+    /// it and how many intents its records closed. The records come encoded
+    /// (`stored`), and numbered when `numbered` is given (one node);
+    /// otherwise they are numbered here, under the lock.
     async fn write_batch(
         &mut self,
         records: &mut [AuditRecord],
-        mut prepared: Prepared,
+        mut stored: Vec<Option<Vec<u8>>>,
+        numbered: Option<Numbered>,
         personal: &[PersonalValue],
         intents: &[AuditIntentRow],
     ) -> Result<(MerkleAccumulator, u64), StoreError> {
@@ -1025,13 +1049,17 @@ impl AuditAppender {
                     )));
                 }
                 // Cluster mode: other replicas appended. Under the lock nobody
-                // else can, so the batch is numbered after their records, once.
-                self.catch_up(size).await?;
-                prepared = self.prepare(records);
+                // else can, so the batch is numbered after their records.
+                if self.catch_up(size).await? {
+                    stored = self.encode(records);
+                }
             }
             let first = self.acc.size();
-            let Prepared { acc, nodes, leaves } = prepared;
-            let rows = self.rows(records, leaves);
+            let Numbered { acc, nodes, leaves } = match numbered {
+                Some(numbered) => numbered,
+                None => self.number(records),
+            };
+            let rows = Self::rows(records, leaves, stored);
             let (first_string, added) = self.strings.added();
             for (chunk_start, chunk) in (first_string..)
                 .step_by(AUDIT_ROWS_PER_INSERT)
@@ -1046,24 +1074,9 @@ impl AuditAppender {
                 });
                 insert.build().execute(&mut *tx).await?;
             }
-            // Multi-row INSERTs: one statement per chunk instead of one round trip
-            // per record.
-            for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
-                let mut insert = sqlx::QueryBuilder::<Db>::new(
-                    "INSERT INTO audit_log (seq, request_id, time_ms, record, leaf_hash) ",
-                );
-                insert.push_values(
-                    chunk,
-                    |mut row, (seq, request_id, time_ms, stored, leaf)| {
-                        row.push_bind(*seq)
-                            .push_bind(*request_id)
-                            .push_bind(*time_ms)
-                            .push_bind(stored.as_slice())
-                            .push_bind(&leaf[..]);
-                    },
-                );
-                insert.build().execute(&mut *tx).await?;
-            }
+            // One `COPY` on PostgreSQL, multi-row INSERTs on SQLite (see
+            // `RecordRows`): never a round trip per record.
+            RecordRows::write(&mut *tx, &rows).await?;
             // The subtrees the batch completes, in multi-row statements too
             // (a batch of 2048 completes about 64): each is completed once,
             // so no statement names one twice.
@@ -1078,17 +1091,25 @@ impl AuditAppender {
                 insert.push(" ON CONFLICT (level, idx) DO UPDATE SET hash = excluded.hash");
                 insert.build().execute(&mut *tx).await?;
             }
-            for p in personal {
-                query(
-                "INSERT INTO audit_personal (seq, field, value, expires_ms) VALUES (?, ?, ?, ?)
-                 ON CONFLICT (seq, field) DO UPDATE SET value = excluded.value, expires_ms = excluded.expires_ms",
-            )
-            .bind((first + p.record as u64) as i64)
-            .bind(p.field)
-            .bind(&p.value)
-            .bind(p.expires_ms)
-            .execute(&mut *tx)
-            .await?;
+            // Multi-row too. One statement may not name a (seq, field) twice
+            // (PostgreSQL refuses to update a row twice in one statement), so
+            // a value given twice keeps the last, as writing them one by one
+            // would.
+            let personal = last_per_field(personal);
+            for chunk in personal.chunks(AUDIT_ROWS_PER_INSERT) {
+                let mut insert = sqlx::QueryBuilder::<Db>::new(
+                    "INSERT INTO audit_personal (seq, field, value, expires_ms) ",
+                );
+                insert.push_values(chunk, |mut row, p| {
+                    row.push_bind((first + p.record as u64) as i64)
+                        .push_bind(p.field)
+                        .push_bind(p.value.as_str())
+                        .push_bind(p.expires_ms);
+                });
+                insert.push(
+                    " ON CONFLICT (seq, field) DO UPDATE SET value = excluded.value, expires_ms = excluded.expires_ms",
+                );
+                insert.build().execute(&mut *tx).await?;
             }
             let live = self.live_intents + intents.len() as u64;
             let closed = journal_intents!(tx, intents, &rows, live);
@@ -1104,10 +1125,104 @@ type BatchRow<'r> = (i64, &'r str, i64, Vec<u8>, Hash);
 /// A batch numbered and hashed as the next leaves of the tree: the tree
 /// after it, the stored subtrees it completes, and each record's canonical
 /// text with its leaf hash.
-struct Prepared {
+struct Numbered {
     acc: MerkleAccumulator,
     nodes: Vec<Subtree>,
     leaves: Vec<(Vec<u8>, Hash)>,
+}
+
+/// `personal` with one value per (record, field), the last given.
+fn last_per_field(personal: &[PersonalValue]) -> Vec<&PersonalValue> {
+    let mut last: HashMap<(usize, &str), usize> = HashMap::with_capacity(personal.len());
+    for (i, p) in personal.iter().enumerate() {
+        last.insert((p.record, p.field), i);
+    }
+    personal
+        .iter()
+        .enumerate()
+        .filter(|(i, p)| last.get(&(p.record, p.field)) == Some(i))
+        .map(|(_, p)| p)
+        .collect()
+}
+
+/// Writes the record rows of a batch in the append transaction, the fastest
+/// way each backend has.
+trait RecordRows {
+    async fn write(&mut self, rows: &[BatchRow<'_>]) -> Result<(), sqlx::Error>;
+}
+
+impl RecordRows for sqlx::SqliteConnection {
+    /// Multi-row INSERTs, one statement per chunk (an embedded database has
+    /// no round trips to save, only statements to prepare).
+    async fn write(&mut self, rows: &[BatchRow<'_>]) -> Result<(), sqlx::Error> {
+        for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
+            let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+                "INSERT INTO audit_log (seq, request_id, time_ms, record, leaf_hash) ",
+            );
+            insert.push_values(
+                chunk,
+                |mut row, (seq, request_id, time_ms, stored, leaf)| {
+                    row.push_bind(*seq)
+                        .push_bind(*request_id)
+                        .push_bind(*time_ms)
+                        .push_bind(stored.as_slice())
+                        .push_bind(&leaf[..]);
+                },
+            );
+            insert.build().execute(&mut *self).await?;
+        }
+        Ok(())
+    }
+}
+
+impl RecordRows for sqlx::PgConnection {
+    /// One `COPY ... FROM STDIN` in PostgreSQL's binary format: two round
+    /// trips for the whole batch, no statement to parse or plan, and no
+    /// per-value binding. The rows land exactly as an INSERT would put them
+    /// (primary key checked: a seq taken fails the batch, as before).
+    async fn write(&mut self, rows: &[BatchRow<'_>]) -> Result<(), sqlx::Error> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let mut copy = self
+            .copy_in_raw(
+                "COPY audit_log (seq, request_id, time_ms, record, leaf_hash) FROM STDIN (FORMAT binary)",
+            )
+            .await?;
+        copy.send(copy_binary(rows)).await?;
+        copy.finish().await?;
+        Ok(())
+    }
+}
+
+/// `rows` in the binary `COPY` format: the signature, flags and header
+/// extension length, then per row its field count and each field as a
+/// length and bytes (`BIGINT` as 8 bytes big-endian, `TEXT` as UTF-8,
+/// `BYTEA` as is), then the trailer -1.
+fn copy_binary(rows: &[BatchRow<'_>]) -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+        // A field is at most a record's bytes: far below 2 GiB.
+        out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+    let size: usize = rows
+        .iter()
+        .map(|(_, id, _, stored, _)| 2 + 5 * 4 + 8 + id.len() + 8 + stored.len() + 32)
+        .sum();
+    let mut out = Vec::with_capacity(19 + size + 2);
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&0i32.to_be_bytes());
+    out.extend_from_slice(&0i32.to_be_bytes());
+    for (seq, request_id, time_ms, stored, leaf) in rows {
+        out.extend_from_slice(&5i16.to_be_bytes());
+        field(&mut out, &seq.to_be_bytes());
+        field(&mut out, request_id.as_bytes());
+        field(&mut out, &time_ms.to_be_bytes());
+        field(&mut out, stored);
+        field(&mut out, &leaf[..]);
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out
 }
 
 /// Inserts `intents` and deletes those the appended `rows` close (only when
@@ -1427,6 +1542,102 @@ pub(crate) mod tests {
         );
     }
 
+    /// Three replicas (three stores, three pools) append at once, in
+    /// batches small and larger than a statement's worth of rows, some
+    /// adding a string the others add in the same round or strings of their
+    /// own (their numbers collide unless the batch is encoded again after
+    /// catching up), some adding none (encoded once), with
+    /// a personal value given twice: every index is given out once, each
+    /// appender's tree after each of its batches is the stored tree at that
+    /// size (no fork), and the log verifies.
+    #[tokio::test]
+    async fn concurrent_replicas_never_fork_the_tree() {
+        let Some(db) = crate::testing::TestDb::postgres().await else {
+            return;
+        };
+        let writer = |store: Store, tag: usize| {
+            tokio::spawn(async move {
+                let mut log = store.audit_appender().await.unwrap();
+                let mut heads = Vec::new();
+                let mut firsts = Vec::new();
+                let mut seqs = Vec::new();
+                for round in 0..12 {
+                    let len = [1, 300, 7, 600][round % 4];
+                    let mut batch: Vec<_> = (0..len)
+                        .map(|i| AuditRecord {
+                            request_id: format!("r{tag}-{round}-{i}"),
+                            principal: Some(match round % 3 {
+                                0 => format!("shared-{round}"),
+                                1 => format!("agent-{tag}-{round}"),
+                                // Known after its first batch: adds no string.
+                                _ => "steady".to_string(),
+                            }),
+                            ..record(i)
+                        })
+                        .collect();
+                    let personal = ["first", "second"].map(|value| PersonalValue {
+                        record: 0,
+                        field: "source_ip",
+                        value: format!("{value}-{tag}-{round}"),
+                        expires_ms: i64::MAX,
+                    });
+                    let head = log
+                        .append_with_personal(&mut batch, &personal)
+                        .await
+                        .unwrap();
+                    heads.push(head);
+                    firsts.push((batch[0].seq.unwrap(), format!("second-{tag}-{round}")));
+                    seqs.extend(batch.iter().map(|r| r.seq.unwrap()));
+                }
+                (heads, firsts, seqs)
+            })
+        };
+        let stores = [db.open().await, db.open().await, db.open().await];
+        let tasks: Vec<_> = stores
+            .iter()
+            .enumerate()
+            .map(|(tag, store)| writer(store.clone(), tag))
+            .collect();
+        let (mut heads, mut firsts, mut seqs) = (Vec::new(), Vec::new(), Vec::new());
+        for task in tasks {
+            let (h, f, s) = task.await.unwrap();
+            heads.extend(h);
+            firsts.extend(f);
+            seqs.extend(s);
+        }
+        let total = 3 * 3 * (1 + 300 + 7 + 600);
+        seqs.sort_unstable();
+        assert_eq!(
+            seqs,
+            (0..total).collect::<Vec<u64>>(),
+            "each index given out once"
+        );
+        let store = &stores[0];
+        for head in &heads {
+            assert_eq!(
+                store.audit_head(head.size).await.unwrap(),
+                head.root,
+                "an appender's tree at {} is the stored one",
+                head.size
+            );
+        }
+        for (seq, value) in firsts {
+            assert_eq!(
+                store.audit_personal(seq).await.unwrap(),
+                [("source_ip".to_string(), value)]
+            );
+        }
+        let key = SigningKey::from_bytes(&[9; 32]);
+        let log = stores[1].audit_appender().await.unwrap();
+        assert_eq!(log.head().size, total);
+        sign_now(store, &log, &key).await;
+        let summary = stores[2]
+            .verify_audit_log(&verifier(&key), ORIGIN, &[])
+            .await
+            .unwrap();
+        assert_eq!((summary.size, summary.signed_size), (total, total));
+    }
+
     fn intent(i: usize) -> AuditIntentRow {
         AuditIntentRow {
             request_id: format!("req-{i}"),
@@ -1640,12 +1851,13 @@ pub(crate) mod tests {
         let (_dir, store, key, _) = build().await;
         let mut log = store.audit_appender().await.unwrap();
         let mut batch = vec![record(300), record(301)];
-        let personal = [PersonalValue {
+        // Given twice: the last is kept, as when they were written one by one.
+        let personal = ["10.0.0.6", "10.0.0.7"].map(|value| PersonalValue {
             record: 1,
             field: "source_ip",
-            value: "10.0.0.7".into(),
+            value: value.into(),
             expires_ms: 5_000,
-        }];
+        });
         log.append_with_personal(&mut batch, &personal)
             .await
             .unwrap();

@@ -269,32 +269,33 @@ impl Interner {
     }
 }
 
-/// The stored form of `record` (whose `seq` is set): compact, unless the
-/// compact form would not give back exactly this record, then its canonical
-/// JSON (`leaf`), which is always read back as it is. Every record is
-/// decoded back and compared; `check` is what it is decoded into, kept by
-/// the caller from one record to the next so the check reuses its strings
-/// instead of allocating a record's worth each time.
+/// The compact stored form of `record`, or `None` when the compact form
+/// would not give back exactly this record: then its canonical JSON (its
+/// leaf) is stored, which is always read back as it is. The compact form
+/// leaves the seq out (it is the row's key), so it can be encoded before the
+/// record is numbered, and holds whatever seq the record is then given. Every record is decoded back and compared; `check` is what it
+/// is decoded into, kept by the caller from one record to the next so the
+/// check reuses its strings instead of allocating a record's worth each
+/// time.
 pub(crate) fn stored_form(
     record: &AuditRecord,
-    leaf: &[u8],
     strings: &mut Interner,
     check: &mut AuditRecord,
-) -> Vec<u8> {
+) -> Option<Vec<u8>> {
     let bytes = compact::encode(record, &mut |s| strings.intern(s));
     // The fields kept beside the compact form, as a reader takes them from
     // their columns.
-    check.seq = Some(record.seq.unwrap_or_default());
+    check.seq = record.seq;
     check.time_ms = record.time_ms;
     check.request_id.clone_from(&record.request_id);
     let back = compact::decode_into(&bytes, |id| strings.lookup(id), check);
     if back.is_ok() && *check == *record {
-        bytes
+        Some(bytes)
     } else {
         tracing::warn!(
             request_id = %record.request_id,
             "the compact form does not give this audit record back: storing its JSON"
         );
-        leaf.to_vec()
+        None
     }
 }
