@@ -1493,7 +1493,10 @@ async fn one_replica_signs_checkpoints_and_another_takes_over_when_it_is_killed(
 /// replica has forwarded are in flight at any moment.
 async fn start_recording_upstream(
     delay: Duration,
-) -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -1542,7 +1545,7 @@ async fn start_recording_upstream(
 /// which verifies, within 10 s of the kill. Prints the measured times.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replica_killed_under_load_never_blocks_the_other_and_a_survivor_records_its_forwarded_calls()
-{
+ {
     let Some(db) = TestDb::postgres().await else {
         return;
     };
@@ -2079,7 +2082,13 @@ async fn admin_credentials_revoked_or_rotated_on_one_replica_are_refused_on_anot
             .send();
         async move { request.await.unwrap().status().as_u16() }
     };
-    until_status("a certificate created on A, on B", BOUND, 200, by_certificate).await;
+    until_status(
+        "a certificate created on A, on B",
+        BOUND,
+        200,
+        by_certificate,
+    )
+    .await;
     let (status, body) = admin_call(
         &a,
         reqwest::Method::POST,
@@ -2139,7 +2148,10 @@ async fn admin_credentials_revoked_or_rotated_on_one_replica_are_refused_on_anot
         .await
         .unwrap();
     assert_eq!(r.status(), 303);
-    let took = until_status("a console session ended on A, on B", BOUND, 303, || page(&b)).await;
+    let took = until_status("a console session ended on A, on B", BOUND, 303, || {
+        page(&b)
+    })
+    .await;
     eprintln!("console session ended on A, refused on B after {took:?}");
 }
 
@@ -2198,7 +2210,16 @@ async fn an_alert_raised_on_one_replica_is_listed_and_resolved_on_another() {
 
     // Listed on B.
     let (listed, took) = wait_until(
-        || admin_call(&b, reqwest::Method::GET, "/alerts?open=true", &owner, None, &[]),
+        || {
+            admin_call(
+                &b,
+                reqwest::Method::GET,
+                "/alerts?open=true",
+                &owner,
+                None,
+                &[],
+            )
+        },
         |(_, body)| {
             body["alerts"]
                 .as_array()
@@ -2209,7 +2230,12 @@ async fn an_alert_raised_on_one_replica_is_listed_and_resolved_on_another() {
     let alert = listed.1["alerts"]
         .as_array()
         .and_then(|alerts| alerts.iter().find(|x| x["agent"] == "bot"))
-        .unwrap_or_else(|| panic!("B lists no alert for the agent after {took:?}: {}", listed.1))
+        .unwrap_or_else(|| {
+            panic!(
+                "B lists no alert for the agent after {took:?}: {}",
+                listed.1
+            )
+        })
         .clone();
     eprintln!(
         "alert raised on A: listed on B {:?} after A's first `quarantined` answer",
@@ -2272,7 +2298,15 @@ async fn an_alert_raised_on_one_replica_is_listed_and_resolved_on_another() {
     )
     .await;
     assert_eq!(status, 409, "{again}");
-    let (_, open) = admin_call(&a, reqwest::Method::GET, "/alerts?open=true", &owner, None, &[]).await;
+    let (_, open) = admin_call(
+        &a,
+        reqwest::Method::GET,
+        "/alerts?open=true",
+        &owner,
+        None,
+        &[],
+    )
+    .await;
     assert!(
         !open["alerts"]
             .as_array()
