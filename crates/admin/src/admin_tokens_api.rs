@@ -73,12 +73,17 @@ struct Issued {
     token: String,
 }
 
+/// Reloads this replica's credentials after a change to them, then tells
+/// the other replicas (cluster mode), which reload theirs: a credential
+/// revoked or rotated here is refused there within the propagation bound.
 async fn reload(state: &AdminState, call: &Call) -> Result<(), ApiError> {
     state
         .credentials
         .reload(&state.store)
         .await
-        .map_err(|e| call.store_error(e))
+        .map_err(|e| call.store_error(e))?;
+    crate::credentials::announce(&state.store).await;
+    Ok(())
 }
 
 async fn list(

@@ -179,6 +179,17 @@ impl AdminCredentials {
     }
 }
 
+/// Tells the other replicas (cluster mode) that admin credentials or
+/// console sessions changed: each reloads its credentials, which also makes
+/// its console sessions be read again from the store. A lost notification
+/// is not an error: the change is stored, and every replica's periodic
+/// resync reads it.
+pub async fn announce(store: &Store) {
+    if let Err(e) = store.notify_change(portcullis_store::Change::Admin).await {
+        tracing::warn!(error = %e, "cluster: cannot announce an admin credential change; other replicas read it at their next resync");
+    }
+}
+
 /// The identity of a live credential row; `None` (refused, logged) for a
 /// role or kind this version does not know, which is never guessed.
 pub(crate) fn identity_of(row: &AdminTokenRow) -> Option<Arc<AdminIdentity>> {

@@ -29,7 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, bail};
+use portcullis_admin::AdminCredentials;
 use portcullis_gateway::Gateway;
+use portcullis_gateway::audit_sink::AuditSink;
 use portcullis_gateway::checkpointer::Checkpointer;
 use portcullis_gateway::metrics::Metrics;
 use portcullis_gateway::readiness::NotReady;
@@ -65,6 +67,7 @@ const TIMEOUTS_BEFORE_DOWN: u32 = 2;
 /// reason (see the module docs).
 pub(crate) fn spawn_heartbeat(
     gateway: Arc<Gateway>,
+    admin: Arc<AdminCredentials>,
     store: Store,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -104,7 +107,7 @@ pub(crate) fn spawn_heartbeat(
                 // Back: changes made meanwhile were missed; read them before
                 // deciding from the snapshots again.
                 for change in Change::ALL {
-                    refresh(&gateway, change).await;
+                    refresh(&gateway, &admin, &store, change).await;
                 }
                 tracing::info!("cluster: the shared store answers again; shared state re-read");
             }
@@ -120,6 +123,7 @@ pub(crate) fn spawn_heartbeat(
 /// resync (logged).
 pub(crate) fn spawn_resync(
     gateway: Arc<Gateway>,
+    admin: Arc<AdminCredentials>,
     store: Store,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
@@ -153,10 +157,10 @@ pub(crate) fn spawn_resync(
                 },
             };
             match heard {
-                Heard::Change(change) => refresh(&gateway, change).await,
+                Heard::Change(change) => refresh(&gateway, &admin, &store, change).await,
                 Heard::Everything => {
                     for change in Change::ALL {
-                        refresh(&gateway, change).await;
+                        refresh(&gateway, &admin, &store, change).await;
                     }
                     next_full = tokio::time::Instant::now() + FULL_RESYNC;
                     fulls = fulls.wrapping_add(1);
@@ -183,8 +187,11 @@ async fn recv(listener: &mut Option<ChangeListener>) -> Result<Heard, String> {
 
 /// Re-reads the part of the state `change` names, as the admin API of this
 /// replica would after making the change itself.
-async fn refresh(gateway: &Gateway, change: Change) {
+async fn refresh(gateway: &Gateway, admin: &AdminCredentials, store: &Store, change: Change) {
     let failed = match change {
+        // Admin credentials; reloading them also makes the console read its
+        // cached sessions again (a session ended on another replica).
+        Change::Admin => admin.reload(store).await.err().map(|e| e.to_string()),
         Change::Agents => gateway.reload().await.err().map(|e| e.to_string()),
         Change::Revocations => gateway
             .reload_revocations()
@@ -218,6 +225,47 @@ async fn refresh(gateway: &Gateway, change: Change) {
     if let Some(error) = failed {
         tracing::warn!(change = change.as_str(), %error, "cluster: cannot re-read a change from the shared store");
     }
+}
+
+/// How often a replica renews its lease and takes over the audit intents
+/// of replicas whose lease lapsed
+/// ([`portcullis_gateway::audit_intent::INTENT_LEASE`]).
+pub(crate) const TAKEOVER_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Renews this replica's lease and records the intents of dead replicas
+/// (`portcullis_gateway::audit_intent::recover`) every
+/// [`TAKEOVER_INTERVAL`], until `stop`. While its own lease cannot be
+/// renewed (the store is away), it takes nothing over. Failures are logged
+/// once until they recover.
+pub(crate) fn spawn_intent_takeover(
+    store: Store,
+    sink: AuditSink,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let none = std::collections::HashSet::new();
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tokio::time::sleep(TAKEOVER_INTERVAL) => {}
+            }
+            let result = match store.renew_replica_lease().await {
+                Ok(()) => portcullis_gateway::audit_intent::recover(&store, &sink, &none)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            match result {
+                Ok(_) => failing = false,
+                Err(error) if !failing => {
+                    failing = true;
+                    tracing::warn!(%error, "cluster: cannot renew this replica's lease or take over a dead replica's audit intents; retrying");
+                }
+                Err(_) => {}
+            }
+        }
+    })
 }
 
 /// Reports this replica's LLM budget counts and reads the others' every

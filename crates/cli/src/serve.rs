@@ -251,6 +251,12 @@ pub async fn run(
     // Then what the last shutdown spilled, before anything newer.
     replay_spool(&state, &store, &sink, log_size + linked).await?;
     // Then the calls a crash left forwarded but unrecorded (audit_intent.rs).
+    // In cluster mode this replica's lease is taken first: the intents it
+    // journals from now on are its own, and no survivor takes them over.
+    store
+        .renew_replica_lease()
+        .await
+        .context("cannot take this replica's lease in the shared store")?;
     let spooled = audit_spool::read(state.root())
         .context("cannot read the audit spool")?
         .into_iter()
@@ -514,11 +520,12 @@ pub async fn run(
         .clone()
         .map(|v| tokio::spawn(maintain(v, gateway.metrics().clone())));
 
+    let admin_credentials = Arc::new(credentials);
     let admin = portcullis_admin::router(AdminState {
         store: store.clone(),
         gateway: gateway.clone(),
         ca: ca.clone(),
-        credentials: Arc::new(credentials),
+        credentials: admin_credentials.clone(),
         step_up: Arc::new(portcullis_admin::StepUp::new(config.admin_step_up)),
         sink: sink.clone(),
         vault: vault.clone(),
@@ -554,9 +561,20 @@ pub async fn run(
     let cluster_resync = store.is_postgres().then(|| {
         tracing::info!("cluster mode: the store is PostgreSQL, shared with other replicas");
         (
-            crate::cluster::spawn_resync(gateway.clone(), store.clone(), shutdown_rx.clone()),
-            crate::cluster::spawn_heartbeat(gateway.clone(), store.clone(), shutdown_rx.clone()),
+            crate::cluster::spawn_resync(
+                gateway.clone(),
+                admin_credentials.clone(),
+                store.clone(),
+                shutdown_rx.clone(),
+            ),
+            crate::cluster::spawn_heartbeat(
+                gateway.clone(),
+                admin_credentials.clone(),
+                store.clone(),
+                shutdown_rx.clone(),
+            ),
             crate::cluster::spawn_budget_sync(gateway.clone(), shutdown_rx.clone()),
+            crate::cluster::spawn_intent_takeover(store.clone(), sink.clone(), shutdown_rx.clone()),
         )
     });
     let policy_watch = config.policy_watch.then(|| {
@@ -661,10 +679,11 @@ pub async fn run(
         let _ = data_plane.await;
         let _ = control_plane.await;
         let _ = budget_saver.await;
-        if let Some((resync, heartbeat, budgets)) = cluster_resync {
+        if let Some((resync, heartbeat, budgets, takeover)) = cluster_resync {
             let _ = resync.await;
             let _ = heartbeat.await;
             let _ = budgets.await;
+            let _ = takeover.await;
             // The last counts, reported before the budgets are saved.
             if let Err(e) = gateway.sync_budgets().await {
                 tracing::warn!(error = %e, "cannot report LLM budget counts at shutdown");

@@ -10,7 +10,9 @@
 //! deletes the intent in the transaction that appends it, so the log keeps
 //! one record per request. At start-up [`recover`] turns intents a crash
 //! left into records with `error_code` [`INTERRUPTED`]: every request an
-//! upstream may have received is in the log.
+//! upstream may have received is in the log. In cluster mode each intent
+//! has an owner (the replica that journaled it), and the survivors record
+//! the intents of a replica whose lease lapsed ([`INTENT_LEASE`]).
 //!
 //! Fail closed: an intent not durable within `[audit] fail_closed_after_ms`
 //! (or dropped because the writer stopped or halted) refuses the call with
@@ -102,16 +104,27 @@ pub enum RecoverError {
     },
 }
 
-/// Submits a record for each intent a crash left (call it once the spool is
-/// replayed, before serving), skipping `spooled` request ids, whose records
-/// are on their way; each record deletes its intent when appended. Returns
-/// how many it submitted.
+/// How long a replica's lease outlives its last renewal (cluster mode):
+/// past it, the replica counts as dead and the others take over its
+/// intents. Replicas renew theirs every second.
+pub const INTENT_LEASE: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Submits a record for each intent a crash left, skipping `spooled`
+/// request ids, whose records are on their way; each record deletes its
+/// intent when appended. Returns how many it submitted.
+///
+/// One node: every open intent (call it once the spool is replayed, before
+/// serving). Cluster mode: the intents of replicas whose lease lapsed
+/// ([`INTENT_LEASE`]), taken over by this one (`Store::take_over_intents`);
+/// every replica calls it at start and then every second, so the intents of
+/// a replica killed for good are recorded by a survivor.
 pub async fn recover(
     store: &Store,
     sink: &AuditSink,
     spooled: &HashSet<String>,
 ) -> Result<u64, RecoverError> {
-    let rows = store.audit_intents().await?;
+    let lease_ms = i64::try_from(INTENT_LEASE.as_millis()).unwrap_or(i64::MAX);
+    let rows = store.take_over_intents(lease_ms).await?;
     let mut submitted = 0;
     for row in rows {
         if spooled.contains(&row.request_id) {
@@ -128,7 +141,7 @@ pub async fn recover(
     if submitted > 0 {
         tracing::warn!(
             records = submitted,
-            "recorded requests forwarded before the last stop whose response was not seen (error_code `interrupted`)"
+            "recorded requests forwarded before a replica stopped whose response was not seen (error_code `interrupted`)"
         );
     }
     Ok(submitted)

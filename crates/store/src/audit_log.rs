@@ -1111,8 +1111,16 @@ impl AuditAppender {
                 );
                 insert.build().execute(&mut *tx).await?;
             }
-            let live = self.live_intents + intents.len() as u64;
-            let closed = journal_intents!(tx, intents, &rows, live);
+            // In cluster mode the count is this appender's view only: other
+            // replicas journal intents too, and a survivor records the
+            // intents of a dead one (`intent_takeover.rs`), so the records
+            // always close theirs.
+            let live = if IS_POSTGRES {
+                1
+            } else {
+                self.live_intents + intents.len() as u64
+            };
+            let closed = journal_intents!(tx, intents, &rows, live, store.replica_id());
             tx.commit().await?;
             Ok((acc, closed))
         })
@@ -1225,23 +1233,25 @@ fn copy_binary(rows: &[BatchRow<'_>]) -> Vec<u8> {
     out
 }
 
-/// Inserts `intents` and deletes those the appended `rows` close (only when
-/// some are open); returns how many were deleted.
+/// Inserts `intents` (owned by replica `owner`) and deletes those the
+/// appended `rows` close (only when some are open); returns how many were
+/// deleted.
 macro_rules! journal_intents {
-    ($tx:expr, $intents:expr, $rows:expr, $live:expr) => {{
+    ($tx:expr, $intents:expr, $rows:expr, $live:expr, $owner:expr) => {{
     let (intents, rows, live): (&[AuditIntentRow], &[BatchRow<'_>], u64) = ($intents, $rows, $live);
     for chunk in intents.chunks(AUDIT_ROWS_PER_INSERT) {
         // A request decided twice (an MCP batch) keeps one intent: the latest.
         let mut insert = sqlx::QueryBuilder::<Db>::new(
-            "INSERT INTO audit_intents (request_id, time_ms, record) ",
+            "INSERT INTO audit_intents (request_id, time_ms, record, owner) ",
         );
         insert.push_values(chunk, |mut row, intent| {
             row.push_bind(intent.request_id.as_str())
                 .push_bind(intent.time_ms)
-                .push_bind(intent.record.as_str());
+                .push_bind(intent.record.as_str())
+                .push_bind($owner);
         });
         insert.push(
-            " ON CONFLICT (request_id) DO UPDATE SET time_ms = excluded.time_ms, record = excluded.record",
+            " ON CONFLICT (request_id) DO UPDATE SET time_ms = excluded.time_ms, record = excluded.record, owner = excluded.owner",
         );
         insert.build().execute(&mut *$tx).await?;
     }

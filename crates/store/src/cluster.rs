@@ -33,6 +33,13 @@ pub(crate) fn cluster_migrator() -> Migrator {
             include_str!("../migrations/postgres/cluster/0018_shared_limits.sql").into_sql_str(),
             false,
         ),
+        Migration::new(
+            27,
+            Cow::Borrowed("replicas"),
+            MigrationType::Simple,
+            include_str!("../migrations/postgres/cluster/0027_replicas.sql").into_sql_str(),
+            false,
+        ),
     ]);
     migrator.dangerous_set_table_name(CLUSTER_MIGRATIONS_TABLE);
     migrator
@@ -126,6 +133,9 @@ pub enum Change {
     Tools,
     /// A vault secret was stored, rotated, reconfigured or deleted.
     Secrets,
+    /// An admin credential (token or certificate) was created, rotated or
+    /// revoked, or a console session ended.
+    Admin,
 }
 
 impl Change {
@@ -139,11 +149,12 @@ impl Change {
             Change::Quarantine => "quarantine",
             Change::Tools => "tools",
             Change::Secrets => "secrets",
+            Change::Admin => "admin",
         }
     }
 
     /// Every kind, for a full resync.
-    pub const ALL: [Change; 7] = [
+    pub const ALL: [Change; 8] = [
         Change::Agents,
         Change::Revocations,
         Change::Policy,
@@ -151,6 +162,7 @@ impl Change {
         Change::Quarantine,
         Change::Tools,
         Change::Secrets,
+        Change::Admin,
     ];
 
     /// The change a payload names; `None` for one this build does not know

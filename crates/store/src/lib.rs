@@ -16,6 +16,7 @@ mod analytics;
 mod backend;
 mod cluster;
 mod health;
+mod intent_takeover;
 mod shared_limits;
 pub use cluster::{
     CHANGES_CHANNEL, Candidate, Change, ChangeListener, Heard, KeyCheck, LeaderRole, SingleUseKind,
@@ -147,6 +148,9 @@ pub struct Store {
     relaxed: Option<sqlx::PgPool>,
     /// Whether the database answers, as last reported (`health.rs`).
     health: StoreHealth,
+    /// This process's replica id, random per open: the owner of the audit
+    /// intents it journals (`cluster.rs`, "intent takeover").
+    replica: std::sync::Arc<str>,
 }
 
 fn migrator() -> Migrator {
@@ -259,6 +263,11 @@ fn migrator() -> Migrator {
             "redteam_runs",
             include_str!("../migrations/0025_redteam_runs.sql"),
         ),
+        migration(
+            27,
+            "audit_intent_owner",
+            include_str!("../migrations/0027_audit_intent_owner.sql"),
+        ),
     ])
 }
 
@@ -321,6 +330,7 @@ fn postgres_migrator() -> Migrator {
         ),
         twin!(24, "key_fingerprints", "0024_key_fingerprints.sql"),
         twin!(25, "redteam_runs", "0025_redteam_runs.sql"),
+        twin!(27, "audit_intent_owner", "0027_audit_intent_owner.sql"),
     ])
 }
 
@@ -347,6 +357,7 @@ impl Store {
             strings: Default::default(),
             relaxed: None,
             health: StoreHealth::default(),
+            replica: portcullis_core::RequestId::new().as_str().into(),
         })
     }
 
@@ -382,6 +393,7 @@ impl Store {
             strings: Default::default(),
             relaxed: None,
             health: StoreHealth::default(),
+            replica: portcullis_core::RequestId::new().as_str().into(),
         })
     }
 
@@ -417,6 +429,7 @@ impl Store {
             strings: Default::default(),
             relaxed: Some(relaxed),
             health: StoreHealth::default(),
+            replica: portcullis_core::RequestId::new().as_str().into(),
         })
     }
 

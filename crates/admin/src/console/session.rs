@@ -267,6 +267,9 @@ impl Sessions {
     /// Ends a session (logout): its row is deleted, so no replica honours it.
     pub(crate) async fn end(&self, session: &SessionView) {
         self.forget(&session.key).await;
+        // The other replicas (cluster mode) drop their cached copy now, not
+        // at its expiry.
+        crate::credentials::announce(&self.store).await;
     }
 
     /// Leaves a message for the session's next page.
