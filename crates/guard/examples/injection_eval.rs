@@ -65,6 +65,7 @@ mod guard_data;
 use std::path::PathBuf;
 
 use guard_data::{Rng, Sample};
+use portcullis_guard::eval::{RecordFormat, records};
 use portcullis_guard::injection::{Channel, Detector, Model, semantic};
 use portcullis_guard::poisoning::{self, ToolDefinition};
 
@@ -227,6 +228,36 @@ fn main() {
     bipia.print("BIPIA indirect (tool_output)");
     all.merge(bipia);
     all.print("all of the above");
+
+    // Structured tool outputs (test contexts and attacks, never tuned on):
+    // the same detector reading JSON record by record, and reading every
+    // text whole as before (`Detector::without_structure`).
+    let flat = if det.semantic().is_some() {
+        let head = semantic::Head::shipped().expect("semantic head");
+        Detector::with_semantic(Model::shipped().expect("model"), Some(head))
+    } else {
+        Detector::new()
+    }
+    .expect("detector builds")
+    .without_structure();
+    println!("\nstructured tool outputs (tool_output): records / whole text");
+    let mut rng = Rng(portcullis_guard::eval::BIPIA_TEST_SEED ^ 0x5eed);
+    let (mut rec_all, mut flat_all) = (Tally::default(), Tally::default());
+    for format in RecordFormat::ALL {
+        let (mut rec, mut whole) = (Tally::default(), Tally::default());
+        for (ctx, attacks) in [(&text_ctx, &text_attacks), (&code, &code_attacks)] {
+            for (doc, label) in records(ctx, attacks, 1, &mut rng, format) {
+                rec.add(label, det.assess(&doc, Channel::ToolOutput).flagged);
+                whole.add(label, flat.assess(&doc, Channel::ToolOutput).flagged);
+            }
+        }
+        rec.print(&format!("  {} records", format.as_str()));
+        whole.print(&format!("  {} whole text", format.as_str()));
+        rec_all.merge(rec);
+        flat_all.merge(whole);
+    }
+    rec_all.print("structured, read as records");
+    flat_all.print("structured, read whole");
 
     // Tool poisoning on the held-out split.
     let tools = guard_data::mcp_tools(&root.join("train/mcp_tool_descriptions.jsonl"));

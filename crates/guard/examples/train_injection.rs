@@ -77,6 +77,7 @@ mod guard_data;
 use std::path::{Path, PathBuf};
 
 use guard_data::{Rng, Sample};
+use portcullis_guard::eval::{RecordFormat, records};
 use portcullis_guard::injection::model::{DIMS, Features, Model, Thresholds, sigmoid};
 use portcullis_guard::injection::semantic::{self, Head};
 use portcullis_guard::injection::{Channel, Detector, ScoredWindow};
@@ -146,6 +147,9 @@ struct Doc {
     source: &'static str,
     /// For an attack put into a benign prompt, the prompt's data set.
     host: Option<&'static str>,
+    /// Scored by `--loso` only: never trained on nor used for a threshold
+    /// (the structured tool outputs, kinds `records` and `records_whole`).
+    eval_only: bool,
 }
 
 impl Doc {
@@ -225,7 +229,7 @@ fn main() {
 
     // Cross-validated window log-odds of both stages, for the thresholds
     // and the blend.
-    let all = |_: &Doc| true;
+    let all = |d: &Doc| !d.eval_only;
     let oof = cross_validate(&docs, &all);
     let blends = blend_candidates();
     let mut best: Option<(f32, f32, f32, f32)> = None; // objective, blend, input, tool
@@ -302,6 +306,7 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
             kind: "input",
             source: source_name(&s.source),
             host: None,
+            eval_only: false,
         }
     };
     for s in &input {
@@ -395,6 +400,7 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
                 kind: "input_aug",
                 source: attack_source(a),
                 host,
+                eval_only: false,
             };
             // Train on the windows that hold the attack: the highest-overlap
             // ones, i.e. all of a short text, and the segments of the attack.
@@ -416,6 +422,7 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
             kind: "bare",
             source: attack_source(a),
             host: None,
+            eval_only: false,
         });
     }
     for (doc, (a0, a1), cat, source) in &positives {
@@ -445,6 +452,7 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
             kind: "attack",
             source,
             host: None,
+            eval_only: false,
         });
     }
     for (kind, set) in [("email", &email), ("table", &table), ("code", &code)] {
@@ -465,7 +473,42 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
                     "bipia_text"
                 },
                 host: None,
+                eval_only: false,
             });
+        }
+    }
+    // Structured tool outputs for `--loso` to score (never trained on):
+    // the train attacks in lists of train contexts, in every format, read
+    // record by record (`records`) and whole as before (`records_whole`).
+    if std::env::args().any(|a| a == "--loso") {
+        let whole = Detector::with_model(det.model().clone())
+            .expect("detector builds")
+            .without_structure();
+        let mut rng = Rng(0x5eed_5eed_0000_0019);
+        for (ctx, attacks, source) in [
+            (&text_ctx, &text_attacks, "bipia_text"),
+            (&code, &code_attacks, "bipia_code"),
+        ] {
+            for format in RecordFormat::ALL {
+                for (text, label) in records(ctx, attacks, 1, &mut rng, format) {
+                    for (kind, d) in [("records", det), ("records_whole", &whole)] {
+                        let (windows, _, _) = d.windows(&text, Channel::ToolOutput);
+                        let labels = vec![None; windows.len()];
+                        docs.push(Doc {
+                            windows,
+                            labels,
+                            label,
+                            weight: 1.0,
+                            fold: fold_of(&text),
+                            group: Group::Tool,
+                            kind,
+                            source,
+                            host: None,
+                            eval_only: true,
+                        });
+                    }
+                }
+            }
         }
     }
     // Balance: attacks and benign windows weigh the same in total, and
@@ -719,7 +762,7 @@ fn loso(docs: &[Doc]) {
     let mut tallies: Vec<std::collections::BTreeMap<(&str, &str), [usize; 4]>> =
         vec![Default::default(); blends.len()];
     for held in SOURCES {
-        let keep = |d: &Doc| d.source != held && d.host != Some(held);
+        let keep = |d: &Doc| !d.eval_only && d.source != held && d.host != Some(held);
         let oof = cross_validate(docs, &keep);
         let m = train(docs, keep);
         let h = train_head(docs, keep);
@@ -730,6 +773,7 @@ fn loso(docs: &[Doc]) {
             for d in docs.iter().filter(|d| d.source == held) {
                 let score = blended(&logits(&m, &h, d), b);
                 let (t, ch) = match d.channel() {
+                    _ if d.eval_only => (tt, d.kind),
                     Channel::ToolOutput => (tt, "tool_output"),
                     _ => (ti, "input"),
                 };
@@ -767,8 +811,14 @@ fn loso(docs: &[Doc]) {
             );
             let c = by_channel.entry(ch).or_default();
             for k in 0..4 {
-                pooled[k] += t[k];
                 c[k] += t[k];
+            }
+            // The structured outputs are reported apart, not pooled.
+            if ch.starts_with("records") {
+                continue;
+            }
+            for k in 0..4 {
+                pooled[k] += t[k];
             }
         }
         for (ch, t) in &by_channel {
