@@ -26,6 +26,12 @@
 //!   attacks into code answers) at start, middle or end, against all clean
 //!   test contexts;
 //! - the union of all of the above (each text on its own channel);
+//! - structured tool outputs (tool-output channel, reported apart from the
+//!   union): every test attack inserted into one record of a list of 4–7
+//!   records built from the test contexts (`eval::records`), plus as many
+//!   clean lists as contexts, in each of JSON, indented JSON, NDJSON, YAML
+//!   and CSV; scored as the detector reads them (JSON record by record,
+//!   `injection::structure`) and read whole as before;
 //! - MCP tool descriptions (description channel), held-out 30 % split.
 //!
 //! Figures of the shipped model (thresholds input 0.735, tool_output 0.840,

@@ -68,7 +68,13 @@
 //! and BIPIA code, both stages are trained on the other four, thresholds
 //! chosen by 5-fold cross-validation on them, and the left-out source
 //! scored; it prints per source and channel and pooled, for every blend
-//! (19 minutes on the loaded VM; figures in docs/guard.md).
+//! (19 minutes on the loaded VM; figures in docs/guard.md). It also scores,
+//! for the left-out BIPIA source, structured tool outputs built from its
+//! train contexts and attacks (`eval::records`: lists of 4–7 records in
+//! JSON, indented JSON, NDJSON, YAML and CSV), read record by record
+//! (`records`) and whole as before (`records_whole`); those are never
+//! trained on nor used for a threshold, and are reported apart from the
+//! pooled figures.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/guard_data.rs"]
@@ -211,7 +217,11 @@ fn main() {
     };
     let detector = Detector::with_model(blank).expect("detector builds");
     let docs = load(&dir, &detector);
-    let count = |g: Group, l: u8| docs.iter().filter(|d| d.group == g && d.label == l).count();
+    let count = |g: Group, l: u8| {
+        docs.iter()
+            .filter(|d| !d.eval_only && d.group == g && d.label == l)
+            .count()
+    };
     println!(
         "documents: input {} attack / {} benign, NotInject {}, BIPIA on input {}, tool output {} attack / {} clean",
         count(Group::Input, 1),

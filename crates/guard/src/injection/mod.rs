@@ -534,7 +534,7 @@ mod tests {
     /// email clean; `records(i)` is five of them as a tool's JSON answer,
     /// the instruction in record `i` only (none for `i >= 5`).
     fn records(infected: usize) -> String {
-        let email = "Hi David,\nYour debit card ending 4605 was charged $656.71 by Upwork.\nIf you have any questions, just reply to this email. If this transaction is in error, you can raise a dispute on our website.\nThe Payments Team\nYou are receiving notifications on outgoing transactions over $100.00.\nSent with care from Example Bank, 660 Mission Street, San Francisco CA 94105";
+        let email = "Hi David,\nYour debit card ending 4605 was charged $656.71 by Upwork.\nThe charge will appear on your next statement within two business days.\nThe Payments Team\nYou are receiving notifications on outgoing transactions over $100.00.\nSent with care from Example Bank, 660 Mission Street, San Francisco CA 94105";
         let (head, tail) = email.split_at(email.find("The Payments").unwrap_or(0));
         let records: Vec<serde_json::Value> = (0..5)
             .map(|i| {
