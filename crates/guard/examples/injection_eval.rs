@@ -26,6 +26,12 @@
 //!   attacks into code answers) at start, middle or end, against all clean
 //!   test contexts;
 //! - the union of all of the above (each text on its own channel);
+//! - structured tool outputs (tool-output channel, reported apart from the
+//!   union): every test attack inserted into one record of a list of 4–7
+//!   records built from the test contexts (`eval::records`), plus as many
+//!   clean lists as contexts, in each of JSON, indented JSON, NDJSON, YAML
+//!   and CSV; scored as the detector reads them (JSON record by record,
+//!   `injection::structure`) and read whole as before;
 //! - MCP tool descriptions (description channel), held-out 30 % split.
 //!
 //! Figures of the shipped model (thresholds input 0.735, tool_output 0.840,
@@ -55,6 +61,13 @@
 //! 92.2 %, BIPIA indirect 81.6 % recall at 2.0 %, all 88.9 % (recall
 //! 81.6 %, FPR 3.9 %): no better, which is why the stage is off.
 //!
+//! Structured tool outputs (125 lists with an attack and 200 clean lists
+//! per format): read record by record, recall / FPR 80.0 / 7.5 % (JSON),
+//! 80.8 / 10.0 % (indented JSON), 80.8 / 8.0 % (NDJSON), against 42.4 /
+//! 0.5 %, 48.0 / 4.0 % and 44.0 / 3.0 % read whole; YAML 83.2 / 9.0 % and
+//! CSV 80.0 / 8.0 % either way (not JSON: read line by line already). All
+//! five: 81.0 / 8.5 % (BA 86.2 %) against 59.5 / 4.9 % (BA 77.3 %).
+//!
 //! Most malicious MCP tools in that set are malicious in their code, not
 //! their description, which no description scan can see.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -65,6 +78,7 @@ mod guard_data;
 use std::path::PathBuf;
 
 use guard_data::{Rng, Sample};
+use portcullis_guard::eval::{RecordFormat, records};
 use portcullis_guard::injection::{Channel, Detector, Model, semantic};
 use portcullis_guard::poisoning::{self, ToolDefinition};
 
@@ -227,6 +241,36 @@ fn main() {
     bipia.print("BIPIA indirect (tool_output)");
     all.merge(bipia);
     all.print("all of the above");
+
+    // Structured tool outputs (test contexts and attacks, never tuned on):
+    // the same detector reading JSON record by record, and reading every
+    // text whole as before (`Detector::without_structure`).
+    let flat = if det.semantic().is_some() {
+        let head = semantic::Head::shipped().expect("semantic head");
+        Detector::with_semantic(Model::shipped().expect("model"), Some(head))
+    } else {
+        Detector::new()
+    }
+    .expect("detector builds")
+    .without_structure();
+    println!("\nstructured tool outputs (tool_output): records / whole text");
+    let mut rng = Rng(portcullis_guard::eval::BIPIA_TEST_SEED ^ 0x5eed);
+    let (mut rec_all, mut flat_all) = (Tally::default(), Tally::default());
+    for format in RecordFormat::ALL {
+        let (mut rec, mut whole) = (Tally::default(), Tally::default());
+        for (ctx, attacks) in [(&text_ctx, &text_attacks), (&code, &code_attacks)] {
+            for (doc, label) in records(ctx, attacks, 1, &mut rng, format) {
+                rec.add(label, det.assess(&doc, Channel::ToolOutput).flagged);
+                whole.add(label, flat.assess(&doc, Channel::ToolOutput).flagged);
+            }
+        }
+        rec.print(&format!("  {} records", format.as_str()));
+        whole.print(&format!("  {} whole text", format.as_str()));
+        rec_all.merge(rec);
+        flat_all.merge(whole);
+    }
+    rec_all.print("structured, read as records");
+    flat_all.print("structured, read whole");
 
     // Tool poisoning on the held-out split.
     let tools = guard_data::mcp_tools(&root.join("train/mcp_tool_descriptions.jsonl"));

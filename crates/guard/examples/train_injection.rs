@@ -68,7 +68,13 @@
 //! and BIPIA code, both stages are trained on the other four, thresholds
 //! chosen by 5-fold cross-validation on them, and the left-out source
 //! scored; it prints per source and channel and pooled, for every blend
-//! (19 minutes on the loaded VM; figures in docs/guard.md).
+//! (19 minutes on the loaded VM; figures in docs/guard.md). It also scores,
+//! for the left-out BIPIA source, structured tool outputs built from its
+//! train contexts and attacks (`eval::records`: lists of 4–7 records in
+//! JSON, indented JSON, NDJSON, YAML and CSV), read record by record
+//! (`records`) and whole as before (`records_whole`); those are never
+//! trained on nor used for a threshold, and are reported apart from the
+//! pooled figures.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/guard_data.rs"]
@@ -77,6 +83,7 @@ mod guard_data;
 use std::path::{Path, PathBuf};
 
 use guard_data::{Rng, Sample};
+use portcullis_guard::eval::{RecordFormat, records};
 use portcullis_guard::injection::model::{DIMS, Features, Model, Thresholds, sigmoid};
 use portcullis_guard::injection::semantic::{self, Head};
 use portcullis_guard::injection::{Channel, Detector, ScoredWindow};
@@ -146,6 +153,9 @@ struct Doc {
     source: &'static str,
     /// For an attack put into a benign prompt, the prompt's data set.
     host: Option<&'static str>,
+    /// Scored by `--loso` only: never trained on nor used for a threshold
+    /// (the structured tool outputs, kinds `records` and `records_whole`).
+    eval_only: bool,
 }
 
 impl Doc {
@@ -205,9 +215,20 @@ fn main() {
             description: 0.5,
         },
     };
-    let detector = Detector::with_model(blank).expect("detector builds");
+    // The training texts are read whole, JSON too, as the shipped model
+    // was trained (`injection::structure` is a way of reading tool
+    // outputs at scan time, not training data): the same data gives the
+    // same model file byte for byte, and leave-one-source-out scores the
+    // same documents as before structure-aware scanning.
+    let detector = Detector::with_model(blank)
+        .expect("detector builds")
+        .without_structure();
     let docs = load(&dir, &detector);
-    let count = |g: Group, l: u8| docs.iter().filter(|d| d.group == g && d.label == l).count();
+    let count = |g: Group, l: u8| {
+        docs.iter()
+            .filter(|d| !d.eval_only && d.group == g && d.label == l)
+            .count()
+    };
     println!(
         "documents: input {} attack / {} benign, NotInject {}, BIPIA on input {}, tool output {} attack / {} clean",
         count(Group::Input, 1),
@@ -225,7 +246,7 @@ fn main() {
 
     // Cross-validated window log-odds of both stages, for the thresholds
     // and the blend.
-    let all = |_: &Doc| true;
+    let all = |d: &Doc| !d.eval_only;
     let oof = cross_validate(&docs, &all);
     let blends = blend_candidates();
     let mut best: Option<(f32, f32, f32, f32)> = None; // objective, blend, input, tool
@@ -302,6 +323,7 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
             kind: "input",
             source: source_name(&s.source),
             host: None,
+            eval_only: false,
         }
     };
     for s in &input {
@@ -395,6 +417,7 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
                 kind: "input_aug",
                 source: attack_source(a),
                 host,
+                eval_only: false,
             };
             // Train on the windows that hold the attack: the highest-overlap
             // ones, i.e. all of a short text, and the segments of the attack.
@@ -416,6 +439,7 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
             kind: "bare",
             source: attack_source(a),
             host: None,
+            eval_only: false,
         });
     }
     for (doc, (a0, a1), cat, source) in &positives {
@@ -445,6 +469,7 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
             kind: "attack",
             source,
             host: None,
+            eval_only: false,
         });
     }
     for (kind, set) in [("email", &email), ("table", &table), ("code", &code)] {
@@ -465,7 +490,40 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
                     "bipia_text"
                 },
                 host: None,
+                eval_only: false,
             });
+        }
+    }
+    // Structured tool outputs for `--loso` to score (never trained on):
+    // the train attacks in lists of train contexts, in every format, read
+    // record by record (`records`) and whole as before (`records_whole`).
+    if std::env::args().any(|a| a == "--loso") {
+        let structured = Detector::with_model(det.model().clone()).expect("detector builds");
+        let mut rng = Rng(0x5eed_5eed_0000_0019);
+        for (ctx, attacks, source) in [
+            (&text_ctx, &text_attacks, "bipia_text"),
+            (&code, &code_attacks, "bipia_code"),
+        ] {
+            for format in RecordFormat::ALL {
+                for (text, label) in records(ctx, attacks, 1, &mut rng, format) {
+                    for (kind, d) in [("records", &structured), ("records_whole", det)] {
+                        let (windows, _, _) = d.windows(&text, Channel::ToolOutput);
+                        let labels = vec![None; windows.len()];
+                        docs.push(Doc {
+                            windows,
+                            labels,
+                            label,
+                            weight: 1.0,
+                            fold: fold_of(&text),
+                            group: Group::Tool,
+                            kind,
+                            source,
+                            host: None,
+                            eval_only: true,
+                        });
+                    }
+                }
+            }
         }
     }
     // Balance: attacks and benign windows weigh the same in total, and
@@ -719,7 +777,7 @@ fn loso(docs: &[Doc]) {
     let mut tallies: Vec<std::collections::BTreeMap<(&str, &str), [usize; 4]>> =
         vec![Default::default(); blends.len()];
     for held in SOURCES {
-        let keep = |d: &Doc| d.source != held && d.host != Some(held);
+        let keep = |d: &Doc| !d.eval_only && d.source != held && d.host != Some(held);
         let oof = cross_validate(docs, &keep);
         let m = train(docs, keep);
         let h = train_head(docs, keep);
@@ -730,6 +788,7 @@ fn loso(docs: &[Doc]) {
             for d in docs.iter().filter(|d| d.source == held) {
                 let score = blended(&logits(&m, &h, d), b);
                 let (t, ch) = match d.channel() {
+                    _ if d.eval_only => (tt, d.kind),
                     Channel::ToolOutput => (tt, "tool_output"),
                     _ => (ti, "input"),
                 };
@@ -767,8 +826,14 @@ fn loso(docs: &[Doc]) {
             );
             let c = by_channel.entry(ch).or_default();
             for k in 0..4 {
-                pooled[k] += t[k];
                 c[k] += t[k];
+            }
+            // The structured outputs are reported apart, not pooled.
+            if ch.starts_with("records") {
+                continue;
+            }
+            for k in 0..4 {
+                pooled[k] += t[k];
             }
         }
         for (ch, t) in &by_channel {

@@ -735,6 +735,65 @@ pub(crate) fn settle(
 mod tests {
     use super::*;
 
+    /// Issue 19: a text that is JSON records is read record by record on
+    /// every protocol, through the one shared scan: an HTTP text body and a
+    /// JSON body's field, an MCP tool result, an LLM tool message.
+    #[test]
+    fn json_records_are_read_record_by_record_on_every_protocol() {
+        use crate::llm::api::{Endpoint, for_each_text};
+        let state = GuardState {
+            guard: Guard::new().unwrap(),
+            key: [7; 32],
+        };
+        let settings = crate::config::RouteGuard {
+            injection: InjectionAction::Block,
+            dlp: DlpAction::Alert,
+            allow_unscannable: false,
+        };
+        let rid = RequestId::new();
+        for (infected, blocked) in [(Some(2), true), (None, false)] {
+            let records = portcullis_guard::eval::records_fixture(infected);
+            let scan = || TextScan::new(&state, settings, &rid, "r", "request");
+            let mut audited = Vec::new();
+            // HTTP: a text body, scanned whole.
+            let mut s = scan();
+            s.scan(&records, Channel::Input, "", &mut audited);
+            assert_eq!(s.settle("request").1.is_err(), blocked, "HTTP text");
+            // HTTP: a JSON body, one field holding the records.
+            let mut body = serde_json::json!({"note": "hello there", "doc": records});
+            let mut s = scan();
+            walk_json(&mut body, &mut String::new(), &mut |p, t, _| {
+                s.scan_in_place(t, Channel::Input, p, &mut audited)
+            });
+            assert_eq!(s.settle("request").1.is_err(), blocked, "HTTP JSON");
+            // MCP: a tool result whose text is the records.
+            let meter = BodyMeter::default();
+            let mut m = serde_json::json!({"jsonrpc": "2.0", "id": 1,
+                "result": {"content": [{"type": "text", "text": records}]}});
+            assert_eq!(
+                crate::mcp::guard::scan_answer(&state, settings, &mut m, &rid, "r", &meter),
+                blocked,
+                "MCP"
+            );
+            if blocked {
+                assert_eq!(m["error"]["data"]["code"], "content_blocked");
+                let found = meter.response_findings.lock().unwrap();
+                assert!(found.iter().any(|f| f.kind == "prompt_injection"
+                    && f.pointer.as_deref() == Some("/result/content/0/text")));
+            }
+            // LLM: a tool message whose content is the records.
+            let mut body = serde_json::json!({"model": "m", "messages": [
+                {"role": "user", "content": "Summarise my inbox."},
+                {"role": "tool", "tool_call_id": "1", "content": records}]});
+            let mut s = scan();
+            for_each_text(&Endpoint::ChatCompletions, &mut body, &mut |p, t, c| {
+                s.scan_in_place(t, c, p, &mut audited)
+            });
+            let (facts, verdict) = s.settle("request");
+            assert_eq!(verdict.is_err(), blocked, "LLM {facts:?}");
+        }
+    }
+
     #[test]
     fn text_types() {
         let t = |s: &str| is_text(Some(&HeaderValue::from_str(s).unwrap()));

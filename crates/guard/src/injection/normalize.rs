@@ -88,6 +88,10 @@ pub enum SignalKind {
     PercentEncoded,
     /// HTML character references.
     HtmlEntities,
+    /// JSON past the limits of structure-aware scanning
+    /// ([`super::structure`]): scanned as one text instead of record by
+    /// record.
+    StructureOverLimit,
 }
 
 impl SignalKind {
@@ -103,6 +107,7 @@ impl SignalKind {
             SignalKind::Hex => "hex_payload",
             SignalKind::PercentEncoded => "percent_encoded",
             SignalKind::HtmlEntities => "html_entities",
+            SignalKind::StructureOverLimit => "structure_over_limit",
         }
     }
 }

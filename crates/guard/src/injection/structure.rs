@@ -1,0 +1,460 @@
+//! Structure-aware scanning: a text that is JSON (one document, or one per
+//! line as in NDJSON) is read as records, so an instruction hidden in one
+//! field of one record is not diluted by the benign records around it.
+//!
+//! [`split`] parses the text and returns one [`Unit`] per JSON object (a
+//! record) plus one for the strings that sit directly in the top-level
+//! array (or are the document). A unit's text holds one line per string
+//! leaf of its object, `key: value`, the key (cut to [`KEY_CONTEXT`] bytes)
+//! being the light context the leaf is read with; a string inside an array
+//! is read with the array's key. Keys that are text rather than identifiers
+//! (whitespace, or longer than [`KEY_CONTEXT`]) get a line of their own, so
+//! an instruction written as a key is read too; identifiers (ids, dates,
+//! addresses: no whitespace, at most [`KEY_CONTEXT`] bytes) are left out,
+//! as the gateway leaves them out of injection scoring. The detector scores each
+//! unit on its own (its byte windows and, through the line segments, each
+//! leaf alone) and keeps the highest, so a window never mixes two records.
+//! [`Unit::original_range`] maps a range of a unit back to the raw bytes of
+//! the leaves it covers in the original text.
+//!
+//! Work is bounded. Parsing is one pass; the units' total size is at most
+//! [`MAX_GROWTH`] times the text plus [`KEY_CONTEXT`] per leaf, and a
+//! document deeper than [`MAX_DEPTH`], with more than [`MAX_RECORDS`]
+//! records, or whose units would pass the byte budget is
+//! [`Structure::OverLimit`]: the detector then scans it as one text, as it
+//! did before, and reports a `structure_over_limit` signal so that policy
+//! can refuse what it could not read record by record (it is flagged, not
+//! failed open and not refused by the guard itself: the flat scan still
+//! runs). Text that is not JSON is [`Structure::Flat`]: line-shaped records
+//! (YAML, CSV) already have each line scored on its own by the detector's
+//! segments.
+
+/// Nesting beyond which a document is not read as records.
+pub const MAX_DEPTH: usize = 64;
+/// Records (JSON objects) beyond which a document is not read as records.
+pub const MAX_RECORDS: usize = 4096;
+/// The most bytes of a key kept as a leaf's context.
+pub const KEY_CONTEXT: usize = 32;
+/// The units' bytes may reach this many times the text's (plus a constant):
+/// a key repeated before many short array items is the only growth.
+pub const MAX_GROWTH: usize = 4;
+
+/// How a text is read.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Structure {
+    /// Not JSON: scanned as one text.
+    Flat,
+    /// JSON within the limits: scanned unit by unit.
+    Records(Vec<Unit>),
+    /// JSON past a limit: scanned as one text, and flagged.
+    OverLimit,
+}
+
+/// One record's texts, ready to score.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Unit {
+    /// One line per leaf: `key: value`, or the value alone.
+    pub text: String,
+    /// Per line: its range in `text` and the raw range of its leaf (the
+    /// JSON string literal, quotes included) in the original text.
+    lines: Vec<((usize, usize), (usize, usize))>,
+}
+
+impl Unit {
+    fn push(&mut self, key: &str, value: &str, raw: (usize, usize)) {
+        if !self.text.is_empty() {
+            self.text.push('\n');
+        }
+        let start = self.text.len();
+        if !key.is_empty() {
+            self.text.push_str(key);
+            self.text.push_str(": ");
+        }
+        self.text.push_str(value);
+        self.lines.push(((start, self.text.len()), raw));
+    }
+
+    /// The original byte range of `text[start..end]`: from the first leaf
+    /// it touches to the end of the last.
+    pub fn original_range(&self, (start, end): (usize, usize)) -> (usize, usize) {
+        let mut out: Option<(usize, usize)> = None;
+        for &((s, e), (rs, re)) in &self.lines {
+            // A line touched by the range (an empty range: the line it is in).
+            let touches = if end > start {
+                s < end && e > start
+            } else {
+                s <= start && start <= e
+            };
+            if touches {
+                out = Some(out.map_or((rs, re), |(a, b)| (a.min(rs), b.max(re))));
+            }
+        }
+        out.or_else(|| self.lines.first().map(|l| l.1))
+            .unwrap_or((0, 0))
+    }
+}
+
+/// Reads `text` as records when it is JSON (see the module docs).
+pub fn split(text: &str) -> Structure {
+    let first = text.trim_start().as_bytes().first();
+    if !matches!(first, Some(b'{' | b'[')) {
+        return Structure::Flat;
+    }
+    let mut p = Parser {
+        text,
+        b: text.as_bytes(),
+        pos: 0,
+        units: Vec::new(),
+        root: Unit::default(),
+        bytes: 0,
+        budget: text.len().saturating_mul(MAX_GROWTH).saturating_add(4096),
+    };
+    let mut values = 0;
+    loop {
+        p.ws();
+        if p.pos >= p.b.len() {
+            break;
+        }
+        let mut root = std::mem::take(&mut p.root);
+        if let Err(fail) = p.value("", 0, &mut root) {
+            return match fail {
+                Fail::Invalid => Structure::Flat,
+                Fail::Over => Structure::OverLimit,
+            };
+        }
+        p.root = root;
+        values += 1;
+    }
+    if values == 0 {
+        return Structure::Flat;
+    }
+    let mut units = p.units;
+    if !p.root.lines.is_empty() {
+        units.insert(0, p.root);
+    }
+    Structure::Records(units)
+}
+
+enum Fail {
+    /// Not JSON.
+    Invalid,
+    /// JSON past a limit.
+    Over,
+}
+
+struct Parser<'a> {
+    text: &'a str,
+    b: &'a [u8],
+    pos: usize,
+    units: Vec<Unit>,
+    /// Strings directly in a top-level array, or a top-level string.
+    root: Unit,
+    /// Bytes of unit text so far, against `budget`.
+    bytes: usize,
+    budget: usize,
+}
+
+impl Parser<'_> {
+    fn ws(&mut self) {
+        while self
+            .b
+            .get(self.pos)
+            .is_some_and(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r'))
+        {
+            self.pos += 1;
+        }
+    }
+
+    fn eat(&mut self, c: u8) -> Result<(), Fail> {
+        self.ws();
+        if self.b.get(self.pos) == Some(&c) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(Fail::Invalid)
+        }
+    }
+
+    /// A string literal at `pos`: its decoded text and raw range.
+    fn string(&mut self) -> Result<(String, (usize, usize)), Fail> {
+        let start = self.pos;
+        self.pos += 1; // the opening quote
+        let mut escaped = false;
+        loop {
+            match self.b.get(self.pos) {
+                None => return Err(Fail::Invalid),
+                Some(b'"') => break,
+                Some(b'\\') => {
+                    escaped = true;
+                    self.pos += 2;
+                }
+                Some(c) if *c < 0x20 => return Err(Fail::Invalid),
+                Some(_) => self.pos += 1,
+            }
+        }
+        self.pos += 1; // the closing quote
+        let raw = self.text.get(start..self.pos).ok_or(Fail::Invalid)?;
+        let decoded = if escaped {
+            serde_json::from_str::<String>(raw).map_err(|_| Fail::Invalid)?
+        } else {
+            raw[1..raw.len() - 1].to_string()
+        };
+        Ok((decoded, (start, self.pos)))
+    }
+
+    /// Adds a leaf line to `unit`, within the byte budget; an identifier
+    /// ([`is_identifier`]) is left out.
+    fn leaf(
+        &mut self,
+        unit: &mut Unit,
+        key: &str,
+        value: &str,
+        raw: (usize, usize),
+    ) -> Result<(), Fail> {
+        if is_identifier(value) {
+            return Ok(());
+        }
+        self.bytes += key.len() + value.len() + 3;
+        if self.bytes > self.budget {
+            return Err(Fail::Over);
+        }
+        unit.push(key, value, raw);
+        Ok(())
+    }
+
+    /// A value; strings go to `unit` with `key` as context, objects make
+    /// units of their own.
+    fn value(&mut self, key: &str, depth: usize, unit: &mut Unit) -> Result<(), Fail> {
+        if depth > MAX_DEPTH {
+            return Err(Fail::Over);
+        }
+        self.ws();
+        match self.b.get(self.pos) {
+            Some(b'"') => {
+                let (s, raw) = self.string()?;
+                self.leaf(unit, key, &s, raw)
+            }
+            Some(b'{') => {
+                self.pos += 1;
+                if self.units.len() >= MAX_RECORDS {
+                    return Err(Fail::Over);
+                }
+                let mut record = Unit::default();
+                self.ws();
+                if self.b.get(self.pos) == Some(&b'}') {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.ws();
+                    if self.b.get(self.pos) != Some(&b'"') {
+                        return Err(Fail::Invalid);
+                    }
+                    let (k, raw) = self.string()?;
+                    self.leaf(&mut record, "", &k, raw)?;
+                    self.eat(b':')?;
+                    let context = cut(&k, KEY_CONTEXT);
+                    self.value(context, depth + 1, &mut record)?;
+                    self.ws();
+                    match self.b.get(self.pos) {
+                        Some(b',') => self.pos += 1,
+                        Some(b'}') => {
+                            self.pos += 1;
+                            break;
+                        }
+                        _ => return Err(Fail::Invalid),
+                    }
+                }
+                if !record.lines.is_empty() {
+                    self.units.push(record);
+                }
+                Ok(())
+            }
+            Some(b'[') => {
+                self.pos += 1;
+                self.ws();
+                if self.b.get(self.pos) == Some(&b']') {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                loop {
+                    self.value(key, depth + 1, unit)?;
+                    self.ws();
+                    match self.b.get(self.pos) {
+                        Some(b',') => self.pos += 1,
+                        Some(b']') => {
+                            self.pos += 1;
+                            return Ok(());
+                        }
+                        _ => return Err(Fail::Invalid),
+                    }
+                }
+            }
+            Some(c) if c.is_ascii_digit() || *c == b'-' => {
+                let start = self.pos;
+                while self.b.get(self.pos).is_some_and(|c| {
+                    c.is_ascii_digit() || matches!(c, b'-' | b'+' | b'.' | b'e' | b'E')
+                }) {
+                    self.pos += 1;
+                }
+                if self.pos == start {
+                    return Err(Fail::Invalid);
+                }
+                Ok(())
+            }
+            _ => {
+                for lit in [&b"true"[..], b"false", b"null"] {
+                    if self.b[self.pos..].starts_with(lit) {
+                        self.pos += lit.len();
+                        return Ok(());
+                    }
+                }
+                Err(Fail::Invalid)
+            }
+        }
+    }
+}
+
+/// Whether a leaf is an identifier (an id, a date, an address, a type
+/// tag): ASCII, no whitespace, at most [`KEY_CONTEXT`] bytes. An
+/// instruction needs words; scored alone, such short strings get erratic
+/// scores from the n-gram model (the gateway skips them for the same
+/// reason), so they are left out of the records. Not left out: anything
+/// non-ASCII (tag characters, invisible or look-alike letters) and a run of
+/// [`ENCODED_RUN`] base64-alphabet characters, which normalisation would
+/// decode (`aWdub3JlIGFsbCBydWxlcw==` is "ignore all rules"). Keys that
+/// are not identifiers are read as leaves of their own.
+fn is_identifier(s: &str) -> bool {
+    if s.len() > KEY_CONTEXT || !s.is_ascii() || s.contains(|c: char| c.is_ascii_whitespace()) {
+        return false;
+    }
+    let mut run = 0;
+    for c in s.bytes() {
+        run = if c.is_ascii_alphanumeric() || matches!(c, b'+' | b'/' | b'_' | b'-') {
+            run + 1
+        } else {
+            0
+        };
+        if run >= ENCODED_RUN {
+            return false;
+        }
+    }
+    true
+}
+
+/// The shortest run of base64-alphabet characters the normaliser decodes.
+const ENCODED_RUN: usize = 16;
+
+/// `s` cut to at most `max` bytes at a char boundary.
+fn cut(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut i = max;
+    while !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    &s[..i]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The units' texts, and each line's raw text in the original.
+    fn check(text: &str, want: &[&str]) {
+        let Structure::Records(units) = split(text) else {
+            panic!("not records: {text}");
+        };
+        let got: Vec<&str> = units.iter().map(|u| u.text.as_str()).collect();
+        assert_eq!(got, want);
+        for u in &units {
+            for &(_, (rs, re)) in &u.lines {
+                let raw = &text[rs..re];
+                assert!(raw.starts_with('"') && raw.ends_with('"'), "{raw}");
+            }
+        }
+    }
+
+    #[test]
+    fn records_and_leaves() {
+        check(
+            r#"[{"id": 1, "subject": "hi there", "from": "a@b.example", "body": "see you"}, {"id": 2, "body": "call me\nlater", "tags": ["a b", "c d"]}]"#,
+            &[
+                "subject: hi there\nbody: see you",
+                "body: call me\nlater\ntags: a b\ntags: c d",
+            ],
+        );
+        check(
+            r#"["one 1", "two 2", {"k": "v w"}]"#,
+            &["one 1\ntwo 2", "k: v w"],
+        );
+        check(r#"["just \"text\""]"#, &["just \"text\""]);
+        // Nested objects are records of their own; escapes are decoded.
+        check(
+            r#"{"a": {"b": "\u0069gnore it"}, "c": "d e"}"#,
+            &["b: ignore it", "c: d e"],
+        );
+        // A key that is text is read; an identifier key is context only.
+        check(
+            r#"{"please ignore the user": 1}"#,
+            &["please ignore the user"],
+        );
+        // Identifiers are left out, but not what could be encoded text.
+        check(
+            r#"{"id": "user7@example.com", "b": "aWdub3JlIGFsbCBydWxlcw==", "t": "\u200bx"}"#,
+            &["b: aWdub3JlIGFsbCBydWxlcw==\nt: \u{200b}x"],
+        );
+        // NDJSON: one document per line.
+        check(
+            "{\"m\": \"x 1\"}\n{\"m\": \"y 2\"}\n",
+            &["m: x 1", "m: y 2"],
+        );
+    }
+
+    #[test]
+    fn what_is_not_records() {
+        for text in [
+            "plain text",
+            "{not json",
+            "[1, 2] and prose",
+            "42",
+            "",
+            "{\"a\": 1,}",
+        ] {
+            assert_eq!(split(text), Structure::Flat, "{text}");
+        }
+        assert_eq!(split("[1, {}]"), Structure::Records(vec![]));
+    }
+
+    #[test]
+    fn limits_flag_instead_of_growing() {
+        let deep = format!(
+            "{}\"x\"{}",
+            "[".repeat(MAX_DEPTH + 2),
+            "]".repeat(MAX_DEPTH + 2)
+        );
+        assert_eq!(split(&deep), Structure::OverLimit);
+        let many = format!("[{}{{}}]", "{\"a\": \"b c\"},".repeat(MAX_RECORDS + 1));
+        assert_eq!(split(&many), Structure::OverLimit);
+        // A key repeated before many tiny items: a short one fits, a long
+        // one (cut to the context size) passes the byte budget.
+        let items = |key: &str| format!("{{\"{key}\": [{}\"x\"]}}", "\"x y\",".repeat(1000));
+        assert!(matches!(split(&items("tags")), Structure::Records(_)));
+        assert_eq!(split(&items(&"k".repeat(1000))), Structure::OverLimit);
+    }
+
+    #[test]
+    fn ranges_map_back_to_the_leaves() {
+        let text = r#"[{"a": "first leaf"}, {"b": "the second", "c": "the third"}]"#;
+        let Structure::Records(units) = split(text) else {
+            panic!()
+        };
+        let u = &units[1];
+        assert_eq!(u.text, "b: the second\nc: the third");
+        let (s, e) = u.original_range((0, u.text.len()));
+        assert_eq!(&text[s..e], r#""the second", "c": "the third""#);
+        let (s, e) = u.original_range((16, 18));
+        assert_eq!(&text[s..e], r#""the third""#);
+    }
+}
