@@ -2012,7 +2012,8 @@ fn a_sandboxed_server_is_killed_at_its_wall_clock_limit_and_that_is_audited() {
 }
 
 /// A plain HTTP server on a loopback port answering every request with
-/// `hello <path>`; counts the requests it got.
+/// `hello <path>` (and ` <n> bytes` when it had a body of `n` bytes);
+/// counts the requests it got.
 fn hello_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::io::Read;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -2035,7 +2036,22 @@ fn hello_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
             counted.fetch_add(1, Ordering::SeqCst);
             let text = String::from_utf8_lossy(&head);
             let path = text.split_whitespace().nth(1).unwrap_or("?").to_string();
-            let body = format!("hello {path}");
+            let length = text
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())
+                        .flatten()
+                })
+                .unwrap_or(0);
+            let mut sent = vec![0u8; length];
+            let _ = stream.read_exact(&mut sent);
+            let body = if length == 0 {
+                format!("hello {path}")
+            } else {
+                format!("hello {path} {length} bytes")
+            };
             let _ = write!(
                 stream,
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -2172,6 +2188,126 @@ fn a_sandboxed_server_reaches_the_network_only_through_the_policy_checked_egress
         metrics.contains("portcullis_egress_connections_total{outcome=\"deny\"} 4"),
         "{metrics}"
     );
+}
+
+#[test]
+fn secrets_leaving_a_sandboxed_server_over_plain_http_are_refused_and_tunnels_follow_the_profile() {
+    use std::sync::atomic::Ordering;
+    if !python_mcp() || !Path::new("/usr/bin/python3").exists() {
+        eprintln!("SKIPPED: sandbox end-to-end test needs /usr/bin/python3 and the `mcp` package");
+        return;
+    }
+    let (port, hits) = hello_server();
+    // One local API, any method and path; personal data is kept in by
+    // policy (`context.content`), secrets by the proxy itself.
+    let policies = format!(
+        "{PROBE_POLICIES}\n\
+         @id(\"local-api\") permit(principal in Role::\"dev\", action == Action::\"egress_private\", resource == Host::\"127.0.0.1:{port}\");\n\
+         @id(\"no-ssn-out\") forbid(principal, action in [Action::\"egress\", Action::\"egress_private\"], resource)\n\
+           when {{ context.content.findings.contains(\"us_ssn\") }};\n"
+    );
+    // Plain HTTP only, bodies up to 4 KiB.
+    let (server, _code) = probe_gateway_with(
+        "network = \"egress\"\n[routes.sandbox.egress]\ntunnels = false\nmax_body_bytes = 4096",
+        "",
+        &policies,
+        &[],
+    );
+    let mut client = McpClient::start(&server, "probe", "exfil");
+    let url = format!("http://127.0.0.1:{port}/notes");
+
+    // A clean request passes, body and all.
+    let answer = probe(&mut client, "post", &url);
+    assert_eq!(answer, "ALLOWED: 200 hello /notes 29 bytes");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // A secret in the body (JSON, at any depth), the query, a header or a
+    // form: refused before the destination sees a byte.
+    for how in ["json", "query", "header", "form"] {
+        let v = client.call(
+            "probe",
+            json!({"what": "exfil", "target": url, "body": how}),
+        );
+        let answer = v["text"].as_str().unwrap().to_string();
+        assert!(answer.starts_with("DENIED: 403"), "{how}: {answer}");
+        assert!(answer.contains("egress_dlp"), "{how}: {answer}");
+        assert!(answer.contains("aws_access_key"), "{how}: {answer}");
+        assert!(!answer.contains("QWADE5R42RDZ4JEM"), "{how}: {answer}");
+    }
+    // Personal data: policy's call (`context.content.findings`).
+    let v = client.call(
+        "probe",
+        json!({"what": "post", "target": url, "body": "ssn 123-45-6789"}),
+    );
+    let answer = v["text"].as_str().unwrap();
+    assert!(answer.starts_with("DENIED: 403"), "{answer}");
+    assert!(answer.contains("egress_denied"), "{answer}");
+    // A body over the limit is refused from its announced length.
+    let v = client.call(
+        "probe",
+        json!({"what": "exfil", "target": url, "body": "big"}),
+    );
+    let answer = v["text"].as_str().unwrap();
+    assert!(answer.starts_with("DENIED: 413"), "{answer}");
+    assert!(answer.contains("egress_body_too_large"), "{answer}");
+    // A tunnel, which the gateway could not read: refused by the profile.
+    let answer = probe(&mut client, "tunnel", &format!("127.0.0.1:{port}"));
+    assert!(answer.starts_with("DENIED"), "{answer}");
+    assert!(answer.contains("403"), "{answer}");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "nothing refused reached the destination"
+    );
+
+    // Each refusal is audited with what was found, never the secret.
+    let records = kind_records(&server, "egress", "exfil", 8);
+    let text = serde_json::to_string(&records).unwrap();
+    assert!(!text.contains("QWADE5R42RDZ4JEM"), "{text}");
+    let dlp: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["error_code"] == "egress_dlp")
+        .collect();
+    assert_eq!(dlp.len(), 4, "{records:#?}");
+    for r in &dlp {
+        assert_eq!(r["outcome"], "deny", "{r}");
+        assert_eq!(r["status"], 403, "{r}");
+        assert_eq!(r["resource"], format!("127.0.0.1:{port}"), "{r}");
+        let finding = r["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["kind"] == "aws_access_key")
+            .unwrap_or_else(|| panic!("{r}"));
+        assert_eq!(finding["direction"], "request", "{r}");
+        assert_eq!(finding["fingerprint"].as_str().unwrap().len(), 16, "{r}");
+    }
+    let pointers: Vec<&str> = dlp
+        .iter()
+        .map(|r| r["content"][0]["pointer"].as_str().unwrap_or(""))
+        .collect();
+    for want in ["/x/note", "query:0", "header:x-note", "form:0"] {
+        assert!(pointers.contains(&want), "{want}: {pointers:?}");
+    }
+    let clean = records
+        .iter()
+        .find(|r| r["outcome"] == "allow")
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    assert_eq!(clean["process"]["method"], "POST", "{clean}");
+    assert_eq!(clean["content"], json!([]), "{clean}");
+    let ssn = records
+        .iter()
+        .find(|r| r["policies"] == json!(["no-ssn-out"]))
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    assert_eq!(ssn["error_code"], "egress_denied", "{ssn}");
+    assert_eq!(ssn["content"][0]["kind"], "us_ssn", "{ssn}");
+    for code in ["egress_body_too_large", "egress_tunnel_refused"] {
+        let r = records
+            .iter()
+            .find(|r| r["error_code"] == code)
+            .unwrap_or_else(|| panic!("{code}: {records:#?}"));
+        assert_eq!(r["outcome"], "deny", "{r}");
+    }
+    let _ = client.send(json!({"op": "quit"}));
 }
 
 #[test]

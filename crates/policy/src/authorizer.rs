@@ -258,6 +258,34 @@ impl Authorizer {
         }
     }
 
+    /// [`Authorizer::decide_egress`] as if the user an agent acts for had
+    /// asked (see [`Authorizer::decide_for_user`]): a sandboxed server of
+    /// a session a delegated token opened reaches only what the agent and
+    /// the user may both reach.
+    pub fn decide_egress_for_user(
+        &self,
+        request: &crate::EgressRequest<'_>,
+        user: &str,
+        groups: &[String],
+    ) -> Decision {
+        let user = match self.user_entity(user, groups) {
+            Ok(u) => u,
+            Err(denied) => return denied,
+        };
+        let principal = user.uid();
+        let entities = match self.entities.clone().add_entities([user], None) {
+            Ok(e) => e,
+            Err(e) => return denied_with_error(e.to_string()),
+        };
+        match &self.egress {
+            Some(e) => e.decide_as_user(&self.cedar, &entities, request, principal),
+            None => denied_with_error(format!(
+                "the policy schema has no `Action::\"{}\"`",
+                crate::egress::EGRESS
+            )),
+        }
+    }
+
     /// Whether the schema declares the MCP actions, the session plumbing
     /// (`Action::"mcp_plumbing"`) included, which `kind = "mcp"` routes need.
     pub fn supports_mcp(&self) -> bool {
