@@ -706,22 +706,10 @@ fn decide(
     user: Option<&DelegatedUser>,
 ) -> portcullis_core::Decision {
     let agent = authorizer.decide_egress(request);
-    let Some(user) = user.filter(|_| agent.allowed) else {
-        return agent;
-    };
-    let as_user = authorizer.decide_egress_for_user(request, &user.sub, &user.groups);
-    if as_user.allowed {
-        return agent;
-    }
-    portcullis_core::Decision {
-        allowed: false,
-        policy_ids: as_user
-            .policy_ids
-            .iter()
-            .map(|p| format!("user:{p}"))
-            .collect(),
-        errors: as_user.errors,
-    }
+    let as_user = user
+        .filter(|_| agent.allowed)
+        .map(|u| authorizer.decide_egress_for_user(request, &u.sub, &u.groups));
+    crate::pipeline::authorize::joined(agent, as_user)
 }
 
 /// The addresses of `host` (an address literal as itself), resolved by the
