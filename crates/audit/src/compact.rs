@@ -18,8 +18,9 @@
 //! - then the other fields in declaration order, each a *value* or an
 //!   unsigned LEB128 integer (`duration_us`, `bytes_in`, `bytes_out`; lists
 //!   and optional integers are a count or `0`/`1 + n`; the `process` event
-//!   is `0`, or `1` and its fields, signed integers zigzag-encoded, or `2`
-//!   and its fields followed by `address` and `method`).
+//!   is `0`, or `1` and its fields, signed integers zigzag-encoded, `2`
+//!   and its fields followed by `address` and `method`, or `3` and its
+//!   fields followed by `address`, `method` and `user`).
 //!
 //! A value is an LEB128 tag: `0` null, `1` text (length and UTF-8 bytes),
 //! `2` lowercase hex (byte length and the bytes: digests and fingerprints),
@@ -120,8 +121,14 @@ pub fn encode(record: &AuditRecord, intern: &mut impl FnMut(&str) -> u64) -> Vec
     match &record.process {
         None => w.int(0),
         Some(p) => {
-            let extended = p.address.is_some() || p.method.is_some();
-            w.int(if extended { 2 } else { 1 });
+            let tag = if p.user.is_some() {
+                3
+            } else if p.address.is_some() || p.method.is_some() {
+                2
+            } else {
+                1
+            };
+            w.int(tag);
             w.value(Some(p.command.as_str()), Slot::Interned);
             w.value(p.profile_sha256.as_deref(), Slot::Digest);
             w.value(Some(p.session.as_str()), Slot::Digest);
@@ -130,9 +137,12 @@ pub fn encode(record: &AuditRecord, intern: &mut impl FnMut(&str) -> u64) -> Vec
             w.opt_int(p.exit_code.map(zigzag));
             w.opt_int(p.signal.map(zigzag));
             w.opt_int(p.ran_ms);
-            if extended {
+            if tag >= 2 {
                 w.value(p.address.as_deref(), Slot::Interned);
                 w.value(p.method.as_deref(), Slot::Interned);
+            }
+            if tag == 3 {
+                w.value(p.user.as_deref(), Slot::Interned);
             }
         }
     }
@@ -253,7 +263,7 @@ pub fn decode_into<'s>(
     let start = r.at;
     record.process = match r.int()? {
         0 => None,
-        tag @ (1 | 2) => {
+        tag @ (1..=3) => {
             let signed = |r: &mut Reader<'_, _>| {
                 let start = r.at;
                 match r.opt_int()? {
@@ -277,11 +287,18 @@ pub fn decode_into<'s>(
                 ran_ms: r.opt_int()?,
                 ..ProcessEvent::default()
             };
-            if tag == 2 {
+            if tag >= 2 {
                 event.address = r.value()?;
                 event.method = r.value()?;
                 // Tag 2 says at least one is there: one encoding per record.
-                if event.address.is_none() && event.method.is_none() {
+                if tag == 2 && event.address.is_none() && event.method.is_none() {
+                    return Err(DecodeError::Malformed(start));
+                }
+            }
+            if tag == 3 {
+                event.user = r.value()?;
+                // Tag 3 says the user is there.
+                if event.user.is_none() {
                     return Err(DecodeError::Malformed(start));
                 }
             }
@@ -595,7 +612,22 @@ mod tests {
         if let Some(p) = only_method.process.as_mut() {
             p.address = None;
         }
-        let mut cases = vec![full(), AuditRecord::default(), egress(), only_method];
+        // Tag 3: the delegating user, with and without address and method.
+        let mut delegated = egress();
+        let mut delegated_bare = full();
+        for r in [&mut delegated, &mut delegated_bare] {
+            if let Some(p) = r.process.as_mut() {
+                p.user = Some("alice@example.com".into());
+            }
+        }
+        let mut cases = vec![
+            full(),
+            AuditRecord::default(),
+            egress(),
+            only_method,
+            delegated,
+            delegated_bare,
+        ];
         let empty = AuditRecord::default();
         let full = full();
         let json = |r: &AuditRecord| serde_json::to_value(r).unwrap();

@@ -175,6 +175,11 @@ pub struct ProcessEvent {
     /// only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub method: Option<String>,
+    /// The user the agent acted for when a delegated token opened the MCP
+    /// session (the `sub` of the user's token; `kind` `process` and
+    /// `egress`); left out otherwise, so other records' encoding stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// Most content findings kept in one record; the rest are counted in the

@@ -1812,6 +1812,18 @@ fn probe_gateway_with(
     policies: &str,
     env: &[(&str, &str)],
 ) -> (Server, tempfile::TempDir) {
+    probe_gateway_config(sandbox, limits, policies, env, "")
+}
+
+/// [`probe_gateway_with`] with more configuration (`head`, TOML before the
+/// route: `[[identity.oidc]]`).
+fn probe_gateway_config(
+    sandbox: &str,
+    limits: &str,
+    policies: &str,
+    env: &[(&str, &str)],
+    head: &str,
+) -> (Server, tempfile::TempDir) {
     use std::os::unix::fs::PermissionsExt;
     let code = open_dir(0o755);
     let script = code.path().join("probe_server.py");
@@ -1823,7 +1835,7 @@ fn probe_gateway_with(
     std::fs::write(pol.join("schema.cedarschema"), SCHEMA).unwrap();
     std::fs::write(pol.join("mcp.cedar"), policies).unwrap();
     let routes = format!(
-        "[policy]\ndir = \"policies\"\n[[routes]]\nname = \"probe\"\nkind = \"mcp\"\npath_prefix = \"/mcp/probe\"\nupstream = \"stdio:/usr/bin/python3 {}\"\nclassification = \"internal\"\n\
+        "[policy]\ndir = \"policies\"\n{head}[[routes]]\nname = \"probe\"\nkind = \"mcp\"\npath_prefix = \"/mcp/probe\"\nupstream = \"stdio:/usr/bin/python3 {}\"\nclassification = \"internal\"\n\
          [routes.sandbox]\nread = [\"{}\"]\n{sandbox}\n[routes.sandbox.limits]\n{limits}\n",
         script.display(),
         code.path().display()
@@ -2025,7 +2037,8 @@ fn a_sandboxed_server_is_killed_at_its_wall_clock_limit_and_that_is_audited() {
 }
 
 /// A plain HTTP server on a loopback port answering every request with
-/// `hello <path>`; counts the requests it got.
+/// `hello <path>` (and ` <n> bytes` when it had a body of `n` bytes);
+/// counts the requests it got.
 fn hello_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::io::Read;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -2048,7 +2061,22 @@ fn hello_server() -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
             counted.fetch_add(1, Ordering::SeqCst);
             let text = String::from_utf8_lossy(&head);
             let path = text.split_whitespace().nth(1).unwrap_or("?").to_string();
-            let body = format!("hello {path}");
+            let length = text
+                .lines()
+                .find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("content-length")
+                        .then(|| value.trim().parse::<usize>().ok())
+                        .flatten()
+                })
+                .unwrap_or(0);
+            let mut sent = vec![0u8; length];
+            let _ = stream.read_exact(&mut sent);
+            let body = if length == 0 {
+                format!("hello {path}")
+            } else {
+                format!("hello {path} {length} bytes")
+            };
             let _ = write!(
                 stream,
                 "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
@@ -2185,6 +2213,281 @@ fn a_sandboxed_server_reaches_the_network_only_through_the_policy_checked_egress
         metrics.contains("portcullis_egress_connections_total{outcome=\"deny\"} 4"),
         "{metrics}"
     );
+}
+
+#[test]
+fn secrets_leaving_a_sandboxed_server_over_plain_http_are_refused_and_tunnels_follow_the_profile() {
+    use std::sync::atomic::Ordering;
+    if !python_mcp() || !Path::new("/usr/bin/python3").exists() {
+        eprintln!("SKIPPED: sandbox end-to-end test needs /usr/bin/python3 and the `mcp` package");
+        return;
+    }
+    let (port, hits) = hello_server();
+    // One local API, any method and path; personal data is kept in by
+    // policy (`context.content`), secrets by the proxy itself.
+    let policies = format!(
+        "{PROBE_POLICIES}\n\
+         @id(\"local-api\") permit(principal in Role::\"dev\", action == Action::\"egress_private\", resource == Host::\"127.0.0.1:{port}\");\n\
+         @id(\"no-ssn-out\") forbid(principal, action in [Action::\"egress\", Action::\"egress_private\"], resource)\n\
+           when {{ context.content.findings.contains(\"us_ssn\") }};\n"
+    );
+    // Plain HTTP only, bodies up to 4 KiB.
+    let (server, _code) = probe_gateway_with(
+        "network = \"egress\"\n[routes.sandbox.egress]\ntunnels = false\nmax_body_bytes = 4096",
+        "",
+        &policies,
+        &[],
+    );
+    let mut client = McpClient::start(&server, "probe", "exfil");
+    assert_eq!(client.list(), ["probe"]);
+    let url = format!("http://127.0.0.1:{port}/notes");
+
+    // A clean request passes, body and all.
+    let answer = probe(&mut client, "post", &url);
+    assert_eq!(answer, "ALLOWED: 200 hello /notes 29 bytes");
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    // A secret in the body (JSON, at any depth), the query, a header or a
+    // form: refused before the destination sees a byte.
+    for how in ["json", "query", "header", "form"] {
+        let v = client.call(
+            "probe",
+            json!({"what": "exfil", "target": url, "body": how}),
+        );
+        let answer = v["text"].as_str().unwrap().to_string();
+        assert!(answer.starts_with("DENIED: 403"), "{how}: {answer}");
+        assert!(answer.contains("egress_dlp"), "{how}: {answer}");
+        assert!(answer.contains("aws_access_key"), "{how}: {answer}");
+        assert!(!answer.contains("QWADE5R42RDZ4JEM"), "{how}: {answer}");
+    }
+    // Personal data: policy's call (`context.content.findings`).
+    let v = client.call(
+        "probe",
+        json!({"what": "post", "target": url, "body": "ssn 123-45-6789"}),
+    );
+    let answer = v["text"].as_str().unwrap();
+    assert!(answer.starts_with("DENIED: 403"), "{answer}");
+    assert!(answer.contains("egress_denied"), "{answer}");
+    // A body over the limit is refused from its announced length.
+    let v = client.call(
+        "probe",
+        json!({"what": "exfil", "target": url, "body": "big"}),
+    );
+    let answer = v["text"].as_str().unwrap();
+    assert!(answer.starts_with("DENIED: 413"), "{answer}");
+    assert!(answer.contains("egress_body_too_large"), "{answer}");
+    // A tunnel, which the gateway could not read: refused by the profile.
+    let answer = probe(&mut client, "tunnel", &format!("127.0.0.1:{port}"));
+    assert!(answer.starts_with("DENIED"), "{answer}");
+    assert!(answer.contains("403"), "{answer}");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "nothing refused reached the destination"
+    );
+
+    // Each refusal is audited with what was found, never the secret.
+    let records = kind_records(&server, "egress", "exfil", 8);
+    let text = serde_json::to_string(&records).unwrap();
+    assert!(!text.contains("QWADE5R42RDZ4JEM"), "{text}");
+    let dlp: Vec<&Value> = records
+        .iter()
+        .filter(|r| r["error_code"] == "egress_dlp")
+        .collect();
+    assert_eq!(dlp.len(), 4, "{records:#?}");
+    for r in &dlp {
+        assert_eq!(r["outcome"], "deny", "{r}");
+        assert_eq!(r["status"], 403, "{r}");
+        assert_eq!(r["resource"], format!("127.0.0.1:{port}"), "{r}");
+        let finding = r["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["kind"] == "aws_access_key")
+            .unwrap_or_else(|| panic!("{r}"));
+        assert_eq!(finding["direction"], "request", "{r}");
+        assert_eq!(finding["fingerprint"].as_str().unwrap().len(), 16, "{r}");
+    }
+    let pointers: Vec<&str> = dlp
+        .iter()
+        .map(|r| r["content"][0]["pointer"].as_str().unwrap_or(""))
+        .collect();
+    for want in ["/x/note", "query:0", "header:x-note", "form:0"] {
+        assert!(pointers.contains(&want), "{want}: {pointers:?}");
+    }
+    let clean = records
+        .iter()
+        .find(|r| r["outcome"] == "allow")
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    assert_eq!(clean["process"]["method"], "POST", "{clean}");
+    assert_eq!(clean["content"], json!([]), "{clean}");
+    let ssn = records
+        .iter()
+        .find(|r| r["policies"] == json!(["no-ssn-out"]))
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    assert_eq!(ssn["error_code"], "egress_denied", "{ssn}");
+    assert_eq!(ssn["content"][0]["kind"], "us_ssn", "{ssn}");
+    for code in ["egress_body_too_large", "egress_tunnel_refused"] {
+        let r = records
+            .iter()
+            .find(|r| r["error_code"] == code)
+            .unwrap_or_else(|| panic!("{code}: {records:#?}"));
+        assert_eq!(r["outcome"], "deny", "{r}");
+    }
+    let _ = client.send(json!({"op": "quit"}));
+}
+
+/// One JSON-RPC message to the route `probe` as `agent` (with a bearer
+/// token), in `session` when there is one; the answer's session id and
+/// body.
+async fn probe_rpc(
+    server: &Server,
+    agent: &reqwest::Client,
+    bearer: &str,
+    session: Option<&str>,
+    body: Value,
+) -> (Option<String>, Value) {
+    let mut r = agent
+        .post(server.url("/mcp/probe"))
+        .header("authorization", format!("Bearer {bearer}"))
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2025-06-18");
+    if let Some(s) = session {
+        r = r.header("mcp-session-id", s);
+    }
+    let r = r.json(&body).send().await.unwrap();
+    let session = r
+        .headers()
+        .get("mcp-session-id")
+        .map(|v| v.to_str().unwrap().to_string());
+    let text = r.text().await.unwrap();
+    (session, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+#[test]
+fn a_delegated_sessions_egress_is_decided_as_the_user_too_and_names_them() {
+    use portcullis_identity::Ed25519Key;
+    if !python_mcp() || !Path::new("/usr/bin/python3").exists() {
+        eprintln!("SKIPPED: sandbox end-to-end test needs /usr/bin/python3 and the `mcp` package");
+        return;
+    }
+    support::install_crypto();
+    const IDP: &str = "https://idp.egress.test";
+    let idp = Ed25519Key::generate();
+    let mut jwk = idp.public().to_json();
+    jwk["kid"] = json!(idp.kid());
+    jwk["alg"] = json!("EdDSA");
+    let keys = open_dir(0o755);
+    let jwks = keys.path().join("idp.jwks");
+    std::fs::write(&jwks, json!({ "keys": [jwk] }).to_string()).unwrap();
+    let (port, hits) = hello_server();
+    // The agent may reach the local API anywhere; its users only below
+    // /finance, and only users in `finance` may use the route at all.
+    let policies = format!(
+        "{PROBE_POLICIES}\n\
+         @id(\"users-probe\") permit(principal in Role::\"finance\", action in [Action::\"list_tools\", Action::\"call_tool\"], resource in Route::\"probe\");\n\
+         @id(\"agent-api\") permit(principal in Role::\"dev\", action == Action::\"egress_private\", resource == Host::\"127.0.0.1:{port}\");\n\
+         @id(\"users-finance\") permit(principal in Role::\"finance\", action == Action::\"egress_private\", resource == Host::\"127.0.0.1:{port}\")\n\
+           when {{ context.path like \"/finance/*\" && context has delegation && context.delegation.user == \"alice\" }};\n"
+    );
+    let (server, _code) = probe_gateway_config(
+        "network = \"egress\"",
+        "",
+        &policies,
+        &[],
+        &format!(
+            "[[identity.oidc]]\nissuer = \"{IDP}\"\naudience = \"portcullis\"\njwks_file = \"{}\"\n",
+            jwks.display()
+        ),
+    );
+    let (cert, key) = server.create_agent("deleg-bot", &["dev"]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let subject = idp.sign_compact(
+        &json!({"alg": "EdDSA", "typ": "JWT", "kid": idp.kid()}),
+        &json!({"iss": IDP, "aud": "portcullis", "sub": "alice", "iat": now,
+            "exp": now + 600, "groups": ["finance"], "amr": ["pwd"]}),
+    );
+    let file = server.path().join("subject-alice");
+    std::fs::write(&file, subject).unwrap();
+    let creds = server.path().join("creds");
+    let out = server.cli(&[
+        "agent",
+        "token",
+        "deleg-bot",
+        "--creds",
+        creds.to_str().unwrap(),
+        "--mtls",
+        "--on-behalf-of",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let agent = support::client(&server.ca_pem(), Some((&cert, &key)));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let fetch = |session: &str, path: &str| {
+        let body = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "probe", "arguments":
+                {"what": "fetch", "target": format!("http://127.0.0.1:{port}{path}")}}});
+        let (_, answer) = runtime.block_on(probe_rpc(&server, &agent, &token, Some(session), body));
+        answer["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{answer}"))
+            .to_string()
+    };
+    let (session, init) = runtime.block_on(probe_rpc(
+        &server,
+        &agent,
+        &token,
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "t", "version": "1"}}}),
+    ));
+    let session = session.unwrap_or_else(|| panic!("no session: {init}"));
+    let (_, tools) = runtime.block_on(probe_rpc(
+        &server,
+        &agent,
+        &token,
+        Some(&session),
+        json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}),
+    ));
+    assert_eq!(tools["result"]["tools"][0]["name"], "probe", "{tools}");
+    // Both the agent and alice may: served.
+    assert_eq!(
+        fetch(&session, "/finance/q3"),
+        "ALLOWED: 200 hello /finance/q3"
+    );
+    // The agent may, alice may not: refused, and said to be the user's.
+    let answer = fetch(&session, "/hr/salaries");
+    assert!(answer.starts_with("DENIED: 403"), "{answer}");
+    assert!(answer.contains("egress_denied"), "{answer}");
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    // The records name alice in a field of her own.
+    let records = kind_records(&server, "egress", "deleg-bot", 2);
+    let denied = records
+        .iter()
+        .find(|r| r["outcome"] == "deny")
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    assert_eq!(denied["policies"], json!(["user:default-deny"]), "{denied}");
+    assert_eq!(denied["process"]["user"], "alice", "{denied}");
+    let allowed = records
+        .iter()
+        .find(|r| r["outcome"] == "allow")
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    assert_eq!(allowed["policies"], json!(["agent-api"]), "{allowed}");
+    assert_eq!(allowed["process"]["user"], "alice", "{allowed}");
+    let spawn = process_records(&server, "deleg-bot", 1)
+        .into_iter()
+        .find(|r| r["action"] == "process.spawn")
+        .unwrap();
+    assert_eq!(spawn["process"]["user"], "alice", "{spawn}");
 }
 
 #[test]

@@ -124,20 +124,29 @@ impl Routing {
                 tags: r.tags.clone(),
             })
             .collect();
-        let guard = if config.routes.iter().any(|r| r.guard.scans_requests()) || redacts {
-            match guard {
-                Some(running) => Some(running.clone()),
-                None => Some(Arc::new(GuardState {
-                    guard: portcullis_guard::Guard::new()?,
-                    // Fingerprints and placeholder numbers are keyed per
-                    // process: they correlate within a run and reveal
-                    // nothing across runs.
-                    key: rand::random(),
-                })),
-            }
-        } else {
-            None
-        };
+        // The egress proxy of a sandboxed server scans what it lets out.
+        let egress_scans = config.routes.iter().any(|r| {
+            r.sandbox.as_deref().is_some_and(|p| {
+                p.enabled
+                    && p.network == portcullis_sandbox::Network::Egress
+                    && p.egress.dlp != portcullis_sandbox::EgressDlp::Off
+            })
+        });
+        let guard =
+            if config.routes.iter().any(|r| r.guard.scans_requests()) || redacts || egress_scans {
+                match guard {
+                    Some(running) => Some(running.clone()),
+                    None => Some(Arc::new(GuardState {
+                        guard: portcullis_guard::Guard::new()?,
+                        // Fingerprints and placeholder numbers are keyed per
+                        // process: they correlate within a run and reveal
+                        // nothing across runs.
+                        key: rand::random(),
+                    })),
+                }
+            } else {
+                None
+            };
         Ok(Routing {
             llm: crate::llm::LlmRoutes::load(config)?,
             model_entities: crate::llm::model_entities(config),

@@ -258,6 +258,29 @@ impl Authorizer {
         }
     }
 
+    /// [`Authorizer::decide_egress`] as if the user an agent acts for had
+    /// asked (see [`Authorizer::decide_for_user`]): a sandboxed server of
+    /// a session a delegated token opened reaches only what the agent and
+    /// the user may both reach.
+    pub fn decide_egress_for_user(
+        &self,
+        request: &crate::EgressRequest<'_>,
+        user: &str,
+        groups: &[String],
+    ) -> Decision {
+        let (principal, entities) = match self.with_user(user, groups) {
+            Ok(u) => u,
+            Err(denied) => return denied,
+        };
+        match &self.egress {
+            Some(e) => e.decide_as_user(&self.cedar, &entities, request, principal),
+            None => denied_with_error(format!(
+                "the policy schema has no `Action::\"{}\"`",
+                crate::egress::EGRESS
+            )),
+        }
+    }
+
     /// Whether the schema declares the MCP actions, the session plumbing
     /// (`Action::"mcp_plumbing"`) included, which `kind = "mcp"` routes need.
     pub fn supports_mcp(&self) -> bool {
@@ -469,14 +492,9 @@ impl Authorizer {
         user: &str,
         groups: &[String],
     ) -> Decision {
-        let user = match self.user_entity(user, groups) {
+        let (principal, entities) = match self.with_user(user, groups) {
             Ok(u) => u,
             Err(denied) => return denied,
-        };
-        let principal = user.uid();
-        let entities = match self.entities.clone().add_entities([user], None) {
-            Ok(e) => e,
-            Err(e) => return denied_with_error(e.to_string()),
         };
         let cedar_request = match self.cedar_request_as(principal, request, None) {
             Ok(r) => r,
@@ -514,6 +532,19 @@ impl Authorizer {
 
     /// The `User::"<user>"` entity, a member of `Role::"<group>"` for each of
     /// their groups; a denial when the schema has no `User` type.
+    /// The user's id and a copy of the entities with the user in it (in
+    /// its groups' roles), for a decision as the user.
+    fn with_user(&self, user: &str, groups: &[String]) -> Result<(EntityUid, Entities), Decision> {
+        let user = self.user_entity(user, groups)?;
+        let principal = user.uid();
+        let entities = self
+            .entities
+            .clone()
+            .add_entities([user], None)
+            .map_err(|e| denied_with_error(e.to_string()))?;
+        Ok((principal, entities))
+    }
+
     fn user_entity(&self, user: &str, groups: &[String]) -> Result<Entity, Decision> {
         let Some(user_type) = &self.user_type else {
             return Err(denied_with_error(
@@ -558,16 +589,12 @@ impl Authorizer {
         user: &str,
         groups: &[String],
     ) -> Decision {
-        let user = match self.user_entity(user, groups) {
+        let (principal, entities) = match self.with_user(user, groups) {
             Ok(u) => u,
             Err(denied) => return denied,
         };
-        let entities = match self.entities.clone().add_entities([user.clone()], None) {
-            Ok(e) => e,
-            Err(e) => return denied_with_error(e.to_string()),
-        };
         match &self.model {
-            Some(m) => m.decide_as_user(&self.cedar, &entities, request, user.uid()),
+            Some(m) => m.decide_as_user(&self.cedar, &entities, request, principal),
             None => denied_with_error(format!(
                 "the policy schema has no `Action::\"{}\"` on `Model`",
                 request.action.as_str()

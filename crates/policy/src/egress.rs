@@ -10,6 +10,14 @@
 //! internet to a server does not open the gateway's own network to it
 //! (SSRF, DNS rebinding): that takes a permit naming `egress_private`.
 //! Default deny, as everywhere.
+//!
+//! A plain HTTP request is scanned by the content guard before it is
+//! decided, so `context.content` holds what was found in its URL, headers
+//! and body; a `CONNECT` tunnel (`context.tunnel == true`) carries bytes
+//! the gateway cannot read, and its content is "not scanned". When the
+//! agent acts for a user (a delegated token opened the MCP session), the
+//! connection is decided as the user too, like every other call:
+//! [`crate::Authorizer::decide_egress_for_user`].
 
 use std::net::IpAddr;
 
@@ -141,6 +149,12 @@ pub struct EgressRequest<'a> {
     pub method: &'a str,
     /// The plain HTTP request's path without its query; `""` for `CONNECT`.
     pub path: &'a str,
+    /// Whether this is a `CONNECT` tunnel (`context.tunnel`), whose bytes
+    /// the gateway does not read.
+    pub tunnel: bool,
+    /// What the content guard found in the plain HTTP request's URL,
+    /// headers and body ([`Content::NOT_SCANNED`] for a tunnel).
+    pub content: Content<'a>,
     /// The host name (or address literal) the server asked for.
     pub host: &'a str,
     /// The port.
@@ -171,6 +185,9 @@ pub(crate) struct EgressAuthz {
     private: (EntityUid, ActionPolicies),
     agent_type: EntityTypeName,
     host_type: EntityTypeName,
+    /// Whether the schema's egress context declares `tunnel`; `false` for
+    /// a schema written before it (its requests go without it).
+    tunnel: bool,
 }
 
 impl EgressAuthz {
@@ -194,7 +211,7 @@ impl EgressAuthz {
             t.parse::<EntityTypeName>()
                 .map_err(|e| EntityError::new(e.to_string()))
         };
-        let authz = EgressAuthz {
+        let mut authz = EgressAuthz {
             public: (
                 public.clone(),
                 ActionPolicies::for_action(&bundle.policies, entities, &public),
@@ -205,6 +222,7 @@ impl EgressAuthz {
             ),
             agent_type: parse("Agent")?,
             host_type: parse("Host")?,
+            tunnel: true,
         };
         // The request shape is fixed: prove once that the schema accepts it.
         let ip = SourceIp::new(IpAddr::from([127, 0, 0, 1]));
@@ -219,6 +237,8 @@ impl EgressAuthz {
                 session: "shape-check",
                 method: "CONNECT",
                 path: "",
+                tunnel: true,
+                content: Content::NOT_SCANNED,
                 host: "shape-check",
                 port: 443,
                 address: IpAddr::from(address),
@@ -226,6 +246,11 @@ impl EgressAuthz {
                 time: RequestTime::from_epoch(0),
                 caller: &caller,
             };
+            // A schema written before `context.tunnel` gets requests
+            // without it (decided on the first sample).
+            if authz.tunnel && authz.request(&sample, Some(&bundle.schema)).is_err() {
+                authz.tunnel = false;
+            }
             authz
                 .request(&sample, Some(&bundle.schema))
                 .map_err(|e| {
@@ -250,18 +275,28 @@ impl EgressAuthz {
         r: &EgressRequest<'_>,
         schema: Option<&cedar_policy::Schema>,
     ) -> Result<Request, String> {
-        let principal =
+        let agent =
             EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(r.agent));
+        self.request_as(agent, r, schema)
+    }
+
+    /// The request of `r` with `principal` asking (the agent, or the user
+    /// it acts for).
+    fn request_as(
+        &self,
+        principal: EntityUid,
+        r: &EgressRequest<'_>,
+        schema: Option<&cedar_policy::Schema>,
+    ) -> Result<Request, String> {
         let resource =
             EntityUid::from_type_name_and_id(self.host_type.clone(), EntityId::new(r.host_id()));
-        // Egress reads no request body of its own: its content is "not scanned".
         let mut pairs = crate::facts::routed_pairs(
             r.route,
             r.method,
             r.path,
             r.source_ip,
             r.time,
-            &Content::NOT_SCANNED,
+            &r.content,
             r.caller,
         )?;
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
@@ -282,6 +317,12 @@ impl EgressAuthz {
                 s(AddressClass::of(r.address).as_str()),
             ),
         ]);
+        if self.tunnel {
+            pairs.push((
+                "tunnel".to_string(),
+                RestrictedExpression::new_bool(r.tunnel),
+            ));
+        }
         let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
         Request::new(
             principal,
@@ -291,6 +332,27 @@ impl EgressAuthz {
             schema,
         )
         .map_err(|e| e.to_string())
+    }
+
+    /// Decides `r` as `user` (an entity the caller added to `entities`)
+    /// would: every policy of the action is evaluated (no slice).
+    pub(crate) fn decide_as_user(
+        &self,
+        cedar: &cedar_policy::Authorizer,
+        entities: &Entities,
+        r: &EgressRequest<'_>,
+        user: EntityUid,
+    ) -> Decision {
+        match self.request_as(user, r, None) {
+            Err(e) => Decision {
+                errors: vec![e],
+                ..Decision::default_deny()
+            },
+            Ok(request) => {
+                let response = cedar.is_authorized(&request, &self.action(r).1.all(), entities);
+                crate::decide::to_decision(&response)
+            }
+        }
     }
 
     /// The Cedar request `r` is decided as, for `policy explain`.
@@ -328,7 +390,7 @@ mod tests {
 
     use super::AddressClass;
     use crate::{
-        AgentEntity, Authorizer, CallerFacts, DEFAULT_SCHEMA, EgressRequest, PolicyBundle,
+        AgentEntity, Authorizer, CallerFacts, Content, DEFAULT_SCHEMA, EgressRequest, PolicyBundle,
         PolicySources, RequestTime, RouteEntity, SourceIp,
     };
 
@@ -356,26 +418,118 @@ mod tests {
     }
 
     fn check(authz: &Authorizer, host: &str, port: u16, address: &str, method: &str) -> String {
+        check_with(authz, host, port, address, method, &[], None)
+    }
+
+    /// [`check`] with the content guard's findings and, for `user`, as the
+    /// user the agent acts for.
+    fn check_with(
+        authz: &Authorizer,
+        host: &str,
+        port: u16,
+        address: &str,
+        method: &str,
+        findings: &[&str],
+        user: Option<(&str, &[String])>,
+    ) -> String {
         let ip = SourceIp::new([127, 0, 0, 1].into());
-        let d = authz.decide_egress(&EgressRequest {
+        let tunnel = method == "CONNECT";
+        let request = EgressRequest {
             agent: "alice",
             route: "fetch",
             server: "/usr/bin/python3",
             session: "0011",
             method,
-            path: if method == "CONNECT" { "" } else { "/x" },
+            path: if tunnel { "" } else { "/x" },
+            tunnel,
+            content: if tunnel {
+                Content::NOT_SCANNED
+            } else {
+                Content {
+                    scanned: true,
+                    injection_score: 0.0,
+                    injection_flagged: false,
+                    findings,
+                }
+            },
             host,
             port,
             address: address.parse().unwrap(),
             source_ip: &ip,
             time: RequestTime::from_epoch(0),
             caller: &CallerFacts::mtls(),
-        });
+        };
+        let d = match user {
+            None => authz.decide_egress(&request),
+            Some((user, groups)) => authz.decide_egress_for_user(&request, user, groups),
+        };
         format!(
             "{} {:?}",
             if d.allowed { "allow" } else { "deny" },
             d.policy_ids
         )
+    }
+
+    #[test]
+    fn tunnels_content_and_the_delegating_user_are_decided() {
+        let authz = authorizer(
+            DEFAULT_SCHEMA,
+            r#"
+@id("web") permit(principal in Role::"dev", action == Action::"egress", resource);
+@id("no-tunnels") forbid(principal, action == Action::"egress", resource == Host::"paste.example:443")
+  when { context.tunnel };
+@id("no-pii-out") forbid(principal, action == Action::"egress", resource)
+  when { context.content.scanned && context.content.findings.contains("us_ssn") };
+@id("users-web") permit(principal in Role::"staff", action == Action::"egress", resource == Host::"api.example:443");
+"#,
+        );
+        let public = "93.184.215.14";
+        assert_eq!(
+            check(&authz, "paste.example", 443, public, "CONNECT"),
+            r#"deny ["no-tunnels"]"#
+        );
+        assert_eq!(
+            check(&authz, "paste.example", 443, public, "POST"),
+            r#"allow ["web"]"#
+        );
+        assert_eq!(
+            check_with(
+                &authz,
+                "paste.example",
+                443,
+                public,
+                "POST",
+                &["us_ssn"],
+                None
+            ),
+            r#"deny ["no-pii-out"]"#
+        );
+        // As the user: only what the user's own permits allow.
+        let staff = ["staff".to_string()];
+        assert_eq!(
+            check_with(
+                &authz,
+                "api.example",
+                443,
+                public,
+                "CONNECT",
+                &[],
+                Some(("bob", &staff))
+            ),
+            r#"allow ["users-web"]"#
+        );
+        assert_eq!(
+            check_with(
+                &authz,
+                "other.example",
+                443,
+                public,
+                "CONNECT",
+                &[],
+                Some(("bob", &staff))
+            ),
+            r#"deny ["default-deny"]"#
+        );
     }
 
     #[test]

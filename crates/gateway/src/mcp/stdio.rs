@@ -85,7 +85,7 @@ pub struct Launch<'a> {
     /// The agent that opened the session.
     pub agent: &'a str,
     /// The request id of the `initialize` that launches it.
-    pub request_id: String,
+    pub request_id: portcullis_core::RequestId,
     /// The route's classification.
     pub classification: &'static str,
     /// The audit log.
@@ -99,6 +99,10 @@ pub struct Launch<'a> {
     pub source_ip: &'a portcullis_policy::SourceIp,
     /// See `source_ip`.
     pub caller: &'a portcullis_policy::CallerFacts,
+    /// The user the agent acts for, when a delegated token opened the
+    /// session: named in the process's records, and its egress is decided
+    /// as that user too.
+    pub user: Option<&'a portcullis_identity::DelegatedUser>,
 }
 
 /// What a process's audit records repeat.
@@ -266,7 +270,7 @@ impl StdioServers {
         let recorded = Arc::new(Recorded {
             route: route.to_string(),
             agent: l.agent.to_string(),
-            request_id: l.request_id.clone(),
+            request_id: l.request_id.to_string(),
             classification: l.classification,
             event: ProcessEvent {
                 command: std::iter::once(program)
@@ -276,6 +280,7 @@ impl StdioServers {
                 profile_sha256: sandbox.map(|p| p.digest()),
                 session: hex::encode(&Sha256::digest(session.as_bytes())[..8]),
                 pid: child.id(),
+                user: l.user.map(|u| u.sub.clone()),
                 ..ProcessEvent::default()
             },
             sink: l.sink.clone(),
@@ -298,6 +303,9 @@ impl StdioServers {
                 server: program.to_string(),
                 source_ip: l.source_ip.clone(),
                 caller: l.caller.clone(),
+                user: l.user.cloned(),
+                request_id: l.request_id.clone(),
+                rules: sandbox.map(|p| p.egress.clone()).unwrap_or_default(),
                 records: recorded.clone(),
             });
             tokio::spawn(super::egress::run(channel, session, proxy_stopped));

@@ -92,6 +92,13 @@ pub fn run(
             (agent, as_user)
         }
     };
+    joined(agent, as_user)
+}
+
+/// The decision of a delegated call: the agent's, unless the user's (asked
+/// only when the agent's allows) refuses, which is reported as the user's
+/// (`user:<policy>`). The egress proxy joins its decisions the same way.
+pub(crate) fn joined(agent: Decision, as_user: Option<Decision>) -> Decision {
     match as_user {
         Some(as_user) if !as_user.allowed => Decision {
             allowed: false,

@@ -94,7 +94,7 @@ pub fn is_text(content_type: Option<&HeaderValue>) -> bool {
         || mime == "application/xml"
 }
 
-fn is_json(content_type: Option<&HeaderValue>) -> bool {
+pub(crate) fn is_json(content_type: Option<&HeaderValue>) -> bool {
     content_type
         .and_then(|v| v.to_str().ok())
         .map(|ct| {
@@ -196,31 +196,8 @@ pub async fn run(
     } else {
         None
     };
-    let form = is_form(content_type.as_ref())
-        .then(|| serde_urlencoded::from_str::<Vec<(String, String)>>(text).ok())
-        .flatten();
-    let new_body = match (json, form) {
-        (Some(mut value), _) => {
-            walk_json(&mut value, &mut String::new(), &mut |pointer, s, _| {
-                scan.scan_in_place(s, Channel::Input, pointer, audited)
-            });
-            scan.changed.then(|| Bytes::from(value.to_string()))
-        }
-        // A form is read decoded (`%41KIA…` is `AKIA…`), pair by pair.
-        (None, Some(mut pairs)) => {
-            let before = std::mem::replace(&mut scan.changed, false);
-            scan_pairs(&mut scan, &mut pairs, "form", audited);
-            let rewritten = scan.changed;
-            scan.changed |= before;
-            rewritten
-                .then(|| serde_urlencoded::to_string(&pairs).ok().map(Bytes::from))
-                .flatten()
-        }
-        (None, None) => {
-            let report = scan.scan(text, Channel::Input, "", audited);
-            scan.redacted(text, &report).map(Bytes::from)
-        }
-    };
+    let form = is_form(content_type.as_ref());
+    let new_body = scan_text_body(&mut scan, text, json, form, audited);
     let (facts, verdict) = scan.settle("request");
     verdict?;
     let bytes = match new_body {
@@ -237,7 +214,7 @@ pub async fn run(
     Ok((rebuild(parts, bytes, lease), facts))
 }
 
-fn is_form(content_type: Option<&HeaderValue>) -> bool {
+pub(crate) fn is_form(content_type: Option<&HeaderValue>) -> bool {
     content_type
         .and_then(|v| v.to_str().ok())
         .and_then(|ct| ct.split(';').next())
@@ -245,6 +222,45 @@ fn is_form(content_type: Option<&HeaderValue>) -> bool {
             m.trim()
                 .eq_ignore_ascii_case("application/x-www-form-urlencoded")
         })
+}
+
+/// Scans a text body: `json` (its parsed value, when it is JSON) string by
+/// string through [`walk_json`], a `form` pair by pair, decoded, and any
+/// other text whole. The body rewritten when the route redacts and a
+/// redaction changed it. The HTTP pipeline and the egress proxy both read
+/// bodies through it.
+pub(crate) fn scan_text_body(
+    scan: &mut TextScan<'_>,
+    text: &str,
+    json: Option<serde_json::Value>,
+    form: bool,
+    audited: &mut Vec<ContentFinding>,
+) -> Option<Bytes> {
+    let form = form
+        .then(|| serde_urlencoded::from_str::<Vec<(String, String)>>(text).ok())
+        .flatten();
+    match (json, form) {
+        (Some(mut value), _) => {
+            walk_json(&mut value, &mut String::new(), &mut |pointer, s, _| {
+                scan.scan_in_place(s, Channel::Input, pointer, audited)
+            });
+            scan.changed.then(|| Bytes::from(value.to_string()))
+        }
+        // A form is read decoded (`%41KIA…` is `AKIA…`), pair by pair.
+        (None, Some(mut pairs)) => {
+            let before = std::mem::replace(&mut scan.changed, false);
+            scan_pairs(scan, &mut pairs, "form", audited);
+            let rewritten = scan.changed;
+            scan.changed |= before;
+            rewritten
+                .then(|| serde_urlencoded::to_string(&pairs).ok().map(Bytes::from))
+                .flatten()
+        }
+        (None, None) => {
+            let report = scan.scan(text, Channel::Input, "", audited);
+            scan.redacted(text, &report).map(Bytes::from)
+        }
+    }
 }
 
 /// The guard on what a request's head carries upstream (its query and its
@@ -295,26 +311,36 @@ fn scan_query(
     let Some(query) = target.query.as_deref().filter(|q| !q.is_empty()) else {
         return;
     };
-    let Ok(mut pairs) = serde_urlencoded::from_str::<Vec<(String, String)>>(query) else {
-        // Not `name=value` pairs: the whole query as one text.
-        let mut text = query.to_string();
-        scan.scan_in_place(&mut text, Channel::Input, "query", audited);
-        return;
-    };
-    let before = std::mem::replace(&mut scan.changed, false);
-    scan_pairs(scan, &mut pairs, "query", audited);
-    let rewritten = scan.changed;
-    scan.changed |= before;
-    if !rewritten {
-        return;
-    }
-    let Ok(new) = serde_urlencoded::to_string(&pairs) else {
+    let Some(new) = scan_query_text(scan, query, audited) else {
         return;
     };
     target.query = Some(new);
     if let Ok(uri) = target.path_and_query().parse::<http::Uri>() {
         parts.uri = uri;
     }
+}
+
+/// Scans a query string, decoded, pair by pair (pointers `query:{i}`), or
+/// whole when it is not `name=value` pairs; the rewritten query when a
+/// redaction changed it.
+pub(crate) fn scan_query_text(
+    scan: &mut TextScan<'_>,
+    query: &str,
+    audited: &mut Vec<ContentFinding>,
+) -> Option<String> {
+    let Ok(mut pairs) = serde_urlencoded::from_str::<Vec<(String, String)>>(query) else {
+        // Not `name=value` pairs: the whole query as one text.
+        let mut text = query.to_string();
+        scan.scan_in_place(&mut text, Channel::Input, "query", audited);
+        return None;
+    };
+    let before = std::mem::replace(&mut scan.changed, false);
+    scan_pairs(scan, &mut pairs, "query", audited);
+    let rewritten = scan.changed;
+    scan.changed |= before;
+    rewritten
+        .then(|| serde_urlencoded::to_string(&pairs).ok())
+        .flatten()
 }
 
 /// Headers the gateway reads and removes itself before forwarding: the
@@ -329,7 +355,7 @@ const CONSUMED_HEADERS: [&str; 5] = [
 
 /// Scans every header value going upstream (pointer `header:{name}`), and
 /// redacts it in place when the route redacts.
-fn scan_headers(
+pub(crate) fn scan_headers(
     scan: &mut TextScan<'_>,
     headers: &mut http::HeaderMap,
     audited: &mut Vec<ContentFinding>,
@@ -448,9 +474,7 @@ impl<'de> serde::de::Visitor<'de> for Strict {
 }
 
 pub(crate) fn is_dlp_kind(kind: &str) -> bool {
-    portcullis_guard::dlp::Kind::ALL
-        .iter()
-        .any(|k| k.as_str() == kind)
+    portcullis_guard::dlp::Kind::from_name(kind).is_some()
 }
 
 /// Which string of a JSON document a walk visits: a value, or an object key.

@@ -102,6 +102,22 @@ impl Kind {
             Kind::GenericSecret => "generic_secret",
         }
     }
+
+    /// Whether the kind is a credential or key (what opens something), as
+    /// opposed to personal or payment data (`credit_card`, `iban`,
+    /// `us_ssn`, `email`): the egress proxy refuses secrets on its own and
+    /// leaves the rest to policy.
+    pub fn is_secret(self) -> bool {
+        !matches!(
+            self,
+            Kind::CreditCard | Kind::Iban | Kind::UsSsn | Kind::Email
+        )
+    }
+
+    /// The kind named `name` (its [`Kind::as_str`]).
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.as_str() == name)
+    }
 }
 
 /// One sensitive value found in a text: its kind and byte range, never the value.
