@@ -27,6 +27,8 @@ pub mod testing;
 pub use analytics::{AlertRow, QuarantineRow, RiskPoint};
 mod identity;
 pub use identity::{AdminUserRow, PostureRow, RevokedTokenRow};
+mod passkeys;
+pub use passkeys::PasskeyRow;
 mod admin_tokens;
 pub use admin_tokens::{ADMIN_KIND_CERTIFICATE, ADMIN_KIND_TOKEN, AdminTokenRow};
 mod console_sessions;
@@ -259,6 +261,11 @@ fn migrator() -> Migrator {
             "redteam_runs",
             include_str!("../migrations/0025_redteam_runs.sql"),
         ),
+        migration(
+            26,
+            "admin_passkeys",
+            include_str!("../migrations/0026_admin_passkeys.sql"),
+        ),
     ])
 }
 
@@ -321,6 +328,7 @@ fn postgres_migrator() -> Migrator {
         ),
         twin!(24, "key_fingerprints", "0024_key_fingerprints.sql"),
         twin!(25, "redteam_runs", "0025_redteam_runs.sql"),
+        twin!(26, "admin_passkeys", "0026_admin_passkeys.sql"),
     ])
 }
 
