@@ -172,7 +172,7 @@ with sync_playwright() as p:
     assert status == 200, answer
 
     # --- At the API level -------------------------------------------------
-    csrf = page.locator("main input[name=csrf]").first.get_attribute("value")
+    csrf = page.locator("header .logout input[name=csrf]").get_attribute("value")
     finish = CONSOLE + "/console/passkeys/step-up"
 
     def post_answer(form):
