@@ -337,6 +337,80 @@ pub(super) async fn totp(
     see_other("/console/step-up")
 }
 
+/// The start of a ceremony: its form (session, CSRF token, role) and the
+/// relying party of the origin it came from.
+async fn ceremony_start(
+    console: &Console,
+    state: &AdminState,
+    call: &Call,
+    req: &FormRequest,
+    action: &str,
+) -> Result<(Form, RelyingParty), Box<Response>> {
+    let form = submitted(console, state, call, req, Permission::View).await?;
+    match relying_party(state, req.authority.as_ref()) {
+        Ok(rp) => Ok((form, rp)),
+        Err(why) => Err(Box::new(refuse(
+            state,
+            call,
+            &form,
+            action,
+            ErrorCode::Conflict,
+            &why,
+        ))),
+    }
+}
+
+/// A ceremony's answer, its challenge taken (single use, whatever comes
+/// next).
+struct Answer {
+    form: Form,
+    /// The browser's credential (JSON with base64url members).
+    credential: Value,
+    /// The raw `clientDataJSON`.
+    client_data: Vec<u8>,
+    /// The challenge it names.
+    challenge: String,
+    /// What the challenge was issued for.
+    ceremony: Ceremony,
+}
+
+async fn ceremony_answer(
+    console: &Console,
+    state: &AdminState,
+    call: &Call,
+    req: &FormRequest,
+    action: &str,
+) -> Result<Answer, Box<Response>> {
+    let form = submitted(console, state, call, req, Permission::View).await?;
+    let refused = |code: ErrorCode, message: &str| {
+        Box::new(refuse(state, call, &form, action, code, message))
+    };
+    let credential: Value = serde_json::from_str(form.field("credential")).unwrap_or_default();
+    let Some(client_data) = credential_part(&credential, "clientDataJSON") else {
+        return Err(refused(
+            ErrorCode::BadRequest,
+            "the answer has no clientDataJSON",
+        ));
+    };
+    let challenge = match ClientData::parse(&client_data) {
+        Ok(c) => c.challenge,
+        Err(e) => return Err(refused(ErrorCode::BadRequest, &e.to_string())),
+    };
+    let Some(ceremony) = console.ceremonies.take(&challenge, form.session.key()) else {
+        return Err(refused(
+            ErrorCode::InvalidCredential,
+            "the challenge is unknown, already used, expired or not this session's: start again",
+        ));
+    };
+    Ok(Answer {
+        form,
+        credential,
+        client_data,
+        challenge,
+        ceremony,
+    })
+}
+
 /// The options every ceremony shares.
 fn common_options(challenge: &str, rp: &RelyingParty) -> Value {
     json!({
@@ -356,13 +430,9 @@ pub(super) async fn register_options(
     req: FormRequest,
 ) -> Response {
     const ACTION: &str = "admin.passkey_add";
-    let form = match submitted(&console, &state, &call, &req, Permission::View).await {
-        Ok(f) => f,
+    let (form, rp) = match ceremony_start(&console, &state, &call, &req, ACTION).await {
+        Ok(started) => started,
         Err(r) => return *r,
-    };
-    let rp = match relying_party(&state, req.authority.as_ref()) {
-        Ok(rp) => rp,
-        Err(why) => return refuse(&state, &call, &form, ACTION, ErrorCode::Conflict, &why),
     };
     let Some(window) = state.step_up.current(&form.session.identity.id) else {
         return refuse(
@@ -393,7 +463,7 @@ pub(super) async fn register_options(
     // the authenticator): 16 bytes of a hash of it.
     let handle = crate::auth::hash_token(&format!("portcullis admin\0{}", window.user));
     options["user"] = json!({
-        "id": b64url(handle[..32].as_bytes()),
+        "id": b64url(&handle.as_bytes()[..32]),
         "name": window.user,
         "displayName": window.user,
     });
@@ -419,31 +489,19 @@ pub(super) async fn register(
     req: FormRequest,
 ) -> Response {
     const ACTION: &str = "admin.passkey_add";
-    let form = match submitted(&console, &state, &call, &req, Permission::View).await {
-        Ok(f) => f,
+    let Answer {
+        form,
+        credential,
+        client_data,
+        challenge,
+        ceremony,
+    } = match ceremony_answer(&console, &state, &call, &req, ACTION).await {
+        Ok(a) => a,
         Err(r) => return *r,
     };
     let bad = |message: &str| refuse(&state, &call, &form, ACTION, ErrorCode::BadRequest, message);
-    let credential: Value = serde_json::from_str(form.field("credential")).unwrap_or_default();
-    let (Some(client_data), Some(attestation)) = (
-        credential_part(&credential, "clientDataJSON"),
-        credential_part(&credential, "attestationObject"),
-    ) else {
-        return bad("the answer has no clientDataJSON or attestationObject");
-    };
-    let challenge = match ClientData::parse(&client_data) {
-        Ok(c) => c.challenge,
-        Err(e) => return bad(&e.to_string()),
-    };
-    let Some(ceremony) = console.ceremonies.take(&challenge, form.session.key()) else {
-        return refuse(
-            &state,
-            &call,
-            &form,
-            ACTION,
-            ErrorCode::InvalidCredential,
-            "the challenge is unknown, already used, expired or not this session's: start again",
-        );
+    let Some(attestation) = credential_part(&credential, "attestationObject") else {
+        return bad("the answer has no attestationObject");
     };
     let Purpose::Register { admin } = ceremony.purpose else {
         return bad("the challenge was issued for a step-up, not a registration");
@@ -542,13 +600,9 @@ pub(super) async fn step_up_options(
     req: FormRequest,
 ) -> Response {
     const ACTION: &str = "admin.step_up";
-    let form = match submitted(&console, &state, &call, &req, Permission::View).await {
-        Ok(f) => f,
+    let (form, rp) = match ceremony_start(&console, &state, &call, &req, ACTION).await {
+        Ok(started) => started,
         Err(r) => return *r,
-    };
-    let rp = match relying_party(&state, req.authority.as_ref()) {
-        Ok(rp) => rp,
-        Err(why) => return refuse(&state, &call, &form, ACTION, ErrorCode::Conflict, &why),
     };
     if state.step_up.ttl().is_zero() {
         return refuse(
@@ -599,31 +653,25 @@ pub(super) async fn step_up(
     req: FormRequest,
 ) -> Response {
     const ACTION: &str = "admin.step_up";
-    let form = match submitted(&console, &state, &call, &req, Permission::View).await {
-        Ok(f) => f,
+    let Answer {
+        form,
+        credential,
+        client_data,
+        challenge,
+        ceremony,
+    } = match ceremony_answer(&console, &state, &call, &req, ACTION).await {
+        Ok(a) => a,
         Err(r) => return *r,
     };
     let refused =
         |code: ErrorCode, message: &str| refuse(&state, &call, &form, ACTION, code, message);
-    let credential: Value = serde_json::from_str(form.field("credential")).unwrap_or_default();
-    let (Some(client_data), Some(authenticator_data), Some(signature)) = (
-        credential_part(&credential, "clientDataJSON"),
+    let (Some(authenticator_data), Some(signature)) = (
         credential_part(&credential, "authenticatorData"),
         credential_part(&credential, "signature"),
     ) else {
         return refused(
             ErrorCode::BadRequest,
-            "the answer has no clientDataJSON, authenticatorData or signature",
-        );
-    };
-    let challenge = match ClientData::parse(&client_data) {
-        Ok(c) => c.challenge,
-        Err(e) => return refused(ErrorCode::BadRequest, &e.to_string()),
-    };
-    let Some(ceremony) = console.ceremonies.take(&challenge, form.session.key()) else {
-        return refused(
-            ErrorCode::InvalidCredential,
-            "the challenge is unknown, already used, expired or not this session's: start again",
+            "the answer has no authenticatorData or signature",
         );
     };
     if ceremony.purpose != Purpose::StepUp {

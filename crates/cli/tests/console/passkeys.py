@@ -15,19 +15,20 @@ Any failed check raises (exit status 1)."""
 
 import base64
 import hashlib
-import hmac
 import json
 import os
 import ssl
 import struct
 import sys
-import time
 
 import httpx
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_der_private_key
 from playwright.sync_api import expect, sync_playwright
+
+import common
+from common import fresh_code
 
 cfg = json.loads(sys.argv[1])
 API = cfg["admin"]  # https://127.0.0.1:<port>, for API calls (the CA's name)
@@ -41,19 +42,8 @@ def b64u(data):
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
-def fresh_code(secret_b32):
-    """RFC 6238 (SHA-1, 6 digits, 30 s), in a step with time left."""
-    while time.time() % 30 > 22:
-        time.sleep(0.2)
-    key = base64.b32decode(secret_b32 + "=" * (-len(secret_b32) % 8))
-    mac = hmac.new(key, struct.pack(">Q", int(time.time()) // 30), hashlib.sha1).digest()
-    offset = mac[-1] & 0x0F
-    value = struct.unpack(">I", mac[offset : offset + 4])[0] & 0x7FFFFFFF
-    return f"{value % 1_000_000:06d}"
-
-
 def shot(page, name):
-    page.screenshot(path=os.path.join(ART, name + ".png"), full_page=True)
+    common.shot(page, ART, name)
 
 
 def transfer(client):
