@@ -536,8 +536,13 @@ pub async fn run(
             Arc::new(portcullis_admin::ConsoleLogin {
                 party,
                 roles: config.admin_oidc_roles.clone(),
+                step_up: config.admin_oidc_step_up,
             })
         }),
+        console_origins: Arc::new(console_origins(
+            config.admin_console_origins.as_deref(),
+            admin_addr,
+        )),
     });
 
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -747,6 +752,24 @@ pub async fn run(
 
 /// Submits the records spilled at the last shutdown; the spool is removed
 /// once the log holds them (`submitted_before` counts what went first).
+/// The console's origins, for passkeys: `[admin] console_origins`, else
+/// the admin listener's own address (with `localhost` for a loopback one,
+/// since browsers refuse WebAuthn at an IP address); none when it listens
+/// on every address (which name the browser uses is not known).
+fn console_origins(configured: Option<&[String]>, admin: std::net::SocketAddr) -> Vec<String> {
+    if let Some(origins) = configured {
+        return origins.to_vec();
+    }
+    if admin.ip().is_unspecified() {
+        return Vec::new();
+    }
+    let mut origins = vec![format!("https://{admin}")];
+    if admin.ip().is_loopback() {
+        origins.push(format!("https://localhost:{}", admin.port()));
+    }
+    origins
+}
+
 async fn replay_spool(
     state: &StateDir,
     store: &Store,

@@ -20,6 +20,7 @@ use serde_json::{Value, json};
 use support::{Server, client};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/browser.py");
+const PASSKEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/passkeys.py");
 
 const POLICIES: &str = r#"
 @id("transfers") @obligation("approval")
@@ -65,22 +66,146 @@ fn bank_server() -> Server {
     Server::start(dir, Some(&config))
 }
 
-fn artefacts() -> PathBuf {
-    Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots")
+/// Runs a browser script with its JSON configuration; the JSON line it
+/// printed last. Bounded: every wait in the scripts is 20 s at most.
+async fn run_script(script: &'static str, cfg: Value, server: &Server) -> Value {
+    let shots = cfg["artefacts"].clone();
+    let output = tokio::task::spawn_blocking(move || {
+        let mut child = Command::new("python3")
+            .arg(script)
+            .arg(cfg.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = Instant::now();
+        while child.try_wait().unwrap().is_none() {
+            if started.elapsed() > Duration::from_secs(180) {
+                let _ = child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        child.wait_with_output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} failed (screenshots in {shots}):\nstdout: {stdout}\nstderr: {stderr}\nserver: {}",
+        server.stderr.lock().unwrap()
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_console_in_a_real_browser() {
-    let Some(chromium) = chromium() else {
-        return;
-    };
+/// Chromium and Playwright for Python, or a visible skip (no Chromium) or
+/// a failure (Chromium without Playwright).
+fn browser_ready() -> Option<PathBuf> {
+    let chromium = chromium()?;
     let probe = Command::new("python3")
-        .args(["-c", "import playwright.sync_api, httpx"])
+        .args(["-c", "import playwright.sync_api, httpx, cryptography"])
         .output();
     assert!(
         probe.as_ref().is_ok_and(|o| o.status.success()),
         "Chromium is installed but Playwright for Python is not: pip install -r requirements-test.txt ({probe:?})"
     );
+    Some(chromium)
+}
+
+fn artefacts() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots")
+}
+
+/// Passkeys (`tests/console/passkeys.py`): registered after a TOTP
+/// step-up with a CDP virtual authenticator, then used to open the step-up
+/// window that approves a held call; replayed, wrong-origin, unverified and
+/// counter-standing-still assertions are refused at the API level.
+#[tokio::test(flavor = "multi_thread")]
+async fn passkeys_in_a_real_browser() {
+    let Some(chromium) = browser_ready() else {
+        return;
+    };
+    support::install_crypto();
+    let server = tokio::task::spawn_blocking(bank_server).await.unwrap();
+    let (payer_cert, payer_key) = server.create_agent("pay-bot", &["payer"]);
+    let ca = server.path().join("ca-for-browser-test.pem");
+    std::fs::write(&ca, server.ca_pem()).unwrap();
+    let shots = artefacts().with_file_name("console-passkeys-screenshots");
+    let _ = std::fs::remove_dir_all(&shots);
+    let cfg = json!({
+        "admin": format!("https://{}", server.admin),
+        // Browsers refuse WebAuthn at an IP address: the console's
+        // `localhost` origin (a loopback listener's default).
+        "console": format!("https://localhost:{}", server.admin.port()),
+        "gateway": format!("https://{}", server.gateway),
+        "token": server.admin_token(),
+        "ca": ca,
+        "payer_cert": payer_cert,
+        "payer_key": payer_key,
+        "chromium": chromium,
+        "artefacts": shots,
+    });
+    let found = run_script(PASSKEYS, cfg, &server).await;
+    eprintln!(
+        "passkeys browser test: {found}\nscreenshots: {}",
+        shots.display()
+    );
+    for shot in [
+        "p1-step-up-page",
+        "p2-passkey-registered",
+        "p3-passkey-step-up",
+        "p4-approved-with-passkey",
+    ] {
+        assert!(shots.join(format!("{shot}.png")).exists(), "{shot}");
+    }
+    let ticket = found["ticket"].as_str().unwrap();
+    let records = server.audit(400);
+    let by_alice = |action: &str, outcome: &str| {
+        records.iter().any(|r| {
+            r["action"] == action
+                && r["outcome"] == outcome
+                && r["principal"]
+                    .as_str()
+                    .is_some_and(|p| p.ends_with("alice"))
+        })
+    };
+    assert!(by_alice("admin.passkey_add", "allow"), "passkey_add");
+    // The passkey step-up is recorded as such, and the approval it allowed
+    // (no code was given) is alice's.
+    assert!(
+        records.iter().any(|r| r["action"] == "admin.step_up"
+            && r["outcome"] == "allow"
+            && r["credential"]
+                .as_str()
+                .is_some_and(|c| c.contains("+ webauthn `laptop`"))),
+        "admin.step_up by passkey"
+    );
+    assert!(
+        records.iter().any(|r| r["action"] == "approval.approve"
+            && r["resource"].as_str() == Some(&format!("approval:{ticket}"))
+            && r["outcome"] == "allow"
+            && r["principal"] == "admin:alice"),
+        "approved by alice in her passkey's window"
+    );
+    // The refused assertions are audited as refused step-ups.
+    let refused = records
+        .iter()
+        .filter(|r| {
+            r["action"] == "admin.step_up"
+                && r["outcome"] == "deny"
+                && r["error_code"] == "invalid_credential"
+        })
+        .count();
+    assert!(refused >= 4, "{refused} refused step-ups recorded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_in_a_real_browser() {
+    let Some(chromium) = browser_ready() else {
+        return;
+    };
     support::install_crypto();
     let server = tokio::task::spawn_blocking(bank_server).await.unwrap();
     let (payer_cert, payer_key) = server.create_agent("pay-bot", &["payer"]);
@@ -112,36 +237,7 @@ async fn the_console_in_a_real_browser() {
         "chromium": chromium,
         "artefacts": artefacts(),
     });
-    let output = tokio::task::spawn_blocking(move || {
-        let mut child = Command::new("python3")
-            .arg(SCRIPT)
-            .arg(cfg.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        // Bounded: every wait in the script is 20 s at most.
-        let started = Instant::now();
-        while child.try_wait().unwrap().is_none() {
-            if started.elapsed() > Duration::from_secs(180) {
-                let _ = child.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        child.wait_with_output().unwrap()
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "browser.py failed (screenshots in {}):\nstdout: {stdout}\nstderr: {stderr}\nserver: {}",
-        artefacts().display(),
-        server.stderr.lock().unwrap()
-    );
-    let found: Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}")).unwrap();
+    let found = run_script(SCRIPT, cfg, &server).await;
     eprintln!(
         "console browser test: {found}\nscreenshots: {}",
         artefacts().display()

@@ -12,6 +12,7 @@ mod spiffe;
 mod token;
 mod totp;
 mod verify;
+pub mod webauthn;
 
 pub use ca::{
     ADMIN_ORGANIZATION, CaError, CertificateAuthority, IssuedCertificate, MAX_ADMIN_TTL,

@@ -28,6 +28,8 @@ pub mod testing;
 pub use analytics::{AlertRow, QuarantineRow, RiskPoint};
 mod identity;
 pub use identity::{AdminUserRow, PostureRow, RevokedTokenRow};
+mod passkeys;
+pub use passkeys::PasskeyRow;
 mod admin_tokens;
 pub use admin_tokens::{ADMIN_KIND_CERTIFICATE, ADMIN_KIND_TOKEN, AdminTokenRow};
 mod console_sessions;
@@ -264,6 +266,11 @@ fn migrator() -> Migrator {
             include_str!("../migrations/0025_redteam_runs.sql"),
         ),
         migration(
+            26,
+            "admin_passkeys",
+            include_str!("../migrations/0026_admin_passkeys.sql"),
+        ),
+        migration(
             27,
             "audit_intent_owner",
             include_str!("../migrations/0027_audit_intent_owner.sql"),
@@ -330,6 +337,7 @@ fn postgres_migrator() -> Migrator {
         ),
         twin!(24, "key_fingerprints", "0024_key_fingerprints.sql"),
         twin!(25, "redteam_runs", "0025_redteam_runs.sql"),
+        twin!(26, "admin_passkeys", "0026_admin_passkeys.sql"),
         twin!(27, "audit_intent_owner", "0027_audit_intent_owner.sql"),
     ])
 }

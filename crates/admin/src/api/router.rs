@@ -50,6 +50,9 @@ pub struct AdminState {
     pub model_keys: Arc<Vec<portcullis_control::model_signing::TrustedKey>>,
     /// Console logins at OIDC issuers, when configured.
     pub console_login: Option<Arc<crate::console::ConsoleLogin>>,
+    /// The origins the console is opened at (`https://host:port`): passkeys
+    /// are offered and accepted there only. Empty: no passkeys.
+    pub console_origins: Arc<Vec<String>>,
 }
 
 /// The admin API's routes under `/admin/v1`, before authentication is

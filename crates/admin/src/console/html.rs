@@ -83,6 +83,7 @@ const PAGES: &[(&str, &str)] = &[
     ("/console/tools", "MCP tools"),
     ("/console/audit", "Audit"),
     ("/console/inventory", "Inventory"),
+    ("/console/step-up", "Step-up"),
 ];
 
 /// A whole page: head (stylesheet and script from `/console/assets`), the
@@ -146,7 +147,9 @@ pub(crate) fn csrf_field(session: &SessionView) -> String {
 }
 
 /// The optional step-up fields of a sensitive action: once an admin has
-/// enrolled, the API asks for their name and a fresh TOTP code.
+/// enrolled, the API asks for their name and a fresh TOTP code, unless the
+/// session's step-up window is open (a code or a passkey on the step-up
+/// page opens it).
 pub(crate) fn step_up_fields() -> &'static str {
     "<span class=\"stepup\"><input name=\"user\" placeholder=\"admin (step-up)\" autocomplete=\"username\" size=\"10\">\
      <input name=\"totp\" placeholder=\"TOTP\" inputmode=\"numeric\" autocomplete=\"one-time-code\" size=\"6\"></span>"

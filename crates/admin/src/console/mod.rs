@@ -27,6 +27,7 @@ mod internal;
 mod live;
 mod oidc;
 mod pages;
+mod passkeys;
 mod session;
 mod svg;
 
@@ -72,6 +73,8 @@ pub(crate) struct Console {
     credentials: Arc<AdminCredentials>,
     /// Logging in at OIDC issuers, when configured.
     login: Option<Arc<ConsoleLogin>>,
+    /// Passkey challenges outstanding on this replica.
+    ceremonies: passkeys::Ceremonies,
 }
 
 /// The console's routes; `api` is the admin API they call, `store` keeps
@@ -87,6 +90,7 @@ pub(crate) fn routes(
         api,
         credentials,
         login: oidc_login,
+        ceremonies: passkeys::Ceremonies::default(),
     });
     Router::new()
         .route("/console", get(pages::overview))
@@ -114,6 +118,21 @@ pub(crate) fn routes(
         .route("/console/tools/approve", post(actions::approve_tool))
         .route("/console/audit", get(pages::audit))
         .route("/console/inventory", get(pages::inventory))
+        .route(
+            "/console/step-up",
+            get(passkeys::page_handler).post(passkeys::totp),
+        )
+        .route(
+            "/console/passkeys/register/options",
+            post(passkeys::register_options),
+        )
+        .route("/console/passkeys/register", post(passkeys::register))
+        .route(
+            "/console/passkeys/step-up/options",
+            post(passkeys::step_up_options),
+        )
+        .route("/console/passkeys/step-up", post(passkeys::step_up))
+        .route("/console/passkeys/remove", post(passkeys::remove))
         .route("/console/assets/{file}", get(assets::serve))
         .layer(Extension(console))
         .layer(middleware::from_fn(security_headers))
@@ -288,6 +307,22 @@ pub(crate) struct FormRequest {
     path: String,
     remote: Option<RemoteAddr>,
     body: Bytes,
+    /// The host and port the browser reached the console at.
+    authority: Option<http::uri::Authority>,
+}
+
+/// The host and port a request reached the console at: the URI's authority
+/// (HTTP/2), else the `Host` header; one with user information is refused.
+fn authority(uri: &http::Uri, headers: &HeaderMap) -> Option<http::uri::Authority> {
+    uri.authority()
+        .cloned()
+        .or_else(|| {
+            headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .and_then(|h| h.parse().ok())
+        })
+        .filter(|a: &http::uri::Authority| !a.as_str().contains('@'))
 }
 
 impl<S: Send + Sync> axum::extract::FromRequest<S> for FormRequest {
@@ -298,6 +333,7 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for FormRequest {
         let (parts, body) = req.into_parts();
         let remote = parts.extensions.get::<RemoteAddr>().copied();
         let path = parts.uri.path().to_string();
+        let authority = authority(&parts.uri, &parts.headers);
         let body = axum::body::to_bytes(body, MAX_FORM).await.map_err(|_| {
             refusal_page(
                 StatusCode::PAYLOAD_TOO_LARGE,
@@ -310,6 +346,7 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for FormRequest {
             path,
             remote,
             body,
+            authority,
         })
     }
 }

@@ -23,9 +23,10 @@ use portcullis_control::oidc_login::{Callback, LoggedIn, RelyingParty};
 use portcullis_core::ErrorCode;
 use serde::Deserialize;
 
-use super::session::{ABSOLUTE_TIMEOUT, SESSION_COOKIE, cookie, set_cookie};
+use super::session::{ABSOLUTE_TIMEOUT, SESSION_COOKIE, cookie, login_identity_id, set_cookie};
 use super::{Console, html, refusal_page};
 use crate::api::{AdminState, Call};
+use crate::auth::hash_token;
 use crate::roles::Role;
 
 /// The cookie binding a login in progress to the browser (its state).
@@ -42,6 +43,10 @@ pub struct ConsoleLogin {
     pub party: Arc<RelyingParty>,
     /// `[[admin.oidc_roles]]`, in file order.
     pub roles: Vec<RawOidcRole>,
+    /// `[admin] oidc_step_up`: a login whose ID token's `amr` names a
+    /// second factor (the issuer's `mfa_amr`) opens the session's step-up
+    /// window.
+    pub step_up: bool,
 }
 
 /// The admin role `[[admin.oidc_roles]]` gives a logged-in human: the first
@@ -56,6 +61,13 @@ pub(crate) fn role_for(roles: &[RawOidcRole], login: &LoggedIn) -> Option<Role> 
             OidcRoleClaim::Groups => login.id.user.groups.contains(&r.value),
         })
         .and_then(|r| r.role.parse().ok())
+}
+
+/// Whether a login opens the session's step-up window: only with `[admin]
+/// oidc_step_up`, and only when the ID token's `amr` names a second factor
+/// (one of the issuer's `mfa_amr`, which the token check applied).
+pub(crate) fn opens_step_up(setting: bool, logged_in: &LoggedIn) -> bool {
+    setting && logged_in.id.user.mfa
 }
 
 /// The login page's buttons, one per issuer (links: a form's redirect to
@@ -79,20 +91,7 @@ pub(crate) fn buttons(login: Option<&ConsoleLogin>) -> String {
 /// issuer accepts only the redirect URIs registered for the client, so a
 /// forged `Host` yields a login the issuer refuses, never one it completes.
 fn console_origin(req: &Request) -> Option<String> {
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            req.headers()
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })?;
-    host.parse::<http::uri::Authority>()
-        .ok()
-        .filter(|a| !a.as_str().contains('@'))
-        .map(|a| format!("https://{a}"))
+    super::authority(req.uri(), req.headers()).map(|a| format!("https://{a}"))
 }
 
 /// The console's OIDC login, or the page saying there is none.
@@ -242,9 +241,21 @@ pub(crate) async fn callback(
             "the console cannot store a session; try again",
         );
     };
+    // The issuer's `amr` showed a second factor: with `[admin]
+    // oidc_step_up`, the login opens the session's step-up window, as a
+    // TOTP code would.
+    let stepped_up = opens_step_up(login.step_up, &logged_in)
+        && state
+            .step_up
+            .open(&login_identity_id(&hash_token(&id)), &name)
+            .is_some();
     let mut record = call.record("console.login", "/console", Outcome::Allow, 303, None);
     record.principal = Some(name);
-    record.credential = Some(format!("oidc login at `{}` ({role})", logged_in.issuer));
+    record.credential = Some(format!(
+        "oidc login at `{}` ({role}){}",
+        logged_in.issuer,
+        if stepped_up { " + amr step-up" } else { "" }
+    ));
     state.sink.submit(record);
     let mut response = super::see_other("/console");
     let h = response.headers_mut();
@@ -260,6 +271,20 @@ pub(crate) async fn callback(
 mod tests {
     use super::*;
     use portcullis_identity::{IdToken, UserToken};
+
+    #[test]
+    fn only_a_second_factor_with_the_setting_on_opens_a_step_up() {
+        let mut with_mfa = login("u-1", None, &[]);
+        with_mfa.id.user.mfa = true;
+        let without = login("u-1", None, &[]);
+        for (setting, logged_in, opens) in [
+            (true, &with_mfa, true),
+            (true, &without, false),
+            (false, &with_mfa, false),
+        ] {
+            assert_eq!(opens_step_up(setting, logged_in), opens);
+        }
+    }
 
     fn login(sub: &str, email: Option<&str>, groups: &[&str]) -> LoggedIn {
         LoggedIn {

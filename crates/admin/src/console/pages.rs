@@ -394,7 +394,8 @@ pub(super) async fn approvals(
     let mut body = String::from(
         "<p class=\"hint\">Each ticket is one exact call (method, path, query, bound headers, body). \
          Approving lets the agent's retry of that call through once. Once an admin has enrolled, \
-         deciding needs their name and a fresh TOTP code.</p>\
+         deciding needs their name and a fresh TOTP code, or this session's step-up window \
+         (opened with a code or a passkey on the <a href=\"/console/step-up\">step-up page</a>).</p>\
          <section id=\"approvals\" data-refresh=\"2\">",
     );
     let tickets = list["approvals"].as_array().cloned().unwrap_or_default();

@@ -91,6 +91,19 @@ pub(crate) struct SessionView {
     pub(crate) identity: Arc<AdminIdentity>,
 }
 
+impl SessionView {
+    /// The row key, which binds a passkey challenge to its session.
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+}
+
+/// The identity id of an OIDC login's session whose row key is `key` (a
+/// prefix of the id's hash: the cookie is not derivable from it).
+pub(crate) fn login_identity_id(key: &str) -> String {
+    format!("oidc-login:{}", &key[..16])
+}
+
 /// The answer to "may this session do X?": what the session's admin role
 /// grants (`roles.rs`), the page-level view of the admin API's own check.
 /// The admin API checks the same credential again on every call the console
@@ -306,7 +319,7 @@ impl Sessions {
                 (Some(credential), _) => identity_of(credential),
                 // The identity's id names the session, not a credential
                 // (a prefix of the id's hash: the cookie is not derivable).
-                (None, Some(login)) => login_identity(&format!("oidc-login:{}", &key[..16]), login),
+                (None, Some(login)) => login_identity(&login_identity_id(key), login),
                 (None, None) => None,
             }?;
             Some((identity, l.session))

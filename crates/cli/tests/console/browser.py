@@ -10,18 +10,16 @@ crates/cli/tests/console.rs with one JSON argument; writes screenshots to its
 `artefacts` directory and prints one JSON line of findings. Any failed check
 raises (exit status 1)."""
 
-import base64
-import hashlib
-import hmac
 import json
 import os
 import ssl
-import struct
 import sys
-import time
 
 import httpx
 from playwright.sync_api import expect, sync_playwright
+
+import common
+from common import fresh_code
 
 cfg = json.loads(sys.argv[1])
 ADMIN = cfg["admin"]
@@ -45,20 +43,8 @@ def transfer(client):
     return r.status_code, r.json(), r.headers.get("x-request-id")
 
 
-def fresh_code(secret_b32):
-    """RFC 6238 (SHA-1, 6 digits, 30 s), in a step with time left: a code
-    is accepted once, and must not expire on its way."""
-    while time.time() % 30 > 22:
-        time.sleep(0.2)
-    key = base64.b32decode(secret_b32 + "=" * (-len(secret_b32) % 8))
-    mac = hmac.new(key, struct.pack(">Q", int(time.time()) // 30), hashlib.sha1).digest()
-    offset = mac[-1] & 0x0F
-    value = struct.unpack(">I", mac[offset : offset + 4])[0] & 0x7FFFFFFF
-    return f"{value % 1_000_000:06d}"
-
-
 def shot(page, name):
-    page.screenshot(path=os.path.join(ART, name + ".png"), full_page=True)
+    common.shot(page, ART, name)
 
 
 found = {}

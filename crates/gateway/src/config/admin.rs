@@ -35,6 +35,33 @@ pub struct RawAdmin {
     /// matches is refused.
     #[serde(default)]
     pub oidc_roles: Vec<RawOidcRole>,
+    /// Open the step-up window at an OIDC console login whose ID token's
+    /// `amr` names a second factor (the issuer's `mfa_amr` list). Default
+    /// `false`: the issuer's word on how the human logged in, perhaps hours
+    /// ago at their single sign-on, does not stand in for a fresh factor
+    /// unless the operator says so.
+    pub oidc_step_up: Option<bool>,
+    /// The origins the console is opened at (`https://host[:port]`), for
+    /// passkeys (WebAuthn checks the origin and binds a passkey to its
+    /// host). Default: the admin listener's own address, with `localhost`
+    /// for a loopback one; none when it listens on every address.
+    pub console_origins: Option<Vec<String>>,
+}
+
+/// Checks `[admin] console_origins`: each `https://host[:port]`, nothing more.
+pub(super) fn check_console_origins(admin: &RawAdmin) -> Result<(), String> {
+    for origin in admin.console_origins.iter().flatten() {
+        let ok = origin
+            .strip_prefix("https://")
+            .and_then(|rest| rest.parse::<http::uri::Authority>().ok())
+            .is_some_and(|a| !a.as_str().contains('@') && format!("https://{a}") == *origin);
+        if !ok {
+            return Err(format!(
+                "`[admin] console_origins`: `{origin}` is not an origin like `https://admin.example:9443` (no path, no trailing slash)"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// The role names `[[admin.oidc_roles]]` accepts (the admin crate's roles).

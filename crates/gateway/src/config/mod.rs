@@ -170,6 +170,12 @@ pub struct Config {
     pub admin_step_up: std::time::Duration,
     /// Which humans logging in at an OIDC issuer get which admin role.
     pub admin_oidc_roles: Vec<RawOidcRole>,
+    /// Whether an OIDC console login with a second factor in its `amr`
+    /// opens the step-up window.
+    pub admin_oidc_step_up: bool,
+    /// `[admin] console_origins`, when set (else derived from the admin
+    /// listener's address at start-up).
+    pub admin_console_origins: Option<Vec<String>>,
     /// Connection caps and timeouts of each listener.
     pub connections: crate::listener::ConnectionLimits,
     /// Throttling of failed TOTP codes and client assertions.
@@ -309,6 +315,7 @@ impl Config {
             .map(|o| o.issuer.as_str())
             .collect();
         admin::check_oidc_roles(&raw.admin, &login_issuers).map_err(invalid)?;
+        admin::check_console_origins(&raw.admin).map_err(invalid)?;
         limits::check_upstream_timeout(&raw.limits).map_err(invalid)?;
         audit::check_checkpoint_interval(&raw.audit).map_err(invalid)?;
         identity::check_tokens(&raw.identity).map_err(invalid)?;
@@ -386,6 +393,8 @@ impl Config {
                 .unwrap_or_else(|| parse_addr(DEFAULT_GATEWAY_LISTEN)),
             admin_require_mfa: raw.admin.require_mfa.unwrap_or(false),
             admin_oidc_roles: raw.admin.oidc_roles.clone(),
+            admin_oidc_step_up: raw.admin.oidc_step_up.unwrap_or(false),
+            admin_console_origins: raw.admin.console_origins.clone(),
             admin_step_up: std::time::Duration::from_secs(
                 raw.admin
                     .step_up_seconds

@@ -1,6 +1,7 @@
 // Portcullis console: progressive enhancement only. Every page works
 // without this script; with it, decisions stream in live, queues refresh
-// themselves, and destructive forms ask for confirmation. Served from
+// themselves, destructive forms ask for confirmation, and passkeys run
+// their WebAuthn ceremonies (which need a script). Served from
 // /console/assets (the CSP allows no inline script); it never builds
 // markup from data: text goes in with textContent.
 "use strict";
@@ -83,5 +84,127 @@
     if (question && !window.confirm(question)) {
       event.preventDefault();
     }
+  });
+
+  // Passkeys (the step-up page): the WebAuthn ceremonies. The server sends
+  // the options as JSON with base64url members for the binary ones; the
+  // browser's answer goes back the same way, in a form with the session's
+  // CSRF token. The page then reloads to show the outcome.
+  function fromB64url(text) {
+    var padded = text.replace(/-/g, "+").replace(/_/g, "/") + "===".slice((text.length + 3) % 4);
+    var binary = atob(padded);
+    var out = new Uint8Array(binary.length);
+    for (var i = 0; i < binary.length; i++) {
+      out[i] = binary.charCodeAt(i);
+    }
+    return out.buffer;
+  }
+  function toB64url(buffer) {
+    var bytes = new Uint8Array(buffer);
+    var binary = "";
+    for (var i = 0; i < bytes.length; i++) {
+      binary += String.fromCharCode(bytes[i]);
+    }
+    return btoa(binary).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
+  }
+  function postForm(url, fields) {
+    return fetch(url, {
+      method: "POST",
+      credentials: "same-origin",
+      body: new URLSearchParams(fields)
+    }).then(function (response) {
+      return response.json().catch(function () {
+        return { error: { code: "http_" + response.status, message: "the console refused the request" } };
+      }).then(function (answer) {
+        if (!response.ok) {
+          var error = answer.error || {};
+          throw new Error((error.message || "refused") + " (" + (error.code || response.status) + ")");
+        }
+        return answer;
+      });
+    });
+  }
+  function descriptors(list) {
+    return (list || []).map(function (c) {
+      return { type: c.type, id: fromB64url(c.id) };
+    });
+  }
+  var passkeyStatus = document.getElementById("passkey-status");
+  var csrfField = document.querySelector("main input[name=csrf]");
+  function passkeyButton(id, ceremony) {
+    var button = document.getElementById(id);
+    if (!button || !passkeyStatus || !csrfField) {
+      return;
+    }
+    if (!window.PublicKeyCredential || !navigator.credentials) {
+      button.disabled = true;
+      passkeyStatus.textContent = "This browser cannot use passkeys (no WebAuthn).";
+      return;
+    }
+    button.addEventListener("click", function () {
+      var csrf = csrfField.value;
+      var label = document.getElementById("passkey-label");
+      button.disabled = true;
+      passkeyStatus.setAttribute("data-state", "busy");
+      passkeyStatus.textContent = "Waiting for your authenticator…";
+      postForm(button.getAttribute("data-options"), { csrf: csrf })
+        .then(function (options) {
+          return ceremony(options.publicKey);
+        })
+        .then(function (credential) {
+          return postForm(button.getAttribute("data-finish"), {
+            csrf: csrf,
+            label: label ? label.value : "",
+            credential: JSON.stringify(credential)
+          });
+        })
+        .then(function () {
+          passkeyStatus.setAttribute("data-state", "done");
+          window.location.reload();
+        })
+        .catch(function (error) {
+          button.disabled = false;
+          passkeyStatus.setAttribute("data-state", "error");
+          passkeyStatus.textContent = "Refused: " + error.message;
+        });
+    });
+  }
+  passkeyButton("passkey-register", function (options) {
+    var publicKey = {
+      challenge: fromB64url(options.challenge),
+      rp: options.rp,
+      user: { id: fromB64url(options.user.id), name: options.user.name, displayName: options.user.displayName },
+      pubKeyCredParams: options.pubKeyCredParams,
+      timeout: options.timeout,
+      attestation: options.attestation,
+      authenticatorSelection: options.authenticatorSelection,
+      excludeCredentials: descriptors(options.excludeCredentials)
+    };
+    return navigator.credentials.create({ publicKey: publicKey }).then(function (c) {
+      return {
+        id: c.id,
+        type: c.type,
+        clientDataJSON: toB64url(c.response.clientDataJSON),
+        attestationObject: toB64url(c.response.attestationObject)
+      };
+    });
+  });
+  passkeyButton("passkey-step-up", function (options) {
+    var publicKey = {
+      challenge: fromB64url(options.challenge),
+      rpId: options.rpId,
+      timeout: options.timeout,
+      userVerification: options.userVerification,
+      allowCredentials: descriptors(options.allowCredentials)
+    };
+    return navigator.credentials.get({ publicKey: publicKey }).then(function (c) {
+      return {
+        id: c.id,
+        type: c.type,
+        clientDataJSON: toB64url(c.response.clientDataJSON),
+        authenticatorData: toB64url(c.response.authenticatorData),
+        signature: toB64url(c.response.signature)
+      };
+    });
   });
 })();

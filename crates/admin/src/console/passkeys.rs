@@ -1,0 +1,860 @@
+//! The step-up page and passkeys (WebAuthn) for human admins: a second
+//! factor equal to TOTP. `/console/step-up` opens the session's step-up
+//! window with a TOTP code (through `POST /admin/v1/session/step-up`, as
+//! the CLI does) or with a passkey, and lists the passkeys of the human
+//! whose window is open.
+//!
+//! - Registering a passkey needs an open step-up window (a TOTP code
+//!   first, or another passkey): the passkey becomes that human's
+//!   (`admin_users`), stored in the store (migration 0026) with its public
+//!   key, algorithm and signature counter. Attestation is `none`.
+//! - A passkey assertion opens the window exactly as a code does: the same
+//!   window (`stepup.rs`), bound to the session's identity, of
+//!   `[admin] step_up_seconds`, naming the passkey's human; the actions
+//!   then need no code, through the API's own step-up check.
+//! - Challenges are 32 random bytes, issued to one session for one
+//!   ceremony, single use (taken out on the first answer, right or wrong),
+//!   and expire after [`CEREMONY_TTL`]. They live in this replica's memory,
+//!   like OIDC logins in progress: the answer must reach the replica that
+//!   issued the challenge.
+//! - The relying party: the console's origin must be one of the console
+//!   origins (`[admin] console_origins`, else the admin listener's own
+//!   address, with `localhost` for a loopback one); the relying party id is
+//!   its host. The browser refuses WebAuthn on an IP address, so a console
+//!   reached at `https://127.0.0.1:…` offers passkeys at
+//!   `https://localhost:…`.
+//! - The checks themselves (origin, challenge, type, relying party, user
+//!   presence and verification, signature, counter) are
+//!   `portcullis_identity::webauthn`'s; a counter update is atomic in the
+//!   store, so a replayed assertion loses even in a race.
+//!
+//! The script (`assets/console.js`) runs the ceremonies: it fetches the
+//! options, calls `navigator.credentials`, and posts the answer back, each
+//! as a form carrying the session's CSRF token.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::Extension;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use portcullis_audit::Outcome;
+use portcullis_core::ErrorCode;
+use portcullis_identity::webauthn::{
+    ALGORITHMS, ClientData, Expected, b64url, from_b64url, verify_assertion, verify_registration,
+};
+use portcullis_store::PasskeyRow;
+use serde_json::{Value, json};
+
+use super::html::{csrf_field, esc, page, table, time_s};
+use super::internal::StepUp;
+use super::session::{Flash, Permission};
+use super::{Console, Form, FormRequest, html as respond, see_other, submitted, viewer};
+use crate::api::{AdminState, Call};
+
+/// How long a challenge may be answered.
+pub(crate) const CEREMONY_TTL: Duration = Duration::from_secs(120);
+/// Challenges outstanding at once on a replica; beyond it, new ceremonies
+/// are refused until old ones expire.
+const MAX_CEREMONIES: usize = 1024;
+/// The longest label kept for a passkey.
+const MAX_LABEL: usize = 64;
+
+/// What a challenge was issued for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Purpose {
+    /// Registering a passkey for this admin.
+    Register { admin: String },
+    /// Opening the step-up window.
+    StepUp,
+}
+
+#[derive(Debug, Clone)]
+struct Ceremony {
+    session: String,
+    purpose: Purpose,
+    origin: String,
+    rp_id: String,
+    until: Instant,
+}
+
+/// The challenges outstanding on this replica.
+#[derive(Debug, Default)]
+pub(crate) struct Ceremonies {
+    pending: Mutex<HashMap<String, Ceremony>>,
+}
+
+impl Ceremonies {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Ceremony>> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Issues a challenge to `session` for `purpose`; `None` when too many
+    /// are outstanding.
+    fn begin(&self, session: &str, purpose: Purpose, origin: &RelyingParty) -> Option<String> {
+        let now = Instant::now();
+        let mut pending = self.lock();
+        pending.retain(|_, c| c.until > now);
+        if pending.len() >= MAX_CEREMONIES {
+            return None;
+        }
+        let challenge = b64url(&rand::random::<[u8; 32]>());
+        pending.insert(
+            challenge.clone(),
+            Ceremony {
+                session: session.to_string(),
+                purpose,
+                origin: origin.origin.clone(),
+                rp_id: origin.rp_id.clone(),
+                until: now + CEREMONY_TTL,
+            },
+        );
+        Some(challenge)
+    }
+
+    /// Takes the challenge out (single use, whatever the answer's fate);
+    /// `None` unless it was issued to `session`, is live and unused.
+    fn take(&self, challenge: &str, session: &str) -> Option<Ceremony> {
+        let ceremony = self.lock().remove(challenge.trim_end_matches('='))?;
+        (ceremony.session == session && ceremony.until > Instant::now()).then_some(ceremony)
+    }
+}
+
+/// The origin a ceremony runs at and its relying party id.
+struct RelyingParty {
+    origin: String,
+    rp_id: String,
+}
+
+/// The console origin a request reached (`authority`: its host and port),
+/// when it is one of the console's.
+fn relying_party(
+    state: &AdminState,
+    authority: Option<&http::uri::Authority>,
+) -> Result<RelyingParty, String> {
+    if state.console_origins.is_empty() {
+        return Err("passkeys need the console's origin: set `[admin] console_origins` (the admin listener listens on every address)".into());
+    }
+    let origin = authority.map(|a| format!("https://{a}"));
+    match (authority, origin) {
+        (Some(authority), Some(origin)) if state.console_origins.contains(&origin) => {
+            Ok(RelyingParty {
+                rp_id: authority.host().to_string(),
+                origin,
+            })
+        }
+        _ => Err(format!(
+            "passkeys work at the console's own origin: open the console at {}",
+            state.console_origins.join(" or ")
+        )),
+    }
+}
+
+/// A JSON answer for the script.
+fn answer(status: StatusCode, value: Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response()
+}
+
+/// A refusal for the script, audited as `action` by the session.
+fn refuse(
+    state: &AdminState,
+    call: &Call,
+    form: &Form,
+    action: &str,
+    code: ErrorCode,
+    message: &str,
+) -> Response {
+    call.acting_as(form.session.identity.clone()).audit(
+        &state.sink,
+        action,
+        &form.session.name,
+        Outcome::Deny,
+        code.http_status(),
+        Some(code),
+    );
+    answer(
+        StatusCode::from_u16(code.http_status()).unwrap_or(StatusCode::BAD_REQUEST),
+        json!({ "error": { "code": code.as_str(), "message": message } }),
+    )
+}
+
+/// The browser's answer to a ceremony (the `credential` field: JSON with
+/// base64url members).
+fn credential_part(credential: &Value, name: &str) -> Option<Vec<u8>> {
+    credential[name].as_str().and_then(from_b64url)
+}
+
+/// `GET /console/step-up`.
+pub(super) async fn page_handler(
+    State(state): State<AdminState>,
+    Extension(console): Extension<Arc<Console>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    let session = match viewer(&console, &headers, Permission::View).await {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    let window = state.step_up.current(&session.identity.id);
+    let mut body = String::new();
+    match &window {
+        Some(w) => {
+            let _ = write!(
+                body,
+                "<p id=\"step-up-status\" data-open=\"yes\">Step-up window open for <strong class=\"user\">{}</strong> until {}: \
+                 sensitive actions of this session need no code until then.</p>",
+                esc(&w.user),
+                esc(&time_s(&json!(w.expires_at)))
+            );
+        }
+        None => body.push_str(
+            "<p id=\"step-up-status\" data-open=\"no\">No step-up window is open: sensitive actions need a TOTP code or a passkey.</p>",
+        ),
+    }
+    let _ = write!(
+        body,
+        "<h2>With a TOTP code</h2><form method=\"post\" action=\"/console/step-up\" class=\"step-up-totp\">{}\
+         <input name=\"user\" placeholder=\"admin\" autocomplete=\"username\" size=\"12\" required>\
+         <input name=\"totp\" placeholder=\"TOTP\" inputmode=\"numeric\" autocomplete=\"one-time-code\" size=\"6\" required>\
+         <button type=\"submit\">Step up</button></form>\
+         <h2>With a passkey</h2><p><button type=\"button\" id=\"passkey-step-up\" \
+         data-options=\"/console/passkeys/step-up/options\" data-finish=\"/console/passkeys/step-up\">Step up with a passkey</button></p>\
+         <p id=\"passkey-status\" role=\"status\"></p>",
+        csrf_field(&session)
+    );
+    body.push_str("<h2>Passkeys</h2>");
+    let relying = relying_party(&state, super::authority(&uri, &headers).as_ref());
+    if let Err(why) = &relying {
+        let _ = write!(
+            body,
+            "<p class=\"hint\" id=\"passkey-origin\">{}</p>",
+            esc(why)
+        );
+    }
+    match &window {
+        Some(w) => {
+            let keys = state.store.passkeys(Some(&w.user)).await.unwrap_or_default();
+            let rows: Vec<Vec<String>> = keys
+                .iter()
+                .map(|k| {
+                    vec![
+                        format!("<span class=\"label\">{}</span>", esc(&k.label)),
+                        esc(&k.rp_id),
+                        esc(algorithm_name(k.algorithm)),
+                        esc(&time_s(&json!(k.created_at))),
+                        esc(&time_s(&json!(k.last_used_at))),
+                        format!(
+                            "<form method=\"post\" action=\"/console/passkeys/remove\" class=\"inline\" data-confirm=\"Remove this passkey?\">{}\
+                             <input type=\"hidden\" name=\"id\" value=\"{}\"><button type=\"submit\">Remove</button></form>",
+                            csrf_field(&session),
+                            esc(&k.credential_id)
+                        ),
+                    ]
+                })
+                .collect();
+            body.push_str(&table(
+                "passkeys",
+                &["Label", "Relying party", "Algorithm", "Registered", "Last used", ""],
+                &rows,
+                &format!("{} has no passkey yet.", w.user),
+            ));
+            let _ = write!(
+                body,
+                "<p class=\"passkey-register\"><input id=\"passkey-label\" name=\"label\" placeholder=\"label (e.g. laptop)\" maxlength=\"{MAX_LABEL}\">\
+                 <button type=\"button\" id=\"passkey-register\" data-options=\"/console/passkeys/register/options\" \
+                 data-finish=\"/console/passkeys/register\">Register a passkey for {}</button></p>",
+                esc(&w.user)
+            );
+        }
+        None => body.push_str(
+            "<p class=\"hint\">Step up with your TOTP code first: a passkey is registered for the admin whose step-up window is open.</p>",
+        ),
+    }
+    let flash = console.sessions.take_flash(&session);
+    respond(
+        StatusCode::OK,
+        page("Step-up", "/console/step-up", Some(&session), flash, &body),
+    )
+}
+
+fn algorithm_name(alg: i64) -> &'static str {
+    match alg {
+        portcullis_identity::webauthn::ES256 => "ES256",
+        portcullis_identity::webauthn::EDDSA => "EdDSA",
+        portcullis_identity::webauthn::RS256 => "RS256",
+        _ => "unknown",
+    }
+}
+
+/// `POST /console/step-up`: a TOTP code opens the window, through the API.
+pub(super) async fn totp(
+    State(state): State<AdminState>,
+    Extension(console): Extension<Arc<Console>>,
+    Extension(call): Extension<Call>,
+    req: FormRequest,
+) -> Response {
+    let form = match submitted(&console, &state, &call, &req, Permission::View).await {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
+    let step_up = StepUp {
+        user: form.field("user").to_string(),
+        totp: form.field("totp").to_string(),
+    };
+    let flash = match console
+        .api
+        .call(
+            &form.session,
+            form.remote,
+            Method::POST,
+            "/session/step-up",
+            None,
+            &step_up,
+        )
+        .await
+    {
+        Ok(v) => Flash {
+            ok: true,
+            text: format!(
+                "step-up window open for `{}`",
+                v["step_up"]["user"].as_str().unwrap_or_default()
+            ),
+        },
+        Err(r) => Flash {
+            ok: false,
+            text: format!("refused: {} ({})", r.message, r.code),
+        },
+    };
+    console.sessions.flash(&form.session, flash);
+    see_other("/console/step-up")
+}
+
+/// The start of a ceremony: its form (session, CSRF token, role) and the
+/// relying party of the origin it came from.
+async fn ceremony_start(
+    console: &Console,
+    state: &AdminState,
+    call: &Call,
+    req: &FormRequest,
+    action: &str,
+) -> Result<(Form, RelyingParty), Box<Response>> {
+    let form = submitted(console, state, call, req, Permission::View).await?;
+    match relying_party(state, req.authority.as_ref()) {
+        Ok(rp) => Ok((form, rp)),
+        Err(why) => Err(Box::new(refuse(
+            state,
+            call,
+            &form,
+            action,
+            ErrorCode::Conflict,
+            &why,
+        ))),
+    }
+}
+
+/// A ceremony's answer, its challenge taken (single use, whatever comes
+/// next).
+struct Answer {
+    form: Form,
+    /// The browser's credential (JSON with base64url members).
+    credential: Value,
+    /// The raw `clientDataJSON`.
+    client_data: Vec<u8>,
+    /// The challenge it names.
+    challenge: String,
+    /// What the challenge was issued for.
+    ceremony: Ceremony,
+}
+
+async fn ceremony_answer(
+    console: &Console,
+    state: &AdminState,
+    call: &Call,
+    req: &FormRequest,
+    action: &str,
+) -> Result<Answer, Box<Response>> {
+    let form = submitted(console, state, call, req, Permission::View).await?;
+    let refused = |code: ErrorCode, message: &str| {
+        Box::new(refuse(state, call, &form, action, code, message))
+    };
+    let credential: Value = serde_json::from_str(form.field("credential")).unwrap_or_default();
+    let Some(client_data) = credential_part(&credential, "clientDataJSON") else {
+        return Err(refused(
+            ErrorCode::BadRequest,
+            "the answer has no clientDataJSON",
+        ));
+    };
+    let challenge = match ClientData::parse(&client_data) {
+        Ok(c) => c.challenge,
+        Err(e) => return Err(refused(ErrorCode::BadRequest, &e.to_string())),
+    };
+    let Some(ceremony) = console.ceremonies.take(&challenge, form.session.key()) else {
+        return Err(refused(
+            ErrorCode::InvalidCredential,
+            "the challenge is unknown, already used, expired or not this session's: start again",
+        ));
+    };
+    Ok(Answer {
+        form,
+        credential,
+        client_data,
+        challenge,
+        ceremony,
+    })
+}
+
+/// The options every ceremony shares.
+fn common_options(challenge: &str, rp: &RelyingParty) -> Value {
+    json!({
+        "challenge": challenge,
+        "rpId": rp.rp_id,
+        "timeout": CEREMONY_TTL.as_millis() as u64,
+        "userVerification": "required",
+    })
+}
+
+/// `POST /console/passkeys/register/options`: a registration's options,
+/// for the human whose step-up window is open.
+pub(super) async fn register_options(
+    State(state): State<AdminState>,
+    Extension(console): Extension<Arc<Console>>,
+    Extension(call): Extension<Call>,
+    req: FormRequest,
+) -> Response {
+    const ACTION: &str = "admin.passkey_add";
+    let (form, rp) = match ceremony_start(&console, &state, &call, &req, ACTION).await {
+        Ok(started) => started,
+        Err(r) => return *r,
+    };
+    let Some(window) = state.step_up.current(&form.session.identity.id) else {
+        return refuse(
+            &state,
+            &call,
+            &form,
+            ACTION,
+            ErrorCode::MfaRequired,
+            "registering a passkey needs an open step-up window: step up with your TOTP code first",
+        );
+    };
+    let existing = match state.store.passkeys(Some(&window.user)).await {
+        Ok(k) => k,
+        Err(e) => return store_failure(&e),
+    };
+    let Some(challenge) = console.ceremonies.begin(
+        form.session.key(),
+        Purpose::Register {
+            admin: window.user.clone(),
+        },
+        &rp,
+    ) else {
+        return busy();
+    };
+    let mut options = common_options(&challenge, &rp);
+    options["rp"] = json!({ "id": rp.rp_id, "name": "Portcullis console" });
+    // The user handle names the admin without their name (it is stored on
+    // the authenticator): 16 bytes of a hash of it.
+    let handle = crate::auth::hash_token(&format!("portcullis admin\0{}", window.user));
+    options["user"] = json!({
+        "id": b64url(&handle.as_bytes()[..32]),
+        "name": window.user,
+        "displayName": window.user,
+    });
+    options["pubKeyCredParams"] = ALGORITHMS
+        .iter()
+        .map(|alg| json!({ "type": "public-key", "alg": alg }))
+        .collect();
+    options["attestation"] = json!("none");
+    options["authenticatorSelection"] =
+        json!({ "residentKey": "preferred", "userVerification": "required" });
+    options["excludeCredentials"] = existing
+        .iter()
+        .map(|k| json!({ "type": "public-key", "id": k.credential_id }))
+        .collect();
+    answer(StatusCode::OK, json!({ "publicKey": options }))
+}
+
+/// `POST /console/passkeys/register`: the authenticator's answer.
+pub(super) async fn register(
+    State(state): State<AdminState>,
+    Extension(console): Extension<Arc<Console>>,
+    Extension(call): Extension<Call>,
+    req: FormRequest,
+) -> Response {
+    const ACTION: &str = "admin.passkey_add";
+    let Answer {
+        form,
+        credential,
+        client_data,
+        challenge,
+        ceremony,
+    } = match ceremony_answer(&console, &state, &call, &req, ACTION).await {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    let bad = |message: &str| refuse(&state, &call, &form, ACTION, ErrorCode::BadRequest, message);
+    let Some(attestation) = credential_part(&credential, "attestationObject") else {
+        return bad("the answer has no attestationObject");
+    };
+    let Purpose::Register { admin } = ceremony.purpose else {
+        return bad("the challenge was issued for a step-up, not a registration");
+    };
+    let expected = Expected {
+        challenge: &challenge,
+        origin: &ceremony.origin,
+        rp_id: &ceremony.rp_id,
+        require_uv: true,
+    };
+    let registered = match verify_registration(&client_data, &attestation, &expected) {
+        Ok(r) => r,
+        Err(e) => {
+            return refuse(
+                &state,
+                &call,
+                &form,
+                ACTION,
+                ErrorCode::InvalidCredential,
+                &e.to_string(),
+            );
+        }
+    };
+    let label: String = form
+        .field("label")
+        .trim()
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_LABEL)
+        .collect();
+    let label = if label.is_empty() {
+        "passkey".to_string()
+    } else {
+        label
+    };
+    let row = PasskeyRow {
+        credential_id: b64url(&registered.credential_id),
+        admin: admin.clone(),
+        label: label.clone(),
+        rp_id: ceremony.rp_id,
+        algorithm: registered.algorithm,
+        public_key: registered.public_key,
+        sign_count: i64::from(registered.sign_count),
+        created_at: crate::api::now_ms() / 1000,
+        last_used_at: 0,
+    };
+    if let Err(e) = state.store.add_passkey(&row).await {
+        return match e {
+            portcullis_store::StoreError::Conflict(_) => refuse(
+                &state,
+                &call,
+                &form,
+                ACTION,
+                ErrorCode::Conflict,
+                "this passkey is already registered",
+            ),
+            portcullis_store::StoreError::NotFound(_) => refuse(
+                &state,
+                &call,
+                &form,
+                ACTION,
+                ErrorCode::NotFound,
+                "the admin of the step-up window is no longer enrolled",
+            ),
+            other => store_failure(&other),
+        };
+    }
+    let mut record = call.acting_as(form.session.identity.clone()).record(
+        ACTION,
+        &format!("passkey:{admin}/{label}"),
+        Outcome::Allow,
+        200,
+        None,
+    );
+    record.principal = Some(admin.clone());
+    state.sink.submit(record);
+    console.sessions.flash(
+        &form.session,
+        Flash {
+            ok: true,
+            text: format!("passkey `{label}` registered for `{admin}`"),
+        },
+    );
+    answer(
+        StatusCode::OK,
+        json!({ "ok": true, "admin": admin, "credential_id": row.credential_id }),
+    )
+}
+
+/// `POST /console/passkeys/step-up/options`: an assertion's options, for
+/// any registered passkey of this relying party.
+pub(super) async fn step_up_options(
+    State(state): State<AdminState>,
+    Extension(console): Extension<Arc<Console>>,
+    Extension(call): Extension<Call>,
+    req: FormRequest,
+) -> Response {
+    const ACTION: &str = "admin.step_up";
+    let (form, rp) = match ceremony_start(&console, &state, &call, &req, ACTION).await {
+        Ok(started) => started,
+        Err(r) => return *r,
+    };
+    if state.step_up.ttl().is_zero() {
+        return refuse(
+            &state,
+            &call,
+            &form,
+            ACTION,
+            ErrorCode::Conflict,
+            "step-up windows are off (`[admin] step_up_seconds = 0`)",
+        );
+    }
+    let keys = match state.store.passkeys(None).await {
+        Ok(k) => k,
+        Err(e) => return store_failure(&e),
+    };
+    let allowed: Vec<Value> = keys
+        .iter()
+        .filter(|k| k.rp_id == rp.rp_id)
+        .map(|k| json!({ "type": "public-key", "id": k.credential_id }))
+        .collect();
+    if allowed.is_empty() {
+        return refuse(
+            &state,
+            &call,
+            &form,
+            ACTION,
+            ErrorCode::Conflict,
+            "no passkey is registered for this console: step up with a TOTP code, then register one",
+        );
+    }
+    let Some(challenge) = console
+        .ceremonies
+        .begin(form.session.key(), Purpose::StepUp, &rp)
+    else {
+        return busy();
+    };
+    let mut options = common_options(&challenge, &rp);
+    options["allowCredentials"] = Value::Array(allowed);
+    answer(StatusCode::OK, json!({ "publicKey": options }))
+}
+
+/// `POST /console/passkeys/step-up`: an assertion opens the session's
+/// step-up window for the passkey's admin.
+pub(super) async fn step_up(
+    State(state): State<AdminState>,
+    Extension(console): Extension<Arc<Console>>,
+    Extension(call): Extension<Call>,
+    req: FormRequest,
+) -> Response {
+    const ACTION: &str = "admin.step_up";
+    let Answer {
+        form,
+        credential,
+        client_data,
+        challenge,
+        ceremony,
+    } = match ceremony_answer(&console, &state, &call, &req, ACTION).await {
+        Ok(a) => a,
+        Err(r) => return *r,
+    };
+    let refused =
+        |code: ErrorCode, message: &str| refuse(&state, &call, &form, ACTION, code, message);
+    let (Some(authenticator_data), Some(signature)) = (
+        credential_part(&credential, "authenticatorData"),
+        credential_part(&credential, "signature"),
+    ) else {
+        return refused(
+            ErrorCode::BadRequest,
+            "the answer has no authenticatorData or signature",
+        );
+    };
+    if ceremony.purpose != Purpose::StepUp {
+        return refused(
+            ErrorCode::BadRequest,
+            "the challenge was issued for a registration, not a step-up",
+        );
+    }
+    let id = credential["id"].as_str().unwrap_or_default();
+    let key = match state.store.passkey(id).await {
+        Ok(Some(k)) if k.rp_id == ceremony.rp_id => k,
+        Ok(_) => {
+            return refused(
+                ErrorCode::InvalidCredential,
+                "this passkey is not registered",
+            );
+        }
+        Err(e) => return store_failure(&e),
+    };
+    let expected = Expected {
+        challenge: &challenge,
+        origin: &ceremony.origin,
+        rp_id: &ceremony.rp_id,
+        require_uv: true,
+    };
+    let stored = u32::try_from(key.sign_count).unwrap_or(u32::MAX);
+    let asserted = match verify_assertion(
+        &client_data,
+        &authenticator_data,
+        &signature,
+        &key.public_key,
+        stored,
+        &expected,
+    ) {
+        Ok(a) => a,
+        Err(e) => return refused(ErrorCode::InvalidCredential, &e.to_string()),
+    };
+    let now = crate::api::now_ms() / 1000;
+    match state
+        .store
+        .use_passkey(
+            &key.credential_id,
+            key.sign_count,
+            i64::from(asserted.sign_count),
+            now,
+        )
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            return refused(
+                ErrorCode::InvalidCredential,
+                "this passkey was used concurrently: try again",
+            );
+        }
+        Err(e) => return store_failure(&e),
+    }
+    let Some(window) = state.step_up.open(&form.session.identity.id, &key.admin) else {
+        return refused(ErrorCode::Conflict, "step-up windows are off");
+    };
+    let acting = call.acting_as(form.session.identity.clone());
+    let mut record = acting.record(ACTION, &form.session.name, Outcome::Allow, 200, None);
+    record.principal = Some(key.admin.clone());
+    record.credential = Some(format!(
+        "{} + webauthn `{}`",
+        acting.credential_text(None),
+        key.label
+    ));
+    state.sink.submit(record);
+    console.sessions.flash(
+        &form.session,
+        Flash {
+            ok: true,
+            text: format!(
+                "step-up window open for `{}` (passkey `{}`)",
+                key.admin, key.label
+            ),
+        },
+    );
+    answer(
+        StatusCode::OK,
+        json!({ "ok": true, "user": window.user, "expires_at": window.expires_at }),
+    )
+}
+
+/// `POST /console/passkeys/remove`: only the passkey's own admin, with
+/// their step-up window open, removes it.
+pub(super) async fn remove(
+    State(state): State<AdminState>,
+    Extension(console): Extension<Arc<Console>>,
+    Extension(call): Extension<Call>,
+    req: FormRequest,
+) -> Response {
+    let form = match submitted(&console, &state, &call, &req, Permission::View).await {
+        Ok(f) => f,
+        Err(r) => return *r,
+    };
+    let id = form.field("id");
+    let window = state.step_up.current(&form.session.identity.id);
+    let flash = match state.store.passkey(id).await {
+        Ok(Some(key)) if window.as_ref().is_some_and(|w| w.user == key.admin) => {
+            match state.store.remove_passkey(id).await {
+                Ok(()) => {
+                    let mut record = call.acting_as(form.session.identity.clone()).record(
+                        "admin.passkey_remove",
+                        &format!("passkey:{}/{}", key.admin, key.label),
+                        Outcome::Allow,
+                        200,
+                        None,
+                    );
+                    record.principal = Some(key.admin.clone());
+                    state.sink.submit(record);
+                    Flash {
+                        ok: true,
+                        text: format!("passkey `{}` removed", key.label),
+                    }
+                }
+                Err(e) => Flash {
+                    ok: false,
+                    text: format!("refused: {e}"),
+                },
+            }
+        }
+        Ok(_) => Flash {
+            ok: false,
+            text: "refused: only the passkey's admin, with their step-up window open, may remove it (forbidden)".into(),
+        },
+        Err(e) => Flash {
+            ok: false,
+            text: format!("refused: {e}"),
+        },
+    };
+    console.sessions.flash(&form.session, flash);
+    see_other("/console/step-up")
+}
+
+fn busy() -> Response {
+    answer(
+        StatusCode::SERVICE_UNAVAILABLE,
+        json!({ "error": { "code": ErrorCode::Unavailable.as_str(), "message": "too many passkey ceremonies in progress: try again in a minute" } }),
+    )
+}
+
+fn store_failure(e: &portcullis_store::StoreError) -> Response {
+    tracing::error!(error = %e, "console: passkey store error");
+    answer(
+        StatusCode::SERVICE_UNAVAILABLE,
+        json!({ "error": { "code": ErrorCode::StoreUnavailable.as_str(), "message": "the store cannot be reached" } }),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rp() -> RelyingParty {
+        RelyingParty {
+            origin: "https://localhost:9443".into(),
+            rp_id: "localhost".into(),
+        }
+    }
+
+    #[test]
+    fn a_challenge_is_single_use_bound_to_its_session_and_expires() {
+        let ceremonies = Ceremonies::default();
+        let c = ceremonies.begin("s1", Purpose::StepUp, &rp()).unwrap();
+        assert_eq!(from_b64url(&c).unwrap().len(), 32);
+        // Another session's answer burns it and gets nothing.
+        assert!(ceremonies.take(&c, "s2").is_none());
+        assert!(ceremonies.take(&c, "s1").is_none());
+        let c = ceremonies.begin("s1", Purpose::StepUp, &rp()).unwrap();
+        let taken = ceremonies.take(&c, "s1").unwrap();
+        assert_eq!(
+            (taken.origin.as_str(), taken.rp_id.as_str()),
+            ("https://localhost:9443", "localhost")
+        );
+        assert!(ceremonies.take(&c, "s1").is_none(), "single use");
+        let c = ceremonies.begin("s1", Purpose::StepUp, &rp()).unwrap();
+        ceremonies.lock().get_mut(&c).unwrap().until = Instant::now();
+        assert!(ceremonies.take(&c, "s1").is_none(), "expired");
+        for _ in 0..MAX_CEREMONIES {
+            ceremonies.begin("s1", Purpose::StepUp, &rp()).unwrap();
+        }
+        assert!(ceremonies.begin("s1", Purpose::StepUp, &rp()).is_none());
+    }
+}
