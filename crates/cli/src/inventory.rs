@@ -141,7 +141,77 @@ fn table(inv: &Value) -> String {
     if !unused.is_empty() {
         let _ = writeln!(out, "\nresources with no activity: {}", unused.join(", "));
     }
+    lineage_table(inv, &mut out);
     out.trim_end().to_string()
+}
+
+fn lineage(inv: &Value) -> impl Iterator<Item = &Value> {
+    inv["lineage"].as_array().into_iter().flatten()
+}
+
+/// What a lineage target is: a dataset's classification and whether it is
+/// registered, a model entry's lifecycle and verification.
+fn target_state(to: &Value) -> String {
+    if to["kind"] == "model" {
+        let verified = if to["verified"] == true {
+            "verified"
+        } else {
+            "unverified"
+        };
+        format!("{}, {verified}", text(to, "lifecycle"))
+    } else if to["registered"] == true {
+        text(to, "classification").to_string()
+    } else {
+        "(not registered)".to_string()
+    }
+}
+
+/// The lineage edges (route or tool → dataset, route → registry model) and
+/// the flows (agent → route or tool → dataset) under the table.
+fn lineage_table(inv: &Value, out: &mut String) {
+    let mut rows = Vec::new();
+    for l in lineage(inv) {
+        rows.push([
+            format!("{} {}", text(&l["from"], "kind"), text(&l["from"], "name")),
+            format!("{} {}", text(&l["to"], "kind"), text(&l["to"], "name")),
+            target_state(&l["to"]),
+        ]);
+    }
+    if !rows.is_empty() {
+        let _ = writeln!(out, "\nlineage:");
+        let widths: Vec<usize> = (0..2)
+            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+            .collect();
+        for [from, to, state] in &rows {
+            let _ = writeln!(
+                out,
+                "  {from:<w0$}  ->  {to:<w1$}  {state}",
+                w0 = widths[0],
+                w1 = widths[1]
+            );
+        }
+    }
+    let flows: Vec<&Value> = inv["flows"].as_array().into_iter().flatten().collect();
+    if !flows.is_empty() {
+        let _ = writeln!(out, "\ndata flows:");
+        for f in flows {
+            let _ = writeln!(
+                out,
+                "  {} -> {} -> dataset {} ({} allowed, last {})",
+                text(f, "agent"),
+                text(f, "via"),
+                text(f, "dataset"),
+                f["allowed"],
+                time(&f["last_ms"])
+            );
+        }
+    }
+}
+
+/// The graph node of a lineage target (`ds_…` or `model_…`).
+fn target_node(to: &Value) -> String {
+    let prefix = if to["kind"] == "model" { "model" } else { "ds" };
+    node_id(prefix, text(to, "name"))
 }
 
 /// A node id safe in both dot and Mermaid.
@@ -187,6 +257,34 @@ fn dot(inv: &Value) -> String {
             e["denied"]
         );
     }
+    let mut declared = BTreeSet::new();
+    for l in lineage(inv) {
+        let to = &l["to"];
+        let node = target_node(to);
+        if declared.insert(node.clone()) {
+            let shape = if to["kind"] == "model" {
+                "component"
+            } else {
+                "folder"
+            };
+            let _ = writeln!(
+                out,
+                "  {node} [shape={shape}, label=\"{}\\n{}\"];",
+                text(to, "name"),
+                target_state(to)
+            );
+        }
+        let label = if to["kind"] == "model" {
+            "serves"
+        } else {
+            "reads"
+        };
+        let _ = writeln!(
+            out,
+            "  {} -> {node} [label=\"{label}\", style=dotted];",
+            node_id("res", text(&l["from"], "name"))
+        );
+    }
     out.push('}');
     out
 }
@@ -219,6 +317,30 @@ fn mermaid(inv: &Value) -> String {
             e["requests"],
             e["denied"],
             node_id("res", text(e, "resource"))
+        );
+    }
+    let mut declared = BTreeSet::new();
+    for l in lineage(inv) {
+        let to = &l["to"];
+        let node = target_node(to);
+        if declared.insert(node.clone()) {
+            let _ = writeln!(
+                out,
+                "  {node}[/\"{} {} ({})\"/]",
+                text(to, "kind"),
+                text(to, "name"),
+                target_state(to)
+            );
+        }
+        let label = if to["kind"] == "model" {
+            "serves"
+        } else {
+            "reads"
+        };
+        let _ = writeln!(
+            out,
+            "  {} -.->|{label}| {node}",
+            node_id("res", text(&l["from"], "name"))
         );
     }
     out.trim_end().to_string()

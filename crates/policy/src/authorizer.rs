@@ -49,6 +49,11 @@ pub struct Authorizer {
     /// `complete`/`embed` decisions on models; set by
     /// [`Authorizer::with_models`].
     pub(crate) model: Option<crate::model::ModelAuthz>,
+    /// `read_data` decisions; `None` when the schema has no such action.
+    pub(crate) dataset: Option<crate::dataset::DatasetAuthz>,
+    /// The registered datasets the snapshot holds, by name; set by
+    /// [`Authorizer::with_datasets`].
+    datasets: std::collections::HashSet<String>,
     /// Each route's classification, by name (what MCP targets inherit).
     route_classes: HashMap<String, Classification>,
     /// The configured models, `(route, name)`, in configuration order.
@@ -111,6 +116,7 @@ impl Authorizer {
         // A secret is never granted: `use_secret` is decided by the bundle.
         let secret = crate::secret::SecretAuthz::new(&bundle, &entities)?;
         let egress = crate::egress::EgressAuthz::new(&bundle, &entities)?;
+        let dataset = crate::dataset::DatasetAuthz::new(&bundle, &entities)?;
         let mcp = crate::mcp::McpAuthz::new(&bundle, &indexed, &entities)?;
         let user_type = bundle
             .schema
@@ -129,6 +135,8 @@ impl Authorizer {
             egress,
             mcp,
             model: None,
+            dataset,
+            datasets: Default::default(),
             policies,
             grant_expiry,
             with_grants: indexed,
@@ -322,6 +330,75 @@ impl Authorizer {
         self.model =
             crate::model::ModelAuthz::new(&self.bundle, &self.with_grants, &self.entities)?;
         Ok(self)
+    }
+
+    /// Adds the registered datasets (`Dataset::"<name>"`, from the dataset
+    /// registry) for `read_data` decisions. Without datasets the schema may
+    /// lack the `Dataset` type (a schema written before the registry).
+    pub fn with_datasets(
+        mut self,
+        datasets: &[crate::DatasetEntity],
+    ) -> Result<Self, EntityError> {
+        if !datasets.is_empty() {
+            if self.dataset.is_none() {
+                return Err(EntityError::new(format!(
+                    "the policy schema has no `Dataset` entity type or `read_data` action, which routes tagged with datasets need. {SCHEMA_HINT}"
+                )));
+            }
+            let entities = std::mem::replace(&mut self.entities, Entities::empty());
+            self.entities = crate::dataset::add_dataset_entities(&self.bundle, entities, datasets)?;
+        }
+        self.datasets = datasets.iter().map(|d| d.name.clone()).collect();
+        Ok(self)
+    }
+
+    /// Whether the schema declares `Action::"read_data"`, which routes and
+    /// tools tagged with datasets need.
+    pub fn supports_datasets(&self) -> bool {
+        self.dataset.is_some()
+    }
+
+    /// Whether `name` is a registered dataset this snapshot holds.
+    pub fn knows_dataset(&self, name: &str) -> bool {
+        self.datasets.contains(name)
+    }
+
+    /// Decides whether the caller may read the dataset (see
+    /// [`crate::DatasetRequest`]). Without `read_data` in the schema:
+    /// denied, with the reason in [`Decision::errors`].
+    pub fn decide_dataset(&self, request: &crate::DatasetRequest<'_>) -> Decision {
+        match &self.dataset {
+            Some(d) => d.decide(&self.cedar, &self.entities, request),
+            None => denied_with_error(format!(
+                "the policy schema has no `Action::\"{}\"`",
+                crate::dataset::READ_DATA
+            )),
+        }
+    }
+
+    /// [`Authorizer::decide_dataset`] as if the user an agent acts for had
+    /// made the call (see [`Authorizer::decide_for_user`]).
+    pub fn decide_dataset_for_user(
+        &self,
+        request: &crate::DatasetRequest<'_>,
+        user: &str,
+        groups: &[String],
+    ) -> Decision {
+        let user = match self.user_entity(user, groups) {
+            Ok(u) => u,
+            Err(denied) => return denied,
+        };
+        let entities = match self.entities.clone().add_entities([user.clone()], None) {
+            Ok(e) => e,
+            Err(e) => return denied_with_error(e.to_string()),
+        };
+        match &self.dataset {
+            Some(d) => d.decide_as_user(&self.cedar, &entities, request, user.uid()),
+            None => denied_with_error(format!(
+                "the policy schema has no `Action::\"{}\"`",
+                crate::dataset::READ_DATA
+            )),
+        }
     }
 
     /// The classification of a route the snapshot knows.
