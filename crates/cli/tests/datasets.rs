@@ -117,7 +117,9 @@ async fn call(rig: &Rig, agent: &Agent, protocol: Protocol, text: &str) -> Outco
         Protocol::Llm => agent
             .client
             .post(server.url("/llm/v1/chat/completions"))
-            .json(&json!({ "model": "gpt-test", "messages": [{ "role": "user", "content": text }] }))
+            .json(
+                &json!({ "model": "gpt-test", "messages": [{ "role": "user", "content": text }] }),
+            )
             .send()
             .await
             .unwrap(),
@@ -362,7 +364,10 @@ async fn read_data_is_decided_on_every_protocol_and_inventory_shows_the_lineage(
             .find(|l| l["from"]["name"] == from && l["to"]["name"] == to)
             .unwrap_or_else(|| panic!("no lineage {from} -> {to}: {inv}"))
     };
-    assert_eq!(edge("api", "claims")["to"]["classification"], "confidential");
+    assert_eq!(
+        edge("api", "claims")["to"]["classification"],
+        "confidential"
+    );
     assert_eq!(edge("api", "claims")["from"]["kind"], "route");
     assert_eq!(edge("tools/save_note", "notes")["from"]["kind"], "tool");
     assert_eq!(edge("ghost", "ghost")["to"]["registered"], false);
@@ -408,7 +413,10 @@ async fn read_data_is_decided_on_every_protocol_and_inventory_shows_the_lineage(
         server.cli(&["inventory", "--format", "mermaid"]),
         "inventory mermaid",
     );
-    assert!(mermaid.contains("res_tools_save_note -.->|reads| ds_notes"), "{mermaid}");
+    assert!(
+        mermaid.contains("res_tools_save_note -.->|reads| ds_notes"),
+        "{mermaid}"
+    );
 }
 
 /// Whether the MCP tool ran with `text`.

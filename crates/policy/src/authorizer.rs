@@ -335,10 +335,7 @@ impl Authorizer {
     /// Adds the registered datasets (`Dataset::"<name>"`, from the dataset
     /// registry) for `read_data` decisions. Without datasets the schema may
     /// lack the `Dataset` type (a schema written before the registry).
-    pub fn with_datasets(
-        mut self,
-        datasets: &[crate::DatasetEntity],
-    ) -> Result<Self, EntityError> {
+    pub fn with_datasets(mut self, datasets: &[crate::DatasetEntity]) -> Result<Self, EntityError> {
         if !datasets.is_empty() {
             if self.dataset.is_none() {
                 return Err(EntityError::new(format!(

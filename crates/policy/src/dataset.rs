@@ -369,7 +369,12 @@ permit(principal in Role::"fraud-detection", action == Action::"read_data", reso
         ));
         assert!(authz.supports_datasets());
         assert!(authz.knows_dataset("claims") && !authz.knows_dataset("other"));
-        check(&authz, "alice", "claims", r#"allow ["confidential-by-purpose"]"#);
+        check(
+            &authz,
+            "alice",
+            "claims",
+            r#"allow ["confidential-by-purpose"]"#,
+        );
         check(&authz, "bob", "claims", r#"deny ["default-deny"]"#);
         check(&authz, "bob", "catalogue", r#"allow ["datasets-read-low"]"#);
         // An unregistered dataset is no entity: nothing matches it.

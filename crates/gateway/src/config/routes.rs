@@ -975,7 +975,10 @@ mod tests {
             .collect();
         assert_eq!(
             got,
-            [("export", vec!["claims", "notes"]), ("fs.read", vec!["files"])]
+            [
+                ("export", vec!["claims", "notes"]),
+                ("fs.read", vec!["files"])
+            ]
         );
         assert_eq!(c.routes[0].datasets, ["catalogue"]);
         check(
@@ -983,7 +986,11 @@ mod tests {
             "`[routes.tools.<name>]` belongs to routes of kind `mcp`",
         );
         check(
-            &route("mcp", "http://x/mcp", "[routes.tools.t]\ndataset = [\"x\"]\n"),
+            &route(
+                "mcp",
+                "http://x/mcp",
+                "[routes.tools.t]\ndataset = [\"x\"]\n",
+            ),
             "unknown field `dataset`",
         );
     }

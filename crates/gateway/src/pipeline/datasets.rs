@@ -131,7 +131,9 @@ pub fn authorize(
                 recorded,
                 denial: Some(Denial {
                     code: ErrorCode::DatasetDenied,
-                    message: format!("denied by policy: reading dataset `{dataset}` is not permitted"),
+                    message: format!(
+                        "denied by policy: reading dataset `{dataset}` is not permitted"
+                    ),
                     policies: named,
                     detail: None,
                 }),
