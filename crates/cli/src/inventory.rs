@@ -214,6 +214,42 @@ fn target_node(to: &Value) -> String {
     node_id(prefix, text(to, "name"))
 }
 
+/// One lineage edge as the graphs draw it.
+struct Drawn<'a> {
+    /// The target (dataset or model).
+    to: &'a Value,
+    /// Its node id.
+    node: String,
+    /// Whether the target is met for the first time (its node is declared).
+    first: bool,
+    /// The route's or tool's node id.
+    from: String,
+    /// `reads` (a dataset) or `serves` (a model).
+    label: &'static str,
+}
+
+fn drawn(inv: &Value) -> Vec<Drawn<'_>> {
+    let mut declared = BTreeSet::new();
+    lineage(inv)
+        .map(|l| {
+            let to = &l["to"];
+            let node = target_node(to);
+            let first = declared.insert(node.clone());
+            Drawn {
+                to,
+                node,
+                first,
+                from: node_id("res", text(&l["from"], "name")),
+                label: if to["kind"] == "model" {
+                    "serves"
+                } else {
+                    "reads"
+                },
+            }
+        })
+        .collect()
+}
+
 /// A node id safe in both dot and Mermaid.
 fn node_id(prefix: &str, name: &str) -> String {
     let clean: String = name
@@ -257,32 +293,25 @@ fn dot(inv: &Value) -> String {
             e["denied"]
         );
     }
-    let mut declared = BTreeSet::new();
-    for l in lineage(inv) {
-        let to = &l["to"];
-        let node = target_node(to);
-        if declared.insert(node.clone()) {
-            let shape = if to["kind"] == "model" {
+    for d in drawn(inv) {
+        if d.first {
+            let shape = if d.to["kind"] == "model" {
                 "component"
             } else {
                 "folder"
             };
             let _ = writeln!(
                 out,
-                "  {node} [shape={shape}, label=\"{}\\n{}\"];",
-                text(to, "name"),
-                target_state(to)
+                "  {} [shape={shape}, label=\"{}\\n{}\"];",
+                d.node,
+                text(d.to, "name"),
+                target_state(d.to)
             );
         }
-        let label = if to["kind"] == "model" {
-            "serves"
-        } else {
-            "reads"
-        };
         let _ = writeln!(
             out,
-            "  {} -> {node} [label=\"{label}\", style=dotted];",
-            node_id("res", text(&l["from"], "name"))
+            "  {} -> {} [label=\"{}\", style=dotted];",
+            d.from, d.node, d.label
         );
     }
     out.push('}');
@@ -319,29 +348,18 @@ fn mermaid(inv: &Value) -> String {
             node_id("res", text(e, "resource"))
         );
     }
-    let mut declared = BTreeSet::new();
-    for l in lineage(inv) {
-        let to = &l["to"];
-        let node = target_node(to);
-        if declared.insert(node.clone()) {
+    for d in drawn(inv) {
+        if d.first {
             let _ = writeln!(
                 out,
-                "  {node}[/\"{} {} ({})\"/]",
-                text(to, "kind"),
-                text(to, "name"),
-                target_state(to)
+                "  {}[/\"{} {} ({})\"/]",
+                d.node,
+                text(d.to, "kind"),
+                text(d.to, "name"),
+                target_state(d.to)
             );
         }
-        let label = if to["kind"] == "model" {
-            "serves"
-        } else {
-            "reads"
-        };
-        let _ = writeln!(
-            out,
-            "  {} -.->|{label}| {node}",
-            node_id("res", text(&l["from"], "name"))
-        );
+        let _ = writeln!(out, "  {} -.->|{}| {}", d.from, d.label, d.node);
     }
     out.trim_end().to_string()
 }

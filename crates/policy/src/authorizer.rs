@@ -381,16 +381,12 @@ impl Authorizer {
         user: &str,
         groups: &[String],
     ) -> Decision {
-        let user = match self.user_entity(user, groups) {
-            Ok(u) => u,
+        let (entities, user) = match self.with_user(user, groups) {
+            Ok(found) => found,
             Err(denied) => return denied,
         };
-        let entities = match self.entities.clone().add_entities([user.clone()], None) {
-            Ok(e) => e,
-            Err(e) => return denied_with_error(e.to_string()),
-        };
         match &self.dataset {
-            Some(d) => d.decide_as_user(&self.cedar, &entities, request, user.uid()),
+            Some(d) => d.decide_as_user(&self.cedar, &entities, request, user),
             None => denied_with_error(format!(
                 "the policy schema has no `Action::\"{}\"`",
                 crate::dataset::READ_DATA
@@ -543,14 +539,9 @@ impl Authorizer {
         user: &str,
         groups: &[String],
     ) -> Decision {
-        let user = match self.user_entity(user, groups) {
-            Ok(u) => u,
+        let (entities, principal) = match self.with_user(user, groups) {
+            Ok(found) => found,
             Err(denied) => return denied,
-        };
-        let principal = user.uid();
-        let entities = match self.entities.clone().add_entities([user], None) {
-            Ok(e) => e,
-            Err(e) => return denied_with_error(e.to_string()),
         };
         let cedar_request = match self.cedar_request_as(principal, request, None) {
             Ok(r) => r,
@@ -602,6 +593,19 @@ impl Authorizer {
         ))
     }
 
+    /// The snapshot's entities with `User::"<user>"` added, and its uid; a
+    /// denial when it cannot be added.
+    fn with_user(&self, user: &str, groups: &[String]) -> Result<(Entities, EntityUid), Decision> {
+        let user = self.user_entity(user, groups)?;
+        let uid = user.uid();
+        let entities = self
+            .entities
+            .clone()
+            .add_entities([user], None)
+            .map_err(|e| denied_with_error(e.to_string()))?;
+        Ok((entities, uid))
+    }
+
     /// [`Authorizer::decide_mcp`] as if the user an agent acts for had sent the
     /// message (see [`Authorizer::decide_for_user`]). Every policy of the
     /// action is evaluated: no slice, no memo. A schema whose MCP actions do
@@ -632,16 +636,12 @@ impl Authorizer {
         user: &str,
         groups: &[String],
     ) -> Decision {
-        let user = match self.user_entity(user, groups) {
-            Ok(u) => u,
+        let (entities, user) = match self.with_user(user, groups) {
+            Ok(found) => found,
             Err(denied) => return denied,
         };
-        let entities = match self.entities.clone().add_entities([user.clone()], None) {
-            Ok(e) => e,
-            Err(e) => return denied_with_error(e.to_string()),
-        };
         match &self.model {
-            Some(m) => m.decide_as_user(&self.cedar, &entities, request, user.uid()),
+            Some(m) => m.decide_as_user(&self.cedar, &entities, request, user),
             None => denied_with_error(format!(
                 "the policy schema has no `Action::\"{}\"` on `Model`",
                 request.action.as_str()

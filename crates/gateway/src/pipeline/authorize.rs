@@ -92,6 +92,12 @@ pub fn run(
             (agent, as_user)
         }
     };
+    joined(agent, as_user)
+}
+
+/// The agent's decision joined with the user's, when there is one: the
+/// user's denial wins, reported as such (`user:<policy>`).
+pub fn joined(agent: Decision, as_user: Option<Decision>) -> Decision {
     match as_user {
         Some(as_user) if !as_user.allowed => Decision {
             allowed: false,

@@ -17,7 +17,7 @@
 //! The record names every dataset decided, as `dataset:<name>:<policy>`
 //! among its policies (`dataset:<name>:unregistered` for an unknown one).
 
-use portcullis_core::{Decision, ErrorCode};
+use portcullis_core::ErrorCode;
 use portcullis_policy::{Authorizer, Content, DatasetRequest, McpAction, SourceIp};
 
 use crate::config::RouteConfig;
@@ -100,23 +100,16 @@ pub fn authorize(
             content,
             caller: &identity.caller,
         };
-        let mut decision = authorizer.decide_dataset(&request);
-        if decision.allowed
-            && let Some(user) = &identity.delegated
-        {
-            let as_user = authorizer.decide_dataset_for_user(&request, &user.sub, &user.groups);
-            if !as_user.allowed {
-                decision = Decision {
-                    allowed: false,
-                    policy_ids: as_user
-                        .policy_ids
-                        .iter()
-                        .map(|p| format!("user:{p}"))
-                        .collect(),
-                    errors: as_user.errors,
-                };
-            }
-        }
+        let agent = authorizer.decide_dataset(&request);
+        let as_user = (agent.allowed)
+            .then(|| {
+                identity
+                    .delegated
+                    .as_ref()
+                    .map(|u| authorizer.decide_dataset_for_user(&request, &u.sub, &u.groups))
+            })
+            .flatten();
+        let decision = crate::pipeline::authorize::joined(agent, as_user);
         if !decision.errors.is_empty() {
             tracing::warn!(errors = ?decision.errors, agent = %identity.agent, dataset = %dataset, "policy evaluation errors (read_data)");
         }
