@@ -404,9 +404,8 @@ pub(crate) async fn inventory(
             })
         })
         .collect();
-    let routes: Vec<_> = state
-        .gateway
-        .routes()
+    let summaries = state.gateway.routes();
+    let routes: Vec<_> = summaries
         .iter()
         .map(|r| {
             serde_json::json!({
@@ -414,9 +413,22 @@ pub(crate) async fn inventory(
                 "kind": r.kind,
                 "path_prefix": r.path_prefix,
                 "classification": r.classification.as_str(),
+                "datasets": r.datasets,
             })
         })
         .collect();
+    let datasets = state
+        .store
+        .datasets()
+        .await
+        .map_err(|e| call.store_error(e))?;
+    let models = state
+        .store
+        .registry_models()
+        .await
+        .map_err(|e| call.store_error(e))?;
+    let lineage = crate::lineage::lineage(&summaries, &datasets, &models);
+    let flows = crate::lineage::flows(&summaries, &edges);
     Ok(json(
         StatusCode::OK,
         &serde_json::json!({
@@ -424,6 +436,8 @@ pub(crate) async fn inventory(
             "identities": identities,
             "resources": routes,
             "edges": edges,
+            "lineage": lineage,
+            "flows": flows,
         }),
     ))
 }

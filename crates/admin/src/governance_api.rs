@@ -334,6 +334,9 @@ async fn register_dataset(
         .register_dataset(&row)
         .await
         .map_err(|e| call.store_error(e))?;
+    // A route or tool may already be tagged with it: its calls are decided
+    // on it (no longer `dataset_unknown`) before the call returns.
+    state.gateway.reload().await.map_err(|e| call.internal(e))?;
     call.done(&state.sink, "dataset.register", &row.name, 201);
     Ok(json(StatusCode::CREATED, &dataset_view(&row)))
 }

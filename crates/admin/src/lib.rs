@@ -28,6 +28,7 @@ mod console;
 mod credentials;
 mod governance_api;
 mod identity_api;
+mod lineage;
 mod mfa;
 mod openapi;
 mod policy_api;

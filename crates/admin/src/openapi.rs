@@ -603,7 +603,7 @@ pub(crate) const OPERATIONS: &[Operation] = &[
         .answers("application/jsonl"),
     op("get", p!("/inventory"), "audit", Admin, "The data-flow inventory: identities, resources, and who reached what (requests, allowed, denied, highest classification).")
         .query(&[opt("since_ms", "integer", "window start, ms since the epoch")])
-        .ok(&[f("since_ms", "integer?", "window start"), f("identities", "object[]", "agents (`name`, `kind`, `roles`, …)"), f("resources", "object[]", "routes (`name`, `kind`, `path_prefix`, `classification`)"), f("edges", "object[]", "who reached what")]),
+        .ok(&[f("since_ms", "integer?", "window start"), f("identities", "object[]", "agents (`name`, `kind`, `roles`, …)"), f("resources", "object[]", "routes (`name`, `kind`, `path_prefix`, `classification`, `datasets`)"), f("edges", "object[]", "who reached what"), f("lineage", "object[]", "route or tool → dataset and route → registry model (`from`, `to`)"), f("flows", "object[]", "agent → route or tool → dataset, from the allowed edges (`agent`, `via`, `dataset`, `allowed`, `last_ms`)")]),
     // Vault.
     op("get", p!("/secrets"), "vault", Admin, "List secrets (names and metadata, never values).")
         .ok(&[f("secrets", "ref:Secret[]", "every secret")]),

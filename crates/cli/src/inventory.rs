@@ -141,7 +141,113 @@ fn table(inv: &Value) -> String {
     if !unused.is_empty() {
         let _ = writeln!(out, "\nresources with no activity: {}", unused.join(", "));
     }
+    lineage_table(inv, &mut out);
     out.trim_end().to_string()
+}
+
+fn lineage(inv: &Value) -> impl Iterator<Item = &Value> {
+    inv["lineage"].as_array().into_iter().flatten()
+}
+
+/// What a lineage target is: a dataset's classification and whether it is
+/// registered, a model entry's lifecycle and verification.
+fn target_state(to: &Value) -> String {
+    if to["kind"] == "model" {
+        let verified = if to["verified"] == true {
+            "verified"
+        } else {
+            "unverified"
+        };
+        format!("{}, {verified}", text(to, "lifecycle"))
+    } else if to["registered"] == true {
+        text(to, "classification").to_string()
+    } else {
+        "(not registered)".to_string()
+    }
+}
+
+/// The lineage edges (route or tool → dataset, route → registry model) and
+/// the flows (agent → route or tool → dataset) under the table.
+fn lineage_table(inv: &Value, out: &mut String) {
+    let mut rows = Vec::new();
+    for l in lineage(inv) {
+        rows.push([
+            format!("{} {}", text(&l["from"], "kind"), text(&l["from"], "name")),
+            format!("{} {}", text(&l["to"], "kind"), text(&l["to"], "name")),
+            target_state(&l["to"]),
+        ]);
+    }
+    if !rows.is_empty() {
+        let _ = writeln!(out, "\nlineage:");
+        let widths: Vec<usize> = (0..2)
+            .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+            .collect();
+        for [from, to, state] in &rows {
+            let _ = writeln!(
+                out,
+                "  {from:<w0$}  ->  {to:<w1$}  {state}",
+                w0 = widths[0],
+                w1 = widths[1]
+            );
+        }
+    }
+    let flows: Vec<&Value> = inv["flows"].as_array().into_iter().flatten().collect();
+    if !flows.is_empty() {
+        let _ = writeln!(out, "\ndata flows:");
+        for f in flows {
+            let _ = writeln!(
+                out,
+                "  {} -> {} -> dataset {} ({} allowed, last {})",
+                text(f, "agent"),
+                text(f, "via"),
+                text(f, "dataset"),
+                f["allowed"],
+                time(&f["last_ms"])
+            );
+        }
+    }
+}
+
+/// The graph node of a lineage target (`ds_…` or `model_…`).
+fn target_node(to: &Value) -> String {
+    let prefix = if to["kind"] == "model" { "model" } else { "ds" };
+    node_id(prefix, text(to, "name"))
+}
+
+/// One lineage edge as the graphs draw it.
+struct Drawn<'a> {
+    /// The target (dataset or model).
+    to: &'a Value,
+    /// Its node id.
+    node: String,
+    /// Whether the target is met for the first time (its node is declared).
+    first: bool,
+    /// The route's or tool's node id.
+    from: String,
+    /// `reads` (a dataset) or `serves` (a model).
+    label: &'static str,
+}
+
+fn drawn(inv: &Value) -> Vec<Drawn<'_>> {
+    let mut declared = BTreeSet::new();
+    lineage(inv)
+        .map(|l| {
+            let to = &l["to"];
+            let node = target_node(to);
+            let first = declared.insert(node.clone());
+            Drawn {
+                to,
+                node,
+                first,
+                from: node_id("res", text(&l["from"], "name")),
+                label: if to["kind"] == "model" {
+                    "serves"
+                } else {
+                    "reads"
+                },
+            }
+        })
+        .collect()
 }
 
 /// A node id safe in both dot and Mermaid.
@@ -187,6 +293,27 @@ fn dot(inv: &Value) -> String {
             e["denied"]
         );
     }
+    for d in drawn(inv) {
+        if d.first {
+            let shape = if d.to["kind"] == "model" {
+                "component"
+            } else {
+                "folder"
+            };
+            let _ = writeln!(
+                out,
+                "  {} [shape={shape}, label=\"{}\\n{}\"];",
+                d.node,
+                text(d.to, "name"),
+                target_state(d.to)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  {} -> {} [label=\"{}\", style=dotted];",
+            d.from, d.node, d.label
+        );
+    }
     out.push('}');
     out
 }
@@ -220,6 +347,19 @@ fn mermaid(inv: &Value) -> String {
             e["denied"],
             node_id("res", text(e, "resource"))
         );
+    }
+    for d in drawn(inv) {
+        if d.first {
+            let _ = writeln!(
+                out,
+                "  {}[/\"{} {} ({})\"/]",
+                d.node,
+                text(d.to, "kind"),
+                text(d.to, "name"),
+                target_state(d.to)
+            );
+        }
+        let _ = writeln!(out, "  {} -.->|{}| {}", d.from, d.label, d.node);
     }
     out.trim_end().to_string()
 }

@@ -23,6 +23,7 @@ const SCHEMA: &str = include_str!("../../policy/defaults/schema.cedarschema");
 /// stands between an agent and an unverified model.
 const POLICIES: &str = r#"
 @id("llm-any") permit(principal in Role::"llm-user", action == Action::"complete", resource);
+@id("data-any") permit(principal in Role::"llm-user", action == Action::"read_data", resource);
 "#;
 const ED25519_SPKI_PREFIX: [u8; 12] = [
     0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
@@ -141,6 +142,32 @@ async fn a_confidential_route_serves_only_verified_unrevoked_models() {
         Server::start_with_env(dir, Some(&cfg), &[("GOV_TEST_UPSTREAM_KEY", UPSTREAM_KEY)]);
     let (crt, key) = server.create_agent("bot", &["llm-user"]);
     let agent = support::client(&server.ca_pem(), Some((&crt, &key)));
+    // The route is tagged with `claims`: registered first, or every call is
+    // refused (`dataset_unknown`).
+    ok(
+        server.cli(&[
+            "dataset",
+            "register",
+            "claims",
+            "--owner",
+            "risk-team",
+            "--classification",
+            "confidential",
+            "--source",
+            "claims-db export",
+            "--licence",
+            "internal",
+            "--collected",
+            "2026-01-31",
+            "--consent-basis",
+            "contract",
+            "--retention-days",
+            "30",
+            "--purpose",
+            "fraud-detection",
+        ]),
+        "dataset register",
+    );
 
     // Before registration: both models are refused by the gate, with its code.
     for model in ["llama", "rogue"] {
@@ -273,31 +300,7 @@ async fn a_confidential_route_serves_only_verified_unrevoked_models() {
         .unwrap();
     assert_eq!(refused["error_code"], "model_unverified");
 
-    // The dataset registry and its report.
-    ok(
-        server.cli(&[
-            "dataset",
-            "register",
-            "claims",
-            "--owner",
-            "risk-team",
-            "--classification",
-            "confidential",
-            "--source",
-            "claims-db export",
-            "--licence",
-            "internal",
-            "--collected",
-            "2026-01-31",
-            "--consent-basis",
-            "contract",
-            "--retention-days",
-            "30",
-            "--purpose",
-            "fraud-detection",
-        ]),
-        "dataset register",
-    );
+    // The dataset registry and its report (`claims` registered above).
     let bad = server.cli(&[
         "dataset",
         "register",

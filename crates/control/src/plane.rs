@@ -48,6 +48,11 @@ pub struct RouteSummary {
     pub classification: Classification,
     /// The registered datasets it serves.
     pub datasets: Vec<String>,
+    /// The registered datasets each of its MCP tools reads, by tool name.
+    pub tool_datasets: std::collections::BTreeMap<String, Vec<String>>,
+    /// The models of an LLM route, each with the model-registry entry
+    /// (`NAME@VERSION`) it names, if any.
+    pub models: Vec<(String, Option<String>)>,
 }
 
 /// The MCP tool pins the data plane checks, told of an admin's approval.

@@ -108,6 +108,12 @@ pub enum ErrorCode {
     /// is not verified in the model registry, or its entry is revoked
     /// (`builtin:model-gate`).
     ModelUnverified,
+    /// A dataset the route or MCP tool is tagged with may not be read by
+    /// the caller (`Action::"read_data"` on `Dataset::"<name>"`).
+    DatasetDenied,
+    /// The route or MCP tool is tagged with a dataset that is not in the
+    /// dataset registry: refused until it is registered (fail closed).
+    DatasetUnknown,
     /// The agent's request or token budget on an LLM route is spent for
     /// the current minute or day.
     BudgetExceeded,
@@ -209,6 +215,8 @@ impl ErrorCode {
             ErrorCode::InvalidClientMetadata => "invalid_client_metadata",
             ErrorCode::ModelNotFound => "model_not_found",
             ErrorCode::ModelUnverified => "model_unverified",
+            ErrorCode::DatasetDenied => "dataset_denied",
+            ErrorCode::DatasetUnknown => "dataset_unknown",
             ErrorCode::BudgetExceeded => "budget_exceeded",
             ErrorCode::InvalidPolicy => "invalid_policy",
             ErrorCode::ApprovalRequired => "approval_required",
@@ -247,6 +255,8 @@ impl ErrorCode {
             | ErrorCode::UserMfaRequired
             | ErrorCode::ToolBlocked
             | ErrorCode::ModelUnverified
+            | ErrorCode::DatasetDenied
+            | ErrorCode::DatasetUnknown
             | ErrorCode::McpMethodNotAllowed
             | ErrorCode::ObligationUnsupported
             | ErrorCode::Quarantined
@@ -333,6 +343,8 @@ mod tests {
             ErrorCode::InvalidGrant,
             ErrorCode::ModelNotFound,
             ErrorCode::ModelUnverified,
+            ErrorCode::DatasetDenied,
+            ErrorCode::DatasetUnknown,
             ErrorCode::BudgetExceeded,
             ErrorCode::InvalidPolicy,
             ErrorCode::ApprovalRequired,

@@ -131,6 +131,16 @@ impl DataPlane for Gateway {
                 path_prefix: r.path_prefix.clone(),
                 classification: r.classification,
                 datasets: r.datasets.clone(),
+                tool_datasets: r.tool_datasets.clone(),
+                models: r
+                    .llm
+                    .iter()
+                    .flat_map(|l| l.models.iter())
+                    .map(|m| {
+                        let registry = m.registry.as_ref().map(|(n, v)| format!("{n}@{v}"));
+                        (m.name.clone(), registry)
+                    })
+                    .collect(),
             })
             .collect()
     }

@@ -686,6 +686,7 @@ mod tests {
             owner: String::new(),
             tags: Vec::new(),
             datasets: Vec::new(),
+            tool_datasets: Default::default(),
             sandbox: None,
         };
         RouteTable::new(&[

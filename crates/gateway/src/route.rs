@@ -85,6 +85,7 @@ impl RouteTable {
                 owner: String::new(),
                 tags: Vec::new(),
                 datasets: Vec::new(),
+                tool_datasets: Default::default(),
                 sandbox: None,
             })
             .collect();

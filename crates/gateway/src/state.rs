@@ -775,8 +775,10 @@ pub(crate) async fn build_snapshot(
             })
         })
         .collect();
+    let datasets = &registry_datasets(store, routing).await?[..];
     let authorizer = Authorizer::with_grants(policy.bundle.clone(), &entities, routes, &grants)?
-        .with_models(models)?;
+        .with_models(models)?
+        .with_datasets(datasets)?;
     if !routing.model_registry.is_empty() && !authorizer.supports_model_registry() {
         return Err(GatewayError::Unfit(
             "a `[[routes.models]]` names a `registry` entry, but the policy schema's `Model` lacks `verified`, `lifecycle` and `digest`; copy them from the shipped schema.cedarschema (`portcullis policy schema`)".into(),
@@ -787,7 +789,8 @@ pub(crate) async fn build_snapshot(
         Some(s) => Some(ShadowSnapshot {
             version: s.version,
             authorizer: Authorizer::with_grants(s.bundle.clone(), &entities, routes, &grants)?
-                .with_models(models)?,
+                .with_models(models)?
+                .with_datasets(datasets)?,
             stats: s.stats.clone(),
         }),
     };
@@ -798,6 +801,56 @@ pub(crate) async fn build_snapshot(
         policy_version: policy.version,
         shadow,
     })
+}
+
+/// The registered datasets the routes and MCP tools are tagged with, read
+/// now: a dataset registered after start is in force in the next snapshot
+/// (registration reloads). A tag naming no registered dataset is left out
+/// and refused per call (`dataset_unknown`, fail closed); it is logged with
+/// each snapshot so the gap is seen before a call meets it.
+async fn registry_datasets(
+    store: &Store,
+    routing: &Routing,
+) -> Result<Vec<portcullis_policy::DatasetEntity>, GatewayError> {
+    let tagged: std::collections::BTreeSet<&str> = routing
+        .routes
+        .routes()
+        .flat_map(|r| {
+            r.datasets
+                .iter()
+                .chain(r.tool_datasets.values().flatten())
+                .map(String::as_str)
+        })
+        .collect();
+    if tagged.is_empty() {
+        return Ok(Vec::new());
+    }
+    let rows = store.datasets().await?;
+    for name in &tagged {
+        if !rows.iter().any(|d| d.name == *name) {
+            tracing::warn!(dataset = %name, "a route or tool is tagged with a dataset that is not registered: its calls are refused (dataset_unknown) until `portcullis dataset register` names it");
+        }
+    }
+    Ok(rows
+        .into_iter()
+        .filter(|d| tagged.contains(d.name.as_str()))
+        .map(|d| portcullis_policy::DatasetEntity {
+            // The registry stores only valid classifications; a row that
+            // says otherwise is treated as the most sensitive.
+            classification: d
+                .classification
+                .parse()
+                .unwrap_or(portcullis_core::Classification::Restricted),
+            name: d.name,
+            owner: d.owner,
+            source: d.source,
+            licence: d.licence,
+            collected: d.collected,
+            consent_basis: d.consent_basis,
+            retention_days: d.retention_days,
+            purposes: d.purposes,
+        })
+        .collect())
 }
 
 /// The routes' models with what the model registry says of the entries

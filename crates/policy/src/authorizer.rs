@@ -49,6 +49,11 @@ pub struct Authorizer {
     /// `complete`/`embed` decisions on models; set by
     /// [`Authorizer::with_models`].
     pub(crate) model: Option<crate::model::ModelAuthz>,
+    /// `read_data` decisions; `None` when the schema has no such action.
+    pub(crate) dataset: Option<crate::dataset::DatasetAuthz>,
+    /// The registered datasets the snapshot holds, by name; set by
+    /// [`Authorizer::with_datasets`].
+    datasets: std::collections::HashSet<String>,
     /// Each route's classification, by name (what MCP targets inherit).
     route_classes: HashMap<String, Classification>,
     /// The configured models, `(route, name)`, in configuration order.
@@ -111,6 +116,7 @@ impl Authorizer {
         // A secret is never granted: `use_secret` is decided by the bundle.
         let secret = crate::secret::SecretAuthz::new(&bundle, &entities)?;
         let egress = crate::egress::EgressAuthz::new(&bundle, &entities)?;
+        let dataset = crate::dataset::DatasetAuthz::new(&bundle, &entities)?;
         let mcp = crate::mcp::McpAuthz::new(&bundle, &indexed, &entities)?;
         let user_type = bundle
             .schema
@@ -129,6 +135,8 @@ impl Authorizer {
             egress,
             mcp,
             model: None,
+            dataset,
+            datasets: Default::default(),
             policies,
             grant_expiry,
             with_grants: indexed,
@@ -347,6 +355,68 @@ impl Authorizer {
         Ok(self)
     }
 
+    /// Adds the registered datasets (`Dataset::"<name>"`, from the dataset
+    /// registry) for `read_data` decisions. Without datasets the schema may
+    /// lack the `Dataset` type (a schema written before the registry).
+    pub fn with_datasets(mut self, datasets: &[crate::DatasetEntity]) -> Result<Self, EntityError> {
+        if !datasets.is_empty() {
+            if self.dataset.is_none() {
+                return Err(EntityError::new(format!(
+                    "the policy schema has no `Dataset` entity type or `read_data` action, which routes tagged with datasets need. {SCHEMA_HINT}"
+                )));
+            }
+            let entities = std::mem::replace(&mut self.entities, Entities::empty());
+            self.entities = crate::dataset::add_dataset_entities(&self.bundle, entities, datasets)?;
+        }
+        self.datasets = datasets.iter().map(|d| d.name.clone()).collect();
+        Ok(self)
+    }
+
+    /// Whether the schema declares `Action::"read_data"`, which routes and
+    /// tools tagged with datasets need.
+    pub fn supports_datasets(&self) -> bool {
+        self.dataset.is_some()
+    }
+
+    /// Whether `name` is a registered dataset this snapshot holds.
+    pub fn knows_dataset(&self, name: &str) -> bool {
+        self.datasets.contains(name)
+    }
+
+    /// Decides whether the caller may read the dataset (see
+    /// [`crate::DatasetRequest`]). Without `read_data` in the schema:
+    /// denied, with the reason in [`Decision::errors`].
+    pub fn decide_dataset(&self, request: &crate::DatasetRequest<'_>) -> Decision {
+        match &self.dataset {
+            Some(d) => d.decide(&self.cedar, &self.entities, request),
+            None => denied_with_error(format!(
+                "the policy schema has no `Action::\"{}\"`",
+                crate::dataset::READ_DATA
+            )),
+        }
+    }
+
+    /// [`Authorizer::decide_dataset`] as if the user an agent acts for had
+    /// made the call (see [`Authorizer::decide_for_user`]).
+    pub fn decide_dataset_for_user(
+        &self,
+        request: &crate::DatasetRequest<'_>,
+        user: &str,
+        groups: &[String],
+    ) -> Decision {
+        let (user, entities) = match self.with_user(user, groups) {
+            Ok(found) => found,
+            Err(denied) => return denied,
+        };
+        match &self.dataset {
+            Some(d) => d.decide_as_user(&self.cedar, &entities, request, user),
+            None => denied_with_error(format!(
+                "the policy schema has no `Action::\"{}\"`",
+                crate::dataset::READ_DATA
+            )),
+        }
+    }
+
     /// The classification of a route the snapshot knows.
     pub fn route_classification(&self, route: &str) -> Option<Classification> {
         self.route_classes.get(route).copied()
@@ -530,10 +600,9 @@ impl Authorizer {
         }
     }
 
-    /// The `User::"<user>"` entity, a member of `Role::"<group>"` for each of
-    /// their groups; a denial when the schema has no `User` type.
-    /// The user's id and a copy of the entities with the user in it (in
-    /// its groups' roles), for a decision as the user.
+    /// The user's id and a copy of the snapshot's entities with the user in
+    /// it (in its groups' roles), for a decision as the user; a denial when
+    /// the user cannot be added.
     fn with_user(&self, user: &str, groups: &[String]) -> Result<(EntityUid, Entities), Decision> {
         let user = self.user_entity(user, groups)?;
         let principal = user.uid();
@@ -545,6 +614,8 @@ impl Authorizer {
         Ok((principal, entities))
     }
 
+    /// The `User::"<user>"` entity, a member of `Role::"<group>"` for each of
+    /// their groups; a denial when the schema has no `User` type.
     fn user_entity(&self, user: &str, groups: &[String]) -> Result<Entity, Decision> {
         let Some(user_type) = &self.user_type else {
             return Err(denied_with_error(

@@ -509,6 +509,7 @@ mod tests {
                 "readers-read-low",
                 "writers-write-public",
                 "no-remote-delete",
+                "datasets-read-low",
                 MCP_PLUMBING_POLICY_ID,
                 MODEL_GATE_POLICY_ID
             ]

@@ -15,6 +15,7 @@ mod authorizer;
 mod bundle;
 mod caller;
 mod candidates;
+mod dataset;
 mod decide;
 mod egress;
 mod entities;
@@ -36,6 +37,7 @@ pub use bundle::{
     PolicySources, SCHEMA_FILE,
 };
 pub use caller::{AuthFacts, AuthMethod, CallerFacts, Delegation, Posture};
+pub use dataset::{DatasetEntity, DatasetRequest, READ_DATA};
 pub use egress::{AddressClass, EGRESS, EGRESS_PRIVATE, EgressRequest};
 pub use entities::{AgentEntity, EntityError, RouteEntity};
 pub use explain::{Explanation, PolicyTrace, TraceOutcome};

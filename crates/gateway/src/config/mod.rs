@@ -273,6 +273,7 @@ impl Config {
             owner: String::new(),
             tags: Vec::new(),
             datasets: Vec::new(),
+            tool_datasets: Default::default(),
             sandbox: None,
         };
         Config {

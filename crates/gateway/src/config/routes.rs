@@ -77,10 +77,23 @@ pub struct RawRoute {
     /// as `Action::"read_data"` on `Dataset::"<name>"` (docs/governance.md).
     #[serde(default)]
     pub datasets: Vec<String>,
+    /// `[routes.tools.<name>]`: per-tool settings of a `kind = "mcp"` route.
+    #[serde(default)]
+    pub tools: std::collections::BTreeMap<String, RawTool>,
     /// The sandbox a `stdio:` route's server runs in (`[routes.sandbox]`);
     /// absent: the strict default profile.
     #[serde(default)]
     pub sandbox: Option<portcullis_sandbox::Profile>,
+}
+
+/// `[routes.tools.<name>]`: one tool of an MCP route.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTool {
+    /// Registered datasets the tool reads: a `tools/call` of it is also
+    /// decided as `Action::"read_data"` on each (besides the route's own).
+    #[serde(default)]
+    pub datasets: Vec<String>,
 }
 
 /// `[routes.guard]`: the content guard's actions on one route. Both default
@@ -503,6 +516,9 @@ pub struct RouteConfig {
     pub tags: Vec<String>,
     /// The registered datasets the route serves (`read_data`).
     pub datasets: Vec<String>,
+    /// The registered datasets each tool of an MCP route reads
+    /// (`[routes.tools.<name>] datasets`), by tool name.
+    pub tool_datasets: std::collections::BTreeMap<String, Vec<String>>,
     /// The sandbox profile of a `stdio:` route (the strict default unless
     /// `[routes.sandbox]` loosens it); `None` for every other route.
     pub sandbox: Option<Arc<portcullis_sandbox::Profile>>,
@@ -585,6 +601,11 @@ pub(super) fn validate(
                 route.name.get_ref()
             )
         };
+        if !route.tools.is_empty() && route.kind != RouteKind::Mcp {
+            return Err(at(
+                "`[routes.tools.<name>]` belongs to routes of kind `mcp`".into(),
+            ));
+        }
         let has_llm_keys = !route.models.is_empty()
             || route.api_key_env.is_some()
             || route.api_key_file.is_some()
@@ -637,6 +658,12 @@ pub(super) fn route_config(r: RawRoute) -> RouteConfig {
         owner: r.owner,
         tags: r.tags,
         datasets: r.datasets,
+        tool_datasets: r
+            .tools
+            .into_iter()
+            .filter(|(_, t)| !t.datasets.is_empty())
+            .map(|(name, t)| (name, t.datasets))
+            .collect(),
         sandbox: match r.upstream {
             Upstream::Stdio { .. } => Some(Arc::new(r.sandbox.unwrap_or_default())),
             _ => None,
@@ -925,6 +952,46 @@ mod tests {
                 "[routes.sandbox]\nnetwrok = \"host\"\n",
             ),
             "unknown field `netwrok`",
+        );
+    }
+
+    #[test]
+    fn mcp_tools_carry_their_own_datasets() {
+        let route = |kind: &str, upstream: &str, extra: &str| {
+            format!(
+                "[[routes]]\nname = \"m\"\nkind = \"{kind}\"\npath_prefix = \"/m\"\nupstream = \"{upstream}\"\nclassification = \"internal\"\ndatasets = [\"catalogue\"]\n{extra}"
+            )
+        };
+        let tools = "[routes.tools.export]\ndatasets = [\"claims\", \"notes\"]\n[routes.tools.\"fs.read\"]\ndatasets = [\"files\"]\n[routes.tools.ping]\n";
+        let c = Config::parse(
+            &route("mcp", "http://x/mcp", tools),
+            Path::new("/etc/p/portcullis.toml"),
+        )
+        .unwrap();
+        let got: Vec<(&str, Vec<&str>)> = c.routes[0]
+            .tool_datasets
+            .iter()
+            .map(|(t, d)| (t.as_str(), d.iter().map(String::as_str).collect()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("export", vec!["claims", "notes"]),
+                ("fs.read", vec!["files"])
+            ]
+        );
+        assert_eq!(c.routes[0].datasets, ["catalogue"]);
+        check(
+            &route("http", "http://x", tools),
+            "`[routes.tools.<name>]` belongs to routes of kind `mcp`",
+        );
+        check(
+            &route(
+                "mcp",
+                "http://x/mcp",
+                "[routes.tools.t]\ndataset = [\"x\"]\n",
+            ),
+            "unknown field `dataset`",
         );
     }
 }

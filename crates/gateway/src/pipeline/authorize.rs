@@ -97,8 +97,9 @@ pub fn run(
 
 /// The decision of a delegated call: the agent's, unless the user's (asked
 /// only when the agent's allows) refuses, which is reported as the user's
-/// (`user:<policy>`). The egress proxy joins its decisions the same way.
-pub(crate) fn joined(agent: Decision, as_user: Option<Decision>) -> Decision {
+/// (`user:<policy>`). The egress proxy and the dataset stage join their
+/// decisions the same way.
+pub fn joined(agent: Decision, as_user: Option<Decision>) -> Decision {
     match as_user {
         Some(as_user) if !as_user.allowed => Decision {
             allowed: false,

@@ -8,6 +8,9 @@
 //!              too (delegation never grants more than the user has)
 //! shadow       the shadow candidate's decision beside, counted, no effect
 //! record       deciding policies, policy version, break-glass mark
+//! datasets     `read_data` on each dataset the route or tool is tagged
+//!              with, as the agent and the user (`dataset_denied`,
+//!              `dataset_unknown` for a tag the registry does not hold)
 //! contain      the risk grade's hold on writes: refused (read-only) or a
 //!              human's approval (approve-writes, throttle)
 //! obligations  @rate, mfa, approval (a ticket bound to this exact call),
@@ -266,9 +269,28 @@ pub async fn decide(
             detail: None,
         });
     }
-    let settled = match call.blocked.clone() {
-        Some(denial) => Err(denial),
-        None => obligations(ex, &call, &decision, subject).await,
+    // After the call's own decision: a caller denied the call learns
+    // nothing of its datasets. Before the obligations: no human is asked
+    // to approve a call that cannot run.
+    let datasets = crate::pipeline::datasets::tagged(&ex.context.route, &call.ask);
+    let read = if datasets.is_empty() {
+        None
+    } else {
+        let verdict = crate::pipeline::datasets::authorize(
+            &ex.snapshot.authorizer,
+            ex.identity,
+            ex.context,
+            &ex.conn.source_ip,
+            &call.ask,
+            call.content,
+            &datasets,
+        );
+        ex.recorder.record().policies.extend(verdict.recorded);
+        verdict.denial
+    };
+    let settled = match (read, call.blocked.clone()) {
+        (Some(denial), _) | (None, Some(denial)) => Err(denial),
+        (None, None) => obligations(ex, &call, &decision, subject).await,
     };
     // Last: nothing after this may refuse a call whose intent is durable
     // (it would be recovered as forwarded after a crash).

@@ -17,6 +17,8 @@
 //! inspect       content guard on the request body: injection and DLP findings
 //!               for policy (`context.content`), block or redact by route
 //! authorize     Cedar decision: allow, or 403 naming the deciding policies
+//! datasets      routes and MCP tools tagged with datasets: `read_data` on
+//!               each, or 403 `dataset_denied` / `dataset_unknown`
 //! approve       the allowing policies' obligations: @rate, mfa, a human's
 //!               approval bound to this exact call (also when contain holds
 //!               the agent's writes); redaction handed on
@@ -50,6 +52,7 @@ pub mod authenticate;
 pub mod authorize;
 pub mod contain;
 pub mod contextualize;
+pub mod datasets;
 pub mod decide;
 pub mod decode;
 pub mod echo;
