@@ -522,12 +522,7 @@ impl Authorizer {
                 caller: &caller,
             };
             self.cedar_request(&sample, Some(&self.bundle.schema))
-                .map_err(|e| {
-                    EntityError::new(format!(
-                        "the schema does not accept the requests the gateway makes for action `{}`: {e}. {SCHEMA_HINT}",
-                        action.as_str()
-                    ))
-                })?;
+                .map_err(|e| crate::decide::schema_refuses_shape(action.as_str(), e))?;
         }
         Ok(())
     }

@@ -180,12 +180,7 @@ impl DatasetAuthz {
             };
             authz
                 .request(&sample, Some(&bundle.schema))
-                .map_err(|e| {
-                    EntityError::new(format!(
-                        "the schema does not accept the requests the gateway makes for action `{READ_DATA}`: {e}. {}",
-                        crate::decide::SCHEMA_HINT
-                    ))
-                })?;
+                .map_err(|e| crate::decide::schema_refuses_shape(READ_DATA, e))?;
         }
         Ok(Some(authz))
     }

@@ -9,6 +9,15 @@ use portcullis_core::Decision;
 /// directory seeded by an older version, whose context types lack a newer field.
 pub(crate) const SCHEMA_HINT: &str = "If this schema was written by an older version of Portcullis (for example the one seeded into `<state-dir>/policies`), update it from the shipped schema, `crates/policy/defaults/schema.cedarschema`, which `portcullis policy schema` prints";
 
+/// The error of a snapshot whose schema does not accept a request shape the
+/// gateway makes for `action`: one message (with the update hint) for every
+/// kind of decision, so an operator sees the same words whichever it was.
+pub(crate) fn schema_refuses_shape(action: &str, e: impl std::fmt::Display) -> crate::EntityError {
+    crate::EntityError::new(format!(
+        "the schema does not accept the requests the gateway makes for action `{action}`: {e}. {SCHEMA_HINT}"
+    ))
+}
+
 /// Cedar's answer as a `Decision`: the deciding policies sorted, and a denial
 /// nothing decided named `default-deny`. Every kind of decision uses this.
 pub(crate) fn to_decision(response: &cedar_policy::Response) -> Decision {

@@ -253,12 +253,7 @@ impl EgressAuthz {
             }
             authz
                 .request(&sample, Some(&bundle.schema))
-                .map_err(|e| {
-                    EntityError::new(format!(
-                        "the schema does not accept the requests the gateway makes for action `{EGRESS}`: {e}. {}",
-                        crate::decide::SCHEMA_HINT
-                    ))
-                })?;
+                .map_err(|e| crate::decide::schema_refuses_shape(EGRESS, e))?;
         }
         Ok(Some(authz))
     }

@@ -393,13 +393,7 @@ impl McpAuthz {
         route_permitted: Option<bool>,
         schema: Option<&cedar_policy::Schema>,
     ) -> Result<(Request, Vec<Entity>), EntityError> {
-        let fail = |e: String| {
-            EntityError::new(format!(
-                "the schema does not accept the requests the gateway makes for action `{}`: {e}. {}",
-                r.action.as_str(),
-                crate::decide::SCHEMA_HINT
-            ))
-        };
+        let fail = |e: String| crate::decide::schema_refuses_shape(r.action.as_str(), e);
         let a = self
             .action(r.action)
             .ok_or_else(|| fail("the schema does not declare it".to_string()))?;

@@ -269,13 +269,7 @@ impl ModelAuthz {
             };
             authz
                 .request(&sample, Some(&bundle.schema))
-                .map_err(|e| {
-                    EntityError::new(format!(
-                        "the schema does not accept the requests the gateway makes for action `{}`: {e}. {}",
-                        action.as_str(),
-                        crate::decide::SCHEMA_HINT
-                    ))
-                })?;
+                .map_err(|e| crate::decide::schema_refuses_shape(action.as_str(), e))?;
         }
         Ok(Some(authz))
     }

@@ -93,13 +93,8 @@ impl SecretAuthz {
                 caller: &caller,
             };
             authz
-            .request(&sample, Some(&bundle.schema))
-            .map_err(|e| {
-                EntityError::new(format!(
-                    "the schema does not accept the requests the gateway makes for action `{USE_SECRET}`: {e}. {}",
-                    crate::decide::SCHEMA_HINT
-                ))
-            })?;
+                .request(&sample, Some(&bundle.schema))
+                .map_err(|e| crate::decide::schema_refuses_shape(USE_SECRET, e))?;
         }
         Ok(Some(authz))
     }
