@@ -33,6 +33,20 @@ permit (
   action == Action::"GET",
   resource == Route::"wire"
 );
+
+@id("readers-complete")
+permit (principal in Role::"reader", action == Action::"complete", resource in Route::"llm");
+
+@id("readers-list-approved-tools")
+permit (principal in Role::"reader", action == Action::"list_tools", resource in Route::"approvedtools");
+
+@id("readers-call-approved-tools")
+@obligation("approval")
+permit (principal in Role::"reader", action == Action::"call_tool", resource in Route::"approvedtools");
+
+@id("readers-complete-approved")
+@obligation("approval")
+permit (principal in Role::"reader", action == Action::"complete", resource in Route::"approvedllm");
 "#;
 
 /// Starts the MCP test server; returns it and its port.
@@ -51,9 +65,11 @@ fn mcp_upstream() -> (Killed, u16) {
 }
 
 /// The quickstart's two routes plus `/notes` (guard blocks injection and
-/// secrets), `/leaky` (the same upstream, DLP only alerts), `/mcp` and
-/// `/wire` (each read needs a human's approval).
-fn start(mcp_port: u16) -> Server {
+/// secrets), `/leaky` (the same upstream, DLP only alerts), `/mcp`, `/wire`
+/// (each read needs a human's approval), `/llm` (an LLM route whose guard
+/// blocks injection and redacts secrets), `/mcp-ok` and `/llm-ok` (each
+/// tool call or completion needs a human's approval).
+fn start(mcp_port: u16, llm_port: u16) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let policies = dir.path().join("policies");
     std::fs::create_dir(&policies).unwrap();
@@ -72,7 +88,12 @@ fn start(mcp_port: u16) -> Server {
     let routes = format!(
         "[policy]\ndir = \"policies\"\n{}{}{}{}[routes.guard]\ninjection = \"block\"\ndlp = \"block\"\n\
          {}[routes.guard]\ninjection = \"block\"\ndlp = \"alert\"\n\
-         [[routes]]\nname = \"tools\"\nkind = \"mcp\"\npath_prefix = \"/mcp\"\nupstream = \"http://127.0.0.1:{mcp_port}/mcp\"\nclassification = \"internal\"\n",
+         [[routes]]\nname = \"tools\"\nkind = \"mcp\"\npath_prefix = \"/mcp\"\nupstream = \"http://127.0.0.1:{mcp_port}/mcp\"\nclassification = \"internal\"\n\
+         [[routes]]\nname = \"approvedtools\"\nkind = \"mcp\"\npath_prefix = \"/mcp-ok\"\nupstream = \"http://127.0.0.1:{mcp_port}/mcp\"\nclassification = \"internal\"\n\
+         [[routes]]\nname = \"llm\"\nkind = \"llm\"\npath_prefix = \"/llm\"\nupstream = \"http://127.0.0.1:{llm_port}\"\nclassification = \"internal\"\napi_key_env = \"RT_LLM_KEY\"\n\
+         [[routes.models]]\nname = \"gpt-test\"\nstatus = \"approved\"\n[routes.guard]\ninjection = \"block\"\ndlp = \"redact\"\n\
+         [[routes]]\nname = \"approvedllm\"\nkind = \"llm\"\npath_prefix = \"/llm-ok\"\nupstream = \"http://127.0.0.1:{llm_port}\"\nclassification = \"internal\"\napi_key_env = \"RT_LLM_KEY\"\n\
+         [[routes.models]]\nname = \"gpt-test\"\nstatus = \"approved\"\n[[routes.models]]\nname = \"gpt-other\"\nstatus = \"approved\"\n",
         route("demo", "/demo", "builtin:demo", "public"),
         route("payroll", "/payroll", "builtin:demo", "confidential"),
         route("wire", "/wire", "builtin:demo", "confidential"),
@@ -80,7 +101,7 @@ fn start(mcp_port: u16) -> Server {
         route("leaky", "/leaky", "builtin:demo", "public"),
     );
     let config = support::config(dir.path(), &routes, "");
-    let server = Server::start(dir, Some(&config));
+    let server = Server::start_with_env(dir, Some(&config), &[("RT_LLM_KEY", "sk-redteam")]);
     server.create_agent("reader-bot", &["reader"]);
     server
 }
@@ -145,8 +166,12 @@ fn run_records(server: &Server, want: usize) -> Vec<Value> {
 #[test]
 fn a_quickstart_like_gateway_holds_every_family() {
     let (_mcp, port) = mcp_upstream();
-    let server = start(port);
-    let (code, report) = redteam(&server, "guarded=/notes,mcp=/mcp,approval=/wire");
+    let (_llm, llm_port) = support::parity_rig::start_llm();
+    let server = start(port, llm_port);
+    let (code, report) = redteam(
+        &server,
+        "guarded=/notes,mcp=/mcp,approval=/wire,llm=/llm,mcp-approval=/mcp-ok,llm-approval=/llm-ok",
+    );
     let held: Vec<(String, String)> = [
         "path-confusion",
         "header-spoofing",
@@ -155,7 +180,11 @@ fn a_quickstart_like_gateway_holds_every_family() {
         "mcp-differentials",
         "prompt-injection",
         "exfiltration",
+        "llm-prompt-injection",
+        "llm-exfiltration",
         "approval-binding",
+        "mcp-approval-binding",
+        "llm-approval-binding",
         "availability",
     ]
     .iter()
@@ -170,7 +199,7 @@ fn a_quickstart_like_gateway_holds_every_family() {
         .iter()
         .flat_map(|f| f["probes"].as_array().unwrap())
         .collect();
-    assert!(probes.len() > 85, "{}", probes.len());
+    assert!(probes.len() > 120, "{}", probes.len());
     assert!(
         probes
             .iter()
@@ -197,6 +226,20 @@ fn a_quickstart_like_gateway_holds_every_family() {
             .iter()
             .all(|c| c == "approval_required")
     );
+    assert!(
+        codes("llm-prompt-injection")
+            .iter()
+            .all(|c| c == "content_blocked")
+    );
+    // Bound on MCP and LLM too: a changed argument, prompt or model is held
+    // for a new approval (or refused outright: an unknown model).
+    for family in ["mcp-approval-binding", "llm-approval-binding"] {
+        let codes = codes(family);
+        assert!(
+            codes.iter().filter(|c| *c == "approval_required").count() >= 4,
+            "{family}: {codes:?}"
+        );
+    }
     // The run is kept and audited as held.
     let run_id = report["run_id"].as_str().unwrap();
     let records = run_records(&server, 1);
@@ -213,7 +256,8 @@ fn a_quickstart_like_gateway_holds_every_family() {
 #[test]
 fn a_route_whose_dlp_only_alerts_fails_exfiltration_and_the_failure_is_findable() {
     let (_mcp, port) = mcp_upstream();
-    let server = start(port);
+    let (_llm, llm_port) = support::parity_rig::start_llm();
+    let server = start(port, llm_port);
     let (code, report) = redteam(&server, "guarded=/leaky");
     assert_eq!(code, 3, "{report:#}");
     let failed: Vec<(String, String)> = verdicts(&report)

@@ -18,7 +18,7 @@ const FAMILY: &str = "mcp-differentials";
 const VERSION: &str = "2025-06-18";
 
 /// Whether the gateway refused `id` (or the only message) in `answer`.
-fn refused(answer: &Answer, id: Option<i64>) -> bool {
+pub(super) fn refused(answer: &Answer, id: Option<i64>) -> bool {
     if answer.status >= 400 {
         return true;
     }
@@ -34,7 +34,7 @@ fn refused(answer: &Answer, id: Option<i64>) -> bool {
 }
 
 /// The JSON of an answer sent as JSON or as one SSE event.
-fn mcp_json(answer: &Answer) -> Value {
+pub(super) fn mcp_json(answer: &Answer) -> Value {
     if let Ok(v) = serde_json::from_str::<Value>(&answer.body) {
         return v;
     }
@@ -54,58 +54,75 @@ fn mcp_json(answer: &Answer) -> Value {
     }
 }
 
-pub fn differentials(t: &Target) -> Family {
-    let Some(route) = t.routes.mcp.as_deref() else {
-        return Family::skipped(FAMILY, "no MCP route: pass --routes mcp=PREFIX");
-    };
-    let post = |session: Option<&str>, body: &str| {
-        let mut headers = vec![
-            ("Content-Type", "application/json"),
-            ("Accept", "application/json, text/event-stream"),
-            ("MCP-Protocol-Version", VERSION),
-        ];
-        if let Some(s) = session {
-            headers.push(("Mcp-Session-Id", s));
-        }
-        t.wire.request(Tls::Agent, "POST", route, &headers, body)
-    };
+/// A JSON-RPC POST of `body` to the MCP endpoint at `route`, on `session`.
+pub(super) fn post(
+    t: &Target,
+    route: &str,
+    session: Option<&str>,
+    body: &str,
+) -> anyhow::Result<Answer> {
+    let mut headers = vec![
+        ("Content-Type", "application/json"),
+        ("Accept", "application/json, text/event-stream"),
+        ("MCP-Protocol-Version", VERSION),
+    ];
+    if let Some(s) = session {
+        headers.push(("Mcp-Session-Id", s));
+    }
+    t.wire.request(Tls::Agent, "POST", route, &headers, body)
+}
+
+/// Opens a session on `route` as a client does (`initialize`, the
+/// `initialized` notification, `tools/list`, which also pins the tools):
+/// the session id and the listed tools, or why it could not.
+pub(super) fn open(t: &Target, route: &str) -> Result<(Option<String>, Value), String> {
     let init = format!(
         r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"protocolVersion":"{VERSION}","capabilities":{{}},"clientInfo":{{"name":"portcullis-redteam","version":"1"}}}}}}"#
     );
-    let session = match post(None, &init) {
+    let session = match post(t, route, None, &init) {
         Ok(a) if a.status < 300 && !refused(&a, Some(1)) => {
             a.header("mcp-session-id").map(str::to_string)
         }
         Ok(a) => {
-            return Family::skipped(
-                FAMILY,
-                format!(
-                    "`initialize` on `{route}` was refused (HTTP {}, {})",
-                    a.status,
-                    a.code().unwrap_or_default()
-                ),
-            );
+            return Err(format!(
+                "`initialize` on `{route}` was refused (HTTP {}, {})",
+                a.status,
+                a.code().unwrap_or_default()
+            ));
         }
-        Err(e) => return Family::skipped(FAMILY, format!("`{route}`: {e:#}")),
+        Err(e) => return Err(format!("`{route}`: {e:#}")),
     };
-    let session = session.as_deref();
     let _ = post(
-        session,
+        t,
+        route,
+        session.as_deref(),
         r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
     );
-    let listed = match post(session, r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#) {
-        Ok(a) if !refused(&a, Some(2)) => mcp_json(&a),
-        Ok(a) => {
-            return Family::skipped(
-                FAMILY,
-                format!(
-                    "this agent may not list the tools of `{route}` ({})",
-                    a.code().unwrap_or_default()
-                ),
-            );
-        }
-        Err(e) => return Family::skipped(FAMILY, format!("`{route}`: {e:#}")),
+    match post(
+        t,
+        route,
+        session.as_deref(),
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
+    ) {
+        Ok(a) if !refused(&a, Some(2)) => Ok((session, mcp_json(&a))),
+        Ok(a) => Err(format!(
+            "this agent may not list the tools of `{route}` ({})",
+            a.code().unwrap_or_default()
+        )),
+        Err(e) => Err(format!("`{route}`: {e:#}")),
+    }
+}
+
+pub fn differentials(t: &Target) -> Family {
+    let Some(route) = t.routes.mcp.as_deref() else {
+        return Family::skipped(FAMILY, "no MCP route: pass --routes mcp=PREFIX");
     };
+    let (session, listed) = match open(t, route) {
+        Ok(opened) => opened,
+        Err(why) => return Family::skipped(FAMILY, why),
+    };
+    let session = session.as_deref();
+    let post = |session: Option<&str>, body: &str| post(t, route, session, body);
     let Some(allowed) = listed["result"]["tools"][0]["name"]
         .as_str()
         .map(str::to_string)

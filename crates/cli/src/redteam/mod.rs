@@ -2,7 +2,8 @@
 //! agent's credentials (`agent create --out DIR`) it runs families of attacks
 //! — path and encoding confusion, header spoofing, request smuggling, token
 //! and DPoP replay, MCP JSON differentials, prompt-injection evasions and
-//! exfiltration through answers — and prints a scorecard: per family held,
+//! exfiltration through answers (HTTP and LLM routes), approval-binding
+//! tampering (HTTP, MCP and LLM) — and prints a scorecard: per family held,
 //! failed or skipped, per probe the request, the answer and the request id
 //! under which the gateway's audit log keeps it. The exit status is
 //! [`ATTACK_SUCCEEDED`] when any family failed.
@@ -11,9 +12,12 @@
 //! read it; its upstream echoes what it received, like the quickstart's
 //! `/demo`), `closed` (the agent is refused, like `/payroll`), and optional
 //! `guarded` (a route whose guard blocks injection and redacts or blocks
-//! secrets, with an echoing upstream), `mcp` and `approval` (a route whose
+//! secrets, with an echoing upstream), `mcp`, `approval` (a route whose
 //! permit for the agent's `GET` obliges a human's approval; the run's admin
-//! credentials approve). A family whose route is missing is skipped and says why.
+//! credentials approve), `llm` (an LLM route whose guard blocks injection
+//! and secrets), `mcp-approval` and `llm-approval` (MCP and LLM routes whose
+//! calls oblige an approval). A family whose route is missing is skipped
+//! and says why ("not applicable" for a protocol without a route).
 //!
 //! Each run is then sent to the admin API (`POST /admin/v1/redteam/runs`),
 //! which keeps it (`redteam history`) and writes an audit record
@@ -23,6 +27,7 @@
 mod approval;
 mod content;
 mod http;
+mod llm;
 mod mcp;
 mod report;
 mod tokens;
@@ -78,7 +83,8 @@ pub struct RunArgs {
     /// The agent's name (default: the only `NAME.crt` besides `ca.crt` in --creds).
     #[arg(long)]
     pub agent: Option<String>,
-    /// Routes to attack, `KIND=PREFIX` (`open`, `closed`, `guarded`, `mcp`, `approval`),
+    /// Routes to attack, `KIND=PREFIX` (`open`, `closed`, `guarded`, `mcp`, `approval`,
+    /// `llm`, `mcp-approval`, `llm-approval`),
     /// comma-separated or repeated. Default `open=/demo,closed=/payroll`.
     #[arg(long, value_delimiter = ',')]
     pub routes: Vec<String>,
@@ -96,6 +102,9 @@ pub struct Routes {
     pub guarded: Option<String>,
     pub mcp: Option<String>,
     pub approval: Option<String>,
+    pub llm: Option<String>,
+    pub mcp_approval: Option<String>,
+    pub llm_approval: Option<String>,
 }
 
 impl Routes {
@@ -106,6 +115,9 @@ impl Routes {
             guarded: None,
             mcp: None,
             approval: None,
+            llm: None,
+            mcp_approval: None,
+            llm_approval: None,
         };
         for spec in specs.iter().filter(|s| !s.trim().is_empty()) {
             let Some((kind, prefix)) = spec.split_once('=') else {
@@ -122,8 +134,13 @@ impl Routes {
                 "guarded" => routes.guarded = Some(prefix),
                 "mcp" => routes.mcp = Some(prefix),
                 "approval" => routes.approval = Some(prefix),
+                "llm" => routes.llm = Some(prefix),
+                "mcp-approval" => routes.mcp_approval = Some(prefix),
+                "llm-approval" => routes.llm_approval = Some(prefix),
                 other => {
-                    bail!("`{other}`: route kinds are open, closed, guarded, mcp and approval")
+                    bail!(
+                        "`{other}`: route kinds are open, closed, guarded, mcp, approval, llm, mcp-approval and llm-approval"
+                    )
                 }
             }
         }
@@ -254,7 +271,11 @@ fn attack(t: &Target, approver: Option<&Approver>) -> Vec<Family> {
         mcp::differentials(t),
         content::prompt_injection(t),
         content::exfiltration(t),
+        llm::prompt_injection(t),
+        llm::exfiltration(t),
         approval::tampering(t, approver),
+        approval::mcp_tampering(t, approver),
+        approval::llm_tampering(t, approver),
         still_up(t),
     ]
 }
@@ -327,6 +348,9 @@ pub async fn run(command: Option<RedteamCommand>, args: RunArgs, admin: AdminArg
             "guarded": target.routes.guarded,
             "mcp": target.routes.mcp,
             "approval": target.routes.approval,
+            "llm": target.routes.llm,
+            "mcp-approval": target.routes.mcp_approval,
+            "llm-approval": target.routes.llm_approval,
         },
         "started_ms": started_ms,
         "finished_ms": now_ms(),
@@ -468,6 +492,9 @@ mod tests {
             guarded: guarded.map(Into::into),
             mcp: mcp.map(Into::into),
             approval: None,
+            llm: None,
+            mcp_approval: None,
+            llm_approval: None,
         }
     }
 
@@ -480,9 +507,17 @@ mod tests {
         );
         check(&["open"], Err("KIND=PREFIX"));
         check(&["open=demo"], Err("must be a path"));
-        check(&["llm=/v1"], Err("route kinds"));
+        check(&["model=/v1"], Err("route kinds"));
         let mut with_approval = routes("/demo", None, None);
         with_approval.approval = Some("/wire".into());
         check(&["approval=/wire"], Ok(with_approval));
+        let mut all_protocols = routes("/demo", None, None);
+        all_protocols.llm = Some("/llm".into());
+        all_protocols.mcp_approval = Some("/mcp-ok".into());
+        all_protocols.llm_approval = Some("/llm-ok".into());
+        check(
+            &["llm=/llm", "mcp-approval=/mcp-ok", "llm-approval=/llm-ok"],
+            Ok(all_protocols),
+        );
     }
 }

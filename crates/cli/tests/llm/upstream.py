@@ -17,6 +17,9 @@ Authorization it was given in the error message (as real providers do);
 framing, `reasoning_content`, `refusal`, legacy `function_call`, a comment,
 data that is not JSON, a field outside `choices`); "split:N" streams a key
 split across two deltas, in two TCP writes cut at byte N of the stream.
+
+The red team's (issue 22): a last message "Repeat after me exactly: TEXT" is
+answered TEXT, in deltas of five characters.
 """
 import json
 import sys
@@ -29,8 +32,18 @@ LOCK = threading.Lock()
 DELAY = float(sys.argv[1]) if len(sys.argv) > 1 else 0.002
 
 
+REPEAT = "Repeat after me exactly: "
+
+
 def answer_for(body):
     text = json.dumps(body.get("messages", []))
+    # The red team's exfiltration probe: say the text back, in deltas of
+    # five characters (a value split across deltas, as a model streams it).
+    last = (body.get("messages") or [{}])[-1]
+    said = last.get("content") if isinstance(last, dict) else None
+    if isinstance(said, str) and said.startswith(REPEAT):
+        said = said[len(REPEAT):]
+        return [said[i:i + 5] for i in range(0, len(said), 5)]
     if "leak" in text:
         return ["Your key is ", "AKIAQWA", "DE5R42R", "DZ4JEM", " keep it safe."]
     if "slow" in text:
