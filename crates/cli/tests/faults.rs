@@ -371,10 +371,14 @@ impl Rig {
                 if o.served() {
                     break;
                 }
-                assert!(
-                    started.elapsed() < BOUND,
-                    "{what}: {call:?} not served again within {BOUND:?}: {o:?}"
-                );
+                if started.elapsed() > BOUND {
+                    let log = self.server.stderr.lock().unwrap().clone();
+                    let tail: Vec<&str> = log.lines().rev().take(15).collect();
+                    panic!(
+                        "{what}: {call:?} not served again within {BOUND:?}: {o:?}\nserver log, newest first:\n{}",
+                        tail.join("\n")
+                    );
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

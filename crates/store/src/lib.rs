@@ -357,6 +357,15 @@ impl Store {
             .busy_timeout(Duration::from_secs(10));
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
+            // A connection that comes back still counted inside a
+            // transaction is closed, not reused. SQLite rolls a transaction
+            // back itself when its COMMIT fails on a full disk; sqlx's own
+            // ROLLBACK then fails ("no transaction is active") and its count
+            // stays at one, so every later BEGIN on that connection failed
+            // and the audit writer never recovered (tests/faults.rs).
+            .after_release(|conn, _| {
+                Box::pin(async move { Ok(!sqlx::Connection::is_in_transaction(conn)) })
+            })
             .connect_with(options)
             .await?;
         migrator().run(&pool).await?;
