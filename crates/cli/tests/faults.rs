@@ -790,12 +790,20 @@ async fn a_full_disk_fails_closed_and_recovers_when_there_is_room() {
 // ---------------------------------------------------------------------------
 // PostgreSQL (cluster mode, one replica).
 
-/// On a fresh PostgreSQL database: `LOCK TABLE audit_log` held for seconds
-/// by another session makes durable calls 503 `audit_unavailable` (never
-/// forwarded); `pg_terminate_backend` of every connection of the replica
-/// makes calls fail closed (503) or be served with their record, never
-/// served unrecorded. Both recover without a restart, and every served call
-/// is in the log, which verifies.
+/// On a fresh PostgreSQL database, another session takes `LOCK TABLE … IN
+/// ACCESS EXCLUSIVE MODE` and holds it for seconds:
+/// - on `audit_log` alone, a durable call may still be served, its intent
+///   durable in `audit_intents` (by design: the intent is its record until
+///   the completed one follows); once the completed records have stalled
+///   for `fail_closed_after_ms`, every call is refused 503
+///   `audit_unavailable`;
+/// - on `audit_log` and `audit_intents`, durable calls are refused 503
+///   `audit_unavailable` and never reach their upstream.
+///
+/// Then `pg_terminate_backend` of every connection of the replica makes
+/// calls fail closed (503) or be served with their record, never served
+/// unrecorded. Each recovers without a restart, and every served or
+/// refused call is in the log, which verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_locked_or_its_connections_killed_fails_closed_and_recovers() {
     let Some(db) = portcullis_store::testing::TestDb::postgres().await else {
@@ -818,7 +826,7 @@ async fn postgres_locked_or_its_connections_killed_fails_closed_and_recovers() {
         .await
         .unwrap();
 
-    // 1. The audit table locked by another session.
+    // 1a. The audit table alone locked by another session.
     let mut lock = admin.begin().await.unwrap();
     sqlx::query("LOCK TABLE audit_log IN ACCESS EXCLUSIVE MODE")
         .execute(&mut *lock)
@@ -826,18 +834,47 @@ async fn postgres_locked_or_its_connections_killed_fails_closed_and_recovers() {
         .unwrap();
     let locked = Instant::now();
     let mut refused = Vec::new();
-    // The first durable call after the lock may wait out the limit.
+    let first = loop {
+        let o = rig.call(Call::HttpPost).await;
+        if !o.served() {
+            break o;
+        }
+        assert!(
+            locked.elapsed() < BOUND,
+            "served for {BOUND:?} while audit_log was locked"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!(
+        "faults: PostgreSQL audit_log locked -> first refusal after {:?}: {} {}",
+        locked.elapsed(),
+        first.status,
+        first.code
+    );
+    assert_eq!(
+        (first.status, first.code.as_str()),
+        (503, "audit_unavailable"),
+        "{first:?}"
+    );
+    refused.push(first.request_id);
+    lock.rollback().await.unwrap();
+    let took = rig.until_all_served("after LOCK TABLE audit_log").await;
+    eprintln!("faults: PostgreSQL audit_log lock released -> all protocols served after {took:?}");
+
+    // 1b. The audit table and the intent journal locked.
+    let mut lock = admin.begin().await.unwrap();
+    sqlx::query("LOCK TABLE audit_log, audit_intents IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let locked = Instant::now();
     for call in DURABLE {
         let o = rig.call(call).await;
         eprintln!(
-            "faults: PostgreSQL audit_log locked: {call:?} -> {} {} after {:?}",
+            "faults: PostgreSQL audit_log and audit_intents locked: {call:?} -> {} {} after {:?}",
             o.status,
             o.code,
             locked.elapsed()
-        );
-        assert!(
-            !o.served(),
-            "served while the audit table was locked: {o:?}"
         );
         assert_eq!(
             (o.status, o.code.as_str()),
@@ -854,7 +891,7 @@ async fn postgres_locked_or_its_connections_killed_fails_closed_and_recovers() {
         let o = rig.call(Call::Llm).await;
         assert!(
             !o.served(),
-            "served while the audit table was locked: {o:?}"
+            "served while the audit tables were locked: {o:?}"
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
