@@ -6,6 +6,7 @@ unlisted tool, and it says back every message it is asked to run, so a
 test sees exactly what the gateway forwarded."""
 import json
 import sys
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 TOOLS = [{
@@ -63,7 +64,9 @@ class Handler(BaseHTTPRequestHandler):
         data = json.dumps(out).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
-        self.send_header("mcp-session-id", "redteam-session")
+        # A fresh session per initialize (the gateway refuses a session id
+        # another route already holds), then the client's own.
+        self.send_header("mcp-session-id", self.headers.get("mcp-session-id") or uuid.uuid4().hex)
         self.send_header("content-length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
