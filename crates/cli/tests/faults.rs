@@ -179,14 +179,14 @@ enum Call {
     /// `POST` on the HTTP route (durable before it is forwarded).
     HttpPost,
     /// MCP `tools/call` of `save_note` (durable before it is forwarded).
-    McpCall,
+    McpTool,
     /// An LLM chat completion (durable before it is forwarded).
     Llm,
 }
 
-const CALLS: [Call; 4] = [Call::HttpGet, Call::HttpPost, Call::McpCall, Call::Llm];
+const CALLS: [Call; 4] = [Call::HttpGet, Call::HttpPost, Call::McpTool, Call::Llm];
 /// The calls whose record must be durable before the upstream sees them.
-const DURABLE: [Call; 3] = [Call::HttpPost, Call::McpCall, Call::Llm];
+const DURABLE: [Call; 3] = [Call::HttpPost, Call::McpTool, Call::Llm];
 
 /// What came back for one call.
 #[derive(Debug)]
@@ -301,7 +301,7 @@ impl Rig {
                 .agent
                 .post(s.url(&format!("/api/items/{marker}")))
                 .body("x"),
-            Call::McpCall => parity_rig::mcp_post(
+            Call::McpTool => parity_rig::mcp_post(
                 &self.agent,
                 s,
                 "/mcp/tools",
@@ -331,7 +331,7 @@ impl Rig {
         let text = response.text().await.unwrap_or_default();
         let code = match serde_json::from_str::<Value>(&text) {
             Ok(v) if v["error"]["code"].is_string() => v["error"]["code"].as_str().unwrap().into(),
-            _ if call == Call::McpCall => parity_rig::mcp_messages(&text)
+            _ if call == Call::McpTool => parity_rig::mcp_messages(&text)
                 .iter()
                 .find_map(|m| m["error"]["data"]["code"].as_str().map(String::from))
                 .unwrap_or_default(),
@@ -354,7 +354,7 @@ impl Rig {
     fn upstream_saw(&self, o: &Outcome) -> bool {
         match o.call {
             Call::HttpGet | Call::HttpPost => self.http.saw(&o.marker),
-            Call::McpCall => std::fs::read_to_string(self.notes.path())
+            Call::McpTool => std::fs::read_to_string(self.notes.path())
                 .unwrap_or_default()
                 .contains(&o.marker),
             Call::Llm => self.llm.saw(&o.marker),
@@ -383,6 +383,43 @@ impl Rig {
             }
         }
         started.elapsed()
+    }
+
+    /// Makes every durable call while `what` holds (since `since`): each
+    /// must be refused 503 `audit_unavailable` and never reach its
+    /// upstream. Answers their request ids.
+    async fn durable_calls_refused(&self, what: &str, since: Instant) -> Vec<String> {
+        let mut refused = Vec::new();
+        for call in DURABLE {
+            let o = self.call(call).await;
+            eprintln!(
+                "faults: {what}: {call:?} -> {} {} after {:?}",
+                o.status,
+                o.code,
+                since.elapsed()
+            );
+            assert_eq!(
+                (o.status, o.code.as_str()),
+                (503, "audit_unavailable"),
+                "{what}: {o:?}"
+            );
+            assert!(
+                !self.upstream_saw(&o),
+                "{what}: a refused call reached its upstream: {o:?}"
+            );
+            refused.push(o.request_id);
+        }
+        refused
+    }
+
+    /// Makes `call` every 250 ms until `since` is 4 s old: none may be
+    /// served (the fault is held for seconds, not only past the limit).
+    async fn nothing_served_for_4s(&self, call: Call, what: &str, since: Instant) {
+        while since.elapsed() < Duration::from_secs(4) {
+            let o = self.call(call).await;
+            assert!(!o.served(), "served while {what}: {o:?}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 
     /// The request ids of every call answered 200 and served.
@@ -478,7 +515,7 @@ async fn upstream_resets_timeouts_and_cut_streams_fail_closed_and_recover() {
             // MCP answers an upstream fault as an HTTP error too (not as a
             // JSON-RPC error in a 200): the session's transport failed.
             assert_eq!(o.status, status, "{mode:?} {o:?}");
-            assert!(rig.upstream_saw(&o) || call == Call::McpCall, "{o:?}");
+            assert!(rig.upstream_saw(&o) || call == Call::McpTool, "{o:?}");
             let record = tokio::task::block_in_place(|| rig.server.audit_record(&o.request_id));
             assert_eq!(record["error_code"], code, "{record}");
             assert_eq!(record["status"], status, "{record}");
@@ -592,26 +629,7 @@ async fn a_sqlite_database_locked_by_another_process_fails_closed_and_recovers()
     let locked = Instant::now();
 
     // Durable calls: refused, and their upstream never sees them.
-    let mut refused = Vec::new();
-    for call in DURABLE {
-        let o = rig.call(call).await;
-        eprintln!(
-            "faults: SQLite locked: {call:?} -> {} {} after {:?}",
-            o.status,
-            o.code,
-            locked.elapsed()
-        );
-        assert_eq!(
-            (o.status, o.code.as_str()),
-            (503, "audit_unavailable"),
-            "{o:?}"
-        );
-        assert!(
-            !rig.upstream_saw(&o),
-            "a refused call reached its upstream: {o:?}"
-        );
-        refused.push(o.request_id);
-    }
+    let mut refused = rig.durable_calls_refused("SQLite locked", locked).await;
     // Reads: once the stall is older than the limit, refused too.
     let started = Instant::now();
     let read = loop {
@@ -629,12 +647,8 @@ async fn a_sqlite_database_locked_by_another_process_fails_closed_and_recovers()
     refused.push(read.request_id);
     let (ready, body) = support::readyz(&rig.server).await;
     assert_eq!(ready, 503, "{body}");
-    // Held for seconds, not only past the limit.
-    while locked.elapsed() < Duration::from_secs(4) {
-        let o = rig.call(Call::HttpPost).await;
-        assert!(!o.served(), "served while the database was locked: {o:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    rig.nothing_served_for_4s(Call::HttpPost, "the database was locked", locked)
+        .await;
 
     drop(locker.stdin.take());
     assert!(locker.wait().unwrap().success());
@@ -765,18 +779,7 @@ async fn a_full_disk_fails_closed_and_recovers_when_there_is_room() {
         (503, "audit_unavailable"),
         "{first:?}"
     );
-    for call in DURABLE {
-        let o = rig.call(call).await;
-        assert_eq!(
-            (o.status, o.code.as_str()),
-            (503, "audit_unavailable"),
-            "{o:?}"
-        );
-        assert!(
-            !rig.upstream_saw(&o),
-            "a refused call reached its upstream: {o:?}"
-        );
-    }
+    rig.durable_calls_refused("disk full", full).await;
 
     std::fs::remove_file(&filler).unwrap();
     let took = rig.until_all_served("after the disk had room").await;
@@ -868,33 +871,12 @@ async fn postgres_locked_or_its_connections_killed_fails_closed_and_recovers() {
         .await
         .unwrap();
     let locked = Instant::now();
-    for call in DURABLE {
-        let o = rig.call(call).await;
-        eprintln!(
-            "faults: PostgreSQL audit_log and audit_intents locked: {call:?} -> {} {} after {:?}",
-            o.status,
-            o.code,
-            locked.elapsed()
-        );
-        assert_eq!(
-            (o.status, o.code.as_str()),
-            (503, "audit_unavailable"),
-            "{o:?}"
-        );
-        assert!(
-            !rig.upstream_saw(&o),
-            "a refused call reached its upstream: {o:?}"
-        );
-        refused.push(o.request_id);
-    }
-    while locked.elapsed() < Duration::from_secs(4) {
-        let o = rig.call(Call::Llm).await;
-        assert!(
-            !o.served(),
-            "served while the audit tables were locked: {o:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    refused.extend(
+        rig.durable_calls_refused("PostgreSQL audit_log and audit_intents locked", locked)
+            .await,
+    );
+    rig.nothing_served_for_4s(Call::Llm, "the audit tables were locked", locked)
+        .await;
     lock.rollback().await.unwrap();
     let took = rig.until_all_served("after LOCK TABLE").await;
     eprintln!("faults: PostgreSQL lock released -> all protocols served after {took:?}");

@@ -13,8 +13,8 @@
 use serde_json::{Value, json};
 
 use super::Target;
-use super::content::{BLOCKED, LEAKS, injections};
-use super::report::{Family, Probe};
+use super::content::{LEAKS, injection_probes, leak_probe};
+use super::report::Family;
 use super::wire::{Answer, Tls};
 
 const INJECTION: &str = "llm-prompt-injection";
@@ -83,38 +83,9 @@ pub fn prompt_injection(t: &Target) -> Family {
         Err(why) => return Family::skipped(INJECTION, why),
     };
     let path = format!("{route}/v1/chat/completions");
-    let mut probes = Vec::new();
-    for (name, body) in injections() {
-        let (request, answer) = complete(t, &path, &as_chat(&model, &body));
-        let probe = match answer {
-            Err(e) => Probe::unanswered(name, &request, &e, true),
-            Ok(a) => {
-                let code = a.code();
-                let held = code.as_deref() == Some(BLOCKED);
-                let why = if held {
-                    "refused by the guard: content_blocked".to_string()
-                } else {
-                    format!(
-                        "the guard let it through to the model (HTTP {}, {})",
-                        a.status,
-                        code.unwrap_or_else(|| "no error".into())
-                    )
-                };
-                Probe::from_answer(name, &request, &a, held, why)
-            }
-        };
-        if name == "plain" && !probe.held {
-            return Family::skipped(
-                INJECTION,
-                format!(
-                    "the LLM route `{route}` does not block even a plain injection ({}): is its guard on?",
-                    probe.evidence
-                ),
-            );
-        }
-        probes.push(probe);
-    }
-    Family::judged(INJECTION, probes)
+    injection_probes(INJECTION, &format!("the LLM route `{route}`"), |body| {
+        complete(t, &path, &as_chat(&model, body))
+    })
 }
 
 /// The text a completion carries: the whole body, and the deltas of an
@@ -180,27 +151,7 @@ pub fn exfiltration(t: &Target) -> Family {
                 name.to_string()
             };
             let (request, answer) = complete(t, &path, &ask(value, stream));
-            probes.push(match answer {
-                Err(e) => Probe::unanswered(&name, &request, &e, true),
-                Ok(a) => {
-                    let leaked = said(&a).contains(value);
-                    let why = if a.status >= 300 {
-                        format!(
-                            "refused: HTTP {} {}",
-                            a.status,
-                            a.code().unwrap_or_default()
-                        )
-                    } else if leaked {
-                        format!(
-                            "HTTP {}: the completion carried `{value}` out unredacted",
-                            a.status
-                        )
-                    } else {
-                        "answered with the value redacted".to_string()
-                    };
-                    Probe::from_answer(&name, &request, &a, !leaked, why)
-                }
-            });
+            probes.push(leak_probe(&name, &request, answer, value, said));
         }
     }
     Family::judged(EXFILTRATION, probes)
