@@ -36,14 +36,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-const SCHEMA: &str = include_str!("../../policy/defaults/schema.cedarschema");
-
-const POLICIES: &str = r#"
-@id("http") permit(principal in Role::"dev", action in [Action::"GET", Action::"POST"], resource == Route::"api");
-@id("mcp") permit(principal in Role::"dev", action in [Action::"list_tools", Action::"call_tool"], resource in Route::"tools");
-@id("llm") permit(principal in Role::"dev", action == Action::"complete", resource in Route::"llm");
-"#;
-
 /// How long a fault may take to show, or a recovery to happen, before the
 /// test fails (generous: debug builds on a shared 2-core machine).
 const BOUND: Duration = Duration::from_secs(30);
@@ -245,10 +237,7 @@ impl Rig {
         let http = FaultProxy::start(http_upstream).await;
         let mcp = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], mcp_port))).await;
         let llm = FaultProxy::start(SocketAddr::from(([127, 0, 0, 1], llm_port))).await;
-        let pol = dir.path().join("policies");
-        std::fs::create_dir_all(&pol).unwrap();
-        std::fs::write(pol.join("schema.cedarschema"), SCHEMA).unwrap();
-        std::fs::write(pol.join("faults.cedar"), POLICIES).unwrap();
+        parity_rig::write_policies(&dir.path().join("policies"), parity_rig::DEV_POLICIES);
         let routes = format!(
             "[policy]\ndir = \"policies\"\n{}\
              [[routes]]\nname = \"tools\"\nkind = \"mcp\"\npath_prefix = \"/mcp/tools\"\nupstream = \"http://{}/mcp\"\nclassification = \"internal\"\n\

@@ -30,14 +30,14 @@ use serde_json::{Value, json};
 use support::parity_rig::{self, McpAnswers};
 use support::{Server, request_id};
 
-const SCHEMA: &str = include_str!("../../policy/defaults/schema.cedarschema");
-
-const POLICIES: &str = r#"
-@id("http") permit(principal in Role::"dev", action in [Action::"GET", Action::"POST"], resource == Route::"api");
-@id("mcp") permit(principal in Role::"dev", action in [Action::"list_tools", Action::"call_tool"], resource in Route::"tools");
-@id("llm") permit(principal in Role::"dev", action == Action::"complete", resource in Route::"llm");
-@id("wire") @obligation("approval") permit(principal in Role::"dev", action == Action::"GET", resource == Route::"wire");
-"#;
+/// The permits of the three routes, and `wire`, whose reads need a human's
+/// approval.
+fn policies() -> String {
+    format!(
+        "{}@id(\"wire\") @obligation(\"approval\") permit(principal in Role::\"dev\", action == Action::\"GET\", resource == Route::\"wire\");\n",
+        parity_rig::DEV_POLICIES
+    )
+}
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -269,9 +269,7 @@ async fn governance_step(
         }
         _ => {
             let dir = server.path().join(format!("push-{n}"));
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::write(dir.join("schema.cedarschema"), SCHEMA).unwrap();
-            std::fs::write(dir.join("soak.cedar"), format!("// push {n}\n{POLICIES}")).unwrap();
+            parity_rig::write_policies(&dir, &format!("// push {n}\n{}", policies()));
             let out = tokio::task::block_in_place(|| {
                 cli_ok(
                     server,
@@ -298,10 +296,7 @@ async fn soak_mixed_load_stays_bounded_and_fully_audited() {
     let (_llm, llm_port) = tokio::task::block_in_place(parity_rig::start_llm);
     let (http_upstream, _gate) = support::start_upstream().await;
     let dir = tempfile::tempdir().unwrap();
-    let pol = dir.path().join("policies");
-    std::fs::create_dir(&pol).unwrap();
-    std::fs::write(pol.join("schema.cedarschema"), SCHEMA).unwrap();
-    std::fs::write(pol.join("soak.cedar"), POLICIES).unwrap();
+    parity_rig::write_policies(&dir.path().join("policies"), &policies());
     let routes = format!(
         "[policy]\ndir = \"policies\"\n{}\
          [[routes]]\nname = \"tools\"\nkind = \"mcp\"\npath_prefix = \"/mcp/tools\"\nupstream = \"http://127.0.0.1:{mcp_port}/mcp\"\nclassification = \"internal\"\n\

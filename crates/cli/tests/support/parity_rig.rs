@@ -13,6 +13,26 @@ use super::{Killed, Server, free_port, wait_for_port};
 const MCP_TESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/mcp");
 const LLM_TESTS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/llm");
 
+/// Permits for role `dev` on the three routes the soak and the fault runs
+/// name `api` (HTTP), `tools` (MCP) and `llm` (LLM).
+pub const DEV_POLICIES: &str = r#"
+@id("http") permit(principal in Role::"dev", action in [Action::"GET", Action::"POST"], resource == Route::"api");
+@id("mcp") permit(principal in Role::"dev", action in [Action::"list_tools", Action::"call_tool"], resource in Route::"tools");
+@id("llm") permit(principal in Role::"dev", action == Action::"complete", resource in Route::"llm");
+"#;
+
+/// Writes a policy directory at `dir`: the shipped schema and `policies`
+/// (as `main.cedar`).
+pub fn write_policies(dir: &std::path::Path, policies: &str) {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(
+        dir.join("schema.cedarschema"),
+        include_str!("../../../policy/defaults/schema.cedarschema"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("main.cedar"), policies).unwrap();
+}
+
 /// One protocol's way of making "the call" and reading its answer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
