@@ -49,6 +49,7 @@ const CELLS: &[&str] = &[
     "authorization code: another route's token",
     "forbid by binding: bearer refused",
     "forbid by binding: bound credential served",
+    "revoked metadata-document client: tokens refused",
 ];
 
 /// One obligation on the three protocols' permits.
@@ -158,6 +159,8 @@ struct Extra<'a> {
     /// TOML sections added to the config (before the routes).
     config: &'a str,
     secret: Option<(&'a str, &'a str)>,
+    /// The CA the gateway is made with (its outbound TLS trusts it too).
+    ca: Option<&'a portcullis_identity::CertificateAuthority>,
 }
 
 /// A vault KEK for the rigs that need the vault (32 bytes, base64).
@@ -313,6 +316,12 @@ async fn rig_setup(policies: &str, extra: &Extra<'_>) -> Option<Rig> {
     let (llm, llm_port) = tokio::task::block_in_place(start_llm);
     let (http_upstream, _gate) = support::start_upstream().await;
     let dir = tempfile::tempdir().unwrap();
+    if let Some(ca) = extra.ca {
+        let state = dir.path().join("state");
+        std::fs::create_dir_all(&state).unwrap();
+        std::fs::write(state.join("ca.crt"), ca.cert_pem()).unwrap();
+        std::fs::write(state.join("ca.key"), ca.key_pem()).unwrap();
+    }
     let idp = Ed25519Key::generate();
     let mut jwk = idp.public().to_json();
     jwk["kid"] = json!(idp.kid());
@@ -1730,6 +1739,149 @@ async fn a_forbid_by_binding_refuses_bearer_tokens_on_every_protocol() {
         assert_eq!(served.code, None, "{cell}: {served:?}");
     }
     assert!(!rig.ran("bearer-call") && rig.ran("certificate-call"));
+}
+
+/// A client that named itself by a Client ID Metadata Document (its id the
+/// document's URL), revoked by an admin with `portcullis admin oauth-client
+/// revoke URL`: its tokens, one per protocol's route, each served before,
+/// are refused on every protocol at once (the MCP tool does not run); it
+/// can neither refresh nor authorize again; the revocation is recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_metadata_document_clients_tokens_stop_on_every_protocol() {
+    use support::authorization::{CALLBACK, browser, enrol, next_code, token_for};
+    use support::client_metadata::DocServer;
+    let policies = format!(
+        "{}@id(\"alice\") permit(principal == User::\"alice\", action, resource);\n",
+        obliging("")
+    );
+    support::install_crypto();
+    let ca = portcullis_identity::CertificateAuthority::generate("portcullis.local").unwrap();
+    let docs = DocServer::start(&ca, CALLBACK).await;
+    let extra = Extra {
+        config: "[identity.authorization]\nagent = \"dev-bot\"\nclient_metadata_hosts = [\"127.0.0.1\"]\nclient_metadata_private_addresses = true\n",
+        ca: Some(&ca),
+        ..Extra::default()
+    };
+    let Some(rig) = rig_setup(&policies, &extra).await else {
+        return;
+    };
+    let http = browser(&rig.server);
+    let secret = enrol(&rig.server, &http, "alice", None).await;
+    let client_id = docs.url("/client.json");
+    let mut last = 0;
+    let mut tokens = Vec::new();
+    let protocols = [
+        (Protocol::Http, "/api"),
+        (Protocol::Mcp, "/mcp/tools"),
+        (Protocol::Llm, "/llm"),
+    ];
+    for (_, prefix) in protocols {
+        let code = tokio::task::block_in_place(|| next_code(&secret, &mut last));
+        let token = token_for(
+            &rig.server,
+            &http,
+            &client_id,
+            &rig.server.url(prefix),
+            "alice",
+            &code,
+        )
+        .await;
+        tokens.push(token);
+    }
+    let call = |protocol: Protocol, token: String, text: &'static str| {
+        let (rig, http) = (&rig, &http);
+        async move {
+            match protocol {
+                Protocol::Mcp => mcp_call_with(rig, http, &token, text).await,
+                _ => rig.call_by(http, protocol, text, Some(&token)).await,
+            }
+        }
+    };
+    let access = |i: usize| tokens[i]["access_token"].as_str().unwrap().to_string();
+    for (i, (protocol, _)) in protocols.into_iter().enumerate() {
+        let served = call(protocol, access(i), "before-revoke").await;
+        assert_eq!(served.code, None, "{protocol:?} before the revocation: {served:?}");
+    }
+
+    // The operator revokes it by its URL, with their TOTP code.
+    let code = tokio::task::block_in_place(|| next_code(&secret, &mut last));
+    let out = tokio::task::block_in_place(|| {
+        rig.server.cli(&[
+            "admin", "oauth-client", "revoke", &client_id, "--user", "alice", "--totp", &code,
+        ])
+    });
+    assert!(
+        out.status.success(),
+        "admin oauth-client revoke: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (i, (protocol, _)) in protocols.into_iter().enumerate() {
+        let cell = format!("{protocol:?} / revoked metadata-document client: tokens refused");
+        let refused = call(protocol, access(i), "after-revoke").await;
+        assert_eq!(
+            refused.code.as_deref(),
+            Some("invalid_token"),
+            "{cell}: {refused:?}"
+        );
+        let rec = tokio::task::block_in_place(|| record(&rig.server, &refused.request_id));
+        assert_eq!(rec["outcome"], "deny", "{cell}: {rec}");
+    }
+    assert!(rig.ran("before-revoke") && !rig.ran("after-revoke"));
+    // Nor a refresh, nor a new authorization.
+    let refresh = http
+        .post(rig.server.url("/oauth2/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            serde_urlencoded::to_string([
+                ("grant_type", "refresh_token"),
+                ("refresh_token", tokens[0]["refresh_token"].as_str().unwrap()),
+                ("client_id", &client_id),
+            ])
+            .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = refresh.status().as_u16();
+    let body: Value = refresh.json().await.unwrap();
+    assert_eq!((status, &body["error"]), (401, &json!("invalid_client")), "{body}");
+    let query = serde_urlencoded::to_string([
+        ("response_type", "code"),
+        ("client_id", &client_id),
+        ("redirect_uri", CALLBACK),
+        ("code_challenge", &"a".repeat(43)),
+        ("code_challenge_method", "S256"),
+        ("resource", &rig.server.url("/api")),
+    ])
+    .unwrap();
+    let again = http
+        .get(rig.server.url(&format!("/oauth2/authorize?{query}")))
+        .send()
+        .await
+        .unwrap();
+    let status = again.status().as_u16();
+    let body: Value = again.json().await.unwrap();
+    assert_eq!((status, &body["error"]), (401, &json!("invalid_client")), "{body}");
+    // Listed as revoked, by its URL; the revocation recorded with the admin.
+    let listed = tokio::task::block_in_place(|| {
+        rig.server
+            .cli(&["admin", "oauth-client", "list", "-o", "json"])
+    });
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let row = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client_id"] == client_id.as_str())
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(row["revoked_at"].is_i64(), "{row}");
+    let records = tokio::task::block_in_place(|| rig.server.audit(500));
+    assert!(
+        records.iter().any(|r| r["action"] == "oauth_client.revoke"
+            && r["resource"] == client_id.as_str()
+            && r["principal"] == "alice"),
+        "{records:?}"
+    );
 }
 
 /// An MCP `tools/call` in a session of its own opened with `token` (no
