@@ -361,10 +361,7 @@ async fn client_id_metadata_documents_are_fetched_checked_and_cached() {
     // literal, nor by a name resolving to loopback (by DNS, or by the
     // addresses configured for it).
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(state.join("ca.crt"), ca.cert_pem()).unwrap();
-    std::fs::write(state.join("ca.key"), ca.key_pem()).unwrap();
+    support::client_metadata::write_ca(dir.path(), &ca);
     let cfg = authorization_config(
         dir.path(),
         &format!(

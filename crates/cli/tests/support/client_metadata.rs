@@ -25,11 +25,16 @@ pub const DOCS_NAME: &str = "docs.portcullis.test";
 /// the gateway trusts for its outbound TLS: the document server's comes from it.
 pub fn state_with_ca(dir: &Path) -> portcullis_identity::CertificateAuthority {
     let ca = portcullis_identity::CertificateAuthority::generate("portcullis.local").unwrap();
+    write_ca(dir, &ca);
+    ca
+}
+
+/// Puts `ca` where a gateway started in `dir` takes its CA from.
+pub fn write_ca(dir: &Path, ca: &portcullis_identity::CertificateAuthority) {
     let state = dir.join("state");
     std::fs::create_dir_all(&state).unwrap();
     std::fs::write(state.join("ca.crt"), ca.cert_pem()).unwrap();
     std::fs::write(state.join("ca.key"), ca.key_pem()).unwrap();
-    ca
 }
 
 /// An https server on 127.0.0.1 serving metadata documents, counting the
