@@ -223,9 +223,7 @@ async fn client_id_metadata_documents_are_fetched_checked_and_cached() {
     let ca = state_with_ca(dir.path());
     let docs = DocServer::start(&ca, CALLBACK).await;
     // The documents host by name too: its address configured, not resolved.
-    let by_name = format!(
-        "client_metadata_addresses = {{ \"{DOCS_NAME}\" = [\"127.0.0.1\"] }}\n"
-    );
+    let by_name = format!("client_metadata_addresses = {{ \"{DOCS_NAME}\" = [\"127.0.0.1\"] }}\n");
     let cfg = authorization_config(
         dir.path(),
         &format!(
@@ -396,7 +394,10 @@ async fn client_id_metadata_documents_are_fetched_checked_and_cached() {
         assert_eq!(oauth_error(r).await, (401, "invalid_client".into()), "{id}");
     }
     assert_eq!(
-        (docs.fetches("/client.json"), docs.fetches("/named-client.json")),
+        (
+            docs.fetches("/client.json"),
+            docs.fetches("/named-client.json")
+        ),
         (1, 1),
         "a private address was fetched"
     );

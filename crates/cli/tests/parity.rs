@@ -1712,14 +1712,24 @@ async fn a_revoked_metadata_document_clients_tokens_stop_on_every_protocol() {
     let access = |i: usize| tokens[i]["access_token"].as_str().unwrap();
     for (i, (protocol, _)) in ROUTES.into_iter().enumerate() {
         let served = call_with_token(&rig, &http, protocol, access(i), "before-revoke").await;
-        assert_eq!(served.code, None, "{protocol:?} before the revocation: {served:?}");
+        assert_eq!(
+            served.code, None,
+            "{protocol:?} before the revocation: {served:?}"
+        );
     }
 
     // The operator revokes it by its URL, with their TOTP code.
     let code = tokio::task::block_in_place(|| next_code(&secret, &mut last));
     let out = tokio::task::block_in_place(|| {
         rig.server.cli(&[
-            "admin", "oauth-client", "revoke", &client_id, "--user", "alice", "--totp", &code,
+            "admin",
+            "oauth-client",
+            "revoke",
+            &client_id,
+            "--user",
+            "alice",
+            "--totp",
+            &code,
         ])
     });
     assert!(
@@ -1740,7 +1750,10 @@ async fn a_revoked_metadata_document_clients_tokens_stop_on_every_protocol() {
         .body(
             serde_urlencoded::to_string([
                 ("grant_type", "refresh_token"),
-                ("refresh_token", tokens[0]["refresh_token"].as_str().unwrap()),
+                (
+                    "refresh_token",
+                    tokens[0]["refresh_token"].as_str().unwrap(),
+                ),
                 ("client_id", &client_id),
             ])
             .unwrap(),
@@ -1750,7 +1763,11 @@ async fn a_revoked_metadata_document_clients_tokens_stop_on_every_protocol() {
         .unwrap();
     let status = refresh.status().as_u16();
     let body: Value = refresh.json().await.unwrap();
-    assert_eq!((status, &body["error"]), (401, &json!("invalid_client")), "{body}");
+    assert_eq!(
+        (status, &body["error"]),
+        (401, &json!("invalid_client")),
+        "{body}"
+    );
     let query = serde_urlencoded::to_string([
         ("response_type", "code"),
         ("client_id", &client_id),
@@ -1767,7 +1784,11 @@ async fn a_revoked_metadata_document_clients_tokens_stop_on_every_protocol() {
         .unwrap();
     let status = again.status().as_u16();
     let body: Value = again.json().await.unwrap();
-    assert_eq!((status, &body["error"]), (401, &json!("invalid_client")), "{body}");
+    assert_eq!(
+        (status, &body["error"]),
+        (401, &json!("invalid_client")),
+        "{body}"
+    );
     // Listed as revoked, by its URL; the revocation recorded with the admin.
     let listed = tokio::task::block_in_place(|| {
         rig.server
@@ -1780,7 +1801,7 @@ async fn a_revoked_metadata_document_clients_tokens_stop_on_every_protocol() {
         .iter()
         .find(|c| c["client_id"] == client_id.as_str())
         .unwrap_or_else(|| panic!("{listed}"));
-    assert!(row["revoked_at"].is_i64(), "{row}");
+    assert!(!row["revoked_at"].is_null(), "{row}");
     let records = tokio::task::block_in_place(|| rig.server.audit(500));
     assert!(
         records.iter().any(|r| r["action"] == "oauth_client.revoke"

@@ -64,9 +64,13 @@ impl DocServer {
     /// (names another URL), `/moved.json` (a 302 to the good one),
     /// `/big.json` (8 KiB), `/secret.json` (carries a client secret) and
     /// `/named-client.json` (good, naming itself by [`DOCS_NAME`]).
-    pub async fn start(ca: &portcullis_identity::CertificateAuthority, ts_callback: &str) -> DocServer {
+    pub async fn start(
+        ca: &portcullis_identity::CertificateAuthority,
+        ts_callback: &str,
+    ) -> DocServer {
         let (cert, key) = ca
-            .issue_server(&["127.0.0.1".to_string(), DOCS_NAME.to_string()]).unwrap();
+            .issue_server(&["127.0.0.1".to_string(), DOCS_NAME.to_string()])
+            .unwrap();
         let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -177,4 +181,3 @@ impl DocServer {
         DocServer { base, fetches }
     }
 }
-

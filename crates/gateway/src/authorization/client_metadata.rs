@@ -540,7 +540,10 @@ mod tests {
         let pinned: BTreeMap<String, Vec<IpAddr>> = [
             ("public.example", vec![ip("8.8.8.8"), ip("2606:4700::1")]),
             ("mixed.example", vec![ip("10.0.0.5"), ip("1.1.1.1")]),
-            ("internal.example", vec![ip("10.0.0.5"), ip("169.254.169.254")]),
+            (
+                "internal.example",
+                vec![ip("10.0.0.5"), ip("169.254.169.254")],
+            ),
             ("loopback.example", vec![ip("127.0.0.1"), ip("::1")]),
         ]
         .into_iter()
