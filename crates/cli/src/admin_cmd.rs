@@ -105,7 +105,8 @@ pub enum OauthClientCommand {
     /// Revoke a client: it can no longer authorize or refresh, and its live
     /// tokens stop working at once (needs a confirmation once an admin enrolled).
     Revoke {
-        /// The client id.
+        /// The client id: a registered client's, or the URL of a Client ID
+        /// Metadata Document that was granted a token.
         client_id: String,
     },
 }
@@ -272,8 +273,10 @@ pub async fn admin(command: AdminCommand, args: AdminArgs) -> Result<()> {
                 })?;
             }
             OauthClientCommand::Revoke { client_id } => {
+                // A metadata document's client id is a URL: one path segment.
+                let segment = portcullis_identity::percent_encode(&client_id);
                 client
-                    .post(&format!("/oauth/clients/{client_id}/revoke"), &json!({}))
+                    .post(&format!("/oauth/clients/{segment}/revoke"), &json!({}))
                     .await?;
                 println!("revoked OAuth client `{client_id}`");
             }

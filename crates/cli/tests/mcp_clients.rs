@@ -8,20 +8,12 @@
 
 mod support;
 
-use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::Bytes;
-use http_body_util::Full;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 use support::authorization::{CALLBACK, browser, enrol, next_code, register, token_for};
+use support::client_metadata::{DOCS_NAME, DocServer, state_with_ca};
 use support::*;
 
 const SCHEMA: &str = include_str!("../../policy/defaults/schema.cedarschema");
@@ -38,142 +30,6 @@ async fn oauth_error(response: reqwest::Response) -> (u16, String) {
     let status = response.status().as_u16();
     let body: Value = response.json().await.unwrap_or(Value::Null);
     (status, body["error"].as_str().unwrap_or("").to_string())
-}
-
-/// The gateway's state directory made ahead, with a CA whose certificates
-/// the gateway trusts for its outbound TLS: the document server's comes from it.
-fn state_with_ca(dir: &Path) -> portcullis_identity::CertificateAuthority {
-    let ca = portcullis_identity::CertificateAuthority::generate("portcullis.local").unwrap();
-    let state = dir.join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(state.join("ca.crt"), ca.cert_pem()).unwrap();
-    std::fs::write(state.join("ca.key"), ca.key_pem()).unwrap();
-    ca
-}
-
-/// An https server on 127.0.0.1 serving metadata documents, counting the
-/// fetches of each path.
-struct DocServer {
-    base: String,
-    fetches: Arc<HashMap<String, AtomicUsize>>,
-}
-
-impl DocServer {
-    fn url(&self, path: &str) -> String {
-        format!("{}{path}", self.base)
-    }
-
-    fn fetches(&self, path: &str) -> usize {
-        self.fetches[path].load(Ordering::SeqCst)
-    }
-
-    /// Serves `/client.json` (good, redirecting to [`CALLBACK`]),
-    /// `/ts-client.json` (good, for the TypeScript host), `/wrong-id.json`
-    /// (names another URL), `/moved.json` (a 302 to the good one),
-    /// `/big.json` (8 KiB) and `/secret.json` (carries a client secret).
-    async fn start(ca: &portcullis_identity::CertificateAuthority, ts_callback: &str) -> DocServer {
-        let (cert, key) = ca.issue_server(&["127.0.0.1".to_string()]).unwrap();
-        let tls = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![CertificateDer::from_pem_slice(cert.as_bytes()).unwrap()],
-            PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
-        )
-        .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        let base = format!("https://{addr}");
-        let doc = |path: &str, name: &str, redirect: &str| {
-            json!({
-                "client_id": format!("{base}{path}"), "client_name": name,
-                "redirect_uris": [redirect], "grant_types": ["authorization_code", "refresh_token"],
-                "response_types": ["code"], "token_endpoint_auth_method": "none",
-            })
-            .to_string()
-        };
-        let mut wrong = serde_json::from_str::<Value>(&doc("/x", "Wrong", CALLBACK)).unwrap();
-        wrong["client_id"] = json!(format!("{base}/client.json"));
-        let mut secret =
-            serde_json::from_str::<Value>(&doc("/secret.json", "S", CALLBACK)).unwrap();
-        secret["client_secret"] = json!("s3cret");
-        let mut big = serde_json::from_str::<Value>(&doc("/big.json", "Big", CALLBACK)).unwrap();
-        big["padding"] = json!("x".repeat(8 * 1024));
-        let answers: HashMap<String, (u16, String)> = [
-            (
-                "/client.json",
-                (200, doc("/client.json", "Metadata Host", CALLBACK)),
-            ),
-            (
-                "/ts-client.json",
-                (
-                    200,
-                    doc("/ts-client.json", "TypeScript SDK host (cimd)", ts_callback),
-                ),
-            ),
-            ("/wrong-id.json", (200, wrong.to_string())),
-            ("/moved.json", (302, format!("{base}/client.json"))),
-            ("/big.json", (200, big.to_string())),
-            ("/secret.json", (200, secret.to_string())),
-        ]
-        .into_iter()
-        .map(|(p, a)| (p.to_string(), a))
-        .collect();
-        let fetches: Arc<HashMap<String, AtomicUsize>> = Arc::new(
-            answers
-                .keys()
-                .map(|p| (p.clone(), AtomicUsize::new(0)))
-                .collect(),
-        );
-        let answers = Arc::new(answers);
-        let counted = fetches.clone();
-        tokio::spawn(async move {
-            loop {
-                let Ok((tcp, _)) = listener.accept().await else {
-                    return;
-                };
-                let (acceptor, answers, counted) =
-                    (acceptor.clone(), answers.clone(), counted.clone());
-                tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else {
-                        return;
-                    };
-                    let service = hyper::service::service_fn(move |req: hyper::Request<_>| {
-                        let path = req.uri().path().to_string();
-                        if let Some(n) = counted.get(&path) {
-                            n.fetch_add(1, Ordering::SeqCst);
-                        }
-                        let (status, body) =
-                            answers.get(&path).cloned().unwrap_or((404, String::new()));
-                        let mut response = hyper::Response::new(Full::new(Bytes::new()));
-                        *response.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
-                        if status == 302 {
-                            response
-                                .headers_mut()
-                                .insert("location", body.parse().unwrap());
-                        } else {
-                            *response.body_mut() = Full::new(Bytes::from(body));
-                            response
-                                .headers_mut()
-                                .insert("content-type", "application/json".parse().unwrap());
-                            response
-                                .headers_mut()
-                                .insert("cache-control", "max-age=300".parse().unwrap());
-                        }
-                        async move { Ok::<_, std::convert::Infallible>(response) }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
-        DocServer { base, fetches }
-    }
 }
 
 /// The authorization section of a config, with the MCP route `notes`.
@@ -366,9 +222,13 @@ async fn client_id_metadata_documents_are_fetched_checked_and_cached() {
     let dir = tempfile::tempdir().unwrap();
     let ca = state_with_ca(dir.path());
     let docs = DocServer::start(&ca, CALLBACK).await;
+    // The documents host by name too: its address configured, not resolved.
+    let by_name = format!("client_metadata_addresses = {{ \"{DOCS_NAME}\" = [\"127.0.0.1\"] }}\n");
     let cfg = authorization_config(
         dir.path(),
-        "client_metadata_hosts = [\"127.0.0.1\"]\nclient_metadata_private_addresses = true\n",
+        &format!(
+            "client_metadata_hosts = [\"127.0.0.1\", \"{DOCS_NAME}\"]\nclient_metadata_private_addresses = true\n{by_name}"
+        ),
         "http://127.0.0.1:9/mcp",
     );
     let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
@@ -466,6 +326,13 @@ async fn client_id_metadata_documents_are_fetched_checked_and_cached() {
             "no_path": [401, "invalid_client"],
         })
     );
+    // By name: resolved to its configured address, fetched, the certificate
+    // checked against the name.
+    let named = authorize(docs.named_url("/named-client.json"), CALLBACK)
+        .await
+        .unwrap();
+    assert_eq!(named.status(), 200, "{:?}", named.text().await);
+    assert_eq!(docs.fetches("/named-client.json"), 1);
     // The redirect was not followed; refusals are cached too.
     assert_eq!(docs.fetches("/client.json"), 1);
     assert_eq!(docs.fetches("/moved.json"), 1);
@@ -489,15 +356,15 @@ async fn client_id_metadata_documents_are_fetched_checked_and_cached() {
 
     // Without `client_metadata_private_addresses`, the same documents (from
     // a server the gateway trusts) are never fetched: not by address
-    // literal, nor by a name resolving to loopback.
+    // literal, nor by a name resolving to loopback (by DNS, or by the
+    // addresses configured for it).
     let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    std::fs::write(state.join("ca.crt"), ca.cert_pem()).unwrap();
-    std::fs::write(state.join("ca.key"), ca.key_pem()).unwrap();
+    support::client_metadata::write_ca(dir.path(), &ca);
     let cfg = authorization_config(
         dir.path(),
-        "client_metadata_hosts = [\"127.0.0.1\", \"localhost\"]\n",
+        &format!(
+            "client_metadata_hosts = [\"127.0.0.1\", \"localhost\", \"{DOCS_NAME}\"]\n{by_name}"
+        ),
         "http://127.0.0.1:9/mcp",
     );
     let server = tokio::task::spawn_blocking(move || Server::start(dir, Some(&cfg)))
@@ -508,6 +375,7 @@ async fn client_id_metadata_documents_are_fetched_checked_and_cached() {
     for id in [
         docs.url("/client.json"),
         format!("https://localhost:{port}/client.json"),
+        docs.named_url("/named-client.json"),
     ] {
         let query = serde_urlencoded::to_string([
             ("response_type", "code"),
@@ -526,8 +394,11 @@ async fn client_id_metadata_documents_are_fetched_checked_and_cached() {
         assert_eq!(oauth_error(r).await, (401, "invalid_client".into()), "{id}");
     }
     assert_eq!(
-        docs.fetches("/client.json"),
-        1,
+        (
+            docs.fetches("/client.json"),
+            docs.fetches("/named-client.json")
+        ),
+        (1, 1),
         "a private address was fetched"
     );
 }

@@ -1,9 +1,10 @@
 //! Stock OAuth client libraries against the real binary, with their defaults
 //! (`oauth/clients.py`): authlib's `PrivateKeyJWT` and session, requests-
 //! oauthlib's client-credentials session, RFC 8414 metadata validation, RFC
-//! 6749 §5.2 errors as they parse them, the RFC 8414 metadata of the
-//! authorization-code flow validated by authlib, and DPoP proofs signed ES256 and
-//! `Ed25519` with server-issued nonces. Skips, saying so, without python3 and
+//! 6749 §5.2 errors as they parse them, hour-long assertions with an `aud`
+//! array or the `Ed25519` algorithm name (refused when replayed), the RFC
+//! 8414 metadata of the authorization-code flow validated by authlib, and
+//! DPoP proofs signed ES256 and `Ed25519` with server-issued nonces. Skips, saying so, without python3 and
 //! the two libraries (`requirements-test.txt`).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
@@ -103,6 +104,11 @@ async fn oauth_libraries_work_with_their_defaults() {
         "{got}"
     );
     assert_eq!(got["oauthlib_error"], "invalid_client", "{got}");
+    // `aud` an array and the `Ed25519` name, hour-long assertions; a
+    // replayed one is refused in RFC 6749 §5.2's shape.
+    assert_eq!(got["aud_array"], json!([200, "Bearer"]), "{got}");
+    assert_eq!(got["ed25519_named"], json!([200, "Bearer"]), "{got}");
+    assert_eq!(got["replayed"], json!([401, "invalid_client"]), "{got}");
     for label in ["dpop_es256", "dpop_ed25519"] {
         let r = &got[label];
         assert_eq!(

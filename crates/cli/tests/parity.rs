@@ -49,6 +49,7 @@ const CELLS: &[&str] = &[
     "authorization code: another route's token",
     "forbid by binding: bearer refused",
     "forbid by binding: bound credential served",
+    "revoked metadata-document client: tokens refused",
 ];
 
 /// One obligation on the three protocols' permits.
@@ -158,6 +159,8 @@ struct Extra<'a> {
     /// TOML sections added to the config (before the routes).
     config: &'a str,
     secret: Option<(&'a str, &'a str)>,
+    /// The CA the gateway is made with (its outbound TLS trusts it too).
+    ca: Option<&'a portcullis_identity::CertificateAuthority>,
 }
 
 /// A vault KEK for the rigs that need the vault (32 bytes, base64).
@@ -313,6 +316,9 @@ async fn rig_setup(policies: &str, extra: &Extra<'_>) -> Option<Rig> {
     let (llm, llm_port) = tokio::task::block_in_place(start_llm);
     let (http_upstream, _gate) = support::start_upstream().await;
     let dir = tempfile::tempdir().unwrap();
+    if let Some(ca) = extra.ca {
+        support::client_metadata::write_ca(dir.path(), ca);
+    }
     let idp = Ed25519Key::generate();
     let mut jwk = idp.public().to_json();
     jwk["kid"] = json!(idp.kid());
@@ -1590,7 +1596,7 @@ async fn metrics_after_traffic_on_every_protocol_pass_promtool_in_both_formats()
 /// and refused (`invalid_token`) on any other route.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_authorization_code_token_acts_for_its_user_on_every_protocol() {
-    use support::authorization::{browser, enrol, next_code, register, token_for};
+    use support::authorization::{browser, enrol, register};
     let policies = format!(
         "{}@id(\"alice\") permit(principal == User::\"alice\", action, resource);\n",
         obliging("")
@@ -1605,35 +1611,15 @@ async fn an_authorization_code_token_acts_for_its_user_on_every_protocol() {
     let http = browser(&rig.server);
     let secret = enrol(&rig.server, &http, "alice", None).await;
     let client_id = register(&rig.server, &http, "parity host").await;
-    let mut last = 0;
-    let mut tokens = Vec::new();
-    for prefix in ["/api", "/mcp/tools", "/llm"] {
-        let code = tokio::task::block_in_place(|| next_code(&secret, &mut last));
-        let token = token_for(
-            &rig.server,
-            &http,
-            &client_id,
-            &rig.server.url(prefix),
-            "alice",
-            &code,
-        )
-        .await;
-        assert_eq!(token["token_type"], "Bearer", "{token}");
-        tokens.push(token["access_token"].as_str().unwrap().to_string());
-    }
-    for (i, protocol) in [Protocol::Http, Protocol::Mcp, Protocol::Llm]
-        .into_iter()
-        .enumerate()
-    {
+    let tokens: Vec<String> = code_flow_tokens(&rig, &http, &secret, &mut 0, &client_id)
+        .await
+        .iter()
+        .map(|t| t["access_token"].as_str().unwrap().to_string())
+        .collect();
+    for (i, (protocol, _)) in ROUTES.into_iter().enumerate() {
         let cell = format!("{protocol:?} / authorization code: bearer for the user");
         // No client certificate: the token alone authenticates.
-        let served = match protocol {
-            Protocol::Mcp => mcp_call_with(&rig, &http, &tokens[i], "via-code-flow").await,
-            _ => {
-                rig.call_by(&http, protocol, "via-code-flow", Some(&tokens[i]))
-                    .await
-            }
-        };
+        let served = call_with_token(&rig, &http, protocol, &tokens[i], "via-code-flow").await;
         assert_eq!(served.code, None, "{cell}: {served:?}");
         let rec = tokio::task::block_in_place(|| record(&rig.server, &served.request_id));
         assert_eq!(rec["outcome"], "allow", "{cell}: {rec}");
@@ -1648,20 +1634,8 @@ async fn an_authorization_code_token_acts_for_its_user_on_every_protocol() {
         // Another route's token: refused before anything is decided.
         let cell = format!("{protocol:?} / authorization code: another route's token");
         let other = &tokens[(i + 1) % 3];
-        let refused = match protocol {
-            Protocol::Mcp => mcp_call_with(&rig, &http, other, "wrong-route").await,
-            _ => {
-                rig.call_by(&http, protocol, "wrong-route", Some(other))
-                    .await
-            }
-        };
-        assert_eq!(
-            refused.code.as_deref(),
-            Some("invalid_token"),
-            "{cell}: {refused:?}"
-        );
-        let rec = tokio::task::block_in_place(|| record(&rig.server, &refused.request_id));
-        assert_eq!(rec["outcome"], "deny", "{cell}: {rec}");
+        let refused = call_with_token(&rig, &http, protocol, other, "wrong-route").await;
+        refused_as(&rig, &refused, "invalid_token", &cell);
     }
     assert!(rig.ran("via-code-flow") && !rig.ran("wrong-route"));
     // The bearer token never reaches the MCP server.
@@ -1675,7 +1649,7 @@ async fn an_authorization_code_token_acts_for_its_user_on_every_protocol() {
 /// the agent's own certificate (`binding == "mtls"`) is served.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_forbid_by_binding_refuses_bearer_tokens_on_every_protocol() {
-    use support::authorization::{browser, enrol, next_code, register, token_for};
+    use support::authorization::{browser, enrol, register};
     let policies = format!(
         "{}@id(\"alice\") permit(principal == User::\"alice\", action, resource);\n\
          @id(\"no-bearer\") forbid(principal, action in [Action::\"POST\", Action::\"call_tool\", Action::\"complete\"], resource)\n\
@@ -1692,44 +1666,207 @@ async fn a_forbid_by_binding_refuses_bearer_tokens_on_every_protocol() {
     let http = browser(&rig.server);
     let secret = enrol(&rig.server, &http, "alice", None).await;
     let client_id = register(&rig.server, &http, "binding host").await;
-    let mut last = 0;
-    for (protocol, prefix) in [
-        (Protocol::Http, "/api"),
-        (Protocol::Mcp, "/mcp/tools"),
-        (Protocol::Llm, "/llm"),
-    ] {
-        let code = tokio::task::block_in_place(|| next_code(&secret, &mut last));
-        let token = token_for(
-            &rig.server,
-            &http,
-            &client_id,
-            &rig.server.url(prefix),
-            "alice",
-            &code,
-        )
-        .await;
+    let tokens = code_flow_tokens(&rig, &http, &secret, &mut 0, &client_id).await;
+    for ((protocol, _), token) in ROUTES.into_iter().zip(&tokens) {
         let token = token["access_token"].as_str().unwrap();
         let cell = format!("{protocol:?} / forbid by binding: bearer refused");
-        let refused = match protocol {
-            Protocol::Mcp => mcp_call_with(&rig, &http, token, "bearer-call").await,
-            _ => {
-                rig.call_by(&http, protocol, "bearer-call", Some(token))
-                    .await
-            }
-        };
-        assert_eq!(
-            refused.code.as_deref(),
-            Some("forbidden"),
-            "{cell}: {refused:?}"
-        );
-        let rec = tokio::task::block_in_place(|| record(&rig.server, &refused.request_id));
-        assert_eq!(rec["outcome"], "deny", "{cell}: {rec}");
+        let refused = call_with_token(&rig, &http, protocol, token, "bearer-call").await;
+        let rec = refused_as(&rig, &refused, "forbidden", &cell);
         assert_eq!(rec["policies"], json!(["no-bearer"]), "{cell}: {rec}");
         let cell = format!("{protocol:?} / forbid by binding: bound credential served");
         let served = rig.call(protocol, "certificate-call").await;
         assert_eq!(served.code, None, "{cell}: {served:?}");
     }
     assert!(!rig.ran("bearer-call") && rig.ran("certificate-call"));
+}
+
+/// A client that named itself by a Client ID Metadata Document (its id the
+/// document's URL), revoked by an admin with `portcullis admin oauth-client
+/// revoke URL`: its tokens, one per protocol's route, each served before,
+/// are refused on every protocol at once (the MCP tool does not run); it
+/// can neither refresh nor authorize again; the revocation is recorded.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_metadata_document_clients_tokens_stop_on_every_protocol() {
+    use support::authorization::{CALLBACK, browser, enrol, next_code};
+    use support::client_metadata::DocServer;
+    let policies = format!(
+        "{}@id(\"alice\") permit(principal == User::\"alice\", action, resource);\n",
+        obliging("")
+    );
+    support::install_crypto();
+    let ca = portcullis_identity::CertificateAuthority::generate("portcullis.local").unwrap();
+    let docs = DocServer::start(&ca, CALLBACK).await;
+    let extra = Extra {
+        config: "[identity.authorization]\nagent = \"dev-bot\"\nclient_metadata_hosts = [\"127.0.0.1\"]\nclient_metadata_private_addresses = true\n",
+        ca: Some(&ca),
+        ..Extra::default()
+    };
+    let Some(rig) = rig_setup(&policies, &extra).await else {
+        return;
+    };
+    let http = browser(&rig.server);
+    let secret = enrol(&rig.server, &http, "alice", None).await;
+    let client_id = docs.url("/client.json");
+    let mut last = 0;
+    let tokens = code_flow_tokens(&rig, &http, &secret, &mut last, &client_id).await;
+    let access = |i: usize| tokens[i]["access_token"].as_str().unwrap();
+    for (i, (protocol, _)) in ROUTES.into_iter().enumerate() {
+        let served = call_with_token(&rig, &http, protocol, access(i), "before-revoke").await;
+        assert_eq!(
+            served.code, None,
+            "{protocol:?} before the revocation: {served:?}"
+        );
+    }
+
+    // The operator revokes it by its URL, with their TOTP code.
+    let code = tokio::task::block_in_place(|| next_code(&secret, &mut last));
+    let out = tokio::task::block_in_place(|| {
+        rig.server.cli(&[
+            "admin",
+            "oauth-client",
+            "revoke",
+            &client_id,
+            "--user",
+            "alice",
+            "--totp",
+            &code,
+        ])
+    });
+    assert!(
+        out.status.success(),
+        "admin oauth-client revoke: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for (i, (protocol, _)) in ROUTES.into_iter().enumerate() {
+        let cell = format!("{protocol:?} / revoked metadata-document client: tokens refused");
+        let refused = call_with_token(&rig, &http, protocol, access(i), "after-revoke").await;
+        refused_as(&rig, &refused, "invalid_token", &cell);
+    }
+    assert!(rig.ran("before-revoke") && !rig.ran("after-revoke"));
+    // Nor a refresh, nor a new authorization.
+    let refresh = http
+        .post(rig.server.url("/oauth2/token"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(
+            serde_urlencoded::to_string([
+                ("grant_type", "refresh_token"),
+                (
+                    "refresh_token",
+                    tokens[0]["refresh_token"].as_str().unwrap(),
+                ),
+                ("client_id", &client_id),
+            ])
+            .unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    let status = refresh.status().as_u16();
+    let body: Value = refresh.json().await.unwrap();
+    assert_eq!(
+        (status, &body["error"]),
+        (401, &json!("invalid_client")),
+        "{body}"
+    );
+    let query = serde_urlencoded::to_string([
+        ("response_type", "code"),
+        ("client_id", &client_id),
+        ("redirect_uri", CALLBACK),
+        ("code_challenge", &"a".repeat(43)),
+        ("code_challenge_method", "S256"),
+        ("resource", &rig.server.url("/api")),
+    ])
+    .unwrap();
+    let again = http
+        .get(rig.server.url(&format!("/oauth2/authorize?{query}")))
+        .send()
+        .await
+        .unwrap();
+    let status = again.status().as_u16();
+    let body: Value = again.json().await.unwrap();
+    assert_eq!(
+        (status, &body["error"]),
+        (401, &json!("invalid_client")),
+        "{body}"
+    );
+    // Listed as revoked, by its URL; the revocation recorded with the admin.
+    let listed = tokio::task::block_in_place(|| {
+        rig.server
+            .cli(&["admin", "oauth-client", "list", "-o", "json"])
+    });
+    let listed: Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let row = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["client_id"] == client_id.as_str())
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(!row["revoked_at"].is_null(), "{row}");
+    let records = tokio::task::block_in_place(|| rig.server.audit(500));
+    assert!(
+        records.iter().any(|r| r["action"] == "oauth_client.revoke"
+            && r["resource"] == client_id.as_str()
+            && r["principal"] == "alice"),
+        "{records:?}"
+    );
+}
+
+/// The protocols with their routes' prefixes, in the rig's order.
+const ROUTES: [(Protocol, &str); 3] = [
+    (Protocol::Http, "/api"),
+    (Protocol::Mcp, "/mcp/tools"),
+    (Protocol::Llm, "/llm"),
+];
+
+/// One token response of the authorization-code flow per route of
+/// [`ROUTES`] (in that order), for `alice` (enrolled with `secret`; `last`
+/// her last TOTP step) through `client_id`.
+async fn code_flow_tokens(
+    rig: &Rig,
+    http: &reqwest::Client,
+    secret: &str,
+    last: &mut u64,
+    client_id: &str,
+) -> Vec<Value> {
+    let mut tokens = Vec::new();
+    for (_, prefix) in ROUTES {
+        let code = tokio::task::block_in_place(|| support::authorization::next_code(secret, last));
+        let token = support::authorization::token_for(
+            &rig.server,
+            http,
+            client_id,
+            &rig.server.url(prefix),
+            "alice",
+            &code,
+        )
+        .await;
+        assert_eq!(token["token_type"], "Bearer", "{token}");
+        tokens.push(token);
+    }
+    tokens
+}
+
+/// Asserts `outcome` is the refusal `code`, recorded `deny`; the record.
+fn refused_as(rig: &Rig, outcome: &Outcome, code: &str, cell: &str) -> Value {
+    assert_eq!(outcome.code.as_deref(), Some(code), "{cell}: {outcome:?}");
+    let rec = tokio::task::block_in_place(|| record(&rig.server, &outcome.request_id));
+    assert_eq!(rec["outcome"], "deny", "{cell}: {rec}");
+    rec
+}
+
+/// `protocol`'s call with `token` alone, no client certificate (on MCP in
+/// a session of its own).
+async fn call_with_token(
+    rig: &Rig,
+    http: &reqwest::Client,
+    protocol: Protocol,
+    token: &str,
+    text: &str,
+) -> Outcome {
+    match protocol {
+        Protocol::Mcp => mcp_call_with(rig, http, token, text).await,
+        _ => rig.call_by(http, protocol, text, Some(token)).await,
+    }
 }
 
 /// An MCP `tools/call` in a session of its own opened with `token` (no

@@ -33,5 +33,5 @@ pub use token::{
     access_token_hash, assertion_client, assertion_kid, cert_thumbprint, ed25519_thumbprint,
     random_id, verify_assertion, verify_dpop_proof,
 };
-pub use totp::{TOTP_DIGITS, TOTP_SKEW_STEPS, TOTP_STEP, TotpError, TotpSecret};
+pub use totp::{TOTP_DIGITS, TOTP_SKEW_STEPS, TOTP_STEP, TotpError, TotpSecret, percent_encode};
 pub use verify::{CertRejection, ClientCertChecker, DeferredClientAuth, PeerCertificate};

@@ -3,7 +3,8 @@ defaults unchanged (only the key and its algorithm are chosen; keys are
 joserfc's, which authlib >= 1.7 signs with): authlib's
 `PrivateKeyJWT` (1 h assertions) and OAuth2Session, requests-oauthlib's
 `BackendApplicationClient` (HTTP Basic with the client id and an empty
-secret), RFC 8414 metadata validation, RFC 6749 §5.2 errors as the libraries
+secret), assertions with an `aud` array and the `Ed25519` algorithm name
+(each an hour long, refused when replayed), RFC 8414 metadata validation, RFC 6749 §5.2 errors as the libraries
 parse them, and DPoP proofs signed ES256 and `Ed25519` (RFC 9864) with a
 server-issued nonce.
 
@@ -126,6 +127,38 @@ def main() -> None:
         out["oauthlib_error"] = "issued"
     except OAuth2Error as e:
         out["oauthlib_error"] = e.error
+
+    # Assertions shaped as other libraries shape them, signed with joserfc
+    # and `cryptography`: `aud` an array (the issuer and the token
+    # endpoint), and EdDSA under its RFC 9864 name `Ed25519`; each lives an
+    # hour, and the same one presented again is refused (its `jti` is kept
+    # until it expires).
+    def assertion_claims(name):
+        now = int(time.time())
+        return {"iss": name, "sub": name, "aud": [meta["issuer"], token_url],
+                "iat": now, "exp": now + 3600, "jti": str(uuid.uuid4())}
+
+    def post_assertion(agent, assertion):
+        r = requests.post(
+            token_url,
+            data={"grant_type": "client_credentials",
+                  "client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion},
+            cert=(agent["cert"], agent["key"]),
+            verify=ca,
+        )
+        return [r.status_code, r.json().get("error") or r.json().get("token_type")]
+
+    aud_array = jwt.encode({"alg": "ES256", "typ": "JWT"}, assertion_claims(es["name"]),
+                           ec_key, algorithms=["ES256"])
+    out["aud_array"] = post_assertion(es, aud_array)
+    out["replayed"] = post_assertion(es, aud_array)
+    ed_private = Ed25519PrivateKey.from_private_bytes(
+        base64.urlsafe_b64decode(ed["jwk"]["d"] + "=" * (-len(ed["jwk"]["d"]) % 4)))
+    header = {"alg": "Ed25519", "typ": "JWT"}
+    signing_input = (b64(json.dumps(header).encode()) + "."
+                     + b64(json.dumps(assertion_claims(ed["name"])).encode()))
+    out["ed25519_named"] = post_assertion(
+        ed, signing_input + "." + b64(ed_private.sign(signing_input.encode())))
 
     # DPoP (RFC 9449) without a client certificate: ES256 proofs (authlib's
     # JWS) and `Ed25519`-named ones (RFC 9864), each with the nonce the

@@ -13,8 +13,10 @@
 //! - the host's addresses must be public (not loopback, private, link-local,
 //!   …), checked in the resolver the connection uses, so a name cannot be
 //!   re-pointed between the check and the connection; an address literal is
-//!   checked the same way. `client_metadata_private_addresses` lifts this
-//!   for deployments whose clients live on the internal network.
+//!   checked the same way, and so are the addresses configured for a host
+//!   (`client_metadata_addresses`, used instead of DNS).
+//!   `client_metadata_private_addresses` lifts this for deployments whose
+//!   clients live on the internal network.
 //!
 //! The document must name itself (`client_id` equal to the URL, byte for
 //! byte), carry `client_name` and `redirect_uris` (each acceptable as for
@@ -23,11 +25,11 @@
 //! max-age` (5 minutes by default, at most an hour; `no-store` not at all);
 //! refusals for 30 s, so a broken URL cannot make the gateway hammer it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -135,9 +137,33 @@ fn is_public(ip: IpAddr) -> bool {
 
 /// Resolves names for the fetch client, keeping only addresses a document
 /// may come from: the check sits in the connection's own resolution.
-#[derive(Debug, Clone, Copy)]
+/// Configured addresses stand in for DNS and pass the same check.
+#[derive(Debug, Clone)]
 struct PublicResolver {
     private_ok: bool,
+    pinned: Arc<BTreeMap<String, Vec<IpAddr>>>,
+}
+
+impl PublicResolver {
+    /// The addresses `name` may be fetched from: its configured ones or
+    /// DNS's, then only the public ones (unless private ones are allowed).
+    async fn resolve(&self, name: &str) -> std::io::Result<Vec<SocketAddr>> {
+        let name = name.to_ascii_lowercase();
+        let found: Vec<SocketAddr> = match self.pinned.get(&name) {
+            Some(pinned) => pinned.iter().map(|ip| SocketAddr::new(*ip, 0)).collect(),
+            None => tokio::net::lookup_host((name.as_str(), 0)).await?.collect(),
+        };
+        let addrs: Vec<SocketAddr> = found
+            .into_iter()
+            .filter(|a| self.private_ok || is_public(a.ip()))
+            .collect();
+        if addrs.is_empty() {
+            return Err(std::io::Error::other(
+                "the host resolves to no public address",
+            ));
+        }
+        Ok(addrs)
+    }
 }
 
 impl tower::Service<Name> for PublicResolver {
@@ -150,19 +176,8 @@ impl tower::Service<Name> for PublicResolver {
     }
 
     fn call(&mut self, name: Name) -> Self::Future {
-        let private_ok = self.private_ok;
-        Box::pin(async move {
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0))
-                .await?
-                .filter(|a| private_ok || is_public(a.ip()))
-                .collect();
-            if addrs.is_empty() {
-                return Err(std::io::Error::other(
-                    "the host resolves to no public address",
-                ));
-            }
-            Ok(addrs.into_iter())
-        })
+        let resolver = self.clone();
+        Box::pin(async move { Ok(resolver.resolve(name.as_str()).await?.into_iter()) })
     }
 }
 
@@ -195,9 +210,18 @@ fn ttl_of(cache_control: Option<&str>) -> i64 {
 }
 
 impl ClientMetadata {
-    /// The fetcher for `hosts` (lowercase), trusting `tls`.
-    pub(crate) fn new(hosts: Vec<String>, private_ok: bool, tls: rustls::ClientConfig) -> Self {
-        let mut http = HttpConnector::new_with_resolver(PublicResolver { private_ok });
+    /// The fetcher for `hosts` (lowercase), some with `pinned` addresses,
+    /// trusting `tls`.
+    pub(crate) fn new(
+        hosts: Vec<String>,
+        pinned: BTreeMap<String, Vec<IpAddr>>,
+        private_ok: bool,
+        tls: rustls::ClientConfig,
+    ) -> Self {
+        let mut http = HttpConnector::new_with_resolver(PublicResolver {
+            private_ok,
+            pinned: Arc::new(pinned),
+        });
         http.enforce_http(false);
         http.set_connect_timeout(Some(FETCH_TIMEOUT));
         let https = hyper_rustls::HttpsConnectorBuilder::new()
@@ -464,6 +488,7 @@ mod tests {
         .with_no_client_auth();
         let fence = ClientMetadata::new(
             vec!["apps.example.com".into(), "127.0.0.1".into()],
+            BTreeMap::new(),
             false,
             tls,
         );
@@ -503,5 +528,57 @@ mod tests {
         assert_eq!(ttl_of(Some("max-age=999999")), MAX_TTL);
         assert_eq!(ttl_of(Some("no-store")), 0);
         assert!(is_url_client_id(URL) && !is_url_client_id("abc_DEF-123"));
+    }
+
+    /// The resolver the fetch connects through, on names whose addresses
+    /// are configured (no DNS involved): a name is fetched from its public
+    /// addresses only, and one with none is not fetched at all, unless
+    /// private addresses are allowed.
+    #[tokio::test]
+    async fn names_resolve_to_their_public_addresses_only() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let pinned: BTreeMap<String, Vec<IpAddr>> = [
+            ("public.example", vec![ip("8.8.8.8"), ip("2606:4700::1")]),
+            ("mixed.example", vec![ip("10.0.0.5"), ip("1.1.1.1")]),
+            (
+                "internal.example",
+                vec![ip("10.0.0.5"), ip("169.254.169.254")],
+            ),
+            ("loopback.example", vec![ip("127.0.0.1"), ip("::1")]),
+        ]
+        .into_iter()
+        .map(|(n, a)| (n.to_string(), a))
+        .collect();
+        let resolver = |private_ok| PublicResolver {
+            private_ok,
+            pinned: Arc::new(pinned.clone()),
+        };
+        let ips = |r: std::io::Result<Vec<SocketAddr>>| -> Option<Vec<IpAddr>> {
+            r.ok().map(|a| a.iter().map(SocketAddr::ip).collect())
+        };
+        let fenced = resolver(false);
+        assert_eq!(
+            ips(fenced.resolve("Public.Example").await),
+            Some(vec![ip("8.8.8.8"), ip("2606:4700::1")])
+        );
+        assert_eq!(
+            ips(fenced.resolve("mixed.example").await),
+            Some(vec![ip("1.1.1.1")])
+        );
+        for name in ["internal.example", "loopback.example", "localhost"] {
+            let refused = fenced.resolve(name).await.unwrap_err();
+            assert!(refused.to_string().contains("no public address"), "{name}");
+        }
+        let open = resolver(true);
+        assert_eq!(
+            ips(open.resolve("internal.example").await),
+            Some(vec![ip("10.0.0.5"), ip("169.254.169.254")])
+        );
+        assert!(
+            ips(open.resolve("localhost").await)
+                .unwrap()
+                .iter()
+                .all(|a| a.is_loopback())
+        );
     }
 }

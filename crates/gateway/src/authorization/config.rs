@@ -8,6 +8,9 @@
 //! (`client_metadata_hosts`: the hosts whose https `client_id` URLs the
 //! gateway fetches).
 
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
 use portcullis_core::AgentName;
 use serde::Deserialize;
 
@@ -56,6 +59,12 @@ pub struct RawAuthorization {
     /// is refused, against DNS rebinding into the internal network).
     #[serde(default)]
     pub client_metadata_private_addresses: bool,
+    /// Addresses to use for hosts of `client_metadata_hosts` instead of
+    /// asking DNS (like curl's `--resolve`: split-horizon names, or a
+    /// documents host pinned so a poisoned answer cannot move it). The
+    /// public-address rule applies to these addresses as to resolved ones.
+    #[serde(default)]
+    pub client_metadata_addresses: BTreeMap<String, Vec<String>>,
     /// Registrations accepted per hour, all sources together (default 30).
     pub registrations_per_hour: Option<u32>,
     /// Live registered clients at most (default 200).
@@ -79,6 +88,8 @@ pub struct AuthorizationConfig {
     pub client_metadata_hosts: Vec<String>,
     /// Whether documents may come from non-public addresses.
     pub client_metadata_private_addresses: bool,
+    /// Hosts (lowercase) whose addresses are configured, not resolved.
+    pub client_metadata_addresses: BTreeMap<String, Vec<IpAddr>>,
     /// Registrations per hour.
     pub registrations_per_hour: u32,
     /// Live clients at most.
@@ -125,6 +136,42 @@ fn hosts(key: &str, raw: &[String]) -> Result<Vec<String>, String> {
                     "key `identity.authorization.{key}`: `{h}` is not a host name or address (no scheme, port or path)"
                 ))
             }
+        })
+        .collect()
+}
+
+/// Most addresses configured for one documents host.
+const MAX_PINNED_ADDRESSES: usize = 16;
+
+/// `client_metadata_addresses`: each name one of `hosts` (a name, not an
+/// address literal), with 1 to 16 addresses.
+fn pinned_addresses(
+    raw: &BTreeMap<String, Vec<String>>,
+    hosts: &[String],
+) -> Result<BTreeMap<String, Vec<IpAddr>>, String> {
+    const KEY: &str = "key `identity.authorization.client_metadata_addresses`";
+    raw.iter()
+        .map(|(name, addresses)| {
+            let host = name.trim().to_ascii_lowercase();
+            if !hosts.contains(&host) || host.parse::<IpAddr>().is_ok() {
+                return Err(format!(
+                    "{KEY}: `{name}` is not a host name listed in `client_metadata_hosts`"
+                ));
+            }
+            if addresses.is_empty() || addresses.len() > MAX_PINNED_ADDRESSES {
+                return Err(format!(
+                    "{KEY}: `{name}` needs 1 to {MAX_PINNED_ADDRESSES} addresses"
+                ));
+            }
+            let addresses = addresses
+                .iter()
+                .map(|a| {
+                    a.trim()
+                        .parse::<IpAddr>()
+                        .map_err(|_| format!("{KEY}: `{a}` (for `{name}`) is not an IP address"))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((host, addresses))
         })
         .collect()
 }
@@ -179,10 +226,15 @@ impl AuthorizationConfig {
         if raw.dynamic_registration && registration.is_open() {
             return Err("key `identity.authorization.dynamic_registration`: open registration needs an allow-list: set `registration_redirect_hosts`, `registration_software_ids` or `registration_token_env`".into());
         }
+        let client_metadata_hosts = hosts("client_metadata_hosts", &raw.client_metadata_hosts)?;
         Ok(AuthorizationConfig {
             agent,
             registration,
-            client_metadata_hosts: hosts("client_metadata_hosts", &raw.client_metadata_hosts)?,
+            client_metadata_addresses: pinned_addresses(
+                &raw.client_metadata_addresses,
+                &client_metadata_hosts,
+            )?,
+            client_metadata_hosts,
             client_metadata_private_addresses: raw.client_metadata_private_addresses,
             dynamic_registration: raw.dynamic_registration,
             registrations_per_hour,
@@ -218,7 +270,30 @@ mod tests {
         assert_eq!(c.registration.redirect_hosts, ["localhost", "::1"]);
         assert_eq!(c.registration.software_ids, ["s"]);
         assert_eq!(c.client_metadata_hosts, ["apps.example.com"]);
+        let c = parse("[identity.authorization]\nagent = \"h\"\nclient_metadata_hosts = [\"docs.example.com\"]\nclient_metadata_addresses = { \"Docs.example.com\" = [\"198.51.100.7\", \"2001:db8::7\"] }\n")
+            .unwrap()
+            .authorization
+            .unwrap();
+        assert_eq!(
+            c.client_metadata_addresses["docs.example.com"],
+            [
+                "198.51.100.7".parse::<std::net::IpAddr>().unwrap(),
+                "2001:db8::7".parse().unwrap()
+            ]
+        );
         for (bad, says) in [
+            (
+                "agent = \"h\"\nclient_metadata_hosts = [\"a.example\"]\nclient_metadata_addresses = { \"b.example\" = [\"192.0.2.1\"] }",
+                "not a host name listed",
+            ),
+            (
+                "agent = \"h\"\nclient_metadata_hosts = [\"a.example\"]\nclient_metadata_addresses = { \"a.example\" = [] }",
+                "1 to 16 addresses",
+            ),
+            (
+                "agent = \"h\"\nclient_metadata_hosts = [\"a.example\"]\nclient_metadata_addresses = { \"a.example\" = [\"a.example\"] }",
+                "is not an IP address",
+            ),
             ("agent = \"Not A Name\"", "identity.authorization.agent"),
             (
                 "agent = \"h\"\nrefresh_ttl_seconds = 1",

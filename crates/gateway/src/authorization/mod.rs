@@ -219,6 +219,7 @@ impl AuthorizationServer {
         let metadata = (!config.client_metadata_hosts.is_empty()).then(|| {
             client_metadata::ClientMetadata::new(
                 config.client_metadata_hosts.clone(),
+                config.client_metadata_addresses.clone(),
                 config.client_metadata_private_addresses,
                 tls,
             )
@@ -442,6 +443,7 @@ mod tests {
                 registration: config::RegistrationAllowList::default(),
                 client_metadata_hosts: Vec::new(),
                 client_metadata_private_addresses: false,
+                client_metadata_addresses: Default::default(),
                 registrations_per_hour: 2,
                 max_clients: 10,
                 refresh_ttl: 3600,
