@@ -30,6 +30,8 @@ mod confine;
 #[cfg(target_os = "linux")]
 mod egress;
 #[cfg(target_os = "linux")]
+pub mod kernel_audit;
+#[cfg(target_os = "linux")]
 pub mod memory;
 #[cfg(target_os = "linux")]
 mod seccomp;
