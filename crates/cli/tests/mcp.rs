@@ -2445,7 +2445,7 @@ fn a_plain_http_egress_body_is_held_within_the_gateways_buffer_budget() {
         &policies,
         &[],
         "",
-        "max_buffered_bytes = 262144",
+        "max_body_bytes = 65536\nmax_buffered_bytes = 262144",
     );
     let mut client = McpClient::start(&server, "probe", "streamer");
     assert_eq!(client.list(), ["probe"]);
@@ -2484,12 +2484,19 @@ fn a_plain_http_egress_body_is_held_within_the_gateways_buffer_budget() {
         "nothing refused went upstream"
     );
     let records = kind_records(&server, "egress", "streamer", 2);
+    // 413 once the body alone passes the budget, or 503 `server_busy` as
+    // soon as it passes what the other bodies held leave (the agent's own
+    // `tools/call` holds some while it waits for the answer).
     let refused = records
         .iter()
-        .find(|r| r["error_code"] == "egress_body_too_large")
+        .find(|r| r["outcome"] == "deny")
         .unwrap_or_else(|| panic!("{records:#?}"));
-    assert_eq!(refused["status"], 413, "{refused}");
-    assert_eq!(refused["outcome"], "deny", "{refused}");
+    let code = refused["error_code"].as_str().unwrap_or("");
+    assert!(
+        (code == "egress_body_too_large" && refused["status"] == 413)
+            || (code == "server_busy" && refused["status"] == 503),
+        "{refused}"
+    );
     // The gateway stays healthy, and its budget is free again.
     assert_eq!(
         stream(&mut client, "64"),

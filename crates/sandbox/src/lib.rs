@@ -57,6 +57,7 @@ pub const SYSTEM_READ_PATHS: &[&str] = &[
     "/etc/ld.so.conf",
     "/etc/ld.so.conf.d",
     "/etc/localtime",
+    "/etc/locale.alias",
     "/etc/ssl",
     "/etc/ca-certificates",
     "/etc/pki",

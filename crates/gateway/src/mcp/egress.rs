@@ -71,8 +71,10 @@ const MAX_CONNECTIONS: usize = 64;
 const MAX_ADDRESSES: usize = 4;
 /// Longest a plain HTTP request body may take to arrive.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Headers that concern only the hop to the proxy.
-const HOP_HEADERS: [&str; 8] = [
+/// Headers that concern only the hop to the proxy. The body is read whole
+/// before it is forwarded, so it goes on with its length, not in the
+/// chunks it came in (`transfer-encoding`).
+const HOP_HEADERS: [&str; 9] = [
     "connection",
     "proxy-connection",
     "proxy-authorization",
@@ -80,6 +82,7 @@ const HOP_HEADERS: [&str; 8] = [
     "keep-alive",
     "te",
     "trailer",
+    "transfer-encoding",
     "upgrade",
 ];
 
