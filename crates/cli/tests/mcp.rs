@@ -2810,6 +2810,30 @@ fn serve_check_shows_each_sandbox_and_refuses_unknown_keys() {
             || stdout.contains("ok: memory limit of sandboxed servers: RLIMIT_AS and RLIMIT_DATA"),
         "{stdout}"
     );
+    // Whether each refused access is audited, said either way.
+    assert!(
+        stdout.contains("ok: sandbox violations: audited one by one from the kernel audit")
+            || stdout.contains("warning: sandbox violations: "),
+        "{stdout}"
+    );
+    let off = support::config(
+        dir.path(),
+        &format!("{routes}\n[audit]\nkernel_audit = \"off\"\n"),
+        "",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--check", "--config"])
+        .arg(&off)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("warning: sandbox violations: NOT audited one by one (only seccomp, CPU, memory and wall-clock kills and egress refusals are; docs/sandbox.md): `[audit] kernel_audit = \"off\"`"),
+        "{stdout}"
+    );
     let typo = support::config(
         dir.path(),
         &routes.replace("network = \"host\"", "netwrok = \"host\""),
