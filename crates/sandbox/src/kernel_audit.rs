@@ -38,8 +38,6 @@ const AUDIT_SECCOMP: u16 = 1326;
 const AUDIT_LANDLOCK_ACCESS: u16 = 1423;
 /// A Landlock domain's creation (with its creator's pid) or end.
 const AUDIT_LANDLOCK_DOMAIN: u16 = 1424;
-/// `NLMSG_ERROR`: an error or an acknowledgement.
-const NLMSG_ERROR: u16 = 2;
 /// `AUDIT_NLGRP_READLOG`, as a group mask.
 const READLOG_GROUP: u32 = 1;
 /// `AUDIT_STATUS_ENABLED`.
@@ -132,14 +130,7 @@ fn request(kind: u16, payload: &[u8]) -> Result<Vec<u32>, rustix::io::Errno> {
         rustix::net::sockopt::Timeout::Recv,
         Some(Duration::from_secs(2)),
     )?;
-    let mut message = Vec::with_capacity(16 + payload.len());
-    message.extend_from_slice(&(16 + payload.len() as u32).to_ne_bytes());
-    message.extend_from_slice(&kind.to_ne_bytes());
-    // NLM_F_REQUEST | NLM_F_ACK.
-    message.extend_from_slice(&(1u16 | 4).to_ne_bytes());
-    message.extend_from_slice(&1u32.to_ne_bytes());
-    message.extend_from_slice(&0u32.to_ne_bytes());
-    message.extend_from_slice(payload);
+    let message = crate::netlink::request(kind, payload);
     rustix::net::sendto(
         &fd,
         &message,
@@ -153,11 +144,8 @@ fn request(kind: u16, payload: &[u8]) -> Result<Vec<u32>, rustix::io::Errno> {
         let (n, _) = rustix::net::recv(&fd, &mut buf[..], RecvFlags::empty())?;
         for (typ, body) in messages(&buf[..n]) {
             match typ {
-                NLMSG_ERROR => {
-                    let code = body
-                        .get(..4)
-                        .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-                        .unwrap_or(0);
+                crate::netlink::NLMSG_ERROR => {
+                    let code = crate::netlink::error_of(body).unwrap_or(0);
                     if code != 0 {
                         return Err(rustix::io::Errno::from_raw_os_error(-code));
                     }
