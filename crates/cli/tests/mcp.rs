@@ -1883,6 +1883,9 @@ fn probe(client: &mut McpClient, what: &str, target: &str) -> String {
     v["text"].as_str().unwrap().to_string()
 }
 
+/// Whether a `process.violation` record's `violation` is the one wanted.
+type Matches<'a> = dyn Fn(&Value) -> bool + 'a;
+
 #[test]
 fn a_sandboxed_stdio_server_cannot_escape_and_every_process_event_is_audited() {
     if !python_mcp() || !Path::new("/usr/bin/python3").exists() {
@@ -1982,7 +1985,7 @@ fn a_sandboxed_stdio_server_cannot_escape_and_every_process_event_is_audited() {
         );
         eprintln!("SKIPPED: this host does not let the gateway read the kernel audit");
     } else {
-        let wanted: [(&str, &dyn Fn(&Value) -> bool); 5] = [
+        let wanted: [(&str, &Matches<'_>); 5] = [
             ("outside read", &|v| {
                 v["denied"] == "fs.read_file" && v["path"] == outside.to_str().unwrap()
             }),

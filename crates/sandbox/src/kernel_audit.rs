@@ -272,7 +272,7 @@ impl Reader {
 
     /// Blocks until some denials are complete (or a short while passed):
     /// returns them, possibly none. Fails only if the socket does.
-    pub fn next(&mut self) -> Result<Vec<Denial>, AuditError> {
+    pub fn read(&mut self) -> Result<Vec<Denial>, AuditError> {
         let mut buf = vec![0u8; 16 * 1024];
         match rustix::net::recv(&self.fd, &mut buf[..], RecvFlags::empty()) {
             Ok((n, _)) => {

@@ -158,7 +158,7 @@ impl Violations {
     fn run(&self, mut reader: Reader) {
         let mut overruns = 0;
         loop {
-            match reader.next() {
+            match reader.read() {
                 Ok(denials) => {
                     for d in denials {
                         self.record(d);
