@@ -19,8 +19,11 @@
 //!   unsigned LEB128 integer (`duration_us`, `bytes_in`, `bytes_out`; lists
 //!   and optional integers are a count or `0`/`1 + n`; the `process` event
 //!   is `0`, or `1` and its fields, signed integers zigzag-encoded, `2`
-//!   and its fields followed by `address` and `method`, or `3` and its
-//!   fields followed by `address`, `method` and `user`).
+//!   and its fields followed by `address` and `method`, `3` and its
+//!   fields followed by `address`, `method` and `user`, or `4` and the
+//!   fields of `3` followed by `violations` and the `violation` object,
+//!   `0` or `1` and its `mechanism`, `denied`, `path`, `address`,
+//!   `syscall` and `pid`).
 //!
 //! A value is an LEB128 tag: `0` null, `1` text (length and UTF-8 bytes),
 //! `2` lowercase hex (byte length and the bytes: digests and fingerprints),
@@ -29,7 +32,7 @@
 //! recur). The encoder chooses; the decoder accepts any, and rejects trailing
 //! bytes, unknown flags and unknown tags.
 
-use crate::{AuditRecord, ContentFinding, Outcome, ProcessEvent, RecordKind};
+use crate::{AuditRecord, ContentFinding, Outcome, ProcessEvent, RecordKind, Violation};
 
 /// The first byte of a record in the compact form.
 pub const FORMAT: u8 = 0x01;
@@ -121,7 +124,9 @@ pub fn encode(record: &AuditRecord, intern: &mut impl FnMut(&str) -> u64) -> Vec
     match &record.process {
         None => w.int(0),
         Some(p) => {
-            let tag = if p.user.is_some() {
+            let tag = if p.violation.is_some() || p.violations.is_some() {
+                4
+            } else if p.user.is_some() {
                 3
             } else if p.address.is_some() || p.method.is_some() {
                 2
@@ -141,8 +146,23 @@ pub fn encode(record: &AuditRecord, intern: &mut impl FnMut(&str) -> u64) -> Vec
                 w.value(p.address.as_deref(), Slot::Interned);
                 w.value(p.method.as_deref(), Slot::Interned);
             }
-            if tag == 3 {
+            if tag >= 3 {
                 w.value(p.user.as_deref(), Slot::Interned);
+            }
+            if tag == 4 {
+                w.opt_int(p.violations);
+                match &p.violation {
+                    None => w.int(0),
+                    Some(v) => {
+                        w.int(1);
+                        w.value(Some(v.mechanism.as_str()), Slot::Interned);
+                        w.value(Some(v.denied.as_str()), Slot::Interned);
+                        w.value(v.path.as_deref(), Slot::Text);
+                        w.value(v.address.as_deref(), Slot::Interned);
+                        w.opt_int(v.syscall.map(u64::from));
+                        w.opt_int(v.pid.map(u64::from));
+                    }
+                }
             }
         }
     }
@@ -263,7 +283,7 @@ pub fn decode_into<'s>(
     let start = r.at;
     record.process = match r.int()? {
         0 => None,
-        tag @ (1..=3) => {
+        tag @ (1..=4) => {
             let signed = |r: &mut Reader<'_, _>| {
                 let start = r.at;
                 match r.opt_int()? {
@@ -295,10 +315,36 @@ pub fn decode_into<'s>(
                     return Err(DecodeError::Malformed(start));
                 }
             }
-            if tag == 3 {
+            if tag >= 3 {
                 event.user = r.value()?;
                 // Tag 3 says the user is there.
-                if event.user.is_none() {
+                if tag == 3 && event.user.is_none() {
+                    return Err(DecodeError::Malformed(start));
+                }
+            }
+            if tag == 4 {
+                event.violations = r.opt_int()?;
+                let u32_at = |r: &mut Reader<'_, _>| {
+                    let at = r.at;
+                    r.opt_int()?
+                        .map(u32::try_from)
+                        .transpose()
+                        .map_err(|_| DecodeError::Malformed(at))
+                };
+                event.violation = match r.int()? {
+                    0 => None,
+                    1 => Some(Violation {
+                        mechanism: r.required()?,
+                        denied: r.required()?,
+                        path: r.value()?,
+                        address: r.value()?,
+                        syscall: u32_at(&mut r)?,
+                        pid: u32_at(&mut r)?,
+                    }),
+                    _ => return Err(DecodeError::Malformed(start)),
+                };
+                // Tag 4 says a violation or a count is there.
+                if event.violation.is_none() && event.violations.is_none() {
                     return Err(DecodeError::Malformed(start));
                 }
             }
@@ -620,7 +666,26 @@ mod tests {
                 p.user = Some("alice@example.com".into());
             }
         }
+        // Tag 4: a kernel-reported violation, and an exit's count alone.
+        let mut violation = delegated_bare.clone();
+        let mut count_only = full();
+        if let Some(p) = violation.process.as_mut() {
+            p.violations = Some(3);
+            p.violation = Some(Violation {
+                mechanism: "landlock".into(),
+                denied: "fs.read_file".into(),
+                path: Some("/root/.ssh/id_ed25519".into()),
+                address: None,
+                syscall: Some(257),
+                pid: Some(4242),
+            });
+        }
+        if let Some(p) = count_only.process.as_mut() {
+            p.violations = Some(0);
+        }
         let mut cases = vec![
+            violation,
+            count_only,
             full(),
             AuditRecord::default(),
             egress(),

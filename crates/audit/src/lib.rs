@@ -145,7 +145,8 @@ pub struct AuditRecord {
     pub process: Option<ProcessEvent>,
 }
 
-/// A launched process's event (`action` `process.spawn` or `process.exit`).
+/// A launched process's event (`action` `process.spawn`, `process.violation` or
+/// `process.exit`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessEvent {
     /// The command as the route configures it (program and arguments).
@@ -180,6 +181,36 @@ pub struct ProcessEvent {
     /// `egress`); left out otherwise, so other records' encoding stays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// What the kernel refused the process (`process.violation` only; left
+    /// out of other records, so their encoding stays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub violation: Option<Violation>,
+    /// How many refusals the kernel reported for the process, each one a
+    /// `process.violation` record up to a bound (`process.exit` only, and
+    /// only when there were some).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub violations: Option<u64>,
+}
+
+/// One access the kernel refused a sandboxed process, as its audit
+/// subsystem reported it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    /// `landlock` (a file, a TCP port, a scope) or `seccomp` (a system call,
+    /// which killed the process).
+    pub mechanism: String,
+    /// What was refused: Landlock's access rights (`fs.read_file`,
+    /// `fs.write_file,fs.make_reg`, `net.connect_tcp`, `scope.signal`, …),
+    /// or `syscall`.
+    pub denied: String,
+    /// The file, for a filesystem refusal.
+    pub path: Option<String>,
+    /// `address:port`, for a TCP refusal.
+    pub address: Option<String>,
+    /// The system call's number (x86-64 numbering on x86-64).
+    pub syscall: Option<u32>,
+    /// The process that tried (its pid on the host).
+    pub pid: Option<u32>,
 }
 
 /// Most content findings kept in one record; the rest are counted in the

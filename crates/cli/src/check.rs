@@ -108,8 +108,8 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         crate::serve::check_llm_routes(&config, &bundle)?;
         println!("ok: LLM routes: API keys readable, the schema knows models");
     }
-    for line in crate::serve::check_sandboxed_routes(&config)? {
-        println!("ok: {line}");
+    for (ok, line) in crate::serve::check_sandboxed_routes(&config, false)? {
+        println!("{}: {line}", if ok { "ok" } else { "warning" });
     }
     portcullis_gateway::analytics::WebhookKey::load(&config.analytics)
         .context("cannot start behavioral analytics")?;

@@ -133,8 +133,12 @@ pub async fn run(
         check_llm_routes(&config, &bundle)?;
     }
     // And `stdio:` routes whose sandbox needs what this kernel lacks.
-    for line in check_sandboxed_routes(&config)? {
-        tracing::info!("{line}");
+    for (ok, line) in check_sandboxed_routes(&config, true)? {
+        if ok {
+            tracing::info!("{line}");
+        } else {
+            tracing::warn!("{line}");
+        }
     }
     sweep_stale_sandboxes(&config);
     let capture_writer = vault.as_ref().map(|v| v.start_capture_writer());
@@ -859,8 +863,13 @@ pub(crate) fn check_llm_routes(config: &Config, bundle: &PolicyBundle) -> Result
 
 /// `stdio:` routes: runs `portcullis sandbox-exec --probe` once and refuses
 /// a route whose sandbox profile needs a mechanism the kernel lacks and does
-/// not allow to be missing. Returns one line per route (profile, loosenings).
-pub(crate) fn check_sandboxed_routes(config: &Config) -> Result<Vec<String>> {
+/// not allow to be missing. Returns one line per route (profile, loosenings)
+/// and what is known of the host, each with whether it is as it should be.
+/// `serving`: the gateway starts, so the kernel audit reader starts too.
+pub(crate) fn check_sandboxed_routes(
+    config: &Config,
+    serving: bool,
+) -> Result<Vec<(bool, String)>> {
     let sandboxed: Vec<_> = config
         .routes
         .iter()
@@ -875,24 +884,104 @@ pub(crate) fn check_sandboxed_routes(config: &Config) -> Result<Vec<String>> {
         profile
             .check_support(&support)
             .with_context(|| format!("route `{}` cannot start", route.name))?;
-        lines.push(format!(
-            "sandbox of route `{}`: {}",
-            route.name,
-            profile.summary()
+        lines.push((
+            true,
+            format!("sandbox of route `{}`: {}", route.name, profile.summary()),
         ));
     }
     #[cfg(target_os = "linux")]
-    lines.push(format!(
-        "memory limit of sandboxed servers: {}",
-        portcullis_sandbox::memory::memory_control().describe()
+    lines.push((
+        true,
+        format!(
+            "memory limit of sandboxed servers: {}",
+            portcullis_sandbox::memory::memory_control().describe()
+        ),
     ));
-    lines.push(format!(
-        "sandbox mechanisms of this kernel: landlock ABI {}, seccomp {}, user namespaces {}",
-        support.landlock_abi,
-        if support.seccomp { "yes" } else { "no" },
-        if support.user_namespace { "yes" } else { "no" },
+    lines.push((
+        true,
+        format!(
+            "sandbox mechanisms of this kernel: landlock ABI {}, seccomp {}, user namespaces {}",
+            support.landlock_abi,
+            if support.seccomp { "yes" } else { "no" },
+            if support.user_namespace { "yes" } else { "no" },
+        ),
     ));
+    #[cfg(target_os = "linux")]
+    lines.push(sandbox_violations(
+        config.audit.kernel_audit,
+        &support,
+        serving,
+    ));
+    #[cfg(not(target_os = "linux"))]
+    let _ = serving;
     Ok(lines)
+}
+
+/// Whether each access a sandbox refuses becomes an audit record
+/// (`portcullis_gateway::mcp::violations`), and if not, why; when
+/// `serving`, turns the kernel audit on (`kernel_audit = "enable"`) and
+/// starts the reader.
+#[cfg(target_os = "linux")]
+fn sandbox_violations(
+    mode: portcullis_gateway::config::KernelAudit,
+    support: &portcullis_sandbox::Support,
+    serving: bool,
+) -> (bool, String) {
+    use portcullis_gateway::config::KernelAudit;
+    use portcullis_sandbox::kernel_audit::{self, AuditState};
+    const NOT: &str = "sandbox violations: NOT audited one by one (only seccomp, CPU, memory and wall-clock kills and egress refusals are; docs/sandbox.md)";
+    if mode == KernelAudit::Off {
+        return (false, format!("{NOT}: `[audit] kernel_audit = \"off\"`"));
+    }
+    let mut state = kernel_audit::state();
+    let mut enabled_here = "";
+    if mode == KernelAudit::Enable && state != AuditState::Enabled {
+        if !serving {
+            enabled_here = "; `serve` turns the kernel audit on (`kernel_audit = \"enable\"`)";
+            state = AuditState::Enabled;
+        } else {
+            match kernel_audit::enable() {
+                Ok(()) => {
+                    enabled_here = "; the kernel audit was off and was turned on (`kernel_audit = \"enable\"`, host-wide)";
+                    state = AuditState::Enabled;
+                }
+                Err(e) => return (false, format!("{NOT}: {e}")),
+            }
+        }
+    }
+    let readable = if serving {
+        portcullis_gateway::mcp::violations::start()
+    } else {
+        kernel_audit::Reader::open().map(|_| ())
+    };
+    if let Err(e) = readable {
+        return (false, format!("{NOT}: {e}"));
+    }
+    let which = if support.landlock_abi >= 7 {
+        "files and TCP ports Landlock refused, system calls seccomp killed for"
+    } else {
+        "system calls seccomp killed for; not files and TCP ports, as Landlock before ABI 7 logs no denial"
+    };
+    match state {
+        AuditState::Enabled => (
+            support.landlock_abi >= 7,
+            format!(
+                "sandbox violations: audited one by one from the kernel audit ({which}){enabled_here}"
+            ),
+        ),
+        AuditState::Disabled => (
+            false,
+            format!(
+                "{NOT}: the kernel audit is off (turn it on with `auditctl -e 1` or `auditd`, or set `[audit] kernel_audit = \"enable\"`)"
+            ),
+        ),
+        AuditState::Unknown => (
+            false,
+            format!(
+                "sandbox violations: audited one by one ({which}) only while the kernel audit is on, which this process cannot tell without CAP_AUDIT_CONTROL (`auditctl -s`)"
+            ),
+        ),
+    }
 }
 
 /// Removes what sandboxed servers of a gateway killed without warning left

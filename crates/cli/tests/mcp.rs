@@ -1824,6 +1824,18 @@ fn probe_gateway_config(
     env: &[(&str, &str)],
     head: &str,
 ) -> (Server, tempfile::TempDir) {
+    probe_gateway_limits(sandbox, limits, policies, env, head, "")
+}
+
+/// [`probe_gateway_config`] with the gateway's `[limits]` lines.
+fn probe_gateway_limits(
+    sandbox: &str,
+    limits: &str,
+    policies: &str,
+    env: &[(&str, &str)],
+    head: &str,
+    gateway_limits: &str,
+) -> (Server, tempfile::TempDir) {
     use std::os::unix::fs::PermissionsExt;
     let code = open_dir(0o755);
     let script = code.path().join("probe_server.py");
@@ -1840,7 +1852,7 @@ fn probe_gateway_config(
         script.display(),
         code.path().display()
     );
-    let config = support::config(dir.path(), &routes, "");
+    let config = support::config(dir.path(), &routes, gateway_limits);
     (Server::start_with_env(dir, Some(&config), env), code)
 }
 
@@ -1871,29 +1883,44 @@ fn probe(client: &mut McpClient, what: &str, target: &str) -> String {
     v["text"].as_str().unwrap().to_string()
 }
 
+/// Whether a `process.violation` record's `violation` is the one wanted.
+type Matches<'a> = dyn Fn(&Value) -> bool + 'a;
+
 #[test]
 fn a_sandboxed_stdio_server_cannot_escape_and_every_process_event_is_audited() {
     if !python_mcp() || !Path::new("/usr/bin/python3").exists() {
         eprintln!("SKIPPED: sandbox end-to-end test needs /usr/bin/python3 and the `mcp` package");
         return;
     }
-    let (server, _code) = probe_gateway("processes = 16\ncpu_seconds = 2");
+    // Each access the kernel refuses is audited from the kernel audit,
+    // which this gateway turns on if it is off (it runs as root here).
+    let (server, _code) = probe_gateway_config(
+        "",
+        "processes = 16\ncpu_seconds = 2",
+        PROBE_POLICIES,
+        &[],
+        "[audit]\nkernel_audit = \"enable\"\n",
+    );
     let mut client = McpClient::start(&server, "probe", "prober");
     assert_eq!(client.list(), ["probe"]);
 
-    // The CA private key in the state directory, and a world-readable file
-    // outside the view (only Landlock stands in the way of that one).
+    // The CA private key in the state directory, a world-readable file
+    // outside the view (only Landlock stands in the way of that one), and
+    // an SSH client's configuration in someone's home.
     let ca_key = server.state_dir().join("ca.key");
     assert!(ca_key.exists());
     let readable = open_dir(0o755);
     let outside = readable.path().join("outside.txt");
-    std::fs::write(&outside, "not for the server").unwrap();
-    std::fs::set_permissions(
-        &outside,
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .unwrap();
-    for path in [&ca_key, &outside] {
+    let ssh = readable.path().join(".ssh");
+    std::fs::create_dir(&ssh).unwrap();
+    std::fs::set_permissions(&ssh, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let ssh_config = ssh.join("config");
+    for file in [&outside, &ssh_config] {
+        std::fs::write(file, "not for the server").unwrap();
+        std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .unwrap();
+    }
+    for path in [&ca_key, &outside, &ssh_config] {
         let answer = probe(&mut client, "read", path.to_str().unwrap());
         assert!(answer.starts_with("DENIED"), "{}: {answer}", path.display());
     }
@@ -1946,6 +1973,71 @@ fn a_sandboxed_stdio_server_cannot_escape_and_every_process_event_is_audited() {
     assert_eq!(exit["process"]["signal"], 31, "{exit}");
     assert_eq!(exit["process"]["profile_sha256"], digest);
     assert_eq!(exit["process"]["session"], spawn["process"]["session"]);
+
+    // Each refused attempt is a record of its own, of this session and
+    // agent, saying what was refused.
+    let stderr = server.stderr.lock().unwrap().clone();
+    if !stderr.contains("sandbox violations: audited one by one") {
+        // Never silent: the gateway said why at start.
+        assert!(
+            stderr.contains("sandbox violations: NOT audited one by one"),
+            "{stderr}"
+        );
+        eprintln!("SKIPPED: this host does not let the gateway read the kernel audit");
+    } else {
+        let wanted: [(&str, &Matches<'_>); 5] = [
+            ("outside read", &|v| {
+                v["denied"] == "fs.read_file" && v["path"] == outside.to_str().unwrap()
+            }),
+            ("~/.ssh read", &|v| {
+                v["denied"] == "fs.read_file" && v["path"] == ssh_config.to_str().unwrap()
+            }),
+            ("write outside", &|v| {
+                v["denied"].as_str().unwrap_or("").contains("fs.make_reg")
+                    && v["path"]
+                        .as_str()
+                        .unwrap_or("")
+                        .starts_with(writable.path().to_str().unwrap())
+            }),
+            ("loopback connect", &|v| {
+                v["denied"] == "net.connect_tcp" && v["address"] == format!("127.0.0.1:{port}")
+            }),
+            ("seccomp kill", &|v| {
+                v["mechanism"] == "seccomp" && v["denied"] == "syscall" && v["syscall"].is_u64()
+            }),
+        ];
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let violations = loop {
+            let v: Vec<Value> = process_records(&server, "prober", 2)
+                .into_iter()
+                .filter(|r| r["action"] == "process.violation")
+                .collect();
+            let all = wanted
+                .iter()
+                .all(|(_, f)| v.iter().any(|r| f(&r["process"]["violation"])));
+            if all || Instant::now() > deadline {
+                break v;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        for (what, f) in &wanted {
+            let r = violations
+                .iter()
+                .find(|r| f(&r["process"]["violation"]))
+                .unwrap_or_else(|| panic!("{what}: {violations:#?}"));
+            assert_eq!(r["outcome"], "deny", "{what}: {r}");
+            assert_eq!(r["error_code"], "sandbox_violation", "{what}: {r}");
+            assert_eq!(r["resource"], "probe", "{what}: {r}");
+            assert_eq!(r["process"]["session"], spawn["process"]["session"], "{r}");
+            assert_eq!(r["process"]["profile_sha256"], digest, "{r}");
+            assert!(r["process"]["violation"]["pid"].is_u64(), "{r}");
+        }
+        // The exit counts what the kernel reported before it.
+        assert!(
+            exit["process"]["violations"].as_u64().unwrap_or(0) >= 4,
+            "{exit}"
+        );
+    }
 
     // The gateway stays healthy: a new session works, and burning CPU past
     // the limit is stopped and audited.
@@ -2336,6 +2428,86 @@ fn secrets_leaving_a_sandboxed_server_over_plain_http_are_refused_and_tunnels_fo
     let _ = client.send(json!({"op": "quit"}));
 }
 
+#[test]
+fn a_plain_http_egress_body_is_held_within_the_gateways_buffer_budget() {
+    use std::sync::atomic::Ordering;
+    if !python_mcp() || !Path::new("/usr/bin/python3").exists() {
+        eprintln!("SKIPPED: sandbox end-to-end test needs /usr/bin/python3 and the `mcp` package");
+        return;
+    }
+    let (port, hits) = hello_server();
+    let policies = format!(
+        "{PROBE_POLICIES}\n\
+         @id(\"local-api\") permit(principal in Role::\"dev\", action == Action::\"egress_private\", resource == Host::\"127.0.0.1:{port}\");\n"
+    );
+    // The profile would read bodies up to 64 MiB; the gateway buffers at
+    // most 256 KiB of request bodies in all.
+    let (server, _code) = probe_gateway_limits(
+        "network = \"egress\"\n[routes.sandbox.egress]\nmax_body_bytes = 67108864",
+        "",
+        &policies,
+        &[],
+        "",
+        "max_body_bytes = 65536\nmax_buffered_bytes = 262144",
+    );
+    let mut client = McpClient::start(&server, "probe", "streamer");
+    assert_eq!(client.list(), ["probe"]);
+    let url = format!("http://127.0.0.1:{port}/upload");
+    let stream = |client: &mut McpClient, kib: &str| {
+        let v = client.call(
+            "probe",
+            json!({"what": "stream", "target": kib, "body": url}),
+        );
+        assert_eq!(v["ok"], true, "{v}");
+        v["text"].as_str().unwrap().to_string()
+    };
+    // Within the budget: read, scanned and forwarded.
+    assert_eq!(
+        stream(&mut client, "64"),
+        "ALLOWED: 200 hello /upload 65536 bytes"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    // 64 MiB, no length announced: refused once it passes the budget, and
+    // the gateway's memory does not follow the body.
+    let pid = server.child.as_ref().unwrap().id();
+    let peak = || -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    let before = peak();
+    let answer = stream(&mut client, "65536");
+    assert!(answer.starts_with("DENIED"), "{answer}");
+    let grown_kib = peak() - before;
+    assert!(grown_kib < 16 * 1024, "peak memory grew by {grown_kib} KiB");
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        1,
+        "nothing refused went upstream"
+    );
+    let records = kind_records(&server, "egress", "streamer", 2);
+    // 413 once the body alone passes the budget, or 503 `server_busy` as
+    // soon as it passes what the other bodies held leave (the agent's own
+    // `tools/call` holds some while it waits for the answer).
+    let refused = records
+        .iter()
+        .find(|r| r["outcome"] == "deny")
+        .unwrap_or_else(|| panic!("{records:#?}"));
+    let code = refused["error_code"].as_str().unwrap_or("");
+    assert!(
+        (code == "egress_body_too_large" && refused["status"] == 413)
+            || (code == "server_busy" && refused["status"] == 503),
+        "{refused}"
+    );
+    // The gateway stays healthy, and its budget is free again.
+    assert_eq!(
+        stream(&mut client, "64"),
+        "ALLOWED: 200 hello /upload 65536 bytes"
+    );
+    let _ = client.send(json!({"op": "quit"}));
+}
+
 /// One JSON-RPC message to the route `probe` as `agent` (with a bearer
 /// token), in `session` when there is one; the answer's session id and
 /// body.
@@ -2639,6 +2811,30 @@ fn serve_check_shows_each_sandbox_and_refuses_unknown_keys() {
     assert!(
         stdout.contains("ok: memory limit of sandboxed servers: cgroup v2")
             || stdout.contains("ok: memory limit of sandboxed servers: RLIMIT_AS and RLIMIT_DATA"),
+        "{stdout}"
+    );
+    // Whether each refused access is audited, said either way.
+    assert!(
+        stdout.contains("ok: sandbox violations: audited one by one from the kernel audit")
+            || stdout.contains("warning: sandbox violations: "),
+        "{stdout}"
+    );
+    let off = support::config(
+        dir.path(),
+        &format!("{routes}\n[audit]\nkernel_audit = \"off\"\n"),
+        "",
+    );
+    let out = Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["serve", "--check", "--config"])
+        .arg(&off)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("warning: sandbox violations: NOT audited one by one (only seccomp, CPU, memory and wall-clock kills and egress refusals are; docs/sandbox.md): `[audit] kernel_audit = \"off\"`"),
         "{stdout}"
     );
     let typo = support::config(

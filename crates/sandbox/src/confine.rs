@@ -254,6 +254,16 @@ fn prepare(
             pid_namespace: false,
         });
     }
+    // An audit session of its own, so that the kernel's records of what
+    // Landlock and seccomp refuse this server name it (`ses=`), and the
+    // gateway can tell its session. Before the uid change: a login uid
+    // already set can be changed by root only. Not fatal: without it the
+    // records still name the processes.
+    let _ = crate::kernel_audit::start_audit_session(if root {
+        profile.user
+    } else {
+        geteuid().as_raw()
+    });
     if root {
         std::os::unix::fs::chown(work_dir, Some(profile.user), Some(profile.user))
             .map_err(|e| ConfineError::WorkDir(work_dir.display().to_string(), e))?;
@@ -394,6 +404,11 @@ fn landlock(
                 [work_dir],
                 AccessFs::from_all(LANDLOCK_ABI),
             ))
+            .map_err(|e| fail(e.to_string()))?
+            // Denials of the server (after `execve`) go to the kernel
+            // audit, where the gateway reads them (`kernel_audit`); off
+            // by default for a new program. Ignored before ABI 7.
+            .log_new_exec(true)
             .map_err(|e| fail(e.to_string()))?
             .restrict_self()
             .map_err(|e| fail(e.to_string()))?;

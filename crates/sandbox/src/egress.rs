@@ -26,10 +26,8 @@ use rustix::net::{
     SendAncillaryMessage, SendFlags, SocketType,
 };
 
-/// `RTM_NEWLINK`, `NLM_F_REQUEST | NLM_F_ACK`, `NLMSG_ERROR`, `IFF_UP`.
+/// `RTM_NEWLINK`, `IFF_UP`.
 const RTM_NEWLINK: u16 = 16;
-const NLM_F_REQUEST_ACK: u16 = 0x1 | 0x4;
-const NLMSG_ERROR: u16 = 2;
 const IFF_UP: u32 = 1;
 /// The loopback interface's index in a new network namespace (the kernel
 /// registers it first, `LOOPBACK_IFINDEX`).
@@ -69,18 +67,13 @@ pub(crate) fn open_in_sandbox() -> Result<u16, String> {
 /// `ip link set lo up`, as one `RTM_NEWLINK` netlink request.
 fn loopback_up() -> std::io::Result<()> {
     let socket = rustix::net::socket(AddressFamily::NETLINK, SocketType::RAW, None)?;
-    let mut message = Vec::with_capacity(32);
-    // struct nlmsghdr
-    message.extend_from_slice(&32u32.to_ne_bytes());
-    message.extend_from_slice(&RTM_NEWLINK.to_ne_bytes());
-    message.extend_from_slice(&NLM_F_REQUEST_ACK.to_ne_bytes());
-    message.extend_from_slice(&1u32.to_ne_bytes()); // sequence
-    message.extend_from_slice(&0u32.to_ne_bytes()); // to the kernel
     // struct ifinfomsg: family AF_UNSPEC, padding, type, index, flags, change
-    message.extend_from_slice(&[0, 0, 0, 0]);
-    message.extend_from_slice(&LOOPBACK_INDEX.to_ne_bytes());
-    message.extend_from_slice(&IFF_UP.to_ne_bytes());
-    message.extend_from_slice(&IFF_UP.to_ne_bytes());
+    let mut link = Vec::with_capacity(16);
+    link.extend_from_slice(&[0, 0, 0, 0]);
+    link.extend_from_slice(&LOOPBACK_INDEX.to_ne_bytes());
+    link.extend_from_slice(&IFF_UP.to_ne_bytes());
+    link.extend_from_slice(&IFF_UP.to_ne_bytes());
+    let message = crate::netlink::request(RTM_NEWLINK, &link);
     rustix::net::sendto(
         &socket,
         &message,
@@ -90,10 +83,10 @@ fn loopback_up() -> std::io::Result<()> {
     let mut answer = [0u8; 256];
     let (_, n) = rustix::net::recv(&socket, &mut answer[..], RecvFlags::empty())?;
     // The acknowledgement is an NLMSG_ERROR whose error is 0.
-    if n < 20 || u16::from_ne_bytes([answer[4], answer[5]]) != NLMSG_ERROR {
+    if n < 20 || u16::from_ne_bytes([answer[4], answer[5]]) != crate::netlink::NLMSG_ERROR {
         return Err(std::io::Error::other("unexpected netlink answer"));
     }
-    let errno = i32::from_ne_bytes([answer[16], answer[17], answer[18], answer[19]]);
+    let errno = crate::netlink::error_of(&answer[16..n]).unwrap_or(0);
     if errno != 0 {
         return Err(std::io::Error::from_raw_os_error(-errno));
     }

@@ -30,7 +30,11 @@ mod confine;
 #[cfg(target_os = "linux")]
 mod egress;
 #[cfg(target_os = "linux")]
+pub mod kernel_audit;
+#[cfg(target_os = "linux")]
 pub mod memory;
+#[cfg(target_os = "linux")]
+mod netlink;
 #[cfg(target_os = "linux")]
 mod seccomp;
 #[cfg(target_os = "linux")]
@@ -55,6 +59,7 @@ pub const SYSTEM_READ_PATHS: &[&str] = &[
     "/etc/ld.so.conf",
     "/etc/ld.so.conf.d",
     "/etc/localtime",
+    "/etc/locale.alias",
     "/etc/ssl",
     "/etc/ca-certificates",
     "/etc/pki",

@@ -19,6 +19,8 @@ under any python3 the sandbox can read.
   exfil     send an AWS access key the server holds to the URL `target`
             through the proxy, in `body` (one of `json`, `query`,
             `header`, `form`, `big`: a 64 KiB body ending with it)
+  stream    POST `target` KiB of text, chunked (no length announced), to
+            the URL `body` through the proxy; report the proxy's answer
   hog       fork children that each fill `target` MiB of memory and hold it
   linger    fork a child that ignores hang-ups and terminations, leaves the
             session's pipes and appends a byte to $HOME/alive every 100 ms
@@ -112,6 +114,23 @@ def probe(what, target, body=""):
             if body == "big":
                 return send(target, ("x" * 65536 + KEY).encode(), {"Content-Type": "text/plain"})
             return "unknown exfil"
+        if what == "stream":
+            proxy = urllib.parse.urlsplit(os.environ["HTTP_PROXY"])
+            c = http.client.HTTPConnection(proxy.hostname, proxy.port, timeout=30)
+            c.putrequest("POST", body)
+            c.putheader("Transfer-Encoding", "chunked")
+            c.putheader("Content-Type", "text/plain")
+            c.endheaders()
+            chunk = b"x" * 1024
+            try:
+                for _ in range(int(target)):
+                    c.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                c.send(b"0\r\n\r\n")
+            except OSError:
+                pass  # refused mid-body: the answer is already there
+            r = c.getresponse()
+            text = r.read().decode()
+            return ("ALLOWED: %d %s" if r.status < 400 else "DENIED: %d %s") % (r.status, text)
         if what == "hog":
             size = int(target) * 1024 * 1024
             for _ in range(3):

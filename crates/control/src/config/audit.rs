@@ -64,6 +64,27 @@ pub struct RawAudit {
     /// does not say (default: `before_forward` for writes and confidential
     /// or restricted routes, `async` otherwise).
     pub durability: Option<Durability>,
+    /// Whether the kernel's audit records of what sandboxed stdio MCP
+    /// servers were refused (Landlock, seccomp) are read, each becoming a
+    /// `process.violation` record (default `read`).
+    #[serde(default)]
+    pub kernel_audit: KernelAudit,
+}
+
+/// `[audit] kernel_audit`: reading the kernel's audit records of sandbox
+/// violations (`docs/sandbox.md`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelAudit {
+    /// Read them when this process may (`CAP_AUDIT_READ`); the kernel writes
+    /// them only while its audit is on (`auditctl -e 1`, or `auditd`).
+    #[default]
+    Read,
+    /// Read them, and turn the kernel audit on at start if it is off (a
+    /// host-wide setting; needs `CAP_AUDIT_CONTROL`).
+    Enable,
+    /// Do not read them: violations show only as kills and egress refusals.
+    Off,
 }
 
 /// When the record of an allowed call is made durable.
@@ -275,6 +296,8 @@ pub struct AuditConfig {
     pub archive_dir: Option<PathBuf>,
     /// The durability of routes that do not set their own.
     pub durability: Option<Durability>,
+    /// Reading the kernel's records of sandbox violations.
+    pub kernel_audit: KernelAudit,
 }
 
 /// Where an export sink sends records.
@@ -507,5 +530,6 @@ pub fn audit_config(raw: RawAudit, trust_domain: &str, base: &Path) -> AuditConf
             .map(|d| Duration::from_secs(d.saturating_mul(86_400))),
         archive_dir: raw.archive_dir.map(|p| super::relative(base, p)),
         durability: raw.durability,
+        kernel_audit: raw.kernel_audit,
     }
 }

@@ -14,7 +14,7 @@ pub mod audit;
 
 pub use audit::{
     AuditConfig, DEFAULT_UNAUTHENTICATED_RECORDS_PER_MINUTE, Durability, ExportConfig, ExportKind,
-    ExportTarget, Facility, RawAudit, RawExport, SyslogTransport, WebhookFormat,
+    ExportTarget, Facility, KernelAudit, RawAudit, RawExport, SyslogTransport, WebhookFormat,
 };
 
 /// The time zone policy sees wall-clock time in (`[policy] timezone`).

@@ -56,8 +56,8 @@ pub use telemetry::{DEFAULT_SERVICE_NAME, RawTelemetry, TelemetryConfig};
 use portcullis_control::config::audit;
 pub use portcullis_control::config::{
     AuditConfig, DEFAULT_UNAUTHENTICATED_RECORDS_PER_MINUTE, Durability, ExportConfig, ExportKind,
-    ExportTarget, Facility, PolicyTimeZone, RawAudit, RawExport, SecretHeaders, SyslogTransport,
-    WebhookFormat, parse_duration,
+    ExportTarget, Facility, KernelAudit, PolicyTimeZone, RawAudit, RawExport, SecretHeaders,
+    SyslogTransport, WebhookFormat, parse_duration,
 };
 use portcullis_control::config::{
     from_str, line_of, opt_webhook, otlp_url, relative, secret_headers,

@@ -21,7 +21,9 @@
 //! A refusal is `403` with a JSON body whose `code` is `egress_denied`.
 //!
 //! A plain HTTP request is read whole (up to `[routes.sandbox.egress]
-//! max_body_bytes`, else `413` `egress_body_too_large`) and its host name,
+//! max_body_bytes`, else `413` `egress_body_too_large`; its bytes, and a
+//! JSON body's parsed copy, leased from `[limits] max_buffered_bytes`
+//! like every buffered body, else `413` or `503` `server_busy`) and its host name,
 //! path, query, headers and body are scanned by the content guard (the
 //! pipeline's [`TextScan`], JSON through the one generic walk) *before* the
 //! name is resolved or anything is sent: with `dlp = "block"` (the default)
@@ -44,7 +46,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use portcullis_audit::{AuditRecord, ContentFinding, Outcome, RecordKind};
@@ -69,8 +71,10 @@ const MAX_CONNECTIONS: usize = 64;
 const MAX_ADDRESSES: usize = 4;
 /// Longest a plain HTTP request body may take to arrive.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
-/// Headers that concern only the hop to the proxy.
-const HOP_HEADERS: [&str; 8] = [
+/// Headers that concern only the hop to the proxy. The body is read whole
+/// before it is forwarded, so it goes on with its length, not in the
+/// chunks it came in (`transfer-encoding`).
+const HOP_HEADERS: [&str; 9] = [
     "connection",
     "proxy-connection",
     "proxy-authorization",
@@ -78,6 +82,7 @@ const HOP_HEADERS: [&str; 8] = [
     "keep-alive",
     "te",
     "trailer",
+    "transfer-encoding",
     "upgrade",
 ];
 
@@ -298,9 +303,21 @@ async fn handle(session: &EgressSession, mut req: Request<Incoming>) -> Response
     // resolved or a byte goes upstream.
     let (mut parts, body) = req.into_parts();
     let mut found = Vec::new();
-    let read = read_body(body, &parts.headers, session.rules.max_body_bytes).await;
-    let scanned = read.and_then(|bytes| {
+    let budget = &session.gateway.routing_env.buffers;
+    let read = read_body(body, &parts.headers, session.rules.max_body_bytes, budget).await;
+    // The lease is held until the body has gone upstream (end of this
+    // function): these bytes count against `[limits] max_buffered_bytes`.
+    let mut lease = None;
+    let scanned = read.and_then(|(bytes, mut held)| {
+        // A JSON body is parsed to be scanned: its parsed copy counts too,
+        // for as long as it lives.
+        if inspect::is_json(parts.headers.get(header::CONTENT_TYPE)) {
+            held.grow(crate::buffers::json_cost(&bytes))
+                .map_err(over_budget)?;
+        }
         let facts = scan_request(session, &host, &uri, &mut parts.headers, &bytes, &mut found)?;
+        held.shrink_to(bytes.len() as u64);
+        lease = Some(held);
         refused_by_rules(session, &facts)?;
         Ok((facts, bytes))
     });
@@ -373,6 +390,7 @@ async fn handle(session: &EgressSession, mut req: Request<Incoming>) -> Response
     session
         .records
         .submit_record(egress_record(&ask, &decided, outcome, started, (0, 0)));
+    drop(lease);
     response
 }
 
@@ -407,10 +425,41 @@ fn refuse(
     refusal(refused.status, refused.code, &refused.message)
 }
 
+/// The refusal when the process-wide buffer budget cannot hold a body:
+/// `413` when no body that size could ever be held, `503` `server_busy`
+/// when other requests hold the budget now.
+fn over_budget(denial: crate::respond::Denial) -> Refused {
+    if denial.code == portcullis_core::ErrorCode::PayloadTooLarge {
+        Refused {
+            status: StatusCode::PAYLOAD_TOO_LARGE,
+            code: "egress_body_too_large",
+            message: format!(
+                "{} (`[limits] max_buffered_bytes`), which the egress proxy needs to scan it",
+                denial.message
+            ),
+        }
+    } else {
+        Refused {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            code: "server_busy",
+            message: denial.message,
+        }
+    }
+}
+
 /// Reads a plain HTTP request's body whole, refusing one over `max` bytes
 /// before reading it when its length is announced, and as soon as it
-/// passes `max` otherwise.
-async fn read_body(body: Incoming, headers: &http::HeaderMap, max: u64) -> Result<Bytes, Refused> {
+/// passes `max` otherwise. Every byte held is leased from the process-wide
+/// `budget` first (the announced length at once, else frame by frame), so
+/// however many servers send at once, the proxy buffers no more than
+/// `[limits] max_buffered_bytes` with everything else; the lease comes back
+/// with the bytes.
+async fn read_body(
+    body: Incoming,
+    headers: &http::HeaderMap,
+    max: u64,
+    budget: &Arc<crate::buffers::BufferBudget>,
+) -> Result<(Bytes, crate::buffers::Lease), Refused> {
     let too_large = || Refused {
         status: StatusCode::PAYLOAD_TOO_LARGE,
         code: "egress_body_too_large",
@@ -426,15 +475,40 @@ async fn read_body(body: Incoming, headers: &http::HeaderMap, max: u64) -> Resul
     if announced.is_some_and(|n| n > max) {
         return Err(too_large());
     }
-    let limit = usize::try_from(max).unwrap_or(usize::MAX);
-    match tokio::time::timeout(BODY_TIMEOUT, Limited::new(body, limit).collect()).await {
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        _ => Err(Refused {
-            status: StatusCode::BAD_REQUEST,
-            code: "egress_bad_request",
-            message: "the request body could not be read".to_string(),
-        }),
+    let mut lease = budget.lease();
+    if let Some(n) = announced {
+        lease.grow(n).map_err(over_budget)?;
+    }
+    let unreadable = || Refused {
+        status: StatusCode::BAD_REQUEST,
+        code: "egress_bad_request",
+        message: "the request body could not be read".to_string(),
+    };
+    let read = async {
+        let mut body = body;
+        let mut buf = bytes::BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(|_| unreadable())?.into_data() else {
+                continue;
+            };
+            let len = (buf.len() + data.len()) as u64;
+            if len > max {
+                return Err(too_large());
+            }
+            if len > lease.held() {
+                lease.grow(len - lease.held()).map_err(over_budget)?;
+            }
+            buf.extend_from_slice(&data);
+        }
+        Ok(buf.freeze())
+    };
+    match tokio::time::timeout(BODY_TIMEOUT, read).await {
+        Ok(Ok(bytes)) => {
+            lease.shrink_to(bytes.len() as u64);
+            Ok((bytes, lease))
+        }
+        Ok(Err(refused)) => Err(refused),
+        Err(_) => Err(unreadable()),
     }
 }
 

@@ -55,6 +55,7 @@ pub mod pins;
 pub mod sessions;
 pub mod sse;
 pub mod stdio;
+pub mod violations;
 
 use std::sync::Arc;
 use std::time::Instant;

@@ -25,7 +25,9 @@
 //! the command and the profile's digest, and `process.exit` with the exit
 //! status and its cause; a kill by seccomp, by the CPU limit or by the
 //! wall-clock limit is a refusal (`sandbox_violation`, `resource_limit`), fed
-//! to behavioural analytics like a refused request of the session's agent.
+//! to behavioural analytics like a refused request of the session's agent;
+//! so is each access the kernel refused it (`process.violation`, read from
+//! the kernel audit by `violations.rs`).
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -107,8 +109,8 @@ pub struct Launch<'a> {
 
 /// What a process's audit records repeat.
 pub(super) struct Recorded {
-    route: String,
-    agent: String,
+    pub(super) route: String,
+    pub(super) agent: String,
     request_id: String,
     classification: &'static str,
     pub(super) event: ProcessEvent,
@@ -117,7 +119,7 @@ pub(super) struct Recorded {
 }
 
 impl Recorded {
-    fn submit(
+    pub(super) fn submit(
         &self,
         action: &str,
         outcome: Outcome,
@@ -311,11 +313,13 @@ impl StdioServers {
             tokio::spawn(super::egress::run(channel, session, proxy_stopped));
         }
         let wall_clock = sandbox.map(|p| Duration::from_secs(p.limits.wall_clock_seconds));
+        // What the kernel refuses it becomes records of this session.
+        let violations = sandbox.and_then(|_| super::violations::watch(child.id(), &recorded));
         tokio::spawn(watch(
             child,
             stopped,
             wall_clock,
-            (recorded, proxy_stop),
+            (recorded, proxy_stop, violations),
             (work_dir, memory),
         ));
         let pending: Pending = Arc::default();
@@ -565,7 +569,11 @@ async fn watch(
     mut child: Child,
     stop: oneshot::Receiver<()>,
     wall_clock: Option<Duration>,
-    (recorded, _proxy_stop): (Arc<Recorded>, oneshot::Sender<()>),
+    (recorded, _proxy_stop, violations): (
+        Arc<Recorded>,
+        oneshot::Sender<()>,
+        Option<super::violations::Guard>,
+    ),
     (work_dir, memory): (Option<std::path::PathBuf>, Option<Memory>),
 ) {
     use std::os::unix::process::ExitStatusExt;
@@ -619,6 +627,9 @@ async fn watch(
         exit_code: code,
         signal,
         ran_ms: Some(started.elapsed().as_millis() as u64),
+        // A seccomp kill's kernel record may still be on its way: the
+        // count is what was read by now.
+        violations: violations.as_ref().map(|g| g.0.count()).filter(|n| *n > 0),
         ..recorded.event.clone()
     };
     recorded.submit("process.exit", outcome, error_code, event);
