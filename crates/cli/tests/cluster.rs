@@ -2321,3 +2321,312 @@ async fn an_alert_raised_on_one_replica_is_listed_and_resolved_on_another() {
         "{open}"
     );
 }
+
+/// Issue 18, a live replica taken for dead: A forwards writes (each with a
+/// durable intent) to an upstream that takes 3 s to answer, and is frozen
+/// with SIGSTOP while they are in flight. Past its 5 s lease, B takes A
+/// for dead, fences it and records A's calls (`interrupted`). A is resumed
+/// (SIGCONT): its calls complete, but its writer finds itself fenced, A
+/// re-registers, and the records of the calls B took over are dropped: no
+/// request id is recorded twice, none is missing, and A serves (and
+/// records) again. Prints how long A took to recover after SIGCONT.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_frozen_past_its_lease_is_fenced_and_no_request_is_recorded_twice() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    install_crypto();
+    let (upstream, executed) = start_recording_upstream(Duration::from_secs(3)).await;
+    let dir_a = tempfile::tempdir().unwrap();
+    let cfg_a = fault_config(dir_a.path(), upstream, 0);
+    let a = start_faulty(dir_a, cfg_a, db.url()).await;
+    let dir_b = provisioned_like(&a);
+    let cfg_b = fault_config(dir_b.path(), upstream, 0);
+    let b = start_faulty(dir_b, cfg_b, db.url()).await;
+    let (cert, key) =
+        tokio::task::block_in_place(|| a.create_agent("writer-bot", &["reader", "writer"]));
+    let agent = client(&a.ca_pem(), Some((&cert, &key)));
+    let (status, _) = poll_until(&agent, &b, PACED, |s, _| s == 200).await;
+    assert_eq!(status, 200);
+    let store = portcullis_store::Store::open_postgres(&db.url())
+        .await
+        .unwrap();
+
+    // Four writes in flight through A: forwarded (the upstream saw them),
+    // so their intents are durable; then A freezes.
+    let writes: Vec<_> = (0..4)
+        .map(|_| {
+            let agent = agent.clone();
+            let url = a.url("/api/items");
+            tokio::spawn(async move {
+                let r = agent.post(url).body("{}").send().await.unwrap();
+                (r.status().as_u16(), request_id(&r))
+            })
+        })
+        .collect();
+    let (seen, _) = wait_until(
+        || async { executed.lock().unwrap().len() },
+        |n| *n >= 4,
+    )
+    .await;
+    assert!(seen >= 4, "the upstream saw {seen} of A's 4 writes");
+    a.signal("STOP");
+    let frozen = Instant::now();
+    let in_flight: Vec<String> = executed.lock().unwrap().clone();
+
+    // B takes A for dead once its lease lapses and records its calls.
+    let (taken, took) = wait_until(
+        || async {
+            let size = store.audit_size().await.unwrap();
+            store
+                .audit_tail(size as u32)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|r| {
+                    r.error_code.as_deref() == Some("interrupted")
+                        && in_flight.contains(&r.request_id)
+                })
+                .count()
+        },
+        |n| *n == in_flight.len(),
+    )
+    .await;
+    assert_eq!(
+        taken,
+        in_flight.len(),
+        "B recorded {taken} of A's {} calls in flight {took:?} after the freeze",
+        in_flight.len()
+    );
+    eprintln!(
+        "A frozen: its calls recorded by B {:?} after SIGSTOP",
+        frozen.elapsed()
+    );
+
+    // A resumes: its in-flight calls complete; it recovers and serves again.
+    a.signal("CONT");
+    let resumed = Instant::now();
+    for write in writes {
+        let (status, id) = write.await.unwrap();
+        assert!(in_flight.contains(&id), "{id} answered but never forwarded");
+        assert_eq!(status, 200, "{id}");
+    }
+    let (after, _) = wait_until(
+        || async {
+            let r = agent
+                .post(a.url("/api/items"))
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), request_id(&r))
+        },
+        |(status, _)| *status == 200,
+    )
+    .await;
+    assert_eq!(after.0, 200, "A did not serve again after SIGCONT");
+    assert_eq!(readyz(&a).await.0, 200, "A is not ready after recovering");
+    eprintln!("A serving again {:?} after SIGCONT", resumed.elapsed());
+
+    // Every executed call, and A's call after recovery, is in the log
+    // exactly once; nothing is left open.
+    let mut must: Vec<String> = executed.lock().unwrap().clone();
+    must.push(after.1.clone());
+    let (counts, _) = wait_until(
+        || async {
+            let size = store.audit_size().await.unwrap();
+            let records = store.audit_tail(size as u32).await.unwrap();
+            must.iter()
+                .map(|id| records.iter().filter(|r| &r.request_id == id).count())
+                .collect::<Vec<_>>()
+        },
+        |counts| counts.iter().all(|n| *n >= 1),
+    )
+    .await;
+    let wrong: Vec<(&String, usize)> = must
+        .iter()
+        .zip(counts)
+        .filter(|(_, n)| *n != 1)
+        .collect();
+    assert!(wrong.is_empty(), "recorded other than once: {wrong:?}");
+    let (open, _) = wait_until(
+        || async { store.audit_intents().await.unwrap().len() },
+        |n| *n == 0,
+    )
+    .await;
+    assert_eq!(open, 0, "intents left open");
+    // A's fence was seen (it re-registered at a new epoch).
+    let epoch: i64 = sqlx::query_scalar("SELECT MAX(epoch) FROM cluster_replicas")
+        .fetch_one(&store_pool(&db.url()).await)
+        .await
+        .unwrap();
+    assert!(epoch >= 2, "no replica re-registered (epoch {epoch})");
+    assert_log_verifies(&a, &db.url());
+    store.close().await;
+    drop(b);
+}
+
+/// A plain connection pool to the test database, for checks the store does
+/// not expose.
+async fn store_pool(url: &str) -> sqlx::PgPool {
+    sqlx::PgPool::connect(url).await.unwrap()
+}
+
+/// Issue 18, shared behavioral baselines. An agent's traffic spread over
+/// two replicas trains one baseline: each replica's `agent show` counts the
+/// datasets both saw. A restricted dataset first read through A alerts
+/// there; the same read through B is graded by what A saw (familiar: no
+/// alert), while a restricted dataset new to both alerts on B. That alert,
+/// judged benign through A's admin API, is applied by B: its risk resets
+/// and the same read through B no longer alerts. `[analytics.thresholds]
+/// alert = 0.3` keeps a first restricted read (risk 0.5) graded `alert` for
+/// minutes, so the grade can be watched. Prints the lags.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_one_baseline_and_a_benign_verdict_through_one_reaches_the_other() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    install_crypto();
+    let (upstream, _gate) = start_upstream().await;
+    let up = format!("http://{upstream}");
+    let shared_config = |dir: &Path| {
+        let routes = format!(
+            "{}{}[identity]\ntoken_issuer = \"{ISSUER}\"\n[audit]\nfail_closed_after_ms = 10000\n[analytics.thresholds]\nalert = 0.3\n",
+            route("api", "/api", &up, "public"),
+            route("records", "/records", &up, "restricted"),
+        );
+        config(dir, &routes, "")
+    };
+    let dir_a = tempfile::tempdir().unwrap();
+    let cfg_a = shared_config(dir_a.path());
+    let a = start(dir_a, cfg_a, db.url()).await;
+    let dir_b = provisioned_like(&a);
+    let cfg_b = shared_config(dir_b.path());
+    let b = start(dir_b, cfg_b, db.url()).await;
+    let (cert, key) = tokio::task::block_in_place(|| a.create_agent("bot", &["reader"]));
+    let agent = client(&a.ca_pem(), Some((&cert, &key)));
+    let owner = a.admin_token();
+    let (status, _) = poll_until(&agent, &b, PACED, |s, _| s == 200).await;
+    assert_eq!(status, 200);
+    let get = |server: &Server, path: &str| {
+        let request = agent.get(server.url(path));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    // The agent's analytics as `server` shows them.
+    let analytics = |server: &Server| {
+        let owner = owner.clone();
+        let server_admin = (server.admin, server.ca_pem());
+        async move {
+            let (_, shown) = admin_call_at(server_admin, "/agents/bot", &owner).await;
+            shown["analytics"].clone()
+        }
+    };
+    let known = |v: &Value| v["baseline"]["known_resources"].as_u64().unwrap_or(0);
+    let bot_alerts = || async {
+        let (_, listed) = admin_call(&a, reqwest::Method::GET, "/alerts", &owner, None, &[]).await;
+        listed["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["agent"] == "bot")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+
+    // 1. One baseline from traffic spread over both (`/api/items` above too).
+    for path in ["/api/a/1", "/api/a/2"] {
+        assert_eq!(get(&a, path).await, 200);
+    }
+    for path in ["/api/b/3", "/api/b/4"] {
+        assert_eq!(get(&b, path).await, 200);
+    }
+    let spread = Instant::now();
+    let ((on_a, on_b), took) = wait_until(
+        || async { (analytics(&a).await, analytics(&b).await) },
+        |(x, y)| known(x) == 5 && known(y) == 5,
+    )
+    .await;
+    assert_eq!(
+        (known(&on_a), known(&on_b)),
+        (5, 5),
+        "the replicas do not share one baseline after {took:?}: A {on_a}, B {on_b}"
+    );
+    eprintln!("traffic spread over A and B: one baseline on both {:?} after", spread.elapsed());
+
+    // 2. A restricted dataset first read through A: A alerts.
+    get(&a, "/records/x/1").await;
+    let (on_a, _) = wait_until(|| analytics(&a), |v| v["grade"] == "alert").await;
+    assert_eq!(on_a["grade"], "alert", "{on_a}");
+    // Through B, once B adopted what A saw, the same read is familiar.
+    let (on_b, took) = wait_until(|| analytics(&b), |v| known(v) == 6).await;
+    assert_eq!(known(&on_b), 6, "B never learned A's dataset ({took:?}): {on_b}");
+    get(&b, "/records/x/1").await;
+    // A marker B must process after it (one task takes observations in order).
+    assert_eq!(get(&b, "/api/b/5").await, 200);
+    let (on_b, _) = wait_until(|| analytics(&b), |v| known(v) == 7).await;
+    assert_eq!(known(&on_b), 7, "{on_b}");
+    assert_eq!(on_b["grade"], "normal", "B graded A's familiar dataset: {on_b}");
+    assert_eq!(bot_alerts().await.len(), 1, "only A's first read alerts");
+
+    // 3. A restricted dataset new to both, through B: B alerts.
+    get(&b, "/records/y/2").await;
+    let (on_b, _) = wait_until(|| analytics(&b), |v| v["grade"] == "alert").await;
+    assert_eq!(on_b["grade"], "alert", "{on_b}");
+    let (listed, _) = wait_until(bot_alerts, |l| l.len() == 2).await;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let raised_on_b = listed
+        .iter()
+        .map(|x| x["id"].as_i64().unwrap())
+        .max()
+        .unwrap();
+
+    // 4. Judged benign through A (a human's TOTP): B forgives the agent.
+    let enrolled = cli_ok(&a, &["admin", "user", "add", "alice"]);
+    let secret = enrolled
+        .lines()
+        .find_map(|l| l.strip_prefix("TOTP secret (shown once; add it to an authenticator app): "))
+        .map(str::to_string)
+        .expect("secret printed");
+    let secret = portcullis_identity::TotpSecret::from_base32(&secret).unwrap();
+    while now() % 30 > 22 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let code = secret.code_at(now() as u64);
+    let (status, resolved) = admin_call(
+        &a,
+        reqwest::Method::POST,
+        &format!("/alerts/{raised_on_b}/resolve"),
+        &owner,
+        Some(serde_json::json!({ "verdict": "benign" })),
+        &[("x-portcullis-user", "alice"), ("x-portcullis-totp", &code)],
+    )
+    .await;
+    assert_eq!(status, 200, "{resolved}");
+    let judged = Instant::now();
+    let (on_b, took) = wait_until(|| analytics(&b), |v| v["grade"] == "normal").await;
+    assert_eq!(on_b["grade"], "normal", "B still grades the agent after {took:?}: {on_b}");
+    eprintln!("benign verdict through A: applied by B {:?} after", judged.elapsed());
+    // The same pattern through B no longer alerts.
+    get(&b, "/records/y/2").await;
+    assert_eq!(get(&b, "/api/b/6").await, 200);
+    let (on_b, _) = wait_until(|| analytics(&b), |v| known(v) == 9).await;
+    assert_eq!(known(&on_b), 9, "{on_b}");
+    assert_eq!(on_b["grade"], "normal", "{on_b}");
+    assert_eq!(bot_alerts().await.len(), 2, "the judged pattern alerted again");
+}
+
+/// `GET /admin/v1{path}` at an admin listener (address, CA) with `token`.
+async fn admin_call_at(
+    (admin, ca): (std::net::SocketAddr, String),
+    path: &str,
+    token: &str,
+) -> (u16, Value) {
+    let response = client(&ca, None)
+        .get(format!("https://{admin}/admin/v1{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
