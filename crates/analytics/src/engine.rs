@@ -1349,8 +1349,12 @@ mod tests {
         a.share();
         b.share();
         // A sees resources 0..5, B 5..10, over two sample periods each.
-        feed(&mut a, "bot", 0, 60_000, 20, |i, t| event(t, (i % 5) as u64, false));
-        feed(&mut b, "bot", 0, 60_000, 20, |i, t| event(t, 5 + (i % 5) as u64, false));
+        feed(&mut a, "bot", 0, 60_000, 20, |i, t| {
+            event(t, (i % 5) as u64, false)
+        });
+        feed(&mut b, "bot", 0, 60_000, 20, |i, t| {
+            event(t, 5 + (i % 5) as u64, false)
+        });
         assert!(a.unshared("bot", false) && b.unshared("bot", false));
         let mut shared = None;
         merge(&mut a, &mut shared);

@@ -111,7 +111,10 @@ impl Familiar {
 
     /// Whether it knows anything (hour counts aside).
     pub(crate) fn knows_anything(&self) -> bool {
-        !self.resources.is_empty() || !self.pairs.is_empty() || !self.ips.is_empty() || self.restricted
+        !self.resources.is_empty()
+            || !self.pairs.is_empty()
+            || !self.ips.is_empty()
+            || self.restricted
     }
 
     /// Whether it counted any hour.

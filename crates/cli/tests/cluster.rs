@@ -209,8 +209,9 @@ async fn two_replicas_share_agents_single_use_credentials_and_one_audit_log() {
     let replayed = get_with_proof(&no_cert, &b, &token, &proof).await;
     assert_eq!(replayed.status(), 401);
 
-    // Both replicas appended to one log; it verifies as a whole.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Both replicas appended to one log (once both records are in it); it
+    // verifies as a whole.
+    records_in_log(&db.url(), &[served_by_a.clone()]).await;
     let verify = std::process::Command::new(BIN)
         .args(["audit", "verify", "--state-dir"])
         .arg(a.state_dir())
@@ -358,7 +359,15 @@ async fn an_approval_opened_on_one_replica_and_approved_on_another_is_used_once(
 
     // Both replicas read the approval (and the agent), then the call goes
     // to both at once: exactly one passes.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let owner = a.admin_token();
+    for server in [&a, &b] {
+        let (status, _) = wait_until(
+            || ticket_status(server, &owner, &ticket),
+            |s| s == "approved",
+        )
+        .await;
+        assert_eq!(status, "approved", "a replica never read the approval");
+    }
     let (on_a, on_b) = tokio::join!(transfer(&payer, &a), transfer(&payer, &b));
     let passed = [&on_a, &on_b].iter().filter(|(s, _)| *s == 200).count();
     assert_eq!(passed, 1, "A: {on_a:?}\nB: {on_b:?}");
@@ -368,8 +377,16 @@ async fn an_approval_opened_on_one_replica_and_approved_on_another_is_used_once(
             assert_ne!(answer["error"]["ticket"].as_str(), Some(ticket.as_str()));
         }
     }
-    // And once used, it stays used on both.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // And once used, it stays used on both (once both read the use; a
+    // desk forgets a used ticket in time).
+    for server in [&a, &b] {
+        let (status, _) = wait_until(
+            || ticket_status(server, &owner, &ticket),
+            |s| s == "used" || s == "gone",
+        )
+        .await;
+        assert!(status == "used" || status == "gone", "{status}");
+    }
     for server in [&a, &b] {
         let (status, _) = transfer(&payer, server).await;
         assert_eq!(status, 403);
@@ -1344,7 +1361,7 @@ async fn replicas_whose_database_goes_away_refuse_visibly_and_recover_without_re
     assert!(gone, "C's outage spool was not appended and removed");
 
     // Every answered request, refused or served, is in the one log.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    records_in_log(&db.url(), &answered).await;
     assert_log_verifies(&a, &db.url());
     let store = portcullis_store::Store::open_postgres(&db.url())
         .await
@@ -1589,7 +1606,9 @@ async fn a_replica_killed_under_load_never_blocks_the_other_and_a_survivor_recor
     };
     let end = Instant::now() + Duration::from_secs(4);
     let tasks: Vec<_> = (0..6).map(|i| load(targets[i % 2].clone(), end)).collect();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // B has calls in flight (the upstream saw some of each replica's).
+    let (busy, _) = wait_until(|| async { executed.lock().unwrap().len() }, |n| *n >= 12).await;
+    assert!(busy >= 12, "the writers got {busy} calls through");
     let killed_dir = b.into_dir(); // SIGKILL, as `kill -9`; never started again
     let killed = Instant::now();
     let store = portcullis_store::Store::open_postgres(&db.url())
@@ -2353,10 +2372,17 @@ async fn a_replica_frozen_past_its_lease_is_fenced_and_no_request_is_recorded_tw
         .unwrap();
 
     // Four writes in flight through A: forwarded (the upstream saw them),
-    // so their intents are durable; then A freezes.
+    // so their intents are durable; then A freezes. Their client waits out
+    // the freeze.
+    let before = executed.lock().unwrap().len();
+    let patient = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls_config(&a.ca_pem(), Some((&cert, &key))))
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
     let writes: Vec<_> = (0..4)
         .map(|_| {
-            let agent = agent.clone();
+            let agent = patient.clone();
             let url = a.url("/api/items");
             tokio::spawn(async move {
                 let r = agent.post(url).body("{}").send().await.unwrap();
@@ -2365,14 +2391,14 @@ async fn a_replica_frozen_past_its_lease_is_fenced_and_no_request_is_recorded_tw
         })
         .collect();
     let (seen, _) = wait_until(
-        || async { executed.lock().unwrap().len() },
+        || async { executed.lock().unwrap().len() - before },
         |n| *n >= 4,
     )
     .await;
-    assert!(seen >= 4, "the upstream saw {seen} of A's 4 writes");
+    assert_eq!(seen, 4, "the upstream saw {seen} of A's 4 writes");
     a.signal("STOP");
     let frozen = Instant::now();
-    let in_flight: Vec<String> = executed.lock().unwrap().clone();
+    let in_flight: Vec<String> = executed.lock().unwrap()[before..].to_vec();
 
     // B takes A for dead once its lease lapses and records its calls.
     let (taken, took) = wait_until(
@@ -2443,11 +2469,7 @@ async fn a_replica_frozen_past_its_lease_is_fenced_and_no_request_is_recorded_tw
         |counts| counts.iter().all(|n| *n >= 1),
     )
     .await;
-    let wrong: Vec<(&String, usize)> = must
-        .iter()
-        .zip(counts)
-        .filter(|(_, n)| *n != 1)
-        .collect();
+    let wrong: Vec<(&String, usize)> = must.iter().zip(counts).filter(|(_, n)| *n != 1).collect();
     assert!(wrong.is_empty(), "recorded other than once: {wrong:?}");
     let (open, _) = wait_until(
         || async { store.audit_intents().await.unwrap().len() },
@@ -2551,7 +2573,10 @@ async fn replicas_share_one_baseline_and_a_benign_verdict_through_one_reaches_th
         (5, 5),
         "the replicas do not share one baseline after {took:?}: A {on_a}, B {on_b}"
     );
-    eprintln!("traffic spread over A and B: one baseline on both {:?} after", spread.elapsed());
+    eprintln!(
+        "traffic spread over A and B: one baseline on both {:?} after",
+        spread.elapsed()
+    );
 
     // 2. A restricted dataset first read through A: A alerts.
     get(&a, "/records/x/1").await;
@@ -2559,13 +2584,20 @@ async fn replicas_share_one_baseline_and_a_benign_verdict_through_one_reaches_th
     assert_eq!(on_a["grade"], "alert", "{on_a}");
     // Through B, once B adopted what A saw, the same read is familiar.
     let (on_b, took) = wait_until(|| analytics(&b), |v| known(v) == 6).await;
-    assert_eq!(known(&on_b), 6, "B never learned A's dataset ({took:?}): {on_b}");
+    assert_eq!(
+        known(&on_b),
+        6,
+        "B never learned A's dataset ({took:?}): {on_b}"
+    );
     get(&b, "/records/x/1").await;
     // A marker B must process after it (one task takes observations in order).
     assert_eq!(get(&b, "/api/b/5").await, 200);
     let (on_b, _) = wait_until(|| analytics(&b), |v| known(v) == 7).await;
     assert_eq!(known(&on_b), 7, "{on_b}");
-    assert_eq!(on_b["grade"], "normal", "B graded A's familiar dataset: {on_b}");
+    assert_eq!(
+        on_b["grade"], "normal",
+        "B graded A's familiar dataset: {on_b}"
+    );
     assert_eq!(bot_alerts().await.len(), 1, "only A's first read alerts");
 
     // 3. A restricted dataset new to both, through B: B alerts.
@@ -2604,15 +2636,25 @@ async fn replicas_share_one_baseline_and_a_benign_verdict_through_one_reaches_th
     assert_eq!(status, 200, "{resolved}");
     let judged = Instant::now();
     let (on_b, took) = wait_until(|| analytics(&b), |v| v["grade"] == "normal").await;
-    assert_eq!(on_b["grade"], "normal", "B still grades the agent after {took:?}: {on_b}");
-    eprintln!("benign verdict through A: applied by B {:?} after", judged.elapsed());
+    assert_eq!(
+        on_b["grade"], "normal",
+        "B still grades the agent after {took:?}: {on_b}"
+    );
+    eprintln!(
+        "benign verdict through A: applied by B {:?} after",
+        judged.elapsed()
+    );
     // The same pattern through B no longer alerts.
     get(&b, "/records/y/2").await;
     assert_eq!(get(&b, "/api/b/6").await, 200);
     let (on_b, _) = wait_until(|| analytics(&b), |v| known(v) == 9).await;
     assert_eq!(known(&on_b), 9, "{on_b}");
     assert_eq!(on_b["grade"], "normal", "{on_b}");
-    assert_eq!(bot_alerts().await.len(), 2, "the judged pattern alerted again");
+    assert_eq!(
+        bot_alerts().await.len(),
+        2,
+        "the judged pattern alerted again"
+    );
 }
 
 /// `GET /admin/v1{path}` at an admin listener (address, CA) with `token`.
@@ -2629,4 +2671,45 @@ async fn admin_call_at(
         .unwrap();
     let status = response.status().as_u16();
     (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits (bounded, 20 s) until every one of `ids` is in the shared log.
+async fn records_in_log(url: &str, ids: &[String]) {
+    let store = portcullis_store::Store::open_postgres(url).await.unwrap();
+    let (missing, took) = wait_until(
+        || async {
+            let mut missing = Vec::new();
+            for id in ids {
+                if store.audit_seq_of(id).await.unwrap().is_none() {
+                    missing.push(id.clone());
+                }
+            }
+            missing
+        },
+        |m| m.is_empty(),
+    )
+    .await;
+    assert!(
+        missing.is_empty(),
+        "not in the log after {took:?}: {missing:?}"
+    );
+    store.close().await;
+}
+
+/// An approval ticket's status as `server`'s desk holds it (`gone` once it
+/// holds it no more).
+async fn ticket_status(server: &Server, token: &str, id: &str) -> String {
+    let (status, body) = admin_call(
+        server,
+        reqwest::Method::GET,
+        &format!("/approvals/{id}"),
+        token,
+        None,
+        &[],
+    )
+    .await;
+    if status == 404 {
+        return "gone".into();
+    }
+    body["status"].as_str().unwrap_or("").to_string()
 }

@@ -571,18 +571,19 @@ async fn write(
         .then(|| batch.clone());
     // Once per batch, before the first attempt: a retry appends the same leaves.
     let mut personal = pseudonymizer.map_or_else(Vec::new, |p| p.apply(batch, now_ms()));
-    let spill = |batch: &mut Vec<AuditRecord>, raw: &Option<Vec<AuditRecord>>| match (outage_spool, raw) {
-        (Some(dir), Some(raw)) => {
-            let mut raw = raw.clone();
-            let spilled = spill_outage(dir, &mut raw, health, metrics);
-            if spilled {
-                batch.clear();
+    let spill =
+        |batch: &mut Vec<AuditRecord>, raw: &Option<Vec<AuditRecord>>| match (outage_spool, raw) {
+            (Some(dir), Some(raw)) => {
+                let mut raw = raw.clone();
+                let spilled = spill_outage(dir, &mut raw, health, metrics);
+                if spilled {
+                    batch.clear();
+                }
+                spilled
             }
-            spilled
-        }
-        (Some(dir), None) => spill_outage(dir, batch, health, metrics),
-        (None, _) => false,
-    };
+            (Some(dir), None) => spill_outage(dir, batch, health, metrics),
+            (None, _) => false,
+        };
     let mut delay = Duration::from_millis(10);
     // A failed write is retried until it succeeds: dropping records is not an
     // option. Meanwhile requests are refused (fail closed) once the failure has
@@ -637,7 +638,10 @@ async fn write(
                 // filtered again at the new token.
                 health.failing.store(true, Ordering::Relaxed);
                 metrics.readiness.set(NotReady::AuditUnwritable, true);
-                tracing::warn!(records = n, "audit batch refused: this replica was fenced off (taken for dead); waiting to re-register");
+                tracing::warn!(
+                    records = n,
+                    "audit batch refused: this replica was fenced off (taken for dead); waiting to re-register"
+                );
                 while store.fencing_token() == token {
                     tokio::select! {
                         _ = tokio::time::sleep(FENCE_POLL) => {}
@@ -774,7 +778,8 @@ async fn append_outage_spool(
         let store = appender.store().clone();
         appender.fence_at(store.fencing_token());
         records.retain(|r| {
-            !present.contains(&(r.request_id.clone(), r.time_ms)) && !store.surrendered(&r.request_id)
+            !present.contains(&(r.request_id.clone(), r.time_ms))
+                && !store.surrendered(&r.request_id)
         });
         let total = records.len();
         for chunk in records.chunks_mut(MAX_BATCH) {

@@ -18,8 +18,8 @@ mod cluster;
 mod health;
 mod intent_takeover;
 mod shared_models;
-pub use shared_models::SharedModel;
 pub use intent_takeover::Lease;
+pub use shared_models::SharedModel;
 mod shared_limits;
 pub use cluster::{
     CHANGES_CHANNEL, Candidate, Change, ChangeListener, Heard, KeyCheck, LeaderRole, SingleUseKind,
@@ -112,7 +112,9 @@ pub enum StoreError {
     Invalid(String),
     /// Cluster mode: another replica took this one for dead and took over
     /// its audit intents; it appends nothing until it has re-registered.
-    #[error("this replica was taken for dead and fenced off; it must re-register before it appends")]
+    #[error(
+        "this replica was taken for dead and fenced off; it must re-register before it appends"
+    )]
     Fenced,
 }
 

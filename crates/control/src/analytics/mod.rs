@@ -410,7 +410,12 @@ impl Analytics {
         let (reply, wait) = oneshot::channel();
         if self
             .control
-            .send(Control::Benign(alert_id, agent.to_string(), features, reply))
+            .send(Control::Benign(
+                alert_id,
+                agent.to_string(),
+                features,
+                reply,
+            ))
             .await
             .is_ok()
         {
