@@ -13,26 +13,12 @@ use std::time::{Duration, Instant};
 use portcullis_identity::{ASSERTION_TYPE, Ed25519Key};
 use portcullis_store::testing::TestDb;
 use serde_json::Value;
+use support::cluster::*;
 use support::*;
 
 /// The public URL both replicas issue tokens under (the load balancer's, in
 /// a deployment): proofs and assertions name it, not a replica's port.
 const ISSUER: &str = "https://gw.cluster.test";
-
-/// The files a replica needs besides the database (docs/cluster.md): the
-/// CA, the token-signing key, the MFA sealing key, the audit checkpoint key
-/// and the admin credential (and `audit-pseudonym.key` when `[audit]
-/// pseudonymize` is on, not here). Copied from the first replica, as an
-/// operator would provision them.
-const SHARED_FILES: [&str; 7] = [
-    "ca.crt",
-    "ca.key",
-    "token.key",
-    "mfa.key",
-    "audit.key",
-    "audit.pub",
-    "admin.token",
-];
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -54,25 +40,7 @@ fn replica_config(dir: &Path, upstream: std::net::SocketAddr) -> std::path::Path
 }
 
 async fn start(dir: tempfile::TempDir, cfg: std::path::PathBuf, url: String) -> Server {
-    tokio::task::spawn_blocking(move || {
-        Server::start_with_env(dir, Some(&cfg), &[("PORTCULLIS_STORE_URL", url.as_str())])
-    })
-    .await
-    .unwrap()
-}
-
-/// A directory for a second replica holding `a`'s key material, as an
-/// operator provisions it; the database is all they share besides.
-fn provisioned_like(a: &Server) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    for file in SHARED_FILES {
-        let from = a.state_dir().join(file);
-        assert!(from.exists(), "replica A wrote no `{file}`");
-        std::fs::copy(&from, state.join(file)).unwrap();
-    }
-    dir
+    start_replica(dir, cfg, &url, &[]).await
 }
 
 fn token_form(assertion: &str) -> String {
@@ -122,13 +90,7 @@ async fn two_replicas_share_agents_single_use_credentials_and_one_audit_log() {
     };
     install_crypto();
     let (upstream, gate) = start_upstream().await;
-    let dir_a = tempfile::tempdir().unwrap();
-    let cfg_a = replica_config(dir_a.path(), upstream);
-    let a = start(dir_a, cfg_a, db.url()).await;
-
-    let dir_b = provisioned_like(&a);
-    let cfg_b = replica_config(dir_b.path(), upstream);
-    let b = start(dir_b, cfg_b, db.url()).await;
+    let (a, b) = two_replicas(&db.url(), |dir| replica_config(dir, upstream), &[]).await;
 
     // An agent enrolled through A's admin API is accepted by B (after B's
     // periodic re-read of the shared store: bounded wait).
@@ -302,12 +264,7 @@ async fn an_approval_opened_on_one_replica_and_approved_on_another_is_used_once(
         return;
     };
     install_crypto();
-    let dir_a = tempfile::tempdir().unwrap();
-    let cfg_a = bank_config(dir_a.path());
-    let a = start(dir_a, cfg_a, db.url()).await;
-    let dir_b = provisioned_like(&a);
-    let cfg_b = bank_config(dir_b.path());
-    let b = start(dir_b, cfg_b, db.url()).await;
+    let (a, b) = two_replicas(&db.url(), bank_config, &[]).await;
 
     let (cert, key) = a.create_agent("pay-bot", &["payer"]);
     let payer = client(&a.ca_pem(), Some((&cert, &key)));
@@ -512,12 +469,7 @@ async fn admin_changes_on_one_replica_reach_the_others_by_notification() {
     };
     install_crypto();
     let (upstream, gate) = start_upstream().await;
-    let dir_a = tempfile::tempdir().unwrap();
-    let cfg_a = replica_config(dir_a.path(), upstream);
-    let a = start(dir_a, cfg_a, db.url()).await;
-    let dir_b = provisioned_like(&a);
-    let cfg_b = replica_config(dir_b.path(), upstream);
-    let b = start(dir_b, cfg_b, db.url()).await;
+    let (a, b) = two_replicas(&db.url(), |dir| replica_config(dir, upstream), &[]).await;
     let dir_c = provisioned_like(&a);
     let cfg_c = replica_config(dir_c.path(), upstream);
     let c = start(dir_c, cfg_c, db.url()).await;
@@ -756,12 +708,7 @@ async fn rate_limits_and_llm_budgets_hold_across_replicas() {
     while now() % 60 > 45 {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let dir_a = tempfile::tempdir().unwrap();
-    let cfg_a = limited_config(dir_a.path(), llm);
-    let a = start(dir_a, cfg_a, db.url()).await;
-    let dir_b = provisioned_like(&a);
-    let cfg_b = limited_config(dir_b.path(), llm);
-    let b = start(dir_b, cfg_b, db.url()).await;
+    let (a, b) = two_replicas(&db.url(), |dir| limited_config(dir, llm), &[]).await;
 
     let (cert, key) = tokio::task::block_in_place(|| a.create_agent("reader", &["reader"]));
     let agent = client(&a.ca_pem(), Some((&cert, &key)));
@@ -1023,12 +970,7 @@ async fn a_tool_approved_on_one_replica_is_callable_on_another_within_a_second()
             "[policy]\ndir = \"policies\"",
         )
     };
-    let dir_a = tempfile::tempdir().unwrap();
-    let cfg_a = mcp_config(dir_a.path());
-    let a = start(dir_a, cfg_a, db.url()).await;
-    let dir_b = provisioned_like(&a);
-    let cfg_b = mcp_config(dir_b.path());
-    let b = start(dir_b, cfg_b, db.url()).await;
+    let (a, b) = two_replicas(&db.url(), mcp_config, &[]).await;
 
     let (cert, key) = tokio::task::block_in_place(|| a.create_agent("dev-bot", &["dev"]));
     let agent = client(&a.ca_pem(), Some((&cert, &key)));
@@ -1196,19 +1138,11 @@ fn fault_config(
     config(dir, &routes, "")
 }
 
+/// The LLM route's key of [`fault_config`].
+const FAULT_ENV: &[(&str, &str)] = &[("FAULT_LLM_KEY", "sk-fault")];
+
 async fn start_faulty(dir: tempfile::TempDir, cfg: std::path::PathBuf, url: String) -> Server {
-    tokio::task::spawn_blocking(move || {
-        Server::start_with_env(
-            dir,
-            Some(&cfg),
-            &[
-                ("PORTCULLIS_STORE_URL", url.as_str()),
-                ("FAULT_LLM_KEY", "sk-fault"),
-            ],
-        )
-    })
-    .await
-    .unwrap()
+    start_replica(dir, cfg, &url, FAULT_ENV).await
 }
 
 /// Polls `probe` every 50 ms until `done` holds (bounded: 20 s); answers
@@ -1432,12 +1366,7 @@ async fn one_replica_signs_checkpoints_and_another_takes_over_when_it_is_killed(
         );
         config(dir, &routes, "")
     };
-    let dir_a = tempfile::tempdir().unwrap();
-    let cfg_a = signer_config(dir_a.path());
-    let a = start(dir_a, cfg_a, db.url()).await;
-    let dir_b = provisioned_like(&a);
-    let cfg_b = signer_config(dir_b.path());
-    let b = start(dir_b, cfg_b, db.url()).await;
+    let (a, b) = two_replicas(&db.url(), signer_config, &[]).await;
 
     // One signer, never two (sampled for a second).
     let ((sa, sb), _) = wait_until(
@@ -1573,12 +1502,7 @@ async fn a_replica_killed_under_load_never_blocks_the_other_and_a_survivor_recor
     };
     install_crypto();
     let (upstream, executed) = start_recording_upstream(Duration::from_millis(300)).await;
-    let dir_a = tempfile::tempdir().unwrap();
-    let cfg_a = fault_config(dir_a.path(), upstream, 0);
-    let a = start_faulty(dir_a, cfg_a, db.url()).await;
-    let dir_b = provisioned_like(&a);
-    let cfg_b = fault_config(dir_b.path(), upstream, 0);
-    let b = start_faulty(dir_b, cfg_b, db.url()).await;
+    let (a, b) = two_replicas(&db.url(), |dir| fault_config(dir, upstream, 0), FAULT_ENV).await;
     let (cert, key) =
         tokio::task::block_in_place(|| a.create_agent("writer-bot", &["reader", "writer"]));
     let agent = client(&a.ca_pem(), Some((&cert, &key)));
@@ -1838,12 +1762,7 @@ async fn a_console_session_works_on_every_replica_and_ends_on_all() {
         return;
     };
     install_crypto();
-    let dir_a = tempfile::tempdir().unwrap();
-    let cfg_a = bank_config(dir_a.path());
-    let a = start(dir_a, cfg_a, db.url()).await;
-    let dir_b = provisioned_like(&a);
-    let cfg_b = bank_config(dir_b.path());
-    let b = start(dir_b, cfg_b, db.url()).await;
+    let (a, b) = two_replicas(&db.url(), bank_config, &[]).await;
     let http = reqwest::Client::builder()
         .tls_backend_preconfigured(tls_config(&a.ca_pem(), None))
         .redirect(reqwest::redirect::Policy::none())
@@ -1978,12 +1897,7 @@ async fn admin_credentials_revoked_or_rotated_on_one_replica_are_refused_on_anot
     };
     install_crypto();
     const BOUND: Duration = Duration::from_secs(5);
-    let dir_a = tempfile::tempdir().unwrap();
-    let cfg_a = bank_config(dir_a.path());
-    let a = start(dir_a, cfg_a, db.url()).await;
-    let dir_b = provisioned_like(&a);
-    let cfg_b = bank_config(dir_b.path());
-    let b = start(dir_b, cfg_b, db.url()).await;
+    let (a, b) = two_replicas(&db.url(), bank_config, &[]).await;
     let owner = a.admin_token();
     let session_on = |server: &Server, token: String| {
         let server_admin = server.admin;
@@ -2202,12 +2116,7 @@ async fn an_alert_raised_on_one_replica_is_listed_and_resolved_on_another() {
         );
         config(dir, &routes, "")
     };
-    let dir_a = tempfile::tempdir().unwrap();
-    let cfg_a = alerts_config(dir_a.path());
-    let a = start(dir_a, cfg_a, db.url()).await;
-    let dir_b = provisioned_like(&a);
-    let cfg_b = alerts_config(dir_b.path());
-    let b = start(dir_b, cfg_b, db.url()).await;
+    let (a, b) = two_replicas(&db.url(), alerts_config, &[]).await;
     let (cert, key) = tokio::task::block_in_place(|| a.create_agent("bot", &["reader"]));
     let agent = client(&a.ca_pem(), Some((&cert, &key)));
     let owner = a.admin_token();
@@ -2356,12 +2265,7 @@ async fn a_replica_frozen_past_its_lease_is_fenced_and_no_request_is_recorded_tw
     };
     install_crypto();
     let (upstream, executed) = start_recording_upstream(Duration::from_secs(3)).await;
-    let dir_a = tempfile::tempdir().unwrap();
-    let cfg_a = fault_config(dir_a.path(), upstream, 0);
-    let a = start_faulty(dir_a, cfg_a, db.url()).await;
-    let dir_b = provisioned_like(&a);
-    let cfg_b = fault_config(dir_b.path(), upstream, 0);
-    let b = start_faulty(dir_b, cfg_b, db.url()).await;
+    let (a, b) = two_replicas(&db.url(), |dir| fault_config(dir, upstream, 0), FAULT_ENV).await;
     let (cert, key) =
         tokio::task::block_in_place(|| a.create_agent("writer-bot", &["reader", "writer"]));
     let agent = client(&a.ca_pem(), Some((&cert, &key)));
@@ -2519,12 +2423,7 @@ async fn replicas_share_one_baseline_and_a_benign_verdict_through_one_reaches_th
         );
         config(dir, &routes, "")
     };
-    let dir_a = tempfile::tempdir().unwrap();
-    let cfg_a = shared_config(dir_a.path());
-    let a = start(dir_a, cfg_a, db.url()).await;
-    let dir_b = provisioned_like(&a);
-    let cfg_b = shared_config(dir_b.path());
-    let b = start(dir_b, cfg_b, db.url()).await;
+    let (a, b) = two_replicas(&db.url(), shared_config, &[]).await;
     let (cert, key) = tokio::task::block_in_place(|| a.create_agent("bot", &["reader"]));
     let agent = client(&a.ca_pem(), Some((&cert, &key)));
     let owner = a.admin_token();

@@ -48,6 +48,15 @@
 //! outage is appended when it starts again. Spilled records are acknowledged
 //! only once appended (the published tree head does not move for them).
 //!
+//! **Fencing** (cluster mode). Each append carries this replica's fencing
+//! token (`Store::fencing_token`, read before the batch is filtered) and
+//! the store refuses it (`StoreError::Fenced`) once another replica took
+//! this one for dead and took over its intents. The writer then fails
+//! closed and waits until the lease task has re-registered the replica;
+//! the batch, and every later one, drops the records of the calls the
+//! survivor took over (`Store::surrendered`): the survivor records them,
+//! so no request id is recorded twice.
+//!
 //! [held]: Gate::Verifying
 
 use std::path::PathBuf;
@@ -548,7 +557,9 @@ async fn write(
     // append at it has dropped every record a survivor took over.
     let store = appender.store().clone();
     let mut token = store.fencing_token();
-    drop_surrendered(batch, &store, health, metrics);
+    if token.is_some() {
+        drop_surrendered(batch, &store, health, metrics);
+    }
     appender.fence_at(token);
     let mut n = batch.len();
     if n == 0 && intents.is_empty() {

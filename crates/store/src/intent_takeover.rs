@@ -105,8 +105,7 @@ impl Store {
         self.replica
             .surrendered
             .lock()
-            .map(|s| s.contains(request_id))
-            .unwrap_or(false)
+            .is_ok_and(|s| s.contains(request_id))
     }
 
     /// Takes this replica's lease for the first time (cluster mode, at

@@ -28,6 +28,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 
 pub mod authorization;
+pub mod cluster;
 pub mod parity_rig;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
