@@ -277,22 +277,11 @@ async fn an_approval_opened_on_one_replica_and_approved_on_another_is_used_once(
     let ticket = answer["error"]["ticket"].as_str().unwrap().to_string();
 
     // The approver is enrolled through A, approves through B.
-    let out = cli_ok(&a, &["admin", "user", "add", "alice"]);
-    let secret = out
-        .lines()
-        .find_map(|l| l.strip_prefix("TOTP secret (shown once; add it to an authenticator app): "))
-        .unwrap();
-    let secret = portcullis_identity::TotpSecret::from_base32(secret).unwrap();
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    };
+    let secret = enrol_alice(&a).await;
     while now() % 30 > 22 {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let code = secret.code_at(now());
+    let code = secret.code_at(now() as u64);
     let approve = |server: &Server| {
         server.cli(&[
             "approvals",
@@ -2178,26 +2167,8 @@ async fn an_alert_raised_on_one_replica_is_listed_and_resolved_on_another() {
     let id = alert["id"].as_i64().unwrap();
 
     // A human enrolled on A resolves it on B.
-    let enrolled = cli_ok(&a, &["admin", "user", "add", "alice"]);
-    let secret = enrolled
-        .lines()
-        .find_map(|l| l.strip_prefix("TOTP secret (shown once; add it to an authenticator app): "))
-        .map(str::to_string)
-        .expect("secret printed");
-    let secret = portcullis_identity::TotpSecret::from_base32(&secret).unwrap();
-    while now() % 30 > 22 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let code = secret.code_at(now() as u64);
-    let (status, resolved) = admin_call(
-        &b,
-        reqwest::Method::POST,
-        &format!("/alerts/{id}/resolve"),
-        &owner,
-        Some(serde_json::json!({ "verdict": "malicious" })),
-        &[("x-portcullis-user", "alice"), ("x-portcullis-totp", &code)],
-    )
-    .await;
+    let secret = enrol_alice(&a).await;
+    let (status, resolved) = resolve_alert(&b, &owner, id, "malicious", &secret).await;
     assert_eq!(status, 200, "{resolved}");
     assert_eq!(resolved["status"], "resolved");
 
@@ -2512,26 +2483,8 @@ async fn replicas_share_one_baseline_and_a_benign_verdict_through_one_reaches_th
         .unwrap();
 
     // 4. Judged benign through A (a human's TOTP): B forgives the agent.
-    let enrolled = cli_ok(&a, &["admin", "user", "add", "alice"]);
-    let secret = enrolled
-        .lines()
-        .find_map(|l| l.strip_prefix("TOTP secret (shown once; add it to an authenticator app): "))
-        .map(str::to_string)
-        .expect("secret printed");
-    let secret = portcullis_identity::TotpSecret::from_base32(&secret).unwrap();
-    while now() % 30 > 22 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let code = secret.code_at(now() as u64);
-    let (status, resolved) = admin_call(
-        &a,
-        reqwest::Method::POST,
-        &format!("/alerts/{raised_on_b}/resolve"),
-        &owner,
-        Some(serde_json::json!({ "verdict": "benign" })),
-        &[("x-portcullis-user", "alice"), ("x-portcullis-totp", &code)],
-    )
-    .await;
+    let secret = enrol_alice(&a).await;
+    let (status, resolved) = resolve_alert(&a, &owner, raised_on_b, "benign", &secret).await;
     assert_eq!(status, 200, "{resolved}");
     let judged = Instant::now();
     let (on_b, took) = wait_until(|| analytics(&b), |v| v["grade"] == "normal").await;
@@ -2611,4 +2564,39 @@ async fn ticket_status(server: &Server, token: &str, id: &str) -> String {
         return "gone".into();
     }
     body["status"].as_str().unwrap_or("").to_string()
+}
+
+/// Enrols the admin user `alice` through `server`; answers her TOTP secret.
+async fn enrol_alice(server: &Server) -> portcullis_identity::TotpSecret {
+    let enrolled = cli_ok(server, &["admin", "user", "add", "alice"]);
+    let secret = enrolled
+        .lines()
+        .find_map(|l| l.strip_prefix("TOTP secret (shown once; add it to an authenticator app): "))
+        .expect("secret printed");
+    portcullis_identity::TotpSecret::from_base32(secret).unwrap()
+}
+
+/// Resolves alert `id` with `verdict` through `server`'s admin API, as
+/// alice with a fresh TOTP code (waiting out the end of a 30 s step, so the
+/// code is still valid when it arrives).
+async fn resolve_alert(
+    server: &Server,
+    token: &str,
+    id: i64,
+    verdict: &str,
+    secret: &portcullis_identity::TotpSecret,
+) -> (u16, Value) {
+    while now() % 30 > 22 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let code = secret.code_at(now() as u64);
+    admin_call(
+        server,
+        reqwest::Method::POST,
+        &format!("/alerts/{id}/resolve"),
+        token,
+        Some(serde_json::json!({ "verdict": verdict })),
+        &[("x-portcullis-user", "alice"), ("x-portcullis-totp", &code)],
+    )
+    .await
 }

@@ -124,17 +124,17 @@ impl Store {
     }
 
     /// Alerts resolved `benign` at or after `since_ms` (the resolving
-    /// replica's clock): (id, agent), oldest first. Every replica applies
-    /// such a verdict to its own view of the agent.
+    /// replica's clock): (id, agent, resolved at), oldest first. Every
+    /// replica applies such a verdict to its own view of the agent.
     pub async fn benign_verdicts_since(
         &self,
         since_ms: i64,
-    ) -> Result<Vec<(i64, String)>, StoreError> {
+    ) -> Result<Vec<(i64, String, i64)>, StoreError> {
         let Pool::Postgres(pool) = &self.pool else {
             return Err(cluster_only());
         };
         Ok(sqlx::query_as(
-            "SELECT id, agent FROM alerts WHERE verdict = 'benign' AND resolved_at >= $1
+            "SELECT id, agent, resolved_at FROM alerts WHERE verdict = 'benign' AND resolved_at >= $1
              ORDER BY resolved_at, id",
         )
         .bind(since_ms)

@@ -288,7 +288,7 @@ impl Analytics {
                 seen_ms: 0,
                 adopted: HashMap::new(),
                 verdicts_since: now,
-                verdicts: HashSet::new(),
+                verdicts: HashMap::new(),
             }
         });
         for q in store.quarantines(None).await? {
@@ -478,10 +478,12 @@ struct Shared {
     seen_ms: i64,
     /// Per agent (`""`: the population), the stamp of the merge adopted.
     adopted: HashMap<String, i64>,
-    /// Benign verdicts are looked for from here (this replica's start).
+    /// Benign verdicts are looked for from here, less [`VERDICT_SLACK_MS`]
+    /// (this replica's start, then the newest verdict read).
     verdicts_since: i64,
-    /// The verdicts applied already.
-    verdicts: HashSet<i64>,
+    /// The verdicts applied already, by id: when each was recorded (those
+    /// older than the slack are forgotten: they are not read again).
+    verdicts: HashMap<i64, i64>,
 }
 
 impl Worker {
@@ -690,7 +692,7 @@ impl Worker {
                 self.dirty.insert(agent);
                 if let Some(shared) = &mut self.shared {
                     // Applied here already: not forgiven again when read back.
-                    shared.verdicts.insert(alert_id);
+                    shared.verdicts.insert(alert_id, now);
                     if let Err(e) = self.share(false).await {
                         tracing::warn!(error = %e, "cannot share a benign verdict's baseline; the next merge shares it");
                     }
@@ -866,12 +868,15 @@ impl Worker {
             .benign_verdicts_since(shared.verdicts_since - VERDICT_SLACK_MS)
             .await?;
         let mut forgiven = Vec::new();
-        for (id, agent) in verdicts {
-            if shared.verdicts.insert(id) {
+        for (id, agent, at) in verdicts {
+            shared.verdicts_since = shared.verdicts_since.max(at);
+            if shared.verdicts.insert(id, at).is_none() {
                 self.engine.forgive(&agent, now);
                 forgiven.push(agent);
             }
         }
+        let horizon = shared.verdicts_since - 2 * VERDICT_SLACK_MS;
+        shared.verdicts.retain(|_, at| *at >= horizon);
         for agent in forgiven {
             if let Some((risk, grade)) = self.engine.risk_at(&agent, now) {
                 self.publish(&agent, risk, grade);
