@@ -173,7 +173,7 @@ async fn two_replicas_share_agents_single_use_credentials_and_one_audit_log() {
 
     // Both replicas appended to one log (once both records are in it); it
     // verifies as a whole.
-    records_in_log(&db.url(), &[served_by_a.clone()]).await;
+    records_in_log(&db.url(), std::slice::from_ref(&served_by_a)).await;
     let verify = std::process::Command::new(BIN)
         .args(["audit", "verify", "--state-dir"])
         .arg(a.state_dir())

@@ -298,16 +298,17 @@ mod tests {
         log.append_batch(&mut [], &[], &[intent(1), intent(2)])
             .await
             .unwrap();
-        // A is alive: B takes nothing, and A never takes its own.
+        // A is alive: B takes nothing, and A never takes its own. (A zero
+        // lease here would take B for dead, and fence it.)
         assert!(b.take_over_intents(60_000).await.unwrap().is_empty());
-        assert!(a.take_over_intents(0).await.unwrap().is_empty());
+        assert!(a.take_over_intents(60_000).await.unwrap().is_empty());
         // A's lease lapses (a zero lease: every lease is old): B takes both,
         // once; A, alive again, cannot take them back while B holds a lease.
-        b.renew_replica_lease().await.unwrap();
+        assert_eq!(b.renew_replica_lease().await.unwrap(), Lease::Held);
         let taken = b.take_over_intents(0).await.unwrap();
         assert_eq!(ids(&taken), ["req-1", "req-2"]);
         assert!(b.take_over_intents(0).await.unwrap().is_empty());
-        b.renew_replica_lease().await.unwrap();
+        assert_eq!(b.renew_replica_lease().await.unwrap(), Lease::Held);
         assert!(a.take_over_intents(60_000).await.unwrap().is_empty());
         // B dies in turn before recording them: C takes them from B.
         let c = db.open().await;
