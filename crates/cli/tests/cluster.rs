@@ -334,8 +334,8 @@ async fn an_approval_opened_on_one_replica_and_approved_on_another_is_used_once(
         assert!(status == "used" || status == "gone", "{status}");
     }
     for server in [&a, &b] {
-        let (status, _) = transfer(&payer, server).await;
-        assert_eq!(status, 403);
+        let (status, answer) = transfer(&payer, server).await;
+        assert_eq!(status, 403, "{answer}");
     }
     let store = portcullis_store::Store::open_postgres(&db.url())
         .await
