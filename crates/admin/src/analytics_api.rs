@@ -159,7 +159,16 @@ async fn resolve(
     {
         let detail: Value = serde_json::from_str(&alert.detail).unwrap_or(Value::Null);
         if let Some(features) = portcullis_control::analytics::alert_features(&detail) {
-            analytics.benign(&alert.agent, features).await;
+            analytics.benign(alert.id, &alert.agent, features).await;
+        }
+        // Cluster mode: every replica forgives the agent (its risk resets,
+        // what it held back is learned) and adopts the widened baseline.
+        if let Err(e) = state
+            .store
+            .notify_change(portcullis_store::Change::Analytics)
+            .await
+        {
+            tracing::warn!(agent = %alert.agent, error = %e, "cannot announce a benign verdict to the other replicas");
         }
     }
     call.done(

@@ -335,6 +335,10 @@ pub struct AgentState {
     risk: f32,
     risk_at_ms: i64,
     quarantined: bool,
+    /// Baseline samples ever pushed, by every replica (cluster mode): how a
+    /// replica tells how many samples others added since it last looked.
+    #[serde(default)]
+    pushed: u64,
 }
 
 impl AgentState {
@@ -349,6 +353,7 @@ impl AgentState {
             risk: 0.0,
             risk_at_ms: now_ms,
             quarantined: false,
+            pushed: 0,
         }
     }
 }
@@ -377,6 +382,19 @@ struct AgentModel {
     /// When the forest last scored this agent, and what it said.
     scored_ms: i64,
     anomaly: f32,
+    /// Cluster mode: what was learned since the last merge with the shared
+    /// model (`None` on one node, which never merges).
+    delta: Option<Delta>,
+    /// Cluster mode: the peak rate as last merged or adopted, so that the
+    /// merge adds this replica's step to the shared value, not its value.
+    rate_base: f32,
+}
+
+/// What an agent's model learned since it last merged with the shared model.
+#[derive(Debug, Default)]
+struct Delta {
+    familiar: Familiar,
+    samples: Vec<Features>,
 }
 
 /// The analytics engine. Not thread-safe by design: one task owns it.
@@ -395,6 +413,11 @@ pub struct Engine {
     hits: Vec<(RuleHit, f32)>,
     events: u64,
     population_rate: Option<f32>,
+    /// Cluster mode ([`Engine::share`]): models keep what they learned since
+    /// their last merge.
+    shared: bool,
+    /// Cluster mode: population samples added since the last merge.
+    population_delta: Vec<Features>,
 }
 
 const POPULATION_SIZE: usize = 2_048;
@@ -424,6 +447,8 @@ impl Engine {
             hits: Vec::new(),
             events: 0,
             population_rate: None,
+            shared: false,
+            population_delta: Vec::new(),
         }
     }
 
@@ -435,7 +460,7 @@ impl Engine {
         engine.population = state.population;
         engine.retrain_population();
         for (name, state) in state.agents {
-            let mut model = AgentModel::new(state);
+            let mut model = AgentModel::new(state, false);
             retrain_agent(&engine.config, &name, &mut model);
             engine.agents.insert(name, model);
         }
@@ -468,7 +493,7 @@ impl Engine {
     /// Restores one agent (used with [`Engine::set_population`] when state is
     /// stored per agent).
     pub fn insert_agent(&mut self, agent: &str, state: AgentState) {
-        let mut model = AgentModel::new(state);
+        let mut model = AgentModel::new(state, self.shared);
         retrain_agent(&self.config, agent, &mut model);
         self.agents.insert(agent.to_string(), model);
     }
@@ -493,9 +518,10 @@ impl Engine {
                 risk: 0.0,
                 risk_at_ms: event.time_ms,
                 quarantined: false,
+                pushed: 0,
             };
             self.agents
-                .insert(agent.to_string(), AgentModel::new(state));
+                .insert(agent.to_string(), AgentModel::new(state, self.shared));
         }
         self.events += 1;
         if self.events.is_multiple_of(4_096) {
@@ -611,7 +637,7 @@ impl Engine {
         // population model finds unusual would never get a model of its own.
         let mut sampled = None;
         if risk < config.thresholds.alert || (!learned && rule_risk < config.thresholds.alert) {
-            model.state.familiar.learn(event, novelty.pair);
+            model.learn(event, novelty.pair);
             if event.time_ms - model.last_sample_ms >= config.sample_every_ms {
                 model.last_sample_ms = event.time_ms;
                 // Once a sample, not per event: a spike must not teach the
@@ -632,6 +658,9 @@ impl Engine {
                 .any(|(h, _)| matches!(h, RuleHit::FirstRestricted { .. }))
             {
                 model.state.familiar.resources.insert(event.resource);
+                if let Some(delta) = &mut model.delta {
+                    delta.familiar.resources.insert(event.resource);
+                }
             }
         }
         let retrain = model.new_samples >= config.retrain_every
@@ -672,10 +701,11 @@ impl Engine {
     /// Marks `agent` quarantined (restored from the store), creating its
     /// model if it has none yet.
     pub fn quarantine(&mut self, agent: &str, now_ms: i64) {
+        let shared = self.shared;
         let m = self
             .agents
             .entry(agent.to_string())
-            .or_insert_with(|| AgentModel::new(AgentState::new(now_ms)));
+            .or_insert_with(|| AgentModel::new(AgentState::new(now_ms), shared));
         m.state.quarantined = true;
         m.alerted = Grade::Quarantine;
     }
@@ -700,7 +730,7 @@ impl Engine {
             return;
         };
         for (event, pair) in std::mem::take(&mut m.pending) {
-            m.state.familiar.learn(&event, pair);
+            m.learn(&event, pair);
         }
         for _ in 0..8 {
             m.push_sample(*features, self.config.baseline_size);
@@ -713,6 +743,165 @@ impl Engine {
         m.alerted = Grade::Normal;
         retrain_agent(&self.config, agent, &mut m);
         self.agents.insert(agent.to_string(), m);
+    }
+
+    /// Cluster mode: from now on every model keeps what it learns until it
+    /// is merged into the shared model ([`Engine::merged_with`]). Call it
+    /// before the first event.
+    pub fn share(&mut self) {
+        self.shared = true;
+        for m in self.agents.values_mut() {
+            m.delta.get_or_insert_with(Delta::default);
+        }
+    }
+
+    /// Cluster mode: the shared model of `agent` with what this replica
+    /// learned since its last merge folded in (see `fold`), to be stored in
+    /// place of `shared`; `None` when this replica does not know the agent.
+    /// The risk fields are this replica's (each replica grades from its own
+    /// risk; quarantines are shared through the store).
+    pub fn merged_with(&self, agent: &str, shared: Option<AgentState>) -> Option<AgentState> {
+        let m = self.agents.get(agent)?;
+        let Some(mut merged) = shared else {
+            return Some(m.state.clone());
+        };
+        fold(&mut merged, m, self.config.baseline_size);
+        merged.risk = m.state.risk;
+        merged.risk_at_ms = m.state.risk_at_ms;
+        merged.quarantined = m.state.quarantined;
+        Some(merged)
+    }
+
+    /// Cluster mode: `merged` (from [`Engine::merged_with`]) was stored;
+    /// it is this replica's model now, and nothing is left unshared.
+    pub fn adopt_merged(&mut self, agent: &str, merged: AgentState) {
+        self.adopt(agent, merged, true);
+    }
+
+    /// Cluster mode: another replica merged into the shared model of
+    /// `agent`; this replica's model becomes it, plus what this replica
+    /// learned since its own last merge (still to be shared).
+    pub fn adopt_shared(&mut self, agent: &str, shared: AgentState) {
+        self.adopt(agent, shared, false);
+    }
+
+    fn adopt(&mut self, agent: &str, shared: AgentState, merged: bool) {
+        let config = &self.config;
+        let Some(m) = self.agents.get_mut(agent) else {
+            // New here: risk starts at zero (each replica grades from its
+            // own; a quarantine comes from the store).
+            let mut state = shared;
+            state.risk = 0.0;
+            state.risk_at_ms = state.last_ms;
+            state.quarantined = false;
+            let mut model = AgentModel::new(state, self.shared);
+            retrain_agent(config, agent, &mut model);
+            self.agents.insert(agent.to_string(), model);
+            return;
+        };
+        let shared_rate = shared.rate_1m;
+        let mut next = shared;
+        if !merged {
+            fold(&mut next, m, config.baseline_size);
+        }
+        next.risk = m.state.risk;
+        next.risk_at_ms = m.state.risk_at_ms;
+        next.quarantined = m.state.quarantined;
+        // Samples other replicas added count towards the next retraining,
+        // as this replica's own do.
+        let others = next.pushed.saturating_sub(m.state.pushed);
+        m.new_samples += others as usize;
+        m.state = next;
+        if merged {
+            if let Some(delta) = &mut m.delta {
+                *delta = Delta::default();
+            }
+            m.rate_base = m.state.rate_1m;
+        } else {
+            m.rate_base = shared_rate;
+        }
+        if m.new_samples >= config.retrain_every
+            || (m.forest.is_none() && m.state.baseline.len() >= config.min_baseline)
+        {
+            retrain_agent(config, agent, m);
+        }
+    }
+
+    /// Whether `agent` learned something since its last merge that other
+    /// replicas grade by: a sample, a resource, call pair or address, a
+    /// first restricted read, a step of its peak rate; and, with
+    /// `counts_too`, hour-of-day counts (which only shift, slowly, what
+    /// counts as off hours).
+    pub fn unshared(&self, agent: &str, counts_too: bool) -> bool {
+        self.agents.get(agent).is_some_and(|m| {
+            m.delta.as_ref().is_some_and(|d| {
+                !d.samples.is_empty()
+                    || d.familiar.knows_anything()
+                    || (counts_too && d.familiar.counted_hours())
+            }) || m.state.rate_1m != m.rate_base
+        })
+    }
+
+    /// Whether the population gained samples since its last merge.
+    pub fn population_unshared(&self) -> bool {
+        !self.population_delta.is_empty()
+    }
+
+    /// Cluster mode: the shared population sample with the samples this
+    /// replica added since its last merge, each in a slot picked by its own
+    /// hash once the sample is full (so replicas agree without a shared
+    /// random source).
+    pub fn merged_population(&self, shared: Option<Vec<Features>>) -> Vec<Features> {
+        let Some(mut merged) = shared else {
+            return self.population.clone();
+        };
+        for sample in &self.population_delta {
+            if merged.len() < POPULATION_SIZE {
+                merged.push(*sample);
+            } else {
+                let bytes: Vec<u8> = sample.iter().flat_map(|v| v.to_le_bytes()).collect();
+                let slot = (stable_hash(&[&bytes]) % POPULATION_SIZE as u64) as usize;
+                merged[slot] = *sample;
+            }
+        }
+        merged
+    }
+
+    /// Cluster mode: the population sample another replica (`mine` false)
+    /// or this one merged. Its forest is retrained when it has none yet;
+    /// otherwise on this replica's own schedule.
+    pub fn adopt_population(&mut self, mut sample: Vec<Features>, mine: bool) {
+        if mine {
+            self.population_delta.clear();
+        } else {
+            for s in &self.population_delta {
+                if sample.len() < POPULATION_SIZE {
+                    sample.push(*s);
+                }
+            }
+        }
+        self.population_cursor = sample.len() % POPULATION_SIZE;
+        self.population = sample;
+        if self.population_forest.is_none() {
+            self.retrain_population();
+        }
+    }
+
+    /// Cluster mode: a benign verdict recorded through another replica. What
+    /// this replica held back while the agent looked risky is learned (the
+    /// alert's samples and rate come with the shared model, from the
+    /// replica that recorded the verdict), and its risk resets.
+    pub fn forgive(&mut self, agent: &str, now_ms: i64) {
+        let Some(m) = self.agents.get_mut(agent) else {
+            return;
+        };
+        for (event, pair) in std::mem::take(&mut m.pending) {
+            m.learn(&event, pair);
+        }
+        m.state.quarantined = false;
+        m.state.risk = 0.0;
+        m.state.risk_at_ms = now_ms;
+        m.alerted = Grade::Normal;
     }
 
     /// A summary of `agent`'s baseline.
@@ -772,6 +961,9 @@ impl Engine {
     }
 
     fn push_population(&mut self, sample: Features, time_ms: i64) {
+        if self.shared && self.population_delta.len() < POPULATION_SIZE {
+            self.population_delta.push(sample);
+        }
         if self.population.len() < POPULATION_SIZE {
             self.population.push(sample);
         } else {
@@ -844,8 +1036,10 @@ impl Default for Verdict {
 }
 
 impl AgentModel {
-    fn new(state: AgentState) -> Self {
+    fn new(state: AgentState, shared: bool) -> Self {
         AgentModel {
+            delta: shared.then(Delta::default),
+            rate_base: state.rate_1m,
             alerted: if state.quarantined {
                 Grade::Quarantine
             } else {
@@ -888,15 +1082,25 @@ impl AgentModel {
         }
     }
 
-    fn push_sample(&mut self, sample: Features, capacity: usize) {
-        let b = &mut self.state.baseline;
-        if b.len() < capacity {
-            b.push(sample);
-        } else {
-            b[self.state.cursor % capacity] = sample;
+    /// Takes `event` into the baseline's familiar sets (and, in cluster
+    /// mode, into what the next merge shares).
+    fn learn(&mut self, event: &Event, pair: Option<u64>) {
+        self.state.familiar.learn(event, pair);
+        if let Some(delta) = &mut self.delta {
+            delta.familiar.learn(event, pair);
         }
-        self.state.cursor = (self.state.cursor + 1) % capacity;
+    }
+
+    fn push_sample(&mut self, sample: Features, capacity: usize) {
+        push_ring(&mut self.state, sample, capacity);
         self.new_samples += 1;
+        if let Some(delta) = &mut self.delta {
+            if delta.samples.len() >= capacity {
+                // Only the newest `capacity` can survive in the ring anyway.
+                delta.samples.remove(0);
+            }
+            delta.samples.push(sample);
+        }
     }
 
     /// The three features furthest from the baseline (in baseline standard
@@ -925,6 +1129,38 @@ impl AgentModel {
             .collect();
         ranked.sort_by(|a, b| b.0.total_cmp(&a.0));
         ranked.into_iter().take(3).map(|(_, d)| d).collect()
+    }
+}
+
+/// Pushes a sample into a baseline ring of `capacity`.
+fn push_ring(state: &mut AgentState, sample: Features, capacity: usize) {
+    let b = &mut state.baseline;
+    if b.len() < capacity {
+        b.push(sample);
+    } else {
+        b[state.cursor % capacity] = sample;
+    }
+    state.cursor = (state.cursor + 1) % capacity;
+    state.pushed += 1;
+}
+
+/// Folds into `shared` what `model` learned since its last merge: the
+/// familiar sets' union and hour counts, its new samples pushed into the
+/// shared ring, its step of the peak rate, the span of its events.
+fn fold(shared: &mut AgentState, model: &AgentModel, capacity: usize) {
+    shared.first_ms = shared.first_ms.min(model.state.first_ms);
+    shared.last_ms = shared.last_ms.max(model.state.last_ms);
+    if let Some(delta) = &model.delta {
+        shared.familiar.absorb(&delta.familiar);
+        for sample in &delta.samples {
+            push_ring(shared, *sample, capacity);
+        }
+    }
+    let step = model.state.rate_1m - model.rate_base;
+    if shared.rate_1m == 0.0 {
+        shared.rate_1m = model.state.rate_1m;
+    } else if step != 0.0 {
+        shared.rate_1m = (shared.rate_1m + step).max(1.0);
     }
 }
 
@@ -1096,6 +1332,82 @@ mod tests {
             restored.summary("bot", now).map(|s| s.known_resources),
             Some(5)
         );
+    }
+
+    /// Cluster mode: two replicas' engines, each seeing part of an agent's
+    /// traffic, merge into one shared model (as the store's merge does, one
+    /// at a time) and each grades by what the other saw.
+    #[test]
+    fn replicas_merge_one_baseline_and_grade_by_what_the_other_saw() {
+        fn merge(engine: &mut Engine, shared: &mut Option<AgentState>) {
+            let merged = engine.merged_with("bot", shared.take()).expect("known");
+            engine.adopt_merged("bot", merged.clone());
+            *shared = Some(merged);
+        }
+        let mut a = Engine::new(fast());
+        let mut b = Engine::new(fast());
+        a.share();
+        b.share();
+        // A sees resources 0..5, B 5..10, over two sample periods each.
+        feed(&mut a, "bot", 0, 60_000, 20, |i, t| {
+            event(t, (i % 5) as u64, false)
+        });
+        feed(&mut b, "bot", 0, 60_000, 20, |i, t| {
+            event(t, 5 + (i % 5) as u64, false)
+        });
+        assert!(a.unshared("bot", false) && b.unshared("bot", false));
+        let mut shared = None;
+        merge(&mut a, &mut shared);
+        merge(&mut b, &mut shared);
+        a.adopt_shared("bot", shared.clone().expect("merged"));
+        assert!(!a.unshared("bot", true) && !b.unshared("bot", true));
+        let (sa, sb) = (
+            a.summary("bot", 60_000).expect("a"),
+            b.summary("bot", 60_000).expect("b"),
+        );
+        assert_eq!((sa.known_resources, sb.known_resources), (10, 10));
+        assert_eq!(sa.baseline_samples, 4);
+        assert_eq!(sb.baseline_samples, 4);
+        // Merging again adds nothing twice.
+        merge(&mut a, &mut shared);
+        assert_eq!(a.summary("bot", 60_000).expect("a").baseline_samples, 4);
+
+        // A restricted dataset first read through A alerts there; once A
+        // merged, the same read through B is graded by what A saw.
+        let restricted = |t: i64| Event {
+            classification: 3,
+            ..event(t, 99, false)
+        };
+        let first = a.observe("bot", &restricted(70_000));
+        assert!(first.alert.is_some(), "{first:?}");
+        merge(&mut a, &mut shared);
+        b.adopt_shared("bot", shared.clone().expect("merged"));
+        let through_b = b.observe("bot", &restricted(71_000));
+        assert_eq!((through_b.grade, through_b.alert), (Grade::Normal, None));
+        // Another restricted dataset through B is new to both: B alerts.
+        let other = b.observe(
+            "bot",
+            &Event {
+                classification: 3,
+                ..event(72_000, 98, false)
+            },
+        );
+        assert!(other.alert.is_some(), "{other:?}");
+        // A benign verdict recorded through A: B forgives, and what it held
+        // back is learned (the dataset is no longer new anywhere).
+        b.forgive("bot", 73_000);
+        assert_eq!(b.risk_at("bot", 73_000), Some((0.0, Grade::Normal)));
+        merge(&mut b, &mut shared);
+        a.adopt_shared("bot", shared.clone().expect("merged"));
+        let again = a.observe(
+            "bot",
+            &Event {
+                classification: 3,
+                ..event(74_000, 98, false)
+            },
+        );
+        assert_eq!(again.alert, None);
+        assert_eq!(a.summary("bot", 74_000).expect("a").known_resources, 12);
     }
 
     #[test]

@@ -82,6 +82,46 @@ impl Familiar {
         self.restricted |= event.classification >= 3;
     }
 
+    /// Takes in what another copy of the baseline learned (cluster mode:
+    /// what a replica learned since it last merged): the union of the
+    /// sets, within their caps, and the sum of the hour counts, so nothing
+    /// is counted twice as long as each part is absorbed once.
+    pub(crate) fn absorb(&mut self, other: &Familiar) {
+        fn union(into: &mut HashSet<u64>, from: &HashSet<u64>, cap: usize) {
+            for v in from {
+                if into.len() >= cap {
+                    break;
+                }
+                into.insert(*v);
+            }
+        }
+        union(&mut self.resources, &other.resources, MAX_RESOURCES);
+        union(&mut self.pairs, &other.pairs, MAX_PAIRS);
+        union(&mut self.ips, &other.ips, MAX_IPS);
+        if other.hours.len() == 24 {
+            if self.hours.len() != 24 {
+                self.hours = vec![0; 24];
+            }
+            for (h, n) in self.hours.iter_mut().zip(&other.hours) {
+                *h = h.saturating_add(*n);
+            }
+        }
+        self.restricted |= other.restricted;
+    }
+
+    /// Whether it knows anything (hour counts aside).
+    pub(crate) fn knows_anything(&self) -> bool {
+        !self.resources.is_empty()
+            || !self.pairs.is_empty()
+            || !self.ips.is_empty()
+            || self.restricted
+    }
+
+    /// Whether it counted any hour.
+    pub(crate) fn counted_hours(&self) -> bool {
+        self.hours.iter().any(|h| *h > 0)
+    }
+
     fn off_hours(&self, time_ms: i64) -> bool {
         let total: u32 = self.hours.iter().sum();
         if total < MIN_HOURS {

@@ -35,7 +35,9 @@ use portcullis_gateway::audit_sink::AuditSink;
 use portcullis_gateway::checkpointer::Checkpointer;
 use portcullis_gateway::metrics::Metrics;
 use portcullis_gateway::readiness::NotReady;
-use portcullis_store::{Candidate, Change, ChangeListener, Heard, KeyCheck, LeaderRole, Store};
+use portcullis_store::{
+    Candidate, Change, ChangeListener, Heard, KeyCheck, LeaderRole, Lease, Store,
+};
 use tokio::sync::watch;
 
 /// How often a replica re-reads all shared state, notifications or not.
@@ -213,6 +215,10 @@ async fn refresh(gateway: &Gateway, admin: &AdminCredentials, store: &Store, cha
                 .map(|e| e.to_string()),
             None => None,
         },
+        Change::Analytics => match gateway.analytics() {
+            Some(analytics) => analytics.sync_shared().await.err().map(|e| e.to_string()),
+            None => None,
+        },
         Change::Tools => match gateway.mcp_pins() {
             Some(pins) => pins.resync().await.err().map(|e| e.to_string()),
             None => None,
@@ -235,11 +241,16 @@ pub(crate) const TAKEOVER_INTERVAL: Duration = Duration::from_secs(1);
 /// Renews this replica's lease and records the intents of dead replicas
 /// (`portcullis_gateway::audit_intent::recover`) every
 /// [`TAKEOVER_INTERVAL`], until `stop`. While its own lease cannot be
-/// renewed (the store is away), it takes nothing over. Failures are logged
-/// once until they recover.
+/// renewed (the store is away), it takes nothing over. A lease found fenced
+/// (another replica took this one for dead while it was frozen or cut off,
+/// and took its intents) makes the replica not ready (`replica_fenced`)
+/// until it has re-registered: it learns which calls the survivor records,
+/// so that its audit writer drops their records, and takes a new fencing
+/// token. Failures are logged once until they recover.
 pub(crate) fn spawn_intent_takeover(
     store: Store,
     sink: AuditSink,
+    readiness: portcullis_gateway::readiness::Readiness,
     mut stop: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -251,13 +262,32 @@ pub(crate) fn spawn_intent_takeover(
                 _ = tokio::time::sleep(TAKEOVER_INTERVAL) => {}
             }
             let result = match store.renew_replica_lease().await {
-                Ok(()) => portcullis_gateway::audit_intent::recover(&store, &sink, &none)
+                Ok(Lease::Held) => portcullis_gateway::audit_intent::recover(&store, &sink, &none)
                     .await
+                    .map(|_| ())
                     .map_err(|e| e.to_string()),
+                Ok(Lease::Fenced) => {
+                    readiness.set(NotReady::ReplicaFenced, true);
+                    tracing::error!(
+                        replica = store.replica_id(),
+                        "cluster: another replica took this one for dead (its lease lapsed) and took over its audit intents; not ready until re-registered"
+                    );
+                    match store.reregister_replica().await {
+                        Ok(surrendered) => {
+                            readiness.set(NotReady::ReplicaFenced, false);
+                            tracing::warn!(
+                                surrendered,
+                                "cluster: re-registered; the calls another replica took over are recorded by it, not here"
+                            );
+                            Ok(())
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
                 Err(e) => Err(e.to_string()),
             };
             match result {
-                Ok(_) => failing = false,
+                Ok(()) => failing = false,
                 Err(error) if !failing => {
                     failing = true;
                     tracing::warn!(%error, "cluster: cannot renew this replica's lease or take over a dead replica's audit intents; retrying");

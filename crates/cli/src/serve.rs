@@ -258,7 +258,7 @@ pub async fn run(
     // In cluster mode this replica's lease is taken first: the intents it
     // journals from now on are its own, and no survivor takes them over.
     store
-        .renew_replica_lease()
+        .register_replica()
         .await
         .context("cannot take this replica's lease in the shared store")?;
     let spooled = audit_spool::read(state.root())
@@ -583,7 +583,12 @@ pub async fn run(
                 shutdown_rx.clone(),
             ),
             crate::cluster::spawn_budget_sync(gateway.clone(), shutdown_rx.clone()),
-            crate::cluster::spawn_intent_takeover(store.clone(), sink.clone(), shutdown_rx.clone()),
+            crate::cluster::spawn_intent_takeover(
+                store.clone(),
+                sink.clone(),
+                gateway.metrics().readiness.clone(),
+                shutdown_rx.clone(),
+            ),
         )
     });
     let policy_watch = config.policy_watch.then(|| {

@@ -13,26 +13,12 @@ use std::time::{Duration, Instant};
 use portcullis_identity::{ASSERTION_TYPE, Ed25519Key};
 use portcullis_store::testing::TestDb;
 use serde_json::Value;
+use support::cluster::*;
 use support::*;
 
 /// The public URL both replicas issue tokens under (the load balancer's, in
 /// a deployment): proofs and assertions name it, not a replica's port.
 const ISSUER: &str = "https://gw.cluster.test";
-
-/// The files a replica needs besides the database (docs/cluster.md): the
-/// CA, the token-signing key, the MFA sealing key, the audit checkpoint key
-/// and the admin credential (and `audit-pseudonym.key` when `[audit]
-/// pseudonymize` is on, not here). Copied from the first replica, as an
-/// operator would provision them.
-const SHARED_FILES: [&str; 7] = [
-    "ca.crt",
-    "ca.key",
-    "token.key",
-    "mfa.key",
-    "audit.key",
-    "audit.pub",
-    "admin.token",
-];
 
 fn now() -> i64 {
     std::time::SystemTime::now()
@@ -54,25 +40,7 @@ fn replica_config(dir: &Path, upstream: std::net::SocketAddr) -> std::path::Path
 }
 
 async fn start(dir: tempfile::TempDir, cfg: std::path::PathBuf, url: String) -> Server {
-    tokio::task::spawn_blocking(move || {
-        Server::start_with_env(dir, Some(&cfg), &[("PORTCULLIS_STORE_URL", url.as_str())])
-    })
-    .await
-    .unwrap()
-}
-
-/// A directory for a second replica holding `a`'s key material, as an
-/// operator provisions it; the database is all they share besides.
-fn provisioned_like(a: &Server) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    let state = dir.path().join("state");
-    std::fs::create_dir_all(&state).unwrap();
-    for file in SHARED_FILES {
-        let from = a.state_dir().join(file);
-        assert!(from.exists(), "replica A wrote no `{file}`");
-        std::fs::copy(&from, state.join(file)).unwrap();
-    }
-    dir
+    start_replica(dir, cfg, &url, &[]).await
 }
 
 fn token_form(assertion: &str) -> String {
@@ -122,13 +90,7 @@ async fn two_replicas_share_agents_single_use_credentials_and_one_audit_log() {
     };
     install_crypto();
     let (upstream, gate) = start_upstream().await;
-    let dir_a = tempfile::tempdir().unwrap();
-    let cfg_a = replica_config(dir_a.path(), upstream);
-    let a = start(dir_a, cfg_a, db.url()).await;
-
-    let dir_b = provisioned_like(&a);
-    let cfg_b = replica_config(dir_b.path(), upstream);
-    let b = start(dir_b, cfg_b, db.url()).await;
+    let (a, b) = two_replicas(&db.url(), |dir| replica_config(dir, upstream), &[]).await;
 
     // An agent enrolled through A's admin API is accepted by B (after B's
     // periodic re-read of the shared store: bounded wait).
@@ -209,8 +171,9 @@ async fn two_replicas_share_agents_single_use_credentials_and_one_audit_log() {
     let replayed = get_with_proof(&no_cert, &b, &token, &proof).await;
     assert_eq!(replayed.status(), 401);
 
-    // Both replicas appended to one log; it verifies as a whole.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Both replicas appended to one log (once both records are in it); it
+    // verifies as a whole.
+    records_in_log(&db.url(), std::slice::from_ref(&served_by_a)).await;
     let verify = std::process::Command::new(BIN)
         .args(["audit", "verify", "--state-dir"])
         .arg(a.state_dir())
@@ -301,12 +264,7 @@ async fn an_approval_opened_on_one_replica_and_approved_on_another_is_used_once(
         return;
     };
     install_crypto();
-    let dir_a = tempfile::tempdir().unwrap();
-    let cfg_a = bank_config(dir_a.path());
-    let a = start(dir_a, cfg_a, db.url()).await;
-    let dir_b = provisioned_like(&a);
-    let cfg_b = bank_config(dir_b.path());
-    let b = start(dir_b, cfg_b, db.url()).await;
+    let (a, b) = two_replicas(&db.url(), bank_config, &[]).await;
 
     let (cert, key) = a.create_agent("pay-bot", &["payer"]);
     let payer = client(&a.ca_pem(), Some((&cert, &key)));
@@ -319,22 +277,11 @@ async fn an_approval_opened_on_one_replica_and_approved_on_another_is_used_once(
     let ticket = answer["error"]["ticket"].as_str().unwrap().to_string();
 
     // The approver is enrolled through A, approves through B.
-    let out = cli_ok(&a, &["admin", "user", "add", "alice"]);
-    let secret = out
-        .lines()
-        .find_map(|l| l.strip_prefix("TOTP secret (shown once; add it to an authenticator app): "))
-        .unwrap();
-    let secret = portcullis_identity::TotpSecret::from_base32(secret).unwrap();
-    let now = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    };
+    let secret = enrol_alice(&a).await;
     while now() % 30 > 22 {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let code = secret.code_at(now());
+    let code = secret.code_at(now() as u64);
     let approve = |server: &Server| {
         server.cli(&[
             "approvals",
@@ -358,7 +305,15 @@ async fn an_approval_opened_on_one_replica_and_approved_on_another_is_used_once(
 
     // Both replicas read the approval (and the agent), then the call goes
     // to both at once: exactly one passes.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let owner = a.admin_token();
+    for server in [&a, &b] {
+        let (status, _) = wait_until(
+            || ticket_status(server, &owner, &ticket),
+            |s| s == "approved",
+        )
+        .await;
+        assert_eq!(status, "approved", "a replica never read the approval");
+    }
     let (on_a, on_b) = tokio::join!(transfer(&payer, &a), transfer(&payer, &b));
     let passed = [&on_a, &on_b].iter().filter(|(s, _)| *s == 200).count();
     assert_eq!(passed, 1, "A: {on_a:?}\nB: {on_b:?}");
@@ -368,11 +323,19 @@ async fn an_approval_opened_on_one_replica_and_approved_on_another_is_used_once(
             assert_ne!(answer["error"]["ticket"].as_str(), Some(ticket.as_str()));
         }
     }
-    // And once used, it stays used on both.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
+    // And once used, it stays used on both (once both read the use; a
+    // desk forgets a used ticket in time).
     for server in [&a, &b] {
-        let (status, _) = transfer(&payer, server).await;
-        assert_eq!(status, 403);
+        let (status, _) = wait_until(
+            || ticket_status(server, &owner, &ticket),
+            |s| s == "used" || s == "gone",
+        )
+        .await;
+        assert!(status == "used" || status == "gone", "{status}");
+    }
+    for server in [&a, &b] {
+        let (status, answer) = transfer(&payer, server).await;
+        assert_eq!(status, 403, "{answer}");
     }
     let store = portcullis_store::Store::open_postgres(&db.url())
         .await
@@ -495,12 +458,7 @@ async fn admin_changes_on_one_replica_reach_the_others_by_notification() {
     };
     install_crypto();
     let (upstream, gate) = start_upstream().await;
-    let dir_a = tempfile::tempdir().unwrap();
-    let cfg_a = replica_config(dir_a.path(), upstream);
-    let a = start(dir_a, cfg_a, db.url()).await;
-    let dir_b = provisioned_like(&a);
-    let cfg_b = replica_config(dir_b.path(), upstream);
-    let b = start(dir_b, cfg_b, db.url()).await;
+    let (a, b) = two_replicas(&db.url(), |dir| replica_config(dir, upstream), &[]).await;
     let dir_c = provisioned_like(&a);
     let cfg_c = replica_config(dir_c.path(), upstream);
     let c = start(dir_c, cfg_c, db.url()).await;
@@ -739,12 +697,7 @@ async fn rate_limits_and_llm_budgets_hold_across_replicas() {
     while now() % 60 > 45 {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let dir_a = tempfile::tempdir().unwrap();
-    let cfg_a = limited_config(dir_a.path(), llm);
-    let a = start(dir_a, cfg_a, db.url()).await;
-    let dir_b = provisioned_like(&a);
-    let cfg_b = limited_config(dir_b.path(), llm);
-    let b = start(dir_b, cfg_b, db.url()).await;
+    let (a, b) = two_replicas(&db.url(), |dir| limited_config(dir, llm), &[]).await;
 
     let (cert, key) = tokio::task::block_in_place(|| a.create_agent("reader", &["reader"]));
     let agent = client(&a.ca_pem(), Some((&cert, &key)));
@@ -1006,12 +959,7 @@ async fn a_tool_approved_on_one_replica_is_callable_on_another_within_a_second()
             "[policy]\ndir = \"policies\"",
         )
     };
-    let dir_a = tempfile::tempdir().unwrap();
-    let cfg_a = mcp_config(dir_a.path());
-    let a = start(dir_a, cfg_a, db.url()).await;
-    let dir_b = provisioned_like(&a);
-    let cfg_b = mcp_config(dir_b.path());
-    let b = start(dir_b, cfg_b, db.url()).await;
+    let (a, b) = two_replicas(&db.url(), mcp_config, &[]).await;
 
     let (cert, key) = tokio::task::block_in_place(|| a.create_agent("dev-bot", &["dev"]));
     let agent = client(&a.ca_pem(), Some((&cert, &key)));
@@ -1179,19 +1127,11 @@ fn fault_config(
     config(dir, &routes, "")
 }
 
+/// The LLM route's key of [`fault_config`].
+const FAULT_ENV: &[(&str, &str)] = &[("FAULT_LLM_KEY", "sk-fault")];
+
 async fn start_faulty(dir: tempfile::TempDir, cfg: std::path::PathBuf, url: String) -> Server {
-    tokio::task::spawn_blocking(move || {
-        Server::start_with_env(
-            dir,
-            Some(&cfg),
-            &[
-                ("PORTCULLIS_STORE_URL", url.as_str()),
-                ("FAULT_LLM_KEY", "sk-fault"),
-            ],
-        )
-    })
-    .await
-    .unwrap()
+    start_replica(dir, cfg, &url, FAULT_ENV).await
 }
 
 /// Polls `probe` every 50 ms until `done` holds (bounded: 20 s); answers
@@ -1344,7 +1284,7 @@ async fn replicas_whose_database_goes_away_refuse_visibly_and_recover_without_re
     assert!(gone, "C's outage spool was not appended and removed");
 
     // Every answered request, refused or served, is in the one log.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    records_in_log(&db.url(), &answered).await;
     assert_log_verifies(&a, &db.url());
     let store = portcullis_store::Store::open_postgres(&db.url())
         .await
@@ -1415,12 +1355,7 @@ async fn one_replica_signs_checkpoints_and_another_takes_over_when_it_is_killed(
         );
         config(dir, &routes, "")
     };
-    let dir_a = tempfile::tempdir().unwrap();
-    let cfg_a = signer_config(dir_a.path());
-    let a = start(dir_a, cfg_a, db.url()).await;
-    let dir_b = provisioned_like(&a);
-    let cfg_b = signer_config(dir_b.path());
-    let b = start(dir_b, cfg_b, db.url()).await;
+    let (a, b) = two_replicas(&db.url(), signer_config, &[]).await;
 
     // One signer, never two (sampled for a second).
     let ((sa, sb), _) = wait_until(
@@ -1556,12 +1491,7 @@ async fn a_replica_killed_under_load_never_blocks_the_other_and_a_survivor_recor
     };
     install_crypto();
     let (upstream, executed) = start_recording_upstream(Duration::from_millis(300)).await;
-    let dir_a = tempfile::tempdir().unwrap();
-    let cfg_a = fault_config(dir_a.path(), upstream, 0);
-    let a = start_faulty(dir_a, cfg_a, db.url()).await;
-    let dir_b = provisioned_like(&a);
-    let cfg_b = fault_config(dir_b.path(), upstream, 0);
-    let b = start_faulty(dir_b, cfg_b, db.url()).await;
+    let (a, b) = two_replicas(&db.url(), |dir| fault_config(dir, upstream, 0), FAULT_ENV).await;
     let (cert, key) =
         tokio::task::block_in_place(|| a.create_agent("writer-bot", &["reader", "writer"]));
     let agent = client(&a.ca_pem(), Some((&cert, &key)));
@@ -1589,7 +1519,9 @@ async fn a_replica_killed_under_load_never_blocks_the_other_and_a_survivor_recor
     };
     let end = Instant::now() + Duration::from_secs(4);
     let tasks: Vec<_> = (0..6).map(|i| load(targets[i % 2].clone(), end)).collect();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // B has calls in flight (the upstream saw some of each replica's).
+    let (busy, _) = wait_until(|| async { executed.lock().unwrap().len() }, |n| *n >= 12).await;
+    assert!(busy >= 12, "the writers got {busy} calls through");
     let killed_dir = b.into_dir(); // SIGKILL, as `kill -9`; never started again
     let killed = Instant::now();
     let store = portcullis_store::Store::open_postgres(&db.url())
@@ -1819,12 +1751,7 @@ async fn a_console_session_works_on_every_replica_and_ends_on_all() {
         return;
     };
     install_crypto();
-    let dir_a = tempfile::tempdir().unwrap();
-    let cfg_a = bank_config(dir_a.path());
-    let a = start(dir_a, cfg_a, db.url()).await;
-    let dir_b = provisioned_like(&a);
-    let cfg_b = bank_config(dir_b.path());
-    let b = start(dir_b, cfg_b, db.url()).await;
+    let (a, b) = two_replicas(&db.url(), bank_config, &[]).await;
     let http = reqwest::Client::builder()
         .tls_backend_preconfigured(tls_config(&a.ca_pem(), None))
         .redirect(reqwest::redirect::Policy::none())
@@ -1959,12 +1886,7 @@ async fn admin_credentials_revoked_or_rotated_on_one_replica_are_refused_on_anot
     };
     install_crypto();
     const BOUND: Duration = Duration::from_secs(5);
-    let dir_a = tempfile::tempdir().unwrap();
-    let cfg_a = bank_config(dir_a.path());
-    let a = start(dir_a, cfg_a, db.url()).await;
-    let dir_b = provisioned_like(&a);
-    let cfg_b = bank_config(dir_b.path());
-    let b = start(dir_b, cfg_b, db.url()).await;
+    let (a, b) = two_replicas(&db.url(), bank_config, &[]).await;
     let owner = a.admin_token();
     let session_on = |server: &Server, token: String| {
         let server_admin = server.admin;
@@ -2183,12 +2105,7 @@ async fn an_alert_raised_on_one_replica_is_listed_and_resolved_on_another() {
         );
         config(dir, &routes, "")
     };
-    let dir_a = tempfile::tempdir().unwrap();
-    let cfg_a = alerts_config(dir_a.path());
-    let a = start(dir_a, cfg_a, db.url()).await;
-    let dir_b = provisioned_like(&a);
-    let cfg_b = alerts_config(dir_b.path());
-    let b = start(dir_b, cfg_b, db.url()).await;
+    let (a, b) = two_replicas(&db.url(), alerts_config, &[]).await;
     let (cert, key) = tokio::task::block_in_place(|| a.create_agent("bot", &["reader"]));
     let agent = client(&a.ca_pem(), Some((&cert, &key)));
     let owner = a.admin_token();
@@ -2250,26 +2167,8 @@ async fn an_alert_raised_on_one_replica_is_listed_and_resolved_on_another() {
     let id = alert["id"].as_i64().unwrap();
 
     // A human enrolled on A resolves it on B.
-    let enrolled = cli_ok(&a, &["admin", "user", "add", "alice"]);
-    let secret = enrolled
-        .lines()
-        .find_map(|l| l.strip_prefix("TOTP secret (shown once; add it to an authenticator app): "))
-        .map(str::to_string)
-        .expect("secret printed");
-    let secret = portcullis_identity::TotpSecret::from_base32(&secret).unwrap();
-    while now() % 30 > 22 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let code = secret.code_at(now() as u64);
-    let (status, resolved) = admin_call(
-        &b,
-        reqwest::Method::POST,
-        &format!("/alerts/{id}/resolve"),
-        &owner,
-        Some(serde_json::json!({ "verdict": "malicious" })),
-        &[("x-portcullis-user", "alice"), ("x-portcullis-totp", &code)],
-    )
-    .await;
+    let secret = enrol_alice(&a).await;
+    let (status, resolved) = resolve_alert(&b, &owner, id, "malicious", &secret).await;
     assert_eq!(status, 200, "{resolved}");
     assert_eq!(resolved["status"], "resolved");
 
@@ -2320,4 +2219,384 @@ async fn an_alert_raised_on_one_replica_is_listed_and_resolved_on_another() {
             .any(|x| x["id"] == id),
         "{open}"
     );
+}
+
+/// Issue 18, a live replica taken for dead: A forwards writes (each with a
+/// durable intent) to an upstream that takes 3 s to answer, and is frozen
+/// with SIGSTOP while they are in flight. Past its 5 s lease, B takes A
+/// for dead, fences it and records A's calls (`interrupted`). A is resumed
+/// (SIGCONT): its calls complete, but its writer finds itself fenced, A
+/// re-registers, and the records of the calls B took over are dropped: no
+/// request id is recorded twice, none is missing, and A serves (and
+/// records) again. Prints how long A took to recover after SIGCONT.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_frozen_past_its_lease_is_fenced_and_no_request_is_recorded_twice() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    install_crypto();
+    let (upstream, executed) = start_recording_upstream(Duration::from_secs(3)).await;
+    let (a, b) = two_replicas(&db.url(), |dir| fault_config(dir, upstream, 0), FAULT_ENV).await;
+    let (cert, key) =
+        tokio::task::block_in_place(|| a.create_agent("writer-bot", &["reader", "writer"]));
+    let agent = client(&a.ca_pem(), Some((&cert, &key)));
+    let (status, _) = poll_until(&agent, &b, PACED, |s, _| s == 200).await;
+    assert_eq!(status, 200);
+    let store = portcullis_store::Store::open_postgres(&db.url())
+        .await
+        .unwrap();
+
+    // Four writes in flight through A: forwarded (the upstream saw them),
+    // so their intents are durable; then A freezes. Their client waits out
+    // the freeze.
+    let before = executed.lock().unwrap().len();
+    let patient = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls_config(&a.ca_pem(), Some((&cert, &key))))
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap();
+    let writes: Vec<_> = (0..4)
+        .map(|_| {
+            let agent = patient.clone();
+            let url = a.url("/api/items");
+            tokio::spawn(async move {
+                let r = agent.post(url).body("{}").send().await.unwrap();
+                (r.status().as_u16(), request_id(&r))
+            })
+        })
+        .collect();
+    let (seen, _) = wait_until(
+        || async { executed.lock().unwrap().len() - before },
+        |n| *n >= 4,
+    )
+    .await;
+    assert_eq!(seen, 4, "the upstream saw {seen} of A's 4 writes");
+    a.signal("STOP");
+    let frozen = Instant::now();
+    let in_flight: Vec<String> = executed.lock().unwrap()[before..].to_vec();
+
+    // B takes A for dead once its lease lapses and records its calls.
+    let (taken, took) = wait_until(
+        || async {
+            let size = store.audit_size().await.unwrap();
+            store
+                .audit_tail(size as u32)
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|r| {
+                    r.error_code.as_deref() == Some("interrupted")
+                        && in_flight.contains(&r.request_id)
+                })
+                .count()
+        },
+        |n| *n == in_flight.len(),
+    )
+    .await;
+    assert_eq!(
+        taken,
+        in_flight.len(),
+        "B recorded {taken} of A's {} calls in flight {took:?} after the freeze",
+        in_flight.len()
+    );
+    eprintln!(
+        "A frozen: its calls recorded by B {:?} after SIGSTOP",
+        frozen.elapsed()
+    );
+
+    // A resumes: its in-flight calls complete; it recovers and serves again.
+    a.signal("CONT");
+    let resumed = Instant::now();
+    for write in writes {
+        let (status, id) = write.await.unwrap();
+        assert!(in_flight.contains(&id), "{id} answered but never forwarded");
+        assert_eq!(status, 200, "{id}");
+    }
+    let (after, _) = wait_until(
+        || async {
+            let r = agent
+                .post(a.url("/api/items"))
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), request_id(&r))
+        },
+        |(status, _)| *status == 200,
+    )
+    .await;
+    assert_eq!(after.0, 200, "A did not serve again after SIGCONT");
+    assert_eq!(readyz(&a).await.0, 200, "A is not ready after recovering");
+    eprintln!("A serving again {:?} after SIGCONT", resumed.elapsed());
+
+    // Every executed call, and A's call after recovery, is in the log
+    // exactly once; nothing is left open.
+    let mut must: Vec<String> = executed.lock().unwrap().clone();
+    must.push(after.1.clone());
+    let (counts, _) = wait_until(
+        || async {
+            let size = store.audit_size().await.unwrap();
+            let records = store.audit_tail(size as u32).await.unwrap();
+            must.iter()
+                .map(|id| records.iter().filter(|r| &r.request_id == id).count())
+                .collect::<Vec<_>>()
+        },
+        |counts| counts.iter().all(|n| *n >= 1),
+    )
+    .await;
+    let wrong: Vec<(&String, usize)> = must.iter().zip(counts).filter(|(_, n)| *n != 1).collect();
+    assert!(wrong.is_empty(), "recorded other than once: {wrong:?}");
+    let (open, _) = wait_until(
+        || async { store.audit_intents().await.unwrap().len() },
+        |n| *n == 0,
+    )
+    .await;
+    assert_eq!(open, 0, "intents left open");
+    // A's fence was seen (it re-registered at a new epoch).
+    let epoch: i64 = sqlx::query_scalar("SELECT MAX(epoch) FROM cluster_replicas")
+        .fetch_one(&store_pool(&db.url()).await)
+        .await
+        .unwrap();
+    assert!(epoch >= 2, "no replica re-registered (epoch {epoch})");
+    assert_log_verifies(&a, &db.url());
+    store.close().await;
+    drop(b);
+}
+
+/// A plain connection pool to the test database, for checks the store does
+/// not expose.
+async fn store_pool(url: &str) -> sqlx::PgPool {
+    sqlx::PgPool::connect(url).await.unwrap()
+}
+
+/// Issue 18, shared behavioral baselines. An agent's traffic spread over
+/// two replicas trains one baseline: each replica's `agent show` counts the
+/// datasets both saw. A restricted dataset first read through A alerts
+/// there; the same read through B is graded by what A saw (familiar: no
+/// alert), while a restricted dataset new to both alerts on B. That alert,
+/// judged benign through A's admin API, is applied by B: its risk resets
+/// and the same read through B no longer alerts. `[analytics.thresholds]
+/// alert = 0.3` keeps a first restricted read (risk 0.5) graded `alert` for
+/// minutes, so the grade can be watched. Prints the lags.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_one_baseline_and_a_benign_verdict_through_one_reaches_the_other() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    install_crypto();
+    let (upstream, _gate) = start_upstream().await;
+    let up = format!("http://{upstream}");
+    let shared_config = |dir: &Path| {
+        let routes = format!(
+            "{}{}[identity]\ntoken_issuer = \"{ISSUER}\"\n[audit]\nfail_closed_after_ms = 10000\n[analytics.thresholds]\nalert = 0.3\n",
+            route("api", "/api", &up, "public"),
+            route("records", "/records", &up, "restricted"),
+        );
+        config(dir, &routes, "")
+    };
+    let (a, b) = two_replicas(&db.url(), shared_config, &[]).await;
+    let (cert, key) = tokio::task::block_in_place(|| a.create_agent("bot", &["reader"]));
+    let agent = client(&a.ca_pem(), Some((&cert, &key)));
+    let owner = a.admin_token();
+    let (status, _) = poll_until(&agent, &b, PACED, |s, _| s == 200).await;
+    assert_eq!(status, 200);
+    let get = |server: &Server, path: &str| {
+        let request = agent.get(server.url(path));
+        async move { request.send().await.unwrap().status().as_u16() }
+    };
+    // The agent's analytics as `server` shows them.
+    let analytics = |server: &Server| {
+        let owner = owner.clone();
+        let server_admin = (server.admin, server.ca_pem());
+        async move {
+            let (_, shown) = admin_call_at(server_admin, "/agents/bot", &owner).await;
+            shown["analytics"].clone()
+        }
+    };
+    let known = |v: &Value| v["baseline"]["known_resources"].as_u64().unwrap_or(0);
+    let bot_alerts = || async {
+        let (_, listed) = admin_call(&a, reqwest::Method::GET, "/alerts", &owner, None, &[]).await;
+        listed["alerts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["agent"] == "bot")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+
+    // 1. One baseline from traffic spread over both (`/api/items` above too).
+    for path in ["/api/a/1", "/api/a/2"] {
+        assert_eq!(get(&a, path).await, 200);
+    }
+    for path in ["/api/b/3", "/api/b/4"] {
+        assert_eq!(get(&b, path).await, 200);
+    }
+    let spread = Instant::now();
+    let ((on_a, on_b), took) = wait_until(
+        || async { (analytics(&a).await, analytics(&b).await) },
+        |(x, y)| known(x) == 5 && known(y) == 5,
+    )
+    .await;
+    assert_eq!(
+        (known(&on_a), known(&on_b)),
+        (5, 5),
+        "the replicas do not share one baseline after {took:?}: A {on_a}, B {on_b}"
+    );
+    eprintln!(
+        "traffic spread over A and B: one baseline on both {:?} after",
+        spread.elapsed()
+    );
+
+    // 2. A restricted dataset first read through A: A alerts.
+    get(&a, "/records/x/1").await;
+    let (on_a, _) = wait_until(|| analytics(&a), |v| v["grade"] == "alert").await;
+    assert_eq!(on_a["grade"], "alert", "{on_a}");
+    // Through B, once B adopted what A saw, the same read is familiar.
+    let (on_b, took) = wait_until(|| analytics(&b), |v| known(v) == 6).await;
+    assert_eq!(
+        known(&on_b),
+        6,
+        "B never learned A's dataset ({took:?}): {on_b}"
+    );
+    get(&b, "/records/x/1").await;
+    // A marker B must process after it (one task takes observations in order).
+    assert_eq!(get(&b, "/api/b/5").await, 200);
+    let (on_b, _) = wait_until(|| analytics(&b), |v| known(v) == 7).await;
+    assert_eq!(known(&on_b), 7, "{on_b}");
+    assert_eq!(
+        on_b["grade"], "normal",
+        "B graded A's familiar dataset: {on_b}"
+    );
+    assert_eq!(bot_alerts().await.len(), 1, "only A's first read alerts");
+
+    // 3. A restricted dataset new to both, through B: B alerts.
+    get(&b, "/records/y/2").await;
+    let (on_b, _) = wait_until(|| analytics(&b), |v| v["grade"] == "alert").await;
+    assert_eq!(on_b["grade"], "alert", "{on_b}");
+    let (listed, _) = wait_until(bot_alerts, |l| l.len() == 2).await;
+    assert_eq!(listed.len(), 2, "{listed:?}");
+    let raised_on_b = listed
+        .iter()
+        .map(|x| x["id"].as_i64().unwrap())
+        .max()
+        .unwrap();
+
+    // 4. Judged benign through A (a human's TOTP): B forgives the agent.
+    let secret = enrol_alice(&a).await;
+    let (status, resolved) = resolve_alert(&a, &owner, raised_on_b, "benign", &secret).await;
+    assert_eq!(status, 200, "{resolved}");
+    let judged = Instant::now();
+    let (on_b, took) = wait_until(|| analytics(&b), |v| v["grade"] == "normal").await;
+    assert_eq!(
+        on_b["grade"], "normal",
+        "B still grades the agent after {took:?}: {on_b}"
+    );
+    eprintln!(
+        "benign verdict through A: applied by B {:?} after",
+        judged.elapsed()
+    );
+    // The same pattern through B no longer alerts.
+    get(&b, "/records/y/2").await;
+    assert_eq!(get(&b, "/api/b/6").await, 200);
+    let (on_b, _) = wait_until(|| analytics(&b), |v| known(v) == 9).await;
+    assert_eq!(known(&on_b), 9, "{on_b}");
+    assert_eq!(on_b["grade"], "normal", "{on_b}");
+    assert_eq!(
+        bot_alerts().await.len(),
+        2,
+        "the judged pattern alerted again"
+    );
+}
+
+/// `GET /admin/v1{path}` at an admin listener (address, CA) with `token`.
+async fn admin_call_at(
+    (admin, ca): (std::net::SocketAddr, String),
+    path: &str,
+    token: &str,
+) -> (u16, Value) {
+    let response = client(&ca, None)
+        .get(format!("https://{admin}/admin/v1{path}"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits (bounded, 20 s) until every one of `ids` is in the shared log.
+async fn records_in_log(url: &str, ids: &[String]) {
+    let store = portcullis_store::Store::open_postgres(url).await.unwrap();
+    let (missing, took) = wait_until(
+        || async {
+            let mut missing = Vec::new();
+            for id in ids {
+                if store.audit_seq_of(id).await.unwrap().is_none() {
+                    missing.push(id.clone());
+                }
+            }
+            missing
+        },
+        |m| m.is_empty(),
+    )
+    .await;
+    assert!(
+        missing.is_empty(),
+        "not in the log after {took:?}: {missing:?}"
+    );
+    store.close().await;
+}
+
+/// An approval ticket's status as `server`'s desk holds it (`gone` once it
+/// holds it no more).
+async fn ticket_status(server: &Server, token: &str, id: &str) -> String {
+    let (status, body) = admin_call(
+        server,
+        reqwest::Method::GET,
+        &format!("/approvals/{id}"),
+        token,
+        None,
+        &[],
+    )
+    .await;
+    if status == 404 {
+        return "gone".into();
+    }
+    body["status"].as_str().unwrap_or("").to_string()
+}
+
+/// Enrols the admin user `alice` through `server`; answers her TOTP secret.
+async fn enrol_alice(server: &Server) -> portcullis_identity::TotpSecret {
+    let enrolled = cli_ok(server, &["admin", "user", "add", "alice"]);
+    let secret = enrolled
+        .lines()
+        .find_map(|l| l.strip_prefix("TOTP secret (shown once; add it to an authenticator app): "))
+        .expect("secret printed");
+    portcullis_identity::TotpSecret::from_base32(secret).unwrap()
+}
+
+/// Resolves alert `id` with `verdict` through `server`'s admin API, as
+/// alice with a fresh TOTP code (waiting out the end of a 30 s step, so the
+/// code is still valid when it arrives).
+async fn resolve_alert(
+    server: &Server,
+    token: &str,
+    id: i64,
+    verdict: &str,
+    secret: &portcullis_identity::TotpSecret,
+) -> (u16, Value) {
+    while now() % 30 > 22 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let code = secret.code_at(now() as u64);
+    admin_call(
+        server,
+        reqwest::Method::POST,
+        &format!("/alerts/{id}/resolve"),
+        token,
+        Some(serde_json::json!({ "verdict": verdict })),
+        &[("x-portcullis-user", "alice"), ("x-portcullis-totp", &code)],
+    )
+    .await
 }

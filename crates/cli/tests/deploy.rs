@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use portcullis_store::testing::TestDb;
 use serde::Deserialize;
 use serde_json::Value;
+use support::cluster::SHARED_FILES;
 use support::*;
 
 fn manifests_dir() -> PathBuf {
@@ -144,18 +145,6 @@ fn every_manifest_parses_and_the_pieces_refer_to_one_another() {
         "nothing mounted at {kek_dir}"
     );
 }
-
-/// The files a replica needs from the operator (docs/cluster.md), as
-/// `tests/cluster.rs` provisions them.
-const SHARED_FILES: [&str; 7] = [
-    "ca.crt",
-    "ca.key",
-    "token.key",
-    "mfa.key",
-    "audit.key",
-    "audit.pub",
-    "admin.token",
-];
 
 /// Each probe as (kind, path, port name).
 fn probes(container: &Value) -> Vec<(String, String, String)> {

@@ -48,6 +48,15 @@
 //! outage is appended when it starts again. Spilled records are acknowledged
 //! only once appended (the published tree head does not move for them).
 //!
+//! **Fencing** (cluster mode). Each append carries this replica's fencing
+//! token (`Store::fencing_token`, read before the batch is filtered) and
+//! the store refuses it (`StoreError::Fenced`) once another replica took
+//! this one for dead and took over its intents. The writer then fails
+//! closed and waits until the lease task has re-registered the replica;
+//! the batch, and every later one, drops the records of the calls the
+//! survivor took over (`Store::surrendered`): the survivor records them,
+//! so no request id is recorded twice.
+//!
 //! [held]: Gate::Verifying
 
 use std::path::PathBuf;
@@ -542,9 +551,17 @@ async fn write(
     metrics: &Metrics,
     abandon: &mut watch::Receiver<bool>,
 ) -> Written {
-    let n = batch.len();
     // Dropped uncommitted (abandoned, halted, spilled), their callers are refused.
     let (intents, durable) = health.intents.take();
+    // Cluster mode: the token is read before the batch is filtered, so an
+    // append at it has dropped every record a survivor took over.
+    let store = appender.store().clone();
+    let mut token = store.fencing_token();
+    if token.is_some() {
+        drop_surrendered(batch, &store, health, metrics);
+    }
+    appender.fence_at(token);
+    let mut n = batch.len();
     if n == 0 && intents.is_empty() {
         return Written::Committed;
     }
@@ -559,21 +576,25 @@ async fn write(
     health.writing_since_ms.store(now_ms(), Ordering::Relaxed);
     // Spilled records are kept as submitted: the pseudonymizer applies when
     // they are appended.
-    let raw = (outage_spool.is_some() && pseudonymizer.is_some()).then(|| batch.clone());
+    // Kept too while this replica may be fenced: the batch is filtered
+    // again then, before it is pseudonymized again.
+    let mut raw = ((outage_spool.is_some() || token.is_some()) && pseudonymizer.is_some())
+        .then(|| batch.clone());
     // Once per batch, before the first attempt: a retry appends the same leaves.
-    let personal = pseudonymizer.map_or_else(Vec::new, |p| p.apply(batch, now_ms()));
-    let spill = |batch: &mut Vec<AuditRecord>| match (outage_spool, &raw) {
-        (Some(dir), Some(raw)) => {
-            let mut raw = raw.clone();
-            let spilled = spill_outage(dir, &mut raw, health, metrics);
-            if spilled {
-                batch.clear();
+    let mut personal = pseudonymizer.map_or_else(Vec::new, |p| p.apply(batch, now_ms()));
+    let spill =
+        |batch: &mut Vec<AuditRecord>, raw: &Option<Vec<AuditRecord>>| match (outage_spool, raw) {
+            (Some(dir), Some(raw)) => {
+                let mut raw = raw.clone();
+                let spilled = spill_outage(dir, &mut raw, health, metrics);
+                if spilled {
+                    batch.clear();
+                }
+                spilled
             }
-            spilled
-        }
-        (Some(dir), None) => spill_outage(dir, batch, health, metrics),
-        (None, _) => false,
-    };
+            (Some(dir), None) => spill_outage(dir, batch, health, metrics),
+            (None, _) => false,
+        };
     let mut delay = Duration::from_millis(10);
     // A failed write is retried until it succeeds: dropping records is not an
     // option. Meanwhile requests are refused (fail closed) once the failure has
@@ -621,7 +642,34 @@ async fn write(
                 discard(batch, health, metrics);
                 return Written::Committed;
             }
-            Err(e) if spill(batch) => {
+            Err(portcullis_store::StoreError::Fenced) => {
+                // Taken for dead while alive: nothing is appended (and the
+                // data plane refuses, failing closed) until the lease task
+                // has re-registered this replica; then the batch is
+                // filtered again at the new token.
+                health.failing.store(true, Ordering::Relaxed);
+                metrics.readiness.set(NotReady::AuditUnwritable, true);
+                tracing::warn!(
+                    records = n,
+                    "audit batch refused: this replica was fenced off (taken for dead); waiting to re-register"
+                );
+                while store.fencing_token() == token {
+                    tokio::select! {
+                        _ = tokio::time::sleep(FENCE_POLL) => {}
+                        _ = abandoned(abandon) => return Written::Abandoned,
+                    }
+                }
+                token = store.fencing_token();
+                if let Some(raw) = &raw {
+                    batch.clone_from(raw);
+                }
+                drop_surrendered(batch, &store, health, metrics);
+                n = batch.len();
+                raw = raw.is_some().then(|| batch.clone());
+                personal = pseudonymizer.map_or_else(Vec::new, |p| p.apply(batch, now_ms()));
+                appender.fence_at(token);
+            }
+            Err(e) if spill(batch, &raw) => {
                 tracing::warn!(error = %e, records = n, "audit batch not taken by the shared store; spilled to the outage spool");
                 return Written::Spilled;
             }
@@ -648,6 +696,31 @@ async fn write(
     metrics.audit_written.inc_by(n as u64);
     batch.clear();
     Written::Committed
+}
+
+/// How often a fenced writer checks whether its replica has re-registered.
+const FENCE_POLL: Duration = Duration::from_millis(50);
+
+/// Cluster mode: drops the records of calls whose intent a survivor took
+/// over when it took this replica for dead (the survivor records them), so
+/// no request id is recorded twice; counts them out of the backlog.
+fn drop_surrendered(
+    batch: &mut Vec<AuditRecord>,
+    store: &portcullis_store::Store,
+    health: &Health,
+    metrics: &Metrics,
+) {
+    let before = batch.len();
+    batch.retain(|r| !store.surrendered(&r.request_id));
+    let dropped = before - batch.len();
+    if dropped > 0 {
+        health.backlog.fetch_sub(dropped, Ordering::Relaxed);
+        metrics.audit_queue.dec_by(dropped as i64);
+        tracing::warn!(
+            records = dropped,
+            "audit records dropped: another replica took their calls over while this one was taken for dead, and recorded them"
+        );
+    }
 }
 
 /// Spills `batch` to the outage spool in `dir`; false (the batch kept, to be
@@ -712,7 +785,13 @@ async fn append_outage_spool(
                 return false;
             }
         };
-        records.retain(|r| !present.contains(&(r.request_id.clone(), r.time_ms)));
+        // The token before the filter (see `write`).
+        let store = appender.store().clone();
+        appender.fence_at(store.fencing_token());
+        records.retain(|r| {
+            !present.contains(&(r.request_id.clone(), r.time_ms))
+                && !store.surrendered(&r.request_id)
+        });
         let total = records.len();
         for chunk in records.chunks_mut(MAX_BATCH) {
             let personal = pseudonymizer.map_or_else(Vec::new, |p| p.apply(chunk, now_ms()));

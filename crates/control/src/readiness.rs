@@ -32,16 +32,21 @@ pub enum NotReady {
     /// A route's vault credential could not be served on its last use (and
     /// has not been since).
     VaultUnavailable,
+    /// (cluster mode) Another replica took this one for dead (its lease
+    /// lapsed) and fenced it off: it appends nothing until it has
+    /// re-registered (`portcullis_store::Lease`).
+    ReplicaFenced,
 }
 
 impl NotReady {
     /// Every reason, in the order `/readyz` lists them.
-    pub const ALL: [NotReady; 5] = [
+    pub const ALL: [NotReady; 6] = [
         NotReady::StoreUnavailable,
         NotReady::AuditUnwritable,
         NotReady::AuditHalted,
         NotReady::PolicyLoadFailed,
         NotReady::VaultUnavailable,
+        NotReady::ReplicaFenced,
     ];
 
     /// The stable reason string.
@@ -52,6 +57,7 @@ impl NotReady {
             NotReady::AuditHalted => "audit_halted",
             NotReady::PolicyLoadFailed => "policy_load_failed",
             NotReady::VaultUnavailable => "vault_unavailable",
+            NotReady::ReplicaFenced => "replica_fenced",
         }
     }
 
@@ -64,7 +70,7 @@ impl NotReady {
 /// share the flags. The default is unregistered (for tests).
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
-    flags: [Gauge<i64, AtomicI64>; 5],
+    flags: [Gauge<i64, AtomicI64>; 6],
     /// The routes whose credential failed on last use; taken only while the
     /// `vault_unavailable` flag is raised or a fetch fails.
     vault_routes: Arc<Mutex<BTreeSet<String>>>,
@@ -72,7 +78,7 @@ pub struct Readiness {
 
 impl Readiness {
     /// Readiness over registered gauges, in the order of [`NotReady::ALL`].
-    pub(crate) fn new(flags: [Gauge<i64, AtomicI64>; 5]) -> Self {
+    pub(crate) fn new(flags: [Gauge<i64, AtomicI64>; 6]) -> Self {
         Readiness {
             flags,
             vault_routes: Arc::default(),

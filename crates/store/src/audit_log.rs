@@ -118,6 +118,9 @@ pub struct AuditAppender {
     /// What each encoded record is decoded back into to check it, kept so
     /// that the check reuses its strings (see [`audit_rows::stored_form`]).
     check: AuditRecord,
+    /// Cluster mode: the fencing token each append must carry
+    /// ([`AuditAppender::fence_at`]; `intent_takeover.rs`).
+    fence: Option<i64>,
 }
 
 /// A row of the intent journal (`audit_intents`): a request's record as it
@@ -156,6 +159,7 @@ impl Store {
                 live_intents: live.max(0) as u64,
                 strings: Interner::load(&self.pool).await?,
                 check: AuditRecord::default(),
+                fence: None,
             })
         })
     }
@@ -868,6 +872,15 @@ impl AuditAppender {
         &self.store
     }
 
+    /// Cluster mode: every later append carries `token` (the store's
+    /// [`Store::fencing_token`], read before the batch was filtered with
+    /// [`Store::surrendered`]) and is refused with [`StoreError::Fenced`]
+    /// unless this replica's row holds it, unfenced. `None`: no check (one
+    /// node, offline tools).
+    pub fn fence_at(&mut self, token: Option<i64>) {
+        self.fence = token;
+    }
+
     /// The current tree.
     pub fn head(&self) -> TreeHead {
         TreeHead {
@@ -1028,6 +1041,22 @@ impl AuditAppender {
             // The audit write lock is taken first; the seq check then proves no
             // other writer appended behind this appender's back.
             let mut tx = begin_audit_write(pool).await?;
+            // Cluster mode: refused when a survivor took this replica for
+            // dead (its row fenced or gone), or when the batch was filtered
+            // at an older token than the row's epoch. `FOR SHARE` holds the
+            // row until commit, so a takeover fencing it waits for this
+            // batch, which closes its intents first (`intent_takeover.rs`).
+            if IS_POSTGRES && let Some(token) = self.fence {
+                let epoch: Option<i64> = query_scalar(
+                    "SELECT epoch FROM cluster_replicas WHERE id = ? AND NOT fenced FOR SHARE",
+                )
+                .bind(store.replica_id())
+                .fetch_optional(&mut *tx)
+                .await?;
+                if epoch != Some(token) {
+                    return Err(StoreError::Fenced);
+                }
+            }
             // A batch of intents alone appends nothing, so it has no seq to
             // check (and saves the round trip: under `before_forward` most
             // batches are one request's intent). The next batch with records

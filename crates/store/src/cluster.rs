@@ -40,6 +40,13 @@ pub(crate) fn cluster_migrator() -> Migrator {
             include_str!("../migrations/postgres/cluster/0027_replicas.sql").into_sql_str(),
             false,
         ),
+        Migration::new(
+            28,
+            Cow::Borrowed("fencing"),
+            MigrationType::Simple,
+            include_str!("../migrations/postgres/cluster/0028_fencing.sql").into_sql_str(),
+            false,
+        ),
     ]);
     migrator.dangerous_set_table_name(CLUSTER_MIGRATIONS_TABLE);
     migrator
@@ -136,6 +143,9 @@ pub enum Change {
     /// An admin credential (token or certificate) was created, rotated or
     /// revoked, or a console session ended.
     Admin,
+    /// A behavioral baseline was merged into the shared model, or an
+    /// alert was judged benign (every replica applies the verdict).
+    Analytics,
 }
 
 impl Change {
@@ -150,11 +160,12 @@ impl Change {
             Change::Tools => "tools",
             Change::Secrets => "secrets",
             Change::Admin => "admin",
+            Change::Analytics => "analytics",
         }
     }
 
     /// Every kind, for a full resync.
-    pub const ALL: [Change; 8] = [
+    pub const ALL: [Change; 9] = [
         Change::Agents,
         Change::Revocations,
         Change::Policy,
@@ -163,6 +174,7 @@ impl Change {
         Change::Tools,
         Change::Secrets,
         Change::Admin,
+        Change::Analytics,
     ];
 
     /// The change a payload names; `None` for one this build does not know

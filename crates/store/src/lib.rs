@@ -17,6 +17,9 @@ mod backend;
 mod cluster;
 mod health;
 mod intent_takeover;
+mod shared_models;
+pub use intent_takeover::Lease;
+pub use shared_models::SharedModel;
 mod shared_limits;
 pub use cluster::{
     CHANGES_CHANNEL, Candidate, Change, ChangeListener, Heard, KeyCheck, LeaderRole, SingleUseKind,
@@ -107,6 +110,12 @@ pub enum StoreError {
     /// The request cannot be answered as asked (e.g. a tree size beyond the log).
     #[error("{0}")]
     Invalid(String),
+    /// Cluster mode: another replica took this one for dead and took over
+    /// its audit intents; it appends nothing until it has re-registered.
+    #[error(
+        "this replica was taken for dead and fenced off; it must re-register before it appends"
+    )]
+    Fenced,
 }
 
 /// An agent as stored.
@@ -151,8 +160,8 @@ pub struct Store {
     /// Whether the database answers, as last reported (`health.rs`).
     health: StoreHealth,
     /// This process's replica id, random per open: the owner of the audit
-    /// intents it journals (`cluster.rs`, "intent takeover").
-    replica: std::sync::Arc<str>,
+    /// intents it journals, and its fencing state (`intent_takeover.rs`).
+    replica: std::sync::Arc<intent_takeover::Replica>,
 }
 
 fn migrator() -> Migrator {
@@ -374,7 +383,7 @@ impl Store {
             strings: Default::default(),
             relaxed: None,
             health: StoreHealth::default(),
-            replica: portcullis_core::RequestId::new().as_str().into(),
+            replica: Default::default(),
         })
     }
 
@@ -410,7 +419,7 @@ impl Store {
             strings: Default::default(),
             relaxed: None,
             health: StoreHealth::default(),
-            replica: portcullis_core::RequestId::new().as_str().into(),
+            replica: Default::default(),
         })
     }
 
@@ -446,7 +455,7 @@ impl Store {
             strings: Default::default(),
             relaxed: Some(relaxed),
             health: StoreHealth::default(),
-            replica: portcullis_core::RequestId::new().as_str().into(),
+            replica: Default::default(),
         })
     }
 

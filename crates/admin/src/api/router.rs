@@ -168,6 +168,10 @@ async fn readyz(State(state): State<AdminState>, Extension(call): Extension<Call
             ErrorCode::Unavailable,
             "a route's vault credential cannot be served".to_string(),
         ),
+        NotReady::ReplicaFenced => (
+            ErrorCode::Unavailable,
+            "another replica took this one for dead; it is re-registering".to_string(),
+        ),
     };
     let reasons: Vec<&str> = reasons.iter().map(|r| r.as_str()).collect();
     // The admin API's error shape, plus every raised reason.

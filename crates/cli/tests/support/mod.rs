@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub mod authorization;
 pub mod client_metadata;
+pub mod cluster;
 pub mod parity_rig;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");

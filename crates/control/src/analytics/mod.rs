@@ -10,6 +10,21 @@
 //!                                                  └─▶ every 30 s: model state + risk history → store
 //! ```
 //!
+//! **Cluster mode** (PostgreSQL): the baselines are shared. Every
+//! [`SHARE_EVERY`] the task merges what each agent's model learned since its
+//! last merge into the agent's shared row (`Store::merge_models`, under the
+//! cluster write lock: the union of familiar sets, the new baseline
+//! samples, the step of the peak rate; hour counts only at the save
+//! interval), adopts the result, and reads back the rows other replicas
+//! merged, which it adopts plus what it learned since. A benign verdict is
+//! stored with the alert; each replica reads the verdicts recorded since it
+//! last looked and forgives the agent (its risk resets, what it held back is
+//! learned); the replica that recorded it merges at once and announces it
+//! (`analytics`), so the others need not wait for their next cycle. All of
+//! it runs here, off the request path: a request never waits on the
+//! database for analytics. The sliding windows (rates, denial bursts) and
+//! the risk score stay per replica.
+//!
 //! The request path only ever does a `try_send` (a full queue drops the
 //! observation and counts it in `portcullis_analytics_dropped_observations`) and reads the board; everything that touches the
 //! store runs in the one task, which takes the queue every 20 ms (so no
@@ -45,6 +60,20 @@ const QUEUE: usize = 65_536;
 const DRAIN_EVERY: Duration = Duration::from_millis(20);
 /// Request ids kept per agent as an alert's evidence.
 const EVIDENCE: usize = 32;
+
+/// Cluster mode: how often the task merges what its models learned into
+/// the shared baselines and reads back the others' merges (module docs).
+pub const SHARE_EVERY: Duration = Duration::from_secs(2);
+
+/// Cluster mode: how far before the newest merge it saw a replica reads the
+/// shared rows again. Merges are stamped under the cluster write lock, so
+/// their stamps follow their commit order; this only covers a database
+/// clock stepped back.
+const SHARE_SLACK_MS: i64 = 1_000;
+
+/// Cluster mode: how far back a replica looks for benign verdicts (stamped
+/// with the resolving replica's clock, which may run behind its own).
+const VERDICT_SLACK_MS: i64 = 60_000;
 
 /// One completed request, as the task sees it.
 #[derive(Debug)]
@@ -121,7 +150,8 @@ fn event_of(record: &AuditRecord) -> Event {
 
 enum Control {
     Release(String, oneshot::Sender<()>),
-    Benign(String, Features, oneshot::Sender<()>),
+    Benign(i64, String, Features, oneshot::Sender<()>),
+    SyncShared(oneshot::Sender<Result<(), StoreError>>),
     Summary(String, oneshot::Sender<Option<AgentSummary>>),
     SyncQuarantines(oneshot::Sender<Result<(), StoreError>>),
 }
@@ -250,6 +280,17 @@ impl Analytics {
             }
         }
         let now = now_ms();
+        // Cluster mode: what was just loaded is the shared model; from here
+        // on each model keeps what it learns until it is merged.
+        let shared = store.is_postgres().then(|| {
+            engine.share();
+            Shared {
+                seen_ms: 0,
+                adopted: HashMap::new(),
+                verdicts_since: now,
+                verdicts: HashMap::new(),
+            }
+        });
         for q in store.quarantines(None).await? {
             engine.quarantine(&q.agent, now);
         }
@@ -274,6 +315,7 @@ impl Analytics {
             dirty: HashSet::new(),
             points: Vec::new(),
             last_point: HashMap::new(),
+            shared,
         };
         let task = tokio::spawn(worker.run(rx, control_rx, stopped, config.save_every));
         let analytics = Arc::new(Analytics {
@@ -349,12 +391,31 @@ impl Analytics {
         wait.await.unwrap_or(Ok(()))
     }
 
-    /// A benign verdict: the alert's features widen the agent's baseline.
-    pub async fn benign(&self, agent: &str, features: Features) {
+    /// Cluster mode: merges what this replica's models learned into the
+    /// shared baselines, adopts the other replicas' merges and applies the
+    /// benign verdicts recorded since (after an `analytics` announcement,
+    /// and at every full resync). A no-op on one node.
+    pub async fn sync_shared(&self) -> Result<(), StoreError> {
+        let (reply, wait) = oneshot::channel();
+        if self.control.send(Control::SyncShared(reply)).await.is_err() {
+            return Ok(());
+        }
+        wait.await.unwrap_or(Ok(()))
+    }
+
+    /// A benign verdict on alert `alert_id`: the alert's features widen the
+    /// agent's baseline. In cluster mode the widened model is merged into
+    /// the shared one before this returns; the caller announces it.
+    pub async fn benign(&self, alert_id: i64, agent: &str, features: Features) {
         let (reply, wait) = oneshot::channel();
         if self
             .control
-            .send(Control::Benign(agent.to_string(), features, reply))
+            .send(Control::Benign(
+                alert_id,
+                agent.to_string(),
+                features,
+                reply,
+            ))
             .await
             .is_ok()
         {
@@ -407,6 +468,22 @@ struct Worker {
     points: Vec<RiskPoint>,
     /// Last risk point written per agent: (time, risk, grade).
     last_point: HashMap<String, (i64, f32, Grade)>,
+    /// Cluster mode: what this replica has read of the shared baselines.
+    shared: Option<Shared>,
+}
+
+/// What a replica has taken from the shared baselines and verdicts.
+struct Shared {
+    /// The newest merge stamp read (the database's clock, ms).
+    seen_ms: i64,
+    /// Per agent (`""`: the population), the stamp of the merge adopted.
+    adopted: HashMap<String, i64>,
+    /// Benign verdicts are looked for from here, less [`VERDICT_SLACK_MS`]
+    /// (this replica's start, then the newest verdict read).
+    verdicts_since: i64,
+    /// The verdicts applied already, by id: when each was recorded (those
+    /// older than the slack are forgotten: they are not read again).
+    verdicts: HashMap<i64, i64>,
 }
 
 impl Worker {
@@ -428,6 +505,8 @@ impl Worker {
         drain.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut decay = tokio::time::interval(Duration::from_secs(1));
         let mut save = tokio::time::interval(save_every);
+        let mut share = tokio::time::interval(SHARE_EVERY);
+        share.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = drain.tick() => {
@@ -445,6 +524,11 @@ impl Worker {
                 Some(c) = control.recv() => self.control(c).await,
                 _ = decay.tick() => self.decay(),
                 _ = save.tick() => self.save().await,
+                _ = share.tick(), if self.shared.is_some() => {
+                    if let Err(e) = self.share(false).await {
+                        tracing::warn!(error = %e, "cannot share analytics baselines with the other replicas; retrying");
+                    }
+                }
                 _ = stop.changed() => break,
             }
         }
@@ -599,14 +683,29 @@ impl Worker {
             Control::SyncQuarantines(reply) => {
                 let _ = reply.send(self.sync_quarantines(now).await);
             }
-            Control::Benign(agent, features, reply) => {
+            Control::Benign(alert_id, agent, features, reply) => {
                 self.engine.widen(&agent, &features, now);
                 if let Some((risk, grade)) = self.engine.risk_at(&agent, now) {
                     self.publish(&agent, risk, grade);
                     self.point(&agent, now, risk, grade);
                 }
                 self.dirty.insert(agent);
+                if let Some(shared) = &mut self.shared {
+                    // Applied here already: not forgiven again when read back.
+                    shared.verdicts.insert(alert_id, now);
+                    if let Err(e) = self.share(false).await {
+                        tracing::warn!(error = %e, "cannot share a benign verdict's baseline; the next merge shares it");
+                    }
+                }
                 let _ = reply.send(());
+            }
+            Control::SyncShared(reply) => {
+                let result = if self.shared.is_some() {
+                    self.share(false).await
+                } else {
+                    Ok(())
+                };
+                let _ = reply.send(result);
             }
             Control::Summary(agent, reply) => {
                 let _ = reply.send(self.engine.summary(&agent, now));
@@ -680,12 +779,132 @@ impl Worker {
         }
     }
 
+    /// Cluster mode: merges the models that learned something worth
+    /// sharing (with `counts_too`, hour counts too) into the shared
+    /// baselines, then adopts the other replicas' merges and applies the
+    /// benign verdicts recorded since (module docs).
+    async fn share(&mut self, counts_too: bool) -> Result<(), StoreError> {
+        let Some(shared) = &mut self.shared else {
+            return Ok(());
+        };
+        let mut agents: Vec<String> = self
+            .dirty
+            .iter()
+            .filter(|a| self.engine.unshared(a, counts_too))
+            .cloned()
+            .collect();
+        agents.sort();
+        let mut announce = false;
+        if !agents.is_empty() {
+            let engine = &self.engine;
+            let mut merged: Vec<(String, AgentState)> = Vec::with_capacity(agents.len());
+            let stamp = self
+                .store
+                .merge_models(&agents, |agent, stored| {
+                    let stored = stored.and_then(|json| serde_json::from_str(json).ok());
+                    let state = engine.merged_with(agent, stored)?;
+                    let json = serde_json::to_string(&state).ok()?;
+                    merged.push((agent.to_string(), state));
+                    Some(json)
+                })
+                .await?;
+            for (agent, state) in merged {
+                self.engine.adopt_merged(&agent, state);
+                self.dirty.remove(&agent);
+                shared.adopted.insert(agent, stamp);
+            }
+            announce = true;
+        }
+        if self.engine.population_unshared() {
+            let engine = &self.engine;
+            let mut merged = None;
+            let stamp = self
+                .store
+                .merge_population(|stored| {
+                    let stored = stored.and_then(|json| serde_json::from_str(json).ok());
+                    let sample = engine.merged_population(stored);
+                    let json = serde_json::to_string(&sample).ok()?;
+                    merged = Some(sample);
+                    Some(json)
+                })
+                .await?;
+            if let Some(sample) = merged {
+                self.engine.adopt_population(sample, true);
+                shared.adopted.insert(String::new(), stamp);
+            }
+        }
+        // The others' merges, then their verdicts.
+        for row in self
+            .store
+            .shared_models_since(shared.seen_ms - SHARE_SLACK_MS)
+            .await?
+        {
+            shared.seen_ms = shared.seen_ms.max(row.updated_ms);
+            if shared
+                .adopted
+                .get(&row.agent)
+                .is_some_and(|t| *t >= row.updated_ms)
+            {
+                continue;
+            }
+            if row.agent.is_empty() {
+                match serde_json::from_str::<Vec<Features>>(&row.state) {
+                    Ok(sample) => self.engine.adopt_population(sample, false),
+                    Err(e) => tracing::warn!(error = %e, "shared population model unreadable"),
+                }
+            } else {
+                match serde_json::from_str::<AgentState>(&row.state) {
+                    Ok(state) => self.engine.adopt_shared(&row.agent, state),
+                    Err(e) => {
+                        tracing::warn!(agent = %row.agent, error = %e, "shared analytics model unreadable")
+                    }
+                }
+            }
+            shared.adopted.insert(row.agent, row.updated_ms);
+        }
+        let now = now_ms();
+        let verdicts = self
+            .store
+            .benign_verdicts_since(shared.verdicts_since - VERDICT_SLACK_MS)
+            .await?;
+        let mut forgiven = Vec::new();
+        for (id, agent, at) in verdicts {
+            shared.verdicts_since = shared.verdicts_since.max(at);
+            if shared.verdicts.insert(id, at).is_none() {
+                self.engine.forgive(&agent, now);
+                forgiven.push(agent);
+            }
+        }
+        let horizon = shared.verdicts_since - 2 * VERDICT_SLACK_MS;
+        shared.verdicts.retain(|_, at| *at >= horizon);
+        for agent in forgiven {
+            if let Some((risk, grade)) = self.engine.risk_at(&agent, now) {
+                self.publish(&agent, risk, grade);
+                self.point(&agent, now, risk, grade);
+            }
+            // What it held back is shared at the next merge.
+            self.dirty.insert(agent);
+        }
+        if announce && let Err(e) = self.store.notify_change(Change::Analytics).await {
+            tracing::debug!(error = %e, "cannot announce a baseline merge");
+        }
+        Ok(())
+    }
+
     async fn save(&mut self) {
         if !self.points.is_empty() {
             let points = std::mem::take(&mut self.points);
             if let Err(e) = self.store.add_risk_points(&points).await {
                 tracing::error!(error = %e, "cannot store risk history");
             }
+        }
+        if self.shared.is_some() {
+            // Cluster mode: the shared rows are merged into, never
+            // overwritten with this replica's copy.
+            if let Err(e) = self.share(true).await {
+                tracing::error!(error = %e, "cannot merge analytics models into the shared baselines");
+            }
+            return;
         }
         if self.dirty.is_empty() {
             return;

@@ -1,0 +1,70 @@
+//! Cluster-mode test support (issue 18): replicas of one PostgreSQL store,
+//! each a real `portcullis serve` with its own state directory, sharing only
+//! the database and the operator-provided key material (docs/cluster.md).
+
+use std::path::{Path, PathBuf};
+
+use super::Server;
+
+/// The files a replica needs besides the database (docs/cluster.md): the
+/// CA, the token-signing key, the MFA sealing key, the audit checkpoint key
+/// and the admin credential (and `audit-pseudonym.key` when `[audit]
+/// pseudonymize` is on, not here). Copied from the first replica, as an
+/// operator would provision them.
+pub const SHARED_FILES: [&str; 7] = [
+    "ca.crt",
+    "ca.key",
+    "token.key",
+    "mfa.key",
+    "audit.key",
+    "audit.pub",
+    "admin.token",
+];
+
+/// A directory for another replica holding `a`'s key material, as an
+/// operator provisions it; the database is all they share besides.
+pub fn provisioned_like(a: &Server) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    for file in SHARED_FILES {
+        let from = a.state_dir().join(file);
+        assert!(from.exists(), "replica A wrote no `{file}`");
+        std::fs::copy(&from, state.join(file)).unwrap();
+    }
+    dir
+}
+
+/// Starts a replica in `dir` on the store at `url` with the config file at
+/// `config`, and `env` besides.
+pub async fn start_replica(
+    dir: tempfile::TempDir,
+    config: PathBuf,
+    url: &str,
+    env: &[(&str, &str)],
+) -> Server {
+    let mut vars: Vec<(String, String)> = vec![("PORTCULLIS_STORE_URL".into(), url.into())];
+    vars.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    tokio::task::spawn_blocking(move || {
+        let vars: Vec<(&str, &str)> = vars.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Server::start_with_env(dir, Some(&config), &vars)
+    })
+    .await
+    .unwrap()
+}
+
+/// Two replicas of the store at `url`: A, then B provisioned with A's key
+/// material, each with the config `config` writes into its directory.
+pub async fn two_replicas(
+    url: &str,
+    config: impl Fn(&Path) -> PathBuf,
+    env: &[(&str, &str)],
+) -> (Server, Server) {
+    let dir_a = tempfile::tempdir().unwrap();
+    let cfg_a = config(dir_a.path());
+    let a = start_replica(dir_a, cfg_a, url, env).await;
+    let dir_b = provisioned_like(&a);
+    let cfg_b = config(dir_b.path());
+    let b = start_replica(dir_b, cfg_b, url, env).await;
+    (a, b)
+}
