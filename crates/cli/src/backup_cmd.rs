@@ -126,7 +126,7 @@ fn refuse_existing(out: &Path) -> Result<()> {
 fn read_files(state: &StateDir, include_ca_key: bool) -> Result<Vec<BackupFile>> {
     let mut paths = Vec::new();
     collect_files(state.root(), state.root(), include_ca_key, &mut paths)?;
-    let files = paths
+    paths
         .iter()
         .map(|(name, path)| {
             Ok(BackupFile {

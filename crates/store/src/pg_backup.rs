@@ -276,14 +276,14 @@ async fn insert_chunk(
 async fn schema_versions(conn: &mut PgConnection) -> Result<(i64, i64), StoreError> {
     let mut versions = [0i64; 2];
     for (slot, table) in versions.iter_mut().zip(HISTORY_TABLES) {
-        *slot = sqlx::query_scalar::<_, Option<i64>>(sqlx::AssertSqlSafe(format!(
+        let newest: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
             "SELECT MAX(version) FROM {} WHERE success",
             ident(table)
         )))
         .fetch_one(&mut *conn)
         .await
-        .unwrap_or(None)
-        .unwrap_or(0);
+        .unwrap_or(None);
+        *slot = newest.unwrap_or(0);
     }
     Ok((versions[0], versions[1]))
 }
@@ -434,7 +434,7 @@ pub async fn restore_postgres_backup(
                     .await?;
             if let Some(sequence) = sequence {
                 sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "SELECT setval($1, COALESCE((SELECT MAX({}) FROM {}), 0) + 1, false)",
+                    "SELECT setval($1::regclass, COALESCE((SELECT MAX({}) FROM {}), 0) + 1, false)",
                     ident(column),
                     ident(&table.name)
                 )))
