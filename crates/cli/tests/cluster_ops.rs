@@ -239,7 +239,15 @@ async fn a_postgres_store_is_backed_up_live_and_restored_into_an_empty_database(
     let cfg_a = replica_config(dir_a.path(), upstream);
     let a = start(dir_a, cfg_a, source.url(), Some(KEK)).await;
     let (cert, key) = a.create_agent("alice", &["reader"]);
-    let value = a.path().join("value");
+    // Kept outside A's directory, which goes with A.
+    let outside = tempfile::tempdir().unwrap();
+    let (cert, key) = {
+        let (c, k) = (outside.path().join("alice.crt"), outside.path().join("alice.key"));
+        std::fs::copy(&cert, &c).unwrap();
+        std::fs::copy(&key, &k).unwrap();
+        (c, k)
+    };
+    let value = outside.path().join("value");
     std::fs::write(&value, "s3cret-value").unwrap();
     ok(
         a.cli(&["secret", "put", "upstream-key", "--from-file", value.to_str().unwrap()]),
@@ -247,10 +255,26 @@ async fn a_postgres_store_is_backed_up_live_and_restored_into_an_empty_database(
     );
     assert_eq!(agent_gets_through(&a.ca_pem(), (&cert, &key), &a).await, 200);
 
-    // Taken while A serves: requests keep being appended meanwhile.
-    let outside = tempfile::tempdir().unwrap();
-    let backup = outside.path().join("cluster.backup");
+    // Ten calls recorded before the backup begins...
     let agent = client(&a.ca_pem(), Some((&cert, &key)));
+    for _ in 0..10 {
+        assert_eq!(agent.get(a.url("/api/items")).send().await.unwrap().status(), 200);
+    }
+    let live = portcullis_store::Store::open_postgres(&source.url())
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let before = loop {
+        let size = live.audit_size().await.unwrap();
+        if size >= 13 || started.elapsed() > Duration::from_secs(15) {
+            break size;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    live.close().await;
+    assert!(before >= 13, "{before} records");
+    // ...and more while it is taken: A keeps serving and appending.
+    let backup = outside.path().join("cluster.backup");
     let load = {
         let url = a.url("/api/items");
         tokio::spawn(async move {
@@ -334,7 +358,7 @@ async fn a_postgres_store_is_backed_up_live_and_restored_into_an_empty_database(
     assert!(out.contains("restored"), "{out}");
     let copy = portcullis_store::Store::open_postgres(&dst).await.unwrap();
     let size = copy.audit_size().await.unwrap();
-    assert!(size > 0);
+    assert!(size >= before, "restored {size} records, {before} were there before");
     copy.close().await;
     // The restored log verifies against its signed checkpoints.
     let verify = ok(
