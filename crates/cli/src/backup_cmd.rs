@@ -84,7 +84,12 @@ async fn backup_postgres(
     write_secret(&tmp, b"")?;
     let summary = portcullis_store::pg_backup::write_postgres_backup(url, &tmp, &files)
         .await
-        .with_context(|| format!("cannot back up the PostgreSQL store ({})", crate::ENV_STORE_URL));
+        .with_context(|| {
+            format!(
+                "cannot back up the PostgreSQL store ({})",
+                crate::ENV_STORE_URL
+            )
+        });
     let summary = match summary {
         Ok(summary) => summary,
         Err(e) => {
@@ -169,9 +174,7 @@ pub async fn restore(state: &StateDir, from: &Path) -> Result<()> {
         let mut entries =
             std::fs::read_dir(root).with_context(|| format!("cannot read `{}`", root.display()))?;
         // A lock file alone is what a refused restore leaves: still empty.
-        if entries.any(|e| {
-            e.map_or(true, |e| e.file_name() != crate::state_lock::LOCK_FILE)
-        }) {
+        if entries.any(|e| e.map_or(true, |e| e.file_name() != crate::state_lock::LOCK_FILE)) {
             bail!(
                 "`{}` is not empty: restore only into a new or empty state directory",
                 root.display()

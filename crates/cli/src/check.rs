@@ -54,7 +54,9 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
         .is_some_and(portcullis_store::is_postgres_url);
     match (state.ca_cert().exists(), state.ca_key().exists()) {
         (false, false) if cluster => {
-            println!("ok: CA: none in the state directory (sealed in the database, or made at first start)")
+            println!(
+                "ok: CA: none in the state directory (sealed in the database, or made at first start)"
+            )
         }
         (false, false) => println!("ok: CA: none yet; the first start creates it"),
         // In cluster mode a replica keeps only the certificate when the key

@@ -460,10 +460,7 @@ pub(crate) async fn check_keys(store: &Store, keys: &ClusterKeys) -> Result<()> 
         }
     }
     if !wrong.is_empty() {
-        bail!(
-            "{KEYS_DIFFER}: {}",
-            wrong.join("; ")
-        );
+        bail!("{KEYS_DIFFER}: {}", wrong.join("; "));
     }
     Ok(())
 }

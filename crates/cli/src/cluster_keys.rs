@@ -238,17 +238,21 @@ impl Source<'_> {
             return crate::serve::load_or_create_ca(state, trust_domain);
         };
         let (local, public) = read_ca_files(state)?;
-        let fingerprint = |bytes: &[u8]| -> Result<String> {
-            Ok(ca_fingerprint(&ca_pair(bytes)?.certificate))
-        };
+        let fingerprint =
+            |bytes: &[u8]| -> Result<String> { Ok(ca_fingerprint(&ca_pair(bytes)?.certificate)) };
         let material = self
-            .resolve(&CA, local.map(|pair| pair_bytes(&pair)), fingerprint, || {
-                let ca = CertificateAuthority::generate(trust_domain)?;
-                Ok(pair_bytes(&CaPair {
-                    certificate: ca.cert_pem().to_string(),
-                    key: ca.key_pem().to_string(),
-                }))
-            })
+            .resolve(
+                &CA,
+                local.map(|pair| pair_bytes(&pair)),
+                fingerprint,
+                || {
+                    let ca = CertificateAuthority::generate(trust_domain)?;
+                    Ok(pair_bytes(&CaPair {
+                        certificate: ca.cert_pem().to_string(),
+                        key: ca.key_pem().to_string(),
+                    }))
+                },
+            )
             .await?;
         let pair = ca_pair(&material)?;
         match public {
@@ -262,7 +266,10 @@ impl Source<'_> {
             // The public half, for the CLI on this host to trust the admin
             // API; the key stays sealed in the database only.
             None if !state.ca_cert().exists() => {
-                write_public(&state.ca_cert(), format!("{}\n", pair.certificate).as_bytes())?;
+                write_public(
+                    &state.ca_cert(),
+                    format!("{}\n", pair.certificate).as_bytes(),
+                )?;
             }
             None => {}
         }
@@ -275,9 +282,7 @@ impl Source<'_> {
             return crate::serve::load_or_create_seed(path, item.what);
         };
         let local = if path.exists() {
-            Some(Zeroizing::new(
-                crate::serve::read_seed(path)?.to_vec(),
-            ))
+            Some(Zeroizing::new(crate::serve::read_seed(path)?.to_vec()))
         } else {
             None
         };
@@ -365,11 +370,7 @@ impl Source<'_> {
 }
 
 /// The newest sealed version of `item`, opened under `kek`.
-async fn open_sealed(
-    store: &Store,
-    kek: &Kek,
-    item: &Item,
-) -> Result<Option<Zeroizing<Vec<u8>>>> {
+async fn open_sealed(store: &Store, kek: &Kek, item: &Item) -> Result<Option<Zeroizing<Vec<u8>>>> {
     let Some(row) = store.sealed_key(item.name).await? else {
         return Ok(None);
     };

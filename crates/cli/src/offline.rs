@@ -53,8 +53,8 @@ impl Offline {
             return Ok(None);
         }
         let state = StateDir::new(args.state.state_dir.clone());
-        let cluster_url = crate::serve::store_url_env()?
-            .filter(|url| portcullis_store::is_postgres_url(url));
+        let cluster_url =
+            crate::serve::store_url_env()?.filter(|url| portcullis_store::is_postgres_url(url));
         if let Some(url) = cluster_url {
             let lock = if state.root().is_dir() {
                 match StateLock::acquire(state.root()) {

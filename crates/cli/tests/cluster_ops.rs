@@ -132,7 +132,11 @@ async fn a_replica_given_only_the_kek_runs_on_the_keys_sealed_in_the_database() 
         // Never in clear: neither the PEM nor the hex seed, nor their bytes.
         for clear in [ca_key.trim().as_bytes(), token_key.trim().as_bytes()] {
             for hay in [&row.ciphertext, &row.wrapped_key] {
-                assert!(!hay.windows(clear.len()).any(|w| w == clear), "{}", row.name);
+                assert!(
+                    !hay.windows(clear.len()).any(|w| w == clear),
+                    "{}",
+                    row.name
+                );
             }
         }
         assert!(!row.ciphertext.windows(11).any(|w| w == b"PRIVATE KEY"));
@@ -152,7 +156,10 @@ async fn a_replica_given_only_the_kek_runs_on_the_keys_sealed_in_the_database() 
     // Its public CA certificate is A's (the CLI on B's host trusts it).
     assert_eq!(b.ca_pem().trim(), a.ca_pem().trim());
     // An agent certificate A's CA issued is accepted by B.
-    assert_eq!(agent_gets_through(&a.ca_pem(), (&cert, &key), &b).await, 200);
+    assert_eq!(
+        agent_gets_through(&a.ca_pem(), (&cert, &key), &b).await,
+        200
+    );
     // One access-token key: the same published key on both.
     let (jwks_a, jwks_b) = (jwks(&a, &a.ca_pem()).await, jwks(&b, &a.ca_pem()).await);
     assert!(jwks_a["keys"][0]["kid"].is_string(), "{jwks_a}");
@@ -171,7 +178,10 @@ async fn a_replica_given_only_the_kek_runs_on_the_keys_sealed_in_the_database() 
     let err = serve_fails(
         &dir_c.path().join("state"),
         Some(&cfg_c),
-        &[("PORTCULLIS_STORE_URL", &url), ("PORTCULLIS_KEK", OTHER_KEK)],
+        &[
+            ("PORTCULLIS_STORE_URL", &url),
+            ("PORTCULLIS_KEK", OTHER_KEK),
+        ],
     );
     assert!(
         err.contains("differ from the cluster's") && err.contains("key-encryption key"),
@@ -184,7 +194,10 @@ async fn a_replica_given_only_the_kek_runs_on_the_keys_sealed_in_the_database() 
         Some(&cfg_c),
         &[("PORTCULLIS_STORE_URL", &url)],
     );
-    assert!(err.contains("key-encryption key") && err.contains("has none"), "{err}");
+    assert!(
+        err.contains("key-encryption key") && err.contains("has none"),
+        "{err}"
+    );
     // The right KEK but a token key file of its own.
     let state_c = dir_c.path().join("state");
     std::fs::create_dir_all(&state_c).unwrap();
@@ -217,7 +230,10 @@ async fn a_replica_given_only_the_kek_runs_on_the_keys_sealed_in_the_database() 
         "serve --check",
     );
     assert!(check.contains("schema is current"), "{check}");
-    assert!(check.contains("opens with the KEK (ca, token_key, audit_key, mfa_key)"), "{check}");
+    assert!(
+        check.contains("opens with the KEK (ca, token_key, audit_key, mfa_key)"),
+        "{check}"
+    );
     store.close().await;
     drop((a, b, gate));
 }
@@ -242,7 +258,10 @@ async fn a_postgres_store_is_backed_up_live_and_restored_into_an_empty_database(
     // Kept outside A's directory, which goes with A.
     let outside = tempfile::tempdir().unwrap();
     let (cert, key) = {
-        let (c, k) = (outside.path().join("alice.crt"), outside.path().join("alice.key"));
+        let (c, k) = (
+            outside.path().join("alice.crt"),
+            outside.path().join("alice.key"),
+        );
         std::fs::copy(&cert, &c).unwrap();
         std::fs::copy(&key, &k).unwrap();
         (c, k)
@@ -250,15 +269,32 @@ async fn a_postgres_store_is_backed_up_live_and_restored_into_an_empty_database(
     let value = outside.path().join("value");
     std::fs::write(&value, "s3cret-value").unwrap();
     ok(
-        a.cli(&["secret", "put", "upstream-key", "--from-file", value.to_str().unwrap()]),
+        a.cli(&[
+            "secret",
+            "put",
+            "upstream-key",
+            "--from-file",
+            value.to_str().unwrap(),
+        ]),
         "secret put",
     );
-    assert_eq!(agent_gets_through(&a.ca_pem(), (&cert, &key), &a).await, 200);
+    assert_eq!(
+        agent_gets_through(&a.ca_pem(), (&cert, &key), &a).await,
+        200
+    );
 
     // Ten calls recorded before the backup begins...
     let agent = client(&a.ca_pem(), Some((&cert, &key)));
     for _ in 0..10 {
-        assert_eq!(agent.get(a.url("/api/items")).send().await.unwrap().status(), 200);
+        assert_eq!(
+            agent
+                .get(a.url("/api/items"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
     }
     let live = portcullis_store::Store::open_postgres(&source.url())
         .await
@@ -358,7 +394,10 @@ async fn a_postgres_store_is_backed_up_live_and_restored_into_an_empty_database(
     assert!(out.contains("restored"), "{out}");
     let copy = portcullis_store::Store::open_postgres(&dst).await.unwrap();
     let size = copy.audit_size().await.unwrap();
-    assert!(size >= before, "restored {size} records, {before} were there before");
+    assert!(
+        size >= before,
+        "restored {size} records, {before} were there before"
+    );
     copy.close().await;
     // The restored log verifies against its signed checkpoints.
     let verify = ok(
@@ -409,19 +448,33 @@ async fn a_postgres_store_is_backed_up_live_and_restored_into_an_empty_database(
     for entry in std::fs::read_dir(&restored).unwrap() {
         let entry = entry.unwrap();
         if entry.file_type().unwrap().is_file() && entry.file_name() != "portcullis.lock" {
-            std::fs::copy(entry.path(), dir_b.path().join("state").join(entry.file_name()))
-                .unwrap();
+            std::fs::copy(
+                entry.path(),
+                dir_b.path().join("state").join(entry.file_name()),
+            )
+            .unwrap();
         }
     }
     let b = start(dir_b, cfg_b, dst.clone(), Some(KEK)).await;
-    assert_eq!(agent_gets_through(&b.ca_pem(), (&cert, &key), &b).await, 200);
+    assert_eq!(
+        agent_gets_through(&b.ca_pem(), (&cert, &key), &b).await,
+        200
+    );
     let listed = ok(b.cli(&["secret", "list", "-o", "json"]), "secret list");
-    assert!(listed.contains("upstream-key") && listed.contains("other-key"), "{listed}");
+    assert!(
+        listed.contains("upstream-key") && listed.contains("other-key"),
+        "{listed}"
+    );
     assert!(!listed.contains("s3cret-value"), "{listed}");
     // The offline change is in the restored log, which still verifies.
     let verify = ok(
         run(
-            &["audit", "verify", "--state-dir", b.state_dir().to_str().unwrap()],
+            &[
+                "audit",
+                "verify",
+                "--state-dir",
+                b.state_dir().to_str().unwrap(),
+            ],
             &[("PORTCULLIS_STORE_URL", &dst)],
         ),
         "audit verify after serving",

@@ -114,15 +114,17 @@ async fn tables(conn: &mut PgConnection) -> Result<Vec<Table>, StoreError> {
             .keys()
             .filter(|t| !placed.contains(*t))
             .filter(|t| {
-                parents
-                    .get(*t)
-                    .is_none_or(|ps| ps.iter().all(|p| placed.contains(p) || !columns.contains_key(p)))
+                parents.get(*t).is_none_or(|ps| {
+                    ps.iter()
+                        .all(|p| placed.contains(p) || !columns.contains_key(p))
+                })
             })
             .cloned()
             .collect();
         if ready.is_empty() {
             return Err(StoreError::Invalid(
-                "the schema's foreign keys form a cycle; it cannot be backed up table by table".into(),
+                "the schema's foreign keys form a cycle; it cannot be backed up table by table"
+                    .into(),
             ));
         }
         for name in ready {
@@ -144,7 +146,11 @@ fn ident(name: &str) -> String {
 }
 
 fn column_list(columns: &[String]) -> String {
-    columns.iter().map(|c| ident(c)).collect::<Vec<_>>().join(", ")
+    columns
+        .iter()
+        .map(|c| ident(c))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Backs up the PostgreSQL database at `url` into `out` (an existing empty
@@ -218,7 +224,10 @@ pub async fn write_postgres_backup(
         while let Some(bytes) = stream.try_next().await? {
             buffer.extend_from_slice(&bytes);
             if buffer.len() >= CHUNK_BYTES {
-                chunks.push(std::mem::replace(&mut buffer, Vec::with_capacity(CHUNK_BYTES)));
+                chunks.push(std::mem::replace(
+                    &mut buffer,
+                    Vec::with_capacity(CHUNK_BYTES),
+                ));
             }
             // Written as they fill, so memory holds one chunk or two.
             for data in chunks.drain(..) {
@@ -324,9 +333,11 @@ pub async fn restore_postgres_backup(
         )));
     }
     let mut listed = Vec::new();
-    for row in sqlx::query("SELECT position, name, columns, rows FROM portcullis_pg_tables ORDER BY position")
-        .fetch_all(&mut file)
-        .await?
+    for row in sqlx::query(
+        "SELECT position, name, columns, rows FROM portcullis_pg_tables ORDER BY position",
+    )
+    .fetch_all(&mut file)
+    .await?
     {
         let columns: String = row.try_get("columns")?;
         let columns: Vec<String> = serde_json::from_str(&columns)
@@ -387,9 +398,12 @@ pub async fn restore_postgres_backup(
     // What the migrations themselves inserted gives way to the backup's rows.
     let names: Vec<String> = data.iter().map(|(_, t, _)| ident(&t.name)).collect();
     if !names.is_empty() {
-        sqlx::query(sqlx::AssertSqlSafe(format!("TRUNCATE {}", names.join(", "))))
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "TRUNCATE {}",
+            names.join(", ")
+        )))
+        .execute(&mut *tx)
+        .await?;
     }
     let mut summary = PgBackupSummary {
         tables: 0,
@@ -479,7 +493,8 @@ async fn applied_versions(
     let Some((position, table, _)) = listed.iter().find(|(_, t, _)| t.name == history) else {
         return Ok(BTreeSet::new());
     };
-    let damaged = |what: &str| StoreError::Invalid(format!("the backup's `{history}` is damaged: {what}"));
+    let damaged =
+        |what: &str| StoreError::Invalid(format!("the backup's `{history}` is damaged: {what}"));
     let version_at = table
         .columns
         .iter()
@@ -487,10 +502,11 @@ async fn applied_versions(
         .ok_or_else(|| damaged("no version column"))?;
     let success_at = table.columns.iter().position(|c| c == "success");
     let mut stream = Vec::new();
-    for row in sqlx::query("SELECT data FROM portcullis_pg_chunks WHERE position = ? ORDER BY chunk")
-        .bind(position)
-        .fetch_all(&mut *file)
-        .await?
+    for row in
+        sqlx::query("SELECT data FROM portcullis_pg_chunks WHERE position = ? ORDER BY chunk")
+            .bind(position)
+            .fetch_all(&mut *file)
+            .await?
     {
         stream.extend_from_slice(&row.try_get::<Vec<u8>, _>("data")?);
     }

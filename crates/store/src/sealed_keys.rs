@@ -42,10 +42,11 @@ impl Store {
     /// The newest version of the key sealed under `name`, if any.
     pub async fn sealed_key(&self, name: &str) -> Result<Option<SealedKeyRow>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
-            let row = query("SELECT * FROM sealed_keys WHERE name = ? ORDER BY version DESC LIMIT 1")
-                .bind(name)
-                .fetch_optional(pool)
-                .await?;
+            let row =
+                query("SELECT * FROM sealed_keys WHERE name = ? ORDER BY version DESC LIMIT 1")
+                    .bind(name)
+                    .fetch_optional(pool)
+                    .await?;
             row.as_ref().map(sealed_key_row).transpose()
         })
     }
@@ -124,7 +125,11 @@ mod tests {
             );
             assert_eq!(
                 store.sealed_keys().await.unwrap(),
-                vec![row("ca", 1, "k1"), row("ca", 2, "k1"), row("token_key", 1, "k1")]
+                vec![
+                    row("ca", 1, "k1"),
+                    row("ca", 2, "k1"),
+                    row("token_key", 1, "k1")
+                ]
             );
         }
     }

@@ -666,11 +666,13 @@ impl Store {
             }
             // Cluster mode: the replicas compare their KEK with this check
             // value at start; after a rekey the new KEK is the cluster's.
-            query("UPDATE key_fingerprints SET fingerprint = ?, recorded_at = ? WHERE name = 'kek'")
-                .bind(new_kek_id)
-                .bind(now.saturating_mul(1000))
-                .execute(&mut *tx)
-                .await?;
+            query(
+                "UPDATE key_fingerprints SET fingerprint = ?, recorded_at = ? WHERE name = 'kek'",
+            )
+            .bind(new_kek_id)
+            .bind(now.saturating_mul(1000))
+            .execute(&mut *tx)
+            .await?;
             query(
             "UPDATE vault_meta SET kek_id = ?, kek_version = kek_version + 1, updated_at = ? WHERE id = 1",
         )

@@ -31,7 +31,9 @@ pub enum KeyMaterialError {
     },
     /// The KEK is the one recorded, yet the seal does not open: the row
     /// was changed, or moved from another name or version.
-    #[error("`{name}` version {version} does not open under its KEK: the row is damaged or was moved")]
+    #[error(
+        "`{name}` version {version} does not open under its KEK: the row is damaged or was moved"
+    )]
     Damaged {
         /// The key's name.
         name: String,
@@ -46,13 +48,7 @@ pub fn aad(name: &str, version: i64) -> Vec<u8> {
 }
 
 /// Seals `material` as version `version` of `name` (`sealed_at` in seconds).
-pub fn seal(
-    kek: &Kek,
-    name: &str,
-    version: i64,
-    material: &[u8],
-    sealed_at: i64,
-) -> SealedKeyRow {
+pub fn seal(kek: &Kek, name: &str, version: i64, material: &[u8], sealed_at: i64) -> SealedKeyRow {
     let sealed = envelope::seal(kek, &aad(name, version), material);
     SealedKeyRow {
         name: name.to_string(),
@@ -94,11 +90,7 @@ mod tests {
         let kek = Kek::generate();
         let row = seal(&kek, "ca", 1, b"-----BEGIN PRIVATE KEY-----", 7);
         assert_eq!(row.kek_id, kek.fingerprint());
-        assert!(
-            !row.ciphertext
-                .windows(11)
-                .any(|w| w == b"BEGIN PRIVA")
-        );
+        assert!(!row.ciphertext.windows(11).any(|w| w == b"BEGIN PRIVA"));
         assert_eq!(
             open(&kek, &row).unwrap().as_slice(),
             b"-----BEGIN PRIVATE KEY-----"
