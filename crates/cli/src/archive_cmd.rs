@@ -45,11 +45,21 @@ fn now_ms() -> i64 {
 
 /// `audit archive --before DATE --out DIR`.
 pub async fn archive(state: &StateDir, before_ms: i64, out: &Path) -> Result<()> {
-    let db = state.database();
-    if !db.exists() {
-        bail!("no database at `{}` (pass --state-dir)", db.display());
-    }
-    let store = Store::open_sqlite(&db).await?;
+    let store = match crate::serve::store_url_env()? {
+        // Cluster mode: the one shared log, archived as a replica's
+        // retention task archives it (the replicas catch up from the
+        // stored subtree hashes as after their own pruning).
+        Some(url) => Store::open_url(&url)
+            .await
+            .with_context(|| format!("cannot open the store ({})", crate::ENV_STORE_URL))?,
+        None => {
+            let db = state.database();
+            if !db.exists() {
+                bail!("no database at `{}` (pass --state-dir)", db.display());
+            }
+            Store::open_sqlite(&db).await?
+        }
+    };
     let result = store.archive_audit(before_ms, out).await;
     store.close().await;
     let outcome = result.context("cannot archive the audit log")?;

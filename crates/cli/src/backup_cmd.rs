@@ -35,19 +35,103 @@ const LEFT_OUT: &[&str] = &[
 
 /// `backup --out FILE [--include-ca-key]`.
 pub async fn backup(state: &StateDir, out: &Path, include_ca_key: bool) -> Result<()> {
+    if let Some(url) = postgres_url()? {
+        return backup_postgres(state, &url, out, include_ca_key).await;
+    }
     let db = state.database();
     if !db.exists() {
         bail!("no database at `{}` (pass --state-dir)", db.display());
     }
+    refuse_existing(out)?;
+    let files = read_files(state, include_ca_key)?;
+    let tmp = tmp_path(out);
+    let _ = std::fs::remove_file(&tmp);
+    // Created empty and owner-only first: the copy holds sealed secrets and
+    // keys, and VACUUM INTO writes into an existing empty file.
+    write_secret(&tmp, b"")?;
+    write_backup(&db, &tmp, &files)
+        .await
+        .with_context(|| format!("cannot back up `{}`", db.display()))?;
+    finish(&tmp, out)?;
+    println!(
+        "backed up `{}` to `{}` (database and {})",
+        state.root().display(),
+        out.display(),
+        file_names(&files)
+    );
+    backup_notes(state, include_ca_key);
+    Ok(())
+}
+
+/// `backup` of a PostgreSQL store (`PORTCULLIS_STORE_URL`): every table as
+/// of one snapshot (`portcullis_store::pg_backup`), beside the files of the
+/// state directory when there is one (in cluster mode with a KEK the key
+/// material is in the database, sealed, and the directory may hold none).
+async fn backup_postgres(
+    state: &StateDir,
+    url: &str,
+    out: &Path,
+    include_ca_key: bool,
+) -> Result<()> {
+    refuse_existing(out)?;
+    let files = if state.root().is_dir() {
+        read_files(state, include_ca_key)?
+    } else {
+        Vec::new()
+    };
+    let tmp = tmp_path(out);
+    let _ = std::fs::remove_file(&tmp);
+    write_secret(&tmp, b"")?;
+    let summary = portcullis_store::pg_backup::write_postgres_backup(url, &tmp, &files)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot back up the PostgreSQL store ({})",
+                crate::ENV_STORE_URL
+            )
+        });
+    let summary = match summary {
+        Ok(summary) => summary,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
+    };
+    finish(&tmp, out)?;
+    println!(
+        "backed up the PostgreSQL store to `{}` ({} tables, {} rows, one snapshot; schema {}/{}{}{})",
+        out.display(),
+        summary.tables,
+        summary.rows,
+        summary.schema.0,
+        summary.schema.1,
+        if files.is_empty() { "" } else { "; and " },
+        file_names(&files)
+    );
+    backup_notes(state, include_ca_key);
+    Ok(())
+}
+
+/// The PostgreSQL URL when `PORTCULLIS_STORE_URL` names one.
+fn postgres_url() -> Result<Option<String>> {
+    Ok(crate::serve::store_url_env()?.filter(|u| portcullis_store::is_postgres_url(u)))
+}
+
+fn refuse_existing(out: &Path) -> Result<()> {
     if out.exists() {
         bail!(
             "`{}` exists; a backup never overwrites a file",
             out.display()
         );
     }
+    Ok(())
+}
+
+/// The state directory's files a backup carries, read.
+fn read_files(state: &StateDir, include_ca_key: bool) -> Result<Vec<BackupFile>> {
     let mut paths = Vec::new();
     collect_files(state.root(), state.root(), include_ca_key, &mut paths)?;
-    let files = paths
+    paths
         .iter()
         .map(|(name, path)| {
             Ok(BackupFile {
@@ -57,32 +141,30 @@ pub async fn backup(state: &StateDir, out: &Path, include_ca_key: bool) -> Resul
                     .with_context(|| format!("cannot read `{}`", path.display()))?,
             })
         })
-        .collect::<Result<Vec<_>>>()?;
-    let tmp = tmp_path(out);
-    let _ = std::fs::remove_file(&tmp);
-    // Created empty and owner-only first: the copy holds sealed secrets and
-    // keys, and VACUUM INTO writes into an existing empty file.
-    write_secret(&tmp, b"")?;
-    write_backup(&db, &tmp, &files)
-        .await
-        .with_context(|| format!("cannot back up `{}`", db.display()))?;
-    std::fs::File::open(&tmp).and_then(|f| f.sync_all())?;
-    std::fs::rename(&tmp, out).with_context(|| format!("cannot write `{}`", out.display()))?;
+        .collect::<Result<Vec<_>>>()
+}
 
-    let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
-    println!(
-        "backed up `{}` to `{}` (database and {})",
-        state.root().display(),
-        out.display(),
-        names.join(", ")
-    );
+/// Syncs the finished backup and gives it its name.
+fn finish(tmp: &Path, out: &Path) -> Result<()> {
+    std::fs::File::open(tmp).and_then(|f| f.sync_all())?;
+    std::fs::rename(tmp, out).with_context(|| format!("cannot write `{}`", out.display()))
+}
+
+fn file_names(files: &[BackupFile]) -> String {
+    files
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn backup_notes(state: &StateDir, include_ca_key: bool) {
     if !include_ca_key && state.ca_key().exists() {
         eprintln!(
             "note: the CA key was left out (pass --include-ca-key to include it); keep it in its own custody"
         );
     }
     eprintln!("note: the vault KEK is never in a backup; a restore needs it from its own custody");
-    Ok(())
 }
 
 /// `restore --from FILE` into an empty (or missing) state directory.
@@ -91,24 +173,77 @@ pub async fn restore(state: &StateDir, from: &Path) -> Result<()> {
     if root.exists() {
         let mut entries =
             std::fs::read_dir(root).with_context(|| format!("cannot read `{}`", root.display()))?;
-        if entries.next().is_some() {
+        // A lock file alone is what a refused restore leaves: still empty.
+        if entries.any(|e| e.map_or(true, |e| e.file_name() != crate::state_lock::LOCK_FILE)) {
             bail!(
                 "`{}` is not empty: restore only into a new or empty state directory",
                 root.display()
             );
         }
     }
+    let kind = portcullis_store::pg_backup::backup_kind(from)
+        .await
+        .with_context(|| format!("cannot restore `{}`", from.display()))?;
+    let postgres = kind == portcullis_store::pg_backup::PG_BACKUP_APPLICATION_ID;
+    let target = postgres_url()?;
+    match (postgres, &target) {
+        (true, None) => bail!(
+            "`{}` is a backup of a PostgreSQL store: set {} to a new, empty PostgreSQL database to restore it into",
+            from.display(),
+            crate::ENV_STORE_URL
+        ),
+        (false, Some(_)) => bail!(
+            "`{}` is a backup of a SQLite state directory, restored into --state-dir; unset {} (it names a PostgreSQL store)",
+            from.display(),
+            crate::ENV_STORE_URL
+        ),
+        _ => {}
+    }
     state.create()?;
     // Held until the restore is complete: a `serve` started meanwhile on the
     // same directory is refused instead of opening a half-written state.
     let _lock = crate::state_lock::StateLock::acquire(root)?;
+    if let Some(url) = target {
+        let (summary, files) = portcullis_store::pg_backup::restore_postgres_backup(from, &url)
+            .await
+            .with_context(|| format!("cannot restore `{}`", from.display()))?;
+        write_files(root, &files)?;
+        println!(
+            "restored `{}` into the PostgreSQL store ({} tables, {} rows; schema {}/{}) and `{}`{}{}",
+            from.display(),
+            summary.tables,
+            summary.rows,
+            summary.schema.0,
+            summary.schema.1,
+            root.display(),
+            if files.is_empty() { "" } else { ": " },
+            file_names(&files)
+        );
+        restore_notes(state, true);
+        return Ok(());
+    }
     let tmp = tmp_path(&state.database());
     std::fs::copy(from, &tmp).with_context(|| format!("cannot read `{}`", from.display()))?;
     restrict(&tmp)?;
     let files = unpack_backup(&tmp)
         .await
         .with_context(|| format!("cannot restore `{}`", from.display()))?;
-    for file in &files {
+    write_files(root, &files)?;
+    std::fs::rename(&tmp, state.database())
+        .with_context(|| format!("cannot write `{}`", state.database().display()))?;
+    println!(
+        "restored `{}` into `{}` (database and {})",
+        from.display(),
+        root.display(),
+        file_names(&files)
+    );
+    restore_notes(state, false);
+    Ok(())
+}
+
+/// Writes a backup's files back under `root` (secrets owner-only).
+fn write_files(root: &Path, files: &[BackupFile]) -> Result<()> {
+    for file in files {
         let path = safe_join(root, &file.name)?;
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent)
@@ -120,16 +255,15 @@ pub async fn restore(state: &StateDir, from: &Path) -> Result<()> {
             write_public(&path, &file.contents)?;
         }
     }
-    std::fs::rename(&tmp, state.database())
-        .with_context(|| format!("cannot write `{}`", state.database().display()))?;
-    let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
-    println!(
-        "restored `{}` into `{}` (database and {})",
-        from.display(),
-        root.display(),
-        names.join(", ")
-    );
-    if !state.ca_key().exists() {
+    Ok(())
+}
+
+fn restore_notes(state: &StateDir, postgres: bool) {
+    if postgres {
+        eprintln!(
+            "note: with a KEK the cluster's CA and signing keys are sealed in the restored database; `serve` opens them with the KEK they were sealed under"
+        );
+    } else if !state.ca_key().exists() {
         eprintln!(
             "note: the backup holds no CA key; put `ca.key` back from its custody before `serve` (it refuses to start with ca.crt alone)"
         );
@@ -137,7 +271,6 @@ pub async fn restore(state: &StateDir, from: &Path) -> Result<()> {
     eprintln!(
         "note: `serve` needs the vault KEK (PORTCULLIS_KEK_FILE or PORTCULLIS_KEK) the backup was sealed under"
     );
-    Ok(())
 }
 
 /// The state directory's files to back up, as (name relative to the root,

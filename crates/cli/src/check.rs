@@ -4,9 +4,12 @@
 //! The configuration, the policy directory (or the shipped defaults a first
 //! start would write), the CA, the database schema, the KEK against the
 //! vault, every route's secrets (present, and opened by the KEK) and the LLM
-//! routes' API keys. The messages are `serve`'s own: the same functions
-//! produce them. The database is opened read-only, so a check may run next
-//! to a serving gateway (before a reload) or before the first start.
+//! routes' API keys; on PostgreSQL also the key material sealed in the
+//! database (opened by the KEK, and the same as the state directory's).
+//! The messages are `serve`'s own: the same functions produce them. The
+//! database is opened read-only (SQLite's read-only mode, PostgreSQL's
+//! read-only sessions), so a check may run next to serving replicas (before
+//! a reload) or before the first start.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -42,8 +45,25 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     let bundle = policies(&config, &state)?;
     println!("ok: policies: {} policies", bundle.policy_ids().len());
 
+    let store_url = match crate::serve::store_url_env()? {
+        Some(url) => Some(url),
+        None => config.store_url.clone(),
+    };
+    let cluster = store_url
+        .as_deref()
+        .is_some_and(portcullis_store::is_postgres_url);
     match (state.ca_cert().exists(), state.ca_key().exists()) {
+        (false, false) if cluster => {
+            println!(
+                "ok: CA: none in the state directory (sealed in the database, or made at first start)"
+            )
+        }
         (false, false) => println!("ok: CA: none yet; the first start creates it"),
+        // In cluster mode a replica keeps only the certificate when the key
+        // is sealed in the database (checked with the store, below).
+        (true, false) if cluster => {
+            println!("ok: CA certificate `{}`", state.ca_cert().display())
+        }
         _ => {
             crate::serve::load_or_create_ca(&state, &config.trust_domain)?;
             println!("ok: CA `{}`", state.ca_cert().display());
@@ -51,34 +71,40 @@ pub async fn run(config_path: Option<PathBuf>, state_dir: PathBuf) -> Result<()>
     }
 
     // The store as it is (read-only), or none before the first start.
-    let store_url = match crate::serve::store_url_env()? {
-        Some(url) => Some(url),
-        None => config.store_url.clone(),
+    let store = match store_url.as_deref() {
+        // A shared database: opened with read-only sessions and never
+        // migrated (only `serve` migrates a PostgreSQL schema).
+        Some(url) if portcullis_store::is_postgres_url(url) => {
+            let store = Store::open_postgres_read_only(url)
+                .await
+                .context("cannot open the PostgreSQL store")?;
+            println!("ok: database: PostgreSQL (cluster mode), schema is current");
+            Some(store)
+        }
+        _ => {
+            let db = match &store_url {
+                Some(url) => PathBuf::from(
+                    url.trim_start_matches("sqlite://")
+                        .trim_start_matches("sqlite:"),
+                ),
+                None => state.database(),
+            };
+            if db.exists() {
+                let store = open_read_only(&db).await?;
+                println!("ok: database schema is current");
+                Some(store)
+            } else {
+                println!("ok: database: none yet; the first start creates it");
+                None
+            }
+        }
     };
-    if store_url
-        .as_deref()
-        .is_some_and(portcullis_store::is_postgres_url)
-    {
-        // A shared database is not opened offline: `check` never writes, and
-        // only `serve` migrates a PostgreSQL schema.
-        println!("ok: database: PostgreSQL (cluster mode), not opened by `check`");
-        return Ok(());
+    if let Some(store) = store.as_ref().filter(|s| s.is_postgres()) {
+        let kek = crate::serve::load_kek(config_path.is_none(), &state)?;
+        for line in crate::cluster_keys::check(&state, store, kek.as_ref()).await? {
+            println!("ok: {line}");
+        }
     }
-    let db = match &store_url {
-        Some(url) => PathBuf::from(
-            url.trim_start_matches("sqlite://")
-                .trim_start_matches("sqlite:"),
-        ),
-        None => state.database(),
-    };
-    let store = if db.exists() {
-        let store = open_read_only(&db).await?;
-        println!("ok: database schema is current");
-        Some(store)
-    } else {
-        println!("ok: database: none yet; the first start creates it");
-        None
-    };
 
     let vault = vault(config_path.is_none(), &state, store.as_ref()).await;
     let result = vault.and_then(|vault| {

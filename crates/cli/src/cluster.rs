@@ -417,6 +417,9 @@ pub(crate) fn spawn_election(
     })
 }
 
+/// How a refusal over key material begins, wherever it is found.
+pub(crate) const KEYS_DIFFER: &str = "this replica's keys differ from the cluster's, refusing to start (docs/cluster.md, \"What each replica needs\")";
+
 /// The key material a replica must share with the cluster, by fingerprint:
 /// what each is, and what to do about a difference.
 pub(crate) struct ClusterKeys {
@@ -487,10 +490,7 @@ pub(crate) async fn check_keys(store: &Store, keys: &ClusterKeys) -> Result<()> 
         }
     }
     if !wrong.is_empty() {
-        bail!(
-            "this replica's keys differ from the cluster's, refusing to start (docs/cluster.md, \"What each replica needs on local disk\"): {}",
-            wrong.join("; ")
-        );
+        bail!("{KEYS_DIFFER}: {}", wrong.join("; "));
     }
     Ok(())
 }

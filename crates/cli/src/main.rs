@@ -14,6 +14,7 @@ mod bom;
 mod check;
 mod client;
 mod cluster;
+mod cluster_keys;
 mod commands;
 mod governance_cmd;
 mod guard_cmd;

@@ -1,5 +1,6 @@
 //! Offline administration: `secret put` and `agent create` on a state
-//! directory no server is running on.
+//! directory no server is running on, or directly on a cluster's shared
+//! PostgreSQL store.
 //!
 //! A route naming a secret that is not in the vault stops `serve`, so the
 //! secret must be storable before the first start; an agent's certificate
@@ -13,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use portcullis_audit::{AuditRecord, Outcome, RecordKind};
 use portcullis_core::AgentName;
 use portcullis_identity::CertificateAuthority;
-use portcullis_store::{AgentKeyRow, AgentRow, CertificateRow, Store};
+use portcullis_store::{AgentKeyRow, AgentRow, CertificateRow, Change, Store};
 use portcullis_vault::{SecretSettings, Vault};
 use serde_json::{Value, json};
 
@@ -25,34 +26,59 @@ use crate::state_lock::{LockError, StateLock};
 /// presented, only access to the state directory.
 const OFFLINE_CREDENTIAL: &str = "offline (state directory lock)";
 
-/// A state directory held by this process.
+/// A state directory held by this process, or (cluster mode) a shared
+/// PostgreSQL store changed directly.
 pub struct Offline {
     state: StateDir,
     store: Store,
-    // Held for its lock: released when the command ends.
-    _lock: StateLock,
+    // Held for its lock: released when the command ends. None in cluster
+    // mode on a host without a state directory.
+    _lock: Option<StateLock>,
 }
 
 impl Offline {
     /// Takes the state directory when no server holds it. `None` means a
     /// server is running (or the admin API was named with `--admin-url`):
     /// talk to it instead.
+    ///
+    /// In cluster mode (`PORTCULLIS_STORE_URL` names PostgreSQL) the
+    /// replicas share the database, and other hosts' replicas may be
+    /// running whatever this state directory's lock says: the change is
+    /// made in the database like a replica's admin API makes it (its write
+    /// lock, the shared audit log) and announced on the change channel, so
+    /// every running replica re-reads it (and within the 5 s resync if the
+    /// notification is lost).
     pub async fn open(args: &AdminArgs) -> Result<Option<Offline>> {
         if args.admin_url.is_some() {
             return Ok(None);
         }
-        if crate::serve::store_url_env()?
-            .as_deref()
-            .is_some_and(portcullis_store::is_postgres_url)
-        {
-            // Changing a shared database behind the replicas' backs would
-            // leave their snapshots stale: go through a replica's admin API.
-            bail!(
-                "{} names a PostgreSQL store (cluster mode): pass --admin-url of a running replica",
+        let state = StateDir::new(args.state.state_dir.clone());
+        let cluster_url =
+            crate::serve::store_url_env()?.filter(|url| portcullis_store::is_postgres_url(url));
+        if let Some(url) = cluster_url {
+            let lock = if state.root().is_dir() {
+                match StateLock::acquire(state.root()) {
+                    Ok(lock) => Some(lock),
+                    // A replica runs on this state directory: use its API.
+                    Err(LockError::Held { .. }) => return Ok(None),
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                None
+            };
+            let store = Store::open_postgres(&url)
+                .await
+                .context("cannot open the PostgreSQL store")?;
+            eprintln!(
+                "{} names a PostgreSQL store (cluster mode): changing it directly; running replicas are told on the change channel",
                 crate::ENV_STORE_URL
             );
+            return Ok(Some(Offline {
+                state,
+                store,
+                _lock: lock,
+            }));
         }
-        let state = StateDir::new(args.state.state_dir.clone());
         if !state.root().is_dir() {
             bail!(
                 "state directory `{}` does not exist: start `portcullis serve` once, or create it (mode 0700), or pass --state-dir",
@@ -75,8 +101,20 @@ impl Offline {
         Ok(Some(Offline {
             state,
             store,
-            _lock: lock,
+            _lock: Some(lock),
         }))
+    }
+
+    /// Cluster mode: tells the running replicas what changed. A lost
+    /// notification is made up for by their periodic resync.
+    async fn announce(&self, change: Change) {
+        if self.store.is_postgres()
+            && let Err(e) = self.store.notify_change(change).await
+        {
+            eprintln!(
+                "note: the replicas were not notified ({e}); they re-read the change within their 5 s resync"
+            );
+        }
     }
 
     /// `secret put` without a server: sealed under the KEK the server will
@@ -106,6 +144,7 @@ impl Offline {
         .context("cannot open the vault")?;
         let info = vault.put(name, value, settings).await?;
         self.audit("secret.put", name, 201).await?;
+        self.announce(Change::Secrets).await;
         Ok(serde_json::to_value(info)?)
     }
 
@@ -125,7 +164,7 @@ impl Offline {
                 bail!("invalid role `{role}`: use 1-64 characters of a-z, 0-9, `.`, `_` or `-`");
             }
         }
-        let ca = self.ca()?;
+        let ca = self.ca().await?;
         let key = portcullis_identity::PublicJwk::from_json(jwk)?;
         let issued = ca.issue_agent(&agent, csr_pem, ttl)?;
         let now = now_s();
@@ -154,6 +193,7 @@ impl Offline {
             })
             .await?;
         self.audit("agent.create", name, 201).await?;
+        self.announce(Change::Agents).await;
         Ok(json!({
             "agent": {
                 "name": name,
@@ -175,8 +215,19 @@ impl Offline {
         }))
     }
 
-    /// The state directory's CA, with the trust domain it was made for.
-    fn ca(&self) -> Result<CertificateAuthority> {
+    /// The CA (in cluster mode the one sealed in the database, when it
+    /// is), with the trust domain it was made for.
+    async fn ca(&self) -> Result<CertificateAuthority> {
+        if self.store.is_postgres() {
+            let kek = crate::serve::load_kek(false, &self.state)?;
+            if let Some((cert, key)) =
+                crate::cluster_keys::sealed_ca(&self.store, kek.as_ref()).await?
+            {
+                let domain = CertificateAuthority::trust_domain_of(&cert)
+                    .context("cannot tell the trust domain of the cluster's sealed CA")?;
+                return Ok(CertificateAuthority::from_pem(&domain, &cert, &key)?);
+            }
+        }
         let (cert_path, key_path) = (self.state.ca_cert(), self.state.ca_key());
         if !cert_path.exists() || !key_path.exists() {
             bail!(

@@ -62,7 +62,6 @@ pub async fn run(
     harden_process();
 
     let (policy_dir, dir_sources) = read_policy_dir(&config, &state)?;
-    let ca = Arc::new(load_or_create_ca(&state, &config.trust_domain)?);
     let config = with_listen_env(config)?;
 
     let store = match &config.store_url {
@@ -76,22 +75,28 @@ pub async fn run(
     // Key material: read (or made) here, before anything else uses the
     // store, so that a replica with keys other than its cluster's stops
     // before it changes anything.
+    // In cluster mode with a KEK they are sealed in the database
+    // (cluster_keys.rs): the first replica seals its own, the others open them.
     let kek = load_kek(config_path.is_none(), &state)?;
-    let token_seed = load_or_create_seed(&state.token_key(), "the access-token signing key")?;
-    let log_key = load_or_create_log_key(&state)?;
+    let keys = crate::cluster_keys::load(
+        &state,
+        &store,
+        kek.as_ref(),
+        &config.trust_domain,
+        !config.audit.pseudonymize.is_empty(),
+    )
+    .await?;
+    let ca = Arc::new(keys.ca);
+    let token_seed = keys.token_seed;
+    let log_key = ed25519_dalek::SigningKey::from_bytes(&keys.log_seed);
     if store.is_postgres() {
-        let sha256 = |bytes: &[u8]| hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes));
-        let keys = crate::cluster::ClusterKeys {
-            ca: sha256(ca.cert_pem().trim().as_bytes()),
-            token: sha256(
-                portcullis_identity::Ed25519Key::from_seed(&token_seed)
-                    .kid()
-                    .as_bytes(),
-            ),
-            audit: sha256(log_key.verifying_key().as_bytes()),
+        let fingerprints = crate::cluster::ClusterKeys {
+            ca: crate::cluster_keys::ca_fingerprint(ca.cert_pem()),
+            token: crate::cluster_keys::token_fingerprint(&token_seed),
+            audit: crate::cluster_keys::audit_fingerprint(&keys.log_seed),
             kek: kek.as_ref().map(|k| k.fingerprint().to_string()),
         };
-        crate::cluster::check_keys(&store, &keys).await?;
+        crate::cluster::check_keys(&store, &fingerprints).await?;
     }
     // The store's active policy version decides (pushes and rollbacks outlive
     // restarts); the directory seeds version 1, or wins when it is watched.
@@ -228,7 +233,9 @@ pub async fn run(
         None
     } else {
         Some(Pseudonymizer::new(
-            &load_or_create_seed(&state.audit_pseudonym_key(), "the audit pseudonym key")?,
+            &keys
+                .pseudonym_seed
+                .context("the audit pseudonym key was not loaded")?,
             config.audit.pseudonymize.clone(),
             config.audit.personal_data_retention,
         ))
@@ -449,10 +456,7 @@ pub async fn run(
     }
     // Local users' TOTP secrets, for admin MFA and the authorization
     // endpoint's login page alike.
-    let totp_seal = Arc::new(TotpSeal::new(&load_or_create_seed(
-        &state.mfa_key(),
-        "the admin MFA sealing key",
-    )?));
+    let totp_seal = Arc::new(TotpSeal::new(&keys.mfa_seed));
     tokens.local_users = Some(totp_seal.clone());
     tokens.login = login.clone();
     let (tracer, trace_exporter) = match &config.telemetry {
@@ -1270,29 +1274,28 @@ async fn ensure_admin_token(
     Ok(credentials)
 }
 
-/// The Ed25519 key that signs the audit log's checkpoints: 32 random bytes,
-/// hex, in a file only the owner can read. Losing it does not break the log
-/// (old checkpoints still verify with the published key), but a new key
-/// needs auditors to trust it anew.
-fn load_or_create_log_key(state: &StateDir) -> Result<ed25519_dalek::SigningKey> {
-    let seed = load_or_create_seed(&state.audit_key(), "the audit log signing key")?;
-    Ok(ed25519_dalek::SigningKey::from_bytes(&seed))
-}
-
-/// 32 random bytes, hex, in a file only the owner can read; created on first use.
-fn load_or_create_seed(path: &std::path::Path, what: &str) -> Result<[u8; 32]> {
+/// 32 random bytes, hex, in a file only the owner can read; created on
+/// first use. The audit checkpoint key among them: losing it does not break
+/// the log (old checkpoints still verify with the published key), but a new
+/// key needs auditors to trust it anew.
+pub(crate) fn load_or_create_seed(path: &std::path::Path, what: &str) -> Result<[u8; 32]> {
     if path.exists() {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read `{}`", path.display()))?;
-        return hex::decode(text.trim())
-            .ok()
-            .and_then(|b| b.try_into().ok())
-            .with_context(|| format!("`{}` is not 32 bytes of hex", path.display()));
+        return read_seed(path);
     }
     let seed: [u8; 32] = rand::random();
     write_secret(path, format!("{}\n", hex::encode(seed)).as_bytes())?;
     tracing::info!(file = %path.display(), "generated {what}");
     Ok(seed)
+}
+
+/// A seed file as `load_or_create_seed` writes it: 32 bytes, hex.
+pub(crate) fn read_seed(path: &std::path::Path) -> Result<[u8; 32]> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read `{}`", path.display()))?;
+    hex::decode(text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .with_context(|| format!("`{}` is not 32 bytes of hex", path.display()))
 }
 
 pub(crate) fn upstream_tls(ca_pem: &str) -> Result<rustls::ClientConfig> {

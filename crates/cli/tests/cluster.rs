@@ -16,27 +16,11 @@ use serde_json::Value;
 use support::cluster::*;
 use support::*;
 
-/// The public URL both replicas issue tokens under (the load balancer's, in
-/// a deployment): proofs and assertions name it, not a replica's port.
-const ISSUER: &str = "https://gw.cluster.test";
-
 fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
-}
-
-fn replica_config(dir: &Path, upstream: std::net::SocketAddr) -> std::path::PathBuf {
-    // `fail_closed_after_ms`: three debug-built replicas on a loaded 2-core
-    // machine can take longer than the default second to commit an audit
-    // batch; these tests measure propagation, not audit stalls (fault
-    // handling has tests of its own).
-    let routes = format!(
-        "{}\n[identity]\ntoken_issuer = \"{ISSUER}\"\n[audit]\nfail_closed_after_ms = 10000\n",
-        route("api", "/api", &format!("http://{upstream}"), "public")
-    );
-    config(dir, &routes, "")
 }
 
 async fn start(dir: tempfile::TempDir, cfg: std::path::PathBuf, url: String) -> Server {
@@ -1651,13 +1635,23 @@ async fn a_replica_with_other_keys_than_its_cluster_refuses_to_start() {
     let cases: [(&[&str], &str, &str); 4] = [
         (&["ca.crt", "ca.key"], KEK, "CA certificate"),
         (&["token.key"], KEK, "access-token signing key"),
-        (&["audit.key", "audit.pub"], KEK, "audit checkpoint key"),
+        (&["audit.key"], KEK, "audit checkpoint key"),
         (&[], OTHER_KEK, "key-encryption key"),
     ];
     for (fresh, kek, named) in cases {
         let dir = provisioned_like(&a);
+        // Keys of its own in place of the cluster's (a missing file would
+        // be taken from the database, where a replica with the KEK finds
+        // the cluster's keys sealed).
+        let state = dir.path().join("state");
+        let other_ca = portcullis_identity::CertificateAuthority::generate("other.test").unwrap();
         for file in fresh {
-            std::fs::remove_file(dir.path().join("state").join(file)).unwrap();
+            let other = match *file {
+                "ca.crt" => other_ca.cert_pem().to_string(),
+                "ca.key" => other_ca.key_pem().to_string(),
+                _ => format!("{}\n", hex::encode(rand::random::<[u8; 32]>())),
+            };
+            std::fs::write(state.join(file), other).unwrap();
         }
         let cfg = replica_config(dir.path(), upstream);
         let err = serve_fails(

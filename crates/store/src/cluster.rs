@@ -14,7 +14,7 @@ use crate::backend::{DbRow, Pool};
 use crate::{Store, StoreError};
 
 /// The history table of the cluster migrations.
-const CLUSTER_MIGRATIONS_TABLE: &str = "_portcullis_cluster_migrations";
+pub(crate) const CLUSTER_MIGRATIONS_TABLE: &str = "_portcullis_cluster_migrations";
 
 /// The cluster-only migrations, applied after the numbered ones.
 pub(crate) fn cluster_migrator() -> Migrator {

@@ -41,10 +41,13 @@ mod oauth_clients;
 pub use oauth_clients::{OAuthClientRow, RefreshOutcome, RefreshTokenRow};
 mod redteam;
 pub use redteam::RedteamRunRow;
+mod sealed_keys;
+pub use sealed_keys::SealedKeyRow;
 mod audit_archive;
 mod audit_log;
 mod audit_rows;
 pub mod backup;
+pub mod pg_backup;
 pub use audit_archive::{
     ArchiveError, ArchiveOutcome, ArchiveVerifySummary, ArchivedInclusion, SEGMENT_FORMAT, Segment,
     SegmentSeal, archived_inclusion, read_segments,
@@ -284,6 +287,11 @@ fn migrator() -> Migrator {
             "audit_intent_owner",
             include_str!("../migrations/0027_audit_intent_owner.sql"),
         ),
+        migration(
+            29,
+            "sealed_keys",
+            include_str!("../migrations/0029_sealed_keys.sql"),
+        ),
     ])
 }
 
@@ -348,6 +356,7 @@ fn postgres_migrator() -> Migrator {
         twin!(25, "redteam_runs", "0025_redteam_runs.sql"),
         twin!(26, "admin_passkeys", "0026_admin_passkeys.sql"),
         twin!(27, "audit_intent_owner", "0027_audit_intent_owner.sql"),
+        twin!(29, "sealed_keys", "0029_sealed_keys.sql"),
     ])
 }
 
@@ -456,6 +465,53 @@ impl Store {
             relaxed: Some(relaxed),
             health: StoreHealth::default(),
             replica: Default::default(),
+        })
+    }
+
+    /// Connects to the PostgreSQL database at `url` without writing to it:
+    /// no migration, and every transaction of its sessions read-only
+    /// (`default_transaction_read_only`), for checks that must leave a
+    /// shared database as it is. Fails with [`StoreError::Invalid`] when
+    /// the schema is not this binary's: only `serve` migrates it.
+    pub async fn open_postgres_read_only(url: &str) -> Result<Self, StoreError> {
+        let options = PgConnectOptions::from_str(url)?
+            .application_name("portcullis check")
+            .options([("default_transaction_read_only", "on")]);
+        let pool = PgPoolOptions::new()
+            .max_connections(2)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options)
+            .await?;
+        for (table, latest) in [
+            (
+                "_sqlx_migrations",
+                postgres_migrator().iter().map(|m| m.version).max(),
+            ),
+            (
+                cluster::CLUSTER_MIGRATIONS_TABLE,
+                cluster::cluster_migrator().iter().map(|m| m.version).max(),
+            ),
+        ] {
+            let applied: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                "SELECT MAX(version) FROM {table} WHERE success"
+            )))
+            .fetch_one(&pool)
+            .await
+            .unwrap_or(None);
+            let (applied, latest) = (applied.unwrap_or(0), latest.unwrap_or(0));
+            if applied < latest {
+                pool.close().await;
+                return Err(StoreError::Invalid(format!(
+                    "the database's schema (`{table}`) is at version {applied} and this binary needs {latest}; `serve` migrates it at start"
+                )));
+            }
+        }
+        Ok(Store {
+            pool: Pool::Postgres(pool),
+            strings: Default::default(),
+            relaxed: None,
+            health: StoreHealth::default(),
+            replica: portcullis_core::RequestId::new().as_str().into(),
         })
     }
 

@@ -113,6 +113,8 @@ pub enum RewrapTarget {
     Transit(String, i64),
     /// `payload_captures(request_id)`.
     Capture(String),
+    /// `sealed_keys(name, version)`: a cluster's key material.
+    SealedKey(String, i64),
 }
 
 fn sealed_from(r: &impl DbRow) -> Result<Option<SealedRow>, StoreError> {
@@ -614,6 +616,15 @@ impl Store {
                     r.col("wrapped_key")?,
                 ));
             }
+            for r in query("SELECT name, version, wrapped_key FROM sealed_keys")
+                .fetch_all(&mut *tx)
+                .await?
+            {
+                work.push((
+                    RewrapTarget::SealedKey(r.col("name")?, r.col("version")?),
+                    r.col("wrapped_key")?,
+                ));
+            }
             let mut count = 0u64;
             for (target, wrapped) in &work {
                 let new = match rewrap(target, wrapped) {
@@ -642,10 +653,26 @@ impl Store {
                 .bind(new)
                 .bind(new_kek_id)
                 .bind(id),
+                RewrapTarget::SealedKey(name, version) => query(
+                    "UPDATE sealed_keys SET wrapped_key = ?, kek_id = ? WHERE name = ? AND version = ?",
+                )
+                .bind(new)
+                .bind(new_kek_id)
+                .bind(name)
+                .bind(*version),
             };
                 query.execute(&mut *tx).await?;
                 count += 1;
             }
+            // Cluster mode: the replicas compare their KEK with this check
+            // value at start; after a rekey the new KEK is the cluster's.
+            query(
+                "UPDATE key_fingerprints SET fingerprint = ?, recorded_at = ? WHERE name = 'kek'",
+            )
+            .bind(new_kek_id)
+            .bind(now.saturating_mul(1000))
+            .execute(&mut *tx)
+            .await?;
             query(
             "UPDATE vault_meta SET kek_id = ?, kek_version = kek_version + 1, updated_at = ? WHERE id = 1",
         )

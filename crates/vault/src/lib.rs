@@ -22,6 +22,7 @@ pub mod capture;
 pub mod envelope;
 pub mod hook;
 pub mod kek;
+pub mod key_material;
 mod service;
 pub mod transit;
 

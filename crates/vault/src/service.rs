@@ -692,6 +692,10 @@ impl Vault {
                         RewrapTarget::Transit(n, v) => {
                             (transit_aad(n, *v), format!("transit key {n} v{v}"))
                         }
+                        RewrapTarget::SealedKey(n, v) => (
+                            crate::key_material::aad(n, *v),
+                            format!("cluster key {n} v{v}"),
+                        ),
                         RewrapTarget::Capture(id) => (
                             format!("capture:{id}").into_bytes(),
                             format!("capture {id}"),

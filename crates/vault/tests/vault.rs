@@ -191,7 +191,21 @@ async fn rekey_then_restart_on(db: &TestDb) {
         .await
         .unwrap();
     let (token, _) = vault.transit_encrypt("t", b"plain").unwrap();
-    assert_eq!(vault.rekey(Kek::from_bytes([9; 32])).await.unwrap(), 3);
+    // A cluster's key material sealed under the same KEK moves with it.
+    let store = db.open().await;
+    let ca = portcullis_vault::key_material::seal(&Kek::from_bytes([1; 32]), "ca", 1, b"ca pem", 5);
+    store.insert_sealed_key(&ca).await.unwrap();
+    assert_eq!(vault.rekey(Kek::from_bytes([9; 32])).await.unwrap(), 4);
+    let moved = store.sealed_key("ca").await.unwrap().unwrap();
+    assert_eq!(moved.kek_id, Kek::from_bytes([9; 32]).fingerprint());
+    assert_eq!(moved.ciphertext, ca.ciphertext);
+    assert_eq!(
+        portcullis_vault::key_material::open(&Kek::from_bytes([9; 32]), &moved)
+            .unwrap()
+            .as_slice(),
+        b"ca pem"
+    );
+    assert!(portcullis_vault::key_material::open(&Kek::from_bytes([1; 32]), &moved).is_err());
     assert_eq!(
         vault.credential("api").unwrap().value.as_slice(),
         b"value-2"
