@@ -67,6 +67,12 @@ async fn documented_answer_schemas_validate_real_answers() {
         case("get", "/admin/v1/admin-tokens", "/admin/v1/admin-tokens"),
         case("get", "/admin/v1/session", "/admin/v1/session"),
         case("get", "/admin/v1/admins", "/admin/v1/admins"),
+        case("get", "/admin/v1/passkeys", "/admin/v1/passkeys"),
+        case(
+            "delete",
+            "/admin/v1/passkeys/no-such-key",
+            "/admin/v1/passkeys/{id}",
+        ),
         case("get", "/admin/v1/audit?limit=5", "/admin/v1/audit"),
         case(
             "post",

@@ -30,6 +30,7 @@ mod identity;
 pub use identity::{AdminUserRow, PostureRow, RevokedTokenRow};
 mod passkeys;
 pub use passkeys::PasskeyRow;
+mod ceremonies;
 mod admin_tokens;
 pub use admin_tokens::{ADMIN_KIND_CERTIFICATE, ADMIN_KIND_TOKEN, AdminTokenRow};
 mod console_sessions;
@@ -275,6 +276,11 @@ fn migrator() -> Migrator {
             "audit_intent_owner",
             include_str!("../migrations/0027_audit_intent_owner.sql"),
         ),
+        migration(
+            30,
+            "pending_ceremonies",
+            include_str!("../migrations/0030_pending_ceremonies.sql"),
+        ),
     ])
 }
 
@@ -339,6 +345,7 @@ fn postgres_migrator() -> Migrator {
         twin!(25, "redteam_runs", "0025_redteam_runs.sql"),
         twin!(26, "admin_passkeys", "0026_admin_passkeys.sql"),
         twin!(27, "audit_intent_owner", "0027_audit_intent_owner.sql"),
+        twin!(30, "pending_ceremonies", "0030_pending_ceremonies.sql"),
     ])
 }
 
