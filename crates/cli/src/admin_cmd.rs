@@ -285,10 +285,9 @@ pub async fn admin(command: AdminCommand, args: AdminArgs) -> Result<()> {
         AdminCommand::Passkey { command } => match command {
             AdminPasskeyCommand::List { admin } => {
                 let path = match admin {
-                    Some(a) => format!(
-                        "/passkeys?{}",
-                        serde_urlencoded::to_string([("admin", a)])?
-                    ),
+                    Some(a) => {
+                        format!("/passkeys?{}", serde_urlencoded::to_string([("admin", a)])?)
+                    }
                     None => "/passkeys".to_string(),
                 };
                 let v = client.get(&path).await?;

@@ -210,9 +210,9 @@ async fn passkeys_in_a_real_browser() {
             r["action"] == "console.login"
                 && r["outcome"] == "allow"
                 && r["principal"] == "alice"
-                && r["credential"]
-                    .as_str()
-                    .is_some_and(|c| c.starts_with("passkey `laptop` of `alice` as admin token `alice` (approver)"))
+                && r["credential"].as_str().is_some_and(|c| {
+                    c.starts_with("passkey `laptop` of `alice` as admin token `alice` (approver)")
+                })
         })
         .count();
     assert!(logins >= 3, "{logins} passkey logins recorded");
@@ -224,7 +224,10 @@ async fn passkeys_in_a_real_browser() {
                 && r["credential"] == "passkey login"
         })
         .count();
-    assert!(refused_logins >= 7, "{refused_logins} refused passkey logins recorded");
+    assert!(
+        refused_logins >= 7,
+        "{refused_logins} refused passkey logins recorded"
+    );
 
     // The CLI lists her passkey and removes it, with step-up like the API.
     let cli = |args: &[&str]| {
@@ -239,17 +242,25 @@ async fn passkeys_in_a_real_browser() {
     assert!(ok, "{err}");
     let listed: Value = serde_json::from_str(&out).unwrap();
     let key = &listed["passkeys"][0];
-    assert_eq!((key["admin"].as_str(), key["label"].as_str()), (Some("alice"), Some("laptop")));
+    assert_eq!(
+        (key["admin"].as_str(), key["label"].as_str()),
+        (Some("alice"), Some("laptop"))
+    );
     assert!(key.get("public_key").is_none(), "{key}");
     let id = key["credential_id"].as_str().unwrap().to_string();
     let (ok, table, _) = cli(&["admin", "passkey", "list", "--admin", "alice"]);
-    assert!(ok && table.contains("laptop") && table.contains("ES256"), "{table}");
+    assert!(
+        ok && table.contains("laptop") && table.contains("ES256"),
+        "{table}"
+    );
     let (ok, _, err) = cli(&["admin", "step-down"]);
     assert!(ok, "{err}");
     let (ok, _, err) = cli(&["admin", "passkey", "remove", &id]);
     assert!(!ok && err.contains("mfa_required"), "{err}");
     // A code of a later step than the one the script spent.
-    let secret = portcullis_identity::TotpSecret::from_base32(found["totp_secret"].as_str().unwrap()).unwrap();
+    let secret =
+        portcullis_identity::TotpSecret::from_base32(found["totp_secret"].as_str().unwrap())
+            .unwrap();
     let now = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -264,10 +275,18 @@ async fn passkeys_in_a_real_browser() {
         std::thread::sleep(std::time::Duration::from_millis(500));
     }
     let code = secret.code_at(now());
-    let (ok, out, err) = cli(&["admin", "passkey", "remove", &id, "--user", "alice", "--totp", &code]);
-    assert!(ok && out.contains("removed passkey `laptop` of admin `alice`"), "{out}{err}");
+    let (ok, out, err) = cli(&[
+        "admin", "passkey", "remove", &id, "--user", "alice", "--totp", &code,
+    ]);
+    assert!(
+        ok && out.contains("removed passkey `laptop` of admin `alice`"),
+        "{out}{err}"
+    );
     let (ok, out, _) = cli(&["admin", "passkey", "list", "-o", "json"]);
-    assert!(ok && serde_json::from_str::<Value>(&out).unwrap()["passkeys"] == json!([]), "{out}");
+    assert!(
+        ok && serde_json::from_str::<Value>(&out).unwrap()["passkeys"] == json!([]),
+        "{out}"
+    );
     let records = server.audit(500);
     assert!(
         records.iter().any(|r| r["action"] == "admin.passkey_remove"
@@ -685,7 +704,11 @@ async fn console_login_with_an_admin_client_certificate() {
         "--out",
         out.to_str().unwrap(),
     ]);
-    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
     let (crt, key) = (out.join("certaud.crt"), out.join("certaud.key"));
     let (agent_crt, agent_key) = server.create_agent("bot", &["payer"]);
     let browser = |identity: Option<(&std::path::Path, &std::path::Path)>| {
@@ -701,7 +724,12 @@ async fn console_login_with_an_admin_client_certificate() {
     let log_in = |http: reqwest::Client| async move {
         let r = http.get(url("/console/login")).send().await.unwrap();
         let (nonce, _) = set_cookie(&r, "__Host-portcullis-login").unwrap();
-        assert!(r.text().await.unwrap().contains("/console/login/certificate"));
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .contains("/console/login/certificate")
+        );
         http.post(url("/console/login/certificate"))
             .header("cookie", format!("__Host-portcullis-login={nonce}"))
             .header("content-type", "application/x-www-form-urlencoded")
@@ -740,8 +768,14 @@ async fn console_login_with_an_admin_client_certificate() {
     let r = page(cert_browser.clone(), cookie.clone()).await;
     assert_eq!(r.status(), 200);
     let html = r.text().await.unwrap();
-    assert!(html.contains("certaud (auditor)"), "the session is the certificate's credential");
-    assert!(!html.contains("/revoke\""), "an auditor gets no revoke form");
+    assert!(
+        html.contains("certaud (auditor)"),
+        "the session is the certificate's credential"
+    );
+    assert!(
+        !html.contains("/revoke\""),
+        "an auditor gets no revoke form"
+    );
     let records = server.audit(100);
     assert!(
         records.iter().any(|r| r["action"] == "console.login"
@@ -760,7 +794,11 @@ async fn console_login_with_an_admin_client_certificate() {
     );
     // Revoked: the session ends on its next page.
     let revoked = server.cli(&["admin", "token", "revoke", "certaud"]);
-    assert!(revoked.status.success(), "{}", String::from_utf8_lossy(&revoked.stderr));
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
     let r = page(cert_browser, cookie).await;
     assert_eq!(r.status(), 303, "the session ended with its credential");
 }

@@ -211,9 +211,26 @@ struct LoginIssuer {
 struct Pending {
     issuer: usize,
     nonce: String,
+    #[serde(
+        serialize_with = "serialize_secret",
+        deserialize_with = "deserialize_secret"
+    )]
     verifier: Zeroizing<String>,
     redirect_uri: String,
     purpose: String,
+}
+
+fn serialize_secret<S: serde::Serializer>(
+    secret: &Zeroizing<String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(secret)
+}
+
+fn deserialize_secret<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Zeroizing<String>, D::Error> {
+    String::deserialize(deserializer).map(Zeroizing::new)
 }
 
 /// The store key of the login with `state`.
@@ -671,7 +688,9 @@ mod tests {
             "https://a",
             Some(login(Some(ClientSecretSource::File(file)))),
         )];
-        let rp = RelyingParty::new(&ok, providers, tls(), store).unwrap().unwrap();
+        let rp = RelyingParty::new(&ok, providers, tls(), store)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             rp.issuers[0].secret.as_deref().map(String::as_str),
             Some("s3cret")

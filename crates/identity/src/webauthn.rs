@@ -563,12 +563,7 @@ pub mod soft {
         }
 
         /// (clientDataJSON, attestationObject)
-        pub fn register(
-            &self,
-            challenge: &str,
-            origin: &str,
-            rp_id: &str,
-        ) -> (Vec<u8>, Vec<u8>) {
+        pub fn register(&self, challenge: &str, origin: &str, rp_id: &str) -> (Vec<u8>, Vec<u8>) {
             let mut e = Encoder::new(Vec::new());
             e.map(3).unwrap();
             e.str("fmt").unwrap().str("none").unwrap();

@@ -71,7 +71,9 @@ impl Store {
                 return Ok(None);
             };
             let expires_ms: i64 = r.col("expires_ms")?;
-            Ok((expires_ms > now_ms).then(|| r.col("payload")).transpose()?)
+            Ok((expires_ms > now_ms)
+                .then(|| r.col("payload"))
+                .transpose()?)
         })
     }
 
@@ -133,15 +135,28 @@ mod tests {
             store.take_ceremony("c1", "webauthn", 200).await.unwrap(),
             Some("{\"a\":1}".into())
         );
-        assert_eq!(store.take_ceremony("c1", "webauthn", 200).await.unwrap(), None, "single use");
-        assert_eq!(store.peek_ceremony("c1", "webauthn", 200).await.unwrap(), None);
+        assert_eq!(
+            store.take_ceremony("c1", "webauthn", 200).await.unwrap(),
+            None,
+            "single use"
+        );
+        assert_eq!(
+            store.peek_ceremony("c1", "webauthn", 200).await.unwrap(),
+            None
+        );
         // Expired: neither peeked nor taken, and gone afterwards.
         store
             .begin_ceremony("c2", "webauthn", "{}", 1_000, 100, 10)
             .await
             .unwrap();
-        assert_eq!(store.peek_ceremony("c2", "webauthn", 1_000).await.unwrap(), None);
-        assert_eq!(store.take_ceremony("c2", "webauthn", 1_000).await.unwrap(), None);
+        assert_eq!(
+            store.peek_ceremony("c2", "webauthn", 1_000).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            store.take_ceremony("c2", "webauthn", 1_000).await.unwrap(),
+            None
+        );
         // Concurrent answers to one ceremony (two replicas, say): exactly one
         // gets it.
         for round in 0..5 {
@@ -172,8 +187,23 @@ mod tests {
                     .unwrap()
             );
         }
-        assert!(!store.begin_ceremony("b3", "oidc", "{}", 900, 100, 3).await.unwrap());
-        assert!(store.begin_ceremony("w", "webauthn", "{}", 900, 100, 3).await.unwrap());
-        assert!(store.begin_ceremony("b3", "oidc", "{}", 900, 501, 3).await.unwrap());
+        assert!(
+            !store
+                .begin_ceremony("b3", "oidc", "{}", 900, 100, 3)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .begin_ceremony("w", "webauthn", "{}", 900, 100, 3)
+                .await
+                .unwrap()
+        );
+        assert!(
+            store
+                .begin_ceremony("b3", "oidc", "{}", 900, 501, 3)
+                .await
+                .unwrap()
+        );
     }
 }

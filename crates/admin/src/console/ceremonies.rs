@@ -126,14 +126,27 @@ mod tests {
             assert_eq!(two.take(&c, "s2", 1_001).await.unwrap(), None);
             assert_eq!(one.take(&c, "s1", 1_001).await.unwrap(), None);
             // Issued on one replica, answered on the other, once.
-            let login = ceremony("login:n", Purpose::Login { admin: Some("alice".into()) });
+            let login = ceremony(
+                "login:n",
+                Purpose::Login {
+                    admin: Some("alice".into()),
+                },
+            );
             let c = one.begin(&login, 1_000).await.unwrap().unwrap();
             assert_eq!(two.take(&c, "login:n", 1_001).await.unwrap(), Some(login));
-            assert_eq!(one.take(&c, "login:n", 1_001).await.unwrap(), None, "single use");
+            assert_eq!(
+                one.take(&c, "login:n", 1_001).await.unwrap(),
+                None,
+                "single use"
+            );
             // Expired.
             let c = one.begin(&step_up, 1_000).await.unwrap().unwrap();
             let ttl = i64::try_from(CEREMONY_TTL.as_millis()).unwrap();
-            assert_eq!(two.take(&c, "s1", 1_000 + ttl).await.unwrap(), None, "expired");
+            assert_eq!(
+                two.take(&c, "s1", 1_000 + ttl).await.unwrap(),
+                None,
+                "expired"
+            );
         }
     }
 }

@@ -309,6 +309,13 @@ mod tests {
         assert_eq!(found.kind, ADMIN_KIND_CERTIFICATE);
         assert!(credential_for(rows(), "alice", 100).is_none(), "expired");
         assert!(credential_for(rows(), "carol", 50).is_none());
-        assert!(credential_for(vec![row("alice", ADMIN_KIND_TOKEN, false, None)], "alice", 50).is_some());
+        assert!(
+            credential_for(
+                vec![row("alice", ADMIN_KIND_TOKEN, false, None)],
+                "alice",
+                50
+            )
+            .is_some()
+        );
     }
 }

@@ -407,7 +407,11 @@ pub(super) async fn register_options(
             admin: window.user.clone(),
         },
     );
-    let challenge = match console.ceremonies.begin(&ceremony, crate::api::now_ms()).await {
+    let challenge = match console
+        .ceremonies
+        .begin(&ceremony, crate::api::now_ms())
+        .await
+    {
         Ok(Some(c)) => c,
         Ok(None) => return busy(),
         Err(e) => return store_failure(&e),
@@ -589,7 +593,11 @@ pub(super) async fn step_up_options(
         );
     }
     let ceremony = rp.ceremony(form.session.key(), Purpose::StepUp);
-    let challenge = match console.ceremonies.begin(&ceremony, crate::api::now_ms()).await {
+    let challenge = match console
+        .ceremonies
+        .begin(&ceremony, crate::api::now_ms())
+        .await
+    {
         Ok(Some(c)) => c,
         Ok(None) => return busy(),
         Err(e) => return store_failure(&e),
@@ -921,9 +929,23 @@ mod tests {
         // A passkey of another relying party, or none at all.
         let elsewhere = ceremony("https://console.example", "console.example");
         let other = authenticator.assert(c, "https://console.example", "console.example");
-        refused(&store, answer_of(&id, other), c, &elsewhere, "not registered").await;
+        refused(
+            &store,
+            answer_of(&id, other),
+            c,
+            &elsewhere,
+            "not registered",
+        )
+        .await;
         let other = authenticator.assert(c, ORIGIN, "localhost");
-        refused(&store, answer_of("bm9uZQ", other), c, &here, "not registered").await;
+        refused(
+            &store,
+            answer_of("bm9uZQ", other),
+            c,
+            &here,
+            "not registered",
+        )
+        .await;
         // Still well made after all that: accepted.
         let (credential, client) = answer_of(&id, authenticator.assert(c, ORIGIN, "localhost"));
         assert!(
