@@ -42,7 +42,8 @@ struct PasskeyView {
     last_used_at: Option<i64>,
 }
 
-fn algorithm_name(alg: i64) -> &'static str {
+/// The name of a COSE algorithm a passkey uses.
+pub(crate) fn algorithm_name(alg: i64) -> &'static str {
     match alg {
         portcullis_identity::webauthn::ES256 => "ES256",
         portcullis_identity::webauthn::EDDSA => "EdDSA",

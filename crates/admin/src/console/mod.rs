@@ -254,11 +254,7 @@ async fn submitted(
     req: &FormRequest,
     permission: Permission,
 ) -> Result<Form, Box<Response>> {
-    let fields: HashMap<String, String> =
-        serde_urlencoded::from_bytes::<Vec<(String, String)>>(&req.body)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+    let fields = req.fields();
     let session = console
         .sessions
         .find(&req.headers, &console.credentials)
@@ -334,6 +330,28 @@ fn authority(uri: &http::Uri, headers: &HeaderMap) -> Option<http::uri::Authorit
                 .and_then(|h| h.parse().ok())
         })
         .filter(|a: &http::uri::Authority| !a.as_str().contains('@'))
+}
+
+impl FormRequest {
+    /// The form's fields (the last of a repeated name wins).
+    fn fields(&self) -> HashMap<String, String> {
+        serde_urlencoded::from_bytes::<Vec<(String, String)>>(&self.body)
+            .unwrap_or_default()
+            .into_iter()
+            .collect()
+    }
+}
+
+/// `response` with the new session's cookie set and the login form's
+/// cleared.
+fn logged_in(mut response: Response, id: &str) -> Response {
+    let headers = response.headers_mut();
+    headers.append(
+        header::SET_COOKIE,
+        set_cookie(SESSION_COOKIE, id, ABSOLUTE_TIMEOUT),
+    );
+    headers.append(header::SET_COOKIE, clear_cookie(LOGIN_COOKIE));
+    response
 }
 
 impl<S: Send + Sync> axum::extract::FromRequest<S> for FormRequest {
@@ -427,11 +445,7 @@ async fn login(
     Extension(call): Extension<Call>,
     req: FormRequest,
 ) -> Response {
-    let fields: HashMap<String, String> =
-        serde_urlencoded::from_bytes::<Vec<(String, String)>>(&req.body)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+    let fields = req.fields();
     if login_nonce(&req.headers, &fields).is_none() {
         call.audit(
             &state.sink,
@@ -459,14 +473,7 @@ async fn login(
         );
     };
     call.done(&state.sink, "console.login", "/console", 303);
-    let mut response = see_other("/console");
-    let headers = response.headers_mut();
-    headers.append(
-        header::SET_COOKIE,
-        set_cookie(SESSION_COOKIE, &id, ABSOLUTE_TIMEOUT),
-    );
-    headers.append(header::SET_COOKIE, clear_cookie(LOGIN_COOKIE));
-    response
+    logged_in(see_other("/console"), &id)
 }
 
 /// A failed login: audited, and the login page again with why.
@@ -506,11 +513,7 @@ async fn certificate_login(
     Extension(call): Extension<Call>,
     req: FormRequest,
 ) -> Response {
-    let fields: HashMap<String, String> =
-        serde_urlencoded::from_bytes::<Vec<(String, String)>>(&req.body)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+    let fields = req.fields();
     if login_nonce(&req.headers, &fields).is_none() {
         return login_refused(
             &state,
@@ -550,14 +553,7 @@ async fn certificate_login(
     };
     call.acting_as(identity)
         .done(&state.sink, "console.login", "/console", 303);
-    let mut response = see_other("/console");
-    let headers = response.headers_mut();
-    headers.append(
-        header::SET_COOKIE,
-        set_cookie(SESSION_COOKIE, &id, ABSOLUTE_TIMEOUT),
-    );
-    headers.append(header::SET_COOKIE, clear_cookie(LOGIN_COOKIE));
-    response
+    logged_in(see_other("/console"), &id)
 }
 
 async fn logout(

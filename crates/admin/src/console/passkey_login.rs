@@ -26,7 +26,7 @@ use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::StatusCode;
 use axum::response::Response;
 use portcullis_audit::Outcome;
 use portcullis_core::ErrorCode;
@@ -36,11 +36,10 @@ use serde_json::{Value, json};
 
 use super::ceremonies::Purpose;
 use super::passkeys::{
-    Refusal, answer, busy, check_assertion, common_options, credential_part, relying_party,
+    Refusal, answer, begin, check_assertion, common_options, credential_part, relying_party,
     store_failure,
 };
-use super::session::{ABSOLUTE_TIMEOUT, LOGIN_COOKIE, SESSION_COOKIE, clear_cookie, set_cookie};
-use super::{Console, FormRequest, login_nonce};
+use super::{Console, FormRequest, logged_in, login_nonce};
 use crate::api::{AdminState, Call};
 use crate::auth::hash_token;
 
@@ -70,15 +69,23 @@ fn refuse(
 }
 
 /// The form's fields and the browser binding of its ceremony (SHA-256 of
-/// the login form's nonce), when the nonce is right.
-fn login_form(req: &FormRequest) -> Option<(HashMap<String, String>, String)> {
-    let fields: HashMap<String, String> =
-        serde_urlencoded::from_bytes::<Vec<(String, String)>>(&req.body)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-    let nonce = login_nonce(&req.headers, &fields)?;
-    Some((fields, format!("login:{}", hash_token(&nonce))))
+/// the login form's nonce); without the right nonce, the refusal.
+fn login_form(
+    state: &AdminState,
+    call: &Call,
+    req: &FormRequest,
+) -> Result<(HashMap<String, String>, String), Response> {
+    let fields = req.fields();
+    match login_nonce(&req.headers, &fields) {
+        Some(nonce) => Ok((fields, format!("login:{}", hash_token(&nonce)))),
+        None => Err(refuse(
+            state,
+            call,
+            None,
+            ErrorCode::Forbidden,
+            "this login form has no valid CSRF token: load the login page again",
+        )),
+    }
 }
 
 /// `POST /console/login/passkey/options`: an assertion's options.
@@ -88,14 +95,9 @@ pub(super) async fn options(
     Extension(call): Extension<Call>,
     req: FormRequest,
 ) -> Response {
-    let Some((fields, binding)) = login_form(&req) else {
-        return refuse(
-            &state,
-            &call,
-            None,
-            ErrorCode::Forbidden,
-            "this login form has no valid CSRF token: load the login page again",
-        );
+    let (fields, binding) = match login_form(&state, &call, &req) {
+        Ok(f) => f,
+        Err(r) => return r,
     };
     let rp = match relying_party(&state, req.authority.as_ref()) {
         Ok(rp) => rp,
@@ -120,15 +122,9 @@ pub(super) async fn options(
         },
         None => Vec::new(),
     };
-    let ceremony = rp.ceremony(&binding, Purpose::Login { admin });
-    let challenge = match console
-        .ceremonies
-        .begin(&ceremony, crate::api::now_ms())
-        .await
-    {
-        Ok(Some(c)) => c,
-        Ok(None) => return busy(),
-        Err(e) => return store_failure(&e),
+    let challenge = match begin(&console, rp.ceremony(&binding, Purpose::Login { admin })).await {
+        Ok(c) => c,
+        Err(r) => return *r,
     };
     let mut options = common_options(&challenge, &rp);
     options["allowCredentials"] = Value::Array(allowed);
@@ -152,14 +148,9 @@ pub(super) async fn finish(
     Extension(call): Extension<Call>,
     req: FormRequest,
 ) -> Response {
-    let Some((fields, binding)) = login_form(&req) else {
-        return refuse(
-            &state,
-            &call,
-            None,
-            ErrorCode::Forbidden,
-            "this login form has no valid CSRF token: load the login page again",
-        );
+    let (fields, binding) = match login_form(&state, &call, &req) {
+        Ok(f) => f,
+        Err(r) => return r,
     };
     let credential: Value = fields
         .get("credential")
@@ -261,17 +252,13 @@ pub(super) async fn finish(
         key.label, key.admin, row.kind, row.name, row.role
     ));
     state.sink.submit(record);
-    let mut response = answer(
-        StatusCode::OK,
-        json!({ "ok": true, "admin": key.admin, "location": "/console" }),
-    );
-    let h = response.headers_mut();
-    h.append(
-        header::SET_COOKIE,
-        set_cookie(SESSION_COOKIE, &id, ABSOLUTE_TIMEOUT),
-    );
-    h.append(header::SET_COOKIE, clear_cookie(LOGIN_COOKIE));
-    response
+    logged_in(
+        answer(
+            StatusCode::OK,
+            json!({ "ok": true, "admin": key.admin, "location": "/console" }),
+        ),
+        &id,
+    )
 }
 
 #[cfg(test)]

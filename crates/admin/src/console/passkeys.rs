@@ -194,7 +194,7 @@ pub(super) async fn page_handler(
                     vec![
                         format!("<span class=\"label\">{}</span>", esc(&k.label)),
                         esc(&k.rp_id),
-                        esc(algorithm_name(k.algorithm)),
+                        esc(crate::passkeys_api::algorithm_name(k.algorithm)),
                         esc(&time_s(&json!(k.created_at))),
                         esc(&time_s(&json!(k.last_used_at))),
                         format!(
@@ -229,15 +229,6 @@ pub(super) async fn page_handler(
         StatusCode::OK,
         page("Step-up", "/console/step-up", Some(&session), flash, &body),
     )
-}
-
-fn algorithm_name(alg: i64) -> &'static str {
-    match alg {
-        portcullis_identity::webauthn::ES256 => "ES256",
-        portcullis_identity::webauthn::EDDSA => "EdDSA",
-        portcullis_identity::webauthn::RS256 => "RS256",
-        _ => "unknown",
-    }
 }
 
 /// `POST /console/step-up`: a TOTP code opens the window, through the API.
@@ -364,6 +355,20 @@ async fn ceremony_answer(
     })
 }
 
+/// Issues a challenge for `ceremony`; when too many are outstanding or the
+/// store fails, the answer saying so.
+pub(super) async fn begin(console: &Console, ceremony: Ceremony) -> Result<String, Box<Response>> {
+    match console
+        .ceremonies
+        .begin(&ceremony, crate::api::now_ms())
+        .await
+    {
+        Ok(Some(c)) => Ok(c),
+        Ok(None) => Err(Box::new(busy())),
+        Err(e) => Err(Box::new(store_failure(&e))),
+    }
+}
+
 /// The options every ceremony shares.
 pub(super) fn common_options(challenge: &str, rp: &RelyingParty) -> Value {
     json!({
@@ -407,14 +412,9 @@ pub(super) async fn register_options(
             admin: window.user.clone(),
         },
     );
-    let challenge = match console
-        .ceremonies
-        .begin(&ceremony, crate::api::now_ms())
-        .await
-    {
-        Ok(Some(c)) => c,
-        Ok(None) => return busy(),
-        Err(e) => return store_failure(&e),
+    let challenge = match begin(&console, ceremony).await {
+        Ok(c) => c,
+        Err(r) => return *r,
     };
     let mut options = common_options(&challenge, &rp);
     options["rp"] = json!({ "id": rp.rp_id, "name": "Portcullis console" });
@@ -593,14 +593,9 @@ pub(super) async fn step_up_options(
         );
     }
     let ceremony = rp.ceremony(form.session.key(), Purpose::StepUp);
-    let challenge = match console
-        .ceremonies
-        .begin(&ceremony, crate::api::now_ms())
-        .await
-    {
-        Ok(Some(c)) => c,
-        Ok(None) => return busy(),
-        Err(e) => return store_failure(&e),
+    let challenge = match begin(&console, ceremony).await {
+        Ok(c) => c,
+        Err(r) => return *r,
     };
     let mut options = common_options(&challenge, &rp);
     options["allowCredentials"] = Value::Array(allowed);
@@ -804,7 +799,7 @@ pub(super) async fn remove(
     see_other("/console/step-up")
 }
 
-pub(super) fn busy() -> Response {
+fn busy() -> Response {
     answer(
         StatusCode::SERVICE_UNAVAILABLE,
         json!({ "error": { "code": ErrorCode::Unavailable.as_str(), "message": "too many passkey ceremonies in progress: try again in a minute" } }),

@@ -282,7 +282,7 @@ with sync_playwright() as p:
 
     # At the API level: the login's own checks.
     page.goto(CONSOLE + "/console/login")
-    nonce = page.locator("input[name=login_nonce]").get_attribute("value")
+    nonce = page.locator("form.login input[name=login_nonce]").get_attribute("value")
     login_url = CONSOLE + "/console/login/passkey"
 
     def post_login(form):
@@ -336,6 +336,9 @@ with sync_playwright() as p:
     # Her credential revoked: her passkey logs nobody in.
     revoked = api.post(API + "/admin/v1/admin-tokens/alice/revoke", json={})
     assert revoked.status_code == 200, revoked.text
+    # (The accepted login spent the form's nonce: a fresh login page.)
+    page.goto(CONSOLE + "/console/login")
+    nonce = page.locator("form.login input[name=login_nonce]").get_attribute("value")
     status, body = post_login(forged_login(CONSOLE, count + 2))
     assert status == 403 and "no live admin credential" in body["error"]["message"], (status, body)
 
