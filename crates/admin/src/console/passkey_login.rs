@@ -74,17 +74,17 @@ fn login_form(
     state: &AdminState,
     call: &Call,
     req: &FormRequest,
-) -> Result<(HashMap<String, String>, String), Response> {
+) -> Result<(HashMap<String, String>, String), Box<Response>> {
     let fields = req.fields();
     match login_nonce(&req.headers, &fields) {
         Some(nonce) => Ok((fields, format!("login:{}", hash_token(&nonce)))),
-        None => Err(refuse(
+        None => Err(Box::new(refuse(
             state,
             call,
             None,
             ErrorCode::Forbidden,
             "this login form has no valid CSRF token: load the login page again",
-        )),
+        ))),
     }
 }
 
@@ -97,7 +97,7 @@ pub(super) async fn options(
 ) -> Response {
     let (fields, binding) = match login_form(&state, &call, &req) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let rp = match relying_party(&state, req.authority.as_ref()) {
         Ok(rp) => rp,
@@ -150,7 +150,7 @@ pub(super) async fn finish(
 ) -> Response {
     let (fields, binding) = match login_form(&state, &call, &req) {
         Ok(f) => f,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let credential: Value = fields
         .get("credential")
