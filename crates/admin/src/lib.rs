@@ -31,6 +31,7 @@ mod identity_api;
 mod lineage;
 mod mfa;
 mod openapi;
+mod passkeys_api;
 mod policy_api;
 mod redteam_api;
 mod roles;

@@ -580,6 +580,11 @@ pub(crate) const OPERATIONS: &[Operation] = &[
         .list(&[f("name", "string", "the admin"), f("created_at", "integer", "epoch seconds")]),
     op("delete", p!("/admins/{name}"), "admins", StepUp, "Remove an enrolled admin.")
         .ok(&[f("removed", "string", "the admin")]),
+    op("get", p!("/passkeys"), "admins", Admin, "List the human admins' passkeys (registered on the console's step-up page), without their keys.")
+        .query(&[opt("admin", "string", "only this admin's")])
+        .ok(&[f("passkeys", "object[]", "credential_id, admin, label, rp_id, algorithm, sign_count, created_at, last_used_at (null: never used)")]),
+    op("delete", p!("/passkeys/{id}"), "admins", StepUp, "Remove a passkey by its credential id.")
+        .ok(&[f("removed", "string", "the credential id"), f("admin", "string", "its admin"), f("label", "string", "its label")]),
     // Audit.
     op("get", p!("/audit"), "audit", Admin, "The newest audit records, oldest first.")
         .query(&[opt("limit", "integer", "how many (1 to 10000, default 20)")])

@@ -33,6 +33,8 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
     ("GET", "/admins", Read),
     ("POST", "/admins", ManageAdmins),
     ("DELETE", "/admins/{name}", ManageAdmins),
+    ("GET", "/passkeys", Read),
+    ("DELETE", "/passkeys/{id}", ManageAdmins),
     ("GET", "/openapi.json", Read),
     ("GET", "/admin-tokens", Read),
     ("POST", "/admin-tokens", ManageAdmins),

@@ -32,6 +32,11 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: AdminUserCommand,
     },
+    /// Human admins' passkeys (registered on the console's step-up page).
+    Passkey {
+        #[command(subcommand)]
+        command: AdminPasskeyCommand,
+    },
     /// OAuth clients of MCP authorization (`[identity.authorization]`).
     OauthClient {
         #[command(subcommand)]
@@ -128,6 +133,34 @@ pub enum AdminUserCommand {
         name: String,
     },
 }
+
+/// `portcullis admin passkey …`
+#[derive(Debug, Subcommand)]
+pub enum AdminPasskeyCommand {
+    /// List passkeys (never their keys).
+    List {
+        /// Only this admin's.
+        #[arg(long)]
+        admin: Option<String>,
+    },
+    /// Remove a passkey by its credential id (needs a confirmation).
+    Remove {
+        /// The credential id (`admin passkey list`).
+        id: String,
+    },
+}
+
+/// `admin passkey list`'s columns.
+const PASSKEY_COLUMNS: &[output::Column] = &[
+    col("ADMIN", "admin", Kind::Text, 16),
+    col("LABEL", "label", Kind::Text, 16),
+    col("CREDENTIAL ID", "credential_id", Kind::Text, 24),
+    col("RP", "rp_id", Kind::Text, 20),
+    col("ALG", "algorithm", Kind::Text, 6),
+    col("COUNTER", "sign_count", Kind::Text, 8),
+    col("REGISTERED", "created_at", Kind::Time, 20),
+    col("LAST USED", "last_used_at", Kind::Time, 20),
+];
 
 /// `admin token list`'s columns.
 const TOKEN_COLUMNS: &[output::Column] = &[
@@ -248,6 +281,28 @@ pub async fn admin(command: AdminCommand, args: AdminArgs) -> Result<()> {
             AdminUserCommand::Remove { name } => {
                 client.delete(&format!("/admins/{name}")).await?;
                 println!("removed admin `{name}`");
+            }
+        },
+        AdminCommand::Passkey { command } => match command {
+            AdminPasskeyCommand::List { admin } => {
+                let path = match admin {
+                    Some(a) => {
+                        format!("/passkeys?{}", serde_urlencoded::to_string([("admin", a)])?)
+                    }
+                    None => "/passkeys".to_string(),
+                };
+                let v = client.get(&path).await?;
+                output::emit(format, &v, |v| {
+                    output::rows(v, "/passkeys", PASSKEY_COLUMNS)
+                })?;
+            }
+            AdminPasskeyCommand::Remove { id } => {
+                let v = client.delete(&format!("/passkeys/{id}")).await?;
+                println!(
+                    "removed passkey `{}` of admin `{}`",
+                    v["label"].as_str().unwrap_or_default(),
+                    v["admin"].as_str().unwrap_or_default()
+                );
             }
         },
         AdminCommand::OauthClient { command } => match command {

@@ -428,6 +428,7 @@ pub async fn run(
         &config.oidc,
         Arc::clone(&oidc),
         upstream_tls.clone(),
+        store.clone(),
     )
     .map_err(|e| anyhow::anyhow!("invalid `[[identity.oidc]]` login settings: {e}"))?
     .map(Arc::new);

@@ -19,6 +19,7 @@ const LISTINGS: &[&[&str]] = &[
     &["user", "disabled"],
     &["admin", "user", "list"],
     &["admin", "token", "list"],
+    &["admin", "passkey", "list"],
     &["admin", "whoami"],
     &["audit", "tail"],
     &["secret", "list"],

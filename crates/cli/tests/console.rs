@@ -157,6 +157,8 @@ async fn passkeys_in_a_real_browser() {
         "p2-passkey-registered",
         "p3-passkey-step-up",
         "p4-approved-with-passkey",
+        "p5-passkey-login-no-role",
+        "p6-passkey-login",
     ] {
         assert!(shots.join(format!("{shot}.png")).exists(), "{shot}");
     }
@@ -199,6 +201,100 @@ async fn passkeys_in_a_real_browser() {
         })
         .count();
     assert!(refused >= 4, "{refused} refused step-ups recorded");
+    // Her passkey logins: as her credential, with its role, saying how; the
+    // refused ones (no credential, another's name, replayed, forged) too.
+    assert_eq!(found["login"], "alice (approver)");
+    let logins = records
+        .iter()
+        .filter(|r| {
+            r["action"] == "console.login"
+                && r["outcome"] == "allow"
+                && r["principal"] == "alice"
+                && r["credential"].as_str().is_some_and(|c| {
+                    c.starts_with("passkey `laptop` of `alice` as admin token `alice` (approver)")
+                })
+        })
+        .count();
+    assert!(logins >= 3, "{logins} passkey logins recorded");
+    let refused_logins = records
+        .iter()
+        .filter(|r| {
+            r["action"] == "console.login"
+                && r["outcome"] == "deny"
+                && r["credential"] == "passkey login"
+        })
+        .count();
+    assert!(
+        refused_logins >= 7,
+        "{refused_logins} refused passkey logins recorded"
+    );
+
+    // The CLI lists her passkey and removes it, with step-up like the API.
+    let cli = |args: &[&str]| {
+        let out = server.cli(args);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (ok, out, err) = cli(&["admin", "passkey", "list", "-o", "json"]);
+    assert!(ok, "{err}");
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let key = &listed["passkeys"][0];
+    assert_eq!(
+        (key["admin"].as_str(), key["label"].as_str()),
+        (Some("alice"), Some("laptop"))
+    );
+    assert!(key.get("public_key").is_none(), "{key}");
+    let id = key["credential_id"].as_str().unwrap().to_string();
+    let (ok, table, _) = cli(&["admin", "passkey", "list", "--admin", "alice"]);
+    assert!(
+        ok && table.contains("laptop") && table.contains("ES256"),
+        "{table}"
+    );
+    let (ok, _, err) = cli(&["admin", "step-down"]);
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(&["admin", "passkey", "remove", &id]);
+    assert!(!ok && err.contains("mfa_required"), "{err}");
+    // A code of a later step than the one the script spent.
+    let secret =
+        portcullis_identity::TotpSecret::from_base32(found["totp_secret"].as_str().unwrap())
+            .unwrap();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let spent = found["totp_step"].as_u64().unwrap();
+    for _ in 0..70 {
+        if now() / 30 > spent && now() % 30 <= 22 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let code = secret.code_at(now());
+    let (ok, out, err) = cli(&[
+        "admin", "passkey", "remove", &id, "--user", "alice", "--totp", &code,
+    ]);
+    assert!(
+        ok && out.contains("removed passkey `laptop` of admin `alice`"),
+        "{out}{err}"
+    );
+    let (ok, out, _) = cli(&["admin", "passkey", "list", "-o", "json"]);
+    assert!(
+        ok && serde_json::from_str::<Value>(&out).unwrap()["passkeys"] == json!([]),
+        "{out}"
+    );
+    let records = server.audit(500);
+    assert!(
+        records.iter().any(|r| r["action"] == "admin.passkey_remove"
+            && r["outcome"] == "allow"
+            && r["resource"] == "passkey:alice/laptop"
+            && r["principal"] == "alice"),
+        "passkey removal audited"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -587,4 +683,122 @@ async fn console_sessions_survive_a_restart_and_end_with_their_credential() {
         .await
         .unwrap();
     assert_eq!(page_status(&http, server.admin, &mine).await, 303);
+}
+
+/// Console login with an admin client certificate (mTLS on the admin
+/// listener): the certificate's credential logs in with its role, no token
+/// pasted; a connection without one, or with a certificate that is no admin
+/// credential's, logs nobody in; revoking the credential ends the session.
+#[tokio::test(flavor = "multi_thread")]
+async fn console_login_with_an_admin_client_certificate() {
+    support::install_crypto();
+    let server = tokio::task::spawn_blocking(bank_server).await.unwrap();
+    let out = server.path().join("admin-certs");
+    let made = server.cli(&[
+        "admin",
+        "cert",
+        "create",
+        "certaud",
+        "--role",
+        "auditor",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let (crt, key) = (out.join("certaud.crt"), out.join("certaud.key"));
+    let (agent_crt, agent_key) = server.create_agent("bot", &["payer"]);
+    let browser = |identity: Option<(&std::path::Path, &std::path::Path)>| {
+        reqwest::Client::builder()
+            .tls_backend_preconfigured(support::tls_config(&server.ca_pem(), identity))
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap()
+    };
+    let url = |path: &str| format!("https://{}{path}", server.admin);
+    // Loads the login page and posts its certificate form: the answer.
+    let log_in = |http: reqwest::Client| async move {
+        let r = http.get(url("/console/login")).send().await.unwrap();
+        let (nonce, _) = set_cookie(&r, "__Host-portcullis-login").unwrap();
+        assert!(
+            r.text()
+                .await
+                .unwrap()
+                .contains("/console/login/certificate")
+        );
+        http.post(url("/console/login/certificate"))
+            .header("cookie", format!("__Host-portcullis-login={nonce}"))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(format!("login_nonce={nonce}"))
+            .send()
+            .await
+            .unwrap()
+    };
+    let r = log_in(browser(None)).await;
+    assert_eq!(r.status(), 401);
+    assert!(set_cookie(&r, "__Host-portcullis-console").is_none());
+    let r = log_in(browser(Some((&agent_crt, &agent_key)))).await;
+    assert_eq!(r.status(), 401, "an agent's certificate is no admin's");
+    // Without the form's nonce: refused even with the certificate.
+    let cert_browser = browser(Some((&crt, &key)));
+    let r = cert_browser
+        .post(url("/console/login/certificate"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("login_nonce=x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = log_in(cert_browser.clone()).await;
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()["location"], "/console");
+    let (session, _) = set_cookie(&r, "__Host-portcullis-console").unwrap();
+    let cookie = format!("__Host-portcullis-console={session}");
+    let page = |http: reqwest::Client, cookie: String| async move {
+        http.get(url("/console/agents"))
+            .header("cookie", cookie)
+            .send()
+            .await
+            .unwrap()
+    };
+    let r = page(cert_browser.clone(), cookie.clone()).await;
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.unwrap();
+    assert!(
+        html.contains("certaud (auditor)"),
+        "the session is the certificate's credential"
+    );
+    assert!(
+        !html.contains("/revoke\""),
+        "an auditor gets no revoke form"
+    );
+    let records = server.audit(100);
+    assert!(
+        records.iter().any(|r| r["action"] == "console.login"
+            && r["outcome"] == "allow"
+            && r["principal"] == "certaud"
+            && r["credential"] == "admin certificate `certaud` (auditor)"),
+        "the certificate login is audited"
+    );
+    assert!(
+        records
+            .iter()
+            .filter(|r| r["action"] == "console.login" && r["outcome"] == "deny")
+            .count()
+            >= 3,
+        "refused certificate logins are audited"
+    );
+    // Revoked: the session ends on its next page.
+    let revoked = server.cli(&["admin", "token", "revoke", "certaud"]);
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    let r = page(cert_browser, cookie).await;
+    assert_eq!(r.status(), 303, "the session ended with its credential");
 }

@@ -8,23 +8,30 @@
 //! client id as audience.
 //!
 //! A login is single-use and short: [`RelyingParty::start`] keeps the
-//! state's nonce, verifier, redirect URI and purpose in memory (bounded, ten
-//! minutes), and [`RelyingParty::finish`] takes them out before anything
-//! else, so a callback URL works once. The caller binds the login to the
+//! state's nonce, verifier, redirect URI and purpose in the store (bounded,
+//! ten minutes; migration 0030), so the issuer's callback may reach any
+//! replica of a cluster, and [`RelyingParty::finish`] takes them out (one
+//! atomic statement) before anything else, so a callback URL works once,
+//! even when it reaches two replicas at once. The row is keyed by SHA-256
+//! of the state and sealed (AES-256-GCM) under a key derived from the
+//! state, which only the browser and the callback URL carry: the store
+//! alone gives neither a usable state nor the PKCE verifier. The caller binds the login to the
 //! browser that started it (a cookie holding the state) and passes that
 //! cookie's value: a callback opened in another browser is refused (login
 //! CSRF). The client secret is read once at start and never logged, shown
 //! or recorded; errors name what failed, never a secret or a token.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use aes_gcm::aead::{Aead, KeyInit};
+use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as B64};
 use bytes::Bytes;
 use portcullis_identity::IdToken;
-use serde::Deserialize;
+use portcullis_store::Store;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
@@ -36,7 +43,9 @@ use crate::otlp::Poster;
 pub const LOGIN_TTL: i64 = 600;
 /// Logins in progress at most (each a few hundred bytes); beyond, new ones
 /// are refused until old ones end.
-const MAX_PENDING: usize = 10_000;
+const MAX_PENDING: i64 = 10_000;
+/// The store's `kind` for logins in progress.
+const CEREMONY_KIND: &str = "oidc_login";
 /// How long a call to the issuer may take.
 const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// The discovery document's path under the issuer.
@@ -54,6 +63,9 @@ pub enum LoginError {
     /// Too many logins in progress.
     #[error("too many logins in progress; retry shortly")]
     Busy,
+    /// The store that keeps logins in progress failed.
+    #[error("the login cannot be kept or found: the store is unavailable")]
+    Store,
     /// The callback's `state` names no login in progress (unknown, used or expired).
     #[error("this login is unknown, expired or was already completed; start again")]
     UnknownState,
@@ -194,14 +206,72 @@ struct LoginIssuer {
     discovery: Mutex<Option<Arc<Discovery>>>,
 }
 
-/// A login in progress.
+/// A login in progress (sealed in the store under its state).
+#[derive(Serialize, Deserialize)]
 struct Pending {
     issuer: usize,
     nonce: String,
+    #[serde(
+        serialize_with = "serialize_secret",
+        deserialize_with = "deserialize_secret"
+    )]
     verifier: Zeroizing<String>,
     redirect_uri: String,
     purpose: String,
-    expires_at: i64,
+}
+
+fn serialize_secret<S: serde::Serializer>(
+    secret: &Zeroizing<String>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(secret)
+}
+
+fn deserialize_secret<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Zeroizing<String>, D::Error> {
+    String::deserialize(deserializer).map(Zeroizing::new)
+}
+
+/// The store key of the login with `state`.
+fn pending_key(state: &str) -> String {
+    hex::encode(Sha256::digest(format!("portcullis oidc login\0{state}")))
+}
+
+/// The cipher sealing the login with `state`: its key is derived from the
+/// state, so only a holder of the state opens it.
+fn pending_cipher(state: &str) -> Aes256Gcm {
+    let key = Sha256::digest(format!("portcullis oidc login seal\0{state}"));
+    Aes256Gcm::new(&key)
+}
+
+impl Pending {
+    /// Sealed, base64url: a random nonce, then the ciphertext.
+    fn seal(&self, state: &str) -> Option<String> {
+        let plain = Zeroizing::new(serde_json::to_vec(self).ok()?);
+        let nonce: [u8; 12] = rand::random();
+        let sealed = pending_cipher(state)
+            .encrypt(&Nonce::from(nonce), plain.as_slice())
+            .ok()?;
+        Some(B64.encode([nonce.as_slice(), &sealed].concat()))
+    }
+
+    /// Opens what [`Pending::seal`] made for `state`; `None` when it was
+    /// made for another state or altered.
+    fn open(sealed: &str, state: &str) -> Option<Pending> {
+        let bytes = B64.decode(sealed).ok()?;
+        if bytes.len() <= 12 {
+            return None;
+        }
+        let (nonce, body) = bytes.split_at(12);
+        let nonce: [u8; 12] = nonce.try_into().ok()?;
+        let plain = Zeroizing::new(
+            pending_cipher(state)
+                .decrypt(&Nonce::from(nonce), body)
+                .ok()?,
+        );
+        serde_json::from_slice(&plain).ok()
+    }
 }
 
 /// The login issuers, and the logins in progress.
@@ -209,7 +279,8 @@ pub struct RelyingParty {
     providers: Arc<OidcProviders>,
     issuers: Vec<LoginIssuer>,
     poster: Poster,
-    pending: Mutex<HashMap<String, Pending>>,
+    /// Keeps the logins in progress.
+    store: Store,
 }
 
 impl std::fmt::Debug for RelyingParty {
@@ -245,12 +316,14 @@ fn read_secret(source: &ClientSecretSource) -> Result<Zeroizing<String>, String>
 
 impl RelyingParty {
     /// The login issuers among `configs` (those with `client_id`), their
-    /// secrets read now; `None` when there is none. The error names the
-    /// issuer and what is missing, never a secret.
+    /// secrets read now, keeping logins in progress in `store`; `None` when
+    /// there is none. The error names the issuer and what is missing, never
+    /// a secret.
     pub fn new(
         configs: &[OidcConfig],
         providers: Arc<OidcProviders>,
         tls: rustls::ClientConfig,
+        store: Store,
     ) -> Result<Option<Self>, String> {
         let mut issuers = Vec::new();
         for config in configs {
@@ -283,7 +356,7 @@ impl RelyingParty {
             providers,
             issuers,
             poster: Poster::new(tls),
-            pending: Mutex::default(),
+            store,
         }))
     }
 
@@ -338,23 +411,31 @@ impl RelyingParty {
         .unwrap_or_default();
         let endpoint = &discovery.authorization_endpoint;
         let separator = if endpoint.contains('?') { '&' } else { '?' };
-        {
-            let mut pending = lock(&self.pending);
-            pending.retain(|_, p| p.expires_at > now);
-            if pending.len() >= MAX_PENDING {
-                return Err(LoginError::Busy);
-            }
-            pending.insert(
-                state.clone(),
-                Pending {
-                    issuer: index,
-                    nonce,
-                    verifier,
-                    redirect_uri: redirect_uri.to_string(),
-                    purpose: purpose.to_string(),
-                    expires_at: now + LOGIN_TTL,
-                },
-            );
+        let pending = Pending {
+            issuer: index,
+            nonce,
+            verifier,
+            redirect_uri: redirect_uri.to_string(),
+            purpose: purpose.to_string(),
+        };
+        let sealed = pending.seal(&state).ok_or(LoginError::Store)?;
+        let kept = self
+            .store
+            .begin_ceremony(
+                &pending_key(&state),
+                CEREMONY_KIND,
+                &sealed,
+                (now + LOGIN_TTL) * 1000,
+                now * 1000,
+                MAX_PENDING,
+            )
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot keep an OIDC login in progress");
+                LoginError::Store
+            })?;
+        if !kept {
+            return Err(LoginError::Busy);
         }
         Ok(Started {
             authorize_url: format!("{endpoint}{separator}{query}"),
@@ -364,11 +445,13 @@ impl RelyingParty {
 
     /// The purpose a login in progress was started for (to route its
     /// callback), without ending it.
-    pub fn purpose(&self, state: &str, now: i64) -> Option<String> {
-        lock(&self.pending)
-            .get(state)
-            .filter(|p| p.expires_at > now)
-            .map(|p| p.purpose.clone())
+    pub async fn purpose(&self, state: &str, now: i64) -> Option<String> {
+        let sealed = self
+            .store
+            .peek_ceremony(&pending_key(state), CEREMONY_KIND, now * 1000)
+            .await
+            .ok()??;
+        Pending::open(&sealed, state).map(|p| p.purpose)
     }
 
     /// Finishes the login the callback names. `browser_state` is the state
@@ -383,9 +466,16 @@ impl RelyingParty {
         now: i64,
     ) -> Result<LoggedIn, LoginError> {
         let state = callback.state.as_deref().unwrap_or_default();
-        let pending = lock(&self.pending)
-            .remove(state)
-            .filter(|p| p.expires_at > now)
+        let sealed = self
+            .store
+            .take_ceremony(&pending_key(state), CEREMONY_KIND, now * 1000)
+            .await
+            .map_err(|e| {
+                tracing::error!(error = %e, "cannot read an OIDC login in progress");
+                LoginError::Store
+            })?;
+        let pending = sealed
+            .and_then(|s| Pending::open(&s, state))
             .ok_or(LoginError::UnknownState)?;
         // Random values compared: no timing secret (the state travelled in a URL).
         if browser_state != Some(state) {
@@ -526,6 +616,8 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::config::{JwksSource, LoginClient};
+    use portcullis_store::testing::TestDb;
+    use std::collections::HashMap;
 
     fn tls() -> rustls::ClientConfig {
         let _ = rustls::crypto::ring::default_provider().install_default();
@@ -554,10 +646,10 @@ mod tests {
         }
     }
 
-    async fn party() -> RelyingParty {
+    async fn party(store: Store) -> RelyingParty {
         let configs = [config("http://127.0.0.1:9/idp", Some(login(None)))];
         let providers = Arc::new(OidcProviders::new(&configs, tls()).await);
-        let rp = RelyingParty::new(&configs, providers, tls())
+        let rp = RelyingParty::new(&configs, providers, tls(), store)
             .unwrap()
             .unwrap();
         // No issuer runs in unit tests: the discovery document is given.
@@ -572,10 +664,12 @@ mod tests {
 
     #[tokio::test]
     async fn only_issuers_with_a_client_log_in_and_secrets_must_be_readable() {
+        let db = TestDb::sqlite();
+        let store = db.open().await;
         let providers = Arc::new(OidcProviders::new(&[], tls()).await);
         let none = [config("https://a", None)];
         assert!(
-            RelyingParty::new(&none, providers.clone(), tls())
+            RelyingParty::new(&none, providers.clone(), tls(), store.clone())
                 .unwrap()
                 .is_none()
         );
@@ -585,7 +679,7 @@ mod tests {
                 "PORTCULLIS_TEST_NO_SUCH_VARIABLE".into(),
             )))),
         )];
-        let e = RelyingParty::new(&missing, providers.clone(), tls()).unwrap_err();
+        let e = RelyingParty::new(&missing, providers.clone(), tls(), store.clone()).unwrap_err();
         assert!(e.contains("PORTCULLIS_TEST_NO_SUCH_VARIABLE"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("secret");
@@ -594,7 +688,9 @@ mod tests {
             "https://a",
             Some(login(Some(ClientSecretSource::File(file)))),
         )];
-        let rp = RelyingParty::new(&ok, providers, tls()).unwrap().unwrap();
+        let rp = RelyingParty::new(&ok, providers, tls(), store)
+            .unwrap()
+            .unwrap();
         assert_eq!(
             rp.issuers[0].secret.as_deref().map(String::as_str),
             Some("s3cret")
@@ -605,7 +701,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_login_asks_for_pkce_state_and_nonce_and_ends_once() {
-        let rp = party().await;
+        let db = TestDb::sqlite();
+        let rp = party(db.open().await).await;
         let started = rp.start(0, "https://gw/cb", "console", 100).await.unwrap();
         let url = &started.authorize_url;
         assert!(url.starts_with("http://127.0.0.1:9/idp/auth?tenant=a&response_type=code"));
@@ -616,7 +713,10 @@ mod tests {
         assert_eq!(query["scope"], "openid email");
         assert_eq!(query["state"], started.state);
         assert_eq!(query["nonce"].len(), 43);
-        assert_eq!(rp.purpose(&started.state, 100).as_deref(), Some("console"));
+        assert_eq!(
+            rp.purpose(&started.state, 100).await.as_deref(),
+            Some("console")
+        );
         let callback = |state: &str| Callback {
             state: Some(state.into()),
             code: Some("c".into()),
@@ -671,6 +771,46 @@ mod tests {
         };
         let r = rp.finish(&mixed, Some(&s.state), "console", 101).await;
         assert!(matches!(r, Err(LoginError::WrongIssuer)), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_login_is_kept_sealed_in_the_store_and_taken_once_by_any_replica() {
+        for db in TestDb::all().await {
+            let store = db.open().await;
+            // Two replicas over one store.
+            let (one, two) = (party(store.clone()).await, party(store.clone()).await);
+            let started = one.start(0, "https://gw/cb", "console", 100).await.unwrap();
+            assert_eq!(
+                two.purpose(&started.state, 101).await.as_deref(),
+                Some("console")
+            );
+            // The store holds neither the state nor anything readable.
+            let key = pending_key(&started.state);
+            let sealed = store
+                .peek_ceremony(&key, CEREMONY_KIND, 101_000)
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(!sealed.contains("console") && !sealed.contains(&started.state));
+            assert!(Pending::open(&sealed, "another state").is_none());
+            // Concurrent callbacks on both replicas: one takes the login (and
+            // fails later, at the unreachable issuer), the other finds none.
+            let callback = Callback {
+                state: Some(started.state.clone()),
+                code: Some("c".into()),
+                ..Callback::default()
+            };
+            let (a, b) = tokio::join!(
+                one.finish(&callback, Some(&started.state), "console", 101),
+                two.finish(&callback, Some(&started.state), "console", 101),
+            );
+            let unknown = [&a, &b]
+                .iter()
+                .filter(|r| matches!(r, Err(LoginError::UnknownState)))
+                .count();
+            assert_eq!(unknown, 1, "{a:?} {b:?}");
+            assert!(two.purpose(&started.state, 101).await.is_none());
+        }
     }
 
     #[test]

@@ -479,28 +479,30 @@ pub fn verify_assertion(
 }
 
 /// A software authenticator for tests: makes registrations and assertions
-/// the way a browser and a FIDO2 authenticator would.
-#[cfg(test)]
-pub(crate) mod soft {
+/// the way a browser and a FIDO2 authenticator would (other crates' tests
+/// use it through the `testing` feature).
+#[cfg(any(test, feature = "testing"))]
+#[allow(clippy::unwrap_used, missing_docs)]
+pub mod soft {
     use super::*;
     use minicbor::Encoder;
     use ring::rand::SystemRandom;
     use ring::signature::{EcdsaKeyPair, Ed25519KeyPair, KeyPair};
 
-    pub(crate) enum Key {
+    pub enum Key {
         Es256(EcdsaKeyPair),
         Ed25519(Ed25519KeyPair),
     }
 
-    pub(crate) struct Authenticator {
-        pub(crate) key: Key,
-        pub(crate) id: Vec<u8>,
-        pub(crate) count: u32,
-        pub(crate) flags: u8,
+    pub struct Authenticator {
+        pub key: Key,
+        pub id: Vec<u8>,
+        pub count: u32,
+        pub flags: u8,
     }
 
     impl Authenticator {
-        pub(crate) fn new(es256: bool) -> Self {
+        pub fn new(es256: bool) -> Self {
             let rng = SystemRandom::new();
             let key = if es256 {
                 let alg = &signature::ECDSA_P256_SHA256_ASN1_SIGNING;
@@ -518,7 +520,7 @@ pub(crate) mod soft {
             }
         }
 
-        pub(crate) fn cose(&self) -> Vec<u8> {
+        pub fn cose(&self) -> Vec<u8> {
             let mut e = Encoder::new(Vec::new());
             match &self.key {
                 Key::Es256(k) => {
@@ -554,19 +556,14 @@ pub(crate) mod soft {
             out
         }
 
-        pub(crate) fn client_data(kind: &str, challenge: &str, origin: &str) -> Vec<u8> {
+        pub fn client_data(kind: &str, challenge: &str, origin: &str) -> Vec<u8> {
             serde_json::json!({ "type": kind, "challenge": challenge, "origin": origin, "crossOrigin": false })
                 .to_string()
                 .into_bytes()
         }
 
         /// (clientDataJSON, attestationObject)
-        pub(crate) fn register(
-            &self,
-            challenge: &str,
-            origin: &str,
-            rp_id: &str,
-        ) -> (Vec<u8>, Vec<u8>) {
+        pub fn register(&self, challenge: &str, origin: &str, rp_id: &str) -> (Vec<u8>, Vec<u8>) {
             let mut e = Encoder::new(Vec::new());
             e.map(3).unwrap();
             e.str("fmt").unwrap().str("none").unwrap();
@@ -582,7 +579,7 @@ pub(crate) mod soft {
         }
 
         /// (clientDataJSON, authenticatorData, signature)
-        pub(crate) fn assert(
+        pub fn assert(
             &mut self,
             challenge: &str,
             origin: &str,

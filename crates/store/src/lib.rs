@@ -34,6 +34,7 @@ pub use identity::{AdminUserRow, PostureRow, RevokedTokenRow};
 mod passkeys;
 pub use passkeys::PasskeyRow;
 mod admin_tokens;
+mod ceremonies;
 pub use admin_tokens::{ADMIN_KIND_CERTIFICATE, ADMIN_KIND_TOKEN, AdminTokenRow};
 mod console_sessions;
 pub use console_sessions::{ConsoleSessionLogin, ConsoleSessionRow, LiveConsoleSession};
@@ -292,6 +293,11 @@ fn migrator() -> Migrator {
             "sealed_keys",
             include_str!("../migrations/0029_sealed_keys.sql"),
         ),
+        migration(
+            30,
+            "pending_ceremonies",
+            include_str!("../migrations/0030_pending_ceremonies.sql"),
+        ),
     ])
 }
 
@@ -357,6 +363,7 @@ fn postgres_migrator() -> Migrator {
         twin!(26, "admin_passkeys", "0026_admin_passkeys.sql"),
         twin!(27, "audit_intent_owner", "0027_audit_intent_owner.sql"),
         twin!(29, "sealed_keys", "0029_sealed_keys.sql"),
+        twin!(30, "pending_ceremonies", "0030_pending_ceremonies.sql"),
     ])
 }
 

@@ -70,6 +70,7 @@ pub(crate) fn api_routes() -> Router<AdminState> {
         .route("/admins/{name}", axum::routing::delete(crate::mfa::remove))
         .route("/audit", get(audit_tail))
         .merge(crate::admin_tokens_api::routes())
+        .merge(crate::passkeys_api::routes())
         .merge(crate::vault_api::routes())
         .merge(crate::analytics_api::routes())
         .merge(crate::identity_api::routes())

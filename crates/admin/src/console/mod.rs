@@ -21,12 +21,14 @@
 
 mod actions;
 mod assets;
+mod ceremonies;
 mod diff;
 mod html;
 mod internal;
 mod live;
 mod oidc;
 mod pages;
+mod passkey_login;
 mod passkeys;
 mod session;
 mod svg;
@@ -45,7 +47,7 @@ use bytes::Bytes;
 use portcullis_audit::Outcome;
 use portcullis_core::ErrorCode;
 
-use crate::api::{AdminState, Call, RemoteAddr};
+use crate::api::{AdminState, Call, ClientCertificate, RemoteAddr};
 use crate::credentials::AdminCredentials;
 pub(crate) use internal::{Api, ConsoleCaller};
 pub use oidc::ConsoleLogin;
@@ -73,8 +75,9 @@ pub(crate) struct Console {
     credentials: Arc<AdminCredentials>,
     /// Logging in at OIDC issuers, when configured.
     login: Option<Arc<ConsoleLogin>>,
-    /// Passkey challenges outstanding on this replica.
-    ceremonies: passkeys::Ceremonies,
+    /// Passkey challenges outstanding (in the store: any replica may
+    /// take the answer).
+    ceremonies: ceremonies::Ceremonies,
 }
 
 /// The console's routes; `api` is the admin API they call, `store` keeps
@@ -86,16 +89,22 @@ pub(crate) fn routes(
     oidc_login: Option<Arc<ConsoleLogin>>,
 ) -> Router<AdminState> {
     let console = Arc::new(Console {
-        sessions: Sessions::new(store, Arc::clone(&credentials)),
+        sessions: Sessions::new(store.clone(), Arc::clone(&credentials)),
         api,
         credentials,
         login: oidc_login,
-        ceremonies: passkeys::Ceremonies::default(),
+        ceremonies: ceremonies::Ceremonies::new(store),
     });
     Router::new()
         .route("/console", get(pages::overview))
         .route("/console/login", get(login_form).post(login))
         .route("/console/login/oidc", get(oidc::start))
+        .route(
+            "/console/login/passkey/options",
+            post(passkey_login::options),
+        )
+        .route("/console/login/passkey", post(passkey_login::finish))
+        .route("/console/login/certificate", post(certificate_login))
         .route(oidc::CALLBACK_PATH, get(oidc::callback))
         .route("/console/logout", post(logout))
         .route("/console/events", get(live::events))
@@ -245,11 +254,7 @@ async fn submitted(
     req: &FormRequest,
     permission: Permission,
 ) -> Result<Form, Box<Response>> {
-    let fields: HashMap<String, String> =
-        serde_urlencoded::from_bytes::<Vec<(String, String)>>(&req.body)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
+    let fields = req.fields();
     let session = console
         .sessions
         .find(&req.headers, &console.credentials)
@@ -309,6 +314,8 @@ pub(crate) struct FormRequest {
     body: Bytes,
     /// The host and port the browser reached the console at.
     authority: Option<http::uri::Authority>,
+    /// The client certificate of the TLS connection (mTLS), if any.
+    certificate: Option<ClientCertificate>,
 }
 
 /// The host and port a request reached the console at: the URI's authority
@@ -325,6 +332,28 @@ fn authority(uri: &http::Uri, headers: &HeaderMap) -> Option<http::uri::Authorit
         .filter(|a: &http::uri::Authority| !a.as_str().contains('@'))
 }
 
+impl FormRequest {
+    /// The form's fields (the last of a repeated name wins).
+    fn fields(&self) -> HashMap<String, String> {
+        serde_urlencoded::from_bytes::<Vec<(String, String)>>(&self.body)
+            .unwrap_or_default()
+            .into_iter()
+            .collect()
+    }
+}
+
+/// `response` with the new session's cookie set and the login form's
+/// cleared.
+fn logged_in(mut response: Response, id: &str) -> Response {
+    let headers = response.headers_mut();
+    headers.append(
+        header::SET_COOKIE,
+        set_cookie(SESSION_COOKIE, id, ABSOLUTE_TIMEOUT),
+    );
+    headers.append(header::SET_COOKIE, clear_cookie(LOGIN_COOKIE));
+    response
+}
+
 impl<S: Send + Sync> axum::extract::FromRequest<S> for FormRequest {
     type Rejection = Response;
 
@@ -332,6 +361,7 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for FormRequest {
         let _ = state;
         let (parts, body) = req.into_parts();
         let remote = parts.extensions.get::<RemoteAddr>().copied();
+        let certificate = parts.extensions.get::<ClientCertificate>().cloned();
         let path = parts.uri.path().to_string();
         let authority = authority(&parts.uri, &parts.headers);
         let body = axum::body::to_bytes(body, MAX_FORM).await.map_err(|_| {
@@ -347,6 +377,7 @@ impl<S: Send + Sync> axum::extract::FromRequest<S> for FormRequest {
             remote,
             body,
             authority,
+            certificate,
         })
     }
 }
@@ -381,11 +412,31 @@ fn login_page(console: &Console, nonce: &str, error: Option<&str>) -> String {
              <label>Admin token <input type=\"password\" name=\"token\" autocomplete=\"off\" required autofocus></label>\
              <button type=\"submit\">Log in</button></form>\
              <p class=\"hint\">Paste the admin token (<code>admin.token</code> in the state directory). \
-             It stays on the server for this session; the browser holds only a session cookie.</p>",
+             It stays on the server for this session; the browser holds only a session cookie.</p>\
+             <h2>With a passkey</h2><p class=\"passkey-login\">\
+             <input id=\"passkey-admin\" name=\"admin\" placeholder=\"admin (optional)\" autocomplete=\"username webauthn\" size=\"16\">\
+             <button type=\"button\" id=\"passkey-login\" data-options=\"/console/login/passkey/options\" \
+             data-finish=\"/console/login/passkey\">Log in with a passkey</button></p>\
+             <p id=\"passkey-status\" role=\"status\"></p>\
+             <h2>With a client certificate</h2>\
+             <form method=\"post\" action=\"/console/login/certificate\" class=\"login-certificate\">\
+             <input type=\"hidden\" name=\"login_nonce\" value=\"{}\">\
+             <button type=\"submit\">Log in with my client certificate</button></form>\
+             <p class=\"hint\">For an admin certificate credential (<code>portcullis admin cert create</code>) \
+             that your browser presented to this listener.</p>",
             oidc::buttons(console.login.as_deref()),
+            html::esc(nonce),
             html::esc(nonce)
         ),
     )
+}
+
+/// The login form's nonce, when the form carries the one its cookie holds
+/// (the double-submit CSRF check of the login forms).
+fn login_nonce(headers: &HeaderMap, fields: &HashMap<String, String>) -> Option<String> {
+    let c = cookie(headers, LOGIN_COOKIE)?;
+    let f = fields.get("login_nonce")?;
+    (!c.is_empty() && same_token(f, &c)).then_some(c)
 }
 
 async fn login(
@@ -394,19 +445,8 @@ async fn login(
     Extension(call): Extension<Call>,
     req: FormRequest,
 ) -> Response {
-    let fields: HashMap<String, String> =
-        serde_urlencoded::from_bytes::<Vec<(String, String)>>(&req.body)
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-    let nonce_ok = match (
-        cookie(&req.headers, LOGIN_COOKIE),
-        fields.get("login_nonce"),
-    ) {
-        (Some(c), Some(f)) => !c.is_empty() && same_token(f, &c),
-        _ => false,
-    };
-    if !nonce_ok {
+    let fields = req.fields();
+    if login_nonce(&req.headers, &fields).is_none() {
         call.audit(
             &state.sink,
             "console.login",
@@ -423,34 +463,97 @@ async fn login(
     }
     let token = fields.get("token").map(|t| t.trim()).unwrap_or_default();
     let Some(id) = console.sessions.login(token, &console.credentials).await else {
-        call.audit(
-            &state.sink,
-            "console.login",
-            "/console/login",
-            Outcome::Deny,
-            401,
-            Some(ErrorCode::InvalidCredential),
-        );
-        let nonce = random_hex();
-        let mut response = html(
+        return login_refused(
+            &state,
+            &console,
+            &call,
             StatusCode::UNAUTHORIZED,
-            login_page(&console, &nonce, Some("that is not a valid admin token")),
+            ErrorCode::InvalidCredential,
+            "that is not a valid admin token",
         );
-        response.headers_mut().insert(
-            header::SET_COOKIE,
-            set_cookie(LOGIN_COOKIE, &nonce, std::time::Duration::from_secs(600)),
-        );
-        return response;
     };
     call.done(&state.sink, "console.login", "/console", 303);
-    let mut response = see_other("/console");
-    let headers = response.headers_mut();
-    headers.append(
-        header::SET_COOKIE,
-        set_cookie(SESSION_COOKIE, &id, ABSOLUTE_TIMEOUT),
+    logged_in(see_other("/console"), &id)
+}
+
+/// A failed login: audited, and the login page again with why.
+fn login_refused(
+    state: &AdminState,
+    console: &Console,
+    call: &Call,
+    status: StatusCode,
+    code: ErrorCode,
+    why: &str,
+) -> Response {
+    call.audit(
+        &state.sink,
+        "console.login",
+        "/console/login",
+        Outcome::Deny,
+        status.as_u16(),
+        Some(code),
     );
-    headers.append(header::SET_COOKIE, clear_cookie(LOGIN_COOKIE));
+    let nonce = random_hex();
+    let mut response = html(status, login_page(console, &nonce, Some(why)));
+    response.headers_mut().insert(
+        header::SET_COOKIE,
+        set_cookie(LOGIN_COOKIE, &nonce, std::time::Duration::from_secs(600)),
+    );
     response
+}
+
+/// `POST /console/login/certificate`: the admin certificate credential the
+/// browser presented in this connection's TLS handshake (mTLS on the admin
+/// listener) logs in, as its token would: the session acts as that
+/// credential, with its role, until logout, its timeouts, the
+/// credential's revocation or the certificate's end of validity.
+async fn certificate_login(
+    State(state): State<AdminState>,
+    Extension(console): Extension<Arc<Console>>,
+    Extension(call): Extension<Call>,
+    req: FormRequest,
+) -> Response {
+    let fields = req.fields();
+    if login_nonce(&req.headers, &fields).is_none() {
+        return login_refused(
+            &state,
+            &console,
+            &call,
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            "this login form has no valid CSRF token: load the login page again",
+        );
+    }
+    let now = crate::api::now_ms() / 1000;
+    let identity = req.certificate.as_ref().and_then(|c| {
+        console
+            .credentials
+            .authenticate_certificate(&c.0, now)
+            .map(|identity| (c, identity))
+    });
+    let Some((certificate, identity)) = identity else {
+        return login_refused(
+            &state,
+            &console,
+            &call,
+            StatusCode::UNAUTHORIZED,
+            ErrorCode::InvalidCredential,
+            "this browser presented no client certificate of a live admin credential",
+        );
+    };
+    let Some(id) = console.sessions.login_credential(&certificate.0).await else {
+        return login_refused(
+            &state,
+            &console,
+            &call,
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            "the console cannot store a session; try again",
+        );
+    };
+    call.acting_as(identity)
+        .done(&state.sink, "console.login", "/console", 303);
+    logged_in(see_other("/console"), &id)
 }
 
 async fn logout(

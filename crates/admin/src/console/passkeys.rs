@@ -14,9 +14,8 @@
 //!   then need no code, through the API's own step-up check.
 //! - Challenges are 32 random bytes, issued to one session for one
 //!   ceremony, single use (taken out on the first answer, right or wrong),
-//!   and expire after [`CEREMONY_TTL`]. They live in this replica's memory,
-//!   like OIDC logins in progress: the answer must reach the replica that
-//!   issued the challenge.
+//!   and expire after [`CEREMONY_TTL`]. They live in the store
+//!   (`ceremonies.rs`), so the answer may reach any replica.
 //! - The relying party: the console's origin must be one of the console
 //!   origins (`[admin] console_origins`, else the admin listener's own
 //!   address, with `localhost` for a loopback one); the relying party id is
@@ -32,10 +31,8 @@
 //! options, calls `navigator.credentials`, and posts the answer back, each
 //! as a form carrying the session's CSRF token.
 
-use std::collections::HashMap;
 use std::fmt::Write;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use axum::Extension;
 use axum::extract::State;
@@ -49,89 +46,38 @@ use portcullis_identity::webauthn::{
 use portcullis_store::PasskeyRow;
 use serde_json::{Value, json};
 
+use super::ceremonies::CEREMONY_TTL;
+use super::ceremonies::{Ceremony, Purpose};
 use super::html::{csrf_field, esc, page, table, time_s};
 use super::internal::StepUp;
 use super::session::{Flash, Permission};
 use super::{Console, Form, FormRequest, html as respond, see_other, submitted, viewer};
 use crate::api::{AdminState, Call};
 
-/// How long a challenge may be answered.
-pub(crate) const CEREMONY_TTL: Duration = Duration::from_secs(120);
-/// Challenges outstanding at once on a replica; beyond it, new ceremonies
-/// are refused until old ones expire.
-const MAX_CEREMONIES: usize = 1024;
 /// The longest label kept for a passkey.
 const MAX_LABEL: usize = 64;
 
-/// What a challenge was issued for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Purpose {
-    /// Registering a passkey for this admin.
-    Register { admin: String },
-    /// Opening the step-up window.
-    StepUp,
-}
-
-#[derive(Debug, Clone)]
-struct Ceremony {
-    session: String,
-    purpose: Purpose,
-    origin: String,
-    rp_id: String,
-    until: Instant,
-}
-
-/// The challenges outstanding on this replica.
-#[derive(Debug, Default)]
-pub(crate) struct Ceremonies {
-    pending: Mutex<HashMap<String, Ceremony>>,
-}
-
-impl Ceremonies {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Ceremony>> {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Issues a challenge to `session` for `purpose`; `None` when too many
-    /// are outstanding.
-    fn begin(&self, session: &str, purpose: Purpose, origin: &RelyingParty) -> Option<String> {
-        let now = Instant::now();
-        let mut pending = self.lock();
-        pending.retain(|_, c| c.until > now);
-        if pending.len() >= MAX_CEREMONIES {
-            return None;
-        }
-        let challenge = b64url(&rand::random::<[u8; 32]>());
-        pending.insert(
-            challenge.clone(),
-            Ceremony {
-                session: session.to_string(),
-                purpose,
-                origin: origin.origin.clone(),
-                rp_id: origin.rp_id.clone(),
-                until: now + CEREMONY_TTL,
-            },
-        );
-        Some(challenge)
-    }
-
-    /// Takes the challenge out (single use, whatever the answer's fate);
-    /// `None` unless it was issued to `session`, is live and unused.
-    fn take(&self, challenge: &str, session: &str) -> Option<Ceremony> {
-        let ceremony = self.lock().remove(challenge.trim_end_matches('='))?;
-        (ceremony.session == session && ceremony.until > Instant::now()).then_some(ceremony)
-    }
-}
-
 /// The origin a ceremony runs at and its relying party id.
-struct RelyingParty {
-    origin: String,
-    rp_id: String,
+pub(super) struct RelyingParty {
+    pub(super) origin: String,
+    pub(super) rp_id: String,
+}
+
+impl RelyingParty {
+    /// A ceremony at this relying party for `session`.
+    pub(super) fn ceremony(&self, session: &str, purpose: Purpose) -> Ceremony {
+        Ceremony {
+            session: session.to_string(),
+            purpose,
+            origin: self.origin.clone(),
+            rp_id: self.rp_id.clone(),
+        }
+    }
 }
 
 /// The console origin a request reached (`authority`: its host and port),
 /// when it is one of the console's.
-fn relying_party(
+pub(super) fn relying_party(
     state: &AdminState,
     authority: Option<&http::uri::Authority>,
 ) -> Result<RelyingParty, String> {
@@ -154,7 +100,7 @@ fn relying_party(
 }
 
 /// A JSON answer for the script.
-fn answer(status: StatusCode, value: Value) -> Response {
+pub(super) fn answer(status: StatusCode, value: Value) -> Response {
     (
         status,
         [(header::CONTENT_TYPE, "application/json")],
@@ -188,7 +134,7 @@ fn refuse(
 
 /// The browser's answer to a ceremony (the `credential` field: JSON with
 /// base64url members).
-fn credential_part(credential: &Value, name: &str) -> Option<Vec<u8>> {
+pub(super) fn credential_part(credential: &Value, name: &str) -> Option<Vec<u8>> {
     credential[name].as_str().and_then(from_b64url)
 }
 
@@ -248,7 +194,7 @@ pub(super) async fn page_handler(
                     vec![
                         format!("<span class=\"label\">{}</span>", esc(&k.label)),
                         esc(&k.rp_id),
-                        esc(algorithm_name(k.algorithm)),
+                        esc(crate::passkeys_api::algorithm_name(k.algorithm)),
                         esc(&time_s(&json!(k.created_at))),
                         esc(&time_s(&json!(k.last_used_at))),
                         format!(
@@ -283,15 +229,6 @@ pub(super) async fn page_handler(
         StatusCode::OK,
         page("Step-up", "/console/step-up", Some(&session), flash, &body),
     )
-}
-
-fn algorithm_name(alg: i64) -> &'static str {
-    match alg {
-        portcullis_identity::webauthn::ES256 => "ES256",
-        portcullis_identity::webauthn::EDDSA => "EdDSA",
-        portcullis_identity::webauthn::RS256 => "RS256",
-        _ => "unknown",
-    }
 }
 
 /// `POST /console/step-up`: a TOTP code opens the window, through the API.
@@ -396,7 +333,14 @@ async fn ceremony_answer(
         Ok(c) => c.challenge,
         Err(e) => return Err(refused(ErrorCode::BadRequest, &e.to_string())),
     };
-    let Some(ceremony) = console.ceremonies.take(&challenge, form.session.key()) else {
+    let taken = console
+        .ceremonies
+        .take(&challenge, form.session.key(), crate::api::now_ms())
+        .await;
+    let Some(ceremony) = (match taken {
+        Ok(c) => c,
+        Err(e) => return Err(Box::new(store_failure(&e))),
+    }) else {
         return Err(refused(
             ErrorCode::InvalidCredential,
             "the challenge is unknown, already used, expired or not this session's: start again",
@@ -411,8 +355,22 @@ async fn ceremony_answer(
     })
 }
 
+/// Issues a challenge for `ceremony`; when too many are outstanding or the
+/// store fails, the answer saying so.
+pub(super) async fn begin(console: &Console, ceremony: Ceremony) -> Result<String, Box<Response>> {
+    match console
+        .ceremonies
+        .begin(&ceremony, crate::api::now_ms())
+        .await
+    {
+        Ok(Some(c)) => Ok(c),
+        Ok(None) => Err(Box::new(busy())),
+        Err(e) => Err(Box::new(store_failure(&e))),
+    }
+}
+
 /// The options every ceremony shares.
-fn common_options(challenge: &str, rp: &RelyingParty) -> Value {
+pub(super) fn common_options(challenge: &str, rp: &RelyingParty) -> Value {
     json!({
         "challenge": challenge,
         "rpId": rp.rp_id,
@@ -448,14 +406,15 @@ pub(super) async fn register_options(
         Ok(k) => k,
         Err(e) => return store_failure(&e),
     };
-    let Some(challenge) = console.ceremonies.begin(
+    let ceremony = rp.ceremony(
         form.session.key(),
         Purpose::Register {
             admin: window.user.clone(),
         },
-        &rp,
-    ) else {
-        return busy();
+    );
+    let challenge = match begin(&console, ceremony).await {
+        Ok(c) => c,
+        Err(r) => return *r,
     };
     let mut options = common_options(&challenge, &rp);
     options["rp"] = json!({ "id": rp.rp_id, "name": "Portcullis console" });
@@ -504,7 +463,7 @@ pub(super) async fn register(
         return bad("the answer has no attestationObject");
     };
     let Purpose::Register { admin } = ceremony.purpose else {
-        return bad("the challenge was issued for a step-up, not a registration");
+        return bad("the challenge was not issued for a registration");
     };
     let expected = Expected {
         challenge: &challenge,
@@ -633,11 +592,10 @@ pub(super) async fn step_up_options(
             "no passkey is registered for this console: step up with a TOTP code, then register one",
         );
     }
-    let Some(challenge) = console
-        .ceremonies
-        .begin(form.session.key(), Purpose::StepUp, &rp)
-    else {
-        return busy();
+    let ceremony = rp.ceremony(form.session.key(), Purpose::StepUp);
+    let challenge = match begin(&console, ceremony).await {
+        Ok(c) => c,
+        Err(r) => return *r,
     };
     let mut options = common_options(&challenge, &rp);
     options["allowCredentials"] = Value::Array(allowed);
@@ -665,70 +623,25 @@ pub(super) async fn step_up(
     };
     let refused =
         |code: ErrorCode, message: &str| refuse(&state, &call, &form, ACTION, code, message);
-    let (Some(authenticator_data), Some(signature)) = (
-        credential_part(&credential, "authenticatorData"),
-        credential_part(&credential, "signature"),
-    ) else {
-        return refused(
-            ErrorCode::BadRequest,
-            "the answer has no authenticatorData or signature",
-        );
-    };
     if ceremony.purpose != Purpose::StepUp {
         return refused(
             ErrorCode::BadRequest,
-            "the challenge was issued for a registration, not a step-up",
+            "the challenge was not issued for a step-up",
         );
     }
-    let id = credential["id"].as_str().unwrap_or_default();
-    let key = match state.store.passkey(id).await {
-        Ok(Some(k)) if k.rp_id == ceremony.rp_id => k,
-        Ok(_) => {
-            return refused(
-                ErrorCode::InvalidCredential,
-                "this passkey is not registered",
-            );
-        }
-        Err(e) => return store_failure(&e),
-    };
-    let expected = Expected {
-        challenge: &challenge,
-        origin: &ceremony.origin,
-        rp_id: &ceremony.rp_id,
-        require_uv: true,
-    };
-    let stored = u32::try_from(key.sign_count).unwrap_or(u32::MAX);
-    let asserted = match verify_assertion(
+    let key = match check_assertion(
+        &state.store,
+        &credential,
         &client_data,
-        &authenticator_data,
-        &signature,
-        &key.public_key,
-        stored,
-        &expected,
-    ) {
-        Ok(a) => a,
-        Err(e) => return refused(ErrorCode::InvalidCredential, &e.to_string()),
-    };
-    let now = crate::api::now_ms() / 1000;
-    match state
-        .store
-        .use_passkey(
-            &key.credential_id,
-            key.sign_count,
-            i64::from(asserted.sign_count),
-            now,
-        )
-        .await
+        &challenge,
+        &ceremony,
+    )
+    .await
     {
-        Ok(true) => {}
-        Ok(false) => {
-            return refused(
-                ErrorCode::InvalidCredential,
-                "this passkey was used concurrently: try again",
-            );
-        }
-        Err(e) => return store_failure(&e),
-    }
+        Ok(k) => k,
+        Err(Refusal::Store(e)) => return store_failure(&e),
+        Err(Refusal::Refused(code, message)) => return refused(code, &message),
+    };
     let Some(window) = state.step_up.open(&form.session.identity.id, &key.admin) else {
         return refused(ErrorCode::Conflict, "step-up windows are off");
     };
@@ -755,6 +668,84 @@ pub(super) async fn step_up(
         StatusCode::OK,
         json!({ "ok": true, "user": window.user, "expires_at": window.expires_at }),
     )
+}
+
+/// Why an assertion was not accepted.
+pub(super) enum Refusal {
+    /// Refused, with the code and message to answer.
+    Refused(ErrorCode, String),
+    /// The store failed.
+    Store(portcullis_store::StoreError),
+}
+
+/// Checks an assertion answering `ceremony` (the challenge already taken):
+/// a registered passkey of the ceremony's relying party, the client data
+/// (type, challenge, origin), the authenticator data (relying party hash,
+/// user present and verified), the signature with the stored key and the
+/// counter; then records the use with one atomic update, so a replayed
+/// assertion loses even in a race. The passkey, updated.
+pub(super) async fn check_assertion(
+    store: &portcullis_store::Store,
+    credential: &Value,
+    client_data: &[u8],
+    challenge: &str,
+    ceremony: &Ceremony,
+) -> Result<PasskeyRow, Refusal> {
+    let refused = |code: ErrorCode, message: &str| Refusal::Refused(code, message.to_string());
+    let (Some(authenticator_data), Some(signature)) = (
+        credential_part(credential, "authenticatorData"),
+        credential_part(credential, "signature"),
+    ) else {
+        return Err(refused(
+            ErrorCode::BadRequest,
+            "the answer has no authenticatorData or signature",
+        ));
+    };
+    let id = credential["id"].as_str().unwrap_or_default();
+    let mut key = match store.passkey(id).await {
+        Ok(Some(k)) if k.rp_id == ceremony.rp_id => k,
+        Ok(_) => {
+            return Err(refused(
+                ErrorCode::InvalidCredential,
+                "this passkey is not registered",
+            ));
+        }
+        Err(e) => return Err(Refusal::Store(e)),
+    };
+    let expected = Expected {
+        challenge,
+        origin: &ceremony.origin,
+        rp_id: &ceremony.rp_id,
+        require_uv: true,
+    };
+    let stored = u32::try_from(key.sign_count).unwrap_or(u32::MAX);
+    let asserted = verify_assertion(
+        client_data,
+        &authenticator_data,
+        &signature,
+        &key.public_key,
+        stored,
+        &expected,
+    )
+    .map_err(|e| refused(ErrorCode::InvalidCredential, &e.to_string()))?;
+    let now = crate::api::now_ms() / 1000;
+    let sign_count = i64::from(asserted.sign_count);
+    match store
+        .use_passkey(&key.credential_id, key.sign_count, sign_count, now)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(refused(
+                ErrorCode::InvalidCredential,
+                "this passkey was used concurrently: try again",
+            ));
+        }
+        Err(e) => return Err(Refusal::Store(e)),
+    }
+    key.sign_count = sign_count;
+    key.last_used_at = now;
+    Ok(key)
 }
 
 /// `POST /console/passkeys/remove`: only the passkey's own admin, with
@@ -815,7 +806,7 @@ fn busy() -> Response {
     )
 }
 
-fn store_failure(e: &portcullis_store::StoreError) -> Response {
+pub(super) fn store_failure(e: &portcullis_store::StoreError) -> Response {
     tracing::error!(error = %e, "console: passkey store error");
     answer(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -826,35 +817,136 @@ fn store_failure(e: &portcullis_store::StoreError) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_identity::webauthn::soft::Authenticator;
+    use portcullis_store::AdminUserRow;
 
-    fn rp() -> RelyingParty {
-        RelyingParty {
-            origin: "https://localhost:9443".into(),
-            rp_id: "localhost".into(),
+    const ORIGIN: &str = "https://localhost:9443";
+
+    fn ceremony(origin: &str, rp_id: &str) -> Ceremony {
+        Ceremony {
+            session: "login:x".into(),
+            purpose: Purpose::Login { admin: None },
+            origin: origin.into(),
+            rp_id: rp_id.into(),
         }
     }
 
-    #[test]
-    fn a_challenge_is_single_use_bound_to_its_session_and_expires() {
-        let ceremonies = Ceremonies::default();
-        let c = ceremonies.begin("s1", Purpose::StepUp, &rp()).unwrap();
-        assert_eq!(from_b64url(&c).unwrap().len(), 32);
-        // Another session's answer burns it and gets nothing.
-        assert!(ceremonies.take(&c, "s2").is_none());
-        assert!(ceremonies.take(&c, "s1").is_none());
-        let c = ceremonies.begin("s1", Purpose::StepUp, &rp()).unwrap();
-        let taken = ceremonies.take(&c, "s1").unwrap();
-        assert_eq!(
-            (taken.origin.as_str(), taken.rp_id.as_str()),
-            ("https://localhost:9443", "localhost")
-        );
-        assert!(ceremonies.take(&c, "s1").is_none(), "single use");
-        let c = ceremonies.begin("s1", Purpose::StepUp, &rp()).unwrap();
-        ceremonies.lock().get_mut(&c).unwrap().until = Instant::now();
-        assert!(ceremonies.take(&c, "s1").is_none(), "expired");
-        for _ in 0..MAX_CEREMONIES {
-            ceremonies.begin("s1", Purpose::StepUp, &rp()).unwrap();
+    /// The browser's answer, as the script posts it.
+    fn answer_of(id: &str, (client, data, sig): (Vec<u8>, Vec<u8>, Vec<u8>)) -> (Value, Vec<u8>) {
+        let credential = json!({
+            "id": id,
+            "type": "public-key",
+            "clientDataJSON": b64url(&client),
+            "authenticatorData": b64url(&data),
+            "signature": b64url(&sig),
+        });
+        (credential, client)
+    }
+
+    async fn refused(
+        store: &portcullis_store::Store,
+        (credential, client): (Value, Vec<u8>),
+        challenge: &str,
+        ceremony: &Ceremony,
+        says: &str,
+    ) {
+        match check_assertion(store, &credential, &client, challenge, ceremony).await {
+            Err(Refusal::Refused(code, message)) => {
+                assert_eq!(code, ErrorCode::InvalidCredential, "{message}");
+                assert!(message.contains(says), "{says}: {message}");
+            }
+            Ok(_) => panic!("accepted, expected refused for {says}"),
+            Err(Refusal::Store(e)) => panic!("{e}"),
         }
-        assert!(ceremonies.begin("s1", Purpose::StepUp, &rp()).is_none());
+    }
+
+    #[tokio::test]
+    async fn an_assertion_passes_only_with_origin_relying_party_flags_signature_and_counter() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = portcullis_store::Store::open_sqlite(&dir.path().join("db"))
+            .await
+            .unwrap();
+        store
+            .add_admin_user(&AdminUserRow {
+                name: "alice".into(),
+                totp_sealed: vec![1],
+                created_at: 1,
+                last_step: 0,
+            })
+            .await
+            .unwrap();
+        let mut authenticator = Authenticator::new(true);
+        authenticator.count = 5;
+        let id = b64url(&authenticator.id);
+        store
+            .add_passkey(&PasskeyRow {
+                credential_id: id.clone(),
+                admin: "alice".into(),
+                label: "laptop".into(),
+                rp_id: "localhost".into(),
+                algorithm: portcullis_identity::webauthn::ES256,
+                public_key: authenticator.cose(),
+                sign_count: 5,
+                created_at: 1,
+                last_used_at: 0,
+            })
+            .await
+            .unwrap();
+        let here = ceremony(ORIGIN, "localhost");
+        let c = "Y2hhbGxlbmdl";
+        // Well made: accepted, and the counter moves.
+        let (credential, client) = answer_of(&id, authenticator.assert(c, ORIGIN, "localhost"));
+        let key = check_assertion(&store, &credential, &client, c, &here)
+            .await
+            .ok()
+            .unwrap();
+        assert_eq!((key.admin.as_str(), key.sign_count), ("alice", 6));
+        assert_eq!(store.passkey(&id).await.unwrap().unwrap().sign_count, 6);
+        // The same assertion again: its counter stands still.
+        refused(&store, (credential, client), c, &here, "counter").await;
+        // Another origin, another relying party, another challenge.
+        let other = authenticator.assert(c, "https://evil.example", "localhost");
+        refused(&store, answer_of(&id, other), c, &here, "origin").await;
+        let other = authenticator.assert(c, ORIGIN, "evil.example");
+        refused(&store, answer_of(&id, other), c, &here, "relying party").await;
+        let other = authenticator.assert("b3RoZXI", ORIGIN, "localhost");
+        refused(&store, answer_of(&id, other), c, &here, "challenge").await;
+        // Present but not verified (no PIN or biometric).
+        authenticator.flags = 0x01;
+        let other = authenticator.assert(c, ORIGIN, "localhost");
+        refused(&store, answer_of(&id, other), c, &here, "verify the user").await;
+        authenticator.flags = 0x05;
+        // Signed by another key under this credential id.
+        let mut stranger = Authenticator::new(true);
+        stranger.count = 50;
+        let other = stranger.assert(c, ORIGIN, "localhost");
+        refused(&store, answer_of(&id, other), c, &here, "signature").await;
+        // A passkey of another relying party, or none at all.
+        let elsewhere = ceremony("https://console.example", "console.example");
+        let other = authenticator.assert(c, "https://console.example", "console.example");
+        refused(
+            &store,
+            answer_of(&id, other),
+            c,
+            &elsewhere,
+            "not registered",
+        )
+        .await;
+        let other = authenticator.assert(c, ORIGIN, "localhost");
+        refused(
+            &store,
+            answer_of("bm9uZQ", other),
+            c,
+            &here,
+            "not registered",
+        )
+        .await;
+        // Still well made after all that: accepted.
+        let (credential, client) = answer_of(&id, authenticator.assert(c, ORIGIN, "localhost"));
+        assert!(
+            check_assertion(&store, &credential, &client, c, &here)
+                .await
+                .is_ok()
+        );
     }
 }

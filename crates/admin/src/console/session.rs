@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue};
-use portcullis_store::{ConsoleSessionLogin, ConsoleSessionRow, Store};
+use portcullis_store::{ADMIN_KIND_CERTIFICATE, ConsoleSessionLogin, ConsoleSessionRow, Store};
 
 pub(crate) use portcullis_control::oidc_login::cookie;
 
@@ -188,6 +188,14 @@ impl Sessions {
         self.open(Some(hash_token(credential)), None).await
     }
 
+    /// Opens a session for the live credential whose token hash (or
+    /// certificate fingerprint) is `token_sha256`, as its token would
+    /// (a passkey login of the human of the same name); returns the cookie
+    /// value.
+    pub(crate) async fn login_credential(&self, token_sha256: &str) -> Option<String> {
+        self.open(Some(token_sha256.to_string()), None).await
+    }
+
     /// Opens the session of a human who logged in at OIDC issuer `issuer`,
     /// named `name`, with the admin role `[[admin.oidc_roles]]` gave them;
     /// returns the cookie value (`None`: the session cannot be stored).
@@ -314,7 +322,14 @@ impl Sessions {
                 return None;
             }
         };
+        let now_s = now_ms() / 1000;
         let resolved = live.and_then(|l| {
+            // A certificate credential's session ends with its certificate.
+            if l.credential.as_ref().is_some_and(|c| {
+                c.kind == ADMIN_KIND_CERTIFICATE && c.not_after.unwrap_or(0) <= now_s
+            }) {
+                return None;
+            }
             let identity = match (&l.credential, &l.session.login) {
                 (Some(credential), _) => identity_of(credential),
                 // The identity's id names the session, not a credential

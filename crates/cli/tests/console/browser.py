@@ -68,12 +68,12 @@ with sync_playwright() as p:
 
     # A wrong token is refused.
     page.fill("input[name=token]", "pcadm_" + "0" * 64)
-    page.click("button[type=submit]")
+    page.click("form.login button[type=submit]")
     expect(page.locator("#login-error")).to_contain_text("not a valid admin token")
 
     # Log in with the admin token.
     page.fill("input[name=token]", cfg["token"])
-    page.click("button[type=submit]")
+    page.click("form.login button[type=submit]")
     page.wait_for_url(ADMIN + "/console")
     cookie = [c for c in context.cookies() if c["name"] == "__Host-portcullis-console"]
     assert cookie, context.cookies()
@@ -207,7 +207,7 @@ with sync_playwright() as p:
     ap.on("console", lambda m: csp_violations.append(m.text) if "Content Security Policy" in m.text else None)
     ap.goto(ADMIN + "/console/login")
     ap.fill("input[name=token]", cfg["auditor_token"])
-    ap.click("button[type=submit]")
+    ap.click("form.login button[type=submit]")
     ap.wait_for_url(ADMIN + "/console")
     expect(ap.locator("header .who")).to_contain_text(cfg["auditor_name"])
     ap.goto(ADMIN + "/console/agents")

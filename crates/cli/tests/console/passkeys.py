@@ -9,7 +9,13 @@ and the agent's retry goes through. Then, at the API level with the
 virtual authenticator's own key: a replayed assertion, one made for
 another origin, one without user verification and one whose counter does
 not increase are all refused, and a well-made one is accepted (so the
-refusals are for what they say). Called by crates/cli/tests/console.rs with
+refusals are for what they say). Then alice logs in with her passkey (no
+token): refused while she has no admin credential of her name; with one
+(role approver) she logs in, discoverably and by name, and sees the
+approver's console; another admin's name with her passkey, her
+assertion replayed, one for another origin, without user verification or
+without the login form's nonce are refused; after her credential is
+revoked, her passkey logs nobody in. Called by crates/cli/tests/console.rs with
 one JSON argument; writes screenshots to `artefacts`, prints one JSON line.
 Any failed check raises (exit status 1)."""
 
@@ -20,6 +26,7 @@ import os
 import ssl
 import struct
 import sys
+import time
 
 import httpx
 from cryptography.hazmat.primitives import hashes
@@ -96,7 +103,7 @@ with sync_playwright() as p:
 
     page.goto(CONSOLE + "/console/login")
     page.fill("input[name=token]", cfg["token"])
-    page.click("button[type=submit]")
+    page.click("form.login button[type=submit]")
     page.wait_for_url(CONSOLE + "/console")
 
     # No window, no passkey yet: a passkey step-up is refused, saying why.
@@ -111,6 +118,8 @@ with sync_playwright() as p:
     # Alice steps up with her TOTP code, then registers a passkey.
     page.fill("form.step-up-totp input[name=user]", "alice")
     page.fill("form.step-up-totp input[name=totp]", fresh_code(secret))
+    found["totp_secret"] = secret
+    found["totp_step"] = int(time.time()) // 30
     page.click("form.step-up-totp button")
     expect(page.locator("#flash")).to_contain_text("step-up window open for `alice`")
     expect(page.locator("#step-up-status")).to_have_attribute("data-open", "yes")
@@ -223,6 +232,115 @@ with sync_playwright() as p:
     # the origin, the flag and the counter, not for the forging.
     status, body = post_answer(forged(CONSOLE, cred["signCount"] + 10))
     assert status == 200 and body["user"] == "alice", (status, body)
+
+    # --- Logging in with the passkey (no token) ----------------------------
+    # The forgery above moved the stored counter past the authenticator's:
+    # the authenticator's counter is moved past it too (the same key), or
+    # its next assertion would be refused as a clone's.
+    cdp.send("WebAuthn.removeCredential", {"authenticatorId": authenticator, "credentialId": cred["credentialId"]})
+    moved = {k: cred[k] for k in ("credentialId", "isResidentCredential", "rpId", "privateKey", "userHandle") if k in cred}
+    moved["signCount"] = cred["signCount"] + 50
+    cdp.send("WebAuthn.addCredential", {"authenticatorId": authenticator, "credential": moved})
+
+    def passkey_login(name=""):
+        page.goto(CONSOLE + "/console/login")
+        page.fill("#passkey-admin", name)
+        with page.expect_request(lambda r: r.url.endswith("/console/login/passkey") and r.method == "POST") as sent:
+            page.click("#passkey-login")
+        return sent.value.post_data
+
+    page.click("header .logout button")
+    page.wait_for_url(CONSOLE + "/console/login")
+    # Alice has a passkey but no admin credential of her name: no role.
+    passkey_login()
+    expect(page.locator("#passkey-status")).to_have_attribute("data-state", "error")
+    expect(page.locator("#passkey-status")).to_contain_text("no live admin credential")
+    shot(page, "p5-passkey-login-no-role")
+    # An owner gives her one (the API token's step-up window, which her
+    # passkey opened above, stands in for a code).
+    made = api.post(API + "/admin/v1/admin-tokens", json={"name": "alice", "role": "approver"})
+    assert made.status_code == 201, made.text
+    # Discoverable: no name typed, the authenticator offers her passkey.
+    login_answer = passkey_login()
+    page.wait_for_url(CONSOLE + "/console")
+    expect(page.locator("header .who")).to_have_text("alice (approver)")
+    page.goto(CONSOLE + "/console/agents")
+    expect(page.locator("form[action$='/revoke']")).to_have_count(0)
+    shot(page, "p6-passkey-login")
+    found["login"] = page.locator("header .who").inner_text()
+    page.click("header .logout button")
+    page.wait_for_url(CONSOLE + "/console/login")
+    # By name.
+    passkey_login("alice")
+    page.wait_for_url(CONSOLE + "/console")
+    expect(page.locator("header .who")).to_have_text("alice (approver)")
+    page.click("header .logout button")
+    page.wait_for_url(CONSOLE + "/console/login")
+    # Another admin's name with her passkey: refused.
+    passkey_login("bob")
+    expect(page.locator("#passkey-status")).to_contain_text("not the named admin")
+
+    # At the API level: the login's own checks.
+    page.goto(CONSOLE + "/console/login")
+    nonce = page.locator("form.login input[name=login_nonce]").get_attribute("value")
+    login_url = CONSOLE + "/console/login/passkey"
+
+    def post_login(form):
+        r = context.request.post(login_url, form=form, max_redirects=0)
+        return r.status, r.json()
+
+    def forged_login(origin, count, flags=0x05, form_nonce=None):
+        options = context.request.post(CONSOLE + "/console/login/passkey/options", form={"login_nonce": nonce})
+        assert options.status == 200, options.text()
+        challenge = options.json()["publicKey"]["challenge"]
+        client = json.dumps(
+            {"type": "webauthn.get", "challenge": challenge, "origin": origin, "crossOrigin": False}
+        ).encode()
+        data = hashlib.sha256(b"localhost").digest() + bytes([flags]) + struct.pack(">I", count)
+        sig = key.sign(data + hashlib.sha256(client).digest(), ec.ECDSA(hashes.SHA256()))
+        credential = {
+            "id": cred_id,
+            "type": "public-key",
+            "clientDataJSON": b64u(client),
+            "authenticatorData": b64u(data),
+            "signature": b64u(sig),
+        }
+        return {"login_nonce": form_nonce or nonce, "credential": json.dumps(credential)}
+
+    count = cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator})["credentials"][0]["signCount"]
+    count = max(count, 100) + 100
+    login_refusals = {}
+    replayed = dict(httpx.QueryParams(login_answer))
+    replayed["login_nonce"] = nonce
+    status, body = post_login(replayed)
+    assert status == 401 and "already used" in body["error"]["message"], (status, body)
+    login_refusals["replay"] = body["error"]["message"]
+    for name, form, says in [
+        ("wrong_origin", forged_login("https://evil.example", count), "origin"),
+        ("no_user_verification", forged_login(CONSOLE, count, flags=0x01), "verify the user"),
+        ("counter_goes_back", forged_login(CONSOLE, 1), "counter"),
+    ]:
+        status, body = post_login(form)
+        assert status == 401 and body["error"]["code"] == "invalid_credential", (name, status, body)
+        assert says in body["error"]["message"], (name, body)
+        login_refusals[name] = body["error"]["message"]
+    # Without the login form's nonce (another browser's form): refused
+    # before anything is checked.
+    status, body = post_login(forged_login(CONSOLE, count, form_nonce="f" * 64))
+    assert status == 403 and body["error"]["code"] == "forbidden", (status, body)
+    found["login_refused"] = login_refusals
+    # Made right, accepted: a session cookie for alice.
+    status, body = post_login(forged_login(CONSOLE, count + 1))
+    assert status == 200 and body["admin"] == "alice", (status, body)
+
+    # Her credential revoked: her passkey logs nobody in.
+    revoked = api.post(API + "/admin/v1/admin-tokens/alice/revoke", json={})
+    assert revoked.status_code == 200, revoked.text
+    # (The accepted login spent the form's nonce: a fresh login page.)
+    page.goto(CONSOLE + "/console/login")
+    nonce = page.locator("form.login input[name=login_nonce]").get_attribute("value")
+    status, body = post_login(forged_login(CONSOLE, count + 2))
+    assert status == 403 and "no live admin credential" in body["error"]["message"], (status, body)
 
     assert not csp_violations, csp_violations
     browser.close()

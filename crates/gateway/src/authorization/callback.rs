@@ -119,7 +119,7 @@ pub(crate) async fn serve_callback(
             .map_err(|_| Denial::new(ErrorCode::BadRequest, "the callback is not a valid query"))?;
     let state = answer.state.as_deref().unwrap_or_default();
     // The login names the authorization it belongs to.
-    let purpose = rp.purpose(state, now).unwrap_or_default();
+    let purpose = rp.purpose(state, now).await.unwrap_or_default();
     let login_id = purpose.strip_prefix(PURPOSE_PREFIX).unwrap_or_default();
     let bound = cookie(&decoded.parts.headers, STATE_COOKIE);
     let outcome = rp.finish(&answer, bound.as_deref(), &purpose, now).await;

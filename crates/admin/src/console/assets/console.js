@@ -130,7 +130,8 @@
     });
   }
   var passkeyStatus = document.getElementById("passkey-status");
-  var csrfField = document.querySelector("main input[name=csrf]");
+  // The session's CSRF token, or on the login page the login form's nonce.
+  var csrfField = document.querySelector("main input[name=csrf], main input[name=login_nonce]");
   function passkeyButton(id, ceremony) {
     var button = document.getElementById(id);
     if (!button || !passkeyStatus || !csrfField) {
@@ -142,25 +143,32 @@
       return;
     }
     button.addEventListener("click", function () {
-      var csrf = csrfField.value;
+      var fields = {};
+      fields[csrfField.name] = csrfField.value;
+      var admin = document.getElementById("passkey-admin");
+      if (admin) {
+        fields.admin = admin.value;
+      }
       var label = document.getElementById("passkey-label");
       button.disabled = true;
       passkeyStatus.setAttribute("data-state", "busy");
       passkeyStatus.textContent = "Waiting for your authenticator…";
-      postForm(button.getAttribute("data-options"), { csrf: csrf })
+      postForm(button.getAttribute("data-options"), fields)
         .then(function (options) {
           return ceremony(options.publicKey);
         })
         .then(function (credential) {
-          return postForm(button.getAttribute("data-finish"), {
-            csrf: csrf,
-            label: label ? label.value : "",
-            credential: JSON.stringify(credential)
-          });
+          fields.label = label ? label.value : "";
+          fields.credential = JSON.stringify(credential);
+          return postForm(button.getAttribute("data-finish"), fields);
         })
-        .then(function () {
+        .then(function (answer) {
           passkeyStatus.setAttribute("data-state", "done");
-          window.location.reload();
+          if (answer.location) {
+            window.location.assign(answer.location);
+          } else {
+            window.location.reload();
+          }
         })
         .catch(function (error) {
           button.disabled = false;
@@ -189,7 +197,7 @@
       };
     });
   });
-  passkeyButton("passkey-step-up", function (options) {
+  function assertion(options) {
     var publicKey = {
       challenge: fromB64url(options.challenge),
       rpId: options.rpId,
@@ -206,5 +214,7 @@
         signature: toB64url(c.response.signature)
       };
     });
-  });
+  }
+  passkeyButton("passkey-step-up", assertion);
+  passkeyButton("passkey-login", assertion);
 })();
