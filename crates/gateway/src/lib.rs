@@ -26,6 +26,7 @@ pub mod llm;
 pub mod mcp;
 pub mod oauth;
 pub mod pipeline;
+pub mod purpose;
 mod plane;
 mod policy_install;
 pub mod rate_limit;

@@ -47,7 +47,7 @@ pub use audit_archive::{
     SegmentSeal, archived_inclusion, read_segments,
 };
 mod governance;
-pub use governance::{DatasetRow, HeldPast, ModelLifecycle, ModelRow};
+pub use governance::{DatasetRow, HeldPast, Lifecycle, ModelRow};
 mod mcp_tools;
 pub use agent_keys::AgentKeyRow;
 pub use mcp_tools::McpToolRow;
@@ -275,6 +275,11 @@ fn migrator() -> Migrator {
             "audit_intent_owner",
             include_str!("../migrations/0027_audit_intent_owner.sql"),
         ),
+        migration(
+            31,
+            "dataset_lifecycle",
+            include_str!("../migrations/0031_dataset_lifecycle.sql"),
+        ),
     ])
 }
 
@@ -339,6 +344,7 @@ fn postgres_migrator() -> Migrator {
         twin!(25, "redteam_runs", "0025_redteam_runs.sql"),
         twin!(26, "admin_passkeys", "0026_admin_passkeys.sql"),
         twin!(27, "audit_intent_owner", "0027_audit_intent_owner.sql"),
+        twin!(31, "dataset_lifecycle", "0031_dataset_lifecycle.sql"),
     ])
 }
 

@@ -137,15 +137,15 @@ struct Asker {
 
 impl Asker {
     /// A decision with no obligations (listing filters): the same Cedar
-    /// decision the one decision path makes, the user's included.
+    /// decision the one decision path makes, the user's included, and the
+    /// `read_data` decisions on the datasets the call would read (a tool
+    /// over a dataset the agent may not read for `purpose` is not listed).
     fn decide(
         &self,
         snapshot: &Snapshot,
-        (method, revision): (&str, &str),
+        (method, revision, purpose): (&str, &str, &str),
         action: McpAction,
         target: &str,
-        args: &[portcullis_policy::McpArg],
-        content: Content<'_>,
     ) -> portcullis_core::Decision {
         let call = decide::Call {
             ask: decide::Ask::Mcp {
@@ -153,19 +153,33 @@ impl Asker {
                 method,
                 revision,
                 target,
-                args,
+                args: &[],
             },
-            content,
+            purpose,
+            content: Content::NOT_SCANNED,
             write: false,
             blocked: None,
         };
-        crate::pipeline::authorize::run(
+        let decision = crate::pipeline::authorize::run(
             &snapshot.authorizer,
             &self.identity,
             &self.context,
             &self.source_ip,
             &call,
-        )
+        );
+        let datasets = crate::pipeline::datasets::tagged(&self.context.route, &call.ask);
+        if !decision.allowed || datasets.is_empty() {
+            return decision;
+        }
+        let verdict = crate::pipeline::datasets::authorize(
+            &snapshot.authorizer,
+            &self.identity,
+            &self.context,
+            &self.source_ip,
+            &call,
+            &datasets,
+        );
+        crate::pipeline::datasets::folded(decision, Some(&verdict))
     }
 
     /// Whether the agent is still live in the current snapshot and not
@@ -226,7 +240,7 @@ impl Asker {
     /// `context.revision` the list request's). The answer is this agent's
     /// alone: a 2026-07-28 `cacheScope` becomes "private", so no shared
     /// cache hands it to another client.
-    fn filter_tools(&self, mcp: &McpState, result: &mut Value, revision: &str) {
+    fn filter_tools(&self, mcp: &McpState, result: &mut Value, (revision, purpose): (&str, &str)) {
         if let Some(scope) = result.get_mut("cacheScope") {
             *scope = Value::from("private");
         }
@@ -242,11 +256,9 @@ impl Asker {
                 && self
                     .decide(
                         &snapshot,
-                        ("tools/list", revision),
+                        ("tools/list", revision, purpose),
                         McpAction::CallTool,
                         name,
-                        &[],
-                        Content::NOT_SCANNED,
                     )
                     .allowed
         });
@@ -445,7 +457,9 @@ async fn open_legacy(
         let (mcp, asker) = (mcp.clone(), asker.clone());
         Box::new(move |message: &mut Value| match message.get_mut("result") {
             Some(result) if result.get("tools").is_some_and(Value::is_array) => {
-                asker.filter_tools(&mcp, result, jsonrpc::HEADERLESS_REVISION);
+                // The listing's request (and its purpose) is not known
+                // here: tools over datasets are decided without one.
+                asker.filter_tools(&mcp, result, (jsonrpc::HEADERLESS_REVISION, ""));
                 true
             }
             _ => false,
@@ -503,6 +517,7 @@ async fn decide_session(
                 target: "",
                 args: &[],
             },
+            purpose: "",
             content: Content::NOT_SCANNED,
             write: false,
             blocked: None,
@@ -565,6 +580,7 @@ async fn post(
     let mut refusals = Vec::new();
     let mut list_ids = Vec::new();
     let mut list_revision = String::new();
+    let mut list_purpose = String::new();
     let mut discover_ids = Vec::new();
     // Whether a message was refused for its revision or mirrored headers
     // (answered 400 when nothing goes on, as a 2026-07-28 server does).
@@ -625,6 +641,14 @@ async fn post(
                     &refused,
                     request_id.as_str(),
                 ));
+                continue;
+            }
+        };
+        let purpose = match crate::purpose::of_message(message) {
+            Ok(purpose) => purpose,
+            Err(e) => {
+                let id = message.get("id").cloned().unwrap_or(Value::Null);
+                refuse(&id, ErrorCode::BadRequest, &e, &[]);
                 continue;
             }
         };
@@ -714,6 +738,7 @@ async fn post(
                     target: &target,
                     args: &args,
                 },
+                purpose,
                 content,
                 write: contain::is_mcp_write(action),
                 blocked: blocked
@@ -745,6 +770,7 @@ async fn post(
         {
             list_ids.push(id.clone());
             list_revision = revision.to_string();
+            list_purpose = purpose.to_string();
         }
         if method == "server/discover"
             && let Some(id) = id
@@ -1000,7 +1026,7 @@ async fn answer(
             let (listed, discovered) = (list_ids.contains(id), discover_ids.contains(id));
             match message.get_mut("result") {
                 Some(result) if listed => {
-                    asker.filter_tools(&mcp, result, &list_revision);
+                    asker.filter_tools(&mcp, result, (&list_revision, &list_purpose));
                     true
                 }
                 Some(result) if discovered => {
