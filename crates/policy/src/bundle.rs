@@ -554,7 +554,8 @@ mod tests {
                 "no-remote-delete",
                 "datasets-read-low",
                 MCP_PLUMBING_POLICY_ID,
-                MODEL_GATE_POLICY_ID
+                MODEL_GATE_POLICY_ID,
+                DATASET_GATE_POLICY_ID
             ]
         );
     }
@@ -572,8 +573,23 @@ mod tests {
             ..sources("")
         })
         .unwrap();
-        // The schema's `Model` still has the registry attributes: the gate stays.
-        assert_eq!(bundle.policy_ids(), [MODEL_GATE_POLICY_ID]);
+        // The schema's `Model` and `Dataset` still have the registry
+        // attributes: the gates stay.
+        assert_eq!(
+            bundle.policy_ids(),
+            [MODEL_GATE_POLICY_ID, DATASET_GATE_POLICY_ID]
+        );
+        // A `Dataset` without `lifecycle` (a schema written before it): no
+        // dataset gate, and its entities carry none.
+        let old = DEFAULT_SCHEMA.replace("  lifecycle: String,\n};\n\ntype DatasetContext", "};\n\ntype DatasetContext");
+        assert_ne!(old, DEFAULT_SCHEMA);
+        let bundle = PolicyBundle::compile(&PolicySources {
+            schema: old,
+            ..sources("")
+        })
+        .unwrap();
+        assert!(!bundle.dataset_lifecycle);
+        assert!(!bundle.policy_ids().iter().any(|id| id == DATASET_GATE_POLICY_ID));
         let err = PolicyBundle::compile(&sources(
             "@id(\"builtin:mine\") permit(principal, action, resource);",
         ))
@@ -594,7 +610,8 @@ mod tests {
                 "a.cedar:1",
                 "a.cedar:2",
                 MCP_PLUMBING_POLICY_ID,
-                MODEL_GATE_POLICY_ID
+                MODEL_GATE_POLICY_ID,
+                DATASET_GATE_POLICY_ID
             ]
         );
     }

@@ -341,7 +341,8 @@ mod tests {
              forbid office satisfied\n\
              permit writers out of scope\n\
              permit builtin:mcp-plumbing out of scope\n\
-             forbid builtin:model-gate out of scope\n"
+             forbid builtin:model-gate out of scope\n\
+             forbid builtin:dataset-gate out of scope\n"
         );
         // 10:13 UTC from the office: allowed; the forbid's reasons not to apply are both named.
         assert_eq!(
@@ -351,7 +352,8 @@ mod tests {
              forbid office not satisfied: unless { context.source_ip.isInRange(ip(\"10.0.0.0/8\")) }\n\
              permit writers out of scope\n\
              permit builtin:mcp-plumbing out of scope\n\
-             forbid builtin:model-gate out of scope\n"
+             forbid builtin:model-gate out of scope\n\
+             forbid builtin:dataset-gate out of scope\n"
         );
     }
 
@@ -423,8 +425,8 @@ mod tests {
             let mut lines: Vec<&str> = text.lines().collect();
             let total = lines.len() - 1;
             lines.retain(|l| !l.ends_with("out of scope"));
-            // Nine policies and the built-in model gate.
-            assert!(total == 10, "{text}");
+            // Nine policies and the built-in model and dataset gates.
+            assert!(total == 11, "{text}");
             lines.join("\n")
         };
         let ip = SourceIp::new("127.0.0.1".parse().unwrap());

@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
-use cedar_policy::{Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression};
+use cedar_policy::{Entities, Entity, EntityId, EntityUid, Request, RestrictedExpression};
 use portcullis_core::{Classification, Decision};
 
 use crate::PolicyBundle;
@@ -175,12 +175,8 @@ pub(crate) fn add_model_entities(
     entities: Entities,
     models: &[ModelEntity],
 ) -> Result<Entities, EntityError> {
-    let parse = |t: &str| {
-        t.parse::<EntityTypeName>()
-            .map_err(|e| EntityError::new(e.to_string()))
-    };
-    let model_type = parse("Model")?;
-    let route_type = parse("Route")?;
+    let model_type = crate::resource::parse_type("Model")?;
+    let route_type = crate::resource::parse_type("Route")?;
     let mut out = Vec::with_capacity(models.len());
     for m in models {
         let mut attrs = HashMap::from([

@@ -580,7 +580,6 @@ async fn post(
     let mut refusals = Vec::new();
     let mut list_ids = Vec::new();
     let mut list_revision = String::new();
-    let mut list_purpose = String::new();
     let mut discover_ids = Vec::new();
     // Whether a message was refused for its revision or mirrored headers
     // (answered 400 when nothing goes on, as a 2026-07-28 server does).
@@ -768,9 +767,9 @@ async fn post(
         if action == McpAction::ListTools
             && let Some(id) = id
         {
-            list_ids.push(id.clone());
+            // Each listing is filtered for the purpose it declared.
+            list_ids.push((id.clone(), purpose.to_string()));
             list_revision = revision.to_string();
-            list_purpose = purpose.to_string();
         }
         if method == "server/discover"
             && let Some(id) = id
@@ -968,8 +967,9 @@ async fn forward_http(
 struct Merge {
     /// The refusals of messages that were not forwarded.
     refusals: Vec<Value>,
-    /// The ids of `tools/list` requests, whose results are filtered.
-    list_ids: Vec<Value>,
+    /// The ids of `tools/list` requests, whose results are filtered, with
+    /// the purpose each declared.
+    list_ids: Vec<(Value, String)>,
     /// The revision the `tools/list` requests spoke.
     list_revision: String,
     /// The ids of `server/discover` requests, whose versions are filtered.
@@ -1023,13 +1023,17 @@ async fn answer(
             let Some(id) = message.get("id") else {
                 return false;
             };
-            let (listed, discovered) = (list_ids.contains(id), discover_ids.contains(id));
-            match message.get_mut("result") {
-                Some(result) if listed => {
-                    asker.filter_tools(&mcp, result, (&list_revision, &list_purpose));
+            let listed = list_ids
+                .iter()
+                .find(|(listed, _)| listed == id)
+                .map(|(_, purpose)| purpose.clone());
+            let discovered = discover_ids.contains(id);
+            match (message.get_mut("result"), listed) {
+                (Some(result), Some(purpose)) => {
+                    asker.filter_tools(&mcp, result, (&list_revision, &purpose));
                     true
                 }
-                Some(result) if discovered => {
+                (Some(result), None) if discovered => {
                     jsonrpc::filter_discover(result);
                     true
                 }
