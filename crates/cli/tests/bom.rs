@@ -8,7 +8,7 @@ mod support;
 
 use std::process::Command;
 
-use portcullis_store::{DatasetRow, McpToolRow, Lifecycle, ModelRow, Store};
+use portcullis_store::{DatasetRow, Lifecycle, McpToolRow, ModelRow, Store};
 use serde_json::Value;
 
 const VALIDATE: &str = r#"

@@ -315,7 +315,10 @@ async fn purpose_and_lifecycle_decide_read_data_on_every_protocol() {
             let o = call_for(&rig, &helper, protocol, "refused", purpose).await;
             assert_eq!(
                 (o.code.as_deref(), &o.policies),
-                (Some("dataset_denied"), &json!(["dataset:claims:default-deny"])),
+                (
+                    Some("dataset_denied"),
+                    &json!(["dataset:claims:default-deny"])
+                ),
                 "{protocol:?} {purpose:?}"
             );
         }
@@ -376,7 +379,10 @@ async fn purpose_and_lifecycle_decide_read_data_on_every_protocol() {
     let again = server.cli(&["dataset", "approve", "claims"]);
     assert!(!again.status.success());
     assert!(String::from_utf8_lossy(&again.stderr).contains("cannot become approved"));
-    ok(server.cli(&["dataset", "approve", "notes"]), "approve notes");
+    ok(
+        server.cli(&["dataset", "approve", "notes"]),
+        "approve notes",
+    );
     let listed = ok(server.cli(&["dataset", "list"]), "dataset list");
     assert!(
         listed.contains("revoked") && listed.contains("approved"),

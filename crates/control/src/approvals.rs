@@ -405,8 +405,10 @@ impl CallBinding {
             let at = self
                 .headers
                 .partition_point(|(name, _)| name.as_str() < PURPOSE_HEADER);
-            self.headers
-                .insert(at, (PURPOSE_HEADER.to_string(), header_text(purpose.as_bytes())));
+            self.headers.insert(
+                at,
+                (PURPOSE_HEADER.to_string(), header_text(purpose.as_bytes())),
+            );
         }
         self
     }
@@ -1334,10 +1336,7 @@ mod tests {
             assert_eq!(base().with_purpose("").key(), base().key());
             assert_eq!(bound(base()).key(), bound(base()).key());
             assert_ne!(bound(base()).key(), base().key());
-            assert_ne!(
-                bound(base()).key(),
-                base().with_purpose("marketing").key()
-            );
+            assert_ne!(bound(base()).key(), base().with_purpose("marketing").key());
             // Bound once, whatever was bound before.
             assert_eq!(
                 bound(base().with_purpose("marketing")).key(),

@@ -468,7 +468,10 @@ impl PreparedFacts {
         if action != FactAction::ReadData
             && (self.action.is_some() || self.target.is_some() || self.purpose.is_some())
         {
-            return Err("context.action, context.target and context.purpose: only `read_data` takes them".into());
+            return Err(
+                "context.action, context.target and context.purpose: only `read_data` takes them"
+                    .into(),
+            );
         }
         if let (FactAction::Http(a), Some(m)) = (action, &self.method)
             && m != a.as_str()

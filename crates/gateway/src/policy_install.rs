@@ -535,7 +535,10 @@ impl Replay {
                 content,
                 caller: &self.caller,
             });
-            let named = d.policy_ids.iter().map(|p| format!("dataset:{dataset}:{p}"));
+            let named = d
+                .policy_ids
+                .iter()
+                .map(|p| format!("dataset:{dataset}:{p}"));
             if !d.allowed {
                 return Err(named.collect());
             }

@@ -44,9 +44,7 @@ pub fn valid(s: &str) -> bool {
 }
 
 fn invalid(what: &str) -> String {
-    format!(
-        "{what}: a purpose is 1-{MAX_LEN} characters of A-Z, a-z, 0-9, `.`, `_`, `-`, `:`, `/`"
-    )
+    format!("{what}: a purpose is 1-{MAX_LEN} characters of A-Z, a-z, 0-9, `.`, `_`, `-`, `:`, `/`")
 }
 
 /// Takes the `Portcullis-Purpose` header out of `headers`: `None` when
@@ -118,9 +116,15 @@ mod tests {
     #[test]
     fn mcp_messages_declare_it_in_meta() {
         let m = |meta: Value| json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "t", "_meta": meta}});
-        assert_eq!(of_message(&m(json!({MCP_META_KEY: "support"}))), Ok("support"));
+        assert_eq!(
+            of_message(&m(json!({MCP_META_KEY: "support"}))),
+            Ok("support")
+        );
         assert_eq!(of_message(&m(json!({}))), Ok(""));
-        assert_eq!(of_message(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})), Ok(""));
+        assert_eq!(
+            of_message(&json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})),
+            Ok("")
+        );
         assert!(of_message(&m(json!({MCP_META_KEY: 7}))).is_err());
         assert!(of_message(&m(json!({MCP_META_KEY: "a b"}))).is_err());
     }

@@ -581,7 +581,10 @@ mod tests {
         );
         // A `Dataset` without `lifecycle` (a schema written before it): no
         // dataset gate, and its entities carry none.
-        let old = DEFAULT_SCHEMA.replace("  lifecycle: String,\n};\n\ntype DatasetContext", "};\n\ntype DatasetContext");
+        let old = DEFAULT_SCHEMA.replace(
+            "  lifecycle: String,\n};\n\ntype DatasetContext",
+            "};\n\ntype DatasetContext",
+        );
         assert_ne!(old, DEFAULT_SCHEMA);
         let bundle = PolicyBundle::compile(&PolicySources {
             schema: old,
@@ -589,7 +592,12 @@ mod tests {
         })
         .unwrap();
         assert!(!bundle.dataset_lifecycle);
-        assert!(!bundle.policy_ids().iter().any(|id| id == DATASET_GATE_POLICY_ID));
+        assert!(
+            !bundle
+                .policy_ids()
+                .iter()
+                .any(|id| id == DATASET_GATE_POLICY_ID)
+        );
         let err = PolicyBundle::compile(&sources(
             "@id(\"builtin:mine\") permit(principal, action, resource);",
         ))

@@ -286,10 +286,14 @@ impl DatasetAuthz {
         r: &DatasetRequest<'_>,
         user: EntityUid,
     ) -> Decision {
-        self.decider
-            .decide(cedar, entities, &self.action, Some(user), &self.ask(r), |_| {
-                self.candidates.all()
-            })
+        self.decider.decide(
+            cedar,
+            entities,
+            &self.action,
+            Some(user),
+            &self.ask(r),
+            |_| self.candidates.all(),
+        )
     }
 }
 
@@ -317,18 +321,19 @@ mod tests {
             name: name.into(),
             roles: vec![role.into()],
         };
-        let dataset = |name: &str, classification, purposes: &[&str], lifecycle: &str| DatasetEntity {
-            name: name.into(),
-            owner: "risk-team".into(),
-            classification,
-            source: "claims-db export".into(),
-            licence: "internal".into(),
-            collected: "2026-01-31".into(),
-            consent_basis: "contract".into(),
-            retention_days: 90,
-            purposes: purposes.iter().map(|p| p.to_string()).collect(),
-            lifecycle: lifecycle.into(),
-        };
+        let dataset =
+            |name: &str, classification, purposes: &[&str], lifecycle: &str| DatasetEntity {
+                name: name.into(),
+                owner: "risk-team".into(),
+                classification,
+                source: "claims-db export".into(),
+                licence: "internal".into(),
+                collected: "2026-01-31".into(),
+                consent_basis: "contract".into(),
+                retention_days: 90,
+                purposes: purposes.iter().map(|p| p.to_string()).collect(),
+                lifecycle: lifecycle.into(),
+            };
         Authorizer::new(
             bundle,
             &[agent("alice", "fraud-detection"), agent("bob", "marketing")],
@@ -353,7 +358,12 @@ mod tests {
                 &["support", "fraud-detection"],
                 "draft",
             ),
-            dataset("leads", Classification::Internal, &["marketing"], "approved"),
+            dataset(
+                "leads",
+                Classification::Internal,
+                &["marketing"],
+                "approved",
+            ),
             dataset(
                 "withdrawn",
                 Classification::Public,
@@ -433,11 +443,19 @@ permit(principal in Role::"fraud-detection", action == Action::"read_data", reso
         let low = authorizer(DEFAULT_POLICIES);
         for (dataset, purpose, expect) in [
             ("catalogue", "support", r#"allow ["datasets-read-low"]"#),
-            ("catalogue", "fraud-detection", r#"allow ["datasets-read-low"]"#),
+            (
+                "catalogue",
+                "fraud-detection",
+                r#"allow ["datasets-read-low"]"#,
+            ),
             ("leads", "marketing", r#"allow ["datasets-read-low"]"#),
             ("leads", "support", r#"deny ["default-deny"]"#),
             ("leads", "", r#"deny ["default-deny"]"#),
-            ("withdrawn", "fraud-detection", r#"deny ["builtin:dataset-gate"]"#),
+            (
+                "withdrawn",
+                "fraud-detection",
+                r#"deny ["builtin:dataset-gate"]"#,
+            ),
         ] {
             check_for(&low, "bob", dataset, purpose, expect);
         }

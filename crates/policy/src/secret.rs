@@ -130,9 +130,10 @@ impl SecretAuthz {
             .context_free()
             .then(|| (r.agent.to_string(), r.secret.to_string()));
         self.memo.get_or_decide(key, || {
-            self.decider.decide(cedar, entities, &self.action, None, r, |req| {
-                self.candidates.for_request(entities, req)
-            })
+            self.decider
+                .decide(cedar, entities, &self.action, None, r, |req| {
+                    self.candidates.for_request(entities, req)
+                })
         })
     }
 }

@@ -609,7 +609,11 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(
-                (revoked.lifecycle, revoked.changed_by.as_str(), revoked.changed_ms),
+                (
+                    revoked.lifecycle,
+                    revoked.changed_by.as_str(),
+                    revoked.changed_ms
+                ),
                 (Lifecycle::Revoked, "bob", 6)
             );
             let back = store
