@@ -11,8 +11,11 @@
 //!   state). Each transition needs a human admin's fresh TOTP code or an
 //!   open step-up window, is audited (`model.approve`, …) and is in force
 //!   on the data plane before the call returns (the snapshot is rebuilt).
-//! - `POST /admin/v1/datasets` registers a dataset; `GET
-//!   /admin/v1/datasets/report` lists data kept past a dataset's retention.
+//! - `POST /admin/v1/datasets` registers a dataset as a `draft`; `POST
+//!   /admin/v1/datasets/{name}/approve|deprecate|revoke` moves it along the
+//!   same lifecycle, with the same step-up, audit (`dataset.approve`, …)
+//!   and reload; `GET /admin/v1/datasets/report` lists data kept past a
+//!   dataset's retention.
 
 use std::collections::BTreeMap;
 
@@ -24,7 +27,7 @@ use axum::{Extension, Router};
 use bytes::Bytes;
 use portcullis_control::model_signing;
 use portcullis_core::{Classification, ErrorCode};
-use portcullis_store::{DatasetRow, ModelLifecycle, ModelRow};
+use portcullis_store::{DatasetRow, Lifecycle, ModelRow};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -38,6 +41,7 @@ pub(crate) fn routes() -> Router<AdminState> {
         .route("/datasets", get(list_datasets).post(register_dataset))
         .route("/datasets/report", get(retention_report))
         .route("/datasets/{name}", get(show_dataset))
+        .route("/datasets/{name}/{step}", post(change_dataset))
 }
 
 /// Registry names and versions: what fits a URL path segment and a Cedar
@@ -161,7 +165,7 @@ async fn register_model(
         name: req.name,
         version: req.version,
         digest: req.digest,
-        lifecycle: ModelLifecycle::Draft,
+        lifecycle: Lifecycle::Draft,
         verified: verified.is_some(),
         verified_key: verified.map(|v| v.key_id),
         signature,
@@ -196,17 +200,7 @@ async fn change_model(
     headers: HeaderMap,
     Path((name, version, step)): Path<(String, String, String)>,
 ) -> Result<Response, ApiError> {
-    let to = match step.as_str() {
-        "approve" => ModelLifecycle::Approved,
-        "deprecate" => ModelLifecycle::Deprecated,
-        "revoke" => ModelLifecycle::Revoked,
-        _ => {
-            return Err(call.error(
-                ErrorCode::NotFound,
-                format!("no lifecycle step `{step}`: use approve, deprecate or revoke"),
-            ));
-        }
-    };
+    let to = lifecycle_step(&call, &step)?;
     // A lifecycle change decides which artifacts may serve confidential
     // data: a human admin's fresh TOTP code, or their open step-up window.
     let approver = crate::mfa::require_fresh_totp(&state, &call, &headers).await?;
@@ -225,6 +219,49 @@ async fn change_model(
         200,
     );
     Ok(json(StatusCode::OK, &model_view(&row, false)))
+}
+
+/// The state a lifecycle step (`approve`, `deprecate`, `revoke`) moves to.
+fn lifecycle_step(call: &Call, step: &str) -> Result<Lifecycle, ApiError> {
+    match step {
+        "approve" => Ok(Lifecycle::Approved),
+        "deprecate" => Ok(Lifecycle::Deprecated),
+        "revoke" => Ok(Lifecycle::Revoked),
+        _ => Err(call.error(
+            ErrorCode::NotFound,
+            format!("no lifecycle step `{step}`: use approve, deprecate or revoke"),
+        )),
+    }
+}
+
+/// `POST /admin/v1/datasets/{name}/{step}`: `approve`, `deprecate` or
+/// `revoke`, as for models.
+async fn change_dataset(
+    State(state): State<AdminState>,
+    Extension(call): Extension<Call>,
+    headers: HeaderMap,
+    Path((name, step)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let to = lifecycle_step(&call, &step)?;
+    // A lifecycle change decides who may read the data (a revoked dataset
+    // is read by nobody): a human admin's fresh TOTP code, or their open
+    // step-up window.
+    let approver = crate::mfa::require_fresh_totp(&state, &call, &headers).await?;
+    let row = state
+        .store
+        .set_dataset_lifecycle(&name, to, &approver.user, now_ms())
+        .await
+        .map_err(|e| call.store_error(e))?;
+    // In force on the data plane before the call returns.
+    state.gateway.reload().await.map_err(|e| call.internal(e))?;
+    call.done_by(
+        &state.sink,
+        &approver,
+        &format!("dataset.{step}"),
+        &row.name,
+        200,
+    );
+    Ok(json(StatusCode::OK, &dataset_view(&row)))
 }
 
 /// The lawful bases a dataset may be kept on (GDPR art. 6), and `none`
@@ -252,8 +289,11 @@ fn dataset_view(row: &DatasetRow) -> Value {
         "consent_basis": row.consent_basis,
         "retention_days": row.retention_days,
         "purposes": row.purposes,
+        "lifecycle": row.lifecycle.as_str(),
         "registered_by": row.registered_by,
         "registered_at": row.registered_ms,
+        "changed_by": row.changed_by,
+        "changed_at": row.changed_ms,
     })
 }
 
@@ -316,6 +356,7 @@ async fn register_dataset(
     if req.owner.trim().is_empty() || req.source.trim().is_empty() {
         return Err(bad("owner and source must not be empty".into()));
     }
+    let (by, at) = (call.admin_name(), now_ms());
     let row = DatasetRow {
         name: req.name,
         owner: req.owner,
@@ -326,8 +367,11 @@ async fn register_dataset(
         consent_basis: req.consent_basis,
         retention_days: req.retention_days,
         purposes: req.purposes,
-        registered_by: call.admin_name(),
-        registered_ms: now_ms(),
+        lifecycle: Lifecycle::Draft,
+        registered_by: by.clone(),
+        registered_ms: at,
+        changed_by: by,
+        changed_ms: at,
     };
     state
         .store
@@ -359,18 +403,12 @@ async fn show_dataset(
     Extension(call): Extension<Call>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    let rows = state
+    let row = state
         .store
-        .datasets()
+        .dataset(&name)
         .await
         .map_err(|e| call.store_error(e))?;
-    let row = rows.iter().find(|r| r.name == name).ok_or_else(|| {
-        call.error(
-            ErrorCode::NotFound,
-            format!("dataset `{name}` does not exist"),
-        )
-    })?;
-    Ok(json(StatusCode::OK, &dataset_view(row)))
+    Ok(json(StatusCode::OK, &dataset_view(&row)))
 }
 
 /// `GET /admin/v1/datasets/report`: per dataset, the routes tagged with it

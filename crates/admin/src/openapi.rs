@@ -207,8 +207,15 @@ pub(crate) const COMPONENTS: &[(&str, &[Field])] = &[
             f("consent_basis", "string", "consent basis"),
             f("retention_days", "integer", "retention"),
             f("purposes", "string[]", "allowed purposes"),
+            f(
+                "lifecycle",
+                "string",
+                "draft, approved, deprecated or revoked",
+            ),
             f("registered_by", "string", "who registered it"),
             f("registered_at", "integer", "ms since the epoch"),
+            f("changed_by", "string", "who last moved its lifecycle"),
+            f("changed_at", "integer", "ms since the epoch"),
         ],
     ),
     // redteam_api.rs `view`
@@ -707,13 +714,15 @@ pub(crate) const OPERATIONS: &[Operation] = &[
         .named("Model"),
     op("get", p!("/datasets"), "governance", Admin, "Registered datasets.")
         .ok(&[f("datasets", "ref:Dataset[]", "every dataset")]),
-    op("post", p!("/datasets"), "governance", Admin, "Register a dataset.")
+    op("post", p!("/datasets"), "governance", Admin, "Register a dataset as a draft.")
         .body(&[f("name", "string", "dataset name"), f("owner", "string", "accountable owner"), f("classification", "string", "public, internal, confidential or restricted"), f("source", "string", "where the data came from"), f("licence", "string", "licence"), f("collected", "string", "collection date, YYYY-MM-DD"), f("consent_basis", "string", "consent, contract, legal_obligation, vital_interests, public_task, legitimate_interests or none"), f("retention_days", "integer", "how long data may be kept"), opt("purposes", "array", "allowed purposes")])
         .created()
         .named("Dataset"),
     op("get", p!("/datasets/report"), "governance", Admin, "Per dataset: captured payloads and audit personal data of its routes kept past its retention.")
         .ok(&[f("report", "object[]", "per dataset: `dataset`, `retention_days`, `routes`, `overdue` (per route: `route`, `captures`, `personal_records`, `oldest_at`)")]),
     op("get", p!("/datasets/{name}"), "governance", Admin, "One dataset.")
+        .named("Dataset"),
+    op("post", p!("/datasets/{name}/{step}"), "governance", StepUp, "Move a dataset along its lifecycle: `approve` (a draft), `deprecate` (an approved one) or `revoke` (any, final: nobody reads a revoked dataset).")
         .named("Dataset"),
     // Policies.
     op("get", p!("/policies"), "policies", Admin, "Every stored policy version, and which is active or shadow.")

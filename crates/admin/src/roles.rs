@@ -104,7 +104,7 @@ pub enum Permission {
     ManageAgents,
     /// Approve MCP tool definitions.
     ManageTools,
-    /// Register models and datasets; approve, deprecate and revoke models.
+    /// Register models and datasets; approve, deprecate and revoke them.
     ManageGovernance,
     /// Write, rotate and delete vault secrets; create and rotate transit keys.
     ManageSecrets,

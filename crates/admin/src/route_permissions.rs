@@ -92,6 +92,7 @@ pub const ROUTE_PERMISSIONS: &[(&str, &str, Permission)] = &[
     ("POST", "/datasets", ManageGovernance),
     ("GET", "/datasets/report", Read),
     ("GET", "/datasets/{name}", Read),
+    ("POST", "/datasets/{name}/{step}", ManageGovernance),
     // The vault. Listings and `show` carry metadata, never values.
     ("GET", "/secrets", Read),
     ("POST", "/secrets", ManageSecrets),

@@ -67,7 +67,7 @@ pub enum ModelCommand {
 /// `portcullis dataset …`
 #[derive(Debug, Subcommand)]
 pub enum DatasetCommand {
-    /// Register a dataset.
+    /// Register a dataset as a draft.
     Register {
         /// Its name, `Dataset::"<name>"` in policy.
         name: String,
@@ -107,6 +107,21 @@ pub enum DatasetCommand {
     /// Data kept past its dataset's retention: captured payloads and audit
     /// personal data of the routes tagged with each dataset.
     Report,
+    /// Approve a draft (a human admin's TOTP or step-up window).
+    Approve {
+        /// The dataset's name.
+        name: String,
+    },
+    /// Deprecate an approved dataset.
+    Deprecate {
+        /// The dataset's name.
+        name: String,
+    },
+    /// Revoke a dataset (final; from any state): nobody reads it again.
+    Revoke {
+        /// The dataset's name.
+        name: String,
+    },
 }
 
 fn split_id(id: &str) -> Result<(&str, &str)> {
@@ -161,6 +176,7 @@ fn datasets_table(listed: &Value) -> String {
             col("CLASS", "classification", Kind::Text, 12),
             col("BASIS", "consent_basis", Kind::Text, 20),
             col("RETENTION_D", "retention_days", Kind::Text, 11),
+            col("LIFECYCLE", "lifecycle", Kind::Text, 10),
             col("PURPOSES", "purposes", Kind::List, 30),
         ],
     )
@@ -205,18 +221,22 @@ fn report_table(report: &Value) -> String {
     )
 }
 
-/// One lifecycle step of `NAME@VERSION`.
+/// One lifecycle step (`approve`, `deprecate`, `revoke`) of the registry
+/// entry at `path` (`/models/NAME/VERSION`, `/datasets/NAME`).
 async fn step(
     client: &AdminClient,
     format: crate::output::Format,
-    id: &str,
+    path: &str,
     step: &str,
 ) -> Result<()> {
-    let (name, version) = split_id(id)?;
-    let done = client
-        .post(&format!("/models/{name}/{version}/{step}"), &json!({}))
-        .await?;
+    let done = client.post(&format!("{path}/{step}"), &json!({})).await?;
     crate::output::emit(format, &done, crate::output::fields)
+}
+
+/// `/models/NAME/VERSION` of `NAME@VERSION`.
+fn model_path(id: &str) -> Result<String> {
+    let (name, version) = split_id(id)?;
+    Ok(format!("/models/{name}/{version}"))
 }
 
 /// Runs a model command.
@@ -264,9 +284,15 @@ pub async fn model(command: ModelCommand, args: AdminArgs) -> Result<()> {
             let shown = client.get(&format!("/models/{name}/{version}")).await?;
             crate::output::emit(format, &shown, crate::output::fields)?;
         }
-        ModelCommand::Approve { model } => step(&client, format, &model, "approve").await?,
-        ModelCommand::Deprecate { model } => step(&client, format, &model, "deprecate").await?,
-        ModelCommand::Revoke { model } => step(&client, format, &model, "revoke").await?,
+        ModelCommand::Approve { model } => {
+            step(&client, format, &model_path(&model)?, "approve").await?
+        }
+        ModelCommand::Deprecate { model } => {
+            step(&client, format, &model_path(&model)?, "deprecate").await?
+        }
+        ModelCommand::Revoke { model } => {
+            step(&client, format, &model_path(&model)?, "revoke").await?
+        }
     }
     Ok(())
 }
@@ -311,6 +337,15 @@ pub async fn dataset(command: DatasetCommand, args: AdminArgs) -> Result<()> {
         DatasetCommand::Report => {
             let report = client.get("/datasets/report").await?;
             crate::output::emit(format, &report, report_table)?;
+        }
+        DatasetCommand::Approve { name } => {
+            step(&client, format, &format!("/datasets/{name}"), "approve").await?
+        }
+        DatasetCommand::Deprecate { name } => {
+            step(&client, format, &format!("/datasets/{name}"), "deprecate").await?
+        }
+        DatasetCommand::Revoke { name } => {
+            step(&client, format, &format!("/datasets/{name}"), "revoke").await?
         }
     }
     Ok(())

@@ -73,17 +73,20 @@ pub enum PolicyCommand {
         agent: String,
         /// The action: an HTTP method (GET, POST, …), an MCP action
         /// (call_tool, list_tools, read_resource, list_resources, get_prompt,
-        /// list_prompts), complete, embed, list_models or use_secret.
+        /// list_prompts), complete, embed, list_models, use_secret or
+        /// read_data.
         #[arg(long)]
         action: String,
         /// The resource as the gateway names it: the route (HTTP methods,
         /// list_* actions), `<route>/<tool>` (or prompt, or resource URI),
-        /// `<route>/<model>`, or the secret; `Tool::"files/read_file"` works too.
+        /// `<route>/<model>`, the secret, or the dataset;
+        /// `Tool::"files/read_file"` works too.
         #[arg(long)]
         resource: String,
         /// The context as JSON, e.g. `{"source_ip":"10.0.0.1","time":"2026-11-24T10:00:00Z","risk":0.8}`
         /// (default: loopback, now); `args` for call_tool and get_prompt
-        /// (`{"args":{"path":"/tmp/x"}}`), `route` for use_secret.
+        /// (`{"args":{"path":"/tmp/x"}}`), `route` for use_secret,
+        /// `route`, `action`, `target` and `purpose` for read_data.
         #[arg(long)]
         context: Option<String>,
     },

@@ -7,7 +7,9 @@
 //! decides can be tested, with the resource as the gateway names it: an HTTP
 //! method on a route, an MCP action on `<route>/<tool>` (with `args` in the
 //! context) or on the route, `complete`/`embed` on `<route>/<model>`,
-//! `use_secret` on a secret (with `route` in the context), and
+//! `use_secret` on a secret (with `route` in the context), `read_data` on a
+//! dataset of the file's `datasets` (with `route`, `action`, `target` and
+//! `purpose` in the context), and
 //! `list_models` on a route, whose case gives the visible `models` instead
 //! of `expect`.
 //! Each case is decided exactly as the gateway would, by the same
@@ -24,6 +26,8 @@
 //!   - name: llm
 //!     classification: internal
 //!     models: [{ name: gpt-4o, status: approved }]
+//! datasets:
+//!   - { name: claims, classification: internal, purposes: [support] }
 //! cases:
 //!   - name: weekday morning is allowed
 //!     principal: support-bot
@@ -43,6 +47,12 @@
 //!     action: list_models
 //!     resource: llm
 //!     models: [gpt-4o]
+//!   - name: claims are read for support only
+//!     principal: support-bot
+//!     action: read_data
+//!     resource: claims
+//!     context: { route: crm, purpose: marketing }
+//!     expect: deny
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -53,7 +63,7 @@ use portcullis_control::config::PolicyTimeZone;
 use portcullis_control::policy_facts::{Asked, FactAction, RequestFacts};
 use portcullis_core::Classification;
 use portcullis_policy::{
-    AgentEntity, Authorizer, ModelEntity, PolicyBundle, PolicySources, RouteEntity,
+    AgentEntity, Authorizer, DatasetEntity, ModelEntity, PolicyBundle, PolicySources, RouteEntity,
 };
 use serde::Deserialize;
 
@@ -66,7 +76,42 @@ struct CaseFile {
     agents: Vec<AgentFixture>,
     #[serde(default)]
     routes: Vec<RouteFixture>,
+    /// Registered datasets, for `read_data` cases.
+    #[serde(default)]
+    datasets: Vec<DatasetFixture>,
     cases: Vec<Case>,
+}
+
+/// A registered dataset; what a case does not read may be left out.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DatasetFixture {
+    name: String,
+    classification: String,
+    #[serde(default)]
+    owner: String,
+    #[serde(default)]
+    source: String,
+    #[serde(default)]
+    licence: String,
+    #[serde(default)]
+    collected: String,
+    #[serde(default = "no_basis")]
+    consent_basis: String,
+    #[serde(default)]
+    retention_days: i64,
+    #[serde(default)]
+    purposes: Vec<String>,
+    #[serde(default = "approved")]
+    lifecycle: String,
+}
+
+fn no_basis() -> String {
+    "none".into()
+}
+
+fn approved() -> String {
+    "approved".into()
 }
 
 #[derive(Debug, Deserialize)]
@@ -180,7 +225,30 @@ pub fn run(file: &Path, dir: Option<PathBuf>) -> Result<bool> {
             });
         }
     }
-    let authz = Authorizer::new(bundle.clone(), &agents, &routes)?.with_models(&models)?;
+    let datasets = cases
+        .datasets
+        .iter()
+        .map(|d| {
+            Ok(DatasetEntity {
+                name: d.name.clone(),
+                owner: d.owner.clone(),
+                classification: d
+                    .classification
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("dataset `{}`: {e}", d.name))?,
+                source: d.source.clone(),
+                licence: d.licence.clone(),
+                collected: d.collected.clone(),
+                consent_basis: d.consent_basis.clone(),
+                retention_days: d.retention_days,
+                purposes: d.purposes.clone(),
+                lifecycle: d.lifecycle.clone(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let authz = Authorizer::new(bundle.clone(), &agents, &routes)?
+        .with_models(&models)?
+        .with_datasets(&datasets)?;
 
     println!(
         "running {} cases from {} against {} ({} policies)",

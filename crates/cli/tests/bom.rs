@@ -8,7 +8,7 @@ mod support;
 
 use std::process::Command;
 
-use portcullis_store::{DatasetRow, McpToolRow, ModelLifecycle, ModelRow, Store};
+use portcullis_store::{DatasetRow, Lifecycle, McpToolRow, ModelRow, Store};
 use serde_json::Value;
 
 const VALIDATE: &str = r#"
@@ -85,7 +85,7 @@ async fn bom_lists_routes_models_and_tools_as_valid_cyclonedx_1_6() {
             name: "gpt-4o".into(),
             version: "2024-08-06".into(),
             digest: format!("sha256:{}", "c".repeat(64)),
-            lifecycle: ModelLifecycle::Approved,
+            lifecycle: Lifecycle::Approved,
             verified: true,
             verified_key: Some("release".into()),
             signature: None,
@@ -111,8 +111,11 @@ async fn bom_lists_routes_models_and_tools_as_valid_cyclonedx_1_6() {
             consent_basis: "contract".into(),
             retention_days: 90,
             purposes: vec!["fraud-detection".into()],
+            lifecycle: Lifecycle::Approved,
             registered_by: "admin".into(),
             registered_ms: 1,
+            changed_by: "admin".into(),
+            changed_ms: 1,
         })
         .await
         .unwrap();

@@ -9,6 +9,11 @@
 //! (`dataset_denied`), and the record names the dataset. `inventory` shows
 //! the lineage: agent → route or tool → dataset, route → registry model.
 //!
+//! A second run drives the declared purpose (`Portcullis-Purpose` on HTTP
+//! and LLM, `_meta` `portcullis/purpose` on MCP) through the shipped
+//! `datasets-read-low`, the `tools/list` filter and the dataset lifecycle
+//! (`dataset revoke`: the built-in gate refuses on every protocol).
+//!
 //! Skips with a visible `SKIPPED:` when python3 with the `mcp` package is
 //! missing (the MCP and LLM upstreams are Python).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
@@ -105,18 +110,29 @@ struct Outcome {
 }
 
 async fn call(rig: &Rig, agent: &Agent, protocol: Protocol, text: &str) -> Outcome {
+    call_for(rig, agent, protocol, text, None).await
+}
+
+/// [`call`] declaring `purpose` in the protocol's carrier.
+async fn call_for(
+    rig: &Rig,
+    agent: &Agent,
+    protocol: Protocol,
+    text: &str,
+    purpose: Option<&str>,
+) -> Outcome {
     let server = &rig.server;
+    let declare = |r: reqwest::RequestBuilder| match purpose {
+        Some(p) => r.header("Portcullis-Purpose", p),
+        None => r,
+    };
     let r = match protocol {
-        Protocol::Http => agent
-            .client
-            .post(server.url("/api/claims"))
+        Protocol::Http => declare(agent.client.post(server.url("/api/claims")))
             .body(format!("{{\"q\":\"{text}\"}}"))
             .send()
             .await
             .unwrap(),
-        Protocol::Llm => agent
-            .client
-            .post(server.url("/llm/v1/chat/completions"))
+        Protocol::Llm => declare(agent.client.post(server.url("/llm/v1/chat/completions")))
             .json(
                 &json!({ "model": "gpt-test", "messages": [{ "role": "user", "content": text }] }),
             )
@@ -124,8 +140,11 @@ async fn call(rig: &Rig, agent: &Agent, protocol: Protocol, text: &str) -> Outco
             .await
             .unwrap(),
         Protocol::Mcp => {
-            let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+            let mut body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
                 "params": {"name": "save_note", "arguments": {"text": text}}});
+            if let Some(p) = purpose {
+                body["params"]["_meta"] = json!({ "portcullis/purpose": p });
+            }
             return mcp_call(rig, agent, &body).await;
         }
     };
@@ -184,30 +203,204 @@ fn ok(out: std::process::Output, what: &str) -> String {
 }
 
 fn register(server: &Server, name: &str, classification: &str, purpose: &str) {
+    register_for(server, name, classification, &[purpose]);
+}
+
+fn register_for(server: &Server, name: &str, classification: &str, purposes: &[&str]) {
+    let mut args = vec![
+        "dataset",
+        "register",
+        name,
+        "--owner",
+        "risk-team",
+        "--classification",
+        classification,
+        "--source",
+        "claims-db export",
+        "--licence",
+        "internal",
+        "--collected",
+        "2026-01-31",
+        "--consent-basis",
+        "contract",
+        "--retention-days",
+        "90",
+    ];
+    for p in purposes {
+        args.extend(["--purpose", p]);
+    }
+    ok(server.cli(&args), "dataset register");
+}
+
+/// The tools a `tools/list` with `purpose` shows the agent.
+async fn listed_tools(rig: &Rig, agent: &Agent, purpose: &str) -> Vec<String> {
+    let r = mcp_post(
+        &agent.client,
+        &rig.server,
+        "/mcp/tools",
+        Some(&agent.session),
+        &json!({"jsonrpc": "2.0", "id": 4, "method": "tools/list",
+            "params": {"_meta": {"portcullis/purpose": purpose}}}),
+    )
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let message = mcp_messages(&r.text().await.unwrap()).remove(0);
+    let mut names: Vec<String> = message["result"]["tools"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no tools: {message}"))
+        .iter()
+        .map(|t| t["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The declared purpose decides `read_data` identically on HTTP, MCP and
+/// LLM under the shipped `datasets-read-low`; `tools/list` hides a tool
+/// over a dataset the purpose may not read; a revoked dataset is read by
+/// nobody (`builtin:dataset-gate`), on every protocol, once `dataset
+/// revoke` returns.
+#[tokio::test(flavor = "multi_thread")]
+async fn purpose_and_lifecycle_decide_read_data_on_every_protocol() {
+    let Some(rig) = rig().await else {
+        return;
+    };
+    let server = &rig.server;
+    // Internal datasets: the shipped `datasets-read-low` decides, by purpose.
+    register_for(server, "claims", "internal", &["support", "note-taking"]);
+    register_for(server, "notes", "internal", &["note-taking"]);
+    let shown: Value = serde_json::from_str(&ok(
+        server.cli(&["dataset", "show", "claims", "-o", "json"]),
+        "dataset show",
+    ))
+    .unwrap();
+    assert_eq!(shown["lifecycle"], "draft", "{shown}");
+    let helper = agent(&rig, "helper", &["dev"]).await;
+
+    // The first listing pins the tools; with a purpose `notes` allows, the
+    // tool over it is listed; with another, it is not.
+    let all = listed_tools(&rig, &helper, "note-taking").await;
+    assert!(all.contains(&"save_note".to_string()), "{all:?}");
+    let support = listed_tools(&rig, &helper, "support").await;
+    assert!(!support.contains(&"save_note".to_string()), "{support:?}");
+    assert_eq!(support.len(), all.len() - 1, "{support:?} vs {all:?}");
+
+    // A purpose both datasets allow: served on every protocol, the record
+    // naming the permit and the purpose.
+    for protocol in Protocol::ALL {
+        let o = call_for(&rig, &helper, protocol, "noted", Some("note-taking")).await;
+        assert_eq!(o.code, None, "{protocol:?}: {o:?}");
+        let rec = server.audit_record(&o.request_id);
+        let policies = rec["policies"].as_array().unwrap();
+        assert!(
+            policies.contains(&json!("dataset:claims:datasets-read-low"))
+                && policies.contains(&json!("purpose:note-taking")),
+            "{protocol:?}: {rec}"
+        );
+    }
+    assert!(tokio::task::block_in_place(|| ran(&rig, "noted")));
+    // `support` reads the claims but not the tool's notes.
+    for protocol in [Protocol::Http, Protocol::Llm] {
+        let o = call_for(&rig, &helper, protocol, "supported", Some("support")).await;
+        assert_eq!(o.code, None, "{protocol:?}: {o:?}");
+    }
+    let o = call_for(&rig, &helper, Protocol::Mcp, "supported", Some("support")).await;
+    assert_eq!(o.code.as_deref(), Some("dataset_denied"), "{o:?}");
+    assert_eq!(o.policies, json!(["dataset:notes:default-deny"]));
+    // Another purpose, or none: refused identically on every protocol.
+    for purpose in [Some("marketing"), None] {
+        for protocol in Protocol::ALL {
+            let o = call_for(&rig, &helper, protocol, "refused", purpose).await;
+            assert_eq!(
+                (o.code.as_deref(), &o.policies),
+                (
+                    Some("dataset_denied"),
+                    &json!(["dataset:claims:default-deny"])
+                ),
+                "{protocol:?} {purpose:?}"
+            );
+        }
+    }
+    assert!(!tokio::task::block_in_place(|| ran(&rig, "refused")));
+
+    // One carrier per protocol: the header on an MCP route, or a value
+    // that is no purpose, is refused before anything is decided.
+    let r = mcp_post(
+        &helper.client,
+        server,
+        "/mcp/tools",
+        Some(&helper.session),
+        &json!({"jsonrpc": "2.0", "id": 5, "method": "tools/list"}),
+    )
+    .header("Portcullis-Purpose", "note-taking")
+    .send()
+    .await
+    .unwrap();
+    assert_eq!(support::error_of(r).await.1["code"], "bad_request");
+    let r = helper
+        .client
+        .post(server.url("/api/claims"))
+        .header("Portcullis-Purpose", "two words")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(support::error_of(r).await.1["code"], "bad_request");
+    let o = mcp_call(
+        &rig,
+        &helper,
+        &json!({"jsonrpc": "2.0", "id": 6, "method": "tools/call",
+            "params": {"name": "save_note", "arguments": {"text": "x"}, "_meta": {"portcullis/purpose": 7}}}),
+    )
+    .await;
+    assert_eq!(o.code.as_deref(), Some("bad_request"), "{o:?}");
+
+    // Revoked: in force before the CLI returns, on every protocol, whatever
+    // the purpose; the lifecycle moves one way and is audited.
+    let revoked: Value = serde_json::from_str(&ok(
+        server.cli(&["dataset", "revoke", "claims", "-o", "json"]),
+        "dataset revoke",
+    ))
+    .unwrap();
+    assert_eq!(revoked["lifecycle"], "revoked", "{revoked}");
+    for protocol in Protocol::ALL {
+        let o = call_for(&rig, &helper, protocol, "after-revoke", Some("note-taking")).await;
+        assert_eq!(
+            (o.code.as_deref(), &o.policies),
+            (
+                Some("dataset_denied"),
+                &json!(["dataset:claims:builtin:dataset-gate"])
+            ),
+            "{protocol:?}"
+        );
+    }
+    assert!(!tokio::task::block_in_place(|| ran(&rig, "after-revoke")));
+    let again = server.cli(&["dataset", "approve", "claims"]);
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("cannot become approved"));
     ok(
-        server.cli(&[
-            "dataset",
-            "register",
-            name,
-            "--owner",
-            "risk-team",
-            "--classification",
-            classification,
-            "--source",
-            "claims-db export",
-            "--licence",
-            "internal",
-            "--collected",
-            "2026-01-31",
-            "--consent-basis",
-            "contract",
-            "--retention-days",
-            "90",
-            "--purpose",
-            purpose,
-        ]),
-        "dataset register",
+        server.cli(&["dataset", "approve", "notes"]),
+        "approve notes",
     );
+    let listed = ok(server.cli(&["dataset", "list"]), "dataset list");
+    assert!(
+        listed.contains("revoked") && listed.contains("approved"),
+        "{listed}"
+    );
+    let records = server.audit(60);
+    for (action, resource) in [
+        ("dataset.register", "claims"),
+        ("dataset.revoke", "claims"),
+        ("dataset.approve", "notes"),
+    ] {
+        assert!(
+            records
+                .iter()
+                .any(|r| r["action"] == action && r["resource"] == resource),
+            "no `{action}` on `{resource}`"
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

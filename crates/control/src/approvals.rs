@@ -46,6 +46,12 @@ pub const MAX_WAIT: Duration = Duration::from_secs(300);
 /// Most live tickets kept; past it, the oldest pending ones lapse first.
 const MAX_TICKETS: usize = 10_000;
 
+/// The purpose a call declares (the gateway's `Portcullis-Purpose` header on
+/// HTTP and LLM routes, `_meta` on MCP), bound as if it were a header of
+/// this name: it is in the key, shown and stored with the call, and a call
+/// without one binds exactly as before purposes existed.
+pub const PURPOSE_HEADER: &str = "portcullis-purpose";
+
 /// The request headers an approval binds (name and every value, in the order
 /// sent): those that change what an upstream does with the same method, path,
 /// query and body. Lower case, sorted. Headers that say *who* calls are not
@@ -391,6 +397,22 @@ impl CallBinding {
         }
     }
 
+    /// The call with the purpose it declares bound (see [`PURPOSE_HEADER`]);
+    /// `""` binds none.
+    pub fn with_purpose(mut self, purpose: &str) -> CallBinding {
+        self.headers.retain(|(name, _)| name != PURPOSE_HEADER);
+        if !purpose.is_empty() {
+            let at = self
+                .headers
+                .partition_point(|(name, _)| name.as_str() < PURPOSE_HEADER);
+            self.headers.insert(
+                at,
+                (PURPOSE_HEADER.to_string(), header_text(purpose.as_bytes())),
+            );
+        }
+        self
+    }
+
     /// One digest over every bound field, each length-prefixed (an absent
     /// one marked apart from an empty one). The body preview and the
     /// rendered MCP arguments are not in it: they are cut from the body,
@@ -586,18 +608,24 @@ fn bound_headers(headers: &http::HeaderMap) -> Vec<(String, String)> {
     let mut out = Vec::new();
     for name in BOUND_HEADERS {
         for value in headers.get_all(*name) {
-            let mut text = String::with_capacity(value.len());
-            for &b in value.as_bytes() {
-                if (0x20..0x7f).contains(&b) && b != b'%' {
-                    text.push(char::from(b));
-                } else {
-                    text.push_str(&format!("%{b:02X}"));
-                }
-            }
-            out.push(((*name).to_string(), text));
+            out.push(((*name).to_string(), header_text(value.as_bytes())));
         }
     }
     out
+}
+
+/// A bound header value as text: bytes outside printable ASCII, and `%`,
+/// written `%XX`, so the text is exact.
+fn header_text(value: &[u8]) -> String {
+    let mut text = String::with_capacity(value.len());
+    for &b in value {
+        if (0x20..0x7f).contains(&b) && b != b'%' {
+            text.push(char::from(b));
+        } else {
+            text.push_str(&format!("%{b:02X}"));
+        }
+    }
+    text
 }
 
 /// A ticket's state.
@@ -1291,6 +1319,37 @@ mod tests {
             model,
             digest,
         )
+    }
+
+    /// The declared purpose is bound on every protocol: another purpose is
+    /// another call; none binds as before purposes existed; it is shown
+    /// among the headers, in their sorted place.
+    #[test]
+    fn the_purpose_is_bound() {
+        let bound = |b: CallBinding| b.with_purpose("fraud-detection");
+        let bases: [fn() -> CallBinding; 3] = [
+            || call("{}"),
+            || tool(serde_json::json!({"path": "/tmp/a"})),
+            || llm("gpt", "{}"),
+        ];
+        for base in bases {
+            assert_eq!(base().with_purpose("").key(), base().key());
+            assert_eq!(bound(base()).key(), bound(base()).key());
+            assert_ne!(bound(base()).key(), base().key());
+            assert_ne!(bound(base()).key(), base().with_purpose("marketing").key());
+            // Bound once, whatever was bound before.
+            assert_eq!(
+                bound(base().with_purpose("marketing")).key(),
+                bound(base()).key()
+            );
+        }
+        let shown = bound(http_call(
+            "/bank/transfer",
+            &[("content-type", "application/json"), ("soapaction", "x")],
+            "{}",
+        ));
+        let names: Vec<&str> = shown.headers.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["content-type", PURPOSE_HEADER, "soapaction"]);
     }
 
     #[test]

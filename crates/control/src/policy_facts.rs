@@ -3,7 +3,8 @@
 //! [`AuthzRequest`] for an HTTP method on a route, an [`McpRequest`] for an
 //! MCP action, a [`ModelRequest`] for `complete`/`embed` (and `list_models`,
 //! which the gateway decides as `complete` with method `GET` per model of
-//! the route), a [`SecretRequest`] for `use_secret`.
+//! the route), a [`SecretRequest`] for `use_secret`, a [`DatasetRequest`]
+//! for `read_data`.
 //!
 //! The JSON/YAML shape mirrors `context` in the schema: `source_ip`, `time`
 //! (RFC 3339 text or epoch seconds; hour and weekday follow the time zone),
@@ -15,14 +16,14 @@
 //! A resource is written as the gateway names it, with or without its entity
 //! type: `payroll` or `Route::"payroll"`, `files/read_file` or
 //! `Tool::"files/read_file"`, `llm/gpt-4o` or `Model::"llm/gpt-4o"`, `key` or
-//! `Secret::"key"`.
+//! `Secret::"key"`, `claims` or `Dataset::"claims"`.
 
 use std::net::IpAddr;
 
 use portcullis_policy::{
-    AuthFacts, AuthMethod, Authorizer, AuthzRequest, CallerFacts, Content, Decision, Delegation,
-    Explanation, HttpAction, McpAction, McpRequest, ModelAction, ModelRequest, Posture,
-    SecretRequest, SourceIp,
+    AuthFacts, AuthMethod, Authorizer, AuthzRequest, CallerFacts, Content, DatasetRequest,
+    Decision, Delegation, Explanation, HttpAction, McpAction, McpRequest, ModelAction,
+    ModelRequest, Posture, SecretRequest, SourceIp,
 };
 use serde::Deserialize;
 
@@ -56,8 +57,18 @@ pub struct RequestFacts {
     /// the JSON-RPC method of the MCP action; `POST` for `complete`/`embed`;
     /// `GET` for `list_models`; `GET` for `use_secret`).
     pub method: Option<String>,
-    /// `use_secret`: the route whose credential it is (`context.route`).
+    /// `use_secret` and `read_data`: the route the request took
+    /// (`context.route`).
     pub route: Option<String>,
+    /// `read_data`: the action the call asked for (`context.action`:
+    /// `GET`, `call_tool`, `complete`, …; default `GET`).
+    pub action: Option<String>,
+    /// `read_data`: the tool, prompt, resource or model (`context.target`;
+    /// default "").
+    pub target: Option<String>,
+    /// `read_data`: the purpose the call declared (`context.purpose`;
+    /// default "").
+    pub purpose: Option<String>,
 }
 
 /// A time: RFC 3339 text (`2026-11-24T10:00:00+01:00`) or epoch seconds.
@@ -174,6 +185,9 @@ pub struct PreparedFacts {
     args: Option<Vec<portcullis_policy::McpArg>>,
     method: Option<String>,
     route: Option<String>,
+    action: Option<String>,
+    target: Option<String>,
+    purpose: Option<String>,
 }
 
 /// Every action policy decides, as `policy explain` and `policy test` name
@@ -191,10 +205,12 @@ pub enum FactAction {
     ListModels,
     /// `use_secret` on a vault secret.
     UseSecret,
+    /// `read_data` on a registered dataset.
+    ReadData,
 }
 
 /// The action names [`FactAction::parse`] accepts, for error messages.
-pub const ACTIONS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, call_tool, list_tools, read_resource, list_resources, get_prompt, list_prompts, mcp_session, notify, reply, open_stream, end_session, complete, embed, list_models or use_secret";
+pub const ACTIONS: &str = "GET, HEAD, POST, PUT, PATCH, DELETE, call_tool, list_tools, read_resource, list_resources, get_prompt, list_prompts, mcp_session, notify, reply, open_stream, end_session, complete, embed, list_models, use_secret or read_data";
 
 impl FactAction {
     /// The action named `text`.
@@ -210,6 +226,7 @@ impl FactAction {
             "embed" => Ok(FactAction::Model(ModelAction::Embed)),
             "list_models" => Ok(FactAction::ListModels),
             portcullis_policy::USE_SECRET => Ok(FactAction::UseSecret),
+            portcullis_policy::READ_DATA => Ok(FactAction::ReadData),
             _ => Err(format!("action `{text}`: use {ACTIONS}")),
         }
     }
@@ -221,6 +238,7 @@ impl FactAction {
             FactAction::Mcp(a) => a.resource_type(),
             FactAction::Model(_) => "Model",
             FactAction::UseSecret => "Secret",
+            FactAction::ReadData => "Dataset",
         }
     }
 }
@@ -253,6 +271,8 @@ pub enum AnyRequest<'a> {
     Model(&'a ModelRequest<'a>),
     /// `use_secret`.
     Secret(&'a SecretRequest<'a>),
+    /// `read_data`.
+    Dataset(&'a DatasetRequest<'a>),
 }
 
 impl AnyRequest<'_> {
@@ -263,6 +283,7 @@ impl AnyRequest<'_> {
             AnyRequest::Mcp(r) => authz.decide_mcp(r),
             AnyRequest::Model(r) => authz.decide_model(r),
             AnyRequest::Secret(r) => authz.decide_secret(r),
+            AnyRequest::Dataset(r) => authz.decide_dataset(r),
         }
     }
 
@@ -273,6 +294,7 @@ impl AnyRequest<'_> {
             AnyRequest::Mcp(r) => authz.explain_mcp(r),
             AnyRequest::Model(r) => authz.explain_model(r),
             AnyRequest::Secret(r) => authz.explain_secret(r),
+            AnyRequest::Dataset(r) => authz.explain_dataset(r),
         }
     }
 }
@@ -352,6 +374,9 @@ impl RequestFacts {
             args,
             method: self.method.clone(),
             route: self.route.clone(),
+            action: self.action.clone(),
+            target: self.target.clone(),
+            purpose: self.purpose.clone(),
             source_ip: SourceIp::new(self.source_ip.unwrap_or(IpAddr::from([127, 0, 0, 1]))),
             time: zone.request_time(epoch),
             path: self.path.clone().unwrap_or_else(|| "/".into()),
@@ -434,9 +459,17 @@ impl PreparedFacts {
         if self.args.is_some() && !takes_args {
             return Err("context.args: only `call_tool` and `get_prompt` have arguments".into());
         }
-        if self.route.is_some() && action != FactAction::UseSecret {
+        if self.route.is_some() && !matches!(action, FactAction::UseSecret | FactAction::ReadData) {
             return Err(
-                "context.route: only `use_secret` takes it (other actions name their route in the resource)"
+                "context.route: only `use_secret` and `read_data` take it (other actions name their route in the resource)"
+                    .into(),
+            );
+        }
+        if action != FactAction::ReadData
+            && (self.action.is_some() || self.target.is_some() || self.purpose.is_some())
+        {
+            return Err(
+                "context.action, context.target and context.purpose: only `read_data` takes them"
                     .into(),
             );
         }
@@ -554,6 +587,23 @@ impl PreparedFacts {
                     agent,
                     secret: id,
                     route: self.route.as_deref().unwrap_or_default(),
+                    method,
+                    path: &self.path,
+                    source_ip: &self.source_ip,
+                    time: self.time,
+                    content,
+                    caller: &self.caller,
+                })))
+            }
+            FactAction::ReadData => {
+                let method = http_method(HttpAction::Get)?;
+                Asked::One(f(AnyRequest::Dataset(&DatasetRequest {
+                    agent,
+                    dataset: id,
+                    route: self.route.as_deref().unwrap_or_default(),
+                    action: self.action.as_deref().unwrap_or(method.as_str()),
+                    target: self.target.as_deref().unwrap_or_default(),
+                    purpose: self.purpose.as_deref().unwrap_or_default(),
                     method,
                     path: &self.path,
                     source_ip: &self.source_ip,

@@ -28,6 +28,7 @@ pub mod oauth;
 pub mod pipeline;
 mod plane;
 mod policy_install;
+pub mod purpose;
 pub mod rate_limit;
 pub mod respond;
 pub mod retention;

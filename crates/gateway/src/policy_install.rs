@@ -338,6 +338,12 @@ struct Replay {
     secrets: Vec<String>,
     /// An MCP message with arguments the record does not keep.
     args_unknown: bool,
+    /// The datasets today's route (and, for a tool call, the tool) is
+    /// tagged with: asked `read_data` after an allow, as the gateway does.
+    datasets: Vec<String>,
+    /// The purpose the call declared, as its record keeps it
+    /// (`purpose:<value>` among its policies); "" when none.
+    purpose: String,
 }
 
 impl Replay {
@@ -460,6 +466,29 @@ impl Replay {
             asking,
             Asking::Mcp(McpAction::CallTool | McpAction::GetPrompt, _)
         );
+        let datasets = match (&asking, config) {
+            (_, None) | (Asking::ListModels(_), _) => Vec::new(),
+            (Asking::Mcp(action, _), _) if action.is_plumbing() => Vec::new(),
+            (asking, Some(config)) => {
+                let tool = match asking {
+                    Asking::Mcp(McpAction::CallTool, _) => config.tool_datasets.get(&target),
+                    _ => None,
+                };
+                let mut out: Vec<String> = Vec::new();
+                for d in config.datasets.iter().chain(tool.into_iter().flatten()) {
+                    if !out.contains(d) {
+                        out.push(d.clone());
+                    }
+                }
+                out
+            }
+        };
+        let purpose = record
+            .policies
+            .iter()
+            .find_map(|p| p.strip_prefix(crate::pipeline::datasets::PURPOSE_MARK))
+            .unwrap_or_default()
+            .to_string();
         Ok(Some(Replay {
             agent: agent.to_string(),
             asking,
@@ -473,7 +502,49 @@ impl Replay {
             caller,
             secrets,
             args_unknown,
+            datasets,
+            purpose,
         }))
+    }
+
+    /// The `read_data` questions of an allowed call, as the gateway asks
+    /// them (`pipeline/datasets.rs`): `None` when every dataset may be
+    /// read (`Some` lists what was decided), the refusal otherwise.
+    fn read_data(
+        &self,
+        authz: &portcullis_policy::Authorizer,
+        (action, method): (&str, portcullis_policy::HttpAction),
+        content: portcullis_policy::Content<'_>,
+    ) -> Result<Vec<String>, Vec<String>> {
+        let mut read = Vec::new();
+        for dataset in &self.datasets {
+            if !authz.knows_dataset(dataset) {
+                return Err(vec![format!("dataset:{dataset}:unregistered")]);
+            }
+            let d = authz.decide_dataset(&portcullis_policy::DatasetRequest {
+                agent: &self.agent,
+                dataset,
+                route: &self.route,
+                action,
+                target: &self.target,
+                purpose: &self.purpose,
+                method,
+                path: &self.path,
+                source_ip: &self.source_ip,
+                time: self.time,
+                content,
+                caller: &self.caller,
+            });
+            let named = d
+                .policy_ids
+                .iter()
+                .map(|p| format!("dataset:{dataset}:{p}"));
+            if !d.allowed {
+                return Err(named.collect());
+            }
+            read.extend(named);
+        }
+        Ok(read)
     }
 
     /// Decides the request with `authz` as the gateway does.
@@ -537,11 +608,21 @@ impl Replay {
                     time: self.time,
                     caller: &self.caller,
                 });
-                return Verdict {
+                let mut verdict = Verdict {
                     allowed: d.allowed,
                     policies: d.policy_ids,
                     models: None,
                 };
+                if verdict.allowed {
+                    match self.read_data(authz, (action.as_str(), HttpAction::Post), content) {
+                        Ok(read) => verdict.policies.extend(read),
+                        Err(refused) => {
+                            verdict.allowed = false;
+                            verdict.policies = refused;
+                        }
+                    }
+                }
+                return verdict;
             }
             Asking::Model(action) => (
                 model(*action, &self.target, HttpAction::Post),
@@ -583,6 +664,20 @@ impl Replay {
             policies: decision.policy_ids,
             models: None,
         };
+        if verdict.allowed {
+            let action = match &self.asking {
+                Asking::Model(action) => action.as_str(),
+                _ => method.as_str(),
+            };
+            match self.read_data(authz, (action, method), content) {
+                Ok(read) => verdict.policies.extend(read),
+                Err(refused) => {
+                    verdict.allowed = false;
+                    verdict.policies = refused;
+                    return verdict;
+                }
+            }
+        }
         if !verdict.allowed || self.secrets.is_empty() {
             return verdict;
         }

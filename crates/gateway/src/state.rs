@@ -849,6 +849,7 @@ async fn registry_datasets(
             consent_basis: d.consent_basis,
             retention_days: d.retention_days,
             purposes: d.purposes,
+            lifecycle: d.lifecycle.as_str().to_string(),
         })
         .collect())
 }

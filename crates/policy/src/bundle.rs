@@ -44,6 +44,14 @@ pub const MODEL_GATE_POLICY: &str = include_str!("../defaults/model-gate.cedar")
 /// The id of [`MODEL_GATE_POLICY`].
 pub const MODEL_GATE_POLICY_ID: &str = "builtin:model-gate";
 
+/// The policy added to every set whose schema gives `Dataset` its
+/// `lifecycle`: nobody reads a revoked dataset (`builtin:dataset-gate`,
+/// docs/governance.md).
+pub const DATASET_GATE_POLICY: &str = include_str!("../defaults/dataset-gate.cedar");
+
+/// The id of [`DATASET_GATE_POLICY`].
+pub const DATASET_GATE_POLICY_ID: &str = "builtin:dataset-gate";
+
 /// The schema file every policy directory must hold.
 pub const SCHEMA_FILE: &str = "schema.cedarschema";
 
@@ -230,6 +238,9 @@ pub struct PolicyBundle {
     /// Whether the schema's `Model` has the registry attributes (and so
     /// the set holds `builtin:model-gate`).
     pub(crate) model_registry: bool,
+    /// Whether the schema's `Dataset` has `lifecycle` (and so the set
+    /// holds `builtin:dataset-gate`).
+    pub(crate) dataset_lifecycle: bool,
     sources: PolicySources,
     hash: String,
 }
@@ -354,25 +365,24 @@ impl PolicyBundle {
         // reads, which is exactly when it validates on its own. A schema
         // written before the registry gets none, and its routes may not
         // name registry entries (`Authorizer::supports_model_registry`).
-        let gate = Policy::parse(Some(PolicyId::new(MODEL_GATE_POLICY_ID)), MODEL_GATE_POLICY)
-            .map_err(|e| PolicyError::Parse {
-                path: PathBuf::from(MODEL_GATE_POLICY_ID),
-                diagnostics: render(&e, MODEL_GATE_POLICY),
-            })?;
-        let model_registry = {
-            let mut alone = PolicySet::new();
-            alone.add(gate.clone()).is_ok()
-                && Validator::new(schema.clone())
-                    .validate(&alone, ValidationMode::Strict)
-                    .validation_passed()
-        };
-        if model_registry {
-            policies.add(gate).map_err(|_| PolicyError::DuplicateId {
-                id: MODEL_GATE_POLICY_ID.to_string(),
-                path: sources.origin.clone(),
-            })?;
-            ids.push(MODEL_GATE_POLICY_ID.to_string());
-        }
+        let model_registry = add_gate(
+            &schema,
+            &mut policies,
+            &mut ids,
+            &sources.origin,
+            MODEL_GATE_POLICY_ID,
+            MODEL_GATE_POLICY,
+        )?;
+        // The dataset gate likewise: a schema whose `Dataset` has no
+        // `lifecycle` gets none (and its entities carry none).
+        let dataset_lifecycle = add_gate(
+            &schema,
+            &mut policies,
+            &mut ids,
+            &sources.origin,
+            DATASET_GATE_POLICY_ID,
+            DATASET_GATE_POLICY,
+        )?;
 
         let result = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
         if !result.validation_passed() {
@@ -394,6 +404,7 @@ impl PolicyBundle {
             ids,
             obligations,
             model_registry,
+            dataset_lifecycle,
             hash: sources.content_hash(),
             sources: sources.clone(),
         })
@@ -450,6 +461,38 @@ fn hex_lower(bytes: &[u8]) -> String {
 }
 
 /// Renders a Cedar diagnostic with the line and column of each labelled span.
+/// Adds the built-in gate `text` (id `id`) to `policies` when the schema
+/// declares what it reads, which is exactly when it validates on its own;
+/// says whether it did. A schema written before the gate gets none.
+fn add_gate(
+    schema: &Schema,
+    policies: &mut PolicySet,
+    ids: &mut Vec<String>,
+    origin: &Path,
+    id: &str,
+    text: &str,
+) -> Result<bool, PolicyError> {
+    let gate = Policy::parse(Some(PolicyId::new(id)), text).map_err(|e| PolicyError::Parse {
+        path: PathBuf::from(id),
+        diagnostics: render(&e, text),
+    })?;
+    let fits = {
+        let mut alone = PolicySet::new();
+        alone.add(gate.clone()).is_ok()
+            && Validator::new(schema.clone())
+                .validate(&alone, ValidationMode::Strict)
+                .validation_passed()
+    };
+    if fits {
+        policies.add(gate).map_err(|_| PolicyError::DuplicateId {
+            id: id.to_string(),
+            path: origin.to_path_buf(),
+        })?;
+        ids.push(id.to_string());
+    }
+    Ok(fits)
+}
+
 fn render(error: &(dyn Diagnostic + 'static), source: &str) -> String {
     let mut out = String::new();
     let mut push = |d: &dyn Diagnostic| {
@@ -511,7 +554,8 @@ mod tests {
                 "no-remote-delete",
                 "datasets-read-low",
                 MCP_PLUMBING_POLICY_ID,
-                MODEL_GATE_POLICY_ID
+                MODEL_GATE_POLICY_ID,
+                DATASET_GATE_POLICY_ID
             ]
         );
     }
@@ -529,8 +573,31 @@ mod tests {
             ..sources("")
         })
         .unwrap();
-        // The schema's `Model` still has the registry attributes: the gate stays.
-        assert_eq!(bundle.policy_ids(), [MODEL_GATE_POLICY_ID]);
+        // The schema's `Model` and `Dataset` still have the registry
+        // attributes: the gates stay.
+        assert_eq!(
+            bundle.policy_ids(),
+            [MODEL_GATE_POLICY_ID, DATASET_GATE_POLICY_ID]
+        );
+        // A `Dataset` without `lifecycle` (a schema written before it): no
+        // dataset gate, and its entities carry none.
+        let old = DEFAULT_SCHEMA.replace(
+            "  lifecycle: String,\n};\n\ntype DatasetContext",
+            "};\n\ntype DatasetContext",
+        );
+        assert_ne!(old, DEFAULT_SCHEMA);
+        let bundle = PolicyBundle::compile(&PolicySources {
+            schema: old,
+            ..sources("")
+        })
+        .unwrap();
+        assert!(!bundle.dataset_lifecycle);
+        assert!(
+            !bundle
+                .policy_ids()
+                .iter()
+                .any(|id| id == DATASET_GATE_POLICY_ID)
+        );
         let err = PolicyBundle::compile(&sources(
             "@id(\"builtin:mine\") permit(principal, action, resource);",
         ))
@@ -551,7 +618,8 @@ mod tests {
                 "a.cedar:1",
                 "a.cedar:2",
                 MCP_PLUMBING_POLICY_ID,
-                MODEL_GATE_POLICY_ID
+                MODEL_GATE_POLICY_ID,
+                DATASET_GATE_POLICY_ID
             ]
         );
     }

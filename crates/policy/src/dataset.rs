@@ -3,17 +3,17 @@
 //! with it. The gateway asks after the call's own decision allowed it, once
 //! per dataset the route or tool is tagged with; any denial refuses the call
 //! (`dataset_denied`). The dataset's attributes come from the dataset
-//! registry (docs/governance.md), read with every policy snapshot.
+//! registry (docs/governance.md), read with every policy snapshot, and the
+//! context carries the purpose the request declared (`context.purpose`).
 //!
 //! Only policies whose action scope can match `read_data` are evaluated;
 //! when none of them reads `context`, a decision depends only on (agent,
 //! dataset) and is memoized for the snapshot, as for secrets.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
-use cedar_policy::{
-    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
-};
+use cedar_policy::{Entities, Entity, EntityId, EntityUid, RestrictedExpression};
 use portcullis_core::{Classification, Decision};
 
 use crate::PolicyBundle;
@@ -21,6 +21,7 @@ use crate::caller::CallerFacts;
 use crate::candidates::ActionPolicies;
 use crate::entities::EntityError;
 use crate::facts::{Content, HttpAction, RequestTime, SourceIp};
+use crate::resource::{Pairs, ResourceAsk, ResourceDecider, parse_type};
 
 /// The action id.
 pub const READ_DATA: &str = "read_data";
@@ -46,6 +47,10 @@ pub struct DatasetEntity {
     pub retention_days: i64,
     /// What it may be used for.
     pub purposes: Vec<String>,
+    /// Where it is in its life: `draft`, `approved`, `deprecated` or
+    /// `revoked` (`resource.lifecycle`; the built-in dataset gate refuses
+    /// reading a revoked one).
+    pub lifecycle: String,
 }
 
 /// One `read_data` request: a call on a route (or tool) tagged with the
@@ -62,6 +67,9 @@ pub struct DatasetRequest<'a> {
     pub action: &'a str,
     /// The tool, prompt, resource or model; "" for a route's own request.
     pub target: &'a str,
+    /// The purpose the request declared (`Portcullis-Purpose` on HTTP and
+    /// LLM routes, `_meta` `portcullis/purpose` on MCP); "" when none.
+    pub purpose: &'a str,
     /// The request's HTTP method.
     pub method: HttpAction,
     /// The request path.
@@ -76,15 +84,58 @@ pub struct DatasetRequest<'a> {
     pub caller: &'a CallerFacts,
 }
 
+/// A [`DatasetRequest`] as the decider asks it: `lifecycle` and `purpose`
+/// only when the schema declares them (a schema written before them still
+/// decides, and its policies cannot read them).
+struct Ask<'r, 'a> {
+    r: &'r DatasetRequest<'a>,
+    purpose: bool,
+}
+
+impl ResourceAsk for Ask<'_, '_> {
+    fn agent(&self) -> &str {
+        self.r.agent
+    }
+
+    fn resource_id(&self) -> Cow<'_, str> {
+        Cow::Borrowed(self.r.dataset)
+    }
+
+    fn context(&self) -> Result<Pairs, String> {
+        let r = self.r;
+        let mut pairs = crate::facts::routed_pairs(
+            r.route,
+            r.method.as_str(),
+            r.path,
+            r.source_ip,
+            r.time,
+            &r.content,
+            r.caller,
+        )?;
+        let s = |v: &str| RestrictedExpression::new_string(v.to_string());
+        pairs.extend([
+            ("action".to_string(), s(r.action)),
+            ("target".to_string(), s(r.target)),
+        ]);
+        if self.purpose {
+            pairs.push(("purpose".to_string(), s(r.purpose)));
+        }
+        Ok(pairs)
+    }
+}
+
 pub(crate) struct DatasetAuthz {
     action: EntityUid,
-    agent_type: EntityTypeName,
-    dataset_type: EntityTypeName,
+    decider: ResourceDecider,
     candidates: ActionPolicies,
     memo: crate::memo::DecisionMemo<(String, String)>,
+    /// Whether the schema's `DatasetContext` declares `purpose`.
+    purpose: bool,
 }
 
 /// Adds the dataset entities to `entities` (checked against the schema).
+/// `lifecycle` is added when the schema declares it
+/// ([`PolicyBundle::dataset_lifecycle`]).
 pub(crate) fn add_dataset_entities(
     bundle: &PolicyBundle,
     entities: Entities,
@@ -93,7 +144,7 @@ pub(crate) fn add_dataset_entities(
     let dataset_type = parse_type("Dataset")?;
     let mut out = Vec::with_capacity(datasets.len());
     for d in datasets {
-        let attrs = HashMap::from([
+        let mut attrs = HashMap::from([
             ("owner".to_string(), string(&d.owner)),
             (
                 "classification".to_string(),
@@ -116,6 +167,9 @@ pub(crate) fn add_dataset_entities(
                 RestrictedExpression::new_set(d.purposes.iter().map(|p| string(p))),
             ),
         ]);
+        if bundle.dataset_lifecycle {
+            attrs.insert("lifecycle".to_string(), string(&d.lifecycle));
+        }
         let entity = Entity::new(
             EntityUid::from_type_name_and_id(dataset_type.clone(), EntityId::new(&d.name)),
             attrs,
@@ -133,11 +187,6 @@ fn string(s: &str) -> RestrictedExpression {
     RestrictedExpression::new_string(s.to_string())
 }
 
-fn parse_type(t: &str) -> Result<EntityTypeName, EntityError> {
-    t.parse::<EntityTypeName>()
-        .map_err(|e| EntityError::new(e.to_string()))
-}
-
 impl DatasetAuthz {
     /// `None` when the schema has no `read_data` action (a schema written
     /// before the dataset registry): a snapshot whose routes are tagged
@@ -146,21 +195,16 @@ impl DatasetAuthz {
         bundle: &PolicyBundle,
         entities: &Entities,
     ) -> Result<Option<Self>, EntityError> {
-        let Some(action) = bundle
-            .schema
-            .actions()
-            .find(|a| a.type_name().to_string() == "Action" && a.id().unescaped() == READ_DATA)
-            .cloned()
-        else {
+        let Some(action) = crate::resource::find_action(bundle, READ_DATA) else {
             return Ok(None);
         };
         let candidates = ActionPolicies::for_action(&bundle.policies, entities, &action);
-        let authz = DatasetAuthz {
+        let mut authz = DatasetAuthz {
             action,
-            agent_type: parse_type("Agent")?,
-            dataset_type: parse_type("Dataset")?,
+            decider: ResourceDecider::new("Dataset")?,
             candidates,
             memo: crate::memo::DecisionMemo::new(),
+            purpose: true,
         };
         // The request shape is fixed: prove once that the schema accepts it.
         let ip = SourceIp::new(std::net::IpAddr::from([127, 0, 0, 1]));
@@ -171,6 +215,7 @@ impl DatasetAuthz {
                 route: "shape-check",
                 action: "GET",
                 target: "",
+                purpose: "",
                 method: HttpAction::Get,
                 path: "/",
                 source_ip: &ip,
@@ -178,6 +223,11 @@ impl DatasetAuthz {
                 content: Content::NOT_SCANNED,
                 caller: &caller,
             };
+            // A schema written before `context.purpose` gets requests
+            // without it (decided on the first sample).
+            if authz.purpose && authz.request(&sample, Some(&bundle.schema)).is_err() {
+                authz.purpose = false;
+            }
             authz
                 .request(&sample, Some(&bundle.schema))
                 .map_err(|e| crate::decide::schema_refuses_shape(READ_DATA, e))?;
@@ -185,46 +235,28 @@ impl DatasetAuthz {
         Ok(Some(authz))
     }
 
+    fn ask<'r, 'a>(&self, r: &'r DatasetRequest<'a>) -> Ask<'r, 'a> {
+        Ask {
+            r,
+            purpose: self.purpose,
+        }
+    }
+
     fn request(
         &self,
         r: &DatasetRequest<'_>,
         schema: Option<&cedar_policy::Schema>,
-    ) -> Result<Request, String> {
-        let principal =
-            EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(r.agent));
-        self.request_as(principal, r, schema)
+    ) -> Result<cedar_policy::Request, String> {
+        self.decider
+            .request(&self.action, None, &self.ask(r), schema)
     }
 
-    fn request_as(
+    /// The Cedar request `r` is decided as, for `policy explain`.
+    pub(crate) fn explain_request(
         &self,
-        principal: EntityUid,
         r: &DatasetRequest<'_>,
-        schema: Option<&cedar_policy::Schema>,
-    ) -> Result<Request, String> {
-        let resource =
-            EntityUid::from_type_name_and_id(self.dataset_type.clone(), EntityId::new(r.dataset));
-        let mut pairs = crate::facts::routed_pairs(
-            r.route,
-            r.method.as_str(),
-            r.path,
-            r.source_ip,
-            r.time,
-            &r.content,
-            r.caller,
-        )?;
-        pairs.extend([
-            (
-                "action".to_string(),
-                RestrictedExpression::new_string(r.action.to_string()),
-            ),
-            (
-                "target".to_string(),
-                RestrictedExpression::new_string(r.target.to_string()),
-            ),
-        ]);
-        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
-        Request::new(principal, self.action.clone(), resource, context, schema)
-            .map_err(|e| e.to_string())
+    ) -> Result<cedar_policy::Request, String> {
+        self.request(r, None)
     }
 
     pub(crate) fn decide(
@@ -237,18 +269,12 @@ impl DatasetAuthz {
             .candidates
             .context_free()
             .then(|| (r.agent.to_string(), r.dataset.to_string()));
-        self.memo
-            .get_or_decide(key, || match self.request(r, None) {
-                Err(e) => Decision {
-                    errors: vec![e],
-                    ..Decision::default_deny()
-                },
-                Ok(request) => {
-                    let policies = self.candidates.for_request(entities, &request);
-                    let response = cedar.is_authorized(&request, &policies, entities);
-                    crate::decide::to_decision(&response)
-                }
-            })
+        self.memo.get_or_decide(key, || {
+            self.decider
+                .decide(cedar, entities, &self.action, None, &self.ask(r), |req| {
+                    self.candidates.for_request(entities, req)
+                })
+        })
     }
 
     /// Decides as `user` (an entity in `entities`): every policy of the
@@ -260,17 +286,14 @@ impl DatasetAuthz {
         r: &DatasetRequest<'_>,
         user: EntityUid,
     ) -> Decision {
-        match self.request_as(user, r, None) {
-            Err(e) => Decision {
-                errors: vec![e],
-                ..Decision::default_deny()
-            },
-            Ok(request) => crate::decide::to_decision(&cedar.is_authorized(
-                &request,
-                &self.candidates.all(),
-                entities,
-            )),
-        }
+        self.decider.decide(
+            cedar,
+            entities,
+            &self.action,
+            Some(user),
+            &self.ask(r),
+            |_| self.candidates.all(),
+        )
     }
 }
 
@@ -298,17 +321,19 @@ mod tests {
             name: name.into(),
             roles: vec![role.into()],
         };
-        let dataset = |name: &str, classification, purposes: &[&str]| DatasetEntity {
-            name: name.into(),
-            owner: "risk-team".into(),
-            classification,
-            source: "claims-db export".into(),
-            licence: "internal".into(),
-            collected: "2026-01-31".into(),
-            consent_basis: "contract".into(),
-            retention_days: 90,
-            purposes: purposes.iter().map(|p| p.to_string()).collect(),
-        };
+        let dataset =
+            |name: &str, classification, purposes: &[&str], lifecycle: &str| DatasetEntity {
+                name: name.into(),
+                owner: "risk-team".into(),
+                classification,
+                source: "claims-db export".into(),
+                licence: "internal".into(),
+                collected: "2026-01-31".into(),
+                consent_basis: "contract".into(),
+                retention_days: 90,
+                purposes: purposes.iter().map(|p| p.to_string()).collect(),
+                lifecycle: lifecycle.into(),
+            };
         Authorizer::new(
             bundle,
             &[agent("alice", "fraud-detection"), agent("bob", "marketing")],
@@ -321,14 +346,42 @@ mod tests {
         )
         .unwrap()
         .with_datasets(&[
-            dataset("claims", Classification::Confidential, &["fraud-detection"]),
-            dataset("catalogue", Classification::Internal, &[]),
+            dataset(
+                "claims",
+                Classification::Confidential,
+                &["fraud-detection"],
+                "approved",
+            ),
+            dataset(
+                "catalogue",
+                Classification::Internal,
+                &["support", "fraud-detection"],
+                "draft",
+            ),
+            dataset(
+                "leads",
+                Classification::Internal,
+                &["marketing"],
+                "approved",
+            ),
+            dataset(
+                "withdrawn",
+                Classification::Public,
+                &["fraud-detection"],
+                "revoked",
+            ),
         ])
         .unwrap()
     }
 
-    /// `agent dataset` → "allow [ids]" or "deny [ids]".
+    /// `agent dataset` for purpose `fraud-detection` → "allow [ids]" or
+    /// "deny [ids]".
     fn check(authz: &Authorizer, agent: &str, dataset: &str, expect: &str) {
+        check_for(authz, agent, dataset, "fraud-detection", expect)
+    }
+
+    /// [`check`] for `purpose`.
+    fn check_for(authz: &Authorizer, agent: &str, dataset: &str, purpose: &str, expect: &str) {
         let ip = SourceIp::new([127, 0, 0, 1].into());
         let d = authz.decide_dataset(&DatasetRequest {
             agent,
@@ -336,6 +389,7 @@ mod tests {
             route: "claims",
             action: "GET",
             target: "",
+            purpose,
             method: HttpAction::Get,
             path: "/claims/1",
             source_ip: &ip,
@@ -372,8 +426,93 @@ permit(principal in Role::"fraud-detection", action == Action::"read_data", reso
         );
         check(&authz, "bob", "claims", r#"deny ["default-deny"]"#);
         check(&authz, "bob", "catalogue", r#"allow ["datasets-read-low"]"#);
+        check(&authz, "bob", "leads", r#"deny ["default-deny"]"#);
         // An unregistered dataset is no entity: nothing matches it.
         check(&authz, "alice", "other", r#"deny ["default-deny"]"#);
+    }
+
+    /// The shipped `datasets-read-low` reads a low dataset only for a
+    /// purpose it allows; nobody reads a revoked dataset, whatever permits
+    /// it (`builtin:dataset-gate`); a draft is read like an approved one.
+    #[test]
+    fn purpose_and_lifecycle_decide_with_the_shipped_policies() {
+        let authz = authorizer(&format!(
+            "{DEFAULT_POLICIES}\n{}",
+            r#"@id("everything") permit(principal, action == Action::"read_data", resource);"#
+        ));
+        let low = authorizer(DEFAULT_POLICIES);
+        for (dataset, purpose, expect) in [
+            ("catalogue", "support", r#"allow ["datasets-read-low"]"#),
+            (
+                "catalogue",
+                "fraud-detection",
+                r#"allow ["datasets-read-low"]"#,
+            ),
+            ("leads", "marketing", r#"allow ["datasets-read-low"]"#),
+            ("leads", "support", r#"deny ["default-deny"]"#),
+            ("leads", "", r#"deny ["default-deny"]"#),
+            (
+                "withdrawn",
+                "fraud-detection",
+                r#"deny ["builtin:dataset-gate"]"#,
+            ),
+        ] {
+            check_for(&low, "bob", dataset, purpose, expect);
+        }
+        check_for(
+            &authz,
+            "bob",
+            "withdrawn",
+            "fraud-detection",
+            r#"deny ["builtin:dataset-gate"]"#,
+        );
+        check_for(&authz, "bob", "leads", "", r#"allow ["everything"]"#);
+    }
+
+    /// `policy explain` shows why: the purpose condition that failed, and
+    /// the gate.
+    #[test]
+    fn read_data_is_explained() {
+        let authz = authorizer(DEFAULT_POLICIES);
+        let ip = SourceIp::new([127, 0, 0, 1].into());
+        let caller = CallerFacts::mtls();
+        let explain = |dataset, purpose| {
+            let e = authz.explain_dataset(&DatasetRequest {
+                agent: "bob",
+                dataset,
+                route: "claims",
+                action: "GET",
+                target: "",
+                purpose,
+                method: HttpAction::Get,
+                path: "/claims/1",
+                source_ip: &ip,
+                time: RequestTime::from_epoch(0),
+                content: Content::NOT_SCANNED,
+                caller: &caller,
+            });
+            let mut lines = vec![if e.decision.allowed { "allow" } else { "deny" }.to_string()];
+            for p in e.policies {
+                match p.outcome {
+                    crate::TraceOutcome::OutOfScope => {}
+                    crate::TraceOutcome::Satisfied => lines.push(format!("{} satisfied", p.id)),
+                    crate::TraceOutcome::NotSatisfied(f) => {
+                        lines.push(format!("{} not satisfied: {}", p.id, f.join(" | ")))
+                    }
+                    crate::TraceOutcome::Error(e) => lines.push(format!("{} error: {e}", p.id)),
+                }
+            }
+            lines.join("\n")
+        };
+        assert_eq!(
+            explain("leads", "support"),
+            "deny\ndatasets-read-low not satisfied: when { resource.purposes.contains(context.purpose) }\n\
+             builtin:dataset-gate not satisfied: when { resource.lifecycle == \"revoked\" }"
+        );
+        assert_eq!(
+            explain("withdrawn", "fraud-detection"),
+            "deny\ndatasets-read-low satisfied\nbuiltin:dataset-gate satisfied"
+        );
     }
 
     /// A delegated call needs the user permitted too.
@@ -390,6 +529,7 @@ permit(principal in Role::"fraud-detection", action == Action::"read_data", reso
             route: "claims",
             action: "call_tool",
             target: "export",
+            purpose: "",
             method: HttpAction::Post,
             path: "/claims",
             source_ip: &ip,

@@ -19,11 +19,10 @@
 //! connection is decided as the user too, like every other call:
 //! [`crate::Authorizer::decide_egress_for_user`].
 
+use std::borrow::Cow;
 use std::net::IpAddr;
 
-use cedar_policy::{
-    Context, Entities, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
-};
+use cedar_policy::{Entities, EntityUid, Request, RestrictedExpression};
 use portcullis_core::Decision;
 
 use crate::PolicyBundle;
@@ -31,6 +30,7 @@ use crate::caller::CallerFacts;
 use crate::candidates::ActionPolicies;
 use crate::entities::EntityError;
 use crate::facts::{Content, RequestTime, SourceIp};
+use crate::resource::{Pairs, ResourceAsk, ResourceDecider};
 
 /// The action for public addresses.
 pub const EGRESS: &str = "egress";
@@ -180,11 +180,65 @@ impl EgressRequest<'_> {
     }
 }
 
+/// An [`EgressRequest`] as the decider asks it: with `context.tunnel` only
+/// when the schema declares it.
+struct Ask<'r, 'a> {
+    r: &'r EgressRequest<'a>,
+    tunnel: bool,
+}
+
+impl ResourceAsk for Ask<'_, '_> {
+    fn agent(&self) -> &str {
+        self.r.agent
+    }
+
+    fn resource_id(&self) -> Cow<'_, str> {
+        Cow::Owned(self.r.host_id())
+    }
+
+    fn context(&self) -> Result<Pairs, String> {
+        let r = self.r;
+        let mut pairs = crate::facts::routed_pairs(
+            r.route,
+            r.method,
+            r.path,
+            r.source_ip,
+            r.time,
+            &r.content,
+            r.caller,
+        )?;
+        let s = |v: &str| RestrictedExpression::new_string(v.to_string());
+        pairs.extend([
+            ("server".to_string(), s(r.server)),
+            ("session".to_string(), s(r.session)),
+            ("host".to_string(), s(r.host)),
+            (
+                "port".to_string(),
+                RestrictedExpression::new_long(i64::from(r.port)),
+            ),
+            (
+                "address".to_string(),
+                RestrictedExpression::new_ip(r.address.to_string()),
+            ),
+            (
+                "address_class".to_string(),
+                s(AddressClass::of(r.address).as_str()),
+            ),
+        ]);
+        if self.tunnel {
+            pairs.push((
+                "tunnel".to_string(),
+                RestrictedExpression::new_bool(r.tunnel),
+            ));
+        }
+        Ok(pairs)
+    }
+}
+
 pub(crate) struct EgressAuthz {
     public: (EntityUid, ActionPolicies),
     private: (EntityUid, ActionPolicies),
-    agent_type: EntityTypeName,
-    host_type: EntityTypeName,
+    decider: ResourceDecider,
     /// Whether the schema's egress context declares `tunnel`; `false` for
     /// a schema written before it (its requests go without it).
     tunnel: bool,
@@ -197,19 +251,9 @@ impl EgressAuthz {
         bundle: &PolicyBundle,
         entities: &Entities,
     ) -> Result<Option<Self>, EntityError> {
-        let find = |id: &str| {
-            bundle
-                .schema
-                .actions()
-                .find(|a| a.type_name().to_string() == "Action" && a.id().unescaped() == id)
-                .cloned()
-        };
+        let find = |id: &str| crate::resource::find_action(bundle, id);
         let (Some(public), Some(private)) = (find(EGRESS), find(EGRESS_PRIVATE)) else {
             return Ok(None);
-        };
-        let parse = |t: &str| {
-            t.parse::<EntityTypeName>()
-                .map_err(|e| EntityError::new(e.to_string()))
         };
         let mut authz = EgressAuthz {
             public: (
@@ -220,8 +264,7 @@ impl EgressAuthz {
                 private.clone(),
                 ActionPolicies::for_action(&bundle.policies, entities, &private),
             ),
-            agent_type: parse("Agent")?,
-            host_type: parse("Host")?,
+            decider: ResourceDecider::new("Host")?,
             tunnel: true,
         };
         // The request shape is fixed: prove once that the schema accepts it.
@@ -265,68 +308,20 @@ impl EgressAuthz {
         }
     }
 
+    fn ask<'r, 'a>(&self, r: &'r EgressRequest<'a>) -> Ask<'r, 'a> {
+        Ask {
+            r,
+            tunnel: self.tunnel,
+        }
+    }
+
     fn request(
         &self,
         r: &EgressRequest<'_>,
         schema: Option<&cedar_policy::Schema>,
     ) -> Result<Request, String> {
-        let agent =
-            EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(r.agent));
-        self.request_as(agent, r, schema)
-    }
-
-    /// The request of `r` with `principal` asking (the agent, or the user
-    /// it acts for).
-    fn request_as(
-        &self,
-        principal: EntityUid,
-        r: &EgressRequest<'_>,
-        schema: Option<&cedar_policy::Schema>,
-    ) -> Result<Request, String> {
-        let resource =
-            EntityUid::from_type_name_and_id(self.host_type.clone(), EntityId::new(r.host_id()));
-        let mut pairs = crate::facts::routed_pairs(
-            r.route,
-            r.method,
-            r.path,
-            r.source_ip,
-            r.time,
-            &r.content,
-            r.caller,
-        )?;
-        let s = |v: &str| RestrictedExpression::new_string(v.to_string());
-        pairs.extend([
-            ("server".to_string(), s(r.server)),
-            ("session".to_string(), s(r.session)),
-            ("host".to_string(), s(r.host)),
-            (
-                "port".to_string(),
-                RestrictedExpression::new_long(i64::from(r.port)),
-            ),
-            (
-                "address".to_string(),
-                RestrictedExpression::new_ip(r.address.to_string()),
-            ),
-            (
-                "address_class".to_string(),
-                s(AddressClass::of(r.address).as_str()),
-            ),
-        ]);
-        if self.tunnel {
-            pairs.push((
-                "tunnel".to_string(),
-                RestrictedExpression::new_bool(r.tunnel),
-            ));
-        }
-        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
-        Request::new(
-            principal,
-            self.action(r).0.clone(),
-            resource,
-            context,
-            schema,
-        )
-        .map_err(|e| e.to_string())
+        self.decider
+            .request(&self.action(r).0, None, &self.ask(r), schema)
     }
 
     /// Decides `r` as `user` (an entity the caller added to `entities`)
@@ -338,16 +333,11 @@ impl EgressAuthz {
         r: &EgressRequest<'_>,
         user: EntityUid,
     ) -> Decision {
-        match self.request_as(user, r, None) {
-            Err(e) => Decision {
-                errors: vec![e],
-                ..Decision::default_deny()
-            },
-            Ok(request) => {
-                let response = cedar.is_authorized(&request, &self.action(r).1.all(), entities);
-                crate::decide::to_decision(&response)
-            }
-        }
+        let (action, candidates) = self.action(r);
+        self.decider
+            .decide(cedar, entities, action, Some(user), &self.ask(r), |_| {
+                candidates.all()
+            })
     }
 
     /// The Cedar request `r` is decided as, for `policy explain`.
@@ -361,17 +351,11 @@ impl EgressAuthz {
         entities: &Entities,
         r: &EgressRequest<'_>,
     ) -> Decision {
-        match self.request(r, None) {
-            Err(e) => Decision {
-                errors: vec![e],
-                ..Decision::default_deny()
-            },
-            Ok(request) => {
-                let policies = self.action(r).1.for_request(entities, &request);
-                let response = cedar.is_authorized(&request, &policies, entities);
-                crate::decide::to_decision(&response)
-            }
-        }
+        let (action, candidates) = self.action(r);
+        self.decider
+            .decide(cedar, entities, action, None, &self.ask(r), |req| {
+                candidates.for_request(entities, req)
+            })
     }
 }
 

@@ -12,8 +12,9 @@
 //! and entities its decision uses: HTTP requests on routes ([`Authorizer::explain`]),
 //! MCP messages over their entity slice (the tool, prompt or resource made
 //! for the message, and its arguments: [`Authorizer::explain_mcp`]), model
-//! requests ([`Authorizer::explain_model`]) and `use_secret`
-//! ([`Authorizer::explain_secret`]). Grants (template-linked policies) are
+//! requests ([`Authorizer::explain_model`]), `use_secret`
+//! ([`Authorizer::explain_secret`]) and `read_data`
+//! ([`Authorizer::explain_dataset`]). Grants (template-linked policies) are
 //! not traced; a schema without the action explains nothing beyond the
 //! decision's error.
 
@@ -113,6 +114,19 @@ impl Authorizer {
         let decision = self.decide_egress(request);
         match &self.egress {
             Some(e) => self.trace_all(decision, e.explain_request(request), &self.entities),
+            None => Explanation {
+                decision,
+                policies: Vec::new(),
+            },
+        }
+    }
+
+    /// Decides a `read_data` request (see [`crate::DatasetRequest`]) and
+    /// explains every policy's part in it.
+    pub fn explain_dataset(&self, request: &crate::DatasetRequest<'_>) -> Explanation {
+        let decision = self.decide_dataset(request);
+        match &self.dataset {
+            Some(d) => self.trace_all(decision, d.explain_request(request), &self.entities),
             None => Explanation {
                 decision,
                 policies: Vec::new(),
@@ -327,7 +341,8 @@ mod tests {
              forbid office satisfied\n\
              permit writers out of scope\n\
              permit builtin:mcp-plumbing out of scope\n\
-             forbid builtin:model-gate out of scope\n"
+             forbid builtin:model-gate out of scope\n\
+             forbid builtin:dataset-gate out of scope\n"
         );
         // 10:13 UTC from the office: allowed; the forbid's reasons not to apply are both named.
         assert_eq!(
@@ -337,7 +352,8 @@ mod tests {
              forbid office not satisfied: unless { context.source_ip.isInRange(ip(\"10.0.0.0/8\")) }\n\
              permit writers out of scope\n\
              permit builtin:mcp-plumbing out of scope\n\
-             forbid builtin:model-gate out of scope\n"
+             forbid builtin:model-gate out of scope\n\
+             forbid builtin:dataset-gate out of scope\n"
         );
     }
 
@@ -409,8 +425,8 @@ mod tests {
             let mut lines: Vec<&str> = text.lines().collect();
             let total = lines.len() - 1;
             lines.retain(|l| !l.ends_with("out of scope"));
-            // Nine policies and the built-in model gate.
-            assert!(total == 10, "{text}");
+            // Nine policies and the built-in model and dataset gates.
+            assert!(total == 11, "{text}");
             lines.join("\n")
         };
         let ip = SourceIp::new("127.0.0.1".parse().unwrap());

@@ -26,15 +26,16 @@ mod mcp;
 mod memo;
 mod model;
 mod obligations;
+mod resource;
 mod scope;
 mod secret;
 
 pub use args::{ArgumentError, CanonicalArgs, McpArg, canonical_arguments};
 pub use authorizer::{Authorizer, RouteActions};
 pub use bundle::{
-    BUILTIN_PREFIX, DEFAULT_POLICIES, DEFAULT_SCHEMA, MCP_PLUMBING, MCP_PLUMBING_POLICY,
-    MCP_PLUMBING_POLICY_ID, MODEL_GATE_POLICY, MODEL_GATE_POLICY_ID, PolicyBundle, PolicyError,
-    PolicySources, SCHEMA_FILE,
+    BUILTIN_PREFIX, DATASET_GATE_POLICY, DATASET_GATE_POLICY_ID, DEFAULT_POLICIES, DEFAULT_SCHEMA,
+    MCP_PLUMBING, MCP_PLUMBING_POLICY, MCP_PLUMBING_POLICY_ID, MODEL_GATE_POLICY,
+    MODEL_GATE_POLICY_ID, PolicyBundle, PolicyError, PolicySources, SCHEMA_FILE,
 };
 pub use caller::{AuthFacts, AuthMethod, CallerFacts, Delegation, Posture};
 pub use dataset::{DatasetEntity, DatasetRequest, READ_DATA};

@@ -1117,7 +1117,14 @@ mod tests {
             })
             .unwrap(),
         );
-        assert_eq!(bundle.policy_ids(), ["all", crate::MODEL_GATE_POLICY_ID]);
+        assert_eq!(
+            bundle.policy_ids(),
+            [
+                "all",
+                crate::MODEL_GATE_POLICY_ID,
+                crate::DATASET_GATE_POLICY_ID
+            ]
+        );
         let a = Authorizer::new(bundle, &[], &[]).unwrap();
         assert!(!a.supports_mcp());
         let d = a.decide_mcp(&McpRequest {

@@ -9,11 +9,10 @@
 //! model) and the snapshot's immutable entities, and is memoized for the
 //! snapshot, as for routes and secrets.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
 
-use cedar_policy::{
-    Context, Entities, Entity, EntityId, EntityTypeName, EntityUid, Request, RestrictedExpression,
-};
+use cedar_policy::{Entities, Entity, EntityId, EntityUid, Request, RestrictedExpression};
 use portcullis_core::{Classification, Decision};
 
 use crate::PolicyBundle;
@@ -21,6 +20,7 @@ use crate::caller::CallerFacts;
 use crate::candidates::ActionPolicies;
 use crate::entities::EntityError;
 use crate::facts::{Content, HttpAction, RequestTime, SourceIp};
+use crate::resource::{Pairs, ResourceAsk, ResourceDecider};
 
 /// A model as policy sees it: `Model::"<route>/<name>"`, in `Route::"<route>"`.
 #[derive(Debug, Clone)]
@@ -126,6 +126,28 @@ pub struct ModelRequest<'a> {
     pub caller: &'a CallerFacts,
 }
 
+impl ResourceAsk for ModelRequest<'_> {
+    fn agent(&self) -> &str {
+        self.agent
+    }
+
+    fn resource_id(&self) -> Cow<'_, str> {
+        Cow::Owned(ModelEntity::id(self.route, self.model))
+    }
+
+    fn context(&self) -> Result<Pairs, String> {
+        crate::facts::routed_pairs(
+            self.route,
+            self.method.as_str(),
+            self.path,
+            self.source_ip,
+            self.time,
+            &self.content,
+            self.caller,
+        )
+    }
+}
+
 /// Per action: the candidate policies.
 struct ActionAuthz {
     uid: EntityUid,
@@ -134,8 +156,7 @@ struct ActionAuthz {
 
 pub(crate) struct ModelAuthz {
     actions: [ActionAuthz; 2],
-    agent_type: EntityTypeName,
-    model_type: EntityTypeName,
+    decider: ResourceDecider,
     memo: crate::memo::DecisionMemo<(String, ModelAction, String)>,
 }
 
@@ -154,12 +175,8 @@ pub(crate) fn add_model_entities(
     entities: Entities,
     models: &[ModelEntity],
 ) -> Result<Entities, EntityError> {
-    let parse = |t: &str| {
-        t.parse::<EntityTypeName>()
-            .map_err(|e| EntityError::new(e.to_string()))
-    };
-    let model_type = parse("Model")?;
-    let route_type = parse("Route")?;
+    let model_type = crate::resource::parse_type("Model")?;
+    let route_type = crate::resource::parse_type("Route")?;
     let mut out = Vec::with_capacity(models.len());
     for m in models {
         let mut attrs = HashMap::from([
@@ -228,10 +245,6 @@ impl ModelAuthz {
         if !schema_supports_models(&bundle.schema) {
             return Ok(None);
         }
-        let parse = |t: &str| {
-            t.parse::<EntityTypeName>()
-                .map_err(|e| EntityError::new(e.to_string()))
-        };
         let action_authz = |action: ModelAction| -> Result<ActionAuthz, EntityError> {
             let uid: EntityUid = format!("Action::\"{}\"", action.as_str())
                 .parse()
@@ -244,8 +257,7 @@ impl ModelAuthz {
                 action_authz(ModelAction::Complete)?,
                 action_authz(ModelAction::Embed)?,
             ],
-            agent_type: parse("Agent")?,
-            model_type: parse("Model")?,
+            decider: ResourceDecider::new("Model")?,
             memo: crate::memo::DecisionMemo::new(),
         };
         // The request shape is fixed: prove once that the schema accepts it.
@@ -279,39 +291,8 @@ impl ModelAuthz {
         r: &ModelRequest<'_>,
         schema: Option<&cedar_policy::Schema>,
     ) -> Result<Request, String> {
-        let principal =
-            EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(r.agent));
-        self.request_as(principal, r, schema)
-    }
-
-    fn request_as(
-        &self,
-        principal: EntityUid,
-        r: &ModelRequest<'_>,
-        schema: Option<&cedar_policy::Schema>,
-    ) -> Result<Request, String> {
-        let resource = EntityUid::from_type_name_and_id(
-            self.model_type.clone(),
-            EntityId::new(ModelEntity::id(r.route, r.model)),
-        );
-        let pairs = crate::facts::routed_pairs(
-            r.route,
-            r.method.as_str(),
-            r.path,
-            r.source_ip,
-            r.time,
-            &r.content,
-            r.caller,
-        )?;
-        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
-        Request::new(
-            principal,
-            self.actions[r.action.index()].uid.clone(),
-            resource,
-            context,
-            schema,
-        )
-        .map_err(|e| e.to_string())
+        let action = &self.actions[r.action.index()].uid;
+        self.decider.request(action, None, r, schema)
     }
 
     /// The Cedar request `r` is decided as, for `policy explain`.
@@ -333,18 +314,12 @@ impl ModelAuthz {
                 ModelEntity::id(r.route, r.model),
             )
         });
-        self.memo
-            .get_or_decide(key, || match self.request(r, None) {
-                Err(e) => Decision {
-                    errors: vec![e],
-                    ..Decision::default_deny()
-                },
-                Ok(request) => {
-                    let policies = action.candidates.for_request(entities, &request);
-                    let response = cedar.is_authorized(&request, &policies, entities);
-                    crate::decide::to_decision(&response)
-                }
-            })
+        self.memo.get_or_decide(key, || {
+            self.decider
+                .decide(cedar, entities, &action.uid, None, r, |req| {
+                    action.candidates.for_request(entities, req)
+                })
+        })
     }
 
     /// Decides with every policy of the action, bypassing the scope slice
@@ -355,16 +330,11 @@ impl ModelAuthz {
         entities: &Entities,
         r: &ModelRequest<'_>,
     ) -> Decision {
-        match self.request(r, None) {
-            Err(e) => Decision {
-                errors: vec![e],
-                ..Decision::default_deny()
-            },
-            Ok(request) => {
-                let policies = self.actions[r.action.index()].candidates.all();
-                crate::decide::to_decision(&cedar.is_authorized(&request, &policies, entities))
-            }
-        }
+        let action = &self.actions[r.action.index()];
+        self.decider
+            .decide(cedar, entities, &action.uid, None, r, |_| {
+                action.candidates.all()
+            })
     }
 
     /// The permits of `complete` or `embed` that could allow `agent` a model
@@ -375,8 +345,7 @@ impl ModelAuthz {
         agent: &str,
         route: &EntityUid,
     ) -> Vec<String> {
-        let principal =
-            EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(agent));
+        let principal = self.decider.agent(agent);
         let mut out = Vec::new();
         for a in &self.actions {
             a.candidates
@@ -397,16 +366,10 @@ impl ModelAuthz {
         user: EntityUid,
     ) -> Decision {
         let action = &self.actions[r.action.index()];
-        match self.request_as(user, r, None) {
-            Err(e) => Decision {
-                errors: vec![e],
-                ..Decision::default_deny()
-            },
-            Ok(request) => {
-                let response = cedar.is_authorized(&request, &action.candidates.all(), entities);
-                crate::decide::to_decision(&response)
-            }
-        }
+        self.decider
+            .decide(cedar, entities, &action.uid, Some(user), r, |_| {
+                action.candidates.all()
+            })
     }
 }
 

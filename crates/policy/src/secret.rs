@@ -8,7 +8,9 @@
 //! (usually a handful); when none of them reads `context`, a decision depends
 //! only on (agent, secret) and is memoized for the snapshot, as for routes.
 
-use cedar_policy::{Context, Entities, EntityId, EntityTypeName, EntityUid, Request};
+use std::borrow::Cow;
+
+use cedar_policy::{Entities, EntityUid, Request};
 use portcullis_core::Decision;
 
 use crate::PolicyBundle;
@@ -16,6 +18,7 @@ use crate::caller::CallerFacts;
 use crate::candidates::ActionPolicies;
 use crate::entities::EntityError;
 use crate::facts::{Content, HttpAction, RequestTime, SourceIp};
+use crate::resource::{Pairs, ResourceAsk, ResourceDecider};
 
 /// The action id.
 pub const USE_SECRET: &str = "use_secret";
@@ -43,10 +46,31 @@ pub struct SecretRequest<'a> {
     pub caller: &'a CallerFacts,
 }
 
+impl ResourceAsk for SecretRequest<'_> {
+    fn agent(&self) -> &str {
+        self.agent
+    }
+
+    fn resource_id(&self) -> Cow<'_, str> {
+        Cow::Borrowed(self.secret)
+    }
+
+    fn context(&self) -> Result<Pairs, String> {
+        crate::facts::routed_pairs(
+            self.route,
+            self.method.as_str(),
+            self.path,
+            self.source_ip,
+            self.time,
+            &self.content,
+            self.caller,
+        )
+    }
+}
+
 pub(crate) struct SecretAuthz {
     action: EntityUid,
-    agent_type: EntityTypeName,
-    secret_type: EntityTypeName,
+    decider: ResourceDecider,
     candidates: ActionPolicies,
     memo: crate::memo::DecisionMemo<(String, String)>,
 }
@@ -58,23 +82,13 @@ impl SecretAuthz {
         bundle: &PolicyBundle,
         entities: &Entities,
     ) -> Result<Option<Self>, EntityError> {
-        let Some(action) = bundle
-            .schema
-            .actions()
-            .find(|a| a.type_name().to_string() == "Action" && a.id().unescaped() == USE_SECRET)
-            .cloned()
-        else {
+        let Some(action) = crate::resource::find_action(bundle, USE_SECRET) else {
             return Ok(None);
-        };
-        let parse = |t: &str| {
-            t.parse::<EntityTypeName>()
-                .map_err(|e| EntityError::new(e.to_string()))
         };
         let candidates = ActionPolicies::for_action(&bundle.policies, entities, &action);
         let authz = SecretAuthz {
             action,
-            agent_type: parse("Agent")?,
-            secret_type: parse("Secret")?,
+            decider: ResourceDecider::new("Secret")?,
             candidates,
             memo: crate::memo::DecisionMemo::new(),
         };
@@ -93,38 +107,16 @@ impl SecretAuthz {
                 caller: &caller,
             };
             authz
-                .request(&sample, Some(&bundle.schema))
+                .decider
+                .request(&authz.action, None, &sample, Some(&bundle.schema))
                 .map_err(|e| crate::decide::schema_refuses_shape(USE_SECRET, e))?;
         }
         Ok(Some(authz))
     }
 
-    fn request(
-        &self,
-        r: &SecretRequest<'_>,
-        schema: Option<&cedar_policy::Schema>,
-    ) -> Result<Request, String> {
-        let principal =
-            EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(r.agent));
-        let resource =
-            EntityUid::from_type_name_and_id(self.secret_type.clone(), EntityId::new(r.secret));
-        let pairs = crate::facts::routed_pairs(
-            r.route,
-            r.method.as_str(),
-            r.path,
-            r.source_ip,
-            r.time,
-            &r.content,
-            r.caller,
-        )?;
-        let context = Context::from_pairs(pairs).map_err(|e| e.to_string())?;
-        Request::new(principal, self.action.clone(), resource, context, schema)
-            .map_err(|e| e.to_string())
-    }
-
     /// The Cedar request `r` is decided as, for `policy explain`.
     pub(crate) fn explain_request(&self, r: &SecretRequest<'_>) -> Result<Request, String> {
-        self.request(r, None)
+        self.decider.request(&self.action, None, r, None)
     }
 
     pub(crate) fn decide(
@@ -137,18 +129,12 @@ impl SecretAuthz {
             .candidates
             .context_free()
             .then(|| (r.agent.to_string(), r.secret.to_string()));
-        self.memo
-            .get_or_decide(key, || match self.request(r, None) {
-                Err(e) => Decision {
-                    errors: vec![e],
-                    ..Decision::default_deny()
-                },
-                Ok(request) => {
-                    let policies = self.candidates.for_request(entities, &request);
-                    let response = cedar.is_authorized(&request, &policies, entities);
-                    crate::decide::to_decision(&response)
-                }
-            })
+        self.memo.get_or_decide(key, || {
+            self.decider
+                .decide(cedar, entities, &self.action, None, r, |req| {
+                    self.candidates.for_request(entities, req)
+                })
+        })
     }
 }
 

@@ -1,7 +1,8 @@
-//! The model and dataset registries (migrations `0019_model_registry.sql`
-//! and `0020_dataset_registry.sql`). The store keeps rows and enforces the
-//! model lifecycle's order in one transaction; verifying signatures and
-//! deciding who may change what is the admin API's job.
+//! The model and dataset registries (migrations `0019_model_registry.sql`,
+//! `0020_dataset_registry.sql` and `0031_dataset_lifecycle.sql`). The store
+//! keeps rows and enforces the lifecycle's order in one transaction;
+//! verifying signatures and deciding who may change what is the admin API's
+//! job.
 
 use std::fmt;
 use std::str::FromStr;
@@ -9,12 +10,13 @@ use std::str::FromStr;
 use crate::backend::DbRow;
 use crate::{Store, StoreError};
 
-/// Where a registered model version is in its life. Each step is one way:
-/// `draft → approved → deprecated → revoked`, and any state but `revoked`
-/// may be revoked at once (a compromised artifact must not wait for its
-/// deprecation).
+/// Where a registered model version or dataset is in its life. Each step
+/// is one way: `draft → approved → deprecated → revoked`, and any state but
+/// `revoked` may be revoked at once (a compromised artifact, or data whose
+/// consent was withdrawn, must not wait for its deprecation). Models and
+/// datasets share the states so policy reads one vocabulary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ModelLifecycle {
+pub enum Lifecycle {
     /// Registered, not yet reviewed.
     Draft,
     /// Reviewed and in use.
@@ -25,28 +27,28 @@ pub enum ModelLifecycle {
     Revoked,
 }
 
-impl ModelLifecycle {
+impl Lifecycle {
     /// Every state, in lifecycle order.
-    pub const ALL: [ModelLifecycle; 4] = [
-        ModelLifecycle::Draft,
-        ModelLifecycle::Approved,
-        ModelLifecycle::Deprecated,
-        ModelLifecycle::Revoked,
+    pub const ALL: [Lifecycle; 4] = [
+        Lifecycle::Draft,
+        Lifecycle::Approved,
+        Lifecycle::Deprecated,
+        Lifecycle::Revoked,
     ];
 
     /// The state's name in the store, the API and policy (`resource.lifecycle`).
     pub fn as_str(self) -> &'static str {
         match self {
-            ModelLifecycle::Draft => "draft",
-            ModelLifecycle::Approved => "approved",
-            ModelLifecycle::Deprecated => "deprecated",
-            ModelLifecycle::Revoked => "revoked",
+            Lifecycle::Draft => "draft",
+            Lifecycle::Approved => "approved",
+            Lifecycle::Deprecated => "deprecated",
+            Lifecycle::Revoked => "revoked",
         }
     }
 
     /// Whether a model in this state may move to `to`.
-    pub fn may_become(self, to: ModelLifecycle) -> bool {
-        use ModelLifecycle::*;
+    pub fn may_become(self, to: Lifecycle) -> bool {
+        use Lifecycle::*;
         matches!(
             (self, to),
             (Draft, Approved) | (Approved, Deprecated) | (Draft | Approved | Deprecated, Revoked)
@@ -54,21 +56,21 @@ impl ModelLifecycle {
     }
 }
 
-impl fmt::Display for ModelLifecycle {
+impl fmt::Display for Lifecycle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
     }
 }
 
-impl FromStr for ModelLifecycle {
+impl FromStr for Lifecycle {
     type Err = StoreError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        ModelLifecycle::ALL
+        Lifecycle::ALL
             .into_iter()
             .find(|l| l.as_str() == s)
             .ok_or_else(|| StoreError::Corrupt {
-                table: "models",
+                table: "models or datasets",
                 detail: format!("unknown lifecycle `{s}`"),
             })
     }
@@ -84,7 +86,7 @@ pub struct ModelRow {
     /// `sha256:<64 hex>` of the artifact.
     pub digest: String,
     /// Where it is in its life.
-    pub lifecycle: ModelLifecycle,
+    pub lifecycle: Lifecycle,
     /// Whether its signature bundle verified against a pinned key.
     pub verified: bool,
     /// The pinned key that verified it.
@@ -133,10 +135,16 @@ pub struct DatasetRow {
     pub retention_days: i64,
     /// What it may be used for.
     pub purposes: Vec<String>,
+    /// Where it is in its life (`resource.lifecycle` in policy).
+    pub lifecycle: Lifecycle,
     /// Who registered it.
     pub registered_by: String,
     /// When (epoch ms).
     pub registered_ms: i64,
+    /// Who made the last lifecycle change (the registrant until one is made).
+    pub changed_by: String,
+    /// When (epoch ms).
+    pub changed_ms: i64,
 }
 
 const MODEL_COLUMNS: &str = "name, version, digest, lifecycle, verified, verified_key, signature,
@@ -162,10 +170,12 @@ fn model_row(r: &impl DbRow) -> Result<ModelRow, StoreError> {
 }
 
 const DATASET_COLUMNS: &str = "name, owner, classification, source, licence, collected,
-    consent_basis, retention_days, purposes, registered_by, registered_ms";
+    consent_basis, retention_days, purposes, lifecycle, registered_by, registered_ms,
+    changed_by, changed_ms";
 
 fn dataset_row(r: &impl DbRow) -> Result<DatasetRow, StoreError> {
     let purposes: String = r.col("purposes")?;
+    let lifecycle: String = r.col("lifecycle")?;
     Ok(DatasetRow {
         name: r.col("name")?,
         owner: r.col("owner")?,
@@ -179,8 +189,11 @@ fn dataset_row(r: &impl DbRow) -> Result<DatasetRow, StoreError> {
             table: "datasets",
             detail: format!("purposes: {e}"),
         })?,
+        lifecycle: lifecycle.parse()?,
         registered_by: r.col("registered_by")?,
         registered_ms: r.col("registered_ms")?,
+        changed_by: r.col("changed_by")?,
+        changed_ms: r.col("changed_ms")?,
     })
 }
 
@@ -253,7 +266,7 @@ impl Store {
         &self,
         name: &str,
         version: &str,
-        to: ModelLifecycle,
+        to: Lifecycle,
         by: &str,
         at_ms: i64,
     ) -> Result<ModelRow, StoreError> {
@@ -270,7 +283,7 @@ impl Store {
             let Some(current) = current else {
                 return Err(StoreError::NotFound(format!("{name}@{version}")));
             };
-            let current: ModelLifecycle = current.parse()?;
+            let current: Lifecycle = current.parse()?;
             if !current.may_become(to) {
                 return Err(StoreError::Invalid(format!(
                     "model `{name}@{version}` is {current}: it cannot become {to}"
@@ -302,8 +315,9 @@ impl Store {
         crate::backend::with_pool!(&self.pool, |pool| {
             let done = query(
                 "INSERT INTO datasets (name, owner, classification, source, licence, collected,
-                    consent_basis, retention_days, purposes, registered_by, registered_ms)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                    consent_basis, retention_days, purposes, lifecycle, registered_by,
+                    registered_ms, changed_by, changed_ms)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                  ON CONFLICT(name) DO NOTHING",
             )
             .bind(&row.name)
@@ -315,8 +329,11 @@ impl Store {
             .bind(&row.consent_basis)
             .bind(row.retention_days)
             .bind(&purposes)
+            .bind(row.lifecycle.as_str())
             .bind(&row.registered_by)
             .bind(row.registered_ms)
+            .bind(&row.changed_by)
+            .bind(row.changed_ms)
             .execute(pool)
             .await?;
             if done.rows_affected() == 0 {
@@ -336,6 +353,64 @@ impl Store {
             .await?;
             rows.iter().map(dataset_row).collect()
         })
+    }
+
+    /// One dataset.
+    pub async fn dataset(&self, name: &str) -> Result<DatasetRow, StoreError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let row = query_dyn(format!(
+                "SELECT {DATASET_COLUMNS} FROM datasets WHERE name = ?"
+            ))
+            .bind(name)
+            .fetch_optional(pool)
+            .await?;
+            match row {
+                Some(r) => dataset_row(&r),
+                None => Err(StoreError::NotFound(name.to_string())),
+            }
+        })
+    }
+
+    /// Moves a dataset to `to`; refused ([`StoreError::Invalid`]) when its
+    /// current state may not become `to`, in one transaction as for models.
+    pub async fn set_dataset_lifecycle(
+        &self,
+        name: &str,
+        to: Lifecycle,
+        by: &str,
+        at_ms: i64,
+    ) -> Result<DatasetRow, StoreError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let mut tx = begin_write(pool).await?;
+            let current: Option<String> = query("SELECT lifecycle FROM datasets WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map(|r| r.col("lifecycle"))
+                .transpose()?;
+            let Some(current) = current else {
+                return Err(StoreError::NotFound(name.to_string()));
+            };
+            let current: Lifecycle = current.parse()?;
+            if !current.may_become(to) {
+                return Err(StoreError::Invalid(format!(
+                    "dataset `{name}` is {current}: it cannot become {to}"
+                )));
+            }
+            query(
+                "UPDATE datasets SET lifecycle = ?, changed_by = ?, changed_ms = ?
+                 WHERE name = ?",
+            )
+            .bind(to.as_str())
+            .bind(by)
+            .bind(at_ms)
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            Ok::<(), StoreError>(())
+        })?;
+        self.dataset(name).await
     }
 }
 
@@ -414,7 +489,7 @@ mod tests {
             name: "llama".into(),
             version: version.into(),
             digest: format!("sha256:{}", "ab".repeat(32)),
-            lifecycle: ModelLifecycle::Draft,
+            lifecycle: Lifecycle::Draft,
             verified: true,
             verified_key: Some("release".into()),
             signature: Some("{}".into()),
@@ -429,10 +504,10 @@ mod tests {
 
     #[test]
     fn the_lifecycle_moves_one_way() {
-        use ModelLifecycle::*;
-        let allowed: Vec<(ModelLifecycle, ModelLifecycle)> = ModelLifecycle::ALL
+        use Lifecycle::*;
+        let allowed: Vec<(Lifecycle, Lifecycle)> = Lifecycle::ALL
             .into_iter()
-            .flat_map(|a| ModelLifecycle::ALL.into_iter().map(move |b| (a, b)))
+            .flat_map(|a| Lifecycle::ALL.into_iter().map(move |b| (a, b)))
             .filter(|(a, b)| a.may_become(*b))
             .collect();
         assert_eq!(
@@ -465,36 +540,36 @@ mod tests {
         );
 
         let skip = store
-            .set_model_lifecycle("llama", "1", ModelLifecycle::Deprecated, "bob", 5)
+            .set_model_lifecycle("llama", "1", Lifecycle::Deprecated, "bob", 5)
             .await
             .unwrap_err();
         assert!(matches!(skip, StoreError::Invalid(_)), "{skip}");
         let approved = store
-            .set_model_lifecycle("llama", "1", ModelLifecycle::Approved, "bob", 5)
+            .set_model_lifecycle("llama", "1", Lifecycle::Approved, "bob", 5)
             .await
             .unwrap();
-        assert_eq!(approved.lifecycle, ModelLifecycle::Approved);
+        assert_eq!(approved.lifecycle, Lifecycle::Approved);
         assert_eq!(
             (approved.changed_by.as_str(), approved.changed_ms),
             ("bob", 5)
         );
         store
-            .set_model_lifecycle("llama", "1", ModelLifecycle::Revoked, "bob", 6)
+            .set_model_lifecycle("llama", "1", Lifecycle::Revoked, "bob", 6)
             .await
             .unwrap();
         let back = store
-            .set_model_lifecycle("llama", "1", ModelLifecycle::Approved, "bob", 7)
+            .set_model_lifecycle("llama", "1", Lifecycle::Approved, "bob", 7)
             .await
             .unwrap_err();
         assert!(matches!(back, StoreError::Invalid(_)), "{back}");
         let missing = store
-            .set_model_lifecycle("llama", "9", ModelLifecycle::Approved, "bob", 7)
+            .set_model_lifecycle("llama", "9", Lifecycle::Approved, "bob", 7)
             .await
             .unwrap_err();
         assert!(matches!(missing, StoreError::NotFound(_)), "{missing}");
         assert_eq!(
             store.registry_model("llama", "2").await.unwrap().lifecycle,
-            ModelLifecycle::Draft
+            Lifecycle::Draft
         );
     }
 
@@ -512,13 +587,46 @@ mod tests {
                 consent_basis: "contract".into(),
                 retention_days: 90,
                 purposes: vec!["fraud-detection".into(), "support".into()],
+                lifecycle: Lifecycle::Draft,
                 registered_by: "alice".into(),
                 registered_ms: 3,
+                changed_by: "alice".into(),
+                changed_ms: 3,
             };
             store.register_dataset(&row).await.unwrap();
             let again = store.register_dataset(&row).await.unwrap_err();
             assert!(matches!(again, StoreError::Conflict(_)), "{again}");
-            assert_eq!(store.datasets().await.unwrap(), vec![row]);
+            assert_eq!(store.datasets().await.unwrap(), vec![row.clone()]);
+
+            // The lifecycle is the models': one way, revoke from anywhere.
+            let skip = store
+                .set_dataset_lifecycle("claims", Lifecycle::Deprecated, "bob", 5)
+                .await
+                .unwrap_err();
+            assert!(matches!(skip, StoreError::Invalid(_)), "{skip}");
+            let revoked = store
+                .set_dataset_lifecycle("claims", Lifecycle::Revoked, "bob", 6)
+                .await
+                .unwrap();
+            assert_eq!(
+                (
+                    revoked.lifecycle,
+                    revoked.changed_by.as_str(),
+                    revoked.changed_ms
+                ),
+                (Lifecycle::Revoked, "bob", 6)
+            );
+            let back = store
+                .set_dataset_lifecycle("claims", Lifecycle::Approved, "bob", 7)
+                .await
+                .unwrap_err();
+            assert!(matches!(back, StoreError::Invalid(_)), "{back}");
+            let missing = store
+                .set_dataset_lifecycle("other", Lifecycle::Approved, "bob", 7)
+                .await
+                .unwrap_err();
+            assert!(matches!(missing, StoreError::NotFound(_)), "{missing}");
+            assert_eq!(store.dataset("claims").await.unwrap(), revoked);
         }
     }
 }

@@ -54,7 +54,7 @@ pub use audit_archive::{
     SegmentSeal, archived_inclusion, read_segments,
 };
 mod governance;
-pub use governance::{DatasetRow, HeldPast, ModelLifecycle, ModelRow};
+pub use governance::{DatasetRow, HeldPast, Lifecycle, ModelRow};
 mod mcp_tools;
 pub use agent_keys::AgentKeyRow;
 pub use mcp_tools::McpToolRow;
@@ -298,6 +298,11 @@ fn migrator() -> Migrator {
             "pending_ceremonies",
             include_str!("../migrations/0030_pending_ceremonies.sql"),
         ),
+        migration(
+            31,
+            "dataset_lifecycle",
+            include_str!("../migrations/0031_dataset_lifecycle.sql"),
+        ),
     ])
 }
 
@@ -364,6 +369,7 @@ fn postgres_migrator() -> Migrator {
         twin!(27, "audit_intent_owner", "0027_audit_intent_owner.sql"),
         twin!(29, "sealed_keys", "0029_sealed_keys.sql"),
         twin!(30, "pending_ceremonies", "0030_pending_ceremonies.sql"),
+        twin!(31, "dataset_lifecycle", "0031_dataset_lifecycle.sql"),
     ])
 }
 

@@ -138,15 +138,15 @@ struct Asker {
 
 impl Asker {
     /// A decision with no obligations (listing filters): the same Cedar
-    /// decision the one decision path makes, the user's included.
+    /// decision the one decision path makes, the user's included, and the
+    /// `read_data` decisions on the datasets the call would read (a tool
+    /// over a dataset the agent may not read for `purpose` is not listed).
     fn decide(
         &self,
         snapshot: &Snapshot,
-        (method, revision): (&str, &str),
+        (method, revision, purpose): (&str, &str, &str),
         action: McpAction,
         target: &str,
-        args: &[portcullis_policy::McpArg],
-        content: Content<'_>,
     ) -> portcullis_core::Decision {
         let call = decide::Call {
             ask: decide::Ask::Mcp {
@@ -154,19 +154,33 @@ impl Asker {
                 method,
                 revision,
                 target,
-                args,
+                args: &[],
             },
-            content,
+            purpose,
+            content: Content::NOT_SCANNED,
             write: false,
             blocked: None,
         };
-        crate::pipeline::authorize::run(
+        let decision = crate::pipeline::authorize::run(
             &snapshot.authorizer,
             &self.identity,
             &self.context,
             &self.source_ip,
             &call,
-        )
+        );
+        let datasets = crate::pipeline::datasets::tagged(&self.context.route, &call.ask);
+        if !decision.allowed || datasets.is_empty() {
+            return decision;
+        }
+        let verdict = crate::pipeline::datasets::authorize(
+            &snapshot.authorizer,
+            &self.identity,
+            &self.context,
+            &self.source_ip,
+            &call,
+            &datasets,
+        );
+        crate::pipeline::datasets::folded(decision, Some(&verdict))
     }
 
     /// Whether the agent is still live in the current snapshot and not
@@ -227,7 +241,7 @@ impl Asker {
     /// `context.revision` the list request's). The answer is this agent's
     /// alone: a 2026-07-28 `cacheScope` becomes "private", so no shared
     /// cache hands it to another client.
-    fn filter_tools(&self, mcp: &McpState, result: &mut Value, revision: &str) {
+    fn filter_tools(&self, mcp: &McpState, result: &mut Value, (revision, purpose): (&str, &str)) {
         if let Some(scope) = result.get_mut("cacheScope") {
             *scope = Value::from("private");
         }
@@ -243,11 +257,9 @@ impl Asker {
                 && self
                     .decide(
                         &snapshot,
-                        ("tools/list", revision),
+                        ("tools/list", revision, purpose),
                         McpAction::CallTool,
                         name,
-                        &[],
-                        Content::NOT_SCANNED,
                     )
                     .allowed
         });
@@ -446,7 +458,9 @@ async fn open_legacy(
         let (mcp, asker) = (mcp.clone(), asker.clone());
         Box::new(move |message: &mut Value| match message.get_mut("result") {
             Some(result) if result.get("tools").is_some_and(Value::is_array) => {
-                asker.filter_tools(&mcp, result, jsonrpc::HEADERLESS_REVISION);
+                // The listing's request (and its purpose) is not known
+                // here: tools over datasets are decided without one.
+                asker.filter_tools(&mcp, result, (jsonrpc::HEADERLESS_REVISION, ""));
                 true
             }
             _ => false,
@@ -504,6 +518,7 @@ async fn decide_session(
                 target: "",
                 args: &[],
             },
+            purpose: "",
             content: Content::NOT_SCANNED,
             write: false,
             blocked: None,
@@ -629,6 +644,14 @@ async fn post(
                 continue;
             }
         };
+        let purpose = match crate::purpose::of_message(message) {
+            Ok(purpose) => purpose,
+            Err(e) => {
+                let id = message.get("id").cloned().unwrap_or(Value::Null);
+                refuse(&id, ErrorCode::BadRequest, &e, &[]);
+                continue;
+            }
+        };
         // Every message is decided, session plumbing too: a client's answer
         // to the server is `reply`, `initialize`/`ping` are `mcp_session`,
         // notifications `notify` (allowed by `builtin:mcp-plumbing` unless
@@ -715,6 +738,7 @@ async fn post(
                     target: &target,
                     args: &args,
                 },
+                purpose,
                 content,
                 write: contain::is_mcp_write(action),
                 blocked: blocked
@@ -744,7 +768,8 @@ async fn post(
         if action == McpAction::ListTools
             && let Some(id) = id
         {
-            list_ids.push(id.clone());
+            // Each listing is filtered for the purpose it declared.
+            list_ids.push((id.clone(), purpose.to_string()));
             list_revision = revision.to_string();
         }
         if method == "server/discover"
@@ -943,8 +968,9 @@ async fn forward_http(
 struct Merge {
     /// The refusals of messages that were not forwarded.
     refusals: Vec<Value>,
-    /// The ids of `tools/list` requests, whose results are filtered.
-    list_ids: Vec<Value>,
+    /// The ids of `tools/list` requests, whose results are filtered, with
+    /// the purpose each declared.
+    list_ids: Vec<(Value, String)>,
     /// The revision the `tools/list` requests spoke.
     list_revision: String,
     /// The ids of `server/discover` requests, whose versions are filtered.
@@ -998,13 +1024,17 @@ async fn answer(
             let Some(id) = message.get("id") else {
                 return false;
             };
-            let (listed, discovered) = (list_ids.contains(id), discover_ids.contains(id));
-            match message.get_mut("result") {
-                Some(result) if listed => {
-                    asker.filter_tools(&mcp, result, &list_revision);
+            let listed = list_ids
+                .iter()
+                .find(|(listed, _)| listed == id)
+                .map(|(_, purpose)| purpose.clone());
+            let discovered = discover_ids.contains(id);
+            match (message.get_mut("result"), listed) {
+                (Some(result), Some(purpose)) => {
+                    asker.filter_tools(&mcp, result, (&list_revision, &purpose));
                     true
                 }
-                Some(result) if discovered => {
+                (Some(result), None) if discovered => {
                     jsonrpc::filter_discover(result);
                     true
                 }

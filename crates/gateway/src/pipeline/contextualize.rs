@@ -34,6 +34,9 @@ pub struct RequestContext {
     pub source_ip: IpAddr,
     /// When.
     pub time: RequestTime,
+    /// The purpose the request declared in `Portcullis-Purpose` (HTTP and
+    /// LLM routes; "" when none). An MCP message declares its own.
+    pub purpose: String,
 }
 
 /// Runs the stage.
@@ -76,7 +79,24 @@ pub fn run(
     } else {
         rest
     };
+    let purpose = request
+        .parts
+        .extensions
+        .get::<crate::purpose::Declared>()
+        .map(|d| d.0.clone())
+        .unwrap_or_default();
+    // One carrier per protocol: on MCP each message declares its own.
+    if route.kind == crate::config::RouteKind::Mcp && !purpose.is_empty() {
+        return Err(Denial::new(
+            ErrorCode::BadRequest,
+            format!(
+                "MCP messages declare their purpose in `params._meta[\"{}\"]`, not in the Portcullis-Purpose header",
+                crate::purpose::MCP_META_KEY
+            ),
+        ));
+    }
     Ok(RequestContext {
+        purpose,
         route: route.clone(),
         rest_path: rest.to_string(),
         path: path.to_string(),

@@ -15,16 +15,21 @@
 //! Fail closed: a tag naming a dataset the registry does not hold refuses
 //! the call (`dataset_unknown`); any denial refuses it (`dataset_denied`).
 //! The record names every dataset decided, as `dataset:<name>:<policy>`
-//! among its policies (`dataset:<name>:unregistered` for an unknown one).
+//! among its policies (`dataset:<name>:unregistered` for an unknown one),
+//! and the purpose the call declared (`purpose:<value>`, `purpose.rs`).
 
-use portcullis_core::ErrorCode;
-use portcullis_policy::{Authorizer, Content, DatasetRequest, McpAction, SourceIp};
+use portcullis_core::{Decision, ErrorCode};
+use portcullis_policy::{Authorizer, DatasetRequest, McpAction, SourceIp};
 
 use crate::config::RouteConfig;
 use crate::pipeline::authenticate::Identity;
 use crate::pipeline::contextualize::RequestContext;
-use crate::pipeline::decide::Ask;
+use crate::pipeline::decide::{Ask, Call};
 use crate::respond::Denial;
+
+/// The record of a call decided on datasets lists the purpose it declared
+/// as `purpose:<value>` among its policies (`policy whatif` replays it).
+pub const PURPOSE_MARK: &str = "purpose:";
 
 /// The datasets `ask` reads on `route`: the route's, then (for a tool call)
 /// the tool's, each once.
@@ -56,6 +61,28 @@ pub struct Verdict {
     pub denial: Option<Denial>,
 }
 
+/// `decision` (the call's own, allowed) with the `read_data` verdict folded
+/// in: denied by the datasets' refusal, or allowed naming what they read.
+/// What the shadow candidate is compared on.
+pub fn folded(decision: Decision, verdict: Option<&Verdict>) -> Decision {
+    match verdict {
+        None => decision,
+        Some(Verdict {
+            denial: Some(denial),
+            ..
+        }) => Decision {
+            allowed: false,
+            policy_ids: denial.policies.clone(),
+            errors: decision.errors,
+        },
+        Some(Verdict { recorded, .. }) => {
+            let mut decision = decision;
+            decision.policy_ids.extend(recorded.iter().cloned());
+            decision
+        }
+    }
+}
+
 /// Asks `read_data` for each of `datasets`, in order; the first refusal
 /// ends the questions.
 pub fn authorize(
@@ -63,12 +90,11 @@ pub fn authorize(
     identity: &Identity,
     context: &RequestContext,
     source_ip: &SourceIp,
-    ask: &Ask<'_>,
-    content: Content<'_>,
+    call: &Call<'_>,
     datasets: &[&str],
 ) -> Verdict {
     let mut recorded = Vec::new();
-    let (action, target) = match ask {
+    let (action, target) = match &call.ask {
         Ask::Route => (context.action.as_str(), ""),
         Ask::Mcp { action, target, .. } => (action.as_str(), *target),
         Ask::Model { action, model } => (action.as_str(), *model),
@@ -93,11 +119,12 @@ pub fn authorize(
             route: &context.route.name,
             action,
             target,
+            purpose: call.purpose,
             method: context.action,
             path: &context.path,
             source_ip,
             time: context.time,
-            content,
+            content: call.content,
             caller: &identity.caller,
         };
         let agent = authorizer.decide_dataset(&request);

@@ -151,6 +151,9 @@ pub enum Subject<'a> {
 pub struct Call<'a> {
     /// What is asked.
     pub ask: Ask<'a>,
+    /// The purpose the call declares (`context.purpose` of its `read_data`
+    /// decisions, bound by an approval); "" when none (`purpose.rs`).
+    pub purpose: &'a str,
     /// What the content guard found (`context.content`).
     pub content: Content<'a>,
     /// Whether the call writes, for the risk grade's hold: a method other
@@ -199,7 +202,22 @@ pub async fn decide(
     if !decision.errors.is_empty() {
         tracing::warn!(errors = ?decision.errors, agent = %ex.identity.agent, route = %ex.context.route.name, action = %call.ask.action_name(ex.context), "policy evaluation errors");
     }
-    // After the timing: the candidate's cost is not the request's.
+    // After the call's own decision: a caller denied the call learns
+    // nothing of its datasets. Before the obligations: no human is asked
+    // to approve a call that cannot run.
+    let datasets = crate::pipeline::datasets::tagged(&ex.context.route, &call.ask);
+    let read = (decision.allowed && !datasets.is_empty()).then(|| {
+        crate::pipeline::datasets::authorize(
+            &ex.snapshot.authorizer,
+            ex.identity,
+            ex.context,
+            &ex.conn.source_ip,
+            &call,
+            &datasets,
+        )
+    });
+    // After the timing: the candidate's cost is not the request's. Both
+    // sides are compared with their `read_data` decisions folded in.
     if let Some(shadow) = &ex.snapshot.shadow {
         let candidate = authorize::run(
             &shadow.authorizer,
@@ -208,17 +226,29 @@ pub async fn decide(
             &ex.conn.source_ip,
             &call,
         );
+        let candidate_read = (candidate.allowed && !datasets.is_empty()).then(|| {
+            crate::pipeline::datasets::authorize(
+                &shadow.authorizer,
+                ex.identity,
+                ex.context,
+                &ex.conn.source_ip,
+                &call,
+                &datasets,
+            )
+        });
+        let active = crate::pipeline::datasets::folded(decision.clone(), read.as_ref());
+        let candidate = crate::pipeline::datasets::folded(candidate, candidate_read.as_ref());
         shadow
             .stats
-            .observe(&decision, &candidate, || crate::shadow::Disagreement {
+            .observe(&active, &candidate, || crate::shadow::Disagreement {
                 time_ms: ex.context.time.epoch * 1000,
                 request_id: ex.request_id.to_string(),
                 agent: ex.identity.agent.clone(),
                 action: call.ask.action_name(ex.context),
                 resource: call.ask.resource_name(ex.context),
                 path: ex.context.path.clone(),
-                active_allowed: decision.allowed,
-                active_policies: decision.policy_ids.clone(),
+                active_allowed: active.allowed,
+                active_policies: active.policy_ids.clone(),
                 shadow_allowed: candidate.allowed,
                 shadow_policies: candidate.policy_ids.clone(),
             });
@@ -269,25 +299,20 @@ pub async fn decide(
             detail: None,
         });
     }
-    // After the call's own decision: a caller denied the call learns
-    // nothing of its datasets. Before the obligations: no human is asked
-    // to approve a call that cannot run.
-    let datasets = crate::pipeline::datasets::tagged(&ex.context.route, &call.ask);
-    let read = if datasets.is_empty() {
-        None
-    } else {
-        let verdict = crate::pipeline::datasets::authorize(
-            &ex.snapshot.authorizer,
-            ex.identity,
-            ex.context,
-            &ex.conn.source_ip,
-            &call.ask,
-            call.content,
-            &datasets,
-        );
-        ex.recorder.record().policies.extend(verdict.recorded);
+    let read = read.and_then(|verdict| {
+        let record = ex.recorder.record();
+        record.policies.extend(verdict.recorded);
+        // What the data was read for, as the caller declared it: evidence
+        // for a purpose review, and what `policy whatif` replays.
+        if !call.purpose.is_empty() {
+            record.policies.push(format!(
+                "{}{}",
+                crate::pipeline::datasets::PURPOSE_MARK,
+                call.purpose
+            ));
+        }
         verdict.denial
-    };
+    });
     let settled = match (read, call.blocked.clone()) {
         (Some(denial), _) | (None, Some(denial)) => Err(denial),
         (None, None) => obligations(ex, &call, &decision, subject).await,
@@ -422,6 +447,9 @@ async fn obligations(
             // A subject that does not fit its call is a bug: refuse.
             _ => return Err(unsupported("approval", "the call cannot be bound")),
         };
+        // The purpose is part of the call: an approval for one purpose is
+        // no approval for another.
+        let binding = binding.with_purpose(call.purpose);
         let mut ticket = None;
         let gate = approve::hold(
             &ex.gateway.approvals,

@@ -134,6 +134,10 @@ pub fn head(limits: &Limits, parts: &mut http::request::Parts) -> Result<Canonic
     let target = CanonicalTarget::parse(parts.uri.path(), parts.uri.query())
         .map_err(|e| Denial::new(ErrorCode::BadPath, format!("invalid request target: {e}")))?;
     refuse_method_override(&parts.headers, target.query.as_deref())?;
+    // The purpose is the gateway's to read, not the upstream's.
+    if let Some(purpose) = crate::purpose::take_header(&mut parts.headers)? {
+        parts.extensions.insert(purpose);
+    }
     sanitize_headers(&mut parts.headers, &limits.strip_request_headers);
     parts.uri = with_target(&parts.uri, &target)?;
     Ok(target)

@@ -456,6 +456,7 @@ async fn run(
         },
         decide::Call {
             ask: decide::Ask::Route,
+            purpose: &context.purpose,
             content: content.as_policy(),
             write: contain::is_write(context.action),
             blocked: None,
