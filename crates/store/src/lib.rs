@@ -524,7 +524,7 @@ impl Store {
             strings: Default::default(),
             relaxed: None,
             health: StoreHealth::default(),
-            replica: portcullis_core::RequestId::new().as_str().into(),
+            replica: Default::default(),
         })
     }
 
