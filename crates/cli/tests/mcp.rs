@@ -992,6 +992,60 @@ const GUARD_POLICIES: &str = r#"
 
 const AWS_KEY: &str = "AKIAQWADE5R42RDZ4JEM";
 
+/// Issue 19, end to end: a tool answer holding a long benign list (40
+/// bank e-mails, as JSON and as YAML text) with one injected record is
+/// blocked on an `injection = "block"` route, the instruction not diluted
+/// by the 39 benign records around it; the same list without it passes.
+#[test]
+fn one_injected_record_in_a_long_list_is_blocked() {
+    if !python_mcp() {
+        return;
+    }
+    let port = free_port();
+    let mut py = Command::new("python3")
+        .arg(format!("{TESTS}/records_server.py"))
+        .arg(port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut py);
+    let _py = Killed(py);
+    let guarded = gateway_with(
+        "guarded",
+        &format!("http://127.0.0.1:{port}/mcp"),
+        GUARD_POLICIES,
+        "[routes.guard]\ninjection = \"block\"\n",
+    );
+    let mut client = McpClient::start(&guarded, "guarded", "dev-bot");
+    assert_eq!(client.list(), ["list_records"]);
+    for format in ["json", "yaml"] {
+        let clean = client.call(
+            "list_records",
+            json!({"format": format, "infected": false}),
+        );
+        assert_eq!(clean["ok"], true, "{format}: {clean}");
+        let text = clean["text"].as_str().unwrap();
+        assert!(text.matches("Hi David").count() == 40, "{format}: {text}");
+        let refused = client.call(
+            "list_records",
+            json!({"format": format, "infected": true}),
+        );
+        assert_eq!(refused["ok"], false, "{format}: {refused}");
+        assert_eq!(refused["data"]["code"], "content_blocked", "{refused}");
+        let record = guarded.audit_record(refused["data"]["request_id"].as_str().unwrap());
+        assert_eq!(record["error_code"], "content_blocked", "{record}");
+        assert!(
+            findings(&record).contains(&(
+                "response".into(),
+                "prompt_injection".into(),
+                "/result/content/0/text".into()
+            )),
+            "{format}: {record}"
+        );
+    }
+}
+
 #[test]
 fn the_content_guard_reads_tool_results_and_arguments() {
     if !python_mcp() {

@@ -575,31 +575,31 @@ mod tests {
     /// list is flagged, the list without it is not.
     #[test]
     fn records_of_every_format_are_read() {
-        use crate::eval::{FIXTURE_FORMATS, structured_fixture};
+        use crate::eval::{RecordFormat, structured_fixture};
         let structured = Detector::new().unwrap();
         let whole = Detector::new().unwrap().without_structure();
-        for format in FIXTURE_FORMATS {
+        for format in RecordFormat::ALL.into_iter().skip(3) {
             let clean = structured_fixture(format, 30, None);
             assert!(
                 matches!(
                     structure::split(&clean),
                     structure::Structure::Alongside(ref u) if u.len() >= 30
                 ),
-                "{format}: {:?}",
+                "{format:?}: {:?}",
                 structure::split(&clean)
             );
             let c = structured.assess(&clean, Channel::ToolOutput);
-            assert!(!c.flagged, "{format}: {c:?}");
+            assert!(!c.flagged, "{format:?}: {c:?}");
             let doc = structured_fixture(format, 30, Some(17));
             let a = structured.assess(&doc, Channel::ToolOutput);
-            assert!(a.flagged, "{format}: {a:?}");
+            assert!(a.flagged, "{format:?}: {a:?}");
             let w = whole.assess(&doc, Channel::ToolOutput);
             // Character references hide the instruction from the whole
             // reading; the record reading decodes them.
-            if format == "html" {
+            if format == RecordFormat::Html {
                 assert!(!w.flagged, "{w:?}");
             }
-            assert!(a.score >= w.score, "{format}: {} < {}", a.score, w.score);
+            assert!(a.score >= w.score, "{format:?}: {} < {}", a.score, w.score);
         }
     }
 
