@@ -1020,17 +1020,11 @@ fn one_injected_record_in_a_long_list_is_blocked() {
     let mut client = McpClient::start(&guarded, "guarded", "dev-bot");
     assert_eq!(client.list(), ["list_records"]);
     for format in ["json", "yaml"] {
-        let clean = client.call(
-            "list_records",
-            json!({"format": format, "infected": false}),
-        );
+        let clean = client.call("list_records", json!({"format": format, "infected": false}));
         assert_eq!(clean["ok"], true, "{format}: {clean}");
         let text = clean["text"].as_str().unwrap();
         assert!(text.matches("Hi David").count() == 40, "{format}: {text}");
-        let refused = client.call(
-            "list_records",
-            json!({"format": format, "infected": true}),
-        );
+        let refused = client.call("list_records", json!({"format": format, "infected": true}));
         assert_eq!(refused["ok"], false, "{format}: {refused}");
         assert_eq!(refused["data"]["code"], "content_blocked", "{refused}");
         let record = guarded.audit_record(refused["data"]["request_id"].as_str().unwrap());

@@ -17,11 +17,12 @@
 //!    windows and blends a small classifier's log-odds with the model's
 //!    (off unless [`SEMANTIC_BY_DEFAULT`]: see that constant for why).
 //!
-//! Before the stages, [`structure`] reads a text that is JSON (a tool's
-//! records, NDJSON) as records: each record and each string leaf is scored
-//! in windows of its own, with its key as context, and the text's score is
-//! the highest, so benign records cannot dilute the one that carries an
-//! instruction. Past its limits the text is scanned whole and flagged
+//! Before the stages, [`structure`] reads a structured text (JSON, NDJSON,
+//! YAML, CSV, mail, HTML, iCalendar) as records: each record and each leaf
+//! is scored in windows of its own, with its key as context, and the text's
+//! score is the highest, so benign records cannot dilute the one that
+//! carries an instruction (formats other than JSON are also read whole).
+//! Past its limits the text is scanned whole and flagged
 //! (`structure_over_limit`).
 //!
 //! A strong signature match ([`signatures::STRONG`]) or smuggled Unicode tag

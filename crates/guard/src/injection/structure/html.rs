@@ -194,8 +194,7 @@ fn tag_end(text: &str, mut at: usize) -> (usize, Vec<(&str, (usize, usize))>) {
             return (at + 1, attributes);
         }
         let name_start = at;
-        while at < b.len() && !matches!(b[at], b'=' | b'>' | b'/') && !b[at].is_ascii_whitespace()
-        {
+        while at < b.len() && !matches!(b[at], b'=' | b'>' | b'/') && !b[at].is_ascii_whitespace() {
             at += 1;
         }
         let name = &text[name_start..at];

@@ -1,8 +1,12 @@
 //! Structure-aware scanning: a text that is JSON (one document, or one per
-//! line as in NDJSON) is read as records, so an instruction hidden in one
-//! field of one record is not diluted by the benign records around it.
+//! line as in NDJSON), YAML ([`yaml`]), CSV ([`csv`]), mail ([`mail`]),
+//! HTML ([`html`]) or iCalendar / vCard ([`calendar`]) is read as records,
+//! so an instruction hidden in one field of one record is not diluted by
+//! the benign records around it. Each format's module says what a record
+//! and a leaf are there and when a text is that format; this one holds JSON,
+//! the [`Unit`]s all formats produce and the limits they share.
 //!
-//! [`split`] parses the text and returns one [`Unit`] per JSON object (a
+//! For JSON, [`split`] returns one [`Unit`] per JSON object (a
 //! record) plus one for the strings that sit directly in the top-level
 //! array (or are the document). A unit's text holds one line per string
 //! leaf of its object, `key: value`, the key (cut to [`KEY_CONTEXT`] bytes)
@@ -25,9 +29,9 @@
 //! did before, and reports a `structure_over_limit` signal so that policy
 //! can refuse what it could not read record by record (it is flagged, not
 //! failed open and not refused by the guard itself: the flat scan still
-//! runs). Text that is not JSON is [`Structure::Flat`]: line-shaped records
-//! (YAML, CSV) already have each line scored on its own by the detector's
-//! segments.
+//! runs). JSON is [`Structure::Records`]; the other formats are
+//! [`Structure::Alongside`], read by record and whole (see there); text in
+//! none of them is [`Structure::Flat`].
 
 mod calendar;
 mod csv;

@@ -88,7 +88,10 @@ fn read(text: &str, out: &mut Builder) -> Result<bool, Fail> {
         }
         // List markers: `- `, possibly several (`- - x`).
         let (mut inner, mut rest, mut item) = (indent, content, false);
-        while let Some(r) = rest.strip_prefix("- ").or(if rest == "-" { Some("") } else { None }) {
+        while let Some(r) = rest
+            .strip_prefix("- ")
+            .or(if rest == "-" { Some("") } else { None })
+        {
             let skipped = rest.len() - r.len();
             let r2 = r.trim_start_matches(' ');
             inner += skipped + (r.len() - r2.len());
@@ -215,7 +218,10 @@ fn is_block_header(v: &str) -> bool {
     }
     let rest: String = chars.collect();
     let flags = rest.split_once('#').map_or(rest.as_str(), |(f, _)| f);
-    flags.trim().chars().all(|c| matches!(c, '+' | '-' | '1'..='9'))
+    flags
+        .trim()
+        .chars()
+        .all(|c| matches!(c, '+' | '-' | '1'..='9'))
 }
 
 /// Adds the scalar being read to `unit`, unquoted.
@@ -286,7 +292,11 @@ mod tests {
         let text = "---\n# inbox\nemails:\n  - from: a@b.example\n    note: first one here\n  - from: c@d.example\n    note: 'it''s the second'\ncount: 2 items\n";
         assert_eq!(
             units(text),
-            ["note: first one here", "note: it's the second", "count: 2 items"]
+            [
+                "note: first one here",
+                "note: it's the second",
+                "count: 2 items"
+            ]
         );
     }
 
