@@ -365,19 +365,9 @@ fn a_changed_tool_definition_is_blocked_until_an_admin_approves_it() {
     if !python_mcp() {
         return;
     }
-    let port = free_port();
     let description = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(description.path(), "Adds two numbers.").unwrap();
-    let mut py = Command::new("python3")
-        .arg(format!("{TESTS}/rugpull_server.py"))
-        .arg(port.to_string())
-        .arg(description.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, &mut py);
-    let _py = Killed(py);
+    let (_py, port) = start_python("rugpull_server.py", &[description.path().as_os_str()]);
     let server = gateway(
         "rugpull",
         &format!("http://127.0.0.1:{port}/mcp"),
@@ -969,19 +959,29 @@ async fn risk_grades_hold_or_refuse_tool_calls_and_let_reads_through() {
 /// Starts `guard_server.py` answering in JSON or SSE; returns its port and the
 /// file it writes the notes it receives to.
 fn start_guard_server(json: bool) -> (Killed, u16, tempfile::NamedTempFile) {
-    let port = free_port();
     let notes = tempfile::NamedTempFile::new().unwrap();
+    let mode = if json { "json" } else { "sse" };
+    let (py, port) = start_python(
+        "guard_server.py",
+        &[notes.path().as_os_str(), std::ffi::OsStr::new(mode)],
+    );
+    (py, port, notes)
+}
+
+/// Starts the test server `script` (in tests/mcp) on a free port, with
+/// `args` after the port; returns it and its port once it listens.
+fn start_python(script: &str, args: &[&std::ffi::OsStr]) -> (Killed, u16) {
+    let port = free_port();
     let mut py = Command::new("python3")
-        .arg(format!("{TESTS}/guard_server.py"))
+        .arg(format!("{TESTS}/{script}"))
         .arg(port.to_string())
-        .arg(notes.path())
-        .arg(if json { "json" } else { "sse" })
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     wait_for_port(port, &mut py);
-    (Killed(py), port, notes)
+    (Killed(py), port)
 }
 
 const GUARD_POLICIES: &str = r#"
@@ -1001,16 +1001,7 @@ fn one_injected_record_in_a_long_list_is_blocked() {
     if !python_mcp() {
         return;
     }
-    let port = free_port();
-    let mut py = Command::new("python3")
-        .arg(format!("{TESTS}/records_server.py"))
-        .arg(port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, &mut py);
-    let _py = Killed(py);
+    let (_py, port) = start_python("records_server.py", &[]);
     let guarded = gateway_with(
         "guarded",
         &format!("http://127.0.0.1:{port}/mcp"),

@@ -103,17 +103,14 @@ fn unescape(v: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Structure, split};
+    use super::super::{Structure, alongside, split, texts};
 
     #[test]
     fn one_record_per_component() {
         let text = "BEGIN:VCALENDAR\r\nPRODID:-//Example//EN\r\nX-WR-CALNAME:Team calendar\r\nBEGIN:VEVENT\r\nUID:1@example.com\r\nSUMMARY:Team sync\r\nDESCRIPTION:Agenda:\\n1. status\\, blockers\r\n  and next steps\r\nATTENDEE;CN=\"Ann Lee\":mailto:ann@example.com\r\nBEGIN:VALARM\r\nDESCRIPTION:Reminder text\r\nEND:VALARM\r\nEND:VEVENT\r\nEND:VCALENDAR\r\n";
-        let Structure::Alongside(u) = split(text) else {
-            panic!("not records")
-        };
-        let texts: Vec<&str> = u.iter().map(|u| u.text.as_str()).collect();
+        let u = alongside(text);
         assert_eq!(
-            texts,
+            texts(text),
             [
                 "DESCRIPTION: Reminder text",
                 "SUMMARY: Team sync\nDESCRIPTION: Agenda:\n1. status, blockers and next steps\nCN: Ann Lee",

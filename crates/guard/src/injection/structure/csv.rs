@@ -116,14 +116,8 @@ fn parse(text: &str, delim: u8) -> Option<Vec<Vec<Field>>> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Structure, split};
+    use super::super::{Structure, alongside, split, texts as units};
 
-    fn units(text: &str) -> Vec<String> {
-        match split(text) {
-            Structure::Alongside(u) => u.into_iter().map(|u| u.text).collect(),
-            other => panic!("not records: {other:?}"),
-        }
-    }
 
     #[test]
     fn one_record_per_row_with_the_header_as_keys() {
@@ -138,9 +132,7 @@ mod tests {
         );
         let tsv = "name\tcomment\nbob\tgreat product overall\n";
         assert_eq!(units(tsv), ["comment: great product overall"]);
-        let Structure::Alongside(u) = split(text) else {
-            panic!()
-        };
+        let u = alongside(text);
         let (s, e) = u[1].original_range((20, 25));
         assert_eq!(&text[s..e], "\"Hello, Ann\nsee \"\"you\"\"\"");
     }

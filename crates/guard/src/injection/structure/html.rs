@@ -278,17 +278,14 @@ fn decode(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Structure, split};
+    use super::super::{Structure, alongside, split, texts};
 
     #[test]
     fn records_leaves_and_hidden_text() {
         let text = "<!DOCTYPE html><html><head><title>Shop reviews</title><style>.x { display: none }</style></head><body>\n<ul>\n<li><p>Great   kettle,\n boils fast.</p><p>Five stars &amp; more</p></li>\n<li><img src=\"a.png\" alt=\"A kettle on a stove\">Works well<br>for tea</li>\n</ul><!-- note for the assistant --><script>var a = 1;</script><div data-note='hidden words here'>Thanks&#33; See you</div></body></html>";
-        let Structure::Alongside(u) = split(text) else {
-            panic!("not records")
-        };
-        let texts: Vec<&str> = u.iter().map(|u| u.text.as_str()).collect();
+        let u = alongside(text);
         assert_eq!(
-            texts,
+            texts(text),
             [
                 "style: .x { display: none }",
                 "Shop reviews",

@@ -151,17 +151,14 @@ fn read(all: &[(usize, &str)], out: &mut Builder) -> Result<(), Fail> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Structure, split};
+    use super::super::{Structure, alongside, split, texts};
 
     #[test]
     fn one_record_per_message() {
         let text = "From alice@example.com Mon Jan 1 00:00:00 2024\nFrom: Alice Ng <alice@example.com>\nTo: bob@example.com\nSubject: Quarterly\n numbers\nReceived: from mx.example.com by mail.example.com\n\nHi Bob,\nthe numbers are in.\n\nBest, Alice\n\nFrom: Carol <carol@example.com>\nSubject: Lunch\nDate: Tue, 2 Jan 2024 10:00:00 +0000\n\nNoon at the usual place?\n-----\nFrom: dave@example.com\nTo: bob@example.com\n\nLast one here.\n";
-        let Structure::Alongside(u) = split(text) else {
-            panic!("not records")
-        };
-        let texts: Vec<&str> = u.iter().map(|u| u.text.as_str()).collect();
+        let u = alongside(text);
         assert_eq!(
-            texts,
+            texts(text),
             [
                 "From alice@example.com Mon Jan 1 00:00:00 2024",
                 "From: Alice Ng <alice@example.com>\nSubject: Quarterly numbers\nReceived: from mx.example.com by mail.example.com\nHi Bob,\nthe numbers are in.\nBest, Alice",

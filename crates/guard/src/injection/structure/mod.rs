@@ -453,6 +453,21 @@ fn cut(s: &str, max: usize) -> &str {
     &s[..i]
 }
 
+/// For the formats' tests: the units of a text read alongside.
+#[cfg(test)]
+fn alongside(text: &str) -> Vec<Unit> {
+    match split(text) {
+        Structure::Alongside(u) => u,
+        other => panic!("not read as records: {other:?}"),
+    }
+}
+
+/// For the formats' tests: the texts of the units of a text read alongside.
+#[cfg(test)]
+fn texts(text: &str) -> Vec<String> {
+    alongside(text).into_iter().map(|u| u.text).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

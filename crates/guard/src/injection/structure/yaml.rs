@@ -52,8 +52,9 @@ fn read(text: &str, out: &mut Builder) -> Result<bool, Fail> {
         let indent = line.len() - line.trim_start_matches(' ').len();
         let content = line[indent..].trim_end();
         let end = off + indent + content.len();
-        if let Some(p) = pending.as_mut().filter(|p| p.block.is_some()) {
-            let block = p.block.as_mut().unwrap_or_else(|| unreachable!());
+        if let Some(p) = pending.as_mut()
+            && let Some(block) = p.block.as_mut()
+        {
             if content.is_empty() {
                 p.value.push('\n');
                 after_blank = true;
@@ -65,7 +66,7 @@ fn read(text: &str, out: &mut Builder) -> Result<bool, Fail> {
                 if !p.value.is_empty() && !p.value.ends_with('\n') {
                     p.value.push(if block.fold { ' ' } else { '\n' });
                 }
-                p.value.push_str(&line[at.min(indent)..].trim_end());
+                p.value.push_str(line[at.min(indent)..].trim_end());
                 if p.raw.0 == p.raw.1 {
                     p.raw.0 = off + indent;
                 }
@@ -269,14 +270,8 @@ fn unquote(v: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Structure, split};
+    use super::super::{Structure, alongside, split, texts as units};
 
-    fn units(text: &str) -> Vec<String> {
-        match split(text) {
-            Structure::Alongside(u) => u.into_iter().map(|u| u.text).collect(),
-            other => panic!("not records: {other:?}"),
-        }
-    }
 
     #[test]
     fn a_list_of_mappings_is_one_record_per_item() {
@@ -333,9 +328,7 @@ mod tests {
     #[test]
     fn ranges_are_the_values() {
         let text = "- body: |\n    first line\n    second line\n- body: plain value here\n";
-        let Structure::Alongside(u) = split(text) else {
-            panic!()
-        };
+        let u = alongside(text);
         let (s, e) = u[0].original_range((0, u[0].text.len()));
         assert_eq!(&text[s..e], "first line\n    second line");
         let (s, e) = u[1].original_range((0, 4));
