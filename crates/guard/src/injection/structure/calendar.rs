@@ -103,7 +103,8 @@ fn unescape(v: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Structure, alongside, split, texts};
+    use super::super::tests::{alongside, texts};
+    use super::super::{Structure, split};
 
     #[test]
     fn one_record_per_component() {

@@ -116,8 +116,8 @@ fn parse(text: &str, delim: u8) -> Option<Vec<Vec<Field>>> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Structure, alongside, split, texts as units};
-
+    use super::super::tests::{alongside, texts as units};
+    use super::super::{Structure, split};
 
     #[test]
     fn one_record_per_row_with_the_header_as_keys() {

@@ -278,7 +278,8 @@ fn decode(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Structure, alongside, split, texts};
+    use super::super::tests::{alongside, texts};
+    use super::super::{Structure, split};
 
     #[test]
     fn records_leaves_and_hidden_text() {

@@ -151,7 +151,8 @@ fn read(all: &[(usize, &str)], out: &mut Builder) -> Result<(), Fail> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Structure, alongside, split, texts};
+    use super::super::tests::{alongside, texts};
+    use super::super::{Structure, split};
 
     #[test]
     fn one_record_per_message() {

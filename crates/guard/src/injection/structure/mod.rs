@@ -453,24 +453,22 @@ fn cut(s: &str, max: usize) -> &str {
     &s[..i]
 }
 
-/// For the formats' tests: the units of a text read alongside.
-#[cfg(test)]
-fn alongside(text: &str) -> Vec<Unit> {
-    match split(text) {
-        Structure::Alongside(u) => u,
-        other => panic!("not read as records: {other:?}"),
-    }
-}
-
-/// For the formats' tests: the texts of the units of a text read alongside.
-#[cfg(test)]
-fn texts(text: &str) -> Vec<String> {
-    alongside(text).into_iter().map(|u| u.text).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// For the formats' tests: the units of a text read alongside.
+    pub(super) fn alongside(text: &str) -> Vec<Unit> {
+        match split(text) {
+            Structure::Alongside(u) => u,
+            other => panic!("not read as records: {other:?}"),
+        }
+    }
+
+    /// For the formats' tests: the texts of the units of a text read alongside.
+    pub(super) fn texts(text: &str) -> Vec<String> {
+        alongside(text).into_iter().map(|u| u.text).collect()
+    }
 
     /// The units' texts, and each line's raw text in the original.
     fn check(text: &str, want: &[&str]) {

@@ -270,8 +270,8 @@ fn unquote(v: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::super::{Structure, alongside, split, texts as units};
-
+    use super::super::tests::{alongside, texts as units};
+    use super::super::{Structure, split};
 
     #[test]
     fn a_list_of_mappings_is_one_record_per_item() {
