@@ -178,9 +178,12 @@ fn read(text: &str, out: &mut Builder) -> Result<(), Fail> {
     out.record(unit)
 }
 
+/// An attribute's name and the raw range of its value.
+type Attribute<'a> = (&'a str, (usize, usize));
+
 /// Where the tag whose name ends at `at` ends (after its `>`), and the
 /// raw ranges of its attributes' values by name.
-fn tag_end(text: &str, mut at: usize) -> (usize, Vec<(&str, (usize, usize))>) {
+fn tag_end(text: &str, mut at: usize) -> (usize, Vec<Attribute<'_>>) {
     let b = text.as_bytes();
     let mut attributes = Vec::new();
     loop {

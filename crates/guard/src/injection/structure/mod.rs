@@ -113,7 +113,7 @@ impl Unit {
 /// iCalendar / vCard (see the module docs); anything else is
 /// [`Structure::Flat`].
 pub fn split(text: &str) -> Structure {
-    let readers: [fn(&str) -> Option<Result<Builder, Fail>>; 6] = [
+    let readers: [Reader; 6] = [
         json,
         calendar::split,
         html::split,
@@ -137,6 +137,10 @@ pub fn split(text: &str) -> Structure {
     }
     Structure::Flat
 }
+
+/// A format's reader: `None` when the text is not that format, else its
+/// records or why they could not be read.
+type Reader = fn(&str) -> Option<Result<Builder, Fail>>;
 
 /// JSON: one document, or one per line (NDJSON).
 fn json(text: &str) -> Option<Result<Builder, Fail>> {
