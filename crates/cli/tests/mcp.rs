@@ -365,19 +365,9 @@ fn a_changed_tool_definition_is_blocked_until_an_admin_approves_it() {
     if !python_mcp() {
         return;
     }
-    let port = free_port();
     let description = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(description.path(), "Adds two numbers.").unwrap();
-    let mut py = Command::new("python3")
-        .arg(format!("{TESTS}/rugpull_server.py"))
-        .arg(port.to_string())
-        .arg(description.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(port, &mut py);
-    let _py = Killed(py);
+    let (_py, port) = start_python("rugpull_server.py", &[description.path().as_os_str()]);
     let server = gateway(
         "rugpull",
         &format!("http://127.0.0.1:{port}/mcp"),
@@ -969,19 +959,29 @@ async fn risk_grades_hold_or_refuse_tool_calls_and_let_reads_through() {
 /// Starts `guard_server.py` answering in JSON or SSE; returns its port and the
 /// file it writes the notes it receives to.
 fn start_guard_server(json: bool) -> (Killed, u16, tempfile::NamedTempFile) {
-    let port = free_port();
     let notes = tempfile::NamedTempFile::new().unwrap();
+    let mode = if json { "json" } else { "sse" };
+    let (py, port) = start_python(
+        "guard_server.py",
+        &[notes.path().as_os_str(), std::ffi::OsStr::new(mode)],
+    );
+    (py, port, notes)
+}
+
+/// Starts the test server `script` (in tests/mcp) on a free port, with
+/// `args` after the port; returns it and its port once it listens.
+fn start_python(script: &str, args: &[&std::ffi::OsStr]) -> (Killed, u16) {
+    let port = free_port();
     let mut py = Command::new("python3")
-        .arg(format!("{TESTS}/guard_server.py"))
+        .arg(format!("{TESTS}/{script}"))
         .arg(port.to_string())
-        .arg(notes.path())
-        .arg(if json { "json" } else { "sse" })
+        .args(args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     wait_for_port(port, &mut py);
-    (Killed(py), port, notes)
+    (Killed(py), port)
 }
 
 const GUARD_POLICIES: &str = r#"
@@ -991,6 +991,45 @@ const GUARD_POLICIES: &str = r#"
 "#;
 
 const AWS_KEY: &str = "AKIAQWADE5R42RDZ4JEM";
+
+/// Issue 19, end to end: a tool answer holding a long benign list (40
+/// bank e-mails, as JSON and as YAML text) with one injected record is
+/// blocked on an `injection = "block"` route, the instruction not diluted
+/// by the 39 benign records around it; the same list without it passes.
+#[test]
+fn one_injected_record_in_a_long_list_is_blocked() {
+    if !python_mcp() {
+        return;
+    }
+    let (_py, port) = start_python("records_server.py", &[]);
+    let guarded = gateway_with(
+        "guarded",
+        &format!("http://127.0.0.1:{port}/mcp"),
+        GUARD_POLICIES,
+        "[routes.guard]\ninjection = \"block\"\n",
+    );
+    let mut client = McpClient::start(&guarded, "guarded", "dev-bot");
+    assert_eq!(client.list(), ["list_records"]);
+    for format in ["json", "yaml"] {
+        let clean = client.call("list_records", json!({"format": format, "infected": false}));
+        assert_eq!(clean["ok"], true, "{format}: {clean}");
+        let text = clean["text"].as_str().unwrap();
+        assert!(text.matches("Hi David").count() == 40, "{format}: {text}");
+        let refused = client.call("list_records", json!({"format": format, "infected": true}));
+        assert_eq!(refused["ok"], false, "{format}: {refused}");
+        assert_eq!(refused["data"]["code"], "content_blocked", "{refused}");
+        let record = guarded.audit_record(refused["data"]["request_id"].as_str().unwrap());
+        assert_eq!(record["error_code"], "content_blocked", "{record}");
+        assert!(
+            findings(&record).contains(&(
+                "response".into(),
+                "prompt_injection".into(),
+                "/result/content/0/text".into()
+            )),
+            "{format}: {record}"
+        );
+    }
+}
 
 #[test]
 fn the_content_guard_reads_tool_results_and_arguments() {

@@ -29,13 +29,15 @@
 //! - structured tool outputs (tool-output channel, reported apart from the
 //!   union): every test attack inserted into one record of a list of 4–7
 //!   records built from the test contexts (`eval::records`), plus as many
-//!   clean lists as contexts, in each of JSON, indented JSON, NDJSON, YAML
-//!   and CSV; scored as the detector reads them (JSON record by record,
-//!   `injection::structure`) and read whole as before;
+//!   clean lists as contexts, in each of JSON, indented JSON, NDJSON, YAML,
+//!   CSV, mail, HTML and iCalendar; scored as the detector reads them
+//!   (record by record, `injection::structure`) and read whole as before;
 //! - MCP tool descriptions (description channel), held-out 30 % split.
 //!
 //! Figures of the shipped model (thresholds input 0.735, tool_output 0.840,
-//! description 0.710):
+//! description 0.710; with the features for text addressed to the
+//! assistant, docs/guard.md — before them BIPIA indirect was 82.4 % recall
+//! and all of the above 82.1 % / BA 89.5 %):
 //!
 //! | set (channel)                                   | att | ben | recall | FPR   | BA    |
 //! | ----------------------------------------------- | --- | --- | ------ | ----- | ----- |
@@ -44,8 +46,8 @@
 //! | PINT-like mix, valid.json (input)               | 48  | 96  | 87.5 % | 3.1 % | 92.2 %|
 //! | same, BIPIA rows on tool_output                 | 48  | 96  | 87.5 % | 3.1 % | 92.2 %|
 //! | of which the 48 PINT rows (input)               | 24  | 24  | 87.5 % | 12.5 %| 87.5 %|
-//! | BIPIA indirect (tool_output)                    | 500 | 200 | 82.4 % | 2.0 % | 90.2 %|
-//! | all of the above                                | 608 | 465 | 82.1 % | 3.0 % | 89.5 %|
+//! | BIPIA indirect (tool_output)                    | 500 | 200 | 81.6 % | 2.0 % | 89.8 %|
+//! | all of the above                                | 608 | 465 | 81.4 % | 3.0 % | 89.2 %|
 //! | MCP held-out, injected descriptions vs benign   | 9   | 61  | 66.7 % | 1.6 % | 82.5 %|
 //! | MCP held-out, every malicious tool vs benign    | 131 | 61  | 5.3 %  | 1.6 % | 51.9 %|
 //!
@@ -62,11 +64,13 @@
 //! 81.6 %, FPR 3.9 %): no better, which is why the stage is off.
 //!
 //! Structured tool outputs (125 lists with an attack and 200 clean lists
-//! per format): read record by record, recall / FPR 80.0 / 7.5 % (JSON),
-//! 80.8 / 10.0 % (indented JSON), 80.8 / 8.0 % (NDJSON), against 42.4 /
-//! 0.5 %, 48.0 / 4.0 % and 44.0 / 3.0 % read whole; YAML 83.2 / 9.0 % and
-//! CSV 80.0 / 8.0 % either way (not JSON: read line by line already). All
-//! five: 81.0 / 8.5 % (BA 86.2 %) against 59.5 / 4.9 % (BA 77.3 %).
+//! per format), recall / FPR read as the detector reads them against read
+//! whole: JSON 80.0 / 7.5 % against 42.4 / 0.5 %, indented JSON 80.8 /
+//! 10.0 % against 48.0 / 4.0 %, NDJSON 80.8 / 8.0 % against 44.0 / 3.0 %,
+//! HTML 81.6 / 9.5 % against 43.2 / 2.0 %, iCalendar 81.6 / 12.0 % against
+//! 70.4 / 7.0 %; YAML 82.4 / 9.0 %, CSV 80.0 / 8.0 % and mail 82.4 /
+//! 15.0 % either way. All eight: 81.2 / 9.9 % (BA 85.7 %) against 61.6 /
+//! 6.1 % (BA 77.8 %).
 //!
 //! Most malicious MCP tools in that set are malicious in their code, not
 //! their description, which no description scan can see.

@@ -59,8 +59,8 @@
 //! `blend_candidates`, and writes `semantic_head.bin` beside the model with
 //! the blend of the best cross-validated input balanced accuracy plus
 //! tool-output recall, and that blend's thresholds. On the shipped data
-//! that is 0.20 (input balanced accuracy 0.922, tool-output recall 0.801,
-//! against 0.923 and 0.809 for the n-grams alone); the n-gram model file
+//! that is 0.20 (input balanced accuracy 0.923, tool-output recall 0.809,
+//! the same as the n-grams alone); the n-gram model file
 //! is unchanged byte for byte.
 //!
 //! `--loso` (after the two paths) runs leave-one-source-out instead of
@@ -71,9 +71,9 @@
 //! (19 minutes on the loaded VM; figures in docs/guard.md). It also scores,
 //! for the left-out BIPIA source, structured tool outputs built from its
 //! train contexts and attacks (`eval::records`: lists of 4–7 records in
-//! JSON, indented JSON, NDJSON, YAML and CSV), read record by record
-//! (`records`) and whole as before (`records_whole`); those are never
-//! trained on nor used for a threshold, and are reported apart from the
+//! JSON, indented JSON, NDJSON, YAML, CSV, mail, HTML, iCalendar), read as
+//! the detector reads them (`records`) and whole (`records_whole`); never
+//! trained on nor used for a threshold, they are reported apart from the
 //! pooled figures.
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 

@@ -17,11 +17,12 @@
 //!    windows and blends a small classifier's log-odds with the model's
 //!    (off unless [`SEMANTIC_BY_DEFAULT`]: see that constant for why).
 //!
-//! Before the stages, [`structure`] reads a text that is JSON (a tool's
-//! records, NDJSON) as records: each record and each string leaf is scored
-//! in windows of its own, with its key as context, and the text's score is
-//! the highest, so benign records cannot dilute the one that carries an
-//! instruction. Past its limits the text is scanned whole and flagged
+//! Before the stages, [`structure`] reads a structured text (JSON, NDJSON,
+//! YAML, CSV, mail, HTML, iCalendar) as records: each record and each leaf
+//! is scored in windows of its own, with its key as context, and the text's
+//! score is the highest, so benign records cannot dilute the one that
+//! carries an instruction (formats other than JSON are also read whole).
+//! Past its limits the text is scanned whole and flagged
 //! (`structure_over_limit`).
 //!
 //! A strong signature match ([`signatures::STRONG`]) or smuggled Unicode tag
@@ -331,7 +332,7 @@ impl Detector {
         } else {
             structure::Structure::Flat
         };
-        let units = match split {
+        let (units, whole) = match split {
             structure::Structure::Flat => return self.visit_text(text, pool, f),
             structure::Structure::OverLimit => {
                 let (matches, mut signals) = self.visit_text(text, pool, f);
@@ -343,10 +344,14 @@ impl Detector {
                 });
                 return (matches, signals);
             }
-            structure::Structure::Records(units) => units,
+            structure::Structure::Records(units) => (units, false),
+            structure::Structure::Alongside(units) => (units, true),
         };
-        let mut matches: Vec<SignatureMatch> = Vec::new();
-        let mut signals: Vec<Signal> = Vec::new();
+        let (mut matches, mut signals) = if whole {
+            self.visit_text(text, pool, &mut f)
+        } else {
+            (Vec::new(), Vec::new())
+        };
         for unit in &units {
             let (m, s) = self.visit_text(&unit.text, pool, |w, ids, floor, range, pooled| {
                 f(w, ids, floor, unit.original_range(range), pooled)
@@ -358,8 +363,10 @@ impl Detector {
                 }
             }
             for s in s {
+                // Read whole too, the text's own count stands.
                 match signals.iter_mut().find(|x| x.kind == s.kind) {
-                    Some(x) => x.count += s.count,
+                    Some(x) if !whole => x.count += s.count,
+                    Some(_) => {}
                     None => {
                         let (start, end) = unit.original_range((s.start, s.end));
                         signals.push(Signal { start, end, ..s });
@@ -561,6 +568,40 @@ mod tests {
         assert!(a.flagged && !a.signatures.is_empty(), "{a:?}");
         let m = &a.signatures[0];
         assert!(nd[m.start..m.end].contains("gnore all previous"), "{a:?}");
+    }
+
+    /// Issue 19: YAML lists, CSV rows, mailboxes, HTML lists and calendars
+    /// are read record by record (decoded: character references, folded
+    /// lines, escapes) besides whole; one infected record in a long benign
+    /// list is flagged, the list without it is not.
+    #[test]
+    fn records_of_every_format_are_read() {
+        use crate::eval::{RecordFormat, structured_fixture};
+        let structured = Detector::new().unwrap();
+        let whole = Detector::new().unwrap().without_structure();
+        for format in RecordFormat::ALL.into_iter().skip(3) {
+            let clean = structured_fixture(format, 30, None);
+            assert!(
+                matches!(
+                    structure::split(&clean),
+                    structure::Structure::Alongside(ref u) if u.len() >= 30
+                ),
+                "{format:?}: {:?}",
+                structure::split(&clean)
+            );
+            let c = structured.assess(&clean, Channel::ToolOutput);
+            assert!(!c.flagged, "{format:?}: {c:?}");
+            let doc = structured_fixture(format, 30, Some(17));
+            let a = structured.assess(&doc, Channel::ToolOutput);
+            assert!(a.flagged, "{format:?}: {a:?}");
+            let w = whole.assess(&doc, Channel::ToolOutput);
+            // Character references hide the instruction from the whole
+            // reading; the record reading decodes them.
+            if format == RecordFormat::Html {
+                assert!(!w.flagged, "{w:?}");
+            }
+            assert!(a.score >= w.score, "{format:?}: {} < {}", a.score, w.score);
+        }
     }
 
     #[test]

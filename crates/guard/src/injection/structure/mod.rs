@@ -1,8 +1,12 @@
 //! Structure-aware scanning: a text that is JSON (one document, or one per
-//! line as in NDJSON) is read as records, so an instruction hidden in one
-//! field of one record is not diluted by the benign records around it.
+//! line as in NDJSON), YAML ([`yaml`]), CSV ([`csv`]), mail ([`mail`]),
+//! HTML ([`html`]) or iCalendar / vCard ([`calendar`]) is read as records,
+//! so an instruction hidden in one field of one record is not diluted by
+//! the benign records around it. Each format's module says what a record
+//! and a leaf are there and when a text is that format; this one holds JSON,
+//! the [`Unit`]s all formats produce and the limits they share.
 //!
-//! [`split`] parses the text and returns one [`Unit`] per JSON object (a
+//! For JSON, [`split`] returns one [`Unit`] per JSON object (a
 //! record) plus one for the strings that sit directly in the top-level
 //! array (or are the document). A unit's text holds one line per string
 //! leaf of its object, `key: value`, the key (cut to [`KEY_CONTEXT`] bytes)
@@ -25,9 +29,15 @@
 //! did before, and reports a `structure_over_limit` signal so that policy
 //! can refuse what it could not read record by record (it is flagged, not
 //! failed open and not refused by the guard itself: the flat scan still
-//! runs). Text that is not JSON is [`Structure::Flat`]: line-shaped records
-//! (YAML, CSV) already have each line scored on its own by the detector's
-//! segments.
+//! runs). JSON is [`Structure::Records`]; the other formats are
+//! [`Structure::Alongside`], read by record and whole (see there); text in
+//! none of them is [`Structure::Flat`].
+
+mod calendar;
+mod csv;
+mod html;
+mod mail;
+mod yaml;
 
 /// Nesting beyond which a document is not read as records.
 pub const MAX_DEPTH: usize = 64;
@@ -46,6 +56,11 @@ pub enum Structure {
     Flat,
     /// JSON within the limits: scanned unit by unit.
     Records(Vec<Unit>),
+    /// YAML, CSV, e-mail, HTML or a calendar within the limits: scanned
+    /// unit by unit and also whole, as before, the highest score kept. The
+    /// whole reading already scored each line alone, so a record reading
+    /// that splits what an attacker spread over two records loses nothing.
+    Alongside(Vec<Unit>),
     /// JSON past a limit: scanned as one text, and flagged.
     OverLimit,
 }
@@ -94,20 +109,50 @@ impl Unit {
     }
 }
 
-/// Reads `text` as records when it is JSON (see the module docs).
+/// Reads `text` as records when it is JSON, YAML, CSV, e-mail, HTML or
+/// iCalendar / vCard (see the module docs); anything else is
+/// [`Structure::Flat`].
 pub fn split(text: &str) -> Structure {
+    let readers: [Reader; 6] = [
+        json,
+        calendar::split,
+        html::split,
+        mail::split,
+        yaml::split,
+        csv::split,
+    ];
+    for (n, read) in readers.into_iter().enumerate() {
+        match read(text) {
+            None | Some(Err(Fail::Invalid)) => continue,
+            Some(Err(Fail::Over)) => return Structure::OverLimit,
+            Some(Ok(b)) => {
+                let units = b.finish();
+                return if n == 0 {
+                    Structure::Records(units)
+                } else {
+                    Structure::Alongside(units)
+                };
+            }
+        }
+    }
+    Structure::Flat
+}
+
+/// A format's reader: `None` when the text is not that format, else its
+/// records or why they could not be read.
+type Reader = fn(&str) -> Option<Result<Builder, Fail>>;
+
+/// JSON: one document, or one per line (NDJSON).
+fn json(text: &str) -> Option<Result<Builder, Fail>> {
     let first = text.trim_start().as_bytes().first();
     if !matches!(first, Some(b'{' | b'[')) {
-        return Structure::Flat;
+        return None;
     }
     let mut p = Parser {
         text,
         b: text.as_bytes(),
         pos: 0,
-        units: Vec::new(),
-        root: Unit::default(),
-        bytes: 0,
-        budget: text.len().saturating_mul(MAX_GROWTH).saturating_add(4096),
+        out: Builder::new(text),
     };
     let mut values = 0;
     loop {
@@ -115,30 +160,92 @@ pub fn split(text: &str) -> Structure {
         if p.pos >= p.b.len() {
             break;
         }
-        let mut root = std::mem::take(&mut p.root);
+        let mut root = std::mem::take(&mut p.out.root);
         if let Err(fail) = p.value("", 0, &mut root) {
-            return match fail {
-                Fail::Invalid => Structure::Flat,
-                Fail::Over => Structure::OverLimit,
-            };
+            return Some(Err(fail));
         }
-        p.root = root;
+        p.out.root = root;
         values += 1;
     }
     if values == 0 {
-        return Structure::Flat;
+        return None;
     }
-    let mut units = p.units;
-    if !p.root.lines.is_empty() {
-        units.insert(0, p.root);
-    }
-    Structure::Records(units)
+    Some(Ok(p.out))
 }
 
-enum Fail {
-    /// Not JSON.
+/// The units a reader gathers, within the limits shared by every format.
+pub(crate) struct Builder {
+    units: Vec<Unit>,
+    /// Leaves outside any record (a top-level list of strings, a CSV
+    /// header that is text, YAML before the first record).
+    pub(crate) root: Unit,
+    /// Bytes of unit text so far, against `budget`.
+    bytes: usize,
+    budget: usize,
+}
+
+impl Builder {
+    pub(crate) fn new(text: &str) -> Self {
+        Self {
+            units: Vec::new(),
+            root: Unit::default(),
+            bytes: 0,
+            budget: text.len().saturating_mul(MAX_GROWTH).saturating_add(4096),
+        }
+    }
+
+    /// Adds a leaf line to `unit`, within the byte budget; an identifier
+    /// ([`is_identifier`]) is left out.
+    pub(crate) fn leaf(
+        &mut self,
+        unit: &mut Unit,
+        key: &str,
+        value: &str,
+        raw: (usize, usize),
+    ) -> Result<(), Fail> {
+        let value = value.trim();
+        if value.is_empty() || is_identifier(value) {
+            return Ok(());
+        }
+        let key = cut(key.trim(), KEY_CONTEXT);
+        self.bytes += key.len() + value.len() + 3;
+        if self.bytes > self.budget {
+            return Err(Fail::Over);
+        }
+        unit.push(key, value, raw);
+        Ok(())
+    }
+
+    /// Counts a record against [`MAX_RECORDS`] before it is read.
+    pub(crate) fn open(&self) -> Result<(), Fail> {
+        if self.units.len() >= MAX_RECORDS {
+            return Err(Fail::Over);
+        }
+        Ok(())
+    }
+
+    /// Keeps a record that has leaves.
+    pub(crate) fn record(&mut self, unit: Unit) -> Result<(), Fail> {
+        self.open()?;
+        if !unit.lines.is_empty() {
+            self.units.push(unit);
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Vec<Unit> {
+        let mut units = self.units;
+        if !self.root.lines.is_empty() {
+            units.insert(0, self.root);
+        }
+        units
+    }
+}
+
+pub(crate) enum Fail {
+    /// Not the format.
     Invalid,
-    /// JSON past a limit.
+    /// The format, past a limit.
     Over,
 }
 
@@ -146,12 +253,9 @@ struct Parser<'a> {
     text: &'a str,
     b: &'a [u8],
     pos: usize,
-    units: Vec<Unit>,
-    /// Strings directly in a top-level array, or a top-level string.
-    root: Unit,
-    /// Bytes of unit text so far, against `budget`.
-    bytes: usize,
-    budget: usize,
+    /// The records; its root holds the strings directly in a top-level
+    /// array, or a top-level string.
+    out: Builder,
 }
 
 impl Parser<'_> {
@@ -202,26 +306,6 @@ impl Parser<'_> {
         Ok((decoded, (start, self.pos)))
     }
 
-    /// Adds a leaf line to `unit`, within the byte budget; an identifier
-    /// ([`is_identifier`]) is left out.
-    fn leaf(
-        &mut self,
-        unit: &mut Unit,
-        key: &str,
-        value: &str,
-        raw: (usize, usize),
-    ) -> Result<(), Fail> {
-        if is_identifier(value) {
-            return Ok(());
-        }
-        self.bytes += key.len() + value.len() + 3;
-        if self.bytes > self.budget {
-            return Err(Fail::Over);
-        }
-        unit.push(key, value, raw);
-        Ok(())
-    }
-
     /// A value; strings go to `unit` with `key` as context, objects make
     /// units of their own.
     fn value(&mut self, key: &str, depth: usize, unit: &mut Unit) -> Result<(), Fail> {
@@ -232,13 +316,11 @@ impl Parser<'_> {
         match self.b.get(self.pos) {
             Some(b'"') => {
                 let (s, raw) = self.string()?;
-                self.leaf(unit, key, &s, raw)
+                self.out.leaf(unit, key, &s, raw)
             }
             Some(b'{') => {
                 self.pos += 1;
-                if self.units.len() >= MAX_RECORDS {
-                    return Err(Fail::Over);
-                }
+                self.out.open()?;
                 let mut record = Unit::default();
                 self.ws();
                 if self.b.get(self.pos) == Some(&b'}') {
@@ -251,7 +333,7 @@ impl Parser<'_> {
                         return Err(Fail::Invalid);
                     }
                     let (k, raw) = self.string()?;
-                    self.leaf(&mut record, "", &k, raw)?;
+                    self.out.leaf(&mut record, "", &k, raw)?;
                     self.eat(b':')?;
                     let context = cut(&k, KEY_CONTEXT);
                     self.value(context, depth + 1, &mut record)?;
@@ -265,10 +347,7 @@ impl Parser<'_> {
                         _ => return Err(Fail::Invalid),
                     }
                 }
-                if !record.lines.is_empty() {
-                    self.units.push(record);
-                }
-                Ok(())
+                self.out.record(record)
             }
             Some(b'[') => {
                 self.pos += 1;
@@ -345,6 +424,27 @@ fn is_identifier(s: &str) -> bool {
 /// The shortest run of base64-alphabet characters the normaliser decodes.
 const ENCODED_RUN: usize = 16;
 
+/// The lines of `text` with their byte offsets, without their `\n` or
+/// `\r\n` (a lone `\r` ends a line too).
+pub(crate) fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        if pos >= text.len() {
+            return None;
+        }
+        let rest = &text[pos..];
+        let end = rest.find(['\n', '\r']).unwrap_or(rest.len());
+        let start = pos;
+        pos += end;
+        if rest[end..].starts_with("\r\n") {
+            pos += 2;
+        } else if end < rest.len() {
+            pos += 1;
+        }
+        Some((start, &rest[..end]))
+    })
+}
+
 /// `s` cut to at most `max` bytes at a char boundary.
 fn cut(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -360,6 +460,19 @@ fn cut(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// For the formats' tests: the units of a text read alongside.
+    pub(super) fn alongside(text: &str) -> Vec<Unit> {
+        match split(text) {
+            Structure::Alongside(u) => u,
+            other => panic!("not read as records: {other:?}"),
+        }
+    }
+
+    /// For the formats' tests: the texts of the units of a text read alongside.
+    pub(super) fn texts(text: &str) -> Vec<String> {
+        alongside(text).into_iter().map(|u| u.text).collect()
+    }
 
     /// The units' texts, and each line's raw text in the original.
     fn check(text: &str, want: &[&str]) {
