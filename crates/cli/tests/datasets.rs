@@ -324,6 +324,23 @@ async fn purpose_and_lifecycle_decide_read_data_on_every_protocol() {
         }
     }
     assert!(!tokio::task::block_in_place(|| ran(&rig, "refused")));
+    // The LLM route's model listing asks the same: listed for a purpose
+    // the claims allow, not for another or none.
+    for (purpose, listed) in [
+        (Some("support"), true),
+        (Some("marketing"), false),
+        (None, false),
+    ] {
+        let mut r = helper.client.get(server.url("/llm/v1/models"));
+        if let Some(p) = purpose {
+            r = r.header("Portcullis-Purpose", p);
+        }
+        let r = r.send().await.unwrap();
+        assert_eq!(r.status(), 200, "{purpose:?}");
+        let body: Value = r.json().await.unwrap();
+        let models = body["data"].as_array().unwrap();
+        assert_eq!(!models.is_empty(), listed, "{purpose:?}: {body}");
+    }
 
     // One carrier per protocol: the header on an MCP route, or a value
     // that is no purpose, is refused before anything is decided.

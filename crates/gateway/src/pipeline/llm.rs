@@ -276,7 +276,9 @@ fn models(
     recorder: &mut Recorder,
 ) -> Result<Response<ResponseBody>, Denial> {
     // Decided as a completion would be, as the agent and the user it acts
-    // for: a model is listed only to whom may use it.
+    // for, datasets included (`read_data` on the route's datasets with the
+    // purpose this listing declares): a model is listed only to whom may
+    // use it for that purpose.
     let permitted = |name: &str| {
         let call = decide::Call {
             ask: decide::Ask::Model {
@@ -288,7 +290,21 @@ fn models(
             write: false,
             blocked: None,
         };
-        authorize::run(&snapshot.authorizer, identity, context, source_ip, &call).allowed
+        if !authorize::run(&snapshot.authorizer, identity, context, source_ip, &call).allowed {
+            return false;
+        }
+        let datasets = crate::pipeline::datasets::tagged(&context.route, &call.ask);
+        datasets.is_empty()
+            || crate::pipeline::datasets::authorize(
+                &snapshot.authorizer,
+                identity,
+                context,
+                source_ip,
+                &call,
+                &datasets,
+            )
+            .denial
+            .is_none()
     };
     let body = match endpoint {
         Endpoint::Model(name) => {
