@@ -166,11 +166,11 @@ async fn every_admin_route_is_refused_exactly_to_the_roles_without_its_permissio
     assert!(!ok && err.contains("`approver` role"), "{err}");
 
     // Refusals are recorded with the credential that was refused.
+    let refused = server.wait_record("the auditor's refused call", |r| {
+        r["principal"] == "as-auditor" && r["outcome"] == "deny"
+    });
+    // Recorded before it, so in the log by now.
     let records = server.audit(500);
-    let refused = records
-        .iter()
-        .find(|r| r["principal"] == "as-auditor" && r["outcome"] == "deny")
-        .expect("the auditor's refused call is recorded");
     assert_eq!(refused["error_code"], "forbidden");
     assert_eq!(refused["credential"], "admin token `as-auditor` (auditor)");
     let created = records
@@ -514,11 +514,9 @@ async fn an_admin_client_certificate_acts_with_its_role_over_mtls_until_revoked(
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
-    let records = server.audit(50);
-    let revoke = records
-        .iter()
-        .find(|r| r["action"] == "agent.revoke" && r["resource"] == "victim")
-        .expect("agent.revoke recorded");
+    let revoke = server.wait_record("agent.revoke of victim", |r| {
+        r["action"] == "agent.revoke" && r["resource"] == "victim"
+    });
     assert_eq!(revoke["principal"], "certop");
     assert_eq!(
         revoke["credential"], "admin certificate `certop` (operator)",

@@ -67,17 +67,6 @@ async fn readyz_until(server: &Server, want: u16) -> Value {
     panic!("/readyz never answered {want}: {last:?}");
 }
 
-/// Waits (bounded) for an audit record matching `pred` among the last 500.
-fn wait_record(server: &Server, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
-    for _ in 0..200 {
-        if let Some(r) = server.audit(500).into_iter().rev().find(&pred) {
-            return r;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("no audit record: {what}");
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_serve_on_one_state_directory_is_refused_with_the_holders_pid() {
     let dir = tempfile::tempdir().unwrap();
@@ -226,7 +215,7 @@ async fn sighup_reloads_policies_and_refuses_bad_or_restart_only_changes() {
     let good = wait_reloads(&server, 1).pop().unwrap();
     assert_eq!(good["outcome"], "allow", "{good}");
     assert_eq!(good["policy_version"], 2, "{good}");
-    wait_record(&server, "the SIGHUP policy push", |r| {
+    server.wait_record("the SIGHUP policy push", |r| {
         r["action"] == "policy.push" && r["principal"] == "sighup" && r["outcome"] == "allow"
     });
     assert_eq!(readyz_until(&server, 200).await["status"], "ready");
@@ -390,7 +379,7 @@ async fn sigterm_with_a_stalled_audit_writer_exits_in_time_and_loses_nothing() {
     let dir = server.into_dir();
     let server = start(dir, &cfg).await;
     for id in &served {
-        wait_record(&server, id, |r| r["request_id"] == id.as_str());
+        server.wait_record(id, |r| r["request_id"] == id.as_str());
     }
     // Each exactly once.
     let records = server.audit(2_000);

@@ -253,6 +253,18 @@ impl Server {
         tail["records"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Waits (bounded) for the newest audit record matching `pred` among
+    /// the last 500: records are appended after the answer, in batches.
+    pub fn wait_record(&self, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+        for _ in 0..200 {
+            if let Some(r) = self.audit(500).into_iter().rev().find(&pred) {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("no audit record: {what}");
+    }
+
     /// Waits (bounded) for the audit record of `request_id`.
     pub fn audit_record(&self, request_id: &str) -> Value {
         for _ in 0..100 {
