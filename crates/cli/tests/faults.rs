@@ -25,7 +25,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -62,6 +62,17 @@ struct FaultProxy {
     addr: SocketAddr,
     state: watch::Sender<(Mode, u64)>,
     seen: Arc<Mutex<Vec<u8>>>,
+    /// Connections being relayed now.
+    open: Arc<AtomicUsize>,
+}
+
+/// Counts a relayed connection while it lives.
+struct Open(Arc<AtomicUsize>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 impl FaultProxy {
@@ -71,12 +82,39 @@ impl FaultProxy {
         let (state, rx) = watch::channel((Mode::Pass, 0u64));
         let seen = Arc::new(Mutex::new(Vec::new()));
         let kept = seen.clone();
+        let open = Arc::new(AtomicUsize::new(0));
+        let counted = open.clone();
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                tokio::spawn(relay(client, target, rx.clone(), kept.clone()));
+                counted.fetch_add(1, Ordering::SeqCst);
+                let guard = Open(counted.clone());
+                let (rx, kept) = (rx.clone(), kept.clone());
+                tokio::spawn(async move {
+                    relay(client, target, rx, kept).await;
+                    drop(guard);
+                });
             }
         });
-        FaultProxy { addr, state, seen }
+        FaultProxy {
+            addr,
+            state,
+            seen,
+            open,
+        }
+    }
+
+    /// Waits (bounded) until the connections a mode change reset are gone,
+    /// so the gateway's next request opens a connection that meets the new
+    /// mode rather than racing the reset of a pooled one.
+    async fn settled(&self) {
+        let deadline = Instant::now() + BOUND;
+        while self.open.load(Ordering::SeqCst) > 0 {
+            assert!(
+                Instant::now() < deadline,
+                "the proxy's connections never closed"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     fn set(&self, mode: Mode) {
@@ -276,9 +314,14 @@ impl Rig {
         [&self.http, &self.mcp, &self.llm]
     }
 
-    fn set_all(&self, mode: Mode) {
+    /// Sets every upstream's mode and waits until the connections open
+    /// before are reset and gone.
+    async fn set_all(&self, mode: Mode) {
         for p in self.proxies() {
             p.set(mode);
+        }
+        for p in self.proxies() {
+            p.settled().await;
         }
     }
 
@@ -493,7 +536,7 @@ async fn upstream_resets_timeouts_and_cut_streams_fail_closed_and_recover() {
         (Mode::Reset, 502, "upstream_unavailable"),
         (Mode::Hang, 504, "upstream_timeout"),
     ] {
-        rig.set_all(mode);
+        rig.set_all(mode).await;
         for call in CALLS {
             let o = rig.call(call).await;
             eprintln!(
@@ -509,7 +552,7 @@ async fn upstream_resets_timeouts_and_cut_streams_fail_closed_and_recover() {
             assert_eq!(record["error_code"], code, "{record}");
             assert_eq!(record["status"], status, "{record}");
         }
-        rig.set_all(Mode::Pass);
+        rig.set_all(Mode::Pass).await;
         let took = rig.until_all_served(&format!("after {mode:?}")).await;
         eprintln!("faults: upstream {mode:?} gone -> all protocols served after {took:?}");
     }
