@@ -287,16 +287,27 @@ async fn a_postgres_store_is_backed_up_live_and_restored_into_an_empty_database(
     let live = portcullis_store::Store::open_postgres(&source.url())
         .await
         .unwrap();
+    // Appended and covered by a signed checkpoint (the signer's interval is
+    // 1 s, later under load): a restored log verifies against the
+    // checkpoints its backup holds.
     let started = Instant::now();
-    let before = loop {
+    let (before, signed) = loop {
         let size = live.audit_size().await.unwrap();
-        if size >= 13 || started.elapsed() > Duration::from_secs(15) {
-            break size;
+        let signed = live
+            .latest_checkpoint()
+            .await
+            .unwrap()
+            .map_or(0, |c| c.size);
+        if (size >= 13 && signed >= 13) || started.elapsed() > Duration::from_secs(30) {
+            break (size, signed);
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     live.close().await;
-    assert!(before >= 13, "{before} records");
+    assert!(
+        before >= 13 && signed >= 13,
+        "{before} records, {signed} signed"
+    );
     // ...and more while it is taken: A keeps serving and appending.
     let backup = outside.path().join("cluster.backup");
     let load = {
