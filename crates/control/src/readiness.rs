@@ -168,7 +168,8 @@ mod tests {
                 "audit_unwritable",
                 "audit_halted",
                 "policy_load_failed",
-                "vault_unavailable"
+                "vault_unavailable",
+                "replica_fenced"
             ]
         );
         for (i, r) in NotReady::ALL.iter().enumerate() {
