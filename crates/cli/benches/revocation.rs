@@ -13,43 +13,11 @@
 
 mod support;
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn client(state: &Path, creds: Option<(&Path, &str)>) -> reqwest::Client {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(state.join("ca.crt")).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
-    let tls = match creds {
-        Some((dir, name)) => {
-            let certs = CertificateDer::pem_file_iter(dir.join(format!("{name}.crt")))
-                .unwrap()
-                .map(|c| c.unwrap())
-                .collect();
-            let key = PrivateKeyDer::from_pem_file(dir.join(format!("{name}.key"))).unwrap();
-            builder.with_client_auth_cert(certs, key).unwrap()
-        }
-        None => builder.with_no_client_auth(),
-    };
-    reqwest::Client::builder()
-        .tls_backend_preconfigured(tls)
-        .pool_max_idle_per_host(1)
-        .build()
-        .unwrap()
 }
 
 fn main() {
@@ -80,7 +48,7 @@ fn main() {
         .unwrap()
         .trim()
         .to_string();
-    let admin_client = client(&state, None);
+    let admin_client = support::client(&state, None);
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -90,7 +58,7 @@ fn main() {
     runtime.block_on(async {
         for i in 0..n {
             let name = format!("rev-{i}");
-            let agent = client(&state, Some((&creds, &name)));
+            let agent = support::client(&state, Some((&creds, &name)));
             let url = format!("{gateway}/demo/hello");
             // Warm: the connection is open and the agent is served.
             assert_eq!(agent.get(&url).send().await.unwrap().status(), 200);

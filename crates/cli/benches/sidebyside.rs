@@ -175,6 +175,7 @@ use std::time::Duration;
 use support::load::{
     Gateway, Target, env_num, latencies, percentile, start_upstream, throughput, us,
 };
+use support::vm_rss_kib;
 
 fn main() {
     let _ = rustls::crypto::ring::default_provider().install_default();
@@ -287,19 +288,6 @@ fn main() {
     });
     drop(nginx);
     drop(gateway);
-}
-
-/// `VmRSS` of process `pid` in KiB (0 when it cannot be read).
-fn vm_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 /// An nginx master process (and its workers) terminating mTLS in front of

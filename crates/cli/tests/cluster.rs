@@ -14,6 +14,7 @@ use portcullis_identity::{ASSERTION_TYPE, Ed25519Key};
 use portcullis_store::testing::TestDb;
 use serde_json::Value;
 use support::cluster::*;
+use support::parity_rig::Protocol;
 use support::*;
 
 fn now() -> i64 {
@@ -207,7 +208,7 @@ fn bank_config(dir: &Path) -> std::path::PathBuf {
     std::fs::write(
         &config,
         format!(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[policy]\ndir = \"{}\"\n\
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[policy]\ndir = \"{}\"\n{PATIENT_AUDIT}\
              [[routes]]\nname = \"bank\"\npath_prefix = \"/bank\"\nupstream = \"builtin:demo\"\nclassification = \"confidential\"\n",
             policies.display(),
         ),
@@ -609,8 +610,10 @@ permit (principal in Role::"reader", action == Action::"GET", resource == Route:
 "#;
 
 /// One `@rate("10/m")` HTTP route, one without a limit (to wait on), and
-/// two LLM routes on `llm` (the test upstream): one with 3 requests a
-/// minute, one with 20 tokens a day.
+/// three LLM routes on `llm` (the test upstream): one with 3 requests a
+/// minute, one with 20 tokens a day, and `spare`, with a budget never
+/// reached, whose shared counter shows when a replica has synced
+/// ([`budgets_read_back`]).
 fn limited_config(dir: &Path, llm: u16) -> std::path::PathBuf {
     let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).unwrap();
@@ -634,10 +637,11 @@ fn limited_config(dir: &Path, llm: u16) -> std::path::PathBuf {
             "[gateway]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[policy]\ndir = \"{}\"\n\
              [[routes]]\nname = \"api\"\npath_prefix = \"/api\"\nupstream = \"builtin:demo\"\nclassification = \"internal\"\n\
              [[routes]]\nname = \"free\"\npath_prefix = \"/free\"\nupstream = \"builtin:demo\"\nclassification = \"internal\"\n\
-             {}{}",
+             {}{}{}",
             policies.display(),
             llm_route("chat", "requests_per_minute = 3"),
             llm_route("tokens", "tokens_per_day = 20"),
+            llm_route("spare", "requests_per_day = 1000"),
         ),
     )
     .unwrap();
@@ -726,7 +730,9 @@ async fn rate_limits_and_llm_budgets_hold_across_replicas() {
     for _ in 0..3 {
         assert_eq!(complete(&agent, &a, "chat").await, (200, String::new()));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pool = store_pool(&db.url()).await;
+    budget_reported(&pool, "chat", "rm", 3).await;
+    budgets_read_back(&pool, &agent, &b).await;
     assert_eq!(
         complete(&agent, &b, "chat").await,
         (429, "budget_exceeded".to_string()),
@@ -737,13 +743,54 @@ async fn rate_limits_and_llm_budgets_hold_across_replicas() {
     for _ in 0..2 {
         assert_eq!(complete(&agent, &b, "tokens").await.0, 200);
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    budget_reported(&pool, "tokens", "td", 20).await;
+    budgets_read_back(&pool, &agent, &a).await;
     assert_eq!(
         complete(&agent, &a, "tokens").await,
         (429, "budget_exceeded".to_string()),
         "A did not count the tokens B charged"
     );
     drop((a, b, llm_child));
+}
+
+/// The replicas' shared LLM budget counter of `route` and `kind` (`rm`
+/// requests this minute, `rd` requests today, `td` tokens today; see
+/// `llm/budget.rs`) in its latest window: what every replica reported.
+async fn shared_budget(pool: &sqlx::PgPool, route: &str, kind: &str) -> i64 {
+    sqlx::query_scalar::<_, Option<i64>>(
+        "SELECT MAX(count) FROM cluster_counters
+         WHERE split_part(key, chr(31), 1) = $1 AND split_part(key, chr(31), 3) = $2",
+    )
+    .bind(route)
+    .bind(kind)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+    .unwrap_or(0)
+}
+
+/// Waits (bounded, 20 s) until the shared counter of `route` and `kind`
+/// holds at least `count`: the replica that counted has reported it.
+async fn budget_reported(pool: &sqlx::PgPool, route: &str, kind: &str, count: i64) {
+    let (total, took) = wait_until(|| shared_budget(pool, route, kind), |n| *n >= count).await;
+    assert!(
+        total >= count,
+        "the shared `{route}` {kind} counter holds {total}, not {count}, after {took:?}"
+    );
+}
+
+/// Waits until `server` has read the shared budget totals back since this
+/// call began: two completions on the `spare` route, each waited for in the
+/// shared counter. A replica reports its counts and then reads the totals
+/// in one sync, one sync after another, so once its second report is in
+/// the store, the sync that made the first has read every total that was
+/// there before it.
+async fn budgets_read_back(pool: &sqlx::PgPool, agent: &reqwest::Client, server: &Server) {
+    for _ in 0..2 {
+        let before = shared_budget(pool, "spare", "rd").await;
+        assert_eq!(complete(agent, server, "spare").await.0, 200);
+        budget_reported(pool, "spare", "rd", before + 1).await;
+    }
 }
 
 fn cli_with_input(server: &Server, args: &[&str], value: &str) -> String {
@@ -1414,7 +1461,9 @@ async fn one_replica_signs_checkpoints_and_another_takes_over_when_it_is_killed(
 
 /// An upstream that records the request id (`x-request-id`) of every call
 /// it receives, on arrival, and answers each after `delay`: the calls a
-/// replica has forwarded are in flight at any moment.
+/// replica has forwarded are in flight at any moment. It speaks the three
+/// protocols ([`recording_answer`]): MCP session plumbing is answered at
+/// once and not recorded (it is not a call a test waits on).
 async fn start_recording_upstream(
     delay: Duration,
 ) -> (
@@ -1434,17 +1483,27 @@ async fn start_recording_upstream(
                     move |req: hyper::Request<hyper::body::Incoming>| {
                         let seen = seen.clone();
                         async move {
-                            if let Some(id) = req
+                            use http_body_util::BodyExt;
+                            let id = req
                                 .headers()
                                 .get("x-request-id")
                                 .and_then(|v| v.to_str().ok())
-                            {
-                                seen.lock().unwrap().push(id.to_string());
+                                .map(String::from);
+                            let path = req.uri().path().to_string();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let (call, answer) = recording_answer(&path, &body);
+                            if call {
+                                if let Some(id) = id {
+                                    seen.lock().unwrap().push(id);
+                                }
+                                tokio::time::sleep(delay).await;
                             }
-                            tokio::time::sleep(delay).await;
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                                http_body_util::Full::new(bytes::Bytes::from("{}")),
-                            ))
+                            Ok::<_, std::convert::Infallible>(answer)
                         }
                     },
                 );
@@ -1457,6 +1516,157 @@ async fn start_recording_upstream(
         }
     });
     (addr, seen)
+}
+
+/// The tools the recording upstream's MCP server lists (each a distinct
+/// resource to behavioral analytics).
+const RECORDING_TOOLS: [&str; 4] = ["save", "alpha", "beta", "gamma"];
+
+/// What [`start_recording_upstream`] answers to a request for `path` with
+/// `body`, and whether it is a call (recorded, answered after the delay):
+/// at `…/mcp` an MCP server (`initialize`, `tools/list` of
+/// [`RECORDING_TOOLS`], notifications: plumbing; `tools/call`: a call), at
+/// `…/chat/completions` an OpenAI-compatible completion (with `usage`), and
+/// anything else `{}`.
+fn recording_answer(
+    path: &str,
+    body: &[u8],
+) -> (bool, hyper::Response<http_body_util::Full<bytes::Bytes>>) {
+    let json = |value: Value| {
+        hyper::Response::builder()
+            .header("content-type", "application/json")
+            .body(http_body_util::Full::new(bytes::Bytes::from(
+                value.to_string(),
+            )))
+            .unwrap()
+    };
+    if path.ends_with("/mcp") {
+        let message: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        let id = message["id"].clone();
+        if id.is_null() {
+            let mut accepted = hyper::Response::new(http_body_util::Full::default());
+            *accepted.status_mut() = hyper::StatusCode::ACCEPTED;
+            return (false, accepted);
+        }
+        let reply =
+            |result: Value| json(serde_json::json!({"jsonrpc": "2.0", "id": id, "result": result}));
+        return match message["method"].as_str().unwrap_or("") {
+            "initialize" => {
+                let mut answer = reply(serde_json::json!({
+                    "protocolVersion": "2025-06-18",
+                    "capabilities": {"tools": {}},
+                    "serverInfo": {"name": "recording", "version": "1"},
+                }));
+                static SESSIONS: std::sync::atomic::AtomicU64 =
+                    std::sync::atomic::AtomicU64::new(0);
+                let session = SESSIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                answer.headers_mut().insert(
+                    "mcp-session-id",
+                    format!("recording-{session}").parse().unwrap(),
+                );
+                (false, answer)
+            }
+            "tools/list" => {
+                let tools: Vec<Value> = RECORDING_TOOLS
+                    .iter()
+                    .map(|name| {
+                        serde_json::json!({"name": name, "description": format!("The {name} tool."),
+                            "inputSchema": {"type": "object", "properties": {"text": {"type": "string"}}}})
+                    })
+                    .collect();
+                (false, reply(serde_json::json!({ "tools": tools })))
+            }
+            "tools/call" => (
+                true,
+                reply(
+                    serde_json::json!({"content": [{"type": "text", "text": "done"}], "isError": false}),
+                ),
+            ),
+            _ => (false, reply(serde_json::json!({}))),
+        };
+    }
+    if path.ends_with("/chat/completions") {
+        let asked: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+        return (
+            true,
+            json(serde_json::json!({
+                "id": "chatcmpl-recording", "object": "chat.completion", "created": 0,
+                "model": asked["model"],
+                "choices": [{"index": 0, "finish_reason": "stop",
+                    "message": {"role": "assistant", "content": "done"}}],
+                "usage": {"prompt_tokens": 5, "completion_tokens": 1, "total_tokens": 6},
+            })),
+        );
+    }
+    (true, json(serde_json::json!({})))
+}
+
+/// [`fault_config`] with policies letting role `dev` call every protocol's
+/// route (`parity_rig::DEV_POLICIES`): the MCP and LLM routes are reached.
+fn protocols_config(dir: &Path, upstream: std::net::SocketAddr) -> std::path::PathBuf {
+    let config = fault_config(dir, upstream, 0);
+    let policies = dir.join("policies");
+    support::parity_rig::write_policies(&policies, support::parity_rig::DEV_POLICIES);
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!("[policy]\ndir = \"{}\"\n", policies.display()));
+    std::fs::write(&config, text).unwrap();
+    config
+}
+
+/// A write on `protocol` to `server` (of [`protocols_config`]), as an
+/// agent makes it: HTTP `POST /api/items`, MCP `tools/call` of `tool` in
+/// `session`, an LLM chat completion. Durable before it is forwarded.
+fn write_request(
+    agent: &reqwest::Client,
+    server: &Server,
+    session: &str,
+    protocol: Protocol,
+    tool: &str,
+) -> reqwest::RequestBuilder {
+    match protocol {
+        Protocol::Http => agent.post(server.url("/api/items")).body("{}"),
+        Protocol::Mcp => tool_call(agent, server, "/mcp/tools", session, tool),
+        Protocol::Llm => chat_request(agent, server, "gpt-test"),
+    }
+}
+
+/// MCP `tools/call` of `tool` at `path` in `session`.
+fn tool_call(
+    agent: &reqwest::Client,
+    server: &Server,
+    path: &str,
+    session: &str,
+    tool: &str,
+) -> reqwest::RequestBuilder {
+    support::parity_rig::mcp_post(
+        agent,
+        server,
+        path,
+        Some(session),
+        &serde_json::json!({"jsonrpc": "2.0", "id": 5, "method": "tools/call",
+            "params": {"name": tool, "arguments": {"text": "x"}}}),
+    )
+}
+
+/// A chat completion with `model` on the `/llm` route.
+fn chat_request(agent: &reqwest::Client, server: &Server, model: &str) -> reqwest::RequestBuilder {
+    agent
+        .post(server.url("/llm/v1/chat/completions"))
+        .json(&serde_json::json!({"model": model,
+            "messages": [{"role": "user", "content": "hi"}]}))
+}
+
+/// Sends `request` (of [`write_request`]): its status, whether it was
+/// served (on MCP: a JSON-RPC result, not an error) and its request id.
+async fn served(request: reqwest::RequestBuilder) -> (u16, bool, String) {
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let id = request_id(&response);
+    let text = response.text().await.unwrap_or_default();
+    let refused = support::parity_rig::mcp_messages(&text)
+        .iter()
+        .any(|m| !m["error"].is_null());
+    (status, status == 200 && !refused, id)
 }
 
 /// Issue 18, a replica killed for good: writers load two replicas (each
@@ -2093,7 +2303,7 @@ async fn an_alert_raised_on_one_replica_is_listed_and_resolved_on_another() {
     let up = format!("http://{upstream}");
     let alerts_config = |dir: &Path| {
         let routes = format!(
-            "{}{}[identity]\ntoken_issuer = \"{ISSUER}\"\n[audit]\nfail_closed_after_ms = 10000\n",
+            "{}{}[identity]\ntoken_issuer = \"{ISSUER}\"\n{PATIENT_AUDIT}",
             route("api", "/api", &up, "public"),
             route("payroll", "/payroll", &up, "confidential"),
         );
@@ -2215,14 +2425,16 @@ async fn an_alert_raised_on_one_replica_is_listed_and_resolved_on_another() {
     );
 }
 
-/// Issue 18, a live replica taken for dead: A forwards writes (each with a
-/// durable intent) to an upstream that takes 3 s to answer, and is frozen
-/// with SIGSTOP while they are in flight. Past its 5 s lease, B takes A
-/// for dead, fences it and records A's calls (`interrupted`). A is resumed
-/// (SIGCONT): its calls complete, but its writer finds itself fenced, A
-/// re-registers, and the records of the calls B took over are dropped: no
-/// request id is recorded twice, none is missing, and A serves (and
-/// records) again. Prints how long A took to recover after SIGCONT.
+/// Issue 18, a live replica taken for dead, on every protocol: A forwards
+/// writes over HTTP, MCP (`tools/call`) and LLM (a chat completion), each
+/// with a durable intent, to an upstream that takes 3 s to answer, and is
+/// frozen with SIGSTOP while they are in flight. Past its 5 s lease, B
+/// takes A for dead, fences it and records A's calls (`interrupted`). A is
+/// resumed (SIGCONT): its calls complete, but its writer finds itself
+/// fenced, A re-registers, and the records of the calls B took over are
+/// dropped: no request id is recorded twice, none is missing, and A serves
+/// (and records) again on every protocol. Prints how long A took to
+/// recover after SIGCONT.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_replica_frozen_past_its_lease_is_fenced_and_no_request_is_recorded_twice() {
     let Some(db) = TestDb::postgres().await else {
@@ -2230,41 +2442,45 @@ async fn a_replica_frozen_past_its_lease_is_fenced_and_no_request_is_recorded_tw
     };
     install_crypto();
     let (upstream, executed) = start_recording_upstream(Duration::from_secs(3)).await;
-    let (a, b) = two_replicas(&db.url(), |dir| fault_config(dir, upstream, 0), FAULT_ENV).await;
-    let (cert, key) =
-        tokio::task::block_in_place(|| a.create_agent("writer-bot", &["reader", "writer"]));
+    let (a, b) = two_replicas(&db.url(), |dir| protocols_config(dir, upstream), FAULT_ENV).await;
+    let (cert, key) = tokio::task::block_in_place(|| a.create_agent("writer-bot", &["dev"]));
     let agent = client(&a.ca_pem(), Some((&cert, &key)));
     let (status, _) = poll_until(&agent, &b, PACED, |s, _| s == 200).await;
     assert_eq!(status, 200);
+    let session = support::parity_rig::mcp_session(&agent, &a, "/mcp/tools").await;
     let store = portcullis_store::Store::open_postgres(&db.url())
         .await
         .unwrap();
 
-    // Four writes in flight through A: forwarded (the upstream saw them),
-    // so their intents are durable; then A freezes. Their client waits out
-    // the freeze.
+    // A write of each protocol in flight through A (HTTP twice): forwarded
+    // (the upstream saw them), so their intents are durable; then A
+    // freezes. Their client waits out the freeze.
     let before = executed.lock().unwrap().len();
     let patient = reqwest::Client::builder()
         .tls_backend_preconfigured(tls_config(&a.ca_pem(), Some((&cert, &key))))
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap();
-    let writes: Vec<_> = (0..4)
-        .map(|_| {
-            let agent = patient.clone();
-            let url = a.url("/api/items");
-            tokio::spawn(async move {
-                let r = agent.post(url).body("{}").send().await.unwrap();
-                (r.status().as_u16(), request_id(&r))
-            })
+    let protocols = [Protocol::Http, Protocol::Mcp, Protocol::Llm, Protocol::Http];
+    let writes: Vec<_> = protocols
+        .iter()
+        .map(|p| {
+            let request = write_request(&patient, &a, &session, *p, "save");
+            let p = *p;
+            tokio::spawn(async move { (p, served(request).await) })
         })
         .collect();
     let (seen, _) = wait_until(
         || async { executed.lock().unwrap().len() - before },
-        |n| *n >= 4,
+        |n| *n >= protocols.len(),
     )
     .await;
-    assert_eq!(seen, 4, "the upstream saw {seen} of A's 4 writes");
+    assert_eq!(
+        seen,
+        protocols.len(),
+        "the upstream saw {seen} of A's {} writes",
+        protocols.len()
+    );
     a.signal("STOP");
     let frozen = Instant::now();
     let in_flight: Vec<String> = executed.lock().unwrap()[before..].to_vec();
@@ -2298,35 +2514,42 @@ async fn a_replica_frozen_past_its_lease_is_fenced_and_no_request_is_recorded_tw
         frozen.elapsed()
     );
 
-    // A resumes: its in-flight calls complete; it recovers and serves again.
+    // A resumes: its in-flight calls complete; it recovers and serves again
+    // on every protocol.
     a.signal("CONT");
     let resumed = Instant::now();
     for write in writes {
-        let (status, id) = write.await.unwrap();
-        assert!(in_flight.contains(&id), "{id} answered but never forwarded");
-        assert_eq!(status, 200, "{id}");
+        let (protocol, (status, ok, id)) = write.await.unwrap();
+        assert!(
+            in_flight.contains(&id),
+            "{protocol:?} {id} answered but never forwarded"
+        );
+        assert!(ok, "{protocol:?} {id}: {status}");
     }
-    let (after, _) = wait_until(
-        || async {
-            let r = agent
-                .post(a.url("/api/items"))
-                .body("{}")
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), request_id(&r))
-        },
-        |(status, _)| *status == 200,
-    )
-    .await;
-    assert_eq!(after.0, 200, "A did not serve again after SIGCONT");
-    assert_eq!(readyz(&a).await.0, 200, "A is not ready after recovering");
-    eprintln!("A serving again {:?} after SIGCONT", resumed.elapsed());
-
-    // Every executed call, and A's call after recovery, is in the log
-    // exactly once; nothing is left open.
     let mut must: Vec<String> = executed.lock().unwrap().clone();
-    must.push(after.1.clone());
+    for protocol in Protocol::ALL {
+        let ((status, ok, id), _) = wait_until(
+            || served(write_request(&agent, &a, &session, protocol, "save")),
+            |(_, ok, _)| *ok,
+        )
+        .await;
+        assert!(
+            ok,
+            "A did not serve {protocol:?} again after SIGCONT: {status}"
+        );
+        must.push(id);
+    }
+    assert_eq!(readyz(&a).await.0, 200, "A is not ready after recovering");
+    eprintln!(
+        "A serving every protocol again {:?} after SIGCONT",
+        resumed.elapsed()
+    );
+
+    // Every executed call, and A's calls after recovery, is in the log
+    // exactly once; nothing is left open.
+    must.extend(executed.lock().unwrap().iter().cloned());
+    must.sort();
+    must.dedup();
     let (counts, _) = wait_until(
         || async {
             let size = store.audit_size().await.unwrap();
@@ -2363,72 +2586,167 @@ async fn store_pool(url: &str) -> sqlx::PgPool {
     sqlx::PgPool::connect(url).await.unwrap()
 }
 
-/// Issue 18, shared behavioral baselines. An agent's traffic spread over
-/// two replicas trains one baseline: each replica's `agent show` counts the
-/// datasets both saw. A restricted dataset first read through A alerts
-/// there; the same read through B is graded by what A saw (familiar: no
-/// alert), while a restricted dataset new to both alerts on B. That alert,
-/// judged benign through A's admin API, is applied by B: its risk resets
-/// and the same read through B no longer alerts. `[analytics.thresholds]
-/// alert = 0.3` keeps a first restricted read (risk 0.5) graded `alert` for
-/// minutes, so the grade can be watched. Prints the lags.
-#[tokio::test(flavor = "multi_thread")]
-async fn replicas_share_one_baseline_and_a_benign_verdict_through_one_reaches_the_other() {
-    let Some(db) = TestDb::postgres().await else {
-        return;
-    };
-    install_crypto();
-    let (upstream, _gate) = start_upstream().await;
-    let up = format!("http://{upstream}");
-    let shared_config = |dir: &Path| {
-        let routes = format!(
-            "{}{}[identity]\ntoken_issuer = \"{ISSUER}\"\n[audit]\nfail_closed_after_ms = 10000\n[analytics.thresholds]\nalert = 0.3\n",
-            route("api", "/api", &up, "public"),
-            route("records", "/records", &up, "restricted"),
-        );
-        config(dir, &routes, "")
-    };
-    let (a, b) = two_replicas(&db.url(), shared_config, &[]).await;
-    let (cert, key) = tokio::task::block_in_place(|| a.create_agent("bot", &["reader"]));
-    let agent = client(&a.ca_pem(), Some((&cert, &key)));
-    let owner = a.admin_token();
-    let (status, _) = poll_until(&agent, &b, PACED, |s, _| s == 200).await;
-    assert_eq!(status, 200);
-    let get = |server: &Server, path: &str| {
-        let request = agent.get(server.url(path));
-        async move { request.send().await.unwrap().status().as_u16() }
-    };
-    // The agent's analytics as `server` shows them.
-    let analytics = |server: &Server| {
-        let owner = owner.clone();
-        let server_admin = (server.admin, server.ca_pem());
-        async move {
-            let (_, shown) = admin_call_at(server_admin, "/agents/bot", &owner).await;
-            shown["analytics"].clone()
-        }
-    };
-    let known = |v: &Value| v["baseline"]["known_resources"].as_u64().unwrap_or(0);
-    let bot_alerts = || async {
-        let (_, listed) = admin_call(&a, reqwest::Method::GET, "/alerts", &owner, None, &[]).await;
+/// The rig of the shared-analytics tests: two replicas on one database
+/// whose agent `bot` (role `reader`) may use an HTTP route (`api`, public),
+/// a restricted one (`records`), an MCP route (`tools`, internal), a
+/// restricted MCP route (`vault`) and an LLM route (`llm`, models `m1` to
+/// `m4`), all on a recording upstream that answers at once.
+/// `[analytics.thresholds] alert = 0.3` keeps a first restricted read (risk
+/// 0.4 or 0.5) graded `alert` for minutes, so the grade can be watched.
+struct AnalyticsRig {
+    a: Server,
+    b: Server,
+    agent: reqwest::Client,
+    owner: String,
+    /// Dropped last, after the replicas.
+    _db: TestDb,
+}
+
+const ANALYTICS_POLICIES: &str = r#"
+@id("mcp-tools") permit (principal in Role::"reader", action in [Action::"list_tools", Action::"call_tool"], resource in Route::"tools");
+@id("mcp-vault") permit (principal in Role::"reader", action in [Action::"list_tools", Action::"call_tool"], resource in Route::"vault");
+@id("llm") permit (principal in Role::"reader", action == Action::"complete", resource in Route::"llm");
+"#;
+
+impl AnalyticsRig {
+    async fn start() -> Option<AnalyticsRig> {
+        let db = TestDb::postgres().await?;
+        install_crypto();
+        let (upstream, _) = start_recording_upstream(Duration::ZERO).await;
+        let up = format!("http://{upstream}");
+        let shared_config = |dir: &Path| {
+            let policies = dir.join("policies");
+            support::parity_rig::write_policies(
+                &policies,
+                &format!(
+                    "{}{ANALYTICS_POLICIES}",
+                    portcullis_policy::DEFAULT_POLICIES
+                ),
+            );
+            let mcp = |name: &str, classification: &str| {
+                format!(
+                    "[[routes]]\nname = \"{name}\"\nkind = \"mcp\"\npath_prefix = \"/mcp/{name}\"\nupstream = \"{up}/mcp\"\nclassification = \"{classification}\"\n"
+                )
+            };
+            let models: String = (1..=4)
+                .map(|i| format!("[[routes.models]]\nname = \"m{i}\"\nstatus = \"approved\"\n"))
+                .collect();
+            let routes = format!(
+                "{}{}{}{}[[routes]]\nname = \"llm\"\nkind = \"llm\"\npath_prefix = \"/llm\"\nupstream = \"{up}\"\nclassification = \"internal\"\n{models}\
+                 [identity]\ntoken_issuer = \"{ISSUER}\"\n{PATIENT_AUDIT}[analytics.thresholds]\nalert = 0.3\n[policy]\ndir = \"{}\"\n",
+                route("api", "/api", &up, "public"),
+                route("records", "/records", &up, "restricted"),
+                mcp("tools", "internal"),
+                mcp("vault", "restricted"),
+                policies.display(),
+            );
+            config(dir, &routes, "")
+        };
+        let (a, b) = two_replicas(&db.url(), shared_config, &[]).await;
+        let (cert, key) = tokio::task::block_in_place(|| a.create_agent("bot", &["reader"]));
+        let agent = client(&a.ca_pem(), Some((&cert, &key)));
+        let owner = a.admin_token();
+        let (status, _) = poll_until(&agent, &b, PACED, |s, _| s == 200).await;
+        assert_eq!(status, 200);
+        Some(AnalyticsRig {
+            a,
+            b,
+            agent,
+            owner,
+            _db: db,
+        })
+    }
+
+    /// `GET path` through `server`: the status.
+    async fn get(&self, server: &Server, path: &str) -> u16 {
+        self.agent
+            .get(server.url(path))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    }
+
+    /// The agent's analytics as `server` shows them.
+    async fn analytics(&self, server: &Server) -> Value {
+        let (_, shown) =
+            admin_call_at((server.admin, server.ca_pem()), "/agents/bot", &self.owner).await;
+        shown["analytics"].clone()
+    }
+
+    /// Waits (bounded) until `server`'s analytics satisfy `done`; answers
+    /// them and how long it took.
+    async fn analytics_until(
+        &self,
+        server: &Server,
+        done: impl Fn(&Value) -> bool,
+    ) -> (Value, Duration) {
+        wait_until(|| self.analytics(server), done).await
+    }
+
+    /// The agent's alerts, as A lists them.
+    async fn alerts(&self) -> Vec<Value> {
+        let (_, listed) = admin_call(
+            &self.a,
+            reqwest::Method::GET,
+            "/alerts",
+            &self.owner,
+            None,
+            &[],
+        )
+        .await;
         listed["alerts"]
             .as_array()
             .unwrap()
             .iter()
             .filter(|x| x["agent"] == "bot")
             .cloned()
-            .collect::<Vec<_>>()
+            .collect()
+    }
+
+    /// Waits until the agent's alerts number `n`; answers the newest id.
+    async fn alert_raised(&self, n: usize) -> i64 {
+        let (listed, _) = wait_until(|| self.alerts(), |l| l.len() == n).await;
+        assert_eq!(listed.len(), n, "{listed:?}");
+        listed
+            .iter()
+            .map(|x| x["id"].as_i64().unwrap())
+            .max()
+            .unwrap()
+    }
+}
+
+/// How many resources an agent's baseline holds (`agent show`).
+fn known(v: &Value) -> u64 {
+    v["baseline"]["known_resources"].as_u64().unwrap_or(0)
+}
+
+/// Issue 18, shared behavioral baselines. An agent's traffic spread over
+/// two replicas trains one baseline: each replica's `agent show` counts the
+/// datasets both saw. A restricted dataset first read through A alerts
+/// there; the same read through B is graded by what A saw (familiar: no
+/// alert), while a restricted dataset new to both alerts on B. That alert,
+/// judged benign through A's admin API, is applied by B: its risk resets
+/// and the same read through B no longer alerts. Prints the lags. The MCP
+/// and LLM twin is the next test.
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_one_baseline_and_a_benign_verdict_through_one_reaches_the_other() {
+    let Some(rig) = AnalyticsRig::start().await else {
+        return;
     };
+    let (a, b) = (&rig.a, &rig.b);
 
     // 1. One baseline from traffic spread over both (`/api/items` above too).
     for path in ["/api/a/1", "/api/a/2"] {
-        assert_eq!(get(&a, path).await, 200);
+        assert_eq!(rig.get(a, path).await, 200);
     }
     for path in ["/api/b/3", "/api/b/4"] {
-        assert_eq!(get(&b, path).await, 200);
+        assert_eq!(rig.get(b, path).await, 200);
     }
     let spread = Instant::now();
     let ((on_a, on_b), took) = wait_until(
-        || async { (analytics(&a).await, analytics(&b).await) },
+        || async { (rig.analytics(a).await, rig.analytics(b).await) },
         |(x, y)| known(x) == 5 && known(y) == 5,
     )
     .await;
@@ -2443,45 +2761,39 @@ async fn replicas_share_one_baseline_and_a_benign_verdict_through_one_reaches_th
     );
 
     // 2. A restricted dataset first read through A: A alerts.
-    get(&a, "/records/x/1").await;
-    let (on_a, _) = wait_until(|| analytics(&a), |v| v["grade"] == "alert").await;
+    rig.get(a, "/records/x/1").await;
+    let (on_a, _) = rig.analytics_until(a, |v| v["grade"] == "alert").await;
     assert_eq!(on_a["grade"], "alert", "{on_a}");
     // Through B, once B adopted what A saw, the same read is familiar.
-    let (on_b, took) = wait_until(|| analytics(&b), |v| known(v) == 6).await;
+    let (on_b, took) = rig.analytics_until(b, |v| known(v) == 6).await;
     assert_eq!(
         known(&on_b),
         6,
         "B never learned A's dataset ({took:?}): {on_b}"
     );
-    get(&b, "/records/x/1").await;
+    rig.get(b, "/records/x/1").await;
     // A marker B must process after it (one task takes observations in order).
-    assert_eq!(get(&b, "/api/b/5").await, 200);
-    let (on_b, _) = wait_until(|| analytics(&b), |v| known(v) == 7).await;
+    assert_eq!(rig.get(b, "/api/b/5").await, 200);
+    let (on_b, _) = rig.analytics_until(b, |v| known(v) == 7).await;
     assert_eq!(known(&on_b), 7, "{on_b}");
     assert_eq!(
         on_b["grade"], "normal",
         "B graded A's familiar dataset: {on_b}"
     );
-    assert_eq!(bot_alerts().await.len(), 1, "only A's first read alerts");
+    assert_eq!(rig.alerts().await.len(), 1, "only A's first read alerts");
 
     // 3. A restricted dataset new to both, through B: B alerts.
-    get(&b, "/records/y/2").await;
-    let (on_b, _) = wait_until(|| analytics(&b), |v| v["grade"] == "alert").await;
+    rig.get(b, "/records/y/2").await;
+    let (on_b, _) = rig.analytics_until(b, |v| v["grade"] == "alert").await;
     assert_eq!(on_b["grade"], "alert", "{on_b}");
-    let (listed, _) = wait_until(bot_alerts, |l| l.len() == 2).await;
-    assert_eq!(listed.len(), 2, "{listed:?}");
-    let raised_on_b = listed
-        .iter()
-        .map(|x| x["id"].as_i64().unwrap())
-        .max()
-        .unwrap();
+    let raised_on_b = rig.alert_raised(2).await;
 
     // 4. Judged benign through A (a human's TOTP): B forgives the agent.
-    let secret = enrol_alice(&a).await;
-    let (status, resolved) = resolve_alert(&a, &owner, raised_on_b, "benign", &secret).await;
+    let secret = enrol_alice(a).await;
+    let (status, resolved) = resolve_alert(a, &rig.owner, raised_on_b, "benign", &secret).await;
     assert_eq!(status, 200, "{resolved}");
     let judged = Instant::now();
-    let (on_b, took) = wait_until(|| analytics(&b), |v| v["grade"] == "normal").await;
+    let (on_b, took) = rig.analytics_until(b, |v| v["grade"] == "normal").await;
     assert_eq!(
         on_b["grade"], "normal",
         "B still grades the agent after {took:?}: {on_b}"
@@ -2491,15 +2803,122 @@ async fn replicas_share_one_baseline_and_a_benign_verdict_through_one_reaches_th
         judged.elapsed()
     );
     // The same pattern through B no longer alerts.
-    get(&b, "/records/y/2").await;
-    assert_eq!(get(&b, "/api/b/6").await, 200);
-    let (on_b, _) = wait_until(|| analytics(&b), |v| known(v) == 9).await;
+    rig.get(b, "/records/y/2").await;
+    assert_eq!(rig.get(b, "/api/b/6").await, 200);
+    let (on_b, _) = rig.analytics_until(b, |v| known(v) == 9).await;
     assert_eq!(known(&on_b), 9, "{on_b}");
     assert_eq!(on_b["grade"], "normal", "{on_b}");
     assert_eq!(
-        bot_alerts().await.len(),
+        rig.alerts().await.len(),
         2,
         "the judged pattern alerted again"
+    );
+}
+
+/// The MCP and LLM twin of the test above, on the same rig: tools called
+/// (MCP `tools/call`) and models used (chat completions) through either
+/// replica train one baseline; a restricted MCP route's tool first called
+/// through B alerts there; that alert, judged benign through A, is applied
+/// by B, and the same call through B no longer alerts. The restricted
+/// route's session plumbing, opened through A first (which may alert
+/// there), is familiar to B once B adopted A's baseline: opening it through
+/// B does not alert. (A restricted model is refused by the model gate
+/// unless its registry entry is verified, so the restricted alert is the
+/// MCP one; LLM traffic trains and is graded by the shared baseline.)
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_share_one_baseline_and_a_benign_verdict_on_mcp_and_llm_traffic() {
+    let Some(rig) = AnalyticsRig::start().await else {
+        return;
+    };
+    let (a, b) = (&rig.a, &rig.b);
+    let mcp = |server: &Server, path: &str, session: &str, tool: &str| {
+        served(tool_call(&rig.agent, server, path, session, tool))
+    };
+    let chat = |server: &Server, model: &str| served(chat_request(&rig.agent, server, model));
+    // The same plumbing through both: B's traffic (it was polled above)
+    // includes A's, so equal counts mean one merged baseline.
+    let tools_a = support::parity_rig::mcp_session(&rig.agent, a, "/mcp/tools").await;
+    let tools_b = support::parity_rig::mcp_session(&rig.agent, b, "/mcp/tools").await;
+    let both = |n: Option<u64>| {
+        let rig = &rig;
+        async move {
+            let ((on_a, on_b), took) = wait_until(
+                || async { (rig.analytics(a).await, rig.analytics(b).await) },
+                |(x, y)| known(x) == known(y) && n.is_none_or(|n| known(x) == n),
+            )
+            .await;
+            assert!(
+                known(&on_a) == known(&on_b) && n.is_none_or(|n| known(&on_a) == n),
+                "no one baseline ({n:?}) after {took:?}: A {on_a}, B {on_b}"
+            );
+            known(&on_a)
+        }
+    };
+    let settled = both(None).await;
+
+    // 1. One baseline from MCP and LLM traffic spread over both.
+    let spread = Instant::now();
+    assert!(mcp(a, "/mcp/tools", &tools_a, "alpha").await.1);
+    assert!(mcp(b, "/mcp/tools", &tools_b, "beta").await.1);
+    assert!(chat(a, "m1").await.1);
+    assert!(chat(b, "m2").await.1);
+    both(Some(settled + 4)).await;
+    eprintln!(
+        "MCP and LLM traffic spread over A and B: one baseline on both {:?} after",
+        spread.elapsed()
+    );
+
+    // 2. The restricted route's plumbing through A, then (once B adopted
+    // it) through B: familiar there. A marker B processes after it.
+    support::parity_rig::mcp_session(&rig.agent, a, "/mcp/vault").await;
+    let (on_a, took) = rig.analytics_until(a, |v| known(v) > settled + 4).await;
+    assert!(
+        known(&on_a) > settled + 4,
+        "A's vault session taught nothing in {took:?}: {on_a}"
+    );
+    let learned = both(None).await;
+    eprintln!("known resources: {settled} after the sessions, {learned} after A's vault session");
+    let vault_b = support::parity_rig::mcp_session(&rig.agent, b, "/mcp/vault").await;
+    assert!(chat(b, "m3").await.1);
+    let (on_b, _) = rig.analytics_until(b, |v| known(v) == learned + 1).await;
+    assert_eq!(known(&on_b), learned + 1, "{on_b}");
+    assert_eq!(
+        on_b["grade"], "normal",
+        "B graded the restricted route's plumbing A had seen: {on_b}"
+    );
+    let before = rig.alerts().await.len();
+
+    // 3. A restricted tool new to both, through B: B alerts.
+    assert!(mcp(b, "/mcp/vault", &vault_b, "gamma").await.1);
+    let (on_b, _) = rig.analytics_until(b, |v| v["grade"] == "alert").await;
+    assert_eq!(on_b["grade"], "alert", "{on_b}");
+    let raised_on_b = rig.alert_raised(before + 1).await;
+
+    // 4. Judged benign through A: B forgives the agent, and the same call
+    // through B no longer alerts (a new model is the marker).
+    let secret = enrol_alice(a).await;
+    let (status, resolved) = resolve_alert(a, &rig.owner, raised_on_b, "benign", &secret).await;
+    assert_eq!(status, 200, "{resolved}");
+    let judged = Instant::now();
+    let (on_b, took) = rig.analytics_until(b, |v| v["grade"] == "normal").await;
+    assert_eq!(
+        on_b["grade"], "normal",
+        "B still grades the agent after {took:?}: {on_b}"
+    );
+    eprintln!(
+        "benign verdict on an MCP alert through A: applied by B {:?} after",
+        judged.elapsed()
+    );
+    let known_b = known(&on_b);
+    assert!(mcp(b, "/mcp/vault", &vault_b, "gamma").await.1);
+    assert!(chat(b, "m4").await.1);
+    let (on_b, _) = rig.analytics_until(b, |v| known(v) == known_b + 1).await;
+    assert_eq!(known(&on_b), known_b + 1, "{on_b}");
+    assert_eq!(on_b["grade"], "normal", "{on_b}");
+    assert_eq!(
+        rig.alerts().await.len(),
+        before + 1,
+        "the judged call alerted again"
     );
 }
 

@@ -214,6 +214,20 @@ pub struct Gateway {
 impl Gateway {
     /// `extra_config` is TOML appended to the config (before `BENCH_EXTRA_CONFIG`).
     pub fn start(dir: &Path, upstream: SocketAddr, extra_config: &str) -> Gateway {
+        Self::start_with(dir, upstream, extra_config, &[], None)
+    }
+
+    /// [`Gateway::start`] with `env` for the process (a cluster replica's
+    /// `PORTCULLIS_STORE_URL`). `agent`: the credentials directory of a
+    /// `bench-bot` made on another replica of the same cluster (same CA),
+    /// used instead of making one.
+    pub fn start_with(
+        dir: &Path,
+        upstream: SocketAddr,
+        extra_config: &str,
+        env: &[(&str, &str)],
+        agent: Option<&Path>,
+    ) -> Gateway {
         let policies = dir.join("policies");
         std::fs::create_dir_all(&policies).unwrap();
         std::fs::write(
@@ -250,9 +264,15 @@ impl Gateway {
         )
         .unwrap();
         let state = dir.join("state");
-        let server = super::serve(&config, &state, &[]);
-        let creds = dir.join("creds");
-        super::create_agent(&state, &creds, "bench-bot", "writer");
+        let server = super::serve(&config, &state, env);
+        let creds = match agent {
+            Some(creds) => creds.to_path_buf(),
+            None => {
+                let creds = dir.join("creds");
+                super::create_agent(&state, &creds, "bench-bot", "writer");
+                creds
+            }
+        };
         let admin_tls = rustls::ClientConfig::builder()
             .with_root_certificates(super::roots(&state))
             .with_no_client_auth();

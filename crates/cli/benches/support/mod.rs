@@ -90,6 +90,47 @@ pub fn create_agent(state: &Path, creds: &Path, name: &str, role: &str) {
     );
 }
 
+/// A `reqwest` client trusting the CA in `state`, presenting the client
+/// certificate `creds` names (directory, agent) when given; one idle
+/// connection per host, so requests reuse one kept-alive connection.
+pub fn client(state: &Path, creds: Option<(&Path, &str)>) -> reqwest::Client {
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots(state));
+    let tls = match creds {
+        Some((dir, name)) => {
+            let certs = CertificateDer::pem_file_iter(dir.join(format!("{name}.crt")))
+                .unwrap()
+                .map(|c| c.unwrap())
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(dir.join(format!("{name}.key"))).unwrap();
+            builder.with_client_auth_cert(certs, key).unwrap()
+        }
+        None => builder.with_no_client_auth(),
+    };
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap()
+}
+
+/// `VmRSS` of process `pid` in KiB (0 when it cannot be read).
+pub fn vm_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
 /// The gateway's CA as trust roots.
 pub fn roots(state: &Path) -> rustls::RootCertStore {
     let mut roots = rustls::RootCertStore::empty();

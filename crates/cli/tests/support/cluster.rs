@@ -10,14 +10,19 @@ use super::{Server, config, route};
 /// a deployment): proofs and assertions name it, not a replica's port.
 pub const ISSUER: &str = "https://gw.cluster.test";
 
-/// A replica's config in `dir`: one public route `/api` to `upstream`.
-/// `fail_closed_after_ms`: debug-built replicas on a loaded 2-core machine
-/// can take longer than the default second to commit an audit batch; these
+/// `[audit] fail_closed_after_ms` of the cluster tests' replicas:
+/// debug-built replicas on a loaded 2-core machine can take longer than the
+/// default second to commit an audit batch, and then refuse admin changes
+/// and calls with `audit_unavailable` (fail closed, as they must); these
 /// tests measure propagation and operations, not audit stalls (fault
 /// handling has tests of its own).
+pub const PATIENT_AUDIT: &str = "[audit]\nfail_closed_after_ms = 10000\n";
+
+/// A replica's config in `dir`: one public route `/api` to `upstream`,
+/// with [`PATIENT_AUDIT`].
 pub fn replica_config(dir: &Path, upstream: std::net::SocketAddr) -> PathBuf {
     let routes = format!(
-        "{}\n[identity]\ntoken_issuer = \"{ISSUER}\"\n[audit]\nfail_closed_after_ms = 10000\n",
+        "{}\n[identity]\ntoken_issuer = \"{ISSUER}\"\n{PATIENT_AUDIT}",
         route("api", "/api", &format!("http://{upstream}"), "public")
     );
     config(dir, &routes, "")
