@@ -133,12 +133,14 @@ fn main() {
         }
 
         // Latency: direct, SQLite, each replica.
+        eprintln!("cluster bench: latency");
         let mut targets = vec![&direct, &on_sqlite];
         targets.extend(on_replicas.iter());
         let _ = latencies(&targets, 200).await;
         let rows = latencies(&targets, latency_n).await;
 
         // Throughput: SQLite, each replica alone, the three at once.
+        eprintln!("cluster bench: throughput");
         let sqlite_rps = throughput(&on_sqlite, concurrency, window).await;
         let mut alone = Vec::new();
         for t in &on_replicas {
@@ -170,6 +172,7 @@ fn main() {
         let append_rate = appended as f64 / load_started.elapsed().as_secs_f64();
 
         // Propagation: revoke through replica 1, refused on 2 and 3.
+        eprintln!("cluster bench: propagation");
         let admin = format!("https://{}", replicas[0].admin);
         let state = &replicas[0].state;
         let token = std::fs::read_to_string(state.join("admin.token"))
@@ -290,7 +293,11 @@ fn main() {
             ms(percentile(&propagated, 0.99)),
             ms(*propagated.last().unwrap())
         );
-        println!("(bench ran {:.0} s)", started.elapsed().as_secs_f64());
+        println!(
+            "(bench ran {:.0} s; connections the replicas closed, reopened: {})",
+            started.elapsed().as_secs_f64(),
+            support::load::RECONNECTS.load(std::sync::atomic::Ordering::Relaxed)
+        );
     });
     drop(replicas);
     drop(sqlite);

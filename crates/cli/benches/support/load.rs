@@ -82,8 +82,30 @@ where
     sender
 }
 
+/// Connections the server closed under a bench (each reopened once, the
+/// request sent again): a bench that counts them prints them.
+pub static RECONNECTS: AtomicU64 = AtomicU64::new(0);
+
+/// Sends one request and reads its whole answer, which must be a 200 of
+/// [`BODY_SIZE`] bytes. A connection the server closed is reopened and the
+/// request sent again, once (counted in [`RECONNECTS`]).
 pub async fn send(sender: &mut Sender, target: &Target, body: &Bytes) {
-    let response = sender.send_request(target.request(body)).await.unwrap();
+    // Bounded: a request that gets no answer fails the bench, loudly.
+    tokio::time::timeout(Duration::from_secs(30), send_once(sender, target, body))
+        .await
+        .unwrap_or_else(|_| panic!("no answer from {} within 30 s", target.addr));
+}
+
+async fn send_once(sender: &mut Sender, target: &Target, body: &Bytes) {
+    let response = match sender.send_request(target.request(body)).await {
+        Ok(response) => response,
+        Err(e) if e.is_canceled() || e.is_closed() => {
+            RECONNECTS.fetch_add(1, Ordering::Relaxed);
+            *sender = target.connect().await;
+            sender.send_request(target.request(body)).await.unwrap()
+        }
+        Err(e) => panic!("benchmark request failed: {e}"),
+    };
     assert_eq!(response.status(), 200, "benchmark request failed");
     let bytes = response.into_body().collect().await.unwrap().to_bytes();
     assert_eq!(bytes.len(), BODY_SIZE);
