@@ -96,6 +96,38 @@
 //! trips through sqlx's worker (about 40 % of the `before_forward` count:
 //! a channel, a oneshot and argument buffers per statement), hyper and
 //! rustls internals, the record's strings, and Cedar's context record.
+//!
+//! 2026-12-07 19:00 UTC, main at 9db7201, `--profile dev`, `BENCH_REQUESTS=2000`
+//! (`BENCH_EXTRA_CONFIG=$'[audit]\ndurability = "async"'` for the async row),
+//! 8 engineers' builds running (load average 7–9):
+//!
+//! ```text
+//! durability       bare   memoized   Cedar
+//! async            15.0       84.6   204.8
+//! before_forward   15.0      147.7   271.2
+//! ```
+//!
+//! Where the `before_forward` memoized window's allocations come from
+//! (`perf probe -x /lib/x86_64-linux-gnu/libc.so.6 malloc`, then
+//! `perf record -e probe_libc:malloc --call-graph dwarf,16384 -p PID` for
+//! 8 s of that window, 2,504 stacks attributed to the first frame outside
+//! the allocator): about 35 % are the audit append transaction on the
+//! SQLite side (sqlx's `QueryBuilder`, a flume channel and a oneshot per
+//! statement to sqlx's worker thread, boxed futures and streams, and a copy
+//! of every bound `&str` or `&[u8]`: sqlx-sqlite 0.9 puts each bound
+//! borrowed value into a fresh `Arc<Vec>`, two allocations, where an owned
+//! `Vec<u8>`/`String` costs one); ~30 % have no Portcullis frame on the
+//! stack (hyper, rustls, tokio, and SQLite's own `sqlite3MemMalloc` on
+//! sqlx's worker thread); the rest the pipeline (`handle`'s record strings, authenticate's
+//! `Identity`, contextualize's path copies, the memoized `Decision`'s clone,
+//! forward's upstream URI and `X-Forwarded-For`, the two SHA-256 hex
+//! strings, the analytics observation). Sequential requests make every
+//! intent its own commit, so this bench shows the per-commit cost at its
+//! worst; under concurrency a commit carries several intents (see the
+//! sidebyside bench's syscall counts). Cheapest next cuts, not made: bind
+//! the stored form and the intent's JSON as owned values (one allocation
+//! and one copy of ~0.3–1 KiB less per record and per intent), and set the
+//! record's path only when the canonical target differs from the path sent.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod support;

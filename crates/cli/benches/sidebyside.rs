@@ -162,6 +162,47 @@
 //! crate, and each page fault maps its 64 KiB neighbourhood. The
 //! executable's size (36 MB of `.text`, 9 MB of it monomorphised `core`
 //! generics) is the lever for the RSS goal, not the heap.
+//!
+//! Where the `before_forward` time goes, by system calls (2026-12-07 18:15
+//! UTC, main at 9db7201, the debug binary: counts, not timings, so the
+//! build matters little; under `strace` the process runs slower, so
+//! commits carry somewhat more intents than at full speed). The gateway
+//! bench's config and policies with the default durability, a threaded
+//! Python upstream answering 1 KiB, 2,000 1 KiB POSTs from 32 keep-alive
+//! mTLS connections (Python `http.client`), `strace -f -c -p PID` for the
+//! counts and `strace -f -y -e trace=fsync,fdatasync,ftruncate,pwrite64`
+//! for the files (two runs: the fsync and page-write columns are the
+//! second's; fcntl, futex and the total the `-c` run's, which had 255 WAL
+//! fsyncs, ~7.8 requests per commit):
+//!
+//! ```text
+//! per 2,000 requests   fsync of the WAL  fsync of the db  WAL page writes  db page writes  fcntl (locks)  futex  all syscalls
+//! count                316               3                5,629            167             1,741          6,091  29,600
+//! per request          0.16              0.0015           2.8              0.08            0.87           3.0    14.8
+//! ```
+//!
+//! So group commit works (about 6.3 requests per commit), SQLite syncs
+//! once per commit (`synchronous = FULL` in WAL mode), and its automatic
+//! checkpoint (WAL fsync + database fsync) ran 3 times in 2,000 requests:
+//! there is no second sync per commit to remove. A commit writes ~18 WAL
+//! pages (the record, its intent and the intents it closes, the tree's
+//! nodes; `secure_delete` zeroes deleted intents in place). What makes
+//! `before_forward` slower is then the wait itself (a call arriving while a
+//! commit is in flight waits for it and then for its own: on average about
+//! 1.5 fsyncs, an estimate of ~450 µs at this disk's ~300 µs `fsync`, not
+//! measured here) and the CPU of the commits on
+//! the two shared cores (six statements per commit, each a round trip to
+//! sqlx's worker thread: the futex count). A cheaper intent that keeps the
+//! guarantee would have to leave SQLite (an append-only intent file with
+//! one `fdatasync` per group is still one sync per commit, so it would save
+//! the statements' CPU, not the wait); weakening `synchronous` to `NORMAL`
+//! would survive `kill -9` but not a power loss, which ARCHITECTURE.md
+//! promises, so it was not tried. The CPU profile of the fat-LTO build
+//! (`perf record` on `/work/targets/dist/dist/portcullis`) was not taken:
+//! that build had not finished within this session. This VM exposes no
+//! hardware counters (`perf stat -e instructions` answers `<not
+//! supported>`); `valgrind --tool=callgrind` (installed) is the
+//! load-independent instruction count to use instead.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod support;
