@@ -18,10 +18,12 @@
 //!   [`PER_ATTACK`] BIPIA train contexts (emails and tables for text attacks,
 //!   code answers for code attacks), at the start, middle or end; the windows
 //!   that hold the attack are positives. Every window of every clean train
-//!   context is a negative. And deepset's train attacks inserted into
-//!   [`CROSS`] BIPIA train contexts each (alternately emails or tables and
-//!   code): indirect injections phrased unlike BIPIA's, which raised
-//!   leave-one-source-out balanced accuracy (docs/guard.md, "Generalising
+//!   context is a negative. With `GUARD_TRAIN_CROSS=N` (default
+//!   [`CROSS`], none), also deepset's train attacks inserted into N BIPIA
+//!   train contexts each (alternately emails or tables and code): indirect
+//!   injections phrased unlike BIPIA's. At 6 they raised leave-one-source-out
+//!   balanced accuracy a little but cost NotInject and BIPIA figures on the
+//!   test split, so the shipped model has none (docs/guard.md, "Generalising
 //!   across sources");
 //! - description channel: the threshold only, from a fixed 70 % split of the
 //!   MCP tool descriptions (the other 30 % is held out for `injection_eval`),
@@ -120,8 +122,9 @@ const DESCRIPTION_MAX_FPR: f32 = 0.05;
 const PER_INPUT: usize = 6;
 const AUG_SHARE: f32 = 1.0;
 /// BIPIA contexts each deepset attack is inserted into as a tool output
-/// (0: none), and the weight of those positives against BIPIA's (3.0).
-const CROSS: usize = 6;
+/// (0: none, the shipped model), and the weight of those positives against
+/// BIPIA's (3.0).
+const CROSS: usize = 0;
 const CROSS_SHARE: f32 = 1.0;
 /// BIPIA text-attack categories that are ordinary user requests when typed
 /// by the user: not used as input-channel positives.
