@@ -1,4 +1,4 @@
-//! Trains the prompt-injection model and chooses the per-channel thresholds,
+//! Trains the prompt-injection model and chooses its thresholds,
 //! using only the training files of `shared/data/guard/train/`.
 //!
 //! ```text
@@ -18,7 +18,13 @@
 //!   [`PER_ATTACK`] BIPIA train contexts (emails and tables for text attacks,
 //!   code answers for code attacks), at the start, middle or end; the windows
 //!   that hold the attack are positives. Every window of every clean train
-//!   context is a negative;
+//!   context is a negative. With `GUARD_TRAIN_CROSS=N` (default
+//!   [`CROSS`], none), also deepset's train attacks inserted into N BIPIA
+//!   train contexts each (alternately emails or tables and code): indirect
+//!   injections phrased unlike BIPIA's. At 6 they raised leave-one-source-out
+//!   balanced accuracy a little but cost NotInject and BIPIA figures on the
+//!   test split, so the shipped model has none (docs/guard.md, "Generalising
+//!   across sources");
 //! - description channel: the threshold only, from a fixed 70 % split of the
 //!   MCP tool descriptions (the other 30 % is held out for `injection_eval`),
 //!   the best balanced accuracy with at most [`DESCRIPTION_MAX_FPR`] of the
@@ -32,6 +38,13 @@
 //! attack category, so a held-out fold's attacks are unlike anything its
 //! model saw, as on the test set. The run is deterministic: the same data
 //! gives the same file (checked: two runs, identical bytes).
+//!
+//! One threshold shared by both channels ([`choose_shared`]) carried over
+//! to left-out sources better than one per channel, but on all of train/
+//! it flags 28 % of the clean code (cross-validated), so the shipped
+//! thresholds stay per channel; the shared one is printed for the record.
+//! The paragraphs below describe the run before issue 19's "Generalising
+//! across sources"; the current run's figures are in docs/guard.md.
 //!
 //! The shipped model's run (about 35 seconds on the 2-core development VM,
 //! 0.9 GB of memory): cross-validated input balanced accuracy 0.923 at
@@ -83,7 +96,7 @@ mod guard_data;
 use std::path::{Path, PathBuf};
 
 use guard_data::{Rng, Sample};
-use portcullis_guard::eval::{RecordFormat, records};
+use portcullis_guard::eval::{Position, RecordFormat, insert, records};
 use portcullis_guard::injection::model::{DIMS, Features, Model, Thresholds, sigmoid};
 use portcullis_guard::injection::semantic::{self, Head};
 use portcullis_guard::injection::{Channel, Detector, ScoredWindow};
@@ -108,6 +121,11 @@ const DESCRIPTION_MAX_FPR: f32 = 0.05;
 /// and the weight of those positives against deepset's attacks (1.0).
 const PER_INPUT: usize = 6;
 const AUG_SHARE: f32 = 1.0;
+/// BIPIA contexts each deepset attack is inserted into as a tool output
+/// (0: none, the shipped model), and the weight of those positives against
+/// BIPIA's (3.0).
+const CROSS: usize = 0;
+const CROSS_SHARE: f32 = 1.0;
 /// BIPIA text-attack categories that are ordinary user requests when typed
 /// by the user: not used as input-channel positives.
 const USER_TASKS: &[&str] = &[
@@ -156,6 +174,10 @@ struct Doc {
     /// Scored by `--loso` only: never trained on nor used for a threshold
     /// (the structured tool outputs, kinds `records` and `records_whole`).
     eval_only: bool,
+    /// Trained on (and used for thresholds) but not scored by `--loso`:
+    /// the cross-source documents (an input set's attack inside a BIPIA
+    /// context), so the left-out sets are the same with or without them.
+    train_only: bool,
 }
 
 impl Doc {
@@ -256,6 +278,11 @@ fn main() {
         println!("-- blend {b:.2} (semantic share of the log-odds)");
         let (input_t, input_ba) = choose_input(&docs, &scores, &all, true);
         let (tool_t, tool_recall) = choose_tool(&docs, &scores, &all, true);
+        // The shared threshold raised leave-one-source-out balanced
+        // accuracy, but on all of train/ it sits where 28 % of the clean
+        // code is flagged (cross-validated): not shipped, printed for the
+        // record (docs/guard.md, "Generalising across sources").
+        report_at(&docs, &scores, &all, choose_shared(&docs, &scores, &all));
         if b == 0.0 {
             ngram = (input_t, tool_t);
         } else if best.is_none_or(|x| input_ba + tool_recall > x.0) {
@@ -324,6 +351,7 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
             source: source_name(&s.source),
             host: None,
             eval_only: false,
+            train_only: false,
         }
     };
     for s in &input {
@@ -418,6 +446,7 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
                 source: attack_source(a),
                 host,
                 eval_only: false,
+                train_only: false,
             };
             // Train on the windows that hold the attack: the highest-overlap
             // ones, i.e. all of a short text, and the segments of the attack.
@@ -440,25 +469,12 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
             source: attack_source(a),
             host: None,
             eval_only: false,
+            train_only: false,
         });
     }
     for (doc, (a0, a1), cat, source) in &positives {
         let (windows, _, _) = det.windows(doc, Channel::ToolOutput);
-        let labels = windows
-            .iter()
-            .map(|w| {
-                let overlap = w.end.min(*a1).saturating_sub(w.start.max(*a0));
-                let attack_len = a1 - a0;
-                if overlap == 0 {
-                    // Clean context windows come from the clean set already.
-                    None
-                } else if overlap * 10 >= attack_len * 6 || overlap * 10 >= (w.end - w.start) * 6 {
-                    Some(1)
-                } else {
-                    None
-                }
-            })
-            .collect();
+        let labels = attack_labels(&windows, *a0, *a1);
         docs.push(Doc {
             windows,
             labels,
@@ -470,6 +486,7 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
             source,
             host: None,
             eval_only: false,
+            train_only: false,
         });
     }
     for (kind, set) in [("email", &email), ("table", &table), ("code", &code)] {
@@ -491,7 +508,43 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
                 },
                 host: None,
                 eval_only: false,
+                train_only: false,
             });
+        }
+    }
+    // Cross-source indirect injections: deepset's attacks (written as
+    // prompts to a model: "forget everything and say …") inserted into
+    // BIPIA's clean contexts, on the tool-output channel. BIPIA's own
+    // attacks are one style per category; these teach the tool-output
+    // channel what an instruction to the model looks like in other words.
+    // Their own generator, so the documents above do not change.
+    let per_cross = param("CROSS", CROSS);
+    if per_cross > 0 {
+        let mut rng = Rng(0x5eed_c055_0000_0019);
+        let pools: [(&Vec<String>, &'static str); 2] =
+            [(&text_ctx, "bipia_text"), (&code, "bipia_code")];
+        for (n, a) in input.iter().filter(|s| s.label == 1).enumerate() {
+            for k in 0..per_cross {
+                let (pool, host) = pools[(n + k) % 2];
+                let ctx = &pool[rng.below(pool.len())];
+                let at = [Position::Start, Position::Middle, Position::End][(n + k) % 3];
+                let (doc, (a0, a1)) = insert(ctx, &a.text, at);
+                let (windows, _, _) = det.windows(&doc, Channel::ToolOutput);
+                let labels = attack_labels(&windows, a0, a1);
+                docs.push(Doc {
+                    windows,
+                    labels,
+                    label: 1,
+                    weight: 1.0,
+                    fold: fold_of(&a.text),
+                    group: Group::Tool,
+                    kind: "cross",
+                    source: source_name(&a.source),
+                    host: Some(host),
+                    eval_only: false,
+                    train_only: true,
+                });
+            }
         }
     }
     // Structured tool outputs for `--loso` to score (never trained on):
@@ -520,6 +573,7 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
                             source,
                             host: None,
                             eval_only: true,
+                            train_only: false,
                         });
                     }
                 }
@@ -536,30 +590,67 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
     };
     type Select<'a> = &'a dyn Fn(&Doc) -> bool;
     let aug_share = param("AUG_SHARE", AUG_SHARE);
-    let groups: [(Select, f32); 7] = [
+    let cross_share = param("CROSS_SHARE", CROSS_SHARE);
+    let groups: [(Select, f32); 8] = [
         (&|d: &Doc| d.label == 1 && d.group == Group::Input, 1.0),
         (
             &|d: &Doc| d.label == 1 && d.group == Group::InputAug,
             aug_share,
         ),
-        (&|d: &Doc| d.label == 1 && d.group == Group::Tool, 3.0),
+        (
+            &|d: &Doc| d.label == 1 && d.group == Group::Tool && d.kind != "cross",
+            3.0,
+        ),
+        (&|d: &Doc| d.kind == "cross", cross_share),
         (&|d: &Doc| d.label == 0 && d.group != Group::Tool, 1.0),
         (&|d: &Doc| d.label == 0 && d.kind == "email", 1.0),
         (&|d: &Doc| d.label == 0 && d.kind == "table", 1.0),
         (&|d: &Doc| d.label == 0 && d.kind == "code", 1.0),
     ];
-    let scales: Vec<f32> = groups
-        .iter()
-        .map(|(g, share)| share * 1000.0 / total(&docs, g).max(1.0))
-        .collect();
-    for d in docs.iter_mut() {
-        for (i, (g, _)) in groups.iter().enumerate() {
-            if g(d) {
-                d.weight *= scales[i];
+    // With `GUARD_TRAIN_BALANCE=1`, each group's share is split evenly
+    // between the sources in it (WildGuard, deepset and NotInject among the
+    // benign prompts; BIPIA text and code among the attacks), so that no
+    // one source's style stands for the whole group.
+    let balance = param("BALANCE", 0u8) == 1;
+    for (g, share) in &groups {
+        let mut sources: Vec<&'static str> =
+            docs.iter().filter(|d| g(d)).map(|d| d.source).collect();
+        sources.sort_unstable();
+        sources.dedup();
+        let parts: Vec<(Option<&str>, f32)> = if balance {
+            sources
+                .iter()
+                .map(|s| (Some(*s), share / sources.len() as f32))
+                .collect()
+        } else {
+            vec![(None, *share)]
+        };
+        for (src, part) in parts {
+            let sel = |d: &Doc| g(d) && src.is_none_or(|s| d.source == s);
+            let scale = part * 1000.0 / total(&docs, &sel).max(1.0);
+            for d in docs.iter_mut() {
+                if sel(d) {
+                    d.weight *= scale;
+                }
             }
         }
     }
     docs
+}
+
+/// The labels of a document's windows when the attack spans `a0..a1`: a
+/// positive for the windows that hold most of it or are mostly made of it,
+/// none for the others (clean context windows come from the clean set).
+fn attack_labels(windows: &[ScoredWindow], a0: usize, a1: usize) -> Vec<Option<u8>> {
+    windows
+        .iter()
+        .map(|w| {
+            let overlap = w.end.min(a1).saturating_sub(w.start.max(a0));
+            (overlap > 0
+                && (overlap * 10 >= (a1 - a0) * 6 || overlap * 10 >= (w.end - w.start) * 6))
+                .then_some(1)
+        })
+        .collect()
 }
 
 /// Marks as positives the windows of `d` (built from `text`) that hold
@@ -569,17 +660,7 @@ fn label_attack_windows(d: &mut Doc, text: &str, attack: &str) {
         d.labels = vec![Some(1); d.windows.len()];
         return;
     };
-    let a1 = a0 + attack.len();
-    d.labels = d
-        .windows
-        .iter()
-        .map(|w| {
-            let overlap = w.end.min(a1).saturating_sub(w.start.max(a0));
-            (overlap > 0
-                && (overlap * 10 >= (a1 - a0) * 6 || overlap * 10 >= (w.end - w.start) * 6))
-                .then_some(1)
-        })
-        .collect();
+    d.labels = attack_labels(&d.windows, a0, a0 + attack.len());
 }
 
 /// Logistic regression with AdaGrad over the labelled windows of the
@@ -767,94 +848,267 @@ fn train_head(docs: &[Doc], keep: impl Fn(&Doc) -> bool) -> Head {
     }
 }
 
+/// The threshold rules `--loso` compares: the shipped one (input: best
+/// balanced accuracy with NotInject ≤ 3 %; tool output: lowest threshold
+/// with the clean kinds at ≤ 3 % false positives) and one threshold shared
+/// by both channels, the best mean of their balanced accuracies
+/// ([`choose_shared`]).
+const RULES: [&str; 2] = ["per_channel", "shared"];
+
 /// Leave one source out: for each of [`SOURCES`], both stages are trained
 /// on the other four (and the thresholds chosen by 5-fold cross-validation
 /// on them), then score the left-out source's documents, each on its
-/// channel. Printed per source and channel, and pooled, for every blend.
+/// channel. Printed per source and channel, and pooled, for every blend and
+/// threshold rule, with each left-out set's ranking quality (AUC, the best
+/// balanced accuracy any threshold would give) to tell a ranking failure
+/// from a threshold that sits wrong.
 fn loso(docs: &[Doc]) {
     let blends = blend_candidates();
-    // Per blend, per (source, channel): the tally.
-    let mut tallies: Vec<std::collections::BTreeMap<(&str, &str), [usize; 4]>> =
-        vec![Default::default(); blends.len()];
+    // Per (blend, rule), per (source, channel): the tally.
+    type Tallies<'a> = std::collections::BTreeMap<(&'a str, &'a str), [usize; 4]>;
+    let mut tallies: Vec<Tallies> = vec![Default::default(); blends.len() * RULES.len()];
     for held in SOURCES {
         let keep = |d: &Doc| !d.eval_only && d.source != held && d.host != Some(held);
         let oof = cross_validate(docs, &keep);
         let m = train(docs, keep);
         let h = train_head(docs, keep);
+        let scored: Vec<(&Doc, WindowLogits)> = docs
+            .iter()
+            .filter(|d| d.source == held && !d.train_only)
+            .map(|d| (d, logits(&m, &h, d)))
+            .collect();
         for (bi, &b) in blends.iter().enumerate() {
             let scores: Vec<f32> = oof.iter().map(|l| blended(l, b)).collect();
             let (ti, _) = choose_input(docs, &scores, &keep, false);
             let (tt, _) = choose_tool(docs, &scores, &keep, false);
-            for d in docs.iter().filter(|d| d.source == held) {
-                let score = blended(&logits(&m, &h, d), b);
-                let (t, ch) = match d.channel() {
-                    _ if d.eval_only => (tt, d.kind),
-                    Channel::ToolOutput => (tt, "tool_output"),
-                    _ => (ti, "input"),
-                };
-                let e = tallies[bi].entry((held, ch)).or_default();
-                let flagged = score >= t;
-                // tp, fn, fp, tn
-                e[match (d.label, flagged) {
-                    (1, true) => 0,
-                    (1, false) => 1,
-                    (_, true) => 2,
-                    _ => 3,
-                }] += 1;
+            let ts = choose_shared(docs, &scores, &keep);
+            let held_scores: Vec<(&Doc, f32, &str)> = scored
+                .iter()
+                .map(|(d, l)| {
+                    let ch = match d.channel() {
+                        _ if d.eval_only => d.kind,
+                        Channel::ToolOutput => "tool_output",
+                        _ => "input",
+                    };
+                    (*d, blended(l, b), ch)
+                })
+                .collect();
+            diagnose(held, b, &held_scores);
+            for (ri, (ti, tt)) in [(ti, tt), (ts, ts)].into_iter().enumerate() {
+                for &(d, score, ch) in &held_scores {
+                    let t = if d.channel() == Channel::ToolOutput {
+                        tt
+                    } else {
+                        ti
+                    };
+                    let e = tallies[bi * RULES.len() + ri]
+                        .entry((held, ch))
+                        .or_default();
+                    // tp, fn, fp, tn
+                    e[match (d.label, score >= t) {
+                        (1, true) => 0,
+                        (1, false) => 1,
+                        (_, true) => 2,
+                        _ => 3,
+                    }] += 1;
+                }
+                println!(
+                    "held out {held}, blend {b:.2}, rule {}: thresholds input {ti:.3}, tool_output {tt:.3}",
+                    RULES[ri]
+                );
             }
-            println!(
-                "held out {held}, blend {b:.2}: thresholds input {ti:.3}, tool_output {tt:.3}"
-            );
         }
     }
     let rate = |a: usize, b: usize| a as f64 / (a + b).max(1) as f64;
     for (bi, &b) in blends.iter().enumerate() {
-        println!("\nleave-one-source-out, blend {b:.2}");
-        println!(
-            "{:<12} {:<12} {:>6} {:>6} {:>7} {:>7}",
-            "source", "channel", "att", "ben", "recall", "FPR"
-        );
-        let mut pooled = [0usize; 4];
-        let mut by_channel: std::collections::BTreeMap<&str, [usize; 4]> = Default::default();
-        for ((src, ch), t) in &tallies[bi] {
+        for (ri, rule) in RULES.iter().enumerate() {
+            let tallies = &tallies[bi * RULES.len() + ri];
+            println!("\nleave-one-source-out, blend {b:.2}, rule {rule}");
             println!(
-                "{src:<12} {ch:<12} {:>6} {:>6} {:>6.1}% {:>6.1}%",
-                t[0] + t[1],
-                t[2] + t[3],
-                100.0 * rate(t[0], t[1]),
-                100.0 * rate(t[2], t[3])
+                "{:<12} {:<14} {:>6} {:>6} {:>7} {:>7}",
+                "source", "channel", "att", "ben", "recall", "FPR"
             );
-            let c = by_channel.entry(ch).or_default();
-            for k in 0..4 {
-                c[k] += t[k];
+            let mut pooled = [0usize; 4];
+            let mut by_channel: std::collections::BTreeMap<&str, [usize; 4]> = Default::default();
+            for ((src, ch), t) in tallies {
+                println!(
+                    "{src:<12} {ch:<14} {:>6} {:>6} {:>6.1}% {:>6.1}%",
+                    t[0] + t[1],
+                    t[2] + t[3],
+                    100.0 * rate(t[0], t[1]),
+                    100.0 * rate(t[2], t[3])
+                );
+                let c = by_channel.entry(ch).or_default();
+                for k in 0..4 {
+                    c[k] += t[k];
+                }
+                // The structured outputs are reported apart, not pooled.
+                if ch.starts_with("records") {
+                    continue;
+                }
+                for k in 0..4 {
+                    pooled[k] += t[k];
+                }
             }
-            // The structured outputs are reported apart, not pooled.
-            if ch.starts_with("records") {
-                continue;
+            for (ch, t) in &by_channel {
+                let (r, f) = (rate(t[0], t[1]), rate(t[2], t[3]));
+                println!(
+                    "channel {ch:<14}      {:>6} {:>6} {:>6.1}% {:>6.1}%  BA {:.1}%",
+                    t[0] + t[1],
+                    t[2] + t[3],
+                    100.0 * r,
+                    100.0 * f,
+                    50.0 * (r + 1.0 - f)
+                );
             }
-            for k in 0..4 {
-                pooled[k] += t[k];
-            }
-        }
-        for (ch, t) in &by_channel {
-            let (r, f) = (rate(t[0], t[1]), rate(t[2], t[3]));
+            let (r, f) = (rate(pooled[0], pooled[1]), rate(pooled[2], pooled[3]));
             println!(
-                "channel {ch:<12}        {:>6} {:>6} {:>6.1}% {:>6.1}%  BA {:.1}%",
-                t[0] + t[1],
-                t[2] + t[3],
+                "LOSO pooled, blend {b:.2}, rule {rule}: recall {:.1}%, FPR {:.1}%, balanced accuracy {:.1}%",
                 100.0 * r,
                 100.0 * f,
                 50.0 * (r + 1.0 - f)
             );
         }
-        let (r, f) = (rate(pooled[0], pooled[1]), rate(pooled[2], pooled[3]));
-        println!(
-            "LOSO pooled, blend {b:.2}: recall {:.1}%, FPR {:.1}%, balanced accuracy {:.1}%",
-            100.0 * r,
-            100.0 * f,
-            50.0 * (r + 1.0 - f)
-        );
     }
+}
+
+/// Prints, for a left-out source's documents of each channel that has both
+/// attacks and benign texts, the AUC and the best balanced accuracy over
+/// thresholds (what a threshold that sat right would give), and for every
+/// channel the score quantiles of each class.
+fn diagnose(held: &str, blend: f32, scored: &[(&Doc, f32, &str)]) {
+    let mut channels: Vec<&str> = scored.iter().map(|s| s.2).collect();
+    channels.sort_unstable();
+    channels.dedup();
+    for ch in channels {
+        let mut pos: Vec<f32> = scored
+            .iter()
+            .filter(|s| s.2 == ch && s.0.label == 1)
+            .map(|s| s.1)
+            .collect();
+        let mut neg: Vec<f32> = scored
+            .iter()
+            .filter(|s| s.2 == ch && s.0.label == 0)
+            .map(|s| s.1)
+            .collect();
+        pos.sort_by(f32::total_cmp);
+        neg.sort_by(f32::total_cmp);
+        let q = |v: &[f32]| {
+            if v.is_empty() {
+                return "-".to_string();
+            }
+            let at = |p: usize| v[(v.len() - 1) * p / 100];
+            format!("{:.3}/{:.3}/{:.3}", at(10), at(50), at(90))
+        };
+        let mut line = format!(
+            "diag held {held} blend {blend:.2} {ch}: attacks p10/p50/p90 {} ({}), benign {} ({})",
+            q(&pos),
+            pos.len(),
+            q(&neg),
+            neg.len()
+        );
+        if !pos.is_empty() && !neg.is_empty() {
+            // AUC by counting pairs (ties half).
+            let mut wins = 0f64;
+            for &p in &pos {
+                let below = neg.partition_point(|&n| n < p);
+                let ties = neg.partition_point(|&n| n <= p) - below;
+                wins += below as f64 + ties as f64 / 2.0;
+            }
+            let auc = wins / (pos.len() * neg.len()) as f64;
+            let best = candidates()
+                .map(|t| {
+                    let r = pos.iter().filter(|&&s| s >= t).count() as f64 / pos.len() as f64;
+                    let f = neg.iter().filter(|&&s| s >= t).count() as f64 / neg.len() as f64;
+                    ((r + 1.0 - f) / 2.0, t)
+                })
+                .fold((0.0, 0.0), |a, x| if x.0 > a.0 { x } else { a });
+            line.push_str(&format!(
+                "; AUC {auc:.3}, best BA {:.1}% at {:.3}",
+                100.0 * best.0,
+                best.1
+            ));
+        }
+        println!("{line}");
+    }
+}
+
+/// Prints the cross-validated figures at threshold `t` on both channels
+/// and returns the input balanced accuracy and the tool-output recall.
+fn report_at(docs: &[Doc], scores: &[f32], keep: &dyn Fn(&Doc) -> bool, t: f32) -> (f32, f32) {
+    let r = |f: &dyn Fn(&Doc) -> bool| rate_at(docs, scores, t, &|d| keep(d) && f(d));
+    let recall = r(&|d| d.group == Group::Input && d.label == 1);
+    let fpr = r(&|d| d.group != Group::Tool && d.label == 0);
+    let tool = r(&|d| d.group == Group::Tool && d.label == 1 && d.kind != "cross");
+    println!(
+        "shared threshold {t:.3}: input balanced accuracy {:.3} (deepset recall {recall:.3}, benign FPR {fpr:.3}, NotInject FPR {:.3}, BIPIA-on-input recall {:.3}); tool-output recall {tool:.3} (deepset attacks in contexts {:.3}), clean FPR email {:.3} table {:.3} code {:.3}",
+        (recall + 1.0 - fpr) / 2.0,
+        r(&|d| d.group == Group::NotInject),
+        r(&|d| d.group == Group::InputAug),
+        r(&|d| d.kind == "cross"),
+        r(&|d| d.kind == "email"),
+        r(&|d| d.kind == "table"),
+        r(&|d| d.kind == "code"),
+    );
+    ((recall + 1.0 - fpr) / 2.0, tool)
+}
+
+/// One threshold for the input and tool-output channels: the best mean of
+/// the input balanced accuracy (as [`choose_input`] counts it, NotInject's
+/// false positives at most 3 % where present) and the tool-output balanced
+/// accuracy (recall against the clean kinds' average false positives), over
+/// the channels that have both classes. A threshold learned on one channel
+/// then informs the other, which is what a left-out source needs: its
+/// channel may have been seen on one kind of text only.
+fn choose_shared(docs: &[Doc], scores: &[f32], keep: &dyn Fn(&Doc) -> bool) -> f32 {
+    let has_deepset = docs
+        .iter()
+        .any(|d| keep(d) && d.group == Group::Input && d.label == 1);
+    let pos_in = |d: &Doc| {
+        keep(d)
+            && d.label == 1
+            && if has_deepset {
+                d.group == Group::Input
+            } else {
+                d.group == Group::InputAug
+            }
+    };
+    let neg_in = |d: &Doc| keep(d) && d.group != Group::Tool && d.label == 0;
+    let ni = |d: &Doc| keep(d) && d.group == Group::NotInject;
+    let pos_tool = |d: &Doc| keep(d) && d.group == Group::Tool && d.label == 1;
+    let kinds: Vec<&str> = ["email", "table", "code"]
+        .into_iter()
+        .filter(|k| docs.iter().any(|d| keep(d) && d.kind == *k))
+        .collect();
+    let count = |f: &dyn Fn(&Doc) -> bool| docs.iter().filter(|d| f(d)).count();
+    let input_both = count(&pos_in) > 0 && count(&neg_in) > 0;
+    let tool_both = count(&pos_tool) > 0 && !kinds.is_empty();
+    let mut best = (f32::MIN, 0.5);
+    for t in candidates() {
+        if rate_at(docs, scores, t, &ni) > 0.03 {
+            continue;
+        }
+        let mut sum = 0.0;
+        let mut n = 0.0;
+        if input_both {
+            sum +=
+                (rate_at(docs, scores, t, &pos_in) + 1.0 - rate_at(docs, scores, t, &neg_in)) / 2.0;
+            n += 1.0;
+        }
+        if tool_both {
+            let fpr = kinds
+                .iter()
+                .map(|k| rate_at(docs, scores, t, &|d| keep(d) && d.kind == *k))
+                .sum::<f32>()
+                / kinds.len() as f32;
+            sum += (rate_at(docs, scores, t, &pos_tool) + 1.0 - fpr) / 2.0;
+            n += 1.0;
+        }
+        if n > 0.0 && sum / n > best.0 {
+            best = (sum / n, t);
+        }
+    }
+    best.1
 }
 
 fn candidates() -> impl Iterator<Item = f32> {
