@@ -21,6 +21,7 @@ use support::{Server, client};
 
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/browser.py");
 const PASSKEYS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/passkeys.py");
+const REPLICAS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/console/replicas.py");
 
 const POLICIES: &str = r#"
 @id("transfers") @obligation("approval")
@@ -43,9 +44,10 @@ fn chromium() -> Option<PathBuf> {
     }
 }
 
-fn bank_server() -> Server {
-    let dir = tempfile::tempdir().unwrap();
-    let policies = dir.path().join("policies");
+/// A config in `dir` with one route, `/bank`, whose POSTs are held for
+/// approval; `admin` is the `[admin]` table's body.
+fn bank_config(dir: &Path, admin: &str) -> PathBuf {
+    let policies = dir.join("policies");
     std::fs::create_dir_all(&policies).unwrap();
     std::fs::write(
         policies.join("schema.cedarschema"),
@@ -53,16 +55,22 @@ fn bank_server() -> Server {
     )
     .unwrap();
     std::fs::write(policies.join("main.cedar"), POLICIES).unwrap();
-    let config = dir.path().join("portcullis.toml");
+    let config = dir.join("portcullis.toml");
     std::fs::write(
         &config,
         format!(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\n[admin]\nlisten = \"127.0.0.1:0\"\n[policy]\ndir = \"{}\"\n\
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n[admin]\n{admin}\n[policy]\ndir = \"{}\"\n\
              [[routes]]\nname = \"bank\"\npath_prefix = \"/bank\"\nupstream = \"builtin:demo\"\nclassification = \"confidential\"\n",
             policies.display(),
         ),
     )
     .unwrap();
+    config
+}
+
+fn bank_server() -> Server {
+    let dir = tempfile::tempdir().unwrap();
+    let config = bank_config(dir.path(), "listen = \"127.0.0.1:0\"");
     Server::start(dir, Some(&config))
 }
 
@@ -801,4 +809,89 @@ async fn console_login_with_an_admin_client_certificate() {
     );
     let r = page(cert_browser, cookie).await;
     assert_eq!(r.status(), 303, "the session ended with its credential");
+}
+
+/// The console on two replicas of one PostgreSQL store
+/// (`tests/console/replicas.py`): a passkey login whose challenge replica
+/// A issued is finished by replica B, and a call held on A is approved in
+/// B's console and goes through on A once. Skips, saying so, when Chromium
+/// or PostgreSQL is absent.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_login_and_an_approval_cross_replicas_in_a_real_browser() {
+    let Some(chromium) = browser_ready() else {
+        return;
+    };
+    let Some(db) = portcullis_store::testing::TestDb::postgres().await else {
+        return;
+    };
+    support::install_crypto();
+    // Both consoles' origins on both replicas, as replicas behind one load
+    // balancer list its: the admin ports are chosen first.
+    let ports = [support::free_port(), support::free_port()];
+    let admin = |port: u16| {
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nconsole_origins = [\"https://localhost:{}\", \"https://localhost:{}\"]\n\
+             [audit]\nfail_closed_after_ms = 10000",
+            ports[0], ports[1]
+        )
+    };
+    let dir_a = tempfile::tempdir().unwrap();
+    let cfg_a = bank_config(dir_a.path(), &admin(ports[0]));
+    let a = support::cluster::start_replica(dir_a, cfg_a, &db.url(), &[]).await;
+    let dir_b = support::cluster::provisioned_like(&a);
+    let cfg_b = bank_config(dir_b.path(), &admin(ports[1]));
+    let b = support::cluster::start_replica(dir_b, cfg_b, &db.url(), &[]).await;
+    let (payer_cert, payer_key) =
+        tokio::task::block_in_place(|| a.create_agent("pay-bot", &["payer"]));
+    let ca = a.path().join("ca-for-browser-test.pem");
+    std::fs::write(&ca, a.ca_pem()).unwrap();
+    let shots = artefacts().with_file_name("console-replicas-screenshots");
+    let _ = std::fs::remove_dir_all(&shots);
+    let cfg = json!({
+        "admin_a": format!("https://{}", a.admin),
+        "console_a": format!("https://localhost:{}", ports[0]),
+        "console_b": format!("https://localhost:{}", ports[1]),
+        "gateway_a": format!("https://{}", a.gateway),
+        "gateway_b": format!("https://{}", b.gateway),
+        "token": a.admin_token(),
+        "ca": ca,
+        "payer_cert": payer_cert,
+        "payer_key": payer_key,
+        "chromium": chromium,
+        "artefacts": shots,
+    });
+    let found = run_script(REPLICAS, cfg, &b).await;
+    eprintln!(
+        "console across replicas: {found}\nscreenshots: {}",
+        shots.display()
+    );
+    for shot in [
+        "r1-passkey-registered-on-a",
+        "r2-logged-in-finished-on-b",
+        "r3-held-call-on-b",
+        "r4-approved-on-b",
+    ] {
+        assert!(shots.join(format!("{shot}.png")).exists(), "{shot}");
+    }
+    assert_eq!(found["login"], "alice (approver)");
+    assert_eq!(found["retry"], 200);
+    assert_eq!(found["again"], json!([403, 403]));
+    // One audit log: the login B finished and the approval B decided are
+    // recorded, as alice's, next to A's records.
+    let ticket = found["ticket"].as_str().unwrap();
+    let records = a.audit(400);
+    assert!(
+        records.iter().any(|r| r["action"] == "console.login"
+            && r["outcome"] == "allow"
+            && r["principal"] == "alice"),
+        "alice's passkey login"
+    );
+    assert!(
+        records.iter().any(|r| r["action"] == "approval.approve"
+            && r["resource"].as_str() == Some(&format!("approval:{ticket}"))
+            && r["outcome"] == "allow"
+            && r["principal"] == "admin:alice"),
+        "approved by alice on B"
+    );
+    drop(b);
 }

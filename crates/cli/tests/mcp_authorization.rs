@@ -7,7 +7,7 @@
 mod support;
 
 use serde_json::Value;
-use support::authorization::{enrol, next_code};
+use support::authorization::{enrol, next_code, python_with_flow_clients};
 use support::*;
 
 fn challenges(response: &reqwest::Response) -> Vec<String> {
@@ -122,21 +122,6 @@ const FLOW_POLICIES: &str = r#"
 @id("users") permit(principal is User, action, resource);
 @id("not-dave") forbid(principal == User::"dave", action, resource);
 "#;
-
-fn python_with_flow_clients() -> bool {
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import mcp, authlib, requests"])
-        .output();
-    match probe {
-        Ok(o) if o.status.success() => true,
-        _ => {
-            eprintln!(
-                "SKIPPED: MCP authorization flow: python3 with mcp, authlib and requests is not available (requirements-test.txt)"
-            );
-            false
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn stock_mcp_hosts_connect_with_the_authorization_code_flow() {

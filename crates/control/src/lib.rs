@@ -31,6 +31,7 @@ pub mod audit_export;
 pub mod audit_intent;
 pub mod audit_sink;
 pub mod audit_spool;
+pub mod bearer_seal;
 pub mod checkpointer;
 pub mod config;
 pub mod json;

@@ -24,8 +24,6 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use aes_gcm::aead::{Aead, KeyInit};
-use aes_gcm::{Aes256Gcm, Nonce};
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD as B64};
 use bytes::Bytes;
@@ -233,44 +231,26 @@ fn deserialize_secret<'de, D: serde::Deserializer<'de>>(
     String::deserialize(deserializer).map(Zeroizing::new)
 }
 
+/// The label of logins in [`crate::bearer_seal`]: the row's key and seal
+/// come from the state.
+const SEAL_LABEL: &str = "oidc login";
+
 /// The store key of the login with `state`.
 fn pending_key(state: &str) -> String {
-    hex::encode(Sha256::digest(format!("portcullis oidc login\0{state}")))
-}
-
-/// The cipher sealing the login with `state`: its key is derived from the
-/// state, so only a holder of the state opens it.
-fn pending_cipher(state: &str) -> Aes256Gcm {
-    let key = Sha256::digest(format!("portcullis oidc login seal\0{state}"));
-    Aes256Gcm::new(&key)
+    crate::bearer_seal::key(SEAL_LABEL, state)
 }
 
 impl Pending {
-    /// Sealed, base64url: a random nonce, then the ciphertext.
+    /// Sealed under a key derived from `state`, so only a holder of the
+    /// state opens it.
     fn seal(&self, state: &str) -> Option<String> {
-        let plain = Zeroizing::new(serde_json::to_vec(self).ok()?);
-        let nonce: [u8; 12] = rand::random();
-        let sealed = pending_cipher(state)
-            .encrypt(&Nonce::from(nonce), plain.as_slice())
-            .ok()?;
-        Some(B64.encode([nonce.as_slice(), &sealed].concat()))
+        crate::bearer_seal::seal_json(SEAL_LABEL, state, self)
     }
 
     /// Opens what [`Pending::seal`] made for `state`; `None` when it was
     /// made for another state or altered.
     fn open(sealed: &str, state: &str) -> Option<Pending> {
-        let bytes = B64.decode(sealed).ok()?;
-        if bytes.len() <= 12 {
-            return None;
-        }
-        let (nonce, body) = bytes.split_at(12);
-        let nonce: [u8; 12] = nonce.try_into().ok()?;
-        let plain = Zeroizing::new(
-            pending_cipher(state)
-                .decrypt(&Nonce::from(nonce), body)
-                .ok()?,
-        );
-        serde_json::from_slice(&plain).ok()
+        crate::bearer_seal::open_json(SEAL_LABEL, state, sealed)
     }
 }
 

@@ -36,6 +36,7 @@ pub use passkeys::PasskeyRow;
 mod admin_tokens;
 mod ceremonies;
 pub use admin_tokens::{ADMIN_KIND_CERTIFICATE, ADMIN_KIND_TOKEN, AdminTokenRow};
+pub use ceremonies::{CeremonyBound, Spend};
 mod console_sessions;
 pub use console_sessions::{ConsoleSessionLogin, ConsoleSessionRow, LiveConsoleSession};
 mod oauth_clients;
@@ -303,6 +304,11 @@ fn migrator() -> Migrator {
             "dataset_lifecycle",
             include_str!("../migrations/0031_dataset_lifecycle.sql"),
         ),
+        migration(
+            34,
+            "ceremony_owner",
+            include_str!("../migrations/0034_ceremony_owner.sql"),
+        ),
     ])
 }
 
@@ -370,6 +376,7 @@ fn postgres_migrator() -> Migrator {
         twin!(29, "sealed_keys", "0029_sealed_keys.sql"),
         twin!(30, "pending_ceremonies", "0030_pending_ceremonies.sql"),
         twin!(31, "dataset_lifecycle", "0031_dataset_lifecycle.sql"),
+        twin!(34, "ceremony_owner", "0034_ceremony_owner.sql"),
     ])
 }
 

@@ -26,7 +26,6 @@ import os
 import ssl
 import struct
 import sys
-import time
 
 import httpx
 from cryptography.hazmat.primitives import hashes
@@ -35,7 +34,6 @@ from cryptography.hazmat.primitives.serialization import load_der_private_key
 from playwright.sync_api import expect, sync_playwright
 
 import common
-from common import fresh_code
 
 cfg = json.loads(sys.argv[1])
 API = cfg["admin"]  # https://127.0.0.1:<port>, for API calls (the CA's name)
@@ -63,7 +61,6 @@ def transfer(client):
 
 
 found = {}
-csp_violations = []
 tls = ssl.create_default_context(cafile=cfg["ca"])
 api = httpx.Client(verify=tls, timeout=10, headers={"authorization": "Bearer " + cfg["token"]})
 agent_tls = ssl.create_default_context(cafile=cfg["ca"])
@@ -76,30 +73,9 @@ assert enrolled.status_code == 201, enrolled.text
 secret = enrolled.json()["totp_secret"]
 
 with sync_playwright() as p:
-    browser = p.chromium.launch(
-        executable_path=cfg["chromium"],
-        args=["--no-sandbox", "--disable-dev-shm-usage"],
+    browser, context, page, cdp, authenticator, csp_violations = common.chromium_with_authenticator(
+        p, cfg, TIMEOUT
     )
-    context = browser.new_context(ignore_https_errors=True)
-    context.set_default_timeout(TIMEOUT)
-    page = context.new_page()
-    page.on("console", lambda m: csp_violations.append(m.text) if "Content Security Policy" in m.text else None)
-    page.on("dialog", lambda d: d.accept())
-    cdp = context.new_cdp_session(page)
-    cdp.send("WebAuthn.enable", {"enableUI": False})
-    authenticator = cdp.send(
-        "WebAuthn.addVirtualAuthenticator",
-        {
-            "options": {
-                "protocol": "ctap2",
-                "transport": "internal",
-                "hasResidentKey": True,
-                "hasUserVerification": True,
-                "isUserVerified": True,
-                "automaticPresenceSimulation": True,
-            }
-        },
-    )["authenticatorId"]
 
     page.goto(CONSOLE + "/console/login")
     page.fill("input[name=token]", cfg["token"])
@@ -116,17 +92,9 @@ with sync_playwright() as p:
     shot(page, "p1-step-up-page")
 
     # Alice steps up with her TOTP code, then registers a passkey.
-    page.fill("form.step-up-totp input[name=user]", "alice")
-    page.fill("form.step-up-totp input[name=totp]", fresh_code(secret))
     found["totp_secret"] = secret
-    found["totp_step"] = int(time.time()) // 30
-    page.click("form.step-up-totp button")
-    expect(page.locator("#flash")).to_contain_text("step-up window open for `alice`")
-    expect(page.locator("#step-up-status")).to_have_attribute("data-open", "yes")
-    page.fill("#passkey-label", "laptop")
-    page.click("#passkey-register")
-    expect(page.locator("#flash")).to_contain_text("passkey `laptop` registered for `alice`")
-    expect(page.locator("#passkeys .label")).to_have_text("laptop")
+    found["totp_step"] = common.step_up_with_totp(page, "alice", secret)
+    common.register_passkey(page, "alice", "laptop")
     shot(page, "p2-passkey-registered")
     creds = cdp.send("WebAuthn.getCredentials", {"authenticatorId": authenticator})["credentials"]
     assert len(creds) == 1 and creds[0]["rpId"] == "localhost", creds
@@ -243,11 +211,7 @@ with sync_playwright() as p:
     cdp.send("WebAuthn.addCredential", {"authenticatorId": authenticator, "credential": moved})
 
     def passkey_login(name=""):
-        page.goto(CONSOLE + "/console/login")
-        page.fill("#passkey-admin", name)
-        with page.expect_request(lambda r: r.url.endswith("/console/login/passkey") and r.method == "POST") as sent:
-            page.click("#passkey-login")
-        return sent.value.post_data
+        return common.passkey_login(page, CONSOLE, name)
 
     page.click("header .logout button")
     page.wait_for_url(CONSOLE + "/console/login")

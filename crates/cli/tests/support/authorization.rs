@@ -37,6 +37,23 @@ pub fn next_code(secret: &str, last: &mut u64) -> String {
         .code_at(step * 30)
 }
 
+/// Whether python3 has the stock OAuth clients of `tests/oauth/*.py` (the
+/// MCP SDK, authlib, requests); says so visibly when not.
+pub fn python_with_flow_clients() -> bool {
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import mcp, authlib, requests"])
+        .output();
+    match probe {
+        Ok(o) if o.status.success() => true,
+        _ => {
+            eprintln!(
+                "SKIPPED: MCP authorization flow: python3 with mcp, authlib and requests is not available (requirements-test.txt)"
+            );
+            false
+        }
+    }
+}
+
 /// A client of the data plane and admin API that does not follow redirects
 /// (the login's redirect goes to the client's loopback callback).
 pub fn browser(server: &Server) -> reqwest::Client {

@@ -74,7 +74,7 @@ pub(crate) async fn serve_authorize(
             Ok(request) => request,
             Err((request, denial)) => return Ok(refused(gateway, &request, &denial, recorder)),
         };
-        let login = server.begin_login(request.clone(), now)?;
+        let login = server.begin_login(&gateway.store, &request, now).await?;
         let record = recorder.record();
         record.outcome = Outcome::Allow;
         record.credential = Some(format!("client={} login page", request.client_id));
@@ -254,6 +254,13 @@ async fn check_request(
     Ok(Ok(request))
 }
 
+fn answered() -> Denial {
+    Denial::new(
+        ErrorCode::BadRequest,
+        "this login page expired or was already answered; start the authorization again",
+    )
+}
+
 /// Takes the login page's answer.
 async fn login(
     gateway: &Gateway,
@@ -263,17 +270,14 @@ async fn login(
     now: i64,
     recorder: &mut Recorder,
 ) -> Result<Response<ResponseBody>, Denial> {
-    let Some(request) = server.pending(&form.login, now) else {
-        return Err(Denial::new(
-            ErrorCode::BadRequest,
-            "this login page expired or was already answered; start the authorization again",
-        ));
+    let Some(request) = server.pending(&gateway.store, &form.login, now).await? else {
+        return Err(answered());
     };
     if let Some(index) = form.decision.strip_prefix(super::callback::OIDC_DECISION) {
         return super::callback::start(gateway, &request, &form.login, index, now, recorder).await;
     }
     if form.decision != "allow" {
-        server.end_login(&form.login);
+        server.end_login(&gateway.store, &form.login, now).await?;
         let denial = Denial::new(ErrorCode::Forbidden, "the user denied the authorization");
         return Ok(refused(gateway, &request, &denial, recorder));
     }
@@ -333,8 +337,23 @@ async fn login(
         ));
     }
     gateway.attempts.success(LOGIN_KIND, &keys);
-    server.end_login(&form.login);
-    let code = server.issue_code(request.clone(), super::LoginUser::local(user), now)?;
+    // Taken out once: of two answers to one page (on any replicas), only
+    // the first gets a code.
+    if server
+        .end_login(&gateway.store, &form.login, now)
+        .await?
+        .is_none()
+    {
+        return Err(answered());
+    }
+    let code = server
+        .issue_code(
+            &gateway.store,
+            request.clone(),
+            super::LoginUser::local(user),
+            now,
+        )
+        .await?;
     let record = recorder.record();
     record.outcome = Outcome::Allow;
     record.credential = Some(format!(

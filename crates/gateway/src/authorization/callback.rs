@@ -123,10 +123,12 @@ pub(crate) async fn serve_callback(
     let login_id = purpose.strip_prefix(PURPOSE_PREFIX).unwrap_or_default();
     let bound = cookie(&decoded.parts.headers, STATE_COOKIE);
     let outcome = rp.finish(&answer, bound.as_deref(), &purpose, now).await;
-    let Some(request) = server
-        .pending(login_id, now)
-        .filter(|_| !login_id.is_empty())
-    else {
+    let request = if login_id.is_empty() {
+        None
+    } else {
+        server.pending(&gateway.store, login_id, now).await?
+    };
+    let Some(request) = request else {
         return Err(Denial::new(
             ErrorCode::BadRequest,
             "this login is unknown, expired or was already completed; start the authorization again",
@@ -144,7 +146,7 @@ pub(crate) async fn serve_callback(
         }
         Err(e) => {
             tracing::info!(error = %e, "authorization endpoint: OIDC login refused");
-            server.end_login(login_id);
+            server.end_login(&gateway.store, login_id, now).await?;
             let denial = Denial::new(ErrorCode::InvalidCredential, e.to_string());
             return Ok(refused(gateway, &request, &denial, recorder));
         }
@@ -156,12 +158,25 @@ pub(crate) async fn serve_callback(
         mfa: logged_in.id.user.mfa,
     };
     if gateway.tokens.revocations.user_disabled(&user.name) {
-        server.end_login(login_id);
+        server.end_login(&gateway.store, login_id, now).await?;
         let denial = Denial::new(ErrorCode::Forbidden, "this user is disabled");
         return Ok(refused(gateway, &request, &denial, recorder));
     }
-    server.end_login(login_id);
-    let code = server.issue_code(request.clone(), user.clone(), now)?;
+    // Taken out once: a login page answered twice (on any replicas) gets
+    // one code.
+    if server
+        .end_login(&gateway.store, login_id, now)
+        .await?
+        .is_none()
+    {
+        return Err(Denial::new(
+            ErrorCode::BadRequest,
+            "this authorization was already answered; start it again",
+        ));
+    }
+    let code = server
+        .issue_code(&gateway.store, request.clone(), user.clone(), now)
+        .await?;
     let record = recorder.record();
     record.outcome = Outcome::Allow;
     record.credential = Some(format!(

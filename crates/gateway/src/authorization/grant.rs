@@ -148,7 +148,7 @@ async fn code_grant(
     now: i64,
 ) -> Result<Grant, Denial> {
     let code = form.code.as_deref().unwrap_or_default();
-    let issued = match server.redeem(code, now) {
+    let issued = match server.redeem(&gateway.store, code, now).await? {
         Redeemed::Fresh(issued, family) => (issued, family),
         Redeemed::Reused(family) => {
             revoke_family(gateway, &family, now).await?;

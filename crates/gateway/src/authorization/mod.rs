@@ -35,8 +35,17 @@
 //!   (`client_metadata.rs`, Client ID Metadata Documents), fetched from
 //!   allow-listed hosts only.
 //!
-//! Codes and pending logins live in memory (bounded; a restart ends logins
-//! in progress); clients and refresh tokens in the store. Every grant,
+//! Login pages in progress and codes live in the store, like the console's
+//! ceremonies (`pending_ceremonies`, migrations 0030 and 0034), so an
+//! authorization started on one replica of a cluster may be answered on a
+//! second and redeemed on a third: each row is keyed by a hash of the
+//! login id or code and sealed under a key derived from it
+//! (`portcullis_control::bearer_seal`), expires, and is bounded per kind
+//! and per client. A login page is taken out by one `DELETE … RETURNING`
+//! before its code is issued, and a code spent by one `UPDATE … WHERE
+//! spent IS NULL … RETURNING`, so of two concurrent answers or redemptions
+//! (on any replicas) exactly one wins, and a later one is seen as reuse.
+//! Clients and refresh tokens are in the store too. Every grant,
 //! refusal and issuance leaves one audit record (resource `oauth2_authorize`,
 //! `oauth2_register` or `oauth2_token`).
 
@@ -49,12 +58,14 @@ mod grant;
 mod page;
 mod register;
 
-use std::collections::HashMap;
 use std::sync::Mutex;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use portcullis_control::bearer_seal;
 use portcullis_core::ErrorCode;
+use portcullis_store::{CeremonyBound, Spend, Store};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 pub(crate) use authorize::serve_authorize;
@@ -80,12 +91,19 @@ pub const SCOPE: &str = "mcp";
 const CODE_TTL: i64 = 60;
 /// How long a login page stays usable.
 const LOGIN_TTL: i64 = 600;
-/// Pending logins and unexpired codes held at most (each a few hundred
-/// bytes); beyond, new ones are refused until old ones expire.
-const MAX_IN_FLIGHT: usize = 10_000;
+/// Pending logins, and unexpired codes, held at most (each a few hundred
+/// bytes, all replicas); beyond, new ones are refused until old ones expire.
+const MAX_IN_FLIGHT: i64 = 10_000;
+/// Of those, at most this many for one client, so one client (anybody can
+/// open a login page naming it) cannot take every place.
+const MAX_PER_CLIENT: i64 = 1_000;
+/// The store's `kind` of login pages in progress, and their seal's label.
+const LOGIN_KIND: &str = "oauth_login";
+/// The store's `kind` of authorization codes, and their seal's label.
+const CODE_KIND: &str = "oauth_code";
 
 /// What one authorization request asked for, checked.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct AuthorizationRequest {
     pub client_id: String,
     pub client_name: String,
@@ -96,15 +114,8 @@ pub(crate) struct AuthorizationRequest {
     pub scope: String,
 }
 
-/// A login page handed out and not yet answered.
-#[derive(Debug)]
-struct PendingLogin {
-    request: AuthorizationRequest,
-    expires_at: i64,
-}
-
 /// Who approved an authorization: a local user, or a user of an OIDC issuer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct LoginUser {
     /// The user's name (a local user) or subject (a federated one).
     pub name: String,
@@ -129,14 +140,11 @@ impl LoginUser {
     }
 }
 
-/// An authorization code handed out.
-#[derive(Debug, Clone)]
+/// An authorization code handed out (sealed in the store under the code).
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub(crate) struct IssuedCode {
     pub request: AuthorizationRequest,
     pub user: LoginUser,
-    expires_at: i64,
-    /// The refresh family its redemption started, once redeemed.
-    redeemed: Option<String>,
 }
 
 /// What redeeming a code found.
@@ -150,13 +158,13 @@ pub(crate) enum Redeemed {
     Unknown,
 }
 
-/// The in-memory side of the flow.
+/// The flow's configuration and per-replica state (logins in progress and
+/// codes are in the store).
 #[derive(Debug)]
 pub struct AuthorizationServer {
     pub(crate) config: AuthorizationConfig,
-    pending: Mutex<HashMap<String, PendingLogin>>,
-    codes: Mutex<HashMap<String, IssuedCode>>,
-    /// Registrations in the current hour: (hour number, count).
+    /// Registrations in the current hour on this replica: (hour number,
+    /// count).
     registrations: Mutex<(i64, u32)>,
     /// The metadata-document fetcher, when hosts are allow-listed.
     metadata: Option<client_metadata::ClientMetadata>,
@@ -227,81 +235,113 @@ impl AuthorizationServer {
         AuthorizationServer {
             metadata,
             config,
-            pending: Mutex::default(),
-            codes: Mutex::default(),
             registrations: Mutex::new((0, 0)),
         }
     }
 
-    /// Keeps a login page's request; its id goes into the page's form.
-    fn begin_login(&self, request: AuthorizationRequest, now: i64) -> Result<String, Denial> {
-        let mut pending = lock(&self.pending);
-        pending.retain(|_, p| p.expires_at > now);
-        if pending.len() >= MAX_IN_FLIGHT {
-            return Err(busy());
-        }
+    /// Keeps a login page's request, sealed in the store; its id goes into
+    /// the page's form.
+    async fn begin_login(
+        &self,
+        store: &Store,
+        request: &AuthorizationRequest,
+        now: i64,
+    ) -> Result<String, Denial> {
         let id = random_token();
-        pending.insert(
-            id.clone(),
-            PendingLogin {
-                request,
-                expires_at: now + LOGIN_TTL,
-            },
-        );
+        begin(
+            store,
+            LOGIN_KIND,
+            &id,
+            request,
+            &request.client_id,
+            now + LOGIN_TTL,
+            now,
+        )
+        .await?;
         Ok(id)
     }
 
-    /// The request behind a login page, still pending.
-    fn pending(&self, id: &str, now: i64) -> Option<AuthorizationRequest> {
-        lock(&self.pending)
-            .get(id)
-            .filter(|p| p.expires_at > now)
-            .map(|p| p.request.clone())
+    /// The request behind a login page, still pending (left in place: a
+    /// refused TOTP code shows the page again).
+    async fn pending(
+        &self,
+        store: &Store,
+        id: &str,
+        now: i64,
+    ) -> Result<Option<AuthorizationRequest>, Denial> {
+        let sealed = store
+            .peek_ceremony(&bearer_seal::key(LOGIN_KIND, id), LOGIN_KIND, now * 1000)
+            .await
+            .map_err(store_unavailable)?;
+        Ok(sealed.and_then(|s| bearer_seal::open_json(LOGIN_KIND, id, &s)))
     }
 
-    /// Ends a login page (answered: allowed or denied).
-    fn end_login(&self, id: &str) -> Option<AuthorizationRequest> {
-        lock(&self.pending).remove(id).map(|p| p.request)
+    /// Ends a login page (answered: allowed or denied), once: `None` when
+    /// it was already answered (on any replica) or expired.
+    async fn end_login(
+        &self,
+        store: &Store,
+        id: &str,
+        now: i64,
+    ) -> Result<Option<AuthorizationRequest>, Denial> {
+        let sealed = store
+            .take_ceremony(&bearer_seal::key(LOGIN_KIND, id), LOGIN_KIND, now * 1000)
+            .await
+            .map_err(store_unavailable)?;
+        Ok(sealed.and_then(|s| bearer_seal::open_json(LOGIN_KIND, id, &s)))
     }
 
     /// Hands out a code for `request`, approved by `user`.
-    fn issue_code(
+    async fn issue_code(
         &self,
+        store: &Store,
         request: AuthorizationRequest,
         user: LoginUser,
         now: i64,
     ) -> Result<String, Denial> {
-        let mut codes = lock(&self.codes);
-        codes.retain(|_, c| c.expires_at > now);
-        if codes.len() >= MAX_IN_FLIGHT {
-            return Err(busy());
-        }
         let code = random_token();
-        codes.insert(
-            code.clone(),
-            IssuedCode {
-                request,
-                user,
-                expires_at: now + CODE_TTL,
-                redeemed: None,
-            },
-        );
+        let owner = request.client_id.clone();
+        let issued = IssuedCode { request, user };
+        begin(
+            store,
+            CODE_KIND,
+            &code,
+            &issued,
+            &owner,
+            now + CODE_TTL,
+            now,
+        )
+        .await?;
         Ok(code)
     }
 
-    /// Redeems a code: once. It stays known, marked, until it expires, so
-    /// a second redemption is recognised as reuse.
-    pub(crate) fn redeem(&self, code: &str, now: i64) -> Redeemed {
-        let mut codes = lock(&self.codes);
-        let Some(entry) = codes.get_mut(code).filter(|c| c.expires_at > now) else {
-            return Redeemed::Unknown;
-        };
-        if let Some(family) = &entry.redeemed {
-            return Redeemed::Reused(family.clone());
-        }
+    /// Redeems a code: once, on whichever replica comes first. It stays
+    /// known, marked with the refresh family its redemption started, until
+    /// it expires, so a second redemption is recognised as reuse.
+    pub(crate) async fn redeem(
+        &self,
+        store: &Store,
+        code: &str,
+        now: i64,
+    ) -> Result<Redeemed, Denial> {
         let family = random_token();
-        entry.redeemed = Some(family.clone());
-        Redeemed::Fresh(Box::new(entry.clone()), family)
+        let spent = store
+            .spend_ceremony(
+                &bearer_seal::key(CODE_KIND, code),
+                CODE_KIND,
+                &family,
+                now * 1000,
+            )
+            .await
+            .map_err(store_unavailable)?;
+        Ok(match spent {
+            Spend::Fresh(sealed) => match bearer_seal::open_json(CODE_KIND, code, &sealed) {
+                Some(issued) => Redeemed::Fresh(Box::new(issued), family),
+                None => Redeemed::Unknown,
+            },
+            Spend::Reused(family) => Redeemed::Reused(family),
+            Spend::Unknown => Redeemed::Unknown,
+        })
     }
 
     /// Counts one registration against the hourly cap; `false` when full.
@@ -331,8 +371,49 @@ fn busy() -> Denial {
     )
 }
 
-/// The maps are only touched for a lookup or an insert, never across I/O;
-/// a poisoned lock (a panic mid-insert) still holds consistent data.
+fn store_unavailable(e: portcullis_store::StoreError) -> Denial {
+    tracing::error!(error = %e, "authorization endpoint: store unavailable");
+    Denial::new(
+        ErrorCode::Unavailable,
+        "authorizations in progress cannot be read or written now; retry shortly",
+    )
+}
+
+/// Stores `value` sealed under `secret` as a ceremony of `kind` for
+/// `client`, live until `expires_at` (seconds); refused when too many are
+/// in progress, in all or for that client.
+async fn begin<T: Serialize>(
+    store: &Store,
+    kind: &str,
+    secret: &str,
+    value: &T,
+    client: &str,
+    expires_at: i64,
+    now: i64,
+) -> Result<(), Denial> {
+    let sealed = bearer_seal::seal_json(kind, secret, value)
+        .ok_or_else(|| Denial::new(ErrorCode::Internal, "internal error"))?;
+    let bound = CeremonyBound {
+        owner: client,
+        max: MAX_IN_FLIGHT,
+        max_per_owner: MAX_PER_CLIENT,
+    };
+    let begun = store
+        .begin_owned_ceremony(
+            &bearer_seal::key(kind, secret),
+            kind,
+            &sealed,
+            expires_at * 1000,
+            now * 1000,
+            bound,
+        )
+        .await
+        .map_err(store_unavailable)?;
+    if begun { Ok(()) } else { Err(busy()) }
+}
+
+/// The counter is only touched for an update, never across I/O; a
+/// poisoned lock (a panic mid-update) still holds consistent data.
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex
         .lock()
@@ -476,28 +557,59 @@ mod tests {
         assert!(!pkce_matches("short", challenge));
     }
 
-    #[test]
-    fn codes_redeem_once_and_expire() {
+    #[tokio::test]
+    async fn codes_redeem_once_and_expire_on_both_backends() {
+        for db in portcullis_store::testing::TestDb::all().await {
+            codes_on(&db.open().await).await;
+        }
+    }
+
+    async fn codes_on(store: &Store) {
         let s = server();
         let code = s
-            .issue_code(request(), LoginUser::local("alice"), 100)
+            .issue_code(store, request(), LoginUser::local("alice"), 100)
+            .await
             .unwrap();
-        let Redeemed::Fresh(issued, family) = s.redeem(&code, 110) else {
+        let Redeemed::Fresh(issued, family) = s.redeem(store, &code, 110).await.unwrap() else {
             panic!("fresh code refused");
         };
         assert_eq!(issued.user, LoginUser::local("alice"));
-        assert!(matches!(s.redeem(&code, 120), Redeemed::Reused(f) if f == family));
+        assert!(
+            matches!(s.redeem(store, &code, 120).await.unwrap(), Redeemed::Reused(f) if f == family)
+        );
         let late = s
-            .issue_code(request(), LoginUser::local("alice"), 100)
+            .issue_code(store, request(), LoginUser::local("alice"), 100)
+            .await
             .unwrap();
-        assert!(matches!(s.redeem(&late, 100 + CODE_TTL), Redeemed::Unknown));
-        assert!(matches!(s.redeem("nope", 100), Redeemed::Unknown));
-        // Logins: pending until answered or expired.
-        let id = s.begin_login(request(), 100).unwrap();
-        assert!(s.pending(&id, 100 + LOGIN_TTL - 1).is_some());
-        assert!(s.pending(&id, 100 + LOGIN_TTL).is_none());
-        assert!(s.end_login(&id).is_some());
-        assert!(s.end_login(&id).is_none());
+        assert!(matches!(
+            s.redeem(store, &late, 100 + CODE_TTL).await.unwrap(),
+            Redeemed::Unknown
+        ));
+        assert!(matches!(
+            s.redeem(store, "nope", 100).await.unwrap(),
+            Redeemed::Unknown
+        ));
+        // The store holds neither the code nor what it grants in the clear.
+        let key = bearer_seal::key(CODE_KIND, &late);
+        let sealed = store
+            .peek_ceremony(&key, CODE_KIND, 100_000)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(!sealed.contains("alice") && !sealed.contains(&late) && key != late);
+        // Logins: pending until answered (once) or expired.
+        let id = s.begin_login(store, &request(), 100).await.unwrap();
+        let pending = s.pending(store, &id, 100 + LOGIN_TTL - 1).await.unwrap();
+        assert_eq!(pending.unwrap().client_id, "c");
+        assert!(
+            s.pending(store, &id, 100 + LOGIN_TTL)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(s.end_login(store, &id, 101).await.unwrap().is_some());
+        assert!(s.end_login(store, &id, 101).await.unwrap().is_none());
+        assert!(s.pending(store, &id, 101).await.unwrap().is_none());
         // The registration cap is per hour.
         assert!(s.admit_registration(3600));
         assert!(s.admit_registration(3601));
