@@ -20,8 +20,8 @@
 //!   turns (which one goes first alternates); each is ended with `DELETE`
 //!   (the gateway kills the process) before the next. Then calls:
 //!   `tools/call` of `probe` with `what = "workdir"` (writes and reads a file
-//!   in the session's work directory) on one open session per route, the
-//!   routes taking turns call by call.
+//!   in the session's work directory) on one session per route opened for
+//!   the round, the routes taking turns call by call.
 //! - Per round: the median start-up and call latency of each route; the
 //!   start-up added by the sandbox is the difference of the medians, the
 //!   call overhead their ratio. The result is the median over the rounds
@@ -133,14 +133,6 @@ fn main() {
             let (mut s, id, _) = start(t).await;
             end(&mut s, t, &id).await;
         }
-        let mut open = Vec::new();
-        for t in &routes {
-            let (mut s, id, _) = start(t).await;
-            let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
-            let listed = post(&mut s, t, Some(&id), &list).await;
-            assert_eq!(listed["result"]["tools"][0]["name"], "probe", "{listed}");
-            open.push((s, id));
-        }
         let call = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
             "params": {"name": "probe", "arguments": {"what": "workdir", "target": ""}}});
 
@@ -164,6 +156,16 @@ fn main() {
                     end(&mut s, t, &id).await;
                 }
             }
+            // A session per route for the calls, opened now: a connection
+            // left idle while sessions start may be closed by the gateway.
+            let mut open = Vec::new();
+            for t in &routes {
+                let (mut s, id, _) = start(t).await;
+                let list = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"});
+                let listed = post(&mut s, t, Some(&id), &list).await;
+                assert_eq!(listed["result"]["tools"][0]["name"], "probe", "{listed}");
+                open.push((s, id));
+            }
             let mut latencies = [Vec::new(), Vec::new()];
             for n in 0..calls {
                 for i in [n % 2, 1 - n % 2] {
@@ -174,6 +176,10 @@ fn main() {
                     let text = answer["result"]["content"][0]["text"].as_str();
                     assert!(text.is_some_and(|t| t.starts_with("ALLOWED")), "{answer}");
                 }
+            }
+            for (i, t) in routes.iter().enumerate() {
+                let (s, id) = &mut open[i];
+                end(s, t, id).await;
             }
             let r = Round {
                 start: [median(&mut starts[0]), median(&mut starts[1])],
@@ -190,10 +196,6 @@ fn main() {
                 r.ratio()
             );
             results.push(r);
-        }
-        for (i, t) in routes.iter().enumerate() {
-            let (s, id) = &mut open[i];
-            end(s, t, id).await;
         }
 
         let mut added: Vec<f64> = results.iter().map(Round::added).collect();
