@@ -138,6 +138,11 @@ pub async fn run(
         check_llm_routes(&config, &bundle)?;
     }
     // And `stdio:` routes whose sandbox needs what this kernel lacks.
+    // Undoes what start-up changes in the kernel audit (its rules; the
+    // audit itself when `kernel_audit = "enable"` turned it on) when `run`
+    // returns, whichever way.
+    #[cfg(target_os = "linux")]
+    let _kernel_audit = portcullis_sandbox::kernel_audit::RestoreOnDrop;
     for (ok, line) in check_sandboxed_routes(&config, true)? {
         if ok {
             tracing::info!("{line}");
@@ -758,6 +763,19 @@ pub async fn run(
         exporter.finish(grace).await;
     }
     let _ = tokio::time::timeout_at(deadline, store.close()).await;
+    // The kernel audit as start-up found it (the guard does the same when
+    // `run` fails; here it is said).
+    #[cfg(target_os = "linux")]
+    {
+        let (removed, off) = portcullis_sandbox::kernel_audit::restore();
+        if removed > 0 || off {
+            tracing::info!(
+                rules_removed = removed,
+                audit_turned_off = off,
+                "kernel audit restored as start-up found it"
+            );
+        }
+    }
     // Last: the next `serve` may start only once this one is done with the directory.
     drop(state_lock);
     tracing::info!("stopped");
@@ -920,6 +938,11 @@ pub(crate) fn check_sandboxed_routes(
     lines.push(sandbox_violations(
         config.audit.kernel_audit,
         &support,
+        &config
+            .routes
+            .iter()
+            .filter_map(|r| r.sandbox.as_ref().filter(|p| p.enabled).map(|p| p.user))
+            .collect::<Vec<_>>(),
         serving,
     ));
     #[cfg(not(target_os = "linux"))]
@@ -929,12 +952,16 @@ pub(crate) fn check_sandboxed_routes(
 
 /// Whether each access a sandbox refuses becomes an audit record
 /// (`portcullis_gateway::mcp::violations`), and if not, why; when
-/// `serving`, turns the kernel audit on (`kernel_audit = "enable"`) and
-/// starts the reader.
+/// `serving`, turns the kernel audit on (`kernel_audit = "enable"`), starts
+/// the reader and, under root, adds the kernel audit rules of the sandbox
+/// `users` (refusals by file modes, UDP sends, the process limit). What it
+/// changes in the kernel audit is undone when `serve` stops
+/// (`kernel_audit::RestoreOnDrop`).
 #[cfg(target_os = "linux")]
 fn sandbox_violations(
     mode: portcullis_gateway::config::KernelAudit,
     support: &portcullis_sandbox::Support,
+    users: &[u32],
     serving: bool,
 ) -> (bool, String) {
     use portcullis_gateway::config::KernelAudit;
@@ -967,14 +994,42 @@ fn sandbox_violations(
     if let Err(e) = readable {
         return (false, format!("{NOT}: {e}"));
     }
-    let which = if support.landlock_abi >= 7 {
+    let landlock = if support.landlock_abi >= 7 {
         "files and TCP ports Landlock refused, system calls seccomp killed for"
     } else {
         "system calls seccomp killed for; not files and TCP ports, as Landlock before ABI 7 logs no denial"
     };
+    // Refusals neither Landlock nor seccomp logs: rules of the gateway's,
+    // under root only (its servers then run as the sandbox users).
+    let rules = if !rustix::process::geteuid().is_root() {
+        Err(kernel_audit::AuditError::NotRoot.to_string())
+    } else if !serving {
+        Ok("`serve` adds kernel audit rules for")
+    } else {
+        let mut users = users.to_vec();
+        users.sort_unstable();
+        users.dedup();
+        users
+            .iter()
+            .try_for_each(|u| kernel_audit::cover_user(*u))
+            .map(|()| "kernel audit rules of the gateway's for")
+            .map_err(|e| e.to_string())
+    };
+    let which = match &rules {
+        Ok(how) => format!(
+            "{landlock}; {how} files the server's user may not open, UDP sends with no route out and forks past the process limit"
+        ),
+        Err(e) => format!(
+            "{landlock}; NOT files the server's user may not open, UDP sends and forks past the process limit: {e}"
+        ),
+    };
+    // Without the rules, refusals by file modes (under root: the state
+    // directory, before Landlock is asked), UDP sends and forks past the
+    // process limit go unaudited: said as a warning.
+    let complete = support.landlock_abi >= 7 && rules.is_ok();
     match state {
         AuditState::Enabled => (
-            support.landlock_abi >= 7,
+            complete,
             format!(
                 "sandbox violations: audited one by one from the kernel audit ({which}){enabled_here}"
             ),

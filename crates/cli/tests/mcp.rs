@@ -1932,8 +1932,11 @@ fn a_sandboxed_stdio_server_cannot_escape_and_every_process_event_is_audited() {
         return;
     }
     // Each access the kernel refuses is audited from the kernel audit,
-    // which this gateway turns on if it is off (it runs as root here).
-    let (server, _code) = probe_gateway_config(
+    // which this gateway turns on if it is off (it runs as root here), and
+    // turns off again when it stops; the guard restores the host's state
+    // whatever happens to the test.
+    let audit_before = AuditRestore(portcullis_sandbox::kernel_audit::state());
+    let (mut server, _code) = probe_gateway_config(
         "",
         "processes = 16\ncpu_seconds = 2",
         PROBE_POLICIES,
@@ -1986,6 +1989,16 @@ fn a_sandboxed_stdio_server_cannot_escape_and_every_process_event_is_audited() {
         .parse()
         .unwrap();
     assert!(forked < 16, "{answer}");
+    // A UDP datagram to a loopback port that listens.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    udp.set_nonblocking(true).unwrap();
+    let udp_port = udp.local_addr().unwrap().port().to_string();
+    let answer = probe(&mut client, "udp", &udp_port);
+    assert!(answer.starts_with("DENIED"), "{answer}");
+    assert!(
+        udp.recv(&mut [0; 16]).is_err(),
+        "nothing reached the socket"
+    );
     // Its own work directory is writable, and it is not the gateway's.
     let answer = probe(&mut client, "workdir", "");
     assert!(answer.starts_with("ALLOWED: kept in "), "{answer}");
@@ -2024,7 +2037,7 @@ fn a_sandboxed_stdio_server_cannot_escape_and_every_process_event_is_audited() {
         );
         eprintln!("SKIPPED: this host does not let the gateway read the kernel audit");
     } else {
-        let wanted: [(&str, &Matches<'_>); 5] = [
+        let base: [(&str, &Matches<'_>); 5] = [
             ("outside read", &|v| {
                 v["denied"] == "fs.read_file" && v["path"] == outside.to_str().unwrap()
             }),
@@ -2045,6 +2058,37 @@ fn a_sandboxed_stdio_server_cannot_escape_and_every_process_event_is_audited() {
                 v["mechanism"] == "seccomp" && v["denied"] == "syscall" && v["syscall"].is_u64()
             }),
         ];
+        let mut wanted = base.to_vec();
+        // Refusals neither Landlock nor seccomp logs, through the gateway's
+        // kernel audit rules (under root): the state directory closed by
+        // its modes to the server's user, a UDP send with no route out of
+        // its network namespace, a fork past its process limit.
+        let rules = stderr.contains("kernel audit rules of the gateway's for");
+        let state_read = |v: &Value| {
+            v["path"] == ca_key.to_str().unwrap()
+                && ((v["mechanism"] == "permissions" && v["denied"] == "eacces")
+                    || (v["mechanism"] == "landlock" && v["denied"] == "fs.read_file"))
+        };
+        let udp_send = |v: &Value| {
+            v["mechanism"] == "network_namespace"
+                && v["denied"] == "net.send_udp"
+                && v["address"] == format!("127.0.0.1:{udp_port}")
+        };
+        let fork_bomb = |v: &Value| {
+            v["mechanism"] == "rlimit" && v["denied"] == "processes" && v["syscall"].is_u64()
+        };
+        if rules {
+            wanted.push(("state directory read", &state_read));
+            wanted.push(("UDP send", &udp_send));
+            wanted.push(("fork past the limit", &fork_bomb));
+        } else {
+            // Only a gateway that is not root goes without them.
+            assert!(!rustix::process::geteuid().is_root(), "{stderr}");
+            assert!(
+                stderr.contains("NOT files the server's user may not open"),
+                "{stderr}"
+            );
+        }
         let deadline = Instant::now() + Duration::from_secs(20);
         let violations = loop {
             let v: Vec<Value> = process_records(&server, "prober", 2)
@@ -2092,7 +2136,33 @@ fn a_sandboxed_stdio_server_cannot_escape_and_every_process_event_is_audited() {
         .unwrap_or_else(|| panic!("{records:?}"));
     assert_eq!(exit["error_code"], "resource_limit", "{exit}");
     assert_eq!(exit["process"]["cause"], "cpu_limit", "{exit}");
-    // Both clients' servers are gone: the clients are killed on drop.
+    drop((client, again));
+    // Stopped, the gateway leaves the kernel audit as it found it.
+    assert!(server.terminate().success());
+    assert_eq!(
+        portcullis_sandbox::kernel_audit::state(),
+        audit_before.0,
+        "{}",
+        server.stderr.lock().unwrap()
+    );
+}
+
+/// Puts the kernel audit back as a test found it (on or off), whatever
+/// happened to the test.
+struct AuditRestore(portcullis_sandbox::kernel_audit::AuditState);
+
+impl Drop for AuditRestore {
+    fn drop(&mut self) {
+        use portcullis_sandbox::kernel_audit::{self, AuditState};
+        let on = match self.0 {
+            AuditState::Enabled => true,
+            AuditState::Disabled => false,
+            AuditState::Unknown => return,
+        };
+        if kernel_audit::state() != self.0 {
+            let _ = kernel_audit::set_enabled(on);
+        }
+    }
 }
 
 /// A child the server forked, which ignores its parent's end, dies with the

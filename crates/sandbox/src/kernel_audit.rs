@@ -10,6 +10,19 @@
 //! records as a second listener beside `auditd` (it takes nothing from it),
 //! and groups the records of one event (one system call) into a [`Denial`].
 //!
+//! Some refusals are no Landlock or seccomp decision: under a root gateway
+//! the server runs as an unprivileged user, and the files of the state
+//! directory are refused by their modes before Landlock is asked; a UDP
+//! datagram finds no route out of the server's network namespace; a fork
+//! past `RLIMIT_NPROC` fails with `EAGAIN`. The kernel logs none of these by
+//! itself, so the gateway adds a few rules of its own to the kernel audit
+//! ([`cover_user`], key [`RULE_KEY`]): a system call of a process whose
+//! login uid is a sandbox user that ends in `EACCES` or `EPERM`, a send or
+//! connect that ends in `ENETUNREACH`, a fork that ends in `EAGAIN`. Their
+//! records become [`Denial`]s of mechanism `permissions`,
+//! `network_namespace` and `rlimit`. [`restore`] removes the rules (and
+//! turns the kernel audit off again if [`enable`] turned it on).
+//!
 //! To tell which session a record belongs to, `sandbox-exec` gives each
 //! server an audit session of its own ([`start_audit_session`]): the
 //! kernel's `ses=` field of every record of that server's processes, which
@@ -17,8 +30,9 @@
 //! sandboxed process has). Where that fails, the process ids in the records
 //! are what is left.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::os::fd::OwnedFd;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rustix::net::netlink::{self, SocketAddrNetlink};
@@ -28,8 +42,18 @@ use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketType};
 const AUDIT_GET: u16 = 1000;
 /// `AUDIT_SET`: change it.
 const AUDIT_SET: u16 = 1001;
+/// `AUDIT_ADD_RULE`: add a filter rule.
+const AUDIT_ADD_RULE: u16 = 1011;
+/// `AUDIT_DEL_RULE`: remove one.
+const AUDIT_DEL_RULE: u16 = 1012;
 /// A system call's record (pid, ppid, `ses`, the call).
 const AUDIT_SYSCALL: u16 = 1300;
+/// A path a system call named.
+const AUDIT_PATH: u16 = 1302;
+/// A socket address a system call named.
+const AUDIT_SOCKADDR: u16 = 1306;
+/// The working directory of a system call (relative paths).
+const AUDIT_CWD: u16 = 1307;
 /// End of an event's records.
 const AUDIT_EOE: u16 = 1320;
 /// A seccomp filter's action on a system call.
@@ -77,20 +101,34 @@ pub enum AuditError {
     /// `AUDIT_SET` failed.
     #[error("cannot turn the kernel audit on ({0}); it needs CAP_AUDIT_CONTROL")]
     Enable(rustix::io::Errno),
+    /// `AUDIT_ADD_RULE` failed.
+    #[error("cannot add the kernel audit rules of sandbox users ({0}); it needs CAP_AUDIT_CONTROL")]
+    Rules(rustix::io::Errno),
+    /// The gateway does not run as root: its servers keep its user, and
+    /// no rule can tell them from the gateway's other processes.
+    #[error(
+        "the gateway does not run as root, so its servers keep its user and no kernel audit rule can single them out"
+    )]
+    NotRoot,
 }
 
 /// One access the kernel refused a process.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Denial {
-    /// `landlock` or `seccomp`.
+    /// `landlock`, `seccomp`, `permissions` (the server's user may not: file
+    /// modes, ownership), `network_namespace` (no route out of the server's
+    /// network namespace) or `rlimit` (the process count limit).
     pub mechanism: &'static str,
     /// What was refused: Landlock's blockers (`fs.read_file`,
     /// `fs.write_file,fs.make_reg`, `net.connect_tcp`, `scope.signal`, …),
-    /// or `syscall` for seccomp.
+    /// `syscall` for seccomp, `eacces` or `eperm` (the system call's error)
+    /// for permissions, `net.send_udp` for the network namespace,
+    /// `processes` for the process count limit.
     pub denied: String,
-    /// The file (Landlock, filesystem).
+    /// The file (Landlock, filesystem; permissions, the first path the
+    /// system call named).
     pub path: Option<String>,
-    /// `address:port` (Landlock, TCP).
+    /// `address:port` (Landlock, TCP; network namespace, the destination).
     pub address: Option<String>,
     /// The system call's number (seccomp; Landlock too when the kernel
     /// wrote the event's system call record).
@@ -119,10 +157,14 @@ fn socket() -> Result<OwnedFd, AuditError> {
 }
 
 /// Sends one request to the kernel and returns its `AUDIT_GET` answer (the
-/// status words), or nothing for `AUDIT_SET`.
+/// status words), or nothing for the other requests (acknowledged).
 fn request(kind: u16, payload: &[u8]) -> Result<Vec<u32>, rustix::io::Errno> {
     let fd = socket().map_err(|e| match e {
-        AuditError::Socket(e) | AuditError::NoCapability(e) | AuditError::Enable(e) => e,
+        AuditError::Socket(e)
+        | AuditError::NoCapability(e)
+        | AuditError::Enable(e)
+        | AuditError::Rules(e) => e,
+        AuditError::NotRoot => rustix::io::Errno::PERM,
     })?;
     rustix::net::bind(&fd, &SocketAddrNetlink::new(0, 0))?;
     rustix::net::sockopt::set_socket_timeout(
@@ -149,7 +191,7 @@ fn request(kind: u16, payload: &[u8]) -> Result<Vec<u32>, rustix::io::Errno> {
                     if code != 0 {
                         return Err(rustix::io::Errno::from_raw_os_error(-code));
                     }
-                    if kind == AUDIT_SET {
+                    if kind != AUDIT_GET {
                         return Ok(Vec::new());
                     }
                 }
@@ -181,16 +223,216 @@ pub fn state() -> AuditState {
     }
 }
 
-/// Turns the kernel audit on (host-wide; needs `CAP_AUDIT_CONTROL`).
+/// Turns the kernel audit on (host-wide; needs `CAP_AUDIT_CONTROL`). When
+/// it was off, [`restore`] turns it off again.
 pub fn enable() -> Result<(), AuditError> {
+    let was = state();
+    set_enabled(true).map_err(AuditError::Enable)?;
+    if was == AuditState::Disabled
+        && let Ok(mut c) = CHANGES.lock()
+    {
+        c.turned_on = true;
+    }
+    Ok(())
+}
+
+/// Sets the kernel audit's `enabled` flag (host-wide; needs
+/// `CAP_AUDIT_CONTROL`).
+pub fn set_enabled(on: bool) -> Result<(), rustix::io::Errno> {
     let mut payload = Vec::new();
-    for word in [STATUS_ENABLED, 1] {
+    for word in [STATUS_ENABLED, u32::from(on)] {
         payload.extend_from_slice(&word.to_ne_bytes());
     }
     payload.resize(40, 0);
-    request(AUDIT_SET, &payload)
-        .map(|_| ())
-        .map_err(AuditError::Enable)
+    request(AUDIT_SET, &payload).map(|_| ())
+}
+
+/// The key of the kernel audit rules the gateway adds (`key=` in the
+/// records they make, and how an operator tells them in `auditctl -l`).
+pub const RULE_KEY: &str = "portcullis_sandbox";
+/// `AUDIT_FILTER_EXIT`: rules checked at the end of a system call.
+const FILTER_EXIT: u32 = 0x04;
+/// `AUDIT_ALWAYS`.
+const ACTION_ALWAYS: u32 = 2;
+/// Rule fields: `AUDIT_LOGINUID`, `AUDIT_ARCH`, `AUDIT_EXIT`,
+/// `AUDIT_FILTERKEY`.
+const FIELD_LOGINUID: u32 = 9;
+const FIELD_ARCH: u32 = 11;
+const FIELD_EXIT: u32 = 103;
+const FIELD_FILTERKEY: u32 = 210;
+/// `AUDIT_EQUAL`.
+const OP_EQUAL: u32 = 0x4000_0000;
+/// `AUDIT_BITMASK_SIZE`, `AUDIT_MAX_FIELDS`.
+const MASK_WORDS: usize = 64;
+const MAX_FIELDS: usize = 64;
+/// The errors the rules select.
+const EPERM: i32 = 1;
+const EAGAIN: i32 = 11;
+const EACCES: i32 = 13;
+const ENETUNREACH: i32 = 101;
+/// This architecture's `AUDIT_ARCH_*` (a rule naming system calls must say
+/// which numbering it means; seccomp kills any other in the sandbox).
+#[cfg(target_arch = "x86_64")]
+const ARCH: Option<u32> = Some(0xC000_003E);
+#[cfg(target_arch = "aarch64")]
+const ARCH: Option<u32> = Some(0xC000_00B7);
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+const ARCH: Option<u32> = None;
+
+/// One kernel audit rule of the gateway: a system call (of `syscalls`, or
+/// any) of a process whose login uid is `login_uid` that fails with `errno`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    syscalls: Option<Vec<i64>>,
+    errno: i32,
+    login_uid: u32,
+}
+
+impl Rule {
+    /// The rules covering the processes of sandbox user `uid` (the login
+    /// uid `sandbox-exec` gives them under a root gateway): refusals by
+    /// permissions (any call), UDP sends with no route, forks past the
+    /// process limit.
+    pub fn for_user(uid: u32) -> Vec<Rule> {
+        let rule = |syscalls: Option<Vec<i64>>, errno| Rule {
+            syscalls,
+            errno,
+            login_uid: uid,
+        };
+        #[cfg(target_arch = "x86_64")]
+        let forks = vec![libc::SYS_clone, libc::SYS_fork, libc::SYS_vfork];
+        #[cfg(not(target_arch = "x86_64"))]
+        let forks = vec![libc::SYS_clone];
+        vec![
+            rule(None, EACCES),
+            rule(None, EPERM),
+            rule(
+                Some(vec![
+                    libc::SYS_sendto,
+                    libc::SYS_sendmsg,
+                    libc::SYS_sendmmsg,
+                    libc::SYS_connect,
+                ]),
+                ENETUNREACH,
+            ),
+            rule(Some(forks), EAGAIN),
+        ]
+    }
+
+    /// `struct audit_rule_data` with the key in its buffer.
+    fn encode(&self) -> Vec<u8> {
+        let mut mask = [0u32; MASK_WORDS];
+        match &self.syscalls {
+            None => mask = [u32::MAX; MASK_WORDS],
+            Some(calls) => {
+                for n in calls.iter().filter_map(|n| usize::try_from(*n).ok()) {
+                    if n / 32 < MASK_WORDS {
+                        mask[n / 32] |= 1 << (n % 32);
+                    }
+                }
+            }
+        }
+        let mut fields: Vec<(u32, u32)> = Vec::new();
+        if let Some(arch) = ARCH {
+            fields.push((FIELD_ARCH, arch));
+        }
+        // The kernel compares the return value as 32 bits.
+        fields.push((FIELD_EXIT, (-self.errno) as u32));
+        fields.push((FIELD_LOGINUID, self.login_uid));
+        fields.push((FIELD_FILTERKEY, RULE_KEY.len() as u32));
+        let mut words = vec![FILTER_EXIT, ACTION_ALWAYS, fields.len() as u32];
+        words.extend_from_slice(&mask);
+        let column = |f: &dyn Fn(&(u32, u32)) -> u32| {
+            let mut c: Vec<u32> = fields.iter().map(f).collect();
+            c.resize(MAX_FIELDS, 0);
+            c
+        };
+        words.extend(column(&|(field, _)| *field));
+        words.extend(column(&|(_, value)| *value));
+        words.extend(column(&|_| OP_EQUAL));
+        words.push(RULE_KEY.len() as u32);
+        let mut out: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        out.extend_from_slice(RULE_KEY.as_bytes());
+        out
+    }
+}
+
+/// What this process changed in the kernel audit, for [`restore`].
+#[derive(Default)]
+struct Changes {
+    /// [`enable`] turned it on.
+    turned_on: bool,
+    /// Users whose rules are in place (added here, or found there).
+    users: BTreeSet<u32>,
+    /// Rules added here (not those found there: another gateway's, or left
+    /// by one that was killed; removing those could blind a running one).
+    added: Vec<Rule>,
+}
+
+static CHANGES: Mutex<Changes> = Mutex::new(Changes {
+    turned_on: false,
+    users: BTreeSet::new(),
+    added: Vec::new(),
+});
+
+/// Makes sure the rules of sandbox user `uid` ([`Rule::for_user`]) are in
+/// the kernel audit (needs `CAP_AUDIT_CONTROL`); once per user and process.
+/// Only under a root gateway, whose servers run as `uid` with `uid` as
+/// their login uid.
+pub fn cover_user(uid: u32) -> Result<(), AuditError> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(AuditError::NotRoot);
+    }
+    let Ok(mut changes) = CHANGES.lock() else {
+        return Ok(());
+    };
+    if changes.users.contains(&uid) {
+        return Ok(());
+    }
+    for rule in Rule::for_user(uid) {
+        match request(AUDIT_ADD_RULE, &rule.encode()) {
+            Ok(_) => changes.added.push(rule),
+            Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(AuditError::Rules(e)),
+        }
+    }
+    changes.users.insert(uid);
+    Ok(())
+}
+
+/// Undoes what this process changed in the kernel audit: removes the rules
+/// it added and, if [`enable`] turned the audit on, turns it off. Returns
+/// how many rules were removed and whether the audit was turned off.
+pub fn restore() -> (usize, bool) {
+    let Ok(mut changes) = CHANGES.lock() else {
+        return (0, false);
+    };
+    let changes = std::mem::take(&mut *changes);
+    let removed = changes
+        .added
+        .iter()
+        .filter(|r| request(AUDIT_DEL_RULE, &r.encode()).is_ok())
+        .count();
+    let off = changes.turned_on && set_enabled(false).is_ok();
+    (removed, off)
+}
+
+/// Removes the rules of sandbox user `uid` whoever added them; returns how
+/// many there were (tests, and cleaning up after a killed gateway).
+pub fn remove_rules(uid: u32) -> usize {
+    Rule::for_user(uid)
+        .iter()
+        .filter(|r| request(AUDIT_DEL_RULE, &r.encode()).is_ok())
+        .count()
+}
+
+/// Calls [`restore`] when dropped: held by `serve` for its lifetime.
+pub struct RestoreOnDrop;
+
+impl Drop for RestoreOnDrop {
+    fn drop(&mut self) {
+        let _ = restore();
+    }
 }
 
 /// Gives this process (and what it starts) an audit session of its own by
@@ -296,6 +538,11 @@ struct Event {
     first_seen: Option<Instant>,
     denials: Vec<Denial>,
     syscall: Option<Fields>,
+    /// The first path the system call named, and its working directory.
+    path: Option<String>,
+    cwd: Option<String>,
+    /// The socket address it named.
+    address: Option<String>,
     done: bool,
 }
 
@@ -315,6 +562,9 @@ impl Events {
                 | AUDIT_SECCOMP
                 | AUDIT_LANDLOCK_ACCESS
                 | AUDIT_LANDLOCK_DOMAIN
+                | AUDIT_PATH
+                | AUDIT_SOCKADDR
+                | AUDIT_CWD
         ) {
             return;
         }
@@ -325,11 +575,17 @@ impl Events {
         if typ == AUDIT_LANDLOCK_DOMAIN && fields.get("status") != Some("allocated") {
             return;
         }
-        if typ == AUDIT_SYSCALL && !self.pending.contains_key(&serial) {
-            // Not one of ours: a system call record without a denial.
+        if typ == AUDIT_SYSCALL
+            && !self.pending.contains_key(&serial)
+            && fields.text("key").as_deref() != Some(RULE_KEY)
+        {
+            // Not one of ours: a system call record without a denial, and
+            // not of a rule of the gateway.
             return;
         }
-        if typ == AUDIT_EOE && !self.pending.contains_key(&serial) {
+        if matches!(typ, AUDIT_EOE | AUDIT_PATH | AUDIT_SOCKADDR | AUDIT_CWD)
+            && !self.pending.contains_key(&serial)
+        {
             return;
         }
         if self.pending.len() >= MAX_PENDING && !self.pending.contains_key(&serial) {
@@ -366,6 +622,13 @@ impl Events {
                 }
             }
             AUDIT_SYSCALL => event.syscall = Some(fields),
+            AUDIT_PATH => {
+                if event.path.is_none() {
+                    event.path = fields.text("name");
+                }
+            }
+            AUDIT_CWD => event.cwd = fields.text("cwd"),
+            AUDIT_SOCKADDR => event.address = fields.get("saddr").and_then(socket_address),
             _ => event.done = true,
         }
     }
@@ -387,9 +650,24 @@ impl Events {
         let mut serials = done;
         serials.sort_unstable();
         for serial in serials {
-            let Some(event) = self.pending.remove(&serial) else {
+            let Some(mut event) = self.pending.remove(&serial) else {
                 continue;
             };
+            // A refusal only a rule of the gateway saw (Landlock and
+            // seccomp write their own records).
+            if event.denials.is_empty()
+                && let Some(d) = event.syscall.as_ref().and_then(|sys| {
+                    let path = match (event.path.take(), &event.cwd) {
+                        (Some(p), Some(cwd)) if !p.starts_with('/') => {
+                            Some(format!("{}/{p}", cwd.trim_end_matches('/')))
+                        }
+                        (p, _) => p,
+                    };
+                    refusal(sys, path, event.address.take())
+                })
+            {
+                event.denials.push(d);
+            }
             for mut d in event.denials {
                 if let Some(sys) = &event.syscall {
                     d.pid = d.pid.or(sys.num("pid"));
@@ -431,6 +709,48 @@ fn landlock_denial(fields: &Fields) -> Denial {
         address,
         domain: fields.get("domain").map(str::to_string),
         ..Denial::default()
+    }
+}
+
+/// The denial a rule of the gateway ([`Rule::for_user`]) recorded: what the
+/// system call's error says was refused.
+fn refusal(sys: &Fields, path: Option<String>, address: Option<String>) -> Option<Denial> {
+    if sys.text("key").as_deref() != Some(RULE_KEY) {
+        return None;
+    }
+    let exit: i64 = sys.get("exit")?.parse().ok()?;
+    let (mechanism, denied, path, address) = match i32::try_from(-exit).ok()? {
+        EACCES => ("permissions", "eacces", path, None),
+        EPERM => ("permissions", "eperm", path, None),
+        ENETUNREACH => ("network_namespace", "net.send_udp", None, address),
+        EAGAIN => ("rlimit", "processes", None, None),
+        _ => return None,
+    };
+    Some(Denial {
+        mechanism,
+        denied: denied.to_string(),
+        path,
+        address,
+        ..Denial::default()
+    })
+}
+
+/// A `SOCKADDR` record's `saddr` (hex of a `struct sockaddr`) as
+/// `address:port`, for IPv4 and IPv6.
+fn socket_address(hex_text: &str) -> Option<String> {
+    let b = hex::decode(hex_text).ok()?;
+    let family = u16::from_ne_bytes([*b.first()?, *b.get(1)?]);
+    let port = u16::from_be_bytes([*b.get(2)?, *b.get(3)?]);
+    match family {
+        2 => {
+            let a: [u8; 4] = b.get(4..8)?.try_into().ok()?;
+            Some(format!("{}:{port}", std::net::Ipv4Addr::from(a)))
+        }
+        10 => {
+            let a: [u8; 16] = b.get(8..24)?.try_into().ok()?;
+            Some(format!("[{}]:{port}", std::net::Ipv6Addr::from(a)))
+        }
+        _ => None,
     }
 }
 
@@ -563,6 +883,144 @@ mod tests {
             (got[2].mechanism, got[2].syscall, got[2].pid, got[2].session),
             ("seccomp", Some(101), Some(4242), Some(9))
         );
+    }
+
+    #[test]
+    fn refusals_of_the_gateways_rules() {
+        let got = feed(&[
+            // The state directory's modes refuse the server's user.
+            (
+                1300,
+                "audit(2.0:20): arch=c000003e syscall=257 success=no exit=-13 a0=ffffff9c ppid=10 pid=11 auid=65534 uid=65534 ses=5 comm=\"python3\" key=\"portcullis_sandbox\"",
+            ),
+            (1307, "audit(2.0:20): cwd=\"/srv/work\""),
+            (
+                1302,
+                "audit(2.0:20): item=0 name=\"/var/lib/portcullis/ca.key\" nametype=UNKNOWN",
+            ),
+            (1320, "audit(2.0:20): "),
+            // A relative path, against the working directory.
+            (
+                1300,
+                "audit(2.0:21): arch=c000003e syscall=257 success=no exit=-1 pid=11 ses=5 key=\"portcullis_sandbox\"",
+            ),
+            (1307, "audit(2.0:21): cwd=\"/srv/work\""),
+            (1302, "audit(2.0:21): item=0 name=\"x/y\" nametype=UNKNOWN"),
+            (1320, "audit(2.0:21): "),
+            // A UDP datagram with no route out of the network namespace.
+            (
+                1300,
+                "audit(2.0:22): arch=c000003e syscall=44 success=no exit=-101 pid=12 ses=5 key=\"portcullis_sandbox\"",
+            ),
+            (
+                1306,
+                "audit(2.0:22): saddr=02001F907F0000010000000000000000",
+            ),
+            (1320, "audit(2.0:22): "),
+            // A fork past the process limit.
+            (
+                1300,
+                "audit(2.0:23): arch=c000003e syscall=57 success=no exit=-11 pid=13 ses=5 key=\"portcullis_sandbox\"",
+            ),
+            (1320, "audit(2.0:23): "),
+            // Another rule's record, and one of ours whose error is not a refusal.
+            (
+                1300,
+                "audit(2.0:24): arch=c000003e syscall=257 success=no exit=-13 pid=14 ses=5 key=\"other\"",
+            ),
+            (1320, "audit(2.0:24): "),
+            (
+                1300,
+                "audit(2.0:25): arch=c000003e syscall=257 success=no exit=-2 pid=14 ses=5 key=\"portcullis_sandbox\"",
+            ),
+            (1320, "audit(2.0:25): "),
+        ]);
+        let brief: Vec<_> = got
+            .iter()
+            .map(|d| {
+                (
+                    d.mechanism,
+                    d.denied.as_str(),
+                    d.path.as_deref(),
+                    d.address.as_deref(),
+                    d.syscall,
+                    d.session,
+                )
+            })
+            .collect();
+        assert_eq!(
+            brief,
+            [
+                (
+                    "permissions",
+                    "eacces",
+                    Some("/var/lib/portcullis/ca.key"),
+                    None,
+                    Some(257),
+                    Some(5)
+                ),
+                (
+                    "permissions",
+                    "eperm",
+                    Some("/srv/work/x/y"),
+                    None,
+                    Some(257),
+                    Some(5)
+                ),
+                (
+                    "network_namespace",
+                    "net.send_udp",
+                    None,
+                    Some("127.0.0.1:8080"),
+                    Some(44),
+                    Some(5)
+                ),
+                ("rlimit", "processes", None, None, Some(57), Some(5)),
+            ]
+        );
+        // A Landlock denial the rule saw too is one denial, Landlock's.
+        let both = feed(&[
+            (
+                1423,
+                "audit(3.0:1): domain=1a blockers=fs.read_file path=\"/etc/shadow\"",
+            ),
+            (
+                1300,
+                "audit(3.0:1): arch=c000003e syscall=257 success=no exit=-13 pid=9 ses=5 key=\"portcullis_sandbox\"",
+            ),
+            (1302, "audit(3.0:1): item=0 name=\"/etc/shadow\""),
+            (1320, "audit(3.0:1): "),
+        ]);
+        assert_eq!(both.len(), 1, "{both:?}");
+        assert_eq!(both[0].mechanism, "landlock");
+        assert_eq!(
+            socket_address("0A001F9000000000000000000000000000000000000000010000000000000000")
+                .as_deref(),
+            Some("[::1]:8080")
+        );
+    }
+
+    #[test]
+    fn rules_encode_as_audit_rule_data() {
+        let rules = Rule::for_user(65_534);
+        assert_eq!(rules.len(), 4);
+        let data = rules[2].encode();
+        // flags, action, field count, mask, fields, values, flags, buflen, key.
+        assert_eq!(data.len(), (3 + 64 + 3 * 64 + 1) * 4 + RULE_KEY.len());
+        let word = |i: usize| u32::from_ne_bytes(data[i * 4..i * 4 + 4].try_into().unwrap());
+        assert_eq!((word(0), word(1)), (FILTER_EXIT, ACTION_ALWAYS));
+        let sendto = libc::SYS_sendto as usize;
+        assert_ne!(word(3 + sendto / 32) & (1 << (sendto % 32)), 0);
+        assert_eq!(word(3), 0, "system calls 0-31 are not in this rule");
+        let count = word(2) as usize;
+        let fields: Vec<(u32, u32, u32)> = (0..count)
+            .map(|i| (word(67 + i), word(131 + i), word(195 + i)))
+            .collect();
+        assert!(fields.contains(&(FIELD_EXIT, (-101i32) as u32, OP_EQUAL)));
+        assert!(fields.contains(&(FIELD_LOGINUID, 65_534, OP_EQUAL)));
+        assert!(fields.contains(&(FIELD_FILTERKEY, RULE_KEY.len() as u32, OP_EQUAL)));
+        assert!(data.ends_with(RULE_KEY.as_bytes()));
+        assert_eq!(rules[0].encode()[12..16], [0xff; 4], "any system call");
     }
 
     #[test]

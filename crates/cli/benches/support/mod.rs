@@ -16,9 +16,22 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 pub const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
 
 /// The binary the benches run: `$PORTCULLIS_BIN` when set (to compare an
-/// older build with this one in the same sitting), else [`BIN`].
+/// older build with this one in the same sitting), else [`BIN`]. Cargo runs
+/// a bench in its package's directory, so a relative path that is not
+/// there is taken from the directory cargo was started in (`$PWD`).
 pub fn bin() -> std::ffi::OsString {
-    std::env::var_os("PORTCULLIS_BIN").unwrap_or_else(|| BIN.into())
+    let Some(given) = std::env::var_os("PORTCULLIS_BIN") else {
+        return BIN.into();
+    };
+    let path = Path::new(&given);
+    if path.is_relative()
+        && !path.exists()
+        && let Some(from) = std::env::var_os("PWD").map(|d| Path::new(&d).join(path))
+        && from.exists()
+    {
+        return from.into_os_string();
+    }
+    given
 }
 
 /// A running `portcullis serve`, stopped with SIGTERM when dropped.

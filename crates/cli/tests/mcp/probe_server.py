@@ -6,6 +6,7 @@ under any python3 the sandbox can read.
   read      read the file `target`
   write     create the file `target`
   connect   open a TCP connection to 127.0.0.1:`target`
+  udp       send a UDP datagram to 127.0.0.1:`target`
   fork      fork up to `target` children (each sleeps 2 s), report how many
   workdir   write and read back a file in $HOME (the session's work dir)
   setuid    call setuid(0): not on the seccomp allow-list (kills the process)
@@ -62,6 +63,13 @@ def probe(what, target, body=""):
             s = socket.create_connection(("127.0.0.1", int(target)), timeout=3)
             s.close()
             return "ALLOWED: connected"
+        if what == "udp":
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            try:
+                s.sendto(b"out", ("127.0.0.1", int(target)))
+            finally:
+                s.close()
+            return "ALLOWED: sent"
         if what == "fork":
             n = 0
             try:

@@ -232,6 +232,9 @@ impl StdioServers {
         let session = hex::encode(rand::random::<[u8; 16]>());
         let sandbox = l.sandbox.filter(|p| p.enabled);
         let egress = sandbox.is_some_and(|p| p.network == portcullis_sandbox::Network::Egress);
+        if let Some(profile) = sandbox {
+            super::violations::cover(profile.user);
+        }
         let (mut command, work_dir, memory) = match sandbox {
             Some(profile) => sandboxed(profile, program, args)
                 .map_err(|e| unavailable(route, &format!("cannot launch the sandbox: {e}")))?,

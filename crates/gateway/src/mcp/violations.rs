@@ -18,6 +18,13 @@
 //! to the keeper). A record tied to no server is logged, not audited: it is
 //! another program's.
 //!
+//! Under a root gateway, refusals that are neither Landlock's nor
+//! seccomp's (the server's user may not open a file, a UDP datagram has no
+//! route out, a fork is past the process limit) are recorded by kernel
+//! audit rules the gateway adds for each sandbox user ([`cover`]), and
+//! audited the same way (`mechanism` `permissions`, `network_namespace`,
+//! `rlimit`).
+//!
 //! Like every other refusal of the session's agent, these records go to
 //! behavioural analytics, so a burst of them quarantines the agent
 //! (`[analytics] denial_burst`). At most [`MAX_RECORDS_PER_PROCESS`] are
@@ -121,6 +128,22 @@ pub fn start() -> Result<(), AuditError> {
         tracing::error!(error = %e, "cannot start the kernel audit reader; sandbox violations are not audited one by one");
     }
     Ok(())
+}
+
+/// Makes sure the kernel audit records the refusals of sandbox user `uid`
+/// that neither Landlock nor seccomp logs, before a server of that user
+/// starts (`kernel_audit::cover_user`, once per user): only while the
+/// kernel audit is read.
+pub(super) fn cover(uid: u32) {
+    if READER.get().is_none() {
+        return;
+    }
+    match kernel_audit::cover_user(uid) {
+        Ok(()) | Err(AuditError::NotRoot) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, uid, "sandbox refusals by file modes, UDP sends and the process limit are not audited one by one");
+        }
+    }
 }
 
 /// Watches the server whose `sandbox-exec` is `keeper`, while the guard
