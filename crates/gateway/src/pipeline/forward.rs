@@ -80,6 +80,9 @@ pub struct Forwarder {
     max_body_bytes: u64,
     upstreams: Arc<HashMap<String, ResolvedUpstream>>,
     client_cert: ForwardClientCert,
+    /// How long an upstream body may send nothing (`[limits]
+    /// stall_timeout_ms`).
+    stall: Duration,
 }
 
 /// Who and what one upstream call is for: the request's decided facts and
@@ -139,7 +142,15 @@ impl Forwarder {
             max_body_bytes,
             upstreams: Arc::new(upstreams),
             client_cert,
+            stall: Duration::from_millis(crate::config::DEFAULT_STALL_TIMEOUT_MS),
         }
+    }
+
+    /// How long an upstream body may send nothing before the answer is
+    /// broken off (`[limits] stall_timeout_ms`).
+    pub fn with_stall_timeout(mut self, stall: Duration) -> Self {
+        self.stall = stall;
+        self
     }
 
     /// The upstream response-head timeout.
@@ -223,6 +234,10 @@ impl Forwarder {
             headers.insert(crate::trace::TRACEPARENT, traceparent);
         }
 
+        // A GET event stream (MCP's standalone stream, a legacy HTTP+SSE
+        // stream) may be silent for as long as the server has nothing to
+        // say; every other answer must keep coming.
+        let may_be_silent = parts.method == http::Method::GET;
         let mut upstream_request = Request::new(TapBody::request(body, capture.as_ref()));
         *upstream_request.method_mut() = parts.method;
         *upstream_request.uri_mut() = uri;
@@ -258,14 +273,101 @@ impl Forwarder {
         };
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let body = TapBody::response(body, capture)
-            .map_err(|e| -> BoxError { Box::new(e) })
-            .boxed();
+        let silent_ok = may_be_silent && is_event_stream(&parts.headers);
+        let body = TapBody::response(body, capture).map_err(|e| -> BoxError { Box::new(e) });
+        let body = match silent_ok {
+            true => body.boxed(),
+            false => StallGuard::new(body, self.stall, meter.clone()).boxed(),
+        };
         // An error answer that echoes the credential goes out without it.
         Ok(crate::pipeline::echo::guard(
             Response::from_parts(parts, body),
             injected.map(crate::pipeline::echo::Needles::of),
         ))
+    }
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
+}
+
+/// The upstream sent nothing of its body for `stall_timeout_ms`.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing of its answer for {0} ms")]
+pub struct UpstreamStalled(u128);
+
+/// An upstream body that fails with [`UpstreamStalled`] when it yields
+/// nothing for `stall` while it is being read: a server that stops
+/// mid-answer would otherwise hold the exchange, its connections and its
+/// task forever. Only time spent waiting on the upstream counts: while the
+/// client is not taking the answer, the body is not polled and no timer runs
+/// (the listener's own stall check covers that side). The record's
+/// `error_code` says `upstream_timeout`.
+pub(crate) struct StallGuard<B> {
+    inner: B,
+    stall: Duration,
+    /// Armed while a poll found nothing; reset by every frame.
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    meter: Arc<BodyMeter>,
+}
+
+impl<B> StallGuard<B> {
+    pub(crate) fn new(inner: B, stall: Duration, meter: Arc<BodyMeter>) -> Self {
+        StallGuard {
+            inner,
+            stall,
+            timer: None,
+            meter,
+        }
+    }
+}
+
+impl<B> http_body::Body for StallGuard<B>
+where
+    B: http_body::Body<Data = bytes::Bytes, Error = BoxError> + Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                let stall = this.stall;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    this.timer = None;
+                    let _ = this.meter.stream_cut.set("upstream_timeout");
+                    return Poll::Ready(Some(Err(Box::new(UpstreamStalled(stall.as_millis())))));
+                }
+                Poll::Pending
+            }
+            ready => {
+                this.timer = None;
+                ready
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
