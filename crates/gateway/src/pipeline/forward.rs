@@ -275,9 +275,10 @@ impl Forwarder {
         strip_hop_by_hop(&mut parts.headers);
         let silent_ok = may_be_silent && is_event_stream(&parts.headers);
         let body = TapBody::response(body, capture).map_err(|e| -> BoxError { Box::new(e) });
-        let body = match silent_ok {
-            true => body.boxed(),
-            false => StallGuard::new(body, self.stall, meter.clone()).boxed(),
+        let body = if silent_ok {
+            body.boxed()
+        } else {
+            StallGuard::new(body, self.stall, meter.clone()).boxed()
         };
         // An error answer that echoes the credential goes out without it.
         Ok(crate::pipeline::echo::guard(
@@ -548,6 +549,42 @@ fn set_forwarded_for(headers: &mut HeaderMap, remote: SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body that has sent `frames` and then never sends anything more.
+    struct Stops(usize);
+
+    impl http_body::Body for Stops {
+        type Data = bytes::Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+            if self.0 == 0 {
+                return std::task::Poll::Pending;
+            }
+            self.0 -= 1;
+            std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from("x")))))
+        }
+    }
+
+    /// Issue 22: an upstream body that stops mid-answer is broken off after
+    /// the stall timeout, and the record is told `upstream_timeout`.
+    #[tokio::test]
+    async fn a_body_that_stops_is_broken_off_after_the_stall_timeout() {
+        let meter = Arc::new(BodyMeter::default());
+        let stall = Duration::from_millis(200);
+        let mut body = StallGuard::new(Stops(2), stall, meter.clone());
+        let started = std::time::Instant::now();
+        for _ in 0..2 {
+            assert!(body.frame().await.unwrap().is_ok());
+        }
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.is::<UpstreamStalled>(), "{err}");
+        assert!(started.elapsed() >= stall);
+        assert_eq!(meter.stream_cut.get(), Some(&"upstream_timeout"));
+    }
 
     /// Fully percent-decodes a path, as an upstream would.
     fn percent_decoded(path: &str) -> Option<String> {
