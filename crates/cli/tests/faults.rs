@@ -52,6 +52,14 @@ enum Mode {
     Reset,
     /// Reads the request and never answers (until the mode changes).
     Hang,
+    /// Relays the answer until its first event's JSON has begun (`data:
+    /// {` and a few bytes more), then resets the connection: an event
+    /// stream cut in the middle of an event.
+    CutMidEvent,
+    /// Relays the answer's head and the first bytes of its body, then sends
+    /// nothing more, the connection left open (until the gateway closes it
+    /// or the mode changes): an upstream that stalls mid-body.
+    StallMidBody,
 }
 
 /// A TCP proxy in front of an upstream that injects [`Mode`] faults. Every
@@ -136,6 +144,10 @@ impl FaultProxy {
     }
 }
 
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
 fn reset(stream: TcpStream) {
     let _ = stream.set_zero_linger();
     drop(stream);
@@ -162,7 +174,7 @@ async fn relay(
             let _ = state.changed().await;
             return reset(client);
         }
-        Mode::Pass => {}
+        Mode::Pass | Mode::CutMidEvent | Mode::StallMidBody => {}
     }
     let Ok(mut upstream) = TcpStream::connect(target).await else {
         return reset(client);
@@ -171,6 +183,8 @@ async fn relay(
         return;
     }
     let mut back = vec![0u8; 16 * 1024];
+    // The answer so far, for the modes that break it off part-way.
+    let mut answer: Vec<u8> = Vec::new();
     loop {
         tokio::select! {
             r = client.read(&mut buf) => match r {
@@ -185,8 +199,43 @@ async fn relay(
             r = upstream.read(&mut back) => match r {
                 Ok(0) | Err(_) => return,
                 Ok(n) => {
-                    if client.write_all(&back[..n]).await.is_err() {
+                    let sent = answer.len();
+                    answer.extend_from_slice(&back[..n]);
+                    let cut_at = match mode {
+                        Mode::CutMidEvent => find(&answer, b"data: {").map(|i| i + 12),
+                        Mode::StallMidBody => find(&answer, b"\r\n\r\n").and_then(|head| {
+                            // The head and a first piece of the body.
+                            (answer.len() > head + 8).then_some(head + 8)
+                        }),
+                        _ => None,
+                    };
+                    let Some(cut_at) = cut_at.filter(|&at| at <= answer.len()) else {
+                        if client.write_all(&back[..n]).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    };
+                    if client.write_all(&answer[sent.min(cut_at)..cut_at]).await.is_err() {
                         return;
+                    }
+                    let _ = client.flush().await;
+                    if mode == Mode::CutMidEvent {
+                        return reset(client);
+                    }
+                    // Stalled: nothing more goes to the gateway; the
+                    // connection stays until the gateway lets it go.
+                    drop(upstream);
+                    loop {
+                        tokio::select! {
+                            r = client.read(&mut buf) => if matches!(r, Ok(0) | Err(_)) {
+                                return;
+                            },
+                            r = state.changed() => {
+                                if r.is_err() || state.borrow().1 != generation {
+                                    return reset(client);
+                                }
+                            }
+                        }
                     }
                 }
             },
@@ -234,6 +283,16 @@ impl Outcome {
     fn served(&self) -> bool {
         self.status == 200 && self.code.is_empty()
     }
+
+    /// Refused because its record could not be made durable: 503
+    /// `audit_unavailable`, or on MCP, when the intent of the message
+    /// itself failed to be written, that message's JSON-RPC error (in 200)
+    /// with `error.data.code` `audit_unavailable` (the pipeline answers 503
+    /// once the audit log is known to be down).
+    fn refused_unrecorded(&self) -> bool {
+        self.code == "audit_unavailable"
+            && (self.status == 503 || (self.call == Call::McpTool && self.status == 200))
+    }
 }
 
 static MARKERS: AtomicU64 = AtomicU64::new(0);
@@ -254,6 +313,9 @@ struct Rig {
     mcp: FaultProxy,
     llm: FaultProxy,
     notes: tempfile::NamedTempFile,
+    /// The agent's certificate and key (for raw TLS clients).
+    cert: PathBuf,
+    key: PathBuf,
     /// Every call made, and what came back.
     log: Mutex<Vec<(Call, u16, String, String)>>,
     _upstreams: (Killed, Killed, support::StreamGate),
@@ -264,12 +326,22 @@ impl Rig {
     /// mount) with `extra` config and `env`; `None` (and `SKIPPED:`)
     /// without python3 and `mcp`.
     async fn start(dir: tempfile::TempDir, extra: &str, env: &[(&str, &str)]) -> Option<Rig> {
+        Rig::start_with(dir, extra, env, McpAnswers::Json).await
+    }
+
+    /// [`Rig::start`] with the MCP server answering as `answers` says.
+    async fn start_with(
+        dir: tempfile::TempDir,
+        extra: &str,
+        env: &[(&str, &str)],
+        answers: McpAnswers,
+    ) -> Option<Rig> {
         support::install_crypto();
         if !tokio::task::block_in_place(parity_rig::python_with_mcp) {
             return None;
         }
         let (mcp_proc, mcp_port, notes) =
-            tokio::task::block_in_place(|| parity_rig::start_mcp(McpAnswers::Json));
+            tokio::task::block_in_place(|| parity_rig::start_mcp(answers));
         let (llm_proc, llm_port) = tokio::task::block_in_place(parity_rig::start_llm);
         let (http_upstream, gate) = support::start_upstream().await;
         let http = FaultProxy::start(http_upstream).await;
@@ -286,9 +358,13 @@ impl Rig {
             mcp.addr,
             llm.addr,
         );
-        // The upstream timeout short enough for the test, long enough for a
-        // loaded machine's healthy answers.
-        let config = support::config(dir.path(), &routes, "upstream_timeout_ms = 3000");
+        // The upstream and stall timeouts short enough for the test, long
+        // enough for a loaded machine's healthy answers.
+        let config = support::config(
+            dir.path(),
+            &routes,
+            "upstream_timeout_ms = 3000\nstall_timeout_ms = 3000",
+        );
         let mut env: Vec<(&str, &str)> = env.to_vec();
         env.push(("FAULT_LLM_KEY", "sk-fault"));
         let server =
@@ -305,6 +381,8 @@ impl Rig {
             mcp,
             llm,
             notes,
+            cert,
+            key,
             log: Mutex::new(Vec::new()),
             _upstreams: (mcp_proc, llm_proc, gate),
         })
@@ -430,11 +508,7 @@ impl Rig {
                 o.code,
                 since.elapsed()
             );
-            assert_eq!(
-                (o.status, o.code.as_str()),
-                (503, "audit_unavailable"),
-                "{what}: {o:?}"
-            );
+            assert!(o.refused_unrecorded(), "{what}: {o:?}");
             assert!(
                 !self.upstream_saw(&o),
                 "{what}: a refused call reached its upstream: {o:?}"
@@ -623,6 +697,279 @@ async fn upstream_resets_timeouts_and_cut_streams_fail_closed_and_recover() {
 }
 
 // ---------------------------------------------------------------------------
+// Answers broken off mid-event, stalled mid-body, or not read.
+
+/// Reads `response` to its end: `Ok(body)` when it ended as complete,
+/// `Err(body so far)` when it broke off.
+async fn read_to_end(mut response: reqwest::Response) -> Result<String, String> {
+    let mut body = Vec::new();
+    loop {
+        match tokio::time::timeout(BOUND, response.chunk()).await {
+            Ok(Ok(Some(chunk))) => body.extend_from_slice(&chunk),
+            Ok(Ok(None)) => return Ok(String::from_utf8_lossy(&body).into_owned()),
+            Ok(Err(_)) => return Err(String::from_utf8_lossy(&body).into_owned()),
+            Err(_) => panic!("the answer neither ended nor broke off within {BOUND:?}"),
+        }
+    }
+}
+
+/// Waits (bounded) until `ok()` holds, naming `what` otherwise.
+async fn eventually(what: &str, mut ok: impl FnMut() -> Result<(), String>) {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        match ok() {
+            Ok(()) => return,
+            Err(state) if Instant::now() > deadline => {
+                panic!("{what} not within {BOUND:?}: {state}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// With the MCP server answering `tools/call` with an event stream:
+/// 1. the stream cut in the middle of its event: the client gets a JSON-RPC
+///    error with `error.data.code` `upstream_stream_error` and a cleanly
+///    ended stream, the record says `upstream_stream_error`;
+/// 2. every upstream stalling mid-body (after the head and a few bytes):
+///    after `stall_timeout_ms` the chunked HTTP answer and the streamed LLM
+///    completion break off, the MCP stream ends with a JSON-RPC error
+///    `upstream_timeout`, each record says `upstream_timeout`; the gateway
+///    lets go of every upstream connection and its descriptors are back
+///    where they were (no task or connection left behind).
+///
+/// Healthy again, every protocol is served without a restart, and every
+/// served call is in the log, which verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_cut_mid_event_or_stalled_mid_body_fail_closed_without_leaks() {
+    let Some(mut rig) =
+        Rig::start_with(tempfile::tempdir().unwrap(), "", &[], McpAnswers::Sse).await
+    else {
+        return;
+    };
+    rig.until_all_served("baseline").await;
+    let pid = rig.server.child.as_ref().unwrap().id();
+
+    // 1. The MCP answer cut in the middle of its event.
+    rig.mcp.set(Mode::CutMidEvent);
+    rig.mcp.settled().await;
+    let o = rig.call(Call::McpTool).await;
+    eprintln!(
+        "faults: MCP event stream cut mid-event -> {} {}",
+        o.status, o.code
+    );
+    assert_eq!(
+        (o.status, o.code.as_str()),
+        (200, "upstream_stream_error"),
+        "{o:?}"
+    );
+    let record = tokio::task::block_in_place(|| rig.server.audit_record(&o.request_id));
+    assert_eq!(record["error_code"], "upstream_stream_error", "{record}");
+    rig.mcp.set(Mode::Pass);
+    rig.mcp.settled().await;
+    let took = rig.until_all_served("after the cut event").await;
+    eprintln!("faults: after the cut event -> all protocols served after {took:?}");
+
+    // 2. Every upstream stalls mid-body.
+    let fds_before = support::open_fds(pid);
+    rig.set_all(Mode::StallMidBody).await;
+    let started = Instant::now();
+    let response = rig
+        .agent
+        .get(rig.server.url("/api/drip"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let http_id = request_id(&response);
+    let http = read_to_end(response).await;
+    let http_took = started.elapsed();
+    assert!(
+        http.is_err(),
+        "a stalled answer ended as complete: {http:?}"
+    );
+    let started = Instant::now();
+    let response = rig
+        .agent
+        .post(rig.server.url("/llm/v1/chat/completions"))
+        .json(&json!({"model": "gpt-test", "stream": true,
+            "messages": [{"role": "user", "content": format!("slow {}", marker())}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let llm_id = request_id(&response);
+    let llm = read_to_end(response).await;
+    let llm_took = started.elapsed();
+    let (Ok(body) | Err(body)) = &llm;
+    assert!(
+        !body.contains("[DONE]"),
+        "a stalled stream looked complete: {body}"
+    );
+    let started = Instant::now();
+    let mcp = rig.call(Call::McpTool).await;
+    let mcp_took = started.elapsed();
+    eprintln!(
+        "faults: upstreams stalled mid-body -> HTTP broken off after {http_took:?}, LLM stream {} after {llm_took:?}, MCP {} {} after {mcp_took:?}",
+        if llm.is_err() { "broken off" } else { "ended" },
+        mcp.status,
+        mcp.code
+    );
+    assert_eq!(
+        (mcp.status, mcp.code.as_str()),
+        (200, "upstream_timeout"),
+        "{mcp:?}"
+    );
+    for took in [http_took, llm_took, mcp_took] {
+        assert!(
+            took >= Duration::from_millis(2900),
+            "cut before the stall timeout: {took:?}"
+        );
+    }
+    for id in [&http_id, &llm_id, &mcp.request_id] {
+        let record = tokio::task::block_in_place(|| rig.server.audit_record(id));
+        assert_eq!(record["error_code"], "upstream_timeout", "{record}");
+    }
+    // Nothing left behind: the gateway closed every stalled upstream
+    // connection (the proxies hold theirs until the gateway goes), and
+    // its descriptors are back where they were.
+    eventually("the stalled connections let go", || {
+        let open: Vec<usize> = rig
+            .proxies()
+            .iter()
+            .map(|p| p.open.load(Ordering::SeqCst))
+            .collect();
+        let fds = support::open_fds(pid);
+        if open.iter().all(|&n| n == 0) && fds <= fds_before + 2 {
+            Ok(())
+        } else {
+            Err(format!(
+                "upstream connections {open:?}, descriptors {fds} (before: {fds_before})"
+            ))
+        }
+    })
+    .await;
+    eprintln!(
+        "faults: after the stalls -> upstream connections 0, descriptors {} (before: {fds_before})",
+        support::open_fds(pid)
+    );
+    rig.set_all(Mode::Pass).await;
+    let took = rig.until_all_served("after the stalls").await;
+    eprintln!("faults: after the stalls -> all protocols served after {took:?}");
+    assert_sqlite_log_complete(&mut rig).await;
+}
+
+/// A client that asks for a large answer (256 MiB) and stops reading it
+/// after 256 KiB: the gateway reads no further ahead of the client than its
+/// buffers (its resident memory grows by far less than the answer), closes
+/// the connection once the client has taken nothing for `stall_timeout_ms`
+/// (`portcullis_connections_closed_total{reason="send_timeout"}`), lets go
+/// of the upstream connection, and records the call `client_closed`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_cut_off_with_bounded_memory() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Some(mut rig) = Rig::start(tempfile::tempdir().unwrap(), "", &[]).await else {
+        return;
+    };
+    rig.until_all_served("baseline").await;
+    let pid = rig.server.child.as_ref().unwrap().id();
+    let rss_before = support::rss_kib(pid);
+
+    let config = support::tls_config(&rig.server.ca_pem(), Some((&rig.cert, &rig.key)));
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = TcpStream::connect(rig.server.gateway).await.unwrap();
+    let mut tls = connector
+        .connect("localhost".try_into().unwrap(), tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"GET /api/big HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    while got.len() < 256 * 1024 {
+        let n = tokio::time::timeout(BOUND, tls.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "the answer ended early");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got[..find(&got, b"\r\n\r\n").unwrap()]).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let request_id = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .starts_with("x-request-id:")
+                .then(|| l["x-request-id:".len()..].trim().to_string())
+        })
+        .unwrap();
+
+    // The client reads nothing more.
+    let stopped = Instant::now();
+    let mut rss_max = 0;
+    loop {
+        rss_max = rss_max.max(support::rss_kib(pid));
+        let metrics = rig.server.metrics().await;
+        if metrics.lines().any(|l| {
+            l.starts_with("portcullis_connections_closed_total{")
+                && l.contains("reason=\"send_timeout\"")
+                && !l.ends_with(" 0")
+        }) {
+            break;
+        }
+        assert!(
+            stopped.elapsed() < BOUND,
+            "the connection of a client that stopped reading was not closed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let closed_after = stopped.elapsed();
+    eprintln!(
+        "faults: client stopped reading -> connection closed after {closed_after:?}; gateway RSS {rss_before} KiB before, at most {rss_max} KiB while held"
+    );
+    assert!(
+        closed_after >= Duration::from_millis(2900),
+        "closed before the stall timeout: {closed_after:?}"
+    );
+    // Far less than the answer: the gateway read only as far ahead as its
+    // buffers (and the sockets') go.
+    assert!(
+        rss_max < rss_before + 48 * 1024,
+        "the gateway's memory grew by {} KiB for an answer nobody read",
+        rss_max.saturating_sub(rss_before)
+    );
+    // Reading again, the client gets what was under way, then the end:
+    // never the whole answer.
+    let mut total = got.len();
+    loop {
+        match tokio::time::timeout(BOUND, tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => total += n,
+            Err(_) => panic!("the closed connection still delivers nothing and never ends"),
+        }
+    }
+    assert!(
+        total < support::BIG_BYTES,
+        "the whole answer came through: {total}"
+    );
+    eventually("the upstream connection let go", || {
+        match rig.http.open.load(Ordering::SeqCst) {
+            0 => Ok(()),
+            n => Err(format!("{n} upstream connections open")),
+        }
+    })
+    .await;
+    let record = tokio::task::block_in_place(|| rig.server.audit_record(&request_id));
+    assert_eq!(record["status"], 200, "{record}");
+    assert_eq!(record["error_code"], "client_closed", "{record}");
+    let took = rig.until_all_served("after the stalled client").await;
+    eprintln!("faults: after the stalled client -> all protocols served after {took:?}");
+    assert_sqlite_log_complete(&mut rig).await;
+}
+
+// ---------------------------------------------------------------------------
 // A stalled database.
 
 /// Another process (python's sqlite3) takes the write lock of the state
@@ -703,16 +1050,19 @@ impl Tmpfs {
     /// Mounts a tmpfs of `size` at `at`; `None` (and `SKIPPED:`) when this
     /// process may not mount.
     fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        Tmpfs::mount_as(at, size, None)
+    }
+
+    /// [`Tmpfs::mount`], its root owned by `owner` (uid, gid) when given.
+    fn mount_as(at: &Path, size: &str, owner: Option<(u32, u32)>) -> Option<Tmpfs> {
         std::fs::create_dir_all(at).unwrap();
+        // Mode 0700: `serve` refuses a state directory others may write.
+        let mut options = format!("size={size},mode=0700");
+        if let Some((uid, gid)) = owner {
+            options.push_str(&format!(",uid={uid},gid={gid}"));
+        }
         let out = Command::new("mount")
-            // Mode 0700: `serve` refuses a state directory others may write.
-            .args([
-                "-t",
-                "tmpfs",
-                "-o",
-                &format!("size={size},mode=0700"),
-                "tmpfs",
-            ])
+            .args(["-t", "tmpfs", "-o", &options, "tmpfs"])
             .arg(at)
             .output();
         match out {
@@ -947,20 +1297,25 @@ async fn postgres_locked_or_its_connections_killed_fails_closed_and_recovers() {
         "faults: PostgreSQL backends killed ({kills}) -> all protocols served after {took:?}"
     );
     admin.close().await;
+    assert_postgres_log_complete(&mut rig, &url, &refused).await;
+}
 
+/// Stops the PostgreSQL rig's server and checks that every served call, and
+/// every call in `refused`, is in its log, and that the log verifies.
+async fn assert_postgres_log_complete(rig: &mut Rig, url: &str, refused: &[String]) {
     let served = rig.served_ids();
     let status = tokio::task::block_in_place(|| rig.server.terminate());
     assert!(status.success(), "exit after SIGTERM: {status}");
-    let store = portcullis_store::Store::open_postgres(&url).await.unwrap();
+    let store = portcullis_store::Store::open_postgres(url).await.unwrap();
     let recorded = recorded_ids(&store).await;
     store.close().await;
-    for id in served.iter().chain(&refused) {
+    for id in served.iter().chain(refused) {
         assert!(recorded.contains(id), "call {id} is not in the log");
     }
     let verify = Command::new(support::server_bin())
         .args(["audit", "verify", "--state-dir"])
         .arg(rig.server.state_dir())
-        .env("PORTCULLIS_STORE_URL", &url)
+        .env("PORTCULLIS_STORE_URL", url)
         .output()
         .unwrap();
     assert!(
@@ -969,4 +1324,207 @@ async fn postgres_locked_or_its_connections_killed_fails_closed_and_recovers() {
         String::from_utf8_lossy(&verify.stdout),
         String::from_utf8_lossy(&verify.stderr)
     );
+}
+
+/// A tablespace on a tmpfs of its own, for one test database: dropped
+/// (after the database, which must go first) and unmounted on drop.
+struct FullableTablespace {
+    admin_url: String,
+    name: String,
+    mount: Option<Tmpfs>,
+}
+
+impl Drop for FullableTablespace {
+    fn drop(&mut self) {
+        // As `TestDb`'s drop: a runtime of its own, on a thread.
+        let (url, name) = (self.admin_url.clone(), self.name.clone());
+        let dropped = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(async move {
+                    use sqlx::Connection;
+                    let mut conn = sqlx::PgConnection::connect(&url).await?;
+                    sqlx::query(sqlx::AssertSqlSafe(format!(
+                        "DROP TABLESPACE IF EXISTS {name}"
+                    )))
+                    .execute(&mut conn)
+                    .await?;
+                    conn.close().await
+                })
+        })
+        .join();
+        if !matches!(dropped, Ok(Ok(()))) {
+            eprintln!("could not drop the tablespace {}", self.name);
+        }
+        drop(self.mount.take());
+    }
+}
+
+/// The uid and gid of the `postgres` account, which must own a tablespace's
+/// directory.
+fn postgres_owner() -> Option<(u32, u32)> {
+    let id = |flag: &str| -> Option<u32> {
+        let out = Command::new("id").args([flag, "postgres"]).output().ok()?;
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    Some((id("-u")?, id("-g")?))
+}
+
+/// Cluster mode with PostgreSQL's disk full: the test database's tables
+/// live in a tablespace on a 16 MiB tmpfs, which a file then fills. The
+/// writes of audit records and intents fail ("could not extend file … No
+/// space left on device"): calls whose record must be durable are refused
+/// 503 `audit_unavailable` and never reach their upstream. With the file
+/// removed, every protocol is served again without a restart, and every
+/// served or refused call is in the log, which verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_with_a_full_disk_fails_closed_and_recovers_when_there_is_room() {
+    let Some(db) = portcullis_store::testing::TestDb::postgres().await else {
+        return;
+    };
+    let portcullis_store::testing::TestDb::Postgres {
+        admin_url,
+        name: database,
+        url,
+    } = &db
+    else {
+        unreachable!("a PostgreSQL test database");
+    };
+    let (admin_url, database, url) = (admin_url.clone(), database.clone(), url.clone());
+    let Some(owner) = postgres_owner() else {
+        eprintln!("SKIPPED: PostgreSQL full disk: no `postgres` account to own the tablespace");
+        return;
+    };
+    let at = std::env::temp_dir().join(format!("portcullis-pgfull-{}", std::process::id()));
+    let Some(mount) = Tmpfs::mount_as(&at, "16m", Some(owner)) else {
+        return;
+    };
+    let tablespace = FullableTablespace {
+        admin_url,
+        name: format!("portcullis_full_{}", std::process::id()),
+        mount: Some(mount),
+    };
+    // Declared after the tablespace, so dropped before it.
+    let db = db;
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .unwrap();
+    // Root is the cluster's superuser here (CREATE TABLESPACE needs one).
+    for sql in [
+        format!(
+            "CREATE TABLESPACE {} LOCATION '{}'",
+            tablespace.name,
+            at.display()
+        ),
+        format!(
+            "ALTER DATABASE {database} SET default_tablespace = '{}'",
+            tablespace.name
+        ),
+    ] {
+        if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+            .execute(&admin)
+            .await
+        {
+            eprintln!("SKIPPED: PostgreSQL full disk: `{sql}`: {e}");
+            return;
+        }
+    }
+    let Some(mut rig) = Rig::start(
+        tempfile::tempdir().unwrap(),
+        "[audit]\nfail_closed_after_ms = 1000\n",
+        &[("PORTCULLIS_STORE_URL", url.as_str())],
+    )
+    .await
+    else {
+        return;
+    };
+    // The migrations put the tables on the small disk.
+    let (on_it,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM pg_tables WHERE tablespace = $1 AND tablename IN ('audit_log', 'audit_intents')",
+    )
+    .bind(&tablespace.name)
+    .fetch_one(&admin)
+    .await
+    .unwrap();
+    assert_eq!(on_it, 2, "the audit tables are not in the tablespace");
+    rig.until_all_served("baseline").await;
+
+    let filler = fill(&at);
+    let full = Instant::now();
+    // Load until the writes meet the full disk (pages already allocated
+    // take some records first).
+    let mut sent = 0;
+    let first = loop {
+        let o = rig.call(CALLS[sent % CALLS.len()]).await;
+        sent += 1;
+        if !o.served() {
+            break o;
+        }
+        assert!(
+            full.elapsed() < Duration::from_secs(120),
+            "PostgreSQL's disk was full for 2 min and {sent} calls were served"
+        );
+    };
+    eprintln!(
+        "faults: PostgreSQL disk full -> first refusal after {sent} calls, {:?}: {} {}",
+        full.elapsed(),
+        first.status,
+        first.code
+    );
+    assert!(first.refused_unrecorded(), "{first:?}");
+    assert!(
+        !rig.upstream_saw(&first),
+        "a refused call reached its upstream: {first:?}"
+    );
+    let mut refused = vec![first.request_id];
+    // An intent may still find room in a page that deleted intents freed,
+    // and is then the call's record (as with `audit_log` locked, above):
+    // such a call may be served, and the health check lets calls through
+    // again whenever a write got through. So calls go on until each
+    // durable protocol has been refused: every refusal must be
+    // `audit_unavailable` and never reach the upstream; every call served
+    // meanwhile must be in the log at the end.
+    let mut refused_kinds = HashSet::new();
+    let mut served_meanwhile = 0;
+    let mut n = 0;
+    while refused_kinds.len() < DURABLE.len() {
+        let call = DURABLE[n % DURABLE.len()];
+        n += 1;
+        let o = rig.call(call).await;
+        if o.served() {
+            served_meanwhile += 1;
+        } else {
+            assert!(o.refused_unrecorded(), "{o:?}");
+            assert!(
+                !rig.upstream_saw(&o),
+                "a refused call reached its upstream: {o:?}"
+            );
+            refused_kinds.insert(format!("{call:?}"));
+            refused.push(o.request_id);
+        }
+        assert!(
+            full.elapsed() < Duration::from_secs(120),
+            "not every durable protocol refused in 2 min of a full disk: {refused_kinds:?}"
+        );
+    }
+    eprintln!(
+        "faults: PostgreSQL disk full -> {} refused (every durable protocol), {served_meanwhile} served with a durable intent, over {:?}",
+        refused.len(),
+        full.elapsed()
+    );
+
+    std::fs::remove_file(&filler).unwrap();
+    let took = rig
+        .until_all_served("after PostgreSQL's disk had room")
+        .await;
+    eprintln!("faults: PostgreSQL disk has room again -> all protocols served after {took:?}");
+    admin.close().await;
+    assert_postgres_log_complete(&mut rig, &url, &refused).await;
+    drop(rig);
+    drop(db);
+    drop(tablespace);
 }

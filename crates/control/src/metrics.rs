@@ -163,6 +163,8 @@ pub enum CloseReason {
     /// Request headers were not read in time (HTTP/1.1), or an HTTP/2 ping
     /// went unanswered.
     ProtocolTimeout,
+    /// The client took nothing of a response for the stall timeout.
+    SendTimeout,
     /// Closed to make room under the per-source cap on unverified connections.
     EvictedSourceCap,
     /// Closed to make room under the cap on unverified connections.
@@ -186,6 +188,7 @@ impl CloseReason {
             CloseReason::FirstRequestTimeout => "first_request_timeout",
             CloseReason::IdleTimeout => "idle_timeout",
             CloseReason::ProtocolTimeout => "protocol_timeout",
+            CloseReason::SendTimeout => "send_timeout",
             CloseReason::EvictedSourceCap => "evicted_source_cap",
             CloseReason::EvictedUnverifiedCap => "evicted_unverified_cap",
             CloseReason::EvictedMaxConnections => "evicted_max_connections",

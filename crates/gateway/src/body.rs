@@ -44,8 +44,11 @@ pub struct BodyMeter {
     /// outcome is then `deny`, and this its `error_code` unless a stage set one.
     pub answer_refused: OnceLock<&'static str>,
     /// The stable code of a cut made while the answer streamed (its holder
-    /// was revoked or quarantined, see [`crate::liveness`]); it replaces
-    /// whatever `error_code` the record had.
+    /// was revoked or quarantined, see [`crate::liveness`]; the upstream
+    /// stalled, `upstream_timeout`; an MCP event stream broke off and its
+    /// unanswered requests were answered with errors,
+    /// `upstream_stream_error`); it replaces whatever `error_code` the record
+    /// had.
     pub stream_cut: OnceLock<&'static str>,
 }
 

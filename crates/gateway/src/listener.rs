@@ -13,6 +13,10 @@
 //!   connection with nothing in flight is closed after `idle_timeout`;
 //! - HTTP/2 connections are pinged every `h2_keepalive_interval` and closed
 //!   when a ping is not answered within `h2_keepalive_timeout`;
+//! - a connection whose client has taken nothing of a response for
+//!   `stall_timeout` (it stopped reading) is closed: the answer waiting for
+//!   it, and the upstream connection behind it, are let go instead of being
+//!   held for as long as the client stays connected;
 //! - connections without a verified client certificate (before and during the
 //!   handshake, on the admin listener, and token agents) share a smaller budget,
 //!   `max_unverified`, and at most `max_unverified_per_source` of them come
@@ -70,6 +74,10 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(120);
 pub const DEFAULT_H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 /// Default time an HTTP/2 client has to answer a keep-alive ping.
 pub const DEFAULT_H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time a client may take nothing of a response (`[limits]
+/// stall_timeout_ms`).
+pub const DEFAULT_STALL_TIMEOUT: Duration =
+    Duration::from_millis(crate::config::DEFAULT_STALL_TIMEOUT_MS);
 /// Default cap on connections without a verified client certificate from one
 /// address.
 pub const DEFAULT_MAX_UNVERIFIED_PER_SOURCE: usize = 256;
@@ -93,6 +101,9 @@ pub struct ConnectionLimits {
     pub h2_keepalive_interval: Duration,
     /// Time a client has to answer a ping.
     pub h2_keepalive_timeout: Duration,
+    /// Time a client may take nothing of a response before its connection
+    /// is closed.
+    pub stall_timeout: Duration,
     /// Time shutdown may take: the listeners drain within most of it (see
     /// [`ConnectionLimits::listener_drain`]), the audit writer the rest.
     pub drain_timeout: Duration,
@@ -112,6 +123,7 @@ impl ConnectionLimits {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             h2_keepalive_interval: DEFAULT_H2_KEEPALIVE_INTERVAL,
             h2_keepalive_timeout: DEFAULT_H2_KEEPALIVE_TIMEOUT,
+            stall_timeout: DEFAULT_STALL_TIMEOUT,
             drain_timeout: DRAIN_TIMEOUT,
         }
     }
@@ -308,6 +320,8 @@ impl Registry {
                 registry: self.clone(),
                 id,
                 active: AtomicU32::new(0),
+                waiting: Mutex::new(Vec::new()),
+                next_body: AtomicU32::new(0),
             }),
         })
     }
@@ -588,10 +602,7 @@ where
             let response = response.await?;
             // The body owns the guard: the request ends when its answer has
             // been sent or abandoned.
-            Ok::<_, Infallible>(response.map(move |body| Held {
-                inner: body,
-                _in_flight: in_flight,
-            }))
+            Ok::<_, Infallible>(response.map(move |body| Held::new(body, in_flight)))
         }
     });
     let served = watcher.watch(
@@ -610,6 +621,19 @@ where
             return reason;
         }
         let deadline = conn.idle_deadline();
+        // A client that has taken nothing of an answer for the stall
+        // timeout stopped reading: the connection goes, and with it the
+        // answer (and the upstream connection) held for it.
+        let stalled = conn
+            .handle
+            .waiting_since()
+            .map(|since| since + conn.registry.limits.stall_timeout);
+        if let Some(at) = stalled
+            && at <= Instant::now()
+        {
+            tracing::debug!(%remote, "the client took nothing of its answer for the stall timeout; connection closed");
+            return CloseReason::SendTimeout;
+        }
         // While a request is in flight, look again after a first-request
         // timeout: cheap, and ends no request.
         let wake = match (closing, deadline) {
@@ -617,6 +641,7 @@ where
             (None, Some((at, _))) => at,
             (None, None) => Instant::now() + conn.registry.limits.first_request_timeout,
         };
+        let wake = stalled.map_or(wake, |at| at.min(wake));
         tokio::select! {
             r = &mut served => {
                 return match r {
@@ -659,9 +684,34 @@ struct ConnRef {
     /// connection was chosen for closing, and a request that began just then
     /// must still be allowed to finish.
     active: AtomicU32,
+    /// The answers that gave the connection a frame the client has not
+    /// taken yet (no further poll), by body, since when. A handful at most:
+    /// one per answer in flight.
+    waiting: Mutex<Vec<(u32, Instant)>>,
+    /// Numbers the answers of this connection for `waiting`.
+    next_body: AtomicU32,
 }
 
 impl ConnRef {
+    /// Since when the oldest answer has waited for the client to take a
+    /// frame, if one does.
+    fn waiting_since(&self) -> Option<Instant> {
+        let waiting = self.waiting.lock().ok()?;
+        waiting.iter().map(|(_, since)| *since).min()
+    }
+
+    /// Body `id` handed a frame over (`Some(now)`) or was polled again
+    /// (`None`).
+    fn set_waiting(&self, id: u32, since: Option<Instant>) {
+        let Ok(mut waiting) = self.waiting.lock() else {
+            return;
+        };
+        waiting.retain(|(body, _)| *body != id);
+        if let Some(since) = since {
+            waiting.push((id, since));
+        }
+    }
+
     /// A request started; the guard marks its end.
     fn begin(self: &Arc<Self>) -> InFlight {
         self.active.fetch_add(1, Ordering::AcqRel);
@@ -677,9 +727,35 @@ impl ConnRef {
 /// A response body that holds its connection's in-flight guard until it is
 /// dropped. It passes the body's size hint on (a `map_frame` would lose it,
 /// and every answer would go out chunked instead of with its length).
+/// It also notes when a frame it handed over is not followed by another
+/// poll: the connection then waits for its client to take the data (see
+/// [`ConnRef::waiting_since`]).
 struct Held<B> {
     inner: B,
-    _in_flight: InFlight,
+    in_flight: InFlight,
+    id: u32,
+    /// A frame was handed over and no poll has followed yet.
+    waiting: bool,
+}
+
+impl<B> Held<B> {
+    fn new(inner: B, in_flight: InFlight) -> Self {
+        let id = in_flight.conn.next_body.fetch_add(1, Ordering::Relaxed);
+        Held {
+            inner,
+            in_flight,
+            id,
+            waiting: false,
+        }
+    }
+}
+
+impl<B> Drop for Held<B> {
+    fn drop(&mut self) {
+        if self.waiting {
+            self.in_flight.conn.set_waiting(self.id, None);
+        }
+    }
 }
 
 impl<B> http_body::Body for Held<B>
@@ -693,7 +769,18 @@ where
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+        let this = &mut *self;
+        if std::mem::take(&mut this.waiting) {
+            this.in_flight.conn.set_waiting(this.id, None);
+        }
+        let polled = std::pin::Pin::new(&mut this.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(_))) = &polled {
+            this.waiting = true;
+            this.in_flight
+                .conn
+                .set_waiting(this.id, Some(Instant::now()));
+        }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

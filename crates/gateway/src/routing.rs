@@ -166,7 +166,8 @@ impl Routing {
                 config.max_body_bytes,
                 upstreams,
                 config.forward_client_cert,
-            ),
+            )
+            .with_stall_timeout(config.stall_timeout),
             max_buffered_bytes: config.max_buffered_bytes,
         })
     }

@@ -448,10 +448,14 @@ pub static DRAIN_ARRIVED: tokio::sync::Notify = tokio::sync::Notify::const_new()
 /// Signalled when the upstream's `/hold` endpoint has received a request.
 pub static HOLD_ARRIVED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
+/// The size of the upstream's `/big` answer (256 MiB).
+pub const BIG_BYTES: usize = 256 << 20;
+
 /// A real upstream on 127.0.0.1:<ephemeral>:
 /// - `/slow` answers after 3 s; `/drain` after 1 s; `/hold` never;
 /// - `/stream` sends `first`, waits for the gate, then sends `second`;
 /// - `/drip` sends `tick\n` every 100 ms for 10 s (a slow chunked stream);
+/// - `/big` streams [`BIG_BYTES`] as fast as it is read, 64 KiB at a time;
 /// - `/leak` streams an event carrying [`LEAKED_TOKEN`], cut mid-value
 ///   across three chunks 50 ms apart;
 /// - anything else echoes method, path, query, headers and body length as JSON.
@@ -533,6 +537,18 @@ async fn upstream(
             Ok(Response::new(StreamBody::new(ReceiverStream(rx)).boxed()))
         }
         "leak" => Ok(leak()),
+        "big" => {
+            let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, Infallible>>(2);
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                for _ in 0..BIG_BYTES / chunk.len() {
+                    if tx.send(Ok(Frame::data(chunk.clone()))).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            Ok(Response::new(StreamBody::new(ReceiverStream(rx)).boxed()))
+        }
         // A 401 that echoes the credential it was given, in its body and
         // in a header, as a misconfigured upstream would.
         "echo401" => {
@@ -616,6 +632,26 @@ impl<T> futures_core::Stream for ReceiverStream<T> {
     ) -> std::task::Poll<Option<T>> {
         self.0.poll_recv(cx)
     }
+}
+
+/// The resident memory of process `pid` in KiB (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The open file descriptors of process `pid`.
+pub fn open_fds(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count() as u64)
+        .unwrap_or(0)
 }
 
 /// Sends raw bytes over TLS (with an optional client certificate) and returns

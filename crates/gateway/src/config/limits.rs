@@ -15,6 +15,9 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
 /// Default time to wait for an upstream's response head.
 pub const DEFAULT_UPSTREAM_TIMEOUT_MS: u64 = 30_000;
 
+/// Default time a response may make no progress (`stall_timeout_ms`).
+pub const DEFAULT_STALL_TIMEOUT_MS: u64 = 60_000;
+
 /// `[limits]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -27,6 +30,11 @@ pub struct RawLimits {
     pub max_buffered_bytes: Option<u64>,
     /// Milliseconds to wait for an upstream's response head (default 30000).
     pub upstream_timeout_ms: Option<u64>,
+    /// Milliseconds a response may make no progress (default 60000): an
+    /// upstream that sends nothing more of its body for this long (event
+    /// streams answering a GET excepted: they may be silent), or a client
+    /// that takes nothing of a response for this long, ends the exchange.
+    pub stall_timeout_ms: Option<u64>,
     /// Milliseconds a client may take for the TLS handshake (default 10000).
     pub handshake_timeout_ms: Option<u64>,
     /// Milliseconds from the handshake to the first request (default 5000).
@@ -79,7 +87,18 @@ pub(super) fn connection_limits(
     out.drain_timeout = ms(limits.drain_timeout_ms, out.drain_timeout);
     out.h2_keepalive_interval = ms(limits.h2_keepalive_interval_ms, out.h2_keepalive_interval);
     out.h2_keepalive_timeout = ms(limits.h2_keepalive_timeout_ms, out.h2_keepalive_timeout);
+    out.stall_timeout = stall_timeout(limits);
     out
+}
+
+/// `stall_timeout_ms` (checked to be non-zero in `parse`).
+pub(super) fn stall_timeout(limits: &RawLimits) -> Duration {
+    Duration::from_millis(
+        limits
+            .stall_timeout_ms
+            .unwrap_or(DEFAULT_STALL_TIMEOUT_MS)
+            .max(1),
+    )
 }
 
 /// The throttle of failed second factors and client assertions: the
@@ -145,6 +164,7 @@ pub(super) fn check_connections_and_throttle(limits: &RawLimits) -> Result<(), S
             limits.first_request_timeout_ms,
         ),
         ("limits.idle_timeout_ms", limits.idle_timeout_ms),
+        ("limits.stall_timeout_ms", limits.stall_timeout_ms),
         ("limits.drain_timeout_ms", limits.drain_timeout_ms),
         (
             "limits.h2_keepalive_interval_ms",

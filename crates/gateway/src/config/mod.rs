@@ -41,7 +41,9 @@ pub use gateway::{
     DEFAULT_GATEWAY_LISTEN, DEFAULT_MAX_CONNECTIONS, RawForwardClientCert, RawGateway,
 };
 pub use identity::{DEFAULT_TRUST_DOMAIN, JwksSource, OidcConfig, RawIdentity, RawOidc};
-pub use limits::{DEFAULT_MAX_BODY_BYTES, DEFAULT_UPSTREAM_TIMEOUT_MS, RawLimits};
+pub use limits::{
+    DEFAULT_MAX_BODY_BYTES, DEFAULT_STALL_TIMEOUT_MS, DEFAULT_UPSTREAM_TIMEOUT_MS, RawLimits,
+};
 pub use policy::{PolicySource, RawPolicy};
 pub use routes::{
     BUILTIN_DEMO_UPSTREAM, CaptureConfig, Credential, DEFAULT_CAPTURE_MAX_BYTES, DlpAction,
@@ -216,6 +218,9 @@ pub struct Config {
     pub max_buffered_bytes: u64,
     /// Upstream response-head timeout.
     pub upstream_timeout: Duration,
+    /// How long an upstream body may send nothing (`[limits]
+    /// stall_timeout_ms`; the listeners get it in their connection limits).
+    pub stall_timeout: Duration,
     /// Database URL, when not the default file in the state directory.
     pub store_url: Option<String>,
     /// `[store] max_staleness_ms` (cluster mode).
@@ -452,6 +457,7 @@ impl Config {
                     .upstream_timeout_ms
                     .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_MS),
             ),
+            stall_timeout: limits::stall_timeout(&raw.limits),
             store_url: raw.store.url,
             store_max_staleness: Duration::from_millis(raw.store.max_staleness_ms),
             // A route's own durability wins over `[audit]`'s.

@@ -478,7 +478,7 @@ async fn open_legacy(
     Ok(stream_back_with(
         asker,
         response,
-        Vec::new(),
+        (Vec::new(), None),
         Some(rewrite),
         Some((endpoint, injected)),
     ))
@@ -823,6 +823,15 @@ async fn post(
         });
     }
 
+    // The requests going up (not notifications): an event stream that
+    // breaks off owes each of them an answer (sse.rs).
+    let open: Vec<Value> = forward
+        .iter()
+        .filter_map(|&i| {
+            let m = &body.messages[i];
+            m.get("method").and(m.get("id")).cloned()
+        })
+        .collect();
     let response = match &to {
         &To::Stdio {
             program,
@@ -918,6 +927,7 @@ async fn post(
             initialize,
             batch: body.batch,
             scan,
+            open: (open, request_id.as_str().to_string(), meter.clone()),
         },
     )
     .await
@@ -981,6 +991,9 @@ struct Merge {
     batch: bool,
     /// The content guard on the results, when it is on.
     scan: Option<sse::Rewrite>,
+    /// The ids of the requests that went up, the request's id and its
+    /// meter: an event stream that breaks off answers the open ones.
+    open: Open,
 }
 
 /// The upstream's answer to a POST, with the gateway's refusals merged in,
@@ -999,6 +1012,7 @@ async fn answer(
         initialize,
         batch,
         scan,
+        open,
     } = merge;
     let identity = &asker.identity;
     let route = &asker.context.route.name;
@@ -1059,7 +1073,13 @@ async fn answer(
         .unwrap_or("")
         .to_ascii_lowercase();
     if content_type.starts_with("text/event-stream") {
-        return Ok(stream_back(asker, response, refusals, rewrite));
+        return Ok(stream_back_with(
+            asker,
+            response,
+            (refusals, Some(open)),
+            rewrite,
+            None,
+        ));
     }
     let is_json = content_type.starts_with("application/json");
     if is_json && (rewrite.is_some() || !refusals.is_empty()) {
@@ -1168,15 +1188,19 @@ fn stream_back(
     first: Vec<Value>,
     rewrite: Option<sse::Rewrite>,
 ) -> Response<ResponseBody> {
-    stream_back_with(asker, response, first, rewrite, None)
+    stream_back_with(asker, response, (first, None), rewrite, None)
 }
+
+/// The requests an event stream answers, the request's id and its meter
+/// (see [`sse::SseBody::answering`]).
+type Open = (Vec<Value>, String, Arc<crate::body::BodyMeter>);
 
 /// [`stream_back`], for a legacy HTTP+SSE stream too (its `endpoint`
 /// rewrite and the queue of the gateway's refusals).
 fn stream_back_with(
     asker: &Asker,
     response: Response<ResponseBody>,
-    first: Vec<Value>,
+    (first, open): (Vec<Value>, Option<Open>),
     rewrite: Option<sse::Rewrite>,
     legacy: Option<(sse::EndpointRewrite, legacy::Injected)>,
 ) -> Response<ResponseBody> {
@@ -1189,7 +1213,10 @@ fn stream_back_with(
     // stream through the pipeline's watch on every answer (liveness.rs).
     let (mut parts, body) = response.into_parts();
     parts.headers.remove(header::CONTENT_LENGTH);
-    let body = sse::SseBody::new(body, first, alive, rewrite);
+    let mut body = sse::SseBody::new(body, first, alive, rewrite);
+    if let Some((ids, request_id, meter)) = open {
+        body = body.answering(ids, &request_id, meter);
+    }
     let body = match legacy {
         Some((endpoint, injected)) => body.legacy(endpoint, injected).boxed(),
         None => body.boxed(),

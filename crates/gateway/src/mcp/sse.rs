@@ -9,6 +9,15 @@
 //! are rewritten (filtered); every other event goes out byte for byte, as soon
 //! as it is complete. Refusals the gateway made for part of a batch go out
 //! first, as events of their own.
+//!
+//! An answer to requests ([`SseBody::answering`]) keeps count of which of
+//! them the upstream answered. Should the upstream's stream break off before
+//! it answered them all — reset, ended in the middle of an event, or stalled
+//! (`forward.rs`) — the half event is dropped, each request still open gets
+//! a JSON-RPC error with the stable code in `error.data.code`
+//! (`upstream_stream_error`, or `upstream_timeout` for a stall), the stream
+//! ends cleanly, and the record says so: the client's MCP library reports a
+//! tool error instead of a broken transport, and waits for nothing.
 
 use std::collections::VecDeque;
 use std::pin::Pin;
@@ -18,7 +27,9 @@ use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use serde_json::Value;
 
-use crate::body::BoxError;
+use std::sync::Arc;
+
+use crate::body::{BodyMeter, BoxError};
 use crate::respond::ResponseBody;
 
 /// Largest single event buffered; a longer one ends the stream with an error.
@@ -48,6 +59,17 @@ pub struct SseBody {
     /// messages posted to a legacy endpoint).
     injected: Option<tokio::sync::mpsc::Receiver<Value>>,
     ended: bool,
+    /// The requests this stream answers: the ids not answered yet, the
+    /// request's id (for the errors' `data`) and its meter (for the record).
+    answering: Option<Answering>,
+    /// The stream broke off: what is in `out` goes, then it ends.
+    broken: bool,
+}
+
+struct Answering {
+    open: Vec<Value>,
+    request_id: String,
+    meter: Arc<BodyMeter>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +99,92 @@ impl SseBody {
             endpoint: None,
             injected: None,
             ended: false,
+            answering: None,
+            broken: false,
         }
+    }
+
+    /// This stream carries the answers to the requests `ids`: should it
+    /// break off before answering them all, each open one gets a JSON-RPC
+    /// error (see the module docs).
+    pub fn answering(mut self, ids: Vec<Value>, request_id: &str, meter: Arc<BodyMeter>) -> Self {
+        if !ids.is_empty() {
+            self.answering = Some(Answering {
+                open: ids,
+                request_id: request_id.to_string(),
+                meter,
+            });
+        }
+        self
+    }
+
+    /// Takes the responses in `event` off the open requests.
+    fn note_answers(&mut self, event: &[u8]) {
+        let Some(answering) = self.answering.as_mut() else {
+            return;
+        };
+        if answering.open.is_empty() {
+            return;
+        }
+        let Ok(text) = std::str::from_utf8(event) else {
+            return;
+        };
+        let lines = crate::event_stream::parse(text);
+        let Some(data) = crate::event_stream::data(&lines) else {
+            return;
+        };
+        let Ok(message) = serde_json::from_str::<Value>(&data) else {
+            return;
+        };
+        let messages = match &message {
+            Value::Array(all) => all.iter().collect(),
+            one => vec![one],
+        };
+        for m in messages {
+            if (m.get("result").is_some() || m.get("error").is_some())
+                && let Some(id) = m.get("id")
+            {
+                answering.open.retain(|open| open != id);
+            }
+        }
+    }
+
+    /// The upstream's stream broke off. With requests still open, the half
+    /// event goes, each open request gets its error, and the stream ends
+    /// cleanly after them (true); without, nothing is done (false).
+    fn break_off(&mut self) -> bool {
+        let Some(answering) = self.answering.as_mut() else {
+            return false;
+        };
+        if answering.open.is_empty() {
+            return false;
+        }
+        self.buf.clear();
+        // A stall was noted by the forwarder's guard; anything else is a
+        // stream error.
+        let code = *answering
+            .meter
+            .stream_cut
+            .get_or_init(|| "upstream_stream_error");
+        let message = match code {
+            "upstream_timeout" => "the MCP server stopped sending its answer",
+            _ => "the MCP server's answer broke off",
+        };
+        for id in answering.open.drain(..) {
+            let error = serde_json::json!({
+                "jsonrpc": "2.0",
+                "id": id,
+                "error": {
+                    "code": crate::mcp::jsonrpc::GATEWAY_REFUSAL,
+                    "message": message,
+                    "data": { "code": code, "request_id": answering.request_id },
+                },
+            });
+            self.out
+                .push_back(Bytes::from(format!("event: message\ndata: {error}\n\n")));
+        }
+        self.broken = true;
+        true
     }
 
     /// Serves the legacy HTTP+SSE transport: `endpoint` events are
@@ -97,6 +204,7 @@ impl SseBody {
     fn split_events(&mut self) {
         while let Some(end) = event_end(&self.buf) {
             let event = self.buf.split_to(end).freeze();
+            self.note_answers(&event);
             if let Some(endpoint) = &self.endpoint
                 && let Some(data) = endpoint_data(&event)
             {
@@ -220,7 +328,8 @@ impl Body for SseBody {
             this.ended = true;
         }
         loop {
-            if this.ended {
+            if this.ended || (this.broken && this.out.is_empty()) {
+                this.ended = true;
                 return Poll::Ready(None);
             }
             if this.out.is_empty()
@@ -244,9 +353,24 @@ impl Body for SseBody {
                 }
                 return Poll::Ready(Some(Ok(Frame::data(event))));
             }
+            if this.broken {
+                continue;
+            }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => {
+                    // Ended in the middle of an event: broken off, unless
+                    // that last event (without its blank line) answered
+                    // what was open. An end between two events is the
+                    // server's to make (a resumable stream may be closed
+                    // and resumed), and passes as before.
+                    if !this.buf.is_empty() {
+                        let rest = this.buf.clone();
+                        this.note_answers(&rest);
+                        if this.break_off() {
+                            continue;
+                        }
+                    }
                     this.ended = true;
                     if !this.buf.is_empty() {
                         // A last event without its blank line: pass it on as is.
@@ -258,6 +382,10 @@ impl Body for SseBody {
                     return Poll::Ready(None);
                 }
                 Poll::Ready(Some(Err(e))) => {
+                    if this.break_off() {
+                        tracing::warn!(error = %e, "MCP server's event stream broke off; its open requests were answered with errors");
+                        continue;
+                    }
                     this.ended = true;
                     return Poll::Ready(Some(Err(e)));
                 }
@@ -360,6 +488,105 @@ mod tests {
         assert!(!out.contains("SECRET"), "{out}");
         assert!(out.contains("data: not json [R]\n"), "{out}");
         assert!(out.ends_with("data: {\"id\":2}\r\r"), "{out}");
+    }
+
+    /// Chunks, then an error (a reset) or the end.
+    struct Chunks(VecDeque<Result<Bytes, BoxError>>);
+
+    impl Body for Chunks {
+        type Data = Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+            Poll::Ready(self.0.pop_front().map(|c| c.map(Frame::data)))
+        }
+    }
+
+    async fn broken(
+        chunks: Vec<Result<&'static str, &'static str>>,
+        ids: Vec<Value>,
+    ) -> (String, Option<&'static str>) {
+        let chunks = chunks
+            .into_iter()
+            .map(|c| c.map(Bytes::from).map_err(|e| -> BoxError { e.into() }))
+            .collect();
+        let meter = Arc::new(BodyMeter::default());
+        let alive: Alive = Box::new(|| true);
+        let body = SseBody::new(Chunks(chunks).boxed(), vec![], alive, None).answering(
+            ids,
+            "req-1",
+            meter.clone(),
+        );
+        let out = body.collect().await.expect("a clean end").to_bytes();
+        (
+            String::from_utf8(out.to_vec()).unwrap(),
+            meter.stream_cut.get().copied(),
+        )
+    }
+
+    /// Issue 22: an upstream stream cut in the middle of an event ends
+    /// cleanly with a JSON-RPC error for each request it had not answered;
+    /// the half event never goes out.
+    #[tokio::test]
+    async fn a_stream_broken_off_mid_event_answers_its_open_requests() {
+        let answered = "event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n";
+        for end in [Err("connection reset"), Ok("")] {
+            let (out, cut) = broken(
+                vec![
+                    Ok(answered),
+                    Ok("event: message\ndata: {\"jsonrpc\":\"2.0\",\"id\":2,\"res"),
+                    end,
+                ],
+                vec![
+                    serde_json::json!(1),
+                    serde_json::json!(2),
+                    serde_json::json!("three"),
+                ],
+            )
+            .await;
+            assert!(out.starts_with(answered), "{out}");
+            assert!(
+                !out.contains("\"res\n") && !out.contains("\"res\""),
+                "{out}"
+            );
+            let errors: Vec<Value> = out[answered.len()..]
+                .split("\n\n")
+                .filter(|e| !e.is_empty())
+                .map(|e| {
+                    serde_json::from_str(e.strip_prefix("event: message\ndata: ").unwrap()).unwrap()
+                })
+                .collect();
+            assert_eq!(errors.len(), 2, "{out}");
+            assert_eq!(errors[0]["id"], 2);
+            assert_eq!(errors[1]["id"], "three");
+            for e in &errors {
+                assert_eq!(e["error"]["data"]["code"], "upstream_stream_error", "{e}");
+                assert_eq!(e["error"]["data"]["request_id"], "req-1", "{e}");
+            }
+            assert_eq!(cut, Some("upstream_stream_error"));
+        }
+        // Everything answered, then a reset: nothing is owed, the error
+        // passes as before; a clean end between events passes too.
+        let chunks = vec![
+            Ok(Bytes::from(answered)),
+            Err::<Bytes, BoxError>("reset".into()),
+        ];
+        let alive: Alive = Box::new(|| true);
+        let body = SseBody::new(Chunks(chunks.into()).boxed(), vec![], alive, None).answering(
+            vec![serde_json::json!(1)],
+            "req-2",
+            Arc::new(BodyMeter::default()),
+        );
+        assert!(body.collect().await.is_err());
+        let (out, cut) = broken(
+            vec![Ok(answered), Ok("")],
+            vec![serde_json::json!(1), serde_json::json!(5)],
+        )
+        .await;
+        assert_eq!((out.as_str(), cut), (answered, None));
     }
 
     #[tokio::test]

@@ -80,6 +80,9 @@ pub struct Forwarder {
     max_body_bytes: u64,
     upstreams: Arc<HashMap<String, ResolvedUpstream>>,
     client_cert: ForwardClientCert,
+    /// How long an upstream body may send nothing (`[limits]
+    /// stall_timeout_ms`).
+    stall: Duration,
 }
 
 /// Who and what one upstream call is for: the request's decided facts and
@@ -139,7 +142,15 @@ impl Forwarder {
             max_body_bytes,
             upstreams: Arc::new(upstreams),
             client_cert,
+            stall: Duration::from_millis(crate::config::DEFAULT_STALL_TIMEOUT_MS),
         }
+    }
+
+    /// How long an upstream body may send nothing before the answer is
+    /// broken off (`[limits] stall_timeout_ms`).
+    pub fn with_stall_timeout(mut self, stall: Duration) -> Self {
+        self.stall = stall;
+        self
     }
 
     /// The upstream response-head timeout.
@@ -223,6 +234,10 @@ impl Forwarder {
             headers.insert(crate::trace::TRACEPARENT, traceparent);
         }
 
+        // A GET event stream (MCP's standalone stream, a legacy HTTP+SSE
+        // stream) may be silent for as long as the server has nothing to
+        // say; every other answer must keep coming.
+        let may_be_silent = parts.method == http::Method::GET;
         let mut upstream_request = Request::new(TapBody::request(body, capture.as_ref()));
         *upstream_request.method_mut() = parts.method;
         *upstream_request.uri_mut() = uri;
@@ -258,14 +273,102 @@ impl Forwarder {
         };
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        let body = TapBody::response(body, capture)
-            .map_err(|e| -> BoxError { Box::new(e) })
-            .boxed();
+        let silent_ok = may_be_silent && is_event_stream(&parts.headers);
+        let body = TapBody::response(body, capture).map_err(|e| -> BoxError { Box::new(e) });
+        let body = if silent_ok {
+            body.boxed()
+        } else {
+            StallGuard::new(body, self.stall, meter.clone()).boxed()
+        };
         // An error answer that echoes the credential goes out without it.
         Ok(crate::pipeline::echo::guard(
             Response::from_parts(parts, body),
             injected.map(crate::pipeline::echo::Needles::of),
         ))
+    }
+}
+
+fn is_event_stream(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        })
+}
+
+/// The upstream sent nothing of its body for `stall_timeout_ms`.
+#[derive(Debug, thiserror::Error)]
+#[error("the upstream sent nothing of its answer for {0} ms")]
+pub struct UpstreamStalled(u128);
+
+/// An upstream body that fails with [`UpstreamStalled`] when it yields
+/// nothing for `stall` while it is being read: a server that stops
+/// mid-answer would otherwise hold the exchange, its connections and its
+/// task forever. Only time spent waiting on the upstream counts: while the
+/// client is not taking the answer, the body is not polled and no timer runs
+/// (the listener's own stall check covers that side). The record's
+/// `error_code` says `upstream_timeout`.
+pub(crate) struct StallGuard<B> {
+    inner: B,
+    stall: Duration,
+    /// Armed while a poll found nothing; reset by every frame.
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    meter: Arc<BodyMeter>,
+}
+
+impl<B> StallGuard<B> {
+    pub(crate) fn new(inner: B, stall: Duration, meter: Arc<BodyMeter>) -> Self {
+        StallGuard {
+            inner,
+            stall,
+            timer: None,
+            meter,
+        }
+    }
+}
+
+impl<B> http_body::Body for StallGuard<B>
+where
+    B: http_body::Body<Data = bytes::Bytes, Error = BoxError> + Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Pending => {
+                let stall = this.stall;
+                let timer = this
+                    .timer
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(stall)));
+                if timer.as_mut().poll(cx).is_ready() {
+                    this.timer = None;
+                    let _ = this.meter.stream_cut.set("upstream_timeout");
+                    return Poll::Ready(Some(Err(Box::new(UpstreamStalled(stall.as_millis())))));
+                }
+                Poll::Pending
+            }
+            ready => {
+                this.timer = None;
+                ready
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
     }
 }
 
@@ -446,6 +549,42 @@ fn set_forwarded_for(headers: &mut HeaderMap, remote: SocketAddr) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A body that has sent `frames` and then never sends anything more.
+    struct Stops(usize);
+
+    impl http_body::Body for Stops {
+        type Data = bytes::Bytes;
+        type Error = BoxError;
+
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<bytes::Bytes>, BoxError>>> {
+            if self.0 == 0 {
+                return std::task::Poll::Pending;
+            }
+            self.0 -= 1;
+            std::task::Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from("x")))))
+        }
+    }
+
+    /// Issue 22: an upstream body that stops mid-answer is broken off after
+    /// the stall timeout, and the record is told `upstream_timeout`.
+    #[tokio::test]
+    async fn a_body_that_stops_is_broken_off_after_the_stall_timeout() {
+        let meter = Arc::new(BodyMeter::default());
+        let stall = Duration::from_millis(200);
+        let mut body = StallGuard::new(Stops(2), stall, meter.clone());
+        let started = std::time::Instant::now();
+        for _ in 0..2 {
+            assert!(body.frame().await.unwrap().is_ok());
+        }
+        let err = body.frame().await.unwrap().unwrap_err();
+        assert!(err.is::<UpstreamStalled>(), "{err}");
+        assert!(started.elapsed() >= stall);
+        assert_eq!(meter.stream_cut.get(), Some(&"upstream_timeout"));
+    }
 
     /// Fully percent-decodes a path, as an upstream would.
     fn percent_decoded(path: &str) -> Option<String> {
