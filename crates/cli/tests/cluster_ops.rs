@@ -573,11 +573,12 @@ async fn a_tampered_shared_log_is_set_aside_once_every_replica_has_stopped() {
         &["--accept-tampered-log-from", "4"],
     );
     assert!(err.contains("bad from index 3"), "{err}");
+    let owned_url = url.clone();
     let a = tokio::task::spawn_blocking(move || {
         Server::start_with(
             dir_a,
             Some(&cfg_a),
-            &env,
+            &[("PORTCULLIS_STORE_URL", owned_url.as_str())],
             &["--accept-tampered-log-from", "3"],
         )
     })
