@@ -64,6 +64,26 @@ pub(crate) fn verifier_key(state: &StateDirArg, key: Option<String>) -> Result<V
         .map_err(|e| anyhow!("invalid verifier key: {e}"))
 }
 
+/// The verifier keys of audit keys retired by rotations, as the server on
+/// this state directory wrote them (`audit-retired.pub`); none before a
+/// rotation.
+fn retired_verifier_keys(state: &StateDirArg) -> Result<Vec<VerifierKey>> {
+    let path = StateDir::new(state.state_dir.clone()).audit_retired_verifier_keys();
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read `{}`", path.display())),
+    };
+    text.lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            line.trim()
+                .parse()
+                .map_err(|e| anyhow!("`{}`: invalid verifier key: {e}", path.display()))
+        })
+        .collect()
+}
+
 /// Opens a checkpoint note with the key; the key name is the log's origin.
 fn open_checkpoint(note: &str, key: &VerifierKey) -> Result<Checkpoint> {
     portcullis_store::open_checkpoint(note, key, key.name())
@@ -317,6 +337,7 @@ pub async fn verify(
                     Store::open_sqlite(&db).await?
                 }
             };
+            store.trust_retired_audit_keys(retired_verifier_keys(state)?);
             let result = store
                 .verify_audit_log_with_archive(&key, key.name(), &extra, archives)
                 .await;

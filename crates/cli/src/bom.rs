@@ -9,14 +9,16 @@
 //! hash and its lifecycle, verification and provenance type as properties;
 //! the datasets routes are tagged with are `data` components (owner,
 //! classification, provenance, consent, retention), and dependencies tie
-//! routes to them too: the lineage route → model, route → dataset. Read offline from the config file and, when given, the state
-//! directory's database (read-only, beside a running server).
+//! routes to them too: the lineage route → model, route → dataset. Read offline from the config file and the gateway's database,
+//! read-only beside running servers: the PostgreSQL store of a cluster
+//! (`PORTCULLIS_STORE_URL` or the config's `[store] url`), else, when given,
+//! the state directory's SQLite database.
 //!
 //! Nothing secret is written: upstream URLs lose any user information, a
 //! stdio server is named by its program only (arguments may carry tokens),
 //! and API keys and vault credentials appear as their source kind only.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context as _, Result};
 use portcullis_gateway::config::{Config, RouteConfig, RouteKind, Upstream};
@@ -36,9 +38,29 @@ pub async fn run(
         Some(path) => Config::load(path)?,
         None => Config::quickstart(),
     };
-    let (tools, registry) = match state_dir {
-        Some(dir) => read_state(&dir.join("portcullis.db")).await?,
-        None => (Vec::new(), Registry::default()),
+    // As `serve` picks its store: the variable over the config file. A
+    // cluster's state is in its database, not in a replica's directory.
+    let cluster_url = match crate::serve::store_url_env()? {
+        Some(url) => Some(url),
+        None => config.store_url.clone(),
+    }
+    .filter(|url| portcullis_store::is_postgres_url(url));
+    let (tools, registry) = match (cluster_url, state_dir) {
+        (Some(url), _) => {
+            // Read-only sessions, never migrated (only `serve` migrates).
+            let store = Store::open_postgres_read_only(&url)
+                .await
+                .context("cannot open the PostgreSQL store read-only")?;
+            read_state(store).await?
+        }
+        (None, Some(dir)) => {
+            let db = dir.join("portcullis.db");
+            let store = Store::open_sqlite_read_only(&db)
+                .await
+                .with_context(|| format!("cannot open `{}` read-only", db.display()))?;
+            read_state(store).await?
+        }
+        (None, None) => (Vec::new(), Registry::default()),
     };
     let now = time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
@@ -62,10 +84,7 @@ pub struct Registry {
     pub datasets: Vec<DatasetRow>,
 }
 
-async fn read_state(db: &Path) -> Result<(Vec<McpToolRow>, Registry)> {
-    let store = Store::open_sqlite_read_only(db)
-        .await
-        .with_context(|| format!("cannot open `{}` read-only", db.display()))?;
+async fn read_state(store: Store) -> Result<(Vec<McpToolRow>, Registry)> {
     let read = async {
         let tools = store
             .mcp_tools()

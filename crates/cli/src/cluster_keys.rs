@@ -22,7 +22,7 @@ use portcullis_vault::key_material::{self, KeyMaterialError};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::state_dir::{StateDir, write_public};
+use crate::state_dir::{StateDir, write_public, write_secret};
 
 /// The key material a replica runs with.
 pub(crate) struct Keys {
@@ -36,6 +36,13 @@ pub(crate) struct Keys {
     pub mfa_seed: [u8; 32],
     /// The audit pseudonym key, only when `[audit] pseudonymize` is set.
     pub pseudonym_seed: Option<[u8; 32]>,
+    /// Access-token keys retired by rotations, oldest first, each with when
+    /// it was retired (epoch seconds): they verify the tokens they signed
+    /// before then, until those expire.
+    pub token_previous: Vec<([u8; 32], i64)>,
+    /// Audit checkpoint keys retired by rotations, oldest first: the
+    /// checkpoints they signed still verify with them.
+    pub log_previous: Vec<[u8; 32]>,
 }
 
 /// One piece of key material: its name in `sealed_keys`, what it is (for
@@ -134,13 +141,184 @@ pub(crate) async fn load(
     } else {
         None
     };
+    let token_previous = source.previous(&TOKEN, &state.token_key()).await?;
+    let log_previous = source
+        .previous(&AUDIT, &state.audit_key())
+        .await?
+        .into_iter()
+        .map(|(seed, _)| seed)
+        .collect();
     Ok(Keys {
         ca,
         token_seed,
         log_seed,
         mfa_seed,
         pseudonym_seed,
+        token_previous,
+        log_previous,
     })
+}
+
+/// A signing key `portcullis vault rotate-key` replaces: the others are not
+/// rotated this way (the CA would orphan every agent certificate, the MFA
+/// key every enrolled approver, the pseudonym key every pseudonym).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RotatedKey {
+    /// The access-token signing key (`token_key`).
+    TokenKey,
+    /// The audit checkpoint signing key (`audit_key`).
+    AuditKey,
+}
+
+/// What a rotation did.
+pub struct Rotation {
+    /// The key's name (`token_key`, `audit_key`).
+    pub name: &'static str,
+    /// The new version (the old ones are kept).
+    pub version: i64,
+    /// Whether it was sealed in the database (else written to the file).
+    pub sealed: bool,
+    /// The new key's fingerprint (`key_fingerprints`): of its public half.
+    pub fingerprint: String,
+}
+
+/// Replaces `key` with a new one and keeps the old: sealed as the next
+/// version beside the others (PostgreSQL with a KEK), or written to its file
+/// in the state directory, the old file kept as `<file>.retired-<when>`.
+/// The server must be stopped (the caller holds the state lock; in cluster
+/// mode no replica holds a lease): a running one would go on signing with
+/// the old key. At the next start the new key signs and the old ones verify
+/// what they signed (docs/cluster.md, "Rotating the signing keys").
+pub(crate) async fn rotate(
+    state: &StateDir,
+    store: &Store,
+    kek: Option<&Kek>,
+    key: RotatedKey,
+) -> Result<Rotation> {
+    let (item, path) = match key {
+        RotatedKey::TokenKey => (&TOKEN, state.token_key()),
+        RotatedKey::AuditKey => (&AUDIT, state.audit_key()),
+    };
+    let now = now_s();
+    let seed = Zeroizing::new(rand::random::<[u8; 32]>());
+    let fingerprint = match key {
+        RotatedKey::TokenKey => token_fingerprint(&seed),
+        RotatedKey::AuditKey => audit_fingerprint(&seed),
+    };
+    let retired = retired_path(&path, now);
+    if retired.exists() {
+        bail!(
+            "the {} was rotated less than a second ago; retry",
+            item.what
+        );
+    }
+    let (version, sealed) = match kek {
+        Some(kek) if store.is_postgres() => {
+            let Some(current) = store.sealed_key(item.name).await? else {
+                bail!(
+                    "the cluster's {} is not sealed in the database yet: start a replica with the KEK once (it seals it), then rotate",
+                    item.what
+                );
+            };
+            // Opening the current version proves the KEK is the cluster's.
+            open_row(kek, item, &current)?;
+            let version = current.version + 1;
+            let row = key_material::seal(kek, item.name, version, seed.as_slice(), now);
+            if !store.insert_sealed_key(&row).await? {
+                bail!(
+                    "version {version} of the {} was sealed meanwhile (another rotation); nothing changed",
+                    item.what
+                );
+            }
+            // A file of the old key here would make the next start refuse
+            // (it is not the sealed one): it is set aside.
+            if path.exists() {
+                std::fs::rename(&path, &retired)
+                    .with_context(|| format!("cannot set `{}` aside", path.display()))?;
+            }
+            (version, true)
+        }
+        _ => {
+            if store.is_postgres()
+                && let Some(row) = store.sealed_key(item.name).await?
+            {
+                bail!(
+                    "the cluster's {} is sealed in the database under the KEK with fingerprint {}: set {} or {}",
+                    item.what,
+                    row.kek_id,
+                    crate::ENV_KEK_FILE,
+                    crate::ENV_KEK
+                );
+            }
+            if !path.exists() {
+                bail!(
+                    "no {} in `{}`: start the server once first (it makes one)",
+                    item.file,
+                    state.root().display()
+                );
+            }
+            let old = Zeroizing::new(crate::serve::read_seed(&path)?);
+            write_secret(&retired, format!("{}\n", hex::encode(*old)).as_bytes())?;
+            // The new key replaces the file whole, never half-written.
+            let mut fresh = path.as_os_str().to_owned();
+            fresh.push(".new");
+            let fresh = std::path::PathBuf::from(fresh);
+            write_secret(&fresh, format!("{}\n", hex::encode(*seed)).as_bytes())?;
+            std::fs::rename(&fresh, &path)
+                .with_context(|| format!("cannot replace `{}`", path.display()))?;
+            (retired_files(&path)?.len() as i64 + 1, false)
+        }
+    };
+    // The cluster compares each replica's key with this at start.
+    if store.is_postgres()
+        && let Some(name) = item.fingerprint_name
+    {
+        store
+            .replace_cluster_key(name, &fingerprint, now * 1000)
+            .await?;
+    }
+    Ok(Rotation {
+        name: item.name,
+        version,
+        sealed,
+        fingerprint,
+    })
+}
+
+/// Where a key file goes when a rotation retires it.
+fn retired_path(path: &Path, now: i64) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".retired-{now}"));
+    std::path::PathBuf::from(name)
+}
+
+/// The seeds of the files a rotation retired beside `path`
+/// (`<file>.retired-<when>`), oldest first, with when.
+fn retired_files(path: &Path) -> Result<Vec<([u8; 32], i64)>> {
+    let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else {
+        return Ok(Vec::new());
+    };
+    let prefix = format!("{name}.retired-");
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read `{}`", dir.display())),
+    };
+    let mut retired = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("cannot read `{}`", dir.display()))?;
+        let Some(when) = entry
+            .file_name()
+            .to_str()
+            .and_then(|f| f.strip_prefix(&prefix))
+            .and_then(|w| w.parse::<i64>().ok())
+        else {
+            continue;
+        };
+        retired.push((crate::serve::read_seed(&entry.path())?, when));
+    }
+    retired.sort_by_key(|(_, when)| *when);
+    Ok(retired)
 }
 
 /// `serve --check` on PostgreSQL: opens every sealed key with the KEK and
@@ -301,6 +479,23 @@ impl Source<'_> {
         as_seed(item, &material)
     }
 
+    /// The versions of `item` retired by rotations, oldest first, each with
+    /// when it was retired (epoch seconds): the sealed versions before the
+    /// newest (retired when the next was sealed), or the state directory's
+    /// `<file>.retired-<when>` files.
+    async fn previous(&self, item: &Item, path: &Path) -> Result<Vec<([u8; 32], i64)>> {
+        let Source::Sealed { store, kek } = self else {
+            return retired_files(path);
+        };
+        let versions = store.sealed_key_versions(item.name).await?;
+        let mut previous = Vec::new();
+        for pair in versions.windows(2) {
+            let material = open_row(kek, item, &pair[0])?;
+            previous.push((as_seed(item, &material)?, pair[1].sealed_at));
+        }
+        Ok(previous)
+    }
+
     /// The sealed version of `item` if the cluster has one (checked against
     /// this replica's own file, if any); else this replica's file, or new
     /// material, sealed for the others. A replica that loses the race to
@@ -374,8 +569,17 @@ async fn open_sealed(store: &Store, kek: &Kek, item: &Item) -> Result<Option<Zer
     let Some(row) = store.sealed_key(item.name).await? else {
         return Ok(None);
     };
-    match key_material::open(kek, &row) {
-        Ok(material) => Ok(Some(material)),
+    open_row(kek, item, &row).map(Some)
+}
+
+/// One sealed version of `item`, opened under `kek`.
+fn open_row(
+    kek: &Kek,
+    item: &Item,
+    row: &portcullis_store::SealedKeyRow,
+) -> Result<Zeroizing<Vec<u8>>> {
+    match key_material::open(kek, row) {
+        Ok(material) => Ok(material),
         Err(KeyMaterialError::OtherKek {
             sealed_under,
             given,

@@ -257,12 +257,15 @@ enum Command {
     },
     /// The AI bill of materials as CycloneDX 1.6 JSON: routes and their
     /// upstreams, models, MCP servers and the tools seen, with digests
-    /// (offline: the config file and, with `--state-dir`, the database).
+    /// (offline: the config file and the database: a cluster's PostgreSQL
+    /// store from `PORTCULLIS_STORE_URL` or `[store] url`, else the
+    /// `--state-dir`'s).
     Bom {
         /// The config file (default: the quickstart's routes).
         #[arg(long)]
         config: Option<PathBuf>,
-        /// The state directory whose MCP tools to include (read-only).
+        /// The state directory whose MCP tools to include (read-only; on a
+        /// PostgreSQL store the database is read instead).
         #[arg(long)]
         state_dir: Option<PathBuf>,
         /// Write the BOM here instead of standard output.

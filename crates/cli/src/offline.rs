@@ -148,6 +148,32 @@ impl Offline {
         Ok(serde_json::to_value(info)?)
     }
 
+    /// `vault rotate-key`: a new signing key, the old one kept to verify
+    /// what it signed (`cluster_keys::rotate`). Only offline: on a cluster,
+    /// refused while any replica holds a live lease, since a running
+    /// replica would go on signing with the old key and refuse what the
+    /// restarted ones sign.
+    pub async fn rotate_key(
+        &self,
+        key: crate::cluster_keys::RotatedKey,
+    ) -> Result<crate::cluster_keys::Rotation> {
+        let lease_ms = i64::try_from(portcullis_gateway::audit_intent::INTENT_LEASE.as_millis())
+            .unwrap_or(i64::MAX);
+        let alive = self.store.live_replicas(lease_ms).await?;
+        if !alive.is_empty() {
+            bail!(
+                "{} replica(s) of the cluster hold a live lease ({}): stop every replica, and rotate once their leases have lapsed ({lease_ms} ms after they stopped)",
+                alive.len(),
+                alive.join(", ")
+            );
+        }
+        let kek = crate::serve::load_kek(self.state.kek().exists(), &self.state)?;
+        let rotation =
+            crate::cluster_keys::rotate(&self.state, &self.store, kek.as_ref(), key).await?;
+        self.audit("vault.rotate_key", rotation.name, 200).await?;
+        Ok(rotation)
+    }
+
     /// `agent create` without a server: the CA in the state directory signs
     /// the CSR; the response has the admin API's shape.
     pub async fn create_agent(

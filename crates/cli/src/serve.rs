@@ -211,6 +211,26 @@ pub async fn run(
         &state.audit_verifier_key(),
         format!("{}\n", signer.verifier()).as_bytes(),
     )?;
+    // Checkpoints signed before a rotation of the audit key verify with the
+    // key they were signed with: trusted from the sealed versions or the
+    // state directory, never from the database's rows. `audit verify` on
+    // this host reads them from `audit-retired.pub`.
+    let retired = keys
+        .log_previous
+        .iter()
+        .map(|seed| {
+            let key = ed25519_dalek::SigningKey::from_bytes(seed);
+            portcullis_audit::note::VerifierKey::new(&config.audit.origin, key.verifying_key())
+                .map_err(|e| anyhow::anyhow!("a retired audit key: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if retired.is_empty() {
+        let _ = std::fs::remove_file(state.audit_retired_verifier_keys());
+    } else {
+        let lines: String = retired.iter().map(|k| format!("{k}\n")).collect();
+        write_public(&state.audit_retired_verifier_keys(), lines.as_bytes())?;
+    }
+    store.trust_retired_audit_keys(retired);
     // Only on an explicit, audited request: set a tampered log aside and begin
     // a new segment linked to the accepted prefix.
     let new_segment = match accept_tampered_log_from {
@@ -438,8 +458,7 @@ pub async fn run(
     .map_err(|e| anyhow::anyhow!("invalid `[[identity.oidc]]` login settings: {e}"))?
     .map(Arc::new);
     let mut tokens = portcullis_gateway::tokens::TokenService::new(
-        portcullis_identity::TokenIssuer::new(token_key, &token_issuer)
-            .context("cannot load the access-token signing key")?,
+        token_issuer_with_previous(token_key, &token_issuer, &keys.token_previous)?,
         config.token_ttl,
         &config.trust_domain,
         Arc::clone(&oidc),
@@ -1375,6 +1394,32 @@ pub(crate) fn upstream_tls(ca_pem: &str) -> Result<rustls::ClientConfig> {
     Ok(config)
 }
 
+/// The access-token issuer signing with `key`, also verifying the tokens
+/// the keys retired by rotations signed, while those may still be valid.
+fn token_issuer_with_previous(
+    key: portcullis_identity::Ed25519Key,
+    issuer: &str,
+    previous: &[([u8; 32], i64)],
+) -> Result<portcullis_identity::TokenIssuer> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    let mut tokens = portcullis_identity::TokenIssuer::new(key, issuer)
+        .context("cannot load the access-token signing key")?;
+    for (seed, retired_at) in previous {
+        if portcullis_identity::TokenIssuer::previous_key_verifies(*retired_at, now) {
+            tokens = tokens
+                .with_previous(
+                    &portcullis_identity::Ed25519Key::from_seed(seed),
+                    *retired_at,
+                )
+                .context("cannot load a retired access-token key")?;
+        }
+    }
+    Ok(tokens)
+}
+
 /// `serve --accept-tampered-log-from N`: verifies the stored log, refuses
 /// unless it fails verification and `N` is at most its first bad index, sets
 /// it aside and returns the first record of the new segment, which names the
@@ -1417,8 +1462,12 @@ async fn accept_tampered_log(
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_millis() as i64;
+    // In cluster mode the log is every replica's: refused while another
+    // one holds a live lease (the lease the intent takeover judges by).
+    let lease_ms = i64::try_from(portcullis_gateway::audit_intent::INTENT_LEASE.as_millis())
+        .unwrap_or(i64::MAX);
     let archived = store
-        .archive_audit_segment(accepted, now_ms)
+        .archive_audit_segment(accepted, now_ms, lease_ms)
         .await
         .context("cannot set the tampered audit log aside")?;
     // The exported checkpoints belong to the old segment: set aside too.

@@ -79,6 +79,11 @@ impl StateDir {
     pub fn audit_verifier_key(&self) -> PathBuf {
         self.root.join("audit.pub")
     }
+    /// The verifier keys of audit keys retired by rotations, one per line
+    /// (public; written by the server, absent before a rotation).
+    pub fn audit_retired_verifier_keys(&self) -> PathBuf {
+        self.root.join("audit-retired.pub")
+    }
     /// The default policy directory.
     pub fn policies(&self) -> PathBuf {
         self.root.join("policies")

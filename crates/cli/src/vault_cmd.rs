@@ -180,6 +180,16 @@ pub enum SecretCommand {
 pub enum VaultCommand {
     /// The KEK fingerprint and overdue secrets.
     Status,
+    /// Replace a signing key with a new one, keeping the old to verify what
+    /// it signed: sealed as the next version in a cluster's database (with
+    /// a KEK), else written to the state directory. Offline only: stop the
+    /// server (every replica of a cluster) first; the new key signs from
+    /// the next start.
+    RotateKey {
+        /// Which key.
+        #[arg(value_enum)]
+        key: crate::cluster_keys::RotatedKey,
+    },
     /// Rewrap every data key under a new key-encryption key, without downtime.
     /// Afterwards, point PORTCULLIS_KEK_FILE (or PORTCULLIS_KEK) at the new key
     /// before the next restart: the old one no longer opens the vault.
@@ -375,8 +385,12 @@ pub async fn secret(command: SecretCommand, args: AdminArgs) -> Result<()> {
 
 /// Runs a vault command.
 pub async fn vault(command: VaultCommand, args: AdminArgs) -> Result<()> {
+    if let VaultCommand::RotateKey { key } = command {
+        return rotate_key(key, &args).await;
+    }
     let client = AdminClient::from_args(&args)?;
     match command {
+        VaultCommand::RotateKey { .. } => {}
         VaultCommand::Status => {
             let status = client.get("/vault").await?;
             output::emit(args.out.format(), &status, output::fields)?;
@@ -422,6 +436,41 @@ pub async fn vault(command: VaultCommand, args: AdminArgs) -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// `vault rotate-key`: offline, on the state directory no server holds (or a
+/// cluster's database no replica uses).
+async fn rotate_key(key: crate::cluster_keys::RotatedKey, args: &AdminArgs) -> Result<()> {
+    let Some(offline) = crate::offline::Offline::open(args).await? else {
+        bail!(
+            "a server is running on this state directory (or --admin-url was given): stop it first; a running server would go on signing with the old key"
+        );
+    };
+    let result = offline.rotate_key(key).await;
+    offline.close().await;
+    let rotation = result?;
+    print(&json!({
+        "key": rotation.name,
+        "version": rotation.version,
+        "sealed": rotation.sealed,
+        "fingerprint": rotation.fingerprint,
+    }));
+    eprintln!(
+        "rotated the {} to version {}{}; start the server{} to sign with it (the old version still verifies what it signed)",
+        rotation.name,
+        rotation.version,
+        if rotation.sealed {
+            " (sealed in the database)"
+        } else {
+            ""
+        },
+        if rotation.sealed {
+            "s"
+        } else {
+            " (a cluster without a KEK: copy the key file and its `.retired-*` files to every replica)"
+        }
+    );
     Ok(())
 }
 

@@ -8,6 +8,7 @@ mod support;
 
 use std::process::Command;
 
+use portcullis_store::testing::TestDb;
 use portcullis_store::{DatasetRow, Lifecycle, McpToolRow, ModelRow, Store};
 use serde_json::Value;
 
@@ -48,24 +49,22 @@ fn tool(route: &str, name: &str, seen: &str, approved: Option<&str>) -> McpToolR
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn bom_lists_routes_models_and_tools_as_valid_cyclonedx_1_6() {
-    let dir = tempfile::tempdir().unwrap();
-    let routes = format!(
+/// The routes the BOM lists: plain HTTP, an MCP server, an LLM route with
+/// two models and two datasets.
+fn routes() -> String {
+    format!(
         "{}{}{}",
         support::route("api", "/api", "http://127.0.0.1:9/base", "internal"),
         "[[routes]]\nname = \"files\"\nkind = \"mcp\"\npath_prefix = \"/mcp/files\"\nupstream = \"http://127.0.0.1:9/mcp\"\nclassification = \"confidential\"\nowner = \"data-team\"\ntags = [\"pii\"]\n",
         "[[routes]]\nname = \"llm\"\nkind = \"llm\"\npath_prefix = \"/llm\"\nupstream = \"https://api.example:443\"\nclassification = \"restricted\"\napi_key_env = \"BOM_LLM_KEY\"\ndatasets = [\"claims\", \"unlisted\"]\n\
          [[routes.models]]\nname = \"gpt-4o\"\nversion = \"2024-08-06\"\nstatus = \"approved\"\nregistry = \"gpt-4o@2024-08-06\"\n\
          [[routes.models]]\nname = \"meta-llama/Llama-3-8B\"\nstatus = \"preview\"\n",
-    );
-    let config = support::config(dir.path(), &routes, "");
-    // The tools the gateway has seen, as its MCP adapter stores them.
-    let state = dir.path().join("state");
-    std::fs::create_dir(&state).unwrap();
-    let store = Store::open_sqlite(&state.join("portcullis.db"))
-        .await
-        .unwrap();
+    )
+}
+
+/// The tools the gateway has seen, as its MCP adapter stores them, and the
+/// registries: the model's entry and one of the two datasets.
+async fn seed(store: &Store) {
     let (a, b) = ("a".repeat(64), "b".repeat(64));
     store
         .upsert_mcp_tool(&tool("files", "read_file", &a, Some(&a)))
@@ -79,7 +78,6 @@ async fn bom_lists_routes_models_and_tools_as_valid_cyclonedx_1_6() {
         .upsert_mcp_tool(&tool("files", "delete_file", &b, None))
         .await
         .unwrap();
-    // The registries: the model's entry and one of the two datasets.
     store
         .register_model(&ModelRow {
             name: "gpt-4o".into(),
@@ -119,6 +117,19 @@ async fn bom_lists_routes_models_and_tools_as_valid_cyclonedx_1_6() {
         })
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bom_lists_routes_models_and_tools_as_valid_cyclonedx_1_6() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = routes();
+    let config = support::config(dir.path(), &routes, "");
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    let store = Store::open_sqlite(&state.join("portcullis.db"))
+        .await
+        .unwrap();
+    seed(&store).await;
     store.close().await;
 
     let out = Command::new(support::BIN)
@@ -134,8 +145,13 @@ async fn bom_lists_routes_models_and_tools_as_valid_cyclonedx_1_6() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let text = String::from_utf8(out.stdout).unwrap();
-    let bom: Value = serde_json::from_str(&text).unwrap();
+    check_bom(&String::from_utf8(out.stdout).unwrap());
+}
+
+/// The BOM of [`routes`] over the state [`seed`] wrote is all it should be,
+/// and valid CycloneDX 1.6.
+fn check_bom(text: &str) {
+    let bom: Value = serde_json::from_str(text).unwrap();
     assert_eq!(bom["bomFormat"], "CycloneDX");
     assert_eq!(bom["specVersion"], "1.6");
 
@@ -241,4 +257,62 @@ async fn bom_lists_routes_models_and_tools_as_valid_cyclonedx_1_6() {
             String::from_utf8_lossy(&v.stdout)
         );
     }
+}
+
+/// In cluster mode the state is in the shared PostgreSQL database: `bom`
+/// reads it (read-only sessions) from `[store] url` or from
+/// `PORTCULLIS_STORE_URL`, with no state directory, and lists the same.
+#[tokio::test(flavor = "multi_thread")]
+async fn bom_reads_a_clusters_postgresql_store() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let url = db.url();
+    let store = db.open().await;
+    seed(&store).await;
+    store.close().await;
+    let dir = tempfile::tempdir().unwrap();
+    let routes = routes();
+    // From the config file's `[store] url` …
+    let with_url = support::config(
+        dir.path(),
+        &format!("{routes}[store]\nurl = \"{url}\"\n"),
+        "",
+    );
+    let bom = |config: &std::path::Path, env: Option<&str>| {
+        let mut cmd = Command::new(support::BIN);
+        cmd.arg("bom").arg("--config").arg(config);
+        cmd.env_remove("PORTCULLIS_STORE_URL");
+        if let Some(url) = env {
+            cmd.env("PORTCULLIS_STORE_URL", url);
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    check_bom(&bom(&with_url, None));
+    // … or from the variable, which wins over the file as for `serve`.
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = support::config(plain_dir.path(), &routes, "");
+    check_bom(&bom(&plain, Some(&url)));
+    // Read-only: a database `serve` has not migrated is refused, not migrated.
+    let empty = TestDb::postgres().await.unwrap();
+    let mut cmd = Command::new(support::BIN);
+    let out = cmd
+        .arg("bom")
+        .arg("--config")
+        .arg(&plain)
+        .env("PORTCULLIS_STORE_URL", empty.url())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot open the PostgreSQL store"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

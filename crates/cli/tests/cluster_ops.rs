@@ -481,3 +481,170 @@ async fn a_postgres_store_is_backed_up_live_and_restored_into_an_empty_database(
     eprintln!("{verify}");
     drop((b, gate));
 }
+
+/// Issue 18: audit set-aside on the shared log (`serve
+/// --accept-tampered-log-from N`, docs/audit-format.md). Refused while
+/// another replica runs; once every replica has stopped (and its lease
+/// lapsed) the replica started with it sets the tampered log aside, begins a
+/// new one whose first record links to the accepted prefix, and the new log
+/// signs and verifies; another replica then joins the new log.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_shared_log_is_set_aside_once_every_replica_has_stopped() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    install_crypto();
+    let (upstream, gate) = start_upstream().await;
+    let url = db.url();
+    let (mut a, mut b) = two_replicas(&url, |dir| replica_config(dir, upstream), &[]).await;
+    let (cert, key) = a.create_agent("bot", &["reader"]);
+    assert_eq!(
+        agent_gets_through(&a.ca_pem(), (&cert, &key), &a).await,
+        200
+    );
+    let agent = client(&a.ca_pem(), Some((&cert, &key)));
+    for i in 0..5 {
+        let response = agent.get(a.url(&format!("/api/{i}"))).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        a.audit_record(&request_id(&response));
+    }
+    // Covered by a checkpoint the cluster's signer signed.
+    let live = portcullis_store::Store::open_postgres(&url).await.unwrap();
+    let covered = live.audit_size().await.unwrap();
+    let started = Instant::now();
+    loop {
+        let signed = live
+            .latest_checkpoint()
+            .await
+            .unwrap()
+            .map_or(0, |c| c.size);
+        if signed >= covered {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "{signed} of {covered} records signed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    a.terminate();
+    // Record 3 is removed from the shared log behind the replicas' backs.
+    let pool = sqlx::PgPool::connect(&url).await.unwrap();
+    sqlx::query("DELETE FROM audit_log WHERE seq = 3")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let dir_a = a.into_dir();
+    let cfg_a = dir_a.path().join("portcullis.toml");
+    let env = [("PORTCULLIS_STORE_URL", url.as_str())];
+    // B still runs: the shared log is not set aside under it.
+    let err = serve_fails_with(
+        &dir_a.path().join("state"),
+        Some(&cfg_a),
+        &env,
+        &["--accept-tampered-log-from", "3"],
+    );
+    assert!(
+        err.contains("hold a live lease") && err.contains("stop every replica"),
+        "{err}"
+    );
+    b.terminate();
+    // A stopped replica's lease lapses (5 s) rather than being released.
+    let started = Instant::now();
+    loop {
+        let alive: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM cluster_replicas WHERE seen_ms > (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT - 5000",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        if alive == 0 {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(30), "leases held");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let logged = live.audit_size().await.unwrap();
+    // Past the first bad index: refused, naming it.
+    let err = serve_fails_with(
+        &dir_a.path().join("state"),
+        Some(&cfg_a),
+        &env,
+        &["--accept-tampered-log-from", "4"],
+    );
+    assert!(err.contains("bad from index 3"), "{err}");
+    let owned_url = url.clone();
+    let a = tokio::task::spawn_blocking(move || {
+        Server::start_with(
+            dir_a,
+            Some(&cfg_a),
+            &[("PORTCULLIS_STORE_URL", owned_url.as_str())],
+            &["--accept-tampered-log-from", "3"],
+        )
+    })
+    .await
+    .unwrap();
+    let response = agent.get(a.url("/api/new-segment")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    a.audit_record(&request_id(&response));
+    let link = a.wait_record("the new segment's link record", |r| {
+        r["action"] == "audit.accept_tampered_log"
+    });
+    assert_eq!(link["seq"], 0, "{link}");
+    let path = link["path"].as_str().unwrap();
+    assert!(
+        path.contains(&format!("size={logged}&accepted=3&first_bad=3")),
+        "{path}"
+    );
+    // The old log is kept whole beside the new one, for forensics.
+    let suffix = path
+        .split('/')
+        .nth(3)
+        .and_then(|s| s.split('?').next())
+        .unwrap()
+        .to_string();
+    let kept: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT COUNT(*) FROM audit_log_{suffix}"
+    )))
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(kept as u64, logged - 1);
+    // A second replica joins the new log; it signs and verifies.
+    let dir_c = provisioned_like(&a);
+    let cfg_c = replica_config(dir_c.path(), upstream);
+    let c = start_replica(dir_c, cfg_c, &url, &[]).await;
+    let response = agent.get(c.url("/api/on-c")).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    c.audit_record(&request_id(&response));
+    let size = live.audit_size().await.unwrap();
+    let started = Instant::now();
+    while live
+        .latest_checkpoint()
+        .await
+        .unwrap()
+        .map_or(0, |c| c.size)
+        < size
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the new log is not signed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ok(
+        run(
+            &[
+                "audit",
+                "verify",
+                "--state-dir",
+                a.state_dir().to_str().unwrap(),
+            ],
+            &env,
+        ),
+        "audit verify of the new log",
+    );
+    live.close().await;
+    pool.close().await;
+    drop((a, c, gate));
+}

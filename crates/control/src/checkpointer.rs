@@ -32,7 +32,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use portcullis_audit::checkpoint::{self, Checkpoint};
 use portcullis_audit::note::VerifierKey;
-use portcullis_store::{Store, StoreError, StoredCheckpoint, open_checkpoint};
+use portcullis_store::{Store, StoreError, StoredCheckpoint};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Mutex, watch};
 
@@ -200,7 +200,10 @@ impl Checkpointer {
             size: latest.size,
             detail,
         };
-        let checkpoint = open_checkpoint(&latest.note, &self.signer.verifier, &self.signer.origin)
+        // Signed by the current key, or by one a rotation retired.
+        let checkpoint = self
+            .store
+            .open_checkpoint(&latest.note, &self.signer.verifier, &self.signer.origin)
             .map_err(|e| mismatch(format!("the checkpoint does not verify: {e}")))?;
         if checkpoint.size != latest.size {
             return Err(mismatch("the checkpoint row names another size".into()));

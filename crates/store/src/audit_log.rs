@@ -211,69 +211,121 @@ impl Store {
     /// the records of the accepted prefix `0..accepted` (which must be
     /// contiguous), for the new segment's first record to link to. Export
     /// cursors restart at the new segment's first record.
+    ///
+    /// On PostgreSQL the log is the cluster's: refused while another replica
+    /// holds a lease renewed in the last `lease_ms` (fenced or not), since a
+    /// running replica's signer and appender hold the old log's head; the
+    /// tables are swapped under the audit append lock, so no append can fall
+    /// between the check and the swap.
     pub async fn archive_audit_segment(
         &self,
         accepted: u64,
         now_ms: i64,
+        lease_ms: i64,
     ) -> Result<ArchivedSegment, StoreError> {
+        let size = self.audit_size().await?;
+        if accepted > size {
+            return Err(invalid(format!(
+                "the log has {size} records; cannot accept {accepted}"
+            )));
+        }
+        let mut acc = MerkleAccumulator::new();
         crate::backend::with_pool!(&self.pool, |pool| {
-            if IS_POSTGRES {
-                // The tables it recreates are written in SQLite's dialect; on a
-                // shared log every replica would also have to stop first.
-                return Err(StoreError::Invalid(
-                "setting a tampered log aside is not built for PostgreSQL yet: restore the database from a backup"
-                    .into(),
-            ));
-            }
-            let size = self.audit_size().await?;
-            if accepted > size {
-                return Err(invalid(format!(
-                    "the log has {size} records; cannot accept {accepted}"
-                )));
-            }
-            let mut acc = MerkleAccumulator::new();
-            {
-                let strings = audit_rows::load_strings(&self.pool, 0).await?;
-                let mut rows = query_dyn(format!(
-                    "SELECT {RECORD_COLUMNS} FROM audit_log WHERE seq < ? ORDER BY seq"
-                ))
-                .bind(accepted as i64)
-                .fetch(pool);
-                while let Some(row) = rows.try_next().await? {
-                    let row = StoredRow::from_row(&row)?;
-                    if row.seq != acc.size() {
-                        return Err(invalid(format!(
-                            "record {} is missing from the accepted prefix",
-                            acc.size()
-                        )));
-                    }
-                    let leaf = row.leaf(&strings).map_err(corrupt)?;
-                    acc.push(merkle::leaf_hash(&leaf));
+            let strings = audit_rows::load_strings(&self.pool, 0).await?;
+            let mut rows = query_dyn(format!(
+                "SELECT {RECORD_COLUMNS} FROM audit_log WHERE seq < ? ORDER BY seq"
+            ))
+            .bind(accepted as i64)
+            .fetch(pool);
+            while let Some(row) = rows.try_next().await? {
+                let row = StoredRow::from_row(&row)?;
+                if row.seq != acc.size() {
+                    return Err(invalid(format!(
+                        "record {} is missing from the accepted prefix",
+                        acc.size()
+                    )));
                 }
+                let leaf = row.leaf(&strings).map_err(corrupt)?;
+                acc.push(merkle::leaf_hash(&leaf));
             }
-            if acc.size() != accepted {
-                return Err(invalid(format!(
-                    "record {} is missing from the accepted prefix",
-                    acc.size()
-                )));
-            }
-            // Digits only: safe to put in the statements below.
-            let suffix = format!("segment_{}", now_ms.max(0));
-            let statements = [
+            Ok::<(), StoreError>(())
+        })?;
+        if acc.size() != accepted {
+            return Err(invalid(format!(
+                "record {} is missing from the accepted prefix",
+                acc.size()
+            )));
+        }
+        // Digits only: safe to put in the statements below.
+        let suffix = format!("segment_{}", now_ms.max(0));
+        let mut statements = vec![
             format!("ALTER TABLE audit_log RENAME TO audit_log_{suffix}"),
             format!("ALTER TABLE audit_nodes RENAME TO audit_nodes_{suffix}"),
             format!("ALTER TABLE audit_checkpoints RENAME TO audit_checkpoints_{suffix}"),
             format!("ALTER TABLE audit_personal RENAME TO audit_personal_{suffix}"),
-            "DROP INDEX IF EXISTS audit_personal_expiry".to_string(),
-            // As the migrations left them.
-            "CREATE TABLE audit_log (seq INTEGER PRIMARY KEY NOT NULL, request_id TEXT NOT NULL, time_ms INTEGER NOT NULL, record TEXT NOT NULL, leaf_hash BLOB)".to_string(),
-            "CREATE TABLE audit_nodes (level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (level, idx)) WITHOUT ROWID".to_string(),
-            "CREATE TABLE audit_checkpoints (tree_size INTEGER PRIMARY KEY NOT NULL, time_ms INTEGER NOT NULL, note TEXT NOT NULL)".to_string(),
-            "CREATE TABLE audit_personal (seq INTEGER NOT NULL, field TEXT NOT NULL, value TEXT NOT NULL, expires_ms INTEGER NOT NULL, PRIMARY KEY (seq, field)) WITHOUT ROWID".to_string(),
-            "CREATE INDEX audit_personal_expiry ON audit_personal (expires_ms)".to_string(),
-            "DELETE FROM audit_export_cursors".to_string(),
         ];
-            let mut tx = pool.begin().await?;
+        match &self.pool {
+            crate::backend::Pool::Sqlite(_) => statements.extend([
+                "DROP INDEX IF EXISTS audit_personal_expiry".to_string(),
+                // As the migrations left them.
+                "CREATE TABLE audit_log (seq INTEGER PRIMARY KEY NOT NULL, request_id TEXT NOT NULL, time_ms INTEGER NOT NULL, record TEXT NOT NULL, leaf_hash BLOB)".to_string(),
+                "CREATE TABLE audit_nodes (level INTEGER NOT NULL, idx INTEGER NOT NULL, hash BLOB NOT NULL, PRIMARY KEY (level, idx)) WITHOUT ROWID".to_string(),
+                "CREATE TABLE audit_checkpoints (tree_size INTEGER PRIMARY KEY NOT NULL, time_ms INTEGER NOT NULL, note TEXT NOT NULL)".to_string(),
+                "CREATE TABLE audit_personal (seq INTEGER NOT NULL, field TEXT NOT NULL, value TEXT NOT NULL, expires_ms INTEGER NOT NULL, PRIMARY KEY (seq, field)) WITHOUT ROWID".to_string(),
+                "CREATE INDEX audit_personal_expiry ON audit_personal (expires_ms)".to_string(),
+            ]),
+            // Index names are global to a PostgreSQL schema: the old tables'
+            // indexes move aside with them, so the new ones get the names
+            // the migrations gave (a later migration may name them).
+            crate::backend::Pool::Postgres(_) => {
+                for index in ["audit_log_pkey", "audit_nodes_pkey", "audit_checkpoints_pkey", "audit_personal_pkey", "audit_personal_expiry"] {
+                    let table = index.trim_end_matches("_pkey").trim_end_matches("_expiry");
+                    let rest = &index[table.len()..];
+                    statements.push(format!("ALTER INDEX {index} RENAME TO {table}_{suffix}{rest}"));
+                }
+                statements.extend([
+                    // As the PostgreSQL twins of the migrations left them.
+                    "CREATE TABLE audit_log (seq BIGINT PRIMARY KEY NOT NULL, request_id TEXT NOT NULL, time_ms BIGINT NOT NULL, record BYTEA NOT NULL, leaf_hash BYTEA)".to_string(),
+                    "CREATE TABLE audit_nodes (level BIGINT NOT NULL, idx BIGINT NOT NULL, hash BYTEA NOT NULL, PRIMARY KEY (level, idx))".to_string(),
+                    "CREATE TABLE audit_checkpoints (tree_size BIGINT PRIMARY KEY NOT NULL, time_ms BIGINT NOT NULL, note TEXT NOT NULL)".to_string(),
+                    "CREATE TABLE audit_personal (seq BIGINT NOT NULL, field TEXT NOT NULL, value TEXT NOT NULL, expires_ms BIGINT NOT NULL, PRIMARY KEY (seq, field))".to_string(),
+                    "CREATE INDEX audit_personal_expiry ON audit_personal (expires_ms)".to_string(),
+                ]);
+            }
+        }
+        statements.push("DELETE FROM audit_export_cursors".to_string());
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let mut tx = begin_audit_write(pool).await?;
+            if IS_POSTGRES {
+                // The lease on the database's clock, as replicas renew it
+                // (`intent_takeover.rs`).
+                let alive: Vec<String> = query_scalar(
+                    "SELECT id FROM cluster_replicas WHERE id <> ? AND seen_ms > (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT - ? ORDER BY id",
+                )
+                .bind(self.replica_id())
+                .bind(lease_ms)
+                .fetch_all(&mut *tx)
+                .await?;
+                if !alive.is_empty() {
+                    return Err(StoreError::Invalid(format!(
+                        "{} other replica(s) of the cluster hold a live lease ({}): stop every replica before setting the shared audit log aside, and retry once their leases have lapsed ({} ms after they stopped)",
+                        alive.len(),
+                        alive.join(", "),
+                        lease_ms
+                    )));
+                }
+                // Appended while the prefix was read: what was verified is
+                // no longer the whole log.
+                let now: Option<i64> = query_scalar("SELECT MAX(seq) FROM audit_log")
+                    .fetch_one(&mut *tx)
+                    .await?;
+                if now.map_or(0, |s| s as u64 + 1) != size {
+                    return Err(invalid(
+                        "the audit log grew while it was being set aside: stop every replica first"
+                            .into(),
+                    ));
+                }
+            }
             for statement in statements {
                 query_dyn(statement).execute(&mut *tx).await?;
             }
@@ -559,8 +611,43 @@ impl Store {
             .summary)
     }
 
+    /// Also trusts `keys`, the verifier keys of audit signing keys retired by
+    /// a rotation, to open checkpoints (they signed the log before it): a
+    /// checkpoint is opened with the key a verification is given, else with
+    /// one of these. The caller takes them from a source the database
+    /// cannot forge (sealed key versions, the state directory).
+    pub fn trust_retired_audit_keys(&self, keys: Vec<VerifierKey>) {
+        if let Ok(mut retired) = self.retired_audit_keys.write() {
+            *retired = keys;
+        }
+    }
+
+    /// [`open_checkpoint`] with `verifier`, else with a retired audit key
+    /// ([`Store::trust_retired_audit_keys`]) of the same log. The error is
+    /// the one `verifier` gave.
+    pub fn open_checkpoint(
+        &self,
+        note: &str,
+        verifier: &VerifierKey,
+        origin: &str,
+    ) -> Result<Checkpoint, String> {
+        let first = match open_checkpoint(note, verifier, origin) {
+            Ok(checkpoint) => return Ok(checkpoint),
+            Err(e) => e,
+        };
+        let retired = self
+            .retired_audit_keys
+            .read()
+            .map(|keys| keys.clone())
+            .unwrap_or_default();
+        retired
+            .iter()
+            .find_map(|key| open_checkpoint(note, key, origin).ok())
+            .ok_or(first)
+    }
+
     /// The stored checkpoints and `extra` ones, each opened with `verifier`
-    /// and `origin`.
+    /// (or a retired audit key) and `origin`.
     pub(crate) async fn opened_checkpoints(
         &self,
         verifier: &VerifierKey,
@@ -574,12 +661,12 @@ impl Store {
             .map(|c| (Some(c.size), c.note.as_str()))
             .chain(extra.iter().map(|n| (None, n.as_str())));
         for (claimed, note) in notes {
-            let checkpoint = open_checkpoint(note, verifier, origin).map_err(|detail| {
-                AuditVerifyFailure::BadCheckpoint {
+            let checkpoint = self
+                .open_checkpoint(note, verifier, origin)
+                .map_err(|detail| AuditVerifyFailure::BadCheckpoint {
                     size: claimed.unwrap_or_default(),
                     detail,
-                }
-            })?;
+                })?;
             if let Some(size) = claimed
                 && size != checkpoint.size
             {
@@ -1841,6 +1928,165 @@ pub(crate) mod tests {
             failure(&store, &other).await,
             AuditVerifyFailure::BadCheckpoint { size: 1, .. }
         ));
+    }
+
+    /// After the audit key's rotation the log goes on under the new key; its
+    /// checkpoints signed before verify with the retired key, trusted only
+    /// when the caller gives it (never read from the database).
+    #[tokio::test]
+    async fn checkpoints_signed_before_a_rotation_verify_with_the_retired_key() {
+        for db in crate::testing::TestDb::all().await {
+            let (store, old, _) = build_on(&db).await;
+            let new = SigningKey::from_bytes(&[10; 32]);
+            let mut log = store.audit_appender().await.unwrap();
+            let mut batch: Vec<_> = (300..340).map(record).collect();
+            log.append(&mut batch).await.unwrap();
+            sign_now(&store, &log, &new).await;
+            // The new key alone: the checkpoints before it do not open.
+            assert!(matches!(
+                failure(&store, &new).await,
+                AuditVerifyFailure::BadCheckpoint { size: 1, .. }
+            ));
+            let latest = store.latest_checkpoint().await.unwrap().unwrap();
+            let first = &store.checkpoints().await.unwrap()[0];
+            assert!(
+                store
+                    .open_checkpoint(&first.note, &verifier(&new), ORIGIN)
+                    .is_err()
+            );
+            store.trust_retired_audit_keys(vec![verifier(&old)]);
+            let summary = store
+                .verify_audit_log(&verifier(&new), ORIGIN, &[])
+                .await
+                .unwrap();
+            assert_eq!(
+                (summary.size, summary.checkpoints),
+                (340, 7),
+                "{}",
+                db.backend()
+            );
+            assert_eq!(
+                store
+                    .open_checkpoint(&first.note, &verifier(&new), ORIGIN)
+                    .unwrap()
+                    .size,
+                1
+            );
+            assert_eq!(
+                store
+                    .open_checkpoint(&latest.note, &verifier(&new), ORIGIN)
+                    .unwrap()
+                    .size,
+                340
+            );
+            // A retired key does not make another log's checkpoints open.
+            let stranger = SigningKey::from_bytes(&[11; 32]);
+            store.trust_retired_audit_keys(vec![verifier(&stranger)]);
+            assert!(
+                store
+                    .open_checkpoint(&first.note, &verifier(&new), ORIGIN)
+                    .is_err()
+            );
+            store.close().await;
+        }
+    }
+
+    async fn count(store: &Store, sql: &'static str) -> i64 {
+        crate::backend::with_pool!(&store.pool, |pool| {
+            query_scalar(sql).fetch_one(pool).await.unwrap()
+        })
+    }
+
+    /// `serve --accept-tampered-log-from N` on either backend: the tampered
+    /// log moves aside whole (forensics), a new empty one begins, the
+    /// accepted prefix's head is recomputed; on PostgreSQL a replica holding
+    /// a live lease refuses it, and a backup taken after restores the log
+    /// set aside too.
+    #[tokio::test]
+    async fn a_tampered_log_is_set_aside_and_a_new_one_begins() {
+        for db in crate::testing::TestDb::all().await {
+            let (store, key, leaves) = build_on(&db).await;
+            tamper(&store, "DELETE FROM audit_log WHERE seq = 150").await;
+            assert_eq!(first_bad(&failure(&store, &key).await), 150);
+            // The accepted prefix must be whole.
+            let err = store.archive_audit_segment(151, 7, 0).await.unwrap_err();
+            assert!(err.to_string().contains("record 150 is missing"), "{err}");
+            let err = store.archive_audit_segment(301, 7, 0).await.unwrap_err();
+            assert!(err.to_string().contains("cannot accept 301"), "{err}");
+            if db.backend() == "postgres" {
+                // Another replica running on the shared log refuses it.
+                let other = db.open().await;
+                other.register_replica().await.unwrap();
+                let err = store
+                    .archive_audit_segment(150, 7, 60_000)
+                    .await
+                    .unwrap_err();
+                assert!(
+                    err.to_string().contains("hold a live lease")
+                        && err.to_string().contains(other.replica_id()),
+                    "{err}"
+                );
+                assert_eq!(store.audit_size().await.unwrap(), 300);
+                other.close().await;
+            }
+            // A lease of 0 ms: the other replica's has lapsed.
+            let archived = store.archive_audit_segment(150, 7, 0).await.unwrap();
+            assert_eq!(
+                archived,
+                ArchivedSegment {
+                    suffix: "segment_7".into(),
+                    size: 300,
+                    accepted: 150,
+                    accepted_root: merkle::root(&leaves[..150]),
+                },
+                "{}",
+                db.backend()
+            );
+            // The old log is kept whole beside the new, empty one.
+            assert_eq!(
+                count(&store, "SELECT COUNT(*) FROM audit_log_segment_7").await,
+                299
+            );
+            assert_eq!(
+                count(&store, "SELECT COUNT(*) FROM audit_checkpoints_segment_7").await,
+                6
+            );
+            assert_eq!(store.audit_size().await.unwrap(), 0);
+            assert!(store.checkpoints().await.unwrap().is_empty());
+            // The new log takes records and verifies from its first.
+            let mut log = store.audit_appender().await.unwrap();
+            let mut batch: Vec<_> = (0..70).map(record).collect();
+            log.append(&mut batch).await.unwrap();
+            sign_now(&store, &log, &key).await;
+            let summary = store
+                .verify_audit_log(&verifier(&key), ORIGIN, &[])
+                .await
+                .unwrap();
+            assert_eq!(summary.size, 70, "{}", db.backend());
+            // Set aside again: the names it frees are free again.
+            store.archive_audit_segment(70, 8, 0).await.unwrap();
+            assert_eq!(
+                count(&store, "SELECT COUNT(*) FROM audit_log_segment_8").await,
+                70
+            );
+            if let crate::testing::TestDb::Postgres { .. } = &db {
+                let dir = tempfile::tempdir().unwrap();
+                let out = dir.path().join("backup");
+                std::fs::write(&out, b"").unwrap();
+                crate::pg_backup::write_postgres_backup(&db.url(), &out, &[])
+                    .await
+                    .unwrap();
+                let target = crate::testing::TestDb::postgres().await.unwrap();
+                crate::pg_backup::restore_postgres_backup(&out, &target.url())
+                    .await
+                    .unwrap();
+                let copy = target.open().await;
+                let n = count(&copy, "SELECT COUNT(*) FROM audit_log_segment_7").await;
+                assert_eq!(n, 299);
+                copy.close().await;
+            }
+            store.close().await;
+        }
     }
 
     /// Rows written before the compact form (canonical JSON text) keep

@@ -301,6 +301,29 @@ impl Store {
         })
     }
 
+    /// Records `fingerprint` under `name` in place of the one recorded: a
+    /// rotation of that key (`portcullis vault rotate-key`), made while no
+    /// replica runs.
+    pub async fn replace_cluster_key(
+        &self,
+        name: &str,
+        fingerprint: &str,
+        now_ms: i64,
+    ) -> Result<(), StoreError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
+            query(
+                "INSERT INTO key_fingerprints (name, fingerprint, recorded_at) VALUES (?, ?, ?)
+                 ON CONFLICT (name) DO UPDATE SET fingerprint = excluded.fingerprint, recorded_at = excluded.recorded_at",
+            )
+            .bind(name)
+            .bind(fingerprint)
+            .bind(now_ms)
+            .execute(pool)
+            .await?;
+            Ok(())
+        })
+    }
+
     /// Whether the cluster recorded a fingerprint under `name`.
     pub async fn cluster_key(&self, name: &str) -> Result<Option<String>, StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {

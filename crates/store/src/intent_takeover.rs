@@ -108,6 +108,25 @@ impl Store {
             .is_ok_and(|s| s.contains(request_id))
     }
 
+    /// The other replicas whose lease was renewed in the last `lease_ms`
+    /// (fenced or not), by id: running, or stopped less than a lease ago.
+    /// Always none on SQLite. Operations that need the cluster stopped (a
+    /// key rotation) refuse while there are any.
+    pub async fn live_replicas(&self, lease_ms: i64) -> Result<Vec<String>, StoreError> {
+        let Pool::Postgres(pool) = &self.pool else {
+            return Ok(Vec::new());
+        };
+        Ok(sqlx::query_scalar(concat!(
+            "SELECT id FROM cluster_replicas WHERE id <> $1 AND seen_ms > ",
+            db_now_ms!(),
+            " - $2 ORDER BY id"
+        ))
+        .bind(self.replica_id())
+        .bind(lease_ms)
+        .fetch_all(pool)
+        .await?)
+    }
+
     /// Takes this replica's lease for the first time (cluster mode, at
     /// start, before it appends; nothing on SQLite).
     pub async fn register_replica(&self) -> Result<(), StoreError> {

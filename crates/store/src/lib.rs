@@ -167,6 +167,11 @@ pub struct Store {
     /// This process's replica id, random per open: the owner of the audit
     /// intents it journals, and its fencing state (`intent_takeover.rs`).
     replica: std::sync::Arc<intent_takeover::Replica>,
+    /// Verifier keys of audit signing keys retired by a rotation, trusted
+    /// besides the one a verification is given (`audit_log.rs`). Given by
+    /// the caller from a source the database cannot forge (the sealed key
+    /// versions, the state directory), never read from the database.
+    retired_audit_keys: std::sync::Arc<std::sync::RwLock<Vec<portcullis_audit::note::VerifierKey>>>,
 }
 
 fn migrator() -> Migrator {
@@ -413,6 +418,7 @@ impl Store {
             relaxed: None,
             health: StoreHealth::default(),
             replica: Default::default(),
+            retired_audit_keys: Default::default(),
         })
     }
 
@@ -449,6 +455,7 @@ impl Store {
             relaxed: None,
             health: StoreHealth::default(),
             replica: Default::default(),
+            retired_audit_keys: Default::default(),
         })
     }
 
@@ -485,6 +492,7 @@ impl Store {
             relaxed: Some(relaxed),
             health: StoreHealth::default(),
             replica: Default::default(),
+            retired_audit_keys: Default::default(),
         })
     }
 
@@ -532,6 +540,7 @@ impl Store {
             relaxed: None,
             health: StoreHealth::default(),
             replica: Default::default(),
+            retired_audit_keys: Default::default(),
         })
     }
 

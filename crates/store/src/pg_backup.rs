@@ -141,6 +141,23 @@ async fn tables(conn: &mut PgConnection) -> Result<Vec<Table>, StoreError> {
         .collect())
 }
 
+/// The log table a set-aside audit table (`audit_log_segment_<ms>`, …,
+/// `Store::archive_audit_segment`) was, when `name` is one.
+fn set_aside_base(name: &str) -> Option<&'static str> {
+    [
+        "audit_log",
+        "audit_nodes",
+        "audit_checkpoints",
+        "audit_personal",
+    ]
+    .into_iter()
+    .find(|base| {
+        name.strip_prefix(base)
+            .and_then(|rest| rest.strip_prefix("_segment_"))
+            .is_some_and(|ms| !ms.is_empty() && ms.bytes().all(|b| b.is_ascii_digit()))
+    })
+}
+
 fn ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
@@ -395,6 +412,29 @@ pub async fn restore_postgres_backup(
         .iter()
         .filter(|(_, t, _)| !HISTORY_TABLES.contains(&t.name.as_str()))
         .collect();
+    // Audit logs set aside (`serve --accept-tampered-log-from`) are tables
+    // no migration makes: each is made again like the log table it was.
+    let migrated: BTreeSet<String> = sqlx::query_scalar(
+        "SELECT table_name::text FROM information_schema.tables WHERE table_schema = current_schema()",
+    )
+    .fetch_all(&mut *tx)
+    .await?
+    .into_iter()
+    .collect();
+    for (_, table, _) in &data {
+        if migrated.contains(&table.name) {
+            continue;
+        }
+        if let Some(base) = set_aside_base(&table.name) {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE TABLE {} (LIKE {} INCLUDING ALL)",
+                ident(&table.name),
+                ident(base)
+            )))
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
     // What the migrations themselves inserted gives way to the backup's rows.
     let names: Vec<String> = data.iter().map(|(_, t, _)| ident(&t.name)).collect();
     if !names.is_empty() {

@@ -5,7 +5,9 @@
 //! never sees a key in clear: it keeps and returns sealed bytes.
 //!
 //! A version is written once: the first replica to insert one wins, and
-//! every other reads it back (two replicas starting at once agree).
+//! every other reads it back (two replicas starting at once agree). A
+//! rotation (`portcullis vault rotate-key`) seals the next version beside
+//! the old ones, which are kept: the newest signs, the older ones verify.
 
 use crate::backend::DbRow;
 use crate::{Store, StoreError};
@@ -48,6 +50,19 @@ impl Store {
                     .fetch_optional(pool)
                     .await?;
             row.as_ref().map(sealed_key_row).transpose()
+        })
+    }
+
+    /// Every version of the key sealed under `name`, oldest first. A
+    /// rotation seals a new version beside the old ones: the newest signs,
+    /// the older ones still verify what they signed (docs/cluster.md).
+    pub async fn sealed_key_versions(&self, name: &str) -> Result<Vec<SealedKeyRow>, StoreError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
+            let rows = query("SELECT * FROM sealed_keys WHERE name = ? ORDER BY version")
+                .bind(name)
+                .fetch_all(pool)
+                .await?;
+            rows.iter().map(sealed_key_row).collect()
         })
     }
 
@@ -101,7 +116,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_version_is_written_once_and_the_newest_is_read() {
+    async fn a_version_is_written_once_every_version_is_kept_and_the_newest_is_read() {
         for db in crate::testing::TestDb::all().await {
             let store = db.open().await;
             assert_eq!(store.sealed_key("ca").await.unwrap(), None);
@@ -130,6 +145,29 @@ mod tests {
                     row("ca", 2, "k1"),
                     row("token_key", 1, "k1")
                 ]
+            );
+            // A rotation seals the next version beside the old ones: every
+            // version is kept, the newest is the one in use.
+            assert!(
+                store
+                    .insert_sealed_key(&row("token_key", 2, "k1"))
+                    .await
+                    .unwrap()
+            );
+            assert_eq!(
+                store.sealed_key_versions("token_key").await.unwrap(),
+                vec![row("token_key", 1, "k1"), row("token_key", 2, "k1")]
+            );
+            assert_eq!(
+                store.sealed_key("token_key").await.unwrap(),
+                Some(row("token_key", 2, "k1"))
+            );
+            assert!(
+                store
+                    .sealed_key_versions("audit_key")
+                    .await
+                    .unwrap()
+                    .is_empty()
             );
         }
     }

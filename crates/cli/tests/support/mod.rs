@@ -114,7 +114,9 @@ impl Server {
         Self::start_with(dir, config, &[], args)
     }
 
-    fn start_with(
+    /// [`Server::start`] with extra environment variables and `serve`
+    /// arguments.
+    pub fn start_with(
         dir: tempfile::TempDir,
         config: Option<&Path>,
         env: &[(&str, &str)],
@@ -727,8 +729,18 @@ pub fn wait_for_port(port: u16, what: &mut Child) {
 
 /// Runs `serve` expecting it to exit with an error; returns its stderr.
 pub fn serve_fails(state: &Path, config: Option<&Path>, env: &[(&str, &str)]) -> String {
+    serve_fails_with(state, config, env, &[])
+}
+
+/// [`serve_fails`] with extra `serve` arguments.
+pub fn serve_fails_with(
+    state: &Path,
+    config: Option<&Path>,
+    env: &[(&str, &str)],
+    args: &[&str],
+) -> String {
     let mut cmd = Command::new(BIN);
-    cmd.arg("serve").arg("--state-dir").arg(state);
+    cmd.arg("serve").arg("--state-dir").arg(state).args(args);
     if let Some(c) = config {
         cmd.arg("--config").arg(c);
     }

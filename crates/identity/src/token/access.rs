@@ -172,6 +172,18 @@ pub struct TokenIssuer {
     decoding: DecodingKey,
     issuer: String,
     validation: Validation,
+    /// Keys this issuer signed with before a rotation: they only verify.
+    previous: Vec<PreviousKey>,
+}
+
+/// A token key retired by a rotation: it verifies the tokens it signed
+/// before it was retired, until they expire, and nothing else.
+#[derive(Debug)]
+struct PreviousKey {
+    kid: String,
+    public: serde_json::Value,
+    decoding: DecodingKey,
+    retired_at: i64,
 }
 
 impl TokenIssuer {
@@ -191,7 +203,34 @@ impl TokenIssuer {
             decoding,
             issuer: issuer.to_string(),
             validation,
+            previous: Vec::new(),
         })
+    }
+
+    /// Also verifies tokens signed by `key` before it was retired at
+    /// `retired_at` (epoch seconds, the rotation): a token it signed is
+    /// accepted until it expires, so at most [`MAX_TOKEN_TTL`] after the
+    /// rotation. A token naming it and issued after `retired_at` is refused
+    /// ([`TokenError::UnknownKey`]), so a retired key that leaked mints
+    /// nothing new. The key is published in the JWKS while it verifies.
+    pub fn with_previous(mut self, key: &Ed25519Key, retired_at: i64) -> Result<Self, TokenError> {
+        let kid = key.kid();
+        if kid != self.kid() && !self.previous.iter().any(|p| p.kid == kid) {
+            self.previous.push(PreviousKey {
+                kid,
+                public: key.public.to_json(),
+                decoding: key.public.decoding_key()?,
+                retired_at,
+            });
+        }
+        Ok(self)
+    }
+
+    /// Whether a key retired at `retired_at` may still verify a token at
+    /// `now`: one it signed before then has expired after
+    /// `retired_at + MAX_TOKEN_TTL`.
+    pub fn previous_key_verifies(retired_at: i64, now: i64) -> bool {
+        now < retired_at.saturating_add(MAX_TOKEN_TTL as i64)
     }
 
     /// The issuer URL.
@@ -220,7 +259,9 @@ impl TokenIssuer {
 
     /// The JWKS to publish.
     pub fn jwks(&self) -> serde_json::Value {
-        serde_json::json!({ "keys": [self.key.public.to_json()] })
+        let mut keys = vec![self.key.public.to_json()];
+        keys.extend(self.previous.iter().map(|p| p.public.clone()));
+        serde_json::json!({ "keys": keys })
     }
 
     /// Issues an access token for `agent` (`sub` = `spiffe_id`) bound by `cnf`.
@@ -368,8 +409,13 @@ impl TokenIssuer {
     /// issuer's `kid`). Nothing is verified: it only decides which check applies.
     pub fn names_own_key(&self, token: &str) -> bool {
         token.split('.').count() == 3
-            && jsonwebtoken::decode_header(token)
-                .is_ok_and(|h| h.kid.as_deref() == Some(self.kid().as_str()))
+            && jsonwebtoken::decode_header(token).is_ok_and(|h| {
+                h.kid.as_deref() == Some(self.kid().as_str())
+                    || self
+                        .previous
+                        .iter()
+                        .any(|p| h.kid.as_deref() == Some(&p.kid))
+            })
     }
 
     /// Verifies an access token: EdDSA with this issuer's `kid`, signature,
@@ -390,12 +436,23 @@ impl TokenIssuer {
         resource: Option<&str>,
     ) -> Result<AccessClaims, TokenError> {
         let header = eddsa_header(token, "access token")?;
-        if header.kid.as_deref() != Some(self.kid().as_str()) {
-            return Err(TokenError::UnknownKey);
-        }
-        let data = jsonwebtoken::decode::<AccessClaims>(token, &self.decoding, &self.validation)
+        let (decoding, retired_at) = if header.kid.as_deref() == Some(self.kid().as_str()) {
+            (&self.decoding, None)
+        } else {
+            let previous = self
+                .previous
+                .iter()
+                .find(|p| header.kid.as_deref() == Some(p.kid.as_str()))
+                .ok_or(TokenError::UnknownKey)?;
+            (&previous.decoding, Some(previous.retired_at))
+        };
+        let data = jsonwebtoken::decode::<AccessClaims>(token, decoding, &self.validation)
             .map_err(|e| map_jwt_error(&e, "access token"))?;
         let claims = data.claims;
+        // A retired key signed nothing after its rotation.
+        if retired_at.is_some_and(|retired| claims.iat > retired) {
+            return Err(TokenError::UnknownKey);
+        }
         // jsonwebtoken checks against the system clock; `now` makes the
         // decision reproducible and covers `iat`, which it does not check.
         if claims.exp <= now {
@@ -433,6 +490,60 @@ mod tests {
             B64.encode(serde_json::to_string(claims).unwrap()),
             B64.encode(sig)
         )
+    }
+
+    #[test]
+    fn a_rotated_key_verifies_what_it_signed_until_it_expires() {
+        let t = now();
+        let url = issuer().issuer().to_string();
+        let old = Ed25519Key::from_seed(&[1; 32]);
+        let before = TokenIssuer::new(Ed25519Key::from_seed(&[1; 32]), &url).unwrap();
+        let (old_token, _) = before
+            .issue("bot", "spiffe://t/agent/bot", bound(), t - 10, 300)
+            .unwrap();
+        // Rotated at `t`: the new key signs, the old one only verifies.
+        let iss = TokenIssuer::new(Ed25519Key::from_seed(&[2; 32]), &url)
+            .unwrap()
+            .with_previous(&old, t)
+            .unwrap();
+        assert_ne!(iss.kid(), before.kid());
+        assert!(iss.names_own_key(&old_token));
+        assert_eq!(
+            iss.verify(&old_token, t).unwrap().sub,
+            "spiffe://t/agent/bot"
+        );
+        assert_eq!(
+            iss.verify(&old_token, t + 290).unwrap_err(),
+            TokenError::Expired
+        );
+        let (new_token, _) = iss
+            .issue("bot", "spiffe://t/agent/bot", bound(), t, 300)
+            .unwrap();
+        assert!(new_token.contains('.'));
+        assert_eq!(
+            jsonwebtoken::decode_header(&new_token).unwrap().kid,
+            Some(iss.kid())
+        );
+        iss.verify(&new_token, t).unwrap();
+        // Both keys are published while the old one verifies.
+        let kids: Vec<String> = iss.jwks()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|k| k["kid"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(kids, [iss.kid(), before.kid()]);
+        // The retired key signed nothing after the rotation: a token it
+        // signs later (a leaked key) is refused.
+        let (late, _) = before
+            .issue("bot", "spiffe://t/agent/bot", bound(), t + 1, 300)
+            .unwrap();
+        assert_eq!(
+            iss.verify(&late, t + 2).unwrap_err(),
+            TokenError::UnknownKey
+        );
+        assert!(TokenIssuer::previous_key_verifies(t, t + 899));
+        assert!(!TokenIssuer::previous_key_verifies(t, t + 900));
     }
 
     #[test]
