@@ -109,11 +109,10 @@ pub async fn scan_answer(
             }
             // Passed on unscanned: what was read, then the rest as it comes.
             read.extend_from_slice(&data);
-            let head = futures_util::stream::once(std::future::ready(Ok::<_, BoxError>(
-                Frame::data(read.freeze()),
-            )));
-            let rest = http_body_util::BodyStream::new(body);
-            let body = http_body_util::StreamBody::new(futures_util::StreamExt::chain(head, rest));
+            let body = Prefixed {
+                head: Some(read.freeze()),
+                rest: body,
+            };
             return Ok(Response::from_parts(parts, body.boxed()));
         }
         read.extend_from_slice(&data);
@@ -160,6 +159,31 @@ pub async fn scan_answer(
     }
     scan.settle("answer").1?;
     Ok(Response::from_parts(parts, full(bytes)))
+}
+
+/// An answer passed on unscanned: what was read, then the rest as it comes.
+struct Prefixed {
+    head: Option<Bytes>,
+    rest: ResponseBody,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(head) = self.head.take() {
+            return Poll::Ready(Some(Ok(Frame::data(head))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.head.is_none() && self.rest.is_end_stream()
+    }
 }
 
 /// The refusal of an answer the guard cannot read.
