@@ -993,9 +993,8 @@ const GUARD_POLICIES: &str = r#"
 const AWS_KEY: &str = "AKIAQWADE5R42RDZ4JEM";
 
 /// Issue 19, end to end: a tool answer holding a long benign list (40
-/// bank e-mails, as JSON and as YAML text, as that JSON inside a field of
-/// a JSON export, and as a mailbox of MIME messages with encoded parts)
-/// with one injected record is blocked on an `injection = "block"` route,
+/// bank e-mails, as JSON and as YAML text, and as that JSON inside a field
+/// of a JSON export) with one injected record is blocked on an `injection = "block"` route,
 /// the instruction not diluted by the 39 benign records around it, the
 /// record pointing into the text (`#`, and `#` again for the document in
 /// the field); the same list without it passes.
@@ -1017,7 +1016,6 @@ fn one_injected_record_in_a_long_list_is_blocked() {
         ("json", "/result/content/0/text#/23/body"),
         ("yaml", "/result/content/0/text"),
         ("nested", "/result/content/0/text#/export#/23/body"),
-        ("mime", "/result/content/0/text"),
     ] {
         let clean = client.call("list_records", json!({"format": format, "infected": false}));
         assert_eq!(clean["ok"], true, "{format}: {clean}");
