@@ -249,6 +249,12 @@ fn lower(p: f32, shift: f32) -> f32 {
     model::sigmoid((p / (1.0 - p)).ln() - shift)
 }
 
+/// What [`Detector::visit`] calls per window: its normalised text, the
+/// signatures in it, its floor, its original range, its pooled embedding
+/// and the pointer of its record's leaf.
+type Visit<'a> = dyn FnMut(&str, &[&str], f32, (usize, usize), Option<&[f32; semantic::DIMS]>, Option<&str>)
+    + 'a;
+
 /// Shortest segment worth scoring alone.
 const MIN_SEGMENT: usize = 16;
 
@@ -375,14 +381,7 @@ impl Detector {
         } else {
             (structure::Structure::Flat, Vec::new())
         };
-        let whole_text = |f: &mut dyn FnMut(
-            &str,
-            &[&str],
-            f32,
-            (usize, usize),
-            Option<&[f32; semantic::DIMS]>,
-            Option<&str>,
-        )| {
+        let whole_text = |f: &mut Visit<'_>| {
             self.visit_text(text, pool, |w, ids, floor, range, pooled| {
                 f(w, ids, floor, range, pooled, None)
             })
