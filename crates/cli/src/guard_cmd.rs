@@ -139,6 +139,9 @@ fn to_json(report: &Report, tool: Option<&str>) -> serde_json::Value {
             if let Some(d) = &f.detail {
                 o["detail"] = serde_json::json!(d);
             }
+            if let Some(p) = &f.pointer {
+                o["pointer"] = serde_json::json!(p);
+            }
             o
         })
         .collect();

@@ -178,6 +178,9 @@ async fn serve_upstream(
         // The token arrives in three chunks, 50 ms apart, cut mid-value.
         return Ok(leak());
     }
+    if let Some((_, kind)) = req.uri().path().rsplit_once("/records/") {
+        return Ok(records_answer(kind));
+    }
     let ct = req.headers().get("content-type").cloned();
     let accept_encoding = req.headers().get("accept-encoding").is_some();
     // What arrived in the query and in `x-note`, for the redaction tests.
@@ -204,6 +207,33 @@ async fn serve_upstream(
         if accept_encoding { "yes" } else { "no" }.parse().unwrap(),
     );
     Ok(resp)
+}
+
+/// A tool's answer for the answer-scanning test: five bank e-mails as JSON
+/// inside a field of a JSON export, one of them carrying an instruction
+/// (`infected`) or none (`clean`); `gzip`, a compressed answer.
+fn records_answer(kind: &str) -> hyper::Response<UpBody> {
+    let (body, ct, encoding) = match kind {
+        "gzip" => (
+            b"\x1f\x8b\x08\x00".to_vec(),
+            "application/json",
+            Some("gzip"),
+        ),
+        _ => {
+            let infected = (kind == "infected").then_some(2);
+            let doc = portcullis_guard::eval::records_fixture(infected);
+            let v = json!({"source": "inbox", "export": doc});
+            (v.to_string().into_bytes(), "application/json", None)
+        }
+    };
+    let mut resp = hyper::Response::new(Full::new(bytes::Bytes::from(body)).boxed());
+    resp.headers_mut()
+        .insert("content-type", ct.parse().unwrap());
+    if let Some(e) = encoding {
+        resp.headers_mut()
+            .insert("content-encoding", e.parse().unwrap());
+    }
+    resp
 }
 
 const POLICIES: &str = r#"
@@ -712,6 +742,72 @@ async fn every_part_of_a_request_is_read_and_unreadable_bodies_are_refused() {
     )
     .await
     .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// Issue 19: an HTTP upstream's answer is a tool output, scanned for
+/// injection as MCP answers and LLM tool messages are: one instruction in
+/// one record of a JSON document inside a field of the answer is refused
+/// with `content_blocked` on a `block` route, the refusal and the record
+/// naming the field and the record inside it; `alert` passes it and
+/// records; a clean answer passes unchanged; an answer the guard cannot
+/// read is refused with `content_unscannable` unless the route opts out.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_answers_are_scanned_for_injection_like_tool_outputs() {
+    install_crypto();
+    let upstream = guard_upstream().await;
+    let up = format!("http://{upstream}");
+    let routes = [
+        route("block", "/block", &up, "public") + "[routes.guard]\ninjection = \"block\"\n",
+        route("alert", "/alert", &up, "public") + "[routes.guard]\ninjection = \"alert\"\n",
+        route("optout", "/optout", &up, "public")
+            + "[routes.guard]\ninjection = \"block\"\nallow_unscannable = true\n",
+        route("plain", "/plain", &up, "public"),
+    ]
+    .join("\n");
+    let (server, client) = guarded_server(&routes, "", &[]).await;
+    let get = |path: &str| client.get(server.url(path)).send();
+    let at = "/export#/2/body";
+
+    let r = get("/block/records/infected").await.unwrap();
+    assert_eq!(r.status(), 403);
+    let id = request_id(&r);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "content_blocked", "{v}");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(message.contains(at), "{message}");
+    let record = server.audit_record(&id);
+    assert_eq!(record["error_code"], "content_blocked", "{record}");
+    assert!(
+        findings(&record).contains(&("response".into(), "prompt_injection".into(), at.into())),
+        "{record}"
+    );
+
+    let clean = json!({"source": "inbox", "export": portcullis_guard::eval::records_fixture(None)});
+    let r = get("/block/records/clean").await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), clean);
+
+    let r = get("/alert/records/infected").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let id = request_id(&r);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["source"], "inbox");
+    let record = server.audit_record(&id);
+    assert!(
+        findings(&record).contains(&("response".into(), "prompt_injection".into(), at.into())),
+        "{record}"
+    );
+
+    // Without a guard the answer passes as it is.
+    let r = get("/plain/records/infected").await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    let r = get("/block/records/gzip").await.unwrap();
+    assert_eq!(r.status(), 415);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "content_unscannable", "{v}");
+    let r = get("/optout/records/gzip").await.unwrap();
     assert_eq!(r.status(), 200);
 }
 

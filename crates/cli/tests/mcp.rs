@@ -993,9 +993,11 @@ const GUARD_POLICIES: &str = r#"
 const AWS_KEY: &str = "AKIAQWADE5R42RDZ4JEM";
 
 /// Issue 19, end to end: a tool answer holding a long benign list (40
-/// bank e-mails, as JSON and as YAML text) with one injected record is
-/// blocked on an `injection = "block"` route, the instruction not diluted
-/// by the 39 benign records around it; the same list without it passes.
+/// bank e-mails, as JSON and as YAML text, and as that JSON inside a field
+/// of a JSON export) with one injected record is blocked on an `injection = "block"` route,
+/// the instruction not diluted by the 39 benign records around it, the
+/// record pointing into the text (`#`, and `#` again for the document in
+/// the field); the same list without it passes.
 #[test]
 fn one_injected_record_in_a_long_list_is_blocked() {
     if !python_mcp() {
@@ -1010,22 +1012,24 @@ fn one_injected_record_in_a_long_list_is_blocked() {
     );
     let mut client = McpClient::start(&guarded, "guarded", "dev-bot");
     assert_eq!(client.list(), ["list_records"]);
-    for format in ["json", "yaml"] {
+    for (format, at) in [
+        ("json", "/result/content/0/text#/23/body"),
+        ("yaml", "/result/content/0/text"),
+        ("nested", "/result/content/0/text#/export#/23/body"),
+    ] {
         let clean = client.call("list_records", json!({"format": format, "infected": false}));
         assert_eq!(clean["ok"], true, "{format}: {clean}");
         let text = clean["text"].as_str().unwrap();
-        assert!(text.matches("Hi David").count() == 40, "{format}: {text}");
+        assert!(text.matches("Hi David").count() >= 40, "{format}: {text}");
         let refused = client.call("list_records", json!({"format": format, "infected": true}));
         assert_eq!(refused["ok"], false, "{format}: {refused}");
         assert_eq!(refused["data"]["code"], "content_blocked", "{refused}");
         let record = guarded.audit_record(refused["data"]["request_id"].as_str().unwrap());
         assert_eq!(record["error_code"], "content_blocked", "{record}");
         assert!(
-            findings(&record).contains(&(
-                "response".into(),
-                "prompt_injection".into(),
-                "/result/content/0/text".into()
-            )),
+            findings(&record)
+                .iter()
+                .any(|(d, k, p)| d == "response" && k == "prompt_injection" && p.starts_with(at)),
             "{format}: {record}"
         );
     }

@@ -88,6 +88,10 @@
 //! the detector reads them (`records`) and whole (`records_whole`); never
 //! trained on nor used for a threshold, they are reported apart from the
 //! pooled figures.
+//!
+//! `--record-offset` (after the two paths) chooses
+//! `injection::RECORD_OFFSET` by 5-fold cross-validation instead of
+//! writing anything (see `record_offset`).
 #![allow(missing_docs, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "support/guard_data.rs"]
@@ -96,7 +100,7 @@ mod guard_data;
 use std::path::{Path, PathBuf};
 
 use guard_data::{Rng, Sample};
-use portcullis_guard::eval::{Position, RecordFormat, insert, records};
+use portcullis_guard::eval::{Position, RecordFormat, Tally, insert, records};
 use portcullis_guard::injection::model::{DIMS, Features, Model, Thresholds, sigmoid};
 use portcullis_guard::injection::semantic::{self, Head};
 use portcullis_guard::injection::{Channel, Detector, ScoredWindow};
@@ -263,6 +267,10 @@ fn main() {
 
     if std::env::args().any(|a| a == "--loso") {
         loso(&docs);
+        return;
+    }
+    if std::env::args().any(|a| a == "--record-offset") {
+        record_offset(&dir, &docs);
         return;
     }
 
@@ -665,6 +673,85 @@ fn label_attack_windows(d: &mut Doc, text: &str, attack: &str) {
 
 /// Logistic regression with AdaGrad over the labelled windows of the
 /// documents `keep` selects.
+/// `--record-offset`: chooses `injection::RECORD_OFFSET` by 5-fold
+/// cross-validation on train/ only (writes nothing). The shipped model has
+/// seen every train context, so it cannot score lists of them honestly:
+/// for each fold, the model trained on the other four scores structured
+/// lists (`eval::records`, all eight formats) built from the fold's own
+/// BIPIA contexts and attack categories, read record by record with each
+/// offset of a grid, at the shipped tool-output threshold (itself chosen
+/// on such out-of-fold scores). The offset of the highest pooled balanced
+/// accuracy is chosen, the smallest on a tie; the lists read whole are
+/// printed beside it.
+fn record_offset(dir: &Path, docs: &[Doc]) {
+    let b = dir.join("bipia");
+    let mut text_ctx = guard_data::bipia_contexts(&b.join("email_clean.jsonl"));
+    text_ctx.extend(guard_data::bipia_contexts(&b.join("table_clean.jsonl")));
+    let code = guard_data::bipia_contexts(&b.join("code_clean.jsonl"));
+    let text_attacks = guard_data::bipia_attacks(&b.join("text_attack_train.json"));
+    let code_attacks = guard_data::bipia_attacks(&b.join("code_attack_train.json"));
+    let thresholds = Model::shipped().expect("shipped model").thresholds;
+    let grid: Vec<f32> = (0..=12).map(|s| s as f32 * 0.25).collect();
+    let mut by_offset = vec![Tally::default(); grid.len()];
+    let mut whole = Tally::default();
+    let mut rng = Rng(0x5eed_5eed_0000_0019);
+    for k in 0..FOLDS {
+        let mut model = train(docs, |d| !d.eval_only && d.fold != k);
+        model.thresholds = thresholds;
+        let build = || Detector::with_model(model.clone()).expect("detector builds");
+        let flat = build().without_structure();
+        let dets: Vec<Detector> = grid
+            .iter()
+            .map(|&o| build().with_record_offset(o))
+            .collect();
+        let contexts = |v: &[String]| -> Vec<String> {
+            v.iter().filter(|c| fold_of(c) == k).cloned().collect()
+        };
+        let attacks = |v: &[(String, String)]| -> Vec<(String, String)> {
+            v.iter().filter(|(c, _)| fold_of(c) == k).cloned().collect()
+        };
+        let (tc, cc) = (contexts(&text_ctx), contexts(&code));
+        let (ta, ca) = (attacks(&text_attacks), attacks(&code_attacks));
+        let mut lists = Vec::new();
+        for format in RecordFormat::ALL {
+            for (ctx, att) in [(&tc, &ta), (&cc, &ca)] {
+                lists.extend(records(ctx, att, 1, &mut rng, format));
+            }
+        }
+        for (text, label) in &lists {
+            whole.add(*label, flat.assess(text, Channel::ToolOutput).flagged);
+            for (t, d) in by_offset.iter_mut().zip(&dets) {
+                t.add(*label, d.assess(text, Channel::ToolOutput).flagged);
+            }
+        }
+        println!("fold {k}: {} structured lists", lists.len());
+    }
+    let show = |name: &str, t: &Tally| {
+        let (r, f) = (t.recall().unwrap_or(0.0), t.fpr().unwrap_or(0.0));
+        let ba = (r + 1.0 - f) / 2.0;
+        println!(
+            "{name:<22} recall {:5.1} %  FPR {:5.1} %  BA {:5.1} %",
+            r * 100.0,
+            f * 100.0,
+            ba * 100.0
+        );
+        ba
+    };
+    show("read whole", &whole);
+    let mut best = (f64::MIN, 0f32);
+    for (&o, t) in grid.iter().zip(&by_offset) {
+        let ba = show(&format!("records, offset {o:.2}"), t);
+        if ba > best.0 + 1e-9 {
+            best = (ba, o);
+        }
+    }
+    println!(
+        "chosen RECORD_OFFSET {:.2} (cross-validated BA {:.1} %)",
+        best.1,
+        best.0 * 100.0
+    );
+}
+
 fn train(docs: &[Doc], keep: impl Fn(&Doc) -> bool) -> Model {
     let samples: Vec<(&Features, f32, f32)> = docs
         .iter()

@@ -37,6 +37,11 @@ pub struct Finding {
     pub end: usize,
     /// Extra context that is safe to show.
     pub detail: Option<String>,
+    /// Where in a structured text the finding is (a `prompt_injection`'s
+    /// leaf: `/2/body`, or `/0/payload#/1/note` for a document inside a
+    /// field; see `injection::structure::Unit::pointer`); `None` for a text
+    /// read whole and for the other findings.
+    pub pointer: Option<String>,
 }
 
 /// What a scan found.
@@ -150,6 +155,7 @@ impl Guard {
                             .param
                             .and_then(|i| params.get(i))
                             .map(|p| format!("parameter `{p}`")),
+                        pointer: None,
                     });
                 }
             }
@@ -159,6 +165,7 @@ impl Guard {
                     start: a.window.0,
                     end: a.window.1,
                     detail: Some(format!("score {score:.3}")),
+                    pointer: a.pointer.clone(),
                 });
             }
             for m in a.signatures {
@@ -167,6 +174,7 @@ impl Guard {
                     start: m.start,
                     end: m.end,
                     detail: Some(format!("{} ({})", m.id, m.kind)),
+                    pointer: None,
                 });
             }
             for s in a.signals {
@@ -175,6 +183,7 @@ impl Guard {
                     start: s.start,
                     end: s.end,
                     detail: Some(format!("{} occurrence(s)", s.count)),
+                    pointer: None,
                 });
             }
         }
@@ -189,6 +198,7 @@ impl Guard {
                 start: f.start,
                 end: f.end,
                 detail: None,
+                pointer: None,
             });
         }
         findings.sort_by(|a, b| (a.start, a.end, a.kind).cmp(&(b.start, b.end, b.kind)));

@@ -1,12 +1,17 @@
 """A small MCP server (official `mcp` SDK, Streamable HTTP, JSON answers)
 for the structure-aware scanning test: `list_records` answers a long list of
-bank e-mails as JSON or YAML text, with or without one record carrying an
-instruction (issue 19: the benign records must not dilute it).
+bank e-mails as JSON or YAML text, as that JSON inside a field of a JSON
+export (`nested`), or as a mailbox of MIME messages (`mime`: each
+multipart/alternative, the text part quoted-printable, the HTML part
+base64), with or without one record carrying an instruction (issue 19: the
+benign records must not dilute it, nor the nesting or encoding hide it).
 
 usage: records_server.py PORT
 """
 
+import base64
 import json
+import quopri
 import sys
 
 from mcp.server.mcpserver import MCPServer
@@ -31,9 +36,33 @@ YAML_ATTACK = (
 server = MCPServer("records")
 
 
+def mime(i: int, body: str) -> str:
+    """One MIME message: the body as quoted-printable text and base64 HTML."""
+    text = quopri.encodestring(body.encode()).decode()
+    html = "<p>" + body.replace("\n", "<br>") + "</p>"
+    html64 = base64.encodebytes(html.encode()).decode()
+    return (
+        f"From: bank@example.com\nTo: david@example.com\nSubject: Card charge {i}\n"
+        "MIME-Version: 1.0\nContent-Type: multipart/alternative; boundary=\"b{i}\"\n\n"
+        f"--b{i}\nContent-Type: text/plain; charset=utf-8\n"
+        f"Content-Transfer-Encoding: quoted-printable\n\n{text}\n"
+        f"--b{i}\nContent-Type: text/html; charset=utf-8\n"
+        f"Content-Transfer-Encoding: base64\n\n{html64}"
+        f"--b{i}--\n\n"
+    )
+
+
 @server.tool()
 def list_records(format: str, infected: bool) -> str:
     """Lists the mailbox's messages."""
+    if format == "nested":
+        inner = list_records("json", infected)
+        return json.dumps({"source": "inbox", "export": inner})
+    if format == "mime":
+        return "".join(
+            mime(i, EMAIL + ("\n" + YAML_ATTACK if infected and i == INFECTED else ""))
+            for i in range(RECORDS)
+        )
     if format == "json":
         head, tail = EMAIL.split("The Payments")
         records = [

@@ -129,8 +129,9 @@ pub async fn run(
         body,
         mut target,
     } = request;
-    if settings.dlp != DlpAction::Off {
-        // Responses must come back uncompressed for the redactor to read them.
+    if settings.dlp != DlpAction::Off || settings.injection != InjectionAction::Off {
+        // Answers must come back uncompressed for the redactor and the
+        // injection scan (inspect_out.rs) to read them.
         parts.headers.remove(header::ACCEPT_ENCODING);
     }
     let mut scan = TextScan::new(state, settings, request_id, &route.name, "request");
@@ -560,6 +561,12 @@ pub(crate) struct TextScan<'a> {
     facts: ContentFacts,
     kinds: Vec<&'static str>,
     dlp_found: bool,
+    /// Where the highest flagged injection is (its full pointer, see
+    /// [`finding_pointer`]), for the refusal.
+    injection_at: Option<(f32, String)>,
+    /// Whether a text holds a part the guard could not decode
+    /// (`undecodable_part`: a MIME part in an unknown encoding, …).
+    undecodable: bool,
     /// Whether a redaction rewrote a text.
     pub changed: bool,
 }
@@ -585,6 +592,8 @@ impl<'a> TextScan<'a> {
             },
             kinds: Vec::new(),
             dlp_found: false,
+            injection_at: None,
+            undecodable: false,
             changed: false,
         }
     }
@@ -605,6 +614,23 @@ impl<'a> TextScan<'a> {
         self.facts.injection_flagged |= report.flagged;
         self.kinds.extend(report.kinds());
         self.dlp_found |= !report.dlp.is_empty();
+        self.undecodable |= report.findings.iter().any(|f| f.kind == UNDECODABLE);
+        if report.flagged
+            && self
+                .injection_at
+                .as_ref()
+                .is_none_or(|(score, _)| report.injection_score > *score)
+        {
+            let inner = report
+                .findings
+                .iter()
+                .find(|f| f.kind == "prompt_injection")
+                .and_then(|f| f.pointer.as_deref());
+            self.injection_at = Some((
+                report.injection_score,
+                finding_pointer(self.state, pointer, inner),
+            ));
+        }
         log_findings(
             &Site {
                 state: self.state,
@@ -652,8 +678,44 @@ impl<'a> TextScan<'a> {
     /// (`what`: "request" or "answer", for the refusal's message).
     pub(crate) fn settle(self, what: &str) -> (ContentFacts, Result<(), Denial>) {
         let mut facts = self.facts;
-        let verdict = settle(self.settings, &mut facts, self.kinds, self.dlp_found, what);
+        let mut verdict = settle(
+            self.settings,
+            &mut facts,
+            self.kinds,
+            self.dlp_found,
+            what,
+            self.injection_at.as_ref().map(|(_, p)| p.as_str()),
+        );
+        if verdict.is_ok() && self.undecodable && self.settings.refuses_unscannable() {
+            verdict = Err(Denial::new(
+                ErrorCode::ContentUnscannable,
+                format!(
+                    "the {what} holds a part the content guard cannot decode (an unknown \
+                     transfer encoding or charset, or a type that is not text); the route \
+                     refuses what it cannot scan (`[routes.guard] allow_unscannable`)"
+                ),
+            ));
+        }
         (facts, verdict)
+    }
+}
+
+/// The finding kind of a part of a structured text the guard could not
+/// decode (`portcullis_guard::injection::SignalKind::Undecodable`).
+const UNDECODABLE: &str = "undecodable_part";
+
+/// A finding's full pointer: the pointer of the text in its message (a
+/// JSON pointer, `query:0`, "" for a whole body) and, when the text is a
+/// structured document, `#` and the finding's place inside it (`/2/body`,
+/// itself `#`-nested for documents in fields). The inner part is the
+/// text's own keys: one that holds a secret is masked as a whole.
+pub(crate) fn finding_pointer(state: &GuardState, pointer: &str, inner: Option<&str>) -> String {
+    match inner {
+        Some(inner) if state.guard.scanner().scan(inner).is_empty() => {
+            format!("{pointer}#{inner}")
+        }
+        Some(_) => format!("{pointer}#{MASKED_KEY}"),
+        None => pointer.to_string(),
     }
 }
 
@@ -683,6 +745,8 @@ pub(crate) fn log_findings(
         direction,
     } = *site;
     for f in &report.findings {
+        let at = finding_pointer(state, pointer, f.pointer.as_deref());
+        let pointer = at.as_str();
         let fp = report
             .dlp
             .iter()
@@ -724,15 +788,20 @@ pub(crate) fn settle(
     mut kinds: Vec<&'static str>,
     dlp_found: bool,
     what: &str,
+    at: Option<&str>,
 ) -> Result<(), Denial> {
     kinds.sort_unstable();
     kinds.dedup();
     facts.findings = kinds;
     if settings.injection == InjectionAction::Block && facts.injection_flagged {
+        let at = match at {
+            Some(p) if !p.is_empty() => format!(" at `{p}`"),
+            _ => String::new(),
+        };
         return Err(Denial::new(
             ErrorCode::ContentBlocked,
             format!(
-                "{what} blocked by the content guard: prompt injection (score {:.2})",
+                "{what} blocked by the content guard: prompt injection (score {:.2}){at}",
                 facts.injection_score
             ),
         ));
@@ -802,8 +871,9 @@ mod tests {
             if blocked {
                 assert_eq!(m["error"]["data"]["code"], "content_blocked");
                 let found = meter.response_findings.lock().unwrap();
+                // The text is JSON records: the pointer goes on into it.
                 assert!(found.iter().any(|f| f.kind == "prompt_injection"
-                    && f.pointer.as_deref() == Some("/result/content/0/text")));
+                    && f.pointer.as_deref() == Some("/result/content/0/text#/2/body")));
             }
             // LLM: a tool message whose content is the records.
             let mut body = serde_json::json!({"model": "m", "messages": [

@@ -24,7 +24,8 @@
 //!               the agent's writes); redaction handed on
 //! inject        routes with a credential: `use_secret` decision, value from the vault
 //! forward       upstream call with timeout, streaming both ways (and payload capture)
-//! inspect_out   DLP on the response body while it streams (redact or alert)
+//! inspect_out   injection in the answer (a tool output: read whole, refused
+//!               on `block`), then DLP on it while it streams
 //! llm           routes of kind `llm` run their own stages after contextualize:
 //!               model, messages on their channels, `complete` on the model,
 //!               budget, key injection, usage and DLP on the answer (llm.rs)
@@ -494,13 +495,24 @@ async fn run(
     let elapsed = t.elapsed();
     metrics.stage(Stage::Forward, elapsed);
     recorder.trace_stage(Stage::Forward, t, elapsed);
+    // The answer is a tool output: scanned for injection as MCP answers
+    // are, then redacted as it streams.
+    let response = inspect_out::scan_answer(
+        routing.guard.as_deref(),
+        &context.route,
+        routing.limits.max_body_bytes,
+        request_id,
+        meter,
+        response?,
+    )
+    .await?;
     let response = inspect_out::run(
         routing.guard.as_deref(),
         &context.route,
         allowed.redact,
         request_id,
         meter,
-        response?,
+        response,
     )?;
     // Re-authorized while it streams (liveness.rs).
     Ok(crate::liveness::watch(

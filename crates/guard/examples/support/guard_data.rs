@@ -2,7 +2,7 @@
 //! training and evaluation examples: file reading around the readers and the
 //! BIPIA insertion of `portcullis_guard::eval`, which the scorecard uses too,
 //! so every one builds its sets the same way.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::path::Path;
 

@@ -92,6 +92,10 @@ pub enum SignalKind {
     /// ([`super::structure`]): scanned as one text instead of record by
     /// record.
     StructureOverLimit,
+    /// A part of a structured text that could not be decoded (a MIME part
+    /// in an unknown transfer encoding or charset, invalid base64, a type
+    /// that is not text): it was not scanned.
+    Undecodable,
 }
 
 impl SignalKind {
@@ -108,6 +112,7 @@ impl SignalKind {
             SignalKind::PercentEncoded => "percent_encoded",
             SignalKind::HtmlEntities => "html_entities",
             SignalKind::StructureOverLimit => "structure_over_limit",
+            SignalKind::Undecodable => "undecodable_part",
         }
     }
 }

@@ -48,6 +48,12 @@ pub const KEY_CONTEXT: usize = 32;
 /// The units' bytes may reach this many times the text's (plus a constant):
 /// a key repeated before many short array items is the only growth.
 pub const MAX_GROWTH: usize = 4;
+/// How many levels of documents inside leaves are read (a JSON field whose
+/// string is YAML whose field is HTML …); below that a leaf is read as
+/// text only.
+pub const MAX_NESTING: usize = 4;
+/// Shortest leaf read as a document of its own.
+const MIN_NESTED: usize = 16;
 
 /// How a text is read.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,13 +76,26 @@ pub enum Structure {
 pub struct Unit {
     /// One line per leaf: `key: value`, or the value alone.
     pub text: String,
-    /// Per line: its range in `text` and the raw range of its leaf (the
-    /// JSON string literal, quotes included) in the original text.
-    lines: Vec<((usize, usize), (usize, usize))>,
+    lines: Vec<Line>,
+}
+
+/// One leaf's line in a [`Unit`].
+#[derive(Debug, Clone, PartialEq)]
+struct Line {
+    /// Its range in the unit's text.
+    range: (usize, usize),
+    /// The raw range of its leaf (for JSON the string literal, quotes
+    /// included) in the original text; for a leaf of a nested document,
+    /// the raw range of the outer leaf it was read from.
+    raw: (usize, usize),
+    /// Where the value starts in the unit's text (after `key: `).
+    value: usize,
+    /// Where the leaf is (see [`Unit::pointer`]).
+    pointer: String,
 }
 
 impl Unit {
-    fn push(&mut self, key: &str, value: &str, raw: (usize, usize)) {
+    fn push(&mut self, key: &str, value: &str, raw: (usize, usize), pointer: String) {
         if !self.text.is_empty() {
             self.text.push('\n');
         }
@@ -85,27 +104,52 @@ impl Unit {
             self.text.push_str(key);
             self.text.push_str(": ");
         }
+        let at = self.text.len();
         self.text.push_str(value);
-        self.lines.push(((start, self.text.len()), raw));
+        self.lines.push(Line {
+            range: (start, self.text.len()),
+            raw,
+            value: at,
+            pointer,
+        });
+    }
+
+    /// Where the leaf of the first line `text[start..end]` touches is: for
+    /// JSON a JSON pointer (`/2/body`), for the other formats the record's
+    /// number in reading order and the leaf's key (`/3/Subject`); a leaf
+    /// read as a document of its own adds `#` and the pointer inside it
+    /// (`/0/payload#/1/note`: the string at `/0/payload` is a document whose
+    /// `/1/note` holds the text).
+    pub fn pointer(&self, (start, end): (usize, usize)) -> Option<&str> {
+        self.lines
+            .iter()
+            .find(|l| touches(l.range, (start, end)))
+            .or(self.lines.first())
+            .map(|l| l.pointer.as_str())
     }
 
     /// The original byte range of `text[start..end]`: from the first leaf
     /// it touches to the end of the last.
     pub fn original_range(&self, (start, end): (usize, usize)) -> (usize, usize) {
         let mut out: Option<(usize, usize)> = None;
-        for &((s, e), (rs, re)) in &self.lines {
-            // A line touched by the range (an empty range: the line it is in).
-            let touches = if end > start {
-                s < end && e > start
-            } else {
-                s <= start && start <= e
-            };
-            if touches {
+        for l in &self.lines {
+            if touches(l.range, (start, end)) {
+                let (rs, re) = l.raw;
                 out = Some(out.map_or((rs, re), |(a, b)| (a.min(rs), b.max(re))));
             }
         }
-        out.or_else(|| self.lines.first().map(|l| l.1))
+        out.or_else(|| self.lines.first().map(|l| l.raw))
             .unwrap_or((0, 0))
+    }
+}
+
+/// Whether a line at `(s, e)` is touched by the range (an empty range: the
+/// line it is in).
+fn touches((s, e): (usize, usize), (start, end): (usize, usize)) -> bool {
+    if end > start {
+        s < end && e > start
+    } else {
+        s <= start && start <= e
     }
 }
 
@@ -113,6 +157,39 @@ impl Unit {
 /// iCalendar / vCard (see the module docs); anything else is
 /// [`Structure::Flat`].
 pub fn split(text: &str) -> Structure {
+    split_all(text).0
+}
+
+/// [`split`], and the raw ranges of the parts that could not be decoded
+/// (a MIME part in an unknown transfer encoding or charset, invalid
+/// base64, or a type that is not text: see [`mail`]).
+pub fn split_all(text: &str) -> (Structure, Vec<(usize, usize)>) {
+    let mut nest = Nest {
+        depth: 0,
+        work: 0,
+        budget: text.len().saturating_mul(MAX_NESTING).saturating_add(4096),
+    };
+    match read(text, &mut nest) {
+        Ok(r) => r,
+        Err(_) => (Structure::OverLimit, Vec::new()),
+    }
+}
+
+/// The reading of documents inside leaves: how deep it is, and the bytes
+/// handed to the readers so far against a budget for the whole text. Each
+/// level reads text taken from the level above (decoded, so no longer),
+/// so [`MAX_NESTING`] levels read at most that many times the text: the
+/// budget is that bound, kept explicit.
+struct Nest {
+    depth: usize,
+    work: usize,
+    budget: usize,
+}
+
+/// Reads `text` and, within [`MAX_NESTING`], the leaves that are documents
+/// of their own; `Err` when a nested document passes a limit (the whole
+/// text is then over the limit).
+fn read(text: &str, nest: &mut Nest) -> Result<(Structure, Vec<(usize, usize)>), Fail> {
     let readers: [Reader; 6] = [
         json,
         calendar::split,
@@ -124,18 +201,83 @@ pub fn split(text: &str) -> Structure {
     for (n, read) in readers.into_iter().enumerate() {
         match read(text) {
             None | Some(Err(Fail::Invalid)) => continue,
-            Some(Err(Fail::Over)) => return Structure::OverLimit,
+            Some(Err(Fail::Over)) => return Ok((Structure::OverLimit, Vec::new())),
             Some(Ok(b)) => {
-                let units = b.finish();
-                return if n == 0 {
+                let mut undecodable = b.undecodable.clone();
+                let mut units = b.finish();
+                expand(&mut units, &mut undecodable, nest)?;
+                let s = if n == 0 {
                     Structure::Records(units)
                 } else {
                     Structure::Alongside(units)
                 };
+                return Ok((s, undecodable));
             }
         }
     }
-    Structure::Flat
+    Ok((Structure::Flat, Vec::new()))
+}
+
+/// Whether a leaf may be a document of its own: JSON, markup, a calendar,
+/// or several lines (YAML, CSV, mail). Cheap, so most leaves cost nothing.
+fn may_nest(value: &str) -> bool {
+    let t = value.trim_start();
+    t.len() >= MIN_NESTED
+        && (t.starts_with(['{', '[', '<']) || t.starts_with("BEGIN:") || t.contains('\n'))
+}
+
+/// Reads each leaf of `units` that is a document (JSON, YAML, CSV, mail,
+/// HTML, a calendar) as records of its own, appended to `units`: the leaf
+/// stays a line of its record too, read as text as before. Their lines map
+/// back to the outer leaf's raw range, and their pointers extend its
+/// pointer (`outer#inner`). Within [`MAX_NESTING`] levels and the work
+/// budget; a nested document past its own limits makes the whole text
+/// [`Structure::OverLimit`].
+fn expand(
+    units: &mut Vec<Unit>,
+    undecodable: &mut Vec<(usize, usize)>,
+    nest: &mut Nest,
+) -> Result<(), Fail> {
+    if nest.depth >= MAX_NESTING {
+        return Ok(());
+    }
+    let mut found = Vec::new();
+    for unit in units.iter() {
+        for line in &unit.lines {
+            let value = &unit.text[line.value..line.range.1];
+            if !may_nest(value) {
+                continue;
+            }
+            nest.work += value.len();
+            if nest.work > nest.budget {
+                return Err(Fail::Over);
+            }
+            nest.depth += 1;
+            let inner = read(value, nest);
+            nest.depth -= 1;
+            let (structure, inner_undecodable) = inner?;
+            if !inner_undecodable.is_empty() {
+                undecodable.push(line.raw);
+            }
+            let inner_units = match structure {
+                Structure::Records(u) | Structure::Alongside(u) => u,
+                Structure::Flat => continue,
+                Structure::OverLimit => return Err(Fail::Over),
+            };
+            for mut u in inner_units {
+                for l in &mut u.lines {
+                    l.raw = line.raw;
+                    l.pointer = format!("{}#{}", line.pointer, l.pointer);
+                }
+                found.push(u);
+            }
+        }
+    }
+    units.extend(found);
+    if units.len() > MAX_RECORDS {
+        return Err(Fail::Over);
+    }
+    Ok(())
 }
 
 /// A format's reader: `None` when the text is not that format, else its
@@ -153,6 +295,7 @@ fn json(text: &str) -> Option<Result<Builder, Fail>> {
         b: text.as_bytes(),
         pos: 0,
         out: Builder::new(text),
+        path: String::new(),
     };
     let mut values = 0;
     loop {
@@ -161,6 +304,13 @@ fn json(text: &str) -> Option<Result<Builder, Fail>> {
             break;
         }
         let mut root = std::mem::take(&mut p.out.root);
+        // NDJSON: the documents after the first are told apart by their
+        // number (`/1/…`, `/2/…`); the first reads as a lone document.
+        p.path = if values > 0 {
+            format!("/{values}")
+        } else {
+            String::new()
+        };
         if let Err(fail) = p.value("", 0, &mut root) {
             return Some(Err(fail));
         }
@@ -182,6 +332,8 @@ pub(crate) struct Builder {
     /// Bytes of unit text so far, against `budget`.
     bytes: usize,
     budget: usize,
+    /// Raw ranges of parts that could not be decoded (see [`split_all`]).
+    pub(crate) undecodable: Vec<(usize, usize)>,
 }
 
 impl Builder {
@@ -191,17 +343,36 @@ impl Builder {
             root: Unit::default(),
             bytes: 0,
             budget: text.len().saturating_mul(MAX_GROWTH).saturating_add(4096),
+            undecodable: Vec::new(),
         }
     }
 
     /// Adds a leaf line to `unit`, within the byte budget; an identifier
-    /// ([`is_identifier`]) is left out.
+    /// ([`is_identifier`]) is left out. Its pointer is the number of the
+    /// record being read and the key (see [`Unit::pointer`]).
     pub(crate) fn leaf(
         &mut self,
         unit: &mut Unit,
         key: &str,
         value: &str,
         raw: (usize, usize),
+    ) -> Result<(), Fail> {
+        let mut pointer = format!("/{}", self.units.len());
+        if !key.trim().is_empty() {
+            pointer.push('/');
+            pointer.push_str(&escape(cut(key.trim(), KEY_CONTEXT)));
+        }
+        self.leaf_at(unit, key, value, raw, pointer)
+    }
+
+    /// [`Self::leaf`] with its pointer given.
+    fn leaf_at(
+        &mut self,
+        unit: &mut Unit,
+        key: &str,
+        value: &str,
+        raw: (usize, usize),
+        pointer: String,
     ) -> Result<(), Fail> {
         let value = value.trim();
         if value.is_empty() || is_identifier(value) {
@@ -212,7 +383,7 @@ impl Builder {
         if self.bytes > self.budget {
             return Err(Fail::Over);
         }
-        unit.push(key, value, raw);
+        unit.push(key, value, raw, pointer);
         Ok(())
     }
 
@@ -256,6 +427,8 @@ struct Parser<'a> {
     /// The records; its root holds the strings directly in a top-level
     /// array, or a top-level string.
     out: Builder,
+    /// The JSON pointer of the value being read.
+    path: String,
 }
 
 impl Parser<'_> {
@@ -316,7 +489,7 @@ impl Parser<'_> {
         match self.b.get(self.pos) {
             Some(b'"') => {
                 let (s, raw) = self.string()?;
-                self.out.leaf(unit, key, &s, raw)
+                self.out.leaf_at(unit, key, &s, raw, self.path.clone())
             }
             Some(b'{') => {
                 self.pos += 1;
@@ -333,10 +506,15 @@ impl Parser<'_> {
                         return Err(Fail::Invalid);
                     }
                     let (k, raw) = self.string()?;
-                    self.out.leaf(&mut record, "", &k, raw)?;
+                    let len = self.path.len();
+                    self.path.push('/');
+                    self.path.push_str(&escape(&k));
+                    self.out
+                        .leaf_at(&mut record, "", &k, raw, self.path.clone())?;
                     self.eat(b':')?;
                     let context = cut(&k, KEY_CONTEXT);
                     self.value(context, depth + 1, &mut record)?;
+                    self.path.truncate(len);
                     self.ws();
                     match self.b.get(self.pos) {
                         Some(b',') => self.pos += 1,
@@ -356,8 +534,14 @@ impl Parser<'_> {
                     self.pos += 1;
                     return Ok(());
                 }
+                let mut i = 0usize;
                 loop {
+                    let len = self.path.len();
+                    self.path.push('/');
+                    self.path.push_str(&i.to_string());
                     self.value(key, depth + 1, unit)?;
+                    self.path.truncate(len);
+                    i += 1;
                     self.ws();
                     match self.b.get(self.pos) {
                         Some(b',') => self.pos += 1,
@@ -445,6 +629,11 @@ pub(crate) fn lines(text: &str) -> impl Iterator<Item = (usize, &str)> {
     })
 }
 
+/// A JSON-pointer segment for `key` (`~` and `/` escaped).
+fn escape(key: &str) -> String {
+    key.replace('~', "~0").replace('/', "~1")
+}
+
 /// `s` cut to at most `max` bytes at a char boundary.
 fn cut(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -482,7 +671,8 @@ mod tests {
         let got: Vec<&str> = units.iter().map(|u| u.text.as_str()).collect();
         assert_eq!(got, want);
         for u in &units {
-            for &(_, (rs, re)) in &u.lines {
+            for l in &u.lines {
+                let (rs, re) = l.raw;
                 let raw = &text[rs..re];
                 assert!(raw.starts_with('"') && raw.ends_with('"'), "{raw}");
             }
@@ -555,6 +745,78 @@ mod tests {
         let items = |key: &str| format!("{{\"{key}\": [{}\"x\"]}}", "\"x y\",".repeat(1000));
         assert!(matches!(split(&items("tags")), Structure::Records(_)));
         assert_eq!(split(&items(&"k".repeat(1000))), Structure::OverLimit);
+    }
+
+    /// Issue 19: a leaf whose string is itself a document (YAML, JSON,
+    /// HTML, mail …) is read as records too, with a pointer that shows the
+    /// nesting; the leaf stays a line of its own record.
+    #[test]
+    fn documents_inside_leaves_are_read_with_nested_pointers() {
+        let yaml = "- note: first entry here\n- note: second entry here\n";
+        let json = r#"{"items": [{"text": "deep text here"}]}"#;
+        let text = serde_json::json!({"a": {"yaml": yaml}, "b": [json]}).to_string();
+        let Structure::Records(units) = split(&text) else {
+            panic!()
+        };
+        let nested: Vec<(&str, &str)> = units
+            .iter()
+            .flat_map(|u| {
+                u.lines
+                    .iter()
+                    .map(move |l| (&u.text[l.range.0..l.range.1], l.pointer.as_str()))
+            })
+            .filter(|(_, p)| p.contains('#'))
+            .collect();
+        assert_eq!(
+            nested,
+            [
+                ("note: first entry here", "/a/yaml#/0/note"),
+                ("note: second entry here", "/a/yaml#/1/note"),
+                ("text: deep text here", "/b/0#/items/0/text"),
+            ]
+        );
+        // A nested leaf maps back to the outer string literal.
+        let u = units
+            .iter()
+            .find(|u| u.text == "text: deep text here")
+            .unwrap();
+        let (s, e) = u.original_range((0, 4));
+        assert!(text[s..e].starts_with("\"{\\\"items"), "{}", &text[s..e]);
+        // The outer leaves are still read as text.
+        assert!(
+            units
+                .iter()
+                .any(|u| u.text.starts_with("yaml: - note: first"))
+        );
+    }
+
+    /// Nesting is bounded: below [`MAX_NESTING`] levels a leaf is text;
+    /// a nested document past the limits makes the text over the limit.
+    #[test]
+    fn nesting_is_bounded() {
+        let mut doc = r#"{"t": "the innermost note is here"}"#.to_string();
+        for _ in 0..10 {
+            doc = serde_json::json!({"t": doc}).to_string();
+        }
+        let Structure::Records(units) = split(&doc) else {
+            panic!()
+        };
+        let deepest = units
+            .iter()
+            .flat_map(|u| &u.lines)
+            .map(|l| l.pointer.matches('#').count())
+            .max();
+        assert_eq!(deepest, Some(MAX_NESTING));
+        // Work stays linear in the text: the units total at most the
+        // text per level read.
+        let total: usize = units.iter().map(|u| u.text.len()).sum();
+        assert!(
+            total <= doc.len() * (MAX_NESTING + 1) * MAX_GROWTH,
+            "{total}"
+        );
+        let many = format!("[{}{{}}]", "{\"a\": \"b c\"},".repeat(MAX_RECORDS + 1));
+        let outer = serde_json::json!({"x": many}).to_string();
+        assert_eq!(split(&outer), Structure::OverLimit);
     }
 
     #[test]
