@@ -147,7 +147,7 @@ async fn rotation(dir: tempfile::TempDir, url: String, env: Vec<(&'static str, S
     let old_token = token(&server, "bot");
     let old_kid = kid(&old_token);
     assert_eq!(call(&server, &old_token, (&cert, &key)).await, 200);
-    assert_eq!(jwks_kids(&server).await, [old_kid.clone()]);
+    assert_eq!(jwks_kids(&server).await, std::slice::from_ref(&old_kid));
     let store = Store::open_url(&url).await.unwrap();
     wait_signed(&store).await;
     let old_audit_pub = std::fs::read_to_string(state.join("audit.pub")).unwrap();
