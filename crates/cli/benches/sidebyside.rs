@@ -136,8 +136,8 @@
 //! `before_forward` throughput rose by ~30 % in this one pair (an intent
 //! batch makes one SQLite round trip fewer), its p50 stays the fsync's.
 //! A release profile with `lto = "fat"` and `codegen-units = 1` (the lever
-//! for the executable's resident pages) was started but not measured: it
-//! did not build within the session on the shared machine.
+//! for the executable's resident pages) was measured later: see the `dist`
+//! profile figures at the end of this doc.
 //!
 //! 2026-12-07 16:20 UTC, release binary of main at 701d68b (the default
 //! release profile), the other engineers' compilers paused (SIGSTOP) for the
@@ -197,12 +197,31 @@
 //! one `fdatasync` per group is still one sync per commit, so it would save
 //! the statements' CPU, not the wait); weakening `synchronous` to `NORMAL`
 //! would survive `kill -9` but not a power loss, which ARCHITECTURE.md
-//! promises, so it was not tried. The CPU profile of the fat-LTO build
-//! (`perf record` on `/work/targets/dist/dist/portcullis`) was not taken:
-//! that build had not finished within this session. This VM exposes no
-//! hardware counters (`perf stat -e instructions` answers `<not
-//! supported>`); `valgrind --tool=callgrind` (installed) is the
-//! load-independent instruction count to use instead.
+//! promises, so it was not tried. This VM exposes no hardware counters
+//! (`perf stat -e instructions` answers `<not supported>`);
+//! `valgrind --tool=callgrind` (installed) is the load-independent
+//! instruction count to use instead.
+//!
+//! The `dist` profile (`cargo build --profile dist -p portcullis-cli`: fat
+//! LTO, one codegen unit; 1 h 50 min to build on the two cores shared with
+//! seven other builds), main at 9db7201, 2026-12-07 19:48 UTC, nothing
+//! else running (load average 0.3), `BENCH_THROUGHPUT_ROUNDS=1
+//! BENCH_LATENCY_REQUESTS=2000 PORTCULLIS_BIN=target/dist/portcullis`:
+//!
+//! ```text
+//! durability       nginx p50  portcullis p50  P−N p50  portcullis rps  nginx rps  P/N   RSS P
+//! async            431 µs     547 µs          +116 µs  7433            11869      63 %  69.5 MiB
+//! before_forward   413 µs     1217 µs         +804 µs  4700            10653      44 %  61.8 MiB
+//! ```
+//!
+//! Against the default release profile (the 16:20 table): `.text` 36 →
+//! 29.3 MB, RSS 81 → 69.5 MiB (async) and 70 → 61.8 MiB (before_forward);
+//! the latency and throughput ratios to nginx stay where they were (the
+//! absolute rates of this pair are lower for all three rows: a different
+//! sitting). Fat LTO buys ~11 MiB of resident code, not speed; the 30 MiB
+//! goal needs a smaller executable still (fewer monomorphised copies, a
+//! separate small `sandbox-exec`), and the speed targets need less work per
+//! request, not a different build.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod support;
