@@ -501,10 +501,10 @@ mod tests {
         let (old_token, _) = before
             .issue("bot", "spiffe://t/agent/bot", bound(), t - 10, 300)
             .unwrap();
-        // Rotated at `t`: the new key signs, the old one only verifies.
+        // Rotated at `t - 5`: the new key signs, the old one only verifies.
         let iss = TokenIssuer::new(Ed25519Key::from_seed(&[2; 32]), &url)
             .unwrap()
-            .with_previous(&old, t)
+            .with_previous(&old, t - 5)
             .unwrap();
         assert_ne!(iss.kid(), before.kid());
         assert!(iss.names_own_key(&old_token));
@@ -534,9 +534,11 @@ mod tests {
             .collect();
         assert_eq!(kids, [iss.kid(), before.kid()]);
         // The retired key signed nothing after the rotation: a token it
-        // signs later (a leaked key) is refused.
+        // signs later (a leaked key) is refused. Issued in the past of the
+        // system clock, which jsonwebtoken checks `nbf` against: a token
+        // not yet valid by that clock is refused before the key is judged.
         let (late, _) = before
-            .issue("bot", "spiffe://t/agent/bot", bound(), t + 1, 300)
+            .issue("bot", "spiffe://t/agent/bot", bound(), t - 2, 300)
             .unwrap();
         assert_eq!(
             iss.verify(&late, t + 2).unwrap_err(),
