@@ -34,6 +34,16 @@
 //!
 //! Every process (the bench's load generator, the upstream, PostgreSQL, the
 //! four gateways) shares the machine's cores: compare rows within one run.
+//!
+//! Quiet figures, 2026-12-07 20:24 UTC, the `dist` binary (fat LTO) of main
+//! at 9db7201, nothing else running, defaults: SQLite node +1,137 µs p50 over
+//! direct and 4,615 req/s; each PostgreSQL replica +47.7 ms p50 (p99 +55 ms)
+//! and ~230 req/s, flat across replicas and rows (a fixed wait per
+//! `before_forward` call, not a saturated database: to be found; 424
+//! connections closed by the replicas were reopened); audit appends 244/s
+//! across 3 replicas (bounded by that request rate; target 20,000/s);
+//! propagation (revoke through replica 1, first refusal on 2 and 3, 20
+//! samples) p50 33.0 ms, p99 117.8 ms (targets p50 < 50 ms, p99 < 1 s: met).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod support;
