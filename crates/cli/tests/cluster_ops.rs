@@ -9,7 +9,6 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use portcullis_store::testing::TestDb;
@@ -30,30 +29,6 @@ async fn start(
 ) -> Server {
     let env: Vec<(&str, &str)> = kek.map(|k| ("PORTCULLIS_KEK", k)).into_iter().collect();
     start_replica(dir, cfg, &url, &env).await
-}
-
-/// Runs the CLI with `env` (the KEK variables of the test's own process
-/// removed) and returns its output.
-fn run(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(server_bin());
-    cmd.args(args)
-        .env_remove("PORTCULLIS_KEK_FILE")
-        .env_remove("PORTCULLIS_KEK")
-        .env_remove("PORTCULLIS_STORE_URL");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
-
-fn ok(output: Output, what: &str) -> String {
-    assert!(
-        output.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 /// `GET /api/items` with the agent's certificate on `server`, retried
@@ -203,8 +178,8 @@ async fn a_replica_given_only_the_kek_runs_on_the_keys_sealed_in_the_database() 
     assert_eq!(store.sealed_keys().await.unwrap(), sealed);
 
     // `serve --check` on the shared store opens the sealed keys read-only.
-    let check = ok(
-        run(
+    let check = succeeded(
+        run_cli(
             &[
                 "serve",
                 "--check",
@@ -256,7 +231,7 @@ async fn a_postgres_store_is_backed_up_live_and_restored_into_an_empty_database(
     };
     let value = outside.path().join("value");
     std::fs::write(&value, "s3cret-value").unwrap();
-    ok(
+    succeeded(
         a.cli(&[
             "secret",
             "put",
@@ -319,8 +294,8 @@ async fn a_postgres_store_is_backed_up_live_and_restored_into_an_empty_database(
         })
     };
     let src = source.url();
-    let out = ok(
-        run(
+    let out = succeeded(
+        run_cli(
             &[
                 "backup",
                 "--out",
@@ -342,7 +317,7 @@ async fn a_postgres_store_is_backed_up_live_and_restored_into_an_empty_database(
     }
     // A PostgreSQL backup is never restored as a state directory's.
     let restored = outside.path().join("restored");
-    let refused = run(
+    let refused = run_cli(
         &[
             "restore",
             "--from",
@@ -359,7 +334,7 @@ async fn a_postgres_store_is_backed_up_live_and_restored_into_an_empty_database(
         String::from_utf8_lossy(&refused.stderr)
     );
     // Nor over a database that holds anything.
-    let refused = run(
+    let refused = run_cli(
         &[
             "restore",
             "--from",
@@ -377,8 +352,8 @@ async fn a_postgres_store_is_backed_up_live_and_restored_into_an_empty_database(
     drop(a);
 
     let dst = target.url();
-    let out = ok(
-        run(
+    let out = succeeded(
+        run_cli(
             &[
                 "restore",
                 "--from",
@@ -399,8 +374,8 @@ async fn a_postgres_store_is_backed_up_live_and_restored_into_an_empty_database(
     );
     copy.close().await;
     // The restored log verifies against its signed checkpoints.
-    let verify = ok(
-        run(
+    let verify = succeeded(
+        run_cli(
             &["audit", "verify", "--state-dir", restored.to_str().unwrap()],
             &[("PORTCULLIS_STORE_URL", &dst)],
         ),
@@ -410,8 +385,8 @@ async fn a_postgres_store_is_backed_up_live_and_restored_into_an_empty_database(
     // `serve --check` opens the restored database read-only, keys and all.
     let dir_b = tempfile::tempdir().unwrap();
     let cfg_b = replica_config(dir_b.path(), upstream);
-    let check = ok(
-        run(
+    let check = succeeded(
+        run_cli(
             &[
                 "serve",
                 "--check",
@@ -428,7 +403,7 @@ async fn a_postgres_store_is_backed_up_live_and_restored_into_an_empty_database(
 
     // Offline admin commands on the restored store, no replica running.
     std::fs::write(&value, "second-value").unwrap();
-    let offline = run(
+    let offline = run_cli(
         &[
             "secret",
             "put",
@@ -440,7 +415,7 @@ async fn a_postgres_store_is_backed_up_live_and_restored_into_an_empty_database(
         ],
         &[("PORTCULLIS_STORE_URL", &dst), ("PORTCULLIS_KEK", KEK)],
     );
-    ok(offline, "offline secret put");
+    succeeded(offline, "offline secret put");
 
     // A replica with the restored state directory and the KEK serves it.
     std::fs::create_dir_all(dir_b.path().join("state")).unwrap();
@@ -459,15 +434,15 @@ async fn a_postgres_store_is_backed_up_live_and_restored_into_an_empty_database(
         agent_gets_through(&b.ca_pem(), (&cert, &key), &b).await,
         200
     );
-    let listed = ok(b.cli(&["secret", "list", "-o", "json"]), "secret list");
+    let listed = succeeded(b.cli(&["secret", "list", "-o", "json"]), "secret list");
     assert!(
         listed.contains("upstream-key") && listed.contains("other-key"),
         "{listed}"
     );
     assert!(!listed.contains("s3cret-value"), "{listed}");
     // The offline change is in the restored log, which still verifies.
-    let verify = ok(
-        run(
+    let verify = succeeded(
+        run_cli(
             &[
                 "audit",
                 "verify",
@@ -632,8 +607,8 @@ async fn a_tampered_shared_log_is_set_aside_once_every_replica_has_stopped() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    ok(
-        run(
+    succeeded(
+        run_cli(
             &[
                 "audit",
                 "verify",

@@ -11,7 +11,7 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use portcullis_store::Store;
@@ -25,33 +25,15 @@ const KEK: &str = "QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkI=";
 /// `portcullis ARGS --state-dir STATE` with `env` only (the test process's
 /// KEK and store variables removed).
 fn cli(state: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(server_bin());
-    cmd.args(args)
-        .arg("--state-dir")
-        .arg(state)
-        .env_remove("PORTCULLIS_KEK_FILE")
-        .env_remove("PORTCULLIS_KEK")
-        .env_remove("PORTCULLIS_STORE_URL");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
-
-fn ok(output: Output, what: &str) -> String {
-    assert!(
-        output.status.success(),
-        "{what} failed: {}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
+    let mut with_state = args.to_vec();
+    with_state.extend(["--state-dir", state.to_str().unwrap()]);
+    support::cluster::run_cli(&with_state, env)
 }
 
 /// An mTLS-bound access token for the agent `name` (`agent token --mtls`).
 fn token(server: &Server, name: &str) -> String {
     let creds = server.path().join("creds");
-    let out = ok(
+    let out = support::cluster::succeeded(
         server.cli(&[
             "agent",
             "token",
@@ -176,7 +158,7 @@ async fn rotation(dir: tempfile::TempDir, url: String, env: Vec<(&'static str, S
     let rotated: Value = serde_json::from_str(&rotated).unwrap();
     assert_eq!(rotated["key"], "token_key");
     assert_eq!(rotated["version"], 2);
-    let out = ok(
+    let out = support::cluster::succeeded(
         cli(&state, &["vault", "rotate-key", "audit-key"], &env_ref),
         "rotate the audit key",
     );
@@ -244,7 +226,7 @@ async fn rotation(dir: tempfile::TempDir, url: String, env: Vec<(&'static str, S
         portcullis_store::open_checkpoint(&latest.note, &new_key, new_key.name()).is_ok(),
         "the latest checkpoint is not signed by the new key"
     );
-    let verified = ok(
+    let verified = support::cluster::succeeded(
         cli(&state, &["audit", "verify"], &env_ref),
         "audit verify across the rotation",
     );

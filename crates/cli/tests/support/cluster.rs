@@ -98,3 +98,29 @@ pub async fn two_replicas(
     let b = start_replica(dir_b, cfg_b, url, env).await;
     (a, b)
 }
+
+/// Runs the CLI with `env` only for the key material and store (the test
+/// process's own KEK and store variables removed) and returns its output.
+pub fn run_cli(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut cmd = std::process::Command::new(super::server_bin());
+    cmd.args(args)
+        .env_remove("PORTCULLIS_KEK_FILE")
+        .env_remove("PORTCULLIS_KEK")
+        .env_remove("PORTCULLIS_STORE_URL");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// The standard output of a command that must have succeeded (`what` names
+/// it in the failure, with both outputs).
+pub fn succeeded(output: std::process::Output, what: &str) -> String {
+    assert!(
+        output.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
