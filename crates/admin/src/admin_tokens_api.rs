@@ -298,9 +298,9 @@ async fn rotate(
         .rotate_admin_credential(&row.name, &crate::auth::hash_token(&token), now_ms() / 1000)
         .await
         .map_err(|e| call.store_error(e))?;
+    // A new token is a new session: the store closed its window, if any,
+    // for every replica (`rotate_admin_credential`).
     reload(&state, &call).await?;
-    // A new token is a new session: its window, if any, closes.
-    state.step_up.close(&row.id);
     call.done_by(&state.sink, &approver, "admin_token.rotate", &row.name, 200);
     Ok(json(
         StatusCode::OK,
@@ -330,8 +330,8 @@ async fn revoke(
             }
             other => call.store_error(other),
         })?;
+    // The store closed its window, if any, for every replica.
     reload(&state, &call).await?;
-    state.step_up.close(&row.id);
     call.done_by(&state.sink, &approver, "admin_token.revoke", &row.name, 200);
     Ok(json(
         StatusCode::OK,
@@ -357,11 +357,15 @@ const PERMISSIONS: [Permission; 14] = [
     Permission::ManageAdmins,
 ];
 
-fn session_view(state: &AdminState, call: &Call) -> Result<serde_json::Value, ApiError> {
+async fn session_view(state: &AdminState, call: &Call) -> Result<serde_json::Value, ApiError> {
     let admin = call
         .admin()
         .ok_or_else(|| call.internal("no authenticated admin on an admin route"))?;
-    let window = state.step_up.current(&admin.id);
+    let window = state
+        .step_up
+        .current(admin)
+        .await
+        .map_err(|e| call.store_error(e))?;
     Ok(serde_json::json!({
         "name": admin.name,
         "role": admin.role.as_str(),
@@ -383,7 +387,7 @@ async fn session(
     State(state): State<AdminState>,
     Extension(call): Extension<Call>,
 ) -> Result<Response, ApiError> {
-    Ok(json(StatusCode::OK, &session_view(&state, &call)?))
+    Ok(json(StatusCode::OK, &session_view(&state, &call).await?))
 }
 
 /// Verifies a code (headers `X-Portcullis-User`/`X-Portcullis-TOTP`) and
@@ -416,10 +420,17 @@ async fn step_up(
             "no human admin has enrolled: there is no TOTP to step up with",
         ));
     }
-    // Opened now, so that the answer shows it; the call cannot fail after this.
-    state.step_up.open(&admin.id, &approver.user);
+    // Opened now, so that the answer shows it (opening it again when the
+    // call has succeeded only renews it). A window that cannot be stored
+    // fails the call, which gives the code back.
+    state
+        .step_up
+        .open(&admin, &approver.user)
+        .await
+        .map_err(|e| call.store_error(e))?;
+    let view = session_view(&state, &call).await?;
     call.done_by(&state.sink, &approver, "admin.step_up", &admin.name, 200);
-    Ok(json(StatusCode::OK, &session_view(&state, &call)?))
+    Ok(json(StatusCode::OK, &view))
 }
 
 async fn step_down(
@@ -430,9 +441,13 @@ async fn step_down(
         .admin()
         .cloned()
         .ok_or_else(|| call.internal("no authenticated admin on an admin route"))?;
-    state.step_up.close(&admin.id);
+    state
+        .step_up
+        .close(&admin)
+        .await
+        .map_err(|e| call.store_error(e))?;
     call.done(&state.sink, "admin.step_down", &admin.name, 200);
-    Ok(json(StatusCode::OK, &session_view(&state, &call)?))
+    Ok(json(StatusCode::OK, &session_view(&state, &call).await?))
 }
 
 /// Stores a new admin credential, reloads the credentials every request

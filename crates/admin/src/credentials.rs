@@ -41,6 +41,10 @@ pub struct AdminIdentity {
     /// console session row carries it (`console/session.rs`), and it acts
     /// only through the console, in process.
     pub login: Option<String>,
+    /// The stored hash this credential authenticated with (its token's,
+    /// or its certificate's): a step-up window opened with it ends when the
+    /// credential is rotated. `None` for an OIDC login's session.
+    pub credential_sha256: Option<String>,
 }
 
 /// How an admin credential proves itself.
@@ -214,6 +218,7 @@ pub(crate) fn identity_of(row: &AdminTokenRow) -> Option<Arc<AdminIdentity>> {
         role,
         kind,
         login: None,
+        credential_sha256: Some(row.token_sha256.clone()),
     }))
 }
 
@@ -234,6 +239,7 @@ pub(crate) fn login_identity(id: &str, login: &ConsoleSessionLogin) -> Option<Ar
         role,
         kind: CredentialKind::Login,
         login: Some(login.issuer.clone()),
+        credential_sha256: None,
     }))
 }
 

@@ -134,10 +134,15 @@ pub(crate) async fn require_fresh_totp(
     };
     let (user, code) = (header(USER_HEADER), header(TOTP_HEADER));
     // The credential's open step-up window stands in for a code, for the
-    // human who opened it only.
+    // human who opened it only. The window is in the store (every replica
+    // sees it); a store that does not answer refuses the call.
     if code.is_none()
         && let Some(admin) = call.admin()
-        && let Some(window) = state.step_up.current(&admin.id)
+        && let Some(window) = state
+            .step_up
+            .current(admin)
+            .await
+            .map_err(|e| call.store_error(e))?
         && user.is_none_or(|u| u == window.user)
     {
         return Ok(Approver {

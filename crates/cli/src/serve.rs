@@ -559,7 +559,10 @@ pub async fn run(
         gateway: gateway.clone(),
         ca: ca.clone(),
         credentials: admin_credentials.clone(),
-        step_up: Arc::new(portcullis_admin::StepUp::new(config.admin_step_up)),
+        step_up: Arc::new(portcullis_admin::StepUp::new(
+            store.clone(),
+            config.admin_step_up,
+        )),
         sink: sink.clone(),
         vault: vault.clone(),
         checkpointer: checkpointer.clone(),

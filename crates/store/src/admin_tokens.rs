@@ -83,7 +83,7 @@ impl Store {
 
     /// Replaces a live token credential's token hash (a certificate
     /// credential is replaced by issuing a new one), ending the console
-    /// sessions the old token opened.
+    /// sessions and the step-up window the old token opened.
     pub async fn rotate_admin_credential(
         &self,
         name: &str,
@@ -105,10 +105,12 @@ impl Store {
         if affected == 0 {
             return Err(StoreError::NotFound(name.to_string()));
         }
-        self.end_orphaned_console_sessions().await
+        self.end_orphaned_console_sessions().await?;
+        self.end_orphaned_step_up_windows().await
     }
 
-    /// Revokes a live credential (ending its console sessions), refusing to revoke the last live `owner`
+    /// Revokes a live credential (ending its console sessions and its
+    /// step-up window), refusing to revoke the last live `owner`
     /// (nobody could then manage credentials). The check and the update are
     /// one statement, so two concurrent revocations cannot leave none (and a
     /// read-then-write transaction, which SQLite may refuse to upgrade beside
@@ -128,7 +130,8 @@ impl Store {
             .await?
             .rows_affected();
             if affected == 1 {
-                return self.end_orphaned_console_sessions().await;
+                self.end_orphaned_console_sessions().await?;
+                return self.end_orphaned_step_up_windows().await;
             }
             query_scalar("SELECT role FROM admin_tokens WHERE name = ? AND revoked_at IS NULL")
                 .bind(name)

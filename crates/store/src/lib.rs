@@ -38,6 +38,9 @@ mod ceremonies;
 pub use admin_tokens::{ADMIN_KIND_CERTIFICATE, ADMIN_KIND_TOKEN, AdminTokenRow};
 pub use ceremonies::{CeremonyBound, Spend};
 mod console_sessions;
+mod step_up;
+mod admissions;
+pub use step_up::StepUpWindowRow;
 pub use console_sessions::{ConsoleSessionLogin, ConsoleSessionRow, LiveConsoleSession};
 mod oauth_clients;
 pub use oauth_clients::{OAuthClientRow, RefreshOutcome, RefreshTokenRow};
@@ -314,6 +317,11 @@ fn migrator() -> Migrator {
             "ceremony_owner",
             include_str!("../migrations/0034_ceremony_owner.sql"),
         ),
+        migration(
+            35,
+            "step_up_windows",
+            include_str!("../migrations/0035_step_up_windows.sql"),
+        ),
     ])
 }
 
@@ -382,6 +390,7 @@ fn postgres_migrator() -> Migrator {
         twin!(30, "pending_ceremonies", "0030_pending_ceremonies.sql"),
         twin!(31, "dataset_lifecycle", "0031_dataset_lifecycle.sql"),
         twin!(34, "ceremony_owner", "0034_ceremony_owner.sql"),
+        twin!(35, "step_up_windows", "0035_step_up_windows.sql"),
     ])
 }
 

@@ -43,7 +43,7 @@ pub(crate) struct Call {
 /// A step-up window to open when the call succeeds.
 struct PendingStepUp {
     step_up: Arc<StepUp>,
-    credential: String,
+    credential: Arc<AdminIdentity>,
     user: String,
 }
 
@@ -132,7 +132,7 @@ impl Call {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner()) = Some(PendingStepUp {
                 step_up,
-                credential: admin.id.clone(),
+                credential: admin.clone(),
                 user: user.to_string(),
             });
         }
@@ -317,8 +317,12 @@ pub(super) async fn with_call(mut req: Request<Body>, next: Next) -> Response {
     let mut response = next.run(req).await;
     let pending = pending.lock().unwrap_or_else(|e| e.into_inner()).take();
     if response.status().is_success() {
-        if let Some(p) = pending {
-            p.step_up.open(&p.credential, &p.user);
+        // The action is done: a window that cannot be stored stays closed
+        // (the next sensitive call asks for a code again), never the reverse.
+        if let Some(p) = pending
+            && let Err(e) = p.step_up.open(&p.credential, &p.user).await
+        {
+            tracing::error!(request_id = %id, error = %e, "cannot open a step-up window");
         }
     } else {
         let codes = std::mem::take(&mut *spent.lock().unwrap_or_else(|e| e.into_inner()));

@@ -27,6 +27,7 @@ use super::session::{ABSOLUTE_TIMEOUT, SESSION_COOKIE, cookie, login_identity_id
 use super::{Console, html, refusal_page};
 use crate::api::{AdminState, Call};
 use crate::auth::hash_token;
+use crate::credentials::{AdminIdentity, CredentialKind};
 use crate::roles::Role;
 
 /// The cookie binding a login in progress to the browser (its state).
@@ -244,11 +245,25 @@ pub(crate) async fn callback(
     // The issuer's `amr` showed a second factor: with `[admin]
     // oidc_step_up`, the login opens the session's step-up window, as a
     // TOTP code would.
-    let stepped_up = opens_step_up(login.step_up, &logged_in)
-        && state
-            .step_up
-            .open(&login_identity_id(&hash_token(&id)), &name)
-            .is_some();
+    // A window that cannot be stored leaves the login without one (logged):
+    // the session asks for a code, never the reverse.
+    let stepped_up = opens_step_up(login.step_up, &logged_in) && {
+        let identity = AdminIdentity {
+            id: login_identity_id(&hash_token(&id)),
+            name: name.clone(),
+            role,
+            kind: CredentialKind::Login,
+            login: Some(logged_in.issuer.clone()),
+            credential_sha256: None,
+        };
+        match state.step_up.open(&identity, &name).await {
+            Ok(window) => window.is_some(),
+            Err(e) => {
+                tracing::error!(error = %e, "console: cannot open the OIDC login's step-up window");
+                false
+            }
+        }
+    };
     let mut record = call.record("console.login", "/console", Outcome::Allow, 303, None);
     record.principal = Some(name);
     record.credential = Some(format!(

@@ -149,7 +149,10 @@ pub(super) async fn page_handler(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let window = state.step_up.current(&session.identity.id);
+    let window = match state.step_up.current(&session.identity).await {
+        Ok(w) => w,
+        Err(e) => return store_failure(&e),
+    };
     let mut body = String::new();
     match &window {
         Some(w) => {
@@ -392,7 +395,11 @@ pub(super) async fn register_options(
         Ok(started) => started,
         Err(r) => return *r,
     };
-    let Some(window) = state.step_up.current(&form.session.identity.id) else {
+    let window = match state.step_up.current(&form.session.identity).await {
+        Ok(w) => w,
+        Err(e) => return store_failure(&e),
+    };
+    let Some(window) = window else {
         return refuse(
             &state,
             &call,
@@ -642,7 +649,11 @@ pub(super) async fn step_up(
         Err(Refusal::Store(e)) => return store_failure(&e),
         Err(Refusal::Refused(code, message)) => return refused(code, &message),
     };
-    let Some(window) = state.step_up.open(&form.session.identity.id, &key.admin) else {
+    let window = match state.step_up.open(&form.session.identity, &key.admin).await {
+        Ok(w) => w,
+        Err(e) => return store_failure(&e),
+    };
+    let Some(window) = window else {
         return refused(ErrorCode::Conflict, "step-up windows are off");
     };
     let acting = call.acting_as(form.session.identity.clone());
@@ -761,7 +772,10 @@ pub(super) async fn remove(
         Err(r) => return *r,
     };
     let id = form.field("id");
-    let window = state.step_up.current(&form.session.identity.id);
+    let window = match state.step_up.current(&form.session.identity).await {
+        Ok(w) => w,
+        Err(e) => return store_failure(&e),
+    };
     let flash = match state.store.passkey(id).await {
         Ok(Some(key)) if window.as_ref().is_some_and(|w| w.user == key.admin) => {
             match state.store.remove_passkey(id).await {

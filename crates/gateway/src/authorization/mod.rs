@@ -101,6 +101,9 @@ const MAX_PER_CLIENT: i64 = 1_000;
 const LOGIN_KIND: &str = "oauth_login";
 /// The store's `kind` of authorization codes, and their seal's label.
 const CODE_KIND: &str = "oauth_code";
+/// The store's admission counter of dynamic client registrations (one
+/// window per clock hour).
+const REGISTRATION_WINDOW_KEY: &str = "oauth_register";
 
 /// What one authorization request asked for, checked.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -158,14 +161,11 @@ pub(crate) enum Redeemed {
     Unknown,
 }
 
-/// The flow's configuration and per-replica state (logins in progress and
-/// codes are in the store).
+/// The flow's configuration (logins in progress, codes and the hourly
+/// registration count are in the store, shared by every replica).
 #[derive(Debug)]
 pub struct AuthorizationServer {
     pub(crate) config: AuthorizationConfig,
-    /// Registrations in the current hour on this replica: (hour number,
-    /// count).
-    registrations: Mutex<(i64, u32)>,
     /// The metadata-document fetcher, when hosts are allow-listed.
     metadata: Option<client_metadata::ClientMetadata>,
 }
@@ -235,7 +235,6 @@ impl AuthorizationServer {
         AuthorizationServer {
             metadata,
             config,
-            registrations: Mutex::new((0, 0)),
         }
     }
 
@@ -344,18 +343,20 @@ impl AuthorizationServer {
         })
     }
 
-    /// Counts one registration against the hourly cap; `false` when full.
-    fn admit_registration(&self, now: i64) -> bool {
-        let mut window = lock(&self.registrations);
-        let hour = now / 3600;
-        if window.0 != hour {
-            *window = (hour, 0);
-        }
-        if window.1 >= self.config.registrations_per_hour {
-            return false;
-        }
-        window.1 += 1;
-        true
+    /// Counts one registration against the hourly cap (`now` in seconds);
+    /// `false` when full. One counter in the store for every replica (one
+    /// conditional upsert per registration: rare, deliberate requests), so
+    /// N replicas admit the configured rate together, not N times it. A
+    /// store that does not answer refuses the registration.
+    async fn admit_registration(&self, store: &Store, now: i64) -> Result<bool, Denial> {
+        store
+            .admit_in_window(
+                REGISTRATION_WINDOW_KEY,
+                now.div_euclid(3600),
+                i64::from(self.config.registrations_per_hour),
+            )
+            .await
+            .map_err(store_unavailable)
     }
 
     /// Whether clients may name themselves by metadata document URL.

@@ -9,6 +9,7 @@
 //! user's login protect the grant. Limits: redirect URIs https or loopback
 //! http only, no fragment or credentials, at most 5 of at most 512 bytes; a
 //! name of at most 100 characters; a body of at most 8 KiB; the hourly cap
+//! (per clock hour, one count in the store for every replica of a cluster)
 //! and the cap on live clients of the configuration. Unknown metadata is
 //! ignored (RFC 7591 §2); metadata asking for what is not offered (a secret,
 //! another grant or response type) is refused.
@@ -257,7 +258,7 @@ pub(crate) async fn serve_register(
     let software_id = metadata.software_id.clone();
     let (redirect_uris, client_name) = check(metadata)?;
     allowed(allow, software_id.as_deref(), &redirect_uris)?;
-    if !server.admit_registration(now) {
+    if !server.admit_registration(&gateway.store, now).await? {
         let mut denial = Denial::new(
             ErrorCode::RateLimited,
             "too many client registrations this hour; retry later",
