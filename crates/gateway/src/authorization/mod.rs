@@ -559,6 +559,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn registrations_are_counted_once_for_every_replica_on_both_backends() {
+        for db in portcullis_store::testing::TestDb::all().await {
+            // Two servers on one store: two replicas, one hourly count.
+            let (a, b) = (server(), server());
+            let (one, two) = (db.open().await, db.open().await);
+            let hour = 7 * 3600;
+            assert!(a.admit_registration(&one, hour).await.unwrap());
+            assert!(b.admit_registration(&two, hour + 10).await.unwrap());
+            assert!(!a.admit_registration(&one, hour + 20).await.unwrap());
+            assert!(!b.admit_registration(&two, hour + 3599).await.unwrap());
+            // The next clock hour starts afresh.
+            assert!(b.admit_registration(&two, hour + 3600).await.unwrap());
+        }
+    }
+
+    #[tokio::test]
     async fn codes_redeem_once_and_expire_on_both_backends() {
         for db in portcullis_store::testing::TestDb::all().await {
             codes_on(&db.open().await).await;
