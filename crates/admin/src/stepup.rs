@@ -19,7 +19,7 @@
 
 use std::time::Duration;
 
-use portcullis_store::{Store, StepUpWindowRow, StoreError};
+use portcullis_store::{StepUpWindowRow, Store, StoreError};
 
 use crate::credentials::AdminIdentity;
 
@@ -81,7 +81,8 @@ impl StepUp {
             return Ok(None);
         }
         let now = now_ms();
-        let expires_ms = now.saturating_add(i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX));
+        let expires_ms =
+            now.saturating_add(i64::try_from(self.ttl.as_millis()).unwrap_or(i64::MAX));
         self.store
             .open_step_up_window(
                 &StepUpWindowRow {

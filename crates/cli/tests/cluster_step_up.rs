@@ -148,7 +148,10 @@ async fn a_step_up_through_one_replica_opens_the_window_on_the_other_and_a_close
     let (status, view) = session(&b, &owner).await;
     assert_eq!(status, 200);
     assert_eq!(view["step_up"]["user"], "alice", "{view}");
-    assert_eq!(view["step_up"]["expires_at"], opened["step_up"]["expires_at"]);
+    assert_eq!(
+        view["step_up"]["expires_at"],
+        opened["step_up"]["expires_at"]
+    );
     let (status, body) = revoke_jti(&b, &owner, "j1").await;
     assert_eq!(status, 200, "{body}");
     // It stands in for alice only.
@@ -204,7 +207,10 @@ async fn a_step_up_through_one_replica_opens_the_window_on_the_other_and_a_close
         &[],
     )
     .await;
-    assert_eq!(status, 201, "the owner's window (opened on B) on A: {issued}");
+    assert_eq!(
+        status, 201,
+        "the owner's window (opened on B) on A: {issued}"
+    );
     let second = issued["token"].as_str().unwrap().to_string();
     until_accepted(&b, &second, "a credential created on A, on B").await;
     let headers = stepped(next_code(&secret, &mut last));
@@ -294,7 +300,10 @@ async fn replicas_admit_the_configured_registrations_per_hour_together() {
         let refused = statuses.iter().filter(|s| **s == 429).count();
         assert_eq!(
             (admitted, refused),
-            (REGISTRATIONS_PER_HOUR as usize, REGISTRATIONS_PER_HOUR as usize),
+            (
+                REGISTRATIONS_PER_HOUR as usize,
+                REGISTRATIONS_PER_HOUR as usize
+            ),
             "{statuses:?}"
         );
         assert!(

@@ -195,14 +195,39 @@ mod tests {
             .unwrap();
         let seen = b.step_up_window("id-root", Some("h1"), 200).await.unwrap();
         assert_eq!(seen.unwrap().admin_user, "alice");
-        assert!(b.step_up_window("id-ops", Some("h2"), 200).await.unwrap().is_none());
-        assert!(b.step_up_window("id-root", Some("h2"), 200).await.unwrap().is_none());
-        assert!(b.step_up_window("id-root", None, 200).await.unwrap().is_none());
+        assert!(
+            b.step_up_window("id-ops", Some("h2"), 200)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            b.step_up_window("id-root", Some("h2"), 200)
+                .await
+                .unwrap()
+                .is_none()
+        );
+        assert!(
+            b.step_up_window("id-root", None, 200)
+                .await
+                .unwrap()
+                .is_none()
+        );
         // It ends at its expiry…
-        assert!(b.step_up_window("id-root", Some("h1"), 10_000).await.unwrap().is_none());
+        assert!(
+            b.step_up_window("id-root", Some("h1"), 10_000)
+                .await
+                .unwrap()
+                .is_none()
+        );
         // …and a close through B closes it for A.
         b.close_step_up_window("id-root").await.unwrap();
-        assert!(a.step_up_window("id-root", Some("h1"), 200).await.unwrap().is_none());
+        assert!(
+            a.step_up_window("id-root", Some("h1"), 200)
+                .await
+                .unwrap()
+                .is_none()
+        );
 
         // A rotation closes it on every handle, also a window opened with
         // the old hash after the rotation (a replica that had not reloaded).
@@ -210,12 +235,22 @@ mod tests {
             .await
             .unwrap();
         b.rotate_admin_credential("root", "h1b", 300).await.unwrap();
-        assert!(a.step_up_window("id-root", Some("h1"), 400).await.unwrap().is_none());
+        assert!(
+            a.step_up_window("id-root", Some("h1"), 400)
+                .await
+                .unwrap()
+                .is_none()
+        );
         assert_eq!(a.step_up_window_rows().await, 0, "rotation deletes the row");
         a.open_step_up_window(&window("id-root", Some("h1"), "alice", 10_000), 400)
             .await
             .unwrap();
-        assert!(b.step_up_window("id-root", Some("h1"), 500).await.unwrap().is_none());
+        assert!(
+            b.step_up_window("id-root", Some("h1"), 500)
+                .await
+                .unwrap()
+                .is_none()
+        );
         // The new token's own window works.
         a.open_step_up_window(&window("id-root", Some("h1b"), "bob", 10_000), 500)
             .await
@@ -228,14 +263,29 @@ mod tests {
             .await
             .unwrap();
         b.revoke_admin_credential("ops", 700).await.unwrap();
-        assert!(a.step_up_window("id-ops", Some("h2"), 800).await.unwrap().is_none());
+        assert!(
+            a.step_up_window("id-ops", Some("h2"), 800)
+                .await
+                .unwrap()
+                .is_none()
+        );
 
         // An OIDC login's session has no credential: its window needs none.
         a.open_step_up_window(&window("oidc-login:x", None, "oidc:dana", 10_000), 800)
             .await
             .unwrap();
-        assert!(b.step_up_window("oidc-login:x", None, 900).await.unwrap().is_some());
-        assert!(b.step_up_window("oidc-login:x", Some("h1b"), 900).await.unwrap().is_none());
+        assert!(
+            b.step_up_window("oidc-login:x", None, 900)
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            b.step_up_window("oidc-login:x", Some("h1b"), 900)
+                .await
+                .unwrap()
+                .is_none()
+        );
 
         // Expired rows go when the next window opens: bounded.
         for i in 0..50 {
@@ -247,6 +297,10 @@ mod tests {
         a.open_step_up_window(&window("oidc-login:y", None, "u", 20_000), 15_000)
             .await
             .unwrap();
-        assert_eq!(a.step_up_window_rows().await, 1, "only the live window is left");
+        assert_eq!(
+            a.step_up_window_rows().await,
+            1,
+            "only the live window is left"
+        );
     }
 }

@@ -232,10 +232,7 @@ impl AuthorizationServer {
                 tls,
             )
         });
-        AuthorizationServer {
-            metadata,
-            config,
-        }
+        AuthorizationServer { metadata, config }
     }
 
     /// Keeps a login page's request, sealed in the store; its id goes into
