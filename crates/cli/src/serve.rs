@@ -86,16 +86,17 @@ pub async fn run(
         !config.audit.pseudonymize.is_empty(),
     )
     .await?;
+    // The newest sealed versions: a rotation records them at once, though
+    // an online one signs with them only from its activation.
+    let (token_newest, log_newest) = (*keys.token_newest(), *keys.log_newest());
     let ca = Arc::new(keys.ca);
     let token_seed = keys.token_seed;
     let log_key = ed25519_dalek::SigningKey::from_bytes(&keys.log_seed);
     if store.is_postgres() {
         let fingerprints = crate::cluster::ClusterKeys {
             ca: crate::cluster_keys::ca_fingerprint(ca.cert_pem()),
-            // The newest sealed versions: a rotation records them at once,
-            // though an online one signs with them only from its activation.
-            token: crate::cluster_keys::token_fingerprint(keys.token_newest()),
-            audit: crate::cluster_keys::audit_fingerprint(keys.log_newest()),
+            token: crate::cluster_keys::token_fingerprint(&token_newest),
+            audit: crate::cluster_keys::audit_fingerprint(&log_newest),
             kek: kek.as_ref().map(|k| k.fingerprint().to_string()),
         };
         crate::cluster::check_keys(&store, &fingerprints).await?;

@@ -650,6 +650,62 @@ mod tests {
     }
 
     #[test]
+    fn an_announced_key_verifies_before_it_signs_and_installs_while_serving() {
+        let t = now();
+        let url = issuer().issuer().to_string();
+        let kids = |iss: &TokenIssuer| -> Vec<String> {
+            iss.jwks()["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["kid"].as_str().unwrap().to_string())
+                .collect()
+        };
+        // Two replicas on key 1; a rotation announces key 2.
+        let a = TokenIssuer::new(Ed25519Key::from_seed(&[1; 32]), &url).unwrap();
+        let b = TokenIssuer::new(Ed25519Key::from_seed(&[1; 32]), &url).unwrap();
+        let (one, two) = (
+            Ed25519Key::from_seed(&[1; 32]),
+            Ed25519Key::from_seed(&[2; 32]),
+        );
+        for iss in [&a, &b] {
+            iss.install(Ed25519Key::from_seed(&[1; 32]), &[], Some(&two))
+                .unwrap();
+            assert_eq!(iss.kid(), one.kid());
+            assert_eq!(iss.next_kid(), Some(two.kid()));
+            assert_eq!(kids(iss), [one.kid(), two.kid()]);
+        }
+        let (before, _) = a
+            .issue("bot", "spiffe://t/agent/bot", bound(), t - 10, 300)
+            .unwrap();
+        // A activates key 2 first: B, still signing with key 1, accepts
+        // what A signs with it, and A what B signs with key 1.
+        a.install(Ed25519Key::from_seed(&[2; 32]), &[(one, t - 5)], None)
+            .unwrap();
+        assert_eq!(a.kid(), two.kid());
+        assert_eq!(a.next_kid(), None);
+        let (after, _) = a
+            .issue("bot", "spiffe://t/agent/bot", bound(), t - 2, 300)
+            .unwrap();
+        assert!(b.names_own_key(&after));
+        b.verify(&after, t).unwrap();
+        a.verify(&before, t).unwrap();
+        assert_eq!(kids(&a), [two.kid(), Ed25519Key::from_seed(&[1; 32]).kid()]);
+        // Key 1 retired at t - 5 on A: it minted nothing after that.
+        let (late, _) = b
+            .issue("bot", "spiffe://t/agent/bot", bound(), t - 2, 300)
+            .unwrap();
+        assert_eq!(a.verify(&late, t).unwrap_err(), TokenError::UnknownKey);
+        // A key neither current, announced nor retired is unknown.
+        let stranger = TokenIssuer::new(Ed25519Key::from_seed(&[3; 32]), &url).unwrap();
+        let (foreign, _) = stranger
+            .issue("bot", "spiffe://t/agent/bot", bound(), t - 2, 300)
+            .unwrap();
+        assert!(!a.names_own_key(&foreign));
+        assert_eq!(a.verify(&foreign, t).unwrap_err(), TokenError::UnknownKey);
+    }
+
+    #[test]
     fn access_tokens() {
         let iss = issuer();
         let t = now();
