@@ -758,13 +758,16 @@ mod tests {
                 ..Header::new(Algorithm::HS256)
             },
             &claims,
-            &EncodingKey::from_secret(&iss.key.public_x()),
+            &EncodingKey::from_secret(&iss.keys.load().key.public_x()),
         )
         .unwrap();
         assert_eq!(iss.verify(&hs, t).unwrap_err(), TokenError::Algorithm);
         // Wrong audience and issuer.
-        let wrong =
-            TokenIssuer::new(Ed25519Key::from_seed(&iss.key.key.to_bytes()), "https://x").unwrap();
+        let wrong = TokenIssuer::new(
+            Ed25519Key::from_seed(&iss.keys.load().key.key.to_bytes()),
+            "https://x",
+        )
+        .unwrap();
         let (w, _) = wrong.issue("bot", "s", bound(), t, 300).unwrap();
         assert_eq!(iss.verify(&w, t).unwrap_err(), TokenError::Issuer);
         let mut c = claims.clone();
@@ -773,7 +776,7 @@ mod tests {
             kid: Some(iss.kid()),
             ..Header::new(Algorithm::EdDSA)
         };
-        let other_aud = iss.key.sign(&header, &c).unwrap();
+        let other_aud = iss.keys.load().key.sign(&header, &c).unwrap();
         assert_eq!(iss.verify(&other_aud, t).unwrap_err(), TokenError::Audience);
         // A resource's token: accepted for that resource only, and it may be
         // unbound only there.
@@ -815,7 +818,7 @@ mod tests {
         // An unbound token with the gateway's audience is refused anywhere.
         let mut c = claims.clone();
         c.aud = iss.issuer().into();
-        let unbound = iss.key.sign(&header, &c).unwrap();
+        let unbound = iss.keys.load().key.sign(&header, &c).unwrap();
         assert_eq!(
             iss.verify_for(&unbound, t, Some(&resource)).unwrap_err(),
             TokenError::Claim("cnf")
@@ -825,7 +828,7 @@ mod tests {
         c.nbf = t + 100;
         c.iat = t + 100;
         c.exp = t + 200;
-        let early = iss.key.sign(&header, &c).unwrap();
+        let early = iss.keys.load().key.sign(&header, &c).unwrap();
         assert_eq!(iss.verify(&early, t).unwrap_err(), TokenError::NotYetValid);
     }
 }
