@@ -578,3 +578,72 @@ async fn signing_keys_rotate_online_while_two_replicas_serve() {
     store.close().await;
     drop((a, b, gate));
 }
+
+/// Fail closed: a replica that cannot open a version an online rotation
+/// sealed (here one sealed under another KEK, as a replica with the wrong
+/// KEK would see it) is taken out of the load balancer
+/// (`signing_keys_unavailable`) rather than signing on with a key the
+/// others retire; it still signs with the key it has meanwhile.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replica_that_cannot_open_a_rotated_key_is_not_ready() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    install_crypto();
+    let url = db.url();
+    let (upstream, gate) = start_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = support::cluster::replica_config(dir.path(), upstream);
+    let a = support::cluster::start_replica(dir, cfg, &url, &[("PORTCULLIS_KEK", KEK)]).await;
+    let (status, _) = readyz(&a).await;
+    assert_eq!(status, 200);
+    let (_, _) = a.create_agent("bot", &["reader"]);
+    let before = kid(&token(&a, "bot"));
+
+    let store = Store::open_url(&url).await.unwrap();
+    let current = store.sealed_key("token_key").await.unwrap().unwrap();
+    let other =
+        portcullis_vault::Kek::parse(b"Q0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0NDQ0M=", "test")
+            .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let row = portcullis_vault::key_material::seal(
+        &other,
+        "token_key",
+        current.version + 1,
+        &[7; 32],
+        now + 3_600,
+    );
+    assert!(store.insert_sealed_key(&row).await.unwrap());
+    store
+        .notify_change(portcullis_store::Change::Keys)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let body = loop {
+        let (status, body) = readyz(&a).await;
+        if status == 503 {
+            break body;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "still ready with a key it cannot open"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(
+        body["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r == "signing_keys_unavailable"),
+        "{body}"
+    );
+    // No secret in the answer; the key it has still signs.
+    assert!(!body.to_string().contains(KEK));
+    assert_eq!(kid(&token(&a, "bot")), before);
+    store.close().await;
+    drop((a, gate));
+}
