@@ -40,9 +40,21 @@ impl From<StoredCheckpoint> for CheckpointView {
 
 fn checkpoint_json(state: &AdminState, latest: Option<StoredCheckpoint>) -> serde_json::Value {
     let signer = state.checkpointer.signer();
+    // Every key a checkpoint of this log may be signed with: the current
+    // one, then those a rotation retired or announced (an export spanning
+    // a rotation needs them all).
+    let mut keys = vec![signer.verifier().to_string()];
+    keys.extend(
+        state
+            .store
+            .retired_audit_keys()
+            .iter()
+            .map(ToString::to_string),
+    );
     serde_json::json!({
         "origin": signer.origin(),
         "verifier_key": signer.verifier().to_string(),
+        "verifier_keys": keys,
         "checkpoint": latest.map(CheckpointView::from),
     })
 }

@@ -434,6 +434,11 @@ pub(crate) const COMPONENTS: &[(&str, &[Field])] = &[
             f("origin", "string", "the log's origin line"),
             f("verifier_key", "string", "the note verifier key"),
             f(
+                "verifier_keys",
+                "string[]",
+                "every verifier key of the log's checkpoints: the current one first, then those a key rotation retired or announced",
+            ),
+            f(
                 "checkpoint",
                 "ref:Checkpoint?",
                 "the latest checkpoint, if any",

@@ -64,6 +64,45 @@ pub(crate) fn verifier_key(state: &StateDirArg, key: Option<String>) -> Result<V
         .map_err(|e| anyhow!("invalid verifier key: {e}"))
 }
 
+/// Every verifier key a verification may open checkpoints with: the lines
+/// of the file `key` names (an export's `<out>.keys` holds one per version
+/// of the audit key its checkpoints were signed with), or `key` itself;
+/// without `key`, `<export>.keys` beside an export, else the state
+/// directory's `audit.pub`. The first is the log's current key.
+fn verifier_keys(
+    state: &StateDirArg,
+    key: Option<String>,
+    export: Option<&Path>,
+) -> Result<Vec<VerifierKey>> {
+    let keys_file = key.clone().filter(|k| Path::new(k).is_file()).or_else(|| {
+        let mut path = export?.as_os_str().to_owned();
+        path.push(".keys");
+        let path = PathBuf::from(path);
+        (key.is_none() && path.is_file()).then(|| path.to_string_lossy().into_owned())
+    });
+    let Some(file) = keys_file else {
+        return Ok(vec![verifier_key(state, key)?]);
+    };
+    let text = std::fs::read_to_string(&file)
+        .with_context(|| format!("cannot read the verifier key file `{file}`"))?;
+    let keys = text
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(|line| {
+            line.trim()
+                .parse::<VerifierKey>()
+                .map_err(|e| anyhow!("`{file}`: invalid verifier key: {e}"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let Some(first) = keys.first() else {
+        bail!("`{file}` holds no verifier key");
+    };
+    if keys.iter().any(|k| k.name() != first.name()) {
+        bail!("`{file}` holds verifier keys of different logs (origins)");
+    }
+    Ok(keys)
+}
+
 /// The verifier keys of audit keys retired by rotations, as the server on
 /// this state directory wrote them (`audit-retired.pub`); none before a
 /// rotation.
@@ -88,6 +127,21 @@ fn retired_verifier_keys(state: &StateDirArg) -> Result<Vec<VerifierKey>> {
 fn open_checkpoint(note: &str, key: &VerifierKey) -> Result<Checkpoint> {
     portcullis_store::open_checkpoint(note, key, key.name())
         .map_err(|e| anyhow!("the checkpoint does not verify: {e}"))
+}
+
+/// Opens a checkpoint note with whichever of `keys` signed it (a log that
+/// spans rotations of its audit key); the error is the first key's.
+fn open_checkpoint_any(note: &str, keys: &[VerifierKey]) -> Result<Checkpoint> {
+    let mut first = None;
+    for key in keys {
+        match open_checkpoint(note, key) {
+            Ok(checkpoint) => return Ok(checkpoint),
+            Err(e) => {
+                first.get_or_insert(e);
+            }
+        }
+    }
+    Err(first.unwrap_or_else(|| anyhow!("no verifier key")))
 }
 
 fn hash_from_hex(value: &Value) -> Result<Hash> {
@@ -241,6 +295,28 @@ pub async fn export(client: &AdminClient, out: &Path, checkpoints: Option<PathBu
         .post("/audit/checkpoint", &serde_json::json!({}))
         .await?;
     let list = client.get("/audit/checkpoints").await?;
+    // The verifier key of every version of the audit key: after a rotation
+    // the older checkpoints are signed by an older one.
+    let latest = client.get("/audit/checkpoint").await?;
+    let mut keys: Vec<String> = latest["verifier_keys"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k.as_str().map(str::to_string))
+        .collect();
+    if keys.is_empty()
+        && let Some(key) = latest["verifier_key"].as_str()
+    {
+        keys.push(key.to_string());
+    }
+    let keys_path = {
+        let mut p = out.as_os_str().to_owned();
+        p.push(".keys");
+        PathBuf::from(p)
+    };
+    let keys_text: String = keys.iter().map(|k| format!("{k}\n")).collect();
+    std::fs::write(&keys_path, keys_text)
+        .with_context(|| format!("cannot write `{}`", keys_path.display()))?;
     let mut notes = String::new();
     for c in list["checkpoints"].as_array().into_iter().flatten() {
         notes.push_str(c["note"].as_str().unwrap_or_default());
@@ -257,21 +333,24 @@ pub async fn export(client: &AdminClient, out: &Path, checkpoints: Option<PathBu
         .and_then(|v| v.to_str().ok())
         .unwrap_or("?");
     eprintln!(
-        "exported {size} records to `{}` and their checkpoints to `{}`",
+        "exported {size} records to `{}`, their checkpoints to `{}` and the {} verifier key(s) that signed them to `{}` (compare them with keys you pinned)",
         out.display(),
-        checkpoints_path.display()
+        checkpoints_path.display(),
+        keys.len(),
+        keys_path.display()
     );
     Ok(())
 }
 
-/// Reads checkpoint files and verifies every note in them.
-fn read_checkpoint_files(paths: &[PathBuf], key: &VerifierKey) -> Result<Vec<String>> {
+/// Reads checkpoint files and verifies every note in them (each with the
+/// one of `keys` that signed it).
+fn read_checkpoint_files(paths: &[PathBuf], keys: &[VerifierKey]) -> Result<Vec<String>> {
     let mut notes = Vec::new();
     for path in paths {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read `{}`", path.display()))?;
         for note in checkpoint::split_notes(&text) {
-            open_checkpoint(&note, key)
+            open_checkpoint_any(&note, keys)
                 .with_context(|| format!("a checkpoint in `{}`", path.display()))?;
             notes.push(note);
         }
@@ -287,8 +366,9 @@ pub async fn verify(
     checkpoint_files: &[PathBuf],
     archives: &[PathBuf],
 ) -> Result<()> {
-    let key = verifier_key(state, key)?;
-    let extra = read_checkpoint_files(checkpoint_files, &key)?;
+    let keys = verifier_keys(state, key, export.as_deref())?;
+    let key = keys[0].clone();
+    let extra = read_checkpoint_files(checkpoint_files, &keys)?;
     let started = std::time::Instant::now();
     let summary = match export {
         Some(path) => {
@@ -300,7 +380,7 @@ pub async fn verify(
             }
             let checkpoints = extra
                 .iter()
-                .map(|n| open_checkpoint(n, &key))
+                .map(|n| open_checkpoint_any(n, &keys))
                 .collect::<Result<Vec<_>>>()?;
             let file = std::fs::File::open(&path)
                 .with_context(|| format!("cannot read `{}`", path.display()))?;
@@ -337,7 +417,9 @@ pub async fn verify(
                     Store::open_sqlite(&db).await?
                 }
             };
-            store.trust_retired_audit_keys(retired_verifier_keys(state)?);
+            let mut trusted = keys[1..].to_vec();
+            trusted.extend(retired_verifier_keys(state)?);
+            store.trust_retired_audit_keys(trusted);
             let result = store
                 .verify_audit_log_with_archive(&key, key.name(), &extra, archives)
                 .await;

@@ -177,7 +177,7 @@ pub(crate) fn spawn_resync(
 
 /// The next notification; without a listener, waits [`RELISTEN_AFTER`] and
 /// reports an error so that the caller subscribes again.
-async fn recv(listener: &mut Option<ChangeListener>) -> Result<Heard, String> {
+pub(crate) async fn recv(listener: &mut Option<ChangeListener>) -> Result<Heard, String> {
     match listener {
         Some(l) => l.recv().await.map_err(|e| e.to_string()),
         None => {
@@ -227,6 +227,8 @@ async fn refresh(gateway: &Gateway, admin: &AdminCredentials, store: &Store, cha
             Some(vault) => vault.resync().await.err().map(|e| e.to_string()),
             None => None,
         },
+        // Signing keys have a task of their own (`key_rotation.rs`).
+        Change::Keys => None,
     };
     if let Some(error) = failed {
         tracing::warn!(change = change.as_str(), %error, "cluster: cannot re-read a change from the shared store");

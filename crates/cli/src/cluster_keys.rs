@@ -43,6 +43,102 @@ pub(crate) struct Keys {
     /// Audit checkpoint keys retired by rotations, oldest first: the
     /// checkpoints they signed still verify with them.
     pub log_previous: Vec<[u8; 32]>,
+    /// An online rotation's next access-token key, sealed and announced but
+    /// not active yet, with when it activates (epoch seconds).
+    pub token_next: Option<([u8; 32], i64)>,
+    /// Likewise for the audit checkpoint key.
+    pub log_next: Option<([u8; 32], i64)>,
+}
+
+impl Keys {
+    /// The access-token key the cluster records by fingerprint: the newest
+    /// sealed version, even while a rotation has not activated it yet.
+    pub fn token_newest(&self) -> &[u8; 32] {
+        self.token_next
+            .as_ref()
+            .map_or(&self.token_seed, |(seed, _)| seed)
+    }
+
+    /// Likewise for the audit checkpoint key.
+    pub fn log_newest(&self) -> &[u8; 32] {
+        self.log_next
+            .as_ref()
+            .map_or(&self.log_seed, |(seed, _)| seed)
+    }
+}
+
+/// The sealed versions of one signing key at one moment (online rotation,
+/// docs/cluster.md "Rotating the signing keys"): a version whose
+/// `sealed_at` is still to come is announced (it verifies, it does not
+/// sign); the newest of the others signs; the older ones verify what they
+/// signed before the next one began.
+pub(crate) struct KeyVersions {
+    /// The version that signs now, and its seed.
+    pub current: (i64, [u8; 32]),
+    /// The versions before it, oldest first, each with when the next one
+    /// began to sign (epoch seconds).
+    pub previous: Vec<([u8; 32], i64)>,
+    /// The announced version, its seed and when it begins to sign.
+    pub next: Option<(i64, [u8; 32], i64)>,
+}
+
+impl KeyVersions {
+    /// When the announced version begins to sign, if one is announced.
+    pub fn activates_at(&self) -> Option<i64> {
+        self.next.map(|(_, _, at)| at)
+    }
+}
+
+/// Opens every sealed version of `key` with `kek` and tells, at `now`
+/// (epoch seconds), which signs, which verify, and which is announced.
+/// `None` when nothing is sealed (files mode). An error when a version
+/// does not open: the caller must not go on signing as if nothing had
+/// been rotated (fail closed, `signing_keys_unavailable`).
+pub(crate) async fn sealed_versions(
+    store: &Store,
+    kek: &Kek,
+    key: RotatedKey,
+    now: i64,
+) -> Result<Option<KeyVersions>> {
+    let item = match key {
+        RotatedKey::TokenKey => &TOKEN,
+        RotatedKey::AuditKey => &AUDIT,
+    };
+    let rows = store.sealed_key_versions(item.name).await?;
+    let mut opened = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let material = open_row(kek, item, row)?;
+        opened.push((row.version, as_seed(item, &material)?, row.sealed_at));
+    }
+    Ok(versions_at(&opened, now))
+}
+
+/// [`sealed_versions`] on opened rows `(version, seed, sealed_at)`, oldest
+/// first. Version 1 always signs until another is active, whatever its
+/// `sealed_at` says.
+fn versions_at(opened: &[(i64, [u8; 32], i64)], now: i64) -> Option<KeyVersions> {
+    let first = opened.first()?;
+    let active = opened
+        .iter()
+        .enumerate()
+        .skip(1)
+        .filter(|(_, (_, _, at))| *at <= now)
+        .map(|(i, _)| i)
+        .next_back()
+        .unwrap_or(0);
+    let previous = opened
+        .windows(2)
+        .take(active)
+        .map(|pair| (pair[0].1, pair[1].2))
+        .collect();
+    let current = opened.get(active).unwrap_or(first);
+    Some(KeyVersions {
+        current: (current.0, current.1),
+        previous,
+        next: opened
+            .get(active + 1)
+            .map(|(version, seed, at)| (*version, *seed, *at)),
+    })
 }
 
 /// One piece of key material: its name in `sealed_keys`, what it is (for
@@ -148,7 +244,7 @@ pub(crate) async fn load(
         .into_iter()
         .map(|(seed, _)| seed)
         .collect();
-    Ok(Keys {
+    let mut keys = Keys {
         ca,
         token_seed,
         log_seed,
@@ -156,7 +252,25 @@ pub(crate) async fn load(
         pseudonym_seed,
         token_previous,
         log_previous,
-    })
+        token_next: None,
+        log_next: None,
+    };
+    // A rotation in progress (online): the newest sealed version is only
+    // announced until its activation, the one before it signs meanwhile.
+    if let Source::Sealed { store, kek } = &source {
+        let now = now_s();
+        if let Some(v) = sealed_versions(store, kek, RotatedKey::TokenKey, now).await? {
+            keys.token_seed = v.current.1;
+            keys.token_previous = v.previous;
+            keys.token_next = v.next.map(|(_, seed, at)| (seed, at));
+        }
+        if let Some(v) = sealed_versions(store, kek, RotatedKey::AuditKey, now).await? {
+            keys.log_seed = v.current.1;
+            keys.log_previous = v.previous.into_iter().map(|(seed, _)| seed).collect();
+            keys.log_next = v.next.map(|(_, seed, at)| (seed, at));
+        }
+    }
+    Ok(keys)
 }
 
 /// A signing key `portcullis vault rotate-key` replaces: the others are not
@@ -178,6 +292,9 @@ pub struct Rotation {
     pub version: i64,
     /// Whether it was sealed in the database (else written to the file).
     pub sealed: bool,
+    /// When it begins to sign (epoch seconds); later than the rotation
+    /// when it was made online, while replicas run.
+    pub activates_at: i64,
     /// The new key's fingerprint (`key_fingerprints`): of its public half.
     pub fingerprint: String,
 }
@@ -194,6 +311,7 @@ pub(crate) async fn rotate(
     store: &Store,
     kek: Option<&Kek>,
     key: RotatedKey,
+    activate_at: i64,
 ) -> Result<Rotation> {
     let (item, path) = match key {
         RotatedKey::TokenKey => (&TOKEN, state.token_key()),
@@ -222,8 +340,25 @@ pub(crate) async fn rotate(
             };
             // Opening the current version proves the KEK is the cluster's.
             open_row(kek, item, &current)?;
+            if current.version > 1 && current.sealed_at > now {
+                bail!(
+                    "version {} of the {} is announced and begins to sign at {} (epoch s); rotate again after that",
+                    current.version,
+                    item.what,
+                    current.sealed_at
+                );
+            }
             let version = current.version + 1;
-            let row = key_material::seal(kek, item.name, version, seed.as_slice(), now);
+            // `sealed_at` of a rotated version is when it begins to sign (and
+            // the one before it is retired): later than now when replicas
+            // run, so that every one of them verifies it first.
+            let row = key_material::seal(
+                kek,
+                item.name,
+                version,
+                seed.as_slice(),
+                activate_at.max(now),
+            );
             if !store.insert_sealed_key(&row).await? {
                 bail!(
                     "version {version} of the {} was sealed meanwhile (another rotation); nothing changed",
@@ -281,6 +416,7 @@ pub(crate) async fn rotate(
         name: item.name,
         version,
         sealed,
+        activates_at: if sealed { activate_at.max(now) } else { now },
         fingerprint,
     })
 }
@@ -700,4 +836,34 @@ fn now_s() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_announced_version_verifies_and_signs_only_from_its_activation() {
+        let rows = [(1, [1; 32], 100), (2, [2; 32], 200), (3, [3; 32], 300)];
+        // Before version 2 activates: 1 signs, 2 is announced.
+        let v = versions_at(&rows[..2], 150).unwrap();
+        assert_eq!(v.current, (1, [1; 32]));
+        assert!(v.previous.is_empty());
+        assert_eq!(v.next, Some((2, [2; 32], 200)));
+        assert_eq!(v.activates_at(), Some(200));
+        // From its activation: 2 signs, 1 verifies what it signed before.
+        let v = versions_at(&rows[..2], 200).unwrap();
+        assert_eq!(v.current, (2, [2; 32]));
+        assert_eq!(v.previous, vec![([1; 32], 200)]);
+        assert_eq!(v.next, None);
+        // Three versions, the third announced.
+        let v = versions_at(&rows, 250).unwrap();
+        assert_eq!(v.current, (2, [2; 32]));
+        assert_eq!(v.previous, vec![([1; 32], 200)]);
+        assert_eq!(v.next.map(|n| n.0), Some(3));
+        // Version 1 signs even when its clock ran ahead of this one.
+        let v = versions_at(&rows[..1], 50).unwrap();
+        assert_eq!(v.current, (1, [1; 32]));
+        assert!(versions_at(&[], 0).is_none());
+    }
 }

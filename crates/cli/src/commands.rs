@@ -160,7 +160,8 @@ pub enum AuditCommand {
         key: Option<String>,
     },
     /// Write the log's exact leaves (one JSON record per line) to a file, for
-    /// offline verification, and its checkpoints beside them.
+    /// offline verification, its checkpoints beside them, and the verifier
+    /// key of every audit key version that signed them (`<out>.keys`).
     Export {
         /// Where the records go.
         #[arg(long)]
@@ -173,8 +174,10 @@ pub enum AuditCommand {
     /// exits non-zero naming the first bad record. Reads the state directory's
     /// database, or with --export an exported log, offline.
     Verify {
-        /// The log's verifier key, or a file holding it (default:
-        /// `<state-dir>/audit.pub`; pin it somewhere the admin cannot change).
+        /// The log's verifier key, or a file holding it, or several, one a
+        /// line, for a log spanning rotations of its audit key (default:
+        /// `<export>.keys` with --export, else `<state-dir>/audit.pub`; pin
+        /// them somewhere the admin cannot change).
         #[arg(long)]
         key: Option<String>,
         /// An exported log (`audit export`) to verify with no server or database.

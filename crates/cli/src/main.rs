@@ -19,6 +19,7 @@ mod commands;
 mod governance_cmd;
 mod guard_cmd;
 mod inventory;
+mod key_rotation;
 mod offline;
 mod output;
 mod policy_cmd;

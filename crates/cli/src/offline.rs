@@ -149,8 +149,12 @@ impl Offline {
     }
 
     /// `vault rotate-key`: a new signing key, the old one kept to verify
-    /// what it signed (`cluster_keys::rotate`). Only offline: on a cluster,
-    /// refused while any replica holds a live lease, since a running
+    /// what it signed (`cluster_keys::rotate`). On a cluster with sealed
+    /// keys it works while replicas run (an online rotation): the new
+    /// version is sealed to begin signing [`crate::key_rotation::WINDOW`]
+    /// from now and announced (`keys`), so every live replica verifies it
+    /// before any signs with it. Without a KEK (key files on each replica)
+    /// it is refused while any replica holds a live lease, since a running
     /// replica would go on signing with the old key and refuse what the
     /// restarted ones sign.
     pub async fn rotate_key(
@@ -160,18 +164,49 @@ impl Offline {
         let lease_ms = i64::try_from(portcullis_gateway::audit_intent::INTENT_LEASE.as_millis())
             .unwrap_or(i64::MAX);
         let alive = self.store.live_replicas(lease_ms).await?;
-        if !alive.is_empty() {
+        let kek = crate::serve::load_kek(self.state.kek().exists(), &self.state)?;
+        let sealed = kek.is_some() && self.store.is_postgres();
+        if !alive.is_empty() && !sealed {
             bail!(
-                "{} replica(s) of the cluster hold a live lease ({}): stop every replica, and rotate once their leases have lapsed ({lease_ms} ms after they stopped)",
+                "{} replica(s) of the cluster hold a live lease ({}): without a KEK their keys are files, so stop every replica, and rotate once their leases have lapsed ({lease_ms} ms after they stopped); with sealed keys (a KEK) the rotation runs online",
                 alive.len(),
                 alive.join(", ")
             );
         }
-        let kek = crate::serve::load_kek(self.state.kek().exists(), &self.state)?;
+        let now = now_s();
+        let activate_at = if alive.is_empty() {
+            now
+        } else {
+            now + crate::key_rotation::WINDOW.as_secs() as i64
+        };
         let rotation =
-            crate::cluster_keys::rotate(&self.state, &self.store, kek.as_ref(), key).await?;
+            crate::cluster_keys::rotate(&self.state, &self.store, kek.as_ref(), key, activate_at)
+                .await?;
         self.audit("vault.rotate_key", rotation.name, 200).await?;
+        self.announce(Change::Keys).await;
         Ok(rotation)
+    }
+
+    /// Cluster mode with a running replica on this state directory: the
+    /// shared store, opened directly without the state lock (a signing key
+    /// rotates online, [`Self::rotate_key`]). `None` off PostgreSQL.
+    pub async fn open_cluster(args: &AdminArgs) -> Result<Option<Offline>> {
+        if args.admin_url.is_some() {
+            return Ok(None);
+        }
+        let Some(url) =
+            crate::serve::store_url_env()?.filter(|url| portcullis_store::is_postgres_url(url))
+        else {
+            return Ok(None);
+        };
+        let store = Store::open_postgres(&url)
+            .await
+            .context("cannot open the PostgreSQL store")?;
+        Ok(Some(Offline {
+            state: StateDir::new(args.state.state_dir.clone()),
+            store,
+            _lock: None,
+        }))
     }
 
     /// `agent create` without a server: the CA in the state directory signs

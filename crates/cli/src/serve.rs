@@ -86,14 +86,17 @@ pub async fn run(
         !config.audit.pseudonymize.is_empty(),
     )
     .await?;
+    // The newest sealed versions: a rotation records them at once, though
+    // an online one signs with them only from its activation.
+    let (token_newest, log_newest) = (*keys.token_newest(), *keys.log_newest());
     let ca = Arc::new(keys.ca);
     let token_seed = keys.token_seed;
     let log_key = ed25519_dalek::SigningKey::from_bytes(&keys.log_seed);
     if store.is_postgres() {
         let fingerprints = crate::cluster::ClusterKeys {
             ca: crate::cluster_keys::ca_fingerprint(ca.cert_pem()),
-            token: crate::cluster_keys::token_fingerprint(&token_seed),
-            audit: crate::cluster_keys::audit_fingerprint(&keys.log_seed),
+            token: crate::cluster_keys::token_fingerprint(&token_newest),
+            audit: crate::cluster_keys::audit_fingerprint(&log_newest),
             kek: kek.as_ref().map(|k| k.fingerprint().to_string()),
         };
         crate::cluster::check_keys(&store, &fingerprints).await?;
@@ -106,6 +109,15 @@ pub async fn run(
     let bundle = start_policy.bundle.clone();
     let credentials = ensure_admin_token(&state, &store).await?;
     let upstream_tls = upstream_tls(ca.cert_pem())?;
+    // Cluster mode with sealed keys: signing keys rotate online
+    // (key_rotation.rs), opened with the same KEK.
+    let rotation_kek = match &kek {
+        Some(kek) if store.is_postgres() => Some(
+            portcullis_vault::Kek::parse(kek.to_base64().as_bytes(), "the KEK")
+                .context("cannot copy the KEK")?,
+        ),
+        _ => None,
+    };
     let vault = match kek {
         Some(kek) => Some(
             Vault::open(
@@ -623,6 +635,19 @@ pub async fn run(
             ),
         )
     });
+    let key_rotation = rotation_kek.map(|kek| {
+        crate::key_rotation::spawn(
+            crate::key_rotation::KeyRotation {
+                store: store.clone(),
+                kek,
+                gateway: gateway.clone(),
+                checkpointer: checkpointer.clone(),
+                state: state.clone(),
+                origin: config.audit.origin.clone(),
+            },
+            shutdown_rx.clone(),
+        )
+    });
     let policy_watch = config.policy_watch.then(|| {
         tokio::spawn(policy_versions::watch_dir(
             gateway.clone(),
@@ -739,6 +764,9 @@ pub async fn run(
             tracing::warn!(error = %e, "cannot save LLM budget counters at shutdown");
         }
         if let Some(task) = policy_watch {
+            let _ = task.await;
+        }
+        if let Some(task) = key_rotation {
             let _ = task.await;
         }
         let _ = reloads.await;

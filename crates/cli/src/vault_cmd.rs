@@ -439,13 +439,16 @@ pub async fn vault(command: VaultCommand, args: AdminArgs) -> Result<()> {
     Ok(())
 }
 
-/// `vault rotate-key`: offline, on the state directory no server holds (or a
-/// cluster's database no replica uses).
+/// `vault rotate-key`: on the state directory no server holds, or on a
+/// cluster's database, online while its replicas run when its keys are
+/// sealed (docs/cluster.md, "Rotating the signing keys").
 async fn rotate_key(key: crate::cluster_keys::RotatedKey, args: &AdminArgs) -> Result<()> {
-    let Some(offline) = crate::offline::Offline::open(args).await? else {
-        bail!(
-            "a server is running on this state directory (or --admin-url was given): stop it first; a running server would go on signing with the old key"
-        );
+    let offline = match crate::offline::Offline::open(args).await? {
+        Some(offline) => offline,
+        // A replica runs on this state directory: a cluster rotates online.
+        None => crate::offline::Offline::open_cluster(args).await?.with_context(|| {
+            "a server is running on this state directory (or --admin-url was given): stop it first; a running server would go on signing with the old key (a cluster with sealed keys rotates online: set PORTCULLIS_STORE_URL and the KEK)"
+        })?,
     };
     let result = offline.rotate_key(key).await;
     offline.close().await;
@@ -455,7 +458,22 @@ async fn rotate_key(key: crate::cluster_keys::RotatedKey, args: &AdminArgs) -> R
         "version": rotation.version,
         "sealed": rotation.sealed,
         "fingerprint": rotation.fingerprint,
+        "activates_at": rotation.activates_at,
     }));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs() as i64;
+    if rotation.sealed && rotation.activates_at > now {
+        eprintln!(
+            "rotated the {} to version {} (sealed in the database, announced to the running replicas): they verify it now and sign with it from {} (in {} s); the old version still verifies what it signed",
+            rotation.name,
+            rotation.version,
+            rotation.activates_at,
+            rotation.activates_at - now
+        );
+        return Ok(());
+    }
     eprintln!(
         "rotated the {} to version {}{}; start the server{} to sign with it (the old version still verifies what it signed)",
         rotation.name,

@@ -105,7 +105,9 @@ type WebhookClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 pub struct Checkpointer {
     store: Store,
     sink: AuditSink,
-    signer: LogSigner,
+    /// Replaced whole by an online rotation of the audit key
+    /// ([`Self::replace_signer`]).
+    signer: arc_swap::ArcSwap<LogSigner>,
     file: Option<PathBuf>,
     webhook: Option<(WebhookClient, http::Uri)>,
     /// Serialises signing; holds the size last signed and the webhook backlog.
@@ -154,7 +156,7 @@ impl Checkpointer {
         Ok(Checkpointer {
             store,
             sink,
-            signer,
+            signer: arc_swap::ArcSwap::from_pointee(signer),
             file: config.checkpoint_file.clone(),
             webhook,
             state: Mutex::new(State {
@@ -185,8 +187,17 @@ impl Checkpointer {
     }
 
     /// The log's signing identity.
-    pub fn signer(&self) -> &LogSigner {
-        &self.signer
+    pub fn signer(&self) -> std::sync::Arc<LogSigner> {
+        self.signer.load_full()
+    }
+
+    /// An online rotation of the audit key activated `signer` (same
+    /// origin): the next checkpoint is signed with it. Taken under the
+    /// signing lock, so a checkpoint being signed finishes with the key it
+    /// began with.
+    pub async fn replace_signer(&self, signer: LogSigner) {
+        let _signing = self.state.lock().await;
+        self.signer.store(std::sync::Arc::new(signer));
     }
 
     /// Checks that the stored log still has the tree head its last checkpoint
@@ -196,6 +207,7 @@ impl Checkpointer {
         let Some(latest) = self.store.latest_checkpoint().await? else {
             return Ok(());
         };
+        let signer = self.signer.load();
         let mismatch = |detail: String| CheckpointerError::Mismatch {
             size: latest.size,
             detail,
@@ -203,7 +215,7 @@ impl Checkpointer {
         // Signed by the current key, or by one a rotation retired.
         let checkpoint = self
             .store
-            .open_checkpoint(&latest.note, &self.signer.verifier, &self.signer.origin)
+            .open_checkpoint(&latest.note, &signer.verifier, &signer.origin)
             .map_err(|e| mismatch(format!("the checkpoint does not verify: {e}")))?;
         if checkpoint.size != latest.size {
             return Err(mismatch("the checkpoint row names another size".into()));
@@ -305,12 +317,13 @@ impl Checkpointer {
                 }
                 return Err(e);
             }
+            let signer = self.signer.load_full();
             let checkpoint = Checkpoint {
-                origin: self.signer.origin.clone(),
+                origin: signer.origin.clone(),
                 size: head.size,
                 root: head.root,
             };
-            let note = checkpoint::sign(&checkpoint, &self.signer.key, &self.signer.origin)
+            let note = checkpoint::sign(&checkpoint, &signer.key, &signer.origin)
                 .map_err(|e| CheckpointerError::Sign(e.to_string()))?;
             let stored = StoredCheckpoint {
                 size: head.size,

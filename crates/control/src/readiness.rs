@@ -36,17 +36,22 @@ pub enum NotReady {
     /// lapsed) and fenced it off: it appends nothing until it has
     /// re-registered (`portcullis_store::Lease`).
     ReplicaFenced,
+    /// (cluster mode) An online rotation sealed a signing key version this
+    /// replica cannot open (another KEK, a damaged row) or read: it keeps
+    /// signing with the key it has only while it is taken out of rotation.
+    SigningKeysUnavailable,
 }
 
 impl NotReady {
     /// Every reason, in the order `/readyz` lists them.
-    pub const ALL: [NotReady; 6] = [
+    pub const ALL: [NotReady; 7] = [
         NotReady::StoreUnavailable,
         NotReady::AuditUnwritable,
         NotReady::AuditHalted,
         NotReady::PolicyLoadFailed,
         NotReady::VaultUnavailable,
         NotReady::ReplicaFenced,
+        NotReady::SigningKeysUnavailable,
     ];
 
     /// The stable reason string.
@@ -58,6 +63,7 @@ impl NotReady {
             NotReady::PolicyLoadFailed => "policy_load_failed",
             NotReady::VaultUnavailable => "vault_unavailable",
             NotReady::ReplicaFenced => "replica_fenced",
+            NotReady::SigningKeysUnavailable => "signing_keys_unavailable",
         }
     }
 
@@ -70,7 +76,7 @@ impl NotReady {
 /// share the flags. The default is unregistered (for tests).
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
-    flags: [Gauge<i64, AtomicI64>; 6],
+    flags: [Gauge<i64, AtomicI64>; 7],
     /// The routes whose credential failed on last use; taken only while the
     /// `vault_unavailable` flag is raised or a fetch fails.
     vault_routes: Arc<Mutex<BTreeSet<String>>>,
@@ -78,7 +84,7 @@ pub struct Readiness {
 
 impl Readiness {
     /// Readiness over registered gauges, in the order of [`NotReady::ALL`].
-    pub(crate) fn new(flags: [Gauge<i64, AtomicI64>; 6]) -> Self {
+    pub(crate) fn new(flags: [Gauge<i64, AtomicI64>; 7]) -> Self {
         Readiness {
             flags,
             vault_routes: Arc::default(),
@@ -169,7 +175,8 @@ mod tests {
                 "audit_halted",
                 "policy_load_failed",
                 "vault_unavailable",
-                "replica_fenced"
+                "replica_fenced",
+                "signing_keys_unavailable"
             ]
         );
         for (i, r) in NotReady::ALL.iter().enumerate() {

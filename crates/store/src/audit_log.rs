@@ -622,6 +622,15 @@ impl Store {
         }
     }
 
+    /// The verifier keys trusted besides the current one
+    /// ([`Store::trust_retired_audit_keys`]).
+    pub fn retired_audit_keys(&self) -> Vec<VerifierKey> {
+        self.retired_audit_keys
+            .read()
+            .map(|keys| keys.clone())
+            .unwrap_or_default()
+    }
+
     /// [`open_checkpoint`] with `verifier`, else with a retired audit key
     /// ([`Store::trust_retired_audit_keys`]) of the same log. The error is
     /// the one `verifier` gave.

@@ -146,6 +146,9 @@ pub enum Change {
     /// A behavioral baseline was merged into the shared model, or an
     /// alert was judged benign (every replica applies the verdict).
     Analytics,
+    /// A signing key (access-token or audit) was rotated online: a new
+    /// version is sealed, announced now and active from its `sealed_at`.
+    Keys,
 }
 
 impl Change {
@@ -161,11 +164,12 @@ impl Change {
             Change::Secrets => "secrets",
             Change::Admin => "admin",
             Change::Analytics => "analytics",
+            Change::Keys => "keys",
         }
     }
 
     /// Every kind, for a full resync.
-    pub const ALL: [Change; 9] = [
+    pub const ALL: [Change; 10] = [
         Change::Agents,
         Change::Revocations,
         Change::Policy,
@@ -175,6 +179,7 @@ impl Change {
         Change::Secrets,
         Change::Admin,
         Change::Analytics,
+        Change::Keys,
     ];
 
     /// The change a payload names; `None` for one this build does not know

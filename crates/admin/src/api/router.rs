@@ -173,6 +173,10 @@ async fn readyz(State(state): State<AdminState>, Extension(call): Extension<Call
             ErrorCode::Unavailable,
             "another replica took this one for dead; it is re-registering".to_string(),
         ),
+        NotReady::SigningKeysUnavailable => (
+            ErrorCode::Unavailable,
+            "a rotated signing key cannot be opened on this replica".to_string(),
+        ),
     };
     let reasons: Vec<&str> = reasons.iter().map(|r| r.as_str()).collect();
     // The admin API's error shape, plus every raised reason.

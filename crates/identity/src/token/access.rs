@@ -166,14 +166,29 @@ impl AccessClaims {
 }
 
 /// The gateway's token key: issues and verifies access tokens.
+///
+/// Its keys can change while it serves (an online rotation in cluster mode,
+/// [`Self::install`]): they live in one [`arc_swap::ArcSwap`], so a request
+/// reads one consistent set without a lock and a rotation never waits.
 #[derive(Debug)]
 pub struct TokenIssuer {
-    key: Ed25519Key,
-    decoding: DecodingKey,
     issuer: String,
     validation: Validation,
+    keys: arc_swap::ArcSwap<KeyRing>,
+}
+
+/// The keys of one moment: the one that signs, the ones a rotation retired
+/// (they verify what they signed before), and the announced next one (it
+/// verifies, and signs once the rotation activates it).
+#[derive(Debug)]
+struct KeyRing {
+    key: Ed25519Key,
+    decoding: DecodingKey,
     /// Keys this issuer signed with before a rotation: they only verify.
     previous: Vec<PreviousKey>,
+    /// The key an online rotation announced: every replica verifies it
+    /// before any signs with it.
+    next: Option<NextKey>,
 }
 
 /// A token key retired by a rotation: it verifies the tokens it signed
@@ -184,6 +199,24 @@ struct PreviousKey {
     public: serde_json::Value,
     decoding: DecodingKey,
     retired_at: i64,
+}
+
+/// A token key announced by an online rotation, not signing yet here: a
+/// token it signed (on a replica that activated it already) verifies.
+#[derive(Debug)]
+struct NextKey {
+    kid: String,
+    public: serde_json::Value,
+    decoding: DecodingKey,
+}
+
+fn previous_key(key: &Ed25519Key, retired_at: i64) -> Result<PreviousKey, TokenError> {
+    Ok(PreviousKey {
+        kid: key.kid(),
+        public: key.public.to_json(),
+        decoding: key.public.decoding_key()?,
+        retired_at,
+    })
 }
 
 impl TokenIssuer {
@@ -199,11 +232,14 @@ impl TokenIssuer {
         validation.set_issuer(&[issuer]);
         validation.set_required_spec_claims(&["exp", "aud", "iss", "sub"]);
         Ok(TokenIssuer {
-            key,
-            decoding,
             issuer: issuer.to_string(),
             validation,
-            previous: Vec::new(),
+            keys: arc_swap::ArcSwap::from_pointee(KeyRing {
+                key,
+                decoding,
+                previous: Vec::new(),
+                next: None,
+            }),
         })
     }
 
@@ -213,17 +249,66 @@ impl TokenIssuer {
     /// rotation. A token naming it and issued after `retired_at` is refused
     /// ([`TokenError::UnknownKey`]), so a retired key that leaked mints
     /// nothing new. The key is published in the JWKS while it verifies.
-    pub fn with_previous(mut self, key: &Ed25519Key, retired_at: i64) -> Result<Self, TokenError> {
-        let kid = key.kid();
-        if kid != self.kid() && !self.previous.iter().any(|p| p.kid == kid) {
-            self.previous.push(PreviousKey {
-                kid,
-                public: key.public.to_json(),
-                decoding: key.public.decoding_key()?,
-                retired_at,
-            });
+    pub fn with_previous(self, key: &Ed25519Key, retired_at: i64) -> Result<Self, TokenError> {
+        let previous = previous_key(key, retired_at)?;
+        let TokenIssuer {
+            issuer,
+            validation,
+            keys,
+        } = self;
+        // Built before it serves: nothing else holds the ring.
+        let mut ring = std::sync::Arc::try_unwrap(keys.into_inner())
+            .map_err(|_| TokenError::Key("the token keys are in use"))?;
+        if previous.kid != ring.key.kid() && !ring.previous.iter().any(|p| p.kid == previous.kid) {
+            ring.previous.push(previous);
         }
-        Ok(self)
+        Ok(TokenIssuer {
+            issuer,
+            validation,
+            keys: arc_swap::ArcSwap::from_pointee(ring),
+        })
+    }
+
+    /// Replaces every key at once, while serving (an online rotation,
+    /// docs/cluster.md): `key` signs from now on, each of `previous`
+    /// verifies the tokens it signed before its retirement (epoch seconds),
+    /// and `next`, announced but not active yet, verifies whatever it
+    /// signs. A request in flight finishes with the set it read.
+    pub fn install(
+        &self,
+        key: Ed25519Key,
+        previous: &[(Ed25519Key, i64)],
+        next: Option<&Ed25519Key>,
+    ) -> Result<(), TokenError> {
+        let kid = key.kid();
+        let mut previous_keys: Vec<PreviousKey> = Vec::new();
+        for (old, retired_at) in previous {
+            let old = previous_key(old, *retired_at)?;
+            if old.kid != kid && !previous_keys.iter().any(|p| p.kid == old.kid) {
+                previous_keys.push(old);
+            }
+        }
+        let next = match next {
+            Some(n) if n.kid() != kid => Some(NextKey {
+                kid: n.kid(),
+                public: n.public.to_json(),
+                decoding: n.public.decoding_key()?,
+            }),
+            _ => None,
+        };
+        let ring = KeyRing {
+            decoding: key.public.decoding_key()?,
+            key,
+            previous: previous_keys,
+            next,
+        };
+        self.keys.store(std::sync::Arc::new(ring));
+        Ok(())
+    }
+
+    /// The key id of the announced next key, if a rotation announced one.
+    pub fn next_kid(&self) -> Option<String> {
+        self.keys.load().next.as_ref().map(|n| n.kid.clone())
     }
 
     /// Whether a key retired at `retired_at` may still verify a token at
@@ -240,7 +325,7 @@ impl TokenIssuer {
 
     /// The key id of the signing key.
     pub fn kid(&self) -> String {
-        self.key.kid()
+        self.keys.load().key.kid()
     }
 
     /// A 32-byte secret derived from the signing key for `purpose` (HMAC-SHA256
@@ -249,7 +334,7 @@ impl TokenIssuer {
     /// nothing of the key.
     pub fn derive_secret(&self, purpose: &str) -> [u8; 32] {
         use hmac::{Hmac, Mac};
-        let seed = zeroize::Zeroizing::new(self.key.key.to_bytes());
+        let seed = zeroize::Zeroizing::new(self.keys.load().key.key.to_bytes());
         let Ok(mut mac) = Hmac::<sha2::Sha256>::new_from_slice(seed.as_slice()) else {
             return [0; 32];
         };
@@ -259,8 +344,10 @@ impl TokenIssuer {
 
     /// The JWKS to publish.
     pub fn jwks(&self) -> serde_json::Value {
-        let mut keys = vec![self.key.public.to_json()];
-        keys.extend(self.previous.iter().map(|p| p.public.clone()));
+        let ring = self.keys.load();
+        let mut keys = vec![ring.key.public.to_json()];
+        keys.extend(ring.previous.iter().map(|p| p.public.clone()));
+        keys.extend(ring.next.iter().map(|n| n.public.clone()));
         serde_json::json!({ "keys": keys })
     }
 
@@ -278,7 +365,8 @@ impl TokenIssuer {
             return Err(TokenError::Claim("cnf"));
         }
         let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.kid());
+        let ring = self.keys.load();
+        header.kid = Some(ring.key.kid());
         header.typ = Some("at+jwt".into());
         let claims = AccessClaims {
             iss: self.issuer.clone(),
@@ -296,7 +384,7 @@ impl TokenIssuer {
             amr: Vec::new(),
             posture_digest: None,
         };
-        Ok((self.key.sign(&header, &claims)?, claims))
+        Ok((ring.key.sign(&header, &claims)?, claims))
     }
 
     /// Issues a delegated token (RFC 8693 token exchange): `sub` is the user,
@@ -317,7 +405,8 @@ impl TokenIssuer {
             return Err(TokenError::Claim("cnf"));
         }
         let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.kid());
+        let ring = self.keys.load();
+        header.kid = Some(ring.key.kid());
         header.typ = Some("at+jwt".into());
         let exp = (now + ttl.min(MAX_TOKEN_TTL) as i64).min(not_after);
         if exp <= now {
@@ -343,7 +432,7 @@ impl TokenIssuer {
             },
             posture_digest: None,
         };
-        Ok((self.key.sign(&header, &claims)?, claims))
+        Ok((ring.key.sign(&header, &claims)?, claims))
     }
 
     /// Issues a token of the authorization-code flow: `sub` is the user, `act`
@@ -362,7 +451,8 @@ impl TokenIssuer {
             return Err(TokenError::Claim("aud"));
         }
         let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.kid());
+        let ring = self.keys.load();
+        header.kid = Some(ring.key.kid());
         header.typ = Some("at+jwt".into());
         let claims = AccessClaims {
             iss: self.issuer.clone(),
@@ -390,7 +480,7 @@ impl TokenIssuer {
             },
             posture_digest: None,
         };
-        Ok((self.key.sign(&header, &claims)?, claims))
+        Ok((ring.key.sign(&header, &claims)?, claims))
     }
 
     /// Signs claims made by [`Self::issue`] or [`Self::issue_delegated`]
@@ -400,9 +490,10 @@ impl TokenIssuer {
             return Err(TokenError::Claim("cnf"));
         }
         let mut header = Header::new(Algorithm::EdDSA);
-        header.kid = Some(self.kid());
+        let ring = self.keys.load();
+        header.kid = Some(ring.key.kid());
         header.typ = Some("at+jwt".into());
-        self.key.sign(&header, claims)
+        ring.key.sign(&header, claims)
     }
 
     /// Whether `token` claims to be one of ours (a JWS header naming this
@@ -410,11 +501,13 @@ impl TokenIssuer {
     pub fn names_own_key(&self, token: &str) -> bool {
         token.split('.').count() == 3
             && jsonwebtoken::decode_header(token).is_ok_and(|h| {
-                h.kid.as_deref() == Some(self.kid().as_str())
-                    || self
+                let ring = self.keys.load();
+                h.kid.as_deref() == Some(ring.key.kid().as_str())
+                    || ring
                         .previous
                         .iter()
                         .any(|p| h.kid.as_deref() == Some(&p.kid))
+                    || ring.next.iter().any(|n| h.kid.as_deref() == Some(&n.kid))
             })
     }
 
@@ -436,10 +529,18 @@ impl TokenIssuer {
         resource: Option<&str>,
     ) -> Result<AccessClaims, TokenError> {
         let header = eddsa_header(token, "access token")?;
-        let (decoding, retired_at) = if header.kid.as_deref() == Some(self.kid().as_str()) {
-            (&self.decoding, None)
+        let ring = self.keys.load();
+        let (decoding, retired_at) = if header.kid.as_deref() == Some(ring.key.kid().as_str()) {
+            (&ring.decoding, None)
+        } else if let Some(next) = ring
+            .next
+            .as_ref()
+            .filter(|n| header.kid.as_deref() == Some(n.kid.as_str()))
+        {
+            // Announced: another replica may have activated it already.
+            (&next.decoding, None)
         } else {
-            let previous = self
+            let previous = ring
                 .previous
                 .iter()
                 .find(|p| header.kid.as_deref() == Some(p.kid.as_str()))
@@ -549,6 +650,62 @@ mod tests {
     }
 
     #[test]
+    fn an_announced_key_verifies_before_it_signs_and_installs_while_serving() {
+        let t = now();
+        let url = issuer().issuer().to_string();
+        let kids = |iss: &TokenIssuer| -> Vec<String> {
+            iss.jwks()["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|k| k["kid"].as_str().unwrap().to_string())
+                .collect()
+        };
+        // Two replicas on key 1; a rotation announces key 2.
+        let a = TokenIssuer::new(Ed25519Key::from_seed(&[1; 32]), &url).unwrap();
+        let b = TokenIssuer::new(Ed25519Key::from_seed(&[1; 32]), &url).unwrap();
+        let (one, two) = (
+            Ed25519Key::from_seed(&[1; 32]),
+            Ed25519Key::from_seed(&[2; 32]),
+        );
+        for iss in [&a, &b] {
+            iss.install(Ed25519Key::from_seed(&[1; 32]), &[], Some(&two))
+                .unwrap();
+            assert_eq!(iss.kid(), one.kid());
+            assert_eq!(iss.next_kid(), Some(two.kid()));
+            assert_eq!(kids(iss), [one.kid(), two.kid()]);
+        }
+        let (before, _) = a
+            .issue("bot", "spiffe://t/agent/bot", bound(), t - 10, 300)
+            .unwrap();
+        // A activates key 2 first: B, still signing with key 1, accepts
+        // what A signs with it, and A what B signs with key 1.
+        a.install(Ed25519Key::from_seed(&[2; 32]), &[(one, t - 5)], None)
+            .unwrap();
+        assert_eq!(a.kid(), two.kid());
+        assert_eq!(a.next_kid(), None);
+        let (after, _) = a
+            .issue("bot", "spiffe://t/agent/bot", bound(), t - 2, 300)
+            .unwrap();
+        assert!(b.names_own_key(&after));
+        b.verify(&after, t).unwrap();
+        a.verify(&before, t).unwrap();
+        assert_eq!(kids(&a), [two.kid(), Ed25519Key::from_seed(&[1; 32]).kid()]);
+        // Key 1 retired at t - 5 on A: it minted nothing after that.
+        let (late, _) = b
+            .issue("bot", "spiffe://t/agent/bot", bound(), t - 2, 300)
+            .unwrap();
+        assert_eq!(a.verify(&late, t).unwrap_err(), TokenError::UnknownKey);
+        // A key neither current, announced nor retired is unknown.
+        let stranger = TokenIssuer::new(Ed25519Key::from_seed(&[3; 32]), &url).unwrap();
+        let (foreign, _) = stranger
+            .issue("bot", "spiffe://t/agent/bot", bound(), t - 2, 300)
+            .unwrap();
+        assert!(!a.names_own_key(&foreign));
+        assert_eq!(a.verify(&foreign, t).unwrap_err(), TokenError::UnknownKey);
+    }
+
+    #[test]
     fn access_tokens() {
         let iss = issuer();
         let t = now();
@@ -601,13 +758,16 @@ mod tests {
                 ..Header::new(Algorithm::HS256)
             },
             &claims,
-            &EncodingKey::from_secret(&iss.key.public_x()),
+            &EncodingKey::from_secret(&iss.keys.load().key.public_x()),
         )
         .unwrap();
         assert_eq!(iss.verify(&hs, t).unwrap_err(), TokenError::Algorithm);
         // Wrong audience and issuer.
-        let wrong =
-            TokenIssuer::new(Ed25519Key::from_seed(&iss.key.key.to_bytes()), "https://x").unwrap();
+        let wrong = TokenIssuer::new(
+            Ed25519Key::from_seed(&iss.keys.load().key.key.to_bytes()),
+            "https://x",
+        )
+        .unwrap();
         let (w, _) = wrong.issue("bot", "s", bound(), t, 300).unwrap();
         assert_eq!(iss.verify(&w, t).unwrap_err(), TokenError::Issuer);
         let mut c = claims.clone();
@@ -616,7 +776,7 @@ mod tests {
             kid: Some(iss.kid()),
             ..Header::new(Algorithm::EdDSA)
         };
-        let other_aud = iss.key.sign(&header, &c).unwrap();
+        let other_aud = iss.keys.load().key.sign(&header, &c).unwrap();
         assert_eq!(iss.verify(&other_aud, t).unwrap_err(), TokenError::Audience);
         // A resource's token: accepted for that resource only, and it may be
         // unbound only there.
@@ -658,7 +818,7 @@ mod tests {
         // An unbound token with the gateway's audience is refused anywhere.
         let mut c = claims.clone();
         c.aud = iss.issuer().into();
-        let unbound = iss.key.sign(&header, &c).unwrap();
+        let unbound = iss.keys.load().key.sign(&header, &c).unwrap();
         assert_eq!(
             iss.verify_for(&unbound, t, Some(&resource)).unwrap_err(),
             TokenError::Claim("cnf")
@@ -668,7 +828,7 @@ mod tests {
         c.nbf = t + 100;
         c.iat = t + 100;
         c.exp = t + 200;
-        let early = iss.key.sign(&header, &c).unwrap();
+        let early = iss.keys.load().key.sign(&header, &c).unwrap();
         assert_eq!(iss.verify(&early, t).unwrap_err(), TokenError::NotYetValid);
     }
 }
