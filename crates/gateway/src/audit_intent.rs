@@ -78,7 +78,7 @@ pub async fn before_forward(
         AuditIntentRow {
             request_id: record.request_id.clone(),
             time_ms: record.time_ms,
-            record: text,
+            record: text.into(),
         },
         durable,
     ));
