@@ -1022,7 +1022,7 @@ impl AuditAppender {
             && intents.len() <= AUDIT_ROWS_PER_INSERT
             && let crate::backend::Pool::Sqlite(pool) = &self.store.pool
         {
-            use crate::backend::sqlite::Db;
+            use crate::backend::sqlite::*;
             insert_intents!(pool, intents, self.store.replica_id());
             self.live_intents += intents.len() as u64;
             return Ok(self.head());
@@ -1308,6 +1308,27 @@ impl RecordRows for sqlx::SqliteConnection {
         rows: &mut [BatchRow<'_>],
         close: bool,
     ) -> Result<u64, sqlx::Error> {
+        if let [(seq, request_id, time_ms, stored, leaf)] = rows {
+            // One record (a batch of sequential calls): fixed statements, no
+            // SQL text to build.
+            let sql = if close {
+                "INSERT INTO audit_log (seq, request_id, time_ms, record, leaf_hash) VALUES (?, ?, ?, ?, ?);
+                 DELETE FROM audit_intents WHERE request_id = ?"
+            } else {
+                "INSERT INTO audit_log (seq, request_id, time_ms, record, leaf_hash) VALUES (?, ?, ?, ?, ?)"
+            };
+            let mut insert = sqlx::query(sql)
+                .bind(*seq)
+                .bind(*request_id)
+                .bind(*time_ms)
+                .bind(std::mem::take(stored))
+                .bind(&leaf[..]);
+            if close {
+                insert = insert.bind(*request_id);
+            }
+            let changes = insert.execute(&mut *self).await?.rows_affected();
+            return Ok(changes.saturating_sub(1));
+        }
         let mut closed = 0;
         for chunk in rows.chunks_mut(AUDIT_ROWS_PER_INSERT) {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
@@ -1415,6 +1436,20 @@ fn copy_binary(rows: &[BatchRow<'_>]) -> Vec<u8> {
 macro_rules! insert_intents {
     ($exec:expr, $intents:expr, $owner:expr) => {{
         let intents: &[AuditIntentRow] = $intents;
+        if let [intent] = intents {
+            // One intent (the usual batch under `before_forward`): a fixed
+            // statement, no SQL text to build.
+            query(
+                "INSERT INTO audit_intents (request_id, time_ms, record, owner) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (request_id) DO UPDATE SET time_ms = excluded.time_ms, record = excluded.record, owner = excluded.owner",
+            )
+            .bind(intent.request_id.as_str())
+            .bind(intent.time_ms)
+            .bind(Arc::clone(&intent.record))
+            .bind($owner)
+            .execute($exec)
+            .await?;
+        } else {
         for chunk in intents.chunks(AUDIT_ROWS_PER_INSERT) {
             // A request decided twice (an MCP batch) keeps one intent: the latest.
             let mut insert = sqlx::QueryBuilder::<Db>::new(
@@ -1430,6 +1465,7 @@ macro_rules! insert_intents {
                 " ON CONFLICT (request_id) DO UPDATE SET time_ms = excluded.time_ms, record = excluded.record, owner = excluded.owner",
             );
             insert.build().execute($exec).await?;
+        }
         }
     }};
 }
