@@ -1292,8 +1292,7 @@ fn last_per_field(personal: &[PersonalValue]) -> Vec<&PersonalValue> {
 /// way each backend has, and, when `close` (intents may be open), deletes
 /// the intents the records close; answers how many it deleted.
 trait RecordRows {
-    async fn write(&mut self, rows: &mut [BatchRow<'_>], close: bool)
-    -> Result<u64, sqlx::Error>;
+    async fn write(&mut self, rows: &mut [BatchRow<'_>], close: bool) -> Result<u64, sqlx::Error>;
 }
 
 impl RecordRows for sqlx::SqliteConnection {
@@ -1303,11 +1302,7 @@ impl RecordRows for sqlx::SqliteConnection {
     /// sqlx's worker thread instead of two. The stored forms are moved into
     /// the binds (an owned `Vec<u8>` is kept as it is; a borrowed slice
     /// would be copied).
-    async fn write(
-        &mut self,
-        rows: &mut [BatchRow<'_>],
-        close: bool,
-    ) -> Result<u64, sqlx::Error> {
+    async fn write(&mut self, rows: &mut [BatchRow<'_>], close: bool) -> Result<u64, sqlx::Error> {
         if let [(seq, request_id, time_ms, stored, leaf)] = rows {
             // One record (a batch of sequential calls): fixed statements, no
             // SQL text to build.
@@ -1367,11 +1362,7 @@ impl RecordRows for sqlx::PgConnection {
     /// per-value binding. The rows land exactly as an INSERT would put them
     /// (primary key checked: a seq taken fails the batch, as before). Then
     /// one DELETE per chunk for the intents.
-    async fn write(
-        &mut self,
-        rows: &mut [BatchRow<'_>],
-        close: bool,
-    ) -> Result<u64, sqlx::Error> {
+    async fn write(&mut self, rows: &mut [BatchRow<'_>], close: bool) -> Result<u64, sqlx::Error> {
         if rows.is_empty() {
             return Ok(0);
         }

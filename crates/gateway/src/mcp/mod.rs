@@ -1329,15 +1329,14 @@ pub async fn state_for(
     store: &portcullis_store::Store,
     serves_mcp: bool,
 ) -> Result<Arc<McpState>, crate::state::GatewayError> {
-    let detector = if serves_mcp {
-        Some(
-            portcullis_guard::injection::Detector::new().map_err(|e| {
+    let detector =
+        if serves_mcp {
+            Some(portcullis_guard::injection::Detector::new().map_err(|e| {
                 crate::state::GatewayError::Mcp(format!("tool-poisoning scanner: {e}"))
-            })?,
-        )
-    } else {
-        None
-    };
+            })?)
+        } else {
+            None
+        };
     let pins = ToolPins::load(store.clone(), detector).await?;
     Ok(Arc::new(McpState {
         pins,
