@@ -124,10 +124,37 @@
 //! strings, the analytics observation). Sequential requests make every
 //! intent its own commit, so this bench shows the per-commit cost at its
 //! worst; under concurrency a commit carries several intents (see the
-//! sidebyside bench's syscall counts). Cheapest next cuts, not made: bind
-//! the stored form and the intent's JSON as owned values (one allocation
-//! and one copy of ~0.3–1 KiB less per record and per intent), and set the
-//! record's path only when the canonical target differs from the path sent.
+//! sidebyside bench's syscall counts). The cheapest next cuts named here
+//! were made in the pass below.
+//!
+//! Issue 15's audit-commit pass (2026-12-07 21:50 UTC, `--profile dev`
+//! builds of the bench, main at b047e04 (`base`) against branch perf15b,
+//! one after the other, `BENCH_REQUESTS=2000`, load average 12–15 from
+//! other engineers' builds and a clippy run; the `async` rows move by a few
+//! allocations from run to run with how many records share a commit):
+//!
+//! ```text
+//! durability       build     memoized  (reallocs)   Cedar  (reallocs)
+//! before_forward   base         148.5       17.7    269.9       22.8
+//! before_forward   perf15b      132.1       10.5    252.4       15.5
+//! async            base          84.4        8.2    210.9       14.1
+//! async            perf15b       76.7        7.5    201.8       13.3
+//! ```
+//!
+//! Step by step (`before_forward`, memoized, same sitting as the base
+//! run at 147.4): on SQLite a batch of intents alone is one autocommit
+//! `INSERT` (its own synced transaction: no `BEGIN IMMEDIATE`/`COMMIT`
+//! round trips to sqlx's worker), a record chunk's `INSERT` and its intent
+//! `DELETE` go as one two-statement query, the stored form is bound owned
+//! (sqlx-sqlite copies a borrowed slice into a fresh `Arc<Vec>`) and the
+//! intent's JSON as an `Arc<str>` (bound without a copy), the record's
+//! path is set again only when the canonical one differs: 136.9. One-row
+//! batches (one intent, one record: every batch of sequential calls) use
+//! fixed statements (no SQL text built) and the intent's JSON is written
+//! into a buffer sized for a record (no doublings from 128 bytes): 133.1,
+//! reallocs 17.7 → 10.5. The record's SQLite commit is now `BEGIN
+//! IMMEDIATE`, the seq check, one `INSERT`+`DELETE`, `COMMIT` (four trips,
+//! was five) and an intent's one trip (was three).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod support;

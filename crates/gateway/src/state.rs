@@ -260,7 +260,10 @@ impl Gateway {
         last_seen.sync(snapshot.directory.agents().map(|(name, _)| name));
         last_seen.seed(&parts.store).await?;
         check_mcp_fit(&routing, &snapshot)?;
-        let mcp = Some(crate::mcp::state_for(&parts.store).await?);
+        let serves_mcp = routing
+            .routes()
+            .any(|r| r.kind == crate::config::RouteKind::Mcp);
+        let mcp = Some(crate::mcp::state_for(&parts.store, serves_mcp).await?);
         let streams = Arc::new(crate::liveness::LiveStreams::default());
         // A quarantine cuts the agent's open response streams and ends its
         // live MCP sessions at once, by the same paths as a revocation (its

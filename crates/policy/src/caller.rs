@@ -227,14 +227,17 @@ fn posture_record(posture: &Posture) -> Result<RestrictedExpression, String> {
 /// Building a `decimal` expression parses the extension function's name with
 /// Cedar's own parser, which cost more than the rest of a context together;
 /// so each of the 10,001 values is built once per process, when first used.
+/// Each slot holds a box: an empty slot then takes 16 bytes, not an
+/// expression's ~136 (1.4 MB of table for the few values a process meets).
 pub(crate) fn unit_decimal(score: f32) -> RestrictedExpression {
-    static BUILT: LazyLock<Box<[OnceLock<RestrictedExpression>]>> =
+    static BUILT: LazyLock<Box<[OnceLock<Box<RestrictedExpression>>]>> =
         LazyLock::new(|| (0..=10_000).map(|_| OnceLock::new()).collect());
     let text = decimal4(score);
     // "0.1234" → 1234, "1.0000" → 10000: always in range.
     let index: usize = text.replace('.', "").parse().unwrap_or(10_000);
     BUILT[index.min(10_000)]
-        .get_or_init(|| RestrictedExpression::new_decimal(text))
+        .get_or_init(|| Box::new(RestrictedExpression::new_decimal(text)))
+        .as_ref()
         .clone()
 }
 

@@ -11,6 +11,7 @@
 //! needs O(log n) of those plus at most 64 leaf hashes per lower subtree.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use crate::backend::DbRow;
 use futures_util::{StreamExt, TryStreamExt};
@@ -131,8 +132,11 @@ pub struct AuditIntentRow {
     pub request_id: String,
     /// When the request arrived, ms since the epoch.
     pub time_ms: i64,
-    /// The record's JSON as decided (before pseudonymization).
-    pub record: String,
+    /// The record's JSON as decided (before pseudonymization). Shared, so
+    /// that binding it to the journal's INSERT copies nothing (sqlx-sqlite
+    /// copies a borrowed `&str` into a fresh buffer per bind; an `Arc<str>`
+    /// it keeps as it is) and a retried batch binds it again for free.
+    pub record: Arc<str>,
 }
 
 impl Store {
@@ -176,7 +180,7 @@ impl Store {
                     Ok(AuditIntentRow {
                         request_id: r.col("request_id")?,
                         time_ms: r.col("time_ms")?,
-                        record: r.col("record")?,
+                        record: r.col::<String, _>("record")?.into(),
                     })
                 })
                 .collect()
@@ -1016,6 +1020,22 @@ impl AuditAppender {
         if records.is_empty() && intents.is_empty() {
             return Ok(self.head());
         }
+        // One node, a batch of intents alone (under `before_forward` most
+        // batches are one request's intent): one INSERT in autocommit mode,
+        // which is its own transaction, synced at its commit like any other
+        // (`synchronous = FULL`), and all-or-nothing like one. It appends
+        // nothing, so there is no seq to check and no tree to update: the
+        // BEGIN and COMMIT round trips to sqlx's worker would buy nothing.
+        if records.is_empty()
+            && personal.is_empty()
+            && intents.len() <= AUDIT_ROWS_PER_INSERT
+            && let crate::backend::Pool::Sqlite(pool) = &self.store.pool
+        {
+            use crate::backend::sqlite::*;
+            insert_intents!(pool, intents, self.store.replica_id());
+            self.live_intents += intents.len() as u64;
+            return Ok(self.head());
+        }
         // The stored forms leave the seq out: they are encoded before any
         // lock is taken, whatever seqs the records get.
         let stored = self.encode(records);
@@ -1184,7 +1204,7 @@ impl AuditAppender {
                 Some(numbered) => numbered,
                 None => self.number(records),
             };
-            let rows = Self::rows(records, leaves, stored);
+            let mut rows = Self::rows(records, leaves, stored);
             let (first_string, added) = self.strings.added();
             for (chunk_start, chunk) in (first_string..)
                 .step_by(AUDIT_ROWS_PER_INSERT)
@@ -1199,9 +1219,18 @@ impl AuditAppender {
                 });
                 insert.build().execute(&mut *tx).await?;
             }
+            // Journaled before the records are written: a record closes its
+            // request's intent even when both come in this batch.
+            insert_intents!(&mut *tx, intents, store.replica_id());
+            // In cluster mode the count is this appender's view only: other
+            // replicas journal intents too, and a survivor records the
+            // intents of a dead one (`intent_takeover.rs`), so the records
+            // always close theirs.
+            let close = IS_POSTGRES || self.live_intents + intents.len() as u64 > 0;
             // One `COPY` on PostgreSQL, multi-row INSERTs on SQLite (see
-            // `RecordRows`): never a round trip per record.
-            RecordRows::write(&mut *tx, &rows).await?;
+            // `RecordRows`): never a round trip per record. Each deletes the
+            // intents its records close.
+            let closed = RecordRows::write(&mut *tx, &mut rows, close).await?;
             // The subtrees the batch completes, in multi-row statements too
             // (a batch of 2048 completes about 64): each is completed once,
             // so no statement names one twice.
@@ -1236,16 +1265,6 @@ impl AuditAppender {
                 );
                 insert.build().execute(&mut *tx).await?;
             }
-            // In cluster mode the count is this appender's view only: other
-            // replicas journal intents too, and a survivor records the
-            // intents of a dead one (`intent_takeover.rs`), so the records
-            // always close theirs.
-            let live = if IS_POSTGRES {
-                1
-            } else {
-                self.live_intents + intents.len() as u64
-            };
-            let closed = journal_intents!(tx, intents, &rows, live, store.replica_id());
             tx.commit().await?;
             Ok((acc, closed))
         })
@@ -1279,32 +1298,70 @@ fn last_per_field(personal: &[PersonalValue]) -> Vec<&PersonalValue> {
 }
 
 /// Writes the record rows of a batch in the append transaction, the fastest
-/// way each backend has.
+/// way each backend has, and, when `close` (intents may be open), deletes
+/// the intents the records close; answers how many it deleted.
 trait RecordRows {
-    async fn write(&mut self, rows: &[BatchRow<'_>]) -> Result<(), sqlx::Error>;
+    async fn write(&mut self, rows: &mut [BatchRow<'_>], close: bool) -> Result<u64, sqlx::Error>;
 }
 
 impl RecordRows for sqlx::SqliteConnection {
     /// Multi-row INSERTs, one statement per chunk (an embedded database has
-    /// no round trips to save, only statements to prepare).
-    async fn write(&mut self, rows: &[BatchRow<'_>]) -> Result<(), sqlx::Error> {
-        for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
+    /// no round trips to save, only statements to prepare), each sent with
+    /// its chunk's intent DELETE as one two-statement query: one trip to
+    /// sqlx's worker thread instead of two. The stored forms are moved into
+    /// the binds (an owned `Vec<u8>` is kept as it is; a borrowed slice
+    /// would be copied).
+    async fn write(&mut self, rows: &mut [BatchRow<'_>], close: bool) -> Result<u64, sqlx::Error> {
+        if let [(seq, request_id, time_ms, stored, leaf)] = rows {
+            // One record (a batch of sequential calls): fixed statements, no
+            // SQL text to build.
+            let sql = if close {
+                "INSERT INTO audit_log (seq, request_id, time_ms, record, leaf_hash) VALUES (?, ?, ?, ?, ?);
+                 DELETE FROM audit_intents WHERE request_id = ?"
+            } else {
+                "INSERT INTO audit_log (seq, request_id, time_ms, record, leaf_hash) VALUES (?, ?, ?, ?, ?)"
+            };
+            let mut insert = sqlx::query(sql)
+                .bind(*seq)
+                .bind(*request_id)
+                .bind(*time_ms)
+                .bind(std::mem::take(stored))
+                .bind(&leaf[..]);
+            if close {
+                insert = insert.bind(*request_id);
+            }
+            let changes = insert.execute(&mut *self).await?.rows_affected();
+            return Ok(changes.saturating_sub(1));
+        }
+        let mut closed = 0;
+        for chunk in rows.chunks_mut(AUDIT_ROWS_PER_INSERT) {
             let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
                 "INSERT INTO audit_log (seq, request_id, time_ms, record, leaf_hash) ",
             );
             insert.push_values(
-                chunk,
+                chunk.iter_mut(),
                 |mut row, (seq, request_id, time_ms, stored, leaf)| {
                     row.push_bind(*seq)
                         .push_bind(*request_id)
                         .push_bind(*time_ms)
-                        .push_bind(stored.as_slice())
+                        .push_bind(std::mem::take(stored))
                         .push_bind(&leaf[..]);
                 },
             );
-            insert.build().execute(&mut *self).await?;
+            if close {
+                insert.push("; DELETE FROM audit_intents WHERE request_id IN (");
+                let mut ids = insert.separated(", ");
+                for (_, request_id, ..) in chunk.iter() {
+                    ids.push_bind(*request_id);
+                }
+                insert.push(")");
+            }
+            // The changes of both statements: the INSERT's are its rows
+            // (a plain INSERT, all or an error), the rest the DELETE's.
+            let changes = insert.build().execute(&mut *self).await?.rows_affected();
+            closed += changes.saturating_sub(chunk.len() as u64);
         }
-        Ok(())
+        Ok(closed)
     }
 }
 
@@ -1312,10 +1369,11 @@ impl RecordRows for sqlx::PgConnection {
     /// One `COPY ... FROM STDIN` in PostgreSQL's binary format: two round
     /// trips for the whole batch, no statement to parse or plan, and no
     /// per-value binding. The rows land exactly as an INSERT would put them
-    /// (primary key checked: a seq taken fails the batch, as before).
-    async fn write(&mut self, rows: &[BatchRow<'_>]) -> Result<(), sqlx::Error> {
+    /// (primary key checked: a seq taken fails the batch, as before). Then
+    /// one DELETE per chunk for the intents.
+    async fn write(&mut self, rows: &mut [BatchRow<'_>], close: bool) -> Result<u64, sqlx::Error> {
         if rows.is_empty() {
-            return Ok(());
+            return Ok(0);
         }
         let mut copy = self
             .copy_in_raw(
@@ -1324,7 +1382,21 @@ impl RecordRows for sqlx::PgConnection {
             .await?;
         copy.send(copy_binary(rows)).await?;
         copy.finish().await?;
-        Ok(())
+        let mut closed = 0;
+        if close {
+            for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
+                let mut delete = sqlx::QueryBuilder::<sqlx::Postgres>::new(
+                    "DELETE FROM audit_intents WHERE request_id IN (",
+                );
+                let mut ids = delete.separated(", ");
+                for (_, request_id, ..) in chunk {
+                    ids.push_bind(*request_id);
+                }
+                delete.push(")");
+                closed += delete.build().execute(&mut *self).await?.rows_affected();
+            }
+        }
+        Ok(closed)
     }
 }
 
@@ -1358,45 +1430,46 @@ fn copy_binary(rows: &[BatchRow<'_>]) -> Vec<u8> {
     out
 }
 
-/// Inserts `intents` (owned by replica `owner`) and deletes those the
-/// appended `rows` close (only when some are open); returns how many were
-/// deleted.
-macro_rules! journal_intents {
-    ($tx:expr, $intents:expr, $rows:expr, $live:expr, $owner:expr) => {{
-    let (intents, rows, live): (&[AuditIntentRow], &[BatchRow<'_>], u64) = ($intents, $rows, $live);
-    for chunk in intents.chunks(AUDIT_ROWS_PER_INSERT) {
-        // A request decided twice (an MCP batch) keeps one intent: the latest.
-        let mut insert = sqlx::QueryBuilder::<Db>::new(
-            "INSERT INTO audit_intents (request_id, time_ms, record, owner) ",
-        );
-        insert.push_values(chunk, |mut row, intent| {
-            row.push_bind(intent.request_id.as_str())
-                .push_bind(intent.time_ms)
-                .push_bind(intent.record.as_str())
-                .push_bind($owner);
-        });
-        insert.push(
-            " ON CONFLICT (request_id) DO UPDATE SET time_ms = excluded.time_ms, record = excluded.record, owner = excluded.owner",
-        );
-        insert.build().execute(&mut *$tx).await?;
-    }
-    let mut closed = 0;
-    if live > 0 {
-        for chunk in rows.chunks(AUDIT_ROWS_PER_INSERT) {
-            let mut delete =
-                sqlx::QueryBuilder::<Db>::new("DELETE FROM audit_intents WHERE request_id IN (");
-            let mut ids = delete.separated(", ");
-            for (_, request_id, ..) in chunk {
-                ids.push_bind(*request_id);
-            }
-            delete.push(")");
-            closed += delete.build().execute(&mut *$tx).await?.rows_affected();
+/// Journals `intents` (owned by replica `owner`) through `$exec` (the
+/// append transaction, or on SQLite the pool for a batch of intents alone,
+/// in autocommit), in multi-row statements.
+macro_rules! insert_intents {
+    ($exec:expr, $intents:expr, $owner:expr) => {{
+        let intents: &[AuditIntentRow] = $intents;
+        if let [intent] = intents {
+            // One intent (the usual batch under `before_forward`): a fixed
+            // statement, no SQL text to build.
+            query(
+                "INSERT INTO audit_intents (request_id, time_ms, record, owner) VALUES (?, ?, ?, ?)
+                 ON CONFLICT (request_id) DO UPDATE SET time_ms = excluded.time_ms, record = excluded.record, owner = excluded.owner",
+            )
+            .bind(intent.request_id.as_str())
+            .bind(intent.time_ms)
+            .bind(Arc::clone(&intent.record))
+            .bind($owner)
+            .execute($exec)
+            .await?;
+        } else {
+        for chunk in intents.chunks(AUDIT_ROWS_PER_INSERT) {
+            // A request decided twice (an MCP batch) keeps one intent: the latest.
+            let mut insert = sqlx::QueryBuilder::<Db>::new(
+                "INSERT INTO audit_intents (request_id, time_ms, record, owner) ",
+            );
+            insert.push_values(chunk, |mut row, intent| {
+                row.push_bind(intent.request_id.as_str())
+                    .push_bind(intent.time_ms)
+                    .push_bind(Arc::clone(&intent.record))
+                    .push_bind($owner);
+            });
+            insert.push(
+                " ON CONFLICT (request_id) DO UPDATE SET time_ms = excluded.time_ms, record = excluded.record, owner = excluded.owner",
+            );
+            insert.build().execute($exec).await?;
         }
-    }
-    closed
+        }
     }};
 }
-use journal_intents;
+use insert_intents;
 
 /// Stores a subtree hash in the write transaction `$tx` (a macro so the one
 /// statement serves both backends).
@@ -1777,7 +1850,7 @@ pub(crate) mod tests {
         AuditIntentRow {
             request_id: format!("req-{i}"),
             time_ms: i as i64,
-            record: format!("{{\"request_id\":\"req-{i}\"}}"),
+            record: format!("{{\"request_id\":\"req-{i}\"}}").into(),
         }
     }
 
@@ -1796,8 +1869,9 @@ pub(crate) mod tests {
             .await
             .unwrap();
         assert_eq!(head.size, 0);
-        // Record 1 closes its intent; record 4's intent comes with it.
-        log.append_batch(&mut [record(1), record(5)], &[], &[intent(4)])
+        // Record 1 closes its intent; record 4's intent comes with it, and
+        // so does record 5's, which the batch's own record 5 closes.
+        log.append_batch(&mut [record(1), record(5)], &[], &[intent(4), intent(5)])
             .await
             .unwrap();
         let ids =

@@ -279,7 +279,7 @@ impl Store {
             .map(|(request_id, time_ms, record)| AuditIntentRow {
                 request_id,
                 time_ms,
-                record,
+                record: record.into(),
             })
             .collect();
         rows.sort_by_key(|r| r.time_ms);

@@ -1321,12 +1321,22 @@ fn empty(status: StatusCode) -> Response<ResponseBody> {
     response
 }
 
-/// Builds the MCP state when some route is an MCP route.
+/// Builds the MCP state (a reload may add MCP routes, so it is always
+/// there). The tool-poisoning scanner is built now when some route is an
+/// MCP route (`serves_mcp`), so the first tool listing does not wait for
+/// it; otherwise on the first definition it scans (see [`ToolPins`]).
 pub async fn state_for(
     store: &portcullis_store::Store,
+    serves_mcp: bool,
 ) -> Result<Arc<McpState>, crate::state::GatewayError> {
-    let detector = portcullis_guard::injection::Detector::new()
-        .map_err(|e| crate::state::GatewayError::Mcp(format!("tool-poisoning scanner: {e}")))?;
+    let detector =
+        if serves_mcp {
+            Some(portcullis_guard::injection::Detector::new().map_err(|e| {
+                crate::state::GatewayError::Mcp(format!("tool-poisoning scanner: {e}"))
+            })?)
+        } else {
+            None
+        };
     let pins = ToolPins::load(store.clone(), detector).await?;
     Ok(Arc::new(McpState {
         pins,

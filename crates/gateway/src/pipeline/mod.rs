@@ -245,8 +245,12 @@ async fn run(
     recorder.trace_stage(Stage::Decode, t, elapsed);
     let decoded = decoded?;
     // The record names the canonical target that is routed, decided and
-    // forwarded (a refused one keeps the path as sent).
-    recorder.record().path = Some(decoded.target.path.clone());
+    // forwarded (a refused one keeps the path as sent). Most paths are
+    // canonical as sent: then the record already holds it.
+    let record = recorder.record();
+    if record.path.as_deref() != Some(decoded.target.path.as_str()) {
+        record.path = Some(decoded.target.path.clone());
+    }
 
     if crate::oauth::is_oauth_path(decoded.parts.uri.path()) {
         store_answers(gateway)?;
