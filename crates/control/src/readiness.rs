@@ -20,6 +20,10 @@ pub enum NotReady {
     /// (cluster mode) The shared store (PostgreSQL) does not answer: listed
     /// first, since the audit and vault reasons it causes follow from it.
     StoreUnavailable,
+    /// The tables requests and admin calls read are locked by another
+    /// session (a probe's read waited past its lock timeout): admin calls
+    /// and token grants that read them fail with `store_unavailable`.
+    StoreStalled,
     /// The audit writer's current batch is failing, or has been stalled for
     /// longer than `[audit] fail_closed_after_ms`.
     AuditUnwritable,
@@ -40,8 +44,9 @@ pub enum NotReady {
 
 impl NotReady {
     /// Every reason, in the order `/readyz` lists them.
-    pub const ALL: [NotReady; 6] = [
+    pub const ALL: [NotReady; 7] = [
         NotReady::StoreUnavailable,
+        NotReady::StoreStalled,
         NotReady::AuditUnwritable,
         NotReady::AuditHalted,
         NotReady::PolicyLoadFailed,
@@ -53,6 +58,7 @@ impl NotReady {
     pub fn as_str(self) -> &'static str {
         match self {
             NotReady::StoreUnavailable => "store_unavailable",
+            NotReady::StoreStalled => "store_stalled",
             NotReady::AuditUnwritable => "audit_unwritable",
             NotReady::AuditHalted => "audit_halted",
             NotReady::PolicyLoadFailed => "policy_load_failed",
@@ -70,7 +76,7 @@ impl NotReady {
 /// share the flags. The default is unregistered (for tests).
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
-    flags: [Gauge<i64, AtomicI64>; 6],
+    flags: [Gauge<i64, AtomicI64>; 7],
     /// The routes whose credential failed on last use; taken only while the
     /// `vault_unavailable` flag is raised or a fetch fails.
     vault_routes: Arc<Mutex<BTreeSet<String>>>,
@@ -78,7 +84,7 @@ pub struct Readiness {
 
 impl Readiness {
     /// Readiness over registered gauges, in the order of [`NotReady::ALL`].
-    pub(crate) fn new(flags: [Gauge<i64, AtomicI64>; 6]) -> Self {
+    pub(crate) fn new(flags: [Gauge<i64, AtomicI64>; 7]) -> Self {
         Readiness {
             flags,
             vault_routes: Arc::default(),
@@ -165,6 +171,7 @@ mod tests {
             names,
             [
                 "store_unavailable",
+                "store_stalled",
                 "audit_unwritable",
                 "audit_halted",
                 "policy_load_failed",
