@@ -886,6 +886,39 @@ mod tests {
     use super::*;
     use portcullis_audit::AuditRecord;
 
+    #[test]
+    fn lock_waits_and_lost_connections_are_unavailability_not_internal_errors() {
+        // PostgreSQL: lock_timeout, cancelled, shutting down, connection lost.
+        for code in ["55P03", "57014", "57P01", "08006", "08001", "53300"] {
+            assert!(unavailable_code(code), "{code}");
+        }
+        // Constraint violations and syntax errors are not.
+        for code in ["23505", "42601", "40001", "22P02"] {
+            assert!(!unavailable_code(code), "{code}");
+        }
+        // SQLite: BUSY, LOCKED and their extended codes; not CONSTRAINT or FULL.
+        for code in ["5", "6", "261", "517", "262"] {
+            assert!(unavailable_code(code), "{code}");
+        }
+        for code in ["19", "2067", "13", "1"] {
+            assert!(!unavailable_code(code), "{code}");
+        }
+        assert!(StoreError::Database(sqlx::Error::PoolTimedOut).is_unavailable());
+        assert!(!StoreError::NotFound("x".into()).is_unavailable());
+        assert!(!StoreError::Database(sqlx::Error::RowNotFound).is_unavailable());
+    }
+
+    #[tokio::test]
+    async fn the_read_probe_reads_every_table() {
+        for db in crate::testing::TestDb::all().await {
+            let store = db.open().await;
+            store
+                .probe_reads(Duration::from_millis(200))
+                .await
+                .expect("an idle store's tables can be read");
+        }
+    }
+
     fn record(id: &str) -> AuditRecord {
         AuditRecord {
             time_ms: 1,
