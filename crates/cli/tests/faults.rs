@@ -978,13 +978,9 @@ async fn a_client_that_stops_reading_is_cut_off_with_bounded_memory() {
 /// until the stall outlasts `fail_closed_after_ms`, then refused as well.
 /// Released, every protocol is served again without a restart, the refusals
 /// are in the log, and so is every call that was served.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sqlite_database_locked_by_another_process_fails_closed_and_recovers() {
-    let Some(mut rig) = Rig::start(tempfile::tempdir().unwrap(), "", &[]).await else {
-        return;
-    };
-    rig.until_all_served("baseline").await;
-    let db = rig.server.state_dir().join("portcullis.db");
+/// Another process (Python's `sqlite3`) holding `BEGIN EXCLUSIVE` on the
+/// database at `db`, from when this returns until its stdin is closed.
+fn lock_sqlite(db: &Path) -> std::process::Child {
     let mut locker = Command::new("python3")
         .arg("-c")
         .arg(
@@ -995,7 +991,7 @@ async fn a_sqlite_database_locked_by_another_process_fails_closed_and_recovers()
              sys.stdin.read()\n\
              c.execute('ROLLBACK')\n",
         )
-        .arg(&db)
+        .arg(db)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -1005,6 +1001,17 @@ async fn a_sqlite_database_locked_by_another_process_fails_closed_and_recovers()
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line.trim(), "locked");
+    locker
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_database_locked_by_another_process_fails_closed_and_recovers() {
+    let Some(mut rig) = Rig::start(tempfile::tempdir().unwrap(), "", &[]).await else {
+        return;
+    };
+    rig.until_all_served("baseline").await;
+    let db = rig.server.state_dir().join("portcullis.db");
+    let mut locker = lock_sqlite(&db);
     let locked = Instant::now();
 
     // Durable calls: refused, and their upstream never sees them.
@@ -1458,26 +1465,7 @@ async fn sqlite_locked_by_another_process_bounds_admin_calls_and_recovers() {
     };
     rig.until_all_served("baseline").await;
     let db = rig.server.state_dir().join("portcullis.db");
-    let mut locker = Command::new("python3")
-        .arg("-c")
-        .arg(
-            "import sqlite3, sys\n\
-             c = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)\n\
-             c.execute('BEGIN EXCLUSIVE')\n\
-             print('locked', flush=True)\n\
-             sys.stdin.read()\n\
-             c.execute('ROLLBACK')\n",
-        )
-        .arg(&db)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(locker.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "locked");
+    let mut locker = lock_sqlite(&db);
 
     // In WAL mode a writer's lock never blocks readers: admin reads are
     // served; an admin write is refused 503 within a bound (the audit log
