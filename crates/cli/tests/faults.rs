@@ -5,7 +5,8 @@
 //!   protocols), and one that breaks off an answer mid-stream (an LLM event
 //!   stream and a chunked HTTP answer);
 //! - a database another process holds locked (SQLite `BEGIN EXCLUSIVE`;
-//!   PostgreSQL `LOCK TABLE` and `pg_terminate_backend`);
+//!   PostgreSQL `LOCK TABLE` and `pg_terminate_backend`), including admin
+//!   reads of a locked table, bounded by `[store] lock_timeout_ms`;
 //! - a full disk (the state directory on a small tmpfs).
 //!
 //! Each must fail closed with the documented code (docs/errors.md), never
