@@ -191,7 +191,11 @@ async fn approve(
             .add_grant(grant)
             .await
             .map_err(|e| call.store_error(e))?;
-        state.gateway.reload().await.map_err(|e| call.internal(e))?;
+        state
+            .gateway
+            .reload()
+            .await
+            .map_err(|e| call.reload_error(e))?;
         record(&state, &call, "grant.create", &who, &decided.id);
         tracing::info!(grant = %grant.id, agent = %grant.agent, action = %grant.action, route = %grant.resource, by = %who, "grant created");
     }
@@ -299,7 +303,11 @@ async fn revoke_grant(
         .await
         .map_err(|e| call.store_error(e))?;
     // In force once the reload returns: the grant's policy is gone.
-    state.gateway.reload().await.map_err(|e| call.internal(e))?;
+    state
+        .gateway
+        .reload()
+        .await
+        .map_err(|e| call.reload_error(e))?;
     let mut record = call.record(
         "grant.revoke",
         &format!("grant:{id}"),
@@ -407,7 +415,11 @@ async fn open_breakglass(
         .add_grant(&grant)
         .await
         .map_err(|e| call.store_error(e))?;
-    state.gateway.reload().await.map_err(|e| call.internal(e))?;
+    state
+        .gateway
+        .reload()
+        .await
+        .map_err(|e| call.reload_error(e))?;
     let policy_id = format!("{}{}", portcullis_policy::BREAKGLASS_PREFIX, grant.id);
     let mut record = call.record(
         "breakglass.open",

@@ -182,7 +182,11 @@ async fn register_model(
         .await
         .map_err(|e| call.store_error(e))?;
     // A route may already name this entry: its facts change now.
-    state.gateway.reload().await.map_err(|e| call.internal(e))?;
+    state
+        .gateway
+        .reload()
+        .await
+        .map_err(|e| call.reload_error(e))?;
     call.done(
         &state.sink,
         "model.register",
@@ -210,7 +214,11 @@ async fn change_model(
         .await
         .map_err(|e| call.store_error(e))?;
     // In force on the data plane before the call returns.
-    state.gateway.reload().await.map_err(|e| call.internal(e))?;
+    state
+        .gateway
+        .reload()
+        .await
+        .map_err(|e| call.reload_error(e))?;
     call.done_by(
         &state.sink,
         &approver,
@@ -253,7 +261,11 @@ async fn change_dataset(
         .await
         .map_err(|e| call.store_error(e))?;
     // In force on the data plane before the call returns.
-    state.gateway.reload().await.map_err(|e| call.internal(e))?;
+    state
+        .gateway
+        .reload()
+        .await
+        .map_err(|e| call.reload_error(e))?;
     call.done_by(
         &state.sink,
         &approver,
@@ -380,7 +392,11 @@ async fn register_dataset(
         .map_err(|e| call.store_error(e))?;
     // A route or tool may already be tagged with it: its calls are decided
     // on it (no longer `dataset_unknown`) before the call returns.
-    state.gateway.reload().await.map_err(|e| call.internal(e))?;
+    state
+        .gateway
+        .reload()
+        .await
+        .map_err(|e| call.reload_error(e))?;
     call.done(&state.sink, "dataset.register", &row.name, 201);
     Ok(json(StatusCode::CREATED, &dataset_view(&row)))
 }

@@ -290,7 +290,11 @@ pub(crate) async fn pin_posture(
         })
         .await
         .map_err(|e| call.store_error(e))?;
-    state.gateway.reload().await.map_err(|e| call.internal(e))?;
+    state
+        .gateway
+        .reload()
+        .await
+        .map_err(|e| call.reload_error(e))?;
     call.done_by(&state.sink, &approver, "agent.pin", &name, 200);
     Ok(json(
         StatusCode::OK,

@@ -342,6 +342,11 @@ pub struct AgentState {
 }
 
 impl AgentState {
+    /// When the agent was last seen (event time, ms).
+    pub fn last_ms(&self) -> i64 {
+        self.last_ms
+    }
+
     fn new(now_ms: i64) -> Self {
         AgentState {
             first_ms: now_ms,
@@ -996,6 +1001,22 @@ impl Engine {
             self.config.tree_sample,
             0x9091,
         ));
+    }
+
+    /// Drops `agent`'s model from memory (the caller saved it first, or
+    /// the agent is gone for good). Whether it was there.
+    pub fn evict(&mut self, agent: &str) -> bool {
+        self.agents.remove(agent).is_some()
+    }
+
+    /// Whether the engine holds a model of `agent` in memory.
+    pub fn knows(&self, agent: &str) -> bool {
+        self.agents.contains_key(agent)
+    }
+
+    /// When `agent` was last seen (event time, ms), if its model is in memory.
+    pub fn last_seen_ms(&self, agent: &str) -> Option<i64> {
+        self.agents.get(agent).map(|m| m.state.last_ms)
     }
 
     /// Number of agents known.

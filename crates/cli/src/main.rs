@@ -31,6 +31,7 @@ mod scorecard;
 mod serve;
 mod state_dir;
 mod state_lock;
+mod store_probe;
 mod token_cmd;
 mod tools_cmd;
 mod vault_cmd;

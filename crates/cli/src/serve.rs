@@ -65,8 +65,8 @@ pub async fn run(
     let config = with_listen_env(config)?;
 
     let store = match &config.store_url {
-        Some(url) => Store::open_url(url).await,
-        None => Store::open_sqlite(&state.database()).await,
+        Some(url) => Store::open_url_with(url, config.store_lock_timeout).await,
+        None => Store::open_sqlite_with(&state.database(), config.store_lock_timeout).await,
     }
     .context("cannot open the store")?;
     store
@@ -611,6 +611,11 @@ pub async fn run(
             }
         })
     };
+    let read_probe = crate::store_probe::spawn(
+        store.clone(),
+        gateway.metrics().readiness.clone(),
+        shutdown_rx.clone(),
+    );
     let cluster_resync = store.is_postgres().then(|| {
         tracing::info!("cluster mode: the store is PostgreSQL, shared with other replicas");
         (
@@ -750,6 +755,7 @@ pub async fn run(
         let _ = data_plane.await;
         let _ = control_plane.await;
         let _ = budget_saver.await;
+        let _ = read_probe.await;
         if let Some((resync, heartbeat, budgets, takeover)) = cluster_resync {
             let _ = resync.await;
             let _ = heartbeat.await;

@@ -5,7 +5,8 @@
 //!   protocols), and one that breaks off an answer mid-stream (an LLM event
 //!   stream and a chunked HTTP answer);
 //! - a database another process holds locked (SQLite `BEGIN EXCLUSIVE`;
-//!   PostgreSQL `LOCK TABLE` and `pg_terminate_backend`);
+//!   PostgreSQL `LOCK TABLE` and `pg_terminate_backend`), including admin
+//!   reads of a locked table, bounded by `[store] lock_timeout_ms`;
 //! - a full disk (the state directory on a small tmpfs).
 //!
 //! Each must fail closed with the documented code (docs/errors.md), never
@@ -978,13 +979,9 @@ async fn a_client_that_stops_reading_is_cut_off_with_bounded_memory() {
 /// until the stall outlasts `fail_closed_after_ms`, then refused as well.
 /// Released, every protocol is served again without a restart, the refusals
 /// are in the log, and so is every call that was served.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_sqlite_database_locked_by_another_process_fails_closed_and_recovers() {
-    let Some(mut rig) = Rig::start(tempfile::tempdir().unwrap(), "", &[]).await else {
-        return;
-    };
-    rig.until_all_served("baseline").await;
-    let db = rig.server.state_dir().join("portcullis.db");
+/// Another process (Python's `sqlite3`) holding `BEGIN EXCLUSIVE` on the
+/// database at `db`, from when this returns until its stdin is closed.
+fn lock_sqlite(db: &Path) -> std::process::Child {
     let mut locker = Command::new("python3")
         .arg("-c")
         .arg(
@@ -995,7 +992,7 @@ async fn a_sqlite_database_locked_by_another_process_fails_closed_and_recovers()
              sys.stdin.read()\n\
              c.execute('ROLLBACK')\n",
         )
-        .arg(&db)
+        .arg(db)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -1005,6 +1002,17 @@ async fn a_sqlite_database_locked_by_another_process_fails_closed_and_recovers()
         .read_line(&mut line)
         .unwrap();
     assert_eq!(line.trim(), "locked");
+    locker
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sqlite_database_locked_by_another_process_fails_closed_and_recovers() {
+    let Some(mut rig) = Rig::start(tempfile::tempdir().unwrap(), "", &[]).await else {
+        return;
+    };
+    rig.until_all_served("baseline").await;
+    let db = rig.server.state_dir().join("portcullis.db");
+    let mut locker = lock_sqlite(&db);
     let locked = Instant::now();
 
     // Durable calls: refused, and their upstream never sees them.
@@ -1298,6 +1306,204 @@ async fn postgres_locked_or_its_connections_killed_fails_closed_and_recovers() {
     );
     admin.close().await;
     assert_postgres_log_complete(&mut rig, &url, &refused).await;
+}
+
+// ---------------------------------------------------------------------------
+// Store reads stalled by a lock another session holds.
+
+/// `[store] lock_timeout_ms` of the stall runs: short, so that the test
+/// waits little for each refusal.
+const LOCK_TIMEOUT: &str = "[store]\nlock_timeout_ms = 1500\n";
+
+/// An admin read (`GET /admin/v1/agents`): (status, code, how long it took).
+async fn admin_read(server: &Server) -> (u16, String, Duration) {
+    let started = Instant::now();
+    let response = tokio::time::timeout(
+        BOUND,
+        support::client(&server.ca_pem(), None)
+            .get(format!("https://{}/admin/v1/agents", server.admin))
+            .bearer_auth(server.admin_token())
+            .send(),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("an admin read got no answer within {BOUND:?}"))
+    .unwrap();
+    let status = response.status().as_u16();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    let code = body["error"]["code"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    (status, code, started.elapsed())
+}
+
+/// An admin write (`agent create NAME` through the CLI): (whether it
+/// succeeded, its stderr, how long it took).
+fn admin_write(server: &Server, name: &str) -> (bool, String, Duration) {
+    let started = Instant::now();
+    let out = server.cli(&[
+        "agent",
+        "create",
+        name,
+        "--role",
+        "dev",
+        "--out",
+        server.path().join("creds").to_str().unwrap(),
+    ]);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+        started.elapsed(),
+    )
+}
+
+/// Waits (bounded) until `/readyz` answers `status`; the reasons it gave.
+async fn readyz_becomes(server: &Server, status: u16, what: &str) -> (Duration, Value) {
+    let started = Instant::now();
+    loop {
+        let (got, body) = support::readyz(server).await;
+        if got == status {
+            return (started.elapsed(), body["reasons"].clone());
+        }
+        assert!(
+            started.elapsed() < BOUND,
+            "{what}: /readyz still {got} after {BOUND:?}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reads_stalled_by_a_table_lock_are_bounded_and_recover() {
+    let Some(db) = portcullis_store::testing::TestDb::postgres().await else {
+        return;
+    };
+    let url = db.url();
+    let Some(mut rig) = Rig::start(
+        tempfile::tempdir().unwrap(),
+        LOCK_TIMEOUT,
+        &[("PORTCULLIS_STORE_URL", url.as_str())],
+    )
+    .await
+    else {
+        return;
+    };
+    rig.until_all_served("baseline").await;
+    assert_eq!(admin_read(&rig.server).await.0, 200);
+    readyz_becomes(&rig.server, 200, "baseline").await;
+    let admin = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+
+    // Another session locks the agents table: every read of it waits.
+    let mut lock = admin.begin().await.unwrap();
+    sqlx::query("LOCK TABLE agents IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let locked = Instant::now();
+    let (status, code, took) = admin_read(&rig.server).await;
+    eprintln!("faults: PostgreSQL agents locked: admin read -> {status} {code} after {took:?}");
+    assert_eq!((status, code.as_str()), (503, "store_unavailable"));
+    let (ok, stderr, took) =
+        tokio::task::block_in_place(|| admin_write(&rig.server, "stalled-bot"));
+    eprintln!("faults: PostgreSQL agents locked: admin write -> refused after {took:?}");
+    assert!(!ok && stderr.contains("store_unavailable"), "{stderr}");
+    let (_, reasons) = readyz_becomes(&rig.server, 503, "agents locked").await;
+    eprintln!(
+        "faults: PostgreSQL agents locked: /readyz 503 {reasons} {:?} after the lock",
+        locked.elapsed()
+    );
+    assert!(
+        reasons
+            .as_array()
+            .unwrap()
+            .contains(&json!("store_stalled")),
+        "{reasons}"
+    );
+    // The data plane decides from its snapshots: nothing it does reads the
+    // locked table, so every call is still served.
+    for call in CALLS {
+        let o = rig.call(call).await;
+        eprintln!(
+            "faults: PostgreSQL agents locked: {call:?} -> {} {}",
+            o.status, o.code
+        );
+        assert!(o.served(), "{o:?}");
+    }
+    assert!(locked.elapsed() < BOUND);
+
+    lock.rollback().await.unwrap();
+    let released = Instant::now();
+    let recovered = loop {
+        let (status, code, _) = admin_read(&rig.server).await;
+        if status == 200 {
+            break released.elapsed();
+        }
+        assert!(
+            released.elapsed() < BOUND,
+            "admin reads not served again: {status} {code}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let (ready, _) = readyz_becomes(&rig.server, 200, "after the lock").await;
+    let (ok, stderr, _) = tokio::task::block_in_place(|| admin_write(&rig.server, "stalled-bot"));
+    assert!(ok, "{stderr}");
+    eprintln!(
+        "faults: PostgreSQL agents lock released -> admin reads served after {recovered:?}, ready after {:?}",
+        ready
+    );
+    admin.close().await;
+    assert_postgres_log_complete(&mut rig, &url, &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_locked_by_another_process_bounds_admin_calls_and_recovers() {
+    let Some(mut rig) = Rig::start(tempfile::tempdir().unwrap(), LOCK_TIMEOUT, &[]).await else {
+        return;
+    };
+    rig.until_all_served("baseline").await;
+    let db = rig.server.state_dir().join("portcullis.db");
+    let mut locker = lock_sqlite(&db);
+
+    // In WAL mode a writer's lock never blocks readers: admin reads are
+    // served; an admin write is refused 503 within a bound (the audit log
+    // is stalled too, so either code), never left hanging.
+    let (status, code, took) = admin_read(&rig.server).await;
+    eprintln!("faults: SQLite locked: admin read -> {status} {code} after {took:?}");
+    assert_eq!(status, 200, "{code}");
+    let (ok, stderr, took) =
+        tokio::task::block_in_place(|| admin_write(&rig.server, "stalled-bot"));
+    eprintln!(
+        "faults: SQLite locked: admin write -> refused after {took:?}: {}",
+        stderr.trim()
+    );
+    assert!(
+        !ok && (stderr.contains("store_unavailable") || stderr.contains("audit_unavailable")),
+        "{stderr}"
+    );
+    assert!(took < BOUND);
+
+    drop(locker.stdin.take());
+    assert!(locker.wait().unwrap().success());
+    let released = Instant::now();
+    let recovered = loop {
+        let (ok, stderr, _) =
+            tokio::task::block_in_place(|| admin_write(&rig.server, "stalled-bot"));
+        if ok {
+            break released.elapsed();
+        }
+        assert!(
+            released.elapsed() < BOUND,
+            "admin writes not served again: {stderr}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("faults: SQLite lock released -> admin write served after {recovered:?}");
+    readyz_becomes(&rig.server, 200, "after the SQLite lock").await;
+    assert_sqlite_log_complete(&mut rig).await;
 }
 
 /// Stops the PostgreSQL rig's server and checks that every served call, and

@@ -272,6 +272,11 @@ impl Rig {
 }
 
 async fn rig() -> Option<Rig> {
+    rig_with(ANALYTICS).await
+}
+
+/// The rig with `analytics` as its `[analytics]` section.
+async fn rig_with(analytics: &str) -> Option<Rig> {
     support::install_crypto();
     if !tokio::task::block_in_place(python_with_mcp) {
         return None;
@@ -307,7 +312,7 @@ async fn rig() -> Option<Rig> {
         mcp_route("gtools", guard),
         llm_route("llm", ""),
         llm_route("gllm", guard),
-        ANALYTICS.to_string(),
+        analytics.to_string(),
     ]
     .concat();
     let config = support::config(dir.path(), &routes, "");
@@ -764,4 +769,148 @@ fn the_parity_document_lists_exactly_the_cells_the_two_files_check() {
     unique.sort();
     unique.dedup();
     assert_eq!(unique.len(), rows.len(), "a row listed twice: {rows:?}");
+}
+
+/// Analytics holds at most this many agent models in memory here.
+const MAX_AGENTS: u64 = 6;
+
+/// Default grades; twenty denials are a burst (quarantine); at most
+/// [`MAX_AGENTS`] models in memory.
+const BOUNDED_ANALYTICS: &str = "[analytics]\ndenial_burst = 20\nmax_agents = 6\n";
+
+/// `portcullis_analytics_agents`: the models analytics holds in memory.
+async fn models_in_memory(server: &support::Server) -> u64 {
+    let text = server.metrics().await;
+    text.lines()
+        .find_map(|l| l.strip_prefix("portcullis_analytics_agents "))
+        .unwrap_or_else(|| panic!("no portcullis_analytics_agents in /metrics: {text}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The agent's analytics baseline as `agent show` reports it.
+fn baseline(server: &support::Server, name: &str) -> Value {
+    let out = tokio::task::block_in_place(|| server.cli(&["agent", "show", name, "-o", "json"]));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown: Value = serde_json::from_slice(&out.stdout).unwrap();
+    shown["analytics"]["baseline"].clone()
+}
+
+/// Analytics' memory is bounded by `max_agents`, not by the agents ever
+/// seen: many agents are created and used on every protocol, the models
+/// in memory (`portcullis_analytics_agents` in `/metrics`) never pass the
+/// bound, a model that left memory comes back from the store with what it
+/// learned, revoked agents' models leave memory at once, and neither
+/// eviction changes a decision: revoked agents stay refused and a
+/// quarantined agent stays quarantined, on HTTP, MCP and LLM alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn analytics_memory_is_bounded_and_evicted_agents_stay_contained_on_every_protocol() {
+    let Some(rig) = rig_with(BOUNDED_ANALYTICS).await else {
+        return;
+    };
+    let quarantined = rig.agent("bounded-quarantined", Routes::Plain).await;
+    rig.deny(&quarantined, 20).await;
+    rig.graded(&quarantined, "quarantine").await;
+
+    let mut agents = Vec::new();
+    let mut learned_first = 0;
+    let mut most = 0;
+    for i in 0..16 {
+        let name: &'static str = Box::leak(format!("bounded-{i}").into_boxed_str());
+        let agent = rig.agent(name, Routes::Plain).await;
+        for protocol in Protocol::ALL {
+            let cell = format!("{protocol:?} / bounded analytics");
+            served(&rig.read(&agent, protocol).await, &cell);
+            let out = rig.write(&agent, protocol, "bounded").await;
+            assert_eq!(out.code, None, "{cell}: {out:?}");
+        }
+        // The model has seen the calls (the task takes its queue every
+        // 20 ms; `agent show` waits for the observation in hand).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let known = loop {
+            let b = baseline(&rig.server, name);
+            let known = b["known_resources"].as_u64().unwrap_or(0);
+            if known >= 3 || Instant::now() > deadline {
+                break known;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(known >= 3, "{name}: its model saw {known} resources");
+        if i == 0 {
+            learned_first = known;
+        }
+        let count = models_in_memory(&rig.server).await;
+        most = most.max(count);
+        assert!(
+            count <= MAX_AGENTS,
+            "{count} models in memory after {} agents (max_agents = {MAX_AGENTS})",
+            i + 2
+        );
+        agents.push(agent);
+    }
+    eprintln!("models in memory: at most {most} of 17 agents");
+
+    // The least recently seen left memory long ago; its model was saved
+    // first and is read back with what it learned.
+    let first = baseline(&rig.server, agents[0].name);
+    assert!(
+        first["known_resources"].as_u64().unwrap() >= learned_first,
+        "the model that left memory lost what it learned: {first}"
+    );
+    assert!(models_in_memory(&rig.server).await <= MAX_AGENTS);
+
+    // Revoked agents' models leave memory as soon as they are revoked.
+    for agent in &agents[10..] {
+        let out = tokio::task::block_in_place(|| rig.server.cli(&["agent", "revoke", agent.name]));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut count = models_in_memory(&rig.server).await;
+    while count > 1 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        count = models_in_memory(&rig.server).await;
+    }
+    assert_eq!(
+        count, 1,
+        "only the quarantined agent's model should be left in memory"
+    );
+
+    // No decision changed: revoked agents refused, the quarantined agent
+    // quarantined, a live agent whose model left memory served.
+    for protocol in Protocol::ALL {
+        for agent in &agents[10..] {
+            let out = rig.read(agent, protocol).await;
+            assert_eq!(
+                (out.status, out.code.as_deref()),
+                (401, Some("agent_revoked")),
+                "{protocol:?} / revoked {}: {out:?}",
+                agent.name
+            );
+        }
+        for out in [
+            rig.read(&quarantined, protocol).await,
+            rig.write(&quarantined, protocol, "evicted-quarantined")
+                .await,
+        ] {
+            assert_eq!(
+                (out.status, out.code.as_deref()),
+                (403, Some("quarantined")),
+                "{protocol:?} / quarantined after evictions: {out:?}"
+            );
+        }
+        served(&rig.read(&agents[1], protocol).await, "evicted, back");
+    }
+    assert!(
+        !rig.ran("evicted-quarantined"),
+        "a quarantined agent's tool call ran"
+    );
 }

@@ -18,8 +18,11 @@
 //! `PORTCULLIS_SOAK_SECS` sets the load's duration (default 20, so the test
 //! stays under a minute with its setup); `PORTCULLIS_SOAK_WORKERS` the
 //! concurrent clients (default 6); `PORTCULLIS_TEST_BIN` another build of
-//! the binary (a release one for the long run). The long run and its figures
-//! are in docs/testing.md. Skips (visibly) without python3 and `mcp`.
+//! the binary (a release one for the long run); `PORTCULLIS_SOAK_FAIL_CLOSED_MS`
+//! the server's `[audit] fail_closed_after_ms` (default 1000), for runs
+//! under a heap profiler, whose audit writer is slowed past the default.
+//! The long run and its figures are in docs/testing.md. Skips (visibly)
+//! without python3 and `mcp`.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, missing_docs)]
 
 mod support;
@@ -324,6 +327,10 @@ async fn soak_mixed_load_stays_bounded_and_fully_audited() {
             "internal"
         )
     );
+    let routes = match std::env::var("PORTCULLIS_SOAK_FAIL_CLOSED_MS") {
+        Ok(ms) => format!("{routes}[audit]\nfail_closed_after_ms = {ms}\n"),
+        Err(_) => routes,
+    };
     let config = support::config(dir.path(), &routes, "");
     let server = tokio::task::block_in_place(|| {
         Server::start_with_env(dir, Some(&config), &[("SOAK_LLM_KEY", "sk-soak")])

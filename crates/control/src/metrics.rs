@@ -243,6 +243,9 @@ pub struct Metrics {
     pub checkpoint_signer: Gauge<i64, AtomicI64>,
     /// Completed requests behavioral analytics never saw: its queue was full.
     pub analytics_dropped: Counter,
+    /// Agent models behavioral analytics holds in memory (bounded by
+    /// `[analytics] max_agents`).
+    pub analytics_agents: Gauge<i64, AtomicI64>,
     export_delivered: Family<SinkLabels, Counter>,
     export_failures: Family<SinkLabels, Counter>,
     export_lag: Family<SinkLabels, Gauge<i64, AtomicI64>>,
@@ -345,6 +348,12 @@ impl Metrics {
             "analytics_dropped_observations",
             "Completed requests behavioral analytics never saw because its queue was full",
             analytics_dropped.clone(),
+        );
+        let analytics_agents = Gauge::<i64, AtomicI64>::default();
+        registry.register(
+            "analytics_agents",
+            "Agent models behavioral analytics holds in memory",
+            analytics_agents.clone(),
         );
         let export_delivered = Family::<SinkLabels, Counter>::default();
         registry.register(
@@ -473,6 +482,7 @@ impl Metrics {
             audit_failures,
             anonymous_sampled,
             analytics_dropped,
+            analytics_agents,
             export_delivered,
             export_failures,
             export_lag,

@@ -20,6 +20,10 @@ pub enum NotReady {
     /// (cluster mode) The shared store (PostgreSQL) does not answer: listed
     /// first, since the audit and vault reasons it causes follow from it.
     StoreUnavailable,
+    /// The tables requests and admin calls read are locked by another
+    /// session (a probe's read waited past its lock timeout): admin calls
+    /// and token grants that read them fail with `store_unavailable`.
+    StoreStalled,
     /// The audit writer's current batch is failing, or has been stalled for
     /// longer than `[audit] fail_closed_after_ms`.
     AuditUnwritable,
@@ -46,6 +50,7 @@ impl NotReady {
     /// Every reason, in the order `/readyz` lists them.
     pub const ALL: [NotReady; 7] = [
         NotReady::StoreUnavailable,
+        NotReady::StoreStalled,
         NotReady::AuditUnwritable,
         NotReady::AuditHalted,
         NotReady::PolicyLoadFailed,
@@ -58,6 +63,7 @@ impl NotReady {
     pub fn as_str(self) -> &'static str {
         match self {
             NotReady::StoreUnavailable => "store_unavailable",
+            NotReady::StoreStalled => "store_stalled",
             NotReady::AuditUnwritable => "audit_unwritable",
             NotReady::AuditHalted => "audit_halted",
             NotReady::PolicyLoadFailed => "policy_load_failed",
@@ -171,6 +177,7 @@ mod tests {
             names,
             [
                 "store_unavailable",
+                "store_stalled",
                 "audit_unwritable",
                 "audit_halted",
                 "policy_load_failed",

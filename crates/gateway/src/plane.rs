@@ -40,12 +40,22 @@ impl ToolPinning for ToolPins {
     }
 }
 
+/// A gateway error as the admin API sees it: a store error as itself, so
+/// the admin API can tell a store that did not answer in time (503) from
+/// an internal error.
+fn plane_error(e: crate::GatewayError) -> PlaneError {
+    match e {
+        crate::GatewayError::Store(e) => Box::new(e),
+        other => Box::new(other),
+    }
+}
+
 impl DataPlane for Gateway {
     // Each admin change, once applied here, is announced to the other
     // replicas (cluster mode; nothing on one node).
     fn reload(&self) -> PlaneFuture<'_, Result<(), PlaneError>> {
         Box::pin(async move {
-            Gateway::reload(self).await?;
+            Gateway::reload(self).await.map_err(plane_error)?;
             self.announce(Change::Agents).await;
             Ok(())
         })
@@ -53,7 +63,9 @@ impl DataPlane for Gateway {
 
     fn reload_revocations(&self) -> PlaneFuture<'_, Result<(), PlaneError>> {
         Box::pin(async move {
-            Gateway::reload_revocations(self).await?;
+            Gateway::reload_revocations(self)
+                .await
+                .map_err(plane_error)?;
             self.announce(Change::Revocations).await;
             Ok(())
         })

@@ -259,6 +259,9 @@ impl Gateway {
         let last_seen = crate::last_seen::LastSeen::default();
         last_seen.sync(snapshot.directory.agents().map(|(name, _)| name));
         last_seen.seed(&parts.store).await?;
+        if let Some(analytics) = &parts.analytics {
+            analytics.forget(revoked_agents(&snapshot));
+        }
         check_mcp_fit(&routing, &snapshot)?;
         let serves_mcp = routing
             .routes()
@@ -358,6 +361,10 @@ impl Gateway {
         let snapshot = build_snapshot(&self.store, &installed, &routing).await?;
         self.last_seen
             .sync(snapshot.directory.agents().map(|(name, _)| name));
+        // Revoked agents' analytics models leave memory (saved first).
+        if let Some(analytics) = &self.analytics {
+            analytics.forget(revoked_agents(&snapshot));
+        }
         let snapshot = Arc::new(snapshot);
         self.snapshot.store(snapshot.clone());
         // Open response streams of revoked agents and certificates end now.
@@ -886,6 +893,16 @@ async fn registry_models(
         }
     }
     Ok(models)
+}
+
+/// The agents `snapshot` knows as revoked: analytics drops their models.
+fn revoked_agents(snapshot: &Snapshot) -> Vec<String> {
+    snapshot
+        .directory
+        .agents()
+        .filter(|(_, entry)| entry.revoked)
+        .map(|(name, _)| name.clone())
+        .collect()
 }
 
 fn unix_now() -> i64 {

@@ -114,6 +114,20 @@ impl Store {
         })
     }
 
+    /// One agent's saved model state (JSON), if any: analytics keeps only
+    /// a bounded set of models in memory and reads back the others' when
+    /// their agent returns.
+    pub async fn model(&self, agent: &str) -> Result<Option<String>, StoreError> {
+        crate::backend::with_pool!(&self.pool, |pool| {
+            Ok(query("SELECT state FROM analytics_models WHERE agent = ?")
+                .bind(agent)
+                .fetch_optional(pool)
+                .await?
+                .map(|r| r.col("state"))
+                .transpose()?)
+        })
+    }
+
     /// Appends risk points.
     pub async fn add_risk_points(&self, points: &[RiskPoint]) -> Result<(), StoreError> {
         crate::backend::with_pool!(&self.pool, |pool| {
@@ -351,6 +365,11 @@ mod tests {
         let (agents, population) = store.models().await.unwrap();
         assert_eq!(agents, vec![("bot".to_string(), "{\"a\":2}".to_string())]);
         assert_eq!(population.as_deref(), Some("[]"));
+        assert_eq!(
+            store.model("bot").await.unwrap().as_deref(),
+            Some("{\"a\":2}")
+        );
+        assert_eq!(store.model("ghost").await.unwrap(), None);
     }
 
     #[tokio::test]

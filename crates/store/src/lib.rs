@@ -126,6 +126,40 @@ pub enum StoreError {
     Fenced,
 }
 
+impl StoreError {
+    /// Whether the database did not answer in time or at all: a lock
+    /// another session or process holds past the lock timeout, no
+    /// connection free in time, a connection lost. A later retry may
+    /// succeed; callers answer 503 `store_unavailable`, not an internal
+    /// error.
+    pub fn is_unavailable(&self) -> bool {
+        let StoreError::Database(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Io(_)
+            | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| unavailable_code(&code)),
+            _ => false,
+        }
+    }
+}
+
+/// PostgreSQL's SQLSTATEs (five characters) for a lock wait past
+/// `lock_timeout`, a cancelled statement, a server shutting down or not
+/// yet accepting, too many connections and the connection exceptions
+/// (class 08); SQLite's result codes (a number) BUSY and LOCKED, with
+/// their extended codes.
+fn unavailable_code(code: &str) -> bool {
+    if code.len() == 5 {
+        return matches!(code, "55P03" | "57014" | "57P01" | "57P03" | "53300")
+            || code.starts_with("08");
+    }
+    code.parse::<i32>().is_ok_and(|n| matches!(n & 0xff, 5 | 6))
+}
+
 /// An agent as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentRow {
@@ -175,7 +209,15 @@ pub struct Store {
     /// the caller from a source the database cannot forge (the sealed key
     /// versions, the state directory), never read from the database.
     retired_audit_keys: std::sync::Arc<std::sync::RwLock<Vec<portcullis_audit::note::VerifierKey>>>,
+    /// How long a statement waits for a lock another session holds
+    /// (`[store] lock_timeout_ms`).
+    lock_timeout: Duration,
 }
+
+/// How long a statement waits by default for a lock another session or
+/// process holds before it fails ([`StoreError::is_unavailable`]):
+/// PostgreSQL's `lock_timeout`, SQLite's busy timeout.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn migrator() -> Migrator {
     let migration = |version, name: &str, sql: &'static str| {
@@ -397,6 +439,12 @@ fn postgres_migrator() -> Migrator {
 impl Store {
     /// Opens (creating if needed) the SQLite database at `path` and migrates it.
     pub async fn open_sqlite(path: &Path) -> Result<Self, StoreError> {
+        Self::open_sqlite_with(path, DEFAULT_LOCK_TIMEOUT).await
+    }
+
+    /// [`Store::open_sqlite`] with statements waiting at most `lock_timeout`
+    /// for another process's lock (the busy timeout).
+    pub async fn open_sqlite_with(path: &Path, lock_timeout: Duration) -> Result<Self, StoreError> {
         let options = SqliteConnectOptions::new()
             .filename(path)
             .create_if_missing(true)
@@ -406,7 +454,7 @@ impl Store {
             // Deleted rows are overwritten, not left in free pages: destroyed
             // secret versions and shredded captures must not be recoverable.
             .pragma("secure_delete", "ON")
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(lock_timeout);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             // A connection that comes back still counted inside a
@@ -428,6 +476,7 @@ impl Store {
             health: StoreHealth::default(),
             replica: Default::default(),
             retired_audit_keys: Default::default(),
+            lock_timeout,
         })
     }
 
@@ -436,11 +485,12 @@ impl Store {
     /// state as it is. Fails with [`StoreError::Invalid`] when migrations
     /// are pending: only a writer may apply them.
     pub async fn open_sqlite_read_only(path: &Path) -> Result<Self, StoreError> {
+        let lock_timeout = DEFAULT_LOCK_TIMEOUT;
         let options = SqliteConnectOptions::new()
             .filename(path)
             .read_only(true)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(lock_timeout);
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
             .connect_with(options)
@@ -465,17 +515,24 @@ impl Store {
             health: StoreHealth::default(),
             replica: Default::default(),
             retired_audit_keys: Default::default(),
+            lock_timeout,
         })
     }
 
     /// Opens a database from a URL: `sqlite:///var/lib/portcullis/db.sqlite`
     /// or `postgres://USER@HOST:PORT/DB` (cluster mode).
     pub async fn open_url(url: &str) -> Result<Self, StoreError> {
+        Self::open_url_with(url, DEFAULT_LOCK_TIMEOUT).await
+    }
+
+    /// [`Store::open_url`] with statements waiting at most `lock_timeout`
+    /// for a lock another session or process holds.
+    pub async fn open_url_with(url: &str, lock_timeout: Duration) -> Result<Self, StoreError> {
         if is_postgres_url(url) {
-            return Self::open_postgres(url).await;
+            return Self::open_postgres_with(url, lock_timeout).await;
         }
         let options = SqliteConnectOptions::from_str(url)?;
-        Self::open_sqlite(options.get_filename()).await
+        Self::open_sqlite_with(options.get_filename(), lock_timeout).await
     }
 
     /// Connects to the PostgreSQL database at `url` and migrates it with the
@@ -483,14 +540,32 @@ impl Store {
     /// Several replicas may do this at once: sqlx serializes migrators with
     /// an advisory lock, and a schema already migrated is left as it is.
     pub async fn open_postgres(url: &str) -> Result<Self, StoreError> {
+        Self::open_postgres_with(url, DEFAULT_LOCK_TIMEOUT).await
+    }
+
+    /// [`Store::open_postgres`] with every session's `lock_timeout` set to
+    /// `lock_timeout`: a statement that waits longer for a lock another
+    /// session holds (`LOCK TABLE`, a long DDL) fails instead of hanging
+    /// the request or admin call that made it.
+    pub async fn open_postgres_with(url: &str, lock_timeout: Duration) -> Result<Self, StoreError> {
         let options = PgConnectOptions::from_str(url)?.application_name("portcullis");
+        // Migrations wait for another replica's (an advisory lock) as long
+        // as those take: on a connection without the lock timeout.
+        let migrating = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(options.clone())
+            .await?;
+        postgres_migrator().run(&migrating).await?;
+        cluster::cluster_migrator().run(&migrating).await?;
+        migrating.close().await;
+        let options =
+            options.options([("lock_timeout", lock_timeout.as_millis().max(1).to_string())]);
         let pool = PgPoolOptions::new()
             .max_connections(POSTGRES_POOL_SIZE)
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(options.clone())
             .await?;
-        postgres_migrator().run(&pool).await?;
-        cluster::cluster_migrator().run(&pool).await?;
         let relaxed = PgPoolOptions::new()
             .max_connections(POSTGRES_POOL_SIZE)
             .acquire_timeout(Duration::from_secs(10))
@@ -502,6 +577,7 @@ impl Store {
             health: StoreHealth::default(),
             replica: Default::default(),
             retired_audit_keys: Default::default(),
+            lock_timeout,
         })
     }
 
@@ -511,6 +587,7 @@ impl Store {
     /// shared database as it is. Fails with [`StoreError::Invalid`] when
     /// the schema is not this binary's: only `serve` migrates it.
     pub async fn open_postgres_read_only(url: &str) -> Result<Self, StoreError> {
+        let lock_timeout = DEFAULT_LOCK_TIMEOUT;
         let options = PgConnectOptions::from_str(url)?
             .application_name("portcullis check")
             .options([("default_transaction_read_only", "on")]);
@@ -550,6 +627,7 @@ impl Store {
             health: StoreHealth::default(),
             replica: Default::default(),
             retired_audit_keys: Default::default(),
+            lock_timeout,
         })
     }
 
@@ -563,6 +641,62 @@ impl Store {
     /// reported it (cluster mode; always up on SQLite, where nothing reports).
     pub fn health(&self) -> &StoreHealth {
         &self.health
+    }
+
+    /// Reads every table of the schema (no rows), waiting at most
+    /// `lock_wait` for a lock another session or process holds: whether
+    /// requests and admin calls can read the store now (readiness,
+    /// `store_stalled`). PostgreSQL takes each table's read lock in one
+    /// statement, so an `ACCESS EXCLUSIVE` lock on any table fails it;
+    /// SQLite takes the database's read lock.
+    pub async fn probe_reads(&self, lock_wait: Duration) -> Result<(), StoreError> {
+        let wait_ms = lock_wait.as_millis().max(1);
+        match &self.pool {
+            Pool::Postgres(pool) => {
+                let tables: Vec<String> = sqlx::query_scalar(
+                    "SELECT tablename::text FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename",
+                )
+                .fetch_all(pool)
+                .await?;
+                if tables.is_empty() {
+                    return Ok(());
+                }
+                let reads: Vec<String> = tables
+                    .iter()
+                    .map(|t| format!("(SELECT 1 FROM \"{}\" LIMIT 0)", t.replace('"', "\"\"")))
+                    .collect();
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT set_config('lock_timeout', $1, true)")
+                    .bind(wait_ms.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!("SELECT {}", reads.join(", "))))
+                    .execute(&mut *tx)
+                    .await?;
+                tx.rollback().await?;
+            }
+            Pool::Sqlite(pool) => {
+                // The busy timeout is the connection's: shortened for the
+                // probe, then put back whatever the probe found.
+                let mut conn = pool.acquire().await?;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "PRAGMA busy_timeout = {wait_ms}"
+                )))
+                .execute(&mut *conn)
+                .await?;
+                let probe = sqlx::query("SELECT count(*) FROM sqlite_master")
+                    .execute(&mut *conn)
+                    .await;
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "PRAGMA busy_timeout = {}",
+                    self.lock_timeout.as_millis()
+                )))
+                .execute(&mut *conn)
+                .await?;
+                probe?;
+            }
+        }
+        Ok(())
     }
 
     /// Checks the database answers (readiness).
@@ -760,6 +894,39 @@ fn agent_from_row(r: &impl DbRow) -> Result<AgentRow, StoreError> {
 mod tests {
     use super::*;
     use portcullis_audit::AuditRecord;
+
+    #[test]
+    fn lock_waits_and_lost_connections_are_unavailability_not_internal_errors() {
+        // PostgreSQL: lock_timeout, cancelled, shutting down, connection lost.
+        for code in ["55P03", "57014", "57P01", "08006", "08001", "53300"] {
+            assert!(unavailable_code(code), "{code}");
+        }
+        // Constraint violations and syntax errors are not.
+        for code in ["23505", "42601", "40001", "22P02"] {
+            assert!(!unavailable_code(code), "{code}");
+        }
+        // SQLite: BUSY, LOCKED and their extended codes; not CONSTRAINT or FULL.
+        for code in ["5", "6", "261", "517", "262"] {
+            assert!(unavailable_code(code), "{code}");
+        }
+        for code in ["19", "2067", "13", "1"] {
+            assert!(!unavailable_code(code), "{code}");
+        }
+        assert!(StoreError::Database(sqlx::Error::PoolTimedOut).is_unavailable());
+        assert!(!StoreError::NotFound("x".into()).is_unavailable());
+        assert!(!StoreError::Database(sqlx::Error::RowNotFound).is_unavailable());
+    }
+
+    #[tokio::test]
+    async fn the_read_probe_reads_every_table() {
+        for db in crate::testing::TestDb::all().await {
+            let store = db.open().await;
+            store
+                .probe_reads(Duration::from_millis(200))
+                .await
+                .expect("an idle store's tables can be read");
+        }
+    }
 
     fn record(id: &str) -> AuditRecord {
         AuditRecord {

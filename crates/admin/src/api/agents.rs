@@ -199,7 +199,11 @@ fn issue(
 }
 
 async fn refresh(state: &AdminState, call: &Call) -> Result<(), ApiError> {
-    state.gateway.reload().await.map_err(|e| call.internal(e))
+    state
+        .gateway
+        .reload()
+        .await
+        .map_err(|e| call.reload_error(e))
 }
 
 pub(super) async fn create_agent(

@@ -196,10 +196,30 @@ impl Call {
                 format!("`{what}` does not exist or is revoked"),
             ),
             StoreError::Invalid(message) => self.error(ErrorCode::BadRequest, message),
+            other if other.is_unavailable() => self.store_unavailable(&other),
             other => {
                 tracing::error!(request_id = %self.request_id, error = %other, "store error");
                 self.error(ErrorCode::Internal, "internal error")
             }
+        }
+    }
+
+    /// The store did not answer in time (a lock another session holds past
+    /// `[store] lock_timeout_ms`, no connection free): 503, retry later.
+    fn store_unavailable(&self, e: &StoreError) -> ApiError {
+        tracing::warn!(request_id = %self.request_id, error = %e, "the store did not answer in time");
+        self.error(
+            ErrorCode::StoreUnavailable,
+            "the store did not answer in time (a lock held by another session, or no connection free); retry shortly",
+        )
+    }
+
+    /// A failed gateway reload: 503 when the store did not answer in time,
+    /// an internal error otherwise.
+    pub(crate) fn reload_error(&self, e: portcullis_control::plane::PlaneError) -> ApiError {
+        match e.downcast_ref::<StoreError>() {
+            Some(store) if store.is_unavailable() => self.store_unavailable(store),
+            _ => self.internal(e),
         }
     }
 

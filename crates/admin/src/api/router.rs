@@ -150,6 +150,10 @@ async fn readyz(State(state): State<AdminState>, Extension(call): Extension<Call
             ErrorCode::StoreUnavailable,
             "the shared store (PostgreSQL) does not answer".to_string(),
         ),
+        NotReady::StoreStalled => (
+            ErrorCode::StoreUnavailable,
+            "the store's tables are locked by another session: reads wait past `[store] lock_timeout_ms`".to_string(),
+        ),
         NotReady::AuditHalted => (
             ErrorCode::AuditUnavailable,
             format!(

@@ -113,6 +113,38 @@ impl RiskBoard {
         entry.grade.store(grade_to(grade), Ordering::Relaxed);
     }
 
+    /// Drops the entries of `agents` (their models left memory; an agent
+    /// without an entry reads as risk 0 at grade normal). Entries at
+    /// another grade are kept: a quarantine or a throttle must not lapse
+    /// because the model was dropped.
+    pub fn remove(&self, agents: &[String]) {
+        let _guard = self.insert.lock().unwrap_or_else(|e| e.into_inner());
+        let current = self.agents.load();
+        if !agents
+            .iter()
+            .any(|a| current.get(a).is_some_and(|e| e.grade() == Grade::Normal))
+        {
+            return;
+        }
+        let mut next = HashMap::clone(&current);
+        for agent in agents {
+            if next.get(agent).is_some_and(|e| e.grade() == Grade::Normal) {
+                next.remove(agent);
+            }
+        }
+        self.agents.store(Arc::new(next));
+    }
+
+    /// Number of agents with an entry.
+    pub fn len(&self) -> usize {
+        self.agents.load().len()
+    }
+
+    /// Whether no agent has an entry.
+    pub fn is_empty(&self) -> bool {
+        self.agents.load().is_empty()
+    }
+
     fn insert(&self, agent: &str) -> Arc<AgentRisk> {
         // Not on the request path: only the analytics task and admin calls insert.
         let _guard = self.insert.lock().unwrap_or_else(|e| e.into_inner());
@@ -154,5 +186,12 @@ mod tests {
         assert!(e.take(7, 2));
         assert!(!e.take(7, 2));
         assert!(e.take(8, 2), "a new minute starts a new budget");
+        // Dropped only at grade normal.
+        board.publish("calm", 0.0, Grade::Normal);
+        board.publish("bot", 1.0, Grade::Quarantine);
+        board.remove(&["calm".into(), "bot".into()]);
+        assert!(board.get("calm").is_none());
+        assert_eq!(board.risk("bot").1, Grade::Quarantine);
+        assert_eq!(board.len(), 1);
     }
 }

@@ -30,6 +30,13 @@ pub struct RawAnalytics {
     /// File holding the webhook's HMAC key (relative to the config file).
     /// Required with `webhook`.
     pub webhook_secret_file: Option<PathBuf>,
+    /// Agent models kept in memory at most (default 10,000); the least
+    /// recently seen of the others are saved and dropped, and read back
+    /// when their agent returns.
+    pub max_agents: Option<usize>,
+    /// Seconds without a request after which an agent's model is saved
+    /// and dropped from memory (default 3600).
+    pub idle_agent_seconds: Option<u64>,
     /// `[analytics.thresholds]`: risk at which each response starts.
     #[serde(default)]
     pub thresholds: RawThresholds,
@@ -66,6 +73,11 @@ pub struct AnalyticsConfig {
     pub webhook: Option<(http::Uri, PathBuf)>,
     /// How often model state is saved.
     pub save_every: Duration,
+    /// Agent models kept in memory at most (`max_agents`).
+    pub max_agents: usize,
+    /// An agent idle this long has its model saved and dropped from
+    /// memory (`idle_agent_seconds`).
+    pub idle_agent: Duration,
 }
 
 impl Default for AnalyticsConfig {
@@ -77,6 +89,8 @@ impl Default for AnalyticsConfig {
             quarantine_allow: Vec::new(),
             webhook: None,
             save_every: Duration::from_secs(30),
+            max_agents: 10_000,
+            idle_agent: Duration::from_secs(3600),
         }
     }
 }
@@ -130,6 +144,17 @@ impl AnalyticsConfig {
                 "key `analytics.throttle_per_minute`: must be greater than 0 (use read_only to stop requests)".into(),
             );
         }
+        let max_agents = raw.max_agents.unwrap_or(d.max_agents);
+        if max_agents == 0 {
+            return Err("key `analytics.max_agents`: must be greater than 0".into());
+        }
+        let idle_agent = match raw.idle_agent_seconds {
+            Some(0) => {
+                return Err("key `analytics.idle_agent_seconds`: must be greater than 0".into());
+            }
+            Some(s) => Duration::from_secs(s),
+            None => d.idle_agent,
+        };
         let webhook = match (raw.webhook, raw.webhook_secret_file) {
             (None, None) => None,
             (Some(url), Some(file)) => {
@@ -166,6 +191,8 @@ impl AnalyticsConfig {
             quarantine_allow: raw.quarantine_allow,
             webhook,
             save_every: d.save_every,
+            max_agents,
+            idle_agent,
         })
     }
 }
@@ -220,6 +247,9 @@ mod tests {
         check("[thresholds]\nquarantine = 1.5", Err("within"));
         check("throttle_per_minute = 0", Err("greater than 0"));
         check("half_life_seconds = 0", Err("greater than 0"));
+        check("max_agents = 0", Err("greater than 0"));
+        check("idle_agent_seconds = 0", Err("greater than 0"));
+        check("max_agents = 50\nidle_agent_seconds = 60", Ok(()));
     }
 
     #[test]

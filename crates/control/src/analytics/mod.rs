@@ -30,6 +30,17 @@
 //! store runs in the one task, which takes the queue every 20 ms (so no
 //! request wakes it). A verdict is on the board as soon as its event is
 //! processed, well under the 1 s the design asks for.
+//!
+//! **Memory** holds a bounded working set of models, not every agent ever
+//! seen: a revoked agent's model leaves at once (`Analytics::forget`, from
+//! the gateway's reload), an idle one after `[analytics] idle_agent_seconds`,
+//! and beyond `max_agents` the least recently seen ones (down to 90 %, so a
+//! stream of new agents does not evict at each one). A model leaves only
+//! once it is saved (merged, in cluster mode), so nothing learnt is lost,
+//! and only at grade normal unless its agent is revoked: a decaying risk
+//! stays in its model, a quarantine on the board and in the store. An
+//! agent not in memory is read back from the store at its next
+//! observation.
 
 pub mod board;
 pub mod config;
@@ -154,6 +165,7 @@ enum Control {
     SyncShared(oneshot::Sender<Result<(), StoreError>>),
     Summary(String, oneshot::Sender<Option<AgentSummary>>),
     SyncQuarantines(oneshot::Sender<Result<(), StoreError>>),
+    Forget(Vec<String>),
 }
 
 /// Called with an agent's name when it enters quarantine, once its grade
@@ -262,13 +274,24 @@ impl Analytics {
         let board = Arc::new(RiskBoard::default());
         let mut engine = Engine::new(config.engine.clone());
         let (agents, population) = store.models().await?;
+        let quarantines = store.quarantines(None).await?;
+        let held: HashSet<&str> = quarantines.iter().map(|q| q.agent.as_str()).collect();
+        let mut states: Vec<(String, AgentState)> = Vec::with_capacity(agents.len());
         for (agent, json) in agents {
             match serde_json::from_str::<AgentState>(&json) {
-                Ok(state) => engine.insert_agent(&agent, state),
+                Ok(state) => states.push((agent, state)),
                 // A model that no longer parses is relearned, not fatal.
                 Err(e) => {
                     tracing::warn!(agent, error = %e, "saved analytics model unreadable; relearning")
                 }
+            }
+        }
+        // Memory holds the `max_agents` most recently seen, and every
+        // quarantined agent; the others are read back when they return.
+        states.sort_by_key(|(_, state)| std::cmp::Reverse(state.last_ms()));
+        for (i, (agent, state)) in states.into_iter().enumerate() {
+            if i < config.max_agents || held.contains(agent.as_str()) {
+                engine.insert_agent(&agent, state);
             }
         }
         if let Some(json) = population {
@@ -291,7 +314,7 @@ impl Analytics {
                 verdicts: HashMap::new(),
             }
         });
-        for q in store.quarantines(None).await? {
+        for q in &quarantines {
             engine.quarantine(&q.agent, now);
         }
         let agents: Vec<String> = engine.agents().map(str::to_string).collect();
@@ -304,7 +327,11 @@ impl Analytics {
         let (control, control_rx) = mpsc::channel(64);
         let (stop, stopped) = watch::channel(false);
         let on_quarantine = Arc::new(HookSlot::default());
+        metrics.analytics_agents.set(engine.len() as i64);
         let worker = Worker {
+            max_agents: config.max_agents,
+            idle_ms: i64::try_from(config.idle_agent.as_millis()).unwrap_or(i64::MAX),
+            agents_gauge: metrics.analytics_agents.clone(),
             engine,
             board: board.clone(),
             on_quarantine: on_quarantine.clone(),
@@ -373,6 +400,15 @@ impl Analytics {
             .is_ok()
         {
             let _ = wait.await;
+        }
+    }
+
+    /// Drops the in-memory models of agents gone for good (revoked), each
+    /// saved first; their quarantines stay on the board. Never waits: with
+    /// the task's control queue full they leave at an idle pass instead.
+    pub fn forget(&self, agents: Vec<String>) {
+        if !agents.is_empty() {
+            let _ = self.control.try_send(Control::Forget(agents));
         }
     }
 
@@ -458,6 +494,12 @@ pub fn alert_features(detail: &serde_json::Value) -> Option<Features> {
 
 struct Worker {
     engine: Engine,
+    /// Models kept in memory at most (`[analytics] max_agents`).
+    max_agents: usize,
+    /// An agent idle this long leaves memory (ms).
+    idle_ms: i64,
+    /// `portcullis_analytics_agents`.
+    agents_gauge: prometheus_client::metrics::gauge::Gauge<i64, std::sync::atomic::AtomicI64>,
     board: Arc<RiskBoard>,
     on_quarantine: Arc<HookSlot>,
     store: Store,
@@ -523,7 +565,10 @@ impl Worker {
                 }
                 Some(c) = control.recv() => self.control(c).await,
                 _ = decay.tick() => self.decay(),
-                _ = save.tick() => self.save().await,
+                _ = save.tick() => {
+                    self.save().await;
+                    self.evict_idle().await;
+                }
                 _ = share.tick(), if self.shared.is_some() => {
                     if let Err(e) = self.share(false).await {
                         tracing::warn!(error = %e, "cannot share analytics baselines with the other replicas; retrying");
@@ -553,6 +598,12 @@ impl Worker {
     }
 
     async fn observe(&mut self, o: Observation) {
+        let new = !self.engine.knows(&o.agent);
+        if new && let Err(e) = self.load(&o.agent).await {
+            // Learning into a fresh model would overwrite the saved one.
+            tracing::warn!(agent = %o.agent, error = %e, "cannot read a saved analytics model; observation dropped");
+            return;
+        }
         let verdict = self.engine.observe(&o.agent, &o.event);
         self.publish(&o.agent, verdict.risk, verdict.grade);
         let evidence = self.evidence.entry(o.agent.clone()).or_default();
@@ -567,6 +618,114 @@ impl Worker {
         if let Some(alert) = verdict.alert {
             self.raise(alert).await;
         }
+        if new {
+            if self.engine.len() > self.max_agents {
+                self.evict_least_recent().await;
+            }
+            self.agents_gauge.set(self.engine.len() as i64);
+        }
+    }
+
+    /// Reads back the saved model of an agent not in memory (one evicted,
+    /// or not loaded at start). When the store cannot be read, the caller
+    /// learns nothing into a fresh model that the next save would write
+    /// over the saved one.
+    async fn load(&mut self, agent: &str) -> Result<(), StoreError> {
+        let json = self.store.model(agent).await?;
+        match json.as_deref().map(serde_json::from_str::<AgentState>) {
+            None => {}
+            // Cluster mode: the row is the shared model (risk is per replica).
+            Some(Ok(state)) if self.shared.is_some() => self.engine.adopt_shared(agent, state),
+            Some(Ok(state)) => self.engine.insert_agent(agent, state),
+            Some(Err(e)) => {
+                tracing::warn!(agent, error = %e, "saved analytics model unreadable; relearning")
+            }
+        }
+        // A quarantine outlives the model (a revoked agent's stays on the
+        // board): the model read back must not grade it out of it.
+        if self.board.risk(agent).1 == Grade::Quarantine {
+            self.engine.quarantine(agent, now_ms());
+        }
+        Ok(())
+    }
+
+    /// Drops the models of agents idle longer than `idle_agent_seconds`,
+    /// and of the least recently seen beyond `max_agents`.
+    async fn evict_idle(&mut self) {
+        let horizon = now_ms().saturating_sub(self.idle_ms);
+        let idle = self.calm_agents(|seen| seen < horizon);
+        self.evict(idle).await;
+        if self.engine.len() > self.max_agents {
+            self.evict_least_recent().await;
+        }
+    }
+
+    /// Brings memory to 90 % of `max_agents` (so a stream of new agents
+    /// does not evict at each one), least recently seen first.
+    async fn evict_least_recent(&mut self) {
+        let keep = (self.max_agents - self.max_agents / 10).max(1);
+        let mut calm = self.calm_agents(|_| true);
+        calm.sort_by_key(|a| self.engine.last_seen_ms(a));
+        let over = self.engine.len().saturating_sub(keep);
+        calm.truncate(over);
+        self.evict(calm).await;
+    }
+
+    /// Agents at grade normal whose last request time passes `pick`: the
+    /// only ones whose model may leave memory for idleness. An agent at a
+    /// higher grade keeps its model (its risk decays in it); a quarantine
+    /// lives in the store and on the board.
+    fn calm_agents(&self, pick: impl Fn(i64) -> bool) -> Vec<String> {
+        let now = now_ms();
+        self.engine
+            .agents()
+            .filter(|a| {
+                self.engine.last_seen_ms(a).is_some_and(&pick)
+                    && self.board.risk(a).1 == Grade::Normal
+                    && self
+                        .engine
+                        .risk_at(a, now)
+                        .is_some_and(|(_, g)| g == Grade::Normal)
+            })
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Saves what every model learned, then drops `agents`' models from
+    /// memory; one whose save failed stays (nothing learned is lost) and
+    /// goes at a later pass.
+    async fn evict(&mut self, agents: Vec<String>) {
+        if agents.is_empty() {
+            return;
+        }
+        if !self.save().await {
+            return;
+        }
+        let mut gone = Vec::with_capacity(agents.len());
+        for agent in agents {
+            let unsaved = if self.shared.is_some() {
+                self.engine.unshared(&agent, true)
+            } else {
+                self.dirty.contains(&agent)
+            };
+            if unsaved || !self.engine.evict(&agent) {
+                continue;
+            }
+            self.dirty.remove(&agent);
+            self.evidence.remove(&agent);
+            self.last_point.remove(&agent);
+            if let Some(shared) = &mut self.shared {
+                shared.adopted.remove(&agent);
+            }
+            gone.push(agent);
+        }
+        self.board.remove(&gone);
+        self.agents_gauge.set(self.engine.len() as i64);
+        tracing::debug!(
+            evicted = gone.len(),
+            kept = self.engine.len(),
+            "analytics models left memory"
+        );
     }
 
     /// Keeps a risk point when the grade changed, or the score moved by
@@ -708,7 +867,21 @@ impl Worker {
                 let _ = reply.send(result);
             }
             Control::Summary(agent, reply) => {
+                // A model out of memory is read back to be shown (and
+                // leaves again at the next pass beyond `max_agents`).
+                let loaded = !self.engine.knows(&agent) && self.load(&agent).await.is_ok();
                 let _ = reply.send(self.engine.summary(&agent, now));
+                if loaded && self.engine.len() > self.max_agents {
+                    self.evict_least_recent().await;
+                }
+                self.agents_gauge.set(self.engine.len() as i64);
+            }
+            Control::Forget(agents) => {
+                let known: Vec<String> = agents
+                    .into_iter()
+                    .filter(|a| self.engine.knows(a))
+                    .collect();
+                self.evict(known).await;
             }
         }
     }
@@ -736,6 +909,9 @@ impl Worker {
             .collect();
         for agent in &held {
             if self.board.risk(agent).1 != Grade::Quarantine {
+                if !self.engine.knows(agent) {
+                    self.load(agent).await?;
+                }
                 self.engine.quarantine(agent, now);
                 let risk = self.engine.risk_at(agent, now).map_or(1.0, |(r, _)| r);
                 self.publish(agent, risk, Grade::Quarantine);
@@ -891,7 +1067,9 @@ impl Worker {
         Ok(())
     }
 
-    async fn save(&mut self) {
+    /// Saves risk points and what the models learned; whether the models
+    /// are all stored (a model that failed stays to be saved again).
+    async fn save(&mut self) -> bool {
         if !self.points.is_empty() {
             let points = std::mem::take(&mut self.points);
             if let Err(e) = self.store.add_risk_points(&points).await {
@@ -903,27 +1081,37 @@ impl Worker {
             // overwritten with this replica's copy.
             if let Err(e) = self.share(true).await {
                 tracing::error!(error = %e, "cannot merge analytics models into the shared baselines");
+                return false;
             }
-            return;
+            return true;
         }
         if self.dirty.is_empty() {
-            return;
+            return true;
         }
         let models: Vec<(String, String)> = self
             .dirty
-            .drain()
+            .iter()
             .filter_map(|agent| {
-                let state = self.engine.agent_state(&agent)?;
-                serde_json::to_string(state).ok().map(|json| (agent, json))
+                let state = self.engine.agent_state(agent)?;
+                serde_json::to_string(state)
+                    .ok()
+                    .map(|json| (agent.clone(), json))
             })
             .collect();
         let population = serde_json::to_string(self.engine.population_state()).ok();
-        if let Err(e) = self
+        match self
             .store
             .save_models(&models, population.as_deref(), now_ms())
             .await
         {
-            tracing::error!(error = %e, "cannot save analytics models");
+            Ok(()) => {
+                self.dirty.clear();
+                true
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot save analytics models");
+                false
+            }
         }
     }
 }

@@ -225,6 +225,8 @@ pub struct Config {
     pub store_url: Option<String>,
     /// `[store] max_staleness_ms` (cluster mode).
     pub store_max_staleness: Duration,
+    /// `[store] lock_timeout_ms`.
+    pub store_lock_timeout: Duration,
     /// The audit log.
     pub audit: AuditConfig,
     /// OpenTelemetry traces; `None` when tracing is off.
@@ -323,6 +325,7 @@ impl Config {
         admin::check_oidc_roles(&raw.admin, &login_issuers).map_err(invalid)?;
         admin::check_console_origins(&raw.admin).map_err(invalid)?;
         limits::check_upstream_timeout(&raw.limits).map_err(invalid)?;
+        store::lock_timeout(&raw.store).map_err(invalid)?;
         audit::check_checkpoint_interval(&raw.audit).map_err(invalid)?;
         identity::check_tokens(&raw.identity).map_err(invalid)?;
         let authorization = raw
@@ -458,6 +461,9 @@ impl Config {
                     .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT_MS),
             ),
             stall_timeout: limits::stall_timeout(&raw.limits),
+            // Checked in `parse`.
+            store_lock_timeout: store::lock_timeout(&raw.store)
+                .unwrap_or(portcullis_store::DEFAULT_LOCK_TIMEOUT),
             store_url: raw.store.url,
             store_max_staleness: Duration::from_millis(raw.store.max_staleness_ms),
             // A route's own durability wins over `[audit]`'s.

@@ -19,6 +19,20 @@ pub struct RawStore {
     /// during that window is not seen, so keep it short (docs/cluster.md).
     #[serde(default)]
     pub max_staleness_ms: u64,
+    /// How long a statement waits for a lock another session or process
+    /// holds (a PostgreSQL `LOCK TABLE`, SQLite's write lock) before it
+    /// fails and its admin call or request is answered 503
+    /// `store_unavailable`. Default 10000.
+    pub lock_timeout_ms: Option<u64>,
+}
+
+/// The lock timeout `[store]` asks for (`lock_timeout_ms`, > 0).
+pub fn lock_timeout(store: &RawStore) -> Result<std::time::Duration, String> {
+    match store.lock_timeout_ms {
+        Some(0) => Err("key `store.lock_timeout_ms`: must be greater than 0".into()),
+        Some(ms) => Ok(std::time::Duration::from_millis(ms)),
+        None => Ok(portcullis_store::DEFAULT_LOCK_TIMEOUT),
+    }
 }
 
 fn opt_store_url<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
