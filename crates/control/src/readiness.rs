@@ -48,7 +48,7 @@ pub enum NotReady {
 
 impl NotReady {
     /// Every reason, in the order `/readyz` lists them.
-    pub const ALL: [NotReady; 7] = [
+    pub const ALL: [NotReady; 8] = [
         NotReady::StoreUnavailable,
         NotReady::StoreStalled,
         NotReady::AuditUnwritable,
@@ -82,7 +82,7 @@ impl NotReady {
 /// share the flags. The default is unregistered (for tests).
 #[derive(Debug, Clone, Default)]
 pub struct Readiness {
-    flags: [Gauge<i64, AtomicI64>; 7],
+    flags: [Gauge<i64, AtomicI64>; 8],
     /// The routes whose credential failed on last use; taken only while the
     /// `vault_unavailable` flag is raised or a fetch fails.
     vault_routes: Arc<Mutex<BTreeSet<String>>>,
@@ -90,7 +90,7 @@ pub struct Readiness {
 
 impl Readiness {
     /// Readiness over registered gauges, in the order of [`NotReady::ALL`].
-    pub(crate) fn new(flags: [Gauge<i64, AtomicI64>; 7]) -> Self {
+    pub(crate) fn new(flags: [Gauge<i64, AtomicI64>; 8]) -> Self {
         Readiness {
             flags,
             vault_routes: Arc::default(),
