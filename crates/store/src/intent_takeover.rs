@@ -151,8 +151,9 @@ impl Store {
     ///
     /// On a connection of its own (the store's lease pool): a main pool
     /// busy with requests, audit batches or a takeover waiting on a lock
-    /// cannot delay it. Only an audit batch of this replica in commit (it
-    /// holds the row `FOR SHARE`) makes it wait, and only for that commit.
+    /// cannot delay it. Only an audit batch of this replica being written
+    /// (it holds the row `FOR SHARE` until it commits) makes it wait, and
+    /// only until that commit.
     pub async fn renew_replica_lease(&self) -> Result<Lease, StoreError> {
         let Pool::Postgres(main) = &self.pool else {
             return Ok(Lease::Held);
