@@ -235,28 +235,31 @@ async fn refresh(gateway: &Gateway, admin: &AdminCredentials, store: &Store, cha
     }
 }
 
-/// How often a replica renews its lease and takes over the audit intents
-/// of replicas whose lease lapsed
-/// ([`portcullis_gateway::audit_intent::INTENT_LEASE`]).
+/// How often a replica renews its lease
+/// ([`portcullis_gateway::audit_intent::INTENT_LEASE`] long) and takes over
+/// the audit intents of replicas whose lease lapsed.
 pub(crate) const TAKEOVER_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Renews this replica's lease and records the intents of dead replicas
-/// (`portcullis_gateway::audit_intent::recover`) every
-/// [`TAKEOVER_INTERVAL`], until `stop`. While its own lease cannot be
-/// renewed (the store is away), it takes nothing over. A lease found fenced
-/// (another replica took this one for dead while it was frozen or cut off,
-/// and took its intents) makes the replica not ready (`replica_fenced`)
-/// until it has re-registered: it learns which calls the survivor records,
-/// so that its audit writer drops their records, and takes a new fencing
-/// token. Failures are logged once until they recover.
-pub(crate) fn spawn_intent_takeover(
+/// Renews this replica's lease every [`TAKEOVER_INTERVAL`], until `stop`,
+/// in a task of its own and on a connection of its own
+/// (`Store::renew_replica_lease`): a takeover scan waiting on a lock, or a
+/// pool busy under load, must never hold up the renewal, or healthy
+/// replicas are taken for dead and fenced. Publishes on the returned
+/// channel whether the lease is held, which gates [`spawn_intent_takeover`].
+///
+/// A lease found fenced (another replica took this one for dead while it
+/// was frozen or cut off, and took its intents) makes the replica not ready
+/// (`replica_fenced`) until it has re-registered: it learns which calls the
+/// survivor records, so that its audit writer drops their records, and
+/// takes a new fencing token. Failures are logged once until they recover.
+pub(crate) fn spawn_lease_renewal(
     store: Store,
-    sink: AuditSink,
     readiness: portcullis_gateway::readiness::Readiness,
     mut stop: watch::Receiver<bool>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let none = std::collections::HashSet::new();
+) -> (tokio::task::JoinHandle<()>, watch::Receiver<bool>) {
+    // Registered at start (serve), so held until a renewal says otherwise.
+    let (held_tx, held) = watch::channel(true);
+    let task = tokio::spawn(async move {
         let mut failing = false;
         loop {
             tokio::select! {
@@ -264,11 +267,9 @@ pub(crate) fn spawn_intent_takeover(
                 _ = tokio::time::sleep(TAKEOVER_INTERVAL) => {}
             }
             let result = match store.renew_replica_lease().await {
-                Ok(Lease::Held) => portcullis_gateway::audit_intent::recover(&store, &sink, &none)
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string()),
+                Ok(Lease::Held) => Ok(true),
                 Ok(Lease::Fenced) => {
+                    held_tx.send_replace(false);
                     readiness.set(NotReady::ReplicaFenced, true);
                     tracing::error!(
                         replica = store.replica_id(),
@@ -281,18 +282,63 @@ pub(crate) fn spawn_intent_takeover(
                                 surrendered,
                                 "cluster: re-registered; the calls another replica took over are recorded by it, not here"
                             );
-                            Ok(())
+                            Ok(true)
                         }
                         Err(e) => Err(e.to_string()),
                     }
                 }
                 Err(e) => Err(e.to_string()),
             };
+            held_tx.send_replace(matches!(result, Ok(true)));
             match result {
-                Ok(()) => failing = false,
+                Ok(_) => failing = false,
                 Err(error) if !failing => {
                     failing = true;
-                    tracing::warn!(%error, "cluster: cannot renew this replica's lease or take over a dead replica's audit intents; retrying");
+                    tracing::warn!(%error, "cluster: cannot renew this replica's lease; retrying");
+                }
+                Err(_) => {}
+            }
+        }
+    });
+    (task, held)
+}
+
+/// Records the intents of dead replicas
+/// (`portcullis_gateway::audit_intent::recover`) every
+/// [`TAKEOVER_INTERVAL`] while `held` says this replica's own lease is held
+/// ([`spawn_lease_renewal`]), until `stop`: a replica that cannot renew
+/// (the store is away) or is fenced takes nothing over. A scan may wait on
+/// the rows it takes (another replica's takeover, an append of the dead
+/// replica in commit); only the next scan waits for it, never the lease.
+/// Failures are logged once until they recover.
+pub(crate) fn spawn_intent_takeover(
+    store: Store,
+    sink: AuditSink,
+    held: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let none = std::collections::HashSet::new();
+        let mut failing = false;
+        loop {
+            tokio::select! {
+                _ = stop.changed() => break,
+                _ = tokio::time::sleep(TAKEOVER_INTERVAL) => {}
+            }
+            if !*held.borrow() {
+                continue;
+            }
+            let scan = portcullis_gateway::audit_intent::recover(&store, &sink, &none);
+            // A scan blocked on a lock ends when the replica stops.
+            let result = tokio::select! {
+                _ = stop.changed() => break,
+                result = scan => result,
+            };
+            match result {
+                Ok(_) => failing = false,
+                Err(error) if !failing => {
+                    failing = true;
+                    tracing::warn!(%error, "cluster: cannot take over a dead replica's audit intents; retrying");
                 }
                 Err(_) => {}
             }

@@ -618,6 +618,13 @@ pub async fn run(
     );
     let cluster_resync = store.is_postgres().then(|| {
         tracing::info!("cluster mode: the store is PostgreSQL, shared with other replicas");
+        // The lease renews in a task of its own: nothing the takeover waits
+        // on can delay it (cluster.rs).
+        let (lease, held) = crate::cluster::spawn_lease_renewal(
+            store.clone(),
+            gateway.metrics().readiness.clone(),
+            shutdown_rx.clone(),
+        );
         (
             crate::cluster::spawn_resync(
                 gateway.clone(),
@@ -632,10 +639,11 @@ pub async fn run(
                 shutdown_rx.clone(),
             ),
             crate::cluster::spawn_budget_sync(gateway.clone(), shutdown_rx.clone()),
+            lease,
             crate::cluster::spawn_intent_takeover(
                 store.clone(),
                 sink.clone(),
-                gateway.metrics().readiness.clone(),
+                held,
                 shutdown_rx.clone(),
             ),
         )
@@ -756,10 +764,11 @@ pub async fn run(
         let _ = control_plane.await;
         let _ = budget_saver.await;
         let _ = read_probe.await;
-        if let Some((resync, heartbeat, budgets, takeover)) = cluster_resync {
+        if let Some((resync, heartbeat, budgets, lease, takeover)) = cluster_resync {
             let _ = resync.await;
             let _ = heartbeat.await;
             let _ = budgets.await;
+            let _ = lease.await;
             let _ = takeover.await;
             // The last counts, reported before the budgets are saved.
             if let Err(e) = gateway.sync_budgets().await {

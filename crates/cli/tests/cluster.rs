@@ -2580,6 +2580,101 @@ async fn a_replica_frozen_past_its_lease_is_fenced_and_no_request_is_recorded_tw
     drop(b);
 }
 
+/// Issue 18, the lease renewed by a task of its own: the intent takeover of
+/// both replicas is held up by a lock on `cluster_surrendered` (the table
+/// every takeover writes) for longer than a lease. Both keep renewing their
+/// lease meanwhile (a renewal that waited for the takeover, as it did when
+/// one task did both, would stop), stay ready, and when the lock is gone
+/// neither was fenced: both keep their fencing token (epoch 1).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_blocked_intent_takeover_never_holds_up_the_lease_renewal() {
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    install_crypto();
+    let (upstream, _gate) = start_upstream().await;
+    let (a, b) = two_replicas(&db.url(), |dir| replica_config(dir, upstream), &[]).await;
+    let pool = store_pool(&db.url()).await;
+    let replicas = || async {
+        sqlx::query_as::<_, (String, i64, bool, i64)>(
+            "SELECT id, seen_ms, fenced, epoch FROM cluster_replicas ORDER BY id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+    };
+    let (before, _) = wait_until(replicas, |r| r.len() == 2).await;
+    assert_eq!(before.len(), 2, "two replicas registered: {before:?}");
+    assert!(
+        before
+            .iter()
+            .all(|(_, _, fenced, epoch)| !fenced && *epoch == 1),
+        "{before:?}"
+    );
+
+    // The lock every takeover scan waits on (its `INSERT INTO
+    // cluster_surrendered`), held by this test; appends do not touch it.
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE cluster_surrendered IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let waiting = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()
+             AND wait_event_type = 'Lock' AND query LIKE '%INSERT INTO cluster_surrendered%'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let (blocked, _) = wait_until(waiting, |n| *n == 2).await;
+    assert_eq!(blocked, 2, "both replicas' takeovers wait on the lock");
+    let blocked_at: i64 =
+        sqlx::query_scalar("SELECT (EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+
+    // More than a lease later (on the database's clock, which judges
+    // leases), both leases were renewed while their takeovers still wait.
+    let lease_ms = portcullis_gateway::audit_intent::INTENT_LEASE.as_millis() as i64;
+    let (renewed, _) = wait_until(replicas, |r| {
+        r.iter().all(|(_, seen, ..)| *seen > blocked_at + lease_ms)
+    })
+    .await;
+    assert!(
+        renewed
+            .iter()
+            .all(|(_, seen, ..)| *seen > blocked_at + lease_ms),
+        "a lease was not renewed while the takeover was blocked (blocked at {blocked_at} ms): {renewed:?}"
+    );
+    assert_eq!(waiting().await, 2, "the takeovers stopped waiting early");
+    for server in [&a, &b] {
+        assert_eq!(readyz(server).await.0, 200, "not ready while blocked");
+    }
+
+    // The lock goes: the takeovers finish (nothing to take), and neither
+    // replica was ever fenced.
+    lock.rollback().await.unwrap();
+    let (left, _) = wait_until(waiting, |n| *n == 0).await;
+    assert_eq!(left, 0, "takeovers still waiting after the lock went");
+    let after = replicas().await;
+    assert_eq!(
+        after.iter().map(|(id, ..)| id).collect::<Vec<_>>(),
+        before.iter().map(|(id, ..)| id).collect::<Vec<_>>()
+    );
+    assert!(
+        after
+            .iter()
+            .all(|(_, _, fenced, epoch)| !fenced && *epoch == 1),
+        "a replica was fenced or re-registered: {after:?}"
+    );
+    for server in [&a, &b] {
+        assert_eq!(readyz(server).await.0, 200, "not ready after the lock");
+    }
+}
+
 /// A plain connection pool to the test database, for checks the store does
 /// not expose.
 async fn store_pool(url: &str) -> sqlx::PgPool {

@@ -1157,33 +1157,42 @@ impl AuditAppender {
             // The audit write lock is taken first; the seq check then proves no
             // other writer appended behind this appender's back.
             let mut tx = begin_audit_write(pool).await?;
+            // A batch of intents alone appends nothing, so it has no seq to
+            // check (and saves the round trip: under `before_forward` most
+            // batches are one request's intent). The next batch with records
+            // checks, under its own lock, before it appends.
+            let check_size = !records.is_empty();
             // Cluster mode: refused when a survivor took this replica for
             // dead (its row fenced or gone), or when the batch was filtered
             // at an older token than the row's epoch. `FOR SHARE` holds the
             // row until commit, so a takeover fencing it waits for this
             // batch, which closes its intents first (`intent_takeover.rs`).
-            if IS_POSTGRES && let Some(token) = self.fence {
-                let epoch: Option<i64> = query_scalar(
-                    "SELECT epoch FROM cluster_replicas WHERE id = ? AND NOT fenced FOR SHARE",
-                )
-                .bind(store.replica_id())
-                .fetch_optional(&mut *tx)
-                .await?;
-                if epoch != Some(token) {
-                    return Err(StoreError::Fenced);
-                }
-            }
-            // A batch of intents alone appends nothing, so it has no seq to
-            // check (and saves the round trip: under `before_forward` most
-            // batches are one request's intent). The next batch with records
-            // checks, under its own lock, before it appends.
-            let size = if records.is_empty() {
-                self.acc.size()
-            } else {
-                let last: Option<i64> = query_scalar("SELECT MAX(seq) FROM audit_log")
+            // Read with the log's last seq in one round trip.
+            let last: Option<i64> = match self.fence.filter(|_| IS_POSTGRES) {
+                Some(token) => {
+                    let row = query(
+                        "SELECT (SELECT epoch FROM cluster_replicas WHERE id = ? AND NOT fenced FOR SHARE) AS epoch,
+                                (SELECT MAX(seq) FROM audit_log) AS last",
+                    )
+                    .bind(store.replica_id())
                     .fetch_one(&mut *tx)
                     .await?;
+                    if row.col::<Option<i64>, _>("epoch")? != Some(token) {
+                        return Err(StoreError::Fenced);
+                    }
+                    row.col("last")?
+                }
+                None if check_size => {
+                    query_scalar("SELECT MAX(seq) FROM audit_log")
+                        .fetch_one(&mut *tx)
+                        .await?
+                }
+                None => None,
+            };
+            let size = if check_size {
                 last.map_or(0, |s| s as u64 + 1)
+            } else {
+                self.acc.size()
             };
             if size != self.acc.size() {
                 if !IS_POSTGRES {

@@ -148,10 +148,17 @@ impl Store {
     /// Renews this replica's lease (cluster mode; always held on SQLite,
     /// where one node owns everything). A fenced lease, or one whose row is
     /// gone, is not renewed: the replica must re-register.
+    ///
+    /// On a connection of its own (the store's lease pool): a main pool
+    /// busy with requests, audit batches or a takeover waiting on a lock
+    /// cannot delay it. Only an audit batch of this replica being written
+    /// (it holds the row `FOR SHARE` until it commits) makes it wait, and
+    /// only until that commit.
     pub async fn renew_replica_lease(&self) -> Result<Lease, StoreError> {
-        let Pool::Postgres(pool) = &self.pool else {
+        let Pool::Postgres(main) = &self.pool else {
             return Ok(Lease::Held);
         };
+        let pool = self.lease.as_ref().unwrap_or(main);
         let fenced: Option<bool> = sqlx::query_scalar(concat!(
             "UPDATE cluster_replicas SET seen_ms = ",
             db_now_ms!(),
@@ -171,10 +178,13 @@ impl Store {
     /// the audit writer), then lifts the fence and takes a new epoch, which
     /// becomes the fencing token. Returns how many request ids it
     /// surrendered in all.
+    ///
+    /// On the lease's own connection, as [`Store::renew_replica_lease`].
     pub async fn reregister_replica(&self) -> Result<usize, StoreError> {
-        let Pool::Postgres(pool) = &self.pool else {
+        let Pool::Postgres(main) = &self.pool else {
             return Ok(0);
         };
+        let pool = self.lease.as_ref().unwrap_or(main);
         let taken: Vec<String> =
             sqlx::query_scalar("SELECT request_id FROM cluster_surrendered WHERE replica = $1")
                 .bind(self.replica_id())

@@ -199,6 +199,11 @@ pub struct Store {
     /// Cluster mode: connections with `synchronous_commit = off`, for the
     /// single-use claims DPoP requests wait on (`cluster.rs`).
     relaxed: Option<sqlx::PgPool>,
+    /// Cluster mode: one connection of its own for renewing this replica's
+    /// lease (`intent_takeover.rs`), so that no request, audit batch or
+    /// takeover holding the main pool's connections can delay a renewal
+    /// past the lease and get a live replica fenced.
+    lease: Option<sqlx::PgPool>,
     /// Whether the database answers, as last reported (`health.rs`).
     health: StoreHealth,
     /// This process's replica id, random per open: the owner of the audit
@@ -473,6 +478,7 @@ impl Store {
             pool: Pool::Sqlite(pool),
             strings: Default::default(),
             relaxed: None,
+            lease: None,
             health: StoreHealth::default(),
             replica: Default::default(),
             retired_audit_keys: Default::default(),
@@ -512,6 +518,7 @@ impl Store {
             pool: Pool::Sqlite(pool),
             strings: Default::default(),
             relaxed: None,
+            lease: None,
             health: StoreHealth::default(),
             replica: Default::default(),
             retired_audit_keys: Default::default(),
@@ -569,11 +576,16 @@ impl Store {
         let relaxed = PgPoolOptions::new()
             .max_connections(POSTGRES_POOL_SIZE)
             .acquire_timeout(Duration::from_secs(10))
-            .connect_lazy_with(options.options([("synchronous_commit", "off")]));
+            .connect_lazy_with(options.clone().options([("synchronous_commit", "off")]));
+        let lease = PgPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_lazy_with(options.application_name("portcullis lease"));
         Ok(Store {
             pool: Pool::Postgres(pool),
             strings: Default::default(),
             relaxed: Some(relaxed),
+            lease: Some(lease),
             health: StoreHealth::default(),
             replica: Default::default(),
             retired_audit_keys: Default::default(),
@@ -624,6 +636,7 @@ impl Store {
             pool: Pool::Postgres(pool),
             strings: Default::default(),
             relaxed: None,
+            lease: None,
             health: StoreHealth::default(),
             replica: Default::default(),
             retired_audit_keys: Default::default(),
@@ -840,6 +853,9 @@ impl Store {
         self.pool.close().await;
         if let Some(relaxed) = &self.relaxed {
             relaxed.close().await;
+        }
+        if let Some(lease) = &self.lease {
+            lease.close().await;
         }
     }
 }
