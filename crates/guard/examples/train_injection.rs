@@ -81,7 +81,9 @@
 //! and BIPIA code, both stages are trained on the other four, thresholds
 //! chosen by 5-fold cross-validation on them, and the left-out source
 //! scored; it prints per source and channel and pooled, for every blend
-//! (19 minutes on the loaded VM; figures in docs/guard.md). It also scores,
+//! (19 minutes on the loaded VM; figures in docs/guard.md; with
+//! `GUARD_TRAIN_BLENDS=0` the semantic head is not trained, which halves
+//! that). It also scores,
 //! for the left-out BIPIA source, structured tool outputs built from its
 //! train contexts and attacks (`eval::records`: lists of 4–7 records in
 //! JSON, indented JSON, NDJSON, YAML, CSV, mail, HTML, iCalendar), read as
@@ -863,7 +865,7 @@ fn cross_validate(docs: &[Doc], keep: &dyn Fn(&Doc) -> bool) -> Vec<WindowLogits
     for fold in 0..FOLDS {
         let sel = |d: &Doc| keep(d) && d.fold != fold;
         let m = train(docs, sel);
-        let h = train_head(docs, sel);
+        let h = head_if_blended(docs, sel);
         for (i, d) in docs.iter().enumerate() {
             if keep(d) && d.fold == fold {
                 oof[i] = logits(&m, &h, d);
@@ -872,6 +874,18 @@ fn cross_validate(docs: &[Doc], keep: &dyn Fn(&Doc) -> bool) -> Vec<WindowLogits
         eprintln!("fold {fold} trained");
     }
     oof
+}
+
+/// The semantic head when some blend tried gives it a share, else an
+/// untrained one (its log-odds are multiplied by 0): training it is half
+/// the cost of a run of `--loso` with `GUARD_TRAIN_BLENDS=0`.
+fn head_if_blended(docs: &[Doc], keep: impl Fn(&Doc) -> bool) -> Head {
+    if blend_candidates().iter().any(|&b| b != 0.0) {
+        return train_head(docs, keep);
+    }
+    let mut h = train_head(docs, |_| false);
+    h.weights.iter_mut().for_each(|w| *w = 0.0);
+    h
 }
 
 /// The semantic head: logistic regression with AdaGrad and L2 over the
@@ -958,7 +972,7 @@ fn loso(docs: &[Doc]) {
         let keep = |d: &Doc| !d.eval_only && d.source != held && d.host != Some(held);
         let oof = cross_validate(docs, &keep);
         let m = train(docs, keep);
-        let h = train_head(docs, keep);
+        let h = head_if_blended(docs, keep);
         let scored: Vec<(&Doc, WindowLogits)> = docs
             .iter()
             .filter(|d| d.source == held && !d.train_only)
