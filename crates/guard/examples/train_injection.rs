@@ -24,7 +24,9 @@
 //!   injections phrased unlike BIPIA's. At 6 they raised leave-one-source-out
 //!   balanced accuracy a little but cost NotInject and BIPIA figures on the
 //!   test split, so the shipped model has none (docs/guard.md, "Generalising
-//!   across sources");
+//!   across sources"). With `GUARD_TRAIN_USER_TASKS_BENIGN=1`, BIPIA's
+//!   user-task instructions are also benign input prompts (off: see
+//!   docs/guard.md, "Features that carry across sources");
 //! - description channel: the threshold only, from a fixed 70 % split of the
 //!   MCP tool descriptions (the other 30 % is held out for `injection_eval`),
 //!   the best balanced accuracy with at most [`DESCRIPTION_MAX_FPR`] of the
@@ -461,6 +463,27 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
             // Train on the windows that hold the attack: the highest-overlap
             // ones, i.e. all of a short text, and the segments of the attack.
             label_attack_windows(&mut d, &t, a);
+            docs.push(d);
+        }
+    }
+    // With `GUARD_TRAIN_USER_TASKS_BENIGN=1`, the user-task instructions
+    // (trivia, writing, tutoring, translation and programming questions)
+    // as benign input prompts too: what a user may ask, while the same
+    // words inside a tool output are an injection. Trained on only, never
+    // scored by `--loso`, so the left-out sets do not change.
+    if param("USER_TASKS_BENIGN", 0u8) == 1 {
+        for (cat, a) in text_attacks
+            .iter()
+            .filter(|(cat, _)| USER_TASKS.contains(&cat.as_str()))
+        {
+            let prompt = Sample {
+                text: a.clone(),
+                label: 0,
+                source: "bipia_text".into(),
+            };
+            let mut d = whole(det, &prompt, Group::Input, 1.0);
+            d.fold = fold_of(cat);
+            d.train_only = true;
             docs.push(d);
         }
     }
