@@ -24,7 +24,9 @@
 //!   injections phrased unlike BIPIA's. At 6 they raised leave-one-source-out
 //!   balanced accuracy a little but cost NotInject and BIPIA figures on the
 //!   test split, so the shipped model has none (docs/guard.md, "Generalising
-//!   across sources");
+//!   across sources"). With `GUARD_TRAIN_USER_TASKS_BENIGN=1`, BIPIA's
+//!   user-task instructions are also benign input prompts (off: see
+//!   docs/guard.md, "Features that carry across sources");
 //! - description channel: the threshold only, from a fixed 70 % split of the
 //!   MCP tool descriptions (the other 30 % is held out for `injection_eval`),
 //!   the best balanced accuracy with at most [`DESCRIPTION_MAX_FPR`] of the
@@ -81,7 +83,9 @@
 //! and BIPIA code, both stages are trained on the other four, thresholds
 //! chosen by 5-fold cross-validation on them, and the left-out source
 //! scored; it prints per source and channel and pooled, for every blend
-//! (19 minutes on the loaded VM; figures in docs/guard.md). It also scores,
+//! (19 minutes on the loaded VM; figures in docs/guard.md; with
+//! `GUARD_TRAIN_BLENDS=0` the semantic head is not trained, which halves
+//! that). It also scores,
 //! for the left-out BIPIA source, structured tool outputs built from its
 //! train contexts and attacks (`eval::records`: lists of 4–7 records in
 //! JSON, indented JSON, NDJSON, YAML, CSV, mail, HTML, iCalendar), read as
@@ -459,6 +463,27 @@ fn load(dir: &Path, det: &Detector) -> Vec<Doc> {
             // Train on the windows that hold the attack: the highest-overlap
             // ones, i.e. all of a short text, and the segments of the attack.
             label_attack_windows(&mut d, &t, a);
+            docs.push(d);
+        }
+    }
+    // With `GUARD_TRAIN_USER_TASKS_BENIGN=1`, the user-task instructions
+    // (trivia, writing, tutoring, translation and programming questions)
+    // as benign input prompts too: what a user may ask, while the same
+    // words inside a tool output are an injection. Trained on only, never
+    // scored by `--loso`, so the left-out sets do not change.
+    if param("USER_TASKS_BENIGN", 0u8) == 1 {
+        for (cat, a) in text_attacks
+            .iter()
+            .filter(|(cat, _)| USER_TASKS.contains(&cat.as_str()))
+        {
+            let prompt = Sample {
+                text: a.clone(),
+                label: 0,
+                source: "bipia_text".into(),
+            };
+            let mut d = whole(det, &prompt, Group::Input, 1.0);
+            d.fold = fold_of(cat);
+            d.train_only = true;
             docs.push(d);
         }
     }
@@ -863,7 +888,7 @@ fn cross_validate(docs: &[Doc], keep: &dyn Fn(&Doc) -> bool) -> Vec<WindowLogits
     for fold in 0..FOLDS {
         let sel = |d: &Doc| keep(d) && d.fold != fold;
         let m = train(docs, sel);
-        let h = train_head(docs, sel);
+        let h = head_if_blended(docs, sel);
         for (i, d) in docs.iter().enumerate() {
             if keep(d) && d.fold == fold {
                 oof[i] = logits(&m, &h, d);
@@ -872,6 +897,18 @@ fn cross_validate(docs: &[Doc], keep: &dyn Fn(&Doc) -> bool) -> Vec<WindowLogits
         eprintln!("fold {fold} trained");
     }
     oof
+}
+
+/// The semantic head when some blend tried gives it a share, else an
+/// untrained one (its log-odds are multiplied by 0): training it is half
+/// the cost of a run of `--loso` with `GUARD_TRAIN_BLENDS=0`.
+fn head_if_blended(docs: &[Doc], keep: impl Fn(&Doc) -> bool) -> Head {
+    if blend_candidates().iter().any(|&b| b != 0.0) {
+        return train_head(docs, keep);
+    }
+    let mut h = train_head(docs, |_| false);
+    h.weights.iter_mut().for_each(|w| *w = 0.0);
+    h
 }
 
 /// The semantic head: logistic regression with AdaGrad and L2 over the
@@ -958,7 +995,7 @@ fn loso(docs: &[Doc]) {
         let keep = |d: &Doc| !d.eval_only && d.source != held && d.host != Some(held);
         let oof = cross_validate(docs, &keep);
         let m = train(docs, keep);
-        let h = train_head(docs, keep);
+        let h = head_if_blended(docs, keep);
         let scored: Vec<(&Doc, WindowLogits)> = docs
             .iter()
             .filter(|d| d.source == held && !d.train_only)
