@@ -2030,30 +2030,6 @@ async fn a_console_session_works_on_every_replica_and_ends_on_all() {
     );
 }
 
-/// `method path` on `server`'s admin API with `token` (and `headers`);
-/// answers the status and the JSON body (`Null` when there is none).
-async fn admin_call(
-    server: &Server,
-    method: reqwest::Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-    headers: &[(&str, &str)],
-) -> (u16, Value) {
-    let mut request = client(&server.ca_pem(), None)
-        .request(method, format!("https://{}/admin/v1{path}", server.admin))
-        .bearer_auth(token);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 /// Polls `probe` (a status) every 20 ms until it answers `want`; answers
 /// how long that took, panicking past `bound` with `what`.
 async fn until_status<F: std::future::Future<Output = u16>>(

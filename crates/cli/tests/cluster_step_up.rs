@@ -44,30 +44,6 @@ fn replica(dir: &Path) -> PathBuf {
     config(dir, &routes, "")
 }
 
-/// `method path` on `server`'s admin API with `token` and `headers`; the
-/// status and the JSON body (`Null` when there is none).
-async fn admin_call(
-    server: &Server,
-    method: reqwest::Method,
-    path: &str,
-    token: &str,
-    body: Option<Value>,
-    headers: &[(&str, &str)],
-) -> (u16, Value) {
-    let mut request = client(&server.ca_pem(), None)
-        .request(method, format!("https://{}/admin/v1{path}", server.admin))
-        .bearer_auth(token);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
 /// A sensitive call with no prerequisite: revoking an access token by
 /// `jti` (step-up or a code needed once a human admin has enrolled).
 async fn revoke_jti(server: &Server, token: &str, jti: &str) -> (u16, Value) {

@@ -4,7 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{Server, config, route};
+use serde_json::Value;
+
+use super::{Server, client, config, route};
 
 /// The public URL every replica issues tokens under (the load balancer's, in
 /// a deployment): proofs and assertions name it, not a replica's port.
@@ -123,4 +125,28 @@ pub fn succeeded(output: std::process::Output, what: &str) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// `method path` on `server`'s admin API with `token` (and `headers`);
+/// answers the status and the JSON body (`Null` when there is none).
+pub async fn admin_call(
+    server: &Server,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<Value>,
+    headers: &[(&str, &str)],
+) -> (u16, Value) {
+    let mut request = client(&server.ca_pem(), None)
+        .request(method, format!("https://{}/admin/v1{path}", server.admin))
+        .bearer_auth(token);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
 }
