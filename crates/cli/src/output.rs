@@ -93,8 +93,19 @@ pub const fn col(header: &'static str, field: &'static str, kind: Kind, width: u
 /// Prints `value` as `format` asks; `table` renders it for the table form.
 pub fn emit(format: Format, value: &Value, table: impl FnOnce(&Value) -> String) -> Result<()> {
     let text = render(format, value, table)?;
-    print!("{text}");
-    Ok(())
+    write_stdout(text.as_bytes())
+}
+
+/// Writes `bytes` to stdout. A reader that went away (`portcullis … | head`)
+/// ends the process quietly with success, as `cat` would end by SIGPIPE:
+/// `print!` would panic with a backtrace instead (Rust ignores SIGPIPE).
+pub fn write_stdout(bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        other => other.context("cannot write to stdout"),
+    }
 }
 
 /// What [`emit`] prints.

@@ -191,6 +191,25 @@ fn tables_keep_long_values_readable() {
     assert!(table.lines().count() >= 3, "{table}");
 }
 
+/// `portcullis … | head`: a reader that went away ends the command quietly
+/// with success, not with a panic and a backtrace on stderr.
+#[test]
+fn a_closed_stdout_ends_the_command_quietly() {
+    // The reading end is closed before the command starts: its first write
+    // fails with EPIPE whatever the timing.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = std::process::Command::new(BIN)
+        .args(["completion", "bash"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{:?}: {stderr}", out.status);
+    assert!(stderr.is_empty(), "{stderr}");
+}
+
 #[test]
 fn completion_scripts_and_version_are_generated() {
     for (shell, marker) in [
