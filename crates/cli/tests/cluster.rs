@@ -2569,7 +2569,16 @@ async fn a_blocked_intent_takeover_never_holds_up_the_lease_renewal() {
     };
     install_crypto();
     let (upstream, _gate) = start_upstream().await;
-    let (a, b) = two_replicas(&db.url(), |dir| replica_config(dir, upstream), &[]).await;
+    // The takeovers wait on the lock for the whole test, longer than the
+    // default `[store] lock_timeout_ms` might allow on a loaded machine.
+    let config = |dir: &Path| {
+        let path = replica_config(dir, upstream);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("[store]\nlock_timeout_ms = 120000\n");
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let (a, b) = two_replicas(&db.url(), config, &[]).await;
     let pool = store_pool(&db.url()).await;
     let replicas = || async {
         sqlx::query_as::<_, (String, i64, bool, i64)>(
@@ -2590,8 +2599,11 @@ async fn a_blocked_intent_takeover_never_holds_up_the_lease_renewal() {
 
     // The lock every takeover scan waits on (its `INSERT INTO
     // cluster_surrendered`), held by this test; appends do not touch it.
+    // EXCLUSIVE, not ACCESS EXCLUSIVE: plain reads go on, as the store's
+    // read probe needs to find the replicas ready (a table no one can read
+    // is `store_stalled`, which `faults.rs` tests).
     let mut lock = pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE cluster_surrendered IN ACCESS EXCLUSIVE MODE")
+    sqlx::query("LOCK TABLE cluster_surrendered IN EXCLUSIVE MODE")
         .execute(&mut *lock)
         .await
         .unwrap();
