@@ -157,14 +157,13 @@ async fn rotation(dir: tempfile::TempDir, url: String, env: Vec<(&'static str, S
     server.terminate();
     // On a cluster, once the stopped replica's lease has lapsed the
     // rotation has nobody to wait for: the new version signs at once.
-    let started = Instant::now();
-    while store.is_postgres() && !store.live_replicas(5_000).await.unwrap().is_empty() {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the lease never lapsed"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    eventually(
+        "the lease never lapsed",
+        Duration::from_secs(30),
+        Duration::from_millis(200),
+        || async { !store.is_postgres() || store.live_replicas(5_000).await.unwrap().is_empty() },
+    )
+    .await;
     let rotated = support::cluster::succeeded(
         cli(&state, &["vault", "rotate-key", "token-key"], &env_ref),
         "rotate the token key",
@@ -352,14 +351,13 @@ async fn signing_keys_rotate_online_while_two_replicas_serve() {
     let old_token = token(&a, "bot");
     let old_kid = kid(&old_token);
     // B knows the agent once it has re-read A's enrolment (bounded wait).
-    let started = Instant::now();
-    while call(&b, &old_token, (&cert, &key)).await != 200 {
-        assert!(
-            started.elapsed() < Duration::from_secs(10),
-            "B never accepted the agent A enrolled"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "B never accepted the agent A enrolled",
+        Duration::from_secs(10),
+        Duration::from_millis(100),
+        || async { call(&b, &old_token, (&cert, &key)).await == 200 },
+    )
+    .await;
     let store = Store::open_url(&url).await.unwrap();
     wait_signed(&store).await;
     let old_audit_pub = std::fs::read_to_string(a.state_dir().join("audit.pub")).unwrap();
@@ -390,14 +388,13 @@ async fn signing_keys_rotate_online_while_two_replicas_serve() {
     // periodic re-read) before any signs with it.
     let announced = Instant::now();
     for server in [&a, &b] {
-        let started = Instant::now();
-        while jwks_kids(server).await.len() < 2 {
-            assert!(
-                started.elapsed() < Duration::from_secs(30),
-                "the new key was never announced"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually(
+            "the new key was never announced",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || async { jwks_kids(server).await.len() >= 2 },
+        )
+        .await;
     }
     eprintln!(
         "the announced token key was published by both replicas {:?} after the rotation returned",

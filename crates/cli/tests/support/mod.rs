@@ -711,6 +711,21 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// Polls `ready` every `every` until it holds; panics with `what` once
+/// `bound` has passed (a bounded wait, not a timing assertion).
+pub async fn eventually<F: std::future::Future<Output = bool>>(
+    what: &str,
+    bound: Duration,
+    every: Duration,
+    mut ready: impl FnMut() -> F,
+) {
+    let started = std::time::Instant::now();
+    while !ready().await {
+        assert!(started.elapsed() < bound, "{what}");
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Waits (bounded) until something accepts connections on `port`; panics if
 /// `what` exits first or nothing listens within 30 s.
 pub fn wait_for_port(port: u16, what: &mut Child) {
